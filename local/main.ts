@@ -1,0 +1,56 @@
+// `npm start`: the local readsync stack in the foreground, on the ports `supabase start` uses
+// (API 54321, database 54322; override with READSYNC_API_PORT / READSYNC_DB_PORT), until Ctrl-C.
+// Everything it starts is removed on exit.
+
+import postgres from "postgres";
+import { runCleanups } from "./stack/cleanup.ts";
+import { mintUserAccessToken } from "./stack/keys.ts";
+import { startLocalStack } from "./stack/stack.ts";
+
+const DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0";
+const DEMO_EMAIL = "demo@readsync.local";
+
+const log = (line: string) => console.log(`[readsync] ${line}`);
+const apiPort = Number(Deno.env.get("READSYNC_API_PORT") ?? 54321);
+const dbPort = Number(Deno.env.get("READSYNC_DB_PORT") ?? 54322);
+
+try {
+  const started = performance.now();
+  const stack = await startLocalStack({ apiPort, dbPort, log });
+  const sql = postgres(stack.dbUrl, { max: 1, onnotice: () => {} });
+  await sql`insert into auth.users (id, email) values (${DEMO_USER_ID}, ${DEMO_EMAIL}) on conflict (id) do nothing`;
+  await sql.end();
+  const demoToken = await mintUserAccessToken(DEMO_USER_ID, {
+    email: DEMO_EMAIL,
+    expiresInSeconds: 24 * 3600,
+    secret: stack.jwtSecret,
+  });
+  const fn = `${stack.apiUrl}/functions/v1/progress`;
+  console.log(`
+readsync local stack is up (${Math.round(performance.now() - started)} ms). Development values only.
+
+  API URL          ${stack.apiUrl}
+  Functions        ${stack.apiUrl}/functions/v1/<name>
+  Realtime         ${stack.apiUrl.replace("http", "ws")}/realtime/v1/websocket
+  DB URL           ${stack.dbUrl}
+  JWT secret       ${stack.jwtSecret}
+  anon key         ${stack.anonKey}
+  service_role key ${stack.serviceRoleKey}
+
+  Demo user        ${DEMO_USER_ID} (${DEMO_EMAIL})
+  Demo token       ${demoToken}
+
+Try it:
+  export TOKEN=${demoToken}
+  curl -s -X POST ${fn} -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+    -d '{"series_id":"one-piece","chapter":12,"page":30,"percentage":0.12,"device_id":"phone-1","updated_at":"'$(date -u +%FT%T.000Z)'"}'
+  curl -s ${fn}/one-piece -H "Authorization: Bearer $TOKEN"
+  curl -s ${fn} -H "Authorization: Bearer $TOKEN"
+
+Ctrl-C stops everything and removes the database.`);
+  await new Promise(() => {}); // until a signal; cleanup.ts stops the stack
+} catch (error) {
+  console.error(error instanceof Error ? error.message : error);
+  await runCleanups();
+  Deno.exit(1);
+}

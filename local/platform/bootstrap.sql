@@ -1,0 +1,192 @@
+-- Local Supabase platform surface for readsync.
+--
+-- Supabase's own local stack (`supabase start`) needs Docker, which these machines do not have, so
+-- the local stack applies this file to a throwaway PostgreSQL before the migrations run. It stands in
+-- for exactly the parts of a Supabase database that our migrations, tests and services touch, and
+-- nothing more. It is NEVER applied to a real Supabase database: the launcher skips it when the
+-- target already has `auth.uid()` and `realtime.messages` (see local/stack/database.ts).
+--
+-- Each section names the Supabase documentation it follows.
+
+-- ---------------------------------------------------------------------------------------------
+-- Roles and grants: https://supabase.com/docs/guides/database/postgres/roles
+-- anon / authenticated / service_role are NOLOGIN roles the API switches into after verifying the
+-- JWT; service_role bypasses RLS. `authenticator` is the login role the API gateway uses.
+-- ---------------------------------------------------------------------------------------------
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'anon') then
+    create role anon nologin noinherit;
+  end if;
+  if not exists (select 1 from pg_roles where rolname = 'authenticated') then
+    create role authenticated nologin noinherit;
+  end if;
+  if not exists (select 1 from pg_roles where rolname = 'service_role') then
+    create role service_role nologin noinherit bypassrls;
+  end if;
+  if not exists (select 1 from pg_roles where rolname = 'authenticator') then
+    create role authenticator login noinherit;
+  end if;
+end
+$$;
+grant anon, authenticated, service_role to authenticator;
+grant anon, authenticated, service_role to postgres;
+
+-- Supabase projects have an `extensions` schema where extensions such as pgTAP are installed.
+create schema if not exists extensions;
+grant usage on schema extensions to anon, authenticated, service_role;
+
+-- Supabase's default privileges on `public`: every API role gets everything, and RLS decides.
+-- This is why each table must enable RLS and revoke what `anon` must not have.
+grant usage on schema public to anon, authenticated, service_role;
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Auth: https://supabase.com/docs/guides/database/postgres/row-level-security#helper-functions
+-- and https://supabase.com/docs/guides/auth/jwts. The API puts the verified JWT claims into the
+-- transaction setting `request.jwt.claims`; auth.uid()/auth.role()/auth.jwt() read it.
+-- auth.users keeps only the columns our schema and tests use.
+-- ---------------------------------------------------------------------------------------------
+create schema if not exists auth;
+grant usage on schema auth to anon, authenticated, service_role;
+
+create table if not exists auth.users (
+  id uuid primary key default gen_random_uuid(),
+  aud varchar(255) default 'authenticated',
+  role varchar(255) default 'authenticated',
+  email varchar(255) unique,
+  raw_app_meta_data jsonb default '{}'::jsonb,
+  raw_user_meta_data jsonb default '{}'::jsonb,
+  created_at timestamptz default now(),
+  updated_at timestamptz default now()
+);
+
+create or replace function auth.jwt() returns jsonb
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim', true), ''),
+    nullif(current_setting('request.jwt.claims', true), '')
+  )::jsonb
+$$;
+
+create or replace function auth.uid() returns uuid
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim.sub', true), ''),
+    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+  )::uuid
+$$;
+
+create or replace function auth.role() returns text
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim.role', true), ''),
+    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
+  )::text
+$$;
+
+create or replace function auth.email() returns text
+language sql stable
+as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claim.email', true), ''),
+    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'email')
+  )::text
+$$;
+
+grant execute on function auth.jwt(), auth.uid(), auth.role(), auth.email()
+  to anon, authenticated, service_role;
+grant select on auth.users to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Realtime: https://supabase.com/docs/guides/realtime/broadcast ("Broadcast from the database")
+-- and https://supabase.com/docs/guides/realtime/authorization.
+-- Messages for Broadcast are rows in realtime.messages; RLS on it decides who may receive (select)
+-- and send (insert) on a topic, with realtime.topic() naming the channel being joined.
+-- realtime.send never fails the caller's transaction: an error becomes a WARNING.
+-- Supabase partitions realtime.messages by day; a plain table is enough locally.
+-- ---------------------------------------------------------------------------------------------
+create schema if not exists realtime;
+grant usage on schema realtime to anon, authenticated, service_role;
+
+create table if not exists realtime.messages (
+  id uuid not null default gen_random_uuid() primary key,
+  topic text not null,
+  extension text not null,
+  payload jsonb,
+  event text,
+  private boolean default false,
+  updated_at timestamp not null default now(),
+  inserted_at timestamp not null default now()
+);
+alter table realtime.messages enable row level security;
+grant select, insert, update on realtime.messages to anon, authenticated;
+grant all on realtime.messages to service_role;
+
+create or replace function realtime.topic() returns text
+language sql stable
+as $$
+  select nullif(current_setting('realtime.topic', true), '')::text
+$$;
+grant execute on function realtime.topic() to anon, authenticated, service_role;
+
+create or replace function realtime.send(payload jsonb, event text, topic text, private boolean default true)
+returns void
+language plpgsql
+as $$
+begin
+  begin
+    perform set_config('realtime.topic', topic, true);
+    insert into realtime.messages (payload, event, topic, private, extension)
+    values (payload, event, topic, private, 'broadcast');
+  exception when others then
+    raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+  end;
+end;
+$$;
+
+create or replace function realtime.broadcast_changes(
+  topic_name text, event_name text, operation text, table_name text, table_schema text,
+  new record, old record, level text default 'ROW'
+) returns void
+language plpgsql
+as $$
+declare
+  row_data jsonb;
+begin
+  if level = 'STATEMENT' then
+    raise exception 'function can only be triggered for each row, not for each statement';
+  end if;
+  if operation in ('INSERT', 'UPDATE', 'DELETE') then
+    row_data := jsonb_build_object(
+      'old_record', old, 'record', new, 'operation', operation,
+      'table', table_name, 'schema', table_schema);
+    perform realtime.send(row_data, event_name, topic_name);
+  else
+    raise exception 'Unexpected operation type: %', operation;
+  end if;
+exception when others then
+  raise exception 'Failed to process the row: %', sqlerrm;
+end;
+$$;
+
+-- Local delivery hook (no Supabase counterpart): Supabase Realtime reads new realtime.messages rows
+-- from the WAL; the local Realtime endpoint (local/realtime) LISTENs instead. NOTIFY is delivered
+-- only after commit and in commit order, so a rolled-back write broadcasts nothing, as on Supabase.
+create or replace function realtime.local_notify_message() returns trigger
+language plpgsql
+as $$
+begin
+  perform pg_notify('realtime_local_messages',
+    json_build_object('id', new.id, 'topic', new.topic, 'private', new.private)::text);
+  return null;
+end;
+$$;
+drop trigger if exists local_notify_message on realtime.messages;
+create trigger local_notify_message after insert on realtime.messages
+  for each row execute function realtime.local_notify_message();

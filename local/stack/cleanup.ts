@@ -1,0 +1,46 @@
+// One place that knows what the local stack must undo when the process ends: normally, on Ctrl-C
+// (SIGINT), on SIGTERM, or when a test run fails. Cleanups run once, newest first.
+
+type Cleanup = () => Promise<void> | void;
+
+const cleanups: Cleanup[] = [];
+let signalsInstalled = false;
+let running: Promise<void> | null = null;
+
+export function onCleanup(fn: Cleanup): () => void {
+  installSignalHandlers();
+  cleanups.push(fn);
+  return () => {
+    const i = cleanups.indexOf(fn);
+    if (i >= 0) cleanups.splice(i, 1);
+  };
+}
+
+export function runCleanups(): Promise<void> {
+  running ??= (async () => {
+    while (cleanups.length > 0) {
+      const fn = cleanups.pop()!;
+      try {
+        await fn();
+      } catch (error) {
+        console.error(`cleanup failed: ${error instanceof Error ? error.message : error}`);
+      }
+    }
+  })();
+  return running;
+}
+
+function installSignalHandlers(): void {
+  if (signalsInstalled) return;
+  signalsInstalled = true;
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, async () => {
+      await runCleanups();
+      Deno.exit(signal === "SIGINT" ? 130 : 143);
+    });
+  }
+  globalThis.addEventListener("unload", () => {
+    // Last resort for synchronous exits; the postgres watchdog covers hard kills.
+    void runCleanups();
+  });
+}

@@ -1,0 +1,145 @@
+// A throwaway PostgreSQL cluster for the local stack: initdb into a temp dir, start on a free port
+// with wal_level=logical, stop and delete on exit. postgres refuses to run as root, so as root the
+// cluster runs as a dedicated system user. A detached watchdog stops the cluster and removes its
+// directory if this process dies without cleaning up (kill -9, a crashed test runner).
+
+import { onCleanup } from "./cleanup.ts";
+import { ensureSystemPackages, findPostgresBinaries, isRoot } from "./system.ts";
+
+const CLUSTER_OS_USER = "readsync-pg";
+
+export interface LocalPostgres {
+  url: string;
+  port: number;
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+async function exec(cmd: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed (${out.code}):\n${text}`);
+  return text;
+}
+
+async function ensureOsUser(): Promise<{ uid: number; gid: number }> {
+  const id = async (flag: string) => Number((await exec("id", [flag, CLUSTER_OS_USER])).trim());
+  try {
+    return { uid: await id("-u"), gid: await id("-g") };
+  } catch {
+    await exec("useradd", ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", CLUSTER_OS_USER])
+      .catch(async (e) => {
+        // A concurrent run may have created it between our check and useradd.
+        if (!(await exec("id", ["-u", CLUSTER_OS_USER]).catch(() => ""))) throw e;
+      });
+    return { uid: await id("-u"), gid: await id("-g") };
+  }
+}
+
+export interface StartOptions {
+  port?: number;
+  log?: (line: string) => void;
+}
+
+export async function startPostgres(options: StartOptions = {}): Promise<LocalPostgres> {
+  const log = options.log ?? console.log;
+  await ensureSystemPackages(log);
+  const bins = findPostgresBinaries()!;
+  const port = options.port ?? await freePort();
+  const dataDir = await Deno.makeTempDir({ prefix: "readsync-pg-" });
+
+  // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
+  // the pid we hold is postgres itself and signals reach it directly.
+  let asUser: string[] = [];
+  if (isRoot()) {
+    const { uid, gid } = await ensureOsUser();
+    await Deno.chown(dataDir, uid, gid);
+    asUser = ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--"];
+  }
+  const cmd = (bin: string, args: string[]) =>
+    asUser.length ? { cmd: asUser[0], args: [...asUser.slice(1), `${bins.binDir}/${bin}`, ...args] } : {
+      cmd: `${bins.binDir}/${bin}`,
+      args,
+    };
+
+  const pgdata = `${dataDir}/data`;
+  if (isRoot()) {
+    await Deno.mkdir(pgdata, { mode: 0o700 });
+    const { uid, gid } = await ensureOsUser();
+    await Deno.chown(pgdata, uid, gid);
+  }
+  const init = cmd("initdb", ["-D", pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
+  await exec(init.cmd, init.args);
+
+  const server = cmd("postgres", [
+    "-D", pgdata,
+    "-p", String(port),
+    "-k", dataDir,
+    "-c", "listen_addresses=127.0.0.1",
+    "-c", "wal_level=logical",
+    "-c", "max_connections=300",
+    "-c", "shared_buffers=256MB",
+    // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
+    "-c", "fsync=off",
+    "-c", "synchronous_commit=off",
+    "-c", "full_page_writes=off",
+    "-c", "log_min_messages=fatal",
+  ]);
+  const child = new Deno.Command(server.cmd, { args: server.args, stdout: "null", stderr: "piped" }).spawn();
+  const stderrChunks: string[] = [];
+  (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderrChunks.push(chunk);
+  })().catch(() => {});
+
+  const watchdog = new Deno.Command("setsid", {
+    args: [
+      "sh", "-c",
+      `trap '' INT HUP; while kill -0 ${Deno.pid} 2>/dev/null; do sleep 1; done; ` +
+      `kill -INT ${child.pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 ${child.pid} 2>/dev/null || break; sleep 0.5; done; ` +
+      `kill -KILL ${child.pid} 2>/dev/null; rm -rf '${dataDir}'`,
+    ],
+    stdin: "null", stdout: "null", stderr: "null",
+  }).spawn();
+  watchdog.unref();
+
+  const url = `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`;
+  const deadline = Date.now() + 30_000;
+  let exited = false;
+  child.status.then(() => (exited = true));
+  while (true) {
+    const ready = await new Deno.Command(`${bins.binDir}/pg_isready`, {
+      args: ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-q"],
+    }).output();
+    if (ready.success) break;
+    if (exited || Date.now() > deadline) {
+      try { child.kill("SIGKILL"); } catch { /* gone */ }
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      throw new Error(`PostgreSQL did not start on port ${port}:\n${stderrChunks.join("")}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+
+  let stopped: Promise<void> | null = null;
+  const stop = () =>
+    stopped ??= (async () => {
+      try {
+        child.kill("SIGINT"); // fast shutdown
+      } catch { /* already gone */ }
+      const timer = setTimeout(() => {
+        try { child.kill("SIGKILL"); } catch { /* gone */ }
+      }, 10_000);
+      await child.status;
+      clearTimeout(timer);
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      try { watchdog.kill("SIGKILL"); } catch { /* gone */ }
+    })();
+  onCleanup(stop);
+  return { url, port, dataDir, stop };
+}

@@ -1,0 +1,86 @@
+// The local stack: PostgreSQL (or SUPABASE_DB_URL), platform bootstrap, migrations through the
+// Supabase CLI, and the API server (functions + Realtime) on one port, as `supabase start` has them.
+
+import { startApiServer } from "../api/server.ts";
+import { runCleanups } from "./cleanup.ts";
+import { applyBootstrapIfNeeded, pushMigrations } from "./database.ts";
+import { DEV_JWT_SECRET, devApiKeys } from "./keys.ts";
+import { freePort, startPostgres } from "./postgres.ts";
+
+export interface LocalStack {
+  dbUrl: string;
+  apiUrl: string;
+  jwtSecret: string;
+  anonKey: string;
+  serviceRoleKey: string;
+  /** What `supabase db push` printed. */
+  migrationLog: string;
+  /** Whether this stack started its own PostgreSQL (false with SUPABASE_DB_URL). */
+  ownsDatabase: boolean;
+  stop(): Promise<void>;
+}
+
+export interface LocalStackOptions {
+  /** API port (functions + Realtime). 0 picks a free port. `supabase start` uses 54321. */
+  apiPort?: number;
+  /** Database port when the stack starts its own PostgreSQL. 0 picks a free port. */
+  dbPort?: number;
+  log?: (line: string) => void;
+}
+
+export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
+  const log = options.log ?? console.log;
+  const externalDb = Deno.env.get("SUPABASE_DB_URL");
+  let dbUrl: string;
+  let stopDb = async () => {};
+  if (externalDb) {
+    dbUrl = externalDb;
+    log(`database: SUPABASE_DB_URL (${new URL(externalDb).host})`);
+  } else {
+    const pg = await startPostgres({ port: options.dbPort || undefined, log });
+    dbUrl = pg.url;
+    stopDb = pg.stop;
+    log(`database: local PostgreSQL on port ${pg.port}`);
+  }
+  try {
+    if (await applyBootstrapIfNeeded(dbUrl)) log("platform bootstrap applied (local/platform/bootstrap.sql)");
+    const migrationLog = await pushMigrations(dbUrl);
+    for (const line of migrationLog.split("\n")) {
+      if (/Applying migration|up to date/i.test(line)) log(`supabase db push: ${line.trim()}`);
+    }
+    const jwtSecret = Deno.env.get("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
+    const { anonKey, serviceRoleKey } = await devApiKeys(jwtSecret);
+    const externalApi = Deno.env.get("SUPABASE_URL");
+    let apiUrl: string;
+    let closeApi = async () => {};
+    if (externalApi) {
+      // A real stack (`supabase start` + `supabase functions serve`, or a project): use its API.
+      apiUrl = externalApi.replace(/\/$/, "");
+      log(`api: SUPABASE_URL (${apiUrl})`);
+    } else {
+      const port = options.apiPort === undefined || options.apiPort === 0 ? await freePort() : options.apiPort;
+      const api = await startApiServer({ port, dbUrl, jwtSecret, anonKey, serviceRoleKey });
+      apiUrl = api.url;
+      closeApi = api.close;
+    }
+    const stop = async () => {
+      await closeApi();
+      await stopDb();
+    };
+    return {
+      dbUrl,
+      apiUrl,
+      jwtSecret,
+      anonKey: Deno.env.get("SUPABASE_ANON_KEY") ?? anonKey,
+      serviceRoleKey: Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") ?? serviceRoleKey,
+      migrationLog,
+      ownsDatabase: !externalDb,
+      stop,
+    };
+  } catch (error) {
+    await stopDb();
+    throw error;
+  }
+}
+
+export { runCleanups };

@@ -1,0 +1,168 @@
+// `npm test`: starts the local stack (PostgreSQL + migrations through the Supabase CLI + API server)
+// and runs every suite against it, then prints one summary line: `N passed, N failed`.
+//
+//   npm test                               everything
+//   npm test -- tests/integration/x.ts     only the named deno test files (and/or .sql pgTAP files)
+//
+// With SUPABASE_DB_URL (and optionally SUPABASE_URL + keys) the same suites run against a real
+// Supabase stack instead; see README.md.
+
+import { runCleanups } from "./stack/cleanup.ts";
+import { cliDbUrl, psql, pushMigrations, supabaseCli } from "./stack/database.ts";
+import { startLocalStack } from "./stack/stack.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+interface SuiteResult {
+  name: string;
+  passed: number;
+  failed: number;
+}
+const results: SuiteResult[] = [];
+const log = (line: string) => console.log(`[readsync] ${line}`);
+
+function check(name: string, ok: boolean, detail = ""): void {
+  results.push({ name, passed: ok ? 1 : 0, failed: ok ? 0 : 1 });
+  log(`${ok ? "ok    " : "FAILED"} ${name}${detail && !ok ? `\n${detail}` : ""}`);
+}
+
+async function listFiles(dir: string, suffix: string): Promise<string[]> {
+  const found: string[] = [];
+  async function walk(path: string) {
+    for await (const entry of Deno.readDir(`${ROOT}${path}`)) {
+      if (entry.name === "node_modules" || entry.name.startsWith(".")) continue;
+      const rel = `${path}/${entry.name}`;
+      if (entry.isDirectory) await walk(rel);
+      else if (entry.name.endsWith(suffix)) found.push(rel);
+    }
+  }
+  try {
+    await walk(dir);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return found.sort();
+}
+
+/** Runs a command with its output shown live and returned for parsing. */
+async function runStreaming(cmd: string, args: string[], env: Record<string, string>) {
+  const child = new Deno.Command(cmd, { args, env, cwd: ROOT, stdout: "piped", stderr: "piped" }).spawn();
+  let text = "";
+  const pump = async (stream: ReadableStream<Uint8Array>, sink: typeof Deno.stdout) => {
+    for await (const chunk of stream) {
+      text += new TextDecoder().decode(chunk);
+      await sink.write(chunk);
+    }
+  };
+  const [status] = await Promise.all([child.status, pump(child.stdout, Deno.stdout), pump(child.stderr, Deno.stderr)]);
+  return { ok: status.success, text };
+}
+
+/** Schema fingerprint of what migration 012 defines: triggers, policies, indexes, functions. */
+async function schemaFingerprint(dbUrl: string): Promise<string> {
+  return await psql(dbUrl, [
+    "-At",
+    "-c",
+    `select string_agg(x, E'\\n' order by x) from (
+       select 'policy ' || schemaname || '.' || tablename || ' ' || policyname || ' ' || cmd || ' ' ||
+              coalesce(qual, '') || ' ' || coalesce(with_check, '') as x
+         from pg_policies where schemaname in ('public', 'realtime')
+       union all select 'trigger ' || tgname || ' ' || pg_get_triggerdef(oid) from pg_trigger
+         where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
+       union all select 'index ' || indexdef from pg_indexes where schemaname = 'public'
+       union all select 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc)
+         from pg_proc p where p.pronamespace = 'public'::regnamespace
+     ) s`,
+  ]);
+}
+
+async function main(): Promise<number> {
+  const selected = Deno.args.filter((a) => a !== "--");
+  const fullRun = selected.length === 0;
+  const sqlFiles = fullRun ? await listFiles("supabase/tests", ".sql") : selected.filter((f) => f.endsWith(".sql"));
+  const denoFiles = fullRun
+    ? (await Promise.all(["shared", "tests", "local", "supabase/functions"].map((d) => listFiles(d, ".test.ts")))).flat()
+    : selected.filter((f) => !f.endsWith(".sql"));
+
+  const started = performance.now();
+  const stack = await startLocalStack({ apiPort: 0, log });
+  log(`stack up in ${Math.round(performance.now() - started)} ms: db ${stack.dbUrl}, api ${stack.apiUrl}`);
+  const applied = stack.migrationLog.match(/Applying migration/g)?.length ?? 0;
+  check(
+    `supabase db push applied the migrations (${applied} applied now)`,
+    /up to date/i.test(stack.migrationLog) || applied > 0,
+    stack.migrationLog,
+  );
+
+  if (fullRun) {
+    const second = await pushMigrations(stack.dbUrl);
+    check("a second supabase db push is a no-op", !/Applying migration/.test(second), second);
+
+    const migration012 = (await listFiles("supabase/migrations", "_realtime_setup.sql"))[0];
+    const before = await schemaFingerprint(stack.dbUrl);
+    let rerunError = "";
+    try {
+      await psql(stack.dbUrl, ["-1", "-f", `${ROOT}${migration012}`]);
+    } catch (e) {
+      rerunError = (e as Error).message;
+    }
+    const after = await schemaFingerprint(stack.dbUrl);
+    check("migration 012 applied a second time succeeds", rerunError === "", rerunError);
+    check("migration 012 applied a second time leaves the same schema", before === after, `${before}\n---\n${after}`);
+
+    const lint = await supabaseCli(["db", "lint", "--db-url", cliDbUrl(stack.dbUrl), "--schema", "public", "--fail-on", "error"]);
+    log(`supabase db lint: ${lint.output.split("\n").slice(-1)[0]}`);
+    check("supabase db lint reports no error on public", lint.ok, lint.output);
+  }
+
+  if (sqlFiles.length > 0) {
+    log(`pg_prove: ${sqlFiles.length} pgTAP files`);
+    const prove = await runStreaming("pg_prove", ["--verbose", "--ext", ".sql", "-d", stack.dbUrl, ...sqlFiles], {
+      PGOPTIONS: "-c search_path=public,extensions",
+    });
+    const passed = prove.text.match(/^\s*ok \d+/gm)?.length ?? 0;
+    let failed = prove.text.match(/^\s*not ok \d+/gm)?.length ?? 0;
+    if (!prove.ok && failed === 0) failed = 1; // a plan mismatch or a file that died
+    results.push({ name: "pgTAP", passed, failed });
+    log(`pgTAP: ${passed} passed, ${failed} failed`);
+  }
+
+  if (denoFiles.length > 0) {
+    const env = {
+      SUPABASE_URL: stack.apiUrl,
+      SUPABASE_ANON_KEY: stack.anonKey,
+      SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+      SUPABASE_DB_URL: stack.dbUrl,
+      SUPABASE_JWT_SECRET: stack.jwtSecret,
+      NO_COLOR: "1",
+    };
+    const denoBin = `${ROOT}node_modules/.bin/deno`;
+    const run = await runStreaming(denoBin, ["test", "-A", "--no-check=remote", ...denoFiles], env);
+    const summary = run.text.match(/(\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)?.pop();
+    const [, passedText, failedText] = summary?.match(/(\d+) passed.*\| (\d+) failed/) ?? [];
+    let passed = Number(passedText ?? 0);
+    let failed = Number(failedText ?? 0);
+    if (!run.ok && failed === 0) {
+      failed = 1; // type errors or a crash before any test ran
+      passed = summary ? passed : 0;
+    }
+    results.push({ name: "deno test", passed, failed });
+  }
+
+  const passed = results.reduce((n, r) => n + r.passed, 0);
+  const failed = results.reduce((n, r) => n + r.failed, 0);
+  log(`suite time ${Math.round((performance.now() - started) / 1000)} s`);
+  console.log(`${passed} passed, ${failed} failed`);
+  return failed === 0 && passed > 0 ? 0 : 1;
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (error) {
+  console.error(error instanceof Error ? error.stack ?? error.message : error);
+  console.log("0 passed, 1 failed");
+} finally {
+  await runCleanups();
+}
+Deno.exit(code);
