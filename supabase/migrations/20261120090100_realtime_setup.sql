@@ -88,6 +88,10 @@ create trigger reading_progress_broadcast
 -- ---------------------------------------------------------------------------------------------
 alter table public.reading_progress enable row level security;
 revoke all on table public.reading_progress from anon;
+-- Supabase's default privileges give authenticated ALL, which includes TRUNCATE: RLS does not apply
+-- to TRUNCATE and it fires no row triggers, so one user could wipe everyone's progress unseen.
+-- Keep exactly the four privileges the policies below govern.
+revoke all on table public.reading_progress from authenticated;
 grant select, insert, update, delete on table public.reading_progress to authenticated;
 grant all on table public.reading_progress to service_role;
 
@@ -128,15 +132,17 @@ create policy progress_topic_receive_own on realtime.messages
 -- ---------------------------------------------------------------------------------------------
 -- Indexes for exactly the queries the API runs:
 --   point lookup   where user_id = $1 and series_id = $2          -> reading_progress_pkey
---   library        where user_id = $1 order by updated_at desc    -> reading_progress_user_recent_idx
---                  (series_id last: keyset pagination without a sort)
+--   library        where user_id = $1 order by updated_at desc, series_id desc
+--                                                                  -> reading_progress_user_recent_idx
+--                  (series_id last and descending like updated_at: the order and the keyset cursor
+--                  (updated_at, series_id) < ($2, $3) come straight from the index, without a sort)
 --   changes since  where user_id = $1 and change_xid >= $2        -> reading_progress_user_changes_idx
 -- Deliberately absent: an index on user_id alone and one on updated_at alone (the task list asks for
 -- both). Each of the three indexes above leads with user_id, so a user_id-only index would only add
 -- write cost; updated_at alone is never queried without user_id.
 -- ---------------------------------------------------------------------------------------------
 create index if not exists reading_progress_user_recent_idx
-  on public.reading_progress (user_id, updated_at desc, series_id);
+  on public.reading_progress (user_id, updated_at desc, series_id desc);
 create index if not exists reading_progress_user_changes_idx
   on public.reading_progress (user_id, change_xid);
 drop index if exists public.reading_progress_user_id_idx;

@@ -1,0 +1,401 @@
+-- Triggers on public.reading_progress (migration 012):
+--   reading_progress_stamp      BEFORE INSERT/UPDATE: updated_at (LWW key) rules, synced_at, change_xid,
+--                               created_at
+--   reading_progress_broadcast  AFTER INSERT/UPDATE/DELETE: one realtime.messages row per change on
+--                               the private topic progress:<user_id>
+--
+-- now() is constant inside this test transaction while clock_timestamp() is not; the assertions
+-- are written with that in mind (rows get old updated_at values where "bumped to now()" must be
+-- told apart from "kept").
+
+begin;
+create extension if not exists pgtap with schema extensions;
+select plan(43);
+
+insert into auth.users (id, email) values
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'trig-a@readsync.test'),
+  ('d4d4d4d4-0000-4000-8000-000000000004', 'trig-b@readsync.test');
+
+-- Messages that existed before this test (from other runs on a shared database) are ignored.
+create temp table msgs_before on commit drop as select id from realtime.messages;
+create temp view new_msgs as
+  select m.* from realtime.messages m where not exists (select 1 from msgs_before b where b.id = m.id);
+
+-- ---------------------------------------------------------------------------------------------
+-- Trigger and function definitions
+-- ---------------------------------------------------------------------------------------------
+select triggers_are(
+  'public', 'reading_progress', array['reading_progress_stamp', 'reading_progress_broadcast'],
+  'reading_progress has exactly the stamp and broadcast triggers'
+);
+
+-- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update (32 truncate, 64 instead of)
+select results_eq(
+  $$select tgname::text collate "default", tgtype::int, tgenabled::text collate "default",
+           tgfoid::regprocedure::text collate "default"
+      from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
+     order by tgname$$,
+  $$values ('reading_progress_broadcast', 1 + 4 + 8 + 16, 'O', 'reading_progress_broadcast()'),
+           ('reading_progress_stamp',     1 + 2 + 4 + 16, 'O', 'reading_progress_stamp()')$$,
+  'stamp is BEFORE INSERT OR UPDATE, broadcast is AFTER INSERT OR UPDATE OR DELETE, both FOR EACH ROW and enabled'
+);
+
+select is_definer('public', 'reading_progress_broadcast', array[]::name[],
+  'the broadcast function is security definer (writers may not insert into realtime.messages)');
+
+select isnt_definer('public', 'reading_progress_stamp', array[]::name[],
+  'the stamp function is not security definer (it needs no privileges)');
+
+select results_eq(
+  $$select proname::text collate "default", proconfig::text collate "default" from pg_proc
+     where oid in ('public.reading_progress_stamp()'::regprocedure, 'public.reading_progress_broadcast()'::regprocedure)
+     order by proname$$,
+  $$values ('reading_progress_broadcast', '{"search_path=\"\""}'),
+           ('reading_progress_stamp', '{"search_path=\"\""}')$$,
+  'both trigger functions pin search_path to empty'
+);
+
+select ok(
+  not has_function_privilege('authenticated', 'public.reading_progress_broadcast()', 'execute')
+  and not has_function_privilege('anon', 'public.reading_progress_broadcast()', 'execute')
+  and not has_function_privilege('authenticated', 'public.reading_progress_stamp()', 'execute')
+  and not has_function_privilege('anon', 'public.reading_progress_stamp()', 'execute'),
+  'anon and authenticated cannot execute the trigger functions directly'
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- Broadcast: INSERT, UPDATE, DELETE -> exactly one message each
+-- ---------------------------------------------------------------------------------------------
+insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+values ('c3c3c3c3-0000-4000-8000-000000000003', 'bc-series', 2, 20, 0.2, 'dev-1', '2026-01-02 03:04:05+00');
+
+select results_eq(
+  $$select topic, event, payload->>'operation', private, extension from new_msgs$$,
+  $$values ('progress:c3c3c3c3-0000-4000-8000-000000000003', 'INSERT', 'INSERT', true, 'broadcast')$$,
+  'INSERT broadcasts exactly one private message on progress:<user_id> with event and operation INSERT'
+);
+
+select is(
+  (select payload->'record' from new_msgs where event = 'INSERT'),
+  (select to_jsonb(p) from public.reading_progress p
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'bc-series'),
+  'INSERT message: record is the stored row (after the stamp trigger)'
+);
+
+select is(
+  (select jsonb_typeof(payload->'old_record') from new_msgs where event = 'INSERT'),
+  'null',
+  'INSERT message: old_record is null'
+);
+
+select is(
+  (select jsonb_build_object('table', payload->'table', 'schema', payload->'schema') from new_msgs where event = 'INSERT'),
+  '{"table": "reading_progress", "schema": "public"}'::jsonb,
+  'INSERT message: names table reading_progress in schema public'
+);
+
+create temp table snap on commit drop as
+  select 'before_update'::text as label, to_jsonb(p) as row from public.reading_progress p
+   where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'bc-series';
+
+update public.reading_progress set page = 21, percentage = 0.21, updated_at = '2026-01-02 03:04:06+00'
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'bc-series';
+
+select results_eq(
+  $$select topic, event, payload->>'operation', private from new_msgs where event <> 'INSERT'$$,
+  $$values ('progress:c3c3c3c3-0000-4000-8000-000000000003', 'UPDATE', 'UPDATE', true)$$,
+  'UPDATE broadcasts exactly one private message with event and operation UPDATE'
+);
+
+select is(
+  (select payload->'record' from new_msgs where event = 'UPDATE'),
+  (select to_jsonb(p) from public.reading_progress p
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'bc-series'),
+  'UPDATE message: record is the row after the update'
+);
+
+select is(
+  (select payload->'old_record' from new_msgs where event = 'UPDATE'),
+  (select row from snap where label = 'before_update'),
+  'UPDATE message: old_record is the row before the update'
+);
+
+insert into snap
+  select 'before_delete', to_jsonb(p) from public.reading_progress p
+   where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'bc-series';
+
+delete from public.reading_progress
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'bc-series';
+
+select results_eq(
+  $$select topic, event, payload->>'operation', private from new_msgs where event not in ('INSERT', 'UPDATE')$$,
+  $$values ('progress:c3c3c3c3-0000-4000-8000-000000000003', 'DELETE', 'DELETE', true)$$,
+  'DELETE broadcasts exactly one private message with event and operation DELETE'
+);
+
+select is(
+  (select payload->'old_record' from new_msgs where event = 'DELETE'),
+  (select row from snap where label = 'before_delete'),
+  'DELETE message: old_record is the deleted row'
+);
+
+select is(
+  (select jsonb_typeof(payload->'record') from new_msgs where event = 'DELETE'),
+  'null',
+  'DELETE message: record is null'
+);
+
+select is(
+  (select count(*)::int from new_msgs),
+  3,
+  'three writes, three messages: nothing on any other topic'
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- updated_at: the last-write-wins key
+-- ---------------------------------------------------------------------------------------------
+insert into public.reading_progress (user_id, series_id, page, device_id, updated_at) values
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-null',     1, 'dev-1', null),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-day',      1, 'dev-1', now() + interval '1 day'),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-2s',       1, 'dev-1', now() + interval '2 seconds'),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s',       1, 'dev-1', now() + interval '5 seconds'),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s1ms',    1, 'dev-1', now() + interval '5.001 seconds'),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-past-us',  1, 'dev-1', '2026-01-02 03:04:05.123789+00'),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-plain',    1, 'dev-1', '2026-01-02 03:04:05+00'),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-newkey',   1, 'dev-1', '2026-01-02 03:04:05+00'),
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-newdev',   1, 'dev-1', '2026-01-02 03:04:05+00');
+
+create temp view ts as
+  select series_id, updated_at from public.reading_progress
+   where user_id = 'c3c3c3c3-0000-4000-8000-000000000003';
+
+select is(
+  (select updated_at from ts where series_id = 'ts-null'),
+  date_trunc('milliseconds', now()),
+  'insert with updated_at null gets now() (truncated to ms)'
+);
+
+select is(
+  (select updated_at from ts where series_id = 'ts-day'),
+  date_trunc('milliseconds', now()),
+  'insert with updated_at one day in the future is clamped to now()'
+);
+
+select is(
+  (select updated_at from ts where series_id = 'ts-2s'),
+  date_trunc('milliseconds', now() + interval '2 seconds'),
+  'insert with updated_at 2 s in the future is kept (clock skew tolerance), truncated to ms'
+);
+
+select is(
+  (select updated_at from ts where series_id = 'ts-5s'),
+  date_trunc('milliseconds', now() + interval '5 seconds'),
+  'insert with updated_at exactly 5 s in the future is kept (the limit is inclusive)'
+);
+
+select is(
+  (select updated_at from ts where series_id = 'ts-5s1ms'),
+  date_trunc('milliseconds', now()),
+  'insert with updated_at 5.001 s in the future is clamped to now()'
+);
+
+select is(
+  (select updated_at from ts where series_id = 'ts-past-us'),
+  '2026-01-02 03:04:05.123+00'::timestamptz,
+  'updated_at is truncated (not rounded) to milliseconds: .123789 -> .123'
+);
+
+update public.reading_progress set page = 2
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'ts-plain';
+
+select is(
+  (select updated_at from ts where series_id = 'ts-plain'),
+  date_trunc('milliseconds', now()),
+  'a plain update (no new updated_at / device_id) bumps updated_at to now()'
+);
+
+update public.reading_progress set page = 2, updated_at = '2026-01-03 00:00:00.987654+00'
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'ts-newkey';
+
+select is(
+  (select updated_at from ts where series_id = 'ts-newkey'),
+  '2026-01-03 00:00:00.987+00'::timestamptz,
+  'an update that brings its own updated_at keeps it (truncated to ms)'
+);
+
+update public.reading_progress set page = 2, device_id = 'dev-2'
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'ts-newdev';
+
+select is(
+  (select updated_at from ts where series_id = 'ts-newdev'),
+  '2026-01-02 03:04:05+00'::timestamptz,
+  'an update that brings a new device_id (a new LWW key) keeps the given updated_at'
+);
+
+update public.reading_progress set page = 3, updated_at = now() + interval '1 day'
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'ts-newkey';
+
+select is(
+  (select updated_at from ts where series_id = 'ts-newkey'),
+  date_trunc('milliseconds', now()),
+  'an update with updated_at one day in the future is clamped to now() as well'
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- synced_at (clock_timestamp), created_at (immutable), change_xid (this transaction)
+-- ---------------------------------------------------------------------------------------------
+select pg_sleep(0.01);
+
+insert into public.reading_progress (user_id, series_id, page, device_id, synced_at, created_at, change_xid)
+values ('c3c3c3c3-0000-4000-8000-000000000003', 'meta', 1, 'dev-1',
+        '2000-01-01 00:00:00+00', '2000-01-01 00:00:00+00', '1'::xid8);
+
+create temp table meta_before on commit drop as
+  select synced_at, created_at from public.reading_progress
+   where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta';
+
+select cmp_ok(
+  (select synced_at from meta_before), '>', now(),
+  'synced_at is the wall clock (clock_timestamp), not the transaction start, and not the supplied value'
+);
+
+select is(
+  (select created_at from meta_before),
+  now(),
+  'a supplied created_at is ignored on insert: created_at = now()'
+);
+
+select is(
+  (select change_xid from public.reading_progress
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta'),
+  pg_current_xact_id(),
+  'a supplied change_xid is ignored on insert: change_xid = pg_current_xact_id()'
+);
+
+select pg_sleep(0.01);
+
+update public.reading_progress
+   set page = 2, created_at = '2000-01-01 00:00:00+00', synced_at = '2000-01-01 00:00:00+00', change_xid = '1'::xid8
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta';
+
+select cmp_ok(
+  (select synced_at from public.reading_progress
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta'),
+  '>',
+  (select synced_at from meta_before),
+  'synced_at advances on update (later clock_timestamp in the same transaction)'
+);
+
+select is(
+  (select created_at from public.reading_progress
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta'),
+  (select created_at from meta_before),
+  'created_at is immutable: an update that sets it keeps the original'
+);
+
+select is(
+  (select change_xid from public.reading_progress
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta'),
+  pg_current_xact_id(),
+  'a supplied change_xid is ignored on update: change_xid = pg_current_xact_id()'
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- Writes by an authenticated user broadcast too (security definer), but the user cannot write to
+-- realtime.messages themselves, neither directly nor through realtime.send.
+-- ---------------------------------------------------------------------------------------------
+truncate msgs_before;
+insert into msgs_before select id from realtime.messages;
+
+set local role authenticated;
+select diag('claims: ' || set_config('request.jwt.claims',
+  json_build_object('sub', 'd4d4d4d4-0000-4000-8000-000000000004', 'role', 'authenticated')::text, true));
+
+select lives_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id)
+    values ('d4d4d4d4-0000-4000-8000-000000000004', 'user-write', 1, 5, 0.05, 'b-phone')$$,
+  'B inserts their own row as authenticated'
+);
+
+select lives_ok(
+  $$update public.reading_progress set page = 6 where series_id = 'user-write'$$,
+  'B updates their own row as authenticated'
+);
+
+select lives_ok(
+  $$delete from public.reading_progress where series_id = 'user-write'$$,
+  'B deletes their own row as authenticated'
+);
+
+select throws_ok(
+  $$insert into realtime.messages (topic, extension, event, payload, private)
+    values ('progress:d4d4d4d4-0000-4000-8000-000000000004', 'broadcast', 'UPDATE', '{"forged": true}', true)$$,
+  '42501', null,
+  'B cannot insert into realtime.messages directly, not even on their own topic: 42501'
+);
+
+-- B tries realtime.send on A's topic. Locally (and on Supabase) realtime.send turns the RLS error
+-- into a WARNING; where B may not even execute it, the attempt fails outright. Either way only the
+-- outcome matters: no message (asserted as postgres below).
+set local client_min_messages = error;
+do $$
+begin
+  perform realtime.send('{"forged": true}'::jsonb, 'FORGED', 'progress:c3c3c3c3-0000-4000-8000-000000000003', true);
+exception when insufficient_privilege then
+  null;
+end
+$$;
+reset client_min_messages;
+
+reset role;
+
+select is(
+  (select count(*)::int from new_msgs where event = 'FORGED' or payload ? 'forged'),
+  0,
+  'as postgres: B''s realtime.send on A''s topic left no message in realtime.messages'
+);
+
+select results_eq(
+  $$select topic, event, coalesce(payload->'record'->>'series_id', payload->'old_record'->>'series_id')
+      from new_msgs order by event = 'DELETE', event = 'UPDATE'$$,
+  $$values ('progress:d4d4d4d4-0000-4000-8000-000000000004', 'INSERT', 'user-write'),
+           ('progress:d4d4d4d4-0000-4000-8000-000000000004', 'UPDATE', 'user-write'),
+           ('progress:d4d4d4d4-0000-4000-8000-000000000004', 'DELETE', 'user-write')$$,
+  'as postgres: B''s own insert, update and delete each broadcast one message on B''s topic'
+);
+
+select is(
+  (select (payload->'record'->>'page')::int from new_msgs where event = 'UPDATE'),
+  6,
+  'the broadcast of B''s update carries B''s new page'
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- Deleting the auth user cascades to reading_progress; the cascade is broadcast as DELETE too.
+-- ---------------------------------------------------------------------------------------------
+truncate msgs_before;
+insert into msgs_before select id from realtime.messages;
+
+delete from auth.users where id = 'c3c3c3c3-0000-4000-8000-000000000003';
+
+select is(
+  (select count(*)::int from public.reading_progress where user_id = 'c3c3c3c3-0000-4000-8000-000000000003'),
+  0,
+  'deleting the auth user deletes their progress (on delete cascade)'
+);
+
+select is(
+  (select count(*)::int from new_msgs
+    where topic = 'progress:c3c3c3c3-0000-4000-8000-000000000003' and event = 'DELETE'),
+  10,
+  'each cascaded row delete is broadcast as DELETE on the user''s topic (10 rows, 10 messages)'
+);
+
+select is(
+  (select count(*)::int from new_msgs),
+  10,
+  'the cascade broadcasts nothing else'
+);
+
+select * from finish();
+rollback;
