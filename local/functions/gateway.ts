@@ -1,4 +1,27 @@
-// PLACEHOLDER until the progress API lands: the functions gateway contract used by local/api/server.ts.
+// The local functions gateway: serves every supabase/functions/<name>/index.ts at
+// /functions/v1/<name>/* on the local API port, the way `supabase start` / `supabase functions serve`
+// do (their edge-runtime main service, supabase/cli internal/functions/serve/templates/main.ts):
+//
+// * Loading: each module is imported once, in this process, with Deno.serve temporarily replaced by
+//   a stand-in that captures the handler instead of opening a port. A module that fails to load
+//   answers 503 {"code":"BOOT_ERROR"} like a worker that fails to boot.
+// * Environment: SUPABASE_URL, SUPABASE_ANON_KEY, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_DB_URL and
+//   SUPABASE_JWT_SECRET are set in this process's environment before the modules load (functions
+//   share this process, so they share its environment; close() restores the previous values).
+// * JWT: when verify_jwt is true for the function in config.toml (the default), every request but
+//   OPTIONS needs `Authorization: Bearer <JWT>` valid for the project: HS256 with the JWT secret, or
+//   ES256/RS256 with the JWKS in SUPABASE_JWKS. Otherwise 401 with Supabase's body,
+//   {"msg":"Invalid JWT"} or {"msg":"Error: Missing authorization header"}. Any role passes (the anon
+//   key too); what a role may do is the function's business.
+// * Path: the function sees the request URL with /functions/v1 removed, i.e. /<name>/<rest>?<query>,
+//   as on Supabase (where routers use basePath("/<name>")). Method, headers and body pass unchanged.
+//   The client's abort signal is not forwarded.
+// * Unknown or disabled function: 404 "Function not found" (text/plain). A function that throws:
+//   500 {"code":"Internal Server Error","message":"Request failed due to an internal server error"}.
+
+import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from "jose";
+import { type FunctionConfig, loadFunctionConfigs } from "./config.ts";
+
 export interface GatewayContext {
   port: number;
   apiUrl: string;
@@ -7,13 +30,199 @@ export interface GatewayContext {
   anonKey: string;
   serviceRoleKey: string;
 }
+
 export interface Service {
   handle(req: Request, info: Deno.ServeHandlerInfo): Response | Promise<Response>;
   close(): Promise<void>;
 }
-export function createFunctionsGateway(_ctx: GatewayContext): Promise<Service> {
-  return Promise.resolve({
-    handle: () => Response.json({ error: { code: "not_implemented", message: "functions gateway" } }, { status: 501 }),
-    close: () => Promise.resolve(),
+
+export interface FunctionsGatewayOptions {
+  /** The supabase/ directory (default: the repository's). */
+  supabaseDir?: string;
+}
+
+type ServeHandler = (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>;
+
+const SUPABASE_DIR = new URL("../../supabase", import.meta.url).pathname;
+
+// A module evaluates once per process, so its captured handler is kept per entrypoint.
+const handlers = new Map<string, Promise<ServeHandler>>();
+// Deno.serve is process-global: load one module at a time.
+let loading: Promise<unknown> = Promise.resolve();
+
+function fakeServer(): Deno.HttpServer<Deno.NetAddr> {
+  let resolveFinished!: () => void;
+  const finished = new Promise<void>((r) => (resolveFinished = r));
+  return {
+    addr: { transport: "tcp", hostname: "127.0.0.1", port: 0 },
+    finished,
+    ref() {},
+    unref() {},
+    shutdown() {
+      resolveFinished();
+      return finished;
+    },
+    [Symbol.asyncDispose]() {
+      resolveFinished();
+      return finished;
+    },
+  } as Deno.HttpServer<Deno.NetAddr>;
+}
+
+function captureHandler(entrypoint: string): Promise<ServeHandler> {
+  const cached = handlers.get(entrypoint);
+  if (cached) return cached;
+  const result = loading.then(async () => {
+    const original = Deno.serve;
+    let captured: ServeHandler | null = null;
+    const standIn = (...args: unknown[]) => {
+      // Deno.serve(handler) | Deno.serve(options, handler) | Deno.serve({ ...options, handler })
+      const handler = typeof args[0] === "function"
+        ? args[0]
+        : typeof args[1] === "function"
+        ? args[1]
+        : (args[0] as { handler?: unknown } | undefined)?.handler;
+      if (typeof handler !== "function") throw new TypeError("Deno.serve was called without a handler");
+      if (captured) throw new Error(`${entrypoint} called Deno.serve more than once`);
+      captured = handler as ServeHandler;
+      return fakeServer();
+    };
+    Deno.serve = standIn as typeof Deno.serve;
+    try {
+      await import(new URL(`file://${entrypoint}`).href);
+    } finally {
+      Deno.serve = original;
+    }
+    if (!captured) throw new Error(`${entrypoint} did not call Deno.serve while loading`);
+    return captured as ServeHandler;
   });
+  loading = result.catch(() => {});
+  handlers.set(entrypoint, result);
+  return result;
+}
+
+function json(body: unknown, status: number): Response {
+  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
+}
+
+export async function createFunctionsGateway(
+  ctx: GatewayContext,
+  options: FunctionsGatewayOptions = {},
+): Promise<Service> {
+  const supabaseDir = options.supabaseDir ?? SUPABASE_DIR;
+  const env: Record<string, string> = {
+    SUPABASE_URL: ctx.apiUrl,
+    SUPABASE_ANON_KEY: ctx.anonKey,
+    SUPABASE_SERVICE_ROLE_KEY: ctx.serviceRoleKey,
+    SUPABASE_DB_URL: ctx.dbUrl,
+    SUPABASE_JWT_SECRET: ctx.jwtSecret,
+  };
+  const previous = new Map<string, string | undefined>();
+  for (const [k, v] of Object.entries(env)) {
+    previous.set(k, Deno.env.get(k));
+    Deno.env.set(k, v);
+  }
+
+  const configs = await loadFunctionConfigs(supabaseDir);
+  const functions = new Map<string, { config: FunctionConfig; handler: Promise<ServeHandler> }>();
+  for (const config of configs) {
+    if (!config.enabled) continue;
+    const handler = captureHandler(config.entrypoint);
+    handler.catch((error) => {
+      console.error(JSON.stringify({
+        ts: new Date().toISOString(),
+        level: "error",
+        component: "functions-gateway",
+        event: "boot_error",
+        function: config.name,
+        error: error instanceof Error ? error.stack ?? error.message : String(error),
+      }));
+    });
+    functions.set(config.name, { config, handler });
+  }
+  // Load everything now, so the first request does not pay for it (failures answer 503 later).
+  await Promise.allSettled([...functions.values()].map((f) => f.handler));
+
+  const secretKey = new TextEncoder().encode(ctx.jwtSecret);
+  const jwksText = Deno.env.get("SUPABASE_JWKS");
+  let jwks: ReturnType<typeof createLocalJWKSet> | null = null;
+  try {
+    if (jwksText) jwks = createLocalJWKSet(JSON.parse(jwksText) as JSONWebKeySet);
+  } catch { /* no usable JWKS: asymmetric tokens fail */ }
+
+  async function isValidJwt(token: string): Promise<boolean> {
+    try {
+      const { alg } = decodeProtectedHeader(token);
+      if (alg === "HS256") {
+        await jwtVerify(token, secretKey, { algorithms: ["HS256"] });
+        return true;
+      }
+      if ((alg === "ES256" || alg === "RS256") && jwks) {
+        await jwtVerify(token, jwks, { algorithms: [alg] });
+        return true;
+      }
+      return false;
+    } catch {
+      return false;
+    }
+  }
+
+  async function handle(req: Request, info: Deno.ServeHandlerInfo): Promise<Response> {
+    const url = new URL(req.url);
+    const match = /^\/functions\/v1\/([^/]+)(\/.*)?$/.exec(url.pathname);
+    const fn = match ? functions.get(match[1]) : undefined;
+    if (!match || !fn) {
+      return new Response("Function not found", { status: 404, headers: { "content-type": "text/plain" } });
+    }
+
+    if (req.method !== "OPTIONS" && fn.config.verifyJwt) {
+      const header = req.headers.get("authorization");
+      if (!header) return json({ msg: "Error: Missing authorization header" }, 401);
+      const [scheme, token] = header.split(" ");
+      if (scheme !== "Bearer") return json({ msg: "Error: Auth header is not 'Bearer {token}'" }, 401);
+      if (!token || !(await isValidJwt(token))) return json({ msg: "Invalid JWT" }, 401);
+    }
+
+    let handler: ServeHandler;
+    try {
+      handler = await fn.handler;
+    } catch {
+      return json({ code: "BOOT_ERROR", message: "Worker failed to boot (please check logs)" }, 503);
+    }
+
+    const target = new URL(`/${match[1]}${match[2] ?? ""}${url.search}`, url.origin);
+    const hasBody = req.method !== "GET" && req.method !== "HEAD";
+    const forwarded = new Request(target, {
+      method: req.method,
+      headers: req.headers,
+      body: hasBody ? req.body : null,
+      // req.signal is not forwarded: reading it switches Deno.serve into its legacy abort mode.
+    });
+    try {
+      const res = await handler(forwarded, info);
+      if (!(res instanceof Response)) throw new TypeError("the function did not return a Response");
+      return res;
+    } catch (error) {
+      console.error(JSON.stringify({
+        ts: new Date().toISOString(),
+        level: "error",
+        component: "functions-gateway",
+        event: "function_error",
+        function: match[1],
+        error: error instanceof Error ? error.stack ?? error.message : String(error),
+      }));
+      return json({ code: "Internal Server Error", message: "Request failed due to an internal server error" }, 500);
+    }
+  }
+
+  return {
+    handle,
+    close: () => {
+      for (const [k, v] of previous) {
+        if (v === undefined) Deno.env.delete(k);
+        else Deno.env.set(k, v);
+      }
+      return Promise.resolve();
+    },
+  };
 }

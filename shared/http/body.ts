@@ -1,0 +1,77 @@
+// Reading a JSON request body safely: the media type must be JSON (415), the body may not exceed a
+// byte limit (413; checked on Content-Length first and again while streaming, so a chunked or lying
+// client cannot push more), and it must be UTF-8 JSON (400).
+
+import { HttpError } from "./errors.ts";
+
+export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
+
+/** application/json, or application/<x>+json, with any parameters (charset=utf-8). */
+export function isJsonMediaType(contentType: string | null): boolean {
+  if (!contentType) return false;
+  const type = contentType.split(";")[0].trim().toLowerCase();
+  return type === "application/json" || /^application\/[a-z0-9.!#$&^_-]+\+json$/.test(type);
+}
+
+/** Reads at most maxBytes of the body; throws 413 beyond that (and stops reading). */
+export async function readBodyLimited(req: Request, maxBytes: number): Promise<Uint8Array> {
+  const declared = req.headers.get("content-length");
+  if (declared !== null && /^\d+$/.test(declared) && Number(declared) > maxBytes) {
+    throw tooLarge(maxBytes);
+  }
+  if (!req.body) return new Uint8Array(0);
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > maxBytes) {
+        await reader.cancel().catch(() => {});
+        throw tooLarge(maxBytes);
+      }
+      chunks.push(value);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  const out = new Uint8Array(total);
+  let offset = 0;
+  for (const c of chunks) {
+    out.set(c, offset);
+    offset += c.byteLength;
+  }
+  return out;
+}
+
+/** The parsed JSON body, after the media-type (415), size (413) and syntax (400) checks. */
+export async function readJsonBody(req: Request, { maxBytes = DEFAULT_MAX_BODY_BYTES } = {}): Promise<unknown> {
+  if (!isJsonMediaType(req.headers.get("content-type"))) {
+    throw new HttpError(415, "unsupported_media_type", "The body must be JSON (Content-Type: application/json)", {
+      details: { content_type: req.headers.get("content-type") },
+    });
+  }
+  const bytes = await readBodyLimited(req, maxBytes);
+  if (bytes.byteLength === 0) throw new HttpError(400, "invalid_json", "The request body is empty");
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new HttpError(400, "invalid_json", "The request body is not valid UTF-8");
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new HttpError(400, "invalid_json", "The request body is not valid JSON", {
+      details: { reason: error instanceof Error ? error.message : String(error) },
+    });
+  }
+}
+
+function tooLarge(maxBytes: number): HttpError {
+  return new HttpError(413, "payload_too_large", `The request body exceeds ${maxBytes} bytes`, {
+    details: { max_bytes: maxBytes },
+  });
+}

@@ -1,0 +1,119 @@
+// Last-write-wins, exactly as public.write_reading_progress decides it (migration
+// 20261120090200_progress_writes.sql), so a client can predict and explain the server's answer.
+//
+// Order: (updated_at in milliseconds, device_id by UTF-16 code unit). Ids are ASCII (the schema's
+// pattern), where code-unit order equals byte order, i.e. PostgreSQL's collate "C".
+//
+// Outcome of applying `incoming` to the stored row `current` (the SQL's rules):
+//   no current            -> won, no conflict
+//   incoming > current    -> won, no conflict (it replaces current)
+//   incoming = current    -> replay of the same write: a no-op that reports won, no conflict
+//   same updated_at, smaller device_id -> lost, 'tie'
+//   older updated_at      -> lost, 'stale'
+// The server normalises updated_at before comparing (truncate to ms, clamp more than 5 s in the
+// future to its now()); `normalize` does the same with a given clock.
+
+import type { ConflictKind } from "./types.ts";
+import { PROGRESS_LIMITS } from "./types.ts";
+
+/** Anything carrying the LWW key. updated_at: ISO string, Date or epoch milliseconds. */
+export interface Versioned {
+  updated_at: string | Date | number;
+  device_id: string;
+}
+
+export interface WriteOutcome<T> {
+  won: boolean;
+  conflict: ConflictKind | null;
+  /** The stored version after the write. */
+  current: T;
+}
+
+/** A write that lost when applied in sequence: what it lost against, and why. */
+export interface ConflictFinding<T> {
+  /** Position of the losing update in the input. */
+  index: number;
+  kind: ConflictKind;
+  incoming: T;
+  current: T;
+}
+
+export class ConflictResolver {
+  readonly futureToleranceMs: number;
+
+  constructor(options: { futureToleranceMs?: number } = {}) {
+    this.futureToleranceMs = options.futureToleranceMs ?? PROGRESS_LIMITS.futureToleranceMs;
+  }
+
+  /** updated_at in epoch milliseconds (finer digits are dropped, as the server truncates them). */
+  static timeOf(v: Versioned): number {
+    const t = v.updated_at;
+    const ms = typeof t === "number" ? t : t instanceof Date ? t.getTime() : Date.parse(t);
+    if (!Number.isFinite(ms)) throw new TypeError(`invalid updated_at: ${String(t)}`);
+    return Math.floor(ms);
+  }
+
+  /** Total order on (updated_at ms, device_id): negative, 0 or positive like Array.sort wants. */
+  compare = (a: Versioned, b: Versioned): number => {
+    const ta = ConflictResolver.timeOf(a);
+    const tb = ConflictResolver.timeOf(b);
+    if (ta !== tb) return ta < tb ? -1 : 1;
+    return a.device_id < b.device_id ? -1 : a.device_id > b.device_id ? 1 : 0;
+  };
+
+  /** How a write of `incoming` over the stored `current` (null: no row yet) turns out. */
+  classify(incoming: Versioned, current: Versioned | null): { won: boolean; conflict: ConflictKind | null } {
+    if (current === null) return { won: true, conflict: null };
+    const order = this.compare(incoming, current);
+    if (order >= 0) return { won: true, conflict: null }; // newer, or the same write replayed
+    const tie = ConflictResolver.timeOf(incoming) === ConflictResolver.timeOf(current);
+    return { won: false, conflict: tie ? "tie" : "stale" };
+  }
+
+  /** Applies one write to the stored version; a replay keeps the stored version (first one wins). */
+  apply<T extends Versioned>(current: T | null, incoming: T): WriteOutcome<T> {
+    const { won, conflict } = this.classify(incoming, current);
+    const replaced = current === null || this.compare(incoming, current) > 0;
+    return { won, conflict, current: replaced ? incoming : current };
+  }
+
+  /**
+   * Applies `updates` in the given order to `initial`, as the server would if they arrived in that
+   * order, and returns one finding per losing update (these are the rows the conflict log gets).
+   */
+  detectConflict<T extends Versioned>(updates: readonly T[], initial: T | null = null): ConflictFinding<T>[] {
+    const findings: ConflictFinding<T>[] = [];
+    let current = initial;
+    updates.forEach((incoming, index) => {
+      const outcome = this.apply(current, incoming);
+      if (!outcome.won && current !== null) {
+        findings.push({ index, kind: outcome.conflict!, incoming, current });
+      }
+      current = outcome.current;
+    });
+    return findings;
+  }
+
+  /**
+   * The version that ends up stored, whatever the arrival order: the greatest key (with `initial`
+   * competing too). Among equal keys the earliest one is kept, as a replay does not overwrite.
+   * Null only for no updates and no initial version.
+   */
+  resolve<T extends Versioned>(updates: readonly T[], initial: T | null = null): T | null {
+    let best = initial;
+    for (const u of updates) {
+      if (best === null || this.compare(u, best) > 0) best = u;
+    }
+    return best;
+  }
+
+  /** The key the server compares and stores: future beyond the tolerance -> now, truncated to ms. */
+  normalize<T extends Versioned>(v: T, nowMs: number = Date.now()): T & { updated_at: string } {
+    let ms = ConflictResolver.timeOf(v);
+    if (ms > nowMs + this.futureToleranceMs) ms = Math.floor(nowMs);
+    return { ...v, updated_at: new Date(ms).toISOString() };
+  }
+}
+
+/** A shared default instance (stateless). */
+export const conflictResolver: ConflictResolver = new ConflictResolver();

@@ -1,0 +1,266 @@
+// The progress API as a fetch handler (Request -> Response). supabase/functions/progress/index.ts
+// serves it with Deno.serve; tests call it directly with a fake store.
+//
+// Routes, relative to the function (the function sees the path /progress/..., see README):
+//   POST   /progress                       one write                   -> 200 WriteResult
+//   POST   /progress/batch                 {writes: [...]} (1..100)    -> 200 {results: WriteResult[]}
+//   GET    /progress?limit&cursor&include_cleared   library           -> 200 {items, next_cursor}
+//   GET    /progress/changes?since&limit   changes since a cursor      -> 200 {changes, next_cursor, has_more}
+//   GET    /progress/series/:seriesId      one series                  -> 200 {progress} | 404
+//   DELETE /progress/series/:seriesId?device_id&updated_at  reset (tombstone write) -> 200 WriteResult
+//   OPTIONS (any path)                     CORS preflight              -> 204
+// Check order: route (404/405), token (401/403), media type (415), size (413), JSON (400), schema
+// (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+
+import { bearerToken, JwtError, type JwtClaims, type JwtVerifier } from "../auth/jwt.ts";
+import { readJsonBody } from "../http/body.ts";
+import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
+import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
+import {
+  batchWriteSchema,
+  changesQuerySchema,
+  encodeListCursor,
+  listQuerySchema,
+  parseOrThrow,
+  progressWriteSchema,
+  resetQuerySchema,
+  seriesIdSchema,
+  type ValidProgressWrite,
+} from "./schemas.ts";
+import { mapDatabaseError, type ProgressStore } from "./store.ts";
+import { PROGRESS_LIMITS, type WriteResult } from "./types.ts";
+
+export type LogSink = (entry: Record<string, unknown>) => void;
+
+export interface ProgressHandlerOptions {
+  /** Verifies access tokens. A function is called per request (lets env-based setup fail as a response). */
+  verifier: JwtVerifier | (() => JwtVerifier);
+  store: ProgressStore | (() => ProgressStore);
+  /** Structured log sink; default: one JSON line on stdout. */
+  log?: LogSink;
+  maxBodyBytes?: number;
+  /** The function's name = first path segment (default "progress"). */
+  functionName?: string;
+  cors?: CorsOptions;
+}
+
+export const defaultLog: LogSink = (entry) => console.log(JSON.stringify(entry));
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+type Route =
+  | { name: "root" }
+  | { name: "batch" }
+  | { name: "changes" }
+  | { name: "series"; seriesId: string };
+
+const ALLOWED: Record<Route["name"], string[]> = {
+  root: ["GET", "POST"],
+  batch: ["POST"],
+  changes: ["GET"],
+  series: ["GET", "DELETE"],
+};
+
+function matchRoute(pathname: string, functionName: string): Route | null {
+  // Supabase hands the function /<name>/...; tolerate the public /functions/v1 prefix as well.
+  let path = pathname.replace(/^\/functions\/v1(?=\/)/, "");
+  if (path.length > 1 && path.endsWith("/")) path = path.slice(0, -1);
+  const base = `/${functionName}`;
+  if (path === base) return { name: "root" };
+  if (!path.startsWith(`${base}/`)) return null;
+  const rest = path.slice(base.length + 1).split("/");
+  if (rest.length === 1 && rest[0] === "batch") return { name: "batch" };
+  if (rest.length === 1 && rest[0] === "changes") return { name: "changes" };
+  if (rest.length === 2 && rest[0] === "series" && rest[1] !== "") {
+    let seriesId: string;
+    try {
+      seriesId = decodeURIComponent(rest[1]);
+    } catch {
+      throw new HttpError(400, "invalid_request", "The series id in the path is not valid percent-encoding");
+    }
+    return { name: "series", seriesId };
+  }
+  return null;
+}
+
+/** Query parameters as an object; a repeated parameter becomes an array (and fails validation). */
+function queryObject(url: URL): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of url.searchParams) {
+    const prev = out[k];
+    out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+  }
+  return out;
+}
+
+function requestId(req: Request): string {
+  const given = req.headers.get("x-request-id") ?? req.headers.get("sb-request-id");
+  return given && /^[A-Za-z0-9._:-]{1,128}$/.test(given) ? given : crypto.randomUUID();
+}
+
+export function createProgressHandler(options: ProgressHandlerOptions): (req: Request) => Promise<Response> {
+  const functionName = options.functionName ?? "progress";
+  const log = options.log ?? defaultLog;
+  const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
+  const verifier = () => typeof options.verifier === "function" ? options.verifier() : options.verifier;
+  const store = () => typeof options.store === "function" ? options.store() : options.store;
+
+  async function authenticate(req: Request): Promise<JwtClaims & { sub: string }> {
+    const token = bearerToken(req.headers.get("authorization"));
+    const challenge = { "www-authenticate": 'Bearer realm="progress"' };
+    if (!token) {
+      throw new HttpError(401, "missing_token", "An access token is required (Authorization: Bearer <token>)", {
+        headers: challenge,
+      });
+    }
+    let claims: JwtClaims;
+    try {
+      claims = await verifier().verify(token);
+    } catch (error) {
+      if (!(error instanceof JwtError)) throw error;
+      if (error.code === "keys_unavailable") {
+        throw new HttpError(503, "service_unavailable", error.message, { headers: { "retry-after": "5" }, cause: error });
+      }
+      const code = error.code === "token_expired" ? "token_expired" : "invalid_token";
+      throw new HttpError(401, code, error.message, {
+        details: { reason: error.code },
+        headers: { "www-authenticate": `Bearer realm="progress", error="invalid_token"` },
+      });
+    }
+    if (claims.role !== "authenticated") {
+      throw new HttpError(403, "forbidden", `This API needs a signed-in user's access token, not role "${claims.role ?? "none"}"`);
+    }
+    if (typeof claims.sub !== "string" || !UUID.test(claims.sub)) {
+      throw new HttpError(403, "forbidden", "The access token has no user (sub)");
+    }
+    return claims as JwtClaims & { sub: string };
+  }
+
+  function logConflicts(ctx: { requestId: string; userId: string }, writes: ValidProgressWrite[], results: WriteResult[]) {
+    results.forEach((r, i) => {
+      if (!r.conflict) return;
+      const w = writes[i];
+      log({
+        ts: new Date().toISOString(),
+        level: "info",
+        component: "progress",
+        event: "progress_conflict",
+        kind: r.conflict,
+        request_id: ctx.requestId,
+        user_id: ctx.userId,
+        series_id: w.series_id,
+        incoming: {
+          updated_at: w.updated_at,
+          device_id: w.device_id,
+          chapter: w.chapter,
+          page: w.page,
+          percentage: w.percentage,
+          cleared: w.cleared,
+        },
+        current: { updated_at: r.progress.updated_at, device_id: r.progress.device_id },
+      });
+    });
+  }
+
+  async function route(req: Request, url: URL, reqId: string): Promise<Response> {
+    const matched = matchRoute(url.pathname, functionName);
+    if (!matched) throw new HttpError(404, "not_found", `No route ${req.method} ${url.pathname}`);
+    const allowed = ALLOWED[matched.name];
+    if (!allowed.includes(req.method)) {
+      throw new HttpError(405, "method_not_allowed", `${req.method} is not allowed here; use ${allowed.join(" or ")}`, {
+        headers: { allow: [...allowed, "OPTIONS"].join(", ") },
+      });
+    }
+
+    const claims = await authenticate(req);
+    const ctx = { requestId: reqId, userId: claims.sub };
+    const db = store();
+
+    switch (matched.name) {
+      case "root": {
+        if (req.method === "POST") {
+          const body = await readJsonBody(req, { maxBytes });
+          const write = parseOrThrow(progressWriteSchema, body, "progress write");
+          const result = await db.write(claims, write);
+          logConflicts(ctx, [write], [result]);
+          return jsonResponse(result);
+        }
+        const q = parseOrThrow(listQuerySchema, queryObject(url), "query");
+        const limit = q.limit ?? PROGRESS_LIMITS.listDefault;
+        const rows = await db.list(claims, {
+          limit: limit + 1,
+          before: q.cursor,
+          includeCleared: q.include_cleared === "true",
+        });
+        const items = rows.slice(0, limit);
+        return jsonResponse({
+          items,
+          next_cursor: rows.length > limit ? encodeListCursor(items[items.length - 1]) : null,
+        });
+      }
+      case "batch": {
+        const body = await readJsonBody(req, { maxBytes });
+        const { writes } = parseOrThrow(batchWriteSchema, body, "batch");
+        const results = await db.writeBatch(claims, writes);
+        logConflicts(ctx, writes, results);
+        return jsonResponse({ results });
+      }
+      case "changes": {
+        const q = parseOrThrow(changesQuerySchema, queryObject(url), "query");
+        return jsonResponse(
+          await db.changes(claims, { cursor: q.since ?? "", limit: q.limit ?? PROGRESS_LIMITS.changesDefault }),
+        );
+      }
+      case "series": {
+        const seriesId = parseOrThrow(seriesIdSchema, matched.seriesId, "series id");
+        if (req.method === "GET") {
+          const progress = await db.get(claims, seriesId);
+          if (!progress) throw new HttpError(404, "progress_not_found", `No progress for series ${seriesId}`);
+          return jsonResponse({ progress });
+        }
+        const q = parseOrThrow(resetQuerySchema, queryObject(url), "query");
+        const write: ValidProgressWrite = {
+          series_id: seriesId,
+          chapter: 0,
+          page: 0,
+          percentage: 0,
+          cleared: true,
+          device_id: q.device_id,
+          updated_at: q.updated_at,
+        };
+        const result = await db.write(claims, write);
+        logConflicts(ctx, [write], [result]);
+        return jsonResponse(result);
+      }
+    }
+  }
+
+  return async function handler(req: Request): Promise<Response> {
+    const reqId = requestId(req);
+    if (req.method === "OPTIONS") return preflightResponse(req, options.cors);
+    let res: Response;
+    try {
+      res = await route(req, new URL(req.url), reqId);
+    } catch (caught) {
+      let error = caught instanceof HttpError ? caught : mapDatabaseError(caught);
+      if (error.status >= 500) {
+        const cause = error.cause ?? caught;
+        log({
+          ts: new Date().toISOString(),
+          level: error.status === 503 ? "warn" : "error",
+          component: "progress",
+          event: error.status === 503 ? "dependency_unavailable" : "request_failed",
+          request_id: reqId,
+          method: req.method,
+          path: new URL(req.url).pathname,
+          error: cause instanceof Error ? `${cause.name}: ${cause.message}` : String(cause),
+          ...(error.status === 500 && cause instanceof Error ? { stack: cause.stack } : {}),
+        });
+        if (error.status === 500) error = new HttpError(500, "internal_error", "Internal error", { details: { request_id: reqId } });
+      }
+      res = httpErrorResponse(error);
+    }
+    res.headers.set("x-request-id", reqId);
+    return withCors(res, req, options.cors);
+  };
+}

@@ -1,0 +1,222 @@
+// zod schemas of the progress API: request bodies and query strings (validated at the edge
+// function's boundary), and the row and responses (validated by the typed client).
+//
+// Status of a rejected request, from the zod issues:
+//   400 invalid_request    the shape is wrong: a wrong type, a missing or unknown field
+//                          (including `user_id`: the user is always the token's subject)
+//   422 validation_failed  well-typed values outside the data model: ranges, id format, dates,
+//                          a reset with a non-zero position, batch size
+// The bounds are the database's CHECK constraints (migration 20261120090000_reading_progress.sql).
+
+import { z } from "zod";
+import { HttpError } from "../http/errors.ts";
+import type {
+  BatchWriteResponse,
+  ChangesResponse,
+  Progress,
+  ProgressListResponse,
+  ProgressResponse,
+  WriteResult,
+} from "./types.ts";
+import { PROGRESS_LIMITS } from "./types.ts";
+
+const ID_MESSAGE = "must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ (1-128 ASCII letters, digits, . _ : -)";
+
+export const idSchema = z.string().regex(PROGRESS_LIMITS.idPattern, ID_MESSAGE);
+export const seriesIdSchema = idSchema;
+export const deviceIdSchema = idSchema;
+
+/**
+ * updated_at in a request: an ISO 8601 date-time with Z or an offset, not before 1970. Normalised to
+ * the millisecond ISO form (finer digits truncated), which is exactly what the server compares.
+ */
+export const updatedAtSchema = z.iso
+  .datetime({ offset: true, error: "must be an ISO 8601 date-time with Z or an offset" })
+  .refine((s) => Date.parse(s) >= 0, "must not be before 1970-01-01T00:00:00Z")
+  .transform((s) => new Date(Date.parse(s)).toISOString());
+
+export const chapterSchema = z.int().min(0).max(PROGRESS_LIMITS.chapterMax);
+export const pageSchema = z.int().min(0).max(PROGRESS_LIMITS.pageMax);
+/** JSON cannot carry NaN or Infinity, and zod numbers reject them too. */
+export const percentageSchema = z.number().min(0).max(1);
+
+const USER_ID_MESSAGE = "user_id must not be sent: the user is the subject of the access token";
+
+/** Unknown keys are rejected; a `user_id` gets a message saying why. */
+function strict<T extends z.core.$ZodLooseShape>(shape: T) {
+  return z.strictObject(shape, {
+    error: (issue) =>
+      issue.code === "unrecognized_keys" && (issue.keys as string[]).includes("user_id")
+        ? `${USER_ID_MESSAGE}; unknown keys: ${(issue.keys as string[]).join(", ")}`
+        : undefined,
+  });
+}
+
+/** One write (POST /progress, an element of POST /progress/batch). */
+export const progressWriteSchema = strict({
+  series_id: seriesIdSchema,
+  chapter: chapterSchema,
+  page: pageSchema,
+  percentage: percentageSchema,
+  cleared: z.boolean().optional(),
+  device_id: deviceIdSchema,
+  updated_at: updatedAtSchema,
+})
+  .superRefine((w, ctx) => {
+    if (w.cleared && (w.chapter !== 0 || w.page !== 0 || w.percentage !== 0)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["cleared"],
+        message: "a reset (cleared: true) must have chapter, page and percentage 0",
+      });
+    }
+  })
+  .transform((w) => ({ ...w, cleared: w.cleared ?? false }));
+
+export type ProgressWriteInput = z.input<typeof progressWriteSchema>;
+export type ValidProgressWrite = z.output<typeof progressWriteSchema>;
+
+export const batchWriteSchema = strict({
+  writes: z.array(progressWriteSchema).min(1).max(PROGRESS_LIMITS.batchMax),
+});
+
+/** DELETE /progress/series/:id?device_id=&updated_at= (a tombstone write). */
+export const resetQuerySchema = strict({
+  device_id: deviceIdSchema,
+  updated_at: updatedAtSchema,
+});
+
+function limitSchema(max: number) {
+  return z.coerce.number().int().min(1).max(max);
+}
+
+/** Library cursor: "<updated_at ISO>|<series_id>" of the last row of the previous page. */
+export const listCursorSchema = z
+  .string()
+  .regex(/^[^|]+\|[^|]+$/, "must be a next_cursor returned by the API")
+  .transform((s, ctx) => {
+    const [at, series] = s.split("|");
+    const t = Date.parse(at);
+    if (!z.iso.datetime({ offset: true }).safeParse(at).success || Number.isNaN(t) || !PROGRESS_LIMITS.idPattern.test(series)) {
+      ctx.addIssue({ code: "custom", message: "must be a next_cursor returned by the API" });
+      return z.NEVER;
+    }
+    return { updated_at: new Date(t).toISOString(), series_id: series };
+  });
+
+export function encodeListCursor(row: { updated_at: string; series_id: string }): string {
+  return `${row.updated_at}|${row.series_id}`;
+}
+
+export const listQuerySchema = strict({
+  limit: limitSchema(PROGRESS_LIMITS.listMax).optional(),
+  cursor: listCursorSchema.optional(),
+  include_cleared: z.enum(["true", "false"]).optional(),
+});
+
+/** Changes cursor: "" | "<xid>" | "<xid>:<series_id>" (opaque to clients; from next_cursor). */
+export const changesCursorSchema = z
+  .string()
+  .regex(/^(?:[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/, "must be a next_cursor returned by the API");
+
+export const changesQuerySchema = strict({
+  since: changesCursorSchema.optional(),
+  limit: limitSchema(PROGRESS_LIMITS.changesMax).optional(),
+});
+
+// ------------------------------------------------------------------------------------ responses
+
+/** An instant as the database prints it (any offset, any precision) -> ISO ms "Z" form. */
+export const instantSchema = z.iso
+  .datetime({ offset: true })
+  .transform((s) => new Date(Date.parse(s)).toISOString());
+
+export const progressRowSchema = z.object({
+  user_id: z.guid(),
+  series_id: idSchema,
+  chapter: chapterSchema,
+  page: pageSchema,
+  percentage: percentageSchema,
+  cleared: z.boolean(),
+  device_id: idSchema,
+  updated_at: instantSchema,
+  synced_at: instantSchema,
+  change_xid: z.string().regex(/^[0-9]+$/),
+  created_at: instantSchema,
+});
+
+export const conflictKindSchema = z.enum(["stale", "tie"]);
+
+export const writeResultSchema = z.object({
+  won: z.boolean(),
+  conflict: conflictKindSchema.nullable(),
+  progress: progressRowSchema,
+});
+
+export const batchWriteResponseSchema = z.object({ results: z.array(writeResultSchema) });
+export const progressResponseSchema = z.object({ progress: progressRowSchema });
+export const progressListResponseSchema = z.object({
+  items: z.array(progressRowSchema),
+  next_cursor: z.string().nullable(),
+});
+export const changesResponseSchema = z.object({
+  changes: z.array(progressRowSchema),
+  next_cursor: z.string(),
+  has_more: z.boolean(),
+});
+export const apiErrorBodySchema = z.object({
+  error: z.object({ code: z.string(), message: z.string(), details: z.unknown().optional() }),
+});
+
+// The schemas and the hand-written types in types.ts must agree (compile-time check).
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const _typesAgree: [
+  Same<z.output<typeof progressRowSchema>, Progress>,
+  Same<z.output<typeof writeResultSchema>, WriteResult>,
+  Same<z.output<typeof batchWriteResponseSchema>, BatchWriteResponse>,
+  Same<z.output<typeof progressResponseSchema>, ProgressResponse>,
+  Same<z.output<typeof progressListResponseSchema>, ProgressListResponse>,
+  Same<z.output<typeof changesResponseSchema>, ChangesResponse>,
+] = [true, true, true, true, true, true];
+void _typesAgree;
+
+/** Parses a row as the database / a broadcast prints it; throws a ZodError when invalid. */
+export function parseProgressRow(value: unknown): Progress {
+  return progressRowSchema.parse(value);
+}
+
+// ------------------------------------------------------------------------------------ errors
+
+/** Issue codes that mean "wrong shape" (400); every other issue is a value out of range (422). */
+const SHAPE_ISSUES = new Set(["invalid_type", "unrecognized_keys", "invalid_union", "invalid_key", "invalid_element"]);
+
+export interface IssueDetail {
+  path: string;
+  code: string;
+  message: string;
+}
+
+export function issueDetails(error: z.ZodError, prefix: (string | number)[] = []): IssueDetail[] {
+  return error.issues.map((i) => ({
+    path: [...prefix, ...i.path].map(String).join("."),
+    code: i.code,
+    message: i.message,
+  }));
+}
+
+/** A ZodError as the HttpError the API answers with (400 or 422, issues in details). */
+export function validationError(error: z.ZodError, where: string, prefix: (string | number)[] = []): HttpError {
+  const shape = error.issues.some((i) => SHAPE_ISSUES.has(i.code));
+  const issues = issueDetails(error, prefix);
+  const summary = issues.slice(0, 3).map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join("; ");
+  return shape
+    ? new HttpError(400, "invalid_request", `Invalid ${where}: ${summary}`, { details: { issues } })
+    : new HttpError(422, "validation_failed", `Invalid ${where}: ${summary}`, { details: { issues } });
+}
+
+/** schema.parse, throwing the API's HttpError instead of a ZodError. */
+export function parseOrThrow<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
+  const result = schema.safeParse(value);
+  if (!result.success) throw validationError(result.error, where);
+  return result.data;
+}

@@ -1,0 +1,83 @@
+// The progress handler wired to the environment an edge function runs in:
+//   SUPABASE_DB_URL                 Postgres (Supabase injects it into every function)
+//   SUPABASE_JWT_SECRET | JWT_SECRET HS256 secret (local stack; on a hosted project secrets may not
+//                                   start with SUPABASE_, so a legacy-secret project sets JWT_SECRET)
+//   SUPABASE_JWKS                   the project's JWKS as JSON (hosted functions get it)
+//   SUPABASE_JWKS_URL | SUPABASE_URL  where to fetch the JWKS (default <SUPABASE_URL>/auth/v1/.well-known/jwks.json)
+//   PROGRESS_DB_POOL_MAX            connections per isolate (default 5)
+// Everything is read per request and rebuilt only when a value changes, so a function isolate
+// survives secret rotation and the local gateway can load the module before its env is final.
+
+import postgres from "postgres";
+import { createJwtVerifier, type JwtVerifier } from "../auth/jwt.ts";
+import { HttpError } from "../http/errors.ts";
+import { createProgressHandler, type LogSink } from "./handler.ts";
+import { createPostgresProgressStore, type ProgressStore } from "./store.ts";
+
+export interface EnvLike {
+  get(name: string): string | undefined;
+}
+
+export function createProgressHandlerFromEnv(
+  env: EnvLike = Deno.env,
+  options: { log?: LogSink; functionName?: string } = {},
+): (req: Request) => Promise<Response> {
+  let dbKey = "";
+  let store: ProgressStore | null = null;
+  let sql: postgres.Sql | null = null;
+  let verifierKey = "";
+  let verifier: JwtVerifier | null = null;
+
+  function currentStore(): ProgressStore {
+    const url = env.get("SUPABASE_DB_URL");
+    if (!url) throw new HttpError(500, "internal_error", "SUPABASE_DB_URL is not set");
+    const max = Number(env.get("PROGRESS_DB_POOL_MAX") ?? 5) || 5;
+    const key = `${url}\n${max}`;
+    if (!store || key !== dbKey) {
+      const old = sql;
+      sql = postgres(url, {
+        max,
+        // Works behind Supavisor in transaction mode too (no named prepared statements).
+        prepare: false,
+        idle_timeout: 20,
+        connect_timeout: 5,
+        onnotice: () => {},
+        connection: { application_name: "readsync-progress" },
+      });
+      store = createPostgresProgressStore(sql);
+      dbKey = key;
+      if (old) void old.end({ timeout: 5 }).catch(() => {});
+    }
+    return store;
+  }
+
+  function currentVerifier(): JwtVerifier {
+    const secret = env.get("SUPABASE_JWT_SECRET") || env.get("JWT_SECRET") || undefined;
+    const jwks = env.get("SUPABASE_JWKS") || undefined;
+    const base = env.get("SUPABASE_URL");
+    const jwksUrl = env.get("SUPABASE_JWKS_URL") ||
+      (base ? `${base.replace(/\/$/, "")}/auth/v1/.well-known/jwks.json` : undefined);
+    const key = JSON.stringify([secret, jwks, jwksUrl]);
+    if (!verifier || key !== verifierKey) {
+      if (!secret && !jwks && !jwksUrl) {
+        throw new HttpError(500, "internal_error", "No JWT verification key configured");
+      }
+      let parsedJwks: string | undefined = jwks;
+      try {
+        if (jwks) JSON.parse(jwks);
+      } catch {
+        parsedJwks = undefined; // a broken SUPABASE_JWKS falls back to the URL
+      }
+      verifier = createJwtVerifier({ secret, jwks: parsedJwks, jwksUrl, audience: "authenticated" });
+      verifierKey = key;
+    }
+    return verifier;
+  }
+
+  return createProgressHandler({
+    verifier: currentVerifier,
+    store: currentStore,
+    log: options.log,
+    functionName: options.functionName,
+  });
+}

@@ -1,0 +1,208 @@
+// Database access of the progress API: postgres.js on SUPABASE_DB_URL, one transaction per request
+// that first switches to the `authenticated` role and installs the verified JWT claims
+// (request.jwt.claims), exactly as PostgREST does. From then on auth.uid() is the caller and RLS
+// decides what the SQL functions of migration 20261120090200_progress_writes.sql may touch.
+//
+// Errors leave this module as HttpError: bad values the database rejects -> 422, the database down,
+// overloaded or too slow -> 503, everything else -> 500 (a bug, logged by the handler).
+
+import type postgres from "postgres";
+import type { JwtClaims } from "../auth/jwt.ts";
+import { HttpError } from "../http/errors.ts";
+import type { ValidProgressWrite } from "./schemas.ts";
+import type { ChangesResponse, ConflictKind, Progress, WriteResult } from "./types.ts";
+
+export interface ListQuery {
+  limit: number;
+  before?: { updated_at: string; series_id: string };
+  includeCleared: boolean;
+}
+
+export interface ChangesQuery {
+  cursor: string;
+  limit: number;
+}
+
+/** What the HTTP handler needs from storage; every call acts as the user of `claims`. */
+export interface ProgressStore {
+  write(claims: JwtClaims, write: ValidProgressWrite): Promise<WriteResult>;
+  writeBatch(claims: JwtClaims, writes: ValidProgressWrite[]): Promise<WriteResult[]>;
+  get(claims: JwtClaims, seriesId: string): Promise<Progress | null>;
+  /** Up to `limit` rows (the handler asks for one more to know whether a next page exists). */
+  list(claims: JwtClaims, query: ListQuery): Promise<Progress[]>;
+  changes(claims: JwtClaims, query: ChangesQuery): Promise<ChangesResponse>;
+}
+
+export interface PostgresStoreOptions {
+  /** statement_timeout inside each request transaction (ms); a timeout answers 503. */
+  statementTimeoutMs?: number;
+  /** Attempts for a transaction that hit a deadlock or serialization failure. */
+  attempts?: number;
+}
+
+type Row = Record<string, unknown>;
+
+function iso(v: unknown): string {
+  if (v instanceof Date) return v.toISOString();
+  return new Date(String(v)).toISOString();
+}
+
+/** A row from the database (postgres.js types or to_jsonb output) in the API's shape. */
+export function toProgress(r: Row): Progress {
+  return {
+    user_id: String(r.user_id),
+    series_id: String(r.series_id),
+    chapter: Number(r.chapter),
+    page: Number(r.page),
+    percentage: Number(r.percentage),
+    cleared: r.cleared === true,
+    device_id: String(r.device_id),
+    updated_at: iso(r.updated_at),
+    synced_at: iso(r.synced_at),
+    change_xid: String(r.change_xid),
+    created_at: iso(r.created_at),
+  };
+}
+
+function toWriteResult(r: Row): WriteResult {
+  return {
+    won: r.won === true,
+    conflict: (r.conflict ?? null) as ConflictKind | null,
+    progress: toProgress(r.progress as Row),
+  };
+}
+
+const RETRYABLE = new Set(["40001", "40P01"]);
+
+export function createPostgresProgressStore(sql: postgres.Sql, options: PostgresStoreOptions = {}): ProgressStore {
+  const timeout = String(options.statementTimeoutMs ?? 8_000);
+  const attempts = options.attempts ?? 3;
+
+  async function asUser<T>(claims: JwtClaims, mode: "read write" | "read only", fn: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await sql.begin(mode, async (tx) => {
+          await tx`
+            select set_config('role', 'authenticated', true),
+                   set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
+                   set_config('statement_timeout', ${timeout}, true)`;
+          return await fn(tx);
+        }) as T;
+      } catch (error) {
+        const code = (error as { code?: unknown })?.code;
+        if (typeof code === "string" && RETRYABLE.has(code) && attempt < attempts) {
+          await new Promise((r) => setTimeout(r, Math.random() * 20 * attempt));
+          continue;
+        }
+        throw mapDatabaseError(error);
+      }
+    }
+  }
+
+  return {
+    write: (claims, w) =>
+      asUser(claims, "read write", async (tx) => {
+        const [{ result }] = await tx<{ result: Row }[]>`
+          select public.write_reading_progress(
+            ${w.series_id}::text, ${w.chapter}::integer, ${w.page}::integer, ${w.percentage}::double precision,
+            ${w.cleared}::boolean, ${w.device_id}::text, ${w.updated_at}::timestamptz) as result`;
+        return toWriteResult(result);
+      }),
+
+    writeBatch: (claims, writes) =>
+      asUser(claims, "read write", async (tx) => {
+        const [{ results }] = await tx<{ results: Row[] }[]>`
+          select public.write_reading_progress_batch(${JSON.stringify(writes)}::jsonb) as results`;
+        return results.map(toWriteResult);
+      }),
+
+    get: (claims, seriesId) =>
+      asUser(claims, "read only", async (tx) => {
+        const rows = await tx<Row[]>`select * from public.get_reading_progress(${seriesId}::text)`;
+        return rows.length ? toProgress(rows[0]) : null;
+      }),
+
+    list: (claims, q) =>
+      asUser(claims, "read only", async (tx) => {
+        const rows = await tx<Row[]>`
+          select * from public.list_reading_progress(
+            ${q.limit}::integer, ${q.before?.updated_at ?? null}::timestamptz,
+            ${q.before?.series_id ?? null}::text, ${q.includeCleared}::boolean)`;
+        return rows.map(toProgress);
+      }),
+
+    changes: (claims, q) =>
+      asUser(claims, "read only", async (tx) => {
+        const [{ page }] = await tx<{ page: Row }[]>`
+          select public.reading_progress_changes(${q.cursor}::text, ${q.limit}::integer) as page`;
+        return {
+          changes: (page.changes as Row[]).map(toProgress),
+          next_cursor: String(page.next_cursor),
+          has_more: page.has_more === true,
+        };
+      }),
+  };
+}
+
+// ------------------------------------------------------------------------------------ errors
+
+const UNAVAILABLE_NETWORK_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+]);
+
+function unavailable(message: string, cause: unknown): HttpError {
+  return new HttpError(503, "service_unavailable", message, { headers: { "retry-after": "1" }, cause });
+}
+
+/** A postgres.js / network error as the HttpError the API answers with. */
+export function mapDatabaseError(error: unknown): HttpError {
+  if (error instanceof HttpError) return error;
+  const e = error as { code?: unknown; message?: unknown; detail?: unknown; constraint_name?: unknown; column_name?: unknown };
+  const code = typeof e?.code === "string" ? e.code : "";
+  const message = typeof e?.message === "string" ? e.message : String(error);
+
+  if (
+    UNAVAILABLE_NETWORK_CODES.has(code) ||
+    error instanceof Deno.errors.ConnectionRefused ||
+    error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.TimedOut
+  ) {
+    return unavailable("The database is unavailable", error);
+  }
+  if (/^[0-9A-Z]{5}$/.test(code)) {
+    const cls = code.slice(0, 2);
+    const details: Record<string, unknown> = { sqlstate: code };
+    if (typeof e.constraint_name === "string") details.constraint = e.constraint_name;
+    if (typeof e.column_name === "string") details.column = e.column_name;
+    if (cls === "23") {
+      return new HttpError(422, "constraint_violation", `The database rejected the values: ${message}`, { details, cause: error });
+    }
+    if (cls === "22") {
+      return new HttpError(422, "validation_failed", `Invalid value: ${message}`, { details, cause: error });
+    }
+    if (code === "42501") {
+      return new HttpError(403, "forbidden", "Not allowed", { details, cause: error });
+    }
+    if (
+      cls === "08" || cls === "53" || cls === "57" || code === "40001" || code === "40P01" || code === "55P03" ||
+      code === "XX000" && /shutting down/i.test(message)
+    ) {
+      return unavailable(
+        code === "57014" ? "The database took too long to answer" : "The database is unavailable or busy",
+        error,
+      );
+    }
+  }
+  return new HttpError(500, "internal_error", "Internal error", { cause: error });
+}

@@ -1,0 +1,436 @@
+-- Migration 013 (progress writes): the progress API's SQL. Why SQL: last-write-wins must be decided
+-- where it cannot race, i.e. inside the single statement that writes the row.
+--
+-- * public.write_reading_progress(...)         one write. SECURITY INVOKER, so RLS on reading_progress
+--   stays in force; the user is auth.uid(), never a parameter. One INSERT ... ON CONFLICT DO UPDATE
+--   WHERE (incoming key) > (stored key): the row lock taken by ON CONFLICT serialises concurrent
+--   writers, and the comparison always runs against the newest committed version. Returns
+--   {won, conflict, progress}: a losing device gets the current row at once and converges.
+-- * public.write_reading_progress_batch(jsonb) 1..100 writes in one call, each resolved on its own.
+-- * public.reading_progress_conflicts          log of every losing write ('stale' / 'tie').
+-- * private.log_reading_progress_conflict(...) the only way rows get into that log.
+-- * public.get_reading_progress / list_reading_progress / reading_progress_changes: the reads.
+--
+-- The key. (updated_at, device_id), compared byte-wise (collate "C"; ids are ASCII). The incoming
+-- updated_at is normalised exactly as the BEFORE trigger of migration 012 normalises it (NULL ->
+-- now(), more than 5 s in the future -> now(), then truncated to milliseconds) BEFORE it is compared,
+-- so the key that is compared is the key that gets stored.
+--
+-- Outcomes of a write, for the stored key S and the normalised incoming key I:
+--   no row yet    -> inserted;                      won = true,  conflict = null
+--   I > S         -> updated;                       won = true,  conflict = null
+--   I = S         -> replay of the same write: no-op (no UPDATE, so no broadcast);
+--                    won = true, conflict = null, the stored row (even if the replay's position differs:
+--                    the key identifies the write)
+--   I < S, same updated_at, smaller device_id -> won = false, conflict = 'tie',   logged
+--   I < S, older updated_at                   -> won = false, conflict = 'stale', logged
+-- A reset is a tombstone write (cleared = true, position zeros) and wins or loses like any write.
+--
+-- Idempotent: every object is created with IF NOT EXISTS / OR REPLACE, policies are dropped and
+-- re-created. Running the file twice leaves the same schema.
+
+-- ---------------------------------------------------------------------------------------------
+-- Private schema: helpers that must not be reachable through the Data API (only `public` and
+-- `graphql_public` are exposed, see config.toml [api].schemas).
+-- ---------------------------------------------------------------------------------------------
+create schema if not exists private;
+revoke all on schema private from public, anon;
+grant usage on schema private to authenticated, service_role;
+
+-- The trigger's normalisation of updated_at (migration 012, reading_progress_stamp), as a function so
+-- the write path compares the same value the trigger will store. Keep both in step.
+create or replace function private.reading_progress_normalize_updated_at(p_updated_at timestamptz)
+returns timestamptz
+language sql
+stable
+set search_path = ''
+as $$
+  select pg_catalog.date_trunc(
+    'milliseconds',
+    case
+      when p_updated_at is null or p_updated_at > pg_catalog.now() + interval '5 seconds'
+        then pg_catalog.now()
+      else p_updated_at
+    end
+  )
+$$;
+revoke all on function private.reading_progress_normalize_updated_at(timestamptz) from public, anon;
+grant execute on function private.reading_progress_normalize_updated_at(timestamptz) to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Conflict log. One row per losing write: what the device sent (incoming) and what it lost against
+-- (current). Users may SELECT their own rows (a client can show "another device was further");
+-- nobody may INSERT/UPDATE directly: rows come only from private.log_reading_progress_conflict,
+-- which logs for auth.uid() and only a write that really loses. service_role may read and delete
+-- (retention); anon gets nothing.
+-- ---------------------------------------------------------------------------------------------
+create table if not exists public.reading_progress_conflicts (
+  id bigint generated always as identity primary key,
+  user_id uuid not null references auth.users (id) on delete cascade,
+  series_id text collate "C" not null,
+  kind text not null constraint reading_progress_conflicts_kind check (kind in ('stale', 'tie')),
+  incoming_updated_at timestamptz not null,
+  incoming_device_id text collate "C" not null,
+  incoming_chapter integer not null,
+  incoming_page integer not null,
+  incoming_percentage double precision not null,
+  incoming_cleared boolean not null,
+  current_updated_at timestamptz not null,
+  current_device_id text collate "C" not null,
+  current_chapter integer not null,
+  current_page integer not null,
+  current_percentage double precision not null,
+  current_cleared boolean not null,
+  created_at timestamptz not null default now(),
+  -- A retried losing write (client retry after a timeout, a replay) loses against the same row
+  -- again: one log row per (incoming key, current key), not one per attempt. The unique index this
+  -- creates is also what "conflicts of one series" reads use (it leads with user_id, series_id).
+  constraint reading_progress_conflicts_once
+    unique (user_id, series_id, incoming_updated_at, incoming_device_id, current_updated_at, current_device_id)
+);
+
+comment on table public.reading_progress_conflicts is
+  'Losing last-write-wins writes to reading_progress (stale or tie), written only by write_reading_progress.';
+
+alter table public.reading_progress_conflicts enable row level security;
+
+revoke all on table public.reading_progress_conflicts from public, anon, authenticated, service_role;
+grant select on table public.reading_progress_conflicts to authenticated;
+grant select, delete on table public.reading_progress_conflicts to service_role;
+
+drop policy if exists reading_progress_conflicts_select_own on public.reading_progress_conflicts;
+create policy reading_progress_conflicts_select_own on public.reading_progress_conflicts
+  for select to authenticated
+  using ((select auth.uid()) = user_id);
+
+-- Logs a write that loses against the stored row, for auth.uid() only, and returns its kind
+-- ('stale' | 'tie'), or null when the write does not lose (no row, a replay of the stored key, or a
+-- newer key). SECURITY DEFINER because nobody else may insert into the log; it re-reads the stored
+-- row itself, so even a direct call can only log a write that would really lose. Called from
+-- write_reading_progress after ON CONFLICT locked the row, so it sees the row the write lost to.
+create or replace function private.log_reading_progress_conflict(
+  p_series_id text,
+  p_chapter integer,
+  p_page integer,
+  p_percentage double precision,
+  p_cleared boolean,
+  p_device_id text,
+  p_updated_at timestamptz
+) returns text
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_key timestamptz := private.reading_progress_normalize_updated_at(p_updated_at);
+  v_current public.reading_progress;
+  v_kind text;
+begin
+  if v_uid is null then
+    raise exception using errcode = '42501', message = 'log_reading_progress_conflict: no authenticated user';
+  end if;
+
+  select rp.* into v_current
+  from public.reading_progress rp
+  where rp.user_id = v_uid and rp.series_id = p_series_id collate "C";
+  if not found then
+    return null;
+  end if;
+  if (v_key, p_device_id collate "C") >= (v_current.updated_at, v_current.device_id collate "C") then
+    return null; -- the same write (replay) or a newer one: not a conflict
+  end if;
+
+  v_kind := case when v_key = v_current.updated_at then 'tie' else 'stale' end;
+  insert into public.reading_progress_conflicts (
+    user_id, series_id, kind,
+    incoming_updated_at, incoming_device_id, incoming_chapter, incoming_page, incoming_percentage, incoming_cleared,
+    current_updated_at, current_device_id, current_chapter, current_page, current_percentage, current_cleared
+  ) values (
+    v_uid, p_series_id, v_kind,
+    v_key, p_device_id, p_chapter, p_page, p_percentage, coalesce(p_cleared, false),
+    v_current.updated_at, v_current.device_id, v_current.chapter, v_current.page, v_current.percentage,
+    v_current.cleared
+  )
+  on conflict on constraint reading_progress_conflicts_once do nothing;
+  return v_kind;
+end;
+$$;
+revoke all on function private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)
+  from public, anon;
+grant execute on function private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)
+  to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- One write. Returns jsonb {won, conflict, progress} (progress = the stored row after the call).
+-- ---------------------------------------------------------------------------------------------
+create or replace function public.write_reading_progress(
+  p_series_id text,
+  p_chapter integer,
+  p_page integer,
+  p_percentage double precision,
+  p_cleared boolean,
+  p_device_id text,
+  p_updated_at timestamptz
+) returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_key timestamptz := private.reading_progress_normalize_updated_at(p_updated_at);
+  v_row public.reading_progress;
+  v_conflict text;
+begin
+  if v_uid is null then
+    raise exception using errcode = '42501', message = 'write_reading_progress: no authenticated user';
+  end if;
+
+  insert into public.reading_progress as rp
+    (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
+  values
+    (v_uid, p_series_id, p_chapter, p_page, p_percentage, coalesce(p_cleared, false), p_device_id, v_key)
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter,
+        page = excluded.page,
+        percentage = excluded.percentage,
+        cleared = excluded.cleared,
+        device_id = excluded.device_id,
+        updated_at = excluded.updated_at
+    where (excluded.updated_at, excluded.device_id collate "C") > (rp.updated_at, rp.device_id collate "C")
+  returning rp.* into v_row;
+
+  if found then
+    return pg_catalog.jsonb_build_object('won', true, 'conflict', null, 'progress', pg_catalog.to_jsonb(v_row));
+  end if;
+
+  -- Not inserted, not updated: the stored key is >= ours. ON CONFLICT DO UPDATE locked that row even
+  -- though its WHERE was false, so until we commit nobody can change it: the log helper and the read
+  -- below see exactly the row we lost to (or our own replayed write).
+  v_conflict := private.log_reading_progress_conflict(
+    p_series_id, p_chapter, p_page, p_percentage, p_cleared, p_device_id, v_key);
+
+  select rp.* into v_row
+  from public.reading_progress rp
+  where rp.user_id = v_uid and rp.series_id = p_series_id collate "C";
+  if not found then
+    -- Cannot happen while the lock is held; if it does, let the caller retry the transaction.
+    raise exception using errcode = '40001', message = 'write_reading_progress: row vanished, retry';
+  end if;
+
+  return pg_catalog.jsonb_build_object(
+    'won', v_conflict is null,
+    'conflict', v_conflict,
+    'progress', pg_catalog.to_jsonb(v_row));
+end;
+$$;
+revoke all on function public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)
+  from public, anon;
+grant execute on function public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)
+  to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- Batch: p_writes is a JSON array of 1..100 objects {series_id, chapter, page, percentage, cleared,
+-- device_id, updated_at}; returns a JSON array of {won, conflict, progress} in input order. Each
+-- write is resolved on its own (writes to the same series apply in array order). Rows are locked in
+-- (series_id, position) order, so two concurrent batches cannot deadlock on each other. The batch is
+-- one transaction: an invalid element (a check violation) fails the whole call.
+-- ---------------------------------------------------------------------------------------------
+create or replace function public.write_reading_progress_batch(p_writes jsonb)
+returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
+declare
+  v_count integer;
+  v_results jsonb[];
+  v_write record;
+begin
+  if p_writes is null or pg_catalog.jsonb_typeof(p_writes) <> 'array' then
+    raise exception using errcode = '22023', message = 'write_reading_progress_batch: p_writes must be a JSON array';
+  end if;
+  v_count := pg_catalog.jsonb_array_length(p_writes);
+  if v_count < 1 or v_count > 100 then
+    raise exception using errcode = '22023',
+      message = pg_catalog.format('write_reading_progress_batch: 1..100 writes per call, got %s', v_count);
+  end if;
+
+  v_results := pg_catalog.array_fill(null::jsonb, array[v_count]);
+  for v_write in
+    select e.w, e.pos
+    from pg_catalog.jsonb_array_elements(p_writes) with ordinality as e(w, pos)
+    order by (e.w ->> 'series_id') collate "C", e.pos
+  loop
+    if pg_catalog.jsonb_typeof(v_write.w) <> 'object' then
+      raise exception using errcode = '22023',
+        message = pg_catalog.format('write_reading_progress_batch: element %s is not an object', v_write.pos);
+    end if;
+    v_results[v_write.pos] := public.write_reading_progress(
+      v_write.w ->> 'series_id',
+      (v_write.w ->> 'chapter')::integer,
+      (v_write.w ->> 'page')::integer,
+      (v_write.w ->> 'percentage')::double precision,
+      coalesce((v_write.w ->> 'cleared')::boolean, false),
+      v_write.w ->> 'device_id',
+      (v_write.w ->> 'updated_at')::timestamptz);
+  end loop;
+  return pg_catalog.to_jsonb(v_results);
+end;
+$$;
+revoke all on function public.write_reading_progress_batch(jsonb) from public, anon;
+grant execute on function public.write_reading_progress_batch(jsonb) to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- Reads. All SECURITY INVOKER (RLS applies) and filtered on auth.uid() explicitly as well, so the
+-- planner can use the indexes of migration 012; no new index is needed:
+--   get      user_id = uid and series_id = $1                          -> reading_progress_pkey
+--   list     user_id = uid and (updated_at, series_id) < ($ts, $series)
+--            order by updated_at desc, series_id desc                  -> reading_progress_user_recent_idx
+--            (index order = result order: no sort; the row comparison is the index condition)
+--   changes  user_id = uid and (change_xid, series_id) > ($xid, $series)
+--            order by change_xid, series_id                            -> reading_progress_user_changes_idx
+--            (index condition change_xid >= $xid; the page is sorted on series_id after that)
+-- Every user predicate is a plain comparison with a parameter, never COALESCE or CASE around a
+-- column's bound: under RLS only leakproof conditions can become index conditions.
+-- Limits are clamped (list 1..1000, changes 1..999 + 1 look-ahead row).
+-- ---------------------------------------------------------------------------------------------
+create or replace function public.get_reading_progress(p_series_id text)
+returns setof public.reading_progress
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+  select rp.*
+  from public.reading_progress rp
+  where rp.user_id = (select auth.uid()) and rp.series_id = p_series_id collate "C"
+$$;
+revoke all on function public.get_reading_progress(text) from public, anon;
+grant execute on function public.get_reading_progress(text) to authenticated;
+
+-- Library, newest first. Keyset pagination: pass the (updated_at, series_id) of the last row of the
+-- previous page as p_before_*; NULL = first page. Tombstones (cleared) only with p_include_cleared.
+-- plpgsql so the cursor bound is a plain parameter: under RLS only leakproof conditions become
+-- index conditions, and an expression like COALESCE($1, ...) would be applied as a filter instead.
+create or replace function public.list_reading_progress(
+  p_limit integer default 50,
+  p_before_updated_at timestamptz default null,
+  p_before_series_id text default null,
+  p_include_cleared boolean default false
+) returns setof public.reading_progress
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_limit integer := least(greatest(coalesce(p_limit, 50), 1), 1000);
+  -- First page: a bound above every row. Later pages: strictly after the cursor row.
+  v_before_at timestamptz := coalesce(p_before_updated_at, 'infinity'::timestamptz);
+  v_before_series text := case when p_before_updated_at is null then '' else coalesce(p_before_series_id, '') end;
+  v_include_cleared boolean := coalesce(p_include_cleared, false);
+begin
+  return query
+    select rp.*
+    from public.reading_progress rp
+    where rp.user_id = v_uid
+      and (rp.updated_at, rp.series_id) < (v_before_at, v_before_series collate "C")
+      and (v_include_cleared or not rp.cleared)
+    order by rp.updated_at desc, rp.series_id desc
+    limit v_limit;
+end;
+$$;
+revoke all on function public.list_reading_progress(integer, timestamptz, text, boolean) from public, anon;
+grant execute on function public.list_reading_progress(integer, timestamptz, text, boolean) to authenticated;
+
+-- Changes since a cursor, gap-free. Returns jsonb {changes: [rows], next_cursor, has_more}.
+--
+-- Cursor: '<xid>' = every row with change_xid >= xid; '<xid>:<series_id>' = continue after that row
+-- of page order (change_xid, series_id). '' or NULL = from the beginning.
+--
+-- Why it cannot miss a change: the horizon H = pg_snapshot_xmin(pg_current_snapshot()) is read in the
+-- same snapshot as the rows (a STABLE function runs all its queries in its caller's snapshot).
+-- Every transaction below H has finished and is visible; one at or above H may still be in flight
+-- and commit later with a change_xid >= H. So:
+--   * the last page returns next_cursor = H: rows >= H are read again next time (duplicates are
+--     fine, clients dedupe by the LWW key), and a write still in flight shows up then;
+--   * a full page whose last row is below H continues with '<xid>:<series_id>' after that row:
+--     below H nothing new can appear (a row can only move up, to a newer change_xid);
+--   * a full page that reaches H continues from H (re-reading rows >= H).
+-- If a transaction stays open for long and more than p_limit rows are at or above H, the cursor
+-- cannot move (next_cursor = the cursor sent, has_more = true): clients retry later.
+create or replace function public.reading_progress_changes(p_cursor text default null, p_limit integer default 100)
+returns jsonb
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+  v_uid uuid := auth.uid();
+  v_limit integer := least(greatest(coalesce(p_limit, 100), 1), 999);
+  v_horizon xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
+  v_since xid8;
+  v_after text := ''; -- '' sorts before every series_id: '<xid>' means every row of <xid> and above
+  v_cursor text;
+  v_rows public.reading_progress[];
+  v_has_more boolean;
+  v_last public.reading_progress;
+  v_next text;
+begin
+  if v_uid is null then
+    raise exception using errcode = '42501', message = 'reading_progress_changes: no authenticated user';
+  end if;
+
+  if p_cursor is null or p_cursor = '' then
+    v_since := '0'::xid8;
+  elsif p_cursor ~ '^[0-9]{1,19}$' then
+    v_since := p_cursor::xid8;
+  elsif p_cursor ~ '^[0-9]{1,19}:[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$' then
+    v_since := pg_catalog.split_part(p_cursor, ':', 1)::xid8;
+    v_after := pg_catalog.substr(p_cursor, pg_catalog.strpos(p_cursor, ':') + 1);
+  else
+    raise exception using errcode = '22023', message = 'reading_progress_changes: invalid cursor';
+  end if;
+  v_cursor := case when v_after = '' then v_since::text else v_since::text || ':' || v_after end;
+
+  v_rows := array(
+    select rp
+    from public.reading_progress rp
+    where rp.user_id = v_uid
+      and (rp.change_xid, rp.series_id) > (v_since, v_after collate "C")
+    order by rp.change_xid, rp.series_id
+    limit v_limit + 1
+  );
+
+  v_has_more := coalesce(pg_catalog.cardinality(v_rows), 0) > v_limit;
+  if v_has_more then
+    v_rows := v_rows[1:v_limit];
+    v_last := v_rows[v_limit];
+    if v_last.change_xid < v_horizon then
+      v_next := v_last.change_xid::text || ':' || v_last.series_id;
+    elsif v_horizon > v_since then
+      v_next := v_horizon::text;
+    else
+      v_next := v_cursor;
+    end if;
+  elsif v_horizon > v_since then
+    v_next := v_horizon::text;
+  else
+    v_next := v_cursor;
+  end if;
+
+  return pg_catalog.jsonb_build_object(
+    'changes', coalesce(pg_catalog.to_jsonb(v_rows), '[]'::jsonb),
+    'next_cursor', v_next,
+    'has_more', v_has_more);
+end;
+$$;
+revoke all on function public.reading_progress_changes(text, integer) from public, anon;
+grant execute on function public.reading_progress_changes(text, integer) to authenticated;
