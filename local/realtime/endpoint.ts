@@ -1,8 +1,242 @@
-// PLACEHOLDER until the Realtime endpoint lands: the contract used by local/api/server.ts.
+// The local Realtime endpoint: what `supabase start` serves under /realtime/v1 for the Broadcast
+// surface readsync uses, spoken to the unmodified supabase-js / realtime-js client.
+//
+//   GET  /realtime/v1/websocket?apikey=...&vsn=2.0.0         Phoenix channels over WebSocket
+//   POST /realtime/v1/api/broadcast                          REST broadcast (realtime-js send() fallback)
+//   POST /realtime/v1/api/broadcast/<topic>/events/<event>   REST broadcast (realtime-js httpSend())
+//
+// See README.md in this folder for what is and is not emulated.
+
+import postgres from "postgres";
 import type { GatewayContext, Service } from "../functions/gateway.ts";
-export function createRealtimeEndpoint(_ctx: GatewayContext): Promise<Service> {
-  return Promise.resolve({
-    handle: () => Response.json({ error: { code: "not_implemented", message: "realtime" } }, { status: 501 }),
-    close: () => Promise.resolve(),
+import { type JwtClaims, TokenVerifier } from "./auth.ts";
+import { canWrite, RoleNotAllowed } from "./authorization.ts";
+import { Connection } from "./connection.ts";
+import { BroadcastHub, subscriptionKey } from "./hub.ts";
+import { SUPPORTED_VSNS, type Vsn } from "./protocol.ts";
+
+export interface RealtimeEndpointOptions {
+  /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
+  privateOnly?: boolean;
+  /** Frame for database broadcasts to vsn 2.0.0 clients: binary "user broadcast" (default) or JSON. */
+  frameForm?: "binary" | "json";
+  /** Connections used for policy checks (the LISTEN connection is separate). */
+  poolSize?: number;
+  /** Structured log sink; silent by default (READSYNC_REALTIME_LOG=1 logs JSON lines to stderr). */
+  log?: (fields: Record<string, unknown>) => void;
+}
+
+export interface RealtimeEndpointStats {
+  connections: number;
+  channels: number;
+  subscribers: number;
+  notifications: number;
+  fetched: number;
+  delivered: number;
+  skippedNoSubscriber: number;
+}
+
+export interface RealtimeEndpoint extends Service {
+  stats(): RealtimeEndpointStats;
+}
+
+type EndpointContext = Pick<GatewayContext, "dbUrl" | "jwtSecret">;
+
+export async function createRealtimeEndpoint(
+  ctx: EndpointContext & Partial<GatewayContext>,
+  options: RealtimeEndpointOptions = {},
+): Promise<RealtimeEndpoint> {
+  const log = options.log ?? defaultLog();
+  const sql = postgres(ctx.dbUrl, {
+    max: options.poolSize ?? 8,
+    onnotice: () => {},
+    connection: { application_name: "readsync-local-realtime" },
   });
+  const hub = new BroadcastHub(sql, { frameForm: options.frameForm, log });
+  try {
+    await hub.start();
+  } catch (error) {
+    await sql.end({ timeout: 1 });
+    throw error;
+  }
+  const verifier = new TokenVerifier(ctx.jwtSecret);
+  const deps = { sql, hub, verifier, privateOnly: options.privateOnly ?? false, log };
+  const connections = new Set<Connection>();
+  let closed = false;
+
+  function json(status: number, body: unknown): Response {
+    return Response.json(body, { status });
+  }
+
+  async function upgrade(req: Request, url: URL): Promise<Response> {
+    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return json(400, { message: "expected a WebSocket upgrade" });
+    }
+    const vsn = (url.searchParams.get("vsn") ?? "1.0.0") as Vsn;
+    if (!SUPPORTED_VSNS.includes(vsn)) return json(400, { message: `unsupported protocol version ${vsn}` });
+    const apikey = url.searchParams.get("apikey") ?? req.headers.get("apikey");
+    if (!apikey) return json(401, { message: "No apikey provided" });
+    const verified = await verifier.verify(apikey);
+    if (!verified.ok) return json(403, { message: `${verified.failure.code}: ${verified.failure.message}` });
+    if (closed) return json(503, { message: "Realtime is shutting down" });
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    const connection = new Connection(socket, vsn, apikey, deps);
+    connections.add(connection);
+    socket.addEventListener("close", () => connections.delete(connection));
+    return response;
+  }
+
+  /** Bearer token (or apikey) of a REST broadcast request, verified. */
+  async function restClaims(req: Request): Promise<{ claims: JwtClaims } | { error: Response }> {
+    const apikey = req.headers.get("apikey") ?? new URL(req.url).searchParams.get("apikey");
+    if (!apikey) return { error: json(401, { message: "No apikey provided" }) };
+    const bearer = req.headers.get("authorization")?.replace(/^Bearer\s+/i, "") || apikey;
+    const verified = await verifier.verify(bearer);
+    if (!verified.ok) {
+      return { error: json(401, { message: `${verified.failure.code}: ${verified.failure.message}` }) };
+    }
+    return { claims: verified.claims };
+  }
+
+  async function writeAllowed(topic: string, claims: JwtClaims): Promise<boolean> {
+    try {
+      return await canWrite(sql, { topic, claims });
+    } catch (error) {
+      if (error instanceof RoleNotAllowed) return false;
+      throw error;
+    }
+  }
+
+  async function restBroadcast(req: Request, url: URL): Promise<Response> {
+    if (req.method !== "POST") return json(405, { message: "POST only" });
+    const auth = await restClaims(req);
+    if ("error" in auth) return auth.error;
+    const single = url.pathname.match(/^\/realtime\/v1\/api\/broadcast\/([^/]+)\/events\/([^/]+)$/);
+    if (single) {
+      const topic = decodeURIComponent(single[1]);
+      const event = decodeURIComponent(single[2]);
+      const isPrivate = url.searchParams.get("private") === "true";
+      let payload: unknown;
+      try {
+        payload = req.headers.get("content-type")?.includes("application/json")
+          ? await req.json()
+          : new Uint8Array(await req.arrayBuffer());
+      } catch {
+        return json(400, { error: "payload is not JSON" });
+      }
+      if (isPrivate && !(await writeAllowed(topic, auth.claims))) return json(403, { error: "Unauthorized" });
+      hub.relay(subscriptionKey(isPrivate, topic), { fullTopic: `realtime:${topic}`, event, payload });
+      return new Response(null, { status: 202 });
+    }
+    if (url.pathname !== "/realtime/v1/api/broadcast") return json(404, { message: "not found" });
+    let body: { messages?: unknown };
+    try {
+      body = await req.json();
+    } catch {
+      return json(400, { message: "body is not JSON" });
+    }
+    if (!Array.isArray(body.messages) || body.messages.length === 0) {
+      return json(422, { errors: { messages: ["can't be blank"] } });
+    }
+    const allowed = new Map<string, boolean>();
+    for (const raw of body.messages) {
+      const m = raw as { topic?: unknown; event?: unknown; payload?: unknown; private?: unknown };
+      if (typeof m.topic !== "string" || typeof m.event !== "string") {
+        return json(422, { errors: { messages: ["topic and event are required"] } });
+      }
+    }
+    for (
+      const raw of body.messages as { topic: string; event: string; payload?: unknown; private?: unknown }[]
+    ) {
+      const isPrivate = raw.private === true;
+      if (isPrivate) {
+        // Supabase skips private messages the caller may not send and still answers 202.
+        if (!allowed.has(raw.topic)) allowed.set(raw.topic, await writeAllowed(raw.topic, auth.claims));
+        if (!allowed.get(raw.topic)) {
+          log({ event: "rest_broadcast_denied", topic: raw.topic, sub: auth.claims.sub });
+          continue;
+        }
+      }
+      hub.relay(subscriptionKey(isPrivate, raw.topic), {
+        fullTopic: `realtime:${raw.topic}`,
+        event: raw.event,
+        payload: raw.payload ?? {},
+      });
+    }
+    return new Response(null, { status: 202 });
+  }
+
+  return {
+    async handle(req: Request): Promise<Response> {
+      const url = new URL(req.url);
+      if (url.pathname === "/realtime/v1/websocket" || url.pathname === "/realtime/v1/websocket/") {
+        return await upgrade(req, url);
+      }
+      if (url.pathname.startsWith("/realtime/v1/api/broadcast")) return await restBroadcast(req, url);
+      return json(404, { error: { code: "not_found", message: `No Realtime route at ${url.pathname}` } });
+    },
+    stats(): RealtimeEndpointStats {
+      let channels = 0;
+      for (const c of connections) channels += c.channels.size;
+      return { connections: connections.size, channels, subscribers: hub.subscriberCount(), ...hub.stats };
+    },
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      for (const connection of connections) connection.close();
+      connections.clear();
+      await hub.close();
+      await sql.end({ timeout: 2 });
+    },
+  };
+}
+
+/** Silent unless READSYNC_REALTIME_LOG=1: then one JSON line per endpoint event on stderr. */
+function defaultLog(): (fields: Record<string, unknown>) => void {
+  let enabled = false;
+  try {
+    enabled = Deno.env.get("READSYNC_REALTIME_LOG") === "1";
+  } catch { /* no env permission: stay silent */ }
+  if (!enabled) return () => {};
+  return (fields) =>
+    console.error(JSON.stringify({ ts: new Date().toISOString(), component: "local-realtime", ...fields }));
+}
+
+export interface RealtimeServer {
+  url: string;
+  port: number;
+  endpoint: RealtimeEndpoint;
+  close(): Promise<void>;
+}
+
+/**
+ * A Realtime endpoint on its own port (tests that kill and restart Realtime while the rest of the
+ * stack keeps running; benchmarks). Serves the same /realtime/v1 routes as the API server.
+ */
+export async function startRealtimeServer(
+  ctx: EndpointContext & { port?: number; hostname?: string },
+  options: RealtimeEndpointOptions = {},
+): Promise<RealtimeServer> {
+  const endpoint = await createRealtimeEndpoint(ctx, options);
+  const hostname = ctx.hostname ?? "127.0.0.1";
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve(
+      { hostname, port: ctx.port ?? 0, onListen: () => {} },
+      (req, info) => endpoint.handle(req, info),
+    );
+  } catch (error) {
+    await endpoint.close();
+    throw error;
+  }
+  const port = server.addr.port;
+  return {
+    url: `http://${hostname}:${port}`,
+    port,
+    endpoint,
+    async close() {
+      await endpoint.close();
+      await server.shutdown();
+    },
+  };
 }

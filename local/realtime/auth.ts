@@ -1,0 +1,87 @@
+// JWT verification for the local Realtime endpoint, with the error texts Supabase Realtime uses.
+//
+// Supabase verifies the channel's access token (or, when the join carries none, the socket's
+// apikey) with the project JWT secret (HS256/384/512), requires the `role` and `exp` claims, and
+// rejects tokens whose `exp` is not in the future. The reasons below are the strings the real
+// server puts in `phx_reply` errors ("<Code>: <message>") and in `system` messages (message only).
+
+import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify } from "jose";
+
+export type JwtClaims = Record<string, unknown> & { role: string; exp: number; sub?: string };
+
+export type TokenFailure =
+  | { code: "InvalidJWTToken"; kind: "malformed"; message: string }
+  | { code: "InvalidJWTToken"; kind: "missing_claims"; message: string }
+  | { code: "InvalidJWTToken"; kind: "expired"; message: string }
+  | { code: "JwtSignatureError"; kind: "signature"; message: string };
+
+export type TokenResult = { ok: true; claims: JwtClaims } | { ok: false; failure: TokenFailure };
+
+const HS_ALGORITHMS = ["HS256", "HS384", "HS512"];
+
+export class TokenVerifier {
+  #key: Uint8Array;
+  /** Small cache: the same token is verified again on every join of every channel of a device. */
+  #cache = new Map<string, JwtClaims>();
+
+  constructor(secret: string) {
+    this.#key = new TextEncoder().encode(secret);
+  }
+
+  async verify(token: unknown, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
+    if (typeof token !== "string" || token.split(".").length !== 3) {
+      return fail("InvalidJWTToken", "malformed", "The token provided is not a valid JWT");
+    }
+    const cached = this.#cache.get(token);
+    if (cached) return checkExpiry(cached, nowSeconds);
+
+    let header: ReturnType<typeof decodeProtectedHeader>;
+    let unverified: Record<string, unknown>;
+    try {
+      header = decodeProtectedHeader(token);
+      unverified = decodeJwt(token) as Record<string, unknown>;
+    } catch {
+      return fail("InvalidJWTToken", "malformed", "The token provided is not a valid JWT");
+    }
+    if (!header.alg || !HS_ALGORITHMS.includes(header.alg)) {
+      return fail("JwtSignatureError", "signature", "Failed to validate JWT signature");
+    }
+    try {
+      // jose checks the signature before the claims, so JWTExpired means a good signature; the
+      // expiry itself is reported below in Supabase's words.
+      await jwtVerify(token, this.#key, {
+        algorithms: HS_ALGORITHMS,
+        currentDate: new Date(nowSeconds * 1000),
+      });
+    } catch (error) {
+      if (error instanceof joseErrors.JWSSignatureVerificationFailed) {
+        return fail("JwtSignatureError", "signature", "Failed to validate JWT signature");
+      }
+      if (!(error instanceof joseErrors.JWTExpired)) {
+        return fail("InvalidJWTToken", "malformed", "The token provided is not a valid JWT");
+      }
+    }
+    if (typeof unverified.role !== "string" || typeof unverified.exp !== "number") {
+      return fail("InvalidJWTToken", "missing_claims", "Fields `role` and `exp` are required in JWT");
+    }
+    const claims = unverified as JwtClaims;
+    if (this.#cache.size > 10_000) this.#cache.clear();
+    this.#cache.set(token, claims);
+    return checkExpiry(claims, nowSeconds);
+  }
+}
+
+function checkExpiry(claims: JwtClaims, nowSeconds: number): TokenResult {
+  const diff = claims.exp - nowSeconds;
+  if (diff <= 0) return fail("InvalidJWTToken", "expired", `Token has expired ${Math.abs(diff)} seconds ago`);
+  return { ok: true, claims };
+}
+
+function fail(code: TokenFailure["code"], kind: TokenFailure["kind"], message: string): TokenResult {
+  return { ok: false, failure: { code, kind, message } as TokenFailure };
+}
+
+/** `phx_reply` error reason, as Supabase formats join failures. */
+export function joinReason(failure: { code: string; message: string }): string {
+  return `${failure.code}: ${failure.message}`;
+}

@@ -1,0 +1,386 @@
+// One WebSocket and the channels joined on it: the Phoenix channel protocol as Supabase Realtime
+// answers realtime-js, restricted to the Broadcast surface (see README.md for the exact list).
+
+import type postgres from "postgres";
+import { joinReason, type JwtClaims, type TokenVerifier } from "./auth.ts";
+import { canRead, canWrite, RoleNotAllowed } from "./authorization.ts";
+import { type BroadcastHub, type Subscriber, subscriptionKey } from "./hub.ts";
+import {
+  type BroadcastPush,
+  decodeFrame,
+  encodeText,
+  type PhxMessage,
+  ProtocolError,
+  reply,
+  type Vsn,
+} from "./protocol.ts";
+
+/** Supabase re-confirms a channel's token (and its read policy) at least this often. */
+const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
+
+export interface ConnectionDeps {
+  sql: postgres.Sql;
+  hub: BroadcastHub;
+  verifier: TokenVerifier;
+  privateOnly: boolean;
+  log: (fields: Record<string, unknown>) => void;
+}
+
+export class Channel implements Subscriber {
+  readonly key: string;
+  accessToken: string;
+  claims: JwtClaims;
+  /** Write policy, probed on the first broadcast and again after a new token (Supabase caches it too). */
+  canWrite: boolean | null = null;
+  confirmTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    readonly connection: Connection,
+    readonly fullTopic: string,
+    readonly subTopic: string,
+    readonly joinRef: string | null,
+    readonly isPrivate: boolean,
+    readonly selfBroadcast: boolean,
+    readonly ackBroadcast: boolean,
+    accessToken: string,
+    claims: JwtClaims,
+  ) {
+    this.key = subscriptionKey(isPrivate, subTopic);
+    this.accessToken = accessToken;
+    this.claims = claims;
+  }
+
+  get vsn(): Vsn {
+    return this.connection.vsn;
+  }
+
+  deliver(frame: string | Uint8Array): void {
+    this.connection.sendRaw(frame);
+  }
+}
+
+export class Connection {
+  readonly channels = new Map<string, Channel>();
+  #queue: Promise<void> = Promise.resolve();
+  #closed = false;
+
+  constructor(
+    readonly ws: WebSocket,
+    readonly vsn: Vsn,
+    /** The socket's own token (apikey): what a join without `access_token` is authorized with. */
+    readonly socketToken: string,
+    readonly deps: ConnectionDeps,
+  ) {
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (event) => this.#enqueue(event.data);
+    ws.onclose = () => this.dispose();
+    ws.onerror = () => {};
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  sendRaw(frame: string | Uint8Array): void {
+    if (this.#closed || this.ws.readyState !== WebSocket.OPEN) return;
+    try {
+      this.ws.send(frame);
+    } catch {
+      // The socket went away between the check and the send; onclose cleans up.
+    }
+  }
+
+  send(message: PhxMessage): void {
+    this.sendRaw(encodeText(message, this.vsn));
+  }
+
+  /** Closes the socket (server shutdown): the client sees a close and reconnects with backoff. */
+  close(code = 1001, reason = "server shutting down"): void {
+    try {
+      this.ws.close(code, reason);
+    } catch { /* already closed */ }
+    this.dispose();
+  }
+
+  dispose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const channel of this.channels.values()) this.#drop(channel);
+    this.channels.clear();
+  }
+
+  /** Frames are handled one at a time, in order, as a Phoenix channel process would. */
+  #enqueue(data: unknown): void {
+    this.#queue = this.#queue.then(() => this.#handleFrame(data)).catch((error) => {
+      this.deps.log({ event: "frame_failed", error: String(error) });
+    });
+  }
+
+  async #handleFrame(data: unknown): Promise<void> {
+    if (this.#closed) return;
+    let message: PhxMessage;
+    try {
+      message = decodeFrame(data as string | ArrayBuffer, this.vsn);
+    } catch (error) {
+      if (error instanceof ProtocolError) {
+        this.deps.log({ event: "bad_frame", error: error.message });
+        return;
+      }
+      throw error;
+    }
+    const { topic, event, ref, joinRef } = message;
+    if (topic === "phoenix" && event === "heartbeat") {
+      this.send(reply(null, ref, "phoenix", "ok", {}));
+      return;
+    }
+    if (event === "phx_join") return await this.#join(message);
+
+    const channel = this.channels.get(topic);
+    if (!channel) {
+      // Phoenix answers pushes to a topic this socket has not joined with "unmatched topic".
+      if (ref !== null) this.send(reply(joinRef, ref, topic, "error", { reason: "unmatched topic" }));
+      return;
+    }
+    if (joinRef !== null && channel.joinRef !== null && joinRef !== channel.joinRef) {
+      // A push for an earlier join of this topic (e.g. a leave buffered while offline): stale.
+      this.deps.log({ event: "stale_push", topic, push: event, joinRef, current: channel.joinRef });
+      return;
+    }
+    switch (event) {
+      case "phx_leave":
+        this.#drop(channel);
+        this.channels.delete(topic);
+        this.send(reply(channel.joinRef, ref, topic, "ok", {}));
+        return;
+      case "access_token":
+        return await this.#refreshToken(channel, message.payload);
+      case "broadcast":
+        return await this.#broadcast(channel, message);
+      case "presence":
+        if (ref !== null) {
+          this.send(
+            reply(channel.joinRef, ref, topic, "error", {
+              reason: "Presence is not emulated by the local Realtime endpoint",
+            }),
+          );
+        }
+        return;
+      default:
+        // Supabase logs unexpected client events and does not answer them.
+        this.deps.log({ event: "unexpected_push", topic, push: event });
+    }
+  }
+
+  async #join(message: PhxMessage): Promise<void> {
+    const { topic, ref, joinRef } = message;
+    const payload = (message.payload && typeof message.payload === "object" ? message.payload : {}) as Record<
+      string,
+      unknown
+    >;
+    const fail = (reason: string) => {
+      this.deps.log({ event: "join_refused", topic, reason });
+      this.send(reply(joinRef, ref, topic, "error", { reason }));
+    };
+    if (!topic.startsWith("realtime:")) return fail("unmatched topic");
+    const subTopic = topic.slice("realtime:".length);
+    if (subTopic === "") return fail("TopicNameRequired: You must provide a topic name");
+
+    const config = (payload.config && typeof payload.config === "object" ? payload.config : {}) as Record<
+      string,
+      unknown
+    >;
+    const broadcast =
+      (config.broadcast && typeof config.broadcast === "object" ? config.broadcast : {}) as Record<
+        string,
+        unknown
+      >;
+    const isPrivate = config.private === true;
+    if (this.deps.privateOnly && !isPrivate) {
+      return fail("PrivateOnly: This project only allows private channels");
+    }
+    const postgresChanges = Array.isArray(config.postgres_changes) ? config.postgres_changes : [];
+    if (postgresChanges.length > 0) {
+      return fail("PostgresChangesNotEmulated: the local Realtime endpoint serves Broadcast only");
+    }
+
+    const token = typeof payload.access_token === "string"
+      ? payload.access_token
+      : typeof payload.user_token === "string"
+      ? payload.user_token
+      : this.socketToken;
+    const verified = await this.deps.verifier.verify(token);
+    if (!verified.ok) return fail(joinReason(verified.failure));
+    const claims = verified.claims;
+
+    if (isPrivate) {
+      const allowed = await this.#canRead(subTopic, claims);
+      if (allowed === "error") {
+        return fail("UnableToSetPolicies: Realtime was unable to connect to the project database");
+      }
+      if (!allowed) {
+        return fail(`Unauthorized: You do not have permissions to read from this Channel topic: ${subTopic}`);
+      }
+    }
+    if (this.#closed) return;
+
+    const previous = this.channels.get(topic);
+    if (previous) {
+      // Phoenix closes the existing channel when a topic is joined again on the same socket.
+      this.#drop(previous);
+      this.send({ joinRef: previous.joinRef, ref: previous.joinRef, topic, event: "phx_close", payload: {} });
+    }
+    const channel = new Channel(
+      this,
+      topic,
+      subTopic,
+      joinRef,
+      isPrivate,
+      broadcast.self === true,
+      broadcast.ack === true,
+      token,
+      claims,
+    );
+    this.channels.set(topic, channel);
+    this.deps.hub.add(channel.key, channel);
+    this.#scheduleConfirm(channel);
+    this.send(reply(joinRef, ref, topic, "ok", { postgres_changes: [] }));
+    const presence =
+      (config.presence && typeof config.presence === "object" ? config.presence : {}) as Record<
+        string,
+        unknown
+      >;
+    if (presence.enabled === true) {
+      this.send({ joinRef, ref: null, topic, event: "presence_state", payload: {} });
+    }
+    this.deps.log({ event: "joined", topic, private: isPrivate, role: claims.role, sub: claims.sub });
+  }
+
+  async #canRead(subTopic: string, claims: JwtClaims): Promise<boolean | "error"> {
+    try {
+      return await canRead(this.deps.sql, { topic: subTopic, claims });
+    } catch (error) {
+      if (error instanceof RoleNotAllowed) return false;
+      this.deps.log({ event: "policy_check_failed", topic: subTopic, error: String(error) });
+      return "error";
+    }
+  }
+
+  async #refreshToken(channel: Channel, payload: unknown): Promise<void> {
+    const token = (payload as { access_token?: unknown } | null)?.access_token;
+    if (token === null || token === undefined || token === channel.accessToken) return;
+    const verified = await this.deps.verifier.verify(token);
+    if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
+    if (channel.isPrivate) {
+      const allowed = await this.#canRead(channel.subTopic, verified.claims);
+      if (allowed === "error") {
+        return this.#shutdown(channel, "Realtime was unable to connect to the project database");
+      }
+      if (!allowed) {
+        return this.#shutdown(
+          channel,
+          `You do not have permissions to read from this Channel topic: ${channel.subTopic}`,
+        );
+      }
+    }
+    if (this.channels.get(channel.fullTopic) !== channel) return;
+    channel.accessToken = token as string;
+    channel.claims = verified.claims;
+    channel.canWrite = null;
+    this.#scheduleConfirm(channel);
+    this.deps.log({ event: "token_refreshed", topic: channel.fullTopic, exp: verified.claims.exp });
+  }
+
+  /** Like Supabase's confirm_token: at expiry (or every 5 minutes) re-check token and read policy. */
+  #scheduleConfirm(channel: Channel): void {
+    clearTimeout(channel.confirmTimer);
+    const untilExpiry = channel.claims.exp * 1000 - Date.now();
+    const delay = Math.max(0, Math.min(CONFIRM_TOKEN_INTERVAL_MS, untilExpiry));
+    channel.confirmTimer = setTimeout(() => {
+      channel.confirmTimer = undefined;
+      this.#queue = this.#queue.then(() => this.#confirm(channel)).catch((error) => {
+        this.deps.log({ event: "confirm_failed", error: String(error) });
+      });
+    }, delay);
+  }
+
+  async #confirm(channel: Channel): Promise<void> {
+    if (this.#closed || this.channels.get(channel.fullTopic) !== channel) return;
+    const verified = await this.deps.verifier.verify(channel.accessToken);
+    if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
+    if (channel.isPrivate) {
+      const allowed = await this.#canRead(channel.subTopic, verified.claims);
+      if (allowed === false) {
+        return this.#shutdown(
+          channel,
+          `You do not have permissions to read from this Channel topic: ${channel.subTopic}`,
+        );
+      }
+    }
+    if (this.channels.get(channel.fullTopic) === channel) this.#scheduleConfirm(channel);
+  }
+
+  /** Supabase's shutdown_response: a `system` error message, then the channel closes. */
+  #shutdown(channel: Channel, message: string): void {
+    if (this.channels.get(channel.fullTopic) !== channel) return;
+    this.deps.log({ event: "channel_shutdown", topic: channel.fullTopic, reason: message });
+    this.send({
+      joinRef: channel.joinRef,
+      ref: null,
+      topic: channel.fullTopic,
+      event: "system",
+      payload: { extension: "system", status: "error", message, channel: channel.subTopic },
+    });
+    this.#drop(channel);
+    this.channels.delete(channel.fullTopic);
+    this.send({
+      joinRef: channel.joinRef,
+      ref: channel.joinRef,
+      topic: channel.fullTopic,
+      event: "phx_close",
+      payload: {},
+    });
+  }
+
+  async #broadcast(channel: Channel, message: PhxMessage): Promise<void> {
+    const push = message.payload as Partial<BroadcastPush> | null;
+    const ack = (status: "ok" | "error", response: unknown = {}) => {
+      if (channel.ackBroadcast && message.ref !== null) {
+        this.send(reply(channel.joinRef, message.ref, channel.fullTopic, status, response));
+      }
+    };
+    if (!push || typeof push !== "object" || typeof push.event !== "string") return;
+    if (channel.isPrivate) {
+      if (channel.canWrite === null) {
+        try {
+          channel.canWrite = await canWrite(this.deps.sql, {
+            topic: channel.subTopic,
+            claims: channel.claims,
+          });
+        } catch (error) {
+          if (!(error instanceof RoleNotAllowed)) {
+            this.deps.log({ event: "policy_check_failed", topic: channel.subTopic, error: String(error) });
+            return ack("error", { error: "unable_to_set_policies" });
+          }
+          channel.canWrite = false;
+        }
+      }
+      if (!channel.canWrite) {
+        // Supabase drops the message; with `ack: true` it answers {error: "unauthorized"}.
+        this.deps.log({ event: "broadcast_denied", topic: channel.fullTopic, sub: channel.claims.sub });
+        return ack("error", { error: "unauthorized" });
+      }
+    }
+    this.deps.hub.relay(
+      channel.key,
+      { fullTopic: channel.fullTopic, event: push.event, payload: push.payload },
+      channel.selfBroadcast ? undefined : channel,
+    );
+    ack("ok");
+  }
+
+  #drop(channel: Channel): void {
+    clearTimeout(channel.confirmTimer);
+    channel.confirmTimer = undefined;
+    this.deps.hub.remove(channel.key, channel);
+  }
+}

@@ -1,0 +1,79 @@
+// What a device has seen of one user's progress, and whether an incoming change is new.
+//
+// Changes arrive from three places that overlap on purpose: Realtime broadcasts, the catch-up
+// "changes since" that follows every (re)subscribe, and polling while Realtime is down. The same
+// version of a row can therefore arrive twice, and an older version can arrive after a newer one
+// (a broadcast still in flight while the catch-up already returned the newer row). Every change is
+// judged against the newest version seen for its series with the last-write-wins order of
+// (updated_at, device_id): not newer => dropped as stale (older) or duplicate (same version).
+//
+// A hard DELETE (readsync normally clears progress with a `cleared` tombstone row instead) carries
+// the deleted version as `old_record`: it applies unless a newer version has been seen, and it is
+// remembered so that a late copy of the deleted version cannot bring the row back.
+
+export interface LwwRow {
+  series_id: string;
+  updated_at: string;
+  device_id: string;
+}
+
+export type ChangeKind = "upsert" | "delete";
+
+export type MergeVerdict = "applied" | "stale" | "duplicate";
+
+interface Entry<Row> {
+  row: Row;
+  deleted: boolean;
+}
+
+export class ProgressMergeState<Row extends LwwRow> {
+  #entries = new Map<string, Entry<Row>>();
+  #recentIds = new Set<string>();
+  #compare: (a: Row, b: Row) => number;
+  #maxRecentIds: number;
+
+  constructor(compare: (a: Row, b: Row) => number, { maxRecentIds = 2048 } = {}) {
+    this.#compare = compare;
+    this.#maxRecentIds = maxRecentIds;
+  }
+
+  /** Judges a change and, when it is new, records it. `messageId` dedupes redelivered broadcasts. */
+  merge(kind: ChangeKind, row: Row, messageId?: string): MergeVerdict {
+    if (messageId !== undefined) {
+      if (this.#recentIds.has(messageId)) return "duplicate";
+      this.#rememberId(messageId);
+    }
+    const current = this.#entries.get(row.series_id);
+    if (current) {
+      const order = this.#compare(current.row, row);
+      if (kind === "upsert") {
+        if (order > 0) return "stale";
+        if (order === 0) return current.deleted ? "stale" : "duplicate";
+      } else {
+        if (order > 0) return "stale";
+        if (order === 0 && current.deleted) return "duplicate";
+      }
+    }
+    this.#entries.set(row.series_id, { row, deleted: kind === "delete" });
+    return "applied";
+  }
+
+  /** The rows this device currently believes exist (deleted series excluded). */
+  rows(): Row[] {
+    return [...this.#entries.values()].filter((e) => !e.deleted).map((e) => e.row);
+  }
+
+  get(seriesId: string): Row | undefined {
+    const entry = this.#entries.get(seriesId);
+    return entry && !entry.deleted ? entry.row : undefined;
+  }
+
+  #rememberId(id: string): void {
+    this.#recentIds.add(id);
+    if (this.#recentIds.size > this.#maxRecentIds) {
+      // Sets iterate in insertion order: drop the oldest.
+      const oldest = this.#recentIds.values().next().value as string;
+      this.#recentIds.delete(oldest);
+    }
+  }
+}

@@ -1,0 +1,742 @@
+// RealtimeService: keeps one device's view of a reader's progress in sync, live when Supabase
+// Realtime is reachable and by polling when it is not, without ever missing a change.
+//
+//   subscribeToProgress(userId, handler)  joins the private Broadcast channel `progress:<userId>`
+//                                         (RLS on realtime.messages decides who may), then catches
+//                                         up with changesSince(cursor); every change reaches the
+//                                         handler once, in last-write-wins order per series.
+//   status / onStatus                     connecting -> live; polling while Realtime is down and
+//                                         the API answers; offline when neither does.
+//   reconnect                             capped exponential backoff with full jitter per user
+//                                         channel; while waiting, changesSince() is polled.
+//   catch-up                              after every (re)subscribe, from the cursor of the last
+//                                         successful catch-up/poll, so a gap of any length is closed.
+//   auth                                  follows supabase.auth TOKEN_REFRESHED / SIGNED_IN, or an
+//                                         explicit setAccessToken(); a channel the server closed
+//                                         because its token expired is rejoined at once with a new one.
+//   cleanup                               unsubscribe releases the channel, timers and listeners;
+//                                         stats() counts what is held so tests can prove it.
+//
+// Every log line is one JSON object: {ts, level, component, event, channel, attempt, ...}.
+
+import type { RealtimeChannel, SupabaseClient } from "@supabase/supabase-js";
+import { type BackoffOptions, DEFAULT_BACKOFF, fullJitterDelay } from "./backoff.ts";
+import { type ChangeKind, type LwwRow, ProgressMergeState } from "./progressMerge.ts";
+import { defaultCompareRows, defaultParseRow, type ProgressRow } from "./progressContract.ts";
+
+export type RealtimeStatus = "connecting" | "live" | "polling" | "offline";
+
+export type ChangeSource = "realtime" | "catchup" | "poll";
+
+export interface ProgressChange<Row extends LwwRow = ProgressRow> {
+  kind: ChangeKind;
+  /** The new row (upsert) or the deleted row (delete). */
+  row: Row;
+  source: ChangeSource;
+  /** realtime.messages id of the broadcast that carried it. */
+  messageId?: string;
+}
+
+export type ProgressHandler<Row extends LwwRow = ProgressRow> = (change: ProgressChange<Row>) => void;
+
+/** What one "changes since" call returns: rows changed after `cursor`, and the cursor to continue from. */
+export interface ChangesPage {
+  changes: unknown[];
+  cursor: unknown;
+  /** When the API pages, true while more changes follow (catch-up keeps reading). */
+  hasMore?: boolean;
+  /** Same, in the SQL function's spelling. */
+  has_more?: boolean;
+}
+
+export type ChangesSince = (cursor: unknown, context: { userId: string }) => Promise<ChangesPage>;
+
+export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
+  /** The progress API's "changes since" (catch-up after every subscribe, and polling). */
+  changesSince: ChangesSince;
+  /** Validates a row (the shared zod row schema by default); throws on an invalid row. */
+  parseRow?: (value: unknown) => Row;
+  /** Last-write-wins order of two versions of a row (ConflictResolver.compare by default). */
+  compareRows?: (a: Row, b: Row) => number;
+  /** Cursor to start from (e.g. persisted by the app); null = from the beginning. */
+  initialCursor?: unknown;
+  /**
+   * A token to use instead of the client's session: the service installs it as the Realtime
+   * client's token source (the session-less supabase-js client would otherwise fall back to the
+   * anon key on every heartbeat). Change it later with setAccessToken().
+   */
+  accessToken?: string;
+  backoff?: Partial<BackoffOptions>;
+  /** Poll interval while Realtime is down. */
+  pollIntervalMs?: number;
+  /** How long a join may take before it counts as failed (realtime-js default: 10 s). */
+  joinTimeoutMs?: number;
+  /** Source of randomness for the jitter (tests make it deterministic). */
+  random?: () => number;
+  /** Receives one JSON log line per event; console.log by default. */
+  log?: (line: string) => void;
+}
+
+export interface ProgressSubscription {
+  readonly userId: string;
+  readonly channel: string;
+  readonly status: RealtimeStatus;
+  /** Calls the listener on every status change; returns the function that removes it. */
+  onStatus(listener: (status: RealtimeStatus) => void): () => void;
+  unsubscribe(): Promise<void>;
+}
+
+export interface RealtimeServiceStats {
+  /** Users with an active link (channel + polling machinery). */
+  links: number;
+  subscriptions: number;
+  /** Timers the service has scheduled and not yet run or cleared. */
+  timers: number;
+  /** Realtime channels the service created and has not yet torn down. */
+  channels: number;
+  /** supabase.auth listeners the service holds (0 or 1). */
+  authListeners: number;
+  statusListeners: number;
+  /** Channels created and joined so far (cumulative). */
+  joinAttempts: number;
+  /** Changes applied / dropped as stale / dropped as duplicate / rejected as invalid. */
+  applied: number;
+  stale: number;
+  duplicates: number;
+  invalid: number;
+}
+
+/** What the service uses of a supabase-js client (any Database typing fits). */
+export type RealtimeCapableClient = Pick<
+  SupabaseClient,
+  "realtime" | "channel" | "removeChannel" | "getChannels" | "auth"
+>;
+type AnyClient = RealtimeCapableClient;
+
+/** Timers the service owns, counted so that "nothing left behind" can be checked. */
+class TimerSet {
+  #live = new Set<ReturnType<typeof setTimeout>>();
+  set(fn: () => void, ms: number): ReturnType<typeof setTimeout> {
+    const id = setTimeout(() => {
+      this.#live.delete(id);
+      fn();
+    }, ms);
+    this.#live.add(id);
+    return id;
+  }
+  clear(id: ReturnType<typeof setTimeout> | undefined): void {
+    if (id === undefined) return;
+    clearTimeout(id);
+    this.#live.delete(id);
+  }
+  get size(): number {
+    return this.#live.size;
+  }
+}
+
+export class RealtimeService<Row extends LwwRow = ProgressRow> {
+  readonly #client: AnyClient;
+  readonly #options: RealtimeServiceOptions<Row>;
+  readonly #parseRow: (value: unknown) => Row;
+  readonly #compareRows: (a: Row, b: Row) => number;
+  readonly #backoff: BackoffOptions;
+  readonly #log: (line: string) => void;
+  readonly #links = new Map<string, UserLink<Row>>();
+  readonly timers = new TimerSet();
+  readonly counters = { applied: 0, stale: 0, duplicates: 0, invalid: 0, channels: 0, joinAttempts: 0 };
+  /** Channel removals in flight, per topic: a new join of the topic waits for them. */
+  readonly removals = new Map<string, Set<Promise<void>>>();
+  #explicitToken: string | null = null;
+  #originalTokenSource: (() => Promise<string | null>) | null | undefined = undefined;
+  #authSubscription: { unsubscribe(): void } | null = null;
+  #closed = false;
+
+  constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
+    this.#client = client;
+    this.#options = options;
+    this.#parseRow = options.parseRow ?? (defaultParseRow as unknown as (value: unknown) => Row);
+    this.#compareRows = options.compareRows ?? (defaultCompareRows as unknown as (a: Row, b: Row) => number);
+    this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#log = options.log ?? ((line) => console.log(line));
+    if (options.accessToken) this.#installToken(options.accessToken);
+  }
+
+  get client(): AnyClient {
+    return this.#client;
+  }
+
+  /** Starts (or joins) the live link for a user; `handler` receives every new change. */
+  subscribeToProgress(userId: string, handler: ProgressHandler<Row>): ProgressSubscription {
+    if (this.#closed) throw new Error("RealtimeService is closed");
+    if (typeof userId !== "string" || userId.length === 0) throw new Error("userId is required");
+    let link = this.#links.get(userId);
+    const isNew = !link;
+    if (!link) {
+      link = new UserLink(this, userId);
+      this.#links.set(userId, link);
+      this.#ensureAuthListener();
+    }
+    const subscription = new Subscription<Row>(this, link, handler);
+    link.subscriptions.add(subscription);
+    if (isNew) link.start();
+    else link.replayTo(subscription);
+    return subscription;
+  }
+
+  /** Stops a subscription; the user's channel, timers and listeners go with its last subscription. */
+  async unsubscribe(subscription: ProgressSubscription): Promise<void> {
+    await subscription.unsubscribe();
+  }
+
+  /**
+   * Validates one Realtime broadcast payload ({record, old_record, operation, ...}, or the whole
+   * `{type: "broadcast", event, payload}` message) and merges it. Returns the change when it was
+   * new (and delivered to the user's handlers), null when invalid, stale or a duplicate.
+   */
+  handleProgressUpdate(payload: unknown, source: ChangeSource = "realtime"): ProgressChange<Row> | null {
+    const parsed = this.#parseBroadcast(payload);
+    if (!parsed) return null;
+    const link = this.#links.get(parsed.userId);
+    if (!link) {
+      this.logEvent("debug", "update_without_subscription", { user_id: parsed.userId });
+      return null;
+    }
+    return link.apply(parsed.kind, parsed.row, source, parsed.messageId);
+  }
+
+  /** Uses this token for Realtime from now on (pushed to joined channels at once). */
+  async setAccessToken(token: string): Promise<void> {
+    this.#installToken(token);
+    await this.#client.realtime.setAuth(token).catch((error: unknown) => {
+      this.logEvent("warn", "set_auth_failed", { error: String(error) });
+    });
+    this.logEvent("info", "access_token_set", {});
+    for (const link of this.#links.values()) link.onTokenChanged();
+  }
+
+  /** Status of a user's link (offline when there is none). */
+  status(userId: string): RealtimeStatus {
+    return this.#links.get(userId)?.status ?? "offline";
+  }
+
+  stats(): RealtimeServiceStats {
+    let subscriptions = 0;
+    let statusListeners = 0;
+    for (const link of this.#links.values()) {
+      subscriptions += link.subscriptions.size;
+      for (const s of link.subscriptions) statusListeners += s.listenerCount;
+    }
+    return {
+      links: this.#links.size,
+      subscriptions,
+      timers: this.timers.size,
+      channels: this.counters.channels,
+      authListeners: this.#authSubscription ? 1 : 0,
+      statusListeners,
+      joinAttempts: this.counters.joinAttempts,
+      applied: this.counters.applied,
+      stale: this.counters.stale,
+      duplicates: this.counters.duplicates,
+      invalid: this.counters.invalid,
+    };
+  }
+
+  /** Unsubscribes everything and gives the Realtime client its own token source back. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all([...this.#links.values()].map((link) => link.close()));
+    this.#dropAuthListener();
+    if (this.#originalTokenSource !== undefined) {
+      (this.#client.realtime as { accessToken: unknown }).accessToken = this.#originalTokenSource;
+      this.#originalTokenSource = undefined;
+    }
+  }
+
+  // ------------------------------------------------------------------ internals used by UserLink
+
+  get backoffOptions(): BackoffOptions {
+    return this.#backoff;
+  }
+  get options(): RealtimeServiceOptions<Row> {
+    return this.#options;
+  }
+  get compareRows(): (a: Row, b: Row) => number {
+    return this.#compareRows;
+  }
+  get random(): () => number {
+    return this.#options.random ?? Math.random;
+  }
+
+  parseRow(value: unknown): Row | null {
+    try {
+      return this.#parseRow(value);
+    } catch (error) {
+      this.counters.invalid++;
+      this.logEvent("warn", "invalid_row", { error: error instanceof Error ? error.message : String(error) });
+      return null;
+    }
+  }
+
+  /** Makes sure the Realtime client holds the current token before a join is pushed. */
+  async refreshRealtimeAuth(): Promise<void> {
+    try {
+      if (this.#explicitToken) await this.#client.realtime.setAuth(this.#explicitToken);
+      else await this.#client.realtime.setAuth();
+    } catch (error) {
+      this.logEvent("warn", "set_auth_failed", { error: String(error) });
+    }
+  }
+
+  /** Called when a link starts closing: a new subscription for the user gets a fresh link. */
+  linkClosed(link: UserLink<Row>): void {
+    if (this.#links.get(link.userId) === link) this.#links.delete(link.userId);
+    if (this.#links.size === 0) this.#dropAuthListener();
+  }
+
+  trackRemoval(topic: string, removal: Promise<void>): void {
+    let set = this.removals.get(topic);
+    if (!set) this.removals.set(topic, set = new Set());
+    set.add(removal);
+    removal.finally(() => {
+      set.delete(removal);
+      if (set.size === 0 && this.removals.get(topic) === set) this.removals.delete(topic);
+    });
+  }
+
+  async removalsSettled(topic: string): Promise<void> {
+    while (this.removals.has(topic)) await Promise.all([...this.removals.get(topic)!]);
+  }
+
+  logEvent(level: "debug" | "info" | "warn" | "error", event: string, fields: Record<string, unknown>): void {
+    try {
+      this.#log(
+        JSON.stringify({
+          ts: new Date().toISOString(),
+          level,
+          component: "RealtimeService",
+          event,
+          ...fields,
+        }),
+      );
+    } catch {
+      // Logging must never break sync.
+    }
+  }
+
+  #parseBroadcast(
+    payload: unknown,
+  ): { userId: string; kind: ChangeKind; row: Row; messageId?: string } | null {
+    let body = payload as Record<string, unknown> | null;
+    let messageId: string | undefined;
+    if (body && body.type === "broadcast" && body.payload && typeof body.payload === "object") {
+      const meta = body.meta as { id?: unknown } | undefined;
+      if (typeof meta?.id === "string") messageId = meta.id;
+      body = body.payload as Record<string, unknown>;
+    }
+    if (!body || typeof body !== "object") {
+      this.counters.invalid++;
+      this.logEvent("warn", "invalid_broadcast", { reason: "payload is not an object" });
+      return null;
+    }
+    if (messageId === undefined && typeof body.id === "string") messageId = body.id;
+    const operation = body.operation;
+    if (operation !== "INSERT" && operation !== "UPDATE" && operation !== "DELETE") {
+      this.counters.invalid++;
+      this.logEvent("warn", "invalid_broadcast", { reason: `unknown operation ${String(operation)}` });
+      return null;
+    }
+    const kind: ChangeKind = operation === "DELETE" ? "delete" : "upsert";
+    const row = this.parseRow(kind === "delete" ? body.old_record : body.record);
+    if (!row) return null;
+    const userId = (row as unknown as { user_id?: unknown }).user_id;
+    if (typeof userId !== "string") {
+      this.counters.invalid++;
+      this.logEvent("warn", "invalid_broadcast", { reason: "row has no user_id" });
+      return null;
+    }
+    return { userId, kind, row, messageId };
+  }
+
+  #installToken(token: string): void {
+    this.#explicitToken = token;
+    const realtime = this.#client.realtime as { accessToken: (() => Promise<string | null>) | null };
+    if (this.#originalTokenSource === undefined) this.#originalTokenSource = realtime.accessToken;
+    // realtime-js asks this on connect, after every join and on every heartbeat.
+    realtime.accessToken = () => Promise.resolve(this.#explicitToken);
+  }
+
+  #ensureAuthListener(): void {
+    if (this.#authSubscription) return;
+    let auth: AnyClient["auth"];
+    try {
+      auth = this.#client.auth; // throws when the client was built with the `accessToken` option
+    } catch {
+      return;
+    }
+    try {
+      const { data } = auth.onAuthStateChange((event, session) => {
+        if ((event === "TOKEN_REFRESHED" || event === "SIGNED_IN") && session?.access_token) {
+          if (this.#explicitToken) return; // an explicit token wins over the session
+          this.logEvent("info", "auth_token_refreshed", { auth_event: event });
+          this.#client.realtime.setAuth(session.access_token).catch(() => {});
+          for (const link of this.#links.values()) link.onTokenChanged();
+        } else if (event === "SIGNED_OUT") {
+          this.logEvent("info", "auth_signed_out", {});
+        }
+      });
+      this.#authSubscription = data.subscription;
+    } catch (error) {
+      this.logEvent("debug", "auth_listener_unavailable", { error: String(error) });
+    }
+  }
+
+  #dropAuthListener(): void {
+    this.#authSubscription?.unsubscribe();
+    this.#authSubscription = null;
+  }
+}
+
+class Subscription<Row extends LwwRow> implements ProgressSubscription {
+  #listeners = new Set<(status: RealtimeStatus) => void>();
+  #active = true;
+
+  constructor(
+    readonly service: RealtimeService<Row>,
+    readonly link: UserLink<Row>,
+    readonly handler: ProgressHandler<Row>,
+  ) {}
+
+  get userId(): string {
+    return this.link.userId;
+  }
+  get channel(): string {
+    return this.link.topic;
+  }
+  get status(): RealtimeStatus {
+    return this.#active ? this.link.status : "offline";
+  }
+  get listenerCount(): number {
+    return this.#listeners.size;
+  }
+  get active(): boolean {
+    return this.#active;
+  }
+
+  onStatus(listener: (status: RealtimeStatus) => void): () => void {
+    if (!this.#active) return () => {};
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  emitStatus(status: RealtimeStatus): void {
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener(status);
+      } catch (error) {
+        this.service.logEvent("error", "status_listener_failed", {
+          channel: this.channel,
+          error: String(error),
+        });
+      }
+    }
+  }
+
+  deliver(change: ProgressChange<Row>): void {
+    if (!this.#active) return;
+    try {
+      this.handler(change);
+    } catch (error) {
+      this.service.logEvent("error", "handler_failed", { channel: this.channel, error: String(error) });
+    }
+  }
+
+  async unsubscribe(): Promise<void> {
+    if (!this.#active) return;
+    this.#active = false;
+    this.#listeners.clear();
+    this.link.subscriptions.delete(this);
+    if (this.link.subscriptions.size === 0) await this.link.close();
+  }
+}
+
+/** Everything the service runs for one user: the channel, the catch-up, polling and retries. */
+class UserLink<Row extends LwwRow> {
+  readonly topic: string;
+  readonly subscriptions = new Set<Subscription<Row>>();
+  readonly merge: ProgressMergeState<Row>;
+  status: RealtimeStatus = "connecting";
+  #cursor: unknown;
+  #attempt = 0;
+  /** Bumped whenever the current channel is abandoned: callbacks of older channels are ignored. */
+  #generation = 0;
+  #channel: RealtimeChannel | null = null;
+  #joined = false;
+  #caughtUp = false;
+  #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  #pollTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The last "changes since" round; rounds never overlap (the cursor is shared). */
+  #fetchChain: Promise<boolean> = Promise.resolve(true);
+  #fetchInFlight = false;
+  #closed = false;
+  #closing: Promise<void> | null = null;
+
+  constructor(readonly service: RealtimeService<Row>, readonly userId: string) {
+    this.topic = `progress:${userId}`;
+    this.merge = new ProgressMergeState<Row>((a, b) => service.compareRows(a, b));
+    this.#cursor = service.options.initialCursor ?? null;
+  }
+
+  start(): void {
+    this.#log("info", "subscribe_started", {});
+    this.#emitStatus();
+    void this.#connect();
+  }
+
+  /** A second subscriber for the same user gets the current state as upserts. */
+  replayTo(subscription: Subscription<Row>): void {
+    for (const row of this.merge.rows()) subscription.deliver({ kind: "upsert", row, source: "catchup" });
+  }
+
+  apply(kind: ChangeKind, row: Row, source: ChangeSource, messageId?: string): ProgressChange<Row> | null {
+    if (this.#closed) return null;
+    const verdict = this.merge.merge(kind, row, messageId);
+    const counters = this.service.counters;
+    if (verdict !== "applied") {
+      if (verdict === "stale") counters.stale++;
+      else counters.duplicates++;
+      this.#log("debug", `change_${verdict}`, { source, series_id: row.series_id, message_id: messageId });
+      return null;
+    }
+    counters.applied++;
+    const change: ProgressChange<Row> = { kind, row, source, ...(messageId ? { messageId } : {}) };
+    for (const subscription of [...this.subscriptions]) subscription.deliver(change);
+    return change;
+  }
+
+  /** A new access token: a link that is not live retries now instead of waiting out its backoff. */
+  onTokenChanged(): void {
+    if (this.#closed || this.status === "live") return;
+    this.#attempt = 0;
+    this.service.timers.clear(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
+    if (!this.#channel) void this.#connect();
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed = true;
+      this.#generation++;
+      this.service.linkClosed(this);
+      this.service.timers.clear(this.#reconnectTimer);
+      this.service.timers.clear(this.#pollTimer);
+      this.#reconnectTimer = this.#pollTimer = undefined;
+      this.#releaseChannel();
+      await this.service.removalsSettled(this.topic);
+      await this.#fetchChain.catch(() => {});
+      this.status = "offline";
+      this.#log("info", "unsubscribed", {});
+    })();
+    return this.#closing;
+  }
+
+  // ------------------------------------------------------------------------------ live channel
+
+  async #connect(): Promise<void> {
+    if (this.#closed || this.#channel) return;
+    const generation = ++this.#generation;
+    this.#attempt++;
+    await this.service.refreshRealtimeAuth();
+    // A channel for this topic that is still being left would be handed back by client.channel().
+    await this.service.removalsSettled(this.topic);
+    if (this.#closed || generation !== this.#generation) return;
+
+    const client = this.service.client;
+    const existing = client.getChannels().find((c) => c.topic === `realtime:${this.topic}`);
+    if (existing) {
+      // Someone else on this client uses the topic; joining it twice is impossible in realtime-js.
+      this.#log("error", "topic_in_use", {});
+      this.#fail(generation, "topic already used by another channel on this client");
+      return;
+    }
+    this.#log("info", "join_attempt", {});
+    const channel = client.channel(this.topic, {
+      config: { private: true, broadcast: { self: false, ack: false } },
+    });
+    this.#channel = channel;
+    this.service.counters.channels++;
+    this.service.counters.joinAttempts++;
+    channel
+      .on("broadcast", { event: "*" }, (message) => {
+        if (generation !== this.#generation) return;
+        this.service.handleProgressUpdate(message, "realtime");
+      })
+      .on("system", {}, (payload: { status?: string; message?: string }) => {
+        if (generation !== this.#generation) return;
+        this.#log(payload?.status === "error" ? "warn" : "info", "system_message", {
+          message: payload?.message,
+        });
+      })
+      .subscribe(
+        (state, error) => this.#onChannelState(generation, state, error),
+        this.service.options.joinTimeoutMs,
+      );
+  }
+
+  #onChannelState(generation: number, state: string, error?: Error): void {
+    if (this.#closed || generation !== this.#generation) return;
+    if (state === "SUBSCRIBED") {
+      this.#joined = true;
+      this.#caughtUp = false;
+      this.#log("info", "joined", {});
+      void this.#catchUp(generation);
+      return;
+    }
+    // CHANNEL_ERROR (refused join, dropped socket), TIMED_OUT, or CLOSED by the server (expired token).
+    this.#fail(generation, `${state}${error ? `: ${error.message}` : ""}`);
+  }
+
+  /** Realtime is unavailable: drop the channel, poll meanwhile, and retry after a jittered backoff. */
+  #fail(generation: number, reason: string): void {
+    if (this.#closed || generation !== this.#generation) return;
+    this.#generation++;
+    this.#joined = false;
+    this.#caughtUp = false;
+    this.#releaseChannel();
+    const delay = fullJitterDelay(this.#attempt, this.service.backoffOptions, this.service.random);
+    this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
+    this.service.timers.clear(this.#reconnectTimer);
+    this.#reconnectTimer = this.service.timers.set(() => {
+      this.#reconnectTimer = undefined;
+      void this.#connect();
+    }, delay);
+    this.#startPolling();
+  }
+
+  #releaseChannel(): void {
+    const channel = this.#channel;
+    if (!channel) return;
+    this.#channel = null;
+    const removal = (async () => {
+      try {
+        await this.service.client.removeChannel(channel);
+      } catch (error) {
+        this.#log("warn", "remove_channel_failed", { error: String(error) });
+      } finally {
+        // removeChannel only tears down after an "ok" leave; make sure timers and bindings go.
+        channel.teardown();
+        this.service.counters.channels--;
+      }
+    })();
+    this.service.trackRemoval(this.topic, removal);
+  }
+
+  // ----------------------------------------------------------------------- catch-up and polling
+
+  async #catchUp(generation: number): Promise<void> {
+    // Always a fresh round that starts after the join: one that started earlier may have read
+    // before a change whose broadcast was sent before the channel was subscribed.
+    const ok = await this.#fetchChanges("catchup");
+    if (this.#closed || generation !== this.#generation) return;
+    if (ok) {
+      this.#caughtUp = true;
+      this.#attempt = 0;
+      this.service.timers.clear(this.#pollTimer);
+      this.#pollTimer = undefined;
+      this.#setStatus("live");
+    } else {
+      // Joined but could not catch up: keep the channel, retry the catch-up by polling.
+      this.#startPolling();
+    }
+  }
+
+  #startPolling(): void {
+    if (this.#closed || this.#pollTimer !== undefined) return;
+    this.#pollTimer = this.service.timers.set(() => void this.#poll(), 0);
+  }
+
+  async #poll(): Promise<void> {
+    this.#pollTimer = undefined;
+    if (this.#closed) return;
+    const generation = this.#generation;
+    if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
+    if (this.#closed) return;
+    const ok = await this.#fetchChanges(this.#joined ? "catchup" : "poll");
+    if (this.#closed) return;
+    if (this.#joined && generation === this.#generation && ok) {
+      this.#caughtUp = true;
+      this.#attempt = 0;
+      this.#setStatus("live");
+      return;
+    }
+    if (!this.#joined) this.#setStatus(ok ? "polling" : "offline");
+    if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
+      this.#pollTimer = this.service.timers.set(
+        () => void this.#poll(),
+        this.service.options.pollIntervalMs ?? 10_000,
+      );
+    }
+  }
+
+  /** One "changes since" round (following pages), after any round in flight. False on failure. */
+  #fetchChanges(source: ChangeSource): Promise<boolean> {
+    const round = this.#fetchChain.then(async () => {
+      this.#fetchInFlight = true;
+      try {
+        for (let page = 0; page < 1000; page++) {
+          const result = await this.service.options.changesSince(this.#cursor, { userId: this.userId });
+          if (this.#closed) return false;
+          for (const raw of result.changes ?? []) {
+            const row = this.service.parseRow(raw);
+            if (!row) continue;
+            if ((row as { user_id?: unknown }).user_id !== this.userId) {
+              // The API answers for its token's user: another user's rows mean a token/user mix-up.
+              this.service.counters.invalid++;
+              this.#log("warn", "foreign_row", { row_user_id: (row as { user_id?: unknown }).user_id });
+              continue;
+            }
+            this.apply(isDeleted(raw) ? "delete" : "upsert", row, source);
+          }
+          const previous = this.#cursor;
+          if (result.cursor !== undefined && result.cursor !== null) this.#cursor = result.cursor;
+          const hasMore = result.hasMore ?? result.has_more ?? false;
+          // A cursor that cannot move (a long transaction holds the horizon): try again next round.
+          if (!hasMore || this.#cursor === previous) break;
+        }
+        this.#log("debug", `${source}_done`, {});
+        return true;
+      } catch (error) {
+        this.#log("warn", `${source}_failed`, {
+          error: error instanceof Error ? error.message : String(error),
+        });
+        return false;
+      } finally {
+        this.#fetchInFlight = false;
+      }
+    });
+    this.#fetchChain = round;
+    return round;
+  }
+
+  // -------------------------------------------------------------------------------- plumbing
+
+  #setStatus(status: RealtimeStatus): void {
+    if (this.status === status) return;
+    const previous = this.status;
+    this.status = status;
+    this.#log("info", "status", { from: previous, to: status });
+    this.#emitStatus();
+  }
+
+  #emitStatus(): void {
+    for (const subscription of [...this.subscriptions]) subscription.emitStatus(this.status);
+  }
+
+  #log(level: "debug" | "info" | "warn" | "error", event: string, fields: Record<string, unknown>): void {
+    this.service.logEvent(level, event, { channel: this.topic, attempt: this.#attempt, ...fields });
+  }
+}
+
+/** A "changes since" row that stands for a hard delete (the API may mark them; rows normally aren't). */
+function isDeleted(raw: unknown): boolean {
+  return !!raw && typeof raw === "object" && (raw as { deleted?: unknown }).deleted === true;
+}

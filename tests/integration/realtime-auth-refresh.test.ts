@@ -1,0 +1,153 @@
+// Short-lived access tokens: RealtimeService pushes each new token to the joined channel before the
+// old one expires, so the channel stays open and no update is missed. Without a refresh, the
+// endpoint closes the channel at expiry exactly as Supabase does (system message, then phx_close),
+// the service keeps the device current by polling, and a new token brings it back live at once.
+
+import assert from "node:assert/strict";
+import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
+import { adminSql, createTestUser } from "../support/env.ts";
+import {
+  newClient,
+  noSanitize,
+  serverState,
+  sleep,
+  sqlChangesSince,
+  waitFor,
+  writeProgress,
+} from "./realtime_support.ts";
+
+Deno.test({
+  name: "realtime auth: a 3 s token refreshed every 2 s keeps the channel live, 0 missed",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: await a.newAccessToken(3),
+    pollIntervalMs: 200,
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const changes: ProgressChange[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  const refresher = setInterval(async () => {
+    await service.setAccessToken(await a.newAccessToken(3));
+  }, 2_000);
+  try {
+    await waitFor("live", () => subscription.status === "live");
+    const t0 = Date.now() - 60_000;
+    const written: string[] = [];
+    const started = Date.now();
+    for (let i = 0; Date.now() - started < 8_000; i++) {
+      const updated_at = new Date(t0 + i).toISOString();
+      await writeProgress(sql, a.id, { series_id: `s${i % 3}`, chapter: i, device_id: "phone", updated_at });
+      written.push(`s${i % 3}@${updated_at}`);
+      await sleep(40);
+    }
+    await waitFor("every write", () => changes.length >= written.length, { timeoutMs: 5_000 });
+    const seen = new Set(
+      changes.map((c) => `${c.row.series_id}@${new Date(c.row.updated_at).toISOString()}`),
+    );
+    assert.deepEqual(written.filter((w) => !seen.has(w)), [], "missed updates");
+    assert.ok(changes.slice(1).every((c) => c.source === "realtime"), "all live updates came over Realtime");
+    // The channel was never closed by the server: no expiry, no fallback, still the first join.
+    assert.equal(subscription.status, "live");
+    assert.deepEqual(logs.filter((l) => l.event === "realtime_unavailable"), []);
+    assert.equal(logs.filter((l) => l.event === "join_attempt").length, 1);
+    assert.ok(logs.filter((l) => l.event === "access_token_set").length >= 3);
+  } finally {
+    clearInterval(refresher);
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name: "realtime auth: without a refresh the server closes at expiry; a new token brings it back",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: await a.newAccessToken(2),
+    pollIntervalMs: 150,
+    backoff: { initialMs: 5_000, maxMs: 30_000 }, // long: only the new token may bring it back quickly
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const changes: ProgressChange[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  try {
+    await waitFor("live", () => subscription.status === "live");
+    await waitFor("expiry closes the channel", () => subscription.status === "polling", { timeoutMs: 5_000 });
+    const system = logs.find((l) => l.event === "system_message");
+    assert.match(String(system?.message), /^Token has expired \d+ seconds ago$/);
+
+    // While polling, writes still reach the device.
+    await writeProgress(sql, a.id, { series_id: "monster", chapter: 9, device_id: "tablet" });
+    await waitFor(
+      "the write by polling",
+      () => changes.some((c) => c.row.series_id === "monster" && c.source === "poll"),
+    );
+
+    const before = Date.now();
+    await service.setAccessToken(await a.newAccessToken(3600));
+    await waitFor("live again", () => subscription.status === "live", { timeoutMs: 3_000 });
+    assert.ok(Date.now() - before < 3_000, "a new token skips the backoff");
+    await writeProgress(sql, a.id, { series_id: "monster", chapter: 10, device_id: "tablet" });
+    await waitFor("live update", () => changes.some((c) => c.row.chapter === 10 && c.source === "realtime"));
+    const server = await serverState(sql, a.id);
+    assert.equal(server.get("monster")?.chapter, 10);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name: "realtime auth: supabase.auth TOKEN_REFRESHED is followed (listener held only while subscribed)",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const logs: Record<string, unknown>[] = [];
+  // No explicit token: the service follows the client's auth events.
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    log: (l) => logs.push(JSON.parse(l)),
+  });
+  const emitters = () =>
+    (client.auth as unknown as { stateChangeEmitters: Map<unknown, unknown> }).stateChangeEmitters.size;
+  const baseline = emitters();
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  try {
+    assert.equal(emitters(), baseline + 1);
+    const token = await a.newAccessToken(3600);
+    // What GoTrue emits after a refresh (no Auth server locally, so the event is emitted directly).
+    await (client.auth as unknown as { _notifyAllSubscribers(e: string, s: unknown): Promise<void> })
+      ._notifyAllSubscribers("TOKEN_REFRESHED", {
+        access_token: token,
+        refresh_token: "r",
+        expires_in: 3600,
+        token_type: "bearer",
+        user: { id: a.id },
+      });
+    assert.equal(client.realtime.accessTokenValue, token);
+    assert.ok(logs.some((l) => l.event === "auth_token_refreshed"));
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+  assert.equal(emitters(), baseline);
+});

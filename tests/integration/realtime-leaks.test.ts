@@ -1,0 +1,131 @@
+// 10,000 subscribe/unsubscribe cycles through RealtimeService on one real supabase-js client and a
+// real endpoint: afterwards nothing is left behind: no service timers, links, listeners or
+// channels, the client has exactly its channels from before, the socket's callback lists are back
+// to their size, the endpoint holds no extra channel, and Deno's op/resource sanitizers (on for
+// the cycling test) find no timer or op the cycles started and left pending.
+
+import assert from "node:assert/strict";
+import type { SupabaseClient } from "@supabase/supabase-js";
+import { type RealtimeServer, startRealtimeServer } from "../../local/realtime/endpoint.ts";
+import { RealtimeService } from "../../shared/realtime/realtimeService.ts";
+import { adminSql, createTestUser, testEnv, type TestUser } from "../support/env.ts";
+import {
+  joinChannel,
+  newClient,
+  noSanitize,
+  type Sql,
+  sqlChangesSince,
+  waitFor,
+} from "./realtime_support.ts";
+
+const CYCLES = 10_000;
+/** Every n-th cycle waits until the link is live (real join + catch-up) before unsubscribing. */
+const LIVE_EVERY = 100;
+
+interface Fixture {
+  server: RealtimeServer;
+  client: SupabaseClient;
+  sql: Sql;
+  user: TestUser;
+}
+let fixture: Fixture;
+
+function socketCallbackCounts(client: SupabaseClient) {
+  const callbacks = client.realtime.stateChangeCallbacks;
+  return {
+    open: callbacks.open.length,
+    close: callbacks.close.length,
+    error: callbacks.error.length,
+    message: callbacks.message.length,
+  };
+}
+
+Deno.test(
+  { name: "realtime leaks: setup (endpoint, client with an anchor channel)", ...noSanitize },
+  async () => {
+    const env = testEnv();
+    const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! });
+    // Heartbeats every hour: a heartbeat during the cycling test would leave realtime-js's own
+    // (legitimate) next-heartbeat timer pending at the end and hide what we want to see.
+    const client = newClient({ url: server.url, heartbeatIntervalMs: 3_600_000 });
+    const sql = adminSql({ max: 1 });
+    const user = await createTestUser();
+    // The app's other channel (a public one: all channels of a client share its one token): keeps
+    // the socket open, so realtime-js never schedules its disconnect-when-empty timer in the cycles.
+    const anchor = await joinChannel(client, "anchor:leaks", { private: false });
+    assert.equal(anchor.status, "SUBSCRIBED");
+    await sql`select 1`; // open the pool's connection now, not inside the sanitized test
+    fixture = { server, client, sql, user };
+  },
+);
+
+Deno.test(`realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing behind`, async () => {
+  const { client, sql, user, server } = fixture;
+  const channelsBefore = client.getChannels().map((c) => c.topic);
+  const callbacksBefore = socketCallbackCounts(client);
+  const emitters = () =>
+    (client.auth as unknown as { stateChangeEmitters: Map<unknown, unknown> }).stateChangeEmitters.size;
+  const emittersBefore = emitters();
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, user.id),
+    accessToken: user.accessToken,
+    log: () => {},
+  });
+  let delivered = 0;
+  let liveCycles = 0;
+  for (let i = 0; i < CYCLES; i++) {
+    const subscription = service.subscribeToProgress(user.id, () => delivered++);
+    const offStatus = subscription.onStatus(() => {});
+    if (i % LIVE_EVERY === 0) {
+      await waitFor(`cycle ${i} live`, () => subscription.status === "live");
+      liveCycles++;
+    } else if (i % 3 === 1) {
+      // Leave while the join is in flight.
+      await new Promise((r) => setTimeout(r, 0));
+    } else if (i % 3 === 2) {
+      offStatus(); // and sometimes the UI removed its listener first
+    }
+    await subscription.unsubscribe();
+    if (i % 1000 === 0) {
+      const s = service.stats();
+      assert.equal(
+        s.links + s.subscriptions + s.timers + s.channels + s.statusListeners,
+        0,
+        JSON.stringify(s),
+      );
+    }
+  }
+  const stats = service.stats();
+  console.log(`cycles ${CYCLES}: ${stats.joinAttempts} joins pushed, ${liveCycles} waited for live`);
+  await service.close();
+  assert.deepEqual(
+    {
+      links: stats.links,
+      subscriptions: stats.subscriptions,
+      timers: stats.timers,
+      channels: stats.channels,
+      authListeners: stats.authListeners,
+      statusListeners: stats.statusListeners,
+    },
+    { links: 0, subscriptions: 0, timers: 0, channels: 0, authListeners: 0, statusListeners: 0 },
+  );
+  assert.equal(liveCycles, CYCLES / LIVE_EVERY);
+  // Cycles really reached the server (not only the ones that waited for live).
+  assert.ok(stats.joinAttempts >= CYCLES / 4, `only ${stats.joinAttempts} joins were pushed`);
+  assert.deepEqual(client.getChannels().map((c) => c.topic), channelsBefore, "client channels");
+  assert.deepEqual(socketCallbackCounts(client), callbacksBefore, "socket callbacks");
+  assert.equal(emitters(), emittersBefore, "auth listeners");
+  // The endpoint processed every join and leave: only the anchor channel is left.
+  await waitFor("the endpoint to settle", () => server.endpoint.stats().channels === 1, {
+    timeoutMs: 60_000,
+  });
+  void delivered;
+});
+
+Deno.test({ name: "realtime leaks: teardown", ...noSanitize }, async () => {
+  const { client, sql, server } = fixture;
+  await client.removeAllChannels();
+  await client.realtime.disconnect();
+  await sql.end();
+  await server.close();
+});

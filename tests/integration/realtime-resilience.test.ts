@@ -1,0 +1,189 @@
+// RealtimeService when Realtime goes away mid-stream: the endpoint is killed while writes continue,
+// the service falls back to polling "changes since", the endpoint comes back on the same port, the
+// service returns to live, and the device ends with exactly the server's state, nothing missed.
+
+import assert from "node:assert/strict";
+import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
+import {
+  type ProgressChange,
+  RealtimeService,
+  type RealtimeStatus,
+} from "../../shared/realtime/realtimeService.ts";
+import { adminSql, createTestUser, testEnv } from "../support/env.ts";
+import {
+  newClient,
+  noSanitize,
+  serverState,
+  sleep,
+  sqlChangesSince,
+  waitFor,
+  writeProgress,
+} from "./realtime_support.ts";
+
+Deno.test({
+  name: "realtime resilience: endpoint killed mid-stream -> polling -> live, 0 missed",
+  ...noSanitize,
+}, async () => {
+  const env = testEnv();
+  const sql = adminSql({ max: 6 });
+  const a = await createTestUser();
+  let server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! });
+  const port = server.port;
+  const client = newClient({ url: server.url, reconnectAfterMs: () => 250 });
+  const logs: Record<string, unknown>[] = [];
+  const counters = { calls: 0 };
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id, counters),
+    accessToken: a.accessToken,
+    pollIntervalMs: 200,
+    backoff: { initialMs: 200, maxMs: 1_000 },
+    joinTimeoutMs: 2_000,
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const changes: ProgressChange[] = [];
+  const statuses: RealtimeStatus[] = [];
+  const subscription = service.subscribeToProgress(a.id, (change) => changes.push(change));
+  subscription.onStatus((s) => statuses.push(s));
+  try {
+    await waitFor("live", () => subscription.status === "live");
+
+    // Writer: 5 series, a new version every ~15 ms, for the whole test.
+    const t0 = Date.now() - 60_000;
+    const written: { series_id: string; updated_at: string; phase: string }[] = [];
+    let phase = "before";
+    let writing = true;
+    const writer = (async () => {
+      for (let i = 0; writing; i++) {
+        const version = {
+          series_id: `series-${i % 5}`,
+          chapter: i,
+          page: i % 40,
+          percentage: Math.min(1, i / 10_000),
+          device_id: "writer-phone",
+          updated_at: new Date(t0 + i).toISOString(),
+        };
+        await writeProgress(sql, a.id, version);
+        written.push({ series_id: version.series_id, updated_at: version.updated_at, phase });
+        await sleep(15);
+      }
+    })();
+
+    await sleep(700);
+    phase = "outage";
+    await server.close(); // Realtime is gone; the database and the writes are not.
+    await waitFor("polling", () => subscription.status === "polling", { timeoutMs: 10_000 });
+    const pollsBefore = counters.calls;
+    await sleep(1_200);
+    assert.ok(counters.calls > pollsBefore + 2, "the service polls while Realtime is down");
+
+    server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, port });
+    await waitFor("live again", () => subscription.status === "live", { timeoutMs: 15_000 });
+    phase = "after";
+    await sleep(800);
+    writing = false;
+    await writer;
+
+    // Exactly the server state, by version (updated_at, device_id) and content.
+    const expected = await serverState(sql, a.id);
+    await waitFor("device state = server state", () => {
+      const mine = new Map(changes.filter((c) => c.kind === "upsert").map((c) => [c.row.series_id, c.row]));
+      if (mine.size !== expected.size) return false;
+      for (const [series, row] of expected) {
+        const have = mine.get(series);
+        if (
+          !have || have.chapter !== row.chapter ||
+          new Date(have.updated_at).getTime() !== new Date(row.updated_at as string).getTime()
+        ) {
+          return false;
+        }
+      }
+      return true;
+    }, { timeoutMs: 5_000 });
+
+    // 0 missed: while live, every single version arrived; the outage's versions were coalesced by
+    // the catch-up into the latest per series, which arrived (checked above).
+    const seen = new Set(changes.map((c) => `${c.row.series_id}@${new Date(c.row.updated_at).getTime()}`));
+    const missed = written.filter((w) => w.phase !== "outage")
+      .filter((w) => !seen.has(`${w.series_id}@${new Date(w.updated_at).getTime()}`));
+    assert.deepEqual(missed, [], `${missed.length} versions written while live never reached the device`);
+    // Versions arrive in LWW order per series: nothing older after something newer.
+    const lastBySeries = new Map<string, number>();
+    for (const c of changes) {
+      const t = new Date(c.row.updated_at).getTime();
+      assert.ok((lastBySeries.get(c.row.series_id) ?? -Infinity) < t, "a stale version was delivered");
+      lastBySeries.set(c.row.series_id, t);
+    }
+
+    // The status stream a UI would show, and the sources that carried changes.
+    assert.deepEqual(dedupe(statuses), ["live", "polling", "live"]);
+    const sources = new Set(changes.map((c) => c.source));
+    assert.ok(
+      sources.has("realtime") && (sources.has("poll") || sources.has("catchup")),
+      [...sources].join(","),
+    );
+
+    // Structured logs: JSON lines with the channel and the attempt number.
+    const unavailable = logs.filter((l) => l.event === "realtime_unavailable");
+    assert.ok(unavailable.length >= 1);
+    for (const line of unavailable) {
+      assert.equal(line.channel, `progress:${a.id}`);
+      assert.equal(typeof line.attempt, "number");
+      assert.equal(typeof line.retry_in_ms, "number");
+      assert.ok((line.retry_in_ms as number) < 1_000, "backoff is capped");
+    }
+  } finally {
+    await subscription.unsubscribe();
+    const stats = service.stats();
+    await service.close();
+    await client.realtime.disconnect();
+    await server.close();
+    await sql.end();
+    assert.equal(stats.timers, 0);
+    assert.equal(stats.channels, 0);
+  }
+});
+
+Deno.test({
+  name: "realtime resilience: Realtime down from the start -> polling; API down too -> offline",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  // Nothing listens on this port: the socket never opens.
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadPort = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const client = newClient({ url: `http://127.0.0.1:${deadPort}`, reconnectAfterMs: () => 200 });
+  const counters = { calls: 0, failNext: 0 };
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id, counters),
+    accessToken: a.accessToken,
+    pollIntervalMs: 100,
+    backoff: { initialMs: 100, maxMs: 400 },
+    joinTimeoutMs: 500,
+    log: () => {},
+  });
+  const changes: ProgressChange[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  try {
+    assert.equal(subscription.status, "connecting");
+    await waitFor("polling", () => subscription.status === "polling");
+    await writeProgress(sql, a.id, { series_id: "dorohedoro", chapter: 3, device_id: "laptop" });
+    await waitFor("the write through polling", () => changes.some((c) => c.row.series_id === "dorohedoro"));
+    assert.equal(changes.at(-1)?.source, "poll");
+    counters.failNext = 1_000_000;
+    await waitFor("offline", () => subscription.status === "offline");
+    counters.failNext = 0;
+    await waitFor("polling again", () => subscription.status === "polling");
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+  assert.equal(service.stats().timers, 0);
+});
+
+function dedupe<T>(values: T[]): T[] {
+  return values.filter((v, i) => i === 0 || values[i - 1] !== v);
+}

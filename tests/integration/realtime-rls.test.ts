@@ -1,0 +1,263 @@
+// Who may receive and send on progress:<user_id>, through the real supabase-js client over the real
+// WebSocket: RLS on realtime.messages decides (migration 012), the endpoint only asks it.
+
+import assert from "node:assert/strict";
+import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
+import { adminSql, createTestUser, testEnv } from "../support/env.ts";
+import {
+  clientWithToken,
+  closeClient,
+  joinChannel,
+  newClient,
+  noSanitize,
+  sleep,
+  waitFor,
+  writeProgress,
+} from "./realtime_support.ts";
+
+const topicOf = (userId: string) => `progress:${userId}`;
+
+Deno.test(
+  { name: "realtime RLS: A's update reaches A's other device, never user C", ...noSanitize },
+  async () => {
+    const sql = adminSql();
+    const a = await createTestUser();
+    const c = await createTestUser();
+    const deviceA1 = clientWithToken(() => a.accessToken);
+    const deviceA2 = clientWithToken(() => a.accessToken);
+    const deviceC = clientWithToken(() => c.accessToken);
+    try {
+      const a2 = await joinChannel(deviceA2, topicOf(a.id));
+      assert.equal(a2.status, "SUBSCRIBED");
+      // C joins its own channel (allowed) and tries A's (refused).
+      const cOwn = await joinChannel(deviceC, topicOf(c.id));
+      assert.equal(cOwn.status, "SUBSCRIBED");
+      const cOnA = await joinChannel(deviceC, topicOf(a.id));
+      assert.equal(cOnA.status, "CHANNEL_ERROR");
+
+      // Device A1 writes (as A; RLS applies), A2 must hear it.
+      await writeProgress(sql, a.id, {
+        series_id: "berserk",
+        chapter: 12,
+        page: 3,
+        percentage: 0.1,
+        device_id: "a-phone",
+      });
+      await waitFor("A2 to receive A1's update", () => a2.joined.received.length === 1);
+      const got = a2.joined.received[0];
+      assert.equal(got.event, "INSERT");
+      assert.equal((got.payload.record as { user_id: string }).user_id, a.id);
+      assert.equal((got.payload.record as { chapter: number }).chapter, 12);
+
+      // C's own topic carries nothing of A's, and nothing arrived on the refused channel.
+      await sleep(300);
+      assert.equal(cOwn.joined.received.length, 0);
+      assert.equal(cOnA.joined.received.length, 0);
+      void deviceA1;
+    } finally {
+      await Promise.all([deviceA1, deviceA2, deviceC].map(closeClient));
+      await sql.end();
+    }
+  },
+);
+
+Deno.test({
+  name: "realtime RLS: C cannot join progress:<A> (Unauthorized reply, no retry succeeds)",
+  ...noSanitize,
+}, async () => {
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const deviceC = clientWithToken(() => c.accessToken);
+  try {
+    const result = await joinChannel(deviceC, topicOf(a.id));
+    assert.equal(result.status, "CHANNEL_ERROR");
+    assert.equal(
+      result.error?.message,
+      `Unauthorized: You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
+    );
+    // realtime-js keeps rejoining on its own; every attempt is refused.
+    await sleep(1300);
+    assert.ok(result.joined.states.every((s) => s === "CHANNEL_ERROR"), result.joined.states.join(","));
+  } finally {
+    await closeClient(deviceC);
+  }
+});
+
+Deno.test({
+  name: "realtime RLS: nobody can send on progress:<A> (WS ack, REST fallback, httpSend, public twin)",
+  ...noSanitize,
+}, async () => {
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const listener = clientWithToken(() => a.accessToken);
+  const ownerSender = clientWithToken(() => a.accessToken);
+  const deviceC = clientWithToken(() => c.accessToken);
+  try {
+    const heard = await joinChannel(listener, topicOf(a.id));
+    assert.equal(heard.status, "SUBSCRIBED");
+
+    // 1. Even A may not send on their own private topic (no INSERT policy): with ack the server says so.
+    const owner = await joinChannel(ownerSender, topicOf(a.id), {
+      private: true,
+      broadcast: { ack: true, self: true },
+    });
+    assert.equal(owner.status, "SUBSCRIBED");
+    const ownerResult = await owner.joined.channel.send({
+      type: "broadcast",
+      event: "UPDATE",
+      payload: { forged: true },
+    });
+    assert.equal(ownerResult, "error");
+
+    // 2. C is not joined: realtime-js falls back to POST /api/broadcast; Supabase answers 202 and drops it.
+    const cChannel = deviceC.channel(topicOf(a.id), { config: { private: true } });
+    const restResult = await cChannel.send({
+      type: "broadcast",
+      event: "UPDATE",
+      payload: { forged: "rest" },
+    });
+    assert.equal(restResult, "ok"); // accepted for delivery, like Supabase...
+    // 3. ...while httpSend, which reports per message, is refused.
+    await assert.rejects(() => cChannel.httpSend("UPDATE", { forged: "httpSend" }), /Unauthorized/);
+    await deviceC.removeChannel(cChannel);
+
+    // 4. C joins a *public* channel with the same name and sends: public and private topics are apart.
+    const twin = await joinChannel(deviceC, topicOf(a.id), { private: false, broadcast: { ack: true } });
+    assert.equal(twin.status, "SUBSCRIBED");
+    assert.equal(
+      await twin.joined.channel.send({ type: "broadcast", event: "UPDATE", payload: { forged: "twin" } }),
+      "ok",
+    );
+
+    // 5. And a raw REST call with C's token straight at the batch endpoint.
+    const env = testEnv();
+    const res = await fetch(`${env.url}/realtime/v1/api/broadcast`, {
+      method: "POST",
+      headers: {
+        apikey: env.anonKey,
+        Authorization: `Bearer ${c.accessToken}`,
+        "Content-Type": "application/json",
+      },
+      body: JSON.stringify({
+        messages: [{ topic: topicOf(a.id), event: "UPDATE", payload: { forged: "raw" }, private: true }],
+      }),
+    });
+    await res.body?.cancel();
+    assert.equal(res.status, 202);
+
+    await sleep(500);
+    assert.deepEqual(heard.joined.received, [], "A's device heard a forged message");
+    assert.deepEqual(owner.joined.received, [], "self-broadcast of a denied send came back");
+  } finally {
+    await Promise.all([listener, ownerSender, deviceC].map(closeClient));
+  }
+});
+
+Deno.test({
+  name: "realtime auth: invalid, expired and foreign-signed tokens are refused at join",
+  ...noSanitize,
+}, async () => {
+  const env = testEnv();
+  const a = await createTestUser();
+  const expired = await mintUserAccessToken(a.id, { expiresInSeconds: -30, secret: env.jwtSecret });
+  const foreign = await mintUserAccessToken(a.id, { secret: "another-project-secret-with-32-characters!!" });
+  const noRole = await signDevJwt({ sub: a.id }, { secret: env.jwtSecret });
+  const cases: [string, string, RegExp][] = [
+    ["expired", expired, /^InvalidJWTToken: Token has expired \d+ seconds ago$/],
+    ["foreign signature", foreign, /^JwtSignatureError: Failed to validate JWT signature$/],
+    ["not a JWT", "not-a-jwt", /^InvalidJWTToken: The token provided is not a valid JWT$/],
+  ];
+  for (const [label, token, reason] of cases) {
+    const client = clientWithToken(() => token);
+    try {
+      const result = await joinChannel(client, topicOf(a.id));
+      assert.equal(result.status, "CHANNEL_ERROR", label);
+      assert.match(result.error?.message ?? "", reason, label);
+    } finally {
+      await closeClient(client);
+    }
+  }
+  // role missing: signDevJwt adds no role claim.
+  const client = clientWithToken(() => noRole);
+  try {
+    const result = await joinChannel(client, topicOf(a.id));
+    assert.equal(result.error?.message, "InvalidJWTToken: Fields `role` and `exp` are required in JWT");
+  } finally {
+    await closeClient(client);
+  }
+});
+
+Deno.test({
+  name: "realtime auth: an invalid access_token push closes the channel with a system message",
+  ...noSanitize,
+}, async () => {
+  const a = await createTestUser();
+  const c = await createTestUser();
+  let token = a.accessToken;
+  const client = clientWithToken(() => token);
+  try {
+    const joined = await joinChannel(client, topicOf(a.id));
+    assert.equal(joined.status, "SUBSCRIBED");
+    // A valid token of another user: verified, but RLS refuses C on A's topic.
+    token = c.accessToken;
+    await client.realtime.setAuth();
+    await waitFor("the channel to close", () => joined.joined.states.includes("CLOSED"));
+    assert.deepEqual(joined.joined.system.at(-1), {
+      extension: "system",
+      status: "error",
+      message: `You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
+      channel: topicOf(a.id),
+    });
+    assert.equal(client.getChannels().length, 0, "realtime-js removes the closed channel");
+  } finally {
+    await closeClient(client);
+  }
+});
+
+Deno.test(
+  { name: "realtime: a socket with a bad apikey is refused; heartbeats are answered", ...noSanitize },
+  async () => {
+    const env = testEnv();
+    const wsUrl = `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket`;
+    const res = await fetch(`${env.url}/realtime/v1/websocket?apikey=nope&vsn=2.0.0`, {
+      headers: {
+        upgrade: "websocket",
+        connection: "upgrade",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "sec-websocket-version": "13",
+      },
+    });
+    await res.body?.cancel();
+    assert.equal(res.status, 403);
+
+    const ws = new WebSocket(`${wsUrl}?apikey=${env.anonKey}&vsn=2.0.0`);
+    const replies: unknown[] = [];
+    await new Promise<void>((resolve, reject) => {
+      ws.onopen = () => ws.send(JSON.stringify([null, "7", "phoenix", "heartbeat", {}]));
+      ws.onmessage = (e) => {
+        replies.push(JSON.parse(e.data));
+        resolve();
+      };
+      ws.onerror = () => reject(new Error("socket error"));
+    });
+    assert.deepEqual(replies[0], [null, "7", "phoenix", "phx_reply", { status: "ok", response: {} }]);
+    ws.close();
+    await new Promise((r) => (ws.onclose = r));
+  },
+);
+
+// Closing the stack's shared client sockets between tests keeps the endpoint's connection count low.
+Deno.test(
+  { name: "realtime RLS: anon (no user token) cannot join a private progress topic", ...noSanitize },
+  async () => {
+    const a = await createTestUser();
+    const client = newClient();
+    try {
+      const result = await joinChannel(client, topicOf(a.id));
+      assert.equal(result.status, "CHANNEL_ERROR");
+      assert.match(result.error?.message ?? "", /^Unauthorized: /);
+    } finally {
+      await closeClient(client);
+    }
+  },
+);

@@ -1,0 +1,169 @@
+// RealtimeService between two devices of one reader, over the real client and endpoint: every
+// change reaches the other device once, deletes arrive as deletes, stale and duplicate deliveries
+// are dropped, invalid payloads are refused, and a stranger cannot follow someone else's progress.
+
+import assert from "node:assert/strict";
+import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
+import { adminSql, createTestUser } from "../support/env.ts";
+import {
+  deleteProgress,
+  newClient,
+  noSanitize,
+  sleep,
+  sqlChangesSince,
+  waitFor,
+  writeProgress,
+} from "./realtime_support.ts";
+
+Deno.test({
+  name: "realtime service: device B follows device A (upsert, newer, delete), each once",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    log: () => {},
+  });
+  const changes: ProgressChange[] = [];
+  // Written before the subscription exists, so only the catch-up can deliver it (written after
+  // subscribeToProgress, the join could win the race and the broadcast would deliver it instead).
+  await writeProgress(sql, a.id, { series_id: "before-subscribe", chapter: 1, device_id: "a" });
+  const sub = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  try {
+    await waitFor("live", () => sub.status === "live");
+    // The catch-up delivered what was written before the join.
+    assert.ok(changes.some((c) => c.row.series_id === "before-subscribe" && c.source === "catchup"));
+
+    const t0 = Date.now() - 10_000;
+    await writeProgress(sql, a.id, {
+      series_id: "frieren",
+      chapter: 1,
+      device_id: "a",
+      updated_at: new Date(t0).toISOString(),
+    });
+    await writeProgress(sql, a.id, {
+      series_id: "frieren",
+      chapter: 2,
+      device_id: "a",
+      updated_at: new Date(t0 + 1).toISOString(),
+    });
+    await deleteProgress(sql, a.id, "frieren");
+    await waitFor(
+      "3 frieren changes",
+      () => changes.filter((c) => c.row.series_id === "frieren").length === 3,
+    );
+    const frieren = changes.filter((c) => c.row.series_id === "frieren");
+    assert.deepEqual(frieren.map((c) => [c.kind, c.row.chapter, c.source]), [
+      ["upsert", 1, "realtime"],
+      ["upsert", 2, "realtime"],
+      ["delete", 2, "realtime"],
+    ]);
+    assert.ok(frieren.every((c) => typeof c.messageId === "string"));
+
+    // Replaying a broadcast (same message) or an older version changes nothing.
+    const stats = service.stats();
+    const replay = {
+      type: "broadcast",
+      event: "INSERT",
+      meta: { id: frieren[0].messageId },
+      payload: { operation: "INSERT", record: frieren[0].row },
+    };
+    assert.equal(service.handleProgressUpdate(replay), null);
+    assert.equal(
+      service.handleProgressUpdate({ operation: "UPDATE", record: { ...frieren[1].row }, old_record: null }),
+      null,
+    );
+    assert.equal(service.stats().duplicates, stats.duplicates + 1);
+    assert.equal(service.stats().stale, stats.stale + 1, "a late copy of the deleted version is stale");
+    // Invalid payloads are refused and counted.
+    for (
+      const bad of [null, { operation: "TRUNCATE" }, { operation: "INSERT", record: { series_id: "x" } }]
+    ) {
+      assert.equal(service.handleProgressUpdate(bad), null);
+    }
+    assert.equal(service.stats().invalid, stats.invalid + 3);
+    assert.equal(changes.filter((c) => c.row.series_id === "frieren").length, 3);
+  } finally {
+    await sub.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name: "realtime service: two subscriptions share one channel; the second gets the current state",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    log: () => {},
+  });
+  const first: ProgressChange[] = [];
+  const second: ProgressChange[] = [];
+  const s1 = service.subscribeToProgress(a.id, (c) => first.push(c));
+  try {
+    await writeProgress(sql, a.id, { series_id: "mob", chapter: 4, device_id: "a" });
+    await waitFor("first has it", () => first.length === 1);
+    const s2 = service.subscribeToProgress(a.id, (c) => second.push(c));
+    assert.equal(second.length, 1, "replayed at once");
+    assert.equal(client.getChannels().length, 1);
+    await writeProgress(sql, a.id, { series_id: "mob", chapter: 5, device_id: "a" });
+    await waitFor("both", () => first.length === 2 && second.length === 2);
+    await s2.unsubscribe();
+    assert.equal(s1.status, "live", "the other subscription keeps the link");
+    assert.equal(service.stats().links, 1);
+  } finally {
+    await s1.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+  assert.equal(service.stats().links, 0);
+});
+
+Deno.test({
+  name: "realtime service: user C subscribing to A's progress is refused live and hears nothing of A",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const client = newClient();
+  const logs: Record<string, unknown>[] = [];
+  // C's device, C's token, A's id (a bug or an attack): RLS refuses the join, and C's own
+  // "changes since" (the API answers for the token's user) never yields A's rows.
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, c.id),
+    accessToken: c.accessToken,
+    pollIntervalMs: 100,
+    backoff: { initialMs: 100, maxMs: 300 },
+    log: (l) => logs.push(JSON.parse(l)),
+  });
+  const heard: ProgressChange[] = [];
+  const sub = service.subscribeToProgress(a.id, (x) => heard.push(x));
+  try {
+    await writeProgress(sql, c.id, { series_id: "c-own", device_id: "c" }); // C's rows are not A's
+    await waitFor("polling", () => sub.status === "polling");
+    await writeProgress(sql, a.id, { series_id: "secret", device_id: "a" });
+    await sleep(600);
+    assert.deepEqual(heard, []);
+    assert.ok(logs.some((l) => l.event === "foreign_row"));
+    assert.ok(
+      logs.some((l) => l.event === "realtime_unavailable" && String(l.reason).includes("Unauthorized")),
+    );
+    assert.notEqual(sub.status, "live");
+  } finally {
+    await sub.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});

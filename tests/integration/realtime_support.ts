@@ -1,0 +1,206 @@
+// Helpers shared by the Realtime integration tests: real supabase-js clients, writes as a user
+// straight to the database (RLS applies), a "changes since" for RealtimeService, and waiting.
+
+import { createClient, type RealtimeChannel, type SupabaseClient } from "@supabase/supabase-js";
+import type postgres from "postgres";
+import { testEnv } from "../support/env.ts";
+
+export type Sql = postgres.Sql;
+
+export interface ProgressInput {
+  series_id: string;
+  chapter?: number;
+  page?: number;
+  percentage?: number;
+  cleared?: boolean;
+  device_id: string;
+  /** ISO time; defaults to now (the LWW key). */
+  updated_at?: string;
+}
+
+/** Runs `fn` in a transaction as the user (role authenticated + JWT claims), as PostgREST would. */
+export async function asUser<T>(
+  sql: Sql,
+  userId: string,
+  fn: (tx: postgres.TransactionSql) => Promise<T>,
+): Promise<T> {
+  return await sql.begin(async (tx) => {
+    await tx`select set_config('role', 'authenticated', true),
+                    set_config('request.jwt.claims', ${
+      JSON.stringify({ sub: userId, role: "authenticated" })
+    }, true)`;
+    return await fn(tx);
+  }) as T;
+}
+
+/** Upsert of one series' progress as the user: last write wins on (updated_at, device_id). */
+export async function writeProgress(sql: Sql, userId: string, input: ProgressInput): Promise<void> {
+  const row = {
+    chapter: 0,
+    page: 0,
+    percentage: 0,
+    cleared: false,
+    updated_at: new Date().toISOString(),
+    ...input,
+  };
+  await asUser(sql, userId, (tx) =>
+    tx`insert into public.reading_progress
+         (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
+       values (${userId}, ${row.series_id}, ${row.chapter}, ${row.page}, ${row.percentage}, ${row.cleared},
+               ${row.device_id}, ${row.updated_at})
+       on conflict (user_id, series_id) do update set
+         chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+         cleared = excluded.cleared, device_id = excluded.device_id, updated_at = excluded.updated_at
+       where (excluded.updated_at, excluded.device_id) > (reading_progress.updated_at, reading_progress.device_id)`);
+}
+
+export async function deleteProgress(sql: Sql, userId: string, seriesId: string): Promise<void> {
+  await asUser(
+    sql,
+    userId,
+    (tx) => tx`delete from public.reading_progress where user_id = ${userId} and series_id = ${seriesId}`,
+  );
+}
+
+/** The user's rows as the server has them, keyed by series. */
+export async function serverState(sql: Sql, userId: string): Promise<Map<string, Record<string, unknown>>> {
+  const rows = await sql<Record<string, unknown>[]>`
+    select to_jsonb(p) as row from public.reading_progress p where user_id = ${userId} order by series_id`;
+  return new Map(
+    rows.map((r) => [(r.row as { series_id: string }).series_id, r.row as Record<string, unknown>]),
+  );
+}
+
+/**
+ * "Changes since" over SQL, standing in for the progress API's: rows whose change_xid is at or
+ * after the cursor, and as next cursor the oldest transaction still running (so a slow transaction
+ * that commits later is not skipped). Re-reads are possible; RealtimeService drops duplicates.
+ */
+export function sqlChangesSince(sql: Sql, userId: string, counters?: { calls: number; failNext?: number }) {
+  return async (cursor: unknown): Promise<{ changes: unknown[]; cursor: string }> => {
+    if (counters) {
+      counters.calls++;
+      if (counters.failNext && counters.failNext > 0) {
+        counters.failNext--;
+        throw new Error("changesSince unavailable (test)");
+      }
+    }
+    return await asUser(sql, userId, async (tx) => {
+      const [{ next }] = await tx<
+        { next: string }[]
+      >`select pg_snapshot_xmin(pg_current_snapshot())::text as next`;
+      const from = typeof cursor === "string" ? cursor : "0";
+      const rows = await tx<{ row: unknown }[]>`
+        select to_jsonb(p) as row from public.reading_progress p
+        where user_id = ${userId} and change_xid >= ${from}::xid8 order by change_xid`;
+      return { changes: rows.map((r) => r.row), cursor: next };
+    });
+  };
+}
+
+export interface ClientOptions {
+  /** Base URL (default: the stack's SUPABASE_URL). */
+  url?: string;
+  vsn?: "1.0.0" | "2.0.0";
+  /** realtime-js socket reconnect schedule (default: supabase-js's 1 s, 2 s, 5 s, 10 s). */
+  reconnectAfterMs?: (tries: number) => number;
+  heartbeatIntervalMs?: number;
+  timeout?: number;
+}
+
+/** A supabase-js client with no session (like createTestUser's), pointed at `url`. */
+export function newClient(options: ClientOptions = {}): SupabaseClient {
+  const env = testEnv();
+  return createClient(options.url ?? env.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    realtime: {
+      ...(options.vsn ? { vsn: options.vsn } : {}),
+      ...(options.reconnectAfterMs ? { reconnectAfterMs: options.reconnectAfterMs } : {}),
+      ...(options.heartbeatIntervalMs ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
+      ...(options.timeout ? { timeout: options.timeout } : {}),
+    },
+  });
+}
+
+/** A client whose Realtime (and API) token is whatever `token()` returns (supabase-js `accessToken`). */
+export function clientWithToken(token: () => string, options: ClientOptions = {}): SupabaseClient {
+  const env = testEnv();
+  return createClient(options.url ?? env.url, env.anonKey, {
+    accessToken: () => Promise.resolve(token()),
+    realtime: {
+      ...(options.vsn ? { vsn: options.vsn } : {}),
+      ...(options.reconnectAfterMs ? { reconnectAfterMs: options.reconnectAfterMs } : {}),
+      ...(options.heartbeatIntervalMs ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
+      ...(options.timeout ? { timeout: options.timeout } : {}),
+    },
+  });
+}
+
+export interface Received {
+  event: string;
+  payload: Record<string, unknown>;
+  meta?: Record<string, unknown>;
+}
+
+export interface JoinedChannel {
+  channel: RealtimeChannel;
+  received: Received[];
+  system: Record<string, unknown>[];
+  states: string[];
+}
+
+/** Joins a channel with raw realtime-js and collects what arrives. Resolves with the first outcome. */
+export async function joinChannel(
+  client: SupabaseClient,
+  topic: string,
+  config: { private?: boolean; broadcast?: { self?: boolean; ack?: boolean } } = { private: true },
+): Promise<{ joined: JoinedChannel; status: string; error?: Error }> {
+  await client.realtime.setAuth();
+  const joined: JoinedChannel = {
+    channel: null as unknown as RealtimeChannel,
+    received: [],
+    system: [],
+    states: [],
+  };
+  return await new Promise((resolve) => {
+    let settled = false;
+    joined.channel = client
+      .channel(topic, { config })
+      .on("broadcast", { event: "*" }, (m) => {
+        joined.received.push({ event: m.event, payload: m.payload, ...(m.meta ? { meta: m.meta } : {}) });
+      })
+      .on("system", {}, (p) => joined.system.push(p))
+      .subscribe((status, error) => {
+        joined.states.push(status);
+        if (!settled) {
+          settled = true;
+          resolve({ joined, status, error });
+        }
+      });
+  });
+}
+
+export async function waitFor(
+  what: string,
+  predicate: () => boolean | Promise<boolean>,
+  { timeoutMs = 10_000, intervalMs = 20 } = {},
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Closes a client's Realtime side: channels left and socket closed. */
+export async function closeClient(client: SupabaseClient): Promise<void> {
+  await client.removeAllChannels().catch(() => {});
+  await client.realtime.disconnect().catch(() => {});
+}
+
+/** Test option shorthand: supabase-js keeps timers and sockets around; only the leak test checks. */
+export const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
