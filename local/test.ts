@@ -81,7 +81,7 @@ async function main(): Promise<number> {
   const fullRun = selected.length === 0;
   const sqlFiles = fullRun ? await listFiles("supabase/tests", ".sql") : selected.filter((f) => f.endsWith(".sql"));
   const denoFiles = fullRun
-    ? (await Promise.all(["shared", "tests", "local", "supabase/functions"].map((d) => listFiles(d, ".test.ts")))).flat()
+    ? (await Promise.all(["shared", "tests", "local", "supabase/functions", "bench"].map((d) => listFiles(d, ".test.ts")))).flat()
     : selected.filter((f) => !f.endsWith(".sql"));
 
   const started = performance.now();
