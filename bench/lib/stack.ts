@@ -1,0 +1,70 @@
+// Starts the stack in a child process (bench/lib/stack_child.ts) and measures its cold start.
+
+export interface BenchStack {
+  dbUrl: string;
+  apiUrl: string;
+  jwtSecret: string;
+  anonKey: string;
+  serviceRoleKey: string;
+  ownsDatabase: boolean;
+  /** Wall time from spawning the child to its BENCH_READY line (includes the Deno process start). */
+  wallMs: number;
+  /** Time inside the child from its first line of code to the stack being ready. */
+  readyMs: number;
+  phases: { at: number; line: string }[];
+  stop(): Promise<void>;
+}
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const DENO = Deno.execPath();
+
+export async function spawnStack(env: Record<string, string> = {}): Promise<BenchStack> {
+  const started = performance.now();
+  const child = new Deno.Command(DENO, {
+    args: ["run", "-A", `${ROOT}bench/lib/stack_child.ts`],
+    cwd: ROOT,
+    env,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr: string[] = [];
+  (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderr.push(chunk);
+  })().catch(() => {});
+
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buffered = "";
+  let ready: Record<string, unknown> | null = null;
+  while (!ready) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffered += value;
+    const line = buffered.split("\n").find((l) => l.startsWith("BENCH_READY "));
+    if (line) ready = JSON.parse(line.slice("BENCH_READY ".length));
+  }
+  const wallMs = performance.now() - started;
+  // Keep draining stdout so the child never blocks on a full pipe.
+  (async () => {
+    while (!(await reader.read()).done) { /* drain */ }
+  })().catch(() => {});
+  if (!ready) {
+    await child.status;
+    throw new Error(`the stack did not start:\n${stderr.join("")}`);
+  }
+  let stopped: Promise<void> | null = null;
+  const stop = () =>
+    stopped ??= (async () => {
+      try {
+        await child.stdin.close();
+      } catch { /* closed */ }
+      const timer = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* gone */ }
+      }, 15_000);
+      await child.status;
+      clearTimeout(timer);
+    })();
+  return { ...(ready as unknown as Omit<BenchStack, "wallMs" | "stop">), wallMs, stop };
+}
