@@ -1,0 +1,434 @@
+-- Migration 013 (20261120090200_progress_writes.sql): the progress API's SQL.
+--   write_reading_progress          last-write-wins upsert on (updated_at, device_id), {won, conflict, progress}
+--   write_reading_progress_batch    1..100 writes in one transaction, results in input order
+--   reading_progress_conflicts      one row per losing write ('stale' | 'tie'), RLS: read own, insert none
+--   get_/list_reading_progress, reading_progress_changes   the reads and the changes cursor
+--
+-- Everything runs in one transaction, so now() is constant and every row written here carries this
+-- transaction's change_xid; cursor behaviour across committed transactions is covered over HTTP
+-- (tests/functions/progress_api.test.ts).
+
+begin;
+create extension if not exists pgtap with schema extensions;
+select plan(79);
+
+insert into auth.users (id, email) values
+  ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
+  ('b6b6b6b6-0000-4000-8000-000000000006', 'writes-b@readsync.test');
+
+-- Broadcast messages and conflict rows that existed before this test are ignored.
+create temp table msgs_before on commit drop as select id from realtime.messages;
+create temp view new_msgs as
+  select m.* from realtime.messages m where not exists (select 1 from msgs_before b where b.id = m.id);
+create temp table conflicts_before on commit drop as select id from public.reading_progress_conflicts;
+create temp view new_conflicts as
+  select c.* from public.reading_progress_conflicts c
+   where not exists (select 1 from conflicts_before b where b.id = c.id);
+
+-- Answers of the functions, kept by label so the superuser can inspect them after a role switch.
+create temp table res (label text primary key, r jsonb) on commit drop;
+grant all on res to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- Definitions and privileges
+-- ---------------------------------------------------------------------------------------------
+select functions_are('private', array['log_reading_progress_conflict', 'reading_progress_normalize_updated_at'],
+  'the private schema holds exactly the two helpers');
+
+select results_eq(
+  $$select p.oid::regprocedure::text collate "default", p.prosecdef, p.proconfig::text collate "default"
+      from pg_proc p
+     where p.oid in (
+       'public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)'::regprocedure,
+       'public.write_reading_progress_batch(jsonb)'::regprocedure,
+       'public.get_reading_progress(text)'::regprocedure,
+       'public.list_reading_progress(integer, timestamptz, text, boolean)'::regprocedure,
+       'public.reading_progress_changes(text, integer)'::regprocedure,
+       'private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)'::regprocedure,
+       'private.reading_progress_normalize_updated_at(timestamptz)'::regprocedure)
+     order by 1$$,
+  $$values
+    ('get_reading_progress(text)', false, '{"search_path=\"\""}'),
+    ('list_reading_progress(integer,timestamp with time zone,text,boolean)', false, '{"search_path=\"\""}'),
+    ('private.log_reading_progress_conflict(text,integer,integer,double precision,boolean,text,timestamp with time zone)', true, '{"search_path=\"\""}'),
+    ('private.reading_progress_normalize_updated_at(timestamp with time zone)', false, '{"search_path=\"\""}'),
+    ('reading_progress_changes(text,integer)', false, '{"search_path=\"\""}'),
+    ('write_reading_progress(text,integer,integer,double precision,boolean,text,timestamp with time zone)', false, '{"search_path=\"\""}'),
+    ('write_reading_progress_batch(jsonb)', false, '{"search_path=\"\""}')$$,
+  'only the conflict logger is security definer (RLS stays in force for every API path); all pin search_path'
+);
+
+select is(
+  (select count(*)::int from (values
+     ('public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)'),
+     ('public.write_reading_progress_batch(jsonb)'),
+     ('public.get_reading_progress(text)'),
+     ('public.list_reading_progress(integer, timestamptz, text, boolean)'),
+     ('public.reading_progress_changes(text, integer)'),
+     ('private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)'),
+     ('private.reading_progress_normalize_updated_at(timestamptz)')) f(sig)
+    where has_function_privilege('anon', f.sig, 'execute')),
+  0,
+  'anon may execute none of the seven functions'
+);
+
+select is(
+  (select count(*)::int from (values
+     ('public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)'),
+     ('public.write_reading_progress_batch(jsonb)'),
+     ('public.get_reading_progress(text)'),
+     ('public.list_reading_progress(integer, timestamptz, text, boolean)'),
+     ('public.reading_progress_changes(text, integer)')) f(sig)
+    where has_function_privilege('authenticated', f.sig, 'execute')),
+  5,
+  'authenticated may execute the five API functions'
+);
+
+select ok(not has_schema_privilege('anon', 'private', 'usage'), 'anon has no usage on schema private');
+
+select table_privs_are('public', 'reading_progress_conflicts', 'anon', array[]::text[],
+  'anon has no privilege on the conflict log');
+select table_privs_are('public', 'reading_progress_conflicts', 'authenticated', array['SELECT'],
+  'authenticated may only SELECT the conflict log (RLS: own rows)');
+select table_privs_are('public', 'reading_progress_conflicts', 'service_role', array['SELECT', 'DELETE'],
+  'service_role may read and delete (retention) but not insert or update the conflict log');
+select ok((select relrowsecurity from pg_class where oid = 'public.reading_progress_conflicts'::regclass),
+  'RLS is enabled on the conflict log');
+select policies_are('public', 'reading_progress_conflicts', array['reading_progress_conflicts_select_own'],
+  'the conflict log has exactly the select-own policy');
+
+-- anon cannot call the functions at all.
+set local role anon;
+select throws_ok(
+  $$select public.write_reading_progress('anon-s', 1, 1, 0.1, false, 'dev', now())$$,
+  '42501', null, 'anon calling write_reading_progress: permission denied');
+select throws_ok($$select public.reading_progress_changes('', 10)$$, '42501', null,
+  'anon calling reading_progress_changes: permission denied');
+select throws_ok($$select count(*) from public.reading_progress_conflicts$$, '42501', null,
+  'anon reading the conflict log: permission denied');
+reset role;
+
+-- authenticated without a user (no sub claim) is refused by the write.
+set local role authenticated;
+select set_config('request.jwt.claims', '{"role":"authenticated"}', true);
+select throws_ok(
+  $$select public.write_reading_progress('nouser-s', 1, 1, 0.1, false, 'dev', now())$$,
+  '42501', 'write_reading_progress: no authenticated user', 'a token without sub cannot write');
+reset role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Last write wins, as user A
+-- ---------------------------------------------------------------------------------------------
+set local role authenticated;
+select set_config('request.jwt.claims',
+  '{"sub":"a6a6a6a6-0000-4000-8000-000000000006","role":"authenticated"}', true);
+
+insert into res select 'first',
+  public.write_reading_progress('lww', 5, 50, 0.05, false, 'dev-m', '2026-01-01 00:00:10.123456+00');
+insert into res select 'newer',
+  public.write_reading_progress('lww', 6, 60, 0.06, false, 'dev-m', '2026-01-01 00:00:11+00');
+insert into res select 'stale',
+  public.write_reading_progress('lww', 99, 990, 0.99, false, 'dev-z', '2026-01-01 00:00:10.500+00');
+insert into res select 'tie-lose',
+  public.write_reading_progress('lww', 98, 980, 0.98, false, 'dev-a', '2026-01-01 00:00:11+00');
+reset role;
+
+select is((select r - 'progress' from res where label = 'first'), '{"won": true, "conflict": null}'::jsonb,
+  'first write: won, no conflict');
+select is((select r #>> '{progress,updated_at}' from res where label = 'first'), '2026-01-01T00:00:10.123+00:00',
+  'updated_at is stored truncated to milliseconds');
+select is((select r - 'progress' from res where label = 'newer'), '{"won": true, "conflict": null}'::jsonb,
+  'a newer write wins');
+select is((select (r #>> '{progress,chapter}')::int from res where label = 'newer'), 6,
+  'the newer write''s position is stored');
+select is((select r - 'progress' from res where label = 'stale'), '{"won": false, "conflict": "stale"}'::jsonb,
+  'an older write loses as stale, even from a "larger" device id');
+select is((select r -> 'progress' from res where label = 'stale'), (select r -> 'progress' from res where label = 'newer'),
+  'a stale write answers with the current row, unchanged, so the device converges at once');
+select is((select r - 'progress' from res where label = 'tie-lose'), '{"won": false, "conflict": "tie"}'::jsonb,
+  'same millisecond, smaller device id: loses as tie');
+
+set local role authenticated;
+insert into res select 'tie-win',
+  public.write_reading_progress('lww', 7, 70, 0.07, false, 'dev-n', '2026-01-01 00:00:11.000900+00');
+reset role;
+select is((select r - 'progress' from res where label = 'tie-win'), '{"won": true, "conflict": null}'::jsonb,
+  'same millisecond (sub-ms digits ignored), larger device id: wins');
+select is((select r #>> '{progress,device_id}' from res where label = 'tie-win'), 'dev-n',
+  'the tie winner is stored');
+
+-- Replays: the same key again is a no-op with the same answer, and broadcasts nothing.
+create temp table msgs_mid on commit drop as select count(*) as n from new_msgs;
+set local role authenticated;
+insert into res select 'tie-win-replay',
+  public.write_reading_progress('lww', 7, 70, 0.07, false, 'dev-n', '2026-01-01 00:00:11+00');
+insert into res select 'stale-replay',
+  public.write_reading_progress('lww', 99, 990, 0.99, false, 'dev-z', '2026-01-01 00:00:10.500+00');
+reset role;
+select is((select r from res where label = 'tie-win-replay'), (select r from res where label = 'tie-win'),
+  'replaying the winning write returns exactly the same answer (same row, same synced_at)');
+select is((select r - 'progress' from res where label = 'stale-replay'), '{"won": false, "conflict": "stale"}'::jsonb,
+  'replaying a losing write loses the same way');
+select is((select count(*) from new_msgs), (select n from msgs_mid),
+  'replays broadcast nothing (no UPDATE happened)');
+select is((select count(*)::int from new_msgs where topic = 'progress:a6a6a6a6-0000-4000-8000-000000000006'), 3,
+  'exactly three broadcasts for lww: insert, newer, tie winner');
+
+-- The conflict log: one row per losing write (a replayed loser is not logged twice).
+select results_eq(
+  $$select kind, incoming_device_id collate "default", incoming_updated_at, incoming_chapter, incoming_cleared,
+           current_device_id collate "default", current_updated_at, current_chapter
+      from new_conflicts where series_id = 'lww' order by id$$,
+  $$values
+    ('stale', 'dev-z', '2026-01-01 00:00:10.5+00'::timestamptz, 99, false, 'dev-m', '2026-01-01 00:00:11+00'::timestamptz, 6),
+    ('tie', 'dev-a', '2026-01-01 00:00:11+00'::timestamptz, 98, false, 'dev-m', '2026-01-01 00:00:11+00'::timestamptz, 6),
+    ('stale', 'dev-z', '2026-01-01 00:00:10.5+00'::timestamptz, 99, false, 'dev-n', '2026-01-01 00:00:11+00'::timestamptz, 7)$$,
+  'one log row per losing write and the row it lost against: the stale and the tie loser, and the stale replay again only because it now lost to the new tie winner'
+);
+
+-- Future timestamps are clamped to now() BEFORE they are compared.
+insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+values ('a6a6a6a6-0000-4000-8000-000000000006', 'future', 3, 30, 0.3, 'dev-m', now());
+set local role authenticated;
+insert into res select 'future-tie',
+  public.write_reading_progress('future', 9, 90, 0.9, false, 'dev-a', now() + interval '1 day');
+insert into res select 'future-near',
+  public.write_reading_progress('future-near', 1, 1, 0.01, false, 'dev-a', now() + interval '3 seconds');
+reset role;
+select is((select r - 'progress' from res where label = 'future-tie'), '{"won": false, "conflict": "tie"}'::jsonb,
+  'a write dated a day ahead is compared as now(): it ties with a row stored at now() and loses on device id');
+select is(
+  (select incoming_updated_at from new_conflicts where series_id = 'future'),
+  date_trunc('milliseconds', now()),
+  'the conflict log records the clamped key, not the claimed one');
+select is((select (r #>> '{progress,updated_at}')::timestamptz from res where label = 'future-near'),
+  date_trunc('milliseconds', now() + interval '3 seconds'),
+  'a timestamp within the 5 s tolerance is kept');
+
+-- Tombstones.
+set local role authenticated;
+insert into res select 'p1', public.write_reading_progress('tomb', 4, 40, 0.4, false, 'dev-m', '2026-02-01 00:00:00+00');
+insert into res select 'reset', public.write_reading_progress('tomb', 0, 0, 0, true, 'dev-m', '2026-02-01 00:00:05+00');
+insert into res select 'resurrect', public.write_reading_progress('tomb', 8, 80, 0.8, false, 'dev-z', '2026-02-01 00:00:03+00');
+insert into res select 'old-reset', public.write_reading_progress('tomb2', 2, 20, 0.2, false, 'dev-m', '2026-02-01 00:00:09+00');
+insert into res select 'old-reset2', public.write_reading_progress('tomb2', 0, 0, 0, true, 'dev-z', '2026-02-01 00:00:08+00');
+reset role;
+select is((select r - 'progress' from res where label = 'reset'), '{"won": true, "conflict": null}'::jsonb,
+  'a reset newer than the progress wins');
+select is((select r -> 'progress' ->> 'cleared' from res where label = 'reset'), 'true', 'the row is a tombstone');
+select is((select r - 'progress' from res where label = 'resurrect'), '{"won": false, "conflict": "stale"}'::jsonb,
+  'a stale offline write after the reset loses');
+select is(
+  (select (cleared, chapter, page, percentage) from public.reading_progress
+    where user_id = 'a6a6a6a6-0000-4000-8000-000000000006' and series_id = 'tomb'),
+  (true, 0, 0, 0::double precision),
+  'the stale write did not resurrect the cleared progress');
+select is((select r - 'progress' from res where label = 'old-reset2'), '{"won": false, "conflict": "stale"}'::jsonb,
+  'a reset older than the progress loses like any stale write');
+select is((select new_conflicts.incoming_cleared from new_conflicts where series_id = 'tomb2'), true,
+  'the losing reset is logged as a cleared write');
+
+-- ---------------------------------------------------------------------------------------------
+-- The conflict log: nobody inserts directly, the logger logs only real losers, users see their own
+-- ---------------------------------------------------------------------------------------------
+set local role authenticated;
+select throws_ok(
+  $$insert into public.reading_progress_conflicts (user_id, series_id, kind, incoming_updated_at,
+      incoming_device_id, incoming_chapter, incoming_page, incoming_percentage, incoming_cleared,
+      current_updated_at, current_device_id, current_chapter, current_page, current_percentage, current_cleared)
+    values ('a6a6a6a6-0000-4000-8000-000000000006', 'lww', 'stale', now(), 'x', 0, 0, 0, false,
+      now(), 'y', 0, 0, 0, false)$$,
+  '42501', null, 'a user cannot insert into the conflict log directly');
+select throws_ok($$update public.reading_progress_conflicts set kind = 'tie'$$, '42501', null,
+  'a user cannot update the conflict log');
+select is(
+  private.log_reading_progress_conflict('lww', 1, 1, 0.1, false, 'dev-zz', '2027-01-01 00:00:00+00'),
+  null, 'the logger refuses to log a write that would win');
+select is(
+  private.log_reading_progress_conflict('no-such-series', 1, 1, 0.1, false, 'dev-a', '2020-01-01 00:00:00+00'),
+  null, 'the logger refuses to log a write against no row');
+select is((select count(*)::int from public.reading_progress_conflicts), 6,
+  'A sees their six conflict rows (lww 3, future tie, resurrect, old reset)');
+reset role;
+select is((select count(*)::int from new_conflicts), 6, 'the refused logger calls added no row');
+
+set local role service_role;
+select throws_ok(
+  $$insert into public.reading_progress_conflicts (user_id, series_id, kind, incoming_updated_at,
+      incoming_device_id, incoming_chapter, incoming_page, incoming_percentage, incoming_cleared,
+      current_updated_at, current_device_id, current_chapter, current_page, current_percentage, current_cleared)
+    values ('a6a6a6a6-0000-4000-8000-000000000006', 'lww', 'stale', now(), 'x', 0, 0, 0, false,
+      now(), 'y', 0, 0, 0, false)$$,
+  '42501', null, 'service_role cannot insert into the conflict log either');
+reset role;
+
+-- ---------------------------------------------------------------------------------------------
+-- User B: cannot see or overwrite A's progress or conflicts by any function
+-- ---------------------------------------------------------------------------------------------
+create temp table a_before on commit drop as
+  select to_jsonb(p) as row from public.reading_progress p
+   where user_id = 'a6a6a6a6-0000-4000-8000-000000000006' and series_id = 'lww';
+
+set local role authenticated;
+select set_config('request.jwt.claims',
+  '{"sub":"b6b6b6b6-0000-4000-8000-000000000006","role":"authenticated"}', true);
+select is((select count(*)::int from public.reading_progress_conflicts), 0, 'B sees none of A''s conflict rows');
+select is_empty($$select * from public.get_reading_progress('lww')$$, 'B cannot get A''s series');
+select is_empty($$select * from public.list_reading_progress(1000, null, null, true)$$, 'B''s library is empty');
+select is((select public.reading_progress_changes('', 100) -> 'changes'), '[]'::jsonb, 'B''s changes are empty');
+insert into res select 'b-write',
+  public.write_reading_progress('lww', 1, 1, 0.01, false, 'dev-b', '2026-01-01 00:00:05+00');
+insert into res select 'b-stale',
+  public.write_reading_progress('lww', 1, 1, 0.01, false, 'dev-b', '2026-01-01 00:00:04+00');
+select is((select count(*)::int from public.reading_progress_conflicts), 1,
+  'B sees exactly their own conflict row');
+reset role;
+
+select is((select r -> 'progress' ->> 'user_id' from res where label = 'b-write'), 'b6b6b6b6-0000-4000-8000-000000000006',
+  'B''s write to the same series id creates B''s own row (the user is auth.uid(), never a parameter)');
+select is((select r - 'progress' from res where label = 'b-write'), '{"won": true, "conflict": null}'::jsonb,
+  'B''s older write is not compared against A''s row');
+select is(
+  (select to_jsonb(p) from public.reading_progress p
+    where user_id = 'a6a6a6a6-0000-4000-8000-000000000006' and series_id = 'lww'),
+  (select row from a_before),
+  'A''s row is unchanged by B');
+select is(
+  (select user_id::text from new_conflicts where series_id = 'lww' and incoming_device_id = 'dev-b'),
+  'b6b6b6b6-0000-4000-8000-000000000006',
+  'B''s losing write is logged under B');
+
+-- ---------------------------------------------------------------------------------------------
+-- Batch
+-- ---------------------------------------------------------------------------------------------
+set local role authenticated;
+select set_config('request.jwt.claims',
+  '{"sub":"a6a6a6a6-0000-4000-8000-000000000006","role":"authenticated"}', true);
+insert into res select 'batch', public.write_reading_progress_batch($$[
+  {"series_id": "zz-batch", "chapter": 1, "page": 1, "percentage": 0.1, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:02Z"},
+  {"series_id": "aa-batch", "chapter": 2, "page": 2, "percentage": 0.2, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:02Z"},
+  {"series_id": "zz-batch", "chapter": 3, "page": 3, "percentage": 0.3, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:01Z"},
+  {"series_id": "aa-batch", "chapter": 4, "page": 4, "percentage": 0.4, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:03Z"},
+  {"series_id": "aa-batch", "chapter": 0, "page": 0, "percentage": 0, "cleared": true, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:03Z"}
+]$$::jsonb);
+reset role;
+select is(
+  (select jsonb_agg(jsonb_build_array(e ->> 'won', e ->> 'conflict', e #>> '{progress,series_id}', e #>> '{progress,chapter}')
+                    order by n)
+     from res, jsonb_array_elements(res.r) with ordinality as x(e, n) where label = 'batch'),
+  '[["true", null, "zz-batch", "1"], ["true", null, "aa-batch", "2"], ["false", "stale", "zz-batch", "1"],
+    ["true", null, "aa-batch", "4"], ["true", null, "aa-batch", "4"]]'::jsonb,
+  'batch results come in input order; writes to one series apply in array order (stale loses, replay of the key is a no-op)');
+
+set local role authenticated;
+select throws_ok($$select public.write_reading_progress_batch('[]')$$, '22023',
+  'write_reading_progress_batch: 1..100 writes per call, got 0', 'an empty batch is refused');
+select throws_ok(
+  $$select public.write_reading_progress_batch((select jsonb_agg(jsonb_build_object('series_id', 'big-' || i,
+      'chapter', 1, 'page', 1, 'percentage', 0.1, 'device_id', 'dev-m', 'updated_at', '2026-03-01T00:00:00Z'))
+      from generate_series(1, 101) i))$$,
+  '22023', 'write_reading_progress_batch: 1..100 writes per call, got 101', 'a batch of 101 is refused');
+select lives_ok(
+  $$select public.write_reading_progress_batch((select jsonb_agg(jsonb_build_object('series_id', 'max-' || i,
+      'chapter', 1, 'page', 1, 'percentage', 0.1, 'device_id', 'dev-m', 'updated_at', '2026-03-01T00:00:00Z'))
+      from generate_series(1, 100) i))$$,
+  'a batch of exactly 100 is accepted');
+select throws_ok($$select public.write_reading_progress_batch('{"writes": []}')$$, '22023', null,
+  'a batch that is not an array is refused');
+select throws_ok($$select public.write_reading_progress_batch('[1]')$$, '22023', null,
+  'a batch element that is not an object is refused');
+select throws_ok(
+  $$select public.write_reading_progress_batch($j$[
+    {"series_id": "ok-batch", "chapter": 1, "page": 1, "percentage": 0.1, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:00Z"},
+    {"series_id": "ok-batch2", "chapter": -1, "page": 1, "percentage": 0.1, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:00Z"}
+  ]$j$)$$,
+  '23514', null, 'a batch with an out-of-range element fails');
+select throws_ok(
+  $$select public.write_reading_progress_batch($j$[
+    {"series_id": "ok-batch", "chapter": 1, "page": 1, "percentage": 0.1, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:00Z"},
+    {"series_id": "ok-batch3", "chapter": 1, "page": 1, "percentage": 0.1, "updated_at": "2026-03-01T00:00:00Z"}
+  ]$j$)$$,
+  '23502', null, 'a batch with a missing field fails');
+select is_empty($$select 1 from public.reading_progress where series_id = 'ok-batch'$$,
+  'the failed batches wrote nothing, not even their valid first element');
+select is(
+  (select count(*)::int from public.reading_progress where series_id like 'max-%'), 100,
+  'the 100-write batch stored 100 rows');
+reset role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Reads: get, list (keyset), changes (cursor)
+-- ---------------------------------------------------------------------------------------------
+delete from public.reading_progress where user_id = 'a6a6a6a6-0000-4000-8000-000000000006' and series_id like 'max-%';
+set local role authenticated;
+select results_eq($$select series_id collate "default", chapter from public.get_reading_progress('lww')$$,
+  $$values ('lww', 7)$$, 'get returns A''s row');
+select is_empty($$select * from public.get_reading_progress('nope')$$, 'get of an unknown series returns no row');
+
+select results_eq(
+  $$select series_id collate "default" from public.list_reading_progress(50, null, null, false)$$,
+  $$select series_id collate "default" from public.reading_progress
+     where user_id = 'a6a6a6a6-0000-4000-8000-000000000006' and not cleared
+     order by updated_at desc, series_id desc$$,
+  'list: every live row of the user, newest first, series id descending on ties');
+select ok(
+  'tomb' not in (select series_id from public.list_reading_progress(50, null, null, false)),
+  'list hides tombstones by default');
+select ok(
+  'tomb' in (select series_id from public.list_reading_progress(50, null, null, true)),
+  'list includes tombstones when asked');
+select results_eq(
+  $$select series_id collate "default" from public.list_reading_progress(2, null, null, true)
+    union all
+    select series_id collate "default" from public.list_reading_progress(2,
+      (select updated_at from public.list_reading_progress(2, null, null, true) offset 1 limit 1),
+      (select series_id from public.list_reading_progress(2, null, null, true) offset 1 limit 1), true)$$,
+  $$select series_id collate "default" from public.list_reading_progress(4, null, null, true)$$,
+  'keyset paging: page 2 continues right after the last row of page 1');
+select is((select count(*)::int from public.list_reading_progress(0, null, null, true)), 1,
+  'a limit below 1 is clamped to 1');
+
+select is(
+  (select jsonb_agg(c ->> 'series_id') from jsonb_array_elements(public.reading_progress_changes('', 100) -> 'changes') c),
+  (select jsonb_agg(series_id order by change_xid, series_id) from public.reading_progress),
+  'changes from the beginning: every row of the user in (change_xid, series_id) order');
+select is(
+  (public.reading_progress_changes('', 100) ->> 'next_cursor')::xid8,
+  pg_snapshot_xmin(pg_current_snapshot()),
+  'the last page''s next cursor is the snapshot horizon (rows of in-flight transactions are read again)');
+select is(
+  (public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 100) -> 'changes'),
+  (public.reading_progress_changes('', 100) -> 'changes'),
+  'rows at or above the horizon (this open transaction''s) are returned again from that cursor');
+select is(
+  (select jsonb_build_object('n', jsonb_array_length(p -> 'changes'), 'has_more', p -> 'has_more', 'next', p -> 'next_cursor')
+     from (select public.reading_progress_changes('', 2) as p) s),
+  jsonb_build_object('n', 2, 'has_more', true, 'next', pg_snapshot_xmin(pg_current_snapshot())::text),
+  'a full page that reaches the horizon continues from the horizon');
+select is(
+  (select public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 2) ->> 'next_cursor'),
+  pg_snapshot_xmin(pg_current_snapshot())::text,
+  'a full page that cannot pass an open transaction returns the cursor it was given');
+select is(
+  (select jsonb_agg(c ->> 'series_id')
+     from jsonb_array_elements(public.reading_progress_changes(pg_current_xact_id()::text || ':lww', 100) -> 'changes') c),
+  (select jsonb_agg(series_id order by series_id) from public.reading_progress
+    where change_xid = pg_current_xact_id() and series_id > 'lww'),
+  'an <xid>:<series> cursor continues after that row in page order');
+select throws_ok($$select public.reading_progress_changes('abc', 10)$$, '22023',
+  'reading_progress_changes: invalid cursor', 'a malformed cursor is refused');
+select is(
+  (select jsonb_array_length(public.reading_progress_changes((pg_current_xact_id()::text::bigint + 1)::text, 100) -> 'changes')),
+  0, 'nothing has changed after this transaction');
+reset role;
+
+-- A physical DELETE is still an ordinary DELETE (trigger fires), separate from the tombstone write.
+set local role authenticated;
+delete from public.reading_progress where series_id = 'future-near';
+reset role;
+select is(
+  (select count(*)::int from new_msgs where event = 'DELETE' and payload -> 'old_record' ->> 'series_id' = 'future-near'),
+  1, 'a physical DELETE by the user still broadcasts DELETE');
+
+select * from finish();
+rollback;
