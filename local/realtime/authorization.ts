@@ -1,11 +1,20 @@
 // Private-channel authorization the way Supabase Realtime does it: RLS on realtime.messages decides.
 //
-// Read (on join, and again on every new access token): in one transaction, insert a probe message
-// for the topic as the superuser, then switch to the token's role with its claims and the topic in
-// `realtime.topic`, and try to SELECT the probe. Visible => the policy lets this user receive on the
-// topic. Write (lazily, on the first client broadcast): try to INSERT a message for the topic as
-// that user inside a savepoint. Both transactions always roll back, so nothing is left behind and
-// the local NOTIFY trigger never fires (NOTIFY is delivered on commit only).
+// Mirrors Realtime.Tenants.Authorization (supabase/realtime): in one transaction that always rolls
+// back, the probe row is inserted as the superuser with only `topic` (the channel's sub-topic,
+// without the `realtime:` prefix) and `extension` set, every other column at its default (event and
+// payload null, private false); then the session takes the token's role and exactly the settings
+// Supabase's set_conn_config sets: `role`, `realtime.topic` (the same sub-topic), `request.jwt.claims`
+// and `request.headers`. Not the legacy `request.jwt.claim.sub`/`.role`: a policy that read those
+// would pass here and fail on Supabase. Read: SELECT the probe (where topic and extension match,
+// as Supabase queries it); visible => may receive. Write: INSERT a (topic, extension) row in a
+// savepoint; 42501 => may not send.
+//
+// So on a probe, the row's `topic` column and realtime.topic() are always the same string: a policy
+// may test either (Supabase's docs use realtime.topic()). They differ only for reads of
+// realtime.messages outside Realtime (its delivery reads the WAL and never asks the SELECT policy).
+// NOTIFY fired by the probe inserts is only delivered on commit, so the rolled-back probes
+// broadcast nothing.
 
 import type postgres from "postgres";
 import type { JwtClaims } from "./auth.ts";
@@ -21,18 +30,18 @@ export interface AuthorizationContext {
   /** Topic without the `realtime:` prefix, as realtime.topic() returns it. */
   topic: string;
   claims: JwtClaims;
+  /** Request headers of the socket / REST call (Supabase passes them as `request.headers`). */
+  headers?: Record<string, string>;
 }
 
 async function asUser(tx: postgres.TransactionSql, ctx: AuthorizationContext): Promise<void> {
   const role = ctx.claims.role;
   if (!API_ROLES.has(role)) throw new RoleNotAllowed(`role ${role} is not an API role`);
-  const claims = JSON.stringify(ctx.claims);
   await tx`select
       set_config('role', ${role}, true),
-      set_config('request.jwt.claims', ${claims}, true),
-      set_config('request.jwt.claim.sub', ${typeof ctx.claims.sub === "string" ? ctx.claims.sub : ""}, true),
-      set_config('request.jwt.claim.role', ${role}, true),
-      set_config('realtime.topic', ${ctx.topic}, true)`;
+      set_config('realtime.topic', ${ctx.topic}, true),
+      set_config('request.jwt.claims', ${JSON.stringify(ctx.claims)}, true),
+      set_config('request.headers', ${JSON.stringify(ctx.headers ?? {})}, true)`;
 }
 
 /** May this user receive broadcasts on the topic? */
@@ -41,11 +50,12 @@ export async function canRead(sql: postgres.Sql, ctx: AuthorizationContext): Pro
   try {
     await sql.begin(async (tx) => {
       const [probe] = await tx<{ id: string }[]>`
-        insert into realtime.messages (topic, extension, event, payload, private)
-        values (${ctx.topic}, 'broadcast', 'realtime_authorization_probe', '{}'::jsonb, true)
+        insert into realtime.messages (topic, extension) values (${ctx.topic}, 'broadcast')
         returning id`;
       await asUser(tx, ctx);
-      const rows = await tx`select 1 from realtime.messages where id = ${probe.id}`;
+      const rows = await tx`
+        select 1 from realtime.messages
+        where topic = ${ctx.topic} and extension = 'broadcast' and id = ${probe.id}`;
       allowed = rows.length === 1;
       throw new Rollback();
     });
@@ -63,9 +73,7 @@ export async function canWrite(sql: postgres.Sql, ctx: AuthorizationContext): Pr
       await asUser(tx, ctx);
       try {
         await tx.savepoint(async (sp) => {
-          await sp`
-            insert into realtime.messages (topic, extension, event, payload, private)
-            values (${ctx.topic}, 'broadcast', 'realtime_authorization_probe', '{}'::jsonb, true)`;
+          await sp`insert into realtime.messages (topic, extension) values (${ctx.topic}, 'broadcast')`;
         });
         allowed = true;
       } catch (error) {

@@ -70,6 +70,8 @@ export class Connection {
     /** The socket's own token (apikey): what a join without `access_token` is authorized with. */
     readonly socketToken: string,
     readonly deps: ConnectionDeps,
+    /** Headers of the upgrade request: policies see them as `request.headers`, as on Supabase. */
+    readonly headers: Record<string, string> = {},
   ) {
     ws.binaryType = "arraybuffer";
     ws.onmessage = (event) => this.#enqueue(event.data);
@@ -257,7 +259,7 @@ export class Connection {
 
   async #canRead(subTopic: string, claims: JwtClaims): Promise<boolean | "error"> {
     try {
-      return await canRead(this.deps.sql, { topic: subTopic, claims });
+      return await canRead(this.deps.sql, { topic: subTopic, claims, headers: this.headers });
     } catch (error) {
       if (error instanceof RoleNotAllowed) return false;
       this.deps.log({ event: "policy_check_failed", topic: subTopic, error: String(error) });
@@ -355,6 +357,7 @@ export class Connection {
           channel.canWrite = await canWrite(this.deps.sql, {
             topic: channel.subTopic,
             claims: channel.claims,
+            headers: this.headers,
           });
         } catch (error) {
           if (!(error instanceof RoleNotAllowed)) {

@@ -79,8 +79,9 @@ export async function createRealtimeEndpoint(
     const verified = await verifier.verify(apikey);
     if (!verified.ok) return json(403, { message: `${verified.failure.code}: ${verified.failure.message}` });
     if (closed) return json(503, { message: "Realtime is shutting down" });
+    const headers = xHeaders(req); // the request is consumed by the upgrade
     const { socket, response } = Deno.upgradeWebSocket(req);
-    const connection = new Connection(socket, vsn, apikey, deps);
+    const connection = new Connection(socket, vsn, apikey, deps, headers);
     connections.add(connection);
     socket.addEventListener("close", () => connections.delete(connection));
     return response;
@@ -98,9 +99,9 @@ export async function createRealtimeEndpoint(
     return { claims: verified.claims };
   }
 
-  async function writeAllowed(topic: string, claims: JwtClaims): Promise<boolean> {
+  async function writeAllowed(topic: string, claims: JwtClaims, req: Request): Promise<boolean> {
     try {
-      return await canWrite(sql, { topic, claims });
+      return await canWrite(sql, { topic, claims, headers: xHeaders(req) });
     } catch (error) {
       if (error instanceof RoleNotAllowed) return false;
       throw error;
@@ -124,7 +125,9 @@ export async function createRealtimeEndpoint(
       } catch {
         return json(400, { error: "payload is not JSON" });
       }
-      if (isPrivate && !(await writeAllowed(topic, auth.claims))) return json(403, { error: "Unauthorized" });
+      if (isPrivate && !(await writeAllowed(topic, auth.claims, req))) {
+        return json(403, { error: "Unauthorized" });
+      }
       hub.relay(subscriptionKey(isPrivate, topic), { fullTopic: `realtime:${topic}`, event, payload });
       return new Response(null, { status: 202 });
     }
@@ -151,7 +154,7 @@ export async function createRealtimeEndpoint(
       const isPrivate = raw.private === true;
       if (isPrivate) {
         // Supabase skips private messages the caller may not send and still answers 202.
-        if (!allowed.has(raw.topic)) allowed.set(raw.topic, await writeAllowed(raw.topic, auth.claims));
+        if (!allowed.has(raw.topic)) allowed.set(raw.topic, await writeAllowed(raw.topic, auth.claims, req));
         if (!allowed.get(raw.topic)) {
           log({ event: "rest_broadcast_denied", topic: raw.topic, sub: auth.claims.sub });
           continue;
@@ -189,6 +192,16 @@ export async function createRealtimeEndpoint(
       await sql.end({ timeout: 2 });
     },
   };
+}
+
+/**
+ * What Supabase hands policies as `request.headers`: the socket's `x-*` request headers (Phoenix's
+ * `x_headers` connect info), never the token-bearing ones.
+ */
+function xHeaders(req: Request): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of req.headers) if (name.startsWith("x-")) headers[name] = value;
+  return headers;
 }
 
 /** Silent unless READSYNC_REALTIME_LOG=1: then one JSON line per endpoint event on stderr. */

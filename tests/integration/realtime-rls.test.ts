@@ -10,9 +10,9 @@ import {
   joinChannel,
   newClient,
   noSanitize,
-  sleep,
   waitFor,
   writeProgress,
+  writeThroughApi,
 } from "./realtime_support.ts";
 
 const topicOf = (userId: string) => `progress:${userId}`;
@@ -20,7 +20,6 @@ const topicOf = (userId: string) => `progress:${userId}`;
 Deno.test(
   { name: "realtime RLS: A's update reaches A's other device, never user C", ...noSanitize },
   async () => {
-    const sql = adminSql();
     const a = await createTestUser();
     const c = await createTestUser();
     const deviceA1 = clientWithToken(() => a.accessToken);
@@ -35,28 +34,36 @@ Deno.test(
       const cOnA = await joinChannel(deviceC, topicOf(a.id));
       assert.equal(cOnA.status, "CHANNEL_ERROR");
 
-      // Device A1 writes (as A; RLS applies), A2 must hear it.
-      await writeProgress(sql, a.id, {
+      // Device A1 writes through the progress API with A's token; A2 must hear it.
+      const written = await writeThroughApi(a.accessToken, {
         series_id: "berserk",
         chapter: 12,
         page: 3,
         percentage: 0.1,
         device_id: "a-phone",
       });
+      assert.equal(written.won, true);
       await waitFor("A2 to receive A1's update", () => a2.joined.received.length === 1);
       const got = a2.joined.received[0];
       assert.equal(got.event, "INSERT");
       assert.equal((got.payload.record as { user_id: string }).user_id, a.id);
       assert.equal((got.payload.record as { chapter: number }).chapter, 12);
+      assert.equal((got.payload.record as { device_id: string }).device_id, "a-phone");
 
-      // C's own topic carries nothing of A's, and nothing arrived on the refused channel.
-      await sleep(300);
-      assert.equal(cOwn.joined.received.length, 0);
+      // C's own write, committed after A's: the endpoint delivers in commit order, so once C has
+      // its own message, anything of A's that could reach C would already be there.
+      await writeThroughApi(c.accessToken, { series_id: "c-sentinel", device_id: "c-phone" });
+      await waitFor("C's own update", () => cOwn.joined.received.length >= 1);
+      assert.deepEqual(
+        cOwn.joined.received.map((m) => (m.payload.record as { user_id: string }).user_id),
+        [c.id],
+        "C's device received something that is not C's",
+      );
       assert.equal(cOnA.joined.received.length, 0);
-      void deviceA1;
+      assert.ok(cOnA.joined.states.every((s) => s === "CHANNEL_ERROR"), cOnA.joined.states.join(","));
+      assert.equal(a2.joined.received.length, 1, "A2 received C's update");
     } finally {
       await Promise.all([deviceA1, deviceA2, deviceC].map(closeClient));
-      await sql.end();
     }
   },
 );
@@ -75,8 +82,8 @@ Deno.test({
       result.error?.message,
       `Unauthorized: You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
     );
-    // realtime-js keeps rejoining on its own; every attempt is refused.
-    await sleep(1300);
+    // realtime-js keeps rejoining on its own (after 1 s); every attempt is refused.
+    await waitFor("a rejoin attempt", () => result.joined.states.length >= 2);
     assert.ok(result.joined.states.every((s) => s === "CHANNEL_ERROR"), result.joined.states.join(","));
   } finally {
     await closeClient(deviceC);
@@ -87,6 +94,7 @@ Deno.test({
   name: "realtime RLS: nobody can send on progress:<A> (WS ack, REST fallback, httpSend, public twin)",
   ...noSanitize,
 }, async () => {
+  const sql = adminSql();
   const a = await createTestUser();
   const c = await createTestUser();
   const listener = clientWithToken(() => a.accessToken);
@@ -145,11 +153,25 @@ Deno.test({
     await res.body?.cancel();
     assert.equal(res.status, 202);
 
-    await sleep(500);
-    assert.deepEqual(heard.joined.received, [], "A's device heard a forged message");
-    assert.deepEqual(owner.joined.received, [], "self-broadcast of a denied send came back");
+    // Every forged send above has been answered (ack or HTTP status), and a relayed client broadcast
+    // is written to the listener's socket before that answer. A real write now travels the same
+    // socket after them: once it has arrived, a forged message would have arrived before it.
+    await writeProgress(sql, a.id, { series_id: "sentinel", device_id: "a-phone" });
+    await waitFor(
+      "the real write on both of A's devices",
+      () => heard.joined.received.length >= 1 && owner.joined.received.length >= 1,
+    );
+    const seriesOf = (r: { payload: Record<string, unknown> }) =>
+      (r.payload.record as { series_id?: string } | undefined)?.series_id;
+    assert.deepEqual(heard.joined.received.map(seriesOf), ["sentinel"], "A's device heard a forged message");
+    assert.deepEqual(
+      owner.joined.received.map(seriesOf),
+      ["sentinel"],
+      "self-broadcast of a denied send came back",
+    );
   } finally {
     await Promise.all([listener, ownerSender, deviceC].map(closeClient));
+    await sql.end();
   }
 });
 
@@ -261,3 +283,39 @@ Deno.test(
     }
   },
 );
+
+Deno.test({
+  name:
+    "realtime RLS: the join probe is Supabase's (row topic = realtime.topic(), defaults, claims, headers)",
+  ...noSanitize,
+}, async () => {
+  // A policy that only passes for a probe shaped exactly as Supabase Realtime makes it: the row's
+  // own topic column and realtime.topic() both name the channel's sub-topic, every other column is
+  // at its default (no event, no payload, private false), the claims come in request.jwt.claims and
+  // the legacy request.jwt.claim.sub setting is not set, and request.headers is a JSON object.
+  const sql = adminSql({ max: 1 });
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const deviceA = clientWithToken(() => a.accessToken);
+  const deviceC = clientWithToken(() => c.accessToken);
+  await sql`drop policy if exists test_probe_shape on realtime.messages`;
+  await sql.unsafe(`
+    create policy test_probe_shape on realtime.messages for select to authenticated using (
+      topic = 'probe-shape:' || (current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
+      and topic = (select realtime.topic())
+      and extension = 'broadcast' and event is null and payload is null and private is false
+      and coalesce(current_setting('request.jwt.claim.sub', true), '') = ''
+      and jsonb_typeof(current_setting('request.headers', true)::jsonb) = 'object'
+    )`);
+  try {
+    const own = await joinChannel(deviceA, `probe-shape:${a.id}`);
+    assert.equal(own.status, "SUBSCRIBED", own.error?.message);
+    const foreign = await joinChannel(deviceC, `probe-shape:${a.id}`);
+    assert.equal(foreign.status, "CHANNEL_ERROR");
+    assert.match(foreign.error?.message ?? "", /^Unauthorized: /);
+  } finally {
+    await Promise.all([deviceA, deviceC].map(closeClient));
+    await sql`drop policy if exists test_probe_shape on realtime.messages`;
+    await sql.end();
+  }
+});

@@ -54,6 +54,37 @@ export async function writeProgress(sql: Sql, userId: string, input: ProgressInp
        where (excluded.updated_at, excluded.device_id) > (reading_progress.updated_at, reading_progress.device_id)`);
 }
 
+/**
+ * One write through the progress API (POST /functions/v1/progress) with a user's access token, as
+ * a device does it. Returns the API's WriteResult; throws on any non-200 answer.
+ */
+export async function writeThroughApi(
+  accessToken: string,
+  input: Omit<ProgressInput, "cleared"> & { cleared?: boolean },
+): Promise<{ won: boolean; conflict: string | null; progress: Record<string, unknown> }> {
+  const env = testEnv();
+  const res = await fetch(`${env.url}/functions/v1/progress`, {
+    method: "POST",
+    headers: {
+      apikey: env.anonKey,
+      Authorization: `Bearer ${accessToken}`,
+      "Content-Type": "application/json",
+    },
+    body: JSON.stringify({
+      chapter: 0,
+      page: 0,
+      percentage: 0,
+      updated_at: new Date().toISOString(),
+      ...input,
+    }),
+  });
+  const body = await res.json();
+  if (res.status !== 200) {
+    throw new Error(`POST /functions/v1/progress: ${res.status} ${JSON.stringify(body)}`);
+  }
+  return body;
+}
+
 export async function deleteProgress(sql: Sql, userId: string, seriesId: string): Promise<void> {
   await asUser(
     sql,
