@@ -1,0 +1,41 @@
+import type { ReactNode } from "react";
+import { redirect } from "next/navigation";
+import { ConnectionStatus } from "@/components/ConnectionStatus.tsx";
+import { SyncProvider } from "@/components/SyncProvider.tsx";
+import { publicConfig } from "@/lib/server/config.ts";
+import { getSession } from "@/lib/server/session.ts";
+
+// Everything under (reader) needs a signed-in user; checked here, on the server, per request.
+export default async function ReaderLayout({ children }: { children: ReactNode }) {
+  const session = await getSession();
+  if (!session) redirect("/sign-in");
+  const config = publicConfig();
+  return (
+    <SyncProvider
+      supabaseUrl={config.supabaseUrl}
+      anonKey={config.anonKey}
+      userId={session.userId}
+      accessToken={session.accessToken}
+      expiresAt={session.expiresAt}
+    >
+      <main>
+        <header className="topbar">
+          <div>
+            <strong>readsync</strong>{" "}
+            <span className="who" data-testid="signed-in-as">
+              {session.email ?? session.userId}
+              {session.mode === "dev" ? " (development sign-in)" : ""}
+            </span>
+          </div>
+          <div className="topbar-right">
+            <ConnectionStatus />
+            <form action="/sign-out" method="post">
+              <button type="submit" className="secondary">Sign out</button>
+            </form>
+          </div>
+        </header>
+        {children}
+      </main>
+    </SyncProvider>
+  );
+}

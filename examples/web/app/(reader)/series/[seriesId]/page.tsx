@@ -1,0 +1,18 @@
+import { notFound, redirect } from "next/navigation";
+import { SeriesEditor } from "@/components/SeriesEditor.tsx";
+import { loadSeries } from "@/lib/server/progress.ts";
+import { getSession } from "@/lib/server/session.ts";
+
+export const dynamic = "force-dynamic";
+
+const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+export default async function SeriesPage({ params }: { params: Promise<{ seriesId: string }> }) {
+  const { seriesId: raw } = await params;
+  const seriesId = decodeURIComponent(raw);
+  if (!SERIES_ID.test(seriesId)) notFound();
+  const session = await getSession();
+  if (!session) redirect("/sign-in");
+  const row = await loadSeries(session.accessToken, seriesId);
+  return <SeriesEditor key={seriesId} seriesId={seriesId} initialRow={row} />;
+}

@@ -1,0 +1,38 @@
+"use client";
+
+import { useSync, useSyncSnapshot } from "./SyncProvider.tsx";
+
+const LABELS = {
+  live: "Live",
+  polling: "Polling",
+  offline: "Offline",
+  connecting: "Connecting…",
+} as const;
+
+const TITLES = {
+  live: "Changes from your other devices appear instantly (Realtime).",
+  polling: "Realtime is unavailable; checking for changes every few seconds.",
+  offline: "No connection. Your changes are kept on this device and sent when you are back online.",
+  connecting: "Connecting to Realtime…",
+} as const;
+
+export function ConnectionStatus() {
+  const { status, deviceId } = useSync();
+  const { pendingCount } = useSyncSnapshot();
+  return (
+    <span className="topbar-right">
+      {pendingCount > 0 && (
+        <span className="pending" data-testid="pending-count" data-count={pendingCount}>
+          {pendingCount} change{pendingCount === 1 ? "" : "s"} waiting to sync
+        </span>
+      )}
+      <span className="status" role="status" aria-live="polite" data-testid="connection-status" data-status={status} title={TITLES[status]}>
+        <span className="dot" aria-hidden="true" />
+        {LABELS[status]}
+      </span>
+      <span className="meta" data-testid="device-id" title="This device's id (one per browser profile)">
+        {deviceId ?? ""}
+      </span>
+    </span>
+  );
+}

@@ -1,0 +1,79 @@
+"use client";
+
+import Link from "next/link";
+import { useRouter } from "next/navigation";
+import { type FormEvent, useRef, useState } from "react";
+import type { ProgressRow } from "@/lib/client/types.ts";
+import { describePosition, formatWhen } from "./format.ts";
+import { useSync, useSyncSnapshot } from "./SyncProvider.tsx";
+
+const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+/** The library the server loaded, kept current by Realtime (and this device's own writes). */
+export function LiveLibrary({ initialRows }: { initialRows: ProgressRow[] }) {
+  const { store, deviceId } = useSync();
+  const seeded = useRef<ProgressRow[] | null>(null);
+  if (seeded.current !== initialRows) {
+    store.seed(initialRows);
+    seeded.current = initialRows;
+  }
+  const { library } = useSyncSnapshot();
+
+  return (
+    <section className="card">
+      <h2>Your library</h2>
+      {library.length === 0 ? (
+        <p className="muted" data-testid="library-empty">Nothing read yet. Open a series below to start.</p>
+      ) : (
+        <ul className="library" data-testid="library">
+          {library.map((item) => (
+            <li key={item.seriesId} data-testid={`library-item-${item.seriesId}`} data-series={item.seriesId}>
+              <div>
+                <Link className="series" href={`/series/${encodeURIComponent(item.seriesId)}`}>{item.seriesId}</Link>
+                <div className="where" data-testid="library-position">{describePosition(item)}</div>
+                <div className="meta">
+                  {item.pending ? "saving… · " : ""}
+                  {item.deviceId === deviceId ? "this device" : item.deviceId} · {formatWhen(item.updatedAt)}
+                </div>
+              </div>
+              <div className="bar" aria-hidden="true">
+                <span style={{ width: `${Math.round(item.percentage * 100)}%` }} />
+              </div>
+            </li>
+          ))}
+        </ul>
+      )}
+      <OpenSeries />
+    </section>
+  );
+}
+
+function OpenSeries() {
+  const router = useRouter();
+  const [value, setValue] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  function submit(event: FormEvent) {
+    event.preventDefault();
+    const id = value.trim();
+    if (!SERIES_ID.test(id)) {
+      setError("Use letters, digits, '.', '_', ':' or '-' (start with a letter or digit).");
+      return;
+    }
+    router.push(`/series/${encodeURIComponent(id)}`);
+  }
+  return (
+    <form onSubmit={submit} className="actions" style={{ marginTop: 16 }} data-testid="open-series">
+      <input
+        aria-label="Series id"
+        placeholder="series id, e.g. one-piece"
+        value={value}
+        onChange={(e) => {
+          setValue(e.target.value);
+          setError(null);
+        }}
+      />
+      <button type="submit" className="secondary">Open series</button>
+      {error && <p className="notice notice-error" role="alert">{error}</p>}
+    </form>
+  );
+}

@@ -1,0 +1,135 @@
+"use client";
+
+import Link from "next/link";
+import { type FormEvent, useEffect, useRef, useState } from "react";
+import type { ProgressRow } from "@/lib/client/types.ts";
+import type { SeriesView } from "@/lib/client/syncStore.ts";
+import { describePosition, formatWhen } from "./format.ts";
+import { useSync, useSyncSnapshot } from "./SyncProvider.tsx";
+
+interface Draft {
+  chapter: string;
+  page: string;
+  percent: string;
+}
+
+function toDraft(view: SeriesView | undefined): Draft {
+  if (!view || view.cleared) return { chapter: "0", page: "0", percent: "0" };
+  return { chapter: String(view.chapter), page: String(view.page), percent: String(Math.round(view.percentage * 1000) / 10) };
+}
+
+function parseDraft(draft: Draft): { chapter: number; page: number; percentage: number } | string {
+  const chapter = Number(draft.chapter);
+  const page = Number(draft.page);
+  const percent = Number(draft.percent);
+  if (!Number.isInteger(chapter) || chapter < 0 || chapter > 100_000) return "Chapter must be a whole number from 0 to 100000.";
+  if (!Number.isInteger(page) || page < 0 || page > 1_000_000) return "Page must be a whole number from 0 to 1000000.";
+  if (!Number.isFinite(percent) || percent < 0 || percent > 100) return "Percentage must be between 0 and 100.";
+  return { chapter, page, percentage: Math.round(percent * 10) / 1000 };
+}
+
+/** Where the reader is in one series: live, editable, optimistic, with a notice when another device wins. */
+export function SeriesEditor({ seriesId, initialRow }: { seriesId: string; initialRow: ProgressRow | null }) {
+  const { store, save, deviceId } = useSync();
+  const seeded = useRef<ProgressRow | null | undefined>(undefined);
+  if (seeded.current !== initialRow) {
+    if (initialRow) store.seed([initialRow]);
+    seeded.current = initialRow;
+  }
+  const { bySeries, notices } = useSyncSnapshot();
+  const view = bySeries.get(seriesId);
+  const notice = notices.get(seriesId);
+  const [draft, setDraft] = useState<Draft>(() => toDraft(view));
+  const [dirty, setDirty] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+
+  // Follow the live position until the reader starts typing.
+  const versionKey = view ? `${view.updatedAt}|${view.deviceId}|${view.chapter}|${view.page}|${view.percentage}` : "";
+  useEffect(() => {
+    if (!dirty) setDraft(toDraft(view));
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [versionKey, dirty]);
+
+  function update(field: keyof Draft, value: string) {
+    setDraft((d) => ({ ...d, [field]: value }));
+    setDirty(true);
+    setError(null);
+  }
+
+  function submit(event: FormEvent) {
+    event.preventDefault();
+    const parsed = parseDraft(draft);
+    if (typeof parsed === "string") {
+      setError(parsed);
+      return;
+    }
+    save(seriesId, parsed);
+    setDirty(false);
+  }
+
+  function step(kind: "page" | "chapter") {
+    const base = view && !view.cleared ? view : { chapter: 0, page: 0, percentage: 0 };
+    const next = kind === "page"
+      ? { chapter: base.chapter, page: Math.min(base.page + 1, 1_000_000), percentage: base.percentage }
+      : { chapter: Math.min(base.chapter + 1, 100_000), page: 1, percentage: base.percentage };
+    save(seriesId, next);
+    setDirty(false);
+  }
+
+  const shown = view && !view.cleared ? view : null;
+  return (
+    <>
+      <p><Link href="/">← Library</Link></p>
+      <h1 data-testid="series-title">{seriesId}</h1>
+      <section className="card">
+        <h2>Now at</h2>
+        <p data-testid="current-position" data-chapter={shown?.chapter ?? 0} data-page={shown?.page ?? 0} data-percentage={shown?.percentage ?? 0}>
+          {shown ? describePosition(shown) : "Not started"}
+        </p>
+        {shown && (
+          <p className="meta" data-testid="current-source" data-device={shown.deviceId}>
+            {shown.pending ? "Saving… " : ""}
+            {shown.deviceId === deviceId ? "From this device" : `From device ${shown.deviceId}`} · {formatWhen(shown.updatedAt)}
+          </p>
+        )}
+      </section>
+
+      {notice && (
+        <div className="notice notice-conflict" role="alert" data-testid="conflict-notice" data-winner-device={notice.winner.device_id}>
+          <strong>A newer position from another device wins.</strong>{" "}
+          Your change on this device ({describePosition(notice.lost)}, {formatWhen(notice.lost.updated_at)}) was not
+          applied: device <code>{notice.winner.device_id}</code> saved {describePosition(notice.winner)} at{" "}
+          {formatWhen(notice.winner.updated_at)}, which is newer.{" "}
+          <button type="button" className="secondary" onClick={() => store.dismissNotice(seriesId)}>Dismiss</button>
+        </div>
+      )}
+
+      <form className="card" onSubmit={submit} data-testid="position-form">
+        <h2>Set position</h2>
+        <div className="position">
+          <label>
+            Chapter
+            <input name="chapter" type="number" inputMode="numeric" min={0} max={100000} step={1} value={draft.chapter} onChange={(e) => update("chapter", e.target.value)} />
+          </label>
+          <label>
+            Page
+            <input name="page" type="number" inputMode="numeric" min={0} max={1000000} step={1} value={draft.page} onChange={(e) => update("page", e.target.value)} />
+          </label>
+          <label>
+            Percentage
+            <input name="percentage" type="number" inputMode="decimal" min={0} max={100} step={0.1} value={draft.percent} onChange={(e) => update("percent", e.target.value)} />
+          </label>
+        </div>
+        <div className="actions">
+          <button type="submit" data-testid="save-position">Save position</button>
+          <button type="button" className="secondary" onClick={() => step("page")} data-testid="next-page">Next page</button>
+          <button type="button" className="secondary" onClick={() => step("chapter")} data-testid="next-chapter">Next chapter</button>
+          {dirty && (
+            <button type="button" className="secondary" onClick={() => { setDirty(false); setError(null); }}>Discard edits</button>
+          )}
+        </div>
+        {error && <p className="notice notice-error" role="alert">{error}</p>}
+      </form>
+    </>
+  );
+}

@@ -1,0 +1,210 @@
+"use client";
+
+// The signed-in part of the app shares one SyncProvider (it lives in the (reader) layout, so moving
+// between the library and a series keeps the same Realtime link):
+//
+//   RealtimeService (shared/)   live updates on progress:<userId>; catch-up and polling
+//   SyncStore                   what this device shows: confirmed rows + its own pending writes
+//   outbox flush                optimistic writes go to the progress function; offline they wait
+//                               in localStorage and are sent on reconnect with their original
+//                               updated_at, so last-write-wins picks the right winner
+//   status                      live / polling / offline (the browser's offline flag wins)
+
+import { createClient } from "@supabase/supabase-js";
+import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
+import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
+import { RealtimeService, type RealtimeStatus } from "@shared/realtime/realtimeService.ts";
+import { getDeviceId } from "@/lib/client/deviceId.ts";
+import { createProgressClient, isRetryable, type ProgressClient } from "@/lib/progressClient.ts";
+import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
+import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
+
+export type DisplayStatus = RealtimeStatus;
+
+export interface Position {
+  chapter: number;
+  page: number;
+  percentage: number;
+}
+
+interface SyncContextValue {
+  store: SyncStore;
+  userId: string;
+  deviceId: string | null;
+  status: DisplayStatus;
+  save(seriesId: string, position: Position): void;
+  flush(): void;
+}
+
+const SyncContext = createContext<SyncContextValue | null>(null);
+
+export interface SyncProviderProps {
+  supabaseUrl: string;
+  anonKey: string;
+  userId: string;
+  accessToken: string;
+  expiresAt: number;
+  children: ReactNode;
+}
+
+const RETRY_MS = 3_000;
+
+function browserLog(line: string): void {
+  // RealtimeService logs one JSON object per event; keep the console quiet but useful.
+  if (!line.includes('"level":"debug"')) console.info(line);
+}
+
+export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expiresAt, children }: SyncProviderProps) {
+  const [store] = useState(() => new SyncStore(userId, defaultCompareRows));
+  const [deviceId, setDeviceId] = useState<string | null>(null);
+  const [serviceStatus, setServiceStatus] = useState<RealtimeStatus>("connecting");
+  const [online, setOnline] = useState(true);
+  const [runtime, setRuntime] = useState<{ api: ProgressClient; flush: () => void } | null>(null);
+
+  useEffect(() => {
+    setDeviceId(getDeviceId());
+    store.attachStorage(window.localStorage);
+    setOnline(navigator.onLine);
+
+    const tokens = new TokenKeeper(accessToken, expiresAt);
+    const getAccessToken = async () => {
+      try {
+        return await tokens.get();
+      } catch (error) {
+        if (error instanceof SignedOutError) window.location.assign("/sign-in");
+        throw error;
+      }
+    };
+    const supabase = createClient(supabaseUrl, anonKey, {
+      auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    });
+    const api = createProgressClient({ supabaseUrl, anonKey, accessToken: getAccessToken });
+    const service = new RealtimeService(supabase, {
+      changesSince: (cursor) => api.changesSince(cursor),
+      accessToken,
+      pollIntervalMs: 5_000,
+      backoff: { initialMs: 1_000, maxMs: 15_000 },
+      log: browserLog,
+    });
+    const subscription = service.subscribeToProgress(userId, (change) => {
+      if (change.kind === "delete") store.removeServerRow(change.row.series_id);
+      else store.applyServerRow(change.row);
+    });
+    setServiceStatus(subscription.status);
+    const offStatus = subscription.onStatus((status) => {
+      setServiceStatus(status);
+      if (status === "live" || status === "polling") flush();
+    });
+    const offToken = tokens.onChange((token) => void service.setAccessToken(token));
+
+    // ---- outbox flush: one at a time, oldest series first; stops at the first network failure.
+    let flushing = false;
+    let again = false;
+    let disposed = false;
+    async function flushOnce(): Promise<void> {
+      for (const write of store.pendingWrites()) {
+        if (disposed) return;
+        try {
+          store.settle(write, await api.updateProgress(write));
+        } catch (error) {
+          const message = error instanceof Error ? error.message : String(error);
+          if (error instanceof SignedOutError) return;
+          if (isRetryable(error)) {
+            if ((error as { status?: number }).status === 401) await tokens.refresh().catch(() => {});
+            store.setError(null);
+            return; // try again on reconnect / the retry timer
+          }
+          store.reject(write, `Could not save ${write.series_id}: ${message}`);
+        }
+      }
+    }
+    function flush(): void {
+      if (flushing) {
+        again = true;
+        return;
+      }
+      flushing = true;
+      void (async () => {
+        try {
+          do {
+            again = false;
+            await flushOnce();
+          } while (again && !disposed);
+        } finally {
+          flushing = false;
+        }
+      })();
+    }
+
+    const retry = setInterval(() => {
+      if (store.getSnapshot().pendingCount > 0 && navigator.onLine) flush();
+    }, RETRY_MS);
+    const refreshTimer = setInterval(() => {
+      if (tokens.remaining < 120 && navigator.onLine) void tokens.refresh().catch(() => {});
+    }, 30_000);
+    const onOnline = () => {
+      setOnline(true);
+      flush();
+      // Rejoin Realtime now instead of waiting out the backoff.
+      void service.setAccessToken(tokens.current);
+    };
+    const onOffline = () => setOnline(false);
+    window.addEventListener("online", onOnline);
+    window.addEventListener("offline", onOffline);
+
+    setRuntime({ api, flush });
+    flush();
+
+    return () => {
+      disposed = true;
+      clearInterval(retry);
+      clearInterval(refreshTimer);
+      window.removeEventListener("online", onOnline);
+      window.removeEventListener("offline", onOffline);
+      offStatus();
+      offToken();
+      void service.close().finally(() => supabase.realtime.disconnect());
+      setRuntime(null);
+    };
+  }, [store, supabaseUrl, anonKey, userId, accessToken, expiresAt]);
+
+  const save = useCallback(
+    (seriesId: string, position: Position) => {
+      const device = deviceId ?? getDeviceId();
+      const previous = store.getSnapshot().bySeries.get(seriesId);
+      // Strictly after what this device last showed, so two quick saves keep their order.
+      let at = Date.now();
+      if (previous && previous.deviceId === device) at = Math.max(at, Date.parse(previous.updatedAt) + 1);
+      const write: PendingWrite = {
+        series_id: seriesId,
+        chapter: position.chapter,
+        page: position.page,
+        percentage: position.percentage,
+        cleared: false,
+        device_id: device,
+        updated_at: new Date(at).toISOString(),
+      };
+      store.addPending(write);
+      runtime?.flush();
+    },
+    [store, deviceId, runtime],
+  );
+
+  const status: DisplayStatus = online ? serviceStatus : "offline";
+  const value = useMemo<SyncContextValue>(
+    () => ({ store, userId, deviceId, status, save, flush: () => runtime?.flush() }),
+    [store, userId, deviceId, status, save, runtime],
+  );
+  return <SyncContext.Provider value={value}>{children}</SyncContext.Provider>;
+}
+
+export function useSync(): SyncContextValue {
+  const value = useContext(SyncContext);
+  if (!value) throw new Error("useSync() outside <SyncProvider>");
+  return value;
+}
+
+export function useSyncSnapshot(): SyncSnapshot {
+  const { store } = useSync();
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot);
+}

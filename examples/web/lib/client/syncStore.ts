@@ -1,0 +1,234 @@
+// The device's view of the reader's library, framework-free so it can be reasoned about (and
+// tested) without React:
+//
+//   confirmed   the newest version of each row the server has shown us (initial load, Realtime,
+//               catch-up/poll, write responses), merged in last-write-wins order
+//   pending     this device's writes not yet acknowledged (the outbox), persisted in localStorage
+//               so an offline edit survives a reload; one per series, the newest
+//   notices     per series: our write lost to a newer one from another device
+//
+// What the reader sees for a series is the newer of its pending write and its confirmed row, by
+// the same order the server applies, so the optimistic view already shows the eventual winner.
+
+import type { WriteResult } from "@shared/progress/types.ts";
+import type { ProgressRow } from "./types.ts";
+
+export interface PendingWrite {
+  series_id: string;
+  chapter: number;
+  page: number;
+  percentage: number;
+  cleared: boolean;
+  device_id: string;
+  updated_at: string;
+}
+
+export interface ConflictNotice {
+  seriesId: string;
+  /** The write this device made that lost. */
+  lost: PendingWrite;
+  /** The row that won (from another device, or newer). */
+  winner: ProgressRow;
+  at: number;
+}
+
+export interface SeriesView {
+  seriesId: string;
+  chapter: number;
+  page: number;
+  percentage: number;
+  cleared: boolean;
+  deviceId: string;
+  updatedAt: string;
+  /** True while this device has a write for the series the server has not acknowledged yet. */
+  pending: boolean;
+}
+
+export interface SyncSnapshot {
+  version: number;
+  /** Every series, most recently read first. */
+  library: SeriesView[];
+  bySeries: ReadonlyMap<string, SeriesView>;
+  notices: ReadonlyMap<string, ConflictNotice>;
+  pendingCount: number;
+  lastError: string | null;
+}
+
+type Compare = (a: LwwKey, b: LwwKey) => number;
+interface LwwKey {
+  series_id: string;
+  updated_at: string;
+  device_id: string;
+}
+
+export class SyncStore {
+  #confirmed = new Map<string, ProgressRow>();
+  #pending = new Map<string, PendingWrite>();
+  #notices = new Map<string, ConflictNotice>();
+  #lastError: string | null = null;
+  #listeners = new Set<() => void>();
+  #snapshot: SyncSnapshot;
+  #version = 0;
+
+  #storage: Storage | null = null;
+
+  constructor(readonly userId: string, readonly compare: Compare) {
+    this.#snapshot = this.#build();
+  }
+
+  /** Persists the outbox from now on, after loading what an earlier visit left unsent. */
+  attachStorage(storage: Storage): void {
+    if (this.#storage === storage) return;
+    this.#storage = storage;
+    this.#loadOutbox();
+    this.#emit();
+  }
+
+  subscribe = (listener: () => void): (() => void) => {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  };
+
+  getSnapshot = (): SyncSnapshot => this.#snapshot;
+
+  /** Rows from the server-rendered page; silent (no listeners run) because it happens during render. */
+  seed(rows: readonly ProgressRow[]): void {
+    let changed = false;
+    for (const row of rows) changed = this.#mergeConfirmed(row) || changed;
+    if (changed) this.#snapshot = this.#build();
+  }
+
+  /** A server row (Realtime, catch-up, poll, write response). Returns whether it was newer. */
+  applyServerRow(row: ProgressRow): boolean {
+    const changed = this.#mergeConfirmed(row);
+    // A pending write that is now known to be older than the server's row will lose: keep it in
+    // the outbox (the server decides and answers), the view already shows the winner.
+    if (changed) this.#emit();
+    return changed;
+  }
+
+  removeServerRow(seriesId: string): void {
+    if (this.#confirmed.delete(seriesId)) this.#emit();
+  }
+
+  /** An optimistic local write: shown at once and queued for the server. */
+  addPending(write: PendingWrite): void {
+    this.#pending.set(write.series_id, write);
+    this.#notices.delete(write.series_id);
+    this.#saveOutbox();
+    this.#emit();
+  }
+
+  pendingWrites(): PendingWrite[] {
+    return [...this.#pending.values()];
+  }
+
+  /** The server answered a write: drop it from the outbox (unless a newer one replaced it meanwhile). */
+  settle(write: PendingWrite, result: WriteResult): void {
+    if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
+    this.#mergeConfirmed(result.progress);
+    // A replay of a write the server already has (a retry after a lost answer) is not a conflict.
+    const storedIsOurs = result.progress.device_id === write.device_id &&
+      Date.parse(result.progress.updated_at) === Date.parse(write.updated_at);
+    if (!result.won && !storedIsOurs) {
+      this.#notices.set(write.series_id, { seriesId: write.series_id, lost: write, winner: result.progress, at: Date.now() });
+    }
+    this.#lastError = null;
+    this.#saveOutbox();
+    this.#emit();
+  }
+
+  /** The server refused a write (validation, auth): it will never apply, so stop retrying it. */
+  reject(write: PendingWrite, message: string): void {
+    if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
+    this.#lastError = message;
+    this.#saveOutbox();
+    this.#emit();
+  }
+
+  setError(message: string | null): void {
+    if (this.#lastError === message) return;
+    this.#lastError = message;
+    this.#emit();
+  }
+
+  dismissNotice(seriesId: string): void {
+    if (this.#notices.delete(seriesId)) this.#emit();
+  }
+
+  #mergeConfirmed(row: ProgressRow): boolean {
+    const current = this.#confirmed.get(row.series_id);
+    if (current && this.compare(current, row) >= 0) return false;
+    this.#confirmed.set(row.series_id, row);
+    return true;
+  }
+
+  #emit(): void {
+    this.#snapshot = this.#build();
+    for (const listener of [...this.#listeners]) listener();
+  }
+
+  #build(): SyncSnapshot {
+    const bySeries = new Map<string, SeriesView>();
+    const ids = new Set([...this.#confirmed.keys(), ...this.#pending.keys()]);
+    for (const id of ids) {
+      const confirmed = this.#confirmed.get(id);
+      const pending = this.#pending.get(id);
+      const usePending = pending && (!confirmed || this.compare(pending, confirmed) > 0);
+      const source = usePending ? pending : confirmed!;
+      bySeries.set(id, {
+        seriesId: id,
+        chapter: source.chapter,
+        page: source.page,
+        percentage: source.percentage,
+        cleared: source.cleared,
+        deviceId: source.device_id,
+        updatedAt: source.updated_at,
+        pending: Boolean(usePending) || Boolean(pending),
+      });
+    }
+    const library = [...bySeries.values()]
+      .filter((v) => !v.cleared)
+      .sort((a, b) => Date.parse(b.updatedAt) - Date.parse(a.updatedAt) || (a.seriesId < b.seriesId ? -1 : 1));
+    return {
+      version: ++this.#version,
+      library,
+      bySeries,
+      notices: new Map(this.#notices),
+      pendingCount: this.#pending.size,
+      lastError: this.#lastError,
+    };
+  }
+
+  get #outboxKey(): string {
+    return `readsync.outbox.${this.userId}`;
+  }
+
+  #loadOutbox(): void {
+    if (!this.#storage) return;
+    try {
+      const saved = JSON.parse(this.#storage.getItem(this.#outboxKey) ?? "[]") as PendingWrite[];
+      for (const write of saved) {
+        const current = write && this.#pending.get(write.series_id);
+        if (
+          write && typeof write.series_id === "string" && typeof write.updated_at === "string" &&
+          (!current || this.compare(write, current) > 0)
+        ) {
+          this.#pending.set(write.series_id, write);
+        }
+      }
+    } catch {
+      // A corrupt outbox is dropped; the server still has everything acknowledged.
+    }
+  }
+
+  #saveOutbox(): void {
+    if (!this.#storage) return;
+    try {
+      if (this.#pending.size === 0) this.#storage.removeItem(this.#outboxKey);
+      else this.#storage.setItem(this.#outboxKey, JSON.stringify([...this.#pending.values()]));
+    } catch {
+      // Storage full or disabled: the outbox still lives in memory.
+    }
+  }
+}

@@ -1,0 +1,69 @@
+// Runtime configuration, read on the server at request time (never inlined into the bundle), so
+// one production build serves any stack: `startWebApp()` (serve.mjs) passes the local stack's URL
+// and keys, a deployment passes its project's.
+//
+//   SUPABASE_URL, SUPABASE_ANON_KEY    the project (NEXT_PUBLIC_* spellings accepted too)
+//   READSYNC_DEV_SIGNIN=1              development sign-in (local stack only, see devSignIn())
+//   SUPABASE_JWT_SECRET                the local stack's JWT secret, to mint development tokens
+//   SUPABASE_DB_URL                    the local stack's database, to create development users
+
+export interface PublicConfig {
+  supabaseUrl: string;
+  anonKey: string;
+  authMode: "supabase" | "dev";
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+function env(name: string): string | undefined {
+  const value = process.env[name];
+  return value && value.trim() !== "" ? value.trim() : undefined;
+}
+
+export function supabaseConfig(): { supabaseUrl: string; anonKey: string } {
+  const supabaseUrl = env("SUPABASE_URL") ?? env("NEXT_PUBLIC_SUPABASE_URL");
+  const anonKey = env("SUPABASE_ANON_KEY") ?? env("NEXT_PUBLIC_SUPABASE_ANON_KEY");
+  if (!supabaseUrl || !anonKey) {
+    throw new ConfigError("SUPABASE_URL and SUPABASE_ANON_KEY must be set for the readsync web app");
+  }
+  return { supabaseUrl: supabaseUrl.replace(/\/+$/, ""), anonKey };
+}
+
+const LOOPBACK_HOSTS = new Set(["127.0.0.1", "localhost", "[::1]", "::1"]);
+
+export function isLoopbackUrl(url: string): boolean {
+  try {
+    const host = new URL(url).hostname;
+    return LOOPBACK_HOSTS.has(host) || /^127(\.\d{1,3}){3}$/.test(host);
+  } catch {
+    return false;
+  }
+}
+
+export type DevSignIn =
+  | { enabled: true; jwtSecret: string; dbUrl: string | undefined }
+  | { enabled: false; reason: string };
+
+/**
+ * Development sign-in mints an access token with the local stack's JWT secret. It is on only when
+ * all of these hold, so a production deployment pointed at a real project can never offer it:
+ * READSYNC_DEV_SIGNIN=1 (the local stack sets it), a JWT secret in the environment, and a Supabase
+ * URL on this machine (loopback).
+ */
+export function devSignIn(): DevSignIn {
+  if (env("READSYNC_DEV_SIGNIN") !== "1") return { enabled: false, reason: "READSYNC_DEV_SIGNIN is not 1" };
+  const jwtSecret = env("SUPABASE_JWT_SECRET") ?? env("READSYNC_DEV_JWT_SECRET");
+  if (!jwtSecret) return { enabled: false, reason: "no SUPABASE_JWT_SECRET" };
+  const { supabaseUrl } = supabaseConfig();
+  if (!isLoopbackUrl(supabaseUrl)) {
+    return { enabled: false, reason: `SUPABASE_URL ${new URL(supabaseUrl).host} is not a local stack` };
+  }
+  return { enabled: true, jwtSecret, dbUrl: env("SUPABASE_DB_URL") };
+}
+
+export function publicConfig(): PublicConfig {
+  const { supabaseUrl, anonKey } = supabaseConfig();
+  return { supabaseUrl, anonKey, authMode: devSignIn().enabled ? "dev" : "supabase" };
+}

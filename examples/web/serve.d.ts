@@ -1,0 +1,40 @@
+// Types of serve.mjs (Deno picks them up through its @ts-self-types comment).
+
+export interface WebAppOptions {
+  /** The stack's API URL (SUPABASE_URL): functions + Realtime, e.g. http://127.0.0.1:54321. */
+  apiUrl: string;
+  anonKey: string;
+  /** The local stack's JWT secret: enables development sign-in (only for a loopback apiUrl). */
+  jwtSecret?: string;
+  /** The local stack's database: development sign-in creates users in auth.users there. */
+  dbUrl?: string;
+  /** 0 or undefined: a free port. */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Default true (still requires jwtSecret and a loopback apiUrl). */
+  devSignIn?: boolean;
+  /** "auto" (default): npm ci / next build only when stale; "always": rebuild; "never": use what is there. */
+  build?: "auto" | "always" | "never";
+  /** Default 60 s. */
+  startTimeoutMs?: number;
+  /** Forward the server's own output to log. */
+  verbose?: boolean;
+  log?: (line: string) => void;
+  /** Extra environment for the server. */
+  env?: Record<string, string>;
+}
+
+export interface WebApp {
+  url: string;
+  port: number;
+  devSignIn: boolean;
+  stop(): Promise<void>;
+  /** The last 8000 characters the server printed. */
+  output(): string;
+}
+
+export const APP_DIR: string;
+export function sourceHash(): string;
+export function ensureWebAppBuilt(options?: { log?: (line: string) => void; force?: boolean }): Promise<{ installed: boolean; built: boolean }>;
+export function startWebApp(options: WebAppOptions): Promise<WebApp>;

@@ -1,0 +1,291 @@
+// @ts-self-types="./serve.d.ts"
+// Serves the readsync web app (a production `next start`) beside a readsync stack. Plain ESM over
+// node: APIs, so both the Deno scripts in local/ (`npm start`, `npm test`) and the Node browser
+// tests can import it.
+//
+//   import { startWebApp } from "../examples/web/serve.mjs";
+//   const web = await startWebApp({ apiUrl, anonKey, jwtSecret, dbUrl, port: 3000 });
+//   console.log(web.url); ...; await web.stop();
+//
+// It installs the app's own packages (`npm ci`) when node_modules is missing or stale, builds
+// (`next build`) when the sources (this folder or ../../shared) changed since the last build, and
+// passes the stack's URL and keys to the server at run time: one build serves any stack.
+
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import path from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+
+export const APP_DIR = path.dirname(fileURLToPath(import.meta.url));
+const REPO_ROOT = path.resolve(APP_DIR, "../..");
+const NEXT_BIN = path.join(APP_DIR, "node_modules", "next", "dist", "bin", "next");
+const BUILD_STAMP = path.join(APP_DIR, ".next", "readsync-build-hash");
+const INSTALL_STAMP = path.join(APP_DIR, "node_modules", ".readsync-lock-hash");
+const LOCK_DIR = path.join(APP_DIR, ".readsync-build.lock");
+
+const SKIP_DIRS = new Set(["node_modules", ".next", "test-artifacts", ".git"]);
+
+/** @param {string} dir @param {string[]} out */
+function collectFiles(dir, out) {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const entry of entries) {
+    if (SKIP_DIRS.has(entry.name) || entry.name.startsWith(".readsync")) continue;
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) collectFiles(full, out);
+    else if (entry.isFile() && !entry.name.endsWith(".test.ts")) out.push(full);
+  }
+}
+
+/** Hash of everything the build reads: this app's sources, ../../shared and the lockfile. */
+export function sourceHash() {
+  const files = [];
+  collectFiles(APP_DIR, files);
+  collectFiles(path.join(REPO_ROOT, "shared"), files);
+  files.sort();
+  const hash = createHash("sha256");
+  for (const file of files) {
+    if (file === path.join(APP_DIR, "serve.mjs") || file.startsWith(path.join(APP_DIR, "next-env.d.ts"))) continue;
+    hash.update(path.relative(REPO_ROOT, file));
+    hash.update("\0");
+    hash.update(readFileSync(file));
+    hash.update("\0");
+  }
+  return hash.digest("hex");
+}
+
+function lockHash() {
+  return createHash("sha256").update(readFileSync(path.join(APP_DIR, "package-lock.json"))).digest("hex");
+}
+
+function readStamp(file) {
+  try {
+    return readFileSync(file, "utf8").trim();
+  } catch {
+    return null;
+  }
+}
+
+/** Runs a command to completion with its output forwarded line by line to `log`. */
+function run(cmd, args, { log, env, label }) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: APP_DIR, env, stdio: ["ignore", "pipe", "pipe"] });
+    let tail = "";
+    const onData = (chunk) => {
+      const text = chunk.toString();
+      tail = (tail + text).slice(-8000);
+      for (const line of text.split("\n")) if (line.trim()) log(`${label}: ${line.trimEnd()}`);
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("error", reject);
+    child.on("close", (code) => {
+      if (code === 0) resolve(undefined);
+      else reject(new Error(`${label} failed (exit ${code}):\n${tail}`));
+    });
+  });
+}
+
+async function withBuildLock(log, fn) {
+  const started = Date.now();
+  for (;;) {
+    try {
+      mkdirSync(LOCK_DIR);
+      break;
+    } catch (error) {
+      if (/** @type {{code?: string}} */ (error).code !== "EEXIST") throw error;
+      // A lock older than 10 minutes belongs to a build that died.
+      try {
+        if (Date.now() - statSync(LOCK_DIR).mtimeMs > 600_000) rmSync(LOCK_DIR, { recursive: true, force: true });
+      } catch { /* gone meanwhile */ }
+      if (Date.now() - started > 900_000) throw new Error(`timed out waiting for ${LOCK_DIR}`);
+      if ((Date.now() - started) % 10_000 < 500) log("web: waiting for another build of the web app to finish");
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(LOCK_DIR, { recursive: true, force: true });
+  }
+}
+
+function buildEnv() {
+  return { ...process.env, NEXT_TELEMETRY_DISABLED: "1", NODE_ENV: "production" };
+}
+
+/**
+ * Installs the app's packages and builds it when needed. Returns what it did.
+ * @param {{ log?: (line: string) => void, force?: boolean }} [options]
+ */
+export async function ensureWebAppBuilt({ log = console.log, force = false } = {}) {
+  return await withBuildLock(log, async () => {
+    const did = { installed: false, built: false };
+    const wantLock = lockHash();
+    if (!existsSync(NEXT_BIN) || readStamp(INSTALL_STAMP) !== wantLock) {
+      log("web: installing packages (npm ci in examples/web)");
+      const npm = process.platform === "win32" ? "npm.cmd" : "npm";
+      await run(npm, ["ci", "--no-audit", "--no-fund", "--loglevel=error"], { log, env: { ...process.env }, label: "npm ci" });
+      writeFileSync(INSTALL_STAMP, wantLock);
+      did.installed = true;
+    }
+    const want = sourceHash();
+    if (force || !existsSync(path.join(APP_DIR, ".next", "BUILD_ID")) || readStamp(BUILD_STAMP) !== want) {
+      const started = Date.now();
+      log("web: building (next build)");
+      await run(process.execPath.includes("deno") ? "node" : process.execPath, [NEXT_BIN, "build"], {
+        log: (line) => {
+          if (!/Node\.js 20 and below are deprecated/.test(line)) log(line);
+        },
+        env: buildEnv(),
+        label: "next build",
+      });
+      writeFileSync(BUILD_STAMP, want);
+      log(`web: built in ${Math.round((Date.now() - started) / 1000)} s`);
+      did.built = true;
+    }
+    return did;
+  });
+}
+
+/** @param {string} host */
+function freePort(host) {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on("error", reject);
+    server.listen(0, host, () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
+    });
+  });
+}
+
+function isLoopback(url) {
+  try {
+    const host = new URL(url).hostname;
+    return host === "localhost" || host === "[::1]" || host === "::1" || /^127(\.\d{1,3}){3}$/.test(host);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Starts `next start` for the app (installing and building first when needed).
+ * @param {import("./serve.d.ts").WebAppOptions} options
+ * @returns {Promise<import("./serve.d.ts").WebApp>}
+ */
+export async function startWebApp(options) {
+  const log = options.log ?? console.log;
+  const host = options.host ?? "127.0.0.1";
+  if (options.build !== "never") await ensureWebAppBuilt({ log, force: options.build === "always" });
+  const port = options.port ? options.port : await freePort(host);
+  const apiUrl = options.apiUrl.replace(/\/+$/, "");
+  // Development sign-in: only with a JWT secret and a stack on this machine (see lib/server/config.ts).
+  const devSignIn = (options.devSignIn ?? true) && Boolean(options.jwtSecret) && isLoopback(apiUrl);
+  const env = {
+    ...buildEnv(),
+    ...options.env,
+    SUPABASE_URL: apiUrl,
+    SUPABASE_ANON_KEY: options.anonKey,
+    READSYNC_DEV_SIGNIN: devSignIn ? "1" : "0",
+    SUPABASE_JWT_SECRET: devSignIn ? options.jwtSecret : "",
+    SUPABASE_DB_URL: devSignIn ? options.dbUrl ?? "" : "",
+    PORT: String(port),
+    HOSTNAME: host,
+  };
+  const nodeBin = process.execPath.includes("deno") ? "node" : process.execPath;
+  const child = spawn(nodeBin, [NEXT_BIN, "start", "--port", String(port), "--hostname", host], {
+    cwd: APP_DIR,
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  let exited = null;
+  const onData = (chunk) => {
+    const text = chunk.toString();
+    output = (output + text).slice(-8000);
+    if (options.verbose) for (const line of text.split("\n")) if (line.trim()) log(`web: ${line.trimEnd()}`);
+  };
+  child.stdout.on("data", onData);
+  child.stderr.on("data", onData);
+  const exitPromise = new Promise((resolve) =>
+    child.on("exit", (code, signal) => {
+      exited = { code, signal };
+      resolve(exited);
+    })
+  );
+  const killNow = () => {
+    if (!exited) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+    }
+  };
+  process.once("exit", killNow);
+
+  const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const stop = async () => {
+    process.removeListener("exit", killNow);
+    if (exited) return;
+    child.kill("SIGTERM");
+    const timer = setTimeout(killNow, 5_000);
+    await exitPromise;
+    clearTimeout(timer);
+  };
+
+  const deadline = Date.now() + (options.startTimeoutMs ?? 60_000);
+  for (;;) {
+    if (exited) throw new Error(`next start exited (${JSON.stringify(exited)}) before it served:\n${output}`);
+    try {
+      const response = await fetch(`${url}/sign-in`, { redirect: "manual" });
+      await response.arrayBuffer();
+      if (response.status < 500) break;
+    } catch { /* not listening yet */ }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`next start did not answer on ${url} within ${options.startTimeoutMs ?? 60_000} ms:\n${output}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  log(`web: ${url} (development sign-in ${devSignIn ? "on" : "off"})`);
+  return { url, port, devSignIn, stop, output: () => output };
+}
+
+// `node serve.mjs` (or `npm run serve` in this folder): serve against the stack named by the
+// environment (SUPABASE_URL, SUPABASE_ANON_KEY, and for development sign-in SUPABASE_JWT_SECRET +
+// SUPABASE_DB_URL), until Ctrl-C. `node serve.mjs --build` only installs and builds.
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  if (process.argv.includes("--build")) {
+    await ensureWebAppBuilt({ force: process.argv.includes("--force") });
+  } else {
+    const need = (name) => {
+      const value = process.env[name];
+      if (!value) {
+        console.error(`${name} is not set`);
+        process.exit(2);
+      }
+      return value;
+    };
+    const app = await startWebApp({
+      apiUrl: need("SUPABASE_URL"),
+      anonKey: need("SUPABASE_ANON_KEY"),
+      jwtSecret: process.env.SUPABASE_JWT_SECRET,
+      dbUrl: process.env.SUPABASE_DB_URL,
+      port: Number(process.env.PORT ?? 3000),
+      devSignIn: process.env.READSYNC_DEV_SIGNIN !== "0",
+      verbose: true,
+    });
+    console.log(`readsync web app: ${app.url}`);
+    const shutdown = () => void app.stop().then(() => process.exit(0));
+    process.on("SIGINT", shutdown);
+    process.on("SIGTERM", shutdown);
+  }
+}

@@ -1,0 +1,673 @@
+// Browser tests of the web app (examples/web) against a running readsync stack:
+//
+//   node tests/browser/run.mjs [name filter] [--update-docs]
+//
+// Needs the stack in the environment, as `npm test` provides it to every suite: SUPABASE_URL,
+// SUPABASE_ANON_KEY and, for the local stack, SUPABASE_JWT_SECRET + SUPABASE_DB_URL (development
+// sign-in, users created on the fly). Against a real project (no JWT secret) users are created with
+// SUPABASE_SERVICE_ROLE_KEY through the Auth admin API and sign in with a password.
+// `deno run -A tests/browser/standalone.ts` starts a local stack first.
+//
+// It serves the app itself (examples/web/serve.mjs: npm ci + next build when stale, then next start),
+// or uses READSYNC_WEB_URL when set. Chromium is Debian's (/usr/bin/chromium, installed with apt as
+// root when missing; otherwise every test is skipped with the reason printed).
+//
+// Devices: two browser contexts of one user (each its own localStorage, hence its own device id)
+// and a third context for another user. Screenshots go to test-artifacts/browser/; the two-devices
+// picture is also written to docs/two-devices.png when that file is missing or with --update-docs.
+//
+// Last line: `browser: N passed, N failed` (`, N skipped` when Chromium is unavailable). Exit code 0
+// only when nothing failed.
+
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { createServer } from "node:net";
+import path from "node:path";
+import process from "node:process";
+import {
+  ARTIFACTS,
+  assert,
+  assertEqual,
+  CHROMIUM_ARGS,
+  ensureArtifactsDir,
+  eventually,
+  findChromium,
+  REPO_ROOT,
+  requireFromWebApp,
+  runTests,
+  SkipTest,
+  writeArtifact,
+} from "./harness.mjs";
+
+const log = (line) => console.log(`[browser] ${line}`);
+const args = process.argv.slice(2);
+const filter = args.find((a) => !a.startsWith("--"));
+const updateDocs = args.includes("--update-docs");
+const DOCS_PICTURE = path.join(REPO_ROOT, "docs", "two-devices.png");
+
+const TESTS = [
+  "sign-in gives each browser context its own device and the library loads on the server",
+  "a change on one device appears on the other without a reload, never for another user",
+  "an offline device keeps working; its older edit loses on reconnect and says so",
+  "an offline device's newer edit wins on reconnect and reaches the other device live",
+  "development sign-in is clearly labelled and refused without READSYNC_DEV_SIGNIN",
+  "the library shows its error state (error.tsx) when the progress function cannot be reached",
+  "no device had a script error (hydration included)",
+];
+
+function summary(passed, failed, skipped = 0) {
+  console.log(`browser: ${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
+}
+
+function env(name) {
+  const value = process.env[name];
+  return value && value.trim() !== "" ? value.trim() : undefined;
+}
+
+async function main() {
+  const supabaseUrl = env("SUPABASE_URL");
+  const anonKey = env("SUPABASE_ANON_KEY");
+  if (!supabaseUrl || !anonKey) {
+    log(
+      "SUPABASE_URL / SUPABASE_ANON_KEY are not set: run through `npm test` or tests/browser/standalone.ts",
+    );
+    summary(0, 1);
+    return 1;
+  }
+  const jwtSecret = env("SUPABASE_JWT_SECRET");
+  const dbUrl = env("SUPABASE_DB_URL");
+  const serviceRoleKey = env("SUPABASE_SERVICE_ROLE_KEY");
+  const devMode = Boolean(jwtSecret && dbUrl);
+  if (!devMode && !serviceRoleKey) {
+    log(
+      "need SUPABASE_JWT_SECRET + SUPABASE_DB_URL (local stack) or SUPABASE_SERVICE_ROLE_KEY (real project)",
+    );
+    summary(0, 1);
+    return 1;
+  }
+
+  const chromiumPath = findChromium(log);
+  if (chromiumPath.skip) {
+    log(`SKIPPED: ${chromiumPath.skip}`);
+    summary(0, 0, TESTS.length);
+    return 0;
+  }
+
+  const started = Date.now();
+  const cleanups = [];
+  const cleanup = async () => {
+    for (const fn of cleanups.reverse()) await fn().catch((e) => log(`cleanup: ${e}`));
+    cleanups.length = 0;
+  };
+  const onSignal = () => void cleanup().finally(() => process.exit(130));
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+
+  try {
+    // ---------------------------------------------------------------- the app, the browser, the DB
+    let webUrl = env("READSYNC_WEB_URL");
+    let webApp;
+    if (!webUrl) {
+      const { startWebApp } = await import("../../examples/web/serve.mjs");
+      webApp = await startWebApp({ apiUrl: supabaseUrl, anonKey, jwtSecret, dbUrl, devSignIn: devMode, log });
+      cleanups.push(() => webApp.stop());
+      webUrl = webApp.url;
+    }
+    const { chromium } = requireFromWebApp("playwright-core");
+    const browser = await chromium.launch({
+      executablePath: chromiumPath.path,
+      args: CHROMIUM_ARGS,
+      timeout: 30_000,
+    });
+    cleanups.push(() => browser.close());
+    log(
+      `Chromium ${browser.version()}, app ${webUrl}, ${devMode ? "development sign-in" : "password sign-in"}`,
+    );
+    let sql = null;
+    if (dbUrl) {
+      const postgres = requireFromWebApp("postgres");
+      sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+      cleanups.push(() => sql.end({ timeout: 2 }));
+    }
+    ensureArtifactsDir();
+
+    // ---------------------------------------------------------------- users and devices
+    const run = Date.now().toString(36);
+    const emailA = `reader-a-${run}@readsync.test`;
+    const emailB = `reader-b-${run}@readsync.test`;
+    const passwords = new Map();
+    if (!devMode) {
+      for (const email of [emailA, emailB]) {
+        passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
+      }
+    }
+
+    const viewport = { width: 480, height: 820 };
+    const newDevice = async (label) => {
+      const context = await browser.newContext({
+        viewport,
+        baseURL: webUrl,
+        locale: "en-GB",
+        timezoneId: "UTC",
+      });
+      context.setDefaultTimeout(15_000);
+      const page = await context.newPage();
+      const device = { label, context, page, errors: [], deviceId: null, navigations: 0 };
+      page.on("pageerror", (error) => device.errors.push(String(error)));
+      page.on("framenavigated", (frame) => {
+        if (frame === page.mainFrame()) device.navigations++;
+      });
+      return device;
+    };
+    const phone = await newDevice("reader A, device 1");
+    const tablet = await newDevice("reader A, device 2");
+    const other = await newDevice("reader B");
+    const devices = [phone, tablet, other];
+
+    const shot = async (device, name) => {
+      const file = path.join(ARTIFACTS, `${name}.png`);
+      await device.page.screenshot({ path: file, fullPage: true });
+      return file;
+    };
+
+    const signIn = async (device, email) => {
+      const { page } = device;
+      await page.goto("/sign-in");
+      if (devMode) {
+        const form = page.getByTestId("dev-sign-in");
+        await form.locator('input[name="email"]').fill(email);
+        await form.getByRole("button", { name: /sign in/i }).click();
+      } else {
+        const form = page.getByTestId("password-sign-in");
+        await form.locator('input[name="email"]').fill(email);
+        await form.locator('input[name="password"]').fill(passwords.get(email));
+        await form.getByRole("button", { name: /sign in/i }).click();
+      }
+      await page.waitForURL((url) => url.pathname === "/", { timeout: 20_000 });
+      await page.getByTestId("connection-status").waitFor();
+      device.deviceId = await eventually(async () => {
+        const id = (await page.getByTestId("device-id").textContent())?.trim();
+        assert(id, "device id shown");
+        return id;
+      }, { what: `${device.label}'s device id` });
+    };
+
+    const status = (device) => device.page.getByTestId("connection-status").getAttribute("data-status");
+    const waitForStatus = (device, want, timeoutMs = 20_000) =>
+      eventually(async () => assertEqual(await status(device), want, `${device.label} status`), {
+        timeoutMs,
+        what: `${device.label} to be ${want}`,
+      });
+
+    const openSeries = async (device, seriesId) => {
+      await device.page.goto(`/series/${seriesId}`);
+      // Scoped to <main>: while the streamed page replaces loading.tsx, React briefly holds a hidden
+      // second copy of the content outside it.
+      await device.page.locator("main").getByTestId("position-form").waitFor();
+    };
+
+    const positionOf = async (device) => {
+      const el = device.page.getByTestId("current-position");
+      return {
+        chapter: Number(await el.getAttribute("data-chapter")),
+        page: Number(await el.getAttribute("data-page")),
+        percentage: Number(await el.getAttribute("data-percentage")),
+      };
+    };
+    const waitForPosition = (device, want, timeoutMs = 15_000) =>
+      eventually(async () => assertEqual(await positionOf(device), want, `${device.label} position`), {
+        timeoutMs,
+        what: `${device.label} to show ${JSON.stringify(want)}`,
+      });
+
+    const setPosition = async (device, { chapter, page, percent }) => {
+      const form = device.page.getByTestId("position-form");
+      await form.locator('input[name="chapter"]').fill(String(chapter));
+      await form.locator('input[name="page"]').fill(String(page));
+      await form.locator('input[name="percentage"]').fill(String(percent));
+      await form.getByTestId("save-position").click();
+    };
+
+    const waitForOutboxEmpty = (device) =>
+      eventually(async () => assertEqual(await device.page.getByTestId("pending-count").count(), 0, "outbox empty"), {
+        what: `${device.label}'s outbox to be sent`,
+      });
+
+    const mark = async (device) => {
+      const marker = `m-${Math.random()}`;
+      await device.page.evaluate((m) => {
+        globalThis.__readsyncMarker = m;
+      }, marker);
+      return { marker, navigations: device.navigations };
+    };
+    const assertNoReload = async (device, before) => {
+      const marker = await device.page.evaluate(() => globalThis.__readsyncMarker);
+      assertEqual(marker, before.marker, `${device.label} kept its page (no reload)`);
+      assertEqual(device.navigations, before.navigations, `${device.label} navigations`);
+    };
+
+    const storedRow = async (seriesId, email) => {
+      if (!sql) return null;
+      const rows = await sql`
+        select p.chapter, p.page, p.percentage, p.device_id from public.reading_progress p
+        join auth.users u on u.id = p.user_id where u.email = ${email} and p.series_id = ${seriesId}`;
+      return rows[0] ? { ...rows[0], percentage: Number(rows[0].percentage) } : null;
+    };
+
+    /** A write through the progress function with the device's own session (its /auth/token). */
+    const writeThroughApi = async (device, write) => {
+      const tokenResponse = await device.context.request.get("/auth/token");
+      assertEqual(tokenResponse.status(), 200, `${device.label} /auth/token`);
+      const { accessToken } = await tokenResponse.json();
+      const response = await fetch(`${supabaseUrl}/functions/v1/progress`, {
+        method: "POST",
+        headers: { apikey: anonKey, Authorization: `Bearer ${accessToken}`, "Content-Type": "application/json" },
+        body: JSON.stringify(write),
+      });
+      const body = await response.json();
+      assertEqual(response.status, 200, `POST /progress: ${JSON.stringify(body)}`);
+      return body;
+    };
+
+    const seriesLive = `saga-${run}`;
+    const seriesOffline = `atlas-${run}`;
+
+    // ---------------------------------------------------------------- the tests
+    const tests = [
+      {
+        name: TESTS[0],
+        fn: async () => {
+          await signIn(phone, emailA);
+          await signIn(tablet, emailA);
+          await signIn(other, emailB);
+          assert(phone.deviceId !== tablet.deviceId, `two contexts have two device ids (${phone.deviceId})`);
+          // Server-rendered: the library (empty for new readers) is in the HTML, before any script,
+          // streamed after the loading.tsx fallback.
+          const html = await (await tablet.context.request.get("/")).text();
+          assert(html.includes('data-testid="library-empty"'), "library rendered on the server");
+          assert(
+            html.indexOf('data-testid="loading"') >= 0 &&
+              html.indexOf('data-testid="loading"') < html.indexOf('data-testid="library-empty"'),
+            "the loading state is sent first",
+          );
+          for (const d of devices) await waitForStatus(d, "live");
+          await shot(phone, "01-signed-in-library");
+        },
+      },
+      {
+        name: TESTS[1],
+        fn: async () => {
+          await openSeries(phone, seriesLive);
+          assertEqual(
+            await positionOf(phone),
+            { chapter: 0, page: 0, percentage: 0 },
+            "a new series starts at 0",
+          );
+          await tablet.page.goto("/");
+          await other.page.goto("/");
+          for (const d of devices) await waitForStatus(d, "live");
+          const tabletBefore = await mark(tablet);
+          const otherBefore = await mark(other);
+
+          await setPosition(phone, { chapter: 3, page: 14, percent: 25 });
+          // Optimistic: the writing device shows it at once.
+          await waitForPosition(phone, { chapter: 3, page: 14, percentage: 0.25 });
+          // Live on the other device of the same reader, without a reload.
+          const item = tablet.page.getByTestId(`library-item-${seriesLive}`);
+          await eventually(async () => {
+            assertEqual(
+              (await item.getByTestId("library-position").textContent())?.trim(),
+              "Chapter 3 · Page 14 · 25%",
+              "library row",
+            );
+          }, { what: "the tablet's library to show the phone's change" });
+          await assertNoReload(tablet, tabletBefore);
+
+          // Both on the series page: the next step arrives live too.
+          await openSeries(tablet, seriesLive);
+          await waitForPosition(tablet, { chapter: 3, page: 14, percentage: 0.25 });
+          await waitForStatus(tablet, "live");
+          const tabletOnSeries = await mark(tablet);
+          await phone.page.getByTestId("next-page").click();
+          await waitForPosition(tablet, { chapter: 3, page: 15, percentage: 0.25 });
+          await assertNoReload(tablet, tabletOnSeries);
+          const source = await tablet.page.getByTestId("current-source").getAttribute("data-device");
+          assertEqual(source, phone.deviceId, "the tablet shows which device wrote it");
+          if (sql) {
+            assertEqual(
+              await storedRow(seriesLive, emailA),
+              { chapter: 3, page: 15, percentage: 0.25, device_id: phone.deviceId },
+              "stored row",
+            );
+          }
+
+          // The other reader never sees it. Proof without waiting a fixed time: reader B's own
+          // later change (written through the progress function, as from a third device of B's)
+          // reaches B's page live, so B's channel delivers, and reader A's earlier change is
+          // still not there.
+          const seriesOfB = `b-only-${run}`;
+          await writeThroughApi(other, {
+            series_id: seriesOfB,
+            chapter: 2,
+            page: 9,
+            percentage: 0.1,
+            device_id: "reader-b-e-reader",
+            updated_at: new Date().toISOString(),
+          });
+          await eventually(async () => {
+            assertEqual(
+              (await other.page.getByTestId(`library-item-${seriesOfB}`).getByTestId("library-position")
+                .textContent())?.trim(),
+              "Chapter 2 · Page 9 · 10%",
+              "reader B's own change",
+            );
+          }, { what: "reader B's own change to arrive live" });
+          assertEqual(await other.page.getByTestId(`library-item-${seriesLive}`).count(), 0, "A's series on B's page");
+          await assertNoReload(other, otherBefore);
+          await other.page.reload();
+          await other.page.locator("main").getByTestId(`library-item-${seriesOfB}`).waitFor();
+          assertEqual(await other.page.getByTestId(`library-item-${seriesLive}`).count(), 0, "after a reload");
+          await openSeries(other, seriesLive);
+          assertEqual(
+            await positionOf(other),
+            { chapter: 0, page: 0, percentage: 0 },
+            "reader B's view of the series",
+          );
+
+          await shot(phone, "02-phone-after-write");
+          await shot(tablet, "02-tablet-live-update");
+          await shot(other, "02-other-reader-sees-nothing");
+          await saveTwoDevicesPicture(browser, phone, tablet, updateDocs);
+        },
+      },
+      {
+        name: TESTS[2],
+        fn: async () => {
+          await openSeries(phone, seriesOffline);
+          await openSeries(tablet, seriesOffline);
+          await waitForStatus(phone, "live");
+          await waitForStatus(tablet, "live");
+          await setPosition(phone, { chapter: 1, page: 1, percent: 1 });
+          await waitForPosition(tablet, { chapter: 1, page: 1, percentage: 0.01 });
+
+          await tablet.context.setOffline(true);
+          await waitForStatus(tablet, "offline");
+          // Offline, the tablet keeps working: the edit shows at once and waits in the outbox.
+          await setPosition(tablet, { chapter: 5, page: 1, percent: 40 });
+          await waitForPosition(tablet, { chapter: 5, page: 1, percentage: 0.4 });
+          await tablet.page.getByTestId("pending-count").waitFor();
+          await shot(tablet, "03-tablet-offline-edit");
+          // Last-write-wins orders by the devices' clocks (ms): keep the two writes apart.
+          await new Promise((r) => setTimeout(r, 50));
+          // Meanwhile the phone, online, reads further: a newer write.
+          await setPosition(phone, { chapter: 6, page: 2, percent: 45 });
+          await waitForPosition(phone, { chapter: 6, page: 2, percentage: 0.45 });
+          // The phone's write is acknowledged (stored) before the tablet comes back.
+          await waitForOutboxEmpty(phone);
+
+          await tablet.context.setOffline(false);
+          // The tablet's older edit is flushed, loses, and the tablet says so and shows the winner.
+          const notice = tablet.page.getByTestId("conflict-notice");
+          await notice.waitFor({ timeout: 20_000 });
+          assertEqual(
+            await notice.getAttribute("data-winner-device"),
+            phone.deviceId,
+            "winner named in the notice",
+          );
+          await waitForPosition(tablet, { chapter: 6, page: 2, percentage: 0.45 });
+          await waitForOutboxEmpty(tablet);
+          await waitForStatus(tablet, "live", 30_000);
+          assertEqual(
+            await positionOf(phone),
+            { chapter: 6, page: 2, percentage: 0.45 },
+            "phone keeps the winner",
+          );
+          if (sql) {
+            assertEqual(
+              await storedRow(seriesOffline, emailA),
+              { chapter: 6, page: 2, percentage: 0.45, device_id: phone.deviceId },
+              "stored row",
+            );
+          }
+          await shot(tablet, "03-tablet-reconnected-lost");
+          await shot(phone, "03-phone-kept-newer");
+        },
+      },
+      {
+        name: TESTS[3],
+        fn: async () => {
+          await openSeries(phone, seriesOffline);
+          await openSeries(tablet, seriesOffline);
+          await waitForStatus(phone, "live");
+          await waitForStatus(tablet, "live");
+          await tablet.context.setOffline(true);
+          await waitForStatus(tablet, "offline");
+          await setPosition(phone, { chapter: 7, page: 1, percent: 50 });
+          await waitForPosition(phone, { chapter: 7, page: 1, percentage: 0.5 });
+          // Last-write-wins orders by the devices' clocks (ms): keep the two writes apart.
+          await new Promise((r) => setTimeout(r, 50));
+          // Later, the offline tablet reads on: its edit is the newest one.
+          await setPosition(tablet, { chapter: 8, page: 3, percent: 55 });
+          await waitForPosition(tablet, { chapter: 8, page: 3, percentage: 0.55 });
+          const phoneBefore = await mark(phone);
+          await waitForOutboxEmpty(phone);
+          await tablet.context.setOffline(false);
+          await waitForPosition(phone, { chapter: 8, page: 3, percentage: 0.55 }, 20_000);
+          await assertNoReload(phone, phoneBefore);
+          await waitForOutboxEmpty(tablet);
+          assertEqual(
+            await tablet.page.getByTestId("conflict-notice").count(),
+            0,
+            "no conflict notice for the winner",
+          );
+          assertEqual(
+            await positionOf(tablet),
+            { chapter: 8, page: 3, percentage: 0.55 },
+            "tablet keeps its write",
+          );
+          if (sql) {
+            assertEqual(
+              await storedRow(seriesOffline, emailA),
+              { chapter: 8, page: 3, percentage: 0.55, device_id: tablet.deviceId },
+              "stored row",
+            );
+          }
+          await shot(phone, "04-phone-received-offline-edit");
+        },
+      },
+      {
+        name: TESTS[4],
+        fn: async () => {
+          const page = await (await browser.newContext({ baseURL: webUrl })).newPage();
+          try {
+            await page.goto("/sign-in");
+            if (devMode) {
+              const text = await page.getByTestId("dev-sign-in").textContent();
+              assert(/DEVELOPMENT ONLY/.test(text ?? ""), "development sign-in is labelled");
+            } else {
+              assertEqual(
+                await page.getByTestId("dev-sign-in").count(),
+                0,
+                "no development sign-in against a real project",
+              );
+            }
+            // A second server without READSYNC_DEV_SIGNIN must not offer or honour it.
+            if (devMode && !env("READSYNC_WEB_URL")) {
+              const { startWebApp } = await import("../../examples/web/serve.mjs");
+              const plain = await startWebApp({
+                apiUrl: supabaseUrl,
+                anonKey,
+                jwtSecret,
+                dbUrl,
+                devSignIn: false,
+                build: "never",
+                log,
+              });
+              try {
+                await page.goto(`${plain.url}/sign-in`);
+                assertEqual(
+                  await page.getByTestId("dev-sign-in").count(),
+                  0,
+                  "dev sign-in hidden when disabled",
+                );
+                await page.getByTestId("password-sign-in").waitFor();
+                // The dev session cookie of the first server is not accepted by this one.
+                const token = (await phone.context.cookies()).find((c) => c.name === "readsync-dev-session");
+                assert(token, "phone has a development session cookie");
+                const response = await page.request.get(`${plain.url}/auth/token`, {
+                  headers: { cookie: `readsync-dev-session=${token.value}` },
+                });
+                assertEqual(response.status(), 401, "a development token is refused when dev sign-in is off");
+              } finally {
+                await plain.stop();
+              }
+            }
+          } finally {
+            await page.context().close();
+          }
+        },
+      },
+      {
+        name: TESTS[5],
+        fn: async () => {
+          if (!devMode || env("READSYNC_WEB_URL")) {
+            throw new SkipTest(`needs the local stack and a server of its own (app at ${webUrl})`);
+          }
+          // A server whose progress function is a port nobody listens on: sign-in still works (it
+          // only needs the local database), the library page must fail into error.tsx.
+          const { startWebApp } = await import("../../examples/web/serve.mjs");
+          const broken = await startWebApp({
+            apiUrl: `http://127.0.0.1:${await closedPort()}`,
+            anonKey,
+            jwtSecret,
+            dbUrl,
+            build: "never",
+            log,
+          });
+          const context = await browser.newContext({ baseURL: broken.url, viewport });
+          try {
+            const page = await context.newPage();
+            await page.goto("/sign-in");
+            const form = page.getByTestId("dev-sign-in");
+            await form.locator('input[name="email"]').fill(emailA);
+            await form.getByRole("button", { name: /sign in/i }).click();
+            const error = page.getByTestId("load-error");
+            await error.waitFor();
+            assert(/Could not load your reading progress/.test(await error.textContent() ?? ""), "error text");
+            assertEqual(await page.getByTestId("library").count(), 0, "no library without the function");
+            assert(
+              (await page.getByTestId("connection-status").getAttribute("data-status")) !== "live",
+              "not live without the API",
+            );
+            await page.screenshot({ path: path.join(ARTIFACTS, "05-error-state.png"), fullPage: true });
+          } finally {
+            await context.close();
+            await broken.stop();
+          }
+        },
+      },
+      {
+        name: TESTS[6],
+        fn: async () => {
+          for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
+        },
+      },
+    ];
+
+    const result = await runTests(tests, {
+      log,
+      filter,
+      onFailure: async (test) => {
+        const slug = test.name.replace(/[^a-z0-9]+/gi, "-").slice(0, 40);
+        for (const d of devices) {
+          await shot(d, `FAILED-${slug}-${d.label.replace(/[^a-z0-9]+/gi, "-")}`).catch(() => {});
+          if (d.errors.length) log(`${d.label} page errors:\n  ${d.errors.join("\n  ")}`);
+        }
+        if (webApp) writeArtifact("web-server-output.txt", webApp.output());
+      },
+    });
+    for (const d of devices) if (d.errors.length) log(`${d.label} page errors: ${d.errors.join(" | ")}`);
+    log(
+      `screenshots in ${path.relative(REPO_ROOT, ARTIFACTS)}/, ${
+        Math.round((Date.now() - started) / 1000)
+      } s`,
+    );
+    summary(result.passed, result.failed, result.skipped);
+    return result.failed === 0 && result.passed > 0 ? 0 : 1;
+  } finally {
+    await cleanup();
+    process.removeListener("SIGINT", onSignal);
+    process.removeListener("SIGTERM", onSignal);
+  }
+}
+
+/** A local port with nothing listening on it. */
+function closedPort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Real project: a confirmed user with a password, through the Auth admin API. */
+async function createAuthUser(supabaseUrl, serviceRoleKey, email) {
+  const password = `pw-${crypto.randomUUID()}`;
+  const response = await fetch(`${supabaseUrl}/auth/v1/admin/users`, {
+    method: "POST",
+    headers: {
+      apikey: serviceRoleKey,
+      Authorization: `Bearer ${serviceRoleKey}`,
+      "Content-Type": "application/json",
+    },
+    body: JSON.stringify({ email, password, email_confirm: true }),
+  });
+  if (!response.ok) throw new Error(`creating ${email}: HTTP ${response.status} ${await response.text()}`);
+  return password;
+}
+
+/** Two device screenshots side by side, captioned, as one picture (rendered by Chromium itself). */
+async function saveTwoDevicesPicture(browser, left, right, force) {
+  const [a, b] = await Promise.all([left.page.screenshot(), right.page.screenshot()]);
+  const context = await browser.newContext({ viewport: { width: 1000, height: 900 }, deviceScaleFactor: 1 });
+  try {
+    const page = await context.newPage();
+    const figure = (png, title, device) => `
+      <figure><figcaption><b>${title}</b> <code>${device}</code></figcaption>
+      <img src="data:image/png;base64,${png.toString("base64")}"></figure>`;
+    await page.setContent(`<!doctype html><html><head><style>
+        body { margin: 0; padding: 16px; background: #e9e6df; font: 15px system-ui, sans-serif; }
+        h1 { font-size: 17px; margin: 0 0 12px; }
+        .row { display: flex; gap: 16px; }
+        figure { margin: 0; background: #fff; border-radius: 12px; padding: 8px; box-shadow: 0 2px 8px #0002; }
+        figcaption { padding: 4px 4px 8px; } img { display: block; width: 460px; border: 1px solid #ddd; }
+      </style></head><body>
+      <h1>readsync: one reader, two devices, in sync over Supabase Realtime</h1>
+      <div class="row">${figure(a, "Device 1", left.deviceId)}${figure(b, "Device 2", right.deviceId)}</div>
+      </body></html>`);
+    const box = await page.locator("body").boundingBox();
+    const file = path.join(ARTIFACTS, "two-devices.png");
+    await page.screenshot({
+      path: file,
+      clip: { x: 0, y: 0, width: 1000, height: Math.ceil(box?.height ?? 900) },
+    });
+    if (force || !existsSync(DOCS_PICTURE)) {
+      mkdirSync(path.dirname(DOCS_PICTURE), { recursive: true });
+      copyFileSync(file, DOCS_PICTURE);
+      log(`wrote ${path.relative(REPO_ROOT, DOCS_PICTURE)}`);
+    }
+  } finally {
+    await context.close();
+  }
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (error) {
+  console.error(error instanceof Error ? error.stack : error);
+  summary(0, 1);
+}
+process.exit(code);
