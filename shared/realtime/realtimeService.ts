@@ -42,7 +42,9 @@ export type ProgressHandler<Row extends LwwRow = ProgressRow> = (change: Progres
 /** What one "changes since" call returns: rows changed after `cursor`, and the cursor to continue from. */
 export interface ChangesPage {
   changes: unknown[];
-  cursor: unknown;
+  /** Cursor to continue from (`next_cursor` in the progress API's spelling is read too). */
+  cursor?: unknown;
+  next_cursor?: unknown;
   /** When the API pages, true while more changes follow (catch-up keeps reading). */
   hasMore?: boolean;
   /** Same, in the SQL function's spelling. */
@@ -602,7 +604,13 @@ class UserLink<Row extends LwwRow> {
     this.#joined = false;
     this.#caughtUp = false;
     this.#releaseChannel();
-    const delay = fullJitterDelay(this.#attempt, this.service.backoffOptions, this.service.random);
+    // A link that was live has attempt 0: its first retry is still jittered (never 0 for everyone
+    // at once, which is what a Realtime restart would otherwise cause across all devices).
+    const delay = fullJitterDelay(
+      Math.max(1, this.#attempt),
+      this.service.backoffOptions,
+      this.service.random,
+    );
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = this.service.timers.set(() => {
@@ -697,7 +705,8 @@ class UserLink<Row extends LwwRow> {
             this.apply(isDeleted(raw) ? "delete" : "upsert", row, source);
           }
           const previous = this.#cursor;
-          if (result.cursor !== undefined && result.cursor !== null) this.#cursor = result.cursor;
+          const next = result.cursor ?? result.next_cursor;
+          if (next !== undefined && next !== null) this.#cursor = next;
           const hasMore = result.hasMore ?? result.has_more ?? false;
           // A cursor that cannot move (a long transaction holds the horizon): try again next round.
           if (!hasMore || this.#cursor === previous) break;

@@ -59,8 +59,70 @@ Deno.test(
   },
 );
 
+/**
+ * Counts every timer the client side (RealtimeService, realtime-js, the test) starts while
+ * installed and that has neither fired (setTimeout) nor been cleared. The endpoint runs in this
+ * process too: its timers (a channel's token re-check, its database pool's connection lifetime) are
+ * the server's, counted apart. Where a timer was created is kept for the failure message.
+ */
+function trackTimers() {
+  const live = new Map<unknown, Error>();
+  const real = {
+    setTimeout: globalThis.setTimeout,
+    clearTimeout: globalThis.clearTimeout,
+    setInterval: globalThis.setInterval,
+    clearInterval: globalThis.clearInterval,
+  };
+  let created = 0;
+  // deno-lint-ignore no-explicit-any
+  const g = globalThis as any;
+  g.setTimeout = (fn: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    created++;
+    const id: unknown = real.setTimeout(() => {
+      live.delete(id);
+      fn(...args);
+    }, ms);
+    live.set(id, new Error("timer created here"));
+    return id;
+  };
+  g.setInterval = (fn: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    created++;
+    const id: unknown = real.setInterval(fn, ms, ...args);
+    live.set(id, new Error("interval created here"));
+    return id;
+  };
+  g.clearTimeout = (id?: number) => {
+    live.delete(id);
+    real.clearTimeout(id);
+  };
+  g.clearInterval = (id?: number) => {
+    live.delete(id);
+    real.clearInterval(id);
+  };
+  return {
+    get created() {
+      return created;
+    },
+    /** Pending timers as "where created"; `server` = started by the endpoint or its postgres.js pool. */
+    pending(): { client: string[]; server: string[] } {
+      const client: string[] = [];
+      const server: string[] = [];
+      for (const error of live.values()) {
+        const stack = error.stack ?? "";
+        const where = stack.split("\n").slice(2, 5).map((l) => l.trim()).join(" | ");
+        (/\/local\/realtime\/|\/postgres\/\d/.test(stack) ? server : client).push(where);
+      }
+      return { client, server };
+    },
+    restore() {
+      Object.assign(globalThis, real);
+    },
+  };
+}
+
 Deno.test(`realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing behind`, async () => {
   const { client, sql, user, server } = fixture;
+  let timers: ReturnType<typeof trackTimers> | null = null;
   const channelsBefore = client.getChannels().map((c) => c.topic);
   const callbacksBefore = socketCallbackCounts(client);
   const emitters = () =>
@@ -86,6 +148,10 @@ Deno.test(`realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing 
       offStatus(); // and sometimes the UI removed its listener first
     }
     await subscription.unsubscribe();
+    // Timers are tracked from the end of the first cycle on: that cycle gave the client the user's
+    // token, and realtime-js pushed it to the anchor channel (a push Supabase never answers, whose
+    // 10 s timeout is the anchor's, not a cycle's).
+    if (i === 0) timers = trackTimers();
     if (i % 1000 === 0) {
       const s = service.stats();
       assert.equal(
@@ -96,8 +162,18 @@ Deno.test(`realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing 
     }
   }
   const stats = service.stats();
-  console.log(`cycles ${CYCLES}: ${stats.joinAttempts} joins pushed, ${liveCycles} waited for live`);
   await service.close();
+  timers!.restore();
+  const pendingTimers = timers!.pending();
+  console.log(
+    `cycles ${CYCLES}: ${stats.joinAttempts} joins pushed, ${liveCycles} waited for live; ` +
+      `${timers!.created} timers started, pending: client ${pendingTimers.client.length}, ` +
+      `endpoint ${pendingTimers.server.length}`,
+  );
+  // Measured outside the service: every timer started by the service and realtime-js (push
+  // timeouts, rejoin timers, join retries) during the cycles has fired or been cleared.
+  assert.deepEqual(pendingTimers.client, [], "client timers left pending");
+  assert.ok(timers!.created >= CYCLES, `only ${timers!.created} timers were started: tracking is not live`);
   assert.deepEqual(
     {
       links: stats.links,

@@ -9,7 +9,6 @@ import {
   deleteProgress,
   newClient,
   noSanitize,
-  sleep,
   sqlChangesSince,
   waitFor,
   writeProgress,
@@ -140,8 +139,9 @@ Deno.test({
   const logs: Record<string, unknown>[] = [];
   // C's device, C's token, A's id (a bug or an attack): RLS refuses the join, and C's own
   // "changes since" (the API answers for the token's user) never yields A's rows.
+  const polls = { calls: 0 };
   const service = new RealtimeService(client, {
-    changesSince: sqlChangesSince(sql, c.id),
+    changesSince: sqlChangesSince(sql, c.id, polls),
     accessToken: c.accessToken,
     pollIntervalMs: 100,
     backoff: { initialMs: 100, maxMs: 300 },
@@ -153,7 +153,15 @@ Deno.test({
     await writeProgress(sql, c.id, { series_id: "c-own", device_id: "c" }); // C's rows are not A's
     await waitFor("polling", () => sub.status === "polling");
     await writeProgress(sql, a.id, { series_id: "secret", device_id: "a" });
-    await sleep(600);
+    // Two complete polls that started after A's write, and a refused rejoin after it.
+    const callsAfterWrite = polls.calls;
+    const refusalsAfterWrite = logs.filter((l) => l.event === "realtime_unavailable").length;
+    await waitFor(
+      "two polls and a refused rejoin after A's write",
+      () =>
+        polls.calls >= callsAfterWrite + 3 &&
+        logs.filter((l) => l.event === "realtime_unavailable").length > refusalsAfterWrite,
+    );
     assert.deepEqual(heard, []);
     assert.ok(logs.some((l) => l.event === "foreign_row"));
     assert.ok(
