@@ -2,6 +2,7 @@
 
 import postgres from "postgres";
 import { findPostgresBinaries } from "../../local/stack/system.ts";
+import { mintUserAccessToken } from "../../local/stack/keys.ts";
 
 /** Bench users have ids b0000000-0000-4000-8000-<12 hex digits of n>: easy to find and remove. */
 export const BENCH_UID_PREFIX = "b0000000-0000-4000-8000-";
@@ -70,4 +71,20 @@ export async function machineFacts(sql: postgres.Sql): Promise<Machine> {
     deno: Deno.version.deno,
     loadAverage: Deno.loadavg(),
   };
+}
+
+/** Access tokens for bench users lo..hi (created if missing), signed with the stack's JWT secret. */
+export async function benchUserTokens(
+  sql: postgres.Sql,
+  jwtSecret: string,
+  lo: number,
+  hi: number,
+): Promise<{ id: string; token: string }[]> {
+  await ensureBenchUsers(sql, lo, hi);
+  const out: { id: string; token: string }[] = [];
+  for (let n = lo; n <= hi; n++) {
+    const id = benchUserId(n);
+    out.push({ id, token: await mintUserAccessToken(id, { secret: jwtSecret, expiresInSeconds: 4 * 3600 }) });
+  }
+  return out;
 }
