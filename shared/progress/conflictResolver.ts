@@ -5,11 +5,12 @@
 // pattern), where code-unit order equals byte order, i.e. PostgreSQL's collate "C".
 //
 // Outcome of applying `incoming` to the stored row `current` (the SQL's rules):
-//   no current            -> won, no conflict
-//   incoming > current    -> won, no conflict (it replaces current)
-//   incoming = current    -> replay of the same write: a no-op that reports won, no conflict
-//   same updated_at, smaller device_id -> lost, 'tie'
-//   older updated_at      -> lost, 'stale'
+//   no current                                  -> won, no conflict
+//   older current updated_at                    -> won, no conflict (it replaces current)
+//   same updated_at, greater device_id          -> won, 'tie' (it replaces current, which lost the tie)
+//   incoming = current                          -> replay of the same write: a no-op that reports won
+//   same updated_at, smaller device_id          -> lost, 'tie'
+//   older updated_at                            -> lost, 'stale'
 // The server normalises updated_at before comparing (truncate to ms, clamp more than 5 s in the
 // future to its now()); `normalize` does the same with a given clock.
 
@@ -29,13 +30,18 @@ export interface WriteOutcome<T> {
   current: T;
 }
 
-/** A write that lost when applied in sequence: what it lost against, and why. */
+/**
+ * A conflict met when applying updates in sequence: one row of the server's conflict log.
+ * `rejected`: the losing write arrived last and was refused (stale, or a tie against the stored
+ * version); false: the losing write was the stored version, replaced by an arriving tie winner.
+ */
 export interface ConflictFinding<T> {
-  /** Position of the losing update in the input. */
+  /** Position in the input of the update whose arrival caused the conflict. */
   index: number;
   kind: ConflictKind;
-  incoming: T;
-  current: T;
+  rejected: boolean;
+  losing: T;
+  winning: T;
 }
 
 export class ConflictResolver {
@@ -65,8 +71,9 @@ export class ConflictResolver {
   classify(incoming: Versioned, current: Versioned | null): { won: boolean; conflict: ConflictKind | null } {
     if (current === null) return { won: true, conflict: null };
     const order = this.compare(incoming, current);
-    if (order >= 0) return { won: true, conflict: null }; // newer, or the same write replayed
+    if (order === 0) return { won: true, conflict: null }; // the same write replayed
     const tie = ConflictResolver.timeOf(incoming) === ConflictResolver.timeOf(current);
+    if (order > 0) return { won: true, conflict: tie ? "tie" : null };
     return { won: false, conflict: tie ? "tie" : "stale" };
   }
 
@@ -79,15 +86,23 @@ export class ConflictResolver {
 
   /**
    * Applies `updates` in the given order to `initial`, as the server would if they arrived in that
-   * order, and returns one finding per losing update (these are the rows the conflict log gets).
+   * order, and returns the conflicts met: exactly the rows the server's conflict log gets, one per
+   * distinct (losing key, winning key) pair, as the log keeps a retried conflict once.
    */
   detectConflict<T extends Versioned>(updates: readonly T[], initial: T | null = null): ConflictFinding<T>[] {
     const findings: ConflictFinding<T>[] = [];
+    const seen = new Set<string>();
+    const keyOf = (v: Versioned) => `${ConflictResolver.timeOf(v)}\u0000${v.device_id}`;
     let current = initial;
     updates.forEach((incoming, index) => {
       const outcome = this.apply(current, incoming);
-      if (!outcome.won && current !== null) {
-        findings.push({ index, kind: outcome.conflict!, incoming, current });
+      if (outcome.conflict && current !== null) {
+        const [losing, winning] = outcome.won ? [current, incoming] : [incoming, current];
+        const pair = `${keyOf(losing)}\u0000${keyOf(winning)}`;
+        if (!seen.has(pair)) {
+          seen.add(pair);
+          findings.push({ index, kind: outcome.conflict, rejected: !outcome.won, losing, winning });
+        }
       }
       current = outcome.current;
     });

@@ -11,6 +11,11 @@
 //   OPTIONS (any path)                     CORS preflight              -> 204
 // Check order: route (404/405), token (401/403), media type (415), size (413), JSON (400), schema
 // (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+//
+// Callers: a signed-in user's access token (role authenticated) acts as that user. The anon key
+// (no user) is refused with 403. A service_role token (server-side jobs) must name the user in the
+// X-Act-As-User header and then acts exactly as that user (role authenticated, RLS in force); it is
+// never a way around RLS, and without the header it gets 403.
 
 import { bearerToken, JwtError, type JwtClaims, type JwtVerifier } from "../auth/jwt.ts";
 import { readJsonBody } from "../http/body.ts";
@@ -47,6 +52,12 @@ export interface ProgressHandlerOptions {
 export const defaultLog: LogSink = (entry) => console.log(JSON.stringify(entry));
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * The header in which a service_role caller names the user it acts for. A user's own token may send
+ * it only with its own id; the body never names a user (a `user_id` field is rejected with 400).
+ */
+export const ACT_AS_USER_HEADER = "x-act-as-user";
 
 type Route =
   | { name: "root" }
@@ -127,15 +138,32 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         headers: { "www-authenticate": `Bearer realm="progress", error="invalid_token"` },
       });
     }
+    const actAs = req.headers.get(ACT_AS_USER_HEADER);
+    if (claims.role === "service_role") {
+      // Server-side use: the service key acts for ONE user, named in a header (never in the body),
+      // and from then on exactly as that user would: role authenticated, RLS in force.
+      if (!actAs || !UUID.test(actAs)) {
+        throw new HttpError(
+          403,
+          "forbidden",
+          `A service_role token must name the user it acts for in the ${ACT_AS_USER_HEADER} header (a user id)`,
+        );
+      }
+      return { sub: actAs.toLowerCase(), role: "authenticated", aud: "authenticated", acting_role: "service_role" };
+    }
     if (claims.role !== "authenticated") {
       throw new HttpError(403, "forbidden", `This API needs a signed-in user's access token, not role "${claims.role ?? "none"}"`);
     }
     if (typeof claims.sub !== "string" || !UUID.test(claims.sub)) {
       throw new HttpError(403, "forbidden", "The access token has no user (sub)");
     }
+    if (actAs !== null && actAs.toLowerCase() !== claims.sub.toLowerCase()) {
+      throw new HttpError(403, "forbidden", `Only a service_role token may act for another user (${ACT_AS_USER_HEADER})`);
+    }
     return claims as JwtClaims & { sub: string };
   }
 
+  /** One JSON line per conflict (stale or tie) a write met; rows of the same story are in the DB log. */
   function logConflicts(ctx: { requestId: string; userId: string }, writes: ValidProgressWrite[], results: WriteResult[]) {
     results.forEach((r, i) => {
       if (!r.conflict) return;
@@ -146,6 +174,8 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         component: "progress",
         event: "progress_conflict",
         kind: r.conflict,
+        // won: this request's write won (a tie it won by device id); otherwise it was rejected.
+        won: r.won,
         request_id: ctx.requestId,
         user_id: ctx.userId,
         series_id: w.series_id,
@@ -157,7 +187,9 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           percentage: w.percentage,
           cleared: w.cleared,
         },
-        current: { updated_at: r.progress.updated_at, device_id: r.progress.device_id },
+        // The other write of the conflict: the stored row it lost to, or the write it replaced.
+        other: r.conflict_with,
+        stored: { updated_at: r.progress.updated_at, device_id: r.progress.device_id },
       });
     });
   }

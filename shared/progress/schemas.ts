@@ -147,9 +147,12 @@ export const progressRowSchema = z.object({
 
 export const conflictKindSchema = z.enum(["stale", "tie"]);
 
+export const progressKeySchema = z.object({ updated_at: instantSchema, device_id: idSchema });
+
 export const writeResultSchema = z.object({
   won: z.boolean(),
   conflict: conflictKindSchema.nullable(),
+  conflict_with: progressKeySchema.nullable(),
   progress: progressRowSchema,
 });
 

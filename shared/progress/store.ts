@@ -65,9 +65,11 @@ export function toProgress(r: Row): Progress {
 }
 
 function toWriteResult(r: Row): WriteResult {
+  const other = r.conflict_with as Row | null | undefined;
   return {
     won: r.won === true,
     conflict: (r.conflict ?? null) as ConflictKind | null,
+    conflict_with: other ? { updated_at: iso(other.updated_at), device_id: String(other.device_id) } : null,
     progress: toProgress(r.progress as Row),
   };
 }

@@ -2,7 +2,11 @@
 // typed client (api.ts) and the Realtime service. Field names are the database column names.
 // Runtime validation lives in schemas.ts; these are the plain TypeScript shapes.
 
-/** Why a write lost: an older updated_at ('stale'), or the same updated_at and a smaller device_id ('tie'). */
+/**
+ * A last-write-wins conflict: 'stale' (an older updated_at than the stored row: the write lost) or
+ * 'tie' (the same millisecond as the stored row, different device: the greater device_id wins, so
+ * the write either lost, or won and replaced the other write).
+ */
 export type ConflictKind = "stale" | "tie";
 
 /** The last-write-wins key: compared on updated_at (ms), then device_id byte-wise. */
@@ -42,10 +46,15 @@ export interface Progress extends ProgressKey, ProgressPosition {
   created_at: string;
 }
 
-/** Outcome of one write: whether it won, why it lost, and the row as stored after it. */
+/**
+ * Outcome of one write: whether it won, whether it met a conflict, the other write of that conflict
+ * (for a lost write the stored row, for a won tie the write it replaced), and the row as stored after
+ * it. A replay of a stored write gets the same answer as the first time.
+ */
 export interface WriteResult {
   won: boolean;
   conflict: ConflictKind | null;
+  conflict_with: ProgressKey | null;
   progress: Progress;
 }
 

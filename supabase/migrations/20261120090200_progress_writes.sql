@@ -2,12 +2,13 @@
 -- where it cannot race, i.e. inside the single statement that writes the row.
 --
 -- * public.write_reading_progress(...)         one write. SECURITY INVOKER, so RLS on reading_progress
---   stays in force; the user is auth.uid(), never a parameter. One INSERT ... ON CONFLICT DO UPDATE
---   WHERE (incoming key) > (stored key): the row lock taken by ON CONFLICT serialises concurrent
---   writers, and the comparison always runs against the newest committed version. Returns
---   {won, conflict, progress}: a losing device gets the current row at once and converges.
+--   stays in force; the user is auth.uid(), never a parameter. The decision is one
+--   INSERT ... ON CONFLICT DO UPDATE WHERE (incoming key) > (stored key), run while the stored row is
+--   locked, so it compares against the newest committed version and concurrent writers serialise.
+--   Returns {won, conflict, conflict_with, progress}: a losing device gets the current row at once
+--   and converges.
 -- * public.write_reading_progress_batch(jsonb) 1..100 writes in one call, each resolved on its own.
--- * public.reading_progress_conflicts          log of every losing write ('stale' / 'tie').
+-- * public.reading_progress_conflicts          log of every conflict ('stale' / 'tie'), loser and winner.
 -- * private.log_reading_progress_conflict(...) the only way rows get into that log.
 -- * public.get_reading_progress / list_reading_progress / reading_progress_changes: the reads.
 --
@@ -17,13 +18,19 @@
 -- so the key that is compared is the key that gets stored.
 --
 -- Outcomes of a write, for the stored key S and the normalised incoming key I:
---   no row yet    -> inserted;                      won = true,  conflict = null
---   I > S         -> updated;                       won = true,  conflict = null
---   I = S         -> replay of the same write: no-op (no UPDATE, so no broadcast);
---                    won = true, conflict = null, the stored row (even if the replay's position differs:
---                    the key identifies the write)
---   I < S, same updated_at, smaller device_id -> won = false, conflict = 'tie',   logged
---   I < S, older updated_at                   -> won = false, conflict = 'stale', logged
+--   no row yet                                -> inserted;   won = true,  conflict = null
+--   I > S, newer updated_at                   -> updated;    won = true,  conflict = null
+--   I > S, same updated_at, larger device_id  -> updated;    won = true,  conflict = 'tie', logged
+--                                                (the replaced write lost the tie)
+--   I = S -> replay of the same write: no-op (no UPDATE, so no broadcast), the same answer as the
+--            first time (won = true, the stored row, and conflict 'tie' again if that write had
+--            replaced a same-millisecond one), even if the replay's position differs: the key
+--            identifies the write
+--   I < S, same updated_at, smaller device_id -> no change;  won = false, conflict = 'tie',   logged
+--   I < S, older updated_at                   -> no change;  won = false, conflict = 'stale', logged
+-- So every same-millisecond meeting of two different writes is logged, whichever arrived first, and
+-- every stale write that is rejected. (An older write that is simply replaced by a newer one is
+-- ordinary progress, not a conflict.) conflict_with is the key of the other write of a conflict.
 -- A reset is a tombstone write (cleared = true, position zeros) and wins or loses like any write.
 --
 -- Idempotent: every object is created with IF NOT EXISTS / OR REPLACE, policies are dropped and
@@ -58,39 +65,46 @@ revoke all on function private.reading_progress_normalize_updated_at(timestamptz
 grant execute on function private.reading_progress_normalize_updated_at(timestamptz) to authenticated, service_role;
 
 -- ---------------------------------------------------------------------------------------------
--- Conflict log. One row per losing write: what the device sent (incoming) and what it lost against
--- (current). Users may SELECT their own rows (a client can show "another device was further");
--- nobody may INSERT/UPDATE directly: rows come only from private.log_reading_progress_conflict,
--- which logs for auth.uid() and only a write that really loses. service_role may read and delete
--- (retention); anon gets nothing.
+-- Conflict log. One row per conflict between two different writes of one series: the losing write
+-- and the winning one. `rejected` says which arrived last: true, the loser arrived and was refused
+-- (stale, or a tie against the stored row); false, the loser was the stored row and an arriving tie
+-- winner replaced it. Users may SELECT their own rows (a client can show "another device was
+-- further"); nobody may INSERT/UPDATE directly: rows come only from
+-- private.log_reading_progress_conflict, which logs for auth.uid() and checks the conflict against
+-- the stored row. service_role may read and delete (retention); anon gets nothing.
 -- ---------------------------------------------------------------------------------------------
 create table if not exists public.reading_progress_conflicts (
   id bigint generated always as identity primary key,
   user_id uuid not null references auth.users (id) on delete cascade,
   series_id text collate "C" not null,
   kind text not null constraint reading_progress_conflicts_kind check (kind in ('stale', 'tie')),
-  incoming_updated_at timestamptz not null,
-  incoming_device_id text collate "C" not null,
-  incoming_chapter integer not null,
-  incoming_page integer not null,
-  incoming_percentage double precision not null,
-  incoming_cleared boolean not null,
-  current_updated_at timestamptz not null,
-  current_device_id text collate "C" not null,
-  current_chapter integer not null,
-  current_page integer not null,
-  current_percentage double precision not null,
-  current_cleared boolean not null,
+  rejected boolean not null,
+  losing_updated_at timestamptz not null,
+  losing_device_id text collate "C" not null,
+  losing_chapter integer not null,
+  losing_page integer not null,
+  losing_percentage double precision not null,
+  losing_cleared boolean not null,
+  winning_updated_at timestamptz not null,
+  winning_device_id text collate "C" not null,
+  winning_chapter integer not null,
+  winning_page integer not null,
+  winning_percentage double precision not null,
+  winning_cleared boolean not null,
   created_at timestamptz not null default now(),
+  constraint reading_progress_conflicts_loser_below_winner
+    check ((losing_updated_at, losing_device_id) < (winning_updated_at, winning_device_id)),
+  constraint reading_progress_conflicts_kind_matches
+    check ((kind = 'tie') = (losing_updated_at = winning_updated_at)),
   -- A retried losing write (client retry after a timeout, a replay) loses against the same row
-  -- again: one log row per (incoming key, current key), not one per attempt. The unique index this
-  -- creates is also what "conflicts of one series" reads use (it leads with user_id, series_id).
+  -- again: one log row per (loser, winner), not one per attempt. The unique index this creates is
+  -- also what "conflicts of one series" reads use (it leads with user_id, series_id).
   constraint reading_progress_conflicts_once
-    unique (user_id, series_id, incoming_updated_at, incoming_device_id, current_updated_at, current_device_id)
+    unique (user_id, series_id, losing_updated_at, losing_device_id, winning_updated_at, winning_device_id)
 );
 
 comment on table public.reading_progress_conflicts is
-  'Losing last-write-wins writes to reading_progress (stale or tie), written only by write_reading_progress.';
+  'Last-write-wins conflicts on reading_progress (stale writes rejected, same-millisecond ties), written only by write_reading_progress.';
 
 alter table public.reading_progress_conflicts enable row level security;
 
@@ -103,11 +117,15 @@ create policy reading_progress_conflicts_select_own on public.reading_progress_c
   for select to authenticated
   using ((select auth.uid()) = user_id);
 
--- Logs a write that loses against the stored row, for auth.uid() only, and returns its kind
--- ('stale' | 'tie'), or null when the write does not lose (no row, a replay of the stored key, or a
--- newer key). SECURITY DEFINER because nobody else may insert into the log; it re-reads the stored
--- row itself, so even a direct call can only log a write that would really lose. Called from
--- write_reading_progress after ON CONFLICT locked the row, so it sees the row the write lost to.
+-- Logs a conflict for auth.uid() in which the given write LOST, and returns its kind ('stale' |
+-- 'tie'), or null when the stored row shows no such conflict (then nothing is logged).
+--   p_rejected = true:  the given write arrived and lost against the stored row (stored key greater).
+--   p_rejected = false: the given write was the stored row and was replaced in THIS transaction by a
+--                       write of the same millisecond and a greater device id (the stored row now).
+-- SECURITY DEFINER because nobody else may insert into the log; it re-reads the stored row itself,
+-- so even a direct call can only log a conflict the stored row confirms. write_reading_progress
+-- calls it while holding the row lock.
+drop function if exists private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz);
 create or replace function private.log_reading_progress_conflict(
   p_series_id text,
   p_chapter integer,
@@ -115,7 +133,8 @@ create or replace function private.log_reading_progress_conflict(
   p_percentage double precision,
   p_cleared boolean,
   p_device_id text,
-  p_updated_at timestamptz
+  p_updated_at timestamptz,
+  p_rejected boolean
 ) returns text
 language plpgsql
 volatile
@@ -139,16 +158,20 @@ begin
     return null;
   end if;
   if (v_key, p_device_id collate "C") >= (v_current.updated_at, v_current.device_id collate "C") then
-    return null; -- the same write (replay) or a newer one: not a conflict
+    return null; -- the same write (replay) or a newer one: it did not lose
+  end if;
+  if not coalesce(p_rejected, true)
+     and (v_current.updated_at <> v_key or v_current.change_xid <> pg_catalog.pg_current_xact_id()) then
+    return null; -- not a same-millisecond replacement made by this transaction
   end if;
 
   v_kind := case when v_key = v_current.updated_at then 'tie' else 'stale' end;
   insert into public.reading_progress_conflicts (
-    user_id, series_id, kind,
-    incoming_updated_at, incoming_device_id, incoming_chapter, incoming_page, incoming_percentage, incoming_cleared,
-    current_updated_at, current_device_id, current_chapter, current_page, current_percentage, current_cleared
+    user_id, series_id, kind, rejected,
+    losing_updated_at, losing_device_id, losing_chapter, losing_page, losing_percentage, losing_cleared,
+    winning_updated_at, winning_device_id, winning_chapter, winning_page, winning_percentage, winning_cleared
   ) values (
-    v_uid, p_series_id, v_kind,
+    v_uid, p_series_id, v_kind, coalesce(p_rejected, true),
     v_key, p_device_id, p_chapter, p_page, p_percentage, coalesce(p_cleared, false),
     v_current.updated_at, v_current.device_id, v_current.chapter, v_current.page, v_current.percentage,
     v_current.cleared
@@ -157,13 +180,14 @@ begin
   return v_kind;
 end;
 $$;
-revoke all on function private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)
+revoke all on function private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)
   from public, anon;
-grant execute on function private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)
+grant execute on function private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)
   to authenticated;
 
 -- ---------------------------------------------------------------------------------------------
--- One write. Returns jsonb {won, conflict, progress} (progress = the stored row after the call).
+-- One write. Returns jsonb {won, conflict, conflict_with, progress}: progress = the stored row after
+-- the call; conflict_with = {updated_at, device_id} of the other write of a conflict, else null.
 -- ---------------------------------------------------------------------------------------------
 create or replace function public.write_reading_progress(
   p_series_id text,
@@ -182,13 +206,40 @@ as $$
 declare
   v_uid uuid := auth.uid();
   v_key timestamptz := private.reading_progress_normalize_updated_at(p_updated_at);
+  v_prev public.reading_progress;
   v_row public.reading_progress;
   v_conflict text;
+  v_replaced_at timestamptz;
+  v_replaced_device text;
 begin
   if v_uid is null then
     raise exception using errcode = '42501', message = 'write_reading_progress: no authenticated user';
   end if;
 
+  -- Lock the stored version first. The upsert below then decides against exactly this version
+  -- (nobody can change it until we commit), and when it replaces a write of the same millisecond we
+  -- still know which one: that write lost a tie and is logged. (RETURNING shows only the new row
+  -- in PostgreSQL 15.) No row yet: insert; if a concurrent writer inserted it first, lock theirs.
+  loop
+    select rp.* into v_prev
+    from public.reading_progress rp
+    where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
+    for update;
+    exit when found;
+
+    insert into public.reading_progress as rp
+      (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
+    values
+      (v_uid, p_series_id, p_chapter, p_page, p_percentage, coalesce(p_cleared, false), p_device_id, v_key)
+    on conflict (user_id, series_id) do nothing
+    returning rp.* into v_row;
+    if found then
+      return pg_catalog.jsonb_build_object(
+        'won', true, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_row));
+    end if;
+  end loop;
+
+  -- The decision: last write wins on (updated_at, device_id), in one statement.
   insert into public.reading_progress as rp
     (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
   values
@@ -204,27 +255,44 @@ begin
   returning rp.* into v_row;
 
   if found then
-    return pg_catalog.jsonb_build_object('won', true, 'conflict', null, 'progress', pg_catalog.to_jsonb(v_row));
+    if v_prev.updated_at = v_key then
+      -- Same millisecond, greater device id: the replaced write lost a tie.
+      v_conflict := private.log_reading_progress_conflict(
+        p_series_id, v_prev.chapter, v_prev.page, v_prev.percentage, v_prev.cleared, v_prev.device_id,
+        v_prev.updated_at, false);
+    end if;
+    return pg_catalog.jsonb_build_object(
+      'won', true,
+      'conflict', v_conflict,
+      'conflict_with', case when v_conflict is null then null
+        else pg_catalog.jsonb_build_object('updated_at', v_prev.updated_at, 'device_id', v_prev.device_id) end,
+      'progress', pg_catalog.to_jsonb(v_row));
   end if;
 
-  -- Not inserted, not updated: the stored key is >= ours. ON CONFLICT DO UPDATE locked that row even
-  -- though its WHERE was false, so until we commit nobody can change it: the log helper and the read
-  -- below see exactly the row we lost to (or our own replayed write).
+  -- Not updated: the stored key (v_prev, still locked) is >= ours.
+  if (v_prev.updated_at, v_prev.device_id collate "C") = (v_key, p_device_id collate "C") then
+    -- A replay of the stored write: the same answer as the first time. If that write replaced a
+    -- same-millisecond one, the log remembers which (the user's own rows; RLS allows reading them).
+    select c.losing_updated_at, c.losing_device_id into v_replaced_at, v_replaced_device
+    from public.reading_progress_conflicts c
+    where c.user_id = v_uid and c.series_id = p_series_id collate "C" and not c.rejected
+      and c.winning_updated_at = v_key and c.winning_device_id = p_device_id collate "C";
+    return pg_catalog.jsonb_build_object(
+      'won', true,
+      'conflict', case when found then 'tie' end,
+      'conflict_with', case when found
+        then pg_catalog.jsonb_build_object('updated_at', v_replaced_at, 'device_id', v_replaced_device) end,
+      'progress', pg_catalog.to_jsonb(v_prev));
+  end if;
+
   v_conflict := private.log_reading_progress_conflict(
-    p_series_id, p_chapter, p_page, p_percentage, p_cleared, p_device_id, v_key);
-
-  select rp.* into v_row
-  from public.reading_progress rp
-  where rp.user_id = v_uid and rp.series_id = p_series_id collate "C";
-  if not found then
-    -- Cannot happen while the lock is held; if it does, let the caller retry the transaction.
-    raise exception using errcode = '40001', message = 'write_reading_progress: row vanished, retry';
-  end if;
-
+    p_series_id, p_chapter, p_page, p_percentage, p_cleared, p_device_id, v_key, true);
   return pg_catalog.jsonb_build_object(
     'won', v_conflict is null,
     'conflict', v_conflict,
-    'progress', pg_catalog.to_jsonb(v_row));
+    'conflict_with', case when v_conflict is null then null
+      else pg_catalog.jsonb_build_object('updated_at', v_prev.updated_at, 'device_id', v_prev.device_id) end,
+    'progress', pg_catalog.to_jsonb(v_prev));
 end;
 $$;
 revoke all on function public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(79);
+select plan(80);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -44,13 +44,13 @@ select results_eq(
        'public.get_reading_progress(text)'::regprocedure,
        'public.list_reading_progress(integer, timestamptz, text, boolean)'::regprocedure,
        'public.reading_progress_changes(text, integer)'::regprocedure,
-       'private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)'::regprocedure,
+       'private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)'::regprocedure,
        'private.reading_progress_normalize_updated_at(timestamptz)'::regprocedure)
      order by 1$$,
   $$values
     ('get_reading_progress(text)', false, '{"search_path=\"\""}'),
     ('list_reading_progress(integer,timestamp with time zone,text,boolean)', false, '{"search_path=\"\""}'),
-    ('private.log_reading_progress_conflict(text,integer,integer,double precision,boolean,text,timestamp with time zone)', true, '{"search_path=\"\""}'),
+    ('private.log_reading_progress_conflict(text,integer,integer,double precision,boolean,text,timestamp with time zone,boolean)', true, '{"search_path=\"\""}'),
     ('private.reading_progress_normalize_updated_at(timestamp with time zone)', false, '{"search_path=\"\""}'),
     ('reading_progress_changes(text,integer)', false, '{"search_path=\"\""}'),
     ('write_reading_progress(text,integer,integer,double precision,boolean,text,timestamp with time zone)', false, '{"search_path=\"\""}'),
@@ -65,7 +65,7 @@ select is(
      ('public.get_reading_progress(text)'),
      ('public.list_reading_progress(integer, timestamptz, text, boolean)'),
      ('public.reading_progress_changes(text, integer)'),
-     ('private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz)'),
+     ('private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)'),
      ('private.reading_progress_normalize_updated_at(timestamptz)')) f(sig)
     where has_function_privilege('anon', f.sig, 'execute')),
   0,
@@ -133,27 +133,29 @@ insert into res select 'tie-lose',
   public.write_reading_progress('lww', 98, 980, 0.98, false, 'dev-a', '2026-01-01 00:00:11+00');
 reset role;
 
-select is((select r - 'progress' from res where label = 'first'), '{"won": true, "conflict": null}'::jsonb,
+select is((select r - 'progress' from res where label = 'first'), '{"won": true, "conflict": null, "conflict_with": null}'::jsonb,
   'first write: won, no conflict');
 select is((select r #>> '{progress,updated_at}' from res where label = 'first'), '2026-01-01T00:00:10.123+00:00',
   'updated_at is stored truncated to milliseconds');
-select is((select r - 'progress' from res where label = 'newer'), '{"won": true, "conflict": null}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'newer'), '{"won": true, "conflict": null}'::jsonb,
   'a newer write wins');
 select is((select (r #>> '{progress,chapter}')::int from res where label = 'newer'), 6,
   'the newer write''s position is stored');
-select is((select r - 'progress' from res where label = 'stale'), '{"won": false, "conflict": "stale"}'::jsonb,
+select is((select r - 'progress' from res where label = 'stale'),
+  '{"won": false, "conflict": "stale", "conflict_with": {"updated_at": "2026-01-01T00:00:11+00:00", "device_id": "dev-m"}}'::jsonb,
   'an older write loses as stale, even from a "larger" device id');
 select is((select r -> 'progress' from res where label = 'stale'), (select r -> 'progress' from res where label = 'newer'),
   'a stale write answers with the current row, unchanged, so the device converges at once');
-select is((select r - 'progress' from res where label = 'tie-lose'), '{"won": false, "conflict": "tie"}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'tie-lose'), '{"won": false, "conflict": "tie"}'::jsonb,
   'same millisecond, smaller device id: loses as tie');
 
 set local role authenticated;
 insert into res select 'tie-win',
   public.write_reading_progress('lww', 7, 70, 0.07, false, 'dev-n', '2026-01-01 00:00:11.000900+00');
 reset role;
-select is((select r - 'progress' from res where label = 'tie-win'), '{"won": true, "conflict": null}'::jsonb,
-  'same millisecond (sub-ms digits ignored), larger device id: wins');
+select is((select r - 'progress' from res where label = 'tie-win'),
+  '{"won": true, "conflict": "tie", "conflict_with": {"updated_at": "2026-01-01T00:00:11+00:00", "device_id": "dev-m"}}'::jsonb,
+  'same millisecond (sub-ms digits ignored), larger device id: wins the tie, and says which write it replaced');
 select is((select r #>> '{progress,device_id}' from res where label = 'tie-win'), 'dev-n',
   'the tie winner is stored');
 
@@ -167,23 +169,24 @@ insert into res select 'stale-replay',
 reset role;
 select is((select r from res where label = 'tie-win-replay'), (select r from res where label = 'tie-win'),
   'replaying the winning write returns exactly the same answer (same row, same synced_at)');
-select is((select r - 'progress' from res where label = 'stale-replay'), '{"won": false, "conflict": "stale"}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'stale-replay'), '{"won": false, "conflict": "stale"}'::jsonb,
   'replaying a losing write loses the same way');
 select is((select count(*) from new_msgs), (select n from msgs_mid),
   'replays broadcast nothing (no UPDATE happened)');
 select is((select count(*)::int from new_msgs where topic = 'progress:a6a6a6a6-0000-4000-8000-000000000006'), 3,
   'exactly three broadcasts for lww: insert, newer, tie winner');
 
--- The conflict log: one row per losing write (a replayed loser is not logged twice).
+-- The conflict log: one row per conflict, loser and winner (a replayed loser is not logged twice).
 select results_eq(
-  $$select kind, incoming_device_id collate "default", incoming_updated_at, incoming_chapter, incoming_cleared,
-           current_device_id collate "default", current_updated_at, current_chapter
+  $$select kind, rejected, losing_device_id collate "default", losing_updated_at, losing_chapter, losing_cleared,
+           winning_device_id collate "default", winning_updated_at, winning_chapter
       from new_conflicts where series_id = 'lww' order by id$$,
   $$values
-    ('stale', 'dev-z', '2026-01-01 00:00:10.5+00'::timestamptz, 99, false, 'dev-m', '2026-01-01 00:00:11+00'::timestamptz, 6),
-    ('tie', 'dev-a', '2026-01-01 00:00:11+00'::timestamptz, 98, false, 'dev-m', '2026-01-01 00:00:11+00'::timestamptz, 6),
-    ('stale', 'dev-z', '2026-01-01 00:00:10.5+00'::timestamptz, 99, false, 'dev-n', '2026-01-01 00:00:11+00'::timestamptz, 7)$$,
-  'one log row per losing write and the row it lost against: the stale and the tie loser, and the stale replay again only because it now lost to the new tie winner'
+    ('stale', true, 'dev-z', '2026-01-01 00:00:10.5+00'::timestamptz, 99, false, 'dev-m', '2026-01-01 00:00:11+00'::timestamptz, 6),
+    ('tie', true, 'dev-a', '2026-01-01 00:00:11+00'::timestamptz, 98, false, 'dev-m', '2026-01-01 00:00:11+00'::timestamptz, 6),
+    ('tie', false, 'dev-m', '2026-01-01 00:00:11+00'::timestamptz, 6, false, 'dev-n', '2026-01-01 00:00:11+00'::timestamptz, 7),
+    ('stale', true, 'dev-z', '2026-01-01 00:00:10.5+00'::timestamptz, 99, false, 'dev-n', '2026-01-01 00:00:11+00'::timestamptz, 7)$$,
+  'the log: the stale and the tie loser (rejected), the tie loser the winner replaced (not rejected), and the stale replay once more only because it now lost to a different winner'
 );
 
 -- Future timestamps are clamped to now() BEFORE they are compared.
@@ -195,10 +198,10 @@ insert into res select 'future-tie',
 insert into res select 'future-near',
   public.write_reading_progress('future-near', 1, 1, 0.01, false, 'dev-a', now() + interval '3 seconds');
 reset role;
-select is((select r - 'progress' from res where label = 'future-tie'), '{"won": false, "conflict": "tie"}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'future-tie'), '{"won": false, "conflict": "tie"}'::jsonb,
   'a write dated a day ahead is compared as now(): it ties with a row stored at now() and loses on device id');
 select is(
-  (select incoming_updated_at from new_conflicts where series_id = 'future'),
+  (select losing_updated_at from new_conflicts where series_id = 'future'),
   date_trunc('milliseconds', now()),
   'the conflict log records the clamped key, not the claimed one');
 select is((select (r #>> '{progress,updated_at}')::timestamptz from res where label = 'future-near'),
@@ -213,19 +216,19 @@ insert into res select 'resurrect', public.write_reading_progress('tomb', 8, 80,
 insert into res select 'old-reset', public.write_reading_progress('tomb2', 2, 20, 0.2, false, 'dev-m', '2026-02-01 00:00:09+00');
 insert into res select 'old-reset2', public.write_reading_progress('tomb2', 0, 0, 0, true, 'dev-z', '2026-02-01 00:00:08+00');
 reset role;
-select is((select r - 'progress' from res where label = 'reset'), '{"won": true, "conflict": null}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'reset'), '{"won": true, "conflict": null}'::jsonb,
   'a reset newer than the progress wins');
 select is((select r -> 'progress' ->> 'cleared' from res where label = 'reset'), 'true', 'the row is a tombstone');
-select is((select r - 'progress' from res where label = 'resurrect'), '{"won": false, "conflict": "stale"}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'resurrect'), '{"won": false, "conflict": "stale"}'::jsonb,
   'a stale offline write after the reset loses');
 select is(
   (select (cleared, chapter, page, percentage) from public.reading_progress
     where user_id = 'a6a6a6a6-0000-4000-8000-000000000006' and series_id = 'tomb'),
   (true, 0, 0, 0::double precision),
   'the stale write did not resurrect the cleared progress');
-select is((select r - 'progress' from res where label = 'old-reset2'), '{"won": false, "conflict": "stale"}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'old-reset2'), '{"won": false, "conflict": "stale"}'::jsonb,
   'a reset older than the progress loses like any stale write');
-select is((select new_conflicts.incoming_cleared from new_conflicts where series_id = 'tomb2'), true,
+select is((select new_conflicts.losing_cleared from new_conflicts where series_id = 'tomb2'), true,
   'the losing reset is logged as a cleared write');
 
 -- ---------------------------------------------------------------------------------------------
@@ -233,31 +236,34 @@ select is((select new_conflicts.incoming_cleared from new_conflicts where series
 -- ---------------------------------------------------------------------------------------------
 set local role authenticated;
 select throws_ok(
-  $$insert into public.reading_progress_conflicts (user_id, series_id, kind, incoming_updated_at,
-      incoming_device_id, incoming_chapter, incoming_page, incoming_percentage, incoming_cleared,
-      current_updated_at, current_device_id, current_chapter, current_page, current_percentage, current_cleared)
-    values ('a6a6a6a6-0000-4000-8000-000000000006', 'lww', 'stale', now(), 'x', 0, 0, 0, false,
+  $$insert into public.reading_progress_conflicts (user_id, series_id, kind, rejected, losing_updated_at,
+      losing_device_id, losing_chapter, losing_page, losing_percentage, losing_cleared,
+      winning_updated_at, winning_device_id, winning_chapter, winning_page, winning_percentage, winning_cleared)
+    values ('a6a6a6a6-0000-4000-8000-000000000006', 'lww', 'tie', true, now(), 'x', 0, 0, 0, false,
       now(), 'y', 0, 0, 0, false)$$,
   '42501', null, 'a user cannot insert into the conflict log directly');
 select throws_ok($$update public.reading_progress_conflicts set kind = 'tie'$$, '42501', null,
   'a user cannot update the conflict log');
 select is(
-  private.log_reading_progress_conflict('lww', 1, 1, 0.1, false, 'dev-zz', '2027-01-01 00:00:00+00'),
+  private.log_reading_progress_conflict('lww', 1, 1, 0.1, false, 'dev-zz', '2027-01-01 00:00:00+00', true),
   null, 'the logger refuses to log a write that would win');
 select is(
-  private.log_reading_progress_conflict('no-such-series', 1, 1, 0.1, false, 'dev-a', '2020-01-01 00:00:00+00'),
+  private.log_reading_progress_conflict('no-such-series', 1, 1, 0.1, false, 'dev-a', '2020-01-01 00:00:00+00', true),
   null, 'the logger refuses to log a write against no row');
-select is((select count(*)::int from public.reading_progress_conflicts), 6,
-  'A sees their six conflict rows (lww 3, future tie, resurrect, old reset)');
+select is(
+  private.log_reading_progress_conflict('lww', 1, 1, 0.1, false, 'dev-a', '2026-01-01 00:00:10+00', false),
+  null, 'the logger refuses a "replaced" loser the stored row does not confirm (different millisecond)');
+select is((select count(*)::int from public.reading_progress_conflicts), 7,
+  'A sees their seven conflict rows (lww 4, future tie, resurrect, old reset)');
 reset role;
-select is((select count(*)::int from new_conflicts), 6, 'the refused logger calls added no row');
+select is((select count(*)::int from new_conflicts), 7, 'the refused logger calls added no row');
 
 set local role service_role;
 select throws_ok(
-  $$insert into public.reading_progress_conflicts (user_id, series_id, kind, incoming_updated_at,
-      incoming_device_id, incoming_chapter, incoming_page, incoming_percentage, incoming_cleared,
-      current_updated_at, current_device_id, current_chapter, current_page, current_percentage, current_cleared)
-    values ('a6a6a6a6-0000-4000-8000-000000000006', 'lww', 'stale', now(), 'x', 0, 0, 0, false,
+  $$insert into public.reading_progress_conflicts (user_id, series_id, kind, rejected, losing_updated_at,
+      losing_device_id, losing_chapter, losing_page, losing_percentage, losing_cleared,
+      winning_updated_at, winning_device_id, winning_chapter, winning_page, winning_percentage, winning_cleared)
+    values ('a6a6a6a6-0000-4000-8000-000000000006', 'lww', 'tie', true, now(), 'x', 0, 0, 0, false,
       now(), 'y', 0, 0, 0, false)$$,
   '42501', null, 'service_role cannot insert into the conflict log either');
 reset role;
@@ -286,7 +292,7 @@ reset role;
 
 select is((select r -> 'progress' ->> 'user_id' from res where label = 'b-write'), 'b6b6b6b6-0000-4000-8000-000000000006',
   'B''s write to the same series id creates B''s own row (the user is auth.uid(), never a parameter)');
-select is((select r - 'progress' from res where label = 'b-write'), '{"won": true, "conflict": null}'::jsonb,
+select is((select r - 'progress' - 'conflict_with' from res where label = 'b-write'), '{"won": true, "conflict": null}'::jsonb,
   'B''s older write is not compared against A''s row');
 select is(
   (select to_jsonb(p) from public.reading_progress p
@@ -294,7 +300,7 @@ select is(
   (select row from a_before),
   'A''s row is unchanged by B');
 select is(
-  (select user_id::text from new_conflicts where series_id = 'lww' and incoming_device_id = 'dev-b'),
+  (select user_id::text from new_conflicts where series_id = 'lww' and losing_device_id = 'dev-b'),
   'b6b6b6b6-0000-4000-8000-000000000006',
   'B''s losing write is logged under B');
 
