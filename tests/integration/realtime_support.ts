@@ -129,6 +129,42 @@ export function sqlChangesSince(sql: Sql, userId: string, counters?: { calls: nu
   };
 }
 
+/**
+ * "Changes since" through the progress function, as a device polls it:
+ * GET /functions/v1/progress/changes?since=<cursor> with the user's token -> {changes, next_cursor,
+ * has_more}. Any non-200 answer throws (the service counts the round as failed).
+ */
+export function apiChangesSince(accessToken: () => string, counters?: { calls: number }) {
+  return async (cursor: unknown): Promise<{ changes: unknown[]; next_cursor: string; has_more: boolean }> => {
+    if (counters) counters.calls++;
+    const env = testEnv();
+    const since = typeof cursor === "string" ? cursor : "";
+    const res = await fetch(
+      `${env.url}/functions/v1/progress/changes?since=${encodeURIComponent(since)}&limit=100`,
+      { headers: { apikey: env.anonKey, Authorization: `Bearer ${accessToken()}` } },
+    );
+    const body = await res.json();
+    if (res.status !== 200) throw new Error(`GET /progress/changes: ${res.status} ${JSON.stringify(body)}`);
+    return body;
+  };
+}
+
+/**
+ * A WebSocket constructor for supabase-js's `realtime.transport` option that opens the socket on
+ * another origin: the client keeps the stack's URL for the functions while its Realtime socket
+ * goes to an endpoint the test can kill and restart.
+ */
+export function realtimeAt(origin: string): typeof WebSocket {
+  const target = new URL(origin);
+  return class RedirectedWebSocket extends WebSocket {
+    constructor(url: string | URL, protocols?: ConstructorParameters<typeof WebSocket>[1]) {
+      const redirected = new URL(url);
+      redirected.host = target.host;
+      super(redirected, protocols);
+    }
+  };
+}
+
 export interface ClientOptions {
   /** Base URL (default: the stack's SUPABASE_URL). */
   url?: string;
@@ -137,6 +173,8 @@ export interface ClientOptions {
   reconnectAfterMs?: (tries: number) => number;
   heartbeatIntervalMs?: number;
   timeout?: number;
+  /** Realtime socket on another origin than `url` (see realtimeAt). */
+  realtimeOrigin?: string;
 }
 
 /** A supabase-js client with no session (like createTestUser's), pointed at `url`. */
@@ -163,6 +201,7 @@ export function clientWithToken(token: () => string, options: ClientOptions = {}
       ...(options.reconnectAfterMs ? { reconnectAfterMs: options.reconnectAfterMs } : {}),
       ...(options.heartbeatIntervalMs ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
       ...(options.timeout ? { timeout: options.timeout } : {}),
+      ...(options.realtimeOrigin ? { transport: realtimeAt(options.realtimeOrigin) } : {}),
     },
   });
 }
