@@ -1,9 +1,11 @@
 // `npm start`: the local readsync stack in the foreground, on the ports `supabase start` uses
 // (API 54321, database 54322; override with READSYNC_API_PORT / READSYNC_DB_PORT), until Ctrl-C.
-// Everything it starts is removed on exit.
+// Everything it starts is removed on exit. Beside it, the web app (examples/web) on port 3000
+// (READSYNC_WEB_PORT; READSYNC_WEB=0 leaves it out), installed and built on first use.
 
 import postgres from "postgres";
-import { runCleanups } from "./stack/cleanup.ts";
+import { startWebApp, type WebApp } from "../examples/web/serve.mjs";
+import { onCleanup, runCleanups } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
 import { startLocalStack } from "./stack/stack.ts";
 
@@ -13,6 +15,8 @@ const DEMO_EMAIL = "demo@readsync.local";
 const log = (line: string) => console.log(`[readsync] ${line}`);
 const apiPort = Number(Deno.env.get("READSYNC_API_PORT") ?? 54321);
 const dbPort = Number(Deno.env.get("READSYNC_DB_PORT") ?? 54322);
+const webPort = Number(Deno.env.get("READSYNC_WEB_PORT") ?? 3000);
+const withWeb = Deno.env.get("READSYNC_WEB") !== "0";
 
 try {
   const started = performance.now();
@@ -26,6 +30,29 @@ try {
     secret: stack.jwtSecret,
   });
   const fn = `${stack.apiUrl}/functions/v1/progress`;
+
+  // The web app is a convenience beside the stack: if it cannot start, the stack still serves.
+  let web: WebApp | null = null;
+  let webProblem = "";
+  if (withWeb) {
+    try {
+      web = await startWebApp({
+        apiUrl: stack.apiUrl,
+        anonKey: stack.anonKey,
+        jwtSecret: stack.jwtSecret,
+        dbUrl: stack.dbUrl,
+        port: webPort,
+        log,
+      });
+      const app = web;
+      onCleanup(() => app.stop());
+    } catch (error) {
+      webProblem = (error instanceof Error ? error.message : String(error)).split("\n")[0];
+    }
+  }
+  const webLine = web
+    ? `  Web app          ${web.url}  (development sign-in: any email, local stack only)`
+    : `  Web app          not started${withWeb ? `: ${webProblem}` : " (READSYNC_WEB=0)"}`;
   console.log(`
 readsync local stack is up (${Math.round(performance.now() - started)} ms). Development values only.
 
@@ -36,6 +63,7 @@ readsync local stack is up (${Math.round(performance.now() - started)} ms). Deve
   JWT secret       ${stack.jwtSecret}
   anon key         ${stack.anonKey}
   service_role key ${stack.serviceRoleKey}
+${webLine}
 
   Demo user        ${DEMO_USER_ID} (${DEMO_EMAIL})
   Demo token       ${demoToken}

@@ -3,6 +3,12 @@
 //
 //   npm test                               everything
 //   npm test -- tests/integration/x.ts     only the named deno test files (and/or .sql pgTAP files)
+//   npm test -- tests/browser              only the browser tests (and/or with other files)
+//
+// The browser tests (tests/browser/run.mjs, Node + playwright-core + Debian's Chromium) run last,
+// against the same stack: they install examples/web's packages and build it when needed, serve it
+// on free ports and drive two devices of one reader and a second reader. Without Chromium (and no
+// root to apt-get it) they are skipped with the reason printed.
 //
 // With SUPABASE_DB_URL (and optionally SUPABASE_URL + keys) the same suites run against a real
 // Supabase stack instead; see README.md.
@@ -76,13 +82,27 @@ async function schemaFingerprint(dbUrl: string): Promise<string> {
   ]);
 }
 
+/** The stack as every suite sees it. */
+function stackEnv(stack: Awaited<ReturnType<typeof startLocalStack>>): Record<string, string> {
+  return {
+    SUPABASE_URL: stack.apiUrl,
+    SUPABASE_ANON_KEY: stack.anonKey,
+    SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
+    SUPABASE_DB_URL: stack.dbUrl,
+    SUPABASE_JWT_SECRET: stack.jwtSecret,
+    NO_COLOR: "1",
+  };
+}
+
 async function main(): Promise<number> {
+  const isBrowserSuite = (f: string) => /^(\.\/)?tests\/browser(\/|$)/.test(f);
   const selected = Deno.args.filter((a) => a !== "--");
   const fullRun = selected.length === 0;
+  const browserSuite = fullRun || selected.some(isBrowserSuite);
   const sqlFiles = fullRun ? await listFiles("supabase/tests", ".sql") : selected.filter((f) => f.endsWith(".sql"));
   const denoFiles = fullRun
     ? (await Promise.all(["shared", "tests", "local", "supabase/functions", "bench"].map((d) => listFiles(d, ".test.ts")))).flat()
-    : selected.filter((f) => !f.endsWith(".sql"));
+    : selected.filter((f) => !f.endsWith(".sql") && !isBrowserSuite(f));
 
   const started = performance.now();
   const stack = await startLocalStack({ apiPort: 0, log });
@@ -128,14 +148,7 @@ async function main(): Promise<number> {
   }
 
   if (denoFiles.length > 0) {
-    const env = {
-      SUPABASE_URL: stack.apiUrl,
-      SUPABASE_ANON_KEY: stack.anonKey,
-      SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
-      SUPABASE_DB_URL: stack.dbUrl,
-      SUPABASE_JWT_SECRET: stack.jwtSecret,
-      NO_COLOR: "1",
-    };
+    const env = stackEnv(stack);
     const denoBin = `${ROOT}node_modules/.bin/deno`;
     const run = await runStreaming(denoBin, ["test", "-A", "--no-check=remote", ...denoFiles], env);
     const summary = run.text.match(/(\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed/g)?.pop();
@@ -147,6 +160,24 @@ async function main(): Promise<number> {
       passed = summary ? passed : 0;
     }
     results.push({ name: "deno test", passed, failed });
+  }
+
+  if (browserSuite) {
+    log("browser tests: node tests/browser/run.mjs");
+    const run = await runStreaming("node", [`${ROOT}tests/browser/run.mjs`], stackEnv(stack));
+    const counts = run.text.match(/^browser: (\d+) passed, (\d+) failed(?:, (\d+) skipped)?$/m);
+    let passed = Number(counts?.[1] ?? 0);
+    let failed = Number(counts?.[2] ?? 0);
+    const skipped = Number(counts?.[3] ?? 0);
+    if (!run.ok && failed === 0) {
+      failed = 1; // crashed before its summary
+      passed = counts ? passed : 0;
+    }
+    if (skipped > 0) {
+      const reason = run.text.match(/SKIPPED: (.*)$/m)?.[1] ?? "see above";
+      log(`browser tests: ${skipped} skipped: ${reason}`);
+    }
+    results.push({ name: "browser", passed, failed });
   }
 
   const passed = results.reduce((n, r) => n + r.passed, 0);
