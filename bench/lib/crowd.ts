@@ -1,66 +1,94 @@
-// The other subscribed devices of the propagation benchmark, in their own process: N supabase-js
-// clients, each with its own WebSocket, joined to the user's private progress topic. Kept out of
-// the measuring process so that decoding N frames per update does not delay device B's handler
-// there (on real devices every client has its own CPU).
+// The other subscribed devices of the propagation benchmark, in their own process: N WebSockets
+// joined to the user's private progress topic exactly as realtime-js joins it (Phoenix vsn 2.0.0,
+// phx_join with config.private and the user's access token, so each join passes the RLS read
+// policy). The measured devices (A and B) are real supabase-js clients in the benchmark process;
+// these N only have to be there, receive every frame and say when. They are deliberately lighter
+// than N supabase-js clients: on this 2-core machine N realtime-js instances decoding every frame
+// would compete for the CPU with the endpoint being measured, which real phones do not do.
 //
-// Input: env BENCH_CROWD = JSON {url, anonKey, token, topic, count}. Prints `CROWD_READY <n>` once
-// every channel is SUBSCRIBED (or `CROWD_FAILED <reason>`); then each "report" line on stdin answers
-// `CROWD_REPORT <json>`: per update (keyed by the record's chapter), how many devices got it and when
-// the last one's handler ran (epoch ms, performance.timeOrigin-based, sub-millisecond).
+// Input: env BENCH_CROWD = JSON {wsUrl, token, topic, count}. Prints `CROWD_READY <n>` once every
+// join was answered ok (or `CROWD_FAILED <reason>`); each "report" line on stdin answers
+// `CROWD_REPORT <json>`: per update (keyed by the record's chapter), how many devices got it and
+// when the last one did (epoch ms, performance.timeOrigin-based, sub-millisecond). EOF ends it.
 
-import { createClient, type SupabaseClient } from "@supabase/supabase-js";
-
-const { url, anonKey, token, topic, count } = JSON.parse(Deno.env.get("BENCH_CROWD") ?? "{}") as {
-  url: string;
-  anonKey: string;
+const { wsUrl, token, topic, count } = JSON.parse(Deno.env.get("BENCH_CROWD") ?? "{}") as {
+  wsUrl: string;
   token: string;
   topic: string;
   count: number;
 };
 const now = () => performance.timeOrigin + performance.now();
 const got = new Map<number, { n: number; last: number }>();
-const clients: SupabaseClient[] = [];
+const sockets: WebSocket[] = [];
+const decoder = new TextDecoder();
 
-async function join(): Promise<void> {
-  const client = createClient(url, anonKey, {
-    accessToken: () => Promise.resolve(token),
-    realtime: { timeout: 30_000 },
-  });
-  clients.push(client);
-  await client.realtime.setAuth();
-  await new Promise<void>((resolve, reject) => {
-    client.channel(topic, { config: { private: true } })
-      .on("broadcast", { event: "*" }, (m) => {
-        const chapter = Number((m.payload as { record?: { chapter?: unknown } })?.record?.chapter);
-        const entry = got.get(chapter) ?? { n: 0, last: 0 };
-        entry.n++;
-        entry.last = now();
-        got.set(chapter, entry);
-      })
-      .subscribe((status, error) => {
-        if (status === "SUBSCRIBED") resolve();
-        else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT") reject(error ?? new Error(status));
-      });
+/** Chapter of a server broadcast frame: vsn 2.0.0 binary kind 4, or the JSON array form. */
+function chapterOf(data: string | ArrayBuffer): number | null {
+  let payload: unknown;
+  if (typeof data === "string") {
+    const [, , , event, body] = JSON.parse(data);
+    if (event !== "broadcast") return null;
+    payload = body?.payload;
+  } else {
+    const bytes = new Uint8Array(data);
+    if (bytes[0] !== 4) return null;
+    // [4, topicLen, eventLen, metaLen, encoding] topic event meta payload
+    const offset = 5 + bytes[1] + bytes[2] + bytes[3];
+    payload = JSON.parse(decoder.decode(bytes.subarray(offset)));
+  }
+  const chapter = Number((payload as { record?: { chapter?: unknown } })?.record?.chapter);
+  return Number.isFinite(chapter) ? chapter : null;
+}
+
+function join(i: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(wsUrl);
+    ws.binaryType = "arraybuffer";
+    sockets.push(ws);
+    ws.onopen = () =>
+      ws.send(JSON.stringify(["1", "1", `realtime:${topic}`, "phx_join", {
+        config: { private: true, broadcast: { self: false, ack: false }, presence: { enabled: false } },
+        access_token: token,
+      }]));
+    ws.onmessage = (e) => {
+      if (typeof e.data === "string" && e.data.includes('"phx_reply"')) {
+        const [, ref, , , payload] = JSON.parse(e.data);
+        if (ref === "1") payload.status === "ok" ? resolve() : reject(new Error(JSON.stringify(payload)));
+        return;
+      }
+      const chapter = chapterOf(e.data);
+      if (chapter === null) return;
+      const entry = got.get(chapter) ?? { n: 0, last: 0 };
+      entry.n++;
+      entry.last = now();
+      got.set(chapter, entry);
+    };
+    ws.onerror = () => reject(new Error(`socket ${i} failed`));
   });
 }
+
+// Phoenix heartbeats keep the sockets alive for as long as the benchmark needs them.
+const heartbeat = setInterval(() => {
+  for (const ws of sockets) {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
+  }
+}, 25_000);
 
 try {
   // Joins in waves: each join asks the RLS read policy once (a database transaction).
-  for (let i = 0; i < count; i += 25) {
-    await Promise.all(Array.from({ length: Math.min(25, count - i) }, join));
+  for (let i = 0; i < count; i += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, count - i) }, (_, k) => join(i + k)));
   }
-  console.log(`CROWD_READY ${clients.length}`);
+  console.log(`CROWD_READY ${sockets.length}`);
 } catch (error) {
   console.log(`CROWD_FAILED ${error instanceof Error ? error.message : error}`);
 }
-// Each line "report" on stdin answers one `CROWD_REPORT <json>` line; EOF ends the process.
+
 for await (const line of Deno.stdin.readable.pipeThrough(new TextDecoderStream()).pipeThrough(lines())) {
   if (line.trim() === "report") console.log(`CROWD_REPORT ${JSON.stringify([...got.entries()])}`);
 }
-await Promise.all(clients.map(async (c) => {
-  await c.removeAllChannels().catch(() => {});
-  await c.realtime.disconnect();
-}));
+clearInterval(heartbeat);
+for (const ws of sockets) ws.close();
 Deno.exit(0);
 
 function lines(): TransformStream<string, string> {
