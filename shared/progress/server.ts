@@ -18,10 +18,13 @@ export interface EnvLike {
   get(name: string): string | undefined;
 }
 
+/** The handler, plus close() to end its database pool (tests, graceful shutdown). */
+export type ProgressServerHandler = ((req: Request) => Promise<Response>) & { close(): Promise<void> };
+
 export function createProgressHandlerFromEnv(
   env: EnvLike = Deno.env,
   options: { log?: LogSink; functionName?: string } = {},
-): (req: Request) => Promise<Response> {
+): ProgressServerHandler {
   let dbKey = "";
   let store: ProgressStore | null = null;
   let sql: postgres.Sql | null = null;
@@ -74,10 +77,19 @@ export function createProgressHandlerFromEnv(
     return verifier;
   }
 
-  return createProgressHandler({
+  const handler = createProgressHandler({
     verifier: currentVerifier,
     store: currentStore,
     log: options.log,
     functionName: options.functionName,
+  });
+  return Object.assign(handler, {
+    close: async () => {
+      const open = sql;
+      sql = null;
+      store = null;
+      dbKey = "";
+      if (open) await open.end({ timeout: 5 });
+    },
   });
 }

@@ -113,8 +113,10 @@ export function createPostgresProgressStore(sql: postgres.Sql, options: Postgres
 
     writeBatch: (claims, writes) =>
       asUser(claims, "read write", async (tx) => {
+        // tx.json: postgres.js serialises it once as jsonb (a JSON.stringify'd string with ::jsonb
+        // would be encoded again, as a JSON string, once the parameter is typed jsonb).
         const [{ results }] = await tx<{ results: Row[] }[]>`
-          select public.write_reading_progress_batch(${JSON.stringify(writes)}::jsonb) as results`;
+          select public.write_reading_progress_batch(${tx.json(writes as unknown as postgres.JSONValue)}) as results`;
         return results.map(toWriteResult);
       }),
 

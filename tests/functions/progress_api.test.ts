@@ -1,0 +1,301 @@
+// The progress edge function over real HTTP (the local gateway at ${SUPABASE_URL}/functions/v1/progress)
+// against the real database: every route's happy path, last-write-wins through the API (replay,
+// ties, future clamp, tombstones), and CORS.
+
+import assert from "node:assert/strict";
+import { createTestUser } from "../support/env.ts";
+import {
+  batchWriteResponseSchema,
+  changesResponseSchema,
+  progressListResponseSchema,
+  progressResponseSchema,
+  writeResultSchema,
+} from "../../shared/progress/schemas.ts";
+import type { Progress } from "../../shared/progress/types.ts";
+import { adminSql, call, conflictRows, seriesId, write } from "./support.ts";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const BASE_MS = Date.parse("2026-06-01T12:00:00.000Z");
+
+Deno.test("POST /progress stores a write and GET /progress/series/:id reads it back", async () => {
+  const a = await createTestUser();
+  const series = seriesId("one");
+  const sent = write({ series_id: series, chapter: 12, page: 30, percentage: 0.12, device_id: "phone-1", updated_at: "2026-06-01T12:00:00.123456Z" });
+  const posted = await call("POST", "", { token: a.accessToken, body: sent });
+  assert.equal(posted.status, 200, JSON.stringify(posted.body));
+  assert.match(posted.headers.get("content-type") ?? "", /^application\/json/);
+  const result = writeResultSchema.parse(posted.body);
+  assert.equal(result.won, true);
+  assert.equal(result.conflict, null);
+  assert.equal(result.conflict_with, null);
+  assert.deepEqual(
+    { ...result.progress, synced_at: "", created_at: "", change_xid: "" },
+    {
+      user_id: a.id, series_id: series, chapter: 12, page: 30, percentage: 0.12, cleared: false,
+      device_id: "phone-1", updated_at: "2026-06-01T12:00:00.123Z", synced_at: "", created_at: "", change_xid: "",
+    },
+    "the answer is the stored row, updated_at truncated to ms, user from the token",
+  );
+
+  const got = await call("GET", `/series/${series}`, { token: a.accessToken });
+  assert.equal(got.status, 200);
+  assert.deepEqual(progressResponseSchema.parse(got.body).progress, result.progress);
+});
+
+Deno.test("GET /progress lists the library newest first, keyset-paginated, tombstones only on request", async () => {
+  const a = await createTestUser();
+  const ids = [0, 1, 2, 3, 4].map((i) => seriesId(`lib${i}`));
+  for (const [i, id] of ids.entries()) {
+    const r = await call("POST", "", { token: a.accessToken, body: write({ series_id: id, updated_at: iso(BASE_MS + i * 1000) }) });
+    assert.equal(r.status, 200);
+  }
+  const seen: Progress[] = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const q: string = `?limit=2${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+    const page = await call("GET", q, { token: a.accessToken });
+    assert.equal(page.status, 200, JSON.stringify(page.body));
+    const body = progressListResponseSchema.parse(page.body);
+    assert.ok(body.items.length <= 2);
+    seen.push(...body.items);
+    cursor = body.next_cursor;
+    pages++;
+  } while (cursor !== null && pages < 10);
+  assert.equal(pages, 3, "5 rows in pages of 2");
+  assert.deepEqual(seen.map((p) => p.series_id), [...ids].reverse(), "newest first, nothing repeated or skipped");
+
+  const reset = await call("DELETE", `/series/${ids[4]}?device_id=dev-test&updated_at=${encodeURIComponent(iso(BASE_MS + 9000))}`, {
+    token: a.accessToken,
+  });
+  assert.equal(reset.status, 200);
+  const live = progressListResponseSchema.parse((await call("GET", "", { token: a.accessToken })).body);
+  assert.deepEqual(live.items.map((p) => p.series_id), [ids[3], ids[2], ids[1], ids[0]], "the tombstone is hidden");
+  const all = progressListResponseSchema.parse(
+    (await call("GET", "?include_cleared=true", { token: a.accessToken })).body,
+  );
+  assert.equal(all.items[0].series_id, ids[4]);
+  assert.equal(all.items[0].cleared, true);
+});
+
+Deno.test("POST /progress/batch applies 1..100 writes and answers in input order", async () => {
+  const a = await createTestUser();
+  const x = seriesId("bx");
+  const y = seriesId("by");
+  const res = await call("POST", "/batch", {
+    token: a.accessToken,
+    body: {
+      writes: [
+        write({ series_id: y, chapter: 1, updated_at: iso(BASE_MS + 2000) }),
+        write({ series_id: x, chapter: 2, updated_at: iso(BASE_MS + 2000) }),
+        write({ series_id: y, chapter: 3, updated_at: iso(BASE_MS + 1000) }),
+        write({ series_id: x, chapter: 4, updated_at: iso(BASE_MS + 3000) }),
+      ],
+    },
+  });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  const { results } = batchWriteResponseSchema.parse(res.body);
+  assert.deepEqual(
+    results.map((r) => [r.won, r.conflict, r.progress.series_id, r.progress.chapter]),
+    [[true, null, y, 1], [true, null, x, 2], [false, "stale", y, 1], [true, null, x, 4]],
+  );
+
+  const hundred = Array.from({ length: 100 }, (_, i) => write({ series_id: `${x}-${i}` }));
+  const full = await call("POST", "/batch", { token: a.accessToken, body: { writes: hundred } });
+  assert.equal(full.status, 200);
+  assert.equal(batchWriteResponseSchema.parse(full.body).results.length, 100);
+});
+
+Deno.test("GET /progress/changes: every write shows up after the cursor, paging until has_more is false", async () => {
+  const a = await createTestUser();
+  const first = changesResponseSchema.parse((await call("GET", "/changes", { token: a.accessToken })).body);
+  assert.deepEqual(first.changes, [], "a new user has no changes");
+  assert.equal(first.has_more, false);
+
+  const ids = [0, 1, 2].map((i) => seriesId(`ch${i}`));
+  for (const id of ids) await call("POST", "", { token: a.accessToken, body: write({ series_id: id }) });
+
+  const got = new Map<string, Progress>();
+  let cursor = first.next_cursor;
+  for (let i = 0; i < 10; i++) {
+    const page = await call("GET", `/changes?since=${encodeURIComponent(cursor)}&limit=2`, { token: a.accessToken });
+    assert.equal(page.status, 200, JSON.stringify(page.body));
+    const body = changesResponseSchema.parse(page.body);
+    assert.ok(body.changes.length <= 2);
+    for (const row of body.changes) got.set(row.series_id, row);
+    cursor = body.next_cursor;
+    if (!body.has_more) break;
+  }
+  assert.deepEqual([...got.keys()].sort(), [...ids].sort(), "the three writes, each at least once");
+
+  // A later write shows up from the last cursor; a row that did not change again is not needed.
+  const upd = await call("POST", "", { token: a.accessToken, body: write({ series_id: ids[1], chapter: 9 }) });
+  assert.equal(upd.status, 200);
+  const next = changesResponseSchema.parse(
+    (await call("GET", `/changes?since=${encodeURIComponent(cursor)}`, { token: a.accessToken })).body,
+  );
+  const again = next.changes.find((r) => r.series_id === ids[1]);
+  assert.equal(again?.chapter, 9, "the update is in the next page");
+  for (const row of next.changes) {
+    assert.ok(BigInt(row.change_xid) >= BigInt(cursor.split(":")[0] || "0"), "nothing older than the cursor");
+  }
+});
+
+Deno.test("an identical replay answers the same and changes nothing (no broadcast, no log row)", async () => {
+  const a = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const series = seriesId("replay");
+    const body = write({ series_id: series, chapter: 3, device_id: "tablet", updated_at: iso(BASE_MS) });
+    const count = async () =>
+      (await sql`select count(*)::int as n from realtime.messages where topic = ${`progress:${a.id}`}`)[0].n as number;
+    const first = await call("POST", "", { token: a.accessToken, body });
+    const broadcasts = await count();
+    const second = await call("POST", "", { token: a.accessToken, body });
+    assert.equal(second.status, 200);
+    assert.deepEqual(second.body, first.body, "byte-for-byte the same answer, same synced_at and change_xid");
+    assert.equal(await count(), broadcasts, "the replay broadcast nothing");
+    assert.deepEqual(await conflictRows(sql, a.id, series), []);
+
+    // A replay that differs only below the millisecond is the same write too.
+    const third = await call("POST", "", {
+      token: a.accessToken,
+      body: { ...body, updated_at: body.updated_at.replace("Z", "").replace(/\.(\d{3})$/, ".$1999Z") },
+    });
+    assert.deepEqual(third.body, first.body);
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("same-millisecond ties: the greater device id wins in either arrival order, and both are logged", async () => {
+  const a = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const at = iso(BASE_MS + 500);
+    // Order 1: the loser arrives second and is rejected.
+    const s1 = seriesId("tie1");
+    await call("POST", "", { token: a.accessToken, body: write({ series_id: s1, chapter: 2, device_id: "dev-b", updated_at: at }) });
+    const lost = writeResultSchema.parse(
+      (await call("POST", "", { token: a.accessToken, body: write({ series_id: s1, chapter: 1, device_id: "dev-a", updated_at: at }) })).body,
+    );
+    assert.deepEqual([lost.won, lost.conflict, lost.progress.device_id, lost.progress.chapter], [false, "tie", "dev-b", 2]);
+    assert.deepEqual(lost.conflict_with, { updated_at: at, device_id: "dev-b" });
+
+    // Order 2: the winner arrives second and replaces the loser.
+    const s2 = seriesId("tie2");
+    await call("POST", "", { token: a.accessToken, body: write({ series_id: s2, chapter: 1, device_id: "dev-a", updated_at: at }) });
+    const won = writeResultSchema.parse(
+      (await call("POST", "", { token: a.accessToken, body: write({ series_id: s2, chapter: 2, device_id: "dev-b", updated_at: at }) })).body,
+    );
+    assert.deepEqual([won.won, won.conflict, won.progress.device_id, won.progress.chapter], [true, "tie", "dev-b", 2]);
+    assert.deepEqual(won.conflict_with, { updated_at: at, device_id: "dev-a" });
+
+    const strip = (rows: Awaited<ReturnType<typeof conflictRows>>) =>
+      rows.map((r) => [r.kind, r.rejected, r.losing_device_id, r.winning_device_id]);
+    assert.deepEqual(strip(await conflictRows(sql, a.id, s1)), [["tie", true, "dev-a", "dev-b"]]);
+    assert.deepEqual(strip(await conflictRows(sql, a.id, s2)), [["tie", false, "dev-a", "dev-b"]]);
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("a write dated in the future is clamped to the server's now() before it is compared", async () => {
+  const a = await createTestUser();
+  const series = seriesId("future");
+  const before = Date.now();
+  const ahead = await call("POST", "", {
+    token: a.accessToken,
+    body: write({ series_id: series, chapter: 50, device_id: "bad-clock", updated_at: iso(before + 7 * 24 * 3600 * 1000) }),
+  });
+  const after = Date.now();
+  const stored = writeResultSchema.parse(ahead.body).progress;
+  const storedMs = Date.parse(stored.updated_at);
+  assert.ok(storedMs >= before - 1000 && storedMs <= after + 1000, `stored ${stored.updated_at}, not a week ahead`);
+
+  // A device with a correct clock that writes a moment later wins against it.
+  const honest = await call("POST", "", {
+    token: a.accessToken,
+    body: write({ series_id: series, chapter: 51, device_id: "good-clock", updated_at: iso(storedMs + 1) }),
+  });
+  assert.deepEqual(
+    [writeResultSchema.parse(honest.body).won, writeResultSchema.parse(honest.body).progress.chapter],
+    [true, 51],
+  );
+});
+
+Deno.test("DELETE /progress/series/:id is a tombstone write: a stale offline write cannot resurrect it", async () => {
+  const a = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const series = seriesId("tomb");
+    await call("POST", "", { token: a.accessToken, body: write({ series_id: series, chapter: 7, updated_at: iso(BASE_MS) }) });
+    const reset = await call("DELETE", `/series/${series}?device_id=web&updated_at=${encodeURIComponent(iso(BASE_MS + 5000))}`, {
+      token: a.accessToken,
+    });
+    assert.equal(reset.status, 200, JSON.stringify(reset.body));
+    const tomb = writeResultSchema.parse(reset.body);
+    assert.deepEqual([tomb.won, tomb.progress.cleared, tomb.progress.chapter], [true, true, 0]);
+
+    // The phone was offline and still thinks the reader is in chapter 9 (written before the reset).
+    const stale = writeResultSchema.parse(
+      (await call("POST", "", {
+        token: a.accessToken,
+        body: write({ series_id: series, chapter: 9, device_id: "phone", updated_at: iso(BASE_MS + 3000) }),
+      })).body,
+    );
+    assert.deepEqual([stale.won, stale.conflict, stale.progress.cleared], [false, "stale", true]);
+    const got = progressResponseSchema.parse((await call("GET", `/series/${series}`, { token: a.accessToken })).body);
+    assert.equal(got.progress.cleared, true, "still cleared");
+
+    // A reset older than the progress loses like any stale write.
+    const oldReset = writeResultSchema.parse(
+      (await call("DELETE", `/series/${series}?device_id=web&updated_at=${encodeURIComponent(iso(BASE_MS + 1000))}`, {
+        token: a.accessToken,
+      })).body,
+    );
+    assert.deepEqual([oldReset.won, oldReset.conflict], [false, "stale"]);
+
+    // Reading again later (a newer write) un-clears it.
+    const newer = writeResultSchema.parse(
+      (await call("POST", "", {
+        token: a.accessToken,
+        body: write({ series_id: series, chapter: 1, device_id: "phone", updated_at: iso(BASE_MS + 6000) }),
+      })).body,
+    );
+    assert.deepEqual([newer.won, newer.progress.cleared, newer.progress.chapter], [true, false, 1]);
+    const rows = await conflictRows(sql, a.id, series);
+    assert.deepEqual(rows.map((r) => [r.kind, r.losing_device_id, r.winning_device_id]), [
+      ["stale", "phone", "web"],
+      ["stale", "web", "web"],
+    ]);
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("CORS: the preflight needs no token, and every answer (errors too) carries the CORS headers", async () => {
+  const pre = await call("OPTIONS", "/series/x", {
+    headers: {
+      origin: "https://app.example",
+      "access-control-request-method": "DELETE",
+      "access-control-request-headers": "authorization, content-type, apikey, x-client-info",
+    },
+  });
+  assert.equal(pre.status, 204);
+  assert.equal(pre.headers.get("access-control-allow-origin"), "*");
+  const methods = (pre.headers.get("access-control-allow-methods") ?? "").split(/,\s*/);
+  for (const m of ["GET", "POST", "DELETE", "OPTIONS"]) assert.ok(methods.includes(m), m);
+  const headers = (pre.headers.get("access-control-allow-headers") ?? "").split(/,\s*/);
+  for (const h of ["authorization", "content-type", "apikey", "x-client-info"]) assert.ok(headers.includes(h), h);
+
+  const unauth = await call("GET", "", { headers: { origin: "https://app.example" } });
+  assert.equal(unauth.status, 401);
+  assert.equal(unauth.headers.get("access-control-allow-origin"), "*", "a browser can read the 401 body");
+  const a = await createTestUser();
+  const ok = await call("GET", "", { token: a.accessToken, headers: { origin: "https://app.example" } });
+  assert.equal(ok.status, 200);
+  assert.equal(ok.headers.get("access-control-allow-origin"), "*");
+  assert.match(ok.headers.get("access-control-expose-headers") ?? "", /x-request-id/);
+  assert.ok(ok.headers.get("x-request-id"));
+});

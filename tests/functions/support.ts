@@ -1,0 +1,116 @@
+// Helpers for the progress API tests: real HTTP against the local gateway
+// (${SUPABASE_URL}/functions/v1/progress, started by `npm test`) and a superuser view of the
+// database to prove what a request did or did not change.
+
+import postgres from "postgres";
+import { adminSql, testEnv } from "../support/env.ts";
+import type { ProgressWriteInput } from "../../shared/progress/schemas.ts";
+
+export const FUNCTION_URL = () => `${testEnv().url}/functions/v1/progress`;
+
+export interface ApiAnswer {
+  status: number;
+  headers: Headers;
+  /** Parsed JSON, or the raw text when the body is not JSON (null for an empty body). */
+  body: unknown;
+}
+
+export interface CallOptions {
+  token?: string | null;
+  body?: unknown;
+  /** Sent as is (not JSON-encoded). */
+  rawBody?: BodyInit;
+  headers?: Record<string, string>;
+  /** Base URL of the function (default: the gateway's). */
+  base?: string;
+}
+
+/** One request; the body is always read, so no response stream leaks. */
+export async function call(method: string, path: string, options: CallOptions = {}): Promise<ApiAnswer> {
+  const headers = new Headers(options.headers ?? {});
+  if (options.token) headers.set("authorization", `Bearer ${options.token}`);
+  let body: BodyInit | undefined = options.rawBody;
+  if (options.body !== undefined) {
+    body = JSON.stringify(options.body);
+    if (!headers.has("content-type")) headers.set("content-type", "application/json");
+  }
+  const res = await fetch(`${options.base ?? FUNCTION_URL()}${path}`, { method, headers, body });
+  const text = await res.text();
+  let parsed: unknown = text === "" ? null : text;
+  try {
+    parsed = text === "" ? null : JSON.parse(text);
+  } catch { /* not JSON: keep the text */ }
+  return { status: res.status, headers: res.headers, body: parsed };
+}
+
+/** The API's error body, asserted to have the documented shape. */
+export function errorOf(answer: ApiAnswer): { code: string; message: string; details?: unknown } {
+  const body = answer.body as { error?: { code?: unknown; message?: unknown } } | null;
+  if (!body || typeof body !== "object" || !body.error || typeof body.error.code !== "string" ||
+    typeof body.error.message !== "string") {
+    throw new Error(`not an API error body (status ${answer.status}): ${JSON.stringify(answer.body)}`);
+  }
+  return body.error as { code: string; message: string; details?: unknown };
+}
+
+let seq = 0;
+/** A unique, valid series id. */
+export function seriesId(prefix = "s"): string {
+  return `${prefix}-${Date.now().toString(36)}-${(seq++).toString(36)}-${crypto.randomUUID().slice(0, 8)}`;
+}
+
+export function write(over: Partial<ProgressWriteInput> & { series_id: string }): ProgressWriteInput {
+  return {
+    chapter: 1,
+    page: 1,
+    percentage: 0.01,
+    device_id: "dev-test",
+    updated_at: new Date().toISOString(),
+    ...over,
+  };
+}
+
+/** Every reading_progress and conflict-log row of the given users, as the superuser sees them. */
+export async function snapshot(sql: postgres.Sql, userIds: string[]): Promise<string> {
+  const [{ state }] = await sql<{ state: string }[]>`
+    select jsonb_build_object(
+      'progress', (select coalesce(jsonb_agg(to_jsonb(p) order by p.user_id, p.series_id), '[]')
+                     from public.reading_progress p where p.user_id = any(${userIds}::uuid[])),
+      'conflicts', (select coalesce(jsonb_agg(to_jsonb(c) order by c.id), '[]')
+                      from public.reading_progress_conflicts c where c.user_id = any(${userIds}::uuid[]))
+    )::text as state`;
+  return state;
+}
+
+/** Conflict-log rows of one user and series, oldest first. */
+export async function conflictRows(sql: postgres.Sql, userId: string, series: string) {
+  return [...await sql<{
+    kind: string;
+    rejected: boolean;
+    losing_updated_at: Date;
+    losing_device_id: string;
+    winning_updated_at: Date;
+    winning_device_id: string;
+  }[]>`
+    select kind, rejected, losing_updated_at, losing_device_id, winning_updated_at, winning_device_id
+      from public.reading_progress_conflicts where user_id = ${userId} and series_id = ${series} order by id`];
+}
+
+export { adminSql, testEnv };
+
+/** A TCP port nothing listens on (bound, then released). */
+export function closedPort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** Serves a fetch handler on a free local port over real HTTP; stop with `await server.shutdown()`. */
+export function serveLocal(handler: (req: Request) => Response | Promise<Response>): {
+  url: string;
+  shutdown(): Promise<void>;
+} {
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, handler);
+  return { url: `http://127.0.0.1:${server.addr.port}`, shutdown: () => server.shutdown() };
+}
