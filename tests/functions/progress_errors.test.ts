@@ -1,0 +1,254 @@
+// Every error path of the progress function over real HTTP, and proof that no bad request changed a
+// row: each request is followed by a comparison of both users' progress and conflict-log rows with a
+// snapshot taken before it.
+//
+// Status of a rejected body or query (shared/progress/schemas.ts):
+//   400 invalid_json       not JSON / empty / not UTF-8
+//   400 invalid_request    JSON of the wrong shape: a wrong type, a missing or unknown field (user_id!)
+//   422 validation_failed  well-typed values outside the data model: ranges, id format, date format,
+//                          a reset with a position, batch size, a malformed cursor
+
+import assert from "node:assert/strict";
+import { SignJWT } from "jose";
+import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
+import { createTestUser, type TestUser } from "../support/env.ts";
+import { PROGRESS_LIMITS } from "../../shared/progress/types.ts";
+import { adminSql, type ApiAnswer, call, errorOf, seriesId, snapshot, testEnv, write } from "./support.ts";
+
+interface Ctx {
+  a: TestUser;
+  b: TestUser;
+  series: string;
+}
+
+/** Runs `fn` with two users (A has one row and one conflict) and asserts nothing changed. */
+async function unchanged(fn: (ctx: Ctx) => Promise<void>): Promise<void> {
+  const sql = adminSql({ max: 1 });
+  try {
+    const a = await createTestUser();
+    const b = await createTestUser();
+    const series = seriesId("err");
+    const ok = await call("POST", "", { token: a.accessToken, body: write({ series_id: series, updated_at: "2026-05-01T00:00:02Z" }) });
+    assert.equal(ok.status, 200);
+    await call("POST", "", { token: a.accessToken, body: write({ series_id: series, updated_at: "2026-05-01T00:00:01Z" }) });
+    const before = await snapshot(sql, [a.id, b.id]);
+    await fn({ a, b, series });
+    assert.equal(await snapshot(sql, [a.id, b.id]), before, "a rejected request changed no row");
+  } finally {
+    await sql.end();
+  }
+}
+
+function expectError(answer: ApiAnswer, status: number, code: string): { code: string; message: string; details?: unknown } {
+  assert.equal(answer.status, status, `expected ${status} ${code}, got ${answer.status} ${JSON.stringify(answer.body)}`);
+  assert.match(answer.headers.get("content-type") ?? "", /^application\/json/);
+  const error = errorOf(answer);
+  assert.equal(error.code, code, JSON.stringify(answer.body));
+  return error;
+}
+
+const issuePaths = (e: { details?: unknown }) =>
+  ((e.details as { issues?: { path: string }[] })?.issues ?? []).map((i) => i.path);
+
+Deno.test("400: malformed, empty and non-UTF-8 bodies", () =>
+  unchanged(async ({ a, series }) => {
+    const headers = { "content-type": "application/json" };
+    expectError(await call("POST", "", { token: a.accessToken, headers, rawBody: `{"series_id": "${series}", ` }), 400, "invalid_json");
+    expectError(await call("POST", "", { token: a.accessToken, headers, rawBody: "" }), 400, "invalid_json");
+    expectError(await call("POST", "", { token: a.accessToken, headers, rawBody: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]) }), 400, "invalid_json");
+    expectError(await call("POST", "/batch", { token: a.accessToken, headers, rawBody: "[1,2" }), 400, "invalid_json");
+  }));
+
+Deno.test("400: wrong types, missing and unknown fields (shape errors)", () =>
+  unchanged(async ({ a, series }) => {
+    const good = write({ series_id: series, updated_at: "2026-05-01T00:00:09Z" });
+    let e = expectError(await call("POST", "", { token: a.accessToken, body: { ...good, chapter: "5" } }), 400, "invalid_request");
+    assert.deepEqual(issuePaths(e), ["chapter"]);
+    e = expectError(await call("POST", "", { token: a.accessToken, body: { ...good, percentage: null } }), 400, "invalid_request");
+    assert.deepEqual(issuePaths(e), ["percentage"]);
+    e = expectError(await call("POST", "", { token: a.accessToken, body: { ...good, chapter: 1.5 } }), 400, "invalid_request");
+    const { device_id: _omit, ...missing } = good;
+    e = expectError(await call("POST", "", { token: a.accessToken, body: missing }), 400, "invalid_request");
+    assert.deepEqual(issuePaths(e), ["device_id"]);
+    expectError(await call("POST", "", { token: a.accessToken, body: { ...good, colour: "red" } }), 400, "invalid_request");
+    expectError(await call("POST", "", { token: a.accessToken, body: [good] }), 400, "invalid_request");
+    expectError(await call("POST", "", { token: a.accessToken, body: "hello" }), 400, "invalid_request");
+    expectError(await call("POST", "/batch", { token: a.accessToken, body: { writes: good } }), 400, "invalid_request");
+    expectError(await call("POST", "/batch", { token: a.accessToken, body: [good] }), 400, "invalid_request");
+    expectError(await call("GET", "?limit=abc", { token: a.accessToken }), 400, "invalid_request");
+    expectError(await call("GET", "?colour=red", { token: a.accessToken }), 400, "invalid_request");
+    expectError(await call("GET", "?limit=1&limit=2", { token: a.accessToken }), 400, "invalid_request");
+  }));
+
+Deno.test("400: a user_id in the body is refused, never trusted (single write and batch)", () =>
+  unchanged(async ({ a, b, series }) => {
+    // B tries to write into A's progress by naming A.
+    const forged = { ...write({ series_id: series, chapter: 99, updated_at: "2026-05-01T00:00:09Z" }), user_id: a.id };
+    const e = expectError(await call("POST", "", { token: b.accessToken, body: forged }), 400, "invalid_request");
+    assert.match(e.message, /user_id must not be sent/);
+    expectError(await call("POST", "/batch", { token: b.accessToken, body: { writes: [forged] } }), 400, "invalid_request");
+    expectError(await call("POST", "/batch", { token: b.accessToken, body: { writes: [write({ series_id: series })], user_id: a.id } }), 400, "invalid_request");
+    expectError(await call("GET", `?user_id=${a.id}`, { token: b.accessToken }), 400, "invalid_request");
+  }));
+
+Deno.test("422: well-typed values outside the data model", () =>
+  unchanged(async ({ a, series }) => {
+    const good = write({ series_id: series, updated_at: "2026-05-01T00:00:09Z" });
+    const cases: [string, unknown, string][] = [
+      ["percentage above 1", { ...good, percentage: 1.5 }, "percentage"],
+      ["negative chapter", { ...good, chapter: -1 }, "chapter"],
+      ["page beyond the limit", { ...good, page: PROGRESS_LIMITS.pageMax + 1 }, "page"],
+      ["series id with a space", { ...good, series_id: "bad id" }, "series_id"],
+      ["series id of 129 chars", { ...good, series_id: "x".repeat(129) }, "series_id"],
+      ["device id with a slash", { ...good, device_id: "a/b" }, "device_id"],
+      ["a date without a zone", { ...good, updated_at: "2026-05-01T00:00:09" }, "updated_at"],
+      ["not a date", { ...good, updated_at: "yesterday" }, "updated_at"],
+      ["before 1970", { ...good, updated_at: "1969-12-31T23:59:59Z" }, "updated_at"],
+      ["a reset with a position", { ...good, cleared: true }, "cleared"],
+    ];
+    for (const [what, body, path] of cases) {
+      const e = expectError(await call("POST", "", { token: a.accessToken, body }), 422, "validation_failed");
+      assert.deepEqual([...new Set(issuePaths(e))], [path], what);
+    }
+    const tooMany = Array.from({ length: PROGRESS_LIMITS.batchMax + 1 }, (_, i) => write({ series_id: `${series}-${i}` }));
+    expectError(await call("POST", "/batch", { token: a.accessToken, body: { writes: tooMany } }), 422, "validation_failed");
+    expectError(await call("POST", "/batch", { token: a.accessToken, body: { writes: [] } }), 422, "validation_failed");
+    // One bad element fails the whole batch: the good first element is not written either.
+    const mixed = { writes: [write({ series_id: `${series}-ok` }), { ...good, percentage: 2 }] };
+    const e = expectError(await call("POST", "/batch", { token: a.accessToken, body: mixed }), 422, "validation_failed");
+    assert.deepEqual(issuePaths(e), ["writes.1.percentage"]);
+    expectError(await call("GET", "?limit=0", { token: a.accessToken }), 422, "validation_failed");
+    expectError(await call("GET", `?limit=${PROGRESS_LIMITS.listMax + 1}`, { token: a.accessToken }), 422, "validation_failed");
+    expectError(await call("GET", "?cursor=garbage", { token: a.accessToken }), 422, "validation_failed");
+    expectError(await call("GET", "/changes?since=abc", { token: a.accessToken }), 422, "validation_failed");
+    expectError(await call("GET", "/series/bad%20id", { token: a.accessToken }), 422, "validation_failed");
+    expectError(await call("DELETE", `/series/${series}?device_id=web`, { token: a.accessToken }), 400, "invalid_request");
+    expectError(await call("DELETE", `/series/${series}?device_id=web&updated_at=soon`, { token: a.accessToken }), 422, "validation_failed");
+  }));
+
+Deno.test("401: missing, malformed, expired, forged and unsigned tokens", () =>
+  unchanged(async ({ a, series }) => {
+    const body = write({ series_id: series, chapter: 50, updated_at: "2026-05-01T00:00:09Z" });
+    let e = expectError(await call("POST", "", { body }), 401, "missing_token");
+    const missing = await call("GET", "");
+    expectError(missing, 401, "missing_token");
+    assert.match(missing.headers.get("www-authenticate") ?? "", /^Bearer/);
+    expectError(await call("GET", "", { headers: { authorization: `Basic ${btoa("a:b")}` } }), 401, "missing_token");
+    e = expectError(await call("POST", "", { token: "not-a-jwt", body }), 401, "invalid_token");
+    assert.deepEqual(e.details, { reason: "malformed_token" });
+
+    const expired = await mintUserAccessToken(a.id, { expiresInSeconds: -60, secret: testEnv().jwtSecret });
+    e = expectError(await call("POST", "", { token: expired, body }), 401, "token_expired");
+
+    const forged = await mintUserAccessToken(a.id, { secret: "another-secret-with-at-least-32-characters!!" });
+    e = expectError(await call("POST", "", { token: forged, body }), 401, "invalid_token");
+    assert.deepEqual(e.details, { reason: "invalid_signature" });
+
+    // A's valid signature on a payload edited to say role service_role.
+    const [h, , s] = a.accessToken.split(".");
+    const payload = JSON.parse(atob(a.accessToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    const edited = btoa(JSON.stringify({ ...payload, role: "service_role" })).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+    e = expectError(await call("POST", "", { token: `${h}.${edited}.${s}`, body }), 401, "invalid_token");
+    assert.deepEqual(e.details, { reason: "invalid_signature" });
+
+    // alg "none": no signature at all.
+    const none = `${btoa(JSON.stringify({ alg: "none", typ: "JWT" })).replace(/=+$/, "")}.${edited}.`;
+    e = expectError(await call("POST", "", { token: none, body }), 401, "invalid_token");
+    assert.deepEqual(e.details, { reason: "unsupported_algorithm" });
+
+    // A token without exp never expires: refused.
+    const noExp = await new SignJWT({ sub: a.id, role: "authenticated", aud: "authenticated" })
+      .setProtectedHeader({ alg: "HS256" })
+      .sign(new TextEncoder().encode(testEnv().jwtSecret));
+    expectError(await call("POST", "", { token: noExp, body }), 401, "invalid_token");
+    // A token for another audience.
+    const otherAud = await signDevJwt({ sub: a.id, role: "authenticated", aud: "some-other-api" }, { secret: testEnv().jwtSecret });
+    expectError(await call("POST", "", { token: otherAud, body }), 401, "invalid_token");
+  }));
+
+Deno.test("403: the anon key, a token without a user, and service_role without X-Act-As-User", () =>
+  unchanged(async ({ a, b, series }) => {
+    const env = testEnv();
+    const body = write({ series_id: series, chapter: 50, updated_at: "2026-05-01T00:00:09Z" });
+    let e = expectError(await call("POST", "", { token: env.anonKey, body }), 403, "forbidden");
+    assert.match(e.message, /anon/);
+    expectError(await call("GET", "", { token: env.anonKey }), 403, "forbidden");
+    const noSub = await signDevJwt({ role: "authenticated", aud: "authenticated" }, { secret: env.jwtSecret });
+    expectError(await call("GET", "", { token: noSub }), 403, "forbidden");
+    e = expectError(await call("POST", "", { token: env.serviceRoleKey, body }), 403, "forbidden");
+    assert.match(e.message, /x-act-as-user/i);
+    expectError(await call("GET", "", { token: env.serviceRoleKey, headers: { "x-act-as-user": "not-a-uuid" } }), 403, "forbidden");
+    // A user cannot use the header to act for someone else.
+    expectError(await call("POST", "", { token: b.accessToken, body, headers: { "x-act-as-user": a.id } }), 403, "forbidden");
+    expectError(await call("GET", `/series/${series}`, { token: b.accessToken, headers: { "x-act-as-user": a.id } }), 403, "forbidden");
+  }));
+
+Deno.test("404 unknown routes and series, 405 wrong methods with Allow", () =>
+  unchanged(async ({ a, series }) => {
+    expectError(await call("GET", "/nope", { token: a.accessToken }), 404, "not_found");
+    expectError(await call("GET", "/series", { token: a.accessToken }), 404, "not_found");
+    expectError(await call("GET", `/series/${series}/extra`, { token: a.accessToken }), 404, "not_found");
+    expectError(await call("GET", `/${series}`, { token: a.accessToken }), 404, "not_found");
+    expectError(await call("GET", "/series/never-read-this", { token: a.accessToken }), 404, "progress_not_found");
+
+    const cases: [string, string, string][] = [
+      ["PUT", "", "GET, POST, OPTIONS"],
+      ["PATCH", "", "GET, POST, OPTIONS"],
+      ["DELETE", "", "GET, POST, OPTIONS"],
+      ["GET", "/batch", "POST, OPTIONS"],
+      ["DELETE", "/batch", "POST, OPTIONS"],
+      ["POST", "/changes", "GET, OPTIONS"],
+      ["POST", `/series/${series}`, "GET, DELETE, OPTIONS"],
+      ["PUT", `/series/${series}`, "GET, DELETE, OPTIONS"],
+    ];
+    for (const [method, path, allow] of cases) {
+      const body = method === "GET" ? undefined : write({ series_id: series, chapter: 77 });
+      const answer = await call(method, path, { token: a.accessToken, body });
+      expectError(answer, 405, "method_not_allowed");
+      assert.equal(answer.headers.get("allow"), allow, `${method} ${path}`);
+    }
+  }));
+
+Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () =>
+  unchanged(async ({ a, series }) => {
+    const huge = { ...write({ series_id: series, chapter: 60 }), padding: "x".repeat(PROGRESS_LIMITS.maxBodyBytes) };
+    let e = expectError(await call("POST", "", { token: a.accessToken, body: huge }), 413, "payload_too_large");
+    assert.deepEqual(e.details, { max_bytes: PROGRESS_LIMITS.maxBodyBytes });
+    const bigBatch = { writes: Array.from({ length: 100 }, (_, i) => ({ ...write({ series_id: `${series}-${i}` }), device_id: "d".repeat(128), series_id: `${series}-${"s".repeat(100)}-${i}` })) };
+    assert.ok(JSON.stringify(bigBatch).length < PROGRESS_LIMITS.maxBodyBytes, "a full batch of long ids fits the limit");
+    // No Content-Length: a streamed body is cut off while reading.
+    const chunk = new TextEncoder().encode(" ".repeat(16 * 1024));
+    let sent = 0;
+    const stream = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent++ < 8) controller.enqueue(chunk);
+        else controller.close();
+      },
+    });
+    e = expectError(
+      await call("POST", "/batch", { token: a.accessToken, headers: { "content-type": "application/json" }, rawBody: stream }),
+      413,
+      "payload_too_large",
+    );
+
+    const body = JSON.stringify(write({ series_id: series, chapter: 61 }));
+    expectError(await call("POST", "", { token: a.accessToken, headers: { "content-type": "text/plain" }, rawBody: body }), 415, "unsupported_media_type");
+    expectError(await call("POST", "", { token: a.accessToken, rawBody: new Blob([body]) }), 415, "unsupported_media_type");
+    expectError(
+      await call("POST", "/batch", { token: a.accessToken, headers: { "content-type": "application/x-www-form-urlencoded" }, rawBody: "writes=1" }),
+      415,
+      "unsupported_media_type",
+    );
+  }));
+
+Deno.test("415 is only for non-JSON types: a charset parameter and +json types are accepted", async () => {
+  const a = await createTestUser();
+  for (const type of ["application/json; charset=utf-8", "application/vnd.readsync+json", "Application/JSON"]) {
+    const ok = await call("POST", "", {
+      token: a.accessToken,
+      headers: { "content-type": type },
+      rawBody: JSON.stringify(write({ series_id: seriesId("ct") })),
+    });
+    assert.equal(ok.status, 200, `${type}: ${JSON.stringify(ok.body)}`);
+  }
+});
