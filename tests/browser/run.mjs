@@ -630,7 +630,8 @@ async function createAuthUser(supabaseUrl, serviceRoleKey, email) {
 
 /** Two device screenshots side by side, captioned, as one picture (rendered by Chromium itself). */
 async function saveTwoDevicesPicture(browser, left, right, force) {
-  const [a, b] = await Promise.all([left.page.screenshot(), right.page.screenshot()]);
+  // Only the app (<main>), not the empty viewport below it.
+  const [a, b] = await Promise.all([left, right].map((d) => d.page.locator("main").screenshot()));
   const context = await browser.newContext({ viewport: { width: 1000, height: 900 }, deviceScaleFactor: 1 });
   try {
     const page = await context.newPage();
