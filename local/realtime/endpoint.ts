@@ -52,11 +52,18 @@ export async function createRealtimeEndpoint(
     onnotice: () => {},
     connection: { application_name: "readsync-local-realtime" },
   });
-  const hub = new BroadcastHub(sql, { frameForm: options.frameForm, log });
+  // Delivery has its own connection (plus postgres.js's LISTEN one): a message's row read never
+  // queues behind the policy probes of a burst of joins.
+  const deliverySql = postgres(ctx.dbUrl, {
+    max: 1,
+    onnotice: () => {},
+    connection: { application_name: "readsync-local-realtime-delivery" },
+  });
+  const hub = new BroadcastHub(deliverySql, { frameForm: options.frameForm, log });
   try {
     await hub.start();
   } catch (error) {
-    await sql.end({ timeout: 1 });
+    await Promise.all([sql.end({ timeout: 1 }), deliverySql.end({ timeout: 1 })]);
     throw error;
   }
   const verifier = new TokenVerifier(ctx.jwtSecret);
@@ -189,7 +196,7 @@ export async function createRealtimeEndpoint(
       for (const connection of connections) connection.close();
       connections.clear();
       await hub.close();
-      await sql.end({ timeout: 2 });
+      await Promise.all([sql.end({ timeout: 2 }), deliverySql.end({ timeout: 2 })]);
     },
   };
 }
