@@ -51,6 +51,7 @@ const TESTS = [
   "an offline device's newer edit wins on reconnect and reaches the other device live",
   "development sign-in is clearly labelled and refused without READSYNC_DEV_SIGNIN",
   "the library shows its error state (error.tsx) when the progress function cannot be reached",
+  "with Realtime unreachable a device says Polling and still receives changes, without a reload",
   "no device had a script error (hydration included)",
 ];
 
@@ -567,6 +568,42 @@ async function main() {
       },
       {
         name: TESTS[6],
+        fn: async () => {
+          // A third device of reader A whose WebSocket to Realtime is refused (the HTTP API works).
+          const context = await browser.newContext({ baseURL: webUrl, viewport, locale: "en-GB", timezoneId: "UTC" });
+          context.setDefaultTimeout(15_000);
+          let refused = 0;
+          await context.routeWebSocket(/\/realtime\/v1\/websocket/, (ws) => {
+            refused++;
+            ws.close({ code: 1011, reason: "realtime unreachable (test)" });
+          });
+          const page = await context.newPage();
+          const eReader = { label: "reader A, device 3 (no Realtime)", context, page, errors: [], navigations: 0 };
+          page.on("pageerror", (error) => eReader.errors.push(String(error)));
+          page.on("framenavigated", (frame) => {
+            if (frame === page.mainFrame()) eReader.navigations++;
+          });
+          try {
+            await signIn(eReader, emailA);
+            await openSeries(eReader, seriesLive);
+            await waitForStatus(eReader, "polling");
+            assert(refused > 0, "the app tried Realtime");
+            const before = await mark(eReader);
+            await openSeries(phone, seriesLive);
+            await setPosition(phone, { chapter: 9, page: 4, percent: 60 });
+            // Polling every few seconds: the change arrives by the changes endpoint.
+            await waitForPosition(eReader, { chapter: 9, page: 4, percentage: 0.6 }, 30_000);
+            await assertNoReload(eReader, before);
+            assertEqual(await status(eReader), "polling", "still polling");
+            await page.screenshot({ path: path.join(ARTIFACTS, "06-polling-device.png"), fullPage: true });
+            assertEqual(eReader.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[7],
         fn: async () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },
