@@ -1,10 +1,17 @@
 // 1. Write path: upserts/s through the full path (as `authenticated` with RLS, the stamp trigger and
 // the broadcast trigger writing a realtime.messages row) vs a bare table of the same shape (same
-// columns, checks, primary key and indexes; no triggers, no RLS, no foreign key), with pgbench.
+// columns, checks, primary key and indexes; no triggers, no RLS, no foreign key), with pgbench, plus
+// the steps in between so the cost of each part is known.
+//
+// Like with like: every variant is the same request shape, one transaction in ONE round trip
+// (pgbench pipeline mode: `select set_config(role), set_config(request.jwt.claims)` and the write,
+// then one Sync), as PostgREST sets role and claims in one statement before the query. The bare
+// variant sets the same settings (role = postgres, a no-op switch), so the only differences are the
+// table, its triggers and RLS.
 
 import { benchUidSql, ensureBenchUsers } from "../lib/db.ts";
 import { type PgbenchResult, runPgbench } from "../lib/pgbench.ts";
-import { ratio, type SectionResult } from "../lib/report.ts";
+import { ratio, type Row, type SectionResult } from "../lib/report.ts";
 import type { Ctx } from "./context.ts";
 
 const USERS = 1000;
@@ -24,51 +31,85 @@ on conflict (user_id, series_id) do update
       cleared = excluded.cleared, device_id = excluded.device_id, updated_at = excluded.updated_at
   where (excluded.updated_at, excluded.device_id) > (p.updated_at, p.device_id);
 `;
-// What an API request does: one transaction, role and verified claims set locally (as PostgREST and
-// the edge function do), then the write.
-const impersonate = `select set_config('role', 'authenticated', true),
+const callFunction = `select public.write_reading_progress('s-' || :s, :ch, :ch, :ch / 100000.0, false,
+  'dev-' || :client_id, clock_timestamp());
+`;
+const settings = (role: string) =>
+  `select set_config('role', '${role}', true),
        set_config('request.jwt.claims', '{"sub":"' || ${uid}::text || '","role":"authenticated"}', true);
 `;
+/** One transaction, one round trip: the statements between \startpipeline and \endpipeline share one Sync. */
+const request = (role: string, write: string) =>
+  `${vars}\\startpipeline\n${settings(role)}${write}\\endpipeline\n`;
 
-export const SCRIPTS = {
-  bare: vars + upsert("bench.progress_bare"),
-  full: vars + "begin;\n" + impersonate + upsert("public.reading_progress") + "commit;\n",
-};
+interface Variant {
+  id: string;
+  label: string;
+  script: string;
+  /** Trigger switches (only on the bench's own database); null = leave as migrated. */
+  triggers: { stamp: boolean; broadcast: boolean; localNotify: boolean } | null;
+}
 
-/** Full path through public.write_reading_progress when that migration has landed. */
-export async function writeFunctionScript(ctx: Ctx): Promise<{ script: string; signature: string } | null> {
-  const fns = await ctx.sql<{ sig: string; args: string }[]>`
-    select p.oid::regprocedure::text as sig, pg_get_function_arguments(p.oid) as args
-      from pg_proc p where p.pronamespace = 'public'::regnamespace and p.proname = 'write_reading_progress'`;
-  if (fns.length === 0) return null;
-  const { sig, args } = fns[0];
-  // Map named parameters to values; unknown parameters get their default (skipped) or fail loudly.
-  const values: Record<string, string> = {
-    series_id: `'s-' || :s`,
-    chapter: ":ch",
-    page: ":ch",
-    percentage: ":ch / 100000.0",
-    cleared: "false",
-    device_id: `'dev-' || :client_id`,
-    updated_at: "clock_timestamp()",
-    user_id: uid,
-  };
-  const named: string[] = [];
-  for (const part of args.split(/,\s*(?![^()]*\))/)) {
-    const m = part.trim().match(/^(?:in\s+)?(\w+)\s+(.+?)(\s+default\s+.+)?$/i);
-    if (!m) continue;
-    const [, name, , hasDefault] = m;
-    const key = name.replace(/^(p_|_)/, "");
-    if (values[key]) named.push(`${name} => ${values[key]}`);
-    else if (!hasDefault) {
-      throw new Error(`write_reading_progress: no bench value for parameter ${name} (${sig})`);
-    }
-  }
-  return {
-    signature: sig,
-    script: vars + "begin;\n" + impersonate + `select public.write_reading_progress(${named.join(", ")});\n` +
-      "commit;\n",
-  };
+const ALL_ON = { stamp: true, broadcast: true, localNotify: true };
+
+/** From bare to full, one part added per step (the cumulative breakdown), then the API's function. */
+export function variants(ownsDatabase: boolean): Variant[] {
+  const all: Variant[] = [
+    {
+      id: "bare",
+      label: "bare table",
+      script: request("postgres", upsert("bench.progress_bare")),
+      triggers: null,
+    },
+    {
+      id: "table",
+      label: "+ reading_progress (FK), no triggers, no RLS",
+      script: request("postgres", upsert("public.reading_progress")),
+      triggers: { stamp: false, broadcast: false, localNotify: false },
+    },
+    {
+      id: "rls",
+      label: "+ RLS (as authenticated)",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: { stamp: false, broadcast: false, localNotify: false },
+    },
+    {
+      id: "stamp",
+      label: "+ stamp trigger",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: { stamp: true, broadcast: false, localNotify: false },
+    },
+    {
+      id: "supabase",
+      label: "+ broadcast trigger → realtime.messages row = full path as on Supabase",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: { stamp: true, broadcast: true, localNotify: false },
+    },
+    {
+      id: "full",
+      label: "+ local NOTIFY (local stack only) = full path here",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: ALL_ON,
+    },
+    {
+      id: "function",
+      label: "full path through public.write_reading_progress() (what the API calls)",
+      script: request("authenticated", callFunction),
+      triggers: ALL_ON,
+    },
+  ];
+  // Against someone else's database nothing is switched off: bare, full and the function only.
+  return ownsDatabase ? all : all.filter((v) => ["bare", "full", "function"].includes(v.id))
+    .map((v) => ({ ...v, triggers: null }));
+}
+
+async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
+  const s = t ?? ALL_ON;
+  const on = (b: boolean) => (b ? "enable" : "disable");
+  await ctx.sql.unsafe(`
+    alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_stamp;
+    alter table public.reading_progress ${on(s.broadcast)} trigger reading_progress_broadcast;
+    alter table realtime.messages ${on(s.localNotify)} trigger local_notify_message;`);
 }
 
 export async function prepareWriteTables(ctx: Ctx): Promise<void> {
@@ -97,38 +138,40 @@ async function between(ctx: Ctx): Promise<void> {
   for (const t of ["bench.progress_bare", "public.reading_progress"]) await ctx.sql.unsafe(`vacuum ${t}`);
 }
 
-export async function runVariants(
-  ctx: Ctx,
-  scripts: Record<string, string>,
-  clients: number,
-): Promise<Record<string, PgbenchResult>> {
-  const names = Object.keys(scripts);
-  const runs: Record<string, PgbenchResult[]> = Object.fromEntries(names.map((n) => [n, []]));
-  for (let r = 0; r < ctx.opts.pgbenchRepeats; r++) {
-    // A B C, then C B A: drift on a shared machine hits every variant alike.
-    for (const name of r % 2 === 0 ? names : [...names].reverse()) {
-      await between(ctx);
-      const result = await runPgbench({
-        dbUrl: ctx.stack.dbUrl,
-        script: scripts[name],
-        clients,
-        seconds: ctx.opts.pgbenchSeconds,
-        vars: { users: USERS, series: SERIES },
-      });
-      ctx.log(`write ${name} c=${clients}: ${result.tps.toFixed(0)} tps (avg ${result.latencyAvgMs} ms)`);
-      runs[name].push(result);
+type Averaged = PgbenchResult & { runs: number[] };
+
+async function runVariants(ctx: Ctx, list: Variant[], clients: number): Promise<Record<string, Averaged>> {
+  const runs: Record<string, PgbenchResult[]> = Object.fromEntries(list.map((v) => [v.id, []]));
+  try {
+    for (let r = 0; r < ctx.opts.pgbenchRepeats; r++) {
+      // A B C ..., then ... C B A: drift on a shared machine hits every variant alike.
+      for (const v of r % 2 === 0 ? list : [...list].reverse()) {
+        if (ctx.stack.ownsDatabase) await setTriggers(ctx, v.triggers);
+        await between(ctx);
+        const result = await runPgbench({
+          dbUrl: ctx.stack.dbUrl,
+          script: v.script,
+          clients,
+          seconds: ctx.opts.pgbenchSeconds,
+          vars: { users: USERS, series: SERIES },
+        });
+        ctx.log(`write ${v.id} c=${clients}: ${result.tps.toFixed(0)} tps (avg ${result.latencyAvgMs} ms)`);
+        runs[v.id].push(result);
+      }
     }
+  } finally {
+    if (ctx.stack.ownsDatabase) await setTriggers(ctx, null);
   }
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
-  return Object.fromEntries(names.map((n) => {
-    const rs = runs[n];
-    return [n, {
+  return Object.fromEntries(list.map((v) => {
+    const rs = runs[v.id];
+    return [v.id, {
       ...rs[0],
       tps: mean(rs.map((x) => x.tps)),
       transactions: rs.reduce((a, x) => a + x.transactions, 0),
       failed: rs.reduce((a, x) => a + x.failed, 0),
       latencyAvgMs: mean(rs.map((x) => x.latencyAvgMs)),
-      runs: rs.map((x) => x.tps),
+      runs: rs.map((x) => Math.round(x.tps)),
     }];
   }));
 }
@@ -142,46 +185,68 @@ export async function writeSection(ctx: Ctx): Promise<SectionResult> {
     notes: [],
   };
   await prepareWriteTables(ctx);
-  const scripts: Record<string, string> = { ...SCRIPTS };
-  const fn = await writeFunctionScript(ctx);
-  if (fn) scripts.function = fn.script;
-  else {section.notes.push(
-      "public.write_reading_progress does not exist yet: only the direct upsert was measured.",
-    );}
-
+  const list = variants(ctx.stack.ownsDatabase);
   const details: Record<string, unknown> = {};
+  const costs: string[] = [];
   for (const clients of ctx.opts.writeClients) {
-    const res = await runVariants(ctx, scripts, clients);
+    const res = await runVariants(ctx, list, clients);
     details[`c${clients}`] = res;
     const bare = res.bare.tps;
-    const add = (name: string, label: string) => {
-      const r = ratio(res[name].tps, bare);
-      section.rows.push({
-        metric: `${label}, ${clients} client${clients > 1 ? "s" : ""}`,
-        value: res[name].tps,
+    const plural = clients > 1 ? "s" : "";
+    const targeted = new Set(["full", "supabase", "function"]);
+    for (const v of list) {
+      if (v.id === "bare") continue;
+      const r = ratio(res[v.id].tps, bare);
+      const row: Row = {
+        metric: `${targeted.has(v.id) ? "" : "  "}${v.label}, ${clients} client${plural}`,
+        value: res[v.id].tps,
         unit: "tps",
         baseline: bare,
         baselineLabel: "bare",
         ratio: r,
-        target: "≥ 0.5× bare",
-        met: r == null ? null : r >= 0.5,
-      });
-      if (res[name].failed > 0) {
-        section.notes.push(`${label} at ${clients} clients: ${res[name].failed} failed transactions`);
+        ...(targeted.has(v.id) ? { target: "≥ 0.5× bare", met: r == null ? null : r >= 0.5 } : {}),
+      };
+      section.rows.push(row);
+      if (res[v.id].failed > 0) {
+        section.notes.push(`${v.label} at ${clients} clients: ${res[v.id].failed} failed transactions`);
       }
-    };
-    add("full", "full path, direct upsert");
-    if (scripts.function) add("function", `full path, ${fn!.signature.replace(/\(.*/, "()")}`);
+    }
+    // Cost of each step in microseconds per transaction (1e6 / tps, differences between steps).
+    if (ctx.stack.ownsDatabase) {
+      const us = (id: string) => 1e6 / res[id].tps;
+      const steps = ["bare", "table", "rls", "stamp", "supabase", "full"];
+      const parts = steps.slice(1).map((id, i) => `${id} ${(us(id) - us(steps[i])).toFixed(0)}`);
+      costs.push(
+        `${clients} client${plural}: bare ${us("bare").toFixed(0)} µs per transaction, then + ${
+          parts.join(", + ")
+        } µs ` +
+          `(full ${us("full").toFixed(0)} µs)`,
+      );
+    }
+  }
+  if (costs.length) {
+    section.notes.push(
+      "Cost per step (wall µs per transaction = 1e6 / tps, so with N clients it is the cost to the whole system; " +
+        `negative = within noise): ${costs.join("; ")}.`,
+    );
   }
   section.notes.push(
-    `pgbench -M prepared -T ${ctx.opts.pgbenchSeconds} × ${ctx.opts.pgbenchRepeats} runs per variant (A B, B A order, mean tps), ` +
-      `-j = min(clients, ${navigator.hardwareConcurrency}); ${USERS} users × ${SERIES} series prefilled, so every upsert ` +
-      `is a last-write-wins update of a random (user, series).`,
-    "Full path = one transaction: set_config('role','authenticated') + request.jwt.claims, the LWW upsert on " +
-      "public.reading_progress (RLS policies, BEFORE stamp trigger, AFTER broadcast trigger → realtime.messages row + " +
-      "local NOTIFY), commit. Bare = the same upsert as one autocommit statement on bench.progress_bare " +
-      "(LIKE reading_progress INCLUDING DEFAULTS, CONSTRAINTS, INDEXES: same columns, checks, PK and indexes; no trigger, " +
-      "RLS or foreign key), as postgres.",
+    `pgbench -M prepared, pipeline mode (one round trip per transaction), -T ${ctx.opts.pgbenchSeconds} × ` +
+      `${ctx.opts.pgbenchRepeats} run${
+        ctx.opts.pgbenchRepeats > 1 ? "s" : ""
+      } per variant (forward, then reverse order; ` +
+      `mean tps), -j = min(clients, ${navigator.hardwareConcurrency}); ${USERS} users × ${SERIES} series prefilled, so ` +
+      "every upsert is a last-write-wins update of a random (user, series); realtime.messages truncated and both tables " +
+      "vacuumed before every run.",
+    "Every variant is one transaction: select set_config('role', …), set_config('request.jwt.claims', …) then the " +
+      "write. Bare = the same upsert on bench.progress_bare (LIKE reading_progress INCLUDING DEFAULTS, CONSTRAINTS, " +
+      "INDEXES: same columns, checks, PK and indexes; no trigger, RLS or foreign key) as postgres. The steps between " +
+      "switch triggers with ALTER TABLE … DISABLE TRIGGER on the bench's own throwaway database (restored afterwards); " +
+      "'no RLS' runs as postgres (superuser bypasses RLS).",
+    "The broadcast row is inherent (Supabase's realtime.send writes it in a subtransaction, so a Realtime problem never " +
+      "fails the write). The local NOTIFY is not: it is bootstrap.sql's stand-in for Supabase Realtime reading the WAL, " +
+      "and NOTIFY takes a database-wide lock from pre-commit to the end of commit, so notifying transactions commit one " +
+      "at a time — the cost grows with the number of clients.",
     "The throwaway cluster runs with fsync=off, synchronous_commit=off, full_page_writes=off (local/stack/postgres.ts): " +
       "commit cost is not disk-bound here, which makes the per-row CPU of triggers/RLS weigh more than on a durable server.",
   );
