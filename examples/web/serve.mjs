@@ -40,7 +40,8 @@ function collectFiles(dir, out) {
     if (SKIP_DIRS.has(entry.name) || entry.name.startsWith(".readsync")) continue;
     const full = path.join(dir, entry.name);
     if (entry.isDirectory()) collectFiles(full, out);
-    else if (entry.isFile() && !entry.name.endsWith(".test.ts")) out.push(full);
+    // Test files and tsc's incremental cache are not inputs of the build.
+    else if (entry.isFile() && !entry.name.endsWith(".test.ts") && !entry.name.endsWith(".tsbuildinfo")) out.push(full);
   }
 }
 

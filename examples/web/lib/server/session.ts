@@ -10,6 +10,7 @@
 
 import { createServerClient } from "@supabase/ssr";
 import { cookies } from "next/headers";
+import { cache } from "react";
 import { devSignIn, supabaseConfig } from "./config.ts";
 import { DEV_SESSION_COOKIE, verifyDevAccessToken } from "./devAuth.ts";
 
@@ -48,7 +49,8 @@ export async function supabaseServerClient() {
   });
 }
 
-export async function getSession(): Promise<Session | null> {
+/** The request's session; cached per request (the layout and the page both ask). */
+export const getSession = cache(async function getSession(): Promise<Session | null> {
   const dev = devSignIn();
   if (dev.enabled) {
     const token = (await cookies()).get(DEV_SESSION_COOKIE)?.value;
@@ -68,4 +70,4 @@ export async function getSession(): Promise<Session | null> {
     accessToken: data.session.access_token,
     expiresAt: data.session.expires_at ?? Math.floor(Date.now() / 1000) + 60,
   };
-}
+});
