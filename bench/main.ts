@@ -1,8 +1,9 @@
 // `npm run bench`: readsync's performance report (GitHub issue 5).
 //
-//   npm run bench                         everything but the test suite (1M and 10M rows for reads)
-//   npm run bench -- --quick              short runs, 100k rows for reads
-//   npm run bench -- --with-suite         also time `npm test` (minutes)
+//   npm run bench                         every section, including a timed `npm test` (1M and 10M
+//                                         rows for reads; about 20 minutes on 2 cores)
+//   npm run bench -- --quick              short runs, 100k rows for reads, no `npm test`
+//   npm run bench -- --with-suite / --no-suite   (do not) time `npm test`
 //   npm run bench -- --only=write,reads   some sections: coldstart, write, reads, latency,
 //                                         propagation, catchup, suite
 //   npm run bench -- --docs / --no-docs   (do not) rewrite docs/benchmarks.md (default: only for a
@@ -29,7 +30,7 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const args = Deno.args.filter((a) => a !== "--");
 const flag = (name: string) => args.includes(`--${name}`);
 const onlyArg = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
-const unknown = args.filter((a) => !/^--(quick|with-suite|docs|no-docs|only=.*)$/.test(a));
+const unknown = args.filter((a) => !/^--(quick|with-suite|no-suite|docs|no-docs|only=.*)$/.test(a));
 if (unknown.length > 0) {
   console.error(`unknown argument(s): ${unknown.join(" ")}\nsee the header of bench/main.ts`);
   Deno.exit(2);
@@ -41,7 +42,7 @@ const envNum = (name: string, fallback: number) => Number(Deno.env.get(name) ?? 
 
 const opts: Options = {
   quick,
-  withSuite: flag("with-suite"),
+  withSuite: flag("with-suite") || (!quick && !flag("no-suite")),
   only: onlyArg ? new Set(onlyArg.split(",")) : null,
   readRows: envList("BENCH_READ_ROWS", quick ? [100_000] : [1_000_000, 10_000_000]).sort((a, b) => a - b),
   pgbenchSeconds: envNum("BENCH_PGBENCH_SECONDS", quick ? 3 : 8),
@@ -140,7 +141,10 @@ try {
   log("wrote bench/results/latest.json and bench/results/latest.md");
   if (writeDocs) {
     const { renderDocs } = await import("./docs.ts");
-    await Deno.writeTextFile(`${ROOT}docs/benchmarks.md`, renderDocs(report, markdown(report)));
+    const path = `${ROOT}docs/benchmarks.md`;
+    const existing = await Deno.readTextFile(path).catch(() => null);
+    await Deno.mkdir(`${ROOT}docs`, { recursive: true });
+    await Deno.writeTextFile(path, renderDocs(report, markdown(report), existing));
     log("wrote docs/benchmarks.md");
   }
   if (sections.some((s) => s.status === "error")) exitCode = 1;
