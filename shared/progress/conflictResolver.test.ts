@@ -1,0 +1,114 @@
+// Properties of the ConflictResolver on its own (fast-check). Its agreement with the database is
+// tested in tests/functions/conflict_resolver_db.test.ts.
+
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { ConflictResolver, conflictResolver as resolver } from "./conflictResolver.ts";
+
+interface Update {
+  updated_at: string;
+  device_id: string;
+  chapter: number;
+}
+
+const BASE = Date.parse("2026-03-01T00:00:00.000Z");
+// Few instants and few devices, so ties and exact duplicates are common.
+const updateArb: fc.Arbitrary<Update> = fc.record({
+  updated_at: fc.integer({ min: 0, max: 6 }).map((ms) => new Date(BASE + ms).toISOString()),
+  device_id: fc.constantFrom("a", "b", "dev-1", "dev-10", "dev-2", "Z", "z", "0"),
+  chapter: fc.integer({ min: 0, max: 20 }),
+});
+const updatesArb = fc.array(updateArb, { minLength: 0, maxLength: 12 });
+const key = (u: { updated_at: string | number | Date; device_id: string } | null) =>
+  u === null ? null : `${ConflictResolver.timeOf(u)}/${u.device_id}`;
+
+/** A permutation of `xs` driven by fast-check (so failures shrink and replay). */
+function permutationArb<T>(xs: readonly T[]): fc.Arbitrary<T[]> {
+  return fc.shuffledSubarray([...xs], { minLength: xs.length, maxLength: xs.length });
+}
+
+Deno.test("compare is a total order matching the SQL: ms first, then device id byte-wise", () => {
+  fc.assert(fc.property(updateArb, updateArb, updateArb, (x, y, z) => {
+    assert.equal(Math.sign(resolver.compare(x, y)) + Math.sign(resolver.compare(y, x)), 0, "antisymmetric");
+    assert.equal(resolver.compare(x, y) === 0, key(x) === key(y));
+    if (resolver.compare(x, y) <= 0 && resolver.compare(y, z) <= 0) assert.ok(resolver.compare(x, z) <= 0);
+  }));
+  // Byte-wise, not locale: uppercase before lowercase, "dev-10" before "dev-2".
+  const at = new Date(BASE).toISOString();
+  const sorted = ["z", "dev-2", "Z", "dev-10", "0", "a"].map((d) => ({ updated_at: at, device_id: d })).sort(resolver.compare);
+  assert.deepEqual(sorted.map((u) => u.device_id), ["0", "Z", "a", "dev-10", "dev-2", "z"]);
+  // Sub-millisecond digits do not count (the server truncates them).
+  assert.equal(resolver.compare({ updated_at: "2026-03-01T00:00:00.0009Z", device_id: "a" }, { updated_at: BASE, device_id: "a" }), 0);
+});
+
+Deno.test("resolve is order-independent: every permutation ends with the same key", () => {
+  fc.assert(fc.property(updatesArb.chain((us) => fc.tuple(fc.constant(us), permutationArb(us))), ([us, perm]) => {
+    assert.equal(key(resolver.resolve(perm)), key(resolver.resolve(us)));
+    // With an initial stored version competing too.
+    if (us.length > 0) assert.equal(key(resolver.resolve(perm.slice(1), perm[0])), key(resolver.resolve(us)));
+  }));
+});
+
+Deno.test("resolve is idempotent: resolving again, or with the winner replayed, changes nothing", () => {
+  fc.assert(fc.property(updatesArb, (us) => {
+    const winner = resolver.resolve(us);
+    assert.equal(resolver.resolve([...us, ...us]), winner, "the same updates twice: the same (earliest) winner object");
+    if (winner) {
+      assert.equal(resolver.resolve([winner]), winner);
+      assert.equal(resolver.resolve(us, winner), winner);
+      for (const u of us) assert.ok(resolver.compare(u, winner) <= 0, "nothing beats the winner");
+    } else {
+      assert.equal(us.length, 0);
+    }
+  }));
+});
+
+Deno.test("detectConflict agrees with resolve and with classify, in any arrival order", () => {
+  fc.assert(fc.property(updatesArb.chain((us) => permutationArb(us)), (order) => {
+    const findings = resolver.detectConflict(order);
+    // Replaying the order with apply ends at resolve's winner.
+    let current: Update | null = null;
+    const stored: (Update | null)[] = [];
+    for (const u of order) {
+      stored.push(current);
+      current = resolver.apply(current, u).current;
+    }
+    assert.equal(key(current), key(resolver.resolve(order)));
+
+    const pairs = new Set<string>();
+    for (const f of findings) {
+      assert.ok(resolver.compare(f.losing, f.winning) < 0, "the loser is below the winner");
+      assert.equal(f.kind === "tie", ConflictResolver.timeOf(f.losing) === ConflictResolver.timeOf(f.winning));
+      const incoming = order[f.index];
+      const before = stored[f.index]!;
+      if (f.rejected) {
+        assert.deepEqual([f.losing, f.winning], [incoming, before], "a rejected write lost to the stored one");
+        assert.deepEqual(resolver.classify(incoming, before), { won: false, conflict: f.kind });
+      } else {
+        assert.deepEqual([f.losing, f.winning], [before, incoming], "a tie winner replaced the stored one");
+        assert.equal(f.kind, "tie");
+        assert.deepEqual(resolver.classify(incoming, before), { won: true, conflict: "tie" });
+      }
+      const pair = `${key(f.losing)}>${key(f.winning)}`;
+      assert.ok(!pairs.has(pair), "each (loser, winner) pair once, as the log keeps it");
+      pairs.add(pair);
+    }
+    // Every arrival that lost is reported (as rejected) unless the same pair was already reported.
+    order.forEach((u, i) => {
+      const c = resolver.classify(u, stored[i]);
+      if (!c.won) assert.ok(pairs.has(`${key(u)}>${key(stored[i])}`));
+      if (c.won && c.conflict === "tie") assert.ok(pairs.has(`${key(stored[i])}>${key(u)}`));
+    });
+    // No stale finding is ever a replacement; the winner never loses.
+    const winner = key(resolver.resolve(order));
+    assert.ok(findings.every((f) => key(f.losing) !== winner));
+  }));
+});
+
+Deno.test("normalize clamps only beyond the tolerance and truncates to milliseconds", () => {
+  const now = Date.parse("2026-03-01T12:00:00.000Z");
+  const r = new ConflictResolver();
+  assert.equal(r.normalize({ updated_at: now + 4_999, device_id: "a" }, now).updated_at, new Date(now + 4_999).toISOString());
+  assert.equal(r.normalize({ updated_at: now + 5_001, device_id: "a" }, now).updated_at, new Date(now).toISOString());
+  assert.equal(r.normalize({ updated_at: "2026-03-01T11:00:00.123456Z", device_id: "a" }, now).updated_at, "2026-03-01T11:00:00.123Z");
+});

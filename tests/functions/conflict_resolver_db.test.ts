@@ -1,0 +1,220 @@
+// The ConflictResolver agrees with the database (fast-check over the real PostgreSQL):
+//   * sequential, random order: the stored row is resolve(updates) and the conflict log is exactly
+//     detectConflict(order), row for row;
+//   * concurrent (parallel HTTP through the function, or several direct connections through the
+//     function's store): the stored row is resolve(updates) whatever order the database serialised
+//     the writes in, and every answer and every log row fits one serial order (see checkConcurrent).
+//   * many parallel writers on one series through HTTP, including ties, end with the resolver's
+//     winner and the matching conflict-log rows.
+// numRuns are kept small: the machine is shared.
+
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import postgres from "postgres";
+import { ConflictResolver, conflictResolver as resolver } from "../../shared/progress/conflictResolver.ts";
+import { writeResultSchema } from "../../shared/progress/schemas.ts";
+import { createPostgresProgressStore } from "../../shared/progress/store.ts";
+import type { WriteResult } from "../../shared/progress/types.ts";
+import { createTestUser, type TestUser } from "../support/env.ts";
+import { adminSql, call, seriesId, testEnv } from "./support.ts";
+
+interface Update {
+  updated_at: string;
+  device_id: string;
+  chapter: number;
+}
+
+const BASE = Date.parse("2026-04-01T08:00:00.000Z");
+const updateArb: fc.Arbitrary<Update> = fc.record({
+  updated_at: fc.integer({ min: 0, max: 5 }).map((ms) => new Date(BASE + ms).toISOString()),
+  device_id: fc.constantFrom("a", "b", "dev-1", "dev-10", "dev-2", "Z"),
+  chapter: fc.integer({ min: 0, max: 99 }),
+});
+const keyOf = (u: { updated_at: string | Date; device_id: string }) =>
+  `${new Date(u.updated_at).toISOString()}/${u.device_id}`;
+
+interface LogRow {
+  kind: string;
+  rejected: boolean;
+  losing: string;
+  winning: string;
+}
+
+async function stateOf(sql: postgres.Sql, userId: string, series: string) {
+  const rows = await sql<{ updated_at: Date; device_id: string; chapter: number }[]>`
+    select updated_at, device_id, chapter from public.reading_progress where user_id = ${userId} and series_id = ${series}`;
+  const log = await sql<{ kind: string; rejected: boolean; lu: Date; ld: string; wu: Date; wd: string }[]>`
+    select kind, rejected, losing_updated_at as lu, losing_device_id as ld, winning_updated_at as wu, winning_device_id as wd
+      from public.reading_progress_conflicts where user_id = ${userId} and series_id = ${series} order by id`;
+  return {
+    row: rows[0] ? { key: keyOf(rows[0]), chapter: rows[0].chapter } : null,
+    log: log.map((r): LogRow => ({
+      kind: r.kind,
+      rejected: r.rejected,
+      losing: keyOf({ updated_at: r.lu, device_id: r.ld }),
+      winning: keyOf({ updated_at: r.wu, device_id: r.wd }),
+    })),
+  };
+}
+
+const sortLog = (rows: LogRow[]) => [...rows].sort((x, y) => JSON.stringify(x) < JSON.stringify(y) ? -1 : 1);
+
+/**
+ * Distinct keys sent concurrently: the answers tell which writes were stored on arrival ("records",
+ * won) and which were refused (lost, with the key they lost to). Exactly one serial order fits when:
+ * the records in key order form the storage chain ending at resolve(updates); a record replaced a
+ * same-millisecond predecessor iff it answered 'tie' naming that predecessor, and the log has that
+ * (rejected = false) row; every refused write lost to a record above it and has its (rejected) row;
+ * and the log has nothing else.
+ */
+function checkConcurrent(updates: Update[], answers: WriteResult[], log: LogRow[]) {
+  const records = updates.map((u, i) => ({ u, a: answers[i] })).filter((x) => x.a.won).sort((x, y) => resolver.compare(x.u, y.u));
+  assert.ok(records.length > 0);
+  assert.equal(keyOf(records[records.length - 1].u), keyOf(resolver.resolve(updates)!), "the last record is the resolver's winner");
+  const expected: LogRow[] = [];
+  records.forEach(({ u, a }, i) => {
+    const prev = records[i - 1]?.u;
+    const sameMs = prev !== undefined && ConflictResolver.timeOf(prev) === ConflictResolver.timeOf(u);
+    assert.equal(a.conflict, sameMs ? "tie" : null, `record ${keyOf(u)}`);
+    if (sameMs) {
+      assert.equal(keyOf(a.conflict_with!), keyOf(prev!), "a tie winner names the write it replaced");
+      expected.push({ kind: "tie", rejected: false, losing: keyOf(prev!), winning: keyOf(u) });
+    }
+  });
+  const recordKeys = new Set(records.map((r) => keyOf(r.u)));
+  updates.forEach((u, i) => {
+    const a = answers[i];
+    if (a.won) return;
+    const other = keyOf(a.conflict_with!);
+    assert.ok(recordKeys.has(other), "a refused write lost to a write that was stored");
+    assert.ok(resolver.compare(u, a.conflict_with!) < 0);
+    const kind = ConflictResolver.timeOf(u) === ConflictResolver.timeOf(a.conflict_with!) ? "tie" : "stale";
+    assert.equal(a.conflict, kind);
+    expected.push({ kind, rejected: true, losing: keyOf(u), winning: other });
+  });
+  assert.deepEqual(sortLog(log), sortLog(expected));
+}
+
+/** Sends updates for one user: through the function over HTTP, or through its store on a pool. */
+type Sender = (user: TestUser, series: string, u: Update) => Promise<WriteResult>;
+
+const overHttp: Sender = async (user, series, u) => {
+  const answer = await call("POST", "", { token: user.accessToken, body: { series_id: series, page: 0, percentage: 0, ...u } });
+  assert.equal(answer.status, 200, JSON.stringify(answer.body));
+  return writeResultSchema.parse(answer.body);
+};
+
+function overStore(pool: postgres.Sql): Sender {
+  const store = createPostgresProgressStore(pool);
+  return (user, series, u) =>
+    store.write({ sub: user.id, role: "authenticated" }, {
+      series_id: series,
+      page: 0,
+      percentage: 0,
+      cleared: false,
+      ...u,
+    });
+}
+
+Deno.test("resolver = database, sequential random orders: same final row, conflict log = detectConflict(order)", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const pool = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const send = overStore(pool);
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(updateArb, { minLength: 1, maxLength: 10 }).chain((us) =>
+          fc.shuffledSubarray(us, { minLength: us.length, maxLength: us.length })
+        ),
+        fc.boolean(),
+        async (order, http) => {
+          const series = seriesId("seq");
+          const answers: WriteResult[] = [];
+          for (const u of order) answers.push(await (http ? overHttp : send)(user, series, u));
+          const state = await stateOf(sql, user.id, series);
+          const winner = resolver.resolve(order)!;
+          assert.deepEqual(state.row, { key: keyOf(winner), chapter: winner.chapter }, "the stored row is resolve(updates)");
+          const findings = resolver.detectConflict(order);
+          assert.deepEqual(
+            state.log,
+            findings.map((f) => ({ kind: f.kind, rejected: f.rejected, losing: keyOf(f.losing), winning: keyOf(f.winning) })),
+            "the log is detectConflict(order), in order",
+          );
+          // Each answer is what the resolver predicts for that arrival.
+          let current: Update | null = null;
+          order.forEach((u, i) => {
+            const predicted = resolver.classify(u, current);
+            const got = answers[i];
+            if (resolver.compare(u, current ?? u) === 0 && current !== null) {
+              assert.equal(got.won, true, "a replay reports won"); // and repeats its first answer
+            } else {
+              assert.deepEqual({ won: got.won, conflict: got.conflict }, predicted);
+            }
+            current = resolver.apply(current, u).current;
+            assert.equal(keyOf(got.progress), keyOf(current!), "the answer carries the stored row");
+          });
+        },
+      ),
+      { numRuns: 20 },
+    );
+  } finally {
+    await pool.end();
+    await sql.end();
+  }
+});
+
+Deno.test("resolver = database, concurrent writers (parallel HTTP or 4 connections): final row and log fit a serial order", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const pool = postgres(testEnv().dbUrl, { max: 4, onnotice: () => {} });
+  const send = overStore(pool);
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.uniqueArray(updateArb, { minLength: 2, maxLength: 12, selector: keyOf }),
+        fc.boolean(),
+        async (updates, http) => {
+          const series = seriesId("par");
+          const answers = await Promise.all(updates.map((u) => (http ? overHttp : send)(user, series, u)));
+          const state = await stateOf(sql, user.id, series);
+          const winner = resolver.resolve(updates)!;
+          assert.deepEqual(state.row, { key: keyOf(winner), chapter: winner.chapter });
+          for (const a of answers) {
+            assert.ok(resolver.compare(a.progress, winner) <= 0, "no answer shows a row above the winner");
+          }
+          checkConcurrent(updates, answers, state.log);
+        },
+      ),
+      { numRuns: 15 },
+    );
+  } finally {
+    await pool.end();
+    await sql.end();
+  }
+});
+
+Deno.test("many parallel writers on one series over HTTP end with the resolver's winner and the right log rows", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const series = seriesId("crowd");
+    // 24 devices, 6 instants: lots of same-millisecond ties, one clear winner.
+    const updates: Update[] = Array.from({ length: 24 }, (_, i) => ({
+      updated_at: new Date(BASE + (i % 6) * 1000).toISOString(),
+      device_id: `device-${String(i).padStart(2, "0")}`,
+      chapter: i,
+    }));
+    const answers = await Promise.all(updates.map((u) => overHttp(user, series, u)));
+    const state = await stateOf(sql, user.id, series);
+    const winner = resolver.resolve(updates)!;
+    assert.equal(winner.device_id, "device-23");
+    assert.deepEqual(state.row, { key: keyOf(winner), chapter: 23 });
+    checkConcurrent(updates, answers, state.log);
+    assert.equal(answers.filter((a) => !a.won).length, state.log.filter((r) => r.rejected).length);
+    // Every loser converges: its answer carries a stored row at least as new as itself.
+    for (const [i, a] of answers.entries()) assert.ok(resolver.compare(a.progress, updates[i]) >= 0);
+  } finally {
+    await sql.end();
+  }
+});
