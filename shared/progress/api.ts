@@ -1,0 +1,351 @@
+// Typed client of the progress edge function, for web and mobile code that holds a supabase-js
+// client. Every call goes through `supabase.functions.invoke`, so the client's own session token
+// (refreshed by supabase-js) and apikey are sent exactly as for any Supabase function, and the
+// function URL (<SUPABASE_URL>/functions/v1/progress) comes from the client's configuration; a
+// hand-rolled fetch would have to re-implement both. Responses are validated with the same zod
+// schemas the function uses; errors become typed exceptions:
+//
+//   ValidationError          400 / 413 / 415 / 422 (also thrown before sending, for a write the schema rejects)
+//   AuthError                401 / 403
+//   NotFoundError            404 (getProgress answers null for a series without progress instead)
+//   ServiceUnavailableError  503 (after the retries)
+//   NetworkError             no HTTP answer at all (after the retries)
+//   ProgressApiError         the base class (status, code, details, requestId); anything else
+//
+// Retries: only 503 and network failures, with capped exponential backoff and full jitter (never a
+// 4xx: the same request would fail again). Retrying a write is safe: the API is last-write-wins on
+// the write's own (updated_at, device_id), and an identical replay is a no-op with the same answer.
+
+import type { SupabaseClient } from "@supabase/supabase-js";
+import { FunctionsFetchError, FunctionsHttpError, FunctionsRelayError } from "@supabase/supabase-js";
+import type { z } from "zod";
+import {
+  apiErrorBodySchema,
+  batchWriteResponseSchema,
+  batchWriteSchema,
+  changesResponseSchema,
+  type ProgressWriteInput,
+  progressListResponseSchema,
+  progressResponseSchema,
+  progressWriteSchema,
+  resetQuerySchema,
+  seriesIdSchema,
+  validationError,
+  writeResultSchema,
+} from "./schemas.ts";
+import type { ChangesResponse, Progress, ProgressListResponse, WriteResult } from "./types.ts";
+import {
+  type ProgressHandler,
+  type ProgressSubscription,
+  RealtimeService,
+  type RealtimeServiceOptions,
+} from "../realtime/realtimeService.ts";
+
+// ------------------------------------------------------------------------------------ errors
+
+export class ProgressApiError extends Error {
+  /** HTTP status; 0 when there was no HTTP answer. */
+  readonly status: number;
+  /** The API's machine code (see the error table in the README), e.g. "validation_failed". */
+  readonly code: string;
+  readonly details?: unknown;
+  /** x-request-id of the answer, for support and logs. */
+  readonly requestId?: string;
+  constructor(status: number, code: string, message: string, options: { details?: unknown; requestId?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.status = status;
+    this.code = code;
+    this.details = options.details;
+    this.requestId = options.requestId;
+  }
+}
+/** The request was refused as malformed or out of range (400, 413, 415, 422). */
+export class ValidationError extends ProgressApiError {}
+/** No, a bad, or an expired token (401), or a token that may not do this (403). */
+export class AuthError extends ProgressApiError {}
+export class NotFoundError extends ProgressApiError {}
+/** The API or its database is unavailable (503), after all retries. */
+export class ServiceUnavailableError extends ProgressApiError {}
+/** The request got no HTTP answer (connection refused, DNS, reset), after all retries. */
+export class NetworkError extends ProgressApiError {}
+
+function errorFor(status: number, code: string, message: string, options: { details?: unknown; requestId?: string; cause?: unknown }) {
+  if (status === 401 || status === 403) return new AuthError(status, code, message, options);
+  if (status === 404) return new NotFoundError(status, code, message, options);
+  if (status === 503) return new ServiceUnavailableError(status, code, message, options);
+  if (status === 400 || status === 413 || status === 415 || status === 422) return new ValidationError(status, code, message, options);
+  return new ProgressApiError(status, code, message, options);
+}
+
+// ------------------------------------------------------------------------------------ options
+
+export interface RetryOptions {
+  /** Total attempts including the first (default 4). */
+  attempts: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
+export interface ProgressApiOptions {
+  /** The function's name (default "progress"). */
+  functionName?: string;
+  retry?: Partial<RetryOptions>;
+  /** Extra headers on every call (e.g. a server using the service_role key: X-Act-As-User). */
+  headers?: Record<string, string>;
+  /** For tests: randomness of the jitter and the sleep between attempts. */
+  random?: () => number;
+  sleep?: (ms: number) => Promise<void>;
+  /** Called before each retry (for logs and tests). */
+  onRetry?: (info: { attempt: number; delayMs: number; error: ProgressApiError }) => void;
+}
+
+export const DEFAULT_RETRY: RetryOptions = { attempts: 4, baseDelayMs: 200, maxDelayMs: 5_000 };
+
+type FunctionsCapableClient = Pick<SupabaseClient, "functions">;
+
+// ------------------------------------------------------------------------------------ transport
+
+async function readErrorResponse(response: Response): Promise<ProgressApiError> {
+  const requestId = response.headers.get("x-request-id") ?? undefined;
+  let body: unknown = null;
+  const text = await response.text().catch(() => "");
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch { /* not JSON */ }
+  const parsed = apiErrorBodySchema.safeParse(body);
+  if (parsed.success) {
+    const { code, message, details } = parsed.data.error;
+    return errorFor(response.status, code, message, { details, requestId });
+  }
+  // Not the API's format (a gateway or proxy answered): keep what there is.
+  const message = (body as { msg?: unknown; message?: unknown } | null)?.msg ?? (body as { message?: unknown } | null)?.message ??
+    (text || response.statusText);
+  const code = response.status === 503 ? "service_unavailable" : `http_${response.status}`;
+  return errorFor(response.status, code, String(message), { details: body ?? undefined, requestId });
+}
+
+function retryAfterMs(error: ProgressApiError): number {
+  const seconds = Number((error.details as { retry_after?: unknown } | undefined)?.retry_after);
+  return Number.isFinite(seconds) ? seconds * 1000 : 0;
+}
+
+/** One logical call: invoke with retries on 503 / network errors; the 2xx body parsed by `schema`. */
+async function invoke<S extends z.ZodType>(
+  client: FunctionsCapableClient,
+  options: ProgressApiOptions,
+  method: "GET" | "POST" | "DELETE",
+  path: string,
+  schema: S,
+  body?: unknown,
+): Promise<z.output<S>> {
+  const retry = { ...DEFAULT_RETRY, ...options.retry };
+  const random = options.random ?? Math.random;
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const name = `${options.functionName ?? "progress"}${path}`;
+  for (let attempt = 1;; attempt++) {
+    let error: ProgressApiError;
+    const { data, error: invokeError } = await client.functions.invoke(name, {
+      method,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      headers: { ...options.headers, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+    });
+    if (!invokeError) {
+      const parsed = schema.safeParse(data);
+      if (parsed.success) return parsed.data;
+      throw new ProgressApiError(200, "invalid_response", "The API answered with an unexpected body", {
+        details: { issues: parsed.error.issues },
+      });
+    }
+    if (invokeError instanceof FunctionsHttpError || invokeError instanceof FunctionsRelayError) {
+      const response = invokeError.context as Response;
+      error = await readErrorResponse(response);
+      const header = response.headers.get("retry-after");
+      if (header && /^\d+$/.test(header)) {
+        error = errorFor(error.status, error.code, error.message, {
+          details: { ...(error.details as object ?? {}), retry_after: Number(header) },
+          requestId: error.requestId,
+        });
+      }
+    } else if (invokeError instanceof FunctionsFetchError) {
+      const cause = (invokeError as { context?: unknown }).context ?? invokeError;
+      error = new NetworkError(0, "network_error", `The progress API could not be reached: ${String((cause as Error)?.message ?? cause)}`, {
+        cause,
+      });
+    } else {
+      error = new NetworkError(0, "network_error", String((invokeError as Error)?.message ?? invokeError), { cause: invokeError });
+    }
+
+    const retryable = error instanceof ServiceUnavailableError || error instanceof NetworkError;
+    if (!retryable || attempt >= retry.attempts) throw error;
+    // Full jitter on a capped exponential delay; a Retry-After longer than that is honoured up to the cap.
+    const ceiling = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
+    const delayMs = Math.min(retry.maxDelayMs, Math.max(Math.floor(random() * ceiling), retryAfterMs(error)));
+    options.onRetry?.({ attempt, delayMs, error });
+    await sleep(delayMs);
+  }
+}
+
+function validateLocally<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const http = validationError(parsed.error, where);
+  throw new ValidationError(http.status, http.code, http.message, { details: http.details });
+}
+
+// ------------------------------------------------------------------------------------ calls
+
+/** POST /progress: one write; the answer says whether it won and carries the stored row. */
+export async function updateProgress(
+  client: FunctionsCapableClient,
+  write: ProgressWriteInput,
+  options: ProgressApiOptions = {},
+): Promise<WriteResult> {
+  const valid = validateLocally(progressWriteSchema, write, "progress write");
+  return await invoke(client, options, "POST", "", writeResultSchema, valid);
+}
+
+/** POST /progress/batch: 1..100 writes (an offline queue), answers in input order. */
+export async function updateProgressBatch(
+  client: FunctionsCapableClient,
+  writes: ProgressWriteInput[],
+  options: ProgressApiOptions = {},
+): Promise<WriteResult[]> {
+  const valid = validateLocally(batchWriteSchema, { writes }, "batch");
+  return (await invoke(client, options, "POST", "/batch", batchWriteResponseSchema, valid)).results;
+}
+
+/** GET /progress/series/:id; null when the user has no progress for the series. */
+export async function getProgress(
+  client: FunctionsCapableClient,
+  seriesId: string,
+  options: ProgressApiOptions = {},
+): Promise<Progress | null> {
+  const id = validateLocally(seriesIdSchema, seriesId, "series id");
+  try {
+    return (await invoke(client, options, "GET", `/series/${encodeURIComponent(id)}`, progressResponseSchema)).progress;
+  } catch (error) {
+    if (error instanceof NotFoundError && error.code === "progress_not_found") return null;
+    throw error;
+  }
+}
+
+export interface ListProgressOptions {
+  limit?: number;
+  /** next_cursor of the previous page. */
+  cursor?: string | null;
+  includeCleared?: boolean;
+}
+
+/** GET /progress: the library, newest first; pass next_cursor back for the next page. */
+export async function listProgress(
+  client: FunctionsCapableClient,
+  query: ListProgressOptions = {},
+  options: ProgressApiOptions = {},
+): Promise<ProgressListResponse> {
+  const params = new URLSearchParams();
+  if (query.limit !== undefined) params.set("limit", String(query.limit));
+  if (query.cursor) params.set("cursor", query.cursor);
+  if (query.includeCleared) params.set("include_cleared", "true");
+  const qs = params.size ? `?${params}` : "";
+  return await invoke(client, options, "GET", qs, progressListResponseSchema);
+}
+
+/**
+ * GET /progress/changes: rows changed since `cursor` ("" or null = from the beginning). Always
+ * continue from next_cursor; a row may come again (dedupe by its last-write-wins key).
+ */
+export async function changesSince(
+  client: FunctionsCapableClient,
+  cursor: string | null = null,
+  query: { limit?: number } = {},
+  options: ProgressApiOptions = {},
+): Promise<ChangesResponse> {
+  const params = new URLSearchParams();
+  if (cursor) params.set("since", cursor);
+  if (query.limit !== undefined) params.set("limit", String(query.limit));
+  const qs = params.size ? `?${params}` : "";
+  return await invoke(client, options, "GET", `/changes${qs}`, changesResponseSchema);
+}
+
+/**
+ * DELETE /progress/series/:id: the reader resets a series. A tombstone write (last-write-wins like
+ * any write), so an older offline write cannot bring the progress back.
+ */
+export async function resetProgress(
+  client: FunctionsCapableClient,
+  seriesId: string,
+  reset: { device_id: string; updated_at?: string },
+  options: ProgressApiOptions = {},
+): Promise<WriteResult> {
+  const id = validateLocally(seriesIdSchema, seriesId, "series id");
+  const q = validateLocally(resetQuerySchema, { device_id: reset.device_id, updated_at: reset.updated_at ?? new Date().toISOString() }, "reset");
+  const qs = new URLSearchParams({ device_id: q.device_id, updated_at: q.updated_at });
+  return await invoke(client, options, "DELETE", `/series/${encodeURIComponent(id)}?${qs}`, writeResultSchema);
+}
+
+// ------------------------------------------------------------------------------------ live
+
+export interface SubscribeToProgressOptions extends Omit<RealtimeServiceOptions, "changesSince"> {
+  /** Options for the changesSince calls the service makes (catch-up and polling). */
+  api?: ProgressApiOptions;
+  /** Page size of those calls. */
+  changesLimit?: number;
+}
+
+export interface ProgressLiveSubscription extends ProgressSubscription {
+  /** The service behind it (status, stats, setAccessToken). */
+  readonly service: RealtimeService;
+}
+
+/**
+ * Live progress of `userId`: Realtime broadcasts on progress:<userId>, with catch-up after every
+ * (re)subscribe and polling while Realtime is down going through this API's changesSince (so RLS in
+ * the function decides what is returned). unsubscribe() also closes the service it created.
+ */
+export function subscribeToProgress(
+  client: SupabaseClient,
+  userId: string,
+  handler: ProgressHandler,
+  options: SubscribeToProgressOptions = {},
+): ProgressLiveSubscription {
+  const { api, changesLimit, ...serviceOptions } = options;
+  const service = new RealtimeService(client, {
+    ...serviceOptions,
+    changesSince: (cursor) =>
+      changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, api),
+  });
+  const subscription = service.subscribeToProgress(userId, handler);
+  return {
+    service,
+    get userId() {
+      return subscription.userId;
+    },
+    get channel() {
+      return subscription.channel;
+    },
+    get status() {
+      return subscription.status;
+    },
+    onStatus: (listener) => subscription.onStatus(listener),
+    unsubscribe: async () => {
+      await subscription.unsubscribe();
+      await service.close();
+    },
+  };
+}
+
+/** The same calls bound to one client and one set of options. */
+export function createProgressApi(client: SupabaseClient, options: ProgressApiOptions = {}) {
+  return {
+    updateProgress: (write: ProgressWriteInput) => updateProgress(client, write, options),
+    updateProgressBatch: (writes: ProgressWriteInput[]) => updateProgressBatch(client, writes, options),
+    getProgress: (seriesId: string) => getProgress(client, seriesId, options),
+    listProgress: (query?: ListProgressOptions) => listProgress(client, query, options),
+    changesSince: (cursor?: string | null, query?: { limit?: number }) => changesSince(client, cursor ?? null, query, options),
+    resetProgress: (seriesId: string, reset: { device_id: string; updated_at?: string }) =>
+      resetProgress(client, seriesId, reset, options),
+    subscribeToProgress: (userId: string, handler: ProgressHandler, sub: Omit<SubscribeToProgressOptions, "api"> = {}) =>
+      subscribeToProgress(client, userId, handler, { ...sub, api: options }),
+  };
+}

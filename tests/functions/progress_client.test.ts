@@ -1,0 +1,264 @@
+// shared/progress/api.ts over real HTTP: the typed calls against the local function, typed errors,
+// retries only on 503 and network failures (a tiny local server answers 503 before passing the
+// request on to the real function), and subscribeToProgress receiving a write another device made
+// through updateProgress.
+
+import assert from "node:assert/strict";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import {
+  AuthError,
+  changesSince,
+  createProgressApi,
+  getProgress,
+  listProgress,
+  NetworkError,
+  NotFoundError,
+  ProgressApiError,
+  resetProgress,
+  ServiceUnavailableError,
+  subscribeToProgress,
+  updateProgress,
+  updateProgressBatch,
+  ValidationError,
+} from "../../shared/progress/api.ts";
+import type { ProgressChange } from "../../shared/realtime/realtimeService.ts";
+import { mintUserAccessToken } from "../../local/stack/keys.ts";
+import { createTestUser } from "../support/env.ts";
+import { closedPort, seriesId, serveLocal, testEnv, write } from "./support.ts";
+
+const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
+
+/** A supabase-js client for `url` whose every call carries `token` (as an app with a session). */
+function clientFor(token: string, url = testEnv().url, onFetch?: (url: string) => void): SupabaseClient {
+  return createClient(url, testEnv().anonKey, {
+    accessToken: () => Promise.resolve(token),
+    global: onFetch
+      ? {
+        fetch: (input: RequestInfo | URL, init?: RequestInit) => {
+          onFetch(input instanceof Request ? input.url : String(input));
+          return fetch(input, init);
+        },
+      }
+      : undefined,
+  });
+}
+
+async function waitUntil(what: string, predicate: () => boolean, limitMs = 15_000): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function rejection(promise: Promise<unknown>): Promise<ProgressApiError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof ProgressApiError, `expected a ProgressApiError, got ${error}`);
+    return error;
+  }
+  assert.fail("expected the call to fail");
+}
+
+const fast = { retry: { baseDelayMs: 1, maxDelayMs: 5 } };
+
+Deno.test("the typed calls: update, batch, get, list, changes, reset", async () => {
+  const user = await createTestUser();
+  const client = clientFor(user.accessToken);
+  const s1 = seriesId("api1");
+  const s2 = seriesId("api2");
+
+  const written = await updateProgress(client, write({ series_id: s1, chapter: 3, updated_at: "2026-02-01T00:00:00Z" }));
+  assert.deepEqual([written.won, written.progress.user_id, written.progress.chapter], [true, user.id, 3]);
+  const batch = await updateProgressBatch(client, [
+    write({ series_id: s2, chapter: 1, updated_at: "2026-02-02T00:00:00Z" }),
+    write({ series_id: s1, chapter: 2, updated_at: "2026-01-01T00:00:00Z" }),
+  ]);
+  assert.deepEqual(batch.map((r) => [r.won, r.conflict]), [[true, null], [false, "stale"]]);
+
+  assert.equal((await getProgress(client, s1))?.chapter, 3);
+  assert.equal(await getProgress(client, "never-read"), null, "no progress is null, not an error");
+
+  const page1 = await listProgress(client, { limit: 1 });
+  assert.deepEqual(page1.items.map((p) => p.series_id), [s2]);
+  const page2 = await listProgress(client, { limit: 1, cursor: page1.next_cursor });
+  assert.deepEqual(page2.items.map((p) => p.series_id), [s1]);
+
+  const changes = await changesSince(client, null);
+  assert.deepEqual(changes.changes.map((c) => c.series_id).sort(), [s1, s2].sort());
+
+  const reset = await resetProgress(client, s1, { device_id: "web", updated_at: "2026-03-01T00:00:00Z" });
+  assert.deepEqual([reset.won, reset.progress.cleared], [true, true]);
+  const api = createProgressApi(client);
+  assert.deepEqual((await api.listProgress()).items.map((p) => p.series_id), [s2]);
+  assert.deepEqual((await api.listProgress({ includeCleared: true })).items.map((p) => p.series_id), [s1, s2]);
+});
+
+Deno.test("typed errors: ValidationError (local and from the server), AuthError, NotFoundError", async () => {
+  const user = await createTestUser();
+  const client = clientFor(user.accessToken);
+  let hits = 0;
+  const counting = clientFor(user.accessToken, testEnv().url, () => hits++);
+
+  // Refused before anything is sent, with the status and code the server would use.
+  let e = await rejection(updateProgress(counting, write({ series_id: seriesId("v"), percentage: 2 }), fast));
+  assert.ok(e instanceof ValidationError);
+  assert.deepEqual([e.status, e.code], [422, "validation_failed"]);
+  e = await rejection(updateProgress(counting, { ...write({ series_id: seriesId("v") }), user_id: user.id } as never, fast));
+  assert.deepEqual([e instanceof ValidationError, e.status, e.code], [true, 400, "invalid_request"]);
+  assert.equal(hits, 0, "no request was sent for a locally invalid write");
+
+  // Refused by the server.
+  e = await rejection(listProgress(client, { limit: 0 }, fast));
+  assert.deepEqual([e instanceof ValidationError, e.status, e.code], [true, 422, "validation_failed"]);
+  assert.ok(e.requestId, "the request id of the answer is kept");
+  e = await rejection(changesSince(client, "not-a-cursor", {}, fast));
+  assert.deepEqual([e instanceof ValidationError, e.status], [true, 422]);
+
+  const expired = await mintUserAccessToken(user.id, { expiresInSeconds: -5, secret: testEnv().jwtSecret });
+  e = await rejection(listProgress(clientFor(expired), {}, fast));
+  assert.deepEqual([e instanceof AuthError, e.status, e.code], [true, 401, "token_expired"]);
+  e = await rejection(listProgress(clientFor(testEnv().anonKey), {}, fast));
+  assert.deepEqual([e instanceof AuthError, e.status, e.code], [true, 403, "forbidden"]);
+
+  e = await rejection(listProgress(client, {}, { ...fast, functionName: "no-such-function" }));
+  assert.deepEqual([e instanceof NotFoundError, e.status], [true, 404]);
+});
+
+/** A local stand-in for the functions endpoint: `answer` decides per hit; null passes the request on. */
+function flakyFunctions(answer: (hit: number) => Response | null) {
+  let hits = 0;
+  const server = serveLocal(async (req) => {
+    hits++;
+    const decided = answer(hits);
+    if (decided) return decided;
+    const url = new URL(req.url);
+    const upstream = await fetch(`${testEnv().url}${url.pathname}${url.search}`, {
+      method: req.method,
+      headers: req.headers,
+      body: req.method === "GET" || req.method === "HEAD" ? undefined : await req.arrayBuffer(),
+    });
+    return new Response(await upstream.arrayBuffer(), { status: upstream.status, headers: upstream.headers });
+  });
+  return { url: server.url, hits: () => hits, shutdown: () => server.shutdown() };
+}
+
+const apiError = (status: number, code: string, headers: Record<string, string> = {}) =>
+  Response.json({ error: { code, message: `stand-in ${status}` } }, { status, headers });
+
+Deno.test("retry: 503 twice, then the real function answers; backoff delays grow and are jittered", async () => {
+  const user = await createTestUser();
+  const upstream = flakyFunctions((hit) => hit <= 2 ? apiError(503, "service_unavailable", { "retry-after": "0" }) : null);
+  try {
+    const delays: number[] = [];
+    const slept: number[] = [];
+    const result = await updateProgress(clientFor(user.accessToken, upstream.url), write({ series_id: seriesId("retry") }), {
+      retry: { attempts: 4, baseDelayMs: 100, maxDelayMs: 1_000 },
+      random: () => 0.5,
+      sleep: (ms) => {
+        slept.push(ms);
+        return Promise.resolve();
+      },
+      onRetry: ({ delayMs, error }) => {
+        delays.push(delayMs);
+        assert.ok(error instanceof ServiceUnavailableError);
+      },
+    });
+    assert.equal(result.won, true);
+    assert.equal(result.progress.user_id, user.id, "the third attempt reached the real function");
+    assert.equal(upstream.hits(), 3);
+    assert.deepEqual(delays, [50, 100], "full jitter (random 0.5) of 100 ms, then of 200 ms");
+    assert.deepEqual(slept, delays);
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("retry: a 503 that does not go away ends as ServiceUnavailableError after the attempts", async () => {
+  const user = await createTestUser();
+  const upstream = flakyFunctions(() => apiError(503, "service_unavailable"));
+  try {
+    const e = await rejection(listProgress(clientFor(user.accessToken, upstream.url), {}, { ...fast, retry: { ...fast.retry, attempts: 3 } }));
+    assert.ok(e instanceof ServiceUnavailableError);
+    assert.equal(upstream.hits(), 3);
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("no retry on 4xx or 500: exactly one request", async () => {
+  const user = await createTestUser();
+  for (const [status, code, type] of [
+    [400, "invalid_request", ValidationError],
+    [401, "invalid_token", AuthError],
+    [409, "conflict", ProgressApiError],
+    [500, "internal_error", ProgressApiError],
+  ] as const) {
+    const upstream = flakyFunctions(() => apiError(status, code));
+    try {
+      let retries = 0;
+      const e = await rejection(
+        updateProgress(clientFor(user.accessToken, upstream.url), write({ series_id: seriesId("noretry") }), {
+          ...fast,
+          onRetry: () => retries++,
+        }),
+      );
+      assert.ok(e instanceof type);
+      assert.deepEqual([e.status, e.code, upstream.hits(), retries], [status, code, 1, 0]);
+    } finally {
+      await upstream.shutdown();
+    }
+  }
+});
+
+Deno.test("retry: network failures are retried, then surface as NetworkError", async () => {
+  const user = await createTestUser();
+  let retries = 0;
+  const e = await rejection(
+    getProgress(clientFor(user.accessToken, `http://127.0.0.1:${closedPort()}`), "x", {
+      ...fast,
+      retry: { ...fast.retry, attempts: 3 },
+      onRetry: ({ error }) => {
+        assert.ok(error instanceof NetworkError);
+        retries++;
+      },
+    }),
+  );
+  assert.ok(e instanceof NetworkError);
+  assert.deepEqual([e.status, e.code, retries], [0, "network_error", 2]);
+});
+
+Deno.test({
+  name: "subscribeToProgress hears a write another device made through updateProgress; catch-up goes through the API",
+  ...noSanitize,
+  fn: async () => {
+    const user = await createTestUser();
+    const functionCalls: string[] = [];
+    const listener = clientFor(user.accessToken, testEnv().url, (url) => {
+      if (url.includes("/functions/v1/")) functionCalls.push(new URL(url).pathname);
+    });
+    const writer = clientFor(user.accessToken);
+    const seen: ProgressChange[] = [];
+    const series = seriesId("live");
+    const sub = subscribeToProgress(listener, user.id, (change) => seen.push(change), {
+      accessToken: user.accessToken,
+      log: () => {},
+    });
+    try {
+      await waitUntil("the subscription to go live", () => sub.status === "live");
+      assert.ok(functionCalls.includes("/functions/v1/progress/changes"), "catch-up called the API's changes route");
+
+      const sent = await updateProgress(writer, write({ series_id: series, chapter: 42, device_id: "phone" }));
+      await waitUntil("the write to arrive", () => seen.some((c) => c.row.series_id === series));
+      const change = seen.find((c) => c.row.series_id === series)!;
+      assert.equal(change.kind, "upsert");
+      assert.deepEqual(change.row, sent.progress, "the live row equals the row the writer got back");
+    } finally {
+      await sub.unsubscribe();
+      assert.equal(sub.service.stats().links, 0);
+      await listener.realtime.disconnect();
+      await writer.realtime.disconnect();
+    }
+  },
+});
