@@ -1,0 +1,139 @@
+// The local functions gateway over real HTTP, with a throwaway supabase/ directory of small
+// functions: verify_jwt per function as Supabase's gateway does it (HS256 secret, ES256 through
+// SUPABASE_JWKS, OPTIONS unauthenticated), path rewriting, disabled/unknown functions, boot errors
+// and functions that throw. (The progress function itself runs with verify_jwt = false and checks
+// tokens on its own: tests/functions.)
+
+import assert from "node:assert/strict";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
+import { DEV_JWT_SECRET, signDevJwt } from "../stack/keys.ts";
+import { createFunctionsGateway } from "./gateway.ts";
+import { loadFunctionConfigs, parseFunctionSections } from "./config.ts";
+
+const ECHO = `Deno.serve(async (req) => {
+  const url = new URL(req.url);
+  return Response.json({
+    path: url.pathname + url.search,
+    method: req.method,
+    authorization: req.headers.get("authorization"),
+    body: req.method === "GET" ? null : await req.text(),
+    env_url: Deno.env.get("SUPABASE_URL"),
+  });
+});
+`;
+
+async function fixture(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "readsync-gateway-" });
+  const fn = async (name: string, source: string) => {
+    await Deno.mkdir(`${dir}/functions/${name}`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/functions/${name}/index.ts`, source);
+  };
+  await fn("secure", ECHO);
+  await fn("open", ECHO);
+  await fn("off", ECHO);
+  await fn("broken", `throw new Error("cannot boot");\n`);
+  await fn("throws", `Deno.serve(() => { throw new Error("boom"); });\n`);
+  await Deno.mkdir(`${dir}/functions/_shared`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/functions/_shared/index.ts`, ECHO);
+  await Deno.writeTextFile(
+    `${dir}/config.toml`,
+    `[api]\nport = 54321 # not a function section\n\n[functions.secure]\nverify_jwt = true\n\n` +
+      `[functions.open]\nverify_jwt = false # "quoted # not a comment"\n\n[functions.off]\nenabled = false\n`,
+  );
+  return dir;
+}
+
+Deno.test("config.toml function sections are read like the Supabase CLI reads them", async () => {
+  const sections = parseFunctionSections(`[functions.a]\nverify_jwt = false\nentrypoint = "./x/y.ts" # c\n[auth]\nverify_jwt = true\n`);
+  assert.deepEqual([...sections.entries()], [["a", { verify_jwt: false, entrypoint: "./x/y.ts" }]]);
+  const dir = await fixture();
+  try {
+    const configs = await loadFunctionConfigs(dir);
+    assert.deepEqual(configs.map((c) => [c.name, c.enabled, c.verifyJwt]), [
+      ["broken", true, true],
+      ["off", false, true],
+      ["open", true, false],
+      ["secure", true, true],
+      ["throws", true, true],
+    ], "_shared is not a function; verify_jwt defaults to true");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the gateway: verify_jwt per function, path rewriting, 404/503/500 as on Supabase", async () => {
+  const dir = await fixture();
+  const { publicKey, privateKey } = await generateKeyPair("ES256", { extractable: true });
+  const previousJwks = Deno.env.get("SUPABASE_JWKS");
+  Deno.env.set("SUPABASE_JWKS", JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256" }] }));
+  const errors: string[] = [];
+  const originalError = console.error;
+  console.error = (line: string) => errors.push(line); // boot_error / function_error lines
+  const gateway = await createFunctionsGateway({
+    port: 0,
+    apiUrl: "http://127.0.0.1:1",
+    dbUrl: "postgresql://unused",
+    jwtSecret: DEV_JWT_SECRET,
+    anonKey: "anon",
+    serviceRoleKey: "service",
+  }, { supabaseDir: dir });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, gateway.handle);
+  const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
+  const get = async (path: string, init: RequestInit = {}) => {
+    const res = await fetch(`${base}${path}`, init);
+    const text = await res.text();
+    let body: unknown = text;
+    try {
+      body = JSON.parse(text);
+    } catch { /* text */ }
+    return { status: res.status, body: body as Record<string, unknown> };
+  };
+  try {
+    const anon = await signDevJwt({ role: "anon" });
+    const forged = await signDevJwt({ role: "anon" }, { secret: "x".repeat(40) });
+    const es = await new SignJWT({ role: "authenticated", sub: crypto.randomUUID() })
+      .setProtectedHeader({ alg: "ES256", kid: "k1" }).setExpirationTime("1h").sign(privateKey);
+
+    assert.deepEqual(await get("/secure"), { status: 401, body: { msg: "Error: Missing authorization header" } });
+    assert.deepEqual(await get("/secure", { headers: { authorization: "Token abc" } }), {
+      status: 401,
+      body: { msg: "Error: Auth header is not 'Bearer {token}'" },
+    });
+    assert.deepEqual(await get("/secure", { headers: { authorization: `Bearer ${forged}` } }), { status: 401, body: { msg: "Invalid JWT" } });
+    assert.deepEqual(await get("/secure", { headers: { authorization: "Bearer abc.def.ghi" } }), { status: 401, body: { msg: "Invalid JWT" } });
+
+    const ok = await get("/secure/a/b?x=1", { method: "POST", headers: { authorization: `Bearer ${anon}` }, body: "hello" });
+    assert.equal(ok.status, 200);
+    assert.deepEqual(
+      { path: ok.body.path, method: ok.body.method, body: ok.body.body, env_url: ok.body.env_url },
+      { path: "/secure/a/b?x=1", method: "POST", body: "hello", env_url: "http://127.0.0.1:1" },
+      "the function sees /<name>/<rest>?query, the body and the stack's environment",
+    );
+    assert.equal((await get("/secure", { headers: { authorization: `Bearer ${es}` } })).status, 200, "ES256 via SUPABASE_JWKS");
+    assert.equal((await get("/secure", { method: "OPTIONS" })).status, 200, "preflights pass without a token");
+
+    const open = await get("/open/x");
+    assert.deepEqual([open.status, open.body.authorization], [200, null], "verify_jwt = false: no token needed");
+
+    for (const path of ["/off", "/nope", "/_shared", ""]) {
+      assert.deepEqual(await get(path), { status: 404, body: "Function not found" }, path);
+    }
+    assert.deepEqual(await get("/broken", { headers: { authorization: `Bearer ${anon}` } }), {
+      status: 503,
+      body: { code: "BOOT_ERROR", message: "Worker failed to boot (please check logs)" },
+    });
+    assert.deepEqual(await get("/throws", { headers: { authorization: `Bearer ${anon}` } }), {
+      status: 500,
+      body: { code: "Internal Server Error", message: "Request failed due to an internal server error" },
+    });
+    assert.ok(errors.some((l) => JSON.parse(l).event === "boot_error"));
+    assert.ok(errors.some((l) => JSON.parse(l).event === "function_error"));
+  } finally {
+    console.error = originalError;
+    await server.shutdown();
+    await gateway.close();
+    if (previousJwks === undefined) Deno.env.delete("SUPABASE_JWKS");
+    else Deno.env.set("SUPABASE_JWKS", previousJwks);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
