@@ -1,28 +1,18 @@
-// End to end through the product's own surfaces: device A writes through the progress function
-// (POST /functions/v1/progress); device B follows with RealtimeService, live over Realtime and, while
-// Realtime is killed, by polling the progress function (GET /functions/v1/progress/changes?since=).
-// Device B ends with exactly the server state and every version written while it was live.
+// End to end through the product's own client: device A writes with updateProgress() (POST
+// /functions/v1/progress); device B follows with subscribeToProgress() from shared/progress/api.ts
+// (RealtimeService, its catch-up and polling going through GET /functions/v1/progress/changes?since=),
+// live over Realtime and, while Realtime is killed, by polling the function. Device B ends with
+// exactly the server state and every version written while it was live.
 
 import assert from "node:assert/strict";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
-import {
-  type ProgressChange,
-  RealtimeService,
-  type RealtimeStatus,
-} from "../../shared/realtime/realtimeService.ts";
+import { subscribeToProgress, updateProgress } from "../../shared/progress/api.ts";
+import type { ProgressChange, RealtimeStatus } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
-import {
-  apiChangesSince,
-  clientWithToken,
-  noSanitize,
-  serverState,
-  sleep,
-  waitFor,
-  writeThroughApi,
-} from "./realtime_support.ts";
+import { clientWithToken, noSanitize, serverState, sleep, waitFor } from "./realtime_support.ts";
 
 Deno.test({
-  name: "realtime e2e: Realtime killed -> polling through the progress function -> live, 0 missed",
+  name: "realtime e2e: api.ts subscribeToProgress: Realtime killed -> polling the function -> live, 0 missed",
   ...noSanitize,
 }, async () => {
   const env = testEnv();
@@ -30,24 +20,24 @@ Deno.test({
   const a = await createTestUser();
   let server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! });
   const port = server.port;
-  // Device B: functions at the stack, Realtime at the endpoint this test kills and restarts.
+  // Device A: a plain client of the stack. Device B: functions at the stack, Realtime at the
+  // endpoint this test kills and restarts.
+  const deviceA = clientWithToken(() => a.accessToken);
   const deviceB = clientWithToken(() => a.accessToken, {
     realtimeOrigin: server.url,
     reconnectAfterMs: () => 250,
   });
-  const polls = { calls: 0 };
   const logs: Record<string, unknown>[] = [];
-  const service = new RealtimeService(deviceB, {
-    changesSince: apiChangesSince(() => a.accessToken, polls),
+  const changes: ProgressChange[] = [];
+  const statuses: RealtimeStatus[] = [];
+  const subscription = subscribeToProgress(deviceB, a.id, (change) => changes.push(change), {
     pollIntervalMs: 200,
     backoff: { initialMs: 200, maxMs: 1_000 },
     joinTimeoutMs: 2_000,
     log: (line) => logs.push(JSON.parse(line)),
   });
-  const changes: ProgressChange[] = [];
-  const statuses: RealtimeStatus[] = [];
-  const subscription = service.subscribeToProgress(a.id, (change) => changes.push(change));
   subscription.onStatus((s) => statuses.push(s));
+  const polls = () => logs.filter((l) => l.event === "poll_done").length;
 
   const written: { series_id: string; updated_at: string; phase: string }[] = [];
   let phase = "before";
@@ -63,7 +53,7 @@ Deno.test({
     writer = (async () => {
       for (let i = 0; writing; i++) {
         const updated_at = new Date(t0 + i).toISOString();
-        const result = await writeThroughApi(a.accessToken, {
+        const result = await updateProgress(deviceA, {
           series_id: `e2e-${i % 4}`,
           chapter: i,
           page: i % 50,
@@ -85,7 +75,7 @@ Deno.test({
     );
     await server.close();
     await waitFor("polling", () => subscription.status === "polling");
-    const pollsAtOutage = polls.calls;
+    const pollsAtOutage = polls();
     await waitFor(
       "15 versions written during the outage",
       () => written.filter((w) => w.phase === "outage").length >= 15,
@@ -101,7 +91,7 @@ Deno.test({
           c.row.updated_at >= lastOutage.updated_at
         ),
     );
-    assert.ok(polls.calls > pollsAtOutage, "device B polled the progress function");
+    assert.ok(polls() > pollsAtOutage, "device B polled the progress function");
     assert.equal(subscription.status, "polling");
 
     server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, port });
@@ -130,7 +120,7 @@ Deno.test({
         count("after")
       }); ` +
         `delivered ${changes.length} (${changes.filter((c) => c.source === "poll").length} by polling); ` +
-        `${polls.calls} calls to /progress/changes; missed ${missed.length}`,
+        `${polls()} polls of /progress/changes; missed ${missed.length}`,
     );
     assert.equal(missed.length, 0, `missed: ${JSON.stringify(missed.slice(0, 5))}`);
     assert.deepEqual(dedupe(statuses), ["live", "polling", "live"]);
@@ -149,9 +139,8 @@ Deno.test({
   } finally {
     writing = false;
     await writer.catch(() => {});
-    await subscription.unsubscribe();
-    const stats = service.stats();
-    await service.close();
+    await subscription.unsubscribe(); // closes the service too
+    const stats = subscription.service.stats();
     await deviceB.realtime.disconnect();
     await server.close();
     await sql.end();

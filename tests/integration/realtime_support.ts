@@ -130,26 +130,6 @@ export function sqlChangesSince(sql: Sql, userId: string, counters?: { calls: nu
 }
 
 /**
- * "Changes since" through the progress function, as a device polls it:
- * GET /functions/v1/progress/changes?since=<cursor> with the user's token -> {changes, next_cursor,
- * has_more}. Any non-200 answer throws (the service counts the round as failed).
- */
-export function apiChangesSince(accessToken: () => string, counters?: { calls: number }) {
-  return async (cursor: unknown): Promise<{ changes: unknown[]; next_cursor: string; has_more: boolean }> => {
-    if (counters) counters.calls++;
-    const env = testEnv();
-    const since = typeof cursor === "string" ? cursor : "";
-    const res = await fetch(
-      `${env.url}/functions/v1/progress/changes?since=${encodeURIComponent(since)}&limit=100`,
-      { headers: { apikey: env.anonKey, Authorization: `Bearer ${accessToken()}` } },
-    );
-    const body = await res.json();
-    if (res.status !== 200) throw new Error(`GET /progress/changes: ${res.status} ${JSON.stringify(body)}`);
-    return body;
-  };
-}
-
-/**
  * A WebSocket constructor for supabase-js's `realtime.transport` option that opens the socket on
  * another origin: the client keeps the stack's URL for the functions while its Realtime socket
  * goes to an endpoint the test can kill and restart.
