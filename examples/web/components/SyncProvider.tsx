@@ -10,12 +10,11 @@
 //                               updated_at, so last-write-wins picks the right winner
 //   status                      live / polling / offline (the browser's offline flag wins)
 
-import { createClient } from "@supabase/supabase-js";
 import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
-import { RealtimeService, type RealtimeStatus } from "@shared/realtime/realtimeService.ts";
+import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
-import { createProgressClient, isRetryable, type ProgressClient } from "@/lib/progressClient.ts";
+import { isRetryable, progressApi, type ProgressApi, userClient } from "@/lib/progressClient.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
 
@@ -59,7 +58,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
   const [deviceId, setDeviceId] = useState<string | null>(null);
   const [serviceStatus, setServiceStatus] = useState<RealtimeStatus>("connecting");
   const [online, setOnline] = useState(true);
-  const [runtime, setRuntime] = useState<{ api: ProgressClient; flush: () => void } | null>(null);
+  const [runtime, setRuntime] = useState<{ api: ProgressApi; flush: () => void } | null>(null);
 
   useEffect(() => {
     setDeviceId(getDeviceId());
@@ -75,21 +74,20 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
         throw error;
       }
     };
-    const supabase = createClient(supabaseUrl, anonKey, {
-      auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
-    });
-    const api = createProgressClient({ supabaseUrl, anonKey, accessToken: getAccessToken });
-    const service = new RealtimeService(supabase, {
-      changesSince: (cursor) => api.changesSince(cursor),
-      accessToken,
-      pollIntervalMs: 5_000,
-      backoff: { initialMs: 1_000, maxMs: 15_000 },
-      log: browserLog,
-    });
-    const subscription = service.subscribeToProgress(userId, (change) => {
-      if (change.kind === "delete") store.removeServerRow(change.row.series_id);
-      else store.applyServerRow(change.row);
-    });
+    // shared/progress/api.ts over a client that sends the user's current token (functions and
+    // Realtime); its subscribeToProgress is RealtimeService with catch-up and polling through the
+    // API's changes endpoint.
+    const supabase = userClient({ supabaseUrl, anonKey, accessToken: getAccessToken });
+    const api = progressApi(supabase);
+    const subscription = api.subscribeToProgress(
+      userId,
+      (change) => {
+        if (change.kind === "delete") store.removeServerRow(change.row.series_id);
+        else store.applyServerRow(change.row);
+      },
+      { accessToken, pollIntervalMs: 5_000, backoff: { initialMs: 1_000, maxMs: 15_000 }, log: browserLog },
+    );
+    const service = subscription.service;
     setServiceStatus(subscription.status);
     const offStatus = subscription.onStatus((status) => {
       setServiceStatus(status);
@@ -163,7 +161,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       window.removeEventListener("offline", onOffline);
       offStatus();
       offToken();
-      void service.close().finally(() => supabase.realtime.disconnect());
+      void subscription.unsubscribe().finally(() => supabase.realtime.disconnect());
       setRuntime(null);
     };
   }, [store, supabaseUrl, anonKey, userId, accessToken, expiresAt]);

@@ -1,17 +1,17 @@
 // Server-side reads for the server components, with the signed-in user's own token: the progress
 // function (not the database) decides what the user may see, exactly as for the browser.
-import { createProgressClient, type Progress } from "../progressClient.ts";
+import { type Progress, progressApi, readLibrary, userClient } from "../progressClient.ts";
 import { supabaseConfig } from "./config.ts";
 
-function clientFor(accessToken: string) {
+function apiFor(accessToken: string) {
   const { supabaseUrl, anonKey } = supabaseConfig();
-  return createProgressClient({ supabaseUrl, anonKey, accessToken: () => accessToken, cache: "no-store" });
+  return progressApi(userClient({ supabaseUrl, anonKey, accessToken: () => Promise.resolve(accessToken), server: true }));
 }
 
 export async function loadLibrary(accessToken: string): Promise<Progress[]> {
-  return await clientFor(accessToken).listProgress();
+  return await readLibrary(apiFor(accessToken));
 }
 
 export async function loadSeries(accessToken: string, seriesId: string): Promise<Progress | null> {
-  return await clientFor(accessToken).getProgress(seriesId);
+  return await apiFor(accessToken).getProgress(seriesId);
 }
