@@ -52,6 +52,7 @@ const TESTS = [
   "development sign-in is clearly labelled and refused without READSYNC_DEV_SIGNIN",
   "the library shows its error state (error.tsx) when the progress function cannot be reached",
   "with Realtime unreachable a device says Polling and still receives changes, without a reload",
+  "the server sends signed-out requests to sign-in and sign-out ends the session",
   "no device had a script error (hydration included)",
 ];
 
@@ -604,6 +605,35 @@ async function main() {
       },
       {
         name: TESTS[7],
+        fn: async () => {
+          // Without a session cookie the server answers with a redirect before rendering anything.
+          for (const route of ["/", `/series/${seriesLive}`]) {
+            const response = await fetch(`${webUrl}${route}`, { redirect: "manual" });
+            await response.arrayBuffer();
+            assert([303, 307, 308].includes(response.status), `${route}: redirect, got ${response.status}`);
+            assertEqual(new URL(response.headers.get("location"), webUrl).pathname, "/sign-in", `${route} goes to`);
+          }
+          const anonymousToken = await fetch(`${webUrl}/auth/token`);
+          assertEqual(anonymousToken.status, 401, "/auth/token without a session");
+          if (!devMode) throw new SkipTest("signing a throwaway user in and out needs the local stack");
+          const context = await browser.newContext({ baseURL: webUrl, viewport });
+          try {
+            const page = await context.newPage();
+            const device = { label: "reader C", context, page, errors: [], navigations: 0 };
+            await signIn(device, `reader-c-${run}@readsync.test`);
+            assertEqual((await context.request.get("/auth/token")).status(), 200, "/auth/token signed in");
+            await page.getByRole("button", { name: "Sign out" }).click();
+            await page.waitForURL((url) => url.pathname === "/sign-in");
+            assertEqual((await context.request.get("/auth/token")).status(), 401, "/auth/token after sign-out");
+            await page.goto("/");
+            assertEqual(new URL(page.url()).pathname, "/sign-in", "the library after sign-out");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[8],
         fn: async () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },
