@@ -166,7 +166,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "realtime resilience: Realtime down from the start -> polling; API down too -> offline",
+  name:
+    "realtime resilience: Realtime down from the start -> polling with capped full-jitter retries; API down too -> offline",
   ...noSanitize,
 }, async () => {
   const sql = adminSql();
@@ -177,19 +178,36 @@ Deno.test({
   probe.close();
   const client = newClient({ url: `http://127.0.0.1:${deadPort}`, reconnectAfterMs: () => 200 });
   const counters = { calls: 0, failNext: 0 };
+  const logs: Record<string, unknown>[] = [];
   const service = new RealtimeService(client, {
     changesSince: sqlChangesSince(sql, a.id, counters),
     accessToken: a.accessToken,
     pollIntervalMs: 100,
     backoff: { initialMs: 100, maxMs: 400 },
     joinTimeoutMs: 500,
-    log: () => {},
+    log: (line) => logs.push(JSON.parse(line)),
   });
   const changes: ProgressChange[] = [];
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
   try {
     assert.equal(subscription.status, "connecting");
     await waitFor("polling", () => subscription.status === "polling");
+    // Retry n waits a uniform time in [0, min(400, 100 * 2^(n-1))): attempts count up, delays stay
+    // under their ceiling and the cap, and they are not all the same (jitter).
+    const retries = () => logs.filter((l) => l.event === "realtime_unavailable");
+    await waitFor("5 failed joins", () => retries().length >= 5);
+    const firstFive = retries().slice(0, 5);
+    assert.deepEqual(firstFive.map((l) => l.attempt), [1, 2, 3, 4, 5]);
+    for (const line of firstFive) {
+      const ceiling = Math.min(400, 100 * 2 ** ((line.attempt as number) - 1));
+      assert.ok(
+        (line.retry_in_ms as number) >= 0 && (line.retry_in_ms as number) < ceiling,
+        JSON.stringify(line),
+      );
+      assert.equal(line.channel, `progress:${a.id}`);
+      assert.equal(line.level, "warn");
+    }
+    assert.ok(new Set(retries().map((l) => l.retry_in_ms)).size > 1, "full jitter varies the delays");
     await writeProgress(sql, a.id, { series_id: "dorohedoro", chapter: 3, device_id: "laptop" });
     await waitFor("the write through polling", () => changes.some((c) => c.row.series_id === "dorohedoro"));
     assert.equal(changes.at(-1)?.source, "poll");
