@@ -110,7 +110,10 @@ export async function loadFunctionConfigs(supabaseDir: string): Promise<Function
       name,
       enabled: s.enabled !== false,
       verifyJwt: s.verify_jwt !== false,
-      entrypoint: join(supabaseDir, typeof s.entrypoint === "string" ? s.entrypoint : `./functions/${name}/index.ts`),
+      entrypoint: join(
+        supabaseDir,
+        typeof s.entrypoint === "string" ? s.entrypoint : `./functions/${name}/index.ts`,
+      ),
       importMap: typeof s.import_map === "string" ? join(supabaseDir, s.import_map) : undefined,
     };
   });

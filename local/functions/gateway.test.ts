@@ -44,7 +44,9 @@ async function fixture(): Promise<string> {
 }
 
 Deno.test("config.toml function sections are read like the Supabase CLI reads them", async () => {
-  const sections = parseFunctionSections(`[functions.a]\nverify_jwt = false\nentrypoint = "./x/y.ts" # c\n[auth]\nverify_jwt = true\n`);
+  const sections = parseFunctionSections(
+    `[functions.a]\nverify_jwt = false\nentrypoint = "./x/y.ts" # c\n[auth]\nverify_jwt = true\n`,
+  );
   assert.deepEqual([...sections.entries()], [["a", { verify_jwt: false, entrypoint: "./x/y.ts" }]]);
   const dir = await fixture();
   try {
@@ -65,7 +67,10 @@ Deno.test("the gateway: verify_jwt per function, path rewriting, 404/503/500 as 
   const dir = await fixture();
   const { publicKey, privateKey } = await generateKeyPair("ES256", { extractable: true });
   const previousJwks = Deno.env.get("SUPABASE_JWKS");
-  Deno.env.set("SUPABASE_JWKS", JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256" }] }));
+  Deno.env.set(
+    "SUPABASE_JWKS",
+    JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "k1", alg: "ES256" }] }),
+  );
   const errors: string[] = [];
   const originalError = console.error;
   console.error = (line: string) => errors.push(line); // boot_error / function_error lines
@@ -94,26 +99,51 @@ Deno.test("the gateway: verify_jwt per function, path rewriting, 404/503/500 as 
     const es = await new SignJWT({ role: "authenticated", sub: crypto.randomUUID() })
       .setProtectedHeader({ alg: "ES256", kid: "k1" }).setExpirationTime("1h").sign(privateKey);
 
-    assert.deepEqual(await get("/secure"), { status: 401, body: { msg: "Error: Missing authorization header" } });
+    assert.deepEqual(await get("/secure"), {
+      status: 401,
+      body: { msg: "Error: Missing authorization header" },
+    });
     assert.deepEqual(await get("/secure", { headers: { authorization: "Token abc" } }), {
       status: 401,
       body: { msg: "Error: Auth header is not 'Bearer {token}'" },
     });
-    assert.deepEqual(await get("/secure", { headers: { authorization: `Bearer ${forged}` } }), { status: 401, body: { msg: "Invalid JWT" } });
-    assert.deepEqual(await get("/secure", { headers: { authorization: "Bearer abc.def.ghi" } }), { status: 401, body: { msg: "Invalid JWT" } });
+    assert.deepEqual(await get("/secure", { headers: { authorization: `Bearer ${forged}` } }), {
+      status: 401,
+      body: { msg: "Invalid JWT" },
+    });
+    assert.deepEqual(await get("/secure", { headers: { authorization: "Bearer abc.def.ghi" } }), {
+      status: 401,
+      body: { msg: "Invalid JWT" },
+    });
 
-    const ok = await get("/secure/a/b?x=1", { method: "POST", headers: { authorization: `Bearer ${anon}` }, body: "hello" });
+    const ok = await get("/secure/a/b?x=1", {
+      method: "POST",
+      headers: { authorization: `Bearer ${anon}` },
+      body: "hello",
+    });
     assert.equal(ok.status, 200);
     assert.deepEqual(
       { path: ok.body.path, method: ok.body.method, body: ok.body.body, env_url: ok.body.env_url },
       { path: "/secure/a/b?x=1", method: "POST", body: "hello", env_url: "http://127.0.0.1:1" },
       "the function sees /<name>/<rest>?query, the body and the stack's environment",
     );
-    assert.equal((await get("/secure", { headers: { authorization: `Bearer ${es}` } })).status, 200, "ES256 via SUPABASE_JWKS");
-    assert.equal((await get("/secure", { method: "OPTIONS" })).status, 200, "preflights pass without a token");
+    assert.equal(
+      (await get("/secure", { headers: { authorization: `Bearer ${es}` } })).status,
+      200,
+      "ES256 via SUPABASE_JWKS",
+    );
+    assert.equal(
+      (await get("/secure", { method: "OPTIONS" })).status,
+      200,
+      "preflights pass without a token",
+    );
 
     const open = await get("/open/x");
-    assert.deepEqual([open.status, open.body.authorization], [200, null], "verify_jwt = false: no token needed");
+    assert.deepEqual(
+      [open.status, open.body.authorization],
+      [200, null],
+      "verify_jwt = false: no token needed",
+    );
 
     for (const path of ["/off", "/nope", "/_shared", ""]) {
       assert.deepEqual(await get(path), { status: 404, body: "Function not found" }, path);

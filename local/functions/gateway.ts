@@ -211,7 +211,10 @@ export async function createFunctionsGateway(
         function: match[1],
         error: error instanceof Error ? error.stack ?? error.message : String(error),
       }));
-      return json({ code: "Internal Server Error", message: "Request failed due to an internal server error" }, 500);
+      return json({
+        code: "Internal Server Error",
+        message: "Request failed due to an internal server error",
+      }, 500);
     }
   }
 

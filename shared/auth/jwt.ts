@@ -72,7 +72,18 @@ export interface JwtVerifier {
   verify(token: string): Promise<JwtClaims>;
 }
 
-const ASYMMETRIC_ALGS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"];
+const ASYMMETRIC_ALGS = [
+  "ES256",
+  "ES384",
+  "ES512",
+  "RS256",
+  "RS384",
+  "RS512",
+  "PS256",
+  "PS384",
+  "PS512",
+  "EdDSA",
+];
 
 /** The token of an `Authorization: Bearer <token>` header, or null. */
 export function bearerToken(header: string | null | undefined): string | null {
@@ -106,11 +117,18 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
     }
     let key: Uint8Array | JWTVerifyGetKey;
     if (alg === "HS256") {
-      if (!secretKey) throw new JwtError("unsupported_algorithm", "HS256 tokens are not accepted (no JWT secret configured)");
+      if (!secretKey) {
+        throw new JwtError(
+          "unsupported_algorithm",
+          "HS256 tokens are not accepted (no JWT secret configured)",
+        );
+      }
       key = secretKey;
     } else if (alg && ASYMMETRIC_ALGS.includes(alg)) {
       const keySet = localSet ?? remoteSet;
-      if (!keySet) throw new JwtError("unsupported_algorithm", `${alg} tokens are not accepted (no JWKS configured)`);
+      if (!keySet) {
+        throw new JwtError("unsupported_algorithm", `${alg} tokens are not accepted (no JWKS configured)`);
+      }
       // A local set that lacks the kid falls back to the remote set (key rotation).
       key = localSet && remoteSet
         ? async (header, input) => {
@@ -149,9 +167,14 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
     if (audiences) {
       const aud = payload.aud === undefined ? [] : Array.isArray(payload.aud) ? payload.aud : [payload.aud];
       if (aud.length === 0) {
-        if (options.requireAudience) throw new JwtError("invalid_audience", "The access token has no audience");
+        if (options.requireAudience) {
+          throw new JwtError("invalid_audience", "The access token has no audience");
+        }
       } else if (!aud.some((a) => audiences.includes(a))) {
-        throw new JwtError("invalid_audience", `The access token is not for this audience (${audiences.join(", ")})`);
+        throw new JwtError(
+          "invalid_audience",
+          `The access token is not for this audience (${audiences.join(", ")})`,
+        );
       }
     }
     return payload;
@@ -162,18 +185,32 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
 
 function mapJoseError(error: unknown): JwtError {
   if (error instanceof JwtError) return error;
-  if (error instanceof joseErrors.JWTExpired) return new JwtError("token_expired", "The access token has expired", { cause: error });
+  if (error instanceof joseErrors.JWTExpired) {
+    return new JwtError("token_expired", "The access token has expired", { cause: error });
+  }
   if (error instanceof joseErrors.JWTClaimValidationFailed) {
-    if (error.claim === "nbf") return new JwtError("token_not_yet_valid", "The access token is not valid yet", { cause: error });
-    if (error.claim === "iss") return new JwtError("invalid_issuer", "The access token has the wrong issuer", { cause: error });
-    if (error.claim === "aud") return new JwtError("invalid_audience", "The access token has the wrong audience", { cause: error });
-    return new JwtError("invalid_claims", `The access token's ${error.claim} claim is invalid: ${error.reason}`, { cause: error });
+    if (error.claim === "nbf") {
+      return new JwtError("token_not_yet_valid", "The access token is not valid yet", { cause: error });
+    }
+    if (error.claim === "iss") {
+      return new JwtError("invalid_issuer", "The access token has the wrong issuer", { cause: error });
+    }
+    if (error.claim === "aud") {
+      return new JwtError("invalid_audience", "The access token has the wrong audience", { cause: error });
+    }
+    return new JwtError(
+      "invalid_claims",
+      `The access token's ${error.claim} claim is invalid: ${error.reason}`,
+      { cause: error },
+    );
   }
   if (error instanceof joseErrors.JWSSignatureVerificationFailed) {
     return new JwtError("invalid_signature", "The access token's signature is invalid", { cause: error });
   }
   if (error instanceof joseErrors.JWKSNoMatchingKey || error instanceof joseErrors.JWKSMultipleMatchingKeys) {
-    return new JwtError("invalid_signature", "The access token was signed with an unknown key", { cause: error });
+    return new JwtError("invalid_signature", "The access token was signed with an unknown key", {
+      cause: error,
+    });
   }
   const keyServerDown = error instanceof joseErrors.JOSEError &&
     /JSON Web Key Set HTTP response/.test(error.message); // non-200 or non-JSON from the JWKS URL

@@ -47,11 +47,19 @@ export async function readBodyLimited(req: Request, maxBytes: number): Promise<U
 }
 
 /** The parsed JSON body, after the media-type (415), size (413) and syntax (400) checks. */
-export async function readJsonBody(req: Request, { maxBytes = DEFAULT_MAX_BODY_BYTES } = {}): Promise<unknown> {
+export async function readJsonBody(
+  req: Request,
+  { maxBytes = DEFAULT_MAX_BODY_BYTES } = {},
+): Promise<unknown> {
   if (!isJsonMediaType(req.headers.get("content-type"))) {
-    throw new HttpError(415, "unsupported_media_type", "The body must be JSON (Content-Type: application/json)", {
-      details: { content_type: req.headers.get("content-type") },
-    });
+    throw new HttpError(
+      415,
+      "unsupported_media_type",
+      "The body must be JSON (Content-Type: application/json)",
+      {
+        details: { content_type: req.headers.get("content-type") },
+      },
+    );
   }
   const bytes = await readBodyLimited(req, maxBytes);
   if (bytes.byteLength === 0) throw new HttpError(400, "invalid_json", "The request body is empty");

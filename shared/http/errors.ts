@@ -18,6 +18,7 @@ export type HttpErrorCode =
   | "constraint_violation" // 422: the database rejected a value (check / not-null violation)
   | "service_unavailable" // 503: database or key server unreachable, overloaded, timed out
   | "internal_error" // 500: a bug; never caused by input
+  // deno-lint-ignore ban-types -- `string & {}` keeps editor completion of the known codes above
   | (string & {});
 
 export class HttpError extends Error {

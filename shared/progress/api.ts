@@ -24,9 +24,9 @@ import {
   batchWriteResponseSchema,
   batchWriteSchema,
   changesResponseSchema,
-  type ProgressWriteInput,
   progressListResponseSchema,
   progressResponseSchema,
+  type ProgressWriteInput,
   progressWriteSchema,
   resetQuerySchema,
   seriesIdSchema,
@@ -51,7 +51,12 @@ export class ProgressApiError extends Error {
   readonly details?: unknown;
   /** x-request-id of the answer, for support and logs. */
   readonly requestId?: string;
-  constructor(status: number, code: string, message: string, options: { details?: unknown; requestId?: string; cause?: unknown } = {}) {
+  constructor(
+    status: number,
+    code: string,
+    message: string,
+    options: { details?: unknown; requestId?: string; cause?: unknown } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.status = status;
@@ -70,11 +75,18 @@ export class ServiceUnavailableError extends ProgressApiError {}
 /** The request got no HTTP answer (connection refused, DNS, reset), after all retries. */
 export class NetworkError extends ProgressApiError {}
 
-function errorFor(status: number, code: string, message: string, options: { details?: unknown; requestId?: string; cause?: unknown }) {
+function errorFor(
+  status: number,
+  code: string,
+  message: string,
+  options: { details?: unknown; requestId?: string; cause?: unknown },
+) {
   if (status === 401 || status === 403) return new AuthError(status, code, message, options);
   if (status === 404) return new NotFoundError(status, code, message, options);
   if (status === 503) return new ServiceUnavailableError(status, code, message, options);
-  if (status === 400 || status === 413 || status === 415 || status === 422) return new ValidationError(status, code, message, options);
+  if (status === 400 || status === 413 || status === 415 || status === 422) {
+    return new ValidationError(status, code, message, options);
+  }
   return new ProgressApiError(status, code, message, options);
 }
 
@@ -119,7 +131,8 @@ async function readErrorResponse(response: Response): Promise<ProgressApiError> 
     return errorFor(response.status, code, message, { details, requestId });
   }
   // Not the API's format (a gateway or proxy answered): keep what there is.
-  const message = (body as { msg?: unknown; message?: unknown } | null)?.msg ?? (body as { message?: unknown } | null)?.message ??
+  const message = (body as { msg?: unknown; message?: unknown } | null)?.msg ??
+    (body as { message?: unknown } | null)?.message ??
     (text || response.statusText);
   const code = response.status === 503 ? "service_unavailable" : `http_${response.status}`;
   return errorFor(response.status, code, String(message), { details: body ?? undefined, requestId });
@@ -169,11 +182,18 @@ async function invoke<S extends z.ZodType>(
       }
     } else if (invokeError instanceof FunctionsFetchError) {
       const cause = (invokeError as { context?: unknown }).context ?? invokeError;
-      error = new NetworkError(0, "network_error", `The progress API could not be reached: ${String((cause as Error)?.message ?? cause)}`, {
-        cause,
-      });
+      error = new NetworkError(
+        0,
+        "network_error",
+        `The progress API could not be reached: ${String((cause as Error)?.message ?? cause)}`,
+        {
+          cause,
+        },
+      );
     } else {
-      error = new NetworkError(0, "network_error", String((invokeError as Error)?.message ?? invokeError), { cause: invokeError });
+      error = new NetworkError(0, "network_error", String((invokeError as Error)?.message ?? invokeError), {
+        cause: invokeError,
+      });
     }
 
     const retryable = error instanceof ServiceUnavailableError || error instanceof NetworkError;
@@ -223,7 +243,8 @@ export async function getProgress(
 ): Promise<Progress | null> {
   const id = validateLocally(seriesIdSchema, seriesId, "series id");
   try {
-    return (await invoke(client, options, "GET", `/series/${encodeURIComponent(id)}`, progressResponseSchema)).progress;
+    return (await invoke(client, options, "GET", `/series/${encodeURIComponent(id)}`, progressResponseSchema))
+      .progress;
   } catch (error) {
     if (error instanceof NotFoundError && error.code === "progress_not_found") return null;
     throw error;
@@ -279,9 +300,18 @@ export async function resetProgress(
   options: ProgressApiOptions = {},
 ): Promise<WriteResult> {
   const id = validateLocally(seriesIdSchema, seriesId, "series id");
-  const q = validateLocally(resetQuerySchema, { device_id: reset.device_id, updated_at: reset.updated_at ?? new Date().toISOString() }, "reset");
+  const q = validateLocally(resetQuerySchema, {
+    device_id: reset.device_id,
+    updated_at: reset.updated_at ?? new Date().toISOString(),
+  }, "reset");
   const qs = new URLSearchParams({ device_id: q.device_id, updated_at: q.updated_at });
-  return await invoke(client, options, "DELETE", `/series/${encodeURIComponent(id)}?${qs}`, writeResultSchema);
+  return await invoke(
+    client,
+    options,
+    "DELETE",
+    `/series/${encodeURIComponent(id)}?${qs}`,
+    writeResultSchema,
+  );
 }
 
 // ------------------------------------------------------------------------------------ live
@@ -342,10 +372,14 @@ export function createProgressApi(client: SupabaseClient, options: ProgressApiOp
     updateProgressBatch: (writes: ProgressWriteInput[]) => updateProgressBatch(client, writes, options),
     getProgress: (seriesId: string) => getProgress(client, seriesId, options),
     listProgress: (query?: ListProgressOptions) => listProgress(client, query, options),
-    changesSince: (cursor?: string | null, query?: { limit?: number }) => changesSince(client, cursor ?? null, query, options),
+    changesSince: (cursor?: string | null, query?: { limit?: number }) =>
+      changesSince(client, cursor ?? null, query, options),
     resetProgress: (seriesId: string, reset: { device_id: string; updated_at?: string }) =>
       resetProgress(client, seriesId, reset, options),
-    subscribeToProgress: (userId: string, handler: ProgressHandler, sub: Omit<SubscribeToProgressOptions, "api"> = {}) =>
-      subscribeToProgress(client, userId, handler, { ...sub, api: options }),
+    subscribeToProgress: (
+      userId: string,
+      handler: ProgressHandler,
+      sub: Omit<SubscribeToProgressOptions, "api"> = {},
+    ) => subscribeToProgress(client, userId, handler, { ...sub, api: options }),
   };
 }

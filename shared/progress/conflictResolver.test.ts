@@ -35,24 +35,40 @@ Deno.test("compare is a total order matching the SQL: ms first, then device id b
   }));
   // Byte-wise, not locale: uppercase before lowercase, "dev-10" before "dev-2".
   const at = new Date(BASE).toISOString();
-  const sorted = ["z", "dev-2", "Z", "dev-10", "0", "a"].map((d) => ({ updated_at: at, device_id: d })).sort(resolver.compare);
+  const sorted = ["z", "dev-2", "Z", "dev-10", "0", "a"].map((d) => ({ updated_at: at, device_id: d })).sort(
+    resolver.compare,
+  );
   assert.deepEqual(sorted.map((u) => u.device_id), ["0", "Z", "a", "dev-10", "dev-2", "z"]);
   // Sub-millisecond digits do not count (the server truncates them).
-  assert.equal(resolver.compare({ updated_at: "2026-03-01T00:00:00.0009Z", device_id: "a" }, { updated_at: BASE, device_id: "a" }), 0);
+  assert.equal(
+    resolver.compare({ updated_at: "2026-03-01T00:00:00.0009Z", device_id: "a" }, {
+      updated_at: BASE,
+      device_id: "a",
+    }),
+    0,
+  );
 });
 
 Deno.test("resolve is order-independent: every permutation ends with the same key", () => {
-  fc.assert(fc.property(updatesArb.chain((us) => fc.tuple(fc.constant(us), permutationArb(us))), ([us, perm]) => {
-    assert.equal(key(resolver.resolve(perm)), key(resolver.resolve(us)));
-    // With an initial stored version competing too.
-    if (us.length > 0) assert.equal(key(resolver.resolve(perm.slice(1), perm[0])), key(resolver.resolve(us)));
-  }));
+  fc.assert(
+    fc.property(updatesArb.chain((us) => fc.tuple(fc.constant(us), permutationArb(us))), ([us, perm]) => {
+      assert.equal(key(resolver.resolve(perm)), key(resolver.resolve(us)));
+      // With an initial stored version competing too.
+      if (us.length > 0) {
+        assert.equal(key(resolver.resolve(perm.slice(1), perm[0])), key(resolver.resolve(us)));
+      }
+    }),
+  );
 });
 
 Deno.test("resolve is idempotent: resolving again, or with the winner replayed, changes nothing", () => {
   fc.assert(fc.property(updatesArb, (us) => {
     const winner = resolver.resolve(us);
-    assert.equal(resolver.resolve([...us, ...us]), winner, "the same updates twice: the same (earliest) winner object");
+    assert.equal(
+      resolver.resolve([...us, ...us]),
+      winner,
+      "the same updates twice: the same (earliest) winner object",
+    );
     if (winner) {
       assert.equal(resolver.resolve([winner]), winner);
       assert.equal(resolver.resolve(us, winner), winner);
@@ -78,11 +94,18 @@ Deno.test("detectConflict agrees with resolve and with classify, in any arrival 
     const pairs = new Set<string>();
     for (const f of findings) {
       assert.ok(resolver.compare(f.losing, f.winning) < 0, "the loser is below the winner");
-      assert.equal(f.kind === "tie", ConflictResolver.timeOf(f.losing) === ConflictResolver.timeOf(f.winning));
+      assert.equal(
+        f.kind === "tie",
+        ConflictResolver.timeOf(f.losing) === ConflictResolver.timeOf(f.winning),
+      );
       const incoming = order[f.index];
       const before = stored[f.index]!;
       if (f.rejected) {
-        assert.deepEqual([f.losing, f.winning], [incoming, before], "a rejected write lost to the stored one");
+        assert.deepEqual(
+          [f.losing, f.winning],
+          [incoming, before],
+          "a rejected write lost to the stored one",
+        );
         assert.deepEqual(resolver.classify(incoming, before), { won: false, conflict: f.kind });
       } else {
         assert.deepEqual([f.losing, f.winning], [before, incoming], "a tie winner replaced the stored one");
@@ -108,7 +131,16 @@ Deno.test("detectConflict agrees with resolve and with classify, in any arrival 
 Deno.test("normalize clamps only beyond the tolerance and truncates to milliseconds", () => {
   const now = Date.parse("2026-03-01T12:00:00.000Z");
   const r = new ConflictResolver();
-  assert.equal(r.normalize({ updated_at: now + 4_999, device_id: "a" }, now).updated_at, new Date(now + 4_999).toISOString());
-  assert.equal(r.normalize({ updated_at: now + 5_001, device_id: "a" }, now).updated_at, new Date(now).toISOString());
-  assert.equal(r.normalize({ updated_at: "2026-03-01T11:00:00.123456Z", device_id: "a" }, now).updated_at, "2026-03-01T11:00:00.123Z");
+  assert.equal(
+    r.normalize({ updated_at: now + 4_999, device_id: "a" }, now).updated_at,
+    new Date(now + 4_999).toISOString(),
+  );
+  assert.equal(
+    r.normalize({ updated_at: now + 5_001, device_id: "a" }, now).updated_at,
+    new Date(now).toISOString(),
+  );
+  assert.equal(
+    r.normalize({ updated_at: "2026-03-01T11:00:00.123456Z", device_id: "a" }, now).updated_at,
+    "2026-03-01T11:00:00.123Z",
+  );
 });

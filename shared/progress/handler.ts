@@ -17,7 +17,7 @@
 // X-Act-As-User header and then acts exactly as that user (role authenticated, RLS in force); it is
 // never a way around RLS, and without the header it gets 403.
 
-import { bearerToken, JwtError, type JwtClaims, type JwtVerifier } from "../auth/jwt.ts";
+import { bearerToken, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
 import { readJsonBody } from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
@@ -120,9 +120,14 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     const token = bearerToken(req.headers.get("authorization"));
     const challenge = { "www-authenticate": 'Bearer realm="progress"' };
     if (!token) {
-      throw new HttpError(401, "missing_token", "An access token is required (Authorization: Bearer <token>)", {
-        headers: challenge,
-      });
+      throw new HttpError(
+        401,
+        "missing_token",
+        "An access token is required (Authorization: Bearer <token>)",
+        {
+          headers: challenge,
+        },
+      );
     }
     let claims: JwtClaims;
     try {
@@ -130,7 +135,10 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     } catch (error) {
       if (!(error instanceof JwtError)) throw error;
       if (error.code === "keys_unavailable") {
-        throw new HttpError(503, "service_unavailable", error.message, { headers: { "retry-after": "5" }, cause: error });
+        throw new HttpError(503, "service_unavailable", error.message, {
+          headers: { "retry-after": "5" },
+          cause: error,
+        });
       }
       const code = error.code === "token_expired" ? "token_expired" : "invalid_token";
       throw new HttpError(401, code, error.message, {
@@ -149,22 +157,39 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           `A service_role token must name the user it acts for in the ${ACT_AS_USER_HEADER} header (a user id)`,
         );
       }
-      return { sub: actAs.toLowerCase(), role: "authenticated", aud: "authenticated", acting_role: "service_role" };
+      return {
+        sub: actAs.toLowerCase(),
+        role: "authenticated",
+        aud: "authenticated",
+        acting_role: "service_role",
+      };
     }
     if (claims.role !== "authenticated") {
-      throw new HttpError(403, "forbidden", `This API needs a signed-in user's access token, not role "${claims.role ?? "none"}"`);
+      throw new HttpError(
+        403,
+        "forbidden",
+        `This API needs a signed-in user's access token, not role "${claims.role ?? "none"}"`,
+      );
     }
     if (typeof claims.sub !== "string" || !UUID.test(claims.sub)) {
       throw new HttpError(403, "forbidden", "The access token has no user (sub)");
     }
     if (actAs !== null && actAs.toLowerCase() !== claims.sub.toLowerCase()) {
-      throw new HttpError(403, "forbidden", `Only a service_role token may act for another user (${ACT_AS_USER_HEADER})`);
+      throw new HttpError(
+        403,
+        "forbidden",
+        `Only a service_role token may act for another user (${ACT_AS_USER_HEADER})`,
+      );
     }
     return claims as JwtClaims & { sub: string };
   }
 
   /** One JSON line per conflict (stale or tie) a write met; rows of the same story are in the DB log. */
-  function logConflicts(ctx: { requestId: string; userId: string }, writes: ValidProgressWrite[], results: WriteResult[]) {
+  function logConflicts(
+    ctx: { requestId: string; userId: string },
+    writes: ValidProgressWrite[],
+    results: WriteResult[],
+  ) {
     results.forEach((r, i) => {
       if (!r.conflict) return;
       const w = writes[i];
@@ -199,9 +224,14 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     if (!matched) throw new HttpError(404, "not_found", `No route ${req.method} ${url.pathname}`);
     const allowed = ALLOWED[matched.name];
     if (!allowed.includes(req.method)) {
-      throw new HttpError(405, "method_not_allowed", `${req.method} is not allowed here; use ${allowed.join(" or ")}`, {
-        headers: { allow: [...allowed, "OPTIONS"].join(", ") },
-      });
+      throw new HttpError(
+        405,
+        "method_not_allowed",
+        `${req.method} is not allowed here; use ${allowed.join(" or ")}`,
+        {
+          headers: { allow: [...allowed, "OPTIONS"].join(", ") },
+        },
+      );
     }
 
     const claims = await authenticate(req);
@@ -240,7 +270,10 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       case "changes": {
         const q = parseOrThrow(changesQuerySchema, queryObject(url), "query");
         return jsonResponse(
-          await db.changes(claims, { cursor: q.since ?? "", limit: q.limit ?? PROGRESS_LIMITS.changesDefault }),
+          await db.changes(claims, {
+            cursor: q.since ?? "",
+            limit: q.limit ?? PROGRESS_LIMITS.changesDefault,
+          }),
         );
       }
       case "series": {
@@ -288,7 +321,9 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           error: cause instanceof Error ? `${cause.name}: ${cause.message}` : String(cause),
           ...(error.status === 500 && cause instanceof Error ? { stack: cause.stack } : {}),
         });
-        if (error.status === 500) error = new HttpError(500, "internal_error", "Internal error", { details: { request_id: reqId } });
+        if (error.status === 500) {
+          error = new HttpError(500, "internal_error", "Internal error", { details: { request_id: reqId } });
+        }
       }
       res = httpErrorResponse(error);
     }

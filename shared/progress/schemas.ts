@@ -97,7 +97,10 @@ export const listCursorSchema = z
   .transform((s, ctx) => {
     const [at, series] = s.split("|");
     const t = Date.parse(at);
-    if (!z.iso.datetime({ offset: true }).safeParse(at).success || Number.isNaN(t) || !PROGRESS_LIMITS.idPattern.test(series)) {
+    if (
+      !z.iso.datetime({ offset: true }).safeParse(at).success || Number.isNaN(t) ||
+      !PROGRESS_LIMITS.idPattern.test(series)
+    ) {
       ctx.addIssue({ code: "custom", message: "must be a next_cursor returned by the API" });
       return z.NEVER;
     }
@@ -117,7 +120,10 @@ export const listQuerySchema = strict({
 /** Changes cursor: "" | "<xid>" | "<xid>:<series_id>" (opaque to clients; from next_cursor). */
 export const changesCursorSchema = z
   .string()
-  .regex(/^(?:[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/, "must be a next_cursor returned by the API");
+  .regex(
+    /^(?:[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/,
+    "must be a next_cursor returned by the API",
+  );
 
 export const changesQuerySchema = strict({
   since: changesCursorSchema.optional(),
@@ -191,7 +197,13 @@ export function parseProgressRow(value: unknown): Progress {
 // ------------------------------------------------------------------------------------ errors
 
 /** Issue codes that mean "wrong shape" (400); every other issue is a value out of range (422). */
-const SHAPE_ISSUES = new Set(["invalid_type", "unrecognized_keys", "invalid_union", "invalid_key", "invalid_element"]);
+const SHAPE_ISSUES = new Set([
+  "invalid_type",
+  "unrecognized_keys",
+  "invalid_union",
+  "invalid_key",
+  "invalid_element",
+]);
 
 export interface IssueDetail {
   path: string;
@@ -208,7 +220,11 @@ export function issueDetails(error: z.ZodError, prefix: (string | number)[] = []
 }
 
 /** A ZodError as the HttpError the API answers with (400 or 422, issues in details). */
-export function validationError(error: z.ZodError, where: string, prefix: (string | number)[] = []): HttpError {
+export function validationError(
+  error: z.ZodError,
+  where: string,
+  prefix: (string | number)[] = [],
+): HttpError {
   const shape = error.issues.some((i) => SHAPE_ISSUES.has(i.code));
   const issues = issueDetails(error, prefix);
   const summary = issues.slice(0, 3).map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join("; ");

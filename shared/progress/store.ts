@@ -76,11 +76,18 @@ function toWriteResult(r: Row): WriteResult {
 
 const RETRYABLE = new Set(["40001", "40P01"]);
 
-export function createPostgresProgressStore(sql: postgres.Sql, options: PostgresStoreOptions = {}): ProgressStore {
+export function createPostgresProgressStore(
+  sql: postgres.Sql,
+  options: PostgresStoreOptions = {},
+): ProgressStore {
   const timeout = String(options.statementTimeoutMs ?? 8_000);
   const attempts = options.attempts ?? 3;
 
-  async function asUser<T>(claims: JwtClaims, mode: "read write" | "read only", fn: (tx: postgres.TransactionSql) => Promise<T>): Promise<T> {
+  async function asUser<T>(
+    claims: JwtClaims,
+    mode: "read write" | "read only",
+    fn: (tx: postgres.TransactionSql) => Promise<T>,
+  ): Promise<T> {
     for (let attempt = 1;; attempt++) {
       try {
         return await sql.begin(mode, async (tx) => {
@@ -116,7 +123,9 @@ export function createPostgresProgressStore(sql: postgres.Sql, options: Postgres
         // tx.json: postgres.js serialises it once as jsonb (a JSON.stringify'd string with ::jsonb
         // would be encoded again, as a JSON string, once the parameter is typed jsonb).
         const [{ results }] = await tx<{ results: Row[] }[]>`
-          select public.write_reading_progress_batch(${tx.json(writes as unknown as postgres.JSONValue)}) as results`;
+          select public.write_reading_progress_batch(${
+          tx.json(writes as unknown as postgres.JSONValue)
+        }) as results`;
         return results.map(toWriteResult);
       }),
 
@@ -172,7 +181,13 @@ function unavailable(message: string, cause: unknown): HttpError {
 /** A postgres.js / network error as the HttpError the API answers with. */
 export function mapDatabaseError(error: unknown): HttpError {
   if (error instanceof HttpError) return error;
-  const e = error as { code?: unknown; message?: unknown; detail?: unknown; constraint_name?: unknown; column_name?: unknown };
+  const e = error as {
+    code?: unknown;
+    message?: unknown;
+    detail?: unknown;
+    constraint_name?: unknown;
+    column_name?: unknown;
+  };
   const code = typeof e?.code === "string" ? e.code : "";
   const message = typeof e?.message === "string" ? e.message : String(error);
 
@@ -190,7 +205,10 @@ export function mapDatabaseError(error: unknown): HttpError {
     if (typeof e.constraint_name === "string") details.constraint = e.constraint_name;
     if (typeof e.column_name === "string") details.column = e.column_name;
     if (cls === "23") {
-      return new HttpError(422, "constraint_violation", `The database rejected the values: ${message}`, { details, cause: error });
+      return new HttpError(422, "constraint_violation", `The database rejected the values: ${message}`, {
+        details,
+        cause: error,
+      });
     }
     if (cls === "22") {
       return new HttpError(422, "validation_failed", `Invalid value: ${message}`, { details, cause: error });
@@ -199,7 +217,8 @@ export function mapDatabaseError(error: unknown): HttpError {
       return new HttpError(403, "forbidden", "Not allowed", { details, cause: error });
     }
     if (
-      cls === "08" || cls === "53" || cls === "57" || code === "40001" || code === "40P01" || code === "55P03" ||
+      cls === "08" || cls === "53" || cls === "57" || code === "40001" || code === "40P01" ||
+      code === "55P03" ||
       code === "XX000" && /shutting down/i.test(message)
     ) {
       return unavailable(

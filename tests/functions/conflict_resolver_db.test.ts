@@ -68,9 +68,15 @@ const sortLog = (rows: LogRow[]) => [...rows].sort((x, y) => JSON.stringify(x) <
  * and the log has nothing else.
  */
 function checkConcurrent(updates: Update[], answers: WriteResult[], log: LogRow[]) {
-  const records = updates.map((u, i) => ({ u, a: answers[i] })).filter((x) => x.a.won).sort((x, y) => resolver.compare(x.u, y.u));
+  const records = updates.map((u, i) => ({ u, a: answers[i] })).filter((x) => x.a.won).sort((x, y) =>
+    resolver.compare(x.u, y.u)
+  );
   assert.ok(records.length > 0);
-  assert.equal(keyOf(records[records.length - 1].u), keyOf(resolver.resolve(updates)!), "the last record is the resolver's winner");
+  assert.equal(
+    keyOf(records[records.length - 1].u),
+    keyOf(resolver.resolve(updates)!),
+    "the last record is the resolver's winner",
+  );
   const expected: LogRow[] = [];
   records.forEach(({ u, a }, i) => {
     const prev = records[i - 1]?.u;
@@ -99,7 +105,10 @@ function checkConcurrent(updates: Update[], answers: WriteResult[], log: LogRow[
 type Sender = (user: TestUser, series: string, u: Update) => Promise<WriteResult>;
 
 const overHttp: Sender = async (user, series, u) => {
-  const answer = await call("POST", "", { token: user.accessToken, body: { series_id: series, page: 0, percentage: 0, ...u } });
+  const answer = await call("POST", "", {
+    token: user.accessToken,
+    body: { series_id: series, page: 0, percentage: 0, ...u },
+  });
   assert.equal(answer.status, 200, JSON.stringify(answer.body));
   return writeResultSchema.parse(answer.body);
 };
@@ -134,11 +143,20 @@ Deno.test("resolver = database, sequential random orders: same final row, confli
           for (const u of order) answers.push(await (http ? overHttp : send)(user, series, u));
           const state = await stateOf(sql, user.id, series);
           const winner = resolver.resolve(order)!;
-          assert.deepEqual(state.row, { key: keyOf(winner), chapter: winner.chapter }, "the stored row is resolve(updates)");
+          assert.deepEqual(
+            state.row,
+            { key: keyOf(winner), chapter: winner.chapter },
+            "the stored row is resolve(updates)",
+          );
           const findings = resolver.detectConflict(order);
           assert.deepEqual(
             state.log,
-            findings.map((f) => ({ kind: f.kind, rejected: f.rejected, losing: keyOf(f.losing), winning: keyOf(f.winning) })),
+            findings.map((f) => ({
+              kind: f.kind,
+              rejected: f.rejected,
+              losing: keyOf(f.losing),
+              winning: keyOf(f.winning),
+            })),
             "the log is detectConflict(order), in order",
           );
           // Each answer is what the resolver predicts for that arrival.

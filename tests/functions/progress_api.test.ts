@@ -20,7 +20,14 @@ const BASE_MS = Date.parse("2026-06-01T12:00:00.000Z");
 Deno.test("POST /progress stores a write and GET /progress/series/:id reads it back", async () => {
   const a = await createTestUser();
   const series = seriesId("one");
-  const sent = write({ series_id: series, chapter: 12, page: 30, percentage: 0.12, device_id: "phone-1", updated_at: "2026-06-01T12:00:00.123456Z" });
+  const sent = write({
+    series_id: series,
+    chapter: 12,
+    page: 30,
+    percentage: 0.12,
+    device_id: "phone-1",
+    updated_at: "2026-06-01T12:00:00.123456Z",
+  });
   const posted = await call("POST", "", { token: a.accessToken, body: sent });
   assert.equal(posted.status, 200, JSON.stringify(posted.body));
   assert.match(posted.headers.get("content-type") ?? "", /^application\/json/);
@@ -31,8 +38,17 @@ Deno.test("POST /progress stores a write and GET /progress/series/:id reads it b
   assert.deepEqual(
     { ...result.progress, synced_at: "", created_at: "", change_xid: "" },
     {
-      user_id: a.id, series_id: series, chapter: 12, page: 30, percentage: 0.12, cleared: false,
-      device_id: "phone-1", updated_at: "2026-06-01T12:00:00.123Z", synced_at: "", created_at: "", change_xid: "",
+      user_id: a.id,
+      series_id: series,
+      chapter: 12,
+      page: 30,
+      percentage: 0.12,
+      cleared: false,
+      device_id: "phone-1",
+      updated_at: "2026-06-01T12:00:00.123Z",
+      synced_at: "",
+      created_at: "",
+      change_xid: "",
     },
     "the answer is the stored row, updated_at truncated to ms, user from the token",
   );
@@ -46,7 +62,10 @@ Deno.test("GET /progress lists the library newest first, keyset-paginated, tombs
   const a = await createTestUser();
   const ids = [0, 1, 2, 3, 4].map((i) => seriesId(`lib${i}`));
   for (const [i, id] of ids.entries()) {
-    const r = await call("POST", "", { token: a.accessToken, body: write({ series_id: id, updated_at: iso(BASE_MS + i * 1000) }) });
+    const r = await call("POST", "", {
+      token: a.accessToken,
+      body: write({ series_id: id, updated_at: iso(BASE_MS + i * 1000) }),
+    });
     assert.equal(r.status, 200);
   }
   const seen: Progress[] = [];
@@ -63,14 +82,26 @@ Deno.test("GET /progress lists the library newest first, keyset-paginated, tombs
     pages++;
   } while (cursor !== null && pages < 10);
   assert.equal(pages, 3, "5 rows in pages of 2");
-  assert.deepEqual(seen.map((p) => p.series_id), [...ids].reverse(), "newest first, nothing repeated or skipped");
+  assert.deepEqual(
+    seen.map((p) => p.series_id),
+    [...ids].reverse(),
+    "newest first, nothing repeated or skipped",
+  );
 
-  const reset = await call("DELETE", `/series/${ids[4]}?device_id=dev-test&updated_at=${encodeURIComponent(iso(BASE_MS + 9000))}`, {
-    token: a.accessToken,
-  });
+  const reset = await call(
+    "DELETE",
+    `/series/${ids[4]}?device_id=dev-test&updated_at=${encodeURIComponent(iso(BASE_MS + 9000))}`,
+    {
+      token: a.accessToken,
+    },
+  );
   assert.equal(reset.status, 200);
   const live = progressListResponseSchema.parse((await call("GET", "", { token: a.accessToken })).body);
-  assert.deepEqual(live.items.map((p) => p.series_id), [ids[3], ids[2], ids[1], ids[0]], "the tombstone is hidden");
+  assert.deepEqual(
+    live.items.map((p) => p.series_id),
+    [ids[3], ids[2], ids[1], ids[0]],
+    "the tombstone is hidden",
+  );
   const all = progressListResponseSchema.parse(
     (await call("GET", "?include_cleared=true", { token: a.accessToken })).body,
   );
@@ -118,7 +149,9 @@ Deno.test("GET /progress/changes: every write shows up after the cursor, paging 
   const got = new Map<string, Progress>();
   let cursor = first.next_cursor;
   for (let i = 0; i < 10; i++) {
-    const page = await call("GET", `/changes?since=${encodeURIComponent(cursor)}&limit=2`, { token: a.accessToken });
+    const page = await call("GET", `/changes?since=${encodeURIComponent(cursor)}&limit=2`, {
+      token: a.accessToken,
+    });
     assert.equal(page.status, 200, JSON.stringify(page.body));
     const body = changesResponseSchema.parse(page.body);
     assert.ok(body.changes.length <= 2);
@@ -129,7 +162,10 @@ Deno.test("GET /progress/changes: every write shows up after the cursor, paging 
   assert.deepEqual([...got.keys()].sort(), [...ids].sort(), "the three writes, each at least once");
 
   // A later write shows up from the last cursor; a row that did not change again is not needed.
-  const upd = await call("POST", "", { token: a.accessToken, body: write({ series_id: ids[1], chapter: 9 }) });
+  const upd = await call("POST", "", {
+    token: a.accessToken,
+    body: write({ series_id: ids[1], chapter: 9 }),
+  });
   assert.equal(upd.status, 200);
   const next = changesResponseSchema.parse(
     (await call("GET", `/changes?since=${encodeURIComponent(cursor)}`, { token: a.accessToken })).body,
@@ -148,7 +184,8 @@ Deno.test("an identical replay answers the same and changes nothing (no broadcas
     const series = seriesId("replay");
     const body = write({ series_id: series, chapter: 3, device_id: "tablet", updated_at: iso(BASE_MS) });
     const count = async () =>
-      (await sql`select count(*)::int as n from realtime.messages where topic = ${`progress:${a.id}`}`)[0].n as number;
+      (await sql`select count(*)::int as n from realtime.messages where topic = ${`progress:${a.id}`}`)[0]
+        .n as number;
     const first = await call("POST", "", { token: a.accessToken, body });
     const broadcasts = await count();
     const second = await call("POST", "", { token: a.accessToken, body });
@@ -175,20 +212,42 @@ Deno.test("same-millisecond ties: the greater device id wins in either arrival o
     const at = iso(BASE_MS + 500);
     // Order 1: the loser arrives second and is rejected.
     const s1 = seriesId("tie1");
-    await call("POST", "", { token: a.accessToken, body: write({ series_id: s1, chapter: 2, device_id: "dev-b", updated_at: at }) });
+    await call("POST", "", {
+      token: a.accessToken,
+      body: write({ series_id: s1, chapter: 2, device_id: "dev-b", updated_at: at }),
+    });
     const lost = writeResultSchema.parse(
-      (await call("POST", "", { token: a.accessToken, body: write({ series_id: s1, chapter: 1, device_id: "dev-a", updated_at: at }) })).body,
+      (await call("POST", "", {
+        token: a.accessToken,
+        body: write({ series_id: s1, chapter: 1, device_id: "dev-a", updated_at: at }),
+      })).body,
     );
-    assert.deepEqual([lost.won, lost.conflict, lost.progress.device_id, lost.progress.chapter], [false, "tie", "dev-b", 2]);
+    assert.deepEqual([lost.won, lost.conflict, lost.progress.device_id, lost.progress.chapter], [
+      false,
+      "tie",
+      "dev-b",
+      2,
+    ]);
     assert.deepEqual(lost.conflict_with, { updated_at: at, device_id: "dev-b" });
 
     // Order 2: the winner arrives second and replaces the loser.
     const s2 = seriesId("tie2");
-    await call("POST", "", { token: a.accessToken, body: write({ series_id: s2, chapter: 1, device_id: "dev-a", updated_at: at }) });
+    await call("POST", "", {
+      token: a.accessToken,
+      body: write({ series_id: s2, chapter: 1, device_id: "dev-a", updated_at: at }),
+    });
     const won = writeResultSchema.parse(
-      (await call("POST", "", { token: a.accessToken, body: write({ series_id: s2, chapter: 2, device_id: "dev-b", updated_at: at }) })).body,
+      (await call("POST", "", {
+        token: a.accessToken,
+        body: write({ series_id: s2, chapter: 2, device_id: "dev-b", updated_at: at }),
+      })).body,
     );
-    assert.deepEqual([won.won, won.conflict, won.progress.device_id, won.progress.chapter], [true, "tie", "dev-b", 2]);
+    assert.deepEqual([won.won, won.conflict, won.progress.device_id, won.progress.chapter], [
+      true,
+      "tie",
+      "dev-b",
+      2,
+    ]);
     assert.deepEqual(won.conflict_with, { updated_at: at, device_id: "dev-a" });
 
     const strip = (rows: Awaited<ReturnType<typeof conflictRows>>) =>
@@ -206,12 +265,20 @@ Deno.test("a write dated in the future is clamped to the server's now() before i
   const before = Date.now();
   const ahead = await call("POST", "", {
     token: a.accessToken,
-    body: write({ series_id: series, chapter: 50, device_id: "bad-clock", updated_at: iso(before + 7 * 24 * 3600 * 1000) }),
+    body: write({
+      series_id: series,
+      chapter: 50,
+      device_id: "bad-clock",
+      updated_at: iso(before + 7 * 24 * 3600 * 1000),
+    }),
   });
   const after = Date.now();
   const stored = writeResultSchema.parse(ahead.body).progress;
   const storedMs = Date.parse(stored.updated_at);
-  assert.ok(storedMs >= before - 1000 && storedMs <= after + 1000, `stored ${stored.updated_at}, not a week ahead`);
+  assert.ok(
+    storedMs >= before - 1000 && storedMs <= after + 1000,
+    `stored ${stored.updated_at}, not a week ahead`,
+  );
 
   // A device with a correct clock that writes a moment later wins against it.
   const honest = await call("POST", "", {
@@ -229,10 +296,17 @@ Deno.test("DELETE /progress/series/:id is a tombstone write: a stale offline wri
   const sql = adminSql({ max: 1 });
   try {
     const series = seriesId("tomb");
-    await call("POST", "", { token: a.accessToken, body: write({ series_id: series, chapter: 7, updated_at: iso(BASE_MS) }) });
-    const reset = await call("DELETE", `/series/${series}?device_id=web&updated_at=${encodeURIComponent(iso(BASE_MS + 5000))}`, {
+    await call("POST", "", {
       token: a.accessToken,
+      body: write({ series_id: series, chapter: 7, updated_at: iso(BASE_MS) }),
     });
+    const reset = await call(
+      "DELETE",
+      `/series/${series}?device_id=web&updated_at=${encodeURIComponent(iso(BASE_MS + 5000))}`,
+      {
+        token: a.accessToken,
+      },
+    );
     assert.equal(reset.status, 200, JSON.stringify(reset.body));
     const tomb = writeResultSchema.parse(reset.body);
     assert.deepEqual([tomb.won, tomb.progress.cleared, tomb.progress.chapter], [true, true, 0]);
@@ -245,14 +319,20 @@ Deno.test("DELETE /progress/series/:id is a tombstone write: a stale offline wri
       })).body,
     );
     assert.deepEqual([stale.won, stale.conflict, stale.progress.cleared], [false, "stale", true]);
-    const got = progressResponseSchema.parse((await call("GET", `/series/${series}`, { token: a.accessToken })).body);
+    const got = progressResponseSchema.parse(
+      (await call("GET", `/series/${series}`, { token: a.accessToken })).body,
+    );
     assert.equal(got.progress.cleared, true, "still cleared");
 
     // A reset older than the progress loses like any stale write.
     const oldReset = writeResultSchema.parse(
-      (await call("DELETE", `/series/${series}?device_id=web&updated_at=${encodeURIComponent(iso(BASE_MS + 1000))}`, {
-        token: a.accessToken,
-      })).body,
+      (await call(
+        "DELETE",
+        `/series/${series}?device_id=web&updated_at=${encodeURIComponent(iso(BASE_MS + 1000))}`,
+        {
+          token: a.accessToken,
+        },
+      )).body,
     );
     assert.deepEqual([oldReset.won, oldReset.conflict], [false, "stale"]);
 
@@ -287,7 +367,9 @@ Deno.test("CORS: the preflight needs no token, and every answer (errors too) car
   const methods = (pre.headers.get("access-control-allow-methods") ?? "").split(/,\s*/);
   for (const m of ["GET", "POST", "DELETE", "OPTIONS"]) assert.ok(methods.includes(m), m);
   const headers = (pre.headers.get("access-control-allow-headers") ?? "").split(/,\s*/);
-  for (const h of ["authorization", "content-type", "apikey", "x-client-info"]) assert.ok(headers.includes(h), h);
+  for (const h of ["authorization", "content-type", "apikey", "x-client-info"]) {
+    assert.ok(headers.includes(h), h);
+  }
 
   const unauth = await call("GET", "", { headers: { origin: "https://app.example" } });
   assert.equal(unauth.status, 401);

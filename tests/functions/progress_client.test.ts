@@ -69,7 +69,10 @@ Deno.test("the typed calls: update, batch, get, list, changes, reset", async () 
   const s1 = seriesId("api1");
   const s2 = seriesId("api2");
 
-  const written = await updateProgress(client, write({ series_id: s1, chapter: 3, updated_at: "2026-02-01T00:00:00Z" }));
+  const written = await updateProgress(
+    client,
+    write({ series_id: s1, chapter: 3, updated_at: "2026-02-01T00:00:00Z" }),
+  );
   assert.deepEqual([written.won, written.progress.user_id, written.progress.chapter], [true, user.id, 3]);
   const batch = await updateProgressBatch(client, [
     write({ series_id: s2, chapter: 1, updated_at: "2026-02-02T00:00:00Z" }),
@@ -92,7 +95,10 @@ Deno.test("the typed calls: update, batch, get, list, changes, reset", async () 
   assert.deepEqual([reset.won, reset.progress.cleared], [true, true]);
   const api = createProgressApi(client);
   assert.deepEqual((await api.listProgress()).items.map((p) => p.series_id), [s2]);
-  assert.deepEqual((await api.listProgress({ includeCleared: true })).items.map((p) => p.series_id), [s1, s2]);
+  assert.deepEqual((await api.listProgress({ includeCleared: true })).items.map((p) => p.series_id), [
+    s1,
+    s2,
+  ]);
 });
 
 Deno.test("typed errors: ValidationError (local and from the server), AuthError, NotFoundError", async () => {
@@ -105,7 +111,9 @@ Deno.test("typed errors: ValidationError (local and from the server), AuthError,
   let e = await rejection(updateProgress(counting, write({ series_id: seriesId("v"), percentage: 2 }), fast));
   assert.ok(e instanceof ValidationError);
   assert.deepEqual([e.status, e.code], [422, "validation_failed"]);
-  e = await rejection(updateProgress(counting, { ...write({ series_id: seriesId("v") }), user_id: user.id } as never, fast));
+  e = await rejection(
+    updateProgress(counting, { ...write({ series_id: seriesId("v") }), user_id: user.id } as never, fast),
+  );
   assert.deepEqual([e instanceof ValidationError, e.status, e.code], [true, 400, "invalid_request"]);
   assert.equal(hits, 0, "no request was sent for a locally invalid write");
 
@@ -149,22 +157,28 @@ const apiError = (status: number, code: string, headers: Record<string, string> 
 
 Deno.test("retry: 503 twice, then the real function answers; backoff delays grow and are jittered", async () => {
   const user = await createTestUser();
-  const upstream = flakyFunctions((hit) => hit <= 2 ? apiError(503, "service_unavailable", { "retry-after": "0" }) : null);
+  const upstream = flakyFunctions((hit) =>
+    hit <= 2 ? apiError(503, "service_unavailable", { "retry-after": "0" }) : null
+  );
   try {
     const delays: number[] = [];
     const slept: number[] = [];
-    const result = await updateProgress(clientFor(user.accessToken, upstream.url), write({ series_id: seriesId("retry") }), {
-      retry: { attempts: 4, baseDelayMs: 100, maxDelayMs: 1_000 },
-      random: () => 0.5,
-      sleep: (ms) => {
-        slept.push(ms);
-        return Promise.resolve();
+    const result = await updateProgress(
+      clientFor(user.accessToken, upstream.url),
+      write({ series_id: seriesId("retry") }),
+      {
+        retry: { attempts: 4, baseDelayMs: 100, maxDelayMs: 1_000 },
+        random: () => 0.5,
+        sleep: (ms) => {
+          slept.push(ms);
+          return Promise.resolve();
+        },
+        onRetry: ({ delayMs, error }) => {
+          delays.push(delayMs);
+          assert.ok(error instanceof ServiceUnavailableError);
+        },
       },
-      onRetry: ({ delayMs, error }) => {
-        delays.push(delayMs);
-        assert.ok(error instanceof ServiceUnavailableError);
-      },
-    });
+    );
     assert.equal(result.won, true);
     assert.equal(result.progress.user_id, user.id, "the third attempt reached the real function");
     assert.equal(upstream.hits(), 3);
@@ -179,7 +193,12 @@ Deno.test("retry: a 503 that does not go away ends as ServiceUnavailableError af
   const user = await createTestUser();
   const upstream = flakyFunctions(() => apiError(503, "service_unavailable"));
   try {
-    const e = await rejection(listProgress(clientFor(user.accessToken, upstream.url), {}, { ...fast, retry: { ...fast.retry, attempts: 3 } }));
+    const e = await rejection(
+      listProgress(clientFor(user.accessToken, upstream.url), {}, {
+        ...fast,
+        retry: { ...fast.retry, attempts: 3 },
+      }),
+    );
     assert.ok(e instanceof ServiceUnavailableError);
     assert.equal(upstream.hits(), 3);
   } finally {
@@ -189,12 +208,14 @@ Deno.test("retry: a 503 that does not go away ends as ServiceUnavailableError af
 
 Deno.test("no retry on 4xx or 500: exactly one request", async () => {
   const user = await createTestUser();
-  for (const [status, code, type] of [
-    [400, "invalid_request", ValidationError],
-    [401, "invalid_token", AuthError],
-    [409, "conflict", ProgressApiError],
-    [500, "internal_error", ProgressApiError],
-  ] as const) {
+  for (
+    const [status, code, type] of [
+      [400, "invalid_request", ValidationError],
+      [401, "invalid_token", AuthError],
+      [409, "conflict", ProgressApiError],
+      [500, "internal_error", ProgressApiError],
+    ] as const
+  ) {
     const upstream = flakyFunctions(() => apiError(status, code));
     try {
       let retries = 0;
@@ -230,7 +251,8 @@ Deno.test("retry: network failures are retried, then surface as NetworkError", a
 });
 
 Deno.test({
-  name: "subscribeToProgress hears a write another device made through updateProgress; catch-up goes through the API",
+  name:
+    "subscribeToProgress hears a write another device made through updateProgress; catch-up goes through the API",
   ...noSanitize,
   fn: async () => {
     const user = await createTestUser();
@@ -247,9 +269,15 @@ Deno.test({
     });
     try {
       await waitUntil("the subscription to go live", () => sub.status === "live");
-      assert.ok(functionCalls.includes("/functions/v1/progress/changes"), "catch-up called the API's changes route");
+      assert.ok(
+        functionCalls.includes("/functions/v1/progress/changes"),
+        "catch-up called the API's changes route",
+      );
 
-      const sent = await updateProgress(writer, write({ series_id: series, chapter: 42, device_id: "phone" }));
+      const sent = await updateProgress(
+        writer,
+        write({ series_id: series, chapter: 42, device_id: "phone" }),
+      );
       await waitUntil("the write to arrive", () => seen.some((c) => c.row.series_id === series));
       const change = seen.find((c) => c.row.series_id === series)!;
       assert.equal(change.kind, "upsert");

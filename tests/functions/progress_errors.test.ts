@@ -28,9 +28,15 @@ async function unchanged(fn: (ctx: Ctx) => Promise<void>): Promise<void> {
     const a = await createTestUser();
     const b = await createTestUser();
     const series = seriesId("err");
-    const ok = await call("POST", "", { token: a.accessToken, body: write({ series_id: series, updated_at: "2026-05-01T00:00:02Z" }) });
+    const ok = await call("POST", "", {
+      token: a.accessToken,
+      body: write({ series_id: series, updated_at: "2026-05-01T00:00:02Z" }),
+    });
     assert.equal(ok.status, 200);
-    await call("POST", "", { token: a.accessToken, body: write({ series_id: series, updated_at: "2026-05-01T00:00:01Z" }) });
+    await call("POST", "", {
+      token: a.accessToken,
+      body: write({ series_id: series, updated_at: "2026-05-01T00:00:01Z" }),
+    });
     const before = await snapshot(sql, [a.id, b.id]);
     await fn({ a, b, series });
     assert.equal(await snapshot(sql, [a.id, b.id]), before, "a rejected request changed no row");
@@ -39,8 +45,16 @@ async function unchanged(fn: (ctx: Ctx) => Promise<void>): Promise<void> {
   }
 }
 
-function expectError(answer: ApiAnswer, status: number, code: string): { code: string; message: string; details?: unknown } {
-  assert.equal(answer.status, status, `expected ${status} ${code}, got ${answer.status} ${JSON.stringify(answer.body)}`);
+function expectError(
+  answer: ApiAnswer,
+  status: number,
+  code: string,
+): { code: string; message: string; details?: unknown } {
+  assert.equal(
+    answer.status,
+    status,
+    `expected ${status} ${code}, got ${answer.status} ${JSON.stringify(answer.body)}`,
+  );
   assert.match(answer.headers.get("content-type") ?? "", /^application\/json/);
   const error = errorOf(answer);
   assert.equal(error.code, code, JSON.stringify(answer.body));
@@ -53,27 +67,63 @@ const issuePaths = (e: { details?: unknown }) =>
 Deno.test("400: malformed, empty and non-UTF-8 bodies", () =>
   unchanged(async ({ a, series }) => {
     const headers = { "content-type": "application/json" };
-    expectError(await call("POST", "", { token: a.accessToken, headers, rawBody: `{"series_id": "${series}", ` }), 400, "invalid_json");
+    expectError(
+      await call("POST", "", { token: a.accessToken, headers, rawBody: `{"series_id": "${series}", ` }),
+      400,
+      "invalid_json",
+    );
     expectError(await call("POST", "", { token: a.accessToken, headers, rawBody: "" }), 400, "invalid_json");
-    expectError(await call("POST", "", { token: a.accessToken, headers, rawBody: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]) }), 400, "invalid_json");
-    expectError(await call("POST", "/batch", { token: a.accessToken, headers, rawBody: "[1,2" }), 400, "invalid_json");
+    expectError(
+      await call("POST", "", {
+        token: a.accessToken,
+        headers,
+        rawBody: new Uint8Array([0x7b, 0xff, 0xfe, 0x7d]),
+      }),
+      400,
+      "invalid_json",
+    );
+    expectError(
+      await call("POST", "/batch", { token: a.accessToken, headers, rawBody: "[1,2" }),
+      400,
+      "invalid_json",
+    );
   }));
 
 Deno.test("400: wrong types, missing and unknown fields (shape errors)", () =>
   unchanged(async ({ a, series }) => {
     const good = write({ series_id: series, updated_at: "2026-05-01T00:00:09Z" });
-    let e = expectError(await call("POST", "", { token: a.accessToken, body: { ...good, chapter: "5" } }), 400, "invalid_request");
+    let e = expectError(
+      await call("POST", "", { token: a.accessToken, body: { ...good, chapter: "5" } }),
+      400,
+      "invalid_request",
+    );
     assert.deepEqual(issuePaths(e), ["chapter"]);
-    e = expectError(await call("POST", "", { token: a.accessToken, body: { ...good, percentage: null } }), 400, "invalid_request");
+    e = expectError(
+      await call("POST", "", { token: a.accessToken, body: { ...good, percentage: null } }),
+      400,
+      "invalid_request",
+    );
     assert.deepEqual(issuePaths(e), ["percentage"]);
-    e = expectError(await call("POST", "", { token: a.accessToken, body: { ...good, chapter: 1.5 } }), 400, "invalid_request");
+    e = expectError(
+      await call("POST", "", { token: a.accessToken, body: { ...good, chapter: 1.5 } }),
+      400,
+      "invalid_request",
+    );
     const { device_id: _omit, ...missing } = good;
     e = expectError(await call("POST", "", { token: a.accessToken, body: missing }), 400, "invalid_request");
     assert.deepEqual(issuePaths(e), ["device_id"]);
-    expectError(await call("POST", "", { token: a.accessToken, body: { ...good, colour: "red" } }), 400, "invalid_request");
+    expectError(
+      await call("POST", "", { token: a.accessToken, body: { ...good, colour: "red" } }),
+      400,
+      "invalid_request",
+    );
     expectError(await call("POST", "", { token: a.accessToken, body: [good] }), 400, "invalid_request");
     expectError(await call("POST", "", { token: a.accessToken, body: "hello" }), 400, "invalid_request");
-    expectError(await call("POST", "/batch", { token: a.accessToken, body: { writes: good } }), 400, "invalid_request");
+    expectError(
+      await call("POST", "/batch", { token: a.accessToken, body: { writes: good } }),
+      400,
+      "invalid_request",
+    );
     expectError(await call("POST", "/batch", { token: a.accessToken, body: [good] }), 400, "invalid_request");
     expectError(await call("GET", "?limit=abc", { token: a.accessToken }), 400, "invalid_request");
     expectError(await call("GET", "?colour=red", { token: a.accessToken }), 400, "invalid_request");
@@ -83,11 +133,29 @@ Deno.test("400: wrong types, missing and unknown fields (shape errors)", () =>
 Deno.test("400: a user_id in the body is refused, never trusted (single write and batch)", () =>
   unchanged(async ({ a, b, series }) => {
     // B tries to write into A's progress by naming A.
-    const forged = { ...write({ series_id: series, chapter: 99, updated_at: "2026-05-01T00:00:09Z" }), user_id: a.id };
-    const e = expectError(await call("POST", "", { token: b.accessToken, body: forged }), 400, "invalid_request");
+    const forged = {
+      ...write({ series_id: series, chapter: 99, updated_at: "2026-05-01T00:00:09Z" }),
+      user_id: a.id,
+    };
+    const e = expectError(
+      await call("POST", "", { token: b.accessToken, body: forged }),
+      400,
+      "invalid_request",
+    );
     assert.match(e.message, /user_id must not be sent/);
-    expectError(await call("POST", "/batch", { token: b.accessToken, body: { writes: [forged] } }), 400, "invalid_request");
-    expectError(await call("POST", "/batch", { token: b.accessToken, body: { writes: [write({ series_id: series })], user_id: a.id } }), 400, "invalid_request");
+    expectError(
+      await call("POST", "/batch", { token: b.accessToken, body: { writes: [forged] } }),
+      400,
+      "invalid_request",
+    );
+    expectError(
+      await call("POST", "/batch", {
+        token: b.accessToken,
+        body: { writes: [write({ series_id: series })], user_id: a.id },
+      }),
+      400,
+      "invalid_request",
+    );
     expectError(await call("GET", `?user_id=${a.id}`, { token: b.accessToken }), 400, "invalid_request");
   }));
 
@@ -110,20 +178,45 @@ Deno.test("422: well-typed values outside the data model", () =>
       const e = expectError(await call("POST", "", { token: a.accessToken, body }), 422, "validation_failed");
       assert.deepEqual([...new Set(issuePaths(e))], [path], what);
     }
-    const tooMany = Array.from({ length: PROGRESS_LIMITS.batchMax + 1 }, (_, i) => write({ series_id: `${series}-${i}` }));
-    expectError(await call("POST", "/batch", { token: a.accessToken, body: { writes: tooMany } }), 422, "validation_failed");
-    expectError(await call("POST", "/batch", { token: a.accessToken, body: { writes: [] } }), 422, "validation_failed");
+    const tooMany = Array.from({ length: PROGRESS_LIMITS.batchMax + 1 }, (_, i) =>
+      write({ series_id: `${series}-${i}` }));
+    expectError(
+      await call("POST", "/batch", { token: a.accessToken, body: { writes: tooMany } }),
+      422,
+      "validation_failed",
+    );
+    expectError(
+      await call("POST", "/batch", { token: a.accessToken, body: { writes: [] } }),
+      422,
+      "validation_failed",
+    );
     // One bad element fails the whole batch: the good first element is not written either.
     const mixed = { writes: [write({ series_id: `${series}-ok` }), { ...good, percentage: 2 }] };
-    const e = expectError(await call("POST", "/batch", { token: a.accessToken, body: mixed }), 422, "validation_failed");
+    const e = expectError(
+      await call("POST", "/batch", { token: a.accessToken, body: mixed }),
+      422,
+      "validation_failed",
+    );
     assert.deepEqual(issuePaths(e), ["writes.1.percentage"]);
     expectError(await call("GET", "?limit=0", { token: a.accessToken }), 422, "validation_failed");
-    expectError(await call("GET", `?limit=${PROGRESS_LIMITS.listMax + 1}`, { token: a.accessToken }), 422, "validation_failed");
+    expectError(
+      await call("GET", `?limit=${PROGRESS_LIMITS.listMax + 1}`, { token: a.accessToken }),
+      422,
+      "validation_failed",
+    );
     expectError(await call("GET", "?cursor=garbage", { token: a.accessToken }), 422, "validation_failed");
     expectError(await call("GET", "/changes?since=abc", { token: a.accessToken }), 422, "validation_failed");
     expectError(await call("GET", "/series/bad%20id", { token: a.accessToken }), 422, "validation_failed");
-    expectError(await call("DELETE", `/series/${series}?device_id=web`, { token: a.accessToken }), 400, "invalid_request");
-    expectError(await call("DELETE", `/series/${series}?device_id=web&updated_at=soon`, { token: a.accessToken }), 422, "validation_failed");
+    expectError(
+      await call("DELETE", `/series/${series}?device_id=web`, { token: a.accessToken }),
+      400,
+      "invalid_request",
+    );
+    expectError(
+      await call("DELETE", `/series/${series}?device_id=web&updated_at=soon`, { token: a.accessToken }),
+      422,
+      "validation_failed",
+    );
   }));
 
 Deno.test("401: missing, malformed, expired, forged and unsigned tokens", () =>
@@ -133,21 +226,30 @@ Deno.test("401: missing, malformed, expired, forged and unsigned tokens", () =>
     const missing = await call("GET", "");
     expectError(missing, 401, "missing_token");
     assert.match(missing.headers.get("www-authenticate") ?? "", /^Bearer/);
-    expectError(await call("GET", "", { headers: { authorization: `Basic ${btoa("a:b")}` } }), 401, "missing_token");
+    expectError(
+      await call("GET", "", { headers: { authorization: `Basic ${btoa("a:b")}` } }),
+      401,
+      "missing_token",
+    );
     e = expectError(await call("POST", "", { token: "not-a-jwt", body }), 401, "invalid_token");
     assert.deepEqual(e.details, { reason: "malformed_token" });
 
     const expired = await mintUserAccessToken(a.id, { expiresInSeconds: -60, secret: testEnv().jwtSecret });
     e = expectError(await call("POST", "", { token: expired, body }), 401, "token_expired");
 
-    const forged = await mintUserAccessToken(a.id, { secret: "another-secret-with-at-least-32-characters!!" });
+    const forged = await mintUserAccessToken(a.id, {
+      secret: "another-secret-with-at-least-32-characters!!",
+    });
     e = expectError(await call("POST", "", { token: forged, body }), 401, "invalid_token");
     assert.deepEqual(e.details, { reason: "invalid_signature" });
 
     // A's valid signature on a payload edited to say role service_role.
     const [h, , s] = a.accessToken.split(".");
     const payload = JSON.parse(atob(a.accessToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-    const edited = btoa(JSON.stringify({ ...payload, role: "service_role" })).replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+    const edited = btoa(JSON.stringify({ ...payload, role: "service_role" })).replace(/=+$/, "").replace(
+      /\+/g,
+      "-",
+    ).replace(/\//g, "_");
     e = expectError(await call("POST", "", { token: `${h}.${edited}.${s}`, body }), 401, "invalid_token");
     assert.deepEqual(e.details, { reason: "invalid_signature" });
 
@@ -162,7 +264,9 @@ Deno.test("401: missing, malformed, expired, forged and unsigned tokens", () =>
       .sign(new TextEncoder().encode(testEnv().jwtSecret));
     expectError(await call("POST", "", { token: noExp, body }), 401, "invalid_token");
     // A token for another audience.
-    const otherAud = await signDevJwt({ sub: a.id, role: "authenticated", aud: "some-other-api" }, { secret: testEnv().jwtSecret });
+    const otherAud = await signDevJwt({ sub: a.id, role: "authenticated", aud: "some-other-api" }, {
+      secret: testEnv().jwtSecret,
+    });
     expectError(await call("POST", "", { token: otherAud, body }), 401, "invalid_token");
   }));
 
@@ -173,14 +277,28 @@ Deno.test("403: the anon key, a token without a user, and service_role without X
     let e = expectError(await call("POST", "", { token: env.anonKey, body }), 403, "forbidden");
     assert.match(e.message, /anon/);
     expectError(await call("GET", "", { token: env.anonKey }), 403, "forbidden");
-    const noSub = await signDevJwt({ role: "authenticated", aud: "authenticated" }, { secret: env.jwtSecret });
+    const noSub = await signDevJwt({ role: "authenticated", aud: "authenticated" }, {
+      secret: env.jwtSecret,
+    });
     expectError(await call("GET", "", { token: noSub }), 403, "forbidden");
     e = expectError(await call("POST", "", { token: env.serviceRoleKey, body }), 403, "forbidden");
     assert.match(e.message, /x-act-as-user/i);
-    expectError(await call("GET", "", { token: env.serviceRoleKey, headers: { "x-act-as-user": "not-a-uuid" } }), 403, "forbidden");
+    expectError(
+      await call("GET", "", { token: env.serviceRoleKey, headers: { "x-act-as-user": "not-a-uuid" } }),
+      403,
+      "forbidden",
+    );
     // A user cannot use the header to act for someone else.
-    expectError(await call("POST", "", { token: b.accessToken, body, headers: { "x-act-as-user": a.id } }), 403, "forbidden");
-    expectError(await call("GET", `/series/${series}`, { token: b.accessToken, headers: { "x-act-as-user": a.id } }), 403, "forbidden");
+    expectError(
+      await call("POST", "", { token: b.accessToken, body, headers: { "x-act-as-user": a.id } }),
+      403,
+      "forbidden",
+    );
+    expectError(
+      await call("GET", `/series/${series}`, { token: b.accessToken, headers: { "x-act-as-user": a.id } }),
+      403,
+      "forbidden",
+    );
   }));
 
 Deno.test("404 unknown routes and series, 405 wrong methods with Allow", () =>
@@ -189,7 +307,11 @@ Deno.test("404 unknown routes and series, 405 wrong methods with Allow", () =>
     expectError(await call("GET", "/series", { token: a.accessToken }), 404, "not_found");
     expectError(await call("GET", `/series/${series}/extra`, { token: a.accessToken }), 404, "not_found");
     expectError(await call("GET", `/${series}`, { token: a.accessToken }), 404, "not_found");
-    expectError(await call("GET", "/series/never-read-this", { token: a.accessToken }), 404, "progress_not_found");
+    expectError(
+      await call("GET", "/series/never-read-this", { token: a.accessToken }),
+      404,
+      "progress_not_found",
+    );
 
     const cases: [string, string, string][] = [
       ["PUT", "", "GET, POST, OPTIONS"],
@@ -211,11 +333,30 @@ Deno.test("404 unknown routes and series, 405 wrong methods with Allow", () =>
 
 Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () =>
   unchanged(async ({ a, series }) => {
-    const huge = { ...write({ series_id: series, chapter: 60 }), padding: "x".repeat(PROGRESS_LIMITS.maxBodyBytes) };
-    let e = expectError(await call("POST", "", { token: a.accessToken, body: huge }), 413, "payload_too_large");
+    const huge = {
+      ...write({ series_id: series, chapter: 60 }),
+      padding: "x".repeat(PROGRESS_LIMITS.maxBodyBytes),
+    };
+    let e = expectError(
+      await call("POST", "", { token: a.accessToken, body: huge }),
+      413,
+      "payload_too_large",
+    );
     assert.deepEqual(e.details, { max_bytes: PROGRESS_LIMITS.maxBodyBytes });
-    const bigBatch = { writes: Array.from({ length: 100 }, (_, i) => ({ ...write({ series_id: `${series}-${i}` }), device_id: "d".repeat(128), series_id: `${series}-${"s".repeat(100)}-${i}` })) };
-    assert.ok(JSON.stringify(bigBatch).length < PROGRESS_LIMITS.maxBodyBytes, "a full batch of long ids fits the limit");
+    const bigBatch = {
+      writes: Array.from(
+        { length: 100 },
+        (_, i) => ({
+          ...write({ series_id: `${series}-${i}` }),
+          device_id: "d".repeat(128),
+          series_id: `${series}-${"s".repeat(100)}-${i}`,
+        }),
+      ),
+    };
+    assert.ok(
+      JSON.stringify(bigBatch).length < PROGRESS_LIMITS.maxBodyBytes,
+      "a full batch of long ids fits the limit",
+    );
     // No Content-Length: a streamed body is cut off while reading.
     const chunk = new TextEncoder().encode(" ".repeat(16 * 1024));
     let sent = 0;
@@ -226,16 +367,36 @@ Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () 
       },
     });
     e = expectError(
-      await call("POST", "/batch", { token: a.accessToken, headers: { "content-type": "application/json" }, rawBody: stream }),
+      await call("POST", "/batch", {
+        token: a.accessToken,
+        headers: { "content-type": "application/json" },
+        rawBody: stream,
+      }),
       413,
       "payload_too_large",
     );
 
     const body = JSON.stringify(write({ series_id: series, chapter: 61 }));
-    expectError(await call("POST", "", { token: a.accessToken, headers: { "content-type": "text/plain" }, rawBody: body }), 415, "unsupported_media_type");
-    expectError(await call("POST", "", { token: a.accessToken, rawBody: new Blob([body]) }), 415, "unsupported_media_type");
     expectError(
-      await call("POST", "/batch", { token: a.accessToken, headers: { "content-type": "application/x-www-form-urlencoded" }, rawBody: "writes=1" }),
+      await call("POST", "", {
+        token: a.accessToken,
+        headers: { "content-type": "text/plain" },
+        rawBody: body,
+      }),
+      415,
+      "unsupported_media_type",
+    );
+    expectError(
+      await call("POST", "", { token: a.accessToken, rawBody: new Blob([body]) }),
+      415,
+      "unsupported_media_type",
+    );
+    expectError(
+      await call("POST", "/batch", {
+        token: a.accessToken,
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        rawBody: "writes=1",
+      }),
       415,
       "unsupported_media_type",
     );
@@ -243,7 +404,9 @@ Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () 
 
 Deno.test("415 is only for non-JSON types: a charset parameter and +json types are accepted", async () => {
   const a = await createTestUser();
-  for (const type of ["application/json; charset=utf-8", "application/vnd.readsync+json", "Application/JSON"]) {
+  for (
+    const type of ["application/json; charset=utf-8", "application/vnd.readsync+json", "Application/JSON"]
+  ) {
     const ok = await call("POST", "", {
       token: a.accessToken,
       headers: { "content-type": type },

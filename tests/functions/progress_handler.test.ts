@@ -50,7 +50,8 @@ async function signAs(
   claims: Record<string, unknown>,
   expiresIn: string | number = "1h",
 ) {
-  return await new SignJWT(claims).setProtectedHeader({ alg, kid, typ: "JWT" }).setIssuedAt().setExpirationTime(expiresIn).sign(key);
+  return await new SignJWT(claims).setProtectedHeader({ alg, kid, typ: "JWT" }).setIssuedAt()
+    .setExpirationTime(expiresIn).sign(key);
 }
 
 Deno.test("503 when the database is unreachable (a closed port), with Retry-After, and no 500", async () => {
@@ -62,23 +63,31 @@ Deno.test("503 when the database is unreachable (a closed port), with Retry-Afte
       SUPABASE_JWT_SECRET: env.jwtSecret!,
     },
     async (base, logs) => {
-      for (const [method, path, body] of [
-        ["POST", "", write({ series_id: seriesId("down") })],
-        ["POST", "/batch", { writes: [write({ series_id: seriesId("down") })] }],
-        ["GET", "", undefined],
-        ["GET", "/changes", undefined],
-        ["GET", "/series/x", undefined],
-        ["DELETE", `/series/x?device_id=d&updated_at=2026-01-01T00:00:00Z`, undefined],
-      ] as const) {
+      for (
+        const [method, path, body] of [
+          ["POST", "", write({ series_id: seriesId("down") })],
+          ["POST", "/batch", { writes: [write({ series_id: seriesId("down") })] }],
+          ["GET", "", undefined],
+          ["GET", "/changes", undefined],
+          ["GET", "/series/x", undefined],
+          ["DELETE", `/series/x?device_id=d&updated_at=2026-01-01T00:00:00Z`, undefined],
+        ] as const
+      ) {
         const answer = await call(method, path, { base, token: user.accessToken, body });
         assert.equal(answer.status, 503, `${method} ${path}: ${JSON.stringify(answer.body)}`);
         assert.equal(errorOf(answer).code, "service_unavailable");
         assert.ok(answer.headers.get("retry-after"), "Retry-After tells the client when to try again");
       }
       assert.ok(logs.length >= 6);
-      assert.ok(logs.every((l) => l.event === "dependency_unavailable" && l.level === "warn"), JSON.stringify(logs[0]));
+      assert.ok(
+        logs.every((l) => l.event === "dependency_unavailable" && l.level === "warn"),
+        JSON.stringify(logs[0]),
+      );
       // Validation and auth still answer first: a bad body is 400/422 and a bad token 401, never 503.
-      assert.equal((await call("POST", "", { base, token: user.accessToken, body: { nope: 1 } })).status, 400);
+      assert.equal(
+        (await call("POST", "", { base, token: user.accessToken, body: { nope: 1 } })).status,
+        400,
+      );
       assert.equal((await call("GET", "", { base })).status, 401);
     },
   );
@@ -91,26 +100,35 @@ Deno.test("asymmetric tokens: ES256 through SUPABASE_JWKS works end to end; a fo
   const rogue = await esKey("key-2026"); // same kid, different key
   const jwks = JSON.stringify({ keys: [good.jwk] });
 
-  await withFunction({ SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWKS: jwks, SUPABASE_JWT_SECRET: env.jwtSecret! }, async (base) => {
-    const token = await signAs("ES256", "key-2026", good.privateKey, userClaims(user.id));
-    const series = seriesId("es256");
-    const posted = await call("POST", "", { base, token, body: write({ series_id: series, chapter: 4 }) });
-    assert.equal(posted.status, 200, JSON.stringify(posted.body));
-    assert.equal(writeResultSchema.parse(posted.body).progress.user_id, user.id);
-    const got = await call("GET", `/series/${series}`, { base, token: user.accessToken });
-    assert.equal(got.status, 200, "HS256 tokens still work beside the JWKS (legacy secret configured)");
+  await withFunction(
+    { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWKS: jwks, SUPABASE_JWT_SECRET: env.jwtSecret! },
+    async (base) => {
+      const token = await signAs("ES256", "key-2026", good.privateKey, userClaims(user.id));
+      const series = seriesId("es256");
+      const posted = await call("POST", "", { base, token, body: write({ series_id: series, chapter: 4 }) });
+      assert.equal(posted.status, 200, JSON.stringify(posted.body));
+      assert.equal(writeResultSchema.parse(posted.body).progress.user_id, user.id);
+      const got = await call("GET", `/series/${series}`, { base, token: user.accessToken });
+      assert.equal(got.status, 200, "HS256 tokens still work beside the JWKS (legacy secret configured)");
 
-    const forged = await signAs("ES256", "key-2026", rogue.privateKey, userClaims(user.id));
-    const refused = await call("GET", "", { base, token: forged });
-    assert.equal(refused.status, 401);
-    assert.deepEqual(errorOf(refused).details, { reason: "invalid_signature" });
-    const unknownKid = await signAs("ES256", "key-1999", good.privateKey, userClaims(user.id));
-    assert.equal((await call("GET", "", { base, token: unknownKid })).status, 401);
-    const expired = await signAs("ES256", "key-2026", good.privateKey, userClaims(user.id), Math.floor(Date.now() / 1000) - 60);
-    const late = await call("GET", "", { base, token: expired });
-    assert.equal(late.status, 401);
-    assert.equal(errorOf(late).code, "token_expired");
-  });
+      const forged = await signAs("ES256", "key-2026", rogue.privateKey, userClaims(user.id));
+      const refused = await call("GET", "", { base, token: forged });
+      assert.equal(refused.status, 401);
+      assert.deepEqual(errorOf(refused).details, { reason: "invalid_signature" });
+      const unknownKid = await signAs("ES256", "key-1999", good.privateKey, userClaims(user.id));
+      assert.equal((await call("GET", "", { base, token: unknownKid })).status, 401);
+      const expired = await signAs(
+        "ES256",
+        "key-2026",
+        good.privateKey,
+        userClaims(user.id),
+        Math.floor(Date.now() / 1000) - 60,
+      );
+      const late = await call("GET", "", { base, token: expired });
+      assert.equal(late.status, 401);
+      assert.equal(errorOf(late).code, "token_expired");
+    },
+  );
 
   // Only a JWKS (no legacy secret): HS256 tokens are refused.
   await withFunction({ SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWKS: jwks }, async (base) => {
@@ -127,7 +145,9 @@ Deno.test("asymmetric tokens: RS256 through the JWKS URL (<SUPABASE_URL>/auth/v1
   const jwk: JWK = { ...(await exportJWK(publicKey)), kid: "rsa-1", alg: "RS256", use: "sig" };
   let jwksFetches = 0;
   const auth = serveLocal((req) => {
-    if (new URL(req.url).pathname !== "/auth/v1/.well-known/jwks.json") return new Response("not found", { status: 404 });
+    if (new URL(req.url).pathname !== "/auth/v1/.well-known/jwks.json") {
+      return new Response("not found", { status: 404 });
+    }
     jwksFetches++;
     return Response.json({ keys: [jwk] });
   });
@@ -143,7 +163,10 @@ Deno.test("asymmetric tokens: RS256 through the JWKS URL (<SUPABASE_URL>/auth/v1
     await auth.shutdown();
   }
 
-  await withFunction({ SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWKS_URL: `http://127.0.0.1:${closedPort()}/jwks.json` }, async (base) => {
+  await withFunction({
+    SUPABASE_DB_URL: env.dbUrl,
+    SUPABASE_JWKS_URL: `http://127.0.0.1:${closedPort()}/jwks.json`,
+  }, async (base) => {
     const token = await signAs("RS256", "rsa-1", privateKey, userClaims(user.id));
     const down = await call("GET", "", { base, token });
     assert.equal(down.status, 503, JSON.stringify(down.body));
@@ -159,24 +182,38 @@ Deno.test("the verifier directly: claims checks and key rotation from a local JW
     jwks: { keys: [old.jwk] },
     remoteKeySet: async (header) => {
       if (header.kid !== "new") throw new Error("unexpected kid");
-      return await crypto.subtle.importKey("jwk", fresh.jwk as JsonWebKey, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+      return await crypto.subtle.importKey(
+        "jwk",
+        fresh.jwk as JsonWebKey,
+        { name: "ECDSA", namedCurve: "P-256" },
+        false,
+        ["verify"],
+      );
     },
     audience: "authenticated",
     issuer: "https://project.supabase.co/auth/v1",
   });
   const iss = "https://project.supabase.co/auth/v1";
   const id = crypto.randomUUID();
-  const claims = await verifier.verify(await signAs("ES256", "new", fresh.privateKey, { ...userClaims(id), iss }));
+  const claims = await verifier.verify(
+    await signAs("ES256", "new", fresh.privateKey, { ...userClaims(id), iss }),
+  );
   assert.equal(claims.sub, id, "a kid missing from the local set is found in the remote one");
-  assert.equal((await verifier.verify(await signAs("ES256", "old", old.privateKey, { ...userClaims(id), iss }))).sub, id);
+  assert.equal(
+    (await verifier.verify(await signAs("ES256", "old", old.privateKey, { ...userClaims(id), iss }))).sub,
+    id,
+  );
 
   const reasons: string[] = [];
-  for (const token of [
-    await signAs("ES256", "old", old.privateKey, { ...userClaims(id), iss: "https://evil.example" }),
-    await signAs("ES256", "old", old.privateKey, { ...userClaims(id), iss, aud: "storage" }),
-    await new SignJWT({ ...userClaims(id), iss }).setProtectedHeader({ alg: "ES256", kid: "old" }).setExpirationTime("1h")
-      .setNotBefore("1h").sign(old.privateKey),
-  ]) {
+  for (
+    const token of [
+      await signAs("ES256", "old", old.privateKey, { ...userClaims(id), iss: "https://evil.example" }),
+      await signAs("ES256", "old", old.privateKey, { ...userClaims(id), iss, aud: "storage" }),
+      await new SignJWT({ ...userClaims(id), iss }).setProtectedHeader({ alg: "ES256", kid: "old" })
+        .setExpirationTime("1h")
+        .setNotBefore("1h").sign(old.privateKey),
+    ]
+  ) {
     try {
       await verifier.verify(token);
       reasons.push("accepted");
@@ -190,46 +227,70 @@ Deno.test("the verifier directly: claims checks and key rotation from a local JW
 Deno.test("one structured JSON log line per conflict (stale, tie lost, tie won), none for a clean write", async () => {
   const env = testEnv();
   const user = await createTestUser();
-  await withFunction({ SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWT_SECRET: env.jwtSecret! }, async (base, logs) => {
-    const token = user.accessToken;
-    const s = seriesId("log");
-    const at = "2026-09-01T10:00:00.000Z";
-    await call("POST", "", { base, token, body: write({ series_id: s, chapter: 5, device_id: "dev-m", updated_at: at }) });
-    assert.equal(logs.length, 0, "a clean write logs nothing");
+  await withFunction(
+    { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWT_SECRET: env.jwtSecret! },
+    async (base, logs) => {
+      const token = user.accessToken;
+      const s = seriesId("log");
+      const at = "2026-09-01T10:00:00.000Z";
+      await call("POST", "", {
+        base,
+        token,
+        body: write({ series_id: s, chapter: 5, device_id: "dev-m", updated_at: at }),
+      });
+      assert.equal(logs.length, 0, "a clean write logs nothing");
 
-    await call("POST", "", {
-      base,
-      token,
-      headers: { "x-request-id": "req-stale-1" },
-      body: write({ series_id: s, chapter: 2, device_id: "dev-z", updated_at: "2026-09-01T09:00:00Z" }),
-    });
-    await call("POST", "", { base, token, body: write({ series_id: s, chapter: 3, device_id: "dev-a", updated_at: at }) });
-    await call("POST", "/batch", {
-      base,
-      token,
-      body: { writes: [write({ series_id: s, chapter: 6, device_id: "dev-n", updated_at: at })] },
-    });
-    assert.equal(logs.length, 3, JSON.stringify(logs));
-    for (const l of logs) {
-      assert.equal(l.event, "progress_conflict");
-      assert.equal(l.component, "progress");
-      assert.equal(l.level, "info");
-      assert.equal(l.user_id, user.id);
-      assert.equal(l.series_id, s);
-      assert.ok(typeof l.ts === "string" && !Number.isNaN(Date.parse(l.ts as string)));
-      assert.ok(typeof l.request_id === "string" && (l.request_id as string).length > 0);
-    }
-    const pick = (l: Entry) => [l.kind, l.won, (l.incoming as Entry).device_id, (l.other as Entry).device_id, (l.stored as Entry).device_id];
-    assert.deepEqual(logs.map(pick), [
-      ["stale", false, "dev-z", "dev-m", "dev-m"],
-      ["tie", false, "dev-a", "dev-m", "dev-m"],
-      ["tie", true, "dev-n", "dev-m", "dev-n"],
-    ]);
-    assert.equal(logs[0].request_id, "req-stale-1", "the caller's request id ties the line to the request");
-    assert.deepEqual(logs[0].incoming, {
-      updated_at: "2026-09-01T09:00:00.000Z", device_id: "dev-z", chapter: 2, page: 1, percentage: 0.01, cleared: false,
-    });
-  });
+      await call("POST", "", {
+        base,
+        token,
+        headers: { "x-request-id": "req-stale-1" },
+        body: write({ series_id: s, chapter: 2, device_id: "dev-z", updated_at: "2026-09-01T09:00:00Z" }),
+      });
+      await call("POST", "", {
+        base,
+        token,
+        body: write({ series_id: s, chapter: 3, device_id: "dev-a", updated_at: at }),
+      });
+      await call("POST", "/batch", {
+        base,
+        token,
+        body: { writes: [write({ series_id: s, chapter: 6, device_id: "dev-n", updated_at: at })] },
+      });
+      assert.equal(logs.length, 3, JSON.stringify(logs));
+      for (const l of logs) {
+        assert.equal(l.event, "progress_conflict");
+        assert.equal(l.component, "progress");
+        assert.equal(l.level, "info");
+        assert.equal(l.user_id, user.id);
+        assert.equal(l.series_id, s);
+        assert.ok(typeof l.ts === "string" && !Number.isNaN(Date.parse(l.ts as string)));
+        assert.ok(typeof l.request_id === "string" && (l.request_id as string).length > 0);
+      }
+      const pick = (
+        l: Entry,
+      ) => [
+        l.kind,
+        l.won,
+        (l.incoming as Entry).device_id,
+        (l.other as Entry).device_id,
+        (l.stored as Entry).device_id,
+      ];
+      assert.deepEqual(logs.map(pick), [
+        ["stale", false, "dev-z", "dev-m", "dev-m"],
+        ["tie", false, "dev-a", "dev-m", "dev-m"],
+        ["tie", true, "dev-n", "dev-m", "dev-n"],
+      ]);
+      assert.equal(logs[0].request_id, "req-stale-1", "the caller's request id ties the line to the request");
+      assert.deepEqual(logs[0].incoming, {
+        updated_at: "2026-09-01T09:00:00.000Z",
+        device_id: "dev-z",
+        chapter: 2,
+        page: 1,
+        percentage: 0.01,
+        cleared: false,
+      });
+    },
+  );
 
   // The default sink writes exactly one parseable JSON line per entry.
   const lines: string[] = [];

@@ -46,8 +46,10 @@ export async function call(method: string, path: string, options: CallOptions = 
 /** The API's error body, asserted to have the documented shape. */
 export function errorOf(answer: ApiAnswer): { code: string; message: string; details?: unknown } {
   const body = answer.body as { error?: { code?: unknown; message?: unknown } } | null;
-  if (!body || typeof body !== "object" || !body.error || typeof body.error.code !== "string" ||
-    typeof body.error.message !== "string") {
+  if (
+    !body || typeof body !== "object" || !body.error || typeof body.error.code !== "string" ||
+    typeof body.error.message !== "string"
+  ) {
     throw new Error(`not an API error body (status ${answer.status}): ${JSON.stringify(answer.body)}`);
   }
   return body.error as { code: string; message: string; details?: unknown };
@@ -84,16 +86,18 @@ export async function snapshot(sql: postgres.Sql, userIds: string[]): Promise<st
 
 /** Conflict-log rows of one user and series, oldest first. */
 export async function conflictRows(sql: postgres.Sql, userId: string, series: string) {
-  return [...await sql<{
-    kind: string;
-    rejected: boolean;
-    losing_updated_at: Date;
-    losing_device_id: string;
-    winning_updated_at: Date;
-    winning_device_id: string;
-  }[]>`
+  return [
+    ...await sql<{
+      kind: string;
+      rejected: boolean;
+      losing_updated_at: Date;
+      losing_device_id: string;
+      winning_updated_at: Date;
+      winning_device_id: string;
+    }[]>`
     select kind, rejected, losing_updated_at, losing_device_id, winning_updated_at, winning_device_id
-      from public.reading_progress_conflicts where user_id = ${userId} and series_id = ${series} order by id`];
+      from public.reading_progress_conflicts where user_id = ${userId} and series_id = ${series} order by id`,
+  ];
 }
 
 export { adminSql, testEnv };
