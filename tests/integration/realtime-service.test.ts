@@ -109,6 +109,7 @@ Deno.test({
   const second: ProgressChange[] = [];
   const s1 = service.subscribeToProgress(a.id, (c) => first.push(c));
   try {
+    await waitFor("live", () => s1.status === "live");
     await writeProgress(sql, a.id, { series_id: "mob", chapter: 4, device_id: "a" });
     await waitFor("first has it", () => first.length === 1);
     const s2 = service.subscribeToProgress(a.id, (c) => second.push(c));
