@@ -9,7 +9,7 @@
 //                          a reset with a position, batch size, a malformed cursor
 
 import assert from "node:assert/strict";
-import { SignJWT } from "jose";
+import { generateKeyPair, SignJWT } from "jose";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
 import { PROGRESS_LIMITS } from "../../shared/progress/types.ts";
@@ -257,6 +257,12 @@ Deno.test("401: missing, malformed, expired, forged and unsigned tokens", () =>
     const none = `${btoa(JSON.stringify({ alg: "none", typ: "JWT" })).replace(/=+$/, "")}.${edited}.`;
     e = expectError(await call("POST", "", { token: none, body }), 401, "invalid_token");
     assert.deepEqual(e.details, { reason: "unsupported_algorithm" });
+
+    // An ES256 token signed by a key the project does not publish (the local stack publishes none).
+    const { privateKey } = await generateKeyPair("ES256");
+    const foreignEs = await new SignJWT({ sub: a.id, role: "authenticated", aud: "authenticated" })
+      .setProtectedHeader({ alg: "ES256", kid: "not-ours" }).setExpirationTime("1h").sign(privateKey);
+    expectError(await call("POST", "", { token: foreignEs, body }), 401, "invalid_token");
 
     // A token without exp never expires: refused.
     const noExp = await new SignJWT({ sub: a.id, role: "authenticated", aud: "authenticated" })
