@@ -8,7 +8,7 @@ export type HttpErrorCode =
   | "missing_token" // 401
   | "invalid_token" // 401: malformed, bad signature, wrong audience/issuer, unknown key
   | "token_expired" // 401
-  | "forbidden" // 403: a valid token that may not use this API (anon, service_role, no user)
+  | "forbidden" // 403: a valid token that may not use this API (anon, no user, service_role without X-Act-As-User)
   | "not_found" // 404: no such route
   | "progress_not_found" // 404: no progress for that series
   | "method_not_allowed" // 405

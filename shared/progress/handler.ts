@@ -1,5 +1,6 @@
 // The progress API as a fetch handler (Request -> Response). supabase/functions/progress/index.ts
-// serves it with Deno.serve; tests call it directly with a fake store.
+// serves it with Deno.serve; tests also serve it on a local port against the real database
+// (tests/functions/progress_handler.test.ts) to reach a dead database, other keys and the log sink.
 //
 // Routes, relative to the function (the function sees the path /progress/..., see README):
 //   POST   /progress                       one write                   -> 200 WriteResult
