@@ -6,7 +6,13 @@ import assert from "node:assert/strict";
 import process from "node:process";
 import { devSignIn, isLoopbackUrl, publicConfig } from "../../examples/web/lib/server/config.ts";
 
-const NAMES = ["SUPABASE_URL", "SUPABASE_ANON_KEY", "READSYNC_DEV_SIGNIN", "SUPABASE_JWT_SECRET", "SUPABASE_DB_URL"];
+const NAMES = [
+  "SUPABASE_URL",
+  "SUPABASE_ANON_KEY",
+  "READSYNC_DEV_SIGNIN",
+  "SUPABASE_JWT_SECRET",
+  "SUPABASE_DB_URL",
+];
 
 function withEnv(values: Record<string, string | undefined>, fn: () => void): void {
   const saved = Object.fromEntries(NAMES.map((n) => [n, process.env[n]]));
@@ -52,7 +58,9 @@ Deno.test("development sign-in is off without a JWT secret", () => {
 });
 
 Deno.test("development sign-in is off for a Supabase project that is not on this machine, whatever the flag", () => {
-  for (const url of ["https://abcdefgh.supabase.co", "http://10.0.0.5:54321", "http://127.0.0.1.example.com"]) {
+  for (
+    const url of ["https://abcdefgh.supabase.co", "http://10.0.0.5:54321", "http://127.0.0.1.example.com"]
+  ) {
     withEnv({ ...LOCAL, SUPABASE_URL: url }, () => {
       const gate = devSignIn();
       assert.equal(gate.enabled, false, url);
@@ -62,7 +70,9 @@ Deno.test("development sign-in is off for a Supabase project that is not on this
 });
 
 Deno.test("loopback means 127.0.0.0/8, localhost and ::1 only", () => {
-  for (const url of ["http://127.0.0.1:1", "http://127.1.2.3", "http://localhost:54321", "http://[::1]:54321"]) {
+  for (
+    const url of ["http://127.0.0.1:1", "http://127.1.2.3", "http://localhost:54321", "http://[::1]:54321"]
+  ) {
     assert.equal(isLoopbackUrl(url), true, url);
   }
   for (const url of ["http://0.0.0.0", "http://192.168.1.2", "https://localhost.example", "not a url"]) {

@@ -1,0 +1,192 @@
+// The web app's per-device state (examples/web/lib/client/syncStore.ts): what a device shows is the
+// last-write-wins winner of the server's rows and its own unsent writes; a write that lost says
+// which device won; the outbox survives a reload. The browser tests drive it through the UI; these
+// pin down the rules one by one.
+
+import assert from "node:assert/strict";
+import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
+import type { Progress, WriteResult } from "@shared/progress/types.ts";
+import { type PendingWrite, SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+
+const USER = "11111111-1111-4111-8111-111111111111";
+
+function write(series: string, at: string, device: string, chapter: number): PendingWrite {
+  return {
+    series_id: series,
+    chapter,
+    page: 1,
+    percentage: 0.5,
+    cleared: false,
+    device_id: device,
+    updated_at: at,
+  };
+}
+
+function row(series: string, at: string, device: string, chapter: number): Progress {
+  return {
+    user_id: USER,
+    series_id: series,
+    chapter,
+    page: 1,
+    percentage: 0.5,
+    cleared: false,
+    device_id: device,
+    updated_at: at,
+    synced_at: at,
+    change_xid: "1",
+    created_at: at,
+  };
+}
+
+class MemoryStorage implements Storage {
+  #items = new Map<string, string>();
+  get length() {
+    return this.#items.size;
+  }
+  clear() {
+    this.#items.clear();
+  }
+  getItem(key: string) {
+    return this.#items.get(key) ?? null;
+  }
+  key(index: number) {
+    return [...this.#items.keys()][index] ?? null;
+  }
+  removeItem(key: string) {
+    this.#items.delete(key);
+  }
+  setItem(key: string, value: string) {
+    this.#items.set(key, value);
+  }
+}
+
+const T1 = "2026-11-25T10:00:00.000Z";
+const T2 = "2026-11-25T10:00:01.000Z";
+const T3 = "2026-11-25T10:00:02.000Z";
+
+Deno.test("an optimistic write shows at once and counts as pending until the server answers", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.seed([row("saga", T1, "phone", 1)]);
+  const mine = write("saga", T2, "tablet", 2);
+  store.addPending(mine);
+  let view = store.getSnapshot().bySeries.get("saga")!;
+  assert.equal(view.chapter, 2);
+  assert.equal(view.pending, true);
+  assert.equal(store.getSnapshot().pendingCount, 1);
+
+  const result: WriteResult = {
+    won: true,
+    conflict: null,
+    conflict_with: null,
+    progress: row("saga", T2, "tablet", 2),
+  };
+  store.settle(mine, result);
+  view = store.getSnapshot().bySeries.get("saga")!;
+  assert.equal(view.chapter, 2);
+  assert.equal(view.pending, false);
+  assert.equal(store.getSnapshot().pendingCount, 0);
+  assert.equal(store.getSnapshot().notices.size, 0);
+});
+
+Deno.test("a write that lost to a newer one from another device leaves a notice naming the winner", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const mine = write("saga", T1, "tablet", 5);
+  store.addPending(mine);
+  store.settle(mine, {
+    won: false,
+    conflict: "stale",
+    conflict_with: { updated_at: T2, device_id: "phone" },
+    progress: row("saga", T2, "phone", 6),
+  });
+  const snapshot = store.getSnapshot();
+  assert.equal(snapshot.bySeries.get("saga")!.chapter, 6);
+  assert.equal(snapshot.bySeries.get("saga")!.deviceId, "phone");
+  const notice = snapshot.notices.get("saga")!;
+  assert.equal(notice.winner.device_id, "phone");
+  assert.equal(notice.lost.chapter, 5);
+  store.dismissNotice("saga");
+  assert.equal(store.getSnapshot().notices.size, 0);
+});
+
+Deno.test("an answer whose stored row is this very write is not a conflict, however it is flagged", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const mine = write("saga", T2, "tablet", 3);
+  store.addPending(mine);
+  store.settle(mine, {
+    won: false,
+    conflict: "tie",
+    conflict_with: { updated_at: T2, device_id: "tablet" },
+    progress: row("saga", T2, "tablet", 3),
+  });
+  assert.equal(store.getSnapshot().notices.size, 0);
+  assert.equal(store.getSnapshot().pendingCount, 0);
+});
+
+Deno.test("the view is the last-write-wins winner of server rows and the pending write, in any arrival order", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.addPending(write("saga", T2, "tablet", 2));
+  // An older row from Realtime does not hide the newer local write...
+  assert.equal(store.applyServerRow(row("saga", T1, "phone", 1)), true);
+  assert.equal(store.getSnapshot().bySeries.get("saga")!.chapter, 2);
+  // ...a newer one does, before the server has even answered the write.
+  store.applyServerRow(row("saga", T3, "phone", 7));
+  assert.equal(store.getSnapshot().bySeries.get("saga")!.chapter, 7);
+  // An older row arriving late changes nothing.
+  assert.equal(store.applyServerRow(row("saga", T1, "e-reader", 9)), false);
+  assert.equal(store.getSnapshot().bySeries.get("saga")!.chapter, 7);
+  // Same updated_at: the larger device_id wins, as in the database.
+  store.applyServerRow(row("saga", T3, "phone-b", 8));
+  assert.equal(store.getSnapshot().bySeries.get("saga")!.chapter, 8);
+});
+
+Deno.test("the library lists every series newest first and leaves reset (cleared) series out", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.seed([row("a", T1, "phone", 1), row("b", T3, "phone", 1), {
+    ...row("c", T2, "phone", 0),
+    cleared: true,
+  }]);
+  assert.deepEqual(store.getSnapshot().library.map((v) => v.seriesId), ["b", "a"]);
+});
+
+Deno.test("the outbox survives a reload (per user) and a newer write replaces an older one for the series", () => {
+  const storage = new MemoryStorage();
+  const first = new SyncStore(USER, defaultCompareRows);
+  first.attachStorage(storage);
+  first.addPending(write("saga", T1, "tablet", 1));
+  first.addPending(write("saga", T2, "tablet", 2));
+  first.addPending(write("atlas", T1, "tablet", 4));
+
+  const afterReload = new SyncStore(USER, defaultCompareRows);
+  afterReload.attachStorage(storage);
+  const pending = afterReload.pendingWrites().sort((a, b) => a.series_id.localeCompare(b.series_id));
+  assert.deepEqual(pending.map((w) => [w.series_id, w.chapter]), [["atlas", 4], ["saga", 2]]);
+
+  const otherUser = new SyncStore("22222222-2222-4222-8222-222222222222", defaultCompareRows);
+  otherUser.attachStorage(storage);
+  assert.equal(otherUser.pendingWrites().length, 0);
+
+  for (const w of afterReload.pendingWrites()) {
+    const stored = row(w.series_id, w.updated_at, w.device_id, w.chapter);
+    afterReload.settle(w, { won: true, conflict: null, conflict_with: null, progress: stored });
+  }
+  const again = new SyncStore(USER, defaultCompareRows);
+  again.attachStorage(storage);
+  assert.equal(again.pendingWrites().length, 0, "a sent outbox is gone from storage");
+});
+
+Deno.test("a refused write leaves the outbox with a message instead of being retried forever", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const bad = write("saga", T1, "tablet", 1);
+  store.addPending(bad);
+  store.reject(bad, "Could not save saga: validation_failed");
+  assert.equal(store.getSnapshot().pendingCount, 0);
+  assert.match(store.getSnapshot().lastError ?? "", /validation_failed/);
+});
+
+Deno.test("a corrupt saved outbox is dropped, not thrown", () => {
+  const storage = new MemoryStorage();
+  storage.setItem(`readsync.outbox.${USER}`, "{not json");
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.attachStorage(storage);
+  assert.equal(store.pendingWrites().length, 0);
+});
