@@ -54,6 +54,11 @@ create trigger reading_progress_stamp
 -- realtime.messages themselves (devices must not forge progress events), but their own writes
 -- must still be broadcast. realtime.send turns failures into warnings, so a Realtime problem never
 -- fails the reader's write.
+-- The payload is exactly what realtime.broadcast_changes() sends ({old_record, record, operation,
+-- table, schema}, event = the operation, private), built here and handed to realtime.send()
+-- directly: broadcast_changes only wraps the same two calls in an exception block that re-raises
+-- every error, which costs one more subtransaction (and subtransaction id) per write for nothing.
+-- See docs/benchmarks.md (write path).
 -- ---------------------------------------------------------------------------------------------
 create or replace function public.reading_progress_broadcast() returns trigger
 language plpgsql
@@ -61,14 +66,17 @@ security definer
 set search_path = ''
 as $$
 begin
-  perform realtime.broadcast_changes(
+  perform realtime.send(
+    pg_catalog.jsonb_build_object(
+      'old_record', old,
+      'record', new,
+      'operation', tg_op,
+      'table', tg_table_name,
+      'schema', tg_table_schema
+    ),
+    tg_op,
     'progress:' || coalesce(new.user_id, old.user_id)::text,
-    tg_op,
-    tg_op,
-    tg_table_name,
-    tg_table_schema,
-    new,
-    old
+    true
   );
   return null;
 end;
