@@ -293,7 +293,7 @@ export async function readsSection(ctx: Ctx): Promise<SectionResult> {
        order by updated_at desc, series_id desc offset 499 limit 1`;
     const [{ size }] = await ctx.sql<{ size: string }[]>`
       select pg_size_pretty(pg_total_relation_size('public.reading_progress')) as size`;
-    const label = rows >= 1e6 ? `${rows / 1e6}M` : `${rows / 1e3}k`;
+    const label = target >= 1e6 ? `${target / 1e6}M` : `${target / 1e3}k`;
     details[label] = { rows, loadSeconds, size, queries: {} as Record<string, unknown> };
     for (const q of queries(cursor.xid, middle)) {
       const { fn, plain } = await measure(ctx.stack.dbUrl, q);
