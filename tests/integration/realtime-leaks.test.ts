@@ -198,6 +198,73 @@ Deno.test(`realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing 
   void delivered;
 });
 
+Deno.test({
+  name: "realtime leaks: 300 cycles while Realtime is unreachable (polling, retries pending) leave no timer",
+  ...noSanitize,
+}, async () => {
+  const { sql, user } = fixture;
+  // Nothing listens on this port: every join fails, so each link polls and has a retry scheduled:
+  // the timers a leak would most likely come from.
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadUrl = `http://127.0.0.1:${(probe.addr as Deno.NetAddr).port}`;
+  probe.close();
+  const timers = trackTimers();
+  // realtime-js keeps a channel-less socket (and its reconnect timer) for 2 heartbeats (50 s) by
+  // default before it disconnects; 100 ms here, so its own timers end within the test too.
+  const client = newClient({
+    url: deadUrl,
+    reconnectAfterMs: () => 50,
+    disconnectOnEmptyChannelsAfterMs: 100,
+  });
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, user.id),
+    accessToken: user.accessToken,
+    pollIntervalMs: 20,
+    backoff: { initialMs: 20, maxMs: 80 },
+    joinTimeoutMs: 100,
+    log: () => {},
+  });
+  let polled = 0;
+  try {
+    for (let i = 0; i < 300; i++) {
+      const subscription = service.subscribeToProgress(user.id, () => {});
+      if (i % 10 === 0) {
+        await waitFor(`cycle ${i} polling`, () => subscription.status === "polling");
+        polled++;
+      } else if (i % 2 === 1) {
+        await new Promise((r) => setTimeout(r, i % 7)); // leave at some point of the join/retry/poll
+      }
+      await subscription.unsubscribe();
+    }
+    await service.close();
+    assert.equal(polled, 30);
+    const stats = service.stats();
+    assert.equal(
+      stats.timers + stats.channels + stats.links + stats.statusListeners,
+      0,
+      JSON.stringify(stats),
+    );
+    assert.deepEqual(client.getChannels(), []);
+    // Nothing the service started is pending (its own timers, and realtime-js timers it started).
+    assert.deepEqual(
+      timers.pending().client.filter((where) => where.includes("/shared/realtime/")),
+      [],
+      "timers started by RealtimeService left pending",
+    );
+    // realtime-js disconnects its socket 100 ms after its last channel went, and its disconnect()
+    // races a 10 s timer it never clears: once that has run, no client timer at all is pending,
+    // so nothing reschedules itself (a reconnect or poll loop would never get here).
+    await waitFor("no client timer pending", () => timers.pending().client.length === 0, {
+      timeoutMs: 20_000,
+    })
+      .catch(() => {}); // the assertion below shows which ones
+    assert.deepEqual(timers.pending().client, [], "client timers left pending");
+  } finally {
+    timers.restore();
+    await client.realtime.disconnect();
+  }
+});
+
 Deno.test({ name: "realtime leaks: teardown", ...noSanitize }, async () => {
   const { client, sql, server } = fixture;
   await client.removeAllChannels();

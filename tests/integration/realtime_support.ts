@@ -153,6 +153,8 @@ export interface ClientOptions {
   reconnectAfterMs?: (tries: number) => number;
   heartbeatIntervalMs?: number;
   timeout?: number;
+  /** How long realtime-js keeps its socket after the last channel is removed (default 2 heartbeats). */
+  disconnectOnEmptyChannelsAfterMs?: number;
   /** Realtime socket on another origin than `url` (see realtimeAt). */
   realtimeOrigin?: string;
 }
@@ -167,6 +169,9 @@ export function newClient(options: ClientOptions = {}): SupabaseClient {
       ...(options.reconnectAfterMs ? { reconnectAfterMs: options.reconnectAfterMs } : {}),
       ...(options.heartbeatIntervalMs ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
       ...(options.timeout ? { timeout: options.timeout } : {}),
+      ...(options.disconnectOnEmptyChannelsAfterMs !== undefined
+        ? { disconnectOnEmptyChannelsAfterMs: options.disconnectOnEmptyChannelsAfterMs }
+        : {}),
     },
   });
 }
