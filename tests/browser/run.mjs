@@ -397,6 +397,10 @@ async function main() {
           await setPosition(tablet, { chapter: 5, page: 1, percent: 40 });
           await waitForPosition(tablet, { chapter: 5, page: 1, percentage: 0.4 });
           await tablet.page.getByTestId("pending-count").waitFor();
+          assert(
+            /Not sent yet \(offline\)/.test(await tablet.page.getByTestId("current-source").textContent() ?? ""),
+            "the tablet says its edit waits on the device",
+          );
           await shot(tablet, "03-tablet-offline-edit");
           // Last-write-wins orders by the devices' clocks (ms): keep the two writes apart.
           await new Promise((r) => setTimeout(r, 50));

@@ -30,7 +30,7 @@ function parseDraft(draft: Draft): { chapter: number; page: number; percentage: 
 
 /** Where the reader is in one series: live, editable, optimistic, with a notice when another device wins. */
 export function SeriesEditor({ seriesId, initialRow }: { seriesId: string; initialRow: ProgressRow | null }) {
-  const { store, save, deviceId } = useSync();
+  const { store, save, deviceId, status } = useSync();
   const seeded = useRef<ProgressRow | null | undefined>(undefined);
   if (seeded.current !== initialRow) {
     if (initialRow) store.seed([initialRow]);
@@ -88,7 +88,7 @@ export function SeriesEditor({ seriesId, initialRow }: { seriesId: string; initi
         </p>
         {shown && (
           <p className="meta" data-testid="current-source" data-device={shown.deviceId}>
-            {shown.pending ? "Saving… " : ""}
+            {shown.pending ? (status === "offline" ? "Not sent yet (offline), kept on this device · " : "Saving… · ") : ""}
             {shown.deviceId === deviceId ? "From this device" : `From device ${shown.deviceId}`} · {formatWhen(shown.updatedAt)}
           </p>
         )}

@@ -3,8 +3,19 @@ export function formatPercent(fraction: number): string {
 }
 
 // Server and browser must print the same text (or hydration fails), so times are formatted with a
-// fixed locale and time zone rather than the machine's.
-const WHEN = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeStyle: "medium", timeZone: "UTC" });
+// fixed locale and time zone rather than the machine's. Milliseconds are shown because they decide
+// which of two writes wins.
+const WHEN = new Intl.DateTimeFormat("en-GB", {
+  year: "numeric",
+  month: "short",
+  day: "numeric",
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  fractionalSecondDigits: 3,
+  hourCycle: "h23",
+  timeZone: "UTC",
+});
 
 export function formatWhen(iso: string): string {
   return `${WHEN.format(new Date(iso))} UTC`;
