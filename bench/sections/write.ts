@@ -47,7 +47,7 @@ interface Variant {
   label: string;
   script: string;
   /** Trigger switches (only on the bench's own database); null = leave as migrated. */
-  triggers: { stamp: boolean; broadcast: boolean; localNotify: boolean } | null;
+  triggers: { stamp: boolean; broadcast: boolean; localNotify: boolean; broadcastBefore?: boolean } | null;
 }
 
 const ALL_ON = { stamp: true, broadcast: true, localNotify: true };
@@ -86,6 +86,12 @@ export function variants(ownsDatabase: boolean): Variant[] {
       triggers: { stamp: true, broadcast: true, localNotify: false },
     },
     {
+      id: "supabase_before",
+      label: "  same, with migration 012's previous broadcast trigger (through realtime.broadcast_changes)",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: { stamp: true, broadcast: false, localNotify: false, broadcastBefore: true },
+    },
+    {
       id: "full",
       label: "+ local NOTIFY (local stack only) = full path here",
       script: request("authenticated", upsert("public.reading_progress")),
@@ -104,12 +110,36 @@ export function variants(ownsDatabase: boolean): Variant[] {
 }
 
 async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
-  const s = t ?? ALL_ON;
+  const s: NonNullable<Variant["triggers"]> = t ?? ALL_ON;
   const on = (b: boolean) => (b ? "enable" : "disable");
   await ctx.sql.unsafe(`
     alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_stamp;
     alter table public.reading_progress ${on(s.broadcast)} trigger reading_progress_broadcast;
+    alter table public.reading_progress ${on(s.broadcastBefore ?? false)} trigger bench_broadcast_before;
     alter table realtime.messages ${on(s.localNotify)} trigger local_notify_message;`);
+}
+
+/**
+ * The broadcast trigger as migration 012 had it before the benchmark (same payload through
+ * realtime.broadcast_changes, whose exception block re-raises every error: one more subtransaction
+ * per write). Kept as a disabled trigger on the bench's own database, so before and after are
+ * measured in the same run; it goes away with the bench schema (drop schema bench cascade).
+ */
+async function installBeforeTrigger(ctx: Ctx): Promise<void> {
+  await ctx.sql.unsafe(`
+    create or replace function bench.reading_progress_broadcast_before() returns trigger
+    language plpgsql security definer set search_path = '' as $fn$
+    begin
+      perform realtime.broadcast_changes(
+        'progress:' || coalesce(new.user_id, old.user_id)::text, tg_op, tg_op, tg_table_name, tg_table_schema,
+        new, old);
+      return null;
+    end;
+    $fn$;
+    drop trigger if exists bench_broadcast_before on public.reading_progress;
+    create trigger bench_broadcast_before after insert or update or delete on public.reading_progress
+      for each row execute function bench.reading_progress_broadcast_before();
+    alter table public.reading_progress disable trigger bench_broadcast_before;`);
 }
 
 export async function prepareWriteTables(ctx: Ctx): Promise<void> {
@@ -185,9 +215,21 @@ export async function writeSection(ctx: Ctx): Promise<SectionResult> {
     notes: [],
   };
   await prepareWriteTables(ctx);
+  if (ctx.stack.ownsDatabase) await installBeforeTrigger(ctx);
+  try {
+    return await measureWrites(ctx, section);
+  } finally {
+    if (ctx.stack.ownsDatabase) {
+      await ctx.sql.unsafe(`drop trigger if exists bench_broadcast_before on public.reading_progress`);
+    }
+  }
+}
+
+async function measureWrites(ctx: Ctx, section: SectionResult): Promise<SectionResult> {
   const list = variants(ctx.stack.ownsDatabase);
   const details: Record<string, unknown> = {};
   const costs: string[] = [];
+  const beforeAfter: string[] = [];
   for (const clients of ctx.opts.writeClients) {
     const res = await runVariants(ctx, list, clients);
     details[`c${clients}`] = res;
@@ -211,6 +253,16 @@ export async function writeSection(ctx: Ctx): Promise<SectionResult> {
         section.notes.push(`${v.label} at ${clients} clients: ${res[v.id].failed} failed transactions`);
       }
     }
+    if (res.supabase_before) {
+      beforeAfter.push(
+        `${clients} client${plural}: ${res.supabase_before.tps.toFixed(0)} → ${
+          res.supabase.tps.toFixed(0)
+        } tps ` +
+          `(${ratio(res.supabase_before.tps, bare)?.toFixed(2)}× → ${
+            ratio(res.supabase.tps, bare)?.toFixed(2)
+          }× bare)`,
+      );
+    }
     // Cost of each step in microseconds per transaction (1e6 / tps, differences between steps).
     if (ctx.stack.ownsDatabase) {
       const us = (id: string) => 1e6 / res[id].tps;
@@ -223,6 +275,12 @@ export async function writeSection(ctx: Ctx): Promise<SectionResult> {
           `(full ${us("full").toFixed(0)} µs)`,
       );
     }
+  }
+  if (beforeAfter.length) {
+    section.notes.push(
+      "Broadcast trigger before → after (migration 012 now calls realtime.send with broadcast_changes' payload " +
+        `directly; same run, full path as on Supabase): ${beforeAfter.join("; ")}.`,
+    );
   }
   if (costs.length) {
     section.notes.push(
