@@ -64,7 +64,7 @@ async function runStreaming(cmd: string, args: string[], env: Record<string, str
   return { ok: status.success, text };
 }
 
-/** Schema fingerprint of what migration 012 defines: triggers, policies, indexes, functions. */
+/** Schema fingerprint of what migrations 012 and 013 define: triggers, policies, indexes, functions. */
 async function schemaFingerprint(dbUrl: string): Promise<string> {
   return await psql(dbUrl, [
     "-At",
@@ -77,7 +77,7 @@ async function schemaFingerprint(dbUrl: string): Promise<string> {
          where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
        union all select 'index ' || indexdef from pg_indexes where schemaname = 'public'
        union all select 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc)
-         from pg_proc p where p.pronamespace = 'public'::regnamespace
+         from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('public', 'private')
      ) s`,
   ]);
 }
@@ -118,17 +118,21 @@ async function main(): Promise<number> {
     const second = await pushMigrations(stack.dbUrl);
     check("a second supabase db push is a no-op", !/Applying migration/.test(second), second);
 
-    const migration012 = (await listFiles("supabase/migrations", "_realtime_setup.sql"))[0];
-    const before = await schemaFingerprint(stack.dbUrl);
-    let rerunError = "";
-    try {
-      await psql(stack.dbUrl, ["-1", "-f", `${ROOT}${migration012}`]);
-    } catch (e) {
-      rerunError = (e as Error).message;
+    // The idempotent migrations (012: realtime setup, 013: progress writes) must survive a second
+    // run and leave the same schema behind.
+    for (const [label, suffix] of [["012", "_realtime_setup.sql"], ["013", "_progress_writes.sql"]]) {
+      const migration = (await listFiles("supabase/migrations", suffix))[0];
+      const before = await schemaFingerprint(stack.dbUrl);
+      let rerunError = "";
+      try {
+        await psql(stack.dbUrl, ["-1", "-f", `${ROOT}${migration}`]);
+      } catch (e) {
+        rerunError = (e as Error).message;
+      }
+      const after = await schemaFingerprint(stack.dbUrl);
+      check(`migration ${label} applied a second time succeeds`, rerunError === "", rerunError);
+      check(`migration ${label} applied a second time leaves the same schema`, before === after, `${before}\n---\n${after}`);
     }
-    const after = await schemaFingerprint(stack.dbUrl);
-    check("migration 012 applied a second time succeeds", rerunError === "", rerunError);
-    check("migration 012 applied a second time leaves the same schema", before === after, `${before}\n---\n${after}`);
 
     const lint = await supabaseCli(["db", "lint", "--db-url", cliDbUrl(stack.dbUrl), "--schema", "public", "--fail-on", "error"]);
     log(`supabase db lint: ${lint.output.split("\n").slice(-1)[0]}`);
