@@ -328,10 +328,18 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
   readonly service: RealtimeService;
 }
 
+// realtime-js keeps one channel per topic on a client, so two services on one client could not both
+// join progress:<user>: the second would never go live and only poll. Every subscribeToProgress on
+// a client therefore shares one RealtimeService (whose subscriptions to the same user share one
+// channel), created with the options of the first live subscription and closed with the last one.
+const sharedServices = new WeakMap<SupabaseClient, { service: RealtimeService; subscriptions: number }>();
+
 /**
  * Live progress of `userId`: Realtime broadcasts on progress:<userId>, with catch-up after every
  * (re)subscribe and polling while Realtime is down going through this API's changesSince (so RLS in
- * the function decides what is returned). unsubscribe() also closes the service it created.
+ * the function decides what is returned). Subscriptions on one client share one RealtimeService
+ * (see sharedServices: the first subscription's options apply); unsubscribe() closes it once the
+ * last subscription on the client is gone.
  */
 export function subscribeToProgress(
   client: SupabaseClient,
@@ -339,15 +347,25 @@ export function subscribeToProgress(
   handler: ProgressHandler,
   options: SubscribeToProgressOptions = {},
 ): ProgressLiveSubscription {
-  const { api, changesLimit, ...serviceOptions } = options;
-  const service = new RealtimeService(client, {
-    ...serviceOptions,
-    changesSince: (cursor) =>
-      changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, api),
-  });
-  const subscription = service.subscribeToProgress(userId, handler);
+  let shared = sharedServices.get(client);
+  if (!shared) {
+    const { api, changesLimit, ...serviceOptions } = options;
+    shared = {
+      service: new RealtimeService(client, {
+        ...serviceOptions,
+        changesSince: (cursor) =>
+          changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, api),
+      }),
+      subscriptions: 0,
+    };
+    sharedServices.set(client, shared);
+  }
+  const entry = shared;
+  entry.subscriptions++;
+  const subscription = entry.service.subscribeToProgress(userId, handler);
+  let released = false;
   return {
-    service,
+    service: entry.service,
     get userId() {
       return subscription.userId;
     },
@@ -359,8 +377,13 @@ export function subscribeToProgress(
     },
     onStatus: (listener) => subscription.onStatus(listener),
     unsubscribe: async () => {
+      if (released) return;
+      released = true;
       await subscription.unsubscribe();
-      await service.close();
+      if (--entry.subscriptions === 0) {
+        if (sharedServices.get(client) === entry) sharedServices.delete(client);
+        await entry.service.close();
+      }
     },
   };
 }

@@ -290,3 +290,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "subscribeToProgress twice on one client: both go live on one shared channel and both hear a write",
+  ...noSanitize,
+  fn: async () => {
+    const user = await createTestUser();
+    const listener = clientFor(user.accessToken);
+    const writer = clientFor(user.accessToken);
+    const seenFirst: ProgressChange[] = [];
+    const seenSecond: ProgressChange[] = [];
+    const series = seriesId("twice");
+    const first = subscribeToProgress(listener, user.id, (c) => seenFirst.push(c), {
+      accessToken: user.accessToken,
+      log: () => {},
+    });
+    const second = subscribeToProgress(listener, user.id, (c) => seenSecond.push(c), { log: () => {} });
+    try {
+      assert.equal(first.service, second.service, "one service per client");
+      await waitUntil(
+        "both subscriptions to go live",
+        () => first.status === "live" && second.status === "live",
+      );
+      assert.equal(listener.getChannels().length, 1, "one realtime-js channel for the topic");
+
+      await updateProgress(writer, write({ series_id: series, chapter: 7, device_id: "tablet" }));
+      await waitUntil(
+        "the write to reach both",
+        () =>
+          [seenFirst, seenSecond].every((seen) =>
+            seen.some((c) => c.row.series_id === series && c.row.chapter === 7)
+          ),
+      );
+
+      await first.unsubscribe();
+      assert.equal(second.status, "live", "the other subscription keeps the shared channel");
+      assert.equal(second.service.stats().links, 1);
+    } finally {
+      await first.unsubscribe();
+      await second.unsubscribe();
+      assert.equal(second.service.stats().links, 0, "the last unsubscribe closes the shared service");
+      await listener.realtime.disconnect();
+      await writer.realtime.disconnect();
+    }
+  },
+});
