@@ -6,17 +6,21 @@
 // than N supabase-js clients: on this 2-core machine N realtime-js instances decoding every frame
 // would compete for the CPU with the endpoint being measured, which real phones do not do.
 //
-// Input: env BENCH_CROWD = JSON {wsUrl, token, topic, count}. Prints `CROWD_READY <n>` once every
-// join was answered ok (or `CROWD_FAILED <reason>`); each "report" line on stdin answers
+// Input: env BENCH_CROWD = JSON {wsUrl, assignmentsFile}; the file holds a JSON array of
+// {token, topic}, one per socket (the same user's topic for all, or one user each). Prints
+// `CROWD_READY <n>` once every join was answered ok (or `CROWD_FAILED <reason>`); each "report" line on stdin answers
 // `CROWD_REPORT <json>`: per update (keyed by the record's chapter), how many devices got it and
 // when the last one did (epoch ms, performance.timeOrigin-based, sub-millisecond). EOF ends it.
 
-const { wsUrl, token, topic, count } = JSON.parse(Deno.env.get("BENCH_CROWD") ?? "{}") as {
+const { wsUrl, assignmentsFile } = JSON.parse(Deno.env.get("BENCH_CROWD") ?? "{}") as {
   wsUrl: string;
+  assignmentsFile: string;
+};
+const assignments = JSON.parse(await Deno.readTextFile(assignmentsFile)) as {
   token: string;
   topic: string;
-  count: number;
-};
+}[];
+const count = assignments.length;
 const now = () => performance.timeOrigin + performance.now();
 const got = new Map<number, { n: number; last: number }>();
 const sockets: WebSocket[] = [];
@@ -41,6 +45,7 @@ function chapterOf(data: string | ArrayBuffer): number | null {
 }
 
 function join(i: number): Promise<void> {
+  const { token, topic } = assignments[i];
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(wsUrl);
     ws.binaryType = "arraybuffer";

@@ -3,7 +3,8 @@
 // local Realtime endpoint. Measured: from A's update call returning to B's broadcast handler running,
 // with 1, 100 and 1,000 subscribed devices. Device B runs in this process; the other N - 1 devices
 // run in a separate process (bench/lib/crowd.ts), which also reports when the last of them got each
-// update ("all devices"). Baseline (same run): the update call's own latency (A's POST round trip).
+// update ("all devices"); then the largest N once more as N devices of N different users. Baseline
+// (same run): the update call's own latency (A's POST round trip).
 
 import { createClient } from "@supabase/supabase-js";
 import { benchUserTokens } from "../lib/db.ts";
@@ -21,7 +22,10 @@ interface Crowd {
   stop(): Promise<void>;
 }
 
-async function startCrowd(ctx: Ctx, token: string, topic: string, count: number): Promise<Crowd> {
+async function startCrowd(ctx: Ctx, assignments: { token: string; topic: string }[]): Promise<Crowd> {
+  const count = assignments.length;
+  const assignmentsFile = await Deno.makeTempFile({ prefix: "readsync-bench-crowd-", suffix: ".json" });
+  await Deno.writeTextFile(assignmentsFile, JSON.stringify(assignments));
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${ROOT}bench/lib/crowd.ts`],
     cwd: ROOT,
@@ -30,9 +34,7 @@ async function startCrowd(ctx: Ctx, token: string, topic: string, count: number)
         wsUrl: `${
           ctx.stack.apiUrl.replace(/^http/, "ws")
         }/realtime/v1/websocket?apikey=${ctx.stack.anonKey}&vsn=2.0.0`,
-        token,
-        topic,
-        count,
+        assignmentsFile,
       }),
     },
     stdin: "piped",
@@ -61,6 +63,7 @@ async function startCrowd(ctx: Ctx, token: string, topic: string, count: number)
     const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
     await child.status;
     clearTimeout(timer);
+    await Deno.remove(assignmentsFile).catch(() => {});
   };
   const ready = await nextLine(["CROWD_READY", "CROWD_FAILED"]);
   if (!ready.startsWith("CROWD_READY")) {
@@ -147,10 +150,21 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
   const details: Record<string, unknown> = {};
   const maxDevices = Math.max(...opts.propagationDevices);
   let base = 0;
-  for (const devices of opts.propagationDevices) {
+  // Same topic: every device is the user's (the worst case: each update goes to all N sockets). Then,
+  // with the largest N, "spread": N connected devices of N different users, so each update goes to
+  // B alone while the endpoint holds N connections.
+  const scenarios = [
+    ...opts.propagationDevices.map((devices) => ({ devices, spread: false })),
+    ...(maxDevices > 2 ? [{ devices: maxDevices, spread: true }] : []),
+  ];
+  for (const { devices, spread } of scenarios) {
     const t = performance.now();
-    const leaveFirst = devices > 2 ? await joinDevice(arrivalsFirst, false) : null;
-    const crowd = devices > 2 ? await startCrowd(ctx, user.token, topic, devices - 2) : null;
+    const leaveFirst = devices > 2 && !spread ? await joinDevice(arrivalsFirst, false) : null;
+    const others = spread
+      ? (await benchUserTokens(ctx.sql, stack.jwtSecret, USER + 1, USER + devices - 1))
+        .map((u) => ({ token: u.token, topic: `progress:${u.id}` }))
+      : Array.from({ length: Math.max(0, devices - 2) }, () => ({ token: user.token, topic }));
+    const crowd = others.length > 0 ? await startCrowd(ctx, others) : null;
     const joinMs = performance.now() - t;
     let leaveB: (() => Promise<void>) | null = null;
     try {
@@ -194,7 +208,7 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       }
       // The crowd: every device must get every update; when did the last one get it?
       let incomplete = 0;
-      if (crowd) {
+      if (crowd && !spread) {
         let report: [number, { n: number; last: number }][] = [];
         for (let attempt = 0; attempt < 40; attempt++) {
           report = await crowd.report();
@@ -213,6 +227,7 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
           }
         }
       } else {
+        // Alone on its topic (spread: the other devices belong to other users and get nothing).
         for (const [chapter, t1] of returned) allFromReturn.recordMs(arrivals.get(chapter)! - t1);
       }
       base += 1000;
@@ -221,7 +236,7 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       const call = callMs.summaryMs();
       const all = allFromReturn.summaryMs();
       const first = firstFromReturn.summaryMs();
-      details[`n${devices}`] = {
+      details[`n${devices}${spread ? "_spread" : ""}`] = {
         firstJoinedDeviceFromReturn: first,
         deviceBFromReturn: b,
         deviceBFromCallStart: fromCall.summaryMs(),
@@ -236,8 +251,10 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
         `propagation n=${devices}: B p50 ${b.p50} p99 ${b.p99} ms after return; all devices p50 ${all.p50} p99 ` +
           `${all.p99} ms; call p50 ${call.p50} ms; ${early} early, ${lost} lost, ${incomplete} incomplete`,
       );
-      const label = `${devices} subscribed device${devices > 1 ? "s" : ""}`;
-      const targeted = devices === maxDevices;
+      const label = spread
+        ? `${devices} connected devices of ${devices} users (B alone on its topic)`
+        : `${devices} subscribed device${devices > 1 ? "s" : ""}`;
+      const targeted = devices === maxDevices && !spread;
       const rows: Row[] = [
         {
           metric: `B p50, ${label}`,
@@ -258,7 +275,7 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
           ...(targeted ? { target: "≤ 50 ms", met: b.p99 <= 50 && lost === 0 } : {}),
         },
       ];
-      if (devices > 2) {
+      if (devices > 2 && !spread) {
         rows.push(
           {
             metric: `  first-joined device (first in the fan-out) p50, ${label}`,
@@ -311,7 +328,9 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       "frame after every other socket: its figure includes the whole server-side fan-out. With more than 2 devices a " +
       "second supabase-js client joins FIRST (best position), and the remaining N - 2 are light WebSockets in a " +
       "separate process (bench/lib/crowd.ts: realtime-js's phx_join on the private topic, RLS-authorised, no " +
-      "realtime-js decoding) that report when the last of them got each update.",
+      "realtime-js decoding) that report when the last of them got each update. Last, the largest N again " +
+      "spread over N users (each crowd socket joins its own user's topic, RLS-authorised): the endpoint holds N " +
+      "connections but each update goes to B alone — a user has a handful of devices, so this is the usual shape.",
     "Path: write_reading_progress → broadcast trigger → realtime.messages row → (local stand-in) NOTIFY at commit → " +
       "Realtime endpoint's LISTEN connection → one row fetch → one encoded frame → N WebSockets → realtime-js decode " +
       "→ handler. On Supabase the endpoint reads the WAL instead of LISTEN.",
