@@ -331,9 +331,9 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       "realtime-js decoding) that report when the last of them got each update. Last, the largest N again " +
       "spread over N users (each crowd socket joins its own user's topic, RLS-authorised): the endpoint holds N " +
       "connections but each update goes to B alone — a user has a handful of devices, so this is the usual shape.",
-    "Path: write_reading_progress → broadcast trigger → realtime.messages row → (local stand-in) NOTIFY at commit → " +
-      "Realtime endpoint's LISTEN connection → one row fetch → one encoded frame → N WebSockets → realtime-js decode " +
-      "→ handler. On Supabase the endpoint reads the WAL instead of LISTEN.",
+    "Path: write_reading_progress → broadcast trigger → realtime.messages row → commit → the local Realtime " +
+      "endpoint learns of the row (see local/realtime/README.md, Delivery) → one encoded frame → N WebSockets → " +
+      "realtime-js decode → handler.",
   );
   section.details = details;
   return section;
