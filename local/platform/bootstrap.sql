@@ -175,18 +175,20 @@ exception when others then
 end;
 $$;
 
--- Local delivery hook (no Supabase counterpart): Supabase Realtime reads new realtime.messages rows
--- from the WAL; the local Realtime endpoint (local/realtime) LISTENs instead. NOTIFY is delivered
--- only after commit and in commit order, so a rolled-back write broadcasts nothing, as on Supabase.
-create or replace function realtime.local_notify_message() returns trigger
-language plpgsql
-as $$
-begin
-  perform pg_notify('realtime_local_messages',
-    json_build_object('id', new.id, 'topic', new.topic, 'private', new.private)::text);
-  return null;
-end;
-$$;
+-- Local delivery (local/realtime/wal.ts): like Supabase Realtime, the local Realtime endpoint reads new
+-- realtime.messages rows from the WAL by logical replication (pgoutput, a temporary slot of its
+-- own), which decodes only committed transactions, in commit order. This publication is what it
+-- subscribes to; declared here, with the other local stand-ins, so that several endpoints starting
+-- at once never race to create it (an endpoint creates it only on a database this file never saw).
+-- publish_via_partition_root: Supabase partitions the table, and rows must carry the table's name.
+-- The NOTIFY trigger the endpoint used before is dropped: NOTIFY serialized every broadcasting commit.
 drop trigger if exists local_notify_message on realtime.messages;
-create trigger local_notify_message after insert on realtime.messages
-  for each row execute function realtime.local_notify_message();
+drop function if exists realtime.local_notify_message();
+do $$
+begin
+  if not exists (select 1 from pg_publication where pubname = 'readsync_realtime_messages') then
+    create publication readsync_realtime_messages for table realtime.messages
+      with (publish_via_partition_root = true);
+  end if;
+end
+$$;

@@ -13,6 +13,7 @@ import { type JwtClaims, TokenVerifier } from "./auth.ts";
 import { canWrite, RoleNotAllowed } from "./authorization.ts";
 import { Connection } from "./connection.ts";
 import { BroadcastHub, subscriptionKey } from "./hub.ts";
+import { ensurePublication } from "./wal.ts";
 import { SUPPORTED_VSNS, type Vsn } from "./protocol.ts";
 
 export interface RealtimeEndpointOptions {
@@ -20,7 +21,7 @@ export interface RealtimeEndpointOptions {
   privateOnly?: boolean;
   /** Frame for database broadcasts to vsn 2.0.0 clients: binary "user broadcast" (default) or JSON. */
   frameForm?: "binary" | "json";
-  /** Connections used for policy checks (the LISTEN connection is separate). */
+  /** Connections used for policy checks (the WAL replication connection is separate). */
   poolSize?: number;
   /** Structured log sink; silent by default (READSYNC_REALTIME_LOG=1 logs JSON lines to stderr). */
   log?: (fields: Record<string, unknown>) => void;
@@ -30,8 +31,10 @@ export interface RealtimeEndpointStats {
   connections: number;
   channels: number;
   subscribers: number;
-  notifications: number;
-  fetched: number;
+  /** realtime.messages inserts received from the WAL (every topic). */
+  walMessages: number;
+  /** Messages whose topic had a subscriber: each was encoded once per protocol version. */
+  matched: number;
   delivered: number;
   skippedNoSubscriber: number;
 }
@@ -52,18 +55,14 @@ export async function createRealtimeEndpoint(
     onnotice: () => {},
     connection: { application_name: "readsync-local-realtime" },
   });
-  // Delivery has its own connection (plus postgres.js's LISTEN one): a message's row read never
-  // queues behind the policy probes of a burst of joins.
-  const deliverySql = postgres(ctx.dbUrl, {
-    max: 1,
-    onnotice: () => {},
-    connection: { application_name: "readsync-local-realtime-delivery" },
-  });
-  const hub = new BroadcastHub(deliverySql, { frameForm: options.frameForm, log });
+  // Delivery reads realtime.messages from the WAL on a replication connection of its own (hub.ts,
+  // wal.ts): a burst of joins, whose policy probes use this pool, never delays it.
+  const hub = new BroadcastHub(ctx.dbUrl, { frameForm: options.frameForm, log });
   try {
+    await ensurePublication(sql);
     await hub.start();
   } catch (error) {
-    await Promise.all([sql.end({ timeout: 1 }), deliverySql.end({ timeout: 1 })]);
+    await Promise.all([hub.close(), sql.end({ timeout: 1 })]);
     throw error;
   }
   const verifier = new TokenVerifier(ctx.jwtSecret);
@@ -196,7 +195,7 @@ export async function createRealtimeEndpoint(
       for (const connection of connections) connection.close();
       connections.clear();
       await hub.close();
-      await Promise.all([sql.end({ timeout: 2 }), deliverySql.end({ timeout: 2 })]);
+      await sql.end({ timeout: 2 });
     },
   };
 }
