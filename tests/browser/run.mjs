@@ -207,8 +207,10 @@ async function main() {
       await device.page.locator("main").getByTestId("position-form").waitFor();
     };
 
+    // Scoped to <main> like openSeries: a hidden second copy of the content may briefly exist
+    // outside it while a streamed page replaces its loading state.
     const positionOf = async (device) => {
-      const el = device.page.getByTestId("current-position");
+      const el = device.page.locator("main").getByTestId("current-position");
       return {
         chapter: Number(await el.getAttribute("data-chapter")),
         page: Number(await el.getAttribute("data-page")),
@@ -222,7 +224,7 @@ async function main() {
       });
 
     const setPosition = async (device, { chapter, page, percent }) => {
-      const form = device.page.getByTestId("position-form");
+      const form = device.page.locator("main").getByTestId("position-form");
       await form.locator('input[name="chapter"]').fill(String(chapter));
       await form.locator('input[name="page"]').fill(String(page));
       await form.locator('input[name="percentage"]').fill(String(percent));
