@@ -60,7 +60,11 @@ async function runStreaming(cmd: string, args: string[], env: Record<string, str
       await sink.write(chunk);
     }
   };
-  const [status] = await Promise.all([child.status, pump(child.stdout, Deno.stdout), pump(child.stderr, Deno.stderr)]);
+  const [status] = await Promise.all([
+    child.status,
+    pump(child.stdout, Deno.stdout),
+    pump(child.stderr, Deno.stderr),
+  ]);
   return { ok: status.success, text };
 }
 
@@ -99,9 +103,13 @@ async function main(): Promise<number> {
   const selected = Deno.args.filter((a) => a !== "--");
   const fullRun = selected.length === 0;
   const browserSuite = fullRun || selected.some(isBrowserSuite);
-  const sqlFiles = fullRun ? await listFiles("supabase/tests", ".sql") : selected.filter((f) => f.endsWith(".sql"));
+  const sqlFiles = fullRun
+    ? await listFiles("supabase/tests", ".sql")
+    : selected.filter((f) => f.endsWith(".sql"));
   const denoFiles = fullRun
-    ? (await Promise.all(["shared", "tests", "local", "supabase/functions", "bench"].map((d) => listFiles(d, ".test.ts")))).flat()
+    ? (await Promise.all(
+      ["shared", "tests", "local", "supabase/functions", "bench"].map((d) => listFiles(d, ".test.ts")),
+    )).flat()
     : selected.filter((f) => !f.endsWith(".sql") && !isBrowserSuite(f));
 
   const started = performance.now();
@@ -131,17 +139,37 @@ async function main(): Promise<number> {
       }
       const after = await schemaFingerprint(stack.dbUrl);
       check(`migration ${label} applied a second time succeeds`, rerunError === "", rerunError);
-      check(`migration ${label} applied a second time leaves the same schema`, before === after, `${before}\n---\n${after}`);
+      check(
+        `migration ${label} applied a second time leaves the same schema`,
+        before === after,
+        `${before}\n---\n${after}`,
+      );
     }
 
-    const lint = await supabaseCli(["db", "lint", "--db-url", cliDbUrl(stack.dbUrl), "--schema", "public", "--fail-on", "error"]);
+    const lint = await supabaseCli([
+      "db",
+      "lint",
+      "--db-url",
+      cliDbUrl(stack.dbUrl),
+      "--schema",
+      "public",
+      "--fail-on",
+      "error",
+    ]);
     log(`supabase db lint: ${lint.output.split("\n").slice(-1)[0]}`);
     check("supabase db lint reports no error on public", lint.ok, lint.output);
   }
 
   if (sqlFiles.length > 0) {
     log(`pg_prove: ${sqlFiles.length} pgTAP files`);
-    const prove = await runStreaming("pg_prove", ["--verbose", "--ext", ".sql", "-d", stack.dbUrl, ...sqlFiles], {
+    const prove = await runStreaming("pg_prove", [
+      "--verbose",
+      "--ext",
+      ".sql",
+      "-d",
+      stack.dbUrl,
+      ...sqlFiles,
+    ], {
       PGOPTIONS: "-c search_path=public,extensions",
     });
     const passed = prove.text.match(/^\s*ok \d+/gm)?.length ?? 0;

@@ -63,7 +63,14 @@ export async function supabaseCli(args: string[]): Promise<{ ok: boolean; output
 
 /** `supabase db push` against the database; throws with the CLI's own output on failure. */
 export async function pushMigrations(dbUrl: string): Promise<string> {
-  const { ok, output } = await supabaseCli(["db", "push", "--db-url", cliDbUrl(dbUrl), "--yes", "--include-all"]);
+  const { ok, output } = await supabaseCli([
+    "db",
+    "push",
+    "--db-url",
+    cliDbUrl(dbUrl),
+    "--yes",
+    "--include-all",
+  ]);
   if (!ok) throw new Error(`supabase db push failed:\n${output}`);
   return output;
 }

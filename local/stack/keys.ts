@@ -22,7 +22,9 @@ export async function signDevJwt(
 }
 
 /** The anon and service_role API keys, as `supabase start` derives them from the JWT secret. */
-export async function devApiKeys(secret = DEV_JWT_SECRET): Promise<{ anonKey: string; serviceRoleKey: string }> {
+export async function devApiKeys(
+  secret = DEV_JWT_SECRET,
+): Promise<{ anonKey: string; serviceRoleKey: string }> {
   const tenYears = 10 * 365 * 24 * 3600;
   return {
     anonKey: await signDevJwt({ role: "anon" }, { expiresInSeconds: tenYears, secret }),

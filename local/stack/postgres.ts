@@ -15,7 +15,8 @@ export interface LocalPostgres {
   stop(): Promise<void>;
 }
 
-export async function freePort(): Promise<number> {
+/** A TCP port that was free a moment ago (the OS picks it; whoever binds it next wins). */
+export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -34,7 +35,14 @@ async function ensureOsUser(): Promise<{ uid: number; gid: number }> {
   try {
     return { uid: await id("-u"), gid: await id("-g") };
   } catch {
-    await exec("useradd", ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", CLUSTER_OS_USER])
+    await exec("useradd", [
+      "--system",
+      "--user-group",
+      "--no-create-home",
+      "--shell",
+      "/usr/sbin/nologin",
+      CLUSTER_OS_USER,
+    ])
       .catch(async (e) => {
         // A concurrent run may have created it between our check and useradd.
         if (!(await exec("id", ["-u", CLUSTER_OS_USER]).catch(() => ""))) throw e;
@@ -52,7 +60,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   const log = options.log ?? console.log;
   await ensureSystemPackages(log);
   const bins = findPostgresBinaries()!;
-  const port = options.port ?? await freePort();
+  const port = options.port ?? freePort();
   const dataDir = await Deno.makeTempDir({ prefix: "readsync-pg-" });
 
   // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
@@ -75,26 +83,48 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     const { uid, gid } = await ensureOsUser();
     await Deno.chown(pgdata, uid, gid);
   }
-  const init = cmd("initdb", ["-D", pgdata, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]);
+  const init = cmd("initdb", [
+    "-D",
+    pgdata,
+    "-U",
+    "postgres",
+    "--auth=trust",
+    "-E",
+    "UTF8",
+    "--locale=C.UTF-8",
+    "--no-sync",
+  ]);
   await exec(init.cmd, init.args);
 
   const server = cmd("postgres", [
-    "-D", pgdata,
-    "-p", String(port),
-    "-k", dataDir,
-    "-c", "listen_addresses=127.0.0.1",
-    "-c", "wal_level=logical",
-    "-c", "max_connections=300",
-    "-c", "shared_buffers=256MB",
+    "-D",
+    pgdata,
+    "-p",
+    String(port),
+    "-k",
+    dataDir,
+    "-c",
+    "listen_addresses=127.0.0.1",
+    "-c",
+    "wal_level=logical",
+    "-c",
+    "max_connections=300",
+    "-c",
+    "shared_buffers=256MB",
     // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
     // With asynchronous commit, logical decoding only streams WAL once the WAL writer has flushed
     // it (every wal_writer_delay, 200 ms by default): 1 ms keeps the local Realtime endpoint's
     // delivery from the WAL (local/realtime/wal.ts) prompt without paying a flush per commit.
-    "-c", "fsync=off",
-    "-c", "synchronous_commit=off",
-    "-c", "wal_writer_delay=1ms",
-    "-c", "full_page_writes=off",
-    "-c", "log_min_messages=fatal",
+    "-c",
+    "fsync=off",
+    "-c",
+    "synchronous_commit=off",
+    "-c",
+    "wal_writer_delay=1ms",
+    "-c",
+    "full_page_writes=off",
+    "-c",
+    "log_min_messages=fatal",
   ]);
   const child = new Deno.Command(server.cmd, { args: server.args, stdout: "null", stderr: "piped" }).spawn();
   const stderrChunks: string[] = [];
@@ -104,12 +134,15 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
 
   const watchdog = new Deno.Command("setsid", {
     args: [
-      "sh", "-c",
+      "sh",
+      "-c",
       `trap '' INT HUP; while kill -0 ${Deno.pid} 2>/dev/null; do sleep 1; done; ` +
       `kill -INT ${child.pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 ${child.pid} 2>/dev/null || break; sleep 0.5; done; ` +
       `kill -KILL ${child.pid} 2>/dev/null; rm -rf '${dataDir}'`,
     ],
-    stdin: "null", stdout: "null", stderr: "null",
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
   }).spawn();
   watchdog.unref();
 
@@ -123,7 +156,9 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     }).output();
     if (ready.success) break;
     if (exited || Date.now() > deadline) {
-      try { child.kill("SIGKILL"); } catch { /* gone */ }
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       throw new Error(`PostgreSQL did not start on port ${port}:\n${stderrChunks.join("")}`);
     }
@@ -137,12 +172,16 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
         child.kill("SIGINT"); // fast shutdown
       } catch { /* already gone */ }
       const timer = setTimeout(() => {
-        try { child.kill("SIGKILL"); } catch { /* gone */ }
+        try {
+          child.kill("SIGKILL");
+        } catch { /* gone */ }
       }, 10_000);
       await child.status;
       clearTimeout(timer);
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-      try { watchdog.kill("SIGKILL"); } catch { /* gone */ }
+      try {
+        watchdog.kill("SIGKILL");
+      } catch { /* gone */ }
     })();
   onCleanup(stop);
   return { url, port, dataDir, stop };

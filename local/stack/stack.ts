@@ -58,7 +58,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       apiUrl = externalApi.replace(/\/$/, "");
       log(`api: SUPABASE_URL (${apiUrl})`);
     } else {
-      const port = options.apiPort === undefined || options.apiPort === 0 ? await freePort() : options.apiPort;
+      const port = options.apiPort === undefined || options.apiPort === 0 ? freePort() : options.apiPort;
       const api = await startApiServer({ port, dbUrl, jwtSecret, anonKey, serviceRoleKey });
       apiUrl = api.url;
       closeApi = api.close;

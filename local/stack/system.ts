@@ -80,7 +80,9 @@ export async function ensureSystemPackages(log: (line: string) => void = console
   if (missing.length === 0) return;
   const installLine = `apt-get install -y ${REQUIRED_APT_PACKAGES.join(" ")}`;
   if (!isRoot()) {
-    throw new Error(`Missing system packages: ${missing.join(", ")}. Install them with:\n  sudo ${installLine}`);
+    throw new Error(
+      `Missing system packages: ${missing.join(", ")}. Install them with:\n  sudo ${installLine}`,
+    );
   }
   log(`installing ${missing.join(", ")} with apt-get`);
   const env = { DEBIAN_FRONTEND: "noninteractive" };
@@ -93,7 +95,8 @@ export async function ensureSystemPackages(log: (line: string) => void = console
     }).output();
   let result = await install();
   if (!result.success) {
-    await new Deno.Command("apt-get", { args: ["update", "-q"], env, stdout: "null", stderr: "null" }).output();
+    await new Deno.Command("apt-get", { args: ["update", "-q"], env, stdout: "null", stderr: "null" })
+      .output();
     result = await install();
   }
   const still = missingPieces();

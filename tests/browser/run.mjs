@@ -232,9 +232,12 @@ async function main() {
     };
 
     const waitForOutboxEmpty = (device) =>
-      eventually(async () => assertEqual(await device.page.getByTestId("pending-count").count(), 0, "outbox empty"), {
-        what: `${device.label}'s outbox to be sent`,
-      });
+      eventually(
+        async () => assertEqual(await device.page.getByTestId("pending-count").count(), 0, "outbox empty"),
+        {
+          what: `${device.label}'s outbox to be sent`,
+        },
+      );
 
     const mark = async (device) => {
       const marker = `m-${Math.random()}`;
@@ -264,7 +267,11 @@ async function main() {
       const { accessToken } = await tokenResponse.json();
       const response = await fetch(`${supabaseUrl}/functions/v1/progress`, {
         method: "POST",
-        headers: { apikey: anonKey, Authorization: `Bearer ${accessToken}`, "Content-Type": "application/json" },
+        headers: {
+          apikey: anonKey,
+          Authorization: `Bearer ${accessToken}`,
+          "Content-Type": "application/json",
+        },
         body: JSON.stringify(write),
       });
       const body = await response.json();
@@ -365,11 +372,19 @@ async function main() {
               "reader B's own change",
             );
           }, { what: "reader B's own change to arrive live" });
-          assertEqual(await other.page.getByTestId(`library-item-${seriesLive}`).count(), 0, "A's series on B's page");
+          assertEqual(
+            await other.page.getByTestId(`library-item-${seriesLive}`).count(),
+            0,
+            "A's series on B's page",
+          );
           await assertNoReload(other, otherBefore);
           await other.page.reload();
           await other.page.locator("main").getByTestId(`library-item-${seriesOfB}`).waitFor();
-          assertEqual(await other.page.getByTestId(`library-item-${seriesLive}`).count(), 0, "after a reload");
+          assertEqual(
+            await other.page.getByTestId(`library-item-${seriesLive}`).count(),
+            0,
+            "after a reload",
+          );
           await openSeries(other, seriesLive);
           assertEqual(
             await positionOf(other),
@@ -400,7 +415,9 @@ async function main() {
           await waitForPosition(tablet, { chapter: 5, page: 1, percentage: 0.4 });
           await tablet.page.getByTestId("pending-count").waitFor();
           assert(
-            /Not sent yet \(offline\)/.test(await tablet.page.getByTestId("current-source").textContent() ?? ""),
+            /Not sent yet \(offline\)/.test(
+              await tablet.page.getByTestId("current-source").textContent() ?? "",
+            ),
             "the tablet says its edit waits on the device",
           );
           await shot(tablet, "03-tablet-offline-edit");
@@ -560,7 +577,10 @@ async function main() {
             await form.getByRole("button", { name: /sign in/i }).click();
             const error = page.getByTestId("load-error");
             await error.waitFor();
-            assert(/Could not load your reading progress/.test(await error.textContent() ?? ""), "error text");
+            assert(
+              /Could not load your reading progress/.test(await error.textContent() ?? ""),
+              "error text",
+            );
             assertEqual(await page.getByTestId("library").count(), 0, "no library without the function");
             assert(
               (await page.getByTestId("connection-status").getAttribute("data-status")) !== "live",
@@ -577,7 +597,12 @@ async function main() {
         name: TESTS[6],
         fn: async () => {
           // A third device of reader A whose WebSocket to Realtime is refused (the HTTP API works).
-          const context = await browser.newContext({ baseURL: webUrl, viewport, locale: "en-GB", timezoneId: "UTC" });
+          const context = await browser.newContext({
+            baseURL: webUrl,
+            viewport,
+            locale: "en-GB",
+            timezoneId: "UTC",
+          });
           context.setDefaultTimeout(15_000);
           let refused = 0;
           await context.routeWebSocket(/\/realtime\/v1\/websocket/, (ws) => {
@@ -585,7 +610,13 @@ async function main() {
             ws.close({ code: 1011, reason: "realtime unreachable (test)" });
           });
           const page = await context.newPage();
-          const eReader = { label: "reader A, device 3 (no Realtime)", context, page, errors: [], navigations: 0 };
+          const eReader = {
+            label: "reader A, device 3 (no Realtime)",
+            context,
+            page,
+            errors: [],
+            navigations: 0,
+          };
           page.on("pageerror", (error) => eReader.errors.push(String(error)));
           page.on("framenavigated", (frame) => {
             if (frame === page.mainFrame()) eReader.navigations++;
@@ -617,7 +648,11 @@ async function main() {
             const response = await fetch(`${webUrl}${route}`, { redirect: "manual" });
             await response.arrayBuffer();
             assert([303, 307, 308].includes(response.status), `${route}: redirect, got ${response.status}`);
-            assertEqual(new URL(response.headers.get("location"), webUrl).pathname, "/sign-in", `${route} goes to`);
+            assertEqual(
+              new URL(response.headers.get("location"), webUrl).pathname,
+              "/sign-in",
+              `${route} goes to`,
+            );
           }
           const anonymousToken = await fetch(`${webUrl}/auth/token`);
           assertEqual(anonymousToken.status, 401, "/auth/token without a session");
@@ -630,7 +665,11 @@ async function main() {
             assertEqual((await context.request.get("/auth/token")).status(), 200, "/auth/token signed in");
             await page.getByRole("button", { name: "Sign out" }).click();
             await page.waitForURL((url) => url.pathname === "/sign-in");
-            assertEqual((await context.request.get("/auth/token")).status(), 401, "/auth/token after sign-out");
+            assertEqual(
+              (await context.request.get("/auth/token")).status(),
+              401,
+              "/auth/token after sign-out",
+            );
             await page.goto("/");
             assertEqual(new URL(page.url()).pathname, "/sign-in", "the library after sign-out");
           } finally {
@@ -640,7 +679,7 @@ async function main() {
       },
       {
         name: TESTS[8],
-        fn: async () => {
+        fn: () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },
       },

@@ -68,13 +68,17 @@ export async function createTestUser(options: CreateUserOptions = {}): Promise<T
     newAccessToken = (expiresInSeconds = 3600) =>
       mintUserAccessToken(id, { email, expiresInSeconds, secret: env.jwtSecret });
   } else {
-    const admin = createClient(env.url, env.serviceRoleKey, { auth: { persistSession: false, autoRefreshToken: false } });
+    const admin = createClient(env.url, env.serviceRoleKey, {
+      auth: { persistSession: false, autoRefreshToken: false },
+    });
     const password = `pw-${crypto.randomUUID()}`;
     const created = await admin.auth.admin.createUser({ email, password, email_confirm: true });
     if (created.error) throw created.error;
     id = created.data.user.id;
     newAccessToken = async () => {
-      const anon = createClient(env.url, env.anonKey, { auth: { persistSession: false, autoRefreshToken: false } });
+      const anon = createClient(env.url, env.anonKey, {
+        auth: { persistSession: false, autoRefreshToken: false },
+      });
       const { data, error } = await anon.auth.signInWithPassword({ email, password });
       if (error) throw error;
       return data.session.access_token;
