@@ -54,11 +54,11 @@ create trigger reading_progress_stamp
 -- realtime.messages themselves (devices must not forge progress events), but their own writes
 -- must still be broadcast. realtime.send turns failures into warnings, so a Realtime problem never
 -- fails the reader's write.
--- The payload is exactly what realtime.broadcast_changes() sends ({old_record, record, operation,
--- table, schema}, event = the operation, private), built here and handed to realtime.send()
--- directly: broadcast_changes only wraps the same two calls in an exception block that re-raises
--- every error, which costs one more subtransaction (and subtransaction id) per write for nothing.
--- See docs/benchmarks.md (write path).
+-- It goes through realtime.broadcast_changes(), the function Supabase documents for broadcasting
+-- table changes from the database, so the payload ({old_record, record, operation, table, schema},
+-- event = the operation, private) stays whatever Supabase defines it to be. Calling realtime.send()
+-- with the same payload directly saves one subtransaction per write; the benchmark measures that
+-- alternative in the same run (docs/benchmarks.md, write path) and found the gain small.
 -- ---------------------------------------------------------------------------------------------
 create or replace function public.reading_progress_broadcast() returns trigger
 language plpgsql
@@ -66,17 +66,14 @@ security definer
 set search_path = ''
 as $$
 begin
-  perform realtime.send(
-    pg_catalog.jsonb_build_object(
-      'old_record', old,
-      'record', new,
-      'operation', tg_op,
-      'table', tg_table_name,
-      'schema', tg_table_schema
-    ),
-    tg_op,
+  perform realtime.broadcast_changes(
     'progress:' || coalesce(new.user_id, old.user_id)::text,
-    true
+    tg_op,
+    tg_op,
+    tg_table_name,
+    tg_table_schema,
+    new,
+    old
   );
   return null;
 end;
