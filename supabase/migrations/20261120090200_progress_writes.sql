@@ -367,16 +367,21 @@ grant execute on function public.write_reading_progress_batch(jsonb) to authenti
 -- column's bound: under RLS only leakproof conditions can become index conditions.
 -- Limits are clamped (list 1..1000, changes 1..999 + 1 look-ahead row).
 -- ---------------------------------------------------------------------------------------------
+-- plpgsql, not sql: a LANGUAGE sql function with SET search_path is neither inlined nor plan-cached,
+-- so its query was planned on every call (docs/benchmarks.md, reads); plpgsql keeps the plan per session.
 create or replace function public.get_reading_progress(p_series_id text)
 returns setof public.reading_progress
-language sql
+language plpgsql
 stable
 security invoker
 set search_path = ''
 as $$
-  select rp.*
-  from public.reading_progress rp
-  where rp.user_id = (select auth.uid()) and rp.series_id = p_series_id collate "C"
+begin
+  return query
+    select rp.*
+    from public.reading_progress rp
+    where rp.user_id = (select auth.uid()) and rp.series_id = p_series_id collate "C";
+end;
 $$;
 revoke all on function public.get_reading_progress(text) from public, anon;
 grant execute on function public.get_reading_progress(text) to authenticated;
