@@ -93,50 +93,32 @@ function decodeText(text: string, vsn: Vsn): PhxMessage {
 function decodeBinary(bytes: Uint8Array): PhxMessage {
   if (bytes.byteLength < 1) throw new ProtocolError("empty binary frame");
   const kind = bytes[0];
-  const read = (offset: number, length: number): string => {
-    if (offset + length > bytes.byteLength) throw new ProtocolError("binary frame truncated");
-    try {
-      return decoder.decode(bytes.subarray(offset, offset + length));
-    } catch {
-      throw new ProtocolError("binary frame field is not UTF-8");
+  // Both client frame kinds are: kind, N one-byte field lengths, (extra header bytes), the N fields as
+  // UTF-8 in order, then the payload bytes.
+  const readFields = (count: number, headerLength: number): { fields: string[]; rest: Uint8Array } => {
+    const fields: string[] = [];
+    let offset = headerLength;
+    for (let i = 0; i < count; i++) {
+      const length = bytes[1 + i];
+      if (offset + length > bytes.byteLength) throw new ProtocolError("binary frame truncated");
+      try {
+        fields.push(decoder.decode(bytes.subarray(offset, offset + length)));
+      } catch {
+        throw new ProtocolError("binary frame field is not UTF-8");
+      }
+      offset += length;
     }
+    return { fields, rest: bytes.slice(offset) };
   };
   if (kind === KIND_PUSH) {
     if (bytes.byteLength < 5) throw new ProtocolError("binary push header truncated");
-    const [joinRefLen, refLen, topicLen, eventLen] = [bytes[1], bytes[2], bytes[3], bytes[4]];
-    let offset = 5;
-    const joinRef = read(offset, joinRefLen);
-    offset += joinRefLen;
-    const ref = read(offset, refLen);
-    offset += refLen;
-    const topic = read(offset, topicLen);
-    offset += topicLen;
-    const event = read(offset, eventLen);
-    offset += eventLen;
-    return { joinRef: joinRef || null, ref: ref || null, topic, event, payload: bytes.slice(offset) };
+    const { fields: [joinRef, ref, topic, event], rest } = readFields(4, 5);
+    return { joinRef: joinRef || null, ref: ref || null, topic, event, payload: rest };
   }
   if (kind === KIND_USER_BROADCAST_PUSH) {
     if (bytes.byteLength < 7) throw new ProtocolError("user broadcast push header truncated");
-    const [joinRefLen, refLen, topicLen, eventLen, metaLen, encoding] = [
-      bytes[1],
-      bytes[2],
-      bytes[3],
-      bytes[4],
-      bytes[5],
-      bytes[6],
-    ];
-    let offset = 7;
-    const joinRef = read(offset, joinRefLen);
-    offset += joinRefLen;
-    const ref = read(offset, refLen);
-    offset += refLen;
-    const topic = read(offset, topicLen);
-    offset += topicLen;
-    const userEvent = read(offset, eventLen);
-    offset += eventLen;
-    const metaText = read(offset, metaLen);
-    offset += metaLen;
-    const body = bytes.slice(offset);
+    const encoding = bytes[6];
+    const { fields: [joinRef, ref, topic, userEvent, metaText], rest: body } = readFields(5, 7);
     let payload: unknown = body;
     if (encoding === ENCODING_JSON) {
       try {
