@@ -24,6 +24,8 @@ import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
 
 export const PUBLICATION = "readsync_realtime_messages";
+/** How often the reader reports its position unasked (pg_recvlogical's default is 10 s). */
+const STATUS_INTERVAL_MS = 1_000;
 
 /** A realtime.messages row as decoded from the WAL, typed as a `select` by postgres.js returns it. */
 export interface MessageRow {
@@ -99,6 +101,9 @@ export class WalReader {
   #closed: Promise<void> | null = null;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   #retryMs = 100;
+  /** Periodic standby status update, so the slot's confirmed position follows us between pings. */
+  #statusTimer: ReturnType<typeof setInterval> | undefined;
+  #reported = 0n;
   /** Last position whose messages were all handed over: what the server may discard. */
   #confirmed = 0n;
   #inTransaction = false;
@@ -137,6 +142,7 @@ export class WalReader {
   async close(): Promise<void> {
     this.#closing = true;
     clearTimeout(this.#reconnectTimer);
+    clearInterval(this.#statusTimer);
     this.#closed ??= (async () => {
       const stream = this.#stream;
       this.#stream = null;
@@ -184,6 +190,10 @@ export class WalReader {
     this.stats.replicationStarts++;
     this.#retryMs = 100;
     stream.on("data", (chunk: Buffer) => this.#onCopyData(chunk));
+    clearInterval(this.#statusTimer);
+    this.#statusTimer = setInterval(() => {
+      if (this.#confirmed > this.#reported) this.#sendFeedback();
+    }, STATUS_INTERVAL_MS);
     // An error without a listener would be thrown; the connection's close triggers the reconnect.
     stream.on("error", (error: Error) => this.#options.log?.({ event: "wal_error", error: String(error) }));
     this.#options.log?.({ event: "wal_streaming", slot, from: start });
@@ -191,6 +201,7 @@ export class WalReader {
 
   #onConnectionClosed(): void {
     this.#stream = null;
+    clearInterval(this.#statusTimer);
     if (this.#closing) return;
     this.#options.log?.({ event: "wal_disconnected", retryMs: this.#retryMs });
     this.#scheduleReconnect();
@@ -221,7 +232,11 @@ export class WalReader {
         const walEnd = x.readBigUInt64BE(1);
         if (walEnd > this.#confirmed) this.#confirmed = walEnd;
       }
-      this.#sendFeedback();
+      // Answer only when asked (and on the status timer). A walsender that has caught up pings
+      // whenever our reported position is behind its own, i.e. after every commit anywhere in the
+      // cluster; answering each ping made a ping-pong per commit that cost the database CPU under
+      // write load (docs/benchmarks.md, write path). Supabase Realtime answers only when asked too.
+      if (x[17] === 1) this.#sendFeedback();
     }
   }
 
@@ -287,6 +302,7 @@ export class WalReader {
     x.writeBigInt64BE(BigInt(Date.now() - Date.UTC(2000, 0, 1)) * 1000n, 25);
     x[33] = 0;
     stream.write(x);
+    this.#reported = this.#confirmed;
   }
 }
 
