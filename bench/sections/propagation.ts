@@ -18,7 +18,7 @@ const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Crowd {
-  report(): Promise<[number, { n: number; last: number }][]>;
+  report(): Promise<{ entries: [number, { n: number; last: number }][]; mismatches: number }>;
   stop(): Promise<void>;
 }
 
@@ -208,10 +208,13 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       }
       // The crowd: every device must get every update; when did the last one get it?
       let incomplete = 0;
+      let crowdMismatches = 0;
       if (crowd && !spread) {
         let report: [number, { n: number; last: number }][] = [];
         for (let attempt = 0; attempt < 40; attempt++) {
-          report = await crowd.report();
+          const answer = await crowd.report();
+          report = answer.entries;
+          crowdMismatches = answer.mismatches;
           const byChapter = new Map(report);
           incomplete = [...returned.keys()].filter((c) => (byChapter.get(c)?.n ?? 0) < devices - 2).length;
           if (incomplete === 0) break;
@@ -245,11 +248,12 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
         arrivedBeforeCallReturned: early,
         lostForDeviceB: lost,
         updatesNotReachingEveryDevice: incomplete,
+        crowdFramesOutOfStep: crowdMismatches,
         joinSeconds: Math.round(joinMs / 100) / 10,
       };
       ctx.log(
         `propagation n=${devices}: B p50 ${b.p50} p99 ${b.p99} ms after return; all devices p50 ${all.p50} p99 ` +
-          `${all.p99} ms; call p50 ${call.p50} ms; ${early} early, ${lost} lost, ${incomplete} incomplete`,
+          `${all.p99} ms; call p50 ${call.p50} ms; ${early} early, ${lost} lost, ${incomplete} incomplete, ${crowdMismatches} out of step`,
       );
       const label = spread
         ? `${devices} connected devices of ${devices} users (B alone on its topic)`
@@ -304,9 +308,10 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
         );
       }
       section.rows.push(...rows);
-      if (lost > 0 || incomplete > 0) {
+      if (lost > 0 || incomplete > 0 || crowdMismatches > 0) {
         section.notes.push(
-          `${label}: ${lost} updates never reached device B within 10 s; ${incomplete} did not reach every device.`,
+          `${label}: ${lost} updates never reached device B within 10 s; ${incomplete} did not reach every ` +
+            `device; ${crowdMismatches} crowd frames arrived out of step.`,
         );
       }
       section.notes.push(
