@@ -1,7 +1,8 @@
 // Runs the readsync stack (startLocalStack: PostgreSQL or SUPABASE_DB_URL, bootstrap, migrations,
 // API server or SUPABASE_URL) in its own process, so the benchmark's load generators never share an
 // event loop with the server they measure. Prints one `BENCH_READY <json>` line with the endpoints
-// and phase timings, then runs until stdin closes or it receives SIGTERM/SIGINT.
+// and phase timings, then runs until stdin closes or it receives SIGTERM/SIGINT. BENCH_DURABLE=1
+// starts PostgreSQL with its durable defaults (the write section's durable pass).
 
 import { runCleanups } from "../../local/stack/cleanup.ts";
 import { startLocalStack } from "../../local/stack/stack.ts";
@@ -14,7 +15,7 @@ const log = (line: string) => {
 };
 
 try {
-  const stack = await startLocalStack({ apiPort: 0, log });
+  const stack = await startLocalStack({ apiPort: 0, log, durable: Deno.env.get("BENCH_DURABLE") === "1" });
   const readyMs = performance.now() - t0;
   console.log(
     `BENCH_READY ${

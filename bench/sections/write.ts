@@ -9,7 +9,8 @@
 // variant sets the same settings (role = postgres, a no-op switch), so the only differences are the
 // table, its triggers and RLS.
 
-import { benchUidSql, ensureBenchUsers } from "../lib/db.ts";
+import { benchUidSql, connect, ensureBenchUsers } from "../lib/db.ts";
+import { spawnStack } from "../lib/stack.ts";
 import { type PgbenchResult, runPgbench } from "../lib/pgbench.ts";
 import { ratio, type Row, type SectionResult } from "../lib/report.ts";
 import type { Ctx } from "./context.ts";
@@ -234,15 +235,75 @@ export async function writeSection(ctx: Ctx): Promise<SectionResult> {
   await prepareWriteTables(ctx);
   if (ctx.stack.ownsDatabase) await installDirectSendTrigger(ctx);
   try {
-    return await measureWrites(ctx, section);
+    await measureWrites(ctx, section);
   } finally {
     if (ctx.stack.ownsDatabase) {
       await ctx.sql.unsafe(`drop trigger if exists bench_broadcast_direct on public.reading_progress`);
     }
   }
+  if (ctx.stack.ownsDatabase) await measureDurable(ctx, section);
+  return section;
 }
 
-async function measureWrites(ctx: Ctx, section: SectionResult): Promise<SectionResult> {
+/**
+ * The same comparison on a second throwaway stack whose PostgreSQL keeps its durable defaults
+ * (fsync, synchronous_commit and full_page_writes on), as a Supabase database runs: every commit
+ * waits for its WAL flush, bare and full alike (group commit shares flushes between clients).
+ * Bare, full path and the function only; the CPU-only pass above breaks the difference down.
+ * Against SUPABASE_DB_URL there is no second pass: that server's own settings are the ones measured.
+ */
+async function measureDurable(ctx: Ctx, section: SectionResult): Promise<void> {
+  ctx.log("write: durable pass (second stack, fsync + synchronous_commit on)");
+  const stack = await spawnStack({ BENCH_DURABLE: "1" });
+  const sql = connect(stack.dbUrl, { max: 2 });
+  const durable: Ctx = { ...ctx, stack, sql };
+  try {
+    await prepareWriteTables(durable);
+    await installDirectSendTrigger(durable);
+    const [{ settings }] = await sql<{ settings: string }[]>`
+      select string_agg(name || '=' || setting, ', ' order by name) as settings from pg_settings
+       where name in ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_writer_delay')`;
+    const list = variants(true, false).filter((v) => ["bare", "full", "function"].includes(v.id));
+    const details: Record<string, unknown> = {};
+    for (const clients of ctx.opts.writeClients) {
+      const res = await runVariants(durable, list, clients);
+      details[`c${clients}`] = res;
+      const plural = clients > 1 ? "s" : "";
+      for (const v of list) {
+        if (v.id === "bare") continue;
+        const r = ratio(res[v.id].tps, res.bare.tps);
+        section.rows.push({
+          metric: `durable commit: ${v.label}, ${clients} client${plural}`,
+          value: res[v.id].tps,
+          unit: "tps",
+          baseline: res.bare.tps,
+          baselineLabel: "bare, durable",
+          ratio: r,
+          target: "≥ 0.5× bare",
+          met: r == null ? null : r >= 0.5,
+        });
+        if (res[v.id].failed > 0) {
+          section.notes.push(
+            `durable ${v.label} at ${clients} clients: ${res[v.id].failed} failed transactions`,
+          );
+        }
+      }
+    }
+    section.details = {
+      ...(section.details as Record<string, unknown> | undefined),
+      durable: { settings, ...details },
+    };
+    section.notes.push(
+      `Durable commit rows: a second throwaway stack with PostgreSQL's (and Supabase's) durable defaults (${settings}), ` +
+        "same scripts, tables and run order; every commit waits for its WAL flush on this machine's disk.",
+    );
+  } finally {
+    await sql.end();
+    await stack.stop();
+  }
+}
+
+async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
   const [{ notify }] = await ctx.sql<{ notify: boolean }[]>`
     select exists (select 1 from pg_trigger where tgname = 'local_notify_message'
                    and tgrelid = 'realtime.messages'::regclass) as notify`;
@@ -330,5 +391,4 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<SectionR
       "commit cost is not disk-bound here, which makes the per-row CPU of triggers/RLS weigh more than on a durable server.",
   );
   section.details = details;
-  return section;
 }

@@ -54,6 +54,11 @@ async function ensureOsUser(): Promise<{ uid: number; gid: number }> {
 export interface StartOptions {
   port?: number;
   log?: (line: string) => void;
+  /**
+   * Keep PostgreSQL's durable defaults (fsync, synchronous_commit, full_page_writes on), as a
+   * Supabase database runs. Off by default: tests and the everyday stack want speed, not durability.
+   */
+  durable?: boolean;
 }
 
 export async function startPostgres(options: StartOptions = {}): Promise<LocalPostgres> {
@@ -111,20 +116,22 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     "max_connections=300",
     "-c",
     "shared_buffers=256MB",
+    "-c",
+    "log_min_messages=fatal",
     // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
     // With asynchronous commit, logical decoding only streams WAL once the WAL writer has flushed
     // it (every wal_writer_delay, 200 ms by default): 1 ms keeps the local Realtime endpoint's
     // delivery from the WAL (local/realtime/wal.ts) prompt without paying a flush per commit.
-    "-c",
-    "fsync=off",
-    "-c",
-    "synchronous_commit=off",
-    "-c",
-    "wal_writer_delay=1ms",
-    "-c",
-    "full_page_writes=off",
-    "-c",
-    "log_min_messages=fatal",
+    ...(options.durable ? [] : [
+      "-c",
+      "fsync=off",
+      "-c",
+      "synchronous_commit=off",
+      "-c",
+      "wal_writer_delay=1ms",
+      "-c",
+      "full_page_writes=off",
+    ]),
   ]);
   const child = new Deno.Command(server.cmd, { args: server.args, stdout: "null", stderr: "piped" }).spawn();
   const stderrChunks: string[] = [];

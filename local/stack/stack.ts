@@ -26,6 +26,8 @@ export interface LocalStackOptions {
   /** Database port when the stack starts its own PostgreSQL. 0 picks a free port. */
   dbPort?: number;
   log?: (line: string) => void;
+  /** Start PostgreSQL with its durable defaults (see startPostgres); the benchmark's durable pass. */
+  durable?: boolean;
 }
 
 export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
@@ -37,7 +39,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     dbUrl = externalDb;
     log(`database: SUPABASE_DB_URL (${new URL(externalDb).host})`);
   } else {
-    const pg = await startPostgres({ port: options.dbPort || undefined, log });
+    const pg = await startPostgres({ port: options.dbPort || undefined, log, durable: options.durable });
     dbUrl = pg.url;
     stopDb = pg.stop;
     log(`database: local PostgreSQL on port ${pg.port}`);
