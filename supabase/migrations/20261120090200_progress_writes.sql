@@ -46,20 +46,26 @@ grant usage on schema private to authenticated, service_role;
 
 -- The trigger's normalisation of updated_at (migration 012, reading_progress_stamp), as a function so
 -- the write path compares the same value the trigger will store. Keep both in step.
+-- plpgsql, not LANGUAGE sql: a SQL function with SET search_path is never inlined, and called from
+-- plpgsql its parsed and planned body lasted one transaction, so every write re-planned it; plpgsql
+-- keeps the expression's plan per session (docs/benchmarks.md, write path: the API's function).
+-- Replacing a function's language keeps its grants.
 create or replace function private.reading_progress_normalize_updated_at(p_updated_at timestamptz)
 returns timestamptz
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select pg_catalog.date_trunc(
+begin
+  return pg_catalog.date_trunc(
     'milliseconds',
     case
       when p_updated_at is null or p_updated_at > pg_catalog.now() + interval '5 seconds'
         then pg_catalog.now()
       else p_updated_at
     end
-  )
+  );
+end;
 $$;
 revoke all on function private.reading_progress_normalize_updated_at(timestamptz) from public, anon;
 grant execute on function private.reading_progress_normalize_updated_at(timestamptz) to authenticated, service_role;
