@@ -3,8 +3,9 @@
 --
 -- * public.write_reading_progress(...)         one write. SECURITY INVOKER, so RLS on reading_progress
 --   stays in force; the user is auth.uid(), never a parameter. The decision is one
---   INSERT ... ON CONFLICT DO UPDATE WHERE (incoming key) > (stored key), run while the stored row is
---   locked, so it compares against the newest committed version and concurrent writers serialise.
+--   UPDATE ... WHERE (incoming key) > (stored key), run on the stored row after SELECT ... FOR UPDATE
+--   locked it, so it compares against the newest committed version and concurrent writers serialise
+--   (no row yet: INSERT ... ON CONFLICT DO NOTHING, and a lost insert race locks the winner's row).
 --   Returns {won, conflict, conflict_with, progress}: a losing device gets the current row at once
 --   and converges.
 -- * public.write_reading_progress_batch(jsonb) 1..100 writes in one call, each resolved on its own.
@@ -245,19 +246,19 @@ begin
     end if;
   end loop;
 
-  -- The decision: last write wins on (updated_at, device_id), in one statement.
-  insert into public.reading_progress as rp
-    (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
-  values
-    (v_uid, p_series_id, p_chapter, p_page, p_percentage, coalesce(p_cleared, false), p_device_id, v_key)
-  on conflict (user_id, series_id) do update
-    set chapter = excluded.chapter,
-        page = excluded.page,
-        percentage = excluded.percentage,
-        cleared = excluded.cleared,
-        device_id = excluded.device_id,
-        updated_at = excluded.updated_at
-    where (excluded.updated_at, excluded.device_id collate "C") > (rp.updated_at, rp.device_id collate "C")
+  -- The decision: last write wins on (updated_at, device_id), in one statement, against the row
+  -- locked above. A plain UPDATE, not INSERT ... ON CONFLICT: the row exists and cannot go away
+  -- (a DELETE waits for our lock), and an upsert would first run the INSERT half for nothing (the
+  -- BEFORE INSERT trigger, the insert policy and the checks on the would-be new row).
+  update public.reading_progress as rp
+    set chapter = p_chapter,
+        page = p_page,
+        percentage = p_percentage,
+        cleared = coalesce(p_cleared, false),
+        device_id = p_device_id,
+        updated_at = v_key
+    where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
+      and (v_key, p_device_id collate "C") > (rp.updated_at, rp.device_id collate "C")
   returning rp.* into v_row;
 
   if found then
