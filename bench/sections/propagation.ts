@@ -9,6 +9,7 @@
 import { createClient } from "@supabase/supabase-js";
 import { benchUserTokens } from "../lib/db.ts";
 import { Histogram } from "../lib/histogram.ts";
+import { loopbackFanoutFloor } from "../lib/loopback.ts";
 import { ratio, type Row, type SectionResult } from "../lib/report.ts";
 import type { Ctx } from "./context.ts";
 
@@ -16,6 +17,8 @@ const USER = 0x400001;
 const ROOT = new URL("../../", import.meta.url).pathname;
 const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** About the size of one progress broadcast frame (vsn 2.0.0 binary: topic, event, meta, JSON payload). */
+const FLOOR_FRAME_BYTES = 900;
 
 interface Crowd {
   report(): Promise<{ entries: [number, { n: number; last: number }][]; mismatches: number }>;
@@ -323,6 +326,34 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       await leaveB?.();
       await crowd?.stop();
       await leaveFirst?.();
+    }
+  }
+  // The floor under the largest same-topic fan-out: the same number of loopback writes, no endpoint.
+  const bLast = (details[`n${maxDevices}`] as { deviceBFromReturn?: { p50: number } } | undefined)
+    ?.deviceBFromReturn?.p50;
+  if (maxDevices >= 100 && bLast !== undefined) {
+    const rounds = 20;
+    try {
+      const times = (await loopbackFanoutFloor(maxDevices, FLOOR_FRAME_BYTES, rounds)).sort((a, b) => a - b);
+      const p50 = Math.round(times[Math.floor((times.length - 1) / 2)] * 100) / 100;
+      details.loopbackFloorMs = times;
+      section.rows.push({
+        metric:
+          `  floor: one ${FLOOR_FRAME_BYTES}-byte write to each of ${maxDevices} loopback TCP sockets ` +
+          `(Deno, no WebSocket, no endpoint), p50 of ${rounds} rounds`,
+        value: p50,
+        unit: "ms",
+        baseline: bLast,
+        baselineLabel: `B p50, ${maxDevices} subscribed devices`,
+        ratio: ratio(p50, bLast),
+      });
+      section.notes.push(
+        `Floor row: what ${maxDevices} socket writes cost this machine before any Realtime work ` +
+          "(bench/lib/loopback.ts); the ratio is the share of device B's time (served last) that the writes alone " +
+          "take. A broadcast frame of a progress row is about this size.",
+      );
+    } catch (error) {
+      section.notes.push(`Floor row not measured: ${error instanceof Error ? error.message : error}`);
     }
   }
   section.notes.push(
