@@ -348,9 +348,11 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
         ratio: ratio(p50, bLast),
       });
       section.notes.push(
-        `Floor row: what ${maxDevices} socket writes cost this machine before any Realtime work ` +
-          "(bench/lib/loopback.ts); the ratio is the share of device B's time (served last) that the writes alone " +
-          "take. A broadcast frame of a progress row is about this size.",
+        `Floor row: the same number of socket writes from the same runtime with nothing else to do ` +
+          "(bench/lib/loopback.ts: one write per socket, all awaited together; receivers idle until the round ends). " +
+          "Ratio = floor ÷ device B's p50 (B is served last): about 1 means the fan-out costs what the writes alone " +
+          "cost; it can exceed 1, since awaiting every write adds a promise per socket that WebSocket.send does not. " +
+          "A broadcast frame of a progress row is about this size.",
       );
     } catch (error) {
       section.notes.push(`Floor row not measured: ${error instanceof Error ? error.message : error}`);
