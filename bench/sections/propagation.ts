@@ -334,8 +334,10 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
   if (maxDevices >= 100 && bLast !== undefined) {
     const rounds = 20;
     try {
-      const times = (await loopbackFanoutFloor(maxDevices, FLOOR_FRAME_BYTES, rounds)).sort((a, b) => a - b);
-      const p50 = Math.round(times[Math.floor((times.length - 1) / 2)] * 100) / 100;
+      const times = await loopbackFanoutFloor(maxDevices, FLOOR_FRAME_BYTES, rounds);
+      const floor = new Histogram();
+      for (const ms of times) floor.recordMs(ms);
+      const p50 = floor.summaryMs().p50;
       details.loopbackFloorMs = times;
       section.rows.push({
         metric:
