@@ -387,8 +387,17 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
     "The broadcast row is inherent (Supabase's realtime.send writes it in a subtransaction, so a Realtime problem never " +
       "fails the write). A 'local NOTIFY' variant appears only on a stack whose bootstrap still has the old NOTIFY " +
       "trigger on realtime.messages (NOTIFY serialises committers); the local Realtime endpoint now reads the WAL.",
-    "The throwaway cluster runs with fsync=off, synchronous_commit=off, full_page_writes=off (local/stack/postgres.ts): " +
-      "commit cost is not disk-bound here, which makes the per-row CPU of triggers/RLS weigh more than on a durable server.",
+  );
+  // What the server measured above really runs with (the throwaway cluster, or SUPABASE_DB_URL's own).
+  const [{ settings }] = await ctx.sql<{ settings: string }[]>`
+    select string_agg(name || '=' || setting, ', ' order by name) as settings from pg_settings
+     where name in ('fsync', 'synchronous_commit', 'full_page_writes')`;
+  const where = ctx.stack.ownsDatabase ? "the throwaway cluster, local/stack/postgres.ts" : "SUPABASE_DB_URL";
+  section.notes.push(
+    /=off/.test(settings)
+      ? `Rows without "durable commit" ran with ${settings} (${where}): commit cost is not disk-bound, which ` +
+        "makes the per-row CPU of triggers/RLS weigh more than on a durable server."
+      : `Rows without "durable commit" ran with ${settings} (${where}): every commit waits for its WAL flush.`,
   );
   section.details = details;
 }
