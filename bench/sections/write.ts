@@ -160,6 +160,14 @@ async function installDirectSendTrigger(ctx: Ctx): Promise<void> {
     alter table public.reading_progress disable trigger bench_broadcast_direct;`);
 }
 
+/** The server's settings that decide what a commit costs, as "name=value, …". */
+async function commitSettings(sql: Ctx["sql"]): Promise<string> {
+  const [{ settings }] = await sql<{ settings: string }[]>`
+    select string_agg(name || '=' || setting, ', ' order by name) as settings from pg_settings
+     where name in ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_writer_delay')`;
+  return settings;
+}
+
 export async function prepareWriteTables(ctx: Ctx): Promise<void> {
   const { sql } = ctx;
   await ensureBenchUsers(sql, 1, USERS);
@@ -260,9 +268,7 @@ async function measureDurable(ctx: Ctx, section: SectionResult): Promise<void> {
   try {
     await prepareWriteTables(durable);
     await installDirectSendTrigger(durable);
-    const [{ settings }] = await sql<{ settings: string }[]>`
-      select string_agg(name || '=' || setting, ', ' order by name) as settings from pg_settings
-       where name in ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_writer_delay')`;
+    const settings = await commitSettings(sql);
     const list = variants(true, false).filter((v) => ["bare", "full", "function"].includes(v.id));
     const details: Record<string, unknown> = {};
     for (const clients of ctx.opts.writeClients) {
@@ -389,9 +395,7 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
       "trigger on realtime.messages (NOTIFY serialises committers); the local Realtime endpoint now reads the WAL.",
   );
   // What the server measured above really runs with (the throwaway cluster, or SUPABASE_DB_URL's own).
-  const [{ settings }] = await ctx.sql<{ settings: string }[]>`
-    select string_agg(name || '=' || setting, ', ' order by name) as settings from pg_settings
-     where name in ('fsync', 'synchronous_commit', 'full_page_writes')`;
+  const settings = await commitSettings(ctx.sql);
   const where = ctx.stack.ownsDatabase ? "the throwaway cluster, local/stack/postgres.ts" : "SUPABASE_DB_URL";
   section.notes.push(
     /=off/.test(settings)
