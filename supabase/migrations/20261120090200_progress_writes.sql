@@ -2,9 +2,11 @@
 -- where it cannot race, i.e. inside the single statement that writes the row.
 --
 -- * public.write_reading_progress(...)         one write. SECURITY INVOKER, so RLS on reading_progress
---   stays in force; the user is auth.uid(), never a parameter. The decision is one
---   UPDATE ... WHERE (incoming key) > (stored key), run on the stored row after SELECT ... FOR UPDATE
---   locked it, so it compares against the newest committed version and concurrent writers serialise
+--   stays in force; the user is auth.uid(), never a parameter. A strictly newer updated_at (the
+--   common case) is decided and written by one UPDATE ... WHERE stored updated_at < incoming; else
+--   the decision is UPDATE ... WHERE (incoming key) > (stored key), run on the stored row after
+--   SELECT ... FOR UPDATE locked it. Both compare against the newest committed version (an UPDATE
+--   re-checks its WHERE after waiting for a concurrent writer) and concurrent writers serialise
 --   (no row yet: INSERT ... ON CONFLICT DO NOTHING, and a lost insert race locks the winner's row).
 --   Returns {won, conflict, conflict_with, progress}: a losing device gets the current row at once
 --   and converges.
@@ -223,7 +225,27 @@ begin
     raise exception using errcode = '42501', message = 'write_reading_progress: no authenticated user';
   end if;
 
-  -- Lock the stored version first. The upsert below then decides against exactly this version
+  -- The common case first: a write with a strictly newer updated_at than the stored one replaces
+  -- it, and nothing is logged (ordinary progress, not a conflict), so one UPDATE decides and writes.
+  -- Under READ COMMITTED an UPDATE that meets a concurrently changed row waits for that writer and
+  -- re-checks its WHERE against the committed version, so this compares against the newest row.
+  update public.reading_progress as rp
+    set chapter = p_chapter,
+        page = p_page,
+        percentage = p_percentage,
+        cleared = coalesce(p_cleared, false),
+        device_id = p_device_id,
+        updated_at = v_key
+    where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
+      and rp.updated_at < v_key
+  returning rp.* into v_row;
+  if found then
+    return pg_catalog.jsonb_build_object(
+      'won', true, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_row));
+  end if;
+
+  -- Everything else (no row yet, the same millisecond, a replay, an older write) needs the stored
+  -- version itself, so lock it first. The UPDATE below then decides against exactly this version
   -- (nobody can change it until we commit), and when it replaces a write of the same millisecond we
   -- still know which one: that write lost a tie and is logged. (RETURNING shows only the new row
   -- in PostgreSQL 15.) No row yet: insert; if a concurrent writer inserted it first, lock theirs.

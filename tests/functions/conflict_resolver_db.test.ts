@@ -236,3 +236,81 @@ Deno.test("many parallel writers on one series over HTTP end with the resolver's
     await sql.end();
   }
 });
+
+/**
+ * The write's lock-free first step (one UPDATE ... WHERE stored updated_at < incoming) must compare
+ * against the version that is current when it finally gets the row, not the one it first saw: a
+ * write that waits behind another writer's uncommitted, even newer write has to lose to it (and be
+ * logged), and one that waits behind an older-but-still-newer-than-stored write has to win after it.
+ * Held open deterministically: connection A writes in a transaction it has not committed; B's write
+ * is sent and must be seen waiting on A's row lock before A commits.
+ */
+Deno.test("a write that waited for another writer's lock is decided against the version that writer committed", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const waiter = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const send = overStore(waiter);
+  const at = (ms: number) => new Date(BASE + ms).toISOString();
+  try {
+    for (
+      const c of [
+        {
+          held: { updated_at: at(3000), device_id: "a", chapter: 3 },
+          waiting: { updated_at: at(2000), device_id: "b", chapter: 2 },
+          waiterWins: false,
+        },
+        {
+          held: { updated_at: at(2000), device_id: "a", chapter: 2 },
+          waiting: { updated_at: at(3000), device_id: "b", chapter: 3 },
+          waiterWins: true,
+        },
+      ]
+    ) {
+      const series = seriesId("wait");
+      await send(user, series, { updated_at: at(1000), device_id: "a", chapter: 1 });
+      const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let holding!: () => void;
+      const held = new Promise<void>((resolve) => (holding = resolve));
+      const holderTx = holder.begin(async (tx) => {
+        await tx`select set_config('role', 'authenticated', true),
+          set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
+        const [{ answer }] =
+          await tx`select public.write_reading_progress(${series}, ${c.held.chapter}, 0, 0, false,
+          ${c.held.device_id}, ${c.held.updated_at}::timestamptz) as answer`;
+        assert.equal(answer.won, true);
+        holding();
+        await released;
+      });
+      await held;
+      const waiting = send(user, series, c.waiting);
+      // B is blocked on A's row lock (not yet decided) before A commits.
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const [{ blocked }] = await sql`select count(*)::int as blocked from pg_catalog.pg_stat_activity
+          where ${holderPid} = any(pg_catalog.pg_blocking_pids(pid))`;
+        if (blocked > 0) break;
+        assert.ok(Date.now() < deadline, "the second write never waited for the first one's lock");
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      release();
+      await holderTx;
+      const answer = await waiting;
+      const winner = c.waiterWins ? c.waiting : c.held;
+      assert.equal(answer.won, c.waiterWins);
+      assert.equal(keyOf(answer.progress), keyOf(winner), "the answer carries the committed winner");
+      const state = await stateOf(sql, user.id, series);
+      assert.deepEqual(state.row, { key: keyOf(winner), chapter: winner.chapter });
+      assert.deepEqual(
+        state.log,
+        c.waiterWins
+          ? []
+          : [{ kind: "stale", rejected: true, losing: keyOf(c.waiting), winning: keyOf(c.held) }],
+      );
+    }
+  } finally {
+    await Promise.all([holder.end(), waiter.end(), sql.end()]);
+  }
+});
