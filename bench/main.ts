@@ -10,6 +10,7 @@
 //                                         full run, i.e. without --quick and --only)
 //
 // Environment: BENCH_READ_ROWS="1000000,10000000", BENCH_PGBENCH_SECONDS, BENCH_PGBENCH_REPEATS,
+// BENCH_PAIRED_ROUNDS, BENCH_PAIRED_SECONDS,
 // BENCH_LATENCY_SECONDS, BENCH_PROPAGATION_DEVICES="1,100,1000", BENCH_PROPAGATION_UPDATES.
 // SUPABASE_DB_URL / SUPABASE_URL (+ keys) point the benchmark at another stack, as for `npm test`.
 //
@@ -47,6 +48,8 @@ const opts: Options = {
   readRows: envList("BENCH_READ_ROWS", quick ? [100_000] : [1_000_000, 10_000_000]).sort((a, b) => a - b),
   pgbenchSeconds: envNum("BENCH_PGBENCH_SECONDS", quick ? 3 : 8),
   pgbenchRepeats: envNum("BENCH_PGBENCH_REPEATS", quick ? 1 : 2),
+  pairedRounds: envNum("BENCH_PAIRED_ROUNDS", quick ? 2 : 5),
+  pairedSeconds: envNum("BENCH_PAIRED_SECONDS", quick ? 3 : 5),
   writeClients: [1, 4, 16],
   latencyClients: [1, 8, 32],
   latencySeconds: envNum("BENCH_LATENCY_SECONDS", quick ? 2 : 6),

@@ -38,6 +38,14 @@ export interface Report {
   sections: SectionResult[];
 }
 
+/** The middle value (the mean of the middle two for an even count); NaN for none. */
+export const median = (xs: number[]): number => {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+};
+
 export const ratio = (value: number | null | undefined, baseline: number | null | undefined) =>
   value == null || baseline == null || !Number.isFinite(value) || !Number.isFinite(baseline) || baseline === 0
     ? null

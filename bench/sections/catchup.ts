@@ -6,7 +6,7 @@
 
 import postgres from "postgres";
 import { benchUserTokens } from "../lib/db.ts";
-import { ratio, type SectionResult } from "../lib/report.ts";
+import { median, ratio, type SectionResult } from "../lib/report.ts";
 import type { Ctx } from "./context.ts";
 
 const USER = 0x300001;
@@ -18,11 +18,6 @@ interface ChangesPage {
   next_cursor: string;
   has_more: boolean;
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-};
 
 export async function catchupSection(ctx: Ctx): Promise<SectionResult> {
   const { stack } = ctx;

@@ -10,6 +10,9 @@ export interface Options {
   /** pgbench seconds per run, and runs per variant (ABAB... order). */
   pgbenchSeconds: number;
   pgbenchRepeats: number;
+  /** Write targets: interleaved rounds of bare / full path / function, and pgbench seconds per run. */
+  pairedRounds: number;
+  pairedSeconds: number;
   writeClients: number[];
   latencyClients: number[];
   latencySeconds: number;

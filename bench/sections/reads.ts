@@ -12,7 +12,7 @@
 
 import postgres from "postgres";
 import { benchUidSql, benchUserId } from "../lib/db.ts";
-import { ratio, type Row, type SectionResult } from "../lib/report.ts";
+import { median, ratio, type Row, type SectionResult } from "../lib/report.ts";
 import type { Ctx } from "./context.ts";
 
 /** Bench user numbers of this section (the write section uses 1..1000). */
@@ -73,10 +73,6 @@ function mainChain(plan: PlanNode): string[] {
 }
 
 const buffersOf = (plan: PlanNode) => (plan["Shared Hit Blocks"] ?? 0) + (plan["Shared Read Blocks"] ?? 0);
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-};
 
 async function loadRows(ctx: Ctx, target: number, state: { fillerUsers: number }): Promise<number> {
   const { sql, log } = ctx;

@@ -2,15 +2,11 @@
 // the whole `npm test` time.
 
 import { startPostgres } from "../../local/stack/postgres.ts";
-import { ratio, type SectionResult } from "../lib/report.ts";
+import { median, ratio, type SectionResult } from "../lib/report.ts";
 import { type BenchStack, spawnStack } from "../lib/stack.ts";
 import type { Options } from "./context.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 /** Starts the stack (the last of N cold starts stays up for the other sections). */
 export async function coldStartSection(
