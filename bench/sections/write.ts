@@ -196,21 +196,26 @@ async function between(ctx: Ctx): Promise<void> {
 
 type Averaged = PgbenchResult & { runs: number[] };
 
+/** One pgbench run of a variant from the same starting point (its triggers set, tables vacuumed). */
+async function runOnce(ctx: Ctx, v: Variant, clients: number, seconds: number): Promise<PgbenchResult> {
+  if (ctx.stack.ownsDatabase) await setTriggers(ctx, v.triggers);
+  await between(ctx);
+  return await runPgbench({
+    dbUrl: ctx.stack.dbUrl,
+    script: v.script,
+    clients,
+    seconds,
+    vars: { users: USERS, series: SERIES },
+  });
+}
+
 async function runVariants(ctx: Ctx, list: Variant[], clients: number): Promise<Record<string, Averaged>> {
   const runs: Record<string, PgbenchResult[]> = Object.fromEntries(list.map((v) => [v.id, []]));
   try {
     for (let r = 0; r < ctx.opts.pgbenchRepeats; r++) {
       // A B C ..., then ... C B A: drift on a shared machine hits every variant alike.
       for (const v of r % 2 === 0 ? list : [...list].reverse()) {
-        if (ctx.stack.ownsDatabase) await setTriggers(ctx, v.triggers);
-        await between(ctx);
-        const result = await runPgbench({
-          dbUrl: ctx.stack.dbUrl,
-          script: v.script,
-          clients,
-          seconds: ctx.opts.pgbenchSeconds,
-          vars: { users: USERS, series: SERIES },
-        });
+        const result = await runOnce(ctx, v, clients, ctx.opts.pgbenchSeconds);
         ctx.log(`write ${v.id} c=${clients}: ${result.tps.toFixed(0)} tps (avg ${result.latencyAvgMs} ms)`);
         runs[v.id].push(result);
       }
@@ -256,15 +261,7 @@ async function runPaired(ctx: Ctx, list: Variant[], clients: number): Promise<Pa
     for (let r = 0; r < ctx.opts.pairedRounds; r++) {
       const k = r % list.length;
       for (const v of [...list.slice(k), ...list.slice(0, k)]) {
-        if (ctx.stack.ownsDatabase) await setTriggers(ctx, v.triggers);
-        await between(ctx);
-        const result = await runPgbench({
-          dbUrl: ctx.stack.dbUrl,
-          script: v.script,
-          clients,
-          seconds: ctx.opts.pairedSeconds,
-          vars: { users: USERS, series: SERIES },
-        });
+        const result = await runOnce(ctx, v, clients, ctx.opts.pairedSeconds);
         ctx.log(
           `write round ${r + 1}/${ctx.opts.pairedRounds} ${v.id} c=${clients}: ${result.tps.toFixed(0)} tps`,
         );
