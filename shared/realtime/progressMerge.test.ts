@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { backoffCeiling, fullJitterDelay } from "./backoff.ts";
 import { defaultCompareRows, defaultParseRow } from "./progressContract.ts";
-import { type LwwRow, ProgressMergeState } from "./progressMerge.ts";
+import { compareServerVersions, type LwwRow, ProgressMergeState } from "./progressMerge.ts";
 
 const row = (series_id: string, ms: number, device_id = "d1"): LwwRow => ({
   series_id,
@@ -40,6 +40,88 @@ Deno.test("merge: deletes apply to the version they deleted, never resurrect, ne
   assert.equal(state.merge("upsert", row("a", 20)), "applied", "a newer write after the delete");
   assert.equal(state.merge("delete", row("a", 15)), "stale", "deleting an older version");
   assert.equal(state.get("a")?.updated_at, row("a", 20).updated_at);
+});
+
+/** A server version: `life` = when this life of the row was inserted (ms after the epoch above). */
+const lived = (series_id: string, life: number, ms: number, device_id = "d1"): LwwRow => ({
+  ...row(series_id, ms, device_id),
+  created_at: new Date(1_700_000_000_000 + life).toISOString(),
+});
+
+Deno.test("merge: after a hard DELETE the next insert is a new life and applies even with an older updated_at", () => {
+  const state = new ProgressMergeState<LwwRow>(defaultCompareRows);
+  const firstLife = lived("a", 0, 100);
+  state.merge("upsert", firstLife);
+  assert.equal(state.merge("delete", firstLife), "applied");
+  // An e-reader back from a week offline writes its old position; the server inserts it (no row).
+  const secondLife = lived("a", 500, 20, "ereader");
+  assert.equal(state.merge("upsert", secondLife), "applied", "the server has it, so must every device");
+  assert.deepEqual(state.get("a"), secondLife);
+  assert.equal(state.merge("upsert", firstLife), "stale", "a late copy of the first life");
+  assert.equal(state.merge("delete", firstLife), "stale", "a late delete of the first life");
+  assert.equal(
+    state.merge("upsert", lived("a", 500, 30)),
+    "applied",
+    "last-write-wins within the second life",
+  );
+  assert.equal(state.merge("upsert", lived("a", 500, 25)), "stale");
+  // Delivered the other way round (catch-up returned the second life before the broadcasts of the
+  // first arrived): the first life never shows.
+  const late = new ProgressMergeState<LwwRow>(defaultCompareRows);
+  assert.equal(late.merge("upsert", secondLife), "applied");
+  assert.equal(late.merge("upsert", firstLife), "stale");
+  assert.equal(late.merge("delete", firstLife), "stale");
+  assert.deepEqual(late.get("a"), secondLife);
+  // Pending writes carry no created_at: ordered by last-write-wins only.
+  assert.ok(compareServerVersions(defaultCompareRows)(row("a", 30), secondLife) > 0);
+});
+
+Deno.test("merge: server histories with hard deletes and re-inserts converge in any delivery order", () => {
+  // A model of the server: writes win by last-write-wins within a life; a hard DELETE ends the life;
+  // the next write starts a new one whatever its updated_at. Every event is delivered at least once,
+  // in any order, some twice; the device must end where the server ended.
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.oneof(
+          fc.record({
+            op: fc.constant("write" as const),
+            t: fc.integer({ min: 0, max: 30 }),
+            d: fc.constantFrom("d1", "d2"),
+          }),
+          fc.record({ op: fc.constant("delete" as const) }),
+        ),
+        { minLength: 1, maxLength: 25 },
+      ),
+      fc.infiniteStream(fc.double({ min: 0, max: 1, noNaN: true })),
+      (ops, noise) => {
+        const events: { kind: "upsert" | "delete"; row: LwwRow }[] = [];
+        let current: LwwRow | null = null;
+        let life = 0;
+        for (const op of ops) {
+          if (op.op === "delete") {
+            if (current) events.push({ kind: "delete", row: current });
+            current = null;
+            continue;
+          }
+          if (current === null) life += 10; // a new life, inserted later than the last one
+          const candidate = lived("s", life, op.t, op.d);
+          if (current !== null && defaultCompareRows(candidate, current) <= 0) continue; // lost
+          current = candidate;
+          events.push({ kind: "upsert", row: candidate });
+        }
+        const random = noise[Symbol.iterator]();
+        const next = () => random.next().value as number;
+        const deliveries = [...events, ...events.filter(() => next() < 0.3)]
+          .map((e) => ({ e, key: next() }))
+          .sort((x, y) => x.key - y.key)
+          .map((x) => x.e);
+        const state = new ProgressMergeState<LwwRow>(defaultCompareRows);
+        for (const { kind, row } of deliveries) state.merge(kind, row);
+        assert.deepEqual(state.get("s"), current ?? undefined);
+      },
+    ),
+  );
 });
 
 Deno.test("merge: any order and any duplication of versions ends at the newest, applied strictly increasing", () => {

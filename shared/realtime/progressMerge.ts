@@ -10,11 +10,39 @@
 // A hard DELETE (readsync normally clears progress with a `cleared` tombstone row instead) carries
 // the deleted version as `old_record`: it applies unless a newer version has been seen, and it is
 // remembered so that a late copy of the deleted version cannot bring the row back.
+//
+// Last-write-wins orders the versions of ONE row's life only. After a hard DELETE the series has no
+// row, so the next write (say an e-reader back from a week offline) is inserted whatever its
+// updated_at, and the server keeps it: a new life of the row, possibly with an OLDER updated_at than
+// the deleted version. Judged by updated_at alone, every device that saw the delete would drop it
+// and disagree with the server for good. So versions are ordered by their row's life first
+// (created_at: set by the stamp trigger when the row is inserted, kept by every update, never
+// written by clients), then by last-write-wins within one life. The order then follows the
+// server's history in every case, and any delivery order converges on the server's last version.
+// Rows without created_at (and lives begun within the same millisecond) fall back to updated_at.
 
 export interface LwwRow {
   series_id: string;
   updated_at: string;
   device_id: string;
+  /** When this life of the row began (server rows always carry it; pending writes do not). */
+  created_at?: string;
+}
+
+/**
+ * Order of two server versions of a row: the later life first (created_at), then `compare` (the
+ * last-write-wins order) within one life. 0 from the first step when either row lacks created_at.
+ */
+export function compareServerVersions<Row extends LwwRow>(
+  compare: (a: Row, b: Row) => number,
+): (a: Row, b: Row) => number {
+  return (a, b) => {
+    if (a.created_at !== undefined && b.created_at !== undefined) {
+      const life = Date.parse(a.created_at) - Date.parse(b.created_at);
+      if (life !== 0 && Number.isFinite(life)) return life;
+    }
+    return compare(a, b);
+  };
 }
 
 export type ChangeKind = "upsert" | "delete";
@@ -32,8 +60,9 @@ export class ProgressMergeState<Row extends LwwRow> {
   #compare: (a: Row, b: Row) => number;
   #maxRecentIds: number;
 
+  /** `compare`: the last-write-wins order within one life of a row (see compareServerVersions). */
   constructor(compare: (a: Row, b: Row) => number, { maxRecentIds = 2048 } = {}) {
-    this.#compare = compare;
+    this.#compare = compareServerVersions(compare);
     this.#maxRecentIds = maxRecentIds;
   }
 

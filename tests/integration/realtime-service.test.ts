@@ -85,6 +85,32 @@ Deno.test({
     }
     assert.equal(service.stats().invalid, stats.invalid + 3);
     assert.equal(changes.filter((c) => c.row.series_id === "frieren").length, 3);
+
+    // After the hard DELETE a device that was offline writes its old position: the series has no
+    // row, so the server inserts it (a new life of the row) although its updated_at is older than
+    // the deleted version's. B must follow the server, not drop it as stale.
+    await writeProgress(sql, a.id, {
+      series_id: "frieren",
+      chapter: 7,
+      device_id: "ereader",
+      updated_at: new Date(t0 - 5_000).toISOString(),
+    });
+    await waitFor(
+      "the re-inserted frieren",
+      () => changes.filter((c) => c.row.series_id === "frieren").length === 4,
+    );
+    const reinserted = changes.filter((c) => c.row.series_id === "frieren")[3];
+    assert.deepEqual([reinserted.kind, reinserted.row.chapter, reinserted.row.device_id], [
+      "upsert",
+      7,
+      "ereader",
+    ]);
+    assert.ok(Date.parse(reinserted.row.created_at) > Date.parse(frieren[0].row.created_at));
+    // A late copy of the first life (a redelivered broadcast, an old poll page) stays stale.
+    assert.equal(
+      service.handleProgressUpdate({ operation: "UPDATE", record: { ...frieren[1].row }, old_record: null }),
+      null,
+    );
   } finally {
     await sub.unsubscribe();
     await service.close();

@@ -22,7 +22,8 @@ function write(series: string, at: string, device: string, chapter: number): Pen
   };
 }
 
-function row(series: string, at: string, device: string, chapter: number): Progress {
+/** A server row; `life` = when this life of the row was inserted (one life unless a test says so). */
+function row(series: string, at: string, device: string, chapter: number, life = LIFE): Progress {
   return {
     user_id: USER,
     series_id: series,
@@ -34,7 +35,7 @@ function row(series: string, at: string, device: string, chapter: number): Progr
     updated_at: at,
     synced_at: at,
     change_xid: "1",
-    created_at: at,
+    created_at: life,
   };
 }
 
@@ -60,6 +61,7 @@ class MemoryStorage implements Storage {
   }
 }
 
+const LIFE = "2026-11-25T09:00:00.000Z";
 const T1 = "2026-11-25T10:00:00.000Z";
 const T2 = "2026-11-25T10:00:01.000Z";
 const T3 = "2026-11-25T10:00:02.000Z";
@@ -189,4 +191,17 @@ Deno.test("a corrupt saved outbox is dropped, not thrown", () => {
   const store = new SyncStore(USER, defaultCompareRows);
   store.attachStorage(storage);
   assert.equal(store.pendingWrites().length, 0);
+});
+
+Deno.test("a row inserted after a hard DELETE replaces the old one even with an older updated_at", () => {
+  // The page was rendered with the first life of the row; meanwhile it was hard-deleted and an
+  // e-reader back from offline wrote an older position, which the server inserted (a new life).
+  // The catch-up delivers that row: the device must show what the server has.
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.seed([row("saga", T3, "phone", 9)]);
+  const secondLife = row("saga", T1, "ereader", 4, "2026-11-25T11:00:00.000Z");
+  assert.equal(store.applyServerRow(secondLife), true);
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 4);
+  assert.equal(store.applyServerRow(row("saga", T3, "phone", 9)), false, "a late copy of the first life");
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 4);
 });

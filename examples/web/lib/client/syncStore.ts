@@ -11,6 +11,7 @@
 // the same order the server applies, so the optimistic view already shows the eventual winner.
 
 import type { WriteResult } from "@shared/progress/types.ts";
+import { compareServerVersions } from "@shared/realtime/progressMerge.ts";
 import type { ProgressRow } from "./types.ts";
 
 export interface PendingWrite {
@@ -71,8 +72,11 @@ export class SyncStore {
   #version = 0;
 
   #storage: Storage | null = null;
+  /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
+  readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
   constructor(readonly userId: string, readonly compare: Compare) {
+    this.#serverOrder = compareServerVersions<ProgressRow>(compare);
     this.#snapshot = this.#build();
   }
 
@@ -158,7 +162,9 @@ export class SyncStore {
 
   #mergeConfirmed(row: ProgressRow): boolean {
     const current = this.#confirmed.get(row.series_id);
-    if (current && this.compare(current, row) >= 0) return false;
+    // Server rows: a row inserted after a hard DELETE is newer whatever its updated_at (see
+    // shared/realtime/progressMerge.ts).
+    if (current && this.#serverOrder(current, row) >= 0) return false;
     this.#confirmed.set(row.series_id, row);
     return true;
   }
