@@ -5,9 +5,10 @@
 //
 //   RealtimeService (shared/)   live updates on progress:<userId>; catch-up and polling
 //   SyncStore                   what this device shows: confirmed rows + its own pending writes
-//   outbox flush                optimistic writes go to the progress function; offline they wait
-//                               in localStorage and are sent on reconnect with their original
-//                               updated_at, so last-write-wins picks the right winner
+//   outbox flush                optimistic writes go to the progress function in batches
+//                               (lib/client/outbox.ts); offline they wait in localStorage and are
+//                               sent on reconnect with their original updated_at, so
+//                               last-write-wins picks the right winner
 //   status                      live / polling / offline (the browser's offline flag wins)
 
 import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
@@ -15,6 +16,7 @@ import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
 import { isRetryable, progressApi, type ProgressApi, userClient } from "@/lib/progressClient.ts";
+import { flushOutbox } from "@/lib/client/outbox.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
 
@@ -95,27 +97,17 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     });
     const offToken = tokens.onChange((token) => void service.setAccessToken(token));
 
-    // ---- outbox flush: one at a time, oldest series first; stops at the first network failure.
+    // ---- outbox flush: in batches, stops at the first retryable failure (lib/client/outbox.ts).
     let flushing = false;
     let again = false;
     let disposed = false;
-    async function flushOnce(): Promise<void> {
-      for (const write of store.pendingWrites()) {
-        if (disposed) return;
-        try {
-          store.settle(write, await api.updateProgress(write));
-        } catch (error) {
-          const message = error instanceof Error ? error.message : String(error);
-          if (error instanceof SignedOutError) return;
-          if (isRetryable(error)) {
-            if ((error as { status?: number }).status === 401) await tokens.refresh().catch(() => {});
-            store.setError(null);
-            return; // try again on reconnect / the retry timer
-          }
-          store.reject(write, `Could not save ${write.series_id}: ${message}`);
-        }
-      }
-    }
+    const flushOnce = () =>
+      flushOutbox(store, api, {
+        isRetryable,
+        isSignedOut: (error) => error instanceof SignedOutError,
+        refreshToken: () => tokens.refresh().then(() => {}),
+        isDisposed: () => disposed,
+      });
     function flush(): void {
       if (flushing) {
         again = true;

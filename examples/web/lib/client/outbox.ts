@@ -1,0 +1,85 @@
+// Sending the outbox: this device's unacknowledged writes (one per series, the newest) go to the
+// API in batches (POST /progress/batch, up to PROGRESS_LIMITS.batchMax writes per request), so a
+// device back from a week offline with edits in 40 series makes one request, not 40. Each answer
+// settles its write in the SyncStore (won, or lost to which version).
+//
+// Failures, per batch:
+//   - retryable (no network, 5xx, 429, an expired token): stop, keep everything; the caller tries
+//     again on reconnect or its timer. A 401 refreshes the token first.
+//   - signed out: stop.
+//   - refused (4xx: one write the API will never take): that batch is sent again one write at a
+//     time, so the refused write is dropped with a message and the others are still saved.
+// Framework-free so it can be tested against the real API without React (tests/web/outbox.test.ts).
+
+import type { ProgressWriteInput } from "@shared/progress/schemas.ts";
+import { PROGRESS_LIMITS, type WriteResult } from "@shared/progress/types.ts";
+import type { PendingWrite, SyncStore } from "./syncStore.ts";
+
+export interface OutboxTransport {
+  updateProgress(write: ProgressWriteInput): Promise<WriteResult>;
+  updateProgressBatch(writes: ProgressWriteInput[]): Promise<WriteResult[]>;
+}
+
+export interface OutboxOptions {
+  isRetryable(error: unknown): boolean;
+  /** The session is gone (the caller has already sent the reader to sign in): stop quietly. */
+  isSignedOut(error: unknown): boolean;
+  /** Called before giving up on a 401, so the next attempt carries a fresh token. */
+  refreshToken(): Promise<void>;
+  /** True once the owner is gone (unmounted): stop between requests. */
+  isDisposed(): boolean;
+  batchSize?: number;
+}
+
+type Outcome = "sent" | "retry later" | "refused";
+
+/** Sends every pending write; resolves when done or when it stopped at a retryable failure. */
+export async function flushOutbox(store: SyncStore, api: OutboxTransport, options: OutboxOptions): Promise<void> {
+  const size = Math.min(options.batchSize ?? PROGRESS_LIMITS.batchMax, PROGRESS_LIMITS.batchMax);
+  const pending = store.pendingWrites();
+  // Refused writes are dropped at the end: every settled write clears the store's error, and the
+  // reader must still see which write could not be saved.
+  const refused: { write: PendingWrite; message: string }[] = [];
+  try {
+    for (let i = 0; i < pending.length; i += size) {
+      if (options.isDisposed()) return;
+      const batch = pending.slice(i, i + size);
+      const outcome = await attempt(store, options, batch, () => api.updateProgressBatch(batch), refused);
+      if (outcome === "retry later") return;
+      if (outcome === "refused") {
+        for (const write of batch) {
+          if (options.isDisposed()) return;
+          const one = await attempt(store, options, [write], async () => [await api.updateProgress(write)], refused);
+          if (one === "retry later") return;
+        }
+      }
+    }
+  } finally {
+    for (const { write, message } of refused) store.reject(write, message);
+  }
+}
+
+async function attempt(
+  store: SyncStore,
+  options: OutboxOptions,
+  writes: PendingWrite[],
+  send: () => Promise<WriteResult[]>,
+  refused: { write: PendingWrite; message: string }[],
+): Promise<Outcome> {
+  try {
+    const results = await send();
+    writes.forEach((write, k) => store.settle(write, results[k]));
+    return "sent";
+  } catch (error) {
+    if (options.isSignedOut(error)) return "retry later";
+    if (options.isRetryable(error)) {
+      if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
+      store.setError(null);
+      return "retry later";
+    }
+    if (writes.length > 1) return "refused";
+    const message = error instanceof Error ? error.message : String(error);
+    refused.push({ write: writes[0], message: `Could not save ${writes[0].series_id}: ${message}` });
+    return "refused";
+  }
+}

@@ -1,0 +1,134 @@
+// The web app's outbox (examples/web/lib/client/outbox.ts) against the real progress function over
+// HTTP: pending writes go out in batches (one request for a device back from offline), every answer
+// settles its write (won, or lost with a notice), a write the API refuses is dropped alone while the
+// rest of its batch is still saved, and a network failure keeps everything for the next try.
+
+import assert from "node:assert/strict";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import { createProgressApi } from "@shared/progress/api.ts";
+import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
+import { flushOutbox, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
+import { type PendingWrite, SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { isRetryable } from "../../examples/web/lib/progressClient.ts";
+import { createTestUser, testEnv } from "../support/env.ts";
+import { closedPort, seriesId } from "../functions/support.ts";
+
+const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
+
+/** A client as the web app builds it, counting the function requests by path. */
+function countingClient(token: string, url = testEnv().url): { client: SupabaseClient; requests: string[] } {
+  const requests: string[] = [];
+  const client = createClient(url, testEnv().anonKey, {
+    accessToken: () => Promise.resolve(token),
+    global: {
+      fetch: (input: RequestInfo | URL, init?: RequestInit) => {
+        const href = input instanceof Request ? input.url : String(input);
+        if (href.includes("/functions/v1/")) requests.push(new URL(href).pathname);
+        return fetch(input, init);
+      },
+    },
+  });
+  return { client, requests };
+}
+
+function pending(series: string, at: number, chapter: number, device = "web-outbox"): PendingWrite {
+  return {
+    series_id: series,
+    chapter,
+    page: 1,
+    percentage: 0.5,
+    cleared: false,
+    device_id: device,
+    updated_at: new Date(at).toISOString(),
+  };
+}
+
+const options = (extra: Partial<OutboxOptions> = {}): OutboxOptions => ({
+  isRetryable,
+  isSignedOut: () => false,
+  refreshToken: () => Promise.resolve(),
+  isDisposed: () => false,
+  ...extra,
+});
+
+Deno.test(
+  { name: "outbox: a device back from offline sends its edits in one request", ...noSanitize },
+  async () => {
+    const user = await createTestUser();
+    const { client, requests } = countingClient(user.accessToken);
+    const api = createProgressApi(client);
+    const now = Date.now();
+    // Another device already saved a newer position for one of the series.
+    const contested = seriesId("contested");
+    await api.updateProgress({ ...pending(contested, now, 9, "phone") });
+    requests.length = 0;
+
+    const store = new SyncStore(user.id, defaultCompareRows);
+    const series = Array.from({ length: 6 }, (_, i) => seriesId(`offline-${i}`));
+    series.forEach((s, i) => store.addPending(pending(s, now - 60_000 + i, i + 1)));
+    store.addPending(pending(contested, now - 60_000, 2));
+
+    await flushOutbox(store, api, options());
+    assert.deepEqual(requests, ["/functions/v1/progress/batch"]);
+    const view = store.getSnapshot();
+    assert.equal(view.pendingCount, 0);
+    for (const [i, s] of series.entries()) assert.equal(view.bySeries.get(s)?.chapter, i + 1);
+    // The older offline edit lost to the phone's: the device shows the winner and says so.
+    assert.equal(view.bySeries.get(contested)?.chapter, 9);
+    assert.equal(view.notices.get(contested)?.winner.device_id, "phone");
+    // What the server has is what the device shows.
+    for (const s of series) assert.equal((await api.getProgress(s))?.chapter, view.bySeries.get(s)?.chapter);
+    await client.realtime.disconnect();
+  },
+);
+
+Deno.test({ name: "outbox: more edits than one batch holds go out in several", ...noSanitize }, async () => {
+  const user = await createTestUser();
+  const { client, requests } = countingClient(user.accessToken);
+  const api = createProgressApi(client);
+  const store = new SyncStore(user.id, defaultCompareRows);
+  for (let i = 0; i < 5; i++) store.addPending(pending(seriesId(`many-${i}`), Date.now() - 1_000 + i, i));
+  await flushOutbox(store, api, options({ batchSize: 2 }));
+  assert.deepEqual(requests, Array(3).fill("/functions/v1/progress/batch"));
+  assert.equal(store.getSnapshot().pendingCount, 0);
+  await client.realtime.disconnect();
+});
+
+Deno.test(
+  { name: "outbox: a refused write is dropped alone; the rest of its batch is saved", ...noSanitize },
+  async () => {
+    const user = await createTestUser();
+    const { client, requests } = countingClient(user.accessToken);
+    const api = createProgressApi(client);
+    const store = new SyncStore(user.id, defaultCompareRows);
+    const good = [seriesId("good-a"), seriesId("good-b")];
+    const bad = seriesId("bad");
+    store.addPending(pending(good[0], Date.now() - 2_000, 3));
+    store.addPending({ ...pending(bad, Date.now() - 1_500, 4), percentage: 7 }); // percentage is 0..1
+    store.addPending(pending(good[1], Date.now() - 1_000, 5));
+
+    await flushOutbox(store, api, options());
+    const view = store.getSnapshot();
+    assert.equal(view.pendingCount, 0);
+    assert.equal((await api.getProgress(good[0]))?.chapter, 3);
+    assert.equal((await api.getProgress(good[1]))?.chapter, 5);
+    assert.equal(await api.getProgress(bad), null);
+    assert.match(view.lastError ?? "", new RegExp(`Could not save ${bad}`));
+    // The batch was refused, then the writes went one by one (the bad one is refused before sending).
+    assert.deepEqual(requests.filter((p) => p.endsWith("/progress")).length, 2);
+    await client.realtime.disconnect();
+  },
+);
+
+Deno.test({ name: "outbox: no network keeps every write for the next try", ...noSanitize }, async () => {
+  const user = await createTestUser();
+  const { client } = countingClient(user.accessToken, `http://127.0.0.1:${closedPort()}`);
+  const api = createProgressApi(client, { retry: { attempts: 1 } });
+  const store = new SyncStore(user.id, defaultCompareRows);
+  store.addPending(pending(seriesId("later-a"), Date.now() - 2_000, 1));
+  store.addPending(pending(seriesId("later-b"), Date.now() - 1_000, 2));
+  await flushOutbox(store, api, options());
+  assert.equal(store.getSnapshot().pendingCount, 2);
+  assert.equal(store.getSnapshot().lastError, null);
+  await client.realtime.disconnect();
+});
