@@ -8,10 +8,11 @@ import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { createProgressApi } from "@shared/progress/api.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import { flushOutbox, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
-import { type PendingWrite, SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import { isRetryable } from "../../examples/web/lib/progressClient.ts";
 import { createTestUser, testEnv } from "../support/env.ts";
 import { closedPort, seriesId } from "../functions/support.ts";
+import { pendingWrite } from "./support.ts";
 
 const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
 
@@ -31,16 +32,16 @@ function countingClient(token: string, url = testEnv().url): { client: SupabaseC
   return { client, requests };
 }
 
-function pending(series: string, at: number, chapter: number, device = "web-outbox"): PendingWrite {
-  return {
-    series_id: series,
-    chapter,
-    page: 1,
-    percentage: 0.5,
-    cleared: false,
-    device_id: device,
-    updated_at: new Date(at).toISOString(),
-  };
+/** An outbox write of this device ("web-outbox" unless said otherwise). */
+const pending = (series: string, at: number, chapter: number, device = "web-outbox") =>
+  pendingWrite(series, at, device, chapter);
+
+/** A signed-in device: its API over HTTP (requests counted) and an empty SyncStore. */
+async function device(url?: string) {
+  const user = await createTestUser();
+  const { client, requests } = countingClient(user.accessToken, url);
+  const api = createProgressApi(client, url ? { retry: { attempts: 1 } } : {});
+  return { user, client, requests, api, store: new SyncStore(user.id, defaultCompareRows) };
 }
 
 const options = (extra: Partial<OutboxOptions> = {}): OutboxOptions => ({
@@ -54,16 +55,13 @@ const options = (extra: Partial<OutboxOptions> = {}): OutboxOptions => ({
 Deno.test(
   { name: "outbox: a device back from offline sends its edits in one request", ...noSanitize },
   async () => {
-    const user = await createTestUser();
-    const { client, requests } = countingClient(user.accessToken);
-    const api = createProgressApi(client);
+    const { client, requests, api, store } = await device();
     const now = Date.now();
     // Another device already saved a newer position for one of the series.
     const contested = seriesId("contested");
     await api.updateProgress({ ...pending(contested, now, 9, "phone") });
     requests.length = 0;
 
-    const store = new SyncStore(user.id, defaultCompareRows);
     const series = Array.from({ length: 6 }, (_, i) => seriesId(`offline-${i}`));
     series.forEach((s, i) => store.addPending(pending(s, now - 60_000 + i, i + 1)));
     store.addPending(pending(contested, now - 60_000, 2));
@@ -83,10 +81,7 @@ Deno.test(
 );
 
 Deno.test({ name: "outbox: more edits than one batch holds go out in several", ...noSanitize }, async () => {
-  const user = await createTestUser();
-  const { client, requests } = countingClient(user.accessToken);
-  const api = createProgressApi(client);
-  const store = new SyncStore(user.id, defaultCompareRows);
+  const { client, requests, api, store } = await device();
   for (let i = 0; i < 5; i++) store.addPending(pending(seriesId(`many-${i}`), Date.now() - 1_000 + i, i));
   await flushOutbox(store, api, options({ batchSize: 2 }));
   assert.deepEqual(requests, Array(3).fill("/functions/v1/progress/batch"));
@@ -97,10 +92,7 @@ Deno.test({ name: "outbox: more edits than one batch holds go out in several", .
 Deno.test(
   { name: "outbox: a refused write is dropped alone; the rest of its batch is saved", ...noSanitize },
   async () => {
-    const user = await createTestUser();
-    const { client, requests } = countingClient(user.accessToken);
-    const api = createProgressApi(client);
-    const store = new SyncStore(user.id, defaultCompareRows);
+    const { client, requests, api, store } = await device();
     const good = [seriesId("good-a"), seriesId("good-b")];
     const bad = seriesId("bad");
     store.addPending(pending(good[0], Date.now() - 2_000, 3));
@@ -121,10 +113,7 @@ Deno.test(
 );
 
 Deno.test({ name: "outbox: no network keeps every write for the next try", ...noSanitize }, async () => {
-  const user = await createTestUser();
-  const { client } = countingClient(user.accessToken, `http://127.0.0.1:${closedPort()}`);
-  const api = createProgressApi(client, { retry: { attempts: 1 } });
-  const store = new SyncStore(user.id, defaultCompareRows);
+  const { client, api, store } = await device(`http://127.0.0.1:${closedPort()}`);
   store.addPending(pending(seriesId("later-a"), Date.now() - 2_000, 1));
   store.addPending(pending(seriesId("later-b"), Date.now() - 1_000, 2));
   await flushOutbox(store, api, options());

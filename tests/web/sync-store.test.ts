@@ -6,33 +6,16 @@
 import assert from "node:assert/strict";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { Progress, WriteResult } from "@shared/progress/types.ts";
-import { type PendingWrite, SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { pendingWrite as write } from "./support.ts";
 
 const USER = "11111111-1111-4111-8111-111111111111";
-
-function write(series: string, at: string, device: string, chapter: number): PendingWrite {
-  return {
-    series_id: series,
-    chapter,
-    page: 1,
-    percentage: 0.5,
-    cleared: false,
-    device_id: device,
-    updated_at: at,
-  };
-}
 
 /** A server row; `life` = when this life of the row was inserted (one life unless a test says so). */
 function row(series: string, at: string, device: string, chapter: number, life = LIFE): Progress {
   return {
+    ...write(series, at, device, chapter),
     user_id: USER,
-    series_id: series,
-    chapter,
-    page: 1,
-    percentage: 0.5,
-    cleared: false,
-    device_id: device,
-    updated_at: at,
     synced_at: at,
     change_xid: "1",
     created_at: life,
