@@ -4,7 +4,10 @@
 --   when missing, clamped to now() when it lies more than 5 seconds in the future (a device with a
 --   wrong clock must not pin a row forever), and truncated to milliseconds so it round-trips through
 --   JSON exactly. A plain UPDATE that does not supply a new (updated_at, device_id) gets now().
---   synced_at and change_xid record when and in which transaction the row changed.
+--   synced_at and change_xid record when and in which transaction the row changed. created_at is
+--   when this life of the row began (the wall clock at INSERT; kept by every UPDATE): after a hard
+--   DELETE the next write is inserted whatever its updated_at, and clients order versions by
+--   created_at first, so the later life wins on every device (shared/realtime/progressMerge.ts).
 -- * AFTER INSERT/UPDATE/DELETE: broadcasts the change through Supabase Realtime ("Broadcast from the
 --   database") on the private topic progress:<user_id>, event = the operation.
 -- * RLS: authenticated users see and change only their own rows; anon gets nothing. On
@@ -36,7 +39,9 @@ begin
   new.synced_at := pg_catalog.clock_timestamp();
   new.change_xid := pg_catalog.pg_current_xact_id();
   if tg_op = 'INSERT' then
-    new.created_at := pg_catalog.now();
+    -- The wall clock, not now(): a row deleted and inserted again in one transaction (or by a
+    -- transaction that began before the deleted life did) must still start a later life.
+    new.created_at := new.synced_at;
   else
     new.created_at := old.created_at;
   end if;

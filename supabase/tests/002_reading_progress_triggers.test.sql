@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(43);
+select plan(44);
 
 insert into auth.users (id, email) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'trig-a@readsync.test'),
@@ -261,8 +261,8 @@ select cmp_ok(
 
 select is(
   (select created_at from meta_before),
-  now(),
-  'a supplied created_at is ignored on insert: created_at = now()'
+  (select synced_at from meta_before),
+  'a supplied created_at is ignored on insert: created_at = the insert''s wall clock (its synced_at)'
 );
 
 select is(
@@ -298,6 +298,21 @@ select is(
     where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta'),
   pg_current_xact_id(),
   'a supplied change_xid is ignored on update: change_xid = pg_current_xact_id()'
+);
+
+-- A hard DELETE ends a life of the row; the next INSERT begins a later one, even in the same
+-- transaction and with an older updated_at (clients order versions by created_at first).
+delete from public.reading_progress
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta';
+insert into public.reading_progress (user_id, series_id, page, device_id, updated_at)
+values ('c3c3c3c3-0000-4000-8000-000000000003', 'meta', 1, 'dev-offline', '2000-01-01 00:00:00+00');
+
+select cmp_ok(
+  (select created_at from public.reading_progress
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'meta'),
+  '>',
+  (select created_at from meta_before),
+  'a row inserted again after a hard DELETE (same transaction, older updated_at) starts a later life'
 );
 
 -- ---------------------------------------------------------------------------------------------
