@@ -177,7 +177,7 @@ function queries(cursorXid: string, middle: { updated_at: string; series_id: str
       call: `select public.reading_progress_changes('${cursorXid}', 100)`,
       plain: `select * from public.reading_progress where user_id = ${uid}
                 and (change_xid, series_id) > ('${cursorXid}'::xid8, '') order by change_xid, series_id limit 101`,
-      marker: /order by rp\.change_xid, rp\.series_id/,
+      marker: /order by c\.xid, c\.series_id/,
     },
   ];
 }

@@ -168,8 +168,10 @@ export const progressListResponseSchema = z.object({
   items: z.array(progressRowSchema),
   next_cursor: z.string().nullable(),
 });
+/** An item of "changes since": a row, or (deleted: true) the version a hard DELETE removed. */
+export const changeItemSchema = progressRowSchema.extend({ deleted: z.literal(true).optional() });
 export const changesResponseSchema = z.object({
-  changes: z.array(progressRowSchema),
+  changes: z.array(changeItemSchema),
   next_cursor: z.string(),
   has_more: z.boolean(),
 });

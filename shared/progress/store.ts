@@ -149,7 +149,9 @@ export function createPostgresProgressStore(
         const [{ page }] = await tx<{ page: Row }[]>`
           select public.reading_progress_changes(${q.cursor}::text, ${q.limit}::integer) as page`;
         return {
-          changes: (page.changes as Row[]).map(toProgress),
+          changes: (page.changes as Row[]).map((r) =>
+            r.deleted === true ? { ...toProgress(r), deleted: true as const } : toProgress(r)
+          ),
           next_cursor: String(page.next_cursor),
           has_more: page.has_more === true,
         };

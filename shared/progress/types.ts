@@ -72,9 +72,15 @@ export interface ProgressListResponse {
   next_cursor: string | null;
 }
 
+/**
+ * An item of GET /progress/changes: a row as it is now, or, with `deleted: true`, the version a hard
+ * DELETE removed (the series has no row now; the API itself never hard-deletes, a reset is a write).
+ */
+export type ChangeItem = Progress & { deleted?: true };
+
 /** GET /progress/changes. Always continue from next_cursor; rows may repeat (dedupe by key). */
 export interface ChangesResponse {
-  changes: Progress[];
+  changes: ChangeItem[];
   next_cursor: string;
   has_more: boolean;
 }

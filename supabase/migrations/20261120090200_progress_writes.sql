@@ -13,6 +13,8 @@
 -- * public.write_reading_progress_batch(jsonb) 1..100 writes in one call, each resolved on its own.
 -- * public.reading_progress_conflicts          log of every conflict ('stale' / 'tie'), loser and winner.
 -- * private.log_reading_progress_conflict(...) the only way rows get into that log.
+-- * public.reading_progress_deletions          the last hard DELETE per series (an AFTER DELETE trigger),
+--   so "changes since" tells devices that were offline or polling.
 -- * public.get_reading_progress / list_reading_progress / reading_progress_changes: the reads.
 --
 -- The key. (updated_at, device_id), compared byte-wise (collate "C"; ids are ASCII). The incoming
@@ -383,8 +385,74 @@ revoke all on function public.write_reading_progress_batch(jsonb) from public, a
 grant execute on function public.write_reading_progress_batch(jsonb) to authenticated;
 
 -- ---------------------------------------------------------------------------------------------
+-- Hard deletes, remembered for "changes since". The API never hard-deletes (a reset is a tombstone
+-- write), but RLS lets a user DELETE their own rows, and the dashboard or an admin script may too.
+-- Realtime broadcasts the DELETE; a device that was offline, or polling while Realtime was down,
+-- learns of it here: the deleted version is kept, one row per (user, series) holding that series'
+-- last deletion, with the deleting transaction as its place in the changes order. The changes read
+-- returns it (marked "deleted": true) while the series has no row; a row inserted later is a newer
+-- life (created_at) and supersedes it, on the server and on every device.
+-- Written only by the AFTER DELETE trigger below (SECURITY DEFINER); users may SELECT their own rows;
+-- service_role may read and delete (retention); anon gets nothing. Indexes: the primary key (the
+-- trigger's upsert) and (user_id, deleted_xid) for the changes read; nothing else reads it.
+-- ---------------------------------------------------------------------------------------------
+create table if not exists public.reading_progress_deletions (
+  user_id uuid not null references auth.users (id) on delete cascade,
+  series_id text collate "C" not null,
+  -- The deleting transaction: the same kind of cursor as reading_progress.change_xid.
+  deleted_xid xid8 not null,
+  deleted_at timestamptz not null,
+  -- The row as it was when deleted (to_jsonb: what the DELETE broadcast carries as old_record).
+  version jsonb not null,
+  constraint reading_progress_deletions_pkey primary key (user_id, series_id)
+);
+
+comment on table public.reading_progress_deletions is
+  'Last hard DELETE per (user, series) of reading_progress, so "changes since" can report it; written only by a trigger.';
+
+alter table public.reading_progress_deletions enable row level security;
+
+revoke all on table public.reading_progress_deletions from public, anon, authenticated, service_role;
+grant select on table public.reading_progress_deletions to authenticated;
+grant select, delete on table public.reading_progress_deletions to service_role;
+
+drop policy if exists reading_progress_deletions_select_own on public.reading_progress_deletions;
+create policy reading_progress_deletions_select_own on public.reading_progress_deletions
+  for select to authenticated
+  using ((select auth.uid()) = user_id);
+
+create index if not exists reading_progress_deletions_user_xid_idx
+  on public.reading_progress_deletions (user_id, deleted_xid);
+
+create or replace function private.reading_progress_remember_deletion() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  -- Deleting a user takes their progress along (ON DELETE CASCADE): their auth.users row is already
+  -- gone, nothing may reference it, and no device of theirs is left to tell.
+  if not exists (select 1 from auth.users u where u.id = old.user_id) then
+    return null;
+  end if;
+  insert into public.reading_progress_deletions as d (user_id, series_id, deleted_xid, deleted_at, version)
+  values (old.user_id, old.series_id, pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp(),
+          pg_catalog.to_jsonb(old))
+  on conflict (user_id, series_id) do update
+    set deleted_xid = excluded.deleted_xid, deleted_at = excluded.deleted_at, version = excluded.version;
+  return null;
+end;
+$$;
+revoke all on function private.reading_progress_remember_deletion() from public, anon, authenticated;
+
+drop trigger if exists reading_progress_remember_deletion on public.reading_progress;
+create trigger reading_progress_remember_deletion
+  after delete on public.reading_progress
+  for each row execute function private.reading_progress_remember_deletion();
+
+-- ---------------------------------------------------------------------------------------------
 -- Reads. All SECURITY INVOKER (RLS applies) and filtered on auth.uid() explicitly as well, so the
--- planner can use the indexes of migration 012; no new index is needed:
+-- planner can use the indexes of migration 012 (and the deletions index above):
 --   get      user_id = uid and series_id = $1                          -> reading_progress_pkey
 --   list     user_id = uid and (updated_at, series_id) < ($ts, $series)
 --            order by updated_at desc, series_id desc                  -> reading_progress_user_recent_idx
@@ -392,6 +460,7 @@ grant execute on function public.write_reading_progress_batch(jsonb) to authenti
 --   changes  user_id = uid and (change_xid, series_id) > ($xid, $series)
 --            order by change_xid, series_id                            -> reading_progress_user_changes_idx
 --            (index condition change_xid >= $xid; the page is sorted on series_id after that)
+--            + the same on reading_progress_deletions (deleted_xid)   -> reading_progress_deletions_user_xid_idx
 -- Every user predicate is a plain comparison with a parameter, never COALESCE or CASE around a
 -- column's bound: under RLS only leakproof conditions can become index conditions.
 -- Limits are clamped (list 1..1000, changes 1..999 + 1 look-ahead row).
@@ -452,6 +521,9 @@ revoke all on function public.list_reading_progress(integer, timestamptz, text, 
 grant execute on function public.list_reading_progress(integer, timestamptz, text, boolean) to authenticated;
 
 -- Changes since a cursor, gap-free. Returns jsonb {changes: [rows], next_cursor, has_more}.
+-- A series whose row was hard-deleted (and not inserted again) appears as its deleted version with
+-- "deleted": true, at the deleting transaction's place in the order: a series is either a row or a
+-- deletion, so (xid, series_id) stays unique across both and the cursor below works for both.
 --
 -- Cursor: '<xid>' = every row with change_xid >= xid; '<xid>:<series_id>' = continue after that row
 -- of page order (change_xid, series_id). '' or NULL = from the beginning.
@@ -463,7 +535,8 @@ grant execute on function public.list_reading_progress(integer, timestamptz, tex
 --   * the last page returns next_cursor = H: rows >= H are read again next time (duplicates are
 --     fine, clients dedupe by the LWW key), and a write still in flight shows up then;
 --   * a full page whose last row is below H continues with '<xid>:<series_id>' after that row:
---     below H nothing new can appear (a row can only move up, to a newer change_xid);
+--     below H nothing new can appear (every transaction below H has finished; a later write or
+--     hard delete of a series carries the xid of a transaction at or above H);
 --   * a full page that reaches H continues from H (re-reading rows >= H).
 -- If a transaction stays open for long and more than p_limit rows are at or above H, the cursor
 -- cannot move (next_cursor = the cursor sent, has_more = true): clients retry later.
@@ -481,9 +554,11 @@ declare
   v_since xid8;
   v_after text := ''; -- '' sorts before every series_id: '<xid>' means every row of <xid> and above
   v_cursor text;
-  v_rows public.reading_progress[];
+  v_items jsonb[];
+  v_xids xid8[];
+  v_series text[];
+  v_count integer;
   v_has_more boolean;
-  v_last public.reading_progress;
   v_next text;
 begin
   if v_uid is null then
@@ -502,21 +577,39 @@ begin
   end if;
   v_cursor := case when v_after = '' then v_since::text else v_since::text || ':' || v_after end;
 
-  v_rows := array(
-    select rp
-    from public.reading_progress rp
-    where rp.user_id = v_uid
-      and (rp.change_xid, rp.series_id) > (v_since, v_after collate "C")
-    order by rp.change_xid, rp.series_id
-    limit v_limit + 1
-  );
+  -- Each side is ordered and limited on its own (its index, then at most limit + 1 rows), and the
+  -- two short sorted lists are merged: a sort over the whole union would read every row past the
+  -- cursor (a first sync of a large library) instead of one page.
+  select pg_catalog.array_agg(c.item order by c.xid, c.series_id),
+         pg_catalog.array_agg(c.xid order by c.xid, c.series_id),
+         pg_catalog.array_agg(c.series_id order by c.xid, c.series_id)
+    into v_items, v_xids, v_series
+    from (
+      (select rp.change_xid as xid, rp.series_id, pg_catalog.to_jsonb(rp) as item
+         from public.reading_progress rp
+        where rp.user_id = v_uid
+          and (rp.change_xid, rp.series_id) > (v_since, v_after collate "C")
+        order by rp.change_xid, rp.series_id
+        limit v_limit + 1)
+      union all
+      (select d.deleted_xid, d.series_id, d.version || '{"deleted": true}'::jsonb
+         from public.reading_progress_deletions d
+        where d.user_id = v_uid
+          and (d.deleted_xid, d.series_id) > (v_since, v_after collate "C")
+          and not exists (select 1 from public.reading_progress rp
+                           where rp.user_id = d.user_id and rp.series_id = d.series_id)
+        order by d.deleted_xid, d.series_id
+        limit v_limit + 1)
+      order by 1, 2
+      limit v_limit + 1
+    ) c;
+  v_count := coalesce(pg_catalog.cardinality(v_items), 0);
 
-  v_has_more := coalesce(pg_catalog.cardinality(v_rows), 0) > v_limit;
+  v_has_more := v_count > v_limit;
   if v_has_more then
-    v_rows := v_rows[1:v_limit];
-    v_last := v_rows[v_limit];
-    if v_last.change_xid < v_horizon then
-      v_next := v_last.change_xid::text || ':' || v_last.series_id;
+    v_items := v_items[1:v_limit];
+    if v_xids[v_limit] < v_horizon then
+      v_next := v_xids[v_limit]::text || ':' || v_series[v_limit];
     elsif v_horizon > v_since then
       v_next := v_horizon::text;
     else
@@ -529,7 +622,7 @@ begin
   end if;
 
   return pg_catalog.jsonb_build_object(
-    'changes', coalesce(pg_catalog.to_jsonb(v_rows), '[]'::jsonb),
+    'changes', coalesce(pg_catalog.to_jsonb(v_items), '[]'::jsonb),
     'next_cursor', v_next,
     'has_more', v_has_more);
 end;

@@ -25,8 +25,9 @@ create temp view new_msgs as
 -- Trigger and function definitions
 -- ---------------------------------------------------------------------------------------------
 select triggers_are(
-  'public', 'reading_progress', array['reading_progress_stamp', 'reading_progress_broadcast'],
-  'reading_progress has exactly the stamp and broadcast triggers'
+  'public', 'reading_progress',
+  array['reading_progress_stamp', 'reading_progress_broadcast', 'reading_progress_remember_deletion'],
+  'reading_progress has exactly the stamp, broadcast and remember-deletion (migration 013) triggers'
 );
 
 -- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update (32 truncate, 64 instead of)
@@ -35,9 +36,10 @@ select results_eq(
            tgfoid::regprocedure::text collate "default"
       from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
      order by tgname$$,
-  $$values ('reading_progress_broadcast', 1 + 4 + 8 + 16, 'O', 'reading_progress_broadcast()'),
-           ('reading_progress_stamp',     1 + 2 + 4 + 16, 'O', 'reading_progress_stamp()')$$,
-  'stamp is BEFORE INSERT OR UPDATE, broadcast is AFTER INSERT OR UPDATE OR DELETE, both FOR EACH ROW and enabled'
+  $$values ('reading_progress_broadcast',         1 + 4 + 8 + 16, 'O', 'reading_progress_broadcast()'),
+           ('reading_progress_remember_deletion', 1 + 8,          'O', 'private.reading_progress_remember_deletion()'),
+           ('reading_progress_stamp',             1 + 2 + 4 + 16, 'O', 'reading_progress_stamp()')$$,
+  'stamp is BEFORE INSERT OR UPDATE, broadcast AFTER INSERT OR UPDATE OR DELETE, remember-deletion AFTER DELETE; all FOR EACH ROW and enabled'
 );
 
 select is_definer('public', 'reading_progress_broadcast', array[]::name[],

@@ -81,6 +81,7 @@ select lives_ok(
 )
   from pg_trigger
  where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
+   and tgname in ('reading_progress_stamp', 'reading_progress_broadcast') -- 012's (013 adds one more)
  order by tgname;
 
 -- ---------------------------------------------------------------------------------------------
@@ -135,8 +136,8 @@ select set_eq(
 
 select is(
   (select count(*)::int from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal),
-  2,
-  'still exactly two triggers on reading_progress (no duplicates)'
+  3,
+  'still exactly three triggers on reading_progress (012''s stamp and broadcast, 013''s remember-deletion; no duplicates)'
 );
 
 insert into auth.users (id, email) values ('abababab-0000-4000-8000-00000000000a', 'rerun@readsync.test');

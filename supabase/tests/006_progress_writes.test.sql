@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(80);
+select plan(81);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -32,8 +32,9 @@ grant all on res to authenticated;
 -- ---------------------------------------------------------------------------------------------
 -- Definitions and privileges
 -- ---------------------------------------------------------------------------------------------
-select functions_are('private', array['log_reading_progress_conflict', 'reading_progress_normalize_updated_at'],
-  'the private schema holds exactly the two helpers');
+select functions_are('private',
+  array['log_reading_progress_conflict', 'reading_progress_normalize_updated_at', 'reading_progress_remember_deletion'],
+  'the private schema holds exactly the two helpers and the remember-deletion trigger function');
 
 select results_eq(
   $$select p.oid::regprocedure::text collate "default", p.prosecdef, p.proconfig::text collate "default"
@@ -395,9 +396,17 @@ select is((select count(*)::int from public.list_reading_progress(0, null, null,
   'a limit below 1 is clamped to 1');
 
 select is(
-  (select jsonb_agg(c ->> 'series_id') from jsonb_array_elements(public.reading_progress_changes('', 100) -> 'changes') c),
+  (select jsonb_agg(c ->> 'series_id')
+     from jsonb_array_elements(public.reading_progress_changes('', 1000) -> 'changes') c where not c ? 'deleted'),
   (select jsonb_agg(series_id order by change_xid, series_id) from public.reading_progress),
   'changes from the beginning: every row of the user in (change_xid, series_id) order');
+-- The 100 'max-' rows were hard-deleted above: each comes back once, as its deleted version.
+select is(
+  (select jsonb_build_object('n', count(*), 'all_max', bool_and(c ->> 'series_id' like 'max-%'),
+                             'deleted', bool_and(c -> 'deleted' = 'true'), 'positions', bool_and(c ? 'chapter'))
+     from jsonb_array_elements(public.reading_progress_changes('', 1000) -> 'changes') c where c ? 'deleted'),
+  jsonb_build_object('n', 100, 'all_max', true, 'deleted', true, 'positions', true),
+  'hard-deleted series appear once each, as the deleted version marked "deleted": true');
 select is(
   (public.reading_progress_changes('', 100) ->> 'next_cursor')::xid8,
   pg_snapshot_xmin(pg_current_snapshot()),
@@ -417,10 +426,14 @@ select is(
   'a full page that cannot pass an open transaction returns the cursor it was given');
 select is(
   (select jsonb_agg(c ->> 'series_id')
-     from jsonb_array_elements(public.reading_progress_changes(pg_current_xact_id()::text || ':lww', 100) -> 'changes') c),
-  (select jsonb_agg(series_id order by series_id) from public.reading_progress
-    where change_xid = pg_current_xact_id() and series_id > 'lww'),
-  'an <xid>:<series> cursor continues after that row in page order');
+     from jsonb_array_elements(public.reading_progress_changes(pg_current_xact_id()::text || ':lww', 1000) -> 'changes') c),
+  (select jsonb_agg(series_id order by series_id)
+     from (select series_id from public.reading_progress
+            where change_xid = pg_current_xact_id() and series_id > 'lww'
+           union all
+           select series_id from public.reading_progress_deletions
+            where deleted_xid = pg_current_xact_id() and series_id > 'lww') s),
+  'an <xid>:<series> cursor continues after that row in page order (rows and deletions alike)');
 select throws_ok($$select public.reading_progress_changes('abc', 10)$$, '22023',
   'reading_progress_changes: invalid cursor', 'a malformed cursor is refused');
 select is(

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
+import { changesSince } from "../../shared/progress/api.ts";
 import {
   type ProgressChange,
   RealtimeService,
@@ -11,6 +12,7 @@ import {
 } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
 import {
+  deleteProgress,
   newClient,
   noSanitize,
   serverState,
@@ -222,6 +224,68 @@ Deno.test({
     await sql.end();
   }
   assert.equal(service.stats().timers, 0);
+});
+
+Deno.test({
+  name:
+    "realtime resilience: while polling, a hard DELETE arrives as a delete, and a later re-insert as the new row",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadPort = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  // Realtime never opens; "changes since" is the progress API over HTTP with A's token.
+  const realtimeClient = newClient({ url: `http://127.0.0.1:${deadPort}`, reconnectAfterMs: () => 200 });
+  const apiClient = newClient();
+  await apiClient.functions.setAuth(a.accessToken);
+  const service = new RealtimeService(realtimeClient, {
+    changesSince: (cursor) => changesSince(apiClient, typeof cursor === "string" ? cursor : null),
+    accessToken: a.accessToken,
+    pollIntervalMs: 100,
+    backoff: { initialMs: 100, maxMs: 400 },
+    joinTimeoutMs: 500,
+    log: () => {},
+  });
+  const changes: ProgressChange[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  const ofSeries = () => changes.filter((c) => c.row.series_id === "vagabond");
+  try {
+    await waitFor("polling", () => subscription.status === "polling");
+    const t0 = Date.now() - 60_000;
+    await writeProgress(sql, a.id, {
+      series_id: "vagabond",
+      chapter: 30,
+      device_id: "tablet",
+      updated_at: new Date(t0).toISOString(),
+    });
+    await waitFor("the row", () => ofSeries().length === 1);
+    // Removed by direct SQL (RLS allows a user to delete their own rows): no Realtime to carry it.
+    await deleteProgress(sql, a.id, "vagabond");
+    await waitFor("the delete", () => ofSeries().length === 2);
+    assert.deepEqual(ofSeries().map((c) => [c.kind, c.row.chapter, c.source]), [
+      ["upsert", 30, "poll"],
+      ["delete", 30, "poll"],
+    ]);
+    // An offline e-reader's older position is inserted again: a new life, delivered as the row.
+    await writeProgress(sql, a.id, {
+      series_id: "vagabond",
+      chapter: 12,
+      device_id: "ereader",
+      updated_at: new Date(t0 - 60_000).toISOString(),
+    });
+    await waitFor("the new life", () => ofSeries().length === 3);
+    assert.deepEqual([ofSeries()[2].kind, ofSeries()[2].row.chapter], ["upsert", 12]);
+    await sleep(300); // more polls: the deletion is not delivered again, nor the old life
+    assert.equal(ofSeries().length, 3);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await realtimeClient.realtime.disconnect();
+    await apiClient.realtime.disconnect();
+    await sql.end();
+  }
 });
 
 function dedupe<T>(values: T[]): T[] {

@@ -1,0 +1,157 @@
+-- Hard deletes remembered for "changes since" (migration 013, reading_progress_deletions):
+--   the AFTER DELETE trigger keeps the deleted version, one row per (user, series), the last deletion;
+--   users read their own, write none; reading_progress_changes returns it marked "deleted": true
+--   until the series is inserted again (a later life); deleting the user leaves nothing behind;
+--   the changes read on it is an index scan on (user_id, deleted_xid).
+
+begin;
+create extension if not exists pgtap with schema extensions;
+select plan(20);
+
+insert into auth.users (id, email) values
+  ('a7a7a7a7-0000-4000-8000-000000000007', 'deletions-a@readsync.test'),
+  ('b7b7b7b7-0000-4000-8000-000000000007', 'deletions-b@readsync.test');
+
+create temp table res (label text primary key, r jsonb) on commit drop;
+grant all on res to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- Definition, privileges, policies, indexes
+-- ---------------------------------------------------------------------------------------------
+select has_table('public', 'reading_progress_deletions', 'reading_progress_deletions exists');
+select ok((select relrowsecurity from pg_class where oid = 'public.reading_progress_deletions'::regclass),
+  'RLS is enabled on reading_progress_deletions');
+select table_privs_are('public', 'reading_progress_deletions', 'anon', array[]::text[],
+  'anon has no privilege on reading_progress_deletions');
+select table_privs_are('public', 'reading_progress_deletions', 'authenticated', array['SELECT'],
+  'authenticated may only SELECT (rows come from the trigger)');
+select table_privs_are('public', 'reading_progress_deletions', 'service_role', array['SELECT', 'DELETE'],
+  'service_role may read and delete (retention)');
+select policies_are('public', 'reading_progress_deletions', array['reading_progress_deletions_select_own'],
+  'one policy: users select their own deletions');
+select indexes_are('public', 'reading_progress_deletions',
+  array['reading_progress_deletions_pkey', 'reading_progress_deletions_user_xid_idx'],
+  'exactly the primary key and (user_id, deleted_xid)');
+
+-- ---------------------------------------------------------------------------------------------
+-- A user's own hard DELETE is remembered; the user cannot write the table
+-- ---------------------------------------------------------------------------------------------
+set local role authenticated;
+select set_config('request.jwt.claims',
+  json_build_object('sub', 'a7a7a7a7-0000-4000-8000-000000000007', 'role', 'authenticated')::text, true);
+
+insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+values ('a7a7a7a7-0000-4000-8000-000000000007', 'gone', 3, 30, 0.3, 'phone', now() - interval '1 hour');
+insert into res select 'first life', to_jsonb(rp) from public.reading_progress rp where series_id = 'gone';
+delete from public.reading_progress where series_id = 'gone';
+
+select is(
+  (select jsonb_build_object('n', count(*), 'xid', bool_and(deleted_xid = pg_current_xact_id()),
+                             'version', bool_and(version = (select r from res where label = 'first life')))
+     from public.reading_progress_deletions),
+  jsonb_build_object('n', 1, 'xid', true, 'version', true),
+  'A''s DELETE is remembered: one row, the deleting transaction, the row as it was'
+);
+
+select throws_ok(
+  $$insert into public.reading_progress_deletions (user_id, series_id, deleted_xid, deleted_at, version)
+    values ('a7a7a7a7-0000-4000-8000-000000000007', 'forged', pg_current_xact_id(), now(), '{}')$$,
+  '42501', null, 'a user cannot insert a deletion');
+select throws_ok($$update public.reading_progress_deletions set version = '{}'$$, '42501', null,
+  'a user cannot change a deletion');
+select throws_ok($$delete from public.reading_progress_deletions$$, '42501', null,
+  'a user cannot remove a deletion');
+
+-- ---------------------------------------------------------------------------------------------
+-- "changes since" reports it; B sees nothing of it
+-- ---------------------------------------------------------------------------------------------
+select is(
+  (select jsonb_agg(c) from jsonb_array_elements(public.reading_progress_changes('', 100) -> 'changes') c),
+  jsonb_build_array((select r from res where label = 'first life') || '{"deleted": true}'),
+  'A''s changes: the deleted version, marked "deleted": true'
+);
+
+select set_config('request.jwt.claims',
+  json_build_object('sub', 'b7b7b7b7-0000-4000-8000-000000000007', 'role', 'authenticated')::text, true);
+select is((select count(*)::int from public.reading_progress_deletions), 0, 'B sees none of A''s deletions');
+select is(public.reading_progress_changes('', 100) -> 'changes', '[]'::jsonb, 'B''s changes are empty');
+
+-- ---------------------------------------------------------------------------------------------
+-- Inserted again (an offline device's older position): a later life replaces the deletion
+-- ---------------------------------------------------------------------------------------------
+select set_config('request.jwt.claims',
+  json_build_object('sub', 'a7a7a7a7-0000-4000-8000-000000000007', 'role', 'authenticated')::text, true);
+insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+values ('a7a7a7a7-0000-4000-8000-000000000007', 'gone', 1, 5, 0.05, 'ereader', now() - interval '1 day');
+
+select is(
+  (select jsonb_agg(jsonb_build_object('series', c ->> 'series_id', 'deleted', c ? 'deleted', 'chapter', c -> 'chapter'))
+     from jsonb_array_elements(public.reading_progress_changes('', 100) -> 'changes') c),
+  jsonb_build_array(jsonb_build_object('series', 'gone', 'deleted', false, 'chapter', 1)),
+  'once the series has a row again, changes return the row, not the deletion'
+);
+select cmp_ok(
+  (select created_at from public.reading_progress where series_id = 'gone'), '>',
+  ((select r from res where label = 'first life') ->> 'created_at')::timestamptz,
+  'the row inserted again begins a later life than the deleted one, though its updated_at is older'
+);
+
+insert into res select 'second life', to_jsonb(rp) from public.reading_progress rp where series_id = 'gone';
+delete from public.reading_progress where series_id = 'gone';
+select is(
+  (select jsonb_build_object('n', count(*), 'version', bool_and(version = (select r from res where label = 'second life')))
+     from public.reading_progress_deletions),
+  jsonb_build_object('n', 1, 'version', true),
+  'a second DELETE of the series replaces the remembered one (still one row per series)'
+);
+reset role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Deleting the user takes everything along, and the cascade does not trip over the trigger
+-- ---------------------------------------------------------------------------------------------
+insert into public.reading_progress (user_id, series_id, device_id)
+values ('a7a7a7a7-0000-4000-8000-000000000007', 'still-here', 'phone');
+select lives_ok($$delete from auth.users where id = 'a7a7a7a7-0000-4000-8000-000000000007'$$,
+  'deleting a user with progress and remembered deletions succeeds');
+select is(
+  (select count(*)::int from public.reading_progress_deletions where user_id = 'a7a7a7a7-0000-4000-8000-000000000007')
+  + (select count(*)::int from public.reading_progress where user_id = 'a7a7a7a7-0000-4000-8000-000000000007'),
+  0, 'nothing of the deleted user is left, and their cascaded rows were not remembered');
+
+-- ---------------------------------------------------------------------------------------------
+-- The changes read on deletions uses (user_id, deleted_xid): 200 users x 100 remembered deletions
+-- ---------------------------------------------------------------------------------------------
+insert into auth.users (id, email)
+select ('0d0d0d0d-0000-4000-8000-' || lpad(u::text, 12, '0'))::uuid, 'del-' || u || '@readsync.test'
+  from generate_series(1, 200) u;
+insert into public.reading_progress_deletions (user_id, series_id, deleted_xid, deleted_at, version)
+select ('0d0d0d0d-0000-4000-8000-' || lpad(u::text, 12, '0'))::uuid, 's-' || s, (1000 + u * 100 + s)::text::xid8,
+       now(), '{}'::jsonb
+  from generate_series(1, 200) u, generate_series(1, 100) s;
+analyze public.reading_progress_deletions;
+
+create function pg_temp.plan_of(query text) returns text
+language plpgsql
+as $$
+declare
+  line text;
+  result text := '';
+begin
+  for line in execute 'explain (costs off) ' || query loop
+    result := result || line || E'\n';
+  end loop;
+  return result;
+end;
+$$;
+
+select matches(
+  pg_temp.plan_of($$select * from public.reading_progress_deletions d
+                    where d.user_id = '0d0d0d0d-0000-4000-8000-000000000007'
+                      and (d.deleted_xid, d.series_id) > ('1750'::xid8, '' collate "C")
+                    order by d.deleted_xid, d.series_id limit 101$$),
+  'Index (Only )?Scan using reading_progress_deletions_user_xid_idx|Bitmap Index Scan on reading_progress_deletions_user_xid_idx',
+  'changes since on deletions scans reading_progress_deletions_user_xid_idx'
+);
+
+select * from finish();
+rollback;
