@@ -188,3 +188,18 @@ Deno.test("a row inserted after a hard DELETE replaces the old one even with an 
   assert.equal(store.applyServerRow(row("saga", T3, "phone", 9)), false, "a late copy of the first life");
   assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 4);
 });
+
+Deno.test("a hard DELETE removes the version it deleted, never a newer one the device already has", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const firstLife = row("saga", T2, "phone", 3);
+  store.seed([firstLife]);
+  store.removeServerRow(firstLife);
+  assert.equal(store.getSnapshot().bySeries.has("saga"), false);
+  // This device inserted the series again and has the answer; a late copy of the old DELETE arrives.
+  const secondLife = row("saga", T1, "tablet", 1, "2026-11-25T11:00:00.000Z");
+  store.applyServerRow(secondLife);
+  store.removeServerRow(firstLife);
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 1);
+  store.removeServerRow(secondLife);
+  assert.equal(store.getSnapshot().bySeries.has("saga"), false);
+});

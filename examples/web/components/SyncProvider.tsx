@@ -84,7 +84,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     const subscription = api.subscribeToProgress(
       userId,
       (change) => {
-        if (change.kind === "delete") store.removeServerRow(change.row.series_id);
+        if (change.kind === "delete") store.removeServerRow(change.row);
         else store.applyServerRow(change.row);
       },
       { accessToken, pollIntervalMs: 5_000, backoff: { initialMs: 1_000, maxMs: 15_000 }, log: browserLog },

@@ -111,8 +111,15 @@ export class SyncStore {
     return changed;
   }
 
-  removeServerRow(seriesId: string): void {
-    if (this.#confirmed.delete(seriesId)) this.#emit();
+  /**
+   * A hard DELETE of `deleted` (the version it removed). A newer version this device already has
+   * (e.g. the answer to its own write that inserted the series again) stays.
+   */
+  removeServerRow(deleted: ProgressRow): void {
+    const current = this.#confirmed.get(deleted.series_id);
+    if (!current || this.#serverOrder(current, deleted) > 0) return;
+    this.#confirmed.delete(deleted.series_id);
+    this.#emit();
   }
 
   /** An optimistic local write: shown at once and queued for the server. */
