@@ -6,6 +6,8 @@
 --                                                                                 -> reading_progress_user_changes_idx
 -- An index on user_id alone (or updated_at alone) is deliberately absent: every index leads with
 -- user_id already.
+-- public.reading_progress_deletions (migration 013): the primary key (user_id, series_id) for its
+-- trigger's upsert and (user_id, deleted_xid) for the changes read -> reading_progress_deletions_user_xid_idx
 --
 -- The plans are checked on 20,000 rows over 200 users. Both triggers are disabled for the bulk load
 -- (inside this transaction only): the broadcast would add 20,000 messages, and the stamp trigger
@@ -14,7 +16,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(22);
+select plan(24);
 
 -- ---------------------------------------------------------------------------------------------
 -- Index definitions
@@ -225,6 +227,29 @@ select matches(
 deallocate rp_point;
 deallocate rp_library;
 deallocate rp_changes;
+reset plan_cache_mode;
+
+-- ---------------------------------------------------------------------------------------------
+-- reading_progress_deletions: 200 users x 100 remembered hard deletes
+-- ---------------------------------------------------------------------------------------------
+select indexes_are('public', 'reading_progress_deletions',
+  array['reading_progress_deletions_pkey', 'reading_progress_deletions_user_xid_idx'],
+  'reading_progress_deletions has exactly the primary key and (user_id, deleted_xid)');
+
+insert into public.reading_progress_deletions (user_id, series_id, deleted_xid, deleted_at, version)
+select ('0a0a0a0a-0000-4000-8000-' || lpad(u::text, 12, '0'))::uuid, 'gone-' || s, (200000 + u * 100 + s)::text::xid8,
+       now(), '{}'::jsonb
+  from generate_series(1, 200) u, generate_series(1, 100) s;
+analyze public.reading_progress_deletions;
+
+select matches(
+  pg_temp.plan_of($$select * from public.reading_progress_deletions d
+                    where d.user_id = '0a0a0a0a-0000-4000-8000-000000000007'
+                      and (d.deleted_xid, d.series_id) > ('200750'::xid8, '' collate "C")
+                    order by d.deleted_xid, d.series_id limit 101$$),
+  'Index (Only )?Scan using reading_progress_deletions_user_xid_idx|Bitmap Index Scan on reading_progress_deletions_user_xid_idx',
+  'changes since on remembered deletions scans reading_progress_deletions_user_xid_idx'
+);
 
 select * from finish();
 rollback;

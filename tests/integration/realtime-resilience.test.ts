@@ -174,11 +174,7 @@ Deno.test({
 }, async () => {
   const sql = adminSql();
   const a = await createTestUser();
-  // Nothing listens on this port: the socket never opens.
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const deadPort = (probe.addr as Deno.NetAddr).port;
-  probe.close();
-  const client = newClient({ url: `http://127.0.0.1:${deadPort}`, reconnectAfterMs: () => 200 });
+  const client = unreachableRealtimeClient();
   const counters = { calls: 0, failNext: 0 };
   const logs: Record<string, unknown>[] = [];
   const service = new RealtimeService(client, {
@@ -233,11 +229,8 @@ Deno.test({
 }, async () => {
   const sql = adminSql();
   const a = await createTestUser();
-  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const deadPort = (probe.addr as Deno.NetAddr).port;
-  probe.close();
   // Realtime never opens; "changes since" is the progress API over HTTP with A's token.
-  const realtimeClient = newClient({ url: `http://127.0.0.1:${deadPort}`, reconnectAfterMs: () => 200 });
+  const realtimeClient = unreachableRealtimeClient();
   const apiClient = newClient();
   await apiClient.functions.setAuth(a.accessToken);
   const service = new RealtimeService(realtimeClient, {
@@ -287,6 +280,14 @@ Deno.test({
     await sql.end();
   }
 });
+
+/** A supabase-js client whose Realtime socket never opens (nothing listens on its port). */
+function unreachableRealtimeClient() {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadPort = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  return newClient({ url: `http://127.0.0.1:${deadPort}`, reconnectAfterMs: () => 200 });
+}
 
 function dedupe<T>(values: T[]): T[] {
   return values.filter((v, i) => i === 0 || values[i - 1] !== v);
