@@ -25,7 +25,7 @@ export function corsHeaders(req: Request, options: CorsOptions = {}): Headers {
   }
   h.set("access-control-allow-methods", (options.methods ?? ["GET", "POST", "DELETE", "OPTIONS"]).join(", "));
   h.set("access-control-allow-headers", (options.headers ?? DEFAULT_HEADERS).join(", "));
-  h.set("access-control-expose-headers", "x-request-id, retry-after");
+  h.set("access-control-expose-headers", "x-request-id, retry-after, x-server-time");
   h.set("access-control-max-age", String(options.maxAgeSeconds ?? 86_400));
   return h;
 }

@@ -19,6 +19,7 @@
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { FunctionsFetchError, FunctionsHttpError, FunctionsRelayError } from "@supabase/supabase-js";
 import type { z } from "zod";
+import type { ServerClock } from "./serverClock.ts";
 import {
   apiErrorBodySchema,
   batchWriteResponseSchema,
@@ -110,6 +111,8 @@ export interface ProgressApiOptions {
   sleep?: (ms: number) => Promise<void>;
   /** Called before each retry (for logs and tests). */
   onRetry?: (info: { attempt: number; delayMs: number; error: ProgressApiError }) => void;
+  /** Learns the server's clock from every answer's X-Server-Time (see serverClock.ts). */
+  clock?: ServerClock;
 }
 
 export const DEFAULT_RETRY: RetryOptions = { attempts: 4, baseDelayMs: 200, maxDelayMs: 5_000 };
@@ -158,11 +161,24 @@ async function invoke<S extends z.ZodType>(
   const name = `${options.functionName ?? "progress"}${path}`;
   for (let attempt = 1;; attempt++) {
     let error: ProgressApiError;
-    const { data, error: invokeError } = await client.functions.invoke(name, {
+    const sentMs = options.clock?.deviceNow();
+    const { data, error: invokeError, response: answer } = await client.functions.invoke(name, {
       method,
       body: body === undefined ? undefined : JSON.stringify(body),
       headers: { ...options.headers, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
     });
+    if (options.clock && sentMs !== undefined) {
+      const httpAnswer = answer ??
+        ((invokeError as { context?: unknown } | null)?.context as Response | undefined);
+      const serverTime = httpAnswer instanceof Response ? httpAnswer.headers.get("x-server-time") : null;
+      if (serverTime) {
+        options.clock.observe({
+          serverMs: Date.parse(serverTime),
+          sentMs,
+          receivedMs: options.clock.deviceNow(),
+        });
+      }
+    }
     if (!invokeError) {
       const parsed = schema.safeParse(data);
       if (parsed.success) return parsed.data;

@@ -329,6 +329,8 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       res = httpErrorResponse(error);
     }
     res.headers.set("x-request-id", reqId);
+    // The server's clock, so clients can correct theirs before stamping updated_at (serverClock.ts).
+    res.headers.set("x-server-time", new Date().toISOString());
     return withCors(res, req, options.cors);
   };
 }

@@ -323,7 +323,7 @@ async function main() {
           // Optimistic: the writing device shows it at once.
           await waitForPosition(phone, { chapter: 3, page: 14, percentage: 0.25 });
           // Live on the other device of the same reader, without a reload.
-          const item = tablet.page.getByTestId(`library-item-${seriesLive}`);
+          const item = tablet.page.locator("main").getByTestId(`library-item-${seriesLive}`);
           await eventually(async () => {
             assertEqual(
               (await item.getByTestId("library-position").textContent())?.trim(),
@@ -338,10 +338,12 @@ async function main() {
           await waitForPosition(tablet, { chapter: 3, page: 14, percentage: 0.25 });
           await waitForStatus(tablet, "live");
           const tabletOnSeries = await mark(tablet);
-          await phone.page.getByTestId("next-page").click();
+          await phone.page.locator("main").getByTestId("next-page").click();
           await waitForPosition(tablet, { chapter: 3, page: 15, percentage: 0.25 });
           await assertNoReload(tablet, tabletOnSeries);
-          const source = await tablet.page.getByTestId("current-source").getAttribute("data-device");
+          const source = await tablet.page.locator("main").getByTestId("current-source").getAttribute(
+            "data-device",
+          );
           assertEqual(source, phone.deviceId, "the tablet shows which device wrote it");
           if (sql) {
             assertEqual(
@@ -366,14 +368,16 @@ async function main() {
           });
           await eventually(async () => {
             assertEqual(
-              (await other.page.getByTestId(`library-item-${seriesOfB}`).getByTestId("library-position")
+              (await other.page.locator("main").getByTestId(`library-item-${seriesOfB}`).getByTestId(
+                "library-position",
+              )
                 .textContent())?.trim(),
               "Chapter 2 · Page 9 · 10%",
               "reader B's own change",
             );
           }, { what: "reader B's own change to arrive live" });
           assertEqual(
-            await other.page.getByTestId(`library-item-${seriesLive}`).count(),
+            await other.page.locator("main").getByTestId(`library-item-${seriesLive}`).count(),
             0,
             "A's series on B's page",
           );
@@ -381,7 +385,7 @@ async function main() {
           await other.page.reload();
           await other.page.locator("main").getByTestId(`library-item-${seriesOfB}`).waitFor();
           assertEqual(
-            await other.page.getByTestId(`library-item-${seriesLive}`).count(),
+            await other.page.locator("main").getByTestId(`library-item-${seriesLive}`).count(),
             0,
             "after a reload",
           );
@@ -416,7 +420,7 @@ async function main() {
           await tablet.page.getByTestId("pending-count").waitFor();
           assert(
             /Not sent yet \(offline\)/.test(
-              await tablet.page.getByTestId("current-source").textContent() ?? "",
+              await tablet.page.locator("main").getByTestId("current-source").textContent() ?? "",
             ),
             "the tablet says its edit waits on the device",
           );
@@ -431,7 +435,7 @@ async function main() {
 
           await tablet.context.setOffline(false);
           // The tablet's older edit is flushed, loses, and the tablet says so and shows the winner.
-          const notice = tablet.page.getByTestId("conflict-notice");
+          const notice = tablet.page.locator("main").getByTestId("conflict-notice");
           await notice.waitFor({ timeout: 20_000 });
           assertEqual(
             await notice.getAttribute("data-winner-device"),
@@ -480,7 +484,7 @@ async function main() {
           await assertNoReload(phone, phoneBefore);
           await waitForOutboxEmpty(tablet);
           assertEqual(
-            await tablet.page.getByTestId("conflict-notice").count(),
+            await tablet.page.locator("main").getByTestId("conflict-notice").count(),
             0,
             "no conflict notice for the winner",
           );
@@ -575,13 +579,17 @@ async function main() {
             const form = page.getByTestId("dev-sign-in");
             await form.locator('input[name="email"]').fill(emailA);
             await form.getByRole("button", { name: /sign in/i }).click();
-            const error = page.getByTestId("load-error");
+            const error = page.locator("main").getByTestId("load-error");
             await error.waitFor();
             assert(
               /Could not load your reading progress/.test(await error.textContent() ?? ""),
               "error text",
             );
-            assertEqual(await page.getByTestId("library").count(), 0, "no library without the function");
+            assertEqual(
+              await page.locator("main").getByTestId("library").count(),
+              0,
+              "no library without the function",
+            );
             assert(
               (await page.getByTestId("connection-status").getAttribute("data-status")) !== "live",
               "not live without the API",

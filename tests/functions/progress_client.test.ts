@@ -22,6 +22,7 @@ import {
   ValidationError,
 } from "../../shared/progress/api.ts";
 import type { ProgressChange } from "../../shared/realtime/realtimeService.ts";
+import { ServerClock } from "../../shared/progress/serverClock.ts";
 import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { createTestUser } from "../support/env.ts";
 import { closedPort, seriesId, serveLocal, testEnv, write } from "./support.ts";
@@ -334,4 +335,72 @@ Deno.test({
       await writer.realtime.disconnect();
     }
   },
+});
+
+Deno.test("a device whose clock is 3 hours ahead learns the server's clock and no longer drags the reader back", async () => {
+  const user = await createTestUser();
+  const client = clientFor(user.accessToken);
+  const HOURS_AHEAD = 3 * 3_600_000;
+  const clock = new ServerClock({ deviceNow: () => Date.now() + HOURS_AHEAD });
+  const ereader = createProgressApi(client, { clock });
+  const phone = createProgressApi(client);
+  const now = Date.now();
+  // The phone read to chapter 30 a minute ago; the e-reader (clock 3 h ahead) was at chapter 5 two
+  // minutes ago and sends that now.
+  const [dragged, corrected] = [seriesId("skew-raw"), seriesId("skew-fixed")];
+  for (const s of [dragged, corrected]) {
+    await phone.updateProgress(
+      write({
+        series_id: s,
+        chapter: 30,
+        device_id: "phone",
+        updated_at: new Date(now - 60_000).toISOString(),
+      }),
+    );
+  }
+  const ereaderReadAt = clock.deviceNow() - 120_000; // the e-reader's own stamp
+
+  // Uncorrected, its stamp lies hours in the future: the server clamps it to now() and it wins.
+  const raw = await ereader.updateProgress(
+    write({
+      series_id: dragged,
+      chapter: 5,
+      device_id: "ereader",
+      updated_at: new Date(ereaderReadAt).toISOString(),
+    }),
+  );
+  assert.equal(raw.won, true, "the problem this clock exists for");
+  // That call's answer taught the clock the server's time (X-Server-Time): about 3 h behind the device.
+  assert.ok(Math.abs(clock.offsetMs + HOURS_AHEAD) < 2_000, `offset ${clock.offsetMs}`);
+  const fixed = await ereader.updateProgress(
+    write({
+      series_id: corrected,
+      chapter: 5,
+      device_id: "ereader",
+      updated_at: new Date(ereaderReadAt + clock.offsetMs).toISOString(),
+    }),
+  );
+  assert.equal(fixed.won, false, "stamped with the server's clock, the older reading loses");
+  assert.equal(fixed.progress.chapter, 30);
+});
+
+Deno.test("every answer carries X-Server-Time, exposed to browsers", async () => {
+  const user = await createTestUser();
+  const before = Date.now();
+  const res = await fetch(`${testEnv().url}/functions/v1/progress?limit=1`, {
+    headers: { authorization: `Bearer ${user.accessToken}`, origin: "https://reader.example" },
+  });
+  await res.body?.cancel();
+  const serverTime = Date.parse(res.headers.get("x-server-time") ?? "");
+  assert.ok(
+    serverTime >= before - 1_000 && serverTime <= Date.now() + 1_000,
+    res.headers.get("x-server-time") ?? "none",
+  );
+  assert.match(res.headers.get("access-control-expose-headers") ?? "", /x-server-time/);
+  const refused = await fetch(`${testEnv().url}/functions/v1/progress`, {
+    headers: { origin: "https://reader.example" },
+  });
+  await refused.body?.cancel();
+  assert.equal(refused.status, 401);
+  assert.ok(refused.headers.get("x-server-time"), "errors carry it too");
 });

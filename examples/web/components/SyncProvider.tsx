@@ -12,6 +12,7 @@
 //   status                      live / polling / offline (the browser's offline flag wins)
 
 import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
+import { ServerClock } from "@shared/progress/serverClock.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
@@ -60,7 +61,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
   const [deviceId, setDeviceId] = useState<string | null>(null);
   const [serviceStatus, setServiceStatus] = useState<RealtimeStatus>("connecting");
   const [online, setOnline] = useState(true);
-  const [runtime, setRuntime] = useState<{ api: ProgressApi; flush: () => void } | null>(null);
+  const [runtime, setRuntime] = useState<{ api: ProgressApi; flush: () => void; clock: ServerClock } | null>(null);
 
   useEffect(() => {
     setDeviceId(getDeviceId());
@@ -80,7 +81,10 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     // Realtime); its subscribeToProgress is RealtimeService with catch-up and polling through the
     // API's changes endpoint.
     const supabase = userClient({ supabaseUrl, anonKey, accessToken: getAccessToken });
-    const api = progressApi(supabase);
+    // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
+    // not make an old position win later); the estimate is kept for the next visit, which may start offline.
+    const clock = new ServerClock({ offsetMs: savedClockOffset() });
+    const api = progressApi(supabase, clock);
     const subscription = api.subscribeToProgress(
       userId,
       (change) => {
@@ -107,7 +111,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
         isSignedOut: (error) => error instanceof SignedOutError,
         refreshToken: () => tokens.refresh().then(() => {}),
         isDisposed: () => disposed,
-      });
+      }).finally(() => saveClockOffset(clock.offsetMs));
     function flush(): void {
       if (flushing) {
         again = true;
@@ -142,7 +146,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     window.addEventListener("online", onOnline);
     window.addEventListener("offline", onOffline);
 
-    setRuntime({ api, flush });
+    setRuntime({ api, flush, clock });
     flush();
 
     return () => {
@@ -163,7 +167,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       const device = deviceId ?? getDeviceId();
       const previous = store.getSnapshot().bySeries.get(seriesId);
       // Strictly after what this device last showed, so two quick saves keep their order.
-      let at = Date.now();
+      let at = runtime ? runtime.clock.now() : Date.now();
       if (previous && previous.deviceId === device) at = Math.max(at, Date.parse(previous.updatedAt) + 1);
       const write: PendingWrite = {
         series_id: seriesId,
@@ -186,6 +190,26 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     [store, userId, deviceId, status, save, runtime],
   );
   return <SyncContext.Provider value={value}>{children}</SyncContext.Provider>;
+}
+
+const CLOCK_OFFSET_KEY = "readsync.serverClockOffsetMs";
+
+function savedClockOffset(): number | undefined {
+  try {
+    const saved = Number(window.localStorage.getItem(CLOCK_OFFSET_KEY));
+    return Number.isFinite(saved) && saved !== 0 ? saved : undefined;
+  } catch {
+    return undefined; // storage disabled
+  }
+}
+
+function saveClockOffset(offsetMs: number): void {
+  try {
+    if (offsetMs === 0) window.localStorage.removeItem(CLOCK_OFFSET_KEY);
+    else window.localStorage.setItem(CLOCK_OFFSET_KEY, String(offsetMs));
+  } catch {
+    // storage disabled: the estimate lives for this visit only
+  }
 }
 
 export function useSync(): SyncContextValue {

@@ -5,6 +5,7 @@
 
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { createProgressApi, NetworkError, ProgressApiError, ServiceUnavailableError } from "@shared/progress/api.ts";
+import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { type Progress, PROGRESS_LIMITS } from "@shared/progress/types.ts";
 
 export type { Progress };
@@ -33,8 +34,9 @@ export function userClient(options: {
   });
 }
 
-export function progressApi(client: SupabaseClient): ProgressApi {
-  return createProgressApi(client);
+/** `clock` learns the server's time from every answer (the browser stamps writes with it). */
+export function progressApi(client: SupabaseClient, clock?: ServerClock): ProgressApi {
+  return createProgressApi(client, clock ? { clock } : {});
 }
 
 /** At most this many library pages (200 rows each) are read for one render. */
