@@ -248,7 +248,16 @@ export async function updateProgressBatch(
   options: ProgressApiOptions = {},
 ): Promise<WriteResult[]> {
   const valid = validateLocally(batchWriteSchema, { writes }, "batch");
-  return (await invoke(client, options, "POST", "/batch", batchWriteResponseSchema, valid)).results;
+  const { results } = await invoke(client, options, "POST", "/batch", batchWriteResponseSchema, valid);
+  // One answer per write, in input order, is the contract callers index by.
+  if (results.length !== writes.length) {
+    throw new ProgressApiError(
+      200,
+      "invalid_response",
+      `The API answered ${results.length} results for ${writes.length} writes`,
+    );
+  }
+  return results;
 }
 
 /** GET /progress/series/:id; null when the user has no progress for the series. */

@@ -404,3 +404,20 @@ Deno.test("every answer carries X-Server-Time, exposed to browsers", async () =>
   assert.equal(refused.status, 401);
   assert.ok(refused.headers.get("x-server-time"), "errors carry it too");
 });
+
+Deno.test("a batch answer with a result missing is refused as invalid_response, never half-applied", async () => {
+  const user = await createTestUser();
+  const upstream = flakyFunctions(() => Response.json({ results: [] }));
+  try {
+    const e = await rejection(
+      updateProgressBatch(clientFor(user.accessToken, upstream.url), [
+        write({ series_id: seriesId("short-a") }),
+        write({ series_id: seriesId("short-b") }),
+      ], fast),
+    );
+    assert.equal(e.code, "invalid_response");
+    assert.equal(upstream.hits(), 1, "not retried: the same request would get the same answer");
+  } finally {
+    await upstream.shutdown();
+  }
+});
