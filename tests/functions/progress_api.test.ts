@@ -177,6 +177,40 @@ Deno.test("GET /progress/changes: every write shows up after the cursor, paging 
   }
 });
 
+Deno.test("GET /progress/changes pages through rows and hard deletes alike: every series ends in its current state, deletes marked", async () => {
+  const a = await createTestUser();
+  const ids = [0, 1, 2, 3, 4].map((i) => seriesId(`mix${i}`));
+  for (const id of ids) await call("POST", "", { token: a.accessToken, body: write({ series_id: id }) });
+  // Two series removed by hard DELETEs (each its own transaction, as a user or the dashboard would).
+  const sql = adminSql();
+  try {
+    for (const id of [ids[1], ids[3]]) {
+      await sql`delete from public.reading_progress where user_id = ${a.id} and series_id = ${id}`;
+    }
+  } finally {
+    await sql.end();
+  }
+
+  const seen: { series: string; deleted: boolean }[] = [];
+  let cursor = "";
+  for (let i = 0; i < 20; i++) {
+    const page = await call("GET", `/changes?since=${encodeURIComponent(cursor)}&limit=2`, {
+      token: a.accessToken,
+    });
+    assert.equal(page.status, 200, JSON.stringify(page.body));
+    const body = changesResponseSchema.parse(page.body);
+    for (const item of body.changes) seen.push({ series: item.series_id, deleted: item.deleted === true });
+    cursor = body.next_cursor;
+    if (!body.has_more) break;
+  }
+  const latest = new Map(seen.map((s) => [s.series, s.deleted]));
+  assert.deepEqual(
+    ids.map((id) => [id, latest.get(id)]),
+    ids.map((id, i) => [id, i === 1 || i === 3]),
+    "three rows and two deletions, whatever page boundaries fell between them",
+  );
+});
+
 Deno.test("an identical replay answers the same and changes nothing (no broadcast, no log row)", async () => {
   const a = await createTestUser();
   const sql = adminSql({ max: 1 });
