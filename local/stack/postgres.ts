@@ -87,6 +87,11 @@ async function initdbTemplate(
   // Traversable (0711) but not listable, so the cluster's OS user can reach its own directories.
   const root = `${Deno.env.get("TMPDIR") ?? "/tmp"}/readsync-pg-templates-${Deno.uid() ?? "user"}`;
   await Deno.mkdir(root, { recursive: true, mode: 0o711 });
+  // The temp dir is shared: a directory someone else made (or may write to) is never trusted.
+  const owner = await Deno.stat(root);
+  if (owner.uid !== Deno.uid() || ((owner.mode ?? 0) & 0o022) !== 0) {
+    throw new Error(`${root} is not this user's own directory`);
+  }
   const ready = `${root}/${key}`;
   if (await fileExists(`${ready}/complete`)) return `${ready}/data`;
 
