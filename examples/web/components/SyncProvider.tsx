@@ -9,6 +9,8 @@
 //                               (lib/client/outbox.ts); offline they wait in localStorage and are
 //                               sent on reconnect with their original updated_at, so
 //                               last-write-wins picks the right winner
+//   ServerClock (shared/)       writes are stamped with the server's time as the API's answers
+//                               reveal it, so a browser whose clock is off cannot win by it
 //   status                      live / polling / offline (the browser's offline flag wins)
 
 import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
