@@ -4,7 +4,7 @@
 // directory if this process dies without cleaning up (kill -9, a crashed test runner).
 
 import { onCleanup } from "./cleanup.ts";
-import { ensureSystemPackages, findPostgresBinaries, isRoot } from "./system.ts";
+import { ensureSystemPackages, exists, findPostgresBinaries, isRoot } from "./system.ts";
 
 const CLUSTER_OS_USER = "readsync-pg";
 
@@ -93,7 +93,7 @@ async function initdbTemplate(
     throw new Error(`${root} is not this user's own directory`);
   }
   const ready = `${root}/${key}`;
-  if (await fileExists(`${ready}/complete`)) return `${ready}/data`;
+  if (exists(`${ready}/complete`)) return `${ready}/data`;
 
   const building = await Deno.makeTempDir({ dir: root, prefix: `${key}.building-` });
   await Deno.chmod(building, 0o711);
@@ -106,18 +106,9 @@ async function initdbTemplate(
   } catch (error) {
     await Deno.remove(building, { recursive: true }).catch(() => {});
     // Another start finished the same template first: use theirs.
-    if (!(await fileExists(`${ready}/complete`))) throw error;
+    if (!exists(`${ready}/complete`)) throw error;
   }
   return `${ready}/data`;
-}
-
-async function fileExists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 export async function startPostgres(options: StartOptions = {}): Promise<LocalPostgres> {

@@ -27,7 +27,8 @@ export async function commandExists(name: string): Promise<boolean> {
   return (await run("sh", ["-c", `command -v ${name}`], { quiet: true })).ok;
 }
 
-function exists(path: string): boolean {
+/** Whether anything is at `path` (file or directory). */
+export function exists(path: string): boolean {
   try {
     Deno.statSync(path);
     return true;
