@@ -69,13 +69,14 @@ export async function coldStartSection(
       `Phases of the last start (ms since the stack process began): ${
         phases.map((p) => `${p.at} ${p.line}`).join("; ")
       }.`,
-      "Includes PostgreSQL start from a copy of the cached initdb template (the first start on a machine runs " +
-      "initdb once to make it), the platform bootstrap, `supabase db push` of every migration (the real CLI) and the " +
-      "API server (functions + Realtime); the wall figure also includes starting the Deno process. The baseline runs " +
-      "initdb itself.",
-      ...(external
-        ? ["SUPABASE_DB_URL is set: no PostgreSQL was started by the stack; the figure is migrations + API."]
-        : []),
+      external
+        ? "SUPABASE_DB_URL is set: no PostgreSQL was started by the stack; the figure is `supabase db push` against " +
+          "that database (a no-op once applied) and the API server (or SUPABASE_URL's), plus starting the Deno process. " +
+          "The baseline is still a local initdb + start, for scale."
+        : "Includes PostgreSQL start from a copy of the cached initdb template (the first start on a machine runs " +
+          "initdb once to make it), the platform bootstrap, `supabase db push` of every migration (the real CLI) and " +
+          "the API server (functions + Realtime); the wall figure also includes starting the Deno process. The " +
+          "baseline runs initdb itself.",
     ],
     details: { stackWallMs: stackWall, stackReadyMs: stackReady, barePostgresMs: pgMs, phases },
   };
