@@ -327,7 +327,9 @@ export async function resetProgress(
   const id = validateLocally(seriesIdSchema, seriesId, "series id");
   const q = validateLocally(resetQuerySchema, {
     device_id: reset.device_id,
-    updated_at: reset.updated_at ?? new Date().toISOString(),
+    // Stamped now, by the server's clock when the client has learnt it (a device clock hours behind
+    // would otherwise date the reset in the past, and it would lose against older reading).
+    updated_at: reset.updated_at ?? new Date(options.clock?.now() ?? Date.now()).toISOString(),
   }, "reset");
   const qs = new URLSearchParams({ device_id: q.device_id, updated_at: q.updated_at });
   return await invoke(

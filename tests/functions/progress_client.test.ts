@@ -384,6 +384,21 @@ Deno.test("a device whose clock is 3 hours ahead learns the server's clock and n
   assert.equal(fixed.progress.chapter, 30);
 });
 
+Deno.test("a reset without its own stamp is dated by the client's server clock, not the device's", async () => {
+  const user = await createTestUser();
+  const sent: string[] = [];
+  // A clock that has learnt (e.g. saved from an earlier session) that the server runs 90 s ahead.
+  const clock = new ServerClock({ offsetMs: 90_000 });
+  const api = createProgressApi(clientFor(user.accessToken, testEnv().url, (url) => sent.push(url)), {
+    clock,
+  });
+  const before = clock.now();
+  await api.resetProgress(seriesId("reset-stamp"), { device_id: "ereader" });
+  const stamp = Date.parse(new URL(sent[0]).searchParams.get("updated_at") ?? "");
+  // (The answer then corrects the clock: its X-Server-Time proves the saved offset wrong.)
+  assert.ok(stamp >= before && stamp < before + 2_000, `stamp ${new Date(stamp).toISOString()}`);
+});
+
 Deno.test("every answer carries X-Server-Time, exposed to browsers", async () => {
   const user = await createTestUser();
   const before = Date.now();
