@@ -16,6 +16,7 @@
 import { runCleanups } from "./stack/cleanup.ts";
 import { cliDbUrl, psql, pushMigrations, supabaseCli } from "./stack/database.ts";
 import { startLocalStack } from "./stack/stack.ts";
+import { DATABASE_TYPES_FILE, generateDatabaseTypes } from "./typegen.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -158,6 +159,24 @@ async function main(): Promise<number> {
     ]);
     log(`supabase db lint: ${lint.output.split("\n").slice(-1)[0]}`);
     check("supabase db lint reports no error on public", lint.ok, lint.output);
+
+    // shared/database.types.ts is what `supabase gen types typescript` gives for these migrations
+    // (on a database of the stack's own: SUPABASE_DB_URL's public schema may hold more than ours).
+    if (stack.ownsDatabase) {
+      let typesError = "";
+      try {
+        const generated = await generateDatabaseTypes(stack.dbUrl);
+        const committed = await Deno.readTextFile(DATABASE_TYPES_FILE).catch(() => "");
+        if (generated !== committed) typesError = "it differs: run `npm run gen:types` and commit the result";
+      } catch (e) {
+        typesError = (e as Error).message;
+      }
+      check(
+        "shared/database.types.ts matches the migrations (postgres-meta, as supabase gen types)",
+        !typesError,
+        typesError,
+      );
+    }
 
     // The TypeScript stays formatted and lint-clean (deno.json's fmt and lint settings; Markdown is
     // wrapped by hand and the benchmark's generated tables are wider than any line width).
