@@ -19,7 +19,7 @@
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { FunctionsFetchError, FunctionsHttpError, FunctionsRelayError } from "@supabase/supabase-js";
 import type { z } from "zod";
-import type { ServerClock } from "./serverClock.ts";
+import { ServerClock } from "./serverClock.ts";
 import {
   apiErrorBodySchema,
   batchWriteResponseSchema,
@@ -415,21 +415,30 @@ export function subscribeToProgress(
   };
 }
 
-/** The same calls bound to one client and one set of options. */
+/**
+ * The same calls bound to one client and one set of options. They share one ServerClock
+ * (`options.clock`, or a new one) that every answer teaches, so a device whose clock is off is
+ * corrected without asking: stamp a write's `updated_at` with `now()` when the reading happens.
+ */
 export function createProgressApi(client: SupabaseClient, options: ProgressApiOptions = {}) {
+  const clock = options.clock ?? new ServerClock();
+  const bound: ProgressApiOptions = { ...options, clock };
   return {
-    updateProgress: (write: ProgressWriteInput) => updateProgress(client, write, options),
-    updateProgressBatch: (writes: ProgressWriteInput[]) => updateProgressBatch(client, writes, options),
-    getProgress: (seriesId: string) => getProgress(client, seriesId, options),
-    listProgress: (query?: ListProgressOptions) => listProgress(client, query, options),
+    clock,
+    /** The server's clock now (this device's, corrected once answers prove it off), ISO 8601. */
+    now: () => new Date(clock.now()).toISOString(),
+    updateProgress: (write: ProgressWriteInput) => updateProgress(client, write, bound),
+    updateProgressBatch: (writes: ProgressWriteInput[]) => updateProgressBatch(client, writes, bound),
+    getProgress: (seriesId: string) => getProgress(client, seriesId, bound),
+    listProgress: (query?: ListProgressOptions) => listProgress(client, query, bound),
     changesSince: (cursor?: string | null, query?: { limit?: number }) =>
-      changesSince(client, cursor ?? null, query, options),
+      changesSince(client, cursor ?? null, query, bound),
     resetProgress: (seriesId: string, reset: { device_id: string; updated_at?: string }) =>
-      resetProgress(client, seriesId, reset, options),
+      resetProgress(client, seriesId, reset, bound),
     subscribeToProgress: (
       userId: string,
       handler: ProgressHandler,
       sub: Omit<SubscribeToProgressOptions, "api"> = {},
-    ) => subscribeToProgress(client, userId, handler, { ...sub, api: options }),
+    ) => subscribeToProgress(client, userId, handler, { ...sub, api: bound }),
   };
 }

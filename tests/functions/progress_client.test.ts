@@ -399,6 +399,31 @@ Deno.test("a reset without its own stamp is dated by the client's server clock, 
   assert.ok(stamp >= before && stamp < before + 2_000, `stamp ${new Date(stamp).toISOString()}`);
 });
 
+Deno.test("createProgressApi learns the server's clock by default and stamps with now()", async () => {
+  const user = await createTestUser();
+  const HOUR = 3_600_000;
+  // A server an hour ahead of this device: a proxy shifts every answer's X-Server-Time.
+  const server = serveLocal(async (req) => {
+    const url = new URL(req.url);
+    const upstream = await fetch(`${testEnv().url}${url.pathname}${url.search}`, {
+      method: req.method,
+      headers: req.headers,
+    });
+    const headers = new Headers(upstream.headers);
+    headers.set("x-server-time", new Date(Date.parse(headers.get("x-server-time")!) + HOUR).toISOString());
+    return new Response(await upstream.arrayBuffer(), { status: upstream.status, headers });
+  });
+  try {
+    const api = createProgressApi(clientFor(user.accessToken, server.url));
+    assert.equal(api.clock.offsetMs, 0, "no answer yet: the device's own clock");
+    await api.listProgress({ limit: 1 });
+    assert.ok(Math.abs(api.clock.offsetMs - HOUR) < 2_000, `offset ${api.clock.offsetMs}`);
+    assert.ok(Math.abs(Date.parse(api.now()) - (Date.now() + HOUR)) < 2_000, api.now());
+  } finally {
+    await server.shutdown();
+  }
+});
+
 Deno.test("every answer carries X-Server-Time, exposed to browsers", async () => {
   const user = await createTestUser();
   const before = Date.now();
