@@ -3,7 +3,9 @@
 -- * BEFORE INSERT/UPDATE: keeps the timestamps honest. updated_at (the last-write-wins key) is set
 --   when missing, clamped to now() when it lies more than 5 seconds in the future (a device with a
 --   wrong clock must not pin a row forever), and truncated to milliseconds so it round-trips through
---   JSON exactly. A plain UPDATE that does not supply a new (updated_at, device_id) gets now().
+--   JSON exactly. A plain UPDATE that does not supply a new (updated_at, device_id) gets now() (or
+--   1 ms after the stored one, if that is later). An UPDATE whose key is not greater than the stored
+--   key changes nothing (last write wins on direct Data API writes too; a user's is logged).
 --   synced_at and change_xid record when and in which transaction the row changed. created_at is
 --   when this life of the row began (the wall clock at INSERT; kept by every UPDATE): after a hard
 --   DELETE the next write is inserted whatever its updated_at, and clients order versions by
@@ -27,14 +29,31 @@ begin
   if tg_op = 'UPDATE'
      and new.updated_at is not distinct from old.updated_at
      and new.device_id is not distinct from old.device_id then
-    -- An edit that did not bring its own LWW key (e.g. a direct SQL update) happens now.
-    new.updated_at := null;
-  end if;
+    -- An edit that did not bring its own LWW key (e.g. a direct SQL update) happens now, and never
+    -- before the version it edits (a stored updated_at may lie up to 5 s ahead): it always wins.
+    new.updated_at := greatest(
+      pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
+  else
+    if new.updated_at is null or new.updated_at > pg_catalog.now() + interval '5 seconds' then
+      new.updated_at := pg_catalog.now();
+    end if;
+    new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
 
-  if new.updated_at is null or new.updated_at > pg_catalog.now() + interval '5 seconds' then
-    new.updated_at := pg_catalog.now();
+    if tg_op = 'UPDATE'
+       and (new.updated_at, new.device_id collate "C") <= (old.updated_at, old.device_id collate "C") then
+      -- Last write wins on every path, not only through the progress API: RLS lets users update
+      -- their rows through the Data API, and an offline device's stale write (or a same-millisecond
+      -- write from a smaller device id, or a replay) must not replace the stored version. The row is
+      -- left as it is (no UPDATE, so no broadcast); a user's rejected write is logged as the API
+      -- logs it (stale or tie; a replay is not a conflict and is not logged).
+      if current_user = 'authenticated' then
+        perform private.log_reading_progress_conflict(
+          old.series_id, new.chapter, new.page, new.percentage, new.cleared, new.device_id,
+          new.updated_at, true);
+      end if;
+      return null;
+    end if;
   end if;
-  new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
 
   new.synced_at := pg_catalog.clock_timestamp();
   new.change_xid := pg_catalog.pg_current_xact_id();

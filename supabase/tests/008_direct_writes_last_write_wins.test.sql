@@ -1,0 +1,112 @@
+-- Last write wins on direct writes too (migration 012, reading_progress_stamp): RLS lets a user
+-- INSERT/UPDATE their own rows through the Data API (supabase-js .update() / .upsert()), so the
+-- database, not only write_reading_progress, refuses an UPDATE whose (updated_at, device_id) is not
+-- greater than the stored key: the row stays, nothing is broadcast, and a user's refused write is
+-- logged as the API logs it. An edit without a key of its own still always lands.
+
+begin;
+create extension if not exists pgtap with schema extensions;
+select plan(13);
+
+insert into auth.users (id, email) values
+  ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test');
+
+-- Messages that existed before this test (other runs on a shared database) are ignored.
+create temp table msgs_before on commit drop as select id from realtime.messages;
+create temp view new_msgs as
+  select m.* from realtime.messages m where not exists (select 1 from msgs_before b where b.id = m.id);
+grant select on msgs_before, new_msgs to authenticated;
+
+set local role authenticated;
+select set_config('request.jwt.claims',
+  json_build_object('sub', 'a8a8a8a8-0000-4000-8000-000000000008', 'role', 'authenticated')::text, true);
+
+-- The stored version: chapter 12 on the tablet, an hour ago.
+insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+values ('a8a8a8a8-0000-4000-8000-000000000008', 'op', 12, 30, 0.12, 'tablet', now() - interval '1 hour'),
+       ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead', 1, 1, 0.01, 'tablet', now() + interval '4 seconds');
+
+create temp view stored as
+  select chapter, page, device_id, updated_at from public.reading_progress where series_id = 'op';
+grant select on stored to authenticated;
+create temp table before_msgs on commit drop as select count(*) as n from new_msgs;
+
+-- An e-reader offline for a week writes chapter 5 dated a week ago, as a plain Data API update.
+with u as (
+  update public.reading_progress set chapter = 5, page = 1, percentage = 0.05, device_id = 'ereader',
+         updated_at = now() - interval '7 days'
+   where series_id = 'op' returning 1)
+select is((select count(*)::int from u), 0, 'a stale direct UPDATE updates no row');
+
+select is((select row(chapter, device_id)::text from stored), '(12,tablet)',
+  'the stored version (chapter 12 on the tablet) is kept');
+
+select is(
+  (select jsonb_build_object('kind', kind, 'rejected', rejected, 'losing_device_id', losing_device_id,
+                             'losing_chapter', losing_chapter, 'winning_chapter', winning_chapter)
+     from public.reading_progress_conflicts where series_id = 'op'),
+  jsonb_build_object('kind', 'stale', 'rejected', true, 'losing_device_id', 'ereader',
+                     'losing_chapter', 5, 'winning_chapter', 12),
+  'the refused write is logged as a stale conflict, as the API logs it'
+);
+
+-- The same through an upsert, as supabase-js .upsert() sends it (INSERT ... ON CONFLICT DO UPDATE).
+with u as (
+  insert into public.reading_progress as p (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+  values ('a8a8a8a8-0000-4000-8000-000000000008', 'op', 6, 1, 0.06, 'ereader', now() - interval '6 days')
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+        device_id = excluded.device_id, updated_at = excluded.updated_at
+  returning 1)
+select is((select count(*)::int from u), 0, 'a stale direct upsert returns no row');
+
+select is((select chapter from stored), 12, 'and leaves chapter 12');
+
+-- Same millisecond: the smaller device id loses the tie; a replay of the stored key changes nothing.
+with u as (
+  update public.reading_progress set chapter = 7, device_id = 'phone', updated_at = (select updated_at from stored)
+   where series_id = 'op' returning 1)
+select is((select count(*)::int from u), 0, 'a same-millisecond UPDATE from a smaller device id is refused');
+
+select is(
+  (select kind from public.reading_progress_conflicts where series_id = 'op' and losing_device_id = 'phone'),
+  'tie', 'and logged as a tie');
+
+with u as (
+  update public.reading_progress set chapter = 8, updated_at = (select updated_at from stored) + interval '0.4 ms'
+   where series_id = 'op' returning 1)
+select is((select count(*)::int from u), 0,
+  'an UPDATE whose key equals the stored one after truncation to ms (a replay) is refused');
+
+select is((select count(*) from public.reading_progress_conflicts where series_id = 'op')::int, 3,
+  'a replay is not a conflict: nothing more is logged (two stale writes and one tie so far)');
+
+select is((select count(*) from new_msgs) - (select n from before_msgs), 0::bigint,
+  'no refused write was broadcast');
+
+-- Newer writes win as before.
+update public.reading_progress set chapter = 13, device_id = 'phone', updated_at = now() - interval '1 minute'
+ where series_id = 'op';
+select is((select row(chapter, device_id)::text from stored), '(13,phone)', 'a newer direct UPDATE lands');
+
+-- An edit without a key of its own always lands, even on a row stamped up to 5 s ahead.
+update public.reading_progress set page = 2 where series_id = 'ahead';
+select cmp_ok(
+  (select updated_at from public.reading_progress where series_id = 'ahead'), '>',
+  date_trunc('milliseconds', now() + interval '4 seconds'),
+  'an edit without its own updated_at lands after the version it edits (which lay 4 s ahead)'
+);
+
+-- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
+reset role;
+update public.reading_progress set chapter = 1, updated_at = now() - interval '30 days'
+ where user_id = 'a8a8a8a8-0000-4000-8000-000000000008' and series_id = 'op';
+select is(
+  (select jsonb_build_object('chapter', (select chapter from stored),
+                             'logged', (select count(*) from public.reading_progress_conflicts where series_id = 'op')::int)),
+  jsonb_build_object('chapter', 13, 'logged', 3),
+  'a stale UPDATE as postgres is refused too, and not logged (no user)'
+);
+
+select * from finish();
+rollback;
