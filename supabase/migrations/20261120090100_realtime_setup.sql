@@ -4,8 +4,9 @@
 --   when missing, clamped to now() when it lies more than 5 seconds in the future (a device with a
 --   wrong clock must not pin a row forever), and truncated to milliseconds so it round-trips through
 --   JSON exactly. A plain UPDATE that does not supply a new (updated_at, device_id) gets now() (or
---   1 ms after the stored one, if that is later). An UPDATE whose key is not greater than the stored
---   key changes nothing (last write wins on direct Data API writes too; a user's is logged).
+--   1 ms after the stored one, if that is later); one that changes nothing at all (a replayed upsert)
+--   is skipped. An UPDATE whose key is not greater than the stored key changes nothing (last write
+--   wins on direct Data API writes too; a user's is logged).
 --   synced_at and change_xid record when and in which transaction the row changed. created_at is
 --   when this life of the row began (the wall clock at INSERT; kept by every UPDATE): after a hard
 --   DELETE the next write is inserted whatever its updated_at, and clients order versions by
@@ -29,6 +30,12 @@ begin
   if tg_op = 'UPDATE'
      and new.updated_at is not distinct from old.updated_at
      and new.device_id is not distinct from old.device_id then
+    if (new.user_id, new.series_id, new.chapter, new.page, new.percentage, new.cleared)
+       is not distinct from (old.user_id, old.series_id, old.chapter, old.page, old.percentage, old.cleared) then
+      -- Nothing changes: a replay of the stored write (a client's retried upsert) or a no-op update.
+      -- No new version (re-dating it to now() would make it beat writes read after it) and no broadcast.
+      return null;
+    end if;
     -- An edit that did not bring its own LWW key (e.g. a direct SQL update) happens now, and never
     -- before the version it edits (a stored updated_at may lie up to 5 s ahead): it always wins.
     new.updated_at := greatest(

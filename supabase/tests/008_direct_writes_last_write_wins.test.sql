@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(13);
+select plan(14);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test');
@@ -77,6 +77,18 @@ with u as (
    where series_id = 'op' returning 1)
 select is((select count(*)::int from u), 0,
   'an UPDATE whose key equals the stored one after truncation to ms (a replay) is refused');
+
+-- A client retrying its upsert of the stored write sends the very same row: no new version (re-dating it
+-- to now() would let it beat reading done elsewhere since), no broadcast.
+with u as (
+  insert into public.reading_progress as p (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+  select user_id, series_id, chapter, page, percentage, device_id, updated_at
+    from public.reading_progress where series_id = 'op'
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+        device_id = excluded.device_id, updated_at = excluded.updated_at
+  returning 1)
+select is((select count(*)::int from u), 0, 'an exact replay of the stored row (a retried upsert) changes nothing');
 
 select is((select count(*) from public.reading_progress_conflicts where series_id = 'op')::int, 3,
   'a replay is not a conflict: nothing more is logged (two stale writes and one tie so far)');

@@ -6,6 +6,7 @@
 //     the writes in, and every answer and every log row fits one serial order (see checkConcurrent).
 //   * many parallel writers on one series through HTTP, including ties, end with the resolver's
 //     winner and the matching conflict-log rows.
+//   * direct Data API upserts (bypassing the API) end with the resolver's winner too.
 // numRuns are kept small: the machine is shared.
 
 import assert from "node:assert/strict";
@@ -234,6 +235,74 @@ Deno.test("many parallel writers on one series over HTTP end with the resolver's
     for (const [i, a] of answers.entries()) assert.ok(resolver.compare(a.progress, updates[i]) >= 0);
   } finally {
     await sql.end();
+  }
+});
+
+/**
+ * The same rule holds for writes that bypass the API: a user's own upsert through the Data API (what
+ * supabase-js `.upsert()` sends: INSERT ... ON CONFLICT DO UPDATE with no condition) is refused by the
+ * stamp trigger unless its key is greater than the stored one. Its log has the refused writes only
+ * (a same-millisecond write the upsert replaces is not logged: the API logs both sides of a tie).
+ */
+Deno.test("resolver = database on direct Data API upserts: same final row, refused writes logged", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const direct = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const upsert = (series: string, u: Update) =>
+    direct.begin(async (tx) => {
+      await tx`select set_config('role', 'authenticated', true),
+        set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
+      const rows = await tx`
+        insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+        values (${user.id}, ${series}, ${u.chapter}, 0, 0, ${u.device_id}, ${u.updated_at}::timestamptz)
+        on conflict (user_id, series_id) do update
+          set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+              device_id = excluded.device_id, updated_at = excluded.updated_at
+        returning 1`;
+      return rows.length;
+    });
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        // Distinct writes, some sent twice (an exact replay, e.g. a retried upsert), in any order. A
+        // reused key with a different position is not a replay to the trigger but an edit without a
+        // key of its own (it lands, dated now): pgTAP 008.
+        fc.uniqueArray(updateArb, { minLength: 1, maxLength: 8, selector: keyOf }).chain((us) =>
+          fc.shuffledSubarray([...us, ...us], { minLength: us.length, maxLength: 2 * us.length })
+        ),
+        async (order) => {
+          const series = seriesId("direct");
+          let current: Update | null = null;
+          // Every refused write, once per (loser, winner) as the log's unique key has it.
+          const refused: LogRow[] = [];
+          for (const u of order) {
+            const written = await upsert(series, u);
+            const outcome = resolver.classify(u, current);
+            const stored: boolean = current === null || resolver.compare(u, current) > 0;
+            assert.equal(written, stored ? 1 : 0, `upsert of ${keyOf(u)} over ${current && keyOf(current)}`);
+            if (!outcome.won && outcome.conflict) {
+              const row = {
+                kind: outcome.conflict,
+                rejected: true,
+                losing: keyOf(u),
+                winning: keyOf(current!),
+              };
+              if (!refused.some((r) => r.losing === row.losing && r.winning === row.winning)) {
+                refused.push(row);
+              }
+            }
+            current = resolver.apply(current, u).current;
+          }
+          const state = await stateOf(sql, user.id, series);
+          const winner = resolver.resolve(order)!;
+          assert.deepEqual(state.row, { key: keyOf(winner), chapter: winner.chapter });
+          assert.deepEqual(state.log, refused);
+        },
+      ),
+      { numRuns: 20 },
+    );
+  } finally {
+    await Promise.all([direct.end(), sql.end()]);
   }
 });
 
