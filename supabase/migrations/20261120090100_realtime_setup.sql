@@ -52,7 +52,8 @@ begin
       -- their rows through the Data API, and an offline device's stale write (or a same-millisecond
       -- write from a smaller device id, or a replay) must not replace the stored version. The row is
       -- left as it is (no UPDATE, so no broadcast); a user's rejected write is logged as the API
-      -- logs it (stale or tie; a replay is not a conflict and is not logged).
+      -- logs it (stale or tie; a replay is not a conflict and is not logged). The log function comes
+      -- with migration 013; plpgsql resolves it at the first refused write, after every migration ran.
       if current_user = 'authenticated' then
         perform private.log_reading_progress_conflict(
           old.series_id, new.chapter, new.page, new.percentage, new.cleared, new.device_id,
