@@ -12,7 +12,8 @@
 --   and converges.
 -- * public.write_reading_progress_batch(jsonb) 1..100 writes in one call, each resolved on its own.
 -- * public.reading_progress_conflicts          log of every conflict ('stale' / 'tie'), loser and winner.
--- * private.log_reading_progress_conflict(...) the only way rows get into that log.
+-- * private.log_reading_progress_conflict(...) the only way rows get into that log; the AFTER UPDATE
+--   trigger reading_progress_log_replaced_tie logs every replaced same-millisecond write through it.
 -- * public.reading_progress_deletions          the last hard DELETE per series (an AFTER DELETE trigger),
 --   so "changes since" tells devices that were offline or polling.
 -- * public.get_reading_progress / list_reading_progress / reading_progress_changes: the reads.
@@ -134,8 +135,9 @@ create policy reading_progress_conflicts_select_own on public.reading_progress_c
 --   p_rejected = false: the given write was the stored row and was replaced in THIS transaction by a
 --                       write of the same millisecond and a greater device id (the stored row now).
 -- SECURITY DEFINER because nobody else may insert into the log; it re-reads the stored row itself,
--- so even a direct call can only log a conflict the stored row confirms. write_reading_progress
--- calls it while holding the row lock.
+-- so even a direct call can only log a conflict the stored row confirms. Callers: write_reading_progress
+-- (a refused write, while holding the row lock), migration 012's stamp trigger (a refused direct
+-- UPDATE) and the trigger reading_progress_log_replaced_tie below (p_rejected = false).
 drop function if exists private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz);
 create or replace function private.log_reading_progress_conflict(
   p_series_id text,
@@ -195,6 +197,35 @@ revoke all on function private.log_reading_progress_conflict(text, integer, inte
   from public, anon;
 grant execute on function private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)
   to authenticated;
+
+-- A same-millisecond write replaced by one from a greater device id lost a tie, on every path: the
+-- API's function and direct Data API writes alike (RLS lets users update their rows; migration 012's
+-- stamp trigger lets such an UPDATE land and logs the refused side itself). Only an AFTER trigger can
+-- log this side: the log function confirms the conflict against the stored row, which must already be
+-- the winner. The WHEN clause keeps every other UPDATE from calling anything (the common case, a newer
+-- updated_at, costs two comparisons). Logged for users only (auth.uid() names whose log it is), as the
+-- stamp trigger logs refused writes; ON CONFLICT in the log makes a second call for the same pair
+-- harmless.
+create or replace function private.reading_progress_log_replaced_tie() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if current_user = 'authenticated' then
+    perform private.log_reading_progress_conflict(
+      old.series_id, old.chapter, old.page, old.percentage, old.cleared, old.device_id, old.updated_at, false);
+  end if;
+  return null;
+end;
+$$;
+revoke all on function private.reading_progress_log_replaced_tie() from public, anon, authenticated;
+
+drop trigger if exists reading_progress_log_replaced_tie on public.reading_progress;
+create trigger reading_progress_log_replaced_tie
+  after update on public.reading_progress
+  for each row
+  when (new.updated_at = old.updated_at and new.device_id <> old.device_id)
+  execute function private.reading_progress_log_replaced_tie();
 
 -- ---------------------------------------------------------------------------------------------
 -- One write. Returns jsonb {won, conflict, conflict_with, progress}: progress = the stored row after
@@ -287,10 +318,9 @@ begin
 
   if found then
     if v_prev.updated_at = v_key then
-      -- Same millisecond, greater device id: the replaced write lost a tie.
-      v_conflict := private.log_reading_progress_conflict(
-        p_series_id, v_prev.chapter, v_prev.page, v_prev.percentage, v_prev.cleared, v_prev.device_id,
-        v_prev.updated_at, false);
+      -- Same millisecond, greater device id: the replaced write lost a tie (logged by the trigger
+      -- reading_progress_log_replaced_tie, as for every UPDATE that replaces a same-millisecond write).
+      v_conflict := 'tie';
     end if;
     return pg_catalog.jsonb_build_object(
       'won', true,

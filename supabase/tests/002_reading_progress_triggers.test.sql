@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(44);
+select plan(45);
 
 insert into auth.users (id, email) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'trig-a@readsync.test'),
@@ -26,8 +26,9 @@ create temp view new_msgs as
 -- ---------------------------------------------------------------------------------------------
 select triggers_are(
   'public', 'reading_progress',
-  array['reading_progress_stamp', 'reading_progress_broadcast', 'reading_progress_remember_deletion'],
-  'reading_progress has exactly the stamp, broadcast and remember-deletion (migration 013) triggers'
+  array['reading_progress_stamp', 'reading_progress_broadcast', 'reading_progress_remember_deletion',
+        'reading_progress_log_replaced_tie'],
+  'reading_progress has exactly the stamp, broadcast, remember-deletion and replaced-tie log (both migration 013) triggers'
 );
 
 -- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update (32 truncate, 64 instead of)
@@ -37,9 +38,17 @@ select results_eq(
       from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
      order by tgname$$,
   $$values ('reading_progress_broadcast',         1 + 4 + 8 + 16, 'O', 'reading_progress_broadcast()'),
+           ('reading_progress_log_replaced_tie',  1 + 16,         'O', 'private.reading_progress_log_replaced_tie()'),
            ('reading_progress_remember_deletion', 1 + 8,          'O', 'private.reading_progress_remember_deletion()'),
            ('reading_progress_stamp',             1 + 2 + 4 + 16, 'O', 'reading_progress_stamp()')$$,
-  'stamp is BEFORE INSERT OR UPDATE, broadcast AFTER INSERT OR UPDATE OR DELETE, remember-deletion AFTER DELETE; all FOR EACH ROW and enabled'
+  'stamp is BEFORE INSERT OR UPDATE, broadcast AFTER INSERT OR UPDATE OR DELETE, replaced-tie log AFTER UPDATE, remember-deletion AFTER DELETE; all FOR EACH ROW and enabled'
+);
+
+select is(
+  (select substring(pg_get_triggerdef(oid) from 'WHEN \((.*)\) EXECUTE') from pg_trigger
+    where tgrelid = 'public.reading_progress'::regclass and tgname = 'reading_progress_log_replaced_tie'),
+  '((new.updated_at = old.updated_at) AND (new.device_id <> old.device_id))',
+  'the replaced-tie log runs only for an UPDATE that keeps updated_at and changes device_id (no call otherwise)'
 );
 
 select is_definer('public', 'reading_progress_broadcast', array[]::name[],

@@ -33,8 +33,9 @@ grant all on res to authenticated;
 -- Definitions and privileges
 -- ---------------------------------------------------------------------------------------------
 select functions_are('private',
-  array['log_reading_progress_conflict', 'reading_progress_normalize_updated_at', 'reading_progress_remember_deletion'],
-  'the private schema holds exactly the two helpers and the remember-deletion trigger function');
+  array['log_reading_progress_conflict', 'reading_progress_normalize_updated_at', 'reading_progress_remember_deletion',
+        'reading_progress_log_replaced_tie'],
+  'the private schema holds exactly the two helpers and the remember-deletion and replaced-tie trigger functions');
 
 select results_eq(
   $$select p.oid::regprocedure::text collate "default", p.prosecdef, p.proconfig::text collate "default"

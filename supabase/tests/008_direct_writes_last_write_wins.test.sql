@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(14);
+select plan(16);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test');
@@ -101,6 +101,22 @@ update public.reading_progress set chapter = 13, device_id = 'phone', updated_at
  where series_id = 'op';
 select is((select row(chapter, device_id)::text from stored), '(13,phone)', 'a newer direct UPDATE lands');
 
+-- Same millisecond from a GREATER device id: that write wins the tie, and the write it replaced lost a
+-- tie, logged as the API logs it (rejected = false: it was the stored row), once even if repeated.
+update public.reading_progress set chapter = 14, device_id = 'tablet', updated_at = (select updated_at from stored)
+ where series_id = 'op';
+select is(
+  (select jsonb_build_object('stored', (select row(chapter, device_id)::text from stored),
+     'logged', (select jsonb_agg(jsonb_build_object('kind', kind, 'rejected', rejected,
+                  'losing', losing_device_id || ':' || losing_chapter, 'winning', winning_device_id || ':' || winning_chapter))
+                  from public.reading_progress_conflicts
+                 where series_id = 'op' and not rejected))),
+  jsonb_build_object('stored', '(14,tablet)',
+     'logged', jsonb_build_array(jsonb_build_object('kind', 'tie', 'rejected', false,
+                 'losing', 'phone:13', 'winning', 'tablet:14'))),
+  'a same-millisecond UPDATE from a greater device id lands, and the replaced write is logged as the tie loser'
+);
+
 -- An edit without a key of its own always lands, even on a row stamped up to 5 s ahead.
 update public.reading_progress set page = 2 where series_id = 'ahead';
 select cmp_ok(
@@ -116,8 +132,17 @@ update public.reading_progress set chapter = 1, updated_at = now() - interval '3
 select is(
   (select jsonb_build_object('chapter', (select chapter from stored),
                              'logged', (select count(*) from public.reading_progress_conflicts where series_id = 'op')::int)),
-  jsonb_build_object('chapter', 13, 'logged', 3),
+  jsonb_build_object('chapter', 14, 'logged', 4),
   'a stale UPDATE as postgres is refused too, and not logged (no user)'
+);
+
+update public.reading_progress set chapter = 15, device_id = 'tv', updated_at = (select updated_at from stored)
+ where user_id = 'a8a8a8a8-0000-4000-8000-000000000008' and series_id = 'op';
+select is(
+  (select jsonb_build_object('stored', (select row(chapter, device_id)::text from stored),
+     'logged', (select count(*) from public.reading_progress_conflicts where series_id = 'op')::int)),
+  jsonb_build_object('stored', '(15,tv)', 'logged', 4),
+  'a same-millisecond tie won as postgres lands and logs nothing (no user whose log it would be)'
 );
 
 select * from finish();

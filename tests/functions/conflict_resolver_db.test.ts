@@ -12,7 +12,11 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import postgres from "postgres";
-import { ConflictResolver, conflictResolver as resolver } from "../../shared/progress/conflictResolver.ts";
+import {
+  type ConflictFinding,
+  ConflictResolver,
+  conflictResolver as resolver,
+} from "../../shared/progress/conflictResolver.ts";
 import { writeResultSchema } from "../../shared/progress/schemas.ts";
 import { createPostgresProgressStore } from "../../shared/progress/store.ts";
 import type { WriteResult } from "../../shared/progress/types.ts";
@@ -57,6 +61,15 @@ async function stateOf(sql: postgres.Sql, userId: string, series: string) {
     })),
   };
 }
+
+/** The conflict-log rows the resolver's findings stand for, in the same order. */
+const logOf = (findings: ConflictFinding<Update>[]): LogRow[] =>
+  findings.map((f) => ({
+    kind: f.kind,
+    rejected: f.rejected,
+    losing: keyOf(f.losing),
+    winning: keyOf(f.winning),
+  }));
 
 const sortLog = (rows: LogRow[]) => [...rows].sort((x, y) => JSON.stringify(x) < JSON.stringify(y) ? -1 : 1);
 
@@ -149,15 +162,9 @@ Deno.test("resolver = database, sequential random orders: same final row, confli
             { key: keyOf(winner), chapter: winner.chapter },
             "the stored row is resolve(updates)",
           );
-          const findings = resolver.detectConflict(order);
           assert.deepEqual(
             state.log,
-            findings.map((f) => ({
-              kind: f.kind,
-              rejected: f.rejected,
-              losing: keyOf(f.losing),
-              winning: keyOf(f.winning),
-            })),
+            logOf(resolver.detectConflict(order)),
             "the log is detectConflict(order), in order",
           );
           // Each answer is what the resolver predicts for that arrival.
@@ -241,10 +248,11 @@ Deno.test("many parallel writers on one series over HTTP end with the resolver's
 /**
  * The same rule holds for writes that bypass the API: a user's own upsert through the Data API (what
  * supabase-js `.upsert()` sends: INSERT ... ON CONFLICT DO UPDATE with no condition) is refused by the
- * stamp trigger unless its key is greater than the stored one. Its log has the refused writes only
- * (a same-millisecond write the upsert replaces is not logged: the API logs both sides of a tie).
+ * stamp trigger unless its key is greater than the stored one, and its conflict log is the API's:
+ * detectConflict(order) (refused writes by the stamp trigger, replaced same-millisecond writes by the
+ * AFTER UPDATE trigger reading_progress_log_replaced_tie).
  */
-Deno.test("resolver = database on direct Data API upserts: same final row, refused writes logged", async () => {
+Deno.test("resolver = database on direct Data API upserts: same final row, conflict log = detectConflict(order)", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
   const direct = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
@@ -273,30 +281,20 @@ Deno.test("resolver = database on direct Data API upserts: same final row, refus
         async (order) => {
           const series = seriesId("direct");
           let current: Update | null = null;
-          // Every refused write, once per (loser, winner) as the log's unique key has it.
-          const refused: LogRow[] = [];
           for (const u of order) {
             const written = await upsert(series, u);
-            const outcome = resolver.classify(u, current);
             const stored: boolean = current === null || resolver.compare(u, current) > 0;
             assert.equal(written, stored ? 1 : 0, `upsert of ${keyOf(u)} over ${current && keyOf(current)}`);
-            if (!outcome.won && outcome.conflict) {
-              const row = {
-                kind: outcome.conflict,
-                rejected: true,
-                losing: keyOf(u),
-                winning: keyOf(current!),
-              };
-              if (!refused.some((r) => r.losing === row.losing && r.winning === row.winning)) {
-                refused.push(row);
-              }
-            }
             current = resolver.apply(current, u).current;
           }
           const state = await stateOf(sql, user.id, series);
           const winner = resolver.resolve(order)!;
           assert.deepEqual(state.row, { key: keyOf(winner), chapter: winner.chapter });
-          assert.deepEqual(state.log, refused);
+          assert.deepEqual(
+            state.log,
+            logOf(resolver.detectConflict(order)),
+            "the log is detectConflict(order)",
+          );
         },
       ),
       { numRuns: 20 },
