@@ -76,7 +76,7 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
     },
     {
       id: "stamp",
-      label: "+ stamp trigger",
+      label: "+ stamp trigger (and the replaced-tie log's WHEN test)",
       script: request("authenticated", upsert("public.reading_progress")),
       triggers: { stamp: true, broadcast: false, localNotify: false },
     },
@@ -125,6 +125,8 @@ async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
   const on = (b: boolean) => (b ? "enable" : "disable");
   await ctx.sql.unsafe(`
     alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_stamp;
+    -- Last-write-wins bookkeeping like the stamp: on and off with it (it only logs same-ms tie wins).
+    alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_log_replaced_tie;
     alter table public.reading_progress ${on(s.broadcast)} trigger reading_progress_broadcast;
     alter table public.reading_progress ${on(s.broadcastDirect ?? false)} trigger bench_broadcast_direct;
     do $$ begin
