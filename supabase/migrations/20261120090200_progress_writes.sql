@@ -204,8 +204,7 @@ grant execute on function private.log_reading_progress_conflict(text, integer, i
 -- log this side: the log function confirms the conflict against the stored row, which must already be
 -- the winner. The WHEN clause keeps every other UPDATE from calling anything (the common case, a newer
 -- updated_at, costs two comparisons). Logged for users only (auth.uid() names whose log it is), as the
--- stamp trigger logs refused writes; ON CONFLICT in the log makes a second call for the same pair
--- harmless.
+-- stamp trigger logs refused writes.
 create or replace function private.reading_progress_log_replaced_tie() returns trigger
 language plpgsql
 set search_path = ''
