@@ -5,6 +5,7 @@
 
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { createProgressApi, NetworkError, ProgressApiError, ServiceUnavailableError } from "@shared/progress/api.ts";
+import type { Database } from "@shared/database.types.ts";
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { type Progress, PROGRESS_LIMITS } from "@shared/progress/types.ts";
 
@@ -21,21 +22,23 @@ class NoServerWebSocket {
 /**
  * A supabase-js client whose every request (functions and Realtime) carries the user's current
  * access token. `accessToken` is asked for per request, so a refreshed token is used at once.
+ * Typed with the generated `Database` (shared/database.types.ts), so a Data API call added to the
+ * app (`.from("reading_progress")`, `.rpc(...)`) is checked against the migrations' schema.
  */
 export function userClient(options: {
   supabaseUrl: string;
   anonKey: string;
   accessToken: () => Promise<string>;
   server?: boolean;
-}): SupabaseClient {
-  return createClient(options.supabaseUrl, options.anonKey, {
+}): SupabaseClient<Database> {
+  return createClient<Database>(options.supabaseUrl, options.anonKey, {
     accessToken: options.accessToken,
     ...(options.server ? { realtime: { transport: NoServerWebSocket as unknown as typeof WebSocket } } : {}),
   });
 }
 
 /** `clock` learns the server's time from every answer (the browser stamps writes with it). */
-export function progressApi(client: SupabaseClient, clock?: ServerClock): ProgressApi {
+export function progressApi(client: SupabaseClient<Database>, clock?: ServerClock): ProgressApi {
   return createProgressApi(client, clock ? { clock } : {});
 }
 
