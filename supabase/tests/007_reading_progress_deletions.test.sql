@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(18);
+select plan(21);
 
 insert into auth.users (id, email) values
   ('a7a7a7a7-0000-4000-8000-000000000007', 'deletions-a@readsync.test'),
@@ -102,6 +102,67 @@ select is(
   'a second DELETE of the series replaces the remembered one (still one row per series)'
 );
 reset role;
+
+-- ---------------------------------------------------------------------------------------------
+-- A hard DELETE carries no last-write-wins key: it removes whatever is stored when it arrives. A
+-- device that may send its delete late (queued offline) makes it conditional on the version it saw
+-- (the Data API's .eq('updated_at', seen).eq('device_id', seen)), as the README says: once another
+-- device has written since, that delete removes nothing, remembers nothing and broadcasts nothing.
+-- ---------------------------------------------------------------------------------------------
+set local role authenticated;
+select set_config('request.jwt.claims',
+  json_build_object('sub', 'a7a7a7a7-0000-4000-8000-000000000007', 'role', 'authenticated')::text, true);
+
+insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+values ('a7a7a7a7-0000-4000-8000-000000000007', 'keyed', 2, 20, 0.2, 'ereader', now() - interval '2 hours');
+insert into res select 'seen by the e-reader', to_jsonb(rp) from public.reading_progress rp where series_id = 'keyed';
+update public.reading_progress
+   set chapter = 8, page = 80, percentage = 0.8, device_id = 'phone', updated_at = now() - interval '1 hour'
+ where series_id = 'keyed';
+insert into res select 'written by the phone', to_jsonb(rp) from public.reading_progress rp where series_id = 'keyed';
+
+with late as (
+  delete from public.reading_progress
+   where series_id = 'keyed'
+     and updated_at = ((select r from res where label = 'seen by the e-reader') ->> 'updated_at')::timestamptz
+     and device_id = (select r from res where label = 'seen by the e-reader') ->> 'device_id'
+  returning 1
+)
+insert into res select 'late conditional delete', to_jsonb(count(*)) from late;
+
+select is(
+  jsonb_build_object(
+    'deleted', (select r from res where label = 'late conditional delete'),
+    'stored', (select jsonb_build_object('device', device_id, 'page', page)
+                 from public.reading_progress where series_id = 'keyed'),
+    'remembered', (select count(*) from public.reading_progress_deletions where series_id = 'keyed')),
+  jsonb_build_object('deleted', 0, 'stored', jsonb_build_object('device', 'phone', 'page', 80), 'remembered', 0),
+  'a delete conditional on an older version removes nothing: the newer progress stays, no deletion is remembered'
+);
+
+with current_version as (
+  delete from public.reading_progress
+   where series_id = 'keyed'
+     and updated_at = ((select r from res where label = 'written by the phone') ->> 'updated_at')::timestamptz
+     and device_id = (select r from res where label = 'written by the phone') ->> 'device_id'
+  returning 1
+)
+insert into res select 'current conditional delete', to_jsonb(count(*)) from current_version;
+select is(
+  jsonb_build_object(
+    'deleted', (select r from res where label = 'current conditional delete'),
+    'remembered', (select version ->> 'device_id' from public.reading_progress_deletions where series_id = 'keyed')),
+  jsonb_build_object('deleted', 1, 'remembered', 'phone'),
+  'the same delete conditional on the stored version removes it and is remembered'
+);
+reset role;
+
+select is(
+  (select count(*)::int from realtime.messages
+    where topic = 'progress:a7a7a7a7-0000-4000-8000-000000000007'
+      and payload ->> 'operation' = 'DELETE' and payload -> 'old_record' ->> 'series_id' = 'keyed'),
+  1, 'only the delete that removed the row was broadcast'
+);
 
 -- ---------------------------------------------------------------------------------------------
 -- Deleting the user takes everything along, and the cascade does not trip over the trigger
