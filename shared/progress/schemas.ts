@@ -10,6 +10,7 @@
 
 import { z } from "zod";
 import { HttpError } from "../http/errors.ts";
+import { microsecondIso } from "./instant.ts";
 import type {
   BatchWriteResponse,
   ChangesResponse,
@@ -137,6 +138,16 @@ export const instantSchema = z.iso
   .datetime({ offset: true })
   .transform((s) => new Date(Date.parse(s)).toISOString());
 
+/** created_at: an instant to the microsecond (shared/progress/instant.ts says why). */
+export const lifeInstantSchema = z.string().transform((s, ctx) => {
+  const iso = microsecondIso(s);
+  if (iso === null) {
+    ctx.addIssue({ code: "custom", message: "must be an ISO 8601 date-time with Z or an offset" });
+    return z.NEVER;
+  }
+  return iso;
+});
+
 export const progressRowSchema = z.object({
   user_id: z.guid(),
   series_id: idSchema,
@@ -148,7 +159,7 @@ export const progressRowSchema = z.object({
   updated_at: instantSchema,
   synced_at: instantSchema,
   change_xid: z.string().regex(/^[0-9]+$/),
-  created_at: instantSchema,
+  created_at: lifeInstantSchema,
 });
 
 export const conflictKindSchema = z.enum(["stale", "tie"]);

@@ -9,6 +9,7 @@
 import type postgres from "postgres";
 import type { JwtClaims } from "../auth/jwt.ts";
 import { HttpError } from "../http/errors.ts";
+import { microsecondIso } from "./instant.ts";
 import type { ValidProgressWrite } from "./schemas.ts";
 import type { ChangesResponse, ConflictKind, Progress, WriteResult } from "./types.ts";
 
@@ -47,6 +48,13 @@ function iso(v: unknown): string {
   return new Date(String(v)).toISOString();
 }
 
+/** created_at keeps its microseconds (the rows come as to_jsonb text, never as a Date). */
+function lifeIso(v: unknown): string {
+  const value = microsecondIso(v instanceof Date ? v : String(v));
+  if (value === null) throw new Error(`created_at is not an instant: ${String(v)}`);
+  return value;
+}
+
 /** A row from the database (postgres.js types or to_jsonb output) in the API's shape. */
 export function toProgress(r: Row): Progress {
   return {
@@ -60,7 +68,7 @@ export function toProgress(r: Row): Progress {
     updated_at: iso(r.updated_at),
     synced_at: iso(r.synced_at),
     change_xid: String(r.change_xid),
-    created_at: iso(r.created_at),
+    created_at: lifeIso(r.created_at),
   };
 }
 
@@ -131,17 +139,19 @@ export function createPostgresProgressStore(
 
     get: (claims, seriesId) =>
       asUser(claims, "read only", async (tx) => {
-        const rows = await tx<Row[]>`select * from public.get_reading_progress(${seriesId}::text)`;
-        return rows.length ? toProgress(rows[0]) : null;
+        // As JSON, like every other read: postgres.js would turn created_at into a Date (milliseconds).
+        const rows = await tx<{ row: Row }[]>`
+          select to_jsonb(p) as row from public.get_reading_progress(${seriesId}::text) p`;
+        return rows.length ? toProgress(rows[0].row) : null;
       }),
 
     list: (claims, q) =>
       asUser(claims, "read only", async (tx) => {
-        const rows = await tx<Row[]>`
-          select * from public.list_reading_progress(
+        const rows = await tx<{ row: Row }[]>`
+          select to_jsonb(p) as row from public.list_reading_progress(
             ${q.limit}::integer, ${q.before?.updated_at ?? null}::timestamptz,
-            ${q.before?.series_id ?? null}::text, ${q.includeCleared}::boolean)`;
-        return rows.map(toProgress);
+            ${q.before?.series_id ?? null}::text, ${q.includeCleared}::boolean) p`;
+        return rows.map((r) => toProgress(r.row));
       }),
 
     changes: (claims, q) =>

@@ -159,6 +159,23 @@ Deno.test("merge: any order and any duplication of versions ends at the newest, 
   );
 });
 
+Deno.test("merge: two lives begun within one millisecond are told apart by their microseconds", () => {
+  // A delete and an insert in one transaction: the second life begins 40 µs after the first, in
+  // the same millisecond, with an older position. The server keeps it; so must the device.
+  const state = new ProgressMergeState<LwwRow>(defaultCompareRows);
+  const firstLife = { ...row("a", 100), created_at: "2026-12-03T21:39:32.160049+00:00" };
+  const secondLife = { ...row("a", 20, "ereader"), created_at: "2026-12-03T21:39:32.160089Z" };
+  state.merge("upsert", firstLife);
+  assert.equal(state.merge("delete", firstLife), "applied");
+  assert.equal(state.merge("upsert", secondLife), "applied");
+  assert.deepEqual(state.get("a"), secondLife);
+  assert.equal(state.merge("upsert", firstLife), "stale", "a late copy of the first life");
+  // The same life printed in another form (an API answer and a broadcast) is one life.
+  const sameLifeLater = { ...row("a", 30, "ereader"), created_at: "2026-12-03 22:39:32.160089+01" };
+  assert.equal(state.merge("upsert", sameLifeLater), "applied");
+  assert.equal(state.merge("upsert", secondLife), "stale");
+});
+
 Deno.test("contract: broadcast rows are validated by the shared row schema, instants normalised to ISO Z", () => {
   const valid = {
     user_id: "6f1c1c2e-8a51-4a8e-9b0e-4a1f3c2b1d00",
@@ -174,6 +191,11 @@ Deno.test("contract: broadcast rows are validated by the shared row schema, inst
     created_at: "2026-11-25T09:07:25.160049+00:00",
   };
   assert.equal(defaultParseRow(valid).updated_at, "2026-11-25T09:07:25.160Z");
+  assert.equal(
+    defaultParseRow(valid).created_at,
+    "2026-11-25T09:07:25.160049Z",
+    "created_at keeps microseconds",
+  );
   for (
     const broken of [
       null,
@@ -181,6 +203,7 @@ Deno.test("contract: broadcast rows are validated by the shared row schema, inst
       { ...valid, percentage: 2 },
       { ...valid, user_id: "x" },
       { ...valid, updated_at: "soon" },
+      { ...valid, created_at: "2026-11-25" },
     ]
   ) {
     assert.throws(() => defaultParseRow(broken));

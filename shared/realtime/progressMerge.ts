@@ -19,7 +19,11 @@
 // (created_at: set by the stamp trigger when the row is inserted, kept by every update, never
 // written by clients), then by last-write-wins within one life. The order then follows the
 // server's history in every case, and any delivery order converges on the server's last version.
-// Rows without created_at (and lives begun within the same millisecond) fall back to updated_at.
+// created_at is compared to the microsecond (shared/progress/instant.ts): a delete and an insert in
+// one transaction begin two lives within the same millisecond. Rows without created_at fall back
+// to updated_at.
+
+import { compareInstants } from "../progress/instant.ts";
 
 export interface LwwRow {
   series_id: string;
@@ -38,7 +42,7 @@ export function compareServerVersions<Row extends LwwRow>(
 ): (a: Row, b: Row) => number {
   return (a, b) => {
     if (a.created_at !== undefined && b.created_at !== undefined) {
-      const life = Date.parse(a.created_at) - Date.parse(b.created_at);
+      const life = compareInstants(a.created_at, b.created_at);
       if (life !== 0 && Number.isFinite(life)) return life;
     }
     return compare(a, b);

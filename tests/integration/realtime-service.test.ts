@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser } from "../support/env.ts";
 import {
+  asUser,
   deleteProgress,
   newClient,
   noSanitize,
@@ -111,6 +112,70 @@ Deno.test({
       service.handleProgressUpdate({ operation: "UPDATE", record: { ...frieren[1].row }, old_record: null }),
       null,
     );
+  } finally {
+    await sub.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name: "realtime service: a row deleted and inserted again within one millisecond still starts a later life",
+  ...noSanitize,
+}, async () => {
+  // A script that replaces a row (delete, then insert an older position) in one transaction: both
+  // lives begin within the same millisecond, and the second one's updated_at is older. The server
+  // keeps the second life, so every device must too, which needs created_at finer than a millisecond.
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    log: () => {},
+  });
+  const device = new Map<string, ProgressChange["row"]>();
+  const sub = service.subscribeToProgress(a.id, (c) => {
+    if (c.kind === "delete") device.delete(c.row.series_id);
+    else device.set(c.row.series_id, c.row);
+  });
+  const series: string[] = [];
+  try {
+    await waitFor("live", () => sub.status === "live");
+    const t0 = Date.now() - 60_000;
+    // Replace rows until one replacement began both lives within one millisecond (about one in ten
+    // here: the statements and their triggers take a fraction of a millisecond each).
+    let sameMillisecond = false;
+    while (!sameMillisecond && series.length < 400) {
+      const s = `relife-${series.length}`;
+      series.push(s);
+      // One round trip (simple query protocol): the three statements run back to back.
+      await asUser(sql, a.id, (tx) =>
+        tx.unsafe(`
+          insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+          values ('${a.id}', '${s}', 9, 'phone', '${new Date(t0).toISOString()}');
+          delete from public.reading_progress where user_id = '${a.id}' and series_id = '${s}';
+          insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+          values ('${a.id}', '${s}', 2, 'ereader', '${new Date(t0 - 5_000).toISOString()}');`));
+      const [lives] = await sql<{ same_ms: boolean }[]>`
+        select date_trunc('milliseconds', p.created_at)
+                 = date_trunc('milliseconds', (d.version ->> 'created_at')::timestamptz) as same_ms
+          from public.reading_progress p
+          join public.reading_progress_deletions d using (user_id, series_id)
+         where p.user_id = ${a.id} and p.series_id = ${s}`;
+      sameMillisecond = lives.same_ms;
+    }
+    assert.ok(sameMillisecond, `no replacement of ${series.length} began both lives in one millisecond`);
+    await writeProgress(sql, a.id, { series_id: "relife-done", device_id: "phone" });
+    await waitFor("the last write", () => device.has("relife-done"));
+    for (const s of series) {
+      assert.deepEqual(
+        [device.get(s)?.chapter, device.get(s)?.device_id],
+        [2, "ereader"],
+        `${s} (of ${series.length}): the device follows the server's second life`,
+      );
+    }
   } finally {
     await sub.unsubscribe();
     await service.close();

@@ -1,0 +1,43 @@
+// created_at to the microsecond. It says when a row's life began (the stamp trigger sets it from
+// the wall clock at INSERT), and devices order the lives of a row by it (shared/realtime/
+// progressMerge.ts). A script that deletes a row and inserts it again can begin both lives within
+// one millisecond, so the millisecond ISO form that every other instant of the API uses would make
+// the two lives look like one. PostgreSQL keeps microseconds; this keeps them on the wire:
+// "YYYY-MM-DDTHH:MM:SS.ffffffZ" (UTC, always six digits, so equal instants are equal strings).
+
+const INSTANT = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}(?::?\d{2})?)$/i;
+
+/**
+ * An instant as PostgreSQL prints it (to_jsonb's ISO form, or the text form with a space and "+00")
+ * or as an ISO string, in the microsecond UTC form; digits past the microsecond are dropped, as
+ * PostgreSQL keeps none. A Date has milliseconds only. null when it is not such an instant.
+ */
+export function microsecondIso(value: string | Date): string | null {
+  if (value instanceof Date) {
+    return Number.isNaN(value.getTime()) ? null : value.toISOString().replace(/Z$/, "000Z");
+  }
+  const m = INSTANT.exec(value);
+  if (!m) return null;
+  const [, date, time, fraction = "", zone] = m;
+  // An offset is whole minutes, so it moves the seconds and above only: the fraction stays as written.
+  const offset = zone.toUpperCase() === "Z"
+    ? "Z"
+    : zone.length === 3
+    ? `${zone}:00`
+    : `${zone.slice(0, 3)}:${zone.slice(-2)}`;
+  const seconds = Date.parse(`${date}T${time}${offset}`);
+  if (Number.isNaN(seconds)) return null;
+  return `${new Date(seconds).toISOString().slice(0, 19)}.${fraction.padEnd(6, "0").slice(0, 6)}Z`;
+}
+
+/**
+ * Order of two instants to the microsecond (negative: a first). Either form above; NaN when one is
+ * not an instant.
+ */
+export function compareInstants(a: string, b: string): number {
+  const x = microsecondIso(a);
+  const y = microsecondIso(b);
+  if (x === null || y === null) return NaN;
+  // Same width, same zone: the strings sort as the instants do (years 0000-9999).
+  return x < y ? -1 : x > y ? 1 : 0;
+}
