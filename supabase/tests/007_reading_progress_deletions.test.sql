@@ -109,6 +109,21 @@ reset role;
 -- (the Data API's .eq('updated_at', seen).eq('device_id', seen)), as the README says: once another
 -- device has written since, that delete removes nothing, remembers nothing and broadcasts nothing.
 -- ---------------------------------------------------------------------------------------------
+-- The device's delete: series 'keyed' only if the stored key is still the version saved in res under
+-- p_label. Runs as the caller (RLS applies); returns how many rows it removed.
+create function pg_temp.delete_keyed_if_version(p_label text) returns integer
+language sql
+as $$
+  with gone as (
+    delete from public.reading_progress
+     where series_id = 'keyed'
+       and (updated_at, device_id) =
+           (select (r ->> 'updated_at')::timestamptz, r ->> 'device_id' from res where label = p_label)
+    returning 1
+  )
+  select count(*)::integer from gone
+$$;
+
 set local role authenticated;
 select set_config('request.jwt.claims',
   json_build_object('sub', 'a7a7a7a7-0000-4000-8000-000000000007', 'role', 'authenticated')::text, true);
@@ -121,14 +136,7 @@ update public.reading_progress
  where series_id = 'keyed';
 insert into res select 'written by the phone', to_jsonb(rp) from public.reading_progress rp where series_id = 'keyed';
 
-with late as (
-  delete from public.reading_progress
-   where series_id = 'keyed'
-     and updated_at = ((select r from res where label = 'seen by the e-reader') ->> 'updated_at')::timestamptz
-     and device_id = (select r from res where label = 'seen by the e-reader') ->> 'device_id'
-  returning 1
-)
-insert into res select 'late conditional delete', to_jsonb(count(*)) from late;
+insert into res select 'late conditional delete', to_jsonb(pg_temp.delete_keyed_if_version('seen by the e-reader'));
 
 select is(
   jsonb_build_object(
@@ -140,14 +148,7 @@ select is(
   'a delete conditional on an older version removes nothing: the newer progress stays, no deletion is remembered'
 );
 
-with current_version as (
-  delete from public.reading_progress
-   where series_id = 'keyed'
-     and updated_at = ((select r from res where label = 'written by the phone') ->> 'updated_at')::timestamptz
-     and device_id = (select r from res where label = 'written by the phone') ->> 'device_id'
-  returning 1
-)
-insert into res select 'current conditional delete', to_jsonb(count(*)) from current_version;
+insert into res select 'current conditional delete', to_jsonb(pg_temp.delete_keyed_if_version('written by the phone'));
 select is(
   jsonb_build_object(
     'deleted', (select r from res where label = 'current conditional delete'),
