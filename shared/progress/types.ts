@@ -43,6 +43,10 @@ export interface Progress extends ProgressKey, ProgressPosition {
   synced_at: string;
   /** Transaction that last changed the row (decimal xid8), the basis of the changes cursor. */
   change_xid: string;
+  /**
+   * When this life of the row began (server wall clock at INSERT), to the microsecond:
+   * "YYYY-MM-DDTHH:MM:SS.ffffffZ" (shared/progress/instant.ts). Devices order lives by it.
+   */
   created_at: string;
 }
 
