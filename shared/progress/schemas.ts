@@ -21,6 +21,7 @@ import type {
 } from "./types.ts";
 import { PROGRESS_LIMITS } from "./types.ts";
 
+const INSTANT_MESSAGE = "must be an ISO 8601 date-time with Z or an offset";
 const ID_MESSAGE = "must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ (1-128 ASCII letters, digits, . _ : -)";
 
 export const idSchema = z.string().regex(PROGRESS_LIMITS.idPattern, ID_MESSAGE);
@@ -32,7 +33,7 @@ export const deviceIdSchema = idSchema;
  * the millisecond ISO form (finer digits truncated), which is exactly what the server compares.
  */
 export const updatedAtSchema = z.iso
-  .datetime({ offset: true, error: "must be an ISO 8601 date-time with Z or an offset" })
+  .datetime({ offset: true, error: INSTANT_MESSAGE })
   .refine((s) => Date.parse(s) >= 0, "must not be before 1970-01-01T00:00:00Z")
   .transform((s) => new Date(Date.parse(s)).toISOString());
 
@@ -142,7 +143,7 @@ export const instantSchema = z.iso
 export const lifeInstantSchema = z.string().transform((s, ctx) => {
   const iso = microsecondIso(s);
   if (iso === null) {
-    ctx.addIssue({ code: "custom", message: "must be an ISO 8601 date-time with Z or an offset" });
+    ctx.addIssue({ code: "custom", message: INSTANT_MESSAGE });
     return z.NEVER;
   }
   return iso;

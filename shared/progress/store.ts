@@ -48,14 +48,14 @@ function iso(v: unknown): string {
   return new Date(String(v)).toISOString();
 }
 
-/** created_at keeps its microseconds (the rows come as to_jsonb text, never as a Date). */
+/** created_at keeps its microseconds: rows come as to_jsonb text (a Date would have lost them). */
 function lifeIso(v: unknown): string {
-  const value = microsecondIso(v instanceof Date ? v : String(v));
+  const value = microsecondIso(String(v));
   if (value === null) throw new Error(`created_at is not an instant: ${String(v)}`);
   return value;
 }
 
-/** A row from the database (postgres.js types or to_jsonb output) in the API's shape. */
+/** A row from the database (to_jsonb output) in the API's shape. */
 export function toProgress(r: Row): Progress {
   return {
     user_id: String(r.user_id),

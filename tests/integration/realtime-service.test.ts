@@ -15,10 +15,8 @@ import {
   writeProgress,
 } from "./realtime_support.ts";
 
-Deno.test({
-  name: "realtime service: device B follows device A (upsert, newer, delete), each once",
-  ...noSanitize,
-}, async () => {
+/** One reader's device: a supabase-js client and a RealtimeService catching up over SQL. */
+async function oneReader() {
   const sql = adminSql();
   const a = await createTestUser();
   const client = newClient();
@@ -27,6 +25,19 @@ Deno.test({
     accessToken: a.accessToken,
     log: () => {},
   });
+  const close = async () => {
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  };
+  return { sql, a, client, service, close };
+}
+
+Deno.test({
+  name: "realtime service: device B follows device A (upsert, newer, delete), each once",
+  ...noSanitize,
+}, async () => {
+  const { sql, a, service, close } = await oneReader();
   const changes: ProgressChange[] = [];
   // Written before the subscription exists, so only the catch-up can deliver it (written after
   // subscribeToProgress, the join could win the race and the broadcast would deliver it instead).
@@ -114,9 +125,7 @@ Deno.test({
     );
   } finally {
     await sub.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await close();
   }
 });
 
@@ -127,14 +136,7 @@ Deno.test({
   // A script that replaces a row (delete, then insert an older position) in one transaction: both
   // lives begin within the same millisecond, and the second one's updated_at is older. The server
   // keeps the second life, so every device must too, which needs created_at finer than a millisecond.
-  const sql = adminSql();
-  const a = await createTestUser();
-  const client = newClient();
-  const service = new RealtimeService(client, {
-    changesSince: sqlChangesSince(sql, a.id),
-    accessToken: a.accessToken,
-    log: () => {},
-  });
+  const { sql, a, service, close } = await oneReader();
   const device = new Map<string, ProgressChange["row"]>();
   const sub = service.subscribeToProgress(a.id, (c) => {
     if (c.kind === "delete") device.delete(c.row.series_id);
@@ -178,9 +180,7 @@ Deno.test({
     }
   } finally {
     await sub.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await close();
   }
 });
 
@@ -188,14 +188,7 @@ Deno.test({
   name: "realtime service: two subscriptions share one channel; the second gets the current state",
   ...noSanitize,
 }, async () => {
-  const sql = adminSql();
-  const a = await createTestUser();
-  const client = newClient();
-  const service = new RealtimeService(client, {
-    changesSince: sqlChangesSince(sql, a.id),
-    accessToken: a.accessToken,
-    log: () => {},
-  });
+  const { sql, a, client, service, close } = await oneReader();
   const first: ProgressChange[] = [];
   const second: ProgressChange[] = [];
   const s1 = service.subscribeToProgress(a.id, (c) => first.push(c));
@@ -213,9 +206,7 @@ Deno.test({
     assert.equal(service.stats().links, 1);
   } finally {
     await s1.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await close();
   }
   assert.equal(service.stats().links, 0);
 });
