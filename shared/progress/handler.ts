@@ -10,8 +10,8 @@
 //   GET    /progress/series/:seriesId      one series                  -> 200 {progress} | 404
 //   DELETE /progress/series/:seriesId?device_id&updated_at  reset (tombstone write) -> 200 WriteResult
 //   OPTIONS (any path)                     CORS preflight              -> 204
-// Check order: route (404/405), token (401/403), media type (415), size (413), JSON (400), schema
-// (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+// Check order: route (404/405), token (401/403), query string (400/422; routes without parameters
+// take none), media type (415), size (413), JSON (400), body schema (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
 //
 // Callers: a signed-in user's access token (role authenticated) acts as that user. The anon key
 // (no user) is refused with 403. A service_role token (server-side jobs) must name the user in the
@@ -19,7 +19,7 @@
 // never a way around RLS, and without the header it gets 403.
 
 import { bearerToken, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
-import { readJsonBody } from "../http/body.ts";
+import { readBodyLimited, readJsonBody } from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
 import {
@@ -27,6 +27,7 @@ import {
   changesQuerySchema,
   encodeListCursor,
   listQuerySchema,
+  noQuerySchema,
   parseOrThrow,
   progressWriteSchema,
   resetQuerySchema,
@@ -242,6 +243,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     switch (matched.name) {
       case "root": {
         if (req.method === "POST") {
+          parseOrThrow(noQuerySchema, queryObject(url), "query");
           const body = await readJsonBody(req, { maxBytes });
           const write = parseOrThrow(progressWriteSchema, body, "progress write");
           const result = await db.write(claims, write);
@@ -262,6 +264,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         });
       }
       case "batch": {
+        parseOrThrow(noQuerySchema, queryObject(url), "query");
         const body = await readJsonBody(req, { maxBytes });
         const { writes } = parseOrThrow(batchWriteSchema, body, "batch");
         const results = await db.writeBatch(claims, writes);
@@ -280,11 +283,20 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       case "series": {
         const seriesId = parseOrThrow(seriesIdSchema, matched.seriesId, "series id");
         if (req.method === "GET") {
+          parseOrThrow(noQuerySchema, queryObject(url), "query");
           const progress = await db.get(claims, seriesId);
           if (!progress) throw new HttpError(404, "progress_not_found", `No progress for series ${seriesId}`);
           return jsonResponse({ progress });
         }
         const q = parseOrThrow(resetQuerySchema, queryObject(url), "query");
+        // A reset says everything in its query; a body (say, a user_id) would be ignored, so refuse it.
+        if ((await readBodyLimited(req, maxBytes)).byteLength > 0) {
+          throw new HttpError(
+            400,
+            "invalid_request",
+            "DELETE takes no body: send device_id and updated_at in the query",
+          );
+        }
         const write: ValidProgressWrite = {
           series_id: seriesId,
           chapter: 0,

@@ -29,12 +29,22 @@ export const seriesIdSchema = idSchema;
 export const deviceIdSchema = idSchema;
 
 /**
- * updated_at in a request: an ISO 8601 date-time with Z or an offset, not before 1970. Normalised to
- * the millisecond ISO form (finer digits truncated), which is exactly what the server compares.
+ * The last instant PostgreSQL's ISO output and JavaScript's toISOString() both print as a four-digit
+ * year. "9999-12-31T23:59:59.999-14:00" is valid ISO 8601 but falls in the year 10000 in UTC, which
+ * toISOString() prints as "+010000-…" and PostgreSQL refuses to read.
+ */
+const LAST_FOUR_DIGIT_YEAR_MS = Date.parse("9999-12-31T23:59:59.999Z");
+const FIRST_FOUR_DIGIT_YEAR_MS = Date.parse("0001-01-01T00:00:00.000Z");
+
+/**
+ * updated_at in a request: an ISO 8601 date-time with Z or an offset, from 1970 to the end of 9999
+ * in UTC. Normalised to the millisecond ISO form (finer digits truncated), which is exactly what the
+ * server compares. (Any date more than 5 s ahead is then recorded as now: see migration 012.)
  */
 export const updatedAtSchema = z.iso
   .datetime({ offset: true, error: INSTANT_MESSAGE })
   .refine((s) => Date.parse(s) >= 0, "must not be before 1970-01-01T00:00:00Z")
+  .refine((s) => Date.parse(s) <= LAST_FOUR_DIGIT_YEAR_MS, "must not be after 9999-12-31T23:59:59.999Z")
   .transform((s) => new Date(Date.parse(s)).toISOString());
 
 export const chapterSchema = z.int().min(0).max(PROGRESS_LIMITS.chapterMax);
@@ -88,8 +98,26 @@ export const resetQuerySchema = strict({
   updated_at: updatedAtSchema,
 });
 
+/**
+ * A page size in a query string: decimal digits only ("", "+5", " 5", "1e2" and "0x10" are not a
+ * number here: 400), then the range (422).
+ */
 function limitSchema(max: number) {
-  return z.coerce.number().int().min(1).max(max);
+  return z
+    .string()
+    .transform((s, ctx) => {
+      if (!/^[0-9]{1,9}$/.test(s)) {
+        ctx.addIssue({
+          code: "invalid_type",
+          expected: "int",
+          input: s,
+          message: "must be a whole number (digits only)",
+        });
+        return z.NEVER;
+      }
+      return Number(s);
+    })
+    .pipe(z.int().min(1).max(max));
 }
 
 /** Library cursor: "<updated_at ISO>|<series_id>" of the last row of the previous page. */
@@ -101,7 +129,7 @@ export const listCursorSchema = z
     const t = Date.parse(at);
     if (
       !z.iso.datetime({ offset: true }).safeParse(at).success || Number.isNaN(t) ||
-      !PROGRESS_LIMITS.idPattern.test(series)
+      t < FIRST_FOUR_DIGIT_YEAR_MS || t > LAST_FOUR_DIGIT_YEAR_MS || !PROGRESS_LIMITS.idPattern.test(series)
     ) {
       ctx.addIssue({ code: "custom", message: "must be a next_cursor returned by the API" });
       return z.NEVER;
@@ -112,6 +140,9 @@ export const listCursorSchema = z
 export function encodeListCursor(row: { updated_at: string; series_id: string }): string {
   return `${row.updated_at}|${row.series_id}`;
 }
+
+/** Routes that take no query parameters (writes, one series): any parameter is an unknown one. */
+export const noQuerySchema = strict({});
 
 export const listQuerySchema = strict({
   limit: limitSchema(PROGRESS_LIMITS.listMax).optional(),

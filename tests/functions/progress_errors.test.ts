@@ -128,6 +128,50 @@ Deno.test("400: wrong types, missing and unknown fields (shape errors)", () =>
     expectError(await call("GET", "?limit=abc", { token: a.accessToken }), 400, "invalid_request");
     expectError(await call("GET", "?colour=red", { token: a.accessToken }), 400, "invalid_request");
     expectError(await call("GET", "?limit=1&limit=2", { token: a.accessToken }), 400, "invalid_request");
+    // A page size is decimal digits: an empty value, a sign, a space, an exponent or hex is no number.
+    for (const limit of ["", "%2B5", "%205", "1e2", "0x10", "5.0"]) {
+      expectError(await call("GET", `?limit=${limit}`, { token: a.accessToken }), 400, "invalid_request");
+      expectError(
+        await call("GET", `/changes?limit=${limit}`, { token: a.accessToken }),
+        400,
+        "invalid_request",
+      );
+    }
+  }));
+
+Deno.test("400: routes without query parameters refuse any, and a reset refuses a body", () =>
+  unchanged(async ({ a, b, series }) => {
+    const good = write({ series_id: series, chapter: 42, updated_at: "2026-05-01T00:00:09Z" });
+    let e = expectError(
+      await call("POST", `?user_id=${a.id}&colour=red`, { token: b.accessToken, body: good }),
+      400,
+      "invalid_request",
+    );
+    assert.match(e.message, /user_id must not be sent/);
+    expectError(
+      await call("POST", `/batch?user_id=${a.id}`, { token: b.accessToken, body: { writes: [good] } }),
+      400,
+      "invalid_request",
+    );
+    expectError(
+      await call("POST", "?colour=red", { token: a.accessToken, body: good }),
+      400,
+      "invalid_request",
+    );
+    expectError(
+      await call("GET", `/series/${series}?colour=red`, { token: a.accessToken }),
+      400,
+      "invalid_request",
+    );
+    e = expectError(
+      await call("DELETE", `/series/${series}?device_id=web&updated_at=2026-05-01T00:00:09Z`, {
+        token: a.accessToken,
+        body: { user_id: b.id },
+      }),
+      400,
+      "invalid_request",
+    );
+    assert.match(e.message, /DELETE takes no body/);
   }));
 
 Deno.test("400: a user_id in the body is refused, never trusted (single write and batch)", () =>
@@ -172,6 +216,8 @@ Deno.test("422: well-typed values outside the data model", () =>
       ["a date without a zone", { ...good, updated_at: "2026-05-01T00:00:09" }, "updated_at"],
       ["not a date", { ...good, updated_at: "yesterday" }, "updated_at"],
       ["before 1970", { ...good, updated_at: "1969-12-31T23:59:59Z" }, "updated_at"],
+      // Valid ISO 8601, but in UTC the year 10000, which PostgreSQL cannot read.
+      ["after 9999 in UTC", { ...good, updated_at: "9999-12-31T23:59:59.999-14:00" }, "updated_at"],
       ["a reset with a position", { ...good, cleared: true }, "cleared"],
     ];
     for (const [what, body, path] of cases) {
@@ -205,6 +251,14 @@ Deno.test("422: well-typed values outside the data model", () =>
       "validation_failed",
     );
     expectError(await call("GET", "?cursor=garbage", { token: a.accessToken }), 422, "validation_failed");
+    for (const at of ["0000-12-31T00:00:00Z", "9999-12-31T23:00:00-14:00"]) {
+      const e = expectError(
+        await call("GET", `?cursor=${encodeURIComponent(`${at}|${series}`)}`, { token: a.accessToken }),
+        422,
+        "validation_failed",
+      );
+      assert.doesNotMatch(e.message, /out of range|displacement/, "the database's message does not leak");
+    }
     expectError(await call("GET", "/changes?since=abc", { token: a.accessToken }), 422, "validation_failed");
     expectError(await call("GET", "/series/bad%20id", { token: a.accessToken }), 422, "validation_failed");
     expectError(
