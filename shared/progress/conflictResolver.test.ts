@@ -144,3 +144,27 @@ Deno.test("normalize clamps only beyond the tolerance and truncates to milliseco
     "2026-03-01T11:00:00.123Z",
   );
 });
+
+Deno.test("a write dated beyond the tolerance lands after the stored version and wins", () => {
+  const now = Date.parse("2026-03-01T12:00:00.000Z");
+  const r = new ConflictResolver();
+  const ahead = { updated_at: now + 3_600_000, device_id: "a" };
+  // The stored version lies 3 s ahead (within the tolerance), or is an earlier such write of this
+  // very millisecond from the same device: either way the write is stored 1 ms after it and wins.
+  for (const stored of [{ updated_at: now + 3_000, device_id: "z" }, { updated_at: now, device_id: "a" }]) {
+    const key = r.normalize(ahead, now, stored);
+    assert.equal(key.updated_at, new Date(ConflictResolver.timeOf(stored) + 1).toISOString());
+    assert.deepEqual(r.classify(key, stored), { won: true, conflict: null });
+  }
+  // An older stored version: simply now.
+  assert.equal(
+    r.normalize(ahead, now, { updated_at: now - 10, device_id: "z" }).updated_at,
+    new Date(now).toISOString(),
+  );
+  // Within the tolerance the stored version plays no part.
+  const near = { updated_at: now + 2_000, device_id: "a" };
+  assert.equal(
+    r.normalize(near, now, { updated_at: now + 3_000, device_id: "z" }).updated_at,
+    new Date(now + 2_000).toISOString(),
+  );
+});

@@ -11,8 +11,9 @@
 //   incoming = current                          -> replay of the same write: a no-op that reports won
 //   same updated_at, smaller device_id          -> lost, 'tie'
 //   older updated_at                            -> lost, 'stale'
-// The server normalises updated_at before comparing (truncate to ms, clamp more than 5 s in the
-// future to its now()); `normalize` does the same with a given clock.
+// The server normalises updated_at before comparing (truncate to ms; more than 5 s in the future:
+// a device clock ahead, recorded as its now() but never at or before the stored version, which that
+// write beats by its own date); `normalize` does the same with a given clock and stored version.
 
 import type { ConflictKind } from "./types.ts";
 import { PROGRESS_LIMITS } from "./types.ts";
@@ -122,10 +123,21 @@ export class ConflictResolver {
     return best;
   }
 
-  /** The key the server compares and stores: future beyond the tolerance -> now, truncated to ms. */
-  normalize<T extends Versioned>(v: T, nowMs: number = Date.now()): T & { updated_at: string } {
+  /**
+   * The key the server compares and stores, truncated to ms. Dated beyond the tolerance: now, or 1 ms
+   * after the stored version `current` when that is later (such a write beats every stored version
+   * by its own date, so its key must too: two of them in one millisecond never share a key).
+   */
+  normalize<T extends Versioned>(
+    v: T,
+    nowMs: number = Date.now(),
+    current: Versioned | null = null,
+  ): T & { updated_at: string } {
     let ms = ConflictResolver.timeOf(v);
-    if (ms > nowMs + this.futureToleranceMs) ms = Math.floor(nowMs);
+    if (ms > nowMs + this.futureToleranceMs) {
+      ms = Math.floor(nowMs);
+      if (current !== null) ms = Math.max(ms, ConflictResolver.timeOf(current) + 1);
+    }
     return { ...v, updated_at: new Date(ms).toISOString() };
   }
 }

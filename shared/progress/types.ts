@@ -106,6 +106,6 @@ export const PROGRESS_LIMITS = {
   changesMax: 500,
   /** Request bodies above this are rejected with 413 (a full batch is ~25 KiB). */
   maxBodyBytes: 64 * 1024,
-  /** The server clamps updated_at more than this far in the future to its own now(). */
+  /** updated_at more than this far in the future is recorded as the server's now() (and wins). */
   futureToleranceMs: 5_000,
 } as const;

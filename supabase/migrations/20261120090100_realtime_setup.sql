@@ -1,9 +1,11 @@
 -- Migration 012 (realtime setup): triggers, RLS and indexes for reading_progress.
 --
 -- * BEFORE INSERT/UPDATE: keeps the timestamps honest. updated_at (the last-write-wins key) is set
---   when missing, clamped to now() when it lies more than 5 seconds in the future (a device with a
---   wrong clock must not pin a row forever), and truncated to milliseconds so it round-trips through
---   JSON exactly. A plain UPDATE that does not supply a new (updated_at, device_id) gets now() (or
+--   when missing, and truncated to milliseconds so it round-trips through JSON exactly. One dated
+--   more than 5 seconds in the future (a device clock ahead) is recorded as now() (a device with a
+--   wrong clock must not pin a row forever); by its own date it is newer than every version the
+--   table can hold, so an UPDATE with it wins and lands 1 ms after the version it replaces when that
+--   one lies at or after now() (two such writes never share a key: each is a new version). A plain UPDATE that does not supply a new (updated_at, device_id) gets now() (or
 --   1 ms after the stored one, if that is later); one that changes nothing at all (a replayed upsert)
 --   is skipped. An UPDATE whose key is not greater than the stored key changes nothing (last write
 --   wins on direct Data API writes too; a user's is logged).
@@ -26,6 +28,9 @@ create or replace function public.reading_progress_stamp() returns trigger
 language plpgsql
 set search_path = ''
 as $$
+declare
+  -- Dated beyond the tolerance for clock skew (see the else branch).
+  v_ahead boolean := false;
 begin
   if tg_op = 'UPDATE'
      and new.updated_at is not distinct from old.updated_at
@@ -41,12 +46,24 @@ begin
     new.updated_at := greatest(
       pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
   else
-    if new.updated_at is null or new.updated_at > pg_catalog.now() + interval '5 seconds' then
+    if new.updated_at is null then
       new.updated_at := pg_catalog.now();
+    elsif new.updated_at > pg_catalog.now() + interval '5 seconds' then
+      -- A device clock ahead. Every stored updated_at is at most 5 s ahead of the now() it was stored
+      -- at, so by its own date this write is newer than any of them: it wins. It is recorded as
+      -- happening now, but never at or before the version it replaces (which may lie up to 5 s
+      -- ahead, or be another such write of this millisecond: with the same device id the two would
+      -- share a key, and the second would pass for a replay of the first and be dropped).
+      v_ahead := true;
+      new.updated_at := pg_catalog.now();
+      if tg_op = 'UPDATE' then
+        new.updated_at := greatest(
+          pg_catalog.date_trunc('milliseconds', new.updated_at), old.updated_at + interval '1 millisecond');
+      end if;
     end if;
     new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
 
-    if tg_op = 'UPDATE'
+    if tg_op = 'UPDATE' and not v_ahead
        and (new.updated_at, new.device_id collate "C") <= (old.updated_at, old.device_id collate "C") then
       -- Last write wins on every path, not only through the progress API: RLS lets users update
       -- their rows through the Data API, and an offline device's stale write (or a same-millisecond

@@ -21,7 +21,11 @@
 -- The key. (updated_at, device_id), compared byte-wise (collate "C"; ids are ASCII). The incoming
 -- updated_at is normalised exactly as the BEFORE trigger of migration 012 normalises it (NULL ->
 -- now(), more than 5 s in the future -> now(), then truncated to milliseconds) BEFORE it is compared,
--- so the key that is compared is the key that gets stored.
+-- so the key that is compared is the key that gets stored. A write dated more than 5 s ahead (a
+-- device clock ahead) is newer by its own date than every stored version, so it always wins, and it
+-- is stored at greatest(now(), stored updated_at + 1 ms), as the trigger stores it: two such writes
+-- (say, a batch from a phone whose clock runs an hour ahead) never share a key, the later one wins.
+-- Such a write has no stable key, so its retry is a new write (and wins again).
 --
 -- Outcomes of a write, for the stored key S and the normalised incoming key I:
 --   no row yet                                -> inserted;   won = true,  conflict = null
@@ -247,6 +251,8 @@ as $$
 declare
   v_uid uuid := auth.uid();
   v_key timestamptz := private.reading_progress_normalize_updated_at(p_updated_at);
+  -- Dated beyond the tolerance for clock skew: wins over any stored version (see the top).
+  v_ahead boolean := p_updated_at > pg_catalog.now() + interval '5 seconds';
   v_prev public.reading_progress;
   v_row public.reading_progress;
   v_conflict text;
@@ -257,19 +263,20 @@ begin
     raise exception using errcode = '42501', message = 'write_reading_progress: no authenticated user';
   end if;
 
-  -- The common case first: a write with a strictly newer updated_at than the stored one replaces
-  -- it, and nothing is logged (ordinary progress, not a conflict), so one UPDATE decides and writes.
-  -- Under READ COMMITTED an UPDATE that meets a concurrently changed row waits for that writer and
-  -- re-checks its WHERE against the committed version, so this compares against the newest row.
+  -- The common case first: a write with a strictly newer updated_at than the stored one (or one
+  -- dated beyond the tolerance) replaces it, and nothing is logged (ordinary progress, not a
+  -- conflict), so one UPDATE decides and writes. Under READ COMMITTED an UPDATE that meets a
+  -- concurrently changed row waits for that writer and re-checks its WHERE against the committed
+  -- version, so this compares against the newest row.
   update public.reading_progress as rp
     set chapter = p_chapter,
         page = p_page,
         percentage = p_percentage,
         cleared = coalesce(p_cleared, false),
         device_id = p_device_id,
-        updated_at = v_key
+        updated_at = case when v_ahead then greatest(v_key, rp.updated_at + interval '1 millisecond') else v_key end
     where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
-      and rp.updated_at < v_key
+      and (v_ahead or rp.updated_at < v_key)
   returning rp.* into v_row;
   if found then
     return pg_catalog.jsonb_build_object(
@@ -310,13 +317,13 @@ begin
         percentage = p_percentage,
         cleared = coalesce(p_cleared, false),
         device_id = p_device_id,
-        updated_at = v_key
+        updated_at = case when v_ahead then greatest(v_key, rp.updated_at + interval '1 millisecond') else v_key end
     where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
-      and (v_key, p_device_id collate "C") > (rp.updated_at, rp.device_id collate "C")
+      and (v_ahead or (v_key, p_device_id collate "C") > (rp.updated_at, rp.device_id collate "C"))
   returning rp.* into v_row;
 
   if found then
-    if v_prev.updated_at = v_key then
+    if v_row.updated_at = v_prev.updated_at then
       -- Same millisecond, greater device id: the replaced write lost a tie (logged by the trigger
       -- reading_progress_log_replaced_tie, as for every UPDATE that replaces a same-millisecond write).
       v_conflict := 'tie';

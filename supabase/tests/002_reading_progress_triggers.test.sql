@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(45);
+select plan(46);
 
 insert into auth.users (id, email) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'trig-a@readsync.test'),
@@ -250,6 +250,19 @@ select is(
   (select updated_at from ts where series_id = 'ts-newkey'),
   date_trunc('milliseconds', now()),
   'an update with updated_at one day in the future is clamped to now() as well'
+);
+
+-- A row stored 5 s ahead (the edge of the tolerance) and an update dated a day ahead: by its own
+-- date the update is newer, so it lands, 1 ms after the stored version rather than at now() (where
+-- it would be older than the row it replaces and be refused).
+update public.reading_progress set page = 4, device_id = 'dev-0', updated_at = now() + interval '1 day'
+ where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'ts-5s';
+
+select is(
+  (select (updated_at, page, device_id)::text from public.reading_progress
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'ts-5s'),
+  (date_trunc('milliseconds', now() + interval '5 seconds') + interval '1 millisecond', 4, 'dev-0')::text,
+  'an update dated beyond the tolerance over a row stored ahead lands 1 ms after it (it wins)'
 );
 
 -- ---------------------------------------------------------------------------------------------

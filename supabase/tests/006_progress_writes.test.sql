@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(81);
+select plan(84);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -191,21 +191,38 @@ select results_eq(
   'the log: the stale and the tie loser (rejected), the tie loser the winner replaced (not rejected), and the stale replay once more only because it now lost to a different winner'
 );
 
--- Future timestamps are clamped to now() BEFORE they are compared.
+-- A write dated beyond the 5 s tolerance (a device clock ahead) is recorded as now(), and, being
+-- newer by its own date than any stored version, wins: it lands 1 ms after a version stored at now()
+-- instead of tying with it. Two such writes of one transaction (one device) never share a key, so
+-- the later is not mistaken for a replay of the earlier and dropped.
 insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
 values ('a6a6a6a6-0000-4000-8000-000000000006', 'future', 3, 30, 0.3, 'dev-m', now());
 set local role authenticated;
-insert into res select 'future-tie',
+insert into res select 'future-ahead',
   public.write_reading_progress('future', 9, 90, 0.9, false, 'dev-a', now() + interval '1 day');
+insert into res select 'future-first',
+  public.write_reading_progress('future-twice', 1, 10, 0.1, false, 'dev-a', now() + interval '1 hour');
+insert into res select 'future-second',
+  public.write_reading_progress('future-twice', 2, 20, 0.2, false, 'dev-a', now() + interval '1 hour 1 second');
 insert into res select 'future-near',
   public.write_reading_progress('future-near', 1, 1, 0.01, false, 'dev-a', now() + interval '3 seconds');
 reset role;
-select is((select r - 'progress' - 'conflict_with' from res where label = 'future-tie'), '{"won": false, "conflict": "tie"}'::jsonb,
-  'a write dated a day ahead is compared as now(): it ties with a row stored at now() and loses on device id');
+select is((select r - 'progress' - 'conflict_with' from res where label = 'future-ahead'), '{"won": true, "conflict": null}'::jsonb,
+  'a write dated a day ahead wins over a row stored at now() (by its own date it is newer), no conflict');
 select is(
-  (select losing_updated_at from new_conflicts where series_id = 'future'),
-  date_trunc('milliseconds', now()),
-  'the conflict log records the clamped key, not the claimed one');
+  (select (updated_at, device_id, chapter)::text from public.reading_progress where series_id = 'future'),
+  (date_trunc('milliseconds', now()) + interval '1 millisecond', 'dev-a', 9)::text,
+  'it is stored 1 ms after the version it replaced, not at the claimed date');
+select is(
+  (select array_agg(r - 'progress' - 'conflict_with' order by label) from res where label in ('future-first', 'future-second')),
+  array['{"won": true, "conflict": null}', '{"won": true, "conflict": null}']::jsonb[],
+  'two writes of one device dated an hour ahead in one transaction both win');
+select is(
+  (select (updated_at, chapter)::text from public.reading_progress where series_id = 'future-twice'),
+  (date_trunc('milliseconds', now()) + interval '1 millisecond', 2)::text,
+  'the later one is stored (1 ms after the earlier, which got now()): it was not taken for a replay');
+select is((select count(*)::int from new_conflicts where series_id like 'future%'), 0,
+  'writes dated ahead log no conflict');
 select is((select (r #>> '{progress,updated_at}')::timestamptz from res where label = 'future-near'),
   date_trunc('milliseconds', now() + interval '3 seconds'),
   'a timestamp within the 5 s tolerance is kept');
@@ -255,10 +272,10 @@ select is(
 select is(
   private.log_reading_progress_conflict('lww', 1, 1, 0.1, false, 'dev-a', '2026-01-01 00:00:10+00', false),
   null, 'the logger refuses a "replaced" loser the stored row does not confirm (different millisecond)');
-select is((select count(*)::int from public.reading_progress_conflicts), 7,
-  'A sees their seven conflict rows (lww 4, future tie, resurrect, old reset)');
+select is((select count(*)::int from public.reading_progress_conflicts), 6,
+  'A sees their six conflict rows (lww 4, resurrect, old reset)');
 reset role;
-select is((select count(*)::int from new_conflicts), 7, 'the refused logger calls added no row');
+select is((select count(*)::int from new_conflicts), 6, 'the refused logger calls added no row');
 
 set local role service_role;
 select throws_ok(

@@ -304,6 +304,70 @@ Deno.test("resolver = database on direct Data API upserts: same final row, confl
   }
 });
 
+Deno.test("resolver = database for writes dated near or beyond the 5 s tolerance: normalize(write, now, stored) is the stored key", async () => {
+  const user = await createTestUser();
+  const direct = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  // Offsets from the transaction's now(): within the tolerance (kept as dated), beyond it (a clock
+  // ahead: recorded as now, after the stored version), or in the past.
+  const offsetArb = fc.oneof(
+    fc.integer({ min: 0, max: 5_000 }),
+    fc.integer({ min: 5_001, max: 3_600_000 }),
+    fc.integer({ min: -3, max: 0 }),
+  );
+  const stepArb = fc.record({
+    offsetMs: offsetArb,
+    device_id: fc.constantFrom("a", "b", "dev-1"),
+    chapter: fc.integer({ min: 0, max: 99 }),
+  });
+  try {
+    await fc.assert(
+      fc.asyncProperty(fc.array(stepArb, { minLength: 1, maxLength: 8 }), async (steps) => {
+        const series = seriesId("ahead");
+        // One transaction: every write sees the same now(), which the test reads first.
+        await direct.begin(async (tx) => {
+          await tx`select set_config('role', 'authenticated', true),
+            set_config('request.jwt.claims', ${
+            JSON.stringify({ sub: user.id, role: "authenticated" })
+          }, true)`;
+          const [{ now_ms }] = await tx<{ now_ms: string }[]>`
+            select (extract(epoch from date_trunc('milliseconds', now())) * 1000)::bigint::text as now_ms`;
+          const nowMs = Number(now_ms);
+          let current: Update | null = null;
+          for (const step of steps) {
+            const sent = {
+              updated_at: new Date(nowMs + step.offsetMs).toISOString(),
+              device_id: step.device_id,
+            };
+            const expectedKey = resolver.normalize(sent, nowMs, current);
+            const expected = resolver.classify(expectedKey, current);
+            const [{ r }] = await tx<{ r: WriteResult }[]>`
+              select public.write_reading_progress(${series}, ${step.chapter}, 0, 0, false,
+                ${step.device_id}, ${sent.updated_at}::timestamptz) as r`;
+            const answer = writeResultSchema.parse(r);
+            assert.deepEqual(
+              [answer.won, answer.conflict],
+              [expected.won, expected.conflict],
+              `${keyOf(sent)} (now + ${step.offsetMs} ms) over ${current && keyOf(current)}`,
+            );
+            const next: Update =
+              resolver.apply<Update>(current, { ...expectedKey, chapter: step.chapter }).current;
+            assert.equal(keyOf(answer.progress), keyOf(next), "the stored key is the resolver's");
+            current = next;
+          }
+          throw new Rollback();
+        }).catch((e) => {
+          if (!(e instanceof Rollback)) throw e;
+        });
+      }),
+      { numRuns: 25 },
+    );
+  } finally {
+    await direct.end();
+  }
+});
+
+class Rollback extends Error {}
+
 /**
  * The write's lock-free first step (one UPDATE ... WHERE stored updated_at < incoming) must compare
  * against the version that is current when it finally gets the row, not the one it first saw: a

@@ -325,6 +325,39 @@ Deno.test("a write dated in the future is clamped to the server's now() before i
   );
 });
 
+Deno.test("a batch from a device whose clock runs an hour ahead: every write is recorded, the last one is stored", async () => {
+  const a = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const series = seriesId("ahead-batch");
+    // Read on, offline, on a phone an hour ahead: three positions a second apart, sent as one batch.
+    // The server records each as now(); were they all stored at the same now(), the second and the
+    // third would share the first one's key (same device) and pass for its replays: dropped, yet
+    // answered "won".
+    const hourAhead = Date.now() + 3600_000;
+    const writes = [1, 2, 3].map((chapter, i) =>
+      write({ series_id: series, chapter, device_id: "phone", updated_at: iso(hourAhead + i * 1000) })
+    );
+    const answer = await call("POST", "/batch", { token: a.accessToken, body: { writes } });
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    const { results } = batchWriteResponseSchema.parse(answer.body);
+    assert.deepEqual(results.map((r) => [r.won, r.conflict, r.progress.chapter]), [
+      [true, null, 1],
+      [true, null, 2],
+      [true, null, 3],
+    ]);
+    const keys = results.map((r) => Date.parse(r.progress.updated_at));
+    assert.ok(keys[0] < keys[1] && keys[1] < keys[2], `each write is a newer version: ${keys.map(iso)}`);
+    assert.ok(keys[2] < hourAhead, "recorded near the server's now, not at the claimed hour");
+    const [row] = await sql<{ chapter: number }[]>`
+      select chapter from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
+    assert.equal(row.chapter, 3);
+    assert.deepEqual(await conflictRows(sql, a.id, series), []);
+  } finally {
+    await sql.end();
+  }
+});
+
 Deno.test("DELETE /progress/series/:id is a tombstone write: a stale offline write cannot resurrect it", async () => {
   const a = await createTestUser();
   const sql = adminSql({ max: 1 });
