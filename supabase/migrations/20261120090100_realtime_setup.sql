@@ -9,7 +9,8 @@
 --   1 ms after the stored one, if that is later); one that changes nothing at all (a replayed upsert)
 --   is skipped. An UPDATE whose key is not greater than the stored key changes nothing (last write
 --   wins on direct Data API writes too; a user's is logged).
---   synced_at and change_xid record when and in which transaction the row changed. created_at is
+--   An UPDATE may not change user_id or series_id (the row's name: a rename would be a deletion no
+--   device hears of). synced_at and change_xid record when and in which transaction the row changed. created_at is
 --   when this life of the row began (the wall clock at INSERT; kept by every UPDATE): after a hard
 --   DELETE the next write is inserted whatever its updated_at, and clients order versions by
 --   created_at first, so the later life wins on every device (shared/realtime/progressMerge.ts).
@@ -32,6 +33,16 @@ declare
   -- Dated beyond the tolerance for clock skew (see the else branch).
   v_ahead boolean := false;
 begin
+  if tg_op = 'UPDATE'
+     and (new.user_id, new.series_id) is distinct from (old.user_id, old.series_id) then
+    -- (user_id, series_id) names the row. Renaming it would be a delete of the old series that no
+    -- device hears of: the UPDATE is broadcast as the new series only, and "changes since" keeps no
+    -- deletion for the old one. Delete and insert instead (both are broadcast and remembered).
+    raise exception using
+      errcode = '23514',
+      message = 'reading_progress: user_id and series_id identify a row and cannot change',
+      hint = 'Delete the row and insert the new one.';
+  end if;
   if tg_op = 'UPDATE'
      and new.updated_at is not distinct from old.updated_at
      and new.device_id is not distinct from old.device_id then

@@ -6,10 +6,11 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(16);
+select plan(19);
 
 insert into auth.users (id, email) values
-  ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test');
+  ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
+  ('b8b8b8b8-0000-4000-8000-000000000008', 'direct-b@readsync.test');
 
 -- Messages that existed before this test (other runs on a shared database) are ignored.
 create temp table msgs_before on commit drop as select id from realtime.messages;
@@ -144,6 +145,25 @@ select is(
   jsonb_build_object('stored', '(15,tv)', 'logged', 4),
   'a same-millisecond tie won as postgres lands and logs nothing (no user whose log it would be)'
 );
+
+-- A row's name does not change: renaming a series by UPDATE would delete the old series on the
+-- server while every device, told only of the new one, kept it (no deletion is remembered either).
+set local role authenticated;
+select throws_ok(
+  $$update public.reading_progress set series_id = 'op-renamed' where series_id = 'op'$$,
+  '23514', 'reading_progress: user_id and series_id identify a row and cannot change',
+  'a user may not rename a series by UPDATE (delete and insert instead)');
+reset role;
+select throws_ok(
+  $$update public.reading_progress set user_id = 'b8b8b8b8-0000-4000-8000-000000000008'
+     where user_id = 'a8a8a8a8-0000-4000-8000-000000000008' and series_id = 'op'$$,
+  '23514', 'reading_progress: user_id and series_id identify a row and cannot change',
+  'nor may postgres move a row to another user (the old user''s devices would keep it)');
+select is(
+  (select array_agg(series_id order by series_id) from public.reading_progress
+    where user_id = 'a8a8a8a8-0000-4000-8000-000000000008'),
+  array['ahead', 'op']::text[],
+  'both series are still there under their names');
 
 select * from finish();
 rollback;
