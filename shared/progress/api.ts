@@ -12,9 +12,12 @@
 //   NetworkError             no HTTP answer at all (after the retries)
 //   ProgressApiError         the base class (status, code, details, requestId); anything else
 //
-// Retries: only 503 and network failures, with capped exponential backoff and full jitter (never a
-// 4xx: the same request would fail again). Retrying a write is safe: the API is last-write-wins on
-// the write's own (updated_at, device_id), and an identical replay is a no-op with the same answer.
+// Retries: only 503 and network failures (a timed-out attempt is one), with capped exponential
+// backoff and full jitter (never a 4xx: the same request would fail again), and never once the
+// caller's signal has aborted. Retrying a write is safe: the API is last-write-wins on the write's
+// own (updated_at, device_id), and an identical replay is a no-op with the same answer. (Except a
+// write dated more than 5 s ahead of the server, which has no stable key: stamp writes with the
+// server's clock, `api.now()`, and the API never sees one.)
 
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { FunctionsFetchError, FunctionsHttpError, FunctionsRelayError } from "@supabase/supabase-js";
@@ -113,7 +116,13 @@ export interface ProgressApiOptions {
   onRetry?: (info: { attempt: number; delayMs: number; error: ProgressApiError }) => void;
   /** Learns the server's clock from every answer's X-Server-Time (see serverClock.ts). */
   clock?: ServerClock;
+  /** How long one attempt may take before it is aborted (and, like a network failure, retried). */
+  timeoutMs?: number;
+  /** Aborts the call: the attempt in flight and any retry (it then throws NetworkError "aborted"). */
+  signal?: AbortSignal;
 }
+
+export const DEFAULT_TIMEOUT_MS = 20_000;
 
 export const DEFAULT_RETRY: RetryOptions = { attempts: 4, baseDelayMs: 200, maxDelayMs: 5_000 };
 
@@ -157,15 +166,18 @@ async function invoke<S extends z.ZodType>(
 ): Promise<z.output<S>> {
   const retry = { ...DEFAULT_RETRY, ...options.retry };
   const random = options.random ?? Math.random;
-  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const sleep = options.sleep ?? ((ms: number) => delay(ms, options.signal));
   const name = `${options.functionName ?? "progress"}${path}`;
   for (let attempt = 1;; attempt++) {
+    throwIfAborted(options.signal);
     let error: ProgressApiError;
     const sentMs = options.clock?.deviceNow();
     const { data, error: invokeError, response: answer } = await client.functions.invoke(name, {
       method,
       body: body === undefined ? undefined : JSON.stringify(body),
       headers: { ...options.headers, ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+      timeout: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      signal: options.signal,
     });
     if (options.clock && sentMs !== undefined) {
       const httpAnswer = answer ??
@@ -212,14 +224,59 @@ async function invoke<S extends z.ZodType>(
       });
     }
 
+    throwIfAborted(options.signal);
     const retryable = error instanceof ServiceUnavailableError || error instanceof NetworkError;
     if (!retryable || attempt >= retry.attempts) throw error;
     // Full jitter on a capped exponential delay; a Retry-After longer than that is honoured up to the cap.
     const ceiling = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
     const delayMs = Math.min(retry.maxDelayMs, Math.max(Math.floor(random() * ceiling), retryAfterMs(error)));
     options.onRetry?.({ attempt, delayMs, error });
-    await sleep(delayMs);
+    await untilAborted(sleep(delayMs), options.signal);
   }
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (!signal?.aborted) return;
+  const reason = signal.reason;
+  throw new NetworkError(
+    0,
+    "aborted",
+    `The call was aborted: ${reason instanceof Error ? reason.message : String(reason)}`,
+    {
+      cause: reason,
+    },
+  );
+}
+
+/** A timer that an abort clears (so an aborted call leaves no timer behind). */
+function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    if (signal?.aborted) return done();
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Waits for `promise`, or stops at once (throwing "aborted") when the signal aborts. */
+async function untilAborted(promise: Promise<void>, signal: AbortSignal | undefined): Promise<void> {
+  if (!signal) return await promise;
+  throwIfAborted(signal);
+  let onAbort = () => {};
+  const aborted = new Promise<void>((resolve) => {
+    onAbort = () => resolve();
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    await Promise.race([promise, aborted]);
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+  throwIfAborted(signal);
 }
 
 function validateLocally<S extends z.ZodType>(schema: S, value: unknown, where: string): z.output<S> {
@@ -380,8 +437,11 @@ export function subscribeToProgress(
     shared = {
       service: new RealtimeService(client, {
         ...serviceOptions,
-        changesSince: (cursor) =>
-          changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, api),
+        changesSince: (cursor, { signal }) =>
+          changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, {
+            ...api,
+            signal,
+          }),
       }),
       subscriptions: 0,
     };

@@ -11,6 +11,11 @@
 //                                         channel; while waiting, changesSince() is polled.
 //   catch-up                              after every (re)subscribe, from the cursor of the last
 //                                         successful catch-up/poll, so a gap of any length is closed.
+//                                         Live only once it has read to the end: while a long
+//                                         transaction holds the cursor (has_more, cursor unmoved)
+//                                         it keeps polling. A call that does not answer within
+//                                         requestTimeoutMs is aborted and counts as failed; closing
+//                                         aborts the call in flight.
 //   auth                                  follows supabase.auth TOKEN_REFRESHED / SIGNED_IN, or an
 //                                         explicit setAccessToken(); a channel the server closed
 //                                         because its token expired is rejoined at once with a new one.
@@ -51,7 +56,14 @@ export interface ChangesPage {
   has_more?: boolean;
 }
 
-export type ChangesSince = (cursor: unknown, context: { userId: string }) => Promise<ChangesPage>;
+/**
+ * `signal` aborts when the service stops waiting (the call took longer than requestTimeoutMs, or the
+ * link was closed): pass it on to the request so it is not left hanging.
+ */
+export type ChangesSince = (
+  cursor: unknown,
+  context: { userId: string; signal: AbortSignal },
+) => Promise<ChangesPage>;
 
 export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   /** The progress API's "changes since" (catch-up after every subscribe, and polling). */
@@ -73,6 +85,8 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   pollIntervalMs?: number;
   /** How long a join may take before it counts as failed (realtime-js default: 10 s). */
   joinTimeoutMs?: number;
+  /** How long one changesSince call may take before it counts as failed and is aborted (20 s). */
+  requestTimeoutMs?: number;
   /** Source of randomness for the jitter (tests make it deterministic). */
   random?: () => number;
   /** Receives one JSON log line per event; console.log by default. */
@@ -477,8 +491,10 @@ class UserLink<Row extends LwwRow> {
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   #pollTimer: ReturnType<typeof setTimeout> | undefined;
   /** The last "changes since" round; rounds never overlap (the cursor is shared). */
-  #fetchChain: Promise<boolean> = Promise.resolve(true);
+  #fetchChain: Promise<RoundOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
+  /** Aborts the changesSince call in flight (timeout, close). */
+  #request: AbortController | null = null;
   #closed = false;
   #closing: Promise<void> | null = null;
 
@@ -515,9 +531,9 @@ class UserLink<Row extends LwwRow> {
     return change;
   }
 
-  /** A new access token: a link that is not live retries now instead of waiting out its backoff. */
+  /** A new access token: a link whose channel is not joined retries now instead of waiting out its backoff. */
   onTokenChanged(): void {
-    if (this.#closed || this.status === "live") return;
+    if (this.#closed || this.#joined) return;
     this.#attempt = 0;
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
@@ -533,6 +549,8 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.#reconnectTimer = this.#pollTimer = undefined;
       this.#releaseChannel();
+      // A request that hangs must not hold the unsubscribe (or the round after it) hostage.
+      this.#request?.abort(new Error("unsubscribed"));
       await this.service.removalsSettled(this.topic);
       await this.#fetchChain.catch(() => {});
       this.status = "offline";
@@ -612,6 +630,8 @@ class UserLink<Row extends LwwRow> {
       this.service.random,
     );
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
+    // No longer live: changes flow only by polling until the channel is joined and caught up again.
+    if (this.status === "live") this.#setStatus("connecting");
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = this.service.timers.set(() => {
       this.#reconnectTimer = undefined;
@@ -643,23 +663,29 @@ class UserLink<Row extends LwwRow> {
   async #catchUp(generation: number): Promise<void> {
     // Always a fresh round that starts after the join: one that started earlier may have read
     // before a change whose broadcast was sent before the channel was subscribed.
-    const ok = await this.#fetchChanges("catchup");
+    const outcome = await this.#fetchChanges("catchup");
     if (this.#closed || generation !== this.#generation) return;
-    if (ok) {
+    if (outcome === "done") {
       this.#caughtUp = true;
       this.#attempt = 0;
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#setStatus("live");
     } else {
-      // Joined but could not catch up: keep the channel, retry the catch-up by polling.
-      this.#startPolling();
+      // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
+      // failed is retried at once; a cursor held back by a long transaction after a poll interval
+      // (asking again sooner would get the same page).
+      this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : 0);
     }
   }
 
-  #startPolling(): void {
+  get #pollIntervalMs(): number {
+    return this.service.options.pollIntervalMs ?? 10_000;
+  }
+
+  #startPolling(delayMs = 0): void {
     if (this.#closed || this.#pollTimer !== undefined) return;
-    this.#pollTimer = this.service.timers.set(() => void this.#poll(), 0);
+    this.#pollTimer = this.service.timers.set(() => void this.#poll(), delayMs);
   }
 
   async #poll(): Promise<void> {
@@ -668,31 +694,33 @@ class UserLink<Row extends LwwRow> {
     const generation = this.#generation;
     if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
     if (this.#closed) return;
-    const ok = await this.#fetchChanges(this.#joined ? "catchup" : "poll");
+    const outcome = await this.#fetchChanges(this.#joined ? "catchup" : "poll");
     if (this.#closed) return;
-    if (this.#joined && generation === this.#generation && ok) {
+    if (this.#joined && generation === this.#generation && outcome === "done") {
       this.#caughtUp = true;
       this.#attempt = 0;
       this.#setStatus("live");
       return;
     }
-    if (!this.#joined) this.#setStatus(ok ? "polling" : "offline");
+    if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
-      this.#pollTimer = this.service.timers.set(
-        () => void this.#poll(),
-        this.service.options.pollIntervalMs ?? 10_000,
-      );
+      this.#pollTimer = this.service.timers.set(() => void this.#poll(), this.#pollIntervalMs);
     }
   }
 
-  /** One "changes since" round (following pages), after any round in flight. False on failure. */
-  #fetchChanges(source: ChangeSource): Promise<boolean> {
-    const round = this.#fetchChain.then(async () => {
+  /**
+   * One "changes since" round (following pages), after any round in flight: "done" when it read
+   * to the end (has_more false), "behind" when more changes remain that it could not read yet (a
+   * long transaction anywhere in the database holds the cursor: the API answers has_more with the
+   * cursor it was sent), "failed" when a call failed or timed out.
+   */
+  #fetchChanges(source: ChangeSource): Promise<RoundOutcome> {
+    const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
       this.#fetchInFlight = true;
       try {
         for (let page = 0; page < 1000; page++) {
-          const result = await this.service.options.changesSince(this.#cursor, { userId: this.userId });
-          if (this.#closed) return false;
+          const result = await this.#changesSince();
+          if (this.#closed) return "failed";
           for (const raw of result.changes ?? []) {
             const row = this.service.parseRow(raw);
             if (!row) continue;
@@ -708,22 +736,59 @@ class UserLink<Row extends LwwRow> {
           const next = result.cursor ?? result.next_cursor;
           if (next !== undefined && next !== null) this.#cursor = next;
           const hasMore = result.hasMore ?? result.has_more ?? false;
-          // A cursor that cannot move (a long transaction holds the horizon): try again next round.
-          if (!hasMore || this.#cursor === previous) break;
+          if (!hasMore) {
+            this.#log("debug", `${source}_done`, {});
+            return "done";
+          }
+          if (this.#cursor === previous) {
+            // The cursor cannot move (a long transaction holds the horizon): not caught up.
+            this.#log("info", `${source}_behind`, { cursor: String(this.#cursor) });
+            return "behind";
+          }
         }
-        this.#log("debug", `${source}_done`, {});
-        return true;
+        this.#log("info", `${source}_behind`, { cursor: String(this.#cursor), reason: "page limit" });
+        return "behind";
       } catch (error) {
-        this.#log("warn", `${source}_failed`, {
-          error: error instanceof Error ? error.message : String(error),
-        });
-        return false;
+        if (!this.#closed) {
+          this.#log("warn", `${source}_failed`, {
+            error: error instanceof Error ? error.message : String(error),
+          });
+        }
+        return "failed";
       } finally {
         this.#fetchInFlight = false;
       }
     });
     this.#fetchChain = round;
     return round;
+  }
+
+  /**
+   * One changesSince call that cannot hang the link: after requestTimeoutMs (or on close) its signal
+   * aborts and the service stops waiting for it, whether or not the call honours the signal.
+   */
+  async #changesSince(): Promise<ChangesPage> {
+    const controller = new AbortController();
+    this.#request = controller;
+    const timeoutMs = this.service.options.requestTimeoutMs ?? 20_000;
+    const timer = this.service.timers.set(
+      () => controller.abort(new Error(`changesSince did not answer within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    const aborted = new Promise<never>((_, reject) => {
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true });
+    });
+    const call = this.service.options.changesSince(this.#cursor, {
+      userId: this.userId,
+      signal: controller.signal,
+    });
+    call.catch(() => {}); // when abandoned, its late failure is nobody's business
+    try {
+      return await Promise.race([call, aborted]);
+    } finally {
+      this.service.timers.clear(timer);
+      if (this.#request === controller) this.#request = null;
+    }
   }
 
   // -------------------------------------------------------------------------------- plumbing
@@ -744,6 +809,8 @@ class UserLink<Row extends LwwRow> {
     this.service.logEvent(level, event, { channel: this.topic, attempt: this.#attempt, ...fields });
   }
 }
+
+type RoundOutcome = "done" | "behind" | "failed";
 
 /** A "changes since" row that stands for a hard delete (the API may mark them; rows normally aren't). */
 function isDeleted(raw: unknown): boolean {

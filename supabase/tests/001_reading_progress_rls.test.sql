@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(36);
+select plan(37);
 
 -- ---------------------------------------------------------------------------------------------
 -- Fixtures (as postgres): user A with one row, user B with one row.
@@ -173,9 +173,23 @@ select throws_ok(
 select throws_ok(
   $$update public.reading_progress set user_id = 'a1a1a1a1-0000-4000-8000-000000000001'
      where series_id = 'b-seed'$$,
-  '42501', null,
-  'B cannot hand their own row over to A (update user_id): 42501'
+  '23514', null,
+  'B cannot hand their own row over to A (update user_id): a row''s name cannot change (stamp trigger, 23514)'
 );
+
+-- Beneath that rule, RLS refuses it on its own (the update policy's WITH CHECK).
+reset role;
+alter table public.reading_progress disable trigger reading_progress_stamp;
+set local role authenticated;
+select throws_ok(
+  $$update public.reading_progress set user_id = 'a1a1a1a1-0000-4000-8000-000000000001'
+     where series_id = 'b-seed'$$,
+  '42501', null,
+  'and with the stamp trigger off, RLS refuses the hand-over too: 42501'
+);
+reset role;
+alter table public.reading_progress enable trigger reading_progress_stamp;
+set local role authenticated;
 
 with d as (delete from public.reading_progress returning 1)
 select is(count(*)::int, 1,

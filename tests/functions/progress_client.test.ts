@@ -251,6 +251,93 @@ Deno.test("retry: network failures are retried, then surface as NetworkError", a
   assert.deepEqual([e.status, e.code, retries], [0, "network_error", 2]);
 });
 
+/** A functions endpoint whose first `hanging` requests never answer (until shutdown releases them). */
+function hangingFunctions(hanging: number) {
+  const release: (() => void)[] = [];
+  const upstream = flakyFunctions(() => null);
+  let hits = 0;
+  const server = serveLocal(async (req) => {
+    if (++hits <= hanging) {
+      await new Promise<void>((resolve) => release.push(resolve));
+      return apiError(503, "released");
+    }
+    const url = new URL(req.url);
+    return await fetch(`${upstream.url}${url.pathname}${url.search}`, {
+      method: req.method,
+      headers: req.headers,
+    });
+  });
+  return {
+    url: server.url,
+    hits: () => hits,
+    shutdown: async () => {
+      release.forEach((r) => r());
+      await Promise.all([server.shutdown(), upstream.shutdown()]);
+    },
+  };
+}
+
+Deno.test("timeout: an attempt that never answers is aborted after timeoutMs and retried", async () => {
+  const user = await createTestUser();
+  const upstream = hangingFunctions(1);
+  try {
+    const errors: ProgressApiError[] = [];
+    const page = await changesSince(clientFor(user.accessToken, upstream.url), null, {}, {
+      ...fast,
+      timeoutMs: 300,
+      onRetry: ({ error }) => errors.push(error),
+    });
+    assert.deepEqual(page.changes, []);
+    assert.equal(upstream.hits(), 2);
+    assert.equal(errors.length, 1);
+    assert.ok(errors[0] instanceof NetworkError, "a timed-out attempt fails like a network error");
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("abort: the caller's signal stops the call at once, the attempt in flight and every retry", async () => {
+  const user = await createTestUser();
+  const upstream = hangingFunctions(100);
+  try {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error("the reader closed the app")), 200);
+    const started = Date.now();
+    let retries = 0;
+    const e = await rejection(
+      listProgress(clientFor(user.accessToken, upstream.url), {}, {
+        retry: { attempts: 4, baseDelayMs: 10_000, maxDelayMs: 10_000 },
+        timeoutMs: 60_000,
+        signal: controller.signal,
+        onRetry: () => retries++,
+      }),
+    );
+    assert.ok(e instanceof NetworkError);
+    assert.equal(e.code, "aborted");
+    assert.match(e.message, /the reader closed the app/);
+    assert.deepEqual([upstream.hits(), retries], [1, 0], "no retry after the abort");
+    assert.ok(Date.now() - started < 5_000, "not after the timeout");
+
+    // Aborted while waiting to retry: the wait ends at once too.
+    const second = new AbortController();
+    const waiting = rejection(
+      listProgress(clientFor(user.accessToken, upstream.url), {}, {
+        retry: { attempts: 4, baseDelayMs: 60_000, maxDelayMs: 60_000 },
+        random: () => 1,
+        timeoutMs: 100,
+        signal: second.signal,
+        onRetry: () => second.abort(new Error("gone")),
+      }),
+    );
+    const before = Date.now();
+    const e2 = await waiting;
+    assert.equal(e2.code, "aborted");
+    assert.ok(Date.now() - before < 5_000, "did not sleep out the 60 s backoff");
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
 Deno.test({
   name:
     "subscribeToProgress hears a write another device made through updateProgress; catch-up goes through the API",

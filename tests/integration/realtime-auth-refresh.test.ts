@@ -131,6 +131,58 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "realtime auth: the moment the server closes the channel the link is no longer live, and a token given before any poll answers rejoins at once",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const logs: Record<string, unknown>[] = [];
+  const changesSince = sqlChangesSince(sql, a.id);
+  // Once live, every poll waits at this gate: the link cannot learn its state from a poll answer.
+  let gate: Promise<void> | null = null;
+  let openGate = () => {};
+  const service = new RealtimeService(client, {
+    changesSince: async (cursor) => {
+      if (gate) await gate;
+      return await changesSince(cursor);
+    },
+    accessToken: await a.newAccessToken(2),
+    pollIntervalMs: 150,
+    backoff: { initialMs: 600_000, maxMs: 600_000 },
+    random: () => 0.99,
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  try {
+    await waitFor("live", () => subscription.status === "live");
+    gate = new Promise((resolve) => openGate = resolve);
+    await waitFor("expiry closes the channel", () => logs.some((l) => l.event === "realtime_unavailable"), {
+      timeoutMs: 5_000,
+    });
+    assert.equal(
+      subscription.status,
+      "connecting",
+      "not live once the channel is gone, before any poll answers",
+    );
+    await service.setAccessToken(await a.newAccessToken(3600));
+    gate = null;
+    openGate();
+    await waitFor(
+      "live again without waiting out the 10-minute backoff",
+      () => subscription.status === "live",
+    );
+  } finally {
+    openGate();
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+Deno.test({
   name: "realtime auth: supabase.auth TOKEN_REFRESHED is followed (listener held only while subscribed)",
   ...noSanitize,
 }, async () => {

@@ -123,7 +123,7 @@ Deno.test({
         `${polls()} polls of /progress/changes; missed ${missed.length}`,
     );
     assert.equal(missed.length, 0, `missed: ${JSON.stringify(missed.slice(0, 5))}`);
-    assert.deepEqual(dedupe(statuses), ["live", "polling", "live"]);
+    assert.deepEqual(dedupe(statuses), ["live", "connecting", "polling", "live"]);
     // Nothing older after something newer, per series.
     const last = new Map<string, string>();
     for (const c of changes) {

@@ -139,7 +139,7 @@ Deno.test({
     }
 
     // The status stream a UI would show, and the sources that carried changes.
-    assert.deepEqual(dedupe(statuses), ["live", "polling", "live"]);
+    assert.deepEqual(dedupe(statuses), ["live", "connecting", "polling", "live"]);
     const sources = new Set(changes.map((c) => c.source));
     assert.ok(
       sources.has("realtime") && (sources.has("poll") || sources.has("catchup")),

@@ -258,3 +258,127 @@ Deno.test({
     await sql.end();
   }
 });
+
+/** The changes read of the progress API (the SQL function), as the user, with a small page. */
+function sqlChangesPages(sql: ReturnType<typeof adminSql>, userId: string, limit: number, calls: string[]) {
+  return async (cursor: unknown) => {
+    const [{ page }] = await asUser(
+      sql,
+      userId,
+      (tx) =>
+        tx<{ page: { changes: unknown[]; next_cursor: string; has_more: boolean } }[]>`
+          select public.reading_progress_changes(${
+          typeof cursor === "string" ? cursor : null
+        }, ${limit}) as page`,
+    );
+    calls.push(`${String(cursor)} -> ${page.next_cursor}${page.has_more ? " more" : ""}`);
+    return page;
+  };
+}
+
+Deno.test({
+  name:
+    "realtime service: a catch-up held back by a long transaction is not live, keeps polling, and reads every change once it can",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  // Any write transaction left open in the database (here an unrelated one) holds the cursor of
+  // "changes since" below its xid; with more changed rows above it than a page holds, the API
+  // answers has_more with the cursor it was sent.
+  const long = await sql.reserve();
+  await long`begin`;
+  await long`select pg_current_xact_id()`;
+  const client = newClient();
+  const calls: string[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesPages(sql, a.id, 2, calls),
+    accessToken: a.accessToken,
+    pollIntervalMs: 100,
+    log: () => {},
+  });
+  const got = new Set<string>();
+  const statuses: string[] = [];
+  let sub: ReturnType<typeof service.subscribeToProgress> | undefined;
+  try {
+    for (let i = 0; i < 5; i++) {
+      await writeProgress(sql, a.id, { series_id: `held-${i}`, chapter: i, device_id: "phone" });
+    }
+    sub = service.subscribeToProgress(a.id, (c) => got.add(c.row.series_id));
+    sub.onStatus((s) => statuses.push(s));
+    // It reads the first page, finds the cursor stuck, and asks again (three calls at least).
+    await waitFor("the catch-up retried", () => calls.length >= 4);
+    assert.notEqual(sub.status, "live", `not live while behind (calls: ${calls.join(", ")})`);
+    assert.ok(got.size < 5, "the rest was not readable yet");
+    await long`commit`;
+    await waitFor("every change, and live", () => got.size === 5 && sub!.status === "live");
+    assert.deepEqual([...got].sort(), ["held-0", "held-1", "held-2", "held-3", "held-4"]);
+    assert.deepEqual(statuses, ["live"], "live once, when caught up");
+  } finally {
+    await long`rollback`.catch(() => {});
+    long.release();
+    await sub?.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime service: a changesSince call that never answers is aborted after requestTimeoutMs and retried; unsubscribe does not wait for a hung call",
+  ...noSanitize,
+}, async () => {
+  const { sql, a, client, close } = await oneReader();
+  const signals: AbortSignal[] = [];
+  let hang = true;
+  const real = sqlChangesPages(sql, a.id, 100, []);
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: (cursor, { signal }) => {
+      signals.push(signal);
+      return hang ? new Promise(() => {}) : real(cursor);
+    },
+    accessToken: a.accessToken,
+    requestTimeoutMs: 300,
+    pollIntervalMs: 100,
+    log: (l) => logs.push(JSON.parse(l)),
+  });
+  try {
+    await writeProgress(sql, a.id, { series_id: "late", chapter: 2, device_id: "phone" });
+    const got: string[] = [];
+    const sub = service.subscribeToProgress(a.id, (c) => got.push(c.row.series_id));
+    await waitFor("the first call timed out", () => signals.length >= 1 && signals[0].aborted);
+    assert.match(String(signals[0].reason), /did not answer within 300 ms/);
+    assert.ok(logs.some((l) => String(l.event).endsWith("_failed")));
+    hang = false;
+    await waitFor("caught up and live", () => got.includes("late") && sub.status === "live");
+
+    // A second reader whose every call hangs: its unsubscribe aborts the call and returns at once.
+    hang = true;
+    const stuck = new RealtimeService(newClient(), {
+      changesSince: (_cursor, { signal }) => {
+        signals.push(signal);
+        return new Promise(() => {});
+      },
+      accessToken: a.accessToken,
+      requestTimeoutMs: 60_000,
+      log: () => {},
+    });
+    const seen = signals.length;
+    const stuckSub = stuck.subscribeToProgress(a.id, () => {});
+    await waitFor("its catch-up is in flight", () => signals.length > seen);
+    const started = Date.now();
+    await stuckSub.unsubscribe();
+    await stuck.close();
+    await (stuck.client as ReturnType<typeof newClient>).realtime.disconnect();
+    assert.ok(signals[signals.length - 1].aborted, "the hung call was aborted");
+    assert.ok(Date.now() - started < 5_000, "unsubscribe did not wait for the hung call");
+    assert.equal(stuck.stats().timers, 0);
+    await sub.unsubscribe();
+  } finally {
+    await service.close();
+    await close();
+  }
+  assert.equal(service.stats().timers, 0);
+});
