@@ -181,10 +181,15 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     return this.#client;
   }
 
-  /** Starts (or joins) the live link for a user; `handler` receives every new change. */
-  subscribeToProgress(userId: string, handler: ProgressHandler<Row>): ProgressSubscription {
+  /**
+   * Starts (or joins) the live link for a user; `handler` receives every new change. A user id is a
+   * UUID, which PostgreSQL prints in lower case (auth.uid()::text names the topic, rows carry it so):
+   * one given in upper case is lowered, or its join would be refused and every row look foreign.
+   */
+  subscribeToProgress(userIdGiven: string, handler: ProgressHandler<Row>): ProgressSubscription {
     if (this.#closed) throw new Error("RealtimeService is closed");
-    if (typeof userId !== "string" || userId.length === 0) throw new Error("userId is required");
+    if (typeof userIdGiven !== "string" || userIdGiven.length === 0) throw new Error("userId is required");
+    const userId = UUID.test(userIdGiven) ? userIdGiven.toLowerCase() : userIdGiven;
     let link = this.#links.get(userId);
     const isNew = !link;
     if (!link) {
@@ -811,6 +816,8 @@ class UserLink<Row extends LwwRow> {
 }
 
 type RoundOutcome = "done" | "behind" | "failed";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** A "changes since" row that stands for a hard delete (the API may mark them; rows normally aren't). */
 function isDeleted(raw: unknown): boolean {

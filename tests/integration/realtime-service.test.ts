@@ -185,6 +185,25 @@ Deno.test({
 });
 
 Deno.test({
+  name: "realtime service: a user id given in upper case is the same user (joins live, rows are not foreign)",
+  ...noSanitize,
+}, async () => {
+  const { sql, a, service, close } = await oneReader();
+  const got: ProgressChange[] = [];
+  const sub = service.subscribeToProgress(a.id.toUpperCase(), (c) => got.push(c));
+  try {
+    assert.equal(sub.userId, a.id);
+    await waitFor("live", () => sub.status === "live");
+    await writeProgress(sql, a.id, { series_id: "caps", chapter: 1, device_id: "a" });
+    await waitFor("the write", () => got.some((c) => c.row.series_id === "caps" && c.source === "realtime"));
+    assert.equal(service.stats().invalid, 0);
+  } finally {
+    await sub.unsubscribe();
+    await close();
+  }
+});
+
+Deno.test({
   name: "realtime service: two subscriptions share one channel; the second gets the current state",
   ...noSanitize,
 }, async () => {
