@@ -96,10 +96,17 @@ function matchRoute(pathname: string, functionName: string): Route | null {
   return null;
 }
 
+/**
+ * supabase-js adds this to every function call made with a `region` option (beside an x-region
+ * header); it is the platform's routing, not a parameter of any route.
+ */
+const REGION_PARAMETER = "forceFunctionRegion";
+
 /** Query parameters as an object; a repeated parameter becomes an array (and fails validation). */
 function queryObject(url: URL): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const [k, v] of url.searchParams) {
+    if (k === REGION_PARAMETER) continue;
     const prev = out[k];
     out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
   }

@@ -189,7 +189,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   subscribeToProgress(userIdGiven: string, handler: ProgressHandler<Row>): ProgressSubscription {
     if (this.#closed) throw new Error("RealtimeService is closed");
     if (typeof userIdGiven !== "string" || userIdGiven.length === 0) throw new Error("userId is required");
-    const userId = UUID.test(userIdGiven) ? userIdGiven.toLowerCase() : userIdGiven;
+    const userId = normalizeUserId(userIdGiven);
     let link = this.#links.get(userId);
     const isNew = !link;
     if (!link) {
@@ -237,7 +237,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
   /** Status of a user's link (offline when there is none). */
   status(userId: string): RealtimeStatus {
-    return this.#links.get(userId)?.status ?? "offline";
+    return this.#links.get(normalizeUserId(userId))?.status ?? "offline";
   }
 
   stats(): RealtimeServiceStats {
@@ -498,8 +498,8 @@ class UserLink<Row extends LwwRow> {
   /** The last "changes since" round; rounds never overlap (the cursor is shared). */
   #fetchChain: Promise<RoundOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
-  /** Aborts the changesSince call in flight (timeout, close). */
-  #request: AbortController | null = null;
+  /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
+  readonly #lifetime = new AbortController();
   #closed = false;
   #closing: Promise<void> | null = null;
 
@@ -554,8 +554,8 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.#reconnectTimer = this.#pollTimer = undefined;
       this.#releaseChannel();
-      // A request that hangs must not hold the unsubscribe (or the round after it) hostage.
-      this.#request?.abort(new Error("unsubscribed"));
+      // A request that hangs must not hold the unsubscribe (or a round queued after it) hostage.
+      this.#lifetime.abort(new Error("unsubscribed"));
       await this.service.removalsSettled(this.topic);
       await this.#fetchChain.catch(() => {});
       this.status = "offline";
@@ -721,6 +721,7 @@ class UserLink<Row extends LwwRow> {
    */
   #fetchChanges(source: ChangeSource): Promise<RoundOutcome> {
     const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
+      if (this.#closed) return "failed"; // queued behind a round that close() cut short
       this.#fetchInFlight = true;
       try {
         for (let page = 0; page < 1000; page++) {
@@ -774,7 +775,10 @@ class UserLink<Row extends LwwRow> {
    */
   async #changesSince(): Promise<ChangesPage> {
     const controller = new AbortController();
-    this.#request = controller;
+    const lifetime = this.#lifetime.signal;
+    const onClose = () => controller.abort(lifetime.reason);
+    if (lifetime.aborted) onClose();
+    else lifetime.addEventListener("abort", onClose, { once: true });
     const timeoutMs = this.service.options.requestTimeoutMs ?? 20_000;
     const timer = this.service.timers.set(
       () => controller.abort(new Error(`changesSince did not answer within ${timeoutMs} ms`)),
@@ -792,7 +796,7 @@ class UserLink<Row extends LwwRow> {
       return await Promise.race([call, aborted]);
     } finally {
       this.service.timers.clear(timer);
-      if (this.#request === controller) this.#request = null;
+      lifetime.removeEventListener("abort", onClose);
     }
   }
 
@@ -818,6 +822,11 @@ class UserLink<Row extends LwwRow> {
 type RoundOutcome = "done" | "behind" | "failed";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A UUID as PostgreSQL prints it (lower case); any other id as given. */
+function normalizeUserId(userId: string): string {
+  return UUID.test(userId) ? userId.toLowerCase() : userId;
+}
 
 /** A "changes since" row that stands for a hard delete (the API may mark them; rows normally aren't). */
 function isDeleted(raw: unknown): boolean {

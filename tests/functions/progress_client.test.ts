@@ -326,7 +326,8 @@ Deno.test("abort: the caller's signal stops the call at once, the attempt in fli
         random: () => 1,
         timeoutMs: 100,
         signal: second.signal,
-        onRetry: () => second.abort(new Error("gone")),
+        // Aborted while the 60 s backoff sleep is under way.
+        onRetry: () => void setTimeout(() => second.abort(new Error("gone")), 100),
       }),
     );
     const before = Date.now();

@@ -9,6 +9,7 @@
 //                          a reset with a position, batch size, a malformed cursor
 
 import assert from "node:assert/strict";
+import { createClient, FunctionRegion } from "@supabase/supabase-js";
 import { generateKeyPair, SignJWT } from "jose";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
@@ -173,6 +174,33 @@ Deno.test("400: routes without query parameters refuse any, and a reset refuses 
     );
     assert.match(e.message, /DELETE takes no body/);
   }));
+
+Deno.test("a supabase-js client with a region reaches every route (its forceFunctionRegion is not a parameter)", async () => {
+  const a = await createTestUser();
+  const client = createClient(testEnv().url, testEnv().anonKey, {
+    accessToken: () => Promise.resolve(a.accessToken),
+  });
+  const series = seriesId("region");
+  const region = FunctionRegion.UsEast1;
+  const calls: [string, "GET" | "POST" | "DELETE", Record<string, unknown>?][] = [
+    ["progress", "POST", write({ series_id: series, chapter: 2, updated_at: "2026-05-01T00:00:10Z" })],
+    ["progress/batch", "POST", {
+      writes: [write({ series_id: series, chapter: 3, updated_at: "2026-05-01T00:00:11Z" })],
+    }],
+    [`progress/series/${series}`, "GET"],
+    ["progress?limit=5", "GET"],
+    ["progress/changes?limit=5", "GET"],
+  ];
+  for (const [name, method, body] of calls) {
+    const { error, response } = await client.functions.invoke(name, { method, body, region });
+    assert.equal(error, null, `${method} ${name}: ${response?.status}`);
+    assert.equal(
+      response?.url.includes("forceFunctionRegion=us-east-1"),
+      true,
+      "supabase-js sent the parameter",
+    );
+  }
+});
 
 Deno.test("400: a user_id in the body is refused, never trusted (single write and batch)", () =>
   unchanged(async ({ a, b, series }) => {

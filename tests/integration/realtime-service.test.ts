@@ -401,3 +401,42 @@ Deno.test({
   }
   assert.equal(service.stats().timers, 0);
 });
+
+Deno.test({
+  name:
+    "realtime service: unsubscribe while a poll hangs and a catch-up waits behind it: returns at once, and no call starts after it",
+  ...noSanitize,
+}, async () => {
+  const { a, client, close } = await oneReader();
+  const calls: { signal: AbortSignal; afterClose: boolean }[] = [];
+  let closed = false;
+  const logs: Record<string, unknown>[] = [];
+  // An expired token: the join is refused, the link polls, and that poll never answers.
+  const service = new RealtimeService(client, {
+    changesSince: (_cursor, { signal }) => {
+      calls.push({ signal, afterClose: closed });
+      return new Promise(() => {});
+    },
+    accessToken: await a.newAccessToken(-60),
+    requestTimeoutMs: 30_000,
+    backoff: { initialMs: 600_000, maxMs: 600_000 },
+    log: (l) => logs.push(JSON.parse(l)),
+  });
+  const sub = service.subscribeToProgress(a.id, () => {});
+  try {
+    await waitFor("the poll is in flight", () => calls.length === 1);
+    // A valid token: the link rejoins, and its catch-up queues behind the hung poll.
+    await service.setAccessToken(await a.newAccessToken(3600));
+    await waitFor("joined", () => logs.some((l) => l.event === "joined"));
+    const started = Date.now();
+    closed = true;
+    await sub.unsubscribe();
+    assert.ok(Date.now() - started < 3_000, `unsubscribe took ${Date.now() - started} ms`);
+    assert.ok(calls[0].signal.aborted, "the hung poll was aborted");
+    assert.deepEqual(calls.filter((c) => c.afterClose), [], "the queued catch-up never called after close");
+    assert.equal(service.stats().timers, 0);
+  } finally {
+    await service.close();
+    await close();
+  }
+});
