@@ -4,8 +4,8 @@
 --   when missing, and truncated to milliseconds so it round-trips through JSON exactly. One dated
 --   more than 5 seconds in the future (a device clock ahead) is recorded as now() (a device with a
 --   wrong clock must not pin a row forever); by its own date it is newer than every version the
---   table can hold, so an UPDATE with it wins and lands 1 ms after the version it replaces when that
---   one lies at or after now() (two such writes never share a key: each is a new version). A plain UPDATE that does not supply a new (updated_at, device_id) gets now() (or
+--   table can hold, so an UPDATE or upsert with it wins and lands 1 ms after the version it replaces
+--   when that one lies at or after now() (two such writes never share a key: each is a new version). A plain UPDATE that does not supply a new (updated_at, device_id) gets now() (or
 --   1 ms after the stored one, if that is later); one that changes nothing at all (a replayed upsert)
 --   is skipped. An UPDATE whose key is not greater than the stored key changes nothing (last write
 --   wins on direct Data API writes too; a user's is logged).
@@ -32,6 +32,7 @@ as $$
 declare
   -- Dated beyond the tolerance for clock skew (see the else branch).
   v_ahead boolean := false;
+  v_stored timestamptz;
 begin
   if tg_op = 'UPDATE'
      and (new.user_id, new.series_id) is distinct from (old.user_id, old.series_id) then
@@ -66,11 +67,20 @@ begin
       -- ahead, or be another such write of this millisecond: with the same device id the two would
       -- share a key, and the second would pass for a replay of the first and be dropped).
       v_ahead := true;
-      new.updated_at := pg_catalog.now();
       if tg_op = 'UPDATE' then
-        new.updated_at := greatest(
-          pg_catalog.date_trunc('milliseconds', new.updated_at), old.updated_at + interval '1 millisecond');
+        v_stored := old.updated_at;
+      else
+        -- In an upsert (INSERT ... ON CONFLICT DO UPDATE, supabase-js .upsert()) this row becomes
+        -- excluded.* of the DO UPDATE, whose trigger no longer sees the claimed date: the key it
+        -- hands on must already win there. (Read before the upsert waits for a concurrent writer of
+        -- the row: if that one commits a newer version first, this write is judged against it.)
+        select rp.updated_at into v_stored
+          from public.reading_progress rp
+         where rp.user_id = new.user_id and rp.series_id = new.series_id collate "C";
       end if;
+      -- greatest() ignores the NULL of "no stored version".
+      new.updated_at := greatest(
+        pg_catalog.date_trunc('milliseconds', pg_catalog.now()), v_stored + interval '1 millisecond');
     end if;
     new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
 

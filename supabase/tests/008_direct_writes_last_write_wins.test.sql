@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(19);
+select plan(21);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -125,6 +125,25 @@ select cmp_ok(
   date_trunc('milliseconds', now() + interval '4 seconds'),
   'an edit without its own updated_at lands after the version it edits (which lay 4 s ahead)'
 );
+
+-- A phone whose clock runs an hour ahead upserts (supabase-js .upsert(): INSERT ... ON CONFLICT DO
+-- UPDATE) over the version stored 4 s ahead: by its own date it is newer, so it wins, 1 ms after that
+-- version, as a plain UPDATE or the API would store it (not at now(), where it would lose).
+create temp table ahead_before on commit drop as
+  select updated_at from public.reading_progress where series_id = 'ahead';
+grant select on ahead_before to authenticated;
+with u as (
+  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead', 7, 70, 0.07, 'phone', now() + interval '1 hour')
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+        device_id = excluded.device_id, updated_at = excluded.updated_at
+  returning 1)
+select is((select count(*)::int from u), 1, 'an upsert dated an hour ahead lands over a version stored ahead');
+select is(
+  (select (updated_at, device_id, chapter)::text from public.reading_progress where series_id = 'ahead'),
+  ((select updated_at from ahead_before) + interval '1 millisecond', 'phone', 7)::text,
+  'stored 1 ms after the version it replaced, not at the claimed hour');
 
 -- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
 reset role;
