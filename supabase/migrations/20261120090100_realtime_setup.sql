@@ -32,7 +32,6 @@ as $$
 declare
   -- Dated beyond the tolerance for clock skew (see the else branch).
   v_ahead boolean := false;
-  v_stored timestamptz;
 begin
   if tg_op = 'UPDATE'
      and (new.user_id, new.series_id) is distinct from (old.user_id, old.series_id) then
@@ -68,23 +67,32 @@ begin
       -- share a key, and the second would pass for a replay of the first and be dropped).
       v_ahead := true;
       if tg_op = 'UPDATE' then
-        v_stored := old.updated_at;
+        new.updated_at := greatest(
+          pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
       else
+        new.updated_at := pg_catalog.date_trunc('milliseconds', pg_catalog.now());
         -- In an upsert (INSERT ... ON CONFLICT DO UPDATE, supabase-js .upsert()) this row becomes
-        -- excluded.* of the DO UPDATE, whose trigger no longer sees the claimed date: the key it
-        -- hands on must already win there. (Read before the upsert waits for a concurrent writer of
-        -- the row: if that one commits a newer version first, this write is judged against it.)
-        select rp.updated_at into v_stored
-          from public.reading_progress rp
-         where rp.user_id = new.user_id and rp.series_id = new.series_id collate "C";
+        -- excluded.* of the DO UPDATE, whose trigger sees only the key stamped here, and only after
+        -- the upsert has waited for any concurrent writer of the row, whose version (up to 5 s
+        -- ahead) may by then be newer than "now". So the claim travels beside the row, in a
+        -- transaction-local setting naming the row, its stamped key and this statement: the DO
+        -- UPDATE's trigger (below) finds it and places the write after whatever version it meets.
+        perform pg_catalog.set_config('readsync.upsert_dated_ahead',
+          row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text,
+          true);
       end if;
-      -- greatest() ignores the NULL of "no stored version".
-      new.updated_at := greatest(
-        pg_catalog.date_trunc('milliseconds', pg_catalog.now()), v_stored + interval '1 millisecond');
     end if;
     new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
 
     if tg_op = 'UPDATE' and not v_ahead
+       and (new.updated_at, new.device_id collate "C") <= (old.updated_at, old.device_id collate "C")
+       and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) is not distinct from
+           row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text then
+      -- The DO UPDATE of an upsert dated ahead (above) that met a version stored at or after the
+      -- "now" its INSERT half was given: by its own date it still wins, 1 ms after that version.
+      perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
+      new.updated_at := old.updated_at + interval '1 millisecond';
+    elsif tg_op = 'UPDATE' and not v_ahead
        and (new.updated_at, new.device_id collate "C") <= (old.updated_at, old.device_id collate "C") then
       -- Last write wins on every path, not only through the progress API: RLS lets users update
       -- their rows through the Data API, and an offline device's stale write (or a same-millisecond

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(21);
+select plan(23);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -145,6 +145,26 @@ select is(
   ((select updated_at from ahead_before) + interval '1 millisecond', 'phone', 7)::text,
   'stored 1 ms after the version it replaced, not at the claimed hour');
 
+-- The DO UPDATE learns of the claimed date from a setting its INSERT half leaves for this statement
+-- only: a later statement that sends the key the claim was stamped with is judged like any write.
+with u as (
+  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-new', 1, 10, 0.01, 'phone', now() + interval '1 hour')
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+        device_id = excluded.device_id, updated_at = excluded.updated_at
+  returning updated_at)
+select is((select updated_at from u), date_trunc('milliseconds', now()),
+  'the first version of a series, dated an hour ahead, is stored at now()');
+update public.reading_progress set chapter = 2, device_id = 'tablet', updated_at = now() + interval '1 second'
+ where series_id = 'ahead-new';
+update public.reading_progress set chapter = 9, device_id = 'phone', updated_at = date_trunc('milliseconds', now())
+ where series_id = 'ahead-new';
+select is(
+  (select (chapter, device_id)::text from public.reading_progress where series_id = 'ahead-new'),
+  '(2,tablet)',
+  'a later statement with the key an ahead upsert was stamped with is refused as stale (the claim was that statement''s)');
+
 -- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
 reset role;
 update public.reading_progress set chapter = 1, updated_at = now() - interval '30 days'
@@ -181,7 +201,7 @@ select throws_ok(
 select is(
   (select array_agg(series_id order by series_id) from public.reading_progress
     where user_id = 'a8a8a8a8-0000-4000-8000-000000000008'),
-  array['ahead', 'op']::text[],
+  array['ahead', 'ahead-new', 'op']::text[],
   'both series are still there under their names');
 
 select * from finish();

@@ -450,3 +450,83 @@ Deno.test("a write that waited for another writer's lock is decided against the 
     await Promise.all([holder.end(), waiter.end(), sql.end()]);
   }
 });
+
+/**
+ * A Data API upsert dated beyond the tolerance (a device clock an hour ahead) wins by its own date
+ * over every version the table can hold, including one a concurrent writer commits while the upsert
+ * waits: its BEFORE INSERT half can only stamp it "now", and the DO UPDATE that follows sees only
+ * excluded.*, so the claim has to reach that DO UPDATE some other way than the key (a stamp read
+ * before the wait would lose to a concurrent version stored up to 5 s ahead). Both shapes: the row
+ * exists and A updates it, or A inserts the first version; B's upsert is seen waiting before A commits.
+ */
+Deno.test("a Data API upsert dated an hour ahead wins over a version committed while it waited", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const waiter = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const asUser = (tx: postgres.TransactionSql) =>
+    tx`select set_config('role', 'authenticated', true),
+      set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
+  try {
+    for (const rowExists of [true, false]) {
+      const series = seriesId(rowExists ? "ahead-wait-update" : "ahead-wait-insert");
+      if (rowExists) {
+        await sql`insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+          values (${user.id}, ${series}, 1, 0, 0, 'a', now() - interval '1 minute')`;
+      }
+      const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let holding!: () => void;
+      const held = new Promise<void>((resolve) => (holding = resolve));
+      // A: a version dated 3 s ahead (within the tolerance: stored as dated), not yet committed.
+      let heldKey = "";
+      const holderTx = holder.begin(async (tx) => {
+        await asUser(tx);
+        const [{ answer }] = await tx`select public.write_reading_progress(${series}, 2, 0, 0, false,
+          'a', now() + interval '3 seconds') as answer`;
+        const result = writeResultSchema.parse(answer);
+        assert.equal(result.won, true);
+        heldKey = result.progress.updated_at;
+        holding();
+        await released;
+      });
+      await held;
+      // B: supabase-js .upsert() from a phone whose clock is an hour ahead.
+      const waiting = waiter.begin(async (tx) => {
+        await asUser(tx);
+        return await tx<{ device_id: string }[]>`
+          insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+          values (${user.id}, ${series}, 7, 0, 0, 'phone', now() + interval '1 hour')
+          on conflict (user_id, series_id) do update
+            set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+                device_id = excluded.device_id, updated_at = excluded.updated_at
+          returning device_id`;
+      });
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const [{ blocked }] = await sql`select count(*)::int as blocked from pg_catalog.pg_stat_activity
+          where ${holderPid} = any(pg_catalog.pg_blocking_pids(pid))`;
+        if (blocked > 0) break;
+        assert.ok(Date.now() < deadline, "the upsert never waited for the first writer");
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      release();
+      await holderTx;
+      const what = rowExists ? "over an existing row" : "as the first version";
+      assert.deepEqual((await waiting).map((r) => r.device_id), ["phone"], `the upsert landed ${what}`);
+      const state = await stateOf(sql, user.id, series);
+      assert.deepEqual(
+        state.row,
+        {
+          key: keyOf({ updated_at: new Date(Date.parse(heldKey) + 1).toISOString(), device_id: "phone" }),
+          chapter: 7,
+        },
+        `stored 1 ms after the version A committed (${what})`,
+      );
+      assert.deepEqual(state.log, [], "nothing was refused");
+    }
+  } finally {
+    await Promise.all([holder.end(), waiter.end(), sql.end()]);
+  }
+});
