@@ -39,6 +39,7 @@ import {
 } from "./schemas.ts";
 import type { ChangesResponse, Progress, ProgressListResponse, WriteResult } from "./types.ts";
 import {
+  DEFAULT_REQUEST_TIMEOUT_MS,
   type ProgressHandler,
   type ProgressSubscription,
   RealtimeService,
@@ -401,7 +402,12 @@ export async function resetProgress(
 // ------------------------------------------------------------------------------------ live
 
 export interface SubscribeToProgressOptions extends Omit<RealtimeServiceOptions, "changesSince"> {
-  /** Options for the changesSince calls the service makes (catch-up and polling). */
+  /**
+   * Options for the changesSince calls the service makes (catch-up and polling). Each call has
+   * requestTimeoutMs in all, retries included, so an attempt gets requestTimeoutMs / retry.attempts
+   * unless `timeoutMs` says otherwise. `signal`, when given, ends this subscription when it aborts
+   * (as unsubscribe() does); the calls themselves are aborted by the service.
+   */
   api?: ProgressApiOptions;
   /** Page size of those calls. */
   changesLimit?: number;
@@ -434,12 +440,20 @@ export function subscribeToProgress(
   let shared = sharedServices.get(client);
   if (!shared) {
     const { api, changesLimit, ...serviceOptions } = options;
+    // The service gives up on a call after requestTimeoutMs; with a whole attempt allowed that long,
+    // a hung first attempt would use up the call and its retries would never run.
+    const attempts = Math.max(1, api?.retry?.attempts ?? DEFAULT_RETRY.attempts);
+    const attemptTimeoutMs = api?.timeoutMs ??
+      Math.max(1, Math.floor((serviceOptions.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS) / attempts));
     shared = {
       service: new RealtimeService(client, {
         ...serviceOptions,
+        // The service's signal, not api.signal: the service may outlive this subscription (shared
+        // with later ones), so its calls end with the service, and api.signal ends the subscription.
         changesSince: (cursor, { signal }) =>
           changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, {
             ...api,
+            timeoutMs: attemptTimeoutMs,
             signal,
           }),
       }),
@@ -451,7 +465,9 @@ export function subscribeToProgress(
   entry.subscriptions++;
   const subscription = entry.service.subscribeToProgress(userId, handler);
   let released = false;
-  return {
+  const stopSignal = options.api?.signal;
+  const onStop = () => void live.unsubscribe();
+  const live: ProgressLiveSubscription = {
     service: entry.service,
     get userId() {
       return subscription.userId;
@@ -466,6 +482,7 @@ export function subscribeToProgress(
     unsubscribe: async () => {
       if (released) return;
       released = true;
+      stopSignal?.removeEventListener("abort", onStop);
       await subscription.unsubscribe();
       if (--entry.subscriptions === 0) {
         if (sharedServices.get(client) === entry) sharedServices.delete(client);
@@ -473,6 +490,9 @@ export function subscribeToProgress(
       }
     },
   };
+  if (stopSignal?.aborted) onStop();
+  else stopSignal?.addEventListener("abort", onStop, { once: true });
+  return live;
 }
 
 /**

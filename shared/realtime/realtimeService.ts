@@ -65,6 +65,9 @@ export type ChangesSince = (
   context: { userId: string; signal: AbortSignal },
 ) => Promise<ChangesPage>;
 
+/** How long one changesSince call may take by default (RealtimeServiceOptions.requestTimeoutMs). */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 20_000;
+
 export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   /** The progress API's "changes since" (catch-up after every subscribe, and polling). */
   changesSince: ChangesSince;
@@ -779,7 +782,7 @@ class UserLink<Row extends LwwRow> {
     const onClose = () => controller.abort(lifetime.reason);
     if (lifetime.aborted) onClose();
     else lifetime.addEventListener("abort", onClose, { once: true });
-    const timeoutMs = this.service.options.requestTimeoutMs ?? 20_000;
+    const timeoutMs = this.service.options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     const timer = this.service.timers.set(
       () => controller.abort(new Error(`changesSince did not answer within ${timeoutMs} ms`)),
       timeoutMs,

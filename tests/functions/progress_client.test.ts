@@ -251,12 +251,16 @@ Deno.test("retry: network failures are retried, then surface as NetworkError", a
   assert.deepEqual([e.status, e.code, retries], [0, "network_error", 2]);
 });
 
-/** A functions endpoint whose first `hanging` requests never answer (until shutdown releases them). */
+/**
+ * A functions endpoint whose first `hanging` requests never answer (until shutdown releases them).
+ * Only functions are served: anything else (a Realtime socket) gets 404 at once.
+ */
 function hangingFunctions(hanging: number) {
   const release: (() => void)[] = [];
   const upstream = flakyFunctions(() => null);
   let hits = 0;
   const server = serveLocal(async (req) => {
+    if (!new URL(req.url).pathname.startsWith("/functions/v1/")) return new Response(null, { status: 404 });
     if (++hits <= hanging) {
       await new Promise<void>((resolve) => release.push(resolve));
       return apiError(503, "released");
@@ -337,6 +341,83 @@ Deno.test("abort: the caller's signal stops the call at once, the attempt in fli
   } finally {
     await upstream.shutdown();
   }
+});
+
+Deno.test({
+  name: "subscribeToProgress: a hung catch-up attempt is retried inside the service's request timeout",
+  ...noSanitize,
+  fn: async () => {
+    const user = await createTestUser();
+    const series = seriesId("hung-catchup");
+    await updateProgress(clientFor(user.accessToken), write({ series_id: series, chapter: 5 }));
+    const upstream = hangingFunctions(1);
+    const client = clientFor(user.accessToken, upstream.url);
+    const seen: ProgressChange[] = [];
+    const retried: ProgressApiError[] = [];
+    const logged: string[] = [];
+    // The service waits 4 s for a call; 4 attempts share it (1 s each), so the first, hung attempt
+    // is abandoned and retried by the API client within the same call.
+    const sub = subscribeToProgress(client, user.id, (change) => seen.push(change), {
+      accessToken: user.accessToken,
+      requestTimeoutMs: 4_000,
+      api: {
+        retry: { attempts: 4, baseDelayMs: 1, maxDelayMs: 5 },
+        onRetry: ({ error }) => retried.push(error),
+      },
+      backoff: { initialMs: 60_000, maxMs: 60_000 },
+      log: (line) => logged.push(line),
+    });
+    try {
+      await waitUntil(
+        "the catch-up to bring the stored row",
+        () => seen.some((c) => c.row.series_id === series),
+      );
+      assert.equal(retried.length, 1, "one attempt timed out and was retried");
+      assert.ok(retried[0] instanceof NetworkError);
+      assert.equal(upstream.hits(), 2);
+      assert.deepEqual(
+        logged.filter((l) => /"(catchup|poll)_failed"/.test(l)),
+        [],
+        "no catch-up round failed",
+      );
+    } finally {
+      await sub.unsubscribe();
+      await client.realtime.disconnect();
+      await upstream.shutdown();
+    }
+  },
+});
+
+Deno.test({
+  name: "subscribeToProgress: the api signal ends the subscription (as unsubscribe does)",
+  ...noSanitize,
+  fn: async () => {
+    const user = await createTestUser();
+    const client = clientFor(user.accessToken);
+    const stop = new AbortController();
+    const api = createProgressApi(client, { signal: stop.signal });
+    const sub = api.subscribeToProgress(user.id, () => {}, { accessToken: user.accessToken, log: () => {} });
+    try {
+      await waitUntil("the subscription to go live", () => sub.status === "live");
+      stop.abort(new Error("the screen closed"));
+      await waitUntil(
+        "the subscription to end",
+        () => sub.status === "offline" && sub.service.stats().links === 0,
+      );
+      assert.equal(client.getChannels().length, 0, "its channel was removed");
+
+      // Already aborted: the subscription ends at once.
+      const late = api.subscribeToProgress(user.id, () => {}, {
+        accessToken: user.accessToken,
+        log: () => {},
+      });
+      await waitUntil("the late subscription to end", () => late.service.stats().links === 0);
+      assert.equal(late.status, "offline");
+    } finally {
+      await sub.unsubscribe();
+      await client.realtime.disconnect();
+    }
+  },
 });
 
 Deno.test({
