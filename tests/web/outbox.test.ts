@@ -9,7 +9,7 @@ import { createProgressApi } from "@shared/progress/api.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import { flushOutbox, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
-import { isRetryable } from "../../examples/web/lib/progressClient.ts";
+import { isRetryable, isTransient } from "../../examples/web/lib/progressClient.ts";
 import { createTestUser, testEnv } from "../support/env.ts";
 import { closedPort, seriesId } from "../functions/support.ts";
 import { pendingWrite } from "./support.ts";
@@ -121,3 +121,33 @@ Deno.test({ name: "outbox: no network keeps every write for the next try", ...no
   assert.equal(store.getSnapshot().lastError, null);
   await client.realtime.disconnect();
 });
+
+Deno.test(
+  {
+    name: "outbox: an answer that says nothing about the writes (function not found) keeps them all",
+    ...noSanitize,
+  },
+  async () => {
+    // What a reader meets while the function is being deployed (or behind a misrouted gateway):
+    // 404 for the function itself. Dropping the outbox then would lose offline reading for good.
+    const user = await createTestUser();
+    const { client } = countingClient(user.accessToken);
+    const missing = createProgressApi(client, {
+      functionName: "progress-not-deployed",
+      retry: { attempts: 1 },
+    });
+    const store = new SyncStore(user.id, defaultCompareRows);
+    const series = [seriesId("kept-a"), seriesId("kept-b")];
+    series.forEach((s, i) => store.addPending(pending(s, Date.now() - 1_000 + i, i + 1)));
+    await flushOutbox(store, missing, options({ isTransient }));
+    assert.equal(store.getSnapshot().pendingCount, 2);
+    assert.match(store.getSnapshot().lastError ?? "", /^Not saved yet \(will retry\)/);
+    // Once the function answers again, the same outbox is saved and the message goes.
+    const api = createProgressApi(client);
+    await flushOutbox(store, api, options({ isTransient }));
+    assert.equal(store.getSnapshot().pendingCount, 0);
+    assert.equal(store.getSnapshot().lastError, null);
+    for (const [i, s] of series.entries()) assert.equal((await api.getProgress(s))?.chapter, i + 1);
+    await client.realtime.disconnect();
+  },
+);

@@ -203,3 +203,165 @@ Deno.test("a hard DELETE removes the version it deleted, never a newer one the d
   store.removeServerRow(secondLife);
   assert.equal(store.getSnapshot().bySeries.has("saga"), false);
 });
+
+// ---- two tabs of one browser share one saved outbox (localStorage) and one device id
+
+Deno.test("two tabs: each tab's unsent write survives the other tab's saves", () => {
+  const storage = new MemoryStorage();
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  tabA.addPending(write("saga", T1, "web-1", 12)); // offline, in tab A
+  tabB.addPending(write("atlas", T2, "web-1", 3)); // then in tab B
+  // Both tabs close before the network is back; the next visit sends both.
+  const reopened = new SyncStore(USER, defaultCompareRows);
+  reopened.attachStorage(storage);
+  assert.deepEqual(reopened.pendingWrites().map((w) => w.series_id).sort(), [
+    "atlas",
+    "saga",
+  ]);
+});
+
+Deno.test("two tabs: an answered write leaves the saved outbox alone, the other tab's writes stay", () => {
+  const storage = new MemoryStorage();
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  const saga = write("saga", T1, "web-1", 12);
+  tabA.addPending(saga);
+  tabB.addPending(write("atlas", T2, "web-1", 3));
+  // Tab B saved a newer write of saga too, before tab A's answer came.
+  tabB.addPending(write("saga", T3, "web-1", 13));
+  tabA.settle(saga, {
+    won: true,
+    conflict: null,
+    conflict_with: null,
+    progress: row("saga", T1, "web-1", 12),
+  });
+  const reopened = new SyncStore(USER, defaultCompareRows);
+  reopened.attachStorage(storage);
+  const saved = reopened.pendingWrites().sort((a, b) => a.series_id.localeCompare(b.series_id));
+  assert.deepEqual(saved.map((w) => [w.series_id, w.chapter]), [["atlas", 3], [
+    "saga",
+    13,
+  ]]);
+  // Once every write is answered, nothing is left.
+  for (const w of saved) {
+    reopened.settle(w, {
+      won: true,
+      conflict: null,
+      conflict_with: null,
+      progress: row(w.series_id, w.updated_at, w.device_id, w.chapter),
+    });
+  }
+  assert.equal(storage.getItem(reopened.outboxKey), null);
+});
+
+Deno.test("two tabs: a tab takes over the writes another tab queued when told storage changed", () => {
+  const storage = new MemoryStorage();
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  tabB.addPending(write("atlas", T2, "web-1", 3));
+  let emitted = 0;
+  tabA.subscribe(() => emitted++);
+  tabA.reloadOutbox(); // the provider calls this on a `storage` event for tabA.outboxKey
+  assert.deepEqual(tabA.pendingWrites().map((w) => w.series_id), ["atlas"]);
+  assert.equal(tabA.getSnapshot().bySeries.get("atlas")?.chapter, 3);
+  assert.equal(emitted, 1);
+  tabA.reloadOutbox(); // nothing new: no re-render
+  assert.equal(emitted, 1);
+});
+
+Deno.test("writes queued before storage is attached are saved when it is", () => {
+  const storage = new MemoryStorage();
+  storage.setItem(
+    `readsync.outbox.${USER}`,
+    JSON.stringify([write("atlas", T1, "web-1", 1)]),
+  );
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.addPending(write("saga", T2, "web-1", 2));
+  store.attachStorage(storage);
+  const reopened = new SyncStore(USER, defaultCompareRows);
+  reopened.attachStorage(storage);
+  assert.deepEqual(reopened.pendingWrites().map((w) => w.series_id).sort(), [
+    "atlas",
+    "saga",
+  ]);
+});
+
+Deno.test("a hard DELETE is remembered: a late copy of the deleted version does not bring the series back", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const v = row("saga", T2, "phone", 7);
+  store.seed([v]);
+  store.removeServerRow(v);
+  // The server-rendered page (or the answer to the write that made v) arrives after the DELETE.
+  store.seed([v]);
+  assert.equal(store.applyServerRow(v), false);
+  assert.equal(
+    store.applyServerRow(row("saga", T1, "phone", 6)),
+    false,
+    "an older version of that life",
+  );
+  assert.deepEqual(store.getSnapshot().library, []);
+  // A new life (inserted after the delete) is shown, whatever its updated_at.
+  assert.equal(
+    store.applyServerRow(
+      row("saga", T1, "ereader", 4, "2026-11-25T11:00:00.000Z"),
+    ),
+    true,
+  );
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 4);
+});
+
+Deno.test("a 'your change lost' notice goes when a newer write of this device is stored", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const w1 = write("saga", T1, "tablet", 5);
+  store.addPending(w1);
+  const w2 = write("saga", T3, "tablet", 8);
+  store.addPending(w2); // saved again while w1 was in flight
+  store.settle(w1, {
+    won: false,
+    conflict: "stale",
+    conflict_with: { updated_at: T2, device_id: "phone" },
+    progress: row("saga", T2, "phone", 6),
+  });
+  assert.equal(
+    store.getSnapshot().notices.get("saga")?.winner.device_id,
+    "phone",
+  );
+  store.settle(w2, {
+    won: true,
+    conflict: null,
+    conflict_with: null,
+    progress: row("saga", T3, "tablet", 8),
+  });
+  assert.equal(store.getSnapshot().notices.has("saga"), false);
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 8);
+});
+
+Deno.test("a new write is dated after the version the reader sees, whichever device made it", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const now = Date.parse(T1);
+  assert.equal(store.nextUpdatedAt("saga", now), T1, "nothing shown: now");
+  // A phone 3 s ahead (inside the server's 5 s tolerance) saved; the reader turns the page 1 s later.
+  store.applyServerRow(row("saga", "2026-11-25T10:00:03.000Z", "phone", 5));
+  assert.equal(
+    store.nextUpdatedAt("saga", now + 1_000),
+    "2026-11-25T10:00:03.001Z",
+  );
+  assert.equal(
+    store.nextUpdatedAt("saga", now + 5_000),
+    "2026-11-25T10:00:05.000Z",
+    "later than shown: now",
+  );
+  // This device's own pending write counts too (two quick saves keep their order).
+  store.addPending(write("saga", "2026-11-25T10:00:06.000Z", "web-1", 6));
+  assert.equal(
+    store.nextUpdatedAt("saga", now + 5_000),
+    "2026-11-25T10:00:06.001Z",
+  );
+});

@@ -18,7 +18,7 @@ import { ServerClock } from "@shared/progress/serverClock.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
-import { isRetryable, progressApi, type ProgressApi, userClient } from "@/lib/progressClient.ts";
+import { isRetryable, isTransient, progressApi, type ProgressApi, userClient } from "@/lib/progressClient.ts";
 import { flushOutbox } from "@/lib/client/outbox.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
@@ -70,12 +70,24 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     store.attachStorage(window.localStorage);
     setOnline(navigator.onLine);
 
-    const tokens = new TokenKeeper(accessToken, expiresAt);
+    // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
+    // not make an old position win later); the estimate is kept for the next visit, which may start
+    // offline. The token's expiry is judged by the same clock.
+    const clock = new ServerClock({ offsetMs: savedClockOffset() });
+    const tokens = new TokenKeeper(accessToken, expiresAt, { userId, now: () => clock.now() });
+    // Signed out, or signed in as someone else in another tab: this page's library, outbox and
+    // Realtime link are the old user's, so leave it (a reload renders the new user's library; the
+    // old user's unsent writes wait in localStorage for their next sign-in).
+    const leaveIfSignedOut = (error: unknown) => {
+      if (!(error instanceof SignedOutError)) return;
+      if (error.userChanged) window.location.reload();
+      else window.location.assign("/sign-in");
+    };
     const getAccessToken = async () => {
       try {
         return await tokens.get();
       } catch (error) {
-        if (error instanceof SignedOutError) window.location.assign("/sign-in");
+        leaveIfSignedOut(error);
         throw error;
       }
     };
@@ -83,9 +95,6 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     // Realtime); its subscribeToProgress is RealtimeService with catch-up and polling through the
     // API's changes endpoint.
     const supabase = userClient({ supabaseUrl, anonKey, accessToken: getAccessToken });
-    // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
-    // not make an old position win later); the estimate is kept for the next visit, which may start offline.
-    const clock = new ServerClock({ offsetMs: savedClockOffset() });
     const api = progressApi(supabase, clock);
     const subscription = api.subscribeToProgress(
       userId,
@@ -110,8 +119,9 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     const flushOnce = () =>
       flushOutbox(store, api, {
         isRetryable,
+        isTransient,
         isSignedOut: (error) => error instanceof SignedOutError,
-        refreshToken: () => tokens.refresh().then(() => {}),
+        refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
         isDisposed: () => disposed,
       }).finally(() => saveClockOffset(clock.offsetMs));
     function flush(): void {
@@ -136,8 +146,14 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       if (store.getSnapshot().pendingCount > 0 && navigator.onLine) flush();
     }, RETRY_MS);
     const refreshTimer = setInterval(() => {
-      if (tokens.remaining < 120 && navigator.onLine) void tokens.refresh().catch(() => {});
+      if (tokens.remaining < 120 && navigator.onLine) void tokens.refresh().catch(leaveIfSignedOut);
     }, 30_000);
+    // Another tab of this browser queued writes (offline) or changed the shared outbox: send them too.
+    const onStorage = (event: StorageEvent) => {
+      if (event.key !== store.outboxKey && event.key !== null) return;
+      store.reloadOutbox();
+      if (store.getSnapshot().pendingCount > 0 && navigator.onLine) flush();
+    };
     const onOnline = () => {
       setOnline(true);
       flush();
@@ -147,6 +163,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     const onOffline = () => setOnline(false);
     window.addEventListener("online", onOnline);
     window.addEventListener("offline", onOffline);
+    window.addEventListener("storage", onStorage);
 
     setRuntime({ api, flush, clock });
     flush();
@@ -157,6 +174,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       clearInterval(refreshTimer);
       window.removeEventListener("online", onOnline);
       window.removeEventListener("offline", onOffline);
+      window.removeEventListener("storage", onStorage);
       offStatus();
       offToken();
       void subscription.unsubscribe().finally(() => supabase.realtime.disconnect());
@@ -167,10 +185,9 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
   const save = useCallback(
     (seriesId: string, position: Position) => {
       const device = deviceId ?? getDeviceId();
-      const previous = store.getSnapshot().bySeries.get(seriesId);
-      // Strictly after what this device last showed, so two quick saves keep their order.
-      let at = runtime ? runtime.clock.now() : Date.now();
-      if (previous && previous.deviceId === device) at = Math.max(at, Date.parse(previous.updatedAt) + 1);
+      // Strictly after the version the reader is looking at (another device's, or this one's last
+      // save), so a page turn made after seeing it wins over it and two quick saves keep their order.
+      const at = store.nextUpdatedAt(seriesId, runtime ? runtime.clock.now() : Date.now());
       const write: PendingWrite = {
         series_id: seriesId,
         chapter: position.chapter,
@@ -178,7 +195,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
         percentage: position.percentage,
         cleared: false,
         device_id: device,
-        updated_at: new Date(at).toISOString(),
+        updated_at: at,
       };
       store.addPending(write);
       runtime?.flush();

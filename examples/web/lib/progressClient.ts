@@ -4,7 +4,7 @@
 // setup, reading the whole library, and which failures are worth retrying from the outbox.
 
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
-import { createProgressApi, NetworkError, ProgressApiError, ServiceUnavailableError } from "@shared/progress/api.ts";
+import { createProgressApi, NetworkError, ProgressApiError, ServiceUnavailableError, ValidationError } from "@shared/progress/api.ts";
 import type { Database } from "@shared/database.types.ts";
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { type Progress, PROGRESS_LIMITS } from "@shared/progress/types.ts";
@@ -59,14 +59,22 @@ export async function readLibrary(api: ProgressApi): Promise<Progress[]> {
 }
 
 /**
- * Whether an outbox write that failed may succeed later: no connection, the API unavailable, an
- * expired token (refreshed before the next try), a rate limit. A refused write (validation) never
- * will, and is dropped with a message.
+ * Whether an outbox write that failed may succeed later. Only a write the API refused as such
+ * (ValidationError: malformed or out of range, also when refused before sending) never will, and
+ * is dropped with a message. Everything else keeps the write for the next try: no connection, the
+ * API unavailable, an expired token (refreshed before the next try), a rate limit — and answers
+ * that say nothing about the write (a 404 from a gateway while the function is being deployed, a
+ * 403, an unexpected body): dropping a week of offline reading over those would lose it for good.
  */
 export function isRetryable(error: unknown): boolean {
+  return !(error instanceof ValidationError);
+}
+
+/** A failure that clears by itself (no network, 5xx, 408, 429, an expired token): nothing to tell the reader. */
+export function isTransient(error: unknown): boolean {
   if (error instanceof NetworkError || error instanceof ServiceUnavailableError) return true;
   if (error instanceof ProgressApiError) {
     return error.status === 401 || error.status === 408 || error.status === 429 || error.status >= 500;
   }
-  return true; // not an API answer at all (e.g. a fetch that threw): try again later
+  return true; // not an API answer at all (e.g. a fetch that threw)
 }

@@ -4,11 +4,13 @@
 // settles its write in the SyncStore (won, or lost to which version).
 //
 // Failures, per batch:
-//   - retryable (no network, 5xx, 429, an expired token): stop, keep everything; the caller tries
-//     again on reconnect or its timer. A 401 refreshes the token first.
+//   - retryable (anything but a refusal of the write itself: no network, 5xx, 429, an expired
+//     token, a 404 or 403 from a gateway): stop, keep everything; the caller tries again on
+//     reconnect or its timer. A 401 refreshes the token first. A failure that does not clear by
+//     itself (isTransient false) is shown to the reader meanwhile.
 //   - signed out: stop.
-//   - refused (4xx: one write the API will never take): that batch is sent again one write at a
-//     time, so the refused write is dropped with a message and the others are still saved.
+//   - refused (a ValidationError: a write the API will never take): that batch is sent again one
+//     write at a time, so the refused write is dropped with a message and the others are still saved.
 // Framework-free so it can be tested against the real API without React (tests/web/outbox.test.ts).
 
 import type { ProgressWriteInput } from "@shared/progress/schemas.ts";
@@ -22,6 +24,8 @@ export interface OutboxTransport {
 
 export interface OutboxOptions {
   isRetryable(error: unknown): boolean;
+  /** A retryable failure that clears by itself (nothing to show); default: every retryable one. */
+  isTransient?(error: unknown): boolean;
   /** The session is gone (the caller has already sent the reader to sign in): stop quietly. */
   isSignedOut(error: unknown): boolean;
   /** Called before giving up on a 401, so the next attempt carries a fresh token. */
@@ -74,7 +78,9 @@ async function attempt(
     if (options.isSignedOut(error)) return "retry later";
     if (options.isRetryable(error)) {
       if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
-      store.setError(null);
+      const transient = options.isTransient?.(error) ?? true;
+      const message = error instanceof Error ? error.message : String(error);
+      store.setError(transient ? null : `Not saved yet (will retry): ${message}`);
       return "retry later";
     }
     if (writes.length > 1) return "refused";

@@ -4,7 +4,11 @@
 //   confirmed   the newest version of each row the server has shown us (initial load, Realtime,
 //               catch-up/poll, write responses), merged in last-write-wins order
 //   pending     this device's writes not yet acknowledged (the outbox), persisted in localStorage
-//               so an offline edit survives a reload; one per series, the newest
+//               so an offline edit survives a reload; one per series, the newest. Every tab of the
+//               browser shares that one saved outbox: a tab merges into it (never overwrites what
+//               another tab saved) and reloads it when another tab changes it (storage event)
+//   deleted     the versions hard DELETEs removed, so a late copy of one (a server-rendered page,
+//               the answer to the write that made it) does not bring the series back
 //   notices     per series: our write lost to a newer one from another device
 //
 // What the reader sees for a series is the newer of its pending write and its confirmed row, by
@@ -66,6 +70,7 @@ export class SyncStore {
   #confirmed = new Map<string, ProgressRow>();
   #pending = new Map<string, PendingWrite>();
   #notices = new Map<string, ConflictNotice>();
+  #deleted = new Map<string, ProgressRow>();
   #lastError: string | null = null;
   #listeners = new Set<() => void>();
   #snapshot: SyncSnapshot;
@@ -85,6 +90,7 @@ export class SyncStore {
     if (this.#storage === storage) return;
     this.#storage = storage;
     this.#loadOutbox();
+    this.#saveOutbox(this.pendingWrites(), []); // writes queued before storage was attached
     this.#emit();
   }
 
@@ -116,17 +122,32 @@ export class SyncStore {
    * (e.g. the answer to its own write that inserted the series again) stays.
    */
   removeServerRow(deleted: ProgressRow): void {
+    const tombstone = this.#deleted.get(deleted.series_id);
+    if (!tombstone || this.#serverOrder(deleted, tombstone) > 0) this.#deleted.set(deleted.series_id, deleted);
     const current = this.#confirmed.get(deleted.series_id);
     if (!current || this.#serverOrder(current, deleted) > 0) return;
     this.#confirmed.delete(deleted.series_id);
     this.#emit();
   }
 
+  /**
+   * The updated_at for a new write of `seriesId` made now (`nowMs`, the server's clock as this
+   * device knows it): strictly after the version the reader is looking at, whichever device made
+   * it. The reader acted on that version, so the write must win over it: a version another device
+   * dated a few seconds ahead (the server accepts up to its 5 s tolerance) would otherwise beat
+   * the page turn made after seeing it.
+   */
+  nextUpdatedAt(seriesId: string, nowMs: number): string {
+    const shown = this.#snapshot.bySeries.get(seriesId);
+    const after = shown ? Date.parse(shown.updatedAt) + 1 : NaN;
+    return new Date(Number.isFinite(after) ? Math.max(nowMs, after) : nowMs).toISOString();
+  }
+
   /** An optimistic local write: shown at once and queued for the server. */
   addPending(write: PendingWrite): void {
     this.#pending.set(write.series_id, write);
     this.#notices.delete(write.series_id);
-    this.#saveOutbox();
+    this.#saveOutbox([write], []);
     this.#emit();
   }
 
@@ -143,9 +164,12 @@ export class SyncStore {
       Date.parse(result.progress.updated_at) === Date.parse(write.updated_at);
     if (!result.won && !storedIsOurs) {
       this.#notices.set(write.series_id, { seriesId: write.series_id, lost: write, winner: result.progress, at: Date.now() });
+    } else {
+      // This write is what the server stores: an earlier "your change lost" is no longer true.
+      this.#notices.delete(write.series_id);
     }
     this.#lastError = null;
-    this.#saveOutbox();
+    this.#saveOutbox([], [write]);
     this.#emit();
   }
 
@@ -153,8 +177,18 @@ export class SyncStore {
   reject(write: PendingWrite, message: string): void {
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#lastError = message;
-    this.#saveOutbox();
+    this.#saveOutbox([], [write]);
     this.#emit();
+  }
+
+  /** The key the outbox is saved under (a tab listens for `storage` events on it). */
+  get outboxKey(): string {
+    return `readsync.outbox.${this.userId}`;
+  }
+
+  /** Another tab changed the saved outbox: take over the writes it queued. */
+  reloadOutbox(): void {
+    if (this.#loadOutbox()) this.#emit();
   }
 
   setError(message: string | null): void {
@@ -168,6 +202,8 @@ export class SyncStore {
   }
 
   #mergeConfirmed(row: ProgressRow): boolean {
+    const tombstone = this.#deleted.get(row.series_id);
+    if (tombstone && this.#serverOrder(tombstone, row) >= 0) return false; // deleted already
     const current = this.#confirmed.get(row.series_id);
     // Server rows: a row inserted after a hard DELETE is newer whatever its updated_at (see
     // shared/realtime/progressMerge.ts).
@@ -213,33 +249,52 @@ export class SyncStore {
     };
   }
 
-  get #outboxKey(): string {
-    return `readsync.outbox.${this.userId}`;
+  /** Merges the saved outbox into the pending writes (newer wins); returns whether any was taken. */
+  #loadOutbox(): boolean {
+    let taken = false;
+    for (const write of this.#readSaved()) {
+      const current = this.#pending.get(write.series_id);
+      if (!current || this.compare(write, current) > 0) {
+        this.#pending.set(write.series_id, write);
+        taken = true;
+      }
+    }
+    return taken;
   }
 
-  #loadOutbox(): void {
-    if (!this.#storage) return;
+  #readSaved(): PendingWrite[] {
+    if (!this.#storage) return [];
     try {
-      const saved = JSON.parse(this.#storage.getItem(this.#outboxKey) ?? "[]") as PendingWrite[];
-      for (const write of saved) {
-        const current = write && this.#pending.get(write.series_id);
-        if (
-          write && typeof write.series_id === "string" && typeof write.updated_at === "string" &&
-          (!current || this.compare(write, current) > 0)
-        ) {
-          this.#pending.set(write.series_id, write);
-        }
-      }
+      const saved = JSON.parse(this.#storage.getItem(this.outboxKey) ?? "[]");
+      if (!Array.isArray(saved)) return [];
+      return saved.filter((write): write is PendingWrite =>
+        Boolean(write) && typeof write.series_id === "string" && typeof write.updated_at === "string" &&
+        typeof write.device_id === "string"
+      );
     } catch {
-      // A corrupt outbox is dropped; the server still has everything acknowledged.
+      return []; // a corrupt outbox is dropped; the server still has everything acknowledged
     }
   }
 
-  #saveOutbox(): void {
+  /**
+   * Read-merge-write of the saved outbox, which other tabs share: `added` writes replace older
+   * saved ones of their series; `done` writes (answered or refused) leave it unless another tab
+   * saved a newer one of their series meanwhile. Every other saved write stays.
+   */
+  #saveOutbox(added: PendingWrite[], done: PendingWrite[]): void {
     if (!this.#storage) return;
     try {
-      if (this.#pending.size === 0) this.#storage.removeItem(this.#outboxKey);
-      else this.#storage.setItem(this.#outboxKey, JSON.stringify([...this.#pending.values()]));
+      const saved = new Map(this.#readSaved().map((write) => [write.series_id, write]));
+      for (const write of done) {
+        const other = saved.get(write.series_id);
+        if (other && this.compare(other, write) <= 0) saved.delete(write.series_id);
+      }
+      for (const write of added) {
+        const other = saved.get(write.series_id);
+        if (!other || this.compare(write, other) > 0) saved.set(write.series_id, write);
+      }
+      if (saved.size === 0) this.#storage.removeItem(this.outboxKey);
+      else this.#storage.setItem(this.outboxKey, JSON.stringify([...saved.values()]));
     } catch {
       // Storage full or disabled: the outbox still lives in memory.
     }

@@ -1,29 +1,63 @@
 // Keeps the browser's access token fresh: the server handed over one with the page; shortly before
 // it expires (or when the API says 401) a new one comes from GET /auth/token, which reads the
 // server-side session (and, in Supabase mode, refreshes it).
+//
+// Three things a browser tab cannot take for granted:
+//   - its clock: expiry is judged by `now` (the provider passes the ServerClock), so a device
+//     whose clock is an hour slow still refreshes before the server stops taking the token;
+//   - the session's user: another tab may have signed out and in as someone else. The cookie
+//     session (hence GET /auth/token) is then the other user's; this tab's outbox and view are
+//     still the first user's, so a token for anyone else is never handed out here — the keeper
+//     is signed out instead (SignedOutError with `userChanged`) and the page must reload;
+//   - the network: a refresh that hangs is aborted after `timeoutMs`, so a flush waiting for a
+//     token does not wait forever.
 
 export class SignedOutError extends Error {
   override name = "SignedOutError";
+  /** The session now belongs to another user (signed in again in another tab). */
+  readonly userChanged: boolean;
+  constructor(message: string, options: { userChanged?: boolean } = {}) {
+    super(message);
+    this.userChanged = options.userChanged ?? false;
+  }
 }
+
+export interface TokenKeeperOptions {
+  /** Whose token this is; a refresh answering for another user signs this keeper out. */
+  userId: string;
+  /** The current time in epoch ms, as the server counts it (default: this device's clock). */
+  now?: () => number;
+  /** How long GET /auth/token may take (default 10 s). */
+  timeoutMs?: number;
+}
+
+export const TOKEN_REFRESH_TIMEOUT_MS = 10_000;
 
 export class TokenKeeper {
   #token: string;
   #expiresAt: number; // seconds since the epoch
   #refreshing: Promise<string> | null = null;
+  #signedOut: SignedOutError | null = null;
   #listeners = new Set<(token: string) => void>();
+  readonly #userId: string;
+  readonly #now: () => number;
+  readonly #timeoutMs: number;
 
-  constructor(token: string, expiresAt: number) {
+  constructor(token: string, expiresAt: number, options: TokenKeeperOptions) {
     this.#token = token;
     this.#expiresAt = expiresAt;
+    this.#userId = options.userId.toLowerCase();
+    this.#now = options.now ?? (() => Date.now());
+    this.#timeoutMs = options.timeoutMs ?? TOKEN_REFRESH_TIMEOUT_MS;
   }
 
   get current(): string {
     return this.#token;
   }
 
-  /** Seconds until the current token expires. */
+  /** Seconds until the current token expires (by the server's clock as this device knows it). */
   get remaining(): number {
-    return this.#expiresAt - Date.now() / 1000;
+    return this.#expiresAt - this.#now() / 1000;
   }
 
   onChange(listener: (token: string) => void): () => void {
@@ -33,6 +67,7 @@ export class TokenKeeper {
 
   /** The token to send now: refreshed first when it expires within a minute (best effort offline). */
   async get(): Promise<string> {
+    if (this.#signedOut) throw this.#signedOut;
     if (this.remaining > 60) return this.#token;
     try {
       return await this.refresh();
@@ -43,21 +78,51 @@ export class TokenKeeper {
   }
 
   refresh(): Promise<string> {
+    if (this.#signedOut) return Promise.reject(this.#signedOut);
     this.#refreshing ??= (async () => {
       try {
-        const response = await fetch("/auth/token", { cache: "no-store", credentials: "same-origin" });
-        if (response.status === 401) throw new SignedOutError("signed out");
-        if (!response.ok) throw new Error(`token refresh failed: HTTP ${response.status}`);
-        const body = (await response.json()) as { accessToken: string; expiresAt: number };
+        const response = await fetch("/auth/token", {
+          cache: "no-store",
+          credentials: "same-origin",
+          signal: AbortSignal.timeout(this.#timeoutMs),
+        });
+        if (response.status === 401) {
+          throw this.#signOut(new SignedOutError("signed out"));
+        }
+        if (!response.ok) {
+          throw new Error(`token refresh failed: HTTP ${response.status}`);
+        }
+        const body = (await response.json()) as {
+          accessToken: string;
+          expiresAt: number;
+          userId: string;
+        };
+        if (
+          typeof body.userId !== "string" ||
+          body.userId.toLowerCase() !== this.#userId
+        ) {
+          throw this.#signOut(
+            new SignedOutError("signed in as another user", {
+              userChanged: true,
+            }),
+          );
+        }
         const changed = body.accessToken !== this.#token;
         this.#token = body.accessToken;
         this.#expiresAt = body.expiresAt;
-        if (changed) for (const listener of [...this.#listeners]) listener(this.#token);
+        if (changed) {
+          for (const listener of [...this.#listeners]) listener(this.#token);
+        }
         return this.#token;
       } finally {
         this.#refreshing = null;
       }
     })();
     return this.#refreshing;
+  }
+
+  #signOut(error: SignedOutError): SignedOutError {
+    this.#signedOut = error;
+    return error;
   }
 }

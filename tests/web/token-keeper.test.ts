@@ -1,0 +1,188 @@
+// The web app's TokenKeeper (examples/web/lib/client/tokenKeeper.ts), wired as SyncProvider wires
+// it: a supabase-js client asking it for every request's token, the outbox refreshing it on a 401.
+// GET /auth/token is the web server's route; here it is stubbed (a relative URL has no server in
+// Deno), everything else is the real local stack over HTTP.
+
+import assert from "node:assert/strict";
+import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
+import { ServerClock } from "@shared/progress/serverClock.ts";
+import { SignedOutError, TokenKeeper } from "../../examples/web/lib/client/tokenKeeper.ts";
+import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { flushOutbox } from "../../examples/web/lib/client/outbox.ts";
+import { isRetryable, isTransient, progressApi, userClient } from "../../examples/web/lib/progressClient.ts";
+import { createTestUser, testEnv } from "../support/env.ts";
+import { seriesId } from "../functions/support.ts";
+import { pendingWrite } from "./support.ts";
+
+const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
+const realFetch = globalThis.fetch;
+
+/** Seconds-since-epoch expiry of a JWT. */
+const expOf = (jwt: string): number =>
+  JSON.parse(atob(jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp as number;
+
+/** Answers the app's GET /auth/token with `answer` (other requests go out); returns the call count. */
+function stubAuthToken(answer: (init?: RequestInit) => Promise<Response>): { calls: number } {
+  const counter = { calls: 0 };
+  globalThis.fetch = ((input: RequestInfo | URL, init?: RequestInit) => {
+    const href = input instanceof Request ? input.url : String(input);
+    if (href !== "/auth/token") return realFetch(input, init);
+    counter.calls++;
+    return answer(init);
+  }) as typeof fetch;
+  return counter;
+}
+
+const tokenAnswer = (accessToken: string, userId: string) => () =>
+  Promise.resolve(Response.json({ accessToken, expiresAt: expOf(accessToken), userId }));
+
+Deno.test({
+  name: "token: a refresh that answers for another user (signed in again in another tab) signs this tab out",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const b = await createTestUser();
+    const aToken = await a.newAccessToken(90); // under 120 s left: the provider's timer refreshes it
+    stubAuthToken(tokenAnswer(b.accessToken, b.id)); // the cookie session is now B's
+    const env = testEnv();
+    try {
+      const tokens = new TokenKeeper(aToken, expOf(aToken), { userId: a.id });
+      const announced: string[] = [];
+      tokens.onChange((token) => announced.push(token));
+      await assert.rejects(tokens.refresh(), (error: unknown) => {
+        assert.ok(error instanceof SignedOutError);
+        assert.equal(error.userChanged, true);
+        return true;
+      });
+      assert.equal(tokens.current, aToken, "B's token is never taken");
+      assert.deepEqual(announced, [], "Realtime is not handed B's token");
+      await assert.rejects(tokens.get(), SignedOutError);
+
+      // A's outbox, flushed through a client asking this keeper: nothing lands in B's library,
+      // and A's write stays queued for A's next sign-in.
+      const supabase = userClient({
+        supabaseUrl: env.url,
+        anonKey: env.anonKey,
+        accessToken: () => tokens.get(),
+      });
+      const api = progressApi(supabase, new ServerClock());
+      const store = new SyncStore(a.id, defaultCompareRows);
+      const series = seriesId("a-only");
+      store.addPending(pendingWrite(series, Date.now(), "web-a", 77));
+      await flushOutbox(store, api, {
+        isRetryable,
+        isTransient,
+        isSignedOut: (error) => error instanceof SignedOutError,
+        refreshToken: () => tokens.refresh().then(() => {}),
+        isDisposed: () => false,
+      });
+      assert.equal(store.getSnapshot().pendingCount, 1);
+      const inB = await b.client.functions.invoke(`progress/series/${series}`, { method: "GET" });
+      assert.equal(inB.error?.context?.status ?? 200, 404, "the write is not in B's library");
+      await supabase.realtime.disconnect();
+    } finally {
+      globalThis.fetch = realFetch;
+      await a.client.realtime.disconnect();
+      await b.client.realtime.disconnect();
+    }
+  },
+});
+
+Deno.test({
+  name: "token: a refresh for the same user (any case of the UUID) is taken and announced",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const fresh = await a.newAccessToken(3600);
+    const stub = stubAuthToken(tokenAnswer(fresh, a.id.toUpperCase()));
+    try {
+      const old = await a.newAccessToken(30);
+      const tokens = new TokenKeeper(old, expOf(old), { userId: a.id });
+      const announced: string[] = [];
+      tokens.onChange((token) => announced.push(token));
+      assert.equal(await tokens.get(), fresh, "under a minute left: refreshed first");
+      assert.deepEqual(announced, [fresh]);
+      assert.equal(stub.calls, 1);
+      assert.equal(await tokens.get(), fresh);
+      assert.equal(stub.calls, 1, "a fresh token is not refreshed again");
+    } finally {
+      globalThis.fetch = realFetch;
+      await a.client.realtime.disconnect();
+    }
+  },
+});
+
+Deno.test({
+  name: "token: expiry is judged by the server's clock, so a device an hour slow still refreshes in time",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const env = testEnv();
+    const short = await a.newAccessToken(30);
+    const fresh = await a.newAccessToken(3600);
+    const stub = stubAuthToken(tokenAnswer(fresh, a.id));
+    try {
+      const slowDevice = () => Date.now() - 3_600_000;
+      // What the provider does: one clock, learnt from the API's answers, for writes and the token.
+      const clock = new ServerClock({ deviceNow: slowDevice });
+      const supabase = userClient({
+        supabaseUrl: env.url,
+        anonKey: env.anonKey,
+        accessToken: () => Promise.resolve(short),
+      });
+      await progressApi(supabase, clock).listProgress(); // any answer teaches the clock
+      await supabase.realtime.disconnect();
+
+      const byDevice = new TokenKeeper(short, expOf(short), { userId: a.id, now: slowDevice });
+      assert.ok(byDevice.remaining > 3_000, "by its own clock the device thinks an hour is left");
+      const byServer = new TokenKeeper(short, expOf(short), { userId: a.id, now: () => clock.now() });
+      assert.ok(byServer.remaining > 20 && byServer.remaining <= 30, `remaining ${byServer.remaining}`);
+      assert.equal(await byServer.get(), fresh);
+      assert.equal(stub.calls, 1);
+    } finally {
+      globalThis.fetch = realFetch;
+      await a.client.realtime.disconnect();
+    }
+  },
+});
+
+Deno.test({
+  name: "token: a GET /auth/token that never answers is given up after the timeout; the flush returns",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const env = testEnv();
+    const aToken = await a.newAccessToken(30); // under a minute left: every get() refreshes first
+    stubAuthToken((init) =>
+      new Promise<Response>((_, reject) => {
+        init?.signal?.addEventListener("abort", () => reject(init.signal!.reason));
+      })
+    );
+    try {
+      const tokens = new TokenKeeper(aToken, expOf(aToken), { userId: a.id, timeoutMs: 300 });
+      const supabase = userClient({
+        supabaseUrl: env.url,
+        anonKey: env.anonKey,
+        accessToken: () => tokens.get(),
+      });
+      const api = progressApi(supabase, new ServerClock());
+      const store = new SyncStore(a.id, defaultCompareRows);
+      const series = seriesId("hung-refresh");
+      store.addPending(pendingWrite(series, Date.now(), "web-a", 3));
+      await flushOutbox(store, api, {
+        isRetryable,
+        isTransient,
+        isSignedOut: (error) => error instanceof SignedOutError,
+        refreshToken: () => tokens.refresh().then(() => {}),
+        isDisposed: () => false,
+      });
+      // The refresh gave up, the still-valid token was sent: the write is saved.
+      assert.equal(store.getSnapshot().pendingCount, 0);
+      assert.equal((await api.getProgress(series))?.chapter, 3);
+      await supabase.realtime.disconnect();
+    } finally {
+      globalThis.fetch = realFetch;
+      await a.client.realtime.disconnect();
+    }
+  },
+});
