@@ -15,7 +15,7 @@ import {
   type Vsn,
 } from "./protocol.ts";
 
-/** Supabase re-confirms a channel's token (and its read policy) at least this often. */
+/** Supabase re-confirms a channel's token at least this often (its read policy only on join / access_token). */
 const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
 
 export interface ConnectionDeps {
@@ -139,8 +139,10 @@ export class Connection {
 
     const channel = this.channels.get(topic);
     if (!channel) {
-      // Phoenix answers pushes to a topic this socket has not joined with "unmatched topic".
-      if (ref !== null) this.send(reply(joinRef, ref, topic, "error", { reason: "unmatched topic" }));
+      // Phoenix answers a leave of a topic this socket has not joined (never, or refused) with ok,
+      // and any other push to it with "unmatched topic".
+      if (ref !== null && event === "phx_leave") this.send(reply(joinRef, ref, topic, "ok", {}));
+      else if (ref !== null) this.send(reply(joinRef, ref, topic, "error", { reason: "unmatched topic" }));
       return;
     }
     if (joinRef !== null && channel.joinRef !== null && joinRef !== channel.joinRef) {
@@ -183,6 +185,14 @@ export class Connection {
       this.deps.log({ event: "join_refused", topic, reason });
       this.send(reply(joinRef, ref, topic, "error", { reason }));
     };
+    const previous = this.channels.get(topic);
+    if (previous) {
+      // Phoenix closes the existing channel as soon as a topic is joined again on the same socket,
+      // before the new join is decided: a refused re-join (an expired token) leaves nothing joined.
+      this.#drop(previous);
+      this.channels.delete(topic);
+      this.send({ joinRef: previous.joinRef, ref: previous.joinRef, topic, event: "phx_close", payload: {} });
+    }
     if (!topic.startsWith("realtime:")) return fail("unmatched topic");
     const subTopic = topic.slice("realtime:".length);
     if (subTopic === "") return fail("TopicNameRequired: You must provide a topic name");
@@ -224,12 +234,11 @@ export class Connection {
       }
     }
     if (this.#closed) return;
-
-    const previous = this.channels.get(topic);
-    if (previous) {
-      // Phoenix closes the existing channel when a topic is joined again on the same socket.
-      this.#drop(previous);
-      this.send({ joinRef: previous.joinRef, ref: previous.joinRef, topic, event: "phx_close", payload: {} });
+    const racing = this.channels.get(topic);
+    if (racing) {
+      // Another join of the topic was decided while this one awaited: this one replaces it.
+      this.#drop(racing);
+      this.send({ joinRef: racing.joinRef, ref: racing.joinRef, topic, event: "phx_close", payload: {} });
     }
     const channel = new Channel(
       this,
@@ -292,7 +301,11 @@ export class Connection {
     this.deps.log({ event: "token_refreshed", topic: channel.fullTopic, exp: verified.claims.exp });
   }
 
-  /** Like Supabase's confirm_token: at expiry (or every 5 minutes) re-check token and read policy. */
+  /**
+   * Like Supabase's confirm_token: at expiry (or every 5 minutes) re-verify the channel's token. The
+   * read policy is not asked again here (Supabase asks it at join and on an access_token push only),
+   * so a revoked policy takes effect at the next join or token push, as it does on Supabase.
+   */
   #scheduleConfirm(channel: Channel): void {
     clearTimeout(channel.confirmTimer);
     const untilExpiry = channel.claims.exp * 1000 - Date.now();
@@ -309,15 +322,6 @@ export class Connection {
     if (this.#closed || this.channels.get(channel.fullTopic) !== channel) return;
     const verified = await this.deps.verifier.verify(channel.accessToken);
     if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
-    if (channel.isPrivate) {
-      const allowed = await this.#canRead(channel.subTopic, verified.claims);
-      if (allowed === false) {
-        return this.#shutdown(
-          channel,
-          `You do not have permissions to read from this Channel topic: ${channel.subTopic}`,
-        );
-      }
-    }
     if (this.channels.get(channel.fullTopic) === channel) this.#scheduleConfirm(channel);
   }
 

@@ -120,8 +120,13 @@ export async function createRealtimeEndpoint(
     if ("error" in auth) return auth.error;
     const single = url.pathname.match(/^\/realtime\/v1\/api\/broadcast\/([^/]+)\/events\/([^/]+)$/);
     if (single) {
-      const topic = decodeURIComponent(single[1]);
-      const event = decodeURIComponent(single[2]);
+      let topic: string, event: string;
+      try {
+        topic = decodeURIComponent(single[1]);
+        event = decodeURIComponent(single[2]);
+      } catch {
+        return json(400, { error: "topic and event must be valid percent-encoded UTF-8" }); // was a URIError (500)
+      }
       const isPrivate = url.searchParams.get("private") === "true";
       let payload: unknown;
       try {

@@ -445,20 +445,23 @@ export function subscribeToProgress(
     const attempts = Math.max(1, api?.retry?.attempts ?? DEFAULT_RETRY.attempts);
     const attemptTimeoutMs = api?.timeoutMs ??
       Math.max(1, Math.floor((serviceOptions.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS) / attempts));
-    shared = {
-      service: new RealtimeService(client, {
-        ...serviceOptions,
-        // The service's signal, not api.signal: the service may outlive this subscription (shared
-        // with later ones), so its calls end with the service, and api.signal ends the subscription.
-        changesSince: (cursor, { signal }) =>
-          changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, {
-            ...api,
-            timeoutMs: attemptTimeoutMs,
-            signal,
-          }),
-      }),
-      subscriptions: 0,
-    };
+    const service: RealtimeService = new RealtimeService(client, {
+      ...serviceOptions,
+      // The service's signal, not api.signal: the service may outlive this subscription (shared
+      // with later ones), so its calls end with the service, and api.signal ends the subscription.
+      // The service's explicit token (the accessToken option, setAccessToken) goes with every call:
+      // a session-less client would otherwise catch up and poll as anon (refused).
+      changesSince: (cursor, { signal }) =>
+        changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, {
+          ...api,
+          headers: service.accessToken
+            ? { ...api?.headers, Authorization: `Bearer ${service.accessToken}` }
+            : api?.headers,
+          timeoutMs: attemptTimeoutMs,
+          signal,
+        }),
+    });
+    shared = { service, subscriptions: 0 };
     sharedServices.set(client, shared);
   }
   const entry = shared;

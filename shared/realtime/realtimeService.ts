@@ -153,6 +153,9 @@ class TimerSet {
   }
 }
 
+/** Token sources RealtimeServices installed on a Realtime client, each with the source it replaced. */
+const sourcesReplaced = new WeakMap<() => Promise<string | null>, (() => Promise<string | null>) | null>();
+
 export class RealtimeService<Row extends LwwRow = ProgressRow> {
   readonly #client: AnyClient;
   readonly #options: RealtimeServiceOptions<Row>;
@@ -167,6 +170,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   readonly removals = new Map<string, Set<Promise<void>>>();
   #explicitToken: string | null = null;
   #originalTokenSource: (() => Promise<string | null>) | null | undefined = undefined;
+  /** The token source this service installed (close() restores only while it is still in place). */
+  #installedTokenSource: (() => Promise<string | null>) | null = null;
   #authSubscription: { unsubscribe(): void } | null = null;
   #closed = false;
 
@@ -238,6 +243,15 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     for (const link of this.#links.values()) link.onTokenChanged();
   }
 
+  /**
+   * The token given with the `accessToken` option or setAccessToken(), null when the client's own
+   * session (or anon key) is used: a changesSince built over the same client sends it too, so a
+   * session-less client's catch-up and polling are the user's, not anon's.
+   */
+  get accessToken(): string | null {
+    return this.#explicitToken;
+  }
+
   /** Status of a user's link (offline when there is none). */
   status(userId: string): RealtimeStatus {
     return this.#links.get(normalizeUserId(userId))?.status ?? "offline";
@@ -271,8 +285,14 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     await Promise.all([...this.#links.values()].map((link) => link.close()));
     this.#dropAuthListener();
     if (this.#originalTokenSource !== undefined) {
-      (this.#client.realtime as { accessToken: unknown }).accessToken = this.#originalTokenSource;
+      const realtime = this.#client.realtime as { accessToken: unknown };
+      // Another service on the same client may have installed its own source since (a component
+      // remounted: the old service closes while the new one starts); that one stays.
+      if (realtime.accessToken === this.#installedTokenSource) {
+        realtime.accessToken = this.#originalTokenSource;
+      }
       this.#originalTokenSource = undefined;
+      this.#installedTokenSource = null;
     }
   }
 
@@ -384,9 +404,18 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #installToken(token: string): void {
     this.#explicitToken = token;
     const realtime = this.#client.realtime as { accessToken: (() => Promise<string | null>) | null };
-    if (this.#originalTokenSource === undefined) this.#originalTokenSource = realtime.accessToken;
+    if (this.#originalTokenSource === undefined) {
+      // Installed over another service's source (both alive on one client for a moment): the
+      // client's own source is the one that service saved.
+      const current = realtime.accessToken;
+      this.#originalTokenSource = current && sourcesReplaced.has(current)
+        ? sourcesReplaced.get(current)!
+        : current;
+    }
     // realtime-js asks this on connect, after every join and on every heartbeat.
-    realtime.accessToken = () => Promise.resolve(this.#explicitToken);
+    this.#installedTokenSource = () => Promise.resolve(this.#explicitToken);
+    sourcesReplaced.set(this.#installedTokenSource, this.#originalTokenSource ?? null);
+    realtime.accessToken = this.#installedTokenSource;
   }
 
   #ensureAuthListener(): void {

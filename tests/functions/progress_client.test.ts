@@ -630,3 +630,55 @@ Deno.test("a batch answer with a result missing is refused as invalid_response, 
     await upstream.shutdown();
   }
 });
+
+Deno.test({
+  name:
+    "subscribeToProgress with an accessToken on a session-less client: catch-up and polling use that token",
+  ...noSanitize,
+  fn: async () => {
+    // The README's server-side / custom-auth shape: a client without a session, the user's token
+    // given to the subscription. Its catch-up must read the user's changes, not call as anon.
+    const user = await createTestUser();
+    const env = testEnv();
+    const sentTokens: (string | null)[] = []; // Authorization of each changes request
+    const sessionless = createClient(env.url, env.anonKey, {
+      auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+      global: {
+        fetch: (input: RequestInfo | URL, init?: RequestInit) => {
+          const href = input instanceof Request ? input.url : String(input);
+          if (href.includes("/functions/v1/progress/changes")) {
+            sentTokens.push(new Headers(init?.headers).get("Authorization"));
+          }
+          return fetch(input, init);
+        },
+      },
+    });
+    const writer = clientFor(user.accessToken);
+    const earlier = seriesId("before-subscribing");
+    await updateProgress(writer, write({ series_id: earlier, chapter: 3, device_id: "phone" }));
+    const seen: ProgressChange[] = [];
+    const logs: Record<string, unknown>[] = [];
+    const sub = subscribeToProgress(sessionless, user.id, (c) => seen.push(c), {
+      accessToken: user.accessToken,
+      log: (line) => logs.push(JSON.parse(line)),
+    });
+    try {
+      await waitUntil(
+        "the earlier write to arrive by catch-up",
+        () => seen.some((c) => c.row.series_id === earlier),
+      );
+      await waitUntil("live", () => sub.status === "live");
+      assert.deepEqual(logs.filter((l) => String(l.event).endsWith("_failed")), []);
+      assert.ok(sentTokens.length > 0);
+      assert.deepEqual(new Set(sentTokens), new Set([`Bearer ${user.accessToken}`]));
+      // setAccessToken changes what the next call sends, too.
+      const fresh = await user.newAccessToken(3600);
+      await sub.service.setAccessToken(fresh);
+      assert.equal(sub.service.accessToken, fresh);
+    } finally {
+      await sub.unsubscribe();
+      await sessionless.realtime.disconnect();
+      await writer.realtime.disconnect();
+    }
+  },
+});

@@ -319,3 +319,95 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test(
+  {
+    name:
+      "realtime: a refused re-join of a joined topic leaves nothing joined (Phoenix closes the old channel first)",
+    ...noSanitize,
+  },
+  async () => {
+    // A device whose token expired joins its topic again on the same socket: Phoenix shuts the
+    // existing channel down (phx_close) before deciding the new join, so after the refusal the
+    // socket hears nothing more of the topic — it must not keep receiving on the old join.
+    const env = testEnv();
+    const sql = adminSql({ max: 1 });
+    const a = await createTestUser();
+    const expired = await a.newAccessToken(-60);
+    const topic = `realtime:${topicOf(a.id)}`;
+    const ws = new WebSocket(
+      `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+    );
+    ws.binaryType = "arraybuffer";
+    const text: unknown[][] = [];
+    let binaryFrames = 0;
+    ws.onmessage = (e) => typeof e.data === "string" ? text.push(JSON.parse(e.data)) : binaryFrames++;
+    const replyTo = (ref: string) =>
+      waitFor(`reply ${ref}`, () => text.some((m) => m[1] === ref && m[3] === "phx_reply"));
+    const join = (ref: string, token: string) =>
+      ws.send(
+        JSON.stringify([ref, ref, topic, "phx_join", {
+          config: { private: true, broadcast: {} },
+          access_token: token,
+        }]),
+      );
+    try {
+      await new Promise((resolve, reject) => {
+        ws.onopen = resolve;
+        ws.onerror = () => reject(new Error("socket error"));
+      });
+      join("1", a.accessToken);
+      await replyTo("1");
+      await writeProgress(sql, a.id, { series_id: "while-joined", chapter: 1, device_id: "phone" });
+      await waitFor("the broadcast while joined", () => binaryFrames === 1);
+
+      join("2", expired);
+      await replyTo("2");
+      const close = text.findIndex((m) => m[0] === "1" && m[3] === "phx_close");
+      const refusal = text.findIndex((m) => m[1] === "2");
+      assert.ok(
+        close >= 0 && close < refusal,
+        `phx_close of join 1 before the refusal: ${JSON.stringify(text)}`,
+      );
+      assert.equal((text[refusal][4] as { status: string }).status, "error");
+
+      await writeProgress(sql, a.id, { series_id: "after-refusal", chapter: 2, device_id: "phone" });
+      // Nothing arrives for the topic; a heartbeat round trip after the write proves the endpoint
+      // has had its chance to deliver (broadcasts and replies share the socket, in order).
+      await new Promise((r) => setTimeout(r, 300));
+      ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
+      await replyTo("hb");
+      assert.equal(binaryFrames, 1, "the refused socket still received the topic's broadcast");
+
+      // A leave of the (no longer joined) topic is answered ok, as Phoenix does.
+      ws.send(JSON.stringify(["2", "3", topic, "phx_leave", {}]));
+      await replyTo("3");
+      assert.equal((text.find((m) => m[1] === "3")![4] as { status: string }).status, "ok");
+    } finally {
+      ws.close();
+      await sql.end();
+    }
+  },
+);
+
+Deno.test(
+  { name: "realtime REST: a malformed percent-encoded topic is a 400, not a 500", ...noSanitize },
+  async () => {
+    const env = testEnv();
+    const a = await createTestUser();
+    const res = await fetch(
+      `${env.url}/realtime/v1/api/broadcast/progress%3A%E0%A4%A/events/UPDATE?private=true`,
+      {
+        method: "POST",
+        headers: {
+          apikey: env.anonKey,
+          Authorization: `Bearer ${a.accessToken}`,
+          "Content-Type": "application/json",
+        },
+        body: JSON.stringify({ forged: true }),
+      },
+    );
+    assert.equal(res.status, 400);
+    assert.match((await res.json()).error, /percent-encoded/);
+  },
+);

@@ -440,3 +440,43 @@ Deno.test({
     await close();
   }
 });
+
+Deno.test({
+  name:
+    "realtime service: a service closing while another starts on the same client leaves the new one's token",
+  ...noSanitize,
+}, async () => {
+  // A component remount (React StrictMode, a route change): the old service is closed, not
+  // awaited, while the new one installs its token source on the same session-less client.
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const source = () =>
+    (client.realtime as unknown as { accessToken: (() => Promise<string | null>) | null }).accessToken;
+  const ownSource = source();
+  const make = () =>
+    new RealtimeService(client, {
+      changesSince: sqlChangesSince(sql, a.id),
+      accessToken: a.accessToken,
+      log: () => {},
+    });
+  try {
+    const first = make();
+    const sub1 = first.subscribeToProgress(a.id, () => {});
+    await waitFor("first live", () => sub1.status === "live");
+    const closing = first.close();
+    const second = make();
+    const got: ProgressChange[] = [];
+    const sub2 = second.subscribeToProgress(a.id, (c) => got.push(c));
+    await closing;
+    assert.equal(await source()!(), a.accessToken, "the new service's token, not the client's anon key");
+    await waitFor("second live", () => sub2.status === "live");
+    await writeProgress(sql, a.id, { series_id: "after-remount", chapter: 2, device_id: "phone" });
+    await waitFor("the write arrives", () => got.some((c) => c.row.series_id === "after-remount"));
+    await second.close();
+    assert.equal(source(), ownSource, "the client's own token source is back once both are closed");
+  } finally {
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
