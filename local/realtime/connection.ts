@@ -279,6 +279,13 @@ export class Connection {
   async #refreshToken(channel: Channel, payload: unknown): Promise<void> {
     const token = (payload as { access_token?: unknown } | null)?.access_token;
     if (token === null || token === undefined || token === channel.accessToken) return;
+    // Supabase ignores a push of an API key ("sb_…", not a user's token), and a value that is not
+    // a string matches none of its access_token clauses (logged as unexpected; the channel stays).
+    if (typeof token !== "string") {
+      this.deps.log({ event: "unexpected_push", topic: channel.fullTopic, push: "access_token" });
+      return;
+    }
+    if (token.startsWith("sb_")) return;
     const verified = await this.deps.verifier.verify(token);
     if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
     if (channel.isPrivate) {
@@ -294,7 +301,7 @@ export class Connection {
       }
     }
     if (this.channels.get(channel.fullTopic) !== channel) return;
-    channel.accessToken = token as string;
+    channel.accessToken = token;
     channel.claims = verified.claims;
     channel.canWrite = null;
     this.#scheduleConfirm(channel);

@@ -411,3 +411,49 @@ Deno.test(
     assert.match((await res.json()).error, /percent-encoded/);
   },
 );
+
+Deno.test(
+  {
+    name: "realtime auth: an access_token push that is an API key or not a string is ignored (channel stays)",
+    ...noSanitize,
+  },
+  async () => {
+    const env = testEnv();
+    const sql = adminSql({ max: 1 });
+    const a = await createTestUser();
+    const topic = `realtime:${topicOf(a.id)}`;
+    const ws = new WebSocket(
+      `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+    );
+    ws.binaryType = "arraybuffer";
+    const text: unknown[][] = [];
+    let binaryFrames = 0;
+    ws.onmessage = (e) => typeof e.data === "string" ? text.push(JSON.parse(e.data)) : binaryFrames++;
+    const replyTo = (ref: string) =>
+      waitFor(`reply ${ref}`, () => text.some((m) => m[1] === ref && m[3] === "phx_reply"));
+    try {
+      await new Promise((resolve, reject) => {
+        ws.onopen = resolve;
+        ws.onerror = () => reject(new Error("socket error"));
+      });
+      ws.send(
+        JSON.stringify(["1", "1", topic, "phx_join", {
+          config: { private: true },
+          access_token: a.accessToken,
+        }]),
+      );
+      await replyTo("1");
+      for (const value of ["sb_publishable_abc123", 123, { token: "x" }]) {
+        ws.send(JSON.stringify(["1", null, topic, "access_token", { access_token: value }]));
+      }
+      ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
+      await replyTo("hb");
+      assert.deepEqual(text.filter((m) => m[3] === "system" || m[3] === "phx_close"), []);
+      await writeProgress(sql, a.id, { series_id: "still-joined", chapter: 1, device_id: "phone" });
+      await waitFor("the broadcast on the kept channel", () => binaryFrames === 1);
+    } finally {
+      ws.close();
+      await sql.end();
+    }
+  },
+);
