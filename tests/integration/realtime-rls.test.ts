@@ -17,6 +17,32 @@ import {
 
 const topicOf = (userId: string) => `progress:${userId}`;
 
+/**
+ * A bare Phoenix socket (vsn 2.0.0) on the stack's Realtime endpoint, for what supabase-js never
+ * sends: text frames are kept parsed, binary (broadcast) frames counted.
+ */
+async function rawSocket() {
+  const env = testEnv();
+  const ws = new WebSocket(
+    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+  );
+  ws.binaryType = "arraybuffer";
+  const socket = {
+    ws,
+    text: [] as unknown[][],
+    binaryFrames: 0,
+    replyTo: (ref: string) =>
+      waitFor(`reply ${ref}`, () => socket.text.some((m) => m[1] === ref && m[3] === "phx_reply")),
+  };
+  ws.onmessage = (e) =>
+    typeof e.data === "string" ? socket.text.push(JSON.parse(e.data)) : socket.binaryFrames++;
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = () => reject(new Error("socket error"));
+  });
+  return socket;
+}
+
 Deno.test(
   { name: "realtime RLS: A's update reaches A's other device, never user C", ...noSanitize },
   async () => {
@@ -330,20 +356,12 @@ Deno.test(
     // A device whose token expired joins its topic again on the same socket: Phoenix shuts the
     // existing channel down (phx_close) before deciding the new join, so after the refusal the
     // socket hears nothing more of the topic — it must not keep receiving on the old join.
-    const env = testEnv();
     const sql = adminSql({ max: 1 });
     const a = await createTestUser();
     const expired = await a.newAccessToken(-60);
     const topic = `realtime:${topicOf(a.id)}`;
-    const ws = new WebSocket(
-      `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
-    );
-    ws.binaryType = "arraybuffer";
-    const text: unknown[][] = [];
-    let binaryFrames = 0;
-    ws.onmessage = (e) => typeof e.data === "string" ? text.push(JSON.parse(e.data)) : binaryFrames++;
-    const replyTo = (ref: string) =>
-      waitFor(`reply ${ref}`, () => text.some((m) => m[1] === ref && m[3] === "phx_reply"));
+    const socket = await rawSocket();
+    const { ws, text, replyTo } = socket;
     const join = (ref: string, token: string) =>
       ws.send(
         JSON.stringify([ref, ref, topic, "phx_join", {
@@ -352,14 +370,10 @@ Deno.test(
         }]),
       );
     try {
-      await new Promise((resolve, reject) => {
-        ws.onopen = resolve;
-        ws.onerror = () => reject(new Error("socket error"));
-      });
       join("1", a.accessToken);
       await replyTo("1");
       await writeProgress(sql, a.id, { series_id: "while-joined", chapter: 1, device_id: "phone" });
-      await waitFor("the broadcast while joined", () => binaryFrames === 1);
+      await waitFor("the broadcast while joined", () => socket.binaryFrames === 1);
 
       join("2", expired);
       await replyTo("2");
@@ -377,7 +391,7 @@ Deno.test(
       await new Promise((r) => setTimeout(r, 300));
       ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
       await replyTo("hb");
-      assert.equal(binaryFrames, 1, "the refused socket still received the topic's broadcast");
+      assert.equal(socket.binaryFrames, 1, "the refused socket still received the topic's broadcast");
 
       // A leave of the (no longer joined) topic is answered ok, as Phoenix does.
       ws.send(JSON.stringify(["2", "3", topic, "phx_leave", {}]));
@@ -418,24 +432,12 @@ Deno.test(
     ...noSanitize,
   },
   async () => {
-    const env = testEnv();
     const sql = adminSql({ max: 1 });
     const a = await createTestUser();
     const topic = `realtime:${topicOf(a.id)}`;
-    const ws = new WebSocket(
-      `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
-    );
-    ws.binaryType = "arraybuffer";
-    const text: unknown[][] = [];
-    let binaryFrames = 0;
-    ws.onmessage = (e) => typeof e.data === "string" ? text.push(JSON.parse(e.data)) : binaryFrames++;
-    const replyTo = (ref: string) =>
-      waitFor(`reply ${ref}`, () => text.some((m) => m[1] === ref && m[3] === "phx_reply"));
+    const socket = await rawSocket();
+    const { ws, text, replyTo } = socket;
     try {
-      await new Promise((resolve, reject) => {
-        ws.onopen = resolve;
-        ws.onerror = () => reject(new Error("socket error"));
-      });
       ws.send(
         JSON.stringify(["1", "1", topic, "phx_join", {
           config: { private: true },
@@ -450,7 +452,7 @@ Deno.test(
       await replyTo("hb");
       assert.deepEqual(text.filter((m) => m[3] === "system" || m[3] === "phx_close"), []);
       await writeProgress(sql, a.id, { series_id: "still-joined", chapter: 1, device_id: "phone" });
-      await waitFor("the broadcast on the kept channel", () => binaryFrames === 1);
+      await waitFor("the broadcast on the kept channel", () => socket.binaryFrames === 1);
     } finally {
       ws.close();
       await sql.end();

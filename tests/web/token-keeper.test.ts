@@ -36,6 +36,27 @@ function stubAuthToken(answer: (init?: RequestInit) => Promise<Response>): { cal
 const tokenAnswer = (accessToken: string, userId: string) => () =>
   Promise.resolve(Response.json({ accessToken, expiresAt: expOf(accessToken), userId }));
 
+/** The web app's pieces for `userId`, wired as SyncProvider wires them to `tokens`. */
+function webDevice(userId: string, tokens: TokenKeeper) {
+  const env = testEnv();
+  const supabase = userClient({
+    supabaseUrl: env.url,
+    anonKey: env.anonKey,
+    accessToken: () => tokens.get(),
+  });
+  const api = progressApi(supabase, new ServerClock());
+  const store = new SyncStore(userId, defaultCompareRows);
+  const flush = () =>
+    flushOutbox(store, api, {
+      isRetryable,
+      isTransient,
+      isSignedOut: (error) => error instanceof SignedOutError,
+      refreshToken: () => tokens.refresh().then(() => {}),
+      isDisposed: () => false,
+    });
+  return { supabase, api, store, flush };
+}
+
 Deno.test({
   name: "token: a refresh that answers for another user (signed in again in another tab) signs this tab out",
   ...noSanitize,
@@ -44,7 +65,6 @@ Deno.test({
     const b = await createTestUser();
     const aToken = await a.newAccessToken(90); // under 120 s left: the provider's timer refreshes it
     stubAuthToken(tokenAnswer(b.accessToken, b.id)); // the cookie session is now B's
-    const env = testEnv();
     try {
       const tokens = new TokenKeeper(aToken, expOf(aToken), { userId: a.id });
       const announced: string[] = [];
@@ -60,22 +80,10 @@ Deno.test({
 
       // A's outbox, flushed through a client asking this keeper: nothing lands in B's library,
       // and A's write stays queued for A's next sign-in.
-      const supabase = userClient({
-        supabaseUrl: env.url,
-        anonKey: env.anonKey,
-        accessToken: () => tokens.get(),
-      });
-      const api = progressApi(supabase, new ServerClock());
-      const store = new SyncStore(a.id, defaultCompareRows);
+      const { supabase, api, store, flush } = webDevice(a.id, tokens);
       const series = seriesId("a-only");
       store.addPending(pendingWrite(series, Date.now(), "web-a", 77));
-      await flushOutbox(store, api, {
-        isRetryable,
-        isTransient,
-        isSignedOut: (error) => error instanceof SignedOutError,
-        refreshToken: () => tokens.refresh().then(() => {}),
-        isDisposed: () => false,
-      });
+      await flush();
       assert.equal(store.getSnapshot().pendingCount, 1);
       const inB = await b.client.functions.invoke(`progress/series/${series}`, { method: "GET" });
       assert.equal(inB.error?.context?.status ?? 200, 404, "the write is not in B's library");
@@ -151,7 +159,6 @@ Deno.test({
   ...noSanitize,
   fn: async () => {
     const a = await createTestUser();
-    const env = testEnv();
     const aToken = await a.newAccessToken(30); // under a minute left: every get() refreshes first
     stubAuthToken((init) =>
       new Promise<Response>((_, reject) => {
@@ -160,22 +167,10 @@ Deno.test({
     );
     try {
       const tokens = new TokenKeeper(aToken, expOf(aToken), { userId: a.id, timeoutMs: 300 });
-      const supabase = userClient({
-        supabaseUrl: env.url,
-        anonKey: env.anonKey,
-        accessToken: () => tokens.get(),
-      });
-      const api = progressApi(supabase, new ServerClock());
-      const store = new SyncStore(a.id, defaultCompareRows);
+      const { supabase, api, store, flush } = webDevice(a.id, tokens);
       const series = seriesId("hung-refresh");
       store.addPending(pendingWrite(series, Date.now(), "web-a", 3));
-      await flushOutbox(store, api, {
-        isRetryable,
-        isTransient,
-        isSignedOut: (error) => error instanceof SignedOutError,
-        refreshToken: () => tokens.refresh().then(() => {}),
-        isDisposed: () => false,
-      });
+      await flush();
       // The refresh gave up, the still-valid token was sent: the write is saved.
       assert.equal(store.getSnapshot().pendingCount, 0);
       assert.equal((await api.getProgress(series))?.chapter, 3);
