@@ -80,7 +80,7 @@ Deno.test({
 
       // A's outbox, flushed through a client asking this keeper: nothing lands in B's library,
       // and A's write stays queued for A's next sign-in.
-      const { supabase, api, store, flush } = webDevice(a.id, tokens);
+      const { supabase, store, flush } = webDevice(a.id, tokens);
       const series = seriesId("a-only");
       store.addPending(pendingWrite(series, Date.now(), "web-a", 77));
       await flush();
