@@ -27,7 +27,13 @@ create table if not exists public.reading_progress (
   cleared boolean not null default false,
   device_id text collate "C" not null
     constraint reading_progress_device_id_format check (device_id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'),
-  updated_at timestamptz not null default now(),
+  -- 1970 to 9999 in UTC, as the API accepts (shared/progress/schemas.ts): '-infinity' or a BC date
+  -- through the Data API would be stored as sent (the stamp trigger clamps only future dates) and
+  -- no client could read the row back (JavaScript has no such Date). Far-future dates never get
+  -- here: the trigger records them as now().
+  updated_at timestamptz not null default now()
+    constraint reading_progress_updated_at_range
+      check (updated_at >= '1970-01-01 00:00:00+00' and updated_at < '10000-01-01 00:00:00+00'),
   synced_at timestamptz not null default now(),
   change_xid xid8 not null default pg_current_xact_id(),
   created_at timestamptz not null default now(),
@@ -35,6 +41,18 @@ create table if not exists public.reading_progress (
   constraint reading_progress_cleared_is_zero
     check (not cleared or (chapter = 0 and page = 0 and percentage = 0))
 );
+
+-- Databases whose table predates the range check get it too (this file stays idempotent).
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_constraint
+                  where conrelid = 'public.reading_progress'::regclass
+                    and conname = 'reading_progress_updated_at_range') then
+    alter table public.reading_progress add constraint reading_progress_updated_at_range
+      check (updated_at >= '1970-01-01 00:00:00+00' and updated_at < '10000-01-01 00:00:00+00');
+  end if;
+end;
+$$;
 
 comment on table public.reading_progress is
   'Reading position per user and series; last write wins on (updated_at, device_id).';

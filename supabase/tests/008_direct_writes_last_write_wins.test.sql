@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(23);
+select plan(26);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -203,6 +203,26 @@ select is(
     where user_id = 'a8a8a8a8-0000-4000-8000-000000000008'),
   array['ahead', 'ahead-new', 'op']::text[],
   'both series are still there under their names');
+
+-- updated_at outside 1970..9999 (UTC) is refused like the API refuses it: no client could read such
+-- a row back (JavaScript has no Date for '-infinity' or a BC year), so one insert would break every
+-- read of the user's progress. Far-future dates are still recorded as now() (not refused).
+set local role authenticated;
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, device_id, updated_at)
+    values ('a8a8a8a8-0000-4000-8000-000000000008', 'minus-infinity', 'web', '-infinity')$$,
+  '23514', null, 'updated_at -infinity is refused (check constraint)');
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, device_id, updated_at)
+    values ('a8a8a8a8-0000-4000-8000-000000000008', 'before-1970', 'web', '1969-12-31 23:59:59.999+00')$$,
+  '23514', null, 'updated_at before 1970 is refused');
+insert into public.reading_progress (user_id, series_id, device_id, updated_at)
+values ('a8a8a8a8-0000-4000-8000-000000000008', 'infinity', 'web', 'infinity');
+select ok(
+  (select updated_at between now() - interval '1 second' and now() + interval '1 second'
+     from public.reading_progress where series_id = 'infinity'),
+  'updated_at infinity is a clock ahead: recorded as now()');
+reset role;
 
 select * from finish();
 rollback;
