@@ -65,7 +65,8 @@ type Route =
   | { name: "root" }
   | { name: "batch" }
   | { name: "changes" }
-  | { name: "series"; seriesId: string };
+  /** seriesId null: the path segment is not valid percent-encoding (refused after the token check). */
+  | { name: "series"; seriesId: string | null };
 
 const ALLOWED: Record<Route["name"], string[]> = {
   root: ["GET", "POST"],
@@ -85,11 +86,11 @@ function matchRoute(pathname: string, functionName: string): Route | null {
   if (rest.length === 1 && rest[0] === "batch") return { name: "batch" };
   if (rest.length === 1 && rest[0] === "changes") return { name: "changes" };
   if (rest.length === 2 && rest[0] === "series" && rest[1] !== "") {
-    let seriesId: string;
+    let seriesId: string | null;
     try {
       seriesId = decodeURIComponent(rest[1]);
     } catch {
-      throw new HttpError(400, "invalid_request", "The series id in the path is not valid percent-encoding");
+      seriesId = null;
     }
     return { name: "series", seriesId };
   }
@@ -288,6 +289,13 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         );
       }
       case "series": {
+        if (matched.seriesId === null) {
+          throw new HttpError(
+            400,
+            "invalid_request",
+            "The series id in the path is not valid percent-encoding",
+          );
+        }
         const seriesId = parseOrThrow(seriesIdSchema, matched.seriesId, "series id");
         if (req.method === "GET") {
           parseOrThrow(noQuerySchema, queryObject(url), "query");
@@ -322,8 +330,15 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
 
   return async function handler(req: Request): Promise<Response> {
     const reqId = requestId(req);
-    if (req.method === "OPTIONS") return preflightResponse(req, options.cors);
     let res: Response;
+    if (req.method === "OPTIONS") {
+      // The preflight answers before any route or token check, but like every answer it carries
+      // the request id and the server's clock (README: every answer).
+      res = preflightResponse(req, options.cors);
+      res.headers.set("x-request-id", reqId);
+      res.headers.set("x-server-time", new Date().toISOString());
+      return res;
+    }
     try {
       res = await route(req, new URL(req.url), reqId);
     } catch (caught) {

@@ -437,6 +437,9 @@ Deno.test("CORS: the preflight needs no token, and every answer (errors too) car
   for (const h of ["authorization", "content-type", "apikey", "x-client-info"]) {
     assert.ok(headers.includes(h), h);
   }
+  // Like every answer: the request id and the server's clock.
+  assert.ok(pre.headers.get("x-request-id"));
+  assert.ok(Math.abs(Date.parse(pre.headers.get("x-server-time") ?? "") - Date.now()) < 60_000);
 
   const unauth = await call("GET", "", { headers: { origin: "https://app.example" } });
   assert.equal(unauth.status, 401);

@@ -419,6 +419,15 @@ Deno.test("404 unknown routes and series, 405 wrong methods with Allow", () =>
     }
   }));
 
+Deno.test("a series id that is not valid percent-encoding: route and token are checked first, then 400", () =>
+  unchanged(async ({ a }) => {
+    // The check order (route 404/405, token 401/403, then the request) holds for a bad escape too.
+    expectError(await call("GET", "/series/%ZZ", {}), 401, "missing_token");
+    expectError(await call("POST", "/series/%ZZ", { token: a.accessToken }), 405, "method_not_allowed");
+    expectError(await call("GET", "/series/%ZZ", { token: a.accessToken }), 400, "invalid_request");
+    expectError(await call("DELETE", "/series/%E0%A4%A", { token: a.accessToken }), 400, "invalid_request");
+  }));
+
 Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () =>
   unchanged(async ({ a, series }) => {
     const huge = {
