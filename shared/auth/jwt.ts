@@ -1,7 +1,10 @@
 // Verifying Supabase access tokens (JWTs) in an edge function, with jose.
 //
 // Keys, by the token's `alg`:
-//   HS256                      the project's JWT secret (legacy; locally SUPABASE_JWT_SECRET)
+//   HS256                      the project's JWT secret (legacy; locally SUPABASE_JWT_SECRET), or a
+//                              symmetric ("oct") key in the JWKS: `supabase functions serve` hands the
+//                              local secret over only that way (SUPABASE_JWKS), besides
+//                              SUPABASE_INTERNAL_JWT_SECRET (see server.ts)
 //   ES256 / RS256 / EdDSA ...  the project's signing keys: a JWKS given as JSON (hosted functions get
 //                              SUPABASE_JWKS) or fetched from a URL (<SUPABASE_URL>/auth/v1/.well-known/jwks.json)
 // Checks: signature, `exp` present and not passed, `nbf`, `iss` when configured, `aud` when
@@ -10,6 +13,7 @@
 // `role`). Errors are JwtError with a code the caller maps to 401 (or 503 when the key server is down).
 
 import {
+  base64url,
   createLocalJWKSet,
   createRemoteJWKSet,
   decodeProtectedHeader,
@@ -93,11 +97,20 @@ export function bearerToken(header: string | null | undefined): string | null {
 }
 
 export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
-  const secretKey = options.secret ? new TextEncoder().encode(options.secret) : null;
+  // HS256 keys: the secret first, then the JWKS's symmetric keys (jose's key sets take public keys only).
+  const hmacKeys: { kid?: string; key: Uint8Array }[] = [];
+  if (options.secret) hmacKeys.push({ key: new TextEncoder().encode(options.secret) });
   let localSet: JWTVerifyGetKey | null = null;
   if (options.jwks) {
     const set = typeof options.jwks === "string" ? JSON.parse(options.jwks) as JSONWebKeySet : options.jwks;
-    if (Array.isArray(set.keys) && set.keys.length > 0) localSet = createLocalJWKSet(set);
+    const keys = Array.isArray(set.keys) ? set.keys : [];
+    for (const jwk of keys) {
+      if (jwk.kty === "oct" && typeof jwk.k === "string" && (jwk.alg === undefined || jwk.alg === "HS256")) {
+        hmacKeys.push({ kid: jwk.kid, key: base64url.decode(jwk.k) });
+      }
+    }
+    const publicKeys = keys.filter((jwk) => jwk.kty !== "oct");
+    if (publicKeys.length > 0) localSet = createLocalJWKSet({ keys: publicKeys });
   }
   let remoteSet: JWTVerifyGetKey | null = options.remoteKeySet ?? null;
   if (!remoteSet && options.jwksUrl) remoteSet = createRemoteJWKSet(new URL(options.jwksUrl));
@@ -110,20 +123,22 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
   async function verify(token: string): Promise<JwtClaims> {
     if (!token) throw new JwtError("missing_token", "No access token");
     let alg: string | undefined;
+    let kid: string | undefined;
     try {
-      alg = decodeProtectedHeader(token).alg;
+      ({ alg, kid } = decodeProtectedHeader(token));
     } catch (cause) {
       throw new JwtError("malformed_token", "The access token is not a JWT", { cause });
     }
     let key: Uint8Array | JWTVerifyGetKey;
     if (alg === "HS256") {
-      if (!secretKey) {
+      const hmac = (kid === undefined ? undefined : hmacKeys.find((k) => k.kid === kid)) ?? hmacKeys[0];
+      if (!hmac) {
         throw new JwtError(
           "unsupported_algorithm",
           "HS256 tokens are not accepted (no JWT secret configured)",
         );
       }
-      key = secretKey;
+      key = hmac.key;
     } else if (alg && ASYMMETRIC_ALGS.includes(alg)) {
       const keySet = localSet ?? remoteSet;
       if (!keySet) {

@@ -55,7 +55,9 @@ export function createProgressHandlerFromEnv(
   }
 
   function currentVerifier(): JwtVerifier {
-    const secret = env.get("SUPABASE_JWT_SECRET") || env.get("JWT_SECRET") || undefined;
+    // SUPABASE_INTERNAL_JWT_SECRET: what `supabase functions serve` (CLI 2.x) sets for the local secret.
+    const secret = env.get("SUPABASE_JWT_SECRET") || env.get("JWT_SECRET") ||
+      env.get("SUPABASE_INTERNAL_JWT_SECRET") || undefined;
     const jwks = env.get("SUPABASE_JWKS") || undefined;
     const base = env.get("SUPABASE_URL");
     const jwksUrl = env.get("SUPABASE_JWKS_URL") ||

@@ -4,7 +4,7 @@
 // capturing log sink for the structured conflict lines.
 
 import assert from "node:assert/strict";
-import { exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
+import { base64url, exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
 import { createJwtVerifier, JwtError } from "../../shared/auth/jwt.ts";
 import { defaultLog } from "../../shared/progress/handler.ts";
 import { createProgressHandlerFromEnv } from "../../shared/progress/server.ts";
@@ -136,6 +136,54 @@ Deno.test("asymmetric tokens: ES256 through SUPABASE_JWKS works end to end; a fo
     assert.equal(hs.status, 401);
     assert.deepEqual(errorOf(hs).details, { reason: "unsupported_algorithm" });
   });
+});
+
+Deno.test("as `supabase functions serve` (CLI 2.x) configures it: the HS256 secret comes as an oct key in SUPABASE_JWKS or as SUPABASE_INTERNAL_JWT_SECRET", async () => {
+  // The CLI sets neither SUPABASE_JWT_SECRET nor JWT_SECRET: only SUPABASE_INTERNAL_JWT_SECRET and a
+  // SUPABASE_JWKS whose symmetric key is that secret (beside any signing keys of the project).
+  const env = testEnv();
+  const user = await createTestUser();
+  const es = await esKey("es-serve");
+  const octJwk = { kty: "oct", k: base64url.encode(env.jwtSecret!) };
+  const asServe: Record<string, string>[] = [
+    { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWKS: JSON.stringify({ keys: [es.jwk, octJwk] }) },
+    { SUPABASE_DB_URL: env.dbUrl, SUPABASE_INTERNAL_JWT_SECRET: env.jwtSecret! },
+  ];
+  for (const vars of asServe) {
+    await withFunction(vars, async (base) => {
+      const series = seriesId("served");
+      const mine = await call("POST", "", {
+        base,
+        token: user.accessToken,
+        body: write({ series_id: series }),
+      });
+      assert.equal(mine.status, 200, `${Object.keys(vars)}: ${JSON.stringify(mine.body)}`);
+      // The service_role key (HS256) acting for the user, as a server of the app would.
+      const asUser = await call("GET", `/series/${series}`, {
+        base,
+        token: env.serviceRoleKey,
+        headers: { "x-act-as-user": user.id },
+      });
+      assert.equal(asUser.status, 200, `${Object.keys(vars)}: ${JSON.stringify(asUser.body)}`);
+      // Still a signature check: a token signed with another secret is refused.
+      const forged = await new SignJWT(userClaims(user.id)).setProtectedHeader({ alg: "HS256", typ: "JWT" })
+        .setIssuedAt().setExpirationTime("1h")
+        .sign(new TextEncoder().encode("another-secret-of-at-least-thirty-two-chars"));
+      const refused = await call("GET", "", { base, token: forged });
+      assert.equal(refused.status, 401);
+      assert.deepEqual(errorOf(refused).details, { reason: "invalid_signature" });
+    });
+  }
+  if (env.jwtSecret) {
+    const es256 = await signAs("ES256", "es-serve", es.privateKey, userClaims(user.id));
+    await withFunction(asServe[0], async (base) => {
+      assert.equal(
+        (await call("GET", "", { base, token: es256 })).status,
+        200,
+        "the signing key still works",
+      );
+    });
+  }
 });
 
 Deno.test("asymmetric tokens: RS256 through the JWKS URL (<SUPABASE_URL>/auth/v1/.well-known/jwks.json); key server down is 503", async () => {
