@@ -135,15 +135,26 @@ as $$
 $$;
 grant execute on function realtime.topic() to anon, authenticated, service_role;
 
+-- As Supabase Realtime defines it (tenant migration 20260420000000): the message gets a new id,
+-- which is also added to the stored payload unless the payload has an id of its own.
 create or replace function realtime.send(payload jsonb, event text, topic text, private boolean default true)
 returns void
 language plpgsql
 as $$
+declare
+  generated_id uuid;
+  final_payload jsonb;
 begin
   begin
+    generated_id := gen_random_uuid();
+    if payload ? 'id' then
+      final_payload := payload;
+    else
+      final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+    end if;
     perform set_config('realtime.topic', topic, true);
-    insert into realtime.messages (payload, event, topic, private, extension)
-    values (payload, event, topic, private, 'broadcast');
+    insert into realtime.messages (id, payload, event, topic, private, extension)
+    values (generated_id, final_payload, event, topic, private, 'broadcast');
   exception when others then
     raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
   end;

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(24);
+select plan(25);
 
 insert into auth.users (id, email) values
   ('e5e5e5e5-0000-4000-8000-000000000005', 'rt-a@readsync.test'),
@@ -188,7 +188,7 @@ select throws_ok(
 reset role;
 
 select results_eq(
-  $$select topic, extension, event, payload - 'record' - 'old_record' from realtime.messages
+  $$select topic, extension, event, payload - 'record' - 'old_record' - 'id' from realtime.messages
      where topic in ('progress:e5e5e5e5-0000-4000-8000-000000000005', 'progress:f6f6f6f6-0000-4000-8000-000000000006')
      order by topic, extension$$,
   $$values
@@ -198,6 +198,14 @@ select results_eq(
     ('progress:f6f6f6f6-0000-4000-8000-000000000006', 'broadcast', 'INSERT',
        '{"operation": "INSERT", "schema": "public", "table": "reading_progress"}'::jsonb)$$,
   'as postgres: only the three fixture messages exist on A''s and B''s topics, untampered'
+);
+-- realtime.send (Supabase's, and the local stand-in's) names each broadcast in its payload too.
+select is(
+  (select count(*)::int from realtime.messages
+    where topic in ('progress:e5e5e5e5-0000-4000-8000-000000000005', 'progress:f6f6f6f6-0000-4000-8000-000000000006')
+      and extension = 'broadcast' and payload->>'id' = id::text),
+  2,
+  'each broadcast''s payload carries its message id (as realtime.send stores it)'
 );
 
 -- The database-side delivery path: a broadcast from the trigger is visible to its owner as well.
