@@ -71,13 +71,13 @@ ${webLine}
 Try it:
   export TOKEN=${demoToken}
   curl -s -X POST ${fn} -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-    -d '{"series_id":"one-piece","chapter":12,"page":30,"percentage":0.12,"device_id":"phone-1","updated_at":"'$(date -u +%FT%T.000Z)'"}'
+    -d '{"series_id":"one-piece","chapter":12,"page":30,"percentage":0.12,"device_id":"phone-1","updated_at":"'$(date -u +%FT%T.%3NZ)'"}'
   curl -s ${fn}/series/one-piece -H "Authorization: Bearer $TOKEN"
   curl -s "${fn}?limit=20" -H "Authorization: Bearer $TOKEN"
   curl -s "${fn}/changes?since=" -H "Authorization: Bearer $TOKEN"
   curl -s -X POST ${fn}/batch -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-    -d '{"writes":[{"series_id":"berserk","chapter":3,"page":1,"percentage":0.03,"device_id":"phone-1","updated_at":"'$(date -u +%FT%T.000Z)'"}]}'
-  curl -s -X DELETE "${fn}/series/one-piece?device_id=phone-1&updated_at=$(date -u +%FT%T.000Z)" -H "Authorization: Bearer $TOKEN"
+    -d '{"writes":[{"series_id":"berserk","chapter":3,"page":1,"percentage":0.03,"device_id":"phone-1","updated_at":"'$(date -u +%FT%T.%3NZ)'"}]}'
+  curl -s -X DELETE "${fn}/series/one-piece?device_id=phone-1&updated_at=$(date -u +%FT%T.%3NZ)" -H "Authorization: Bearer $TOKEN"
 
 Ctrl-C stops everything and removes the database.`);
   await new Promise(() => {}); // until a signal; cleanup.ts stops the stack

@@ -1,5 +1,6 @@
 // One place that knows what the local stack must undo when the process ends: normally, on Ctrl-C
-// (SIGINT), on SIGTERM, or when a test run fails. Cleanups run once, newest first.
+// (SIGINT), on SIGTERM, when the parent process is gone, or when a test run fails. Cleanups run
+// once, newest first.
 
 type Cleanup = () => Promise<void> | void;
 
@@ -38,6 +39,18 @@ function installSignalHandlers(): void {
       await runCleanups();
       Deno.exit(signal === "SIGINT" ? 130 : 143);
     });
+  }
+  // A parent that dies without signalling us (an IDE's stop button sends SIGTERM to `npm`, which
+  // exits without passing it on) leaves this process re-parented: clean up as for SIGTERM.
+  const parent = Deno.ppid;
+  if (parent > 1) {
+    const orphanCheck = setInterval(async () => {
+      if (Deno.ppid === parent) return;
+      clearInterval(orphanCheck);
+      await runCleanups();
+      Deno.exit(143);
+    }, 1_000);
+    Deno.unrefTimer(orphanCheck);
   }
   globalThis.addEventListener("unload", () => {
     // Last resort for synchronous exits; the postgres watchdog covers hard kills.

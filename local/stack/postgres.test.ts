@@ -47,3 +47,17 @@ Deno.test({
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test({
+  name: "a port another server holds is refused up front (its pg_isready must not pass for ours)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const other = await startPostgres({ log: () => {} });
+  try {
+    const port = Number(new URL(other.url).port);
+    await assert.rejects(startPostgres({ port, log: () => {} }), /port \d+ is already in use/);
+  } finally {
+    await other.stop();
+  }
+});

@@ -111,11 +111,27 @@ async function initdbTemplate(
   return `${ready}/data`;
 }
 
+/** Throws a clear error when something already listens on 127.0.0.1:`port`. */
+export function assertPortFree(port: number): void {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+  } catch (error) {
+    if (!(error instanceof Deno.errors.AddrInUse)) throw error;
+    throw new Error(
+      `port ${port} is already in use (another readsync stack, \`supabase start\`, a PostgreSQL ` +
+        `cluster?); stop it or choose another port (READSYNC_DB_PORT for npm start)`,
+    );
+  }
+}
+
 export async function startPostgres(options: StartOptions = {}): Promise<LocalPostgres> {
   const log = options.log ?? console.log;
   await ensureSystemPackages(log);
   const bins = findPostgresBinaries()!;
   const port = options.port ?? freePort();
+  // A server already on the port (another stack, `supabase start`, a system cluster) would answer
+  // pg_isready for ours, which cannot bind: the migrations would go into someone else's database.
+  assertPortFree(port);
   const dataDir = await Deno.makeTempDir({ prefix: "readsync-pg-" });
 
   // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
@@ -215,7 +231,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     const ready = await new Deno.Command(`${bins.binDir}/pg_isready`, {
       args: ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-q"],
     }).output();
-    if (ready.success) break;
+    if (ready.success && !exited) break;
     if (exited || Date.now() > deadline) {
       try {
         child.kill("SIGKILL");

@@ -1,0 +1,73 @@
+// `npm start` stops everything when its parent goes away without passing a signal on: an IDE's
+// stop button sends SIGTERM to npm, which exits and leaves its children re-parented.
+
+import assert from "node:assert/strict";
+import { assertPortFree } from "./postgres.ts";
+
+const freePort = () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  listener.close();
+  return port;
+};
+
+Deno.test({
+  name: "npm start: a stack whose parent dies stops and frees its ports",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const [apiPort, dbPort] = [freePort(), freePort()];
+  const output = await Deno.makeTempFile({ prefix: "readsync-orphan-" });
+  const release = `${output}.release`;
+  // sh stands for npm: it starts the stack in the background and exits once told to.
+  const parent = new Deno.Command("sh", {
+    args: [
+      "-c",
+      `"${Deno.execPath()}" run -A local/main.ts > "${output}" 2>&1 & ` +
+      `while [ ! -e "${release}" ]; do sleep 0.1; done; exit 0`,
+    ],
+    // A stack of its own, not the one the test run points SUPABASE_URL / SUPABASE_DB_URL at.
+    clearEnv: true,
+    env: {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      HOME: Deno.env.get("HOME") ?? "/root",
+      TMPDIR: Deno.env.get("TMPDIR") ?? "/tmp",
+      READSYNC_API_PORT: String(apiPort),
+      READSYNC_DB_PORT: String(dbPort),
+      READSYNC_WEB: "0",
+    },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    const upBy = Date.now() + 60_000;
+    while (!(await Deno.readTextFile(output)).includes("local stack is up")) {
+      assert.ok(Date.now() < upBy, `the stack did not come up:\n${await Deno.readTextFile(output)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const res = await fetch(`http://127.0.0.1:${apiPort}/functions/v1/progress`).catch(async (e) => {
+      throw new Error(`${e}\n${await Deno.readTextFile(output)}`);
+    });
+    await res.body?.cancel();
+    assert.equal(res.status, 401, "the stack answers while it runs");
+    await Deno.writeTextFile(release, "");
+    assert.equal((await parent.status).code, 0);
+    // Its parent is gone: within a few seconds both ports are free again.
+    const deadline = Date.now() + 15_000;
+    let freed = false;
+    while (!freed && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      try {
+        assertPortFree(apiPort);
+        assertPortFree(dbPort);
+        freed = true;
+      } catch { /* still up */ }
+    }
+    assert.ok(freed, `ports still held 15 s after the parent exited:\n${await Deno.readTextFile(output)}`);
+  } finally {
+    await Deno.writeTextFile(release, "").catch(() => {});
+    await parent.status;
+    await Deno.remove(output).catch(() => {});
+    await Deno.remove(release).catch(() => {});
+  }
+});
