@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { ConflictResolver, conflictResolver as resolver } from "./conflictResolver.ts";
+import { ConflictResolver, conflictResolver as resolver } from "../../../shared/progress/conflictResolver.ts";
 
 interface Update {
   updated_at: string;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { ServerClock } from "./serverClock.ts";
+import { ServerClock } from "../../../shared/progress/serverClock.ts";
 
 const HOUR = 3_600_000;
 

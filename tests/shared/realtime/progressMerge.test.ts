@@ -1,8 +1,12 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { backoffCeiling, fullJitterDelay } from "./backoff.ts";
-import { defaultCompareRows, defaultParseRow } from "./progressContract.ts";
-import { compareServerVersions, type LwwRow, ProgressMergeState } from "./progressMerge.ts";
+import { backoffCeiling, fullJitterDelay } from "../../../shared/realtime/backoff.ts";
+import { defaultCompareRows, defaultParseRow } from "../../../shared/realtime/progressContract.ts";
+import {
+  compareServerVersions,
+  type LwwRow,
+  ProgressMergeState,
+} from "../../../shared/realtime/progressMerge.ts";
 
 const row = (series_id: string, ms: number, device_id = "d1"): LwwRow => ({
   series_id,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { compareInstants, microsecondIso } from "./instant.ts";
+import { compareInstants, microsecondIso } from "../../../shared/progress/instant.ts";
 
 Deno.test("microsecondIso: every form PostgreSQL or a client prints, to one UTC form with six digits", () => {
   const cases: [string | Date, string | null][] = [
