@@ -340,10 +340,14 @@ begin
   if (v_prev.updated_at, v_prev.device_id collate "C") = (v_key, p_device_id collate "C") then
     -- A replay of the stored write: the same answer as the first time. If that write replaced a
     -- same-millisecond one, the log remembers which (the user's own rows; RLS allows reading them).
+    -- The same key may have won ties in earlier lives of the row too (deleted and written again):
+    -- the latest logged is this life's.
     select c.losing_updated_at, c.losing_device_id into v_replaced_at, v_replaced_device
     from public.reading_progress_conflicts c
     where c.user_id = v_uid and c.series_id = p_series_id collate "C" and not c.rejected
-      and c.winning_updated_at = v_key and c.winning_device_id = p_device_id collate "C";
+      and c.winning_updated_at = v_key and c.winning_device_id = p_device_id collate "C"
+    order by c.id desc
+    limit 1;
     return pg_catalog.jsonb_build_object(
       'won', true,
       'conflict', case when found then 'tie' end,

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(84);
+select plan(85);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -466,6 +466,21 @@ reset role;
 select is(
   (select count(*)::int from new_msgs where event = 'DELETE' and payload -> 'old_record' ->> 'series_id' = 'future-near'),
   1, 'a physical DELETE by the user still broadcasts DELETE');
+
+-- A replay whose key won ties in two lives of the row (deleted in between) names this life's loser:
+-- the latest logged, every time (two log rows match; the answer must not depend on the plan).
+set local role authenticated;
+select public.write_reading_progress('lives', 1, 1, 0.01, false, 'dev-a', '2026-02-01 00:00:00+00');
+select public.write_reading_progress('lives', 2, 2, 0.02, false, 'dev-n', '2026-02-01 00:00:00+00');
+delete from public.reading_progress where series_id = 'lives';
+select public.write_reading_progress('lives', 3, 3, 0.03, false, 'dev-b', '2026-02-01 00:00:00+00');
+select public.write_reading_progress('lives', 2, 2, 0.02, false, 'dev-n', '2026-02-01 00:00:00+00');
+select is(
+  (select public.write_reading_progress('lives', 2, 2, 0.02, false, 'dev-n', '2026-02-01 00:00:00+00')
+     #>> '{conflict_with,device_id}'),
+  'dev-b',
+  'a replay of a key that won ties in two lives names the tie of this life (dev-b, not dev-a)');
+reset role;
 
 select * from finish();
 rollback;
