@@ -61,6 +61,8 @@ export class Channel implements Subscriber {
 
 export class Connection {
   readonly channels = new Map<string, Channel>();
+  /** When the client last sent a frame (the endpoint closes sockets idle for too long). */
+  lastReceivedAt = Date.now();
   #queue: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -74,7 +76,10 @@ export class Connection {
     readonly headers: Record<string, string> = {},
   ) {
     ws.binaryType = "arraybuffer";
-    ws.onmessage = (event) => this.#enqueue(event.data);
+    ws.onmessage = (event) => {
+      this.lastReceivedAt = Date.now();
+      this.#enqueue(event.data);
+    };
     ws.onclose = () => this.dispose();
     ws.onerror = () => {};
   }

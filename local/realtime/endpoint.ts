@@ -25,7 +25,15 @@ export interface RealtimeEndpointOptions {
   poolSize?: number;
   /** Structured log sink; silent by default (READSYNC_REALTIME_LOG=1 logs JSON lines to stderr). */
   log?: (fields: Record<string, unknown>) => void;
+  /**
+   * A socket that sends nothing (not even a heartbeat) for this long is closed, as Phoenix's
+   * WebSocket transport does (its `timeout`, 60 s): realtime-js heartbeats every 25 s, so only a
+   * client that stopped (a suspended device, a dead network path) is cut. 0 disables.
+   */
+  idleTimeoutMs?: number;
 }
+
+const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
 export interface RealtimeEndpointStats {
   connections: number;
@@ -69,6 +77,19 @@ export async function createRealtimeEndpoint(
   const deps = { sql, hub, verifier, privateOnly: options.privateOnly ?? false, log };
   const connections = new Set<Connection>();
   let closed = false;
+  const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const idleSweep = idleTimeoutMs > 0
+    ? setInterval(() => {
+      const now = Date.now();
+      for (const connection of connections) {
+        if (now - connection.lastReceivedAt < idleTimeoutMs) continue;
+        log({ event: "socket_idle_timeout", idle_ms: now - connection.lastReceivedAt });
+        connection.close(1000, "idle timeout");
+        connections.delete(connection);
+      }
+    }, Math.max(50, Math.min(5_000, Math.floor(idleTimeoutMs / 4))))
+    : undefined;
+  if (idleSweep !== undefined) Deno.unrefTimer(idleSweep);
 
   function json(status: number, body: unknown): Response {
     return Response.json(body, { status });
@@ -197,6 +218,7 @@ export async function createRealtimeEndpoint(
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
+      clearInterval(idleSweep);
       for (const connection of connections) connection.close();
       connections.clear();
       await hub.close();

@@ -292,3 +292,46 @@ function unreachableRealtimeClient() {
 function dedupe<T>(values: T[]): T[] {
   return values.filter((v, i) => i === 0 || values[i - 1] !== v);
 }
+
+Deno.test({
+  name:
+    "realtime: a socket that sends nothing (no heartbeat) is closed after the idle timeout; a heartbeating one stays",
+  ...noSanitize,
+}, async () => {
+  // Phoenix closes a WebSocket that sent nothing for its transport timeout (60 s); the local endpoint
+  // does the same (here 600 ms). realtime-js heartbeats well inside it, so only a stopped client is cut.
+  const env = testEnv();
+  const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    idleTimeoutMs: 600,
+  });
+  const open = (url: string) =>
+    new Promise<WebSocket>((resolve, reject) => {
+      const ws = new WebSocket(url);
+      ws.onopen = () => resolve(ws);
+      ws.onerror = () => reject(new Error("socket error"));
+    });
+  const wsUrl = `${server.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`;
+  const silent = await open(wsUrl);
+  const beating = await open(wsUrl);
+  const closedAt: Record<string, number> = {};
+  const started = Date.now();
+  silent.onclose = () => (closedAt.silent = Date.now() - started);
+  beating.onclose = () => (closedAt.beating = Date.now() - started);
+  const heartbeat = setInterval(
+    () => beating.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}])),
+    150,
+  );
+  try {
+    await waitFor("the silent socket to be closed", () => closedAt.silent !== undefined, {
+      timeoutMs: 5_000,
+    });
+    assert.ok(closedAt.silent >= 550, `closed after ${closedAt.silent} ms, before the timeout`);
+    await sleep(1_000);
+    assert.equal(closedAt.beating, undefined, "a socket that heartbeats is kept");
+    assert.equal(server.endpoint.stats().connections, 1);
+  } finally {
+    clearInterval(heartbeat);
+    beating.close();
+    await server.close();
+  }
+});
