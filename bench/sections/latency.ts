@@ -19,6 +19,16 @@ export async function latencySection(ctx: Ctx): Promise<SectionResult> {
   const maxClients = Math.max(...opts.latencyClients);
   const users = await benchUserTokens(ctx.sql, stack.jwtSecret, FIRST_USER, FIRST_USER + maxClients - 1);
   const url = `${stack.apiUrl}/functions/v1/progress`;
+  // Every client's series exist before the first run, so both sides measure the same UPDATE from
+  // the first write on (otherwise the side that runs first pays the INSERTs of users new at a
+  // higher client count inside its measured window).
+  await ctx.sql`
+    insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+    select u.id::uuid, 'lat-' || s, 0, 0, 0, 'bench-seed', now() - interval '2 hours'
+      from unnest(${users.map((u) => u.id)}::text[]) as u(id), generate_series(0, ${
+    SERIES_PER_CLIENT - 1
+  }) as s
+    on conflict (user_id, series_id) do nothing`;
   // Strictly increasing updated_at for every write (ms steps from a start in the past), so every
   // write wins and is a real UPDATE with its broadcast, never a replay or a conflict.
   let clock = Date.now() - 3_600_000;
