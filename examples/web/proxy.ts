@@ -4,6 +4,7 @@
 import { createServerClient } from "@supabase/ssr";
 import { type NextRequest, NextResponse } from "next/server";
 import { devSignIn, supabaseConfig } from "@/lib/server/config.ts";
+import { sessionCookieOptions } from "@/lib/server/session.ts";
 
 class NoServerWebSocket {
   constructor() {
@@ -16,12 +17,16 @@ export async function proxy(request: NextRequest) {
   let response = NextResponse.next({ request });
   const { supabaseUrl, anonKey } = supabaseConfig();
   const supabase = createServerClient(supabaseUrl, anonKey, {
+    cookieOptions: sessionCookieOptions(),
     cookies: {
       getAll: () => request.cookies.getAll(),
-      setAll: (toSet) => {
+      setAll: (toSet, headers) => {
         for (const { name, value } of toSet) request.cookies.set(name, value);
         response = NextResponse.next({ request });
         for (const { name, value, options } of toSet) response.cookies.set(name, value, options);
+        // @supabase/ssr asks for these with new session cookies (no-store: a shared cache must
+        // never keep one reader's tokens for the next).
+        for (const [name, value] of Object.entries(headers ?? {})) response.headers.set(name, value);
       },
     },
     realtime: { transport: NoServerWebSocket as unknown as typeof WebSocket },
@@ -30,6 +35,8 @@ export async function proxy(request: NextRequest) {
   return response;
 }
 
+// Everything but Next's own assets: a series id may end in ".png" or ".js" (ids allow dots), and a
+// page whose session refresh is skipped here cannot save the new cookies itself.
 export const config = {
-  matcher: ["/((?!_next/static|_next/image|favicon.ico|.*\\.(?:png|svg|ico|css|js)$).*)"],
+  matcher: ["/((?!_next/static|_next/image|favicon.ico$).*)"],
 };

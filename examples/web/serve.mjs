@@ -281,7 +281,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       jwtSecret: process.env.SUPABASE_JWT_SECRET,
       dbUrl: process.env.SUPABASE_DB_URL,
       port: Number(process.env.PORT ?? 3000),
-      devSignIn: process.env.READSYNC_DEV_SIGNIN !== "0",
+      devSignIn: process.env.READSYNC_DEV_SIGNIN === "1", // as lib/server/config.ts: only when asked for
       verbose: true,
     });
     console.log(`readsync web app: ${app.url}`);

@@ -53,6 +53,7 @@ const TESTS = [
   "the library shows its error state (error.tsx) when the progress function cannot be reached",
   "with Realtime unreachable a device says Polling and still receives changes, without a reload",
   "the server sends signed-out requests to sign-in and sign-out ends the session",
+  "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
   "no device had a script error (hydration included)",
 ];
 
@@ -687,6 +688,53 @@ async function main() {
       },
       {
         name: TESTS[8],
+        fn: async () => {
+          // Relative Location headers: the host Next.js sees (its own address behind a proxy) is
+          // not the one the browser used, so an absolute redirect built from it leaves the site.
+          const landing = await fetch(`${webUrl}/auth/callback`, { redirect: "manual" });
+          await landing.arrayBuffer();
+          assertEqual(
+            landing.headers.get("location"),
+            "/sign-in?error=link",
+            "/auth/callback without a code",
+          );
+          const failedLink = await fetch(`${webUrl}/sign-in?error=link`);
+          assert(
+            (await failedLink.text()).includes("sign-in link is invalid or has expired"),
+            "the failed link is explained",
+          );
+          if (!devMode) throw new SkipTest("signing a throwaway user in and out needs the local stack");
+          const context = await browser.newContext({ baseURL: webUrl, viewport });
+          try {
+            const page = await context.newPage();
+            const device = { label: "reader D", context, page, errors: [], navigations: 0 };
+            await signIn(device, `reader-d-${run}@readsync.test`);
+            // A form on another site posting to /sign-out (the cookie goes along: SameSite=Lax
+            // still sends it on some top-level navigations) is refused and signs nobody out.
+            const forged = await context.request.post("/sign-out", {
+              headers: { origin: "http://evil.example", "sec-fetch-site": "cross-site" },
+              maxRedirects: 0,
+            });
+            assertEqual(forged.status(), 403, "cross-site sign-out");
+            assertEqual((await context.request.get("/auth/token")).status(), 200, "still signed in");
+            const own = await context.request.post("/sign-out", {
+              headers: { origin: new URL(webUrl).origin, "sec-fetch-site": "same-origin" },
+              maxRedirects: 0,
+            });
+            assertEqual(own.status(), 303, "sign-out from the site itself");
+            assertEqual(
+              own.headers()["location"],
+              "/sign-in",
+              "sign-out goes to the site's own sign-in page",
+            );
+            assertEqual((await context.request.get("/auth/token")).status(), 401, "signed out");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[9],
         fn: () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },

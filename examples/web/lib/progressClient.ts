@@ -4,7 +4,7 @@
 // setup, reading the whole library, and which failures are worth retrying from the outbox.
 
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
-import { createProgressApi, NetworkError, ProgressApiError, ServiceUnavailableError, ValidationError } from "@shared/progress/api.ts";
+import { createProgressApi, type ProgressApiOptions, NetworkError, ProgressApiError, ServiceUnavailableError, ValidationError } from "@shared/progress/api.ts";
 import type { Database } from "@shared/database.types.ts";
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { type Progress, PROGRESS_LIMITS } from "@shared/progress/types.ts";
@@ -38,8 +38,12 @@ export function userClient(options: {
 }
 
 /** `clock` learns the server's time from every answer (the browser stamps writes with it). */
-export function progressApi(client: SupabaseClient<Database>, clock?: ServerClock): ProgressApi {
-  return createProgressApi(client, clock ? { clock } : {});
+export function progressApi(
+  client: SupabaseClient<Database>,
+  clock?: ServerClock,
+  options: Pick<ProgressApiOptions, "timeoutMs" | "retry"> = {},
+): ProgressApi {
+  return createProgressApi(client, { ...options, ...(clock ? { clock } : {}) });
 }
 
 /** At most this many library pages (200 rows each) are read for one render. */

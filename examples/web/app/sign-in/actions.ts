@@ -1,8 +1,8 @@
 "use server";
 
-import { cookies, headers } from "next/headers";
+import { cookies } from "next/headers";
 import { redirect } from "next/navigation";
-import { devSignIn } from "@/lib/server/config.ts";
+import { devSignIn, siteUrl } from "@/lib/server/config.ts";
 import {
   DEV_SESSION_COOKIE,
   DEV_TOKEN_LIFETIME_SECONDS,
@@ -34,7 +34,9 @@ export async function devSignInAction(_prev: SignInState, form: FormData): Promi
     const userId = await ensureDevUser(dev.dbUrl, email);
     token = await mintDevAccessToken(dev.jwtSecret, { userId, email });
   } catch (error) {
-    return { error: `Development sign-in failed: ${error instanceof Error ? error.message : String(error)}` };
+    // The details are for the server's log, not the page (they name hosts and database errors).
+    console.error("development sign-in failed:", error);
+    return { error: "Development sign-in failed: the local stack's database did not answer. Is `npm start` running?" };
   }
   (await cookies()).set(DEV_SESSION_COOKIE, token, {
     httpOnly: true,
@@ -60,8 +62,10 @@ export async function passwordSignInAction(_prev: SignInState, form: FormData): 
 export async function magicLinkAction(_prev: SignInState, form: FormData): Promise<SignInState> {
   const email = readEmail(form);
   if (!email) return { error: "Enter an email address." };
-  const h = await headers();
-  const origin = h.get("origin") ?? `${h.get("x-forwarded-proto") ?? "http"}://${h.get("host")}`;
+  const origin = siteUrl();
+  if (!origin) {
+    return { error: "Sign-in links are not set up on this site (READSYNC_SITE_URL). Use your password." };
+  }
   const supabase = await supabaseServerClient();
   const { error } = await supabase.auth.signInWithOtp({
     email,

@@ -7,13 +7,19 @@ import { DevSignInForm, SupabaseSignInForms } from "./SignInForms.tsx";
 export const metadata: Metadata = { title: "Sign in · readsync" };
 export const dynamic = "force-dynamic";
 
-export default async function SignInPage() {
+export default async function SignInPage({ searchParams }: { searchParams: Promise<{ error?: string }> }) {
   if (await getSession()) redirect("/");
   const dev = devSignIn();
+  const { error } = await searchParams;
   return (
     <main className="narrow">
       <h1>readsync</h1>
       <p className="muted">Your place in every series, on every device.</p>
+      {error === "link" && (
+        <p role="alert" className="notice notice-error">
+          That sign-in link is invalid or has expired. Ask for a new one below.
+        </p>
+      )}
       {dev.enabled ? <DevSignInForm defaultEmail="demo@readsync.local" /> : <SupabaseSignInForms />}
     </main>
   );

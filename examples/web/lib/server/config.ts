@@ -6,6 +6,8 @@
 //   READSYNC_DEV_SIGNIN=1              development sign-in (local stack only, see devSignIn())
 //   SUPABASE_JWT_SECRET                the local stack's JWT secret, to mint development tokens
 //   SUPABASE_DB_URL                    the local stack's database, to create development users
+//   READSYNC_SITE_URL                  this site's public origin (https://app.example): where magic
+//                                      links lead (one of the project's Auth redirect URLs)
 
 export interface PublicConfig {
   supabaseUrl: string;
@@ -58,7 +60,11 @@ export function devSignIn(): DevSignIn {
   if (!jwtSecret) return { enabled: false, reason: "no SUPABASE_JWT_SECRET" };
   const { supabaseUrl } = supabaseConfig();
   if (!isLoopbackUrl(supabaseUrl)) {
-    return { enabled: false, reason: `SUPABASE_URL ${new URL(supabaseUrl).host} is not a local stack` };
+    let host = supabaseUrl;
+    try {
+      host = new URL(supabaseUrl).host;
+    } catch { /* not a URL: name it as given */ }
+    return { enabled: false, reason: `SUPABASE_URL ${host} is not a local stack` };
   }
   return { enabled: true, jwtSecret, dbUrl: env("SUPABASE_DB_URL") };
 }
@@ -66,4 +72,20 @@ export function devSignIn(): DevSignIn {
 export function publicConfig(): PublicConfig {
   const { supabaseUrl, anonKey } = supabaseConfig();
   return { supabaseUrl, anonKey, authMode: devSignIn().enabled ? "dev" : "supabase" };
+}
+
+/**
+ * This site's public origin, for links that leave the site (magic links), from READSYNC_SITE_URL;
+ * null when unset or not an http(s) URL. Never taken from request headers: a caller sets Host and
+ * Origin to anything, and a magic link pointing at its site would hand it the reader's session.
+ */
+export function siteUrl(): string | null {
+  const value = env("READSYNC_SITE_URL");
+  if (!value) return null;
+  try {
+    const url = new URL(value);
+    return url.protocol === "https:" || url.protocol === "http:" ? url.origin : null;
+  } catch {
+    return null;
+  }
 }

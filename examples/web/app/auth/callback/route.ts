@@ -1,5 +1,6 @@
 // Supabase Auth magic-link landing: exchanges the one-time code for a session (cookies) and goes home.
-import { type NextRequest, NextResponse } from "next/server";
+import type { NextRequest } from "next/server";
+import { redirectTo } from "@/lib/server/requests.ts";
 import { supabaseServerClient } from "@/lib/server/session.ts";
 
 export async function GET(request: NextRequest) {
@@ -7,7 +8,7 @@ export async function GET(request: NextRequest) {
   if (code) {
     const supabase = await supabaseServerClient();
     const { error } = await supabase.auth.exchangeCodeForSession(code);
-    if (!error) return NextResponse.redirect(new URL("/", request.url));
+    if (!error) return redirectTo("/", 307);
   }
-  return NextResponse.redirect(new URL("/sign-in?error=link", request.url));
+  return redirectTo("/sign-in?error=link", 307);
 }

@@ -2,12 +2,19 @@
 // only (cookies are SameSite=Lax and the response is never cached). In Supabase mode, reading the
 // session here refreshes it when due and writes the new cookies.
 import { NextResponse } from "next/server";
-import { getSession } from "@/lib/server/session.ts";
+import { AuthUnavailableError, getSession } from "@/lib/server/session.ts";
 
 export const dynamic = "force-dynamic";
 
 export async function GET() {
-  const session = await getSession();
+  let session;
+  try {
+    session = await getSession();
+  } catch (error) {
+    if (!(error instanceof AuthUnavailableError)) throw error;
+    // Not "signed out": the tab keeps its token and tries again later.
+    return NextResponse.json({ error: "auth_unavailable" }, { status: 503, headers: { "Cache-Control": "no-store" } });
+  }
   if (!session) {
     return NextResponse.json({ error: "signed_out" }, { status: 401, headers: { "Cache-Control": "no-store" } });
   }
