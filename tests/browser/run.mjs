@@ -54,6 +54,7 @@ const TESTS = [
   "with Realtime unreachable a device says Polling and still receives changes, without a reload",
   "the server sends signed-out requests to sign-in and sign-out ends the session",
   "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
+  "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out, sign-out ends this browser only",
   "no device had a script error (hydration included)",
 ];
 
@@ -735,6 +736,64 @@ async function main() {
       },
       {
         name: TESTS[9],
+        fn: async () => {
+          // The same build in Supabase mode against tests/browser/fakeAuth.mjs (password sign-in, the
+          // user check, sign-out), which passes the progress function through to the local stack.
+          if (!devMode) throw new SkipTest("a real project runs Supabase mode in the tests above");
+          const { startFakeAuth } = await import("./fakeAuth.mjs");
+          const { startWebApp } = await import("../../examples/web/serve.mjs");
+          const user = { id: crypto.randomUUID(), email: `sb-${run}@readsync.test`, password: `pw-${run}` };
+          const auth = await startFakeAuth({ jwtSecret, stackUrl: supabaseUrl, user });
+          let app = null;
+          const context = await browser.newContext({ viewport });
+          try {
+            app = await startWebApp({
+              apiUrl: auth.url,
+              anonKey,
+              devSignIn: false,
+              build: "never",
+              log: () => {},
+            });
+            const page = await context.newPage();
+            await page.goto(`${app.url}/sign-in`);
+            const form = page.getByTestId("password-sign-in");
+            await form.locator('input[name="email"]').fill(user.email);
+            await form.locator('input[name="password"]').fill(user.password);
+            await form.getByRole("button", { name: /sign in/i }).click();
+            await page.waitForURL((url) => url.pathname === "/", { timeout: 20_000 });
+            const sessionCookies = (await context.cookies()).filter((c) => c.name.startsWith("sb-"));
+            assert(sessionCookies.length > 0, "a Supabase session cookie is set");
+            for (const c of sessionCookies) assertEqual(c.httpOnly, true, `${c.name} is httpOnly`);
+            assertEqual(
+              (await context.request.get(`${app.url}/auth/token`)).status(),
+              200,
+              "/auth/token signed in",
+            );
+            auth.state.outage = true;
+            assertEqual(
+              (await context.request.get(`${app.url}/auth/token`)).status(),
+              503,
+              "/auth/token during an Auth outage",
+            );
+            auth.state.outage = false;
+            assertEqual(
+              (await context.request.get(`${app.url}/auth/token`)).status(),
+              200,
+              "still signed in after it",
+            );
+            await page.getByRole("button", { name: "Sign out" }).click();
+            await page.waitForURL((url) => url.pathname === "/sign-in");
+            assertEqual(new URL(page.url()).origin, app.url, "sign-out stays on the app's origin");
+            assertEqual(auth.state.logoutScopes, ["local"], "sign-out ends this browser's session only");
+          } finally {
+            await context.close();
+            if (app) await app.stop();
+            await auth.close();
+          }
+        },
+      },
+      {
+        name: TESTS[10],
         fn: () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },
