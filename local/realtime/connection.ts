@@ -191,13 +191,9 @@ export class Connection {
       this.send(reply(joinRef, ref, topic, "error", { reason }));
     };
     const previous = this.channels.get(topic);
-    if (previous) {
-      // Phoenix closes the existing channel as soon as a topic is joined again on the same socket,
-      // before the new join is decided: a refused re-join (an expired token) leaves nothing joined.
-      this.#drop(previous);
-      this.channels.delete(topic);
-      this.send({ joinRef: previous.joinRef, ref: previous.joinRef, topic, event: "phx_close", payload: {} });
-    }
+    // Phoenix closes the existing channel as soon as a topic is joined again on the same socket,
+    // before the new join is decided: a refused re-join (an expired token) leaves nothing joined.
+    if (previous) this.#close(previous);
     if (!topic.startsWith("realtime:")) return fail("unmatched topic");
     const subTopic = topic.slice("realtime:".length);
     if (subTopic === "") return fail("TopicNameRequired: You must provide a topic name");
@@ -239,12 +235,9 @@ export class Connection {
       }
     }
     if (this.#closed) return;
+    // Another join of the topic was decided while this one awaited: this one replaces it.
     const racing = this.channels.get(topic);
-    if (racing) {
-      // Another join of the topic was decided while this one awaited: this one replaces it.
-      this.#drop(racing);
-      this.send({ joinRef: racing.joinRef, ref: racing.joinRef, topic, event: "phx_close", payload: {} });
-    }
+    if (racing) this.#close(racing);
     const channel = new Channel(
       this,
       topic,
@@ -348,6 +341,11 @@ export class Connection {
       event: "system",
       payload: { extension: "system", status: "error", message, channel: channel.subTopic },
     });
+    this.#close(channel);
+  }
+
+  /** The channel stops receiving and leaves the socket; the client is told with `phx_close`. */
+  #close(channel: Channel): void {
     this.#drop(channel);
     this.channels.delete(channel.fullTopic);
     this.send({

@@ -27,13 +27,7 @@ create table if not exists public.reading_progress (
   cleared boolean not null default false,
   device_id text collate "C" not null
     constraint reading_progress_device_id_format check (device_id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'),
-  -- 1970 to 9999 in UTC, as the API accepts (shared/progress/schemas.ts): '-infinity' or a BC date
-  -- through the Data API would be stored as sent (the stamp trigger clamps only future dates) and
-  -- no client could read the row back (JavaScript has no such Date). Far-future dates never get
-  -- here: the trigger records them as now().
-  updated_at timestamptz not null default now()
-    constraint reading_progress_updated_at_range
-      check (updated_at >= '1970-01-01 00:00:00+00' and updated_at < '10000-01-01 00:00:00+00'),
+  updated_at timestamptz not null default now(), -- 1970..9999 UTC: reading_progress_updated_at_range below
   synced_at timestamptz not null default now(),
   change_xid xid8 not null default pg_current_xact_id(),
   created_at timestamptz not null default now(),
@@ -42,7 +36,11 @@ create table if not exists public.reading_progress (
     check (not cleared or (chapter = 0 and page = 0 and percentage = 0))
 );
 
--- Databases whose table predates the range check get it too (this file stays idempotent).
+-- updated_at lies in 1970..9999 UTC, as the API accepts (shared/progress/schemas.ts): '-infinity' or a
+-- BC date through the Data API would be stored as sent (the stamp trigger clamps only future dates)
+-- and no client could read the row back (JavaScript has no such Date). Far-future dates never get
+-- here: the trigger records them as now(). Added here rather than inline so a table that predates
+-- the check gets it too (this file stays idempotent).
 do $$
 begin
   if not exists (select 1 from pg_catalog.pg_constraint
