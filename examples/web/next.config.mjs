@@ -14,10 +14,22 @@ const sharedPackages = ["zod", "@supabase/supabase-js"];
 const pinned = Object.fromEntries(sharedPackages.map((name) => [name, path.join(appDir, "node_modules", name)]));
 const sharedDir = path.join(repoRoot, "shared");
 
+const SECURITY_HEADERS = [
+  { key: "X-Frame-Options", value: "DENY" },
+  { key: "Content-Security-Policy", value: "frame-ancestors 'none'" },
+  { key: "X-Content-Type-Options", value: "nosniff" },
+  { key: "Referrer-Policy", value: "same-origin" },
+];
+
 /** @type {import("next").NextConfig} */
 const nextConfig = {
   reactStrictMode: true,
   poweredByHeader: false,
+  // Every answer: no framing by other sites (the reader's buttons under someone else's page), no
+  // content-type sniffing, and addresses (a sign-in link's ?code=) never sent to other origins.
+  async headers() {
+    return [{ source: "/:path*", headers: SECURITY_HEADERS }];
+  },
   // Resolve and trace files above this folder (../../shared).
   outputFileTracingRoot: repoRoot,
   turbopack: {

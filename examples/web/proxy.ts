@@ -3,16 +3,19 @@
 // Development sign-in needs nothing here.
 import { createServerClient } from "@supabase/ssr";
 import { type NextRequest, NextResponse } from "next/server";
+import { noServerWebSocket } from "@/lib/noServerWebSocket.ts";
 import { devSignIn, supabaseConfig } from "@/lib/server/config.ts";
 import { sessionCookieOptions } from "@/lib/server/session.ts";
 
-class NoServerWebSocket {
-  constructor() {
-    throw new Error("the readsync web server does not open Realtime connections");
-  }
-}
-
 export async function proxy(request: NextRequest) {
+  // Next.js decodes a dynamic segment before any page code runs and answers a plain 500 when it is
+  // not valid percent-encoded UTF-8 (`/series/%FF`): refuse such an address here, as what it is.
+  if (!isDecodable(request.nextUrl.pathname)) {
+    return new NextResponse("Bad request: the address is not valid percent-encoded UTF-8.\n", {
+      status: 400,
+      headers: { "content-type": "text/plain; charset=utf-8" },
+    });
+  }
   if (devSignIn().enabled) return NextResponse.next({ request });
   let response = NextResponse.next({ request });
   const { supabaseUrl, anonKey } = supabaseConfig();
@@ -29,10 +32,19 @@ export async function proxy(request: NextRequest) {
         for (const [name, value] of Object.entries(headers ?? {})) response.headers.set(name, value);
       },
     },
-    realtime: { transport: NoServerWebSocket as unknown as typeof WebSocket },
+    realtime: { transport: noServerWebSocket },
   });
   await supabase.auth.getUser();
   return response;
+}
+
+function isDecodable(pathname: string): boolean {
+  try {
+    decodeURIComponent(pathname);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 // Everything but Next's own assets: a series id may end in ".png" or ".js" (ids allow dots), and a

@@ -55,6 +55,7 @@ const TESTS = [
   "the server sends signed-out requests to sign-in and sign-out ends the session",
   "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
   "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out, sign-out ends this browser only",
+  "no page can be framed by another site, and a malformed address is a 400, not a server error",
   "no device had a script error (hydration included)",
 ];
 
@@ -794,6 +795,31 @@ async function main() {
       },
       {
         name: TESTS[10],
+        fn: async () => {
+          // Clickjacking: another site must not show the reader's pages (their buttons) in a frame.
+          for (const route of ["/sign-in", "/", "/no-such-page"]) {
+            const response = await fetch(`${webUrl}${route}`, { redirect: "manual" });
+            await response.arrayBuffer();
+            assertEqual(response.headers.get("x-frame-options"), "DENY", `${route}: X-Frame-Options`);
+            assertEqual(
+              response.headers.get("content-security-policy"),
+              "frame-ancestors 'none'",
+              `${route}: Content-Security-Policy`,
+            );
+            assertEqual(response.headers.get("x-content-type-options"), "nosniff", `${route}: nosniff`);
+            assertEqual(response.headers.get("referrer-policy"), "same-origin", `${route}: Referrer-Policy`);
+          }
+          // Not valid percent-encoded UTF-8 (Next.js itself answered a plain 500 for a series id).
+          for (const route of ["/series/%FF", "/series/a%E0%A4%A", "/%FF"]) {
+            const response = await fetch(`${webUrl}${route}`, { redirect: "manual" });
+            const text = await response.text();
+            assertEqual(response.status, 400, `${route}: status`);
+            assert(text.includes("not valid percent-encoded UTF-8"), `${route}: says why`);
+          }
+        },
+      },
+      {
+        name: TESTS[11],
         fn: () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },

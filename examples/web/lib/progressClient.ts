@@ -6,18 +6,12 @@
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { createProgressApi, type ProgressApiOptions, NetworkError, ProgressApiError, ServiceUnavailableError, ValidationError } from "@shared/progress/api.ts";
 import type { Database } from "@shared/database.types.ts";
+import { noServerWebSocket } from "./noServerWebSocket.ts";
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { type Progress, PROGRESS_LIMITS } from "@shared/progress/types.ts";
 
 export type { Progress };
 export type ProgressApi = ReturnType<typeof createProgressApi>;
-
-/** realtime-js refuses to construct on Node 20 without a WebSocket; the web server never opens one. */
-class NoServerWebSocket {
-  constructor() {
-    throw new Error("the readsync web server does not open Realtime connections");
-  }
-}
 
 /**
  * A supabase-js client whose every request (functions and Realtime) carries the user's current
@@ -33,7 +27,7 @@ export function userClient(options: {
 }): SupabaseClient<Database> {
   return createClient<Database>(options.supabaseUrl, options.anonKey, {
     accessToken: options.accessToken,
-    ...(options.server ? { realtime: { transport: NoServerWebSocket as unknown as typeof WebSocket } } : {}),
+    ...(options.server ? { realtime: { transport: noServerWebSocket } } : {}),
   });
 }
 

@@ -11,6 +11,7 @@
 import { createServerClient } from "@supabase/ssr";
 import { cookies } from "next/headers";
 import { cache } from "react";
+import { noServerWebSocket } from "../noServerWebSocket.ts";
 import { devSignIn, siteUrl, supabaseConfig } from "./config.ts";
 import { DEV_SESSION_COOKIE, verifyDevAccessToken } from "./devAuth.ts";
 
@@ -21,13 +22,6 @@ export interface Session {
   accessToken: string;
   /** Seconds since the epoch. */
   expiresAt: number;
-}
-
-/** realtime-js refuses to construct on Node 20 without a WebSocket; the server never opens one. */
-class NoServerWebSocket {
-  constructor() {
-    throw new Error("the readsync web server does not open Realtime connections");
-  }
 }
 
 /**
@@ -64,7 +58,7 @@ export async function supabaseServerClient() {
         }
       },
     },
-    realtime: { transport: NoServerWebSocket as unknown as typeof WebSocket },
+    realtime: { transport: noServerWebSocket },
   });
 }
 

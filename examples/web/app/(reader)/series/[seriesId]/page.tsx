@@ -9,10 +9,19 @@ const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 export default async function SeriesPage({ params }: { params: Promise<{ seriesId: string }> }) {
   const { seriesId: raw } = await params;
-  const seriesId = decodeURIComponent(raw);
-  if (!SERIES_ID.test(seriesId)) notFound();
+  const seriesId = decodedSegment(raw);
+  if (seriesId === null || !SERIES_ID.test(seriesId)) notFound();
   const session = await getSession();
   if (!session) redirect("/sign-in");
   const row = await loadSeries(session.accessToken, seriesId);
   return <SeriesEditor key={seriesId} seriesId={seriesId} initialRow={row} />;
+}
+
+/** The route segment as text, or null when it is not valid percent-encoded UTF-8 (`/series/%FF`). */
+function decodedSegment(raw: string): string | null {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return null; // a URIError here was a 500; such an address names no series
+  }
 }
