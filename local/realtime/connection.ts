@@ -16,7 +16,7 @@ import {
 } from "./protocol.ts";
 
 /** Supabase re-confirms a channel's token at least this often (its read policy only on join / access_token). */
-const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
+export const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
 
 export interface ConnectionDeps {
   sql: postgres.Sql;
@@ -24,6 +24,8 @@ export interface ConnectionDeps {
   verifier: TokenVerifier;
   privateOnly: boolean;
   log: (fields: Record<string, unknown>) => void;
+  /** How often a channel's token is re-verified when it expires later (default: Supabase's 5 minutes). */
+  confirmTokenIntervalMs?: number;
 }
 
 export class Channel implements Subscriber {
@@ -314,7 +316,8 @@ export class Connection {
   #scheduleConfirm(channel: Channel): void {
     clearTimeout(channel.confirmTimer);
     const untilExpiry = channel.claims.exp * 1000 - Date.now();
-    const delay = Math.max(0, Math.min(CONFIRM_TOKEN_INTERVAL_MS, untilExpiry));
+    const interval = this.deps.confirmTokenIntervalMs ?? CONFIRM_TOKEN_INTERVAL_MS;
+    const delay = Math.max(0, Math.min(interval, untilExpiry));
     channel.confirmTimer = setTimeout(() => {
       channel.confirmTimer = undefined;
       this.#queue = this.#queue.then(() => this.#confirm(channel)).catch((error) => {
@@ -327,7 +330,9 @@ export class Connection {
     if (this.#closed || this.channels.get(channel.fullTopic) !== channel) return;
     const verified = await this.deps.verifier.verify(channel.accessToken);
     if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
-    if (this.channels.get(channel.fullTopic) === channel) this.#scheduleConfirm(channel);
+    if (this.channels.get(channel.fullTopic) !== channel) return;
+    this.deps.log({ event: "token_confirmed", topic: channel.fullTopic, exp: verified.claims.exp });
+    this.#scheduleConfirm(channel);
   }
 
   /** Supabase's shutdown_response: a `system` error message, then the channel closes. */

@@ -31,6 +31,12 @@ export interface RealtimeEndpointOptions {
    * client that stopped (a suspended device, a dead network path) is cut. 0 disables.
    */
   idleTimeoutMs?: number;
+  /**
+   * How often a joined channel's token is re-verified before its expiry (Supabase's confirm_token
+   * interval, 5 minutes; tests shorten it). The token only: the read policy is asked at join and on
+   * an access_token push, as on Supabase.
+   */
+  confirmTokenIntervalMs?: number;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
@@ -74,7 +80,14 @@ export async function createRealtimeEndpoint(
     throw error;
   }
   const verifier = new TokenVerifier(ctx.jwtSecret);
-  const deps = { sql, hub, verifier, privateOnly: options.privateOnly ?? false, log };
+  const deps = {
+    sql,
+    hub,
+    verifier,
+    privateOnly: options.privateOnly ?? false,
+    log,
+    confirmTokenIntervalMs: options.confirmTokenIntervalMs,
+  };
   const connections = new Set<Connection>();
   let closed = false;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;

@@ -2,6 +2,7 @@
 // WebSocket: RLS on realtime.messages decides (migration 012), the endpoint only asks it.
 
 import assert from "node:assert/strict";
+import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
 import {
@@ -10,6 +11,7 @@ import {
   joinChannel,
   newClient,
   noSanitize,
+  sleep,
   waitFor,
   writeProgress,
   writeThroughApi,
@@ -21,10 +23,10 @@ const topicOf = (userId: string) => `progress:${userId}`;
  * A bare Phoenix socket (vsn 2.0.0) on the stack's Realtime endpoint, for what supabase-js never
  * sends: text frames are kept parsed, binary (broadcast) frames counted.
  */
-async function rawSocket() {
+async function rawSocket(baseUrl = testEnv().url) {
   const env = testEnv();
   const ws = new WebSocket(
-    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+    `${baseUrl.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
   );
   ws.binaryType = "arraybuffer";
   const socket = {
@@ -455,6 +457,72 @@ Deno.test(
       await waitFor("the broadcast on the kept channel", () => socket.binaryFrames === 1);
     } finally {
       ws.close();
+      await sql.end();
+    }
+  },
+);
+
+Deno.test(
+  {
+    name:
+      "realtime auth: the periodic token confirm does not ask the read policy again; an access_token push does",
+    ...noSanitize,
+  },
+  async () => {
+    // Supabase's confirm_token (every 5 minutes, and at expiry) re-verifies the channel's token only;
+    // the read policy decides at join and on an access_token push. A policy that stops allowing
+    // (here: it allows until a deadline) leaves a joined channel open until the next push. The
+    // endpoint runs on its own port with a 150 ms confirm interval, so the confirm runs several
+    // times after the deadline (each logged as token_confirmed).
+    const env = testEnv();
+    const sql = adminSql({ max: 1 });
+    const a = await createTestUser();
+    const logs: Record<string, unknown>[] = [];
+    const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+      confirmTokenIntervalMs: 150,
+      log: (fields) => logs.push(fields),
+    });
+    const subTopic = `confirm-probe:${a.id}`;
+    const topic = `realtime:${subTopic}`;
+    const [{ deadline }] = await sql<{ deadline: Date }[]>`select now() + interval '1500 ms' as deadline`;
+    await sql`drop policy if exists test_confirm_deadline on realtime.messages`;
+    await sql.unsafe(`
+      create policy test_confirm_deadline on realtime.messages for select to authenticated using (
+        (select realtime.topic()) = 'confirm-probe:' || (select auth.uid())::text
+        and statement_timestamp() < '${deadline.toISOString()}'::timestamptz
+      )`);
+    const socket = await rawSocket(server.url);
+    const { ws, text, replyTo } = socket;
+    try {
+      ws.send(JSON.stringify(["1", "1", topic, "phx_join", {
+        config: { private: true },
+        access_token: a.accessToken,
+      }]));
+      await replyTo("1");
+      assert.equal((text.find((m) => m[1] === "1")?.[4] as { status: string }).status, "ok");
+
+      // Past the deadline, the policy would refuse; the confirms keep running and keep the channel.
+      const confirmsAfterDeadline = () =>
+        logs.filter((l) => l.event === "token_confirmed" && l.topic === topic).length;
+      await sleep(Math.max(0, deadline.getTime() - Date.now()) + 100);
+      const before = confirmsAfterDeadline();
+      await waitFor("three token confirms after the deadline", () => confirmsAfterDeadline() >= before + 3);
+      assert.deepEqual(text.filter((m) => m[3] === "system" || m[3] === "phx_close"), []);
+      await sql`select realtime.send(${sql.json({ n: 1 })}::jsonb, 'probe', ${subTopic}, true)`;
+      await waitFor("the broadcast on the still-joined channel", () => socket.binaryFrames === 1);
+
+      // A new token is a new authorization: the policy is asked and refuses now.
+      ws.send(JSON.stringify(["1", null, topic, "access_token", {
+        access_token: await a.newAccessToken(3_600),
+      }]));
+      await waitFor("the channel to close", () => text.some((m) => m[3] === "phx_close"));
+      const system = text.find((m) => m[3] === "system")?.[4] as { status: string; message: string };
+      assert.equal(system.status, "error");
+      assert.match(system.message, /permissions to read from this Channel topic/);
+    } finally {
+      ws.close();
+      await server.close();
+      await sql`drop policy if exists test_confirm_deadline on realtime.messages`;
       await sql.end();
     }
   },
