@@ -4,12 +4,12 @@
 // with 1, 100 and 1,000 subscribed devices. Device B runs in this process; the other N - 1 devices
 // run in a separate process (bench/lib/crowd.ts), which also reports when the last of them got each
 // update ("all devices"); then the largest N once more as N devices of N different users. Baseline
-// (same run): the update call's own latency (A's POST round trip).
+// (same run): the update call's own latency (A's POST round trip). Floor (same run): the largest
+// one-topic fan-out again, the same devices joined to a bare WebSocket server (bench/lib/wsfloor.ts).
 
 import { createClient } from "@supabase/supabase-js";
 import { benchUserTokens } from "../lib/db.ts";
 import { Histogram } from "../lib/histogram.ts";
-import { loopbackFanoutFloor } from "../lib/loopback.ts";
 import { ratio, type Row, type SectionResult } from "../lib/report.ts";
 import type { Ctx } from "./context.ts";
 
@@ -17,37 +17,22 @@ const USER = 0x400001;
 const ROOT = new URL("../../", import.meta.url).pathname;
 const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** About the size of one progress broadcast frame (vsn 2.0.0 binary: topic, event, meta, JSON payload). */
-const FLOOR_FRAME_BYTES = 900;
 
 interface Crowd {
   report(): Promise<{ entries: [number, { n: number; last: number }][]; mismatches: number }>;
   stop(): Promise<void>;
 }
 
-async function startCrowd(ctx: Ctx, assignments: { token: string; topic: string }[]): Promise<Crowd> {
-  const count = assignments.length;
-  const assignmentsFile = await Deno.makeTempFile({ prefix: "readsync-bench-crowd-", suffix: ".json" });
-  await Deno.writeTextFile(assignmentsFile, JSON.stringify(assignments));
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}bench/lib/crowd.ts`],
-    cwd: ROOT,
-    env: {
-      BENCH_CROWD: JSON.stringify({
-        wsUrl: `${
-          ctx.stack.apiUrl.replace(/^http/, "ws")
-        }/realtime/v1/websocket?apikey=${ctx.stack.anonKey}&vsn=2.0.0`,
-        assignmentsFile,
-      }),
-    },
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+/** The Phoenix WebSocket URL under an API URL (the local stack's, or the WebSocket floor's). */
+function realtimeWsUrl(apiUrl: string, anonKey: string): string {
+  return `${apiUrl.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${anonKey}&vsn=2.0.0`;
+}
+
+/** Reads `<prefix> ...` lines from a child's stdout. */
+function lineReader(stdout: ReadableStream<Uint8Array>) {
+  const reader = stdout.pipeThrough(new TextDecoderStream()).getReader();
   let buffered = "";
-  const nextLine = async (prefixes: string[]): Promise<string> => {
+  return async (prefixes: string[]): Promise<string> => {
     for (;;) {
       const newline = buffered.indexOf("\n");
       if (newline >= 0) {
@@ -57,10 +42,28 @@ async function startCrowd(ctx: Ctx, assignments: { token: string; topic: string 
         continue;
       }
       const { value, done } = await reader.read();
-      if (done) throw new Error("the crowd process ended early");
+      if (done) throw new Error("the child process ended early");
       buffered += value;
     }
   };
+}
+
+async function startCrowd(wsUrl: string, assignments: { token: string; topic: string }[]): Promise<Crowd> {
+  const count = assignments.length;
+  const assignmentsFile = await Deno.makeTempFile({ prefix: "readsync-bench-crowd-", suffix: ".json" });
+  await Deno.writeTextFile(assignmentsFile, JSON.stringify(assignments));
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}bench/lib/crowd.ts`],
+    cwd: ROOT,
+    env: {
+      BENCH_CROWD: JSON.stringify({ wsUrl, assignmentsFile }),
+    },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  const nextLine = lineReader(child.stdout);
   const stop = async () => {
     await writer.close().catch(() => {});
     const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
@@ -117,8 +120,10 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
   const arrivals = new Map<number, number>();
   const arrivalsFirst = new Map<number, number>();
   const waiters = new Map<number, () => void>();
-  const joinDevice = async (into: Map<number, number>, wake: boolean) => {
-    const device = createClient(stack.apiUrl, stack.anonKey, {
+  // The last broadcast B received (event and payload): the WebSocket floor sends the same shape.
+  let sample: { event: string; payload: { record?: Record<string, unknown> } } | null = null;
+  const joinDevice = async (into: Map<number, number>, wake: boolean, apiUrl = stack.apiUrl) => {
+    const device = createClient(apiUrl, stack.anonKey, {
       accessToken: () => Promise.resolve(user.token),
       realtime: { timeout: 30_000 },
     });
@@ -129,7 +134,10 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
           const at = now();
           const chapter = Number((m.payload as { record?: { chapter?: unknown } })?.record?.chapter);
           into.set(chapter, at);
-          if (wake) waiters.get(chapter)?.();
+          if (wake) {
+            sample = { event: m.event, payload: m.payload as { record?: Record<string, unknown> } };
+            waiters.get(chapter)?.();
+          }
         })
         .subscribe((status, error) => {
           if (status === "SUBSCRIBED") resolve();
@@ -167,7 +175,9 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       ? (await benchUserTokens(ctx.sql, stack.jwtSecret, USER + 1, USER + devices - 1))
         .map((u) => ({ token: u.token, topic: `progress:${u.id}` }))
       : Array.from({ length: Math.max(0, devices - 2) }, () => ({ token: user.token, topic }));
-    const crowd = others.length > 0 ? await startCrowd(ctx, others) : null;
+    const crowd = others.length > 0
+      ? await startCrowd(realtimeWsUrl(stack.apiUrl, stack.anonKey), others)
+      : null;
     const joinMs = performance.now() - t;
     let leaveB: (() => Promise<void>) | null = null;
     try {
@@ -328,38 +338,62 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       await leaveFirst?.();
     }
   }
-  // The floor under the largest same-topic fan-out: the same number of loopback writes, no endpoint.
-  const bLast = (details[`n${maxDevices}`] as { deviceBFromReturn?: { p50: number } } | undefined)
-    ?.deviceBFromReturn?.p50;
-  if (maxDevices >= 100 && bLast !== undefined) {
-    const rounds = 20;
+  const bLastSummary =
+    (details[`n${maxDevices}`] as { deviceBFromReturn?: { p50: number; p99: number } } | undefined)
+      ?.deviceBFromReturn;
+
+  // The WebSocket floor under the largest same-topic fan-out: the same devices in the same places
+  // (a first supabase-js device, N - 2 crowd sockets in their own process, B last), joined to a bare
+  // WebSocket server in its own process (bench/lib/wsfloor.ts) that sends the same frame on request.
+  if (maxDevices > 2 && bLastSummary !== undefined && sample !== null) {
     try {
-      const times = await loopbackFanoutFloor(maxDevices, FLOOR_FRAME_BYTES, rounds);
-      const floor = new Histogram();
-      for (const ms of times) floor.recordMs(ms);
-      const p50 = floor.summaryMs().p50;
-      details.loopbackFloorMs = times;
-      section.rows.push({
-        metric:
-          `  floor: one ${FLOOR_FRAME_BYTES}-byte write to each of ${maxDevices} loopback TCP sockets ` +
-          `(Deno, no WebSocket, no endpoint), p50 of ${rounds} rounds`,
-        value: p50,
-        unit: "ms",
-        baseline: bLast,
-        baselineLabel: `B p50, ${maxDevices} subscribed devices`,
-        ratio: ratio(p50, bLast),
-      });
+      const floor = await measureWebSocketFloor(maxDevices, sample);
+      details.webSocketFloor = floor;
+      ctx.log(
+        `propagation floor n=${maxDevices}: B p50 ${floor.deviceB.p50} p99 ${floor.deviceB.p99} ms after the send ` +
+          `loop starts; first-joined p50 ${floor.firstJoined.p50} ms; ${floor.lost} lost, ${floor.incomplete} incomplete`,
+      );
+      const label = `bare WebSocket server, ${maxDevices} subscribed devices (bench/lib/wsfloor.ts)`;
+      section.rows.push(
+        {
+          metric: `  floor: B p50 from the send loop's start, ${label}`,
+          value: floor.deviceB.p50,
+          unit: "ms",
+          baseline: bLastSummary.p50,
+          baselineLabel: `B p50, ${maxDevices} subscribed devices`,
+          ratio: ratio(floor.deviceB.p50, bLastSummary.p50),
+        },
+        {
+          metric: `  floor: B p99 from the send loop's start, ${label}`,
+          value: floor.deviceB.p99,
+          unit: "ms",
+          baseline: bLastSummary.p99,
+          baselineLabel: `B p99, ${maxDevices} subscribed devices`,
+          ratio: ratio(floor.deviceB.p99, bLastSummary.p99),
+        },
+        {
+          metric: `  floor: first-joined device p50 from the send loop's start, ${label}`,
+          value: floor.firstJoined.p50,
+          unit: "ms",
+        },
+      );
       section.notes.push(
-        `Floor row: the same number of socket writes from the same runtime with nothing else to do ` +
-          "(bench/lib/loopback.ts: one write per socket, all awaited together; receivers idle until the round ends). " +
-          "Ratio = floor ÷ device B's p50 (B is served last): about 1 means the fan-out costs what the writes alone " +
-          "cost; it can exceed 1, since awaiting every write adds a promise per socket that WebSocket.send does not. " +
-          "A broadcast frame of a progress row is about this size.",
+        `WebSocket floor rows: the same ${maxDevices} devices (a first supabase-js client, ${
+          maxDevices - 2
+        } crowd ` +
+          "sockets in their own process, B's supabase-js client joined last) on a bare WebSocket server in its " +
+          "own process (Deno.serve + upgradeWebSocket like the endpoint; no database, WAL, token checks or channel " +
+          "bookkeeping) that sends the same frame (B's last broadcast, the endpoint's encoder) to every socket in " +
+          "join order. Measured from just before its send loop, so it leaves out everything before the fan-out " +
+          "(commit, WAL, the endpoint learning of the row) that B's figure includes. Ratio = floor ÷ device B's " +
+          `figure on the endpoint; ${floor.lost} of ${opts.propagationUpdates} sends never reached B, ` +
+          `${floor.incomplete} did not reach every crowd socket.`,
       );
     } catch (error) {
-      section.notes.push(`Floor row not measured: ${error instanceof Error ? error.message : error}`);
+      section.notes.push(`WebSocket floor not measured: ${error instanceof Error ? error.message : error}`);
     }
   }
+
   section.notes.push(
     `${opts.propagationUpdates} updates per device count (after 3 warm-up updates), one at a time (10 ms apart): A's ` +
       "POST /functions/v1/progress, then wait for B's handler. Times are epoch-based high-resolution clocks " +
@@ -377,4 +411,88 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
   );
   section.details = details;
   return section;
+
+  async function measureWebSocketFloor(
+    devices: number,
+    shape: { event: string; payload: { record?: Record<string, unknown> } },
+  ) {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${ROOT}bench/lib/wsfloor.ts`],
+      cwd: ROOT,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const stdin = child.stdin.getWriter();
+    let crowd: Crowd | null = null;
+    let leaveFirst: (() => Promise<void>) | null = null;
+    let leaveB: (() => Promise<void>) | null = null;
+    try {
+      const ready = await lineReader(child.stdout)(["FLOOR_READY "]);
+      const floorUrl = `http://127.0.0.1:${Number(ready.slice("FLOOR_READY ".length))}`;
+      const floorArrivals = new Map<number, number>();
+      const floorFirst = new Map<number, number>();
+      leaveFirst = await joinDevice(floorFirst, false, floorUrl);
+      crowd = await startCrowd(
+        realtimeWsUrl(floorUrl, stack.anonKey),
+        Array.from({ length: devices - 2 }, () => ({ token: user.token, topic })),
+      );
+      leaveB = await joinDevice(floorArrivals, true, floorUrl);
+      const deviceB = new Histogram();
+      const firstJoined = new Histogram();
+      const sent = new Map<number, number>();
+      let lost = 0;
+      const warmup = 3;
+      for (let i = 0; i < opts.propagationUpdates + warmup; i++) {
+        const chapter = base + i;
+        const delivered = new Promise<boolean>((resolve) => {
+          const timer = setTimeout(() => resolve(false), 10_000);
+          waiters.set(chapter, () => {
+            clearTimeout(timer);
+            resolve(true);
+          });
+        });
+        const res = await fetch(`${floorUrl}/send`, {
+          method: "POST",
+          body: JSON.stringify({
+            topic,
+            event: shape.event,
+            payload: { ...shape.payload, record: { ...shape.payload.record, chapter } },
+          }),
+        });
+        const { t0, sockets } = await res.json() as { t0: number; sockets: number };
+        if (sockets !== devices) {
+          throw new Error(`the floor server sent to ${sockets} sockets, not ${devices}`);
+        }
+        const ok = await delivered;
+        waiters.delete(chapter);
+        if (i < warmup) continue;
+        if (!ok) {
+          lost++;
+          continue;
+        }
+        sent.set(chapter, t0);
+        deviceB.recordMs(floorArrivals.get(chapter)! - t0);
+        const first = floorFirst.get(chapter);
+        if (first !== undefined) firstJoined.recordMs(first - t0);
+        await sleep(10);
+      }
+      base += 1000;
+      let incomplete = sent.size;
+      for (let attempt = 0; attempt < 40 && incomplete > 0; attempt++) {
+        const byChapter = new Map((await crowd.report()).entries);
+        incomplete = [...sent.keys()].filter((c) => (byChapter.get(c)?.n ?? 0) < devices - 2).length;
+        if (incomplete > 0) await sleep(250);
+      }
+      return { deviceB: deviceB.summaryMs(), firstJoined: firstJoined.summaryMs(), lost, incomplete };
+    } finally {
+      await leaveB?.();
+      await crowd?.stop();
+      await leaveFirst?.();
+      await stdin.close().catch(() => {});
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await child.status;
+      clearTimeout(timer);
+    }
+  }
 }
