@@ -101,7 +101,10 @@ export function consoleTable(report: Report): string {
 export function markdown(report: Report): string {
   const m = report.machine;
   const out: string[] = [];
-  out.push(`Run finished ${report.date} with \`${report.command}\` (${report.durationSeconds ?? "?"} s).`, "");
+  out.push(
+    `Run finished ${report.date} with \`${report.command}\` (${report.durationSeconds ?? "?"} s).`,
+    "",
+  );
   if (m) {
     out.push(
       `Machine: ${m.nproc} CPU (${m.cpu}), ${m.memoryGiB} GiB RAM, Linux ${m.kernel}, ${m.pgVersion}, Deno ${m.deno}; ` +
