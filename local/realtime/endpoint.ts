@@ -220,7 +220,17 @@ export async function createRealtimeEndpoint(
       if (url.pathname === "/realtime/v1/websocket" || url.pathname === "/realtime/v1/websocket/") {
         return await upgrade(req, url);
       }
-      if (url.pathname.startsWith("/realtime/v1/api/broadcast")) return await restBroadcast(req, url);
+      if (url.pathname.startsWith("/realtime/v1/api/")) {
+        // Supabase's gateway (Kong's cors plugin on the realtime-v1-rest route) answers preflights
+        // itself and marks every answer of these routes readable by any origin: a browser falls back
+        // to them (realtime-js send() before the join, httpSend()).
+        if (req.method === "OPTIONS") return corsPreflight(req);
+        const response = url.pathname.startsWith("/realtime/v1/api/broadcast")
+          ? await restBroadcast(req, url)
+          : json(404, { error: { code: "not_found", message: `No Realtime route at ${url.pathname}` } });
+        response.headers.set("access-control-allow-origin", "*");
+        return response;
+      }
       return json(404, { error: { code: "not_found", message: `No Realtime route at ${url.pathname}` } });
     },
     stats(): RealtimeEndpointStats {
@@ -238,6 +248,17 @@ export async function createRealtimeEndpoint(
       await sql.end({ timeout: 2 });
     },
   };
+}
+
+/** Kong's cors plugin with its defaults (any origin, the requested headers, no credentials). */
+function corsPreflight(req: Request): Response {
+  const headers = new Headers({
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "GET,HEAD,PUT,PATCH,POST,DELETE,OPTIONS,TRACE,CONNECT",
+  });
+  const requested = req.headers.get("access-control-request-headers");
+  if (requested) headers.set("access-control-allow-headers", requested);
+  return new Response(null, { status: 200, headers });
 }
 
 /**

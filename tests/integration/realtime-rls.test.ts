@@ -430,6 +430,65 @@ Deno.test(
 
 Deno.test(
   {
+    name: "realtime REST: browsers may call the broadcast routes from any origin (the gateway's CORS)",
+    ...noSanitize,
+  },
+  async () => {
+    // realtime-js falls back to these routes from a browser (send() before the join, httpSend()),
+    // so on Supabase the gateway answers the preflight and marks every answer readable by any
+    // origin, refusals included (a page must be able to read why it was refused).
+    const env = testEnv();
+    const a = await createTestUser();
+    const origin = "http://localhost:3000";
+    const path = `/realtime/v1/api/broadcast/${encodeURIComponent(topicOf(a.id))}/events/UPDATE?private=true`;
+    const preflight = await fetch(`${env.url}${path}`, {
+      method: "OPTIONS",
+      headers: {
+        origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "apikey,authorization,content-type,x-client-info",
+      },
+    });
+    await preflight.arrayBuffer();
+    assert.ok(preflight.ok, `preflight status ${preflight.status}`);
+    assert.ok(
+      ["*", origin].includes(preflight.headers.get("access-control-allow-origin") ?? ""),
+      `allow-origin ${preflight.headers.get("access-control-allow-origin")}`,
+    );
+    assert.match(preflight.headers.get("access-control-allow-methods") ?? "", /POST/);
+    const allowedHeaders = (preflight.headers.get("access-control-allow-headers") ?? "").toLowerCase();
+    for (const header of ["apikey", "authorization", "content-type", "x-client-info"]) {
+      assert.ok(
+        allowedHeaders === "*" || allowedHeaders.split(/\s*,\s*/).includes(header),
+        `allows ${header}`,
+      );
+    }
+    // The answers themselves: a refusal (nobody may send on a private progress topic) and an
+    // accepted send on a public topic.
+    const publicPath = `/realtime/v1/api/broadcast/cors-probe-${crypto.randomUUID()}/events/ping`;
+    for (const [route, expected] of [[path, 403], [publicPath, 202]] as const) {
+      const res = await fetch(`${env.url}${route}`, {
+        method: "POST",
+        headers: {
+          origin,
+          apikey: env.anonKey,
+          authorization: `Bearer ${a.accessToken}`,
+          "content-type": "application/json",
+        },
+        body: JSON.stringify({ cors: true }),
+      });
+      await res.arrayBuffer();
+      assert.equal(res.status, expected);
+      assert.ok(
+        ["*", origin].includes(res.headers.get("access-control-allow-origin") ?? ""),
+        `${expected}: allow-origin ${res.headers.get("access-control-allow-origin")}`,
+      );
+    }
+  },
+);
+
+Deno.test(
+  {
     name: "realtime auth: an access_token push that is an API key or not a string is ignored (channel stays)",
     ...noSanitize,
   },
