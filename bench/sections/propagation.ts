@@ -85,6 +85,25 @@ async function startCrowd(wsUrl: string, assignments: { token: string; topic: st
   };
 }
 
+/**
+ * Asks the crowd until every one of `chapters` reached all `sockets` of it (up to 10 s): the last
+ * report by chapter, how many chapters some socket still lacked, and frames that arrived out of step.
+ */
+async function crowdCompletion(crowd: Crowd, chapters: number[], sockets: number) {
+  let byChapter = new Map<number, { n: number; last: number }>();
+  let incomplete = chapters.length;
+  let mismatches = 0;
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const answer = await crowd.report();
+    byChapter = new Map(answer.entries);
+    mismatches = answer.mismatches;
+    incomplete = chapters.filter((c) => (byChapter.get(c)?.n ?? 0) < sockets).length;
+    if (incomplete === 0) break;
+    await sleep(250);
+  }
+  return { byChapter, incomplete, mismatches };
+}
+
 export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
   const { stack, opts } = ctx;
   const [user] = await benchUserTokens(ctx.sql, stack.jwtSecret, USER, USER);
@@ -150,6 +169,21 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
     };
   };
 
+  /** Resolves true once a waking device (B) has run its handler for `chapter`, false after 10 s. */
+  const deliveryTo = (into: Map<number, number>, chapter: number) =>
+    new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        waiters.delete(chapter);
+        resolve(false);
+      }, 10_000);
+      waiters.set(chapter, () => {
+        clearTimeout(timer);
+        waiters.delete(chapter);
+        resolve(true);
+      });
+      if (into.has(chapter)) waiters.get(chapter)!();
+    });
+
   const section: SectionResult = {
     id: "propagation",
     title:
@@ -193,19 +227,11 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       const warmup = 3;
       for (let i = 0; i < opts.propagationUpdates + warmup; i++) {
         const chapter = base + i;
-        const delivered = new Promise<boolean>((resolve) => {
-          const timer = setTimeout(() => resolve(false), 10_000);
-          waiters.set(chapter, () => {
-            clearTimeout(timer);
-            resolve(true);
-          });
-          if (arrivals.has(chapter)) waiters.get(chapter)!();
-        });
+        const delivered = deliveryTo(arrivals, chapter);
         const t0 = now();
         await postUpdate(chapter);
         const t1 = now();
         const ok = await delivered;
-        waiters.delete(chapter);
         if (i < warmup) continue;
         if (!ok) {
           lost++;
@@ -223,17 +249,10 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       let incomplete = 0;
       let crowdMismatches = 0;
       if (crowd && !spread) {
-        let report: [number, { n: number; last: number }][] = [];
-        for (let attempt = 0; attempt < 40; attempt++) {
-          const answer = await crowd.report();
-          report = answer.entries;
-          crowdMismatches = answer.mismatches;
-          const byChapter = new Map(report);
-          incomplete = [...returned.keys()].filter((c) => (byChapter.get(c)?.n ?? 0) < devices - 2).length;
-          if (incomplete === 0) break;
-          await sleep(250);
-        }
-        const byChapter = new Map(report);
+        const answer = await crowdCompletion(crowd, [...returned.keys()], devices - 2);
+        incomplete = answer.incomplete;
+        crowdMismatches = answer.mismatches;
+        const byChapter = answer.byChapter;
         for (const [chapter, t1] of returned) {
           const entry = byChapter.get(chapter);
           const first = arrivalsFirst.get(chapter);
@@ -445,13 +464,7 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       const warmup = 3;
       for (let i = 0; i < opts.propagationUpdates + warmup; i++) {
         const chapter = base + i;
-        const delivered = new Promise<boolean>((resolve) => {
-          const timer = setTimeout(() => resolve(false), 10_000);
-          waiters.set(chapter, () => {
-            clearTimeout(timer);
-            resolve(true);
-          });
-        });
+        const delivered = deliveryTo(floorArrivals, chapter);
         const res = await fetch(`${floorUrl}/send`, {
           method: "POST",
           body: JSON.stringify({
@@ -465,7 +478,6 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
           throw new Error(`the floor server sent to ${sockets} sockets, not ${devices}`);
         }
         const ok = await delivered;
-        waiters.delete(chapter);
         if (i < warmup) continue;
         if (!ok) {
           lost++;
@@ -478,12 +490,7 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
         await sleep(10);
       }
       base += 1000;
-      let incomplete = sent.size;
-      for (let attempt = 0; attempt < 40 && incomplete > 0; attempt++) {
-        const byChapter = new Map((await crowd.report()).entries);
-        incomplete = [...sent.keys()].filter((c) => (byChapter.get(c)?.n ?? 0) < devices - 2).length;
-        if (incomplete > 0) await sleep(250);
-      }
+      const { incomplete } = await crowdCompletion(crowd, [...sent.keys()], devices - 2);
       return { deviceB: deviceB.summaryMs(), firstJoined: firstJoined.summaryMs(), lost, incomplete };
     } finally {
       await leaveB?.();
