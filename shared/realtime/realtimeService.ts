@@ -4,7 +4,9 @@
 //   subscribeToProgress(userId, handler)  joins the private Broadcast channel `progress:<userId>`
 //                                         (RLS on realtime.messages decides who may), then catches
 //                                         up with changesSince(cursor); every change reaches the
-//                                         handler once, in last-write-wins order per series.
+//                                         handler once, in last-write-wins order per series (a
+//                                         catch-up or poll reads each series' current row, so
+//                                         versions superseded during a gap arrive as the newest).
 //   status / onStatus                     connecting -> live; polling while Realtime is down and
 //                                         the API answers; offline when neither does.
 //   reconnect                             capped exponential backoff with full jitter per user
@@ -18,7 +20,9 @@
 //                                         aborts the call in flight.
 //   auth                                  follows supabase.auth TOKEN_REFRESHED / SIGNED_IN, or an
 //                                         explicit setAccessToken(); a channel the server closed
-//                                         because its token expired is rejoined at once with a new one.
+//                                         because its token expired is rejoined at once with a new one,
+//                                         and a token set while a join is in flight is sent on the
+//                                         channel once joined (realtime-js only sends it to joined ones).
 //   cleanup                               unsubscribe releases the channel, timers and listeners;
 //                                         stats() counts what is held so tests can prove it.
 //
@@ -512,6 +516,9 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   }
 }
 
+/** Refs of the access_token messages the service sends itself (no reply is expected). */
+let tokenSends = 0;
+
 /** Everything the service runs for one user: the channel, the catch-up, polling and retries. */
 class UserLink<Row extends LwwRow> {
   readonly topic: string;
@@ -523,6 +530,8 @@ class UserLink<Row extends LwwRow> {
   /** Bumped whenever the current channel is abandoned: callbacks of older channels are ignored. */
   #generation = 0;
   #channel: RealtimeChannel | null = null;
+  /** The Realtime client's token when the current channel's join was sent: the one the server holds. */
+  #joinToken: string | null = null;
   #joined = false;
   #caughtUp = false;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -632,11 +641,12 @@ class UserLink<Row extends LwwRow> {
         this.#log(payload?.status === "error" ? "warn" : "info", "system_message", {
           message: payload?.message,
         });
-      })
-      .subscribe(
-        (state, error) => this.#onChannelState(generation, state, error),
-        this.service.options.joinTimeoutMs,
-      );
+      });
+    this.#joinToken = client.realtime.accessTokenValue;
+    channel.subscribe(
+      (state, error) => this.#onChannelState(generation, state, error),
+      this.service.options.joinTimeoutMs,
+    );
   }
 
   #onChannelState(generation: number, state: string, error?: Error): void {
@@ -645,11 +655,35 @@ class UserLink<Row extends LwwRow> {
       this.#joined = true;
       this.#caughtUp = false;
       this.#log("info", "joined", {});
+      if (this.#channel) this.#sendTokenIfChangedSinceJoin(this.#channel);
       void this.#catchUp(generation);
       return;
     }
     // CHANNEL_ERROR (refused join, dropped socket), TIMED_OUT, or CLOSED by the server (expired token).
     this.#fail(generation, `${state}${error ? `: ${error.message}` : ""}`);
+  }
+
+  /**
+   * realtime-js sends a new token only to channels already joined (RealtimeClient.setAuth): one set
+   * while this channel's join was in flight never reached it, and the server would close the
+   * channel when the join's token expires (a flap, with polling until the rejoin). Send the current
+   * token on the channel now, as setAuth does for joined channels: Phoenix event `access_token`
+   * under the join's ref.
+   */
+  #sendTokenIfChangedSinceJoin(channel: RealtimeChannel): void {
+    const realtime = this.service.client.realtime;
+    const current = realtime.accessTokenValue;
+    const joinRef = channel.joinPush.ref;
+    if (!current || current === this.#joinToken || !joinRef) return;
+    realtime.push({
+      topic: channel.topic,
+      event: "access_token",
+      payload: { access_token: current },
+      ref: `readsync-access-token-${++tokenSends}`,
+      join_ref: joinRef,
+    });
+    this.#joinToken = current;
+    this.#log("info", "access_token_sent_after_join", {});
   }
 
   /** Realtime is unavailable: drop the channel, poll meanwhile, and retry after a jittered backoff. */
@@ -660,8 +694,12 @@ class UserLink<Row extends LwwRow> {
     this.#caughtUp = false;
     this.#releaseChannel();
     // A link that was live has attempt 0: its first retry is still jittered (never 0 for everyone
-    // at once, which is what a Realtime restart would otherwise cause across all devices).
-    const delay = fullJitterDelay(
+    // at once, which is what a Realtime restart would otherwise cause across all devices). A token
+    // that changed since the join (refused or closed for the old one) is retried at once: that is
+    // one device's refresh, not a crowd.
+    const current = this.service.client.realtime.accessTokenValue;
+    const tokenChanged = current !== null && current !== this.#joinToken;
+    const delay = tokenChanged ? 0 : fullJitterDelay(
       Math.max(1, this.#attempt),
       this.service.backoffOptions,
       this.service.random,

@@ -5,7 +5,8 @@
 
 import assert from "node:assert/strict";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
-import { adminSql, createTestUser } from "../support/env.ts";
+import { createClient } from "@supabase/supabase-js";
+import { adminSql, createTestUser, testEnv } from "../support/env.ts";
 import {
   newClient,
   noSanitize,
@@ -223,6 +224,91 @@ Deno.test({
 });
 
 /** A JWT's `exp` in epoch milliseconds. */
+Deno.test({
+  name:
+    "realtime auth: a token set while the join is in flight reaches the channel once joined (no flap at the old token's expiry)",
+  ...noSanitize,
+}, async () => {
+  // realtime-js's setAuth sends a new token only to channels already joined. A refresh that lands
+  // between phx_join (old token) and its reply left the server holding the old token: at its
+  // expiry the channel was closed and the device polled until it rejoined. The service now sends
+  // the current token on the channel once joined.
+  const env = testEnv();
+  const sql = adminSql();
+  const a = await createTestUser();
+  const topic = `realtime:progress:${a.id}`;
+  const oldToken = await a.newAccessToken(3); // exp is whole seconds: lives 2 to 3 s
+  const newToken = await a.newAccessToken(3_600);
+  const sent: { event: string; token?: string }[] = [];
+  const received: string[] = [];
+  let service: RealtimeService | null = null;
+  // A WebSocket that records the topic's frames and refreshes the token right after the first join.
+  class SpyWebSocket extends WebSocket {
+    constructor(url: string | URL, protocols?: ConstructorParameters<typeof WebSocket>[1]) {
+      super(url, protocols);
+      this.addEventListener("message", (e) => {
+        if (typeof e.data !== "string") return;
+        const [, , frameTopic, event] = JSON.parse(e.data);
+        if (frameTopic === topic) received.push(event);
+      });
+    }
+    override send(data: string | ArrayBufferLike | Blob | ArrayBufferView): void {
+      super.send(data);
+      if (typeof data !== "string") return;
+      const [, , frameTopic, event, payload] = JSON.parse(data);
+      if (frameTopic !== topic) return;
+      sent.push({ event, token: payload?.access_token });
+      if (event === "phx_join" && sent.filter((f) => f.event === "phx_join").length === 1) {
+        queueMicrotask(() => void service?.setAccessToken(newToken)); // long before the reply
+      }
+    }
+  }
+  const client = createClient(env.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    realtime: { transport: SpyWebSocket },
+  });
+  service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: oldToken,
+    pollIntervalMs: 200,
+  });
+  const changes: ProgressChange[] = [];
+  const statuses: string[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  subscription.onStatus((status) => statuses.push(status));
+  try {
+    await waitFor("live", () => subscription.status === "live");
+    assert.equal(
+      sent.find((f) => f.event === "phx_join")?.token,
+      oldToken,
+      "the join went out with the old token",
+    );
+    await waitFor(
+      "the new token on the joined channel",
+      () => sent.some((f) => f.event === "access_token" && f.token === newToken),
+    );
+    // Past the old token's expiry (and a confirm), the channel is still joined and live.
+    await sleep(Math.max(0, expiryMs(oldToken) - Date.now()) + 1_500);
+    await writeProgress(sql, a.id, { series_id: "after-expiry", chapter: 7, device_id: "phone" });
+    await waitFor(
+      "the write, live",
+      () => changes.some((c) => c.row.series_id === "after-expiry" && c.source === "realtime"),
+    );
+    assert.deepEqual(
+      received.filter((e) => e === "system" || e === "phx_close"),
+      [],
+      "the server closed nothing",
+    );
+    assert.equal(sent.filter((f) => f.event === "phx_join").length, 1, "joined once");
+    assert.ok(!statuses.slice(statuses.indexOf("live")).includes("connecting"), `statuses ${statuses}`);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
 function expiryMs(token: string): number {
   const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
   return payload.exp * 1000;
