@@ -239,34 +239,8 @@ Deno.test({
   const topic = `realtime:progress:${a.id}`;
   const oldToken = await a.newAccessToken(3); // exp is whole seconds: lives 2 to 3 s
   const newToken = await a.newAccessToken(3_600);
-  const sent: { event: string; token?: string }[] = [];
-  const received: string[] = [];
   let service: RealtimeService | null = null;
-  // A WebSocket that records the topic's frames and refreshes the token right after the first join.
-  class SpyWebSocket extends WebSocket {
-    constructor(url: string | URL, protocols?: ConstructorParameters<typeof WebSocket>[1]) {
-      super(url, protocols);
-      this.addEventListener("message", (e) => {
-        if (typeof e.data !== "string") return;
-        const [, , frameTopic, event] = JSON.parse(e.data);
-        if (frameTopic === topic) received.push(event);
-      });
-    }
-    override send(data: string | ArrayBufferLike | Blob | ArrayBufferView): void {
-      super.send(data);
-      if (typeof data !== "string") return;
-      const [, , frameTopic, event, payload] = JSON.parse(data);
-      if (frameTopic !== topic) return;
-      sent.push({ event, token: payload?.access_token });
-      if (event === "phx_join" && sent.filter((f) => f.event === "phx_join").length === 1) {
-        queueMicrotask(() => void service?.setAccessToken(newToken)); // long before the reply
-      }
-    }
-  }
-  const client = createClient(env.url, env.anonKey, {
-    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
-    realtime: { transport: SpyWebSocket },
-  });
+  const { client, sent, received } = spyingClient(topic, () => void service?.setAccessToken(newToken));
   service = new RealtimeService(client, {
     changesSince: sqlChangesSince(sql, a.id),
     accessToken: oldToken,
@@ -308,6 +282,81 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime auth: a join refused for a token replaced while it was in flight is retried at once, not after a backoff",
+  ...noSanitize,
+}, async () => {
+  // The join goes out with an expired token and the new one arrives before the refusal: the retry
+  // uses the new token right away. A backoff here (5 s at the least with these settings) would
+  // leave the device polling for nothing.
+  const sql = adminSql();
+  const a = await createTestUser();
+  const topic = `realtime:progress:${a.id}`;
+  const expired = await a.newAccessToken(-60);
+  const fresh = await a.newAccessToken(3_600);
+  let service: RealtimeService | null = null;
+  const { client, sent, received } = spyingClient(topic, () => void service?.setAccessToken(fresh));
+  service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: expired,
+    pollIntervalMs: 200,
+    backoff: { initialMs: 5_000, maxMs: 5_000 },
+    random: () => 0.999,
+  });
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  try {
+    const started = Date.now();
+    await waitFor("refused", () => received.includes("phx_reply") && sent.length >= 1);
+    await waitFor("live", () => subscription.status === "live", { timeoutMs: 4_000 });
+    assert.ok(Date.now() - started < 4_000);
+    const joins = sent.filter((f) => f.event === "phx_join");
+    assert.equal(joins[0].token, expired, "the first join carried the expired token");
+    assert.equal(joins.at(-1)?.token, fresh, "the retry carries the new one");
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+/**
+ * A supabase-js client whose Realtime socket records the topic's frames (sent: event and token;
+ * received: event) and calls `onFirstJoin` right after the first phx_join is sent, long before the
+ * reply (that needs a JWT check and an RLS query).
+ */
+function spyingClient(topic: string, onFirstJoin: () => void) {
+  const sent: { event: string; token?: string }[] = [];
+  const received: string[] = [];
+  class SpyWebSocket extends WebSocket {
+    constructor(url: string | URL, protocols?: ConstructorParameters<typeof WebSocket>[1]) {
+      super(url, protocols);
+      this.addEventListener("message", (e) => {
+        if (typeof e.data !== "string") return;
+        const [, , frameTopic, event] = JSON.parse(e.data);
+        if (frameTopic === topic) received.push(event);
+      });
+    }
+    override send(data: string | ArrayBufferLike | Blob | ArrayBufferView): void {
+      super.send(data);
+      if (typeof data !== "string") return;
+      const [, , frameTopic, event, payload] = JSON.parse(data);
+      if (frameTopic !== topic) return;
+      sent.push({ event, token: payload?.access_token });
+      if (event === "phx_join" && sent.filter((f) => f.event === "phx_join").length === 1) {
+        queueMicrotask(onFirstJoin);
+      }
+    }
+  }
+  const env = testEnv();
+  const client = createClient(env.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    realtime: { transport: SpyWebSocket },
+  });
+  return { client, sent, received };
+}
 
 function expiryMs(token: string): number {
   const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
