@@ -233,7 +233,6 @@ Deno.test({
   // between phx_join (old token) and its reply left the server holding the old token: at its
   // expiry the channel was closed and the device polled until it rejoined. The service now sends
   // the current token on the channel once joined.
-  const env = testEnv();
   const sql = adminSql();
   const a = await createTestUser();
   const topic = `realtime:progress:${a.id}`;
