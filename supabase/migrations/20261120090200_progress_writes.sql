@@ -119,6 +119,29 @@ create table if not exists public.reading_progress_conflicts (
     unique (user_id, series_id, losing_updated_at, losing_device_id, winning_updated_at, winning_device_id)
 );
 
+-- The losing side must be a version reading_progress itself could hold (its CHECKs, column by
+-- column): a refused write is logged before any of reading_progress's checks run (the stamp trigger
+-- skips the row, write_reading_progress returns early), so without this a stale write carrying a
+-- 100 kB device id, NaN or -infinity was stored in the log and shown to the user's devices. Such a
+-- write is now refused (23514) on every path instead of logged. Added NOT VALID: log rows written
+-- before this check stay readable; every new row is checked. Idempotent (re-runs skip it).
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_constraint
+                  where conname = 'reading_progress_conflicts_loser_valid'
+                    and conrelid = 'public.reading_progress_conflicts'::regclass) then
+    alter table public.reading_progress_conflicts add constraint reading_progress_conflicts_loser_valid check (
+      losing_device_id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$'
+      and losing_chapter between 0 and 100000
+      and losing_page between 0 and 1000000
+      and losing_percentage >= 0 and losing_percentage <= 1
+      and (not losing_cleared or (losing_chapter = 0 and losing_page = 0 and losing_percentage = 0))
+      and losing_updated_at >= '1970-01-01 00:00:00+00' and losing_updated_at < '10000-01-01 00:00:00+00'
+    ) not valid;
+  end if;
+end
+$$;
+
 comment on table public.reading_progress_conflicts is
   'Last-write-wins conflicts on reading_progress (stale writes rejected, same-millisecond ties), written only by write_reading_progress.';
 

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(26);
+select plan(31);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -222,6 +222,30 @@ select ok(
   (select updated_at between now() - interval '1 second' and now() + interval '1 second'
      from public.reading_progress where series_id = 'infinity'),
   'updated_at infinity is a clock ahead: recorded as now()');
+reset role;
+
+-- A refused write is logged before reading_progress's own checks could run, so the log checks its
+-- losing side the same way: a stale write that no row could hold is refused, not logged.
+set local role authenticated;
+select throws_ok(
+  $$update public.reading_progress set device_id = '<img src=x>' || repeat('x', 1000),
+           updated_at = now() - interval '30 days' where series_id = 'op'$$,
+  '23514', null, 'a stale direct UPDATE with an invalid device id is refused, not logged');
+select throws_ok(
+  $$update public.reading_progress set percentage = 'NaN', device_id = 'ereader',
+           updated_at = now() - interval '30 days' where series_id = 'op'$$,
+  '23514', null, 'a stale direct UPDATE with percentage NaN is refused');
+select throws_ok(
+  $$update public.reading_progress set chapter = -7, device_id = 'ereader',
+           updated_at = now() - interval '30 days' where series_id = 'op'$$,
+  '23514', null, 'a stale direct UPDATE with a negative chapter is refused');
+select throws_ok(
+  $$select public.write_reading_progress('op', 3, 1, 'Infinity', false, 'ereader', now() - interval '30 days')$$,
+  '23514', null, 'a stale write_reading_progress call with percentage Infinity is refused');
+select is(
+  (select count(*)::int from public.reading_progress_conflicts
+    where losing_updated_at < now() - interval '29 days'),
+  0, 'none of them reached the conflict log');
 reset role;
 
 select * from finish();
