@@ -6,12 +6,27 @@ export interface CorsOptions {
   /** Allowed origin: "*" (default) or a list; a listed origin is echoed back. */
   origins?: "*" | readonly string[];
   methods?: readonly string[];
-  /** Request headers a browser may send (supabase-js sends authorization, apikey, x-client-info). */
+  /** Request headers a browser may send (default: every header supabase-js 2.119 may send). */
   headers?: readonly string[];
   maxAgeSeconds?: number;
 }
 
-const DEFAULT_HEADERS = ["authorization", "apikey", "content-type", "x-client-info", "x-request-id"] as const;
+// supabase-js's own list (its `cors` module: SUPABASE_HEADERS: retries and trace propagation add
+// x-retry-count, traceparent, tracestate, baggage), functions-js's x-region (a client created with a
+// `region`), and our x-request-id. A header missing here fails the browser's preflight: every call
+// of such a client would end in a NetworkError.
+const DEFAULT_HEADERS = [
+  "authorization",
+  "apikey",
+  "content-type",
+  "x-client-info",
+  "x-retry-count",
+  "traceparent",
+  "tracestate",
+  "baggage",
+  "x-region",
+  "x-request-id",
+] as const;
 
 export function corsHeaders(req: Request, options: CorsOptions = {}): Headers {
   const h = new Headers();
