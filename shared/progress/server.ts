@@ -32,8 +32,13 @@ export function createProgressHandlerFromEnv(
   let verifier: JwtVerifier | null = null;
 
   function currentStore(): ProgressStore {
-    const url = env.get("SUPABASE_DB_URL");
-    if (!url) throw new HttpError(500, "internal_error", "SUPABASE_DB_URL is not set");
+    // PROGRESS_DB_URL (a secret you set) wins: on a hosted project SUPABASE_DB_URL is the direct
+    // connection and names starting with SUPABASE_ are reserved, while Supabase recommends the
+    // transaction pooler (port 6543) for functions, whose isolates each hold a pool of their own.
+    const url = env.get("PROGRESS_DB_URL") || env.get("SUPABASE_DB_URL");
+    if (!url) {
+      throw new HttpError(500, "internal_error", "neither PROGRESS_DB_URL nor SUPABASE_DB_URL is set");
+    }
     const max = Number(env.get("PROGRESS_DB_POOL_MAX") ?? 5) || 5;
     const key = `${url}\n${max}`;
     if (!store || key !== dbKey) {

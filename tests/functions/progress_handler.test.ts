@@ -93,6 +93,27 @@ Deno.test("503 when the database is unreachable (a closed port), with Retry-Afte
   );
 });
 
+Deno.test("PROGRESS_DB_URL (e.g. the transaction pooler) is used instead of SUPABASE_DB_URL when set", async () => {
+  // SUPABASE_DB_URL points at a closed port: the write lands only if PROGRESS_DB_URL is the one used.
+  const env = testEnv();
+  const user = await createTestUser();
+  await withFunction(
+    {
+      SUPABASE_DB_URL: `postgresql://postgres:postgres@127.0.0.1:${closedPort()}/postgres`,
+      PROGRESS_DB_URL: env.dbUrl,
+      SUPABASE_JWT_SECRET: env.jwtSecret!,
+    },
+    async (base) => {
+      const answer = await call("POST", "", {
+        base,
+        token: user.accessToken,
+        body: write({ series_id: seriesId("pooler") }),
+      });
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    },
+  );
+});
+
 Deno.test("asymmetric tokens: ES256 through SUPABASE_JWKS works end to end; a foreign key or no JWKS is 401", async () => {
   const env = testEnv();
   const user = await createTestUser();
