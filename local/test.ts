@@ -132,11 +132,20 @@ async function main(): Promise<number> {
     for (const [label, suffix] of [["012", "_realtime_setup.sql"], ["013", "_progress_writes.sql"]]) {
       const migration = (await listFiles("supabase/migrations", suffix))[0];
       const before = await schemaFingerprint(stack.dbUrl);
+      // 013 on a project whose `private` schema (Supabase's guides use that name too) lets anon
+      // call the project's own helpers: the migration must leave that grant alone.
+      const anonUsesPrivate = `select has_schema_privilege('anon', 'private', 'usage')`;
+      if (label === "013") await psql(stack.dbUrl, ["-c", "grant usage on schema private to anon"]);
       let rerunError = "";
       try {
         await psql(stack.dbUrl, ["-1", "-f", `${ROOT}${migration}`]);
       } catch (e) {
         rerunError = (e as Error).message;
+      }
+      if (label === "013") {
+        const kept = (await psql(stack.dbUrl, ["-At", "-c", anonUsesPrivate])).trim() === "t";
+        await psql(stack.dbUrl, ["-c", "revoke usage on schema private from anon"]);
+        check("migration 013 leaves an existing private schema's grants alone", kept);
       }
       const after = await schemaFingerprint(stack.dbUrl);
       check(`migration ${label} applied a second time succeeds`, rerunError === "", rerunError);

@@ -48,10 +48,18 @@
 
 -- ---------------------------------------------------------------------------------------------
 -- Private schema: helpers that must not be reachable through the Data API (only `public` and
--- `graphql_public` are exposed, see config.toml [api].schemas).
+-- `graphql_public` are exposed, see config.toml [api].schemas). Supabase's guides put helpers in a
+-- schema of this name too: a project that already has one keeps its own grants (anon may call its
+-- own helpers there); ours are closed to anon function by function (revoke ... from public, anon).
 -- ---------------------------------------------------------------------------------------------
-create schema if not exists private;
-revoke all on schema private from public, anon;
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_namespace where nspname = 'private') then
+    create schema private;
+    revoke all on schema private from public, anon;
+  end if;
+end
+$$;
 grant usage on schema private to authenticated, service_role;
 
 -- The trigger's normalisation of updated_at (migration 012, reading_progress_stamp), as a function so
