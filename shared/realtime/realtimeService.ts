@@ -532,6 +532,8 @@ class UserLink<Row extends LwwRow> {
   #channel: RealtimeChannel | null = null;
   /** The Realtime client's token when the current channel's join was sent: the one the server holds. */
   #joinToken: string | null = null;
+  /** A join failed for a token replaced in flight was retried at once; until joined, no more of those. */
+  #tokenRetryUsed = false;
   #joined = false;
   #caughtUp = false;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -654,6 +656,7 @@ class UserLink<Row extends LwwRow> {
     if (state === "SUBSCRIBED") {
       this.#joined = true;
       this.#caughtUp = false;
+      this.#tokenRetryUsed = false;
       this.#log("info", "joined", {});
       if (this.#channel) this.#sendTokenIfChangedSinceJoin(this.#channel);
       void this.#catchUp(generation);
@@ -689,16 +692,21 @@ class UserLink<Row extends LwwRow> {
   /** Realtime is unavailable: drop the channel, poll meanwhile, and retry after a jittered backoff. */
   #fail(generation: number, reason: string): void {
     if (this.#closed || generation !== this.#generation) return;
+    const wasJoined = this.#joined;
     this.#generation++;
     this.#joined = false;
     this.#caughtUp = false;
     this.#releaseChannel();
     // A link that was live has attempt 0: its first retry is still jittered (never 0 for everyone
-    // at once, which is what a Realtime restart would otherwise cause across all devices). A token
-    // that changed since the join (refused or closed for the old one) is retried at once: that is
-    // one device's refresh, not a crowd.
+    // at once, which is what a Realtime restart would otherwise cause across all devices). A join
+    // that failed (never joined) after its token was replaced in flight is retried once at once:
+    // that is one device's refresh, not a crowd. Only once per join cycle (a token source that
+    // answers a new token on every call must not remove the backoff), and never for a channel that
+    // was joined (realtime-js sent it every new token itself).
     const current = this.service.client.realtime.accessTokenValue;
-    const tokenChanged = current !== null && current !== this.#joinToken;
+    const tokenChanged = !wasJoined && !this.#tokenRetryUsed && current !== null &&
+      current !== this.#joinToken;
+    if (tokenChanged) this.#tokenRetryUsed = true;
     const delay = tokenChanged ? 0 : fullJitterDelay(
       Math.max(1, this.#attempt),
       this.service.backoffOptions,
