@@ -147,7 +147,7 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
       realtime: { timeout: 30_000 },
     });
     await device.realtime.setAuth();
-    await new Promise<void>((resolve, reject) => {
+    const joined = new Promise<void>((resolve, reject) => {
       device.channel(topic, { config: { private: true } })
         .on("broadcast", { event: "*" }, (m) => {
           const at = now();
@@ -163,6 +163,14 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
           else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT") reject(error ?? new Error(status));
         });
     });
+    try {
+      await joined;
+    } catch (error) {
+      // A client left behind would keep reconnecting for the rest of the run.
+      await device.removeAllChannels().catch(() => {});
+      await device.realtime.disconnect();
+      throw error;
+    }
     return async () => {
       await device.removeAllChannels().catch(() => {});
       await device.realtime.disconnect();
@@ -403,8 +411,10 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
           "sockets in their own process, B's supabase-js client joined last) on a bare WebSocket server in its " +
           "own process (Deno.serve + upgradeWebSocket like the endpoint; no database, WAL, token checks or channel " +
           "bookkeeping) that sends the same frame (B's last broadcast, the endpoint's encoder) to every socket in " +
-          "join order. Measured from just before its send loop, so it leaves out everything before the fan-out " +
-          "(commit, WAL, the endpoint learning of the row) that B's figure includes. Ratio = floor ÷ device B's " +
+          "join order, timed from just before its send loop. B's figure on the endpoint starts when A's call " +
+          "returns, after the commit, when the endpoint is learning of the row from the WAL about then (one " +
+          "subscribed device gets it < 1 ms after the return), so the two start at about the same point; the " +
+          "floor's start is read by another process's clock (epoch-based, same machine). Ratio = floor ÷ device B's " +
           `figure on the endpoint; ${floor.lost} of ${opts.propagationUpdates} sends never reached B, ` +
           `${floor.incomplete} did not reach every crowd socket.`,
       );
@@ -447,7 +457,13 @@ export async function propagationSection(ctx: Ctx): Promise<SectionResult> {
     let leaveFirst: (() => Promise<void>) | null = null;
     let leaveB: (() => Promise<void>) | null = null;
     try {
-      const ready = await lineReader(child.stdout)(["FLOOR_READY "]);
+      let readyTimer: ReturnType<typeof setTimeout> | undefined;
+      const ready = await Promise.race([
+        lineReader(child.stdout)(["FLOOR_READY "]),
+        new Promise<never>((_, reject) => {
+          readyTimer = setTimeout(() => reject(new Error("the floor server did not start in 20 s")), 20_000);
+        }),
+      ]).finally(() => clearTimeout(readyTimer));
       const floorUrl = `http://127.0.0.1:${Number(ready.slice("FLOOR_READY ".length))}`;
       const floorArrivals = new Map<number, number>();
       const floorFirst = new Map<number, number>();
