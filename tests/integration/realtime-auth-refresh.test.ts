@@ -223,7 +223,6 @@ Deno.test({
   assert.equal(emitters(), baseline);
 });
 
-/** A JWT's `exp` in epoch milliseconds. */
 Deno.test({
   name:
     "realtime auth: a token set while the join is in flight reaches the channel once joined (no flap at the old token's expiry)",
@@ -357,6 +356,7 @@ function spyingClient(topic: string, onFirstJoin: () => void) {
   return { client, sent, received };
 }
 
+/** A JWT's `exp` in epoch milliseconds. */
 function expiryMs(token: string): number {
   const payload = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
   return payload.exp * 1000;
