@@ -18,6 +18,7 @@ interface FakeChannel {
 /** RealtimeClient's token rules as realtime-js 2.119 has them: a new token goes to joined channels. */
 function fakeClient(tokenSource?: () => string) {
   const channels: FakeChannel[] = [];
+  let made = 0;
   const realtime = {
     accessTokenValue: null as string | null,
     setAuth(token: string | null = null) {
@@ -33,7 +34,7 @@ function fakeClient(tokenSource?: () => string) {
       const channel: FakeChannel & Record<string, unknown> = {
         topic: `realtime:${name}`,
         joined: false,
-        joinPush: { ref: String(channels.length + 1) },
+        joinPush: { ref: String(++made) },
         on: () => channel,
         subscribe(state: FakeChannel["state"]) {
           // realtime-js asks the token source again when it (re)connects the socket for a join.
@@ -52,10 +53,23 @@ function fakeClient(tokenSource?: () => string) {
       return Promise.resolve("ok");
     },
   };
-  return { client: client as unknown as SupabaseClient, channels };
+  return {
+    client: client as unknown as SupabaseClient,
+    /** The n-th channel the service made (1-based), once it has subscribed it. */
+    channel: (n: number) => nthChannel(channels, () => made, n),
+  };
 }
 
-const tick = () => new Promise((r) => setTimeout(r, 10));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits (up to 5 s) until the service has made its n-th channel and called subscribe() on it. */
+async function nthChannel(channels: FakeChannel[], made: () => number, n: number): Promise<FakeChannel> {
+  for (let waited = 0; made() < n || !channels.at(-1)?.state; waited += 5) {
+    if (waited > 5_000) throw new Error(`no channel #${n} after 5 s`);
+    await sleep(5);
+  }
+  return channels.at(-1)!;
+}
 
 function serviceOn(client: SupabaseClient, accessToken?: string) {
   const retries: number[] = [];
@@ -74,15 +88,14 @@ function serviceOn(client: SupabaseClient, accessToken?: string) {
 }
 
 Deno.test("token retry: a live channel whose token was refreshed keeps the backoff when Realtime drops", async () => {
-  const { client, channels } = fakeClient();
+  const { client, channel } = fakeClient();
   const { service, retries } = serviceOn(client, "T1");
   const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000001", () => {});
   try {
-    await tick();
-    channels[0].state!("SUBSCRIBED");
-    await tick();
+    const first = await channel(1);
+    first.state!("SUBSCRIBED");
     await service.setAccessToken("T2"); // an hour later: realtime-js sends it to the joined channel
-    channels[0].state!("CHANNEL_ERROR", new Error("socket closed")); // Realtime restarts
+    first.state!("CHANNEL_ERROR", new Error("socket closed")); // Realtime restarts
     assert.deepEqual(retries, [2_500], "jittered backoff, not an immediate rejoin");
   } finally {
     await subscription.unsubscribe();
@@ -91,17 +104,17 @@ Deno.test("token retry: a live channel whose token was refreshed keeps the backo
 });
 
 Deno.test("token retry: a join refused after its token was replaced is retried at once, but only once", async () => {
-  const { client, channels } = fakeClient();
+  const { client, channel } = fakeClient();
   const { service, retries } = serviceOn(client, "T1");
   const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000002", () => {});
   try {
-    await tick();
+    const first = await channel(1);
     await service.setAccessToken("T2"); // lands while the join (with T1) is in flight
-    channels[0].state!("CHANNEL_ERROR", new Error("Token has expired"));
+    first.state!("CHANNEL_ERROR", new Error("Token has expired"));
     assert.deepEqual(retries, [0], "the new token is tried at once");
-    await tick();
+    const second = await channel(2);
     await service.setAccessToken("T3");
-    channels.at(-1)!.state!("CHANNEL_ERROR", new Error("refused again"));
+    second.state!("CHANNEL_ERROR", new Error("refused again"));
     assert.deepEqual(retries, [0, 2_500], "a second failure before any join waits out the backoff");
   } finally {
     await subscription.unsubscribe();
@@ -111,14 +124,12 @@ Deno.test("token retry: a join refused after its token was replaced is retried a
 
 Deno.test("token retry: a token source that answers a new token on every call does not remove the backoff", async () => {
   let n = 0;
-  const { client, channels } = fakeClient(() => `T${++n}`);
+  const { client, channel } = fakeClient(() => `T${++n}`);
   const { service, retries } = serviceOn(client);
   const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000003", () => {});
   try {
-    await tick();
-    channels.at(-1)!.state!("TIMED_OUT"); // Realtime unreachable; the join asked for a new token
-    await tick();
-    if (retries[0] === 0) channels.at(-1)!.state!("TIMED_OUT"); // the one immediate retry, also lost
+    (await channel(1)).state!("TIMED_OUT"); // Realtime unreachable; the join asked for a new token
+    if (retries[0] === 0) (await channel(2)).state!("TIMED_OUT"); // the one immediate retry, also lost
     assert.equal(retries.at(-1), 2_500, `retries ${retries}: the backoff is back after one try at most`);
     assert.ok(retries.length <= 2, `retries ${retries}`);
   } finally {
