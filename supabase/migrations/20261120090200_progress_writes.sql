@@ -646,6 +646,15 @@ begin
   else
     raise exception using errcode = '22023', message = 'reading_progress_changes: invalid cursor';
   end if;
+  -- Every cursor this cluster handed out lies at or below the snapshot's xmax (the next transaction
+  -- id to be assigned). One above it comes from another cluster (a logical restore into a new
+  -- project): nothing here would ever be newer, and the device would hear nothing for good. Start
+  -- over from the beginning instead (clients merge by the LWW key, so what they hold is dropped as
+  -- duplicates).
+  if v_since > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot()) then
+    v_since := '0'::xid8;
+    v_after := '';
+  end if;
   v_cursor := case when v_after = '' then v_since::text else v_since::text || ':' || v_after end;
 
   -- Each side is ordered and limited on its own (its index, then at most limit + 1 rows), and the
