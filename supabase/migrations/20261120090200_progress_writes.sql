@@ -646,12 +646,14 @@ begin
   else
     raise exception using errcode = '22023', message = 'reading_progress_changes: invalid cursor';
   end if;
-  -- Every cursor this cluster handed out lies at or below the snapshot's xmax (the next transaction
-  -- id to be assigned). One above it comes from another cluster (a logical restore into a new
-  -- project): nothing here would ever be newer, and the device would hear nothing for good. Start
-  -- over from the beginning instead (clients merge by the LWW key, so what they hold is dropped as
-  -- duplicates).
-  if v_since > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot()) then
+  -- Every cursor this cluster handed out lies at or below a later snapshot's xmax (latest completed
+  -- transaction + 1; transactions still running, the caller's own among them, may hold ids a little
+  -- above it: at most one per connection, hence the margin of a million). A cursor far beyond comes
+  -- from another cluster (a logical restore into a new project): nothing here would ever be newer,
+  -- and the device would hear nothing for good. Start over from the beginning instead (clients merge
+  -- by the LWW key, so what they hold is dropped as duplicates).
+  if v_since::text::bigint
+     > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint + 1000000 then
     v_since := '0'::xid8;
     v_after := '';
   end if;

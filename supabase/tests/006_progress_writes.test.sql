@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(87);
+select plan(88);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -457,17 +457,24 @@ select throws_ok($$select public.reading_progress_changes('abc', 10)$$, '22023',
 select is(
   (select jsonb_array_length(public.reading_progress_changes((pg_current_xact_id()::text::bigint + 1)::text, 100) -> 'changes')),
   0, 'nothing has changed after this transaction');
--- A cursor from another cluster (above every transaction id this one has assigned) starts over.
+-- A cursor from another cluster (far above every transaction id this one has assigned) starts over;
+-- one just above xmax (a transaction still running, like this one, may hold such an id) does not
+-- (the tests above and below).
 select is(
   (public.reading_progress_changes(
-     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text, 1000) -> 'changes'),
+     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 1000) -> 'changes'),
   (public.reading_progress_changes('', 1000) -> 'changes'),
   'a cursor above every transaction id of this cluster (another cluster''s) gets the changes from the start');
 select ok(
   (public.reading_progress_changes(
-     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text, 1000) ->> 'next_cursor')::xid8
+     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 1000) ->> 'next_cursor')::xid8
     <= pg_snapshot_xmax(pg_current_snapshot()),
   'and a next cursor of this cluster');
+select is(
+  (public.reading_progress_changes(
+     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 1000) -> 'changes'),
+  '[]'::jsonb,
+  'a cursor just above xmax (ids running transactions may hold) is not taken for another cluster''s');
 reset role;
 
 -- A physical DELETE is still an ordinary DELETE (trigger fires), separate from the tombstone write.
