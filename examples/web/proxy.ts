@@ -13,7 +13,8 @@ export async function proxy(request: NextRequest) {
   if (!isDecodable(request.nextUrl.pathname)) {
     return new NextResponse("Bad request: the address is not valid percent-encoded UTF-8.\n", {
       status: 400,
-      headers: { "content-type": "text/plain; charset=utf-8" },
+      // next.config.mjs's headers are not added to an answer the proxy makes itself.
+      headers: { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" },
     });
   }
   if (devSignIn().enabled) return NextResponse.next({ request });

@@ -815,6 +815,7 @@ async function main() {
             const text = await response.text();
             assertEqual(response.status, 400, `${route}: status`);
             assert(text.includes("not valid percent-encoded UTF-8"), `${route}: says why`);
+            assertEqual(response.headers.get("x-content-type-options"), "nosniff", `${route}: nosniff`);
           }
         },
       },
