@@ -13,8 +13,7 @@ export async function proxy(request: NextRequest) {
   if (!isDecodable(request.nextUrl.pathname)) {
     return new NextResponse("Bad request: the address is not valid percent-encoded UTF-8.\n", {
       status: 400,
-      // next.config.mjs's headers are not added to an answer the proxy makes itself.
-      headers: { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" },
+      headers: { "content-type": "text/plain; charset=utf-8" },
     });
   }
   if (devSignIn().enabled) return NextResponse.next({ request });

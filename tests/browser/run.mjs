@@ -815,7 +815,9 @@ async function main() {
             const text = await response.text();
             assertEqual(response.status, 400, `${route}: status`);
             assert(text.includes("not valid percent-encoded UTF-8"), `${route}: says why`);
+            // next.config.mjs's headers reach the proxy's own answers too.
             assertEqual(response.headers.get("x-content-type-options"), "nosniff", `${route}: nosniff`);
+            assertEqual(response.headers.get("x-frame-options"), "DENY", `${route}: X-Frame-Options`);
           }
         },
       },
