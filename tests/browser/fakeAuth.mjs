@@ -1,6 +1,7 @@
 // A stand-in for Supabase Auth (GoTrue) with just what the web app's Supabase mode calls, so the
 // browser tests can exercise that mode without a project: password sign-in and refresh
-// (/auth/v1/token), the user check (/auth/v1/user), sign-out (/auth/v1/logout, scope recorded).
+// (/auth/v1/token), the user check (/auth/v1/user), sign-out (/auth/v1/logout, scope recorded),
+// magic links (/auth/v1/otp: the email and the link's redirect_to are recorded, nothing is sent).
 // Tokens are HS256 with the local stack's JWT secret, so the real progress function accepts them;
 // every other path (functions) is passed through to the stack. `outage` makes /auth/v1/user
 // answer 503, as an Auth server that is down would.
@@ -9,7 +10,7 @@ import crypto from "node:crypto";
 import http from "node:http";
 
 export async function startFakeAuth({ jwtSecret, stackUrl, user }) {
-  const state = { outage: false, logoutScopes: [] };
+  const state = { outage: false, logoutScopes: [], magicLinks: [] };
   const sign = (payload) => {
     const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
     const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(payload)}`;
@@ -67,6 +68,11 @@ export async function startFakeAuth({ jwtSecret, stackUrl, user }) {
       return claims
         ? send(200, authUser)
         : send(401, { code: 401, error_code: "bad_jwt", msg: "invalid JWT" });
+    }
+    if (url.pathname === "/auth/v1/otp" && req.method === "POST") {
+      const input = body.length ? JSON.parse(body.toString()) : {};
+      state.magicLinks.push({ email: input.email, redirectTo: url.searchParams.get("redirect_to") });
+      return send(200, {});
     }
     if (url.pathname === "/auth/v1/logout") {
       state.logoutScopes.push(url.searchParams.get("scope") ?? "global");

@@ -54,7 +54,7 @@ const TESTS = [
   "with Realtime unreachable a device says Polling and still receives changes, without a reload",
   "the server sends signed-out requests to sign-in and sign-out ends the session",
   "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
-  "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out, sign-out ends this browser only",
+  "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out, sign-out ends this browser only, magic links lead to READSYNC_SITE_URL, not to the host the request came to",
   "no page can be framed by another site, and a malformed address is a 400, not a server error",
   "no device had a script error (hydration included)",
 ];
@@ -786,6 +786,41 @@ async function main() {
             await page.waitForURL((url) => url.pathname === "/sign-in");
             assertEqual(new URL(page.url()).origin, app.url, "sign-out stays on the app's origin");
             assertEqual(auth.state.logoutScopes, ["local"], "sign-out ends this browser's session only");
+
+            // Magic links: the link in the email leads to READSYNC_SITE_URL, never to a host taken
+            // from the request (a forged host header would send the reader's sign-in code there).
+            await app.stop();
+            app = await startWebApp({
+              apiUrl: auth.url,
+              anonKey,
+              devSignIn: false,
+              build: "never",
+              log: () => {},
+              env: { READSYNC_SITE_URL: "https://reader.example" },
+            });
+            // Served at http://127.0.0.1:<port>, configured as https://reader.example: the link must
+            // name the configured site, not the host the request came to. (A forged X-Forwarded-Host
+            // cannot be tried here: Next.js refuses a server action whose Origin does not match it.)
+            const forged = await browser.newContext({ viewport });
+            try {
+              const linkPage = await forged.newPage();
+              await linkPage.goto(`${app.url}/sign-in`);
+              const linkForm = linkPage.getByTestId("magic-link-sign-in");
+              await linkForm.locator('input[name="email"]').fill(user.email);
+              await linkForm.getByRole("button", { name: /email me a link/i }).click();
+              await linkPage.getByText(`Check ${user.email} for a sign-in link.`).waitFor({
+                timeout: 20_000,
+              });
+              assertEqual(auth.state.magicLinks.length, 1, "one link requested");
+              const { email, redirectTo } = auth.state.magicLinks[0];
+              assertEqual(email, user.email, "for the reader's email");
+              assert(
+                String(redirectTo).startsWith("https://reader.example/auth/callback"),
+                `the link leads to the site's own callback, got ${redirectTo}`,
+              );
+            } finally {
+              await forged.close();
+            }
           } finally {
             await context.close();
             if (app) await app.stop();
