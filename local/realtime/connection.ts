@@ -16,7 +16,7 @@ import {
 } from "./protocol.ts";
 
 /** Supabase re-confirms a channel's token at least this often (its read policy only on join / access_token). */
-export const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
+const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
 
 export interface ConnectionDeps {
   sql: postgres.Sql;
