@@ -745,16 +745,13 @@ async function main() {
           const { startWebApp } = await import("../../examples/web/serve.mjs");
           const user = { id: crypto.randomUUID(), email: `sb-${run}@readsync.test`, password: `pw-${run}` };
           const auth = await startFakeAuth({ jwtSecret, stackUrl: supabaseUrl, user });
+          // The built app in Supabase mode, its Auth server the stand-in (extra environment: `env`).
+          const startSupabaseModeApp = (env = {}) =>
+            startWebApp({ apiUrl: auth.url, anonKey, devSignIn: false, build: "never", log: () => {}, env });
           let app = null;
           const context = await browser.newContext({ viewport });
           try {
-            app = await startWebApp({
-              apiUrl: auth.url,
-              anonKey,
-              devSignIn: false,
-              build: "never",
-              log: () => {},
-            });
+            app = await startSupabaseModeApp();
             const page = await context.newPage();
             await page.goto(`${app.url}/sign-in`);
             const form = page.getByTestId("password-sign-in");
@@ -790,14 +787,7 @@ async function main() {
             // Magic links: the link in the email leads to READSYNC_SITE_URL, never to a host taken
             // from the request (a forged host header would send the reader's sign-in code there).
             await app.stop();
-            app = await startWebApp({
-              apiUrl: auth.url,
-              anonKey,
-              devSignIn: false,
-              build: "never",
-              log: () => {},
-              env: { READSYNC_SITE_URL: "https://reader.example" },
-            });
+            app = await startSupabaseModeApp({ READSYNC_SITE_URL: "https://reader.example" });
             // Served at http://127.0.0.1:<port>, configured as https://reader.example: the link must
             // name the configured site, not the host the request came to. (A forged X-Forwarded-Host
             // cannot be tried here: Next.js refuses a server action whose Origin does not match it.)

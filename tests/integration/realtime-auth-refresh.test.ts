@@ -76,10 +76,7 @@ Deno.test({
     assert.equal(client.realtime.accessTokenValue, lastToken, "the Realtime client holds the newest token");
   } finally {
     clearInterval(refresher);
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await teardown(subscription, service, client, sql);
   }
 });
 
@@ -124,10 +121,7 @@ Deno.test({
     const server = await serverState(sql, a.id);
     assert.equal(server.get("monster")?.chapter, 10);
   } finally {
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await teardown(subscription, service, client, sql);
   }
 });
 
@@ -176,10 +170,7 @@ Deno.test({
     );
   } finally {
     openGate();
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await teardown(subscription, service, client, sql);
   }
 });
 
@@ -215,10 +206,7 @@ Deno.test({
     assert.equal(client.realtime.accessTokenValue, token);
     assert.ok(logs.some((l) => l.event === "auth_token_refreshed"));
   } finally {
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await teardown(subscription, service, client, sql);
   }
   assert.equal(emitters(), baseline);
 });
@@ -274,10 +262,7 @@ Deno.test({
     assert.equal(sent.filter((f) => f.event === "phx_join").length, 1, "joined once");
     assert.ok(!statuses.slice(statuses.indexOf("live")).includes("connecting"), `statuses ${statuses}`);
   } finally {
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await teardown(subscription, service, client, sql);
   }
 });
 
@@ -313,10 +298,7 @@ Deno.test({
     assert.equal(joins[0].token, expired, "the first join carried the expired token");
     assert.equal(joins.at(-1)?.token, fresh, "the retry carries the new one");
   } finally {
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    await sql.end();
+    await teardown(subscription, service, client, sql);
   }
 });
 
@@ -354,6 +336,19 @@ function spyingClient(topic: string, onFirstJoin: () => void) {
     realtime: { transport: SpyWebSocket },
   });
   return { client, sent, received };
+}
+
+/** What every test here holds, released in order: the subscription, the service, the socket, the pool. */
+async function teardown(
+  subscription: { unsubscribe(): Promise<void> },
+  service: { close(): Promise<void> },
+  client: { realtime: { disconnect(): unknown } },
+  sql: { end(): Promise<void> },
+): Promise<void> {
+  await subscription.unsubscribe();
+  await service.close();
+  await client.realtime.disconnect();
+  await sql.end();
 }
 
 /** A JWT's `exp` in epoch milliseconds. */
