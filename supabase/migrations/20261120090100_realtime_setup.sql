@@ -137,11 +137,16 @@ create trigger reading_progress_stamp
 -- event = the operation, private) stays whatever Supabase defines it to be. Calling realtime.send()
 -- with the same payload directly saves one subtransaction per write; the benchmark measures that
 -- alternative in the same run (docs/benchmarks.md, write path) and found the gain small.
+-- search_path = pg_catalog, pg_temp, not '': with an empty path PostgreSQL still looks for types
+-- and tables in the session's temporary schema FIRST, so a session could shadow jsonb or uuid (used
+-- unqualified inside realtime.send and auth.uid()) with a temporary domain whose CHECK then runs as
+-- the definer. Naming pg_temp last is the PostgreSQL manual's advice for SECURITY DEFINER functions
+-- (pgTAP 009). The same holds for the two definer functions of migration 013.
 -- ---------------------------------------------------------------------------------------------
 create or replace function public.reading_progress_broadcast() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform realtime.broadcast_changes(
@@ -210,6 +215,10 @@ create policy progress_topic_receive_own on realtime.messages
   using (
     extension = 'broadcast'
     and (select realtime.topic()) = 'progress:' || (select auth.uid())::text
+    -- Realtime's join probe is a row of the channel's own topic, so this changes no join; it keeps
+    -- any other read of realtime.messages (with realtime.topic() set to one's own topic, as every
+    -- realtime.send() of one's own write does for the rest of the transaction) to one's own rows.
+    and topic = 'progress:' || (select auth.uid())::text
   );
 
 -- ---------------------------------------------------------------------------------------------

@@ -158,6 +158,10 @@ alter table public.reading_progress_conflicts enable row level security;
 revoke all on table public.reading_progress_conflicts from public, anon, authenticated, service_role;
 grant select on table public.reading_progress_conflicts to authenticated;
 grant select, delete on table public.reading_progress_conflicts to service_role;
+-- The identity's sequence too: Supabase's default privileges grant every API role USAGE, SELECT
+-- and UPDATE on new sequences, and setval() to its maximum would make every later conflict log,
+-- and with it every stale write, fail for all users. Only the log function (its owner) draws ids.
+revoke all on sequence public.reading_progress_conflicts_id_seq from public, anon, authenticated, service_role;
 
 drop policy if exists reading_progress_conflicts_select_own on public.reading_progress_conflicts;
 create policy reading_progress_conflicts_select_own on public.reading_progress_conflicts
@@ -173,6 +177,8 @@ create policy reading_progress_conflicts_select_own on public.reading_progress_c
 -- so even a direct call can only log a conflict the stored row confirms. Callers: write_reading_progress
 -- (a refused write, while holding the row lock), migration 012's stamp trigger (a refused direct
 -- UPDATE) and the trigger reading_progress_log_replaced_tie below (p_rejected = false).
+-- search_path = pg_catalog, pg_temp: the temporary schema last, as for every definer function here
+-- (why: migration 012, reading_progress_broadcast).
 drop function if exists private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz);
 create or replace function private.log_reading_progress_conflict(
   p_series_id text,
@@ -187,7 +193,7 @@ create or replace function private.log_reading_progress_conflict(
 language plpgsql
 volatile
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_uid uuid := auth.uid();
@@ -498,7 +504,7 @@ create index if not exists reading_progress_deletions_user_xid_idx
 create or replace function private.reading_progress_remember_deletion() returns trigger
 language plpgsql
 security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   -- Deleting a user takes their progress along (ON DELETE CASCADE): their auth.users row is already
@@ -652,8 +658,9 @@ begin
   -- from another cluster (a logical restore into a new project): nothing here would ever be newer,
   -- and the device would hear nothing for good. Start over from the beginning instead (clients merge
   -- by the LWW key, so what they hold is dropped as duplicates).
-  if v_since::text::bigint
-     > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint + 1000000 then
+  -- (numeric: a 19-digit cursor may exceed bigint.)
+  if v_since::text::numeric
+     > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::numeric + 1000000 then
     v_since := '0'::xid8;
     v_after := '';
   end if;

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(25);
+select plan(26);
 
 insert into auth.users (id, email) values
   ('e5e5e5e5-0000-4000-8000-000000000005', 'rt-a@readsync.test'),
@@ -40,8 +40,8 @@ select policy_roles_are('realtime', 'messages', 'progress_topic_receive_own', ar
 select is(
   (select qual from pg_policies where schemaname = 'realtime' and tablename = 'messages'
       and policyname = 'progress_topic_receive_own'),
-  '((extension = ''broadcast''::text) AND (( SELECT realtime.topic() AS topic) = (''progress:''::text || (( SELECT auth.uid() AS uid))::text)))',
-  'receive policy: broadcast only, topic must be progress:<own uid>, both sides as once-per-statement subqueries'
+  '((extension = ''broadcast''::text) AND (( SELECT realtime.topic() AS topic) = (''progress:''::text || (( SELECT auth.uid() AS uid))::text)) AND (topic = (''progress:''::text || (( SELECT auth.uid() AS uid))::text)))',
+  'receive policy: broadcast only, the channel topic and the row''s topic must both be progress:<own uid>, as once-per-statement subqueries'
 );
 
 select is(
@@ -69,6 +69,11 @@ select results_eq(
 select is_empty(
   $$select 1 from realtime.messages where extension <> 'broadcast'$$,
   'A on progress:<A> does not get non-broadcast (presence) rows'
+);
+
+select is_empty(
+  $$select 1 from realtime.messages where topic <> 'progress:e5e5e5e5-0000-4000-8000-000000000005'$$,
+  'A on progress:<A> sees no row of another topic (the policy checks the row''s topic too, not only the channel''s)'
 );
 
 select diag('realtime.topic: ' || set_config('realtime.topic', 'progress:f6f6f6f6-0000-4000-8000-000000000006', true));

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(89);
+select plan(91);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -57,12 +57,12 @@ select results_eq(
   $$values
     ('get_reading_progress(text)', false, '{"search_path=\"\""}'),
     ('list_reading_progress(integer,timestamp with time zone,text,boolean)', false, '{"search_path=\"\""}'),
-    ('private.log_reading_progress_conflict(text,integer,integer,double precision,boolean,text,timestamp with time zone,boolean)', true, '{"search_path=\"\""}'),
+    ('private.log_reading_progress_conflict(text,integer,integer,double precision,boolean,text,timestamp with time zone,boolean)', true, '{"search_path=pg_catalog, pg_temp"}'),
     ('private.reading_progress_normalize_updated_at(timestamp with time zone)', false, '{"search_path=\"\""}'),
     ('reading_progress_changes(text,integer)', false, '{"search_path=\"\""}'),
     ('write_reading_progress(text,integer,integer,double precision,boolean,text,timestamp with time zone)', false, '{"search_path=\"\""}'),
     ('write_reading_progress_batch(jsonb)', false, '{"search_path=\"\""}')$$,
-  'only the conflict logger is security definer (RLS stays in force for every API path); all pin search_path'
+  'only the conflict logger is security definer (RLS stays in force for every API path); all pin search_path (the definer with pg_temp last, pgTAP 009)'
 );
 
 select is(
@@ -111,6 +111,14 @@ select table_privs_are('public', 'reading_progress_conflicts', 'authenticated', 
   'authenticated may only SELECT the conflict log (RLS: own rows)');
 select table_privs_are('public', 'reading_progress_conflicts', 'service_role', array['SELECT', 'DELETE'],
   'service_role may read and delete (retention) but not insert or update the conflict log');
+select is(
+  (select array_agg(r.rolname::text order by r.rolname) from pg_catalog.pg_roles r
+    where r.rolname in ('anon', 'authenticated', 'service_role')
+      and (has_sequence_privilege(r.rolname, 'public.reading_progress_conflicts_id_seq', 'usage')
+           or has_sequence_privilege(r.rolname, 'public.reading_progress_conflicts_id_seq', 'select')
+           or has_sequence_privilege(r.rolname, 'public.reading_progress_conflicts_id_seq', 'update'))),
+  null,
+  'no API role may use, read or set the conflict log''s id sequence (setval to its maximum would stop all logging)');
 select ok((select relrowsecurity from pg_class where oid = 'public.reading_progress_conflicts'::regclass),
   'RLS is enabled on the conflict log');
 select policies_are('public', 'reading_progress_conflicts', array['reading_progress_conflicts_select_own'],
@@ -482,6 +490,10 @@ select is(
      (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 1000) -> 'changes'),
   (public.reading_progress_changes('', 1000) -> 'changes'),
   'a cursor above every transaction id of this cluster (another cluster''s) gets the changes from the start');
+select is(
+  (public.reading_progress_changes('9999999999999999999', 1000) -> 'changes'),
+  (public.reading_progress_changes('', 1000) -> 'changes'),
+  'so does the largest cursor the format allows (19 digits, beyond bigint)');
 select ok(
   (public.reading_progress_changes(
      (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 1000) ->> 'next_cursor')::xid8
