@@ -237,8 +237,16 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     return link.apply(parsed.kind, parsed.row, source, parsed.messageId);
   }
 
-  /** Uses this token for Realtime from now on (pushed to joined channels at once). */
+  /**
+   * Uses this token for Realtime from now on (pushed to joined channels at once). Ignored once the
+   * service is closed: close() gave the client its own token source back, and a late callback (a
+   * session refresh landing after the app unmounted) must not pin a token on it that will expire.
+   */
   async setAccessToken(token: string): Promise<void> {
+    if (this.#closed) {
+      this.logEvent("debug", "access_token_ignored", { reason: "service closed" });
+      return;
+    }
     this.#installToken(token);
     await this.#client.realtime.setAuth(token).catch((error: unknown) => {
       this.logEvent("warn", "set_auth_failed", { error: String(error) });
@@ -746,7 +754,7 @@ class UserLink<Row extends LwwRow> {
   async #catchUp(generation: number): Promise<void> {
     // Always a fresh round that starts after the join: one that started earlier may have read
     // before a change whose broadcast was sent before the channel was subscribed.
-    const outcome = await this.#fetchChanges("catchup");
+    const { outcome } = await this.#fetchChanges("catchup");
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUp = true;
@@ -774,12 +782,15 @@ class UserLink<Row extends LwwRow> {
   async #poll(): Promise<void> {
     this.#pollTimer = undefined;
     if (this.#closed) return;
-    const generation = this.#generation;
     if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
     if (this.#closed) return;
-    const outcome = await this.#fetchChanges(this.#joined ? "catchup" : "poll");
+    const { outcome, joinedGeneration } = await this.#fetchChanges(this.#joined ? "catchup" : "poll");
     if (this.#closed) return;
-    if (this.#joined && generation === this.#generation && outcome === "done") {
+    // Only a round that began after this join catches the link up: one that began before it (a
+    // poll started while the rejoin was in flight) may have read before a change whose broadcast
+    // went out before the channel was subscribed. Such a round only polls; the catch-up queued
+    // behind it decides.
+    if (this.#joined && joinedGeneration === this.#generation && outcome === "done") {
       this.#caughtUp = true;
       this.#attempt = 0;
       this.#setStatus("live");
@@ -795,11 +806,14 @@ class UserLink<Row extends LwwRow> {
    * One "changes since" round (following pages), after any round in flight: "done" when it read
    * to the end (has_more false), "behind" when more changes remain that it could not read yet (a
    * long transaction anywhere in the database holds the cursor: the API answers has_more with the
-   * cursor it was sent), "failed" when a call failed or timed out.
+   * cursor it was sent), "failed" when a call failed or timed out. joinedGeneration: the link's
+   * generation if its channel was joined when the round began reading.
    */
-  #fetchChanges(source: ChangeSource): Promise<RoundOutcome> {
+  async #fetchChanges(source: ChangeSource): Promise<Round> {
+    let joinedGeneration: number | undefined;
     const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
+      joinedGeneration = this.#joined ? this.#generation : undefined;
       this.#fetchInFlight = true;
       try {
         for (let page = 0; page < 1000; page++) {
@@ -844,7 +858,7 @@ class UserLink<Row extends LwwRow> {
       }
     });
     this.#fetchChain = round;
-    return round;
+    return { outcome: await round, joinedGeneration };
   }
 
   /**
@@ -898,6 +912,10 @@ class UserLink<Row extends LwwRow> {
 }
 
 type RoundOutcome = "done" | "behind" | "failed";
+interface Round {
+  outcome: RoundOutcome;
+  joinedGeneration: number | undefined;
+}
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

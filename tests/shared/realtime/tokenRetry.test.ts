@@ -7,69 +7,7 @@
 import assert from "node:assert/strict";
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { RealtimeService } from "../../../shared/realtime/realtimeService.ts";
-
-interface FakeChannel {
-  topic: string;
-  joined: boolean;
-  joinPush: { ref: string };
-  state?: (state: string, error?: Error) => void;
-}
-
-/** RealtimeClient's token rules as realtime-js 2.119 has them: a new token goes to joined channels. */
-function fakeClient(tokenSource?: () => string) {
-  const channels: FakeChannel[] = [];
-  let made = 0;
-  const realtime = {
-    accessTokenValue: null as string | null,
-    setAuth(token: string | null = null) {
-      const next = token ?? tokenSource?.() ?? realtime.accessTokenValue;
-      if (next !== realtime.accessTokenValue) realtime.accessTokenValue = next;
-      return Promise.resolve();
-    },
-    push() {},
-  };
-  const client = {
-    realtime,
-    channel(name: string) {
-      const channel: FakeChannel & Record<string, unknown> = {
-        topic: `realtime:${name}`,
-        joined: false,
-        joinPush: { ref: String(++made) },
-        on: () => channel,
-        subscribe(state: FakeChannel["state"]) {
-          // realtime-js asks the token source again when it (re)connects the socket for a join.
-          if (tokenSource) realtime.accessTokenValue = tokenSource();
-          channel.state = state;
-          return channel;
-        },
-        teardown() {},
-      };
-      channels.push(channel);
-      return channel;
-    },
-    getChannels: () => channels,
-    removeChannel(channel: FakeChannel) {
-      channels.splice(channels.indexOf(channel), 1);
-      return Promise.resolve("ok");
-    },
-  };
-  return {
-    client: client as unknown as SupabaseClient,
-    /** The n-th channel the service made (1-based), once it has subscribed it. */
-    channel: (n: number) => nthChannel(channels, () => made, n),
-  };
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Waits (up to 5 s) until the service has made its n-th channel and called subscribe() on it. */
-async function nthChannel(channels: FakeChannel[], made: () => number, n: number): Promise<FakeChannel> {
-  for (let waited = 0; made() < n || !channels.at(-1)?.state; waited += 5) {
-    if (waited > 5_000) throw new Error(`no channel #${n} after 5 s`);
-    await sleep(5);
-  }
-  return channels.at(-1)!;
-}
+import { fakeClient } from "./fakeRealtimeClient.ts";
 
 function serviceOn(client: SupabaseClient, accessToken?: string) {
   const retries: number[] = [];

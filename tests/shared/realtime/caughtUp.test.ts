@@ -1,0 +1,81 @@
+// When RealtimeService counts a link as caught up (status "live", polling stops): only after a
+// "changes since" round that began reading once the channel was joined. A change committed after an
+// earlier round read, but broadcast before the channel was subscribed, reaches the device through
+// no other path. Against the stand-in client, with changesSince answered by hand.
+
+import assert from "node:assert/strict";
+import { type ChangesPage, RealtimeService } from "../../../shared/realtime/realtimeService.ts";
+import { fakeClient, sleep } from "./fakeRealtimeClient.ts";
+
+const USER = "00000000-0000-4000-8000-0000000000c1";
+
+function version(chapter: number) {
+  return {
+    user_id: USER,
+    series_id: "series-1",
+    chapter,
+    page: chapter,
+    percentage: 0,
+    cleared: false,
+    device_id: "phone",
+    updated_at: new Date(Date.UTC(2026, 0, 1, 0, 0, chapter)).toISOString(),
+    synced_at: new Date(Date.UTC(2026, 0, 1, 0, 0, chapter)).toISOString(),
+    change_xid: String(100 + chapter),
+    created_at: "2026-01-01T00:00:00.000000Z",
+  };
+}
+
+interface PendingCall {
+  resolve: (page: ChangesPage) => void;
+  reject: (error: Error) => void;
+}
+
+async function until(what: string, condition: () => boolean, ms = 3_000): Promise<void> {
+  for (let waited = 0; !condition(); waited += 5) {
+    if (waited > ms) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+Deno.test("caught up: a poll that began before the rejoin does not end the catch-up (a missed change is still fetched)", async () => {
+  const { client, channel } = fakeClient();
+  const calls: PendingCall[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
+    accessToken: "T1",
+    random: () => 0, // reconnect and poll at once after the drop
+    backoff: { initialMs: 1_000, maxMs: 1_000 },
+    pollIntervalMs: 50,
+    requestTimeoutMs: 60_000,
+    log: () => {},
+  });
+  const chapters: number[] = [];
+  const subscription = service.subscribeToProgress(USER, (change) => chapters.push(change.row.chapter));
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await until("the first catch-up", () => calls.length === 1);
+    calls[0].resolve({ changes: [version(1)], next_cursor: "101", has_more: false });
+    await until("live", () => subscription.status === "live");
+
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    const rejoin = await channel(2);
+    await until("the poll while rejoining", () => calls.length === 2);
+    rejoin.state!("SUBSCRIBED"); // the catch-up is queued behind the poll in flight
+    // The poll read before chapter 2 committed; chapter 2's broadcast went out before the rejoin.
+    calls[1].resolve({ changes: [], next_cursor: "102", has_more: false });
+    // The catch-up and its immediate retry fail (a network blip); later rounds would see chapter 2.
+    await until("the catch-up", () => calls.length === 3);
+    calls[2].reject(new Error("network blip"));
+    await until("the catch-up's retry", () => calls.length === 4);
+    calls[3].reject(new Error("network blip"));
+    await until("a later round", () => calls.length === 5);
+    calls[4].resolve({ changes: [version(2)], next_cursor: "103", has_more: false });
+    await until("chapter 2", () => chapters.includes(2));
+    await until("live again", () => subscription.status === "live");
+    assert.deepEqual(chapters, [1, 2]);
+  } finally {
+    for (const call of calls) call.resolve({ changes: [], next_cursor: "103", has_more: false });
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});

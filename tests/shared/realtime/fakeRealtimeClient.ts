@@ -1,0 +1,72 @@
+// A stand-in for the few supabase-js calls RealtimeService makes for a channel (client.channel,
+// subscribe with a state callback, removeChannel, getChannels, realtime.setAuth / push /
+// accessTokenValue), so unit tests can drive a channel's states by hand. The real client is
+// exercised by the integration tests (tests/integration/realtime-*.test.ts).
+
+import type { SupabaseClient } from "@supabase/supabase-js";
+
+interface FakeChannel {
+  topic: string;
+  joined: boolean;
+  joinPush: { ref: string };
+  state?: (state: string, error?: Error) => void;
+}
+
+/** RealtimeClient's token rules as realtime-js 2.119 has them: a new token goes to joined channels. */
+export function fakeClient(tokenSource?: () => string) {
+  const channels: FakeChannel[] = [];
+  let made = 0;
+  const realtime = {
+    /** realtime-js's token source (RealtimeService installs its own over it while alive). */
+    accessToken: null as (() => Promise<string | null>) | null,
+    accessTokenValue: null as string | null,
+    setAuth(token: string | null = null) {
+      const next = token ?? tokenSource?.() ?? realtime.accessTokenValue;
+      if (next !== realtime.accessTokenValue) realtime.accessTokenValue = next;
+      return Promise.resolve();
+    },
+    push() {},
+  };
+  const client = {
+    realtime,
+    channel(name: string) {
+      const channel: FakeChannel & Record<string, unknown> = {
+        topic: `realtime:${name}`,
+        joined: false,
+        joinPush: { ref: String(++made) },
+        on: () => channel,
+        subscribe(state: FakeChannel["state"]) {
+          // realtime-js asks the token source again when it (re)connects the socket for a join.
+          if (tokenSource) realtime.accessTokenValue = tokenSource();
+          channel.state = state;
+          return channel;
+        },
+        teardown() {},
+      };
+      channels.push(channel);
+      return channel;
+    },
+    getChannels: () => channels,
+    removeChannel(channel: FakeChannel) {
+      channels.splice(channels.indexOf(channel), 1);
+      return Promise.resolve("ok");
+    },
+  };
+  return {
+    client: client as unknown as SupabaseClient,
+    realtime,
+    /** The n-th channel the service made (1-based), once it has subscribed it. */
+    channel: (n: number) => nthChannel(channels, () => made, n),
+  };
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits (up to 5 s) until the service has made its n-th channel and called subscribe() on it. */
+async function nthChannel(channels: FakeChannel[], made: () => number, n: number): Promise<FakeChannel> {
+  for (let waited = 0; made() < n || !channels.at(-1)?.state; waited += 5) {
+    if (waited > 5_000) throw new Error(`no channel #${n} after 5 s`);
+    await sleep(5);
+  }
+  return channels.at(-1)!;
+}
