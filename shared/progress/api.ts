@@ -131,10 +131,56 @@ type FunctionsCapableClient = Pick<SupabaseClient, "functions">;
 
 // ------------------------------------------------------------------------------------ transport
 
-async function readErrorResponse(response: Response): Promise<ProgressApiError> {
+/**
+ * An error answer's body, or null when it did not arrive within timeoutMs or the caller aborted:
+ * functions-js stops its own timeout and abort handling once the headers are in, so a body that
+ * stalls would otherwise hold the call for good.
+ */
+async function readErrorBody(
+  response: Response,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<string | null> {
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let stop!: () => void;
+  const stopped = new Promise<null>((resolve) => stop = () => resolve(null));
+  const timer = setTimeout(stop, timeoutMs);
+  signal?.addEventListener("abort", stop, { once: true });
+  if (signal?.aborted) stop();
+  let text = "";
+  try {
+    for (;;) {
+      const chunk = await Promise.race([reader.read(), stopped]);
+      if (chunk === null) {
+        reader.cancel().catch(() => {});
+        return null;
+      }
+      if (chunk.done) return text + decoder.decode();
+      text += decoder.decode(chunk.value, { stream: true });
+    }
+  } catch {
+    return text; // the connection broke mid-body: keep what arrived
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", stop);
+  }
+}
+
+async function readErrorResponse(response: Response, options: ProgressApiOptions): Promise<ProgressApiError> {
   const requestId = response.headers.get("x-request-id") ?? undefined;
   let body: unknown = null;
-  const text = await response.text().catch(() => "");
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const text = await readErrorBody(response, timeoutMs, options.signal);
+  if (text === null) {
+    return new NetworkError(
+      0,
+      "network_error",
+      `The progress API's HTTP ${response.status} answer did not finish within ${timeoutMs} ms`,
+      { details: { status: response.status }, requestId },
+    );
+  }
   try {
     body = text ? JSON.parse(text) : null;
   } catch { /* not JSON */ }
@@ -201,9 +247,9 @@ async function invoke<S extends z.ZodType>(
     }
     if (invokeError instanceof FunctionsHttpError || invokeError instanceof FunctionsRelayError) {
       const response = invokeError.context as Response;
-      error = await readErrorResponse(response);
+      error = await readErrorResponse(response, options);
       const header = response.headers.get("retry-after");
-      if (header && /^\d+$/.test(header)) {
+      if (header && /^\d+$/.test(header) && !(error instanceof NetworkError)) {
         error = errorFor(error.status, error.code, error.message, {
           details: { ...(error.details as object ?? {}), retry_after: Number(header) },
           requestId: error.requestId,
@@ -465,8 +511,18 @@ export function subscribeToProgress(
     sharedServices.set(client, shared);
   }
   const entry = shared;
+  let subscription: ProgressSubscription;
+  try {
+    subscription = entry.service.subscribeToProgress(userId, handler);
+  } catch (error) {
+    // Refused (no user id): counted nowhere, and a service made for it alone closes again.
+    if (entry.subscriptions === 0) {
+      if (sharedServices.get(client) === entry) sharedServices.delete(client);
+      void entry.service.close();
+    }
+    throw error;
+  }
   entry.subscriptions++;
-  const subscription = entry.service.subscribeToProgress(userId, handler);
   let released = false;
   const stopSignal = options.api?.signal;
   const onStop = () => void live.unsubscribe();

@@ -300,6 +300,103 @@ Deno.test("timeout: an attempt that never answers is aborted after timeoutMs and
   }
 });
 
+/**
+ * The first `stalls` calls get 503 headers and the start of a body that never ends (a proxy that
+ * hangs mid-answer); later calls reach the real function.
+ */
+function stallingErrorBodies(stalls: number) {
+  const bodies: ReadableStreamDefaultController<Uint8Array>[] = [];
+  const upstream = flakyFunctions(() => null);
+  let hits = 0;
+  const server = serveLocal(async (req) => {
+    if (!new URL(req.url).pathname.startsWith("/functions/v1/")) return new Response(null, { status: 404 });
+    if (++hits <= stalls) {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode('{"error": {"code": "service_unavailable", '));
+          bodies.push(controller);
+        },
+      });
+      return new Response(body, { status: 503, headers: { "content-type": "application/json" } });
+    }
+    const url = new URL(req.url);
+    return await fetch(`${upstream.url}${url.pathname}${url.search}`, {
+      method: req.method,
+      headers: req.headers,
+    });
+  });
+  return {
+    url: server.url,
+    hits: () => hits,
+    shutdown: async () => {
+      for (const body of bodies) {
+        try {
+          body.close();
+        } catch { /* the client cancelled it */ }
+      }
+      await Promise.all([server.shutdown(), upstream.shutdown()]);
+    },
+  };
+}
+
+/** The promise, or a failure after `ms` (a call that hangs must fail its test, not hang the suite). */
+async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`still pending after ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("timeout: an error answer whose body never ends is cut off after timeoutMs and retried", async () => {
+  const user = await createTestUser();
+  const upstream = stallingErrorBodies(1);
+  try {
+    const errors: ProgressApiError[] = [];
+    const page = await within(
+      10_000,
+      changesSince(clientFor(user.accessToken, upstream.url), null, {}, {
+        ...fast,
+        timeoutMs: 300,
+        onRetry: ({ error }) => errors.push(error),
+      }),
+    );
+    assert.deepEqual(page.changes, []);
+    assert.equal(upstream.hits(), 2);
+    assert.ok(errors[0] instanceof NetworkError, `a stalled answer fails like a network error: ${errors[0]}`);
+    assert.equal(errors[0].code, "network_error");
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("abort: the caller's signal also ends a call stuck reading an error answer's body", async () => {
+  const user = await createTestUser();
+  const upstream = stallingErrorBodies(100);
+  try {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error("the reader closed the app")), 300);
+    const started = Date.now();
+    const e = await rejection(within(
+      10_000,
+      listProgress(clientFor(user.accessToken, upstream.url), {}, {
+        timeoutMs: 60_000,
+        signal: controller.signal,
+      }),
+    ));
+    assert.ok(e instanceof NetworkError);
+    assert.equal(e.code, "aborted");
+    assert.equal(upstream.hits(), 1);
+    assert.ok(Date.now() - started < 5_000, "not after the 60 s timeout");
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
 Deno.test("abort: the caller's signal stops the call at once, the attempt in flight and every retry", async () => {
   const user = await createTestUser();
   const upstream = hangingFunctions(100);
