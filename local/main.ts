@@ -7,7 +7,7 @@ import postgres from "postgres";
 import { startWebApp, type WebApp } from "../examples/web/serve.mjs";
 import { onCleanup, runCleanups } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
-import { startLocalStack } from "./stack/stack.ts";
+import { EXTERNAL_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
 
 const DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0";
 const DEMO_EMAIL = "demo@readsync.local";
@@ -20,7 +20,15 @@ const withWeb = Deno.env.get("READSYNC_WEB") !== "0";
 
 try {
   const started = performance.now();
-  const stack = await startLocalStack({ apiPort, dbPort, log });
+  const ignored = EXTERNAL_TARGET_VARIABLES.filter((name) => Deno.env.get(name));
+  if (ignored.length > 0) {
+    log(
+      `${
+        ignored.join(", ")
+      } set: npm start ignores them and runs a stack of its own (npm test and npm run bench use them)`,
+    );
+  }
+  const stack = await startLocalStack({ apiPort, dbPort, log, ownStackOnly: true });
   const sql = postgres(stack.dbUrl, { max: 1, onnotice: () => {} });
   await sql`insert into auth.users (id, email) values (${DEMO_USER_ID}, ${DEMO_EMAIL}) on conflict (id) do nothing`;
   await sql.end();

@@ -1,5 +1,7 @@
 // `npm start` stops everything when its parent goes away without passing a signal on: an IDE's
-// stop button sends SIGTERM to npm, which exits and leaves its children re-parented.
+// stop button sends SIGTERM to npm, which exits and leaves its children re-parented. And it runs a
+// stack of its own even when the shell points SUPABASE_DB_URL / SUPABASE_URL somewhere (it would
+// push migrations to that database and insert its demo user there).
 
 import assert from "node:assert/strict";
 import { assertPortFree } from "./postgres.ts";
@@ -12,11 +14,12 @@ const freePort = () => {
 };
 
 Deno.test({
-  name: "npm start: a stack whose parent dies stops and frees its ports",
+  name:
+    "npm start: runs its own stack whatever SUPABASE_DB_URL says, and one whose parent dies stops and frees its ports",
   sanitizeOps: false,
   sanitizeResources: false,
 }, async () => {
-  const [apiPort, dbPort] = [freePort(), freePort()];
+  const [apiPort, dbPort, hostedPort] = [freePort(), freePort(), freePort()];
   const output = await Deno.makeTempFile({ prefix: "readsync-orphan-" });
   const release = `${output}.release`;
   // sh stands for npm: it starts the stack in the background and exits once told to.
@@ -26,9 +29,12 @@ Deno.test({
       `"${Deno.execPath()}" run -A local/main.ts > "${output}" 2>&1 & ` +
       `while [ ! -e "${release}" ]; do sleep 0.1; done; exit 0`,
     ],
-    // A stack of its own, not the one the test run points SUPABASE_URL / SUPABASE_DB_URL at.
+    // A shell pointed at a hosted project (nothing listens there: a connection would fail the start).
     clearEnv: true,
     env: {
+      SUPABASE_DB_URL: `postgresql://postgres:hosted@127.0.0.1:${hostedPort}/postgres?sslmode=disable`,
+      SUPABASE_URL: `http://127.0.0.1:${hostedPort}`,
+      SUPABASE_ANON_KEY: "hosted-anon-key",
       PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
       HOME: Deno.env.get("HOME") ?? "/root",
       TMPDIR: Deno.env.get("TMPDIR") ?? "/tmp",
@@ -45,6 +51,14 @@ Deno.test({
       assert.ok(Date.now() < upBy, `the stack did not come up:\n${await Deno.readTextFile(output)}`);
       await new Promise((r) => setTimeout(r, 100));
     }
+    const printed = await Deno.readTextFile(output);
+    assert.match(printed, /database: local PostgreSQL on port/, printed);
+    assert.match(
+      printed,
+      /SUPABASE_DB_URL, SUPABASE_URL, SUPABASE_ANON_KEY set: npm start ignores them/,
+      printed,
+    );
+    assert.doesNotMatch(printed, /hosted-anon-key|database: SUPABASE_DB_URL|api: SUPABASE_URL/, printed);
     const res = await fetch(`http://127.0.0.1:${apiPort}/functions/v1/progress`).catch(async (e) => {
       throw new Error(`${e}\n${await Deno.readTextFile(output)}`);
     });

@@ -28,11 +28,28 @@ export interface LocalStackOptions {
   log?: (line: string) => void;
   /** Start PostgreSQL with its durable defaults (see startPostgres); the benchmark's durable pass. */
   durable?: boolean;
+  /**
+   * Ignore SUPABASE_DB_URL, SUPABASE_URL, SUPABASE_JWT_SECRET and the key variables: always start
+   * an own database and API with development keys (`npm start`, which also inserts a demo user:
+   * never into a database someone's shell happens to point at).
+   */
+  ownStackOnly?: boolean;
 }
+
+/** The variables that point the stack at an existing Supabase database or API (tests, bench). */
+export const EXTERNAL_TARGET_VARIABLES = [
+  "SUPABASE_DB_URL",
+  "SUPABASE_URL",
+  "SUPABASE_JWT_SECRET",
+  "SUPABASE_ANON_KEY",
+  "SUPABASE_SERVICE_ROLE_KEY",
+] as const;
 
 export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
   const log = options.log ?? console.log;
-  const externalDb = Deno.env.get("SUPABASE_DB_URL");
+  const env = (name: (typeof EXTERNAL_TARGET_VARIABLES)[number]) =>
+    options.ownStackOnly ? undefined : Deno.env.get(name);
+  const externalDb = env("SUPABASE_DB_URL");
   let dbUrl: string;
   let stopDb = async () => {};
   if (externalDb) {
@@ -50,9 +67,9 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     for (const line of migrationLog.split("\n")) {
       if (/Applying migration|up to date/i.test(line)) log(`supabase db push: ${line.trim()}`);
     }
-    const jwtSecret = Deno.env.get("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
+    const jwtSecret = env("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
     const { anonKey, serviceRoleKey } = await devApiKeys(jwtSecret);
-    const externalApi = Deno.env.get("SUPABASE_URL");
+    const externalApi = env("SUPABASE_URL");
     let apiUrl: string;
     let closeApi = async () => {};
     if (externalApi) {
@@ -73,8 +90,8 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       dbUrl,
       apiUrl,
       jwtSecret,
-      anonKey: Deno.env.get("SUPABASE_ANON_KEY") ?? anonKey,
-      serviceRoleKey: Deno.env.get("SUPABASE_SERVICE_ROLE_KEY") ?? serviceRoleKey,
+      anonKey: env("SUPABASE_ANON_KEY") ?? anonKey,
+      serviceRoleKey: env("SUPABASE_SERVICE_ROLE_KEY") ?? serviceRoleKey,
       migrationLog,
       ownsDatabase: !externalDb,
       stop,
