@@ -21,7 +21,8 @@ import type {
 } from "./types.ts";
 import { PROGRESS_LIMITS } from "./types.ts";
 
-const INSTANT_MESSAGE = "must be an ISO 8601 date-time with Z or an offset";
+const INSTANT_MESSAGE =
+  "must be a valid ISO 8601 date-time with seconds and Z or an offset (2026-01-31T20:15:00.000Z, 2026-01-31T21:15:00+01:00)";
 const ID_MESSAGE = "must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ (1-128 ASCII letters, digits, . _ : -)";
 
 export const idSchema = z.string().regex(PROGRESS_LIMITS.idPattern, ID_MESSAGE);
@@ -42,7 +43,10 @@ const FIRST_FOUR_DIGIT_YEAR_MS = Date.parse("0001-01-01T00:00:00.000Z");
  * server compares. (Any date more than 5 s ahead is then recorded as now: see migration 012.)
  */
 export const updatedAtSchema = z.iso
-  .datetime({ offset: true, error: INSTANT_MESSAGE })
+  // abort: a value that is no date-time at all (Feb 30, a leap second) gets this message alone,
+  // not also the range messages below.
+  .datetime({ offset: true, error: INSTANT_MESSAGE, abort: true })
+  .refine((s) => !Number.isNaN(Date.parse(s)), { error: INSTANT_MESSAGE, abort: true })
   .refine((s) => Date.parse(s) >= 0, "must not be before 1970-01-01T00:00:00Z")
   .refine((s) => Date.parse(s) <= LAST_FOUR_DIGIT_YEAR_MS, "must not be after 9999-12-31T23:59:59.999Z")
   .transform((s) => new Date(Date.parse(s)).toISOString());

@@ -252,6 +252,16 @@ Deno.test("422: well-typed values outside the data model", () =>
       const e = expectError(await call("POST", "", { token: a.accessToken, body }), 422, "validation_failed");
       assert.deepEqual([...new Set(issuePaths(e))], [path], what);
     }
+    // No date at all (Feb 30, a leap second): one issue saying so, not also "before 1970".
+    for (const notADate of ["2026-02-30T00:00:00Z", "2016-12-31T23:59:60Z"]) {
+      const e = expectError(
+        await call("POST", "", { token: a.accessToken, body: { ...good, updated_at: notADate } }),
+        422,
+        "validation_failed",
+      );
+      assert.deepEqual(issuePaths(e), ["updated_at"], notADate);
+      assert.doesNotMatch(JSON.stringify(e.details), /1970|9999/, notADate);
+    }
     const tooMany = Array.from({ length: PROGRESS_LIMITS.batchMax + 1 }, (_, i) =>
       write({ series_id: `${series}-${i}` }));
     expectError(
