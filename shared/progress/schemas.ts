@@ -154,11 +154,14 @@ export const listQuerySchema = strict({
   include_cleared: z.enum(["true", "false"]).optional(),
 });
 
-/** Changes cursor: "" | "<xid>" | "<xid>:<series_id>" (opaque to clients; from next_cursor). */
+/**
+ * Changes cursor: "" | "[<cluster tag>.]<xid>[:<series_id>]" (opaque to clients; from next_cursor;
+ * the tag names the database cluster, see reading_progress_changes in migration 013).
+ */
 export const changesCursorSchema = z
   .string()
   .regex(
-    /^(?:[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/,
+    /^(?:(?:[0-9a-f]{8}\.)?[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/,
     "must be a next_cursor returned by the API",
   );
 

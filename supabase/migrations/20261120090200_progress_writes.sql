@@ -17,6 +17,7 @@
 -- * public.reading_progress_deletions          the last hard DELETE per series (an AFTER DELETE trigger),
 --   so "changes since" tells devices that were offline or polling.
 -- * public.get_reading_progress / list_reading_progress / reading_progress_changes: the reads.
+-- * private.reading_progress_adopt_restored_rows() run once after a logical restore from another project.
 --
 -- The key. (updated_at, device_id), compared byte-wise (collate "C"; ids are ASCII). The incoming
 -- updated_at is normalised exactly as the BEFORE trigger of migration 012 normalises it (NULL ->
@@ -602,8 +603,14 @@ grant execute on function public.list_reading_progress(integer, timestamptz, tex
 -- "deleted": true, at the deleting transaction's place in the order: a series is either a row or a
 -- deletion, so (xid, series_id) stays unique across both and the cursor below works for both.
 --
--- Cursor: '<xid>' = every row with change_xid >= xid; '<xid>:<series_id>' = continue after that row
--- of page order (change_xid, series_id). '' or NULL = from the beginning.
+-- Cursor: '<tag>.<xid>' = every row with change_xid >= xid; '<tag>.<xid>:<series_id>' = continue
+-- after that row of page order (change_xid, series_id). '' or NULL = from the beginning. <tag> names
+-- the cluster that handed the cursor out (8 hex digits of md5 of pg_control_system()'s
+-- system_identifier, which a physical copy such as a replica or a point-in-time restore keeps and a
+-- new project has its own of): transaction ids mean nothing in another cluster, so a cursor of
+-- another (the project was moved by pg_dump and restore) starts over from the beginning. Cursors
+-- without a tag (handed out before tags, or where pg_control_system() may not be called) are read
+-- as before: one more than a million ids above this cluster's xmax starts over.
 --
 -- Why it cannot miss a change: the horizon H = pg_snapshot_xmin(pg_current_snapshot()) is read in the
 -- same snapshot as the rows (a STABLE function runs all its queries in its caller's snapshot).
@@ -628,6 +635,9 @@ declare
   v_uid uuid := auth.uid();
   v_limit integer := least(greatest(coalesce(p_limit, 100), 1), 999);
   v_horizon xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
+  v_tag text;
+  v_prefix text := '';
+  v_parts text[];
   v_since xid8;
   v_after text := ''; -- '' sorts before every series_id: '<xid>' means every row of <xid> and above
   v_cursor text;
@@ -641,30 +651,42 @@ begin
   if v_uid is null then
     raise exception using errcode = '42501', message = 'reading_progress_changes: no authenticated user';
   end if;
+  -- Asked for only where it may be called (a platform may restrict it): untagged cursors then.
+  if pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'execute') then
+    select pg_catalog.left(pg_catalog.md5(c.system_identifier::text), 8) into v_tag
+      from pg_catalog.pg_control_system() c;
+    v_prefix := v_tag || '.';
+  end if;
 
   if p_cursor is null or p_cursor = '' then
     v_since := '0'::xid8;
-  elsif p_cursor ~ '^[0-9]{1,19}$' then
-    v_since := p_cursor::xid8;
-  elsif p_cursor ~ '^[0-9]{1,19}:[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$' then
-    v_since := pg_catalog.split_part(p_cursor, ':', 1)::xid8;
-    v_after := pg_catalog.substr(p_cursor, pg_catalog.strpos(p_cursor, ':') + 1);
   else
-    raise exception using errcode = '22023', message = 'reading_progress_changes: invalid cursor';
+    v_parts := pg_catalog.regexp_match(p_cursor,
+      '^(?:([0-9a-f]{8})\.)?([0-9]{1,19})(?::([A-Za-z0-9][A-Za-z0-9._:-]{0,127}))?$');
+    if v_parts is null then
+      raise exception using errcode = '22023', message = 'reading_progress_changes: invalid cursor';
+    end if;
+    v_since := v_parts[2]::xid8;
+    v_after := coalesce(v_parts[3], '');
+    if v_parts[1] is not null and v_tag is not null then
+      -- Another cluster's cursor: its ids say nothing here. Start over from the beginning (clients
+      -- merge by the LWW key, so what they hold is dropped as duplicates).
+      if v_parts[1] <> v_tag then
+        v_since := '0'::xid8;
+        v_after := '';
+      end if;
+    -- Untagged: every cursor this cluster handed out lies at or below a later snapshot's xmax (latest
+    -- completed transaction + 1; transactions still running, the caller's own among them, may hold
+    -- ids a little above it, hence the margin of a million). One far beyond comes from another
+    -- cluster; nothing here would ever be newer, and the device would hear nothing for good.
+    -- (numeric: a 19-digit cursor may exceed bigint.)
+    elsif v_since::text::numeric
+          > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::numeric + 1000000 then
+      v_since := '0'::xid8;
+      v_after := '';
+    end if;
   end if;
-  -- Every cursor this cluster handed out lies at or below a later snapshot's xmax (latest completed
-  -- transaction + 1; transactions still running, the caller's own among them, may hold ids a little
-  -- above it: at most one per connection, hence the margin of a million). A cursor far beyond comes
-  -- from another cluster (a logical restore into a new project): nothing here would ever be newer,
-  -- and the device would hear nothing for good. Start over from the beginning instead (clients merge
-  -- by the LWW key, so what they hold is dropped as duplicates).
-  -- (numeric: a 19-digit cursor may exceed bigint.)
-  if v_since::text::numeric
-     > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::numeric + 1000000 then
-    v_since := '0'::xid8;
-    v_after := '';
-  end if;
-  v_cursor := case when v_after = '' then v_since::text else v_since::text || ':' || v_after end;
+  v_cursor := v_prefix || case when v_after = '' then v_since::text else v_since::text || ':' || v_after end;
 
   -- Each side is ordered and limited on its own (its index, then at most limit + 1 rows), and the
   -- two short sorted lists are merged: a sort over the whole union would read every row past the
@@ -698,14 +720,14 @@ begin
   if v_has_more then
     v_items := v_items[1:v_limit];
     if v_xids[v_limit] < v_horizon then
-      v_next := v_xids[v_limit]::text || ':' || v_series[v_limit];
+      v_next := v_prefix || v_xids[v_limit]::text || ':' || v_series[v_limit];
     elsif v_horizon > v_since then
-      v_next := v_horizon::text;
+      v_next := v_prefix || v_horizon::text;
     else
       v_next := v_cursor;
     end if;
   elsif v_horizon > v_since then
-    v_next := v_horizon::text;
+    v_next := v_prefix || v_horizon::text;
   else
     v_next := v_cursor;
   end if;
@@ -718,3 +740,48 @@ end;
 $$;
 revoke all on function public.reading_progress_changes(text, integer) from public, anon;
 grant execute on function public.reading_progress_changes(text, integer) to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- After a logical restore. A project moved by pg_dump and restore into another (a new project, a
+-- migration between regions) keeps every row's change_xid and deleted_xid, but those are the old
+-- cluster's transaction ids. Where they lie above anything this cluster has assigned, every changes
+-- read returns those rows again as "possibly still in flight", and a user with more such rows than
+-- one page never gets past them (the cursor cannot move). Run once, as the tables' owner (postgres),
+-- right after the restore:
+--     select private.reading_progress_adopt_restored_rows();
+-- It stamps those rows (and remembered deletions) with its own transaction id, as if they had just
+-- been written, without touching anything else: the stamp, broadcast and tie-log triggers are
+-- switched off for its own UPDATE (ALTER TABLE, so concurrent writers wait for it) and nothing is
+-- broadcast. Devices learn of the rows through their next changes read (their old cursors carry
+-- the other cluster's tag and start over). Returns the counts it stamped.
+-- ---------------------------------------------------------------------------------------------
+create or replace function private.reading_progress_adopt_restored_rows() returns jsonb
+language plpgsql
+volatile
+security invoker
+set search_path = ''
+as $$
+declare
+  -- Assigned first, so the snapshot below is taken while it runs.
+  v_xid xid8 := pg_catalog.pg_current_xact_id();
+  v_xmax xid8;
+  v_rows bigint;
+  v_deletions bigint;
+begin
+  -- Every committed id of this cluster lies below a snapshot's xmax; a row's id at or above it (other
+  -- than this transaction's own) was assigned by another cluster.
+  v_xmax := pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot());
+  alter table public.reading_progress disable trigger reading_progress_stamp;
+  alter table public.reading_progress disable trigger reading_progress_broadcast;
+  alter table public.reading_progress disable trigger reading_progress_log_replaced_tie;
+  update public.reading_progress set change_xid = v_xid where change_xid >= v_xmax and change_xid <> v_xid;
+  get diagnostics v_rows = row_count;
+  alter table public.reading_progress enable trigger reading_progress_stamp;
+  alter table public.reading_progress enable trigger reading_progress_broadcast;
+  alter table public.reading_progress enable trigger reading_progress_log_replaced_tie;
+  update public.reading_progress_deletions set deleted_xid = v_xid where deleted_xid >= v_xmax and deleted_xid <> v_xid;
+  get diagnostics v_deletions = row_count;
+  return pg_catalog.jsonb_build_object('rows', v_rows, 'deletions', v_deletions);
+end;
+$$;
+revoke all on function private.reading_progress_adopt_restored_rows() from public, anon, authenticated, service_role;

@@ -38,9 +38,10 @@ grant all on res to authenticated;
 select results_eq(
   $$select p.proname::text collate "default" from pg_catalog.pg_proc p
      where p.pronamespace = 'private'::regnamespace and p.proname ~ 'reading_progress' order by 1$$,
-  $$values ('log_reading_progress_conflict'), ('reading_progress_log_replaced_tie'),
-           ('reading_progress_normalize_updated_at'), ('reading_progress_remember_deletion')$$,
-  'readsync keeps exactly the two helpers and the remember-deletion and replaced-tie trigger functions in private');
+  $$values ('log_reading_progress_conflict'), ('reading_progress_adopt_restored_rows'),
+           ('reading_progress_log_replaced_tie'), ('reading_progress_normalize_updated_at'),
+           ('reading_progress_remember_deletion')$$,
+  'readsync keeps exactly its two helpers, the restore adoption and the remember-deletion and replaced-tie trigger functions in private');
 
 select results_eq(
   $$select p.oid::regprocedure::text collate "default", p.prosecdef, p.proconfig::text collate "default"
@@ -451,7 +452,7 @@ select is(
   jsonb_build_object('n', 100, 'all_max', true, 'deleted', true, 'positions', true),
   'hard-deleted series appear once each, as the deleted version marked "deleted": true');
 select is(
-  (public.reading_progress_changes('', 100) ->> 'next_cursor')::xid8,
+  (split_part(public.reading_progress_changes('', 100) ->> 'next_cursor', '.', 2))::xid8,
   pg_snapshot_xmin(pg_current_snapshot()),
   'the last page''s next cursor is the snapshot horizon (rows of in-flight transactions are read again)');
 select is(
@@ -459,12 +460,13 @@ select is(
   (public.reading_progress_changes('', 100) -> 'changes'),
   'rows at or above the horizon (this open transaction''s) are returned again from that cursor');
 select is(
-  (select jsonb_build_object('n', jsonb_array_length(p -> 'changes'), 'has_more', p -> 'has_more', 'next', p -> 'next_cursor')
+  (select jsonb_build_object('n', jsonb_array_length(p -> 'changes'), 'has_more', p -> 'has_more',
+                            'next', split_part(p ->> 'next_cursor', '.', 2))
      from (select public.reading_progress_changes('', 2) as p) s),
   jsonb_build_object('n', 2, 'has_more', true, 'next', pg_snapshot_xmin(pg_current_snapshot())::text),
   'a full page that reaches the horizon continues from the horizon');
 select is(
-  (select public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 2) ->> 'next_cursor'),
+  (select split_part(public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 2) ->> 'next_cursor', '.', 2)),
   pg_snapshot_xmin(pg_current_snapshot())::text,
   'a full page that cannot pass an open transaction returns the cursor it was given');
 select is(
@@ -496,9 +498,9 @@ select is(
   'so does the largest cursor the format allows (19 digits, beyond bigint)');
 select ok(
   (public.reading_progress_changes(
-     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 1000) ->> 'next_cursor')::xid8
-    <= pg_snapshot_xmax(pg_current_snapshot()),
-  'and a next cursor of this cluster');
+     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 1000) ->> 'next_cursor')::text
+     ~ ('^[0-9a-f]{8}\.' || pg_snapshot_xmin(pg_current_snapshot())::text || '$'),
+  'and a next cursor of this cluster (tagged, at the horizon)');
 select is(
   (public.reading_progress_changes(
      (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 1000) -> 'changes'),
