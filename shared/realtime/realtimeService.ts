@@ -90,6 +90,13 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   backoff?: Partial<BackoffOptions>;
   /** Poll interval while Realtime is down. */
   pollIntervalMs?: number;
+  /**
+   * Interval of the changes read made while live (60 s; 0 turns it off). Supabase delivers
+   * database broadcasts at most once: it drops them silently above the project's message rate
+   * limit, and a join may succeed before its replication connection streams. This read bounds how
+   * long such a lost change can stay unseen while the channel looks healthy.
+   */
+  livePollIntervalMs?: number;
   /** How long a join may take before it counts as failed (realtime-js default: 10 s). */
   joinTimeoutMs?: number;
   /** How long one changesSince call may take before it counts as failed and is aborted (20 s). */
@@ -723,6 +730,9 @@ class UserLink<Row extends LwwRow> {
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
     // No longer live: changes flow only by polling until the channel is joined and caught up again.
     if (this.status === "live") this.#setStatus("connecting");
+    // A safety read scheduled while live would hold off the polling below for its whole interval.
+    this.service.timers.clear(this.#pollTimer);
+    this.#pollTimer = undefined;
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = this.service.timers.set(() => {
       this.#reconnectTimer = undefined;
@@ -762,6 +772,7 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#setStatus("live");
+      this.#scheduleLivePoll();
     } else {
       // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
       // failed is retried at once; a cursor held back by a long transaction after a poll interval
@@ -774,6 +785,13 @@ class UserLink<Row extends LwwRow> {
     return this.service.options.pollIntervalMs ?? 10_000;
   }
 
+  /** While live: the next safety read (livePollIntervalMs), unless turned off. */
+  #scheduleLivePoll(): void {
+    const interval = this.service.options.livePollIntervalMs ?? 60_000;
+    if (this.#closed || this.#pollTimer !== undefined || !(interval > 0)) return;
+    this.#pollTimer = this.service.timers.set(() => void this.#poll(), interval);
+  }
+
   #startPolling(delayMs = 0): void {
     if (this.#closed || this.#pollTimer !== undefined) return;
     this.#pollTimer = this.service.timers.set(() => void this.#poll(), delayMs);
@@ -784,8 +802,16 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed) return;
     if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
     if (this.#closed) return;
-    const { outcome, joinedGeneration } = await this.#fetchChanges(this.#joined ? "catchup" : "poll");
+    const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
+    const { outcome, joinedGeneration } = await this.#fetchChanges(
+      this.#joined && !live ? "catchup" : "poll",
+    );
     if (this.#closed) return;
+    if (live && this.#joined && this.#caughtUp) {
+      // Still live whatever this read found or whether it failed: the channel is up.
+      this.#scheduleLivePoll();
+      return;
+    }
     // Only a round that began after this join catches the link up: one that began before it (a
     // poll started while the rejoin was in flight) may have read before a change whose broadcast
     // went out before the channel was subscribed. Such a round only polls; the catch-up queued
@@ -794,6 +820,7 @@ class UserLink<Row extends LwwRow> {
       this.#caughtUp = true;
       this.#attempt = 0;
       this.#setStatus("live");
+      this.#scheduleLivePoll();
       return;
     }
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");

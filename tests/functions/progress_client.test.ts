@@ -471,7 +471,9 @@ Deno.test({
       );
       assert.equal(retried.length, 1, "one attempt timed out and was retried");
       assert.ok(retried[0] instanceof NetworkError);
-      assert.equal(upstream.hits(), 2);
+      // The hung attempt and its retry; a third call when that round began before the join
+      // completed (only a round that began after the join catches the link up).
+      assert.ok([2, 3].includes(upstream.hits()), `hits ${upstream.hits()}`);
       assert.deepEqual(
         logged.filter((l) => /"(catchup|poll)_failed"/.test(l)),
         [],

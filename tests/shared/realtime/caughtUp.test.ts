@@ -79,3 +79,96 @@ Deno.test("caught up: a poll that began before the rejoin does not end the catch
     await service.close();
   }
 });
+
+Deno.test("live: a safety read every livePollIntervalMs finds a change whose broadcast was lost, and a failed one keeps the link live", async () => {
+  const { client, channel } = fakeClient();
+  const calls: PendingCall[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
+    accessToken: "T1",
+    livePollIntervalMs: 50,
+    pollIntervalMs: 60_000,
+    requestTimeoutMs: 60_000,
+    log: () => {},
+  });
+  const changes: { chapter: number; source: string }[] = [];
+  const subscription = service.subscribeToProgress(
+    USER,
+    (change) => changes.push({ chapter: change.row.chapter, source: change.source }),
+  );
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await until("the catch-up", () => calls.length === 1);
+    calls[0].resolve({ changes: [version(1)], next_cursor: "101", has_more: false });
+    await until("live", () => subscription.status === "live");
+    // Chapter 2's broadcast never came (Supabase dropped it over the rate limit).
+    await until("a safety read", () => calls.length === 2);
+    calls[1].reject(new Error("network blip"));
+    await until("the next safety read", () => calls.length === 3);
+    assert.equal(subscription.status, "live", "a failed safety read does not take the link out of live");
+    calls[2].resolve({ changes: [version(2)], next_cursor: "102", has_more: false });
+    await until("chapter 2", () => changes.length === 2);
+    assert.deepEqual(changes, [{ chapter: 1, source: "catchup" }, { chapter: 2, source: "poll" }]);
+    assert.equal(subscription.status, "live");
+  } finally {
+    for (const call of calls) call.resolve({ changes: [], next_cursor: "102", has_more: false });
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});
+
+Deno.test("live: livePollIntervalMs 0 turns the safety read off; a drop still starts polling at once", async () => {
+  const { client, channel } = fakeClient();
+  const calls: PendingCall[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
+    accessToken: "T1",
+    livePollIntervalMs: 0,
+    random: () => 0.5,
+    backoff: { initialMs: 60_000, maxMs: 60_000 },
+    requestTimeoutMs: 60_000,
+    log: () => {},
+  });
+  const subscription = service.subscribeToProgress(USER, () => {});
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await until("the catch-up", () => calls.length === 1);
+    calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await until("live", () => subscription.status === "live");
+    await sleep(200);
+    assert.equal(calls.length, 1, "no read while live");
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await until("a poll right after the drop", () => calls.length === 2, 1_000);
+  } finally {
+    for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});
+
+Deno.test("live: a drop while the next safety read is far off still starts polling at once", async () => {
+  const { client, channel } = fakeClient();
+  const calls: PendingCall[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
+    accessToken: "T1",
+    livePollIntervalMs: 60_000,
+    random: () => 0.5,
+    backoff: { initialMs: 60_000, maxMs: 60_000 },
+    requestTimeoutMs: 60_000,
+    log: () => {},
+  });
+  const subscription = service.subscribeToProgress(USER, () => {});
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await until("the catch-up", () => calls.length === 1);
+    calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await until("live", () => subscription.status === "live");
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await until("a poll right after the drop", () => calls.length === 2, 1_000);
+  } finally {
+    for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});
