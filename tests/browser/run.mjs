@@ -56,6 +56,9 @@ const TESTS = [
   "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
   "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out, sign-out ends this browser only, magic links lead to READSYNC_SITE_URL, not to the host the request came to",
   "no page can be framed by another site, and a malformed address is a 400, not a server error",
+  "a tab left open while the browser signs in as another reader reloads as that reader and never writes their progress into the old account",
+  "a write that cannot be saved says so: a proxy's 400 keeps it queued until it is sent, a write the API refuses is dropped with a message that can be dismissed",
+  "with site data blocked (localStorage throws) the reader still loads and saves",
   "no device had a script error (hydration included)",
 ];
 
@@ -848,6 +851,172 @@ async function main() {
       },
       {
         name: TESTS[11],
+        fn: async () => {
+          if (!devMode) throw new SkipTest("signing throwaway users in and out needs the local stack");
+          const context = await browser.newContext({
+            baseURL: webUrl,
+            viewport,
+            locale: "en-GB",
+            timezoneId: "UTC",
+          });
+          try {
+            const tab = async (label) => {
+              const page = await context.newPage();
+              const device = { label, context, page, errors: [], navigations: 0 };
+              page.on("pageerror", (error) => device.errors.push(String(error)));
+              return device;
+            };
+            const emailD = `reader-d-${run}@readsync.test`;
+            const emailE = `reader-e-${run}@readsync.test`;
+            const shared = `shared-${run}`;
+            const first = await tab("reader D, tab 1");
+            await signIn(first, emailD);
+            await openSeries(first, shared);
+            await setPosition(first, { chapter: 3, page: 30, percent: 3 });
+            await waitForOutboxEmpty(first);
+            // Tab 2 of the same browser: sign out, sign in as E, who reads the same series further.
+            const second = await tab("reader E, tab 2");
+            await second.page.goto("/");
+            await second.page.getByRole("button", { name: "Sign out" }).click();
+            await second.page.waitForURL((url) => url.pathname === "/sign-in");
+            await signIn(second, emailE);
+            await openSeries(second, shared);
+            await setPosition(second, { chapter: 50, page: 500, percent: 50 });
+            await waitForOutboxEmpty(second);
+            // Tab 1 still shows D's page; a client-side navigation renders pages with E's cookie.
+            await first.page.getByRole("link", { name: "← Library" }).click();
+            await eventually(async () => {
+              const who = (await first.page.getByTestId("signed-in-as").textContent()) ?? "";
+              assert(who.includes(emailE), `tab 1 shows ${who}`);
+            }, { what: "tab 1 to reload as reader E" });
+            assertEqual(await storedRow(shared, emailD), {
+              chapter: 3,
+              page: 30,
+              percentage: 0.03,
+              device_id: first.deviceId,
+            }, "D's stored progress");
+            assertEqual([...first.errors, ...second.errors], [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[12],
+        fn: async () => {
+          if (!devMode) throw new SkipTest("signing a throwaway user in needs the local stack");
+          const context = await browser.newContext({
+            baseURL: webUrl,
+            viewport,
+            locale: "en-GB",
+            timezoneId: "UTC",
+          });
+          try {
+            const page = await context.newPage();
+            const device = { label: "reader F", context, page, errors: [], navigations: 0 };
+            page.on("pageerror", (error) => device.errors.push(String(error)));
+            const email = `reader-f-${run}@readsync.test`;
+            const series = `refused-${run}`;
+            await signIn(device, email);
+            await openSeries(device, series);
+            const alert = page.getByTestId("sync-error");
+            const writes = "**/functions/v1/progress**";
+            // A proxy in the way answers 400 with a page of its own: the API never saw the write.
+            await page.route(
+              writes,
+              (route) =>
+                route.request().method() === "POST"
+                  ? route.fulfill({
+                    status: 400,
+                    contentType: "text/html",
+                    body: "<html>400 Bad Request</html>",
+                  })
+                  : route.continue(),
+            );
+            await setPosition(device, { chapter: 2, page: 20, percent: 2 });
+            await eventually(
+              async () => assert(/Not saved yet \(will retry\)/.test(await alert.textContent()), "says so"),
+              {
+                what: "the not-saved-yet message",
+              },
+            );
+            assertEqual(
+              await page.getByTestId("pending-count").getAttribute("data-count"),
+              "1",
+              "kept queued",
+            );
+            await page.unroute(writes);
+            await waitForOutboxEmpty(device);
+            assertEqual((await storedRow(series, email))?.page, 20, "sent once the proxy let it through");
+            await eventually(async () => assertEqual(await alert.count(), 0, "message gone"), {
+              what: "the message to go",
+            });
+            // The API itself refuses a write: it will never apply, so it is dropped, and the reader is told.
+            await page.route(writes, (route) =>
+              route.request().method() === "POST"
+                ? route.fulfill({
+                  status: 422,
+                  contentType: "application/json",
+                  body: JSON.stringify({
+                    error: { code: "validation_failed", message: "page is out of range" },
+                  }),
+                })
+                : route.continue());
+            await setPosition(device, { chapter: 4, page: 40, percent: 4 });
+            await eventually(
+              async () => assert(/Could not save/.test(await alert.textContent()), "says so"),
+              {
+                what: "the could-not-save message",
+              },
+            );
+            await waitForOutboxEmpty(device);
+            await page.unroute(writes);
+            await alert.getByRole("button", { name: "Dismiss" }).click();
+            assertEqual(await alert.count(), 0, "dismissed");
+            assertEqual((await storedRow(series, email))?.page, 20, "the refused write never landed");
+            assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[13],
+        fn: async () => {
+          if (!devMode) throw new SkipTest("signing a throwaway user in needs the local stack");
+          const context = await browser.newContext({
+            baseURL: webUrl,
+            viewport,
+            locale: "en-GB",
+            timezoneId: "UTC",
+          });
+          try {
+            // What Chrome does when site data is blocked: reading window.localStorage throws.
+            await context.addInitScript(() =>
+              Object.defineProperty(window, "localStorage", {
+                get() {
+                  throw new DOMException("Access is denied for this document.", "SecurityError");
+                },
+              })
+            );
+            const page = await context.newPage();
+            const device = { label: "reader G", context, page, errors: [], navigations: 0 };
+            page.on("pageerror", (error) => device.errors.push(String(error)));
+            const email = `reader-g-${run}@readsync.test`;
+            const series = `no-storage-${run}`;
+            await signIn(device, email);
+            await openSeries(device, series);
+            await setPosition(device, { chapter: 6, page: 60, percent: 6 });
+            await waitForOutboxEmpty(device);
+            assertEqual((await storedRow(series, email))?.page, 60, "saved");
+            assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[14],
         fn: () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },

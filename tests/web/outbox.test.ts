@@ -11,7 +11,7 @@ import { flushOutbox, type OutboxOptions } from "../../examples/web/lib/client/o
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import { isRetryable, isTransient } from "../../examples/web/lib/progressClient.ts";
 import { createTestUser, testEnv } from "../support/env.ts";
-import { closedPort, seriesId } from "../functions/support.ts";
+import { closedPort, seriesId, serveLocal } from "../functions/support.ts";
 import { pendingWrite } from "./support.ts";
 
 const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
@@ -149,5 +149,37 @@ Deno.test(
     assert.equal(store.getSnapshot().lastError, null);
     for (const [i, s] of series.entries()) assert.equal((await api.getProgress(s))?.chapter, i + 1);
     await client.realtime.disconnect();
+  },
+);
+
+Deno.test(
+  {
+    name: "outbox: a 400 from a gateway or proxy (not the API's error body) keeps every write",
+    ...noSanitize,
+  },
+  async () => {
+    // ValidationError by its status, but with code http_400: the API never saw the writes.
+    const proxy = serveLocal(() =>
+      new Response("<html><body>400 Bad Request</body></html>", {
+        status: 400,
+        headers: { "content-type": "text/html" },
+      })
+    );
+    try {
+      const { user, client, api, store } = await device(proxy.url);
+      const series = [seriesId("proxy-a"), seriesId("proxy-b")];
+      series.forEach((s, i) => store.addPending(pending(s, Date.now() - 1_000 + i, i + 1)));
+      await flushOutbox(store, api, options({ isTransient }));
+      assert.equal(store.getSnapshot().pendingCount, 2, "nothing dropped");
+      assert.match(store.getSnapshot().lastError ?? "", /^Not saved yet \(will retry\)/);
+      // Through the real function the same outbox is saved.
+      const real = createProgressApi(countingClient(user.accessToken).client);
+      await flushOutbox(store, real, options({ isTransient }));
+      assert.equal(store.getSnapshot().pendingCount, 0);
+      for (const [i, s] of series.entries()) assert.equal((await real.getProgress(s))?.chapter, i + 1);
+      await client.realtime.disconnect();
+    } finally {
+      await proxy.shutdown();
+    }
   },
 );

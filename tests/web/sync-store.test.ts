@@ -365,3 +365,12 @@ Deno.test("a new write is dated after the version the reader sees, whichever dev
     "2026-11-25T10:00:06.001Z",
   );
 });
+
+Deno.test("seed leaves out another user's rows (a page rendered for the session another tab signed in)", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.seed([row("mine", T1, "phone", 1), {
+    ...row("theirs", T1, "phone", 50),
+    user_id: "22222222-2222-4222-8222-222222222222",
+  }]);
+  assert.deepEqual(store.getSnapshot().library.map((item) => item.seriesId), ["mine"]);
+});

@@ -36,3 +36,16 @@ export function ConnectionStatus() {
     </span>
   );
 }
+
+/** A write problem the reader must know of (refused and dropped, or refused again and again). */
+export function SyncErrorBanner() {
+  const { store } = useSync();
+  const { lastError } = useSyncSnapshot();
+  if (!lastError) return null;
+  return (
+    <p className="card sync-error" role="alert" data-testid="sync-error">
+      {lastError}{" "}
+      <button type="button" className="secondary" onClick={() => store.setError(null)}>Dismiss</button>
+    </p>
+  );
+}

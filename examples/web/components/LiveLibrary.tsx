@@ -5,12 +5,16 @@ import { useRouter } from "next/navigation";
 import { type FormEvent, useRef, useState } from "react";
 import type { ProgressRow } from "@/lib/client/types.ts";
 import { describePosition, formatWhen } from "./format.ts";
-import { useSync, useSyncSnapshot } from "./SyncProvider.tsx";
+import { SessionChanged, useRenderedForThisUser, useSync, useSyncSnapshot } from "./SyncProvider.tsx";
 
 const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
-/** The library the server loaded, kept current by Realtime (and this device's own writes). */
-export function LiveLibrary({ initialRows }: { initialRows: ProgressRow[] }) {
+/** The library the server loaded for `renderedFor`, kept current by Realtime (and this device's own writes). */
+export function LiveLibrary({ initialRows, renderedFor }: { initialRows: ProgressRow[]; renderedFor: string }) {
+  return useRenderedForThisUser(renderedFor) ? <Library initialRows={initialRows} /> : <SessionChanged />;
+}
+
+function Library({ initialRows }: { initialRows: ProgressRow[] }) {
   const { store, deviceId } = useSync();
   const seeded = useRef<ProgressRow[] | null>(null);
   if (seeded.current !== initialRows) {

@@ -5,7 +5,7 @@ import { type FormEvent, useEffect, useRef, useState } from "react";
 import type { ProgressRow } from "@/lib/client/types.ts";
 import type { SeriesView } from "@/lib/client/syncStore.ts";
 import { describePosition, formatWhen } from "./format.ts";
-import { useSync, useSyncSnapshot } from "./SyncProvider.tsx";
+import { SessionChanged, useRenderedForThisUser, useSync, useSyncSnapshot } from "./SyncProvider.tsx";
 
 interface Draft {
   chapter: string;
@@ -29,7 +29,15 @@ function parseDraft(draft: Draft): { chapter: number; page: number; percentage: 
 }
 
 /** Where the reader is in one series: live, editable, optimistic, with a notice when another device wins. */
-export function SeriesEditor({ seriesId, initialRow }: { seriesId: string; initialRow: ProgressRow | null }) {
+export function SeriesEditor(
+  { seriesId, initialRow, renderedFor }: { seriesId: string; initialRow: ProgressRow | null; renderedFor: string },
+) {
+  return useRenderedForThisUser(renderedFor)
+    ? <Editor seriesId={seriesId} initialRow={initialRow} />
+    : <SessionChanged />;
+}
+
+function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: ProgressRow | null }) {
   const { store, save, deviceId, status } = useSync();
   const seeded = useRef<ProgressRow | null | undefined>(undefined);
   if (seeded.current !== initialRow) {

@@ -67,7 +67,10 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
 
   useEffect(() => {
     setDeviceId(getDeviceId());
-    store.attachStorage(window.localStorage);
+    // Reading localStorage throws where the browser blocks site data: the outbox then lives in
+    // memory for this visit (as deviceId.ts and the clock offset already do).
+    const storage = localStorageIfAllowed();
+    if (storage) store.attachStorage(storage);
     setOnline(navigator.onLine);
 
     // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
@@ -213,6 +216,14 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
 
 const CLOCK_OFFSET_KEY = "readsync.serverClockOffsetMs";
 
+function localStorageIfAllowed(): Storage | null {
+  try {
+    return window.localStorage;
+  } catch {
+    return null;
+  }
+}
+
 function savedClockOffset(): number | undefined {
   try {
     const saved = Number(window.localStorage.getItem(CLOCK_OFFSET_KEY));
@@ -235,6 +246,30 @@ export function useSync(): SyncContextValue {
   const value = useContext(SyncContext);
   if (!value) throw new Error("useSync() outside <SyncProvider>");
   return value;
+}
+
+/**
+ * Whether a page the server rendered for `renderedFor` belongs to this provider's user. Next.js
+ * keeps the (reader) layout across client-side navigation, so after this browser signed in as
+ * another reader in another tab, a page rendered with the new session's cookie arrives inside the
+ * old user's layout (store, outbox, token): it must not be shown or merged, and the tab reloads as
+ * the new user.
+ */
+export function useRenderedForThisUser(renderedFor: string): boolean {
+  const { userId } = useSync();
+  const same = renderedFor === userId;
+  useEffect(() => {
+    if (!same) window.location.reload();
+  }, [same]);
+  return same;
+}
+
+export function SessionChanged() {
+  return (
+    <p className="card" role="alert" data-testid="session-changed">
+      This browser is now signed in as another reader (in another tab). Reloading…
+    </p>
+  );
 }
 
 export function useSyncSnapshot(): SyncSnapshot {

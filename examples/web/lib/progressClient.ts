@@ -58,14 +58,17 @@ export async function readLibrary(api: ProgressApi): Promise<Progress[]> {
 
 /**
  * Whether an outbox write that failed may succeed later. Only a write the API refused as such
- * (ValidationError: malformed or out of range, also when refused before sending) never will, and
+ * (ValidationError with the API's own error body: malformed or out of range, also when refused
+ * before sending) never will, and
  * is dropped with a message. Everything else keeps the write for the next try: no connection, the
  * API unavailable, an expired token (refreshed before the next try), a rate limit — and answers
  * that say nothing about the write (a 404 from a gateway while the function is being deployed, a
  * 403, an unexpected body): dropping a week of offline reading over those would lose it for good.
  */
 export function isRetryable(error: unknown): boolean {
-  return !(error instanceof ValidationError);
+  // A 400/413/415/422 whose body is not the API's error (code http_<status>: a gateway or proxy
+  // answered) says nothing about the write either.
+  return !(error instanceof ValidationError && !error.code.startsWith("http_"));
 }
 
 /** A failure that clears by itself (no network, 5xx, 408, 429, an expired token): nothing to tell the reader. */

@@ -1,6 +1,6 @@
 import type { ReactNode } from "react";
 import { redirect } from "next/navigation";
-import { ConnectionStatus } from "@/components/ConnectionStatus.tsx";
+import { ConnectionStatus, SyncErrorBanner } from "@/components/ConnectionStatus.tsx";
 import { SyncProvider } from "@/components/SyncProvider.tsx";
 import { publicConfig } from "@/lib/server/config.ts";
 import { getSession } from "@/lib/server/session.ts";
@@ -11,7 +11,10 @@ export default async function ReaderLayout({ children }: { children: ReactNode }
   if (!session) redirect("/sign-in");
   const config = publicConfig();
   return (
+    // Keyed by the user: a layout rendered for another user (signed in in another tab) gets a fresh
+    // provider, never this one's store and outbox with the new user's token.
     <SyncProvider
+      key={session.userId}
       supabaseUrl={config.supabaseUrl}
       anonKey={config.anonKey}
       userId={session.userId}
@@ -34,6 +37,7 @@ export default async function ReaderLayout({ children }: { children: ReactNode }
             </form>
           </div>
         </header>
+        <SyncErrorBanner />
         {children}
       </main>
     </SyncProvider>

@@ -11,5 +11,5 @@ export default async function LibraryPage() {
   const session = await getSession();
   if (!session) redirect("/sign-in");
   const rows = await loadLibrary(session.accessToken);
-  return <LiveLibrary initialRows={rows} />;
+  return <LiveLibrary initialRows={rows} renderedFor={session.userId} />;
 }

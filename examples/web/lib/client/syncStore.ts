@@ -101,10 +101,15 @@ export class SyncStore {
 
   getSnapshot = (): SyncSnapshot => this.#snapshot;
 
-  /** Rows from the server-rendered page; silent (no listeners run) because it happens during render. */
+  /**
+   * Rows from the server-rendered page; silent (no listeners run) because it happens during render.
+   * Another user's rows are left out (a page rendered for the session another tab signed in).
+   */
   seed(rows: readonly ProgressRow[]): void {
     let changed = false;
-    for (const row of rows) changed = this.#mergeConfirmed(row) || changed;
+    for (const row of rows) {
+      if (row.user_id === this.userId) changed = this.#mergeConfirmed(row) || changed;
+    }
     if (changed) this.#snapshot = this.#build();
   }
 

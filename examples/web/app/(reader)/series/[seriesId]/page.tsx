@@ -14,7 +14,7 @@ export default async function SeriesPage({ params }: { params: Promise<{ seriesI
   const session = await getSession();
   if (!session) redirect("/sign-in");
   const row = await loadSeries(session.accessToken, seriesId);
-  return <SeriesEditor key={seriesId} seriesId={seriesId} initialRow={row} />;
+  return <SeriesEditor key={seriesId} seriesId={seriesId} initialRow={row} renderedFor={session.userId} />;
 }
 
 /** The route segment as text, or null when it is not valid percent-encoded UTF-8 (`/series/%FF`). */
