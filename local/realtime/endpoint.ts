@@ -51,6 +51,8 @@ export interface RealtimeEndpointStats {
   matched: number;
   delivered: number;
   skippedNoSubscriber: number;
+  /** Rows without topic, event, payload or private: dropped, as Supabase drops them. */
+  skippedIncomplete: number;
 }
 
 export interface RealtimeEndpoint extends Service {

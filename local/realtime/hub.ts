@@ -26,6 +26,8 @@ export interface HubStats {
   matched: number;
   delivered: number;
   skippedNoSubscriber: number;
+  /** Rows without topic, event, payload or private, which Supabase's replication handler drops. */
+  skippedIncomplete: number;
 }
 
 export interface HubOptions {
@@ -43,7 +45,7 @@ export class BroadcastHub {
   #wal: WalReader;
   #closed = false;
   #frameForm: "binary" | "json";
-  #stats = { matched: 0, delivered: 0, skippedNoSubscriber: 0 };
+  #stats = { matched: 0, delivered: 0, skippedNoSubscriber: 0, skippedIncomplete: 0 };
 
   constructor(dbUrl: string, options: HubOptions = {}) {
     this.#frameForm = options.frameForm ?? "binary";
@@ -105,6 +107,12 @@ export class BroadcastHub {
 
   #onMessage(row: MessageRow): void {
     if (this.#closed) return;
+    // Supabase Realtime's replication handler (Realtime.Tenants.ReplicationConnection) requires
+    // payload, event, topic and private on the row and drops one that lacks any (logged there).
+    if (row.payload == null || row.event == null || row.topic == null || row.private == null) {
+      this.#stats.skippedIncomplete++;
+      return;
+    }
     const set = this.#subscribers.get(subscriptionKey(row.private !== false, row.topic));
     if (!set || set.size === 0) {
       this.#stats.skippedNoSubscriber++;
