@@ -166,6 +166,16 @@ async function main() {
       });
       return device;
     };
+    /** A context of its own (cookies, storage) for a test's throwaway readers. */
+    const ownContext = () =>
+      browser.newContext({ baseURL: webUrl, viewport, locale: "en-GB", timezoneId: "UTC" });
+    /** A tab in `context` whose page errors are collected. */
+    const tabIn = async (context, label) => {
+      const page = await context.newPage();
+      const device = { label, context, page, errors: [], navigations: 0 };
+      page.on("pageerror", (error) => device.errors.push(String(error)));
+      return device;
+    };
     const phone = await newDevice("reader A, device 1");
     const tablet = await newDevice("reader A, device 2");
     const other = await newDevice("reader B");
@@ -611,12 +621,7 @@ async function main() {
         name: TESTS[6],
         fn: async () => {
           // A third device of reader A whose WebSocket to Realtime is refused (the HTTP API works).
-          const context = await browser.newContext({
-            baseURL: webUrl,
-            viewport,
-            locale: "en-GB",
-            timezoneId: "UTC",
-          });
+          const context = await ownContext();
           context.setDefaultTimeout(15_000);
           let refused = 0;
           await context.routeWebSocket(/\/realtime\/v1\/websocket/, (ws) => {
@@ -853,19 +858,9 @@ async function main() {
         name: TESTS[11],
         fn: async () => {
           if (!devMode) throw new SkipTest("signing throwaway users in and out needs the local stack");
-          const context = await browser.newContext({
-            baseURL: webUrl,
-            viewport,
-            locale: "en-GB",
-            timezoneId: "UTC",
-          });
+          const context = await ownContext();
           try {
-            const tab = async (label) => {
-              const page = await context.newPage();
-              const device = { label, context, page, errors: [], navigations: 0 };
-              page.on("pageerror", (error) => device.errors.push(String(error)));
-              return device;
-            };
+            const tab = (label) => tabIn(context, label);
             const emailD = `reader-d-${run}@readsync.test`;
             const emailE = `reader-e-${run}@readsync.test`;
             const shared = `shared-${run}`;
@@ -905,16 +900,10 @@ async function main() {
         name: TESTS[12],
         fn: async () => {
           if (!devMode) throw new SkipTest("signing a throwaway user in needs the local stack");
-          const context = await browser.newContext({
-            baseURL: webUrl,
-            viewport,
-            locale: "en-GB",
-            timezoneId: "UTC",
-          });
+          const context = await ownContext();
           try {
-            const page = await context.newPage();
-            const device = { label: "reader F", context, page, errors: [], navigations: 0 };
-            page.on("pageerror", (error) => device.errors.push(String(error)));
+            const device = await tabIn(context, "reader F");
+            const { page } = device;
             const email = `reader-f-${run}@readsync.test`;
             const series = `refused-${run}`;
             await signIn(device, email);
@@ -984,12 +973,7 @@ async function main() {
         name: TESTS[13],
         fn: async () => {
           if (!devMode) throw new SkipTest("signing a throwaway user in needs the local stack");
-          const context = await browser.newContext({
-            baseURL: webUrl,
-            viewport,
-            locale: "en-GB",
-            timezoneId: "UTC",
-          });
+          const context = await ownContext();
           try {
             // What Chrome does when site data is blocked: reading window.localStorage throws.
             await context.addInitScript(() =>
@@ -999,9 +983,7 @@ async function main() {
                 },
               })
             );
-            const page = await context.newPage();
-            const device = { label: "reader G", context, page, errors: [], navigations: 0 };
-            page.on("pageerror", (error) => device.errors.push(String(error)));
+            const device = await tabIn(context, "reader G");
             const email = `reader-g-${run}@readsync.test`;
             const series = `no-storage-${run}`;
             await signIn(device, email);

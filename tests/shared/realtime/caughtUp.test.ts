@@ -4,7 +4,11 @@
 // no other path. Against the stand-in client, with changesSince answered by hand.
 
 import assert from "node:assert/strict";
-import { type ChangesPage, RealtimeService } from "../../../shared/realtime/realtimeService.ts";
+import {
+  type ChangesPage,
+  RealtimeService,
+  type RealtimeServiceOptions,
+} from "../../../shared/realtime/realtimeService.ts";
 import { fakeClient, sleep } from "./fakeRealtimeClient.ts";
 
 const USER = "00000000-0000-4000-8000-0000000000c1";
@@ -38,27 +42,17 @@ async function until(what: string, condition: () => boolean, ms = 3_000): Promis
 }
 
 Deno.test("caught up: a poll that began before the rejoin does not end the catch-up (a missed change is still fetched)", async () => {
-  const { client, channel } = fakeClient();
-  const calls: PendingCall[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
-    accessToken: "T1",
+  const link = handAnsweredService({
     random: () => 0, // reconnect and poll at once after the drop
     backoff: { initialMs: 1_000, maxMs: 1_000 },
     pollIntervalMs: 50,
-    requestTimeoutMs: 60_000,
-    log: () => {},
   });
-  const chapters: number[] = [];
-  const subscription = service.subscribeToProgress(USER, (change) => chapters.push(change.row.chapter));
+  const { calls, subscription } = link;
+  const chapters = () => link.changes.map((c) => c.chapter);
   try {
-    (await channel(1)).state!("SUBSCRIBED");
-    await until("the first catch-up", () => calls.length === 1);
-    calls[0].resolve({ changes: [version(1)], next_cursor: "101", has_more: false });
-    await until("live", () => subscription.status === "live");
-
-    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
-    const rejoin = await channel(2);
+    await link.goLive([version(1)]);
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    const rejoin = await link.channel(2);
     await until("the poll while rejoining", () => calls.length === 2);
     rejoin.state!("SUBSCRIBED"); // the catch-up is queued behind the poll in flight
     // The poll read before chapter 2 committed; chapter 2's broadcast went out before the rejoin.
@@ -70,37 +64,54 @@ Deno.test("caught up: a poll that began before the rejoin does not end the catch
     calls[3].reject(new Error("network blip"));
     await until("a later round", () => calls.length === 5);
     calls[4].resolve({ changes: [version(2)], next_cursor: "103", has_more: false });
-    await until("chapter 2", () => chapters.includes(2));
+    await until("chapter 2", () => chapters().includes(2));
     await until("live again", () => subscription.status === "live");
-    assert.deepEqual(chapters, [1, 2]);
+    assert.deepEqual(chapters(), [1, 2]);
   } finally {
-    for (const call of calls) call.resolve({ changes: [], next_cursor: "103", has_more: false });
-    await subscription.unsubscribe();
-    await service.close();
+    await link.end();
   }
 });
 
-Deno.test("live: a safety read every livePollIntervalMs finds a change whose broadcast was lost, and a failed one keeps the link live", async () => {
+/**
+ * A service on the stand-in client whose changesSince calls wait to be answered by hand (`calls`),
+ * subscribed to USER; `changes` records what reached the handler. `end()` answers what is still
+ * open and closes everything.
+ */
+function handAnsweredService(options: Partial<RealtimeServiceOptions> = {}) {
   const { client, channel } = fakeClient();
   const calls: PendingCall[] = [];
   const service = new RealtimeService(client, {
     changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
     accessToken: "T1",
-    livePollIntervalMs: 50,
-    pollIntervalMs: 60_000,
     requestTimeoutMs: 60_000,
     log: () => {},
+    ...options,
   });
   const changes: { chapter: number; source: string }[] = [];
   const subscription = service.subscribeToProgress(
     USER,
     (change) => changes.push({ chapter: change.row.chapter, source: change.source }),
   );
-  try {
+  /** Joins the first channel and answers its catch-up with `rows`: the link is live. */
+  const goLive = async (rows: unknown[] = []) => {
     (await channel(1)).state!("SUBSCRIBED");
     await until("the catch-up", () => calls.length === 1);
-    calls[0].resolve({ changes: [version(1)], next_cursor: "101", has_more: false });
+    calls[0].resolve({ changes: rows, next_cursor: "101", has_more: false });
     await until("live", () => subscription.status === "live");
+  };
+  const end = async () => {
+    for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
+    await subscription.unsubscribe();
+    await service.close();
+  };
+  return { channel, calls, changes, subscription, goLive, end };
+}
+
+Deno.test("live: a safety read every livePollIntervalMs finds a change whose broadcast was lost, and a failed one keeps the link live", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 50, pollIntervalMs: 60_000 });
+  const { calls, changes, subscription } = link;
+  try {
+    await link.goLive([version(1)]);
     // Chapter 2's broadcast never came (Supabase dropped it over the rate limit).
     await until("a safety read", () => calls.length === 2);
     calls[1].reject(new Error("network blip"));
@@ -111,64 +122,32 @@ Deno.test("live: a safety read every livePollIntervalMs finds a change whose bro
     assert.deepEqual(changes, [{ chapter: 1, source: "catchup" }, { chapter: 2, source: "poll" }]);
     assert.equal(subscription.status, "live");
   } finally {
-    for (const call of calls) call.resolve({ changes: [], next_cursor: "102", has_more: false });
-    await subscription.unsubscribe();
-    await service.close();
+    await link.end();
   }
 });
 
+const slowBackoff = { random: () => 0.5, backoff: { initialMs: 60_000, maxMs: 60_000 } };
+
 Deno.test("live: livePollIntervalMs 0 turns the safety read off; a drop still starts polling at once", async () => {
-  const { client, channel } = fakeClient();
-  const calls: PendingCall[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
-    accessToken: "T1",
-    livePollIntervalMs: 0,
-    random: () => 0.5,
-    backoff: { initialMs: 60_000, maxMs: 60_000 },
-    requestTimeoutMs: 60_000,
-    log: () => {},
-  });
-  const subscription = service.subscribeToProgress(USER, () => {});
+  const link = handAnsweredService({ livePollIntervalMs: 0, ...slowBackoff });
   try {
-    (await channel(1)).state!("SUBSCRIBED");
-    await until("the catch-up", () => calls.length === 1);
-    calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
-    await until("live", () => subscription.status === "live");
+    await link.goLive();
     await sleep(200);
-    assert.equal(calls.length, 1, "no read while live");
-    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
-    await until("a poll right after the drop", () => calls.length === 2, 1_000);
+    assert.equal(link.calls.length, 1, "no read while live");
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await until("a poll right after the drop", () => link.calls.length === 2, 1_000);
   } finally {
-    for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
-    await subscription.unsubscribe();
-    await service.close();
+    await link.end();
   }
 });
 
 Deno.test("live: a drop while the next safety read is far off still starts polling at once", async () => {
-  const { client, channel } = fakeClient();
-  const calls: PendingCall[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
-    accessToken: "T1",
-    livePollIntervalMs: 60_000,
-    random: () => 0.5,
-    backoff: { initialMs: 60_000, maxMs: 60_000 },
-    requestTimeoutMs: 60_000,
-    log: () => {},
-  });
-  const subscription = service.subscribeToProgress(USER, () => {});
+  const link = handAnsweredService({ livePollIntervalMs: 60_000, ...slowBackoff });
   try {
-    (await channel(1)).state!("SUBSCRIBED");
-    await until("the catch-up", () => calls.length === 1);
-    calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
-    await until("live", () => subscription.status === "live");
-    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
-    await until("a poll right after the drop", () => calls.length === 2, 1_000);
+    await link.goLive();
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await until("a poll right after the drop", () => link.calls.length === 2, 1_000);
   } finally {
-    for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
-    await subscription.unsubscribe();
-    await service.close();
+    await link.end();
   }
 });
