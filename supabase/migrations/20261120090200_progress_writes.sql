@@ -651,12 +651,21 @@ begin
   if v_uid is null then
     raise exception using errcode = '42501', message = 'reading_progress_changes: no authenticated user';
   end if;
-  -- Asked for only where it may be called (a platform may restrict it): untagged cursors then.
-  if pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'execute') then
-    select pg_catalog.left(pg_catalog.md5(c.system_identifier::text), 8) into v_tag
-      from pg_catalog.pg_control_system() c;
-    v_prefix := v_tag || '.';
+  -- The tag is read once per connection and kept in a session setting: PostgreSQL 15 reads
+  -- pg_control without a lock, so a read that meets a checkpoint rewriting it can fail its CRC check.
+  -- Such a failure, or a platform that does not let this role call pg_control_system(), gives an
+  -- untagged cursor this time (read as before tags), never an error.
+  v_tag := nullif(pg_catalog.current_setting('readsync.cluster_tag', true), '');
+  if v_tag is null and pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'execute') then
+    begin
+      select pg_catalog.left(pg_catalog.md5(c.system_identifier::text), 8) into v_tag
+        from pg_catalog.pg_control_system() c;
+      perform pg_catalog.set_config('readsync.cluster_tag', v_tag, false);
+    exception when others then
+      v_tag := null;
+    end;
   end if;
+  v_prefix := coalesce(v_tag || '.', '');
 
   if p_cursor is null or p_cursor = '' then
     v_since := '0'::xid8;
@@ -668,18 +677,17 @@ begin
     end if;
     v_since := v_parts[2]::xid8;
     v_after := coalesce(v_parts[3], '');
-    if v_parts[1] is not null and v_tag is not null then
+    if v_parts[1] is not null and v_tag is not null and v_parts[1] <> v_tag then
       -- Another cluster's cursor: its ids say nothing here. Start over from the beginning (clients
       -- merge by the LWW key, so what they hold is dropped as duplicates).
-      if v_parts[1] <> v_tag then
-        v_since := '0'::xid8;
-        v_after := '';
-      end if;
-    -- Untagged: every cursor this cluster handed out lies at or below a later snapshot's xmax (latest
-    -- completed transaction + 1; transactions still running, the caller's own among them, may hold
-    -- ids a little above it, hence the margin of a million). One far beyond comes from another
-    -- cluster; nothing here would ever be newer, and the device would hear nothing for good.
-    -- (numeric: a 19-digit cursor may exceed bigint.)
+      v_since := '0'::xid8;
+      v_after := '';
+    -- This cluster's, or untagged: every cursor this cluster handed out lies at or below a later
+    -- snapshot's xmax (latest completed transaction + 1; transactions still running, the caller's
+    -- own among them, may hold ids a little above it, hence the margin of a million). One far
+    -- beyond comes from another cluster, or from this one before a point-in-time restore took it
+    -- back (the tag stays): nothing here would be newer for a long time, and the device would hear
+    -- nothing meanwhile. (numeric: a 19-digit cursor may exceed bigint.)
     elsif v_since::text::numeric
           > pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::numeric + 1000000 then
       v_since := '0'::xid8;
@@ -751,8 +759,8 @@ grant execute on function public.reading_progress_changes(text, integer) to auth
 --     select private.reading_progress_adopt_restored_rows();
 -- It stamps those rows (and remembered deletions) with its own transaction id, as if they had just
 -- been written, without touching anything else: the stamp, broadcast and tie-log triggers are
--- switched off for its own UPDATE (ALTER TABLE, so concurrent writers wait for it) and nothing is
--- broadcast. Devices learn of the rows through their next changes read (their old cursors carry
+-- switched off for its own UPDATE and back to their previous state (ALTER TABLE, so concurrent
+-- writers wait for it) and nothing is broadcast. Devices learn of the rows through their next changes read (their old cursors carry
 -- the other cluster's tag and start over). Returns the counts it stamped.
 -- ---------------------------------------------------------------------------------------------
 create or replace function private.reading_progress_adopt_restored_rows() returns jsonb
@@ -767,18 +775,29 @@ declare
   v_xmax xid8;
   v_rows bigint;
   v_deletions bigint;
+  v_triggers text[];
+  v_states text[];
 begin
   -- Every committed id of this cluster lies below a snapshot's xmax; a row's id at or above it (other
   -- than this transaction's own) was assigned by another cluster.
   v_xmax := pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot());
-  alter table public.reading_progress disable trigger reading_progress_stamp;
-  alter table public.reading_progress disable trigger reading_progress_broadcast;
-  alter table public.reading_progress disable trigger reading_progress_log_replaced_tie;
+  -- Each trigger is switched off and back to the state it was in (enabled, ALWAYS, REPLICA); one
+  -- the caller had disabled stays disabled.
+  select pg_catalog.array_agg(t.tgname::text), pg_catalog.array_agg(t.tgenabled::text)
+    into v_triggers, v_states
+    from pg_catalog.pg_trigger t
+   where t.tgrelid = 'public.reading_progress'::pg_catalog.regclass
+     and t.tgname in ('reading_progress_stamp', 'reading_progress_broadcast', 'reading_progress_log_replaced_tie')
+     and t.tgenabled <> 'D';
+  for i in 1 .. coalesce(pg_catalog.cardinality(v_triggers), 0) loop
+    execute pg_catalog.format('alter table public.reading_progress disable trigger %I', v_triggers[i]);
+  end loop;
   update public.reading_progress set change_xid = v_xid where change_xid >= v_xmax and change_xid <> v_xid;
   get diagnostics v_rows = row_count;
-  alter table public.reading_progress enable trigger reading_progress_stamp;
-  alter table public.reading_progress enable trigger reading_progress_broadcast;
-  alter table public.reading_progress enable trigger reading_progress_log_replaced_tie;
+  for i in 1 .. coalesce(pg_catalog.cardinality(v_triggers), 0) loop
+    execute pg_catalog.format('alter table public.reading_progress enable %s trigger %I',
+      case v_states[i] when 'A' then 'always' when 'R' then 'replica' else '' end, v_triggers[i]);
+  end loop;
   update public.reading_progress_deletions set deleted_xid = v_xid where deleted_xid >= v_xmax and deleted_xid <> v_xid;
   get diagnostics v_deletions = row_count;
   return pg_catalog.jsonb_build_object('rows', v_rows, 'deletions', v_deletions);

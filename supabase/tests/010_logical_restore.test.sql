@@ -4,7 +4,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(17);
+select plan(20);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0000-4000-8000-000000000010', 'restore-a@readsync.test');
@@ -64,11 +64,32 @@ select is(
    -> 'changes'),
   '[]'::jsonb,
   'this cluster''s own tag above xmax is taken as it stands (nothing newer yet)');
+select is(
+  (public.reading_progress_changes(
+     (select tag from cluster) || '.' || (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 100)
+   -> 'changes'),
+  (public.reading_progress_changes('', 100) -> 'changes'),
+  'this cluster''s tag far above xmax (a point-in-time restore took the cluster back) starts over too');
 select throws_ok($$select public.reading_progress_changes('0BADC0DE.5', 10)$$, '22023',
   'reading_progress_changes: invalid cursor', 'a tag must be 8 lower-case hex digits');
 select throws_ok($$select public.reading_progress_changes('badc0de.5', 10)$$, '22023',
   'reading_progress_changes: invalid cursor', 'a 7-digit tag is refused');
 reset role;
+
+-- Where this role may not call pg_control_system() (a platform may revoke it), cursors are untagged
+-- and read as before. The tag is kept per session, so the test forgets it first.
+revoke execute on function pg_control_system() from public;
+select set_config('readsync.cluster_tag', '', false);
+set local role authenticated;
+select ok(
+  (public.reading_progress_changes('', 100) ->> 'next_cursor') ~ '^[0-9]+$',
+  'without pg_control_system(): an untagged cursor');
+select is(
+  (public.reading_progress_changes(public.reading_progress_changes('', 1) ->> 'next_cursor', 100) -> 'changes'),
+  (public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 100) -> 'changes'),
+  'which pages on as before');
+reset role;
+grant execute on function pg_control_system() to public;
 
 -- ---------------------------------------------------------------------------------------------
 -- A restore from another cluster: two rows and the deletion keep that cluster's (higher) ids
@@ -97,6 +118,9 @@ select throws_ok($$select private.reading_progress_adopt_restored_rows()$$, '425
   'authenticated may not run the adoption');
 reset role;
 
+-- The operator had the broadcast trigger firing ALWAYS and the tie log off: both stay so.
+alter table public.reading_progress enable always trigger reading_progress_broadcast;
+alter table public.reading_progress disable trigger reading_progress_log_replaced_tie;
 select is(
   private.reading_progress_adopt_restored_rows(),
   '{"rows": 2, "deletions": 1}'::jsonb,
@@ -120,8 +144,10 @@ select is(
 select is(
   (select string_agg(tgname || '=' || tgenabled::text, ',' order by tgname) from pg_trigger
     where tgrelid = 'public.reading_progress'::regclass and not tgisinternal),
-  'reading_progress_broadcast=O,reading_progress_log_replaced_tie=O,reading_progress_remember_deletion=O,reading_progress_stamp=O',
-  'every trigger is enabled again');
+  'reading_progress_broadcast=A,reading_progress_log_replaced_tie=D,reading_progress_remember_deletion=O,reading_progress_stamp=O',
+  'every trigger is back in the state it was in (enabled, ALWAYS, disabled)');
+alter table public.reading_progress enable trigger reading_progress_broadcast;
+alter table public.reading_progress enable trigger reading_progress_log_replaced_tie;
 select is(
   private.reading_progress_adopt_restored_rows(),
   '{"rows": 0, "deletions": 0}'::jsonb,
