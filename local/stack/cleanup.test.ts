@@ -35,6 +35,8 @@ Deno.test({
       SUPABASE_DB_URL: `postgresql://postgres:hosted@127.0.0.1:${hostedPort}/postgres?sslmode=disable`,
       SUPABASE_URL: `http://127.0.0.1:${hostedPort}`,
       SUPABASE_ANON_KEY: "hosted-anon-key",
+      PROGRESS_DB_URL: `postgresql://postgres:hosted@127.0.0.1:${hostedPort}/postgres?sslmode=disable`,
+      SUPABASE_JWKS_URL: `http://127.0.0.1:${hostedPort}/auth/v1/.well-known/jwks.json`,
       PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
       HOME: Deno.env.get("HOME") ?? "/root",
       TMPDIR: Deno.env.get("TMPDIR") ?? "/tmp",
@@ -55,7 +57,7 @@ Deno.test({
     assert.match(printed, /database: local PostgreSQL on port/, printed);
     assert.match(
       printed,
-      /SUPABASE_DB_URL, SUPABASE_URL, SUPABASE_ANON_KEY set: npm start ignores them/,
+      /SUPABASE_DB_URL, SUPABASE_URL, SUPABASE_ANON_KEY, PROGRESS_DB_URL, SUPABASE_JWKS_URL set: npm start ignores them/,
       printed,
     );
     assert.doesNotMatch(printed, /hosted-anon-key|database: SUPABASE_DB_URL|api: SUPABASE_URL/, printed);
@@ -64,6 +66,22 @@ Deno.test({
     });
     await res.body?.cancel();
     assert.equal(res.status, 401, "the stack answers while it runs");
+    // The demo token's write lands in the stack's own database (not through PROGRESS_DB_URL).
+    const token = printed.match(/export TOKEN=(\S+)/)?.[1];
+    assert.ok(token, printed);
+    const write = await fetch(`http://127.0.0.1:${apiPort}/functions/v1/progress`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({
+        series_id: "one-piece",
+        chapter: 1,
+        page: 1,
+        percentage: 0.01,
+        device_id: "phone-1",
+        updated_at: new Date().toISOString(),
+      }),
+    });
+    assert.equal(write.status, 200, await write.text());
     await Deno.writeTextFile(release, "");
     assert.equal((await parent.status).code, 0);
     // Its parent is gone: within a few seconds both ports are free again.

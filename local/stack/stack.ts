@@ -45,6 +45,19 @@ export const EXTERNAL_TARGET_VARIABLES = [
   "SUPABASE_SERVICE_ROLE_KEY",
 ] as const;
 
+/**
+ * What the progress function also reads from its environment (shared/progress/server.ts). The
+ * local gateway runs functions in this process, so a stack of its own must not inherit them from
+ * the shell (a PROGRESS_DB_URL exported for a hosted pooler would send its writes there).
+ */
+export const FUNCTION_TARGET_VARIABLES = [
+  "PROGRESS_DB_URL",
+  "SUPABASE_JWKS",
+  "SUPABASE_JWKS_URL",
+  "JWT_SECRET",
+  "SUPABASE_INTERNAL_JWT_SECRET",
+] as const;
+
 export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
   const log = options.log ?? console.log;
   const env = (name: (typeof EXTERNAL_TARGET_VARIABLES)[number]) =>
