@@ -168,11 +168,17 @@ async function readErrorBody(
   }
 }
 
-async function readErrorResponse(response: Response, options: ProgressApiOptions): Promise<ProgressApiError> {
+/** The error answer of an attempt that began at `attemptStartedMs` (its body within the attempt's time). */
+async function readErrorResponse(
+  response: Response,
+  options: ProgressApiOptions,
+  attemptStartedMs: number,
+): Promise<ProgressApiError> {
   const requestId = response.headers.get("x-request-id") ?? undefined;
   let body: unknown = null;
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const text = await readErrorBody(response, timeoutMs, options.signal);
+  const left = Math.max(0, timeoutMs - (Date.now() - attemptStartedMs));
+  const text = await readErrorBody(response, left, options.signal);
   if (text === null) {
     return new NetworkError(
       0,
@@ -219,6 +225,7 @@ async function invoke<S extends z.ZodType>(
     throwIfAborted(options.signal);
     let error: ProgressApiError;
     const sentMs = options.clock?.deviceNow();
+    const attemptStartedMs = Date.now();
     const { data, error: invokeError, response: answer } = await client.functions.invoke(name, {
       method,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -247,7 +254,7 @@ async function invoke<S extends z.ZodType>(
     }
     if (invokeError instanceof FunctionsHttpError || invokeError instanceof FunctionsRelayError) {
       const response = invokeError.context as Response;
-      error = await readErrorResponse(response, options);
+      error = await readErrorResponse(response, options, attemptStartedMs);
       const header = response.headers.get("retry-after");
       if (header && /^\d+$/.test(header) && !(error instanceof NetworkError)) {
         error = errorFor(error.status, error.code, error.message, {
