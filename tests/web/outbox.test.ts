@@ -9,7 +9,7 @@ import { createProgressApi } from "@shared/progress/api.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import { flushOutbox, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
-import { isRetryable, isTransient } from "../../examples/web/lib/progressClient.ts";
+import { isRetryable, isTransient, splitMayHelp } from "../../examples/web/lib/progressClient.ts";
 import { createTestUser, testEnv } from "../support/env.ts";
 import { closedPort, seriesId, serveLocal } from "../functions/support.ts";
 import { pendingWrite } from "./support.ts";
@@ -177,6 +177,47 @@ Deno.test(
       await flushOutbox(store, real, options({ isTransient }));
       assert.equal(store.getSnapshot().pendingCount, 0);
       for (const [i, s] of series.entries()) assert.equal((await real.getProgress(s))?.chapter, i + 1);
+      await client.realtime.disconnect();
+    } finally {
+      await proxy.shutdown();
+    }
+  },
+);
+
+Deno.test(
+  {
+    name:
+      "outbox: a proxy that refuses large bodies (413 on every batch) does not stall it: writes go one by one",
+    ...noSanitize,
+  },
+  async () => {
+    const { user } = await device();
+    const upstream = testEnv().url;
+    // In front of the function: batches are "too large", single writes pass.
+    const proxy = serveLocal(async (req) => {
+      const url = new URL(req.url);
+      if (url.pathname.endsWith("/batch")) {
+        await req.body?.cancel();
+        return new Response("<html>413 Request Entity Too Large</html>", {
+          status: 413,
+          headers: { "content-type": "text/html" },
+        });
+      }
+      return await fetch(`${upstream}${url.pathname}${url.search}`, {
+        method: req.method,
+        headers: req.headers,
+        body: req.method === "GET" ? undefined : await req.arrayBuffer(),
+      });
+    });
+    try {
+      const { client } = countingClient(user.accessToken, proxy.url);
+      const api = createProgressApi(client, { retry: { attempts: 1 } });
+      const store = new SyncStore(user.id, defaultCompareRows);
+      const series = [seriesId("big-a"), seriesId("big-b"), seriesId("big-c")];
+      series.forEach((s, i) => store.addPending(pending(s, Date.now() - 1_000 + i, i + 1)));
+      await flushOutbox(store, api, options({ isTransient, splitMayHelp }));
+      assert.equal(store.getSnapshot().pendingCount, 0, "every write saved");
+      for (const [i, s] of series.entries()) assert.equal((await api.getProgress(s))?.chapter, i + 1);
       await client.realtime.disconnect();
     } finally {
       await proxy.shutdown();

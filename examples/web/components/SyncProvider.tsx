@@ -18,7 +18,7 @@ import { ServerClock } from "@shared/progress/serverClock.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
-import { isRetryable, isTransient, progressApi, type ProgressApi, userClient } from "@/lib/progressClient.ts";
+import { isRetryable, isTransient, progressApi, type ProgressApi, splitMayHelp, userClient } from "@/lib/progressClient.ts";
 import { flushOutbox } from "@/lib/client/outbox.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
@@ -123,6 +123,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       flushOutbox(store, api, {
         isRetryable,
         isTransient,
+        splitMayHelp,
         isSignedOut: (error) => error instanceof SignedOutError,
         refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
         isDisposed: () => disposed,

@@ -71,6 +71,15 @@ export function isRetryable(error: unknown): boolean {
   return !(error instanceof ValidationError && !error.code.startsWith("http_"));
 }
 
+/**
+ * A batch refused as a whole by something in the way of the API (a 413 or 400 without the API's own
+ * error body, e.g. a proxy's limit on body size): single writes may get through.
+ */
+export function splitMayHelp(error: unknown): boolean {
+  return error instanceof ProgressApiError && (error.status === 413 || error.status === 400) &&
+    error.code.startsWith("http_");
+}
+
 /** A failure that clears by itself (no network, 5xx, 408, 429, an expired token): nothing to tell the reader. */
 export function isTransient(error: unknown): boolean {
   if (error instanceof NetworkError || error instanceof ServiceUnavailableError) return true;

@@ -11,6 +11,9 @@
 //   - signed out: stop.
 //   - refused (a ValidationError: a write the API will never take): that batch is sent again one
 //     write at a time, so the refused write is dropped with a message and the others are still saved.
+//   - a batch that something in the way refused as a whole (splitMayHelp: a proxy's 413 or 400 for a
+//     body over its limit, not the API's own error): sent again one write at a time too,
+//     each kept when it fails alike (it may go through later), so one limit cannot stall the outbox.
 // Framework-free so it can be tested against the real API without React (tests/web/outbox.test.ts).
 
 import type { ProgressWriteInput } from "@shared/progress/schemas.ts";
@@ -28,6 +31,8 @@ export interface OutboxOptions {
   isTransient?(error: unknown): boolean;
   /** The session is gone (the caller has already sent the reader to sign in): stop quietly. */
   isSignedOut(error: unknown): boolean;
+  /** A retryable failure of a whole batch that single writes may not meet (a proxy's size limit). */
+  splitMayHelp?(error: unknown): boolean;
   /** Called before giving up on a 401, so the next attempt carries a fresh token. */
   refreshToken(): Promise<void>;
   /** True once the owner is gone (unmounted): stop between requests. */
@@ -35,7 +40,7 @@ export interface OutboxOptions {
   batchSize?: number;
 }
 
-type Outcome = "sent" | "retry later" | "refused";
+type Outcome = "sent" | "retry later" | "one by one";
 
 /** Sends every pending write; resolves when done or when it stopped at a retryable failure. */
 export async function flushOutbox(store: SyncStore, api: OutboxTransport, options: OutboxOptions): Promise<void> {
@@ -50,7 +55,7 @@ export async function flushOutbox(store: SyncStore, api: OutboxTransport, option
       const batch = pending.slice(i, i + size);
       const outcome = await attempt(store, options, batch, () => api.updateProgressBatch(batch), refused);
       if (outcome === "retry later") return;
-      if (outcome === "refused") {
+      if (outcome === "one by one") {
         for (const write of batch) {
           if (options.isDisposed()) return;
           const one = await attempt(store, options, [write], async () => [await api.updateProgress(write)], refused);
@@ -77,15 +82,16 @@ async function attempt(
   } catch (error) {
     if (options.isSignedOut(error)) return "retry later";
     if (options.isRetryable(error)) {
+      if (writes.length > 1 && options.splitMayHelp?.(error)) return "one by one";
       if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
       const transient = options.isTransient?.(error) ?? true;
       const message = error instanceof Error ? error.message : String(error);
       store.setError(transient ? null : `Not saved yet (will retry): ${message}`);
       return "retry later";
     }
-    if (writes.length > 1) return "refused";
+    if (writes.length > 1) return "one by one";
     const message = error instanceof Error ? error.message : String(error);
     refused.push({ write: writes[0], message: `Could not save ${writes[0].series_id}: ${message}` });
-    return "refused";
+    return "one by one";
   }
 }
