@@ -556,6 +556,8 @@ class UserLink<Row extends LwwRow> {
   /** The last "changes since" round; rounds never overlap (the cursor is shared). */
   #fetchChain: Promise<RoundOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
+  /** The safety read in flight while live; a drop aborts it (the polling it starts must not wait). */
+  #safetyRead: AbortController | undefined;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
   readonly #lifetime = new AbortController();
   #closed = false;
@@ -730,9 +732,12 @@ class UserLink<Row extends LwwRow> {
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
     // No longer live: changes flow only by polling until the channel is joined and caught up again.
     if (this.status === "live") this.#setStatus("connecting");
-    // A safety read scheduled while live would hold off the polling below for its whole interval.
+    // A safety read scheduled while live would hold off the polling below for its whole interval,
+    // and one in flight would hold it (the rounds queue) until it answered or timed out.
     this.service.timers.clear(this.#pollTimer);
     this.#pollTimer = undefined;
+    this.#safetyRead?.abort(new Error("the live link dropped"));
+    this.#safetyRead = undefined;
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = this.service.timers.set(() => {
       this.#reconnectTimer = undefined;
@@ -803,13 +808,17 @@ class UserLink<Row extends LwwRow> {
     if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
     if (this.#closed) return;
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
+    const safety = live ? (this.#safetyRead = new AbortController()) : undefined;
     const { outcome, joinedGeneration } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
+      safety?.signal,
     );
+    if (this.#safetyRead === safety) this.#safetyRead = undefined;
     if (this.#closed) return;
-    if (live && this.#joined && this.#caughtUp) {
-      // Still live whatever this read found or whether it failed: the channel is up.
-      this.#scheduleLivePoll();
+    if (live) {
+      // Still live whatever this read found or whether it failed: the channel is up. If the link
+      // dropped meanwhile, #fail has taken over the status and the polling.
+      if (this.#joined && this.#caughtUp) this.#scheduleLivePoll();
       return;
     }
     // Only a round that began after this join catches the link up: one that began before it (a
@@ -836,7 +845,7 @@ class UserLink<Row extends LwwRow> {
    * cursor it was sent), "failed" when a call failed or timed out. joinedGeneration: the link's
    * generation if its channel was joined when the round began reading.
    */
-  async #fetchChanges(source: ChangeSource): Promise<Round> {
+  async #fetchChanges(source: ChangeSource, signal?: AbortSignal): Promise<Round> {
     let joinedGeneration: number | undefined;
     const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
@@ -844,7 +853,7 @@ class UserLink<Row extends LwwRow> {
       this.#fetchInFlight = true;
       try {
         for (let page = 0; page < 1000; page++) {
-          const result = await this.#changesSince();
+          const result = await this.#changesSince(signal);
           if (this.#closed) return "failed";
           for (const raw of result.changes ?? []) {
             const row = this.service.parseRow(raw);
@@ -889,15 +898,19 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * One changesSince call that cannot hang the link: after requestTimeoutMs (or on close) its signal
-   * aborts and the service stops waiting for it, whether or not the call honours the signal.
+   * One changesSince call that cannot hang the link: after requestTimeoutMs (or on close, or when
+   * `stop` aborts) its signal aborts and the service stops waiting for it, whether or not the call
+   * honours the signal.
    */
-  async #changesSince(): Promise<ChangesPage> {
+  async #changesSince(stop?: AbortSignal): Promise<ChangesPage> {
     const controller = new AbortController();
     const lifetime = this.#lifetime.signal;
     const onClose = () => controller.abort(lifetime.reason);
     if (lifetime.aborted) onClose();
     else lifetime.addEventListener("abort", onClose, { once: true });
+    const onStop = () => controller.abort(stop?.reason);
+    if (stop?.aborted) onStop();
+    else stop?.addEventListener("abort", onStop, { once: true });
     const timeoutMs = this.service.options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     const timer = this.service.timers.set(
       () => controller.abort(new Error(`changesSince did not answer within ${timeoutMs} ms`)),
@@ -916,6 +929,7 @@ class UserLink<Row extends LwwRow> {
     } finally {
       this.service.timers.clear(timer);
       lifetime.removeEventListener("abort", onClose);
+      stop?.removeEventListener("abort", onStop);
     }
   }
 

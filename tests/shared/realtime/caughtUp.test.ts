@@ -151,3 +151,18 @@ Deno.test("live: a drop while the next safety read is far off still starts polli
     await link.end();
   }
 });
+
+Deno.test("live: a drop while a safety read hangs starts polling at once (the hung read is let go)", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 50, ...slowBackoff });
+  try {
+    await link.goLive();
+    await until("a safety read", () => link.calls.length === 2); // never answered
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await until("a poll right after the drop", () => link.calls.length === 3, 1_000);
+    link.calls[2].resolve({ changes: [version(3)], next_cursor: "103", has_more: false });
+    await until("chapter 3", () => link.changes.length === 1);
+    assert.equal(link.subscription.status, "polling");
+  } finally {
+    await link.end();
+  }
+});
