@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
 import { createClient } from "@supabase/supabase-js";
-import { adminSql, createTestUser, testEnv } from "../support/env.ts";
+import { adminSql, createTestUser, mintsTokens, testEnv } from "../support/env.ts";
 import {
   newClient,
   noSanitize,
@@ -18,6 +18,7 @@ import {
 } from "./realtime_support.ts";
 
 Deno.test({
+  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name: "realtime auth: a 4 s token refreshed every second keeps the channel live past its expiry, 0 missed",
   ...noSanitize,
 }, async () => {
@@ -81,6 +82,7 @@ Deno.test({
 });
 
 Deno.test({
+  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name: "realtime auth: without a refresh the server closes at expiry; a new token brings it back",
   ...noSanitize,
 }, async () => {
@@ -126,6 +128,7 @@ Deno.test({
 });
 
 Deno.test({
+  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name:
     "realtime auth: the moment the server closes the channel the link is no longer live, and a token given before any poll answers rejoins at once",
   ...noSanitize,
@@ -212,6 +215,7 @@ Deno.test({
 });
 
 Deno.test({
+  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name:
     "realtime auth: a token set while the join is in flight reaches the channel once joined (no flap at the old token's expiry)",
   ...noSanitize,
