@@ -116,7 +116,7 @@ create table if not exists public.reading_progress_conflicts (
   winning_page integer not null,
   winning_percentage double precision not null,
   winning_cleared boolean not null,
-  created_at timestamptz not null default now(),
+  created_at timestamptz not null default now(), -- the log function sets the wall clock of logging
   constraint reading_progress_conflicts_loser_below_winner
     check ((losing_updated_at, losing_device_id) < (winning_updated_at, winning_device_id)),
   constraint reading_progress_conflicts_kind_matches
@@ -221,17 +221,29 @@ begin
   end if;
 
   v_kind := case when v_key = v_current.updated_at then 'tie' else 'stale' end;
-  insert into public.reading_progress_conflicts (
+  -- created_at is the wall clock of logging, so it lies within the life of the row it was logged
+  -- against (a life's created_at is the wall clock of its INSERT). The same pair of keys met again in
+  -- a later life of the row (deleted and written again) is a new conflict: the old row is taken
+  -- over; within one life a retried loser changes nothing.
+  insert into public.reading_progress_conflicts as c (
     user_id, series_id, kind, rejected,
     losing_updated_at, losing_device_id, losing_chapter, losing_page, losing_percentage, losing_cleared,
-    winning_updated_at, winning_device_id, winning_chapter, winning_page, winning_percentage, winning_cleared
+    winning_updated_at, winning_device_id, winning_chapter, winning_page, winning_percentage, winning_cleared,
+    created_at
   ) values (
     v_uid, p_series_id, v_kind, coalesce(p_rejected, true),
     v_key, p_device_id, p_chapter, p_page, p_percentage, coalesce(p_cleared, false),
     v_current.updated_at, v_current.device_id, v_current.chapter, v_current.page, v_current.percentage,
-    v_current.cleared
+    v_current.cleared, pg_catalog.clock_timestamp()
   )
-  on conflict on constraint reading_progress_conflicts_once do nothing;
+  on conflict on constraint reading_progress_conflicts_once do update
+    set kind = excluded.kind, rejected = excluded.rejected,
+        losing_chapter = excluded.losing_chapter, losing_page = excluded.losing_page,
+        losing_percentage = excluded.losing_percentage, losing_cleared = excluded.losing_cleared,
+        winning_chapter = excluded.winning_chapter, winning_page = excluded.winning_page,
+        winning_percentage = excluded.winning_percentage, winning_cleared = excluded.winning_cleared,
+        created_at = excluded.created_at
+    where c.created_at < v_current.created_at;
   return v_kind;
 end;
 $$;
@@ -379,12 +391,13 @@ begin
     -- A replay of the stored write: the same answer as the first time. If that write replaced a
     -- same-millisecond one, the log remembers which (the user's own rows; RLS allows reading them).
     -- The same key may have won ties in earlier lives of the row too (deleted and written again):
-    -- the latest logged is this life's.
+    -- only one logged in this life counts (logged after the life began).
     select c.losing_updated_at, c.losing_device_id into v_replaced_at, v_replaced_device
     from public.reading_progress_conflicts c
     where c.user_id = v_uid and c.series_id = p_series_id collate "C" and not c.rejected
       and c.winning_updated_at = v_key and c.winning_device_id = p_device_id collate "C"
-    order by c.id desc
+      and c.created_at >= v_prev.created_at
+    order by c.created_at desc
     limit 1;
     return pg_catalog.jsonb_build_object(
       'won', true,
@@ -527,6 +540,38 @@ drop trigger if exists reading_progress_remember_deletion on public.reading_prog
 create trigger reading_progress_remember_deletion
   after delete on public.reading_progress
   for each row execute function private.reading_progress_remember_deletion();
+
+-- A new life must begin after the one deleted before it: clients order lives by created_at
+-- (shared/realtime/progressMerge.ts). The stamp trigger takes created_at from the clock BEFORE the
+-- INSERT, which may then wait for a concurrent transaction holding the same key (an uncommitted
+-- insert); if that transaction deletes the series, inserts and deletes it again and commits, the
+-- waiting INSERT goes through with a created_at older than the lives deleted meanwhile, and every
+-- device drops it as an older life for good. Such an INSERT fails with 40001 (serialization
+-- failure): the progress function retries it, with a created_at after the deletion; a Data API
+-- client sees a retryable 40001 and sends it again. Nothing else is ever refused here: a later
+-- life's created_at is later (the wall clock at its INSERT).
+create or replace function private.reading_progress_new_life_after_deletion() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if exists (select 1 from public.reading_progress_deletions d
+              where d.user_id = new.user_id and d.series_id = new.series_id
+                and (d.version ->> 'created_at')::timestamptz > new.created_at) then
+    raise exception using
+      errcode = '40001',
+      message = 'reading_progress: the series was deleted while this insert waited; retry it',
+      hint = 'Retry the write: it will start a life after the deleted one.';
+  end if;
+  return null;
+end;
+$$;
+revoke all on function private.reading_progress_new_life_after_deletion() from public, anon, authenticated;
+
+drop trigger if exists reading_progress_new_life_after_deletion on public.reading_progress;
+create trigger reading_progress_new_life_after_deletion
+  after insert on public.reading_progress
+  for each row execute function private.reading_progress_new_life_after_deletion();
 
 -- ---------------------------------------------------------------------------------------------
 -- Reads. All SECURITY INVOKER (RLS applies) and filtered on auth.uid() explicitly as well, so the

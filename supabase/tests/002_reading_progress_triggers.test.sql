@@ -27,8 +27,8 @@ create temp view new_msgs as
 select triggers_are(
   'public', 'reading_progress',
   array['reading_progress_stamp', 'reading_progress_broadcast', 'reading_progress_remember_deletion',
-        'reading_progress_log_replaced_tie'],
-  'reading_progress has exactly the stamp, broadcast, remember-deletion and replaced-tie log (both migration 013) triggers'
+        'reading_progress_log_replaced_tie', 'reading_progress_new_life_after_deletion'],
+  'reading_progress has exactly the stamp, broadcast, remember-deletion, replaced-tie log and new-life check (the last three migration 013) triggers'
 );
 
 -- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update (32 truncate, 64 instead of)
@@ -39,9 +39,10 @@ select results_eq(
      order by tgname$$,
   $$values ('reading_progress_broadcast',         1 + 4 + 8 + 16, 'O', 'reading_progress_broadcast()'),
            ('reading_progress_log_replaced_tie',  1 + 16,         'O', 'private.reading_progress_log_replaced_tie()'),
+           ('reading_progress_new_life_after_deletion', 1 + 4,    'O', 'private.reading_progress_new_life_after_deletion()'),
            ('reading_progress_remember_deletion', 1 + 8,          'O', 'private.reading_progress_remember_deletion()'),
            ('reading_progress_stamp',             1 + 2 + 4 + 16, 'O', 'reading_progress_stamp()')$$,
-  'stamp is BEFORE INSERT OR UPDATE, broadcast AFTER INSERT OR UPDATE OR DELETE, replaced-tie log AFTER UPDATE, remember-deletion AFTER DELETE; all FOR EACH ROW and enabled'
+  'stamp is BEFORE INSERT OR UPDATE, broadcast AFTER INSERT OR UPDATE OR DELETE, replaced-tie log AFTER UPDATE, new-life check AFTER INSERT, remember-deletion AFTER DELETE; all FOR EACH ROW and enabled'
 );
 
 select is(

@@ -136,8 +136,8 @@ select set_eq(
 
 select is(
   (select count(*)::int from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal),
-  4,
-  'still exactly four triggers on reading_progress (012''s stamp and broadcast, 013''s remember-deletion and replaced-tie log; no duplicates)'
+  5,
+  'still exactly five triggers on reading_progress (012''s stamp and broadcast, 013''s remember-deletion, replaced-tie log and new-life check; no duplicates)'
 );
 
 insert into auth.users (id, email) values ('abababab-0000-4000-8000-00000000000a', 'rerun@readsync.test');

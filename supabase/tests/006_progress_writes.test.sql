@@ -39,9 +39,9 @@ select results_eq(
   $$select p.proname::text collate "default" from pg_catalog.pg_proc p
      where p.pronamespace = 'private'::regnamespace and p.proname ~ 'reading_progress' order by 1$$,
   $$values ('log_reading_progress_conflict'), ('reading_progress_adopt_restored_rows'),
-           ('reading_progress_log_replaced_tie'), ('reading_progress_normalize_updated_at'),
-           ('reading_progress_remember_deletion')$$,
-  'readsync keeps exactly its two helpers, the restore adoption and the remember-deletion and replaced-tie trigger functions in private');
+           ('reading_progress_log_replaced_tie'), ('reading_progress_new_life_after_deletion'),
+           ('reading_progress_normalize_updated_at'), ('reading_progress_remember_deletion')$$,
+  'readsync keeps exactly its two helpers, the restore adoption and the remember-deletion, replaced-tie and new-life trigger functions in private');
 
 select results_eq(
   $$select p.oid::regprocedure::text collate "default", p.prosecdef, p.proconfig::text collate "default"

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(21);
+select plan(25);
 
 insert into auth.users (id, email) values
   ('a7a7a7a7-0000-4000-8000-000000000007', 'deletions-a@readsync.test'),
@@ -164,6 +164,57 @@ select is(
       and payload ->> 'operation' = 'DELETE' and payload -> 'old_record' ->> 'series_id' = 'keyed'),
   1, 'only the delete that removed the row was broadcast'
 );
+
+-- ---------------------------------------------------------------------------------------------
+-- A new life begins after the deleted one (trigger reading_progress_new_life_after_deletion). The
+-- race it guards against (an INSERT that waited while another transaction deleted the series again)
+-- needs two sessions: tests/functions/progress_api.test.ts. Here its outcome is staged directly: the
+-- remembered deletion holds a life that began after the clock the new INSERT is stamped with.
+-- ---------------------------------------------------------------------------------------------
+insert into public.reading_progress_deletions (user_id, series_id, deleted_xid, deleted_at, version)
+values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced', pg_current_xact_id(), now(),
+        jsonb_build_object('series_id', 'raced', 'created_at', clock_timestamp() + interval '1 hour'));
+set local role authenticated;
+select set_config('request.jwt.claims',
+  '{"sub": "b7b7b7b7-0000-4000-8000-000000000007", "role": "authenticated"}', true);
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, device_id)
+    values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced', 'phone')$$,
+  '40001', 'reading_progress: the series was deleted while this insert waited; retry it',
+  'an insert stamped before a deleted life began is refused as a serialization failure (retryable)');
+select lives_ok(
+  $$insert into public.reading_progress (user_id, series_id, device_id)
+    values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced-not', 'phone');
+    delete from public.reading_progress where series_id = 'raced-not';
+    insert into public.reading_progress (user_id, series_id, device_id)
+    values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced-not', 'phone')$$,
+  'a delete and a new insert in one transaction is a later life and goes through');
+
+-- A replay answers as the first time did, in this life of the row: a tie the same key won in an
+-- earlier life (deleted since) is not this life's; the same tie met again in a later life is.
+select public.write_reading_progress('tie-lives', 1, 1, 0.1, false, 'd1', '2026-03-01 00:00:00+00');
+insert into res values ('life1-tie',
+  public.write_reading_progress('tie-lives', 2, 2, 0.2, false, 'd2', '2026-03-01 00:00:00+00'));
+delete from public.reading_progress where series_id = 'tie-lives';
+insert into res values ('life2-first',
+  public.write_reading_progress('tie-lives', 2, 2, 0.2, false, 'd2', '2026-03-01 00:00:00+00'));
+insert into res values ('life2-replay',
+  public.write_reading_progress('tie-lives', 2, 2, 0.2, false, 'd2', '2026-03-01 00:00:00+00'));
+delete from public.reading_progress where series_id = 'tie-lives';
+select public.write_reading_progress('tie-lives', 1, 1, 0.1, false, 'd1', '2026-03-01 00:00:00+00');
+insert into res values ('life3-tie',
+  public.write_reading_progress('tie-lives', 2, 2, 0.2, false, 'd2', '2026-03-01 00:00:00+00'));
+insert into res values ('life3-replay',
+  public.write_reading_progress('tie-lives', 2, 2, 0.2, false, 'd2', '2026-03-01 00:00:00+00'));
+reset role;
+select is(
+  (select jsonb_object_agg(label, r -> 'conflict') from res where label like 'life%'),
+  '{"life1-tie": "tie", "life2-first": null, "life2-replay": null, "life3-tie": "tie", "life3-replay": "tie"}'::jsonb,
+  'a replay answers the conflict of its own life: none after the tie''s life was deleted, the tie again when met again');
+select is(
+  (select count(*)::int from public.reading_progress_conflicts
+    where user_id = 'b7b7b7b7-0000-4000-8000-000000000007' and series_id = 'tie-lives'),
+  1, 'the pair met in two lives is one log row, taken over by the later life');
 
 -- ---------------------------------------------------------------------------------------------
 -- Deleting the user takes everything along, and the cascade does not trip over the trigger

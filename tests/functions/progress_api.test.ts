@@ -214,6 +214,57 @@ Deno.test("GET /progress/changes pages through rows and hard deletes alike: ever
   );
 });
 
+Deno.test("an insert that waited while another transaction deleted the series again starts a later life", async () => {
+  // Devices order lives by created_at. The function's INSERT is stamped, then waits for a script's
+  // uncommitted insert of the same series; the script deletes, inserts and deletes it again and
+  // commits. The INSERT must not go through with a created_at older than those deleted lives
+  // (every device would drop it as an older life): it is refused (40001) and retried.
+  const a = await createTestUser();
+  const series = seriesId("raced");
+  const sql = adminSql({ max: 3 });
+  const script = await sql.reserve();
+  try {
+    await script`begin`;
+    await script`insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
+                 values (${a.id}, ${series}, 1, 1, 'script', '2026-01-01T00:00:00Z')`;
+    const posted = call("POST", "", {
+      token: a.accessToken,
+      body: write({
+        series_id: series,
+        chapter: 5,
+        page: 5,
+        device_id: "phone",
+        updated_at: "2026-01-02T00:00:00Z",
+      }),
+    });
+    for (let waited = 0;; waited += 20) {
+      const [{ n }] = await sql<{ n: number }[]>`
+        select count(*)::int as n from pg_stat_activity
+         where wait_event_type = 'Lock' and query like '%write_reading_progress%'`;
+      if (n > 0) break;
+      assert.ok(waited < 10_000, "the function's insert never waited for the script");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
+    await script`insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
+                 values (${a.id}, ${series}, 2, 2, 'script', '2026-01-01T00:00:01Z')`;
+    await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
+    await script`commit`;
+    const answer = await posted;
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    assert.equal(writeResultSchema.parse(answer.body).won, true);
+    const [row] = await sql<{ later: boolean }[]>`
+      select rp.created_at > (d.version ->> 'created_at')::timestamptz as later
+        from public.reading_progress rp
+        join public.reading_progress_deletions d using (user_id, series_id)
+       where rp.user_id = ${a.id} and rp.series_id = ${series}`;
+    assert.equal(row?.later, true, "the stored life began after the last deleted one");
+  } finally {
+    script.release();
+    await sql.end();
+  }
+});
+
 Deno.test("an identical replay answers the same and changes nothing (no broadcast, no log row)", async () => {
   const a = await createTestUser();
   const sql = adminSql({ max: 1 });
