@@ -44,6 +44,14 @@ begin
       hint = 'Delete the row and insert the new one.';
   end if;
   if tg_op = 'UPDATE'
+     and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) is not distinct from
+         row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text then
+    -- The DO UPDATE of an upsert dated ahead (see the INSERT branch below): by its own date it is
+    -- newer than whatever version it met, so it lands 1 ms after that version when that one lies at
+    -- or after the "now" its INSERT half was given; never a tie with it, and never a replay of it.
+    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
+    new.updated_at := greatest(new.updated_at, old.updated_at + interval '1 millisecond');
+  elsif tg_op = 'UPDATE'
      and new.updated_at is not distinct from old.updated_at
      and new.device_id is not distinct from old.device_id then
     if (new.user_id, new.series_id, new.chapter, new.page, new.percentage, new.cleared)
@@ -85,14 +93,6 @@ begin
     new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
 
     if tg_op = 'UPDATE' and not v_ahead
-       and (new.updated_at, new.device_id collate "C") <= (old.updated_at, old.device_id collate "C")
-       and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) is not distinct from
-           row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text then
-      -- The DO UPDATE of an upsert dated ahead (above) that met a version stored at or after the
-      -- "now" its INSERT half was given: by its own date it still wins, 1 ms after that version.
-      perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
-      new.updated_at := old.updated_at + interval '1 millisecond';
-    elsif tg_op = 'UPDATE' and not v_ahead
        and (new.updated_at, new.device_id collate "C") <= (old.updated_at, old.device_id collate "C") then
       -- Last write wins on every path, not only through the progress API: RLS lets users update
       -- their rows through the Data API, and an offline device's stale write (or a same-millisecond

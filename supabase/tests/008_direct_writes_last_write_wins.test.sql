@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(31);
+select plan(34);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -165,6 +165,32 @@ select is(
   '(2,tablet)',
   'a later statement with the key an ahead upsert was stamped with is refused as stale (the claim was that statement''s)');
 
+-- Met in the very millisecond it is stamped with: still after that version (no tie with it), and from
+-- the same device with the same position not a replay of it (a dated-ahead write is always new).
+insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-same-ms', 3, 30, 0.03, 'aa', date_trunc('milliseconds', now()));
+with u as (
+  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-same-ms', 4, 40, 0.04, 'bb', now() + interval '1 hour')
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+        device_id = excluded.device_id, updated_at = excluded.updated_at
+  returning updated_at)
+select is((select updated_at from u), date_trunc('milliseconds', now()) + interval '1 millisecond',
+  'an upsert dated ahead that meets a version of its own millisecond lands 1 ms after it');
+with u as (
+  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-same-ms', 4, 40, 0.04, 'bb', now() + interval '1 hour')
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+        device_id = excluded.device_id, updated_at = excluded.updated_at
+  returning updated_at)
+select is((select updated_at from u), date_trunc('milliseconds', now()) + interval '2 milliseconds',
+  'sent again, it is a new write (1 ms later again), not a replay');
+select is(
+  (select count(*)::int from public.reading_progress_conflicts where series_id = 'ahead-same-ms'),
+  0, 'and no tie was logged for either');
+
 -- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
 reset role;
 update public.reading_progress set chapter = 1, updated_at = now() - interval '30 days'
@@ -201,8 +227,8 @@ select throws_ok(
 select is(
   (select array_agg(series_id order by series_id) from public.reading_progress
     where user_id = 'a8a8a8a8-0000-4000-8000-000000000008'),
-  array['ahead', 'ahead-new', 'op']::text[],
-  'both series are still there under their names');
+  array['ahead', 'ahead-new', 'ahead-same-ms', 'op']::text[],
+  'every series is still there under its name');
 
 -- updated_at outside 1970..9999 (UTC) is refused like the API refuses it: no client could read such
 -- a row back (JavaScript has no Date for '-infinity' or a BC year), so one insert would break every
