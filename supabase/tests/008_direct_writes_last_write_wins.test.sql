@@ -18,6 +18,19 @@ create temp view new_msgs as
   select m.* from realtime.messages m where not exists (select 1 from msgs_before b where b.id = m.id);
 grant select on msgs_before, new_msgs to authenticated;
 
+-- A write as supabase-js .upsert() sends it (INSERT ... ON CONFLICT DO UPDATE), for the signed-in user
+-- (RLS applies: the function runs as its caller). Returns the stored updated_at, no row when refused.
+create function pg_temp.upsert(p_series text, p_chapter int, p_page int, p_percentage float8, p_device text,
+                               p_updated_at timestamptz) returns setof timestamptz
+language sql as $$
+  insert into public.reading_progress as p (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+  values ((select auth.uid()), p_series, p_chapter, p_page, p_percentage, p_device, p_updated_at)
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+        device_id = excluded.device_id, updated_at = excluded.updated_at
+  returning p.updated_at
+$$;
+
 set local role authenticated;
 select set_config('request.jwt.claims',
   json_build_object('sub', 'a8a8a8a8-0000-4000-8000-000000000008', 'role', 'authenticated')::text, true);
@@ -52,14 +65,8 @@ select is(
 );
 
 -- The same through an upsert, as supabase-js .upsert() sends it (INSERT ... ON CONFLICT DO UPDATE).
-with u as (
-  insert into public.reading_progress as p (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-  values ('a8a8a8a8-0000-4000-8000-000000000008', 'op', 6, 1, 0.06, 'ereader', now() - interval '6 days')
-  on conflict (user_id, series_id) do update
-    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-        device_id = excluded.device_id, updated_at = excluded.updated_at
-  returning 1)
-select is((select count(*)::int from u), 0, 'a stale direct upsert returns no row');
+select is((select count(*)::int from pg_temp.upsert('op', 6, 1, 0.06, 'ereader', now() - interval '6 days')),
+  0, 'a stale direct upsert returns no row');
 
 select is((select chapter from stored), 12, 'and leaves chapter 12');
 
@@ -132,14 +139,8 @@ select cmp_ok(
 create temp table ahead_before on commit drop as
   select updated_at from public.reading_progress where series_id = 'ahead';
 grant select on ahead_before to authenticated;
-with u as (
-  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead', 7, 70, 0.07, 'phone', now() + interval '1 hour')
-  on conflict (user_id, series_id) do update
-    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-        device_id = excluded.device_id, updated_at = excluded.updated_at
-  returning 1)
-select is((select count(*)::int from u), 1, 'an upsert dated an hour ahead lands over a version stored ahead');
+select is((select count(*)::int from pg_temp.upsert('ahead', 7, 70, 0.07, 'phone', now() + interval '1 hour')),
+  1, 'an upsert dated an hour ahead lands over a version stored ahead');
 select is(
   (select (updated_at, device_id, chapter)::text from public.reading_progress where series_id = 'ahead'),
   ((select updated_at from ahead_before) + interval '1 millisecond', 'phone', 7)::text,
@@ -147,14 +148,8 @@ select is(
 
 -- The DO UPDATE learns of the claimed date from a setting its INSERT half leaves for this statement
 -- only: a later statement that sends the key the claim was stamped with is judged like any write.
-with u as (
-  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-new', 1, 10, 0.01, 'phone', now() + interval '1 hour')
-  on conflict (user_id, series_id) do update
-    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-        device_id = excluded.device_id, updated_at = excluded.updated_at
-  returning updated_at)
-select is((select updated_at from u), date_trunc('milliseconds', now()),
+select is((select u from pg_temp.upsert('ahead-new', 1, 10, 0.01, 'phone', now() + interval '1 hour') u),
+  date_trunc('milliseconds', now()),
   'the first version of a series, dated an hour ahead, is stored at now()');
 update public.reading_progress set chapter = 2, device_id = 'tablet', updated_at = now() + interval '1 second'
  where series_id = 'ahead-new';
@@ -169,23 +164,11 @@ select is(
 -- the same device with the same position not a replay of it (a dated-ahead write is always new).
 insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
 values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-same-ms', 3, 30, 0.03, 'aa', date_trunc('milliseconds', now()));
-with u as (
-  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-same-ms', 4, 40, 0.04, 'bb', now() + interval '1 hour')
-  on conflict (user_id, series_id) do update
-    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-        device_id = excluded.device_id, updated_at = excluded.updated_at
-  returning updated_at)
-select is((select updated_at from u), date_trunc('milliseconds', now()) + interval '1 millisecond',
+select is((select u from pg_temp.upsert('ahead-same-ms', 4, 40, 0.04, 'bb', now() + interval '1 hour') u),
+  date_trunc('milliseconds', now()) + interval '1 millisecond',
   'an upsert dated ahead that meets a version of its own millisecond lands 1 ms after it');
-with u as (
-  insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-  values ('a8a8a8a8-0000-4000-8000-000000000008', 'ahead-same-ms', 4, 40, 0.04, 'bb', now() + interval '1 hour')
-  on conflict (user_id, series_id) do update
-    set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-        device_id = excluded.device_id, updated_at = excluded.updated_at
-  returning updated_at)
-select is((select updated_at from u), date_trunc('milliseconds', now()) + interval '2 milliseconds',
+select is((select u from pg_temp.upsert('ahead-same-ms', 4, 40, 0.04, 'bb', now() + interval '1 hour') u),
+  date_trunc('milliseconds', now()) + interval '2 milliseconds',
   'sent again, it is a new write (1 ms later again), not a replay');
 select is(
   (select count(*)::int from public.reading_progress_conflicts where series_id = 'ahead-same-ms'),
