@@ -44,13 +44,17 @@ begin
       hint = 'Delete the row and insert the new one.';
   end if;
   if tg_op = 'UPDATE'
-     and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) is not distinct from
+     and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> '' -- cheap test first
+     and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) =
          row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text then
     -- The DO UPDATE of an upsert dated ahead (see the INSERT branch below): by its own date it is
     -- newer than whatever version it met, so it lands 1 ms after that version when that one lies at
     -- or after the "now" its INSERT half was given; never a tie with it, and never a replay of it.
+    -- The value is the claim's by construction (now()), not taken from the row: a session that set
+    -- the setting itself cannot place a row in the far future.
     perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
-    new.updated_at := greatest(new.updated_at, old.updated_at + interval '1 millisecond');
+    new.updated_at := greatest(
+      pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
   elsif tg_op = 'UPDATE'
      and new.updated_at is not distinct from old.updated_at
      and new.device_id is not distinct from old.device_id then
@@ -113,8 +117,14 @@ begin
   new.change_xid := pg_catalog.pg_current_xact_id();
   if tg_op = 'INSERT' then
     -- The wall clock, not now(): a row deleted and inserted again in one transaction (or by a
-    -- transaction that began before the deleted life did) must still start a later life.
-    new.created_at := new.synced_at;
+    -- transaction that began before the deleted life did) must still start a later life; and never
+    -- at or before the life last deleted (remembered by migration 013), should the clock have
+    -- stepped back since. An INSERT that then waits for a concurrent transaction is checked after
+    -- the wait (migration 013, reading_progress_new_life_after_deletion).
+    new.created_at := greatest(new.synced_at, (
+      select (d.version ->> 'created_at')::timestamptz + interval '1 microsecond'
+        from public.reading_progress_deletions d
+       where d.user_id = new.user_id and d.series_id = new.series_id));
   else
     new.created_at := old.created_at;
   end if;

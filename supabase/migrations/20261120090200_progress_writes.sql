@@ -221,10 +221,9 @@ begin
   end if;
 
   v_kind := case when v_key = v_current.updated_at then 'tie' else 'stale' end;
-  -- created_at is the wall clock of logging, so it lies within the life of the row it was logged
-  -- against (a life's created_at is the wall clock of its INSERT). The same pair of keys met again in
-  -- a later life of the row (deleted and written again) is a new conflict: the old row is taken
-  -- over; within one life a retried loser changes nothing.
+  -- created_at is the wall clock of logging. The same pair of keys met again in a later life of the
+  -- row (deleted and written again) is a new conflict: the old row, logged before that deletion, is
+  -- taken over; within one life a retried loser changes nothing.
   insert into public.reading_progress_conflicts as c (
     user_id, series_id, kind, rejected,
     losing_updated_at, losing_device_id, losing_chapter, losing_page, losing_percentage, losing_cleared,
@@ -243,7 +242,9 @@ begin
         winning_chapter = excluded.winning_chapter, winning_page = excluded.winning_page,
         winning_percentage = excluded.winning_percentage, winning_cleared = excluded.winning_cleared,
         created_at = excluded.created_at
-    where c.created_at < v_current.created_at;
+    -- the old row belongs to an earlier life: the series was deleted after it was logged
+    where exists (select 1 from public.reading_progress_deletions d
+                   where d.user_id = c.user_id and d.series_id = c.series_id and d.deleted_at > c.created_at);
   return v_kind;
 end;
 $$;
@@ -391,12 +392,13 @@ begin
     -- A replay of the stored write: the same answer as the first time. If that write replaced a
     -- same-millisecond one, the log remembers which (the user's own rows; RLS allows reading them).
     -- The same key may have won ties in earlier lives of the row too (deleted and written again):
-    -- only one logged in this life counts (logged after the life began).
+    -- only one logged in this life counts (no deletion of the series after it was logged).
     select c.losing_updated_at, c.losing_device_id into v_replaced_at, v_replaced_device
     from public.reading_progress_conflicts c
     where c.user_id = v_uid and c.series_id = p_series_id collate "C" and not c.rejected
       and c.winning_updated_at = v_key and c.winning_device_id = p_device_id collate "C"
-      and c.created_at >= v_prev.created_at
+      and not exists (select 1 from public.reading_progress_deletions d
+                       where d.user_id = c.user_id and d.series_id = c.series_id and d.deleted_at > c.created_at)
     order by c.created_at desc
     limit 1;
     return pg_catalog.jsonb_build_object(
@@ -548,13 +550,18 @@ create trigger reading_progress_remember_deletion
 -- waiting INSERT goes through with a created_at older than the lives deleted meanwhile, and every
 -- device drops it as an older life for good. Such an INSERT fails with 40001 (serialization
 -- failure): the progress function retries it, with a created_at after the deletion; a Data API
--- client sees a retryable 40001 and sends it again. Nothing else is ever refused here: a later
--- life's created_at is later (the wall clock at its INSERT).
+-- client sees a retryable 40001 and sends it again. Nothing else is ever refused here: the stamp
+-- trigger places a new life after the remembered deletion (even after a clock step back).
 create or replace function private.reading_progress_new_life_after_deletion() returns trigger
 language plpgsql
 set search_path = ''
 as $$
 begin
+  -- A plain INSERT dated ahead leaves the claim meant for an upsert's DO UPDATE (migration 012's
+  -- stamp trigger); it must not match a later UPDATE of the same statement (a DO block).
+  if pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> '' then
+    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
+  end if;
   if exists (select 1 from public.reading_progress_deletions d
               where d.user_id = new.user_id and d.series_id = new.series_id
                 and (d.version ->> 'created_at')::timestamptz > new.created_at) then

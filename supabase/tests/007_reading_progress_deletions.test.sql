@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(25);
+select plan(27);
 
 insert into auth.users (id, email) values
   ('a7a7a7a7-0000-4000-8000-000000000007', 'deletions-a@readsync.test'),
@@ -166,10 +166,11 @@ select is(
 );
 
 -- ---------------------------------------------------------------------------------------------
--- A new life begins after the deleted one (trigger reading_progress_new_life_after_deletion). The
--- race it guards against (an INSERT that waited while another transaction deleted the series again)
--- needs two sessions: tests/functions/progress_api.test.ts. Here its outcome is staged directly: the
--- remembered deletion holds a life that began after the clock the new INSERT is stamped with.
+-- A new life begins after the deleted one. The race the AFTER INSERT trigger
+-- reading_progress_new_life_after_deletion guards against (an INSERT that waited while another
+-- transaction deleted the series again; refused with 40001 and retried) needs two sessions:
+-- tests/functions/progress_api.test.ts. Here: a remembered life dated after the clock (the clock
+-- stepped back since), which the stamp trigger places the new life after.
 -- ---------------------------------------------------------------------------------------------
 insert into public.reading_progress_deletions (user_id, series_id, deleted_xid, deleted_at, version)
 values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced', pg_current_xact_id(), now(),
@@ -177,11 +178,16 @@ values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced', pg_current_xact_id(), n
 set local role authenticated;
 select set_config('request.jwt.claims',
   '{"sub": "b7b7b7b7-0000-4000-8000-000000000007", "role": "authenticated"}', true);
-select throws_ok(
+select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, device_id)
     values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced', 'phone')$$,
-  '40001', 'reading_progress: the series was deleted while this insert waited; retry it',
-  'an insert stamped before a deleted life began is refused as a serialization failure (retryable)');
+  'an insert after a remembered life dated ahead of the clock is not refused');
+select is(
+  (select rp.created_at - (d.version ->> 'created_at')::timestamptz
+     from public.reading_progress rp join public.reading_progress_deletions d using (user_id, series_id)
+    where rp.series_id = 'raced'),
+  interval '1 microsecond',
+  'its life begins just after the deleted one, not at the (earlier) wall clock');
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, device_id)
     values ('b7b7b7b7-0000-4000-8000-000000000007', 'raced-not', 'phone');
@@ -206,7 +212,24 @@ insert into res values ('life3-tie',
   public.write_reading_progress('tie-lives', 2, 2, 0.2, false, 'd2', '2026-03-01 00:00:00+00'));
 insert into res values ('life3-replay',
   public.write_reading_progress('tie-lives', 2, 2, 0.2, false, 'd2', '2026-03-01 00:00:00+00'));
+-- A tie logged before conflicts carried the wall clock (created_at was the logging transaction's
+-- start, which may lie before the life began) still answers the replay, and a retried loser of the
+-- same life does not take its row over.
+select public.write_reading_progress('old-log', 1, 1, 0.1, false, 'e1', '2026-04-01 00:00:00+00');
+select public.write_reading_progress('old-log', 2, 2, 0.2, false, 'e2', '2026-04-01 00:00:00+00');
 reset role;
+update public.reading_progress_conflicts set created_at = created_at - interval '1 hour' where series_id = 'old-log';
+set local role authenticated;
+insert into res values ('old-log-replay',
+  public.write_reading_progress('old-log', 2, 2, 0.2, false, 'e2', '2026-04-01 00:00:00+00'));
+select public.write_reading_progress('old-log', 1, 1, 0.1, false, 'e1', '2026-04-01 00:00:00+00');
+reset role;
+select is(
+  (select jsonb_build_object('replay', (select r -> 'conflict' from res where label = 'old-log-replay'),
+                             'rows', count(*), 'rejected', bool_or(rejected))
+     from public.reading_progress_conflicts where series_id = 'old-log'),
+  '{"replay": "tie", "rows": 1, "rejected": false}'::jsonb,
+  'an older log row of this life answers the replay, and a retried loser leaves it as it was');
 select is(
   (select jsonb_object_agg(label, r -> 'conflict') from res where label like 'life%'),
   '{"life1-tie": "tie", "life2-first": null, "life2-replay": null, "life3-tie": "tie", "life3-replay": "tie"}'::jsonb,

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(34);
+select plan(36);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -174,6 +174,30 @@ select is(
   (select count(*)::int from public.reading_progress_conflicts where series_id = 'ahead-same-ms'),
   0, 'and no tie was logged for either');
 
+-- The claim cannot be forged to pin a row: a session that sets the setting itself gets the claim's own
+-- value (now()), not the far-future date it named.
+update public.reading_progress set updated_at = '9000-01-01 00:00:00+00', device_id = 'forger'
+ where series_id = 'ahead-same-ms'
+   and set_config('readsync.upsert_dated_ahead',
+         row(user_id, series_id, '9000-01-01 00:00:00+00'::timestamptz, 'forger', statement_timestamp())::text,
+         true) is not null;
+select cmp_ok((select updated_at from public.reading_progress where series_id = 'ahead-same-ms'), '<',
+  now() + interval '1 day', 'a forged claim does not place the row in the far future');
+
+-- A plain INSERT dated ahead leaves no claim behind for a later UPDATE of the same statement.
+do $$
+begin
+  insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+  values ((select auth.uid()), 'linger', 1, 'aaa', now() + interval '1 hour');
+  update public.reading_progress set chapter = 2, device_id = 'zzz', updated_at = now() + interval '4 seconds'
+   where series_id = 'linger';
+  update public.reading_progress set chapter = 3, device_id = 'aaa', updated_at = date_trunc('milliseconds', now())
+   where series_id = 'linger';
+end
+$$;
+select is((select chapter from public.reading_progress where series_id = 'linger'), 2,
+  'a stale UPDATE with the key a plain INSERT was stamped with earlier in the statement is refused');
+
 -- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
 reset role;
 update public.reading_progress set chapter = 1, updated_at = now() - interval '30 days'
@@ -210,7 +234,7 @@ select throws_ok(
 select is(
   (select array_agg(series_id order by series_id) from public.reading_progress
     where user_id = 'a8a8a8a8-0000-4000-8000-000000000008'),
-  array['ahead', 'ahead-new', 'ahead-same-ms', 'op']::text[],
+  array['ahead', 'ahead-new', 'ahead-same-ms', 'linger', 'op']::text[],
   'every series is still there under its name');
 
 -- updated_at outside 1970..9999 (UTC) is refused like the API refuses it: no client could read such
