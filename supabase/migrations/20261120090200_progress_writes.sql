@@ -314,20 +314,21 @@ begin
     raise exception using errcode = '42501', message = 'write_reading_progress: no authenticated user';
   end if;
 
-  -- The common case first: a write with a strictly newer updated_at than the stored one (or one
-  -- dated beyond the tolerance) replaces it, and nothing is logged (ordinary progress, not a
-  -- conflict), so one UPDATE decides and writes. Under READ COMMITTED an UPDATE that meets a
-  -- concurrently changed row waits for that writer and re-checks its WHERE against the committed
-  -- version, so this compares against the newest row.
+  -- The common case first: a write with a strictly newer updated_at than the stored one replaces
+  -- it, and nothing is logged (ordinary progress, not a conflict), so one UPDATE decides and writes.
+  -- Under READ COMMITTED an UPDATE that meets a concurrently changed row waits for that writer and
+  -- re-checks its WHERE against the committed version, so this compares against the newest row.
+  -- A write dated beyond the tolerance goes the slow way below: whether it is still ahead is judged
+  -- again once its row is locked.
   update public.reading_progress as rp
     set chapter = p_chapter,
         page = p_page,
         percentage = p_percentage,
         cleared = coalesce(p_cleared, false),
         device_id = p_device_id,
-        updated_at = case when v_ahead then greatest(v_key, rp.updated_at + interval '1 millisecond') else v_key end
+        updated_at = v_key
     where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
-      and (v_ahead or rp.updated_at < v_key)
+      and not v_ahead and rp.updated_at < v_key
   returning rp.* into v_row;
   if found then
     return pg_catalog.jsonb_build_object(
@@ -357,6 +358,15 @@ begin
         'won', true, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_row));
     end if;
   end loop;
+
+  -- "Ahead" was judged against now(), the start of this transaction. A write that then waited (for
+  -- this row's lock, or for earlier writes of its batch) may meet versions written meanwhile by
+  -- devices whose clocks are right, dated after it: by the wall clock it is not ahead of them any
+  -- more, so it is judged by its own date like any write (it would otherwise replace a newer one).
+  if v_ahead and p_updated_at <= pg_catalog.clock_timestamp() + interval '5 seconds' then
+    v_ahead := false;
+    v_key := pg_catalog.date_trunc('milliseconds', p_updated_at);
+  end if;
 
   -- The decision: last write wins on (updated_at, device_id), in one statement, against the row
   -- locked above. A plain UPDATE, not INSERT ... ON CONFLICT: the row exists and cannot go away

@@ -265,6 +265,68 @@ Deno.test("an insert that waited while another transaction deleted the series ag
   }
 });
 
+Deno.test("a batch write that waited is judged by the wall clock: dated 5 s after the batch began, it does not replace a newer write made while it waited", async () => {
+  // "More than 5 s ahead" is first judged against now(), the start of the batch's transaction. The
+  // batch waits 1.2 s for another transaction's lock on its first series; meanwhile a phone with a
+  // right clock writes the second series, dated after the batch's write. When the batch gets there,
+  // its write is no longer ahead of anything: it loses by its own date instead of winning over it.
+  const a = await createTestUser();
+  const [first, second] = [seriesId("held"), seriesId("target")];
+  const sql = adminSql({ max: 4 });
+  const holder = await sql.reserve();
+  const batch = await sql.reserve();
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const asUser = `{"sub": "${a.id}", "role": "authenticated"}`;
+  try {
+    for (const s of [first, second]) {
+      await sql`insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+                values (${a.id}, ${s}, 1, 'seed', now() - interval '1 day')`;
+    }
+    await holder`begin`;
+    await holder`select 1 from public.reading_progress where user_id = ${a.id} and series_id = ${first} for update`;
+    await batch`begin`;
+    await batch`select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${asUser}, true)`;
+    const [{ t0 }] = await batch<{ t0: Date }[]>`select now() as t0`;
+    const at = (ms: number) => new Date(t0.getTime() + ms).toISOString();
+    const writes = [
+      { series_id: first, chapter: 2, page: 2, percentage: 0, device_id: "tablet", updated_at: at(0) },
+      { series_id: second, chapter: 2, page: 2, percentage: 0, device_id: "tablet", updated_at: at(5_200) },
+    ];
+    const answered = batch`select public.write_reading_progress_batch(${sql.json(writes)}) as r`;
+    await sleep(600);
+    // The phone's write: 4.7 s ahead of its own clock (within the tolerance), after the batch's date.
+    const phone = await call("POST", "", {
+      token: a.accessToken,
+      body: write({ series_id: second, chapter: 9, page: 9, device_id: "phone", updated_at: at(5_300) }),
+    });
+    assert.equal(phone.status, 200, JSON.stringify(phone.body));
+    assert.equal(writeResultSchema.parse(phone.body).won, true);
+    await sleep(600);
+    await holder`commit`;
+    const [{ r }] = await answered;
+    await batch`commit`;
+    const results = r as { won: boolean }[];
+    assert.deepEqual(
+      results.map((x) => x.won),
+      [true, false],
+      "the held series is written, the target refused",
+    );
+    const [stored] = await sql<{ chapter: number; device_id: string }[]>`
+      select chapter, device_id from public.reading_progress where user_id = ${a.id} and series_id = ${second}`;
+    assert.deepEqual(
+      { ...stored },
+      { chapter: 9, device_id: "phone" },
+      "the newer write from the phone stays",
+    );
+  } finally {
+    await holder`rollback`.catch(() => {});
+    await batch`rollback`.catch(() => {});
+    holder.release();
+    batch.release();
+    await sql.end();
+  }
+});
+
 Deno.test("an identical replay answers the same and changes nothing (no broadcast, no log row)", async () => {
   const a = await createTestUser();
   const sql = adminSql({ max: 1 });
