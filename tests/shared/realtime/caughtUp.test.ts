@@ -9,7 +9,8 @@ import {
   RealtimeService,
   type RealtimeServiceOptions,
 } from "../../../shared/realtime/realtimeService.ts";
-import { fakeClient, sleep } from "./fakeRealtimeClient.ts";
+import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
 
 const USER = "00000000-0000-4000-8000-0000000000c1";
 
@@ -34,13 +35,6 @@ interface PendingCall {
   reject: (error: Error) => void;
 }
 
-async function until(what: string, condition: () => boolean, ms = 3_000): Promise<void> {
-  for (let waited = 0; !condition(); waited += 5) {
-    if (waited > ms) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
-
 Deno.test("caught up: a poll that began before the rejoin does not end the catch-up (a missed change is still fetched)", async () => {
   const link = handAnsweredService({
     random: () => 0, // reconnect and poll at once after the drop
@@ -53,19 +47,19 @@ Deno.test("caught up: a poll that began before the rejoin does not end the catch
     await link.goLive([version(1)]);
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
     const rejoin = await link.channel(2);
-    await until("the poll while rejoining", () => calls.length === 2);
+    await waitFor("the poll while rejoining", () => calls.length === 2);
     rejoin.state!("SUBSCRIBED"); // the catch-up is queued behind the poll in flight
     // The poll read before chapter 2 committed; chapter 2's broadcast went out before the rejoin.
     calls[1].resolve({ changes: [], next_cursor: "102", has_more: false });
     // The catch-up and its immediate retry fail (a network blip); later rounds would see chapter 2.
-    await until("the catch-up", () => calls.length === 3);
+    await waitFor("the catch-up", () => calls.length === 3);
     calls[2].reject(new Error("network blip"));
-    await until("the catch-up's retry", () => calls.length === 4);
+    await waitFor("the catch-up's retry", () => calls.length === 4);
     calls[3].reject(new Error("network blip"));
-    await until("a later round", () => calls.length === 5);
+    await waitFor("a later round", () => calls.length === 5);
     calls[4].resolve({ changes: [version(2)], next_cursor: "103", has_more: false });
-    await until("chapter 2", () => chapters().includes(2));
-    await until("live again", () => subscription.status === "live");
+    await waitFor("chapter 2", () => chapters().includes(2));
+    await waitFor("live again", () => subscription.status === "live");
     assert.deepEqual(chapters(), [1, 2]);
   } finally {
     await link.end();
@@ -95,9 +89,9 @@ function handAnsweredService(options: Partial<RealtimeServiceOptions> = {}) {
   /** Joins the first channel and answers its catch-up with `rows`: the link is live. */
   const goLive = async (rows: unknown[] = []) => {
     (await channel(1)).state!("SUBSCRIBED");
-    await until("the catch-up", () => calls.length === 1);
+    await waitFor("the catch-up", () => calls.length === 1);
     calls[0].resolve({ changes: rows, next_cursor: "101", has_more: false });
-    await until("live", () => subscription.status === "live");
+    await waitFor("live", () => subscription.status === "live");
   };
   const end = async () => {
     for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
@@ -113,12 +107,12 @@ Deno.test("live: a safety read every livePollIntervalMs finds a change whose bro
   try {
     await link.goLive([version(1)]);
     // Chapter 2's broadcast never came (Supabase dropped it over the rate limit).
-    await until("a safety read", () => calls.length === 2);
+    await waitFor("a safety read", () => calls.length === 2);
     calls[1].reject(new Error("network blip"));
-    await until("the next safety read", () => calls.length === 3);
+    await waitFor("the next safety read", () => calls.length === 3);
     assert.equal(subscription.status, "live", "a failed safety read does not take the link out of live");
     calls[2].resolve({ changes: [version(2)], next_cursor: "102", has_more: false });
-    await until("chapter 2", () => changes.length === 2);
+    await waitFor("chapter 2", () => changes.length === 2);
     assert.deepEqual(changes, [{ chapter: 1, source: "catchup" }, { chapter: 2, source: "poll" }]);
     assert.equal(subscription.status, "live");
   } finally {
@@ -135,7 +129,7 @@ Deno.test("live: livePollIntervalMs 0 turns the safety read off; a drop still st
     await sleep(200);
     assert.equal(link.calls.length, 1, "no read while live");
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
-    await until("a poll right after the drop", () => link.calls.length === 2, 1_000);
+    await waitFor("a poll right after the drop", () => link.calls.length === 2, { timeoutMs: 1_000 });
   } finally {
     await link.end();
   }
@@ -146,7 +140,7 @@ Deno.test("live: a drop while the next safety read is far off still starts polli
   try {
     await link.goLive();
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
-    await until("a poll right after the drop", () => link.calls.length === 2, 1_000);
+    await waitFor("a poll right after the drop", () => link.calls.length === 2, { timeoutMs: 1_000 });
   } finally {
     await link.end();
   }
@@ -156,11 +150,11 @@ Deno.test("live: a drop while a safety read hangs starts polling at once (the hu
   const link = handAnsweredService({ livePollIntervalMs: 50, ...slowBackoff });
   try {
     await link.goLive();
-    await until("a safety read", () => link.calls.length === 2); // never answered
+    await waitFor("a safety read", () => link.calls.length === 2); // never answered
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
-    await until("a poll right after the drop", () => link.calls.length === 3, 1_000);
+    await waitFor("a poll right after the drop", () => link.calls.length === 3, { timeoutMs: 1_000 });
     link.calls[2].resolve({ changes: [version(3)], next_cursor: "103", has_more: false });
-    await until("chapter 3", () => link.changes.length === 1);
+    await waitFor("chapter 3", () => link.changes.length === 1);
     assert.equal(link.subscription.status, "polling");
   } finally {
     await link.end();

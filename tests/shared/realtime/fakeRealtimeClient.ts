@@ -4,6 +4,7 @@
 // exercised by the integration tests (tests/integration/realtime-*.test.ts).
 
 import type { SupabaseClient } from "@supabase/supabase-js";
+import { waitFor } from "../../integration/realtime_support.ts";
 
 interface FakeChannel {
   topic: string;
@@ -60,13 +61,11 @@ export function fakeClient(tokenSource?: () => string) {
   };
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 /** Waits (up to 5 s) until the service has made its n-th channel and called subscribe() on it. */
 async function nthChannel(channels: FakeChannel[], made: () => number, n: number): Promise<FakeChannel> {
-  for (let waited = 0; made() < n || !channels.at(-1)?.state; waited += 5) {
-    if (waited > 5_000) throw new Error(`no channel #${n} after 5 s`);
-    await sleep(5);
-  }
+  await waitFor(`channel #${n}`, () => made() >= n && !!channels.at(-1)?.state, {
+    timeoutMs: 5_000,
+    intervalMs: 5,
+  });
   return channels.at(-1)!;
 }
