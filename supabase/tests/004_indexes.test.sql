@@ -16,7 +16,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(24);
+select plan(29);
 
 -- ---------------------------------------------------------------------------------------------
 -- Index definitions
@@ -250,6 +250,91 @@ select matches(
   'Index (Only )?Scan using reading_progress_deletions_user_xid_idx|Bitmap Index Scan on reading_progress_deletions_user_xid_idx',
   'changes since on remembered deletions scans reading_progress_deletions_user_xid_idx'
 );
+
+-- ---------------------------------------------------------------------------------------------
+-- The statements inside the API's SQL functions, called as a signed-in user (row level security
+-- on). The plans above are of the same queries written out here; these checks count the scans the
+-- functions themselves start, from this transaction's own statistics (pg_stat_get_xact_numscans),
+-- so they fail when a function's statement stops using its index or scans a table sequentially.
+-- ---------------------------------------------------------------------------------------------
+-- Scans started by one statement: {"<index>": n, "seq <table>": n} for every count that moved.
+create function pg_temp.scans_of(statement text) returns jsonb
+language plpgsql
+as $$
+declare
+  before jsonb;
+  after jsonb;
+begin
+  select jsonb_object_agg(name, n) into before from pg_temp.scan_counts();
+  execute statement;
+  select jsonb_object_agg(name, n) into after from pg_temp.scan_counts();
+  return (select coalesce(jsonb_object_agg(key, (value::text)::bigint - (before ->> key)::bigint), '{}')
+            from jsonb_each(after) where (value::text)::bigint > (before ->> key)::bigint);
+end;
+$$;
+
+create function pg_temp.scan_counts() returns table (name text, n bigint)
+language sql
+as $$
+  -- pg_stat_get_xact_numscans: scans started in this transaction (of an index: index scans; of a
+  -- table: sequential scans). PostgreSQL 15 has no pg_stat_xact view for indexes.
+  select c.relname::text, pg_stat_get_xact_numscans(c.oid)
+    from pg_index i join pg_class c on c.oid = i.indexrelid
+   where i.indrelid in ('public.reading_progress'::regclass, 'public.reading_progress_deletions'::regclass)
+  union all
+  select 'seq ' || c.relname, pg_stat_get_xact_numscans(c.oid)
+    from pg_class c
+   where c.oid in ('public.reading_progress'::regclass, 'public.reading_progress_deletions'::regclass)
+$$;
+
+set local role authenticated;
+set local request.jwt.claims = '{"sub": "0a0a0a0a-0000-4000-8000-000000000007", "role": "authenticated"}';
+
+select is(
+  pg_temp.scans_of($$select count(*) from public.get_reading_progress('series-7')$$),
+  '{"reading_progress_pkey": 1}'::jsonb,
+  'get_reading_progress as the user: one scan of reading_progress_pkey, nothing else'
+);
+
+select is(
+  pg_temp.scans_of($$select count(*) from public.list_reading_progress(50)$$),
+  '{"reading_progress_user_recent_idx": 1}'::jsonb,
+  'list_reading_progress (first page) as the user: one scan of reading_progress_user_recent_idx, nothing else'
+);
+
+select is(
+  pg_temp.scans_of($$select count(*) from public.list_reading_progress(50, '2026-01-14 00:00:00+00', 'series-9000')$$),
+  '{"reading_progress_user_recent_idx": 1}'::jsonb,
+  'list_reading_progress (keyset page) as the user: one scan of reading_progress_user_recent_idx, nothing else'
+);
+
+-- The changes read: each side's index, and its anti-join probes by index; which index the
+-- planner picks for the deletions side depends on how many of them the cursor leaves (all of a
+-- user's 100: the primary key and a sort is as cheap), so that is asserted only for a cursor in the
+-- middle of the user's deletions (xids 200701..200800 for user 7); no sequential scan either way.
+create function pg_temp.changes_scans(p_cursor text) returns jsonb
+language sql
+as $$
+  select jsonb_build_object(
+    'sequential scan', d ?| array['seq reading_progress', 'seq reading_progress_deletions'],
+    'reading_progress_user_changes_idx', d ? 'reading_progress_user_changes_idx',
+    'reading_progress_deletions_user_xid_idx', d ? 'reading_progress_deletions_user_xid_idx')
+  from pg_temp.scans_of(format('select public.reading_progress_changes(%L, 100)', p_cursor)) d
+$$;
+
+select is(
+  pg_temp.changes_scans('200760'),
+  '{"sequential scan": false, "reading_progress_user_changes_idx": true, "reading_progress_deletions_user_xid_idx": true}'::jsonb,
+  'reading_progress_changes as the user, cursor among the deletions: reading_progress_user_changes_idx and reading_progress_deletions_user_xid_idx, no sequential scan'
+);
+
+select is(
+  pg_temp.changes_scans('119000') ->> 'sequential scan',
+  'false',
+  'reading_progress_changes as the user, cursor before every deletion: no sequential scan'
+);
+
+reset role;
 
 select * from finish();
 rollback;
