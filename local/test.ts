@@ -87,14 +87,23 @@ async function schemaFingerprint(dbUrl: string): Promise<string> {
   ]);
 }
 
-/** The stack as every suite sees it. */
+/**
+ * The stack as every suite sees it. The JWT secret only when it is known to sign for the API the
+ * suites talk to: the local API's own, or the one given with SUPABASE_JWT_SECRET (without it, against
+ * another API the stack's development default would mint tokens that API refuses; the suites then
+ * sign users in through Auth). READSYNC_LOCAL_REALTIME=1 when Realtime is the local endpoint: tests
+ * that run an endpoint of their own (to kill it, or to look inside it) test the stand-in, not a
+ * real stack's Realtime, and are skipped otherwise (tests/support/env.ts `localRealtime`).
+ */
 function stackEnv(stack: Awaited<ReturnType<typeof startLocalStack>>): Record<string, string> {
+  const jwtSecretKnown = stack.ownsApi || Boolean(Deno.env.get("SUPABASE_JWT_SECRET"));
   return {
     SUPABASE_URL: stack.apiUrl,
     SUPABASE_ANON_KEY: stack.anonKey,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
     SUPABASE_DB_URL: stack.dbUrl,
-    SUPABASE_JWT_SECRET: stack.jwtSecret,
+    ...(jwtSecretKnown ? { SUPABASE_JWT_SECRET: stack.jwtSecret } : {}),
+    READSYNC_LOCAL_REALTIME: stack.ownsApi ? "1" : "0",
     NO_COLOR: "1",
   };
 }

@@ -17,6 +17,8 @@ export interface LocalStack {
   migrationLog: string;
   /** Whether this stack started its own PostgreSQL (false with SUPABASE_DB_URL). */
   ownsDatabase: boolean;
+  /** Whether this stack serves the functions and Realtime itself (false with SUPABASE_URL). */
+  ownsApi: boolean;
   stop(): Promise<void>;
 }
 
@@ -107,6 +109,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       serviceRoleKey: env("SUPABASE_SERVICE_ROLE_KEY") ?? serviceRoleKey,
       migrationLog,
       ownsDatabase: !externalDb,
+      ownsApi: !externalApi,
       stop,
     };
   } catch (error) {

@@ -9,11 +9,11 @@ import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { subscribeToProgress, updateProgress } from "../../shared/progress/api.ts";
 import type { ProgressChange, RealtimeStatus } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
-import { clientWithToken, noSanitize, serverState, sleep, waitFor } from "./realtime_support.ts";
+import { clientWithToken, ownEndpoint, serverState, sleep, waitFor } from "./realtime_support.ts";
 
 Deno.test({
   name: "realtime e2e: api.ts subscribeToProgress: Realtime killed -> polling the function -> live, 0 missed",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   const env = testEnv();
   const sql = adminSql();

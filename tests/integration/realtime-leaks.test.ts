@@ -12,7 +12,7 @@ import { adminSql, createTestUser, testEnv, type TestUser } from "../support/env
 import {
   joinChannel,
   newClient,
-  noSanitize,
+  ownEndpoint,
   type Sql,
   sqlChangesSince,
   waitFor,
@@ -41,7 +41,7 @@ function socketCallbackCounts(client: SupabaseClient) {
 }
 
 Deno.test(
-  { name: "realtime leaks: setup (endpoint, client with an anchor channel)", ...noSanitize },
+  { name: "realtime leaks: setup (endpoint, client with an anchor channel)", ...ownEndpoint },
   async () => {
     const env = testEnv();
     const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! });
@@ -120,7 +120,10 @@ function trackTimers() {
   };
 }
 
-Deno.test(`realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing behind`, async () => {
+Deno.test({
+  name: `realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing behind`,
+  ignore: ownEndpoint.ignore,
+}, async () => {
   const { client, sql, user, server } = fixture;
   let timers: ReturnType<typeof trackTimers> | null = null;
   const channelsBefore = client.getChannels().map((c) => c.topic);
@@ -200,7 +203,7 @@ Deno.test(`realtime leaks: ${CYCLES} subscribe/unsubscribe cycles leave nothing 
 
 Deno.test({
   name: "realtime leaks: 300 cycles while Realtime is unreachable (polling, retries pending) leave no timer",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   const { sql, user } = fixture;
   // Nothing listens on this port: every join fails, so each link polls and has a retry scheduled:
@@ -265,7 +268,7 @@ Deno.test({
   }
 });
 
-Deno.test({ name: "realtime leaks: teardown", ...noSanitize }, async () => {
+Deno.test({ name: "realtime leaks: teardown", ...ownEndpoint }, async () => {
   const { client, sql, server } = fixture;
   await client.removeAllChannels();
   await client.realtime.disconnect();

@@ -15,6 +15,7 @@ import {
   deleteProgress,
   newClient,
   noSanitize,
+  ownEndpoint,
   serverState,
   sleep,
   sqlChangesSince,
@@ -24,7 +25,7 @@ import {
 
 Deno.test({
   name: "realtime resilience: endpoint killed mid-stream -> polling -> live, 0 missed",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   const env = testEnv();
   const sql = adminSql({ max: 6 });
@@ -296,7 +297,7 @@ function dedupe<T>(values: T[]): T[] {
 Deno.test({
   name:
     "realtime: a socket that sends nothing (no heartbeat) is closed after the idle timeout; a heartbeating one stays",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   // Phoenix closes a WebSocket that sent nothing for its transport timeout (60 s); the local endpoint
   // does the same (here 600 ms). realtime-js heartbeats well inside it, so only a stopped client is cut.

@@ -11,6 +11,7 @@ import {
   joinChannel,
   newClient,
   noSanitize,
+  ownEndpoint,
   sleep,
   waitFor,
   writeProgress,
@@ -526,7 +527,7 @@ Deno.test(
   {
     name:
       "realtime auth: the periodic token confirm does not ask the read policy again; an access_token push does",
-    ...noSanitize,
+    ...ownEndpoint,
   },
   async () => {
     // Supabase's confirm_token (every 5 minutes, and at expiry) re-verifies the channel's token only;

@@ -11,6 +11,7 @@ import {
   closeClient,
   joinChannel,
   noSanitize,
+  ownEndpoint,
   waitFor,
   writeProgress,
 } from "./realtime_support.ts";
@@ -29,7 +30,7 @@ async function slots(sql: Sql): Promise<Map<string, { temporary: boolean; pid: n
 
 Deno.test({
   name: "realtime WAL: the endpoint's replication slot is temporary and goes away with the endpoint",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   const env = testEnv();
   const sql = adminSql();
@@ -54,7 +55,7 @@ Deno.test({
 
 Deno.test({
   name: "realtime WAL: a terminated replication connection is re-established and later commits arrive",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   const env = testEnv();
   const sql = adminSql();
@@ -157,7 +158,7 @@ Deno.test({
 
 Deno.test({
   name: "realtime WAL: a role that may not replicate gets one clear error at start, and nothing is left open",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   const env = testEnv();
   const sql = adminSql();

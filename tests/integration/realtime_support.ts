@@ -3,7 +3,7 @@
 
 import { createClient, type RealtimeChannel, type SupabaseClient } from "@supabase/supabase-js";
 import type postgres from "postgres";
-import { testEnv } from "../support/env.ts";
+import { localRealtime, testEnv } from "../support/env.ts";
 
 export type Sql = postgres.Sql;
 
@@ -259,3 +259,6 @@ export async function closeClient(client: SupabaseClient): Promise<void> {
 
 /** Test option shorthand: supabase-js keeps timers and sockets around; only the leak test checks. */
 export const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
+
+/** Options of a test that runs a Realtime endpoint of its own: the local stand-in only (env.ts `localRealtime`). */
+export const ownEndpoint = { ...noSanitize, ignore: !localRealtime } as const;

@@ -24,6 +24,14 @@ export interface TestEnv {
  */
 export const mintsTokens = Boolean(Deno.env.get("SUPABASE_JWT_SECRET"));
 
+/**
+ * Whether Realtime is the local endpoint (local/realtime), as when `npm test` runs its own stack
+ * (READSYNC_LOCAL_REALTIME). Tests that start an endpoint of their own — to kill and restart it, to
+ * run it with other settings or to read its counters — test that stand-in, not the Realtime of the
+ * stack the suite is pointed at, so against a real stack they are skipped (`ignore`).
+ */
+export const localRealtime = Deno.env.get("READSYNC_LOCAL_REALTIME") !== "0";
+
 export function testEnv(): TestEnv {
   const need = (name: string) => {
     const value = Deno.env.get(name);
