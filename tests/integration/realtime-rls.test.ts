@@ -1,11 +1,14 @@
 // Who may receive and send on progress:<user_id>, through the real supabase-js client over the real
-// WebSocket: RLS on realtime.messages decides (migration 012), the endpoint only asks it.
+// WebSocket: RLS on realtime.messages decides (migration 012), the endpoint only asks it. First, the
+// table's own policies as a Data API request meets them (the task list's "test RLS policies").
 
 import assert from "node:assert/strict";
+import type postgres from "postgres";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { adminSql, createTestUser, mintsTokens, testEnv } from "../support/env.ts";
 import {
+  asUser,
   clientWithToken,
   closeClient,
   joinChannel,
@@ -45,6 +48,86 @@ async function rawSocket(baseUrl = testEnv().url) {
   });
   return socket;
 }
+
+Deno.test({
+  name:
+    "table RLS, as PostgREST runs a request: A reads only A's rows; B's can be neither read, added, changed nor deleted by A; anon gets nothing",
+  ...noSanitize,
+}, async () => {
+  // The policies on public.reading_progress themselves (pgTAP 001 covers them statement by statement):
+  // the same transaction shape PostgREST uses for a signed-in request (role + request.jwt.claims).
+  const sql = adminSql({ max: 2 });
+  const a = await createTestUser();
+  const b = await createTestUser();
+  const bRow = () =>
+    sql`select chapter, page, device_id from public.reading_progress where user_id = ${b.id}`;
+  const refused = async (
+    what: string,
+    fn: (tx: postgres.TransactionSql) => Promise<unknown>,
+    code = "42501", // insufficient_privilege: the policies' WITH CHECK
+  ) => await assert.rejects(asUser(sql, a.id, fn), (e: { code?: string }) => e.code === code, what);
+  try {
+    await writeProgress(sql, a.id, { series_id: "a-series", chapter: 1, device_id: "a-phone" });
+    await writeProgress(sql, b.id, { series_id: "b-series", chapter: 7, page: 70, device_id: "b-phone" });
+    const before = await bRow();
+    assert.equal(before.length, 1);
+
+    const seen = await asUser(sql, a.id, (tx) => tx`select user_id, series_id from public.reading_progress`);
+    assert.deepEqual(seen.map((r) => [r.user_id, r.series_id]), [[a.id, "a-series"]], "A sees only A's rows");
+    assert.equal(
+      (await asUser(sql, a.id, (tx) => tx`select 1 from public.reading_progress where user_id = ${b.id}`))
+        .length,
+      0,
+      "A cannot read B's row by naming B",
+    );
+    const changed = await asUser(
+      sql,
+      a.id,
+      (tx) =>
+        tx`update public.reading_progress set page = 1, updated_at = now() + interval '1 second'
+          where user_id = ${b.id} returning 1`,
+    );
+    assert.equal(changed.length, 0, "A's UPDATE of B's row matched nothing");
+    const deleted = await asUser(
+      sql,
+      a.id,
+      (tx) => tx`delete from public.reading_progress where user_id = ${b.id} returning 1`,
+    );
+    assert.equal(deleted.length, 0, "A's DELETE of B's row matched nothing");
+    await refused(
+      "A inserts a row for B",
+      (tx) =>
+        tx`insert into public.reading_progress (user_id, series_id, device_id) values (${b.id}, 'planted', 'a-phone')`,
+    );
+    await refused(
+      "A upserts onto B's series (the conflicting row is B's)",
+      (tx) =>
+        tx`insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+         values (${b.id}, 'b-series', 1, 'a-phone', now() + interval '1 second')
+         on conflict (user_id, series_id) do update set chapter = excluded.chapter`,
+    );
+    // Refused before the policies are asked: a row's (user_id, series_id) never changes (the stamp
+    // trigger, 23514); pgTAP 001 shows the policies' WITH CHECK refusing it as well.
+    await refused(
+      "A moves A's own row to B",
+      (tx) => tx`update public.reading_progress set user_id = ${b.id} where user_id = ${a.id}`,
+      "23514",
+    );
+    assert.deepEqual(await bRow(), before, "B's row is unchanged");
+    assert.equal((await sql`select 1 from public.reading_progress where user_id = ${b.id}`).length, 1);
+
+    await assert.rejects(
+      sql.begin(async (tx) => {
+        await tx`select set_config('role', 'anon', true)`;
+        await tx`select 1 from public.reading_progress`;
+      }),
+      (e: { code?: string }) => e.code === "42501",
+      "anon may not read the table at all",
+    );
+  } finally {
+    await sql.end();
+  }
+});
 
 Deno.test(
   { name: "realtime RLS: A's update reaches A's other device, never user C", ...noSanitize },
