@@ -104,10 +104,29 @@ try {
   const ctx: Ctx = { stack, sql, opts, log };
   const machine = await machineFacts(sql);
 
+  // Sections 3-5 act as bench users with access tokens they mint: against SUPABASE_URL only with
+  // that project's SUPABASE_JWT_SECRET (the development default would be refused with 401s).
+  const withTokens = (id: string, title: string, fn: () => Promise<SectionResult>) => async () =>
+    stack!.mintsTokens ? await fn() : {
+      id,
+      title,
+      status: "skipped" as const,
+      reason: "mints bench users' access tokens: set SUPABASE_JWT_SECRET for the API at SUPABASE_URL",
+      rows: [],
+      notes: [],
+    };
   await guard("write", "1. Write path", () => writeSection(ctx));
-  await guard("latency", "3. Update latency", () => latencySection(ctx));
-  await guard("propagation", "4. Propagation", () => propagationSection(ctx));
-  await guard("catchup", "5. Catch-up", () => catchupSection(ctx));
+  await guard(
+    "latency",
+    "3. Update latency",
+    withTokens("latency", "3. Update latency", () => latencySection(ctx)),
+  );
+  await guard(
+    "propagation",
+    "4. Propagation",
+    withTokens("propagation", "4. Propagation", () => propagationSection(ctx)),
+  );
+  await guard("catchup", "5. Catch-up", withTokens("catchup", "5. Catch-up", () => catchupSection(ctx)));
   await guard("reads", "2. Reads", () => readsSection(ctx));
 
   if (!stack.ownsDatabase) {

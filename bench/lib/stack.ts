@@ -7,6 +7,11 @@ export interface BenchStack {
   anonKey: string;
   serviceRoleKey: string;
   ownsDatabase: boolean;
+  /**
+   * Whether jwtSecret signs tokens the API at apiUrl accepts: its own API, or SUPABASE_JWT_SECRET
+   * given for SUPABASE_URL (otherwise jwtSecret is the development default).
+   */
+  mintsTokens: boolean;
   /** Wall time from spawning the child to its BENCH_READY line (includes the Deno process start). */
   wallMs: number;
   /** Time inside the child from its first line of code to the stack being ready. */

@@ -26,6 +26,7 @@ try {
         anonKey: stack.anonKey,
         serviceRoleKey: stack.serviceRoleKey,
         ownsDatabase: stack.ownsDatabase,
+        mintsTokens: stack.ownsApi || Boolean(Deno.env.get("SUPABASE_JWT_SECRET")),
         readyMs,
         phases,
       })
