@@ -25,7 +25,17 @@ export async function readBodyLimited(req: Request, maxBytes: number): Promise<U
   let total = 0;
   try {
     while (true) {
-      const { done, value } = await reader.read();
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (error) {
+        // The sender stopped early: fewer bytes than its Content-Length, an unfinished chunked body,
+        // a dropped connection. Its fault, not ours: a 400 (and an info log line, not an error).
+        throw new HttpError(400, "invalid_json", "The request body ended before it was complete", {
+          details: { reason: error instanceof Error ? error.message : String(error), received_bytes: total },
+        });
+      }
+      const { done, value } = next;
       if (done) break;
       total += value.byteLength;
       if (total > maxBytes) {

@@ -1,5 +1,7 @@
 // JSON errors for HTTP handlers: every error response has the body
-//   {"error": {"code": "<machine code>", "message": "<for humans>", "details": <optional>}}
+//   {"error": {"code": "<machine code>", "message": "<for humans>", "details": {...}}}
+// details is always an object ({} when there is nothing more to say), so a client can read
+// error.details.issues or error.details.reason without checking for details first.
 // Handlers throw HttpError anywhere; the top level turns it into a Response with errorResponse().
 
 export type HttpErrorCode =
@@ -54,8 +56,7 @@ export function errorResponse(
   details?: unknown,
   headers: HeadersInit = {},
 ): Response {
-  const body: { error: { code: string; message: string; details?: unknown } } = { error: { code, message } };
-  if (details !== undefined) body.error.details = details;
+  const body = { error: { code, message, details: details ?? {} } };
   const h = new Headers(headers);
   h.set("content-type", "application/json; charset=utf-8");
   h.set("cache-control", "no-store");

@@ -290,11 +290,10 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       }
       case "series": {
         if (matched.seriesId === null) {
-          throw new HttpError(
-            400,
-            "invalid_request",
-            "The series id in the path is not valid percent-encoding",
-          );
+          const message = "The series id in the path is not valid percent-encoding";
+          throw new HttpError(400, "invalid_request", message, {
+            details: { issues: [{ path: "series_id", code: "invalid_percent_encoding", message }] },
+          });
         }
         const seriesId = parseOrThrow(seriesIdSchema, matched.seriesId, "series id");
         if (req.method === "GET") {
@@ -306,11 +305,10 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         const q = parseOrThrow(resetQuerySchema, queryObject(url), "query");
         // A reset says everything in its query; a body (say, a user_id) would be ignored, so refuse it.
         if ((await readBodyLimited(req, maxBytes)).byteLength > 0) {
-          throw new HttpError(
-            400,
-            "invalid_request",
-            "DELETE takes no body: send device_id and updated_at in the query",
-          );
+          const message = "DELETE takes no body: send device_id and updated_at in the query";
+          throw new HttpError(400, "invalid_request", message, {
+            details: { issues: [{ path: "", code: "unexpected_body", message }] },
+          });
         }
         const write: ValidProgressWrite = {
           series_id: seriesId,

@@ -14,7 +14,17 @@ import { generateKeyPair, SignJWT } from "jose";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
 import { PROGRESS_LIMITS } from "../../shared/progress/types.ts";
-import { adminSql, type ApiAnswer, call, errorOf, seriesId, snapshot, testEnv, write } from "./support.ts";
+import {
+  adminSql,
+  type ApiAnswer,
+  call,
+  errorOf,
+  FUNCTION_URL,
+  seriesId,
+  snapshot,
+  testEnv,
+  write,
+} from "./support.ts";
 
 interface Ctx {
   a: TestUser;
@@ -59,7 +69,45 @@ function expectError(
   assert.match(answer.headers.get("content-type") ?? "", /^application\/json/);
   const error = errorOf(answer);
   assert.equal(error.code, code, JSON.stringify(answer.body));
+  assert.ok(
+    typeof error.details === "object" && error.details !== null,
+    `details is always an object: ${JSON.stringify(answer.body)}`,
+  );
+  if (code === "invalid_request") {
+    // README: a shape error lists its issues ({path, code, message}) in details.issues.
+    assert.ok(
+      issuePaths(error).length > 0,
+      `invalid_request names its issues: ${JSON.stringify(answer.body)}`,
+    );
+  }
   return error;
+}
+
+/**
+ * One request written by hand on a TCP connection whose sending side is then closed, for what fetch
+ * cannot send: a body shorter than its Content-Length, an unfinished chunked body. Returns the status
+ * and the parsed JSON body of the answer.
+ */
+async function rawHttp(head: string, body: string): Promise<{ status: number; body: unknown }> {
+  const url = new URL(FUNCTION_URL());
+  const conn = await Deno.connect({ hostname: url.hostname, port: Number(url.port || 80) });
+  try {
+    await conn.write(new TextEncoder().encode(`${head.replaceAll("\n", "\r\n")}\r\n${body}`));
+    await conn.closeWrite();
+    let text = "";
+    const buffer = new Uint8Array(16 * 1024);
+    for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+      text += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    const status = Number(text.match(/^HTTP\/1\.1 (\d{3})/)?.[1]);
+    const payload = text.slice(text.indexOf("\r\n\r\n") + 4);
+    const chunked = /^transfer-encoding: *chunked/im.test(text.slice(0, text.indexOf("\r\n\r\n")));
+    // A chunked answer: "<hex size>\r\n<data>\r\n...0\r\n\r\n"; one data chunk is enough here.
+    const json = chunked ? payload.split("\r\n")[1] : payload;
+    return { status, body: JSON.parse(json) };
+  } finally {
+    conn.close();
+  }
 }
 
 const issuePaths = (e: { details?: unknown }) =>
@@ -88,6 +136,41 @@ Deno.test("400: malformed, empty and non-UTF-8 bodies", () =>
       400,
       "invalid_json",
     );
+  }));
+
+Deno.test("400: a body cut short (fewer bytes than its Content-Length, an unfinished chunked body)", () =>
+  unchanged(async ({ a, series }) => {
+    // Seen when a client drops its connection while sending: the sender's fault, so a 400, not a 500.
+    const url = new URL(FUNCTION_URL());
+    const body = JSON.stringify(write({ series_id: series, chapter: 70 }));
+    const head = (method: string, path: string, framing: string) =>
+      `${method} ${url.pathname}${path} HTTP/1.1\nHost: ${url.host}\nAuthorization: Bearer ${a.accessToken}\n` +
+      `Content-Type: application/json\n${framing}\nConnection: close\n`;
+    for (
+      const [what, answer] of [
+        ["single write", await rawHttp(head("POST", "", `Content-Length: ${body.length + 100}`), body)],
+        [
+          "batch, chunked",
+          await rawHttp(head("POST", "/batch", "Transfer-Encoding: chunked"), `400\r\n{"writes":[`),
+        ],
+        [
+          "reset",
+          await rawHttp(
+            head(
+              "DELETE",
+              `/series/${series}?device_id=d1&updated_at=2026-05-01T00:00:09Z`,
+              "Content-Length: 10",
+            ),
+            "{}",
+          ),
+        ],
+      ] as const
+    ) {
+      assert.equal(answer.status, 400, `${what}: ${JSON.stringify(answer.body)}`);
+      const error = (answer.body as { error: { code: string; message: string } }).error;
+      assert.equal(error.code, "invalid_json", what);
+      assert.match(error.message, /ended before it was complete/, what);
+    }
   }));
 
 Deno.test("400: wrong types, missing and unknown fields (shape errors)", () =>
