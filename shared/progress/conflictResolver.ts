@@ -8,7 +8,10 @@
 //   no current                                  -> won, no conflict
 //   older current updated_at                    -> won, no conflict (it replaces current)
 //   same updated_at, greater device_id          -> won, 'tie' (it replaces current, which lost the tie)
-//   incoming = current                          -> replay of the same write: a no-op that reports won
+//   incoming = current, same position           -> replay of the same write: a no-op that reports won
+//   incoming = current, another position        -> won, no conflict: the same device's later position
+//                                                  under a reused key, stored 1 ms after current
+//   current = incoming + 1 ms, same device and position -> won, no conflict: a retry of such a write
 //   same updated_at, smaller device_id          -> lost, 'tie'
 //   older updated_at                            -> lost, 'stale'
 // The server normalises updated_at before comparing (truncate to ms; more than 5 s in the future:
@@ -23,6 +26,9 @@ export interface Versioned {
   updated_at: string | Date | number;
   device_id: string;
 }
+
+/** The position a write carries; a replay repeats it. Fields a value does not have count as equal. */
+const POSITION_FIELDS = ["chapter", "page", "percentage", "cleared"] as const;
 
 export interface WriteOutcome<T> {
   won: boolean;
@@ -68,21 +74,53 @@ export class ConflictResolver {
     return a.device_id < b.device_id ? -1 : a.device_id > b.device_id ? 1 : 0;
   };
 
+  /**
+   * Whether two versions carry the same position (chapter, page, percentage, cleared; a missing
+   * `cleared` is false, any other missing field matches): what tells a replay from a reused key.
+   */
+  static samePosition(a: Versioned, b: Versioned): boolean {
+    const x = a as unknown as Record<string, unknown>;
+    const y = b as unknown as Record<string, unknown>;
+    return POSITION_FIELDS.every((f) => {
+      const [p, q] = f === "cleared" ? [x[f] ?? false, y[f] ?? false] : [x[f], y[f]];
+      return p === undefined || q === undefined || p === q;
+    });
+  }
+
+  /** Whether `current` is where the server stored `incoming` after meeting its key (1 ms later). */
+  private landedAfter(incoming: Versioned, current: Versioned): boolean {
+    return current.device_id === incoming.device_id &&
+      ConflictResolver.timeOf(current) === ConflictResolver.timeOf(incoming) + 1 &&
+      ConflictResolver.samePosition(incoming, current);
+  }
+
   /** How a write of `incoming` over the stored `current` (null: no row yet) turns out. */
   classify(incoming: Versioned, current: Versioned | null): { won: boolean; conflict: ConflictKind | null } {
     if (current === null) return { won: true, conflict: null };
     const order = this.compare(incoming, current);
-    if (order === 0) return { won: true, conflict: null }; // the same write replayed
+    // The same write replayed, or the same key with another position (stored 1 ms later).
+    if (order === 0) return { won: true, conflict: null };
+    if (this.landedAfter(incoming, current)) return { won: true, conflict: null }; // a retry of that
     const tie = ConflictResolver.timeOf(incoming) === ConflictResolver.timeOf(current);
     if (order > 0) return { won: true, conflict: tie ? "tie" : null };
     return { won: false, conflict: tie ? "tie" : "stale" };
   }
 
-  /** Applies one write to the stored version; a replay keeps the stored version (first one wins). */
+  /**
+   * Applies one write to the stored version: a newer key replaces it; a replay keeps it; the same
+   * key with another position replaces it 1 ms after its key (as the server stores it).
+   */
   apply<T extends Versioned>(current: T | null, incoming: T): WriteOutcome<T> {
     const { won, conflict } = this.classify(incoming, current);
-    const replaced = current === null || this.compare(incoming, current) > 0;
-    return { won, conflict, current: replaced ? incoming : current };
+    if (current === null || this.compare(incoming, current) > 0) return { won, conflict, current: incoming };
+    if (this.compare(incoming, current) === 0 && !ConflictResolver.samePosition(incoming, current)) {
+      const landed = {
+        ...incoming,
+        updated_at: new Date(ConflictResolver.timeOf(current) + 1).toISOString(),
+      } as T;
+      return { won, conflict, current: landed };
+    }
+    return { won, conflict, current };
   }
 
   /**
@@ -111,16 +149,15 @@ export class ConflictResolver {
   }
 
   /**
-   * The version that ends up stored, whatever the arrival order: the greatest key (with `initial`
-   * competing too). Among equal keys the earliest one is kept, as a replay does not overwrite.
-   * Null only for no updates and no initial version.
+   * The version that ends up stored when `updates` arrive in this order (`apply` one after another,
+   * `initial` first). With distinct keys that is the greatest key whatever the order; the same key
+   * with another position lands 1 ms after the version it meets, so there the order matters, as it
+   * does on the server. Null only for no updates and no initial version.
    */
   resolve<T extends Versioned>(updates: readonly T[], initial: T | null = null): T | null {
-    let best = initial;
-    for (const u of updates) {
-      if (best === null || this.compare(u, best) > 0) best = u;
-    }
-    return best;
+    let current = initial;
+    for (const u of updates) current = this.apply(current, u).current;
+    return current;
   }
 
   /**

@@ -33,10 +33,13 @@
 --   I > S, newer updated_at                   -> updated;    won = true,  conflict = null
 --   I > S, same updated_at, larger device_id  -> updated;    won = true,  conflict = 'tie', logged
 --                                                (the replaced write lost the tie)
---   I = S -> replay of the same write: no-op (no UPDATE, so no broadcast), the same answer as the
---            first time (won = true, the stored row, and conflict 'tie' again if that write had
---            replaced a same-millisecond one), even if the replay's position differs: the key
---            identifies the write
+--   I = S, same position -> replay of the same write: no-op (no UPDATE, so no broadcast), the same
+--            answer as the first time (won = true, the stored row, and conflict 'tie' again if that
+--            write had replaced a same-millisecond one)
+--   I = S, another position -> the same device's later position under a reused key (two positions
+--            in one millisecond, or the key the server gave its earlier write dated ahead): updated,
+--            stored 1 ms after S; won = true, conflict = null. Its retry (S = I + 1 ms, same device
+--            and position) gets the same answer.
 --   I < S, same updated_at, smaller device_id -> no change;  won = false, conflict = 'tie',   logged
 --   I < S, older updated_at                   -> no change;  won = false, conflict = 'stale', logged
 -- So every same-millisecond meeting of two different writes is logged, whichever arrived first, and
@@ -398,6 +401,34 @@ begin
   end if;
 
   -- Not updated: the stored key (v_prev, still locked) is >= ours.
+  if (v_prev.updated_at, v_prev.device_id collate "C") = (v_key, p_device_id collate "C")
+     and (v_prev.chapter, v_prev.page, v_prev.percentage, v_prev.cleared)
+         is distinct from (p_chapter, p_page, p_percentage, coalesce(p_cleared, false)) then
+    -- The stored version's key with another position is no replay: the device reused a key (two
+    -- positions in one millisecond), or met the key the server gave its own earlier write dated
+    -- ahead (stored as now()) once its clock was corrected. Either way it is that device's later
+    -- position; answered "won" but dropped, it was lost without a word. It lands 1 ms after the
+    -- version it met (the stamp trigger lands such a write from the Data API too, at now() or 1 ms
+    -- after), and a retry of it is answered as the first time (below).
+    update public.reading_progress as rp
+      set chapter = p_chapter,
+          page = p_page,
+          percentage = p_percentage,
+          cleared = coalesce(p_cleared, false),
+          updated_at = rp.updated_at + interval '1 millisecond'
+      where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
+    returning rp.* into v_row;
+    return pg_catalog.jsonb_build_object(
+      'won', true, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_row));
+  end if;
+  if (v_prev.updated_at, v_prev.device_id collate "C") = (v_key + interval '1 millisecond', p_device_id collate "C")
+     and (v_prev.chapter, v_prev.page, v_prev.percentage, v_prev.cleared)
+         is not distinct from (p_chapter, p_page, p_percentage, coalesce(p_cleared, false)) then
+    -- A retry of a write that landed 1 ms after the version it met (above), still stored: the same
+    -- answer as the first time, not a stale write.
+    return pg_catalog.jsonb_build_object(
+      'won', true, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_prev));
+  end if;
   if (v_prev.updated_at, v_prev.device_id collate "C") = (v_key, p_device_id collate "C") then
     -- A replay of the stored write: the same answer as the first time. If that write replaced a
     -- same-millisecond one, the log remembers which (the user's own rows; RLS allows reading them).

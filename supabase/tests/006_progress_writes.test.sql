@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(91);
+select plan(92);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -368,8 +368,13 @@ select is(
                     order by n)
      from res, jsonb_array_elements(res.r) with ordinality as x(e, n) where label = 'batch'),
   '[["true", null, "zz-batch", "1"], ["true", null, "aa-batch", "2"], ["false", "stale", "zz-batch", "1"],
-    ["true", null, "aa-batch", "4"], ["true", null, "aa-batch", "4"]]'::jsonb,
-  'batch results come in input order; writes to one series apply in array order (stale loses, replay of the key is a no-op)');
+    ["true", null, "aa-batch", "4"], ["true", null, "aa-batch", "0"]]'::jsonb,
+  'batch results come in input order; writes to one series apply in array order (stale loses; the same key with another position, here a reset, is the later position)');
+select is(
+  (select e #>> '{progress,updated_at}' from res, jsonb_array_elements(res.r) with ordinality as x(e, n)
+    where label = 'batch' and n = 5),
+  '2026-03-01T00:00:03.001+00:00',
+  'the reset under the key of the write before it is stored 1 ms after that write, not dropped as its replay');
 
 set local role authenticated;
 select throws_ok($$select public.write_reading_progress_batch('[]')$$, '22023',

@@ -474,6 +474,67 @@ Deno.test("a batch from a device whose clock runs an hour ahead: every write is 
   }
 });
 
+Deno.test("a later position under the key the server gave an earlier write dated ahead is stored 1 ms after it, not dropped as a replay", async () => {
+  // Chaos-run finding: a phone an hour ahead writes (stored as the server's now, K); its clock is then
+  // corrected (api.now()) and its next position happens to be dated K too. Same key, same device:
+  // it used to be answered "won" as a replay of the stored write, and its position was dropped.
+  const a = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const series = seriesId("reused-key");
+    const ahead = writeResultSchema.parse(
+      (await call("POST", "", {
+        token: a.accessToken,
+        body: write({
+          series_id: series,
+          chapter: 5,
+          device_id: "phone",
+          updated_at: iso(Date.now() + 3600_000),
+        }),
+      })).body,
+    );
+    const key = ahead.progress.updated_at;
+    const later = write({ series_id: series, chapter: 40, page: 7, device_id: "phone", updated_at: key });
+    const first = await call("POST", "", { token: a.accessToken, body: later });
+    const answer = writeResultSchema.parse(first.body);
+    assert.deepEqual([answer.won, answer.conflict, answer.progress.chapter], [true, null, 40]);
+    assert.equal(
+      answer.progress.updated_at,
+      iso(Date.parse(key) + 1),
+      "stored 1 ms after the version it met",
+    );
+    const retry = await call("POST", "", { token: a.accessToken, body: later });
+    assert.deepEqual(retry.body, first.body, "its retry gets the same answer");
+    const older = writeResultSchema.parse(
+      (await call("POST", "", { token: a.accessToken, body: { ...later, chapter: 5, page: 0 } })).body,
+    );
+    assert.deepEqual([older.won, older.conflict, older.progress.chapter], [false, "stale", 40]);
+    const [row] = await sql<{ chapter: number; updated_at: Date }[]>`
+      select chapter, updated_at from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
+    assert.deepEqual([row.chapter, row.updated_at.toISOString()], [40, iso(Date.parse(key) + 1)]);
+    // The same in a batch: two positions of one device in one millisecond, in queue order.
+    const series2 = seriesId("reused-key-batch");
+    const at = iso(BASE_MS);
+    const batch = await call("POST", "/batch", {
+      token: a.accessToken,
+      body: {
+        writes: [
+          write({ series_id: series2, chapter: 1, device_id: "phone", updated_at: at }),
+          write({ series_id: series2, chapter: 2, device_id: "phone", updated_at: at }),
+        ],
+      },
+    });
+    const { results } = batchWriteResponseSchema.parse(batch.body);
+    assert.deepEqual(results.map((r) => [r.won, r.progress.chapter, r.progress.updated_at]), [
+      [true, 1, at],
+      [true, 2, iso(BASE_MS + 1)],
+    ]);
+    assert.deepEqual(await conflictRows(sql, a.id, series2), []);
+  } finally {
+    await sql.end();
+  }
+});
+
 Deno.test("DELETE /progress/series/:id is a tombstone write: a stale offline write cannot resurrect it", async () => {
   const a = await createTestUser();
   const sql = adminSql({ max: 1 });

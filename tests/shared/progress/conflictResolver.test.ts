@@ -21,6 +21,10 @@ const updateArb: fc.Arbitrary<Update> = fc.record({
 const updatesArb = fc.array(updateArb, { minLength: 0, maxLength: 12 });
 const key = (u: { updated_at: string | number | Date; device_id: string } | null) =>
   u === null ? null : `${ConflictResolver.timeOf(u)}/${u.device_id}`;
+// Distinct writes (no key used twice) and some of them again: exact replays, as retries send them.
+const distinctWithReplaysArb = fc.uniqueArray(updateArb, { maxLength: 12, selector: key }).chain((us) =>
+  fc.tuple(fc.constant(us), fc.subarray(us)).map(([all, again]) => [...all, ...again])
+);
 
 /** A permutation of `xs` driven by fast-check (so failures shrink and replay). */
 function permutationArb<T>(xs: readonly T[]): fc.Arbitrary<T[]> {
@@ -49,20 +53,23 @@ Deno.test("compare is a total order matching the SQL: ms first, then device id b
   );
 });
 
-Deno.test("resolve is order-independent: every permutation ends with the same key", () => {
+Deno.test("resolve is order-independent for distinct writes and replays: every permutation ends with the same key", () => {
   fc.assert(
-    fc.property(updatesArb.chain((us) => fc.tuple(fc.constant(us), permutationArb(us))), ([us, perm]) => {
-      assert.equal(key(resolver.resolve(perm)), key(resolver.resolve(us)));
-      // With an initial stored version competing too.
-      if (us.length > 0) {
-        assert.equal(key(resolver.resolve(perm.slice(1), perm[0])), key(resolver.resolve(us)));
-      }
-    }),
+    fc.property(
+      distinctWithReplaysArb.chain((us) => fc.tuple(fc.constant(us), permutationArb(us))),
+      ([us, perm]) => {
+        assert.equal(key(resolver.resolve(perm)), key(resolver.resolve(us)));
+        // With an initial stored version competing too.
+        if (us.length > 0) {
+          assert.equal(key(resolver.resolve(perm.slice(1), perm[0])), key(resolver.resolve(us)));
+        }
+      },
+    ),
   );
 });
 
 Deno.test("resolve is idempotent: resolving again, or with the winner replayed, changes nothing", () => {
-  fc.assert(fc.property(updatesArb, (us) => {
+  fc.assert(fc.property(distinctWithReplaysArb, (us) => {
     const winner = resolver.resolve(us);
     assert.equal(
       resolver.resolve([...us, ...us]),
@@ -126,6 +133,36 @@ Deno.test("detectConflict agrees with resolve and with classify, in any arrival 
     const winner = key(resolver.resolve(order));
     assert.ok(findings.every((f) => key(f.losing) !== winner));
   }));
+});
+
+Deno.test("a reused key with another position lands 1 ms after the version it meets; its retry is answered the same", () => {
+  const at = new Date(BASE).toISOString();
+  const first = { updated_at: at, device_id: "phone", chapter: 5 };
+  const later = { updated_at: at, device_id: "phone", chapter: 40 };
+  assert.deepEqual(resolver.classify(first, first), { won: true, conflict: null }, "an exact replay");
+  assert.deepEqual(resolver.apply(first, first).current, first, "a replay keeps the stored version");
+  assert.deepEqual(resolver.classify(later, first), { won: true, conflict: null });
+  const landed = resolver.apply(first, later).current;
+  assert.deepEqual(landed, { ...later, updated_at: new Date(BASE + 1).toISOString() });
+  assert.deepEqual(resolver.classify(later, landed), { won: true, conflict: null }, "its retry");
+  assert.equal(resolver.apply(landed, later).current, landed, "the retry changes nothing");
+  assert.deepEqual(
+    resolver.classify(first, landed),
+    { won: false, conflict: "stale" },
+    "the older position lost",
+  );
+  assert.deepEqual(resolver.detectConflict([first, later, later]), [], "no conflict is logged");
+  assert.deepEqual(resolver.resolve([first, later]), landed);
+  // Arrival order decides among positions under one key: the later arrival is the device's later one.
+  assert.deepEqual(resolver.resolve([later, first]), {
+    ...first,
+    updated_at: new Date(BASE + 1).toISOString(),
+  });
+  // Without positions (keys only), equal keys are always a replay.
+  const bare = { updated_at: at, device_id: "phone" };
+  assert.equal(resolver.apply(bare, { ...bare }).current, bare);
+  // A missing cleared is false.
+  assert.ok(ConflictResolver.samePosition({ ...first, cleared: false } as typeof first, first));
 });
 
 Deno.test("normalize clamps only beyond the tolerance and truncates to milliseconds", () => {
