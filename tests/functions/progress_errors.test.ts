@@ -352,6 +352,20 @@ Deno.test("422: well-typed values outside the data model", () =>
       422,
       "validation_failed",
     );
+    // Too many writes is the whole answer, whatever the elements hold (README): one issue, the size.
+    const tooManyAndWrong = {
+      writes: tooMany.map((w, i) => (i === 3 ? { ...w, chapter: "x" } : w)),
+    };
+    assert.deepEqual(
+      issuePaths(
+        expectError(
+          await call("POST", "/batch", { token: a.accessToken, body: tooManyAndWrong }),
+          422,
+          "validation_failed",
+        ),
+      ),
+      ["writes"],
+    );
     expectError(
       await call("POST", "/batch", { token: a.accessToken, body: { writes: [] } }),
       422,
