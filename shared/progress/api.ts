@@ -349,7 +349,16 @@ export async function updateProgress(
   options: ProgressApiOptions = {},
 ): Promise<WriteResult> {
   const valid = validateLocally(progressWriteSchema, write, "progress write");
-  return await invoke(client, options, "POST", "", writeResultSchema, valid);
+  const result = await invoke(client, options, "POST", "", writeResultSchema, valid);
+  noteStoredKey(options, valid.device_id, result);
+  return result;
+}
+
+/** A write of this device's that the server stored: the clock dates later writes after its key. */
+function noteStoredKey(options: ProgressApiOptions, deviceId: string, result: WriteResult): void {
+  if (result.progress.device_id === deviceId) {
+    options.clock?.storedOwnWrite(Date.parse(result.progress.updated_at));
+  }
 }
 
 /** POST /progress/batch: 1..100 writes (an offline queue), answers in input order. */
@@ -368,6 +377,7 @@ export async function updateProgressBatch(
       `The API answered ${results.length} results for ${writes.length} writes`,
     );
   }
+  results.forEach((result, i) => noteStoredKey(options, valid.writes[i].device_id, result));
   return results;
 }
 
@@ -443,13 +453,15 @@ export async function resetProgress(
     updated_at: reset.updated_at ?? new Date(options.clock?.now() ?? Date.now()).toISOString(),
   }, "reset");
   const qs = new URLSearchParams({ device_id: q.device_id, updated_at: q.updated_at });
-  return await invoke(
+  const result = await invoke(
     client,
     options,
     "DELETE",
     `/series/${encodeURIComponent(id)}?${qs}`,
     writeResultSchema,
   );
+  noteStoredKey(options, q.device_id, result);
+  return result;
 }
 
 // ------------------------------------------------------------------------------------ live

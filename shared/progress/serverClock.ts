@@ -24,6 +24,8 @@ export class ServerClock {
   #hi = Infinity;
   /** The interval holds a saved estimate, not answers: the next answer replaces it. */
   #fromSaved = false;
+  /** The latest key the server stored for a write of this device (epoch ms). */
+  #ownStoredMs = -Infinity;
   readonly #deviceNow: () => number;
 
   /** `offsetMs`: a previous estimate (e.g. saved on the device), used until answers say otherwise. */
@@ -63,8 +65,21 @@ export class ServerClock {
     return 0;
   }
 
-  /** The server's clock now, estimated on this device (epoch ms). */
+  /**
+   * Tells the clock the server stored one of this device's writes at `updatedAtMs` (the answer's
+   * progress.updated_at, when its device_id is this device's). The server re-keys a write dated more
+   * than 5 s ahead to its own now(), which the device could not know; a next write dated by the
+   * corrected clock can fall in that same millisecond, and under the same key as a write it does not
+   * replace the server must guess. `now()` never returns that key or anything before it again.
+   */
+  storedOwnWrite(updatedAtMs: number): void {
+    if (Number.isFinite(updatedAtMs)) {
+      this.#ownStoredMs = Math.max(this.#ownStoredMs, Math.floor(updatedAtMs));
+    }
+  }
+
+  /** The server's clock now, estimated on this device (epoch ms), after every key stored for it. */
   now(): number {
-    return this.#deviceNow() + this.offsetMs;
+    return Math.max(this.#deviceNow() + this.offsetMs, this.#ownStoredMs + 1);
   }
 }

@@ -652,6 +652,41 @@ Deno.test("a device whose clock is 3 hours ahead learns the server's clock and n
   assert.equal(fixed.progress.chapter, 30);
 });
 
+Deno.test("after a write the server re-keyed to its now, api.now() dates the device's next positions after that key", async () => {
+  // A chaos run's case: an e-reader an hour ahead writes (stored at the server's now, K), learns the
+  // server's clock from the answer, and dates its next positions with api.now(). One dated K (same
+  // millisecond, same device) would meet the stored key with another position. The device clock is
+  // held still here so that the corrected clock reads exactly K, as a fast answer can leave it.
+  const user = await createTestUser();
+  let device = Date.now() + 3_600_000;
+  const clock = new ServerClock({ deviceNow: () => device });
+  const ereader = createProgressApi(clientFor(user.accessToken), { clock });
+  const series = seriesId("rekeyed");
+  const first = await ereader.updateProgress(
+    write({
+      series_id: series,
+      chapter: 1,
+      device_id: "ereader",
+      updated_at: new Date(device).toISOString(),
+    }),
+  );
+  const key = Date.parse(first.progress.updated_at);
+  assert.ok(key < device - 3_000_000, "stored at the server's now, not the device's hour ahead");
+  device = key - clock.offsetMs; // the corrected clock now reads K
+  assert.equal(clock.deviceNow() + clock.offsetMs, key);
+  for (const chapter of [2, 3, 4]) {
+    const stamp = ereader.now();
+    assert.ok(
+      Date.parse(stamp) > key,
+      `api.now() ${stamp} after the stored key ${first.progress.updated_at}`,
+    );
+    const next = await ereader.updateProgress(
+      write({ series_id: series, chapter, device_id: "ereader", updated_at: stamp }),
+    );
+    assert.deepEqual([next.won, next.progress.chapter, next.progress.updated_at], [true, chapter, stamp]);
+  }
+});
+
 Deno.test("a reset without its own stamp is dated by the client's server clock, not the device's", async () => {
   const user = await createTestUser();
   const sent: string[] = [];

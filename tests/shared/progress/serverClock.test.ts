@@ -87,3 +87,18 @@ Deno.test("server clock: the estimate is always within the tightest round trip o
     ),
   );
 });
+
+Deno.test("server clock: never dates a write at or before a key the server stored for this device", () => {
+  let device = 1_800_000_000_000;
+  const clock = new ServerClock({ deviceNow: () => device });
+  assert.equal(clock.now(), device);
+  // A write dated ahead was stored at the server's now, 3 ms ahead of this (corrected) clock.
+  clock.storedOwnWrite(device + 3);
+  assert.equal(clock.now(), device + 4, "after the stored key");
+  clock.storedOwnWrite(device - 1_000); // an older key changes nothing
+  assert.equal(clock.now(), device + 4);
+  clock.storedOwnWrite(Number.NaN);
+  assert.equal(clock.now(), device + 4);
+  device += 10;
+  assert.equal(clock.now(), device, "the clock itself again once it has passed the key");
+});
