@@ -39,7 +39,8 @@
 --   I = S, another position -> the same device's later position under a reused key (two positions
 --            in one millisecond, or the key the server gave its earlier write dated ahead): updated,
 --            stored 1 ms after S; won = true, conflict = null. Its retry (S = I + 1 ms, same device
---            and position) gets the same answer.
+--            and position) gets the same answer. A third position under I meets S + 1 ms and loses
+--            as stale below: the key a version was sent with is not kept (README, Schema decisions).
 --   I < S, same updated_at, smaller device_id -> no change;  won = false, conflict = 'tie',   logged
 --   I < S, older updated_at                   -> no change;  won = false, conflict = 'stale', logged
 -- So every same-millisecond meeting of two different writes is logged, whichever arrived first, and
