@@ -64,9 +64,14 @@ const log = (line: string) =>
   console.error(`[bench ${((performance.now() - t0) / 1000).toFixed(1)}s] ${line}`);
 
 const sections: SectionResult[] = [];
-const guard = async (id: string, title: string, fn: () => Promise<SectionResult>) => {
+/** Runs one section; `skip` (a reason) records it as skipped instead. */
+const guard = async (id: string, title: string, fn: () => Promise<SectionResult>, skip?: string) => {
   if (!wants(id)) return;
   log(`section ${id}`);
+  if (skip) {
+    sections.push({ id, title, status: "skipped", reason: skip, rows: [], notes: [] });
+    return;
+  }
   try {
     sections.push(await fn());
   } catch (error) {
@@ -106,27 +111,13 @@ try {
 
   // Sections 3-5 act as bench users with access tokens they mint: against SUPABASE_URL only with
   // that project's SUPABASE_JWT_SECRET (the development default would be refused with 401s).
-  const withTokens = (id: string, title: string, fn: () => Promise<SectionResult>) => async () =>
-    stack!.mintsTokens ? await fn() : {
-      id,
-      title,
-      status: "skipped" as const,
-      reason: "mints bench users' access tokens: set SUPABASE_JWT_SECRET for the API at SUPABASE_URL",
-      rows: [],
-      notes: [],
-    };
+  const noTokens = stack.mintsTokens
+    ? undefined
+    : "mints bench users' access tokens: set SUPABASE_JWT_SECRET for the API at SUPABASE_URL";
   await guard("write", "1. Write path", () => writeSection(ctx));
-  await guard(
-    "latency",
-    "3. Update latency",
-    withTokens("latency", "3. Update latency", () => latencySection(ctx)),
-  );
-  await guard(
-    "propagation",
-    "4. Propagation",
-    withTokens("propagation", "4. Propagation", () => propagationSection(ctx)),
-  );
-  await guard("catchup", "5. Catch-up", withTokens("catchup", "5. Catch-up", () => catchupSection(ctx)));
+  await guard("latency", "3. Update latency", () => latencySection(ctx), noTokens);
+  await guard("propagation", "4. Propagation", () => propagationSection(ctx), noTokens);
+  await guard("catchup", "5. Catch-up", () => catchupSection(ctx), noTokens);
   await guard("reads", "2. Reads", () => readsSection(ctx));
 
   if (!stack.ownsDatabase) {

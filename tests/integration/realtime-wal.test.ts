@@ -12,6 +12,7 @@ import {
   joinChannel,
   noSanitize,
   ownEndpoint,
+  sleep,
   waitFor,
   writeProgress,
 } from "./realtime_support.ts";
@@ -148,7 +149,7 @@ Deno.test({
       values (${topicOf(a.id)}, 'broadcast', 'custom', '{"n": 3}', true)`;
     // WAL order: once the third has arrived, the first two would have too.
     await waitFor("the complete message", () => joined.received.length >= 1);
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
     assert.deepEqual(joined.received.map((m) => (m.payload as { n?: number }).n), [3]);
   } finally {
     await closeClient(client);
