@@ -109,21 +109,43 @@ grant select on auth.users to service_role;
 -- Messages for Broadcast are rows in realtime.messages; RLS on it decides who may receive (select)
 -- and send (insert) on a topic, with realtime.topic() naming the channel being joined.
 -- realtime.send never fails the caller's transaction: an error becomes a WARNING.
--- Supabase partitions realtime.messages by day; a plain table is enough locally.
+--
+-- The table is Supabase's: partitioned by day on inserted_at (Realtime's tenant migration
+-- "messages_partitioning"), primary key (id, inserted_at), and the partial index Realtime's replay
+-- reads. The partitions are not the database's doing: Supabase Realtime creates the ones for
+-- yesterday, today and tomorrow (UTC) when it connects to the database and again from its janitor,
+-- which also drops those older than 72 hours; the local Realtime endpoint does the same
+-- (local/realtime/partitions.ts). This file creates the first three, so a database without an
+-- endpoint (pgTAP alone) can broadcast too. A message whose inserted_at no partition covers cannot
+-- be stored: realtime.send turns the error into a WARNING, the write that broadcast it commits, and
+-- that broadcast is lost (devices still converge by catch-up, see tests/integration/realtime-partitions.test.ts).
 -- ---------------------------------------------------------------------------------------------
 create schema if not exists realtime;
 grant usage on schema realtime to anon, authenticated, service_role;
 
 create table if not exists realtime.messages (
-  id uuid not null default gen_random_uuid() primary key,
   topic text not null,
   extension text not null,
   payload jsonb,
   event text,
   private boolean default false,
   updated_at timestamp not null default now(),
-  inserted_at timestamp not null default now()
-);
+  inserted_at timestamp not null default now(),
+  id uuid not null default gen_random_uuid(),
+  primary key (id, inserted_at)
+) partition by range (inserted_at);
+create index if not exists messages_inserted_at_topic_index on realtime.messages (inserted_at desc, topic)
+  where extension = 'broadcast' and private is true;
+do $$
+declare
+  day date;
+begin
+  for day in select (now() at time zone 'utc')::date + k from generate_series(-1, 1) k loop
+    execute format('create table if not exists realtime.%I partition of realtime.messages for values from (%L) to (%L)',
+      'messages_' || to_char(day, 'YYYY_MM_DD'), day, day + 1);
+  end loop;
+end
+$$;
 alter table realtime.messages enable row level security;
 grant select, insert, update on realtime.messages to anon, authenticated;
 grant all on realtime.messages to service_role;

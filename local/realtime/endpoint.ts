@@ -14,6 +14,7 @@ import { canWrite, RoleNotAllowed } from "./authorization.ts";
 import { Connection } from "./connection.ts";
 import { BroadcastHub, subscriptionKey } from "./hub.ts";
 import { ensurePublication } from "./wal.ts";
+import { maintainMessagePartitions, startPartitionJanitor } from "./partitions.ts";
 import { SUPPORTED_VSNS, type Vsn } from "./protocol.ts";
 
 export interface RealtimeEndpointOptions {
@@ -81,6 +82,11 @@ export async function createRealtimeEndpoint(
     await Promise.all([hub.close(), sql.end({ timeout: 1 })]);
     throw error;
   }
+  // As Supabase Realtime does when it connects to a database: the day partitions of realtime.messages
+  // for yesterday, today and tomorrow, then hourly by the janitor (partitions.ts). A role that may not
+  // make them only loses the broadcasts no partition can hold, as on Supabase: logged, start goes on.
+  await maintainMessagePartitions(sql, new Date(), log)
+    .catch((error) => log({ event: "partition_maintenance_failed", error: String(error) }));
   const verifier = new TokenVerifier(ctx.jwtSecret);
   const deps = {
     sql,
@@ -105,6 +111,7 @@ export async function createRealtimeEndpoint(
     }, Math.max(50, Math.min(5_000, Math.floor(idleTimeoutMs / 4))))
     : undefined;
   if (idleSweep !== undefined) Deno.unrefTimer(idleSweep);
+  const partitionJanitor = startPartitionJanitor(sql, log);
 
   function json(status: number, body: unknown): Response {
     return Response.json(body, { status });
@@ -244,6 +251,7 @@ export async function createRealtimeEndpoint(
       if (closed) return;
       closed = true;
       clearInterval(idleSweep);
+      partitionJanitor.stop();
       for (const connection of connections) connection.close();
       connections.clear();
       await hub.close();

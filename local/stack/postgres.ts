@@ -188,6 +188,10 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     "shared_buffers=256MB",
     "-c",
     "log_min_messages=fatal",
+    // Supabase databases run in UTC, whatever the developer's machine: realtime.messages is
+    // partitioned by the UTC day of inserted_at, a timestamp without time zone taken from now().
+    "-c",
+    "timezone=UTC",
     // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
     // With asynchronous commit, logical decoding only streams WAL once the WAL writer has flushed
     // it (every wal_writer_delay, 200 ms by default): 1 ms keeps the local Realtime endpoint's
