@@ -54,7 +54,8 @@ export async function maintainMessagePartitions(
     const from = day.toISOString().slice(0, 10);
     const to = new Date(day.getTime() + DAY_MS).toISOString().slice(0, 10);
     try {
-      await sql.unsafe(
+      await underLockTimeout(
+        sql,
         `create table if not exists realtime.${name} partition of realtime.messages for values from ('${from}') to ('${to}')`,
       );
       result.created.push(name);
@@ -72,7 +73,7 @@ export async function maintainMessagePartitions(
     const match = /^messages_(\d{4})_(\d{2})_(\d{2})$/.exec(name);
     if (!match || `${match[1]}-${match[2]}-${match[3]}` >= oldestKept) continue;
     try {
-      await sql.unsafe(`drop table if exists realtime.${name}`);
+      await underLockTimeout(sql, `drop table if exists realtime.${name}`);
       result.dropped.push(name);
     } catch (error) {
       log({ event: "partition_drop_failed", partition: name, error: String(error) });
@@ -80,6 +81,19 @@ export async function maintainMessagePartitions(
   }
   if (result.created.length + result.dropped.length > 0) log({ event: "partitions_maintained", ...result });
   return result;
+}
+
+/**
+ * Creating or dropping a partition locks realtime.messages (ACCESS EXCLUSIVE): it waits for every
+ * transaction that wrote a message, and every broadcast queues behind it meanwhile. A transaction
+ * held open (a psql session, a pgTAP run) would stall all broadcasts; with the lock timeout the
+ * janitor gives up instead and tries again at its next run (tomorrow's partition is made a day early).
+ */
+async function underLockTimeout(sql: postgres.Sql, statement: string): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx`select pg_catalog.set_config('lock_timeout', '1s', true)`;
+    await tx.unsafe(statement);
+  });
 }
 
 /** Names of realtime.messages' partitions. */

@@ -15,7 +15,7 @@ import { maintainMessagePartitions, partitionsOf } from "../../local/realtime/pa
 import { changesSince } from "../../shared/progress/api.ts";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
-import { newClient, ownEndpoint, waitFor, writeThroughApi } from "./realtime_support.ts";
+import { newClient, ownEndpoint, sleep, waitFor, writeThroughApi } from "./realtime_support.ts";
 
 Deno.test({
   name:
@@ -25,14 +25,12 @@ Deno.test({
   const sql = adminSql();
   // A "now" long before the shared database's own partitions, so none of those counts as old.
   const now = new Date("2020-01-10T12:00:00Z");
-  const made = ["messages_2020_01_05", "messages_2020_01_07"];
   try {
     await sql.unsafe(`create table realtime.messages_2020_01_05 partition of realtime.messages
                         for values from ('2020-01-05') to ('2020-01-06');
                       create table realtime.messages_2020_01_07 partition of realtime.messages
                         for values from ('2020-01-07') to ('2020-01-08')`);
     const first = await maintainMessagePartitions(sql, now);
-    made.push(...first.created);
     assert.deepEqual(first.created, ["messages_2020_01_09", "messages_2020_01_10", "messages_2020_01_11"]);
     // 01-05 ended 4.5 days before; 01-07 ended 2.5 days before (inside the 72 hours): kept.
     assert.deepEqual(first.dropped, ["messages_2020_01_05"]);
@@ -52,8 +50,47 @@ Deno.test({
     assert.equal(count, 1);
     // Run again: nothing to do.
     assert.deepEqual(await maintainMessagePartitions(sql, now), { created: [], dropped: [] });
+
+    // A transaction that wrote a message and stays open: the janitor does not wait for it (every
+    // broadcast would queue behind its lock), it gives up on the partition and logs why.
+    const holder = adminSql({ max: 1 });
+    const release = Promise.withResolvers<void>();
+    const held = holder.begin(async (tx) => {
+      await tx`insert into realtime.messages (topic, extension, event, payload, private, inserted_at)
+               values ('readsync:partition-test', 'broadcast', 'probe', '{}', true, '2020-01-10 12:00:00')`;
+      await release.promise;
+    });
+    try {
+      await sleep(100); // the insert holds its lock
+      const logged: Record<string, unknown>[] = [];
+      const later = new Date("2020-01-20T12:00:00Z"); // 01-19..21 missing, the others old
+      const outcome = await Promise.race([
+        maintainMessagePartitions(sql, later, (fields) => logged.push(fields)),
+        sleep(15_000).then(() => "still waiting" as const),
+      ]);
+      assert.notEqual(outcome, "still waiting", "the janitor waited for the open transaction");
+      assert.deepEqual(outcome, { created: [], dropped: [] });
+      assert.deepEqual(logged.map((f) => [f.event, f.partition]), [
+        ["partition_create_failed", "messages_2020_01_19"],
+        ["partition_create_failed", "messages_2020_01_20"],
+        ["partition_create_failed", "messages_2020_01_21"],
+        // By 01-20 all of them are older than 72 hours; dropping one waits for the same lock.
+        ["partition_drop_failed", "messages_2020_01_07"],
+        ["partition_drop_failed", "messages_2020_01_09"],
+        ["partition_drop_failed", "messages_2020_01_10"],
+        ["partition_drop_failed", "messages_2020_01_11"],
+      ]);
+      assert.match(String(logged[0].error), /lock timeout/);
+    } finally {
+      release.resolve();
+      await held.catch(() => {});
+      await holder.end();
+    }
   } finally {
-    for (const name of made) await sql.unsafe(`drop table if exists realtime.${name}`);
+    // Every 2020 partition this test made (also one a janitor that waited after all made late).
+    for (const name of await partitionsOf(sql)) {
+      if (name.startsWith("messages_2020_")) await sql.unsafe(`drop table realtime.${name}`);
+    }
     await sql.end();
   }
 });
