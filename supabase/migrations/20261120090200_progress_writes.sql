@@ -17,7 +17,8 @@
 -- * public.reading_progress_deletions          the last hard DELETE per series (an AFTER DELETE trigger),
 --   so "changes since" tells devices that were offline or polling.
 -- * public.get_reading_progress / list_reading_progress / reading_progress_changes: the reads.
--- * private.reading_progress_adopt_restored_rows() run once after a logical restore from another project.
+-- * private.reading_progress_adopt_restored_rows() run once after a logical restore from another project;
+--   it also draws a new private.reading_progress_cursor_origin, so every older changes cursor starts over.
 --
 -- The key. (updated_at, device_id), compared byte-wise (collate "C"; ids are ASCII). The incoming
 -- updated_at is normalised exactly as the BEFORE trigger of migration 012 normalises it (NULL ->
@@ -692,6 +693,28 @@ $$;
 revoke all on function public.list_reading_progress(integer, timestamptz, text, boolean) from public, anon;
 grant execute on function public.list_reading_progress(integer, timestamptz, text, boolean) to authenticated;
 
+-- Where cursors come from. The changes cursor's tag names the cluster that handed it out (below);
+-- the system identifier alone names a cluster only where every project ran initdb of its own, and
+-- copies of one data directory (a provider's prepared image, the local stack's initdb template)
+-- share it. So the restore adoption (the end of this file), which a move by pg_dump and restore
+-- needs anyway, also draws a new random origin here: every cursor handed out before it starts over,
+-- whatever the system identifiers. One row at most; none until the first adoption (the tag is then
+-- the system identifier's alone, as before this table). Readable by signed-in users, whose changes
+-- reads compute the tag (SECURITY INVOKER); written only by the adoption (as the owner).
+create table if not exists private.reading_progress_cursor_origin (
+  singleton boolean primary key default true constraint reading_progress_cursor_origin_one_row check (singleton),
+  origin text not null
+);
+comment on table private.reading_progress_cursor_origin is
+  'Drawn anew by each restore adoption: part of the changes cursor''s tag, so older cursors start over.';
+alter table private.reading_progress_cursor_origin enable row level security;
+revoke all on table private.reading_progress_cursor_origin from public, anon, authenticated, service_role;
+grant select on table private.reading_progress_cursor_origin to authenticated, service_role;
+drop policy if exists reading_progress_cursor_origin_read on private.reading_progress_cursor_origin;
+create policy reading_progress_cursor_origin_read on private.reading_progress_cursor_origin
+  for select to authenticated, service_role
+  using (true);
+
 -- Changes since a cursor, gap-free. Returns jsonb {changes: [rows], next_cursor, has_more}.
 -- A series whose row was hard-deleted (and not inserted again) appears as its deleted version with
 -- "deleted": true, at the deleting transaction's place in the order: a series is either a row or a
@@ -700,9 +723,10 @@ grant execute on function public.list_reading_progress(integer, timestamptz, tex
 -- Cursor: '<tag>.<xid>' = every row with change_xid >= xid; '<tag>.<xid>:<series_id>' = continue
 -- after that row of page order (change_xid, series_id). '' or NULL = from the beginning. <tag> names
 -- the cluster that handed the cursor out (8 hex digits of md5 of pg_control_system()'s
--- system_identifier, which a physical copy such as a replica or a point-in-time restore keeps and a
--- new project has its own of): transaction ids mean nothing in another cluster, so a cursor of
--- another (the project was moved by pg_dump and restore) starts over from the beginning. Cursors
+-- system_identifier, which a physical copy such as a replica or a point-in-time restore keeps, and of
+-- the origin the last restore adoption drew, see reading_progress_cursor_origin): transaction ids
+-- mean nothing in another cluster, so a cursor of another (the project was moved by pg_dump and
+-- restore, then adopted) starts over from the beginning. Cursors
 -- without a tag (handed out before tags, or where pg_control_system() may not be called) are read
 -- as before: one more than a million ids above this cluster's xmax starts over.
 --
@@ -729,6 +753,7 @@ declare
   v_uid uuid := auth.uid();
   v_limit integer := least(greatest(coalesce(p_limit, 100), 1), 999);
   v_horizon xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
+  v_system text;
   v_tag text;
   v_prefix text := '';
   v_parts text[];
@@ -745,19 +770,24 @@ begin
   if v_uid is null then
     raise exception using errcode = '42501', message = 'reading_progress_changes: no authenticated user';
   end if;
-  -- The tag is read once per connection and kept in a session setting: PostgreSQL 15 reads
-  -- pg_control without a lock, so a read that meets a checkpoint rewriting it can fail its CRC check.
-  -- Such a failure, or a platform that does not let this role call pg_control_system(), gives an
-  -- untagged cursor this time (read as before tags), never an error.
-  v_tag := nullif(pg_catalog.current_setting('readsync.cluster_tag', true), '');
-  if v_tag is null and pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'execute') then
+  -- The system identifier is read once per connection and kept in a session setting: PostgreSQL 15
+  -- reads pg_control without a lock, so a read that meets a checkpoint rewriting it can fail its CRC
+  -- check. Such a failure, or a platform that does not let this role call pg_control_system(), gives
+  -- an untagged cursor this time (read as before tags), never an error. The origin is read on every
+  -- call (a table of at most one row): a connection open across a restore adoption must not go on
+  -- taking the old project's cursors for its own.
+  v_system := nullif(pg_catalog.current_setting('readsync.system_identifier', true), '');
+  if v_system is null and pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'execute') then
     begin
-      select pg_catalog.left(pg_catalog.md5(c.system_identifier::text), 8) into v_tag
-        from pg_catalog.pg_control_system() c;
-      perform pg_catalog.set_config('readsync.cluster_tag', v_tag, false);
+      select c.system_identifier::text into v_system from pg_catalog.pg_control_system() c;
+      perform pg_catalog.set_config('readsync.system_identifier', v_system, false);
     exception when others then
-      v_tag := null;
+      v_system := null;
     end;
+  end if;
+  if v_system is not null then
+    v_tag := pg_catalog.left(pg_catalog.md5(v_system
+               || coalesce((select o.origin from private.reading_progress_cursor_origin o), '')), 8);
   end if;
   v_prefix := coalesce(v_tag || '.', '');
 
@@ -854,8 +884,10 @@ grant execute on function public.reading_progress_changes(text, integer) to auth
 -- It stamps those rows (and remembered deletions) with its own transaction id, as if they had just
 -- been written, without touching anything else: the stamp, broadcast and tie-log triggers are
 -- switched off for its own UPDATE and back to their previous state (ALTER TABLE, so concurrent
--- writers wait for it) and nothing is broadcast. Devices learn of the rows through their next changes read (their old cursors carry
--- the other cluster's tag and start over). Returns the counts it stamped.
+-- writers wait for it) and nothing is broadcast. It also draws a new cursor origin
+-- (reading_progress_cursor_origin), so every cursor handed out before it, the old project's too even
+-- where both clusters share a system identifier, starts over: devices learn of the rows through their
+-- next changes read. Returns the counts it stamped.
 -- ---------------------------------------------------------------------------------------------
 create or replace function private.reading_progress_adopt_restored_rows() returns jsonb
 language plpgsql
@@ -894,6 +926,9 @@ begin
   end loop;
   update public.reading_progress_deletions set deleted_xid = v_xid where deleted_xid >= v_xmax and deleted_xid <> v_xid;
   get diagnostics v_deletions = row_count;
+  insert into private.reading_progress_cursor_origin as o (singleton, origin)
+    values (true, pg_catalog.gen_random_uuid()::text)
+    on conflict (singleton) do update set origin = excluded.origin;
   return pg_catalog.jsonb_build_object('rows', v_rows, 'deletions', v_deletions);
 end;
 $$;

@@ -4,7 +4,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(20);
+select plan(26);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0000-4000-8000-000000000010', 'restore-a@readsync.test');
@@ -15,7 +15,8 @@ create temp table msgs_before on commit drop as select id from realtime.messages
 
 -- This cluster's tag, as the function computes it.
 create temp table cluster on commit drop as
-  select left(md5(system_identifier::text), 8) as tag from pg_control_system();
+  select left(md5(system_identifier::text || coalesce((select origin from private.reading_progress_cursor_origin), '')), 8)
+    as tag from pg_control_system();
 grant select on cluster to authenticated;
 
 set local role authenticated;
@@ -77,9 +78,9 @@ select throws_ok($$select public.reading_progress_changes('badc0de.5', 10)$$, '2
 reset role;
 
 -- Where this role may not call pg_control_system() (a platform may revoke it), cursors are untagged
--- and read as before. The tag is kept per session, so the test forgets it first.
+-- and read as before. The system identifier is kept per session, so the test forgets it first.
 revoke execute on function pg_control_system() from public;
-select set_config('readsync.cluster_tag', '', false);
+select set_config('readsync.system_identifier', '', false);
 set local role authenticated;
 select ok(
   (public.reading_progress_changes('', 100) ->> 'next_cursor') ~ '^[0-9]+$',
@@ -152,6 +153,36 @@ select is(
   private.reading_progress_adopt_restored_rows(),
   '{"rows": 0, "deletions": 0}'::jsonb,
   'a second run finds nothing to adopt');
+
+-- ---------------------------------------------------------------------------------------------
+-- The adoption draws a new cursor origin: cursors from before it start over, even where the old
+-- and the new cluster share a system identifier (copies of one prepared data directory do)
+-- ---------------------------------------------------------------------------------------------
+select is(
+  (select count(*)::int from private.reading_progress_cursor_origin), 1,
+  'the adoption keeps one cursor origin');
+select isnt(
+  (select left(md5(system_identifier::text || (select origin from private.reading_progress_cursor_origin)), 8)
+     from pg_control_system()),
+  (select tag from cluster),
+  'so this cluster''s tag is a new one');
+set local role authenticated;
+select is(
+  (public.reading_progress_changes((select r ->> 'next_cursor' from res where label = 'first'), 100) -> 'changes'),
+  (public.reading_progress_changes('', 100) -> 'changes'),
+  'a cursor handed out before the adoption (same system identifier, old tag) starts over from the beginning');
+select is(
+  split_part(public.reading_progress_changes('', 100) ->> 'next_cursor', '.', 1),
+  (select left(md5(system_identifier::text || (select origin from private.reading_progress_cursor_origin)), 8)
+     from pg_control_system()),
+  'new cursors carry the new tag (the origin is read on every call, not kept per connection)');
+select throws_ok($$update private.reading_progress_cursor_origin set origin = 'mine'$$, '42501', null,
+  'a signed-in user may read the origin (the tag is computed as the caller) but not change it');
+reset role;
+set local role anon;
+select throws_ok($$select 1 from private.reading_progress_cursor_origin$$, '42501', null,
+  'anon may not read it');
+reset role;
 
 select * from finish();
 rollback;
