@@ -259,6 +259,43 @@ Deno.test("two tabs: an answered write leaves the saved outbox alone, the other 
   assert.equal(storage.getItem(reopened.outboxKey), null);
 });
 
+Deno.test("two tabs: another position under the same key is a later save, not a copy of the first", () => {
+  const storage = new MemoryStorage();
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  // One device id, one millisecond: tab A saves chapter 12, then tab B chapter 14 under the same key.
+  const fromA = write("saga", T1, "web-1", 12);
+  const fromB = write("saga", T1, "web-1", 14);
+  tabA.addPending(fromA);
+  tabB.addPending(fromB);
+  const saved = () => {
+    const reopened = new SyncStore(USER, defaultCompareRows);
+    reopened.attachStorage(storage);
+    return reopened.pendingWrites().map((w) => [w.series_id, w.chapter]);
+  };
+  assert.deepEqual(saved(), [["saga", 14]], "the last save is kept");
+  // Tab A's write is answered: tab B's, another position, stays queued.
+  tabA.settle(fromA, {
+    won: true,
+    conflict: null,
+    conflict_with: null,
+    progress: row("saga", T1, "web-1", 12),
+  });
+  assert.deepEqual(saved(), [["saga", 14]]);
+  // Told that storage changed, tab A takes it over.
+  tabA.reloadOutbox();
+  assert.deepEqual(tabA.pendingWrites().map((w) => w.chapter), [14]);
+  // A copy of the same write (same key, same position) changes nothing and is cleared by its answer.
+  tabA.addPending(write("saga", T1, "web-1", 14));
+  assert.deepEqual(saved(), [["saga", 14]]);
+  // The server stores it 1 ms after the first (README, the API's outcomes).
+  const stored = row("saga", new Date(Date.parse(T1) + 1).toISOString(), "web-1", 14);
+  tabB.settle(fromB, { won: true, conflict: null, conflict_with: null, progress: stored });
+  assert.equal(storage.getItem(tabB.outboxKey), null);
+});
+
 Deno.test("two tabs: a tab takes over the writes another tab queued when told storage changed", () => {
   const storage = new MemoryStorage();
   const tabA = new SyncStore(USER, defaultCompareRows);

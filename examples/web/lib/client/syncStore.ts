@@ -14,6 +14,7 @@
 // What the reader sees for a series is the newer of its pending write and its confirmed row, by
 // the same order the server applies, so the optimistic view already shows the eventual winner.
 
+import { ConflictResolver } from "@shared/progress/conflictResolver.ts";
 import type { WriteResult } from "@shared/progress/types.ts";
 import { compareServerVersions } from "@shared/realtime/progressMerge.ts";
 import type { ProgressRow } from "./types.ts";
@@ -254,12 +255,24 @@ export class SyncStore {
     };
   }
 
+  /**
+   * Whether `write` is saved after `other` (same series): its key is newer, or it is the same key
+   * with another position. Tabs of one browser share the device id, so two of them can date
+   * different positions alike; the server stores such a write as that device's later position
+   * (1 ms after the first), so the outbox keeps the last one saved rather than dropping it as a
+   * copy of the first.
+   */
+  #savedLater(write: PendingWrite, other: PendingWrite): boolean {
+    const order = this.compare(write, other);
+    return order > 0 || (order === 0 && !ConflictResolver.samePosition(write, other));
+  }
+
   /** Merges the saved outbox into the pending writes (newer wins); returns whether any was taken. */
   #loadOutbox(): boolean {
     let taken = false;
     for (const write of this.#readSaved()) {
       const current = this.#pending.get(write.series_id);
-      if (!current || this.compare(write, current) > 0) {
+      if (!current || this.#savedLater(write, current)) {
         this.#pending.set(write.series_id, write);
         taken = true;
       }
@@ -292,11 +305,11 @@ export class SyncStore {
       const saved = new Map(this.#readSaved().map((write) => [write.series_id, write]));
       for (const write of done) {
         const other = saved.get(write.series_id);
-        if (other && this.compare(other, write) <= 0) saved.delete(write.series_id);
+        if (other && !this.#savedLater(other, write)) saved.delete(write.series_id);
       }
       for (const write of added) {
         const other = saved.get(write.series_id);
-        if (!other || this.compare(write, other) > 0) saved.set(write.series_id, write);
+        if (!other || this.#savedLater(write, other)) saved.set(write.series_id, write);
       }
       if (saved.size === 0) this.#storage.removeItem(this.outboxKey);
       else this.#storage.setItem(this.outboxKey, JSON.stringify([...saved.values()]));
