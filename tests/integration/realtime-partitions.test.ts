@@ -15,7 +15,17 @@ import { maintainMessagePartitions, partitionsOf } from "../../local/realtime/pa
 import { changesSince } from "../../shared/progress/api.ts";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
-import { newClient, ownEndpoint, sleep, waitFor, writeThroughApi } from "./realtime_support.ts";
+import { newClient, ownEndpoint, sleep, type Sql, waitFor, writeThroughApi } from "./realtime_support.ts";
+
+/** The partition of today (UTC) + `offsetDays` and its bound clause, to detach and attach it again. */
+async function partitionOfDay(sql: Sql, offsetDays: number): Promise<{ name: string; bound: string }> {
+  const [{ name }] = await sql<{ name: string }[]>`
+    select 'messages_' || to_char((now() at time zone 'utc')::date + ${offsetDays}::int, 'YYYY_MM_DD') as name`;
+  const [{ bound }] = await sql<{ bound: string }[]>`
+    select pg_catalog.pg_get_expr(c.relpartbound, c.oid) as bound from pg_catalog.pg_class c
+    where c.oid = ${`realtime.${name}`}::regclass`;
+  return { name, bound };
+}
 
 Deno.test({
   name:
@@ -103,11 +113,7 @@ Deno.test({
   const env = testEnv();
   const sql = adminSql();
   // Tomorrow's: no message lands there yet, so taking it away for a moment disturbs nothing.
-  const [{ name }] = await sql<{ name: string }[]>`
-    select 'messages_' || to_char((now() at time zone 'utc')::date + 1, 'YYYY_MM_DD') as name`;
-  const [{ bound }] = await sql<{ bound: string }[]>`
-    select pg_catalog.pg_get_expr(c.relpartbound, c.oid) as bound from pg_catalog.pg_class c
-    where c.oid = ${`realtime.${name}`}::regclass`;
+  const { name, bound } = await partitionOfDay(sql, 1);
   await sql.unsafe(`alter table realtime.messages detach partition realtime.${name};
                     alter table realtime.${name} rename to ${name}_aside`);
   let server: Awaited<ReturnType<typeof startRealtimeServer>> | undefined;
@@ -157,11 +163,7 @@ Deno.test({
     devices.push(handle);
     return handle;
   };
-  const [{ name: today }] = await sql<{ name: string }[]>`
-    select 'messages_' || to_char(now() at time zone 'utc', 'YYYY_MM_DD') as name`;
-  const [{ bound }] = await sql<{ bound: string }[]>`
-    select pg_catalog.pg_get_expr(c.relpartbound, c.oid) as bound from pg_catalog.pg_class c
-    where c.oid = ${`realtime.${today}`}::regclass`;
+  const { name: today, bound } = await partitionOfDay(sql, 0);
   let detached = false;
   try {
     const live = await device(300);
