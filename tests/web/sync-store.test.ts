@@ -296,6 +296,42 @@ Deno.test("two tabs: another position under the same key is a later save, not a 
   assert.equal(storage.getItem(tabB.outboxKey), null);
 });
 
+Deno.test("two tabs: a save is dated after the other tab's unsent save of the series, and a write that loses to this device's own is no conflict", () => {
+  const storage = new MemoryStorage();
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  const fromA = write("saga", T1, "web-1", 12);
+  tabA.addPending(fromA);
+  // Tab B has not taken A's save over (no storage event yet) and its clock says T1 too.
+  const at = tabB.nextUpdatedAt("saga", Date.parse(T1));
+  assert.equal(
+    at,
+    new Date(Date.parse(T1) + 1).toISOString(),
+    "after tab A's saved write, never under its key",
+  );
+  const fromB = write("saga", at, "web-1", 14);
+  tabB.addPending(fromB);
+  // B's arrives first; A's, older, then loses to it: the winner is this device's own later save.
+  tabA.settle(fromA, {
+    won: false,
+    conflict: "stale",
+    conflict_with: { updated_at: at, device_id: "web-1" },
+    progress: row("saga", at, "web-1", 14),
+  });
+  assert.equal(tabA.getSnapshot().notices.size, 0, "no 'another device wins' for this device's own save");
+  assert.equal(tabA.getSnapshot().bySeries.get("saga")?.chapter, 14);
+});
+
+Deno.test("a pending write under the confirmed version's key with another position is what is shown", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.seed([row("saga", T1, "web-1", 12)]);
+  store.addPending(write("saga", T1, "web-1", 14)); // another tab's, same key (a race)
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 14);
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.pending, true);
+});
+
 Deno.test("two tabs: a tab takes over the writes another tab queued when told storage changed", () => {
   const storage = new MemoryStorage();
   const tabA = new SyncStore(USER, defaultCompareRows);

@@ -145,8 +145,17 @@ export class SyncStore {
    */
   nextUpdatedAt(seriesId: string, nowMs: number): string {
     const shown = this.#snapshot.bySeries.get(seriesId);
+    let at = nowMs;
     const after = shown ? Date.parse(shown.updatedAt) + 1 : NaN;
-    return new Date(Number.isFinite(after) ? Math.max(nowMs, after) : nowMs).toISOString();
+    if (Number.isFinite(after)) at = Math.max(at, after);
+    // Another tab of this browser may have saved a write of the series that this tab has not taken
+    // over yet, under the same device id: date this one after it, so the two never share a key and
+    // the later save is the later write (under one key the server keeps whichever arrives last).
+    for (const saved of this.#readSaved()) {
+      const savedAfter = Date.parse(saved.updated_at) + 1;
+      if (saved.series_id === seriesId && Number.isFinite(savedAfter)) at = Math.max(at, savedAfter);
+    }
+    return new Date(at).toISOString();
   }
 
   /** An optimistic local write: shown at once and queued for the server. */
@@ -165,9 +174,9 @@ export class SyncStore {
   settle(write: PendingWrite, result: WriteResult): void {
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#mergeConfirmed(result.progress);
-    // A replay of a write the server already has (a retry after a lost answer) is not a conflict.
-    const storedIsOurs = result.progress.device_id === write.device_id &&
-      Date.parse(result.progress.updated_at) === Date.parse(write.updated_at);
+    // What the server stores is this device's own (a replay of this write after a lost answer, or a
+    // later save of another tab of this browser, which shares the device id): no other device won.
+    const storedIsOurs = result.progress.device_id === write.device_id;
     if (!result.won && !storedIsOurs) {
       this.#notices.set(write.series_id, { seriesId: write.series_id, lost: write, winner: result.progress, at: Date.now() });
     } else {
@@ -229,7 +238,9 @@ export class SyncStore {
     for (const id of ids) {
       const confirmed = this.#confirmed.get(id);
       const pending = this.#pending.get(id);
-      const usePending = pending && (!confirmed || this.compare(pending, confirmed) > 0);
+      // The pending write once it is newer; under the confirmed version's key with another position it
+      // is this device's later save (the server stores it 1 ms after), so it is what will be shown.
+      const usePending = pending && (!confirmed || this.#savedLater(pending, confirmed));
       const source = usePending ? pending : confirmed!;
       bySeries.set(id, {
         seriesId: id,
@@ -262,7 +273,7 @@ export class SyncStore {
    * (1 ms after the first), so the outbox keeps the last one saved rather than dropping it as a
    * copy of the first.
    */
-  #savedLater(write: PendingWrite, other: PendingWrite): boolean {
+  #savedLater(write: PendingWrite, other: PendingWrite | ProgressRow): boolean {
     const order = this.compare(write, other);
     return order > 0 || (order === 0 && !ConflictResolver.samePosition(write, other));
   }
