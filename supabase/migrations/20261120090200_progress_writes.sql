@@ -724,7 +724,8 @@ create policy reading_progress_cursor_origin_read on private.reading_progress_cu
 -- after that row of page order (change_xid, series_id). '' or NULL = from the beginning. <tag> names
 -- the cluster that handed the cursor out (8 hex digits of md5 of pg_control_system()'s
 -- system_identifier, which a physical copy such as a replica or a point-in-time restore keeps, and of
--- the origin the last restore adoption drew, see reading_progress_cursor_origin): transaction ids
+-- the origin the last restore adoption drew, see reading_progress_cursor_origin; the origin alone where
+-- pg_control_system() may not be called): transaction ids
 -- mean nothing in another cluster, so a cursor of another (the project was moved by pg_dump and
 -- restore, then adopted) starts over from the beginning. Cursors
 -- without a tag (handed out before tags, or where pg_control_system() may not be called) are read
@@ -754,6 +755,7 @@ declare
   v_limit integer := least(greatest(coalesce(p_limit, 100), 1), 999);
   v_horizon xid8 := pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot());
   v_system text;
+  v_origin text;
   v_tag text;
   v_prefix text := '';
   v_parts text[];
@@ -785,9 +787,11 @@ begin
       v_system := null;
     end;
   end if;
-  if v_system is not null then
-    v_tag := pg_catalog.left(pg_catalog.md5(v_system
-               || coalesce((select o.origin from private.reading_progress_cursor_origin o), '')), 8);
+  -- Where pg_control_system() may not be called, an adopted project's origin still tags its cursors
+  -- (so the old project's start over there too); with neither, cursors are untagged.
+  select o.origin into v_origin from private.reading_progress_cursor_origin o;
+  if v_system is not null or v_origin is not null then
+    v_tag := pg_catalog.left(pg_catalog.md5(coalesce(v_system, '') || coalesce(v_origin, '')), 8);
   end if;
   v_prefix := coalesce(v_tag || '.', '');
 
@@ -887,7 +891,10 @@ grant execute on function public.reading_progress_changes(text, integer) to auth
 -- writers wait for it) and nothing is broadcast. It also draws a new cursor origin
 -- (reading_progress_cursor_origin), so every cursor handed out before it, the old project's too even
 -- where both clusters share a system identifier, starts over: devices learn of the rows through their
--- next changes read. Returns the counts it stamped.
+-- next changes read. Every run draws one (a restore whose ids needed no adoption still needs the old
+-- cursors gone: the old project may have handed out cursors above this cluster's ids), and every run
+-- makes every device read its library once more from the beginning: run it once per restore.
+-- Returns the counts it stamped.
 -- ---------------------------------------------------------------------------------------------
 create or replace function private.reading_progress_adopt_restored_rows() returns jsonb
 language plpgsql

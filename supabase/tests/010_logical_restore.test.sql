@@ -4,7 +4,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(26);
+select plan(28);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0000-4000-8000-000000000010', 'restore-a@readsync.test');
@@ -168,9 +168,11 @@ select isnt(
   'so this cluster''s tag is a new one');
 set local role authenticated;
 select is(
-  (public.reading_progress_changes((select r ->> 'next_cursor' from res where label = 'first'), 100) -> 'changes'),
+  (public.reading_progress_changes(
+     (select tag from cluster) || '.' || (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 100)
+   -> 'changes'),
   (public.reading_progress_changes('', 100) -> 'changes'),
-  'a cursor handed out before the adoption (same system identifier, old tag) starts over from the beginning');
+  'a cursor of the old tag above every row (the old project''s ids ran ahead; read as this cluster''s it would say nothing new) starts over from the beginning');
 select is(
   split_part(public.reading_progress_changes('', 100) ->> 'next_cursor', '.', 1),
   (select left(md5(system_identifier::text || (select origin from private.reading_progress_cursor_origin)), 8)
@@ -183,6 +185,22 @@ set local role anon;
 select throws_ok($$select 1 from private.reading_progress_cursor_origin$$, '42501', null,
   'anon may not read it');
 reset role;
+-- Where pg_control_system() may not be called, the origin alone tags the cursors.
+revoke execute on function pg_control_system() from public;
+select set_config('readsync.system_identifier', '', false);
+set local role authenticated;
+select is(
+  split_part(public.reading_progress_changes('', 100) ->> 'next_cursor', '.', 1),
+  (select left(md5(origin), 8) from private.reading_progress_cursor_origin),
+  'without pg_control_system(), an adopted project''s cursors carry the origin''s tag');
+select is(
+  (public.reading_progress_changes(
+     (select tag from cluster) || '.' || (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 100)
+   -> 'changes'),
+  (public.reading_progress_changes('', 100) -> 'changes'),
+  'so the old project''s cursors start over there too');
+reset role;
+grant execute on function pg_control_system() to public;
 
 select * from finish();
 rollback;
