@@ -30,8 +30,9 @@ export interface PartitionMaintenance {
 /**
  * Creates the partitions for yesterday, today and tomorrow (UTC) that are missing and drops the
  * ones whose day ended more than MESSAGE_RETENTION_HOURS before `now`. Does nothing to a
- * realtime.messages that is not partitioned. Each partition is its own statement: one that fails
- * (a table of that name that is not a partition, an overlapping range) does not stop the others.
+ * realtime.messages that is not partitioned (logged). Each partition is its own statement: one that
+ * fails (a table of that name that is not a partition, an overlapping range, the lock timeout) is
+ * logged and does not stop the others.
  */
 export async function maintainMessagePartitions(
   sql: postgres.Sql,
@@ -42,7 +43,11 @@ export async function maintainMessagePartitions(
   const [table] = await sql<{ partitioned: boolean }[]>`
     select c.relkind = 'p' as partitioned from pg_catalog.pg_class c
     where c.oid = to_regclass('realtime.messages')`;
-  if (!table?.partitioned) return result;
+  if (!table?.partitioned) {
+    // A database set up before the local bootstrap partitioned it (or not by it at all): nothing to keep.
+    log({ event: "messages_not_partitioned" });
+    return result;
+  }
 
   const existing = new Set(await partitionsOf(sql));
   for (const offset of [-1, 0, 1]) {
@@ -54,12 +59,15 @@ export async function maintainMessagePartitions(
     const from = day.toISOString().slice(0, 10);
     const to = new Date(day.getTime() + DAY_MS).toISOString().slice(0, 10);
     try {
+      // No IF NOT EXISTS: a table of that name that is not a partition must not pass for one.
       await underLockTimeout(
         sql,
-        `create table if not exists realtime.${name} partition of realtime.messages for values from ('${from}') to ('${to}')`,
+        `create table realtime.${name} partition of realtime.messages for values from ('${from}') to ('${to}')`,
       );
       result.created.push(name);
     } catch (error) {
+      // Another endpoint made it meanwhile: nothing to report.
+      if ((await partitionsOf(sql)).includes(name)) continue;
       log({ event: "partition_create_failed", partition: name, error: String(error) });
     }
   }
@@ -85,13 +93,16 @@ export async function maintainMessagePartitions(
 
 /**
  * Creating or dropping a partition locks realtime.messages (ACCESS EXCLUSIVE): it waits for every
- * transaction that wrote a message, and every broadcast queues behind it meanwhile. A transaction
- * held open (a psql session, a pgTAP run) would stall all broadcasts; with the lock timeout the
- * janitor gives up instead and tries again at its next run (tomorrow's partition is made a day early).
+ * transaction that wrote a message, and every broadcast, so every write of reading_progress, queues
+ * behind it meanwhile. A transaction held open (a psql session, a pgTAP run) would stall them all;
+ * with a short lock timeout the janitor gives up instead (the writers waited at most that long) and
+ * tries again at its next run (tomorrow's partition is made a day early).
  */
+export const PARTITION_LOCK_TIMEOUT = "100ms";
+
 async function underLockTimeout(sql: postgres.Sql, statement: string): Promise<void> {
   await sql.begin(async (tx) => {
-    await tx`select pg_catalog.set_config('lock_timeout', '1s', true)`;
+    await tx`select pg_catalog.set_config('lock_timeout', ${PARTITION_LOCK_TIMEOUT}, true)`;
     await tx.unsafe(statement);
   });
 }

@@ -35,6 +35,14 @@ Deno.test({
   const targetSql = postgres(target.dbUrl, { max: 2, onnotice: () => {} });
   const dumpFile = await Deno.makeTempFile({ suffix: ".sql" });
   try {
+    // Both stacks copy one cached initdb data directory (local/stack/postgres.ts), so they share a
+    // system identifier, as copies of a provider's prepared image would: the case in which only the
+    // adoption's new cursor origin tells the old project's cursors apart (pgTAP 010 checks it too).
+    const systemOf = async (sql: postgres.Sql) =>
+      (await sql`select system_identifier::text as id from pg_control_system()`)[0].id;
+    if (Deno.env.get("READSYNC_PG_TEMPLATE") !== "0") {
+      assert.equal(await systemOf(targetSql), await systemOf(source), "both stacks from the initdb template");
+    }
     // The source's ids must lie above everything the fresh target will have assigned (as between two
     // projects of different ages): spend ids in the source until they do.
     const xid = async (sql: postgres.Sql) => BigInt((await sql`select pg_current_xact_id()::text as x`)[0].x);

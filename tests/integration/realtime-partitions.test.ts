@@ -17,6 +17,12 @@ import { type ProgressChange, RealtimeService } from "../../shared/realtime/real
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
 import { newClient, ownEndpoint, sleep, type Sql, waitFor, writeThroughApi } from "./realtime_support.ts";
 
+/** Waits past the next UTC midnight when it is near: a write just after it lands in the next day's partition. */
+async function awayFromMidnight(): Promise<void> {
+  const msToMidnight = 86_400_000 - (Date.now() % 86_400_000);
+  if (msToMidnight < 30_000) await sleep(msToMidnight + 2_000);
+}
+
 /** The partition of today (UTC) + `offsetDays` and its bound clause, to detach and attach it again. */
 async function partitionOfDay(sql: Sql, offsetDays: number): Promise<{ name: string; bound: string }> {
   const [{ name }] = await sql<{ name: string }[]>`
@@ -39,11 +45,18 @@ Deno.test({
     await sql.unsafe(`create table realtime.messages_2020_01_05 partition of realtime.messages
                         for values from ('2020-01-05') to ('2020-01-06');
                       create table realtime.messages_2020_01_07 partition of realtime.messages
-                        for values from ('2020-01-07') to ('2020-01-08')`);
-    const first = await maintainMessagePartitions(sql, now);
-    assert.deepEqual(first.created, ["messages_2020_01_09", "messages_2020_01_10", "messages_2020_01_11"]);
+                        for values from ('2020-01-07') to ('2020-01-08');
+                      create table realtime.messages_2020_01_11 (stray integer)`);
+    const logged: Record<string, unknown>[] = [];
+    const first = await maintainMessagePartitions(sql, now, (fields) => logged.push(fields));
+    // A table of tomorrow's name that is no partition is not taken for one: logged, not "created".
+    assert.deepEqual(first.created, ["messages_2020_01_09", "messages_2020_01_10"]);
+    assert.deepEqual(logged[0]?.event, "partition_create_failed");
+    assert.deepEqual(logged[0]?.partition, "messages_2020_01_11");
     // 01-05 ended 4.5 days before; 01-07 ended 2.5 days before (inside the 72 hours): kept.
     assert.deepEqual(first.dropped, ["messages_2020_01_05"]);
+    await sql.unsafe(`drop table realtime.messages_2020_01_11`);
+    assert.deepEqual((await maintainMessagePartitions(sql, now)).created, ["messages_2020_01_11"]);
     const left = (await partitionsOf(sql)).filter((name) => name.startsWith("messages_2020_"));
     assert.deepEqual(left, [
       "messages_2020_01_07",
@@ -76,7 +89,7 @@ Deno.test({
       const later = new Date("2020-01-20T12:00:00Z"); // 01-19..21 missing, the others old
       const outcome = await Promise.race([
         maintainMessagePartitions(sql, later, (fields) => logged.push(fields)),
-        sleep(15_000).then(() => "still waiting" as const),
+        sleep(5_000).then(() => "still waiting" as const),
       ]);
       assert.notEqual(outcome, "still waiting", "the janitor waited for the open transaction");
       assert.deepEqual(outcome, { created: [], dropped: [] });
@@ -101,6 +114,7 @@ Deno.test({
     for (const name of await partitionsOf(sql)) {
       if (name.startsWith("messages_2020_")) await sql.unsafe(`drop table realtime.${name}`);
     }
+    await sql.unsafe(`drop table if exists realtime.messages_2020_01_11`); // the stray one
     await sql.end();
   }
 });
@@ -113,6 +127,7 @@ Deno.test({
   const env = testEnv();
   const sql = adminSql();
   // Tomorrow's: no message lands there yet, so taking it away for a moment disturbs nothing.
+  await awayFromMidnight();
   const { name, bound } = await partitionOfDay(sql, 1);
   await sql.unsafe(`alter table realtime.messages detach partition realtime.${name};
                     alter table realtime.${name} rename to ${name}_aside`);
@@ -163,6 +178,7 @@ Deno.test({
     devices.push(handle);
     return handle;
   };
+  await awayFromMidnight();
   const { name: today, bound } = await partitionOfDay(sql, 0);
   let detached = false;
   try {
