@@ -37,6 +37,14 @@ export interface ProgressStore {
 export interface PostgresStoreOptions {
   /** statement_timeout inside each request transaction (ms); a timeout answers 503. */
   statementTimeoutMs?: number;
+  /**
+   * lock_timeout inside each request transaction (ms); a timeout answers 503. Shorter than the
+   * statement timeout: a request that meets a lock held for long (an operator's ALTER TABLE or
+   * maintenance, a transaction left open on the row) gives its pooled connection back soon instead
+   * of holding it for the whole statement timeout, so a few such requests cannot stall every other
+   * user's requests on the isolate (a pool of 5).
+   */
+  lockTimeoutMs?: number;
   /** Attempts for a transaction that hit a deadlock or serialization failure. */
   attempts?: number;
 }
@@ -89,6 +97,7 @@ export function createPostgresProgressStore(
   options: PostgresStoreOptions = {},
 ): ProgressStore {
   const timeout = String(options.statementTimeoutMs ?? 8_000);
+  const lockTimeout = String(options.lockTimeoutMs ?? 2_000);
   const attempts = options.attempts ?? 3;
 
   async function asUser<T>(
@@ -102,7 +111,8 @@ export function createPostgresProgressStore(
           await tx`
             select set_config('role', 'authenticated', true),
                    set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
-                   set_config('statement_timeout', ${timeout}, true)`;
+                   set_config('statement_timeout', ${timeout}, true),
+                   set_config('lock_timeout', ${lockTimeout}, true)`;
           return await fn(tx);
         }) as T;
       } catch (error) {
@@ -234,7 +244,11 @@ export function mapDatabaseError(error: unknown): HttpError {
       code === "XX000" && /shutting down/i.test(message)
     ) {
       return unavailable(
-        code === "57014" ? "The database took too long to answer" : "The database is unavailable or busy",
+        code === "57014"
+          ? "The database took too long to answer"
+          : code === "55P03"
+          ? "The data is locked by another operation; try again"
+          : "The database is unavailable or busy",
         error,
       );
     }

@@ -12,7 +12,7 @@ import {
   writeResultSchema,
 } from "../../shared/progress/schemas.ts";
 import type { Progress } from "../../shared/progress/types.ts";
-import { adminSql, call, conflictRows, seriesId, write } from "./support.ts";
+import { adminSql, call, conflictRows, errorOf, seriesId, write } from "./support.ts";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const BASE_MS = Date.parse("2026-06-01T12:00:00.000Z");
@@ -630,4 +630,49 @@ Deno.test("CORS: the preflight needs no token, and every answer (errors too) car
   assert.equal(ok.headers.get("access-control-allow-origin"), "*");
   assert.match(ok.headers.get("access-control-expose-headers") ?? "", /x-request-id/);
   assert.ok(ok.headers.get("x-request-id"));
+});
+
+Deno.test("a write that meets a row lock held for long answers 503 at the lock timeout, not the statement timeout; the row is kept and the write lands after", async () => {
+  const a = await createTestUser();
+  const series = seriesId("locked");
+  const first = write({ series_id: series, chapter: 1, device_id: "phone", updated_at: iso(BASE_MS) });
+  assert.equal((await call("POST", "", { token: a.accessToken, body: first })).status, 200);
+  // An operator's transaction (or one left open) holds the row.
+  const holder = adminSql({ max: 1 });
+  const release = Promise.withResolvers<void>();
+  const locked = Promise.withResolvers<void>();
+  const held = holder.begin(async (tx) => {
+    await tx`select 1 from public.reading_progress where user_id = ${a.id} and series_id = ${series} for update`;
+    locked.resolve();
+    await release.promise;
+  });
+  try {
+    await locked.promise;
+    const next = write({
+      series_id: series,
+      chapter: 2,
+      device_id: "tablet",
+      updated_at: iso(BASE_MS + 1_000),
+    });
+    const blocked = await call("POST", "", { token: a.accessToken, body: next });
+    assert.equal(blocked.status, 503, JSON.stringify(blocked.body));
+    assert.equal(errorOf(blocked).code, "service_unavailable");
+    assert.match(errorOf(blocked).message, /locked by another operation/, "the lock timeout answered");
+    assert.equal(blocked.headers.get("retry-after"), "1");
+    release.resolve();
+    await held;
+    const stored = await call("GET", `/series/${series}`, { token: a.accessToken });
+    assert.equal(
+      progressResponseSchema.parse(stored.body).progress.chapter,
+      1,
+      "the refused write changed nothing",
+    );
+    const retried = await call("POST", "", { token: a.accessToken, body: next });
+    assert.equal(retried.status, 200);
+    assert.equal(writeResultSchema.parse(retried.body).progress.chapter, 2);
+  } finally {
+    release.resolve();
+    await held.catch(() => {});
+    await holder.end();
+  }
 });
