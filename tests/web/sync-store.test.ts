@@ -206,12 +206,18 @@ Deno.test("a hard DELETE removes the version it deleted, never a newer one the d
 
 // ---- two tabs of one browser share one saved outbox (localStorage) and one device id
 
-Deno.test("two tabs: each tab's unsent write survives the other tab's saves", () => {
+/** Two tabs of one browser: one saved outbox between them. */
+function twoTabs(): { storage: MemoryStorage; tabA: SyncStore; tabB: SyncStore } {
   const storage = new MemoryStorage();
   const tabA = new SyncStore(USER, defaultCompareRows);
   tabA.attachStorage(storage);
   const tabB = new SyncStore(USER, defaultCompareRows);
   tabB.attachStorage(storage);
+  return { storage, tabA, tabB };
+}
+
+Deno.test("two tabs: each tab's unsent write survives the other tab's saves", () => {
+  const { storage, tabA, tabB } = twoTabs();
   tabA.addPending(write("saga", T1, "web-1", 12)); // offline, in tab A
   tabB.addPending(write("atlas", T2, "web-1", 3)); // then in tab B
   // Both tabs close before the network is back; the next visit sends both.
@@ -224,11 +230,7 @@ Deno.test("two tabs: each tab's unsent write survives the other tab's saves", ()
 });
 
 Deno.test("two tabs: an answered write leaves the saved outbox alone, the other tab's writes stay", () => {
-  const storage = new MemoryStorage();
-  const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(storage);
-  const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(storage);
+  const { storage, tabA, tabB } = twoTabs();
   const saga = write("saga", T1, "web-1", 12);
   tabA.addPending(saga);
   tabB.addPending(write("atlas", T2, "web-1", 3));
@@ -260,11 +262,7 @@ Deno.test("two tabs: an answered write leaves the saved outbox alone, the other 
 });
 
 Deno.test("two tabs: another position under the same key is a later save, not a copy of the first", () => {
-  const storage = new MemoryStorage();
-  const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(storage);
-  const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(storage);
+  const { storage, tabA, tabB } = twoTabs();
   // One device id, one millisecond: tab A saves chapter 12, then tab B chapter 14 under the same key.
   const fromA = write("saga", T1, "web-1", 12);
   const fromB = write("saga", T1, "web-1", 14);
@@ -297,11 +295,7 @@ Deno.test("two tabs: another position under the same key is a later save, not a 
 });
 
 Deno.test("two tabs: a save is dated after the other tab's unsent save of the series, and a write that loses to this device's own is no conflict", () => {
-  const storage = new MemoryStorage();
-  const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(storage);
-  const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(storage);
+  const { storage, tabA, tabB } = twoTabs();
   const fromA = write("saga", T1, "web-1", 12);
   tabA.addPending(fromA);
   // Tab B has not taken A's save over (no storage event yet) and its clock says T1 too.
@@ -333,11 +327,7 @@ Deno.test("a pending write under the confirmed version's key with another positi
 });
 
 Deno.test("two tabs: a tab takes over the writes another tab queued when told storage changed", () => {
-  const storage = new MemoryStorage();
-  const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(storage);
-  const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(storage);
+  const { storage, tabA, tabB } = twoTabs();
   tabB.addPending(write("atlas", T2, "web-1", 3));
   let emitted = 0;
   tabA.subscribe(() => emitted++);
