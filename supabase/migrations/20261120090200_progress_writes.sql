@@ -774,24 +774,27 @@ begin
   end if;
   -- The system identifier is read once per connection and kept in a session setting: PostgreSQL 15
   -- reads pg_control without a lock, so a read that meets a checkpoint rewriting it can fail its CRC
-  -- check. Such a failure, or a platform that does not let this role call pg_control_system(), gives
-  -- an untagged cursor this time (read as before tags), never an error. The origin is read on every
+  -- check. Such a failure gives an untagged cursor this time, never an error; a platform that does not
+  -- let this role call pg_control_system() gives untagged cursors (read as before tags), or ones
+  -- tagged by the origin alone once a restore was adopted. The origin is read on every
   -- call (a table of at most one row): a connection open across a restore adoption must not go on
   -- taking the old project's cursors for its own.
+  select o.origin into v_origin from private.reading_progress_cursor_origin o;
   v_system := nullif(pg_catalog.current_setting('readsync.system_identifier', true), '');
   if v_system is null and pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'execute') then
     begin
       select c.system_identifier::text into v_system from pg_catalog.pg_control_system() c;
       perform pg_catalog.set_config('readsync.system_identifier', v_system, false);
+      v_tag := pg_catalog.left(pg_catalog.md5(v_system || coalesce(v_origin, '')), 8);
     exception when others then
-      v_system := null;
+      v_system := null; -- a failed read: untagged this time
     end;
-  end if;
-  -- Where pg_control_system() may not be called, an adopted project's origin still tags its cursors
-  -- (so the old project's start over there too); with neither, cursors are untagged.
-  select o.origin into v_origin from private.reading_progress_cursor_origin o;
-  if v_system is not null or v_origin is not null then
-    v_tag := pg_catalog.left(pg_catalog.md5(coalesce(v_system, '') || coalesce(v_origin, '')), 8);
+  elsif v_system is not null then
+    v_tag := pg_catalog.left(pg_catalog.md5(v_system || coalesce(v_origin, '')), 8);
+  elsif v_origin is not null then
+    -- Where pg_control_system() may never be called, an adopted project's origin alone tags its
+    -- cursors (so the old project's start over there too); with neither, cursors are untagged.
+    v_tag := pg_catalog.left(pg_catalog.md5(v_origin), 8);
   end if;
   v_prefix := coalesce(v_tag || '.', '');
 
@@ -805,9 +808,13 @@ begin
     end if;
     v_since := v_parts[2]::xid8;
     v_after := coalesce(v_parts[3], '');
-    if v_parts[1] is not null and v_tag is not null and v_parts[1] <> v_tag then
+    if (v_parts[1] is not null and v_tag is not null and v_parts[1] <> v_tag)
+       or (v_parts[1] is null and v_origin is not null) then
       -- Another cluster's cursor: its ids say nothing here. Start over from the beginning (clients
-      -- merge by the LWW key, so what they hold is dropped as duplicates).
+      -- merge by the LWW key, so what they hold is dropped as duplicates). Once a restore was adopted,
+      -- an untagged cursor may be the old project's (handed out where pg_control_system() may not be
+      -- called) and starts over too; one this cluster handed out after a failed read of the system
+      -- identifier only costs a read from the beginning.
       v_since := '0'::xid8;
       v_after := '';
     -- This cluster's, or untagged: every cursor this cluster handed out lies at or below a later

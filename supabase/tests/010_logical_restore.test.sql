@@ -4,7 +4,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(28);
+select plan(29);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0000-4000-8000-000000000010', 'restore-a@readsync.test');
@@ -199,6 +199,11 @@ select is(
    -> 'changes'),
   (public.reading_progress_changes('', 100) -> 'changes'),
   'so the old project''s cursors start over there too');
+select is(
+  (public.reading_progress_changes(
+     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 100) -> 'changes'),
+  (public.reading_progress_changes('', 100) -> 'changes'),
+  'an untagged cursor (what the old project handed out on such a platform) starts over once a restore was adopted');
 reset role;
 grant execute on function pg_control_system() to public;
 
