@@ -12,7 +12,13 @@ import { pendingWrite as write } from "./support.ts";
 const USER = "11111111-1111-4111-8111-111111111111";
 
 /** A server row; `life` = when this life of the row was inserted (one life unless a test says so). */
-function row(series: string, at: string, device: string, chapter: number, life = LIFE): Progress {
+function row(
+  series: string,
+  at: string,
+  device: string,
+  chapter: number,
+  life = LIFE,
+): Progress {
   return {
     ...write(series, at, device, chapter),
     user_id: USER,
@@ -130,7 +136,10 @@ Deno.test("the library lists every series newest first and leaves reset (cleared
     ...row("c", T2, "phone", 0),
     cleared: true,
   }]);
-  assert.deepEqual(store.getSnapshot().library.map((v) => v.seriesId), ["b", "a"]);
+  assert.deepEqual(store.getSnapshot().library.map((v) => v.seriesId), [
+    "b",
+    "a",
+  ]);
 });
 
 Deno.test("the outbox survives a reload (per user) and a newer write replaces an older one for the series", () => {
@@ -144,19 +153,34 @@ Deno.test("the outbox survives a reload (per user) and a newer write replaces an
   const afterReload = new SyncStore(USER, defaultCompareRows);
   afterReload.attachStorage(storage);
   const pending = afterReload.pendingWrites().sort((a, b) => a.series_id.localeCompare(b.series_id));
-  assert.deepEqual(pending.map((w) => [w.series_id, w.chapter]), [["atlas", 4], ["saga", 2]]);
+  assert.deepEqual(pending.map((w) => [w.series_id, w.chapter]), [
+    ["atlas", 4],
+    ["saga", 2],
+  ]);
 
-  const otherUser = new SyncStore("22222222-2222-4222-8222-222222222222", defaultCompareRows);
+  const otherUser = new SyncStore(
+    "22222222-2222-4222-8222-222222222222",
+    defaultCompareRows,
+  );
   otherUser.attachStorage(storage);
   assert.equal(otherUser.pendingWrites().length, 0);
 
   for (const w of afterReload.pendingWrites()) {
     const stored = row(w.series_id, w.updated_at, w.device_id, w.chapter);
-    afterReload.settle(w, { won: true, conflict: null, conflict_with: null, progress: stored });
+    afterReload.settle(w, {
+      won: true,
+      conflict: null,
+      conflict_with: null,
+      progress: stored,
+    });
   }
   const again = new SyncStore(USER, defaultCompareRows);
   again.attachStorage(storage);
-  assert.equal(again.pendingWrites().length, 0, "a sent outbox is gone from storage");
+  assert.equal(
+    again.pendingWrites().length,
+    0,
+    "a sent outbox is gone from storage",
+  );
 });
 
 Deno.test("a refused write leaves the outbox with a message instead of being retried forever", () => {
@@ -185,7 +209,11 @@ Deno.test("a row inserted after a hard DELETE replaces the old one even with an 
   const secondLife = row("saga", T1, "ereader", 4, "2026-11-25T11:00:00.000Z");
   assert.equal(store.applyServerRow(secondLife), true);
   assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 4);
-  assert.equal(store.applyServerRow(row("saga", T3, "phone", 9)), false, "a late copy of the first life");
+  assert.equal(
+    store.applyServerRow(row("saga", T3, "phone", 9)),
+    false,
+    "a late copy of the first life",
+  );
   assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 4);
 });
 
@@ -207,7 +235,11 @@ Deno.test("a hard DELETE removes the version it deleted, never a newer one the d
 // ---- two tabs of one browser share one saved outbox (localStorage) and one device id
 
 /** Two tabs of one browser: one saved outbox between them. */
-function twoTabs(): { storage: MemoryStorage; tabA: SyncStore; tabB: SyncStore } {
+function twoTabs(): {
+  storage: MemoryStorage;
+  tabA: SyncStore;
+  tabB: SyncStore;
+} {
   const storage = new MemoryStorage();
   const tabA = new SyncStore(USER, defaultCompareRows);
   tabA.attachStorage(storage);
@@ -289,22 +321,39 @@ Deno.test("two tabs: another position under the same key is a later save, not a 
   tabA.addPending(write("saga", T1, "web-1", 14));
   assert.deepEqual(saved(), [["saga", 14]]);
   // The server stores it 1 ms after the first (README, the API's outcomes).
-  const stored = row("saga", new Date(Date.parse(T1) + 1).toISOString(), "web-1", 14);
-  tabB.settle(fromB, { won: true, conflict: null, conflict_with: null, progress: stored });
+  const stored = row(
+    "saga",
+    new Date(Date.parse(T1) + 1).toISOString(),
+    "web-1",
+    14,
+  );
+  tabB.settle(fromB, {
+    won: true,
+    conflict: null,
+    conflict_with: null,
+    progress: stored,
+  });
   assert.equal(storage.getItem(tabB.outboxKey), null);
 });
 
 Deno.test("two tabs: a save is dated after the other tab's unsent save of the series, and a write that loses to this device's own is no conflict", () => {
-  const { storage, tabA, tabB } = twoTabs();
+  const { tabA, tabB } = twoTabs();
   const fromA = write("saga", T1, "web-1", 12);
   tabA.addPending(fromA);
   // Tab B has not taken A's save over (no storage event yet) and its clock says T1 too.
-  const at = tabB.nextUpdatedAt("saga", Date.parse(T1));
+  const at = tabB.nextUpdatedAt("saga", Date.parse(T1), "web-1");
   assert.equal(
     at,
     new Date(Date.parse(T1) + 1).toISOString(),
     "after tab A's saved write, never under its key",
   );
+  // Not after another device's saved write, nor after one dated beyond the server's 5 s tolerance.
+  assert.equal(tabB.nextUpdatedAt("saga", Date.parse(T1), "web-2"), T1);
+  const ahead = twoTabs();
+  ahead.tabA.addPending(write("saga", new Date(Date.parse(T1) + 3_600_000).toISOString(), "web-1", 9));
+  ahead.tabA.addPending(write("atlas", "+275760-09-13T00:00:00.000Z", "web-1", 9));
+  assert.equal(ahead.tabB.nextUpdatedAt("saga", Date.parse(T1), "web-1"), T1);
+  assert.equal(ahead.tabB.nextUpdatedAt("atlas", Date.parse(T1), "web-1"), T1);
   const fromB = write("saga", at, "web-1", 14);
   tabB.addPending(fromB);
   // B's arrives first; A's, older, then loses to it: the winner is this device's own later save.
@@ -314,7 +363,11 @@ Deno.test("two tabs: a save is dated after the other tab's unsent save of the se
     conflict_with: { updated_at: at, device_id: "web-1" },
     progress: row("saga", at, "web-1", 14),
   });
-  assert.equal(tabA.getSnapshot().notices.size, 0, "no 'another device wins' for this device's own save");
+  assert.equal(
+    tabA.getSnapshot().notices.size,
+    0,
+    "no 'another device wins' for this device's own save",
+  );
   assert.equal(tabA.getSnapshot().bySeries.get("saga")?.chapter, 14);
 });
 
@@ -327,7 +380,7 @@ Deno.test("a pending write under the confirmed version's key with another positi
 });
 
 Deno.test("two tabs: a tab takes over the writes another tab queued when told storage changed", () => {
-  const { storage, tabA, tabB } = twoTabs();
+  const { tabA, tabB } = twoTabs();
   tabB.addPending(write("atlas", T2, "web-1", 3));
   let emitted = 0;
   tabA.subscribe(() => emitted++);
@@ -435,5 +488,7 @@ Deno.test("seed leaves out another user's rows (a page rendered for the session 
     ...row("theirs", T1, "phone", 50),
     user_id: "22222222-2222-4222-8222-222222222222",
   }]);
-  assert.deepEqual(store.getSnapshot().library.map((item) => item.seriesId), ["mine"]);
+  assert.deepEqual(store.getSnapshot().library.map((item) => item.seriesId), [
+    "mine",
+  ]);
 });

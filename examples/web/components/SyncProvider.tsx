@@ -191,7 +191,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       const device = deviceId ?? getDeviceId();
       // Strictly after the version the reader is looking at (another device's, or this one's last
       // save), so a page turn made after seeing it wins over it and two quick saves keep their order.
-      const at = store.nextUpdatedAt(seriesId, runtime ? runtime.clock.now() : Date.now());
+      const at = store.nextUpdatedAt(seriesId, runtime ? runtime.clock.now() : Date.now(), device);
       const write: PendingWrite = {
         series_id: seriesId,
         chapter: position.chapter,

@@ -61,6 +61,9 @@ export interface SyncSnapshot {
 }
 
 type Compare = (a: LwwKey, b: LwwKey) => number;
+
+/** The server stores a write dated more than this ahead of its clock at its own time (migration 012). */
+const SERVER_AHEAD_TOLERANCE_MS = 5_000;
 interface LwwKey {
   series_id: string;
   updated_at: string;
@@ -143,7 +146,7 @@ export class SyncStore {
    * dated a few seconds ahead (the server accepts up to its 5 s tolerance) would otherwise beat
    * the page turn made after seeing it.
    */
-  nextUpdatedAt(seriesId: string, nowMs: number): string {
+  nextUpdatedAt(seriesId: string, nowMs: number, deviceId?: string): string {
     const shown = this.#snapshot.bySeries.get(seriesId);
     let at = nowMs;
     const after = shown ? Date.parse(shown.updatedAt) + 1 : NaN;
@@ -151,9 +154,15 @@ export class SyncStore {
     // Another tab of this browser may have saved a write of the series that this tab has not taken
     // over yet, under the same device id: date this one after it, so the two never share a key and
     // the later save is the later write (under one key the server keeps whichever arrives last).
+    // Only this device's, and only within the server's 5 s tolerance for clocks ahead: a saved date
+    // beyond it (a tab that stamped with its own clock before it knew the server's, storage edited
+    // by hand) would carry every later save past the tolerance, where the server re-dates it.
     for (const saved of this.#readSaved()) {
+      if (saved.series_id !== seriesId || (deviceId !== undefined && saved.device_id !== deviceId)) continue;
       const savedAfter = Date.parse(saved.updated_at) + 1;
-      if (saved.series_id === seriesId && Number.isFinite(savedAfter)) at = Math.max(at, savedAfter);
+      if (Number.isFinite(savedAfter) && savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS) {
+        at = Math.max(at, savedAfter);
+      }
     }
     return new Date(at).toISOString();
   }
@@ -240,6 +249,8 @@ export class SyncStore {
       const pending = this.#pending.get(id);
       // The pending write once it is newer; under the confirmed version's key with another position it
       // is this device's later save (the server stores it 1 ms after), so it is what will be shown.
+      // (A third position under one key would lose as stale, README, Schema decisions; the dating in
+      // nextUpdatedAt keeps this device from making one.)
       const usePending = pending && (!confirmed || this.#savedLater(pending, confirmed));
       const source = usePending ? pending : confirmed!;
       bySeries.set(id, {
