@@ -17,9 +17,14 @@ export const PARTITION_JANITOR_INTERVAL_MS = 60 * 60 * 1000;
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 
+/** The UTC day of `at` as YYYY-MM-DD (what a partition's bounds and name are made of). */
+function utcDay(at: Date): string {
+  return at.toISOString().slice(0, 10);
+}
+
 /** `messages_2026_12_04` for the UTC day of `at`. */
 export function partitionName(at: Date): string {
-  return `messages_${at.toISOString().slice(0, 10).replaceAll("-", "_")}`;
+  return `messages_${utcDay(at).replaceAll("-", "_")}`;
 }
 
 export interface PartitionMaintenance {
@@ -56,8 +61,8 @@ export async function maintainMessagePartitions(
     );
     const name = partitionName(day);
     if (existing.has(name)) continue;
-    const from = day.toISOString().slice(0, 10);
-    const to = new Date(day.getTime() + DAY_MS).toISOString().slice(0, 10);
+    const from = utcDay(day);
+    const to = utcDay(new Date(day.getTime() + DAY_MS));
     try {
       // No IF NOT EXISTS: a table of that name that is not a partition must not pass for one.
       await underLockTimeout(
@@ -73,10 +78,7 @@ export async function maintainMessagePartitions(
   }
 
   // A partition named for a day before this date holds only messages older than the retention.
-  const oldestKept = new Date(now.getTime() - MESSAGE_RETENTION_HOURS * 60 * 60 * 1000).toISOString().slice(
-    0,
-    10,
-  );
+  const oldestKept = utcDay(new Date(now.getTime() - MESSAGE_RETENTION_HOURS * 60 * 60 * 1000));
   for (const name of existing) {
     const match = /^messages_(\d{4})_(\d{2})_(\d{2})$/.exec(name);
     if (!match || `${match[1]}-${match[2]}-${match[3]}` >= oldestKept) continue;
