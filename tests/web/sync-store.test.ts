@@ -28,6 +28,21 @@ function row(
   };
 }
 
+/** The server's answer when it stored the write as `progress`. */
+function storedAs(progress: Progress): WriteResult {
+  return { won: true, conflict: null, conflict_with: null, progress };
+}
+
+/** The server's answer when the write lost to the stored `progress` (whose key is the other write's). */
+function lostTo(progress: Progress, conflict: "stale" | "tie" = "stale"): WriteResult {
+  return {
+    won: false,
+    conflict,
+    conflict_with: { updated_at: progress.updated_at, device_id: progress.device_id },
+    progress,
+  };
+}
+
 class MemoryStorage implements Storage {
   #items = new Map<string, string>();
   get length() {
@@ -65,12 +80,7 @@ Deno.test("an optimistic write shows at once and counts as pending until the ser
   assert.equal(view.pending, true);
   assert.equal(store.getSnapshot().pendingCount, 1);
 
-  const result: WriteResult = {
-    won: true,
-    conflict: null,
-    conflict_with: null,
-    progress: row("saga", T2, "tablet", 2),
-  };
+  const result: WriteResult = storedAs(row("saga", T2, "tablet", 2));
   store.settle(mine, result);
   view = store.getSnapshot().bySeries.get("saga")!;
   assert.equal(view.chapter, 2);
@@ -83,12 +93,7 @@ Deno.test("a write that lost to a newer one from another device leaves a notice 
   const store = new SyncStore(USER, defaultCompareRows);
   const mine = write("saga", T1, "tablet", 5);
   store.addPending(mine);
-  store.settle(mine, {
-    won: false,
-    conflict: "stale",
-    conflict_with: { updated_at: T2, device_id: "phone" },
-    progress: row("saga", T2, "phone", 6),
-  });
+  store.settle(mine, lostTo(row("saga", T2, "phone", 6)));
   const snapshot = store.getSnapshot();
   assert.equal(snapshot.bySeries.get("saga")!.chapter, 6);
   assert.equal(snapshot.bySeries.get("saga")!.deviceId, "phone");
@@ -103,12 +108,7 @@ Deno.test("an answer whose stored row is this very write is not a conflict, howe
   const store = new SyncStore(USER, defaultCompareRows);
   const mine = write("saga", T2, "tablet", 3);
   store.addPending(mine);
-  store.settle(mine, {
-    won: false,
-    conflict: "tie",
-    conflict_with: { updated_at: T2, device_id: "tablet" },
-    progress: row("saga", T2, "tablet", 3),
-  });
+  store.settle(mine, lostTo(row("saga", T2, "tablet", 3), "tie"));
   assert.equal(store.getSnapshot().notices.size, 0);
   assert.equal(store.getSnapshot().pendingCount, 0);
 });
@@ -167,12 +167,7 @@ Deno.test("the outbox survives a reload (per user) and a newer write replaces an
 
   for (const w of afterReload.pendingWrites()) {
     const stored = row(w.series_id, w.updated_at, w.device_id, w.chapter);
-    afterReload.settle(w, {
-      won: true,
-      conflict: null,
-      conflict_with: null,
-      progress: stored,
-    });
+    afterReload.settle(w, storedAs(stored));
   }
   const again = new SyncStore(USER, defaultCompareRows);
   again.attachStorage(storage);
@@ -268,12 +263,7 @@ Deno.test("two tabs: an answered write leaves the saved outbox alone, the other 
   tabB.addPending(write("atlas", T2, "web-1", 3));
   // Tab B saved a newer write of saga too, before tab A's answer came.
   tabB.addPending(write("saga", T3, "web-1", 13));
-  tabA.settle(saga, {
-    won: true,
-    conflict: null,
-    conflict_with: null,
-    progress: row("saga", T1, "web-1", 12),
-  });
+  tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
   const reopened = new SyncStore(USER, defaultCompareRows);
   reopened.attachStorage(storage);
   const saved = reopened.pendingWrites().sort((a, b) => a.series_id.localeCompare(b.series_id));
@@ -283,12 +273,7 @@ Deno.test("two tabs: an answered write leaves the saved outbox alone, the other 
   ]]);
   // Once every write is answered, nothing is left.
   for (const w of saved) {
-    reopened.settle(w, {
-      won: true,
-      conflict: null,
-      conflict_with: null,
-      progress: row(w.series_id, w.updated_at, w.device_id, w.chapter),
-    });
+    reopened.settle(w, storedAs(row(w.series_id, w.updated_at, w.device_id, w.chapter)));
   }
   assert.equal(storage.getItem(reopened.outboxKey), null);
 });
@@ -307,12 +292,7 @@ Deno.test("two tabs: another position under the same key is a later save, not a 
   };
   assert.deepEqual(saved(), [["saga", 14]], "the last save is kept");
   // Tab A's write is answered: tab B's, another position, stays queued.
-  tabA.settle(fromA, {
-    won: true,
-    conflict: null,
-    conflict_with: null,
-    progress: row("saga", T1, "web-1", 12),
-  });
+  tabA.settle(fromA, storedAs(row("saga", T1, "web-1", 12)));
   assert.deepEqual(saved(), [["saga", 14]]);
   // Told that storage changed, tab A takes it over.
   tabA.reloadOutbox();
@@ -327,12 +307,7 @@ Deno.test("two tabs: another position under the same key is a later save, not a 
     "web-1",
     14,
   );
-  tabB.settle(fromB, {
-    won: true,
-    conflict: null,
-    conflict_with: null,
-    progress: stored,
-  });
+  tabB.settle(fromB, storedAs(stored));
   assert.equal(storage.getItem(tabB.outboxKey), null);
 });
 
@@ -357,12 +332,7 @@ Deno.test("two tabs: a save is dated after the other tab's unsent save of the se
   const fromB = write("saga", at, "web-1", 14);
   tabB.addPending(fromB);
   // B's arrives first; A's, older, then loses to it: the winner is this device's own later save.
-  tabA.settle(fromA, {
-    won: false,
-    conflict: "stale",
-    conflict_with: { updated_at: at, device_id: "web-1" },
-    progress: row("saga", at, "web-1", 14),
-  });
+  tabA.settle(fromA, lostTo(row("saga", at, "web-1", 14)));
   assert.equal(
     tabA.getSnapshot().notices.size,
     0,
@@ -439,22 +409,12 @@ Deno.test("a 'your change lost' notice goes when a newer write of this device is
   store.addPending(w1);
   const w2 = write("saga", T3, "tablet", 8);
   store.addPending(w2); // saved again while w1 was in flight
-  store.settle(w1, {
-    won: false,
-    conflict: "stale",
-    conflict_with: { updated_at: T2, device_id: "phone" },
-    progress: row("saga", T2, "phone", 6),
-  });
+  store.settle(w1, lostTo(row("saga", T2, "phone", 6)));
   assert.equal(
     store.getSnapshot().notices.get("saga")?.winner.device_id,
     "phone",
   );
-  store.settle(w2, {
-    won: true,
-    conflict: null,
-    conflict_with: null,
-    progress: row("saga", T3, "tablet", 8),
-  });
+  store.settle(w2, storedAs(row("saga", T3, "tablet", 8)));
   assert.equal(store.getSnapshot().notices.has("saga"), false);
   assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 8);
 });
