@@ -557,6 +557,7 @@ export function subscribeToProgress(
       return subscription.status;
     },
     onStatus: (listener) => subscription.onStatus(listener),
+    syncNow: () => subscription.syncNow(),
     unsubscribe: async () => {
       if (released) return;
       released = true;

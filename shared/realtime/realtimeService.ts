@@ -18,6 +18,9 @@
 //                                         it keeps polling. A call that does not answer within
 //                                         requestTimeoutMs is aborted and counts as failed; closing
 //                                         aborts the call in flight.
+//   syncNow                               the app's word that it may have missed something (back
+//                                         in the foreground, back online): read now, and rejoin now
+//                                         if the channel is waiting out its backoff.
 //   auth                                  follows supabase.auth TOKEN_REFRESHED / SIGNED_IN, or an
 //                                         explicit setAccessToken(); a channel the server closed
 //                                         because its token expired is rejoined at once with a new one,
@@ -113,6 +116,8 @@ export interface ProgressSubscription {
   readonly status: RealtimeStatus;
   /** Calls the listener on every status change; returns the function that removes it. */
   onStatus(listener: (status: RealtimeStatus) => void): () => void;
+  /** Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow). */
+  syncNow(): Promise<void>;
   unsubscribe(): Promise<void>;
 }
 
@@ -221,6 +226,23 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     if (isNew) link.start();
     else link.replayTo(subscription);
     return subscription;
+  }
+
+  /**
+   * Reads the changes of a user (of every subscribed user when none is given) now, and where the
+   * channel is down and waiting out its backoff, retries the join now. For the moments an app
+   * knows it may have missed something that no timer of its own will notice soon: back in the
+   * foreground (a phone suspends an app's socket and timers, a browser throttles a hidden tab's
+   * timers to one a minute) or back online. Resolves when that read has finished; like every read
+   * of the service, a failed one is logged, not thrown, and the polling or backoff goes on as
+   * before. A retried join that fails again backs off further (the attempt count is kept), so an
+   * app that calls this often cannot hammer a Realtime that is down.
+   */
+  async syncNow(userId?: string): Promise<void> {
+    const links = userId === undefined
+      ? [...this.#links.values()]
+      : [this.#links.get(normalizeUserId(userId))].filter((link) => link !== undefined);
+    await Promise.all(links.map((link) => link.syncNow()));
   }
 
   /** Stops a subscription; the user's channel, timers and listeners go with its last subscription. */
@@ -522,6 +544,10 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     }
   }
 
+  syncNow(): Promise<void> {
+    return this.#active ? this.link.syncNow() : Promise.resolve();
+  }
+
   async unsubscribe(): Promise<void> {
     if (!this.#active) return;
     this.#active = false;
@@ -603,6 +629,22 @@ class UserLink<Row extends LwwRow> {
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
     if (!this.#channel) void this.#connect();
+  }
+
+  /** See RealtimeService.syncNow. */
+  async syncNow(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#reconnectTimer !== undefined) {
+      this.service.timers.clear(this.#reconnectTimer);
+      this.#reconnectTimer = undefined;
+      void this.#connect();
+    }
+    // The read that was due later (a poll, or the safety read while live) is made now instead; it
+    // schedules the next one as usual. A round already in flight is followed by a fresh one: it may
+    // have read before what made the app call this.
+    this.service.timers.clear(this.#pollTimer);
+    this.#pollTimer = undefined;
+    await this.#poll();
   }
 
   close(): Promise<void> {

@@ -59,6 +59,7 @@ const TESTS = [
   "a tab left open while the browser signs in as another reader reloads as that reader and never writes their progress into the old account",
   "a write that cannot be saved says so: a proxy's 400 keeps it queued until it is sent, a write the API refuses is dropped with a message that can be dismissed",
   "with site data blocked (localStorage throws) the reader still loads and saves",
+  "a tab whose Realtime socket went silent shows the other device's page as soon as it is shown again, not a minute later",
   "no device had a script error (hydration included)",
 ];
 
@@ -999,6 +1000,61 @@ async function main() {
       },
       {
         name: TESTS[14],
+        fn: async () => {
+          // A third device of reader A whose socket stays open but hears nothing (a laptop that slept,
+          // a phone's browser in the background): Realtime thinks it is connected, and so does the
+          // tab, whose next safety read is a minute away. Shown again, the tab reads at once.
+          const context = await ownContext();
+          let silent = false;
+          let dropped = 0;
+          await context.routeWebSocket(/\/realtime\/v1\/websocket/, (ws) => {
+            const server = ws.connectToServer();
+            ws.onMessage((message) => server.send(message));
+            server.onMessage((message) => {
+              if (silent) dropped++;
+              else ws.send(message);
+            });
+          });
+          const laptop = await tabIn(context, "reader A, device 4 (socket goes silent)");
+          try {
+            await signIn(laptop, emailA);
+            await openSeries(laptop, seriesLive);
+            await waitForStatus(laptop, "live");
+            const before = await positionOf(laptop);
+            silent = true;
+            await openSeries(phone, seriesLive);
+            const next = { chapter: 12, page: 30, percentage: 0.7 };
+            assert(
+              JSON.stringify(before) !== JSON.stringify(next),
+              "the phone writes a position the laptop does not show",
+            );
+            await setPosition(phone, { chapter: 12, page: 30, percent: 70 });
+            await waitForOutboxEmpty(phone);
+            await eventually(() => assert(dropped > 0, "the broadcast reached the silent socket"), {
+              what: "the broadcast to be dropped",
+            });
+            await new Promise((r) => setTimeout(r, 1_000));
+            assertEqual(
+              await positionOf(laptop),
+              before,
+              "nothing reached the laptop while its socket was silent",
+            );
+            assertEqual(await status(laptop), "live", "the laptop still thinks it is live");
+            // The reader comes back to the tab.
+            const visibility = await laptop.page.evaluate(() => {
+              document.dispatchEvent(new Event("visibilitychange"));
+              return document.visibilityState;
+            });
+            assertEqual(visibility, "visible", "the tab is visible");
+            await waitForPosition(laptop, next, 10_000);
+            assertEqual(laptop.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[15],
         fn: () => {
           for (const d of devices) assertEqual(d.errors, [], `${d.label} page errors`);
         },

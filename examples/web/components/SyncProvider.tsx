@@ -161,13 +161,20 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     const onOnline = () => {
       setOnline(true);
       flush();
-      // Rejoin Realtime now instead of waiting out the backoff.
-      void service.setAccessToken(tokens.current);
+      // Rejoin Realtime and read what was missed now instead of waiting out the backoff.
+      void subscription.syncNow();
     };
     const onOffline = () => setOnline(false);
+    // A hidden tab's timers run at most once a minute and its socket may have been dropped (a
+    // sleeping laptop, a phone's browser in the background): when the reader comes back to it,
+    // read now, so the page shows where the other device left off before they look.
+    const onVisible = () => {
+      if (document.visibilityState === "visible") void subscription.syncNow();
+    };
     window.addEventListener("online", onOnline);
     window.addEventListener("offline", onOffline);
     window.addEventListener("storage", onStorage);
+    document.addEventListener("visibilitychange", onVisible);
 
     setRuntime({ api, flush, clock });
     flush();
@@ -179,6 +186,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       window.removeEventListener("online", onOnline);
       window.removeEventListener("offline", onOffline);
       window.removeEventListener("storage", onStorage);
+      document.removeEventListener("visibilitychange", onVisible);
       offStatus();
       offToken();
       void subscription.unsubscribe().finally(() => supabase.realtime.disconnect());

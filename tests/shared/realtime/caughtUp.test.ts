@@ -1,7 +1,8 @@
 // When RealtimeService counts a link as caught up (status "live", polling stops): only after a
 // "changes since" round that began reading once the channel was joined. A change committed after an
 // earlier round read, but broadcast before the channel was subscribed, reaches the device through
-// no other path. Against the stand-in client, with changesSince answered by hand.
+// no other path. Also the safety read while live and syncNow (the app's "read now"). Against the
+// stand-in client, with changesSince answered by hand.
 
 import assert from "node:assert/strict";
 import {
@@ -98,7 +99,16 @@ function handAnsweredService(options: Partial<RealtimeServiceOptions> = {}) {
     await subscription.unsubscribe();
     await service.close();
   };
-  return { channel, calls, changes, subscription, goLive, end };
+  return {
+    service,
+    channel,
+    calls,
+    changes,
+    subscription,
+    goLive,
+    end,
+    timers: () => service.stats().timers,
+  };
 }
 
 Deno.test("live: a safety read every livePollIntervalMs finds a change whose broadcast was lost, and a failed one keeps the link live", async () => {
@@ -156,6 +166,76 @@ Deno.test("live: a drop while a safety read hangs starts polling at once (the hu
     link.calls[2].resolve({ changes: [version(3)], next_cursor: "103", has_more: false });
     await waitFor("chapter 3", () => link.changes.length === 1);
     assert.equal(link.subscription.status, "polling");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: while live, the safety read due in a minute is made now and the next one is scheduled", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 60_000 });
+  const { calls, changes, subscription } = link;
+  try {
+    await link.goLive([version(1)]);
+    // Back in the foreground: chapter 2's broadcast went to a socket the phone had suspended.
+    let done = false;
+    const sync = subscription.syncNow().then(() => done = true);
+    await waitFor("the read", () => calls.length === 2, { timeoutMs: 1_000 });
+    await sleep(20);
+    assert.equal(done, false, "syncNow resolves when its read has answered, not before");
+    calls[1].resolve({ changes: [version(2)], next_cursor: "102", has_more: false });
+    await sync;
+    assert.deepEqual(changes, [{ chapter: 1, source: "catchup" }, { chapter: 2, source: "poll" }]);
+    assert.equal(subscription.status, "live");
+    await sleep(100);
+    assert.equal(calls.length, 2, "the next safety read is a minute away again, not at once");
+    assert.equal(link.timers(), 1, "one timer: that safety read");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: a link down and waiting out its backoff joins now and catches up", async () => {
+  const link = handAnsweredService({ ...slowBackoff, pollIntervalMs: 60_000 });
+  const { calls, changes, subscription } = link;
+  try {
+    await link.goLive([version(1)]);
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll right after the drop", () => calls.length === 2);
+    calls[1].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await waitFor("polling", () => subscription.status === "polling");
+    // The next join is 30 s away (backoff) and the next poll a minute: the app is back online.
+    const sync = subscription.syncNow();
+    const rejoin = await link.channel(2);
+    await waitFor("the read", () => calls.length === 3, { timeoutMs: 1_000 });
+    calls[2].resolve({ changes: [version(2)], next_cursor: "102", has_more: false });
+    await sync;
+    rejoin.state!("SUBSCRIBED");
+    await waitFor("the catch-up after the join", () => calls.length === 4);
+    calls[3].resolve({ changes: [version(3)], next_cursor: "103", has_more: false });
+    await waitFor("live", () => subscription.status === "live");
+    assert.deepEqual(changes.map((c) => c.chapter), [1, 2, 3]);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: a round in flight is followed by a fresh one; none after unsubscribe", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 50, pollIntervalMs: 60_000 });
+  const { calls, changes, subscription } = link;
+  try {
+    await link.goLive([version(1)]);
+    await waitFor("a safety read", () => calls.length === 2); // in flight: it may have read too early
+    const sync = link.service.syncNow(); // every user of the service
+    calls[1].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await waitFor("the fresh round", () => calls.length === 3, { timeoutMs: 1_000 });
+    calls[2].resolve({ changes: [version(2)], next_cursor: "102", has_more: false });
+    await sync;
+    assert.deepEqual(changes.map((c) => c.chapter), [1, 2]);
+    await subscription.unsubscribe();
+    const before = calls.length;
+    await subscription.syncNow();
+    await link.service.syncNow(USER);
+    assert.equal(calls.length, before, "no read for a subscription that has ended");
   } finally {
     await link.end();
   }
