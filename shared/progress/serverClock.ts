@@ -10,6 +10,16 @@
 // The intersection of those intervals is kept (a clock that jumps empties it: start again from the
 // newest answer). The device is corrected only when the interval excludes zero, i.e. when it is
 // certainly off; a device within a round trip of the server keeps its own clock.
+//
+// A device clock set right while the app runs (NTP, the reader fixing the time zone) would keep the
+// old correction until the next answer: a clock an hour ahead, corrected by -1 h, set back by the
+// hour, stamps the next page turn an hour early, and it loses to older reading on other devices.
+// So the clock also notes, with every answer, the device clock against a monotonic one (which never
+// steps): when the device clock has since gone back more than STEP_TOLERANCE_MS against it, that
+// step is added back. A device clock gone forward against it is left alone, because a monotonic
+// clock may also just have paused (most stop while the device sleeps) and the two cannot be told
+// apart; the stamp is then too late, never too early, and a stamp more than 5 s ahead of the server
+// is stored at the server's now(). The next answer measures afresh either way.
 
 export interface ClockSample {
   /** X-Server-Time of an answer, epoch ms. */
@@ -19,6 +29,9 @@ export interface ClockSample {
   receivedMs: number;
 }
 
+/** How far the device clock may drift back against the monotonic clock before it counts as a step. */
+export const STEP_TOLERANCE_MS = 1_000;
+
 export class ServerClock {
   #lo = -Infinity;
   #hi = Infinity;
@@ -27,10 +40,21 @@ export class ServerClock {
   /** The latest key the server stored for a write of this device (epoch ms). */
   #ownStoredMs = -Infinity;
   readonly #deviceNow: () => number;
+  readonly #monotonicNow: (() => number) | null;
+  /** The device clock and the monotonic clock when the newest answer was taken in. */
+  #anchor: { deviceMs: number; monotonicMs: number } | null = null;
 
-  /** `offsetMs`: a previous estimate (e.g. saved on the device), used until answers say otherwise. */
-  constructor(options: { deviceNow?: () => number; offsetMs?: number } = {}) {
+  /**
+   * `offsetMs`: a previous estimate (e.g. saved on the device), used until answers say otherwise.
+   * `monotonicNow`: a clock in ms that never steps (performance.now() by default; with a deviceNow of
+   * the caller's own only when given too, as the two must tell the same time's passing).
+   */
+  constructor(options: { deviceNow?: () => number; monotonicNow?: () => number; offsetMs?: number } = {}) {
     this.#deviceNow = options.deviceNow ?? (() => Date.now());
+    this.#monotonicNow = options.monotonicNow ??
+      (options.deviceNow === undefined && typeof performance !== "undefined"
+        ? () => performance.now()
+        : null);
     if (options.offsetMs !== undefined && Number.isFinite(options.offsetMs) && options.offsetMs !== 0) {
       this.#lo = this.#hi = options.offsetMs;
       this.#fromSaved = true;
@@ -48,6 +72,9 @@ export class ServerClock {
     if (![serverMs, sentMs, receivedMs].every(Number.isFinite) || receivedMs < sentMs) return;
     const lo = serverMs - receivedMs;
     const hi = serverMs - sentMs;
+    this.#anchor = this.#monotonicNow
+      ? { deviceMs: this.#deviceNow(), monotonicMs: this.#monotonicNow() }
+      : null;
     if (this.#fromSaved || lo > this.#hi || hi < this.#lo) {
       // First answer after a saved estimate, or a clock that jumped: this answer alone decides.
       this.#fromSaved = false;
@@ -59,10 +86,21 @@ export class ServerClock {
     this.#hi = Math.min(this.#hi, hi);
   }
 
-  /** Server minus device, in ms: 0 unless the answers so far prove the device is off. */
+  /**
+   * Server minus device, in ms: 0 unless the answers so far prove the device is off, or its clock
+   * has been set back since the newest answer (that step is added back; see the top).
+   */
   get offsetMs(): number {
-    if (this.#lo > 0 || this.#hi < 0) return Math.round((this.#lo + this.#hi) / 2);
-    return 0;
+    const measured = this.#lo > 0 || this.#hi < 0 ? Math.round((this.#lo + this.#hi) / 2) : 0;
+    return measured + this.#stepBackMs();
+  }
+
+  /** How far the device clock went back against the monotonic clock since the newest answer. */
+  #stepBackMs(): number {
+    if (!this.#anchor || !this.#monotonicNow) return 0;
+    const back = (this.#monotonicNow() - this.#anchor.monotonicMs) -
+      (this.#deviceNow() - this.#anchor.deviceMs);
+    return back > STEP_TOLERANCE_MS ? Math.round(back) : 0;
   }
 
   /**

@@ -687,6 +687,41 @@ Deno.test("after a write the server re-keyed to its now, api.now() dates the dev
   }
 });
 
+Deno.test("a phone whose clock is set right while the app runs keeps winning with its next page", async () => {
+  // The phone's clock runs an hour ahead and the client has learnt that from an answer; then NTP sets
+  // the clock right. The reader turns a page on the tablet, then one more on the phone: the phone's
+  // page is the newest and must be stored (dated by the old correction it was an hour early and lost).
+  const user = await createTestUser();
+  const client = clientFor(user.accessToken);
+  let phoneAheadMs = 3_600_000;
+  const clock = new ServerClock({
+    deviceNow: () => Date.now() + phoneAheadMs,
+    monotonicNow: () => performance.now(),
+  });
+  const phone = createProgressApi(client, { clock });
+  const tablet = createProgressApi(client);
+  const series = seriesId("clock-set-right");
+  const at = (api: typeof phone) => api.now();
+  await phone.updateProgress(
+    write({ series_id: series, chapter: 12, page: 30, device_id: "phone", updated_at: at(phone) }),
+  );
+  assert.ok(Math.abs(clock.offsetMs + 3_600_000) < 2_000, `learnt offset ${clock.offsetMs}`);
+  phoneAheadMs = 0; // NTP
+  await tablet.updateProgress(
+    write({ series_id: series, chapter: 12, page: 35, device_id: "tablet", updated_at: at(tablet) }),
+  );
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  const next = await phone.updateProgress(
+    write({ series_id: series, chapter: 12, page: 36, device_id: "phone", updated_at: at(phone) }),
+  );
+  assert.deepEqual([next.won, next.conflict, next.progress.page, next.progress.device_id], [
+    true,
+    null,
+    36,
+    "phone",
+  ]);
+});
+
 Deno.test("a reset without its own stamp is dated by the client's server clock, not the device's", async () => {
   const user = await createTestUser();
   const sent: string[] = [];

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { ServerClock } from "../../../shared/progress/serverClock.ts";
+import { ServerClock, STEP_TOLERANCE_MS } from "../../../shared/progress/serverClock.ts";
 
 const HOUR = 3_600_000;
 
@@ -101,4 +101,76 @@ Deno.test("server clock: never dates a write at or before a key the server store
   assert.equal(clock.now(), device + 4);
   device += 10;
   assert.equal(clock.now(), device, "the clock itself again once it has passed the key");
+});
+
+/** A device clock and a monotonic clock that advance together, and a server `skewMs` behind the device. */
+function deviceWithMonotonic(skewMs: number) {
+  const t = { device: 1_800_000_000_000, monotonic: 5_000 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const pass = (ms: number) => {
+    t.device += ms;
+    t.monotonic += ms;
+  };
+  /** One answer taken 20 ms after sending, produced half-way; the server's true time meanwhile. */
+  const answer = (serverBehindMs: number) => {
+    const sent = t.device;
+    const serverMs = sent - serverBehindMs + 10;
+    pass(20);
+    clock.observe({ serverMs, sentMs: sent, receivedMs: t.device });
+  };
+  answer(skewMs);
+  return { t, clock, pass, answer };
+}
+
+Deno.test("server clock: a device clock set back while the app runs does not date the next write that much early", () => {
+  // An hour ahead, learnt from an answer; then NTP sets the device clock right (back by the hour).
+  const { t, clock, pass } = deviceWithMonotonic(HOUR);
+  const server = () => t.device - HOUR; // the server's true time while the device is still ahead
+  assert.ok(Math.abs(clock.now() - server()) <= 10);
+  pass(30_000);
+  const trueServerNow = server();
+  t.device -= HOUR; // the step: device == server from now on
+  assert.ok(
+    Math.abs(clock.now() - trueServerNow) <= 10,
+    `now() ${clock.now() - trueServerNow} ms from the server's time (was an hour early before)`,
+  );
+  assert.ok(Math.abs(clock.offsetMs) <= 10, "the offset kept for the next visit is right too");
+  pass(5_000);
+  assert.ok(Math.abs(clock.now() - t.device) <= 10, "and it keeps counting from there");
+});
+
+Deno.test("server clock: a device that slept (monotonic clock paused) or was set forward is never dated early", () => {
+  const asleep = deviceWithMonotonic(HOUR);
+  asleep.t.device += 8 * HOUR; // eight hours of sleep: the monotonic clock did not move
+  assert.ok(
+    Math.abs(asleep.clock.now() - (asleep.t.device - HOUR)) <= 10,
+    "the device clock and the learnt offset",
+  );
+
+  // A device an hour behind, set right while running: the clock jumps forward by the hour. The
+  // estimate is then an hour late (not early) until the next answer; the server stores a stamp that
+  // far ahead at its own now().
+  const behind = deviceWithMonotonic(-HOUR);
+  const trueServerNow = behind.t.device + HOUR;
+  behind.t.device += HOUR;
+  assert.ok(behind.clock.now() >= trueServerNow);
+  behind.answer(0);
+  assert.ok(Math.abs(behind.clock.now() - behind.t.device) <= 10, "the next answer measures afresh");
+});
+
+Deno.test("server clock: small drift against the monotonic clock and answers after a step are not counted twice", () => {
+  const { t, clock, pass, answer } = deviceWithMonotonic(0);
+  pass(60_000);
+  t.device -= STEP_TOLERANCE_MS - 1; // NTP slewing over a long while, not a step
+  assert.equal(clock.offsetMs, 0);
+  t.device -= 10 * 60_000; // a step back by ten minutes
+  assert.ok(Math.abs(clock.offsetMs - 10 * 60_000 - STEP_TOLERANCE_MS) <= 10);
+  answer(-(10 * 60_000 + STEP_TOLERANCE_MS - 1)); // the server says the same, and is the anchor now
+  assert.ok(Math.abs(clock.offsetMs - 10 * 60_000 - STEP_TOLERANCE_MS) <= 20, `offset ${clock.offsetMs}`);
+  // A clock given its own device time but no monotonic clock: no step detection (it cannot know).
+  let device = 1_800_000_000_000;
+  const plain = new ServerClock({ deviceNow: () => device });
+  plain.observe({ serverMs: device - HOUR + 10, sentMs: device, receivedMs: device + 20 });
+  device -= HOUR;
+  assert.ok(Math.abs(plain.offsetMs + HOUR) <= 10);
 });
