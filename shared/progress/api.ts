@@ -450,7 +450,7 @@ export async function resetProgress(
     device_id: reset.device_id,
     // Stamped now, by the server's clock when the client has learnt it (a device clock hours behind
     // would otherwise date the reset in the past, and it would lose against older reading).
-    updated_at: reset.updated_at ?? new Date(options.clock?.now() ?? Date.now()).toISOString(),
+    updated_at: reset.updated_at ?? new Date(options.clock?.stamp() ?? Date.now()).toISOString(),
   }, "reset");
   const qs = new URLSearchParams({ device_id: q.device_id, updated_at: q.updated_at });
   const result = await invoke(
@@ -584,8 +584,11 @@ export function createProgressApi(client: SupabaseClient, options: ProgressApiOp
   const bound: ProgressApiOptions = { ...options, clock };
   return {
     clock,
-    /** The server's clock now (this device's, corrected once answers prove it off), ISO 8601. */
-    now: () => new Date(clock.now()).toISOString(),
+    /**
+     * The server's clock now (this device's, corrected once answers prove it off), ISO 8601, for
+     * dating a write: never the same instant twice (ServerClock.stamp).
+     */
+    now: () => new Date(clock.stamp()).toISOString(),
     updateProgress: (write: ProgressWriteInput) => updateProgress(client, write, bound),
     updateProgressBatch: (writes: ProgressWriteInput[]) => updateProgressBatch(client, writes, bound),
     getProgress: (seriesId: string) => getProgress(client, seriesId, bound),

@@ -39,6 +39,8 @@ export class ServerClock {
   #fromSaved = false;
   /** The latest key the server stored for a write of this device (epoch ms). */
   #ownStoredMs = -Infinity;
+  /** The latest stamp() given out (epoch ms). */
+  #lastStampMs = -Infinity;
   readonly #deviceNow: () => number;
   readonly #monotonicNow: (() => number) | null;
   /** The device clock and the monotonic clock when the newest answer was taken in. */
@@ -119,5 +121,15 @@ export class ServerClock {
   /** The server's clock now, estimated on this device (epoch ms), after every key stored for it. */
   now(): number {
     return Math.max(this.#deviceNow() + this.offsetMs, this.#ownStoredMs + 1);
+  }
+
+  /**
+   * now() for dating a write: also after every stamp this clock gave before. Two page turns in one
+   * millisecond (or sent without waiting for each other's answer) would otherwise share a key, and
+   * under one key the server cannot tell which position came later (arrival order decides).
+   */
+  stamp(): number {
+    this.#lastStampMs = Math.max(this.now(), this.#lastStampMs + 1);
+    return this.#lastStampMs;
   }
 }

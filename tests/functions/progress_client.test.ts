@@ -722,6 +722,23 @@ Deno.test("a phone whose clock is set right while the app runs keeps winning wit
   ]);
 });
 
+Deno.test("five page turns stamped with api.now() and sent at once end at the last page", async () => {
+  // A phone sending each page turn without waiting for the previous answer: in one millisecond they
+  // would share a key, and under one key arrival order decides (the third of them is even refused).
+  const user = await createTestUser();
+  const device = Date.now(); // held still: every turn in the same millisecond
+  const phone = createProgressApi(clientFor(user.accessToken), {
+    clock: new ServerClock({ deviceNow: () => device }),
+  });
+  const series = seriesId("rapid-turns");
+  const turns = [1, 2, 3, 4, 5].map((page) =>
+    write({ series_id: series, chapter: 1, page, device_id: "phone", updated_at: phone.now() })
+  );
+  assert.equal(new Set(turns.map((t) => t.updated_at)).size, 5, "five instants");
+  await Promise.all(turns.map((turn) => phone.updateProgress(turn)));
+  assert.equal((await phone.getProgress(series))?.page, 5);
+});
+
 Deno.test("a reset without its own stamp is dated by the client's server clock, not the device's", async () => {
   const user = await createTestUser();
   const sent: string[] = [];

@@ -103,6 +103,18 @@ Deno.test("server clock: never dates a write at or before a key the server store
   assert.equal(clock.now(), device, "the clock itself again once it has passed the key");
 });
 
+Deno.test("server clock: stamp() never gives the same instant twice; now() is left as it is", () => {
+  let device = 1_800_000_000_000;
+  const clock = new ServerClock({ deviceNow: () => device });
+  const stamps = [clock.stamp(), clock.stamp(), clock.stamp()]; // three page turns in one millisecond
+  assert.deepEqual(stamps, [device, device + 1, device + 2]);
+  assert.equal(clock.now(), device);
+  device += 50;
+  assert.equal(clock.stamp(), device, "the clock itself once it has passed the last stamp");
+  clock.storedOwnWrite(device + 10);
+  assert.equal(clock.stamp(), device + 11, "and after a key stored for this device");
+});
+
 /** A device clock and a monotonic clock that advance together, and a server `skewMs` behind the device. */
 function deviceWithMonotonic(skewMs: number) {
   const t = { device: 1_800_000_000_000, monotonic: 5_000 };
