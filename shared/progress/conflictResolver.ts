@@ -12,6 +12,9 @@
 //   incoming = current, another position        -> won, no conflict: the same device's later position
 //                                                  under a reused key, stored 1 ms after current
 //   current = incoming + 1 ms, same device and position -> won, no conflict: a retry of such a write
+//   older updated_at than current of the same device -> lost, no conflict (not logged): the device
+//                                                  overtook itself (a retry answered too late, the
+//                                                  earlier of two writes in a retried batch)
 //   same updated_at, smaller device_id          -> lost, 'tie'
 //   older updated_at                            -> lost, 'stale'
 // The server normalises updated_at before comparing (truncate to ms; more than 5 s in the future:
@@ -101,6 +104,7 @@ export class ConflictResolver {
     // The same write replayed, or the same key with another position (stored 1 ms later).
     if (order === 0) return { won: true, conflict: null };
     if (this.landedAfter(incoming, current)) return { won: true, conflict: null }; // a retry of that
+    if (order < 0 && incoming.device_id === current.device_id) return { won: false, conflict: null };
     const tie = ConflictResolver.timeOf(incoming) === ConflictResolver.timeOf(current);
     if (order > 0) return { won: true, conflict: tie ? "tie" : null };
     return { won: false, conflict: tie ? "tie" : "stale" };

@@ -43,6 +43,11 @@
 --            and position) gets the same answer. A third position under I meets S + 1 ms and loses
 --            as stale below: the key a version was sent with is not kept (README, Schema decisions).
 --   I < S, same updated_at, smaller device_id -> no change;  won = false, conflict = 'tie',   logged
+--   I < S, S written by the same device       -> no change;  won = false, conflict = null, not logged:
+--            the device overtook itself (a retry whose answer was lost, once the device wrote again; a
+--            retried batch with two writes of one series), which is no conflict between devices; the
+--            answer carries that later write. (A retry of a write landed 1 ms after a reused key is
+--            answered "won", above.)
 --   I < S, older updated_at                   -> no change;  won = false, conflict = 'stale', logged
 -- So every same-millisecond meeting of two different writes is logged, whichever arrived first, and
 -- every stale write that is rejected. (An older write that is simply replaced by a newer one is
@@ -219,6 +224,13 @@ begin
   end if;
   if (v_key, p_device_id collate "C") >= (v_current.updated_at, v_current.device_id collate "C") then
     return null; -- the same write (replay) or a newer one: it did not lose
+  end if;
+  if coalesce(p_rejected, true) and v_current.device_id = p_device_id collate "C" then
+    -- An older write of the device whose own later write is stored (a retry whose first answer was
+    -- lost, the earlier of two writes of one series in a retried batch): that device's own order,
+    -- not a conflict between devices, so nothing is logged (write_reading_progress answers it
+    -- itself; this covers a direct UPDATE refused by migration 012's stamp trigger).
+    return null;
   end if;
   if not coalesce(p_rejected, true)
      and (v_current.updated_at <> v_key or v_current.change_xid <> pg_catalog.pg_current_xact_id()) then
@@ -450,6 +462,12 @@ begin
       'conflict_with', case when found
         then pg_catalog.jsonb_build_object('updated_at', v_replaced_at, 'device_id', v_replaced_device) end,
       'progress', pg_catalog.to_jsonb(v_prev));
+  end if;
+
+  if v_prev.device_id = p_device_id collate "C" then
+    -- Older than this device's own stored write: not stored, and no conflict (see the top).
+    return pg_catalog.jsonb_build_object(
+      'won', false, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_prev));
   end if;
 
   v_conflict := private.log_reading_progress_conflict(

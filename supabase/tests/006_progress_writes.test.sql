@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(92);
+select plan(94);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -330,7 +330,7 @@ select is((select public.reading_progress_changes('', 100) -> 'changes'), '[]'::
 insert into res select 'b-write',
   public.write_reading_progress('lww', 1, 1, 0.01, false, 'dev-b', '2026-01-01 00:00:05+00');
 insert into res select 'b-stale',
-  public.write_reading_progress('lww', 1, 1, 0.01, false, 'dev-b', '2026-01-01 00:00:04+00');
+  public.write_reading_progress('lww', 1, 1, 0.01, false, 'dev-b2', '2026-01-01 00:00:04+00');
 select is((select count(*)::int from public.reading_progress_conflicts), 1,
   'B sees exactly their own conflict row');
 reset role;
@@ -345,7 +345,7 @@ select is(
   (select row from a_before),
   'A''s row is unchanged by B');
 select is(
-  (select user_id::text from new_conflicts where series_id = 'lww' and losing_device_id = 'dev-b'),
+  (select user_id::text from new_conflicts where series_id = 'lww' and losing_device_id = 'dev-b2'),
   'b6b6b6b6-0000-4000-8000-000000000006',
   'B''s losing write is logged under B');
 
@@ -358,7 +358,7 @@ select set_config('request.jwt.claims',
 insert into res select 'batch', public.write_reading_progress_batch($$[
   {"series_id": "zz-batch", "chapter": 1, "page": 1, "percentage": 0.1, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:02Z"},
   {"series_id": "aa-batch", "chapter": 2, "page": 2, "percentage": 0.2, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:02Z"},
-  {"series_id": "zz-batch", "chapter": 3, "page": 3, "percentage": 0.3, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:01Z"},
+  {"series_id": "zz-batch", "chapter": 3, "page": 3, "percentage": 0.3, "device_id": "dev-n", "updated_at": "2026-03-01T00:00:01Z"},
   {"series_id": "aa-batch", "chapter": 4, "page": 4, "percentage": 0.4, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:03Z"},
   {"series_id": "aa-batch", "chapter": 0, "page": 0, "percentage": 0, "cleared": true, "device_id": "dev-m", "updated_at": "2026-03-01T00:00:03Z"}
 ]$$::jsonb);
@@ -375,6 +375,33 @@ select is(
     where label = 'batch' and n = 5),
   '2026-03-01T00:00:03.001+00:00',
   'the reset under the key of the write before it is stored 1 ms after that write, not dropped as its replay');
+
+-- A batch sent again because its answer was lost: its earlier write of a series now meets the same
+-- device's later write. The device overtook itself: not stored, no conflict, nothing logged; the
+-- later write is a replay. The same for a direct (Data API) UPDATE older than the device's own row.
+set local role authenticated;
+insert into res select 'sent-twice-1', public.write_reading_progress_batch($$[
+  {"series_id": "sent-twice", "chapter": 1, "page": 1, "percentage": 0.1, "device_id": "dev-r", "updated_at": "2026-03-02T00:00:01Z"},
+  {"series_id": "sent-twice", "chapter": 2, "page": 2, "percentage": 0.2, "device_id": "dev-r", "updated_at": "2026-03-02T00:00:02Z"}
+]$$::jsonb);
+insert into res select 'sent-twice-2', public.write_reading_progress_batch($$[
+  {"series_id": "sent-twice", "chapter": 1, "page": 1, "percentage": 0.1, "device_id": "dev-r", "updated_at": "2026-03-02T00:00:01Z"},
+  {"series_id": "sent-twice", "chapter": 2, "page": 2, "percentage": 0.2, "device_id": "dev-r", "updated_at": "2026-03-02T00:00:02Z"}
+]$$::jsonb);
+update public.reading_progress set chapter = 9, updated_at = '2026-03-02T00:00:01.500Z'
+  where series_id = 'sent-twice' and device_id = 'dev-r';
+reset role;
+select is(
+  (select jsonb_build_array((r -> 0) - 'progress', r #>> '{0,progress,chapter}', r -> 1)
+     from res where label = 'sent-twice-2'),
+  jsonb_build_array('{"won": false, "conflict": null, "conflict_with": null}'::jsonb, '2',
+    (select r -> 1 from res where label = 'sent-twice-1')),
+  'a batch sent twice: its earlier write of a series is not stored and no conflict, its later one answers as the first time');
+select is(
+  (select jsonb_build_array(count(*), (select chapter from public.reading_progress where series_id = 'sent-twice'))
+     from public.reading_progress_conflicts where series_id = 'sent-twice'),
+  '[0, 2]'::jsonb,
+  'nothing logged for a device overtaking itself, through the function or a direct UPDATE (refused)');
 
 set local role authenticated;
 select throws_ok($$select public.write_reading_progress_batch('[]')$$, '22023',

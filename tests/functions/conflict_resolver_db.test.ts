@@ -75,7 +75,8 @@ const sortLog = (rows: LogRow[]) => [...rows].sort((x, y) => JSON.stringify(x) <
 
 /**
  * Distinct keys sent concurrently: the answers tell which writes were stored on arrival ("records",
- * won) and which were refused (lost, with the key they lost to). Exactly one serial order fits when:
+ * won) and which were refused (lost, with the key they lost to, or, without a conflict, to a later
+ * write of their own device). Exactly one serial order fits when:
  * the records in key order form the storage chain ending at resolve(updates); a record replaced a
  * same-millisecond predecessor iff it answered 'tie' naming that predecessor, and the log has that
  * (rejected = false) row; every refused write lost to a record above it and has its (rejected) row;
@@ -105,6 +106,16 @@ function checkConcurrent(updates: Update[], answers: WriteResult[], log: LogRow[
   updates.forEach((u, i) => {
     const a = answers[i];
     if (a.won) return;
+    if (a.conflict === null) {
+      // Met its own device's later write: not stored, no conflict, nothing logged.
+      assert.equal(
+        a.progress.device_id,
+        u.device_id,
+        "only a device overtaking itself loses without a conflict",
+      );
+      assert.ok(resolver.compare(u, a.progress) < 0);
+      return;
+    }
     const other = keyOf(a.conflict_with!);
     assert.ok(recordKeys.has(other), "a refused write lost to a write that was stored");
     assert.ok(resolver.compare(u, a.conflict_with!) < 0);

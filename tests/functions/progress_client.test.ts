@@ -77,7 +77,7 @@ Deno.test("the typed calls: update, batch, get, list, changes, reset", async () 
   assert.deepEqual([written.won, written.progress.user_id, written.progress.chapter], [true, user.id, 3]);
   const batch = await updateProgressBatch(client, [
     write({ series_id: s2, chapter: 1, updated_at: "2026-02-02T00:00:00Z" }),
-    write({ series_id: s1, chapter: 2, updated_at: "2026-01-01T00:00:00Z" }),
+    write({ series_id: s1, chapter: 2, device_id: "dev-other", updated_at: "2026-01-01T00:00:00Z" }),
   ]);
   assert.deepEqual(batch.map((r) => [r.won, r.conflict]), [[true, null], [false, "stale"]]);
 

@@ -120,7 +120,7 @@ Deno.test("service_role acts for the user named in X-Act-As-User, with that user
       (await call("POST", "", {
         token: env.serviceRoleKey,
         headers: asA,
-        body: write({ series_id: x, chapter: 1, updated_at: "2026-06-01T00:00:00Z" }),
+        body: write({ series_id: x, chapter: 1, device_id: "dev-other", updated_at: "2026-06-01T00:00:00Z" }),
       })).body,
     );
     assert.deepEqual(

@@ -126,13 +126,34 @@ Deno.test("detectConflict agrees with resolve and with classify, in any arrival 
     // Every arrival that lost is reported (as rejected) unless the same pair was already reported.
     order.forEach((u, i) => {
       const c = resolver.classify(u, stored[i]);
-      if (!c.won) assert.ok(pairs.has(`${key(u)}>${key(stored[i])}`));
+      if (!c.won && c.conflict === null) {
+        assert.equal(
+          u.device_id,
+          stored[i]!.device_id,
+          "only a device overtaking itself loses without a conflict",
+        );
+      } else if (!c.won) assert.ok(pairs.has(`${key(u)}>${key(stored[i])}`));
       if (c.won && c.conflict === "tie") assert.ok(pairs.has(`${key(stored[i])}>${key(u)}`));
     });
     // No stale finding is ever a replacement; the winner never loses.
     const winner = key(resolver.resolve(order));
     assert.ok(findings.every((f) => key(f.losing) !== winner));
   }));
+});
+
+Deno.test("a write older than its own device's stored write is not stored and is no conflict; another device's is stale", () => {
+  const newer = { updated_at: new Date(BASE + 2).toISOString(), device_id: "phone", chapter: 2 };
+  const older = { updated_at: new Date(BASE + 1).toISOString(), device_id: "phone", chapter: 1 };
+  assert.deepEqual(resolver.classify(older, newer), { won: false, conflict: null });
+  assert.equal(resolver.apply(newer, older).current, newer);
+  assert.deepEqual(
+    resolver.detectConflict([older, newer, older, newer]),
+    [],
+    "a batch sent twice logs nothing",
+  );
+  const tablet = { ...older, device_id: "tablet" };
+  assert.deepEqual(resolver.classify(tablet, newer), { won: false, conflict: "stale" });
+  assert.equal(resolver.detectConflict([newer, tablet]).length, 1);
 });
 
 Deno.test("a reused key with another position lands 1 ms after the version it meets; its retry is answered the same", () => {
@@ -148,8 +169,8 @@ Deno.test("a reused key with another position lands 1 ms after the version it me
   assert.equal(resolver.apply(landed, later).current, landed, "the retry changes nothing");
   assert.deepEqual(
     resolver.classify(first, landed),
-    { won: false, conflict: "stale" },
-    "the older position lost",
+    { won: false, conflict: null },
+    "the older position is not stored, and it is the device's own order, not a conflict",
   );
   assert.deepEqual(resolver.detectConflict([first, later, later]), [], "no conflict is logged");
   assert.deepEqual(resolver.resolve([first, later]), landed);
