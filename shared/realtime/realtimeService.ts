@@ -10,7 +10,8 @@
 //   status / onStatus                     connecting -> live; polling while Realtime is down and
 //                                         the API answers; offline when neither does.
 //   reconnect                             capped exponential backoff with full jitter per user
-//                                         channel; while waiting, changesSince() is polled.
+//                                         channel; while waiting, changesSince() is polled (failed
+//                                         polls back off the same way, and wait out a Retry-After).
 //   catch-up                              after every (re)subscribe, from the cursor of the last
 //                                         successful catch-up/poll, so a gap of any length is closed.
 //                                         Live only once it has read to the end: while a long
@@ -65,7 +66,9 @@ export interface ChangesPage {
 
 /**
  * `signal` aborts when the service stops waiting (the call took longer than requestTimeoutMs, or the
- * link was closed): pass it on to the request so it is not left hanging.
+ * link was closed): pass it on to the request so it is not left hanging. A failure may say how long
+ * to wait (`retryAfterMs`, or `details.retry_after` in seconds as ProgressApiError has it from a
+ * Retry-After header): the next poll waits at least that long.
  */
 export type ChangesSince = (
   cursor: unknown,
@@ -91,7 +94,11 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    */
   accessToken?: string;
   backoff?: Partial<BackoffOptions>;
-  /** Poll interval while Realtime is down. */
+  /**
+   * Poll interval while Realtime is down (10 s). Polls that fail in a row back off: each waits up to
+   * twice the one before, jittered, capped at backoff.maxMs (or pollIntervalMs when that is longer),
+   * and at least what the API asked for (Retry-After); the first answer resets it.
+   */
   pollIntervalMs?: number;
   /**
    * Interval of the changes read made while live (60 s; 0 turns it off). Supabase delivers
@@ -582,6 +589,8 @@ class UserLink<Row extends LwwRow> {
   /** The last "changes since" round; rounds never overlap (the cursor is shared). */
   #fetchChain: Promise<RoundOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
+  /** Polls that failed in a row while Realtime was down: the next one waits longer. */
+  #failedPolls = 0;
   /** The safety read in flight while live; a drop aborts it (the polling it starts must not wait). */
   #safetyRead: AbortController | undefined;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
@@ -811,10 +820,11 @@ class UserLink<Row extends LwwRow> {
   async #catchUp(generation: number): Promise<void> {
     // Always a fresh round that starts after the join: one that started earlier may have read
     // before a change whose broadcast was sent before the channel was subscribed.
-    const { outcome } = await this.#fetchChanges("catchup");
+    const { outcome, retryAfterMs } = await this.#fetchChanges("catchup");
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUp = true;
+      this.#failedPolls = 0;
       this.#attempt = 0;
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
@@ -824,7 +834,7 @@ class UserLink<Row extends LwwRow> {
       // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
       // failed is retried at once; a cursor held back by a long transaction after a poll interval
       // (asking again sooner would get the same page).
-      this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : 0);
+      this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : retryAfterMs ?? 0);
     }
   }
 
@@ -851,7 +861,7 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed) return;
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
     const safety = live ? (this.#safetyRead = new AbortController()) : undefined;
-    const { outcome, joinedGeneration } = await this.#fetchChanges(
+    const { outcome, joinedGeneration, retryAfterMs } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
       safety?.signal,
     );
@@ -869,6 +879,7 @@ class UserLink<Row extends LwwRow> {
     // behind it decides.
     if (this.#joined && joinedGeneration === this.#generation && outcome === "done") {
       this.#caughtUp = true;
+      this.#failedPolls = 0;
       this.#attempt = 0;
       this.#setStatus("live");
       this.#scheduleLivePoll();
@@ -876,8 +887,28 @@ class UserLink<Row extends LwwRow> {
     }
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
-      this.#pollTimer = this.service.timers.set(() => void this.#poll(), this.#pollIntervalMs);
+      this.#pollTimer = this.service.timers.set(
+        () => void this.#poll(),
+        this.#nextPollDelay(outcome, retryAfterMs),
+      );
     }
+  }
+
+  /**
+   * The wait before the next poll: the poll interval after an answer; after failures in a row twice
+   * as long each time (jittered between half and all of it, so devices that lost the API together
+   * do not come back together), capped, and never shorter than the API asked for.
+   */
+  #nextPollDelay(outcome: RoundOutcome, retryAfterMs = 0): number {
+    if (outcome !== "failed") {
+      this.#failedPolls = 0;
+      return this.#pollIntervalMs;
+    }
+    this.#failedPolls++;
+    const cap = Math.max(this.#pollIntervalMs, this.service.backoffOptions.maxMs);
+    const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, this.#failedPolls - 1));
+    const delay = this.#failedPolls === 1 ? ceiling : ceiling / 2 + (this.service.random() * ceiling) / 2;
+    return Math.max(Math.round(delay), retryAfterMs);
   }
 
   /**
@@ -889,6 +920,7 @@ class UserLink<Row extends LwwRow> {
    */
   async #fetchChanges(source: ChangeSource, signal?: AbortSignal): Promise<Round> {
     let joinedGeneration: number | undefined;
+    let retryAfterMs: number | undefined;
     const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
       joinedGeneration = this.#joined ? this.#generation : undefined;
@@ -925,9 +957,11 @@ class UserLink<Row extends LwwRow> {
         this.#log("info", `${source}_behind`, { cursor: String(this.#cursor), reason: "page limit" });
         return "behind";
       } catch (error) {
+        retryAfterMs = retryAfterMsOf(error);
         if (!this.#closed) {
           this.#log("warn", `${source}_failed`, {
             error: error instanceof Error ? error.message : String(error),
+            ...(retryAfterMs ? { retry_after_ms: retryAfterMs } : {}),
           });
         }
         return "failed";
@@ -936,7 +970,7 @@ class UserLink<Row extends LwwRow> {
       }
     });
     this.#fetchChain = round;
-    return { outcome: await round, joinedGeneration };
+    return { outcome: await round, joinedGeneration, retryAfterMs };
   }
 
   /**
@@ -998,6 +1032,19 @@ type RoundOutcome = "done" | "behind" | "failed";
 interface Round {
   outcome: RoundOutcome;
   joinedGeneration: number | undefined;
+  /** A failed round's wait asked for by the API (Retry-After), in ms. */
+  retryAfterMs?: number;
+}
+
+/**
+ * The wait a failed changesSince call asks for: `retryAfterMs`, or `details.retry_after` in seconds
+ * (ProgressApiError carries a 429's or 503's Retry-After there).
+ */
+function retryAfterMsOf(error: unknown): number | undefined {
+  const e = error as { retryAfterMs?: unknown; details?: { retry_after?: unknown } } | null;
+  if (typeof e?.retryAfterMs === "number" && e.retryAfterMs > 0) return e.retryAfterMs;
+  const seconds = e?.details?.retry_after;
+  return typeof seconds === "number" && seconds > 0 ? seconds * 1000 : undefined;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

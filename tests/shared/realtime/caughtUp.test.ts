@@ -240,3 +240,41 @@ Deno.test("syncNow: a round in flight is followed by a fresh one; none after uns
     await link.end();
   }
 });
+
+Deno.test("polling: failed polls in a row back off (doubling, capped); an answer resets it; Retry-After is honoured", async () => {
+  const { client, channel } = fakeClient();
+  const calls: number[] = [];
+  let answer: () => Promise<ChangesPage> = () => Promise.reject(new Error("503 from the API"));
+  const service = new RealtimeService(client, {
+    changesSince: () => {
+      calls.push(performance.now());
+      return answer();
+    },
+    accessToken: "T1",
+    pollIntervalMs: 50,
+    backoff: { initialMs: 60_000, maxMs: 800 },
+    random: () => 1, // no jitter: the longest waits
+    log: () => {},
+  });
+  const subscription = service.subscribeToProgress(USER, () => {});
+  const gaps = () => calls.slice(1).map((t, i) => t - calls[i]);
+  try {
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("Realtime unreachable"));
+    await waitFor("six failed polls", () => calls.length === 6, { timeoutMs: 10_000 });
+    // 50 (the interval), then 100, 200, 400, 800 (the cap).
+    const failing = gaps();
+    for (const [i, least] of [50, 100, 200, 400, 800].entries()) {
+      assert.ok(failing[i] >= least - 5, `gap ${i + 1}: ${Math.round(failing[i])} ms, at least ${least}`);
+    }
+    answer = () => Promise.resolve({ changes: [], next_cursor: "101", has_more: false });
+    await waitFor("an answer, then the next poll", () => calls.length === 8, { timeoutMs: 5_000 });
+    assert.ok(gaps()[6] < 600, `after an answer the poll interval again (${Math.round(gaps()[6])} ms)`);
+    // A 429 with Retry-After: 1 s (as ProgressApiError carries it): the next poll waits that long.
+    answer = () => Promise.reject(Object.assign(new Error("429"), { details: { retry_after: 1 } }));
+    await waitFor("the refused poll and the one after it", () => calls.length === 10, { timeoutMs: 5_000 });
+    assert.ok(gaps()[8] >= 995, `waited ${Math.round(gaps()[8])} ms after Retry-After: 1`);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});
