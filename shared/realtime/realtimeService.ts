@@ -75,6 +75,12 @@ export type ChangesSince = (
   context: { userId: string; signal: AbortSignal },
 ) => Promise<ChangesPage>;
 
+/**
+ * The longest realtime-js (phoenix 0.4) takes to close a socket after a heartbeat timeout: it waits
+ * for the send buffer in steps of 150, 300, 450 and 600 ms first. A rejoin after a drop waits this long.
+ */
+export const SOCKET_TEARDOWN_MS = 1_600;
+
 /** How long one changesSince call may take by default (RealtimeServiceOptions.requestTimeoutMs). */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 20_000;
 
@@ -775,11 +781,18 @@ class UserLink<Row extends LwwRow> {
     const tokenChanged = !wasJoined && !this.#tokenRetryUsed && current !== null &&
       current !== this.#joinToken;
     if (tokenChanged) this.#tokenRetryUsed = true;
-    const delay = tokenChanged ? 0 : fullJitterDelay(
+    let delay = tokenChanged ? 0 : fullJitterDelay(
       Math.max(1, this.#attempt),
       this.service.backoffOptions,
       this.service.random,
     );
+    // A joined channel that dropped may have dropped with its socket: after a missed heartbeat reply
+    // (a network path that died) realtime-js first fails the channel, then tears the socket down, and
+    // waits up to 1.5 s for its send buffer to drain before closing it. Until then the dead socket
+    // still reads as open, so a join pushed meanwhile is written to it and lost, and the channel sits
+    // out the whole join timeout (10 s). Rejoining after SOCKET_TEARDOWN_MS, the join waits for the
+    // next socket instead.
+    if (wasJoined) delay = Math.max(delay, SOCKET_TEARDOWN_MS);
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
     // No longer live: changes flow only by polling until the channel is joined and caught up again.
     if (this.status === "live") this.#setStatus("connecting");

@@ -262,3 +262,70 @@ export const noSanitize = { sanitizeOps: false, sanitizeResources: false } as co
 
 /** Options of a test that runs a Realtime endpoint of its own: the local stand-in only (env.ts `localRealtime`). */
 export const ownEndpoint = { ...noSanitize, ignore: !localRealtime } as const;
+
+/**
+ * A TCP proxy to `target` (host:port of an http URL) whose open connections can be frozen: from then
+ * on nothing passes either way and nothing is closed or read, as on a network path that died (a
+ * phone changing networks): the peers' send buffers fill and neither side hears of it. Connections
+ * made after the freeze pass.
+ */
+export function freezableProxy(target: string) {
+  const { hostname, port } = new URL(target);
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<{ frozen: boolean; close(): void }>();
+  let release = () => {};
+  const closed = new Promise<void>((resolve) => release = resolve);
+  void (async () => {
+    for await (const down of listener) {
+      const up = await Deno.connect({ hostname, port: Number(port) }).catch(() => null);
+      if (!up) {
+        down.close();
+        continue;
+      }
+      const conn = {
+        frozen: false,
+        close() {
+          for (const c of [down, up]) {
+            try {
+              c.close();
+            } catch { /* closed already */ }
+          }
+        },
+      };
+      conns.add(conn);
+      const pipe = async (from: Deno.Conn, to: Deno.Conn) => {
+        const buffer = new Uint8Array(16 * 1024);
+        try {
+          for (;;) {
+            if (conn.frozen) return await closed;
+            const n = await from.read(buffer);
+            if (n === null || conn.frozen) return;
+            for (let sent = 0; sent < n;) sent += await to.write(buffer.subarray(sent, n));
+          }
+        } catch { /* a side closed */ }
+      };
+      void Promise.all([pipe(down, up), pipe(up, down)]).then(() => {
+        if (conn.frozen) return;
+        conn.close();
+        conns.delete(conn);
+      });
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    /** Freezes every connection open now; returns how many. */
+    freeze(): number {
+      let frozen = 0;
+      for (const conn of conns) {
+        if (!conn.frozen) frozen++;
+        conn.frozen = true;
+      }
+      return frozen;
+    },
+    close(): void {
+      release();
+      listener.close();
+      for (const conn of conns) conn.close();
+    },
+  };
+}
