@@ -14,12 +14,15 @@
 // A device clock set right while the app runs (NTP, the reader fixing the time zone) would keep the
 // old correction until the next answer: a clock an hour ahead, corrected by -1 h, set back by the
 // hour, stamps the next page turn an hour early, and it loses to older reading on other devices.
-// So the clock also notes, with every answer, the device clock against a monotonic one (which never
-// steps): when the device clock has since gone back more than STEP_TOLERANCE_MS against it, that
-// step is added back. A device clock gone forward against it is left alone, because a monotonic
-// clock may also just have paused (most stop while the device sleeps) and the two cannot be told
-// apart; the stamp is then too late, never too early, and a stamp more than 5 s ahead of the server
-// is stored at the server's now(). The next answer measures afresh either way.
+// So the clock also notes, at every answer (and at its start), the device clock against a monotonic
+// one (performance.now(), which never steps). When the two have since drifted apart by more than
+// STEP_TOLERANCE_MS, the device clock stepped, or the monotonic clock paused (most stop while the
+// device sleeps, and a phone's clock is often set right just after it wakes), or both, and the two
+// cannot be told apart: a step back is added back, and a correction that would date writes before
+// the device clock is no longer trusted. Until the next answer measures afresh, stamps may be late,
+// never early; a stamp more than 5 s ahead of the server is stored at the server's now(). Without a
+// monotonic clock (no performance.now(), or a deviceNow given without monotonicNow) nothing of this
+// is noticed.
 
 export interface ClockSample {
   /** X-Server-Time of an answer, epoch ms. */
@@ -43,7 +46,7 @@ export class ServerClock {
   #lastStampMs = -Infinity;
   readonly #deviceNow: () => number;
   readonly #monotonicNow: (() => number) | null;
-  /** The device clock and the monotonic clock when the newest answer was taken in. */
+  /** The device clock and the monotonic clock at the newest answer (at the start before one). */
   #anchor: { deviceMs: number; monotonicMs: number } | null = null;
 
   /**
@@ -61,6 +64,11 @@ export class ServerClock {
       this.#lo = this.#hi = options.offsetMs;
       this.#fromSaved = true;
     }
+    this.#anchor = this.#anchorNow();
+  }
+
+  #anchorNow(): { deviceMs: number; monotonicMs: number } | null {
+    return this.#monotonicNow ? { deviceMs: this.#deviceNow(), monotonicMs: this.#monotonicNow() } : null;
   }
 
   /** The device clock, in epoch ms (what `sentMs` / `receivedMs` are measured with). */
@@ -74,9 +82,7 @@ export class ServerClock {
     if (![serverMs, sentMs, receivedMs].every(Number.isFinite) || receivedMs < sentMs) return;
     const lo = serverMs - receivedMs;
     const hi = serverMs - sentMs;
-    this.#anchor = this.#monotonicNow
-      ? { deviceMs: this.#deviceNow(), monotonicMs: this.#monotonicNow() }
-      : null;
+    this.#anchor = this.#anchorNow();
     if (this.#fromSaved || lo > this.#hi || hi < this.#lo) {
       // First answer after a saved estimate, or a clock that jumped: this answer alone decides.
       this.#fromSaved = false;
@@ -89,20 +95,27 @@ export class ServerClock {
   }
 
   /**
-   * Server minus device, in ms: 0 unless the answers so far prove the device is off, or its clock
-   * has been set back since the newest answer (that step is added back; see the top).
+   * Server minus device, in ms: 0 unless the answers so far prove the device is off. When the device
+   * clock and the monotonic clock have drifted apart since (see the top): that plus any step back
+   * of the device clock, but never below 0.
    */
   get offsetMs(): number {
     const measured = this.#lo > 0 || this.#hi < 0 ? Math.round((this.#lo + this.#hi) / 2) : 0;
-    return measured + this.#stepBackMs();
+    const drift = this.#driftMs();
+    if (drift === 0) return measured;
+    return Math.max(measured + Math.max(0, -drift), 0);
   }
 
-  /** How far the device clock went back against the monotonic clock since the newest answer. */
-  #stepBackMs(): number {
+  /**
+   * How much further the device clock went than the monotonic clock since the anchor: negative for
+   * a step back, positive for a step forward or a pause of the monotonic clock; 0 within the tolerance
+   * or without a monotonic clock.
+   */
+  #driftMs(): number {
     if (!this.#anchor || !this.#monotonicNow) return 0;
-    const back = (this.#monotonicNow() - this.#anchor.monotonicMs) -
-      (this.#deviceNow() - this.#anchor.deviceMs);
-    return back > STEP_TOLERANCE_MS ? Math.round(back) : 0;
+    const drift = (this.#deviceNow() - this.#anchor.deviceMs) -
+      (this.#monotonicNow() - this.#anchor.monotonicMs);
+    return Math.abs(drift) > STEP_TOLERANCE_MS ? Math.round(drift) : 0;
   }
 
   /**
@@ -129,7 +142,12 @@ export class ServerClock {
    * under one key the server cannot tell which position came later (arrival order decides).
    */
   stamp(): number {
-    this.#lastStampMs = Math.max(this.now(), this.#lastStampMs + 1);
+    const now = this.now();
+    const last = this.#lastStampMs;
+    // At or just after the last stamp (several in one millisecond): the next instant. A last stamp
+    // far ahead was dated before the estimate was corrected (the first stamps of a device an hour
+    // ahead, before its first answer): following it would date every write that far ahead.
+    this.#lastStampMs = last >= now && last - now < STEP_TOLERANCE_MS ? last + 1 : now;
     return this.#lastStampMs;
   }
 }

@@ -739,6 +739,27 @@ Deno.test("five page turns stamped with api.now() and sent at once end at the la
   assert.equal((await phone.getProgress(series))?.page, 5);
 });
 
+Deno.test("a page queued offline by a phone an hour ahead loses to the tablet's later page, also after a stamp taken before the first answer", async () => {
+  const user = await createTestUser();
+  const client = clientFor(user.accessToken);
+  const clock = new ServerClock({
+    deviceNow: () => Date.now() + 3_600_000,
+    monotonicNow: () => performance.now(),
+  });
+  const phone = createProgressApi(client, { clock });
+  const tablet = createProgressApi(client);
+  const series = seriesId("stamp-before-answer");
+  const turn = (page: number, device_id: string, updated_at: string) =>
+    write({ series_id: series, chapter: 1, page, device_id, updated_at });
+  // Stamped by the phone's own clock (nothing learnt yet); its answer teaches the clock.
+  await phone.updateProgress(turn(10, "phone", phone.now()));
+  const queued = turn(20, "phone", phone.now()); // read offline, sent later
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  await tablet.updateProgress(turn(80, "tablet", tablet.now()));
+  const late = await phone.updateProgress(queued);
+  assert.deepEqual([late.won, late.conflict, late.progress.page], [false, "stale", 80]);
+});
+
 Deno.test("a reset without its own stamp is dated by the client's server clock, not the device's", async () => {
   const user = await createTestUser();
   const sent: string[] = [];

@@ -152,12 +152,23 @@ Deno.test("server clock: a device clock set back while the app runs does not dat
 });
 
 Deno.test("server clock: a device that slept (monotonic clock paused) or was set forward is never dated early", () => {
+  // A device an hour ahead sleeps eight hours (its monotonic clock does not move). Whether its clock
+  // was also set right meanwhile cannot be told, so the -1 h correction is not trusted until the next
+  // answer: its stamps are an hour late then, not early.
   const asleep = deviceWithMonotonic(HOUR);
-  asleep.t.device += 8 * HOUR; // eight hours of sleep: the monotonic clock did not move
+  asleep.t.device += 8 * HOUR;
+  assert.equal(asleep.clock.now(), asleep.t.device, "the device clock: late by the hour it runs ahead");
+  asleep.answer(HOUR);
   assert.ok(
     Math.abs(asleep.clock.now() - (asleep.t.device - HOUR)) <= 10,
-    "the device clock and the learnt offset",
+    "corrected again by the next answer",
   );
+
+  // The same device's clock set right on waking (a phone's usual order): sleep, then a step back.
+  const woke = deviceWithMonotonic(HOUR);
+  woke.t.device += 2 * HOUR; // two hours asleep
+  woke.t.device -= HOUR; // NTP on waking: now right
+  assert.equal(woke.clock.now(), woke.t.device, "not dated an hour early");
 
   // A device an hour behind, set right while running: the clock jumps forward by the hour. The
   // estimate is then an hour late (not early) until the next answer; the server stores a stamp that
@@ -168,6 +179,36 @@ Deno.test("server clock: a device that slept (monotonic clock paused) or was set
   assert.ok(behind.clock.now() >= trueServerNow);
   behind.answer(0);
   assert.ok(Math.abs(behind.clock.now() - behind.t.device) <= 10, "the next answer measures afresh");
+});
+
+Deno.test("server clock: a saved offset is dropped when the device clock is set back before the first answer", () => {
+  // The web app starts with the offset saved on the last visit (-1 h); offline, NTP sets the clock right.
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clock = new ServerClock({
+    deviceNow: () => t.device,
+    monotonicNow: () => t.monotonic,
+    offsetMs: -HOUR,
+  });
+  assert.equal(clock.now(), t.device - HOUR);
+  t.device -= HOUR;
+  t.monotonic += 10;
+  assert.ok(Math.abs(clock.now() - t.device) <= 10, "the step back is noticed without an answer");
+});
+
+Deno.test("server clock: stamps taken before a correction do not hold later stamps ahead", () => {
+  // A device an hour ahead stamps a page turn before its first answer (its own clock), then learns.
+  let device = 1_800_000_000_000 + HOUR;
+  const clock = new ServerClock({ deviceNow: () => device });
+  const early = clock.stamp();
+  assert.equal(early, device);
+  clock.observe({ serverMs: device - HOUR + 10, sentMs: device, receivedMs: device + 20 });
+  device += 60_000;
+  const next = clock.stamp();
+  assert.ok(
+    Math.abs(next - (device - HOUR)) <= 20,
+    `the corrected clock, not after the stamp an hour ahead (${next - early})`,
+  );
+  assert.equal(clock.stamp(), next + 1, "and still never one instant twice");
 });
 
 Deno.test("server clock: small drift against the monotonic clock and answers after a step are not counted twice", () => {
