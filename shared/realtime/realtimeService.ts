@@ -597,8 +597,10 @@ class UserLink<Row extends LwwRow> {
   #fetchInFlight = false;
   /** Polls that failed in a row while Realtime was down: the next one waits longer. */
   #failedPolls = 0;
-  /** The safety read in flight while live; a drop aborts it (the polling it starts must not wait). */
-  #safetyRead: AbortController | undefined;
+  /** The safety reads in flight while live; a drop aborts them (the polling it starts must not wait). */
+  readonly #safetyReads = new Set<AbortController>();
+  /** Until when (epoch ms) the API asked not to be read again (Retry-After of a failed round). */
+  #retryAfterUntil = 0;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
   readonly #lifetime = new AbortController();
   #closed = false;
@@ -654,6 +656,8 @@ class UserLink<Row extends LwwRow> {
       this.#reconnectTimer = undefined;
       void this.#connect();
     }
+    // The API asked to be left alone for a while (Retry-After): the poll already waits for that.
+    if (Date.now() < this.#retryAfterUntil) return;
     // The read that was due later (a poll, or the safety read while live) is made now instead; it
     // schedules the next one as usual. A round already in flight is followed by a fresh one: it may
     // have read before what made the app call this.
@@ -800,8 +804,8 @@ class UserLink<Row extends LwwRow> {
     // and one in flight would hold it (the rounds queue) until it answered or timed out.
     this.service.timers.clear(this.#pollTimer);
     this.#pollTimer = undefined;
-    this.#safetyRead?.abort(new Error("the live link dropped"));
-    this.#safetyRead = undefined;
+    for (const read of this.#safetyReads) read.abort(new Error("the live link dropped"));
+    this.#safetyReads.clear();
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = this.service.timers.set(() => {
       this.#reconnectTimer = undefined;
@@ -873,12 +877,13 @@ class UserLink<Row extends LwwRow> {
     if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
     if (this.#closed) return;
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
-    const safety = live ? (this.#safetyRead = new AbortController()) : undefined;
+    const safety = live ? new AbortController() : undefined;
+    if (safety) this.#safetyReads.add(safety);
     const { outcome, joinedGeneration, retryAfterMs } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
       safety?.signal,
     );
-    if (this.#safetyRead === safety) this.#safetyRead = undefined;
+    if (safety) this.#safetyReads.delete(safety);
     if (this.#closed) return;
     if (live) {
       // Still live whatever this read found or whether it failed: the channel is up. If the link
@@ -971,6 +976,7 @@ class UserLink<Row extends LwwRow> {
         return "behind";
       } catch (error) {
         retryAfterMs = retryAfterMsOf(error);
+        if (retryAfterMs) this.#retryAfterUntil = Date.now() + retryAfterMs;
         if (!this.#closed) {
           this.#log("warn", `${source}_failed`, {
             error: error instanceof Error ? error.message : String(error),

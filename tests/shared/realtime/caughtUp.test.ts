@@ -278,3 +278,36 @@ Deno.test("polling: failed polls in a row back off (doubling, capped); an answer
     await service.close();
   }
 });
+
+Deno.test("syncNow: two in one tick while live, the first read hangs, the link drops: polling starts at once", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 60_000, ...slowBackoff });
+  try {
+    await link.goLive();
+    // One subscription's syncNow and the service's for every user, in the same tick.
+    void link.subscription.syncNow();
+    void link.service.syncNow();
+    await waitFor("the first read", () => link.calls.length === 2); // never answered
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("a poll right after the drop", () => link.calls.length >= 3, { timeoutMs: 1_000 });
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: no read while the API's Retry-After runs; the rejoin is still made now", async () => {
+  const link = handAnsweredService({ ...slowBackoff, pollIntervalMs: 50 });
+  const { calls, subscription } = link;
+  try {
+    await link.goLive();
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll after the drop", () => calls.length === 2);
+    calls[1].reject(Object.assign(new Error("503"), { details: { retry_after: 60 } }));
+    await waitFor("offline", () => subscription.status === "offline");
+    await subscription.syncNow(); // back in the foreground ten milliseconds later
+    await link.channel(2); // the rejoin does not wait for the API
+    await sleep(100);
+    assert.equal(calls.length, 2, "no read before the minute the API asked for");
+  } finally {
+    await link.end();
+  }
+});
