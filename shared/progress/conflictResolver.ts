@@ -12,9 +12,9 @@
 //   incoming = current, another position        -> won, no conflict: the same device's later position
 //                                                  under a reused key, stored 1 ms after current
 //   current = incoming + 1 ms, same device and position -> won, no conflict: a retry of such a write
-//   older updated_at than current of the same device -> lost, no conflict (not logged): the device
-//                                                  overtook itself (a retry answered too late, the
-//                                                  earlier of two writes in a retried batch)
+//   older updated_at than current of the same device -> lost, no conflict: the device overtook
+//                                                  itself (a retry answered too late, the earlier of
+//                                                  two writes in a retried batch); logged as 'self'
 //   same updated_at, smaller device_id          -> lost, 'tie'
 //   older updated_at                            -> lost, 'stale'
 // The server normalises updated_at before comparing (truncate to ms; more than 5 s in the future:
@@ -48,7 +48,8 @@ export interface WriteOutcome<T> {
 export interface ConflictFinding<T> {
   /** Position in the input of the update whose arrival caused the conflict. */
   index: number;
-  kind: ConflictKind;
+  /** 'self': refused as older than its own device's stored write (logged, but no conflict). */
+  kind: ConflictKind | "self";
   rejected: boolean;
   losing: T;
   winning: T;
@@ -129,8 +130,9 @@ export class ConflictResolver {
 
   /**
    * Applies `updates` in the given order to `initial`, as the server would if they arrived in that
-   * order, and returns the conflicts met: exactly the rows the server's conflict log gets, one per
-   * distinct (losing key, winning key) pair, as the log keeps a retried conflict once.
+   * order, and returns the conflicts met and the 'self' refusals (a write older than its own
+   * device's stored one): exactly the rows the server's conflict log gets, one per distinct (losing
+   * key, winning key) pair, as the log keeps a retried conflict once.
    */
   detectConflict<T extends Versioned>(updates: readonly T[], initial: T | null = null): ConflictFinding<T>[] {
     const findings: ConflictFinding<T>[] = [];
@@ -139,12 +141,14 @@ export class ConflictResolver {
     let current = initial;
     updates.forEach((incoming, index) => {
       const outcome = this.apply(current, incoming);
-      if (outcome.conflict && current !== null) {
+      // Refused without a conflict: older than its own device's stored write ('self').
+      const kind = outcome.conflict ?? (outcome.won ? null : "self");
+      if (kind && current !== null) {
         const [losing, winning] = outcome.won ? [current, incoming] : [incoming, current];
         const pair = `${keyOf(losing)}\u0000${keyOf(winning)}`;
         if (!seen.has(pair)) {
           seen.add(pair);
-          findings.push({ index, kind: outcome.conflict, rejected: !outcome.won, losing, winning });
+          findings.push({ index, kind, rejected: !outcome.won, losing, winning });
         }
       }
       current = outcome.current;

@@ -11,7 +11,8 @@
 --   Returns {won, conflict, conflict_with, progress}: a losing device gets the current row at once
 --   and converges.
 -- * public.write_reading_progress_batch(jsonb) 1..100 writes in one call, each resolved on its own.
--- * public.reading_progress_conflicts          log of every conflict ('stale' / 'tie'), loser and winner.
+-- * public.reading_progress_conflicts          log of every refused or replaced write ('stale' / 'tie', and
+--                                               'self': a write older than its own device's), loser and winner.
 -- * private.log_reading_progress_conflict(...) the only way rows get into that log; the AFTER UPDATE
 --   trigger reading_progress_log_replaced_tie logs every replaced same-millisecond write through it.
 -- * public.reading_progress_deletions          the last hard DELETE per series (an AFTER DELETE trigger),
@@ -43,11 +44,12 @@
 --            and position) gets the same answer. A third position under I meets S + 1 ms and loses
 --            as stale below: the key a version was sent with is not kept (README, Schema decisions).
 --   I < S, same updated_at, smaller device_id -> no change;  won = false, conflict = 'tie',   logged
---   I < S, S written by the same device       -> no change;  won = false, conflict = null, not logged:
---            the device overtook itself (a retry whose answer was lost, once the device wrote again; a
---            retried batch with two writes of one series), which is no conflict between devices; the
---            answer carries that later write. (A retry of a write landed 1 ms after a reused key is
---            answered "won", above.)
+--   I < S, S written by the same device       -> no change;  won = false, conflict = null, logged as
+--            'self': the device overtook itself (a retry whose answer was lost, once the device wrote
+--            again; a retried batch with two writes of one series), which is no conflict between
+--            devices, so the answer names none; the log keeps it (kind 'self', apart from the
+--            conflicts) because a device whose clock went back loses a newer position the same way.
+--            (A retry of a write landed 1 ms after a reused key is answered "won", above.)
 --   I < S, older updated_at                   -> no change;  won = false, conflict = 'stale', logged
 -- So every same-millisecond meeting of two different writes is logged, whichever arrived first, and
 -- every stale write that is rejected. (An older write that is simply replaced by a newer one is
@@ -112,7 +114,7 @@ create table if not exists public.reading_progress_conflicts (
   id bigint generated always as identity primary key,
   user_id uuid not null references auth.users (id) on delete cascade,
   series_id text collate "C" not null,
-  kind text not null constraint reading_progress_conflicts_kind check (kind in ('stale', 'tie')),
+  kind text not null constraint reading_progress_conflicts_kind check (kind in ('stale', 'tie', 'self')),
   rejected boolean not null,
   losing_updated_at timestamptz not null,
   losing_device_id text collate "C" not null,
@@ -137,6 +139,21 @@ create table if not exists public.reading_progress_conflicts (
   constraint reading_progress_conflicts_once
     unique (user_id, series_id, losing_updated_at, losing_device_id, winning_updated_at, winning_device_id)
 );
+
+-- 'self' joined the kinds later: a log table made by an earlier version of this file keeps its old
+-- check until it is replaced here (idempotent: skipped once the check names 'self').
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_constraint
+                  where conname = 'reading_progress_conflicts_kind'
+                    and conrelid = 'public.reading_progress_conflicts'::regclass
+                    and pg_catalog.pg_get_constraintdef(oid) like '%self%') then
+    alter table public.reading_progress_conflicts drop constraint if exists reading_progress_conflicts_kind;
+    alter table public.reading_progress_conflicts add constraint reading_progress_conflicts_kind
+      check (kind in ('stale', 'tie', 'self'));
+  end if;
+end
+$$;
 
 -- The losing side must be a version reading_progress itself could hold (its CHECKs, column by
 -- column): a refused write is logged before any of reading_progress's checks run (the stamp trigger
@@ -180,7 +197,7 @@ create policy reading_progress_conflicts_select_own on public.reading_progress_c
   using ((select auth.uid()) = user_id);
 
 -- Logs a conflict for auth.uid() in which the given write LOST, and returns its kind ('stale' |
--- 'tie'), or null when the stored row shows no such conflict (then nothing is logged).
+-- 'tie' | 'self'), or null when the stored row shows no such conflict (then nothing is logged).
 --   p_rejected = true:  the given write arrived and lost against the stored row (stored key greater).
 --   p_rejected = false: the given write was the stored row and was replaced in THIS transaction by a
 --                       write of the same millisecond and a greater device id (the stored row now).
@@ -225,19 +242,14 @@ begin
   if (v_key, p_device_id collate "C") >= (v_current.updated_at, v_current.device_id collate "C") then
     return null; -- the same write (replay) or a newer one: it did not lose
   end if;
-  if coalesce(p_rejected, true) and v_current.device_id = p_device_id collate "C" then
-    -- An older write of the device whose own later write is stored (a retry whose first answer was
-    -- lost, the earlier of two writes of one series in a retried batch): that device's own order,
-    -- not a conflict between devices, so nothing is logged (write_reading_progress answers it
-    -- itself; this covers a direct UPDATE refused by migration 012's stamp trigger).
-    return null;
-  end if;
   if not coalesce(p_rejected, true)
      and (v_current.updated_at <> v_key or v_current.change_xid <> pg_catalog.pg_current_xact_id()) then
     return null; -- not a same-millisecond replacement made by this transaction
   end if;
 
-  v_kind := case when v_key = v_current.updated_at then 'tie' else 'stale' end;
+  -- 'self': older than its own device's stored write (strictly: the same key is a replay, above).
+  v_kind := case when v_current.device_id = p_device_id collate "C" then 'self'
+                 when v_key = v_current.updated_at then 'tie' else 'stale' end;
   -- created_at is the wall clock of logging. The same pair of keys met again in a later life of the
   -- row (deleted and written again) is a new conflict: the old row, logged before that deletion, is
   -- taken over; within one life a retried loser changes nothing.
@@ -464,14 +476,14 @@ begin
       'progress', pg_catalog.to_jsonb(v_prev));
   end if;
 
-  if v_prev.device_id = p_device_id collate "C" then
-    -- Older than this device's own stored write: not stored, and no conflict (see the top).
+  v_conflict := private.log_reading_progress_conflict(
+    p_series_id, p_chapter, p_page, p_percentage, p_cleared, p_device_id, v_key, true);
+  if v_conflict = 'self' then
+    -- Older than this device's own stored write: not stored, logged as 'self', and no conflict
+    -- between devices to name in the answer (see the top).
     return pg_catalog.jsonb_build_object(
       'won', false, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_prev));
   end if;
-
-  v_conflict := private.log_reading_progress_conflict(
-    p_series_id, p_chapter, p_page, p_percentage, p_cleared, p_device_id, v_key, true);
   return pg_catalog.jsonb_build_object(
     'won', v_conflict is null,
     'conflict', v_conflict,

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(94);
+select plan(95);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -397,11 +397,17 @@ select is(
   jsonb_build_array('{"won": false, "conflict": null, "conflict_with": null}'::jsonb, '2',
     (select r -> 1 from res where label = 'sent-twice-1')),
   'a batch sent twice: its earlier write of a series is not stored and no conflict, its later one answers as the first time');
-select is(
-  (select jsonb_build_array(count(*), (select chapter from public.reading_progress where series_id = 'sent-twice'))
-     from public.reading_progress_conflicts where series_id = 'sent-twice'),
-  '[0, 2]'::jsonb,
-  'nothing logged for a device overtaking itself, through the function or a direct UPDATE (refused)');
+select results_eq(
+  $$select kind, rejected, losing_chapter, losing_updated_at, winning_chapter, winning_updated_at
+      from public.reading_progress_conflicts where series_id = 'sent-twice' order by id$$,
+  $$values ('self', true, 1, '2026-03-02 00:00:01+00'::timestamptz, 2, '2026-03-02 00:00:02+00'::timestamptz),
+           ('self', true, 9, '2026-03-02 00:00:01.5+00'::timestamptz, 2, '2026-03-02 00:00:02+00'::timestamptz)$$,
+  'a device overtaking itself is logged as ''self'' (once for the batch sent twice), through the function and a direct UPDATE (refused)');
+set local role authenticated;
+select throws_ok(
+  $$select public.write_reading_progress('sent-twice', 1, 1, 'Infinity', false, 'dev-r', '2026-03-02 00:00:01+00')$$,
+  '23514', null, 'an invalid write older than its own device''s is refused, not answered (a direct RPC call; the API validates first)');
+reset role;
 
 set local role authenticated;
 select throws_ok($$select public.write_reading_progress_batch('[]')$$, '22023',

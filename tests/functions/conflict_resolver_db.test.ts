@@ -107,13 +107,14 @@ function checkConcurrent(updates: Update[], answers: WriteResult[], log: LogRow[
     const a = answers[i];
     if (a.won) return;
     if (a.conflict === null) {
-      // Met its own device's later write: not stored, no conflict, nothing logged.
+      // Met its own device's later write: not stored, no conflict, logged as 'self'.
       assert.equal(
         a.progress.device_id,
         u.device_id,
         "only a device overtaking itself loses without a conflict",
       );
       assert.ok(resolver.compare(u, a.progress) < 0);
+      expected.push({ kind: "self", rejected: true, losing: keyOf(u), winning: keyOf(a.progress) });
       return;
     }
     const other = keyOf(a.conflict_with!);

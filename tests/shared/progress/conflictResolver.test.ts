@@ -113,7 +113,11 @@ Deno.test("detectConflict agrees with resolve and with classify, in any arrival 
           [incoming, before],
           "a rejected write lost to the stored one",
         );
-        assert.deepEqual(resolver.classify(incoming, before), { won: false, conflict: f.kind });
+        assert.deepEqual(resolver.classify(incoming, before), {
+          won: false,
+          conflict: f.kind === "self" ? null : f.kind,
+        });
+        assert.equal(f.kind === "self", incoming.device_id === before.device_id, "'self': the same device");
       } else {
         assert.deepEqual([f.losing, f.winning], [before, incoming], "a tie winner replaced the stored one");
         assert.equal(f.kind, "tie");
@@ -126,13 +130,7 @@ Deno.test("detectConflict agrees with resolve and with classify, in any arrival 
     // Every arrival that lost is reported (as rejected) unless the same pair was already reported.
     order.forEach((u, i) => {
       const c = resolver.classify(u, stored[i]);
-      if (!c.won && c.conflict === null) {
-        assert.equal(
-          u.device_id,
-          stored[i]!.device_id,
-          "only a device overtaking itself loses without a conflict",
-        );
-      } else if (!c.won) assert.ok(pairs.has(`${key(u)}>${key(stored[i])}`));
+      if (!c.won) assert.ok(pairs.has(`${key(u)}>${key(stored[i])}`));
       if (c.won && c.conflict === "tie") assert.ok(pairs.has(`${key(stored[i])}>${key(u)}`));
     });
     // No stale finding is ever a replacement; the winner never loses.
@@ -147,9 +145,11 @@ Deno.test("a write older than its own device's stored write is not stored and is
   assert.deepEqual(resolver.classify(older, newer), { won: false, conflict: null });
   assert.equal(resolver.apply(newer, older).current, newer);
   assert.deepEqual(
-    resolver.detectConflict([older, newer, older, newer]),
-    [],
-    "a batch sent twice logs nothing",
+    resolver.detectConflict([older, newer, older, newer]).map((
+      f,
+    ) => [f.kind, f.rejected, f.losing, f.winning]),
+    [["self", true, older, newer]],
+    "a batch sent twice: one 'self' row, no conflict",
   );
   const tablet = { ...older, device_id: "tablet" };
   assert.deepEqual(resolver.classify(tablet, newer), { won: false, conflict: "stale" });
