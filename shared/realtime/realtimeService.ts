@@ -1056,14 +1056,24 @@ interface Round {
 }
 
 /**
+ * The longest Retry-After honoured: a device that neither hears Realtime nor reads for longer than
+ * this would show a stale place however long a misconfigured proxy asks it to wait.
+ */
+const MAX_RETRY_AFTER_MS = 300_000;
+
+/**
  * The wait a failed changesSince call asks for: `retryAfterMs`, or `details.retry_after` in seconds
- * (ProgressApiError carries a 429's or 503's Retry-After there).
+ * (ProgressApiError carries a 429's or 503's Retry-After there), at most MAX_RETRY_AFTER_MS.
  */
 function retryAfterMsOf(error: unknown): number | undefined {
   const e = error as { retryAfterMs?: unknown; details?: { retry_after?: unknown } } | null;
-  if (typeof e?.retryAfterMs === "number" && e.retryAfterMs > 0) return e.retryAfterMs;
   const seconds = e?.details?.retry_after;
-  return typeof seconds === "number" && seconds > 0 ? seconds * 1000 : undefined;
+  const ms = typeof e?.retryAfterMs === "number"
+    ? e.retryAfterMs
+    : typeof seconds === "number"
+    ? seconds * 1000
+    : NaN;
+  return ms > 0 ? Math.min(ms, MAX_RETRY_AFTER_MS) : undefined;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

@@ -311,3 +311,18 @@ Deno.test("syncNow: no read while the API's Retry-After runs; the rejoin is stil
     await link.end();
   }
 });
+
+Deno.test("polling: a Retry-After of a day is honoured for five minutes at most", async () => {
+  const lines: Record<string, unknown>[] = [];
+  const link = handAnsweredService({ ...slowBackoff, log: (line) => lines.push(JSON.parse(line)) });
+  try {
+    await link.goLive();
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll after the drop", () => link.calls.length === 2);
+    link.calls[1].reject(Object.assign(new Error("429"), { details: { retry_after: 86_400 } }));
+    await waitFor("its log line", () => lines.some((l) => l.event === "poll_failed"));
+    assert.equal(lines.find((l) => l.event === "poll_failed")!.retry_after_ms, 300_000);
+  } finally {
+    await link.end();
+  }
+});
