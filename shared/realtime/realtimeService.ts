@@ -601,6 +601,10 @@ class UserLink<Row extends LwwRow> {
   readonly #safetyReads = new Set<AbortController>();
   /** Until when (epoch ms) the API asked not to be read again (Retry-After of a failed round). */
   #retryAfterUntil = 0;
+  /** #poll() calls running (a poll's end schedules the next one). */
+  #pollsRunning = 0;
+  /** When a joined channel last dropped (epoch ms): no rejoin within SOCKET_TEARDOWN_MS of it. */
+  #droppedAt = 0;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
   readonly #lifetime = new AbortController();
   #closed = false;
@@ -643,19 +647,17 @@ class UserLink<Row extends LwwRow> {
   onTokenChanged(): void {
     if (this.#closed || this.#joined) return;
     this.#attempt = 0;
-    this.service.timers.clear(this.#reconnectTimer);
-    this.#reconnectTimer = undefined;
-    if (!this.#channel) void this.#connect();
+    if (!this.#channel) this.#reconnectSoon();
+    else {
+      this.service.timers.clear(this.#reconnectTimer);
+      this.#reconnectTimer = undefined;
+    }
   }
 
   /** See RealtimeService.syncNow. */
   async syncNow(): Promise<void> {
     if (this.#closed) return;
-    if (this.#reconnectTimer !== undefined) {
-      this.service.timers.clear(this.#reconnectTimer);
-      this.#reconnectTimer = undefined;
-      void this.#connect();
-    }
+    if (this.#reconnectTimer !== undefined) this.#reconnectSoon();
     // The API asked to be left alone for a while (Retry-After): the poll already waits for that.
     if (Date.now() < this.#retryAfterUntil) return;
     // The read that was due later (a poll, or the safety read while live) is made now instead; it
@@ -800,18 +802,43 @@ class UserLink<Row extends LwwRow> {
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
     // No longer live: changes flow only by polling until the channel is joined and caught up again.
     if (this.status === "live") this.#setStatus("connecting");
-    // A safety read scheduled while live would hold off the polling below for its whole interval,
-    // and one in flight would hold it (the rounds queue) until it answered or timed out.
-    this.service.timers.clear(this.#pollTimer);
-    this.#pollTimer = undefined;
-    for (const read of this.#safetyReads) read.abort(new Error("the live link dropped"));
-    this.#safetyReads.clear();
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = this.service.timers.set(() => {
       this.#reconnectTimer = undefined;
       void this.#connect();
     }, delay);
-    this.#startPolling();
+    if (wasJoined) {
+      this.#droppedAt = Date.now();
+      // A safety read scheduled while live would hold off the polling below for its whole interval,
+      // and one in flight would hold it (the rounds queue) until it answered or timed out.
+      this.service.timers.clear(this.#pollTimer);
+      this.#pollTimer = undefined;
+      for (const read of this.#safetyReads) read.abort(new Error("the live link dropped"));
+      this.#safetyReads.clear();
+      this.#startPolling(Math.max(0, this.#retryAfterUntil - Date.now()));
+    } else if (this.#pollTimer === undefined && this.#pollsRunning === 0) {
+      // A join that failed while the link was polling anyway keeps the polls' own pace (their
+      // backoff, a Retry-After); only a link that is not polling yet (its first join) starts now.
+      this.#startPolling(Math.max(0, this.#retryAfterUntil - Date.now()));
+    }
+  }
+
+  /**
+   * Joins now, unless a live channel dropped less than SOCKET_TEARDOWN_MS ago: then as soon as that
+   * has passed (see #fail).
+   */
+  #reconnectSoon(): void {
+    this.service.timers.clear(this.#reconnectTimer);
+    this.#reconnectTimer = undefined;
+    const wait = this.#droppedAt + SOCKET_TEARDOWN_MS - Date.now();
+    if (wait <= 0) {
+      void this.#connect();
+      return;
+    }
+    this.#reconnectTimer = this.service.timers.set(() => {
+      this.#reconnectTimer = undefined;
+      void this.#connect();
+    }, wait);
   }
 
   #releaseChannel(): void {
@@ -835,6 +862,15 @@ class UserLink<Row extends LwwRow> {
   // ----------------------------------------------------------------------- catch-up and polling
 
   async #catchUp(generation: number): Promise<void> {
+    const wait = this.#retryAfterUntil - Date.now();
+    if (wait > 0) {
+      // The API asked to be left alone: the catch-up is the first poll after that (#poll catches a
+      // joined link up).
+      this.service.timers.clear(this.#pollTimer);
+      this.#pollTimer = undefined;
+      this.#startPolling(wait);
+      return;
+    }
     // Always a fresh round that starts after the join: one that started earlier may have read
     // before a change whose broadcast was sent before the channel was subscribed.
     const { outcome, retryAfterMs } = await this.#fetchChanges("catchup");
@@ -874,6 +910,15 @@ class UserLink<Row extends LwwRow> {
   async #poll(): Promise<void> {
     this.#pollTimer = undefined;
     if (this.#closed) return;
+    this.#pollsRunning++;
+    try {
+      await this.#pollOnce();
+    } finally {
+      this.#pollsRunning--;
+    }
+  }
+
+  async #pollOnce(): Promise<void> {
     if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
     if (this.#closed) return;
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
@@ -915,7 +960,8 @@ class UserLink<Row extends LwwRow> {
   /**
    * The wait before the next poll: the poll interval after an answer; after failures in a row twice
    * as long each time (jittered between half and all of it, so devices that lost the API together
-   * do not come back together), capped, and never shorter than the API asked for.
+   * do not come back together, but never below the interval), capped, and never shorter than the
+   * API asked for.
    */
   #nextPollDelay(outcome: RoundOutcome, retryAfterMs = 0): number {
     if (outcome !== "failed") {
@@ -925,8 +971,9 @@ class UserLink<Row extends LwwRow> {
     this.#failedPolls++;
     const cap = Math.max(this.#pollIntervalMs, this.service.backoffOptions.maxMs);
     const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, this.#failedPolls - 1));
-    const delay = this.#failedPolls === 1 ? ceiling : ceiling / 2 + (this.service.random() * ceiling) / 2;
-    return Math.max(Math.round(delay), retryAfterMs);
+    const jittered = ceiling / 2 + (this.service.random() * ceiling) / 2;
+    // Never sooner than the poll interval: the jitter spreads the backoff, it does not shorten it.
+    return Math.max(Math.round(jittered), this.#pollIntervalMs, retryAfterMs);
   }
 
   /**
@@ -961,6 +1008,7 @@ class UserLink<Row extends LwwRow> {
           const previous = this.#cursor;
           const next = result.cursor ?? result.next_cursor;
           if (next !== undefined && next !== null) this.#cursor = next;
+          this.#retryAfterUntil = 0; // the API answered
           const hasMore = result.hasMore ?? result.has_more ?? false;
           if (!hasMore) {
             this.#log("debug", `${source}_done`, {});

@@ -9,6 +9,7 @@ import {
   type ChangesPage,
   RealtimeService,
   type RealtimeServiceOptions,
+  SOCKET_TEARDOWN_MS,
 } from "../../../shared/realtime/realtimeService.ts";
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
@@ -324,5 +325,110 @@ Deno.test("polling: a Retry-After of a day is honoured for five minutes at most"
     assert.equal(lines.find((l) => l.event === "poll_failed")!.retry_after_ms, 300_000);
   } finally {
     await link.end();
+  }
+});
+
+const retryAfter = (seconds: number) =>
+  Object.assign(new Error("503"), { details: { retry_after: seconds } });
+
+Deno.test("polling: a join that fails while the link polls keeps the polls' pace (their backoff, a Retry-After)", async () => {
+  const link = handAnsweredService({
+    random: () => 0.5,
+    backoff: { initialMs: 100, maxMs: 100 },
+    pollIntervalMs: 50,
+  });
+  const { calls } = link;
+  try {
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down")); // the first join
+    await waitFor("the first poll", () => calls.length === 1);
+    calls[0].reject(retryAfter(60));
+    await waitFor("offline", () => link.subscription.status === "offline");
+    for (const n of [2, 3, 4]) (await link.channel(n)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+    await sleep(100);
+    assert.equal(
+      calls.length,
+      1,
+      "three failed joins later, still no read within the minute the API asked for",
+    );
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("polling: with Realtime and the API both down, polls back off although every join fails at once", async () => {
+  const link = handAnsweredService({
+    random: () => 0.5,
+    backoff: { initialMs: 20, maxMs: 800 },
+    pollIntervalMs: 100,
+  });
+  let down = true;
+  void (async () => {
+    for (let n = 1; down; n++) {
+      const channel = await link.channel(n).catch(() => null);
+      if (!channel || !down) return;
+      channel.state!("CHANNEL_ERROR", new Error("Realtime down"));
+    }
+  })();
+  void (async () => {
+    for (let answered = 0; down; await sleep(1)) {
+      while (answered < link.calls.length) link.calls[answered++].reject(new Error("network"));
+    }
+  })();
+  try {
+    await sleep(2_000);
+    // Without backoff one read per failed join (every ~20-800 ms) or per 100 ms; with it 100, 150+,
+    // 300+, 600+, 600+ ms: at most 6 in 2 s.
+    assert.ok(link.calls.length <= 7, `${link.calls.length} reads in 2 s`);
+  } finally {
+    down = false;
+    await sleep(20);
+    await link.end();
+  }
+});
+
+Deno.test("polling: a join made during a Retry-After catches up once it has passed; the API's answer ends it", async () => {
+  const link = handAnsweredService({ ...slowBackoff, pollIntervalMs: 50, livePollIntervalMs: 600_000 });
+  const { calls, subscription } = link;
+  try {
+    await link.goLive();
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll after the drop", () => calls.length === 2);
+    const refusedAt = performance.now();
+    calls[1].reject(retryAfter(3));
+    await waitFor("offline", () => subscription.status === "offline");
+    await subscription.syncNow(); // back online: rejoin now (after the socket teardown), read later
+    (await link.channel(2)).state!("SUBSCRIBED"); // within the Retry-After
+    await sleep(200);
+    assert.equal(calls.length, 2, "the catch-up waits for the Retry-After too");
+    await waitFor("the catch-up", () => calls.length === 3, { timeoutMs: 5_000 });
+    assert.ok(performance.now() - refusedAt >= 2_995, "after the Retry-After");
+    calls[2].resolve({ changes: [version(4)], next_cursor: "104", has_more: false });
+    await waitFor("live", () => subscription.status === "live");
+    void subscription.syncNow(); // the API has answered since: no longer held back
+    await waitFor("a read", () => calls.length === 4, { timeoutMs: 1_000 });
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow or a new token right after a live channel dropped rejoin once realtime-js has closed the socket", async () => {
+  for (const nudge of ["syncNow", "token"] as const) {
+    const link = handAnsweredService({ ...slowBackoff, livePollIntervalMs: 600_000 });
+    try {
+      await link.goLive();
+      (await link.channel(1)).state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
+      const droppedAt = performance.now();
+      if (nudge === "syncNow") void link.subscription.syncNow();
+      else await link.service.setAccessToken("T2");
+      await link.channel(2);
+      const waited = performance.now() - droppedAt;
+      assert.ok(
+        waited >= SOCKET_TEARDOWN_MS - 5,
+        `${nudge}: rejoined ${Math.round(waited)} ms after the drop`,
+      );
+      assert.ok(waited < 30_000, `${nudge}: not the 30 s backoff`);
+    } finally {
+      await link.end();
+    }
   }
 });
