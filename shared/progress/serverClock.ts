@@ -30,10 +30,19 @@ export interface ClockSample {
   /** Device clock when the request was sent and when the answer arrived. */
   sentMs: number;
   receivedMs: number;
+  /**
+   * The monotonic clock (ServerClock.monotonicNow) at the same two moments, when there is one: a
+   * sample during which the device clock stepped is dropped (its two ends disagree).
+   */
+  sentMonotonicMs?: number;
+  receivedMonotonicMs?: number;
 }
 
-/** How far the device clock may drift back against the monotonic clock before it counts as a step. */
+/** How far the device clock may drift from the monotonic clock before it counts as a step. */
 export const STEP_TOLERANCE_MS = 1_000;
+
+/** How many recent stamps redate() knows (an offline queue of a week holds far fewer). */
+const MAX_REMEMBERED_STAMPS = 10_000;
 
 export class ServerClock {
   #lo = -Infinity;
@@ -44,6 +53,8 @@ export class ServerClock {
   #ownStoredMs = -Infinity;
   /** The latest stamp() given out (epoch ms). */
   #lastStampMs = -Infinity;
+  /** The offset each recent stamp was made with (stamp -> offsetMs), for redate(). */
+  readonly #stampOffsets = new Map<number, number>();
   readonly #deviceNow: () => number;
   readonly #monotonicNow: (() => number) | null;
   /** The device clock and the monotonic clock at the newest answer (at the start before one). */
@@ -76,10 +87,23 @@ export class ServerClock {
     return this.#deviceNow();
   }
 
+  /** The monotonic clock in ms, undefined without one (`sentMonotonicMs` / `receivedMonotonicMs`). */
+  monotonicNow(): number | undefined {
+    return this.#monotonicNow?.();
+  }
+
   /** Narrows the offset with one answer; ignored when the sample is malformed. */
   observe(sample: ClockSample): void {
-    const { serverMs, sentMs, receivedMs } = sample;
+    const { serverMs, sentMs, receivedMs, sentMonotonicMs, receivedMonotonicMs } = sample;
     if (![serverMs, sentMs, receivedMs].every(Number.isFinite) || receivedMs < sentMs) return;
+    if (
+      Number.isFinite(sentMonotonicMs) && Number.isFinite(receivedMonotonicMs) &&
+      Math.abs((receivedMs - sentMs) - (receivedMonotonicMs! - sentMonotonicMs!)) > STEP_TOLERANCE_MS
+    ) {
+      // The device clock stepped while the request was out: the sample mixes the two clocks. The
+      // anchor stays, so the step still shows (see offsetMs); the next answer measures.
+      return;
+    }
     const lo = serverMs - receivedMs;
     const hi = serverMs - sentMs;
     this.#anchor = this.#anchorNow();
@@ -100,10 +124,18 @@ export class ServerClock {
    * of the device clock, but never below 0.
    */
   get offsetMs(): number {
-    const measured = this.#lo > 0 || this.#hi < 0 ? Math.round((this.#lo + this.#hi) / 2) : 0;
+    const measured = this.measuredOffsetMs;
     const drift = this.#driftMs();
     if (drift === 0) return measured;
     return Math.max(measured + Math.max(0, -drift), 0);
+  }
+
+  /**
+   * The offset the answers measured, without what the clock assumes after a drift since the newest
+   * of them: what to save for the next visit (a sleep must not erase a known offset).
+   */
+  get measuredOffsetMs(): number {
+    return this.#lo > 0 || this.#hi < 0 ? Math.round((this.#lo + this.#hi) / 2) : 0;
   }
 
   /**
@@ -148,6 +180,24 @@ export class ServerClock {
     // far ahead was dated before the estimate was corrected (the first stamps of a device an hour
     // ahead, before its first answer): following it would date every write that far ahead.
     this.#lastStampMs = last >= now && last - now < STEP_TOLERANCE_MS ? last + 1 : now;
+    this.#stampOffsets.set(this.#lastStampMs, this.offsetMs);
+    if (this.#stampOffsets.size > MAX_REMEMBERED_STAMPS) {
+      this.#stampOffsets.delete(this.#stampOffsets.keys().next().value!);
+    }
     return this.#lastStampMs;
+  }
+
+  /**
+   * A write's date when it is sent: a stamp this clock gave, moved by as much as the estimate has
+   * moved since (more than STEP_TOLERANCE_MS), i.e. the moment it was made by what the clock knows
+   * now; any other date as it is. A page turned before the first answer of a device an hour ahead
+   * and queued would otherwise go out an hour ahead, be stored at the server's now(), and beat the
+   * page turned after it (whose stamp the corrected clock made).
+   */
+  redate(ms: number): number {
+    const used = this.#stampOffsets.get(ms);
+    if (used === undefined) return ms;
+    const moved = this.offsetMs - used;
+    return Math.abs(moved) > STEP_TOLERANCE_MS ? ms + moved : ms;
   }
 }

@@ -760,6 +760,26 @@ Deno.test("a page queued offline by a phone an hour ahead loses to the tablet's 
   assert.deepEqual([late.won, late.conflict, late.progress.page], [false, "stale", 80]);
 });
 
+Deno.test("two pages queued across the clock's first correction are sent in the order they were turned", async () => {
+  const user = await createTestUser();
+  const client = clientFor(user.accessToken);
+  const clock = new ServerClock({
+    deviceNow: () => Date.now() + 3_600_000,
+    monotonicNow: () => performance.now(),
+  });
+  const phone = createProgressApi(client, { clock });
+  const series = seriesId("queued-across-correction");
+  const turn = (page: number) =>
+    write({ series_id: series, chapter: 1, page, device_id: "phone", updated_at: phone.now() });
+  const first = turn(10); // offline, before any answer: the phone's own clock, an hour ahead
+  await phone.changesSince(null); // online again: the answer corrects the clock
+  const second = turn(11);
+  await new Promise((resolve) => setTimeout(resolve, 50)); // the queue goes out a moment later
+  const results = await phone.updateProgressBatch([first, second]);
+  assert.deepEqual(results.map((r) => r.won), [true, true]);
+  assert.equal((await phone.getProgress(series))?.page, 11, "the later page is stored, not the first");
+});
+
 Deno.test("a reset without its own stamp is dated by the client's server clock, not the device's", async () => {
   const user = await createTestUser();
   const sent: string[] = [];

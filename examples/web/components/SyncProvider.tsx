@@ -127,7 +127,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
         isSignedOut: (error) => error instanceof SignedOutError,
         refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
         isDisposed: () => disposed,
-      }).finally(() => saveClockOffset(clock.offsetMs));
+      }).finally(() => saveClockOffset(clock.measuredOffsetMs)); // what answers measured: a sleep must not erase it
     function flush(): void {
       if (flushing) {
         again = true;

@@ -227,3 +227,47 @@ Deno.test("server clock: small drift against the monotonic clock and answers aft
   device -= HOUR;
   assert.ok(Math.abs(plain.offsetMs + HOUR) <= 10);
 });
+
+Deno.test("server clock: an answer during which the device clock stepped is not taken; the step still shows", () => {
+  // 4 s ahead, learnt from a quick answer; then NTP steps the clock back 4 s while a slow read is out.
+  const t = { device: 1_800_000_000_000, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const sample = (serverMs: number, sent: { device: number; monotonic: number }) =>
+    clock.observe({
+      serverMs,
+      sentMs: sent.device,
+      receivedMs: t.device,
+      sentMonotonicMs: sent.monotonic,
+      receivedMonotonicMs: t.monotonic,
+    });
+  let sent = { ...t };
+  t.device += 20;
+  t.monotonic += 20;
+  sample(sent.device - 4_000 + 10, sent);
+  assert.ok(Math.abs(clock.offsetMs + 4_000) <= 10, "-4 s");
+  sent = { ...t };
+  t.device += 1_000; // a second out, the step: from now on the device is right
+  t.monotonic += 1_000;
+  t.device -= 4_000;
+  const answeredAt = t.device + 3_000; // the server answers 3 s later (its clock: right)
+  t.device += 7_000;
+  t.monotonic += 7_000;
+  // Taken, this sample ([-4000, 0] ms) would narrow the old interval to about -4 s and wipe out the
+  // step; the page turns after it would be dated 4 s early.
+  sample(answeredAt, sent);
+  assert.ok(clock.now() >= t.device - 10, `not dated early (${clock.now() - t.device} ms)`);
+});
+
+Deno.test("server clock: a stamp made before a correction is re-dated by it when sent (redate); others are left alone", () => {
+  let device = 1_800_000_000_000 + HOUR; // an hour ahead
+  const clock = new ServerClock({ deviceNow: () => device });
+  const queued = clock.stamp(); // a page turned offline before the first answer
+  clock.observe({ serverMs: device - HOUR + 10, sentMs: device, receivedMs: device + 20 });
+  device += 1_000;
+  const later = clock.stamp(); // the next page, by the corrected clock
+  assert.ok(Math.abs(clock.redate(queued) - (queued - HOUR)) <= 20, "the queued page: when it was turned");
+  assert.ok(clock.redate(queued) < later, "before the page turned after it");
+  assert.equal(clock.redate(later), later, "a stamp of the current estimate is as it is");
+  assert.equal(clock.redate(12_345), 12_345, "a date this clock did not give is as it is");
+  assert.ok(Math.abs(clock.measuredOffsetMs + HOUR) <= 20, "the measured offset, to save");
+});
