@@ -41,8 +41,9 @@
 --   I = S, another position -> the same device's later position under a reused key (two positions
 --            in one millisecond, or the key the server gave its earlier write dated ahead): updated,
 --            stored 1 ms after S; won = true, conflict = null. Its retry (S = I + 1 ms, same device
---            and position) gets the same answer. A third position under I meets S + 1 ms and loses
---            as stale below: the key a version was sent with is not kept (README, Schema decisions).
+--            and position) gets the same answer. A third position under I meets S + 1 ms and is
+--            taken for an older write of the device ('self' below): the key a version was sent with
+--            is not kept (README, Schema decisions).
 --   I < S, same updated_at, smaller device_id -> no change;  won = false, conflict = 'tie',   logged
 --   I < S, S written by the same device       -> no change;  won = false, conflict = null, logged as
 --            'self': the device overtook itself (a retry whose answer was lost, once the device wrote
@@ -179,7 +180,7 @@ end
 $$;
 
 comment on table public.reading_progress_conflicts is
-  'Last-write-wins conflicts on reading_progress (stale writes rejected, same-millisecond ties), written only by write_reading_progress.';
+  'Last-write-wins conflicts on reading_progress (stale writes rejected, same-millisecond ties; ''self'': a write older than its own device''s stored one, no conflict), written only by private.log_reading_progress_conflict.';
 
 alter table public.reading_progress_conflicts enable row level security;
 

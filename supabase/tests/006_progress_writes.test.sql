@@ -377,8 +377,9 @@ select is(
   'the reset under the key of the write before it is stored 1 ms after that write, not dropped as its replay');
 
 -- A batch sent again because its answer was lost: its earlier write of a series now meets the same
--- device's later write. The device overtook itself: not stored, no conflict, nothing logged; the
--- later write is a replay. The same for a direct (Data API) UPDATE older than the device's own row.
+-- device's later write. The device overtook itself: not stored, no conflict in the answer, logged as
+-- 'self'; the later write is a replay. The same for a direct (Data API) UPDATE older than the device's
+-- own row.
 set local role authenticated;
 insert into res select 'sent-twice-1', public.write_reading_progress_batch($$[
   {"series_id": "sent-twice", "chapter": 1, "page": 1, "percentage": 0.1, "device_id": "dev-r", "updated_at": "2026-03-02T00:00:01Z"},
