@@ -739,7 +739,11 @@ Deno.test("five page turns stamped with api.now() and sent at once end at the la
   assert.equal((await phone.getProgress(series))?.page, 5);
 });
 
-Deno.test("a page queued offline by a phone an hour ahead loses to the tablet's later page, also after a stamp taken before the first answer", async () => {
+/**
+ * A phone whose clock runs an hour ahead (a ServerClock with the monotonic clock, as in an app) and a
+ * tablet whose clock is right, of one new user; `turn` is a page of one new series.
+ */
+async function phoneAnHourAhead(label: string) {
   const user = await createTestUser();
   const client = clientFor(user.accessToken);
   const clock = new ServerClock({
@@ -748,29 +752,31 @@ Deno.test("a page queued offline by a phone an hour ahead loses to the tablet's 
   });
   const phone = createProgressApi(client, { clock });
   const tablet = createProgressApi(client);
-  const series = seriesId("stamp-before-answer");
-  const turn = (page: number, device_id: string, updated_at: string) =>
-    write({ series_id: series, chapter: 1, page, device_id, updated_at });
+  const series = seriesId(label);
+  const turn = (page: number, api: typeof phone = phone) =>
+    write({
+      series_id: series,
+      chapter: 1,
+      page,
+      device_id: api === phone ? "phone" : "tablet",
+      updated_at: api.now(),
+    });
+  return { phone, tablet, series, turn };
+}
+
+Deno.test("a page queued offline by a phone an hour ahead loses to the tablet's later page, also after a stamp taken before the first answer", async () => {
+  const { phone, tablet, turn } = await phoneAnHourAhead("stamp-before-answer");
   // Stamped by the phone's own clock (nothing learnt yet); its answer teaches the clock.
-  await phone.updateProgress(turn(10, "phone", phone.now()));
-  const queued = turn(20, "phone", phone.now()); // read offline, sent later
+  await phone.updateProgress(turn(10));
+  const queued = turn(20); // read offline, sent later
   await new Promise((resolve) => setTimeout(resolve, 20));
-  await tablet.updateProgress(turn(80, "tablet", tablet.now()));
+  await tablet.updateProgress(turn(80, tablet));
   const late = await phone.updateProgress(queued);
   assert.deepEqual([late.won, late.conflict, late.progress.page], [false, "stale", 80]);
 });
 
 Deno.test("two pages queued across the clock's first correction are sent in the order they were turned", async () => {
-  const user = await createTestUser();
-  const client = clientFor(user.accessToken);
-  const clock = new ServerClock({
-    deviceNow: () => Date.now() + 3_600_000,
-    monotonicNow: () => performance.now(),
-  });
-  const phone = createProgressApi(client, { clock });
-  const series = seriesId("queued-across-correction");
-  const turn = (page: number) =>
-    write({ series_id: series, chapter: 1, page, device_id: "phone", updated_at: phone.now() });
+  const { phone, series, turn } = await phoneAnHourAhead("queued-across-correction");
   const first = turn(10); // offline, before any answer: the phone's own clock, an hour ahead
   await phone.changesSince(null); // online again: the answer corrects the clock
   const second = turn(11);
