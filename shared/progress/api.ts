@@ -351,20 +351,10 @@ export async function updateProgress(
   write: ProgressWriteInput,
   options: ProgressApiOptions = {},
 ): Promise<WriteResult> {
-  const valid = redated(options, validateLocally(progressWriteSchema, write, "progress write"));
+  const valid = validateLocally(progressWriteSchema, write, "progress write");
   const result = await invoke(client, options, "POST", "", writeResultSchema, valid);
   noteStoredKey(options, valid.device_id, result);
   return result;
-}
-
-/**
- * The write with its updated_at re-dated by the client's clock when that clock stamped it under an
- * estimate it has corrected since (ServerClock.redate): the write was queued across the correction.
- */
-function redated<W extends { updated_at: string }>(options: ProgressApiOptions, write: W): W {
-  const ms = Date.parse(write.updated_at);
-  const moved = options.clock && Number.isFinite(ms) ? options.clock.redate(ms) : ms;
-  return moved === ms ? write : { ...write, updated_at: new Date(moved).toISOString() };
 }
 
 /** A write of this device's that the server stored: the clock dates later writes after its key. */
@@ -380,8 +370,7 @@ export async function updateProgressBatch(
   writes: ProgressWriteInput[],
   options: ProgressApiOptions = {},
 ): Promise<WriteResult[]> {
-  const checked = validateLocally(batchWriteSchema, { writes }, "batch");
-  const valid = { ...checked, writes: checked.writes.map((w) => redated(options, w)) };
+  const valid = validateLocally(batchWriteSchema, { writes }, "batch");
   const { results } = await invoke(client, options, "POST", "/batch", batchWriteResponseSchema, valid);
   // One answer per write, in input order, is the contract callers index by.
   if (results.length !== writes.length) {
@@ -460,15 +449,12 @@ export async function resetProgress(
   options: ProgressApiOptions = {},
 ): Promise<WriteResult> {
   const id = validateLocally(seriesIdSchema, seriesId, "series id");
-  const q = redated(
-    options,
-    validateLocally(resetQuerySchema, {
-      device_id: reset.device_id,
-      // Stamped now, by the server's clock when the client has learnt it (a device clock hours behind
-      // would otherwise date the reset in the past, and it would lose against older reading).
-      updated_at: reset.updated_at ?? new Date(options.clock?.stamp() ?? Date.now()).toISOString(),
-    }, "reset"),
-  );
+  const q = validateLocally(resetQuerySchema, {
+    device_id: reset.device_id,
+    // Stamped now, by the server's clock when the client has learnt it (a device clock hours behind
+    // would otherwise date the reset in the past, and it would lose against older reading).
+    updated_at: reset.updated_at ?? new Date(options.clock?.stamp() ?? Date.now()).toISOString(),
+  }, "reset");
   const qs = new URLSearchParams({ device_id: q.device_id, updated_at: q.updated_at });
   const result = await invoke(
     client,

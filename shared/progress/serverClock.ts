@@ -41,7 +41,7 @@ export interface ClockSample {
 /** How far the device clock may drift from the monotonic clock before it counts as a step. */
 export const STEP_TOLERANCE_MS = 1_000;
 
-/** How many recent stamps redate() knows (an offline queue of a week holds far fewer). */
+/** How many recent stamps stamp() remembers so as never to give one twice. */
 const MAX_REMEMBERED_STAMPS = 10_000;
 
 export class ServerClock {
@@ -53,8 +53,8 @@ export class ServerClock {
   #ownStoredMs = -Infinity;
   /** The latest stamp() given out (epoch ms). */
   #lastStampMs = -Infinity;
-  /** The offset each recent stamp was made with (stamp -> offsetMs), for redate(). */
-  readonly #stampOffsets = new Map<number, number>();
+  /** Recent stamps given out: after a correction back the clock reads them again, stamp() skips them. */
+  readonly #stamps = new Set<number>();
   readonly #deviceNow: () => number;
   readonly #monotonicNow: (() => number) | null;
   /** The device clock and the monotonic clock at the newest answer (at the start before one). */
@@ -179,25 +179,11 @@ export class ServerClock {
     // At or just after the last stamp (several in one millisecond): the next instant. A last stamp
     // far ahead was dated before the estimate was corrected (the first stamps of a device an hour
     // ahead, before its first answer): following it would date every write that far ahead.
-    this.#lastStampMs = last >= now && last - now < STEP_TOLERANCE_MS ? last + 1 : now;
-    this.#stampOffsets.set(this.#lastStampMs, this.offsetMs);
-    if (this.#stampOffsets.size > MAX_REMEMBERED_STAMPS) {
-      this.#stampOffsets.delete(this.#stampOffsets.keys().next().value!);
-    }
-    return this.#lastStampMs;
-  }
-
-  /**
-   * A write's date when it is sent: a stamp this clock gave, moved by as much as the estimate has
-   * moved since (more than STEP_TOLERANCE_MS), i.e. the moment it was made by what the clock knows
-   * now; any other date as it is. A page turned before the first answer of a device an hour ahead
-   * and queued would otherwise go out an hour ahead, be stored at the server's now(), and beat the
-   * page turned after it (whose stamp the corrected clock made).
-   */
-  redate(ms: number): number {
-    const used = this.#stampOffsets.get(ms);
-    if (used === undefined) return ms;
-    const moved = this.offsetMs - used;
-    return Math.abs(moved) > STEP_TOLERANCE_MS ? ms + moved : ms;
+    let stamp = last >= now && last - now < STEP_TOLERANCE_MS ? last + 1 : now;
+    while (this.#stamps.has(stamp)) stamp++; // a correction back: not an instant given before
+    this.#stamps.add(stamp);
+    if (this.#stamps.size > MAX_REMEMBERED_STAMPS) this.#stamps.delete(this.#stamps.values().next().value!);
+    this.#lastStampMs = stamp;
+    return stamp;
   }
 }

@@ -599,12 +599,12 @@ class UserLink<Row extends LwwRow> {
   #failedPolls = 0;
   /** The safety reads in flight while live; a drop aborts them (the polling it starts must not wait). */
   readonly #safetyReads = new Set<AbortController>();
-  /** Until when (epoch ms) the API asked not to be read again (Retry-After of a failed round). */
+  /** Until when (monotonicNow) the API asked not to be read again (Retry-After of a failed round). */
   #retryAfterUntil = 0;
   /** #poll() calls running (a poll's end schedules the next one). */
   #pollsRunning = 0;
-  /** When a joined channel last dropped (epoch ms): no rejoin within SOCKET_TEARDOWN_MS of it. */
-  #droppedAt = 0;
+  /** When a joined channel last dropped (monotonicNow): no rejoin within SOCKET_TEARDOWN_MS of it. */
+  #droppedAt = -Infinity;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
   readonly #lifetime = new AbortController();
   #closed = false;
@@ -659,7 +659,7 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed) return;
     if (this.#reconnectTimer !== undefined) this.#reconnectSoon();
     // The API asked to be left alone for a while (Retry-After): the poll already waits for that.
-    if (Date.now() < this.#retryAfterUntil) return;
+    if (monotonicNow() < this.#retryAfterUntil) return;
     // The read that was due later (a poll, or the safety read while live) is made now instead; it
     // schedules the next one as usual. A round already in flight is followed by a fresh one: it may
     // have read before what made the app call this.
@@ -808,18 +808,18 @@ class UserLink<Row extends LwwRow> {
       void this.#connect();
     }, delay);
     if (wasJoined) {
-      this.#droppedAt = Date.now();
+      this.#droppedAt = monotonicNow();
       // A safety read scheduled while live would hold off the polling below for its whole interval,
       // and one in flight would hold it (the rounds queue) until it answered or timed out.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       for (const read of this.#safetyReads) read.abort(new Error("the live link dropped"));
       this.#safetyReads.clear();
-      this.#startPolling(Math.max(0, this.#retryAfterUntil - Date.now()));
+      this.#startPolling(Math.max(0, this.#retryAfterUntil - monotonicNow()));
     } else if (this.#pollTimer === undefined && this.#pollsRunning === 0) {
       // A join that failed while the link was polling anyway keeps the polls' own pace (their
       // backoff, a Retry-After); only a link that is not polling yet (its first join) starts now.
-      this.#startPolling(Math.max(0, this.#retryAfterUntil - Date.now()));
+      this.#startPolling(Math.max(0, this.#retryAfterUntil - monotonicNow()));
     }
   }
 
@@ -830,7 +830,7 @@ class UserLink<Row extends LwwRow> {
   #reconnectSoon(): void {
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
-    const wait = this.#droppedAt + SOCKET_TEARDOWN_MS - Date.now();
+    const wait = this.#droppedAt + SOCKET_TEARDOWN_MS - monotonicNow();
     if (wait <= 0) {
       void this.#connect();
       return;
@@ -862,7 +862,7 @@ class UserLink<Row extends LwwRow> {
   // ----------------------------------------------------------------------- catch-up and polling
 
   async #catchUp(generation: number): Promise<void> {
-    const wait = this.#retryAfterUntil - Date.now();
+    const wait = this.#retryAfterUntil - monotonicNow();
     if (wait > 0) {
       // The API asked to be left alone: the catch-up is the first poll after that (#poll catches a
       // joined link up).
@@ -1024,7 +1024,7 @@ class UserLink<Row extends LwwRow> {
         return "behind";
       } catch (error) {
         retryAfterMs = retryAfterMsOf(error);
-        if (retryAfterMs) this.#retryAfterUntil = Date.now() + retryAfterMs;
+        if (retryAfterMs) this.#retryAfterUntil = monotonicNow() + retryAfterMs;
         if (!this.#closed) {
           this.#log("warn", `${source}_failed`, {
             error: error instanceof Error ? error.message : String(error),
@@ -1102,6 +1102,12 @@ interface Round {
   /** A failed round's wait asked for by the API (Retry-After), in ms. */
   retryAfterMs?: number;
 }
+
+/**
+ * Milliseconds that only go forward (the time of a drop, a Retry-After's end): a device clock set
+ * back by an hour just after a drop would otherwise put the rejoin or the next read off by that hour.
+ */
+const monotonicNow = (): number => performance.now();
 
 /**
  * The longest Retry-After honoured: a device that neither hears Realtime nor reads for longer than

@@ -432,3 +432,24 @@ Deno.test("syncNow or a new token right after a live channel dropped rejoin once
     }
   }
 });
+
+Deno.test("a device clock set back by an hour after a drop (NTP on waking) does not put off the rejoin or the reads", async () => {
+  const realNow = Date.now;
+  const link = handAnsweredService({ ...slowBackoff, pollIntervalMs: 50, livePollIntervalMs: 600_000 });
+  try {
+    await link.goLive();
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
+    await waitFor("the poll after the drop", () => link.calls.length === 2);
+    link.calls[1].reject(retryAfter(1));
+    await waitFor("offline", () => link.subscription.status === "offline");
+    const steppedBack = realNow() - 3_600_000;
+    const started = realNow();
+    Date.now = () => steppedBack + (realNow() - started);
+    void link.subscription.syncNow(); // the phone wakes: rejoin once the socket is torn down
+    await link.channel(2); // within seconds, not an hour
+    await waitFor("the read after the Retry-After", () => link.calls.length === 3, { timeoutMs: 5_000 });
+  } finally {
+    Date.now = realNow;
+    await link.end();
+  }
+});
