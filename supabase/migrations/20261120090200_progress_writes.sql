@@ -248,6 +248,14 @@ begin
     return null; -- not a same-millisecond replacement made by this transaction
   end if;
 
+  if coalesce(p_rejected, true) and v_current.device_id = p_device_id collate "C"
+     and v_current.updated_at = v_key + interval '1 millisecond'
+     and (v_current.chapter, v_current.page, v_current.percentage, v_current.cleared)
+         is not distinct from (p_chapter, p_page, p_percentage, coalesce(p_cleared, false)) then
+    -- A retry of a write landed 1 ms after the key it reused (write_reading_progress answers it
+    -- "won"; a direct UPDATE of it is refused): the stored row is that write, nothing was lost.
+    return null;
+  end if;
   -- 'self': older than its own device's stored write (strictly: the same key is a replay, above).
   v_kind := case when v_current.device_id = p_device_id collate "C" then 'self'
                  when v_key = v_current.updated_at then 'tie' else 'stale' end;

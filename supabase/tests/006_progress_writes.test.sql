@@ -391,6 +391,10 @@ insert into res select 'sent-twice-2', public.write_reading_progress_batch($$[
 ]$$::jsonb);
 update public.reading_progress set chapter = 9, updated_at = '2026-03-02T00:00:01.500Z'
   where series_id = 'sent-twice' and device_id = 'dev-r';
+-- The stored position again, 1 ms before its key (what a retry of a landed reused key looks like):
+-- refused, and not logged (the stored row is that very position).
+update public.reading_progress set chapter = 2, page = 2, percentage = 0.2, updated_at = '2026-03-02T00:00:01.999Z'
+  where series_id = 'sent-twice' and device_id = 'dev-r';
 reset role;
 select is(
   (select jsonb_build_array((r -> 0) - 'progress', r #>> '{0,progress,chapter}', r -> 1)
