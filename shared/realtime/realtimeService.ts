@@ -899,7 +899,9 @@ class UserLink<Row extends LwwRow> {
   #scheduleLivePoll(): void {
     const interval = this.service.options.livePollIntervalMs ?? 60_000;
     if (this.#closed || this.#pollTimer !== undefined || !(interval > 0)) return;
-    this.#pollTimer = this.service.timers.set(() => void this.#poll(), interval);
+    // Not before a Retry-After the API sent has run out.
+    const wait = Math.max(interval, this.#retryAfterUntil - monotonicNow());
+    this.#pollTimer = this.service.timers.set(() => void this.#poll(), wait);
   }
 
   #startPolling(delayMs = 0): void {
@@ -988,6 +990,14 @@ class UserLink<Row extends LwwRow> {
     let retryAfterMs: number | undefined;
     const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
+      if (signal?.aborted) return "failed"; // a safety read the drop ended while it waited its turn
+      const wait = this.#retryAfterUntil - monotonicNow();
+      if (wait > 0) {
+        // The round before it was told to wait (Retry-After): no call until then; the caller
+        // schedules the next round after it.
+        retryAfterMs = wait;
+        return "failed";
+      }
       joinedGeneration = this.#joined ? this.#generation : undefined;
       this.#fetchInFlight = true;
       try {
@@ -1024,7 +1034,9 @@ class UserLink<Row extends LwwRow> {
         return "behind";
       } catch (error) {
         retryAfterMs = retryAfterMsOf(error);
-        if (retryAfterMs) this.#retryAfterUntil = monotonicNow() + retryAfterMs;
+        if (retryAfterMs) {
+          this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + retryAfterMs);
+        }
         if (!this.#closed) {
           this.#log("warn", `${source}_failed`, {
             error: error instanceof Error ? error.message : String(error),
@@ -1047,6 +1059,12 @@ class UserLink<Row extends LwwRow> {
    */
   async #changesSince(stop?: AbortSignal): Promise<ChangesPage> {
     const controller = new AbortController();
+    // Listening before anything can abort it: a round queued behind another may start with its
+    // signal already aborted (a drop ended the safety read it was), and must fail at once, not hang.
+    const aborted = new Promise<never>((_, reject) => {
+      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true });
+    });
+    aborted.catch(() => {});
     const lifetime = this.#lifetime.signal;
     const onClose = () => controller.abort(lifetime.reason);
     if (lifetime.aborted) onClose();
@@ -1059,9 +1077,12 @@ class UserLink<Row extends LwwRow> {
       () => controller.abort(new Error(`changesSince did not answer within ${timeoutMs} ms`)),
       timeoutMs,
     );
-    const aborted = new Promise<never>((_, reject) => {
-      controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true });
-    });
+    if (controller.signal.aborted) {
+      this.service.timers.clear(timer);
+      lifetime.removeEventListener("abort", onClose);
+      stop?.removeEventListener("abort", onStop);
+      throw controller.signal.reason;
+    }
     const call = this.service.options.changesSince(this.#cursor, {
       userId: this.userId,
       signal: controller.signal,

@@ -453,3 +453,70 @@ Deno.test("a device clock set back by an hour after a drop (NTP on waking) does 
     await link.end();
   }
 });
+
+Deno.test("polling: a read queued behind one that is told to wait (Retry-After) is not made before the wait is over", async () => {
+  const link = handAnsweredService({
+    random: () => 0.5,
+    backoff: { initialMs: 60_000, maxMs: 60_000 },
+    pollIntervalMs: 50,
+  });
+  try {
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down")); // the first join: polling
+    await waitFor("the first poll", () => link.calls.length === 1);
+    void link.subscription.syncNow(); // back in the foreground: a fresh round queues behind the poll
+    await sleep(10);
+    link.calls[0].reject(retryAfter(60));
+    await sleep(100);
+    assert.equal(link.calls.length, 1, "no read within the minute the API asked for");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("live: the safety read after a Retry-After waits for it, not only for livePollIntervalMs", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 50 });
+  try {
+    await link.goLive();
+    await waitFor("a safety read", () => link.calls.length === 2);
+    link.calls[1].reject(retryAfter(60));
+    await sleep(200);
+    assert.equal(link.calls.length, 2);
+    assert.equal(link.subscription.status, "live");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: a safety read queued behind another and ended by a drop is not made; polling follows and unsubscribe does not wait", async () => {
+  const signals: AbortSignal[] = [];
+  const calls: PendingCall[] = [];
+  const link = handAnsweredService({
+    livePollIntervalMs: 60_000,
+    requestTimeoutMs: 200,
+    changesSince: (_cursor, { signal }) => {
+      signals.push(signal);
+      return new Promise((resolve, reject) => calls.push({ resolve, reject }));
+    },
+    ...slowBackoff,
+  });
+  const answerAll = () => {
+    for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
+  };
+  try {
+    (await link.channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await waitFor("live", () => link.subscription.status === "live");
+    void link.subscription.syncNow(); // two in one tick: the second queues behind the first
+    void link.service.syncNow();
+    await waitFor("the first safety read", () => calls.length === 2); // never answered
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("a poll after the drop", () => calls.length >= 3, { timeoutMs: 2_000 });
+    assert.equal(signals[2].aborted, false, "made with a live signal, not the ended safety read's");
+    const unsubscribed = link.subscription.unsubscribe().then(() => "done");
+    assert.equal(await Promise.race([unsubscribed, sleep(1_000).then(() => "waiting")]), "done");
+  } finally {
+    answerAll();
+    await link.end();
+  }
+});
