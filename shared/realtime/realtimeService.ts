@@ -659,7 +659,7 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed) return;
     if (this.#reconnectTimer !== undefined) this.#reconnectSoon();
     // The API asked to be left alone for a while (Retry-After): the poll already waits for that.
-    if (monotonicNow() < this.#retryAfterUntil) return;
+    if (this.#retryAfterLeftMs() > 0) return;
     // The read that was due later (a poll, or the safety read while live) is made now instead; it
     // schedules the next one as usual. A round already in flight is followed by a fresh one: it may
     // have read before what made the app call this.
@@ -815,12 +815,17 @@ class UserLink<Row extends LwwRow> {
       this.#pollTimer = undefined;
       for (const read of this.#safetyReads) read.abort(new Error("the live link dropped"));
       this.#safetyReads.clear();
-      this.#startPolling(Math.max(0, this.#retryAfterUntil - monotonicNow()));
-    } else if (this.#pollTimer === undefined && this.#pollsRunning === 0) {
-      // A join that failed while the link was polling anyway keeps the polls' own pace (their
-      // backoff, a Retry-After); only a link that is not polling yet (its first join) starts now.
-      this.#startPolling(Math.max(0, this.#retryAfterUntil - monotonicNow()));
     }
+    // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
+    // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now.
+    if (wasJoined || (this.#pollTimer === undefined && this.#pollsRunning === 0)) {
+      this.#startPolling(this.#retryAfterLeftMs());
+    }
+  }
+
+  /** How long a Retry-After the API sent still runs (ms; 0 when none does). */
+  #retryAfterLeftMs(): number {
+    return Math.max(0, this.#retryAfterUntil - monotonicNow());
   }
 
   /**
@@ -862,7 +867,7 @@ class UserLink<Row extends LwwRow> {
   // ----------------------------------------------------------------------- catch-up and polling
 
   async #catchUp(generation: number): Promise<void> {
-    const wait = this.#retryAfterUntil - monotonicNow();
+    const wait = this.#retryAfterLeftMs();
     if (wait > 0) {
       // The API asked to be left alone: the catch-up is the first poll after that (#poll catches a
       // joined link up).
@@ -900,7 +905,7 @@ class UserLink<Row extends LwwRow> {
     const interval = this.service.options.livePollIntervalMs ?? 60_000;
     if (this.#closed || this.#pollTimer !== undefined || !(interval > 0)) return;
     // Not before a Retry-After the API sent has run out.
-    const wait = Math.max(interval, this.#retryAfterUntil - monotonicNow());
+    const wait = Math.max(interval, this.#retryAfterLeftMs());
     this.#pollTimer = this.service.timers.set(() => void this.#poll(), wait);
   }
 
@@ -991,7 +996,7 @@ class UserLink<Row extends LwwRow> {
     const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
       if (signal?.aborted) return "failed"; // a safety read the drop ended while it waited its turn
-      const wait = this.#retryAfterUntil - monotonicNow();
+      const wait = this.#retryAfterLeftMs();
       if (wait > 0) {
         // The round before it was told to wait (Retry-After): no call until then; the caller
         // schedules the next round after it.
