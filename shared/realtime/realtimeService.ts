@@ -878,7 +878,7 @@ class UserLink<Row extends LwwRow> {
     }
     // Always a fresh round that starts after the join: one that started earlier may have read
     // before a change whose broadcast was sent before the channel was subscribed.
-    const { outcome, retryAfterMs } = await this.#fetchChanges("catchup");
+    const { outcome } = await this.#fetchChanges("catchup");
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUp = true;
@@ -892,7 +892,7 @@ class UserLink<Row extends LwwRow> {
       // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
       // failed is retried at once; a cursor held back by a long transaction after a poll interval
       // (asking again sooner would get the same page).
-      this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : retryAfterMs ?? 0);
+      this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : this.#retryAfterLeftMs());
     }
   }
 
@@ -931,7 +931,7 @@ class UserLink<Row extends LwwRow> {
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
     const safety = live ? new AbortController() : undefined;
     if (safety) this.#safetyReads.add(safety);
-    const { outcome, joinedGeneration, retryAfterMs } = await this.#fetchChanges(
+    const { outcome, joinedGeneration } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
       safety?.signal,
     );
@@ -959,7 +959,7 @@ class UserLink<Row extends LwwRow> {
     if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
       this.#pollTimer = this.service.timers.set(
         () => void this.#poll(),
-        this.#nextPollDelay(outcome, retryAfterMs),
+        this.#nextPollDelay(outcome),
       );
     }
   }
@@ -970,7 +970,7 @@ class UserLink<Row extends LwwRow> {
    * do not come back together, but never below the interval), capped, and never shorter than the
    * API asked for.
    */
-  #nextPollDelay(outcome: RoundOutcome, retryAfterMs = 0): number {
+  #nextPollDelay(outcome: RoundOutcome): number {
     if (outcome !== "failed") {
       this.#failedPolls = 0;
       return this.#pollIntervalMs;
@@ -980,7 +980,7 @@ class UserLink<Row extends LwwRow> {
     const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, this.#failedPolls - 1));
     const jittered = ceiling / 2 + (this.service.random() * ceiling) / 2;
     // Never sooner than the poll interval: the jitter spreads the backoff, it does not shorten it.
-    return Math.max(Math.round(jittered), this.#pollIntervalMs, retryAfterMs);
+    return Math.max(Math.round(jittered), this.#pollIntervalMs, this.#retryAfterLeftMs());
   }
 
   /**
@@ -992,17 +992,12 @@ class UserLink<Row extends LwwRow> {
    */
   async #fetchChanges(source: ChangeSource, signal?: AbortSignal): Promise<Round> {
     let joinedGeneration: number | undefined;
-    let retryAfterMs: number | undefined;
     const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
       if (signal?.aborted) return "failed"; // a safety read the drop ended while it waited its turn
-      const wait = this.#retryAfterLeftMs();
-      if (wait > 0) {
-        // The round before it was told to wait (Retry-After): no call until then; the caller
-        // schedules the next round after it.
-        retryAfterMs = wait;
-        return "failed";
-      }
+      // The round before it was told to wait (Retry-After): no call until then; the caller
+      // schedules the next round after it (#retryAfterLeftMs).
+      if (this.#retryAfterLeftMs() > 0) return "failed";
       joinedGeneration = this.#joined ? this.#generation : undefined;
       this.#fetchInFlight = true;
       try {
@@ -1038,7 +1033,7 @@ class UserLink<Row extends LwwRow> {
         this.#log("info", `${source}_behind`, { cursor: String(this.#cursor), reason: "page limit" });
         return "behind";
       } catch (error) {
-        retryAfterMs = retryAfterMsOf(error);
+        const retryAfterMs = retryAfterMsOf(error);
         if (retryAfterMs) {
           this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + retryAfterMs);
         }
@@ -1054,7 +1049,7 @@ class UserLink<Row extends LwwRow> {
       }
     });
     this.#fetchChain = round;
-    return { outcome: await round, joinedGeneration, retryAfterMs };
+    return { outcome: await round, joinedGeneration };
   }
 
   /**
@@ -1125,8 +1120,6 @@ type RoundOutcome = "done" | "behind" | "failed";
 interface Round {
   outcome: RoundOutcome;
   joinedGeneration: number | undefined;
-  /** A failed round's wait asked for by the API (Retry-After), in ms. */
-  retryAfterMs?: number;
 }
 
 /**
