@@ -19,6 +19,10 @@
 //                                         it keeps polling. A call that does not answer within
 //                                         requestTimeoutMs is aborted and counts as failed; closing
 //                                         aborts the call in flight.
+//   heartbeat watch                       a heartbeat reply that is late (heartbeatReplyTimeoutMs)
+//                                         means the socket may be dead while it looks open: the
+//                                         link reads now, and every pollIntervalMs until a reply
+//                                         comes or realtime-js gives the socket up.
 //   syncNow                               the app's word that it may have missed something (back
 //                                         in the foreground, back online): read now, and rejoin now
 //                                         if the channel is waiting out its backoff.
@@ -36,6 +40,7 @@ import type { RealtimeChannel, SupabaseClient } from "@supabase/supabase-js";
 import { type BackoffOptions, DEFAULT_BACKOFF, fullJitterDelay } from "./backoff.ts";
 import { type ChangeKind, type LwwRow, ProgressMergeState } from "./progressMerge.ts";
 import { defaultCompareRows, defaultParseRow, type ProgressRow } from "./progressContract.ts";
+import { type HeartbeatStatus, watchHeartbeats } from "./heartbeatWatch.ts";
 
 export type RealtimeStatus = "connecting" | "live" | "polling" | "offline";
 
@@ -81,6 +86,9 @@ export type ChangesSince = (
  */
 export const SOCKET_TEARDOWN_MS = 1_600;
 
+/** How long a heartbeat reply may take before the link reads (RealtimeServiceOptions.heartbeatReplyTimeoutMs). */
+export const DEFAULT_HEARTBEAT_REPLY_TIMEOUT_MS = 5_000;
+
 /** How long one changesSince call may take by default (RealtimeServiceOptions.requestTimeoutMs). */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 20_000;
 
@@ -113,6 +121,17 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    * long such a lost change can stay unseen while the channel looks healthy.
    */
   livePollIntervalMs?: number;
+  /**
+   * How long a heartbeat reply may take before a live link stops trusting its socket (5 s, at most
+   * half of realtime-js's heartbeatIntervalMs; 0 turns the watch off). realtime-js gives a socket up
+   * only when a reply is a whole heartbeat interval late (25–50 s after its network path died with
+   * its defaults), and broadcasts sent meanwhile are lost. A live link whose reply is late reads the
+   * changes now and every pollIntervalMs until a reply comes (the status stays live); the drop, if
+   * it comes, then goes on as any other. The watch chains into realtime-js's heartbeat callback
+   * beside the app's own (heartbeatWatch.ts); an app that calls realtime.onHeartbeat() after
+   * subscribing is chained over again at the next join.
+   */
+  heartbeatReplyTimeoutMs?: number;
   /** How long a join may take before it counts as failed (realtime-js default: 10 s). */
   joinTimeoutMs?: number;
   /** How long one changesSince call may take before it counts as failed and is aborted (20 s). */
@@ -144,6 +163,8 @@ export interface RealtimeServiceStats {
   channels: number;
   /** supabase.auth listeners the service holds (0 or 1). */
   authListeners: number;
+  /** Heartbeat watches the service has installed on the Realtime client (0 or 1). */
+  heartbeatWatches: number;
   statusListeners: number;
   /** Channels created and joined so far (cumulative). */
   joinAttempts: number;
@@ -202,6 +223,10 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   /** The token source this service installed (close() restores only while it is still in place). */
   #installedTokenSource: (() => Promise<string | null>) | null = null;
   #authSubscription: { unsubscribe(): void } | null = null;
+  /** Stops the heartbeat watch (null while none is installed). */
+  #stopHeartbeatWatch: (() => void) | null = null;
+  /** Runs from a heartbeat sent until its reply is late (heartbeatReplyTimeoutMs). */
+  #heartbeatReplyTimer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
 
   constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
@@ -324,6 +349,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       timers: this.timers.size,
       channels: this.counters.channels,
       authListeners: this.#authSubscription ? 1 : 0,
+      heartbeatWatches: this.#stopHeartbeatWatch ? 1 : 0,
       statusListeners,
       joinAttempts: this.counters.joinAttempts,
       applied: this.counters.applied,
@@ -338,6 +364,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#closed = true;
     await Promise.all([...this.#links.values()].map((link) => link.close()));
     this.#dropAuthListener();
+    this.#dropHeartbeatWatch();
     if (this.#originalTokenSource !== undefined) {
       const realtime = this.#client.realtime as { accessToken: unknown };
       // Another service on the same client may have installed its own source since (a component
@@ -385,10 +412,56 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     }
   }
 
+  /**
+   * Installs the heartbeat watch, or chains it in again over a heartbeat callback the app installed
+   * since (called before every join). Nothing when turned off or when the client has no callback
+   * slot to chain into.
+   */
+  watchHeartbeats(): void {
+    if (this.#closed || !(this.#heartbeatReplyTimeoutMs > 0)) return;
+    const stop = watchHeartbeats(this.#client.realtime, this.#onHeartbeat);
+    if (stop) this.#stopHeartbeatWatch = stop;
+    else if (!this.#stopHeartbeatWatch) this.logEvent("debug", "heartbeat_watch_unavailable", {});
+  }
+
+  get #heartbeatReplyTimeoutMs(): number {
+    const configured = this.#options.heartbeatReplyTimeoutMs ?? DEFAULT_HEARTBEAT_REPLY_TIMEOUT_MS;
+    // realtime-js itself gives up on a reply after one heartbeat interval: the watch must come first.
+    const interval = (this.#client.realtime as { heartbeatIntervalMs?: unknown }).heartbeatIntervalMs;
+    return typeof interval === "number" && interval > 0 ? Math.min(configured, interval / 2) : configured;
+  }
+
+  #dropHeartbeatWatch(): void {
+    this.#stopHeartbeatWatch?.();
+    this.#stopHeartbeatWatch = null;
+    this.timers.clear(this.#heartbeatReplyTimer);
+    this.#heartbeatReplyTimer = undefined;
+  }
+
+  readonly #onHeartbeat = (status: HeartbeatStatus): void => {
+    if (this.#closed) return;
+    this.timers.clear(this.#heartbeatReplyTimer);
+    this.#heartbeatReplyTimer = undefined;
+    if (status === "sent") {
+      const timeoutMs = this.#heartbeatReplyTimeoutMs;
+      this.#heartbeatReplyTimer = this.timers.set(() => {
+        this.#heartbeatReplyTimer = undefined;
+        for (const link of this.#links.values()) link.heartbeatReplyLate(timeoutMs);
+      }, timeoutMs);
+    } else if (status === "ok" || status === "error") {
+      // The server answered (an error reply too): the socket carries.
+      for (const link of this.#links.values()) link.heartbeatReplied();
+    }
+    // "timeout" and "disconnected": realtime-js fails the channels itself (#fail follows).
+  };
+
   /** Called when a link starts closing: a new subscription for the user gets a fresh link. */
   linkClosed(link: UserLink<Row>): void {
     if (this.#links.get(link.userId) === link) this.#links.delete(link.userId);
-    if (this.#links.size === 0) this.#dropAuthListener();
+    if (this.#links.size === 0) {
+      this.#dropAuthListener();
+      this.#dropHeartbeatWatch();
+    }
   }
 
   trackRemoval(topic: string, removal: Promise<void>): void {
@@ -603,6 +676,11 @@ class UserLink<Row extends LwwRow> {
   #retryAfterUntil = 0;
   /** #poll() calls running (a poll's end schedules the next one). */
   #pollsRunning = 0;
+  /**
+   * A heartbeat reply is late while live: the socket may be dead though it looks open, so the link
+   * reads every pollIntervalMs instead of livePollIntervalMs until a reply comes or the channel drops.
+   */
+  #heartbeatLate = false;
   /** When a joined channel last dropped (monotonicNow): no rejoin within SOCKET_TEARDOWN_MS of it. */
   #droppedAt = -Infinity;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
@@ -654,6 +732,31 @@ class UserLink<Row extends LwwRow> {
     }
   }
 
+  /**
+   * No heartbeat reply within heartbeatReplyTimeoutMs: a live link reads now (what a dead socket
+   * did not bring), and keeps reading every pollIntervalMs until heartbeatReplied() or a drop.
+   */
+  heartbeatReplyLate(timeoutMs: number): void {
+    if (this.#closed || !(this.#joined && this.#caughtUp) || this.#heartbeatLate) return;
+    this.#heartbeatLate = true;
+    this.#log("warn", "heartbeat_reply_late", { waited_ms: timeoutMs });
+    this.service.timers.clear(this.#pollTimer);
+    this.#pollTimer = undefined;
+    void this.#poll();
+  }
+
+  /** A heartbeat reply came: the socket carries again, the safety read goes back to its own pace. */
+  heartbeatReplied(): void {
+    if (!this.#heartbeatLate) return;
+    this.#heartbeatLate = false;
+    this.#log("info", "heartbeat_reply_came", {});
+    if (this.#pollTimer !== undefined) {
+      this.service.timers.clear(this.#pollTimer);
+      this.#pollTimer = undefined;
+      this.#scheduleLivePoll();
+    }
+  }
+
   /** See RealtimeService.syncNow. */
   async syncNow(): Promise<void> {
     if (this.#closed) return;
@@ -693,6 +796,7 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed || this.#channel) return;
     const generation = ++this.#generation;
     this.#attempt++;
+    this.service.watchHeartbeats();
     await this.service.refreshRealtimeAuth();
     // A channel for this topic that is still being left would be handed back by client.channel().
     await this.service.removalsSettled(this.topic);
@@ -736,6 +840,7 @@ class UserLink<Row extends LwwRow> {
     if (state === "SUBSCRIBED") {
       this.#joined = true;
       this.#caughtUp = false;
+      this.#heartbeatLate = false;
       this.#tokenRetryUsed = false;
       this.#log("info", "joined", {});
       if (this.#channel) this.#sendTokenIfChangedSinceJoin(this.#channel);
@@ -776,6 +881,7 @@ class UserLink<Row extends LwwRow> {
     this.#generation++;
     this.#joined = false;
     this.#caughtUp = false;
+    this.#heartbeatLate = false;
     this.#releaseChannel();
     // A link that was live has attempt 0: its first retry is still jittered (never 0 for everyone
     // at once, which is what a Realtime restart would otherwise cause across all devices). A join
@@ -900,9 +1006,11 @@ class UserLink<Row extends LwwRow> {
     return this.service.options.pollIntervalMs ?? 10_000;
   }
 
-  /** While live: the next safety read (livePollIntervalMs), unless turned off. */
+  /** While live: the next safety read (livePollIntervalMs, or pollIntervalMs while a heartbeat reply is late). */
   #scheduleLivePoll(): void {
-    const interval = this.service.options.livePollIntervalMs ?? 60_000;
+    const interval = this.#heartbeatLate
+      ? this.#pollIntervalMs
+      : this.service.options.livePollIntervalMs ?? 60_000;
     if (this.#closed || this.#pollTimer !== undefined || !(interval > 0)) return;
     // Not before a Retry-After the API sent has run out.
     const wait = Math.max(interval, this.#retryAfterLeftMs());

@@ -128,6 +128,7 @@ Deno.test({
   let timers: ReturnType<typeof trackTimers> | null = null;
   const channelsBefore = client.getChannels().map((c) => c.topic);
   const callbacksBefore = socketCallbackCounts(client);
+  const heartbeatCallbackBefore = client.realtime.heartbeatCallback;
   const emitters = () =>
     (client.auth as unknown as { stateChangeEmitters: Map<unknown, unknown> }).stateChangeEmitters.size;
   const emittersBefore = emitters();
@@ -184,15 +185,29 @@ Deno.test({
       timers: stats.timers,
       channels: stats.channels,
       authListeners: stats.authListeners,
+      heartbeatWatches: stats.heartbeatWatches,
       statusListeners: stats.statusListeners,
     },
-    { links: 0, subscriptions: 0, timers: 0, channels: 0, authListeners: 0, statusListeners: 0 },
+    {
+      links: 0,
+      subscriptions: 0,
+      timers: 0,
+      channels: 0,
+      authListeners: 0,
+      heartbeatWatches: 0,
+      statusListeners: 0,
+    },
   );
   assert.equal(liveCycles, CYCLES / LIVE_EVERY);
   // Cycles really reached the server (not only the ones that waited for live).
   assert.ok(stats.joinAttempts >= CYCLES / 4, `only ${stats.joinAttempts} joins were pushed`);
   assert.deepEqual(client.getChannels().map((c) => c.topic), channelsBefore, "client channels");
   assert.deepEqual(socketCallbackCounts(client), callbacksBefore, "socket callbacks");
+  assert.equal(
+    client.realtime.heartbeatCallback,
+    heartbeatCallbackBefore,
+    "the heartbeat watch is taken out again",
+  );
   assert.equal(emitters(), emittersBefore, "auth listeners");
   // The endpoint processed every join and leave: only the anchor channel is left.
   await waitFor("the endpoint to settle", () => server.endpoint.stats().channels === 1, {

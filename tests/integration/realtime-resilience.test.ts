@@ -409,3 +409,65 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime resilience: a change made after the socket's network path died arrives before realtime-js gives the socket up (the heartbeat reply is late: the link reads)",
+  ...noSanitize,
+  ignore: !Deno.env.get("SUPABASE_URL")?.startsWith("http:"),
+}, async () => {
+  const env = testEnv();
+  const sql = adminSql({ max: 2 });
+  const a = await createTestUser();
+  const proxy = freezableProxy(env.url);
+  // realtime-js gives a socket up when a reply is one heartbeat interval late (4 s here, 25 s by
+  // default); the watch reads when it is half that late, and then every pollIntervalMs.
+  const client = createClient(proxy.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { heartbeatIntervalMs: 4_000 },
+  });
+  const heartbeats: string[] = [];
+  client.realtime.onHeartbeat((status) => heartbeats.push(status)); // the app's own callback
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    pollIntervalMs: 500,
+    livePollIntervalMs: 600_000,
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const changes: { change: ProgressChange; droppedBefore: boolean }[] = [];
+  const dropped = () => logs.some((l) => l.event === "realtime_unavailable");
+  const subscription = service.subscribeToProgress(
+    a.id,
+    (change) => changes.push({ change, droppedBefore: dropped() }),
+  );
+  try {
+    await waitFor("live", () => subscription.status === "live");
+    assert.ok(proxy.freeze() >= 1, "the socket's connection is frozen");
+    await writeProgress(sql, a.id, {
+      series_id: "while-the-socket-is-dead",
+      chapter: 3,
+      device_id: "tablet",
+    });
+    await waitFor(
+      "the write made after the freeze",
+      () => changes.some((c) => c.change.row.series_id === "while-the-socket-is-dead"),
+      { timeoutMs: 15_000 },
+    );
+    const arrival = changes.find((c) => c.change.row.series_id === "while-the-socket-is-dead")!;
+    assert.equal(arrival.droppedBefore, false, "it arrived while realtime-js still held the dead socket");
+    assert.equal(arrival.change.source, "poll");
+    assert.ok(logs.some((l) => l.event === "heartbeat_reply_late"), "read because the reply was late");
+    // realtime-js still gives the socket up, and the link comes back live on a new one.
+    await waitFor("the drop", dropped, { timeoutMs: 10_000 });
+    await waitFor("live again", () => subscription.status === "live", { timeoutMs: 20_000 });
+    assert.ok(heartbeats.includes("sent") && heartbeats.includes("timeout"), "the app's callback heard them");
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    proxy.close();
+    await sql.end();
+  }
+});

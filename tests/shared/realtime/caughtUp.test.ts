@@ -8,34 +8,11 @@ import assert from "node:assert/strict";
 import {
   type ChangesPage,
   RealtimeService,
-  type RealtimeServiceOptions,
   SOCKET_TEARDOWN_MS,
 } from "../../../shared/realtime/realtimeService.ts";
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
-
-const USER = "00000000-0000-4000-8000-0000000000c1";
-
-function version(chapter: number) {
-  return {
-    user_id: USER,
-    series_id: "series-1",
-    chapter,
-    page: chapter,
-    percentage: 0,
-    cleared: false,
-    device_id: "phone",
-    updated_at: new Date(Date.UTC(2026, 0, 1, 0, 0, chapter)).toISOString(),
-    synced_at: new Date(Date.UTC(2026, 0, 1, 0, 0, chapter)).toISOString(),
-    change_xid: String(100 + chapter),
-    created_at: "2026-01-01T00:00:00.000000Z",
-  };
-}
-
-interface PendingCall {
-  resolve: (page: ChangesPage) => void;
-  reject: (error: Error) => void;
-}
+import { handAnsweredService, type PendingCall, USER, version } from "./handAnsweredService.ts";
 
 Deno.test("caught up: a poll that began before the rejoin does not end the catch-up (a missed change is still fetched)", async () => {
   const link = handAnsweredService({
@@ -67,50 +44,6 @@ Deno.test("caught up: a poll that began before the rejoin does not end the catch
     await link.end();
   }
 });
-
-/**
- * A service on the stand-in client whose changesSince calls wait to be answered by hand (`calls`),
- * subscribed to USER; `changes` records what reached the handler. `end()` answers what is still
- * open and closes everything.
- */
-function handAnsweredService(options: Partial<RealtimeServiceOptions> = {}) {
-  const { client, channel } = fakeClient();
-  const calls: PendingCall[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
-    accessToken: "T1",
-    requestTimeoutMs: 60_000,
-    log: () => {},
-    ...options,
-  });
-  const changes: { chapter: number; source: string }[] = [];
-  const subscription = service.subscribeToProgress(
-    USER,
-    (change) => changes.push({ chapter: change.row.chapter, source: change.source }),
-  );
-  /** Joins the first channel and answers its catch-up with `rows`: the link is live. */
-  const goLive = async (rows: unknown[] = []) => {
-    (await channel(1)).state!("SUBSCRIBED");
-    await waitFor("the catch-up", () => calls.length === 1);
-    calls[0].resolve({ changes: rows, next_cursor: "101", has_more: false });
-    await waitFor("live", () => subscription.status === "live");
-  };
-  const end = async () => {
-    for (const call of calls) call.resolve({ changes: [], next_cursor: "101", has_more: false });
-    await subscription.unsubscribe();
-    await service.close();
-  };
-  return {
-    service,
-    channel,
-    calls,
-    changes,
-    subscription,
-    goLive,
-    end,
-    timers: () => service.stats().timers,
-  };
-}
 
 Deno.test("live: a safety read every livePollIntervalMs finds a change whose broadcast was lost, and a failed one keeps the link live", async () => {
   const link = handAnsweredService({ livePollIntervalMs: 50, pollIntervalMs: 60_000 });

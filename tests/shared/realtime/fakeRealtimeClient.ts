@@ -1,6 +1,6 @@
 // A stand-in for the few supabase-js calls RealtimeService makes for a channel (client.channel,
 // subscribe with a state callback, removeChannel, getChannels, realtime.setAuth / push /
-// accessTokenValue), so unit tests can drive a channel's states by hand. The real client is
+// accessTokenValue, the heartbeat callback), so unit tests can drive a channel's states by hand. The real client is
 // exercised by the integration tests (tests/integration/realtime-*.test.ts).
 
 import type { SupabaseClient } from "@supabase/supabase-js";
@@ -13,11 +13,27 @@ interface FakeChannel {
   state?: (state: string, error?: Error) => void;
 }
 
-/** RealtimeClient's token rules as realtime-js 2.119 has them: a new token goes to joined channels. */
-export function fakeClient(tokenSource?: () => string) {
+/**
+ * RealtimeClient's token rules as realtime-js 2.119 has them: a new token goes to joined channels.
+ * Its heartbeat callback lives where 2.119 keeps it: on the socket adapter (settable), read through
+ * a getter of the client; `heartbeat(status)` is realtime-js calling it.
+ */
+export function fakeClient(tokenSource?: () => string, heartbeatIntervalMs = 25_000) {
   const channels: FakeChannel[] = [];
   let made = 0;
+  const socketAdapter = {
+    heartbeatCallback: ((_status: string) => {}) as (status: string, latency?: number) => void,
+  };
   const realtime = {
+    socketAdapter,
+    get heartbeatCallback() {
+      return socketAdapter.heartbeatCallback;
+    },
+    heartbeatIntervalMs,
+    /** realtime-js's onHeartbeat(): replaces the callback. */
+    onHeartbeat(callback: (status: string, latency?: number) => void) {
+      socketAdapter.heartbeatCallback = callback;
+    },
     /** realtime-js's token source (RealtimeService installs its own over it while alive). */
     accessToken: null as (() => Promise<string | null>) | null,
     accessTokenValue: null as string | null,
@@ -56,6 +72,8 @@ export function fakeClient(tokenSource?: () => string) {
   return {
     client: client as unknown as SupabaseClient,
     realtime,
+    /** realtime-js reporting a heartbeat's lifecycle (sent, ok, error, timeout, disconnected). */
+    heartbeat: (status: string) => socketAdapter.heartbeatCallback(status),
     /** The n-th channel the service made (1-based), once it has subscribed it. */
     channel: (n: number) => nthChannel(channels, () => made, n),
   };

@@ -1,0 +1,180 @@
+// The heartbeat watch: a live link whose heartbeat reply is late reads at once and at the poll
+// interval until a reply comes, beside the app's own heartbeat callback, which keeps every status
+// and is given back. Against the stand-in client (realtime-js calling the callback by hand); the
+// real client over a frozen socket is in tests/integration/realtime-resilience.test.ts.
+
+import assert from "node:assert/strict";
+import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
+import { handAnsweredService, version } from "./handAnsweredService.ts";
+
+const OTHER_USER = "00000000-0000-4000-8000-0000000000c2";
+type HandAnswered = ReturnType<typeof handAnsweredService>;
+
+/** Answers every read made so far (nothing new) until `done`: a rejoin's polls and catch-up. */
+async function answerUntil(link: HandAnswered, what: string, done: () => boolean) {
+  await waitFor(what, () => {
+    for (const call of link.calls) call.resolve({ changes: [], next_cursor: "150", has_more: false });
+    return done();
+  }, { timeoutMs: 5_000 });
+}
+
+const quietLive = { livePollIntervalMs: 600_000, pollIntervalMs: 60, heartbeatReplyTimeoutMs: 40 };
+
+Deno.test("heartbeat watch: a late reply makes a live link read now and every pollIntervalMs until the reply comes", async () => {
+  const fake = fakeClient();
+  const link = handAnsweredService(quietLive, fake);
+  const answer = (n: number, rows: unknown[] = []) =>
+    link.calls[n].resolve({ changes: rows, next_cursor: String(101 + n), has_more: false });
+  try {
+    await link.goLive([version(1)]);
+    fake.heartbeat("sent");
+    await sleep(20);
+    fake.heartbeat("ok"); // in time: nothing to do
+    await sleep(100);
+    assert.equal(link.calls.length, 1, "a reply in time makes no read");
+
+    fake.heartbeat("sent"); // the socket's path died: no reply
+    await waitFor("the read when the reply is late", () => link.calls.length === 2, { timeoutMs: 1_000 });
+    answer(1, [version(2)]); // what the dead socket did not bring
+    await waitFor("the next read at the poll interval", () => link.calls.length === 3, { timeoutMs: 1_000 });
+    answer(2);
+    await waitFor("and the next", () => link.calls.length === 4, { timeoutMs: 1_000 });
+    assert.equal(link.subscription.status, "live", "the channel has not dropped: still live");
+    answer(3);
+    await sleep(5);
+    fake.heartbeat("ok"); // the reply came after all (a slow network, not a dead one)
+    await sleep(200);
+    assert.equal(link.calls.length, 4, "back to livePollIntervalMs once the reply came");
+    assert.deepEqual(link.changes, [{ chapter: 1, source: "catchup" }, { chapter: 2, source: "poll" }]);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("heartbeat watch: the reply timeout is at most half of realtime-js's heartbeat interval; a link that is not live makes no extra read", async () => {
+  const fake = fakeClient(undefined, 100); // heartbeats every 100 ms: realtime-js gives up at 100
+  const link = handAnsweredService({ livePollIntervalMs: 600_000, pollIntervalMs: 60_000 }, fake);
+  try {
+    (await link.channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => link.calls.length === 1);
+    fake.heartbeat("sent"); // still catching up: not live
+    await sleep(120);
+    assert.equal(link.calls.length, 1);
+    link.calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await waitFor("live", () => link.subscription.status === "live");
+    const sentAt = performance.now();
+    fake.heartbeat("sent");
+    await waitFor("the read", () => link.calls.length === 2, { timeoutMs: 1_000, intervalMs: 2 });
+    const after = performance.now() - sentAt;
+    assert.ok(after >= 45 && after < 95, `read ${after.toFixed(0)} ms after the heartbeat, not at 50`);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("heartbeat watch: a drop while the reply is late takes over as any drop; after the rejoin the pace is livePollIntervalMs again", async () => {
+  const fake = fakeClient();
+  const link = handAnsweredService(
+    { ...quietLive, random: () => 0, backoff: { initialMs: 1, maxMs: 1 } },
+    fake,
+  );
+  try {
+    await link.goLive();
+    fake.heartbeat("sent");
+    await waitFor("the late read", () => link.calls.length === 2, { timeoutMs: 1_000 });
+    fake.heartbeat("timeout"); // realtime-js gives the socket up and fails the channel
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
+    const rejoin = await link.channel(2);
+    rejoin.state!("SUBSCRIBED");
+    await answerUntil(link, "live again", () => link.subscription.status === "live");
+    const reads = link.calls.length;
+    await sleep(250);
+    assert.equal(link.calls.length, reads, "no reads at the poll interval once live on a new socket");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("heartbeat watch: the app's own heartbeat callback keeps every status, one installed later is chained at the next join, and close gives it back", async () => {
+  const fake = fakeClient();
+  const seen: string[] = [];
+  const appCallback = (status: string) => seen.push(`app:${status}`);
+  const laterCallback = (status: string) => seen.push(`later:${status}`);
+  fake.realtime.onHeartbeat(appCallback);
+  const first = handAnsweredService(quietLive, fake);
+  try {
+    await first.goLive();
+    assert.notEqual(fake.realtime.heartbeatCallback, appCallback, "the watch is chained in");
+    assert.equal(first.service.stats().heartbeatWatches, 1);
+    fake.heartbeat("sent");
+    await waitFor("the late read", () => first.calls.length === 2, { timeoutMs: 1_000 });
+    fake.heartbeat("ok");
+    assert.deepEqual(seen, ["app:sent", "app:ok"]);
+
+    // The app installs another callback while subscribed: the watch no longer hears heartbeats
+    // until the link's next join chains it over the new one.
+    fake.realtime.onHeartbeat(laterCallback);
+    (await first.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    (await first.channel(2)).state!("SUBSCRIBED");
+    await answerUntil(first, "live again", () => first.subscription.status === "live");
+    const reads = first.calls.length;
+    fake.heartbeat("sent");
+    await waitFor("a late read through the re-chained watch", () => first.calls.length === reads + 1, {
+      timeoutMs: 1_000,
+    });
+    assert.deepEqual(seen.slice(2), ["later:sent"]);
+  } finally {
+    await first.end();
+  }
+  assert.equal(fake.realtime.heartbeatCallback, laterCallback, "close gives the app's callback back");
+  assert.equal(first.service.stats().heartbeatWatches, 0);
+});
+
+Deno.test("heartbeat watch: two services on one client both hear heartbeats, and the callback is the app's again once both closed, in either order", async () => {
+  for (const order of [["a", "b"], ["b", "a"]]) {
+    const fake = fakeClient();
+    const appCallback = () => {};
+    fake.realtime.onHeartbeat(appCallback);
+    const links = { a: handAnsweredService(quietLive, fake) } as Record<"a" | "b", HandAnswered>;
+    try {
+      await links.a.goLive();
+      links.b = handAnsweredService(quietLive, fake, OTHER_USER);
+      await links.b.goLive([], 2);
+      fake.heartbeat("sent");
+      await waitFor("both read", () => links.a.calls.length === 2 && links.b.calls.length === 2, {
+        timeoutMs: 1_000,
+      });
+      fake.heartbeat("ok");
+      for (const link of [links.a, links.b]) link.calls[1].resolve({ changes: [], has_more: false });
+      await links[order[0] as "a" | "b"].end();
+      assert.notEqual(fake.realtime.heartbeatCallback, appCallback, "the other service still watches");
+      const other = links[order[1] as "a" | "b"];
+      const reads = other.calls.length;
+      fake.heartbeat("sent");
+      await waitFor("the other one reads", () => other.calls.length === reads + 1, { timeoutMs: 1_000 });
+      fake.heartbeat("ok");
+    } finally {
+      await links.a.end();
+      await links.b?.end();
+    }
+    assert.equal(fake.realtime.heartbeatCallback, appCallback, `closed ${order.join(" then ")}`);
+  }
+});
+
+Deno.test("heartbeat watch: heartbeatReplyTimeoutMs 0 turns it off (the callback is left alone)", async () => {
+  const fake = fakeClient();
+  const appCallback = () => {};
+  fake.realtime.onHeartbeat(appCallback);
+  const link = handAnsweredService({ ...quietLive, heartbeatReplyTimeoutMs: 0 }, fake);
+  try {
+    await link.goLive();
+    assert.equal(fake.realtime.heartbeatCallback, appCallback);
+    assert.equal(link.service.stats().heartbeatWatches, 0);
+    fake.heartbeat("sent");
+    await sleep(150);
+    assert.equal(link.calls.length, 1);
+  } finally {
+    await link.end();
+  }
+});
