@@ -1004,12 +1004,24 @@ async function main() {
           // A third device of reader A whose socket stays open but hears nothing (a laptop that slept,
           // a phone's browser in the background): Realtime thinks it is connected, and so does the
           // tab, whose next safety read is a minute away. Shown again, the tab reads at once.
+          // Heartbeats are still answered here (by the route): a late reply would make the tab read
+          // by itself (RealtimeService's heartbeat watch), and this test is about the tab being shown.
           const context = await ownContext();
           let silent = false;
           let dropped = 0;
           await context.routeWebSocket(/\/realtime\/v1\/websocket/, (ws) => {
             const server = ws.connectToServer();
-            ws.onMessage((message) => server.send(message));
+            ws.onMessage((message) => {
+              const heartbeatRef = silent ? heartbeatRefOf(message) : null;
+              if (heartbeatRef !== null) {
+                ws.send(
+                  JSON.stringify([null, heartbeatRef, "phoenix", "phx_reply", {
+                    status: "ok",
+                    response: {},
+                  }]),
+                );
+              } else server.send(message);
+            });
             server.onMessage((message) => {
               if (silent) dropped++;
               else ws.send(message);
@@ -1160,3 +1172,14 @@ try {
   summary(0, 1);
 }
 process.exit(code);
+
+/** The ref of a Phoenix heartbeat the client sends (a JSON array frame, vsn 2.0.0), else null. */
+function heartbeatRefOf(message) {
+  if (typeof message !== "string") return null;
+  try {
+    const [, ref, topic, event] = JSON.parse(message);
+    return topic === "phoenix" && event === "heartbeat" ? ref : null;
+  } catch {
+    return null;
+  }
+}
