@@ -127,9 +127,9 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    * only when a reply is a whole heartbeat interval late (25–50 s after its network path died with
    * its defaults), and broadcasts sent meanwhile are lost. A live link whose reply is late reads the
    * changes now and every pollIntervalMs until a reply comes (the status stays live); the drop, if
-   * it comes, then goes on as any other. The watch chains into realtime-js's heartbeat callback
-   * beside the app's own (heartbeatWatch.ts); an app that calls realtime.onHeartbeat() after
-   * subscribing is chained over again at the next join.
+   * it comes, then goes on as any other. The watch sits in realtime-js's heartbeat callback slot
+   * behind the app's own callback, which keeps every status and can be replaced with
+   * realtime.onHeartbeat() before or after subscribing (heartbeatWatch.ts).
    */
   heartbeatReplyTimeoutMs?: number;
   /** How long a join may take before it counts as failed (realtime-js default: 10 s). */
@@ -227,6 +227,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #stopHeartbeatWatch: (() => void) | null = null;
   /** Runs from a heartbeat sent until its reply is late (heartbeatReplyTimeoutMs). */
   #heartbeatReplyTimer: ReturnType<typeof setTimeout> | undefined;
+  /** When (monotonicNow) the heartbeat whose reply is late now was sent; null while none is. */
+  #lateHeartbeatSentAt: number | null = null;
   #closed = false;
 
   constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
@@ -413,15 +415,22 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   }
 
   /**
-   * Installs the heartbeat watch, or chains it in again over a heartbeat callback the app installed
-   * since (called before every join). Nothing when turned off or when the client has no callback
-   * slot to chain into.
+   * Installs the heartbeat watch unless it is in place (called before every join; the last link to
+   * close takes it out). Nothing when turned off or when the client keeps its heartbeat callback
+   * where the watch cannot reach it.
    */
   watchHeartbeats(): void {
-    if (this.#closed || !(this.#heartbeatReplyTimeoutMs > 0)) return;
-    const stop = watchHeartbeats(this.#client.realtime, this.#onHeartbeat);
-    if (stop) this.#stopHeartbeatWatch = stop;
-    else if (!this.#stopHeartbeatWatch) this.logEvent("debug", "heartbeat_watch_unavailable", {});
+    if (this.#closed || this.#stopHeartbeatWatch || !(this.#heartbeatReplyTimeoutMs > 0)) return;
+    this.#stopHeartbeatWatch = watchHeartbeats(this.#client.realtime, this.#onHeartbeat);
+    if (!this.#stopHeartbeatWatch) this.logEvent("debug", "heartbeat_watch_unavailable", {});
+  }
+
+  /**
+   * When the heartbeat whose reply is late now was sent (monotonicNow), null while no reply is
+   * late: a link that goes live meanwhile, joined before that, reads at the late pace at once.
+   */
+  get lateHeartbeatSentAt(): number | null {
+    return this.#lateHeartbeatSentAt;
   }
 
   get #heartbeatReplyTimeoutMs(): number {
@@ -436,17 +445,21 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#stopHeartbeatWatch = null;
     this.timers.clear(this.#heartbeatReplyTimer);
     this.#heartbeatReplyTimer = undefined;
+    this.#lateHeartbeatSentAt = null;
   }
 
   readonly #onHeartbeat = (status: HeartbeatStatus): void => {
     if (this.#closed) return;
     this.timers.clear(this.#heartbeatReplyTimer);
     this.#heartbeatReplyTimer = undefined;
+    this.#lateHeartbeatSentAt = null;
     if (status === "sent") {
       const timeoutMs = this.#heartbeatReplyTimeoutMs;
+      const sentAt = monotonicNow();
       this.#heartbeatReplyTimer = this.timers.set(() => {
         this.#heartbeatReplyTimer = undefined;
-        for (const link of this.#links.values()) link.heartbeatReplyLate(timeoutMs);
+        this.#lateHeartbeatSentAt = sentAt;
+        for (const link of this.#links.values()) link.heartbeatReplyLate(timeoutMs, sentAt);
       }, timeoutMs);
     } else if (status === "ok" || status === "error") {
       // The server answered (an error reply too): the socket carries.
@@ -681,6 +694,8 @@ class UserLink<Row extends LwwRow> {
    * reads every pollIntervalMs instead of livePollIntervalMs until a reply comes or the channel drops.
    */
   #heartbeatLate = false;
+  /** When (monotonicNow) the current channel was joined. */
+  #joinedAt = -Infinity;
   /** When a joined channel last dropped (monotonicNow): no rejoin within SOCKET_TEARDOWN_MS of it. */
   #droppedAt = -Infinity;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
@@ -736,8 +751,12 @@ class UserLink<Row extends LwwRow> {
    * No heartbeat reply within heartbeatReplyTimeoutMs: a live link reads now (what a dead socket
    * did not bring), and keeps reading every pollIntervalMs until heartbeatReplied() or a drop.
    */
-  heartbeatReplyLate(timeoutMs: number): void {
+  heartbeatReplyLate(timeoutMs: number, sentAt: number): void {
     if (this.#closed || !(this.#joined && this.#caughtUp) || this.#heartbeatLate) return;
+    // Joined after that heartbeat went out: the join's reply came after it, so the socket carried
+    // then (or the heartbeat went out on a socket that closed since, which phoenix reports to no
+    // heartbeat callback).
+    if (this.#joinedAt > sentAt) return;
     this.#heartbeatLate = true;
     this.#log("warn", "heartbeat_reply_late", { waited_ms: timeoutMs });
     this.service.timers.clear(this.#pollTimer);
@@ -839,6 +858,7 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed || generation !== this.#generation) return;
     if (state === "SUBSCRIBED") {
       this.#joined = true;
+      this.#joinedAt = monotonicNow();
       this.#caughtUp = false;
       this.#heartbeatLate = false;
       this.#tokenRetryUsed = false;
@@ -987,13 +1007,7 @@ class UserLink<Row extends LwwRow> {
     const { outcome } = await this.#fetchChanges("catchup");
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
-      this.#caughtUp = true;
-      this.#failedPolls = 0;
-      this.#attempt = 0;
-      this.service.timers.clear(this.#pollTimer);
-      this.#pollTimer = undefined;
-      this.#setStatus("live");
-      this.#scheduleLivePoll();
+      this.#caughtUpNow();
     } else {
       // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
       // failed is retried at once; a cursor held back by a long transaction after a poll interval
@@ -1002,15 +1016,34 @@ class UserLink<Row extends LwwRow> {
     }
   }
 
+  /** A round that began after the join read to the end: live, with the safety read scheduled. */
+  #caughtUpNow(): void {
+    this.#caughtUp = true;
+    this.#failedPolls = 0;
+    this.#attempt = 0;
+    this.service.timers.clear(this.#pollTimer);
+    this.#pollTimer = undefined;
+    // A heartbeat sent after the join is still unanswered (it became late while catching up).
+    const lateSince = this.service.lateHeartbeatSentAt;
+    if (lateSince !== null && this.#joinedAt <= lateSince) {
+      this.#heartbeatLate = true;
+      this.#log("warn", "heartbeat_reply_late", { while: "catching up" });
+    }
+    this.#setStatus("live");
+    this.#scheduleLivePoll();
+  }
+
   get #pollIntervalMs(): number {
     return this.service.options.pollIntervalMs ?? 10_000;
   }
 
   /** While live: the next safety read (livePollIntervalMs, or pollIntervalMs while a heartbeat reply is late). */
   #scheduleLivePoll(): void {
-    const interval = this.#heartbeatLate
-      ? this.#pollIntervalMs
-      : this.service.options.livePollIntervalMs ?? 60_000;
+    const livePollIntervalMs = this.service.options.livePollIntervalMs ?? 60_000;
+    const interval =
+      this.#heartbeatLate && !(livePollIntervalMs > 0 && livePollIntervalMs < this.#pollIntervalMs)
+        ? this.#pollIntervalMs
+        : livePollIntervalMs;
     if (this.#closed || this.#pollTimer !== undefined || !(interval > 0)) return;
     // Not before a Retry-After the API sent has run out.
     const wait = Math.max(interval, this.#retryAfterLeftMs());
@@ -1056,11 +1089,7 @@ class UserLink<Row extends LwwRow> {
     // went out before the channel was subscribed. Such a round only polls; the catch-up queued
     // behind it decides.
     if (this.#joined && joinedGeneration === this.#generation && outcome === "done") {
-      this.#caughtUp = true;
-      this.#failedPolls = 0;
-      this.#attempt = 0;
-      this.#setStatus("live");
-      this.#scheduleLivePoll();
+      this.#caughtUpNow();
       return;
     }
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");

@@ -15,15 +15,14 @@ interface FakeChannel {
 
 /**
  * RealtimeClient's token rules as realtime-js 2.119 has them: a new token goes to joined channels.
- * Its heartbeat callback lives where 2.119 keeps it: on the socket adapter (settable), read through
- * a getter of the client; `heartbeat(status)` is realtime-js calling it.
+ * Its heartbeat callback lives where 2.119 keeps it: on the phoenix socket, behind an accessor of the
+ * socket adapter's class, read through a getter of the client; `heartbeat(status)` is phoenix
+ * calling it.
  */
 export function fakeClient(tokenSource?: () => string, heartbeatIntervalMs = 25_000) {
   const channels: FakeChannel[] = [];
   let made = 0;
-  const socketAdapter = {
-    heartbeatCallback: ((_status: string) => {}) as (status: string, latency?: number) => void,
-  };
+  const socketAdapter = new FakeSocketAdapter();
   const realtime = {
     socketAdapter,
     get heartbeatCallback() {
@@ -73,10 +72,25 @@ export function fakeClient(tokenSource?: () => string, heartbeatIntervalMs = 25_
     client: client as unknown as SupabaseClient,
     realtime,
     /** realtime-js reporting a heartbeat's lifecycle (sent, ok, error, timeout, disconnected). */
-    heartbeat: (status: string) => socketAdapter.heartbeatCallback(status),
+    heartbeat: (status: string) => socketAdapter.socket.heartbeatCallback(status),
+    /** The callback phoenix calls (the socket's). */
+    socketCallback: () => socketAdapter.socket.heartbeatCallback,
     /** The n-th channel the service made (1-based), once it has subscribed it. */
     channel: (n: number) => nthChannel(channels, () => made, n),
   };
+}
+
+type HeartbeatCallback = (status: string, latency?: number) => void;
+
+/** realtime-js 2.119's SocketAdapter: heartbeatCallback is an accessor of the class over the socket's. */
+class FakeSocketAdapter {
+  readonly socket = { heartbeatCallback: ((_status: string) => {}) as HeartbeatCallback };
+  get heartbeatCallback(): HeartbeatCallback {
+    return this.socket.heartbeatCallback;
+  }
+  set heartbeatCallback(callback: HeartbeatCallback) {
+    this.socket.heartbeatCallback = callback;
+  }
 }
 
 /** Waits (up to 5 s) until the service has made its n-th channel and called subscribe() on it. */

@@ -4,6 +4,8 @@
 // real client over a frozen socket is in tests/integration/realtime-resilience.test.ts.
 
 import assert from "node:assert/strict";
+import { createClient, type RealtimeClient } from "@supabase/supabase-js";
+import { watchHeartbeats } from "../../../shared/realtime/heartbeatWatch.ts";
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, version } from "./handAnsweredService.ts";
@@ -61,6 +63,7 @@ Deno.test("heartbeat watch: the reply timeout is at most half of realtime-js's h
     fake.heartbeat("sent"); // still catching up: not live
     await sleep(120);
     assert.equal(link.calls.length, 1);
+    fake.heartbeat("ok");
     link.calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
     await waitFor("live", () => link.subscription.status === "live");
     const sentAt = performance.now();
@@ -96,39 +99,154 @@ Deno.test("heartbeat watch: a drop while the reply is late takes over as any dro
   }
 });
 
-Deno.test("heartbeat watch: the app's own heartbeat callback keeps every status, one installed later is chained at the next join, and close gives it back", async () => {
+Deno.test("heartbeat watch: the app's own heartbeat callback keeps every status, one installed later (onHeartbeat) replaces it behind the watch, and close gives it back", async () => {
   const fake = fakeClient();
   const seen: string[] = [];
   const appCallback = (status: string) => seen.push(`app:${status}`);
   const laterCallback = (status: string) => seen.push(`later:${status}`);
   fake.realtime.onHeartbeat(appCallback);
-  const first = handAnsweredService(quietLive, fake);
+  const link = handAnsweredService(quietLive, fake);
   try {
-    await first.goLive();
-    assert.notEqual(fake.realtime.heartbeatCallback, appCallback, "the watch is chained in");
-    assert.equal(first.service.stats().heartbeatWatches, 1);
+    await link.goLive();
+    assert.notEqual(fake.socketCallback(), appCallback, "the watch is where phoenix calls the callback");
+    assert.equal(fake.realtime.heartbeatCallback, appCallback, "reading the callback gives the app's");
+    assert.equal(link.service.stats().heartbeatWatches, 1);
     fake.heartbeat("sent");
-    await waitFor("the late read", () => first.calls.length === 2, { timeoutMs: 1_000 });
+    await waitFor("the late read", () => link.calls.length === 2, { timeoutMs: 1_000 });
     fake.heartbeat("ok");
     assert.deepEqual(seen, ["app:sent", "app:ok"]);
+    link.calls[1].resolve({ changes: [], has_more: false });
 
-    // The app installs another callback while subscribed: the watch no longer hears heartbeats
-    // until the link's next join chains it over the new one.
+    // A connection widget mounted later installs its own callback: it replaces the app's, and the
+    // watch stays (no rejoin needed).
     fake.realtime.onHeartbeat(laterCallback);
-    (await first.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
-    (await first.channel(2)).state!("SUBSCRIBED");
-    await answerUntil(first, "live again", () => first.subscription.status === "live");
-    const reads = first.calls.length;
+    assert.equal(fake.realtime.heartbeatCallback, laterCallback);
     fake.heartbeat("sent");
-    await waitFor("a late read through the re-chained watch", () => first.calls.length === reads + 1, {
+    await waitFor("a late read after the app's onHeartbeat()", () => link.calls.length === 3, {
       timeoutMs: 1_000,
     });
     assert.deepEqual(seen.slice(2), ["later:sent"]);
   } finally {
-    await first.end();
+    await link.end();
   }
-  assert.equal(fake.realtime.heartbeatCallback, laterCallback, "close gives the app's callback back");
-  assert.equal(first.service.stats().heartbeatWatches, 0);
+  assert.equal(fake.socketCallback(), laterCallback, "close gives phoenix the app's callback back");
+  assert.equal(fake.realtime.heartbeatCallback, laterCallback);
+  assert.equal(link.service.stats().heartbeatWatches, 0);
+});
+
+Deno.test("heartbeat watch, real realtime-js 2.119 client: an app callback that chains the one it replaced runs once per status, asks the token no more often than without the watch, and removal gives phoenix the app's callback", () => {
+  // The common "do not clobber" pattern: keep the callback found, install one that calls it.
+  const chainAppCallback = (realtime: RealtimeClient, seen: string[]) => {
+    const previous = realtime.heartbeatCallback;
+    realtime.onHeartbeat((status, latency) => {
+      previous(status, latency);
+      seen.push(status);
+    });
+  };
+  const clientWithoutNetwork = () => {
+    const realtime = createClient("http://127.0.0.1:9", "anon-key", {
+      auth: { persistSession: false, autoRefreshToken: false },
+    }).realtime;
+    const internals = realtime as unknown as {
+      accessToken: () => Promise<string | null>;
+      socketAdapter: { getSocket(): { heartbeatCallback: (status: string) => void } };
+    };
+    const counts = { tokenAsks: 0 };
+    internals.accessToken = () => {
+      counts.tokenAsks++;
+      return Promise.resolve("T1");
+    };
+    // What phoenix calls: the socket's callback.
+    return { realtime, counts, phoenixCalls: internals.socketAdapter.getSocket() };
+  };
+
+  const plain = clientWithoutNetwork();
+  const plainSeen: string[] = [];
+  chainAppCallback(plain.realtime, plainSeen);
+  plain.phoenixCalls.heartbeatCallback("sent");
+  plain.phoenixCalls.heartbeatCallback("ok");
+
+  const watchedClient = clientWithoutNetwork();
+  const watched: string[] = [];
+  const watcher = (status: string) => void watched.push(status);
+  const stop = watchHeartbeats(watchedClient.realtime, watcher);
+  assert.ok(stop, "the watch finds realtime-js 2.119's callback slot");
+  const seen: string[] = [];
+  chainAppCallback(watchedClient.realtime, seen); // after the watch is in
+  // The service asks for the watch again before every join: it stays as it is.
+  assert.ok(watchHeartbeats(watchedClient.realtime, watcher));
+  watchedClient.phoenixCalls.heartbeatCallback("sent");
+  watchedClient.phoenixCalls.heartbeatCallback("ok");
+  assert.deepEqual(seen, ["sent", "ok"]);
+  assert.deepEqual(seen, plainSeen);
+  assert.deepEqual(watched, ["sent", "ok"]);
+  assert.equal(watchedClient.counts.tokenAsks, plain.counts.tokenAsks, "token asks as without the watch");
+  stop();
+  watchedClient.phoenixCalls.heartbeatCallback("sent");
+  assert.deepEqual(watched, ["sent", "ok"], "no longer watched");
+  assert.deepEqual(seen, ["sent", "ok", "sent"], "phoenix calls the app's callback itself again");
+});
+
+Deno.test("heartbeat watch: a reply timer of a heartbeat sent before the link rejoined (on a socket that closed) does not mark the new socket late", async () => {
+  const fake = fakeClient();
+  const link = handAnsweredService({
+    livePollIntervalMs: 600_000,
+    pollIntervalMs: 60,
+    heartbeatReplyTimeoutMs: 2_500, // longer than the rejoin takes (SOCKET_TEARDOWN_MS, 1.6 s)
+    random: () => 0,
+    backoff: { initialMs: 1, maxMs: 1 },
+  }, fake);
+  try {
+    await link.goLive();
+    fake.heartbeat("sent");
+    // The socket closes (phoenix calls no heartbeat callback for that): the channel errors.
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    (await link.channel(2)).state!("SUBSCRIBED");
+    await answerUntil(link, "live again", () => link.subscription.status === "live");
+    const reads = link.calls.length;
+    await sleep(1_500); // the old heartbeat's timer fires meanwhile
+    assert.equal(link.calls.length, reads, "no reads: the new socket has not even sent a heartbeat");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("heartbeat watch: a reply that became late while the link was catching up sets the late pace once it is live", async () => {
+  const fake = fakeClient();
+  const link = handAnsweredService(quietLive, fake);
+  try {
+    (await link.channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => link.calls.length === 1);
+    fake.heartbeat("sent"); // no reply comes
+    await sleep(100); // late now (40 ms); the link is not live yet
+    link.calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await waitFor("live", () => link.subscription.status === "live");
+    await waitFor("a read at pollIntervalMs", () => link.calls.length === 2, { timeoutMs: 1_000 });
+    link.calls[1].resolve({ changes: [], has_more: false });
+    fake.heartbeat("ok");
+    await sleep(200);
+    assert.equal(link.calls.length, 2, "the reply came: back to livePollIntervalMs");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("heartbeat watch: while a reply is late the pace is livePollIntervalMs when that is the shorter", async () => {
+  const fake = fakeClient();
+  const link = handAnsweredService({
+    livePollIntervalMs: 300,
+    pollIntervalMs: 60_000,
+    heartbeatReplyTimeoutMs: 40,
+  }, fake);
+  try {
+    await link.goLive();
+    fake.heartbeat("sent");
+    await waitFor("the late read", () => link.calls.length === 2, { timeoutMs: 200, intervalMs: 2 });
+    link.calls[1].resolve({ changes: [], has_more: false });
+    await waitFor("the next read, 300 ms later", () => link.calls.length === 3, { timeoutMs: 1_000 });
+  } finally {
+    await link.end();
+  }
 });
 
 Deno.test("heartbeat watch: two services on one client both hear heartbeats, and the callback is the app's again once both closed, in either order", async () => {
@@ -148,7 +266,7 @@ Deno.test("heartbeat watch: two services on one client both hear heartbeats, and
       fake.heartbeat("ok");
       for (const link of [links.a, links.b]) link.calls[1].resolve({ changes: [], has_more: false });
       await links[order[0] as "a" | "b"].end();
-      assert.notEqual(fake.realtime.heartbeatCallback, appCallback, "the other service still watches");
+      assert.notEqual(fake.socketCallback(), appCallback, "the other service still watches");
       const other = links[order[1] as "a" | "b"];
       const reads = other.calls.length;
       fake.heartbeat("sent");
@@ -158,7 +276,7 @@ Deno.test("heartbeat watch: two services on one client both hear heartbeats, and
       await links.a.end();
       await links.b?.end();
     }
-    assert.equal(fake.realtime.heartbeatCallback, appCallback, `closed ${order.join(" then ")}`);
+    assert.equal(fake.socketCallback(), appCallback, `closed ${order.join(" then ")}`);
   }
 });
 
@@ -169,7 +287,7 @@ Deno.test("heartbeat watch: heartbeatReplyTimeoutMs 0 turns it off (the callback
   const link = handAnsweredService({ ...quietLive, heartbeatReplyTimeoutMs: 0 }, fake);
   try {
     await link.goLive();
-    assert.equal(fake.realtime.heartbeatCallback, appCallback);
+    assert.equal(fake.socketCallback(), appCallback);
     assert.equal(link.service.stats().heartbeatWatches, 0);
     fake.heartbeat("sent");
     await sleep(150);
