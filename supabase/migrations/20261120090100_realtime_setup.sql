@@ -71,9 +71,22 @@ begin
   else
     if new.updated_at is null then
       new.updated_at := pg_catalog.now();
-    elsif new.updated_at > pg_catalog.now() + interval '5 seconds' then
+    elsif new.updated_at > pg_catalog.now() + interval '5 seconds'
+          and not (tg_op = 'UPDATE'
+                   -- cheap test first; unset is NULL, and NOT NULL would be no answer at all
+                   and coalesce(pg_catalog.current_setting('readsync.rejudged_write', true), '') <> ''
+                   and pg_catalog.current_setting('readsync.rejudged_write', true) =
+                       row(new.user_id, new.series_id, new.updated_at, new.device_id,
+                           pg_catalog.statement_timestamp())::text
+                   and new.updated_at <= pg_catalog.clock_timestamp() + interval '5 seconds') then
+      -- (The exception above: migration 013's write_reading_progress judged this write again by the
+      -- wall clock once it held the row's lock, found it no longer more than 5 s ahead, and decided
+      -- by its own date; it names the row, the key and this statement in a transaction-local
+      -- setting, so the key that was decided is the key stored. A session that sets the setting
+      -- itself gains nothing: the key must still be within 5 s of the wall clock.)
       -- A device clock ahead. Every stored updated_at is at most 5 s ahead of the now() it was stored
-      -- at, so by its own date this write is newer than any of them: it wins. It is recorded as
+      -- at (or of the wall clock, for a write judged again), so by its own date this write is newer
+      -- than any of them: it wins. It is recorded as
       -- happening now, but never at or before the version it replaces (which may lie up to 5 s
       -- ahead, or be another such write of this millisecond: with the same device id the two would
       -- share a key, and the second would pass for a replay of the first and be dropped).

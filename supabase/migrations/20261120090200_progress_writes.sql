@@ -28,7 +28,10 @@
 -- device clock ahead) is newer by its own date than every stored version, so it always wins, and it
 -- is stored at greatest(now(), stored updated_at + 1 ms), as the trigger stores it: two such writes
 -- (say, a batch from a phone whose clock runs an hour ahead) never share a key, the later one wins.
--- Such a write has no stable key, so its retry is a new write (and wins again).
+-- Such a write has no stable key, so its retry is a new write (and wins again). "Ahead" is judged
+-- against now(), and once more against the wall clock when the write has its row locked: one that
+-- waited so long that it is no longer more than 5 s ahead is decided and stored by its own date
+-- (the stamp trigger is told so: readsync.rejudged_write, see write_reading_progress).
 --
 -- Outcomes of a write, for the stored key S and the normalised incoming key I:
 --   no row yet                                -> inserted;   won = true,  conflict = null
@@ -347,6 +350,8 @@ declare
   v_conflict text;
   v_replaced_at timestamptz;
   v_replaced_device text;
+  v_rejudged boolean := false;
+  v_won boolean;
 begin
   if v_uid is null then
     raise exception using errcode = '42501', message = 'write_reading_progress: no authenticated user';
@@ -404,6 +409,13 @@ begin
   if v_ahead and p_updated_at <= pg_catalog.clock_timestamp() + interval '5 seconds' then
     v_ahead := false;
     v_key := pg_catalog.date_trunc('milliseconds', p_updated_at);
+    -- The stamp trigger judges "ahead" against now() and would store this key at now() again: an
+    -- earlier key than the one decided by, which a write dated in between could then replace. It
+    -- keeps the key for the row, key and statement named here (once, and only within 5 s of the
+    -- wall clock).
+    perform pg_catalog.set_config('readsync.rejudged_write',
+      row(v_uid, p_series_id, v_key, p_device_id, pg_catalog.statement_timestamp())::text, true);
+    v_rejudged := true;
   end if;
 
   -- The decision: last write wins on (updated_at, device_id), in one statement, against the row
@@ -420,8 +432,12 @@ begin
     where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
       and (v_ahead or (v_key, p_device_id collate "C") > (rp.updated_at, rp.device_id collate "C"))
   returning rp.* into v_row;
+  v_won := found;
+  if v_rejudged then
+    perform pg_catalog.set_config('readsync.rejudged_write', '', true); -- for this UPDATE only
+  end if;
 
-  if found then
+  if v_won then
     if v_row.updated_at = v_prev.updated_at then
       -- Same millisecond, greater device id: the replaced write lost a tie (logged by the trigger
       -- reading_progress_log_replaced_tie, as for every UPDATE that replaces a same-millisecond write).

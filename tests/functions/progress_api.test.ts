@@ -374,6 +374,58 @@ Deno.test("a batch write that waited is judged by the wall clock: dated 5 s afte
   }
 });
 
+Deno.test("a write that waited for its row is stored under the date it was judged by once it is no longer ahead: a write dated before that cannot replace it", async () => {
+  // Sent 5.3 s ahead of the server's clock ("more than 5 s ahead" by its transaction's now()), the
+  // tablet's write waits 1.5 s for another transaction's lock on its row; then it is only 3.8 s
+  // ahead, so it is decided by its own date, and must be stored under that key, not at the now()
+  // its transaction began with (2.5 s earlier than the e-reader's write below).
+  const a = await createTestUser();
+  const series = seriesId("rejudged");
+  const sql = adminSql({ max: 2 });
+  const holder = await sql.reserve();
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  try {
+    await sql`insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+              values (${a.id}, ${series}, 1, 'seed', now() - interval '1 day')`;
+    await holder`begin`;
+    await holder`select 1 from public.reading_progress where user_id = ${a.id} and series_id = ${series} for update`;
+    const [{ server_ms }] = await sql<{ server_ms: string }[]>`
+      select (extract(epoch from clock_timestamp()) * 1000)::bigint::text as server_ms`;
+    const dated = new Date(Number(server_ms) + 5_300).toISOString();
+    const tablet = call("POST", "", {
+      token: a.accessToken,
+      body: write({ series_id: series, chapter: 7, page: 70, device_id: "tablet", updated_at: dated }),
+    });
+    await sleep(1_500); // within the API's 2 s lock timeout
+    await holder`commit`;
+    const answer = await tablet;
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    const won = writeResultSchema.parse(answer.body);
+    assert.equal(won.won, true);
+    assert.equal(won.progress.updated_at, dated, "stored under its own date, the key it won by");
+    const ereader = await call("POST", "", {
+      token: a.accessToken,
+      body: write({
+        series_id: series,
+        chapter: 2,
+        page: 20,
+        device_id: "ereader",
+        updated_at: new Date(Date.parse(dated) - 2_500).toISOString(),
+      }),
+    });
+    assert.equal(ereader.status, 200, JSON.stringify(ereader.body));
+    const refused = writeResultSchema.parse(ereader.body);
+    assert.deepEqual([refused.won, refused.conflict], [false, "stale"], "older than the tablet's write");
+    const [stored] = await sql<{ device_id: string; chapter: number }[]>`
+      select device_id, chapter from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
+    assert.deepEqual({ ...stored }, { device_id: "tablet", chapter: 7 });
+  } finally {
+    await holder`rollback`.catch(() => {});
+    holder.release();
+    await sql.end();
+  }
+});
+
 Deno.test("an identical replay answers the same and changes nothing (no broadcast, no log row)", async () => {
   const a = await createTestUser();
   const sql = adminSql({ max: 1 });
