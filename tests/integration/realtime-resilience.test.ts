@@ -341,17 +341,21 @@ Deno.test({
   }
 });
 
+/** A TCP proxy goes in front of the stack's API: only where that is plain http (the local stack). */
+const behindProxy = { ...noSanitize, ignore: !Deno.env.get("SUPABASE_URL")?.startsWith("http:") } as const;
+
+/** A user, an admin connection and a TCP proxy to the stack's API whose connections can freeze. */
+async function frozenPathFixture() {
+  const env = testEnv();
+  return { env, sql: adminSql({ max: 2 }), a: await createTestUser(), proxy: freezableProxy(env.url) };
+}
+
 Deno.test({
   name:
     "realtime resilience: a socket whose network path died is noticed by its heartbeat, and the rejoin goes out on a new socket, not the dead one",
-  ...noSanitize,
-  // A TCP proxy in front of the stack's API: only where that is plain http (the local stack).
-  ignore: !Deno.env.get("SUPABASE_URL")?.startsWith("http:"),
+  ...behindProxy,
 }, async () => {
-  const env = testEnv();
-  const sql = adminSql({ max: 2 });
-  const a = await createTestUser();
-  const proxy = freezableProxy(env.url);
+  const { env, sql, a, proxy } = await frozenPathFixture();
   // Which socket carried each join: realtime-js sends joins as text frames.
   let sockets = 0;
   const joins: { socket: number; at: number }[] = [];
@@ -413,13 +417,9 @@ Deno.test({
 Deno.test({
   name:
     "realtime resilience: a change made after the socket's network path died arrives before realtime-js gives the socket up (the heartbeat reply is late: the link reads)",
-  ...noSanitize,
-  ignore: !Deno.env.get("SUPABASE_URL")?.startsWith("http:"),
+  ...behindProxy,
 }, async () => {
-  const env = testEnv();
-  const sql = adminSql({ max: 2 });
-  const a = await createTestUser();
-  const proxy = freezableProxy(env.url);
+  const { env, sql, a, proxy } = await frozenPathFixture();
   // realtime-js gives a socket up when a reply is one heartbeat interval late (4 s here, 25 s by
   // default); the watch reads when it is half that late, and then every pollIntervalMs.
   const client = createClient(proxy.url, env.anonKey, {
