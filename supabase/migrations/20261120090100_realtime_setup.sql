@@ -2,7 +2,7 @@
 --
 -- * BEFORE INSERT/UPDATE: keeps the timestamps honest. updated_at (the last-write-wins key) is set
 --   when missing, and truncated to milliseconds so it round-trips through JSON exactly. One dated
---   more than 5 seconds in the future (a device clock ahead) is recorded as now() (a device with a
+--   more than 5 seconds after the wall clock (a device clock ahead) is recorded as now() (a device with a
 --   wrong clock must not pin a row forever); by its own date it is newer than every version the
 --   table can hold, so an UPDATE or upsert with it wins and lands 1 ms after the version it replaces
 --   when that one lies at or after now() (two such writes never share a key: each is a new version). A plain UPDATE that does not supply a new (updated_at, device_id) gets now() (or
@@ -71,22 +71,13 @@ begin
   else
     if new.updated_at is null then
       new.updated_at := pg_catalog.now();
-    elsif new.updated_at > pg_catalog.now() + interval '5 seconds'
-          and not (tg_op = 'UPDATE'
-                   -- cheap test first; unset is NULL, and NOT NULL would be no answer at all
-                   and coalesce(pg_catalog.current_setting('readsync.rejudged_write', true), '') <> ''
-                   and pg_catalog.current_setting('readsync.rejudged_write', true) =
-                       row(new.user_id, new.series_id, new.updated_at, new.device_id,
-                           pg_catalog.statement_timestamp())::text
-                   and new.updated_at <= pg_catalog.clock_timestamp() + interval '5 seconds') then
-      -- (The exception above: migration 013's write_reading_progress judged this write again by the
-      -- wall clock once it held the row's lock, found it no longer more than 5 s ahead, and decided
-      -- by its own date; it names the row, the key and this statement in a transaction-local
-      -- setting, so the key that was decided is the key stored. A session that sets the setting
-      -- itself gains nothing: the key must still be within 5 s of the wall clock.)
-      -- A device clock ahead. Every stored updated_at is at most 5 s ahead of the now() it was stored
-      -- at (or of the wall clock, for a write judged again), so by its own date this write is newer
-      -- than any of them: it wins. It is recorded as
+    elsif new.updated_at > pg_catalog.clock_timestamp() + interval '5 seconds' then
+      -- A device clock ahead. Every stored updated_at was at most 5 s ahead of the wall clock when it
+      -- was stored, so by its own date this write is newer than any of them: it wins. The wall clock
+      -- (clock_timestamp()), not the transaction's start (now()): a BEFORE ROW trigger runs once the
+      -- row is locked, so after any wait for a concurrent writer, and a transaction that waited (or
+      -- began long ago) would otherwise take a write that is no longer more than 5 s ahead of the
+      -- versions committed meanwhile for one ahead of them all, and let it replace newer reading. It is recorded as
       -- happening now, but never at or before the version it replaces (which may lie up to 5 s
       -- ahead, or be another such write of this millisecond: with the same device id the two would
       -- share a key, and the second would pass for a replay of the first and be dropped).

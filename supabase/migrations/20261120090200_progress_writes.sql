@@ -29,9 +29,9 @@
 -- is stored at greatest(now(), stored updated_at + 1 ms), as the trigger stores it: two such writes
 -- (say, a batch from a phone whose clock runs an hour ahead) never share a key, the later one wins.
 -- Such a write has no stable key, so its retry is a new write (and wins again). "Ahead" is judged
--- against now(), and once more against the wall clock when the write has its row locked: one that
--- waited so long that it is no longer more than 5 s ahead is decided and stored by its own date
--- (the stamp trigger is told so: readsync.rejudged_write, see write_reading_progress).
+-- against the wall clock (clock_timestamp()), never the transaction's start, and once more when the
+-- write has its row locked: one that waited so long that it is no longer more than 5 s ahead is
+-- decided and stored by its own date (the stamp trigger judges it the same way, after the same wait).
 --
 -- Outcomes of a write, for the stored key S and the normalised incoming key I:
 --   no row yet                                -> inserted;   won = true,  conflict = null
@@ -80,7 +80,9 @@ $$;
 grant usage on schema private to authenticated, service_role;
 
 -- The trigger's normalisation of updated_at (migration 012, reading_progress_stamp), as a function so
--- the write path compares the same value the trigger will store. Keep both in step.
+-- the write path compares the same value the trigger will store. Keep both in step. Volatile: it reads
+-- the wall clock (the trigger, later, reads a later one; a key within 5 s of this reading is within
+-- 5 s of that one too).
 -- plpgsql, not LANGUAGE sql: a SQL function with SET search_path is never inlined, and called from
 -- plpgsql its parsed and planned body lasted one transaction, so every write re-planned it; plpgsql
 -- keeps the expression's plan per session (docs/benchmarks.md, write path: the API's function).
@@ -88,14 +90,14 @@ grant usage on schema private to authenticated, service_role;
 create or replace function private.reading_progress_normalize_updated_at(p_updated_at timestamptz)
 returns timestamptz
 language plpgsql
-stable
+volatile
 set search_path = ''
 as $$
 begin
   return pg_catalog.date_trunc(
     'milliseconds',
     case
-      when p_updated_at is null or p_updated_at > pg_catalog.now() + interval '5 seconds'
+      when p_updated_at is null or p_updated_at > pg_catalog.clock_timestamp() + interval '5 seconds'
         then pg_catalog.now()
       else p_updated_at
     end
@@ -344,14 +346,12 @@ declare
   v_uid uuid := auth.uid();
   v_key timestamptz := private.reading_progress_normalize_updated_at(p_updated_at);
   -- Dated beyond the tolerance for clock skew: wins over any stored version (see the top).
-  v_ahead boolean := p_updated_at > pg_catalog.now() + interval '5 seconds';
+  v_ahead boolean := p_updated_at > pg_catalog.clock_timestamp() + interval '5 seconds';
   v_prev public.reading_progress;
   v_row public.reading_progress;
   v_conflict text;
   v_replaced_at timestamptz;
   v_replaced_device text;
-  v_rejudged boolean := false;
-  v_won boolean;
 begin
   if v_uid is null then
     raise exception using errcode = '42501', message = 'write_reading_progress: no authenticated user';
@@ -402,20 +402,13 @@ begin
     end if;
   end loop;
 
-  -- "Ahead" was judged against now(), the start of this transaction. A write that then waited (for
-  -- this row's lock, or for earlier writes of its batch) may meet versions written meanwhile by
-  -- devices whose clocks are right, dated after it: by the wall clock it is not ahead of them any
-  -- more, so it is judged by its own date like any write (it would otherwise replace a newer one).
+  -- "Ahead" was judged when the function began. A write that then waited (for this row's lock)
+  -- may meet versions written meanwhile by devices whose clocks are right, dated after it: by the
+  -- wall clock it is not ahead of them any more, so it is judged by its own date like any write (it
+  -- would otherwise replace a newer one), as the stamp trigger will judge it.
   if v_ahead and p_updated_at <= pg_catalog.clock_timestamp() + interval '5 seconds' then
     v_ahead := false;
     v_key := pg_catalog.date_trunc('milliseconds', p_updated_at);
-    -- The stamp trigger judges "ahead" against now() and would store this key at now() again: an
-    -- earlier key than the one decided by, which a write dated in between could then replace. It
-    -- keeps the key for the row, key and statement named here (once, and only within 5 s of the
-    -- wall clock).
-    perform pg_catalog.set_config('readsync.rejudged_write',
-      row(v_uid, p_series_id, v_key, p_device_id, pg_catalog.statement_timestamp())::text, true);
-    v_rejudged := true;
   end if;
 
   -- The decision: last write wins on (updated_at, device_id), in one statement, against the row
@@ -432,12 +425,8 @@ begin
     where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
       and (v_ahead or (v_key, p_device_id collate "C") > (rp.updated_at, rp.device_id collate "C"))
   returning rp.* into v_row;
-  v_won := found;
-  if v_rejudged then
-    perform pg_catalog.set_config('readsync.rejudged_write', '', true); -- for this UPDATE only
-  end if;
 
-  if v_won then
+  if found then
     if v_row.updated_at = v_prev.updated_at then
       -- Same millisecond, greater device id: the replaced write lost a tie (logged by the trigger
       -- reading_progress_log_replaced_tie, as for every UPDATE that replaces a same-millisecond write).

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(102);
+select plan(104);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -574,52 +574,56 @@ select is(
   'a replay of a key that won ties in two lives names the tie of this life (dev-b, not dev-a)');
 reset role;
 
--- A write dated 5.5 s ahead of this transaction's now() that waited (here: 0.6 s, as if for its
--- row's lock) is no longer ahead by the wall clock once it holds the lock: decided by its own date,
--- and stored under that key (the stamp trigger judges "ahead" against now() and stored it at now(),
--- an earlier key, which a write dated in between then replaced).
+-- "Ahead" is judged by the wall clock, not by the transaction's start. After 0.6 s (as if waiting for
+-- a row's lock, or for earlier writes of a batch) a write dated 5.5 s after this transaction's now()
+-- is only 4.9 s ahead: decided and stored by its own date (K), on every path. Before, it was taken
+-- for a write ahead of everything and stored at now(), an earlier key than it was decided by, which
+-- a write dated in between from another device then replaced.
+create temp table k on commit drop as select date_trunc('milliseconds', now() + interval '5.5 seconds') as at;
+grant select on k to authenticated;
 set local role authenticated;
 select set_config('request.jwt.claims',
   '{"sub":"a6a6a6a6-0000-4000-8000-000000000006","role":"authenticated"}', true);
 select public.write_reading_progress('rejudged', 1, 1, 0.01, false, 'dev-a', '2026-01-01 00:00:00+00');
 select pg_sleep(0.6);
 insert into res select 'rejudged',
-  public.write_reading_progress('rejudged', 7, 70, 0.7, false, 'tablet', now() + interval '5.5 seconds');
-select is((select (r ->> 'won')::boolean from res where label = 'rejudged'), true,
-  'a write no longer ahead once its row is locked wins by its own date');
-select is((select updated_at from public.reading_progress where series_id = 'rejudged'),
-  date_trunc('milliseconds', now() + interval '5.5 seconds'),
-  'and is stored under that date, the key it was decided by (not at the transaction''s now())');
-select is((select (r #>> '{progress,updated_at}')::timestamptz from res where label = 'rejudged'),
-  date_trunc('milliseconds', now() + interval '5.5 seconds'), 'the answer shows the stored key');
+  public.write_reading_progress('rejudged', 7, 70, 0.7, false, 'tablet', (select at from k));
+insert into res select 'rejudged-new',
+  public.write_reading_progress('rejudged-new', 7, 70, 0.7, false, 'tablet', (select at from k));
+insert into res select 'rejudged-tie',
+  public.write_reading_progress('rejudged', 8, 80, 0.8, false, 'tablet-z', (select at from k));
+insert into res select 'rejudged-tie-lost',
+  public.write_reading_progress('rejudged', 6, 60, 0.6, false, 'tablet-0', (select at from k));
 insert into res select 'rejudged-older',
-  public.write_reading_progress('rejudged', 5, 50, 0.5, false, 'phone', now() + interval '5.4 seconds');
-select is((select (r ->> 'won') || ' ' || (r ->> 'conflict') from res where label = 'rejudged-older'),
-  'false stale', 'one judged again that is older than the stored key loses as stale');
-select is((select r #>> '{progress,device_id}' from res where label = 'rejudged-older'), 'tablet',
-  'and its answer carries the stored row');
-select is(
-  (select public.write_reading_progress('rejudged', 3, 30, 0.3, false, 'ereader', now() + interval '4.5 seconds')
-     ->> 'conflict'),
-  'stale', 'a write dated between the transaction''s now() and that key is older: refused as stale');
--- The trigger keeps a key it is told was judged again only within 5 s of the wall clock: a session
--- that names its own row and a key an hour ahead in the setting (in one statement, as the function
--- does) still has the write stored at now().
-do $$
-begin
-  perform set_config('readsync.rejudged_write',
-    row('a6a6a6a6-0000-4000-8000-000000000006'::uuid, 'rejudged',
-        date_trunc('milliseconds', now() + interval '1 hour'), 'forger', statement_timestamp())::text, true);
-  update public.reading_progress set chapter = 9, device_id = 'forger',
-         updated_at = date_trunc('milliseconds', now() + interval '1 hour')
-   where series_id = 'rejudged';
-end
-$$;
-select is(
-  (select (updated_at, device_id)::text from public.reading_progress where series_id = 'rejudged'),
-  (date_trunc('milliseconds', now() + interval '5.5 seconds') + interval '1 millisecond', 'forger')::text,
-  'a forged claim for a key an hour ahead: the write is still stored as ahead (1 ms after the stored key)');
+  public.write_reading_progress('rejudged', 5, 50, 0.5, false, 'phone', (select at from k) - interval '0.1 seconds');
+insert into res select 'rejudged-new-older',
+  public.write_reading_progress('rejudged-new', 3, 30, 0.3, false, 'ereader', now() + interval '0.5 seconds');
+-- A Data API write (the user's own UPDATE) dated 0.3 s before K is judged the same way: older, refused.
+update public.reading_progress set chapter = 4, device_id = 'laptop', updated_at = (select at from k) - interval '0.3 seconds'
+ where series_id = 'rejudged';
 reset role;
+select is((select (r ->> 'won')::boolean from res where label = 'rejudged'), true,
+  'a write dated 5.5 s after now() but within 5 s of the wall clock wins by its own date');
+select is((select r #>> '{progress,updated_at}' from res where label = 'rejudged')::timestamptz, (select at from k),
+  'and is stored under that date, the key it was decided by (not at the transaction''s now())');
+select is((select r #>> '{progress,updated_at}' from res where label = 'rejudged-new')::timestamptz, (select at from k),
+  'the same for a series without a row yet (the INSERT path)');
+select is((select (r ->> 'conflict') || ' ' || (r #>> '{conflict_with,device_id}') from res where label = 'rejudged-tie'),
+  'tie tablet', 'the same millisecond from a greater device id replaces it as a tie');
+select is((select (r ->> 'won') || ' ' || (r ->> 'conflict') from res where label = 'rejudged-tie-lost'),
+  'false tie', 'and from a smaller device id loses as a tie');
+select is((select (r ->> 'won') || ' ' || (r ->> 'conflict') || ' ' || (r #>> '{progress,device_id}')
+             from res where label = 'rejudged-older'),
+  'false stale tablet-z', 'a write 0.1 s older loses as stale, answered with the stored row');
+select is((select (r ->> 'won') || ' ' || (r ->> 'conflict') from res where label = 'rejudged-new-older'),
+  'false stale', 'an older write to the new series loses as stale (it would have replaced one stored at now())');
+select is(
+  (select array_agg(kind || ' ' || losing_device_id || ' ' || (losing_updated_at = k.at)::text order by id)
+     from new_conflicts, k where series_id = 'rejudged'),
+  array['tie tablet true', 'tie tablet-0 true', 'stale phone false', 'stale laptop false'],
+  'the log has each under its own key: the replaced tie, the lost tie, the stale API write and the stale Data API write');
+select is((select (chapter, device_id)::text from public.reading_progress where series_id = 'rejudged'),
+  (8, 'tablet-z')::text, 'the Data API write dated before K changed nothing');
 
 select * from finish();
 rollback;
