@@ -17,9 +17,10 @@
 //                                                  two writes in a retried batch); logged as 'self'
 //   same updated_at, smaller device_id          -> lost, 'tie'
 //   older updated_at                            -> lost, 'stale'
-// The server normalises updated_at before comparing (truncate to ms; more than 5 s in the future:
-// a device clock ahead, recorded as its now() but never at or before the stored version, which that
-// write beats by its own date); `normalize` does the same with a given clock and stored version.
+// The server normalises updated_at before comparing (truncate to ms; more than 5 s after its wall
+// clock: a device clock ahead, recorded as its now() but never at or before the stored version, which
+// that write beats by its own date); `normalize` does the same with a given clock and stored version
+// (one clock for both: the server judges by its wall clock when the row is locked, and records now()).
 
 import type { ConflictKind } from "./types.ts";
 import { PROGRESS_LIMITS } from "./types.ts";

@@ -23,7 +23,7 @@
 --
 -- The key. (updated_at, device_id), compared byte-wise (collate "C"; ids are ASCII). The incoming
 -- updated_at is normalised exactly as the BEFORE trigger of migration 012 normalises it (NULL ->
--- now(), more than 5 s in the future -> now(), then truncated to milliseconds) BEFORE it is compared,
+-- now(), more than 5 s after the wall clock -> now(), then truncated to milliseconds) BEFORE it is compared,
 -- so the key that is compared is the key that gets stored. A write dated more than 5 s ahead (a
 -- device clock ahead) is newer by its own date than every stored version, so it always wins, and it
 -- is stored at greatest(now(), stored updated_at + 1 ms), as the trigger stores it: two such writes

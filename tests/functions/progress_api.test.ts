@@ -313,7 +313,7 @@ Deno.test("an insert that waited while another transaction deleted the series ag
 });
 
 Deno.test("a batch write that waited is judged by the wall clock: dated 5 s after the batch began, it does not replace a newer write made while it waited", async () => {
-  // "More than 5 s ahead" is first judged against now(), the start of the batch's transaction. The
+  // Dated 5.2 s after the batch's transaction began, the write is "more than 5 s ahead" then. The
   // batch waits 1.2 s for another transaction's lock on its first series; meanwhile a phone with a
   // right clock writes the second series, dated after the batch's write. When the batch gets there,
   // its write is no longer ahead of anything: it loses by its own date instead of winning over it.
@@ -375,7 +375,7 @@ Deno.test("a batch write that waited is judged by the wall clock: dated 5 s afte
 });
 
 Deno.test("a write that waited for its row is stored under the date it was judged by once it is no longer ahead: a write dated before that cannot replace it", async () => {
-  // Sent 5.3 s ahead of the server's clock ("more than 5 s ahead" by its transaction's now()), the
+  // Sent 5.3 s ahead of the server's clock ("more than 5 s ahead" when its transaction began), the
   // tablet's write waits 1.5 s for another transaction's lock on its row; then it is only 3.8 s
   // ahead, so it is decided by its own date, and must be stored under that key, not at the now()
   // its transaction began with (2.5 s earlier than the e-reader's write below).
