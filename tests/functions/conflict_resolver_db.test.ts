@@ -320,11 +320,10 @@ Deno.test("resolver = database for writes dated near or beyond the 5 s tolerance
   const user = await createTestUser();
   const direct = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
   // Offsets from the transaction's now(): within the tolerance (kept as dated), beyond it (a clock
-  // ahead: recorded as now, after the stored version), or in the past. Not just beyond it: a write
-  // to a stored row is judged again by the wall clock once the row is locked (the transaction is
-  // some ms old by then, and a write dated within 5 s of the wall clock is decided and stored by its
-  // own date), which this model of one fixed now() does not follow; that band has its own tests
-  // (pgTAP 006, progress_api.test.ts).
+  // ahead: recorded as now, after the stored version), or in the past. Not just beyond it: the
+  // server judges "ahead" by its wall clock, which by each write is some ms past the now() this model
+  // uses for both (a write dated within 5 s of the wall clock is decided and stored by its own
+  // date); that band has its own tests (pgTAP 002 and 006, progress_api.test.ts).
   const offsetArb = fc.oneof(
     fc.integer({ min: 0, max: 5_000 }),
     fc.integer({ min: 7_000, max: 3_600_000 }),
