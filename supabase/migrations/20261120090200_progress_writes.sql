@@ -344,9 +344,12 @@ set search_path = ''
 as $$
 declare
   v_uid uuid := auth.uid();
-  v_key timestamptz := private.reading_progress_normalize_updated_at(p_updated_at);
   -- Dated beyond the tolerance for clock skew: wins over any stored version (see the top).
   v_ahead boolean := p_updated_at > pg_catalog.clock_timestamp() + interval '5 seconds';
+  -- The normalisation (reading_progress_normalize_updated_at) from the same reading of the wall
+  -- clock: a second reading could find a write ahead that the first did not, or the other way round.
+  v_key timestamptz := pg_catalog.date_trunc('milliseconds',
+    case when p_updated_at is null or v_ahead then pg_catalog.now() else p_updated_at end);
   v_prev public.reading_progress;
   v_row public.reading_progress;
   v_conflict text;

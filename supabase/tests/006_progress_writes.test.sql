@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(104);
+select plan(105);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -624,6 +624,33 @@ select is(
   'the log has each under its own key: the replaced tie, the lost tie, the stale API write and the stale Data API write');
 select is((select (chapter, device_id)::text from public.reading_progress where series_id = 'rejudged'),
   (8, 'tablet-z')::text, 'the Data API write dated before K changed nothing');
+
+-- Right at the limit: write_reading_progress judges "ahead" from one reading of the wall clock. With
+-- two readings (its key from one, "ahead" from the other), a write dated a few microseconds past
+-- the first + 5 s was keyed at now() and decided as an ordinary write: refused as stale against a
+-- version it is newer than by its own date. 1,220 writes dated 5 s + 0..60 µs after the wall clock,
+-- each over a version 4.9 s ahead.
+create temp table at_limit (d int, won boolean) on commit drop;
+grant all on at_limit to authenticated;
+set local role authenticated;
+do $$
+declare
+  v_series text;
+begin
+  for pass in 1..20 loop
+    for d in 0..60 loop
+      v_series := 'at-limit-' || pass || '-' || d;
+      insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+      values (auth.uid(), v_series, 1, 'tablet', clock_timestamp() + interval '4.9 seconds');
+      insert into at_limit values (d, (public.write_reading_progress(v_series, 2, 2, 0.2, false, 'phone',
+        clock_timestamp() + interval '5 seconds' + d * interval '1 microsecond') ->> 'won')::boolean);
+    end loop;
+  end loop;
+end
+$$;
+reset role;
+select is((select count(*)::int from at_limit where not won), 0,
+  'a write dated just past the 5 s limit, newer than the stored version by its own date, always wins');
 
 select * from finish();
 rollback;
