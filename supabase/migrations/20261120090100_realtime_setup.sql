@@ -32,6 +32,10 @@ as $$
 declare
   -- Dated beyond the tolerance for clock skew (see the else branch).
   v_ahead boolean := false;
+  -- The DO UPDATE of an upsert whose INSERT half was dated ahead, still ahead now (see below).
+  v_claimed_ahead boolean := false;
+  -- The date that INSERT half was sent with.
+  v_sent timestamptz;
 begin
   if tg_op = 'UPDATE'
      and (new.user_id, new.series_id) is distinct from (old.user_id, old.series_id) then
@@ -47,14 +51,27 @@ begin
      and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> '' -- cheap test first
      and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) =
          row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text then
-    -- The DO UPDATE of an upsert dated ahead (see the INSERT branch below): by its own date it is
-    -- newer than whatever version it met, so it lands 1 ms after that version when that one lies at
-    -- or after the "now" its INSERT half was given; never a tie with it, and never a replay of it.
-    -- The value is the claim's by construction (now()), not taken from the row: a session that set
-    -- the setting itself cannot place a row in the far future.
-    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
-    new.updated_at := greatest(
-      pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
+    -- The DO UPDATE of an upsert dated ahead (see the INSERT branch below). Its INSERT half judged
+    -- "ahead" before the upsert waited for any concurrent writer of the row; judged again now, by the
+    -- date it was sent with: still ahead, it is newer by its own date than whatever version it met,
+    -- so it lands 1 ms after that version when that one lies at or after the "now" its INSERT half
+    -- was given (never a tie with it, never a replay of it; the value is the claim's by
+    -- construction, now(), so a session that set the setting itself cannot place a row in the far
+    -- future); no longer ahead (it waited), it is judged by that date like any write (below), so it
+    -- cannot replace a version written meanwhile by a device whose clock is right.
+    v_sent := nullif(pg_catalog.current_setting('readsync.upsert_dated_ahead_sent', true), '')::timestamptz;
+    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
+            pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true);
+    if v_sent is not null and v_sent <= pg_catalog.clock_timestamp() + interval '5 seconds' then
+      new.updated_at := v_sent;
+    else
+      v_claimed_ahead := true;
+      new.updated_at := greatest(
+        pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
+    end if;
+  end if;
+  if v_claimed_ahead then
+    null; -- placed above
   elsif tg_op = 'UPDATE'
      and new.updated_at is not distinct from old.updated_at
      and new.device_id is not distinct from old.device_id then
@@ -86,6 +103,8 @@ begin
         new.updated_at := greatest(
           pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
       else
+        -- The date it was sent with, for the DO UPDATE's judgement after any wait (below).
+        perform pg_catalog.set_config('readsync.upsert_dated_ahead_sent', new.updated_at::text, true);
         new.updated_at := pg_catalog.date_trunc('milliseconds', pg_catalog.now());
         -- In an upsert (INSERT ... ON CONFLICT DO UPDATE, supabase-js .upsert()) this row becomes
         -- excluded.* of the DO UPDATE, whose trigger sees only the key stamped here, and only after

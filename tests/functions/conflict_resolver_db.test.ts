@@ -475,6 +475,77 @@ Deno.test("a write that waited for another writer's lock is decided against the 
  * before the wait would lose to a concurrent version stored up to 5 s ahead). Both shapes: the row
  * exists and A updates it, or A inserts the first version; B's upsert is seen waiting before A commits.
  */
+Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is loses by its own date to a version committed meanwhile", async () => {
+  // Its INSERT half judges it ahead (and stamps it now()) before the upsert waits for the row; by the
+  // time its DO UPDATE runs, 1.2 s later, it is 4.3 s ahead of the wall clock: an ordinary write,
+  // older than the e-reader's version committed while it waited (dated 4.9 s ahead of a later clock).
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const waiter = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const asUser = (tx: postgres.TransactionSql) =>
+    tx`select set_config('role', 'authenticated', true),
+      set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
+  const series = seriesId("ahead-no-more");
+  try {
+    await sql`insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+      values (${user.id}, ${series}, 1, 0, 0, 'seed', now() - interval '1 minute')`;
+    const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let holding!: () => void;
+    const held = new Promise<void>((resolve) => (holding = resolve));
+    let ereaderKey = "";
+    const holderTx = holder.begin(async (tx) => {
+      await asUser(tx);
+      await tx`select 1 from public.reading_progress where user_id = ${user.id} and series_id = ${series} for update`;
+      holding();
+      await released;
+      const [{ key }] = await tx<{ key: string }[]>`
+        update public.reading_progress set chapter = 2, device_id = 'ereader',
+               updated_at = clock_timestamp() + interval '4.9 seconds'
+         where user_id = ${user.id} and series_id = ${series}
+        returning to_jsonb(updated_at) #>> '{}' as key`;
+      ereaderKey = key;
+    });
+    await held;
+    const [{ sent }] = await sql<{ sent: string }[]>`
+      select to_jsonb(clock_timestamp() + interval '5.5 seconds') #>> '{}' as sent`;
+    const waiting = waiter.begin(async (tx) => {
+      await asUser(tx);
+      return await tx<{ device_id: string }[]>`
+        insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+        values (${user.id}, ${series}, 7, 0, 0, 'phone', ${sent}::timestamptz)
+        on conflict (user_id, series_id) do update
+          set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+              device_id = excluded.device_id, updated_at = excluded.updated_at
+        returning device_id`;
+    });
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const [{ blocked }] = await sql`select count(*)::int as blocked from pg_catalog.pg_stat_activity
+        where ${holderPid} = any(pg_catalog.pg_blocking_pids(pid))`;
+      if (blocked > 0) break;
+      assert.ok(Date.now() < deadline, "the upsert never waited for the first writer");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await new Promise((r) => setTimeout(r, 1_200));
+    release();
+    await holderTx;
+    assert.deepEqual((await waiting).map((r) => r.device_id), [], "the upsert changed nothing");
+    assert.ok(Date.parse(ereaderKey) > Date.parse(sent), "the e-reader's version is newer by its own date");
+    const state = await stateOf(sql, user.id, series);
+    assert.equal(state.row?.chapter, 2, "the e-reader's version stays");
+    assert.deepEqual(
+      state.log.map((entry) => [entry.kind, entry.rejected, entry.losing]),
+      [["stale", true, keyOf({ updated_at: sent, device_id: "phone" })]],
+      "the phone's write is logged as refused, under its own date",
+    );
+  } finally {
+    await Promise.all([holder.end(), waiter.end(), sql.end()]);
+  }
+});
+
 Deno.test("a Data API upsert dated an hour ahead wins over a version committed while it waited", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
