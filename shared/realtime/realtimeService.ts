@@ -780,8 +780,14 @@ class UserLink<Row extends LwwRow> {
   async syncNow(): Promise<void> {
     if (this.#closed) return;
     if (this.#reconnectTimer !== undefined) this.#reconnectSoon();
-    // The API asked to be left alone for a while (Retry-After): the poll already waits for that.
-    if (this.#retryAfterLeftMs() > 0) return;
+    const wait = this.#retryAfterLeftMs();
+    if (wait > 0) {
+      // The API asked to be left alone for a while (Retry-After): the read is made when it ends. A
+      // scheduled or running read already waits for that; a live link with the safety read turned
+      // off (livePollIntervalMs 0) has none, so it gets one.
+      if (this.#pollTimer === undefined && this.#pollsRunning === 0) this.#startPolling(wait);
+      return;
+    }
     // The read that was due later (a poll, or the safety read while live) is made now instead; it
     // schedules the next one as usual. A round already in flight is followed by a fresh one: it may
     // have read before what made the app call this.
@@ -949,9 +955,14 @@ class UserLink<Row extends LwwRow> {
     }
   }
 
-  /** How long a Retry-After the API sent still runs (ms; 0 when none does). */
+  /**
+   * How long a Retry-After the API sent still runs (ms; 0 when none does, or when it ends within
+   * RETRY_AFTER_SLACK_MS: a timer set for its end may fire that much early, and its read would be
+   * skipped for a fraction of a millisecond and come a whole interval later).
+   */
   #retryAfterLeftMs(): number {
-    return Math.max(0, this.#retryAfterUntil - monotonicNow());
+    const left = this.#retryAfterUntil - monotonicNow();
+    return left > RETRY_AFTER_SLACK_MS ? left : 0;
   }
 
   /**
@@ -1264,6 +1275,9 @@ interface Round {
  * back by an hour just after a drop would otherwise put the rejoin or the next read off by that hour.
  */
 const monotonicNow = (): number => performance.now();
+
+/** How early a timer may fire (performance.now() against the timer's whole milliseconds). */
+const RETRY_AFTER_SLACK_MS = 2;
 
 /**
  * The longest Retry-After honoured: a device that neither hears Realtime nor reads for longer than

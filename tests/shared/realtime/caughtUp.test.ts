@@ -453,3 +453,56 @@ Deno.test("syncNow: a safety read queued behind another and ended by a drop is n
     await link.end();
   }
 });
+
+Deno.test("syncNow during a Retry-After, live with livePollIntervalMs 0: the read is made when the wait ends", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 0, pollIntervalMs: 30, heartbeatReplyTimeoutMs: 0 });
+  try {
+    await link.goLive();
+    const first = link.subscription.syncNow(); // back in the foreground
+    await waitFor("the read", () => link.calls.length === 2);
+    link.calls[1].reject(retryAfter(0.1)); // the API: not for 100 ms
+    await first;
+    await link.subscription.syncNow(); // back online: the app asks again, within the wait
+    await sleep(60);
+    assert.equal(link.calls.length, 2, "not within the Retry-After");
+    await waitFor("the read after it", () => link.calls.length === 3, { timeoutMs: 1_000 });
+  } finally {
+    await link.end();
+  }
+});
+
+/** Makes every timer fire `byMs` before it is due, as a clock counting whole milliseconds may. */
+function earlyTimers(byMs: number): () => void {
+  const real = globalThis.setTimeout;
+  const early = (fn: () => void, ms = 0) => {
+    const due = performance.now() + ms;
+    return real(() => {
+      while (performance.now() < due - byMs) { /* wait for exactly byMs before due */ }
+      fn();
+    }, Math.max(0, ms - byMs - 3));
+  };
+  globalThis.setTimeout = early as typeof setTimeout;
+  return () => void (globalThis.setTimeout = real);
+}
+
+Deno.test("polling: a poll timer for a Retry-After's end that fires a fraction of a millisecond early still reads (not a whole backoff step later)", async () => {
+  const restore = earlyTimers(0.5);
+  const link = handAnsweredService({
+    pollIntervalMs: 100,
+    heartbeatReplyTimeoutMs: 0,
+    random: () => 0.999,
+    backoff: { initialMs: 60_000, maxMs: 1_000 },
+  });
+  try {
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+    await waitFor("the first poll", () => link.calls.length === 1, { intervalMs: 1 });
+    const toldAt = performance.now();
+    link.calls[0].reject(retryAfter(0.15));
+    await waitFor("the next poll", () => link.calls.length === 2, { timeoutMs: 3_000, intervalMs: 1 });
+    const after = performance.now() - toldAt;
+    assert.ok(after < 190, `the poll after the Retry-After came ${after.toFixed(0)} ms after it, not at 150`);
+  } finally {
+    restore();
+    await link.end();
+  }
+});
