@@ -475,17 +475,45 @@ Deno.test("a write that waited for another writer's lock is decided against the 
  * before the wait would lose to a concurrent version stored up to 5 s ahead). Both shapes: the row
  * exists and A updates it, or A inserts the first version; B's upsert is seen waiting before A commits.
  */
+/** Two connections of their own (one holds a lock, one waits for it) and how to act as `userId` on them. */
+function lockingPair(userId: string) {
+  const connect = () => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const asUser = (tx: postgres.TransactionSql) =>
+    tx`select set_config('role', 'authenticated', true),
+      set_config('request.jwt.claims', ${JSON.stringify({ sub: userId, role: "authenticated" })}, true)`;
+  return { holder: connect(), waiter: connect(), asUser };
+}
+
+/** supabase-js .upsert() of chapter 7 from the device "phone", dated `updatedAt`: the rows it changed. */
+function phoneUpsert(tx: postgres.TransactionSql, userId: string, series: string, updatedAt: string) {
+  return tx<{ device_id: string }[]>`
+    insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+    values (${userId}, ${series}, 7, 0, 0, 'phone', ${updatedAt}::timestamptz)
+    on conflict (user_id, series_id) do update
+      set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+          device_id = excluded.device_id, updated_at = excluded.updated_at
+    returning device_id`;
+}
+
+/** Waits (up to 10 s) until a session waits for a lock the session `pid` holds. */
+async function waitBlockedBy(sql: postgres.Sql, pid: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const [{ blocked }] = await sql`select count(*)::int as blocked from pg_catalog.pg_stat_activity
+      where ${pid} = any(pg_catalog.pg_blocking_pids(pid))`;
+    if (blocked > 0) return;
+    assert.ok(Date.now() < deadline, "the upsert never waited for the first writer");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is loses by its own date to a version committed meanwhile", async () => {
   // Its INSERT half judges it ahead (and stamps it now()) before the upsert waits for the row; by the
   // time its DO UPDATE runs, 1.2 s later, it is 4.3 s ahead of the wall clock: an ordinary write,
   // older than the e-reader's version committed while it waited (dated 4.9 s ahead of a later clock).
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
-  const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
-  const waiter = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
-  const asUser = (tx: postgres.TransactionSql) =>
-    tx`select set_config('role', 'authenticated', true),
-      set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
+  const { holder, waiter, asUser } = lockingPair(user.id);
   const series = seriesId("ahead-no-more");
   try {
     await sql`insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
@@ -513,22 +541,9 @@ Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is
       select to_jsonb(clock_timestamp() + interval '5.5 seconds') #>> '{}' as sent`;
     const waiting = waiter.begin(async (tx) => {
       await asUser(tx);
-      return await tx<{ device_id: string }[]>`
-        insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-        values (${user.id}, ${series}, 7, 0, 0, 'phone', ${sent}::timestamptz)
-        on conflict (user_id, series_id) do update
-          set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-              device_id = excluded.device_id, updated_at = excluded.updated_at
-        returning device_id`;
+      return await phoneUpsert(tx, user.id, series, sent);
     });
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const [{ blocked }] = await sql`select count(*)::int as blocked from pg_catalog.pg_stat_activity
-        where ${holderPid} = any(pg_catalog.pg_blocking_pids(pid))`;
-      if (blocked > 0) break;
-      assert.ok(Date.now() < deadline, "the upsert never waited for the first writer");
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitBlockedBy(sql, holderPid);
     await new Promise((r) => setTimeout(r, 1_200));
     release();
     await holderTx;
@@ -549,11 +564,7 @@ Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is
 Deno.test("a Data API upsert dated an hour ahead wins over a version committed while it waited", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
-  const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
-  const waiter = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
-  const asUser = (tx: postgres.TransactionSql) =>
-    tx`select set_config('role', 'authenticated', true),
-      set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
+  const { holder, waiter, asUser } = lockingPair(user.id);
   try {
     for (const rowExists of [true, false]) {
       const series = seriesId(rowExists ? "ahead-wait-update" : "ahead-wait-insert");
@@ -582,22 +593,9 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
       // B: supabase-js .upsert() from a phone whose clock is an hour ahead.
       const waiting = waiter.begin(async (tx) => {
         await asUser(tx);
-        return await tx<{ device_id: string }[]>`
-          insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-          values (${user.id}, ${series}, 7, 0, 0, 'phone', now() + interval '1 hour')
-          on conflict (user_id, series_id) do update
-            set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-                device_id = excluded.device_id, updated_at = excluded.updated_at
-          returning device_id`;
+        return await phoneUpsert(tx, user.id, series, new Date(Date.now() + 3_600_000).toISOString());
       });
-      const deadline = Date.now() + 10_000;
-      for (;;) {
-        const [{ blocked }] = await sql`select count(*)::int as blocked from pg_catalog.pg_stat_activity
-          where ${holderPid} = any(pg_catalog.pg_blocking_pids(pid))`;
-        if (blocked > 0) break;
-        assert.ok(Date.now() < deadline, "the upsert never waited for the first writer");
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      await waitBlockedBy(sql, holderPid);
       release();
       await holderTx;
       const what = rowExists ? "over an existing row" : "as the first version";
