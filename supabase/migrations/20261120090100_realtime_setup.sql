@@ -94,8 +94,8 @@ begin
       -- (clock_timestamp()), not the transaction's start (now()): a BEFORE ROW trigger runs once the
       -- row is locked, so after any wait for a concurrent writer, and a transaction that waited (or
       -- began long ago) would otherwise take a write that is no longer more than 5 s ahead of the
-      -- versions committed meanwhile for one ahead of them all, and let it replace newer reading. It is recorded as
-      -- happening now, but never at or before the version it replaces (which may lie up to 5 s
+      -- versions committed meanwhile for one ahead of them all, and let it replace newer reading.
+      -- It is recorded as happening now, but never at or before the version it replaces (which may lie up to 5 s
       -- ahead, or be another such write of this millisecond: with the same device id the two would
       -- share a key, and the second would pass for a replay of the first and be dropped).
       v_ahead := true;
