@@ -400,6 +400,19 @@ begin
     on conflict (user_id, series_id) do nothing
     returning rp.* into v_row;
     if found then
+      if v_ahead and p_updated_at <= pg_catalog.clock_timestamp() + interval '5 seconds' then
+        -- This INSERT waited for a concurrent first write of the series (an uncommitted insert of the
+        -- same row) that then rolled back, and is no longer more than 5 s ahead of the wall clock:
+        -- judged now, it is an ordinary write, decided by its own date. Stored at now() (the key
+        -- an ahead write gets), a write dated in between would replace it although older. So it
+        -- gets its own date here, in the same transaction (a second broadcast, UPDATE, follows the
+        -- INSERT's; devices keep the later key). The Data API refuses such an INSERT for a retry
+        -- instead (reading_progress_new_life_after_deletion): its RETURNING has already answered.
+        update public.reading_progress as rp
+          set updated_at = pg_catalog.date_trunc('milliseconds', p_updated_at)
+          where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
+        returning rp.* into v_row;
+      end if;
       return pg_catalog.jsonb_build_object(
         'won', true, 'conflict', null, 'conflict_with', null, 'progress', pg_catalog.to_jsonb(v_row));
     end if;
@@ -642,15 +655,36 @@ create trigger reading_progress_remember_deletion
 -- failure): the progress function retries it, with a created_at after the deletion; a Data API
 -- client sees a retryable 40001 and sends it again. Nothing else is ever refused here: the stamp
 -- trigger places a new life after the remembered deletion (even after a clock step back).
+-- The same trigger judges again an INSERT dated more than 5 s ahead once it no longer waits (below).
 create or replace function private.reading_progress_new_life_after_deletion() returns trigger
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_claim text := pg_catalog.current_setting('readsync.upsert_dated_ahead', true);
+  v_sent timestamptz;
 begin
-  -- A plain INSERT dated ahead leaves the claim meant for an upsert's DO UPDATE (migration 012's
-  -- stamp trigger); it must not match a later UPDATE of the same statement (a DO block).
-  if pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> '' then
+  if v_claim <> '' then
+    -- A plain INSERT dated ahead leaves the claim meant for an upsert's DO UPDATE (migration 012's
+    -- stamp trigger); it must not match a later UPDATE of the same statement (a DO block).
     perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
+    if v_claim = row(new.user_id, new.series_id, new.updated_at, new.device_id,
+                     pg_catalog.statement_timestamp())::text then
+      -- This row was judged more than 5 s ahead, before the INSERT waited for any concurrent first
+      -- write of the series (an uncommitted insert of the same row, which then rolled back). If it
+      -- is no longer ahead of the wall clock now, it is an ordinary write, decided by its own date,
+      -- but it was stored at now(): a write dated in between would replace it although older. Its
+      -- RETURNING has already answered, so it is refused for a retry, which stores it under that
+      -- date. (Only the last row judged ahead in a multi-row INSERT carries a claim.)
+      v_sent := nullif(pg_catalog.current_setting('readsync.upsert_dated_ahead_sent', true), '')::timestamptz;
+      perform pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true);
+      if v_sent <= pg_catalog.clock_timestamp() + interval '5 seconds' then
+        raise exception using
+          errcode = '40001',
+          message = 'reading_progress: this insert waited until its date was no longer ahead; retry it',
+          hint = 'Retry the write: it will be stored under its own date.';
+      end if;
+    end if;
   end if;
   if exists (select 1 from public.reading_progress_deletions d
               where d.user_id = new.user_id and d.series_id = new.series_id

@@ -467,14 +467,6 @@ Deno.test("a write that waited for another writer's lock is decided against the 
   }
 });
 
-/**
- * A Data API upsert dated beyond the tolerance (a device clock an hour ahead) wins by its own date
- * over every version the table can hold, including one a concurrent writer commits while the upsert
- * waits: its BEFORE INSERT half can only stamp it "now", and the DO UPDATE that follows sees only
- * excluded.*, so the claim has to reach that DO UPDATE some other way than the key (a stamp read
- * before the wait would lose to a concurrent version stored up to 5 s ahead). Both shapes: the row
- * exists and A updates it, or A inserts the first version; B's upsert is seen waiting before A commits.
- */
 /** Two connections of their own (one holds a lock, one waits for it) and how to act as `userId` on them. */
 function lockingPair(userId: string) {
   const connect = () => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
@@ -561,6 +553,14 @@ Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is
   }
 });
 
+/**
+ * A Data API upsert dated beyond the tolerance (a device clock an hour ahead) wins by its own date
+ * over every version the table can hold, including one a concurrent writer commits while the upsert
+ * waits: its BEFORE INSERT half can only stamp it "now", and the DO UPDATE that follows sees only
+ * excluded.*, so the claim has to reach that DO UPDATE some other way than the key (a stamp read
+ * before the wait would lose to a concurrent version stored up to 5 s ahead). Both shapes: the row
+ * exists and A updates it, or A inserts the first version; B's upsert is seen waiting before A commits.
+ */
 Deno.test("a Data API upsert dated an hour ahead wins over a version committed while it waited", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
@@ -613,5 +613,83 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
     }
   } finally {
     await Promise.all([holder.end(), waiter.end(), sql.end()]);
+  }
+});
+
+/**
+ * A first write dated 5.5 s ahead is judged "ahead" (and keyed now()) before its INSERT waits for a
+ * concurrent first write of the series, an uncommitted insert of the same row. When that one rolls
+ * back 1.2 s later, the write is 4.3 s ahead of the wall clock: an ordinary write, to be stored
+ * under its own date. Stored at now() instead, the tablet's write dated in between (1 s before it)
+ * would replace it although older. The API function re-dates its own row; a Data API insert is
+ * refused with 40001 and its retry is stored under its date.
+ */
+Deno.test("a first write dated 5.5 s ahead that waited for a first write which rolled back is judged after its wait", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const { holder, waiter, asUser } = lockingPair(user.id);
+  const tabletPool = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const tablet = overStore(tabletPool);
+  try {
+    for (const path of ["api", "data api"] as const) {
+      const series = seriesId(path === "api" ? "ahead-rollback-api" : "ahead-rollback-rest");
+      const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let holding!: () => void;
+      const held = new Promise<void>((resolve) => (holding = resolve));
+      const rolledBack = holder.begin(async (tx) => {
+        await asUser(tx);
+        await tx`select public.write_reading_progress(${series}, 1, 0, 0, false, 'laptop', now())`;
+        holding();
+        await released;
+        throw new Error("roll back");
+      }).catch((error) => assert.equal(error.message, "roll back"));
+      await held;
+      const [{ sent }] = await sql<{ sent: string }[]>`
+        select to_jsonb(date_trunc('milliseconds', clock_timestamp() + interval '5.5 seconds')) #>> '{}' as sent`;
+      const phone = () =>
+        waiter.begin(async (tx) => {
+          await asUser(tx);
+          if (path === "data api") return (await phoneUpsert(tx, user.id, series, sent)).length;
+          const [{ answer }] = await tx`select public.write_reading_progress(${series}, 7, 0, 0, false,
+            'phone', ${sent}::timestamptz) as answer`;
+          const result = writeResultSchema.parse(answer);
+          assert.equal(result.won, true);
+          assert.equal(
+            keyOf(result.progress),
+            keyOf({ updated_at: sent, device_id: "phone" }),
+            "answered with its date",
+          );
+          return 1;
+        });
+      const waiting = phone();
+      await waitBlockedBy(sql, holderPid);
+      await new Promise((r) => setTimeout(r, 1_200));
+      release();
+      await rolledBack;
+      if (path === "data api") {
+        await assert.rejects(
+          waiting,
+          (error: { code?: string }) => error.code === "40001",
+          "refused for a retry",
+        );
+        assert.equal(await phone(), 1, "the retry lands");
+      } else {
+        assert.equal(await waiting, 1);
+      }
+      const stored = await stateOf(sql, user.id, series);
+      assert.deepEqual(
+        stored.row,
+        { key: keyOf({ updated_at: sent, device_id: "phone" }), chapter: 7 },
+        path,
+      );
+      const older = new Date(Date.parse(sent) - 1_000).toISOString();
+      const answer = await tablet(user, series, { updated_at: older, device_id: "tablet", chapter: 9 });
+      assert.equal(answer.won, false, `${path}: the tablet's write dated 1 s before the phone's loses`);
+      assert.equal((await stateOf(sql, user.id, series)).row?.chapter, 7);
+    }
+  } finally {
+    await Promise.all([holder.end(), waiter.end(), tabletPool.end(), sql.end()]);
   }
 });
