@@ -664,26 +664,26 @@ declare
   v_claim text := pg_catalog.current_setting('readsync.upsert_dated_ahead', true);
   v_sent timestamptz;
 begin
-  if v_claim <> '' then
-    -- A plain INSERT dated ahead leaves the claim meant for an upsert's DO UPDATE (migration 012's
-    -- stamp trigger); it must not match a later UPDATE of the same statement (a DO block).
-    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true);
-    if v_claim = row(new.user_id, new.series_id, new.updated_at, new.device_id,
-                     pg_catalog.statement_timestamp())::text then
-      -- This row was judged more than 5 s ahead, before the INSERT waited for any concurrent first
-      -- write of the series (an uncommitted insert of the same row, which then rolled back). If it
-      -- is no longer ahead of the wall clock now, it is an ordinary write, decided by its own date,
-      -- but it was stored at now(): a write dated in between would replace it although older. Its
-      -- RETURNING has already answered, so it is refused for a retry, which stores it under that
-      -- date. (Only the last row judged ahead in a multi-row INSERT carries a claim.)
-      v_sent := nullif(pg_catalog.current_setting('readsync.upsert_dated_ahead_sent', true), '')::timestamptz;
-      perform pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true);
-      if v_sent <= pg_catalog.clock_timestamp() + interval '5 seconds' then
-        raise exception using
-          errcode = '40001',
-          message = 'reading_progress: this insert waited until its date was no longer ahead; retry it',
-          hint = 'Retry the write: it will be stored under its own date.';
-      end if;
+  if v_claim <> '' and v_claim = row(new.user_id, new.series_id, new.updated_at, new.device_id,
+                                    pg_catalog.statement_timestamp())::text then
+    -- This row was judged more than 5 s ahead (migration 012's stamp trigger), before the INSERT
+    -- waited for any concurrent first write of the series (an uncommitted insert of the same row,
+    -- which then rolled back). If it is no longer ahead of the wall clock now, it is an ordinary
+    -- write, decided by its own date, but it was stored at now(): a write dated in between would
+    -- replace it although older. Its RETURNING has already answered, so it is refused for a retry,
+    -- which stores it under that date.
+    -- The claim is consumed here: it must not match a later UPDATE of the same statement (a DO
+    -- block). One naming another row is left alone: in a multi-row INSERT it is a later row's,
+    -- whose AFTER trigger is still to come (they run in row order, after every BEFORE trigger), so
+    -- only the last row judged ahead in a multi-row INSERT carries a claim to this point.
+    v_sent := nullif(pg_catalog.current_setting('readsync.upsert_dated_ahead_sent', true), '')::timestamptz;
+    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
+            pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true);
+    if v_sent <= pg_catalog.clock_timestamp() + interval '5 seconds' then
+      raise exception using
+        errcode = '40001',
+        message = 'reading_progress: this insert waited until its date was no longer ahead; retry it',
+        hint = 'Retry the write: it will be stored under its own date.';
     end if;
   end if;
   if exists (select 1 from public.reading_progress_deletions d

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(36);
+select plan(39);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -197,6 +197,29 @@ end
 $$;
 select is((select chapter from public.reading_progress where series_id = 'linger'), 2,
   'a stale UPDATE with the key a plain INSERT was stamped with earlier in the statement is refused');
+
+-- An INSERT judged ahead before it waited is judged again by its AFTER INSERT trigger (migration 013,
+-- reading_progress_new_life_after_deletion): no longer ahead, refused with 40001 for a retry (the
+-- two-connection test in tests/functions/conflict_resolver_db.test.ts makes it wait for a rolled-back
+-- first write). Here the wait is the multi-row INSERT itself: its AFTER triggers run once every row
+-- is in, and the last row takes half a second to compute; the second is dated 0.2 s past the limit
+-- (the first row's AFTER trigger leaves the claim alone: it names the second row).
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'judged-again-plain', 1, 'phone', now()),
+           ((select auth.uid()), 'judged-again', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
+           ((select auth.uid()), 'judged-again-slow', (select 2 from pg_sleep(0.5)), 'phone', now())$$,
+  '40001', 'reading_progress: this insert waited until its date was no longer ahead; retry it',
+  'a first write judged ahead and no longer ahead once inserted is refused for a retry');
+select is(
+  (select count(*)::int from public.reading_progress where series_id like 'judged-again%'), 0,
+  'and nothing of that INSERT is stored');
+insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'still-ahead', 1, 'phone', clock_timestamp() + interval '1 hour'),
+       ((select auth.uid()), 'still-ahead-slow', (select 2 from pg_sleep(0.5)), 'phone', now());
+select is((select updated_at from public.reading_progress where series_id = 'still-ahead'),
+  date_trunc('milliseconds', now()), 'one still ahead once inserted is stored at now()');
+delete from public.reading_progress where series_id like 'still-ahead%';
 
 -- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
 reset role;
