@@ -7,7 +7,7 @@ import postgres from "postgres";
 import { startWebApp, type WebApp } from "../examples/web/serve.mjs";
 import { onCleanup, runCleanups } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
-import { EXTERNAL_TARGET_VARIABLES, FUNCTION_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
+import { EXTERNAL_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
 
 const DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0";
 const DEMO_EMAIL = "demo@readsync.local";
@@ -20,9 +20,7 @@ const withWeb = Deno.env.get("READSYNC_WEB") !== "0";
 
 try {
   const started = performance.now();
-  const ignored = [...EXTERNAL_TARGET_VARIABLES, ...FUNCTION_TARGET_VARIABLES].filter((name) =>
-    Deno.env.get(name)
-  );
+  const ignored = EXTERNAL_TARGET_VARIABLES.filter((name) => Deno.env.get(name));
   if (ignored.length > 0) {
     log(
       `${
@@ -30,8 +28,6 @@ try {
       } set: npm start ignores them and runs a stack of its own (npm test and npm run bench use them)`,
     );
   }
-  // The functions run in this process and read their settings from its environment.
-  for (const name of FUNCTION_TARGET_VARIABLES) Deno.env.delete(name);
   const stack = await startLocalStack({ apiPort, dbPort, log, ownStackOnly: true });
   const sql = postgres(stack.dbUrl, { max: 1, onnotice: () => {} });
   await sql`insert into auth.users (id, email) values (${DEMO_USER_ID}, ${DEMO_EMAIL}) on conflict (id) do nothing`;

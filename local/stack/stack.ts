@@ -92,6 +92,13 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       apiUrl = externalApi.replace(/\/$/, "");
       log(`api: SUPABASE_URL (${apiUrl})`);
     } else {
+      // The local gateway runs the functions in this process: they must not read settings meant for a
+      // deployed function from the shell (PROGRESS_DB_URL would send their writes elsewhere).
+      const inherited = FUNCTION_TARGET_VARIABLES.filter((name) => Deno.env.get(name));
+      if (inherited.length > 0) {
+        log(`${inherited.join(", ")} set: the local functions ignore them (settings of a deployed function)`);
+      }
+      for (const name of FUNCTION_TARGET_VARIABLES) Deno.env.delete(name);
       const port = options.apiPort === undefined || options.apiPort === 0 ? freePort() : options.apiPort;
       const api = await startApiServer({ port, dbUrl, jwtSecret, anonKey, serviceRoleKey });
       apiUrl = api.url;
