@@ -103,8 +103,11 @@ begin
         new.updated_at := greatest(
           pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
       else
-        -- The date it was sent with, for the DO UPDATE's judgement after any wait (below).
-        perform pg_catalog.set_config('readsync.upsert_dated_ahead_sent', new.updated_at::text, true);
+        -- The date it was sent with, for the judgement after any wait: by the DO UPDATE (below) or
+        -- by migration 013's AFTER INSERT trigger. As ISO 8601 with a numeric offset (to_jsonb): the
+        -- session's DateStyle may print a zone abbreviation that reads back as another zone.
+        perform pg_catalog.set_config('readsync.upsert_dated_ahead_sent',
+          pg_catalog.to_jsonb(new.updated_at) #>> '{}', true);
         new.updated_at := pg_catalog.date_trunc('milliseconds', pg_catalog.now());
         -- In an upsert (INSERT ... ON CONFLICT DO UPDATE, supabase-js .upsert()) this row becomes
         -- excluded.* of the DO UPDATE, whose trigger sees only the key stamped here, and only after
@@ -138,6 +141,14 @@ begin
 
   new.synced_at := pg_catalog.clock_timestamp();
   new.change_xid := pg_catalog.pg_current_xact_id();
+  if v_ahead and tg_op = 'INSERT' then
+    -- For migration 013's AFTER INSERT trigger, which judges this write again once it is inserted
+    -- (it may have waited for a concurrent first write of the row that rolled back): which row it
+    -- is, named by its synced_at (two rows of one statement, e.g. a duplicate skipped by ON
+    -- CONFLICT DO NOTHING, never share it). One slot: the last row judged ahead in a statement.
+    perform pg_catalog.set_config('readsync.insert_dated_ahead',
+      row(new.user_id, new.series_id, new.synced_at)::text, true);
+  end if;
   if tg_op = 'INSERT' then
     -- The wall clock, not now(): a row deleted and inserted again in one transaction (or by a
     -- transaction that began before the deleted life did) must still start a later life; and never

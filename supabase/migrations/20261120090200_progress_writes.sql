@@ -401,13 +401,14 @@ begin
     returning rp.* into v_row;
     if found then
       if v_ahead and p_updated_at <= pg_catalog.clock_timestamp() + interval '5 seconds' then
-        -- This INSERT waited for a concurrent first write of the series (an uncommitted insert of the
-        -- same row) that then rolled back, and is no longer more than 5 s ahead of the wall clock:
-        -- judged now, it is an ordinary write, decided by its own date. Stored at now() (the key
-        -- an ahead write gets), a write dated in between would replace it although older. So it
-        -- gets its own date here, in the same transaction (a second broadcast, UPDATE, follows the
-        -- INSERT's; devices keep the later key). The Data API refuses such an INSERT for a retry
-        -- instead (reading_progress_new_life_after_deletion): its RETURNING has already answered.
+        -- Judged again now that it is inserted: the INSERT may have waited for a concurrent first
+        -- write of the series (an uncommitted insert of the same row) that then rolled back, and
+        -- the write is no longer more than 5 s ahead of the wall clock: an ordinary write, decided
+        -- by its own date. Stored at now() (the key an ahead write gets), a write dated in between
+        -- would replace it although older. So it gets its own date here, in the same transaction
+        -- (a second broadcast, UPDATE, follows the INSERT's; devices keep the later key). The Data
+        -- API refuses such an INSERT for a retry instead (reading_progress_new_life_after_deletion):
+        -- its RETURNING has already answered.
         update public.reading_progress as rp
           set updated_at = pg_catalog.date_trunc('milliseconds', p_updated_at)
           where rp.user_id = v_uid and rp.series_id = p_series_id collate "C"
@@ -653,36 +654,38 @@ create trigger reading_progress_remember_deletion
 -- waiting INSERT goes through with a created_at older than the lives deleted meanwhile, and every
 -- device drops it as an older life for good. Such an INSERT fails with 40001 (serialization
 -- failure): the progress function retries it, with a created_at after the deletion; a Data API
--- client sees a retryable 40001 and sends it again. Nothing else is ever refused here: the stamp
+-- client sees a retryable 40001 and sends it again. Nothing else of that kind is refused: the stamp
 -- trigger places a new life after the remembered deletion (even after a clock step back).
--- The same trigger judges again an INSERT dated more than 5 s ahead once it no longer waits (below).
+-- The same trigger judges again, once inserted, a write the stamp trigger took for more than 5 s
+-- ahead (below), and refuses it the same way when it no longer is.
 create or replace function private.reading_progress_new_life_after_deletion() returns trigger
 language plpgsql
 set search_path = ''
 as $$
 declare
-  v_claim text := pg_catalog.current_setting('readsync.upsert_dated_ahead', true);
+  v_inserted text := pg_catalog.current_setting('readsync.insert_dated_ahead', true);
   v_sent timestamptz;
 begin
-  if v_claim <> '' and v_claim = row(new.user_id, new.series_id, new.updated_at, new.device_id,
-                                    pg_catalog.statement_timestamp())::text then
-    -- This row was judged more than 5 s ahead (migration 012's stamp trigger), before the INSERT
-    -- waited for any concurrent first write of the series (an uncommitted insert of the same row,
-    -- which then rolled back). If it is no longer ahead of the wall clock now, it is an ordinary
-    -- write, decided by its own date, but it was stored at now(): a write dated in between would
-    -- replace it although older. Its RETURNING has already answered, so it is refused for a retry,
-    -- which stores it under that date.
-    -- The claim is consumed here: it must not match a later UPDATE of the same statement (a DO
-    -- block). One naming another row is left alone: in a multi-row INSERT it is a later row's,
-    -- whose AFTER trigger is still to come (they run in row order, after every BEFORE trigger), so
-    -- only the last row judged ahead in a multi-row INSERT carries a claim to this point.
+  if v_inserted <> '' and v_inserted = row(new.user_id, new.series_id, new.synced_at)::text then
+    -- This row was judged more than 5 s ahead by the stamp trigger (migration 012) and stored at
+    -- now(), before the INSERT went on: it may then have waited for a concurrent first write of
+    -- the series (an uncommitted insert of the same row, which rolled back). If its date is now
+    -- clearly no longer ahead of the wall clock (by more than 100 ms, so that a write merely near
+    -- the limit is not refused for the microseconds the INSERT took), it is an ordinary write, to
+    -- be decided by its own date; stored at now(), a write dated in between would replace it
+    -- although older. Its RETURNING has already answered, so it is refused for a retry, which
+    -- stores it under that date. A long multi-row statement (its AFTER triggers run once every row
+    -- is in) can be refused the same way. Only the last row judged ahead in a statement is named.
+    -- The DO UPDATE claim is cleared with it: it must not match a later UPDATE of the same
+    -- statement (a DO block).
     v_sent := nullif(pg_catalog.current_setting('readsync.upsert_dated_ahead_sent', true), '')::timestamptz;
-    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
+    perform pg_catalog.set_config('readsync.insert_dated_ahead', '', true),
+            pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
             pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true);
-    if v_sent <= pg_catalog.clock_timestamp() + interval '5 seconds' then
+    if v_sent <= pg_catalog.clock_timestamp() + interval '4.9 seconds' then
       raise exception using
         errcode = '40001',
-        message = 'reading_progress: this insert waited until its date was no longer ahead; retry it',
+        message = 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
         hint = 'Retry the write: it will be stored under its own date.';
     end if;
   end if;

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(39);
+select plan(42);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -199,17 +199,18 @@ select is((select chapter from public.reading_progress where series_id = 'linger
   'a stale UPDATE with the key a plain INSERT was stamped with earlier in the statement is refused');
 
 -- An INSERT judged ahead before it waited is judged again by its AFTER INSERT trigger (migration 013,
--- reading_progress_new_life_after_deletion): no longer ahead, refused with 40001 for a retry (the
--- two-connection test in tests/functions/conflict_resolver_db.test.ts makes it wait for a rolled-back
--- first write). Here the wait is the multi-row INSERT itself: its AFTER triggers run once every row
--- is in, and the last row takes half a second to compute; the second is dated 0.2 s past the limit
--- (the first row's AFTER trigger leaves the claim alone: it names the second row).
+-- reading_progress_new_life_after_deletion): clearly no longer ahead (by more than 100 ms), refused
+-- with 40001 for a retry (the two-connection test in tests/functions/conflict_resolver_db.test.ts
+-- makes it wait for a rolled-back first write). Here the wait is the multi-row INSERT itself: its
+-- AFTER triggers run once every row is in, and the last row takes half a second to compute; the
+-- second is dated 0.2 s past the limit (the first row's AFTER trigger leaves the claim alone: it
+-- names the second row).
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'judged-again-plain', 1, 'phone', now()),
            ((select auth.uid()), 'judged-again', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
            ((select auth.uid()), 'judged-again-slow', (select 2 from pg_sleep(0.5)), 'phone', now())$$,
-  '40001', 'reading_progress: this insert waited until its date was no longer ahead; retry it',
+  '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'a first write judged ahead and no longer ahead once inserted is refused for a retry');
 select is(
   (select count(*)::int from public.reading_progress where series_id like 'judged-again%'), 0,
@@ -220,6 +221,45 @@ values ((select auth.uid()), 'still-ahead', 1, 'phone', clock_timestamp() + inte
 select is((select updated_at from public.reading_progress where series_id = 'still-ahead'),
   date_trunc('milliseconds', now()), 'one still ahead once inserted is stored at now()');
 delete from public.reading_progress where series_id like 'still-ahead%';
+-- A duplicate skipped by ON CONFLICT DO NOTHING (supabase-js upsert with ignoreDuplicates), dated
+-- 0.2 s past the limit, names itself, not the row inserted before it with the same key (now()).
+select lives_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    select (select auth.uid()), 'dup', 1, 'phone', now()
+    union all select (select auth.uid()), 'dup', 2, 'phone', clock_timestamp() + interval '5.2 seconds'
+    union all select (select auth.uid()), 'dup-slow', (select 3 from pg_sleep(0.5)), 'phone', now()
+    on conflict (user_id, series_id) do nothing$$,
+  'a write never judged ahead is not refused for a skipped duplicate''s date');
+delete from public.reading_progress where series_id like 'dup%';
+-- The date travels between the triggers in a form every session reads back as written: with
+-- DateStyle SQL it would print as '... CST', which PostgreSQL reads as US Central (14 h later),
+-- and the write would pass for still ahead.
+set local datestyle = 'SQL, MDY';
+set local timezone = 'Asia/Shanghai';
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'datestyle', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
+           ((select auth.uid()), 'datestyle-slow', (select 2 from pg_sleep(0.5)), 'phone', now())$$,
+  '40001', null, 'under DateStyle SQL and TimeZone Asia/Shanghai too, the INSERT is judged again');
+-- The same for an upsert's DO UPDATE (its SET list takes half a second, between the INSERT half's
+-- judgement and the DO UPDATE's): no longer ahead, it is decided and stored by its own date, not
+-- placed 1 ms after the stored version as a write still ahead would be.
+insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'datestyle-upsert', 1, 'tablet', clock_timestamp() + interval '4.9 seconds');
+create temp table sent_at on commit drop as select clock_timestamp() + interval '5.2 seconds' as at;
+grant select on sent_at to authenticated;
+insert into public.reading_progress as p (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'datestyle-upsert', 2, 'phone', (select at from sent_at))
+on conflict (user_id, series_id) do update
+  set chapter = (select excluded.chapter from pg_sleep(0.5)), device_id = excluded.device_id,
+      updated_at = excluded.updated_at;
+reset datestyle;
+reset timezone;
+select is(
+  (select (chapter, device_id, updated_at = date_trunc('milliseconds', (select at from sent_at)))::text
+     from public.reading_progress where series_id = 'datestyle-upsert'),
+  '(2,phone,t)', 'an upsert no longer ahead by its DO UPDATE is stored under its own date in any DateStyle');
+delete from public.reading_progress where series_id like 'datestyle%';
 
 -- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
 reset role;
