@@ -20,7 +20,7 @@
 // only when nothing failed.
 
 import { copyFileSync, existsSync, mkdirSync } from "node:fs";
-import { createServer } from "node:net";
+import http from "node:http";
 import path from "node:path";
 import process from "node:process";
 import {
@@ -50,7 +50,7 @@ const TESTS = [
   "an offline device keeps working; its older edit loses on reconnect and says so",
   "an offline device's newer edit wins on reconnect and reaches the other device live",
   "development sign-in is clearly labelled and refused without READSYNC_DEV_SIGNIN",
-  "the library shows its error state (error.tsx) when the progress function cannot be reached",
+  "the library and a series page show their error state (error.tsx) when the progress function cannot be reached, and Try again recovers once it answers",
   "with Realtime unreachable a device says Polling and still receives changes, without a reload",
   "the server sends signed-out requests to sign-in and sign-out ends the session",
   "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
@@ -578,11 +578,15 @@ async function main() {
           if (!devMode || env("READSYNC_WEB_URL")) {
             throw new SkipTest(`needs the local stack and a server of its own (app at ${webUrl})`);
           }
-          // A server whose progress function is a port nobody listens on: sign-in still works (it
-          // only needs the local database), the library page must fail into error.tsx.
+          // A server whose progress function is behind a gate that drops every connection while it is
+          // down: sign-in still works (it only needs the local database), the library page must fail
+          // into error.tsx, and its Try again must fetch the page again once the function answers
+          // (Next's reset() alone re-renders the failed answer it already has).
           const { startWebApp } = await import("../../examples/web/serve.mjs");
+          const gate = await startGate(supabaseUrl);
+          gate.down = true;
           const broken = await startWebApp({
-            apiUrl: `http://127.0.0.1:${await closedPort()}`,
+            apiUrl: gate.url,
             anonKey,
             jwtSecret,
             dbUrl,
@@ -612,9 +616,24 @@ async function main() {
               "not live without the API",
             );
             await page.screenshot({ path: path.join(ARTIFACTS, "05-error-state.png"), fullPage: true });
+            gate.down = false;
+            await error.getByRole("button", { name: "Try again" }).click();
+            await page.locator("main").getByTestId("library").waitFor();
+            gate.down = true;
+            await page.goto(`/series/retry-${run}`);
+            const seriesError = page.locator("main").getByTestId("load-error");
+            await seriesError.waitFor();
+            assert(
+              /Could not load your position/.test(await seriesError.textContent() ?? ""),
+              "series error text",
+            );
+            gate.down = false;
+            await seriesError.getByRole("button", { name: "Try again" }).click();
+            await page.locator("main").getByTestId("position-form").waitFor();
           } finally {
             await context.close();
             await broken.stop();
+            await gate.close();
           }
         },
       },
@@ -1100,16 +1119,41 @@ async function main() {
   }
 }
 
-/** A local port with nothing listening on it. */
-function closedPort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
+/**
+ * A gate in front of `target`: while `down`, every connection is dropped (the function "cannot be
+ * reached"); otherwise requests are passed on and answered as the target answers.
+ */
+async function startGate(target) {
+  const gate = { down: false, url: "", close: () => Promise.resolve() };
+  const server = http.createServer(async (req, res) => {
+    if (gate.down) return void res.socket.destroy();
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const headers = { ...req.headers };
+    delete headers.host;
+    delete headers.connection;
+    try {
+      const upstream = await fetch(`${target}${req.url}`, {
+        method: req.method,
+        headers,
+        body: ["GET", "HEAD"].includes(req.method) ? undefined : Buffer.concat(chunks),
+      });
+      const out = {};
+      upstream.headers.forEach((value, key) => {
+        if (!["content-encoding", "content-length", "transfer-encoding", "connection"].includes(key)) {
+          out[key] = value;
+        }
+      });
+      res.writeHead(upstream.status, out);
+      res.end(Buffer.from(await upstream.arrayBuffer()));
+    } catch {
+      res.socket.destroy();
+    }
   });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  gate.url = `http://127.0.0.1:${server.address().port}`;
+  gate.close = () => new Promise((resolve) => server.close(() => resolve()));
+  return gate;
 }
 
 /** Real project: a confirmed user with a password, through the Auth admin API. */
