@@ -61,6 +61,7 @@ const TESTS = [
   "with site data blocked (localStorage throws) the reader still loads and saves",
   "a tab whose Realtime socket went silent shows the other device's page as soon as it is shown again, not a minute later",
   "no device had a script error (hydration included)",
+  "a field cleared to type a new number is not saved as 0 (which would reset every device)",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1079,6 +1080,50 @@ async function main() {
             assertEqual(visibility, "visible", "the tab is visible");
             await waitForPosition(laptop, next, 10_000);
             assertEqual(laptop.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[16],
+        fn: async () => {
+          const context = await ownContext();
+          try {
+            const device = await tabIn(context, "reader R");
+            const email = `reader-r-${run}@readsync.test`;
+            const series = `cleared-field-${run}`;
+            if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
+            await signIn(device, email);
+            await openSeries(device, series);
+            await setPosition(device, { chapter: 12, page: 30, percent: 40 });
+            await waitForOutboxEmpty(device);
+            const form = device.page.locator("main").getByTestId("position-form");
+            for (const field of ["chapter", "page", "percentage"]) {
+              await form.locator(`input[name="${field}"]`).fill("");
+              await form.getByTestId("save-position").click();
+              assertEqual(
+                await form.locator("input:invalid").count(),
+                1,
+                `the empty ${field} field is marked invalid`,
+              );
+              // A save would show at once (optimistic) and go out within a second.
+              await device.page.waitForTimeout(1_000);
+              assertEqual(
+                await positionOf(device),
+                { chapter: 12, page: 30, percentage: 0.4 },
+                `${field}: still shown`,
+              );
+              assertEqual(
+                await device.page.getByTestId("pending-count").count(),
+                0,
+                `${field}: nothing queued`,
+              );
+              await form.locator(`input[name="${field}"]`).fill(
+                field === "percentage" ? "40" : field === "page" ? "30" : "12",
+              );
+            }
+            if (sql) assertEqual((await storedRow(series, email))?.chapter, 12, "stored: still chapter 12");
           } finally {
             await context.close();
           }

@@ -19,6 +19,10 @@ function toDraft(view: SeriesView | undefined): Draft {
 }
 
 function parseDraft(draft: Draft): { chapter: number; page: number; percentage: number } | string {
+  // Number("") is 0: a field cleared to type a new number would save (and send to every device) a reset.
+  if (draft.chapter.trim() === "") return "Enter a chapter.";
+  if (draft.page.trim() === "") return "Enter a page.";
+  if (draft.percent.trim() === "") return "Enter a percentage.";
   const chapter = Number(draft.chapter);
   const page = Number(draft.page);
   const percent = Number(draft.percent);
@@ -91,7 +95,7 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
       <h1 data-testid="series-title">{seriesId}</h1>
       <section className="card">
         <h2>Now at</h2>
-        <p data-testid="current-position" data-chapter={shown?.chapter ?? 0} data-page={shown?.page ?? 0} data-percentage={shown?.percentage ?? 0}>
+        <p aria-live="polite" data-testid="current-position" data-chapter={shown?.chapter ?? 0} data-page={shown?.page ?? 0} data-percentage={shown?.percentage ?? 0}>
           {shown ? describePosition(shown) : "Not started"}
         </p>
         {shown && (
@@ -117,15 +121,15 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
         <div className="position">
           <label>
             Chapter
-            <input name="chapter" type="number" inputMode="numeric" min={0} max={100000} step={1} value={draft.chapter} onChange={(e) => update("chapter", e.target.value)} />
+            <input name="chapter" type="number" inputMode="numeric" required min={0} max={100000} step={1} value={draft.chapter} onChange={(e) => update("chapter", e.target.value)} />
           </label>
           <label>
             Page
-            <input name="page" type="number" inputMode="numeric" min={0} max={1000000} step={1} value={draft.page} onChange={(e) => update("page", e.target.value)} />
+            <input name="page" type="number" inputMode="numeric" required min={0} max={1000000} step={1} value={draft.page} onChange={(e) => update("page", e.target.value)} />
           </label>
           <label>
             Percentage
-            <input name="percentage" type="number" inputMode="decimal" min={0} max={100} step={0.1} value={draft.percent} onChange={(e) => update("percent", e.target.value)} />
+            <input name="percentage" type="number" inputMode="decimal" required min={0} max={100} step={0.1} value={draft.percent} onChange={(e) => update("percent", e.target.value)} />
           </label>
         </div>
         <div className="actions">
