@@ -419,6 +419,47 @@ Deno.test("a 'your change lost' notice goes when a newer write of this device is
   assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 8);
 });
 
+Deno.test("two tabs: the notice goes in both once this device's newer save is stored, whichever tab sent it", () => {
+  const storage = new MemoryStorage();
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  // An offline edit in tab A, taken over by tab B (storage event): both send it, both hear it lost.
+  const w1 = write("saga", T1, "web-1", 5);
+  tabA.addPending(w1);
+  tabB.reloadOutbox();
+  const phone = row("saga", T2, "phone", 6);
+  tabA.settle(w1, lostTo(phone));
+  tabB.settle(tabB.pendingWrites()[0], lostTo(phone));
+  // The reader goes on in tab B: a newer save, stored.
+  const w2 = write("saga", T3, "web-1", 7);
+  tabB.addPending(w2);
+  tabB.settle(w2, storedAs(row("saga", T3, "web-1", 7)));
+  assert.equal(tabB.getSnapshot().notices.has("saga"), false);
+  // Tab A hears of it live: the phone's position no longer wins over this device's.
+  tabA.applyServerRow(row("saga", T3, "web-1", 7));
+  assert.equal(tabA.getSnapshot().notices.has("saga"), false, "tab A: notice gone");
+  // A page rendered after it (seed) does the same, and a newer version from another device does not.
+  const tabC = new SyncStore(USER, defaultCompareRows);
+  tabC.addPending(write("saga", T1, "web-1", 5));
+  tabC.settle(tabC.pendingWrites()[0], lostTo(phone));
+  tabC.applyServerRow(row("saga", "2026-11-25T10:00:01.500Z", "tv", 9));
+  assert.equal(tabC.getSnapshot().notices.get("saga")?.winner.device_id, "phone", "another device's: kept");
+  tabC.seed([row("saga", T3, "web-1", 7)]);
+  assert.equal(tabC.getSnapshot().notices.has("saga"), false, "seeded: notice gone");
+});
+
+Deno.test("a late answer naming a winner older than this device's stored save leaves no notice", () => {
+  const store = new SyncStore(USER, defaultCompareRows);
+  const w1 = write("saga", T1, "web-1", 5);
+  store.addPending(w1);
+  store.applyServerRow(row("saga", T3, "web-1", 7)); // another tab's newer save, heard live first
+  store.settle(w1, lostTo(row("saga", T2, "phone", 6)));
+  assert.equal(store.getSnapshot().notices.has("saga"), false);
+  assert.equal(store.getSnapshot().bySeries.get("saga")?.chapter, 7);
+});
+
 Deno.test("a new write is dated after the version the reader sees, whichever device made it", () => {
   const store = new SyncStore(USER, defaultCompareRows);
   const now = Date.parse(T1);

@@ -188,6 +188,7 @@ export class SyncStore {
     const storedIsOurs = result.progress.device_id === write.device_id;
     if (!result.won && !storedIsOurs) {
       this.#notices.set(write.series_id, { seriesId: write.series_id, lost: write, winner: result.progress, at: Date.now() });
+      this.#dropSupersededNotice(write.series_id);
     } else {
       // This write is what the server stores: an earlier "your change lost" is no longer true.
       this.#notices.delete(write.series_id);
@@ -233,7 +234,25 @@ export class SyncStore {
     // shared/realtime/progressMerge.ts).
     if (current && this.#serverOrder(current, row) >= 0) return false;
     this.#confirmed.set(row.series_id, row);
+    this.#dropSupersededNotice(row.series_id);
     return true;
+  }
+
+  /**
+   * "Another device's newer position wins" is no longer true once a newer save of this device is
+   * what the server stores. settle() sees that for the writes this tab sent; this covers the rest:
+   * another tab of this browser (same device id) sent it, and it arrives by Realtime, catch-up,
+   * a poll or a server-rendered page; or it was already here when a late answer named the winner.
+   */
+  #dropSupersededNotice(seriesId: string): void {
+    const notice = this.#notices.get(seriesId);
+    const confirmed = this.#confirmed.get(seriesId);
+    if (
+      notice && confirmed && confirmed.device_id === notice.lost.device_id &&
+      this.#serverOrder(confirmed, notice.winner) > 0
+    ) {
+      this.#notices.delete(seriesId);
+    }
   }
 
   #emit(): void {
