@@ -14,6 +14,8 @@
 --   when this life of the row began (the wall clock at INSERT; kept by every UPDATE): after a hard
 --   DELETE the next write is inserted whatever its updated_at, and clients order versions by
 --   created_at first, so the later life wins on every device (shared/realtime/progressMerge.ts).
+-- * AFTER INSERT, once per statement: ends the transaction-local claims an INSERT dated ahead leaves
+--   for its upsert's DO UPDATE and for migration 013's AFTER INSERT check (only when one is set).
 -- * AFTER INSERT/UPDATE/DELETE: broadcasts the change through Supabase Realtime ("Broadcast from the
 --   database") on the private topic progress:<user_id>, event = the operation.
 -- * RLS: authenticated users see and change only their own rows; anon gets nothing. On
@@ -47,6 +49,9 @@ begin
       message = 'reading_progress: user_id and series_id identify a row and cannot change',
       hint = 'Delete the row and insert the new one.';
   end if;
+  -- The key is kept to the millisecond, and compared so from here on: a write sent with microseconds
+  -- (e.g. Python's isoformat()) under the stored millisecond is that key, not a newer one.
+  new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
   if tg_op = 'UPDATE'
      and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> '' -- cheap test first
      and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) =
@@ -145,7 +150,8 @@ begin
     -- For migration 013's AFTER INSERT trigger, which judges this write again once it is inserted
     -- (it may have waited for a concurrent first write of the row that rolled back): which row it
     -- is, named by its synced_at (two rows of one statement, e.g. a duplicate skipped by ON
-    -- CONFLICT DO NOTHING, never share it). One slot: the last row judged ahead in a statement.
+    -- CONFLICT DO NOTHING, never share it). One slot: the last row judged ahead in a statement,
+    -- judged again only if it is inserted (not skipped, nor turned into the upsert's DO UPDATE).
     perform pg_catalog.set_config('readsync.insert_dated_ahead',
       row(new.user_id, new.series_id, new.synced_at)::text, true);
   end if;
@@ -170,6 +176,34 @@ drop trigger if exists reading_progress_stamp on public.reading_progress;
 create trigger reading_progress_stamp
   before insert or update on public.reading_progress
   for each row execute function public.reading_progress_stamp();
+
+-- The claims an INSERT dated ahead leaves for its DO UPDATE and for migration 013's AFTER INSERT
+-- trigger end with the INSERT statement: a row skipped by ON CONFLICT DO NOTHING (or by a DO UPDATE
+-- whose WHERE is false) consumes neither, and every statement inside one DO block or function (or
+-- one multi-statement query string) shares statement_timestamp(), so a later UPDATE there keyed
+-- now() by the same device would pass for that DO UPDATE. A statement-level AFTER trigger runs
+-- after every row-level one, also when no row was inserted; the WHEN test keeps it off the common
+-- path (no claim set).
+create or replace function public.reading_progress_end_claims() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
+          pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true),
+          pg_catalog.set_config('readsync.insert_dated_ahead', '', true);
+  return null;
+end;
+$$;
+revoke all on function public.reading_progress_end_claims() from public, anon, authenticated;
+
+drop trigger if exists reading_progress_end_claims on public.reading_progress;
+create trigger reading_progress_end_claims
+  after insert on public.reading_progress
+  for each statement
+  when (pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> ''
+        or pg_catalog.current_setting('readsync.insert_dated_ahead', true) <> '')
+  execute function public.reading_progress_end_claims();
 
 -- ---------------------------------------------------------------------------------------------
 -- Broadcast every change. Security definer: the writing user may not insert into

@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(47);
+select plan(48);
 
 insert into auth.users (id, email) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'trig-a@readsync.test'),
@@ -35,9 +35,10 @@ create temp view new_msgs as
 -- ---------------------------------------------------------------------------------------------
 select triggers_are(
   'public', 'reading_progress',
-  array['reading_progress_stamp', 'reading_progress_broadcast', 'reading_progress_remember_deletion',
-        'reading_progress_log_replaced_tie', 'reading_progress_new_life_after_deletion'],
-  'reading_progress has exactly the stamp, broadcast, remember-deletion, replaced-tie log and new-life check (the last three migration 013) triggers'
+  array['reading_progress_stamp', 'reading_progress_end_claims', 'reading_progress_broadcast',
+        'reading_progress_remember_deletion', 'reading_progress_log_replaced_tie',
+        'reading_progress_new_life_after_deletion'],
+  'reading_progress has exactly the stamp, end-of-claims, broadcast, remember-deletion, replaced-tie log and new-life check (the last three migration 013) triggers'
 );
 
 -- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update (32 truncate, 64 instead of)
@@ -47,11 +48,19 @@ select results_eq(
       from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
      order by tgname$$,
   $$values ('reading_progress_broadcast',         1 + 4 + 8 + 16, 'O', 'reading_progress_broadcast()'),
+           ('reading_progress_end_claims',        4,              'O', 'reading_progress_end_claims()'),
            ('reading_progress_log_replaced_tie',  1 + 16,         'O', 'private.reading_progress_log_replaced_tie()'),
            ('reading_progress_new_life_after_deletion', 1 + 4,    'O', 'private.reading_progress_new_life_after_deletion()'),
            ('reading_progress_remember_deletion', 1 + 8,          'O', 'private.reading_progress_remember_deletion()'),
            ('reading_progress_stamp',             1 + 2 + 4 + 16, 'O', 'reading_progress_stamp()')$$,
-  'stamp is BEFORE INSERT OR UPDATE, broadcast AFTER INSERT OR UPDATE OR DELETE, replaced-tie log AFTER UPDATE, new-life check AFTER INSERT, remember-deletion AFTER DELETE; all FOR EACH ROW and enabled'
+  'stamp is BEFORE INSERT OR UPDATE, broadcast AFTER INSERT OR UPDATE OR DELETE, replaced-tie log AFTER UPDATE, new-life check AFTER INSERT, remember-deletion AFTER DELETE, all FOR EACH ROW; end-of-claims AFTER INSERT FOR EACH STATEMENT; all enabled'
+);
+
+select matches(
+  (select pg_get_triggerdef(oid) from pg_trigger
+    where tgrelid = 'public.reading_progress'::regclass and tgname = 'reading_progress_end_claims'),
+  'WHEN \(\(\(current_setting\(''readsync.upsert_dated_ahead''::text, true\) <> ''''::text\) OR \(current_setting\(''readsync.insert_dated_ahead''::text, true\) <> ''''::text\)\)\) EXECUTE',
+  'the end-of-claims trigger runs only when a claim is set (no call on the common path)'
 );
 
 select is(
@@ -69,18 +78,22 @@ select isnt_definer('public', 'reading_progress_stamp', array[]::name[],
 
 select results_eq(
   $$select proname::text collate "default", proconfig::text collate "default" from pg_proc
-     where oid in ('public.reading_progress_stamp()'::regprocedure, 'public.reading_progress_broadcast()'::regprocedure)
+     where oid in ('public.reading_progress_stamp()'::regprocedure, 'public.reading_progress_broadcast()'::regprocedure,
+                   'public.reading_progress_end_claims()'::regprocedure)
      order by proname$$,
   $$values ('reading_progress_broadcast', '{"search_path=pg_catalog, pg_temp"}'),
+           ('reading_progress_end_claims', '{"search_path=\"\""}'),
            ('reading_progress_stamp', '{"search_path=\"\""}')$$,
-  'both trigger functions pin search_path: empty for the stamp, pg_temp last for the definer broadcast (pgTAP 009)'
+  'the trigger functions pin search_path: empty for the stamp and end-of-claims, pg_temp last for the definer broadcast (pgTAP 009)'
 );
 
 select ok(
   not has_function_privilege('authenticated', 'public.reading_progress_broadcast()', 'execute')
   and not has_function_privilege('anon', 'public.reading_progress_broadcast()', 'execute')
   and not has_function_privilege('authenticated', 'public.reading_progress_stamp()', 'execute')
-  and not has_function_privilege('anon', 'public.reading_progress_stamp()', 'execute'),
+  and not has_function_privilege('anon', 'public.reading_progress_stamp()', 'execute')
+  and not has_function_privilege('authenticated', 'public.reading_progress_end_claims()', 'execute')
+  and not has_function_privilege('anon', 'public.reading_progress_end_claims()', 'execute'),
   'anon and authenticated cannot execute the trigger functions directly'
 );
 

@@ -11,7 +11,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(19);
+select plan(21);
 set local client_min_messages = warning; -- the "already exists, skipping" notices are expected
 
 -- Everything migration 012 defines, one line per object.
@@ -33,7 +33,8 @@ as $$
   select 'function ' || oid::regprocedure::text || ' definer=' || prosecdef || ' config=' || coalesce(proconfig::text, '-')
          || ' acl=' || coalesce(proacl::text, '-') || ' src=' || md5(prosrc)
     from pg_proc where oid in ('public.reading_progress_stamp()'::regprocedure,
-                               'public.reading_progress_broadcast()'::regprocedure)
+                               'public.reading_progress_broadcast()'::regprocedure,
+                               'public.reading_progress_end_claims()'::regprocedure)
   union all
   select 'table ' || oid::regclass::text || ' rls=' || relrowsecurity || ' acl=' || coalesce(relacl::text, '-')
     from pg_class where oid in ('public.reading_progress'::regclass, 'realtime.messages'::regclass)
@@ -43,7 +44,7 @@ create temp table fingerprint_before on commit drop as select * from pg_temp.fin
 
 select cmp_ok(
   (select count(*)::int from fingerprint_before), '>=', 14,
-  'fixture: the fingerprint covers 012''s objects (5 policies, 2 triggers, 3 indexes, 2 functions, 2 tables)'
+  'fixture: the fingerprint covers 012''s objects (5 policies, 3 triggers, 3 indexes, 3 functions, 2 tables)'
 );
 
 -- ---------------------------------------------------------------------------------------------
@@ -60,8 +61,14 @@ select lives_ok(
 );
 
 select lives_ok(
+  pg_get_functiondef('public.reading_progress_end_claims()'::regprocedure),
+  '012 rerun: create or replace function public.reading_progress_end_claims() succeeds'
+);
+
+select lives_ok(
   $$revoke all on function public.reading_progress_stamp() from public, anon, authenticated;
-    revoke all on function public.reading_progress_broadcast() from public, anon, authenticated$$,
+    revoke all on function public.reading_progress_broadcast() from public, anon, authenticated;
+    revoke all on function public.reading_progress_end_claims() from public, anon, authenticated$$,
   '012 rerun: revoking execute on the trigger functions again succeeds'
 );
 
@@ -81,7 +88,7 @@ select lives_ok(
 )
   from pg_trigger
  where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
-   and tgname in ('reading_progress_stamp', 'reading_progress_broadcast') -- 012's (013 adds one more)
+   and tgname in ('reading_progress_stamp', 'reading_progress_end_claims', 'reading_progress_broadcast') -- 012's
  order by tgname;
 
 -- ---------------------------------------------------------------------------------------------
@@ -136,8 +143,8 @@ select set_eq(
 
 select is(
   (select count(*)::int from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal),
-  5,
-  'still exactly five triggers on reading_progress (012''s stamp and broadcast, 013''s remember-deletion, replaced-tie log and new-life check; no duplicates)'
+  6,
+  'still exactly six triggers on reading_progress (012''s stamp, end-of-claims and broadcast, 013''s remember-deletion, replaced-tie log and new-life check; no duplicates)'
 );
 
 insert into auth.users (id, email) values ('abababab-0000-4000-8000-00000000000a', 'rerun@readsync.test');

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(42);
+select plan(44);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -81,10 +81,10 @@ select is(
   'tie', 'and logged as a tie');
 
 with u as (
-  update public.reading_progress set chapter = 8, updated_at = (select updated_at from stored) + interval '0.4 ms'
+  update public.reading_progress set chapter = 12, updated_at = (select updated_at from stored) + interval '0.4 ms'
    where series_id = 'op' returning 1)
 select is((select count(*)::int from u), 0,
-  'an UPDATE whose key equals the stored one after truncation to ms (a replay) is refused');
+  'an UPDATE of the stored position whose key equals the stored one after truncation to ms (a replay) changes nothing');
 
 -- A client retrying its upsert of the stored write sends the very same row: no new version (re-dating it
 -- to now() would let it beat reading done elsewhere since), no broadcast.
@@ -260,6 +260,35 @@ select is(
      from public.reading_progress where series_id = 'datestyle-upsert'),
   '(2,phone,t)', 'an upsert no longer ahead by its DO UPDATE is stored under its own date in any DateStyle');
 delete from public.reading_progress where series_id like 'datestyle%';
+
+-- A claim ends with its INSERT statement (migration 012, reading_progress_end_claims): one left by an
+-- ahead write skipped by ON CONFLICT DO NOTHING is not taken by a later UPDATE of the same DO block
+-- (one statement_timestamp()) keyed now() by the same device, which would land 1 ms after the stored
+-- version it is older than.
+insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'skipped-claim', 5, 'tablet', clock_timestamp() + interval '3 seconds');
+do $$
+begin
+  insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+  values ((select auth.uid()), 'skipped-claim', 1, 'aaa', now() + interval '1 hour')
+  on conflict (user_id, series_id) do nothing;
+  update public.reading_progress set chapter = 3, device_id = 'aaa', updated_at = date_trunc('milliseconds', now())
+   where series_id = 'skipped-claim';
+end
+$$;
+select is((select chapter from public.reading_progress where series_id = 'skipped-claim'), 5,
+  'a stale UPDATE after an ahead write skipped by DO NOTHING in the same DO block is refused');
+delete from public.reading_progress where series_id = 'skipped-claim';
+
+-- The key is compared to the millisecond: the same device's UPDATE sent with microseconds under the
+-- stored millisecond is that key with another position (its later position), so it lands.
+insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'micro', 1, 'phone', '2026-12-05 01:00:00.123+00');
+update public.reading_progress set chapter = 2, device_id = 'phone', updated_at = '2026-12-05 01:00:00.123900+00'
+ where series_id = 'micro';
+select is((select chapter from public.reading_progress where series_id = 'micro'), 2,
+  'a same-device UPDATE sent with microseconds within the stored millisecond and another position lands');
+delete from public.reading_progress where series_id = 'micro';
 
 -- Not a user (postgres, service_role maintenance): refused as well, and nothing is logged for it.
 reset role;
