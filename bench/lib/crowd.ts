@@ -54,17 +54,23 @@ const broadcastsSeen = new Uint32Array(count);
 const nth: { chapter: number | null; length: number }[] = [];
 let mismatches = 0;
 
+/** A broadcast frame, cheaply: the JSON text form (database broadcasts) or binary kind 4 (relays). */
+function isBroadcast(data: string | ArrayBuffer): boolean {
+  if (typeof data === "string") return data.startsWith("[null,null,") && data.includes(',"broadcast",{');
+  return new Uint8Array(data, 0, 1)[0] === 4;
+}
+
 function chapterOfNth(i: number, data: string | ArrayBuffer): number | null {
-  if (typeof data === "string") return chapterOf(data);
-  if (new Uint8Array(data, 0, 1)[0] !== 4) return null;
+  if (!isBroadcast(data)) return null;
+  const length = typeof data === "string" ? data.length : data.byteLength;
   const n = broadcastsSeen[i]++;
   const known = nth[n];
   if (known === undefined) {
     const chapter = chapterOf(data);
-    nth[n] = { chapter, length: data.byteLength };
+    nth[n] = { chapter, length };
     return chapter;
   }
-  if (known.length !== data.byteLength) {
+  if (known.length !== length) {
     mismatches++;
     return chapterOf(data);
   }

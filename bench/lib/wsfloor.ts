@@ -6,7 +6,8 @@
 // device B's figure on the real endpoint and B's figure here is the endpoint's own work, and what
 // this figure costs is the runtime's WebSocket sends and the receivers on this machine.
 //
-//   POST /send {topic, event, payload}  encodes one frame (the endpoint's encoder, binary kind 4),
+//   POST /send {topic, event, payload}  encodes one frame (the endpoint's encoder, in the form of its
+//                                       database broadcasts: JSON text, as Supabase sends them),
 //                                       then sends it to every socket joined to `realtime:<topic>`;
 //                                       answers {t0, sockets}: t0 = epoch ms just before the first
 //                                       send (performance.timeOrigin-based, sub-millisecond).
@@ -60,7 +61,7 @@ async function send(req: Request): Promise<Response> {
   const fullTopic = `realtime:${topic}`;
   const id = `floor-${++messageId}`;
   const t0 = now();
-  const frame = encodeBroadcast({ topic: fullTopic, event, payload, meta: { id } }, "2.0.0");
+  const frame = encodeBroadcast({ topic: fullTopic, event, payload, meta: { id } }, "2.0.0", "json");
   const set = topics.get(fullTopic) ?? new Set<WebSocket>();
   for (const ws of set) {
     if (ws.readyState !== WebSocket.OPEN) continue;

@@ -10,7 +10,7 @@ import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify } fro
 export type JwtClaims = Record<string, unknown> & { role: string; exp: number; sub?: string };
 
 export type TokenFailure =
-  | { code: "InvalidJWTToken"; kind: "malformed"; message: string }
+  | { code: "MalformedJWT"; kind: "malformed"; message: string }
   | { code: "InvalidJWTToken"; kind: "missing_claims"; message: string }
   | { code: "InvalidJWTToken"; kind: "expired"; message: string }
   | { code: "JwtSignatureError"; kind: "signature"; message: string };
@@ -30,7 +30,7 @@ export class TokenVerifier {
 
   async verify(token: unknown, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
     if (typeof token !== "string" || token.split(".").length !== 3) {
-      return fail("InvalidJWTToken", "malformed", "The token provided is not a valid JWT");
+      return fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
     }
     const cached = this.#cache.get(token);
     if (cached) return checkExpiry(cached, nowSeconds);
@@ -41,7 +41,7 @@ export class TokenVerifier {
       header = decodeProtectedHeader(token);
       unverified = decodeJwt(token) as Record<string, unknown>;
     } catch {
-      return fail("InvalidJWTToken", "malformed", "The token provided is not a valid JWT");
+      return fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
     }
     if (!header.alg || !HS_ALGORITHMS.includes(header.alg)) {
       return fail("JwtSignatureError", "signature", "Failed to validate JWT signature");
@@ -58,7 +58,7 @@ export class TokenVerifier {
         return fail("JwtSignatureError", "signature", "Failed to validate JWT signature");
       }
       if (!(error instanceof joseErrors.JWTExpired)) {
-        return fail("InvalidJWTToken", "malformed", "The token provided is not a valid JWT");
+        return fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
       }
     }
     if (typeof unverified.role !== "string" || typeof unverified.exp !== "number") {

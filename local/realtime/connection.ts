@@ -230,7 +230,7 @@ export class Connection {
     if (isPrivate) {
       const allowed = await this.#canRead(subTopic, claims);
       if (allowed === "error") {
-        return fail("UnableToSetPolicies: Realtime was unable to connect to the project database");
+        return fail("Realtime was unable to connect to the project database"); // Supabase: no code prefix here
       }
       if (!allowed) {
         return fail(`Unauthorized: You do not have permissions to read from this Channel topic: ${subTopic}`);

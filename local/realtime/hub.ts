@@ -31,7 +31,11 @@ export interface HubStats {
 }
 
 export interface HubOptions {
-  /** How server broadcasts are framed for vsn 2.0.0 clients. */
+  /**
+   * How database broadcasts are framed for vsn 2.0.0 clients: JSON text by default, as Supabase's
+   * batch broadcast path (its replication handler) sends them; "binary" sends the user-broadcast
+   * frame, which Supabase uses for relays of client pushes (always binary here).
+   */
   frameForm?: "binary" | "json";
   log?: (fields: Record<string, unknown>) => void;
 }
@@ -48,7 +52,7 @@ export class BroadcastHub {
   #stats = { matched: 0, delivered: 0, skippedNoSubscriber: 0, skippedIncomplete: 0 };
 
   constructor(dbUrl: string, options: HubOptions = {}) {
-    this.#frameForm = options.frameForm ?? "binary";
+    this.#frameForm = options.frameForm ?? "json";
     this.#wal = new WalReader(dbUrl, { onMessage: (row) => this.#onMessage(row), log: options.log });
   }
 
@@ -85,7 +89,7 @@ export class BroadcastHub {
     const frames = new Map<Vsn, string | Uint8Array>();
     for (const subscriber of set) {
       if (subscriber === except) continue;
-      this.#send(subscriber, frames, {
+      this.#send(subscriber, frames, "binary", {
         topic: message.fullTopic,
         event: message.event,
         payload: message.payload,
@@ -131,7 +135,7 @@ export class BroadcastHub {
     const frames = new Map<Vsn, string | Uint8Array>();
     const fullTopic = `realtime:${row.topic}`;
     for (const subscriber of set) {
-      this.#send(subscriber, frames, {
+      this.#send(subscriber, frames, this.#frameForm, {
         topic: fullTopic,
         event: row.event ?? "",
         payload,
@@ -143,11 +147,12 @@ export class BroadcastHub {
   #send(
     subscriber: Subscriber,
     frames: Map<Vsn, string | Uint8Array>,
+    form: "binary" | "json",
     message: { topic: string; event: string; payload: unknown; meta?: Record<string, unknown> },
   ): void {
     let frame = frames.get(subscriber.vsn);
     if (frame === undefined) {
-      frame = encodeBroadcast(message, subscriber.vsn, this.#frameForm);
+      frame = encodeBroadcast(message, subscriber.vsn, form);
       frames.set(subscriber.vsn, frame);
     }
     subscriber.deliver(frame);

@@ -36,10 +36,13 @@ Deno.test(
               }]),
             );
           ws.onmessage = (e) => {
+            // Database broadcasts come as JSON text, as Supabase sends them (binary kind 4 counts too).
             if (typeof e.data === "string") {
               const [, ref, , event, payload] = JSON.parse(e.data);
               if (event === "phx_reply" && ref === "1") {
                 payload.status === "ok" ? resolve() : reject(new Error(JSON.stringify(payload)));
+              } else if (event === "broadcast") {
+                received[i]++;
               }
             } else if (new Uint8Array(e.data)[0] === 4) {
               received[i]++;

@@ -158,19 +158,20 @@ Deno.test({
 });
 
 Deno.test({
-  name: "realtime triggers: vsn 1.0.0 clients and JSON-framed delivery decode the same payload",
+  name: "realtime triggers: vsn 1.0.0 clients, JSON text and binary framed delivery decode the same payload",
   ...ownEndpoint,
 }, async () => {
   const env = testEnv();
   const sql = adminSql();
   const a = await createTestUser();
-  // A second endpoint instance that frames database broadcasts as JSON text for vsn 2.0.0 too.
-  const jsonServer = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
-    frameForm: "json",
+  // A second endpoint instance that frames database broadcasts as binary user-broadcast frames (the
+  // stack's own sends JSON text, as Supabase's database broadcasts are).
+  const binaryServer = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    frameForm: "binary",
   });
   const v1 = clientWithToken(() => a.accessToken, { vsn: "1.0.0" });
-  const v2json = clientWithToken(() => a.accessToken, { url: jsonServer.url });
-  const v2binary = clientWithToken(() => a.accessToken);
+  const v2json = clientWithToken(() => a.accessToken);
+  const v2binary = clientWithToken(() => a.accessToken, { url: binaryServer.url });
   try {
     const joins = await Promise.all([v1, v2json, v2binary].map((c) => joinChannel(c, topicOf(a.id))));
     assert.deepEqual(joins.map((j) => j.status), ["SUBSCRIBED", "SUBSCRIBED", "SUBSCRIBED"]);
@@ -181,7 +182,7 @@ Deno.test({
     assert.equal((first.payload.record as Row).chapter, 7);
   } finally {
     await Promise.all([v1, v2json, v2binary].map(closeClient));
-    await jsonServer.close();
+    await binaryServer.close();
     await sql.end();
   }
 });
