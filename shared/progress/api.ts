@@ -519,15 +519,28 @@ export function subscribeToProgress(
       // with later ones), so its calls end with the service, and api.signal ends the subscription.
       // The service's explicit token (the accessToken option, setAccessToken) goes with every call:
       // a session-less client would otherwise catch up and poll as anon (refused).
-      changesSince: (cursor, { signal }) =>
-        changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, {
-          ...api,
-          headers: service.accessToken
-            ? { ...api?.headers, Authorization: `Bearer ${service.accessToken}` }
-            : api?.headers,
-          timeoutMs: attemptTimeoutMs,
-          signal,
-        }),
+      // A 401 for a token that setAccessToken() replaced while the call was under way (the client's
+      // own token source refreshes it on the way out, after this header was fixed: a tab shown again
+      // after its token ran out) is asked again once with the new token.
+      changesSince: async (cursor, { signal }) => {
+        const read = (token: string | null) =>
+          changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, {
+            ...api,
+            headers: token ? { ...api?.headers, Authorization: `Bearer ${token}` } : api?.headers,
+            timeoutMs: attemptTimeoutMs,
+            signal,
+          });
+        const sent = service.accessToken;
+        try {
+          return await read(sent);
+        } catch (error) {
+          const replaced = service.accessToken;
+          if (error instanceof ProgressApiError && error.status === 401 && replaced && replaced !== sent) {
+            return await read(replaced);
+          }
+          throw error;
+        }
+      },
     });
     shared = { service, subscriptions: 0 };
     sharedServices.set(client, shared);

@@ -184,3 +184,79 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  ignore: !mintsTokens,
+  name:
+    "a tab shown again after its token ran out reads what it missed at once: the catch-up's 401 for the old token is asked again with the refreshed one",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const short = await a.newAccessToken(3); // the page's token: runs out while the laptop sleeps
+    const fresh = await a.newAccessToken(3600); // what GET /auth/token answers after the wake
+    let tokenAnswer = short;
+    const reads: string[] = [];
+    globalThis.fetch = (async (input: RequestInfo | URL, init?: RequestInit) => {
+      const href = input instanceof Request ? input.url : String(input);
+      if (href === "/auth/token") {
+        return Response.json({ accessToken: tokenAnswer, expiresAt: expOf(tokenAnswer), userId: a.id });
+      }
+      const response = await realFetch(input, init);
+      if (href.includes("/functions/v1/progress/changes")) {
+        const auth = new Headers(init?.headers).get("authorization");
+        reads.push(
+          `${
+            auth === `Bearer ${fresh}` ? "fresh" : auth === `Bearer ${short}` ? "old" : "other"
+          } ${response.status}`,
+        );
+      }
+      return response;
+    }) as typeof fetch;
+    const env = testEnv();
+    // As SyncProvider wires them, without its check of the session on visibilitychange.
+    const clock = new ServerClock();
+    const tokens = new TokenKeeper(short, expOf(short), { userId: a.id, now: () => clock.now() });
+    const supabase = userClient({
+      supabaseUrl: env.url,
+      anonKey: env.anonKey,
+      accessToken: () => tokens.get(),
+    });
+    const seen: string[] = [];
+    const subscription = progressApi(supabase, clock).subscribeToProgress(
+      a.id,
+      (change) => seen.push(`${change.row.series_id}:${change.row.chapter}`),
+      {
+        accessToken: short,
+        pollIntervalMs: 60_000,
+        backoff: { initialMs: 1_000, maxMs: 15_000 },
+        log: () => {},
+      },
+    );
+    const offToken = tokens.onChange((token) => void subscription.service.setAccessToken(token));
+    try {
+      await new Promise((r) => setTimeout(r, (expOf(short) + 1) * 1000 - Date.now())); // asleep
+      tokenAnswer = fresh;
+      const series = seriesId("after-wake");
+      const phone = progressApi(
+        userClient({ supabaseUrl: env.url, anonKey: env.anonKey, accessToken: () => Promise.resolve(fresh) }),
+      );
+      await phone.updateProgress({
+        series_id: series,
+        chapter: 42,
+        page: 1,
+        percentage: 0.5,
+        device_id: "phone",
+        updated_at: new Date().toISOString(),
+      });
+      const before = reads.length;
+      await subscription.syncNow(); // the tab is shown again
+      assert.deepEqual(reads.slice(before), ["old 401", "fresh 200"]);
+      assert.ok(seen.includes(`${series}:42`), `the phone's position is delivered by that read: ${seen}`);
+    } finally {
+      offToken();
+      await subscription.unsubscribe();
+      await supabase.realtime.disconnect();
+      globalThis.fetch = realFetch;
+    }
+  },
+});
