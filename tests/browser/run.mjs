@@ -56,12 +56,14 @@ const TESTS = [
   "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
   "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out, sign-out ends this browser only, magic links lead to READSYNC_SITE_URL, not to the host the request came to",
   "no page can be framed by another site, and a malformed address is a 400, not a server error",
-  "a tab left open while the browser signs in as another reader reloads as that reader and never writes their progress into the old account",
+  "a tab left open while the browser signs out and in as another reader leaves at once, shows that reader when opened again and never writes their progress into the old account",
   "a write that cannot be saved says so: a proxy's 400 keeps it queued until it is sent, a write the API refuses is dropped with a message that can be dismissed",
   "with site data blocked (localStorage throws) the reader still loads and saves",
   "a tab whose Realtime socket went silent shows the other device's page as soon as it is shown again, not a minute later",
   "no device had a script error (hydration included)",
   "a field cleared to type a new number is not saved as 0 (which would reset every device)",
+  "Sign out in one tab ends the session in the browser's other open tabs at once: they leave for sign-in and save nothing more",
+  "a series whose id ends in .rsc (a valid id), opened from the library, is still a page on a full load (reload, bookmark)",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -802,7 +804,14 @@ async function main() {
               503,
               "/auth/token during an Auth outage",
             );
+            // A page loaded meanwhile shows the app's own error state (not Next's generic 500 page).
+            await page.goto(`${app.url}/`);
+            const outageError = page.locator("main").getByTestId("load-error");
+            await outageError.waitFor();
+            assert(/sign-in service/.test(await outageError.textContent() ?? ""), "the outage is named");
             auth.state.outage = false;
+            await outageError.getByRole("button", { name: "Try again" }).click();
+            await page.locator("main").getByTestId("open-series").waitFor();
             assertEqual(
               (await context.request.get(`${app.url}/auth/token`)).status(),
               200,
@@ -895,16 +904,18 @@ async function main() {
             await second.page.goto("/");
             await second.page.getByRole("button", { name: "Sign out" }).click();
             await second.page.waitForURL((url) => url.pathname === "/sign-in");
+            // Tab 1 hears of the sign-out (lib/client/sessionSignal.ts) and leaves D's page.
+            await first.page.waitForURL((url) => url.pathname === "/sign-in", { timeout: 10_000 });
             await signIn(second, emailE);
             await openSeries(second, shared);
             await setPosition(second, { chapter: 50, page: 500, percent: 50 });
             await waitForOutboxEmpty(second);
-            // Tab 1 still shows D's page; a client-side navigation renders pages with E's cookie.
-            await first.page.getByRole("link", { name: "← Library" }).click();
+            // Tab 1 opened again renders E's pages (E's cookie), never D's store with E's token.
+            await first.page.goto("/");
             await eventually(async () => {
               const who = (await first.page.getByTestId("signed-in-as").textContent()) ?? "";
               assert(who.includes(emailE), `tab 1 shows ${who}`);
-            }, { what: "tab 1 to reload as reader E" });
+            }, { what: "tab 1 to show reader E" });
             assertEqual(await storedRow(shared, emailD), {
               chapter: 3,
               page: 30,
@@ -1124,6 +1135,63 @@ async function main() {
               );
             }
             if (sql) assertEqual((await storedRow(series, email))?.chapter, 12, "stored: still chapter 12");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[17],
+        fn: async () => {
+          const context = await ownContext();
+          try {
+            const email = `reader-o-${run}@readsync.test`;
+            const series = `signout-${run}`;
+            if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
+            const first = await tabIn(context, "reader O, tab 1");
+            await signIn(first, email);
+            await openSeries(first, series);
+            await setPosition(first, { chapter: 3, page: 30, percent: 3 });
+            await waitForOutboxEmpty(first);
+            const second = await tabIn(context, "reader O, tab 2");
+            await second.page.goto("/");
+            await second.page.getByRole("button", { name: "Sign out" }).click();
+            await second.page.waitForURL((url) => url.pathname === "/sign-in");
+            // Tab 1 hears of it through storage and leaves (before, only when its token was due).
+            await first.page.waitForURL((url) => url.pathname === "/sign-in", { timeout: 10_000 });
+            if (sql) assertEqual((await storedRow(series, email))?.page, 30, "nothing more was saved");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[18],
+        fn: async () => {
+          const context = await ownContext();
+          try {
+            const device = await tabIn(context, "reader Q");
+            const email = `reader-q-${run}@readsync.test`;
+            if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
+            await signIn(device, email);
+            const series = `vol1-${run}.rsc`;
+            const isPage = async (how) => {
+              const response = await device.page.reload();
+              const type = String(response?.headers()["content-type"]);
+              assert(type.startsWith("text/html"), `${how}, reloaded: an HTML page, got ${type}`);
+              await device.page.locator("main").getByTestId("position-form").waitFor({ timeout: 10_000 });
+              assertEqual(
+                await device.page.getByTestId("series-title").textContent(),
+                series,
+                `${how}: the title`,
+              );
+            };
+            // Opened from the library's form, then reloaded (a bookmark, a new tab: a full load).
+            const open = device.page.locator("main").getByTestId("open-series");
+            await open.locator("input").fill(series);
+            await open.locator("button").click();
+            await device.page.locator("main").getByTestId("position-form").waitFor();
+            await isPage("opened from the library");
           } finally {
             await context.close();
           }

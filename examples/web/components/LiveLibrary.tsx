@@ -6,6 +6,7 @@ import { type FormEvent, useRef, useState } from "react";
 import type { ProgressRow } from "@/lib/client/types.ts";
 import { describePosition, formatWhen } from "./format.ts";
 import { SessionChanged, useRenderedForThisUser, useSync, useSyncSnapshot } from "./SyncProvider.tsx";
+import { seriesHref } from "@/lib/seriesHref.ts";
 
 const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
@@ -33,7 +34,7 @@ function Library({ initialRows }: { initialRows: ProgressRow[] }) {
           {library.map((item) => (
             <li key={item.seriesId} data-testid={`library-item-${item.seriesId}`} data-series={item.seriesId}>
               <div>
-                <Link className="series" href={`/series/${encodeURIComponent(item.seriesId)}`}>{item.seriesId}</Link>
+                <Link className="series" href={seriesHref(item.seriesId)}>{item.seriesId}</Link>
                 <div className="where" data-testid="library-position">{describePosition(item)}</div>
                 <div className="meta">
                   {item.pending ? "saving… · " : ""}
@@ -63,7 +64,7 @@ function OpenSeries() {
       setError("Use letters, digits, '.', '_', ':' or '-' (start with a letter or digit).");
       return;
     }
-    router.push(`/series/${encodeURIComponent(id)}`);
+    router.push(seriesHref(id));
   }
   return (
     <form onSubmit={submit} className="actions" style={{ marginTop: 16 }} data-testid="open-series">

@@ -3,11 +3,20 @@ import { redirect } from "next/navigation";
 import { ConnectionStatus, SyncErrorBanner } from "@/components/ConnectionStatus.tsx";
 import { SyncProvider } from "@/components/SyncProvider.tsx";
 import { publicConfig } from "@/lib/server/config.ts";
-import { getSession } from "@/lib/server/session.ts";
+import { AuthUnavailable } from "@/components/AuthUnavailable.tsx";
+import { AuthUnavailableError, getSession } from "@/lib/server/session.ts";
 
 // Everything under (reader) needs a signed-in user; checked here, on the server, per request.
 export default async function ReaderLayout({ children }: { children: ReactNode }) {
-  const session = await getSession();
+  let session;
+  try {
+    session = await getSession();
+  } catch (error) {
+    // The error.tsx files below cannot catch what this layout throws: without this, Next's generic
+    // 500 page. An Auth outage is not a sign-out (the cookies stay), so: try again.
+    if (!(error instanceof AuthUnavailableError)) throw error;
+    return <main><AuthUnavailable /></main>;
+  }
   if (!session) redirect("/sign-in");
   const config = publicConfig();
   return (

@@ -3,6 +3,7 @@ import { redirect } from "next/navigation";
 import { devSignIn } from "@/lib/server/config.ts";
 import { getSession } from "@/lib/server/session.ts";
 import { DevSignInForm, SupabaseSignInForms } from "./SignInForms.tsx";
+import { SignedOutSignal } from "./SignedOutSignal.tsx";
 
 export const metadata: Metadata = { title: "Sign in · readsync" };
 export const dynamic = "force-dynamic";
@@ -13,6 +14,7 @@ export default async function SignInPage({ searchParams }: { searchParams: Promi
   const { error } = await searchParams;
   return (
     <main className="narrow">
+      <SignedOutSignal />
       <h1>readsync</h1>
       <p className="muted">Your place in every series, on every device.</p>
       {error === "link" && (

@@ -1,0 +1,10 @@
+/**
+ * The address of a series page. Dots are percent-encoded too (encodeURIComponent keeps them): an id
+ * may end in ".rsc" (ids allow dots), and Next.js reads such a path as a request for the page's
+ * React Server Components payload, which a full load (a reload, a bookmark, a new tab) would show
+ * as text. Next decodes "%2E" back to "." for the page's params. (Typed by hand with the dot, such
+ * an address still gets the payload: Next takes the suffix before the proxy sees the path.)
+ */
+export function seriesHref(seriesId: string): string {
+  return `/series/${encodeURIComponent(seriesId).replace(/\./g, "%2E")}`;
+}
