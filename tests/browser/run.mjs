@@ -1181,7 +1181,7 @@ async function main() {
               assert(type.startsWith("text/html"), `${how}, reloaded: an HTML page, got ${type}`);
               await device.page.locator("main").getByTestId("position-form").waitFor({ timeout: 10_000 });
               assertEqual(
-                await device.page.getByTestId("series-title").textContent(),
+                await device.page.locator("main").getByTestId("series-title").textContent(),
                 series,
                 `${how}: the title`,
               );
