@@ -213,6 +213,18 @@ async function main() {
       }, { what: `${device.label}'s device id` });
     };
 
+    /**
+     * A throwaway reader's tab in a context of its own, signed in (against a real project the user is
+     * created first). The caller closes `context`.
+     */
+    const throwawayReader = async (label, email) => {
+      const context = await ownContext();
+      const device = await tabIn(context, label);
+      if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
+      await signIn(device, email);
+      return { context, device };
+    };
+
     const status = (device) => device.page.getByTestId("connection-status").getAttribute("data-status");
     const waitForStatus = (device, want, timeoutMs = 20_000) =>
       eventually(async () => assertEqual(await status(device), want, `${device.label} status`), {
@@ -1099,13 +1111,10 @@ async function main() {
       {
         name: TESTS[16],
         fn: async () => {
-          const context = await ownContext();
+          const email = `reader-r-${run}@readsync.test`;
+          const { context, device } = await throwawayReader("reader R", email);
           try {
-            const device = await tabIn(context, "reader R");
-            const email = `reader-r-${run}@readsync.test`;
             const series = `cleared-field-${run}`;
-            if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
-            await signIn(device, email);
             await openSeries(device, series);
             await setPosition(device, { chapter: 12, page: 30, percent: 40 });
             await waitForOutboxEmpty(device);
@@ -1143,13 +1152,10 @@ async function main() {
       {
         name: TESTS[17],
         fn: async () => {
-          const context = await ownContext();
+          const email = `reader-o-${run}@readsync.test`;
+          const { context, device: first } = await throwawayReader("reader O, tab 1", email);
           try {
-            const email = `reader-o-${run}@readsync.test`;
             const series = `signout-${run}`;
-            if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
-            const first = await tabIn(context, "reader O, tab 1");
-            await signIn(first, email);
             await openSeries(first, series);
             await setPosition(first, { chapter: 3, page: 30, percent: 3 });
             await waitForOutboxEmpty(first);
@@ -1168,12 +1174,9 @@ async function main() {
       {
         name: TESTS[18],
         fn: async () => {
-          const context = await ownContext();
+          const email = `reader-q-${run}@readsync.test`;
+          const { context, device } = await throwawayReader("reader Q", email);
           try {
-            const device = await tabIn(context, "reader Q");
-            const email = `reader-q-${run}@readsync.test`;
-            if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
-            await signIn(device, email);
             const series = `vol1-${run}.rsc`;
             const isPage = async (how) => {
               const response = await device.page.reload();
