@@ -23,6 +23,7 @@ import { flushOutbox } from "@/lib/client/outbox.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
 import { announceSession, sessionChangedFor } from "@/lib/client/sessionSignal.ts";
+import { createSessionCheck } from "@/lib/client/sessionCheck.ts";
 
 export type DisplayStatus = RealtimeStatus;
 
@@ -154,14 +155,13 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       if (tokens.remaining < 120 && navigator.onLine) void tokens.refresh().catch(leaveIfSignedOut);
     }, 30_000);
     // Whether this browser's session is still this user's (another tab may have signed out, or in as
-    // someone else), with a token that is fresh (a laptop may have slept past its expiry): asked
-    // before reading what was missed, so that read does not go out with a token that has run out.
-    const recheckSession = () => tokens.refresh().then(() => {}, leaveIfSignedOut);
+    // someone else), with a token that is fresh (a laptop may have slept past its expiry).
+    const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => subscription.syncNow() });
     // Another tab of this browser queued writes (offline) or changed the shared outbox: send them too.
     // Or it says the session changed (lib/client/sessionSignal.ts): check it now, not at expiry.
     const onStorage = (event: StorageEvent) => {
       if (sessionChangedFor(event, userId)) {
-        void recheckSession();
+        void session.sessionChanged();
         return;
       }
       if (event.key !== store.outboxKey && event.key !== null) return;
@@ -172,14 +172,14 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       setOnline(true);
       flush();
       // Rejoin Realtime and read what was missed now instead of waiting out the backoff.
-      void recheckSession().finally(() => subscription.syncNow());
+      void session.shown();
     };
     const onOffline = () => setOnline(false);
     // A hidden tab's timers run at most once a minute and its socket may have been dropped (a
     // sleeping laptop, a phone's browser in the background): when the reader comes back to it,
     // read now, so the page shows where the other device left off before they look.
     const onVisible = () => {
-      if (document.visibilityState === "visible") void recheckSession().finally(() => subscription.syncNow());
+      if (document.visibilityState === "visible") void session.shown();
     };
     window.addEventListener("online", onOnline);
     window.addEventListener("offline", onOffline);

@@ -77,8 +77,16 @@ export class TokenKeeper {
     }
   }
 
-  refresh(): Promise<string> {
+  /**
+   * Asks GET /auth/token. Calls while one is under way share it, unless `fresh`: the caller learned
+   * of something after that request left (another tab signed out), so it waits for it to settle and
+   * asks again (the answer in flight describes the session before the change).
+   */
+  refresh(options: { fresh?: boolean } = {}): Promise<string> {
     if (this.#signedOut) return Promise.reject(this.#signedOut);
+    if (options.fresh && this.#refreshing) {
+      return this.#refreshing.then(() => this.refresh(), () => this.refresh());
+    }
     this.#refreshing ??= (async () => {
       try {
         const response = await fetch("/auth/token", {

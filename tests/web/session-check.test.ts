@@ -1,0 +1,103 @@
+// The web app's session checks (examples/web/lib/client/sessionCheck.ts and TokenKeeper.refresh):
+// when another tab says the session changed, and when a tab is shown again or back online. GET
+// /auth/token is stubbed (the web server's route; a relative URL has no server in Deno).
+
+import assert from "node:assert/strict";
+import { SignedOutError, TokenKeeper } from "../../examples/web/lib/client/tokenKeeper.ts";
+import { createSessionCheck, SHOWN_CHECK_INTERVAL_MS } from "../../examples/web/lib/client/sessionCheck.ts";
+
+const realFetch = globalThis.fetch;
+const USER = "11111111-1111-4111-8111-111111111111";
+const inSeconds = (s: number) => Math.floor(Date.now() / 1000) + s;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Leaves recorded instead of navigating. */
+function leaves() {
+  const left: string[] = [];
+  const leaveIfSignedOut = (error: unknown) => {
+    if (error instanceof SignedOutError) left.push(error.userChanged ? "reload" : "/sign-in");
+  };
+  return { left, leaveIfSignedOut };
+}
+
+Deno.test("a sign-out heard while a token request is under way is checked with a request of its own", async () => {
+  let signedIn = true;
+  globalThis.fetch = (async () => {
+    const wasSignedIn = signedIn; // the server reads the session when the request arrives
+    await sleep(300); // and Auth is slow to answer
+    return wasSignedIn
+      ? Response.json({ accessToken: "tok-2", expiresAt: inSeconds(3600), userId: USER })
+      : Response.json({ error: "signed_out" }, { status: 401 });
+  }) as typeof fetch;
+  try {
+    const tokens = new TokenKeeper("tok-1", inSeconds(3600), { userId: USER });
+    const { left, leaveIfSignedOut } = leaves();
+    const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => Promise.resolve() });
+    const shown = session.shown(); // the tab was shown: a check is under way
+    await sleep(50);
+    signedIn = false; // another tab signs out and says so
+    await Promise.all([shown, session.sessionChanged()]);
+    assert.deepEqual(left, ["/sign-in"]);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+Deno.test("a tab shown again reads at once while Auth is slow, and asks /auth/token at most every 30 s", async () => {
+  let requests = 0;
+  globalThis.fetch = ((_: unknown, init?: RequestInit) => {
+    requests++;
+    return new Promise((resolve, reject) => {
+      init?.signal?.addEventListener("abort", () => reject(init.signal!.reason));
+      setTimeout(
+        () => resolve(Response.json({ accessToken: "tok-1", expiresAt: inSeconds(3600), userId: USER })),
+        400,
+      );
+    });
+  }) as typeof fetch;
+  try {
+    let clock = 1_000_000;
+    const tokens = new TokenKeeper("tok-1", inSeconds(3600), { userId: USER });
+    const reads: number[] = [];
+    const started = Date.now();
+    const session = createSessionCheck({
+      tokens,
+      leaveIfSignedOut: () => {},
+      syncNow: () => Promise.resolve(void reads.push(Date.now() - started)),
+      now: () => clock,
+    });
+    const first = session.shown();
+    assert.equal(reads.length, 1, "the read went out before /auth/token answered");
+    assert.equal(requests, 1, "and the session is checked beside it");
+    await first;
+    clock += SHOWN_CHECK_INTERVAL_MS - 1;
+    await session.shown();
+    assert.deepEqual([reads.length, requests], [2, 1], "shown again within 30 s: read, no new check");
+    clock += 2;
+    await session.shown();
+    assert.deepEqual([reads.length, requests], [3, 2], "after 30 s: checked again");
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
+
+Deno.test("a tab shown again with a token about to run out reads only once it has a fresh one", async () => {
+  const order: string[] = [];
+  globalThis.fetch = (async () => {
+    await sleep(100);
+    order.push("token");
+    return Response.json({ accessToken: "tok-2", expiresAt: inSeconds(3600), userId: USER });
+  }) as typeof fetch;
+  try {
+    const tokens = new TokenKeeper("tok-1", inSeconds(30), { userId: USER });
+    const session = createSessionCheck({
+      tokens,
+      leaveIfSignedOut: () => {},
+      syncNow: () => Promise.resolve(void order.push(`read with ${tokens.current}`)),
+    });
+    await session.shown();
+    assert.deepEqual(order, ["token", "read with tok-2"]);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});
