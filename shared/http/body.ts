@@ -1,6 +1,6 @@
-// Reading a JSON request body safely: the media type must be JSON (415), the body may not exceed a
-// byte limit (413; checked on Content-Length first and again while streaming, so a chunked or lying
-// client cannot push more), and it must be UTF-8 JSON (400).
+// Reading a JSON request body safely: the media type must be JSON and the body not compressed (415),
+// the body may not exceed a byte limit (413; checked on Content-Length first and again while
+// streaming, so a chunked or lying client cannot push more), and it must be UTF-8 JSON (400).
 
 import { HttpError } from "./errors.ts";
 
@@ -11,6 +11,19 @@ export function isJsonMediaType(contentType: string | null): boolean {
   if (!contentType) return false;
   const type = contentType.split(";")[0].trim().toLowerCase();
   return type === "application/json" || /^application\/[a-z0-9.!#$&^_-]+\+json$/.test(type);
+}
+
+/**
+ * The Content-Encoding header when it names a coding other than identity (gzip, br, ...), else null.
+ * Nothing here decodes one (Supabase's edge runtime hands a function the body as sent): such a body
+ * is refused with 415 (RFC 9110, 15.5.16) instead of being read as JSON, where a gzip body failed as
+ * "not valid UTF-8" and an uncompressed body labelled gzip was taken as it was.
+ */
+export function contentCoding(req: Request): string | null {
+  const value = req.headers.get("content-encoding");
+  if (value === null) return null;
+  const codings = value.split(",").map((c) => c.trim().toLowerCase()).filter((c) => c !== "");
+  return codings.some((c) => c !== "identity") ? value : null;
 }
 
 /** Reads at most maxBytes of the body; throws 413 beyond that (and stops reading). */
@@ -69,6 +82,15 @@ export async function readJsonBody(
       {
         details: { content_type: req.headers.get("content-type") },
       },
+    );
+  }
+  const coding = contentCoding(req);
+  if (coding !== null) {
+    throw new HttpError(
+      415,
+      "unsupported_media_type",
+      `The body must be sent uncompressed (Content-Encoding: ${coding} is not supported)`,
+      { details: { content_encoding: coding }, headers: { "accept-encoding": "identity" } },
     );
   }
   const bytes = await readBodyLimited(req, maxBytes);

@@ -11,7 +11,8 @@
 //   DELETE /progress/series/:seriesId?device_id&updated_at  reset (tombstone write) -> 200 WriteResult
 //   OPTIONS (any path)                     CORS preflight              -> 204
 // Check order: route (404/405), token (401/403), query string (400/422; routes without parameters
-// take none), media type (415), size (413), JSON (400), body schema (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+// take none), media type and content coding (415), size (413), JSON (400), body schema (400/422),
+// database (422/503). Errors: {"error": {"code", "message", "details"}}.
 //
 // Callers: a signed-in user's access token (role authenticated) acts as that user. The anon key
 // (no user) is refused with 403. A service_role token (server-side jobs) must name the user in the

@@ -619,3 +619,41 @@ Deno.test("415 is only for non-JSON types: a charset parameter and +json types a
     assert.equal(ok.status, 200, `${type}: ${JSON.stringify(ok.body)}`);
   }
 });
+
+Deno.test("415: a compressed body (Content-Encoding other than identity) is refused, not misread", () =>
+  unchanged(async ({ a, series }) => {
+    const body = JSON.stringify(write({ series_id: series, chapter: 62 }));
+    const gzip = new Uint8Array(
+      await new Response(new Blob([body]).stream().pipeThrough(new CompressionStream("gzip"))).arrayBuffer(),
+    );
+    const cases: [string, BodyInit][] = [["gzip", gzip], ["gzip", body], ["br", body], [
+      "identity, gzip",
+      body,
+    ]];
+    for (const [coding, rawBody] of cases) {
+      const answer = await call("POST", "", {
+        token: a.accessToken,
+        headers: { "content-type": "application/json", "content-encoding": coding },
+        rawBody,
+      });
+      const e = expectError(answer, 415, "unsupported_media_type");
+      assert.deepEqual(e.details, { content_encoding: coding }, coding);
+      assert.equal(answer.headers.get("accept-encoding"), "identity", coding);
+    }
+    const batch = await call("POST", "/batch", {
+      token: a.accessToken,
+      headers: { "content-type": "application/json", "content-encoding": "gzip" },
+      rawBody: JSON.stringify({ writes: [write({ series_id: series, chapter: 63 })] }),
+    });
+    expectError(batch, 415, "unsupported_media_type");
+  }));
+
+Deno.test("Content-Encoding: identity is no coding: the body is read", async () => {
+  const a = await createTestUser();
+  const ok = await call("POST", "", {
+    token: a.accessToken,
+    headers: { "content-type": "application/json", "content-encoding": "Identity" },
+    rawBody: JSON.stringify(write({ series_id: seriesId("ce") })),
+  });
+  assert.equal(ok.status, 200, JSON.stringify(ok.body));
+});
