@@ -104,13 +104,15 @@ export const resetQuerySchema = strict({
 
 /**
  * A page size in a query string: decimal digits only ("", "+5", " 5", "1e2" and "0x10" are not a
- * number here: 400), then the range (422).
+ * number here: 400), then the range (422). Any number of digits is a number: one of ten digits or
+ * more is out of range (read as the largest safe integer, so a long one is not Infinity, which zod
+ * calls a wrong type), and leading zeros do not count.
  */
 function limitSchema(max: number) {
   return z
     .string()
     .transform((s, ctx) => {
-      if (!/^[0-9]{1,9}$/.test(s)) {
+      if (!/^[0-9]+$/.test(s)) {
         ctx.addIssue({
           code: "invalid_type",
           expected: "int",
@@ -119,7 +121,8 @@ function limitSchema(max: number) {
         });
         return z.NEVER;
       }
-      return Number(s);
+      const digits = s.replace(/^0+(?=[0-9])/, "");
+      return digits.length > 9 ? Number.MAX_SAFE_INTEGER : Number(digits);
     })
     .pipe(z.int().min(1).max(max));
 }

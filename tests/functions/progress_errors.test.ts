@@ -620,6 +620,28 @@ Deno.test("415 is only for non-JSON types: a charset parameter and +json types a
   }
 });
 
+Deno.test("a page size of ten or more digits is a number out of range (422), not a non-number (400)", () =>
+  unchanged(async ({ a }) => {
+    for (const limit of ["1000000000", "99999999999999999999", "9".repeat(400)]) {
+      const e = expectError(
+        await call("GET", `?limit=${limit}`, { token: a.accessToken }),
+        422,
+        "validation_failed",
+      );
+      assert.doesNotMatch(e.message, /digits only/, limit);
+      expectError(
+        await call("GET", `/changes?limit=${limit}`, { token: a.accessToken }),
+        422,
+        "validation_failed",
+      );
+    }
+    // Leading zeros are still the same number.
+    for (const path of ["?limit=0000000005", "/changes?limit=00000000000000000005"]) {
+      const ok = await call("GET", path, { token: a.accessToken });
+      assert.equal(ok.status, 200, `${path}: ${JSON.stringify(ok.body)}`);
+    }
+  }));
+
 Deno.test("415: a compressed body (Content-Encoding other than identity) is refused, not misread", () =>
   unchanged(async ({ a, series }) => {
     const body = JSON.stringify(write({ series_id: series, chapter: 62 }));
