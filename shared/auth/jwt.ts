@@ -89,10 +89,14 @@ const ASYMMETRIC_ALGS = [
   "EdDSA",
 ];
 
-/** The token of an `Authorization: Bearer <token>` header, or null. */
+/**
+ * The token of an `Authorization: Bearer <token>` header, or null when the header is not of the
+ * Bearer scheme or names no token. Whatever follows "Bearer " is the token: two tokens, or one with a
+ * space in it, is a malformed token (401 invalid_token), not a missing one.
+ */
 export function bearerToken(header: string | null | undefined): string | null {
   if (!header) return null;
-  const match = /^Bearer[ ]+([^ ]+)[ ]*$/i.exec(header);
+  const match = /^Bearer[ ]+([^ ].*?)[ ]*$/i.exec(header);
   return match ? match[1] : null;
 }
 

@@ -679,3 +679,16 @@ Deno.test("Content-Encoding: identity is no coding: the body is read", async () 
   });
   assert.equal(ok.status, 200, JSON.stringify(ok.body));
 });
+
+Deno.test("401: an Authorization header with more than one token is an invalid token, not a missing one", () =>
+  unchanged(async ({ a }) => {
+    for (const header of [`Bearer ${a.accessToken} ${a.accessToken}`, `Bearer ${a.accessToken}, Bearer x`]) {
+      const e = expectError(
+        await call("GET", "", { headers: { authorization: header } }),
+        401,
+        "invalid_token",
+      );
+      assert.deepEqual(e.details, { reason: "malformed_token" });
+    }
+    expectError(await call("GET", "", { headers: { authorization: "Bearer " } }), 401, "missing_token");
+  }));
