@@ -14,10 +14,13 @@
 //
 // Retries: only 503 and network failures (a timed-out attempt is one), with capped exponential
 // backoff and full jitter (never a 4xx: the same request would fail again), and never once the
-// caller's signal has aborted. Retrying a write is safe: the API is last-write-wins on the write's
-// own (updated_at, device_id), and an identical replay is a no-op with the same answer. (Except a
-// write dated more than 5 s ahead of the server, which has no stable key: stamp writes with the
-// server's clock, `api.now()`, and the API never sees one.)
+// caller's signal has aborted. A Retry-After (seconds or an HTTP-date) is kept on the error as
+// `details.retry_after` in seconds; one longer than the retries' own cap (maxDelayMs) is not retried
+// here at all (the caller waits it out), a shorter one is waited out before the next attempt.
+// Retrying a write is safe: the API is last-write-wins on the write's own (updated_at, device_id),
+// and an identical replay is a no-op with the same answer. (Except a write dated more than 5 s ahead
+// of the server, which has no stable key: stamp writes with the server's clock, `api.now()`, and the
+// API never sees one.)
 
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { FunctionsFetchError, FunctionsHttpError, FunctionsRelayError } from "@supabase/supabase-js";
@@ -45,6 +48,7 @@ import {
   RealtimeService,
   type RealtimeServiceOptions,
 } from "../realtime/realtimeService.ts";
+import { parseRetryAfter, retryAfterMsOf } from "../http/retryAfter.ts";
 
 // ------------------------------------------------------------------------------------ errors
 
@@ -203,11 +207,6 @@ async function readErrorResponse(
   return errorFor(response.status, code, String(message), { details: body ?? undefined, requestId });
 }
 
-function retryAfterMs(error: ProgressApiError): number {
-  const seconds = Number((error.details as { retry_after?: unknown } | undefined)?.retry_after);
-  return Number.isFinite(seconds) ? seconds * 1000 : 0;
-}
-
 /** One logical call: invoke with retries on 503 / network errors; the 2xx body parsed by `schema`. */
 async function invoke<S extends z.ZodType>(
   client: FunctionsCapableClient,
@@ -258,10 +257,17 @@ async function invoke<S extends z.ZodType>(
     if (invokeError instanceof FunctionsHttpError || invokeError instanceof FunctionsRelayError) {
       const response = invokeError.context as Response;
       error = await readErrorResponse(response, options, attemptStartedMs);
-      const header = response.headers.get("retry-after");
-      if (header && /^\d+$/.test(header) && !(error instanceof NetworkError)) {
+      // An HTTP-date is counted from the answer's own time (X-Server-Time, else Date), not this device's.
+      const answeredAt = Date.parse(
+        response.headers.get("x-server-time") ?? response.headers.get("date") ?? "",
+      );
+      const retryAfter = parseRetryAfter(
+        response.headers.get("retry-after"),
+        Number.isFinite(answeredAt) ? answeredAt : Date.now(),
+      );
+      if (retryAfter !== undefined && !(error instanceof NetworkError)) {
         error = errorFor(error.status, error.code, error.message, {
-          details: { ...(error.details as object ?? {}), retry_after: Number(header) },
+          details: { ...(error.details as object ?? {}), retry_after: retryAfter },
           requestId: error.requestId,
         });
       }
@@ -284,9 +290,14 @@ async function invoke<S extends z.ZodType>(
     throwIfAborted(options.signal);
     const retryable = error instanceof ServiceUnavailableError || error instanceof NetworkError;
     if (!retryable || attempt >= retry.attempts) throw error;
-    // Full jitter on a capped exponential delay; a Retry-After longer than that is honoured up to the cap.
+    // A Retry-After longer than this call waits between attempts ends the call: retrying sooner would
+    // go against what the server asked, and the caller (an outbox, a poll) can wait it out, reading
+    // it from the error (shared/http/retryAfter.ts).
+    const retryAfterMs = retryAfterMsOf(error, Infinity) ?? 0;
+    if (retryAfterMs > retry.maxDelayMs) throw error;
+    // Full jitter on a capped exponential delay, and never less than a Retry-After.
     const ceiling = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
-    const delayMs = Math.min(retry.maxDelayMs, Math.max(Math.floor(random() * ceiling), retryAfterMs(error)));
+    const delayMs = Math.max(Math.floor(random() * ceiling), retryAfterMs);
     options.onRetry?.({ attempt, delayMs, error });
     await untilAborted(sleep(delayMs), options.signal);
   }

@@ -41,6 +41,7 @@ import { type BackoffOptions, DEFAULT_BACKOFF, fullJitterDelay } from "./backoff
 import { type ChangeKind, type LwwRow, ProgressMergeState } from "./progressMerge.ts";
 import { defaultCompareRows, defaultParseRow, type ProgressRow } from "./progressContract.ts";
 import { type HeartbeatStatus, watchHeartbeats } from "./heartbeatWatch.ts";
+import { retryAfterMsOf } from "../http/retryAfter.ts";
 
 export type RealtimeStatus = "connecting" | "live" | "polling" | "offline";
 
@@ -1278,27 +1279,6 @@ const monotonicNow = (): number => performance.now();
 
 /** How early a timer may fire (performance.now() against the timer's whole milliseconds). */
 const RETRY_AFTER_SLACK_MS = 2;
-
-/**
- * The longest Retry-After honoured: a device that neither hears Realtime nor reads for longer than
- * this would show a stale place however long a misconfigured proxy asks it to wait.
- */
-const MAX_RETRY_AFTER_MS = 300_000;
-
-/**
- * The wait a failed changesSince call asks for: `retryAfterMs`, or `details.retry_after` in seconds
- * (ProgressApiError carries a 429's or 503's Retry-After there), at most MAX_RETRY_AFTER_MS.
- */
-function retryAfterMsOf(error: unknown): number | undefined {
-  const e = error as { retryAfterMs?: unknown; details?: { retry_after?: unknown } } | null;
-  const seconds = e?.details?.retry_after;
-  const ms = typeof e?.retryAfterMs === "number"
-    ? e.retryAfterMs
-    : typeof seconds === "number"
-    ? seconds * 1000
-    : NaN;
-  return ms > 0 ? Math.min(ms, MAX_RETRY_AFTER_MS) : undefined;
-}
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

@@ -234,6 +234,83 @@ Deno.test("no retry on 4xx or 500: exactly one request", async () => {
   }
 });
 
+Deno.test("Retry-After: a 503's wait longer than the retries' cap ends the call at once; the error carries it", async () => {
+  const user = await createTestUser();
+  const upstream = flakyFunctions(() => apiError(503, "service_unavailable", { "retry-after": "30" }));
+  try {
+    const slept: number[] = [];
+    const e = await rejection(
+      updateProgress(clientFor(user.accessToken, upstream.url), write({ series_id: seriesId("wait-30") }), {
+        sleep: (ms) => Promise.resolve(void slept.push(ms)), // the default retries: 4 attempts, 5 s cap
+      }),
+    );
+    assert.ok(e instanceof ServiceUnavailableError);
+    assert.deepEqual([upstream.hits(), slept], [1, []], "not asked again 5 s later, against its 30 s");
+    assert.equal((e.details as { retry_after?: number }).retry_after, 30);
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("Retry-After: a short one is waited out in full before the next attempt", async () => {
+  const user = await createTestUser();
+  const upstream = flakyFunctions((hit) =>
+    hit === 1 ? apiError(503, "service_unavailable", { "retry-after": "2" }) : null
+  );
+  try {
+    const slept: number[] = [];
+    const result = await updateProgress(
+      clientFor(user.accessToken, upstream.url),
+      write({ series_id: seriesId("wait-2") }),
+      {
+        retry: { attempts: 2, baseDelayMs: 100, maxDelayMs: 5_000 },
+        random: () => 0.99,
+        sleep: (ms) => Promise.resolve(void slept.push(ms)),
+      },
+    );
+    assert.equal(result.won, true);
+    assert.deepEqual([upstream.hits(), slept], [2, [2_000]]);
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("Retry-After as an HTTP-date: counted from the answer's clock (X-Server-Time, else Date), not the device's", async () => {
+  const user = await createTestUser();
+  // The server's clock is years away from this device's: the wait is still what the server meant.
+  const serverNow = Date.parse("2015-10-21T07:28:00.000Z");
+  const answers = [
+    apiError(429, "rate_limited", {
+      "x-server-time": new Date(serverNow).toISOString(),
+      "retry-after": new Date(serverNow + 90_000).toUTCString(),
+    }),
+    // A gateway's answer: no X-Server-Time, its Date header instead.
+    new Response("Too Many Requests", {
+      status: 429,
+      headers: {
+        date: new Date(serverNow).toUTCString(),
+        "retry-after": new Date(serverNow + 45_000).toUTCString(),
+      },
+    }),
+  ];
+  for (const [i, answer] of answers.entries()) {
+    const upstream = flakyFunctions(() => answer.clone());
+    try {
+      const e = await rejection(
+        updateProgress(
+          clientFor(user.accessToken, upstream.url),
+          write({ series_id: seriesId("date") }),
+          fast,
+        ),
+      );
+      assert.deepEqual([e.status, upstream.hits()], [429, 1], `answer ${i}: a 429 is not retried here`);
+      assert.equal((e.details as { retry_after?: number }).retry_after, i === 0 ? 90 : 45, `answer ${i}`);
+    } finally {
+      await upstream.shutdown();
+    }
+  }
+});
+
 Deno.test("retry: network failures are retried, then surface as NetworkError", async () => {
   const user = await createTestUser();
   let retries = 0;
