@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
-import { createProgressApi } from "@shared/progress/api.ts";
+import { createProgressApi, NetworkError } from "@shared/progress/api.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import { flushOutbox, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
@@ -66,7 +66,7 @@ Deno.test(
     series.forEach((s, i) => store.addPending(pending(s, now - 60_000 + i, i + 1)));
     store.addPending(pending(contested, now - 60_000, 2));
 
-    await flushOutbox(store, api, options());
+    assert.deepEqual(await flushOutbox(store, api, options()), { outcome: "done" });
     assert.deepEqual(requests, ["/functions/v1/progress/batch"]);
     const view = store.getSnapshot();
     assert.equal(view.pendingCount, 0);
@@ -116,9 +116,22 @@ Deno.test({ name: "outbox: no network keeps every write for the next try", ...no
   const { client, api, store } = await device(`http://127.0.0.1:${closedPort()}`);
   store.addPending(pending(seriesId("later-a"), Date.now() - 2_000, 1));
   store.addPending(pending(seriesId("later-b"), Date.now() - 1_000, 2));
-  await flushOutbox(store, api, options());
+  const result = await flushOutbox(store, api, options());
+  assert.ok(
+    result.outcome === "failed" && result.error instanceof NetworkError,
+    "the failure is answered, for the caller to schedule the next try",
+  );
   assert.equal(store.getSnapshot().pendingCount, 2);
   assert.equal(store.getSnapshot().lastError, null);
+  await client.realtime.disconnect();
+});
+
+Deno.test({ name: "outbox: signed out, it stops and keeps every write", ...noSanitize }, async () => {
+  const { client, api, store } = await device(`http://127.0.0.1:${closedPort()}`);
+  store.addPending(pending(seriesId("signed-out"), Date.now() - 1_000, 1));
+  const result = await flushOutbox(store, api, options({ isSignedOut: () => true }));
+  assert.deepEqual(result, { outcome: "signed out" });
+  assert.equal(store.getSnapshot().pendingCount, 1);
   await client.realtime.disconnect();
 });
 

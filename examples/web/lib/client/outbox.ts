@@ -5,9 +5,10 @@
 //
 // Failures, per batch:
 //   - retryable (anything but a refusal of the write itself: no network, 5xx, 429, an expired
-//     token, a 404 or 403 from a gateway): stop, keep everything; the caller tries again on
-//     reconnect or its timer. A 401 refreshes the token first. A failure that does not clear by
-//     itself (isTransient false) is shown to the reader meanwhile.
+//     token, a 404 or 403 from a gateway): stop, keep everything, and answer the failure, so the
+//     caller can decide when to try again (how long it waited, a Retry-After on the error).
+//     A 401 refreshes the token first. A failure that does not clear by itself (isTransient
+//     false) is shown to the reader meanwhile.
 //   - signed out: stop.
 //   - refused (a ValidationError: a write the API will never take): that batch is sent again one
 //     write at a time, so the refused write is dropped with a message and the others are still saved.
@@ -40,10 +41,26 @@ export interface OutboxOptions {
   batchSize?: number;
 }
 
-type Outcome = "sent" | "retry later" | "one by one";
+/** How a flush ended. */
+export type FlushResult =
+  /** Every write that was pending when it began has been settled (saved, lost, or refused). */
+  | { outcome: "done" }
+  /** Stopped at a retryable failure; that write and every later one are kept. */
+  | { outcome: "failed"; error: unknown }
+  /** The session is gone; everything is kept for the next sign-in. */
+  | { outcome: "signed out" }
+  /** The owner went away (isDisposed) between requests. */
+  | { outcome: "disposed" };
+
+/** Of one request: its writes settled, send them again one by one, or stop the flush with this result. */
+type Outcome = "sent" | "one by one" | FlushResult;
 
 /** Sends every pending write; resolves when done or when it stopped at a retryable failure. */
-export async function flushOutbox(store: SyncStore, api: OutboxTransport, options: OutboxOptions): Promise<void> {
+export async function flushOutbox(
+  store: SyncStore,
+  api: OutboxTransport,
+  options: OutboxOptions,
+): Promise<FlushResult> {
   const size = Math.min(options.batchSize ?? PROGRESS_LIMITS.batchMax, PROGRESS_LIMITS.batchMax);
   const pending = store.pendingWrites();
   // Refused writes are dropped at the end: every settled write clears the store's error, and the
@@ -51,18 +68,19 @@ export async function flushOutbox(store: SyncStore, api: OutboxTransport, option
   const refused: { write: PendingWrite; message: string }[] = [];
   try {
     for (let i = 0; i < pending.length; i += size) {
-      if (options.isDisposed()) return;
+      if (options.isDisposed()) return { outcome: "disposed" };
       const batch = pending.slice(i, i + size);
       const outcome = await attempt(store, options, batch, () => api.updateProgressBatch(batch), refused);
-      if (outcome === "retry later") return;
+      if (typeof outcome === "object") return outcome;
       if (outcome === "one by one") {
         for (const write of batch) {
-          if (options.isDisposed()) return;
+          if (options.isDisposed()) return { outcome: "disposed" };
           const one = await attempt(store, options, [write], async () => [await api.updateProgress(write)], refused);
-          if (one === "retry later") return;
+          if (typeof one === "object") return one;
         }
       }
     }
+    return { outcome: "done" };
   } finally {
     for (const { write, message } of refused) store.reject(write, message);
   }
@@ -80,14 +98,14 @@ async function attempt(
     writes.forEach((write, k) => store.settle(write, results[k]));
     return "sent";
   } catch (error) {
-    if (options.isSignedOut(error)) return "retry later";
+    if (options.isSignedOut(error)) return { outcome: "signed out" };
     if (options.isRetryable(error)) {
       if (writes.length > 1 && options.splitMayHelp?.(error)) return "one by one";
       if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
       const transient = options.isTransient?.(error) ?? true;
       const message = error instanceof Error ? error.message : String(error);
       store.setError(transient ? null : `Not saved yet (will retry): ${message}`);
-      return "retry later";
+      return { outcome: "failed", error };
     }
     if (writes.length > 1) return "one by one";
     const message = error instanceof Error ? error.message : String(error);
