@@ -1,18 +1,26 @@
 // The web app's outbox (examples/web/lib/client/outbox.ts) against the real progress function over
 // HTTP: pending writes go out in batches (one request for a device back from offline), every answer
 // settles its write (won, or lost with a notice), a write the API refuses is dropped alone while the
-// rest of its batch is still saved, and a network failure keeps everything for the next try.
+// rest of its batch is still saved, and a network failure keeps everything for the next try, which
+// the outbox's schedule (lib/client/outboxSchedule.ts) makes no sooner than a Retry-After asks.
 
 import assert from "node:assert/strict";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
-import { createProgressApi, NetworkError } from "@shared/progress/api.ts";
+import { createProgressApi, NetworkError, ProgressApiError } from "@shared/progress/api.ts";
+import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
-import { flushOutbox, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
+import { flushOutbox, type FlushResult, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
+import { OutboxSchedule } from "../../examples/web/lib/client/outboxSchedule.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
-import { isRetryable, isTransient, splitMayHelp } from "../../examples/web/lib/progressClient.ts";
+import {
+  isNetworkFailure,
+  isRetryable,
+  isTransient,
+  splitMayHelp,
+} from "../../examples/web/lib/progressClient.ts";
 import { createTestUser, testEnv } from "../support/env.ts";
 import { closedPort, seriesId, serveLocal } from "../functions/support.ts";
-import { pendingWrite } from "./support.ts";
+import { pendingWrite, virtualTimers } from "./support.ts";
 
 const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
 
@@ -118,7 +126,7 @@ Deno.test({ name: "outbox: no network keeps every write for the next try", ...no
   store.addPending(pending(seriesId("later-b"), Date.now() - 1_000, 2));
   const result = await flushOutbox(store, api, options());
   assert.ok(
-    result.outcome === "failed" && result.error instanceof NetworkError,
+    result.outcome === "failed" && result.error instanceof NetworkError && isNetworkFailure(result.error),
     "the failure is answered, for the caller to schedule the next try",
   );
   assert.equal(store.getSnapshot().pendingCount, 2);
@@ -134,6 +142,96 @@ Deno.test({ name: "outbox: signed out, it stops and keeps every write", ...noSan
   assert.equal(store.getSnapshot().pendingCount, 1);
   await client.realtime.disconnect();
 });
+
+Deno.test(
+  {
+    name:
+      "outbox: a 429 with Retry-After (an HTTP-date): no request until it has passed, whatever asks; then all is saved",
+    ...noSanitize,
+  },
+  async () => {
+    const { user } = await device();
+    const upstream = testEnv().url;
+    // In front of the function: a rate limit that asks for two minutes (by its own clock, which is
+    // not this machine's: an hour ahead), until the test lifts it.
+    let limited = true;
+    let requests = 0;
+    const proxy = serveLocal(async (req) => {
+      const url = new URL(req.url);
+      requests++;
+      if (limited) {
+        await req.body?.cancel();
+        const serverNow = Date.now() + 3_600_000;
+        return Response.json({ error: { code: "rate_limited", message: "Too many requests" } }, {
+          status: 429,
+          headers: {
+            "x-server-time": new Date(serverNow).toISOString(),
+            "retry-after": new Date(serverNow + 120_000).toUTCString(),
+          },
+        });
+      }
+      return await fetch(`${upstream}${url.pathname}${url.search}`, {
+        method: req.method,
+        headers: req.headers,
+        body: req.method === "GET" ? undefined : await req.arrayBuffer(),
+      });
+    });
+    try {
+      const { client } = countingClient(user.accessToken, proxy.url);
+      const api = createProgressApi(client);
+      const store = new SyncStore(user.id, defaultCompareRows);
+      const clock = virtualTimers();
+      const results: FlushResult[] = [];
+      const schedule = new OutboxSchedule({
+        send: async () => {
+          const result = await flushOutbox(store, api, options({ isTransient }));
+          results.push(result);
+          return result;
+        },
+        hasPending: () => store.getSnapshot().pendingCount > 0,
+        isOnline: () => true,
+        retryAfterMs: (error) => retryAfterMsOf(error),
+        isNetworkFailure,
+        random: () => 0.5,
+        timers: clock.timers,
+      });
+      const series = [seriesId("limited-a"), seriesId("limited-b"), seriesId("limited-c")];
+      store.addPending(pending(series[0], Date.now() - 2_000, 1));
+      store.addPending(pending(series[1], Date.now() - 1_000, 2));
+      schedule.request("edit");
+      await schedule.settled();
+      assert.equal(requests, 1);
+      const first = results[0];
+      assert.ok(first.outcome === "failed" && first.error instanceof ProgressApiError);
+      assert.equal(first.error.status, 429);
+      assert.equal(schedule.retryAfterUntil - clock.now, 120_000, "two minutes, by the server's clock");
+      assert.deepEqual([store.getSnapshot().pendingCount, store.getSnapshot().lastError], [2, null]);
+
+      // A minute later: a new edit, back online, the reader's own request. Not one request.
+      clock.advance(60_000);
+      store.addPending(pending(series[2], Date.now(), 3));
+      for (const reason of ["edit", "reachable", "queued", "online", "user"] as const) {
+        schedule.request(reason);
+      }
+      await schedule.settled();
+      assert.equal(requests, 1, "nothing sent within the Retry-After");
+
+      limited = false;
+      clock.advance(59_999);
+      await schedule.settled();
+      assert.equal(requests, 1);
+      clock.advance(1);
+      await schedule.settled();
+      assert.equal(requests, 2, "one batch, as soon as the wait was over");
+      assert.deepEqual(results.at(-1), { outcome: "done" });
+      assert.deepEqual([store.getSnapshot().pendingCount, schedule.failures, clock.armed], [0, 0, 0]);
+      for (const [i, s] of series.entries()) assert.equal((await api.getProgress(s))?.chapter, i + 1);
+      await client.realtime.disconnect();
+    } finally {
+      await proxy.shutdown();
+    }
+  },
+);
 
 Deno.test(
   {

@@ -8,7 +8,8 @@
 //   outbox flush                optimistic writes go to the progress function in batches
 //                               (lib/client/outbox.ts); offline they wait in localStorage and are
 //                               sent on reconnect with their original updated_at, so
-//                               last-write-wins picks the right winner
+//                               last-write-wins picks the right winner; after failures, retries
+//                               back off and wait out a Retry-After (lib/client/outboxSchedule.ts)
 //   ServerClock (shared/)       writes are stamped with the server's time as the API's answers
 //                               reveal it, so a browser whose clock is off cannot win by it
 //   status                      live / polling / offline (the browser's offline flag wins)
@@ -18,8 +19,18 @@ import { ServerClock } from "@shared/progress/serverClock.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
-import { isRetryable, isTransient, progressApi, type ProgressApi, splitMayHelp, userClient } from "@/lib/progressClient.ts";
+import {
+  isNetworkFailure,
+  isRetryable,
+  isTransient,
+  progressApi,
+  type ProgressApi,
+  splitMayHelp,
+  userClient,
+} from "@/lib/progressClient.ts";
+import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { flushOutbox } from "@/lib/client/outbox.ts";
+import { OutboxSchedule, type SendReason } from "@/lib/client/outboxSchedule.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
 import { announceSession, sessionChangedFor } from "@/lib/client/sessionSignal.ts";
@@ -53,8 +64,6 @@ export interface SyncProviderProps {
   children: ReactNode;
 }
 
-const RETRY_MS = 3_000;
-
 function browserLog(line: string): void {
   // RealtimeService logs one JSON object per event; keep the console quiet but useful.
   if (!line.includes('"level":"debug"')) console.info(line);
@@ -65,7 +74,9 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
   const [deviceId, setDeviceId] = useState<string | null>(null);
   const [serviceStatus, setServiceStatus] = useState<RealtimeStatus>("connecting");
   const [online, setOnline] = useState(true);
-  const [runtime, setRuntime] = useState<{ api: ProgressApi; flush: () => void; clock: ServerClock } | null>(null);
+  const [runtime, setRuntime] = useState<
+    { api: ProgressApi; flush: (reason: SendReason) => void; clock: ServerClock } | null
+  >(null);
 
   useEffect(() => {
     setDeviceId(getDeviceId());
@@ -113,44 +124,30 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     setServiceStatus(subscription.status);
     const offStatus = subscription.onStatus((status) => {
       setServiceStatus(status);
-      if (status === "live" || status === "polling") flush();
+      if (status === "live" || status === "polling") flush("reachable");
     });
     const offToken = tokens.onChange((token) => void service.setAccessToken(token));
 
-    // ---- outbox flush: in batches, stops at the first retryable failure (lib/client/outbox.ts).
-    let flushing = false;
-    let again = false;
+    // ---- outbox flush: in batches, stops at the first retryable failure (lib/client/outbox.ts);
+    // when it goes, and when it goes again after a failure (backoff, Retry-After), is the
+    // schedule's to say (lib/client/outboxSchedule.ts), by why it is asked for.
     let disposed = false;
-    const flushOnce = () =>
-      flushOutbox(store, api, {
-        isRetryable,
-        isTransient,
-        splitMayHelp,
-        isSignedOut: (error) => error instanceof SignedOutError,
-        refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
-        isDisposed: () => disposed,
-      }).finally(() => saveClockOffset(clock.measuredOffsetMs)); // what answers measured: a sleep must not erase it
-    function flush(): void {
-      if (flushing) {
-        again = true;
-        return;
-      }
-      flushing = true;
-      void (async () => {
-        try {
-          do {
-            again = false;
-            await flushOnce();
-          } while (again && !disposed);
-        } finally {
-          flushing = false;
-        }
-      })();
-    }
-
-    const retry = setInterval(() => {
-      if (store.getSnapshot().pendingCount > 0 && navigator.onLine) flush();
-    }, RETRY_MS);
+    const schedule = new OutboxSchedule({
+      send: () =>
+        flushOutbox(store, api, {
+          isRetryable,
+          isTransient,
+          splitMayHelp,
+          isSignedOut: (error) => error instanceof SignedOutError,
+          refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
+          isDisposed: () => disposed,
+        }).finally(() => saveClockOffset(clock.measuredOffsetMs)), // what answers measured: a sleep must not erase it
+      hasPending: () => store.getSnapshot().pendingCount > 0,
+      isOnline: () => navigator.onLine,
+      retryAfterMs: (error) => retryAfterMsOf(error),
+      isNetworkFailure,
+    });
+    const flush = (reason: SendReason) => schedule.request(reason);
     const refreshTimer = setInterval(() => {
       if (tokens.remaining < 120 && navigator.onLine) void tokens.refresh().catch(leaveIfSignedOut);
     }, 30_000);
@@ -166,11 +163,11 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       }
       if (event.key !== store.outboxKey && event.key !== null) return;
       store.reloadOutbox();
-      if (store.getSnapshot().pendingCount > 0 && navigator.onLine) flush();
+      flush("queued");
     };
     const onOnline = () => {
       setOnline(true);
-      flush();
+      flush("online");
       // Rejoin Realtime and read what was missed now instead of waiting out the backoff.
       void session.shown();
     };
@@ -188,11 +185,11 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
 
     setRuntime({ api, flush, clock });
     announceSession(userId);
-    flush();
+    flush("queued");
 
     return () => {
       disposed = true;
-      clearInterval(retry);
+      schedule.dispose();
       clearInterval(refreshTimer);
       window.removeEventListener("online", onOnline);
       window.removeEventListener("offline", onOffline);
@@ -221,14 +218,14 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
         updated_at: at,
       };
       store.addPending(write);
-      runtime?.flush();
+      runtime?.flush("edit");
     },
     [store, deviceId, runtime],
   );
 
   const status: DisplayStatus = online ? serviceStatus : "offline";
   const value = useMemo<SyncContextValue>(
-    () => ({ store, userId, deviceId, status, save, flush: () => runtime?.flush() }),
+    () => ({ store, userId, deviceId, status, save, flush: () => runtime?.flush("user") }),
     [store, userId, deviceId, status, save, runtime],
   );
   return <SyncContext.Provider value={value}>{children}</SyncContext.Provider>;

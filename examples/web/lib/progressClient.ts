@@ -88,3 +88,12 @@ export function isTransient(error: unknown): boolean {
   }
   return true; // not an API answer at all (e.g. a fetch that threw)
 }
+
+/**
+ * A failure that got no HTTP answer at all (no network, DNS, a refused connection, a timed-out
+ * attempt): mostly this device's own network, which a new edit may try again at once, where an
+ * answer from the server (5xx, 429, a gateway's 404) says to leave it alone for a while.
+ */
+export function isNetworkFailure(error: unknown): boolean {
+  return error instanceof ProgressApiError ? error.status === 0 : true;
+}

@@ -6,7 +6,7 @@
 // Failures, per batch:
 //   - retryable (anything but a refusal of the write itself: no network, 5xx, 429, an expired
 //     token, a 404 or 403 from a gateway): stop, keep everything, and answer the failure, so the
-//     caller can decide when to try again (how long it waited, a Retry-After on the error).
+//     caller can decide when to try again (lib/client/outboxSchedule.ts: backoff, Retry-After).
 //     A 401 refreshes the token first. A failure that does not clear by itself (isTransient
 //     false) is shown to the reader meanwhile.
 //   - signed out: stop.
