@@ -18,6 +18,19 @@ import {
 /** Supabase re-confirms a channel's token at least this often (its read policy only on join / access_token). */
 const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
 
+/**
+ * Supabase's CHANNEL_ERROR_BACKOFF_MS default: realtime_channel.ex sleeps this long (join_error/1)
+ * before it returns any join error, to slow reconnect storms.
+ */
+export const CHANNEL_ERROR_BACKOFF_MS = 5_000;
+
+/**
+ * Supabase's ACCESS_TOKEN_THROTTLE_MS default: a channel applies at most one new token per window
+ * (realtime_channel.ex handle_in("access_token")); a token pushed sooner is held until the window
+ * ends, or until the current token's confirm comes first.
+ */
+export const ACCESS_TOKEN_THROTTLE_MS = 10_000;
+
 export interface ConnectionDeps {
   sql: postgres.Sql;
   hub: BroadcastHub;
@@ -26,6 +39,10 @@ export interface ConnectionDeps {
   log: (fields: Record<string, unknown>) => void;
   /** How often a channel's token is re-verified when it expires later (default: Supabase's 5 minutes). */
   confirmTokenIntervalMs?: number;
+  /** How long a refused join waits before its error reply (default CHANNEL_ERROR_BACKOFF_MS). */
+  channelErrorBackoffMs?: number;
+  /** The token-refresh window of a channel (default ACCESS_TOKEN_THROTTLE_MS). */
+  accessTokenThrottleMs?: number;
 }
 
 export class Channel implements Subscriber {
@@ -35,6 +52,16 @@ export class Channel implements Subscriber {
   /** Write policy, probed on the first broadcast and again after a new token (Supabase caches it too). */
   canWrite: boolean | null = null;
   confirmTimer: ReturnType<typeof setTimeout> | undefined;
+  /** When (performance.now) a pushed token was last applied; null until the first push (Supabase's access_token_verified_at). */
+  tokenAppliedAt: number | null = null;
+  /** A pushed token held for the end of the refresh window (Supabase's pending_access_token). */
+  pendingToken: string | null = null;
+  /**
+   * Timers that apply the pending token. Like Supabase's Process.send_after, one is started when a
+   * token is held while none was, and none is cancelled when the token is applied earlier (at a
+   * confirm): a later one applies whatever is pending when it fires.
+   */
+  readonly pendingTimers = new Set<ReturnType<typeof setTimeout>>();
 
   constructor(
     readonly connection: Connection,
@@ -67,6 +94,10 @@ export class Connection {
   lastReceivedAt = Date.now();
   #queue: Promise<void> = Promise.resolve();
   #closed = false;
+  /** Frames for the client held while a join is being decided (see #join); null when not holding. */
+  #held: (string | Uint8Array)[] | null = null;
+  /** Ends a refused join's wait early when the socket goes away. */
+  #endJoinWait: (() => void) | null = null;
 
   constructor(
     readonly ws: WebSocket,
@@ -91,6 +122,15 @@ export class Connection {
   }
 
   sendRaw(frame: string | Uint8Array): void {
+    if (this.#closed) return;
+    if (this.#held) {
+      this.#held.push(frame);
+      return;
+    }
+    this.#write(frame);
+  }
+
+  #write(frame: string | Uint8Array): void {
     if (this.#closed || this.ws.readyState !== WebSocket.OPEN) return;
     try {
       this.ws.send(frame);
@@ -114,6 +154,8 @@ export class Connection {
   dispose(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#held = null;
+    this.#endJoinWait?.();
     for (const channel of this.channels.values()) this.#drop(channel);
     this.channels.clear();
   }
@@ -182,23 +224,49 @@ export class Connection {
     }
   }
 
+  /**
+   * A join, answered as Phoenix's transport answers it: the socket waits for the channel's join
+   * (Phoenix.Channel.Server.join blocks in `receive` until the reply), so while a join is decided
+   * nothing else goes out — other channels' broadcasts, system messages, the phx_close of a channel
+   * this join replaces (Phoenix sends that to itself and writes it after the reply) — and the
+   * client's next frames wait in the queue. A refused join is answered only after the channel's
+   * error backoff (realtime_channel.ex join_error/1 sleeps CHANNEL_ERROR_BACKOFF_MS), and the
+   * socket stalls with it: heartbeats sent meanwhile are answered after the refusal.
+   */
   async #join(message: PhxMessage): Promise<void> {
+    this.#held = [];
+    let answer: PhxMessage[] = [];
+    try {
+      answer = await this.#decideJoin(message);
+    } finally {
+      const held = this.#held ?? [];
+      this.#held = null;
+      for (const frame of answer) this.send(frame);
+      for (const frame of held) this.#write(frame);
+    }
+  }
+
+  /** The join's reply (and what follows it at once), after the channel is set up or refused. */
+  async #decideJoin(message: PhxMessage): Promise<PhxMessage[]> {
     const { topic, ref, joinRef } = message;
     const payload = (message.payload && typeof message.payload === "object" ? message.payload : {}) as Record<
       string,
       unknown
     >;
-    const fail = (reason: string) => {
+    const refuse = async (reason: string, delayed = true): Promise<PhxMessage[]> => {
       this.deps.log({ event: "join_refused", topic, reason });
-      this.send(reply(joinRef, ref, topic, "error", { reason }));
+      if (delayed) await this.#joinErrorWait();
+      return [reply(joinRef, ref, topic, "error", { reason })];
     };
     const previous = this.channels.get(topic);
     // Phoenix closes the existing channel as soon as a topic is joined again on the same socket,
     // before the new join is decided: a refused re-join (an expired token) leaves nothing joined.
+    // Its phx_close is held with the rest and goes out after this join's reply, as on Phoenix.
     if (previous) this.#close(previous);
-    if (!topic.startsWith("realtime:")) return fail("unmatched topic");
+    // No channel matches: Phoenix's socket answers this itself, without the channel's backoff.
+    if (!topic.startsWith("realtime:")) return await refuse("unmatched topic", false);
     const subTopic = topic.slice("realtime:".length);
-    if (subTopic === "") return fail("TopicNameRequired: You must provide a topic name");
+    if (subTopic === "") return await refuse("TopicNameRequired: You must provide a topic name");
 
     const config = (payload.config && typeof payload.config === "object" ? payload.config : {}) as Record<
       string,
@@ -211,32 +279,31 @@ export class Connection {
       >;
     const isPrivate = config.private === true;
     if (this.deps.privateOnly && !isPrivate) {
-      return fail("PrivateOnly: This project only allows private channels");
+      return await refuse("PrivateOnly: This project only allows private channels");
     }
     const postgresChanges = Array.isArray(config.postgres_changes) ? config.postgres_changes : [];
     if (postgresChanges.length > 0) {
-      return fail("PostgresChangesNotEmulated: the local Realtime endpoint serves Broadcast only");
+      return await refuse("PostgresChangesNotEmulated: the local Realtime endpoint serves Broadcast only");
     }
 
-    const token = typeof payload.access_token === "string"
-      ? payload.access_token
-      : typeof payload.user_token === "string"
-      ? payload.user_token
-      : this.socketToken;
+    const token = this.#joinToken(payload);
     const verified = await this.deps.verifier.verify(token);
-    if (!verified.ok) return fail(joinReason(verified.failure));
+    if (!verified.ok) return await refuse(joinReason(verified.failure));
     const claims = verified.claims;
 
     if (isPrivate) {
       const allowed = await this.#canRead(subTopic, claims);
       if (allowed === "error") {
-        return fail("Realtime was unable to connect to the project database"); // Supabase: no code prefix here
+        // Supabase answers this one without a code prefix.
+        return await refuse("Realtime was unable to connect to the project database");
       }
       if (!allowed) {
-        return fail(`Unauthorized: You do not have permissions to read from this Channel topic: ${subTopic}`);
+        return await refuse(
+          `Unauthorized: You do not have permissions to read from this Channel topic: ${subTopic}`,
+        );
       }
     }
-    if (this.#closed) return;
+    if (this.#closed) return [];
     // Another join of the topic was decided while this one awaited: this one replaces it.
     const racing = this.channels.get(topic);
     if (racing) this.#close(racing);
@@ -254,16 +321,40 @@ export class Connection {
     this.channels.set(topic, channel);
     this.deps.hub.add(channel.key, channel);
     this.#scheduleConfirm(channel);
-    this.send(reply(joinRef, ref, topic, "ok", { postgres_changes: [] }));
+    this.deps.log({ event: "joined", topic, private: isPrivate, role: claims.role, sub: claims.sub });
+    const answer = [reply(joinRef, ref, topic, "ok", { postgres_changes: [] })];
     const presence =
       (config.presence && typeof config.presence === "object" ? config.presence : {}) as Record<
         string,
         unknown
       >;
     if (presence.enabled === true) {
-      this.send({ joinRef, ref: null, topic, event: "presence_state", payload: {} });
+      answer.push({ joinRef, ref: null, topic, event: "presence_state", payload: {} });
     }
-    this.deps.log({ event: "joined", topic, private: isPrivate, role: claims.role, sub: claims.sub });
+    return answer;
+  }
+
+  /** A refused join's wait (CHANNEL_ERROR_BACKOFF_MS); cut short if the socket goes away meanwhile. */
+  async #joinErrorWait(): Promise<void> {
+    const ms = this.deps.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
+    if (!(ms > 0) || this.#closed) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => this.#endJoinWait?.(), ms);
+      this.#endJoinWait = () => {
+        clearTimeout(timer);
+        this.#endJoinWait = null;
+        resolve();
+      };
+    });
+  }
+
+  /** The token a join is authorized with: its own, else the socket's. */
+  #joinToken(payload: Record<string, unknown>): string {
+    return typeof payload.access_token === "string"
+      ? payload.access_token
+      : typeof payload.user_token === "string"
+      ? payload.user_token
+      : this.socketToken;
   }
 
   async #canRead(subTopic: string, claims: JwtClaims): Promise<boolean | "error"> {

@@ -11,7 +11,7 @@ import postgres from "postgres";
 import type { GatewayContext, Service } from "../functions/gateway.ts";
 import { type JwtClaims, TokenVerifier } from "./auth.ts";
 import { canWrite, RoleNotAllowed } from "./authorization.ts";
-import { Connection } from "./connection.ts";
+import { CHANNEL_ERROR_BACKOFF_MS, Connection } from "./connection.ts";
 import { BroadcastHub, subscriptionKey } from "./hub.ts";
 import { ensurePublication } from "./wal.ts";
 import { maintainMessagePartitions, startPartitionJanitor } from "./partitions.ts";
@@ -39,9 +39,24 @@ export interface RealtimeEndpointOptions {
    * an access_token push, as on Supabase.
    */
   confirmTokenIntervalMs?: number;
+  /**
+   * How long a refused join waits before its error reply (Supabase's CHANNEL_ERROR_BACKOFF_MS, 5 s
+   * by default, which `npm start` keeps: an app meets the same wait as on Supabase). A socket may
+   * ask for less with the stand-in's own `local_channel_error_backoff_ms` query parameter (see
+   * LOWER_JOIN_ERROR_BACKOFF_PARAM).
+   */
+  channelErrorBackoffMs?: number;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+
+/**
+ * Query parameter of the WebSocket URL with which a socket lowers its own join-error wait (never
+ * raises it): for tests whose refusals are not what they test, so the suite does not wait 5 s per
+ * refusal. Supabase ignores unknown socket parameters and keeps its 5 s, so such a test still
+ * passes there, only slower. realtime-js sends it when given as `realtime.params`.
+ */
+export const LOWER_JOIN_ERROR_BACKOFF_PARAM = "local_channel_error_backoff_ms";
 
 export interface RealtimeEndpointStats {
   connections: number;
@@ -97,6 +112,7 @@ export async function createRealtimeEndpoint(
     log,
     confirmTokenIntervalMs: options.confirmTokenIntervalMs,
   };
+  const channelErrorBackoffMs = options.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
   const connections = new Set<Connection>();
   let closed = false;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
@@ -131,7 +147,11 @@ export async function createRealtimeEndpoint(
     if (closed) return json(503, { message: "Realtime is shutting down" });
     const headers = xHeaders(req); // the request is consumed by the upgrade
     const { socket, response } = Deno.upgradeWebSocket(req);
-    const connection = new Connection(socket, vsn, apikey, deps, headers);
+    const lowered = Number(url.searchParams.get(LOWER_JOIN_ERROR_BACKOFF_PARAM) ?? NaN);
+    const connection = new Connection(socket, vsn, apikey, {
+      ...deps,
+      channelErrorBackoffMs: lowered >= 0 ? Math.min(lowered, channelErrorBackoffMs) : channelErrorBackoffMs,
+    }, headers);
     connections.add(connection);
     socket.addEventListener("close", () => connections.delete(connection));
     return response;

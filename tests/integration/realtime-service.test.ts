@@ -7,6 +7,7 @@ import { type ProgressChange, RealtimeService } from "../../shared/realtime/real
 import { adminSql, createTestUser } from "../support/env.ts";
 import {
   asUser,
+  type ClientOptions,
   deleteProgress,
   newClient,
   noSanitize,
@@ -16,10 +17,10 @@ import {
 } from "./realtime_support.ts";
 
 /** One reader's device: a supabase-js client and a RealtimeService catching up over SQL. */
-async function oneReader() {
+async function oneReader(clientOptions: ClientOptions = {}) {
   const sql = adminSql();
   const a = await createTestUser();
-  const client = newClient();
+  const client = newClient(clientOptions);
   const service = new RealtimeService(client, {
     changesSince: sqlChangesSince(sql, a.id),
     accessToken: a.accessToken,
@@ -237,7 +238,8 @@ Deno.test({
   const sql = adminSql();
   const a = await createTestUser();
   const c = await createTestUser();
-  const client = newClient();
+  // The refusals' 5 s wait is not what this tests (Supabase keeps it: hence the longer timeouts).
+  const client = newClient({ joinErrorBackoffMs: 0 });
   const logs: Record<string, unknown>[] = [];
   // C's device, C's token, A's id (a bug or an attack): RLS refuses the join, and C's own
   // "changes since" (the API answers for the token's user) never yields A's rows.
@@ -253,7 +255,7 @@ Deno.test({
   const sub = service.subscribeToProgress(a.id, (x) => heard.push(x));
   try {
     await writeProgress(sql, c.id, { series_id: "c-own", device_id: "c" }); // C's rows are not A's
-    await waitFor("polling", () => sub.status === "polling");
+    await waitFor("polling", () => sub.status === "polling", { timeoutMs: 15_000 });
     await writeProgress(sql, a.id, { series_id: "secret", device_id: "a" });
     // Two complete polls that started after A's write, and a refused rejoin after it.
     const callsAfterWrite = polls.calls;
@@ -263,6 +265,7 @@ Deno.test({
       () =>
         polls.calls >= callsAfterWrite + 3 &&
         logs.filter((l) => l.event === "realtime_unavailable").length > refusalsAfterWrite,
+      { timeoutMs: 20_000 },
     );
     assert.deepEqual(heard, []);
     assert.ok(logs.some((l) => l.event === "foreign_row"));
@@ -407,7 +410,8 @@ Deno.test({
     "realtime service: unsubscribe while a poll hangs and a catch-up waits behind it: returns at once, and no call starts after it",
   ...noSanitize,
 }, async () => {
-  const { a, client, close } = await oneReader();
+  // The refusal's wait is not what this tests.
+  const { a, client, close } = await oneReader({ joinErrorBackoffMs: 0 });
   const calls: { signal: AbortSignal; afterClose: boolean }[] = [];
   let closed = false;
   const logs: Record<string, unknown>[] = [];

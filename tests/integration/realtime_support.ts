@@ -3,6 +3,7 @@
 
 import { createClient, type RealtimeChannel, type SupabaseClient } from "@supabase/supabase-js";
 import type postgres from "postgres";
+import { LOWER_JOIN_ERROR_BACKOFF_PARAM } from "../../local/realtime/endpoint.ts";
 import { localRealtime, testEnv } from "../support/env.ts";
 
 export type Sql = postgres.Sql;
@@ -157,6 +158,25 @@ export interface ClientOptions {
   disconnectOnEmptyChannelsAfterMs?: number;
   /** Realtime socket on another origin than `url` (see realtimeAt). */
   realtimeOrigin?: string;
+  /**
+   * Lowers the wait before a refused join's reply on this client's socket (the stand-in's
+   * LOWER_JOIN_ERROR_BACKOFF_PARAM; Supabase and the stand-in wait 5 s). Only for tests whose
+   * refusals are not what they test; Supabase ignores it, so their timeouts must allow 5 s a refusal.
+   */
+  joinErrorBackoffMs?: number;
+}
+
+/** realtime-js options shared by the clients below. */
+function realtimeOptions(options: ClientOptions) {
+  return {
+    ...(options.vsn ? { vsn: options.vsn } : {}),
+    ...(options.reconnectAfterMs ? { reconnectAfterMs: options.reconnectAfterMs } : {}),
+    ...(options.heartbeatIntervalMs ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
+    ...(options.timeout ? { timeout: options.timeout } : {}),
+    ...(options.joinErrorBackoffMs !== undefined
+      ? { params: { [LOWER_JOIN_ERROR_BACKOFF_PARAM]: String(options.joinErrorBackoffMs) } }
+      : {}),
+  };
 }
 
 /** A supabase-js client with no session (like createTestUser's), pointed at `url`. */
@@ -165,10 +185,7 @@ export function newClient(options: ClientOptions = {}): SupabaseClient {
   return createClient(options.url ?? env.url, env.anonKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     realtime: {
-      ...(options.vsn ? { vsn: options.vsn } : {}),
-      ...(options.reconnectAfterMs ? { reconnectAfterMs: options.reconnectAfterMs } : {}),
-      ...(options.heartbeatIntervalMs ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
-      ...(options.timeout ? { timeout: options.timeout } : {}),
+      ...realtimeOptions(options),
       ...(options.disconnectOnEmptyChannelsAfterMs !== undefined
         ? { disconnectOnEmptyChannelsAfterMs: options.disconnectOnEmptyChannelsAfterMs }
         : {}),
@@ -182,10 +199,7 @@ export function clientWithToken(token: () => string, options: ClientOptions = {}
   return createClient(options.url ?? env.url, env.anonKey, {
     accessToken: () => Promise.resolve(token()),
     realtime: {
-      ...(options.vsn ? { vsn: options.vsn } : {}),
-      ...(options.reconnectAfterMs ? { reconnectAfterMs: options.reconnectAfterMs } : {}),
-      ...(options.heartbeatIntervalMs ? { heartbeatIntervalMs: options.heartbeatIntervalMs } : {}),
-      ...(options.timeout ? { timeout: options.timeout } : {}),
+      ...realtimeOptions(options),
       ...(options.realtimeOrigin ? { transport: realtimeAt(options.realtimeOrigin) } : {}),
     },
   });
