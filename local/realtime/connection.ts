@@ -367,16 +367,55 @@ export class Connection {
     }
   }
 
+  /**
+   * An `access_token` push, taken as Supabase's handle_in("access_token") takes it: an API key
+   * (`sb_…`), the channel's current token, null, or the token already held is ignored; a value that
+   * is not a string matches no clause (logged as unexpected; the channel stays). A new token is
+   * applied at once if it is the channel's first, or if the last one was applied a whole refresh
+   * window ago (ACCESS_TOKEN_THROTTLE_MS, 10 s); otherwise it is held (a later push replaces it) and
+   * applied when the window ends, or at the current token's confirm if that comes first.
+   */
   async #refreshToken(channel: Channel, payload: unknown): Promise<void> {
     const token = (payload as { access_token?: unknown } | null)?.access_token;
+    if (typeof token === "string" && token.startsWith("sb_")) return;
     if (token === null || token === undefined || token === channel.accessToken) return;
-    // Supabase ignores a push of an API key ("sb_…", not a user's token), and a value that is not
-    // a string matches none of its access_token clauses (logged as unexpected; the channel stays).
+    if (token === channel.pendingToken) return;
     if (typeof token !== "string") {
       this.deps.log({ event: "unexpected_push", topic: channel.fullTopic, push: "access_token" });
       return;
     }
-    if (token.startsWith("sb_")) return;
+    const now = performance.now();
+    const windowMs = this.deps.accessTokenThrottleMs ?? ACCESS_TOKEN_THROTTLE_MS;
+    const since = channel.tokenAppliedAt === null ? Infinity : now - channel.tokenAppliedAt;
+    if (since >= windowMs) return await this.#applyToken(channel, token, now);
+    if (channel.pendingToken === null) {
+      const remaining = windowMs - since;
+      this.deps.log({
+        event: "access_token_throttled",
+        topic: channel.fullTopic,
+        apply_in_ms: Math.round(remaining),
+      });
+      const timer = setTimeout(() => {
+        channel.pendingTimers.delete(timer);
+        this.#queue = this.#queue.then(() => this.#applyPendingToken(channel)).catch((error) => {
+          this.deps.log({ event: "token_apply_failed", error: String(error) });
+        });
+      }, remaining);
+      channel.pendingTimers.add(timer);
+    }
+    channel.pendingToken = token;
+  }
+
+  async #applyPendingToken(channel: Channel): Promise<void> {
+    if (this.#closed || this.channels.get(channel.fullTopic) !== channel) return;
+    const token = channel.pendingToken;
+    if (token !== null) await this.#applyToken(channel, token, performance.now());
+  }
+
+  /** A new token for the channel: verified and, on a private channel, the read policy asked again. */
+  async #applyToken(channel: Channel, token: string, now: number): Promise<void> {
+    channel.tokenAppliedAt = now;
+    channel.pendingToken = null;
     const verified = await this.deps.verifier.verify(token);
     if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
     if (channel.isPrivate) {
@@ -419,6 +458,10 @@ export class Connection {
 
   async #confirm(channel: Channel): Promise<void> {
     if (this.#closed || this.channels.get(channel.fullTopic) !== channel) return;
+    // A held token is applied instead of confirming the one it replaces (Supabase does the same).
+    if (channel.pendingToken !== null) {
+      return await this.#applyToken(channel, channel.pendingToken, performance.now());
+    }
     const verified = await this.deps.verifier.verify(channel.accessToken);
     if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
     if (this.channels.get(channel.fullTopic) !== channel) return;
@@ -494,6 +537,8 @@ export class Connection {
   #drop(channel: Channel): void {
     clearTimeout(channel.confirmTimer);
     channel.confirmTimer = undefined;
+    for (const timer of channel.pendingTimers) clearTimeout(timer);
+    channel.pendingTimers.clear();
     this.deps.hub.remove(channel.key, channel);
   }
 }

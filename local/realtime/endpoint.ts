@@ -46,6 +46,11 @@ export interface RealtimeEndpointOptions {
    * LOWER_JOIN_ERROR_BACKOFF_PARAM).
    */
   channelErrorBackoffMs?: number;
+  /**
+   * A channel's token-refresh window (Supabase's ACCESS_TOKEN_THROTTLE_MS, 10 s): a token pushed
+   * within it of the last one applied is held until it ends (or until the current token's confirm).
+   */
+  accessTokenThrottleMs?: number;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
@@ -111,6 +116,7 @@ export async function createRealtimeEndpoint(
     privateOnly: options.privateOnly ?? false,
     log,
     confirmTokenIntervalMs: options.confirmTokenIntervalMs,
+    accessTokenThrottleMs: options.accessTokenThrottleMs,
   };
   const channelErrorBackoffMs = options.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
   const connections = new Set<Connection>();

@@ -8,6 +8,10 @@ import { type ProgressChange, RealtimeService } from "../../shared/realtime/real
 import { createClient } from "@supabase/supabase-js";
 import { adminSql, createTestUser, mintsTokens, testEnv } from "../support/env.ts";
 import {
+  clientWithToken,
+  closeClient,
+  joinChannel,
+  type JoinedChannel,
   newClient,
   noSanitize,
   serverState,
@@ -16,6 +20,8 @@ import {
   waitFor,
   writeProgress,
 } from "./realtime_support.ts";
+
+const topicOf = (userId: string) => `progress:${userId}`;
 
 Deno.test({
   ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
@@ -305,6 +311,108 @@ Deno.test({
     assert.equal(joins.at(-1)?.token, fresh, "the retry carries the new one");
   } finally {
     await teardown(subscription, service, client, sql);
+  }
+});
+
+Deno.test({
+  name:
+    "realtime auth: a second token within 10 s of the last one applied is held until the window ends; a later push replaces it",
+  ...noSanitize,
+}, async () => {
+  // Supabase's ACCESS_TOKEN_THROTTLE_MS (10 s): a channel's first new token is applied at once, one
+  // pushed within 10 s of the last applied is held (the channel keeps serving with the current one)
+  // and applied when the window ends; a push while one is held replaces it. Two devices of A, in
+  // parallel: each applies a fresh token of A, then pushes C's token (which the read policy
+  // refuses); the second then pushes another fresh token of A, which replaces C's.
+  const sql = adminSql();
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const devices = ["replaced-by-c", "replaced-again"].map((name) => {
+    let token = a.accessToken;
+    const client = clientWithToken(() => token);
+    return { name, client, setToken: (next: string) => token = next, joined: null as JoinedChannel | null };
+  });
+  try {
+    for (const device of devices) {
+      const result = await joinChannel(device.client, topicOf(a.id));
+      assert.equal(result.status, "SUBSCRIBED", device.name);
+      device.joined = result.joined;
+    }
+    const [held, replaced] = devices;
+    // First refresh of each channel: applied at once.
+    for (const device of devices) {
+      device.setToken(await a.newAccessToken(3_600));
+      await device.client.realtime.setAuth();
+    }
+    const windowStart = Date.now();
+    for (const device of devices) {
+      device.setToken(c.accessToken);
+      await device.client.realtime.setAuth();
+    }
+    replaced.setToken(await a.newAccessToken(3_600));
+    await replaced.client.realtime.setAuth();
+
+    // C's token is held: both channels still serve A's progress with A's token.
+    await sleep(2_000);
+    await writeProgress(sql, a.id, { series_id: "inside-window", chapter: 1, device_id: "phone" });
+    for (const device of devices) {
+      await waitFor(`${device.name}: the write inside the window`, () => device.joined!.received.length >= 1);
+      assert.deepEqual(device.joined!.system, [], device.name);
+    }
+
+    // At the window's end the held token is applied: C's closes the first channel...
+    await waitFor("the first channel to close", () => held.joined!.states.includes("CLOSED"), {
+      timeoutMs: 15_000,
+    });
+    const closedAfter = Date.now() - windowStart;
+    assert.ok(closedAfter >= 9_000, `closed ${closedAfter} ms after the held push`);
+    assert.deepEqual(held.joined!.system.map((m) => m.message), [
+      `You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
+    ]);
+    // ...and the second, whose held token was replaced by A's, stays joined and serves.
+    await sleep(500);
+    await writeProgress(sql, a.id, { series_id: "after-window", chapter: 2, device_id: "phone" });
+    await waitFor("the second device's write after the window", () => replaced.joined!.received.length >= 2);
+    assert.deepEqual(replaced.joined!.system, []);
+    assert.ok(!replaced.joined!.states.includes("CLOSED"), replaced.joined!.states.join(","));
+  } finally {
+    await Promise.all(devices.map((d) => closeClient(d.client)));
+    await sql.end();
+  }
+});
+
+Deno.test({
+  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
+  name:
+    "realtime auth: a held token is applied at the current token's expiry when that comes before the window ends",
+  ...noSanitize,
+}, async () => {
+  // Supabase's confirm_token, due at the current token's expiry, applies the held token instead of
+  // finding the current one expired. Here the current token lives 2 to 3 s and the held one is C's:
+  // the channel closes for C's missing permission at that expiry, well inside the 10 s window, and
+  // not for an expired token.
+  const a = await createTestUser();
+  const c = await createTestUser();
+  let token = a.accessToken;
+  const client = clientWithToken(() => token);
+  try {
+    const { joined, status } = await joinChannel(client, topicOf(a.id));
+    assert.equal(status, "SUBSCRIBED");
+    token = await a.newAccessToken(3);
+    await client.realtime.setAuth(); // applied at once: the channel's first refresh
+    const shortExpiry = expiryMs(token);
+    token = c.accessToken;
+    await client.realtime.setAuth(); // held
+    const heldAt = Date.now();
+    await waitFor("the channel to close", () => joined.states.includes("CLOSED"), { timeoutMs: 9_000 });
+    const closedAt = Date.now();
+    assert.ok(closedAt >= shortExpiry - 100, `closed ${shortExpiry - closedAt} ms before the expiry`);
+    assert.ok(closedAt - heldAt < 8_000, `closed ${closedAt - heldAt} ms after the held push`);
+    assert.deepEqual(joined.system.map((m) => m.message), [
+      `You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
+    ]);
+  } finally {
+    await closeClient(client);
   }
 });
 
