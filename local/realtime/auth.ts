@@ -1,7 +1,7 @@
 // JWT verification for the local Realtime endpoint, with the error texts Supabase Realtime uses.
 //
-// Supabase verifies the channel's access token (or, when the join carries none, the socket's
-// apikey) with the project JWT secret (HS256/384/512), requires the `role` and `exp` claims, and
+// Supabase verifies the channel's access token (or, when the join carries none or an API key
+// `sb_…`, the socket's apikey) with the project JWT secret (HS256/384/512), requires the `role` and `exp` claims, and
 // rejects tokens whose `exp` is not in the future. The reasons below are the strings the real
 // server puts in `phx_reply` errors ("<Code>: <message>") and in `system` messages (message only).
 

@@ -348,13 +348,21 @@ export class Connection {
     });
   }
 
-  /** The token a join is authorized with: its own, else the socket's. */
+  /**
+   * The token a join is authorized with, chosen as Supabase's assign_access_token does: an API key
+   * (`sb_…`, a publishable or secret key, which is not a JWT) in `access_token` (or, when that is
+   * absent, in `user_token`) means the socket's own token; otherwise `user_token` when it is a
+   * string, else `access_token` when it is one, else the socket's token.
+   */
   #joinToken(payload: Record<string, unknown>): string {
-    return typeof payload.access_token === "string"
-      ? payload.access_token
-      : typeof payload.user_token === "string"
-      ? payload.user_token
-      : this.socketToken;
+    // Elixir's `||`: nil and false give way to the next value; anything else (even "") does not.
+    const given = (value: unknown) =>
+      value === null || value === undefined || value === false ? undefined : value;
+    const first = given(payload.access_token) ?? given(payload.user_token);
+    if (typeof first === "string" && first.startsWith("sb_")) return this.socketToken;
+    if (typeof payload.user_token === "string") return payload.user_token;
+    if (typeof payload.access_token === "string") return payload.access_token;
+    return this.socketToken;
   }
 
   async #canRead(subTopic: string, claims: JwtClaims): Promise<boolean | "error"> {

@@ -330,6 +330,32 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "realtime auth: a join whose access_token is an API key (sb_…) is authorized with the socket's own key, as Supabase does",
+  ...noSanitize,
+}, async () => {
+  // supabase-js sends its key as the access token when it has no session, and with the new API keys
+  // that key is `sb_publishable_…`, which is not a JWT: Supabase's Realtime then uses the socket's
+  // own token (the apikey it connected with) instead of refusing the join. Here the socket's key is
+  // the anon JWT, so a public channel is joined and a private progress topic is refused by RLS (as
+  // anon), not as a malformed token.
+  const a = await createTestUser();
+  const client = clientWithToken(() => "sb_publishable_readsync_test_0000000000", { joinErrorBackoffMs: 0 });
+  try {
+    const open = await joinChannel(client, `sb-key-${crypto.randomUUID()}`, { private: false });
+    assert.equal(open.status, "SUBSCRIBED", open.error?.message);
+    const progress = await joinChannel(client, topicOf(a.id));
+    assert.equal(progress.status, "CHANNEL_ERROR");
+    assert.equal(
+      progress.error?.message,
+      `Unauthorized: You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
+    );
+  } finally {
+    await closeClient(client);
+  }
+});
+
+Deno.test({
   name: "realtime auth: an invalid access_token push closes the channel with a system message",
   ...noSanitize,
 }, async () => {
