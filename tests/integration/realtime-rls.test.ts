@@ -3,6 +3,7 @@
 // table's own policies as a Data API request meets them (the task list's "test RLS policies").
 
 import assert from "node:assert/strict";
+import { SignJWT } from "jose";
 import type postgres from "postgres";
 import { LOWER_JOIN_ERROR_BACKOFF_PARAM, startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
@@ -350,6 +351,30 @@ Deno.test({
       progress.error?.message,
       `Unauthorized: You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
     );
+  } finally {
+    await closeClient(client);
+  }
+});
+
+Deno.test({
+  ignore: !mintsTokens, // signs a token of its own (tests/support/env.ts)
+  name: "realtime auth: a token whose header has no typ is accepted, as Supabase accepts it",
+  ...noSanitize,
+}, async () => {
+  // Supabase's JwtVerification picks the signer from the header's alg (and kid) only; versions
+  // before its JWKS support also required typ "JWT". Pinned so the stand-in does not grow that check.
+  const env = testEnv();
+  const a = await createTestUser();
+  const now = Math.floor(Date.now() / 1000);
+  const token = await new SignJWT({ sub: a.id, role: "authenticated", aud: "authenticated" })
+    .setProtectedHeader({ alg: "HS256" })
+    .setIssuedAt(now)
+    .setExpirationTime(now + 600)
+    .sign(new TextEncoder().encode(env.jwtSecret));
+  const client = clientWithToken(() => token);
+  try {
+    const result = await joinChannel(client, topicOf(a.id));
+    assert.equal(result.status, "SUBSCRIBED", result.error?.message);
   } finally {
     await closeClient(client);
   }
