@@ -12,6 +12,9 @@
 //   reconnect                             capped exponential backoff with full jitter per user
 //                                         channel; while waiting, changesSince() is polled (failed
 //                                         polls back off the same way, and wait out a Retry-After).
+//   slow join                             a join made while nothing reads that is still unanswered
+//                                         after joinGraceMs (2 s) starts the polling meanwhile
+//                                         (Supabase answers a refused join only after 5 s).
 //   catch-up                              after every (re)subscribe, from the cursor of the last
 //                                         successful catch-up/poll, so a gap of any length is closed.
 //                                         Live only once it has read to the end: while a long
@@ -93,6 +96,9 @@ export const DEFAULT_HEARTBEAT_REPLY_TIMEOUT_MS = 5_000;
 /** How long one changesSince call may take by default (RealtimeServiceOptions.requestTimeoutMs). */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 20_000;
 
+/** How long a join may go unanswered before the link reads meanwhile (RealtimeServiceOptions.joinGraceMs). */
+export const DEFAULT_JOIN_GRACE_MS = 2_000;
+
 export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   /** The progress API's "changes since" (catch-up after every subscribe, and polling). */
   changesSince: ChangesSince;
@@ -135,6 +141,14 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   heartbeatReplyTimeoutMs?: number;
   /** How long a join may take before it counts as failed (realtime-js default: 10 s). */
   joinTimeoutMs?: number;
+  /**
+   * How long a join made while the link is not polling (the first one, or one a new token started)
+   * may go unanswered before the link reads the changes meanwhile and polls until it is joined (2 s;
+   * Infinity waits for the answer). Supabase answers a refused join only after its 5 s
+   * CHANNEL_ERROR_BACKOFF_MS, and a join it does not answer after joinTimeoutMs (10 s): without
+   * this a device would read nothing for that long. A join answered within it costs nothing.
+   */
+  joinGraceMs?: number;
   /** How long one changesSince call may take before it counts as failed and is aborted (20 s). */
   requestTimeoutMs?: number;
   /** Source of randomness for the jitter (tests make it deterministic). */
@@ -679,6 +693,8 @@ class UserLink<Row extends LwwRow> {
   #caughtUp = false;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   #pollTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Runs while a join made when the link was not polling is unanswered (joinGraceMs). */
+  #joinGraceTimer: ReturnType<typeof setTimeout> | undefined;
   /** The last "changes since" round; rounds never overlap (the cursor is shared). */
   #fetchChain: Promise<RoundOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
@@ -804,7 +820,8 @@ class UserLink<Row extends LwwRow> {
       this.service.linkClosed(this);
       this.service.timers.clear(this.#reconnectTimer);
       this.service.timers.clear(this.#pollTimer);
-      this.#reconnectTimer = this.#pollTimer = undefined;
+      this.service.timers.clear(this.#joinGraceTimer);
+      this.#reconnectTimer = this.#pollTimer = this.#joinGraceTimer = undefined;
       this.#releaseChannel();
       // A request that hangs must not hold the unsubscribe (or a round queued after it) hostage.
       this.#lifetime.abort(new Error("unsubscribed"));
@@ -859,10 +876,32 @@ class UserLink<Row extends LwwRow> {
       (state, error) => this.#onChannelState(generation, state, error),
       this.service.options.joinTimeoutMs,
     );
+    this.#startJoinGrace(generation);
+  }
+
+  /**
+   * A join made while nothing reads the changes (the link's first, or one a new token started while
+   * not polling) gets joinGraceMs to be answered; then the link polls meanwhile. A refusal comes
+   * only after Supabase's 5 s join-error backoff, and an unanswered join fails only at the join
+   * timeout: until then the device would read nothing. Polls that began before the join never
+   * count as its catch-up (#pollOnce), so reading early cannot skip a change.
+   */
+  #startJoinGrace(generation: number): void {
+    const graceMs = this.service.options.joinGraceMs ?? DEFAULT_JOIN_GRACE_MS;
+    if (!Number.isFinite(graceMs) || this.#pollTimer !== undefined || this.#pollsRunning > 0) return;
+    this.service.timers.clear(this.#joinGraceTimer);
+    this.#joinGraceTimer = this.service.timers.set(() => {
+      this.#joinGraceTimer = undefined;
+      if (this.#closed || generation !== this.#generation || this.#joined) return;
+      this.#log("info", "join_unanswered", { waited_ms: graceMs });
+      this.#startPolling();
+    }, Math.max(0, graceMs));
   }
 
   #onChannelState(generation: number, state: string, error?: Error): void {
     if (this.#closed || generation !== this.#generation) return;
+    this.service.timers.clear(this.#joinGraceTimer);
+    this.#joinGraceTimer = undefined;
     if (state === "SUBSCRIBED") {
       this.#joined = true;
       this.#joinedAt = monotonicNow();

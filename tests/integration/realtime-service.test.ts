@@ -11,6 +11,7 @@ import {
   deleteProgress,
   newClient,
   noSanitize,
+  sleep,
   sqlChangesSince,
   waitFor,
   writeProgress,
@@ -273,6 +274,57 @@ Deno.test({
       logs.some((l) => l.event === "realtime_unavailable" && String(l.reason).includes("Unauthorized")),
     );
     assert.notEqual(sub.status, "live");
+  } finally {
+    await sub.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime service: a first join that Realtime refuses only after its 5 s backoff does not leave the device unread: it polls meanwhile",
+  ...noSanitize,
+}, async () => {
+  // Supabase answers a refused join after CHANNEL_ERROR_BACKOFF_MS (5 s), which this test keeps.
+  // The link reads by polling once the join has gone unanswered for joinGraceMs (2 s by default),
+  // instead of reading nothing until the refusal.
+  const sql = adminSql();
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const client = newClient();
+  const logs: { at: number; entry: Record<string, unknown> }[] = [];
+  const calls: number[] = [];
+  const changesSince = sqlChangesSince(sql, c.id);
+  const service = new RealtimeService(client, {
+    changesSince: (cursor) => {
+      calls.push(Date.now());
+      return changesSince(cursor);
+    },
+    accessToken: c.accessToken,
+    pollIntervalMs: 60_000,
+    log: (l) => logs.push({ at: Date.now(), entry: JSON.parse(l) }),
+  });
+  const started = Date.now();
+  const statuses: { at: number; status: string }[] = [];
+  const sub = service.subscribeToProgress(a.id, () => {}); // C's token, A's topic: refused
+  sub.onStatus((status) => statuses.push({ at: Date.now(), status }));
+  try {
+    const refusal = () =>
+      logs.find((l) =>
+        l.entry.event === "realtime_unavailable" && String(l.entry.reason).includes("Unauthorized")
+      );
+    await waitFor("the refusal", () => refusal() !== undefined, { timeoutMs: 15_000 });
+    const refusedAt = refusal()!.at;
+    assert.ok(refusedAt - started >= 4_900, `refused after ${refusedAt - started} ms`);
+    assert.ok(calls.length >= 1, "a read before the refusal");
+    assert.ok(calls[0] - started < 3_500, `first read after ${calls[0] - started} ms`);
+    const polling = statuses.find((s) => s.status === "polling");
+    assert.ok(polling && polling.at < refusedAt, `statuses ${JSON.stringify(statuses)}`);
+    // The refusal found the link polling: it keeps the polls' own pace (no second read at once).
+    await sleep(300);
+    assert.equal(calls.length, 1);
   } finally {
     await sub.unsubscribe();
     await service.close();

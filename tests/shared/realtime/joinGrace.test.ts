@@ -1,0 +1,74 @@
+// A join that goes unanswered: Supabase refuses a join only after its 5 s CHANNEL_ERROR_BACKOFF_MS and
+// gives up on an unanswered one at the join timeout (10 s), so RealtimeService polls once a join made
+// while nothing reads has waited joinGraceMs. Against the stand-in client, with changesSince answered
+// by hand (the real client and endpoint: tests/integration/realtime-service.test.ts).
+
+import assert from "node:assert/strict";
+import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { handAnsweredService, version } from "./handAnsweredService.ts";
+
+const page = (chapter: number) => ({
+  changes: [version(chapter)],
+  next_cursor: String(100 + chapter),
+  has_more: false,
+});
+
+Deno.test("join grace: an unanswered join is followed by a poll; once joined, the catch-up after the join decides live", async () => {
+  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000 });
+  const { calls, subscription } = link;
+  try {
+    const channel = await link.channel(1);
+    await waitFor("the poll while the join is unanswered", () => calls.length === 1);
+    calls[0].resolve(page(1));
+    await waitFor("polling", () => subscription.status === "polling");
+    channel.state!("SUBSCRIBED");
+    await waitFor("the catch-up after the join", () => calls.length === 2);
+    assert.equal(subscription.status, "polling", "the poll before the join does not make it live");
+    calls[1].resolve(page(2));
+    await waitFor("live", () => subscription.status === "live");
+    assert.deepEqual(link.changes, [{ chapter: 1, source: "poll" }, { chapter: 2, source: "catchup" }]);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("join grace: a join answered in time costs no extra read", async () => {
+  const link = handAnsweredService({ joinGraceMs: 200, pollIntervalMs: 60_000, livePollIntervalMs: 0 });
+  const { calls } = link;
+  try {
+    await link.goLive([version(1)]);
+    await sleep(300); // past the grace
+    assert.equal(calls.length, 1, "only the catch-up");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("join grace: a refusal that comes after the grace keeps the polls' pace, and nothing is left running", async () => {
+  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000 });
+  const { calls, subscription } = link;
+  try {
+    const channel = await link.channel(1);
+    await waitFor("the poll while the join is unanswered", () => calls.length === 1);
+    calls[0].resolve(page(1));
+    await waitFor("polling", () => subscription.status === "polling");
+    channel.state!("CHANNEL_ERROR", new Error("Unauthorized: You do not have permissions"));
+    await sleep(100);
+    assert.equal(calls.length, 1, "no second read at the refusal: the next poll is a poll interval away");
+  } finally {
+    await link.end();
+  }
+  assert.equal(link.timers(), 0);
+});
+
+Deno.test("join grace: Infinity waits for the join's answer", async () => {
+  const link = handAnsweredService({ joinGraceMs: Infinity });
+  const { calls } = link;
+  try {
+    await link.channel(1);
+    await sleep(100);
+    assert.equal(calls.length, 0);
+  } finally {
+    await link.end();
+  }
+});
