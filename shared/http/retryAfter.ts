@@ -19,12 +19,50 @@ export function parseRetryAfter(header: string | null | undefined, answeredAtMs:
   const value = header?.trim();
   if (!value) return undefined;
   if (/^\d+$/.test(value)) return Number(value);
-  // Date.parse also takes forms that are not HTTP-dates ("5", "2025-01-01"): only the day-name forms
-  // of RFC 9110 (IMF-fixdate, and the obsolete RFC 850 and asctime ones) count.
-  if (!/^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)/i.test(value)) return undefined;
-  const until = Date.parse(value);
-  if (!Number.isFinite(until) || !Number.isFinite(answeredAtMs)) return undefined;
+  if (!Number.isFinite(answeredAtMs)) return undefined;
+  const until = parseHttpDate(value, answeredAtMs);
+  if (until === undefined) return undefined;
   return Math.max(0, Math.ceil((until - answeredAtMs) / 1000));
+}
+
+const MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const DAY = "(?:mon|tue|wed|thu|fri|sat|sun)";
+const LONG_DAY = "(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)";
+const TIME = "(\\d{2}):(\\d{2}):(\\d{2})";
+/** IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT". */
+const IMF_FIXDATE = new RegExp(`^${DAY}, (\\d{2}) ([a-z]{3}) (\\d{4}) ${TIME} GMT$`, "i");
+/** RFC 850 (obsolete): "Sunday, 06-Nov-94 08:49:37 GMT". */
+const RFC850_DATE = new RegExp(`^${LONG_DAY}, (\\d{2})-([a-z]{3})-(\\d{2}) ${TIME} GMT$`, "i");
+/** asctime (obsolete; GMT by definition): "Sun Nov  6 08:49:37 1994". */
+const ASCTIME_DATE = new RegExp(`^${DAY} ([a-z]{3}) ( \\d|\\d{2}) ${TIME} (\\d{4})$`, "i");
+
+/**
+ * An HTTP-date (RFC 9110 section 5.6.7) in epoch ms, or undefined. Parsed here rather than by
+ * Date.parse, which takes many other forms and reads a date without a zone (asctime's) in the
+ * device's local time zone: a reader in New York would wait 4 hours more, one in Tokyo not at all.
+ * A two-digit RFC 850 year is the one within 50 years of `nearMs`, in the past when in doubt.
+ */
+function parseHttpDate(value: string, nearMs: number): number | undefined {
+  let day: string, month: string, year: number, time: string[];
+  let m = IMF_FIXDATE.exec(value);
+  if (m) {
+    [day, month, year, time] = [m[1], m[2], Number(m[3]), m.slice(4, 7)];
+  } else if ((m = RFC850_DATE.exec(value))) {
+    const nearYear = new Date(nearMs).getUTCFullYear();
+    year = Math.floor(nearYear / 100) * 100 + Number(m[3]);
+    if (year > nearYear + 50) year -= 100;
+    [day, month, time] = [m[1], m[2], m.slice(4, 7)];
+  } else if ((m = ASCTIME_DATE.exec(value))) {
+    [month, day, time, year] = [m[1], m[2], m.slice(3, 6), Number(m[6])];
+  } else {
+    return undefined;
+  }
+  const monthIndex = MONTHS.indexOf(month.toLowerCase());
+  const [d, hh, mm, ss] = [Number(day.trim()), ...time.map(Number)];
+  if (monthIndex < 0 || hh > 23 || mm > 59 || ss > 60) return undefined;
+  const ms = Date.UTC(year, monthIndex, d, hh, mm, ss);
+  // "31 Feb" would roll over into March: not a date.
+  return new Date(ms).getUTCDate() === d ? ms : undefined;
 }
 
 /**

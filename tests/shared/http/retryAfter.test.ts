@@ -47,3 +47,30 @@ Deno.test("retryAfterMsOf: details.retry_after (seconds) or retryAfterMs, capped
     "only the number the client puts there",
   );
 });
+
+Deno.test("parseRetryAfter: an HTTP-date is GMT whatever the device's time zone (asctime has no zone, and is GMT too)", async () => {
+  // Date.parse reads a date without a zone as the device's local time: a reader in New York would
+  // wait 4 hours longer (the 5 minute cap), one in Tokyo not at all. Each zone in its own process,
+  // as TZ is read when it starts.
+  const module = new URL("../../../shared/http/retryAfter.ts", import.meta.url).href;
+  const headers = [
+    "Wed Oct 21 07:28:02 2015", // asctime: GMT by definition
+    "Wed Oct  1 07:28:02 2015", // asctime pads a one-digit day with a space
+    "Wed, 21 Oct 2015 07:29:30", // no zone: not an HTTP-date
+    "Wed, 21 Oct 2015 07:29:30 +0900", // a zone other than GMT: not an HTTP-date
+  ];
+  const code = `import { parseRetryAfter } from ${JSON.stringify(module)};
+    const at = Date.parse("2015-10-01T07:28:00Z");
+    console.log(JSON.stringify(${JSON.stringify(headers)}.map((h) => parseRetryAfter(h, at) ?? null)));`;
+  const expected = [20 * 86_400 + 2, 2, null, null];
+  for (const tz of ["UTC", "America/New_York", "Asia/Tokyo"]) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--no-config", code],
+      env: { TZ: tz },
+      stdout: "piped",
+      stderr: "inherit",
+    }).output();
+    assert.ok(out.success, tz);
+    assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), expected, `TZ=${tz}`);
+  }
+});
