@@ -12,6 +12,7 @@ import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import { flushOutbox, type FlushResult, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
 import { OutboxSchedule } from "../../examples/web/lib/client/outboxSchedule.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { isSignedOut, SignedOutError } from "../../examples/web/lib/client/tokenKeeper.ts";
 import {
   isNetworkFailure,
   isRetryable,
@@ -142,6 +143,33 @@ Deno.test({ name: "outbox: signed out, it stops and keeps every write", ...noSan
   assert.equal(store.getSnapshot().pendingCount, 1);
   await client.realtime.disconnect();
 });
+
+Deno.test(
+  {
+    name:
+      "outbox: signed out while sending (the token callback throws through supabase-js) answers 'signed out', not a network failure",
+    ...noSanitize,
+  },
+  async () => {
+    // The web app's client asks TokenKeeper for the token on every request (userClient); once the
+    // session is gone that throws SignedOutError, which reaches flushOutbox wrapped: supabase-js
+    // makes it a FunctionsFetchError, the API client a NetworkError with it as the cause.
+    const client = createClient(`http://127.0.0.1:${closedPort()}`, testEnv().anonKey, {
+      accessToken: () => Promise.reject(new SignedOutError("signed out")),
+    });
+    const api = createProgressApi(client, { retry: { attempts: 1 } });
+    const store = new SyncStore("signed-out-user", defaultCompareRows);
+    store.addPending(pending(seriesId("signed-out-wrapped"), Date.now() - 1_000, 1));
+    const result = await flushOutbox(store, api, options({ isSignedOut })); // as SyncProvider passes it
+    assert.deepEqual(
+      result,
+      { outcome: "signed out" },
+      "the schedule's 'signed out', not a failure of the API",
+    );
+    assert.equal(store.getSnapshot().pendingCount, 1);
+    await client.realtime.disconnect();
+  },
+);
 
 Deno.test(
   {

@@ -32,7 +32,7 @@ import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { flushOutbox } from "@/lib/client/outbox.ts";
 import { OutboxSchedule, type SendReason } from "@/lib/client/outboxSchedule.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
-import { SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
+import { isSignedOut, SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
 import { announceSession, sessionChangedFor } from "@/lib/client/sessionSignal.ts";
 import { createSessionCheck } from "@/lib/client/sessionCheck.ts";
 
@@ -138,7 +138,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
           isRetryable,
           isTransient,
           splitMayHelp,
-          isSignedOut: (error) => error instanceof SignedOutError,
+          isSignedOut, // also when supabase-js wraps it (the token callback threw it)
           refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
           isDisposed: () => disposed,
         }).finally(() => saveClockOffset(clock.measuredOffsetMs)), // what answers measured: a sleep must not erase it

@@ -22,6 +22,19 @@ export class SignedOutError extends Error {
   }
 }
 
+/**
+ * Whether `error` is a SignedOutError, or a failure caused by one: thrown by the access-token
+ * callback of a supabase-js client (lib/progressClient.ts userClient), it reaches whoever made the
+ * request wrapped (a FunctionsFetchError, then the progress API client's NetworkError, each with
+ * the one before as its cause), and would otherwise be taken for a network failure.
+ */
+export function isSignedOut(error: unknown): boolean {
+  for (let e = error, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof SignedOutError) return true;
+  }
+  return false;
+}
+
 export interface TokenKeeperOptions {
   /** Whose token this is; a refresh answering for another user signs this keeper out. */
   userId: string;
