@@ -1,7 +1,7 @@
 // When the web app's outbox is sent (examples/web/lib/client/outboxSchedule.ts): retries after
 // failures in a row back off (full jitter under a doubling ceiling, capped at 60 s) and reset once a
 // send gets through; a Retry-After holds every send until it has passed (at most 5 minutes); a new
-// edit skips the backoff only after a failure with no HTTP answer; back online and the reader's own
+// edit skips the backoff only after a failure with no HTTP answer (once per retry); back online and the reader's own
 // request skip it always. The clock and timers are the test's own: minutes pass in no time.
 // The same schedule against the real function over HTTP: tests/web/outbox.test.ts.
 
@@ -181,6 +181,37 @@ Deno.test("outbox schedule: after no network, an edit or Realtime coming back se
   await t.ask("queued");
   assert.equal(t.sends.length, 3, "another tab's writes wait for the retry");
   assert.equal(t.schedule.failures, 3, "every failed send counts");
+});
+
+Deno.test("outbox schedule: after no answer, one edit tries at once; while that try gets none either, later edits go with the retry", async () => {
+  // In a browser, "no answer" is also a gateway's or the platform's error page without CORS headers
+  // (a 502, a 504, a function that does not boot): fetch throws as if the network were down. Every
+  // page turn must not be one more request (four, with the API client's own retries) to it.
+  const t = harness({ random: () => 0.999 });
+  t.queueWrite();
+  for (let i = 0; i < 5; i++) t.answers.push(failed(noNetwork()));
+  await t.ask("queued");
+  await t.advance(100);
+  t.queueWrite();
+  await t.ask("edit");
+  assert.equal(t.sends.length, 2, "the first edit tries at once");
+  const retryAt = t.schedule.nextSendAt;
+  for (let i = 0; i < 5; i++) {
+    await t.advance(100);
+    t.queueWrite();
+    await t.ask("edit");
+  }
+  assert.equal(t.sends.length, 2, "the edits after it wait for the retry");
+  assert.equal(t.schedule.nextSendAt, retryAt, "and do not move it");
+  await t.untilRetry();
+  assert.equal(t.sends.length, 3, "the retry goes (and gets no answer)");
+  await t.advance(100);
+  t.queueWrite();
+  await t.ask("edit");
+  assert.equal(t.sends.length, 4, "after the retry, an edit may try at once again");
+  await t.ask("reachable");
+  assert.equal(t.sends.length, 5, "Realtime coming back still sends at once");
+  assert.equal(t.schedule.failures, 5);
 });
 
 Deno.test("outbox schedule: after an answer from the server, an edit goes with the next retry; back online or the reader's request go at once", async () => {

@@ -19,7 +19,12 @@
 //                  answer at all (no network: the server was never bothered, and this is the
 //                  moment to find out whether the network is back); after an answer from the
 //                  server (5xx, 429, a gateway's 404) the write goes with the next retry, or every
-//                  page turn of every reader would be one more request to a server in trouble
+//                  page turn of every reader would be one more request to a server in trouble.
+//                  An edit tries at once only once per retry: when its try gets no answer either,
+//                  the next edits go with the retry. In a browser "no answer" is also an error
+//                  page without CORS headers (a gateway's 502 or 504, a function that does not
+//                  boot): fetch throws as if the network were down, and a reader turning pages
+//                  would otherwise send one request (four, with the API client's retries) each.
 //       online     the browser is back online, or
 //       user       the reader asked: at once (one request of one device at a moment of its own)
 //
@@ -77,6 +82,10 @@ export class OutboxSchedule {
   readonly #backoff: BackoffOptions;
   #failures = 0;
   #lastFailureHadNoAnswer = false;
+  /** An edit may still skip the backoff: the last failure was not itself of such a try. */
+  #editMaySkip = false;
+  /** The send under way went before the backoff (or Retry-After) would have let it. */
+  #sendSkipped = false;
   /** When the backoff drawn after the last failure ends (0: none). */
   #retryAt = 0;
   /** When the server's Retry-After ends (0: none). */
@@ -125,7 +134,8 @@ export class OutboxSchedule {
     if (!this.#options.hasPending()) return;
     if (reason === "queued" && !this.#options.isOnline()) return;
     const at = this.#earliest(reason);
-    if (at <= this.#timers.now()) this.#send();
+    const now = this.#timers.now();
+    if (at <= now) this.#send(Math.max(this.#retryAfterUntil, this.#retryAt) > now);
     else this.#arm(at);
   }
 
@@ -136,7 +146,8 @@ export class OutboxSchedule {
 
   #earliest(reason: SendReason): number {
     const skipsBackoff = reason === "online" || reason === "user" ||
-      ((reason === "edit" || reason === "reachable") && this.#lastFailureHadNoAnswer);
+      (reason === "reachable" && this.#lastFailureHadNoAnswer) ||
+      (reason === "edit" && this.#lastFailureHadNoAnswer && this.#editMaySkip);
     return skipsBackoff ? this.#retryAfterUntil : Math.max(this.#retryAfterUntil, this.#retryAt);
   }
 
@@ -164,11 +175,13 @@ export class OutboxSchedule {
     this.#timerAt = null;
     if (this.#disposed || this.#inFlight || !this.#options.hasPending()) return;
     if (!this.#options.isOnline()) return; // the online event asks again
-    this.#send();
+    this.#send(false);
   }
 
-  #send(): void {
+  /** `skipped`: it goes before the backoff would have let it (an edit, Realtime, online, the reader). */
+  #send(skipped: boolean): void {
     this.#clearTimer();
+    this.#sendSkipped = skipped;
     const run = (async () => {
       let result: FlushResult;
       try {
@@ -193,12 +206,16 @@ export class OutboxSchedule {
       case "done":
         this.#failures = 0;
         this.#lastFailureHadNoAnswer = false;
+        this.#editMaySkip = false;
         this.#retryAt = 0;
         this.#retryAfterUntil = 0;
         return;
       case "failed": {
         this.#failures++;
         this.#lastFailureHadNoAnswer = this.#options.isNetworkFailure(result.error);
+        // Once per retry: a try that skipped the backoff and got no answer either lets no
+        // more edits skip it (the retry timer's own try does).
+        this.#editMaySkip = this.#lastFailureHadNoAnswer && !this.#sendSkipped;
         const asked = this.#options.retryAfterMs(result.error);
         if (asked) this.#retryAfterUntil = Math.max(this.#retryAfterUntil, now + asked);
         const random = this.#options.random ?? Math.random;
