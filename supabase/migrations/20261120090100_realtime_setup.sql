@@ -14,8 +14,11 @@
 --   when this life of the row began (the wall clock at INSERT; kept by every UPDATE): after a hard
 --   DELETE the next write is inserted whatever its updated_at, and clients order versions by
 --   created_at first, so the later life wins on every device (shared/realtime/progressMerge.ts).
--- * AFTER INSERT, once per statement: ends the transaction-local claims an INSERT dated ahead leaves
---   for its upsert's DO UPDATE and for migration 013's AFTER INSERT check (only when one is set).
+-- * AFTER INSERT, once per statement: ends the claim an INSERT dated ahead leaves in one
+--   transaction-local setting (readsync.dated_ahead), judging again the row that left it. An INSERT
+--   judges "ahead" before it may wait in the unique index, so each row judged ahead is judged again
+--   once it is in: by its upsert's DO UPDATE, by the next row's stamp trigger or by this trigger; one
+--   clearly no longer ahead is refused with 40001 for a retry.
 -- * AFTER INSERT/UPDATE/DELETE: broadcasts the change through Supabase Realtime ("Broadcast from the
 --   database") on the private topic progress:<user_id>, event = the operation.
 -- * RLS: authenticated users see and change only their own rows; anon gets nothing. On
@@ -34,9 +37,11 @@ as $$
 declare
   -- Dated beyond the tolerance for clock skew (see the else branch).
   v_ahead boolean := false;
-  -- The DO UPDATE of an upsert whose INSERT half was dated ahead, still ahead now (see below).
+  -- The claim an earlier row of this statement left, dated ahead (readsync.dated_ahead, see the end).
+  v_claim jsonb;
+  -- This is the DO UPDATE of an upsert whose INSERT half was dated ahead, still ahead now (see below).
   v_claimed_ahead boolean := false;
-  -- The date that INSERT half was sent with.
+  -- The date a write judged ahead was sent with.
   v_sent timestamptz;
 begin
   if tg_op = 'UPDATE'
@@ -52,27 +57,46 @@ begin
   -- The key is kept to the millisecond, and compared so from here on: a write sent with microseconds
   -- (e.g. Python's isoformat()) under the stored millisecond is that key, not a newer one.
   new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
-  if tg_op = 'UPDATE'
-     and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> '' -- cheap test first
-     and pg_catalog.current_setting('readsync.upsert_dated_ahead', true) =
-         row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text then
-    -- The DO UPDATE of an upsert dated ahead (see the INSERT branch below). Its INSERT half judged
-    -- "ahead" before the upsert waited for any concurrent writer of the row; judged again now, by the
-    -- date it was sent with: still ahead, it is newer by its own date than whatever version it met,
-    -- so it lands 1 ms after that version when that one lies at or after the "now" its INSERT half
-    -- was given (never a tie with it, never a replay of it; the value is the claim's by
-    -- construction, now(), so a session that set the setting itself cannot place a row in the far
-    -- future); no longer ahead (it waited), it is judged by that date like any write (below), so it
-    -- cannot replace a version written meanwhile by a device whose clock is right.
-    v_sent := nullif(pg_catalog.current_setting('readsync.upsert_dated_ahead_sent', true), '')::timestamptz;
-    perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
-            pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true);
-    if v_sent is not null and v_sent <= pg_catalog.clock_timestamp() + interval '5 seconds' then
-      new.updated_at := v_sent;
+  if pg_catalog.current_setting('readsync.dated_ahead', true) <> '' then -- the common path: one test
+    -- An INSERT row of this statement was judged ahead before this row began (the claim: see the end).
+    v_claim := pg_catalog.current_setting('readsync.dated_ahead', true)::jsonb;
+    if tg_op = 'UPDATE'
+       and v_claim @> pg_catalog.jsonb_build_object('user_id', new.user_id, 'series_id', new.series_id,
+                                                    'updated_at', new.updated_at, 'device_id', new.device_id) then
+      -- The DO UPDATE of an upsert dated ahead: its INSERT half left the claim (this row, its stamped
+      -- key and device). That half judged "ahead" before the upsert waited for any concurrent writer
+      -- of the row; judged again now, by the date it was sent with: still ahead, it is newer by its
+      -- own date than whatever version it met, so it lands 1 ms after that version when that one
+      -- lies at or after the "now" its INSERT half was given (never a tie with it, never a replay of
+      -- it; the value is the claim's by construction, now(), so a session that set the setting
+      -- itself cannot place a row in the far future); no longer ahead (it waited), it is judged by
+      -- that date like any write (below), so it cannot replace a version written meanwhile by a
+      -- device whose clock is right.
+      perform pg_catalog.set_config('readsync.dated_ahead', '', true);
+      v_sent := (v_claim ->> 'sent')::timestamptz;
+      if v_sent <= pg_catalog.clock_timestamp() + interval '5 seconds' then
+        new.updated_at := v_sent;
+      else
+        v_claimed_ahead := true;
+        new.updated_at := greatest(
+          pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
+      end if;
     else
-      v_claimed_ahead := true;
-      new.updated_at := greatest(
-        pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
+      -- The claimed row is in the table by now, or was left out (ON CONFLICT DO NOTHING, a DO UPDATE
+      -- that did not take the claim): a statement moves to its next row only once the previous one is
+      -- in, after any wait in the unique index. So it is judged again now, as the statement's last
+      -- such row is by reading_progress_end_claims (below), the same way.
+      perform pg_catalog.set_config('readsync.dated_ahead', '', true);
+      if (v_claim ->> 'sent')::timestamptz <= pg_catalog.clock_timestamp() + interval '4.9 seconds'
+         and exists (select 1 from public.reading_progress rp
+                      where rp.user_id = (v_claim ->> 'user_id')::uuid
+                        and rp.series_id = (v_claim ->> 'series_id') collate "C"
+                        and rp.synced_at = (v_claim ->> 'synced_at')::timestamptz) then
+        raise exception using
+          errcode = '40001',
+          message = 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
+          hint = 'Retry the write: it will be stored under its own date.';
+      end if;
     end if;
   end if;
   if v_claimed_ahead then
@@ -108,21 +132,10 @@ begin
         new.updated_at := greatest(
           pg_catalog.date_trunc('milliseconds', pg_catalog.now()), old.updated_at + interval '1 millisecond');
       else
-        -- The date it was sent with, for the judgement after any wait: by the DO UPDATE (below) or
-        -- by migration 013's AFTER INSERT trigger. As ISO 8601 with a numeric offset (to_jsonb): the
-        -- session's DateStyle may print a zone abbreviation that reads back as another zone.
-        perform pg_catalog.set_config('readsync.upsert_dated_ahead_sent',
-          pg_catalog.to_jsonb(new.updated_at) #>> '{}', true);
+        -- An INSERT runs this trigger before it waits for any concurrent first write of the row: the
+        -- date it was sent with goes into the claim (at the end) for the judgement after that wait.
+        v_sent := new.updated_at;
         new.updated_at := pg_catalog.date_trunc('milliseconds', pg_catalog.now());
-        -- In an upsert (INSERT ... ON CONFLICT DO UPDATE, supabase-js .upsert()) this row becomes
-        -- excluded.* of the DO UPDATE, whose trigger sees only the key stamped here, and only after
-        -- the upsert has waited for any concurrent writer of the row, whose version (up to 5 s
-        -- ahead) may by then be newer than "now". So the claim travels beside the row, in a
-        -- transaction-local setting naming the row, its stamped key and this statement: the DO
-        -- UPDATE's trigger (below) finds it and places the write after whatever version it meets.
-        perform pg_catalog.set_config('readsync.upsert_dated_ahead',
-          row(new.user_id, new.series_id, new.updated_at, new.device_id, pg_catalog.statement_timestamp())::text,
-          true);
       end if;
     end if;
     new.updated_at := pg_catalog.date_trunc('milliseconds', new.updated_at);
@@ -147,13 +160,27 @@ begin
   new.synced_at := pg_catalog.clock_timestamp();
   new.change_xid := pg_catalog.pg_current_xact_id();
   if v_ahead and tg_op = 'INSERT' then
-    -- For migration 013's AFTER INSERT trigger, which judges this write again once it is inserted
-    -- (it may have waited for a concurrent first write of the row that rolled back): which row it
-    -- is, named by its synced_at (two rows of one statement, e.g. a duplicate skipped by ON
-    -- CONFLICT DO NOTHING, never share it). One slot: the last row judged ahead in a statement,
-    -- judged again only if it is inserted (not skipped, nor turned into the upsert's DO UPDATE).
-    perform pg_catalog.set_config('readsync.insert_dated_ahead',
-      row(new.user_id, new.series_id, new.synced_at)::text, true);
+    -- The claim. An INSERT runs this trigger before it may wait in the unique index for a concurrent
+    -- writer of the row, so what was judged here is judged again after that wait, by the date the
+    -- write was sent with:
+    --   * in an upsert (INSERT ... ON CONFLICT DO UPDATE, supabase-js .upsert()) that meets the row,
+    --     by the DO UPDATE's trigger (above), which sees only excluded.*, the key stamped here, and
+    --     must place a write still ahead after whatever version it met (up to 5 s ahead: it may be
+    --     newer than "now" by then);
+    --   * an inserted row (its INSERT may have waited for an uncommitted first write of the row that
+    --     rolled back), by the trigger of the statement's next row (above: a statement moves on only
+    --     once a row is in) or, for the statement's last row, by reading_progress_end_claims. Clearly
+    --     no longer ahead (by more than 100 ms, so that a row merely near the limit is not refused for
+    --     the time its INSERT took), it is refused with 40001 (its RETURNING has already answered: it
+    --     cannot be re-dated), and the retry stores it under its own date. write_reading_progress
+    --     leaves no claim (it sends such a write as now()) and re-dates its own row.
+    -- One transaction-local setting, as JSON (dates ISO 8601 with a numeric offset, so a session's
+    -- DateStyle cannot change them): the row, named by its synced_at too (two rows of one statement,
+    -- e.g. a duplicate skipped by ON CONFLICT DO NOTHING, never share it), the key and device stamped
+    -- here, and the date it was sent with. It ends with the statement (reading_progress_end_claims).
+    perform pg_catalog.set_config('readsync.dated_ahead', pg_catalog.jsonb_build_object(
+      'user_id', new.user_id, 'series_id', new.series_id, 'updated_at', new.updated_at,
+      'device_id', new.device_id, 'synced_at', new.synced_at, 'sent', v_sent)::text, true);
   end if;
   if tg_op = 'INSERT' then
     -- The wall clock, not now(): a row deleted and inserted again in one transaction (or by a
@@ -177,21 +204,38 @@ create trigger reading_progress_stamp
   before insert or update on public.reading_progress
   for each row execute function public.reading_progress_stamp();
 
--- The claims an INSERT dated ahead leaves for its DO UPDATE and for migration 013's AFTER INSERT
--- trigger end with the INSERT statement: a row skipped by ON CONFLICT DO NOTHING (or by a DO UPDATE
--- whose WHERE is false) consumes neither, and every statement inside one DO block or function (or
--- one multi-statement query string) shares statement_timestamp(), so a later UPDATE there keyed
--- now() by the same device would pass for that DO UPDATE. A statement-level AFTER trigger runs
--- after every row-level one, also when no row was inserted; the WHEN test keeps it off the common
--- path (no claim set).
+-- The claim an INSERT dated ahead leaves (readsync.dated_ahead, see the stamp trigger's end) ends with
+-- its INSERT statement. A statement-level AFTER trigger runs after every row of the statement is in
+-- (and after every row-level AFTER trigger), also when no row was inserted. A claim still set here is
+-- the statement's last row judged ahead: judged again now, as the stamp trigger judges any earlier one
+-- when the next row begins. Then it is cleared: a row skipped by ON CONFLICT DO NOTHING (or by a DO
+-- UPDATE whose WHERE is false) takes no claim, and a later UPDATE of the same transaction (say, in the
+-- same DO block) keyed now(), the key the claim names, by the same device would otherwise pass for the
+-- DO UPDATE it names. No WHEN clause: PostgreSQL prepares a trigger's WHEN anew for every statement,
+-- which costs more than calling this function, whose first test ends the common path (no claim set):
+-- about 0.9 us per INSERT statement, against 2.6 us with a WHEN on the one setting (docs/benchmarks.md).
 create or replace function public.reading_progress_end_claims() returns trigger
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_claim jsonb;
 begin
-  perform pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
-          pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true),
-          pg_catalog.set_config('readsync.insert_dated_ahead', '', true);
+  if pg_catalog.current_setting('readsync.dated_ahead', true) <> '' then
+    v_claim := pg_catalog.current_setting('readsync.dated_ahead', true)::jsonb;
+    perform pg_catalog.set_config('readsync.dated_ahead', '', true);
+    -- The row, if inserted (not skipped), judged again as in the stamp trigger.
+    if (v_claim ->> 'sent')::timestamptz <= pg_catalog.clock_timestamp() + interval '4.9 seconds'
+       and exists (select 1 from public.reading_progress rp
+                    where rp.user_id = (v_claim ->> 'user_id')::uuid
+                      and rp.series_id = (v_claim ->> 'series_id') collate "C"
+                      and rp.synced_at = (v_claim ->> 'synced_at')::timestamptz) then
+      raise exception using
+        errcode = '40001',
+        message = 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
+        hint = 'Retry the write: it will be stored under its own date.';
+    end if;
+  end if;
   return null;
 end;
 $$;
@@ -201,8 +245,6 @@ drop trigger if exists reading_progress_end_claims on public.reading_progress;
 create trigger reading_progress_end_claims
   after insert on public.reading_progress
   for each statement
-  when (pg_catalog.current_setting('readsync.upsert_dated_ahead', true) <> ''
-        or pg_catalog.current_setting('readsync.insert_dated_ahead', true) <> '')
   execute function public.reading_progress_end_claims();
 
 -- ---------------------------------------------------------------------------------------------

@@ -407,7 +407,7 @@ begin
         -- by its own date. Stored at now() (the key an ahead write gets), a write dated in between
         -- would replace it although older. So it gets its own date here, in the same transaction
         -- (a second broadcast, UPDATE, follows the INSERT's; devices keep the later key). The Data
-        -- API refuses such an INSERT for a retry instead (reading_progress_new_life_after_deletion):
+        -- API refuses such an INSERT for a retry instead (migration 012's claim, readsync.dated_ahead):
         -- its RETURNING has already answered.
         update public.reading_progress as rp
           set updated_at = pg_catalog.date_trunc('milliseconds', p_updated_at)
@@ -656,39 +656,13 @@ create trigger reading_progress_remember_deletion
 -- failure): the progress function retries it, with a created_at after the deletion; a Data API
 -- client sees a retryable 40001 and sends it again. Nothing else of that kind is refused: the stamp
 -- trigger places a new life after the remembered deletion (even after a clock step back).
--- The same trigger judges again, once inserted, a write the stamp trigger took for more than 5 s
--- ahead (below), and refuses it the same way when it no longer is.
+-- (An INSERT judged more than 5 s ahead before such a wait is judged again by migration 012's
+-- triggers, through the claim it leaves: see reading_progress_stamp.)
 create or replace function private.reading_progress_new_life_after_deletion() returns trigger
 language plpgsql
 set search_path = ''
 as $$
-declare
-  v_inserted text := pg_catalog.current_setting('readsync.insert_dated_ahead', true);
-  v_sent timestamptz;
 begin
-  if v_inserted <> '' and v_inserted = row(new.user_id, new.series_id, new.synced_at)::text then
-    -- This row was judged more than 5 s ahead by the stamp trigger (migration 012) and stored at
-    -- now(), before the INSERT went on: it may then have waited for a concurrent first write of
-    -- the series (an uncommitted insert of the same row, which rolled back). If its date is now
-    -- clearly no longer ahead of the wall clock (by more than 100 ms, so that a write merely near
-    -- the limit is not refused for the microseconds the INSERT took), it is an ordinary write, to
-    -- be decided by its own date; stored at now(), a write dated in between would replace it
-    -- although older. Its RETURNING has already answered, so it is refused for a retry, which
-    -- stores it under that date. A long multi-row statement (its AFTER triggers run once every row
-    -- is in) can be refused the same way. Only the last row judged ahead in a statement is named.
-    -- The DO UPDATE claim is cleared with it: it must not match a later UPDATE of the same
-    -- statement (a DO block).
-    v_sent := nullif(pg_catalog.current_setting('readsync.upsert_dated_ahead_sent', true), '')::timestamptz;
-    perform pg_catalog.set_config('readsync.insert_dated_ahead', '', true),
-            pg_catalog.set_config('readsync.upsert_dated_ahead', '', true),
-            pg_catalog.set_config('readsync.upsert_dated_ahead_sent', '', true);
-    if v_sent <= pg_catalog.clock_timestamp() + interval '4.9 seconds' then
-      raise exception using
-        errcode = '40001',
-        message = 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
-        hint = 'Retry the write: it will be stored under its own date.';
-    end if;
-  end if;
   if exists (select 1 from public.reading_progress_deletions d
               where d.user_id = new.user_id and d.series_id = new.series_id
                 and (d.version ->> 'created_at')::timestamptz > new.created_at) then

@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(44);
+select plan(48);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -146,8 +146,9 @@ select is(
   ((select updated_at from ahead_before) + interval '1 millisecond', 'phone', 7)::text,
   'stored 1 ms after the version it replaced, not at the claimed hour');
 
--- The DO UPDATE learns of the claimed date from a setting its INSERT half leaves for this statement
--- only: a later statement that sends the key the claim was stamped with is judged like any write.
+-- The DO UPDATE learns of the claimed date from the claim its INSERT half leaves for this statement
+-- only (readsync.dated_ahead): a later statement that sends the key the claim was stamped with is
+-- judged like any write.
 select is((select u from pg_temp.upsert('ahead-new', 1, 10, 0.01, 'phone', now() + interval '1 hour') u),
   date_trunc('milliseconds', now()),
   'the first version of a series, dated an hour ahead, is stored at now()');
@@ -178,8 +179,10 @@ select is(
 -- value (now()), not the far-future date it named.
 update public.reading_progress set updated_at = '9000-01-01 00:00:00+00', device_id = 'forger'
  where series_id = 'ahead-same-ms'
-   and set_config('readsync.upsert_dated_ahead',
-         row(user_id, series_id, '9000-01-01 00:00:00+00'::timestamptz, 'forger', statement_timestamp())::text,
+   and set_config('readsync.dated_ahead',
+         jsonb_build_object('user_id', user_id, 'series_id', series_id,
+                            'updated_at', '9000-01-01 00:00:00+00'::timestamptz, 'device_id', 'forger',
+                            'synced_at', now(), 'sent', '9000-01-01 00:00:00+00'::timestamptz)::text,
          true) is not null;
 select cmp_ok((select updated_at from public.reading_progress where series_id = 'ahead-same-ms'), '<',
   now() + interval '1 day', 'a forged claim does not place the row in the far future');
@@ -198,13 +201,12 @@ $$;
 select is((select chapter from public.reading_progress where series_id = 'linger'), 2,
   'a stale UPDATE with the key a plain INSERT was stamped with earlier in the statement is refused');
 
--- An INSERT judged ahead before it waited is judged again by its AFTER INSERT trigger (migration 013,
--- reading_progress_new_life_after_deletion): clearly no longer ahead (by more than 100 ms), refused
--- with 40001 for a retry (the two-connection test in tests/functions/conflict_resolver_db.test.ts
--- makes it wait for a rolled-back first write). Here the wait is the multi-row INSERT itself: its
--- AFTER triggers run once every row is in, and the last row takes half a second to compute; the
--- second is dated 0.2 s past the limit (the first row's AFTER trigger leaves the claim alone: it
--- names the second row).
+-- An INSERT judged ahead before it waited is judged again once it is in (migration 012's claim):
+-- clearly no longer ahead (by more than 100 ms), refused with 40001 for a retry (the two-connection
+-- tests in tests/functions/conflict_resolver_db.test.ts make it wait for a rolled-back first write).
+-- It is in once the statement's next row begins, and that row's stamp trigger judges it; here the
+-- next row takes half a second to compute, which the trigger cannot tell from a wait in the unique
+-- index (the row was in by then either way). The second row is dated 0.2 s past the limit.
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'judged-again-plain', 1, 'phone', now()),
@@ -221,6 +223,35 @@ values ((select auth.uid()), 'still-ahead', 1, 'phone', clock_timestamp() + inte
 select is((select updated_at from public.reading_progress where series_id = 'still-ahead'),
   date_trunc('milliseconds', now()), 'one still ahead once inserted is stored at now()');
 delete from public.reading_progress where series_id like 'still-ahead%';
+-- Judged when the next row begins, not when the statement ends: a row 5.2 s ahead followed at once by
+-- another is in (and still ahead) by then, whatever the rest of the statement takes. (Judged at the
+-- statement's end, as before, a long multi-row INSERT or COPY was refused for it though nothing waited.)
+select lives_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'next-row', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
+           ((select auth.uid()), 'next-row-fast', 1, 'phone', now()),
+           ((select auth.uid()), 'next-row-slow', (select 2 from pg_sleep(0.5)), 'phone', now())$$,
+  'a row judged ahead is judged again when the next row begins, not after the rest of the statement');
+select is((select updated_at from public.reading_progress where series_id = 'next-row'),
+  date_trunc('milliseconds', now()), 'and stored at now(), as a write still ahead once inserted');
+delete from public.reading_progress where series_id like 'next-row%';
+-- Every row judged ahead is judged again, not only the statement's last one: the first is no longer
+-- ahead when the next row begins, though the last (an hour ahead) still is.
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'every-row', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
+           ((select auth.uid()), 'every-row-slow', (select 2 from pg_sleep(0.5)), 'phone', now()),
+           ((select auth.uid()), 'every-row-last', 3, 'phone', clock_timestamp() + interval '1 hour')$$,
+  '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
+  'each row judged ahead in a statement is judged again, not only the last one');
+-- The statement's last row is judged at the statement's end (reading_progress_end_claims): here its
+-- RETURNING, computed once the row is in, takes half a second.
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'last-row', 1, 'phone', clock_timestamp() + interval '5.2 seconds')
+    returning (select 1 from pg_sleep(0.5))$$,
+  '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
+  'the last row judged ahead in a statement is judged again at the statement''s end');
 -- A duplicate skipped by ON CONFLICT DO NOTHING (supabase-js upsert with ignoreDuplicates), dated
 -- 0.2 s past the limit, names itself, not the row inserted before it with the same key (now()).
 select lives_ok(

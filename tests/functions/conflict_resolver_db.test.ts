@@ -693,3 +693,86 @@ Deno.test("a first write dated 5.5 s ahead that waited for a first write which r
     await Promise.all([holder.end(), waiter.end(), tabletPool.end(), sql.end()]);
   }
 });
+
+/**
+ * The same wait in a bulk Data API upsert (supabase-js .upsert([...]); PostgREST inserts the rows from
+ * json_populate_recordset in one statement): its first row, dated 5.5 s ahead, waits for a first write
+ * of its series that rolls back; its second row is dated an hour ahead. Each row judged ahead is
+ * judged again once it is in (the first by the second's stamp trigger, after the wait), not only the
+ * statement's last one, which is still ahead: the statement is refused with 40001 and its retry
+ * stores the first row under its own date.
+ */
+Deno.test("a bulk Data API upsert whose first row waited for a first write which rolled back is judged again, though its last row is still ahead", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const { holder, waiter, asUser } = lockingPair(user.id);
+  const series = seriesId("ahead-rollback-bulk");
+  const other = seriesId("ahead-bulk-hour");
+  try {
+    const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let holding!: () => void;
+    const held = new Promise<void>((resolve) => (holding = resolve));
+    const rolledBack = holder.begin(async (tx) => {
+      await asUser(tx);
+      await tx`select public.write_reading_progress(${series}, 1, 0, 0, false, 'laptop', now())`;
+      holding();
+      await released;
+      throw new Error("roll back");
+    }).catch((error) => assert.equal(error.message, "roll back"));
+    await held;
+    const [{ sent }] = await sql<{ sent: string }[]>`
+      select to_jsonb(date_trunc('milliseconds', clock_timestamp() + interval '5.5 seconds')) #>> '{}' as sent`;
+    const rows = [
+      {
+        user_id: user.id,
+        series_id: series,
+        chapter: 7,
+        page: 0,
+        percentage: 0,
+        device_id: "phone",
+        updated_at: sent,
+      },
+      {
+        user_id: user.id,
+        series_id: other,
+        chapter: 8,
+        page: 0,
+        percentage: 0,
+        device_id: "phone",
+        updated_at: new Date(Date.now() + 3_600_000).toISOString(),
+      },
+    ];
+    const bulk = () =>
+      waiter.begin(async (tx) => {
+        await asUser(tx);
+        return await tx<{ series_id: string }[]>`
+          insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+          select user_id, series_id, chapter, page, percentage, device_id, updated_at
+            from json_populate_recordset(null::public.reading_progress, ${JSON.stringify(rows)}::text::json)
+          on conflict (user_id, series_id) do update
+            set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+                device_id = excluded.device_id, updated_at = excluded.updated_at
+          returning series_id`;
+      });
+    const waiting = bulk();
+    await waitBlockedBy(sql, holderPid);
+    await new Promise((r) => setTimeout(r, 1_200));
+    release();
+    await rolledBack;
+    await assert.rejects(
+      waiting,
+      (error: { code?: string }) => error.code === "40001",
+      "refused for a retry",
+    );
+    assert.equal((await bulk()).length, 2, "the retry lands");
+    assert.deepEqual(
+      (await stateOf(sql, user.id, series)).row,
+      { key: keyOf({ updated_at: sent, device_id: "phone" }), chapter: 7 },
+      "the first row is stored under its own date",
+    );
+  } finally {
+    await Promise.all([holder.end(), waiter.end(), sql.end()]);
+  }
+});
