@@ -62,6 +62,8 @@ export class Channel implements Subscriber {
    * confirm): a later one applies whatever is pending when it fires.
    */
   readonly pendingTimers = new Set<ReturnType<typeof setTimeout>>();
+  /** The channel's own work, one task at a time (see run). */
+  #work: Promise<void> = Promise.resolve();
 
   constructor(
     readonly connection: Connection,
@@ -85,6 +87,18 @@ export class Channel implements Subscriber {
 
   deliver(frame: string | Uint8Array): void {
     this.connection.sendRaw(frame);
+  }
+
+  /**
+   * Runs a task of this channel after the ones before it, as a Phoenix channel process handles its
+   * messages: its token confirms and held-token applies, and the client's pushes to it. It does not
+   * wait for the socket's other work, a join being decided included (on Supabase a channel confirms
+   * its token at expiry while the socket waits for another channel's refused join).
+   */
+  run(task: () => Promise<void>): Promise<void> {
+    const done = this.#work.then(task);
+    this.#work = done.catch(() => {});
+    return done;
   }
 }
 
@@ -160,7 +174,10 @@ export class Connection {
     this.channels.clear();
   }
 
-  /** Frames are handled one at a time, in order, as a Phoenix channel process would. */
+  /**
+   * The client's frames are handled one at a time, in order, as Phoenix's socket transport handles
+   * them (a channel's own timers run in the channel's turn instead: Channel.run).
+   */
   #enqueue(data: unknown): void {
     this.#queue = this.#queue.then(() => this.#handleFrame(data)).catch((error) => {
       this.deps.log({ event: "frame_failed", error: String(error) });
@@ -187,13 +204,7 @@ export class Connection {
     if (event === "phx_join") return await this.#join(message);
 
     const channel = this.channels.get(topic);
-    if (!channel) {
-      // Phoenix answers a leave of a topic this socket has not joined (never, or refused) with ok,
-      // and any other push to it with "unmatched topic".
-      if (ref !== null && event === "phx_leave") this.send(reply(joinRef, ref, topic, "ok", {}));
-      else if (ref !== null) this.send(reply(joinRef, ref, topic, "error", { reason: "unmatched topic" }));
-      return;
-    }
+    if (!channel) return this.#unjoined(message);
     if (joinRef !== null && channel.joinRef !== null && joinRef !== channel.joinRef) {
       // A push for an earlier join of this topic (e.g. a leave buffered while offline): stale.
       this.deps.log({ event: "stale_push", topic, push: event, joinRef, current: channel.joinRef });
@@ -206,9 +217,9 @@ export class Connection {
         this.send(reply(channel.joinRef, ref, topic, "ok", {}));
         return;
       case "access_token":
-        return await this.#refreshToken(channel, message.payload);
+        return await this.#onChannel(channel, message, () => this.#refreshToken(channel, message.payload));
       case "broadcast":
-        return await this.#broadcast(channel, message);
+        return await this.#onChannel(channel, message, () => this.#broadcast(channel, message));
       case "presence":
         if (ref !== null) {
           this.send(
@@ -222,6 +233,28 @@ export class Connection {
         // Supabase logs unexpected client events and does not answer them.
         this.deps.log({ event: "unexpected_push", topic, push: event });
     }
+  }
+
+  /** A push to a topic this socket has not joined (never, refused, or closed since). */
+  #unjoined(message: PhxMessage): void {
+    const { topic, event, ref, joinRef } = message;
+    // Phoenix answers a leave of a topic this socket has not joined with ok, and any other push to
+    // it with "unmatched topic".
+    if (ref !== null && event === "phx_leave") this.send(reply(joinRef, ref, topic, "ok", {}));
+    else if (ref !== null) this.send(reply(joinRef, ref, topic, "error", { reason: "unmatched topic" }));
+  }
+
+  /**
+   * A client's push to a joined channel, handled in the channel's turn (after a confirm or token
+   * apply of its own that is running); the socket's next frames wait for it, as before.
+   */
+  async #onChannel(channel: Channel, message: PhxMessage, task: () => Promise<void>): Promise<void> {
+    await channel.run(async () => {
+      if (this.#closed) return;
+      // Closed by its own work meanwhile (an expired token): as if the push came just after.
+      if (this.channels.get(channel.fullTopic) !== channel) return this.#unjoined(message);
+      await task();
+    });
   }
 
   /**
@@ -405,7 +438,7 @@ export class Connection {
       });
       const timer = setTimeout(() => {
         channel.pendingTimers.delete(timer);
-        this.#queue = this.#queue.then(() => this.#applyPendingToken(channel)).catch((error) => {
+        channel.run(() => this.#applyPendingToken(channel)).catch((error) => {
           this.deps.log({ event: "token_apply_failed", error: String(error) });
         });
       }, remaining);
@@ -458,7 +491,7 @@ export class Connection {
     const delay = Math.max(0, Math.min(interval, untilExpiry));
     channel.confirmTimer = setTimeout(() => {
       channel.confirmTimer = undefined;
-      this.#queue = this.#queue.then(() => this.#confirm(channel)).catch((error) => {
+      channel.run(() => this.#confirm(channel)).catch((error) => {
         this.deps.log({ event: "confirm_failed", error: String(error) });
       });
     }, delay);

@@ -5,12 +5,13 @@
 // lower it on their own socket (realtime_support.ts, joinErrorBackoffMs).
 
 import assert from "node:assert/strict";
-import { adminSql, createTestUser, localRealtime, testEnv } from "../support/env.ts";
+import { adminSql, createTestUser, localRealtime, mintsTokens, testEnv } from "../support/env.ts";
 import {
   clientWithToken,
   closeClient,
   joinChannel,
   noSanitize,
+  sleep,
   waitFor,
   writeProgress,
 } from "./realtime_support.ts";
@@ -111,6 +112,75 @@ Deno.test({
     assert.ok(reply("hb")!.at >= refusedAt, "the heartbeat was answered before the refusal");
     const broadcast = frames.find((f) => f.event === "broadcast")!;
     assert.ok(broadcast.at >= refusedAt, "the broadcast went out before the refusal");
+  } finally {
+    ws.close();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  ignore: !mintsTokens, // needs a token that expires within seconds
+  name:
+    "realtime join refusal: only the socket waits: a channel whose token expires meanwhile is closed at its expiry, and hears nothing after it",
+  ...noSanitize,
+}, async () => {
+  // Supabase's channels are processes of their own: the one whose token expires confirms it at its
+  // expiry (confirm_token) and stops, whatever the socket's transport is waiting for; the socket
+  // writes its system message and phx_close once the refused join has been answered. A change
+  // written after that expiry is not broadcast to it, although the socket was stalled when it came.
+  const sql = adminSql({ max: 1 });
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const short = await a.newAccessToken(2);
+  const expiresAt = JSON.parse(atob(short.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp * 1000;
+  const env = testEnv();
+  const ws = new WebSocket(
+    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+  );
+  ws.binaryType = "arraybuffer";
+  const frames: { ref: string | null; joinRef: string | null; event: string; payload: unknown }[] = [];
+  ws.onmessage = (e) => {
+    if (typeof e.data !== "string") {
+      return void frames.push({ ref: null, joinRef: null, event: "broadcast", payload: null });
+    }
+    const [joinRef, ref, , event, payload] = JSON.parse(e.data);
+    frames.push({ ref, joinRef, event, payload });
+  };
+  const join = (ref: string, topic: string, token: string) =>
+    ws.send(JSON.stringify([ref, ref, `realtime:${topic}`, "phx_join", {
+      config: { private: true, broadcast: {} },
+      access_token: token,
+    }]));
+  try {
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error("socket error"));
+    });
+    join("1", topicOf(a.id), short); // A's own topic, with a token of 1-2 s: joined
+    await waitFor("the join", () => frames.some((f) => f.ref === "1" && f.event === "phx_reply"));
+    join("2", topicOf(c.id), a.accessToken); // C's topic: refused after the 5 s backoff
+    // Past the short token's expiry (Supabase confirms it up to a second after exp), well before
+    // the refusal: a write the closed channel must not hear.
+    await sleep(Math.max(0, expiresAt + 1_500 - Date.now()));
+    await writeProgress(sql, a.id, { series_id: "after-expiry", chapter: 1, device_id: "phone" });
+    await waitFor(
+      "the refusal and the expired channel's phx_close",
+      () =>
+        frames.some((f) => f.ref === "2" && f.event === "phx_reply") &&
+        frames.some((f) => f.joinRef === "1" && f.event === "phx_close"),
+      { timeoutMs: 15_000 },
+    );
+    await sleep(500);
+    assert.deepEqual(
+      frames.filter((f) => f.event === "broadcast").length,
+      0,
+      `a broadcast reached a channel after its token expired: ${JSON.stringify(frames)}`,
+    );
+    const refusal = frames.findIndex((f) => f.ref === "2" && f.event === "phx_reply");
+    const system = frames.findIndex((f) => f.joinRef === "1" && f.event === "system");
+    assert.equal((frames[refusal].payload as { status: string }).status, "error");
+    assert.match((frames[system]?.payload as { message?: string })?.message ?? "", /^Token has expired/);
+    assert.ok(refusal < system, `the refusal, then the closed channel's frames: ${JSON.stringify(frames)}`);
   } finally {
     ws.close();
     await sql.end();
