@@ -893,6 +893,8 @@ class UserLink<Row extends LwwRow> {
     this.#joinGraceTimer = this.service.timers.set(() => {
       this.#joinGraceTimer = undefined;
       if (this.#closed || generation !== this.#generation || this.#joined) return;
+      // Reading already (a syncNow() meanwhile): that read schedules the next one itself.
+      if (this.#pollTimer !== undefined || this.#pollsRunning > 0) return;
       this.#log("info", "join_unanswered", { waited_ms: graceMs });
       this.#startPolling();
     }, Math.max(0, graceMs));

@@ -72,3 +72,21 @@ Deno.test("join grace: Infinity waits for the join's answer", async () => {
     await link.end();
   }
 });
+
+Deno.test("join grace: a read the app asked for (syncNow) that is still running when the grace ends is not followed by a second one", async () => {
+  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000 });
+  const { calls, subscription } = link;
+  try {
+    await link.channel(1); // the join goes unanswered
+    const sync = subscription.syncNow(); // back in the foreground at once: a read now
+    await waitFor("the app's read", () => calls.length === 1);
+    await sleep(150); // past the grace, the read still in flight
+    calls[0].resolve(page(1));
+    await sync;
+    await sleep(100);
+    assert.equal(calls.length, 1, "the grace found the link reading: no second read queued behind it");
+    assert.equal(subscription.status, "polling");
+  } finally {
+    await link.end();
+  }
+});
