@@ -11,7 +11,9 @@ const LABELS = {
 
 const TITLES = {
   live: "Changes from your other devices appear instantly (Realtime).",
-  polling: "Realtime is unavailable; checking for changes every few seconds.",
+  // Also shown while a first join is slow to answer (the service reads after joinGraceMs): "not
+  // connected", not "unavailable".
+  polling: "Not connected to Realtime yet; checking for changes every few seconds.",
   offline: "No connection. Your changes are kept on this device and sent when you are back online.",
   connecting: "Connecting to Realtime…",
 } as const;
