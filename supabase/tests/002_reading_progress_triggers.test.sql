@@ -57,7 +57,7 @@ select results_eq(
 );
 
 -- No WHEN on the end-of-claims trigger: PostgreSQL prepares a WHEN anew for every statement, which
--- costs more than the call whose first test (no claim set) ends it (migration 012).
+-- costs about as much as the call whose first test (no claim set) ends it (migration 012).
 select is(
   (select pg_get_triggerdef(oid) from pg_trigger
     where tgrelid = 'public.reading_progress'::regclass and tgname = 'reading_progress_end_claims'),
