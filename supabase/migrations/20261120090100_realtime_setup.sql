@@ -91,7 +91,10 @@ begin
          and exists (select 1 from public.reading_progress rp
                       where rp.user_id = (v_claim ->> 'user_id')::uuid
                         and rp.series_id = (v_claim ->> 'series_id') collate "C"
-                        and rp.synced_at = (v_claim ->> 'synced_at')::timestamptz) then
+                        and rp.synced_at = (v_claim ->> 'synced_at')::timestamptz
+                        -- this transaction's row, not a concurrent writer's stamped in the same µs
+                        -- that made this one be skipped (ON CONFLICT DO NOTHING)
+                        and rp.change_xid = pg_catalog.pg_current_xact_id()) then
         raise exception using
           errcode = '40001',
           message = 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
@@ -230,7 +233,8 @@ begin
        and exists (select 1 from public.reading_progress rp
                     where rp.user_id = (v_claim ->> 'user_id')::uuid
                       and rp.series_id = (v_claim ->> 'series_id') collate "C"
-                      and rp.synced_at = (v_claim ->> 'synced_at')::timestamptz) then
+                      and rp.synced_at = (v_claim ->> 'synced_at')::timestamptz
+                      and rp.change_xid = pg_catalog.pg_current_xact_id()) then
       raise exception using
         errcode = '40001',
         message = 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
