@@ -499,6 +499,31 @@ async function waitBlockedBy(sql: postgres.Sql, pid: number): Promise<void> {
   }
 }
 
+/**
+ * On `holder`, a first write of `series` by the laptop that stays open until `release()`, then rolls
+ * back (`rolledBack` settles once it has); `holderPid` is its session, for waitBlockedBy.
+ */
+async function firstWriteThatRollsBack(
+  holder: postgres.Sql,
+  asUser: (tx: postgres.TransactionSql) => unknown,
+  series: string,
+) {
+  const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let holding!: () => void;
+  const held = new Promise<void>((resolve) => (holding = resolve));
+  const rolledBack = holder.begin(async (tx) => {
+    await asUser(tx);
+    await tx`select public.write_reading_progress(${series}, 1, 0, 0, false, 'laptop', now())`;
+    holding();
+    await released;
+    throw new Error("roll back");
+  }).catch((error) => assert.equal(error.message, "roll back"));
+  await held;
+  return { holderPid: holderPid as number, release, rolledBack };
+}
+
 Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is loses by its own date to a version committed meanwhile", async () => {
   // Its INSERT half judges it ahead (and stamps it now()) before the upsert waits for the row; by the
   // time its DO UPDATE runs, 1.2 s later, it is 4.3 s ahead of the wall clock: an ordinary write,
@@ -633,19 +658,7 @@ Deno.test("a first write dated 5.5 s ahead that waited for a first write which r
   try {
     for (const path of ["api", "data api"] as const) {
       const series = seriesId(path === "api" ? "ahead-rollback-api" : "ahead-rollback-rest");
-      const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
-      let release!: () => void;
-      const released = new Promise<void>((resolve) => (release = resolve));
-      let holding!: () => void;
-      const held = new Promise<void>((resolve) => (holding = resolve));
-      const rolledBack = holder.begin(async (tx) => {
-        await asUser(tx);
-        await tx`select public.write_reading_progress(${series}, 1, 0, 0, false, 'laptop', now())`;
-        holding();
-        await released;
-        throw new Error("roll back");
-      }).catch((error) => assert.equal(error.message, "roll back"));
-      await held;
+      const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asUser, series);
       const [{ sent }] = await sql<{ sent: string }[]>`
         select to_jsonb(date_trunc('milliseconds', clock_timestamp() + interval '5.5 seconds')) #>> '{}' as sent`;
       const phone = () =>
@@ -709,19 +722,7 @@ Deno.test("a bulk Data API upsert whose first row waited for a first write which
   const series = seriesId("ahead-rollback-bulk");
   const other = seriesId("ahead-bulk-hour");
   try {
-    const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let holding!: () => void;
-    const held = new Promise<void>((resolve) => (holding = resolve));
-    const rolledBack = holder.begin(async (tx) => {
-      await asUser(tx);
-      await tx`select public.write_reading_progress(${series}, 1, 0, 0, false, 'laptop', now())`;
-      holding();
-      await released;
-      throw new Error("roll back");
-    }).catch((error) => assert.equal(error.message, "roll back"));
-    await held;
+    const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asUser, series);
     const [{ sent }] = await sql<{ sent: string }[]>`
       select to_jsonb(date_trunc('milliseconds', clock_timestamp() + interval '5.5 seconds')) #>> '{}' as sent`;
     const rows = [
