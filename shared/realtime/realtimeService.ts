@@ -1064,7 +1064,10 @@ class UserLink<Row extends LwwRow> {
     } else {
       // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
       // failed is retried at once; a cursor held back by a long transaction after a poll interval
-      // (asking again sooner would get the same page).
+      // (asking again sooner would get the same page). This decides the next read: a poll that began
+      // before the join (the join grace's, a syncNow()) has scheduled its own a poll interval away.
+      this.service.timers.clear(this.#pollTimer);
+      this.#pollTimer = undefined;
       this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : this.#retryAfterLeftMs());
     }
   }

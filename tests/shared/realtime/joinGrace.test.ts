@@ -90,3 +90,21 @@ Deno.test("join grace: a read the app asked for (syncNow) that is still running 
     await link.end();
   }
 });
+
+Deno.test("join grace: a catch-up that fails after a join answered during the grace's poll is retried at once, not a poll interval later", async () => {
+  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000 });
+  const { calls, subscription } = link;
+  try {
+    const channel = await link.channel(1);
+    await waitFor("the poll while the join is unanswered", () => calls.length === 1);
+    channel.state!("SUBSCRIBED"); // answered while that poll is in flight
+    calls[0].resolve(page(1)); // it began before the join: it schedules the next poll, a poll interval away
+    await waitFor("the catch-up after the join", () => calls.length === 2);
+    calls[1].reject(new Error("the API did not answer"));
+    await waitFor("the catch-up asked again", () => calls.length === 3, { timeoutMs: 2_000 });
+    calls[2].resolve(page(2));
+    await waitFor("live", () => subscription.status === "live");
+  } finally {
+    await link.end();
+  }
+});
