@@ -112,7 +112,7 @@ export function markdown(report: Report): string {
         (report.loadAverageEnd
           ? `, ${report.loadAverageEnd.map((x) => x.toFixed(2)).join(" / ")} at end`
           : "") +
-        ` (shared machine: other work was running; compare ratios, not absolute figures).`,
+        ` (shared machine: other work may have been running; compare ratios, not absolute figures).`,
       "",
       `PostgreSQL settings: ${Object.entries(m.pgSettings).map(([k, v]) => `${k}=${v}`).join(", ")}.`,
       "",
