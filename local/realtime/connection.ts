@@ -15,14 +15,25 @@ import {
   type Vsn,
 } from "./protocol.ts";
 
-/** Supabase re-confirms a channel's token at least this often (its read policy only on join / access_token). */
-const CONFIRM_TOKEN_INTERVAL_MS = 5 * 60 * 1000;
+/**
+ * Supabase re-confirms a channel's token at its expiry, and at least this often
+ * (realtime_channel.ex @confirm_token_ms_max_interval, 1 hour; releases before it used a 5-minute
+ * interval). Its read policy is asked on join / access_token only.
+ */
+const CONFIRM_TOKEN_INTERVAL_MS = 60 * 60 * 1000;
 
 /**
  * Supabase's CHANNEL_ERROR_BACKOFF_MS default: realtime_channel.ex sleeps this long (join_error/1)
  * before it returns any join error, to slow reconnect storms.
  */
 export const CHANNEL_ERROR_BACKOFF_MS = 5_000;
+
+/**
+ * Supabase's CONNECT_ERROR_BACKOFF_MS default (config/runtime.exs, 2 s): user_socket.ex connect/3
+ * sleeps this long (connect_error/1) before refusing a socket (missing apikey, bad or expired token),
+ * so the refused upgrade's HTTP answer comes only after it.
+ */
+export const CONNECT_ERROR_BACKOFF_MS = 2_000;
 
 /**
  * Supabase's ACCESS_TOKEN_THROTTLE_MS default: a channel applies at most one new token per window
@@ -37,7 +48,7 @@ export interface ConnectionDeps {
   verifier: TokenVerifier;
   privateOnly: boolean;
   log: (fields: Record<string, unknown>) => void;
-  /** How often a channel's token is re-verified when it expires later (default: Supabase's 5 minutes). */
+  /** How often a channel's token is re-verified when it expires later (default: Supabase's 1 hour cap). */
   confirmTokenIntervalMs?: number;
   /** How long a refused join waits before its error reply (default CHANNEL_ERROR_BACKOFF_MS). */
   channelErrorBackoffMs?: number;
@@ -480,9 +491,10 @@ export class Connection {
   }
 
   /**
-   * Like Supabase's confirm_token: at expiry (or every 5 minutes) re-verify the channel's token. The
-   * read policy is not asked again here (Supabase asks it at join and on an access_token push only),
-   * so a revoked policy takes effect at the next join or token push, as it does on Supabase.
+   * Like Supabase's confirm_token: at expiry (or after an hour, if that comes first) re-verify the
+   * channel's token. The read policy is not asked again here (Supabase asks it at join and on an
+   * access_token push only), so a revoked policy takes effect at the next join or token push, as it
+   * does on Supabase.
    */
   #scheduleConfirm(channel: Channel): void {
     clearTimeout(channel.confirmTimer);

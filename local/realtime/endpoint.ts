@@ -11,7 +11,7 @@ import postgres from "postgres";
 import type { GatewayContext, Service } from "../functions/gateway.ts";
 import { type JwtClaims, TokenVerifier } from "./auth.ts";
 import { canWrite, RoleNotAllowed } from "./authorization.ts";
-import { CHANNEL_ERROR_BACKOFF_MS, Connection } from "./connection.ts";
+import { CHANNEL_ERROR_BACKOFF_MS, CONNECT_ERROR_BACKOFF_MS, Connection } from "./connection.ts";
 import { BroadcastHub, subscriptionKey } from "./hub.ts";
 import { ensurePublication } from "./wal.ts";
 import { maintainMessagePartitions, startPartitionJanitor } from "./partitions.ts";
@@ -35,8 +35,8 @@ export interface RealtimeEndpointOptions {
   idleTimeoutMs?: number;
   /**
    * How often a joined channel's token is re-verified before its expiry (Supabase's confirm_token
-   * interval, 5 minutes; tests shorten it). The token only: the read policy is asked at join and on
-   * an access_token push, as on Supabase.
+   * cap, @confirm_token_ms_max_interval, 1 hour; tests shorten it). The token only: the read policy
+   * is asked at join and on an access_token push, as on Supabase.
    */
   confirmTokenIntervalMs?: number;
   /**
@@ -46,6 +46,13 @@ export interface RealtimeEndpointOptions {
    * LOWER_JOIN_ERROR_BACKOFF_PARAM).
    */
   channelErrorBackoffMs?: number;
+  /**
+   * How long a refused socket (missing apikey, bad or expired token) waits before the upgrade is
+   * answered with 401/403 (Supabase's CONNECT_ERROR_BACKOFF_MS, 2 s by default, which `npm start`
+   * keeps). No socket parameter lowers it (unlike the join's): one test opens a refused socket, and
+   * it tests this wait.
+   */
+  connectErrorBackoffMs?: number;
   /**
    * A channel's token-refresh window (Supabase's ACCESS_TOKEN_THROTTLE_MS, 10 s): a token pushed
    * within it of the last one applied is held until it ends (or until the current token's confirm).
@@ -119,6 +126,7 @@ export async function createRealtimeEndpoint(
     accessTokenThrottleMs: options.accessTokenThrottleMs,
   };
   const channelErrorBackoffMs = options.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
+  const connectErrorBackoffMs = options.connectErrorBackoffMs ?? CONNECT_ERROR_BACKOFF_MS;
   const connections = new Set<Connection>();
   let closed = false;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
@@ -140,6 +148,19 @@ export async function createRealtimeEndpoint(
     return Response.json(body, { status });
   }
 
+  /**
+   * A refused socket's answer, after Supabase's connect-error wait (user_socket.ex connect_error/1
+   * sleeps CONNECT_ERROR_BACKOFF_MS before connect/3 returns its error, and only then does Phoenix
+   * answer the upgrade, with 403). The request's signal is left alone: Deno.serve aborts it even on
+   * a delivered response (and warns about that), and a client that left meanwhile costs one timer.
+   */
+  async function refuseConnect(response: Response): Promise<Response> {
+    const ms = connectErrorBackoffMs;
+    if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
+    log({ event: "socket_refused", status: response.status, waited_ms: ms });
+    return response;
+  }
+
   async function upgrade(req: Request, url: URL): Promise<Response> {
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return json(400, { message: "expected a WebSocket upgrade" });
@@ -147,9 +168,13 @@ export async function createRealtimeEndpoint(
     const vsn = (url.searchParams.get("vsn") ?? "1.0.0") as Vsn;
     if (!SUPPORTED_VSNS.includes(vsn)) return json(400, { message: `unsupported protocol version ${vsn}` });
     const apikey = url.searchParams.get("apikey") ?? req.headers.get("apikey");
-    if (!apikey) return json(401, { message: "No apikey provided" });
+    if (!apikey) return await refuseConnect(json(401, { message: "No apikey provided" }));
     const verified = await verifier.verify(apikey);
-    if (!verified.ok) return json(403, { message: `${verified.failure.code}: ${verified.failure.message}` });
+    if (!verified.ok) {
+      return await refuseConnect(
+        json(403, { message: `${verified.failure.code}: ${verified.failure.message}` }),
+      );
+    }
     if (closed) return json(503, { message: "Realtime is shutting down" });
     const headers = xHeaders(req); // the request is consumed by the upgrade
     const { socket, response } = Deno.upgradeWebSocket(req);

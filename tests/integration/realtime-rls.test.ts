@@ -408,10 +408,17 @@ Deno.test({
 });
 
 Deno.test(
-  { name: "realtime: a socket with a bad apikey is refused; heartbeats are answered", ...noSanitize },
+  {
+    name:
+      "realtime: a socket with a bad apikey is refused after the 2 s connect-error wait; heartbeats are answered",
+    ...noSanitize,
+  },
   async () => {
+    // Supabase's user_socket.ex sleeps CONNECT_ERROR_BACKOFF_MS (2 s by default) in connect/3 before
+    // refusing, so the upgrade's 403 comes only after it.
     const env = testEnv();
     const wsUrl = `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket`;
+    const started = performance.now();
     const res = await fetch(`${env.url}/realtime/v1/websocket?apikey=nope&vsn=2.0.0`, {
       headers: {
         upgrade: "websocket",
@@ -420,8 +427,10 @@ Deno.test(
         "sec-websocket-version": "13",
       },
     });
+    const waited = performance.now() - started;
     await res.body?.cancel();
     assert.equal(res.status, 403);
+    assert.ok(waited >= 1_900, `refused after ${Math.round(waited)} ms, expected Supabase's 2 s wait`);
 
     const ws = new WebSocket(`${wsUrl}?apikey=${env.anonKey}&vsn=2.0.0`);
     const replies: unknown[] = [];
@@ -681,7 +690,7 @@ Deno.test(
     ...ownEndpoint,
   },
   async () => {
-    // Supabase's confirm_token (every 5 minutes, and at expiry) re-verifies the channel's token only;
+    // Supabase's confirm_token (at expiry, at most an hour apart) re-verifies the channel's token only;
     // the read policy decides at join and on an access_token push. A policy that stops allowing
     // (here: it allows until a deadline) leaves a joined channel open until the next push. The
     // endpoint runs on its own port with a 150 ms confirm interval, so the confirm runs several
