@@ -249,10 +249,11 @@ export class Connection {
   /** A push to a topic this socket has not joined (never, refused, or closed since). */
   #unjoined(message: PhxMessage): void {
     const { topic, event, ref, joinRef } = message;
-    // Phoenix answers a leave of a topic this socket has not joined with ok, and any other push to
-    // it with "unmatched topic".
+    // Phoenix answers a leave of a topic this socket has not joined with ok (echoing its join_ref),
+    // and any other push to it with "unmatched topic", a reply without join_ref (socket.ex
+    // encode_ignore/2 builds it from the push's ref and topic only).
     if (ref !== null && event === "phx_leave") this.send(reply(joinRef, ref, topic, "ok", {}));
-    else if (ref !== null) this.send(reply(joinRef, ref, topic, "error", { reason: "unmatched topic" }));
+    else if (ref !== null) this.send(reply(null, ref, topic, "error", { reason: "unmatched topic" }));
   }
 
   /**
@@ -297,9 +298,9 @@ export class Connection {
       string,
       unknown
     >;
-    const refuse = async (reason: string, delayed = true): Promise<PhxMessage[]> => {
+    const refuse = async (reason: string): Promise<PhxMessage[]> => {
       this.deps.log({ event: "join_refused", topic, reason });
-      if (delayed) await this.#joinErrorWait();
+      await this.#joinErrorWait();
       return [reply(joinRef, ref, topic, "error", { reason })];
     };
     const previous = this.channels.get(topic);
@@ -307,8 +308,12 @@ export class Connection {
     // before the new join is decided: a refused re-join (an expired token) leaves nothing joined.
     // Its phx_close is held with the rest and goes out after this join's reply, as on Phoenix.
     if (previous) this.#close(previous);
-    // No channel matches: Phoenix's socket answers this itself, without the channel's backoff.
-    if (!topic.startsWith("realtime:")) return await refuse("unmatched topic", false);
+    // No channel matches: Phoenix's socket answers this itself (encode_ignore/2), without the
+    // channel's backoff and without join_ref.
+    if (!topic.startsWith("realtime:")) {
+      this.deps.log({ event: "join_refused", topic, reason: "unmatched topic" });
+      return [reply(null, ref, topic, "error", { reason: "unmatched topic" })];
+    }
     const subTopic = topic.slice("realtime:".length);
     if (subTopic === "") return await refuse("TopicNameRequired: You must provide a topic name");
 

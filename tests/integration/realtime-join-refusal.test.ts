@@ -186,3 +186,51 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime: 'unmatched topic' comes at once and without join_ref, for a join no channel routes and a push to a topic not joined",
+  ...noSanitize,
+}, async () => {
+  // Phoenix's socket answers both itself (socket.ex encode_ignore/2 builds the reply from the push's
+  // ref and topic only, so join_ref is null), without Supabase's channel-error wait. A client on
+  // @supabase/phoenix drops a reply whose join_ref is not its channel's current one; one without
+  // join_ref reaches it.
+  const env = testEnv();
+  const ws = new WebSocket(
+    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+  );
+  const replies = new Map<string, { at: number; frame: unknown }>();
+  const waiters = new Map<string, () => void>();
+  ws.onmessage = (e) => {
+    if (typeof e.data !== "string") return;
+    const frame = JSON.parse(e.data) as unknown[];
+    const ref = frame[1] as string;
+    replies.set(ref, { at: performance.now(), frame });
+    waiters.get(ref)?.();
+  };
+  const answered = (ref: string) =>
+    new Promise<void>((resolve) => replies.has(ref) ? resolve() : waiters.set(ref, resolve));
+  try {
+    await new Promise<void>((resolve, reject) => {
+      ws.onopen = () => resolve();
+      ws.onerror = () => reject(new Error("socket error"));
+    });
+    const sent = performance.now();
+    ws.send(JSON.stringify(["3", "3", "nowhere:x", "phx_join", {}]));
+    ws.send(JSON.stringify(["9", "4", "realtime:never-joined", "broadcast", {
+      type: "broadcast",
+      event: "x",
+      payload: {},
+    }]));
+    await Promise.all([answered("3"), answered("4")]);
+    const unmatched = { status: "error", response: { reason: "unmatched topic" } };
+    assert.deepEqual(replies.get("3")!.frame, [null, "3", "nowhere:x", "phx_reply", unmatched]);
+    assert.deepEqual(replies.get("4")!.frame, [null, "4", "realtime:never-joined", "phx_reply", unmatched]);
+    const slowest = Math.max(replies.get("3")!.at, replies.get("4")!.at) - sent;
+    assert.ok(slowest < 2_000, `answered after ${Math.round(slowest)} ms, not at once`);
+  } finally {
+    ws.close();
+    await new Promise((r) => (ws.readyState === WebSocket.CLOSED ? r(null) : (ws.onclose = r)));
+  }
+});
