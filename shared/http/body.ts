@@ -1,7 +1,9 @@
 // Reading a JSON request body safely: the media type must be JSON and the body not compressed (415),
 // the body may not exceed a byte limit (413; checked on Content-Length first and again while
-// streaming, so a chunked or lying client cannot push more), and it must be UTF-8 JSON (400).
+// streaming, so a chunked or lying client cannot push more), and it must be UTF-8 JSON (400) in which
+// no object names a member twice (400 invalid_request, issue code duplicate_member).
 
+import { findDuplicateMember } from "./duplicateMember.ts";
 import { HttpError } from "./errors.ts";
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
@@ -69,7 +71,10 @@ export async function readBodyLimited(req: Request, maxBytes: number): Promise<U
   return out;
 }
 
-/** The parsed JSON body, after the media-type (415), size (413) and syntax (400) checks. */
+/**
+ * The parsed JSON body, after the media-type (415), size (413), syntax (400) and duplicate member
+ * name (400) checks.
+ */
 export async function readJsonBody(
   req: Request,
   { maxBytes = DEFAULT_MAX_BODY_BYTES } = {},
@@ -101,13 +106,24 @@ export async function readJsonBody(
   } catch {
     throw new HttpError(400, "invalid_json", "The request body is not valid UTF-8");
   }
+  let value: unknown;
   try {
-    return JSON.parse(text);
+    value = JSON.parse(text);
   } catch (error) {
     throw new HttpError(400, "invalid_json", "The request body is not valid JSON", {
       details: { reason: error instanceof Error ? error.message : String(error) },
     });
   }
+  // JSON.parse keeps the last of two equal names; other readers keep the first: refuse, never guess.
+  const duplicate = findDuplicateMember(text);
+  if (duplicate !== null) {
+    const path = [...duplicate.path, duplicate.name].map(String).join(".");
+    const message = `The member "${duplicate.name}" is given more than once in the same object`;
+    throw new HttpError(400, "invalid_request", `Invalid body: ${path}: ${message}`, {
+      details: { issues: [{ path, code: "duplicate_member", message }] },
+    });
+  }
+  return value;
 }
 
 function tooLarge(maxBytes: number): HttpError {

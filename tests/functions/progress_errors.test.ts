@@ -138,6 +138,32 @@ Deno.test("400: malformed, empty and non-UTF-8 bodies", () =>
     );
   }));
 
+Deno.test("400: a member name given twice in one object is refused, never read last-wins (write and batch)", () =>
+  unchanged(async ({ a, series }) => {
+    // JSON.parse would keep the last chapter (7), another reader the first (1): neither is stored.
+    const headers = { "content-type": "application/json" };
+    const one = JSON.stringify(write({ series_id: series, chapter: 1, updated_at: "2026-05-01T00:00:09Z" }));
+    const twice = `${one.slice(0, -1)},"chapter":7}`;
+    const cases: [string, string, string][] = [
+      ["", twice, "chapter"],
+      ["", `${one.slice(0, -1)},"chap\\u0074er":7}`, "chapter"],
+      ["/batch", `{"writes":[${one},${twice}]}`, "writes.1.chapter"],
+      ["/batch", `{"writes":[${one}],"writes":[${twice}]}`, "writes"],
+    ];
+    for (const [path, rawBody, where] of cases) {
+      const e = expectError(
+        await call("POST", path, { token: a.accessToken, headers, rawBody }),
+        400,
+        "invalid_request",
+      );
+      assert.deepEqual(
+        (e.details as { issues: unknown[] }).issues.map((i) => ({ ...(i as object), message: "" })),
+        [{ path: where, code: "duplicate_member", message: "" }],
+        rawBody,
+      );
+    }
+  }));
+
 Deno.test("400: a body cut short (fewer bytes than its Content-Length, an unfinished chunked body)", () =>
   unchanged(async ({ a, series }) => {
     // Seen when a client drops its connection while sending: the sender's fault, so a 400, not a 500.
