@@ -7,10 +7,11 @@
 //                              SUPABASE_INTERNAL_JWT_SECRET (see server.ts)
 //   ES256 / RS256 / EdDSA ...  the project's signing keys: a JWKS given as JSON (hosted functions get
 //                              SUPABASE_JWKS) or fetched from a URL (<SUPABASE_URL>/auth/v1/.well-known/jwks.json)
-// Checks: signature, `exp` present and not passed, `nbf`, `iss` when configured, `aud` when
-// configured (a token WITHOUT aud, like the anon key, passes the aud check unless requireAudience:
-// whether such a token may do anything is an authorization decision for the caller, who sees
-// `role`). Errors are JwtError with a code the caller maps to 401 (or 503 when the key server is down).
+// Checks: signature, `exp` present and not passed, `nbf`, `iss` when configured, `role` and `sub`
+// strings when present, `aud` when configured (a token WITHOUT aud, like the anon key, passes the aud
+// check unless requireAudience: whether such a token may do anything is an authorization decision
+// for the caller, who sees `role`). Errors are JwtError with a code the caller maps to 401 (or 503
+// when the key server is down).
 
 import {
   base64url,
@@ -181,6 +182,13 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
       payload = verified.payload as JwtClaims;
     } catch (error) {
       throw mapJoseError(error);
+    }
+    // JwtClaims promises strings. A `"role": ["authenticated"]` is no role (PostgREST would SET ROLE to
+    // its JSON text and answer 401 for that unknown role): the token is invalid, not merely unprivileged.
+    for (const claim of ["role", "sub"] as const) {
+      if (payload[claim] !== undefined && typeof payload[claim] !== "string") {
+        throw new JwtError("invalid_claims", `The access token's ${claim} claim is not a string`);
+      }
     }
 
     if (audiences) {

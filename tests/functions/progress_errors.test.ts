@@ -491,6 +491,30 @@ Deno.test("401: missing, malformed, expired, forged and unsigned tokens", () =>
     expectError(await call("POST", "", { token: otherAud, body }), 401, "invalid_token");
   }));
 
+Deno.test('401: a signed token whose role or sub is not a string (role: ["authenticated"]) is an invalid token', () =>
+  unchanged(async ({ a, series }) => {
+    // PostgREST would take the role's JSON text as a role name and answer 401 for that unknown role.
+    const body = write({ series_id: series, chapter: 51, updated_at: "2026-05-01T00:00:09Z" });
+    for (
+      const claims of [
+        { sub: a.id, role: ["authenticated"] },
+        { sub: a.id, role: { name: "authenticated" } },
+        { sub: [a.id], role: "authenticated" },
+        { sub: 42, role: "authenticated" },
+      ]
+    ) {
+      const token = await signDevJwt({ ...claims, aud: "authenticated" }, { secret: testEnv().jwtSecret });
+      for (const answer of [await call("POST", "", { token, body }), await call("GET", "", { token })]) {
+        const e = expectError(answer, 401, "invalid_token");
+        assert.deepEqual(e.details, { reason: "invalid_claims" }, JSON.stringify(claims));
+        assert.match(
+          e.message,
+          claims.sub === a.id ? /role claim is not a string/ : /sub claim is not a string/,
+        );
+      }
+    }
+  }));
+
 Deno.test("403: the anon key, a token without a user, and service_role without X-Act-As-User", () =>
   unchanged(async ({ a, b, series }) => {
     const env = testEnv();
