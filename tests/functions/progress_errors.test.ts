@@ -84,16 +84,26 @@ function expectError(
 }
 
 /**
- * One request written by hand on a TCP connection whose sending side is then closed, for what fetch
- * cannot send: a body shorter than its Content-Length, an unfinished chunked body. Returns the status
- * and the parsed JSON body of the answer.
+ * One request written by hand on a TCP connection, for what fetch cannot send: a body shorter than its
+ * Content-Length, an unfinished chunked body (the sending side is then closed), a Transfer-Encoding
+ * (halfClose false: the server answers a complete request only while the client's side is open; send
+ * `Connection: close`). Returns the status and the parsed JSON body of the answer (null when empty).
  */
-async function rawHttp(head: string, body: string): Promise<{ status: number; body: unknown }> {
+async function rawHttp(
+  head: string,
+  body: string | Uint8Array,
+  { halfClose = true } = {},
+): Promise<{ status: number; body: unknown }> {
   const url = new URL(FUNCTION_URL());
   const conn = await Deno.connect({ hostname: url.hostname, port: Number(url.port || 80) });
   try {
-    await conn.write(new TextEncoder().encode(`${head.replaceAll("\n", "\r\n")}\r\n${body}`));
-    await conn.closeWrite();
+    const start = new TextEncoder().encode(`${head.replaceAll("\n", "\r\n")}\r\n`);
+    const rest = typeof body === "string" ? new TextEncoder().encode(body) : body;
+    const bytes = new Uint8Array(start.byteLength + rest.byteLength);
+    bytes.set(start);
+    bytes.set(rest, start.byteLength);
+    await conn.write(bytes);
+    if (halfClose) await conn.closeWrite();
     let text = "";
     const buffer = new Uint8Array(16 * 1024);
     for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
@@ -104,7 +114,7 @@ async function rawHttp(head: string, body: string): Promise<{ status: number; bo
     const chunked = /^transfer-encoding: *chunked/im.test(text.slice(0, text.indexOf("\r\n\r\n")));
     // A chunked answer: "<hex size>\r\n<data>\r\n...0\r\n\r\n"; one data chunk is enough here.
     const json = chunked ? payload.split("\r\n")[1] : payload;
-    return { status, body: JSON.parse(json) };
+    return { status, body: json === "" ? null : JSON.parse(json) };
   } finally {
     conn.close();
   }
@@ -718,6 +728,72 @@ Deno.test("415: a compressed body (Content-Encoding other than identity) is refu
       rawBody: JSON.stringify({ writes: [write({ series_id: series, chapter: 63 })] }),
     });
     expectError(batch, 415, "unsupported_media_type");
+  }));
+
+Deno.test("415: a body with a transfer coding other than chunked is refused, not misread; without chunked last, 400 below the function", () =>
+  unchanged(async ({ a, series }) => {
+    const url = new URL(FUNCTION_URL());
+    const body = JSON.stringify(
+      write({ series_id: series, chapter: 64, updated_at: "2026-05-01T00:00:09Z" }),
+    );
+    const gzip = new Uint8Array(
+      await new Response(new Blob([body]).stream().pipeThrough(new CompressionStream("gzip"))).arrayBuffer(),
+    );
+    const chunked = (data: Uint8Array | string) => {
+      const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+      const head = new TextEncoder().encode(`${bytes.byteLength.toString(16)}\r\n`);
+      const tail = new TextEncoder().encode("\r\n0\r\n\r\n");
+      const out = new Uint8Array(head.byteLength + bytes.byteLength + tail.byteLength);
+      out.set(head);
+      out.set(bytes, head.byteLength);
+      out.set(tail, head.byteLength + bytes.byteLength);
+      return out;
+    };
+    const send = (path: string, framing: string, payload: string | Uint8Array, token = a.accessToken) =>
+      rawHttp(
+        `POST ${url.pathname}${path} HTTP/1.1\nHost: ${url.host}\nAuthorization: Bearer ${token}\n` +
+          `Content-Type: application/json\n${framing}\nConnection: close\n`,
+        payload,
+        { halfClose: false },
+      );
+    // Deno's server undoes chunked only: the rest reached the function still coded (a gzip body was
+    // "not valid UTF-8", an uncoded one labelled gzip or deflate was stored).
+    const refused: [string, string, Uint8Array][] = [
+      ["", "gzip, chunked", chunked(gzip)],
+      ["", "gzip, chunked", chunked(body)],
+      ["", "deflate, chunked", chunked(body)],
+      ["/batch", "gzip, chunked", chunked(`{"writes":[${body}]}`)],
+    ];
+    for (const [path, coding, payload] of refused) {
+      const answer = await send(path, `Transfer-Encoding: ${coding}`, payload);
+      assert.equal(answer.status, 415, `${coding}: ${JSON.stringify(answer.body)}`);
+      const error = (answer.body as { error: { code: string; details: unknown } }).error;
+      assert.equal(error.code, "unsupported_media_type", coding);
+      assert.deepEqual(error.details, { transfer_encoding: coding }, coding);
+    }
+    // Two header lines are one list: still refused.
+    const twoLines = await send("", "Transfer-Encoding: gzip\nTransfer-Encoding: chunked", chunked(body));
+    assert.equal(twoLines.status, 415, JSON.stringify(twoLines.body));
+    // chunked not last (gzip alone too): the server answers 400 itself (RFC 9112, 6.3), an empty body.
+    for (
+      const [framing, payload] of [
+        ["Transfer-Encoding: gzip", gzip],
+        ["Transfer-Encoding: chunked, gzip", chunked(gzip)],
+        [`Transfer-Encoding: gzip\nContent-Length: ${gzip.byteLength}`, gzip],
+      ] as const
+    ) {
+      const answer = await send("", framing, payload);
+      assert.ok(answer.status === 400 || answer.status === 415, `${framing}: ${answer.status}`);
+    }
+    // chunked alone is no coding of the body: it is read (as another user: A's rows stay unchanged).
+    const c = await createTestUser();
+    const plain = await send(
+      "",
+      "Transfer-Encoding: chunked",
+      chunked(JSON.stringify(write({ series_id: series }))),
+      c.accessToken,
+    );
+    assert.equal(plain.status, 200, JSON.stringify(plain.body));
   }));
 
 Deno.test("Content-Encoding: identity is no coding: the body is read", async () => {
