@@ -154,7 +154,9 @@ export const noQuerySchema = strict({});
 export const listQuerySchema = strict({
   limit: limitSchema(PROGRESS_LIMITS.listMax).optional(),
   cursor: listCursorSchema.optional(),
-  include_cleared: z.enum(["true", "false"]).optional(),
+  // A string first: a repeated parameter (an array) is a shape error (400) like any other, not a value
+  // outside the enum (422).
+  include_cleared: z.string().pipe(z.enum(["true", "false"])).optional(),
 });
 
 /**

@@ -248,6 +248,22 @@ Deno.test("400: wrong types, missing and unknown fields (shape errors)", () =>
     expectError(await call("GET", "?limit=abc", { token: a.accessToken }), 400, "invalid_request");
     expectError(await call("GET", "?colour=red", { token: a.accessToken }), 400, "invalid_request");
     expectError(await call("GET", "?limit=1&limit=2", { token: a.accessToken }), 400, "invalid_request");
+    // Every repeated parameter is a shape error, whatever its schema (an enum's too), even with one value.
+    for (
+      const query of [
+        "?include_cleared=true&include_cleared=false",
+        "?include_cleared=true&include_cleared=true",
+        "?cursor=a&cursor=b",
+      ]
+    ) {
+      const e = expectError(await call("GET", query, { token: a.accessToken }), 400, "invalid_request");
+      assert.deepEqual(issuePaths(e), [query.slice(1, query.indexOf("="))], query);
+    }
+    expectError(
+      await call("GET", "/changes?since=&since=", { token: a.accessToken }),
+      400,
+      "invalid_request",
+    );
     // A page size is decimal digits: an empty value, a sign, a space, an exponent or hex is no number.
     for (const limit of ["", "%2B5", "%205", "1e2", "0x10", "5.0"]) {
       expectError(await call("GET", `?limit=${limit}`, { token: a.accessToken }), 400, "invalid_request");
