@@ -10,6 +10,7 @@
 //   GET    /progress/series/:seriesId      one series                  -> 200 {progress} | 404
 //   DELETE /progress/series/:seriesId?device_id&updated_at  reset (tombstone write) -> 200 WriteResult
 //   OPTIONS (any path)                     CORS preflight              -> 204
+//   HEAD where GET is                      the GET answer without its body (RFC 9110, 9.3.2)
 // Check order: route (404/405), token (401/403), query string (400/422; routes without parameters
 // take none), media type and content coding (415), size (413), JSON (400), body schema (400/422),
 // database (422/503). Errors: {"error": {"code", "message", "details"}}.
@@ -234,13 +235,16 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     const matched = matchRoute(url.pathname, functionName);
     if (!matched) throw new HttpError(404, "not_found", `No route ${req.method} ${url.pathname}`);
     const allowed = ALLOWED[matched.name];
-    if (!allowed.includes(req.method)) {
+    // HEAD is answered as GET is (the body is dropped at the end), as HTTP servers and routers do.
+    const method = req.method === "HEAD" ? "GET" : req.method;
+    if (!allowed.includes(method)) {
+      const advertised = allowed.flatMap((m) => (m === "GET" ? ["GET", "HEAD"] : [m]));
       throw new HttpError(
         405,
         "method_not_allowed",
-        `${req.method} is not allowed here; use ${allowed.join(" or ")}`,
+        `${req.method} is not allowed here; use ${advertised.join(" or ")}`,
         {
-          headers: { allow: [...allowed, "OPTIONS"].join(", ") },
+          headers: { allow: [...advertised, "OPTIONS"].join(", ") },
         },
       );
     }
@@ -251,7 +255,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
 
     switch (matched.name) {
       case "root": {
-        if (req.method === "POST") {
+        if (method === "POST") {
           parseOrThrow(noQuerySchema, queryObject(url), "query");
           const body = await readJsonBody(req, { maxBytes });
           const write = parseOrThrow(progressWriteSchema, body, "progress write");
@@ -297,7 +301,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           });
         }
         const seriesId = parseOrThrow(seriesIdSchema, matched.seriesId, "series id");
-        if (req.method === "GET") {
+        if (method === "GET") {
           parseOrThrow(noQuerySchema, queryObject(url), "query");
           const progress = await db.get(claims, seriesId);
           if (!progress) throw new HttpError(404, "progress_not_found", `No progress for series ${seriesId}`);
@@ -360,6 +364,11 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         }
       }
       res = httpErrorResponse(error);
+    }
+    // A HEAD answer is the GET answer's status and headers without its body (a server drops it too).
+    if (req.method === "HEAD") {
+      await res.body?.cancel();
+      res = new Response(null, { status: res.status, headers: res.headers });
     }
     res.headers.set("x-request-id", reqId);
     // The server's clock, so clients can correct theirs before stamping updated_at (serverClock.ts).

@@ -699,6 +699,31 @@ Deno.test("DELETE /progress/series/:id is a tombstone write: a stale offline wri
   }
 });
 
+Deno.test("HEAD is answered as GET is, without the body: same status and headers, same checks", async () => {
+  const a = await createTestUser();
+  const series = seriesId("head");
+  assert.equal(
+    (await call("POST", "", { token: a.accessToken, body: write({ series_id: series }) })).status,
+    200,
+  );
+  for (const path of ["", "?limit=1", "/changes?limit=1", `/series/${series}`]) {
+    const get = await call("GET", path, { token: a.accessToken });
+    const head = await call("HEAD", path, { token: a.accessToken });
+    assert.equal(get.status, 200, path);
+    assert.equal(head.status, 200, `HEAD ${path}`);
+    assert.equal(head.body, null, `HEAD ${path} has no body`);
+    assert.equal(head.headers.get("content-type"), get.headers.get("content-type"), path);
+    assert.ok(head.headers.get("x-request-id") && head.headers.get("x-server-time"), path);
+    assert.equal(head.headers.get("access-control-allow-origin"), "*", path);
+  }
+  // The checks of GET hold: a missing series, a missing token, a bad query.
+  assert.equal((await call("HEAD", "/series/never-read-this", { token: a.accessToken })).status, 404);
+  const noToken = await call("HEAD", "");
+  assert.equal(noToken.status, 401);
+  assert.match(noToken.headers.get("www-authenticate") ?? "", /^Bearer/);
+  assert.equal((await call("HEAD", "?limit=0", { token: a.accessToken })).status, 422);
+});
+
 Deno.test("CORS: the preflight needs no token, and every answer (errors too) carries the CORS headers", async () => {
   const pre = await call("OPTIONS", "/series/x", {
     headers: {

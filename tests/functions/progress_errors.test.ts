@@ -585,19 +585,28 @@ Deno.test("404 unknown routes and series, 405 wrong methods with Allow", () =>
     );
 
     const cases: [string, string, string][] = [
-      ["PUT", "", "GET, POST, OPTIONS"],
-      ["PATCH", "", "GET, POST, OPTIONS"],
-      ["DELETE", "", "GET, POST, OPTIONS"],
+      ["PUT", "", "GET, HEAD, POST, OPTIONS"],
+      ["PATCH", "", "GET, HEAD, POST, OPTIONS"],
+      ["DELETE", "", "GET, HEAD, POST, OPTIONS"],
       ["GET", "/batch", "POST, OPTIONS"],
+      ["HEAD", "/batch", "POST, OPTIONS"],
       ["DELETE", "/batch", "POST, OPTIONS"],
-      ["POST", "/changes", "GET, OPTIONS"],
-      ["POST", `/series/${series}`, "GET, DELETE, OPTIONS"],
-      ["PUT", `/series/${series}`, "GET, DELETE, OPTIONS"],
+      ["POST", "/changes", "GET, HEAD, OPTIONS"],
+      ["POST", `/series/${series}`, "GET, HEAD, DELETE, OPTIONS"],
+      ["PUT", `/series/${series}`, "GET, HEAD, DELETE, OPTIONS"],
     ];
     for (const [method, path, allow] of cases) {
-      const body = method === "GET" ? undefined : write({ series_id: series, chapter: 77 });
+      const body = method === "GET" || method === "HEAD"
+        ? undefined
+        : write({ series_id: series, chapter: 77 });
       const answer = await call(method, path, { token: a.accessToken, body });
-      expectError(answer, 405, "method_not_allowed");
+      if (method === "HEAD") {
+        // No body to read the code from: the status and Allow say it.
+        assert.equal(answer.status, 405, `${method} ${path}`);
+        assert.equal(answer.body, null);
+      } else {
+        expectError(answer, 405, "method_not_allowed");
+      }
       assert.equal(answer.headers.get("allow"), allow, `${method} ${path}`);
     }
   }));
