@@ -156,6 +156,31 @@ Deno.test("the gateway: verify_jwt per function, path rewriting, 404/503/500 as 
       status: 500,
       body: { code: "Internal Server Error", message: "Request failed due to an internal server error" },
     });
+    // Methods fetch's Request will not carry as sent, over raw HTTP (fetch cannot send them either).
+    const rawStatus = async (method: string) => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+      try {
+        const request = `${method} /functions/v1/open/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`;
+        await conn.write(new TextEncoder().encode(request));
+        let text = "";
+        const buffer = new Uint8Array(4096);
+        for (let n = await conn.read(buffer); n !== null; n = await conn.read(buffer)) {
+          text += new TextDecoder().decode(buffer.subarray(0, n));
+        }
+        return { status: Number(text.slice(9, 12)), body: text.slice(text.indexOf("\r\n\r\n") + 4) };
+      } finally {
+        conn.close();
+      }
+    };
+    for (const method of ["TRACE", "TRACK"]) {
+      const answer = await rawStatus(method);
+      assert.equal(answer.status, 405, `${method}: ${answer.body}`);
+      assert.equal(JSON.parse(answer.body).code, "Method Not Allowed", method);
+    }
+    const lower = await rawStatus("get");
+    assert.equal(lower.status, 200, `get: ${lower.body}`);
+    assert.equal(JSON.parse(lower.body).method, "GET", "fetch's Request upper-cases it");
+
     assert.ok(errors.some((l) => JSON.parse(l).event === "boot_error"));
     assert.ok(errors.some((l) => JSON.parse(l).event === "function_error"));
   } finally {

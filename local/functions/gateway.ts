@@ -14,7 +14,8 @@
 //   {"msg":"Invalid JWT"} or {"msg":"Error: Missing authorization header"}. Any role passes (the anon
 //   key too); what a role may do is the function's business.
 // * Path: the function sees the request URL with /functions/v1 removed, i.e. /<name>/<rest>?<query>,
-//   as on Supabase (where routers use basePath("/<name>")). Method, headers and body pass unchanged.
+//   as on Supabase (where routers use basePath("/<name>")). Method, headers and body pass unchanged
+//   (but for what fetch's Request does to a method: "get" becomes GET, TRACE and TRACK are answered 405).
 //   The client's abort signal is not forwarded.
 // * Unknown or disabled function: 404 "Function not found" (text/plain). A function that throws:
 //   500 {"code":"Internal Server Error","message":"Request failed due to an internal server error"}.
@@ -191,13 +192,25 @@ export async function createFunctionsGateway(
     }
 
     const target = new URL(`/${match[1]}${match[2] ?? ""}${url.search}`, url.origin);
-    const hasBody = req.method !== "GET" && req.method !== "HEAD";
-    const forwarded = new Request(target, {
-      method: req.method,
-      headers: req.headers,
-      body: hasBody ? req.body : null,
-      // req.signal is not forwarded: reading it switches Deno.serve into its legacy abort mode.
-    });
+    // fetch's Request upper-cases get, head, post, put, delete and options (so a "get" carries no body)
+    // and refuses TRACE and TRACK: those are answered 405 here instead of failing as a 500.
+    const upper = req.method.toUpperCase();
+    const hasBody = upper !== "GET" && upper !== "HEAD";
+    let forwarded: Request;
+    try {
+      forwarded = new Request(target, {
+        method: req.method,
+        headers: req.headers,
+        body: hasBody ? req.body : null,
+        // req.signal is not forwarded: reading it switches Deno.serve into its legacy abort mode.
+      });
+    } catch (error) {
+      if (!(error instanceof TypeError)) throw error;
+      return json(
+        { code: "Method Not Allowed", message: `${req.method} cannot be forwarded to a function` },
+        405,
+      );
+    }
     try {
       const res = await handler(forwarded, info);
       if (!(res instanceof Response)) throw new TypeError("the function did not return a Response");
