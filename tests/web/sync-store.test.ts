@@ -362,6 +362,40 @@ Deno.test("two tabs: a tab takes over the writes another tab queued when told st
   assert.equal(emitted, 1);
 });
 
+Deno.test("two tabs: a write another tab got answered leaves this tab's outbox too, so it is not sent twice", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  const saga = write("saga", T1, "web-1", 12);
+  const atlas = write("atlas", T2, "web-1", 3);
+  tabA.addPending(saga);
+  tabA.addPending(atlas);
+  tabB.reloadOutbox(); // both taken over
+  assert.equal(tabB.getSnapshot().pendingCount, 2);
+  // Tab A sends them: saga is stored, atlas refused. Tab B hears of it (storage event).
+  tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
+  tabA.reject(atlas, "Could not save atlas");
+  let emitted = 0;
+  tabB.subscribe(() => emitted++);
+  tabB.reloadOutbox();
+  assert.deepEqual([tabB.pendingWrites(), tabB.getSnapshot().pendingCount, emitted], [[], 0, 1]);
+
+  // A write this tab could not save (storage full) is its own to send: never let go this way.
+  const full = new MemoryStorage();
+  const tabC = new SyncStore(USER, defaultCompareRows);
+  tabC.attachStorage(full);
+  full.setItem = () => {
+    throw new DOMException("quota", "QuotaExceededError");
+  };
+  tabC.addPending(write("saga", T3, "web-1", 13));
+  tabC.reloadOutbox();
+  assert.equal(tabC.getSnapshot().pendingCount, 1);
+  // Nor when the saved outbox cannot be read (corrupt): unreadable is not answered.
+  tabA.addPending(write("saga", T3, "web-1", 14));
+  tabB.reloadOutbox();
+  storage.setItem(tabB.outboxKey, "{not json");
+  tabB.reloadOutbox();
+  assert.equal(tabB.getSnapshot().pendingCount, 1);
+});
+
 Deno.test("writes queued before storage is attached are saved when it is", () => {
   const storage = new MemoryStorage();
   storage.setItem(

@@ -6,7 +6,8 @@
 //   pending     this device's writes not yet acknowledged (the outbox), persisted in localStorage
 //               so an offline edit survives a reload; one per series, the newest. Every tab of the
 //               browser shares that one saved outbox: a tab merges into it (never overwrites what
-//               another tab saved) and reloads it when another tab changes it (storage event)
+//               another tab saved) and reloads it when another tab changes it (storage event),
+//               letting go of the writes another tab got answered
 //   deleted     the versions hard DELETEs removed, so a late copy of one (a server-rendered page,
 //               the answer to the write that made it) does not bring the series back
 //   notices     per series: our write lost to a newer one from another device
@@ -81,6 +82,8 @@ export class SyncStore {
   #version = 0;
 
   #storage: Storage | null = null;
+  /** Pending writes known to be in the saved outbox (so one missing from it later was answered elsewhere). */
+  #persisted = new WeakSet<PendingWrite>();
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
@@ -211,9 +214,15 @@ export class SyncStore {
     return `readsync.outbox.${this.userId}`;
   }
 
-  /** Another tab changed the saved outbox: take over the writes it queued. */
+  /**
+   * Another tab changed the saved outbox: take over the writes it queued, and let go of the ones it
+   * got answered (a saved write of this tab's that left the saved outbox, with no newer one of its
+   * series: another tab sent it, or it was refused there). A write that could not be saved (storage
+   * full) is never let go this way.
+   */
   reloadOutbox(): void {
-    if (this.#loadOutbox()) this.#emit();
+    const dropped = this.#dropAnsweredElsewhere();
+    if (this.#loadOutbox() || dropped) this.#emit();
   }
 
   setError(message: string | null): void {
@@ -315,23 +324,47 @@ export class SyncStore {
       const current = this.#pending.get(write.series_id);
       if (!current || this.#savedLater(write, current)) {
         this.#pending.set(write.series_id, write);
+        this.#persisted.add(write);
         taken = true;
+      } else if (!this.#savedLater(current, write)) {
+        this.#persisted.add(current); // the same write (key and position) is saved
       }
     }
     return taken;
   }
 
+  /** Drops the saved writes that left the saved outbox (see reloadOutbox); returns whether any did. */
+  #dropAnsweredElsewhere(): boolean {
+    const readable = this.#readSavedOrNull();
+    if (!readable) return false; // unreadable is not answered: keep everything
+    const saved = new Set(readable.map((write) => write.series_id));
+    let dropped = false;
+    for (const [seriesId, write] of this.#pending) {
+      if (this.#persisted.has(write) && !saved.has(seriesId)) {
+        this.#pending.delete(seriesId);
+        dropped = true;
+      }
+    }
+    return dropped;
+  }
+
   #readSaved(): PendingWrite[] {
-    if (!this.#storage) return [];
+    // A corrupt outbox is dropped; the server still has everything acknowledged.
+    return this.#readSavedOrNull() ?? [];
+  }
+
+  /** The saved outbox; null when it cannot be read (no storage, access denied, corrupt). */
+  #readSavedOrNull(): PendingWrite[] | null {
+    if (!this.#storage) return null;
     try {
       const saved = JSON.parse(this.#storage.getItem(this.outboxKey) ?? "[]");
-      if (!Array.isArray(saved)) return [];
+      if (!Array.isArray(saved)) return null;
       return saved.filter((write): write is PendingWrite =>
         Boolean(write) && typeof write.series_id === "string" && typeof write.updated_at === "string" &&
         typeof write.device_id === "string"
       );
     } catch {
-      return []; // a corrupt outbox is dropped; the server still has everything acknowledged
+      return null;
     }
   }
 
@@ -354,6 +387,7 @@ export class SyncStore {
       }
       if (saved.size === 0) this.#storage.removeItem(this.outboxKey);
       else this.#storage.setItem(this.outboxKey, JSON.stringify([...saved.values()]));
+      for (const write of added) if (saved.get(write.series_id) === write) this.#persisted.add(write);
     } catch {
       // Storage full or disabled: the outbox still lives in memory.
     }
