@@ -64,6 +64,7 @@ const TESTS = [
   "a field cleared to type a new number is not saved as 0 (which would reset every device)",
   "Sign out in one tab ends the session in the browser's other open tabs at once: they leave for sign-in and save nothing more",
   "a series whose id ends in .rsc (a valid id), opened from the library, is still a page on a full load (reload, bookmark)",
+  "two tabs of one browser send their shared outbox one at a time: offline edits made in both reach the function once each when the browser is back online, never a request from each tab at once",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1195,6 +1196,73 @@ async function main() {
             await open.locator("button").click();
             await device.page.locator("main").getByTestId("position-form").waitFor();
             await isPage("opened from the library");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[19],
+        fn: async () => {
+          const email = `reader-t-${run}@readsync.test`;
+          const { context, device: first } = await throwawayReader("reader T, tab 1", email);
+          try {
+            const second = await tabIn(context, "reader T, tab 2");
+            const [seriesOne, seriesTwo] = [`tab-one-${run}`, `tab-two-${run}`];
+            await openSeries(first, seriesOne);
+            await openSeries(second, seriesTwo);
+            await waitForStatus(first, "live");
+            await waitForStatus(second, "live");
+            // The writes that reached the progress function (an offline try never does), and how many
+            // of its requests were under way at once (offline tries included).
+            const sent = [];
+            let underWay = 0;
+            let mostUnderWay = 0;
+            const isWrite = (request) =>
+              request.method() === "POST" && /\/functions\/v1\/progress/.test(request.url());
+            context.on("request", (request) => {
+              if (isWrite(request)) mostUnderWay = Math.max(mostUnderWay, ++underWay);
+            });
+            const done = (request) => {
+              if (isWrite(request)) underWay--;
+            };
+            context.on("requestfinished", done);
+            context.on("requestfailed", done);
+            context.on("response", (response) => {
+              const request = response.request();
+              if (!isWrite(request)) return;
+              const body = JSON.parse(request.postData() ?? "{}");
+              for (const write of body.writes ?? [body]) sent.push(write.series_id);
+            });
+            await context.setOffline(true);
+            await waitForStatus(first, "offline");
+            await waitForStatus(second, "offline");
+            await setPosition(first, { chapter: 1, page: 11, percent: 1 });
+            await setPosition(second, { chapter: 2, page: 22, percent: 2 });
+            // One outbox: each tab holds both writes.
+            for (const tab of [first, second]) {
+              await eventually(
+                async () =>
+                  assertEqual(
+                    await tab.page.getByTestId("pending-count").getAttribute("data-count"),
+                    "2",
+                    "queued",
+                  ),
+                { what: `${tab.label} to hold both writes` },
+              );
+            }
+            // Back online: every tab hears it at once; one tab sends at a time, and a write one tab got
+            // answered is not sent again by the other.
+            await context.setOffline(false);
+            await waitForOutboxEmpty(first);
+            await waitForOutboxEmpty(second);
+            if (sql) {
+              assertEqual((await storedRow(seriesOne, email))?.page, 11, "tab 1's edit stored");
+              assertEqual((await storedRow(seriesTwo, email))?.page, 22, "tab 2's edit stored");
+            }
+            assertEqual(sent.sort(), [seriesOne, seriesTwo].sort(), "each write reached the function once");
+            assertEqual(mostUnderWay, 1, "requests under way at once");
+            assertEqual([...first.errors, ...second.errors], [], "page errors");
           } finally {
             await context.close();
           }

@@ -323,3 +323,269 @@ Deno.test("outbox schedule: a send that throws (a bug, not an answer) is retried
   assert.equal(await t.untilRetry(), 1_500);
   assert.equal(t.sends.length, 2);
 });
+
+// ---- the tabs of one browser: one shared outbox, one shared schedule, one tab sending at a time
+
+/** localStorage as the tabs of one browser share it. */
+function memoryStorage() {
+  const items = new Map<string, string>();
+  return {
+    getItem: (key: string) => items.get(key) ?? null,
+    setItem: (key: string, value: string) => void items.set(key, value),
+    removeItem: (key: string) => void items.delete(key),
+  };
+}
+
+/** A lock as navigator.locks.request grants it: one holder at a time, the others in the order they asked. */
+function memoryLock() {
+  let tail: Promise<unknown> = Promise.resolve();
+  let held = 0;
+  let mostHeld = 0;
+  return {
+    lock(run: () => Promise<void>): Promise<unknown> {
+      const granted = tail.then(async () => {
+        mostHeld = Math.max(mostHeld, ++held);
+        try {
+          await run();
+        } finally {
+          held--;
+        }
+      });
+      tail = granted.catch(() => {});
+      return granted;
+    },
+    /** The most holders at one time (1: never two). */
+    get mostHeld() {
+      return mostHeld;
+    },
+  };
+}
+
+const SCHEDULE_KEY = "readsync.outboxSchedule.reader";
+
+/** Lets every promise callback queued so far run (the virtual clock does not move). */
+const tick = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+/**
+ * A browser whose tabs share one saved outbox (a count of writes), one storage and one lock, on one
+ * clock; each tab's performance.now() has an origin of its own (a tab opened later counts from 0
+ * then), the wall clock is the browser's. A send takes what is saved when it starts ("done" settles
+ * those); the answers are the test's, shared by every tab, "done" once none is left.
+ */
+function browserOfTabs(options: { random?: () => number; locks?: boolean } = {}) {
+  const clock = virtualTimers();
+  const storage = memoryStorage();
+  const locks = memoryLock();
+  const sends: { tab: string; at: number }[] = [];
+  const answers: (FlushResult | Promise<FlushResult>)[] = [];
+  let saved = 0;
+  const tabs: OutboxSchedule[] = [];
+  const open = (name: string) => {
+    const origin = clock.now - 1_000 * tabs.length; // performance.now() of this tab
+    const schedule = new OutboxSchedule({
+      send: async () => {
+        sends.push({ tab: name, at: clock.now });
+        const taken = saved;
+        const result = await (answers.shift() ?? { outcome: "done" });
+        if (result.outcome === "done") saved -= taken;
+        return result;
+      },
+      hasPending: () => saved > 0, // as if every storage event had arrived
+      isOnline: () => true,
+      retryAfterMs: (error) => retryAfterMsOf(error),
+      isNetworkFailure,
+      random: options.random ?? (() => 0.5),
+      timers: { ...clock.timers, now: () => clock.timers.now() - origin },
+      tabs: { storage, key: SCHEDULE_KEY, lock: options.locks === false ? undefined : locks.lock },
+    });
+    tabs.push(schedule);
+    return schedule;
+  };
+  const settled = () => Promise.all(tabs.map((tab) => tab.settled()));
+  return {
+    clock,
+    storage,
+    locks,
+    sends,
+    answers,
+    open,
+    queueWrite() {
+      saved++;
+    },
+    get saved() {
+      return saved;
+    },
+    settled,
+    /** Asks every tab for a send (the same event in each) and waits for what it started. */
+    async askAll(reason: SendReason) {
+      for (const tab of tabs) tab.request(reason);
+      await settled();
+    },
+    /** Moves the clock to the earliest armed timer of any tab and waits for what it started. */
+    async untilNextTimer() {
+      assert.ok(clock.nextAt !== null, "a retry is armed");
+      clock.advance(clock.nextAt - clock.now);
+      await settled();
+    },
+  };
+}
+
+Deno.test("outbox schedule, tabs: a Retry-After one tab was told holds every tab of the browser, and a tab opened (or reloaded) meanwhile", async () => {
+  const b = browserOfTabs();
+  const tabA = b.open("A");
+  const tabB = b.open("B");
+  b.queueWrite();
+  b.answers.push(failed(asksToWait(30)));
+  tabA.request("edit");
+  await b.settled();
+  const failedAt = b.clock.now;
+  await b.askAll("queued"); // tab B heard of it (the storage event): its retry is armed by the same moment
+  b.clock.advance(10_000);
+  for (const reason of ["queued", "edit", "reachable", "online", "user"] as const) await b.askAll(reason);
+  const tabC = b.open("C"); // a new tab, or a reload
+  for (const reason of ["queued", "edit", "online", "user"] as const) {
+    tabC.request(reason);
+    await b.settled();
+  }
+  assert.equal(b.sends.length, 1, "not one send within the Retry-After, from any tab");
+  assert.deepEqual([tabB.failures, tabC.failures], [1, 1], "the failure is the browser's");
+
+  b.clock.advance(failedAt + 30_000 - 1 - b.clock.now);
+  await b.settled();
+  assert.equal(b.sends.length, 1);
+  b.clock.advance(1);
+  await b.settled();
+  assert.deepEqual(b.sends.slice(1).map((s) => s.at), [failedAt + 30_000], "one send as soon as it passed");
+  assert.equal(b.saved, 0);
+  if (b.clock.nextAt !== null) await b.untilNextTimer(); // a retry still armed in a tab finds nothing to send
+  assert.equal(b.sends.length, 2);
+  assert.equal(b.storage.getItem(SCHEDULE_KEY), null, "it got through: nothing left to share");
+});
+
+Deno.test("outbox schedule, tabs: three tabs retry the shared outbox once per backoff step, not three times, and one request goes back online", async () => {
+  const b = browserOfTabs({ random: () => 0.999 });
+  const tabs = [b.open("A"), b.open("B"), b.open("C")];
+  b.queueWrite();
+  for (let i = 0; i < 4; i++) b.answers.push(failed(down()));
+  await b.askAll("queued"); // every tab opened with writes waiting
+  assert.equal(b.sends.length, 1, "the first tab to take the lock sends; the others then wait for the retry");
+  const waits: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const before = b.clock.now;
+    await b.untilNextTimer();
+    waits.push(b.clock.now - before);
+  }
+  assert.equal(b.sends.length, 4, "one send per step");
+  assert.deepEqual(
+    waits,
+    [3_000, 6_000, 12_000].map((c) => Math.floor(0.999 * c)),
+    "the ceiling doubles as for one tab",
+  );
+  assert.deepEqual(tabs.map((t) => t.failures), [4, 4, 4]);
+
+  // Back online in every tab at once (no answer at all meanwhile): one request, not three.
+  b.answers.push(failed(noNetwork()));
+  await b.askAll("online");
+  assert.equal(b.sends.length, 5);
+  await b.askAll("online");
+  assert.equal(b.sends.length, 6, "and when it gets none, one again");
+  assert.equal(b.locks.mostHeld, 1, "never two tabs sending at once");
+  assert.equal(b.saved, 0);
+  assert.deepEqual(tabs.map((t) => t.failures), [0, 0, 0]);
+});
+
+Deno.test("outbox schedule, tabs: a tab that asks while another sends waits for it, then sends only what is left", async () => {
+  const b = browserOfTabs();
+  const tabA = b.open("A");
+  const tabB = b.open("B");
+  let answer!: (result: FlushResult) => void;
+  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  b.queueWrite();
+  tabA.request("edit");
+  tabB.request("queued"); // tab B has it too (storage event): it is under way in tab A
+  await tick();
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A"], "tab B does not send it a second time");
+  answer({ outcome: "done" });
+  await b.settled();
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A"], "nothing left for tab B");
+
+  // Tab B saves while tab A's send is under way: B's write follows it, from B, once A is done.
+  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  b.queueWrite();
+  tabA.request("edit");
+  await tick(); // tab A's send has begun (the lock is granted asynchronously)
+  b.queueWrite();
+  tabB.request("edit");
+  await tick();
+  assert.equal(b.sends.length, 2);
+  answer({ outcome: "done" }); // it settles the one write that was saved when it began (counted in `taken`)
+  await b.settled();
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A", "A", "B"]);
+  assert.deepEqual([b.saved, b.locks.mostHeld], [0, 1]);
+});
+
+Deno.test("outbox schedule, tabs: after no answer, one edit of the browser tries at once per retry, whichever tab it is made in", async () => {
+  const b = browserOfTabs({ random: () => 0.999 });
+  const tabA = b.open("A");
+  const tabB = b.open("B");
+  const tabC = b.open("C");
+  b.queueWrite();
+  b.answers.push(failed(noNetwork()), failed(noNetwork()), failed(noNetwork()));
+  tabA.request("queued");
+  await b.settled();
+  b.queueWrite();
+  tabB.request("edit");
+  await b.settled();
+  assert.equal(b.sends.length, 2, "tab B's edit tries at once");
+  b.queueWrite();
+  tabC.request("edit");
+  tabA.request("edit");
+  await b.settled();
+  assert.equal(b.sends.length, 2, "the next edits, in any tab, go with the retry");
+  await b.untilNextTimer();
+  assert.equal(b.sends.length, 3, "the retry goes, from one tab");
+  b.queueWrite();
+  tabC.request("edit");
+  await b.settled();
+  assert.equal(b.sends.length, 4, "after the retry, an edit may try at once again");
+});
+
+Deno.test("outbox schedule, tabs: a shared deadline further ahead than any the schedule sets (the wall clock was set back) is not held", async () => {
+  const b = browserOfTabs();
+  const tab = b.open("A");
+  const wall = b.clock.timers.wallNow();
+  b.storage.setItem(
+    SCHEDULE_KEY,
+    JSON.stringify({
+      failures: 2,
+      noAnswer: false,
+      editMaySkip: false,
+      retryAt: wall + 3_600_000,
+      retryAfterUntil: wall + 3_600_000,
+    }),
+  );
+  b.queueWrite();
+  tab.request("queued");
+  await b.settled();
+  assert.equal(b.sends.length, 1, "sent at once, not an hour later");
+  // One within reach is held, whatever tab wrote it.
+  b.queueWrite();
+  b.storage.setItem(
+    SCHEDULE_KEY,
+    JSON.stringify({
+      failures: 1,
+      noAnswer: false,
+      editMaySkip: false,
+      retryAt: wall + 60_000,
+      retryAfterUntil: wall + 50_000,
+    }),
+  );
+  tab.request("user");
+  await b.settled();
+  b.clock.advance(49_999);
+  await b.settled();
+  assert.equal(b.sends.length, 1);
+  b.clock.advance(1);
+  await b.settled();
+  assert.equal(b.sends.length, 2, "sent once the Retry-After passed, by this tab's own clock");
+});

@@ -24,7 +24,7 @@ export function pendingWrite(
  * Timers on a clock of the test's own (OutboxTimers): nothing runs until the test moves the clock,
  * so a test of waits of minutes takes no time and does not depend on the machine's speed.
  */
-export function virtualTimers(startMs = 1_000_000) {
+export function virtualTimers(startMs = 1_000_000, wallOffsetMs = 1_800_000_000_000) {
   let now = startMs;
   let nextId = 1;
   const armed = new Map<number, { at: number; run: () => void }>();
@@ -38,6 +38,8 @@ export function virtualTimers(startMs = 1_000_000) {
         return nextId++;
       },
       clearTimeout: (handle: unknown) => void armed.delete(handle as number),
+      /** The wall clock (Date.now()), moving with this one. */
+      wallNow: () => now + wallOffsetMs,
     },
     get now() {
       return now;

@@ -9,7 +9,8 @@
 //                               (lib/client/outbox.ts); offline they wait in localStorage and are
 //                               sent on reconnect with their original updated_at, so
 //                               last-write-wins picks the right winner; after failures, retries
-//                               back off and wait out a Retry-After (lib/client/outboxSchedule.ts)
+//                               back off and wait out a Retry-After (lib/client/outboxSchedule.ts),
+//                               shared by the browser's tabs, which send one at a time
 //   ServerClock (shared/)       writes are stamped with the server's time as the API's answers
 //                               reveal it, so a browser whose clock is off cannot win by it
 //   status                      live / polling / offline (the browser's offline flag wins)
@@ -30,7 +31,7 @@ import {
 } from "@/lib/progressClient.ts";
 import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { flushOutbox } from "@/lib/client/outbox.ts";
-import { OutboxSchedule, type SendReason } from "@/lib/client/outboxSchedule.ts";
+import { type OutboxTabs, OutboxSchedule, type SendReason } from "@/lib/client/outboxSchedule.ts";
 import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import { isSignedOut, SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
 import { announceSession, sessionChangedFor } from "@/lib/client/sessionSignal.ts";
@@ -146,6 +147,8 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       isOnline: () => navigator.onLine,
       retryAfterMs: (error) => retryAfterMsOf(error),
       isNetworkFailure,
+      // The browser's tabs share the outbox, so they share when it may be sent, and send it one at a time.
+      tabs: storage ? outboxTabs(storage, store) : undefined,
     });
     const flush = (reason: SendReason) => schedule.request(reason);
     const refreshTimer = setInterval(() => {
@@ -161,6 +164,8 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
         void session.sessionChanged();
         return;
       }
+      // Another tab's send changed when the next one may go: arm this tab's retry by it too.
+      if (event.key === scheduleKey(userId)) return flush("queued");
       if (event.key !== store.outboxKey && event.key !== null) return;
       store.reloadOutbox();
       flush("queued");
@@ -232,6 +237,26 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
 }
 
 const CLOCK_OFFSET_KEY = "readsync.serverClockOffsetMs";
+
+/** Where the browser's tabs share the outbox's schedule (lib/client/outboxSchedule.ts), per user. */
+function scheduleKey(userId: string): string {
+  return `readsync.outboxSchedule.${userId}`;
+}
+
+/**
+ * The schedule shared by this browser's tabs: in localStorage, sent by one tab at a time under a Web
+ * Lock per user. Without Web Locks (Safari before 15.4; a page over plain http other than localhost, as
+ * they need a secure context) tabs may send at the same time, as before, but share the schedule.
+ */
+function outboxTabs(storage: Storage, store: SyncStore): OutboxTabs {
+  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+  return {
+    storage,
+    key: scheduleKey(store.userId),
+    lock: locks ? (run) => locks.request(`readsync.outbox.${store.userId}`, run) : undefined,
+    takeOver: () => store.reloadOutbox(),
+  };
+}
 
 function localStorageIfAllowed(): Storage | null {
   try {

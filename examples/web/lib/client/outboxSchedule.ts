@@ -28,9 +28,27 @@
 //       online     the browser is back online, or
 //       user       the reader asked: at once (one request of one device at a moment of its own)
 //
-// Framework-free, with the clock, timers and randomness injectable, so the whole policy is tested
-// without React and without waiting (tests/web/outbox-schedule.test.ts).
+// The tabs of one browser share the outbox (localStorage), so they share this too (`tabs`):
+//
+//   - the failures in a row, the backoff's next try, a Retry-After, and whether the last failure had
+//     an answer and may still be skipped by an edit are saved under a per-user key (wall-clock
+//     deadlines: performance.now() differs per tab), read before every decision and written after
+//     every send; a tab opened or reloaded within them waits them out too;
+//   - one tab sends at a time (a Web Lock per user). A tab that asks while another sends waits for
+//     it, then takes over what changed (the writes answered meanwhile leave its outbox, lib/client/
+//     syncStore.ts) and decides again: when the other tab's send changed the schedule (it failed, or
+//     ended a run of failures), its own `online`, `reachable` or `user` counts as answered by that
+//     send (so N tabs back online make one request, not N) and goes only as `queued`; an edit stays
+//     an edit (one per retry, by the shared count);
+//   - every tab with writes arms its retry for the shared moment; the first to take the lock sends,
+//     the others then find the schedule changed and wait again (one request per step, not N).
+//   Without Web Locks, tabs may send at the same time as before, each taking over first; without
+//   storage, each tab has its own outbox and its own schedule, as before.
+//
+// Framework-free, with the clock, timers, randomness, storage and lock injectable, so the whole
+// policy is tested without React and without waiting (tests/web/outbox-schedule.test.ts).
 
+import { MAX_RETRY_AFTER_MS } from "@shared/http/retryAfter.ts";
 import { type BackoffOptions, fullJitterDelay } from "@shared/realtime/backoff.ts";
 import type { FlushResult } from "./outbox.ts";
 
@@ -50,6 +68,19 @@ export interface OutboxTimers {
   now(): number;
   setTimeout(run: () => void, ms: number): unknown;
   clearTimeout(handle: unknown): void;
+  /** The wall clock the browser's tabs share (Date.now()), for the deadlines they share; default Date.now. */
+  wallNow?(): number;
+}
+
+/** How the tabs of one browser share the schedule (see the top of this file). */
+export interface OutboxTabs {
+  /** The browser's storage (localStorage) and this user's key in it. */
+  storage: Pick<Storage, "getItem" | "setItem" | "removeItem">;
+  key: string;
+  /** Runs `run` while no other tab runs one under this user's lock (navigator.locks.request); absent: now. */
+  lock?(run: () => Promise<void>): Promise<unknown>;
+  /** Before a send, lock held: takes over what other tabs changed in the outbox (SyncStore.reloadOutbox). */
+  takeOver?(): void;
 }
 
 export interface OutboxScheduleOptions {
@@ -65,13 +96,43 @@ export interface OutboxScheduleOptions {
   backoff?: BackoffOptions;
   random?: () => number;
   timers?: OutboxTimers;
+  /** Shared with the browser's other tabs; absent: this tab's own. */
+  tabs?: OutboxTabs;
 }
 
 const browserTimers: OutboxTimers = {
   now: () => performance.now(),
   setTimeout: (run, ms) => globalThis.setTimeout(run, ms),
   clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
+  wallNow: () => Date.now(),
 };
+
+/** The schedule as the tabs share it; deadlines in wall-clock ms (0: none). */
+interface SharedState {
+  failures: number;
+  noAnswer: boolean;
+  editMaySkip: boolean;
+  retryAt: number;
+  retryAfterUntil: number;
+}
+
+function parseShared(raw: string | null): SharedState | null {
+  if (raw === null) return null;
+  try {
+    const value = JSON.parse(raw);
+    const number = (v: unknown) => typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : 0;
+    if (!value || typeof value !== "object") return null;
+    return {
+      failures: Math.floor(number(value.failures)),
+      noAnswer: value.noAnswer === true,
+      editMaySkip: value.editMaySkip === true,
+      retryAt: number(value.retryAt),
+      retryAfterUntil: number(value.retryAfterUntil),
+    };
+  } catch {
+    return null; // corrupt: as if no failure had been seen
+  }
+}
 
 /** Which of two reasons asked while a send was under way lets the next one go soonest. */
 const STRENGTH: Record<SendReason, number> = { queued: 0, edit: 1, reachable: 1, online: 2, user: 2 };
@@ -96,6 +157,8 @@ export class OutboxSchedule {
   /** The strongest reason asked for while a send was under way: asked again when it ends. */
   #askedMeanwhile: SendReason | null = null;
   #disposed = false;
+  /** The shared state as last read or written (tabs): another tab changed it when it differs. */
+  #basis: string | null = null;
 
   constructor(options: OutboxScheduleOptions) {
     this.#options = options;
@@ -133,9 +196,10 @@ export class OutboxSchedule {
     }
     if (!this.#options.hasPending()) return;
     if (reason === "queued" && !this.#options.isOnline()) return;
+    if (this.#adopt()) this.#clearTimer(); // armed by what another tab has since changed
     const at = this.#earliest(reason);
     const now = this.#timers.now();
-    if (at <= now) this.#send(Math.max(this.#retryAfterUntil, this.#retryAt) > now);
+    if (at <= now) this.#send(reason, Math.max(this.#retryAfterUntil, this.#retryAt) > now);
     else this.#arm(at);
   }
 
@@ -168,21 +232,41 @@ export class OutboxSchedule {
 
   /**
    * The timer was armed for the moment a send may go: the time is not checked again (a timer may
-   * fire a fraction of a millisecond early by performance.now(), and would then wait a whole step).
+   * fire a fraction of a millisecond early by performance.now(), and would then wait a whole step),
+   * unless another tab changed the schedule since.
    */
   #fire(): void {
     this.#timer = null;
     this.#timerAt = null;
     if (this.#disposed || this.#inFlight || !this.#options.hasPending()) return;
     if (!this.#options.isOnline()) return; // the online event asks again
-    this.#send(false);
+    if (this.#adopt()) {
+      // Another tab sent since this timer was armed: its moment is no longer known to be due.
+      const at = this.#earliest("queued");
+      if (at > this.#timers.now()) return this.#arm(at);
+    }
+    this.#send("queued", false);
   }
 
   /** `skipped`: it goes before the backoff would have let it (an edit, Realtime, online, the reader). */
-  #send(skipped: boolean): void {
+  #send(reason: SendReason, skipped: boolean): void {
     this.#clearTimer();
-    this.#sendSkipped = skipped;
-    const run = (async () => {
+    const run = this.#exclusive(async () => {
+      if (this.#disposed) return;
+      // Lock held: what other tabs sent and recorded while this tab waited for it.
+      this.#options.tabs?.takeOver?.();
+      if (this.#adopt()) {
+        // Another tab's send came in between: it answered `online`, `reachable` and `user` (that
+        // tab went at that moment too); an edit may still go by the shared once-per-retry rule.
+        const again: SendReason = reason === "edit" ? "edit" : "queued";
+        if (again === "queued" && !this.#options.isOnline()) return;
+        const at = this.#earliest(again);
+        const now = this.#timers.now();
+        if (at > now) return this.#arm(at);
+        skipped = Math.max(this.#retryAfterUntil, this.#retryAt) > now;
+      }
+      if (!this.#options.hasPending()) return;
+      this.#sendSkipped = skipped;
       let result: FlushResult;
       try {
         result = await this.#options.send();
@@ -190,9 +274,10 @@ export class OutboxSchedule {
         // flushOutbox answers its failures; a throw is a bug, and must not end the retries.
         result = { outcome: "failed", error };
       }
+      // Recorded (and shared) before the lock goes: the next tab to take it reads it.
       if (!this.#disposed) this.#record(result);
-    })();
-    this.#inFlight = run.finally(() => {
+    });
+    this.#inFlight = run.catch(() => {}).finally(() => {
       this.#inFlight = null;
       const asked = this.#askedMeanwhile;
       this.#askedMeanwhile = null;
@@ -200,7 +285,86 @@ export class OutboxSchedule {
     });
   }
 
+  /** Runs `run` under the tabs' lock; at once without one, or when the lock cannot be had. */
+  async #exclusive(run: () => Promise<void>): Promise<void> {
+    const lock = this.#options.tabs?.lock;
+    if (!lock) return await run();
+    let started = false;
+    try {
+      await lock(() => {
+        started = true;
+        return run();
+      });
+    } catch (error) {
+      if (started) throw error;
+      await run(); // the lock itself failed (a sandboxed frame): send as a tab alone would
+    }
+  }
+
+  /**
+   * Takes over the shared state when another tab changed it since this tab last read or wrote it;
+   * returns whether it did. A deadline further ahead than any this schedule sets (a wall clock set
+   * back since it was written) is dropped rather than held for as long as the clock moved.
+   */
+  #adopt(): boolean {
+    const tabs = this.#options.tabs;
+    if (!tabs) return false;
+    let raw: string | null;
+    try {
+      raw = tabs.storage.getItem(tabs.key);
+    } catch {
+      return false; // storage went away: this tab's own state goes on
+    }
+    if (raw === this.#basis) return false;
+    this.#basis = raw;
+    const shared = parseShared(raw);
+    const now = this.#timers.now();
+    const wall = this.#wallNow();
+    const latest = wall + MAX_RETRY_AFTER_MS + this.#backoff.maxMs;
+    const local = (at: number | undefined) => at && at > wall && at <= latest ? at - wall + now : 0;
+    this.#failures = shared?.failures ?? 0;
+    this.#lastFailureHadNoAnswer = shared?.noAnswer ?? false;
+    this.#editMaySkip = shared?.editMaySkip ?? false;
+    this.#retryAt = local(shared?.retryAt);
+    this.#retryAfterUntil = local(shared?.retryAfterUntil);
+    return true;
+  }
+
+  /** Writes this tab's state for the others (nothing to share once a send got through). */
+  #share(): void {
+    const tabs = this.#options.tabs;
+    if (!tabs) return;
+    const now = this.#timers.now();
+    const wall = this.#wallNow();
+    const shared = (at: number) => at > now ? at - now + wall : 0;
+    const raw = this.#failures === 0 ? null : JSON.stringify(
+      {
+        failures: this.#failures,
+        noAnswer: this.#lastFailureHadNoAnswer,
+        editMaySkip: this.#editMaySkip,
+        retryAt: shared(this.#retryAt),
+        retryAfterUntil: shared(this.#retryAfterUntil),
+      } satisfies SharedState,
+    );
+    try {
+      if (raw === null) tabs.storage.removeItem(tabs.key);
+      else tabs.storage.setItem(tabs.key, raw);
+      this.#basis = raw;
+    } catch {
+      // storage full or gone: the other tabs go on with what they know
+    }
+  }
+
+  #wallNow(): number {
+    return this.#timers.wallNow?.() ?? Date.now();
+  }
+
   #record(result: FlushResult): void {
+    this.#recordHere(result);
+    if (result.outcome === "done" || result.outcome === "failed") this.#share();
+  }
+
+  #recordHere(result: FlushResult): void {
     const now = this.#timers.now();
     switch (result.outcome) {
       case "done":
