@@ -106,6 +106,23 @@ Deno.test("outbox schedule: failures in a row back off, doubling under full jitt
   assert.equal(t.schedule.nextSendAt! - t.clock.now, Math.floor(0.999 * OUTBOX_BACKOFF.initialMs));
 });
 
+Deno.test("outbox schedule: a send that failed after the API answered some of its writes starts the backoff again from the first step", async () => {
+  const t = harness({ random: () => 0.999 });
+  t.queueWrite();
+  t.answers.push(failed(down()), failed(down()), failed(down()), {
+    outcome: "failed",
+    error: down(),
+    answered: 100,
+  });
+  await t.ask("queued");
+  await t.untilRetry();
+  await t.untilRetry();
+  assert.equal(t.schedule.failures, 3);
+  await t.untilRetry(); // it saved a batch of 100 and then met a 503
+  assert.equal(t.schedule.failures, 1, "the first failure of a new run");
+  assert.equal(t.schedule.nextSendAt! - t.clock.now, Math.floor(0.999 * OUTBOX_BACKOFF.initialMs));
+});
+
 Deno.test("outbox schedule: the jitter spreads each wait over [0, ceiling)", async () => {
   const draws = [0.25, 0, 0.5];
   const t = harness({ random: () => draws.shift()! });

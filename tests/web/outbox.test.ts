@@ -263,6 +263,69 @@ Deno.test(
 
 Deno.test(
   {
+    name:
+      "outbox: a flush that saved some batches before a 503 says how many writes the API answered, and the backoff starts again from its first step",
+    ...noSanitize,
+  },
+  async () => {
+    const { user } = await device();
+    const upstream = testEnv().url;
+    // In front of the function: the first batch goes through, then the API is down.
+    let batches = 0;
+    const proxy = serveLocal(async (req) => {
+      const url = new URL(req.url);
+      if (req.method === "POST" && ++batches > 1) {
+        await req.body?.cancel();
+        return Response.json({ error: { code: "service_unavailable", message: "down" } }, { status: 503 });
+      }
+      return await fetch(`${upstream}${url.pathname}${url.search}`, {
+        method: req.method,
+        headers: req.headers,
+        body: req.method === "GET" ? undefined : await req.arrayBuffer(),
+      });
+    });
+    try {
+      const { client } = countingClient(user.accessToken, proxy.url);
+      const api = createProgressApi(client, { retry: { attempts: 1 } });
+      const store = new SyncStore(user.id, defaultCompareRows);
+      const series = [seriesId("partly-a"), seriesId("partly-b"), seriesId("partly-c")];
+      series.forEach((s, i) => store.addPending(pending(s, Date.now() - 3_000 + i, i + 1)));
+      const clock = virtualTimers();
+      const results: FlushResult[] = [];
+      const schedule = new OutboxSchedule({
+        send: async () => {
+          const result = await flushOutbox(store, api, options({ isTransient, batchSize: 2 }));
+          results.push(result);
+          return result;
+        },
+        hasPending: () => store.getSnapshot().pendingCount > 0,
+        isOnline: () => true,
+        retryAfterMs: (error) => retryAfterMsOf(error),
+        isNetworkFailure,
+        random: () => 0.999,
+        timers: clock.timers,
+      });
+      schedule.request("queued");
+      await schedule.settled();
+      const first = results[0];
+      assert.ok(first.outcome === "failed" && first.error instanceof ProgressApiError);
+      assert.equal(first.error.status, 503);
+      assert.equal(first.answered, 2, "the first batch was saved");
+      assert.equal(store.getSnapshot().pendingCount, 1);
+      // The next try fails outright: the run of failures counts from there.
+      clock.advance(schedule.nextSendAt! - clock.now);
+      await schedule.settled();
+      assert.deepEqual([results.length, results[1].outcome, schedule.failures], [2, "failed", 2]);
+      assert.equal(schedule.nextSendAt! - clock.now, Math.floor(0.999 * 6_000), "the second step");
+      await client.realtime.disconnect();
+    } finally {
+      await proxy.shutdown();
+    }
+  },
+);
+
+Deno.test(
+  {
     name: "outbox: an answer that says nothing about the writes (function not found) keeps them all",
     ...noSanitize,
   },

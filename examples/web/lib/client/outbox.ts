@@ -5,8 +5,9 @@
 //
 // Failures, per batch:
 //   - retryable (anything but a refusal of the write itself: no network, 5xx, 429, an expired
-//     token, a 404 or 403 from a gateway): stop, keep everything, and answer the failure, so the
-//     caller can decide when to try again (lib/client/outboxSchedule.ts: backoff, Retry-After).
+//     token, a 404 or 403 from a gateway): stop, keep everything, and answer the failure (with how
+//     many writes the API answered before it), so the caller can decide when to try again
+//     (lib/client/outboxSchedule.ts: backoff, Retry-After).
 //     A 401 refreshes the token first. A failure that does not clear by itself (isTransient
 //     false) is shown to the reader meanwhile.
 //   - signed out: stop.
@@ -45,8 +46,11 @@ export interface OutboxOptions {
 export type FlushResult =
   /** Every write that was pending when it began has been settled (saved, lost, or refused). */
   | { outcome: "done" }
-  /** Stopped at a retryable failure; that write and every later one are kept. */
-  | { outcome: "failed"; error: unknown }
+  /**
+   * Stopped at a retryable failure; that write and every later one are kept. `answered`: writes the
+   * API answered in this flush before it (saved, lost or refused), so it was up a moment ago.
+   */
+  | { outcome: "failed"; error: unknown; answered?: number }
   /** The session is gone; everything is kept for the next sign-in. */
   | { outcome: "signed out" }
   /** The owner went away (isDisposed) between requests. */
@@ -66,17 +70,22 @@ export async function flushOutbox(
   // Refused writes are dropped at the end: every settled write clears the store's error, and the
   // reader must still see which write could not be saved.
   const refused: { write: PendingWrite; message: string }[] = [];
+  const answered = { count: 0 };
+  const stop = (result: FlushResult): FlushResult =>
+    result.outcome === "failed" && answered.count > 0 ? { ...result, answered: answered.count } : result;
   try {
     for (let i = 0; i < pending.length; i += size) {
       if (options.isDisposed()) return { outcome: "disposed" };
       const batch = pending.slice(i, i + size);
-      const outcome = await attempt(store, options, batch, () => api.updateProgressBatch(batch), refused);
-      if (typeof outcome === "object") return outcome;
+      const send = () => api.updateProgressBatch(batch);
+      const outcome = await attempt(store, options, batch, send, refused, answered);
+      if (typeof outcome === "object") return stop(outcome);
       if (outcome === "one by one") {
         for (const write of batch) {
           if (options.isDisposed()) return { outcome: "disposed" };
-          const one = await attempt(store, options, [write], async () => [await api.updateProgress(write)], refused);
-          if (typeof one === "object") return one;
+          const sendOne = async () => [await api.updateProgress(write)];
+          const one = await attempt(store, options, [write], sendOne, refused, answered);
+          if (typeof one === "object") return stop(one);
         }
       }
     }
@@ -92,10 +101,12 @@ async function attempt(
   writes: PendingWrite[],
   send: () => Promise<WriteResult[]>,
   refused: { write: PendingWrite; message: string }[],
+  answered: { count: number },
 ): Promise<Outcome> {
   try {
     const results = await send();
     writes.forEach((write, k) => store.settle(write, results[k]));
+    answered.count += writes.length;
     return "sent";
   } catch (error) {
     if (options.isSignedOut(error)) return { outcome: "signed out" };
@@ -110,6 +121,7 @@ async function attempt(
     if (writes.length > 1) return "one by one";
     const message = error instanceof Error ? error.message : String(error);
     refused.push({ write: writes[0], message: `Could not save ${writes[0].series_id}: ${message}` });
+    answered.count++;
     return "one by one";
   }
 }

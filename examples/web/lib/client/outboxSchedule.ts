@@ -5,7 +5,8 @@
 //
 //   - after failed sends in a row, the next one waits a random time under a ceiling that doubles
 //     (OUTBOX_BACKOFF: full jitter, shared/realtime/backoff.ts, as Realtime's rejoins); a send that
-//     gets through resets it;
+//     gets through resets it, and so does one that failed after the API answered some of its writes
+//     (the failure then counts as the first of a new run);
 //   - a Retry-After on the failure (read from the API client's error, capped at 5 minutes by
 //     shared/http/retryAfter.ts) holds every send until it has passed, whatever asks for it; the
 //     retry after it is spread like any other (its jitter comes on top), so a crowd told "30 s"
@@ -375,6 +376,9 @@ export class OutboxSchedule {
         this.#retryAfterUntil = 0;
         return;
       case "failed": {
+        // A send the API answered in part got through as far as the backoff goes: the server was up a
+        // moment ago, so this failure is the first of a new run, not one more of the old.
+        if (result.answered) this.#failures = 0;
         this.#failures++;
         this.#lastFailureHadNoAnswer = this.#options.isNetworkFailure(result.error);
         // Once per retry: a try that skipped the backoff and got no answer either lets no
