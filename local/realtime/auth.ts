@@ -81,6 +81,17 @@ function fail(code: TokenFailure["code"], kind: TokenFailure["kind"], message: s
   return { ok: false, failure: { code, kind, message } as TokenFailure };
 }
 
+/**
+ * The `system` message of a channel closed by an `access_token` push whose token fails, as
+ * Supabase's apply_access_token (realtime_channel.ex) words it: expired, malformed and claim-less
+ * tokens have clauses of their own that carry the message; a bad signature (JwtVerification's
+ * `{:error, :signature_error}`) falls to its catch-all `shutdown_response(socket, inspect(error))`,
+ * so the message is the atom as Elixir prints it.
+ */
+export function pushShutdownMessage(failure: TokenFailure): string {
+  return failure.kind === "signature" ? ":signature_error" : failure.message;
+}
+
 /** `phx_reply` error reason, as Supabase formats join failures. */
 export function joinReason(failure: { code: string; message: string }): string {
   return `${failure.code}: ${failure.message}`;

@@ -2,7 +2,7 @@
 // answers realtime-js, restricted to the Broadcast surface (see README.md for the exact list).
 
 import type postgres from "postgres";
-import { joinReason, type JwtClaims, type TokenVerifier } from "./auth.ts";
+import { joinReason, type JwtClaims, pushShutdownMessage, type TokenVerifier } from "./auth.ts";
 import { canRead, canWrite, RoleNotAllowed } from "./authorization.ts";
 import { type BroadcastHub, type Subscriber, subscriptionKey } from "./hub.ts";
 import {
@@ -474,7 +474,7 @@ export class Connection {
     channel.tokenAppliedAt = now;
     channel.pendingToken = null;
     const verified = await this.deps.verifier.verify(token);
-    if (!verified.ok) return this.#shutdown(channel, verified.failure.message);
+    if (!verified.ok) return this.#shutdown(channel, pushShutdownMessage(verified.failure));
     if (channel.isPrivate) {
       const allowed = await this.#canRead(channel.subTopic, verified.claims);
       if (allowed === "error") {

@@ -407,6 +407,44 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name:
+    "realtime auth: an access_token push with a bad signature closes the channel with Supabase's ':signature_error', a malformed one with its message",
+  ...noSanitize,
+}, async () => {
+  // Supabase's apply_access_token (realtime_channel.ex) has clauses for expired, malformed and
+  // claim-less tokens, whose system message is the reason's text; a bad signature
+  // (JwtVerification's {:error, :signature_error}) reaches its catch-all,
+  // shutdown_response(socket, inspect(error)), so the message is the atom as Elixir prints it. (At
+  // join the same token is refused with "JwtSignatureError: Failed to validate JWT signature".)
+  // Signed with a secret of our own, so these tokens are refused on every stack.
+  const a = await createTestUser();
+  const foreign = await mintUserAccessToken(a.id, { secret: "another-project-secret-with-32-characters!!" });
+  const cases: [string, string, string][] = [
+    ["foreign signature", foreign, ":signature_error"],
+    ["not a JWT", "not-a-jwt", "The token provided is not a valid JWT"],
+  ];
+  for (const [label, pushed, message] of cases) {
+    let token = a.accessToken;
+    const client = clientWithToken(() => token);
+    try {
+      const joined = await joinChannel(client, topicOf(a.id));
+      assert.equal(joined.status, "SUBSCRIBED", label);
+      token = pushed;
+      await client.realtime.setAuth();
+      await waitFor(`the channel to close (${label})`, () => joined.joined.states.includes("CLOSED"));
+      assert.deepEqual(joined.joined.system.at(-1), {
+        extension: "system",
+        status: "error",
+        message,
+        channel: topicOf(a.id),
+      }, label);
+    } finally {
+      await closeClient(client);
+    }
+  }
+});
+
 Deno.test(
   {
     name:
