@@ -119,8 +119,8 @@ export class Connection {
   lastReceivedAt = Date.now();
   #queue: Promise<void> = Promise.resolve();
   #closed = false;
-  /** Frames for the client held while a join is being decided (see #join); null when not holding. */
-  #held: (string | Uint8Array)[] | null = null;
+  /** Whether a join is being decided (see #join): frames for the client then wait in #queue. */
+  #joining = false;
   /** Ends a refused join's wait early when the socket goes away. */
   #endJoinWait: (() => void) | null = null;
 
@@ -148,8 +148,10 @@ export class Connection {
 
   sendRaw(frame: string | Uint8Array): void {
     if (this.#closed) return;
-    if (this.#held) {
-      this.#held.push(frame);
+    if (this.#joining) {
+      // The socket is blocked in a join: the frame waits in line with the client's frames that
+      // reached it before, as a push message waits in a Phoenix socket's mailbox (see #join).
+      this.#queue = this.#queue.then(() => this.#write(frame));
       return;
     }
     this.#write(frame);
@@ -179,7 +181,7 @@ export class Connection {
   dispose(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#held = null;
+    this.#joining = false;
     this.#endJoinWait?.();
     for (const channel of this.channels.values()) this.#drop(channel);
     this.channels.clear();
@@ -276,18 +278,21 @@ export class Connection {
    * this join replaces (Phoenix sends that to itself and writes it after the reply) — and the
    * client's next frames wait in the queue. A refused join is answered only after the channel's
    * error backoff (realtime_channel.ex join_error/1 sleeps CHANNEL_ERROR_BACKOFF_MS), and the
-   * socket stalls with it: heartbeats sent meanwhile are answered after the refusal.
+   * socket stalls with it: heartbeats sent meanwhile are answered after the refusal. After the
+   * reply, the socket's process works through its mailbox in arrival order, where the client's
+   * frames (Phoenix.Socket.__in__) and the channels' pushes ({:socket_push, ...} from fastlane
+   * broadcasts and channel processes, Phoenix.Socket.__info__) wait in one line: so a frame for the
+   * client sent meanwhile waits in #queue behind the client frames that came before it (sendRaw),
+   * and a heartbeat that came before a broadcast is answered before the broadcast goes out.
    */
   async #join(message: PhxMessage): Promise<void> {
-    this.#held = [];
+    this.#joining = true;
     let answer: PhxMessage[] = [];
     try {
       answer = await this.#decideJoin(message);
     } finally {
-      const held = this.#held ?? [];
-      this.#held = null;
+      this.#joining = false;
       for (const frame of answer) this.send(frame);
-      for (const frame of held) this.#write(frame);
     }
   }
 
@@ -306,7 +311,7 @@ export class Connection {
     const previous = this.channels.get(topic);
     // Phoenix closes the existing channel as soon as a topic is joined again on the same socket,
     // before the new join is decided: a refused re-join (an expired token) leaves nothing joined.
-    // Its phx_close is held with the rest and goes out after this join's reply, as on Phoenix.
+    // Its phx_close waits in line (sendRaw) and goes out after this join's reply, as on Phoenix.
     if (previous) this.#close(previous);
     // No channel matches: Phoenix's socket answers this itself (encode_ignore/2), without the
     // channel's backoff and without join_ref.

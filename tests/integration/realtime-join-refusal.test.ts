@@ -64,7 +64,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "realtime join refusal: the socket stalls meanwhile: a heartbeat, and a broadcast to another channel on it, come after the refusal",
+    "realtime join refusal: the socket stalls meanwhile: a heartbeat, and a broadcast to another channel on it, come after the refusal, in the order they reached the socket",
   ...noSanitize,
 }, async () => {
   const sql = adminSql({ max: 1 });
@@ -112,6 +112,12 @@ Deno.test({
     assert.ok(reply("hb")!.at >= refusedAt, "the heartbeat was answered before the refusal");
     const broadcast = frames.find((f) => f.event === "broadcast")!;
     assert.ok(broadcast.at >= refusedAt, "the broadcast went out before the refusal");
+    // The heartbeat reached the socket before the write was committed: Phoenix's socket process
+    // works through its mailbox in order once the join returns, so its reply goes out first.
+    assert.ok(
+      frames.indexOf(reply("hb")!) < frames.indexOf(broadcast),
+      `the broadcast went out before the reply to the earlier heartbeat: ${JSON.stringify(frames)}`,
+    );
   } finally {
     ws.close();
     await sql.end();
