@@ -3,6 +3,7 @@
 // are dropped, invalid payloads are refused, and a stranger cannot follow someone else's progress.
 
 import assert from "node:assert/strict";
+import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser } from "../support/env.ts";
 import {
@@ -470,13 +471,17 @@ Deno.test({
   const calls: { signal: AbortSignal; afterClose: boolean }[] = [];
   let closed = false;
   const logs: Record<string, unknown>[] = [];
-  // An expired token: the join is refused, the link polls, and that poll never answers.
+  // A token signed with a secret of our own: the join is refused (JwtSignatureError) on every
+  // stack, the link polls, and that poll never answers. (An expired token is refused only where
+  // tests mint tokens: against a hosted project newAccessToken() signs in and ignores the lifetime,
+  // and the join would succeed.)
+  const foreign = await mintUserAccessToken(a.id, { secret: "another-project-secret-with-32-characters!!" });
   const service = new RealtimeService(client, {
     changesSince: (_cursor, { signal }) => {
       calls.push({ signal, afterClose: closed });
       return new Promise(() => {});
     },
-    accessToken: await a.newAccessToken(-60),
+    accessToken: foreign,
     requestTimeoutMs: 30_000,
     backoff: { initialMs: 600_000, maxMs: 600_000 },
     log: (l) => logs.push(JSON.parse(l)),
@@ -487,6 +492,13 @@ Deno.test({
     // A valid token: the link rejoins, and its catch-up queues behind the hung poll.
     await service.setAccessToken(await a.newAccessToken(3600));
     await waitFor("joined", () => logs.some((l) => l.event === "joined"));
+    const refusedAt = logs.findIndex((l) =>
+      l.event === "realtime_unavailable" && String(l.reason).startsWith("CHANNEL_ERROR")
+    );
+    assert.ok(
+      refusedAt >= 0 && refusedAt < logs.findIndex((l) => l.event === "joined"),
+      `the first join was refused before the link joined: ${JSON.stringify(logs.map((l) => l.event))}`,
+    );
     const started = Date.now();
     closed = true;
     await sub.unsubscribe();
