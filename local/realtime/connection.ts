@@ -225,9 +225,12 @@ export class Connection {
     }
     switch (event) {
       case "phx_leave":
-        this.#drop(channel);
-        this.channels.delete(topic);
+        // Phoenix's channel answers a leave with ok and stops ({:shutdown, :left}); the stop sends
+        // the socket {:socket_close, ...}, which writes the channel's phx_close after the reply
+        // (phoenix channel/server.ex handle_info for "phx_leave", send_socket_close/2; socket.ex
+        // socket_close/2).
         this.send(reply(channel.joinRef, ref, topic, "ok", {}));
+        this.#close(channel);
         return;
       case "access_token":
         return await this.#onChannel(channel, message, () => this.#refreshToken(channel, message.payload));

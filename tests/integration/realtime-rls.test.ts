@@ -606,6 +606,40 @@ Deno.test(
   },
 );
 
+Deno.test({
+  name:
+    "realtime: a phx_leave is answered ok, then the channel's phx_close follows; a leave of a topic not joined is answered ok with its join_ref",
+  ...noSanitize,
+}, async () => {
+  // Phoenix's channel process answers the leave and stops with {:shutdown, :left}, which sends its
+  // socket {:socket_close, pid, reason}: the socket writes phx_close (join_ref and ref = the join's
+  // ref) after the reply (phoenix lib/phoenix/channel/server.ex, lib/phoenix/socket.ex
+  // socket_close/2). A leave of a topic with no channel is answered by the socket itself, ok, with
+  // the push's join_ref (socket.ex handle_in(nil, %{event: "phx_leave"})).
+  const a = await createTestUser();
+  const socket = await rawSocket();
+  const topic = `realtime:${topicOf(a.id)}`;
+  try {
+    socket.ws.send(JSON.stringify(["1", "1", topic, "phx_join", {
+      config: { private: true, broadcast: {} },
+      access_token: a.accessToken,
+    }]));
+    await socket.replyTo("1");
+    const joined = socket.text.length;
+    socket.ws.send(JSON.stringify(["1", "2", topic, "phx_leave", {}]));
+    await waitFor("the phx_close", () => socket.text.some((m) => m[3] === "phx_close"));
+    socket.ws.send(JSON.stringify(["7", "3", "realtime:never-joined", "phx_leave", {}]));
+    await socket.replyTo("3");
+    assert.deepEqual(socket.text.slice(joined), [
+      ["1", "2", topic, "phx_reply", { status: "ok", response: {} }],
+      ["1", "1", topic, "phx_close", {}],
+      ["7", "3", "realtime:never-joined", "phx_reply", { status: "ok", response: {} }],
+    ]);
+  } finally {
+    socket.ws.close();
+  }
+});
+
 Deno.test(
   { name: "realtime REST: a malformed percent-encoded topic is a 400, not a 500", ...noSanitize },
   async () => {
