@@ -48,7 +48,7 @@ export interface RealtimeEndpointOptions {
   channelErrorBackoffMs?: number;
   /**
    * How long a refused socket (missing apikey, bad or expired token) waits before the upgrade is
-   * answered with 401/403 (Supabase's CONNECT_ERROR_BACKOFF_MS, 2 s by default, which `npm start`
+   * answered with 403 (Supabase's CONNECT_ERROR_BACKOFF_MS, 2 s by default, which `npm start`
    * keeps). No socket parameter lowers it (unlike the join's): one test opens a refused socket, and
    * it tests this wait.
    */
@@ -149,16 +149,20 @@ export async function createRealtimeEndpoint(
   }
 
   /**
-   * A refused socket's answer, after Supabase's connect-error wait (user_socket.ex connect_error/1
-   * sleeps CONNECT_ERROR_BACKOFF_MS before connect/3 returns its error, and only then does Phoenix
-   * answer the upgrade, with 403). The request's signal is left alone: Deno.serve aborts it even on
-   * a delivered response (and warns about that), and a client that left meanwhile costs one timer.
+   * A refused socket's answer, as on `supabase start`, whose gateway (supabase/cli's kong.yml) has no
+   * key-auth on the realtime-v1-ws route and leaves the refusal to Realtime: user_socket.ex
+   * connect_error/1 sleeps CONNECT_ERROR_BACKOFF_MS before connect/3 returns {:error, reason}, and
+   * Phoenix's WebSocket transport then answers the upgrade with its default error handler
+   * (Phoenix.Transports.WebSocket.handle_error/2: 403, empty body; RealtimeWeb.Endpoint sets no
+   * other). The reason goes to the log only. The request's signal is left alone: Deno.serve aborts
+   * it even on a delivered response (and warns about that), and a client that left meanwhile costs
+   * one timer.
    */
-  async function refuseConnect(response: Response): Promise<Response> {
+  async function refuseConnect(reason: string): Promise<Response> {
     const ms = connectErrorBackoffMs;
     if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
-    log({ event: "socket_refused", status: response.status, waited_ms: ms });
-    return response;
+    log({ event: "socket_refused", status: 403, reason, waited_ms: ms });
+    return new Response("", { status: 403 });
   }
 
   async function upgrade(req: Request, url: URL): Promise<Response> {
@@ -166,15 +170,18 @@ export async function createRealtimeEndpoint(
       return json(400, { message: "expected a WebSocket upgrade" });
     }
     const vsn = (url.searchParams.get("vsn") ?? "1.0.0") as Vsn;
-    if (!SUPPORTED_VSNS.includes(vsn)) return json(400, { message: `unsupported protocol version ${vsn}` });
-    const apikey = url.searchParams.get("apikey") ?? req.headers.get("apikey");
-    if (!apikey) return await refuseConnect(json(401, { message: "No apikey provided" }));
-    const verified = await verifier.verify(apikey);
-    if (!verified.ok) {
-      return await refuseConnect(
-        json(403, { message: `${verified.failure.code}: ${verified.failure.message}` }),
-      );
+    // Phoenix negotiates the serializer before the socket's connect/3 runs (Phoenix.Socket.__connect__
+    // returns :error): refused at once, 403 with an empty body, without the connect-error wait.
+    if (!SUPPORTED_VSNS.includes(vsn)) {
+      log({ event: "socket_refused", status: 403, reason: `unsupported protocol version ${vsn}` });
+      return new Response("", { status: 403 });
     }
+    // user_socket.ex access_token/2: the x-api-key header, else the apikey query parameter (not an
+    // apikey header: Realtime sees only the x-* headers of the request).
+    const apikey = req.headers.get("x-api-key") ?? url.searchParams.get("apikey");
+    if (!apikey) return await refuseConnect("no apikey");
+    const verified = await verifier.verify(apikey);
+    if (!verified.ok) return await refuseConnect(`${verified.failure.code}: ${verified.failure.message}`);
     if (closed) return json(503, { message: "Realtime is shutting down" });
     const headers = xHeaders(req); // the request is consumed by the upgrade
     const { socket, response } = Deno.upgradeWebSocket(req);
