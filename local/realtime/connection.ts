@@ -218,9 +218,13 @@ export class Connection {
 
     const channel = this.channels.get(topic);
     if (!channel) return this.#unjoined(message);
-    if (joinRef !== null && channel.joinRef !== null && joinRef !== channel.joinRef) {
-      // A push for an earlier join of this topic (e.g. a leave buffered while offline): stale.
-      this.deps.log({ event: "stale_push", topic, push: event, joinRef, current: channel.joinRef });
+    if (event === "phx_leave" && channel.joinRef !== null && joinRef !== channel.joinRef) {
+      // A leave for an earlier join of this topic (or one without join_ref): Phoenix's socket
+      // ignores it without a reply ("the client has raced a server close"; socket.ex handle_in for
+      // phx_leave matches the channel's join_ref, or a channel joined without one). Any other push
+      // goes to the topic's current channel whatever its join_ref (socket.ex sends it to the
+      // channel's pid; Phoenix.Channel.Server matches the topic only).
+      this.deps.log({ event: "stale_leave", topic, joinRef, current: channel.joinRef });
       return;
     }
     switch (event) {

@@ -675,6 +675,49 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name:
+    "realtime: a push with an older join_ref goes to the topic's current channel; a leave with an older or no join_ref is ignored",
+  ...noSanitize,
+}, async () => {
+  // Phoenix's socket sends every push but phx_leave to the topic's channel process, which matches
+  // the topic only (lib/phoenix/socket.ex handle_in/4, lib/phoenix/channel/server.ex); a phx_leave
+  // reaches the channel only with its join_ref (or when it was joined without one), and is otherwise
+  // dropped without a reply ("the client has raced a server close").
+  const socket = await rawSocket();
+  const topic = `realtime:stale-ref-${crypto.randomUUID()}`;
+  const join = (ref: string) =>
+    socket.ws.send(JSON.stringify([ref, ref, topic, "phx_join", {
+      config: { private: false, broadcast: { self: true, ack: true } },
+    }]));
+  const reply = (ref: string) => socket.text.find((m) => m[1] === ref && m[3] === "phx_reply");
+  try {
+    join("1");
+    await socket.replyTo("1");
+    join("5"); // replaces join 1
+    await socket.replyTo("5");
+    socket.ws.send(
+      JSON.stringify(["1", "9", topic, "broadcast", { type: "broadcast", event: "e", payload: {} }]),
+    );
+    await socket.replyTo("9");
+    assert.deepEqual(reply("9"), ["5", "9", topic, "phx_reply", { status: "ok", response: {} }]);
+    await waitFor("the relay to self", () => socket.broadcasts === 1);
+
+    socket.ws.send(JSON.stringify(["1", "10", topic, "phx_leave", {}]));
+    socket.ws.send(JSON.stringify([null, "11", topic, "phx_leave", {}]));
+    socket.ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
+    await socket.replyTo("hb"); // frames are handled in order: the leaves came first
+    assert.equal(reply("10"), undefined, "a leave with an older join_ref was answered");
+    assert.equal(reply("11"), undefined, "a leave without join_ref was answered");
+    // Still joined: the current join's leave is answered ok.
+    socket.ws.send(JSON.stringify(["5", "12", topic, "phx_leave", {}]));
+    await socket.replyTo("12");
+    assert.deepEqual(reply("12"), ["5", "12", topic, "phx_reply", { status: "ok", response: {} }]);
+  } finally {
+    socket.ws.close();
+  }
+});
+
 Deno.test(
   { name: "realtime REST: a malformed percent-encoded topic is a 400, not a 500", ...noSanitize },
   async () => {
