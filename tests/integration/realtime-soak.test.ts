@@ -1,9 +1,11 @@
 // A randomized soak of subscribeToProgress() (RealtimeService over the progress function): one
-// reader, three subscribed devices, writers through the API and SQL on ~20 series with random
-// delays, and faults injected at random meanwhile:
+// reader, three subscribed devices, writers through the API (single writes, same-millisecond ties
+// of two devices, batches, backdated writes, resets) and SQL (upserts as the Data API does them, some
+// backdated, hard DELETEs) on 20 series with random delays, and faults injected at random meanwhile:
 //
 //   kill     the Realtime endpoint is killed and restarted on the same port (its WAL slot goes too)
 //   freeze   one device's socket is partitioned: its TCP path passes nothing either way, silently
+//            (frozen: nothing read, buffers fill; or drained: every frame read and dropped)
 //   expire   one device's short access token is left to expire (the server closes its channel, the
 //            function answers 401), then a new one is set
 //   5xx      the function fails one device's changes reads (503 with or without Retry-After, or 500)
@@ -233,16 +235,30 @@ Deno.test({
   };
 
   let writeNo = 0;
-  const nextRow = (device_id: string) => {
+  /** A position read now, or (backdated) a while ago: an offline queue sent late, or a slow device. */
+  const nextRow = (device_id: string, { backdateMs = 0, series_id = pick(series) } = {}) => {
     const n = ++writeNo;
     return {
-      series_id: pick(series),
-      chapter: n,
+      series_id,
+      chapter: n % 100_000,
       page: n % 300,
       percentage: Math.min(1, n / 100_000),
       device_id,
-      updated_at: new Date().toISOString(),
+      updated_at: new Date(Date.now() - backdateMs).toISOString(),
     };
+  };
+  const postApi = async (path: string, body: unknown) => {
+    const res = await fetch(`${env.url}/functions/v1/progress${path}`, {
+      method: "POST",
+      headers: {
+        apikey: env.anonKey,
+        Authorization: `Bearer ${writerToken}`,
+        "Content-Type": "application/json",
+      },
+      body: JSON.stringify(body),
+    });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`POST ${path}: ${res.status} ${text}`);
   };
 
   const apiWriter = async () => {
@@ -260,6 +276,26 @@ Deno.test({
           await res.body?.cancel();
           if (res.status !== 200) throw new Error(`reset: ${res.status}`);
         });
+      } else if (r < 0.12) {
+        // Two devices in the same millisecond: (updated_at, device_id) decides, on every device too.
+        const row = nextRow("phone");
+        const other = { ...row, device_id: "tablet", page: row.page + 1 };
+        await Promise.all([
+          retried("api tie write", () => postApi("", row)),
+          retried("api tie write", () => postApi("", other)),
+        ]);
+      } else if (r < 0.2) {
+        const writes = Array.from(
+          { length: between(2, 5) },
+          () => nextRow("tablet", { backdateMs: between(0, 500) }),
+        );
+        writes.sort((x, y) => x.updated_at.localeCompare(y.updated_at));
+        await retried("api batch", () => postApi("/batch", { writes }));
+      } else if (r < 0.3) {
+        await retried(
+          "api backdated write",
+          () => postApi("", nextRow("phone", { backdateMs: between(0, 3_000) })),
+        );
       } else {
         await retried("api write", () => writeThroughApi(writerToken, nextRow(pick(["phone", "tablet"]))));
       }
@@ -273,7 +309,7 @@ Deno.test({
         const s = pick(series);
         await retried("sql hard delete", () => deleteProgress(sql, a.id, s));
       } else {
-        const row = nextRow("laptop");
+        const row = nextRow("laptop", { backdateMs: random() < 0.2 ? between(0, 3_000) : 0 });
         await retried("sql write", () => asUser(sql, a.id, (tx) => upsertIn(tx, row)));
       }
       await sleep(between(5, 80));
@@ -294,7 +330,8 @@ Deno.test({
     },
     freeze: async () => {
       const device = pick(devices);
-      if (device.proxy.freeze() > 0) count(`frozen sockets`);
+      const drain = random() < 0.5;
+      if (device.proxy.freeze({ drain }) > 0) count(drain ? "drained sockets" : "frozen sockets");
       await Promise.resolve();
     },
     expire: async () => {
@@ -342,7 +379,7 @@ Deno.test({
     const end = Date.now() + FAULT_MS;
     const injected: Promise<void>[] = [];
     while (Date.now() < end) {
-      await sleep(between(300, 1_500));
+      await sleep(between(200, 1_000));
       const kind = pick(kinds);
       count(`fault ${kind}`);
       injected.push(

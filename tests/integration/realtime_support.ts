@@ -281,12 +281,13 @@ export const ownEndpoint = { ...noSanitize, ignore: !localRealtime } as const;
  * A TCP proxy to `target` (host:port of an http URL) whose open connections can be frozen: from then
  * on nothing passes either way and nothing is closed or read, as on a network path that died (a
  * phone changing networks): the peers' send buffers fill and neither side hears of it. Connections
- * made after the freeze pass.
+ * made after the freeze pass. `freeze({ drain: true })` reads and discards instead: the peers' writes
+ * keep succeeding and every frame is dropped without a word, as on a path that loses packets both ways.
  */
 export function freezableProxy(target: string) {
   const { hostname, port } = new URL(target);
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<{ frozen: boolean; close(): void }>();
+  const conns = new Set<{ frozen: boolean; drain: boolean; close(): void }>();
   let release = () => {};
   const closed = new Promise<void>((resolve) => release = resolve);
   void (async () => {
@@ -298,6 +299,7 @@ export function freezableProxy(target: string) {
       }
       const conn = {
         frozen: false,
+        drain: false,
         close() {
           for (const c of [down, up]) {
             try {
@@ -311,9 +313,13 @@ export function freezableProxy(target: string) {
         const buffer = new Uint8Array(16 * 1024);
         try {
           for (;;) {
-            if (conn.frozen) return await closed;
+            if (conn.frozen && !conn.drain) return await closed;
             const n = await from.read(buffer);
-            if (n === null || conn.frozen) return;
+            if (n === null) return;
+            if (conn.frozen) {
+              if (!conn.drain) return;
+              continue; // dropped
+            }
             for (let sent = 0; sent < n;) sent += await to.write(buffer.subarray(sent, n));
           }
         } catch { /* a side closed */ }
@@ -328,11 +334,13 @@ export function freezableProxy(target: string) {
   return {
     url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
     /** Freezes every connection open now; returns how many. */
-    freeze(): number {
+    freeze({ drain = false } = {}): number {
       let frozen = 0;
       for (const conn of conns) {
-        if (!conn.frozen) frozen++;
+        if (conn.frozen) continue;
+        frozen++;
         conn.frozen = true;
+        conn.drain = drain;
       }
       return frozen;
     },
