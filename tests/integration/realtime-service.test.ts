@@ -39,15 +39,43 @@ async function oneReader(clientOptions: ClientOptions = {}) {
   return { sql, a, client, service, close };
 }
 
+/**
+ * Realtime delivers a broadcast to the channels joined when it reads the row from the replication
+ * stream, which lags under load: a write committed before a subscription may still be broadcast after
+ * its join, and arrive before the catch-up reads it. Runs `write` while another device of the user is
+ * joined, and returns once that device has received `count` broadcasts: a channel joined afterwards
+ * cannot receive them, so only a read delivers those writes.
+ */
+async function writeBeforeSubscribing(
+  user: { id: string; accessToken: string },
+  count: number,
+  write: () => Promise<void>,
+): Promise<void> {
+  const observer = clientWithToken(() => user.accessToken);
+  try {
+    const { joined, status } = await joinChannel(observer, `progress:${user.id}`);
+    assert.equal(status, "SUBSCRIBED");
+    await write();
+    await waitFor(`the ${count} broadcasts gone out`, () => joined.received.length >= count);
+  } finally {
+    await closeClient(observer);
+  }
+}
+
 Deno.test({
   name: "realtime service: device B follows device A (upsert, newer, delete), each once",
   ...noSanitize,
 }, async () => {
   const { sql, a, service, close } = await oneReader();
   const changes: ProgressChange[] = [];
-  // Written before the subscription exists, so only the catch-up can deliver it (written after
-  // subscribeToProgress, the join could win the race and the broadcast would deliver it instead).
-  await writeProgress(sql, a.id, { series_id: "before-subscribe", chapter: 1, device_id: "a" });
+  // Written (and broadcast) before the subscription exists, so only the catch-up can deliver it
+  // (written after subscribeToProgress, the join could win the race and the broadcast would deliver
+  // it instead).
+  await writeBeforeSubscribing(
+    a,
+    1,
+    () => writeProgress(sql, a.id, { series_id: "before-subscribe", chapter: 1, device_id: "a" }),
+  );
   const sub = service.subscribeToProgress(a.id, (c) => changes.push(c));
   try {
     await waitFor("live", () => sub.status === "live");
@@ -381,18 +409,14 @@ Deno.test({
   const got = new Map<string, string>();
   const statuses: string[] = [];
   let sub: ReturnType<typeof service.subscribeToProgress> | undefined;
-  // Realtime delivers a broadcast to the channels joined when it reads the row from the replication
-  // stream, which may be after the service's join (the stream lags under load): the broadcasts of
-  // the writes below would then bring the rows the held-back catch-up cannot read. Another device
-  // joined before the writes sees them go out; the service joins only after that.
-  const observer = clientWithToken(() => a.accessToken);
   try {
-    const { joined, status } = await joinChannel(observer, `progress:${a.id}`);
-    assert.equal(status, "SUBSCRIBED");
-    for (let i = 0; i < 5; i++) {
-      await writeProgress(sql, a.id, { series_id: `held-${i}`, chapter: i, device_id: "phone" });
-    }
-    await waitFor("the writes' broadcasts gone out", () => joined.received.length === 5);
+    // Broadcast before the service joins: their broadcasts would bring the rows the held-back
+    // catch-up cannot read.
+    await writeBeforeSubscribing(a, 5, async () => {
+      for (let i = 0; i < 5; i++) {
+        await writeProgress(sql, a.id, { series_id: `held-${i}`, chapter: i, device_id: "phone" });
+      }
+    });
     sub = service.subscribeToProgress(a.id, (c) => got.set(c.row.series_id, c.source));
     sub.onStatus((s) => statuses.push(s));
     // It reads the first page, finds the cursor stuck, and asks again (three calls at least).
@@ -405,7 +429,6 @@ Deno.test({
     assert.ok([...got.values()].every((source) => source !== "realtime"), "read, not broadcast");
     assert.deepEqual(statuses, ["live"], "live once, when caught up");
   } finally {
-    await closeClient(observer);
     await long`rollback`.catch(() => {});
     long.release();
     await sub?.unsubscribe();
