@@ -1,7 +1,7 @@
 // A randomized soak of subscribeToProgress() (RealtimeService over the progress function): one
 // reader, three subscribed devices, writers through the API (single writes, same-millisecond ties
-// of two devices, batches, backdated writes, resets) and SQL (upserts as the Data API does them, some
-// backdated, hard DELETEs) on 20 series with random delays, and faults injected at random meanwhile:
+// of two devices, batches, backdated writes, writes dated ahead of the server's clock, resets) and SQL
+// (upserts as the Data API does them, some backdated or dated ahead, hard DELETEs) on 20 series with random delays, and faults injected at random meanwhile:
 //
 //   kill     the Realtime endpoint is killed and restarted on the same port (its WAL slot goes too)
 //   freeze   one device's socket is partitioned: its TCP path passes nothing either way, silently
@@ -291,6 +291,12 @@ Deno.test({
         );
         writes.sort((x, y) => x.updated_at.localeCompare(y.updated_at));
         await retried("api batch", () => postApi("/batch", { writes }));
+      } else if (r < 0.23) {
+        // A device clock 6-10 s ahead: stored at the server's now() (or 1 ms after what it replaces).
+        await retried(
+          "api ahead write",
+          () => postApi("", nextRow("phone", { backdateMs: -between(6_000, 10_000) })),
+        );
       } else if (r < 0.3) {
         await retried(
           "api backdated write",
@@ -309,7 +315,9 @@ Deno.test({
         const s = pick(series);
         await retried("sql hard delete", () => deleteProgress(sql, a.id, s));
       } else {
-        const row = nextRow("laptop", { backdateMs: random() < 0.2 ? between(0, 3_000) : 0 });
+        const r = random();
+        const backdateMs = r < 0.2 ? between(0, 3_000) : r < 0.23 ? -between(6_000, 10_000) : 0;
+        const row = nextRow("laptop", { backdateMs });
         await retried("sql write", () => asUser(sql, a.id, (tx) => upsertIn(tx, row)));
       }
       await sleep(between(5, 80));
