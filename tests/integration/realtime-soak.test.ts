@@ -335,6 +335,14 @@ Deno.test({
       await sleep(between(300, 2_500));
       server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, port });
       serverDown = false;
+      if (random() < 0.4) {
+        // Back, but the function fails the catch-ups that follow the rejoins (or some of them).
+        count("kill then 5xx");
+        for (const device of devices) {
+          device.failKind = pick(["503", "503-retry-after", "500"] as const);
+          device.failUntil = Date.now() + between(200, 2_000);
+        }
+      }
     },
     freeze: async () => {
       const device = pick(devices);
