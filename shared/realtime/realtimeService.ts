@@ -12,6 +12,9 @@
 //   reconnect                             capped exponential backoff with full jitter per user
 //                                         channel; while waiting, changesSince() is polled (failed
 //                                         polls back off the same way, and wait out a Retry-After).
+//                                         A join that timed out while its socket was still opening
+//                                         closes that socket (realtime-js has no handshake timeout):
+//                                         the next join opens a new one.
 //   slow join                             a join made while nothing reads that is still unanswered
 //                                         after joinGraceMs (2 s) starts the polling meanwhile
 //                                         (Supabase answers a refused join only after 5 s).
@@ -238,6 +241,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   /** The token source this service installed (close() restores only while it is still in place). */
   #installedTokenSource: (() => Promise<string | null>) | null = null;
   #authSubscription: { unsubscribe(): void } | null = null;
+  /** The close of a socket whose opening never completed (giveUpOpeningSocket), while in flight. */
+  #socketReset: Promise<void> | null = null;
   /** Stops the heartbeat watch (null while none is installed). */
   #stopHeartbeatWatch: (() => void) | null = null;
   /** Runs from a heartbeat sent until its reply is late (heartbeatReplyTimeoutMs). */
@@ -506,6 +511,43 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     while (this.removals.has(topic)) await Promise.all([...this.removals.get(topic)!]);
   }
 
+  /** Whether the Realtime client's socket is opening (WebSocket CONNECTING); false when it cannot say. */
+  socketOpening(): boolean {
+    const realtime = this.#client.realtime as { isConnecting?: () => boolean };
+    try {
+      return typeof realtime.isConnecting === "function" && realtime.isConnecting() === true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * A join timed out and the socket it was pushed on is still opening: its opening handshake went
+   * unanswered for the whole join timeout (a network path that died while the socket was opening).
+   * realtime-js has no timeout for that: it buffers every push, sends no heartbeat (so none can time
+   * out) and gives the socket up only when the transport reports an error, which a dead path may not
+   * do for minutes, so every join retried on it would time out too. Closes the socket
+   * (realtime.disconnect()); the next join opens a new one (realtime-js connects on subscribe).
+   */
+  giveUpOpeningSocket(): void {
+    if (this.#closed || this.#socketReset || !this.socketOpening()) return;
+    this.logEvent("warn", "socket_never_opened", {});
+    this.#socketReset = (async () => {
+      try {
+        await this.#client.realtime.disconnect();
+      } catch (error) {
+        this.logEvent("warn", "socket_reset_failed", { error: String(error) });
+      } finally {
+        this.#socketReset = null;
+      }
+    })();
+  }
+
+  /** Resolves once a socket given up (giveUpOpeningSocket) is closed: a join must not be buffered on it. */
+  async socketResetSettled(): Promise<void> {
+    while (this.#socketReset) await this.#socketReset;
+  }
+
   logEvent(level: "debug" | "info" | "warn" | "error", event: string, fields: Record<string, unknown>): void {
     try {
       this.#log(
@@ -690,6 +732,8 @@ class UserLink<Row extends LwwRow> {
   /** A join failed for a token replaced in flight was retried at once; until joined, no more of those. */
   #tokenRetryUsed = false;
   #joined = false;
+  /** The socket was still opening when the current channel's join was pushed (buffered by realtime-js). */
+  #socketOpeningAtJoin = false;
   #caughtUp = false;
   #reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   #pollTimer: ReturnType<typeof setTimeout> | undefined;
@@ -843,6 +887,8 @@ class UserLink<Row extends LwwRow> {
     await this.service.refreshRealtimeAuth();
     // A channel for this topic that is still being left would be handed back by client.channel().
     await this.service.removalsSettled(this.topic);
+    // A socket that never opened is being closed: this join goes out on the next one.
+    await this.service.socketResetSettled();
     if (this.#closed || generation !== this.#generation) return;
 
     const client = this.service.client;
@@ -876,6 +922,8 @@ class UserLink<Row extends LwwRow> {
       (state, error) => this.#onChannelState(generation, state, error),
       this.service.options.joinTimeoutMs,
     );
+    // subscribe() opens the socket when none is open: the join waits in realtime-js's buffer meanwhile.
+    this.#socketOpeningAtJoin = this.service.socketOpening();
     this.#startJoinGrace(generation);
   }
 
@@ -916,6 +964,8 @@ class UserLink<Row extends LwwRow> {
       return;
     }
     // CHANNEL_ERROR (refused join, dropped socket), TIMED_OUT, or CLOSED by the server (expired token).
+    // A join that timed out while the socket it waits for was opening all along: that socket is stuck.
+    if (state === "TIMED_OUT" && this.#socketOpeningAtJoin) this.service.giveUpOpeningSocket();
     this.#fail(generation, `${state}${error ? `: ${error.message}` : ""}`);
   }
 

@@ -471,3 +471,46 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime resilience: a socket whose opening handshake is never answered (its path died while connecting) is replaced, and the link goes live",
+  ...behindProxy,
+}, async () => {
+  // realtime-js has no timeout for a WebSocket that stays CONNECTING: it buffers every push, sends no
+  // heartbeat (so none can time out), and closes it only when the transport reports an error, which a
+  // dead path may not do for minutes. Found by the soak (seed 26 with READSYNC_SOAK_MS=60000): a
+  // socket frozen mid-handshake left a device polling, every join TIMED_OUT on the same socket.
+  const { env, sql, a, proxy } = await frozenPathFixture();
+  const client = createClient(proxy.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { heartbeatIntervalMs: 5_000 },
+  });
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    pollIntervalMs: 200,
+    joinTimeoutMs: 1_000,
+    backoff: { initialMs: 100, maxMs: 500 },
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  proxy.freezeNew(1); // the first socket's handshake goes nowhere
+  const changes: ProgressChange[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  try {
+    await waitFor("a join timed out", () => logs.some((l) => String(l.reason).startsWith("TIMED_OUT")));
+    await waitFor("live", () => subscription.status === "live", { timeoutMs: 15_000 });
+    await writeProgress(sql, a.id, { series_id: "after-the-stuck-socket", chapter: 4, device_id: "phone" });
+    await waitFor(
+      "the write, live",
+      () => changes.some((c) => c.row.series_id === "after-the-stuck-socket" && c.source === "realtime"),
+    );
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    proxy.close();
+    await sql.end();
+  }
+});

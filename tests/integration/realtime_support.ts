@@ -288,6 +288,7 @@ export function freezableProxy(target: string) {
   const { hostname, port } = new URL(target);
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const conns = new Set<{ frozen: boolean; drain: boolean; close(): void }>();
+  let freezeOnAccept = 0;
   let release = () => {};
   const closed = new Promise<void>((resolve) => release = resolve);
   void (async () => {
@@ -308,6 +309,10 @@ export function freezableProxy(target: string) {
           }
         },
       };
+      if (freezeOnAccept > 0) {
+        freezeOnAccept--;
+        conn.frozen = true; // nothing of it ever passes, not even a WebSocket's opening handshake
+      }
       conns.add(conn);
       const pipe = async (from: Deno.Conn, to: Deno.Conn) => {
         const buffer = new Uint8Array(16 * 1024);
@@ -343,6 +348,13 @@ export function freezableProxy(target: string) {
         conn.drain = drain;
       }
       return frozen;
+    },
+    /**
+     * Freezes the next `count` connections as they are made: a path that died while the client was
+     * opening it (a WebSocket stays CONNECTING, its handshake unanswered and never refused).
+     */
+    freezeNew(count = 1): void {
+      freezeOnAccept += count;
     },
     close(): void {
       release();
