@@ -5,7 +5,8 @@
 //
 //   kill     the Realtime endpoint is killed and restarted on the same port (its WAL slot goes too)
 //   freeze   one device's socket is partitioned: its TCP path passes nothing either way, silently
-//            (frozen: nothing read, buffers fill; or drained: every frame read and dropped)
+//            (frozen: nothing read, buffers fill; or drained: every frame read and dropped; or its next
+//            socket frozen as it opens, the handshake never answered)
 //   expire   one device's short access token is left to expire (the server closes its channel, the
 //            function answers 401), then a new one is set
 //   5xx      the function fails one device's changes reads (503 with or without Retry-After, or 500)
@@ -358,6 +359,12 @@ Deno.test({
     },
     freeze: async () => {
       const device = pick(devices);
+      if (random() < 0.25) {
+        // The path dies as the next socket opens: its handshake is never answered.
+        device.proxy.freezeNew(1);
+        count("sockets frozen while opening");
+        return;
+      }
       const drain = random() < 0.5;
       if (device.proxy.freeze({ drain }) > 0) count(drain ? "drained sockets" : "frozen sockets");
       await Promise.resolve();
