@@ -482,11 +482,14 @@ Deno.test({
 
     console.log(
       `realtime soak: seed ${SEED}; ${JSON.stringify(counts)}; server rows ${expected.size}; ` +
-        devices.map((d) =>
-          `${d.name} ${
-            JSON.stringify(d.sources)
-          } statuses ${d.statuses.length} backwards ${d.backwards.length}`
-        ).join("; "),
+        devices.map((d) => {
+          const events = (name: string) => d.logs.filter((l) => l.includes(`"event":"${name}"`)).length;
+          return `${d.name} ${JSON.stringify(d.sources)} statuses ${d.statuses.length} ` +
+            `drops/refusals ${events("realtime_unavailable")} late heartbeats ${
+              events("heartbeat_reply_late")
+            } ` +
+            `sockets given up ${events("socket_never_opened")} backwards ${d.backwards.length}`;
+        }).join("; "),
     );
     for (const device of devices) {
       assert.deepEqual(device.backwards, [], `seed ${SEED}: ${device.name} saw a version go backwards`);
