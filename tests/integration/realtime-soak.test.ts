@@ -20,8 +20,9 @@
 // (livePollIntervalMs 0): convergence comes from the catch-up, the polling and the heartbeat watch
 // alone, which is what the soak is meant to prove.
 //
-// The seed (printed) fixes the schedule of faults, writes and delays; the machine's timing does the
-// rest, so a failing seed is a start for a replay, not a recording:
+// The seed (printed) fixes what each actor does (the writers' writes and delays, the faults' kinds,
+// targets, times and durations: one random stream per actor); the machine's timing does the rest
+// (how they interleave with the devices), so a failing seed is a start for a replay, not a recording:
 //   READSYNC_SOAK_SEED=<seed> [READSYNC_SOAK_MS=<ms of faults>] npm test -- tests/integration/realtime-soak.test.ts
 
 import assert from "node:assert/strict";
@@ -106,9 +107,20 @@ Deno.test({
   ignore: ownEndpoint.ignore || !mintsTokens,
 }, async () => {
   console.log(`realtime soak: seed ${SEED}, ${FAULT_MS} ms of faults (READSYNC_SOAK_SEED to replay)`);
-  const random = prng(SEED);
-  const pick = <T>(values: readonly T[]): T => values[Math.floor(random() * values.length)];
-  const between = (lo: number, hi: number) => Math.round(lo + random() * (hi - lo));
+  // One stream of random numbers per actor, each drawn from synchronously: the writers' choices and
+  // the schedule of faults (kinds, targets, durations) do not depend on how the actors interleave.
+  const stream = (seed: number) => {
+    const random = prng(seed);
+    return {
+      random,
+      pick: <T>(values: readonly T[]): T => values[Math.floor(random() * values.length)],
+      between: (lo: number, hi: number) => Math.round(lo + random() * (hi - lo)),
+    };
+  };
+  type Stream = ReturnType<typeof stream>;
+  const F = stream(SEED); // the faults
+  const A = stream(SEED + 1); // the API writer
+  const S = stream(SEED + 2); // the SQL writer
   const env = testEnv();
   const sql: Sql = adminSql({ max: 8 });
   const a = await createTestUser();
@@ -237,7 +249,7 @@ Deno.test({
 
   let writeNo = 0;
   /** A position read now, or (backdated) a while ago: an offline queue sent late, or a slow device. */
-  const nextRow = (device_id: string, { backdateMs = 0, series_id = pick(series) } = {}) => {
+  const nextRow = (rng: Stream, device_id: string, { backdateMs = 0, series_id = rng.pick(series) } = {}) => {
     const n = ++writeNo;
     return {
       series_id,
@@ -264,9 +276,9 @@ Deno.test({
 
   const apiWriter = async () => {
     while (!stopping) {
-      const r = random();
+      const r = A.random();
       if (r < 0.04) {
-        const s = pick(series);
+        const s = A.pick(series);
         await retried("api reset", async () => {
           const res = await fetch(
             `${env.url}/functions/v1/progress/series/${s}?device_id=tablet&updated_at=${
@@ -279,7 +291,7 @@ Deno.test({
         });
       } else if (r < 0.12) {
         // Two devices in the same millisecond: (updated_at, device_id) decides, on every device too.
-        const row = nextRow("phone");
+        const row = nextRow(A, "phone");
         const other = { ...row, device_id: "tablet", page: row.page + 1 };
         await Promise.all([
           retried("api tie write", () => postApi("", row)),
@@ -287,8 +299,8 @@ Deno.test({
         ]);
       } else if (r < 0.2) {
         const writes = Array.from(
-          { length: between(2, 5) },
-          () => nextRow("tablet", { backdateMs: between(0, 500) }),
+          { length: A.between(2, 5) },
+          () => nextRow(A, "tablet", { backdateMs: A.between(0, 500) }),
         );
         writes.sort((x, y) => x.updated_at.localeCompare(y.updated_at));
         await retried("api batch", () => postApi("/batch", { writes }));
@@ -296,32 +308,35 @@ Deno.test({
         // A device clock 6-10 s ahead: stored at the server's now() (or 1 ms after what it replaces).
         await retried(
           "api ahead write",
-          () => postApi("", nextRow("phone", { backdateMs: -between(6_000, 10_000) })),
+          () => postApi("", nextRow(A, "phone", { backdateMs: -A.between(6_000, 10_000) })),
         );
       } else if (r < 0.3) {
         await retried(
           "api backdated write",
-          () => postApi("", nextRow("phone", { backdateMs: between(0, 3_000) })),
+          () => postApi("", nextRow(A, "phone", { backdateMs: A.between(0, 3_000) })),
         );
       } else {
-        await retried("api write", () => writeThroughApi(writerToken, nextRow(pick(["phone", "tablet"]))));
+        await retried(
+          "api write",
+          () => writeThroughApi(writerToken, nextRow(A, A.pick(["phone", "tablet"]))),
+        );
       }
-      await sleep(between(5, 80));
+      await sleep(A.between(5, 80));
     }
   };
 
   const sqlWriter = async () => {
     while (!stopping) {
-      if (random() < 0.06) {
-        const s = pick(series);
+      if (S.random() < 0.06) {
+        const s = S.pick(series);
         await retried("sql hard delete", () => deleteProgress(sql, a.id, s));
       } else {
-        const r = random();
-        const backdateMs = r < 0.2 ? between(0, 3_000) : r < 0.23 ? -between(6_000, 10_000) : 0;
-        const row = nextRow("laptop", { backdateMs });
+        const r = S.random();
+        const backdateMs = r < 0.2 ? S.between(0, 3_000) : r < 0.23 ? -S.between(6_000, 10_000) : 0;
+        const row = nextRow(S, "laptop", { backdateMs });
         await retried("sql write", () => asUser(sql, a.id, (tx) => upsertIn(tx, row)));
       }
-      await sleep(between(5, 80));
+      await sleep(S.between(5, 80));
     }
   };
 
@@ -342,51 +357,58 @@ Deno.test({
   };
   const faults: Record<string, () => Promise<void>> = {
     kill: async () => {
+      const downMs = F.between(300, 2_500);
+      // Back, but the function fails the catch-ups that follow the rejoins (or some of them).
+      const failing = F.random() < 0.4 &&
+        devices.map(() => ({
+          kind: F.pick(["503", "503-retry-after", "500"] as const),
+          ms: F.between(200, 2_000),
+        }));
       if (serverDown) return;
       serverDown = true;
       await server.close();
-      await sleep(between(300, 2_500));
+      await sleep(downMs);
       server = await restart();
       serverDown = false;
-      if (random() < 0.4) {
-        // Back, but the function fails the catch-ups that follow the rejoins (or some of them).
+      if (failing) {
         count("kill then 5xx");
-        for (const device of devices) {
-          device.failKind = pick(["503", "503-retry-after", "500"] as const);
-          device.failUntil = Date.now() + between(200, 2_000);
-        }
+        devices.forEach((device, i) => {
+          device.failKind = failing[i].kind;
+          device.failUntil = Date.now() + failing[i].ms;
+        });
       }
     },
     freeze: async () => {
-      const device = pick(devices);
-      if (random() < 0.25) {
+      const device = F.pick(devices);
+      if (F.random() < 0.25) {
         // The path dies as the next socket opens: its handshake is never answered.
         device.proxy.freezeNew(1);
         count("sockets frozen while opening");
         return;
       }
-      const drain = random() < 0.5;
+      const drain = F.random() < 0.5;
       if (device.proxy.freeze({ drain }) > 0) count(drain ? "drained sockets" : "frozen sockets");
       await Promise.resolve();
     },
     expire: async () => {
-      const device = pick(devices);
+      const device = F.pick(devices);
+      // The token it holds runs out (at most tokenLifetimeS), and the device stays without one a while.
+      const withoutMs = tokenLifetimeS * 1_000 + F.between(0, 2_000);
       if (device.refreshPaused) return;
       device.refreshPaused = true;
-      // The token it holds runs out (at most tokenLifetimeS), and the device stays without one a while.
-      await sleep(tokenLifetimeS * 1_000 + between(0, 2_000));
+      await sleep(withoutMs);
       device.refreshPaused = false;
       await device.sub.service.setAccessToken(await a.newAccessToken(tokenLifetimeS));
     },
     "5xx": async () => {
-      const device = pick(devices);
-      device.failKind = pick(["503", "503-retry-after", "500"] as const);
-      device.failUntil = Date.now() + between(300, 2_500);
+      const device = F.pick(devices);
+      device.failKind = F.pick(["503", "503-retry-after", "500"] as const);
+      device.failUntil = Date.now() + F.between(300, 2_500);
       await Promise.resolve();
     },
     longtx: async () => {
-      const rows = Array.from({ length: between(1, 3) }, () => nextRow("ereader"));
-      const hold = between(300, 3_000);
+      const rows = Array.from({ length: F.between(1, 3) }, () => nextRow(F, "ereader"));
+      const hold = F.between(300, 3_000);
       await retried("long tx", () =>
         asUser(sql, a.id, async (tx) => {
           for (const row of rows) await upsertIn(tx, row);
@@ -414,8 +436,8 @@ Deno.test({
     const end = Date.now() + FAULT_MS;
     const injected: Promise<void>[] = [];
     while (Date.now() < end) {
-      await sleep(between(200, 1_000));
-      const kind = pick(kinds);
+      await sleep(F.between(200, 1_000));
+      const kind = F.pick(kinds);
       count(`fault ${kind}`);
       injected.push(
         faults[kind]().catch((error) => {
