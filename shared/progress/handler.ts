@@ -365,11 +365,9 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       }
       res = httpErrorResponse(error);
     }
-    // A HEAD answer is the GET answer's status and headers without its body (a server drops it too).
-    if (req.method === "HEAD") {
-      await res.body?.cancel();
-      res = new Response(null, { status: res.status, headers: res.headers });
-    }
+    // A HEAD answer is the GET answer itself: the HTTP server (Deno.serve, the edge runtime) sends its
+    // status and headers, Content-Length the GET body's (RFC 9110 8.6), and drops the body. Dropping it
+    // here would make that Content-Length 0.
     res.headers.set("x-request-id", reqId);
     // The server's clock, so clients can correct theirs before stamping updated_at (serverClock.ts).
     res.headers.set("x-server-time", new Date().toISOString());

@@ -699,7 +699,7 @@ Deno.test("DELETE /progress/series/:id is a tombstone write: a stale offline wri
   }
 });
 
-Deno.test("HEAD is answered as GET is, without the body: same status and headers, same checks", async () => {
+Deno.test("HEAD is answered as GET is, without the body: same status and headers (its Content-Length too), same checks", async () => {
   const a = await createTestUser();
   const series = seriesId("head");
   assert.equal(
@@ -713,6 +713,9 @@ Deno.test("HEAD is answered as GET is, without the body: same status and headers
     assert.equal(head.status, 200, `HEAD ${path}`);
     assert.equal(head.body, null, `HEAD ${path} has no body`);
     assert.equal(head.headers.get("content-type"), get.headers.get("content-type"), path);
+    // Content-Length, when sent, is the GET body's (RFC 9110 8.6), never 0 for a body that has bytes.
+    assert.ok(get.headers.get("content-length"), `GET ${path} carries a Content-Length`);
+    assert.equal(head.headers.get("content-length"), get.headers.get("content-length"), `HEAD ${path}`);
     assert.ok(head.headers.get("x-request-id") && head.headers.get("x-server-time"), path);
     assert.equal(head.headers.get("access-control-allow-origin"), "*", path);
   }
