@@ -396,6 +396,69 @@ Deno.test("two tabs: a write another tab got answered leaves this tab's outbox t
   assert.equal(tabB.getSnapshot().pendingCount, 1);
 });
 
+Deno.test("two tabs: a write that left the saved outbox unanswered (another tab rewrote it from an older copy, or it was cleared) is kept and saved again", () => {
+  // localStorage is no transaction across tabs: each tab's process reads its own copy, so a tab that
+  // rewrites the outbox (its answer to a write) before another tab's save reached it writes it back
+  // without that save. Only a write another tab says it got answered leaves this tab's outbox.
+  const storage = new MemoryStorage();
+  let stale: string | null | undefined; // tab A's copy of the saved outbox, while it lags
+  const key = `readsync.outbox.${USER}`;
+  const lagging = new MemoryStorage();
+  lagging.getItem = (k) => k === key && stale !== undefined ? stale : storage.getItem(k);
+  lagging.setItem = (k, value) => storage.setItem(k, value);
+  lagging.removeItem = (k) => storage.removeItem(k);
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(lagging);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  const saga = write("saga", T1, "web-1", 12);
+  tabA.addPending(saga);
+  tabB.reloadOutbox();
+  stale = storage.getItem(key); // tab A has not heard of what tab B saves next
+  const atlas = write("atlas", T2, "web-1", 3);
+  tabB.addPending(atlas);
+  tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12))); // writes the outbox back without atlas
+  stale = undefined;
+  tabB.reloadOutbox(); // the storage event of tab A's write
+  assert.deepEqual(
+    tabB.pendingWrites().map((w) => w.series_id),
+    ["atlas"],
+    "saga was answered, atlas was not",
+  );
+  const reopened = new SyncStore(USER, defaultCompareRows);
+  reopened.attachStorage(storage);
+  assert.deepEqual(reopened.pendingWrites().map((w) => w.series_id), ["atlas"], "atlas is saved again");
+
+  // Another tab (or the reader) cleared the site's storage: nothing was answered.
+  const other = twoTabs();
+  other.tabA.addPending(write("codex", T3, "web-1", 5));
+  other.tabB.reloadOutbox();
+  other.storage.clear();
+  other.tabB.reloadOutbox(); // a storage event with key null
+  assert.deepEqual(other.tabB.pendingWrites().map((w) => w.series_id), ["codex"]);
+  assert.equal(JSON.parse(other.storage.getItem(key)!).length, 1, "saved again");
+});
+
+Deno.test("two tabs: when storage cannot take the list of answered writes, a write another tab got answered is saved again once, not for ever", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  const setItem = storage.setItem.bind(storage);
+  storage.setItem = (key, value) => {
+    if (key === tabA.answeredKey) throw new DOMException("quota", "QuotaExceededError");
+    setItem(key, value);
+  };
+  const saga = write("saga", T1, "web-1", 12);
+  tabA.addPending(saga);
+  tabB.reloadOutbox();
+  tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
+  tabB.reloadOutbox();
+  assert.equal(tabB.getSnapshot().pendingCount, 1, "unnamed: kept and saved again");
+  tabA.reloadOutbox(); // tab A takes it over, sends it again, and it is answered again
+  const again = tabA.pendingWrites()[0];
+  tabA.settle(again, storedAs(row("saga", T1, "web-1", 12)));
+  tabB.reloadOutbox();
+  assert.deepEqual([tabB.getSnapshot().pendingCount, storage.getItem(tabB.outboxKey)], [0, null]);
+});
+
 Deno.test("writes queued before storage is attached are saved when it is", () => {
   const storage = new MemoryStorage();
   storage.setItem(

@@ -7,7 +7,8 @@
 //               so an offline edit survives a reload; one per series, the newest. Every tab of the
 //               browser shares that one saved outbox: a tab merges into it (never overwrites what
 //               another tab saved) and reloads it when another tab changes it (storage event),
-//               letting go of the writes another tab got answered
+//               letting go of the writes another tab says it got answered (localStorage is no
+//               transaction across tabs: a write that left the saved outbox otherwise is saved again)
 //   deleted     the versions hard DELETEs removed, so a late copy of one (a server-rendered page,
 //               the answer to the write that made it) does not bring the series back
 //   notices     per series: our write lost to a newer one from another device
@@ -63,6 +64,12 @@ export interface SyncSnapshot {
 
 type Compare = (a: LwwKey, b: LwwKey) => number;
 
+/**
+ * How many of the last writes answered (or refused) in this browser it remembers, so that its other
+ * tabs let go of them (SyncStore.reloadOutbox): two full batches, more than a tab hears of at once.
+ */
+const ANSWERED_REMEMBERED = 200;
+
 /** The server stores a write dated more than this ahead of its clock at its own time (migration 012). */
 const SERVER_AHEAD_TOLERANCE_MS = 5_000;
 interface LwwKey {
@@ -84,6 +91,8 @@ export class SyncStore {
   #storage: Storage | null = null;
   /** Pending writes known to be in the saved outbox (so one missing from it later was answered elsewhere). */
   #persisted = new WeakSet<PendingWrite>();
+  /** Writes saved again once after they left the saved outbox unanswered (see #dropAnsweredElsewhere). */
+  #savedAgain = new WeakSet<PendingWrite>();
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
@@ -214,11 +223,20 @@ export class SyncStore {
     return `readsync.outbox.${this.userId}`;
   }
 
+  /** The key of the last writes answered (or refused) here, written before they leave the outbox. */
+  get answeredKey(): string {
+    return `readsync.outboxAnswered.${this.userId}`;
+  }
+
   /**
    * Another tab changed the saved outbox: take over the writes it queued, and let go of the ones it
-   * got answered (a saved write of this tab's that left the saved outbox, with no newer one of its
-   * series: another tab sent it, or it was refused there). A write that could not be saved (storage
-   * full) is never let go this way.
+   * got answered (a saved write of this tab's that left the saved outbox, or was replaced there by an
+   * older one, and that the tabs' list of answered writes names, or a newer one of its series: another
+   * tab sent it, or it was refused there). One that left it unnamed there was not answered: another
+   * tab rewrote the outbox from a copy read before this tab saved it (localStorage is no transaction
+   * across tabs), or the site's storage was cleared; it is saved again (once: a second time it is let
+   * go, so a browser whose storage cannot take the list does not send one write for ever). A write that
+   * could not be saved (storage full), or an unreadable outbox, is never let go this way.
    */
   reloadOutbox(): void {
     const dropped = this.#dropAnsweredElsewhere();
@@ -333,19 +351,34 @@ export class SyncStore {
     return taken;
   }
 
-  /** Drops the saved writes that left the saved outbox (see reloadOutbox); returns whether any did. */
+  /** Drops the saved writes answered elsewhere (see reloadOutbox); returns whether any were. */
   #dropAnsweredElsewhere(): boolean {
     const readable = this.#readSavedOrNull();
     if (!readable) return false; // unreadable is not answered: keep everything
-    const saved = new Set(readable.map((write) => write.series_id));
+    const saved = new Map(readable.map((write) => [write.series_id, write]));
+    const answered = this.#readAnswered();
     let dropped = false;
+    const unanswered: PendingWrite[] = [];
     for (const [seriesId, write] of this.#pending) {
-      if (this.#persisted.has(write) && !saved.has(seriesId)) {
+      if (!this.#persisted.has(write)) continue;
+      const other = saved.get(seriesId);
+      if (other && !this.#savedLater(write, other)) continue; // still saved, or a newer one is
+      const named = answered.some((done) => done.series_id === seriesId && !this.#savedLater(write, done));
+      if (named || this.#savedAgain.has(write)) {
         this.#pending.delete(seriesId);
         dropped = true;
+      } else {
+        unanswered.push(write);
       }
     }
+    for (const write of unanswered) this.#savedAgain.add(write);
+    if (unanswered.length > 0) this.#saveOutbox(unanswered, []);
     return dropped;
+  }
+
+  /** The last writes answered in this browser (see ANSWERED_REMEMBERED); none when unreadable. */
+  #readAnswered(): PendingWrite[] {
+    return this.#readList(this.answeredKey) ?? [];
   }
 
   #readSaved(): PendingWrite[] {
@@ -355,9 +388,13 @@ export class SyncStore {
 
   /** The saved outbox; null when it cannot be read (no storage, access denied, corrupt). */
   #readSavedOrNull(): PendingWrite[] | null {
+    return this.#readList(this.outboxKey);
+  }
+
+  #readList(key: string): PendingWrite[] | null {
     if (!this.#storage) return null;
     try {
-      const saved = JSON.parse(this.#storage.getItem(this.outboxKey) ?? "[]");
+      const saved = JSON.parse(this.#storage.getItem(key) ?? "[]");
       if (!Array.isArray(saved)) return null;
       return saved.filter((write): write is PendingWrite =>
         Boolean(write) && typeof write.series_id === "string" && typeof write.updated_at === "string" &&
@@ -371,10 +408,19 @@ export class SyncStore {
   /**
    * Read-merge-write of the saved outbox, which other tabs share: `added` writes replace older
    * saved ones of their series; `done` writes (answered or refused) leave it unless another tab
-   * saved a newer one of their series meanwhile. Every other saved write stays.
+   * saved a newer one of their series meanwhile. Every other saved write stays. The `done` writes
+   * are named in the list of answered writes first, so the other tabs let go of them.
    */
   #saveOutbox(added: PendingWrite[], done: PendingWrite[]): void {
     if (!this.#storage) return;
+    if (done.length > 0) {
+      try {
+        const answered = [...this.#readAnswered(), ...done].slice(-ANSWERED_REMEMBERED);
+        this.#storage.setItem(this.answeredKey, JSON.stringify(answered));
+      } catch {
+        // Storage full or disabled: the other tabs keep them and save them again once (sent twice at worst).
+      }
+    }
     try {
       const saved = new Map(this.#readSaved().map((write) => [write.series_id, write]));
       for (const write of done) {
