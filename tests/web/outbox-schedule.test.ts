@@ -606,3 +606,44 @@ Deno.test("outbox schedule, tabs: a shared deadline further ahead than any the s
   await b.settled();
   assert.equal(b.sends.length, 2, "sent once the Retry-After passed, by this tab's own clock");
 });
+
+Deno.test("outbox schedule, tabs: a retry that comes due before the browser reports the lock let go still goes", async () => {
+  // navigator.locks.request's promise may settle a task after the callback's (the Web Locks spec releases
+  // the lock on its own task queue), after the send recorded its failure and armed the retry: a short
+  // retry's timer may run first, and was dropped as "a send is under way" with nothing left to ask again.
+  const clock = virtualTimers();
+  const sends: number[] = [];
+  const answers: FlushResult[] = [failed(down())];
+  let release = () => {};
+  let granted = 0;
+  const schedule = new OutboxSchedule({
+    send: () => {
+      sends.push(clock.now);
+      return Promise.resolve(answers.shift() ?? { outcome: "done" });
+    },
+    hasPending: () => sends.length < 2,
+    isOnline: () => true,
+    retryAfterMs: (error) => retryAfterMsOf(error),
+    isNetworkFailure,
+    random: () => 0.0003, // the first step's jitter: a retry 0 ms after the failure
+    timers: clock.timers,
+    tabs: {
+      storage: memoryStorage(),
+      key: SCHEDULE_KEY,
+      lock: async (run) => {
+        await run();
+        if (++granted === 1) await new Promise<void>((resolve) => release = resolve); // the first send's
+      },
+    },
+  });
+  schedule.request("queued");
+  await tick();
+  assert.equal(sends.length, 1);
+  assert.equal(schedule.nextSendAt, clock.now, "the retry is due at once");
+  clock.advance(0); // its timer runs while the lock's request is still settling
+  release();
+  await schedule.settled();
+  if (clock.nextAt !== null) clock.advance(clock.nextAt - clock.now);
+  await schedule.settled();
+  assert.equal(sends.length, 2, "the retry was not lost");
+});

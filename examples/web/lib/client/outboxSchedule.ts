@@ -239,7 +239,10 @@ export class OutboxSchedule {
   #fire(): void {
     this.#timer = null;
     this.#timerAt = null;
-    if (this.#disposed || this.#inFlight || !this.#options.hasPending()) return;
+    if (this.#disposed || !this.#options.hasPending()) return;
+    // Armed by the send under way as it ended, before its end reached here (navigator.locks.request's
+    // promise may settle a task after the lock is let go): asked again once it has.
+    if (this.#inFlight) return this.request("queued");
     if (!this.#options.isOnline()) return; // the online event asks again
     if (this.#adopt()) {
       // Another tab sent since this timer was armed: its moment is no longer known to be due.
