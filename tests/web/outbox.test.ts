@@ -6,10 +6,21 @@
 
 import assert from "node:assert/strict";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
-import { createProgressApi, NetworkError, ProgressApiError } from "@shared/progress/api.ts";
+import {
+  createProgressApi,
+  NetworkError,
+  ProgressApiError,
+  ServiceUnavailableError,
+  ValidationError,
+} from "@shared/progress/api.ts";
 import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
-import { flushOutbox, type FlushResult, type OutboxOptions } from "../../examples/web/lib/client/outbox.ts";
+import {
+  flushOutbox,
+  type FlushResult,
+  type OutboxOptions,
+  type OutboxTransport,
+} from "../../examples/web/lib/client/outbox.ts";
 import { OutboxSchedule } from "../../examples/web/lib/client/outboxSchedule.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import { isSignedOut, SignedOutError } from "../../examples/web/lib/client/tokenKeeper.ts";
@@ -426,3 +437,29 @@ Deno.test(
     }
   },
 );
+
+Deno.test("outbox: a write the API refuses in a batch of its own is not sent a second time, and counts once as answered", async () => {
+  // The API's own refusal of the write (its error body: not a proxy's), e.g. a rule only the server checks.
+  const refusal = () => new ValidationError(422, "validation_failed", "not this write");
+  const calls: string[] = [];
+  const api: OutboxTransport = {
+    updateProgress: (write) => {
+      calls.push(`one ${write.series_id}`);
+      return Promise.reject(refusal());
+    },
+    updateProgressBatch: (writes) => {
+      calls.push(`batch ${writes.map((w) => w.series_id).join(",")}`);
+      if (writes[0].series_id === "refused") return Promise.reject(refusal());
+      return Promise.reject(new ServiceUnavailableError(503, "service_unavailable", "down"));
+    },
+  };
+  const store = new SyncStore("reader", defaultCompareRows);
+  store.addPending(pending("refused", Date.now() - 2_000, 1));
+  store.addPending(pending("later", Date.now() - 1_000, 2));
+  const result = await flushOutbox(store, api, options({ batchSize: 1 }));
+  assert.deepEqual(calls, ["batch refused", "batch later"]);
+  assert.ok(result.outcome === "failed");
+  assert.equal(result.answered, 1);
+  assert.deepEqual(store.pendingWrites().map((w) => w.series_id), ["later"]);
+  assert.match(store.getSnapshot().lastError ?? "", /Could not save refused/);
+});

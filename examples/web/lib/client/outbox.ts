@@ -80,7 +80,8 @@ export async function flushOutbox(
       const send = () => api.updateProgressBatch(batch);
       const outcome = await attempt(store, options, batch, send, refused, answered);
       if (typeof outcome === "object") return stop(outcome);
-      if (outcome === "one by one") {
+      // A batch of one that comes back "one by one" was refused as such: it is not sent again alone.
+      if (outcome === "one by one" && batch.length > 1) {
         for (const write of batch) {
           if (options.isDisposed()) return { outcome: "disposed" };
           const sendOne = async () => [await api.updateProgress(write)];
