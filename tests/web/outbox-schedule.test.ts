@@ -575,6 +575,7 @@ Deno.test("outbox schedule, tabs: a shared deadline further ahead than any the s
     SCHEDULE_KEY,
     JSON.stringify({
       failures: 2,
+      sharedAt: wall, // written just now: only its deadlines are out of reach
       noAnswer: false,
       editMaySkip: false,
       retryAt: wall + 3_600_000,
@@ -591,6 +592,7 @@ Deno.test("outbox schedule, tabs: a shared deadline further ahead than any the s
     SCHEDULE_KEY,
     JSON.stringify({
       failures: 1,
+      sharedAt: wall,
       noAnswer: false,
       editMaySkip: false,
       retryAt: wall + 60_000,
@@ -646,4 +648,35 @@ Deno.test("outbox schedule, tabs: a retry that comes due before the browser repo
   if (clock.nextAt !== null) clock.advance(clock.nextAt - clock.now);
   await schedule.settled();
   assert.equal(sends.length, 2, "the retry was not lost");
+});
+
+Deno.test("outbox schedule, tabs: a run of failures no tab has carried on for 15 minutes is over: a tab opened later starts at the first step", async () => {
+  const b = browserOfTabs();
+  const tabA = b.open("A");
+  b.queueWrite();
+  for (let i = 0; i < 5; i++) b.answers.push(failed(down()));
+  tabA.request("queued");
+  await b.settled();
+  for (let i = 0; i < 4; i++) await b.untilNextTimer();
+  assert.equal(tabA.failures, 5);
+  tabA.dispose(); // the reader closed the tab during the outage
+
+  // Reopened within 15 minutes, the run goes on: the next failure waits as the sixth one does.
+  b.clock.advance(10 * 60_000);
+  const tabB = b.open("B");
+  b.answers.push(failed(down()));
+  tabB.request("queued");
+  await b.settled();
+  assert.equal(tabB.failures, 6);
+  assert.equal(b.clock.nextAt! - b.clock.now, 0.5 * OUTBOX_BACKOFF.maxMs);
+  tabB.dispose();
+
+  // Reopened the next day: a fresh start, the first retry within 3 s, not 60.
+  b.clock.advance(24 * 3_600_000);
+  const tabC = b.open("C");
+  b.answers.push(failed(down()));
+  tabC.request("queued");
+  await b.settled();
+  assert.equal(tabC.failures, 1);
+  assert.equal(b.clock.nextAt! - b.clock.now, 0.5 * OUTBOX_BACKOFF.initialMs);
 });

@@ -34,7 +34,8 @@
 //   - the failures in a row, the backoff's next try, a Retry-After, and whether the last failure had
 //     an answer and may still be skipped by an edit are saved under a per-user key (wall-clock
 //     deadlines: performance.now() differs per tab), read before every decision and written after
-//     every send; a tab opened or reloaded within them waits them out too;
+//     every send; a tab opened or reloaded within them waits them out too (a run no tab has carried
+//     on for 15 minutes is over: a browser reopened the next day starts at the first step);
 //   - one tab sends at a time (a Web Lock per user). A tab that asks while another sends waits for
 //     it, then takes over what changed (the writes answered meanwhile leave its outbox, lib/client/
 //     syncStore.ts) and decides again: when the other tab's send changed the schedule (it failed, or
@@ -111,6 +112,8 @@ const browserTimers: OutboxTimers = {
 /** The schedule as the tabs share it; deadlines in wall-clock ms (0: none). */
 interface SharedState {
   failures: number;
+  /** When a tab last wrote it (wall-clock ms): a run of failures no tab has carried on for long is over. */
+  sharedAt: number;
   noAnswer: boolean;
   editMaySkip: boolean;
   retryAt: number;
@@ -125,6 +128,7 @@ function parseShared(raw: string | null): SharedState | null {
     if (!value || typeof value !== "object") return null;
     return {
       failures: Math.floor(number(value.failures)),
+      sharedAt: number(value.sharedAt),
       noAnswer: value.noAnswer === true,
       editMaySkip: value.editMaySkip === true,
       retryAt: number(value.retryAt),
@@ -134,6 +138,14 @@ function parseShared(raw: string | null): SharedState | null {
     return null; // corrupt: as if no failure had been seen
   }
 }
+
+/**
+ * How long a shared run of failures lasts with no tab carrying it on (a browser closed during an
+ * outage, reopened the next day): a tab that reads one older starts at the first step, not at 60 s.
+ * A tab still retrying writes it at least once per wait (at most a 5-minute Retry-After plus a
+ * 60 s backoff) and send (at most a token refresh and the API client's tries): well within it.
+ */
+export const STALE_RUN_MS = 15 * 60_000;
 
 /** Which of two reasons asked while a send was under way lets the next one go soonest. */
 const STRENGTH: Record<SendReason, number> = { queued: 0, edit: 1, reachable: 1, online: 2, user: 2 };
@@ -321,9 +333,12 @@ export class OutboxSchedule {
     }
     if (raw === this.#basis) return false;
     this.#basis = raw;
-    const shared = parseShared(raw);
     const now = this.#timers.now();
     const wall = this.#wallNow();
+    let shared = parseShared(raw);
+    if (shared && !(shared.sharedAt > wall - STALE_RUN_MS && shared.sharedAt <= wall + STALE_RUN_MS)) {
+      shared = null; // no tab has carried the run on for that long (or the clock moved that far): over
+    }
     const latest = wall + MAX_RETRY_AFTER_MS + this.#backoff.maxMs;
     const local = (at: number | undefined) => at && at > wall && at <= latest ? at - wall + now : 0;
     this.#failures = shared?.failures ?? 0;
@@ -344,6 +359,7 @@ export class OutboxSchedule {
     const raw = this.#failures === 0 ? null : JSON.stringify(
       {
         failures: this.#failures,
+        sharedAt: wall,
         noAnswer: this.#lastFailureHadNoAnswer,
         editMaySkip: this.#editMaySkip,
         retryAt: shared(this.#retryAt),
