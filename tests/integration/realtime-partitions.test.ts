@@ -78,18 +78,29 @@ Deno.test({
     // broadcast would queue behind its lock), it gives up on the partition and logs why.
     const holder = adminSql({ max: 1 });
     const release = Promise.withResolvers<void>();
+    const locked = Promise.withResolvers<void>();
     const held = holder.begin(async (tx) => {
       await tx`insert into realtime.messages (topic, extension, event, payload, private, inserted_at)
                values ('readsync:partition-test', 'broadcast', 'probe', '{}', true, '2020-01-10 12:00:00')`;
+      locked.resolve(); // the insert has returned: its transaction holds its lock until it ends
       await release.promise;
     });
     try {
-      await sleep(100); // the insert holds its lock
+      // The janitor starts only once the insert holds its lock (or the transaction failed).
+      await Promise.race([locked.promise, held]);
+      const [{ holding }] = await sql<{ holding: boolean }[]>`
+        select exists (select 1 from pg_catalog.pg_locks
+                       where relation = 'realtime.messages'::regclass and granted
+                         and pid <> pg_catalog.pg_backend_pid()) as holding`;
+      assert.ok(holding, "the open transaction holds a lock on realtime.messages");
       const logged: Record<string, unknown>[] = [];
       const later = new Date("2020-01-20T12:00:00Z"); // 01-19..21 missing, the others old
+      // Seven lock timeouts of 100 ms; without them the janitor would wait for the open
+      // transaction for good. The bound only ends such a hang (it is no speed limit; a loaded
+      // machine takes a few seconds).
       const outcome = await Promise.race([
         maintainMessagePartitions(sql, later, (fields) => logged.push(fields)),
-        sleep(5_000).then(() => "still waiting" as const),
+        sleep(30_000).then(() => "still waiting" as const),
       ]);
       assert.notEqual(outcome, "still waiting", "the janitor waited for the open transaction");
       assert.deepEqual(outcome, { created: [], dropped: [] });
