@@ -37,11 +37,11 @@ Deno.test("heartbeat watch: a late reply makes a live link read now and every po
     assert.equal(link.calls.length, 1, "a reply in time makes no read");
 
     fake.heartbeat("sent"); // the socket's path died: no reply
-    await waitFor("the read when the reply is late", () => link.calls.length === 2, { timeoutMs: 1_000 });
+    await waitFor("the read when the reply is late", () => link.calls.length === 2);
     answer(1, [version(2)]); // what the dead socket did not bring
-    await waitFor("the next read at the poll interval", () => link.calls.length === 3, { timeoutMs: 1_000 });
+    await waitFor("the next read at the poll interval", () => link.calls.length === 3);
     answer(2);
-    await waitFor("and the next", () => link.calls.length === 4, { timeoutMs: 1_000 });
+    await waitFor("and the next", () => link.calls.length === 4);
     assert.equal(link.subscription.status, "live", "the channel has not dropped: still live");
     answer(3);
     await sleep(5);
@@ -56,7 +56,12 @@ Deno.test("heartbeat watch: a late reply makes a live link read now and every po
 
 Deno.test("heartbeat watch: the reply timeout is at most half of realtime-js's heartbeat interval; a link that is not live makes no extra read", async () => {
   const fake = fakeClient(undefined, 100); // heartbeats every 100 ms: realtime-js gives up at 100
-  const link = handAnsweredService({ livePollIntervalMs: 600_000, pollIntervalMs: 60_000 }, fake);
+  const lines: Record<string, unknown>[] = [];
+  const link = handAnsweredService({
+    livePollIntervalMs: 600_000,
+    pollIntervalMs: 60_000,
+    log: (line) => lines.push(JSON.parse(line)),
+  }, fake);
   try {
     (await link.channel(1)).state!("SUBSCRIBED");
     await waitFor("the catch-up", () => link.calls.length === 1);
@@ -68,9 +73,12 @@ Deno.test("heartbeat watch: the reply timeout is at most half of realtime-js's h
     await waitFor("live", () => link.subscription.status === "live");
     const sentAt = performance.now();
     fake.heartbeat("sent");
-    await waitFor("the read", () => link.calls.length === 2, { timeoutMs: 1_000, intervalMs: 2 });
+    await waitFor("the read", () => link.calls.length === 2, { intervalMs: 2 });
     const after = performance.now() - sentAt;
-    assert.ok(after >= 45 && after < 95, `read ${after.toFixed(0)} ms after the heartbeat, not at 50`);
+    assert.ok(after >= 45, `read ${after.toFixed(0)} ms after the heartbeat, before its 50 ms`);
+    // The wait it armed (not how soon a loaded machine ran it): half the interval, not the 5 s default.
+    const late = lines.filter((l) => l.event === "heartbeat_reply_late");
+    assert.deepEqual(late.map((l) => l.waited_ms), [50]);
   } finally {
     await link.end();
   }
@@ -85,7 +93,7 @@ Deno.test("heartbeat watch: a drop while the reply is late takes over as any dro
   try {
     await link.goLive();
     fake.heartbeat("sent");
-    await waitFor("the late read", () => link.calls.length === 2, { timeoutMs: 1_000 });
+    await waitFor("the late read", () => link.calls.length === 2);
     fake.heartbeat("timeout"); // realtime-js gives the socket up and fails the channel
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
     const rejoin = await link.channel(2);
@@ -112,7 +120,7 @@ Deno.test("heartbeat watch: the app's own heartbeat callback keeps every status,
     assert.equal(fake.realtime.heartbeatCallback, appCallback, "reading the callback gives the app's");
     assert.equal(link.service.stats().heartbeatWatches, 1);
     fake.heartbeat("sent");
-    await waitFor("the late read", () => link.calls.length === 2, { timeoutMs: 1_000 });
+    await waitFor("the late read", () => link.calls.length === 2);
     fake.heartbeat("ok");
     assert.deepEqual(seen, ["app:sent", "app:ok"]);
     link.calls[1].resolve({ changes: [], has_more: false });
@@ -122,9 +130,7 @@ Deno.test("heartbeat watch: the app's own heartbeat callback keeps every status,
     fake.realtime.onHeartbeat(laterCallback);
     assert.equal(fake.realtime.heartbeatCallback, laterCallback);
     fake.heartbeat("sent");
-    await waitFor("a late read after the app's onHeartbeat()", () => link.calls.length === 3, {
-      timeoutMs: 1_000,
-    });
+    await waitFor("a late read after the app's onHeartbeat()", () => link.calls.length === 3);
     assert.deepEqual(seen.slice(2), ["later:sent"]);
   } finally {
     await link.end();
@@ -221,7 +227,7 @@ Deno.test("heartbeat watch: a reply that became late while the link was catching
     await sleep(100); // late now (40 ms); the link is not live yet
     link.calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
     await waitFor("live", () => link.subscription.status === "live");
-    await waitFor("a read at pollIntervalMs", () => link.calls.length === 2, { timeoutMs: 1_000 });
+    await waitFor("a read at pollIntervalMs", () => link.calls.length === 2);
     link.calls[1].resolve({ changes: [], has_more: false });
     fake.heartbeat("ok");
     await sleep(200);
@@ -233,17 +239,26 @@ Deno.test("heartbeat watch: a reply that became late while the link was catching
 
 Deno.test("heartbeat watch: while a reply is late the pace is livePollIntervalMs when that is the shorter", async () => {
   const fake = fakeClient();
-  const link = handAnsweredService({
-    livePollIntervalMs: 300,
+  // Each late reply's log line with the reads made before it.
+  const late: number[] = [];
+  let link: HandAnswered | undefined = undefined;
+  link = handAnsweredService({
+    livePollIntervalMs: 1_000,
     pollIntervalMs: 60_000,
     heartbeatReplyTimeoutMs: 40,
+    log: (line) => {
+      if (JSON.parse(line).event === "heartbeat_reply_late") late.push(link!.calls.length);
+    },
   }, fake);
   try {
     await link.goLive();
     fake.heartbeat("sent");
-    await waitFor("the late read", () => link.calls.length === 2, { timeoutMs: 200, intervalMs: 2 });
+    await waitFor("the late read", () => link.calls.length === 2, { intervalMs: 2 });
+    // The reply's 40 ms ran out before the safety read's second (timers run in order, however late).
+    assert.deepEqual(late, [1], "the second read is the late reply's, not the safety read");
     link.calls[1].resolve({ changes: [], has_more: false });
-    await waitFor("the next read, 300 ms later", () => link.calls.length === 3, { timeoutMs: 1_000 });
+    // Then every livePollIntervalMs (a second), not every pollIntervalMs (a minute).
+    await waitFor("the next read, a second later", () => link.calls.length === 3);
   } finally {
     await link.end();
   }
@@ -260,9 +275,7 @@ Deno.test("heartbeat watch: two services on one client both hear heartbeats, and
       links.b = handAnsweredService(quietLive, fake, OTHER_USER);
       await links.b.goLive([], 2);
       fake.heartbeat("sent");
-      await waitFor("both read", () => links.a.calls.length === 2 && links.b.calls.length === 2, {
-        timeoutMs: 1_000,
-      });
+      await waitFor("both read", () => links.a.calls.length === 2 && links.b.calls.length === 2);
       fake.heartbeat("ok");
       for (const link of [links.a, links.b]) link.calls[1].resolve({ changes: [], has_more: false });
       await links[order[0] as "a" | "b"].end();
@@ -270,7 +283,7 @@ Deno.test("heartbeat watch: two services on one client both hear heartbeats, and
       const other = links[order[1] as "a" | "b"];
       const reads = other.calls.length;
       fake.heartbeat("sent");
-      await waitFor("the other one reads", () => other.calls.length === reads + 1, { timeoutMs: 1_000 });
+      await waitFor("the other one reads", () => other.calls.length === reads + 1);
       fake.heartbeat("ok");
     } finally {
       await links.a.end();
