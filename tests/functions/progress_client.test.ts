@@ -365,7 +365,8 @@ Deno.test("timeout: an attempt that never answers is aborted after timeoutMs and
     const errors: ProgressApiError[] = [];
     const page = await changesSince(clientFor(user.accessToken, upstream.url), null, {}, {
       ...fast,
-      timeoutMs: 300,
+      // Also the retry's limit, and the retry reaches the real function: time for a loaded machine.
+      timeoutMs: 3_000,
       onRetry: ({ error }) => errors.push(error),
     });
     assert.deepEqual(page.changes, []);
@@ -435,10 +436,11 @@ Deno.test("timeout: an error answer whose body never ends is cut off after timeo
   try {
     const errors: ProgressApiError[] = [];
     const page = await within(
-      10_000,
+      20_000,
       changesSince(clientFor(user.accessToken, upstream.url), null, {}, {
         ...fast,
-        timeoutMs: 300,
+        // Also the retry's limit, and the retry reaches the real function: time for a loaded machine.
+        timeoutMs: 3_000,
         onRetry: ({ error }) => errors.push(error),
       }),
     );
@@ -456,15 +458,18 @@ Deno.test("abort: the caller's signal also ends a call stuck reading an error an
   const upstream = stallingErrorBodies(100);
   try {
     const controller = new AbortController();
-    setTimeout(() => controller.abort(new Error("the reader closed the app")), 300);
     const started = Date.now();
-    const e = await rejection(within(
+    const call = rejection(within(
       10_000,
       listProgress(clientFor(user.accessToken, upstream.url), {}, {
         timeoutMs: 60_000,
         signal: controller.signal,
       }),
     ));
+    // Once the request has reached the server, and its answer's body has had time to start.
+    await waitUntil("the request", () => upstream.hits() === 1);
+    setTimeout(() => controller.abort(new Error("the reader closed the app")), 300);
+    const e = await call;
     assert.ok(e instanceof NetworkError);
     assert.equal(e.code, "aborted");
     assert.equal(upstream.hits(), 1);
@@ -479,10 +484,9 @@ Deno.test("abort: the caller's signal stops the call at once, the attempt in fli
   const upstream = hangingFunctions(100);
   try {
     const controller = new AbortController();
-    setTimeout(() => controller.abort(new Error("the reader closed the app")), 200);
     const started = Date.now();
     let retries = 0;
-    const e = await rejection(
+    const call = rejection(
       listProgress(clientFor(user.accessToken, upstream.url), {}, {
         retry: { attempts: 4, baseDelayMs: 10_000, maxDelayMs: 10_000 },
         timeoutMs: 60_000,
@@ -490,6 +494,9 @@ Deno.test("abort: the caller's signal stops the call at once, the attempt in fli
         onRetry: () => retries++,
       }),
     );
+    await waitUntil("the attempt in flight", () => upstream.hits() === 1);
+    controller.abort(new Error("the reader closed the app"));
+    const e = await call;
     assert.ok(e instanceof NetworkError);
     assert.equal(e.code, "aborted");
     assert.match(e.message, /the reader closed the app/);
