@@ -838,7 +838,15 @@ Deno.test("a page queued offline by a phone an hour ahead loses to the tablet's 
   // Stamped by the phone's own clock (nothing learnt yet); its answer teaches the clock.
   await phone.updateProgress(turn(10, "phone", phone.now()));
   const queued = turn(20, "phone", phone.now()); // read offline, sent later
-  await new Promise((resolve) => setTimeout(resolve, 20));
+  // Dated by what the answer taught (server time, to within its round trip), not an hour ahead.
+  const queuedAt = Date.parse(queued.updated_at!);
+  assert.ok(
+    queuedAt - Date.parse(tablet.now()) < 5_000,
+    `queued at ${queued.updated_at}, ahead of the server`,
+  );
+  // The tablet's page is turned later: once its clock has passed the queued stamp (the estimate may
+  // be ahead of the server by up to half a round trip, which is long on a loaded machine).
+  await waitUntil("the tablet's clock past the queued stamp", () => Date.parse(tablet.now()) > queuedAt);
   await tablet.updateProgress(turn(80, "tablet", tablet.now()));
   const late = await phone.updateProgress(queued);
   assert.deepEqual([late.won, late.conflict, late.progress.page], [false, "stale", 80]);
