@@ -376,8 +376,8 @@ Deno.test("a batch write that waited is judged by the wall clock: dated 5 s afte
 
 Deno.test("a write that waited for its row is stored under the date it was judged by once it is no longer ahead: a write dated before that cannot replace it", async () => {
   // Sent 5.3 s ahead of the server's clock ("more than 5 s ahead" when its transaction began), the
-  // tablet's write waits 1.5 s for another transaction's lock on its row; then it is only 3.8 s
-  // ahead, so it is decided by its own date, and must be stored under that key, not at the now()
+  // tablet's write waits for another transaction's lock on its row until it is under 4.7 s ahead;
+  // then it is decided by its own date, and must be stored under that key, not at the now()
   // its transaction began with (2.5 s earlier than the e-reader's write below).
   const a = await createTestUser();
   const series = seriesId("rejudged");
@@ -389,6 +389,7 @@ Deno.test("a write that waited for its row is stored under the date it was judge
               values (${a.id}, ${series}, 1, 'seed', now() - interval '1 day')`;
     await holder`begin`;
     await holder`select 1 from public.reading_progress where user_id = ${a.id} and series_id = ${series} for update`;
+    const [{ holderPid }] = await holder<{ holderPid: number }[]>`select pg_backend_pid() as "holderPid"`;
     const [{ server_ms }] = await sql<{ server_ms: string }[]>`
       select (extract(epoch from clock_timestamp()) * 1000)::bigint::text as server_ms`;
     const dated = new Date(Number(server_ms) + 5_300).toISOString();
@@ -396,7 +397,17 @@ Deno.test("a write that waited for its row is stored under the date it was judge
       token: a.accessToken,
       body: write({ series_id: series, chapter: 7, page: 70, device_id: "tablet", updated_at: dated }),
     });
-    await sleep(1_500); // within the API's 2 s lock timeout
+    // Once the write waits for the lock (however long the request took to get there) and is no
+    // longer ahead (under 4.7 s), well within the API's 2 s lock timeout.
+    for (const deadline = Date.now() + 10_000;;) {
+      const [{ blocked }] = await sql<{ blocked: number }[]>`
+        select count(*)::int as blocked from pg_catalog.pg_stat_activity
+         where ${holderPid} = any(pg_catalog.pg_blocking_pids(pid))`;
+      if (blocked > 0) break;
+      assert.ok(Date.now() < deadline, "the tablet's write never waited for the lock");
+      await sleep(20);
+    }
+    await sleep(Math.max(0, Number(server_ms) + 600 - Date.now()));
     await holder`commit`;
     const answer = await tablet;
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
