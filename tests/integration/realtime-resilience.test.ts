@@ -14,8 +14,10 @@ import {
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
 import { createClient } from "@supabase/supabase-js";
 import {
+  closeClient,
   deleteProgress,
   freezableProxy,
+  joinChannel,
   newClient,
   noSanitize,
   ownEndpoint,
@@ -509,6 +511,62 @@ Deno.test({
     await subscription.unsubscribe();
     await service.close();
     await client.realtime.disconnect();
+    proxy.close();
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime resilience: when a socket whose opening handshake is never answered is replaced, the app's own channel on the same client is joined again on the new socket and receives broadcasts",
+  ...behindProxy,
+}, async () => {
+  // An app uses one supabase client for everything: its own channels share the service's socket. The
+  // service closing a stuck socket (realtime.disconnect(), a manual close realtime-js does not recover
+  // from by itself) must not leave them closed for good.
+  const { env, sql, a, proxy } = await frozenPathFixture();
+  const client = createClient(proxy.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { heartbeatIntervalMs: 5_000 },
+  });
+  const sender = newClient();
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    pollIntervalMs: 200,
+    joinTimeoutMs: 1_000,
+    backoff: { initialMs: 100, maxMs: 500 },
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const topic = `app-room-${crypto.randomUUID()}`;
+  const appStates: string[] = [];
+  const appReceived: unknown[] = [];
+  proxy.freezeNew(1); // the first socket's handshake goes nowhere
+  const app = client
+    .channel(topic, { config: { broadcast: { self: false } } })
+    .on("broadcast", { event: "ping" }, (m) => appReceived.push(m.payload))
+    .subscribe((status) => appStates.push(status), 1_000);
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  try {
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await waitFor("live", () => subscription.status === "live", { timeoutMs: 15_000 });
+    await waitFor("the app's channel joined", () => appStates.includes("SUBSCRIBED"), { timeoutMs: 15_000 });
+    // Its own join on the stuck socket timed out first: SUBSCRIBED is realtime-js's rejoin on the new one.
+    assert.equal(appStates[0], "TIMED_OUT");
+    const { status } = await joinChannel(sender, topic, { private: false });
+    assert.equal(status, "SUBSCRIBED");
+    const from = sender.getChannels().find((c) => c.topic === `realtime:${topic}`)!;
+    await waitFor("a broadcast on the app's channel", async () => {
+      await from.send({ type: "broadcast", event: "ping", payload: { n: 1 } });
+      return appReceived.length > 0;
+    }, { timeoutMs: 15_000, intervalMs: 300 });
+  } finally {
+    await client.removeChannel(app).catch(() => {});
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    await closeClient(sender);
     proxy.close();
     await sql.end();
   }
