@@ -14,7 +14,8 @@
 //                                         polls back off the same way, and wait out a Retry-After).
 //                                         A join that timed out while its socket was still opening
 //                                         closes that socket (realtime-js has no handshake timeout):
-//                                         the next join opens a new one.
+//                                         the next join opens a new one (each one given up in a row
+//                                         is allowed twice as long: a slow handshake gets through).
 //   slow join                             a join made while nothing reads that is still unanswered
 //                                         after joinGraceMs (2 s) starts the polling meanwhile
 //                                         (Supabase answers a refused join only after 5 s).
@@ -243,6 +244,10 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #authSubscription: { unsubscribe(): void } | null = null;
   /** The close of a socket whose opening never completed (giveUpOpeningSocket), while in flight. */
   #socketReset: Promise<void> | null = null;
+  /** When a join was first pushed on the socket that is opening now (null: none seen opening). */
+  #socketOpeningSince: number | null = null;
+  /** Sockets given up in a row with none opened since: each one after is allowed twice as long. */
+  #socketGiveUps = 0;
   /** Stops the heartbeat watch (null while none is installed). */
   #stopHeartbeatWatch: (() => void) | null = null;
   /** Runs from a heartbeat sent until its reply is late (heartbeatReplyTimeoutMs). */
@@ -531,7 +536,17 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    */
   giveUpOpeningSocket(): void {
     if (this.#closed || this.#socketReset || !this.socketOpening()) return;
-    this.logEvent("warn", "socket_never_opened", {});
+    // A slow but healthy handshake (a congested network) may take longer than a join timeout: a socket
+    // cut after each one would never open. Each socket given up with none opened since is allowed
+    // twice as long as the one before (SOCKET_OPENING_MAX_DOUBLINGS).
+    const joinTimeoutMs = this.options.joinTimeoutMs ?? (this.#client.realtime.timeout || 10_000);
+    const allowedMs = joinTimeoutMs * 2 ** Math.min(this.#socketGiveUps, SOCKET_OPENING_MAX_DOUBLINGS);
+    const openingMs = this.#socketOpeningSince === null ? 0 : monotonicNow() - this.#socketOpeningSince;
+    // Measured from the join's push (a join timeout's timer may fire a little early): half a timeout's slack.
+    if (openingMs < allowedMs - joinTimeoutMs / 2) return;
+    this.#socketGiveUps++;
+    this.#socketOpeningSince = null;
+    this.logEvent("warn", "socket_never_opened", { opening_ms: Math.round(openingMs) });
     this.#socketReset = (async () => {
       try {
         await this.#client.realtime.disconnect();
@@ -541,6 +556,20 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
         this.#socketReset = null;
       }
     })();
+  }
+
+  /** A join was pushed: notes when the socket it waits for started opening (see giveUpOpeningSocket). */
+  noteJoinPushed(): boolean {
+    const opening = this.socketOpening();
+    if (!opening) this.#socketOpeningSince = null;
+    else if (this.#socketOpeningSince === null) this.#socketOpeningSince = monotonicNow();
+    return opening;
+  }
+
+  /** A join was answered: the socket opened, so the next stuck one is given up after one join timeout. */
+  noteSocketOpened(): void {
+    this.#socketOpeningSince = null;
+    this.#socketGiveUps = 0;
   }
 
   /** Resolves once a socket given up (giveUpOpeningSocket) is closed: a join must not be buffered on it. */
@@ -923,7 +952,7 @@ class UserLink<Row extends LwwRow> {
       this.service.options.joinTimeoutMs,
     );
     // subscribe() opens the socket when none is open: the join waits in realtime-js's buffer meanwhile.
-    this.#socketOpeningAtJoin = this.service.socketOpening();
+    this.#socketOpeningAtJoin = this.service.noteJoinPushed();
     this.#startJoinGrace(generation);
   }
 
@@ -953,6 +982,7 @@ class UserLink<Row extends LwwRow> {
     this.service.timers.clear(this.#joinGraceTimer);
     this.#joinGraceTimer = undefined;
     if (state === "SUBSCRIBED") {
+      this.service.noteSocketOpened();
       this.#joined = true;
       this.#joinedAt = monotonicNow();
       this.#caughtUp = false;
@@ -1373,6 +1403,13 @@ const monotonicNow = (): number => performance.now();
 
 /** How early a timer may fire (performance.now() against the timer's whole milliseconds). */
 const RETRY_AFTER_SLACK_MS = 2;
+
+/**
+ * A socket still opening after a join timed out is given up only once it has been opening for one
+ * join timeout, then 2, 4 and at most 2 ** SOCKET_OPENING_MAX_DOUBLINGS join timeouts (80 s by
+ * default) while none opens in between: a slow handshake still gets through, a stuck one is replaced.
+ */
+const SOCKET_OPENING_MAX_DOUBLINGS = 3;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

@@ -571,3 +571,46 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime resilience: a slow but healthy opening handshake (longer than a join timeout) is not cut at every join timeout: the link goes live",
+  ...behindProxy,
+}, async () => {
+  // A stuck socket is given up when a join times out on it; a congested network's handshake that takes
+  // longer than a join timeout, every time, would then be cut every time and never open (polling for
+  // good). Each socket given up in a row is allowed twice as long as the one before.
+  const { env, sql, a, proxy } = await frozenPathFixture();
+  const client = createClient(proxy.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    realtime: { heartbeatIntervalMs: 5_000 },
+  });
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    pollIntervalMs: 200,
+    joinTimeoutMs: 1_000,
+    backoff: { initialMs: 100, maxMs: 500 },
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  proxy.slowNew(2_500); // every handshake takes 2.5 join timeouts, then succeeds
+  const changes: ProgressChange[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  try {
+    await waitFor("a socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await waitFor("live", () => subscription.status === "live", { timeoutMs: 30_000 });
+    proxy.slowNew(0);
+    await writeProgress(sql, a.id, { series_id: "after-the-slow-handshake", chapter: 2, device_id: "phone" });
+    await waitFor(
+      "the write, live",
+      () => changes.some((c) => c.row.series_id === "after-the-slow-handshake" && c.source === "realtime"),
+    );
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    proxy.close();
+    await sql.end();
+  }
+});

@@ -289,6 +289,7 @@ export function freezableProxy(target: string) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const conns = new Set<{ frozen: boolean; drain: boolean; close(): void }>();
   let freezeOnAccept = 0;
+  let holdOnAcceptMs = 0;
   let release = () => {};
   const closed = new Promise<void>((resolve) => release = resolve);
   void (async () => {
@@ -314,9 +315,12 @@ export function freezableProxy(target: string) {
         conn.frozen = true; // nothing of it ever passes, not even a WebSocket's opening handshake
       }
       conns.add(conn);
+      // A slow path: nothing of the connection passes either way until holdOnAcceptMs have passed.
+      const held = holdOnAcceptMs > 0 ? new Promise((resolve) => setTimeout(resolve, holdOnAcceptMs)) : null;
       const pipe = async (from: Deno.Conn, to: Deno.Conn) => {
         const buffer = new Uint8Array(16 * 1024);
         try {
+          if (held) await held;
           for (;;) {
             if (conn.frozen && !conn.drain) return await closed;
             const n = await from.read(buffer);
@@ -355,6 +359,13 @@ export function freezableProxy(target: string) {
      */
     freezeNew(count = 1): void {
       freezeOnAccept += count;
+    },
+    /**
+     * Holds every connection made from now on for `ms` before anything of it passes (0: no more): a
+     * slow but healthy path, whose WebSocket opening handshake takes `ms` and then succeeds.
+     */
+    slowNew(ms: number): void {
+      holdOnAcceptMs = ms;
     },
     close(): void {
       release();
