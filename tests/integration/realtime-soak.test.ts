@@ -453,6 +453,9 @@ Deno.test({
     await Promise.all(background);
     for (const device of devices) {
       device.failUntil = 0;
+      // No path dies any more: a freeze asked for the next socket that none has taken yet is called
+      // off (a socket already stuck opening stays stuck, and the service must give it up).
+      device.proxy.cancelFreezeNew();
       await device.sub.service.setAccessToken(await a.newAccessToken(3600));
     }
     const expected = await serverState(sql, a.id);
@@ -489,7 +492,9 @@ Deno.test({
       await waitFor(
         "every device = the database, and live",
         () => devices.every((d) => d.sub.status === "live" && differences(d).length === 0),
-        { timeoutMs: 30_000, intervalMs: 100 },
+        // Generous: a socket stuck opening as the faults stopped may be given up only after 8 join
+        // timeouts (24 s here) when several were stuck in a row; never converging is the failure.
+        { timeoutMs: 60_000, intervalMs: 100 },
       );
     } catch (error) {
       for (const device of devices) {

@@ -360,6 +360,10 @@ export function freezableProxy(target: string) {
     freezeNew(count = 1): void {
       freezeOnAccept += count;
     },
+    /** Cancels the freezes asked by freezeNew() that no connection has taken yet (the path is healthy again). */
+    cancelFreezeNew(): void {
+      freezeOnAccept = 0;
+    },
     /**
      * Holds every connection made from now on for `ms` before anything of it passes (0: no more): a
      * slow but healthy path, whose WebSocket opening handshake takes `ms` and then succeeds.
