@@ -500,6 +500,32 @@ async function waitBlockedBy(sql: postgres.Sql, pid: number): Promise<void> {
 }
 
 /**
+ * The date of a write that has to be judged ahead (more than 5 s ahead of the wall clock) when it
+ * first reaches its row, then wait until it no longer is: the server's clock + 8 s, read on `sql`
+ * (3 s for the waiter's BEGIN, its role and its write to arrive: assertJudgedAhead checks they did).
+ */
+const AHEAD = "8 seconds";
+
+/**
+ * Called once waitBlockedBy has seen the write waiting: its first judgement came before that wait,
+ * so if the wall clock is still more than 5 s behind `sent` now, the write was judged ahead.
+ */
+async function assertJudgedAhead(sql: postgres.Sql, sent: string): Promise<void> {
+  const [{ ahead }] = await sql<{ ahead: boolean }[]>`
+    select ${sent}::timestamptz > clock_timestamp() + interval '5 seconds' as ahead`;
+  assert.ok(ahead, `precondition: the write dated ${sent} reached its row (and waited) while still ahead`);
+}
+
+/**
+ * Sleeps (on the server's clock) until `sent` is at most 4.5 s ahead of it: a write that is released
+ * after this is judged again as no longer ahead (under the 4.9 s and 5 s of the triggers).
+ */
+async function untilNoLongerAhead(sql: postgres.Sql, sent: string): Promise<void> {
+  await sql`select pg_sleep(greatest(0, extract(epoch from
+    ${sent}::timestamptz - interval '4.5 seconds' - clock_timestamp())::float8))`;
+}
+
+/**
  * On `holder`, a first write of `series` by the laptop that stays open until `release()`, then rolls
  * back (`rolledBack` settles once it has); `holderPid` is its session, for waitBlockedBy.
  */
@@ -524,10 +550,11 @@ async function firstWriteThatRollsBack(
   return { holderPid: holderPid as number, release, rolledBack };
 }
 
-Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is loses by its own date to a version committed meanwhile", async () => {
-  // Its INSERT half judges it ahead (and stamps it now()) before the upsert waits for the row; by the
-  // time its DO UPDATE runs, 1.2 s later, it is 4.3 s ahead of the wall clock: an ordinary write,
-  // older than the e-reader's version committed while it waited (dated 4.9 s ahead of a later clock).
+Deno.test("a Data API upsert dated ahead that waited until it no longer is loses by its own date to a version committed meanwhile", async () => {
+  // Its INSERT half judges it ahead (and stamps it now()) before the upsert waits for the row (dated
+  // 8 s ahead; checked once it waits); its DO UPDATE runs once it is at most 4.5 s ahead of the wall
+  // clock: an ordinary write, older than the e-reader's version committed while it waited (dated
+  // 4.9 s ahead of a later clock).
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
   const { holder, waiter, asUser } = lockingPair(user.id);
@@ -555,13 +582,14 @@ Deno.test("a Data API upsert dated 5.5 s ahead that waited until it no longer is
     });
     await held;
     const [{ sent }] = await sql<{ sent: string }[]>`
-      select to_jsonb(clock_timestamp() + interval '5.5 seconds') #>> '{}' as sent`;
+      select to_jsonb(clock_timestamp() + ${AHEAD}::interval) #>> '{}' as sent`;
     const waiting = waiter.begin(async (tx) => {
       await asUser(tx);
       return await phoneUpsert(tx, user.id, series, sent);
     });
     await waitBlockedBy(sql, holderPid);
-    await new Promise((r) => setTimeout(r, 1_200));
+    await assertJudgedAhead(sql, sent);
+    await untilNoLongerAhead(sql, sent);
     release();
     await holderTx;
     assert.deepEqual((await waiting).map((r) => r.device_id), [], "the upsert changed nothing");
@@ -642,14 +670,14 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
 });
 
 /**
- * A first write dated 5.5 s ahead is judged "ahead" (and keyed now()) before its INSERT waits for a
+ * A first write dated ahead (8 s) is judged "ahead" (and keyed now()) before its INSERT waits for a
  * concurrent first write of the series, an uncommitted insert of the same row. When that one rolls
- * back 1.2 s later, the write is 4.3 s ahead of the wall clock: an ordinary write, to be stored
+ * back, once the write is at most 4.5 s ahead of the wall clock, it is an ordinary write, to be stored
  * under its own date. Stored at now() instead, the tablet's write dated in between (1 s before it)
  * would replace it although older. The API function re-dates its own row; a Data API insert is
  * refused with 40001 and its retry is stored under its date.
  */
-Deno.test("a first write dated 5.5 s ahead that waited for a first write which rolled back is judged after its wait", async () => {
+Deno.test("a first write dated ahead that waited for a first write which rolled back is judged after its wait", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
   const { holder, waiter, asUser } = lockingPair(user.id);
@@ -660,7 +688,7 @@ Deno.test("a first write dated 5.5 s ahead that waited for a first write which r
       const series = seriesId(path === "api" ? "ahead-rollback-api" : "ahead-rollback-rest");
       const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asUser, series);
       const [{ sent }] = await sql<{ sent: string }[]>`
-        select to_jsonb(date_trunc('milliseconds', clock_timestamp() + interval '5.5 seconds')) #>> '{}' as sent`;
+        select to_jsonb(date_trunc('milliseconds', clock_timestamp() + ${AHEAD}::interval)) #>> '{}' as sent`;
       const phone = () =>
         waiter.begin(async (tx) => {
           await asUser(tx);
@@ -678,7 +706,8 @@ Deno.test("a first write dated 5.5 s ahead that waited for a first write which r
         });
       const waiting = phone();
       await waitBlockedBy(sql, holderPid);
-      await new Promise((r) => setTimeout(r, 1_200));
+      await assertJudgedAhead(sql, sent);
+      await untilNoLongerAhead(sql, sent);
       release();
       await rolledBack;
       if (path === "data api") {
@@ -709,7 +738,7 @@ Deno.test("a first write dated 5.5 s ahead that waited for a first write which r
 
 /**
  * The same wait in a bulk Data API upsert (supabase-js .upsert([...]); PostgREST inserts the rows from
- * json_populate_recordset in one statement): its first row, dated 5.5 s ahead, waits for a first write
+ * json_populate_recordset in one statement): its first row, dated ahead (8 s), waits for a first write
  * of its series that rolls back; its second row is dated an hour ahead. Each row judged ahead is
  * judged again once it is in (the first by the second's stamp trigger, after the wait), not only the
  * statement's last one, which is still ahead: the statement is refused with 40001 and its retry
@@ -724,7 +753,7 @@ Deno.test("a bulk Data API upsert whose first row waited for a first write which
   try {
     const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asUser, series);
     const [{ sent }] = await sql<{ sent: string }[]>`
-      select to_jsonb(date_trunc('milliseconds', clock_timestamp() + interval '5.5 seconds')) #>> '{}' as sent`;
+      select to_jsonb(date_trunc('milliseconds', clock_timestamp() + ${AHEAD}::interval)) #>> '{}' as sent`;
     const rows = [
       {
         user_id: user.id,
@@ -759,7 +788,8 @@ Deno.test("a bulk Data API upsert whose first row waited for a first write which
       });
     const waiting = bulk();
     await waitBlockedBy(sql, holderPid);
-    await new Promise((r) => setTimeout(r, 1_200));
+    await assertJudgedAhead(sql, sent);
+    await untilNoLongerAhead(sql, sent);
     release();
     await rolledBack;
     await assert.rejects(
