@@ -205,13 +205,15 @@ select is((select chapter from public.reading_progress where series_id = 'linger
 -- clearly no longer ahead (by more than 100 ms), refused with 40001 for a retry (the two-connection
 -- tests in tests/functions/conflict_resolver_db.test.ts make it wait for a rolled-back first write).
 -- It is in once the statement's next row begins, and that row's stamp trigger judges it; here the
--- next row takes half a second to compute, which the trigger cannot tell from a wait in the unique
--- index (the row was in by then either way). The second row is dated 0.2 s past the limit.
+-- next row takes until 2 s after the statement began to compute, which the trigger cannot tell from a
+-- wait in the unique index (the row was in by then either way). The second row is dated 6.5 s after
+-- the statement began: past the limit (by up to 1.5 s) when it is first judged, however loaded the
+-- machine, and at most 4.5 s ahead once the next row is done (under the claim's 4.9 s).
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'judged-again-plain', 1, 'phone', now()),
-           ((select auth.uid()), 'judged-again', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
-           ((select auth.uid()), 'judged-again-slow', (select 2 from pg_sleep(0.5)), 'phone', now())$$,
+           ((select auth.uid()), 'judged-again', 1, 'phone', statement_timestamp() + interval '6.5 seconds'),
+           ((select auth.uid()), 'judged-again-slow', (select 2 from pg_sleep_until(statement_timestamp() + interval '2 seconds')), 'phone', now())$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'a first write judged ahead and no longer ahead once inserted is refused for a retry');
 select is(
@@ -223,14 +225,15 @@ values ((select auth.uid()), 'still-ahead', 1, 'phone', clock_timestamp() + inte
 select is((select updated_at from public.reading_progress where series_id = 'still-ahead'),
   date_trunc('milliseconds', now()), 'one still ahead once inserted is stored at now()');
 delete from public.reading_progress where series_id like 'still-ahead%';
--- Judged when the next row begins, not when the statement ends: a row 5.2 s ahead followed at once by
--- another is in (and still ahead) by then, whatever the rest of the statement takes. (Judged at the
--- statement's end, as before, a long multi-row INSERT or COPY was refused for it though nothing waited.)
+-- Judged when the next row begins, not when the statement ends: a row 6.5 s ahead (of the statement's
+-- start) followed at once by another is in (and still ahead) by then, whatever the rest of the
+-- statement takes. (Judged at the statement's end, as before, a long multi-row INSERT or COPY was
+-- refused for it though nothing waited.)
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'next-row', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
+    values ((select auth.uid()), 'next-row', 1, 'phone', statement_timestamp() + interval '6.5 seconds'),
            ((select auth.uid()), 'next-row-fast', 1, 'phone', now()),
-           ((select auth.uid()), 'next-row-slow', (select 2 from pg_sleep(0.5)), 'phone', now())$$,
+           ((select auth.uid()), 'next-row-slow', (select 2 from pg_sleep_until(statement_timestamp() + interval '2 seconds')), 'phone', now())$$,
   'a row judged ahead is judged again when the next row begins, not after the rest of the statement');
 select is((select updated_at from public.reading_progress where series_id = 'next-row'),
   date_trunc('milliseconds', now()), 'and stored at now(), as a write still ahead once inserted');
@@ -239,26 +242,27 @@ delete from public.reading_progress where series_id like 'next-row%';
 -- ahead when the next row begins, though the last (an hour ahead) still is.
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'every-row', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
-           ((select auth.uid()), 'every-row-slow', (select 2 from pg_sleep(0.5)), 'phone', now()),
+    values ((select auth.uid()), 'every-row', 1, 'phone', statement_timestamp() + interval '6.5 seconds'),
+           ((select auth.uid()), 'every-row-slow', (select 2 from pg_sleep_until(statement_timestamp() + interval '2 seconds')), 'phone', now()),
            ((select auth.uid()), 'every-row-last', 3, 'phone', clock_timestamp() + interval '1 hour')$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'each row judged ahead in a statement is judged again, not only the last one');
 -- The statement's last row is judged at the statement's end (reading_progress_end_claims): here its
--- RETURNING, computed once the row is in, takes half a second.
+-- RETURNING, computed once the row is in, takes until 2 s after the statement began.
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'last-row', 1, 'phone', clock_timestamp() + interval '5.2 seconds')
-    returning (select 1 from pg_sleep(0.5))$$,
+    values ((select auth.uid()), 'last-row', 1, 'phone', statement_timestamp() + interval '6.5 seconds')
+    returning (select 1 from pg_sleep_until(statement_timestamp() + interval '2 seconds'))$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'the last row judged ahead in a statement is judged again at the statement''s end');
 -- A duplicate skipped by ON CONFLICT DO NOTHING (supabase-js upsert with ignoreDuplicates), dated
--- 0.2 s past the limit, names itself, not the row inserted before it with the same key (now()).
+-- past the limit (6.5 s after the statement began), names itself, not the row inserted before it with
+-- the same key (now()).
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     select (select auth.uid()), 'dup', 1, 'phone', now()
-    union all select (select auth.uid()), 'dup', 2, 'phone', clock_timestamp() + interval '5.2 seconds'
-    union all select (select auth.uid()), 'dup-slow', (select 3 from pg_sleep(0.5)), 'phone', now()
+    union all select (select auth.uid()), 'dup', 2, 'phone', statement_timestamp() + interval '6.5 seconds'
+    union all select (select auth.uid()), 'dup-slow', (select 3 from pg_sleep_until(statement_timestamp() + interval '2 seconds')), 'phone', now()
     on conflict (user_id, series_id) do nothing$$,
   'a write never judged ahead is not refused for a skipped duplicate''s date');
 delete from public.reading_progress where series_id like 'dup%';
@@ -269,20 +273,22 @@ set local datestyle = 'SQL, MDY';
 set local timezone = 'Asia/Shanghai';
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'datestyle', 1, 'phone', clock_timestamp() + interval '5.2 seconds'),
-           ((select auth.uid()), 'datestyle-slow', (select 2 from pg_sleep(0.5)), 'phone', now())$$,
+    values ((select auth.uid()), 'datestyle', 1, 'phone', statement_timestamp() + interval '6.5 seconds'),
+           ((select auth.uid()), 'datestyle-slow', (select 2 from pg_sleep_until(statement_timestamp() + interval '2 seconds')), 'phone', now())$$,
   '40001', null, 'under DateStyle SQL and TimeZone Asia/Shanghai too, the INSERT is judged again');
--- The same for an upsert's DO UPDATE (its SET list takes half a second, between the INSERT half's
--- judgement and the DO UPDATE's): no longer ahead, it is decided and stored by its own date, not
--- placed 1 ms after the stored version as a write still ahead would be.
+-- The same for an upsert's DO UPDATE (dated 6.5 s ahead two statements before; its SET list takes
+-- until the date is at most 4.5 s ahead, between the INSERT half's judgement and the DO UPDATE's): no
+-- longer ahead, it is decided and stored by its own date, not placed 1 ms after the stored version as
+-- a write still ahead would be.
 insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
 values ((select auth.uid()), 'datestyle-upsert', 1, 'tablet', clock_timestamp() + interval '4.9 seconds');
-create temp table sent_at on commit drop as select clock_timestamp() + interval '5.2 seconds' as at;
+create temp table sent_at on commit drop as select statement_timestamp() + interval '6.5 seconds' as at;
 grant select on sent_at to authenticated;
 insert into public.reading_progress as p (user_id, series_id, chapter, device_id, updated_at)
 values ((select auth.uid()), 'datestyle-upsert', 2, 'phone', (select at from sent_at))
 on conflict (user_id, series_id) do update
-  set chapter = (select excluded.chapter from pg_sleep(0.5)), device_id = excluded.device_id,
+  set chapter = (select excluded.chapter from pg_sleep_until((select at from sent_at) - interval '4.5 seconds')),
+      device_id = excluded.device_id,
       updated_at = excluded.updated_at;
 reset datestyle;
 reset timezone;
