@@ -13,6 +13,7 @@ import { isRetryable, isTransient, progressApi, userClient } from "../../example
 import { createTestUser, mintsTokens, testEnv } from "../support/env.ts";
 import { seriesId } from "../functions/support.ts";
 import { pendingWrite } from "./support.ts";
+import { waitFor } from "../integration/realtime_support.ts";
 
 const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
 const realFetch = globalThis.fetch;
@@ -192,7 +193,9 @@ Deno.test({
   ...noSanitize,
   fn: async () => {
     const a = await createTestUser();
-    const short = await a.newAccessToken(3); // the page's token: runs out while the laptop sleeps
+    // The page's token: runs out while the laptop sleeps, after the tab has joined and caught up with
+    // it (checked below; 8 s for that, however loaded the machine).
+    const short = await a.newAccessToken(8);
     const fresh = await a.newAccessToken(3600); // what GET /auth/token answers after the wake
     let tokenAnswer = short;
     const reads: string[] = [];
@@ -234,6 +237,11 @@ Deno.test({
     );
     const offToken = tokens.onChange((token) => void subscription.service.setAccessToken(token));
     try {
+      await waitFor("the tab live", () => subscription.status === "live", { timeoutMs: 60_000 });
+      assert.ok(
+        reads.length > 0 && reads.every((read) => read === "old 200") && Date.now() < expOf(short) * 1000,
+        `precondition: the tab joined and caught up with the page's token before it ran out: ${reads}`,
+      );
       await new Promise((r) => setTimeout(r, (expOf(short) + 1) * 1000 - Date.now())); // asleep
       tokenAnswer = fresh;
       const series = seriesId("after-wake");
