@@ -473,15 +473,12 @@ Deno.test({
   }
 });
 
-Deno.test({
-  name:
-    "realtime resilience: a socket whose opening handshake is never answered (its path died while connecting) is replaced, and the link goes live",
-  ...behindProxy,
-}, async () => {
-  // realtime-js has no timeout for a WebSocket that stays CONNECTING: it buffers every push, sends no
-  // heartbeat (so none can time out), and closes it only when the transport reports an error, which a
-  // dead path may not do for minutes. Found by the soak (seed 26 with READSYNC_SOAK_MS=60000): a
-  // socket frozen mid-handshake left a device polling, every join TIMED_OUT on the same socket.
+/**
+ * frozenPathFixture with a client behind its proxy and a RealtimeService whose joins time out after
+ * 1 s and retry within 0.5 s: the set-up of the tests of a socket whose opening handshake is slow or
+ * never answered. `teardown` ends the subscription, the service, the client, the proxy and `sql`.
+ */
+async function openingHandshakeFixture() {
   const { env, sql, a, proxy } = await frozenPathFixture();
   const client = createClient(proxy.url, env.anonKey, {
     auth: { persistSession: false, autoRefreshToken: false },
@@ -496,6 +493,26 @@ Deno.test({
     backoff: { initialMs: 100, maxMs: 500 },
     log: (line) => logs.push(JSON.parse(line)),
   });
+  const teardown = async (subscription: { unsubscribe(): Promise<void> }) => {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    proxy.close();
+    await sql.end();
+  };
+  return { sql, a, proxy, client, logs, service, teardown };
+}
+
+Deno.test({
+  name:
+    "realtime resilience: a socket whose opening handshake is never answered (its path died while connecting) is replaced, and the link goes live",
+  ...behindProxy,
+}, async () => {
+  // realtime-js has no timeout for a WebSocket that stays CONNECTING: it buffers every push, sends no
+  // heartbeat (so none can time out), and closes it only when the transport reports an error, which a
+  // dead path may not do for minutes. Found by the soak (seed 26 with READSYNC_SOAK_MS=60000): a
+  // socket frozen mid-handshake left a device polling, every join TIMED_OUT on the same socket.
+  const { sql, a, proxy, logs, service, teardown } = await openingHandshakeFixture();
   proxy.freezeNew(1); // the first socket's handshake goes nowhere
   const changes: ProgressChange[] = [];
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
@@ -508,11 +525,7 @@ Deno.test({
       () => changes.some((c) => c.row.series_id === "after-the-stuck-socket" && c.source === "realtime"),
     );
   } finally {
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    proxy.close();
-    await sql.end();
+    await teardown(subscription);
   }
 });
 
@@ -524,21 +537,8 @@ Deno.test({
   // An app uses one supabase client for everything: its own channels share the service's socket. The
   // service closing a stuck socket (realtime.disconnect(), a manual close realtime-js does not recover
   // from by itself) must not leave them closed for good.
-  const { env, sql, a, proxy } = await frozenPathFixture();
-  const client = createClient(proxy.url, env.anonKey, {
-    auth: { persistSession: false, autoRefreshToken: false },
-    realtime: { heartbeatIntervalMs: 5_000 },
-  });
+  const { a, proxy, client, logs, service, teardown } = await openingHandshakeFixture();
   const sender = newClient();
-  const logs: Record<string, unknown>[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: sqlChangesSince(sql, a.id),
-    accessToken: a.accessToken,
-    pollIntervalMs: 200,
-    joinTimeoutMs: 1_000,
-    backoff: { initialMs: 100, maxMs: 500 },
-    log: (line) => logs.push(JSON.parse(line)),
-  });
   const topic = `app-room-${crypto.randomUUID()}`;
   const appStates: string[] = [];
   const appReceived: unknown[] = [];
@@ -563,12 +563,8 @@ Deno.test({
     }, { timeoutMs: 15_000, intervalMs: 300 });
   } finally {
     await client.removeChannel(app).catch(() => {});
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
     await closeClient(sender);
-    proxy.close();
-    await sql.end();
+    await teardown(subscription);
   }
 });
 
@@ -580,20 +576,7 @@ Deno.test({
   // A stuck socket is given up when a join times out on it; a congested network's handshake that takes
   // longer than a join timeout, every time, would then be cut every time and never open (polling for
   // good). Each socket given up in a row is allowed twice as long as the one before.
-  const { env, sql, a, proxy } = await frozenPathFixture();
-  const client = createClient(proxy.url, env.anonKey, {
-    auth: { persistSession: false, autoRefreshToken: false },
-    realtime: { heartbeatIntervalMs: 5_000 },
-  });
-  const logs: Record<string, unknown>[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: sqlChangesSince(sql, a.id),
-    accessToken: a.accessToken,
-    pollIntervalMs: 200,
-    joinTimeoutMs: 1_000,
-    backoff: { initialMs: 100, maxMs: 500 },
-    log: (line) => logs.push(JSON.parse(line)),
-  });
+  const { sql, a, proxy, logs, service, teardown } = await openingHandshakeFixture();
   proxy.slowNew(2_500); // every handshake takes 2.5 join timeouts, then succeeds
   const changes: ProgressChange[] = [];
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
@@ -607,10 +590,6 @@ Deno.test({
       () => changes.some((c) => c.row.series_id === "after-the-slow-handshake" && c.source === "realtime"),
     );
   } finally {
-    await subscription.unsubscribe();
-    await service.close();
-    await client.realtime.disconnect();
-    proxy.close();
-    await sql.end();
+    await teardown(subscription);
   }
 });
