@@ -53,6 +53,16 @@ function countingClient(token: string, url = testEnv().url): { client: SupabaseC
 }
 
 /** An outbox write of this device ("web-outbox" unless said otherwise). */
+/** Sends `req` on to `upstream` (the stack's API) as it came: the pass-through of the tests' proxies. */
+async function forwardTo(upstream: string, req: Request): Promise<Response> {
+  const url = new URL(req.url);
+  return await fetch(`${upstream}${url.pathname}${url.search}`, {
+    method: req.method,
+    headers: req.headers,
+    body: req.method === "GET" ? undefined : await req.arrayBuffer(),
+  });
+}
+
 const pending = (series: string, at: number, chapter: number, device = "web-outbox") =>
   pendingWrite(series, at, device, chapter);
 
@@ -196,7 +206,6 @@ Deno.test(
     let limited = true;
     let requests = 0;
     const proxy = serveLocal(async (req) => {
-      const url = new URL(req.url);
       requests++;
       if (limited) {
         await req.body?.cancel();
@@ -209,11 +218,7 @@ Deno.test(
           },
         });
       }
-      return await fetch(`${upstream}${url.pathname}${url.search}`, {
-        method: req.method,
-        headers: req.headers,
-        body: req.method === "GET" ? undefined : await req.arrayBuffer(),
-      });
+      return await forwardTo(upstream, req);
     });
     try {
       const { client } = countingClient(user.accessToken, proxy.url);
@@ -284,16 +289,11 @@ Deno.test(
     // In front of the function: the first batch goes through, then the API is down.
     let batches = 0;
     const proxy = serveLocal(async (req) => {
-      const url = new URL(req.url);
       if (req.method === "POST" && ++batches > 1) {
         await req.body?.cancel();
         return Response.json({ error: { code: "service_unavailable", message: "down" } }, { status: 503 });
       }
-      return await fetch(`${upstream}${url.pathname}${url.search}`, {
-        method: req.method,
-        headers: req.headers,
-        body: req.method === "GET" ? undefined : await req.arrayBuffer(),
-      });
+      return await forwardTo(upstream, req);
     });
     try {
       const { client } = countingClient(user.accessToken, proxy.url);
@@ -416,11 +416,7 @@ Deno.test(
           headers: { "content-type": "text/html" },
         });
       }
-      return await fetch(`${upstream}${url.pathname}${url.search}`, {
-        method: req.method,
-        headers: req.headers,
-        body: req.method === "GET" ? undefined : await req.arrayBuffer(),
-      });
+      return await forwardTo(upstream, req);
     });
     try {
       const { client } = countingClient(user.accessToken, proxy.url);
