@@ -51,8 +51,31 @@ export const updatedAtSchema = z.iso
   .refine((s) => Date.parse(s) <= LAST_FOUR_DIGIT_YEAR_MS, "must not be after 9999-12-31T23:59:59.999Z")
   .transform((s) => new Date(Date.parse(s)).toISOString());
 
-export const chapterSchema = z.int().min(0).max(PROGRESS_LIMITS.chapterMax);
-export const pageSchema = z.int().min(0).max(PROGRESS_LIMITS.pageMax);
+/**
+ * An integer from min to max (both safe integers). Not z.int(): its own safe-integer range check adds a
+ * second too_big (or too_small) beside this range's for a number like 2^53 + 1, so the answer listed
+ * one problem twice. A fraction is a wrong type (400) as with z.int(), and then no range is checked.
+ */
+export function boundedIntSchema(min: number, max: number) {
+  return z
+    .number()
+    .check((ctx) => {
+      if (!Number.isInteger(ctx.value)) {
+        ctx.issues.push({
+          code: "invalid_type",
+          expected: "int",
+          received: "number",
+          input: ctx.value,
+          continue: false,
+        });
+      }
+    })
+    .min(min)
+    .max(max);
+}
+
+export const chapterSchema = boundedIntSchema(0, PROGRESS_LIMITS.chapterMax);
+export const pageSchema = boundedIntSchema(0, PROGRESS_LIMITS.pageMax);
 /** JSON cannot carry NaN or Infinity, and zod numbers reject them too. */
 export const percentageSchema = z.number().min(0).max(1);
 
@@ -124,7 +147,7 @@ function limitSchema(max: number) {
       const digits = s.replace(/^0+(?=[0-9])/, "");
       return digits.length > 9 ? Number.MAX_SAFE_INTEGER : Number(digits);
     })
-    .pipe(z.int().min(1).max(max));
+    .pipe(boundedIntSchema(1, max));
 }
 
 /** Library cursor: "<updated_at ISO>|<series_id>" of the last row of the previous page. */
