@@ -1,11 +1,12 @@
-// Reading a JSON request body safely: the media type must be JSON and the body neither compressed nor
-// transfer-coded other than chunked (415), the body may not exceed a byte limit (413; checked on
-// Content-Length first and again while streaming, so a chunked or lying client cannot push more), and
-// it must be UTF-8 JSON (400) in which no object names a member twice (400 invalid_request, issue code
-// duplicate_member).
+// Reading a JSON request body safely: the media type must be JSON with no charset but UTF-8 and the
+// body neither compressed nor transfer-coded other than chunked (415), the body may not exceed a byte
+// limit (413; checked on Content-Length first and again while streaming, so a chunked or lying client
+// cannot push more), and it must be UTF-8 JSON (400) in which no object names a member twice (400
+// invalid_request, issue code duplicate_member).
 
 import { findDuplicateMember } from "./duplicateMember.ts";
 import { HttpError } from "./errors.ts";
+import { nonUtf8Charsets } from "./mediaType.ts";
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
 
@@ -102,6 +103,17 @@ export async function readJsonBody(
       {
         details: { content_type: req.headers.get("content-type") },
       },
+    );
+  }
+  // RFC 8259, 8.1: JSON between systems is UTF-8. A body labelled with another charset (utf-16,
+  // iso-8859-1) would be misread, or fail as "not valid UTF-8": refused for its media type instead.
+  const charsets = nonUtf8Charsets(req.headers.get("content-type"));
+  if (charsets.length > 0) {
+    throw new HttpError(
+      415,
+      "unsupported_media_type",
+      `The body must be UTF-8 JSON (charset=${charsets[0]} is not supported)`,
+      { details: { content_type: req.headers.get("content-type"), charset: charsets[0] } },
     );
   }
   const coding = contentCoding(req);

@@ -15,7 +15,7 @@ export type HttpErrorCode =
   | "progress_not_found" // 404: no progress for that series
   | "method_not_allowed" // 405
   | "payload_too_large" // 413
-  | "unsupported_media_type" // 415
+  | "unsupported_media_type" // 415: not JSON, a charset other than UTF-8, a content or transfer coding
   | "validation_failed" // 422: well-formed values outside the data model (ranges, formats)
   | "constraint_violation" // 422: the database rejected a value (check / not-null violation)
   | "service_unavailable" // 503: database or key server unreachable, overloaded, timed out

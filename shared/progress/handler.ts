@@ -12,8 +12,8 @@
 //   OPTIONS (any path)                     CORS preflight              -> 204
 //   HEAD where GET is                      the GET answer without its body (RFC 9110, 9.3.2)
 // Check order: route (404/405), token (401/403), query string (400/422; routes without parameters
-// take none), media type and content coding (415), size (413), JSON (400), body schema (400/422),
-// database (422/503). Errors: {"error": {"code", "message", "details"}}.
+// take none), media type, charset and content coding (415), size (413), JSON (400), body schema
+// (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
 //
 // Callers: a signed-in user's access token (role authenticated) acts as that user. The anon key
 // (no user) is refused with 403. A service_role token (server-side jobs) must name the user in the

@@ -729,7 +729,14 @@ Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () 
 Deno.test("415 is only for non-JSON types: a charset parameter and +json types are accepted", async () => {
   const a = await createTestUser();
   for (
-    const type of ["application/json; charset=utf-8", "application/vnd.readsync+json", "Application/JSON"]
+    const type of [
+      "application/json; charset=utf-8",
+      "application/json;charset=UTF-8",
+      'application/json; Charset="utf-8"',
+      "application/json; charset=utf8",
+      "application/vnd.readsync+json",
+      "Application/JSON",
+    ]
   ) {
     const ok = await call("POST", "", {
       token: a.accessToken,
@@ -877,4 +884,34 @@ Deno.test("401: an Authorization header with more than one token is an invalid t
       assert.deepEqual(e.details, { reason: "malformed_token" });
     }
     expectError(await call("GET", "", { headers: { authorization: "Bearer " } }), 401, "missing_token");
+  }));
+
+Deno.test("415: a JSON body labelled with a charset other than UTF-8 is refused, naming the charset", () =>
+  unchanged(async ({ a, series }) => {
+    const text = JSON.stringify(
+      write({ series_id: series, chapter: 81, updated_at: "2026-05-01T00:00:09Z" }),
+    );
+    // UTF-16LE bytes of the body: what a client that means its label sends.
+    const utf16 = new Uint8Array(text.length * 2);
+    for (let i = 0; i < text.length; i++) utf16[i * 2] = text.charCodeAt(i);
+    const cases: [string, string, BodyInit][] = [
+      ["application/json; charset=utf-16", "utf-16", utf16],
+      ["application/json;charset=UTF-16LE", "UTF-16LE", utf16],
+      ['application/json; charset="utf-16"', "utf-16", utf16],
+      ["application/json; Charset=ISO-8859-1", "ISO-8859-1", text],
+      ["application/json; charset=utf-8; charset=latin1", "latin1", text],
+      ["application/json; charset=no-such-charset", "no-such-charset", text],
+      ["application/vnd.readsync+json; charset=utf-16", "utf-16", utf16],
+    ];
+    for (const [type, charset, rawBody] of cases) {
+      for (const path of ["", "/batch"]) {
+        const e = expectError(
+          await call("POST", path, { token: a.accessToken, headers: { "content-type": type }, rawBody }),
+          415,
+          "unsupported_media_type",
+        );
+        assert.deepEqual(e.details, { content_type: type, charset }, type);
+        assert.ok(e.message.includes(`charset=${charset}`), e.message);
+      }
+    }
   }));
