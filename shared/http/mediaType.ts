@@ -1,6 +1,6 @@
-// Media types in headers (RFC 9110, 8.3.1): the parameters of a Content-Type. Names (type, subtype,
-// parameter names) are case-insensitive, parameter values may be quoted strings, whitespace around `;`
-// and `=` is allowed.
+// Media types in headers (RFC 9110, 8.3.1 and 12.5.1): the parameters of a Content-Type, and whether an
+// Accept header admits a JSON answer. Names (type, subtype, parameter names) are case-insensitive,
+// parameter values may be quoted strings, whitespace around `;`, `,` and `=` is allowed.
 
 /** A list split on `sep`, except inside quoted strings (a `\` escapes the next character there). */
 function splitOutsideQuotes(value: string, sep: string): string[] {
@@ -69,4 +69,49 @@ export function nonUtf8Charsets(contentType: string | null): string[] {
         return true; // no encoding of that name at all
       }
     });
+}
+
+/**
+ * The weight of a `q` parameter (RFC 9110, 12.4.2: 0 to 1, at most three decimals). A weight that is no
+ * such number is passed over (read as 1): an odd header is never a reason to refuse an answer.
+ */
+function weight(parameters: [string, string][]): number {
+  const q = parameters.find(([name]) => name === "q")?.[1];
+  if (q === undefined || !/^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$/.test(q)) return 1;
+  return Number(q);
+}
+
+/**
+ * Whether an Accept header admits `application/json` (RFC 9110, 12.5.1). No header, an empty one, or one
+ * with no element that reads as a media range admits everything. Otherwise the most specific range that
+ * matches decides (`application/json` before `application/*` before the range of any type; parameters
+ * other than q are not taken into account), and it admits JSON unless its weight is 0; no matching range
+ * admits nothing.
+ */
+export function acceptsJson(accept: string | null): boolean {
+  if (accept === null) return true;
+  let best: { specificity: number; q: number } | null = null;
+  let ranges = 0;
+  for (const element of splitOutsideQuotes(accept, ",")) {
+    if (element.trim() === "") continue;
+    const { type, parameters } = parseMediaType(element);
+    const m = /^([a-z0-9!#$%&'*+.^_`|~-]+)\/([a-z0-9!#$%&'*+.^_`|~-]+)$/.exec(type);
+    if (!m || (m[1] === "*" && m[2] !== "*")) continue; // no media range ("*/json" is none either)
+    ranges++;
+    const specificity = type === "application/json"
+      ? 3
+      : type === "application/*"
+      ? 2
+      : type === "*/*"
+      ? 1
+      : 0;
+    if (specificity === 0) continue;
+    const q = weight(parameters);
+    // The most specific range decides; of two equally specific ones the higher weight.
+    if (!best || specificity > best.specificity || (specificity === best.specificity && q > best.q)) {
+      best = { specificity, q };
+    }
+  }
+  if (ranges === 0) return true;
+  return best !== null && best.q > 0;
 }

@@ -11,9 +11,9 @@
 //   DELETE /progress/series/:seriesId?device_id&updated_at  reset (tombstone write) -> 200 WriteResult
 //   OPTIONS (any path)                     CORS preflight              -> 204
 //   HEAD where GET is                      the GET answer without its body (RFC 9110, 9.3.2)
-// Check order: route (404/405), token (401/403), query string (400/422; routes without parameters
-// take none), media type, charset and content coding (415), size (413), JSON (400), body schema
-// (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+// Check order: route (404/405), token (401/403), Accept (406), query string (400/422; routes without
+// parameters take none), media type, charset and content coding (415), size (413), JSON (400), body
+// schema (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
 //
 // Callers: a signed-in user's access token (role authenticated) acts as that user. The anon key
 // (no user) is refused with 403. A service_role token (server-side jobs) must name the user in the
@@ -24,6 +24,7 @@ import { bearerToken, type JwtClaims, JwtError, type JwtVerifier } from "../auth
 import { readBodyLimited, readJsonBody } from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
+import { acceptsJson } from "../http/mediaType.ts";
 import {
   batchWriteSchema,
   changesQuerySchema,
@@ -250,6 +251,17 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     }
 
     const claims = await authenticate(req);
+    // Every answer is JSON: a request that refuses JSON gets 406 (with the JSON error body all the same,
+    // as RFC 9110, 15.5.7 lets a server describe what it can send; PostgREST's PGRST107 is the same).
+    const accept = req.headers.get("accept");
+    if (!acceptsJson(accept)) {
+      throw new HttpError(
+        406,
+        "not_acceptable",
+        "This API answers with application/json only, which the Accept header excludes",
+        { details: { accept, available: ["application/json"] } },
+      );
+    }
     const ctx = { requestId: reqId, userId: claims.sub };
     const db = store();
 

@@ -886,6 +886,92 @@ Deno.test("401: an Authorization header with more than one token is an invalid t
     expectError(await call("GET", "", { headers: { authorization: "Bearer " } }), 401, "missing_token");
   }));
 
+Deno.test("406: an Accept that excludes JSON is refused before anything runs, with the JSON error body", () =>
+  unchanged(async ({ a, series }) => {
+    const body = write({ series_id: series, chapter: 80, updated_at: "2026-05-01T00:00:09Z" });
+    for (
+      const accept of [
+        "text/html",
+        "text/*",
+        "application/xml, text/plain;q=0.5",
+        "application/json;q=0",
+        "Application/JSON ; Q=0.000",
+        "application/json;q=0, */*",
+        "*/*;q=0",
+        "application/vnd.readsync+json",
+      ]
+    ) {
+      const calls: [string, string, unknown][] = [
+        ["GET", "", undefined],
+        ["GET", `/series/${series}`, undefined],
+        ["GET", "/changes", undefined],
+        ["POST", "", body],
+        ["POST", "/batch", { writes: [body] }],
+        ["DELETE", `/series/${series}?device_id=d1&updated_at=2026-05-01T00:00:09Z`, undefined],
+      ];
+      for (const [method, path, payload] of calls) {
+        const answer = await call(method, path, { token: a.accessToken, body: payload, headers: { accept } });
+        const e = expectError(answer, 406, "not_acceptable");
+        assert.deepEqual(
+          e.details,
+          { accept, available: ["application/json"] },
+          `${method} ${path} ${accept}`,
+        );
+      }
+      const head = await call("HEAD", "", { token: a.accessToken, headers: { accept } });
+      assert.equal(head.status, 406, accept);
+    }
+    // Route and token come first (README: check order): a 404 or 401 is answered, in JSON, as before.
+    expectError(
+      await call("GET", "/nope", { token: a.accessToken, headers: { accept: "text/html" } }),
+      404,
+      "not_found",
+    );
+    expectError(await call("GET", "", { headers: { accept: "text/html" } }), 401, "missing_token");
+  }));
+
+Deno.test("an Accept that admits JSON, however written, is answered as usual (also no Accept at all)", async () => {
+  const a = await createTestUser();
+  const series = seriesId("accept");
+  for (
+    const accept of [
+      "*/*",
+      "application/*",
+      "application/json",
+      "Application/JSON; charset=utf-8",
+      " application/json ; q=1 ",
+      "text/html, application/json;q=0.1",
+      "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+      "*/*;q=0, application/json",
+      "application/json;q=abc",
+      "garbage",
+      "",
+    ]
+  ) {
+    const wrote = await call("POST", "", {
+      token: a.accessToken,
+      headers: { accept },
+      body: write({ series_id: series }),
+    });
+    assert.equal(
+      wrote.status,
+      200,
+      `POST with Accept ${JSON.stringify(accept)}: ${JSON.stringify(wrote.body)}`,
+    );
+    const read = await call("GET", `/series/${series}`, { token: a.accessToken, headers: { accept } });
+    assert.equal(read.status, 200, `GET with Accept ${JSON.stringify(accept)}: ${JSON.stringify(read.body)}`);
+  }
+  // fetch always sends an Accept (*/*): without one, written by hand.
+  const url = new URL(FUNCTION_URL());
+  const none = await rawHttp(
+    `GET ${url.pathname}/series/${series} HTTP/1.1\nHost: ${url.host}\nAuthorization: Bearer ${a.accessToken}\n` +
+      `Connection: close\n`,
+    "",
+    { halfClose: false },
+  );
+  assert.equal(none.status, 200, JSON.stringify(none.body));
+});
+
 Deno.test("415: a JSON body labelled with a charset other than UTF-8 is refused, naming the charset", () =>
   unchanged(async ({ a, series }) => {
     const text = JSON.stringify(

@@ -1,8 +1,42 @@
-// shared/http/mediaType.ts: which charset a Content-Type names. Over real HTTP:
-// tests/functions/progress_errors.test.ts.
+// shared/http/mediaType.ts: whether an Accept header admits the API's JSON (RFC 9110, 12.5.1), and which
+// charset a Content-Type names. Over real HTTP: tests/functions/progress_errors.test.ts.
 
 import assert from "node:assert/strict";
-import { nonUtf8Charsets, parseMediaType } from "../../../shared/http/mediaType.ts";
+import { acceptsJson, nonUtf8Charsets, parseMediaType } from "../../../shared/http/mediaType.ts";
+
+Deno.test("acceptsJson: q-values, case, whitespace and specificity; nothing readable admits everything", () => {
+  const cases: [string | null, boolean][] = [
+    [null, true],
+    ["", true],
+    ["*/*", true],
+    ["application/*", true],
+    ["application/json", true],
+    ["Application/JSON", true],
+    ["application/json; charset=utf-8", true],
+    [" application/json ; q=1 ", true],
+    ["text/html, application/json;q=0.1", true],
+    ["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", true], // a browser's
+    ["*/*;q=0, application/json", true], // the more specific range decides
+    ["application/*;q=0, application/json;q=0.5", true],
+    ["application/json;q=0.001", true],
+    ["application/json;q=abc", true], // a weight that is no number is passed over
+    ["application/json;q=2", true],
+    ["garbage", true], // no media range at all: as if absent
+    [",", true],
+    ["*/json", true], // no media range either
+    ["text/html", false],
+    ["text/*", false],
+    ["application/vnd.readsync+json", false],
+    ["*/json, text/html", false],
+    ["application/json;q=0", false],
+    ["application/json ; Q=0.000", false],
+    ["application/json;q=0, */*", false],
+    ["application/*;q=0", false],
+    ["*/*;q=0", false],
+    ['application/json;foo="a,b";q=0', false], // a comma inside quotes does not split the list
+  ];
+  for (const [header, expected] of cases) assert.equal(acceptsJson(header), expected, String(header));
+});
 
 Deno.test("nonUtf8Charsets: any label the Encoding Standard reads as UTF-8 passes, in any case, quoted or not", () => {
   const cases: [string | null, string[]][] = [
