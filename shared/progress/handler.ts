@@ -14,6 +14,8 @@
 // Check order: route (404/405), token (401/403), Accept (406), query string (400/422; routes without
 // parameters take none), media type, charset and content coding (415), size (413), JSON (400), body
 // schema (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+// Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
+// is /progress/batch); any other escape stays one (an encoded slash is never a separator).
 //
 // Callers: a signed-in user's access token (role authenticated) acts as that user. The anon key
 // (no user) is refused with 403. A service_role token (server-side jobs) must name the user in the
@@ -25,6 +27,7 @@ import { readBodyLimited, readJsonBody } from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
 import { acceptsJson } from "../http/mediaType.ts";
+import { decodeUnreserved } from "../http/path.ts";
 import {
   batchWriteSchema,
   changesQuerySchema,
@@ -80,7 +83,7 @@ const ALLOWED: Record<Route["name"], string[]> = {
 
 function matchRoute(pathname: string, functionName: string): Route | null {
   // Supabase hands the function /<name>/...; tolerate the public /functions/v1 prefix as well.
-  let path = pathname.replace(/^\/functions\/v1(?=\/)/, "");
+  let path = decodeUnreserved(pathname).replace(/^\/functions\/v1(?=\/)/, "");
   if (path.length > 1 && path.endsWith("/")) path = path.slice(0, -1);
   const base = `/${functionName}`;
   if (path === base) return { name: "root" };

@@ -1001,3 +1001,45 @@ Deno.test("415: a JSON body labelled with a charset other than UTF-8 is refused,
       }
     }
   }));
+
+Deno.test("a percent-encoded unreserved character in a path is that character (RFC 3986, 6.2.2.2); an encoded slash is no separator", async () => {
+  const a = await createTestUser();
+  const series = seriesId("pct");
+  const body = write({ series_id: series, chapter: 82 });
+  const routed: [string, string, unknown][] = [
+    ["POST", "/%62atch", { writes: [body] }],
+    ["POST", "/%62%61%74%63%68", { writes: [body] }],
+    ["POST", "/%62%61tch", { writes: [body] }],
+    ["GET", "/%63hanges?limit=1", undefined],
+    ["GET", "/ch%61%6Eges", undefined],
+    ["GET", `/%73eries/${series}`, undefined],
+    ["GET", `/series/%${series.charCodeAt(0).toString(16)}${series.slice(1)}`, undefined],
+    ["GET", `/s%65ri%65s/${series}/`, undefined],
+  ];
+  for (const [method, path, payload] of routed) {
+    const answer = await call(method, path, { token: a.accessToken, body: payload });
+    assert.equal(answer.status, 200, `${method} ${path}: ${JSON.stringify(answer.body)}`);
+  }
+  // Unreserved only, and case kept: %41 is "A", so /b%41tch is /bAtch, no route.
+  expectError(
+    await call("POST", "/b%41tch", { token: a.accessToken, body: { writes: [body] } }),
+    404,
+    "not_found",
+  );
+  // A %2F stays part of its segment: never a separator, nor dropped.
+  for (const path of [`/series%2F${series}`, "/%62atch%2F", "/batch%2F"]) {
+    expectError(
+      await call("POST", path, { token: a.accessToken, body: { writes: [body] } }),
+      404,
+      "not_found",
+    );
+  }
+  for (const path of [`/series/${series}%2F`, "/series/a%2Fb"]) {
+    expectError(await call("GET", path, { token: a.accessToken }), 422, "validation_failed");
+  }
+  // (%2F right after the function's name makes it another name: the gateway finds no such function.)
+  const fused = await call("GET", "%2Fbatch", { token: a.accessToken });
+  assert.equal(fused.status, 404, JSON.stringify(fused.body));
+  // An encoded route on the wrong method is a 405 like the plain one.
+  expectError(await call("GET", "/%62atch", { token: a.accessToken }), 405, "method_not_allowed");
+});
