@@ -91,14 +91,32 @@ const ASYMMETRIC_ALGS = [
 ];
 
 /**
- * The token of an `Authorization: Bearer <token>` header, or null when the header is not of the
- * Bearer scheme or names no token. Whatever follows "Bearer " is the token: two tokens, or one with a
- * space in it, is a malformed token (401 invalid_token), not a missing one.
+ * What an Authorization header holds, for a resource server that takes Bearer tokens (RFC 6750):
+ *   token      `Bearer <token>`: the scheme in any case (RFC 9110, 11.1), then one or more spaces and
+ *              one token (RFC 9110, 11.4: `auth-scheme [ 1*SP ( token68 / #auth-param ) ]`)
+ *   missing    no header, or credentials of another scheme (`Basic ...`): no Bearer authentication
+ *              was attempted (RFC 6750, 3.1: such an answer carries no error code)
+ *   malformed  the Bearer scheme with credentials that are not one token: none (`Bearer` alone), a
+ *              separator other than spaces (a tab), two tokens or one with a space in it
  */
-export function bearerToken(header: string | null | undefined): string | null {
-  if (!header) return null;
-  const match = /^Bearer[ ]+([^ ].*?)[ ]*$/i.exec(header);
-  return match ? match[1] : null;
+export type BearerCredentials =
+  | { kind: "token"; token: string }
+  | { kind: "missing" }
+  | { kind: "malformed"; message: string };
+
+export function bearerCredentials(header: string | null | undefined): BearerCredentials {
+  if (!header || header.trim() === "") return { kind: "missing" };
+  const scheme = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+/.exec(header)?.[0] ?? "";
+  if (scheme.toLowerCase() !== "bearer") return { kind: "missing" };
+  const rest = header.slice(scheme.length);
+  const match = /^ +(\S+) *$/.exec(rest);
+  if (match) return { kind: "token", token: match[1] };
+  return {
+    kind: "malformed",
+    message: rest.trim() === ""
+      ? "The Authorization header names the Bearer scheme but no token"
+      : "The Authorization header must be `Bearer <token>`: one token, after one or more spaces",
+  };
 }
 
 export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {

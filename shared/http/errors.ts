@@ -7,8 +7,8 @@
 export type HttpErrorCode =
   | "invalid_json" // 400: the body is not JSON
   | "invalid_request" // 400: JSON of the wrong shape (types, unknown or missing fields, bad query)
-  | "missing_token" // 401
-  | "invalid_token" // 401: malformed, bad signature, wrong audience/issuer, unknown key
+  | "missing_token" // 401: no Authorization header, or another scheme than Bearer
+  | "invalid_token" // 401: a Bearer header without one token, malformed, bad signature, wrong audience/issuer, unknown key
   | "token_expired" // 401
   | "forbidden" // 403: a valid token that may not use this API (anon, no user, service_role without X-Act-As-User)
   | "not_found" // 404: no such route

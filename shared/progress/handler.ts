@@ -22,7 +22,7 @@
 // X-Act-As-User header and then acts exactly as that user (role authenticated, RLS in force); it is
 // never a way around RLS, and without the header it gets 403.
 
-import { bearerToken, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
+import { bearerCredentials, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
 import { readBodyLimited, readJsonBody } from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
@@ -133,9 +133,18 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
   const store = () => typeof options.store === "function" ? options.store() : options.store;
 
   async function authenticate(req: Request): Promise<JwtClaims & { sub: string }> {
-    const token = bearerToken(req.headers.get("authorization"));
+    const credentials = bearerCredentials(req.headers.get("authorization"));
     const challenge = { "www-authenticate": 'Bearer realm="progress"' };
-    if (!token) {
+    if (credentials.kind === "malformed") {
+      // A Bearer header that holds no token: a bad token (401, as Supabase's gateway answers a missing
+      // or invalid JWT), not a missing one, and not a 400 (RFC 6750 permits one) that clients would take
+      // for a body or query to fix rather than a session to renew.
+      throw new HttpError(401, "invalid_token", credentials.message, {
+        details: { reason: "malformed_token" },
+        headers: { "www-authenticate": `Bearer realm="progress", error="invalid_token"` },
+      });
+    }
+    if (credentials.kind === "missing") {
       throw new HttpError(
         401,
         "missing_token",
@@ -147,7 +156,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     }
     let claims: JwtClaims;
     try {
-      claims = await verifier().verify(token);
+      claims = await verifier().verify(credentials.token);
     } catch (error) {
       if (!(error instanceof JwtError)) throw error;
       if (error.code === "keys_unavailable") {

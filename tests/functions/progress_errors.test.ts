@@ -883,7 +883,6 @@ Deno.test("401: an Authorization header with more than one token is an invalid t
       );
       assert.deepEqual(e.details, { reason: "malformed_token" });
     }
-    expectError(await call("GET", "", { headers: { authorization: "Bearer " } }), 401, "missing_token");
   }));
 
 Deno.test("406: an Accept that excludes JSON is refused before anything runs, with the JSON error body", () =>
@@ -1043,3 +1042,41 @@ Deno.test("a percent-encoded unreserved character in a path is that character (R
   // An encoded route on the wrong method is a 405 like the plain one.
   expectError(await call("GET", "/%62atch", { token: a.accessToken }), 405, "method_not_allowed");
 });
+
+Deno.test("401: every malformed Authorization header; a Bearer header that holds no token is an invalid token", () =>
+  unchanged(async ({ a }) => {
+    const t = a.accessToken;
+    // [header, code]: missing_token for no Bearer authentication at all (no header, another scheme),
+    // invalid_token (reason malformed_token) for Bearer credentials that are not one token.
+    const refused: [string, string][] = [
+      ["Basic eDp5", "missing_token"],
+      [`Token ${t}`, "missing_token"],
+      [`Bearerx ${t}`, "missing_token"],
+      ["Bearer", "invalid_token"],
+      ["Bearer ", "invalid_token"],
+      ["bearer   ", "invalid_token"],
+      [`Bearer\t${t}`, "invalid_token"],
+      [`Bearer \t${t}`, "invalid_token"],
+      [`Bearer,${t}`, "invalid_token"],
+      [`Bearer ${t} ${t}`, "invalid_token"],
+      [`Bearer ${t}\t${t}`, "invalid_token"],
+      [`Bearer ${t}, Bearer x`, "invalid_token"],
+    ];
+    for (const [header, code] of refused) {
+      const answer = await call("GET", "", { headers: { authorization: header } });
+      const e = expectError(answer, 401, code);
+      const challenge = answer.headers.get("www-authenticate") ?? "";
+      if (code === "invalid_token") {
+        assert.deepEqual(e.details, { reason: "malformed_token" }, JSON.stringify(header));
+        assert.match(challenge, /^Bearer realm="progress", error="invalid_token"$/, JSON.stringify(header));
+      } else {
+        // RFC 6750, 3.1: no Bearer authentication attempted, so the challenge names no error.
+        assert.equal(challenge, 'Bearer realm="progress"', JSON.stringify(header));
+      }
+    }
+    // The scheme in any case, one or more spaces, spaces after the token: read as the token.
+    for (const header of [`bearer ${t}`, `BEARER ${t}`, `Bearer  ${t}`, `Bearer ${t}   `, `  Bearer ${t}`]) {
+      const answer = await call("GET", "", { headers: { authorization: header } });
+      assert.equal(answer.status, 200, `${JSON.stringify(header)}: ${JSON.stringify(answer.body)}`);
+    }
+  }));
