@@ -15,7 +15,10 @@
 //                                         A join that timed out while its socket was still opening
 //                                         closes that socket (realtime-js has no handshake timeout):
 //                                         the next join opens a new one (each one given up in a row
-//                                         is allowed twice as long: a slow handshake gets through).
+//                                         is allowed twice as long: a slow handshake gets through);
+//                                         when no link will join again, the service reopens it for
+//                                         the app's channels on the client (not after the app's own
+//                                         realtime.disconnect()).
 //   slow join                             a join made while nothing reads that is still unanswered
 //                                         after joinGraceMs (2 s) starts the polling meanwhile
 //                                         (Supabase answers a refused join only after 5 s).
@@ -248,6 +251,15 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #socketOpeningSince: number | null = null;
   /** Sockets given up in a row with none opened since: each one after is allowed twice as long. */
   #socketGiveUps = 0;
+  /**
+   * A socket given up (giveUpOpeningSocket) whose reopening is left to the service's next join: if no
+   * link will join again, the service reopens it for the app's channels (#reopenIfNoLinkWill).
+   */
+  #reopenPending = false;
+  /** Takes the watch for an app's own realtime.disconnect() off the client (null while none is on). */
+  #unwatchAppDisconnect: (() => void) | null = null;
+  /** Channels the service's links created: every other channel on the client is the app's. */
+  readonly #ownChannels = new WeakSet<object>();
   /** Stops the heartbeat watch (null while none is installed). */
   #stopHeartbeatWatch: (() => void) | null = null;
   /** Runs from a heartbeat sent until its reply is late (heartbeatReplyTimeoutMs). */
@@ -402,6 +414,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       this.#originalTokenSource = undefined;
       this.#installedTokenSource = null;
     }
+    // With the client's own token source back: a socket it gave up is reopened for the app's channels.
+    this.#reopenIfNoLinkWill();
   }
 
   // ------------------------------------------------------------------ internals used by UserLink
@@ -499,7 +513,14 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     if (this.#links.size === 0) {
       this.#dropAuthListener();
       this.#dropHeartbeatWatch();
+      // close() reopens after it has given the client its token source back.
+      if (!this.#closed) this.#reopenIfNoLinkWill();
     }
+  }
+
+  /** A channel a link created (not one of the app's). */
+  ownChannel(channel: object): void {
+    this.#ownChannels.add(channel);
   }
 
   trackRemoval(topic: string, removal: Promise<void>): void {
@@ -547,19 +568,85 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#socketGiveUps++;
     this.#socketOpeningSince = null;
     this.logEvent("warn", "socket_never_opened", { opening_ms: Math.round(openingMs) });
+    // The service's own disconnect must not read as the app's (the watch is put back after it).
+    this.#endReopenWatch();
+    const disconnected = (async () => await this.#client.realtime.disconnect())();
+    this.#reopenPending = true;
+    this.#watchAppDisconnect();
     this.#socketReset = (async () => {
       try {
-        await this.#client.realtime.disconnect();
+        await disconnected;
       } catch (error) {
         this.logEvent("warn", "socket_reset_failed", { error: String(error) });
       } finally {
         this.#socketReset = null;
+        this.#reopenIfNoLinkWill();
       }
     })();
   }
 
+  /**
+   * realtime.disconnect() is a manual close realtime-js does not recover from by itself: the socket
+   * given up stays closed until a channel subscribes, and the app's channels on the client (errored by
+   * the close) wait for that socket to rejoin. The service's next join opens it; when no link will
+   * join again (the last one closed as the socket was given up, or the service closed), the service
+   * opens it here, for the app's channels still open on the client. Never when the app disconnected
+   * the client itself since (#watchAppDisconnect), or when nothing of the app's is left to rejoin.
+   */
+  #reopenIfNoLinkWill(): void {
+    if (!this.#reopenPending || this.#socketReset) return;
+    if (this.#links.size > 0 && !this.#closed) return; // a link's next join opens the socket
+    this.#endReopenWatch();
+    const realtime = this.#client.realtime;
+    const appChannels = this.#client.getChannels().filter((channel) =>
+      !this.#ownChannels.has(channel) && channel.state !== "closed" && channel.state !== "leaving"
+    );
+    if (appChannels.length === 0) return;
+    if (realtime.isConnected() || realtime.isConnecting()) return; // opened since by someone else
+    this.logEvent("info", "socket_reopened_for_app_channels", { app_channels: appChannels.length });
+    try {
+      realtime.connect();
+    } catch (error) {
+      this.logEvent("warn", "socket_reopen_failed", { error: String(error) });
+    }
+  }
+
+  /**
+   * Until the socket given up is opened again, an app's own realtime.disconnect() (signing out, a
+   * removeAllChannels()) means it wants the client closed: watched by wrapping the client's
+   * disconnect (taken off again by #endReopenWatch).
+   */
+  #watchAppDisconnect(): void {
+    if (this.#unwatchAppDisconnect) return;
+    const realtime = this.#client.realtime as unknown as Record<string, unknown>;
+    const hadOwn = Object.prototype.hasOwnProperty.call(realtime, "disconnect");
+    const disconnect = realtime.disconnect as (...args: unknown[]) => Promise<unknown>;
+    const watched = (...args: unknown[]): Promise<unknown> => {
+      if (this.#reopenPending) {
+        this.logEvent("debug", "socket_reopen_dropped", { reason: "app disconnected" });
+      }
+      this.#endReopenWatch();
+      return disconnect.apply(realtime, args);
+    };
+    realtime.disconnect = watched;
+    this.#unwatchAppDisconnect = () => {
+      if (realtime.disconnect !== watched) return; // replaced since: not ours to restore
+      if (hadOwn) realtime.disconnect = disconnect;
+      else delete realtime.disconnect;
+    };
+  }
+
+  /** No reopen pending any more (the socket is opening again, the app disconnected, or it was done). */
+  #endReopenWatch(): void {
+    this.#reopenPending = false;
+    this.#unwatchAppDisconnect?.();
+    this.#unwatchAppDisconnect = null;
+  }
+
   /** A join was pushed: notes when the socket it waits for started opening (see giveUpOpeningSocket). */
   noteJoinPushed(): boolean {
+    // subscribe() has opened the socket (or it was open): nothing is left to reopen.
+    if (this.#reopenPending && !this.#socketReset) this.#endReopenWatch();
     const opening = this.socketOpening();
     if (!opening) this.#socketOpeningSince = null;
     else if (this.#socketOpeningSince === null) this.#socketOpeningSince = monotonicNow();
@@ -933,6 +1020,7 @@ class UserLink<Row extends LwwRow> {
       config: { private: true, broadcast: { self: false, ack: false } },
     });
     this.#channel = channel;
+    this.service.ownChannel(channel);
     this.service.counters.channels++;
     this.service.counters.joinAttempts++;
     channel

@@ -478,7 +478,7 @@ Deno.test({
  * 1 s and retry within 0.5 s: the set-up of the tests of a socket whose opening handshake is slow or
  * never answered. `teardown` ends the subscription, the service, the client, the proxy and `sql`.
  */
-async function openingHandshakeFixture() {
+async function openingHandshakeFixture({ onLog }: { onLog?: (line: Record<string, unknown>) => void } = {}) {
   const { env, sql, a, proxy } = await frozenPathFixture();
   const client = createClient(proxy.url, env.anonKey, {
     auth: { persistSession: false, autoRefreshToken: false },
@@ -491,7 +491,11 @@ async function openingHandshakeFixture() {
     pollIntervalMs: 200,
     joinTimeoutMs: 1_000,
     backoff: { initialMs: 100, maxMs: 500 },
-    log: (line) => logs.push(JSON.parse(line)),
+    log: (line) => {
+      const parsed = JSON.parse(line);
+      logs.push(parsed);
+      onLog?.(parsed);
+    },
   });
   const teardown = async (subscription: { unsubscribe(): Promise<void> }) => {
     await subscription.unsubscribe();
@@ -564,6 +568,94 @@ Deno.test({
   } finally {
     await client.removeChannel(app).catch(() => {});
     await closeClient(sender);
+    await teardown(subscription);
+  }
+});
+
+Deno.test({
+  name:
+    "realtime resilience: a socket whose opening handshake is never answered, given up as the service's own link closes, is reopened for the app's channels on the same client",
+  ...behindProxy,
+}, async () => {
+  // The service gives the stuck socket up (realtime.disconnect()) and relies on its next join to open
+  // a new one, which realtime-js's errored channels then rejoin on. Unsubscribed at that moment, the
+  // service joins no more: the app's own channels on the client would stay down until the app
+  // subscribed again.
+  let unsubscribeNow = () => {};
+  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
+    // The link closes in the same turn as the give-up (the app unsubscribes as it happens).
+    onLog: (line) => {
+      if (line.event === "socket_never_opened") unsubscribeNow();
+    },
+  });
+  const topic = `app-room-${crypto.randomUUID()}`;
+  const appStates: string[] = [];
+  proxy.freezeNew(1); // the first socket's handshake goes nowhere
+  const app = client
+    .channel(topic, { config: { broadcast: { self: false } } })
+    .subscribe((status) => appStates.push(status), 1_000);
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  let unsubscribed: Promise<void> | null = null;
+  unsubscribeNow = () => unsubscribed ??= subscription.unsubscribe();
+  try {
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await unsubscribed;
+    assert.equal(service.stats().links, 0, "the service's link is closed");
+    await waitFor("the app's channel joined on a new socket", () => appStates.includes("SUBSCRIBED"), {
+      timeoutMs: 15_000,
+    });
+  } finally {
+    await client.removeChannel(app).catch(() => {});
+    await teardown(subscription);
+  }
+});
+
+Deno.test({
+  name:
+    "realtime resilience: a socket given up by the service is not reopened once the app has disconnected the client on purpose",
+  ...behindProxy,
+}, async () => {
+  // The reopen above is for a socket the service closed; one the app closed itself stays closed.
+  let onGiveUp = () => {};
+  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
+    onLog: (line) => {
+      if (line.event === "socket_never_opened") onGiveUp();
+    },
+  });
+  const topic = `app-room-${crypto.randomUUID()}`;
+  const appStates: string[] = [];
+  proxy.freezeNew(1);
+  const app = client
+    .channel(topic, { config: { broadcast: { self: false } } })
+    .subscribe((status) => appStates.push(status), 1_000);
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  let steps: Promise<unknown> | null = null;
+  // The link closes in the same turn as the give-up, and the app disconnects the client on purpose
+  // (signing out) just after, while the service's own close of the socket is in flight.
+  onGiveUp = () => {
+    if (steps) return;
+    const unsubscribed = subscription.unsubscribe();
+    steps = Promise.all([
+      unsubscribed,
+      new Promise((resolve) => queueMicrotask(() => resolve(client.realtime.disconnect()))),
+    ]);
+  };
+  try {
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await steps;
+    // A marker: a channel on another client joined after this point shows time has passed for a
+    // reopen to have happened (realtime-js opens a socket within one turn of connect()).
+    const marker = newClient();
+    try {
+      const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
+      assert.equal(status, "SUBSCRIBED");
+    } finally {
+      await closeClient(marker);
+    }
+    assert.equal(client.realtime.connectionState(), "closed", "the client the app disconnected stays closed");
+    assert.ok(!appStates.includes("SUBSCRIBED"), appStates.join(","));
+  } finally {
+    await client.removeChannel(app).catch(() => {});
     await teardown(subscription);
   }
 });
