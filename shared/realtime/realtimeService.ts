@@ -35,7 +35,8 @@
 //                                         comes or realtime-js gives the socket up.
 //   syncNow                               the app's word that it may have missed something (back
 //                                         in the foreground, back online): read now, and rejoin now
-//                                         if the channel is waiting out its backoff.
+//                                         if the channel is waiting out its backoff; the join ladder
+//                                         starts again at its first step.
 //   auth                                  follows supabase.auth TOKEN_REFRESHED / SIGNED_IN, or an
 //                                         explicit setAccessToken(); a channel the server closed
 //                                         because its token expired is rejoined at once with a new one,
@@ -311,9 +312,11 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * knows it may have missed something that no timer of its own will notice soon: back in the
    * foreground (a phone suspends an app's socket and timers, a browser throttles a hidden tab's
    * timers to one a minute) or back online. Resolves when that read has finished; like every read
-   * of the service, a failed one is logged, not thrown, and the polling or backoff goes on as
-   * before. A retried join that fails again backs off further (the attempt count is kept), so an
-   * app that calls this often cannot hammer a Realtime that is down.
+   * of the service, a failed one is logged, not thrown, and the polling goes on as before. The join
+   * ladder starts again at its first step (the failures before say little about the new conditions):
+   * the join made now, or the one already in flight, counts as its first, and if it fails its retry
+   * waits the first step's backoff, the ones after it longer and longer. Each call makes at most one
+   * join, and none while one is in flight or the channel is joined.
    */
   async syncNow(userId?: string): Promise<void> {
     const links = userId === undefined
@@ -956,7 +959,16 @@ class UserLink<Row extends LwwRow> {
   /** See RealtimeService.syncNow. */
   async syncNow(): Promise<void> {
     if (this.#closed) return;
-    if (this.#reconnectTimer !== undefined) this.#reconnectSoon();
+    // The app's word that the conditions changed (back in the foreground, back online): the failures
+    // before it say little about now, so the join ladder starts again at its first step. A join
+    // already in flight is not doubled: it counts as that first step (if it fails, its retry waits
+    // the first step's backoff).
+    if (this.#reconnectTimer !== undefined) {
+      this.#attempt = 0; // the join made now is the first
+      this.#reconnectSoon();
+    } else if (!this.#joined) {
+      this.#attempt = Math.min(this.#attempt, 1);
+    }
     const wait = this.#retryAfterLeftMs();
     if (wait > 0) {
       // The API asked to be left alone for a while (Retry-After): the read is made when it ends. A
