@@ -10,8 +10,11 @@
 //   status / onStatus                     connecting -> live; polling while Realtime is down and
 //                                         the API answers; offline when neither does.
 //   reconnect                             capped exponential backoff with full jitter per user
-//                                         channel; while waiting, changesSince() is polled (failed
-//                                         polls back off the same way, and wait out a Retry-After).
+//                                         channel (it starts again after a channel that stayed joined
+//                                         for backoff.maxMs, not at every join: a server that closes
+//                                         every join is not hammered); while waiting, changesSince()
+//                                         is polled (failed polls back off the same way, and wait out
+//                                         a Retry-After).
 //                                         A join that timed out while its socket was still opening
 //                                         closes that socket (realtime-js has no handshake timeout):
 //                                         the next join opens a new one (each one given up in a row
@@ -1126,12 +1129,17 @@ class UserLink<Row extends LwwRow> {
   #fail(generation: number, reason: string): void {
     if (this.#closed || generation !== this.#generation) return;
     const wasJoined = this.#joined;
+    // The join ladder starts again only after a channel that held: one joined for a whole backoff cap.
+    // A channel closed sooner (a server that closes every join it accepts: Realtime's shutdown with a
+    // system error, a token it does not take) is one more step up, or such a server would see this
+    // device join and read again every SOCKET_TEARDOWN_MS for as long as it goes on.
+    if (wasJoined && monotonicNow() - this.#joinedAt >= this.service.backoffOptions.maxMs) this.#attempt = 0;
     this.#generation++;
     this.#joined = false;
     this.#caughtUp = false;
     this.#heartbeatLate = false;
     this.#releaseChannel();
-    // A link that was live has attempt 0: its first retry is still jittered (never 0 for everyone
+    // A link whose channel held has attempt 0: its first retry is still jittered (never 0 for everyone
     // at once, which is what a Realtime restart would otherwise cause across all devices). A join
     // that failed (never joined) after its token was replaced in flight is retried once at once:
     // that is one device's refresh, not a crowd. Only once per join cycle (a token source that
@@ -1256,7 +1264,6 @@ class UserLink<Row extends LwwRow> {
   #caughtUpNow(): void {
     this.#caughtUp = true;
     this.#failedPolls = 0;
-    this.#attempt = 0;
     this.service.timers.clear(this.#pollTimer);
     this.#pollTimer = undefined;
     // A heartbeat sent after the join is still unanswered (it became late while catching up).

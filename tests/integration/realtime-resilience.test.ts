@@ -288,6 +288,60 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name:
+    "realtime resilience: a server that closes every channel once it is live (system error, phx_close) is rejoined further and further apart, not every 1.6 s",
+  ...noSanitize,
+}, async () => {
+  // The close is the server's own: each time the link is live, the test pushes a token the server
+  // cannot verify on the channel, and Realtime shuts the channel down (a `system` error, then
+  // phx_close), as it does when it loses its database or a token it does not take.
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    random: () => 0.999, // each wait just under its step's ceiling: read from the log
+    backoff: { initialMs: 1_000, maxMs: 600_000 },
+    livePollIntervalMs: 0,
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const topic = `realtime:progress:${a.id}`;
+  let pushes = 0;
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  subscription.onStatus((status) => {
+    if (status !== "live") return;
+    const channel = client.getChannels().find((c) => c.topic === topic)!;
+    client.realtime.push({
+      topic,
+      event: "access_token",
+      payload: { access_token: "not-a-token" },
+      ref: `close-it-${++pushes}`,
+      join_ref: channel.joinPush.ref ?? undefined,
+    });
+  });
+  const closes = () => logs.filter((l) => l.event === "realtime_unavailable");
+  try {
+    await waitFor("three closes by the server", () => closes().length >= 3, { timeoutMs: 30_000 });
+    assert.ok(
+      logs.some((l) => l.event === "system_message" && l.level === "warn"),
+      "the server's system error came",
+    );
+    for (const close of closes().slice(0, 3)) assert.match(String(close.reason), /^CLOSED/);
+    // Steps of 1, 2 and 4 s (jitter 0.999), the first under the teardown floor; going live used to
+    // start the ladder again, and every rejoin came 1.6 s after the close, a join and a catch-up
+    // read every 1.6 s for as long as the server went on.
+    assert.deepEqual(closes().slice(0, 3).map((l) => l.retry_in_ms), [SOCKET_TEARDOWN_MS, 1_998, 3_996]);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await closeClient(client);
+    await sql.end();
+  }
+});
+
 /** A supabase-js client whose Realtime socket never opens (nothing listens on its port). */
 function unreachableRealtimeClient() {
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });

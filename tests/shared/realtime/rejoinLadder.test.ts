@@ -4,6 +4,8 @@
 // each wait is read from the log (`retry_in_ms`) and the order of joins is driven by hand.
 
 import assert from "node:assert/strict";
+import { SOCKET_TEARDOWN_MS } from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
 import { handAnsweredService } from "./handAnsweredService.ts";
 
 /** A service whose log lines are kept, and whose reads are answered (empty) as they come. */
@@ -55,6 +57,53 @@ Deno.test("syncNow: a link waiting out a long backoff step joins now and starts 
     );
     await link.channel(9); // that first step (0.5 s), not the 8th (64 s)
     assert.equal(link.service.stats().joinAttempts, 9);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("server-side close: a server that closes every channel it accepts (system error, phx_close) is rejoined after the teardown floor and then further and further apart, not every 1.6 s", async () => {
+  const link = ladderService({ random: () => 0.999, backoff: { initialMs: 1_000, maxMs: 600_000 } });
+  try {
+    // Each join: accepted, caught up (live), then closed by the server (Supabase's shutdown: a
+    // `system` error message, then phx_close, which realtime-js reports as CLOSED).
+    for (let n = 1; n <= 3; n++) {
+      const channel = await link.channel(n);
+      channel.state!("SUBSCRIBED");
+      await waitFor(`live #${n}`, () => link.subscription.status === "live");
+      channel.state!("CLOSED");
+    }
+    const waits = link.failures().map((l) => l.retry_in_ms as number);
+    assert.equal(waits.length, 3);
+    for (const wait of waits) assert.ok(wait >= SOCKET_TEARDOWN_MS, `rejoined after ${wait} ms`);
+    // Joins the server keeps closing climb the ladder (1, 2, 4 s ceilings, jitter 0.999; the first
+    // under the teardown floor), where going live used to start it again every time: every rejoin
+    // 1.6 s after the close, a join and a catch-up read every 1.6 s for as long as the server does it.
+    assert.deepEqual(waits, [SOCKET_TEARDOWN_MS, 1_998, 3_996]);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("server-side close: a channel that stayed joined for a whole backoff cap (backoff.maxMs) starts the ladder again", async () => {
+  // A cap well above how long a loaded machine may take between a join's answer and its close below.
+  const link = ladderService({ random: () => 0.999, backoff: { initialMs: 100, maxMs: 3_000 } });
+  try {
+    for (let n = 1; n <= 3; n++) {
+      const channel = await link.channel(n);
+      channel.state!("SUBSCRIBED");
+      await waitFor(`live #${n}`, () => link.subscription.status === "live");
+      channel.state!("CLOSED");
+    }
+    const channel = await link.channel(4);
+    channel.state!("SUBSCRIBED");
+    await waitFor("live #4", () => link.subscription.status === "live");
+    const liveAt = performance.now();
+    await waitFor("a whole backoff cap", () => performance.now() - liveAt > 3_050, { intervalMs: 50 });
+    channel.state!("CLOSED");
+    const attempts = link.failures().map((l) => l.attempt);
+    // 0: as after any live channel that dropped, the next join is the ladder's first again.
+    assert.deepEqual(attempts, [1, 2, 3, 0], "the close of a channel that held starts the ladder again");
   } finally {
     await link.end();
   }
