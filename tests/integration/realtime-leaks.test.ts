@@ -12,6 +12,7 @@ import { adminSql, createTestUser, testEnv, type TestUser } from "../support/env
 import {
   joinChannel,
   newClient,
+  noSanitize,
   ownEndpoint,
   type Sql,
   sqlChangesSince,
@@ -289,4 +290,64 @@ Deno.test({ name: "realtime leaks: teardown", ...ownEndpoint }, async () => {
   await client.realtime.disconnect();
   await sql.end();
   await server.close();
+});
+
+Deno.test({
+  name:
+    "realtime leaks: a socket given up while its opening handshake is unanswered leaves no TCP connection open (Deno's WebSocket.close() while CONNECTING)",
+  ...noSanitize,
+}, async () => {
+  // A server that takes the TCP connection and reads the WebSocket handshake but never answers it: the
+  // socket stays CONNECTING. The service gives it up (realtime.disconnect(), which closes the WebSocket
+  // while CONNECTING); a runtime that kept the TCP connection until the network gave up would leave
+  // one open per socket given up. Each connection's end is seen as the server reading end-of-stream.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const connections: { handshake: boolean; ended: boolean }[] = [];
+  void (async () => {
+    for await (const conn of listener) {
+      const seen = { handshake: false, ended: false };
+      connections.push(seen);
+      void (async () => {
+        const buffer = new Uint8Array(16 * 1024);
+        try {
+          while ((await conn.read(buffer)) !== null) seen.handshake = true;
+        } catch { /* reset: ended too */ }
+        seen.ended = true;
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      })();
+    }
+  })().catch(() => {});
+  const sql = adminSql({ max: 2 });
+  const a = await createTestUser();
+  const client = newClient({
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    reconnectAfterMs: () => 60_000,
+  });
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    joinTimeoutMs: 1_000,
+    backoff: { initialMs: 100, maxMs: 500 },
+    pollIntervalMs: 500,
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  try {
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"), {
+      timeoutMs: 15_000,
+    });
+    assert.ok(connections[0]?.handshake, "its handshake reached the server and went unanswered");
+    await waitFor("its TCP connection closed by the client", () => connections[0].ended, {
+      timeoutMs: 10_000,
+    });
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+    await client.realtime.disconnect();
+    listener.close();
+    await sql.end();
+  }
 });
