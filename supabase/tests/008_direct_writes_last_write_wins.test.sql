@@ -225,18 +225,61 @@ values ((select auth.uid()), 'still-ahead', 1, 'phone', clock_timestamp() + inte
 select is((select updated_at from public.reading_progress where series_id = 'still-ahead'),
   date_trunc('milliseconds', now()), 'one still ahead once inserted is stored at now()');
 delete from public.reading_progress where series_id like 'still-ahead%';
--- Judged when the next row begins, not when the statement ends: a row 6.5 s ahead (of the statement's
--- start) followed at once by another is in (and still ahead) by then, whatever the rest of the
--- statement takes. (Judged at the statement's end, as before, a long multi-row INSERT or COPY was
--- refused for it though nothing waited.)
+-- Judged when the next row begins, not when the statement ends: a row 6.5 s ahead followed at once by
+-- another is in (and still ahead) by then, whatever the rest of the statement takes. (Judged at the
+-- statement's end, as before, a long multi-row INSERT or COPY was refused for it though nothing
+-- waited.) Told by order, not by how fast a loaded machine gets from one row to the next: both
+-- triggers run here on a clock of the test's (pg_temp.test_clock, which moves only when told to and
+-- by 1 us a reading), in copies of migration 012's functions that differ only in reading it; the
+-- first two rows are judged at the clock's start, and the third row's computation moves it 2 s on,
+-- so the claim, judged at the statement's end, would be no longer ahead (6.5 - 2 < 4.9).
+reset role;
+create function pg_temp.test_clock() returns timestamptz language sql volatile as $$
+  select set_config('readsync_test.clock',
+    (current_setting('readsync_test.clock')::timestamptz + interval '1 microsecond')::text, true)::timestamptz
+$$;
+create function pg_temp.set_test_clock(p_at timestamptz) returns timestamptz language sql volatile as $$
+  select set_config('readsync_test.clock', p_at::text, true)::timestamptz
+$$;
+create temp table real_clock_defs on commit drop as
+  select f, pg_get_functiondef(f::regprocedure) as def
+    from unnest(array['public.reading_progress_stamp()', 'public.reading_progress_end_claims()']) f;
+do $$
+declare
+  r record;
+  v_fake text;
+begin
+  for r in select * from real_clock_defs loop
+    v_fake := replace(r.def, 'pg_catalog.clock_timestamp()', 'pg_temp.test_clock()');
+    if v_fake = r.def or regexp_replace(v_fake, '--[^\n]*', '', 'g') ~* 'clock_timestamp|timeofday' then
+      raise exception 'test clock: % does not read the wall clock as pg_catalog.clock_timestamp() only', r.f;
+    end if;
+    execute v_fake;
+  end loop;
+end
+$$;
+select pg_temp.set_test_clock(now());
+set local role authenticated;
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'next-row', 1, 'phone', statement_timestamp() + interval '6.5 seconds'),
+    values ((select auth.uid()), 'next-row', 1, 'phone', pg_temp.test_clock() + interval '6.5 seconds'),
            ((select auth.uid()), 'next-row-fast', 1, 'phone', now()),
-           ((select auth.uid()), 'next-row-slow', (select 2 from pg_sleep_until(statement_timestamp() + interval '2 seconds')), 'phone', now())$$,
+           ((select auth.uid()), 'next-row-slow',
+            (select 2 from pg_temp.set_test_clock(pg_temp.test_clock() + interval '2 seconds')), 'phone', now())$$,
   'a row judged ahead is judged again when the next row begins, not after the rest of the statement');
 select is((select updated_at from public.reading_progress where series_id = 'next-row'),
   date_trunc('milliseconds', now()), 'and stored at now(), as a write still ahead once inserted');
+reset role;
+do $$
+declare
+  r record;
+begin
+  for r in select * from real_clock_defs loop
+    execute r.def;
+  end loop;
+end
+$$;
+set local role authenticated;
 delete from public.reading_progress where series_id like 'next-row%';
 -- Every row judged ahead is judged again, not only the statement's last one: the first is no longer
 -- ahead when the next row begins, though the last (an hour ahead) still is.
