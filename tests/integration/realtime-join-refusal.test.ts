@@ -21,6 +21,49 @@ const topicOf = (userId: string) => `progress:${userId}`;
 /** Supabase's default wait, less what timer granularity may take off it. */
 const BACKOFF_FLOOR_MS = 4_900;
 
+/** A frame from the server, with when it arrived; a binary one (a relayed broadcast) as "broadcast". */
+interface Frame {
+  at: number;
+  joinRef: string | null;
+  ref: string | null;
+  event: string;
+  payload: unknown;
+}
+
+/**
+ * A bare Phoenix socket (vsn 2.0.0) on the stack's Realtime endpoint, open, keeping every frame it
+ * receives in order, and a private join of `topic` under `ref` (its join_ref too) with `token`.
+ */
+async function rawSocket() {
+  const env = testEnv();
+  const ws = new WebSocket(
+    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+  );
+  ws.binaryType = "arraybuffer";
+  const frames: Frame[] = [];
+  ws.onmessage = (e) => {
+    const at = Date.now();
+    if (typeof e.data !== "string") {
+      return void frames.push({ at, joinRef: null, ref: null, event: "broadcast", payload: null });
+    }
+    const [joinRef, ref, , event, payload] = JSON.parse(e.data);
+    frames.push({ at, joinRef, ref, event, payload });
+  };
+  const join = (ref: string, topic: string, token: string) =>
+    ws.send(JSON.stringify([ref, ref, `realtime:${topic}`, "phx_join", {
+      config: { private: true, broadcast: {} },
+      access_token: token,
+    }]));
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = () => {
+      ws.close();
+      reject(new Error("socket error"));
+    };
+  });
+  return { ws, frames, join };
+}
+
 Deno.test({
   name:
     "realtime join refusal: the error reply comes after CHANNEL_ERROR_BACKOFF_MS (5 s), so a join timeout under it reports TIMED_OUT",
@@ -67,33 +110,14 @@ Deno.test({
     "realtime join refusal: the socket stalls meanwhile: a heartbeat, and a broadcast to another channel on it, come after the refusal, in the order they reached the socket",
   ...noSanitize,
 }, async () => {
-  const sql = adminSql({ max: 1 });
   const a = await createTestUser();
   const c = await createTestUser();
-  const env = testEnv();
-  const ws = new WebSocket(
-    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
-  );
-  ws.binaryType = "arraybuffer";
-  // Each frame with when it arrived (broadcasts as "broadcast", whichever frame form carried them).
-  const frames: { at: number; ref: string | null; event: string }[] = [];
-  ws.onmessage = (e) => {
-    const at = Date.now();
-    if (typeof e.data !== "string") return void frames.push({ at, ref: null, event: "broadcast" });
-    const [, ref, , event] = JSON.parse(e.data);
-    frames.push({ at, ref, event });
-  };
+  // Broadcasts count as "broadcast" whichever frame form carried them (JSON text or binary).
+  const { ws, frames, join: joinAs } = await rawSocket();
+  const sql = adminSql({ max: 1 });
   const reply = (ref: string) => frames.find((f) => f.ref === ref && f.event === "phx_reply");
-  const join = (ref: string, topic: string) =>
-    ws.send(JSON.stringify([ref, ref, `realtime:${topic}`, "phx_join", {
-      config: { private: true, broadcast: {} },
-      access_token: a.accessToken,
-    }]));
+  const join = (ref: string, topic: string) => joinAs(ref, topic, a.accessToken);
   try {
-    await new Promise((resolve, reject) => {
-      ws.onopen = resolve;
-      ws.onerror = () => reject(new Error("socket error"));
-    });
     join("1", topicOf(a.id)); // A's own topic: joined
     await waitFor("the join", () => reply("1") !== undefined);
 
@@ -134,32 +158,11 @@ Deno.test({
   // expiry (confirm_token) and stops, whatever the socket's transport is waiting for; the socket
   // writes its system message and phx_close once the refused join has been answered. A change
   // written after that expiry is not broadcast to it, although the socket was stalled when it came.
-  const sql = adminSql({ max: 1 });
   const a = await createTestUser();
   const c = await createTestUser();
-  const env = testEnv();
-  const ws = new WebSocket(
-    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
-  );
-  ws.binaryType = "arraybuffer";
-  const frames: { ref: string | null; joinRef: string | null; event: string; payload: unknown }[] = [];
-  ws.onmessage = (e) => {
-    if (typeof e.data !== "string") {
-      return void frames.push({ ref: null, joinRef: null, event: "broadcast", payload: null });
-    }
-    const [joinRef, ref, , event, payload] = JSON.parse(e.data);
-    frames.push({ ref, joinRef, event, payload });
-  };
-  const join = (ref: string, topic: string, token: string) =>
-    ws.send(JSON.stringify([ref, ref, `realtime:${topic}`, "phx_join", {
-      config: { private: true, broadcast: {} },
-      access_token: token,
-    }]));
+  const { ws, frames, join } = await rawSocket();
+  const sql = adminSql({ max: 1 });
   try {
-    await new Promise((resolve, reject) => {
-      ws.onopen = resolve;
-      ws.onerror = () => reject(new Error("socket error"));
-    });
     // Made once the socket is open: its 2-3 s are for the join (on a loaded machine a join takes a
     // while), and its expiry (+1.5 s) still comes before the refusal (5 s after the second join).
     const short = await a.newAccessToken(3);
