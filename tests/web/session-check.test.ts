@@ -22,9 +22,17 @@ function leaves() {
 
 Deno.test("a sign-out heard while a token request is under way is checked with a request of its own", async () => {
   let signedIn = true;
+  // The first request is held until the test lets it answer: the sign-out is heard while it is under
+  // way, by order rather than by how long Auth takes.
+  const firstArrived = Promise.withResolvers<void>();
+  const answerFirst = Promise.withResolvers<void>();
+  let requests = 0;
   globalThis.fetch = (async () => {
     const wasSignedIn = signedIn; // the server reads the session when the request arrives
-    await sleep(300); // and Auth is slow to answer
+    if (++requests === 1) {
+      firstArrived.resolve();
+      await answerFirst.promise; // and Auth is slow to answer
+    }
     return wasSignedIn
       ? Response.json({ accessToken: "tok-2", expiresAt: inSeconds(3600), userId: USER })
       : Response.json({ error: "signed_out" }, { status: 401 });
@@ -34,10 +42,13 @@ Deno.test("a sign-out heard while a token request is under way is checked with a
     const { left, leaveIfSignedOut } = leaves();
     const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => Promise.resolve() });
     const shown = session.shown(); // the tab was shown: a check is under way
-    await sleep(50);
+    await firstArrived.promise;
     signedIn = false; // another tab signs out and says so
-    await Promise.all([shown, session.sessionChanged()]);
+    const changed = session.sessionChanged();
+    answerFirst.resolve();
+    await Promise.all([shown, changed]);
     assert.deepEqual(left, ["/sign-in"]);
+    assert.equal(requests, 2, "the sign-out was checked with a request of its own");
   } finally {
     globalThis.fetch = realFetch;
   }
