@@ -358,9 +358,14 @@ function memoryLock() {
   let tail: Promise<unknown> = Promise.resolve();
   let held = 0;
   let mostHeld = 0;
+  let abandoned = 0;
   return {
-    lock(run: () => Promise<void>): Promise<unknown> {
+    lock(run: () => Promise<void>, signal?: AbortSignal): Promise<unknown> {
       const granted = tail.then(async () => {
+        if (signal?.aborted) {
+          abandoned++; // withdrawn while waiting: never granted (navigator.locks rejects with AbortError)
+          throw new DOMException("aborted", "AbortError");
+        }
         mostHeld = Math.max(mostHeld, ++held);
         try {
           await run();
@@ -370,6 +375,10 @@ function memoryLock() {
       });
       tail = granted.catch(() => {});
       return granted;
+    },
+    /** Requests withdrawn (their signal aborted) before they were granted. */
+    get abandoned() {
+      return abandoned;
     },
     /** The most holders at one time (1: never two). */
     get mostHeld() {
@@ -679,4 +688,63 @@ Deno.test("outbox schedule, tabs: a run of failures no tab has carried on for 15
   await b.settled();
   assert.equal(tabC.failures, 1);
   assert.equal(b.clock.nextAt! - b.clock.now, 0.5 * OUTBOX_BACKOFF.initialMs);
+});
+
+Deno.test("outbox schedule, tabs: the reader's Sync now in a tab that does not hold the lock sends no write twice", async () => {
+  const b = browserOfTabs();
+  const tabA = b.open("A");
+  const tabB = b.open("B");
+  let answer!: (result: FlushResult) => void;
+
+  // Tab A is sending the write when the reader presses Sync now in tab B: B waits for A's send, which
+  // answered it, and sends nothing.
+  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  b.queueWrite();
+  tabA.request("edit");
+  await tick();
+  const pressedInB = tabB.sendNow();
+  await tick();
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A"], "B waits for the lock");
+  answer({ outcome: "done" });
+  assert.equal(await pressedInB, null, "B sent nothing: A's send answered it");
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A"]);
+
+  // A's send fails with no answer: B's Sync now, pressed meanwhile, counts as answered by it (one
+  // request of the browser at that moment), and the write goes with the retry, once.
+  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  b.queueWrite();
+  tabA.request("edit");
+  await tick();
+  const pressedAgain = tabB.sendNow();
+  await tick();
+  answer(failed(noNetwork()));
+  assert.equal(await pressedAgain, null);
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A", "A"], "not sent again by B at once");
+  await b.untilNextTimer();
+  assert.equal(b.sends.length, 3, "the retry sends it once, from one tab");
+  assert.deepEqual([b.saved, b.locks.mostHeld], [0, 1]);
+
+  // Pressed again in B with nothing in flight: B sends at once, and says how it ended.
+  b.queueWrite();
+  assert.deepEqual(await tabB.sendNow(), { outcome: "done" });
+  assert.deepEqual([b.sends.length, b.sends[3].tab, b.saved], [4, "B", 0]);
+});
+
+Deno.test("outbox schedule, tabs: disposed while it waits for the lock, a tab gives the wait up and never sends", async () => {
+  const b = browserOfTabs();
+  const tabA = b.open("A");
+  const tabB = b.open("B");
+  let answer!: (result: FlushResult) => void;
+  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  b.queueWrite();
+  tabA.request("edit");
+  await tick();
+  b.queueWrite();
+  tabB.request("user"); // waits for A's lock
+  await tick();
+  tabB.dispose(); // the page moved on (another user signed in): its wait is given up
+  answer({ outcome: "failed", error: noNetwork() });
+  await b.settled();
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A"], "B never sent");
+  assert.equal(b.locks.abandoned, 1, "B's request for the lock was withdrawn");
 });

@@ -18,11 +18,33 @@ const TITLES = {
   connecting: "Connecting to Realtime…",
 } as const;
 
+const SYNC_NOW_TITLES = {
+  idle: "Send the changes waiting on this device now and check for changes from your other devices.",
+  syncing: "Syncing…",
+  done: "Synced: nothing waiting on this device.",
+  failed: "Not everything could be synced; it is tried again by itself.",
+} as const;
+
 export function ConnectionStatus() {
-  const { status, deviceId } = useSync();
+  const { status, deviceId, syncNow, syncNowState, sending } = useSync();
   const { pendingCount } = useSyncSnapshot();
+  const syncing = syncNowState === "syncing";
+  const busy = syncing || sending;
   return (
     <span className="topbar-right">
+      {/* The outcome shows where the status already does: the waiting count, the status, the error banner. */}
+      <button
+        type="button"
+        className="secondary"
+        data-testid="sync-now"
+        data-state={syncNowState}
+        disabled={busy}
+        aria-busy={busy}
+        title={SYNC_NOW_TITLES[syncNowState]}
+        onClick={syncNow}
+      >
+        {busy ? "Syncing…" : "Sync now"}
+      </button>
       {pendingCount > 0 && (
         <span className="pending" data-testid="pending-count" data-count={pendingCount}>
           {pendingCount} change{pendingCount === 1 ? "" : "s"} waiting to sync

@@ -1,7 +1,9 @@
 "use client";
 
 // The signed-in part of the app shares one SyncProvider (it lives in the (reader) layout, so moving
-// between the library and a series keeps the same Realtime link):
+// between the library and a series keeps the same Realtime link). What it runs for the signed-in
+// user is a SyncSession (lib/client/syncSession.ts), one per user: a user change closes the old
+// one and opens the new user's over a store of their own.
 //
 //   RealtimeService (shared/)   live updates on progress:<userId>; catch-up and polling
 //   SyncStore                   what this device shows: confirmed rows + its own pending writes
@@ -16,34 +18,22 @@
 //   status                      live / polling / offline (the browser's offline flag wins)
 
 import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
-import { ServerClock } from "@shared/progress/serverClock.ts";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
+import { userClient, progressApi } from "@/lib/progressClient.ts";
+import { type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import {
-  isNetworkFailure,
-  isRetryable,
-  isTransient,
-  progressApi,
-  type ProgressApi,
-  splitMayHelp,
-  userClient,
-} from "@/lib/progressClient.ts";
-import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
-import { flushOutbox } from "@/lib/client/outbox.ts";
-import { type OutboxTabs, OutboxSchedule, type SendReason } from "@/lib/client/outboxSchedule.ts";
-import { type PendingWrite, type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
-import { isSignedOut, SignedOutError, TokenKeeper } from "@/lib/client/tokenKeeper.ts";
-import { announceSession, sessionChangedFor } from "@/lib/client/sessionSignal.ts";
-import { createSessionCheck } from "@/lib/client/sessionCheck.ts";
+  type Position,
+  storeForUser,
+  type SyncEnvironment,
+  type SyncNowState,
+  SyncSession,
+} from "@/lib/client/syncSession.ts";
+import { announceSession } from "@/lib/client/sessionSignal.ts";
 
 export type DisplayStatus = RealtimeStatus;
-
-export interface Position {
-  chapter: number;
-  page: number;
-  percentage: number;
-}
+export type { Position, SyncNowState };
 
 interface SyncContextValue {
   store: SyncStore;
@@ -51,7 +41,14 @@ interface SyncContextValue {
   deviceId: string | null;
   status: DisplayStatus;
   save(seriesId: string, position: Position): void;
+  /** Sends the outbox now (within the backoff, not within a Retry-After). */
   flush(): void;
+  /** The reader's Sync now: the outbox at once and a read of what the server has. */
+  syncNow(): void;
+  /** The last Sync now: idle (none yet), syncing, done or failed. */
+  syncNowState: SyncNowState;
+  /** This tab is sending the outbox (Sync now waits for it). */
+  sending: boolean;
 }
 
 const SyncContext = createContext<SyncContextValue | null>(null);
@@ -71,190 +68,93 @@ function browserLog(line: string): void {
 }
 
 export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expiresAt, children }: SyncProviderProps) {
-  const [store] = useState(() => new SyncStore(userId, defaultCompareRows));
+  // One store per user. The (reader) layout keys this provider by the user, but a user change that
+  // reaches it without a remount (a session switch in the same page) must not keep the old user's
+  // store: its rows and outbox are then neither shown to the new user nor sent with their token.
+  // The store is made during render (pages seed it while rendering), the session that syncs it in
+  // the effect below, which closes the old user's first.
+  const [owned, setOwned] = useState(() => newStore(userId));
+  const store = storeForUser(owned, userId, newStore);
+  if (store !== owned) setOwned(store);
   const [deviceId, setDeviceId] = useState<string | null>(null);
-  const [serviceStatus, setServiceStatus] = useState<RealtimeStatus>("connecting");
-  const [online, setOnline] = useState(true);
-  const [runtime, setRuntime] = useState<
-    { api: ProgressApi; flush: (reason: SendReason) => void; clock: ServerClock } | null
-  >(null);
+  const [session, setSession] = useState<SyncSession | null>(null);
+  // A session of another store (the old user's, in the render before the effect replaced it) is not
+  // this user's: its status, flush and Sync now are not offered.
+  const live = session && session.store === store && !session.closed ? session : null;
+  const view = useSyncExternalStore(
+    useCallback((listener: () => void) => live ? live.subscribe(listener) : () => {}, [live]),
+    () => live ? `${live.online ? live.status : "offline"}|${live.syncNowState}|${live.sending}` : "connecting|idle|false",
+    () => "connecting|idle|false",
+  );
+  const [status, syncNowState, sendingFlag] = view.split("|") as [DisplayStatus, SyncNowState, string];
+  const sending = sendingFlag === "true";
 
   useEffect(() => {
     setDeviceId(getDeviceId());
-    // Reading localStorage throws where the browser blocks site data: the outbox then lives in
-    // memory for this visit (as deviceId.ts and the clock offset already do).
-    const storage = localStorageIfAllowed();
-    if (storage) store.attachStorage(storage);
-    setOnline(navigator.onLine);
-
-    // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
-    // not make an old position win later); the estimate is kept for the next visit, which may start
-    // offline. The token's expiry is judged by the same clock.
-    const clock = new ServerClock({ offsetMs: savedClockOffset() });
-    const tokens = new TokenKeeper(accessToken, expiresAt, { userId, now: () => clock.now() });
-    // Signed out, or signed in as someone else in another tab: this page's library, outbox and
-    // Realtime link are the old user's, so leave it (a reload renders the new user's library; the
-    // old user's unsent writes wait in localStorage for their next sign-in).
-    const leaveIfSignedOut = (error: unknown) => {
-      if (!(error instanceof SignedOutError)) return;
-      if (error.userChanged) window.location.reload();
-      else window.location.assign("/sign-in");
-    };
-    const getAccessToken = async () => {
-      try {
-        return await tokens.get();
-      } catch (error) {
-        leaveIfSignedOut(error);
-        throw error;
-      }
-    };
-    // shared/progress/api.ts over a client that sends the user's current token (functions and
-    // Realtime); its subscribeToProgress is RealtimeService with catch-up and polling through the
-    // API's changes endpoint.
-    const supabase = userClient({ supabaseUrl, anonKey, accessToken: getAccessToken });
-    const api = progressApi(supabase, clock);
-    const subscription = api.subscribeToProgress(
-      userId,
-      (change) => {
-        if (change.kind === "delete") store.removeServerRow(change.row);
-        else store.applyServerRow(change.row);
-      },
-      { accessToken, pollIntervalMs: 5_000, backoff: { initialMs: 1_000, maxMs: 15_000 }, log: browserLog },
-    );
-    const service = subscription.service;
-    setServiceStatus(subscription.status);
-    const offStatus = subscription.onStatus((status) => {
-      setServiceStatus(status);
-      if (status === "live" || status === "polling") flush("reachable");
-    });
-    const offToken = tokens.onChange((token) => void service.setAccessToken(token));
-
-    // ---- outbox flush: in batches, stops at the first retryable failure (lib/client/outbox.ts);
-    // when it goes, and when it goes again after a failure (backoff, Retry-After), is the
-    // schedule's to say (lib/client/outboxSchedule.ts), by why it is asked for.
-    let disposed = false;
-    const schedule = new OutboxSchedule({
-      send: () =>
-        flushOutbox(store, api, {
-          isRetryable,
-          isTransient,
-          splitMayHelp,
-          isSignedOut, // also when supabase-js wraps it (the token callback threw it)
-          refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
-          isDisposed: () => disposed,
-        }).finally(() => saveClockOffset(clock.measuredOffsetMs)), // what answers measured: a sleep must not erase it
-      hasPending: () => store.getSnapshot().pendingCount > 0,
-      isOnline: () => navigator.onLine,
-      retryAfterMs: (error) => retryAfterMsOf(error),
-      isNetworkFailure,
-      // The browser's tabs share the outbox, so they share when it may be sent, and send it one at a time.
-      tabs: storage ? outboxTabs(storage, store) : undefined,
-    });
-    const flush = (reason: SendReason) => schedule.request(reason);
-    const refreshTimer = setInterval(() => {
-      if (tokens.remaining < 120 && navigator.onLine) void tokens.refresh().catch(leaveIfSignedOut);
-    }, 30_000);
-    // Whether this browser's session is still this user's (another tab may have signed out, or in as
-    // someone else), with a token that is fresh (a laptop may have slept past its expiry).
-    const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => subscription.syncNow() });
-    // Another tab of this browser queued writes (offline) or changed the shared outbox: send them too.
-    // Or it says the session changed (lib/client/sessionSignal.ts): check it now, not at expiry.
-    const onStorage = (event: StorageEvent) => {
-      if (sessionChangedFor(event, userId)) {
-        void session.sessionChanged();
-        return;
-      }
-      // Another tab's send changed when the next one may go: arm this tab's retry by it too.
-      if (event.key === scheduleKey(userId)) return flush("queued");
-      if (event.key !== store.outboxKey && event.key !== null) return;
-      store.reloadOutbox();
-      flush("queued");
-    };
-    const onOnline = () => {
-      setOnline(true);
-      flush("online");
-      // Rejoin Realtime and read what was missed now instead of waiting out the backoff.
-      void session.shown();
-    };
-    const onOffline = () => setOnline(false);
-    // A hidden tab's timers run at most once a minute and its socket may have been dropped (a
-    // sleeping laptop, a phone's browser in the background): when the reader comes back to it,
-    // read now, so the page shows where the other device left off before they look.
-    const onVisible = () => {
-      if (document.visibilityState === "visible") void session.shown();
-    };
-    window.addEventListener("online", onOnline);
-    window.addEventListener("offline", onOffline);
-    window.addEventListener("storage", onStorage);
-    document.addEventListener("visibilitychange", onVisible);
-
-    setRuntime({ api, flush, clock });
+    const opened = new SyncSession(store, { userId, accessToken, expiresAt }, browserSyncEnvironment(supabaseUrl, anonKey));
+    setSession(opened);
     announceSession(userId);
-    flush("queued");
-
     return () => {
-      disposed = true;
-      schedule.dispose();
-      clearInterval(refreshTimer);
-      window.removeEventListener("online", onOnline);
-      window.removeEventListener("offline", onOffline);
-      window.removeEventListener("storage", onStorage);
-      document.removeEventListener("visibilitychange", onVisible);
-      offStatus();
-      offToken();
-      void subscription.unsubscribe().finally(() => supabase.realtime.disconnect());
-      setRuntime(null);
+      opened.close();
+      setSession((current) => (current === opened ? null : current));
     };
   }, [store, supabaseUrl, anonKey, userId, accessToken, expiresAt]);
 
   const save = useCallback(
     (seriesId: string, position: Position) => {
+      if (store.userId !== userId) return;
       const device = deviceId ?? getDeviceId();
-      // Strictly after the version the reader is looking at (another device's, or this one's last
-      // save), so a page turn made after seeing it wins over it and two quick saves keep their order.
-      const at = store.nextUpdatedAt(seriesId, runtime ? runtime.clock.now() : Date.now(), device);
-      const write: PendingWrite = {
-        series_id: seriesId,
-        chapter: position.chapter,
-        page: position.page,
-        percentage: position.percentage,
-        cleared: false,
-        device_id: device,
-        updated_at: at,
-      };
-      store.addPending(write);
-      runtime?.flush("edit");
+      if (live) return live.save(seriesId, position, device);
+      // Before the session opened (or between two): queued, sent once it has.
+      const at = store.nextUpdatedAt(seriesId, Date.now(), device);
+      store.addPending({ series_id: seriesId, ...position, cleared: false, device_id: device, updated_at: at });
     },
-    [store, deviceId, runtime],
+    [store, userId, deviceId, live],
   );
 
-  const status: DisplayStatus = online ? serviceStatus : "offline";
   const value = useMemo<SyncContextValue>(
-    () => ({ store, userId, deviceId, status, save, flush: () => runtime?.flush("user") }),
-    [store, userId, deviceId, status, save, runtime],
+    () => ({
+      store,
+      userId,
+      deviceId,
+      status,
+      save,
+      flush: () => live?.flush("user"),
+      syncNow: () => void live?.syncNow(),
+      syncNowState,
+      sending,
+    }),
+    [store, userId, deviceId, status, save, live, syncNowState, sending],
   );
   return <SyncContext.Provider value={value}>{children}</SyncContext.Provider>;
 }
 
-const CLOCK_OFFSET_KEY = "readsync.serverClockOffsetMs";
-
-/** Where the browser's tabs share the outbox's schedule (lib/client/outboxSchedule.ts), per user. */
-function scheduleKey(userId: string): string {
-  return `readsync.outboxSchedule.${userId}`;
+function newStore(userId: string): SyncStore {
+  return new SyncStore(userId, defaultCompareRows);
 }
 
-/**
- * The schedule shared by this browser's tabs: in localStorage, sent by one tab at a time under a Web
- * Lock per user. Without Web Locks (Safari before 15.4; a page over plain http other than localhost, as
- * they need a secure context) tabs may send at the same time, as before, but share the schedule.
- */
-function outboxTabs(storage: Storage, store: SyncStore): OutboxTabs {
-  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+const CLOCK_OFFSET_KEY = "readsync.serverClockOffsetMs";
+
+/** What a SyncSession needs of this browser tab (lib/client/syncSession.ts). */
+function browserSyncEnvironment(supabaseUrl: string, anonKey: string): SyncEnvironment {
   return {
-    storage,
-    key: scheduleKey(store.userId),
-    lock: locks ? (run) => locks.request(`readsync.outbox.${store.userId}`, run) : undefined,
-    takeOver: () => store.reloadOutbox(),
+    window,
+    document,
+    isOnline: () => navigator.onLine,
+    storage: localStorageIfAllowed(),
+    locks: typeof navigator !== "undefined" ? navigator.locks : undefined,
+    // shared/progress/api.ts over a client that sends the user's current token (functions and
+    // Realtime); its subscribeToProgress is RealtimeService with catch-up and polling through the
+    // API's changes endpoint.
+    connect: (accessToken, clock) => {
+      const supabase = userClient({ supabaseUrl, anonKey, accessToken });
+      return { api: progressApi(supabase, clock), disconnect: () => supabase.realtime.disconnect() };
+    },
+    leave: (how) => (how === "reload" ? window.location.reload() : window.location.assign("/sign-in")),
+    clockOffset: { load: savedClockOffset, save: saveClockOffset },
+    setInterval: (run, ms) => window.setInterval(run, ms),
+    clearInterval: (handle) => window.clearInterval(handle as number),
+    log: browserLog,
   };
 }
 

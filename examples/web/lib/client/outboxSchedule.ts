@@ -27,7 +27,8 @@
 //                  boot): fetch throws as if the network were down, and a reader turning pages
 //                  would otherwise send one request (four, with the API client's retries) each.
 //       online     the browser is back online, or
-//       user       the reader asked: at once (one request of one device at a moment of its own)
+//       user       the reader asked (Sync now, sendNow()): at once (one request of one device at a
+//                  moment of its own)
 //
 // The tabs of one browser share the outbox (localStorage), so they share this too (`tabs`):
 //
@@ -44,6 +45,8 @@
 //     an edit (one per retry, by the shared count);
 //   - every tab with writes arms its retry for the shared moment; the first to take the lock sends,
 //     the others then find the schedule changed and wait again (one request per step, not N).
+//   Disposed (the tab's user changed, or it closes), a tab withdraws a request for the lock it is still
+//   waiting for (its AbortSignal), so a closed session never sends once another tab lets go.
 //   Without Web Locks, tabs may send at the same time as before, each taking over first; without
 //   storage, each tab has its own outbox and its own schedule, as before.
 //
@@ -79,8 +82,11 @@ export interface OutboxTabs {
   /** The browser's storage (localStorage) and this user's key in it. */
   storage: Pick<Storage, "getItem" | "setItem" | "removeItem">;
   key: string;
-  /** Runs `run` while no other tab runs one under this user's lock (navigator.locks.request); absent: now. */
-  lock?(run: () => Promise<void>): Promise<unknown>;
+  /**
+   * Runs `run` while no other tab runs one under this user's lock (navigator.locks.request); absent:
+   * now. `signal` aborts a request still waiting for the lock (the schedule was disposed).
+   */
+  lock?(run: () => Promise<void>, signal?: AbortSignal): Promise<unknown>;
   /** Before a send, lock held: takes over what other tabs changed in the outbox (SyncStore.reloadOutbox). */
   takeOver?(): void;
 }
@@ -170,6 +176,11 @@ export class OutboxSchedule {
   /** The strongest reason asked for while a send was under way: asked again when it ends. */
   #askedMeanwhile: SendReason | null = null;
   #disposed = false;
+  /** Aborted on dispose: a wait for the tabs' lock is given up. */
+  readonly #abort = new AbortController();
+  /** Sends this tab has begun (options.send called), and how the last one ended. */
+  #sendsBegun = 0;
+  #lastResult: FlushResult | null = null;
   /** The shared state as last read or written (tabs): another tab changed it when it differs. */
   #basis: string | null = null;
 
@@ -216,9 +227,22 @@ export class OutboxSchedule {
     else this.#arm(at);
   }
 
+  /**
+   * The reader's "send now" (reason `user`): resolves once it is over, with how this tab's send ended,
+   * or null when this tab sent nothing (nothing was waiting; another tab's send, which this one
+   * waited for, answered it; or a Retry-After holds it, when a retry is armed).
+   */
+  async sendNow(): Promise<FlushResult | null> {
+    const before = this.#sendsBegun;
+    this.request("user");
+    await this.settled();
+    return this.#sendsBegun > before ? this.#lastResult : null;
+  }
+
   dispose(): void {
     this.#disposed = true;
     this.#clearTimer();
+    this.#abort.abort();
   }
 
   #earliest(reason: SendReason): number {
@@ -283,6 +307,7 @@ export class OutboxSchedule {
       }
       if (!this.#options.hasPending()) return;
       this.#sendSkipped = skipped;
+      this.#sendsBegun++;
       let result: FlushResult;
       try {
         result = await this.#options.send();
@@ -290,6 +315,7 @@ export class OutboxSchedule {
         // flushOutbox answers its failures; a throw is a bug, and must not end the retries.
         result = { outcome: "failed", error };
       }
+      this.#lastResult = result;
       // Recorded (and shared) before the lock goes: the next tab to take it reads it.
       if (!this.#disposed) this.#record(result);
     });
@@ -310,9 +336,9 @@ export class OutboxSchedule {
       await lock(() => {
         started = true;
         return run();
-      });
+      }, this.#abort.signal);
     } catch (error) {
-      if (started) throw error;
+      if (started || this.#disposed) throw error; // disposed: the wait was given up
       await run(); // the lock itself failed (a sandboxed frame): send as a tab alone would
     }
   }

@@ -17,7 +17,7 @@ export function announceSession(userId: string | null): void {
 }
 
 /** Whether a `storage` event says the session is no longer `userId`'s. */
-export function sessionChangedFor(event: StorageEvent, userId: string): boolean {
+export function sessionChangedFor(event: { key: string | null; newValue: string | null }, userId: string): boolean {
   if (event.key !== SESSION_SIGNAL_KEY || event.newValue === null) return false;
   try {
     const said = JSON.parse(event.newValue) as { userId?: unknown };

@@ -1,0 +1,365 @@
+// One signed-in user's sync in this tab (components/SyncProvider.tsx opens one per user): the
+// Realtime link to progress:<userId>, the outbox's sends and their schedule, the token keeper, the
+// tab's listeners (online, offline, storage, visibility). Everything it opens, close() ends: a user
+// change in the same page (signed out, then in as someone else) closes the old user's session before
+// the new one opens, so none of the old user's timers, lock waits, listeners or Realtime channel
+// goes on, and nothing queued for one user is ever sent with the other's token. The old user's
+// unsent writes stay where the store saved them (localStorage, under that user's key) for their
+// next sign-in.
+//
+// Framework-free, over an environment the browser gives (browserSyncEnvironment) or a test makes
+// (tests/web/sync-session.test.ts).
+
+import { ServerClock } from "@shared/progress/serverClock.ts";
+import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
+import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
+import { isNetworkFailure, isRetryable, isTransient, type ProgressApi, splitMayHelp } from "../progressClient.ts";
+import { type FlushResult, flushOutbox } from "./outbox.ts";
+import { type OutboxTabs, OutboxSchedule, type OutboxTimers, type SendReason } from "./outboxSchedule.ts";
+import type { PendingWrite, SyncStore } from "./syncStore.ts";
+import { isSignedOut, SignedOutError, TokenKeeper } from "./tokenKeeper.ts";
+import { sessionChangedFor } from "./sessionSignal.ts";
+import { createSessionCheck } from "./sessionCheck.ts";
+
+export interface Position {
+  chapter: number;
+  page: number;
+  percentage: number;
+}
+
+/** What the session needs of the API: the outbox's writes and the live subscription. */
+export type SyncApi = Pick<ProgressApi, "subscribeToProgress" | "updateProgress" | "updateProgressBatch">;
+
+export interface SyncEnvironment {
+  /** The window: `online`, `offline` and `storage` events. */
+  window: Pick<EventTarget, "addEventListener" | "removeEventListener">;
+  /** The document: `visibilitychange`, and whether the page is shown. */
+  document: Pick<EventTarget, "addEventListener" | "removeEventListener"> & { visibilityState: string };
+  isOnline(): boolean;
+  /** localStorage, or null where the browser blocks site data. */
+  storage: Storage | null;
+  /** navigator.locks where there are Web Locks. */
+  locks?: WebLocks;
+  /** A client with the user's current token (asked per request) and the API over it. */
+  connect(accessToken: () => Promise<string>, clock: ServerClock): { api: SyncApi; disconnect(): void };
+  /** Signed out (to the sign-in page) or signed in as another user (reload: renders the new user's). */
+  leave(how: "sign-in" | "reload"): void;
+  /** The server clock's estimate, kept for the next visit (which may start offline). */
+  clockOffset?: { load(): number | undefined; save(offsetMs: number): void };
+  setInterval(run: () => void, ms: number): unknown;
+  clearInterval(handle: unknown): void;
+  /** The outbox schedule's timers (default: the browser's). */
+  timers?: OutboxTimers;
+  log?(line: string): void;
+}
+
+/** What the session uses of navigator.locks. */
+export interface WebLocks {
+  request(name: string, options: { signal?: AbortSignal }, run: () => Promise<void>): Promise<unknown>;
+}
+
+export interface SyncSessionConfig {
+  userId: string;
+  accessToken: string;
+  expiresAt: number;
+}
+
+/** What the Sync now control shows: nothing yet, under way, or how the last one ended. */
+export type SyncNowState = "idle" | "syncing" | "done" | "failed";
+
+export class SyncSession {
+  readonly store: SyncStore;
+  readonly userId: string;
+  readonly clock: ServerClock;
+  #status: RealtimeStatus = "connecting";
+  #online: boolean;
+  #syncNow: SyncNowState = "idle";
+  #sending = false;
+  #closed = false;
+  #listeners = new Set<() => void>();
+  readonly #schedule: OutboxSchedule;
+  readonly #cleanups: (() => void)[] = [];
+  readonly #subscription: ReturnType<SyncApi["subscribeToProgress"]>;
+
+  constructor(store: SyncStore, config: SyncSessionConfig, env: SyncEnvironment) {
+    if (store.userId !== config.userId) throw new Error("SyncSession: the store is another user's");
+    this.store = store;
+    this.userId = config.userId;
+    const userId = config.userId;
+    // Reading localStorage throws where the browser blocks site data: the outbox then lives in
+    // memory for this visit (as deviceId.ts and the clock offset already do).
+    const storage = env.storage;
+    if (storage) store.attachStorage(storage);
+    this.#online = env.isOnline();
+
+    // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
+    // not make an old position win later); the estimate is kept for the next visit, which may start
+    // offline. The token's expiry is judged by the same clock.
+    const clock = this.clock = new ServerClock({ offsetMs: env.clockOffset?.load() });
+    const tokens = new TokenKeeper(config.accessToken, config.expiresAt, { userId, now: () => clock.now() });
+    // Signed out, or signed in as someone else in another tab: this page's library, outbox and
+    // Realtime link are the old user's, so leave it (a reload renders the new user's library; the
+    // old user's unsent writes wait in localStorage for their next sign-in). Not once closed: the
+    // page has moved on to another user already.
+    const leaveIfSignedOut = (error: unknown) => {
+      if (!(error instanceof SignedOutError) || this.#closed) return;
+      env.leave(error.userChanged ? "reload" : "sign-in");
+    };
+    const getAccessToken = async () => {
+      // A request of a closed session (one already under way when the user changed) carries no
+      // token at all: it fails as signed out, and its writes stay in this user's outbox.
+      if (this.#closed) throw new SignedOutError("this user's session is closed");
+      try {
+        return await tokens.get();
+      } catch (error) {
+        leaveIfSignedOut(error);
+        throw error;
+      }
+    };
+    const { api, disconnect } = env.connect(getAccessToken, clock);
+    const subscription = this.#subscription = api.subscribeToProgress(
+      userId,
+      (change) => {
+        if (this.#closed) return;
+        if (change.kind === "delete") store.removeServerRow(change.row);
+        else store.applyServerRow(change.row);
+      },
+      { accessToken: config.accessToken, pollIntervalMs: 5_000, backoff: { initialMs: 1_000, maxMs: 15_000 }, log: env.log },
+    );
+    this.#status = subscription.status;
+    const offStatus = subscription.onStatus((status) => {
+      if (this.#closed) return;
+      this.#status = status;
+      this.#emit();
+      if (status === "live" || status === "polling") this.flush("reachable");
+    });
+    const offToken = tokens.onChange((token) => void subscription.service.setAccessToken(token));
+
+    // ---- outbox flush: in batches, stops at the first retryable failure (outbox.ts); when it goes,
+    // and when it goes again after a failure (backoff, Retry-After), is the schedule's to say
+    // (outboxSchedule.ts), by why it is asked for.
+    const schedule = this.#schedule = new OutboxSchedule({
+      send: () => {
+        this.#setSending(true);
+        return flushOutbox(store, api, {
+          isRetryable,
+          isTransient,
+          splitMayHelp,
+          isSignedOut, // also when supabase-js wraps it (the token callback threw it)
+          refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
+          isDisposed: () => this.#closed,
+        }).finally(() => {
+          env.clockOffset?.save(clock.measuredOffsetMs); // what answers measured: a sleep must not erase it
+          this.#setSending(false);
+        });
+      },
+      hasPending: () => store.getSnapshot().pendingCount > 0,
+      isOnline: () => env.isOnline(),
+      retryAfterMs: (error) => retryAfterMsOf(error),
+      isNetworkFailure,
+      // The browser's tabs share the outbox, so they share when it may be sent, and send it one at a time.
+      tabs: storage ? outboxTabs(storage, store, env.locks) : undefined,
+      ...(env.timers ? { timers: env.timers } : {}),
+    });
+    const refreshTimer = env.setInterval(() => {
+      if (tokens.remaining < 120 && env.isOnline()) void tokens.refresh().catch(leaveIfSignedOut);
+    }, 30_000);
+    // Whether this browser's session is still this user's (another tab may have signed out, or in as
+    // someone else), with a token that is fresh (a laptop may have slept past its expiry).
+    const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => subscription.syncNow() });
+    // Another tab of this browser queued writes (offline) or changed the shared outbox: send them too.
+    // Or it says the session changed (sessionSignal.ts): check it now, not at expiry.
+    const onStorage = (event: Event) => {
+      const e = event as Event & { key: string | null; newValue: string | null }; // a StorageEvent
+      if (sessionChangedFor(e, userId)) {
+        void session.sessionChanged();
+        return;
+      }
+      // Another tab's send changed when the next one may go: arm this tab's retry by it too.
+      if (e.key === scheduleKey(userId)) return this.flush("queued");
+      if (e.key !== store.outboxKey && e.key !== null) return;
+      store.reloadOutbox();
+      this.flush("queued");
+    };
+    const onOnline = () => {
+      this.#setOnline(true);
+      this.flush("online");
+      // Rejoin Realtime and read what was missed now instead of waiting out the backoff.
+      void session.shown();
+    };
+    const onOffline = () => this.#setOnline(false);
+    // A hidden tab's timers run at most once a minute and its socket may have been dropped (a
+    // sleeping laptop, a phone's browser in the background): when the reader comes back to it,
+    // read now, so the page shows where the other device left off before they look.
+    const onVisible = () => {
+      if (env.document.visibilityState === "visible") void session.shown();
+    };
+    env.window.addEventListener("online", onOnline);
+    env.window.addEventListener("offline", onOffline);
+    env.window.addEventListener("storage", onStorage);
+    env.document.addEventListener("visibilitychange", onVisible);
+
+    this.#cleanups.push(
+      () => schedule.dispose(),
+      () => env.clearInterval(refreshTimer),
+      () => env.window.removeEventListener("online", onOnline),
+      () => env.window.removeEventListener("offline", onOffline),
+      () => env.window.removeEventListener("storage", onStorage),
+      () => env.document.removeEventListener("visibilitychange", onVisible),
+      offStatus,
+      offToken,
+      () => void subscription.unsubscribe().finally(() => disconnect()),
+    );
+    this.flush("queued");
+  }
+
+  /** The Realtime link's status (live, polling, connecting, offline). */
+  get status(): RealtimeStatus {
+    return this.#status;
+  }
+
+  /** The browser's word on its network (its `online` and `offline` events). */
+  get online(): boolean {
+    return this.#online;
+  }
+
+  /** Where the reader's last Sync now stands. */
+  get syncNowState(): SyncNowState {
+    return this.#syncNow;
+  }
+
+  /** Whether this tab is sending the outbox now. */
+  get sending(): boolean {
+    return this.#sending;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Runs `listener` when status, online, sending or the Sync now state change. */
+  subscribe = (listener: () => void): (() => void) => {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  };
+
+  /** Asks for a send of the outbox, for `reason` (the schedule says when it goes). */
+  flush(reason: SendReason): void {
+    if (!this.#closed) this.#schedule.request(reason);
+  }
+
+  /** An optimistic save: shown at once, queued in the outbox, sent as an edit. */
+  save(seriesId: string, position: Position, deviceId: string): void {
+    if (this.#closed) return;
+    // Strictly after the version the reader is looking at (another device's, or this one's last
+    // save), so a page turn made after seeing it wins over it and two quick saves keep their order.
+    const at = this.store.nextUpdatedAt(seriesId, this.clock.now(), deviceId);
+    const write: PendingWrite = {
+      series_id: seriesId,
+      chapter: position.chapter,
+      page: position.page,
+      percentage: position.percentage,
+      cleared: false,
+      device_id: deviceId,
+      updated_at: at,
+    };
+    this.store.addPending(write);
+    this.flush("edit");
+  }
+
+  /**
+   * The reader's Sync now: the outbox goes at once (within the backoff, not within a Retry-After;
+   * in a tab whose send another tab's answered meanwhile, as the schedule says: never the same
+   * writes twice), and what the server has is read now. Resolves with how it ended: "failed" when
+   * writes are still waiting (the server did not take them, or asked to wait) or the read failed.
+   */
+  async syncNow(): Promise<SyncNowState> {
+    if (this.#closed || this.#syncNow === "syncing") return this.#syncNow;
+    this.#setSyncNow("syncing");
+    const sent = this.#schedule.sendNow();
+    const read = this.#subscription.syncNow().then(() => true, () => false);
+    const [result, readOk] = await Promise.all([sent, read]);
+    if (this.#closed) return this.#syncNow;
+    const waiting = this.store.getSnapshot().pendingCount > 0;
+    const failed = !readOk || waiting;
+    if (result?.outcome === "failed" && this.store.getSnapshot().lastError === null) {
+      // A passing outage shows nothing by itself (the retries go on); asked by the reader, say it.
+      const message = result.error instanceof Error ? result.error.message : String(result.error);
+      this.store.setError(`Not saved yet (will retry): ${message}`);
+    }
+    this.#setSyncNow(failed ? "failed" : "done");
+    return this.#syncNow;
+  }
+
+  /** Ends everything this session opened (idempotent); the store's saved outbox stays. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const cleanup of this.#cleanups.splice(0)) {
+      try {
+        cleanup();
+      } catch {
+        // one that fails must not keep the others open
+      }
+    }
+    this.#listeners.clear();
+  }
+
+  #setOnline(online: boolean): void {
+    if (this.#online === online) return;
+    this.#online = online;
+    this.#emit();
+  }
+
+  #setSending(sending: boolean): void {
+    if (this.#sending === sending) return;
+    this.#sending = sending;
+    this.#emit();
+  }
+
+  #setSyncNow(state: SyncNowState): void {
+    if (this.#syncNow === state) return;
+    this.#syncNow = state;
+    this.#emit();
+  }
+
+  #emit(): void {
+    if (this.#closed) return;
+    for (const listener of [...this.#listeners]) listener();
+  }
+}
+
+/**
+ * The store for `userId`: `current` while it is that user's, else a new, empty one (the provider's
+ * user changed without a remount: the old user's rows, pending writes and notices stay in theirs,
+ * its saved outbox under their key).
+ */
+export function storeForUser<S extends { readonly userId: string }>(current: S, userId: string, create: (userId: string) => S): S {
+  return current.userId === userId ? current : create(userId);
+}
+
+/** Where the browser's tabs share the outbox's schedule (outboxSchedule.ts), per user. */
+export function scheduleKey(userId: string): string {
+  return `readsync.outboxSchedule.${userId}`;
+}
+
+/** The name of the Web Lock under which one tab at a time sends this user's outbox. */
+export function outboxLockName(userId: string): string {
+  return `readsync.outbox.${userId}`;
+}
+
+/**
+ * The schedule shared by this browser's tabs: in localStorage, sent by one tab at a time under a Web
+ * Lock per user. Without Web Locks (Safari before 15.4; a page over plain http other than localhost, as
+ * they need a secure context) tabs may send at the same time, as before, but share the schedule.
+ */
+function outboxTabs(storage: Storage, store: SyncStore, locks: SyncEnvironment["locks"]): OutboxTabs {
+  return {
+    storage,
+    key: scheduleKey(store.userId),
+    lock: locks ? (run, signal) => locks.request(outboxLockName(store.userId), signal ? { signal } : {}, run) : undefined,
+    takeOver: () => store.reloadOutbox(),
+  };
+}
+
+export type { FlushResult };

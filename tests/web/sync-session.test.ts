@@ -1,0 +1,357 @@
+// One user's sync in a tab (examples/web/lib/client/syncSession.ts), as the web app's SyncProvider
+// opens it: a user change in the same page (signed out, then in as another reader) closes the old
+// user's session (timers, Realtime subscription, a wait for the outbox's Web Lock, listeners) and
+// opens one over a new store for the new user, so nothing of the first user is shown to the second
+// or sent with their token, and the first user's unsent writes stay saved under their own key. The
+// API, the browser's events, storage and lock are the test's own.
+
+import assert from "node:assert/strict";
+import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
+import type { Progress, WriteResult } from "@shared/progress/types.ts";
+import { NetworkError } from "@shared/progress/api.ts";
+import type { ServerClock } from "@shared/progress/serverClock.ts";
+import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import {
+  outboxLockName,
+  storeForUser,
+  type SyncApi,
+  type SyncEnvironment,
+  SyncSession,
+} from "../../examples/web/lib/client/syncSession.ts";
+import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
+import { virtualTimers } from "./support.ts";
+
+const ALICE = "11111111-1111-4111-8111-111111111111";
+const BOB = "22222222-2222-4222-8222-222222222222";
+const DEVICE = "web-test";
+const FAR = Math.floor(Date.now() / 1000) + 3_600; // tokens that need no refresh
+
+/** localStorage as a browser keeps it. */
+function memoryStorage(): Storage {
+  const items = new Map<string, string>();
+  return {
+    get length() {
+      return items.size;
+    },
+    key: (i: number) => [...items.keys()][i] ?? null,
+    getItem: (key: string) => items.get(key) ?? null,
+    setItem: (key: string, value: string) => void items.set(key, String(value)),
+    removeItem: (key: string) => void items.delete(key),
+    clear: () => items.clear(),
+  };
+}
+
+/** An EventTarget that counts the listeners added to it and not removed. */
+function countingTarget() {
+  const target = new EventTarget();
+  const listening = new Map<string, number>();
+  return {
+    addEventListener(type: string, listener: EventListenerOrEventListenerObject | null) {
+      listening.set(type, (listening.get(type) ?? 0) + 1);
+      target.addEventListener(type, listener);
+    },
+    removeEventListener(type: string, listener: EventListenerOrEventListenerObject | null) {
+      listening.set(type, (listening.get(type) ?? 0) - 1);
+      target.removeEventListener(type, listener);
+    },
+    dispatchEvent: (event: Event) => target.dispatchEvent(event),
+    get listeners() {
+      return [...listening.values()].reduce((a, b) => a + b, 0);
+    },
+  };
+}
+
+/** navigator.locks as the browser grants them: held by another tab until it lets go; waits can be aborted. */
+function heldLocks() {
+  const waiting: { name: string; grant: () => void }[] = [];
+  let heldElsewhere = new Set<string>();
+  return {
+    request(name: string, options: { signal?: AbortSignal }, run: () => Promise<void>): Promise<unknown> {
+      return new Promise((resolve, reject) => {
+        const grant = () => void run().then(resolve, reject);
+        if (!heldElsewhere.has(name)) return grant();
+        const entry = { name, grant };
+        waiting.push(entry);
+        options.signal?.addEventListener("abort", () => {
+          waiting.splice(waiting.indexOf(entry), 1);
+          reject(new DOMException("aborted", "AbortError"));
+        });
+      });
+    },
+    holdElsewhere(name: string) {
+      heldElsewhere.add(name);
+    },
+    /** The other tab lets go: the waits are granted in order. */
+    release() {
+      heldElsewhere = new Set();
+      for (const entry of waiting.splice(0)) entry.grant();
+    },
+    waiting: (name: string) => waiting.filter((w) => w.name === name).length,
+  };
+}
+
+/** The API as a tab reaches it: every request goes with the token the session gives at that moment. */
+function fakeApi(
+  log: { user: string; token: string; writes: PendingWrite[] }[],
+  subscriptions: FakeSubscription[],
+) {
+  return (accessToken: () => Promise<string>, _clock: ServerClock) => {
+    let disconnected = false;
+    const answer = (write: PendingWrite, user: string): WriteResult => ({
+      won: true,
+      progress: {
+        ...write,
+        user_id: user,
+        synced_at: write.updated_at,
+        change_xid: "1",
+        created_at: write.updated_at,
+      },
+    } as unknown as WriteResult);
+    const api = {
+      async updateProgressBatch(writes: PendingWrite[]) {
+        const token = await accessToken();
+        const user = token.replace("token-of-", "");
+        log.push({ user, token, writes });
+        return writes.map((write) => answer(write, user));
+      },
+      async updateProgress(write: PendingWrite) {
+        return (await api.updateProgressBatch([write]))[0];
+      },
+      subscribeToProgress(userId: string, handler: (change: { kind: string; row: Progress }) => void) {
+        const statusListeners = new Set<(status: string) => void>();
+        const subscription: FakeSubscription = {
+          userId,
+          handler,
+          unsubscribed: false,
+          get disconnected() {
+            return disconnected;
+          },
+          reads: 0,
+          statusListeners,
+        };
+        subscriptions.push(subscription);
+        return {
+          status: "connecting",
+          service: { setAccessToken: () => Promise.resolve() },
+          onStatus: (listener: (status: string) => void) => {
+            statusListeners.add(listener);
+            return () => statusListeners.delete(listener);
+          },
+          syncNow: () => {
+            subscription.reads++;
+            return Promise.resolve();
+          },
+          unsubscribe: () => {
+            subscription.unsubscribed = true;
+            return Promise.resolve();
+          },
+        };
+      },
+    };
+    return { api: api as unknown as SyncApi, disconnect: () => void (disconnected = true) };
+  };
+}
+
+interface FakeSubscription {
+  userId: string;
+  handler: (change: { kind: string; row: Progress }) => void;
+  unsubscribed: boolean;
+  readonly disconnected: boolean;
+  reads: number;
+  statusListeners: Set<(status: string) => void>;
+}
+
+/** One browser tab: its window, document, storage, lock, interval timers and API. */
+function tab(options: { storage?: Storage } = {}) {
+  const window = countingTarget();
+  const document = Object.assign(countingTarget(), { visibilityState: "visible" });
+  const storage = options.storage ?? memoryStorage();
+  const locks = heldLocks();
+  const clock = virtualTimers();
+  const intervals = new Set<unknown>();
+  let nextInterval = 1;
+  const sent: { user: string; token: string; writes: PendingWrite[] }[] = [];
+  const subscriptions: FakeSubscription[] = [];
+  const left: string[] = [];
+  const env: SyncEnvironment = {
+    window,
+    document,
+    isOnline: () => true,
+    storage,
+    locks,
+    connect: fakeApi(sent, subscriptions),
+    leave: (how) => void left.push(how),
+    setInterval: () => {
+      const handle = nextInterval++;
+      intervals.add(handle);
+      return handle;
+    },
+    clearInterval: (handle) => void intervals.delete(handle),
+    timers: clock.timers,
+  };
+  const open = (store: SyncStore) =>
+    new SyncSession(
+      store,
+      { userId: store.userId, accessToken: `token-of-${store.userId}`, expiresAt: FAR },
+      env,
+    );
+  return { env, window, document, storage, locks, clock, intervals, sent, subscriptions, left, open };
+}
+
+const newStore = (userId: string) => new SyncStore(userId, defaultCompareRows);
+const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+/** Lets every promise callback queued so far run. */
+const tick = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+function row(user: string, series: string, chapter: number): Progress {
+  const at = new Date().toISOString();
+  return {
+    user_id: user,
+    series_id: series,
+    chapter,
+    page: 1,
+    percentage: 0.5,
+    cleared: false,
+    device_id: "phone",
+    updated_at: at,
+    synced_at: at,
+    change_xid: "1",
+    created_at: at,
+  } as Progress;
+}
+
+Deno.test("sync session: a user change without a remount closes the old user's session and opens the new user's; nothing of the first reaches the second", async () => {
+  const t = tab();
+  // Alice's tab: a row from the server, and a write queued while another tab of the browser holds
+  // the outbox's lock (so her send waits for it).
+  t.locks.holdElsewhere(outboxLockName(ALICE));
+  let store = newStore(ALICE);
+  const alice = t.open(store);
+  t.subscriptions[0].handler({ kind: "upsert", row: row(ALICE, "alices-book", 7) });
+  alice.save("alices-draft", position(3), DEVICE);
+  await tick();
+  assert.equal(t.locks.waiting(outboxLockName(ALICE)), 1, "her send waits for the lock");
+  assert.equal(t.intervals.size, 1);
+  assert.ok(t.window.listeners > 0 && t.document.listeners > 0);
+
+  // The provider's userId becomes Bob's, in the same page (no remount): as SyncProvider does it.
+  store = storeForUser(store, BOB, newStore);
+  assert.equal(store.userId, BOB, "a store of Bob's");
+  alice.close();
+  const bob = t.open(store);
+
+  // Alice's session is over: no timer, no listener, no Realtime channel, no wait for the lock.
+  assert.deepEqual(
+    {
+      intervals: t.intervals.size,
+      windowListeners: t.window.listeners,
+      documentListeners: t.document.listeners,
+      unsubscribed: t.subscriptions[0].unsubscribed,
+      lockWaits: t.locks.waiting(outboxLockName(ALICE)),
+    },
+    { intervals: 1, windowListeners: 3, documentListeners: 1, unsubscribed: true, lockWaits: 0 },
+    "only Bob's session's own (one interval, three window and one document listeners)",
+  );
+  await tick();
+  assert.equal(t.subscriptions[0].disconnected, true, "her client's socket is closed");
+  assert.equal(t.subscriptions[1].userId, BOB, "Bob's channel is his own");
+
+  // Nothing of Alice's is shown to Bob.
+  const snapshot = bob.store.getSnapshot();
+  assert.deepEqual([snapshot.library.length, snapshot.pendingCount, snapshot.lastError], [0, 0, null]);
+  assert.equal(bob.status, "connecting", "no status of hers");
+
+  // The other tab lets go of Alice's lock; a late Realtime event of hers arrives: nothing is sent as
+  // anyone, and her write waits in her own saved outbox for her next sign-in.
+  t.locks.release();
+  t.subscriptions[0].handler({ kind: "upsert", row: row(ALICE, "alices-other", 1) });
+  t.clock.advance(120_000);
+  await tick();
+  assert.equal(t.sent.length, 0, "nothing sent: not as Alice after she left, not Alice's as Bob");
+  const saved = JSON.parse(t.storage.getItem(`readsync.outbox.${ALICE}`) ?? "[]") as PendingWrite[];
+  assert.deepEqual(saved.map((w) => w.series_id), ["alices-draft"]);
+  assert.equal(t.storage.getItem(`readsync.outbox.${BOB}`), null);
+  assert.deepEqual(t.left, [], "closing is not leaving the page");
+
+  // Bob's own save goes with his token, alone.
+  bob.save("bobs-book", position(2), DEVICE);
+  await tick();
+  await tick();
+  assert.deepEqual(
+    t.sent.map((s) => ({ user: s.user, series: s.writes.map((w) => w.series_id) })),
+    [{ user: BOB, series: ["bobs-book"] }],
+  );
+
+  // Alice signs in again later: her write is there and goes with her token.
+  bob.close();
+  const aliceAgain = t.open(newStore(ALICE));
+  assert.equal(aliceAgain.store.getSnapshot().pendingCount, 1);
+  await tick();
+  await tick();
+  assert.deepEqual(t.sent.slice(1).map((s) => ({ user: s.user, series: s.writes.map((w) => w.series_id) })), [
+    { user: ALICE, series: ["alices-draft"] },
+  ]);
+  aliceAgain.close();
+});
+
+Deno.test("sync session: a request of a closed session that asks for its token after the close gets none: her write stays hers", async () => {
+  const t = tab();
+  let letGo!: () => void;
+  const gate = new Promise<void>((resolve) => letGo = resolve);
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) =>
+    connect(async () => {
+      await gate; // the request is under way and asks for the token only now
+      return accessToken();
+    }, clock);
+  const store = newStore(ALICE);
+  const alice = t.open(store);
+  alice.save("draft", position(1), DEVICE);
+  await tick();
+  alice.close();
+  letGo();
+  await tick();
+  await tick();
+  assert.equal(t.sent.length, 0, "not sent with any token");
+  const saved = JSON.parse(t.storage.getItem(`readsync.outbox.${ALICE}`) ?? "[]") as PendingWrite[];
+  assert.deepEqual(saved.map((w) => w.series_id), ["draft"], "kept for her next sign-in");
+  assert.deepEqual(t.left, [], "and the page is not sent anywhere by a closed session");
+  alice.save("after", position(2), DEVICE);
+  assert.equal(store.getSnapshot().pendingCount, 1, "a closed session takes no save");
+});
+
+Deno.test("sync session: Sync now sends the outbox at once, within the backoff, and reads what the server has", async () => {
+  const t = tab();
+  const store = newStore(ALICE);
+  let down = true;
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) => {
+    const { api, disconnect } = connect(accessToken, clock);
+    const batch = api.updateProgressBatch.bind(api);
+    api.updateProgressBatch = (writes) =>
+      down ? Promise.reject(new NetworkError(0, "network_error", "Failed to fetch")) : batch(writes);
+    return { api, disconnect };
+  };
+  const alice = t.open(store);
+  alice.save("book", position(4), DEVICE);
+  await tick();
+  await tick();
+  assert.equal(store.getSnapshot().pendingCount, 1, "the API is unreachable: it waits");
+  assert.equal(await alice.syncNow(), "failed");
+  assert.match(
+    store.getSnapshot().lastError ?? "",
+    /Not saved yet \(will retry\)/,
+    "asked for, a failure is said",
+  );
+  assert.equal(t.subscriptions[0].reads, 1, "and the server was asked for changes");
+
+  down = false;
+  const before = t.clock.now;
+  const outcome = alice.syncNow();
+  assert.equal(alice.syncNowState, "syncing");
+  assert.equal(await outcome, "done");
+  assert.equal(t.clock.now, before, "at once, not after the backoff's step");
+  assert.deepEqual(t.sent.map((s) => s.writes.map((w) => w.series_id)), [["book"]]);
+  assert.deepEqual([store.getSnapshot().pendingCount, store.getSnapshot().lastError], [0, null]);
+  alice.close();
+});
