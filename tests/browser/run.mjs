@@ -65,6 +65,7 @@ const TESTS = [
   "Sign out in one tab ends the session in the browser's other open tabs at once: they leave for sign-in and save nothing more",
   "a series whose id ends in .rsc (a valid id), opened from the library, is still a page on a full load (reload, bookmark)",
   "two tabs of one browser send their shared outbox one at a time: offline edits made in both reach the function once each when the browser is back online, never a request from each tab at once",
+  "Sync now sends a write that waited while the API was unreachable as soon as it is pressed, not at the backoff's next step, and is disabled while it runs",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1263,6 +1264,99 @@ async function main() {
             assertEqual(sent.sort(), [seriesOne, seriesTwo].sort(), "each write reached the function once");
             assertEqual(mostUnderWay, 1, "requests under way at once");
             assertEqual([...first.errors, ...second.errors], [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[20],
+        fn: async () => {
+          const email = `reader-s-${run}@readsync.test`;
+          const series = `sync-now-${run}`;
+          // The backoff's jitter drawn at 0.9 of its ceiling (this context only): the retry after the
+          // failure below comes 54 s after it, a step the button must not wait for.
+          const context = await ownContext();
+          await context.addInitScript(() => {
+            Math.random = () => 0.9;
+          });
+          try {
+            const device = await tabIn(context, "reader S");
+            if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
+            await signIn(device, email);
+            const { page } = device;
+            await openSeries(device, series);
+            await waitForStatus(device, "live");
+            const button = page.getByRole("button", { name: "Sync now" });
+            assertEqual(await button.isEnabled(), true, "Sync now is offered");
+            // An outage under way for a while (five failures in a row, the last with no answer: the
+            // ceiling is at 60 s), and the API unreachable (its connections refused).
+            const scheduleKey = await page.evaluate(() =>
+              `readsync.outboxSchedule.${JSON.parse(localStorage.getItem("readsync.session")).userId}`
+            );
+            await page.evaluate((key) => {
+              const now = Date.now();
+              localStorage.setItem(
+                key,
+                JSON.stringify({
+                  failures: 5,
+                  sharedAt: now,
+                  noAnswer: true,
+                  editMaySkip: true,
+                  retryAt: now + 30_000,
+                  retryAfterUntil: 0,
+                }),
+              );
+            }, scheduleKey);
+            const writes = "**/functions/v1/progress**";
+            const attempts = [];
+            await page.route(writes, (route) => {
+              if (route.request().method() !== "POST") return route.continue();
+              attempts.push(Date.now());
+              return route.abort("connectionrefused");
+            });
+            await setPosition(device, { chapter: 3, page: 33, percent: 3 });
+            // The edit tries once (no answer: it may), fails, and waits for the retry.
+            const shared = () =>
+              page.evaluate((key) => JSON.parse(localStorage.getItem(key) ?? "null"), scheduleKey);
+            const retryAt = await eventually(async () => {
+              const state = await shared();
+              assertEqual(state?.failures, 6, "the failed try is counted");
+              return state.retryAt;
+            }, { what: "the write's try to fail" });
+            assertEqual(
+              await page.getByTestId("pending-count").getAttribute("data-count"),
+              "1",
+              "the write waits",
+            );
+            // The API is back (its answer held until the test lets it go); the reader presses Sync now.
+            await page.unroute(writes);
+            let letGo = () => {};
+            const held = new Promise((resolve) => letGo = resolve);
+            const sent = [];
+            await page.route(writes, async (route) => {
+              if (route.request().method() !== "POST") return route.continue();
+              sent.push(Date.now());
+              await held;
+              return route.continue();
+            });
+            const control = page.getByTestId("sync-now");
+            await button.click();
+            await eventually(() => assertEqual(sent.length, 1, "sent"), { what: "Sync now to send" });
+            assertEqual(await control.isDisabled(), true, "disabled while the send runs");
+            assertEqual(await control.getAttribute("aria-busy"), "true", "busy");
+            letGo();
+            await waitForOutboxEmpty(device);
+            assert(sent[0] < retryAt, `sent before the backoff's next step (${retryAt - sent[0]} ms ahead)`);
+            assert(attempts.length > 0, "tried while it was unreachable");
+            if (sql) assertEqual((await storedRow(series, email))?.page, 33, "stored");
+            await eventually(
+              async () => assertEqual(await control.getAttribute("data-state"), "done", "outcome"),
+              { what: "Sync now to say it is done" },
+            );
+            assertEqual(await button.isEnabled(), true, "offered again");
+            assertEqual(await shared(), null, "the run of failures is over");
+            assertEqual(device.errors, [], "page errors");
           } finally {
             await context.close();
           }
