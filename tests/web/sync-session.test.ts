@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { Progress, WriteResult } from "@shared/progress/types.ts";
-import { NetworkError } from "@shared/progress/api.ts";
+import { NetworkError, ValidationError } from "@shared/progress/api.ts";
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import {
@@ -38,6 +38,44 @@ function memoryStorage(): Storage {
     setItem: (key: string, value: string) => void items.set(key, String(value)),
     removeItem: (key: string) => void items.delete(key),
     clear: () => items.clear(),
+  };
+}
+
+/**
+ * The localStorage of one browser as its tabs see it: each tab's window hears a `storage` event
+ * (as a task of its own) when another tab changes a key, never for its own changes.
+ */
+function sharedStorage() {
+  const items = new Map<string, string>();
+  const tabs: { window: EventTarget; view: Storage }[] = [];
+  const changed = (from: Storage, key: string, newValue: string | null) => {
+    for (const tab of tabs) {
+      if (tab.view === from) continue;
+      setTimeout(() => tab.window.dispatchEvent(Object.assign(new Event("storage"), { key, newValue })), 0);
+    }
+  };
+  return {
+    items,
+    viewFor(window: EventTarget): Storage {
+      const view: Storage = {
+        get length() {
+          return items.size;
+        },
+        key: (i: number) => [...items.keys()][i] ?? null,
+        getItem: (key: string) => items.get(key) ?? null,
+        setItem: (key: string, value: string) => {
+          items.set(key, String(value));
+          changed(view, key, String(value));
+        },
+        removeItem: (key: string) => {
+          items.delete(key);
+          changed(view, key, null);
+        },
+        clear: () => items.clear(),
+      };
+      tabs.push({ window, view });
+      return view;
+    },
   };
 }
 
@@ -94,6 +132,7 @@ function heldLocks() {
 function fakeApi(
   log: { user: string; token: string; writes: PendingWrite[] }[],
   subscriptions: FakeSubscription[],
+  refuse?: string,
 ) {
   return (accessToken: () => Promise<string>, _clock: ServerClock) => {
     let disconnected = false;
@@ -111,6 +150,9 @@ function fakeApi(
       async updateProgressBatch(writes: PendingWrite[]) {
         const token = await accessToken();
         const user = token.replace("token-of-", "");
+        if (writes.some((write) => write.series_id === refuse)) {
+          throw new ValidationError(422, "validation_failed", "page is out of range");
+        }
         log.push({ user, token, writes });
         return writes.map((write) => answer(write, user));
       },
@@ -162,10 +204,10 @@ interface FakeSubscription {
 }
 
 /** One browser tab: its window, document, storage, lock, interval timers and API. */
-function tab(options: { storage?: Storage } = {}) {
+function tab(options: { browser?: ReturnType<typeof sharedStorage>; refuse?: string } = {}) {
   const window = countingTarget();
   const document = Object.assign(countingTarget(), { visibilityState: "visible" });
-  const storage = options.storage ?? memoryStorage();
+  const storage = options.browser ? options.browser.viewFor(window) : memoryStorage();
   const locks = heldLocks();
   const clock = virtualTimers();
   const intervals = new Set<unknown>();
@@ -179,7 +221,7 @@ function tab(options: { storage?: Storage } = {}) {
     isOnline: () => true,
     storage,
     locks,
-    connect: fakeApi(sent, subscriptions),
+    connect: fakeApi(sent, subscriptions, options.refuse),
     leave: (how) => void left.push(how),
     setInterval: () => {
       const handle = nextInterval++;
@@ -354,4 +396,34 @@ Deno.test("sync session: Sync now sends the outbox at once, within the backoff, 
   assert.deepEqual(t.sent.map((s) => s.writes.map((w) => w.series_id)), [["book"]]);
   assert.deepEqual([store.getSnapshot().pendingCount, store.getSnapshot().lastError], [0, null]);
   alice.close();
+});
+
+Deno.test("sync session: a write the server refuses says so in every tab of the user, not only the one that sent it; dismissed in one, gone in all", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser, refuse: "bad-book" });
+  const second = tab({ browser, refuse: "bad-book" });
+  const sending = first.open(newStore(ALICE));
+  const other = second.open(newStore(ALICE));
+  const error = (session: SyncSession) => session.store.getSnapshot().lastError;
+
+  sending.save("bad-book", position(1), DEVICE);
+  for (let i = 0; i < 20 && error(sending) === null; i++) await tick();
+  assert.match(error(sending) ?? "", /^Could not save bad-book: page is out of range/);
+  for (let i = 0; i < 20 && error(other) === null; i++) await tick();
+  assert.equal(error(other), error(sending), "the other tab says it too");
+  assert.deepEqual([other.store.getSnapshot().pendingCount, sending.store.getSnapshot().pendingCount], [
+    0,
+    0,
+  ]);
+
+  other.store.dismissError();
+  for (let i = 0; i < 20 && error(sending) !== null; i++) await tick();
+  assert.equal(error(sending), null, "dismissed in one tab, gone in the other");
+
+  // The same write refused again later is said again (a change of the shared key each time).
+  sending.save("bad-book", position(2), DEVICE);
+  for (let i = 0; i < 20 && error(other) === null; i++) await tick();
+  assert.match(error(other) ?? "", /^Could not save bad-book/);
+  sending.close();
+  other.close();
 });

@@ -69,7 +69,7 @@ export function SyncErrorBanner() {
   return (
     <p className="card sync-error" role="alert" data-testid="sync-error">
       {lastError}{" "}
-      <button type="button" className="secondary" onClick={() => store.setError(null)}>Dismiss</button>
+      <button type="button" className="secondary" onClick={() => store.dismissError()}>Dismiss</button>
     </p>
   );
 }

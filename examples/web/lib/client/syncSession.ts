@@ -175,6 +175,8 @@ export class SyncSession {
         void session.sessionChanged();
         return;
       }
+      // Another tab's send had a write refused: say so here too (or it was dismissed there).
+      if (e.key === store.refusedKey) return store.takeRefused(e.newValue);
       // Another tab's send changed when the next one may go: arm this tab's retry by it too.
       if (e.key === scheduleKey(userId)) return this.flush("queued");
       if (e.key !== store.outboxKey && e.key !== null) return;
@@ -245,7 +247,8 @@ export class SyncSession {
 
   /** Asks for a send of the outbox, for `reason` (the schedule says when it goes). */
   flush(reason: SendReason): void {
-    if (!this.#closed) this.#schedule.request(reason);
+    // (The schedule is made after the Realtime subscription, whose status may already be reported.)
+    if (!this.#closed && this.#schedule) this.#schedule.request(reason);
   }
 
   /** An optimistic save: shown at once, queued in the outbox, sent as an edit. */

@@ -84,6 +84,8 @@ export class SyncStore {
   #notices = new Map<string, ConflictNotice>();
   #deleted = new Map<string, ProgressRow>();
   #lastError: string | null = null;
+  /** The last refused write's message shared by the tabs (this tab's or another's), shown or not. */
+  #sharedRefusal: string | null = null;
   #listeners = new Set<() => void>();
   #snapshot: SyncSnapshot;
   #version = 0;
@@ -210,12 +212,61 @@ export class SyncStore {
     this.#emit();
   }
 
-  /** The server refused a write (validation, auth): it will never apply, so stop retrying it. */
+  /**
+   * The server refused a write (validation, auth): it will never apply, so stop retrying it. Every tab
+   * of the browser shares the outbox, so every tab of this user says so: the message is saved under
+   * `refusedKey`, and the others show it when they hear of it (takeRefused).
+   */
   reject(write: PendingWrite, message: string): void {
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#lastError = message;
+    this.#sharedRefusal = message;
     this.#saveOutbox([], [write]);
+    try {
+      // `at` makes a second refusal with the same message a change too (a storage event).
+      this.#storage?.setItem(this.refusedKey, JSON.stringify({ message, at: Date.now() }));
+    } catch {
+      // storage full or disabled: this tab says it
+    }
     this.#emit();
+  }
+
+  /** The key under which a refused write's message is shared with the browser's other tabs. */
+  get refusedKey(): string {
+    return `readsync.outboxRefused.${this.userId}`;
+  }
+
+  /**
+   * Another tab changed the shared message of a refused write (`saved`: the key's new value): shown
+   * here too; gone (dismissed there), it goes here as well, unless this tab shows something else.
+   */
+  takeRefused(saved: string | null): void {
+    if (saved === null) {
+      if (this.#sharedRefusal !== null && this.#lastError === this.#sharedRefusal) this.setError(null);
+      this.#sharedRefusal = null;
+      return;
+    }
+    try {
+      const { message } = JSON.parse(saved) as { message?: unknown };
+      if (typeof message !== "string") return;
+      this.#sharedRefusal = message;
+      this.setError(message);
+    } catch {
+      // unreadable: nothing to show
+    }
+  }
+
+  /** The reader dismissed the message: in every tab, when it is the shared one of a refused write. */
+  dismissError(): void {
+    if (this.#lastError !== null && this.#lastError === this.#sharedRefusal) {
+      this.#sharedRefusal = null;
+      try {
+        this.#storage?.removeItem(this.refusedKey);
+      } catch {
+        // storage disabled: dismissed here only
+      }
+    }
+    this.setError(null);
   }
 
   /** The key the outbox is saved under (a tab listens for `storage` events on it). */
