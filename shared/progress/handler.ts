@@ -92,9 +92,13 @@ function matchRoute(pathname: string, functionName: string): Route | null {
   if (rest.length === 1 && rest[0] === "batch") return { name: "batch" };
   if (rest.length === 1 && rest[0] === "changes") return { name: "changes" };
   if (rest.length === 2 && rest[0] === "series" && rest[1] !== "") {
+    // The id is decoded once, from the segment as sent (the last one: decodeUnreserved adds or removes
+    // no slash). Decoding rest[1] would decode twice: in `%%37%30` the unreserved escapes make `%70`,
+    // an invalid escape would become the id "p".
+    const sent = pathname.replace(/(?<=.)\/$/, "");
     let seriesId: string | null;
     try {
-      seriesId = decodeURIComponent(rest[1]);
+      seriesId = decodeURIComponent(sent.slice(sent.lastIndexOf("/") + 1));
     } catch {
       seriesId = null;
     }

@@ -655,6 +655,20 @@ Deno.test("a series id that is not valid percent-encoding: route and token are c
     expectError(await call("DELETE", "/series/%E0%A4%A", { token: a.accessToken }), 400, "invalid_request");
   }));
 
+Deno.test("a series id is decoded once: a lone % before encoded hex digits stays an invalid escape (400)", () =>
+  unchanged(async ({ a, series }) => {
+    // `%` + `%36%35` spells `%65` ("e") only if the digits' escapes are decoded first: this path must not
+    // read (or reset) the series whose id starts with that letter.
+    const hex = series.charCodeAt(0).toString(16);
+    const twice = `%${[...hex].map((d) => `%${d.charCodeAt(0).toString(16)}`).join("")}${series.slice(1)}`;
+    expectError(await call("GET", `/series/${twice}`, { token: a.accessToken }), 400, "invalid_request");
+    const reset = `/series/${twice}?device_id=d&updated_at=2026-06-01T00:00:00Z`;
+    expectError(await call("DELETE", reset, { token: a.accessToken }), 400, "invalid_request");
+    expectError(await call("GET", "/series/a%2%35", { token: a.accessToken }), 400, "invalid_request");
+    // A full escape of `%` stays one (`%2541` is the id "%41": 422), as before.
+    expectError(await call("GET", "/series/%2541", { token: a.accessToken }), 422, "validation_failed");
+  }));
+
 Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () =>
   unchanged(async ({ a, series }) => {
     const huge = {
