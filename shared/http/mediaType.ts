@@ -2,8 +2,11 @@
 // Accept header admits a JSON answer. Names (type, subtype, parameter names) are case-insensitive,
 // parameter values may be quoted strings, whitespace around `;`, `,` and `=` is allowed.
 
-/** A list split on `sep`, except inside quoted strings (a `\` escapes the next character there). */
-function splitOutsideQuotes(value: string, sep: string): string[] {
+/**
+ * A list split on `sep`, except inside quoted strings (a `\` escapes the next character there); `open`
+ * when a quoted string is never closed (it then runs to the end of the value).
+ */
+function splitOutsideQuotes(value: string, sep: string): { parts: string[]; open: boolean } {
   const parts: string[] = [];
   let current = "";
   let quoted = false;
@@ -22,7 +25,7 @@ function splitOutsideQuotes(value: string, sep: string): string[] {
     }
   }
   parts.push(current);
-  return parts;
+  return { parts, open: quoted };
 }
 
 /** A parameter value without its quotes and escapes. */
@@ -41,7 +44,7 @@ export interface MediaType {
 
 /** One media type (a Content-Type value, or one element of an Accept list). */
 export function parseMediaType(value: string): MediaType {
-  const [type, ...rest] = splitOutsideQuotes(value, ";");
+  const [type, ...rest] = splitOutsideQuotes(value, ";").parts;
   const parameters: [string, string][] = [];
   for (const p of rest) {
     const eq = p.indexOf("=");
@@ -82,8 +85,8 @@ function weight(parameters: [string, string][]): number {
 }
 
 /**
- * Whether an Accept header admits `application/json` (RFC 9110, 12.5.1). No header, an empty one, or one
- * with no element that reads as a media range admits everything. Otherwise the most specific range that
+ * Whether an Accept header admits `application/json` (RFC 9110, 12.5.1). No header, an empty one, one
+ * with a quoted string never closed, or one with no element that reads as a media range admits everything. Otherwise the most specific range that
  * matches decides (`application/json` before `application/*` before the range of any type; parameters
  * other than q are not taken into account), and it admits JSON unless its weight is 0; no matching range
  * admits nothing.
@@ -92,7 +95,11 @@ export function acceptsJson(accept: string | null): boolean {
   if (accept === null) return true;
   let best: { specificity: number; q: number } | null = null;
   let ranges = 0;
-  for (const element of splitOutsideQuotes(accept, ",")) {
+  const { parts, open } = splitOutsideQuotes(accept, ",");
+  // A quoted string left open swallows the ranges after it (`text/html;a="x, application/json`): an
+  // unreadable header, as if absent.
+  if (open) return true;
+  for (const element of parts) {
     if (element.trim() === "") continue;
     const { type, parameters } = parseMediaType(element);
     const m = /^([a-z0-9!#$%&'*+.^_`|~-]+)\/([a-z0-9!#$%&'*+.^_`|~-]+)$/.exec(type);

@@ -34,6 +34,9 @@ Deno.test("acceptsJson: q-values, case, whitespace and specificity; nothing read
     ["application/*;q=0", false],
     ["*/*;q=0", false],
     ['application/json;foo="a,b";q=0', false], // a comma inside quotes does not split the list
+    ['text/html;foo="x, application/json', true], // a quote never closed: unreadable, as if absent
+    ['text/html;foo="x\\", application/json;q=0', true],
+    ['text/html;foo="x\\"", application/json;q=0', false], // closed after an escaped quote
   ];
   for (const [header, expected] of cases) assert.equal(acceptsJson(header), expected, String(header));
 });
