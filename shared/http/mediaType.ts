@@ -56,9 +56,29 @@ export function parseMediaType(value: string): MediaType {
 }
 
 /**
+ * The IANA names of US-ASCII (RFC 20; IANA character sets registry). ASCII is a subset of UTF-8, so a
+ * body so labelled reads the same as UTF-8 (the Encoding Standard maps these labels to windows-1252,
+ * which is why TextDecoder alone would refuse them); a byte beyond ASCII is then read as UTF-8.
+ */
+const usAsciiLabels = new Set([
+  "us-ascii",
+  "ascii",
+  "ansi_x3.4-1968",
+  "ansi_x3.4-1986",
+  "iso-ir-6",
+  "iso_646.irv:1991",
+  "iso646-us",
+  "us",
+  "ibm367",
+  "cp367",
+  "csascii",
+]);
+
+/**
  * Every `charset` parameter of a Content-Type that does not name UTF-8, as given (unquoted). A label
  * names UTF-8 when the WHATWG Encoding Standard reads it as UTF-8 (what TextDecoder and browsers go by):
- * "utf-8" in any case, and its aliases "utf8", "unicode-1-1-utf-8" and the like.
+ * "utf-8" in any case, and its aliases "utf8", "unicode-1-1-utf-8" and the like; US-ASCII's names pass
+ * too (a subset of UTF-8: .NET's `Encoding.ASCII`, for one, labels JSON so).
  */
 export function nonUtf8Charsets(contentType: string | null): string[] {
   if (!contentType) return [];
@@ -66,6 +86,7 @@ export function nonUtf8Charsets(contentType: string | null): string[] {
     .filter(([name]) => name === "charset")
     .map(([, value]) => value)
     .filter((label) => {
+      if (usAsciiLabels.has(label.trim().toLowerCase())) return false;
       try {
         return new TextDecoder(label).encoding !== "utf-8";
       } catch {

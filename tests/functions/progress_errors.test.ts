@@ -748,6 +748,7 @@ Deno.test("415 is only for non-JSON types: a charset parameter and +json types a
       "application/json;charset=UTF-8",
       'application/json; Charset="utf-8"',
       "application/json; charset=utf8",
+      "application/json; charset=us-ascii",
       "application/vnd.readsync+json",
       "Application/JSON",
     ]

@@ -41,7 +41,7 @@ Deno.test("acceptsJson: q-values, case, whitespace and specificity; nothing read
   for (const [header, expected] of cases) assert.equal(acceptsJson(header), expected, String(header));
 });
 
-Deno.test("nonUtf8Charsets: any label the Encoding Standard reads as UTF-8 passes, in any case, quoted or not", () => {
+Deno.test("nonUtf8Charsets: any label the Encoding Standard reads as UTF-8, and US-ASCII's names, pass, in any case, quoted or not", () => {
   const cases: [string | null, string[]][] = [
     [null, []],
     ["application/json", []],
@@ -49,6 +49,10 @@ Deno.test("nonUtf8Charsets: any label the Encoding Standard reads as UTF-8 passe
     ["application/json;charset=UTF-8", []],
     ['application/json; Charset="utf-8"', []],
     ["application/json; charset=utf8", []],
+    ["application/json; charset=us-ascii", []],
+    ['application/json; charset="US-ASCII"', []],
+    ["application/json; charset=ANSI_X3.4-1968", []],
+    ["application/json; charset=windows-1252", ["windows-1252"]],
     ["application/json; charset=utf-16", ["utf-16"]],
     ['application/json; charset="UTF-16LE"', ["UTF-16LE"]],
     ["application/json; charset=iso-8859-1", ["iso-8859-1"]],
