@@ -318,8 +318,9 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * of the service, a failed one is logged, not thrown, and the polling goes on as before. The join
    * ladder starts again at its first step (the failures before say little about the new conditions):
    * the join made now, or the one already in flight, counts as its first, and if it fails its retry
-   * waits the first step's backoff, the ones after it longer and longer. Each call makes at most one
-   * join, and none while one is in flight or the channel is joined.
+   * waits the first step's backoff, the ones after it longer and longer; a channel still joined that
+   * drops after the call (a socket that died while the app was away) is rejoined at the first step.
+   * Each call makes at most one join, and none while one is in flight or the channel is joined.
    */
   async syncNow(userId?: string): Promise<void> {
     const links = userId === undefined
@@ -965,11 +966,15 @@ class UserLink<Row extends LwwRow> {
     // The app's word that the conditions changed (back in the foreground, back online): the failures
     // before it say little about now, so the join ladder starts again at its first step. A join
     // already in flight is not doubled: it counts as that first step (if it fails, its retry waits
-    // the first step's backoff).
+    // the first step's backoff). A channel that looks joined may sit on a socket that died while the
+    // app was away and that realtime-js has not given up yet: its drop, which may come just after,
+    // is rejoined at the first step too, as it would be had the drop come before this call.
     if (this.#reconnectTimer !== undefined) {
       this.#attempt = 0; // the join made now is the first
       this.#reconnectSoon();
-    } else if (!this.#joined) {
+    } else if (this.#joined) {
+      this.#attempt = 0; // as after a channel that held (#fail)
+    } else {
       this.#attempt = Math.min(this.#attempt, 1);
     }
     const wait = this.#retryAfterLeftMs();

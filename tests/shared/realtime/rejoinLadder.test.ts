@@ -62,6 +62,45 @@ Deno.test("syncNow: a link waiting out a long backoff step joins now and starts 
   }
 });
 
+Deno.test("syncNow: on a channel that still looks joined (its socket died unnoticed while the app was away) starts the ladder again too: its drop just after is rejoined at the first step, not the long one", async () => {
+  let quick = true; // the rejoins come after the teardown floor until the ladder has climbed
+  const link = ladderService({
+    random: () => (quick ? 0 : 0.999),
+    backoff: { initialMs: 1_000, maxMs: 600_000 },
+  });
+  try {
+    // Channels the server closed soon after joining: the ladder climbs (joins that did not hold).
+    for (let n = 1; n <= 3; n++) {
+      const channel = await link.channel(n);
+      channel.state!("SUBSCRIBED");
+      await waitFor(`live #${n}`, () => link.subscription.status === "live");
+      channel.state!("CLOSED");
+    }
+    assert.deepEqual(link.failures().map((l) => l.attempt), [1, 2, 3], "the ladder climbed");
+    const channel = await link.channel(4);
+    channel.state!("SUBSCRIBED");
+    await waitFor("live #4", () => link.subscription.status === "live");
+    quick = false;
+    // Back in the foreground or online: the socket died meanwhile but realtime-js has not noticed yet,
+    // so the channel still looks joined when the app calls syncNow(); the drop comes just after.
+    await link.subscription.syncNow();
+    channel.state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
+    const drop = link.failures().at(-1)!;
+    assert.equal(
+      drop.retry_in_ms,
+      SOCKET_TEARDOWN_MS,
+      "rejoined after the first step (its 1 s ceiling, under the teardown floor), not the 4th (8 s), as when the drop comes first",
+    );
+    assert.equal(
+      link.service.stats().joinAttempts,
+      4,
+      "syncNow made no join while the channel looked joined",
+    );
+  } finally {
+    await link.end();
+  }
+});
+
 Deno.test("server-side close: a server that closes every channel it accepts (system error, phx_close) is rejoined after the teardown floor and then further and further apart, not every 1.6 s", async () => {
   const link = ladderService({ random: () => 0.999, backoff: { initialMs: 1_000, maxMs: 600_000 } });
   try {
