@@ -427,3 +427,51 @@ Deno.test("sync session: a write the server refuses says so in every tab of the 
   sending.close();
   other.close();
 });
+
+/** The tab's API answers each batch with `failure(writes)` when it gives one, else saves them. */
+function failing(t: ReturnType<typeof tab>, failure: (writes: PendingWrite[]) => Error | null) {
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) => {
+    const { api, disconnect } = connect(accessToken, clock);
+    const batch = api.updateProgressBatch.bind(api);
+    api.updateProgressBatch = (writes) => {
+      const error = failure(writes as PendingWrite[]);
+      return error ? Promise.reject(error) : batch(writes);
+    };
+    return { api, disconnect };
+  };
+}
+
+/** Lets queued callbacks and the tabs' storage events run until `done` (at most 50 turns). */
+async function until(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 50 && !done(); i++) await tick();
+}
+
+Deno.test("sync session: 'Not saved yet (will retry)' goes in a tab once another tab of the browser got its writes saved, instead of staying with nothing waiting", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  // The first tab cannot reach the API (its network path), the second can.
+  failing(first, () => new NetworkError(0, "network_error", "Failed to fetch"));
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  const error = (session: SyncSession) => session.store.getSnapshot().lastError;
+  const pending = (session: SyncSession) => session.store.getSnapshot().pendingCount;
+
+  a.save("book", position(4), DEVICE);
+  await until(() => pending(b) === 1 && !a.sending);
+  assert.equal(await a.syncNow(), "failed");
+  assert.match(error(a) ?? "", /^Not saved yet \(will retry\)/);
+
+  assert.equal(await b.syncNow(), "done", "the other tab's Sync now saves it");
+  assert.deepEqual(second.sent.map((s) => s.writes.map((w) => w.series_id)), [["book"]]);
+  await until(() => pending(a) === 0);
+  await until(() => error(a) === null);
+  assert.deepEqual(
+    [pending(a), error(a)],
+    [0, null],
+    "saved: nothing waits, and the first tab no longer says it will retry",
+  );
+  a.close();
+  b.close();
+});

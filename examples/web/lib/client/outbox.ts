@@ -116,7 +116,8 @@ async function attempt(
       if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
       const transient = options.isTransient?.(error) ?? true;
       const message = error instanceof Error ? error.message : String(error);
-      store.setError(transient ? null : `Not saved yet (will retry): ${message}`);
+      if (transient) store.setError(null);
+      else store.setError(`Not saved yet (will retry): ${message}`, { untilAnswered: true });
       return { outcome: "failed", error };
     }
     if (writes.length > 1) return "one by one";

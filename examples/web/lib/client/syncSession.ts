@@ -288,7 +288,7 @@ export class SyncSession {
     if (result?.outcome === "failed" && this.store.getSnapshot().lastError === null) {
       // A passing outage shows nothing by itself (the retries go on); asked by the reader, say it.
       const message = result.error instanceof Error ? result.error.message : String(result.error);
-      this.store.setError(`Not saved yet (will retry): ${message}`);
+      this.store.setError(`Not saved yet (will retry): ${message}`, { untilAnswered: true });
     }
     this.#setSyncNow(failed ? "failed" : "done");
     return this.#syncNow;

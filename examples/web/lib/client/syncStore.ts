@@ -84,6 +84,8 @@ export class SyncStore {
   #notices = new Map<string, ConflictNotice>();
   #deleted = new Map<string, ProgressRow>();
   #lastError: string | null = null;
+  /** lastError says writes wait to be retried: it goes once a write is answered, here or in another tab. */
+  #errorUntilAnswered = false;
   /** The last refused write's message shared by the tabs (this tab's or another's), shown or not. */
   #sharedRefusal: string | null = null;
   #listeners = new Set<() => void>();
@@ -208,6 +210,7 @@ export class SyncStore {
       this.#notices.delete(write.series_id);
     }
     this.#lastError = null;
+    this.#errorUntilAnswered = false;
     this.#saveOutbox([], [write]);
     this.#emit();
   }
@@ -220,6 +223,7 @@ export class SyncStore {
   reject(write: PendingWrite, message: string): void {
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#lastError = message;
+    this.#errorUntilAnswered = false;
     this.#sharedRefusal = message;
     this.#saveOutbox([], [write]);
     try {
@@ -291,10 +295,20 @@ export class SyncStore {
    */
   reloadOutbox(): void {
     const dropped = this.#dropAnsweredElsewhere();
+    // Another tab got writes answered: a "will retry" said here is over, as it is there.
+    if (dropped && this.#errorUntilAnswered) {
+      this.#lastError = null;
+      this.#errorUntilAnswered = false;
+    }
     if (this.#loadOutbox() || dropped) this.#emit();
   }
 
-  setError(message: string | null): void {
+  /**
+   * The message the page shows (null: none). `untilAnswered`: it says writes wait to be retried
+   * ("Not saved yet (will retry)"), so it goes once one is answered, in this tab or another.
+   */
+  setError(message: string | null, options: { untilAnswered?: boolean } = {}): void {
+    this.#errorUntilAnswered = message !== null && options.untilAnswered === true;
     if (this.#lastError === message) return;
     this.#lastError = message;
     this.#emit();
