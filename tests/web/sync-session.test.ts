@@ -475,3 +475,34 @@ Deno.test("sync session: 'Not saved yet (will retry)' goes in a tab once another
   a.close();
   b.close();
 });
+
+Deno.test("sync session: a refused write's message goes in every tab once a save gets through afterwards (as in the tab that sent it), and its shared key with it", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  const refuseChapter99 = (writes: PendingWrite[]) =>
+    writes.some((w) => w.chapter === 99)
+      ? new ValidationError(422, "validation_failed", "chapter is out of range")
+      : null;
+  failing(first, refuseChapter99);
+  failing(second, refuseChapter99);
+  const sending = first.open(newStore(ALICE));
+  const other = second.open(newStore(ALICE));
+  const error = (session: SyncSession) => session.store.getSnapshot().lastError;
+  const refusedKey = `readsync.outboxRefused.${ALICE}`;
+
+  sending.save("book", position(99), DEVICE);
+  await until(() => error(other) !== null);
+  assert.match(error(other) ?? "", /^Could not save book: chapter is out of range/);
+  assert.equal(error(sending), error(other));
+
+  // The reader saves the series again, and this time it is saved.
+  sending.save("book", position(5), DEVICE);
+  await until(() => first.sent.length === 1 && !sending.sending);
+  assert.equal(error(sending), null, "the tab that sent it no longer says it");
+  await until(() => error(other) === null);
+  assert.equal(error(other), null, "nor does the other tab");
+  assert.equal(browser.items.get(refusedKey), undefined, "and nothing of it is left in storage");
+  sending.close();
+  other.close();
+});

@@ -212,6 +212,8 @@ export class SyncStore {
     this.#lastError = null;
     this.#errorUntilAnswered = false;
     this.#saveOutbox([], [write]);
+    // A save got through: a refused write's message goes here, so it goes in the other tabs too.
+    this.#clearSharedRefusal();
     this.#emit();
   }
 
@@ -262,15 +264,18 @@ export class SyncStore {
 
   /** The reader dismissed the message: in every tab, when it is the shared one of a refused write. */
   dismissError(): void {
-    if (this.#lastError !== null && this.#lastError === this.#sharedRefusal) {
-      this.#sharedRefusal = null;
-      try {
-        this.#storage?.removeItem(this.refusedKey);
-      } catch {
-        // storage disabled: dismissed here only
-      }
-    }
+    if (this.#lastError !== null && this.#lastError === this.#sharedRefusal) this.#clearSharedRefusal();
     this.setError(null);
+  }
+
+  /** Takes the shared message of a refused write away, in this tab and (its key gone) in the others. */
+  #clearSharedRefusal(): void {
+    this.#sharedRefusal = null;
+    try {
+      if (this.#storage?.getItem(this.refusedKey) != null) this.#storage.removeItem(this.refusedKey);
+    } catch {
+      // storage disabled: here only
+    }
   }
 
   /** The key the outbox is saved under (a tab listens for `storage` events on it). */
