@@ -748,3 +748,28 @@ Deno.test("outbox schedule, tabs: disposed while it waits for the lock, a tab gi
   assert.deepEqual(b.sends.map((s) => s.tab), ["A"], "B never sent");
   assert.equal(b.locks.abandoned, 1, "B's request for the lock was withdrawn");
 });
+
+Deno.test("outbox schedule, tabs: a Retry-After answering the send of a tab disposed meanwhile (its user changed, the provider reopened) still holds the other tabs", async () => {
+  const b = browserOfTabs();
+  const closing = b.open("A");
+  const next = b.open("B"); // another tab, or the session that replaced A's in the same tab
+  let answer!: (result: FlushResult) => void;
+  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  b.queueWrite();
+  closing.request("edit");
+  await tick();
+  next.request("queued"); // waits for A's lock
+  await tick();
+  closing.dispose(); // A's send is under way: its answer still comes
+  answer(failed(asksToWait(30, 503)));
+  await b.settled();
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A"], "B does not go the moment A lets go of the lock");
+  assert.ok(JSON.parse(b.storage.getItem(SCHEDULE_KEY) ?? "{}").retryAfterUntil > 0, "the answer is shared");
+  const pressed = next.sendNow(); // nor when the reader asks
+  assert.equal(await pressed, null);
+  assert.equal(b.sends.length, 1);
+  await b.untilNextTimer();
+  assert.deepEqual(b.sends.map((s) => s.tab), ["A", "B"]);
+  assert.ok(b.sends[1].at - b.sends[0].at >= 30_000, "B's send waited the Retry-After out");
+  assert.equal(b.clock.armed, 0, "the disposed tab armed no timer");
+});

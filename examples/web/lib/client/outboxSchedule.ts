@@ -46,7 +46,8 @@
 //   - every tab with writes arms its retry for the shared moment; the first to take the lock sends,
 //     the others then find the schedule changed and wait again (one request per step, not N).
 //   Disposed (the tab's user changed, or it closes), a tab withdraws a request for the lock it is still
-//   waiting for (its AbortSignal), so a closed session never sends once another tab lets go.
+//   waiting for (its AbortSignal), so a closed session never sends once another tab lets go; the
+//   answer to a send it had under way is still shared (a Retry-After in it holds the others too).
 //   Without Web Locks, tabs may send at the same time as before, each taking over first; without
 //   storage, each tab has its own outbox and its own schedule, as before.
 //
@@ -254,6 +255,7 @@ export class OutboxSchedule {
 
   /** A send at `at` (an earlier one already waiting stays: it is as allowed, and sooner). */
   #arm(at: number): void {
+    if (this.#disposed) return;
     if (this.#timerAt !== null && this.#timerAt <= at) return;
     this.#clearTimer();
     this.#timerAt = at;
@@ -316,8 +318,10 @@ export class OutboxSchedule {
         result = { outcome: "failed", error };
       }
       this.#lastResult = result;
-      // Recorded (and shared) before the lock goes: the next tab to take it reads it.
-      if (!this.#disposed) this.#record(result);
+      // Recorded (and shared) before the lock goes: the next tab to take it reads it. Also once
+      // disposed meanwhile (the tab's user changed): the answer (a Retry-After, one more failure)
+      // holds the browser's other tabs and the session that follows this one; no timer is armed.
+      this.#record(result);
     });
     this.#inFlight = run.catch(() => {}).finally(() => {
       this.#inFlight = null;
