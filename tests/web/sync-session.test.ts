@@ -506,3 +506,31 @@ Deno.test("sync session: a refused write's message goes in every tab once a save
   sending.close();
   other.close();
 });
+
+Deno.test("sync session: after Sync now failed, 'Not saved yet (will retry)' stays while the retries fail too, and goes once the write is saved", async () => {
+  const t = tab();
+  let down = true;
+  failing(t, () => down ? new NetworkError(0, "network_error", "Failed to fetch") : null);
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  alice.save("book", position(4), DEVICE);
+  await until(() => !alice.sending);
+  assert.equal(await alice.syncNow(), "failed");
+  assert.match(error() ?? "", /^Not saved yet \(will retry\)/);
+
+  // The backoff's retries fail the same way (a passing outage): the write still waits, and the page
+  // still says so.
+  for (let i = 0; i < 3; i++) {
+    assert.ok(t.clock.armed > 0, "a retry is armed");
+    t.clock.advance(t.clock.nextAt! - t.clock.now);
+    await until(() => !alice.sending);
+  }
+  assert.equal(alice.store.getSnapshot().pendingCount, 1);
+  assert.match(error() ?? "", /^Not saved yet \(will retry\)/, "not taken away by a retry that failed too");
+
+  down = false;
+  t.clock.advance(t.clock.nextAt! - t.clock.now);
+  await until(() => alice.store.getSnapshot().pendingCount === 0);
+  assert.equal(error(), null, "saved: the message goes");
+  alice.close();
+});

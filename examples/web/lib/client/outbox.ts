@@ -9,7 +9,8 @@
 //     many writes the API answered before it), so the caller can decide when to try again
 //     (lib/client/outboxSchedule.ts: backoff, Retry-After).
 //     A 401 refreshes the token first. A failure that does not clear by itself (isTransient
-//     false) is shown to the reader meanwhile.
+//     false) is shown to the reader meanwhile, until a write is answered (a passing outage after
+//     it does not take the message away: the writes still wait).
 //   - signed out: stop.
 //   - refused (a ValidationError: a write the API will never take): that batch is sent again one
 //     write at a time, so the refused write is dropped with a message and the others are still saved.
@@ -114,10 +115,12 @@ async function attempt(
     if (options.isRetryable(error)) {
       if (writes.length > 1 && options.splitMayHelp?.(error)) return "one by one";
       if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
-      const transient = options.isTransient?.(error) ?? true;
-      const message = error instanceof Error ? error.message : String(error);
-      if (transient) store.setError(null);
-      else store.setError(`Not saved yet (will retry): ${message}`, { untilAnswered: true });
+      // A passing outage says nothing by itself, and takes nothing away: what the page says (that
+      // writes wait, asked by the reader or after a lasting failure; a refused write) is still true.
+      if (!(options.isTransient?.(error) ?? true)) {
+        const message = error instanceof Error ? error.message : String(error);
+        store.setError(`Not saved yet (will retry): ${message}`, { untilAnswered: true });
+      }
       return { outcome: "failed", error };
     }
     if (writes.length > 1) return "one by one";
