@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { Progress, WriteResult } from "@shared/progress/types.ts";
-import { NetworkError, ValidationError } from "@shared/progress/api.ts";
+import { NetworkError, ServiceUnavailableError, ValidationError } from "@shared/progress/api.ts";
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import {
@@ -428,18 +428,24 @@ Deno.test("sync session: a write the server refuses says so in every tab of the 
   other.close();
 });
 
-/** The tab's API answers each batch with `failure(writes)` when it gives one, else saves them. */
+/**
+ * The tab's API answers each batch with `failure(writes)` when it gives one, else saves them;
+ * returns how many batches were sent.
+ */
 function failing(t: ReturnType<typeof tab>, failure: (writes: PendingWrite[]) => Error | null) {
+  const requests = { count: 0 };
   const connect = t.env.connect;
   t.env.connect = (accessToken, clock) => {
     const { api, disconnect } = connect(accessToken, clock);
     const batch = api.updateProgressBatch.bind(api);
     api.updateProgressBatch = (writes) => {
+      requests.count++;
       const error = failure(writes as PendingWrite[]);
       return error ? Promise.reject(error) : batch(writes);
     };
     return { api, disconnect };
   };
+  return requests;
 }
 
 /** Lets queued callbacks and the tabs' storage events run until `done` (at most 50 turns). */
@@ -532,5 +538,34 @@ Deno.test("sync session: after Sync now failed, 'Not saved yet (will retry)' sta
   t.clock.advance(t.clock.nextAt! - t.clock.now);
   await until(() => alice.store.getSnapshot().pendingCount === 0);
   assert.equal(error(), null, "saved: the message goes");
+  alice.close();
+});
+
+Deno.test("sync session: Sync now pressed while the server's Retry-After holds the outbox sends nothing and says the write waits", async () => {
+  const t = tab();
+  let busy = true;
+  const busyFor30s = () =>
+    new ServiceUnavailableError(503, "service_unavailable", "busy", { details: { retry_after: 30 } });
+  const requests = failing(t, () => busy ? busyFor30s() : null);
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  alice.save("book", position(4), DEVICE);
+  await until(() => !alice.sending);
+  assert.equal(error(), null, "a passing outage says nothing by itself");
+  assert.equal(requests.count, 1);
+
+  busy = false;
+  t.clock.advance(10_000);
+  assert.equal(await alice.syncNow(), "failed");
+  assert.equal(requests.count, 1, "nothing sent within the Retry-After");
+  assert.equal(
+    error(),
+    "Not saved yet (will retry): the server asked to wait 20 s more",
+    "the press is answered: the write waits, and why",
+  );
+
+  t.clock.advance(t.clock.nextAt! - t.clock.now);
+  await until(() => alice.store.getSnapshot().pendingCount === 0);
+  assert.deepEqual([requests.count, error()], [2, null], "saved after the Retry-After: the message goes");
   alice.close();
 });

@@ -206,6 +206,11 @@ export class OutboxSchedule {
     return this.#retryAfterUntil;
   }
 
+  /** How long (ms) the server's Retry-After still holds every send; 0 when it does not. */
+  get retryAfterLeftMs(): number {
+    return Math.max(0, this.#retryAfterUntil - this.#timers.now());
+  }
+
   /** Resolves once no send is under way (a follow-up that starts right after included). */
   async settled(): Promise<void> {
     while (this.#inFlight) await this.#inFlight;

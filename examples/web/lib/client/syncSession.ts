@@ -285,10 +285,17 @@ export class SyncSession {
     if (this.#closed) return this.#syncNow;
     const waiting = this.store.getSnapshot().pendingCount > 0;
     const failed = !readOk || waiting;
-    if (result?.outcome === "failed" && this.store.getSnapshot().lastError === null) {
-      // A passing outage shows nothing by itself (the retries go on); asked by the reader, say it.
-      const message = result.error instanceof Error ? result.error.message : String(result.error);
-      this.store.setError(`Not saved yet (will retry): ${message}`, { untilAnswered: true });
+    if (waiting && this.store.getSnapshot().lastError === null) {
+      // A passing outage shows nothing by itself (the retries go on); asked by the reader, say it,
+      // also when nothing was sent because the server's Retry-After still holds the outbox (or
+      // another tab's send, which this one waited for, failed).
+      const held = this.#schedule.retryAfterLeftMs;
+      const why = result?.outcome === "failed"
+        ? `: ${result.error instanceof Error ? result.error.message : String(result.error)}`
+        : held > 0
+        ? `: the server asked to wait ${Math.ceil(held / 1000)} s more`
+        : "";
+      this.store.setError(`Not saved yet (will retry)${why}`, { untilAnswered: true });
     }
     this.#setSyncNow(failed ? "failed" : "done");
     return this.#syncNow;
