@@ -336,7 +336,7 @@ Deno.test("sync session: a user change without a remount closes the old user's s
   aliceAgain.close();
 });
 
-Deno.test("sync session: a request of a closed session that asks for its token after the close gets none: her write stays hers", async () => {
+Deno.test("sync session: a request of a closed session that asks for its token after the close gets none: her writes, and a save made on it, stay hers", async () => {
   const t = tab();
   let letGo!: () => void;
   const gate = new Promise<void>((resolve) => letGo = resolve);
@@ -358,8 +358,22 @@ Deno.test("sync session: a request of a closed session that asks for its token a
   const saved = JSON.parse(t.storage.getItem(`readsync.outbox.${ALICE}`) ?? "[]") as PendingWrite[];
   assert.deepEqual(saved.map((w) => w.series_id), ["draft"], "kept for her next sign-in");
   assert.deepEqual(t.left, [], "and the page is not sent anywhere by a closed session");
+  // A page's handler may still hold the closed session for a moment (the provider closed it in an
+  // effect, the page has not rendered again): its save is kept for her, not dropped, and not sent.
   alice.save("after", position(2), DEVICE);
-  assert.equal(store.getSnapshot().pendingCount, 1, "a closed session takes no save");
+  await tick();
+  await tick();
+  assert.equal(store.getSnapshot().pendingCount, 2, "a closed session's save is kept");
+  assert.equal(t.sent.length, 0, "but not sent by it");
+  const kept = JSON.parse(t.storage.getItem(`readsync.outbox.${ALICE}`) ?? "[]") as PendingWrite[];
+  assert.deepEqual(kept.map((w) => w.series_id).sort(), ["after", "draft"], "both wait for her next sign-in");
+  const aliceAgain = t.open(newStore(ALICE));
+  await tick();
+  await tick();
+  assert.deepEqual(t.sent.map((s) => ({ user: s.user, series: s.writes.map((w) => w.series_id).sort() })), [
+    { user: ALICE, series: ["after", "draft"] },
+  ]);
+  aliceAgain.close();
 });
 
 Deno.test("sync session: Sync now sends the outbox at once, within the backoff, and reads what the server has", async () => {

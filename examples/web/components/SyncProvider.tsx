@@ -17,7 +17,7 @@
 //                               reveal it, so a browser whose clock is off cannot win by it
 //   status                      live / polling / offline (the browser's offline flag wins)
 
-import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState, useSyncExternalStore } from "react";
+import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { getDeviceId } from "@/lib/client/deviceId.ts";
@@ -78,6 +78,9 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
   if (store !== owned) setOwned(store);
   const [deviceId, setDeviceId] = useState<string | null>(null);
   const [session, setSession] = useState<SyncSession | null>(null);
+  // The session open now, set in the effect itself: a save made before the page renders again (a
+  // handler of the last render) goes to it, not to the session that render saw, closed meanwhile.
+  const openSession = useRef<SyncSession | null>(null);
   // A session of another store (the old user's, in the render before the effect replaced it) is not
   // this user's: its status, flush and Sync now are not offered.
   const live = session && session.store === store && !session.closed ? session : null;
@@ -92,9 +95,11 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
   useEffect(() => {
     setDeviceId(getDeviceId());
     const opened = new SyncSession(store, { userId, accessToken, expiresAt }, browserSyncEnvironment(supabaseUrl, anonKey));
+    openSession.current = opened;
     setSession(opened);
     announceSession(userId);
     return () => {
+      if (openSession.current === opened) openSession.current = null;
       opened.close();
       setSession((current) => (current === opened ? null : current));
     };
@@ -104,12 +109,13 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
     (seriesId: string, position: Position) => {
       if (store.userId !== userId) return;
       const device = deviceId ?? getDeviceId();
-      if (live) return live.save(seriesId, position, device);
+      const open = openSession.current;
+      if (open && open.store === store && !open.closed) return open.save(seriesId, position, device);
       // Before the session opened (or between two): queued, sent once it has.
       const at = store.nextUpdatedAt(seriesId, Date.now(), device);
       store.addPending({ series_id: seriesId, ...position, cleared: false, device_id: device, updated_at: at });
     },
-    [store, userId, deviceId, live],
+    [store, userId, deviceId],
   );
 
   const value = useMemo<SyncContextValue>(

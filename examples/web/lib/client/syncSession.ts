@@ -251,9 +251,13 @@ export class SyncSession {
     if (!this.#closed && this.#schedule) this.#schedule.request(reason);
   }
 
-  /** An optimistic save: shown at once, queued in the outbox, sent as an edit. */
+  /**
+   * An optimistic save: shown at once, queued in the outbox, sent as an edit. On a closed session (a
+   * page's handler still holding it for a moment after the provider closed it) the write is kept in
+   * its user's outbox, saved under their key, and goes with that user's next session: a page turn is
+   * never dropped, and a closed session sends nothing.
+   */
   save(seriesId: string, position: Position, deviceId: string): void {
-    if (this.#closed) return;
     // Strictly after the version the reader is looking at (another device's, or this one's last
     // save), so a page turn made after seeing it wins over it and two quick saves keep their order.
     const at = this.store.nextUpdatedAt(seriesId, this.clock.now(), deviceId);
@@ -267,7 +271,7 @@ export class SyncSession {
       updated_at: at,
     };
     this.store.addPending(write);
-    this.flush("edit");
+    this.flush("edit"); // (nothing once closed)
   }
 
   /**
