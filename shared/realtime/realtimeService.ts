@@ -11,10 +11,12 @@
 //                                         the API answers; offline when neither does.
 //   reconnect                             capped exponential backoff with full jitter per user
 //                                         channel (it starts again after a channel that stayed joined
-//                                         for backoff.maxMs, not at every join: a server that closes
-//                                         every join is not hammered); while waiting, changesSince()
-//                                         is polled (failed polls back off the same way, and wait out
-//                                         a Retry-After).
+//                                         at least as long as the wait before its join, or
+//                                         backoff.maxMs, not at every join: a server that closes
+//                                         every join sooner is not hammered, a network that drops
+//                                         now and then stays mostly live); while waiting,
+//                                         changesSince() is polled (failed polls back off the same
+//                                         way, and wait out a Retry-After).
 //                                         A join that timed out while its socket was still opening
 //                                         closes that socket (realtime-js has no handshake timeout):
 //                                         the next join opens a new one (each one given up in a row
@@ -51,7 +53,7 @@
 // Every log line is one JSON object: {ts, level, component, event, channel, attempt, ...}.
 
 import type { RealtimeChannel, SupabaseClient } from "@supabase/supabase-js";
-import { type BackoffOptions, DEFAULT_BACKOFF, fullJitterDelay } from "./backoff.ts";
+import { backoffCeiling, type BackoffOptions, DEFAULT_BACKOFF, fullJitterDelay } from "./backoff.ts";
 import { type ChangeKind, type LwwRow, ProgressMergeState } from "./progressMerge.ts";
 import { defaultCompareRows, defaultParseRow, type ProgressRow } from "./progressContract.ts";
 import { type HeartbeatStatus, watchHeartbeats } from "./heartbeatWatch.ts";
@@ -880,6 +882,12 @@ class UserLink<Row extends LwwRow> {
   #heartbeatLate = false;
   /** When (monotonicNow) the current channel was joined. */
   #joinedAt = -Infinity;
+  /**
+   * The wait before the current join (ms): the backoff delay it was scheduled after, or the first
+   * step's longest wait for a join made without one (the link's first, a syncNow()'s, a new
+   * token's). A channel that stays joined this long (or backoff.maxMs) starts the ladder again.
+   */
+  #waitBeforeJoinMs: number;
   /** When a joined channel last dropped (monotonicNow): no rejoin within SOCKET_TEARDOWN_MS of it. */
   #droppedAt = -Infinity;
   /** Aborted by close(): every changesSince call of the link, in flight or queued, stops with it. */
@@ -891,6 +899,7 @@ class UserLink<Row extends LwwRow> {
     this.topic = `progress:${userId}`;
     this.merge = new ProgressMergeState<Row>((a, b) => service.compareRows(a, b));
     this.#cursor = service.options.initialCursor ?? null;
+    this.#waitBeforeJoinMs = this.#firstStepWaitMs();
   }
 
   start(): void {
@@ -976,6 +985,7 @@ class UserLink<Row extends LwwRow> {
       this.#attempt = 0; // as after a channel that held (#fail)
     } else {
       this.#attempt = Math.min(this.#attempt, 1);
+      this.#waitBeforeJoinMs = this.#firstStepWaitMs(); // the join in flight is the first step
     }
     const wait = this.#retryAfterLeftMs();
     if (wait > 0) {
@@ -1134,11 +1144,20 @@ class UserLink<Row extends LwwRow> {
   #fail(generation: number, reason: string): void {
     if (this.#closed || generation !== this.#generation) return;
     const wasJoined = this.#joined;
-    // The join ladder starts again only after a channel that held: one joined for a whole backoff cap.
-    // A channel closed sooner (a server that closes every join it accepts: Realtime's shutdown with a
-    // system error, a token it does not take) is one more step up, or such a server would see this
-    // device join and read again every SOCKET_TEARDOWN_MS for as long as it goes on.
-    if (wasJoined && monotonicNow() - this.#joinedAt >= this.service.backoffOptions.maxMs) this.#attempt = 0;
+    // The join ladder starts again only after a channel that held: one that stayed joined at least
+    // as long as the wait before its join (the delay as drawn, not its step's ceiling), and in any
+    // case one joined for a whole backoff cap. A channel closed sooner (a server that closes every
+    // join it accepts: Realtime's shutdown with a system error, a token it does not take) is one more
+    // step up, or such a server would see this device join and read again every SOCKET_TEARDOWN_MS
+    // for as long as it goes on: its joins come further and further apart. A network that drops the
+    // channel every so often has mostly let it live longer than it waited: the rejoin is at the first
+    // step, and the device is live most of the time. The drawn delay, not the ceiling: once failed
+    // joins (an outage) have raised the ceiling to backoff.maxMs, channels that hold 10-20 s would
+    // never beat it, and the ladder would stay at the top; a drawn delay, uniform below the ceiling,
+    // is shorter than such a hold about every other time, and the ladder comes back down.
+    const heldMs = monotonicNow() - this.#joinedAt;
+    const backoff = this.service.backoffOptions;
+    if (wasJoined && heldMs >= Math.min(this.#waitBeforeJoinMs, backoff.maxMs)) this.#attempt = 0;
     this.#generation++;
     this.#joined = false;
     this.#caughtUp = false;
@@ -1154,11 +1173,7 @@ class UserLink<Row extends LwwRow> {
     const tokenChanged = !wasJoined && !this.#tokenRetryUsed && current !== null &&
       current !== this.#joinToken;
     if (tokenChanged) this.#tokenRetryUsed = true;
-    let delay = tokenChanged ? 0 : fullJitterDelay(
-      Math.max(1, this.#attempt),
-      this.service.backoffOptions,
-      this.service.random,
-    );
+    let delay = tokenChanged ? 0 : fullJitterDelay(Math.max(1, this.#attempt), backoff, this.service.random);
     // A joined channel that dropped may have dropped with its socket: after a missed heartbeat reply
     // (a network path that died) realtime-js first fails the channel, then tears the socket down, and
     // waits up to 1.5 s for its send buffer to drain before closing it. Until then the dead socket
@@ -1166,6 +1181,8 @@ class UserLink<Row extends LwwRow> {
     // out the whole join timeout (10 s). Rejoining after SOCKET_TEARDOWN_MS, the join waits for the
     // next socket instead.
     if (wasJoined) delay = Math.max(delay, SOCKET_TEARDOWN_MS);
+    // The join retried at once for a replaced token stands for the one that failed: it keeps its wait.
+    if (!tokenChanged) this.#waitBeforeJoinMs = delay;
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
     // No longer live: changes flow only by polling until the channel is joined and caught up again.
     if (this.status === "live") this.#setStatus("connecting");
@@ -1201,12 +1218,21 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
+   * The longest wait of the ladder's first step after a drop (its ceiling, at least the teardown
+   * floor): what a channel whose join came without a backoff wait must stay joined to count as held.
+   */
+  #firstStepWaitMs(): number {
+    return Math.max(backoffCeiling(1, this.service.backoffOptions), SOCKET_TEARDOWN_MS);
+  }
+
+  /**
    * Joins now, unless a live channel dropped less than SOCKET_TEARDOWN_MS ago: then as soon as that
    * has passed (see #fail).
    */
   #reconnectSoon(): void {
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
+    this.#waitBeforeJoinMs = this.#firstStepWaitMs(); // a join the ladder did not wait for
     const wait = this.#droppedAt + SOCKET_TEARDOWN_MS - monotonicNow();
     if (wait <= 0) {
       void this.#connect();

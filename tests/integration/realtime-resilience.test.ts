@@ -330,9 +330,11 @@ Deno.test({
       "the server's system error came",
     );
     for (const close of closes().slice(0, 3)) assert.match(String(close.reason), /^CLOSED/);
-    // Steps of 1, 2 and 4 s (jitter 0.999), the first under the teardown floor; going live used to
-    // start the ladder again, and every rejoin came 1.6 s after the close, a join and a catch-up
-    // read every 1.6 s for as long as the server went on.
+    // Steps of 1, 2 and 4 s (jitter 0.999), the first under the teardown floor: each close comes
+    // within milliseconds of its join, sooner than the wait before it (the first join, made without
+    // one, is held to the first step's 1.6 s). Going live used to start the ladder again, and every
+    // rejoin came 1.6 s after the close, a join and a catch-up read every 1.6 s for as long as the
+    // server went on.
     assert.deepEqual(closes().slice(0, 3).map((l) => l.retry_in_ms), [SOCKET_TEARDOWN_MS, 1_998, 3_996]);
   } finally {
     await subscription.unsubscribe();

@@ -101,24 +101,69 @@ Deno.test("syncNow: on a channel that still looks joined (its socket died unnoti
   }
 });
 
-Deno.test("server-side close: a server that closes every channel it accepts (system error, phx_close) is rejoined after the teardown floor and then further and further apart, not every 1.6 s", async () => {
-  const link = ladderService({ random: () => 0.999, backoff: { initialMs: 1_000, maxMs: 600_000 } });
+Deno.test("server-side close: a server that closes every channel it accepts (system error, phx_close) sooner than the wait before its join is rejoined after the teardown floor and then further and further apart up to the cap, not every 1.6 s", async () => {
+  const link = ladderService({ random: () => 0.999, backoff: { initialMs: 1_000, maxMs: 4_000 } });
   try {
     // Each join: accepted, caught up (live), then closed by the server (Supabase's shutdown: a
-    // `system` error message, then phx_close, which realtime-js reports as CLOSED).
-    for (let n = 1; n <= 3; n++) {
+    // `system` error message, then phx_close, which realtime-js reports as CLOSED) well within the
+    // wait before it (the first join, made without one, is held to the first step's 1.6 s).
+    for (let n = 1; n <= 4; n++) {
       const channel = await link.channel(n);
       channel.state!("SUBSCRIBED");
       await waitFor(`live #${n}`, () => link.subscription.status === "live");
       channel.state!("CLOSED");
     }
     const waits = link.failures().map((l) => l.retry_in_ms as number);
-    assert.equal(waits.length, 3);
+    assert.equal(waits.length, 4);
     for (const wait of waits) assert.ok(wait >= SOCKET_TEARDOWN_MS, `rejoined after ${wait} ms`);
-    // Joins the server keeps closing climb the ladder (1, 2, 4 s ceilings, jitter 0.999; the first
-    // under the teardown floor), where going live used to start it again every time: every rejoin
-    // 1.6 s after the close, a join and a catch-up read every 1.6 s for as long as the server does it.
-    assert.deepEqual(waits, [SOCKET_TEARDOWN_MS, 1_998, 3_996]);
+    // Joins the server keeps closing climb the ladder (1, 2, 4, 4 s ceilings: backoff.maxMs caps
+    // them; jitter 0.999; the first under the teardown floor), where going live used to start it
+    // again every time: every rejoin 1.6 s after the close, a join and a catch-up read every 1.6 s
+    // for as long as the server does it.
+    assert.deepEqual(waits, [SOCKET_TEARDOWN_MS, 1_998, 3_996, 3_996]);
+    assert.deepEqual(link.failures().map((l) => l.attempt), [1, 2, 3, 4]);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("a channel that stayed joined longer than the wait before its join (a network that drops it now and then) starts the ladder again: its rejoin is at the first step, even from a high step", async () => {
+  let random = 0; // refused joins retried at once until the ladder has climbed
+  const link = ladderService({ random: () => random, backoff: { initialMs: 1_000, maxMs: 600_000 } });
+  try {
+    for (let n = 1; n <= 4; n++) (await link.channel(n)).state!("CHANNEL_ERROR", new Error("refused"));
+    random = 0.001; // a short draw at a long step (5th: 16 s ceiling)
+    (await link.channel(5)).state!("CHANNEL_ERROR", new Error("refused"));
+    const before = link.failures().at(-1)!;
+    assert.deepEqual([before.attempt, before.retry_in_ms], [5, 16], "the 5th step, drawn short");
+    const channel = await link.channel(6);
+    channel.state!("SUBSCRIBED");
+    const joinedAt = performance.now(); // the service noted the join before this
+    await waitFor("live", () => link.subscription.status === "live");
+    // Joined for longer than the 16 ms waited before the join (however long the machine stalls).
+    await waitFor("the wait before the join, held", () => performance.now() - joinedAt > 16, {
+      intervalMs: 5,
+    });
+    random = 0.5;
+    channel.state!("CHANNEL_ERROR", new Error("heartbeat timeout")); // the device's network dropped
+    const drop = link.failures().at(-1)!;
+    assert.deepEqual(
+      [drop.attempt, drop.retry_in_ms],
+      [0, SOCKET_TEARDOWN_MS],
+      "rejoined at the first step (its 0.5 s draw under the teardown floor), not the 6th (16 s: half of 32)",
+    );
+    // It drops again after holding longer than those 1.6 s: the first step again, so a network that
+    // drops every so often rejoins 1.6 s after each drop.
+    const next = await link.channel(7);
+    next.state!("SUBSCRIBED");
+    const rejoinedAt = performance.now();
+    await waitFor("live again", () => link.subscription.status === "live");
+    await waitFor("1.6 s held", () => performance.now() - rejoinedAt > SOCKET_TEARDOWN_MS, {
+      intervalMs: 20,
+    });
+    next.state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
+    const again = link.failures().at(-1)!;
+    assert.deepEqual([again.attempt, again.retry_in_ms], [0, SOCKET_TEARDOWN_MS]);
   } finally {
     await link.end();
   }
