@@ -44,7 +44,9 @@
 //                                         starts again at its first step.
 //   auth                                  follows supabase.auth TOKEN_REFRESHED / SIGNED_IN, or an
 //                                         explicit setAccessToken(); a channel the server closed
-//                                         because its token expired is rejoined at once with a new one,
+//                                         because its token expired is rejoined (after the backoff)
+//                                         with the newest token, a join refused for a token replaced
+//                                         while in flight is retried once at once with the new one,
 //                                         and a token set while a join is in flight is sent on the
 //                                         channel once joined (realtime-js only sends it to joined ones).
 //   cleanup                               unsubscribe releases the channel, timers and listeners;
