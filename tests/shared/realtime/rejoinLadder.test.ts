@@ -70,12 +70,7 @@ Deno.test("syncNow: on a channel that still looks joined (its socket died unnoti
   });
   try {
     // Channels the server closed soon after joining: the ladder climbs (joins that did not hold).
-    for (let n = 1; n <= 3; n++) {
-      const channel = await link.channel(n);
-      channel.state!("SUBSCRIBED");
-      await waitFor(`live #${n}`, () => link.subscription.status === "live");
-      channel.state!("CLOSED");
-    }
+    for (let n = 1; n <= 3; n++) await liveThenClosedByServer(link, n);
     assert.deepEqual(link.failures().map((l) => l.attempt), [1, 2, 3], "the ladder climbed");
     const channel = await link.channel(4);
     channel.state!("SUBSCRIBED");
@@ -101,18 +96,21 @@ Deno.test("syncNow: on a channel that still looks joined (its socket died unnoti
   }
 });
 
+/** The link's nth channel is joined, goes live (caught up), then the server closes it. */
+async function liveThenClosedByServer(link: ReturnType<typeof ladderService>, n: number): Promise<void> {
+  const channel = await link.channel(n);
+  channel.state!("SUBSCRIBED");
+  await waitFor(`live #${n}`, () => link.subscription.status === "live");
+  channel.state!("CLOSED");
+}
+
 Deno.test("server-side close: a server that closes every channel it accepts (system error, phx_close) sooner than the wait before its join is rejoined after the teardown floor and then further and further apart up to the cap, not every 1.6 s", async () => {
   const link = ladderService({ random: () => 0.999, backoff: { initialMs: 1_000, maxMs: 4_000 } });
   try {
     // Each join: accepted, caught up (live), then closed by the server (Supabase's shutdown: a
     // `system` error message, then phx_close, which realtime-js reports as CLOSED) well within the
     // wait before it (the first join, made without one, is held to the first step's 1.6 s).
-    for (let n = 1; n <= 4; n++) {
-      const channel = await link.channel(n);
-      channel.state!("SUBSCRIBED");
-      await waitFor(`live #${n}`, () => link.subscription.status === "live");
-      channel.state!("CLOSED");
-    }
+    for (let n = 1; n <= 4; n++) await liveThenClosedByServer(link, n);
     const waits = link.failures().map((l) => l.retry_in_ms as number);
     assert.equal(waits.length, 4);
     for (const wait of waits) assert.ok(wait >= SOCKET_TEARDOWN_MS, `rejoined after ${wait} ms`);
@@ -173,12 +171,7 @@ Deno.test("server-side close: a channel that stayed joined for a whole backoff c
   // A cap well above how long a loaded machine may take between a join's answer and its close below.
   const link = ladderService({ random: () => 0.999, backoff: { initialMs: 100, maxMs: 3_000 } });
   try {
-    for (let n = 1; n <= 3; n++) {
-      const channel = await link.channel(n);
-      channel.state!("SUBSCRIBED");
-      await waitFor(`live #${n}`, () => link.subscription.status === "live");
-      channel.state!("CLOSED");
-    }
+    for (let n = 1; n <= 3; n++) await liveThenClosedByServer(link, n);
     const channel = await link.channel(4);
     channel.state!("SUBSCRIBED");
     await waitFor("live #4", () => link.subscription.status === "live");
