@@ -396,6 +396,45 @@ Deno.test("two tabs: a write another tab got answered leaves this tab's outbox t
   assert.equal(tabB.getSnapshot().pendingCount, 1);
 });
 
+Deno.test("two tabs: a write named answered is let go even while this tab still sees it in the saved outbox", () => {
+  // Seen in the browser test under load: tab A's answer named saga (the list of answered writes) and
+  // then took it out of the saved outbox; tab B took the Web Lock between the two reaching it, saw the
+  // name and the old outbox, and sent saga again. The name alone says it was answered.
+  const storage = new MemoryStorage();
+  let stale: string | null | undefined; // tab B's copy of the saved outbox, while it lags
+  const key = `readsync.outbox.${USER}`;
+  const lagging = new MemoryStorage();
+  lagging.getItem = (k) => k === key && stale !== undefined ? stale : storage.getItem(k);
+  lagging.setItem = (k, value) => storage.setItem(k, value);
+  lagging.removeItem = (k) => storage.removeItem(k);
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(lagging);
+  const saga = write("saga", T1, "web-1", 12);
+  const atlas = write("atlas", T2, "web-1", 3);
+  tabA.addPending(saga);
+  tabB.reloadOutbox();
+  tabB.addPending(atlas);
+  tabA.reloadOutbox();
+  stale = storage.getItem(key); // [saga, atlas]: tab B has not heard of tab A's removal yet
+  tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
+  tabB.reloadOutbox(); // the Web Lock is tab B's: it takes over what it sees
+  assert.deepEqual(tabB.pendingWrites().map((w) => w.series_id), ["atlas"], "saga is not sent again");
+  // A tab opened now, with the same lagging view, does not take saga up either.
+  const tabC = new SyncStore(USER, defaultCompareRows);
+  tabC.attachStorage(lagging);
+  assert.deepEqual(tabC.pendingWrites().map((w) => w.series_id), ["atlas"], "nor by a tab opened meanwhile");
+  // Once the removal reaches tab B, nothing changes; atlas is still its to send.
+  stale = undefined;
+  tabB.reloadOutbox();
+  assert.deepEqual(tabB.pendingWrites().map((w) => w.series_id), ["atlas"]);
+  // A later save of saga (another key) is not named: it is queued and sent.
+  tabA.addPending(write("saga", T3, "web-1", 13));
+  tabB.reloadOutbox();
+  assert.deepEqual(tabB.pendingWrites().map((w) => w.series_id).sort(), ["atlas", "saga"]);
+});
+
 Deno.test("two tabs: a write that left the saved outbox unanswered (another tab rewrote it from an older copy, or it was cleared) is kept and saved again", () => {
   // localStorage is no transaction across tabs: each tab's process reads its own copy, so a tab that
   // rewrites the outbox (its answer to a write) before another tab's save reached it writes it back

@@ -290,9 +290,9 @@ export class SyncStore {
 
   /**
    * Another tab changed the saved outbox: take over the writes it queued, and let go of the ones it
-   * got answered (a saved write of this tab's that left the saved outbox, or was replaced there by an
-   * older one, and that the tabs' list of answered writes names, or a newer one of its series: another
-   * tab sent it, or it was refused there). One that left it unnamed there was not answered: another
+   * got answered (a saved write of this tab's that the tabs' list of answered writes names, or a newer
+   * one of its series: another tab sent it, or it was refused there; even while the saved outbox this
+   * tab sees still holds it, as the name may reach this tab first). One that left it unnamed there was not answered: another
    * tab rewrote the outbox from a copy read before this tab saved it (localStorage is no transaction
    * across tabs), or the site's storage was cleared; it is saved again (once: a second time it is let
    * go, so a browser whose storage cannot take the list does not send one write for ever). A write that
@@ -405,10 +405,16 @@ export class SyncStore {
     return order > 0 || (order === 0 && !ConflictResolver.samePosition(write, other));
   }
 
-  /** Merges the saved outbox into the pending writes (newer wins); returns whether any was taken. */
+  /**
+   * Merges the saved outbox into the pending writes (newer wins); returns whether any was taken. A
+   * saved write the tabs' list names answered is not taken: the tab that got it answered named it
+   * before it took it out of the saved outbox, and this tab may see the name before the removal.
+   */
   #loadOutbox(): boolean {
     let taken = false;
+    const answered = this.#readAnswered();
     for (const write of this.#readSaved()) {
+      if (this.#namedAnswered(write, answered)) continue;
       const current = this.#pending.get(write.series_id);
       if (!current || this.#savedLater(write, current)) {
         this.#pending.set(write.series_id, write);
@@ -431,9 +437,11 @@ export class SyncStore {
     const unanswered: PendingWrite[] = [];
     for (const [seriesId, write] of this.#pending) {
       if (!this.#persisted.has(write)) continue;
+      // Named answered: let go, even while the saved outbox this tab sees still holds it (the other
+      // tab names a write before it takes it out, and this tab may see the one before the other).
+      const named = this.#namedAnswered(write, answered);
       const other = saved.get(seriesId);
-      if (other && !this.#savedLater(write, other)) continue; // still saved, or a newer one is
-      const named = answered.some((done) => done.series_id === seriesId && !this.#savedLater(write, done));
+      if (!named && other && !this.#savedLater(write, other)) continue; // still saved, or a newer one is
       if (named || this.#savedAgain.has(write)) {
         this.#pending.delete(seriesId);
         dropped = true;
@@ -444,6 +452,11 @@ export class SyncStore {
     for (const write of unanswered) this.#savedAgain.add(write);
     if (unanswered.length > 0) this.#saveOutbox(unanswered, []);
     return dropped;
+  }
+
+  /** Whether `answered` names `write` (it, or a newer write of its series, was answered or refused). */
+  #namedAnswered(write: PendingWrite, answered: readonly PendingWrite[]): boolean {
+    return answered.some((done) => done.series_id === write.series_id && !this.#savedLater(write, done));
   }
 
   /** The last writes answered in this browser (see ANSWERED_REMEMBERED); none when unreadable. */
