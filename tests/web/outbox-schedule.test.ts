@@ -435,6 +435,12 @@ function browserOfTabs(options: { random?: () => number; locks?: boolean } = {})
     sends,
     answers,
     open,
+    /** The next send's answer is held until the returned function gives it. */
+    holdNextAnswer(): (result: FlushResult) => void {
+      let give!: (result: FlushResult) => void;
+      answers.push(new Promise<FlushResult>((resolve) => give = resolve));
+      return give;
+    },
     queueWrite() {
       saved++;
     },
@@ -525,7 +531,7 @@ Deno.test("outbox schedule, tabs: a tab that asks while another sends waits for 
   const tabA = b.open("A");
   const tabB = b.open("B");
   let answer!: (result: FlushResult) => void;
-  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   tabB.request("queued"); // tab B has it too (storage event): it is under way in tab A
@@ -536,7 +542,7 @@ Deno.test("outbox schedule, tabs: a tab that asks while another sends waits for 
   assert.deepEqual(b.sends.map((s) => s.tab), ["A"], "nothing left for tab B");
 
   // Tab B saves while tab A's send is under way: B's write follows it, from B, once A is done.
-  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   await tick(); // tab A's send has begun (the lock is granted asynchronously)
@@ -698,7 +704,7 @@ Deno.test("outbox schedule, tabs: the reader's Sync now in a tab that does not h
 
   // Tab A is sending the write when the reader presses Sync now in tab B: B waits for A's send, which
   // answered it, and sends nothing.
-  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   await tick();
@@ -711,7 +717,7 @@ Deno.test("outbox schedule, tabs: the reader's Sync now in a tab that does not h
 
   // A's send fails with no answer: B's Sync now, pressed meanwhile, counts as answered by it (one
   // request of the browser at that moment), and the write goes with the retry, once.
-  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   await tick();
@@ -735,7 +741,7 @@ Deno.test("outbox schedule, tabs: disposed while it waits for the lock, a tab gi
   const tabA = b.open("A");
   const tabB = b.open("B");
   let answer!: (result: FlushResult) => void;
-  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   await tick();
@@ -754,7 +760,7 @@ Deno.test("outbox schedule, tabs: a Retry-After answering the send of a tab disp
   const closing = b.open("A");
   const next = b.open("B"); // another tab, or the session that replaced A's in the same tab
   let answer!: (result: FlushResult) => void;
-  b.answers.push(new Promise<FlushResult>((resolve) => answer = resolve));
+  answer = b.holdNextAnswer();
   b.queueWrite();
   closing.request("edit");
   await tick();
