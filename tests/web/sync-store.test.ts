@@ -396,37 +396,54 @@ Deno.test("two tabs: a write another tab got answered leaves this tab's outbox t
   assert.equal(tabB.getSnapshot().pendingCount, 1);
 });
 
+/**
+ * A tab's view of `storage` whose saved outbox lags: after freeze() it reads the outbox as it was
+ * then (what another tab writes has not reached this tab's copy), after catchUp() as it is.
+ */
+function laggingOutboxView(storage: MemoryStorage) {
+  const key = `readsync.outbox.${USER}`;
+  let stale: string | null | undefined;
+  const view = new MemoryStorage();
+  view.getItem = (k) => k === key && stale !== undefined ? stale : storage.getItem(k);
+  view.setItem = (k, value) => storage.setItem(k, value);
+  view.removeItem = (k) => storage.removeItem(k);
+  return {
+    view,
+    freeze() {
+      stale = storage.getItem(key);
+    },
+    catchUp() {
+      stale = undefined;
+    },
+  };
+}
+
 Deno.test("two tabs: a write named answered is let go even while this tab still sees it in the saved outbox", () => {
   // Seen in the browser test under load: tab A's answer named saga (the list of answered writes) and
   // then took it out of the saved outbox; tab B took the Web Lock between the two reaching it, saw the
   // name and the old outbox, and sent saga again. The name alone says it was answered.
   const storage = new MemoryStorage();
-  let stale: string | null | undefined; // tab B's copy of the saved outbox, while it lags
-  const key = `readsync.outbox.${USER}`;
-  const lagging = new MemoryStorage();
-  lagging.getItem = (k) => k === key && stale !== undefined ? stale : storage.getItem(k);
-  lagging.setItem = (k, value) => storage.setItem(k, value);
-  lagging.removeItem = (k) => storage.removeItem(k);
+  const lagging = laggingOutboxView(storage); // tab B's view
   const tabA = new SyncStore(USER, defaultCompareRows);
   tabA.attachStorage(storage);
   const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(lagging);
+  tabB.attachStorage(lagging.view);
   const saga = write("saga", T1, "web-1", 12);
   const atlas = write("atlas", T2, "web-1", 3);
   tabA.addPending(saga);
   tabB.reloadOutbox();
   tabB.addPending(atlas);
   tabA.reloadOutbox();
-  stale = storage.getItem(key); // [saga, atlas]: tab B has not heard of tab A's removal yet
+  lagging.freeze(); // [saga, atlas]: tab B has not heard of tab A's removal yet
   tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
   tabB.reloadOutbox(); // the Web Lock is tab B's: it takes over what it sees
   assert.deepEqual(tabB.pendingWrites().map((w) => w.series_id), ["atlas"], "saga is not sent again");
   // A tab opened now, with the same lagging view, does not take saga up either.
   const tabC = new SyncStore(USER, defaultCompareRows);
-  tabC.attachStorage(lagging);
+  tabC.attachStorage(lagging.view);
   assert.deepEqual(tabC.pendingWrites().map((w) => w.series_id), ["atlas"], "nor by a tab opened meanwhile");
   // Once the removal reaches tab B, nothing changes; atlas is still its to send.
-  stale = undefined;
+  lagging.catchUp();
   tabB.reloadOutbox();
   assert.deepEqual(tabB.pendingWrites().map((w) => w.series_id), ["atlas"]);
   // A later save of saga (another key) is not named: it is queued and sent.
@@ -440,24 +457,20 @@ Deno.test("two tabs: a write that left the saved outbox unanswered (another tab 
   // rewrites the outbox (its answer to a write) before another tab's save reached it writes it back
   // without that save. Only a write another tab says it got answered leaves this tab's outbox.
   const storage = new MemoryStorage();
-  let stale: string | null | undefined; // tab A's copy of the saved outbox, while it lags
   const key = `readsync.outbox.${USER}`;
-  const lagging = new MemoryStorage();
-  lagging.getItem = (k) => k === key && stale !== undefined ? stale : storage.getItem(k);
-  lagging.setItem = (k, value) => storage.setItem(k, value);
-  lagging.removeItem = (k) => storage.removeItem(k);
+  const lagging = laggingOutboxView(storage); // tab A's view
   const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(lagging);
+  tabA.attachStorage(lagging.view);
   const tabB = new SyncStore(USER, defaultCompareRows);
   tabB.attachStorage(storage);
   const saga = write("saga", T1, "web-1", 12);
   tabA.addPending(saga);
   tabB.reloadOutbox();
-  stale = storage.getItem(key); // tab A has not heard of what tab B saves next
+  lagging.freeze(); // tab A has not heard of what tab B saves next
   const atlas = write("atlas", T2, "web-1", 3);
   tabB.addPending(atlas);
   tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12))); // writes the outbox back without atlas
-  stale = undefined;
+  lagging.catchUp();
   tabB.reloadOutbox(); // the storage event of tab A's write
   assert.deepEqual(
     tabB.pendingWrites().map((w) => w.series_id),
