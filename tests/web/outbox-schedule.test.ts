@@ -530,8 +530,7 @@ Deno.test("outbox schedule, tabs: a tab that asks while another sends waits for 
   const b = browserOfTabs();
   const tabA = b.open("A");
   const tabB = b.open("B");
-  let answer!: (result: FlushResult) => void;
-  answer = b.holdNextAnswer();
+  let answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   tabB.request("queued"); // tab B has it too (storage event): it is under way in tab A
@@ -740,8 +739,7 @@ Deno.test("outbox schedule, tabs: disposed while it waits for the lock, a tab gi
   const b = browserOfTabs();
   const tabA = b.open("A");
   const tabB = b.open("B");
-  let answer!: (result: FlushResult) => void;
-  answer = b.holdNextAnswer();
+  let answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   await tick();
@@ -759,8 +757,7 @@ Deno.test("outbox schedule, tabs: a Retry-After answering the send of a tab disp
   const b = browserOfTabs();
   const closing = b.open("A");
   const next = b.open("B"); // another tab, or the session that replaced A's in the same tab
-  let answer!: (result: FlushResult) => void;
-  answer = b.holdNextAnswer();
+  let answer = b.holdNextAnswer();
   b.queueWrite();
   closing.request("edit");
   await tick();
