@@ -739,7 +739,7 @@ Deno.test("outbox schedule, tabs: disposed while it waits for the lock, a tab gi
   const b = browserOfTabs();
   const tabA = b.open("A");
   const tabB = b.open("B");
-  let answer = b.holdNextAnswer();
+  const answer = b.holdNextAnswer();
   b.queueWrite();
   tabA.request("edit");
   await tick();
@@ -757,7 +757,7 @@ Deno.test("outbox schedule, tabs: a Retry-After answering the send of a tab disp
   const b = browserOfTabs();
   const closing = b.open("A");
   const next = b.open("B"); // another tab, or the session that replaced A's in the same tab
-  let answer = b.holdNextAnswer();
+  const answer = b.holdNextAnswer();
   b.queueWrite();
   closing.request("edit");
   await tick();
