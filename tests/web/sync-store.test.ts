@@ -511,6 +511,78 @@ Deno.test("two tabs: when storage cannot take the list of answered writes, a wri
   assert.deepEqual([tabB.getSnapshot().pendingCount, storage.getItem(tabB.outboxKey)], [0, null]);
 });
 
+Deno.test("two tabs: a write answered again is listed once, at the end, so the list keeps 200 different writes", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  const names = () =>
+    (JSON.parse(storage.getItem(tabA.answeredKey) ?? "[]") as ReturnType<typeof write>[]).map((w) =>
+      `${w.series_id}:${w.chapter}`
+    );
+  const saga = write("saga", T1, "web-1", 12);
+  const atlas = write("atlas", T2, "web-1", 3);
+  tabA.addPending(saga);
+  tabB.reloadOutbox();
+  tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
+  tabB.settle(saga, storedAs(row("saga", T1, "web-1", 12))); // the repeat, answered as a replay
+  tabA.addPending(atlas);
+  tabA.settle(atlas, storedAs(row("atlas", T2, "web-1", 3)));
+  assert.deepEqual(names(), ["saga:12", "atlas:3"], "named once");
+  tabB.settle(saga, storedAs(row("saga", T1, "web-1", 12))); // named again: now the newest mention
+  assert.deepEqual(names(), ["atlas:3", "saga:12"]);
+  // Another position under the same key is another write: both are named.
+  tabA.settle(write("saga", T1, "web-1", 14), storedAs(row("saga", T1, "web-1", 14)));
+  assert.deepEqual(names(), ["atlas:3", "saga:12", "saga:14"]);
+  // 198 other writes answered, each twice: saga's last mentions are still among the last 200, atlas's is not.
+  for (let i = 0; i < 198; i++) {
+    const other = write(`s${i}`, T1, "web-1", 1);
+    tabA.settle(other, storedAs(row(`s${i}`, T1, "web-1", 1)));
+    tabA.settle(other, storedAs(row(`s${i}`, T1, "web-1", 1)));
+  }
+  assert.deepEqual(names().slice(0, 2), ["saga:12", "saga:14"]);
+  assert.equal(names().length, 200);
+});
+
+Deno.test("two tabs: a named write written back into the saved outbox from an older copy leaves it at the next save", () => {
+  // Tab A's copy of the saved outbox lags: it writes saga back after tab B got saga answered. Every
+  // tab skips saga (named), but left there it would be taken up and sent again once its name left
+  // the list of the last 200 answered writes.
+  const storage = new MemoryStorage();
+  const key = `readsync.outbox.${USER}`;
+  const lagging = laggingOutboxView(storage); // tab A's view
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(lagging.view);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  const saga = write("saga", T1, "web-1", 12);
+  tabA.addPending(saga);
+  tabB.reloadOutbox();
+  lagging.freeze(); // [saga]
+  tabB.settle(saga, storedAs(row("saga", T1, "web-1", 12))); // named, then taken out
+  tabA.addPending(write("atlas", T2, "web-1", 3)); // writes its copy back, with atlas
+  lagging.catchUp();
+  const saved = () =>
+    (JSON.parse(storage.getItem(key) ?? "[]") as ReturnType<typeof write>[]).map((w) => w.series_id);
+  assert.deepEqual(saved(), ["atlas"], "saga is not written back");
+  // Written back by a tab that had not seen the name either: the next save of any tab that has leaves it out.
+  storage.setItem(key, JSON.stringify([saga, write("atlas", T2, "web-1", 3)]));
+  tabB.addPending(write("codex", T3, "web-1", 5));
+  assert.deepEqual(saved().sort(), ["atlas", "codex"]);
+  // Long after (200 other writes answered, saga's name gone from the list), a tab opened then does not take saga up.
+  for (let i = 0; i < 200; i++) {
+    tabB.settle(write(`s${i}`, T1, "web-1", 1), storedAs(row(`s${i}`, T1, "web-1", 1)));
+  }
+  const reopened = new SyncStore(USER, defaultCompareRows);
+  reopened.attachStorage(storage);
+  assert.deepEqual(reopened.pendingWrites().map((w) => w.series_id).sort(), ["atlas", "codex"]);
+
+  // Only named writes leave: another position under saga's key is a later save, and stays.
+  const other = twoTabs();
+  other.tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
+  other.tabB.addPending(write("saga", T1, "web-1", 14));
+  other.tabA.addPending(write("atlas", T2, "web-1", 3));
+  const savedThere = JSON.parse(other.storage.getItem(key) ?? "[]") as ReturnType<typeof write>[];
+  assert.deepEqual(savedThere.map((w) => [w.series_id, w.chapter]).sort(), [["atlas", 3], ["saga", 14]]);
+});
+
 Deno.test("writes queued before storage is attached are saved when it is", () => {
   const storage = new MemoryStorage();
   storage.setItem(

@@ -459,6 +459,11 @@ export class SyncStore {
     return answered.some((done) => done.series_id === write.series_id && !this.#savedLater(write, done));
   }
 
+  /** Whether `a` and `b` are one write: the same series, key and position. */
+  #sameWrite(a: PendingWrite, b: PendingWrite): boolean {
+    return a.series_id === b.series_id && this.compare(a, b) === 0 && ConflictResolver.samePosition(a, b);
+  }
+
   /** The last writes answered in this browser (see ANSWERED_REMEMBERED); none when unreadable. */
   #readAnswered(): PendingWrite[] {
     return this.#readList(this.answeredKey) ?? [];
@@ -498,14 +503,23 @@ export class SyncStore {
     if (!this.#storage) return;
     if (done.length > 0) {
       try {
-        const answered = [...this.#readAnswered(), ...done].slice(-ANSWERED_REMEMBERED);
+        // A write named again (answered a second time, a repeat) moves to the end instead of being
+        // listed twice: it is remembered as long as its last mention, and takes one of the slots.
+        const answered = [...this.#readAnswered(), ...done].filter((named, i, list) =>
+          !list.slice(i + 1).some((later) => this.#sameWrite(named, later))
+        ).slice(-ANSWERED_REMEMBERED);
         this.#storage.setItem(this.answeredKey, JSON.stringify(answered));
       } catch {
         // Storage full or disabled: the other tabs keep them and save them again once (sent twice at worst).
       }
     }
     try {
-      const saved = new Map(this.#readSaved().map((write) => [write.series_id, write]));
+      // Saved writes the list names answered are left out: every tab skips them already, and one written
+      // back from a copy read before its answer would otherwise stay until its name left the list, and
+      // then be taken up and sent once more.
+      const answered = this.#readAnswered();
+      const unnamed = this.#readSaved().filter((write) => !this.#namedAnswered(write, answered));
+      const saved = new Map(unnamed.map((write) => [write.series_id, write]));
       for (const write of done) {
         const other = saved.get(write.series_id);
         if (other && !this.#savedLater(other, write)) saved.delete(write.series_id);
