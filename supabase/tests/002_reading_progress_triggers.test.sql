@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(48);
+select plan(49);
 
 insert into auth.users (id, email) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'trig-a@readsync.test'),
@@ -204,7 +204,13 @@ insert into public.reading_progress (user_id, series_id, page, device_id, update
 -- not by how soon a loaded machine gets from computing the date to running the trigger, so the
 -- triggers run here on a clock of the test's (as in pgTAP 008): copies of migration 012's functions,
 -- made from their definitions, that differ only in reading pg_temp.test_clock(), which moves 1 us a
--- reading and is kept as epoch microseconds. The row is dated 5 s and 1 ms after the clock's reading.
+-- reading and is kept as epoch microseconds. 'ts-5s-edge' is dated exactly at the limit as the
+-- trigger computes it: the trigger truncates updated_at to the millisecond, then compares it with
+-- its first clock reading + 5 s (that reading is not truncated). The clock is set 1 us before a
+-- millisecond M, so that reading is M, and the row is dated M + 5 s, which truncation leaves as it
+-- is: kept only if a date equal to the limit is kept ('>' in the trigger, not '>='). Its synced_at
+-- (the trigger's next reading, M + 1 us) shows the comparison read M. 'ts-5s1ms' is dated 5 s and
+-- 1 ms after the clock's reading.
 create function pg_temp.from_epoch_us(p_us bigint) returns timestamptz language sql immutable as $$
   select to_timestamp(p_us / 1000000) + interval '1 microsecond' * (p_us % 1000000)
 $$;
@@ -230,6 +236,15 @@ begin
   perform set_config('readsync_test.clock_us', ((extract(epoch from now()) * 1000000)::bigint)::text, true);
 end
 $$;
+do $$
+begin
+  perform set_config('readsync_test.clock_us',
+    ((extract(epoch from date_trunc('milliseconds', now())) * 1000000)::bigint - 1)::text, true);
+end
+$$;
+insert into public.reading_progress (user_id, series_id, page, device_id, updated_at) values
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s-edge',  1, 'dev-1',
+   date_trunc('milliseconds', now()) + interval '5 seconds');
 insert into public.reading_progress (user_id, series_id, page, device_id, updated_at) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s1ms',    1, 'dev-1', pg_temp.test_clock() + interval '5.001 seconds');
 do $$
@@ -267,7 +282,15 @@ select is(
 select is(
   (select updated_at from ts where series_id = 'ts-5s'),
   date_trunc('milliseconds', now() + interval '5 seconds'),
-  'insert with updated_at exactly 5 s in the future is kept (the limit is inclusive)'
+  'insert with updated_at 5 s after now() (the transaction''s start) is kept'
+);
+
+select is(
+  (select (updated_at, synced_at)::text from public.reading_progress
+    where user_id = 'c3c3c3c3-0000-4000-8000-000000000003' and series_id = 'ts-5s-edge'),
+  (date_trunc('milliseconds', now()) + interval '5 seconds',
+   date_trunc('milliseconds', now()) + interval '1 microsecond')::text,
+  'insert with updated_at exactly the trigger''s clock reading + 5 s is kept (the limit is inclusive)'
 );
 
 select is(
@@ -492,13 +515,13 @@ select is(
 select is(
   (select count(*)::int from new_msgs
     where topic = 'progress:c3c3c3c3-0000-4000-8000-000000000003' and event = 'DELETE'),
-  10,
-  'each cascaded row delete is broadcast as DELETE on the user''s topic (10 rows, 10 messages)'
+  11,
+  'each cascaded row delete is broadcast as DELETE on the user''s topic (11 rows, 11 messages)'
 );
 
 select is(
   (select count(*)::int from new_msgs),
-  10,
+  11,
   'the cascade broadcasts nothing else'
 );
 
