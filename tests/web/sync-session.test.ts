@@ -169,6 +169,7 @@ function fakeApi(
             return disconnected;
           },
           reads: 0,
+          readFails: false,
           statusListeners,
         };
         subscriptions.push(subscription);
@@ -181,7 +182,9 @@ function fakeApi(
           },
           syncNow: () => {
             subscription.reads++;
-            return Promise.resolve();
+            return subscription.readFails
+              ? Promise.reject(new NetworkError(0, "network_error", "Failed to fetch"))
+              : Promise.resolve();
           },
           unsubscribe: () => {
             subscription.unsubscribed = true;
@@ -200,6 +203,8 @@ interface FakeSubscription {
   unsubscribed: boolean;
   readonly disconnected: boolean;
   reads: number;
+  /** The reads of the server's changes (syncNow) fail while set. */
+  readFails: boolean;
   statusListeners: Set<(status: string) => void>;
 }
 
@@ -581,5 +586,92 @@ Deno.test("sync session: Sync now pressed while the server's Retry-After holds t
   t.clock.advance(t.clock.nextAt! - t.clock.now);
   await until(() => alice.store.getSnapshot().pendingCount === 0);
   assert.deepEqual([requests.count, error()], [2, null], "saved after the Retry-After: the message goes");
+  alice.close();
+});
+
+Deno.test("sync session: a Sync now whose read of the server's changes failed, with nothing waiting, says so in the banner until a later read succeeds, and never in place of another message", async () => {
+  const t = tab();
+  const requests = failing(
+    t,
+    (writes) =>
+      writes.some((w) => w.chapter === 99)
+        ? new ValidationError(422, "validation_failed", "chapter is out of range")
+        : null,
+  );
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  const reads = t.subscriptions[0];
+
+  // Nothing waits; only the read fails.
+  reads.readFails = true;
+  assert.equal(await alice.syncNow(), "failed");
+  assert.equal(
+    error(),
+    "Could not check for changes (will retry)",
+    "the failed read is said, not only in the tooltip",
+  );
+
+  // Pressed again while it still fails: it stays.
+  assert.equal(await alice.syncNow(), "failed");
+  assert.equal(error(), "Could not check for changes (will retry)");
+
+  // A later read succeeds: it goes.
+  reads.readFails = false;
+  assert.equal(await alice.syncNow(), "done");
+  assert.equal(error(), null, "a read that succeeded takes it away");
+
+  // Also when the read that succeeds is the tab's own (shown again), not a press.
+  reads.readFails = true;
+  assert.equal(await alice.syncNow(), "failed");
+  assert.equal(error(), "Could not check for changes (will retry)");
+  reads.readFails = false;
+  const before = reads.reads;
+  t.document.dispatchEvent(new Event("visibilitychange"));
+  await until(() => reads.reads > before && error() === null);
+  assert.equal(error(), null, "the read made when the tab is shown again takes it away");
+
+  // A refused write's message is more important: a failed read never hides it.
+  alice.save("book", position(99), DEVICE);
+  await until(() => requests.count === 1 && !alice.sending);
+  assert.match(error() ?? "", /^Could not save book: chapter is out of range/);
+  reads.readFails = true;
+  assert.equal(await alice.syncNow(), "failed");
+  assert.match(error() ?? "", /^Could not save book: chapter is out of range/, "the refusal stays");
+  // And a later successful read does not take the refusal away either.
+  reads.readFails = false;
+  assert.equal(await alice.syncNow(), "done");
+  assert.match(error() ?? "", /^Could not save book: chapter is out of range/);
+  alice.close();
+});
+
+Deno.test("sync session: 'Not saved yet (will retry)' takes the place of a failed read's message (a write waiting matters more), and a save that is answered takes either away", async () => {
+  const t = tab();
+  let down = false;
+  failing(t, () => down ? new NetworkError(0, "network_error", "Failed to fetch") : null);
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  const reads = t.subscriptions[0];
+
+  reads.readFails = true;
+  assert.equal(await alice.syncNow(), "failed");
+  assert.equal(error(), "Could not check for changes (will retry)");
+
+  down = true;
+  alice.save("book", position(4), DEVICE);
+  await until(() => !alice.sending);
+  assert.equal(await alice.syncNow(), "failed");
+  assert.match(error() ?? "", /^Not saved yet \(will retry\)/, "the waiting write is said instead");
+
+  down = false;
+  t.clock.advance(t.clock.nextAt! - t.clock.now);
+  await until(() => alice.store.getSnapshot().pendingCount === 0);
+  assert.equal(error(), null, "saved: the message goes");
+
+  // A failed read's message goes once a write is answered too (a later sync that succeeded).
+  assert.equal(await alice.syncNow(), "failed");
+  assert.equal(error(), "Could not check for changes (will retry)");
+  alice.save("book", position(5), DEVICE);
+  await until(() => alice.store.getSnapshot().pendingCount === 0 && !alice.sending);
+  assert.equal(error(), null);
   alice.close();
 });

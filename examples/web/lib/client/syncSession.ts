@@ -67,6 +67,9 @@ export interface SyncSessionConfig {
 /** What the Sync now control shows: nothing yet, under way, or how the last one ended. */
 export type SyncNowState = "idle" | "syncing" | "done" | "failed";
 
+/** What the page says when a Sync now's read of the server's changes failed, and nothing else did. */
+export const READ_FAILED_MESSAGE = "Could not check for changes (will retry)";
+
 export class SyncSession {
   readonly store: SyncStore;
   readonly userId: string;
@@ -166,7 +169,12 @@ export class SyncSession {
     }, 30_000);
     // Whether this browser's session is still this user's (another tab may have signed out, or in as
     // someone else), with a token that is fresh (a laptop may have slept past its expiry).
-    const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => subscription.syncNow() });
+    const session = createSessionCheck({
+      tokens,
+      leaveIfSignedOut,
+      // A read that succeeds (the tab shown again, back online) ends a failed Sync now's "could not check".
+      syncNow: () => subscription.syncNow().then(() => this.#readSucceeded()),
+    });
     // Another tab of this browser queued writes (offline) or changed the shared outbox: send them too.
     // Or it says the session changed (sessionSignal.ts): check it now, not at expiry.
     const onStorage = (event: Event) => {
@@ -278,7 +286,9 @@ export class SyncSession {
    * The reader's Sync now: the outbox goes at once (within the backoff, not within a Retry-After;
    * in a tab whose send another tab's answered meanwhile, as the schedule says: never the same
    * writes twice), and what the server has is read now. Resolves with how it ended: "failed" when
-   * writes are still waiting (the server did not take them, or asked to wait) or the read failed.
+   * writes are still waiting (the server did not take them, or asked to wait) or the read failed;
+   * the page says which in the error banner ("Not saved yet (will retry)", else READ_FAILED_MESSAGE),
+   * unless it already shows a message.
    */
   async syncNow(): Promise<SyncNowState> {
     if (this.#closed || this.#syncNow === "syncing") return this.#syncNow;
@@ -289,7 +299,11 @@ export class SyncSession {
     if (this.#closed) return this.#syncNow;
     const waiting = this.store.getSnapshot().pendingCount > 0;
     const failed = !readOk || waiting;
-    if (waiting && this.store.getSnapshot().lastError === null) {
+    if (readOk) this.#readSucceeded();
+    // Only a failed read's message may give way: a refused write's, or "Not saved yet", stays.
+    const shown = this.store.getSnapshot().lastError;
+    const replaceable = shown === null || shown === READ_FAILED_MESSAGE;
+    if (waiting && replaceable) {
       // A passing outage shows nothing by itself (the retries go on); asked by the reader, say it,
       // also when nothing was sent because the server's Retry-After still holds the outbox (or
       // another tab's send, which this one waited for, failed).
@@ -300,6 +314,11 @@ export class SyncSession {
         ? `: the server asked to wait ${Math.ceil(held / 1000)} s more`
         : "";
       this.store.setError(`Not saved yet (will retry)${why}`, { untilAnswered: true });
+    } else if (!readOk && !waiting && shown === null) {
+      // Only the read failed (nothing waits, or it was saved): the button's tooltip alone would say so.
+      // It goes as "Not saved yet" does (a write answered here or in another tab), or once a later read
+      // succeeds; it never takes the place of another message.
+      this.store.setError(READ_FAILED_MESSAGE, { untilAnswered: true });
     }
     this.#setSyncNow(failed ? "failed" : "done");
     return this.#syncNow;
@@ -317,6 +336,12 @@ export class SyncSession {
       }
     }
     this.#listeners.clear();
+  }
+
+  /** A read of the server's changes succeeded: a failed one's message goes (none other). */
+  #readSucceeded(): void {
+    if (this.#closed) return;
+    if (this.store.getSnapshot().lastError === READ_FAILED_MESSAGE) this.store.setError(null);
   }
 
   #setOnline(online: boolean): void {
