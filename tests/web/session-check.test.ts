@@ -112,3 +112,37 @@ Deno.test("a tab shown again with a token about to run out reads only once it ha
     globalThis.fetch = realFetch;
   }
 });
+
+Deno.test("a tab shown again with a token about to expire: a read that fails after the check is no unhandled rejection", async () => {
+  globalThis.fetch = (() =>
+    Promise.resolve(
+      Response.json({ accessToken: "tok-2", expiresAt: inSeconds(3600), userId: USER }),
+    )) as typeof fetch;
+  const unhandled: unknown[] = [];
+  const onUnhandled = (event: PromiseRejectionEvent) => {
+    event.preventDefault(); // recorded here, so the test says what happened instead of Deno failing it
+    unhandled.push(event.reason);
+  };
+  globalThis.addEventListener("unhandledrejection", onUnhandled);
+  try {
+    const tokens = new TokenKeeper("tok-1", inSeconds(5), { userId: USER }); // below the read's wait
+    const { leaveIfSignedOut } = leaves();
+    const read = Promise.withResolvers<void>();
+    const session = createSessionCheck({
+      tokens,
+      leaveIfSignedOut,
+      syncNow: () => {
+        read.resolve();
+        return Promise.reject(new Error("the read failed"));
+      },
+    });
+    await session.shown();
+    await read.promise; // the read was made (after the check)
+    await sleep(0); // an unhandled rejection is reported after the microtasks of this turn
+    await sleep(0);
+    assert.deepEqual(unhandled, []);
+  } finally {
+    globalThis.removeEventListener("unhandledrejection", onUnhandled);
+    globalThis.fetch = realFetch;
+  }
+});

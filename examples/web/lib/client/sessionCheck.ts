@@ -33,7 +33,8 @@ export function createSessionCheck(options: SessionCheckOptions) {
     /** Shown again or back online: read what was missed, and check the session. */
     shown: (): Promise<void> => {
       if (options.tokens.remaining < READ_WAITS_BELOW_S) {
-        return check(false).finally(() => void options.syncNow());
+        // (Not waited for; a read that fails is the sync's to say, never an unhandled rejection.)
+        return check(false).finally(() => void options.syncNow().catch(() => {}));
       }
       const read = options.syncNow().then(() => {}, () => {});
       if (now() - checkedAt < SHOWN_CHECK_INTERVAL_MS) return read;
