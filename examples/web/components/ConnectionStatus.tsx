@@ -61,7 +61,10 @@ export function ConnectionStatus() {
   );
 }
 
-/** A write problem the reader must know of (refused and dropped, or refused again and again). */
+/**
+ * What the reader must know of the sync: a write refused and dropped (in any tab), one refused again and
+ * again, or, after Sync now, a write not saved yet or a read of the server's changes that failed.
+ */
 export function SyncErrorBanner() {
   const { store } = useSync();
   const { lastError } = useSyncSnapshot();
