@@ -418,16 +418,22 @@ function laggingOutboxView(storage: MemoryStorage) {
   };
 }
 
+/** Two tabs of one user over one storage, one of them (`laggingTab`) with a view whose saved outbox lags. */
+function twoTabsOneLagging(laggingTab: "A" | "B") {
+  const storage = new MemoryStorage();
+  const lagging = laggingOutboxView(storage);
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(laggingTab === "A" ? lagging.view : storage);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(laggingTab === "B" ? lagging.view : storage);
+  return { storage, lagging, tabA, tabB };
+}
+
 Deno.test("two tabs: a write named answered is let go even while this tab still sees it in the saved outbox", () => {
   // Seen in the browser test under load: tab A's answer named saga (the list of answered writes) and
   // then took it out of the saved outbox; tab B took the Web Lock between the two reaching it, saw the
   // name and the old outbox, and sent saga again. The name alone says it was answered.
-  const storage = new MemoryStorage();
-  const lagging = laggingOutboxView(storage); // tab B's view
-  const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(storage);
-  const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(lagging.view);
+  const { lagging, tabA, tabB } = twoTabsOneLagging("B");
   const saga = write("saga", T1, "web-1", 12);
   const atlas = write("atlas", T2, "web-1", 3);
   tabA.addPending(saga);
@@ -456,13 +462,8 @@ Deno.test("two tabs: a write that left the saved outbox unanswered (another tab 
   // localStorage is no transaction across tabs: each tab's process reads its own copy, so a tab that
   // rewrites the outbox (its answer to a write) before another tab's save reached it writes it back
   // without that save. Only a write another tab says it got answered leaves this tab's outbox.
-  const storage = new MemoryStorage();
   const key = `readsync.outbox.${USER}`;
-  const lagging = laggingOutboxView(storage); // tab A's view
-  const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(lagging.view);
-  const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(storage);
+  const { storage, lagging, tabA, tabB } = twoTabsOneLagging("A");
   const saga = write("saga", T1, "web-1", 12);
   tabA.addPending(saga);
   tabB.reloadOutbox();
@@ -545,13 +546,8 @@ Deno.test("two tabs: a named write written back into the saved outbox from an ol
   // Tab A's copy of the saved outbox lags: it writes saga back after tab B got saga answered. Every
   // tab skips saga (named), but left there it would be taken up and sent again once its name left
   // the list of the last 200 answered writes.
-  const storage = new MemoryStorage();
   const key = `readsync.outbox.${USER}`;
-  const lagging = laggingOutboxView(storage); // tab A's view
-  const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(lagging.view);
-  const tabB = new SyncStore(USER, defaultCompareRows);
-  tabB.attachStorage(storage);
+  const { storage, lagging, tabA, tabB } = twoTabsOneLagging("A");
   const saga = write("saga", T1, "web-1", 12);
   tabA.addPending(saga);
   tabB.reloadOutbox();
