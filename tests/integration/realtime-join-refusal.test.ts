@@ -114,36 +114,53 @@ Deno.test({
   const c = await createTestUser();
   // Broadcasts count as "broadcast" whichever frame form carried them (JSON text or binary).
   const { ws, frames, join: joinAs } = await rawSocket();
+  // A second socket on A's topic that nothing stalls: once it has the broadcast, the endpoint has
+  // handed it to every socket on the topic, the stalled one included.
+  const observer = await rawSocket();
   const sql = adminSql({ max: 1 });
   const reply = (ref: string) => frames.find((f) => f.ref === ref && f.event === "phx_reply");
   const join = (ref: string, topic: string) => joinAs(ref, topic, a.accessToken);
   try {
     join("1", topicOf(a.id)); // A's own topic: joined
-    await waitFor("the join", () => reply("1") !== undefined);
+    observer.join("1", topicOf(a.id), a.accessToken);
+    await waitFor(
+      "the joins",
+      () => reply("1") !== undefined && observer.frames.some((f) => f.ref === "1" && f.event === "phx_reply"),
+    );
 
     const started = Date.now();
     join("2", topicOf(c.id)); // C's topic: refused, after the backoff
-    ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
+    ws.send(JSON.stringify([null, "hb-before", "phoenix", "heartbeat", {}]));
     await writeProgress(sql, a.id, { series_id: "during-refusal", chapter: 1, device_id: "phone" });
     await waitFor(
-      "the refusal, the heartbeat reply and the broadcast",
+      "the broadcast on the socket nothing stalls",
+      () => observer.frames.some((f) => f.event === "broadcast"),
+    );
+    // Sent once the broadcast is known to have reached the stalled socket. Whether the first
+    // heartbeat reached it before the broadcast is not knowable from here (the stalled socket
+    // answers nothing, and a loaded machine may read its frame late), so only this order is checked.
+    ws.send(JSON.stringify([null, "hb-after", "phoenix", "heartbeat", {}]));
+    await waitFor(
+      "the refusal, the heartbeat replies and the broadcast",
       () =>
-        reply("2") !== undefined && reply("hb") !== undefined && frames.some((f) => f.event === "broadcast"),
+        reply("2") !== undefined && reply("hb-before") !== undefined && reply("hb-after") !== undefined &&
+        frames.some((f) => f.event === "broadcast"),
       { timeoutMs: 15_000 },
     );
     const refusedAt = reply("2")!.at;
     assert.ok(refusedAt - started >= BACKOFF_FLOOR_MS, `refused after ${refusedAt - started} ms`);
-    assert.ok(reply("hb")!.at >= refusedAt, "the heartbeat was answered before the refusal");
+    assert.ok(reply("hb-before")!.at >= refusedAt, "the heartbeat was answered before the refusal");
     const broadcast = frames.find((f) => f.event === "broadcast")!;
     assert.ok(broadcast.at >= refusedAt, "the broadcast went out before the refusal");
-    // The heartbeat reached the socket before the write was committed: Phoenix's socket process
-    // works through its mailbox in order once the join returns, so its reply goes out first.
+    // Phoenix's socket process works through its mailbox in arrival order once the join returns:
+    // the broadcast, which came first, goes out before the reply to the later heartbeat.
     assert.ok(
-      frames.indexOf(reply("hb")!) < frames.indexOf(broadcast),
-      `the broadcast went out before the reply to the earlier heartbeat: ${JSON.stringify(frames)}`,
+      frames.indexOf(broadcast) < frames.indexOf(reply("hb-after")!),
+      `the reply to a later heartbeat went out before the broadcast: ${JSON.stringify(frames)}`,
     );
   } finally {
     ws.close();
+    observer.ws.close();
     await sql.end();
   }
 });
