@@ -28,6 +28,17 @@ const DEFAULT_HEADERS = [
   "x-request-id",
 ] as const;
 
+// Answer headers a browser's script may read: the request id, a 503's wait, the server's clock, and
+// the two that say more than the JSON body's code: a 401's challenge (RFC 6750 `error=...`) and a
+// 405's allowed methods. Beyond these a browser shows a script only the CORS-safelisted ones.
+const EXPOSED_HEADERS = [
+  "x-request-id",
+  "retry-after",
+  "x-server-time",
+  "www-authenticate",
+  "allow",
+] as const;
+
 export function corsHeaders(req: Request, options: CorsOptions = {}): Headers {
   const h = new Headers();
   const origins = options.origins ?? "*";
@@ -40,7 +51,7 @@ export function corsHeaders(req: Request, options: CorsOptions = {}): Headers {
   }
   h.set("access-control-allow-methods", (options.methods ?? ["GET", "POST", "DELETE", "OPTIONS"]).join(", "));
   h.set("access-control-allow-headers", (options.headers ?? DEFAULT_HEADERS).join(", "));
-  h.set("access-control-expose-headers", "x-request-id, retry-after, x-server-time");
+  h.set("access-control-expose-headers", EXPOSED_HEADERS.join(", "));
   h.set("access-control-max-age", String(options.maxAgeSeconds ?? 86_400));
   return h;
 }

@@ -764,6 +764,9 @@ Deno.test("CORS: the preflight needs no token, and every answer (errors too) car
   const unauth = await call("GET", "", { headers: { origin: "https://app.example" } });
   assert.equal(unauth.status, 401);
   assert.equal(unauth.headers.get("access-control-allow-origin"), "*", "a browser can read the 401 body");
+  // ... and its challenge, which names the error (RFC 6750) where the body's code says the same.
+  assert.ok(unauth.headers.get("www-authenticate"));
+  assert.match(unauth.headers.get("access-control-expose-headers") ?? "", /(^|, )www-authenticate(,|$)/);
   const a = await createTestUser();
   const ok = await call("GET", "", { token: a.accessToken, headers: { origin: "https://app.example" } });
   assert.equal(ok.status, 200);

@@ -643,6 +643,8 @@ Deno.test("404 unknown routes and series, 405 wrong methods with Allow", () =>
         expectError(answer, 405, "method_not_allowed");
       }
       assert.equal(answer.headers.get("allow"), allow, `${method} ${path}`);
+      // A browser's script may read it (a HEAD's answer has nothing else to say it with).
+      assert.match(answer.headers.get("access-control-expose-headers") ?? "", /(^|, )allow(,|$)/);
     }
   }));
 
