@@ -584,6 +584,7 @@ export function subscribeToProgress(
       return subscription.status;
     },
     onStatus: (listener) => subscription.onStatus(listener),
+    onRead: (listener) => subscription.onRead(listener),
     syncNow: () => subscription.syncNow(),
     unsubscribe: async () => {
       if (released) return;

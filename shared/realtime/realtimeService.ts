@@ -9,6 +9,8 @@
 //                                         versions superseded during a gap arrive as the newest).
 //   status / onStatus                     connecting -> live; polling while Realtime is down and
 //                                         the API answers; offline when neither does.
+//   onRead                                how each read of the changes ended (done, behind, failed),
+//                                         whatever made it: catch-up, poll, safety read, syncNow.
 //   reconnect                             capped exponential backoff with full jitter per user
 //                                         channel (it starts again after a channel that stayed joined
 //                                         at least as long as the wait before its join, or
@@ -64,6 +66,13 @@ import { retryAfterMsOf } from "../http/retryAfter.ts";
 export type RealtimeStatus = "connecting" | "live" | "polling" | "offline";
 
 export type ChangeSource = "realtime" | "catchup" | "poll";
+
+/**
+ * How one read of the changes (a "changes since" round, its pages followed) ended: "done" read to
+ * the end, "behind" answered with more left that cannot be read yet (a long transaction holds the
+ * cursor), "failed" a call failed or timed out.
+ */
+export type ReadOutcome = "done" | "behind" | "failed";
 
 export interface ProgressChange<Row extends LwwRow = ProgressRow> {
   kind: ChangeKind;
@@ -178,8 +187,18 @@ export interface ProgressSubscription {
   readonly status: RealtimeStatus;
   /** Calls the listener on every status change; returns the function that removes it. */
   onStatus(listener: (status: RealtimeStatus) => void): () => void;
-  /** Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow). */
-  syncNow(): Promise<void>;
+  /**
+   * Calls the listener after every read of the user's changes the link makes, whatever made it (the
+   * catch-up after a join, a poll, the safety read while live, a syncNow()), with how it ended;
+   * returns the function that removes it. A failed read is retried by the link as before.
+   */
+  onRead(listener: (outcome: ReadOutcome) => void): () => void;
+  /**
+   * Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow).
+   * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
+   * sent still runs: the read is made when it ends; the subscription is closed). Never rejects.
+   */
+  syncNow(): Promise<ReadOutcome>;
   unsubscribe(): Promise<void>;
 }
 
@@ -195,6 +214,7 @@ export interface RealtimeServiceStats {
   authListeners: number;
   /** Heartbeat watches the service has installed on the Realtime client (0 or 1). */
   heartbeatWatches: number;
+  /** Listeners (onStatus, onRead) the subscriptions hold. */
   statusListeners: number;
   /** Channels created and joined so far (cumulative). */
   joinAttempts: number;
@@ -319,7 +339,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * knows it may have missed something that no timer of its own will notice soon: back in the
    * foreground (a phone suspends an app's socket and timers, a browser throttles a hidden tab's
    * timers to one a minute) or back online. Resolves when that read has finished; like every read
-   * of the service, a failed one is logged, not thrown, and the polling goes on as before. The join
+   * of the service, a failed one is logged, not thrown, and the polling goes on as before (a
+   * subscription's syncNow() resolves with how it ended, and onRead hears of every read). The join
    * ladder starts again at its first step (the failures before say little about the new conditions):
    * the join made now, or the one already in flight, counts as its first, and if it fails its retry
    * waits the first step's backoff, the ones after it longer and longer; a channel still joined that
@@ -775,6 +796,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
 class Subscription<Row extends LwwRow> implements ProgressSubscription {
   #listeners = new Set<(status: RealtimeStatus) => void>();
+  #readListeners = new Set<(outcome: ReadOutcome) => void>();
   #active = true;
 
   constructor(
@@ -793,7 +815,7 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     return this.#active ? this.link.status : "offline";
   }
   get listenerCount(): number {
-    return this.#listeners.size;
+    return this.#listeners.size + this.#readListeners.size;
   }
   get active(): boolean {
     return this.#active;
@@ -803,6 +825,25 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     if (!this.#active) return () => {};
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  onRead(listener: (outcome: ReadOutcome) => void): () => void {
+    if (!this.#active) return () => {};
+    this.#readListeners.add(listener);
+    return () => this.#readListeners.delete(listener);
+  }
+
+  emitRead(outcome: ReadOutcome): void {
+    for (const listener of [...this.#readListeners]) {
+      try {
+        listener(outcome);
+      } catch (error) {
+        this.service.logEvent("error", "read_listener_failed", {
+          channel: this.channel,
+          error: String(error),
+        });
+      }
+    }
   }
 
   emitStatus(status: RealtimeStatus): void {
@@ -827,14 +868,15 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     }
   }
 
-  syncNow(): Promise<void> {
-    return this.#active ? this.link.syncNow() : Promise.resolve();
+  syncNow(): Promise<ReadOutcome> {
+    return this.#active ? this.link.syncNow() : Promise.resolve("failed");
   }
 
   async unsubscribe(): Promise<void> {
     if (!this.#active) return;
     this.#active = false;
     this.#listeners.clear();
+    this.#readListeners.clear();
     this.link.subscriptions.delete(this);
     if (this.link.subscriptions.size === 0) await this.link.close();
   }
@@ -867,7 +909,7 @@ class UserLink<Row extends LwwRow> {
   /** Runs while a join made when the link was not polling is unanswered (joinGraceMs). */
   #joinGraceTimer: ReturnType<typeof setTimeout> | undefined;
   /** The last "changes since" round; rounds never overlap (the cursor is shared). */
-  #fetchChain: Promise<RoundOutcome> = Promise.resolve("done");
+  #fetchChain: Promise<ReadOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
   /** Polls that failed in a row while Realtime was down: the next one waits longer. */
   #failedPolls = 0;
@@ -971,9 +1013,9 @@ class UserLink<Row extends LwwRow> {
     }
   }
 
-  /** See RealtimeService.syncNow. */
-  async syncNow(): Promise<void> {
-    if (this.#closed) return;
+  /** See RealtimeService.syncNow; resolves with how its read ended ("failed" when none was made). */
+  async syncNow(): Promise<ReadOutcome> {
+    if (this.#closed) return "failed";
     // The app's word that the conditions changed (back in the foreground, back online): the failures
     // before it say little about now, so the join ladder starts again at its first step. A join
     // already in flight is not doubled: it counts as that first step (if it fails, its retry waits
@@ -995,14 +1037,14 @@ class UserLink<Row extends LwwRow> {
       // scheduled or running read already waits for that; a live link with the safety read turned
       // off (livePollIntervalMs 0) has none, so it gets one.
       if (this.#pollTimer === undefined && this.#pollsRunning === 0) this.#startPolling(wait);
-      return;
+      return "failed";
     }
     // The read that was due later (a poll, or the safety read while live) is made now instead; it
     // schedules the next one as usual. A round already in flight is followed by a fresh one: it may
     // have read before what made the app call this.
     this.service.timers.clear(this.#pollTimer);
     this.#pollTimer = undefined;
-    await this.#poll();
+    return await this.#poll();
   }
 
   close(): Promise<void> {
@@ -1331,20 +1373,21 @@ class UserLink<Row extends LwwRow> {
     this.#pollTimer = this.service.timers.set(() => void this.#poll(), delayMs);
   }
 
-  async #poll(): Promise<void> {
+  /** One poll (or the safety read while live); resolves with how its read ended. */
+  async #poll(): Promise<ReadOutcome> {
     this.#pollTimer = undefined;
-    if (this.#closed) return;
+    if (this.#closed) return "failed";
     this.#pollsRunning++;
     try {
-      await this.#pollOnce();
+      return await this.#pollOnce();
     } finally {
       this.#pollsRunning--;
     }
   }
 
-  async #pollOnce(): Promise<void> {
+  async #pollOnce(): Promise<ReadOutcome> {
     if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
-    if (this.#closed) return;
+    if (this.#closed) return "failed";
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
     const safety = live ? new AbortController() : undefined;
     if (safety) this.#safetyReads.add(safety);
@@ -1353,12 +1396,12 @@ class UserLink<Row extends LwwRow> {
       safety?.signal,
     );
     if (safety) this.#safetyReads.delete(safety);
-    if (this.#closed) return;
+    if (this.#closed) return outcome;
     if (live) {
       // Still live whatever this read found or whether it failed: the channel is up. If the link
       // dropped meanwhile, #fail has taken over the status and the polling.
       if (this.#joined && this.#caughtUp) this.#scheduleLivePoll();
-      return;
+      return outcome;
     }
     // Only a round that began after this join catches the link up: one that began before it (a
     // poll started while the rejoin was in flight) may have read before a change whose broadcast
@@ -1366,7 +1409,7 @@ class UserLink<Row extends LwwRow> {
     // behind it decides.
     if (this.#joined && joinedGeneration === this.#generation && outcome === "done") {
       this.#caughtUpNow();
-      return;
+      return outcome;
     }
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
@@ -1375,6 +1418,7 @@ class UserLink<Row extends LwwRow> {
         this.#nextPollDelay(outcome),
       );
     }
+    return outcome;
   }
 
   /**
@@ -1383,7 +1427,7 @@ class UserLink<Row extends LwwRow> {
    * do not come back together, but never below the interval), capped, and never shorter than the
    * API asked for.
    */
-  #nextPollDelay(outcome: RoundOutcome): number {
+  #nextPollDelay(outcome: ReadOutcome): number {
     if (outcome !== "failed") {
       this.#failedPolls = 0;
       return this.#pollIntervalMs;
@@ -1405,7 +1449,8 @@ class UserLink<Row extends LwwRow> {
    */
   async #fetchChanges(source: ChangeSource, signal?: AbortSignal): Promise<Round> {
     let joinedGeneration: number | undefined;
-    const round = this.#fetchChain.then(async (): Promise<RoundOutcome> => {
+    let called = false;
+    const round = this.#fetchChain.then(async (): Promise<ReadOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
       if (signal?.aborted) return "failed"; // a safety read the drop ended while it waited its turn
       // The round before it was told to wait (Retry-After): no call until then; the caller
@@ -1413,6 +1458,7 @@ class UserLink<Row extends LwwRow> {
       if (this.#retryAfterLeftMs() > 0) return "failed";
       joinedGeneration = this.#joined ? this.#generation : undefined;
       this.#fetchInFlight = true;
+      called = true;
       try {
         for (let page = 0; page < 1000; page++) {
           const result = await this.#changesSince(signal);
@@ -1462,7 +1508,13 @@ class UserLink<Row extends LwwRow> {
       }
     });
     this.#fetchChain = round;
-    return { outcome: await round, joinedGeneration };
+    const outcome = await round;
+    // A round that called the API is a read: the subscriptions hear how it ended (onRead), whatever
+    // made it; not one that made no call (a Retry-After held it) or that close() cut short.
+    if (called && !this.#closed) {
+      for (const subscription of [...this.subscriptions]) subscription.emitRead(outcome);
+    }
+    return { outcome, joinedGeneration };
   }
 
   /**
@@ -1529,9 +1581,8 @@ class UserLink<Row extends LwwRow> {
   }
 }
 
-type RoundOutcome = "done" | "behind" | "failed";
 interface Round {
-  outcome: RoundOutcome;
+  outcome: ReadOutcome;
   joinedGeneration: number | undefined;
 }
 

@@ -526,3 +526,37 @@ Deno.test("polling: a poll timer for a Retry-After's end that fires a fraction o
     await link.end();
   }
 });
+
+Deno.test("onRead hears how every read of the link ended (its catch-up, syncNow's), and syncNow resolves with it; one a Retry-After holds resolves failed at once, unheard", async () => {
+  const link = handAnsweredService({
+    livePollIntervalMs: 0,
+    pollIntervalMs: 60_000,
+    heartbeatReplyTimeoutMs: 0,
+  });
+  const heard: string[] = [];
+  const off = link.subscription.onRead((outcome) => heard.push(outcome));
+  try {
+    await link.goLive();
+    assert.deepEqual(heard, ["done"], "the catch-up, read to the end");
+
+    // Answered with more to read and the cursor held (a long transaction): behind.
+    const behind = link.subscription.syncNow();
+    await waitFor("the read", () => link.calls.length === 2);
+    link.calls[1].resolve({ changes: [], next_cursor: "101", has_more: true });
+    assert.equal(await behind, "behind");
+
+    // Failed, the API asking for a minute.
+    const failed = link.subscription.syncNow();
+    await waitFor("the read", () => link.calls.length === 3);
+    link.calls[2].reject(retryAfter(60));
+    assert.equal(await failed, "failed");
+    assert.deepEqual(heard, ["done", "behind", "failed"]);
+
+    // Within that minute no read is made: failed at once, and nothing is heard.
+    assert.equal(await link.subscription.syncNow(), "failed");
+    assert.deepEqual([link.calls.length, heard], [3, ["done", "behind", "failed"]]);
+    off();
+  } finally {
+    await link.end();
+  }
+});
