@@ -20,6 +20,9 @@ import {
 } from "../../examples/web/lib/client/syncSession.ts";
 import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
 import { virtualTimers } from "./support.ts";
+import { type ChangesPage, RealtimeService } from "@shared/realtime/realtimeService.ts";
+import { fakeClient } from "../shared/realtime/fakeRealtimeClient.ts";
+import { waitFor } from "../integration/realtime_support.ts";
 
 const ALICE = "11111111-1111-4111-8111-111111111111";
 const BOB = "22222222-2222-4222-8222-222222222222";
@@ -161,6 +164,7 @@ function fakeApi(
       },
       subscribeToProgress(userId: string, handler: (change: { kind: string; row: Progress }) => void) {
         const statusListeners = new Set<(status: string) => void>();
+        const readListeners = new Set<(outcome: string) => void>();
         const subscription: FakeSubscription = {
           userId,
           handler,
@@ -180,11 +184,16 @@ function fakeApi(
             statusListeners.add(listener);
             return () => statusListeners.delete(listener);
           },
+          onRead: (listener: (outcome: string) => void) => {
+            readListeners.add(listener);
+            return () => readListeners.delete(listener);
+          },
+          // As RealtimeService's: the read's outcome goes to onRead, then the call resolves with it.
           syncNow: () => {
             subscription.reads++;
-            return subscription.readFails
-              ? Promise.reject(new NetworkError(0, "network_error", "Failed to fetch"))
-              : Promise.resolve();
+            const outcome = subscription.readFails ? "failed" : "done";
+            for (const listener of [...readListeners]) listener(outcome);
+            return Promise.resolve(outcome);
           },
           unsubscribe: () => {
             subscription.unsubscribed = true;
@@ -467,6 +476,52 @@ function failing(t: ReturnType<typeof tab>, failure: (writes: PendingWrite[]) =>
   return requests;
 }
 
+/**
+ * The tab's live subscription is the real RealtimeService's, on the stand-in Realtime client
+ * (tests/shared/realtime/fakeRealtimeClient.ts), its reads of the changes answered by hand (`calls`,
+ * in the order made). Only the reads the test brings about are made: no polling pace, join grace,
+ * safety read or heartbeat watch runs on the machine's clock meanwhile.
+ */
+function realService(t: ReturnType<typeof tab>) {
+  const fake = fakeClient();
+  const calls: { resolve: (page: ChangesPage) => void; reject: (error: Error) => void }[] = [];
+  const services: RealtimeService[] = [];
+  /** The link's log events (poll_failed, catchup_done, ...), in order. */
+  const events: string[] = [];
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) => {
+    const { api, disconnect } = connect(accessToken, clock);
+    const subscribeToProgress: SyncApi["subscribeToProgress"] = (userId, handler, options) => {
+      const service = new RealtimeService(fake.client, {
+        ...options,
+        changesSince: () => new Promise((resolve, reject) => calls.push({ resolve, reject })),
+        pollIntervalMs: 3_600_000,
+        livePollIntervalMs: 0,
+        joinGraceMs: Infinity,
+        heartbeatReplyTimeoutMs: 0,
+        log: (line) => void events.push(JSON.parse(line).event),
+      });
+      services.push(service);
+      // (A subscription of the service carries it as `service`, as subscribeToProgress's does.)
+      return service.subscribeToProgress(userId, handler) as ReturnType<SyncApi["subscribeToProgress"]>;
+    };
+    return { api: { ...api, subscribeToProgress }, disconnect };
+  };
+  return {
+    calls,
+    events,
+    /** The n-th channel the service made (1-based), once its join is pushed. */
+    channel: fake.channel,
+    /** Waits (a bound that only catches a hang) for the n-th read to be made. */
+    read: async (n: number) => {
+      await waitFor(`read #${n}`, () => calls.length >= n, { timeoutMs: 30_000, intervalMs: 5 });
+      return calls[n - 1];
+    },
+    waitFor: (what: string, done: () => boolean) => waitFor(what, done, { timeoutMs: 30_000, intervalMs: 5 }),
+    close: () => Promise.all(services.map((service) => service.close())),
+  };
+}
+
 /** Lets queued callbacks and the tabs' storage events run until `done` (at most 50 turns). */
 async function until(done: () => boolean): Promise<void> {
   for (let i = 0; i < 50 && !done(); i++) await tick();
@@ -674,4 +729,63 @@ Deno.test("sync session: 'Not saved yet (will retry)' takes the place of a faile
   await until(() => alice.store.getSnapshot().pendingCount === 0 && !alice.sending);
   assert.equal(error(), null);
   alice.close();
+});
+
+Deno.test("sync session, real RealtimeService: a Sync now whose read failed says so, and a read the link makes by itself takes it away once answered (the catch-up after its join, its poll after a drop), not when it fails", async () => {
+  const t = tab();
+  const realtime = realService(t);
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  const offline = () => new NetworkError(0, "network_error", "Failed to fetch");
+  const answered = (cursor: string): ChangesPage => ({ changes: [], next_cursor: cursor, has_more: false });
+  try {
+    // Not joined yet: the press's read fails. The service logs it and resolves; the press says it.
+    const press = alice.syncNow();
+    (await realtime.read(1)).reject(offline());
+    assert.equal(await press, "failed");
+    assert.equal(
+      error(),
+      "Could not check for changes (will retry)",
+      "the failed read is said in the banner",
+    );
+
+    // The channel joins. The link's catch-up fails: nothing new is said, the message stays.
+    const channel = await realtime.channel(1);
+    channel.state!("SUBSCRIBED");
+    (await realtime.read(2)).reject(offline());
+    // It reads again by itself at once (the catch-up goes on by polling); answered, the message goes.
+    const catchUp = await realtime.read(3);
+    assert.deepEqual(
+      [realtime.events.filter((e) => e === "catchup_failed").length, error()],
+      [1, "Could not check for changes (will retry)"],
+      "the link's failed catch-up leaves the message as it was",
+    );
+    catchUp.resolve(answered("2"));
+    await realtime.waitFor("live", () => alice.status === "live");
+    assert.equal(error(), null, "the link's catch-up, answered, takes it away");
+
+    // Live: a press whose read fails says it again.
+    const again = alice.syncNow();
+    (await realtime.read(4)).reject(offline());
+    assert.equal(await again, "failed");
+    assert.equal(error(), "Could not check for changes (will retry)");
+
+    // The tab is shown again and its read fails: the message stays (it went before, read or not).
+    t.document.dispatchEvent(new Event("visibilitychange"));
+    (await realtime.read(5)).reject(offline());
+    await realtime.waitFor(
+      "the read failed",
+      () => realtime.events.filter((e) => e === "poll_failed").length === 3,
+    );
+    assert.equal(error(), "Could not check for changes (will retry)", "a failed read of the tab's leaves it");
+
+    // The channel drops: the link polls at once, and that poll, answered, takes the message away.
+    channel.state!("CHANNEL_ERROR");
+    (await realtime.read(6)).resolve(answered("3"));
+    await realtime.waitFor("polling", () => alice.status === "polling");
+    assert.equal(error(), null, "the link's poll while Realtime is down, answered, takes it away");
+  } finally {
+    alice.close();
+    await realtime.close();
+  }
 });

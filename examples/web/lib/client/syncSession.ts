@@ -137,6 +137,14 @@ export class SyncSession {
       if (status === "live" || status === "polling") this.flush("reachable");
     });
     const offToken = tokens.onChange((token) => void subscription.service.setAccessToken(token));
+    // Any read of the server's changes that is answered ends a failed Sync now's "could not check":
+    // the press's own, the tab's (shown again, back online), and the link's (the catch-up after a
+    // join, a poll while Realtime is down, the safety read while live). One that fails adds nothing:
+    // the link reads again by itself (while Realtime is down, the header says Offline meanwhile), and
+    // only the reader's press is answered in the banner.
+    const offRead = subscription.onRead((outcome) => {
+      if (outcome !== "failed") this.#readSucceeded();
+    });
 
     // ---- outbox flush: in batches, stops at the first retryable failure (outbox.ts); when it goes,
     // and when it goes again after a failure (backoff, Retry-After), is the schedule's to say
@@ -169,12 +177,7 @@ export class SyncSession {
     }, 30_000);
     // Whether this browser's session is still this user's (another tab may have signed out, or in as
     // someone else), with a token that is fresh (a laptop may have slept past its expiry).
-    const session = createSessionCheck({
-      tokens,
-      leaveIfSignedOut,
-      // A read that succeeds (the tab shown again, back online) ends a failed Sync now's "could not check".
-      syncNow: () => subscription.syncNow().then(() => this.#readSucceeded()),
-    });
+    const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => subscription.syncNow() });
     // Another tab of this browser queued writes (offline) or changed the shared outbox: send them too.
     // Or it says the session changed (sessionSignal.ts): check it now, not at expiry.
     const onStorage = (event: Event) => {
@@ -217,6 +220,7 @@ export class SyncSession {
       () => env.window.removeEventListener("storage", onStorage),
       () => env.document.removeEventListener("visibilitychange", onVisible),
       offStatus,
+      offRead,
       offToken,
       () => void subscription.unsubscribe().finally(() => disconnect()),
     );
@@ -286,7 +290,8 @@ export class SyncSession {
    * The reader's Sync now: the outbox goes at once (within the backoff, not within a Retry-After;
    * in a tab whose send another tab's answered meanwhile, as the schedule says: never the same
    * writes twice), and what the server has is read now. Resolves with how it ended: "failed" when
-   * writes are still waiting (the server did not take them, or asked to wait) or the read failed;
+   * writes are still waiting (the server did not take them, or asked to wait) or the read failed (or
+   * could not be made: the server's Retry-After holds the reads too);
    * the page says which in the error banner ("Not saved yet (will retry)", else READ_FAILED_MESSAGE),
    * unless it already shows a message.
    */
@@ -294,12 +299,13 @@ export class SyncSession {
     if (this.#closed || this.#syncNow === "syncing") return this.#syncNow;
     this.#setSyncNow("syncing");
     const sent = this.#schedule.sendNow();
-    const read = this.#subscription.syncNow().then(() => true, () => false);
+    // (The link's syncNow() resolves "failed" when its read failed or could not be made, a Retry-After
+    // holding it; an answered one has already taken a failed read's message away: onRead.)
+    const read = this.#subscription.syncNow().then((outcome) => outcome !== "failed", () => false);
     const [result, readOk] = await Promise.all([sent, read]);
     if (this.#closed) return this.#syncNow;
     const waiting = this.store.getSnapshot().pendingCount > 0;
     const failed = !readOk || waiting;
-    if (readOk) this.#readSucceeded();
     // Only a failed read's message may give way: a refused write's, or "Not saved yet", stays.
     const shown = this.store.getSnapshot().lastError;
     const replaceable = shown === null || shown === READ_FAILED_MESSAGE;
@@ -338,7 +344,7 @@ export class SyncSession {
     this.#listeners.clear();
   }
 
-  /** A read of the server's changes succeeded: a failed one's message goes (none other). */
+  /** A read of the server's changes was answered (any, onRead): a failed one's message goes (none other). */
   #readSucceeded(): void {
     if (this.#closed) return;
     if (this.store.getSnapshot().lastError === READ_FAILED_MESSAGE) this.store.setError(null);
