@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(105);
+select plan(106);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -574,18 +574,78 @@ select is(
   'a replay of a key that won ties in two lives names the tie of this life (dev-b, not dev-a)');
 reset role;
 
--- "Ahead" is judged by the wall clock, not by the transaction's start. After 0.6 s (as if waiting for
--- a row's lock, or for earlier writes of a batch) a write dated 5.5 s after this transaction's now()
--- is only 4.9 s ahead: decided and stored by its own date (K), on every path. Before, it was taken
--- for a write ahead of everything and stored at now(), an earlier key than it was decided by, which
--- a write dated in between from another device then replaced.
+-- A clock of the test's (as in pgTAP 002 and 008), so that the tests of "ahead" below are decided by
+-- the order of the clock's readings, not by how much time a loaded machine lets pass between them:
+-- pg_temp.use_test_clock(at) runs write_reading_progress and every function its writes here reach
+-- that reads the wall clock (migration 012's stamp and end-of-claims triggers, the conflict logger
+-- and its normalisation of updated_at) on copies, made from their definitions, that differ only in
+-- reading the test clock where they read pg_catalog.clock_timestamp(), and sets that clock to `at`;
+-- pg_temp.use_real_clock() puts the real functions back (before the last test, on the wall clock).
+-- write_reading_progress's copy reads pg_temp.test_clock(), which moves 1 us a reading; the others
+-- read pg_temp.test_clock_as_is(), which does not move it, so the function's own readings are
+-- at + 1 us, at + 2 us, ... whatever the triggers read in between. The clock is kept as epoch
+-- microseconds (a number, not a date's text).
+create function pg_temp.from_epoch_us(p_us bigint) returns timestamptz language sql immutable as $$
+  select to_timestamp(p_us / 1000000) + interval '1 microsecond' * (p_us % 1000000)
+$$;
+create function pg_temp.test_clock() returns timestamptz language sql volatile as $$
+  select pg_temp.from_epoch_us(set_config('readsync_test.clock_us',
+    (current_setting('readsync_test.clock_us')::bigint + 1)::text, true)::bigint)
+$$;
+create function pg_temp.test_clock_as_is() returns timestamptz language sql volatile as $$
+  select pg_temp.from_epoch_us(current_setting('readsync_test.clock_us')::bigint)
+$$;
+create function pg_temp.set_test_clock(p_at timestamptz) returns timestamptz language sql volatile as $$
+  select pg_temp.from_epoch_us(set_config('readsync_test.clock_us',
+    ((extract(epoch from p_at) * 1000000)::bigint)::text, true)::bigint)
+$$;
+create temp table real_clock_defs on commit drop as
+  select f, pg_get_functiondef(f::regprocedure) as def,
+         case when f like 'public.write_reading_progress(%' then 'pg_temp.test_clock()'
+              else 'pg_temp.test_clock_as_is()' end as clock
+    from unnest(array[
+      'public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)',
+      'public.reading_progress_stamp()', 'public.reading_progress_end_claims()',
+      'private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)',
+      'private.reading_progress_normalize_updated_at(timestamptz)']) f;
+create function pg_temp.use_test_clock(p_at timestamptz) returns void language plpgsql as $$
+declare
+  r record;
+  v_fake text;
+begin
+  for r in select * from pg_temp.real_clock_defs loop
+    v_fake := replace(r.def, 'pg_catalog.clock_timestamp()', r.clock);
+    if v_fake = r.def or regexp_replace(v_fake, '--[^\n]*', '', 'g') ~* 'clock_timestamp|timeofday' then
+      raise exception 'test clock: % does not read the wall clock as pg_catalog.clock_timestamp() only', r.f;
+    end if;
+    execute v_fake;
+  end loop;
+  perform pg_temp.set_test_clock(p_at);
+end
+$$;
+create function pg_temp.use_real_clock() returns void language plpgsql as $$
+declare
+  r record;
+begin
+  for r in select * from pg_temp.real_clock_defs loop
+    execute r.def;
+  end loop;
+end
+$$;
+
+-- "Ahead" is judged by the wall clock, not by the transaction's start. On the test clock set 0.6 s
+-- after this transaction's now() (as if the writes had waited that long for a row's lock, or for
+-- earlier writes of a batch), a write dated 5.5 s after now() is only 4.9 s ahead: decided and stored
+-- by its own date (K), on every path. Before, it was taken for a write ahead of everything and stored
+-- at now(), an earlier key than it was decided by, which a write dated in between from another device
+-- then replaced. (Before the test clock, this test slept 0.6 s on the wall clock.)
 create temp table k on commit drop as select date_trunc('milliseconds', now() + interval '5.5 seconds') as at;
 grant select on k to authenticated;
+select pg_temp.use_test_clock(now() + interval '0.6 seconds');
 set local role authenticated;
 select set_config('request.jwt.claims',
   '{"sub":"a6a6a6a6-0000-4000-8000-000000000006","role":"authenticated"}', true);
 select public.write_reading_progress('rejudged', 1, 1, 0.01, false, 'dev-a', '2026-01-01 00:00:00+00');
-select pg_sleep(0.6);
 insert into res select 'rejudged',
   public.write_reading_progress('rejudged', 7, 70, 0.7, false, 'tablet', (select at from k));
 insert into res select 'rejudged-new',
@@ -608,6 +668,11 @@ select is((select r #>> '{progress,updated_at}' from res where label = 'rejudged
   'and is stored under that date, the key it was decided by (not at the transaction''s now())');
 select is((select r #>> '{progress,updated_at}' from res where label = 'rejudged-new')::timestamptz, (select at from k),
   'the same for a series without a row yet (the INSERT path)');
+select is(
+  (select array_agg(event || ' ' || ((payload #>> '{record,updated_at}')::timestamptz = k.at)::text)
+     from new_msgs, k where payload #>> '{record,series_id}' = 'rejudged-new'),
+  array['INSERT true'],
+  'and inserted under that date in one INSERT (judged by the clock at once, not first taken for a write ahead)');
 select is((select (r ->> 'conflict') || ' ' || (r #>> '{conflict_with,device_id}') from res where label = 'rejudged-tie'),
   'tie tablet', 'the same millisecond from a greater device id replaces it as a tie');
 select is((select (r ->> 'won') || ' ' || (r ->> 'conflict') from res where label = 'rejudged-tie-lost'),
@@ -624,6 +689,8 @@ select is(
   'the log has each under its own key: the replaced tie, the lost tie, the stale API write and the stale Data API write');
 select is((select (chapter, device_id)::text from public.reading_progress where series_id = 'rejudged'),
   (8, 'tablet-z')::text, 'the Data API write dated before K changed nothing');
+
+select pg_temp.use_real_clock();
 
 -- Right at the limit: write_reading_progress judges "ahead" from one reading of the wall clock. With
 -- two readings (its key from one, "ahead" from the other), a write dated a few microseconds past
