@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(106);
+select plan(111);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -690,7 +690,69 @@ select is(
 select is((select (chapter, device_id)::text from public.reading_progress where series_id = 'rejudged'),
   (8, 'tablet-z')::text, 'the Data API write dated before K changed nothing');
 
+-- Right at the limit, on the test clock. write_reading_progress takes a write for one dated ahead
+-- when it is dated more than 5 s after its first reading of the clock ('>': a date exactly at the
+-- limit is not ahead), and judges a write taken for one ahead again by its next reading, after its
+-- INSERT (a series without a row yet) or once it has locked the stored row ('<=': exactly at the
+-- limit, no longer ahead): still ahead, it stays at now(); else it is decided and stored by its own
+-- date. The clock is set so that those two readings are M and M + 1 us, M a whole millisecond 1 s
+-- after now() (every date below truncates to M + 5 s, told apart from now()):
+--   M + 5 s         not ahead: inserted under its own date, in one INSERT;
+--   M + 5 s + 1 us  ahead at M, exactly at the limit at M + 1 us: inserted at now(), then re-dated to
+--                   its own date (an UPDATE); over a stored row, stored under its own date;
+--   M + 5 s + 2 us  ahead at both readings: stored at now(), a new series in one INSERT.
+-- So each fails if a '>' becomes '>=', a '<=' becomes '<' or either limit moves by a microsecond.
+create temp table edge on commit drop as select date_trunc('milliseconds', now()) + interval '1 second' as m;
+grant select on edge to authenticated;
+create temp view edge_msgs as
+  select payload #>> '{record,series_id}' as series_id,
+         event || ' at ' || case (payload #>> '{record,updated_at}')::timestamptz
+                              when edge.m + interval '5 seconds' then 'M + 5 s'
+                              when date_trunc('milliseconds', now()) then 'now()'
+                              else payload #>> '{record,updated_at}' end as msg
+    from new_msgs, edge where payload #>> '{record,series_id}' like 'edge-%';
+create temp view edge_rows as
+  select series_id, device_id,
+         case updated_at when edge.m + interval '5 seconds' then 'M + 5 s'
+                         when date_trunc('milliseconds', now()) then 'now()'
+                         else updated_at::text end as at
+    from public.reading_progress, edge
+   where user_id = 'a6a6a6a6-0000-4000-8000-000000000006' and series_id like 'edge-%';
+set local role authenticated;
+select public.write_reading_progress('edge-lock-1us', 1, 1, 0.01, false, 'tablet', '2026-01-01 00:00:00+00');
+select public.write_reading_progress('edge-lock-2us', 1, 1, 0.01, false, 'tablet', '2026-01-01 00:00:00+00');
+select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select public.write_reading_progress('edge-at', 2, 2, 0.02, false, 'phone',
+  (select m from edge) + interval '5 seconds');
+select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select public.write_reading_progress('edge-1us', 2, 2, 0.02, false, 'phone',
+  (select m from edge) + interval '5 seconds 1 microsecond');
+select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select public.write_reading_progress('edge-2us', 2, 2, 0.02, false, 'phone',
+  (select m from edge) + interval '5 seconds 2 microseconds');
+select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select public.write_reading_progress('edge-lock-1us', 2, 2, 0.02, false, 'phone',
+  (select m from edge) + interval '5 seconds 1 microsecond');
+select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select public.write_reading_progress('edge-lock-2us', 2, 2, 0.02, false, 'phone',
+  (select m from edge) + interval '5 seconds 2 microseconds');
+reset role;
 select pg_temp.use_real_clock();
+select is((select array_agg(msg order by msg) from edge_msgs where series_id = 'edge-at'),
+  array['INSERT at M + 5 s'],
+  'a write dated exactly 5 s after the function''s reading of the clock is not ahead: inserted under its own date in one INSERT (the limit is inclusive)');
+select is((select array_agg(msg order by msg) from edge_msgs where series_id = 'edge-1us'),
+  array['INSERT at now()', 'UPDATE at M + 5 s'],
+  'one dated 1 us past that limit is ahead (inserted at now()), and exactly at the limit of the next reading, after its INSERT, no longer (re-dated to its own date)');
+select is((select array_agg(msg order by msg) from edge_msgs where series_id = 'edge-2us'),
+  array['INSERT at now()'],
+  'one dated 1 us past the limit of that next reading too stays at now()');
+select is((select device_id || ' at ' || at from edge_rows where series_id = 'edge-lock-1us'),
+  'phone at M + 5 s',
+  'over a stored row, one ahead at the first reading and exactly at the limit of the next (once the row is locked) is stored under its own date');
+select is((select device_id || ' at ' || at from edge_rows where series_id = 'edge-lock-2us'),
+  'phone at now()',
+  'and one 1 us past the limit of that reading too is stored at now(), as a write still ahead');
 
 -- Right at the limit: write_reading_progress judges "ahead" from one reading of the wall clock. With
 -- two readings (its key from one, "ahead" from the other), a write dated a few microseconds past
