@@ -789,3 +789,50 @@ Deno.test("sync session, real RealtimeService: a Sync now whose read failed says
     await realtime.close();
   }
 });
+
+Deno.test("sync session, real RealtimeService: a Sync now whose read failed says nothing of it when a newer read, the link's own, was answered while its send went on", async () => {
+  const t = tab();
+  // The write's request is answered by hand: the press's send outlasts its read.
+  let letGo!: () => void;
+  const gate = new Promise<void>((resolve) => letGo = resolve);
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) => {
+    const { api, disconnect } = connect(accessToken, clock);
+    const batch = api.updateProgressBatch.bind(api);
+    api.updateProgressBatch = async (writes) => {
+      await gate;
+      return batch(writes);
+    };
+    return { api, disconnect };
+  };
+  const realtime = realService(t);
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  const offline = () => new NetworkError(0, "network_error", "Failed to fetch");
+  try {
+    alice.save("book", position(4), DEVICE);
+    await until(() => alice.sending);
+    const press = alice.syncNow();
+    // The press's read fails (not joined yet); its send is still under way.
+    (await realtime.read(1)).reject(offline());
+    await realtime.waitFor("the press's read failed", () => realtime.events.includes("poll_failed"));
+    // Then the channel joins and the link's catch-up, a newer read, is answered: it read what the
+    // press's could not.
+    const channel = await realtime.channel(1);
+    channel.state!("SUBSCRIBED");
+    (await realtime.read(2)).resolve({ changes: [], next_cursor: "2", has_more: false });
+    await realtime.waitFor("live", () => alice.status === "live");
+    // The send is answered: the press ends.
+    letGo();
+    const outcome = await press;
+    assert.deepEqual(
+      [alice.store.getSnapshot().pendingCount, error()],
+      [0, null],
+      "saved, and no 'could not check' for a read a newer answered one has made good",
+    );
+    assert.equal(outcome, "done", "the press's check was made after all: by the newer read");
+  } finally {
+    alice.close();
+    await realtime.close();
+  }
+});

@@ -79,6 +79,8 @@ export class SyncSession {
   #syncNow: SyncNowState = "idle";
   #sending = false;
   #closed = false;
+  /** Reads of the server's changes answered so far (onRead: "done" or "behind"), whatever made them. */
+  #readsAnswered = 0;
   #listeners = new Set<() => void>();
   readonly #schedule: OutboxSchedule;
   readonly #cleanups: (() => void)[] = [];
@@ -143,7 +145,9 @@ export class SyncSession {
     // the link reads again by itself (while Realtime is down, the header says Offline meanwhile), and
     // only the reader's press is answered in the banner.
     const offRead = subscription.onRead((outcome) => {
-      if (outcome !== "failed") this.#readSucceeded();
+      if (outcome === "failed") return;
+      this.#readsAnswered++;
+      this.#readSucceeded();
     });
 
     // ---- outbox flush: in batches, stops at the first retryable failure (outbox.ts); when it goes,
@@ -301,9 +305,20 @@ export class SyncSession {
     const sent = this.#schedule.sendNow();
     // (The link's syncNow() resolves "failed" when its read failed or could not be made, a Retry-After
     // holding it; an answered one has already taken a failed read's message away: onRead.)
-    const read = this.#subscription.syncNow().then((outcome) => outcome !== "failed", () => false);
-    const [result, readOk] = await Promise.all([sent, read]);
+    // A read that failed is made good by one answered after it while the send went on (the link's
+    // own: the catch-up after a join, a poll; the reads never overlap, so it began after the press's):
+    // it read what the press's could not, and its answer must not be followed by "could not check".
+    let answeredWhenReadEnded = 0;
+    const read = this.#subscription.syncNow().then(
+      (outcome) => outcome !== "failed",
+      () => false,
+    ).then((ok) => {
+      answeredWhenReadEnded = this.#readsAnswered;
+      return ok;
+    });
+    const [result, readAnswered] = await Promise.all([sent, read]);
     if (this.#closed) return this.#syncNow;
+    const readOk = readAnswered || this.#readsAnswered > answeredWhenReadEnded;
     const waiting = this.store.getSnapshot().pendingCount > 0;
     const failed = !readOk || waiting;
     // Only a failed read's message may give way: a refused write's, or "Not saved yet", stays.
