@@ -20,12 +20,12 @@
 //                                         changesSince() is polled (failed polls back off the same
 //                                         way, and wait out a Retry-After).
 //                                         A join that timed out while its socket was still opening
-//                                         closes that socket (realtime-js has no handshake timeout):
-//                                         the next join opens a new one (each one given up in a row
-//                                         is allowed twice as long: a slow handshake gets through);
-//                                         when no link will join again, the service reopens it for
-//                                         the app's channels on the client (not after the app's own
-//                                         realtime.disconnect()).
+//                                         replaces that socket (realtime-js has no handshake timeout)
+//                                         without a manual disconnect: it is closed and a new one
+//                                         opened at once, on which realtime-js rejoins every channel,
+//                                         the app's too; one that hangs too is replaced in its turn,
+//                                         even with no link left (each one given up in a row is
+//                                         allowed twice as long: a slow handshake gets through).
 //   slow join                             a join made while nothing reads that is still unanswered
 //                                         after joinGraceMs (2 s) starts the polling meanwhile
 //                                         (Supabase answers a refused join only after 5 s).
@@ -273,19 +273,13 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   /** The token source this service installed (close() restores only while it is still in place). */
   #installedTokenSource: (() => Promise<string | null>) | null = null;
   #authSubscription: { unsubscribe(): void } | null = null;
-  /** The close of a socket whose opening never completed (giveUpOpeningSocket), while in flight. */
-  #socketReset: Promise<void> | null = null;
-  /** When a join was first pushed on the socket that is opening now (null: none seen opening). */
-  #socketOpeningSince: number | null = null;
   /** Sockets given up in a row with none opened since: each one after is allowed twice as long. */
   #socketGiveUps = 0;
   /**
-   * A socket given up (giveUpOpeningSocket) whose reopening is left to the service's next join: if no
-   * link will join again, the service reopens it for the app's channels (#reopenIfNoLinkWill).
+   * Runs while a socket the service opened in place of one it gave up is opening: gives it up in its
+   * turn if it is still opening when its time is over (#watchReplacement).
    */
-  #reopenPending = false;
-  /** Takes the watch for an app's own realtime.disconnect() off the client (null while none is on). */
-  #unwatchAppDisconnect: (() => void) | null = null;
+  #replacementWatch: ReturnType<typeof setTimeout> | undefined;
   /** Channels the service's links created: every other channel on the client is the app's. */
   readonly #ownChannels = new WeakSet<object>();
   /** Stops the heartbeat watch (null while none is installed). */
@@ -446,8 +440,9 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       this.#originalTokenSource = undefined;
       this.#installedTokenSource = null;
     }
-    // With the client's own token source back: a socket it gave up is reopened for the app's channels.
-    this.#reopenIfNoLinkWill();
+    // A closed service touches the client's socket no more.
+    this.timers.clear(this.#replacementWatch);
+    this.#replacementWatch = undefined;
   }
 
   // ------------------------------------------------------------------ internals used by UserLink
@@ -545,8 +540,6 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     if (this.#links.size === 0) {
       this.#dropAuthListener();
       this.#dropHeartbeatWatch();
-      // close() reopens after it has given the client its token source back.
-      if (!this.#closed) this.#reopenIfNoLinkWill();
     }
   }
 
@@ -584,116 +577,115 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * unanswered for the whole join timeout (a network path that died while the socket was opening).
    * realtime-js has no timeout for that: it buffers every push, sends no heartbeat (so none can time
    * out) and gives the socket up only when the transport reports an error, which a dead path may not
-   * do for minutes, so every join retried on it would time out too. Closes the socket
-   * (realtime.disconnect()); the next join opens a new one (realtime-js connects on subscribe).
+   * do for minutes, so every join retried on it would time out too. Replaces the socket
+   * (#replaceOpeningSocket).
    */
   giveUpOpeningSocket(): void {
-    if (this.#closed || this.#socketReset || !this.socketOpening()) return;
+    if (this.#closed || !this.socketOpening()) return;
+    const socket = phoenixSocketOf(this.#client.realtime);
+    const stuck = socket?.conn;
+    if (!socket || !stuck) {
+      this.logEvent("warn", "socket_give_up_unavailable", {});
+      return;
+    }
     // A slow but healthy handshake (a congested network) may take longer than a join timeout: a socket
     // cut after each one would never open. Each socket given up with none opened since is allowed
-    // twice as long as the one before (SOCKET_OPENING_MAX_DOUBLINGS).
-    const joinTimeoutMs = this.options.joinTimeoutMs ?? (this.#client.realtime.timeout || 10_000);
-    const allowedMs = joinTimeoutMs * 2 ** Math.min(this.#socketGiveUps, SOCKET_OPENING_MAX_DOUBLINGS);
-    const openingMs = this.#socketOpeningSince === null ? 0 : monotonicNow() - this.#socketOpeningSince;
-    // Measured from the join's push (a join timeout's timer may fire a little early): half a timeout's slack.
-    if (openingMs < allowedMs - joinTimeoutMs / 2) return;
-    this.#socketGiveUps++;
-    this.#socketOpeningSince = null;
-    this.logEvent("warn", "socket_never_opened", { opening_ms: Math.round(openingMs) });
-    // The service's own disconnect must not read as the app's (the watch is put back after it).
-    this.#endReopenWatch();
-    const disconnected = (async () => await this.#client.realtime.disconnect())();
-    this.#reopenPending = true;
-    this.#watchAppDisconnect();
-    this.#socketReset = (async () => {
-      try {
-        await disconnected;
-      } catch (error) {
-        this.logEvent("warn", "socket_reset_failed", { error: String(error) });
-      } finally {
-        this.#socketReset = null;
-        this.#reopenIfNoLinkWill();
-      }
-    })();
+    // twice as long as the one before (SOCKET_OPENING_MAX_DOUBLINGS). Measured from the first join
+    // pushed on it (a join timeout's timer may fire a little early): half a timeout's slack.
+    const seenAt = openingSeenAt.get(stuck);
+    const openingMs = seenAt === undefined ? 0 : monotonicNow() - seenAt;
+    if (openingMs < this.#allowedOpeningMs() - this.#joinTimeoutMs / 2) return;
+    this.#replaceOpeningSocket(socket, stuck, openingMs);
+  }
+
+  get #joinTimeoutMs(): number {
+    return this.options.joinTimeoutMs ?? (this.#client.realtime.timeout || 10_000);
+  }
+
+  /** How long the socket opening now may stay opening before it is given up. */
+  #allowedOpeningMs(): number {
+    return this.#joinTimeoutMs * 2 ** Math.min(this.#socketGiveUps, SOCKET_OPENING_MAX_DOUBLINGS);
   }
 
   /**
-   * realtime.disconnect() is a manual close realtime-js does not recover from by itself: the socket
-   * given up stays closed until a channel subscribes, and the app's channels on the client (errored by
-   * the close) wait for that socket to rejoin. The service's next join opens it; when no link will
-   * join again (the last one closed as the socket was given up, or the service closed), the service
-   * opens it here, for the app's channels still open on the client. Never when the app disconnected
-   * the client itself since (#watchAppDisconnect), or when nothing of the app's is left to rejoin.
+   * Gives a socket that never opened up as phoenix handles a connection that closed without a
+   * disconnect() (its onConnClose), not with realtime.disconnect(): that is a manual close, after
+   * which realtime-js reconnects nothing by itself, and which an app's own disconnect() could not be
+   * told from. The stuck WebSocket is taken off phoenix's socket before it is closed (Deno and browsers
+   * end a CONNECTING WebSocket's connection at once): closed in place, it would read as "closing" until
+   * its close event, and realtime-js ignores a disconnect() made then (RealtimeClient.disconnect returns
+   * at isDisconnecting()) and reconnects after the close event; taken off, an app's realtime.disconnect()
+   * at any moment after reaches phoenix and is final. The channels on it are failed as phoenix fails
+   * them on a close (every errored channel, the app's too, rejoins when the next socket opens) and,
+   * when a link or a channel of the client still wants one, the next socket is opened at once
+   * (realtime.connect()), not by phoenix's reconnect timer: that timer tears down whatever socket is
+   * current when it fires, and would cut one a join had opened meanwhile. Sockets given up are at
+   * least a join timeout apart, twice as long each time. The one opened is watched (#watchReplacement).
    */
-  #reopenIfNoLinkWill(): void {
-    if (!this.#reopenPending || this.#socketReset) return;
-    if (this.#links.size > 0 && !this.#closed) return; // a link's next join opens the socket
-    this.#endReopenWatch();
-    const realtime = this.#client.realtime;
-    const appChannels = this.#client.getChannels().filter((channel) =>
-      !this.#ownChannels.has(channel) && channel.state !== "closed" && channel.state !== "leaving"
-    );
-    if (appChannels.length === 0) return;
-    if (realtime.isConnected() || realtime.isConnecting()) return; // opened since by someone else
-    this.logEvent("info", "socket_reopened_for_app_channels", { app_channels: appChannels.length });
+  #replaceOpeningSocket(socket: PhoenixSocket, stuck: PhoenixConn, openingMs: number): void {
+    this.#socketGiveUps++;
+    this.logEvent("warn", "socket_never_opened", { opening_ms: Math.round(openingMs) });
+    socket.conn = null;
+    const ignore = () => {};
+    stuck.onopen = ignore;
+    stuck.onerror = ignore;
+    stuck.onmessage = ignore;
+    stuck.onclose = ignore;
     try {
-      realtime.connect();
+      stuck.close(WS_CLOSE_NORMAL, "opening handshake timed out");
+    } catch (error) {
+      this.logEvent("warn", "socket_close_failed", { error: String(error) });
+    }
+    try {
+      socket.triggerChanError(new Error("socket opening handshake timed out"));
+    } catch (error) {
+      this.logEvent("warn", "channel_error_failed", { error: String(error) });
+    }
+    const wanted = this.#links.size > 0 ||
+      this.#client.getChannels().some((channel) => channel.state !== "closed" && channel.state !== "leaving");
+    if (!wanted) return; // the next subscribe opens one
+    try {
+      this.#client.realtime.connect();
     } catch (error) {
       this.logEvent("warn", "socket_reopen_failed", { error: String(error) });
+      return;
     }
+    // realtime.connect() has set a new one (TypeScript still reads the null set above).
+    const replacement = socket.conn as PhoenixConn | null;
+    if (replacement && replacement.readyState === WS_CONNECTING) this.#watchReplacement(socket, replacement);
   }
 
   /**
-   * Until the socket given up is opened again, an app's own realtime.disconnect() (signing out, a
-   * removeAllChannels()) means it wants the client closed: watched by wrapping the client's
-   * disconnect (taken off again by #endReopenWatch).
+   * The socket opened in place of one given up may hang too, and no join of the service may come to
+   * say so (its last link has closed; only the app's channels wait for it): given up in its turn if it
+   * is still the client's socket and still opening once its time is over. Nothing is done when it
+   * opened meanwhile, or is no longer the client's socket (the app disconnected, realtime-js replaced it).
    */
-  #watchAppDisconnect(): void {
-    if (this.#unwatchAppDisconnect) return;
-    const realtime = this.#client.realtime as unknown as Record<string, unknown>;
-    const hadOwn = Object.prototype.hasOwnProperty.call(realtime, "disconnect");
-    const disconnect = realtime.disconnect as (...args: unknown[]) => Promise<unknown>;
-    const watched = (...args: unknown[]): Promise<unknown> => {
-      if (this.#reopenPending) {
-        this.logEvent("debug", "socket_reopen_dropped", { reason: "app disconnected" });
-      }
-      this.#endReopenWatch();
-      return disconnect.apply(realtime, args);
-    };
-    realtime.disconnect = watched;
-    this.#unwatchAppDisconnect = () => {
-      if (realtime.disconnect !== watched) return; // replaced since: not ours to restore
-      if (hadOwn) realtime.disconnect = disconnect;
-      else delete realtime.disconnect;
-    };
+  #watchReplacement(socket: PhoenixSocket, replacement: PhoenixConn): void {
+    openingSeenAt.set(replacement, monotonicNow());
+    this.timers.clear(this.#replacementWatch);
+    this.#replacementWatch = this.timers.set(() => {
+      this.#replacementWatch = undefined;
+      if (this.#closed || socket.conn !== replacement) return;
+      if (replacement.readyState === WS_OPEN) this.#socketGiveUps = 0;
+      if (replacement.readyState !== WS_CONNECTING) return;
+      this.#replaceOpeningSocket(socket, replacement, monotonicNow() - openingSeenAt.get(replacement)!);
+    }, this.#allowedOpeningMs());
   }
 
-  /** No reopen pending any more (the socket is opening again, the app disconnected, or it was done). */
-  #endReopenWatch(): void {
-    this.#reopenPending = false;
-    this.#unwatchAppDisconnect?.();
-    this.#unwatchAppDisconnect = null;
-  }
-
-  /** A join was pushed: notes when the socket it waits for started opening (see giveUpOpeningSocket). */
+  /** A join was pushed: notes when the socket it waits for was first seen opening (see giveUpOpeningSocket). */
   noteJoinPushed(): boolean {
-    // subscribe() has opened the socket (or it was open): nothing is left to reopen.
-    if (this.#reopenPending && !this.#socketReset) this.#endReopenWatch();
     const opening = this.socketOpening();
-    if (!opening) this.#socketOpeningSince = null;
-    else if (this.#socketOpeningSince === null) this.#socketOpeningSince = monotonicNow();
+    const conn = opening ? phoenixSocketOf(this.#client.realtime)?.conn : null;
+    if (conn && !openingSeenAt.has(conn)) openingSeenAt.set(conn, monotonicNow());
     return opening;
   }
 
   /** A join was answered: the socket opened, so the next stuck one is given up after one join timeout. */
   noteSocketOpened(): void {
-    this.#socketOpeningSince = null;
     this.#socketGiveUps = 0;
-  }
-
-  /** Resolves once a socket given up (giveUpOpeningSocket) is closed: a join must not be buffered on it. */
-  async socketResetSettled(): Promise<void> {
-    while (this.#socketReset) await this.#socketReset;
+    this.timers.clear(this.#replacementWatch);
+    this.#replacementWatch = undefined;
   }
 
   logEvent(level: "debug" | "info" | "warn" | "error", event: string, fields: Record<string, unknown>): void {
@@ -1077,8 +1069,6 @@ class UserLink<Row extends LwwRow> {
     await this.service.refreshRealtimeAuth();
     // A channel for this topic that is still being left would be handed back by client.channel().
     await this.service.removalsSettled(this.topic);
-    // A socket that never opened is being closed: this join goes out on the next one.
-    await this.service.socketResetSettled();
     if (this.#closed || generation !== this.#generation) return;
 
     const client = this.service.client;
@@ -1601,6 +1591,43 @@ const RETRY_AFTER_SLACK_MS = 2;
  * default) while none opens in between: a slow handshake still gets through, a stuck one is replaced.
  */
 const SOCKET_OPENING_MAX_DOUBLINGS = 3;
+
+/** WebSocket readyState values, and the close code phoenix uses for a close of its own. */
+const WS_CONNECTING = 0;
+const WS_OPEN = 1;
+const WS_CLOSE_NORMAL = 1000;
+
+/** The WebSocket phoenix's Socket holds (a browser's or Deno's). */
+interface PhoenixConn {
+  readyState: number;
+  close(code?: number, reason?: string): void;
+  onopen: unknown;
+  onerror: unknown;
+  onmessage: unknown;
+  onclose: unknown;
+}
+
+/** What the service uses of phoenix's Socket (realtime-js 2.1xx: RealtimeClient.socketAdapter.getSocket()). */
+interface PhoenixSocket {
+  conn: PhoenixConn | null;
+  triggerChanError(reason: unknown): void;
+}
+
+/** The phoenix Socket under a RealtimeClient; null when this realtime-js has none where 2.1xx keeps it. */
+function phoenixSocketOf(realtime: unknown): PhoenixSocket | null {
+  try {
+    const adapter = (realtime as { socketAdapter?: { getSocket?: () => unknown } }).socketAdapter;
+    const socket = typeof adapter?.getSocket === "function" ? adapter.getSocket() : null;
+    if (!socket || typeof socket !== "object" || !("conn" in socket)) return null;
+    if (typeof (socket as { triggerChanError?: unknown }).triggerChanError !== "function") return null;
+    return socket as PhoenixSocket;
+  } catch {
+    return null;
+  }
+}
+
+/** When each WebSocket was first seen opening (monotonicNow): shared by every service on a client. */
+const openingSeenAt = new WeakMap<object, number>();
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

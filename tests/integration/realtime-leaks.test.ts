@@ -298,9 +298,9 @@ Deno.test({
   ...noSanitize,
 }, async () => {
   // A server that takes the TCP connection and reads the WebSocket handshake but never answers it: the
-  // socket stays CONNECTING. The service gives it up (realtime.disconnect(), which closes the WebSocket
-  // while CONNECTING); a runtime that kept the TCP connection until the network gave up would leave
-  // one open per socket given up. Each connection's end is seen as the server reading end-of-stream.
+  // socket stays CONNECTING. The service gives it up (it closes the WebSocket while CONNECTING); a
+  // runtime that kept the TCP connection until the network gave up would leave one open per socket
+  // given up. Each connection's end is seen as the server reading end-of-stream.
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const connections: { handshake: boolean; ended: boolean }[] = [];
   void (async () => {

@@ -599,8 +599,7 @@ Deno.test({
   ...behindProxy,
 }, async () => {
   // An app uses one supabase client for everything: its own channels share the service's socket. The
-  // service closing a stuck socket (realtime.disconnect(), a manual close realtime-js does not recover
-  // from by itself) must not leave them closed for good.
+  // service giving a stuck socket up must not leave them closed for good.
   const { a, proxy, client, logs, service, teardown } = await openingHandshakeFixture();
   const sender = newClient();
   const topic = `app-room-${crypto.randomUUID()}`;
@@ -637,10 +636,9 @@ Deno.test({
     "realtime resilience: a socket whose opening handshake is never answered, given up as the service's own link closes, is reopened for the app's channels on the same client",
   ...behindProxy,
 }, async () => {
-  // The service gives the stuck socket up (realtime.disconnect()) and relies on its next join to open
-  // a new one, which realtime-js's errored channels then rejoin on. Unsubscribed at that moment, the
-  // service joins no more: the app's own channels on the client would stay down until the app
-  // subscribed again.
+  // Unsubscribed as the service gives the stuck socket up, the service joins no more: if the next
+  // socket were left to its next join, the app's own channels on the client would stay down until
+  // the app subscribed again.
   let unsubscribeNow = () => {};
   const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
     // The link closes in the same turn as the give-up (the app unsubscribes as it happens).
@@ -705,6 +703,96 @@ Deno.test({
     await steps;
     // A marker: a channel on another client joined after this point shows time has passed for a
     // reopen to have happened (realtime-js opens a socket within one turn of connect()).
+    const marker = newClient();
+    try {
+      const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
+      assert.equal(status, "SUBSCRIBED");
+    } finally {
+      await closeClient(marker);
+    }
+    assert.equal(client.realtime.connectionState(), "closed", "the client the app disconnected stays closed");
+    assert.ok(!appStates.includes("SUBSCRIBED"), appStates.join(","));
+  } finally {
+    await client.removeChannel(app).catch(() => {});
+    await teardown(subscription);
+  }
+});
+
+Deno.test({
+  name:
+    "realtime resilience: the socket opened in place of a stuck one hangs too, after the service's own link has closed: it is given up in its turn, and the app's channels rejoin on the next",
+  ...behindProxy,
+}, async () => {
+  // The service's joins are what notice a stuck socket; with its last link closed as the first socket
+  // was given up, none comes to notice that the next one hangs too, and the app's channels on the
+  // client would wait on it for good.
+  let unsubscribeNow = () => {};
+  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
+    onLog: (line) => {
+      if (line.event === "socket_never_opened") unsubscribeNow();
+    },
+  });
+  const topic = `app-room-${crypto.randomUUID()}`;
+  const appStates: string[] = [];
+  proxy.freezeNew(2); // the first two sockets' handshakes go nowhere
+  const app = client
+    .channel(topic, { config: { broadcast: { self: false } } })
+    .subscribe((status) => appStates.push(status), 1_000);
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  let unsubscribed: Promise<void> | null = null;
+  unsubscribeNow = () => unsubscribed ??= subscription.unsubscribe();
+  try {
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await unsubscribed;
+    assert.equal(service.stats().links, 0, "the service's link is closed");
+    await waitFor(
+      "the second stuck socket given up",
+      () => logs.filter((l) => l.event === "socket_never_opened").length === 2,
+      { timeoutMs: 20_000 },
+    );
+    await waitFor("the app's channel joined on a third socket", () => appStates.includes("SUBSCRIBED"), {
+      timeoutMs: 15_000,
+    });
+  } finally {
+    await client.removeChannel(app).catch(() => {});
+    await teardown(subscription);
+  }
+});
+
+Deno.test({
+  name:
+    "realtime resilience: a socket given up by the service is not reopened once the app has disconnected the client, also through a reference to disconnect() taken beforehand",
+  ...behindProxy,
+}, async () => {
+  // An app may hold the client's disconnect as a function of its own (a sign-out handler bound at
+  // start-up): what the service does must not depend on which reference the app calls.
+  let onGiveUp = () => {};
+  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
+    onLog: (line) => {
+      if (line.event === "socket_never_opened") onGiveUp();
+    },
+  });
+  const signOut = client.realtime.disconnect.bind(client.realtime);
+  const topic = `app-room-${crypto.randomUUID()}`;
+  const appStates: string[] = [];
+  proxy.freezeNew(1);
+  const app = client
+    .channel(topic, { config: { broadcast: { self: false } } })
+    .subscribe((status) => appStates.push(status), 1_000);
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  let steps: Promise<unknown> | null = null;
+  onGiveUp = () => {
+    if (steps) return;
+    steps = Promise.all([
+      subscription.unsubscribe(),
+      new Promise((resolve) => queueMicrotask(() => resolve(signOut()))),
+    ]);
+  };
+  try {
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await steps;
+    // A marker, as above: a channel on another client joined after this point shows time has passed
+    // for a reopen to have happened.
     const marker = newClient();
     try {
       const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
