@@ -280,8 +280,6 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * turn if it is still opening when its time is over (#watchReplacement).
    */
   #replacementWatch: ReturnType<typeof setTimeout> | undefined;
-  /** Channels the service's links created: every other channel on the client is the app's. */
-  readonly #ownChannels = new WeakSet<object>();
   /** Stops the heartbeat watch (null while none is installed). */
   #stopHeartbeatWatch: (() => void) | null = null;
   /** Runs from a heartbeat sent until its reply is late (heartbeatReplyTimeoutMs). */
@@ -541,11 +539,6 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       this.#dropAuthListener();
       this.#dropHeartbeatWatch();
     }
-  }
-
-  /** A channel a link created (not one of the app's). */
-  ownChannel(channel: object): void {
-    this.#ownChannels.add(channel);
   }
 
   trackRemoval(topic: string, removal: Promise<void>): void {
@@ -1084,7 +1077,6 @@ class UserLink<Row extends LwwRow> {
       config: { private: true, broadcast: { self: false, ack: false } },
     });
     this.#channel = channel;
-    this.service.ownChannel(channel);
     this.service.counters.channels++;
     this.service.counters.joinAttempts++;
     channel
