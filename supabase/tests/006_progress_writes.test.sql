@@ -10,7 +10,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(111);
+select plan(113);
 
 insert into auth.users (id, email) values
   ('a6a6a6a6-0000-4000-8000-000000000006', 'writes-a@readsync.test'),
@@ -580,7 +580,7 @@ reset role;
 -- that reads the wall clock (migration 012's stamp and end-of-claims triggers, the conflict logger
 -- and its normalisation of updated_at) on copies, made from their definitions, that differ only in
 -- reading the test clock where they read pg_catalog.clock_timestamp(), and sets that clock to `at`;
--- pg_temp.use_real_clock() puts the real functions back (before the last test, on the wall clock).
+-- pg_temp.use_real_clock() puts the real functions back (at the end).
 -- write_reading_progress's copy reads pg_temp.test_clock(), which moves 1 us a reading; the others
 -- read pg_temp.test_clock_as_is(), which does not move it, so the function's own readings are
 -- at + 1 us, at + 2 us, ... whatever the triggers read in between. The clock is kept as epoch
@@ -737,7 +737,6 @@ select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
 select public.write_reading_progress('edge-lock-2us', 2, 2, 0.02, false, 'phone',
   (select m from edge) + interval '5 seconds 2 microseconds');
 reset role;
-select pg_temp.use_real_clock();
 select is((select array_agg(msg order by msg) from edge_msgs where series_id = 'edge-at'),
   array['INSERT at M + 5 s'],
   'a write dated exactly 5 s after the function''s reading of the clock is not ahead: inserted under its own date in one INSERT (the limit is inclusive)');
@@ -754,32 +753,64 @@ select is((select device_id || ' at ' || at from edge_rows where series_id = 'ed
   'phone at now()',
   'and one 1 us past the limit of that reading too is stored at now(), as a write still ahead');
 
--- Right at the limit: write_reading_progress judges "ahead" from one reading of the wall clock. With
--- two readings (its key from one, "ahead" from the other), a write dated a few microseconds past
--- the first + 5 s was keyed at now() and decided as an ordinary write: refused as stale against a
--- version it is newer than by its own date. 1,220 writes dated 5 s + 0..60 µs after the wall clock,
--- each over a version 4.9 s ahead.
-create temp table at_limit (d int, won boolean) on commit drop;
-grant all on at_limit to authenticated;
+-- The normalisation of updated_at the conflict logger keys a losing write by
+-- (private.reading_progress_normalize_updated_at) has the same limit: a date more than 5 s after its
+-- reading of the clock ('>') is taken for one ahead and keyed at now(); exactly at the limit, it is
+-- kept (truncated to milliseconds). Its copy reads the test clock as it is set, here M.
+select pg_temp.set_test_clock((select m from edge));
+select is(
+  (select case private.reading_progress_normalize_updated_at(edge.m + interval '5 seconds')
+            when edge.m + interval '5 seconds' then 'M + 5 s'
+            when date_trunc('milliseconds', now()) then 'now()' else 'other' end from edge),
+  'M + 5 s',
+  'the conflict log''s normalisation keeps a date exactly 5 s after its reading of the clock (the limit is inclusive)');
+select is(
+  (select case private.reading_progress_normalize_updated_at(edge.m + interval '5 seconds 1 microsecond')
+            when edge.m + interval '5 seconds' then 'M + 5 s'
+            when date_trunc('milliseconds', now()) then 'now()' else 'other' end from edge),
+  'now()',
+  'and keys one dated 1 us past that limit at now(), as a write ahead');
+
+-- write_reading_progress judges "ahead" and keys the write from one reading of the clock. With two
+-- readings, the key from the earlier and "ahead" from the later (as when the key came from
+-- reading_progress_normalize_updated_at, called first), a write dated past the first + 5 s but not
+-- past the second + 5 s was keyed at now() and decided as an ordinary write: refused as stale against
+-- a version it is newer than by its own date. On the test clock the function's readings are M, M + 1 us,
+-- ... (its normalisation's copy reads the clock as it stands: the value last read, or M - 1 us before
+-- the first), so writes dated M + 5 s + 0..4 us, each over a version stored at M + 4.9 s, fall between
+-- any two of its first readings. (Before the test clock, 1,220 writes dated 5 s + 0..60 us after the
+-- wall clock had to meet the microseconds between two readings by timing: with the key read first,
+-- 18 to 45 of them did in three runs here, at 4..56 us, so a slower or busier machine could pass it.)
+-- Each wins: by its own date, or 1 ms after that version as a write still ahead.
+create temp table one_reading (d int, outcome text) on commit drop;
+grant all on one_reading to authenticated;
 set local role authenticated;
 do $$
 declare
-  v_series text;
+  v_m timestamptz := (select m from edge);
+  v_r jsonb;
 begin
-  for pass in 1..20 loop
-    for d in 0..60 loop
-      v_series := 'at-limit-' || pass || '-' || d;
-      insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-      values (auth.uid(), v_series, 1, 'tablet', clock_timestamp() + interval '4.9 seconds');
-      insert into at_limit values (d, (public.write_reading_progress(v_series, 2, 2, 0.2, false, 'phone',
-        clock_timestamp() + interval '5 seconds' + d * interval '1 microsecond') ->> 'won')::boolean);
-    end loop;
+  for d in 0..4 loop
+    insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values (auth.uid(), 'one-reading-' || d, 1, 'tablet', v_m + interval '4.9 seconds');
+    perform pg_temp.set_test_clock(v_m - interval '1 microsecond');
+    v_r := public.write_reading_progress('one-reading-' || d, 2, 2, 0.2, false, 'phone',
+      v_m + interval '5 seconds' + d * interval '1 microsecond');
+    insert into one_reading values (d, (v_r ->> 'won') || ' at ' ||
+      case (v_r #>> '{progress,updated_at}')::timestamptz
+        when v_m + interval '5 seconds' then 'M + 5 s'
+        when v_m + interval '4.901 seconds' then 'M + 4.901 s'
+        when v_m + interval '4.9 seconds' then 'M + 4.9 s'
+        else coalesce(v_r #>> '{progress,updated_at}', 'null') end);
   end loop;
 end
 $$;
 reset role;
-select is((select count(*)::int from at_limit where not won), 0,
-  'a write dated just past the 5 s limit, newer than the stored version by its own date, always wins');
+select pg_temp.use_real_clock();
+select is((select array_agg(d || ': ' || outcome order by d) from one_reading),
+  array['0: true at M + 5 s', '1: true at M + 5 s', '2: true at M + 4.901 s', '3: true at M + 4.901 s',
+        '4: true at M + 4.901 s'],
+  'writes dated M + 5 s + 0..4 us over a version stored at M + 4.9 s all win: "ahead" and the key come from one reading of the clock (not ahead, or no longer ahead once the row is locked: its own date; still ahead: 1 ms after the version)');
 
 select * from finish();
 rollback;
