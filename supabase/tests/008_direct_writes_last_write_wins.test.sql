@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(48);
+select plan(53);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -314,6 +314,53 @@ select throws_ok(
     returning (select 1 from pg_temp.move_test_clock('2 seconds'))$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'the last row judged ahead in a statement is judged again at the statement''s end');
+-- Right at the claim's limit: a row judged ahead is refused once it is in when it is then dated no
+-- more than 4.9 s after the clock ('<=': exactly 4.9 s ahead is no longer ahead enough), and kept at
+-- now() when dated 1 us more than that; by the next row's stamp trigger and by the statement's end
+-- (reading_progress_end_claims) alike. The claim's date is the row's, truncated to the millisecond:
+-- S, a whole millisecond 6 s after now() (past the limit when the row is stamped). The next row's
+-- computation, or the last row's RETURNING, sets the clock 1 us before the re-check reads it, so that
+-- reading is S - 4.9 s, or S - 4.9 s - 1 us.
+create temp table claim_edge on commit drop as
+  select date_trunc('milliseconds', now()) + interval '6 seconds' as s;
+grant select on claim_edge to authenticated;
+select pg_temp.set_test_clock(now());
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'claim-edge-next', 1, 'phone', (select s from claim_edge)),
+           ((select auth.uid()), 'claim-edge-next-2', (select 2 from pg_temp.set_test_clock(
+              (select s from claim_edge) - interval '4.9 seconds' - interval '1 microsecond')), 'phone', now())$$,
+  '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
+  'a row found by the next row''s stamp trigger dated exactly 4.9 s after its reading of the clock is refused (the limit is inclusive)');
+select pg_temp.set_test_clock(now());
+select lives_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'claim-edge-next-1us', 1, 'phone', (select s from claim_edge)),
+           ((select auth.uid()), 'claim-edge-next-1us-2', (select 2 from pg_temp.set_test_clock(
+              (select s from claim_edge) - interval '4.9 seconds' - interval '2 microseconds')), 'phone', now())$$,
+  'and one dated 1 us past that limit is kept');
+select pg_temp.set_test_clock(now());
+select throws_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'claim-edge-last', 1, 'phone', (select s from claim_edge))
+    returning (select 1 from pg_temp.set_test_clock(
+      (select s from claim_edge) - interval '4.9 seconds' - interval '1 microsecond'))$$,
+  '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
+  'the statement''s last row, dated exactly 4.9 s after the clock at the statement''s end, is refused (the limit is inclusive)');
+select pg_temp.set_test_clock(now());
+select lives_ok(
+  $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+    values ((select auth.uid()), 'claim-edge-last-1us', 1, 'phone', (select s from claim_edge))
+    returning (select 1 from pg_temp.set_test_clock(
+      (select s from claim_edge) - interval '4.9 seconds' - interval '2 microseconds'))$$,
+  'and one dated 1 us past that limit is kept');
+select is(
+  (select array_agg(series_id || ' at ' || case updated_at when date_trunc('milliseconds', now()) then 'now()'
+                                                          else updated_at::text end order by series_id)
+     from public.reading_progress where series_id like 'claim-edge%'),
+  array['claim-edge-last-1us at now()', 'claim-edge-next-1us at now()', 'claim-edge-next-1us-2 at now()'],
+  'the rows kept: each judged ahead at now(), nothing of the refused INSERTs');
+delete from public.reading_progress where series_id like 'claim-edge%';
 -- A duplicate skipped by ON CONFLICT DO NOTHING (supabase-js upsert with ignoreDuplicates), dated
 -- past the limit (6.5 s ahead of the clock), names itself, not the row inserted before it with the
 -- same key (now()): judged again once the next row has moved the clock 2 s on, it would be no longer
