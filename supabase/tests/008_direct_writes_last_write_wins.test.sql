@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(53);
+select plan(55);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -360,6 +360,38 @@ select is(
      from public.reading_progress where series_id like 'claim-edge%'),
   array['claim-edge-last-1us at now()', 'claim-edge-next-1us at now()', 'claim-edge-next-1us-2 at now()'],
   'the rows kept: each judged ahead at now(), nothing of the refused INSERTs');
+-- The DO UPDATE of an upsert whose INSERT half was judged ahead judges it again by its own limit,
+-- 5 s ('<=': exactly 5 s after its reading of the clock, no longer ahead): no longer ahead, it is
+-- stored under its own date S; 1 us further, still ahead, 1 ms after the version it replaces (stored
+-- 1 s after now()). Its SET list sets the clock 1 us before the trigger reads it.
+select pg_temp.set_test_clock(now());
+insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'claim-edge-upsert', 1, 'tablet', date_trunc('milliseconds', now()) + interval '1 second'),
+       ((select auth.uid()), 'claim-edge-upsert-1us', 1, 'tablet', date_trunc('milliseconds', now()) + interval '1 second');
+insert into public.reading_progress as p (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'claim-edge-upsert', 2, 'phone', (select s from claim_edge))
+on conflict (user_id, series_id) do update
+  set chapter = (select excluded.chapter from pg_temp.set_test_clock(
+        (select s from claim_edge) - interval '5 seconds' - interval '1 microsecond')),
+      device_id = excluded.device_id, updated_at = excluded.updated_at;
+select pg_temp.set_test_clock(now());
+insert into public.reading_progress as p (user_id, series_id, chapter, device_id, updated_at)
+values ((select auth.uid()), 'claim-edge-upsert-1us', 2, 'phone', (select s from claim_edge))
+on conflict (user_id, series_id) do update
+  set chapter = (select excluded.chapter from pg_temp.set_test_clock(
+        (select s from claim_edge) - interval '5 seconds' - interval '2 microseconds')),
+      device_id = excluded.device_id, updated_at = excluded.updated_at;
+create temp view claim_edge_upserts as
+  select series_id, chapter || ' ' || device_id || ' at '
+           || case updated_at when claim_edge.s then 'S'
+                when date_trunc('milliseconds', now()) + interval '1001 milliseconds' then 'the version + 1 ms'
+                else updated_at::text end as stored
+    from public.reading_progress, claim_edge where series_id like 'claim-edge-upsert%';
+grant select on claim_edge_upserts to authenticated;
+select is((select stored from claim_edge_upserts where series_id = 'claim-edge-upsert'), '2 phone at S',
+  'an upsert''s DO UPDATE dated exactly 5 s after its reading of the clock is no longer ahead: stored under its own date (the limit is inclusive)');
+select is((select stored from claim_edge_upserts where series_id = 'claim-edge-upsert-1us'), '2 phone at the version + 1 ms',
+  'and one dated 1 us past that limit is still ahead: stored 1 ms after the version it replaces');
 delete from public.reading_progress where series_id like 'claim-edge%';
 -- A duplicate skipped by ON CONFLICT DO NOTHING (supabase-js upsert with ignoreDuplicates), dated
 -- past the limit (6.5 s ahead of the clock), names itself, not the row inserted before it with the
