@@ -5,13 +5,13 @@
 // lower it on their own socket (realtime_support.ts, joinErrorBackoffMs).
 
 import assert from "node:assert/strict";
+import type { SupabaseClient } from "@supabase/supabase-js";
 import { adminSql, createTestUser, localRealtime, mintsTokens, testEnv } from "../support/env.ts";
 import {
   clientWithToken,
   closeClient,
   joinChannel,
   noSanitize,
-  sleep,
   waitFor,
   writeProgress,
 } from "./realtime_support.ts";
@@ -74,6 +74,11 @@ Deno.test({
   const refused = clientWithToken(() => c.accessToken);
   const impatient = clientWithToken(() => c.accessToken);
   const quick = localRealtime ? clientWithToken(() => c.accessToken, { joinErrorBackoffMs: 0 }) : null;
+  // The stand-in's own knob: a socket that asks for no wait is refused at once. "At once" is told by
+  // order, not by a time limit: its refusal comes before that of a join with the default wait whose
+  // frame was on the wire before the quick client even opened its socket.
+  const quickCheck = quick ? quickRefusal(quick, topicOf(a.id), c.accessToken) : Promise.resolve();
+  quickCheck.catch(() => {}); // awaited below, once the default wait's test is done
   try {
     // Two clients at once, so the test waits for one backoff, not two.
     const timedOut = (async () => {
@@ -92,18 +97,36 @@ Deno.test({
     assert.match(result.error?.message ?? "", /^Unauthorized: /);
     assert.ok(waited >= BACKOFF_FLOOR_MS, `refused after ${waited} ms`);
     assert.equal(await timedOut, "TIMED_OUT", "a 3 s join timeout runs out before the refusal");
-
-    if (quick) {
-      // The stand-in's own knob: a socket that asks for no wait is refused at once.
-      const quickStart = Date.now();
-      const fast = await joinChannel(quick, topicOf(a.id));
-      assert.equal(fast.status, "CHANNEL_ERROR");
-      assert.ok(Date.now() - quickStart < 2_000, `refused after ${Date.now() - quickStart} ms`);
-    }
+    await quickCheck;
   } finally {
+    await quickCheck.catch(() => {});
     await Promise.all([refused, impatient, ...(quick ? [quick] : [])].map(closeClient));
   }
 });
+
+/**
+ * `quick` (a client asking for no join-error wait) is refused `topic` while a bare socket that keeps
+ * the default wait, whose refused join was sent before `quick` opened its socket, is still waiting.
+ */
+async function quickRefusal(quick: SupabaseClient, topic: string, token: string): Promise<void> {
+  const slow = await rawSocket();
+  const slowReply = () => slow.frames.find((f) => f.ref === "1" && f.event === "phx_reply");
+  try {
+    slow.join("1", topic, token); // refused after the default wait
+    const fast = await joinChannel(quick, topic);
+    const slowAnsweredFirst = slowReply() !== undefined;
+    assert.equal(fast.status, "CHANNEL_ERROR");
+    assert.match(fast.error?.message ?? "", /^Unauthorized: /);
+    assert.equal(slowAnsweredFirst, false, "the quick client was refused only after the default wait");
+    // The reference did wait: it is a refusal, answered after the quick one.
+    await waitFor("the refusal with the default wait", () => slowReply() !== undefined, {
+      timeoutMs: 15_000,
+    });
+    assert.equal((slowReply()!.payload as { status: string }).status, "error");
+  } finally {
+    slow.ws.close();
+  }
+}
 
 Deno.test({
   name:
@@ -178,21 +201,47 @@ Deno.test({
   const a = await createTestUser();
   const c = await createTestUser();
   const { ws, frames, join } = await rawSocket();
+  // Two sockets on A's topic that nothing stalls. The marker's channel holds a token that expires
+  // after the short one (exp is whole seconds: by at least 1 s): once it is closed for its expiry,
+  // the stalled channel's expiry has come too. The observer's token lasts: once it has a write's
+  // broadcast, the endpoint has handed that broadcast to every channel on the topic.
+  const marker = await rawSocket();
+  const observer = await rawSocket();
   const sql = adminSql({ max: 1 });
+  const joinReply = (of: Frame[], ref: string) => of.find((f) => f.ref === ref && f.event === "phx_reply");
   try {
-    // Made once the socket is open: its 2-3 s are for the join (on a loaded machine a join takes a
-    // while), and its expiry (+1.5 s) still comes before the refusal (5 s after the second join).
+    // Made once the sockets are open: its 2-3 s are for the join (on a loaded machine a join takes a
+    // while), and its expiry still comes before the refusal (5 s after the second join).
     const short = await a.newAccessToken(3);
-    const expiresAt = JSON.parse(atob(short.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp * 1000;
+    const markerToken = await a.newAccessToken(4);
     join("1", topicOf(a.id), short); // A's own topic, with a token of 2-3 s: joined
-    await waitFor("the join", () => frames.some((f) => f.ref === "1" && f.event === "phx_reply"));
-    const joined = frames.find((f) => f.ref === "1" && f.event === "phx_reply")!.payload;
-    assert.equal((joined as { status: string }).status, "ok", "joined before the short token expired");
+    marker.join("1", topicOf(a.id), markerToken);
+    observer.join("1", topicOf(a.id), a.accessToken);
+    await waitFor(
+      "the joins",
+      () => [frames, marker.frames, observer.frames].every((of) => joinReply(of, "1") !== undefined),
+    );
+    for (
+      const [label, of] of [["stalled", frames], ["marker", marker.frames], ["observer", observer.frames]]
+    ) {
+      const status = (joinReply(of as Frame[], "1")!.payload as { status: string }).status;
+      assert.equal(status, "ok", `${label}: joined before its token expired`);
+    }
     join("2", topicOf(c.id), a.accessToken); // C's topic: refused after the 5 s backoff
-    // Past the short token's expiry (Supabase confirms it up to a second after exp), well before
-    // the refusal: a write the closed channel must not hear.
-    await sleep(Math.max(0, expiresAt + 1_500 - Date.now()));
+    // Past the short token's expiry, told by the marker's channel closing for its later one; well
+    // before the refusal: a write the closed channel must not hear.
+    await waitFor(
+      "the marker's channel closed at its token's expiry",
+      () => marker.frames.some((f) => f.event === "phx_close"),
+      { timeoutMs: 15_000 },
+    );
+    const markerClosed = marker.frames.find((f) => f.event === "system")?.payload as { message?: string };
+    assert.match(markerClosed?.message ?? "", /^Token has expired/, "the marker closed for its expiry");
     await writeProgress(sql, a.id, { series_id: "after-expiry", chapter: 1, device_id: "phone" });
+    await waitFor(
+      "the write's broadcast on the observer",
+      () => observer.frames.some((f) => f.event === "broadcast"),
+    );
     await waitFor(
       "the refusal and the expired channel's phx_close",
       () =>
@@ -200,7 +249,10 @@ Deno.test({
         frames.some((f) => f.joinRef === "1" && f.event === "phx_close"),
       { timeoutMs: 15_000 },
     );
-    await sleep(500);
+    // A heartbeat's reply goes out after every frame handed to the socket before it: the broadcast,
+    // had the expired channel been given it, would be here by then.
+    ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
+    await waitFor("the heartbeat's reply", () => joinReply(frames, "hb") !== undefined);
     assert.deepEqual(
       frames.filter((f) => f.event === "broadcast").length,
       0,
@@ -213,6 +265,8 @@ Deno.test({
     assert.ok(refusal < system, `the refusal, then the closed channel's frames: ${JSON.stringify(frames)}`);
   } finally {
     ws.close();
+    marker.ws.close();
+    observer.ws.close();
     await sql.end();
   }
 });
