@@ -592,6 +592,9 @@ Deno.test(
     // The refusal's wait is not what this tests.
     const socket = await rawSocket(undefined, `&${LOWER_JOIN_ERROR_BACKOFF_PARAM}=0`);
     const { ws, text, replyTo } = socket;
+    // Stays joined on the topic: once it has a write's broadcast, the endpoint has handed that
+    // broadcast to every channel on the topic.
+    const observer = await rawSocket();
     const join = (ref: string, token: string) =>
       ws.send(
         JSON.stringify([ref, ref, topic, "phx_join", {
@@ -601,7 +604,12 @@ Deno.test(
       );
     try {
       join("1", a.accessToken);
+      observer.ws.send(JSON.stringify(["1", "1", topic, "phx_join", {
+        config: { private: true, broadcast: {} },
+        access_token: a.accessToken,
+      }]));
       await replyTo("1");
+      await observer.replyTo("1");
       await writeProgress(sql, a.id, { series_id: "while-joined", chapter: 1, device_id: "phone" });
       await waitFor("the broadcast while joined", () => socket.broadcasts === 1);
 
@@ -622,9 +630,10 @@ Deno.test(
       assert.equal((text[refusal][4] as { status: string }).status, "error");
 
       await writeProgress(sql, a.id, { series_id: "after-refusal", chapter: 2, device_id: "phone" });
-      // Nothing arrives for the topic; a heartbeat round trip after the write proves the endpoint
-      // has had its chance to deliver (broadcasts and replies share the socket, in order).
-      await new Promise((r) => setTimeout(r, 300));
+      // Nothing arrives for the topic: once the observer has the write's broadcast, a heartbeat round
+      // trip proves the endpoint has had its chance to deliver (broadcasts and replies share the
+      // socket, in order).
+      await waitFor("the write's broadcast on the observer", () => observer.broadcasts === 2);
       ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
       await replyTo("hb");
       assert.equal(socket.broadcasts, 1, "the refused socket still received the topic's broadcast");
@@ -635,6 +644,7 @@ Deno.test(
       assert.equal((text.find((m) => m[1] === "3")![4] as { status: string }).status, "ok");
     } finally {
       ws.close();
+      observer.ws.close();
       await sql.end();
     }
   },
