@@ -99,7 +99,7 @@ Deno.test({
   const logs: Record<string, unknown>[] = [];
   const service = new RealtimeService(client, {
     changesSince: sqlChangesSince(sql, a.id),
-    accessToken: await a.newAccessToken(2),
+    accessToken: a.accessToken,
     pollIntervalMs: 150,
     // The retry after the close is ~10 minutes away: only the new token can bring the link back.
     backoff: { initialMs: 600_000, maxMs: 600_000 },
@@ -110,6 +110,7 @@ Deno.test({
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
   try {
     await waitFor("live", () => subscription.status === "live");
+    await expireChannelToken(service, a);
     await waitFor("expiry closes the channel", () => subscription.status === "polling", {
       timeoutMs: 30_000,
     });
@@ -155,7 +156,7 @@ Deno.test({
       if (gate) await gate;
       return await changesSince(cursor);
     },
-    accessToken: await a.newAccessToken(2),
+    accessToken: a.accessToken,
     pollIntervalMs: 150,
     backoff: { initialMs: 600_000, maxMs: 600_000 },
     random: () => 0.99,
@@ -165,6 +166,7 @@ Deno.test({
   try {
     await waitFor("live", () => subscription.status === "live");
     gate = new Promise((resolve) => openGate = resolve);
+    await expireChannelToken(service, a);
     await waitFor("expiry closes the channel", () => logs.some((l) => l.event === "realtime_unavailable"), {
       timeoutMs: 30_000,
     });
@@ -516,6 +518,19 @@ async function withinTeardown(step: string, done: Promise<unknown>, onHang: "fai
   const message = `teardown: ${step} did not finish within 20 s`;
   if (onHang === "fail") throw new Error(message);
   console.warn(`${message}; going on`);
+}
+
+/**
+ * Gives the live channel a token of 1-2 s (its first refresh: applied at once), whose expiry then
+ * closes it. The channel joined with a lasting token: a join that a loaded machine answered only
+ * after a short token's expiry would be refused instead. A refresh that reached the server after
+ * the expiry closes the channel the same way (the pushed token has expired).
+ */
+async function expireChannelToken(
+  service: RealtimeService,
+  user: { newAccessToken(seconds: number): Promise<string> },
+): Promise<void> {
+  await service.setAccessToken(await user.newAccessToken(2));
 }
 
 /** A JWT's `exp` in epoch milliseconds. */
