@@ -143,6 +143,7 @@ Deno.test({
   const sql = adminSql({ max: 1 });
   const reply = (ref: string) => frames.find((f) => f.ref === ref && f.event === "phx_reply");
   const join = (ref: string, topic: string) => joinAs(ref, topic, a.accessToken);
+  let probeHeld: ReturnType<typeof holdMessageInserts> | undefined;
   try {
     join("1", topicOf(a.id)); // A's own topic: joined
     observer.join("1", topicOf(a.id), a.accessToken);
@@ -151,9 +152,22 @@ Deno.test({
       () => reply("1") !== undefined && observer.frames.some((f) => f.ref === "1" && f.event === "phx_reply"),
     );
 
+    // The refused join must be the socket's work before the write's broadcast comes, and a loaded
+    // machine may read a frame late. Its read policy is asked by inserting a probe row into
+    // realtime.messages, so while a lock holds that table the join waits there, in plain sight in
+    // pg_locks: the socket has read the join and is deciding it.
     const started = Date.now();
+    probeHeld = holdMessageInserts();
+    await probeHeld.held;
     join("2", topicOf(c.id)); // C's topic: refused, after the backoff
     ws.send(JSON.stringify([null, "hb-before", "phoenix", "heartbeat", {}]));
+    await waitFor("the refused join's read-policy probe", async () => {
+      const [{ waiting }] = await sql<{ waiting: boolean }[]>`
+        select exists (select 1 from pg_catalog.pg_locks
+                       where relation = 'realtime.messages'::regclass and not granted) as waiting`;
+      return waiting;
+    });
+    await probeHeld.release();
     await writeProgress(sql, a.id, { series_id: "during-refusal", chapter: 1, device_id: "phone" });
     await waitFor(
       "the broadcast on the socket nothing stalls",
@@ -182,11 +196,36 @@ Deno.test({
       `the reply to a later heartbeat went out before the broadcast: ${JSON.stringify(frames)}`,
     );
   } finally {
+    await probeHeld?.release();
     ws.close();
     observer.ws.close();
     await sql.end();
   }
 });
+
+/**
+ * A transaction that holds realtime.messages in SHARE mode (inserts wait, reads pass) from `held`
+ * until `release()`, on a connection of its own.
+ */
+function holdMessageInserts() {
+  const locker = adminSql({ max: 1 });
+  let lockTaken = () => {};
+  let release = () => {};
+  const held = new Promise<void>((resolve) => lockTaken = resolve);
+  const released = new Promise<void>((resolve) => release = resolve);
+  const done = locker.begin(async (tx) => {
+    await tx`lock table realtime.messages in share mode`;
+    lockTaken();
+    await released;
+  }).finally(() => locker.end());
+  return {
+    held: Promise.race([held, done]),
+    release: async () => {
+      release();
+      await done;
+    },
+  };
+}
 
 Deno.test({
   ignore: !mintsTokens, // needs a token that expires within seconds
