@@ -12,6 +12,7 @@ import {
   closeClient,
   joinChannel,
   noSanitize,
+  type Sql,
   waitFor,
   writeProgress,
 } from "./realtime_support.ts";
@@ -143,7 +144,6 @@ Deno.test({
   const sql = adminSql({ max: 1 });
   const reply = (ref: string) => frames.find((f) => f.ref === ref && f.event === "phx_reply");
   const join = (ref: string, topic: string) => joinAs(ref, topic, a.accessToken);
-  let probeHeld: ReturnType<typeof holdMessageInserts> | undefined;
   try {
     join("1", topicOf(a.id)); // A's own topic: joined
     observer.join("1", topicOf(a.id), a.accessToken);
@@ -152,22 +152,13 @@ Deno.test({
       () => reply("1") !== undefined && observer.frames.some((f) => f.ref === "1" && f.event === "phx_reply"),
     );
 
-    // The refused join must be the socket's work before the write's broadcast comes, and a loaded
-    // machine may read a frame late. Its read policy is asked by inserting a probe row into
-    // realtime.messages, so while a lock holds that table the join waits there, in plain sight in
-    // pg_locks: the socket has read the join and is deciding it.
+    // The refused join must be the socket's work before the write's broadcast comes: a loaded
+    // machine may read a frame late, so the write waits until the join is seen being decided.
     const started = Date.now();
-    probeHeld = holdMessageInserts();
-    await probeHeld.held;
-    join("2", topicOf(c.id)); // C's topic: refused, after the backoff
-    ws.send(JSON.stringify([null, "hb-before", "phoenix", "heartbeat", {}]));
-    await waitFor("the refused join's read-policy probe", async () => {
-      const [{ waiting }] = await sql<{ waiting: boolean }[]>`
-        select exists (select 1 from pg_catalog.pg_locks
-                       where relation = 'realtime.messages'::regclass and not granted) as waiting`;
-      return waiting;
+    await sentAndBeingDecided(sql, () => {
+      join("2", topicOf(c.id)); // C's topic: refused, after the backoff
+      ws.send(JSON.stringify([null, "hb-before", "phoenix", "heartbeat", {}]));
     });
-    await probeHeld.release();
     await writeProgress(sql, a.id, { series_id: "during-refusal", chapter: 1, device_id: "phone" });
     await waitFor(
       "the broadcast on the socket nothing stalls",
@@ -196,7 +187,6 @@ Deno.test({
       `the reply to a later heartbeat went out before the broadcast: ${JSON.stringify(frames)}`,
     );
   } finally {
-    await probeHeld?.release();
     ws.close();
     observer.ws.close();
     await sql.end();
@@ -204,27 +194,36 @@ Deno.test({
 });
 
 /**
- * A transaction that holds realtime.messages in SHARE mode (inserts wait, reads pass) from `held`
- * until `release()`, on a connection of its own.
+ * Sends a join (`send`) and returns once the socket has read it and is deciding it: the join's
+ * read-policy probe, an insert into realtime.messages, waits behind a SHARE lock on that table
+ * until it is seen in pg_locks, then the lock goes. A loaded machine may read a frame late, so a
+ * frame sent is not yet a frame read.
  */
-function holdMessageInserts() {
+async function sentAndBeingDecided(sql: Sql, send: () => void): Promise<void> {
   const locker = adminSql({ max: 1 });
   let lockTaken = () => {};
   let release = () => {};
-  const held = new Promise<void>((resolve) => lockTaken = resolve);
+  const taken = new Promise<void>((resolve) => lockTaken = resolve);
   const released = new Promise<void>((resolve) => release = resolve);
-  const done = locker.begin(async (tx) => {
+  const holding = locker.begin(async (tx) => {
     await tx`lock table realtime.messages in share mode`;
     lockTaken();
     await released;
-  }).finally(() => locker.end());
-  return {
-    held: Promise.race([held, done]),
-    release: async () => {
-      release();
-      await done;
-    },
-  };
+  });
+  try {
+    await Promise.race([taken, holding]);
+    send();
+    await waitFor("the join's read-policy probe", async () => {
+      const [{ waiting }] = await sql<{ waiting: boolean }[]>`
+        select exists (select 1 from pg_catalog.pg_locks
+                       where relation = 'realtime.messages'::regclass and not granted) as waiting`;
+      return waiting;
+    });
+  } finally {
+    release();
+    await holding.catch(() => {}); // its failure, if any, is the race's above
+    await locker.end();
+  }
 }
 
 Deno.test({
@@ -266,7 +265,8 @@ Deno.test({
       const status = (joinReply(of as Frame[], "1")!.payload as { status: string }).status;
       assert.equal(status, "ok", `${label}: joined before its token expired`);
     }
-    join("2", topicOf(c.id), a.accessToken); // C's topic: refused after the 5 s backoff
+    // C's topic: refused after the 5 s backoff, and being decided before the short token expires.
+    await sentAndBeingDecided(sql, () => join("2", topicOf(c.id), a.accessToken));
     // Past the short token's expiry, told by the marker's channel closing for its later one; well
     // before the refusal: a write the closed channel must not hear.
     await waitFor(
