@@ -458,9 +458,9 @@ Deno.test("abort: the caller's signal also ends a call stuck reading an error an
   const upstream = stallingErrorBodies(100);
   try {
     const controller = new AbortController();
-    const started = Date.now();
+    // The guard tells an abort from the 60 s timeout (the code says which ended it); 20 s of room.
     const call = rejection(within(
-      10_000,
+      20_000,
       listProgress(clientFor(user.accessToken, upstream.url), {}, {
         timeoutMs: 60_000,
         signal: controller.signal,
@@ -473,7 +473,6 @@ Deno.test("abort: the caller's signal also ends a call stuck reading an error an
     assert.ok(e instanceof NetworkError);
     assert.equal(e.code, "aborted");
     assert.equal(upstream.hits(), 1);
-    assert.ok(Date.now() - started < 5_000, "not after the 60 s timeout");
   } finally {
     await upstream.shutdown();
   }
@@ -484,16 +483,17 @@ Deno.test("abort: the caller's signal stops the call at once, the attempt in fli
   const upstream = hangingFunctions(100);
   try {
     const controller = new AbortController();
-    const started = Date.now();
     let retries = 0;
-    const call = rejection(
+    // Guards (20 s) against waiting out the 60 s timeout or backoff; the code says what ended each.
+    const call = rejection(within(
+      20_000,
       listProgress(clientFor(user.accessToken, upstream.url), {}, {
         retry: { attempts: 4, baseDelayMs: 10_000, maxDelayMs: 10_000 },
         timeoutMs: 60_000,
         signal: controller.signal,
         onRetry: () => retries++,
       }),
-    );
+    ));
     await waitUntil("the attempt in flight", () => upstream.hits() === 1);
     controller.abort(new Error("the reader closed the app"));
     const e = await call;
@@ -501,11 +501,11 @@ Deno.test("abort: the caller's signal stops the call at once, the attempt in fli
     assert.equal(e.code, "aborted");
     assert.match(e.message, /the reader closed the app/);
     assert.deepEqual([upstream.hits(), retries], [1, 0], "no retry after the abort");
-    assert.ok(Date.now() - started < 5_000, "not after the timeout");
 
     // Aborted while waiting to retry: the wait ends at once too.
     const second = new AbortController();
-    const waiting = rejection(
+    const waiting = rejection(within(
+      20_000,
       listProgress(clientFor(user.accessToken, upstream.url), {}, {
         retry: { attempts: 4, baseDelayMs: 60_000, maxDelayMs: 60_000 },
         random: () => 1,
@@ -514,11 +514,9 @@ Deno.test("abort: the caller's signal stops the call at once, the attempt in fli
         // Aborted while the 60 s backoff sleep is under way.
         onRetry: () => void setTimeout(() => second.abort(new Error("gone")), 100),
       }),
-    );
-    const before = Date.now();
+    ));
     const e2 = await waiting;
     assert.equal(e2.code, "aborted");
-    assert.ok(Date.now() - before < 5_000, "did not sleep out the 60 s backoff");
   } finally {
     await upstream.shutdown();
   }
