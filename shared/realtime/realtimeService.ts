@@ -610,7 +610,9 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * at isDisconnecting()) and reconnects after the close event; taken off, an app's realtime.disconnect()
    * at any moment after reaches phoenix and is final. The channels on it are failed as phoenix fails
    * them on a close (every errored channel, the app's too, rejoins when the next socket opens) and,
-   * when a link or a channel of the client still wants one, the next socket is opened at once
+   * unless a channel's error callback disconnected the client meanwhile (as phoenix, which reconnects
+   * only while closeWasClean is false), when a link or a channel of the client still wants one, the
+   * next socket is opened at once
    * (realtime.connect()), not by phoenix's reconnect timer: that timer tears down whatever socket is
    * current when it fires, and would cut one a join had opened meanwhile. Sockets given up are at
    * least a join timeout apart, twice as long each time. The one opened is watched (#watchReplacement).
@@ -633,6 +635,13 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       socket.triggerChanError(new Error("socket opening handshake timed out"));
     } catch (error) {
       this.logEvent("warn", "channel_error_failed", { error: String(error) });
+    }
+    // The channels' error callbacks ran just now, the app's too: one may have disconnected the client
+    // (signing out when its channel errs). phoenix, on a socket that closed by itself, fails the
+    // channels first as well and reconnects only if no disconnect() came meanwhile (closeWasClean).
+    if (socket.closeWasClean === true) {
+      this.logEvent("info", "socket_reopen_dropped", { reason: "disconnected while its channels failed" });
+      return;
     }
     const wanted = this.#links.size > 0 ||
       this.#client.getChannels().some((channel) => channel.state !== "closed" && channel.state !== "leaving");
@@ -1602,6 +1611,8 @@ interface PhoenixConn {
 /** What the service uses of phoenix's Socket (realtime-js 2.1xx: RealtimeClient.socketAdapter.getSocket()). */
 interface PhoenixSocket {
   conn: PhoenixConn | null;
+  /** Set by disconnect() (a close the socket is not to recover from), cleared when it connects. */
+  closeWasClean?: boolean;
   triggerChanError(reason: unknown): void;
 }
 

@@ -810,6 +810,58 @@ Deno.test({
 
 Deno.test({
   name:
+    "realtime resilience: a socket given up by the service is not reopened when the app disconnects the client in its channel's error callback, which the give-up calls",
+  ...behindProxy,
+}, async () => {
+  // The give-up fails the channels on the stuck socket, the app's too: their callbacks run inside it.
+  // An app that disconnects the client when its channel errs (signing out, or stopping until it
+  // reconnects by itself) has disconnected it before the service decides on a new socket. phoenix,
+  // on a socket that closed by itself, fails the channels first and reconnects only if no
+  // disconnect() came meanwhile.
+  let unsubscribeNow = () => {};
+  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
+    // The service's link closes in the same turn as the give-up: no join of its own opens a socket.
+    onLog: (line) => {
+      if (line.event === "socket_never_opened") unsubscribeNow();
+    },
+  });
+  const topic = `app-room-${crypto.randomUUID()}`;
+  const appStates: string[] = [];
+  let disconnected: Promise<unknown> | null = null;
+  proxy.freezeNew(1);
+  // Its join may wait longer than the service's: it is still joining when the socket is given up.
+  const app = client
+    .channel(topic, { config: { broadcast: { self: false } } })
+    .subscribe((status) => {
+      appStates.push(status);
+      if (status === "CHANNEL_ERROR") disconnected ??= client.realtime.disconnect();
+    }, 30_000);
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  let unsubscribed: Promise<void> | null = null;
+  unsubscribeNow = () => unsubscribed ??= subscription.unsubscribe();
+  try {
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await unsubscribed;
+    assert.ok(disconnected, `the app's channel erred with the give-up: ${appStates.join(",")}`);
+    await disconnected;
+    // A marker, as above: time for a reopen to have happened.
+    const marker = newClient();
+    try {
+      const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
+      assert.equal(status, "SUBSCRIBED");
+    } finally {
+      await closeClient(marker);
+    }
+    assert.equal(client.realtime.connectionState(), "closed", "the client the app disconnected stays closed");
+    assert.ok(!appStates.includes("SUBSCRIBED"), appStates.join(","));
+  } finally {
+    await client.removeChannel(app).catch(() => {});
+    await teardown(subscription);
+  }
+});
+
+Deno.test({
+  name:
     "realtime resilience: a slow but healthy opening handshake (longer than a join timeout) is not cut at every join timeout: the link goes live",
   ...behindProxy,
 }, async () => {
