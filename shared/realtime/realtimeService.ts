@@ -273,8 +273,6 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   /** The token source this service installed (close() restores only while it is still in place). */
   #installedTokenSource: (() => Promise<string | null>) | null = null;
   #authSubscription: { unsubscribe(): void } | null = null;
-  /** Sockets given up in a row with none opened since: each one after is allowed twice as long. */
-  #socketGiveUps = 0;
   /**
    * Runs while a socket the service opened in place of one it gave up is opening: gives it up in its
    * turn if it is still opening when its time is over (#watchReplacement).
@@ -587,7 +585,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     // pushed on it (a join timeout's timer may fire a little early): half a timeout's slack.
     const seenAt = openingSeenAt.get(stuck);
     const openingMs = seenAt === undefined ? 0 : monotonicNow() - seenAt;
-    if (openingMs < this.#allowedOpeningMs() - this.#joinTimeoutMs / 2) return;
+    if (openingMs < this.#allowedOpeningMs(socket) - this.#joinTimeoutMs / 2) return;
     this.#replaceOpeningSocket(socket, stuck, openingMs);
   }
 
@@ -595,9 +593,10 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     return this.options.joinTimeoutMs ?? (this.#client.realtime.timeout || 10_000);
   }
 
-  /** How long the socket opening now may stay opening before it is given up. */
-  #allowedOpeningMs(): number {
-    return this.#joinTimeoutMs * 2 ** Math.min(this.#socketGiveUps, SOCKET_OPENING_MAX_DOUBLINGS);
+  /** How long the socket opening now on `socket` may stay opening before it is given up. */
+  #allowedOpeningMs(socket: PhoenixSocket): number {
+    const giveUps = giveUpsInARow.get(socket) ?? 0;
+    return this.#joinTimeoutMs * 2 ** Math.min(giveUps, SOCKET_OPENING_MAX_DOUBLINGS);
   }
 
   /**
@@ -618,7 +617,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * least a join timeout apart, twice as long each time. The one opened is watched (#watchReplacement).
    */
   #replaceOpeningSocket(socket: PhoenixSocket, stuck: PhoenixConn, openingMs: number): void {
-    this.#socketGiveUps++;
+    giveUpsInARow.set(socket, (giveUpsInARow.get(socket) ?? 0) + 1);
     this.logEvent("warn", "socket_never_opened", { opening_ms: Math.round(openingMs) });
     socket.conn = null;
     const ignore = () => {};
@@ -669,10 +668,10 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#replacementWatch = this.timers.set(() => {
       this.#replacementWatch = undefined;
       if (this.#closed || socket.conn !== replacement) return;
-      if (replacement.readyState === WS_OPEN) this.#socketGiveUps = 0;
+      if (replacement.readyState === WS_OPEN) giveUpsInARow.delete(socket);
       if (replacement.readyState !== WS_CONNECTING) return;
       this.#replaceOpeningSocket(socket, replacement, monotonicNow() - openingSeenAt.get(replacement)!);
-    }, this.#allowedOpeningMs());
+    }, this.#allowedOpeningMs(socket));
   }
 
   /** A join was pushed: notes when the socket it waits for was first seen opening (see giveUpOpeningSocket). */
@@ -685,7 +684,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
   /** A join was answered: the socket opened, so the next stuck one is given up after one join timeout. */
   noteSocketOpened(): void {
-    this.#socketGiveUps = 0;
+    const socket = phoenixSocketOf(this.#client.realtime);
+    if (socket) giveUpsInARow.delete(socket);
     this.timers.clear(this.#replacementWatch);
     this.#replacementWatch = undefined;
   }
@@ -1631,6 +1631,13 @@ function phoenixSocketOf(realtime: unknown): PhoenixSocket | null {
 
 /** When each WebSocket was first seen opening (monotonicNow): shared by every service on a client. */
 const openingSeenAt = new WeakMap<object, number>();
+
+/**
+ * Sockets given up in a row on each phoenix Socket with none opened since (each one after is allowed
+ * twice as long): kept per client, not per service, so that two services on one client (a component
+ * remounting) do not each allow the next socket only one join timeout and cut a slow handshake twice.
+ */
+const giveUpsInARow = new WeakMap<PhoenixSocket, number>();
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

@@ -885,3 +885,48 @@ Deno.test({
     await teardown(subscription);
   }
 });
+
+Deno.test({
+  name:
+    "realtime resilience: two services on one client (a component remounting) share the count of sockets given up in a row: the next socket is still allowed twice as long, not cut after one join timeout by the other service",
+  ...behindProxy,
+}, async () => {
+  // Three sockets in a row hang opening. Whichever service gives a socket up,
+  // the next one is allowed twice as long as the one before (less half a join timeout of slack for
+  // an early join timer): with a count per service, the second service cut the first one's next
+  // socket after one join timeout, and a handshake slower than that could be cut over and over.
+  const { sql, proxy, client, logs, service, a, teardown } = await openingHandshakeFixture();
+  // A second user only so that the two services' links have channels of their own on the client.
+  const b = await createTestUser();
+  const other = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, b.id),
+    accessToken: b.accessToken,
+    pollIntervalMs: 200,
+    joinTimeoutMs: 1_000,
+    backoff: { initialMs: 100, maxMs: 500 },
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  proxy.freezeNew(3); // the first three sockets hang; the fourth opens
+  const first = service.subscribeToProgress(a.id, () => {});
+  const second = other.subscribeToProgress(b.id, () => {});
+  try {
+    const givenUp = () => logs.filter((l) => l.event === "socket_never_opened");
+    await waitFor("three sockets given up", () => givenUp().length >= 3, { timeoutMs: 30_000 });
+    const openingMs = givenUp().map((l) => Number(l.opening_ms));
+    assert.ok(
+      openingMs[1] >= 1_500,
+      `the second socket was given up after ${openingMs[1]} ms, not 2 join timeouts`,
+    );
+    assert.ok(
+      openingMs[2] >= 3_500,
+      `the third socket was given up after ${openingMs[2]} ms, not 4 join timeouts`,
+    );
+    // The fourth socket is not frozen: it opens (its channels' joins are not this test's point: one
+    // client holds one session, and the two services here install two users' tokens on it).
+    await waitFor("the fourth socket open", () => client.realtime.isConnected(), { timeoutMs: 30_000 });
+  } finally {
+    await second.unsubscribe();
+    await other.close();
+    await teardown(first);
+  }
+});
