@@ -113,9 +113,14 @@ async function main(): Promise<number> {
   const selected = Deno.args.filter((a) => a !== "--");
   const fullRun = selected.length === 0;
   const browserSuite = fullRun || selected.some(isBrowserSuite);
-  const sqlFiles = fullRun
-    ? await listFiles("supabase/tests", ".sql")
-    : selected.filter((f) => f.endsWith(".sql"));
+  // The pgTAP files share helpers that the first file (in name order, as `supabase test db` runs
+  // them) creates and commits: it runs first whenever a pgTAP file runs, selected or not.
+  const sqlHelpers = "supabase/tests/000_test_helpers.test.sql";
+  const withHelpers = (files: string[]) =>
+    files.length === 0 ? files : [sqlHelpers, ...files.filter((f) => f.replace(/^\.\//, "") !== sqlHelpers)];
+  const sqlFiles = withHelpers(
+    fullRun ? await listFiles("supabase/tests", ".sql") : selected.filter((f) => f.endsWith(".sql")),
+  );
   const denoFiles = fullRun
     ? (await Promise.all(
       ["shared", "tests", "local", "supabase/functions", "bench"].map((d) => listFiles(d, ".test.ts")),
@@ -239,7 +244,7 @@ async function main(): Promise<number> {
       ".sql",
       "-d",
       stack.dbUrl,
-      privateSchemaFile,
+      ...withHelpers([privateSchemaFile]),
     ], { PGOPTIONS: "-c search_path=public,extensions" });
     await psql(stack.dbUrl, [
       "-c",

@@ -202,60 +202,21 @@ insert into public.reading_progress (user_id, series_id, page, device_id, update
 
 -- Just past the limit by the clock the trigger reads (clock_timestamp(), not now()): told by order,
 -- not by how soon a loaded machine gets from computing the date to running the trigger, so the
--- triggers run here on a clock of the test's (as in pgTAP 008): copies of migration 012's functions,
--- made from their definitions, that differ only in reading pg_temp.test_clock(), which moves 1 us a
--- reading and is kept as epoch microseconds. 'ts-5s-edge' is dated exactly at the limit as the
--- trigger computes it: the trigger truncates updated_at to the millisecond, then compares it with
--- its first clock reading + 5 s (that reading is not truncated). The clock is set 1 us before a
--- millisecond M, so that reading is M, and the row is dated M + 5 s, which truncation leaves as it
--- is: kept only if a date equal to the limit is kept ('>' in the trigger, not '>='). Its synced_at
--- (the trigger's next reading, M + 1 us) shows the comparison read M. 'ts-5s1ms' is dated 5 s and
--- 1 ms after the clock's reading.
-create function pg_temp.from_epoch_us(p_us bigint) returns timestamptz language sql immutable as $$
-  select to_timestamp(p_us / 1000000) + interval '1 microsecond' * (p_us % 1000000)
-$$;
-create function pg_temp.test_clock() returns timestamptz language sql volatile as $$
-  select pg_temp.from_epoch_us(set_config('readsync_test.clock_us',
-    (current_setting('readsync_test.clock_us')::bigint + 1)::text, true)::bigint)
-$$;
-create temp table real_clock_defs on commit drop as
-  select f, pg_get_functiondef(f::regprocedure) as def
-    from unnest(array['public.reading_progress_stamp()', 'public.reading_progress_end_claims()']) f;
-do $$
-declare
-  r record;
-  v_fake text;
-begin
-  for r in select * from real_clock_defs loop
-    v_fake := replace(r.def, 'pg_catalog.clock_timestamp()', 'pg_temp.test_clock()');
-    if v_fake = r.def or regexp_replace(v_fake, '--[^\n]*', '', 'g') ~* 'clock_timestamp|timeofday' then
-      raise exception 'test clock: % does not read the wall clock as pg_catalog.clock_timestamp() only', r.f;
-    end if;
-    execute v_fake;
-  end loop;
-  perform set_config('readsync_test.clock_us', ((extract(epoch from now()) * 1000000)::bigint)::text, true);
-end
-$$;
-do $$
-begin
-  perform set_config('readsync_test.clock_us',
-    ((extract(epoch from date_trunc('milliseconds', now())) * 1000000)::bigint - 1)::text, true);
-end
-$$;
+-- triggers run here on the test clock (tests.use_test_clock, supabase/tests/000_test_helpers.test.sql:
+-- copies of migration 012's stamp and end-of-claims functions reading a clock that moves 1 us a
+-- reading). 'ts-5s-edge' is dated exactly at the limit as the trigger computes it: the trigger
+-- truncates updated_at to the millisecond, then compares it with its first clock reading + 5 s
+-- (that reading is not truncated). The clock is set 1 us before a millisecond M, so that reading is
+-- M, and the row is dated M + 5 s, which truncation leaves as it is: kept only if a date equal to
+-- the limit is kept ('>' in the trigger, not '>='). Its synced_at (the trigger's next reading,
+-- M + 1 us) shows the comparison read M. 'ts-5s1ms' is dated 5 s and 1 ms after the clock's reading.
+select tests.use_test_clock(date_trunc('milliseconds', now()) - interval '1 microsecond');
 insert into public.reading_progress (user_id, series_id, page, device_id, updated_at) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s-edge',  1, 'dev-1',
    date_trunc('milliseconds', now()) + interval '5 seconds');
 insert into public.reading_progress (user_id, series_id, page, device_id, updated_at) values
-  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s1ms',    1, 'dev-1', pg_temp.test_clock() + interval '5.001 seconds');
-do $$
-declare
-  r record;
-begin
-  for r in select * from real_clock_defs loop
-    execute r.def;
-  end loop;
-end
-$$;
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s1ms',    1, 'dev-1', tests.test_clock() + interval '5.001 seconds');
+select tests.use_real_clock();
 
 create temp view ts as
   select series_id, updated_at from public.reading_progress

@@ -574,65 +574,15 @@ select is(
   'a replay of a key that won ties in two lives names the tie of this life (dev-b, not dev-a)');
 reset role;
 
--- A clock of the test's (as in pgTAP 002 and 008), so that the tests of "ahead" below are decided by
--- the order of the clock's readings, not by how much time a loaded machine lets pass between them:
--- pg_temp.use_test_clock(at) runs write_reading_progress and every function its writes here reach
--- that reads the wall clock (migration 012's stamp and end-of-claims triggers, the conflict logger
--- and its normalisation of updated_at) on copies, made from their definitions, that differ only in
--- reading the test clock where they read pg_catalog.clock_timestamp(), and sets that clock to `at`;
--- pg_temp.use_real_clock() puts the real functions back (at the end).
--- write_reading_progress's copy reads pg_temp.test_clock(), which moves 1 us a reading; the others
--- read pg_temp.test_clock_as_is(), which does not move it, so the function's own readings are
--- at + 1 us, at + 2 us, ... whatever the triggers read in between. The clock is kept as epoch
--- microseconds (a number, not a date's text).
-create function pg_temp.from_epoch_us(p_us bigint) returns timestamptz language sql immutable as $$
-  select to_timestamp(p_us / 1000000) + interval '1 microsecond' * (p_us % 1000000)
-$$;
-create function pg_temp.test_clock() returns timestamptz language sql volatile as $$
-  select pg_temp.from_epoch_us(set_config('readsync_test.clock_us',
-    (current_setting('readsync_test.clock_us')::bigint + 1)::text, true)::bigint)
-$$;
-create function pg_temp.test_clock_as_is() returns timestamptz language sql volatile as $$
-  select pg_temp.from_epoch_us(current_setting('readsync_test.clock_us')::bigint)
-$$;
-create function pg_temp.set_test_clock(p_at timestamptz) returns timestamptz language sql volatile as $$
-  select pg_temp.from_epoch_us(set_config('readsync_test.clock_us',
-    ((extract(epoch from p_at) * 1000000)::bigint)::text, true)::bigint)
-$$;
-create temp table real_clock_defs on commit drop as
-  select f, pg_get_functiondef(f::regprocedure) as def,
-         case when f like 'public.write_reading_progress(%' then 'pg_temp.test_clock()'
-              else 'pg_temp.test_clock_as_is()' end as clock
-    from unnest(array[
-      'public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)',
-      'public.reading_progress_stamp()', 'public.reading_progress_end_claims()',
-      'private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)',
-      'private.reading_progress_normalize_updated_at(timestamptz)']) f;
-create function pg_temp.use_test_clock(p_at timestamptz) returns void language plpgsql as $$
-declare
-  r record;
-  v_fake text;
-begin
-  for r in select * from pg_temp.real_clock_defs loop
-    v_fake := replace(r.def, 'pg_catalog.clock_timestamp()', r.clock);
-    if v_fake = r.def or regexp_replace(v_fake, '--[^\n]*', '', 'g') ~* 'clock_timestamp|timeofday' then
-      raise exception 'test clock: % does not read the wall clock as pg_catalog.clock_timestamp() only', r.f;
-    end if;
-    execute v_fake;
-  end loop;
-  perform pg_temp.set_test_clock(p_at);
-end
-$$;
-create function pg_temp.use_real_clock() returns void language plpgsql as $$
-declare
-  r record;
-begin
-  for r in select * from pg_temp.real_clock_defs loop
-    execute r.def;
-  end loop;
-end
-$$;
-
+-- The test clock (supabase/tests/000_test_helpers.test.sql, as in pgTAP 002 and 008), so that the
+-- tests of "ahead" below are decided by the order of the clock's readings, not by how much time a
+-- loaded machine lets pass between them: write_reading_progress and every function its writes here
+-- reach that reads the wall clock (migration 012's stamp and end-of-claims triggers, the conflict
+-- logger and its normalisation of updated_at) run on copies that read the test clock, until
+-- tests.use_real_clock() (at the end). Only write_reading_progress's copy moves the clock (1 us a
+-- reading); the others read it as it is, so the function's own readings are at + 1 us, at + 2 us,
+-- ... whatever the triggers read in between.
+--
 -- "Ahead" is judged by the wall clock, not by the transaction's start. On the test clock set 0.6 s
 -- after this transaction's now() (as if the writes had waited that long for a row's lock, or for
 -- earlier writes of a batch), a write dated 5.5 s after now() is only 4.9 s ahead: decided and stored
@@ -641,7 +591,11 @@ $$;
 -- then replaced. (Before the test clock, this test slept 0.6 s on the wall clock.)
 create temp table k on commit drop as select date_trunc('milliseconds', now() + interval '5.5 seconds') as at;
 grant select on k to authenticated;
-select pg_temp.use_test_clock(now() + interval '0.6 seconds');
+select tests.use_test_clock(now() + interval '0.6 seconds',
+  array['public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)'],
+  array['public.reading_progress_stamp()', 'public.reading_progress_end_claims()',
+        'private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)',
+        'private.reading_progress_normalize_updated_at(timestamptz)']);
 set local role authenticated;
 select set_config('request.jwt.claims',
   '{"sub":"a6a6a6a6-0000-4000-8000-000000000006","role":"authenticated"}', true);
@@ -721,19 +675,19 @@ create temp view edge_rows as
 set local role authenticated;
 select public.write_reading_progress('edge-lock-1us', 1, 1, 0.01, false, 'tablet', '2026-01-01 00:00:00+00');
 select public.write_reading_progress('edge-lock-2us', 1, 1, 0.01, false, 'tablet', '2026-01-01 00:00:00+00');
-select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select tests.set_test_clock((select m from edge) - interval '1 microsecond');
 select public.write_reading_progress('edge-at', 2, 2, 0.02, false, 'phone',
   (select m from edge) + interval '5 seconds');
-select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select tests.set_test_clock((select m from edge) - interval '1 microsecond');
 select public.write_reading_progress('edge-1us', 2, 2, 0.02, false, 'phone',
   (select m from edge) + interval '5 seconds 1 microsecond');
-select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select tests.set_test_clock((select m from edge) - interval '1 microsecond');
 select public.write_reading_progress('edge-2us', 2, 2, 0.02, false, 'phone',
   (select m from edge) + interval '5 seconds 2 microseconds');
-select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select tests.set_test_clock((select m from edge) - interval '1 microsecond');
 select public.write_reading_progress('edge-lock-1us', 2, 2, 0.02, false, 'phone',
   (select m from edge) + interval '5 seconds 1 microsecond');
-select pg_temp.set_test_clock((select m from edge) - interval '1 microsecond');
+select tests.set_test_clock((select m from edge) - interval '1 microsecond');
 select public.write_reading_progress('edge-lock-2us', 2, 2, 0.02, false, 'phone',
   (select m from edge) + interval '5 seconds 2 microseconds');
 reset role;
@@ -757,7 +711,7 @@ select is((select device_id || ' at ' || at from edge_rows where series_id = 'ed
 -- (private.reading_progress_normalize_updated_at) has the same limit: a date more than 5 s after its
 -- reading of the clock ('>') is taken for one ahead and keyed at now(); exactly at the limit, it is
 -- kept (truncated to milliseconds). Its copy reads the test clock as it is set, here M.
-select pg_temp.set_test_clock((select m from edge));
+select tests.set_test_clock((select m from edge));
 select is(
   (select case private.reading_progress_normalize_updated_at(edge.m + interval '5 seconds')
             when edge.m + interval '5 seconds' then 'M + 5 s'
@@ -793,7 +747,7 @@ begin
   for d in 0..4 loop
     insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values (auth.uid(), 'one-reading-' || d, 1, 'tablet', v_m + interval '4.9 seconds');
-    perform pg_temp.set_test_clock(v_m - interval '1 microsecond');
+    perform tests.set_test_clock(v_m - interval '1 microsecond');
     v_r := public.write_reading_progress('one-reading-' || d, 2, 2, 0.2, false, 'phone',
       v_m + interval '5 seconds' + d * interval '1 microsecond');
     insert into one_reading values (d, (v_r ->> 'won') || ' at ' ||
@@ -806,7 +760,7 @@ begin
 end
 $$;
 reset role;
-select pg_temp.use_real_clock();
+select tests.use_real_clock();
 select is((select array_agg(d || ': ' || outcome order by d) from one_reading),
   array['0: true at M + 5 s', '1: true at M + 5 s', '2: true at M + 4.901 s', '3: true at M + 4.901 s',
         '4: true at M + 4.901 s'],
