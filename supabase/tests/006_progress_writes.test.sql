@@ -675,21 +675,21 @@ create temp view edge_rows as
 set local role authenticated;
 select public.write_reading_progress('edge-lock-1us', 1, 1, 0.01, false, 'tablet', '2026-01-01 00:00:00+00');
 select public.write_reading_progress('edge-lock-2us', 1, 1, 0.01, false, 'tablet', '2026-01-01 00:00:00+00');
-select tests.set_test_clock((select m from edge) - interval '1 microsecond');
-select public.write_reading_progress('edge-at', 2, 2, 0.02, false, 'phone',
-  (select m from edge) + interval '5 seconds');
-select tests.set_test_clock((select m from edge) - interval '1 microsecond');
-select public.write_reading_progress('edge-1us', 2, 2, 0.02, false, 'phone',
-  (select m from edge) + interval '5 seconds 1 microsecond');
-select tests.set_test_clock((select m from edge) - interval '1 microsecond');
-select public.write_reading_progress('edge-2us', 2, 2, 0.02, false, 'phone',
-  (select m from edge) + interval '5 seconds 2 microseconds');
-select tests.set_test_clock((select m from edge) - interval '1 microsecond');
-select public.write_reading_progress('edge-lock-1us', 2, 2, 0.02, false, 'phone',
-  (select m from edge) + interval '5 seconds 1 microsecond');
-select tests.set_test_clock((select m from edge) - interval '1 microsecond');
-select public.write_reading_progress('edge-lock-2us', 2, 2, 0.02, false, 'phone',
-  (select m from edge) + interval '5 seconds 2 microseconds');
+-- Each write dated M + 5 s + `us` microseconds, in this order, on the clock set 1 us before M.
+do $$
+declare
+  v_m timestamptz := (select m from edge);
+  w record;
+begin
+  for w in select * from (values (1, 'edge-at', 0), (2, 'edge-1us', 1), (3, 'edge-2us', 2),
+                                 (4, 'edge-lock-1us', 1), (5, 'edge-lock-2us', 2)) v(n, series, us) order by n
+  loop
+    perform tests.set_test_clock(v_m - interval '1 microsecond');
+    perform public.write_reading_progress(w.series, 2, 2, 0.02, false, 'phone',
+      v_m + interval '5 seconds' + w.us * interval '1 microsecond');
+  end loop;
+end
+$$;
 reset role;
 select is((select array_agg(msg order by msg) from edge_msgs where series_id = 'edge-at'),
   array['INSERT at M + 5 s'],
