@@ -1,25 +1,25 @@
--- Helpers shared by the pgTAP files, in schema `tests`. This file runs first (pg_prove and
+-- Helpers shared by the pgTAP files, in schema `readsync_tests`. This file runs first (pg_prove and
 -- `supabase test db` take the files in name order; `npm test -- <file>.sql` runs it before any
 -- selected pgTAP file) and, unlike every other file, COMMITS: the later files find the helpers in
--- place. Re-running it replaces them. `tests` is not an API schema (supabase/config.toml
+-- place. Re-running it replaces them. `readsync_tests` is not an API schema (supabase/config.toml
 -- [api] schemas), and no API role may use anything here outside a test's own transaction.
 --
 -- The test clock: migration 012's claim triggers, write_reading_progress and the conflict logger
 -- judge a write "ahead" by the wall clock, pg_catalog.clock_timestamp(). A test of that is decided
 -- by the order of the clock's readings, not by how much time a loaded machine lets pass between
 -- them, when those functions read a clock of the test's instead:
---   tests.use_test_clock(at, moving, as_is)  replaces each function named in `moving` and `as_is`
+--   readsync_tests.use_test_clock(at, moving, as_is)  replaces each function named in `moving` and `as_is`
 --     (regprocedure text; `moving` defaults to migration 012's stamp and end-of-claims triggers)
 --     with a copy made from its definition that reads the test clock where it reads
 --     pg_catalog.clock_timestamp() (aborting if it reads the wall clock in any other way), and sets
---     that clock to `at`. Copies of `moving` read tests.test_clock(), which moves 1 us a reading;
---     copies of `as_is` read tests.test_clock_as_is(), which does not move it. It also lets
+--     that clock to `at`. Copies of `moving` read readsync_tests.test_clock(), which moves 1 us a reading;
+--     copies of `as_is` read readsync_tests.test_clock_as_is(), which does not move it. It also lets
 --     authenticated (the signed-in user the copies run as) read and set the clock for the rest of
 --     the transaction. Called again, it sets the clock and replaces the functions it is given
 --     again, from the definitions kept at their first replacement.
---   tests.use_real_clock()  puts the real definitions back.
---   tests.test_clock(), tests.test_clock_as_is(), tests.set_test_clock(at),
---   tests.move_test_clock(by)  read and set the clock from a test (for instance in a row's
+--   readsync_tests.use_real_clock()  puts the real definitions back.
+--   readsync_tests.test_clock(), readsync_tests.test_clock_as_is(), readsync_tests.set_test_clock(at),
+--   readsync_tests.move_test_clock(by)  read and set the clock from a test (for instance in a row's
 --     computation, between two rows' triggers).
 -- The clock lives in the transaction-local setting readsync_test.clock_us as epoch microseconds (a
 -- number, not a date's text: a test's DateStyle or TimeZone cannot change it). The functions
@@ -32,36 +32,36 @@ begin;
 create extension if not exists pgtap with schema extensions;
 select plan(4);
 
-create schema if not exists tests;
+create schema if not exists readsync_tests;
 
-create or replace function tests.from_epoch_us(p_us bigint) returns timestamptz
+create or replace function readsync_tests.from_epoch_us(p_us bigint) returns timestamptz
 language sql immutable set search_path = pg_catalog, pg_temp as $$
   select to_timestamp(p_us / 1000000) + interval '1 microsecond' * (p_us % 1000000)
 $$;
-create or replace function tests.test_clock() returns timestamptz
+create or replace function readsync_tests.test_clock() returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
-  select tests.from_epoch_us(set_config('readsync_test.clock_us',
+  select readsync_tests.from_epoch_us(set_config('readsync_test.clock_us',
     (current_setting('readsync_test.clock_us')::bigint + 1)::text, true)::bigint)
 $$;
-create or replace function tests.test_clock_as_is() returns timestamptz
+create or replace function readsync_tests.test_clock_as_is() returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
-  select tests.from_epoch_us(current_setting('readsync_test.clock_us')::bigint)
+  select readsync_tests.from_epoch_us(current_setting('readsync_test.clock_us')::bigint)
 $$;
-create or replace function tests.set_test_clock(p_at timestamptz) returns timestamptz
+create or replace function readsync_tests.set_test_clock(p_at timestamptz) returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
-  select tests.from_epoch_us(set_config('readsync_test.clock_us',
+  select readsync_tests.from_epoch_us(set_config('readsync_test.clock_us',
     ((extract(epoch from p_at) * 1000000)::bigint)::text, true)::bigint)
 $$;
-create or replace function tests.move_test_clock(p_by interval) returns timestamptz
+create or replace function readsync_tests.move_test_clock(p_by interval) returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
-  select tests.set_test_clock(tests.test_clock() + p_by)
+  select readsync_tests.set_test_clock(readsync_tests.test_clock() + p_by)
 $$;
 
 -- The real definitions, kept from a function's first replacement in a transaction until
 -- use_real_clock (rows of a test's transaction: its ROLLBACK removes them too).
-create table if not exists tests.real_clock_defs (f text primary key, def text not null);
+create table if not exists readsync_tests.real_clock_defs (f text primary key, def text not null);
 
-create or replace function tests.use_test_clock(
+create or replace function readsync_tests.use_test_clock(
   p_at timestamptz,
   p_moving text[] default array['public.reading_progress_stamp()', 'public.reading_progress_end_claims()'],
   p_as_is text[] default '{}'
@@ -71,13 +71,13 @@ declare
   r record;
   v_fake text;
 begin
-  insert into tests.real_clock_defs (f, def)
+  insert into readsync_tests.real_clock_defs (f, def)
     select f::regprocedure::text, pg_get_functiondef(f::regprocedure) from unnest(p_moving || p_as_is) f
     on conflict (f) do nothing;
   for r in
     select d.f, d.def, case when d.f = any (select m::regprocedure::text from unnest(p_moving) m)
-                            then 'tests.test_clock()' else 'tests.test_clock_as_is()' end as clock
-      from tests.real_clock_defs d
+                            then 'readsync_tests.test_clock()' else 'readsync_tests.test_clock_as_is()' end as clock
+      from readsync_tests.real_clock_defs d
      where d.f in (select f::regprocedure::text from unnest(p_moving || p_as_is) f)
   loop
     v_fake := replace(r.def, 'pg_catalog.clock_timestamp()', r.clock);
@@ -86,19 +86,19 @@ begin
     end if;
     execute v_fake;
   end loop;
-  grant usage on schema tests to authenticated;
-  grant execute on function tests.from_epoch_us(bigint), tests.test_clock(), tests.test_clock_as_is(),
-    tests.set_test_clock(timestamptz), tests.move_test_clock(interval) to authenticated;
-  perform tests.set_test_clock(p_at);
+  grant usage on schema readsync_tests to authenticated;
+  grant execute on function readsync_tests.from_epoch_us(bigint), readsync_tests.test_clock(), readsync_tests.test_clock_as_is(),
+    readsync_tests.set_test_clock(timestamptz), readsync_tests.move_test_clock(interval) to authenticated;
+  perform readsync_tests.set_test_clock(p_at);
 end
 $$;
 
-create or replace function tests.use_real_clock() returns void
+create or replace function readsync_tests.use_real_clock() returns void
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   r record;
 begin
-  for r in delete from tests.real_clock_defs returning def loop
+  for r in delete from readsync_tests.real_clock_defs returning def loop
     execute r.def;
   end loop;
 end
@@ -106,28 +106,28 @@ $$;
 
 -- Nothing here is for an API role (functions are executable by PUBLIC when created, and Supabase's
 -- default privileges may add more): closed again on every run.
-revoke all on schema tests from public, anon, authenticated, service_role;
-revoke all on table tests.real_clock_defs from public, anon, authenticated, service_role;
-revoke all on all functions in schema tests from public, anon, authenticated, service_role;
+revoke all on schema readsync_tests from public, anon, authenticated, service_role;
+revoke all on table readsync_tests.real_clock_defs from public, anon, authenticated, service_role;
+revoke all on all functions in schema readsync_tests from public, anon, authenticated, service_role;
 
 select is(
   (select array_agg(r || ' ' || p order by r, p)
      from unnest(array['anon', 'authenticated', 'service_role']) r,
-          unnest(array['tests.use_test_clock(timestamptz, text[], text[])', 'tests.use_real_clock()']) p
+          unnest(array['readsync_tests.use_test_clock(timestamptz, text[], text[])', 'readsync_tests.use_real_clock()']) p
     where has_function_privilege(r, p, 'execute')),
   null,
   'no API role may call the helpers that replace functions (they run as their owner)');
 select ok(
-  not has_schema_privilege('anon', 'tests', 'usage') and not has_schema_privilege('authenticated', 'tests', 'usage'),
-  'anon and authenticated have no usage on schema tests outside a test''s own transaction');
+  not has_schema_privilege('anon', 'readsync_tests', 'usage') and not has_schema_privilege('authenticated', 'readsync_tests', 'usage'),
+  'anon and authenticated have no usage on schema readsync_tests outside a test''s own transaction');
 set local timezone = 'UTC';
 select is(
-  array[tests.set_test_clock('2026-01-02 03:04:05.999999+00')::text, tests.test_clock()::text,
-        tests.test_clock_as_is()::text, tests.move_test_clock('1 second')::text],
+  array[readsync_tests.set_test_clock('2026-01-02 03:04:05.999999+00')::text, readsync_tests.test_clock()::text,
+        readsync_tests.test_clock_as_is()::text, readsync_tests.move_test_clock('1 second')::text],
   array['2026-01-02 03:04:05.999999+00', '2026-01-02 03:04:06+00', '2026-01-02 03:04:06+00',
         '2026-01-02 03:04:07.000001+00'],
   'the test clock moves 1 us a reading, and only then or when set or moved');
-select is((select count(*)::int from tests.real_clock_defs), 0, 'no real definition is left over from a test');
+select is((select count(*)::int from readsync_tests.real_clock_defs), 0, 'no real definition is left over from a test');
 
 select * from finish();
 commit;

@@ -202,7 +202,7 @@ insert into public.reading_progress (user_id, series_id, page, device_id, update
 
 -- Just past the limit by the clock the trigger reads (clock_timestamp(), not now()): told by order,
 -- not by how soon a loaded machine gets from computing the date to running the trigger, so the
--- triggers run here on the test clock (tests.use_test_clock, supabase/tests/000_test_helpers.test.sql:
+-- triggers run here on the test clock (readsync_tests.use_test_clock, supabase/tests/000_test_helpers.test.sql:
 -- copies of migration 012's stamp and end-of-claims functions reading a clock that moves 1 us a
 -- reading). 'ts-5s-edge' is dated exactly at the limit as the trigger computes it: the trigger
 -- truncates updated_at to the millisecond, then compares it with its first clock reading + 5 s
@@ -210,13 +210,13 @@ insert into public.reading_progress (user_id, series_id, page, device_id, update
 -- M, and the row is dated M + 5 s, which truncation leaves as it is: kept only if a date equal to
 -- the limit is kept ('>' in the trigger, not '>='). Its synced_at (the trigger's next reading,
 -- M + 1 us) shows the comparison read M. 'ts-5s1ms' is dated 5 s and 1 ms after the clock's reading.
-select tests.use_test_clock(date_trunc('milliseconds', now()) - interval '1 microsecond');
+select readsync_tests.use_test_clock(date_trunc('milliseconds', now()) - interval '1 microsecond');
 insert into public.reading_progress (user_id, series_id, page, device_id, updated_at) values
   ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s-edge',  1, 'dev-1',
    date_trunc('milliseconds', now()) + interval '5 seconds');
 insert into public.reading_progress (user_id, series_id, page, device_id, updated_at) values
-  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s1ms',    1, 'dev-1', tests.test_clock() + interval '5.001 seconds');
-select tests.use_real_clock();
+  ('c3c3c3c3-0000-4000-8000-000000000003', 'ts-5s1ms',    1, 'dev-1', readsync_tests.test_clock() + interval '5.001 seconds');
+select readsync_tests.use_real_clock();
 
 create temp view ts as
   select series_id, updated_at from public.reading_progress

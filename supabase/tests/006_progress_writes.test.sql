@@ -579,7 +579,7 @@ reset role;
 -- loaded machine lets pass between them: write_reading_progress and every function its writes here
 -- reach that reads the wall clock (migration 012's stamp and end-of-claims triggers, the conflict
 -- logger and its normalisation of updated_at) run on copies that read the test clock, until
--- tests.use_real_clock() (at the end). Only write_reading_progress's copy moves the clock (1 us a
+-- readsync_tests.use_real_clock() (at the end). Only write_reading_progress's copy moves the clock (1 us a
 -- reading); the others read it as it is, so the function's own readings are at + 1 us, at + 2 us,
 -- ... whatever the triggers read in between.
 --
@@ -591,7 +591,7 @@ reset role;
 -- then replaced. (Before the test clock, this test slept 0.6 s on the wall clock.)
 create temp table k on commit drop as select date_trunc('milliseconds', now() + interval '5.5 seconds') as at;
 grant select on k to authenticated;
-select tests.use_test_clock(now() + interval '0.6 seconds',
+select readsync_tests.use_test_clock(now() + interval '0.6 seconds',
   array['public.write_reading_progress(text, integer, integer, double precision, boolean, text, timestamptz)'],
   array['public.reading_progress_stamp()', 'public.reading_progress_end_claims()',
         'private.log_reading_progress_conflict(text, integer, integer, double precision, boolean, text, timestamptz, boolean)',
@@ -684,7 +684,7 @@ begin
   for w in select * from (values (1, 'edge-at', 0), (2, 'edge-1us', 1), (3, 'edge-2us', 2),
                                  (4, 'edge-lock-1us', 1), (5, 'edge-lock-2us', 2)) v(n, series, us) order by n
   loop
-    perform tests.set_test_clock(v_m - interval '1 microsecond');
+    perform readsync_tests.set_test_clock(v_m - interval '1 microsecond');
     perform public.write_reading_progress(w.series, 2, 2, 0.02, false, 'phone',
       v_m + interval '5 seconds' + w.us * interval '1 microsecond');
   end loop;
@@ -711,7 +711,7 @@ select is((select device_id || ' at ' || at from edge_rows where series_id = 'ed
 -- (private.reading_progress_normalize_updated_at) has the same limit: a date more than 5 s after its
 -- reading of the clock ('>') is taken for one ahead and keyed at now(); exactly at the limit, it is
 -- kept (truncated to milliseconds). Its copy reads the test clock as it is set, here M.
-select tests.set_test_clock((select m from edge));
+select readsync_tests.set_test_clock((select m from edge));
 select is(
   (select case private.reading_progress_normalize_updated_at(edge.m + interval '5 seconds')
             when edge.m + interval '5 seconds' then 'M + 5 s'
@@ -747,7 +747,7 @@ begin
   for d in 0..4 loop
     insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values (auth.uid(), 'one-reading-' || d, 1, 'tablet', v_m + interval '4.9 seconds');
-    perform tests.set_test_clock(v_m - interval '1 microsecond');
+    perform readsync_tests.set_test_clock(v_m - interval '1 microsecond');
     v_r := public.write_reading_progress('one-reading-' || d, 2, 2, 0.2, false, 'phone',
       v_m + interval '5 seconds' + d * interval '1 microsecond');
     insert into one_reading values (d, (v_r ->> 'won') || ' at ' ||
@@ -760,7 +760,7 @@ begin
 end
 $$;
 reset role;
-select tests.use_real_clock();
+select readsync_tests.use_real_clock();
 select is((select array_agg(d || ': ' || outcome order by d) from one_reading),
   array['0: true at M + 5 s', '1: true at M + 5 s', '2: true at M + 4.901 s', '3: true at M + 4.901 s',
         '4: true at M + 4.901 s'],

@@ -34,15 +34,15 @@ $$;
 -- The test clock (supabase/tests/000_test_helpers.test.sql), for the tests of the claim below
 -- (migration 012 judges an INSERT dated ahead by the wall clock, clock_timestamp(), when its row is
 -- stamped and again once the row is in). Such a test is decided by the order of its rows, not by how
--- fast a loaded machine gets from one to the next: tests.use_test_clock(at) runs both claim triggers
--- on copies that read tests.test_clock() instead, and sets that clock to `at`;
--- tests.use_real_clock() puts the real functions back. The test clock moves 1 us a reading and
--- otherwise only when a test moves it (tests.move_test_clock, from a row's computation).
+-- fast a loaded machine gets from one to the next: readsync_tests.use_test_clock(at) runs both claim triggers
+-- on copies that read readsync_tests.test_clock() instead, and sets that clock to `at`;
+-- readsync_tests.use_real_clock() puts the real functions back. The test clock moves 1 us a reading and
+-- otherwise only when a test moves it (readsync_tests.move_test_clock, from a row's computation).
 -- (Whole seconds and microseconds apart: each is exact in the double precision they pass through.)
 -- The signed-in user calls the two (they replace the functions as their owner), in this
 -- transaction only.
-grant usage on schema tests to authenticated;
-grant execute on function tests.use_test_clock(timestamptz, text[], text[]), tests.use_real_clock() to authenticated;
+grant usage on schema readsync_tests to authenticated;
+grant execute on function readsync_tests.use_test_clock(timestamptz, text[], text[]), readsync_tests.use_real_clock() to authenticated;
 
 set local role authenticated;
 select set_config('request.jwt.claims',
@@ -222,21 +222,21 @@ select is((select chapter from public.reading_progress where series_id = 'linger
 -- unique index (the row was in by then either way). The second row is dated 6.5 s ahead of the clock:
 -- past the limit when it is first judged, and 4.5 s ahead once the next row is computed (under the
 -- claim's 4.9 s). The tests from here to 'datestyle-upsert' run on the test clock (see the top).
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'judged-again-plain', 1, 'phone', now()),
-           ((select auth.uid()), 'judged-again', 1, 'phone', tests.test_clock() + interval '6.5 seconds'),
-           ((select auth.uid()), 'judged-again-slow', (select 2 from tests.move_test_clock('2 seconds')), 'phone', now())$$,
+           ((select auth.uid()), 'judged-again', 1, 'phone', readsync_tests.test_clock() + interval '6.5 seconds'),
+           ((select auth.uid()), 'judged-again-slow', (select 2 from readsync_tests.move_test_clock('2 seconds')), 'phone', now())$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'a first write judged ahead and no longer ahead once inserted is refused for a retry');
 select is(
   (select count(*)::int from public.reading_progress where series_id like 'judged-again%'), 0,
   'and nothing of that INSERT is stored');
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-values ((select auth.uid()), 'still-ahead', 1, 'phone', tests.test_clock() + interval '1 hour'),
-       ((select auth.uid()), 'still-ahead-slow', (select 2 from tests.move_test_clock('2 seconds')), 'phone', now());
+values ((select auth.uid()), 'still-ahead', 1, 'phone', readsync_tests.test_clock() + interval '1 hour'),
+       ((select auth.uid()), 'still-ahead-slow', (select 2 from readsync_tests.move_test_clock('2 seconds')), 'phone', now());
 select is((select updated_at from public.reading_progress where series_id = 'still-ahead'),
   date_trunc('milliseconds', now()), 'one still ahead once inserted is stored at now()');
 delete from public.reading_progress where series_id like 'still-ahead%';
@@ -245,33 +245,33 @@ delete from public.reading_progress where series_id like 'still-ahead%';
 -- statement's end, as before, a long multi-row INSERT or COPY was refused for it though nothing
 -- waited.) The first two rows are judged at the clock's start, and the third row's computation moves
 -- it 2 s on, so the claim, judged at the statement's end, would be no longer ahead (6.5 - 2 < 4.9).
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'next-row', 1, 'phone', tests.test_clock() + interval '6.5 seconds'),
+    values ((select auth.uid()), 'next-row', 1, 'phone', readsync_tests.test_clock() + interval '6.5 seconds'),
            ((select auth.uid()), 'next-row-fast', 1, 'phone', now()),
-           ((select auth.uid()), 'next-row-slow', (select 2 from tests.move_test_clock('2 seconds')), 'phone', now())$$,
+           ((select auth.uid()), 'next-row-slow', (select 2 from readsync_tests.move_test_clock('2 seconds')), 'phone', now())$$,
   'a row judged ahead is judged again when the next row begins, not after the rest of the statement');
 select is((select updated_at from public.reading_progress where series_id = 'next-row'),
   date_trunc('milliseconds', now()), 'and stored at now(), as a write still ahead once inserted');
 delete from public.reading_progress where series_id like 'next-row%';
 -- Every row judged ahead is judged again, not only the statement's last one: the first is no longer
 -- ahead when the next row begins, though the last (an hour ahead) still is.
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'every-row', 1, 'phone', tests.test_clock() + interval '6.5 seconds'),
-           ((select auth.uid()), 'every-row-slow', (select 2 from tests.move_test_clock('2 seconds')), 'phone', now()),
-           ((select auth.uid()), 'every-row-last', 3, 'phone', tests.test_clock() + interval '1 hour')$$,
+    values ((select auth.uid()), 'every-row', 1, 'phone', readsync_tests.test_clock() + interval '6.5 seconds'),
+           ((select auth.uid()), 'every-row-slow', (select 2 from readsync_tests.move_test_clock('2 seconds')), 'phone', now()),
+           ((select auth.uid()), 'every-row-last', 3, 'phone', readsync_tests.test_clock() + interval '1 hour')$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'each row judged ahead in a statement is judged again, not only the last one');
 -- The statement's last row is judged at the statement's end (reading_progress_end_claims): here its
 -- RETURNING, computed once the row is in, moves the clock 2 s on.
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'last-row', 1, 'phone', tests.test_clock() + interval '6.5 seconds')
-    returning (select 1 from tests.move_test_clock('2 seconds'))$$,
+    values ((select auth.uid()), 'last-row', 1, 'phone', readsync_tests.test_clock() + interval '6.5 seconds')
+    returning (select 1 from readsync_tests.move_test_clock('2 seconds'))$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'the last row judged ahead in a statement is judged again at the statement''s end');
 -- Right at the claim's limit: a row judged ahead is refused once it is in when it is then dated no
@@ -284,34 +284,34 @@ select throws_ok(
 create temp table claim_edge on commit drop as
   select date_trunc('milliseconds', now()) + interval '6 seconds' as s;
 grant select on claim_edge to authenticated;
-select tests.set_test_clock(now());
+select readsync_tests.set_test_clock(now());
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'claim-edge-next', 1, 'phone', (select s from claim_edge)),
-           ((select auth.uid()), 'claim-edge-next-2', (select 2 from tests.set_test_clock(
+           ((select auth.uid()), 'claim-edge-next-2', (select 2 from readsync_tests.set_test_clock(
               (select s from claim_edge) - interval '4.9 seconds' - interval '1 microsecond')), 'phone', now())$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'a row found by the next row''s stamp trigger dated exactly 4.9 s after its reading of the clock is refused (the limit is inclusive)');
-select tests.set_test_clock(now());
+select readsync_tests.set_test_clock(now());
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'claim-edge-next-1us', 1, 'phone', (select s from claim_edge)),
-           ((select auth.uid()), 'claim-edge-next-1us-2', (select 2 from tests.set_test_clock(
+           ((select auth.uid()), 'claim-edge-next-1us-2', (select 2 from readsync_tests.set_test_clock(
               (select s from claim_edge) - interval '4.9 seconds' - interval '2 microseconds')), 'phone', now())$$,
   'and one dated 1 us past that limit is kept');
-select tests.set_test_clock(now());
+select readsync_tests.set_test_clock(now());
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'claim-edge-last', 1, 'phone', (select s from claim_edge))
-    returning (select 1 from tests.set_test_clock(
+    returning (select 1 from readsync_tests.set_test_clock(
       (select s from claim_edge) - interval '4.9 seconds' - interval '1 microsecond'))$$,
   '40001', 'reading_progress: this insert''s date is no longer ahead of the clock; retry it',
   'the statement''s last row, dated exactly 4.9 s after the clock at the statement''s end, is refused (the limit is inclusive)');
-select tests.set_test_clock(now());
+select readsync_tests.set_test_clock(now());
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     values ((select auth.uid()), 'claim-edge-last-1us', 1, 'phone', (select s from claim_edge))
-    returning (select 1 from tests.set_test_clock(
+    returning (select 1 from readsync_tests.set_test_clock(
       (select s from claim_edge) - interval '4.9 seconds' - interval '2 microseconds'))$$,
   'and one dated 1 us past that limit is kept');
 select is(
@@ -324,21 +324,21 @@ select is(
 -- 5 s ('<=': exactly 5 s after its reading of the clock, no longer ahead): no longer ahead, it is
 -- stored under its own date S; 1 us further, still ahead, 1 ms after the version it replaces (stored
 -- 1 s after now()). Its SET list sets the clock 1 us before the trigger reads it.
-select tests.set_test_clock(now());
+select readsync_tests.set_test_clock(now());
 insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
 values ((select auth.uid()), 'claim-edge-upsert', 1, 'tablet', date_trunc('milliseconds', now()) + interval '1 second'),
        ((select auth.uid()), 'claim-edge-upsert-1us', 1, 'tablet', date_trunc('milliseconds', now()) + interval '1 second');
 insert into public.reading_progress as p (user_id, series_id, chapter, device_id, updated_at)
 values ((select auth.uid()), 'claim-edge-upsert', 2, 'phone', (select s from claim_edge))
 on conflict (user_id, series_id) do update
-  set chapter = (select excluded.chapter from tests.set_test_clock(
+  set chapter = (select excluded.chapter from readsync_tests.set_test_clock(
         (select s from claim_edge) - interval '5 seconds' - interval '1 microsecond')),
       device_id = excluded.device_id, updated_at = excluded.updated_at;
-select tests.set_test_clock(now());
+select readsync_tests.set_test_clock(now());
 insert into public.reading_progress as p (user_id, series_id, chapter, device_id, updated_at)
 values ((select auth.uid()), 'claim-edge-upsert-1us', 2, 'phone', (select s from claim_edge))
 on conflict (user_id, series_id) do update
-  set chapter = (select excluded.chapter from tests.set_test_clock(
+  set chapter = (select excluded.chapter from readsync_tests.set_test_clock(
         (select s from claim_edge) - interval '5 seconds' - interval '2 microseconds')),
       device_id = excluded.device_id, updated_at = excluded.updated_at;
 create temp view claim_edge_upserts as
@@ -357,12 +357,12 @@ delete from public.reading_progress where series_id like 'claim-edge%';
 -- past the limit (6.5 s ahead of the clock), names itself, not the row inserted before it with the
 -- same key (now()): judged again once the next row has moved the clock 2 s on, it would be no longer
 -- ahead.
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 select lives_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
     select (select auth.uid()), 'dup', 1, 'phone', now()
-    union all select (select auth.uid()), 'dup', 2, 'phone', tests.test_clock() + interval '6.5 seconds'
-    union all select (select auth.uid()), 'dup-slow', (select 3 from tests.move_test_clock('2 seconds')), 'phone', now()
+    union all select (select auth.uid()), 'dup', 2, 'phone', readsync_tests.test_clock() + interval '6.5 seconds'
+    union all select (select auth.uid()), 'dup-slow', (select 3 from readsync_tests.move_test_clock('2 seconds')), 'phone', now()
     on conflict (user_id, series_id) do nothing$$,
   'a write never judged ahead is not refused for a skipped duplicate''s date');
 delete from public.reading_progress where series_id like 'dup%';
@@ -371,25 +371,25 @@ delete from public.reading_progress where series_id like 'dup%';
 -- and the write would pass for still ahead. (The test clock is kept as a number: immune to both.)
 set local datestyle = 'SQL, MDY';
 set local timezone = 'Asia/Shanghai';
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 select throws_ok(
   $$insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-    values ((select auth.uid()), 'datestyle', 1, 'phone', tests.test_clock() + interval '6.5 seconds'),
-           ((select auth.uid()), 'datestyle-slow', (select 2 from tests.move_test_clock('2 seconds')), 'phone', now())$$,
+    values ((select auth.uid()), 'datestyle', 1, 'phone', readsync_tests.test_clock() + interval '6.5 seconds'),
+           ((select auth.uid()), 'datestyle-slow', (select 2 from readsync_tests.move_test_clock('2 seconds')), 'phone', now())$$,
   '40001', null, 'under DateStyle SQL and TimeZone Asia/Shanghai too, the INSERT is judged again');
 -- The same for an upsert's DO UPDATE (dated 6.5 s ahead of the clock; its SET list moves the clock on
 -- until the date is 4.5 s ahead, between the INSERT half's judgement and the DO UPDATE's): no longer
 -- ahead, it is decided and stored by its own date, not placed 1 ms after the stored version (4.9 s
 -- ahead) as a write still ahead would be.
-select tests.use_test_clock(now());
+select readsync_tests.use_test_clock(now());
 insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
-values ((select auth.uid()), 'datestyle-upsert', 1, 'tablet', tests.test_clock() + interval '4.9 seconds');
+values ((select auth.uid()), 'datestyle-upsert', 1, 'tablet', readsync_tests.test_clock() + interval '4.9 seconds');
 create temp table sent_at on commit drop as select now() + interval '6.5 seconds' as at;
 grant select on sent_at to authenticated;
 insert into public.reading_progress as p (user_id, series_id, chapter, device_id, updated_at)
 values ((select auth.uid()), 'datestyle-upsert', 2, 'phone', (select at from sent_at))
 on conflict (user_id, series_id) do update
-  set chapter = (select excluded.chapter from tests.set_test_clock((select at from sent_at) - interval '4.5 seconds')),
+  set chapter = (select excluded.chapter from readsync_tests.set_test_clock((select at from sent_at) - interval '4.5 seconds')),
       device_id = excluded.device_id,
       updated_at = excluded.updated_at;
 reset datestyle;
@@ -398,7 +398,7 @@ select is(
   (select (chapter, device_id, updated_at = date_trunc('milliseconds', (select at from sent_at)))::text
      from public.reading_progress where series_id = 'datestyle-upsert'),
   '(2,phone,t)', 'an upsert no longer ahead by its DO UPDATE is stored under its own date in any DateStyle');
-select tests.use_real_clock();
+select readsync_tests.use_real_clock();
 delete from public.reading_progress where series_id like 'datestyle%';
 
 -- A claim ends with its INSERT statement (migration 012, reading_progress_end_claims): one left by an
