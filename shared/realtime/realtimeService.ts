@@ -21,11 +21,13 @@
 //                                         way, and wait out a Retry-After).
 //                                         A join that timed out while its socket was still opening
 //                                         replaces that socket (realtime-js has no handshake timeout)
-//                                         without a manual disconnect: it is closed and a new one
-//                                         opened at once, on which realtime-js rejoins every channel,
-//                                         the app's too; one that hangs too is replaced in its turn,
-//                                         even with no link left (each one given up in a row is
-//                                         allowed twice as long: a slow handshake gets through).
+//                                         without a manual disconnect: it is closed, its channels
+//                                         failed, and a new one opened at once if a link or channel
+//                                         still wants one and no channel's error callback disconnected
+//                                         the client; realtime-js rejoins every errored channel on
+//                                         it, the app's too. One that hangs too is replaced in its
+//                                         turn, even with no link left (each one given up in a row
+//                                         is allowed twice as long: a slow handshake gets through).
 //   slow join                             a join made while nothing reads that is still unanswered
 //                                         after joinGraceMs (2 s) starts the polling meanwhile
 //                                         (Supabase answers a refused join only after 5 s).
