@@ -633,7 +633,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "realtime resilience: a socket whose opening handshake is never answered, given up as the service's own link closes, is reopened for the app's channels on the same client",
+    "realtime resilience: a socket whose opening handshake is never answered, given up as the service's own link closes, is replaced for the app's channels on the same client",
   ...behindProxy,
 }, async () => {
   // Unsubscribed as the service gives the stuck socket up, the service joins no more: if the next
@@ -673,7 +673,7 @@ Deno.test({
     "realtime resilience: a socket given up by the service is not reopened once the app has disconnected the client on purpose",
   ...behindProxy,
 }, async () => {
-  // The reopen above is for a socket the service closed; one the app closed itself stays closed.
+  // The socket above is replaced because the service gave it up; a client the app disconnected stays closed.
   let onGiveUp = () => {};
   const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
     onLog: (line) => {
@@ -689,7 +689,7 @@ Deno.test({
   const subscription = service.subscribeToProgress(a.id, () => {});
   let steps: Promise<unknown> | null = null;
   // The link closes in the same turn as the give-up, and the app disconnects the client on purpose
-  // (signing out) just after, while the service's own close of the socket is in flight.
+  // (signing out) a microtask later, once the service has opened the next socket.
   onGiveUp = () => {
     if (steps) return;
     const unsubscribed = subscription.unsubscribe();
