@@ -12,7 +12,7 @@ import {
   SOCKET_TEARDOWN_MS,
 } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
-import { createClient } from "@supabase/supabase-js";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import {
   closeClient,
   deleteProgress,
@@ -631,6 +631,70 @@ Deno.test({
   }
 });
 
+/**
+ * openingHandshakeFixture with the app's own channel on the same client beside a link of the service,
+ * while the first `stuck` sockets' handshakes go nowhere. `onGiveUp` runs in the same turn as each
+ * give-up (the service's log line), `onAppStatus` on each status of the app's channel, whose join
+ * times out after `appJoinTimeoutMs`. `teardown` also removes the app's channel.
+ */
+async function appChannelOnStuckSockets({
+  stuck = 1,
+  appJoinTimeoutMs = 1_000,
+  onGiveUp = (_subscription: { unsubscribe(): Promise<void> }, _client: SupabaseClient) => {},
+  onAppStatus = (_status: string, _client: SupabaseClient) => {},
+} = {}) {
+  let giveUp = () => {};
+  const fixture = await openingHandshakeFixture({
+    onLog: (line) => {
+      if (line.event === "socket_never_opened") giveUp();
+    },
+  });
+  const { proxy, client, logs, service, a } = fixture;
+  const appStates: string[] = [];
+  proxy.freezeNew(stuck);
+  const app = client
+    .channel(`app-room-${crypto.randomUUID()}`, { config: { broadcast: { self: false } } })
+    .subscribe((status) => {
+      appStates.push(status);
+      onAppStatus(status, client);
+    }, appJoinTimeoutMs);
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  giveUp = () => onGiveUp(subscription, client);
+  const givenUp = () => logs.filter((l) => l.event === "socket_never_opened").length;
+  const teardown = async () => {
+    await client.removeChannel(app).catch(() => {});
+    await fixture.teardown(subscription);
+  };
+  return { client, service, appStates, givenUp, teardown };
+}
+
+/** Unsubscribes once, however often it is called (the first give-up's turn); `done` is that call's end. */
+function unsubscribeOnce() {
+  let unsubscribed: Promise<void> | null = null;
+  return {
+    onGiveUp: (subscription: { unsubscribe(): Promise<void> }) =>
+      void (unsubscribed ??= subscription.unsubscribe()),
+    done: () => unsubscribed,
+  };
+}
+
+/**
+ * The client the app disconnected stays closed and its channel never joins again. A channel on
+ * another client joined first shows time has passed for a reopen to have happened (realtime-js opens
+ * a socket within one turn of connect()).
+ */
+async function assertStaysDisconnected(client: SupabaseClient, appStates: string[]): Promise<void> {
+  const marker = newClient();
+  try {
+    const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
+    assert.equal(status, "SUBSCRIBED");
+  } finally {
+    await closeClient(marker);
+  }
+  assert.equal(client.realtime.connectionState(), "closed", "the client the app disconnected stays closed");
+  assert.ok(!appStates.includes("SUBSCRIBED"), appStates.join(","));
+}
+
 Deno.test({
   name:
     "realtime resilience: a socket whose opening handshake is never answered, given up as the service's own link closes, is replaced for the app's channels on the same client",
@@ -639,32 +703,19 @@ Deno.test({
   // Unsubscribed as the service gives the stuck socket up, the service joins no more: if the next
   // socket were left to its next join, the app's own channels on the client would stay down until
   // the app subscribed again.
-  let unsubscribeNow = () => {};
-  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
-    // The link closes in the same turn as the give-up (the app unsubscribes as it happens).
-    onLog: (line) => {
-      if (line.event === "socket_never_opened") unsubscribeNow();
-    },
+  const link = unsubscribeOnce(); // the link closes in the same turn as the give-up
+  const { service, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
+    onGiveUp: link.onGiveUp,
   });
-  const topic = `app-room-${crypto.randomUUID()}`;
-  const appStates: string[] = [];
-  proxy.freezeNew(1); // the first socket's handshake goes nowhere
-  const app = client
-    .channel(topic, { config: { broadcast: { self: false } } })
-    .subscribe((status) => appStates.push(status), 1_000);
-  const subscription = service.subscribeToProgress(a.id, () => {});
-  let unsubscribed: Promise<void> | null = null;
-  unsubscribeNow = () => unsubscribed ??= subscription.unsubscribe();
   try {
-    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
-    await unsubscribed;
+    await waitFor("the stuck socket given up", () => givenUp() > 0);
+    await link.done();
     assert.equal(service.stats().links, 0, "the service's link is closed");
     await waitFor("the app's channel joined on a new socket", () => appStates.includes("SUBSCRIBED"), {
       timeoutMs: 15_000,
     });
   } finally {
-    await client.removeChannel(app).catch(() => {});
-    await teardown(subscription);
+    await teardown();
   }
 });
 
@@ -674,47 +725,23 @@ Deno.test({
   ...behindProxy,
 }, async () => {
   // The socket above is replaced because the service gave it up; a client the app disconnected stays closed.
-  let onGiveUp = () => {};
-  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
-    onLog: (line) => {
-      if (line.event === "socket_never_opened") onGiveUp();
-    },
-  });
-  const topic = `app-room-${crypto.randomUUID()}`;
-  const appStates: string[] = [];
-  proxy.freezeNew(1);
-  const app = client
-    .channel(topic, { config: { broadcast: { self: false } } })
-    .subscribe((status) => appStates.push(status), 1_000);
-  const subscription = service.subscribeToProgress(a.id, () => {});
-  let steps: Promise<unknown> | null = null;
   // The link closes in the same turn as the give-up, and the app disconnects the client on purpose
   // (signing out) a microtask later, once the service has opened the next socket.
-  onGiveUp = () => {
-    if (steps) return;
-    const unsubscribed = subscription.unsubscribe();
-    steps = Promise.all([
-      unsubscribed,
-      new Promise((resolve) => queueMicrotask(() => resolve(client.realtime.disconnect()))),
-    ]);
-  };
+  let steps: Promise<unknown> | null = null;
+  const { client, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
+    onGiveUp: (subscription, client) => {
+      steps ??= Promise.all([
+        subscription.unsubscribe(),
+        new Promise((resolve) => queueMicrotask(() => resolve(client.realtime.disconnect()))),
+      ]);
+    },
+  });
   try {
-    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await waitFor("the stuck socket given up", () => givenUp() > 0);
     await steps;
-    // A marker: a channel on another client joined after this point shows time has passed for a
-    // reopen to have happened (realtime-js opens a socket within one turn of connect()).
-    const marker = newClient();
-    try {
-      const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
-      assert.equal(status, "SUBSCRIBED");
-    } finally {
-      await closeClient(marker);
-    }
-    assert.equal(client.realtime.connectionState(), "closed", "the client the app disconnected stays closed");
-    assert.ok(!appStates.includes("SUBSCRIBED"), appStates.join(","));
+    await assertStaysDisconnected(client, appStates);
   } finally {
-    await client.removeChannel(app).catch(() => {});
-    await teardown(subscription);
+    await teardown();
   }
 });
 
@@ -726,36 +753,21 @@ Deno.test({
   // The service's joins are what notice a stuck socket; with its last link closed as the first socket
   // was given up, none comes to notice that the next one hangs too, and the app's channels on the
   // client would wait on it for good.
-  let unsubscribeNow = () => {};
-  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
-    onLog: (line) => {
-      if (line.event === "socket_never_opened") unsubscribeNow();
-    },
+  const link = unsubscribeOnce();
+  const { service, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
+    stuck: 2, // the first two sockets' handshakes go nowhere
+    onGiveUp: link.onGiveUp,
   });
-  const topic = `app-room-${crypto.randomUUID()}`;
-  const appStates: string[] = [];
-  proxy.freezeNew(2); // the first two sockets' handshakes go nowhere
-  const app = client
-    .channel(topic, { config: { broadcast: { self: false } } })
-    .subscribe((status) => appStates.push(status), 1_000);
-  const subscription = service.subscribeToProgress(a.id, () => {});
-  let unsubscribed: Promise<void> | null = null;
-  unsubscribeNow = () => unsubscribed ??= subscription.unsubscribe();
   try {
-    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
-    await unsubscribed;
+    await waitFor("the stuck socket given up", () => givenUp() > 0);
+    await link.done();
     assert.equal(service.stats().links, 0, "the service's link is closed");
-    await waitFor(
-      "the second stuck socket given up",
-      () => logs.filter((l) => l.event === "socket_never_opened").length === 2,
-      { timeoutMs: 20_000 },
-    );
+    await waitFor("the second stuck socket given up", () => givenUp() === 2, { timeoutMs: 20_000 });
     await waitFor("the app's channel joined on a third socket", () => appStates.includes("SUBSCRIBED"), {
       timeoutMs: 15_000,
     });
   } finally {
-    await client.removeChannel(app).catch(() => {});
-    await teardown(subscription);
+    await teardown();
   }
 });
 
@@ -766,45 +778,23 @@ Deno.test({
 }, async () => {
   // An app may hold the client's disconnect as a function of its own (a sign-out handler bound at
   // start-up): what the service does must not depend on which reference the app calls.
-  let onGiveUp = () => {};
-  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
-    onLog: (line) => {
-      if (line.event === "socket_never_opened") onGiveUp();
+  let signOut = (): Promise<unknown> => Promise.resolve();
+  let steps: Promise<unknown> | null = null;
+  const { client, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
+    onGiveUp: (subscription) => {
+      steps ??= Promise.all([
+        subscription.unsubscribe(),
+        new Promise((resolve) => queueMicrotask(() => resolve(signOut()))),
+      ]);
     },
   });
-  const signOut = client.realtime.disconnect.bind(client.realtime);
-  const topic = `app-room-${crypto.randomUUID()}`;
-  const appStates: string[] = [];
-  proxy.freezeNew(1);
-  const app = client
-    .channel(topic, { config: { broadcast: { self: false } } })
-    .subscribe((status) => appStates.push(status), 1_000);
-  const subscription = service.subscribeToProgress(a.id, () => {});
-  let steps: Promise<unknown> | null = null;
-  onGiveUp = () => {
-    if (steps) return;
-    steps = Promise.all([
-      subscription.unsubscribe(),
-      new Promise((resolve) => queueMicrotask(() => resolve(signOut()))),
-    ]);
-  };
+  signOut = client.realtime.disconnect.bind(client.realtime);
   try {
-    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
+    await waitFor("the stuck socket given up", () => givenUp() > 0);
     await steps;
-    // A marker, as above: a channel on another client joined after this point shows time has passed
-    // for a reopen to have happened.
-    const marker = newClient();
-    try {
-      const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
-      assert.equal(status, "SUBSCRIBED");
-    } finally {
-      await closeClient(marker);
-    }
-    assert.equal(client.realtime.connectionState(), "closed", "the client the app disconnected stays closed");
-    assert.ok(!appStates.includes("SUBSCRIBED"), appStates.join(","));
+    await assertStaysDisconnected(client, appStates);
   } finally {
-    await client.removeChannel(app).catch(() => {});
-    await teardown(subscription);
+    await teardown();
   }
 });
 
@@ -818,45 +808,24 @@ Deno.test({
   // reconnects by itself) has disconnected it before the service decides on a new socket. phoenix,
   // on a socket that closed by itself, fails the channels first and reconnects only if no
   // disconnect() came meanwhile.
-  let unsubscribeNow = () => {};
-  const { proxy, client, logs, service, a, teardown } = await openingHandshakeFixture({
-    // The service's link closes in the same turn as the give-up: no join of its own opens a socket.
-    onLog: (line) => {
-      if (line.event === "socket_never_opened") unsubscribeNow();
+  const link = unsubscribeOnce(); // no join of the service's own opens a socket
+  let disconnected: Promise<unknown> | null = null;
+  const { client, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
+    onGiveUp: link.onGiveUp,
+    // Its join may wait longer than the service's: it is still joining when the socket is given up.
+    appJoinTimeoutMs: 30_000,
+    onAppStatus: (status, client) => {
+      if (status === "CHANNEL_ERROR") disconnected ??= client.realtime.disconnect();
     },
   });
-  const topic = `app-room-${crypto.randomUUID()}`;
-  const appStates: string[] = [];
-  let disconnected: Promise<unknown> | null = null;
-  proxy.freezeNew(1);
-  // Its join may wait longer than the service's: it is still joining when the socket is given up.
-  const app = client
-    .channel(topic, { config: { broadcast: { self: false } } })
-    .subscribe((status) => {
-      appStates.push(status);
-      if (status === "CHANNEL_ERROR") disconnected ??= client.realtime.disconnect();
-    }, 30_000);
-  const subscription = service.subscribeToProgress(a.id, () => {});
-  let unsubscribed: Promise<void> | null = null;
-  unsubscribeNow = () => unsubscribed ??= subscription.unsubscribe();
   try {
-    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
-    await unsubscribed;
+    await waitFor("the stuck socket given up", () => givenUp() > 0);
+    await link.done();
     assert.ok(disconnected, `the app's channel erred with the give-up: ${appStates.join(",")}`);
     await disconnected;
-    // A marker, as above: time for a reopen to have happened.
-    const marker = newClient();
-    try {
-      const { status } = await joinChannel(marker, `marker-${crypto.randomUUID()}`, { private: false });
-      assert.equal(status, "SUBSCRIBED");
-    } finally {
-      await closeClient(marker);
-    }
-    assert.equal(client.realtime.connectionState(), "closed", "the client the app disconnected stays closed");
-    assert.ok(!appStates.includes("SUBSCRIBED"), appStates.join(","));
+    await assertStaysDisconnected(client, appStates);
   } finally {
-    await client.removeChannel(app).catch(() => {});
-    await teardown(subscription);
+    await teardown();
   }
 });
 
