@@ -719,31 +719,40 @@ Deno.test({
   }
 });
 
-Deno.test({
-  name:
-    "realtime resilience: a socket given up by the service is not reopened once the app has disconnected the client on purpose",
-  ...behindProxy,
-}, async () => {
-  // The socket above is replaced because the service gave it up; a client the app disconnected stays closed.
-  // The link closes in the same turn as the give-up, and the app disconnects the client on purpose
-  // (signing out) a microtask later, once the service has opened the next socket.
-  let steps: Promise<unknown> | null = null;
-  const { client, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
-    onGiveUp: (subscription, client) => {
-      steps ??= Promise.all([
-        subscription.unsubscribe(),
-        new Promise((resolve) => queueMicrotask(() => resolve(client.realtime.disconnect()))),
-      ]);
-    },
+// An app may also hold the client's disconnect as a function of its own (a sign-out handler bound at
+// start-up): what the service does must not depend on which reference the app calls.
+for (const boundBeforehand of [false, true]) {
+  Deno.test({
+    name: boundBeforehand
+      ? "realtime resilience: a socket given up by the service is not reopened once the app has disconnected the client, also through a reference to disconnect() taken beforehand"
+      : "realtime resilience: a socket given up by the service is not reopened once the app has disconnected the client on purpose",
+    ...behindProxy,
+  }, async () => {
+    // The socket is replaced because the service gave it up; a client the app disconnected stays
+    // closed. The link closes in the same turn as the give-up, and the app disconnects the client on
+    // purpose (signing out) a microtask later, once the service has opened the next socket.
+    let signOut: () => Promise<unknown> = () => Promise.resolve();
+    let steps: Promise<unknown> | null = null;
+    const { client, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
+      onGiveUp: (subscription, client) => {
+        steps ??= Promise.all([
+          subscription.unsubscribe(),
+          new Promise((resolve) =>
+            queueMicrotask(() => resolve(boundBeforehand ? signOut() : client.realtime.disconnect()))
+          ),
+        ]);
+      },
+    });
+    signOut = client.realtime.disconnect.bind(client.realtime);
+    try {
+      await waitFor("the stuck socket given up", () => givenUp() > 0);
+      await steps;
+      await assertStaysDisconnected(client, appStates);
+    } finally {
+      await teardown();
+    }
   });
-  try {
-    await waitFor("the stuck socket given up", () => givenUp() > 0);
-    await steps;
-    await assertStaysDisconnected(client, appStates);
-  } finally {
-    await teardown();
-  }
-});
+}
 
 Deno.test({
   name:
@@ -766,33 +775,6 @@ Deno.test({
     await waitFor("the app's channel joined on a third socket", () => appStates.includes("SUBSCRIBED"), {
       timeoutMs: 15_000,
     });
-  } finally {
-    await teardown();
-  }
-});
-
-Deno.test({
-  name:
-    "realtime resilience: a socket given up by the service is not reopened once the app has disconnected the client, also through a reference to disconnect() taken beforehand",
-  ...behindProxy,
-}, async () => {
-  // An app may hold the client's disconnect as a function of its own (a sign-out handler bound at
-  // start-up): what the service does must not depend on which reference the app calls.
-  let signOut = (): Promise<unknown> => Promise.resolve();
-  let steps: Promise<unknown> | null = null;
-  const { client, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
-    onGiveUp: (subscription) => {
-      steps ??= Promise.all([
-        subscription.unsubscribe(),
-        new Promise((resolve) => queueMicrotask(() => resolve(signOut()))),
-      ]);
-    },
-  });
-  signOut = client.realtime.disconnect.bind(client.realtime);
-  try {
-    await waitFor("the stuck socket given up", () => givenUp() > 0);
-    await steps;
-    await assertStaysDisconnected(client, appStates);
   } finally {
     await teardown();
   }
