@@ -33,26 +33,39 @@ create extension if not exists pgtap with schema extensions;
 select plan(4);
 
 create schema if not exists readsync_tests;
+-- Dropped and created again, not replaced: CREATE OR REPLACE cannot change a function's return type
+-- or parameter names, and a changed parameter list would leave the earlier version beside this one
+-- (a call leaning on the defaults then ambiguous), where an earlier version of this file ran. Without
+-- CASCADE: nothing outside this file may depend on them.
+do $$
+declare
+  f regprocedure;
+begin
+  for f in select p.oid from pg_catalog.pg_proc p where p.pronamespace = 'readsync_tests'::regnamespace loop
+    execute pg_catalog.format('drop function %s', f);
+  end loop;
+end
+$$;
 
-create or replace function readsync_tests.from_epoch_us(p_us bigint) returns timestamptz
+create function readsync_tests.from_epoch_us(p_us bigint) returns timestamptz
 language sql immutable set search_path = pg_catalog, pg_temp as $$
   select to_timestamp(p_us / 1000000) + interval '1 microsecond' * (p_us % 1000000)
 $$;
-create or replace function readsync_tests.test_clock() returns timestamptz
+create function readsync_tests.test_clock() returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
   select readsync_tests.from_epoch_us(set_config('readsync_test.clock_us',
     (current_setting('readsync_test.clock_us')::bigint + 1)::text, true)::bigint)
 $$;
-create or replace function readsync_tests.test_clock_as_is() returns timestamptz
+create function readsync_tests.test_clock_as_is() returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
   select readsync_tests.from_epoch_us(current_setting('readsync_test.clock_us')::bigint)
 $$;
-create or replace function readsync_tests.set_test_clock(p_at timestamptz) returns timestamptz
+create function readsync_tests.set_test_clock(p_at timestamptz) returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
   select readsync_tests.from_epoch_us(set_config('readsync_test.clock_us',
     ((extract(epoch from p_at) * 1000000)::bigint)::text, true)::bigint)
 $$;
-create or replace function readsync_tests.move_test_clock(p_by interval) returns timestamptz
+create function readsync_tests.move_test_clock(p_by interval) returns timestamptz
 language sql volatile set search_path = pg_catalog, pg_temp as $$
   select readsync_tests.set_test_clock(readsync_tests.test_clock() + p_by)
 $$;
@@ -61,7 +74,7 @@ $$;
 -- use_real_clock (rows of a test's transaction: its ROLLBACK removes them too).
 create table if not exists readsync_tests.real_clock_defs (f text primary key, def text not null);
 
-create or replace function readsync_tests.use_test_clock(
+create function readsync_tests.use_test_clock(
   p_at timestamptz,
   p_moving text[] default array['public.reading_progress_stamp()', 'public.reading_progress_end_claims()'],
   p_as_is text[] default '{}'
@@ -93,7 +106,7 @@ begin
 end
 $$;
 
-create or replace function readsync_tests.use_real_clock() returns void
+create function readsync_tests.use_real_clock() returns void
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
   r record;
