@@ -114,10 +114,14 @@ async function main(): Promise<number> {
   const fullRun = selected.length === 0;
   const browserSuite = fullRun || selected.some(isBrowserSuite);
   // The pgTAP files share helpers that the first file (in name order, as `supabase test db` runs
-  // them) creates and commits: it runs first whenever a pgTAP file runs, selected or not.
+  // them) creates and commits, and the last one drops: they run first and last whenever a pgTAP
+  // file runs, selected or not.
   const sqlHelpers = "supabase/tests/000_test_helpers.test.sql";
-  const withHelpers = (files: string[]) =>
-    files.length === 0 ? files : [sqlHelpers, ...files.filter((f) => f.replace(/^\.\//, "") !== sqlHelpers)];
+  const sqlHelpersDrop = "supabase/tests/999_drop_test_helpers.test.sql";
+  const withHelpers = (files: string[]) => {
+    const tests = files.filter((f) => ![sqlHelpers, sqlHelpersDrop].includes(f.replace(/^\.\//, "")));
+    return files.length === 0 ? files : [sqlHelpers, ...tests, sqlHelpersDrop];
+  };
   const sqlFiles = withHelpers(
     fullRun ? await listFiles("supabase/tests", ".sql") : selected.filter((f) => f.endsWith(".sql")),
   );

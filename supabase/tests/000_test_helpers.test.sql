@@ -1,7 +1,7 @@
 -- Helpers shared by the pgTAP files, in schema `readsync_tests`. This file runs first (pg_prove and
 -- `supabase test db` take the files in name order; `npm test -- <file>.sql` runs it before any
 -- selected pgTAP file) and, unlike every other file, COMMITS: the later files find the helpers in
--- place. Re-running it replaces them. `readsync_tests` is not an API schema (supabase/config.toml
+-- place; 999_drop_test_helpers.test.sql drops them after the last. Re-running it replaces them. `readsync_tests` is not an API schema (supabase/config.toml
 -- [api] schemas), and no API role may use anything here outside a test's own transaction.
 --
 -- The test clock: migration 012's claim triggers, write_reading_progress and the conflict logger
