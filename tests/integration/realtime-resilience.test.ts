@@ -635,13 +635,15 @@ Deno.test({
  * openingHandshakeFixture with the app's own channel on the same client beside a link of the service,
  * while the first `stuck` sockets' handshakes go nowhere. `onGiveUp` runs in the same turn as each
  * give-up (the service's log line), `onAppStatus` on each status of the app's channel, whose join
- * times out after `appJoinTimeoutMs`. `teardown` also removes the app's channel.
+ * times out after `appJoinTimeoutMs`. `onClient` runs on the client before anything is set up on it
+ * (an app's start-up). `teardown` also removes the app's channel.
  */
 async function appChannelOnStuckSockets({
   stuck = 1,
   appJoinTimeoutMs = 1_000,
   onGiveUp = (_subscription: { unsubscribe(): Promise<void> }, _client: SupabaseClient) => {},
   onAppStatus = (_status: string, _client: SupabaseClient) => {},
+  onClient = (_client: SupabaseClient) => {},
 } = {}) {
   let giveUp = () => {};
   const fixture = await openingHandshakeFixture({
@@ -650,6 +652,7 @@ async function appChannelOnStuckSockets({
     },
   });
   const { proxy, client, logs, service, a } = fixture;
+  onClient(client);
   const appStates: string[] = [];
   proxy.freezeNew(stuck);
   const app = client
@@ -734,6 +737,8 @@ for (const boundBeforehand of [false, true]) {
     let signOut: () => Promise<unknown> = () => Promise.resolve();
     let steps: Promise<unknown> | null = null;
     const { client, appStates, givenUp, teardown } = await appChannelOnStuckSockets({
+      // Bound at the app's start-up: before the app's channel and the service's subscription.
+      onClient: (client) => signOut = client.realtime.disconnect.bind(client.realtime),
       onGiveUp: (subscription, client) => {
         steps ??= Promise.all([
           subscription.unsubscribe(),
@@ -743,7 +748,6 @@ for (const boundBeforehand of [false, true]) {
         ]);
       },
     });
-    signOut = client.realtime.disconnect.bind(client.realtime);
     try {
       await waitFor("the stuck socket given up", () => givenUp() > 0);
       await steps;
