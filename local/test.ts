@@ -213,6 +213,14 @@ async function main(): Promise<number> {
     }
   }
 
+  // What the pgTAP files may leave behind: 999 drops their helpers' schema, and pgTAP when 000 created it.
+  const testLeftovers = `select coalesce(string_agg(extname, ', ' order by extname), '')
+      || ' / readsync_tests: ' || (to_regnamespace('readsync_tests') is not null) from pg_extension`;
+  const extensionsOnly = (state: string) => state.replace(/ \/ readsync_tests: \w+$/, "");
+  const beforePgTap = sqlFiles.length > 0
+    ? (await psql(stack.dbUrl, ["-At", "-c", testLeftovers])).trim()
+    : "";
+
   if (sqlFiles.length > 0) {
     log(`pg_prove: ${sqlFiles.length} pgTAP files`);
     const prove = await runStreaming("pg_prove", [
@@ -255,6 +263,16 @@ async function main(): Promise<number> {
       `drop function ${projectHelper}; revoke usage on schema private from anon`,
     ]);
     check("pgTAP 006 passes beside a project's own helper in private, open to anon", beside.ok, beside.text);
+  }
+
+  if (sqlFiles.length > 0) {
+    const afterPgTap = (await psql(stack.dbUrl, ["-At", "-c", testLeftovers])).trim();
+    check(
+      "the pgTAP files leave the database's extensions as they found them, and no schema readsync_tests",
+      extensionsOnly(afterPgTap) === extensionsOnly(beforePgTap) &&
+        afterPgTap.endsWith("readsync_tests: false"),
+      `before: ${beforePgTap}\nafter:  ${afterPgTap}`,
+    );
   }
 
   if (denoFiles.length > 0) {

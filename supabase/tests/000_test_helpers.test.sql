@@ -29,10 +29,16 @@
 -- transaction (pgTAP 008).
 
 begin;
+create schema if not exists readsync_tests;
+-- pgTAP itself: 999 drops it again only when this file created it (`supabase test db` creates it
+-- before the files run, and drops it after them when it did; a project may keep it on purpose).
+create table if not exists readsync_tests.created_extensions (name text primary key);
+insert into readsync_tests.created_extensions (name)
+  select 'pgtap' where not exists (select from pg_catalog.pg_extension where extname = 'pgtap')
+  on conflict (name) do nothing;
 create extension if not exists pgtap with schema extensions;
 select plan(4);
 
-create schema if not exists readsync_tests;
 -- Dropped and created again, not replaced: CREATE OR REPLACE cannot change a function's return type
 -- or parameter names, and a changed parameter list would leave the earlier version beside this one
 -- (a call leaning on the defaults then ambiguous), where an earlier version of this file ran. Without
@@ -120,7 +126,8 @@ $$;
 -- Nothing here is for an API role (functions are executable by PUBLIC when created, and Supabase's
 -- default privileges may add more): closed again on every run.
 revoke all on schema readsync_tests from public, anon, authenticated, service_role;
-revoke all on table readsync_tests.real_clock_defs from public, anon, authenticated, service_role;
+revoke all on table readsync_tests.real_clock_defs, readsync_tests.created_extensions
+  from public, anon, authenticated, service_role;
 revoke all on all functions in schema readsync_tests from public, anon, authenticated, service_role;
 
 select is(
