@@ -830,27 +830,20 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   }
 
   emitRead(outcome: ReadOutcome): void {
-    for (const listener of [...this.#readListeners]) {
-      try {
-        listener(outcome);
-      } catch (error) {
-        this.service.logEvent("error", "read_listener_failed", {
-          channel: this.channel,
-          error: String(error),
-        });
-      }
-    }
+    this.#callEach(this.#readListeners, outcome, "read_listener_failed");
   }
 
   emitStatus(status: RealtimeStatus): void {
-    for (const listener of [...this.#listeners]) {
+    this.#callEach(this.#listeners, status, "status_listener_failed");
+  }
+
+  /** Calls each listener (on a copy: one may remove itself); one that throws is logged, the rest still run. */
+  #callEach<T>(listeners: Set<(value: T) => void>, value: T, failedEvent: string): void {
+    for (const listener of [...listeners]) {
       try {
-        listener(status);
+        listener(value);
       } catch (error) {
-        this.service.logEvent("error", "status_listener_failed", {
-          channel: this.channel,
-          error: String(error),
-        });
+        this.service.logEvent("error", failedEvent, { channel: this.channel, error: String(error) });
       }
     }
   }
