@@ -145,9 +145,15 @@ async function main(): Promise<number> {
     const second = await pushMigrations(stack.dbUrl);
     check("a second supabase db push is a no-op", !/Applying migration/.test(second), second);
 
-    // The idempotent migrations (012: realtime setup, 013: progress writes) must survive a second
-    // run and leave the same schema behind.
-    for (const [label, suffix] of [["012", "_realtime_setup.sql"], ["013", "_progress_writes.sql"]]) {
+    // The idempotent migrations (012: realtime setup, 013: progress writes, the reserved progress
+    // topics) must survive a second run and leave the same schema behind.
+    for (
+      const [label, suffix] of [
+        ["012", "_realtime_setup.sql"],
+        ["013", "_progress_writes.sql"],
+        ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
+      ]
+    ) {
       const migration = (await listFiles("supabase/migrations", suffix))[0];
       const before = await schemaFingerprint(stack.dbUrl);
       // 013 on a project whose `private` schema (Supabase's guides use that name too) lets anon

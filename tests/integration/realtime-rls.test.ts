@@ -295,6 +295,70 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "realtime RLS: a project's own broad policies on realtime.messages open no progress topic (C joins and sends elsewhere, not on progress:<A>)",
+  ...noSanitize,
+}, async () => {
+  // realtime.messages serves every Realtime feature of the project, and permissive policies are ORed:
+  // Supabase's Realtime guides begin with "authenticated can receive / can send" using (true). Here
+  // such policies as they apply to C (scoped to C's id, so that the other tests on this stack keep
+  // the project they expect): C may receive and send on any topic the project has, but progress
+  // topics stay readsync's (migration 20261205160000's restrictive policies; pgTAP 011).
+  const sql = adminSql({ max: 1 });
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const listener = clientWithToken(() => a.accessToken);
+  const deviceC = clientWithToken(() => c.accessToken, { joinErrorBackoffMs: 0 });
+  const dropPolicies = async () => {
+    await sql`drop policy if exists test_project_receive on realtime.messages`;
+    await sql`drop policy if exists test_project_send on realtime.messages`;
+  };
+  await dropPolicies();
+  await sql.unsafe(`
+    create policy test_project_receive on realtime.messages for select to authenticated
+      using ((select auth.uid()) = '${c.id}'::uuid);
+    create policy test_project_send on realtime.messages for insert to authenticated
+      with check ((select auth.uid()) = '${c.id}'::uuid)`);
+  try {
+    const heard = await joinChannel(listener, topicOf(a.id));
+    assert.equal(heard.status, "SUBSCRIBED");
+
+    // The project's policies are in force for C: a topic of the project's own, joined and sent on.
+    const room = await joinChannel(deviceC, `room:${crypto.randomUUID()}`, {
+      private: true,
+      broadcast: { ack: true },
+    });
+    assert.equal(room.status, "SUBSCRIBED", room.error?.message);
+    assert.equal(
+      await room.joined.channel.send({ type: "broadcast", event: "chat", payload: { text: "hi" } }),
+      "ok",
+    );
+
+    // But not on A's progress topic: the join is refused, and a send is too.
+    const onA = await joinChannel(deviceC, topicOf(a.id));
+    assert.equal(onA.status, "CHANNEL_ERROR", "C joined A's progress channel");
+    assert.match(onA.error?.message ?? "", /^Unauthorized: /);
+    await deviceC.removeChannel(onA.joined.channel);
+    const cChannel = deviceC.channel(topicOf(a.id), { config: { private: true } });
+    await assert.rejects(() => cChannel.httpSend("UPDATE", { forged: "httpSend" }), /Unauthorized/);
+    await deviceC.removeChannel(cChannel);
+
+    // The send has been answered, and a relayed broadcast reaches the listener's socket before that
+    // answer; A's real write travels the same socket after it.
+    await writeProgress(sql, a.id, { series_id: "sentinel", device_id: "a-phone" });
+    await waitFor("the real write on A's device", () => heard.joined.received.length >= 1);
+    const seriesOf = (r: { payload: Record<string, unknown> }) =>
+      (r.payload.record as { series_id?: string } | undefined)?.series_id;
+    assert.deepEqual(heard.joined.received.map(seriesOf), ["sentinel"], "A's device heard a forged message");
+    assert.equal(onA.joined.received.length, 0, "C heard A's progress");
+  } finally {
+    await Promise.all([listener, deviceC].map(closeClient));
+    await dropPolicies();
+    await sql.end();
+  }
+});
+
+Deno.test({
   ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name: "realtime auth: invalid, expired and foreign-signed tokens are refused at join",
   ...noSanitize,
