@@ -45,7 +45,9 @@
 //   syncNow                               the app's word that it may have missed something (back
 //                                         in the foreground, back online): read now, and rejoin now
 //                                         if the channel is waiting out its backoff; the join ladder
-//                                         starts again at its first step.
+//                                         starts again at its first step. A read it could not
+//                                         finish (a Retry-After, behind, failed) is made again as
+//                                         a poll would be, live or not, until one reads to the end.
 //   auth                                  follows supabase.auth TOKEN_REFRESHED / SIGNED_IN, or an
 //                                         explicit setAccessToken(); a channel the server closed
 //                                         because its token expired is rejoined (after the backoff)
@@ -199,6 +201,9 @@ export interface ProgressSubscription {
    * Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow).
    * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
    * sent still runs: the read is made when it ends; the subscription is closed). Never rejects.
+   * Until a read made after the call reads to the end, a live link reads again as a polling one
+   * would (a Retry-After's end, pollIntervalMs after "behind", the polls' backoff after "failed"),
+   * even with the safety read off.
    */
   syncNow(): Promise<ReadOutcome>;
   unsubscribe(): Promise<void>;
@@ -331,12 +336,13 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * knows it may have missed something that no timer of its own will notice soon: back in the
    * foreground (a phone suspends an app's socket and timers, a browser throttles a hidden tab's
    * timers to one a minute) or back online. Resolves when that read has finished; like every read
-   * of the service, a failed one is logged, not thrown, and the polling goes on as before (a
-   * subscription's syncNow() resolves with how it ended, and onRead hears of every read). The join
-   * ladder starts again at its first step (the failures before say little about the new conditions):
-   * the join made now, or the one already in flight, counts as its first, and if it fails its retry
-   * waits the first step's backoff, the ones after it longer and longer; a channel still joined that
-   * drops after the call (a socket that died while the app was away) is rejoined at the first step.
+   * of the service, a failed one is logged, not thrown, and read again as ProgressSubscription.syncNow
+   * says (a subscription's syncNow() resolves with how it ended, and onRead hears of every read). The
+   * join ladder starts again at its first step (the failures before say little about the new
+   * conditions): the join made now, or the one already in flight, counts as its first, and if it
+   * fails its retry waits the first step's backoff, the ones after it longer and longer; a channel
+   * still joined that drops after the call (a socket that died while the app was away) is rejoined
+   * at the first step.
    * Each call makes at most one join, and none while one is in flight or the channel is joined.
    */
   async syncNow(userId?: string): Promise<void> {
@@ -909,6 +915,12 @@ class UserLink<Row extends LwwRow> {
   /** #poll() calls running (a poll's end schedules the next one). */
   #pollsRunning = 0;
   /**
+   * syncNow() calls so far, and how many of them a read that began after them has read to the end:
+   * while fewer, the app's read is owed and a live link reads again until one does (#scheduleNextLiveRead).
+   */
+  #readsAsked = 0;
+  #readsSettled = 0;
+  /**
    * A heartbeat reply is late while live: the socket may be dead though it looks open, so the link
    * reads every pollIntervalMs instead of livePollIntervalMs until a reply comes or the channel drops.
    */
@@ -995,7 +1007,8 @@ class UserLink<Row extends LwwRow> {
     if (!this.#heartbeatLate) return;
     this.#heartbeatLate = false;
     this.#log("info", "heartbeat_reply_came", {});
-    if (this.#pollTimer !== undefined) {
+    // (A read the app is owed keeps its time: the safety read's pace does not put it off.)
+    if (this.#pollTimer !== undefined && !this.#readOwed) {
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#scheduleLivePoll();
@@ -1005,6 +1018,7 @@ class UserLink<Row extends LwwRow> {
   /** See RealtimeService.syncNow; resolves with how its read ended ("failed" when none was made). */
   async syncNow(): Promise<ReadOutcome> {
     if (this.#closed) return "failed";
+    this.#readsAsked++; // owed until a read that begins now reads to the end
     // The app's word that the conditions changed (back in the foreground, back online): the failures
     // before it say little about now, so the join ladder starts again at its first step. A join
     // already in flight is not doubled: it counts as that first step (if it fails, its retry waits
@@ -1022,10 +1036,12 @@ class UserLink<Row extends LwwRow> {
     }
     const wait = this.#retryAfterLeftMs();
     if (wait > 0) {
-      // The API asked to be left alone for a while (Retry-After): the read is made when it ends. A
-      // scheduled or running read already waits for that; a live link with the safety read turned
-      // off (livePollIntervalMs 0) has none, so it gets one.
-      if (this.#pollTimer === undefined && this.#pollsRunning === 0) this.#startPolling(wait);
+      // The API asked to be left alone for a while (Retry-After): the read is made when it ends, in
+      // place of the one due then or later (a live link's safety read may be a minute off, or off).
+      // A read running now is held by the same wait and finds this one scheduled.
+      this.service.timers.clear(this.#pollTimer);
+      this.#pollTimer = undefined;
+      this.#startPolling(wait);
       return "failed";
     }
     // The read that was due later (a poll, or the safety read while live) is made now instead; it
@@ -1341,17 +1357,52 @@ class UserLink<Row extends LwwRow> {
     return this.service.options.pollIntervalMs ?? 10_000;
   }
 
-  /** While live: the next safety read (livePollIntervalMs, or pollIntervalMs while a heartbeat reply is late). */
-  #scheduleLivePoll(): void {
+  /** A syncNow() is owed its read: none that began after it has read to the end yet. */
+  get #readOwed(): boolean {
+    return this.#readsSettled < this.#readsAsked;
+  }
+
+  /**
+   * While live: the wait before the next safety read (livePollIntervalMs, or pollIntervalMs while a
+   * heartbeat reply is late; Infinity when turned off), not before a Retry-After the API sent has run out.
+   */
+  #livePollWaitMs(): number {
     const livePollIntervalMs = this.service.options.livePollIntervalMs ?? 60_000;
     const interval =
       this.#heartbeatLate && !(livePollIntervalMs > 0 && livePollIntervalMs < this.#pollIntervalMs)
         ? this.#pollIntervalMs
         : livePollIntervalMs;
-    if (this.#closed || this.#pollTimer !== undefined || !(interval > 0)) return;
-    // Not before a Retry-After the API sent has run out.
-    const wait = Math.max(interval, this.#retryAfterLeftMs());
+    return interval > 0 ? Math.max(interval, this.#retryAfterLeftMs()) : Infinity;
+  }
+
+  /** While live: the next safety read, unless one is scheduled or it is turned off. */
+  #scheduleLivePoll(): void {
+    const wait = this.#livePollWaitMs();
+    if (this.#closed || this.#pollTimer !== undefined || wait === Infinity) return;
     this.#pollTimer = this.service.timers.set(() => void this.#poll(), wait);
+  }
+
+  /**
+   * While live, after a read that ended with `outcome`: a read the app asked for (syncNow) that has
+   * not read to the end yet is made again as a polling link would make it (when a Retry-After ends,
+   * after pollIntervalMs when answered behind, after the polls' backoff when failed), or at the
+   * safety read when that comes sooner, in place of the read scheduled; even with the safety read
+   * off, so the app's read is never lost. Otherwise the safety read as usual.
+   */
+  #scheduleNextLiveRead(outcome: ReadOutcome): void {
+    if (outcome !== "failed") this.#failedPolls = 0;
+    if (this.#closed || !this.#readOwed || outcome === "done") return this.#scheduleLivePoll();
+    const left = this.#retryAfterLeftMs();
+    const owed = left > 0
+      ? left
+      : outcome === "failed"
+      ? this.#nextPollDelay("failed")
+      : this.#pollIntervalMs;
+    this.service.timers.clear(this.#pollTimer);
+    this.#pollTimer = this.service.timers.set(
+      () => void this.#poll(),
+      Math.min(owed, this.#livePollWaitMs()),
+    );
   }
 
   #startPolling(delayMs = 0): void {
@@ -1386,7 +1437,7 @@ class UserLink<Row extends LwwRow> {
     if (live) {
       // Still live whatever this read found or whether it failed: the channel is up. If the link
       // dropped meanwhile, #fail has taken over the status and the polling.
-      if (this.#joined && this.#caughtUp) this.#scheduleLivePoll();
+      if (this.#joined && this.#caughtUp) this.#scheduleNextLiveRead(outcome);
       return outcome;
     }
     // Only a round that began after this join catches the link up: one that began before it (a
@@ -1443,6 +1494,7 @@ class UserLink<Row extends LwwRow> {
       // schedules the next round after it (#retryAfterLeftMs).
       if (this.#retryAfterLeftMs() > 0) return "failed";
       joinedGeneration = this.#joined ? this.#generation : undefined;
+      const asked = this.#readsAsked; // the syncNow() calls this round began after
       this.#fetchInFlight = true;
       called = true;
       try {
@@ -1467,6 +1519,7 @@ class UserLink<Row extends LwwRow> {
           const hasMore = result.hasMore ?? result.has_more ?? false;
           if (!hasMore) {
             this.#log("debug", `${source}_done`, {});
+            this.#readsSettled = Math.max(this.#readsSettled, asked);
             return "done";
           }
           if (this.#cursor === previous) {

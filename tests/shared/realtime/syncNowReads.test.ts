@@ -1,0 +1,171 @@
+// The read the app asks for with syncNow() is never lost: one a Retry-After stopped (held back, or
+// refused with one), one answered behind or failed, is made again as a poll would be until a read
+// made after the call reads to the end, also on a live link with the safety read off, and with one
+// read pending at most. Against the stand-in client, with changesSince answered by hand.
+
+import assert from "node:assert/strict";
+import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
+import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
+import { handAnsweredService, version } from "./handAnsweredService.ts";
+
+const retryAfter = (seconds: number) =>
+  Object.assign(new Error("429"), { details: { retry_after: seconds } });
+const answered = (chapter?: number) => ({
+  changes: chapter === undefined ? [] : [version(chapter)],
+  next_cursor: String(100 + (chapter ?? 1)),
+  has_more: false,
+});
+/** Live with the safety read and the heartbeat watch off: nothing but syncNow() reads. */
+const quiet = { livePollIntervalMs: 0, heartbeatReplyTimeoutMs: 0 };
+
+/** The link's reads as onRead hears them. */
+function heard(link: ReturnType<typeof handAnsweredService>): ReadOutcome[] {
+  const outcomes: ReadOutcome[] = [];
+  link.subscription.onRead((outcome) => outcomes.push(outcome));
+  return outcomes;
+}
+
+Deno.test("syncNow: two in one tick on a live link with the safety read off, the first refused with a Retry-After: one read when it ends, none after", async () => {
+  const link = handAnsweredService(quiet);
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    const first = link.subscription.syncNow(); // back in the foreground
+    const second = link.subscription.syncNow(); // and back online: queued behind the first
+    await waitFor("the first read", () => link.calls.length === 2);
+    link.calls[1].reject(retryAfter(0.5)); // the second is held by it (no call)
+    assert.deepEqual(await Promise.all([first, second]), ["failed", "failed"]);
+    assert.equal(link.timers(), 1, "one read scheduled, for the Retry-After's end");
+    await waitFor("the read when the Retry-After ends", () => link.calls.length === 3);
+    link.calls[2].resolve(answered(2));
+    await waitFor("its answer heard", () => reads.length === 2);
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.deepEqual(link.changes, [{ chapter: 2, source: "poll" }]);
+    assert.equal(link.timers(), 0, "read to the end: nothing more scheduled");
+    assert.equal(link.calls.length, 3);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: on a live link with the safety read off, a read answered behind is made again after pollIntervalMs until one reads to the end", async () => {
+  const link = handAnsweredService({ ...quiet, pollIntervalMs: 50 });
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    const sync = link.subscription.syncNow();
+    await waitFor("the read", () => link.calls.length === 2);
+    link.calls[1].resolve({ changes: [], next_cursor: "101", has_more: true }); // a long transaction holds the cursor
+    assert.equal(await sync, "behind");
+    assert.equal(link.timers(), 1, "the next read is scheduled");
+    await waitFor("the next read", () => link.calls.length === 3);
+    link.calls[2].resolve({ changes: [], next_cursor: "101", has_more: true }); // still held
+    await waitFor("and the next", () => link.calls.length === 4);
+    link.calls[3].resolve(answered(2));
+    await waitFor("its answer heard", () => reads.length === 3);
+    assert.deepEqual(reads, ["behind", "behind", "done"]);
+    assert.equal(link.timers(), 0, "read to the end: nothing more scheduled");
+    assert.equal(link.subscription.status, "live");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: on a live link with the safety read off, a failed read is made again (the polls' backoff) until one reads to the end", async () => {
+  const link = handAnsweredService({
+    ...quiet,
+    pollIntervalMs: 30,
+    backoff: { initialMs: 30, maxMs: 60 },
+    random: () => 0.5,
+  });
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    const sync = link.subscription.syncNow();
+    await waitFor("the read", () => link.calls.length === 2);
+    link.calls[1].reject(new Error("network blip"));
+    assert.equal(await sync, "failed");
+    assert.equal(link.timers(), 1, "the next read is scheduled");
+    await waitFor("the next read", () => link.calls.length === 3);
+    link.calls[2].reject(new Error("network blip"));
+    await waitFor("and the next", () => link.calls.length === 4);
+    link.calls[3].resolve(answered(2));
+    await waitFor("its answer heard", () => reads.length === 3);
+    assert.deepEqual(reads, ["failed", "failed", "done"]);
+    assert.equal(link.timers(), 0, "read to the end: nothing more scheduled");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: a read already in flight when the app asks does not settle its read; only one that began after the call does", async () => {
+  const link = handAnsweredService({ ...quiet, pollIntervalMs: 50 });
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    const first = link.subscription.syncNow();
+    await waitFor("the first read", () => link.calls.length === 2); // in flight
+    const second = link.subscription.syncNow(); // it may have read before what made the app ask again
+    link.calls[1].resolve(answered(2));
+    assert.equal(await first, "done");
+    await waitFor("the second read", () => link.calls.length === 3);
+    link.calls[2].resolve({ changes: [], next_cursor: "102", has_more: true }); // held by a long transaction
+    assert.equal(await second, "behind");
+    await waitFor("the second's read again", () => link.calls.length === 4);
+    link.calls[3].resolve(answered(3));
+    await waitFor("its answer heard", () => reads.length === 3);
+    assert.deepEqual(reads, ["done", "behind", "done"]);
+    assert.equal(link.timers(), 0, "read to the end: nothing more scheduled");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: a read owed for a Retry-After's end is still made when a late heartbeat's reply comes meanwhile", async () => {
+  const fake = fakeClient();
+  const lines: Record<string, unknown>[] = [];
+  const link = handAnsweredService({
+    livePollIntervalMs: 0,
+    pollIntervalMs: 60_000,
+    heartbeatReplyTimeoutMs: 20,
+    log: (line) => lines.push(JSON.parse(line)),
+  }, fake);
+  try {
+    await link.goLive();
+    const sync = link.subscription.syncNow();
+    await waitFor("the read", () => link.calls.length === 2);
+    link.calls[1].reject(retryAfter(1));
+    assert.equal(await sync, "failed");
+    fake.heartbeat("sent"); // no reply in time: the link reads now (held by the Retry-After)
+    await waitFor("the late reply", () => lines.some((l) => l.event === "heartbeat_reply_late"));
+    fake.heartbeat("ok"); // it came: the safety read's pace (off) again, but the app's read is owed
+    await waitFor("the read when the Retry-After ends", () => link.calls.length === 3);
+    link.calls[2].resolve(answered(2));
+    await waitFor("chapter 2", () => link.changes.length === 1);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("syncNow: with the safety read a while off, a read held by a Retry-After is made when it ends, not at that safety read", async () => {
+  const link = handAnsweredService({ livePollIntervalMs: 2_000, heartbeatReplyTimeoutMs: 0 });
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    await waitFor("a safety read", () => link.calls.length === 2, { timeoutMs: 20_000 });
+    // Armed before the refusal: it fires after a read due at the Retry-After's end (200 ms), however
+    // late a loaded machine runs the timers, and before the next safety read (2 s).
+    const pastTheWait = sleep(1_000);
+    link.calls[1].reject(retryAfter(0.2)); // the next safety read waits 2 s
+    await waitFor("the refusal heard", () => reads.length === 1);
+    assert.equal(await link.subscription.syncNow(), "failed"); // back in the foreground, within the wait
+    await pastTheWait;
+    assert.equal(link.calls.length, 3, "the read at the Retry-After's end");
+    link.calls[2].resolve(answered(2));
+    await waitFor("chapter 2", () => link.changes.length === 1);
+    assert.equal(link.timers(), 1, "and the safety read after it");
+  } finally {
+    await link.end();
+  }
+});
