@@ -78,6 +78,18 @@ export type ChangeSource = "realtime" | "catchup" | "poll";
  */
 export type ReadOutcome = "done" | "behind" | "failed";
 
+/**
+ * How RealtimeService.syncNow() went for one subscribed user, as `removeAllChannels()` in supabase-js
+ * resolves one status per channel: the user's channel (`progress:<userId>`, as
+ * ProgressSubscription.channel) and how its read ended, what that user's subscriptions' syncNow()
+ * resolves with (they share the channel and the read).
+ */
+export interface SyncNowResult {
+  userId: string;
+  channel: string;
+  outcome: ReadOutcome;
+}
+
 export interface ProgressChange<Row extends LwwRow = ProgressRow> {
   kind: ChangeKind;
   /** The new row (upsert) or the deleted row (delete). */
@@ -335,21 +347,28 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * channel is down and waiting out its backoff, retries the join now. For the moments an app
    * knows it may have missed something that no timer of its own will notice soon: back in the
    * foreground (a phone suspends an app's socket and timers, a browser throttles a hidden tab's
-   * timers to one a minute) or back online. Resolves when that read has finished; like every read
-   * of the service, a failed one is logged, not thrown, and read again as ProgressSubscription.syncNow
-   * says (a subscription's syncNow() resolves with how it ended, and onRead hears of every read). The
-   * join ladder starts again at its first step (the failures before say little about the new
-   * conditions): the join made now, or the one already in flight, counts as its first, and if it
-   * fails its retry waits the first step's backoff, the ones after it longer and longer; a channel
-   * still joined that drops after the call (a socket that died while the app was away) is rejoined
-   * at the first step.
+   * timers to one a minute) or back online. Resolves when that read has finished, never rejecting,
+   * with one SyncNowResult per subscribed user read (in the order the users were subscribed; none for
+   * a user without a subscription): how it ended, as that user's subscriptions' syncNow()
+   * resolves and onRead hears it. A failed read is logged, not thrown, and read again as
+   * ProgressSubscription.syncNow says. The join ladder starts again at its first step (the failures
+   * before say little about the new conditions): the join made now, or the one already in flight,
+   * counts as its first, and if it fails its retry waits the first step's backoff, the ones after it
+   * longer and longer; a channel still joined that drops after the call (a socket that died while
+   * the app was away) is rejoined at the first step.
    * Each call makes at most one join, and none while one is in flight or the channel is joined.
    */
-  async syncNow(userId?: string): Promise<void> {
+  async syncNow(userId?: string): Promise<SyncNowResult[]> {
     const links = userId === undefined
       ? [...this.#links.values()]
       : [this.#links.get(normalizeUserId(userId))].filter((link) => link !== undefined);
-    await Promise.all(links.map((link) => link.syncNow()));
+    return await Promise.all(
+      links.map(async (link) => ({
+        userId: link.userId,
+        channel: link.topic,
+        outcome: await link.syncNow(),
+      })),
+    );
   }
 
   /** Stops a subscription; the user's channel, timers and listeners go with its last subscription. */

@@ -1,13 +1,14 @@
 // The read the app asks for with syncNow() is never lost: one a Retry-After stopped (held back, or
 // refused with one), one answered behind or failed, is made again as a poll would be until a read
 // made after the call reads to the end, also on a live link with the safety read off, and with one
-// read pending at most. Against the stand-in client, with changesSince answered by hand.
+// read pending at most. The service's syncNow() says how the read went for each user. Against the
+// stand-in client, with changesSince answered by hand.
 
 import assert from "node:assert/strict";
 import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
-import { handAnsweredService, version } from "./handAnsweredService.ts";
+import { handAnsweredService, USER, version } from "./handAnsweredService.ts";
 
 const retryAfter = (seconds: number) =>
   Object.assign(new Error("429"), { details: { retry_after: seconds } });
@@ -165,6 +166,39 @@ Deno.test("syncNow: with the safety read a while off, a read held by a Retry-Aft
     link.calls[2].resolve(answered(2));
     await waitFor("chapter 2", () => link.changes.length === 1);
     assert.equal(link.timers(), 1, "and the safety read after it");
+  } finally {
+    await link.end();
+  }
+});
+
+const OTHER = "00000000-0000-4000-8000-0000000000c2";
+
+Deno.test("service.syncNow resolves how the read went for each subscribed user (their channel and outcome), [] for a user without one", async () => {
+  const link = handAnsweredService(quiet);
+  try {
+    await link.goLive();
+    const other = link.service.subscribeToProgress(OTHER, () => {});
+    (await link.channel(2)).state!("SUBSCRIBED");
+    await waitFor("the other's catch-up", () => link.calls.length === 2);
+    link.calls[1].resolve({ changes: [], next_cursor: "101", has_more: false });
+    await waitFor("the other live", () => other.status === "live");
+
+    const all = link.service.syncNow();
+    await waitFor("both reads", () => link.calls.length === 4);
+    link.calls[2].resolve(answered());
+    link.calls[3].resolve(answered());
+    assert.deepEqual(await all, [
+      { userId: USER, channel: `progress:${USER}`, outcome: "done" },
+      { userId: OTHER, channel: `progress:${OTHER}`, outcome: "done" },
+    ]);
+
+    const one = link.service.syncNow(OTHER.toUpperCase()); // as PostgreSQL prints it or not
+    await waitFor("its read", () => link.calls.length === 5);
+    link.calls[4].reject(new Error("network blip"));
+    assert.deepEqual(await one, [{ userId: OTHER, channel: `progress:${OTHER}`, outcome: "failed" }]);
+
+    assert.deepEqual(await link.service.syncNow("00000000-0000-4000-8000-0000000000ff"), []);
+    await other.unsubscribe();
   } finally {
     await link.end();
   }
