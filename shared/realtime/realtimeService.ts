@@ -206,16 +206,19 @@ export interface ProgressSubscription {
   /**
    * Calls the listener after every read of the user's changes the link makes, whatever made it (the
    * catch-up after a join, a poll, the safety read while live, a syncNow()), with how it ended;
-   * returns the function that removes it. A failed read is retried by the link as before.
+   * returns the function that removes it. A failed read is retried by the link as before. Not heard:
+   * a read the link cut off itself (unsubscribe, or a drop while live: the poll the drop starts at
+   * once is heard in its place) and one none could be made of (a Retry-After held it).
    */
   onRead(listener: (outcome: ReadOutcome) => void): () => void;
   /**
    * Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow).
    * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
-   * sent still runs: the read is made when it ends; the subscription is closed). Never rejects.
-   * Until a read made after the call reads to the end, a live link reads again as a polling one
-   * would (a Retry-After's end, pollIntervalMs after "behind", the polls' backoff after "failed"),
-   * even with the safety read off.
+   * sent still runs: the read is made when it ends; the subscription is closed). Never rejects. A
+   * read the channel's drop cut off resolves as the poll the drop starts at once ends. Until a read
+   * made after the call reads to the end, a live link reads again as a polling one would (a
+   * Retry-After's end, pollIntervalMs after "behind", the polls' backoff after "failed"), even with
+   * the safety read off.
    */
   syncNow(): Promise<ReadOutcome>;
   unsubscribe(): Promise<void>;
@@ -929,6 +932,12 @@ class UserLink<Row extends LwwRow> {
   #failedPolls = 0;
   /** The safety reads in flight while live; a drop aborts them (the polling it starts must not wait). */
   readonly #safetyReads = new Set<AbortController>();
+  /**
+   * How the first read after the last drop that cut safety reads off ended (the poll the drop started):
+   * a read cut off ends as that one does. Its resolve is held until that read has ended.
+   */
+  #readAfterDrop: Promise<ReadOutcome> | null = null;
+  #readAfterDropEnded: ((outcome: ReadOutcome) => void) | null = null;
   /** Until when (monotonicNow) the API asked not to be read again (Retry-After of a failed round). */
   #retryAfterUntil = 0;
   /** #poll() calls running (a poll's end schedules the next one). */
@@ -1080,6 +1089,8 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.service.timers.clear(this.#joinGraceTimer);
       this.#reconnectTimer = this.#pollTimer = this.#joinGraceTimer = undefined;
+      this.#readAfterDropEnded?.("failed");
+      this.#readAfterDropEnded = null;
       this.#releaseChannel();
       // A request that hangs must not hold the unsubscribe (or a round queued after it) hostage.
       this.#lifetime.abort(new Error("unsubscribed"));
@@ -1262,6 +1273,9 @@ class UserLink<Row extends LwwRow> {
       // and one in flight would hold it (the rounds queue) until it answered or timed out.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
+      if (this.#safetyReads.size > 0 && !this.#readAfterDropEnded) {
+        this.#readAfterDrop = new Promise((resolve) => this.#readAfterDropEnded = resolve);
+      }
       for (const read of this.#safetyReads) read.abort(new Error("the live link dropped"));
       this.#safetyReads.clear();
     }
@@ -1453,6 +1467,11 @@ class UserLink<Row extends LwwRow> {
     );
     if (safety) this.#safetyReads.delete(safety);
     if (this.#closed) return outcome;
+    if (safety?.signal.aborted && outcome === "failed" && this.#readAfterDrop) {
+      // The drop cut this read off (#fail): the poll it started at once reads in its place, and
+      // this one ends as that one does (a syncNow() made while live resolves with it).
+      return await this.#readAfterDrop;
+    }
     if (live) {
       // Still live whatever this read found or whether it failed: the channel is up. If the link
       // dropped meanwhile, #fail has taken over the status and the polling.
@@ -1567,10 +1586,16 @@ class UserLink<Row extends LwwRow> {
     });
     this.#fetchChain = round;
     const outcome = await round;
+    // A safety read the drop cut off (#fail) did not end by itself: the read after the drop stands for it.
+    const cutOff = outcome === "failed" && signal?.aborted === true;
     // A round that called the API is a read: the subscriptions hear how it ended (onRead), whatever
-    // made it; not one that made no call (a Retry-After held it) or that close() cut short.
-    if (called && !this.#closed) {
+    // made it; not one that made no call (a Retry-After held it) or that close() or a drop cut short.
+    if (called && !this.#closed && !cutOff) {
       for (const subscription of [...this.subscriptions]) subscription.emitRead(outcome);
+    }
+    if (!cutOff && this.#readAfterDropEnded) {
+      this.#readAfterDropEnded(this.#closed ? "failed" : outcome);
+      this.#readAfterDropEnded = null;
     }
     return { outcome, joinedGeneration };
   }

@@ -790,6 +790,28 @@ Deno.test("sync session, real RealtimeService: a Sync now whose read failed says
   }
 });
 
+Deno.test("sync session, real RealtimeService: a Sync now whose read the channel's drop cuts off ends as the poll after the drop does, with no 'could not check' when that is answered", async () => {
+  const t = tab();
+  const realtime = realService(t);
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  try {
+    (await realtime.channel(1)).state!("SUBSCRIBED");
+    (await realtime.read(1)).resolve({ changes: [], next_cursor: "1", has_more: false });
+    await realtime.waitFor("live", () => alice.status === "live");
+    const press = alice.syncNow();
+    await realtime.read(2); // the press's read, in flight
+    (await realtime.channel(1)).state!("CHANNEL_ERROR"); // the socket drops: that read is let go
+    (await realtime.read(3)).resolve({ changes: [], next_cursor: "2", has_more: false }); // the link's poll
+    assert.equal(await press, "done", "checked after all: by the poll that took the cut read's place");
+    assert.equal(error(), null);
+    assert.equal(alice.status, "polling");
+  } finally {
+    alice.close();
+    await realtime.close();
+  }
+});
+
 Deno.test("sync session, real RealtimeService: a Sync now whose read failed says nothing of it when a newer read, the link's own, was answered while its send went on", async () => {
   const t = tab();
   // The write's request is answered by hand: the press's send outlasts its read.

@@ -1,8 +1,9 @@
 // The read the app asks for with syncNow() is never lost: one a Retry-After stopped (held back, or
 // refused with one), one answered behind or failed, is made again as a poll would be until a read
 // made after the call reads to the end, also on a live link with the safety read off, and with one
-// read pending at most. The service's syncNow() says how the read went for each user. Against the
-// stand-in client, with changesSince answered by hand.
+// read pending at most; one a live channel's drop cut off ends as the poll after the drop. The
+// service's syncNow() says how the read went for each user. Against the stand-in client, with
+// changesSince answered by hand.
 
 import assert from "node:assert/strict";
 import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
@@ -168,6 +169,35 @@ Deno.test("syncNow: with the safety read a while off, a read held by a Retry-Aft
     assert.equal(link.timers(), 1, "and the safety read after it");
   } finally {
     await link.end();
+  }
+});
+
+Deno.test("syncNow: a read the live channel's drop cuts off resolves as the poll the drop starts ends; onRead hears that poll, not the cut", async () => {
+  for (const pollAnswers of [true, false]) {
+    const link = handAnsweredService({
+      livePollIntervalMs: 60_000,
+      heartbeatReplyTimeoutMs: 0,
+      random: () => 0.5,
+      backoff: { initialMs: 60_000, maxMs: 60_000 }, // no rejoin meanwhile
+    });
+    try {
+      await link.goLive();
+      const reads = heard(link);
+      const press = link.subscription.syncNow(); // the reader's Sync now
+      const everyone = link.service.syncNow(); // and the tab shown again: queued behind it
+      await waitFor("the press's read", () => link.calls.length === 2); // in flight
+      (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+      await waitFor("the poll after the drop", () => link.calls.length === 3);
+      if (pollAnswers) link.calls[2].resolve(answered(2));
+      else link.calls[2].reject(new Error("the API is down too"));
+      const outcome = pollAnswers ? "done" : "failed";
+      assert.equal(await press, outcome);
+      assert.deepEqual(await everyone, [{ userId: USER, channel: `progress:${USER}`, outcome }]);
+      assert.deepEqual(reads, [outcome], "one read heard: the poll's");
+      assert.equal(link.subscription.status, pollAnswers ? "polling" : "offline");
+    } finally {
+      await link.end();
+    }
   }
 });
 
