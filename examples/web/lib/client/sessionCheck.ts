@@ -5,6 +5,7 @@
 // check runs beside it, at most every 30 s (every tab switch would ask /auth/token, and through it
 // Supabase Auth, and a slow Auth would hold the read up to the 10 s refresh timeout).
 
+import type { ProgressSubscription } from "@shared/realtime/realtimeService.ts";
 import { type TokenKeeper } from "./tokenKeeper.ts";
 
 export const SHOWN_CHECK_INTERVAL_MS = 30_000;
@@ -15,8 +16,11 @@ export interface SessionCheckOptions {
   tokens: Pick<TokenKeeper, "refresh" | "remaining">;
   /** Leaves the page when the error says the session is gone or another user's (else ignores it). */
   leaveIfSignedOut: (error: unknown) => void;
-  /** Reads what was missed now (RealtimeService syncNow). */
-  syncNow: () => Promise<unknown>;
+  /**
+   * Reads what was missed now: the subscription's syncNow(), which resolves with how the read ended
+   * and never rejects (a failed read is the sync's to say, through onRead and Sync now).
+   */
+  syncNow: ProgressSubscription["syncNow"];
   now?: () => number;
 }
 
@@ -33,10 +37,10 @@ export function createSessionCheck(options: SessionCheckOptions) {
     /** Shown again or back online: read what was missed, and check the session. */
     shown: (): Promise<void> => {
       if (options.tokens.remaining < READ_WAITS_BELOW_S) {
-        // (Not waited for; a read that fails is the sync's to say, never an unhandled rejection.)
-        return check(false).finally(() => void options.syncNow().catch(() => {}));
+        // (Not waited for.)
+        return check(false).finally(() => void options.syncNow());
       }
-      const read = options.syncNow().then(() => {}, () => {});
+      const read = options.syncNow().then(() => {});
       if (now() - checkedAt < SHOWN_CHECK_INTERVAL_MS) return read;
       return Promise.all([check(false), read]).then(() => {});
     },

@@ -303,16 +303,14 @@ export class SyncSession {
     if (this.#closed || this.#syncNow === "syncing") return this.#syncNow;
     this.#setSyncNow("syncing");
     const sent = this.#schedule.sendNow();
-    // (The link's syncNow() resolves "failed" when its read failed or could not be made, a Retry-After
-    // holding it; an answered one has already taken a failed read's message away: onRead.)
+    // (The link's syncNow() never rejects: it resolves "failed" when its read failed or could not be
+    // made, a Retry-After holding it; an answered one has already taken a failed read's message away:
+    // onRead.)
     // A read that failed is made good by one answered after it while the send went on (the link's
     // own: the catch-up after a join, a poll; the reads never overlap, so it began after the press's):
     // it read what the press's could not, and its answer must not be followed by "could not check".
     let answeredWhenReadEnded = 0;
-    const read = this.#subscription.syncNow().then(
-      (outcome) => outcome !== "failed",
-      () => false,
-    ).then((ok) => {
+    const read = this.#subscription.syncNow().then((outcome) => outcome !== "failed").then((ok) => {
       answeredWhenReadEnded = this.#readsAnswered;
       return ok;
     });
