@@ -12,7 +12,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(19);
+select plan(20);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0011-4000-8000-000000000011', 'topics-a@readsync.test'),
@@ -40,6 +40,9 @@ create policy project_authenticated_can_send on realtime.messages
   for insert to authenticated with check (true);
 create policy project_everyone_everything on realtime.messages
   for all to anon, authenticated using (true) with check (true);
+-- Supabase grants anon and authenticated select, insert and update on realtime.messages; a project may
+-- add delete (the policy above covers it).
+grant delete on realtime.messages to anon, authenticated;
 
 -- ---------------------------------------------------------------------------------------------
 -- The reservation itself
@@ -143,6 +146,12 @@ select throws_ok(
   '42501', null,
   'A may not send on their own progress topic, whatever the project''s policies allow: 42501'
 );
+-- A sees the stored messages of their topic (so neither the select policies nor a missing grant
+-- hide them here): only progress_topics_no_delete keeps them.
+with d as (delete from realtime.messages
+            where topic = 'progress:a1a1a1a1-0011-4000-8000-000000000011' returning 1)
+select is(count(*)::int, 0,
+  'A cannot delete the stored messages of their own progress topic either (0 rows deleted)') from d;
 -- Database broadcasts are unaffected: the trigger inserts as its owner.
 update public.reading_progress set page = 2 where series_id = 'topics-a-series';
 select results_eq(
