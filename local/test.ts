@@ -75,8 +75,9 @@ async function schemaFingerprint(dbUrl: string): Promise<string> {
     "-At",
     "-c",
     `select string_agg(x, E'\\n' order by x) from (
-       select 'policy ' || schemaname || '.' || tablename || ' ' || policyname || ' ' || cmd || ' ' ||
-              coalesce(qual, '') || ' ' || coalesce(with_check, '') as x
+       select 'policy ' || schemaname || '.' || tablename || ' ' || policyname || ' ' || permissive || ' ' ||
+              cmd || ' ' || array_to_string(roles, ',') || ' ' || coalesce(qual, '') || ' ' ||
+              coalesce(with_check, '') as x
          from pg_policies where schemaname in ('public', 'realtime')
        union all select 'trigger ' || tgname || ' ' || pg_get_triggerdef(oid) from pg_trigger
          where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
@@ -146,15 +147,22 @@ async function main(): Promise<number> {
     check("a second supabase db push is a no-op", !/Applying migration/.test(second), second);
 
     // The idempotent migrations (012: realtime setup, 013: progress writes, the reserved progress
-    // topics) must survive a second run and leave the same schema behind.
+    // topics) must survive a second run and leave the same schema behind. The reserved topics are two
+    // files, run again in their order: the second gives the first's policies their roles.
     for (
-      const [label, suffix] of [
+      const [label, ...suffixes] of [
         ["012", "_realtime_setup.sql"],
         ["013", "_progress_writes.sql"],
-        ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
+        [
+          "reserving progress topics",
+          "_realtime_progress_topics_reserved.sql",
+          "_realtime_progress_topics_reserved_every_role.sql",
+        ],
       ]
     ) {
-      const migration = (await listFiles("supabase/migrations", suffix))[0];
+      const migrations = await Promise.all(
+        suffixes.map(async (suffix) => (await listFiles("supabase/migrations", suffix))[0]),
+      );
       const before = await schemaFingerprint(stack.dbUrl);
       // 013 on a project whose `private` schema (Supabase's guides use that name too) lets anon
       // call the project's own helpers: the migration must leave that grant alone.
@@ -162,7 +170,7 @@ async function main(): Promise<number> {
       if (label === "013") await psql(stack.dbUrl, ["-c", "grant usage on schema private to anon"]);
       let rerunError = "";
       try {
-        await psql(stack.dbUrl, ["-1", "-f", `${ROOT}${migration}`]);
+        for (const migration of migrations) await psql(stack.dbUrl, ["-1", "-f", `${ROOT}${migration}`]);
       } catch (e) {
         rerunError = (e as Error).message;
       }

@@ -1,5 +1,5 @@
 -- The progress:<user_id> topics stay readsync's beside a project's own Realtime policies
--- (migration 20261205160000_realtime_progress_topics_reserved.sql).
+-- (migrations 20261205160000_realtime_progress_topics_reserved.sql and 20261205170000_…_every_role.sql).
 --
 -- realtime.messages serves every Realtime feature of a project, and its RLS policies are permissive
 -- unless made restrictive: PostgreSQL ORs them. Supabase's own Realtime guides begin with two such
@@ -12,7 +12,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(20);
+select plan(23);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0011-4000-8000-000000000011', 'topics-a@readsync.test'),
@@ -52,11 +52,11 @@ select results_eq(
       from pg_policies
      where schemaname = 'realtime' and tablename = 'messages' and permissive = 'RESTRICTIVE'
      order by policyname$$,
-  $$values ('progress_topics_no_delete', 'RESTRICTIVE', 'DELETE', 'anon,authenticated'),
-           ('progress_topics_no_send', 'RESTRICTIVE', 'INSERT', 'anon,authenticated'),
-           ('progress_topics_no_update', 'RESTRICTIVE', 'UPDATE', 'anon,authenticated'),
-           ('progress_topics_receive_own_only', 'RESTRICTIVE', 'SELECT', 'anon,authenticated')$$,
-  'four restrictive policies reserve progress: topics for every command, for anon and authenticated'
+  $$values ('progress_topics_no_delete', 'RESTRICTIVE', 'DELETE', 'public'),
+           ('progress_topics_no_send', 'RESTRICTIVE', 'INSERT', 'public'),
+           ('progress_topics_no_update', 'RESTRICTIVE', 'UPDATE', 'public'),
+           ('progress_topics_receive_own_only', 'RESTRICTIVE', 'SELECT', 'public')$$,
+  'four restrictive policies reserve progress: topics for every command, for every role (PUBLIC)'
 );
 
 -- ---------------------------------------------------------------------------------------------
@@ -182,6 +182,41 @@ select set_config('realtime.topic', 'room:lobby', true);
 select isnt_empty(
   $$select 1 from realtime.messages where topic = 'room:lobby'$$,
   'anon still reads the project''s own topics as its policy allows'
+);
+
+-- ---------------------------------------------------------------------------------------------
+-- B with a custom role: Realtime takes the role from the token's role claim, whatever it names
+-- (set_config('role', ...)), and Supabase supports custom Postgres roles there. This one is not a
+-- member of authenticated; the project opened realtime.messages to it with a policy that names no
+-- role (PUBLIC, a policy's default).
+-- ---------------------------------------------------------------------------------------------
+reset role;
+create role readsync_test_custom_claim_role nologin;
+grant readsync_test_custom_claim_role to current_user;
+grant usage on schema realtime, auth, extensions to readsync_test_custom_claim_role;
+grant execute on function auth.uid() to readsync_test_custom_claim_role;
+grant select, insert, update on realtime.messages to readsync_test_custom_claim_role;
+grant select on probe to readsync_test_custom_claim_role;
+create policy project_public_everything on realtime.messages
+  for all using (true) with check (true);
+set local role readsync_test_custom_claim_role;
+select set_config('request.jwt.claims',
+  '{"sub":"b2b2b2b2-0011-4000-8000-000000000011","role":"readsync_test_custom_claim_role"}', true);
+select set_config('realtime.topic', 'progress:a1a1a1a1-0011-4000-8000-000000000011', true);
+select is_empty(
+  $$select 1 from realtime.messages where id = (select id from probe)$$,
+  'B with a custom role claim cannot join progress:<A> either'
+);
+select throws_ok(
+  $$insert into realtime.messages (topic, extension, event, payload, private)
+    values ('progress:a1a1a1a1-0011-4000-8000-000000000011', 'broadcast', 'UPDATE', '{}', true)$$,
+  '42501', null,
+  'B with a custom role claim cannot send on progress:<A>: 42501'
+);
+select set_config('realtime.topic', 'room:lobby', true);
+select isnt_empty(
+  $$select 1 from realtime.messages where topic = 'room:lobby'$$,
+  'the custom role still reads the project''s own topics as its policy allows'
 );
 
 -- ---------------------------------------------------------------------------------------------
