@@ -73,7 +73,7 @@ select is_empty(
 );
 select is_empty(
   $$select 1 from realtime.messages where topic = 'progress:a1a1a1a1-0011-4000-8000-000000000011'$$,
-  'B cannot read A''s stored progress broadcasts (broadcast replay) either'
+  'B cannot read A''s stored progress broadcasts by a query of its own either (Realtime''s replay reads them over its own connection, for a channel whose join passed the probe above)'
 );
 select throws_ok(
   $$insert into realtime.messages (topic, extension, event, payload, private)
