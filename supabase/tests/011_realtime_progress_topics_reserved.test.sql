@@ -12,7 +12,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(23);
+select plan(25);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0011-4000-8000-000000000011', 'topics-a@readsync.test'),
@@ -97,6 +97,13 @@ select throws_ok(
   '42501', null,
   'B cannot move a message of the project''s into A''s progress topic: 42501'
 );
+-- Without a WHERE (or RETURNING) an UPDATE reads nothing, so no select policy looks at its rows: only
+-- the update policy's own check stands between B and A's topic.
+select throws_ok(
+  $$update realtime.messages set topic = 'progress:a1a1a1a1-0011-4000-8000-000000000011'$$,
+  '42501', null,
+  'B cannot move the project''s messages into A''s progress topic by an UPDATE without a WHERE either: 42501'
+);
 
 select set_config('realtime.topic', 'progress:b2b2b2b2-0011-4000-8000-000000000011', true);
 select throws_ok(
@@ -104,6 +111,12 @@ select throws_ok(
     values ('progress:b2b2b2b2-0011-4000-8000-000000000011', 'broadcast', 'UPDATE', '{}', true)$$,
   '42501', null,
   'B may not send on their own progress topic either (only the database broadcasts there): 42501'
+);
+-- With realtime.topic() at B's own topic (as it stays for the rest of a transaction after a
+-- realtime.send() of B's own write), A's rows are still not B's: the row's topic decides.
+select is_empty(
+  $$select 1 from realtime.messages where topic = 'progress:a1a1a1a1-0011-4000-8000-000000000011'$$,
+  'B cannot read A''s stored progress messages with realtime.topic() set to B''s own topic'
 );
 
 -- The project's own topics are untouched.
