@@ -12,7 +12,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(25);
+select plan(26);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0011-4000-8000-000000000011', 'topics-a@readsync.test'),
@@ -41,8 +41,16 @@ create policy project_authenticated_can_send on realtime.messages
 create policy project_everyone_everything on realtime.messages
   for all to anon, authenticated using (true) with check (true);
 -- Supabase grants anon and authenticated select, insert and update on realtime.messages; a project may
--- add delete (the policy above covers it).
+-- add delete (the policy above covers it). Where postgres holds DELETE without grant option (Supabase's
+-- images, supabase test db) the grant does nothing and the delete check below is skipped.
 grant delete on realtime.messages to anon, authenticated;
+create function pg_temp.delete_progress_of_a() returns integer language plpgsql as $fn$
+declare v_rows integer;
+begin
+  delete from realtime.messages where topic = 'progress:a1a1a1a1-0011-4000-8000-000000000011';
+  get diagnostics v_rows = row_count;
+  return v_rows;
+end $fn$;
 
 -- ---------------------------------------------------------------------------------------------
 -- The reservation itself
@@ -161,10 +169,10 @@ select throws_ok(
 );
 -- A sees the stored messages of their topic (so neither the select policies nor a missing grant
 -- hide them here): only progress_topics_no_delete keeps them.
-with d as (delete from realtime.messages
-            where topic = 'progress:a1a1a1a1-0011-4000-8000-000000000011' returning 1)
-select is(count(*)::int, 0,
-  'A cannot delete the stored messages of their own progress topic either (0 rows deleted)') from d;
+select case when has_table_privilege('authenticated', 'realtime.messages', 'delete')
+  then is(pg_temp.delete_progress_of_a(), 0,
+          'A cannot delete the stored messages of their own progress topic either (0 rows deleted)')
+  else skip('authenticated could not be granted DELETE on realtime.messages here', 1) end;
 -- Database broadcasts are unaffected: the trigger inserts as its owner.
 update public.reading_progress set page = 2 where series_id = 'topics-a-series';
 select results_eq(
@@ -206,31 +214,60 @@ select isnt_empty(
 reset role;
 create role readsync_test_custom_claim_role nologin;
 grant readsync_test_custom_claim_role to current_user;
-grant usage on schema realtime, auth, extensions to readsync_test_custom_claim_role;
+-- These grants take where the tests run as a superuser (npm test); where postgres holds some without
+-- grant option (Supabase's images, supabase test db) they do not, and the three checks are skipped.
+grant usage on schema realtime, auth to readsync_test_custom_claim_role;
 grant execute on function auth.uid() to readsync_test_custom_claim_role;
-grant select, insert, update on realtime.messages to readsync_test_custom_claim_role;
+grant select, insert on realtime.messages to readsync_test_custom_claim_role;
 grant select on probe to readsync_test_custom_claim_role;
 create policy project_public_everything on realtime.messages
   for all using (true) with check (true);
-set local role readsync_test_custom_claim_role;
-select set_config('request.jwt.claims',
-  '{"sub":"b2b2b2b2-0011-4000-8000-000000000011","role":"readsync_test_custom_claim_role"}', true);
-select set_config('realtime.topic', 'progress:a1a1a1a1-0011-4000-8000-000000000011', true);
-select is_empty(
-  $$select 1 from realtime.messages where id = (select id from probe)$$,
-  'B with a custom role claim cannot join progress:<A> either'
-);
-select throws_ok(
-  $$insert into realtime.messages (topic, extension, event, payload, private)
-    values ('progress:a1a1a1a1-0011-4000-8000-000000000011', 'broadcast', 'UPDATE', '{}', true)$$,
-  '42501', null,
-  'B with a custom role claim cannot send on progress:<A>: 42501'
-);
-select set_config('realtime.topic', 'room:lobby', true);
-select isnt_empty(
-  $$select 1 from realtime.messages where topic = 'room:lobby'$$,
-  'the custom role still reads the project''s own topics as its policy allows'
-);
+create temp table custom_role_ready on commit drop as
+  select has_schema_privilege('readsync_test_custom_claim_role', 'realtime', 'usage')
+     and has_schema_privilege('readsync_test_custom_claim_role', 'auth', 'usage')
+     and has_function_privilege('readsync_test_custom_claim_role', 'auth.uid()', 'execute')
+     and has_table_privilege('readsync_test_custom_claim_role', 'realtime.messages', 'select, insert')
+       as ready;
+-- Runs p_sql as that role with B's claims and realtime.topic = p_topic, as Realtime's probes run:
+-- 'rows <n>' or the SQLSTATE it failed with. (pgTAP itself is called as postgres.)
+create function pg_temp.as_custom_claim_role(p_topic text, p_sql text) returns text
+language plpgsql as $fn$
+declare
+  v_rows bigint;
+  v_result text;
+begin
+  perform set_config('request.jwt.claims',
+    '{"sub":"b2b2b2b2-0011-4000-8000-000000000011","role":"readsync_test_custom_claim_role"}', true);
+  perform set_config('realtime.topic', p_topic, true);
+  begin
+    perform set_config('role', 'readsync_test_custom_claim_role', true);
+    execute p_sql;
+    get diagnostics v_rows = row_count;
+    v_result := 'rows ' || v_rows;
+    perform set_config('role', 'none', true);
+  exception when others then
+    v_result := sqlstate; -- the block's role is undone with it
+  end;
+  return v_result;
+end $fn$;
+
+select case when (select ready from custom_role_ready)
+  then is(pg_temp.as_custom_claim_role('progress:a1a1a1a1-0011-4000-8000-000000000011',
+            $$select 1 from realtime.messages where id = (select id from probe)$$),
+          'rows 0', 'B with a custom role claim cannot join progress:<A> either (the probe row is not visible)')
+  else skip('the custom role could not be granted realtime.messages and auth.uid() here', 1) end;
+select case when (select ready from custom_role_ready)
+  then is(pg_temp.as_custom_claim_role('progress:a1a1a1a1-0011-4000-8000-000000000011',
+            $$insert into realtime.messages (topic, extension, event, payload, private)
+              values ('progress:a1a1a1a1-0011-4000-8000-000000000011', 'broadcast', 'UPDATE', '{}', true)$$),
+          '42501', 'B with a custom role claim cannot send on progress:<A>: 42501')
+  else skip('the custom role could not be granted realtime.messages and auth.uid() here', 1) end;
+select case when (select ready from custom_role_ready)
+  then is(pg_temp.as_custom_claim_role('room:lobby',
+            $$select 1 from realtime.messages where topic = 'room:lobby' limit 1$$),
+          'rows 1', 'the custom role still reads the project''s own topics as its policy allows')
+  else skip('the custom role could not be granted realtime.messages and auth.uid() here', 1) end;
+select is(current_user::text, session_user::text, 'back to the session''s own role after the custom role''s checks');
 
 -- ---------------------------------------------------------------------------------------------
 -- As postgres: A's messages are as the trigger wrote them
