@@ -147,17 +147,12 @@ async function main(): Promise<number> {
     check("a second supabase db push is a no-op", !/Applying migration/.test(second), second);
 
     // The idempotent migrations (012: realtime setup, 013: progress writes, the reserved progress
-    // topics) must survive a second run and leave the same schema behind. The reserved topics are two
-    // files, run again in their order: the second gives the first's policies their roles.
+    // topics) must survive a second run and leave the same schema behind.
     for (
       const [label, ...suffixes] of [
         ["012", "_realtime_setup.sql"],
         ["013", "_progress_writes.sql"],
-        [
-          "reserving progress topics",
-          "_realtime_progress_topics_reserved.sql",
-          "_realtime_progress_topics_reserved_every_role.sql",
-        ],
+        ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
       ]
     ) {
       const migrations = await Promise.all(

@@ -9,16 +9,23 @@
 -- signed-in user could join another reader's progress:<uid> channel and follow their reading, read their
 -- stored broadcasts (broadcast replay), and send forged progress events on it.
 --
--- The policies below are RESTRICTIVE: ANDed with every permissive policy, for the roles a client's token
--- gives Realtime and the Data API (anon, authenticated), on topics that start with 'progress:' only:
---   * select (a join's read probe, replay): only one's own progress:<auth.uid()>;
+-- The policies below are RESTRICTIVE (ANDed with every permissive policy) and bind PUBLIC, every role RLS
+-- binds, on topics that start with 'progress:' only:
+--   * select (a join's read probe): only one's own progress:<auth.uid()>;
 --   * insert (send, presence track), update, delete: nothing.
--- Every other topic keeps exactly what the project's policies allow. readsync's database broadcasts are
--- unaffected: its trigger (reading_progress_broadcast, SECURITY DEFINER) inserts as the function's owner,
--- which these policies do not name (and which RLS does not bind: postgres, as service_role, bypasses it).
--- The row's topic is what is tested: Realtime's probe row and the rows a channel replays carry the
--- channel's own sub-topic (realtime.topic()). The CASE keeps auth.uid() (which casts sub to uuid) out of
--- every other topic's decision.
+-- Every role, not only anon and authenticated: Realtime takes the role from the token's `role` claim,
+-- whatever it names (its set_conn_config runs set_config('role', <claim>) before the join and send
+-- probes), and Supabase supports custom Postgres roles there (a custom access token hook, third-party
+-- auth); a policy binds only the roles it names and their members.
+-- Every other topic keeps exactly what the project's policies allow. readsync's own writes are not
+-- bound: the broadcast trigger (reading_progress_broadcast, SECURITY DEFINER) inserts as its owner, and
+-- Realtime's own connection inserts the join probes; both already bypass RLS on realtime.messages, as
+-- migration 012 requires (it gives no role a policy to insert): postgres, service_role and the table's
+-- owner do. Broadcast replay reads as Realtime's own connection for a private channel whose join passed
+-- the check, so the join check is what guards it. The row's topic is what is tested: Realtime's probe
+-- row carries the channel's own sub-topic (realtime.topic()). The CASE keeps auth.uid() (which casts sub
+-- to uuid) out of every other topic's decision; a custom role that may not call auth.uid() gets an
+-- error on progress: topics only (Realtime refuses the join).
 --
 -- Idempotent: each policy is dropped if it exists and created again.
 
@@ -26,7 +33,7 @@ drop policy if exists progress_topics_receive_own_only on realtime.messages;
 create policy progress_topics_receive_own_only on realtime.messages
   as restrictive
   for select
-  to anon, authenticated
+  to public
   using (
     case when pg_catalog.starts_with(topic, 'progress:')
          then topic = 'progress:' || (select auth.uid())::text
@@ -37,14 +44,14 @@ drop policy if exists progress_topics_no_send on realtime.messages;
 create policy progress_topics_no_send on realtime.messages
   as restrictive
   for insert
-  to anon, authenticated
+  to public
   with check (not pg_catalog.starts_with(topic, 'progress:'));
 
 drop policy if exists progress_topics_no_update on realtime.messages;
 create policy progress_topics_no_update on realtime.messages
   as restrictive
   for update
-  to anon, authenticated
+  to public
   using (not pg_catalog.starts_with(topic, 'progress:'))
   with check (not pg_catalog.starts_with(topic, 'progress:'));
 
@@ -52,5 +59,5 @@ drop policy if exists progress_topics_no_delete on realtime.messages;
 create policy progress_topics_no_delete on realtime.messages
   as restrictive
   for delete
-  to anon, authenticated
+  to public
   using (not pg_catalog.starts_with(topic, 'progress:'));

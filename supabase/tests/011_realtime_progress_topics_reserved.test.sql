@@ -1,5 +1,5 @@
 -- The progress:<user_id> topics stay readsync's beside a project's own Realtime policies
--- (migrations 20261205160000_realtime_progress_topics_reserved.sql and 20261205170000_…_every_role.sql).
+-- (migration 20261205160000_realtime_progress_topics_reserved.sql).
 --
 -- realtime.messages serves every Realtime feature of a project, and its RLS policies are permissive
 -- unless made restrictive: PostgreSQL ORs them. Supabase's own Realtime guides begin with two such
