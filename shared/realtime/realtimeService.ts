@@ -948,6 +948,8 @@ class UserLink<Row extends LwwRow> {
    */
   #readsAsked = 0;
   #readsSettled = 0;
+  /** The #pollTimer set for a read owed to a syncNow() (#scheduleNextLiveRead), while it is that. */
+  #owedReadTimer: ReturnType<typeof setTimeout> | undefined;
   /**
    * A heartbeat reply is late while live: the socket may be dead though it looks open, so the link
    * reads every pollIntervalMs instead of livePollIntervalMs until a reply comes or the channel drops.
@@ -1424,7 +1426,17 @@ class UserLink<Row extends LwwRow> {
    */
   #scheduleNextLiveRead(outcome: ReadOutcome): void {
     if (outcome !== "failed") this.#failedPolls = 0;
-    if (this.#closed || !this.#readOwed || outcome === "done") return this.#scheduleLivePoll();
+    if (this.#closed || !this.#readOwed || outcome === "done") {
+      // A read scheduled for a call that a read begun after it (queued behind this one: a second
+      // syncNow(), the late heartbeat's read) has since read to the end is owed no more: the safety
+      // read's pace again, not one more read at the owed one's time (with the safety read off, a read
+      // nobody asked for).
+      if (!this.#readOwed && this.#pollTimer !== undefined && this.#pollTimer === this.#owedReadTimer) {
+        this.service.timers.clear(this.#pollTimer);
+        this.#pollTimer = undefined;
+      }
+      return this.#scheduleLivePoll();
+    }
     const left = this.#retryAfterLeftMs();
     const owed = left > 0
       ? left
@@ -1432,7 +1444,7 @@ class UserLink<Row extends LwwRow> {
       ? this.#nextPollDelay("failed")
       : this.#pollIntervalMs;
     this.service.timers.clear(this.#pollTimer);
-    this.#pollTimer = this.service.timers.set(
+    this.#pollTimer = this.#owedReadTimer = this.service.timers.set(
       () => void this.#poll(),
       Math.min(owed, this.#livePollWaitMs()),
     );

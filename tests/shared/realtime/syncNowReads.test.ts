@@ -124,6 +124,26 @@ Deno.test("syncNow: a read already in flight when the app asks does not settle i
   }
 });
 
+Deno.test("syncNow: two in one tick (back in the foreground and online), the first's read failed and the second's read to the end: no read of the first's is left scheduled", async () => {
+  const link = handAnsweredService({ ...quiet, pollIntervalMs: 60_000 });
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    const first = link.subscription.syncNow();
+    const second = link.subscription.syncNow(); // queued behind the first: it began after both calls
+    await waitFor("the first read", () => link.calls.length === 2);
+    link.calls[1].reject(new Error("network not up yet")); // owed: made again after the polls' backoff
+    assert.equal(await first, "failed");
+    await waitFor("the second read", () => link.calls.length === 3);
+    link.calls[2].resolve(answered(2));
+    assert.equal(await second, "done");
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.equal(link.timers(), 0, "both read to the end: nothing more scheduled (the safety read is off)");
+  } finally {
+    await link.end();
+  }
+});
+
 Deno.test("syncNow: a read owed for a Retry-After's end is still made when a late heartbeat's reply comes meanwhile", async () => {
   const fake = fakeClient();
   const lines: Record<string, unknown>[] = [];
