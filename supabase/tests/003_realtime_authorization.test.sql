@@ -1,4 +1,5 @@
--- Realtime authorization on realtime.messages (migration 012, policy progress_topic_receive_own).
+-- Realtime authorization on realtime.messages (migration 012, policy progress_topic_receive_own, as
+-- 20261205180000 re-created it).
 --
 -- Supabase Realtime decides whether a client may join a private channel by asking RLS on
 -- realtime.messages as that client: role authenticated, the JWT claims in request.jwt.claims and
@@ -37,11 +38,13 @@ select policy_cmd_is('realtime', 'messages', 'progress_topic_receive_own', 'sele
 select policy_roles_are('realtime', 'messages', 'progress_topic_receive_own', array['authenticated'],
   'progress_topic_receive_own applies to authenticated only');
 
+-- As migration 20261205180000 made it: auth.uid() is asked under the CASE's progress: branch only, so a
+-- third-party auth provider's sub (no UUID) never reaches its cast on another topic (pgTAP 012).
 select is(
-  (select qual from pg_policies where schemaname = 'realtime' and tablename = 'messages'
-      and policyname = 'progress_topic_receive_own'),
-  '((extension = ''broadcast''::text) AND (( SELECT realtime.topic() AS topic) = (''progress:''::text || (( SELECT auth.uid() AS uid))::text)) AND (topic = (''progress:''::text || (( SELECT auth.uid() AS uid))::text)))',
-  'receive policy: broadcast only, the channel topic and the row''s topic must both be progress:<own uid>, as once-per-statement subqueries'
+  (select btrim(regexp_replace(qual, '\s+', ' ', 'g')) from pg_policies
+    where schemaname = 'realtime' and tablename = 'messages' and policyname = 'progress_topic_receive_own'),
+  'CASE WHEN ((extension = ''broadcast''::text) AND starts_with(topic, ''progress:''::text)) THEN ((( SELECT realtime.topic() AS topic) = (''progress:''::text || (( SELECT auth.uid() AS uid))::text)) AND (topic = (''progress:''::text || (( SELECT auth.uid() AS uid))::text))) ELSE false END',
+  'receive policy: broadcast rows of progress: topics only, the channel topic and the row''s topic must both be progress:<own uid>, as once-per-statement subqueries; false for every other row'
 );
 
 select is(
