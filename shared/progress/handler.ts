@@ -200,8 +200,13 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         `This API needs a signed-in user's access token, not role "${claims.role ?? "none"}"`,
       );
     }
-    if (typeof claims.sub !== "string" || !UUID.test(claims.sub)) {
+    if (typeof claims.sub !== "string") {
       throw new HttpError(403, "forbidden", "The access token has no user (sub)");
+    }
+    if (!UUID.test(claims.sub)) {
+      // A third-party auth provider's user (Clerk, Firebase, Auth0, Cognito): no Supabase Auth user
+      // id, so no reader here (auth.uid() in the database would fail on it).
+      throw new HttpError(403, "forbidden", "The access token's subject (sub) is not a user id (a UUID)");
     }
     if (actAs !== null && actAs.toLowerCase() !== claims.sub.toLowerCase()) {
       throw new HttpError(

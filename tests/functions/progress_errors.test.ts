@@ -587,6 +587,16 @@ Deno.test("403: the anon key, a token without a user, and service_role without X
       secret: env.jwtSecret,
     });
     expectError(await call("GET", "", { token: noSub }), 403, "forbidden");
+    // A third-party auth provider's user (Clerk, Auth0): a sub that is no UUID is no reader here, and
+    // is answered before anything reaches auth.uid(), whose cast would fail on it.
+    for (const sub of ["user_2NNEqL2nrIRdJ194ndJqAHwEfxC", "auth0|65a1b2c3d4e5f6a7b8c9d0e1"]) {
+      const thirdParty = await signDevJwt({ sub, role: "authenticated", aud: "authenticated" }, {
+        secret: env.jwtSecret,
+      });
+      e = expectError(await call("POST", "", { token: thirdParty, body }), 403, "forbidden");
+      assert.match(e.message, /not a user id/, sub);
+      expectError(await call("GET", "/changes?since=", { token: thirdParty }), 403, "forbidden");
+    }
     e = expectError(await call("POST", "", { token: env.serviceRoleKey, body }), 403, "forbidden");
     assert.match(e.message, /x-act-as-user/i);
     expectError(
