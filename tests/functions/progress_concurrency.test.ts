@@ -28,7 +28,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { ConflictResolver } from "../../shared/progress/conflictResolver.ts";
 import { batchWriteResponseSchema, writeResultSchema } from "../../shared/progress/schemas.ts";
-import type { WriteResult } from "../../shared/progress/types.ts";
+import type { ProgressKey, ProgressPosition, WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
 import { adminSql, call, seriesId, testEnv } from "./support.ts";
 
@@ -58,14 +58,9 @@ const SEED_KEY = { updated_at: new Date(BASE - 7 * 86_400_000).toISOString(), de
 
 type Path = "http" | "batch" | "reset" | "sql" | "upsert" | "bulk" | "update";
 
-interface Write {
+/** A write as sent (the API's body with `cleared` always given), and how it was dated. */
+interface Write extends ProgressKey, ProgressPosition {
   series_id: string;
-  chapter: number;
-  page: number;
-  percentage: number;
-  cleared: boolean;
-  device_id: string;
-  updated_at: string;
   /** Dated an hour ahead of the server's clock: stored under another key (as answered). */
   ahead: boolean;
 }
