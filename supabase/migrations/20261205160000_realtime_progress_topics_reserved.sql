@@ -24,8 +24,10 @@
 -- owner do. Broadcast replay reads as Realtime's own connection for a private channel whose join passed
 -- the check, so the join check is what guards it. The row's topic is what is tested: Realtime's probe
 -- row carries the channel's own sub-topic (realtime.topic()). The CASE keeps auth.uid() (which casts sub
--- to uuid) out of every other topic's decision; a custom role that may not call auth.uid() gets an
--- error on progress: topics only (Realtime refuses the join).
+-- to uuid) out of every other topic's decision, and on progress: topics it is asked only for a sub of
+-- UUID syntax: a third-party auth provider's sub (not a UUID) finds no progress: row its own, instead
+-- of an error 22P02 (pgTAP 012). A custom role that may not call auth.uid() gets an error on progress:
+-- topics only (Realtime refuses the join).
 --
 -- Idempotent: each policy is dropped if it exists and created again.
 
@@ -36,7 +38,14 @@ create policy progress_topics_receive_own_only on realtime.messages
   to public
   using (
     case when pg_catalog.starts_with(topic, 'progress:')
-         then topic = 'progress:' || (select auth.uid())::text
+         -- auth.uid() is asked only for a sub of UUID syntax (uuid_in's: any case, hyphens between
+         -- groups of four optional, braces); any other sub (a third-party auth provider's) is null
+         -- here, so a progress: row is not its own, instead of an error.
+         then topic = 'progress:'
+                      || (select case when coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                                                   (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))
+                                          operator(pg_catalog.~*) '^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$'
+                                     then auth.uid() end)::text
          else true end
   );
 

@@ -17,8 +17,11 @@
 -- other row is false here and left to the project's policies. A CASE, not an AND: PostgreSQL may reorder
 -- the terms of an AND (and evaluates an index condition before the scan), a CASE's branches it does not.
 -- The restrictive policies of 20261205160000 already keep auth.uid() to progress: topics the same way.
--- A third-party user's join of a progress: channel still fails in auth.uid(): readsync's readers are
--- Supabase Auth's, and Realtime refuses that join either way.
+-- On a progress: row auth.uid() is asked only when the sub has UUID syntax (uuid_in's, so a UUID sub
+-- reads exactly as auth.uid() reads it); for any other sub that row is not one's own (null): a
+-- third-party user's join of a progress: channel is refused, and a read that reaches progress: rows
+-- (a filter that is not leakproof, such as topic like 'user:%', runs after the policies) skips them,
+-- instead of failing with 22P02.
 --
 -- Idempotent: the policy is dropped if it exists and created again. Migration 012 run again by hand puts
 -- its old definition back: run this one after it (npm test re-runs the two together).
@@ -28,11 +31,20 @@ create policy progress_topic_receive_own on realtime.messages
   for select to authenticated
   using (
     case when extension = 'broadcast' and pg_catalog.starts_with(topic, 'progress:')
-         then (select realtime.topic()) = 'progress:' || (select auth.uid())::text
+         -- auth.uid() is asked only for a sub of UUID syntax, as in 20261205160000; for any other sub
+         -- (a third-party auth provider's) a progress: row is not its own (null), instead of an error.
+         then (select realtime.topic())
+                = 'progress:' || (select case when coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                                                          (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))
+                                                 operator(pg_catalog.~*) '^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$'
+                                            then auth.uid() end)::text
               -- Realtime's join probe is a row of the channel's own topic, so this changes no join; it
               -- keeps any other read of realtime.messages (with realtime.topic() set to one's own topic,
               -- as every realtime.send() of one's own write does for the rest of the transaction) to
               -- one's own rows.
-              and topic = 'progress:' || (select auth.uid())::text
+              and topic = 'progress:' || (select case when coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                                                      (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))
+                                             operator(pg_catalog.~*) '^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$'
+                                        then auth.uid() end)::text
          else false end
   );

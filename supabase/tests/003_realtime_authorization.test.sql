@@ -38,13 +38,14 @@ select policy_cmd_is('realtime', 'messages', 'progress_topic_receive_own', 'sele
 select policy_roles_are('realtime', 'messages', 'progress_topic_receive_own', array['authenticated'],
   'progress_topic_receive_own applies to authenticated only');
 
--- As migration 20261205180000 made it: auth.uid() is asked under the CASE's progress: branch only, so a
--- third-party auth provider's sub (no UUID) never reaches its cast on another topic (pgTAP 012).
+-- As migration 20261205180000 made it: auth.uid() is asked under the CASE's progress: branch only, and
+-- there only for a sub of UUID syntax (else null: not one's own), so a third-party auth provider's sub
+-- never reaches its cast (pgTAP 012).
 select is(
   (select btrim(regexp_replace(qual, '\s+', ' ', 'g')) from pg_policies
     where schemaname = 'realtime' and tablename = 'messages' and policyname = 'progress_topic_receive_own'),
-  'CASE WHEN ((extension = ''broadcast''::text) AND starts_with(topic, ''progress:''::text)) THEN ((( SELECT realtime.topic() AS topic) = (''progress:''::text || (( SELECT auth.uid() AS uid))::text)) AND (topic = (''progress:''::text || (( SELECT auth.uid() AS uid))::text))) ELSE false END',
-  'receive policy: broadcast rows of progress: topics only, the channel topic and the row''s topic must both be progress:<own uid>, as once-per-statement subqueries; false for every other row'
+  'CASE WHEN ((extension = ''broadcast''::text) AND starts_with(topic, ''progress:''::text)) THEN ((( SELECT realtime.topic() AS topic) = (''progress:''::text || (( SELECT CASE WHEN (COALESCE(NULLIF(current_setting(''request.jwt.claim.sub''::text, true), ''''::text), ((NULLIF(current_setting(''request.jwt.claims''::text, true), ''''::text))::jsonb ->> ''sub''::text)) ~* ''^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$''::text) THEN auth.uid() ELSE NULL::uuid END AS "case"))::text)) AND (topic = (''progress:''::text || (( SELECT CASE WHEN (COALESCE(NULLIF(current_setting(''request.jwt.claim.sub''::text, true), ''''::text), ((NULLIF(current_setting(''request.jwt.claims''::text, true), ''''::text))::jsonb ->> ''sub''::text)) ~* ''^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$''::text) THEN auth.uid() ELSE NULL::uuid END AS "case"))::text))) ELSE false END',
+  'receive policy: broadcast rows of progress: topics only, the channel topic and the row''s topic must both be progress:<own uid>, as once-per-statement subqueries (auth.uid() for a sub of UUID syntax only); false for every other row'
 );
 
 select is(

@@ -15,7 +15,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(34);
+select plan(49);
 
 -- A readsync reader (a Supabase Auth user) whose write is broadcast on progress:<uid>.
 insert into auth.users (id, email) values ('c3c3c3c3-0012-4000-8000-000000000012', 'tp-reader@readsync.test');
@@ -117,7 +117,17 @@ insert into checks values
    'auth0|65a1b2c3d4e5f6a7b8c9d0e1', 'user:auth0|65a1b2c3d4e5f6a7b8c9d0e1',
    $$select 1 from realtime.messages where topic = 'user:auth0|65a1b2c3d4e5f6a7b8c9d0e1'
        and extension = 'broadcast' and id = (select id from probe where topic = 'user:auth0|65a1b2c3d4e5f6a7b8c9d0e1')$$,
-   'rows 1');
+   'rows 1'),
+  -- A condition that is not leakproof (like) is applied after the policies, so the policies are asked
+  -- on readsync's progress: rows too: for a sub that is not a UUID they are not its own (no error).
+  (6, 'a read filtered by topic like ''user:%'' (policies asked on progress: rows first) sees only its own rows',
+   'user_2NNEqL2nrIRdJ194ndJqAHwEfxC', 'user:user_2NNEqL2nrIRdJ194ndJqAHwEfxC',
+   $$select id from realtime.messages where topic like 'user:%' and private is true$$,
+   'rows 2'),
+  (7, 'a read of all of realtime.messages sees the own channel''s rows and no progress: row',
+   'auth0|65a1b2c3d4e5f6a7b8c9d0e1', 'user:auth0|65a1b2c3d4e5f6a7b8c9d0e1',
+   $$select id from realtime.messages$$,
+   'rows 2');
 
 select pg_temp.project_policy('Clerk users receive on their own channel');
 select is(pg_temp.as_user(c.sub, c.topic, c.sql, s.off), c.expected,
@@ -154,13 +164,28 @@ select is(
   pg_temp.as_user('d4d4d4d4-0012-4000-8000-000000000012', 'progress:c3c3c3c3-0012-4000-8000-000000000012',
     $$select 1 from realtime.messages where topic = 'progress:c3c3c3c3-0012-4000-8000-000000000012'$$),
   'rows 0', 'another Supabase Auth user still cannot join or read progress:<reader>');
--- A third-party user on readsync's topics: auth.uid() is asked there (readsync's users are Supabase
--- Auth's) and cannot read the sub, so the statement fails: Realtime refuses the join either way.
+-- A third-party user on readsync's topics: its sub has no UUID syntax, so auth.uid() is not asked and
+-- the progress: rows are not its own: the join is refused (0 rows), not an error.
 select is(
   pg_temp.as_user('user_2NNEqL2nrIRdJ194ndJqAHwEfxC', 'progress:c3c3c3c3-0012-4000-8000-000000000012',
     $$select 1 from realtime.messages where topic = 'progress:c3c3c3c3-0012-4000-8000-000000000012'
         and extension = 'broadcast' and id = (select id from probe where topic like 'progress:%')$$),
-  '22P02', 'a third-party user''s join of a progress: channel fails in auth.uid() (no progress is shown)');
+  'rows 0', 'a third-party user''s join of a progress: channel is refused (0 rows, no error)');
+select is(
+  pg_temp.as_user('auth0|c3c3c3c3-0012-4000-8000-000000000012', 'progress:c3c3c3c3-0012-4000-8000-000000000012',
+    $$select 1 from realtime.messages where topic like 'progress:%'$$),
+  'rows 0', 'a sub that only contains a reader''s UUID reads none of their progress: rows');
+-- auth.uid()'s reading of a UUID sub is kept: any case, no hyphens, braces (uuid_in's syntax), compared
+-- in canonical form with the topic (user_id::text).
+select is(
+  pg_temp.as_user('C3C3C3C3-0012-4000-8000-000000000012', 'progress:c3c3c3c3-0012-4000-8000-000000000012',
+    $$select 1 from realtime.messages where topic = 'progress:c3c3c3c3-0012-4000-8000-000000000012'
+        and extension = 'broadcast' and id = (select id from probe where topic like 'progress:%')$$),
+  'rows 1', 'the reader''s sub in upper case still joins their progress:<uid> channel (as auth.uid() reads it)');
+select is(
+  pg_temp.as_user('{c3c3c3c3001240008000000000000012}', 'progress:c3c3c3c3-0012-4000-8000-000000000012',
+    $$select 1 from realtime.messages where topic like 'progress:%' and event = 'INSERT'$$),
+  'rows 1', 'the reader''s sub without hyphens, in braces, still reads their stored progress broadcast');
 
 -- The receive policy's definition (auth.uid() under the CASE's progress: branch only) is pgTAP 003's.
 
