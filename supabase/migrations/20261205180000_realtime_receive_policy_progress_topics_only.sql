@@ -33,18 +33,14 @@ create policy progress_topic_receive_own on realtime.messages
     case when extension = 'broadcast' and pg_catalog.starts_with(topic, 'progress:')
          -- auth.uid() is asked only for a sub of UUID syntax, as in 20261205160000; for any other sub
          -- (a third-party auth provider's) a progress: row is not its own (null), instead of an error.
-         then (select realtime.topic())
-                = 'progress:' || (select case when coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-                                                          (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))
-                                                 operator(pg_catalog.~*) '^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$'
-                                            then auth.uid() end)::text
-              -- Realtime's join probe is a row of the channel's own topic, so this changes no join; it
-              -- keeps any other read of realtime.messages (with realtime.topic() set to one's own topic,
-              -- as every realtime.send() of one's own write does for the rest of the transaction) to
-              -- one's own rows.
-              and topic = 'progress:' || (select case when coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
-                                                      (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))
-                                             operator(pg_catalog.~*) '^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$'
-                                        then auth.uid() end)::text
+         then topic = 'progress:' || (select case when coalesce(nullif(pg_catalog.current_setting('request.jwt.claim.sub', true), ''),
+                                                   (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))
+                                          operator(pg_catalog.~*) '^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$'
+                                     then auth.uid() end)::text
+              -- And the channel's topic is the row's (so progress:<own uid> too): Realtime's join probe
+              -- is a row of the channel's own topic, so this changes no join; it keeps any other read of
+              -- realtime.messages (with realtime.topic() set to one's own topic, as every
+              -- realtime.send() of one's own write does for the rest of the transaction) to one's own rows.
+              and (select realtime.topic()) = topic
          else false end
   );
