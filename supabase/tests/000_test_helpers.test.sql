@@ -21,6 +21,9 @@
 --   readsync_tests.test_clock(), readsync_tests.test_clock_as_is(), readsync_tests.set_test_clock(at),
 --   readsync_tests.move_test_clock(by)  read and set the clock from a test (for instance in a row's
 --     computation, between two rows' triggers).
+-- readsync_tests.run_as(role, claims, topic, sql, off)  runs a statement as Realtime runs its probes
+--   (role, request.jwt.claims, realtime.topic; planner settings off) and answers 'rows <n>' or the
+--   SQLSTATE it failed with (pgTAP 011, 012).
 -- The clock lives in the transaction-local setting readsync_test.clock_us as epoch microseconds (a
 -- number, not a date's text: a test's DateStyle or TimeZone cannot change it). The functions
 -- replaced stay replaced until use_real_clock or the test's ROLLBACK. use_test_clock and
@@ -120,6 +123,40 @@ begin
   for r in delete from readsync_tests.real_clock_defs returning def loop
     execute r.def;
   end loop;
+end
+$$;
+
+-- Runs p_sql as Realtime runs its probes: as p_role, with request.jwt.claims = p_claims and
+-- realtime.topic = p_topic (both transaction-local, left set), and the planner settings in p_off turned
+-- off meanwhile. Answers 'rows <n>' or the SQLSTATE it failed with (the role is undone with the failed
+-- block). Called by the session's own role (the tests run as postgres); not for an API role. No SET
+-- clause: it would make the claims and topic revert when it returns.
+create function readsync_tests.run_as(p_role text, p_claims jsonb, p_topic text, p_sql text,
+  p_off text[] default '{}') returns text
+language plpgsql as $$
+declare
+  v_rows bigint;
+  v_result text;
+  v_setting text;
+begin
+  foreach v_setting in array p_off loop
+    perform pg_catalog.set_config(v_setting, 'off', true);
+  end loop;
+  perform pg_catalog.set_config('request.jwt.claims', p_claims::text, true);
+  perform pg_catalog.set_config('realtime.topic', p_topic, true);
+  begin
+    perform pg_catalog.set_config('role', p_role, true);
+    execute p_sql;
+    get diagnostics v_rows = row_count;
+    v_result := 'rows ' || v_rows;
+    perform pg_catalog.set_config('role', 'none', true);
+  exception when others then
+    v_result := sqlstate;
+  end;
+  foreach v_setting in array p_off loop
+    perform pg_catalog.set_config(v_setting, 'on', true);
+  end loop;
+  return v_result;
 end
 $$;
 

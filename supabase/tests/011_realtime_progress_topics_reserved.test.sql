@@ -231,25 +231,10 @@ create temp table custom_role_ready on commit drop as
 -- Runs p_sql as that role with B's claims and realtime.topic = p_topic, as Realtime's probes run:
 -- 'rows <n>' or the SQLSTATE it failed with. (pgTAP itself is called as postgres.)
 create function pg_temp.as_custom_claim_role(p_topic text, p_sql text) returns text
-language plpgsql as $fn$
-declare
-  v_rows bigint;
-  v_result text;
-begin
-  perform set_config('request.jwt.claims',
-    '{"sub":"b2b2b2b2-0011-4000-8000-000000000011","role":"readsync_test_custom_claim_role"}', true);
-  perform set_config('realtime.topic', p_topic, true);
-  begin
-    perform set_config('role', 'readsync_test_custom_claim_role', true);
-    execute p_sql;
-    get diagnostics v_rows = row_count;
-    v_result := 'rows ' || v_rows;
-    perform set_config('role', 'none', true);
-  exception when others then
-    v_result := sqlstate; -- the block's role is undone with it
-  end;
-  return v_result;
-end $fn$;
+language sql as $fn$
+  select readsync_tests.run_as('readsync_test_custom_claim_role',
+    '{"sub":"b2b2b2b2-0011-4000-8000-000000000011","role":"readsync_test_custom_claim_role"}', p_topic, p_sql)
+$fn$;
 
 select case when (select ready from custom_role_ready)
   then is(pg_temp.as_custom_claim_role('progress:a1a1a1a1-0011-4000-8000-000000000011',

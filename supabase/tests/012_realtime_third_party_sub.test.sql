@@ -60,32 +60,10 @@ end $fn$;
 -- Runs p_sql as Realtime runs a probe: role authenticated, the claims for p_sub, realtime.topic =
 -- p_topic, and the planner settings given (off). Answers 'rows <n>' or the SQLSTATE it failed with.
 create function pg_temp.as_user(p_sub text, p_topic text, p_sql text, p_off text[] default '{}')
-returns text language plpgsql as $fn$
-declare
-  v_rows bigint;
-  v_result text;
-  v_setting text;
-begin
-  foreach v_setting in array p_off loop
-    perform set_config(v_setting, 'off', true);
-  end loop;
-  perform set_config('request.jwt.claims',
-    json_build_object('sub', p_sub, 'role', 'authenticated', 'aud', 'authenticated')::text, true);
-  perform set_config('realtime.topic', p_topic, true);
-  begin
-    perform set_config('role', 'authenticated', true);
-    execute p_sql;
-    get diagnostics v_rows = row_count;
-    v_result := 'rows ' || v_rows;
-    perform set_config('role', 'none', true);
-  exception when others then
-    v_result := sqlstate; -- the block's role is undone with it
-  end;
-  foreach v_setting in array p_off loop
-    perform set_config(v_setting, 'on', true);
-  end loop;
-  return v_result;
-end $fn$;
+returns text language sql as $fn$
+  select readsync_tests.run_as('authenticated',
+    jsonb_build_object('sub', p_sub, 'role', 'authenticated', 'aud', 'authenticated'), p_topic, p_sql, p_off)
+$fn$;
 
 -- The checks: (what, sub, topic, query, expected), each with the planner as it is, with sequential scans
 -- off and with index scans off.
