@@ -1,8 +1,9 @@
 -- Helpers shared by the pgTAP files, in schema `readsync_tests`. This file runs first (pg_prove and
 -- `supabase test db` take the files in name order; `npm test -- <file>.sql` runs it before any
 -- selected pgTAP file) and, unlike every other file, COMMITS: the later files find the helpers in
--- place; 999_drop_test_helpers.test.sql drops them after the last. Re-running it replaces them. `readsync_tests` is not an API schema (supabase/config.toml
--- [api] schemas), and no API role may use anything here outside a test's own transaction.
+-- place; 999_drop_test_helpers.test.sql drops them after the last. Re-running it replaces them.
+-- `readsync_tests` is not an API schema (supabase/config.toml [api] schemas), and no API role may use
+-- anything here outside a test's own transaction.
 --
 -- The test clock: migration 012's claim triggers, write_reading_progress and the conflict logger
 -- judge a write "ahead" by the wall clock, pg_catalog.clock_timestamp(). A test of that is decided
@@ -21,15 +22,18 @@
 --   readsync_tests.test_clock(), readsync_tests.test_clock_as_is(), readsync_tests.set_test_clock(at),
 --   readsync_tests.move_test_clock(by)  read and set the clock from a test (for instance in a row's
 --     computation, between two rows' triggers).
--- readsync_tests.run_as(role, claims, topic, sql, off)  runs a statement as Realtime runs its probes
---   (role, request.jwt.claims, realtime.topic; planner settings off) and answers 'rows <n>' or the
---   SQLSTATE it failed with (pgTAP 011, 012).
 -- The clock lives in the transaction-local setting readsync_test.clock_us as epoch microseconds (a
 -- number, not a date's text: a test's DateStyle or TimeZone cannot change it). The functions
 -- replaced stay replaced until use_real_clock or the test's ROLLBACK. use_test_clock and
 -- use_real_clock run as their owner (they replace the migrations' functions), so they are closed
 -- to every API role; a test that calls them as the signed-in user grants that in its own
 -- transaction (pgTAP 008).
+--
+-- readsync_tests.run_as(role, claims, topic, sql, off)  runs a statement as Realtime runs its probes:
+--   request.jwt.claims = claims and realtime.topic = topic (both stay set for the rest of the
+--   transaction), then the role, and answers 'rows <n>' or the SQLSTATE it failed with, the role
+--   put back either way; each planner setting named in `off` (enable_seqscan, ...) is off for the
+--   statement and on after it (pgTAP 011, 012).
 
 begin;
 create schema if not exists readsync_tests;
