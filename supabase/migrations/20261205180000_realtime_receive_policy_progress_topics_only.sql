@@ -13,7 +13,7 @@
 --
 -- The policy is the same grant (authenticated may receive on their own progress:<uid>, the channel topic
 -- and the row's topic both), behind a CASE on the row: only broadcast rows of progress: topics reach
--- auth.uid(), still as once-per-statement subqueries (initPlans, evaluated when first needed); every
+-- auth.uid(), still in one once-per-statement subquery (an initPlan, evaluated when first needed); every
 -- other row is false here and left to the project's policies. A CASE, not an AND: PostgreSQL may reorder
 -- the terms of an AND (and evaluates an index condition before the scan), a CASE's branches it does not.
 -- The restrictive policies of 20261205160000 already keep auth.uid() to progress: topics the same way.
