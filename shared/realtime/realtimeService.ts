@@ -80,7 +80,8 @@ export type ReadOutcome = "done" | "behind" | "failed";
 
 /**
  * How RealtimeService.syncNow() went for one subscribed user, as `removeAllChannels()` in supabase-js
- * resolves one status per channel: the user's channel (`progress:<userId>`, as
+ * resolves one status per channel: the user (as ProgressSubscription.userId: a UUID in lower case,
+ * whatever case it was given in), the user's channel (`progress:<userId>`, as
  * ProgressSubscription.channel) and how its read ended, what that user's subscriptions' syncNow()
  * resolves with (they share the channel and the read).
  */
