@@ -107,22 +107,24 @@ insert into checks values
    $$select id from realtime.messages$$,
    'rows 2');
 
+-- The planner settings each check runs under (see above).
+create temp table plan_shapes (k int, label text, off text[]) on commit drop;
+insert into plan_shapes values (1, 'default plan', '{}'),
+                               (2, 'no sequential scans', '{enable_seqscan}'),
+                               (3, 'no index scans', '{enable_indexscan,enable_indexonlyscan,enable_bitmapscan}');
+
 select pg_temp.project_policy('Clerk users receive on their own channel');
 select is(pg_temp.as_user(c.sub, c.topic, c.sql, s.off), c.expected,
           format('project policy sorted first, %s: %s', s.label, c.what))
   from checks c
- cross join (values (1, 'default plan', '{}'::text[]),
-                    (2, 'no sequential scans', '{enable_seqscan}'),
-                    (3, 'no index scans', '{enable_indexscan,enable_indexonlyscan,enable_bitmapscan}')) s(k, label, off)
+ cross join plan_shapes s
  order by s.k, c.n;
 
 select pg_temp.project_policy('users_receive_on_their_own_channel');
 select is(pg_temp.as_user(c.sub, c.topic, c.sql, s.off), c.expected,
           format('project policy sorted last, %s: %s', s.label, c.what))
   from checks c
- cross join (values (1, 'default plan', '{}'::text[]),
-                    (2, 'no sequential scans', '{enable_seqscan}'),
-                    (3, 'no index scans', '{enable_indexscan,enable_indexonlyscan,enable_bitmapscan}')) s(k, label, off)
+ cross join plan_shapes s
  order by s.k, c.n;
 
 -- ---------------------------------------------------------------------------------------------
