@@ -62,6 +62,10 @@ export async function readBodyLimited(req: Request, maxBytes: number): Promise<U
       } catch (error) {
         // The sender stopped early: fewer bytes than its Content-Length, an unfinished chunked body,
         // a dropped connection. Its fault, not ours: a 400 (and an info log line, not an error).
+        // received_bytes is what the server handed this reader before the failure, which can be fewer
+        // than were sent: Deno 2.9's server drops the body bytes it has not handed over yet when the
+        // sender's side closes, such as a short body that came in with the request head (0 then; a
+        // bare Deno.serve that reads at once shows the same).
         throw new HttpError(400, "invalid_json", "The request body ended before it was complete", {
           details: { reason: error instanceof Error ? error.message : String(error), received_bytes: total },
         });
