@@ -6,9 +6,18 @@
 // payload null, private false); then the session takes the token's role and exactly the settings
 // Supabase's set_conn_config sets: `role`, `realtime.topic` (the same sub-topic), `request.jwt.claims`
 // and `request.headers`. Not the legacy `request.jwt.claim.sub`/`.role`: a policy that read those
-// would pass here and fail on Supabase. Read: SELECT the probe (where topic and extension match,
-// as Supabase queries it); visible => may receive. Write: INSERT a (topic, extension) row in a
-// savepoint; 42501 => may not send.
+// would pass here and fail on Supabase releases that do not set them. Read: SELECT the probe (where
+// topic and extension match, as Supabase queries it); visible => may receive. Write: INSERT a
+// (topic, extension) row in a savepoint; 42501 => may not send.
+//
+// The role is whatever the token's `role` claim names, as Supabase's set_conn_config takes it
+// (`role: claims["role"]`, no list of allowed roles): a custom role the project created is asked its
+// own policies. PostgreSQL decides whether the session may take it, as on Supabase: a role that does
+// not exist (22023) or that the connection's user may not set (42501 "permission denied to set
+// role") fails the probe, and so does any other error a policy raises (e.g. 22P02 from auth.uid() on
+// a sub that is not a UUID). Supabase answers every such PostgreSQL error as :rls_policy_error
+// (handle_policies_result): the join is refused as Unauthorized, a send is not allowed. `PolicyError`
+// is that case here; errors of the connection itself are thrown as they are.
 //
 // So on a probe, the row's `topic` column and realtime.topic() are always the same string: a policy
 // may test either (Supabase's docs use realtime.topic()). They differ only for reads of
@@ -19,12 +28,40 @@
 import type postgres from "postgres";
 import type { JwtClaims } from "./auth.ts";
 
-/** The API roles a verified JWT may switch into (Supabase's PostgREST/Realtime roles). */
-const API_ROLES = new Set(["anon", "authenticated", "service_role"]);
-
-export class RoleNotAllowed extends Error {}
-
 class Rollback extends Error {}
+
+/**
+ * A probe PostgreSQL answered with an error (a role that does not exist or may not be set, a policy
+ * that raised): Supabase's :rls_policy_error, which refuses the join as Unauthorized and the send.
+ */
+export class PolicyError extends Error {
+  constructor(readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+/**
+ * Errors Supabase does not count as :rls_policy_error: query_canceled (its :query_canceled),
+ * check_violation (no partition for the probe row: :missing_partition) and the connection's own
+ * failures (class 08, admin/crash shutdown 57P0x, too many connections 53300).
+ */
+function isPolicyError(error: unknown): error is { code: string; message: string } {
+  const e = error as { name?: string; code?: unknown };
+  if (e?.name !== "PostgresError" || typeof e.code !== "string") return false;
+  return !(e.code === "57014" || e.code === "23514" || e.code === "53300" || e.code.startsWith("08") ||
+    e.code.startsWith("57P"));
+}
+
+/** Runs a probe; a PostgreSQL error of the kind Supabase calls :rls_policy_error becomes PolicyError. */
+async function probe(run: () => Promise<unknown>): Promise<void> {
+  try {
+    await run();
+  } catch (error) {
+    if (error instanceof Rollback) return;
+    if (isPolicyError(error)) throw new PolicyError(error.code, error.message);
+    throw error;
+  }
+}
 
 export interface AuthorizationContext {
   /** Topic without the `realtime:` prefix, as realtime.topic() returns it. */
@@ -35,10 +72,8 @@ export interface AuthorizationContext {
 }
 
 async function asUser(tx: postgres.TransactionSql, ctx: AuthorizationContext): Promise<void> {
-  const role = ctx.claims.role;
-  if (!API_ROLES.has(role)) throw new RoleNotAllowed(`role ${role} is not an API role`);
   await tx`select
-      set_config('role', ${role}, true),
+      set_config('role', ${ctx.claims.role}, true),
       set_config('realtime.topic', ${ctx.topic}, true),
       set_config('request.jwt.claims', ${JSON.stringify(ctx.claims)}, true),
       set_config('request.headers', ${JSON.stringify(ctx.headers ?? {})}, true)`;
@@ -47,29 +82,27 @@ async function asUser(tx: postgres.TransactionSql, ctx: AuthorizationContext): P
 /** May this user receive broadcasts on the topic? */
 export async function canRead(sql: postgres.Sql, ctx: AuthorizationContext): Promise<boolean> {
   let allowed = false;
-  try {
-    await sql.begin(async (tx) => {
-      const [probe] = await tx<{ id: string }[]>`
+  await probe(() =>
+    sql.begin(async (tx) => {
+      const [row] = await tx<{ id: string }[]>`
         insert into realtime.messages (topic, extension) values (${ctx.topic}, 'broadcast')
         returning id`;
       await asUser(tx, ctx);
       const rows = await tx`
         select 1 from realtime.messages
-        where topic = ${ctx.topic} and extension = 'broadcast' and id = ${probe.id}`;
+        where topic = ${ctx.topic} and extension = 'broadcast' and id = ${row.id}`;
       allowed = rows.length === 1;
       throw new Rollback();
-    });
-  } catch (error) {
-    if (!(error instanceof Rollback)) throw error;
-  }
+    })
+  );
   return allowed;
 }
 
 /** May this user send broadcasts on the topic? (RLS insert policy on realtime.messages.) */
 export async function canWrite(sql: postgres.Sql, ctx: AuthorizationContext): Promise<boolean> {
   let allowed = false;
-  try {
-    await sql.begin(async (tx) => {
+  await probe(() =>
+    sql.begin(async (tx) => {
       await asUser(tx, ctx);
       try {
         await tx.savepoint(async (sp) => {
@@ -82,9 +115,7 @@ export async function canWrite(sql: postgres.Sql, ctx: AuthorizationContext): Pr
         allowed = false;
       }
       throw new Rollback();
-    });
-  } catch (error) {
-    if (!(error instanceof Rollback)) throw error;
-  }
+    })
+  );
   return allowed;
 }

@@ -3,7 +3,7 @@
 
 import type postgres from "postgres";
 import { joinReason, type JwtClaims, pushShutdownMessage, type TokenVerifier } from "./auth.ts";
-import { canRead, canWrite, RoleNotAllowed } from "./authorization.ts";
+import { canRead, canWrite, PolicyError } from "./authorization.ts";
 import { type BroadcastHub, type Subscriber, subscriptionKey } from "./hub.ts";
 import {
   type BroadcastPush,
@@ -430,7 +430,11 @@ export class Connection {
     try {
       return await canRead(this.deps.sql, { topic: subTopic, claims, headers: this.headers });
     } catch (error) {
-      if (error instanceof RoleNotAllowed) return false;
+      if (error instanceof PolicyError) {
+        // Supabase logs RlsPolicyError and refuses as Unauthorized (maybe_assign_policies).
+        this.deps.log({ event: "rls_policy_error", topic: subTopic, code: error.code, error: error.message });
+        return false;
+      }
       this.deps.log({ event: "policy_check_failed", topic: subTopic, error: String(error) });
       return "error";
     }
@@ -583,11 +587,19 @@ export class Connection {
             headers: this.headers,
           });
         } catch (error) {
-          if (!(error instanceof RoleNotAllowed)) {
-            this.deps.log({ event: "policy_check_failed", topic: channel.subTopic, error: String(error) });
-            return ack("error", { error: "unable_to_set_policies" });
+          if (error instanceof PolicyError) {
+            // Supabase: RlsPolicyError logged, nothing cached, the send dropped; with ack the reply
+            // names the error (BroadcastHandler's maybe_reply_error(socket, :rls_policy_error)).
+            this.deps.log({
+              event: "rls_policy_error",
+              topic: channel.subTopic,
+              code: error.code,
+              error: error.message,
+            });
+            return ack("error", { error: "rls_policy_error" });
           }
-          channel.canWrite = false;
+          this.deps.log({ event: "policy_check_failed", topic: channel.subTopic, error: String(error) });
+          return ack("error", { error: "unable_to_set_policies" });
         }
       }
       if (!channel.canWrite) {

@@ -10,7 +10,7 @@
 import postgres from "postgres";
 import type { GatewayContext, Service } from "../functions/gateway.ts";
 import { type JwtClaims, TokenVerifier } from "./auth.ts";
-import { canWrite, RoleNotAllowed } from "./authorization.ts";
+import { canWrite, PolicyError } from "./authorization.ts";
 import { CHANNEL_ERROR_BACKOFF_MS, CONNECT_ERROR_BACKOFF_MS, Connection } from "./connection.ts";
 import { BroadcastHub, subscriptionKey } from "./hub.ts";
 import { ensurePublication } from "./wal.ts";
@@ -211,7 +211,11 @@ export async function createRealtimeEndpoint(
     try {
       return await canWrite(sql, { topic, claims, headers: xHeaders(req) });
     } catch (error) {
-      if (error instanceof RoleNotAllowed) return false;
+      // Supabase: RlsPolicyError logged, the message not sent (skipped by the batch route).
+      if (error instanceof PolicyError) {
+        log({ event: "rls_policy_error", topic, code: error.code, error: error.message });
+        return false;
+      }
       throw error;
     }
   }
