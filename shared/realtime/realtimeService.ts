@@ -166,7 +166,8 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    * Interval of the changes read made while live (60 s; 0 turns it off). Supabase delivers
    * database broadcasts at most once: it drops them silently above the project's message rate
    * limit, and a join may succeed before its replication connection streams. This read bounds how
-   * long such a lost change can stay unseen while the channel looks healthy.
+   * long such a lost change can stay unseen while the channel looks healthy. One that fails is made
+   * again as a failed poll is (pollIntervalMs's backoff, a Retry-After), or at the next one when sooner.
    */
   livePollIntervalMs?: number;
   /**
@@ -929,7 +930,10 @@ class UserLink<Row extends LwwRow> {
   /** The last "changes since" round; rounds never overlap (the cursor is shared). */
   #fetchChain: Promise<ReadOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
-  /** Polls that failed in a row while Realtime was down: the next one waits longer. */
+  /**
+   * Reads (polls, safety reads, syncNow()'s) that failed in a row: the next one made for a failure
+   * waits longer (#nextPollDelay). An answer resets it, and so does going live.
+   */
   #failedPolls = 0;
   /** The safety reads in flight while live; a drop aborts them (the polling it starts must not wait). */
   readonly #safetyReads = new Set<AbortController>();
@@ -949,8 +953,11 @@ class UserLink<Row extends LwwRow> {
    */
   #readsAsked = 0;
   #readsSettled = 0;
-  /** The #pollTimer set for a read owed to a syncNow() (#scheduleNextLiveRead), while it is that. */
-  #owedReadTimer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * The #pollTimer set while live to read again sooner than the safety read's pace (#scheduleNextLiveRead:
+   * a read owed to a syncNow(), or one that failed), while it is that.
+   */
+  #readAgainTimer: ReturnType<typeof setTimeout> | undefined;
   /**
    * A heartbeat reply is late while live: the socket may be dead though it looks open, so the link
    * reads every pollIntervalMs instead of livePollIntervalMs until a reply comes or the channel drops.
@@ -1038,8 +1045,9 @@ class UserLink<Row extends LwwRow> {
     if (!this.#heartbeatLate) return;
     this.#heartbeatLate = false;
     this.#log("info", "heartbeat_reply_came", {});
-    // (A read the app is owed keeps its time: the safety read's pace does not put it off.)
-    if (this.#pollTimer !== undefined && !this.#readOwed) {
+    // (A read the app is owed, or one made again after a failed read, keeps its time: the safety
+    // read's pace does not put it off.)
+    if (this.#pollTimer !== undefined && !this.#readOwed && this.#pollTimer !== this.#readAgainTimer) {
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#scheduleLivePoll();
@@ -1420,34 +1428,38 @@ class UserLink<Row extends LwwRow> {
 
   /**
    * While live, after a read that ended with `outcome`: a read the app asked for (syncNow) that has
-   * not read to the end yet is made again as a polling link would make it (when a Retry-After ends,
-   * after pollIntervalMs when answered behind, after the polls' backoff when failed), or at the
-   * safety read when that comes sooner, in place of the read scheduled; even with the safety read
-   * off, so the app's read is never lost. Otherwise the safety read as usual.
+   * not read to the end yet, and a read that failed, are made again as a polling link would make them
+   * (when a Retry-After ends, after pollIntervalMs when answered behind, after the polls' backoff when
+   * failed), or at the safety read when that comes sooner, in place of the read scheduled. The app's
+   * read even with the safety read off, so it is never lost; a failed one not owed to the app only
+   * while the safety read is on (it stands for that read: the channel may have missed a broadcast).
+   * Otherwise the safety read as usual.
    */
   #scheduleNextLiveRead(outcome: ReadOutcome): void {
-    if (outcome !== "failed") this.#failedPolls = 0;
-    if (this.#closed || !this.#readOwed || outcome === "done") {
-      // A read scheduled for a call that a read begun after it (queued behind this one: a second
-      // syncNow(), the late heartbeat's read) has since read to the end is owed no more: the safety
-      // read's pace again, not one more read at the owed one's time (with the safety read off, a read
-      // nobody asked for).
-      if (!this.#readOwed && this.#pollTimer !== undefined && this.#pollTimer === this.#owedReadTimer) {
+    this.#countRead(outcome);
+    const readAgain = !this.#closed && outcome !== "done" &&
+      (this.#readOwed || (outcome === "failed" && this.#livePollWaitMs() !== Infinity));
+    if (!readAgain) {
+      // A read scheduled again for a read that a read begun after it (queued behind this one: a second
+      // syncNow(), the late heartbeat's read) has since settled is due no more: the newest read
+      // decides, so the safety read's pace again, not one more read at the earlier one's time (with
+      // the safety read off, a read nobody asked for).
+      if (!this.#readOwed && this.#pollTimer !== undefined && this.#pollTimer === this.#readAgainTimer) {
         this.service.timers.clear(this.#pollTimer);
         this.#pollTimer = undefined;
       }
       return this.#scheduleLivePoll();
     }
     const left = this.#retryAfterLeftMs();
-    const owed = left > 0
+    const wait = left > 0
       ? left
       : outcome === "failed"
       ? this.#nextPollDelay("failed")
       : this.#pollIntervalMs;
     this.service.timers.clear(this.#pollTimer);
-    this.#pollTimer = this.#owedReadTimer = this.service.timers.set(
+    this.#pollTimer = this.#readAgainTimer = this.service.timers.set(
       () => void this.#poll(),
-      Math.min(owed, this.#livePollWaitMs()),
+      Math.min(wait, this.#livePollWaitMs()),
     );
   }
 
@@ -1499,6 +1511,7 @@ class UserLink<Row extends LwwRow> {
       this.#caughtUpNow();
       return outcome;
     }
+    if (!(this.#joined && this.#caughtUp)) this.#countRead(outcome);
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
       this.#pollTimer = this.service.timers.set(
@@ -1509,20 +1522,22 @@ class UserLink<Row extends LwwRow> {
     return outcome;
   }
 
+  /** Counts a read that failed (#failedPolls); an answer ("done", "behind") starts the count again. */
+  #countRead(outcome: ReadOutcome): void {
+    this.#failedPolls = outcome === "failed" ? this.#failedPolls + 1 : 0;
+  }
+
   /**
-   * The wait before the next poll: the poll interval after an answer; after failures in a row twice
-   * as long each time (jittered between half and all of it, so devices that lost the API together
-   * do not come back together, but never below the interval), capped, and never shorter than the
-   * API asked for.
+   * The wait before the next poll: the poll interval after an answer; after failures in a row
+   * (#countRead) twice as long each time (jittered between half and all of it, so devices that lost
+   * the API together do not come back together, but never below the interval), capped, and never
+   * shorter than the API asked for.
    */
   #nextPollDelay(outcome: ReadOutcome): number {
-    if (outcome !== "failed") {
-      this.#failedPolls = 0;
-      return this.#pollIntervalMs;
-    }
-    this.#failedPolls++;
+    if (outcome !== "failed") return this.#pollIntervalMs;
     const cap = Math.max(this.#pollIntervalMs, this.service.backoffOptions.maxMs);
-    const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, this.#failedPolls - 1));
+    const failures = Math.max(1, this.#failedPolls); // counted before (#countRead)
+    const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, failures - 1));
     const jittered = ceiling / 2 + (this.service.random() * ceiling) / 2;
     // Never sooner than the poll interval: the jitter spreads the backoff, it does not shorten it.
     return Math.max(Math.round(jittered), this.#pollIntervalMs, this.#retryAfterLeftMs());

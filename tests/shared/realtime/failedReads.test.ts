@@ -1,0 +1,138 @@
+// A safety read that fails while live is made again as a failed poll is (after the polls' backoff,
+// when a Retry-After ends) or at the next safety read when that comes sooner, not a whole
+// livePollIntervalMs later, and not at all with the safety read off; the failures in a row start
+// again after an answer. Against the stand-in client, with changesSince answered by hand; the
+// intervals that must not be waited for are minutes long, so a read that comes shows the short wait
+// (the waits are hang guards only).
+
+import assert from "node:assert/strict";
+import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
+import { handAnsweredService, version } from "./handAnsweredService.ts";
+
+const answered = (chapter?: number) => ({
+  changes: chapter === undefined ? [] : [version(chapter)],
+  next_cursor: String(100 + (chapter ?? 1)),
+  has_more: false,
+});
+
+const retryAfter = (seconds: number) =>
+  Object.assign(new Error("429"), { details: { retry_after: seconds } });
+
+/** The link's reads as onRead hears them. */
+function heard(link: ReturnType<typeof handAnsweredService>): ReadOutcome[] {
+  const outcomes: ReadOutcome[] = [];
+  link.subscription.onRead((outcome) => outcomes.push(outcome));
+  return outcomes;
+}
+
+/** A minute-long wait for a read the test must see within its guard only if the fix holds. */
+const MINUTES = 600_000;
+
+/**
+ * Live with a safety read every `livePollIntervalMs`; the read a late heartbeat reply makes is a
+ * safety read made now: the heartbeat's reply comes while it is in flight, so the link is back at
+ * the safety read's own pace when it ends. Returns the call of that read (the link's second).
+ */
+async function liveWithSafetyReadInFlight(livePollIntervalMs: number, extra = {}) {
+  const fake = fakeClient();
+  const lines: Record<string, unknown>[] = [];
+  const link = handAnsweredService({
+    livePollIntervalMs,
+    heartbeatReplyTimeoutMs: 20,
+    pollIntervalMs: 30,
+    backoff: { initialMs: MINUTES, maxMs: MINUTES }, // no rejoin meanwhile; the polls' cap
+    random: () => 0.5,
+    log: (line) => lines.push(JSON.parse(line)),
+    ...extra,
+  }, fake);
+  await link.goLive();
+  const reads = heard(link);
+  fake.heartbeat("sent"); // no reply in time: the link reads now
+  await waitFor("the safety read", () => link.calls.length === 2);
+  fake.heartbeat("ok"); // the reply came: the safety read's own pace again
+  return { link, fake, lines, reads };
+}
+
+Deno.test("safety read: one that fails is made again at the polls' backoff, not a whole livePollIntervalMs later", async () => {
+  const { link, reads } = await liveWithSafetyReadInFlight(MINUTES);
+  try {
+    link.calls[1].reject(new Error("network blip"));
+    await waitFor("the failure heard", () => reads.length === 1);
+    await waitFor("the read again (the polls' backoff: 30 ms)", () => link.calls.length === 3);
+    link.calls[2].resolve(answered(2));
+    await waitFor("chapter 2", () => link.changes.length === 1);
+    assert.deepEqual(link.changes, [{ chapter: 2, source: "poll" }]);
+    assert.deepEqual(reads, ["failed", "done"]);
+    await waitFor("the next safety read scheduled", () => link.timers() === 1);
+    assert.equal(link.subscription.status, "live");
+    assert.equal(link.calls.length, 3, "answered: the safety read's pace again");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("safety read: one refused with a Retry-After is made again when it ends, not a whole livePollIntervalMs later", async () => {
+  const { link, reads } = await liveWithSafetyReadInFlight(MINUTES);
+  try {
+    link.calls[1].reject(retryAfter(0.2));
+    await waitFor("the refusal heard", () => reads.length === 1);
+    await waitFor("the read when the Retry-After ends", () => link.calls.length === 3);
+    link.calls[2].resolve(answered(2));
+    await waitFor("its answer heard", () => reads.length === 2);
+    assert.deepEqual(reads, ["failed", "done"], "none held by the Retry-After (unheard)");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("safety read: with the safety read off, a late heartbeat's read that fails after the reply came is not made again", async () => {
+  const { link, reads } = await liveWithSafetyReadInFlight(0);
+  try {
+    link.calls[1].reject(new Error("network blip"));
+    await waitFor("the failure heard", () => reads.length === 1);
+    // The read's end is handled a tick after onRead hears it: a read scheduled then would show here
+    // as a timer (none is scheduled with the safety read off).
+    await waitFor("the read's end handled", () => link.calls.length === 2 && link.timers() === 0);
+    assert.equal(link.subscription.status, "live");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("safety read: the failures in a row start again after an answer (the backoff's first step, not the step failed syncNow() reads had reached)", async () => {
+  const fake = fakeClient();
+  const link = handAnsweredService({
+    livePollIntervalMs: MINUTES,
+    heartbeatReplyTimeoutMs: 20,
+    pollIntervalMs: 30,
+    backoff: { initialMs: MINUTES, maxMs: MINUTES },
+    random: () => 0.5,
+  }, fake);
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    // Twelve reads the app asked for fail in a row: the backoff's ceiling is 30 ms * 2^11 (a minute).
+    for (let n = 1; n <= 12; n++) {
+      const sync = link.subscription.syncNow();
+      await waitFor(`read ${n}`, () => link.calls.length === n + 1);
+      link.calls[n].reject(new Error("network blip"));
+      assert.equal(await sync, "failed");
+    }
+    const answeredSync = link.subscription.syncNow(); // answered: the count starts again
+    await waitFor("the answered read", () => link.calls.length === 14);
+    link.calls[13].resolve(answered(2));
+    assert.equal(await answeredSync, "done");
+    fake.heartbeat("sent"); // a late reply's read, the reply coming while it is in flight
+    await waitFor("the safety read", () => link.calls.length === 15);
+    fake.heartbeat("ok");
+    link.calls[14].reject(new Error("network blip"));
+    await waitFor("the read again at the first step (30 ms)", () => link.calls.length === 16);
+    link.calls[15].resolve(answered(3));
+    await waitFor("its answer heard", () => reads.length === 15);
+    assert.deepEqual(reads.slice(12), ["done", "failed", "done"]);
+  } finally {
+    await link.end();
+  }
+});
