@@ -947,6 +947,10 @@ class UserLink<Row extends LwwRow> {
   #retryAfterUntil = 0;
   /** #poll() calls running (a poll's end schedules the next one). */
   #pollsRunning = 0;
+  /** "changes since" rounds queued so far (#fetchChanges): rounds settle in this order. */
+  #roundsQueued = 0;
+  /** Polls waiting for the round in flight before they queue their own (#pollOnce). */
+  #pollsQueuing = 0;
   /**
    * syncNow() calls so far, and how many of them a read that began after them has read to the end:
    * while fewer, the app's read is owed and a live link reads again until one does (#scheduleNextLiveRead).
@@ -1481,12 +1485,19 @@ class UserLink<Row extends LwwRow> {
   }
 
   async #pollOnce(): Promise<ReadOutcome> {
-    if (this.#fetchInFlight) await this.#fetchChain; // a catch-up is running: poll after it
+    if (this.#fetchInFlight) { // a catch-up is running: poll after it
+      this.#pollsQueuing++;
+      try {
+        await this.#fetchChain;
+      } finally {
+        this.#pollsQueuing--;
+      }
+    }
     if (this.#closed) return "failed";
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
     const safety = live ? new AbortController() : undefined;
     if (safety) this.#safetyReads.add(safety);
-    const { outcome, joinedGeneration } = await this.#fetchChanges(
+    const { outcome, joinedGeneration, round } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
       safety?.signal,
     );
@@ -1513,6 +1524,10 @@ class UserLink<Row extends LwwRow> {
     }
     if (!(this.#joined && this.#caughtUp)) this.#countRead(outcome);
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
+    // A read queued behind this one (a syncNow() or a catch-up after a scheduled poll) settles after
+    // it and schedules the next poll by its own outcome: the newest decides, not this one's failure
+    // (a poll put off by the backoff although the API answered since) or answer.
+    if (round !== this.#roundsQueued || this.#pollsQueuing > 0) return outcome;
     if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
       this.#pollTimer = this.service.timers.set(
         () => void this.#poll(),
@@ -1548,9 +1563,10 @@ class UserLink<Row extends LwwRow> {
    * to the end (has_more false), "behind" when more changes remain that it could not read yet (a
    * long transaction anywhere in the database holds the cursor: the API answers has_more with the
    * cursor it was sent), "failed" when a call failed or timed out. joinedGeneration: the link's
-   * generation if its channel was joined when the round began reading.
+   * generation if its channel was joined when the round began reading; round: its place in the queue.
    */
   async #fetchChanges(source: ChangeSource, signal?: AbortSignal): Promise<Round> {
+    const sequence = ++this.#roundsQueued;
     let joinedGeneration: number | undefined;
     let called = false;
     const round = this.#fetchChain.then(async (): Promise<ReadOutcome> => {
@@ -1625,7 +1641,7 @@ class UserLink<Row extends LwwRow> {
       this.#readAfterDropEnded(this.#closed ? "failed" : outcome);
       this.#readAfterDropEnded = null;
     }
-    return { outcome, joinedGeneration };
+    return { outcome, joinedGeneration, round: sequence };
   }
 
   /**
@@ -1695,6 +1711,8 @@ class UserLink<Row extends LwwRow> {
 interface Round {
   outcome: ReadOutcome;
   joinedGeneration: number | undefined;
+  /** Its place in the order the link's rounds were queued (and settle in): 1, 2, ... */
+  round: number;
 }
 
 /**

@@ -1,9 +1,10 @@
 // A safety read that fails while live is made again as a failed poll is (after the polls' backoff,
 // when a Retry-After ends) or at the next safety read when that comes sooner, not a whole
 // livePollIntervalMs later, and not at all with the safety read off; the failures in a row start
-// again after an answer. Against the stand-in client, with changesSince answered by hand; the
-// intervals that must not be waited for are minutes long, so a read that comes shows the short wait
-// (the waits are hang guards only).
+// again after an answer. While polling, of two reads in a row (the second queued behind the first)
+// the one that settled last schedules the next poll. Against the stand-in client, with changesSince
+// answered by hand; the intervals that must not be waited for are minutes long, so a read that comes
+// shows the short wait (the waits are hang guards only).
 
 import assert from "node:assert/strict";
 import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
@@ -132,6 +133,43 @@ Deno.test("safety read: the failures in a row start again after an answer (the b
     link.calls[15].resolve(answered(3));
     await waitFor("its answer heard", () => reads.length === 15);
     assert.deepEqual(reads.slice(12), ["done", "failed", "done"]);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("polling: two reads in a row, the first failed and the one queued behind it answered: the next poll comes at pollIntervalMs, not at the failure's backoff", async () => {
+  const link = handAnsweredService({
+    pollIntervalMs: 50,
+    heartbeatReplyTimeoutMs: 0,
+    backoff: { initialMs: MINUTES, maxMs: MINUTES }, // no rejoin meanwhile; the polls' cap
+    random: () => 0.5,
+  });
+  try {
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+    await waitFor("the first poll", () => link.calls.length === 1);
+    link.calls[0].reject(new Error("the API is down too"));
+    // Ten more failures in a row (reads the app asked for; the rejoin the first makes stays
+    // unanswered): after one more, the backoff's ceiling is 50 ms * 2^11 (jittered: 51 s at least).
+    for (let n = 1; n <= 10; n++) {
+      const sync = link.subscription.syncNow();
+      await waitFor(`read ${n}`, () => link.calls.length === n + 1);
+      link.calls[n].reject(new Error("the API is down too"));
+      assert.equal(await sync, "failed");
+    }
+    assert.equal(link.subscription.status, "offline");
+    const first = link.subscription.syncNow(); // back in the foreground
+    const second = link.subscription.syncNow(); // and back online: queued behind the first
+    await waitFor("the first read", () => link.calls.length === 12);
+    link.calls[11].reject(new Error("the API is down too"));
+    await waitFor("the second read", () => link.calls.length === 13);
+    link.calls[12].resolve(answered(2));
+    assert.deepEqual(await Promise.all([first, second]), ["failed", "done"]);
+    await waitFor("polling", () => link.subscription.status === "polling");
+    // The newest read was answered: the next poll at pollIntervalMs (50 ms), not 25 s or more.
+    await waitFor("the next poll", () => link.calls.length === 14);
+    link.calls[13].resolve(answered(3));
+    await waitFor("chapter 3", () => link.changes.length === 2);
   } finally {
     await link.end();
   }
