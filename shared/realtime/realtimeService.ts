@@ -1613,6 +1613,12 @@ class UserLink<Row extends LwwRow> {
         this.#log("info", `${source}_behind`, { cursor: String(this.#cursor), reason: "page limit" });
         return "behind";
       } catch (error) {
+        if (signal?.aborted && !this.#closed) {
+          // A safety read the drop cut off (#fail): no failure of the API, and the poll the drop
+          // starts reads in its place (#pollOnce), so not ${source}_failed, which an app may count.
+          this.#log("info", `${source}_cut_off`, { reason: String(signal.reason?.message ?? signal.reason) });
+          return "failed";
+        }
         const retryAfterMs = retryAfterMsOf(error);
         if (retryAfterMs) {
           this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + retryAfterMs);

@@ -2,7 +2,8 @@
 // when a Retry-After ends) or at the next safety read when that comes sooner, not a whole
 // livePollIntervalMs later, and not at all with the safety read off; the failures in a row start
 // again after an answer. While polling, of two reads in a row (the second queued behind the first)
-// the one that settled last schedules the next poll. Against the stand-in client, with changesSince
+// the one that settled last schedules the next poll. A safety read the channel's drop cut off is no
+// failure of the API: it logs poll_cut_off, not poll_failed. Against the stand-in client, with changesSince
 // answered by hand; the intervals that must not be waited for are minutes long, so a read that comes
 // shows the short wait (the waits are hang guards only).
 
@@ -170,6 +171,35 @@ Deno.test("polling: two reads in a row, the first failed and the one queued behi
     await waitFor("the next poll", () => link.calls.length === 14);
     link.calls[13].resolve(answered(3));
     await waitFor("chapter 3", () => link.changes.length === 2);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("safety read: one the channel's drop cuts off logs poll_cut_off, not poll_failed (no failure of the API)", async () => {
+  const lines: Record<string, unknown>[] = [];
+  const link = handAnsweredService({
+    livePollIntervalMs: 20,
+    heartbeatReplyTimeoutMs: 0,
+    random: () => 0.5,
+    backoff: { initialMs: MINUTES, maxMs: MINUTES }, // no rejoin meanwhile
+    log: (line) => lines.push(JSON.parse(line)),
+  });
+  try {
+    await link.goLive();
+    const reads = heard(link);
+    await waitFor("the safety read", () => link.calls.length === 2);
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    // The poll after the drop queues behind the cut read: its call comes once that has ended.
+    await waitFor("the poll after the drop", () => link.calls.length === 3);
+    link.calls[2].resolve(answered(2));
+    await waitFor("its answer heard", () => reads.length === 1);
+    assert.deepEqual(reads, ["done"], "one read heard: the poll's");
+    const events = lines.map((l) => l.event);
+    assert.ok(!events.includes("poll_failed"), `no poll_failed: ${JSON.stringify(events)}`);
+    const cut = lines.filter((l) => l.event === "poll_cut_off");
+    assert.equal(cut.length, 1, `one poll_cut_off: ${JSON.stringify(events)}`);
+    assert.equal(cut[0].level, "info");
   } finally {
     await link.end();
   }
