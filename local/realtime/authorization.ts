@@ -41,15 +41,36 @@ export class PolicyError extends Error {
 }
 
 /**
- * Errors Supabase does not count as :rls_policy_error: query_canceled (its :query_canceled),
- * check_violation (no partition for the probe row: :missing_partition) and the connection's own
- * failures (class 08, admin/crash shutdown 57P0x, too many connections 53300).
+ * How Supabase names a probe that failed for the database's sake, not the user's (its
+ * handle_policies_result): query_canceled (57014: a statement timeout, a cancel), missing_partition
+ * (check_violation on realtime.messages: no partition for the probe row), and
+ * unable_to_connect_to_project (its :tenant_database_unavailable: the connection's own failures,
+ * class 08, admin/crash shutdown 57P0x, too many connections 53300, and postgres.js's connection
+ * errors). Anything else is unable_to_set_policies.
  */
+export type ProbeFailure =
+  | "query_canceled"
+  | "missing_partition"
+  | "unable_to_connect_to_project"
+  | "unable_to_set_policies";
+
+export function probeFailure(error: unknown): ProbeFailure | null {
+  const e = error as { name?: string; code?: unknown; table_name?: unknown };
+  if (e?.name === "PostgresError" && typeof e.code === "string") {
+    if (e.code === "57014") return "query_canceled";
+    if (e.code === "23514" && e.table_name === "messages") return "missing_partition";
+    if (e.code === "53300" || e.code.startsWith("08") || e.code.startsWith("57P")) {
+      return "unable_to_connect_to_project";
+    }
+    return null; // any other error PostgreSQL raised: :rls_policy_error
+  }
+  // postgres.js's CONNECT_TIMEOUT and CONNECTION_CLOSED/ENDED/DESTROYED, the socket's ECONNREFUSED…
+  const connection = typeof e?.code === "string" && /^(CONNECT_TIMEOUT$|CONNECTION_|E[A-Z]+$)/.test(e.code);
+  return connection ? "unable_to_connect_to_project" : "unable_to_set_policies";
+}
+
 function isPolicyError(error: unknown): error is { code: string; message: string } {
-  const e = error as { name?: string; code?: unknown };
-  if (e?.name !== "PostgresError" || typeof e.code !== "string") return false;
-  return !(e.code === "57014" || e.code === "23514" || e.code === "53300" || e.code.startsWith("08") ||
-    e.code.startsWith("57P"));
+  return (error as { name?: string })?.name === "PostgresError" && probeFailure(error) === null;
 }
 
 /** Runs a probe; a PostgreSQL error of the kind Supabase calls :rls_policy_error becomes PolicyError. */

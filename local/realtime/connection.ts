@@ -3,7 +3,7 @@
 
 import type postgres from "postgres";
 import { joinReason, type JwtClaims, pushShutdownMessage, type TokenVerifier } from "./auth.ts";
-import { canRead, canWrite, PolicyError } from "./authorization.ts";
+import { canRead, canWrite, PolicyError, probeFailure } from "./authorization.ts";
 import { type BroadcastHub, type Subscriber, subscriptionKey } from "./hub.ts";
 import {
   type BroadcastPush,
@@ -598,8 +598,10 @@ export class Connection {
             });
             return ack("error", { error: "rls_policy_error" });
           }
+          // Supabase's other answers (BroadcastHandler): query_canceled, missing_partition,
+          // unable_to_connect_to_project, else unable_to_set_policies; nothing cached either.
           this.deps.log({ event: "policy_check_failed", topic: channel.subTopic, error: String(error) });
-          return ack("error", { error: "unable_to_set_policies" });
+          return ack("error", { error: probeFailure(error) ?? "unable_to_set_policies" });
         }
       }
       if (!channel.canWrite) {

@@ -10,7 +10,7 @@
 import postgres from "postgres";
 import type { GatewayContext, Service } from "../functions/gateway.ts";
 import { type JwtClaims, TokenVerifier } from "./auth.ts";
-import { canWrite, PolicyError } from "./authorization.ts";
+import { canWrite, PolicyError, probeFailure } from "./authorization.ts";
 import { CHANNEL_ERROR_BACKOFF_MS, CONNECT_ERROR_BACKOFF_MS, Connection } from "./connection.ts";
 import { BroadcastHub, subscriptionKey } from "./hub.ts";
 import { ensurePublication } from "./wal.ts";
@@ -207,16 +207,35 @@ export async function createRealtimeEndpoint(
     return { claims: verified.claims };
   }
 
-  async function writeAllowed(topic: string, claims: JwtClaims, req: Request): Promise<boolean> {
+  /**
+   * A REST send's write probe: true, false, or how Supabase's single route (SingleBroadcast's
+   * handle_private_message, rendered by RealtimeWeb.ErrorView as {message}) answers a probe that
+   * failed. The batch route skips the message whatever the failure (BatchBroadcast sends only on
+   * write: true).
+   */
+  async function writeAllowed(
+    topic: string,
+    claims: JwtClaims,
+    req: Request,
+  ): Promise<boolean | { status: number; message: string }> {
     try {
       return await canWrite(sql, { topic, claims, headers: xHeaders(req) });
     } catch (error) {
-      // Supabase: RlsPolicyError logged, the message not sent (skipped by the batch route).
       if (error instanceof PolicyError) {
         log({ event: "rls_policy_error", topic, code: error.code, error: error.message });
-        return false;
+        return { status: 422, message: "RLS policy error" };
       }
-      throw error;
+      log({ event: "policy_check_failed", topic, error: String(error) });
+      switch (probeFailure(error)) {
+        case "query_canceled":
+          return { status: 422, message: "Query canceled" };
+        case "missing_partition":
+          return { status: 422, message: "Missing messages partition" };
+        case "unable_to_connect_to_project":
+          return { status: 422, message: "Tenant database unavailable" };
+        default:
+          return { status: 500, message: "Unable to authorize broadcast" };
+      }
     }
   }
 
@@ -242,8 +261,10 @@ export async function createRealtimeEndpoint(
       } catch {
         return json(400, { error: "payload is not JSON" });
       }
-      if (isPrivate && !(await writeAllowed(topic, auth.claims, req))) {
-        return json(403, { error: "Unauthorized" });
+      if (isPrivate) {
+        const allowed = await writeAllowed(topic, auth.claims, req);
+        if (allowed === false) return json(403, { error: "Unauthorized" });
+        if (allowed !== true) return json(allowed.status, { message: allowed.message });
       }
       hub.relay(subscriptionKey(isPrivate, topic), { fullTopic: `realtime:${topic}`, event, payload });
       return new Response(null, { status: 202 });
@@ -271,7 +292,9 @@ export async function createRealtimeEndpoint(
       const isPrivate = raw.private === true;
       if (isPrivate) {
         // Supabase skips private messages the caller may not send and still answers 202.
-        if (!allowed.has(raw.topic)) allowed.set(raw.topic, await writeAllowed(raw.topic, auth.claims, req));
+        if (!allowed.has(raw.topic)) {
+          allowed.set(raw.topic, (await writeAllowed(raw.topic, auth.claims, req)) === true);
+        }
         if (!allowed.get(raw.topic)) {
           log({ event: "rest_broadcast_denied", topic: raw.topic, sub: auth.claims.sub });
           continue;

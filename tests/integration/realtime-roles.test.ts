@@ -193,7 +193,7 @@ Deno.test({
 Deno.test({
   ignore: !mintsTokens,
   name:
-    "realtime roles: a token naming a role that does not exist is refused private channels as Unauthorized (the probe's error), public ones are joined",
+    "realtime roles: a token naming a role that does not exist is refused private channels as Unauthorized (the probe's error) and httpSend as 422 'RLS policy error', public ones are joined",
   ...noSanitize,
 }, async () => {
   // set_config('role', …) fails with 22023 for a role that does not exist; Supabase counts that as
@@ -209,6 +209,15 @@ Deno.test({
     assert.equal(refused.status, "CHANNEL_ERROR");
     assert.equal(refused.error?.message, unauthorized(room));
     await client.removeChannel(refused.joined.channel);
+    // Over REST: SingleBroadcast answers :rls_policy_error 422 "RLS policy error" (not the 403 of a
+    // policy that says no); BatchBroadcast skips the message and answers 202.
+    const rest = client.channel(room, { config: { private: true } });
+    await assert.rejects(
+      () => rest.httpSend("note", { n: 1 }),
+      (e: Error) => e.message === "RLS policy error",
+    );
+    assert.equal(await rest.send({ type: "broadcast", event: "note", payload: { n: 2 } }), "ok");
+    await client.removeChannel(rest);
     const open = await joinChannel(client, `lobby-${crypto.randomUUID()}`, { private: false });
     assert.equal(open.status, "SUBSCRIBED", open.error?.message);
     if (realtime.logs) {
@@ -219,5 +228,141 @@ Deno.test({
   } finally {
     await closeClient(client);
     await realtime.close();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime roles: a probe PostgreSQL cancels (57014, a statement timeout's code) is not :rls_policy_error: the join is refused as the database's failure, a send gets query_canceled, httpSend 422 'Query canceled', the REST batch 202, and the pool's next probe is clean; a check_violation a policy raises is :rls_policy_error",
+  ...noSanitize,
+}, async () => {
+  // Supabase's handle_policies_result (Realtime.Tenants.Authorization) keeps :query_canceled apart
+  // from :rls_policy_error: a statement timeout or a cancelled probe is the database's trouble, not
+  // the user's permissions. The join is then refused with a reason that is not Unauthorized, the
+  // BroadcastHandler answers an acknowledged send {error: "query_canceled"}, SingleBroadcast answers
+  // 422 "Query canceled" and BatchBroadcast skips the message (202). The probe is held on an advisory
+  // lock by a function of the test's policies, found waiting in pg_locks and cancelled. Only a
+  // check_violation on realtime.messages itself is :missing_partition: one a policy raises is
+  // :rls_policy_error, a join refused as Unauthorized.
+  const sql = adminSql({ max: 2 });
+  const realtime = await realtimeUnderTest();
+  const a = await createTestUser();
+  const sfx = suffix();
+  const schema = `readsync_roles_test_${sfx}`;
+  const lockKey = Math.floor(Math.random() * 2 ** 30) + 1;
+  const readHeld = `held-read-${sfx}`;
+  const writeHeld = `held-write-${sfx}`;
+  const raises = `raises-${sfx}`;
+  const client = clientWithToken(() => a.accessToken, { ...realtime.options, joinErrorBackoffMs: 0 });
+  const holder = adminSql({ max: 1 });
+  let socket: WebSocket | null = null;
+  try {
+    await sql.unsafe(`
+      create schema ${schema};
+      grant usage on schema ${schema} to authenticated;
+      create function ${schema}.held(topic text) returns boolean language plpgsql volatile as $$
+      begin
+        if realtime.topic() = '${raises}' then
+          raise exception 'a policy that checks something else' using errcode = 'check_violation';
+        end if;
+        if realtime.topic() = topic then perform pg_advisory_xact_lock(${lockKey}); end if;
+        return true;
+      end $$;
+      grant execute on function ${schema}.held(text) to authenticated;
+      create policy "${schema} receive" on realtime.messages for select to authenticated
+        using (realtime.topic() in ('${readHeld}', '${writeHeld}', '${raises}') and ${schema}.held('${readHeld}'));
+      create policy "${schema} send" on realtime.messages for insert to authenticated
+        with check (realtime.topic() = '${writeHeld}' and ${schema}.held('${writeHeld}'))`);
+    await holder`select pg_advisory_lock(${lockKey})`;
+    /** Cancels the one probe waiting for the test's lock, once it waits. */
+    const cancelHeldProbe = async () => {
+      let pid: number | undefined;
+      await waitFor("a probe waiting on the test's lock", async () => {
+        const rows = await sql<{ pid: number }[]>`
+          select pid from pg_locks
+          where locktype = 'advisory' and objid = ${lockKey} and not granted`;
+        pid = rows[0]?.pid;
+        return rows.length === 1;
+      }, { timeoutMs: 20_000 });
+      await sql`select pg_cancel_backend(${pid!})`;
+    };
+
+    // The join: refused, and not as Unauthorized (Supabase's releases word it "Realtime was unable to
+    // connect to the project database" or "QueryCanceled: …"; the stand-in the former).
+    const [refused] = await Promise.all([joinChannel(client, readHeld), cancelHeldProbe()]);
+    assert.equal(refused.status, "CHANNEL_ERROR");
+    assert.doesNotMatch(refused.error?.message ?? "", /^Unauthorized/);
+    if (realtime.logs) {
+      assert.equal(refused.error?.message, "Realtime was unable to connect to the project database");
+    }
+    await client.removeChannel(refused.joined.channel);
+
+    // An acknowledged send whose write probe is cancelled (a bare socket: realtime-js's send() says
+    // only "error").
+    const env = testEnv();
+    const origin = (realtime.options.realtimeOrigin ?? env.url).replace(/^http/, "ws");
+    socket = new WebSocket(`${origin}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`);
+    const frames: unknown[][] = [];
+    socket.onmessage = (e) => typeof e.data === "string" && frames.push(JSON.parse(e.data));
+    await new Promise((resolve, reject) => {
+      socket!.onopen = resolve;
+      socket!.onerror = () => reject(new Error("socket error"));
+    });
+    const replyTo = (ref: string) => frames.find((f) => f[1] === ref && f[3] === "phx_reply");
+    socket.send(JSON.stringify(["1", "1", `realtime:${writeHeld}`, "phx_join", {
+      config: { private: true, broadcast: { ack: true } },
+      access_token: a.accessToken,
+    }]));
+    await waitFor("the join's reply", () => replyTo("1") !== undefined, { timeoutMs: 20_000 });
+    assert.deepEqual((replyTo("1")![4] as { status: string }).status, "ok", JSON.stringify(replyTo("1")));
+    socket.send(JSON.stringify(["1", "2", `realtime:${writeHeld}`, "broadcast", {
+      type: "broadcast",
+      event: "note",
+      payload: { n: 1 },
+    }]));
+    await cancelHeldProbe();
+    await waitFor("the send's reply", () => replyTo("2") !== undefined, { timeoutMs: 20_000 });
+    assert.deepEqual(replyTo("2")![4], { status: "error", response: { error: "query_canceled" } });
+
+    // The REST routes: the single one answers 422, the batch skips the message.
+    const rest = client.channel(writeHeld, { config: { private: true } });
+    const [single] = await Promise.all([
+      rest.httpSend("note", { n: 2 }).then(() => "sent", (e: Error) => e.message),
+      cancelHeldProbe(),
+    ]);
+    assert.equal(single, "Query canceled");
+    const [batch] = await Promise.all([
+      rest.send({ type: "broadcast", event: "note", payload: { n: 3 } }),
+      cancelHeldProbe(),
+    ]);
+    assert.equal(batch, "ok");
+    await client.removeChannel(rest);
+
+    // The lock released, the same pool's probes run as they should: joined, and no rls_policy_error.
+    await holder`select pg_advisory_unlock(${lockKey})`;
+    const joined = await joinChannel(client, readHeld);
+    assert.equal(joined.status, "SUBSCRIBED", joined.error?.message);
+    if (realtime.logs) {
+      assert.deepEqual(realtime.logs.filter((l) => l.event === "rls_policy_error"), []);
+    }
+
+    // A policy raising check_violation: not a missing partition, an :rls_policy_error.
+    const raised = await joinChannel(client, raises);
+    assert.equal(raised.status, "CHANNEL_ERROR");
+    assert.equal(raised.error?.message, unauthorized(raises));
+    if (realtime.logs) {
+      const errors = realtime.logs.filter((l) => l.event === "rls_policy_error");
+      assert.ok(errors.length >= 1 && errors.every((l) => l.code === "23514" && l.topic === raises));
+    }
+  } finally {
+    socket?.close();
+    await closeClient(client);
+    await holder.end();
+    await sql.unsafe(`
+      drop policy if exists "${schema} receive" on realtime.messages;
+      drop policy if exists "${schema} send" on realtime.messages;
+      drop schema if exists ${schema} cascade`);
+    await realtime.close();
+    await sql.end();
   }
 });
