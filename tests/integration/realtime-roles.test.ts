@@ -59,19 +59,20 @@ Deno.test({
   const role = `premium_reader_${suffix()}`;
   const a = await createTestUser();
   const [c1, c2] = [crypto.randomUUID(), crypto.randomUUID()];
-  await sql.unsafe(`
-    create role ${role} nologin;
-    grant usage on schema realtime to ${role};
-    grant select, insert on realtime.messages to ${role};
-    grant usage on schema auth to ${role};
-    grant execute on function auth.uid(), auth.jwt() to ${role};
-    create policy "${role} can receive" on realtime.messages for select to ${role} using (true);
-    create policy "${role} can send" on realtime.messages for insert to ${role} with check (true)`);
   const [t1, t2] = [await projectToken({ sub: c1, role }), await projectToken({ sub: c2, role })];
   const listener = clientWithToken(() => a.accessToken);
   const premium1 = clientWithToken(() => t1, { joinErrorBackoffMs: 0 });
   const premium2 = clientWithToken(() => t2, { joinErrorBackoffMs: 0 });
   try {
+    // Created inside the try (one implicit transaction), so the finally removes whatever exists.
+    await sql.unsafe(`
+      create role ${role} nologin;
+      grant usage on schema realtime to ${role};
+      grant select, insert on realtime.messages to ${role};
+      grant usage on schema auth to ${role};
+      grant execute on function auth.uid(), auth.jwt() to ${role};
+      create policy "${role} can receive" on realtime.messages for select to ${role} using (true);
+      create policy "${role} can send" on realtime.messages for insert to ${role} with check (true)`);
     const heard = await joinChannel(listener, topicOf(a.id));
     assert.equal(heard.status, "SUBSCRIBED", heard.error?.message);
 
@@ -121,8 +122,12 @@ Deno.test({
     await sql.unsafe(`
       drop policy if exists "${role} can receive" on realtime.messages;
       drop policy if exists "${role} can send" on realtime.messages;
-      drop owned by ${role};
-      drop role ${role}`);
+      do $$ begin
+        if exists (select from pg_roles where rolname = '${role}') then
+          drop owned by ${role};
+          drop role ${role};
+        end if;
+      end $$`);
     await sql.end();
   }
 });
@@ -249,7 +254,10 @@ Deno.test({
   const a = await createTestUser();
   const sfx = suffix();
   const schema = `readsync_roles_test_${sfx}`;
-  const lockKey = Math.floor(Math.random() * 2 ** 30) + 1;
+  // One lock for the read probes, one for the write probes: a join realtime-js retries after its
+  // refusal can never be the write probe a later step waits for and cancels.
+  const readKey = Math.floor(Math.random() * 2 ** 29) * 2 + 1;
+  const writeKey = readKey + 1;
   const readHeld = `held-read-${sfx}`;
   const writeHeld = `held-write-${sfx}`;
   const raises = `raises-${sfx}`;
@@ -260,27 +268,27 @@ Deno.test({
     await sql.unsafe(`
       create schema ${schema};
       grant usage on schema ${schema} to authenticated;
-      create function ${schema}.held(topic text) returns boolean language plpgsql volatile as $$
+      create function ${schema}.held(topic text, lock_key bigint) returns boolean language plpgsql volatile as $$
       begin
         if realtime.topic() = '${raises}' then
           raise exception 'a policy that checks something else' using errcode = 'check_violation';
         end if;
-        if realtime.topic() = topic then perform pg_advisory_xact_lock(${lockKey}); end if;
+        if realtime.topic() = topic then perform pg_advisory_xact_lock(lock_key); end if;
         return true;
       end $$;
-      grant execute on function ${schema}.held(text) to authenticated;
+      grant execute on function ${schema}.held(text, bigint) to authenticated;
       create policy "${schema} receive" on realtime.messages for select to authenticated
-        using (realtime.topic() in ('${readHeld}', '${writeHeld}', '${raises}') and ${schema}.held('${readHeld}'));
+        using (realtime.topic() in ('${readHeld}', '${writeHeld}', '${raises}') and ${schema}.held('${readHeld}', ${readKey}));
       create policy "${schema} send" on realtime.messages for insert to authenticated
-        with check (realtime.topic() = '${writeHeld}' and ${schema}.held('${writeHeld}'))`);
-    await holder`select pg_advisory_lock(${lockKey})`;
-    /** Cancels the one probe waiting for the test's lock, once it waits. */
-    const cancelHeldProbe = async () => {
+        with check (realtime.topic() = '${writeHeld}' and ${schema}.held('${writeHeld}', ${writeKey}))`);
+    await holder`select pg_advisory_lock(${readKey}), pg_advisory_lock(${writeKey})`;
+    /** Cancels the one probe waiting for the test's lock `key`, once it waits. */
+    const cancelHeldProbe = async (key: number) => {
       let pid: number | undefined;
       await waitFor("a probe waiting on the test's lock", async () => {
         const rows = await sql<{ pid: number }[]>`
           select pid from pg_locks
-          where locktype = 'advisory' and objid = ${lockKey} and not granted`;
+          where locktype = 'advisory' and objid = ${key} and not granted`;
         pid = rows[0]?.pid;
         return rows.length === 1;
       }, { timeoutMs: 20_000 });
@@ -289,7 +297,7 @@ Deno.test({
 
     // The join: refused, and not as Unauthorized (Supabase's releases word it "Realtime was unable to
     // connect to the project database" or "QueryCanceled: …"; the stand-in the former).
-    const [refused] = await Promise.all([joinChannel(client, readHeld), cancelHeldProbe()]);
+    const [refused] = await Promise.all([joinChannel(client, readHeld), cancelHeldProbe(readKey)]);
     assert.equal(refused.status, "CHANNEL_ERROR");
     assert.doesNotMatch(refused.error?.message ?? "", /^Unauthorized/);
     if (realtime.logs) {
@@ -320,7 +328,7 @@ Deno.test({
       event: "note",
       payload: { n: 1 },
     }]));
-    await cancelHeldProbe();
+    await cancelHeldProbe(writeKey);
     await waitFor("the send's reply", () => replyTo("2") !== undefined, { timeoutMs: 20_000 });
     assert.deepEqual(replyTo("2")![4], { status: "error", response: { error: "query_canceled" } });
 
@@ -328,18 +336,18 @@ Deno.test({
     const rest = client.channel(writeHeld, { config: { private: true } });
     const [single] = await Promise.all([
       rest.httpSend("note", { n: 2 }).then(() => "sent", (e: Error) => e.message),
-      cancelHeldProbe(),
+      cancelHeldProbe(writeKey),
     ]);
     assert.equal(single, "Query canceled");
     const [batch] = await Promise.all([
       rest.send({ type: "broadcast", event: "note", payload: { n: 3 } }),
-      cancelHeldProbe(),
+      cancelHeldProbe(writeKey),
     ]);
     assert.equal(batch, "ok");
     await client.removeChannel(rest);
 
     // The lock released, the same pool's probes run as they should: joined, and no rls_policy_error.
-    await holder`select pg_advisory_unlock(${lockKey})`;
+    await holder`select pg_advisory_unlock(${readKey}), pg_advisory_unlock(${writeKey})`;
     const joined = await joinChannel(client, readHeld);
     assert.equal(joined.status, "SUBSCRIBED", joined.error?.message);
     if (realtime.logs) {
