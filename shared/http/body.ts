@@ -2,13 +2,34 @@
 // body neither compressed nor transfer-coded other than chunked (415), the body may not exceed a byte
 // limit (413; checked on Content-Length first and again while streaming, so a chunked or lying client
 // cannot push more), and it must be UTF-8 JSON (400) in which no object names a member twice (400
-// invalid_request, issue code duplicate_member).
+// invalid_request, issue code duplicate_member). A body that stops arriving (no byte for idleTimeoutMs)
+// is answered 408 request_timeout and its stream cancelled, instead of holding the request open until
+// the sender closes or the platform ends the worker.
 
 import { findDuplicateMember } from "./duplicateMember.ts";
 import { HttpError } from "./errors.ts";
 import { nonUtf8Charsets } from "./mediaType.ts";
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
+
+/**
+ * How long a body may go without a byte arriving, from the first read on (10 s). An idle bound, not
+ * one for the whole body: a slow but working link (a phone on a weak signal, a full 64 KiB batch at
+ * a few KB/s) keeps sending and is read to the end, while a sender that stalls mid-way (a dropped
+ * mobile link the server has not noticed, a client holding the connection open) is cut off. 10 s is
+ * above any pause of a working TCP connection short of a lost link (retransmissions after 1, 2, 4 s
+ * add up to 7 s), above the database's own bounds (8 s statement timeout, 2 s lock timeout: a
+ * request is never cut off for a shorter wait than the server allows itself), and below the API
+ * client's 20 s per attempt (DEFAULT_TIMEOUT_MS in shared/progress/api.ts), so the client gets the
+ * 408 and retries before it would give up on its own, and the platform's wall-clock limit (150 s
+ * and more), which would end the worker with a platform error instead of an answer.
+ */
+export const DEFAULT_BODY_IDLE_TIMEOUT_MS = 10_000;
+
+export interface ReadBodyOptions {
+  /** See DEFAULT_BODY_IDLE_TIMEOUT_MS; Infinity waits forever. */
+  idleTimeoutMs?: number;
+}
 
 /** application/json, or application/<x>+json, with any parameters (charset=utf-8). */
 export function isJsonMediaType(contentType: string | null): boolean {
@@ -44,8 +65,16 @@ export function transferCoding(req: Request): string | null {
   return codings.some((c) => c !== "chunked" && c !== "identity") ? value : null;
 }
 
-/** Reads at most maxBytes of the body; throws 413 beyond that (and stops reading). */
-export async function readBodyLimited(req: Request, maxBytes: number): Promise<Uint8Array> {
+/**
+ * Reads at most maxBytes of the body; throws 413 beyond that (and stops reading), and 408
+ * request_timeout when no byte arrives for idleTimeoutMs (the stream is cancelled: nothing goes on
+ * reading it, and the answer carries Connection: close, as the rest of the body will never be read).
+ */
+export async function readBodyLimited(
+  req: Request,
+  maxBytes: number,
+  { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS }: ReadBodyOptions = {},
+): Promise<Uint8Array> {
   const declared = req.headers.get("content-length");
   if (declared !== null && /^\d+$/.test(declared) && Number(declared) > maxBytes) {
     throw tooLarge(maxBytes);
@@ -56,9 +85,9 @@ export async function readBodyLimited(req: Request, maxBytes: number): Promise<U
   let total = 0;
   try {
     while (true) {
-      let next: ReadableStreamReadResult<Uint8Array>;
+      let next: ReadableStreamReadResult<Uint8Array> | "idle";
       try {
-        next = await reader.read();
+        next = await readWithin(reader, idleTimeoutMs);
       } catch (error) {
         // The sender stopped early: fewer bytes than its Content-Length, an unfinished chunked body,
         // a dropped connection. Its fault, not ours: a 400 (and an info log line, not an error).
@@ -69,6 +98,19 @@ export async function readBodyLimited(req: Request, maxBytes: number): Promise<U
         throw new HttpError(400, "invalid_json", "The request body ended before it was complete", {
           details: { reason: error instanceof Error ? error.message : String(error), received_bytes: total },
         });
+      }
+      if (next === "idle") {
+        // The pending read ends (done) once the stream is cancelled; a failure of it is no news.
+        await reader.cancel(new Error("request body timed out")).catch(() => {});
+        throw new HttpError(
+          408,
+          "request_timeout",
+          `The request body stopped arriving: no data for ${idleTimeoutMs} ms`,
+          {
+            details: { idle_timeout_ms: idleTimeoutMs, received_bytes: total },
+            headers: { connection: "close" },
+          },
+        );
       }
       const { done, value } = next;
       if (done) break;
@@ -91,13 +133,27 @@ export async function readBodyLimited(req: Request, maxBytes: number): Promise<U
   return out;
 }
 
+/** The next read, or "idle" when it has not settled within ms (the read is left pending). */
+function readWithin(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  ms: number,
+): Promise<ReadableStreamReadResult<Uint8Array> | "idle"> {
+  const read = reader.read();
+  if (!Number.isFinite(ms)) return read;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const idle = new Promise<"idle">((resolve) => (timer = setTimeout(() => resolve("idle"), ms)));
+  // Once it has lost the race, the read settles when the stream is cancelled (or fails): unobserved.
+  read.catch(() => {});
+  return Promise.race([read, idle]).finally(() => clearTimeout(timer));
+}
+
 /**
- * The parsed JSON body, after the media-type (415), size (413), syntax (400) and duplicate member
- * name (400) checks.
+ * The parsed JSON body, after the media-type (415), size (413), time (408), syntax (400) and
+ * duplicate member name (400) checks.
  */
 export async function readJsonBody(
   req: Request,
-  { maxBytes = DEFAULT_MAX_BODY_BYTES } = {},
+  { maxBytes = DEFAULT_MAX_BODY_BYTES, idleTimeoutMs }: { maxBytes?: number } & ReadBodyOptions = {},
 ): Promise<unknown> {
   if (!isJsonMediaType(req.headers.get("content-type"))) {
     throw new HttpError(
@@ -138,7 +194,7 @@ export async function readJsonBody(
       { details: { transfer_encoding: transfer } },
     );
   }
-  const bytes = await readBodyLimited(req, maxBytes);
+  const bytes = await readBodyLimited(req, maxBytes, { idleTimeoutMs });
   if (bytes.byteLength === 0) throw new HttpError(400, "invalid_json", "The request body is empty");
   let text: string;
   try {

@@ -12,8 +12,8 @@
 //   OPTIONS (any path)                     CORS preflight              -> 204
 //   HEAD where GET is                      the GET answer without its body (RFC 9110, 9.3.2)
 // Check order: route (404/405), token (401/403), Accept (406), query string (400/422; routes without
-// parameters take none), media type, charset and content coding (415), size (413), JSON (400), body
-// schema (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+// parameters take none), media type, charset and content coding (415), size (413), a body that stops
+// arriving (408), JSON (400), body schema (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
 // Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
 // is /progress/batch); any other escape stays one (an encoded slash is never a separator).
 //
@@ -23,7 +23,7 @@
 // never a way around RLS, and without the header it gets 403.
 
 import { bearerCredentials, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
-import { readBodyLimited, readJsonBody } from "../http/body.ts";
+import { DEFAULT_BODY_IDLE_TIMEOUT_MS, readBodyLimited, readJsonBody } from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
 import { acceptsJson } from "../http/mediaType.ts";
@@ -52,6 +52,11 @@ export interface ProgressHandlerOptions {
   /** Structured log sink; default: one JSON line on stdout. */
   log?: LogSink;
   maxBodyBytes?: number;
+  /**
+   * How long a request body may go without a byte arriving before it is answered 408
+   * request_timeout (default 10 s; why: DEFAULT_BODY_IDLE_TIMEOUT_MS in shared/http/body.ts).
+   */
+  bodyIdleTimeoutMs?: number;
   /** The function's name = first path segment (default "progress"). */
   functionName?: string;
   cors?: CorsOptions;
@@ -133,6 +138,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
   const functionName = options.functionName ?? "progress";
   const log = options.log ?? defaultLog;
   const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
+  const idleTimeoutMs = options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS;
   const verifier = () => typeof options.verifier === "function" ? options.verifier() : options.verifier;
   const store = () => typeof options.store === "function" ? options.store() : options.store;
 
@@ -290,7 +296,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       case "root": {
         if (method === "POST") {
           parseOrThrow(noQuerySchema, queryObject(url), "query");
-          const body = await readJsonBody(req, { maxBytes });
+          const body = await readJsonBody(req, { maxBytes, idleTimeoutMs });
           const write = parseOrThrow(progressWriteSchema, body, "progress write");
           const result = await db.write(claims, write);
           logConflicts(ctx, [write], [result]);
@@ -311,7 +317,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       }
       case "batch": {
         parseOrThrow(noQuerySchema, queryObject(url), "query");
-        const body = await readJsonBody(req, { maxBytes });
+        const body = await readJsonBody(req, { maxBytes, idleTimeoutMs });
         const { writes } = parseOrThrow(batchWriteSchema, body, "batch");
         const results = await db.writeBatch(claims, writes);
         logConflicts(ctx, writes, results);
@@ -342,7 +348,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         }
         const q = parseOrThrow(resetQuerySchema, queryObject(url), "query");
         // A reset says everything in its query; a body (say, a user_id) would be ignored, so refuse it.
-        if ((await readBodyLimited(req, maxBytes)).byteLength > 0) {
+        if ((await readBodyLimited(req, maxBytes, { idleTimeoutMs })).byteLength > 0) {
           const message = "DELETE takes no body: send device_id and updated_at in the query";
           throw new HttpError(400, "invalid_request", message, {
             details: { issues: [{ path: "", code: "unexpected_body", message }] },

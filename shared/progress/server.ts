@@ -23,7 +23,7 @@ export type ProgressServerHandler = ((req: Request) => Promise<Response>) & { cl
 
 export function createProgressHandlerFromEnv(
   env: EnvLike = Deno.env,
-  options: { log?: LogSink; functionName?: string } = {},
+  options: { log?: LogSink; functionName?: string; bodyIdleTimeoutMs?: number } = {},
 ): ProgressServerHandler {
   let dbKey = "";
   let store: ProgressStore | null = null;
@@ -89,6 +89,7 @@ export function createProgressHandlerFromEnv(
     store: currentStore,
     log: options.log,
     functionName: options.functionName,
+    bodyIdleTimeoutMs: options.bodyIdleTimeoutMs,
   });
   return Object.assign(handler, {
     close: async () => {

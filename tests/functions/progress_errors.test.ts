@@ -20,6 +20,7 @@ import {
   call,
   errorOf,
   FUNCTION_URL,
+  rawRequest,
   seriesId,
   snapshot,
   testEnv,
@@ -679,6 +680,31 @@ Deno.test("a series id is decoded once: a lone % before encoded hex digits stays
     expectError(await call("GET", "/series/a%2%35", { token: a.accessToken }), 400, "invalid_request");
     // A full escape of `%` stays one (`%2541` is the id "%41": 422), as before.
     expectError(await call("GET", "/series/%2541", { token: a.accessToken }), 422, "validation_failed");
+  }));
+
+Deno.test("408 request_timeout: a body that stalls mid-way, as the function is served (its default 10 s bound; write and batch)", () =>
+  unchanged(async ({ a, series }) => {
+    // The served function with its default bound (tests/functions/progress_handler.test.ts tries a short
+    // one and a slow but steady body): both requests stall at once, so the test waits about 10 s.
+    const url = new URL(FUNCTION_URL());
+    const one = JSON.stringify(write({ series_id: series, chapter: 80, updated_at: "2026-05-01T00:00:09Z" }));
+    const batch = JSON.stringify({ writes: [JSON.parse(one)] });
+    const head = (path: string, framing: string) =>
+      `POST ${url.pathname}${path} HTTP/1.1\nHost: ${url.host}\nAuthorization: Bearer ${a.accessToken}\n` +
+      `Content-Type: application/json\n${framing}\nConnection: close`;
+    const answers = await Promise.all([
+      rawRequest(FUNCTION_URL(), head("", `Content-Length: ${one.length}`), (send) => send(one.slice(0, 30))),
+      rawRequest(
+        FUNCTION_URL(),
+        head("/batch", "Transfer-Encoding: chunked"),
+        (send) => send(`${batch.length.toString(16)}\r\n${batch.slice(0, 30)}`),
+      ),
+    ]);
+    for (const [what, answer] of [["single write", answers[0]], ["batch", answers[1]]] as const) {
+      const e = expectError(answer, 408, "request_timeout");
+      assert.equal((e.details as { idle_timeout_ms: number }).idle_timeout_ms, 10_000, what);
+      assert.match(answer.head, /^connection: close$/m, what);
+    }
   }));
 
 Deno.test("413 huge bodies (declared or streamed), 415 wrong content types", () =>

@@ -1,7 +1,7 @@
 // The progress function's handler served on its own local port (real HTTP, real database) with an
 // environment the shared gateway cannot give it: a database that is down (503), asymmetric signing
-// keys (ES256 / RS256 through SUPABASE_JWKS or a JWKS URL), a key server that is down (503), and a
-// capturing log sink for the structured conflict lines.
+// keys (ES256 / RS256 through SUPABASE_JWKS or a JWKS URL), a key server that is down (503), a
+// capturing log sink for the structured conflict lines, and a short body time limit (408).
 
 import assert from "node:assert/strict";
 import { base64url, exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
@@ -10,7 +10,18 @@ import { defaultLog } from "../../shared/progress/handler.ts";
 import { createProgressHandlerFromEnv } from "../../shared/progress/server.ts";
 import { writeResultSchema } from "../../shared/progress/schemas.ts";
 import { createTestUser } from "../support/env.ts";
-import { call, closedPort, errorOf, seriesId, serveLocal, testEnv, write } from "./support.ts";
+import {
+  adminSql,
+  call,
+  closedPort,
+  errorOf,
+  rawRequest,
+  seriesId,
+  serveLocal,
+  snapshot,
+  testEnv,
+  write,
+} from "./support.ts";
 
 type Entry = Record<string, unknown>;
 
@@ -18,11 +29,12 @@ type Entry = Record<string, unknown>;
 async function withFunction(
   vars: Record<string, string>,
   run: (base: string, logs: Entry[]) => Promise<void>,
+  options: { bodyIdleTimeoutMs?: number } = {},
 ): Promise<void> {
   const logs: Entry[] = [];
   const handler = createProgressHandlerFromEnv(
     { get: (name) => vars[name] },
-    { log: (entry) => logs.push(entry) },
+    { log: (entry) => logs.push(entry), ...options },
   );
   const server = serveLocal(handler);
   try {
@@ -373,4 +385,110 @@ Deno.test("one structured JSON log line per conflict (stale, tie lost, tie won),
   assert.equal(lines.length, 1);
   assert.ok(!lines[0].includes("\n"));
   assert.deepEqual(JSON.parse(lines[0]), { event: "progress_conflict", kind: "tie", nested: { a: 1 } });
+});
+
+/** A request head for the raw-socket tests (`Connection: close`: the answer ends the exchange). */
+function rawHead(base: string, method: string, path: string, token: string, framing: string): string {
+  const url = new URL(`${base}${path}`);
+  return `${method} ${url.pathname}${url.search} HTTP/1.1\nHost: ${url.host}\nAuthorization: Bearer ${token}\n` +
+    `Content-Type: application/json\n${framing}\nConnection: close`;
+}
+
+Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the idle bound (write, batch, reset), no row written", async () => {
+  const env = testEnv();
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const before = await snapshot(sql, [user.id]);
+    await withFunction(
+      { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWT_SECRET: env.jwtSecret! },
+      async (base, logs) => {
+        const series = seriesId("stall");
+        const one = JSON.stringify(write({ series_id: series, chapter: 9 }));
+        const batch = JSON.stringify({ writes: [JSON.parse(one)] });
+        const reset = `/series/${series}?device_id=d1&updated_at=2026-05-01T00:00:09Z`;
+        const cases = [
+          // Part of the body, then nothing: the connection stays open (no half-close).
+          ["single write", "POST", "", `Content-Length: ${one.length}`, one.slice(0, 20)],
+          [
+            "batch, chunked",
+            "POST",
+            "/batch",
+            "Transfer-Encoding: chunked",
+            `${batch.length.toString(16)}\r\n${batch.slice(0, 15)}`,
+          ],
+          ["batch, nothing of the body", "POST", "/batch", `Content-Length: ${batch.length}`, ""],
+          ["reset with a body", "DELETE", reset, "Content-Length: 10", "{"],
+        ] as const;
+        for (const [what, method, path, framing, part] of cases) {
+          const answer = await rawRequest(
+            base,
+            rawHead(base, method, path, user.accessToken, framing),
+            (send) => part === "" ? Promise.resolve() : send(part),
+          );
+          assert.equal(answer.status, 408, `${what}: ${JSON.stringify(answer.body)}`);
+          const error = errorOf(answer);
+          assert.equal(error.code, "request_timeout", what);
+          assert.match(error.message, /stopped arriving/, what);
+          // received_bytes: what the server had handed over when the bound ran out (at most the part sent).
+          const details = error.details as { idle_timeout_ms: number; received_bytes: number };
+          assert.deepEqual(Object.keys(details).sort(), ["idle_timeout_ms", "received_bytes"], what);
+          assert.equal(details.idle_timeout_ms, 300, what);
+          assert.ok(details.received_bytes >= 0 && details.received_bytes <= part.length, what);
+          assert.match(answer.head, /^connection: close$/m, what);
+          assert.match(answer.headers.get("content-type") ?? "", /^application\/json/, what);
+          assert.ok(answer.headers.get("x-request-id"), what);
+        }
+        // A client's stall is no failure of the server: nothing logged at warn or error.
+        assert.deepEqual(logs.filter((l) => l.level !== "info"), []);
+      },
+      { bodyIdleTimeoutMs: 300 },
+    );
+    assert.equal(await snapshot(sql, [user.id]), before, "a timed-out request wrote no row");
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("408: the bound is on idleness, not on the whole body: a slow but steady body longer than it is read and written", async () => {
+  const env = testEnv();
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const boundMs = 2_000;
+  try {
+    await withFunction(
+      { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWT_SECRET: env.jwtSecret! },
+      async (base) => {
+        const series = seriesId("slow");
+        const batch = JSON.stringify({ writes: [write({ series_id: series, chapter: 11 })] });
+        const answer = await rawRequest(
+          base,
+          rawHead(base, "POST", "/batch", user.accessToken, "Transfer-Encoding: chunked"),
+          async (send) => {
+            // One byte every 100 ms (well inside the bound) until the body has taken twice the bound
+            // by this test's own clock, then the rest: an overall bound would have cut it off.
+            const started = Date.now();
+            let sent = 0;
+            while (sent < batch.length - 1 && Date.now() - started < 2 * boundMs) {
+              await send(`1\r\n${batch[sent++]}\r\n`);
+              await new Promise((resolve) => setTimeout(resolve, 100));
+            }
+            assert.ok(
+              Date.now() - started >= 2 * boundMs,
+              "the body is long enough to outlast an overall bound",
+            );
+            const rest = batch.slice(sent);
+            await send(`${rest.length.toString(16)}\r\n${rest}\r\n0\r\n\r\n`);
+          },
+        );
+        assert.equal(answer.status, 200, JSON.stringify(answer.body));
+        const [row] = await sql<{ chapter: number }[]>`
+          select chapter from public.reading_progress where user_id = ${user.id} and series_id = ${series}`;
+        assert.equal(row?.chapter, 11);
+      },
+      { bodyIdleTimeoutMs: boundMs },
+    );
+  } finally {
+    await sql.end();
+  }
 });

@@ -118,3 +118,86 @@ export function serveLocal(handler: (req: Request) => Response | Promise<Respons
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, handler);
   return { url: `http://127.0.0.1:${server.addr.port}`, shutdown: () => server.shutdown() };
 }
+
+export interface RawAnswer extends ApiAnswer {
+  /** The answer's head as sent, lower-cased (`name: value` lines; Headers would join repeated ones). */
+  head: string;
+}
+
+/**
+ * One HTTP/1.1 request written by hand on a TCP connection to `url`'s host: `head` (lines joined with
+ * \n, without the blank line), then `send(write)` writes the body as it likes (part of it and stop,
+ * slowly, ...). The connection is never half-closed, so a body left unfinished stays unfinished. The
+ * answer is read until it is complete (its Content-Length, or the last chunk), not until the server
+ * closes: Deno 2.9's server sends `Connection: close` on an answer to a request whose body it has not
+ * read to the end, but leaves the socket open until the client closes it. Throws when no complete
+ * answer came within guardMs (a hang guard).
+ */
+export async function rawRequest(
+  url: string,
+  head: string,
+  send: (write: (text: string) => Promise<void>) => Promise<void>,
+  { guardMs = 30_000 } = {},
+): Promise<RawAnswer> {
+  const target = new URL(url);
+  const conn = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 80) });
+  let guarded = false;
+  const guard = setTimeout(() => {
+    guarded = true;
+    conn.close();
+  }, guardMs);
+  const write = async (text: string) => {
+    const bytes = new TextEncoder().encode(text);
+    for (let n = 0; n < bytes.byteLength;) n += await conn.write(bytes.subarray(n));
+  };
+  let text = "";
+  const complete = (): RawAnswer | null => {
+    const end = text.indexOf("\r\n\r\n");
+    if (end < 0) return null;
+    const answerHead = text.slice(0, end).toLowerCase();
+    const payload = text.slice(end + 4);
+    let json: string;
+    if (/^transfer-encoding: *chunked/m.test(answerHead)) {
+      // "<hex size>\r\n<data>\r\n...0\r\n\r\n"; one data chunk is enough here.
+      if (!/(^|\r\n)0\r\n\r\n$/.test(payload)) return null;
+      json = payload.startsWith("0\r\n") ? "" : payload.split("\r\n")[1];
+    } else {
+      const length = Number(answerHead.match(/^content-length: *(\d+)$/m)?.[1] ?? 0);
+      if (new TextEncoder().encode(payload).byteLength < length) return null;
+      json = payload;
+    }
+    const headers = new Headers();
+    for (const line of text.slice(0, end).split("\r\n").slice(1)) {
+      const colon = line.indexOf(":");
+      if (colon > 0) headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
+    }
+    return {
+      status: Number(text.match(/^HTTP\/1\.1 (\d{3})/)?.[1]),
+      headers,
+      head: answerHead,
+      body: json === "" ? null : JSON.parse(json),
+    };
+  };
+  try {
+    await write(`${head.replaceAll("\n", "\r\n")}\r\n\r\n`);
+    await send(write);
+    const buffer = new Uint8Array(16 * 1024);
+    while (true) {
+      const answer = complete();
+      if (answer) return answer;
+      const n = await conn.read(buffer).catch((error) => {
+        if (guarded) return null;
+        throw error;
+      });
+      if (n === null) break;
+      text += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    throw new Error(
+      `no complete answer ${guarded ? `within ${guardMs} ms` : "before the connection closed"} ` +
+        `(got ${JSON.stringify(text.slice(0, 200))})`,
+    );
+  } finally {
+    clearTimeout(guard);
+    if (!guarded) conn.close();
+  }
+}

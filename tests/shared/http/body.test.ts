@@ -1,5 +1,6 @@
-// shared/http/body.ts: what a body that ends before it is complete is answered with. Over real HTTP:
-// tests/functions/progress_errors.test.ts ("400: a body cut short").
+// shared/http/body.ts: what a body that ends before it is complete, or stops arriving, is answered
+// with. Over real HTTP: tests/functions/progress_errors.test.ts ("400: a body cut short", "408") and
+// progress_handler.test.ts ("408").
 
 import assert from "node:assert/strict";
 import { readJsonBody } from "../../../shared/http/body.ts";
@@ -43,4 +44,35 @@ Deno.test("a body that fails midway: 400 invalid_json, received_bytes counts eve
       received_bytes: received,
     }, JSON.stringify(chunks));
   }
+});
+
+Deno.test("a body that stops arriving: 408 request_timeout after the idle bound, and its stream is cancelled", async () => {
+  let cancelled: unknown = undefined;
+  const first = new TextEncoder().encode('{"writes":[');
+  let pulls = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      // One chunk, then nothing more ever (a pull that never enqueues leaves the read pending).
+      if (pulls++ === 0) controller.enqueue(first);
+      return new Promise(() => {});
+    },
+    cancel(reason) {
+      cancelled = reason;
+    },
+  });
+  const req = new Request("http://localhost/progress/batch", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body,
+  });
+  const error = await readJsonBody(req, { idleTimeoutMs: 50 }).then(
+    () => assert.fail("a stalled body was read"),
+    (e: unknown) => e,
+  );
+  assert.ok(error instanceof HttpError, String(error));
+  assert.deepEqual([error.status, error.code], [408, "request_timeout"]);
+  assert.deepEqual(error.details, { idle_timeout_ms: 50, received_bytes: first.byteLength });
+  assert.deepEqual(error.headers, { connection: "close" });
+  assert.ok(cancelled instanceof Error, "the body stream was cancelled: nothing goes on reading it");
+  assert.equal(body.locked, false, "the reader was released");
 });
