@@ -10,10 +10,12 @@
 //   NotFoundError            404 (getProgress answers null for a series without progress instead)
 //   ServiceUnavailableError  503 (after the retries)
 //   NetworkError             no HTTP answer at all (after the retries)
-//   ProgressApiError         the base class (status, code, details, requestId); anything else
+//   ProgressApiError         the base class (status, code, details, requestId); anything else (e.g.
+//                            408 request_timeout after the retries)
 //
-// Retries: only 503 and network failures (a timed-out attempt is one), with capped exponential
-// backoff and full jitter (never a 4xx: the same request would fail again), and never once the
+// Retries: only 503, 408 and network failures (a timed-out attempt is one), with capped exponential
+// backoff and full jitter (never another 4xx: the same request would fail again; a 408 says the body
+// stopped arriving on the way, a failure of the link as a network failure is), and never once the
 // caller's signal has aborted. A Retry-After (seconds or an HTTP-date) is kept on the error as
 // `details.retry_after` in seconds; one longer than the retries' own cap (maxDelayMs) is not retried
 // here at all (the caller waits it out), a shorter one is waited out before the next attempt.
@@ -207,7 +209,7 @@ async function readErrorResponse(
   return errorFor(response.status, code, String(message), { details: body ?? undefined, requestId });
 }
 
-/** One logical call: invoke with retries on 503 / network errors; the 2xx body parsed by `schema`. */
+/** One logical call: invoke with retries on 503 / 408 / network errors; the 2xx body parsed by `schema`. */
 async function invoke<S extends z.ZodType>(
   client: FunctionsCapableClient,
   options: ProgressApiOptions,
@@ -288,7 +290,10 @@ async function invoke<S extends z.ZodType>(
     }
 
     throwIfAborted(options.signal);
-    const retryable = error instanceof ServiceUnavailableError || error instanceof NetworkError;
+    // A 408 (request_timeout: the function got no byte of the body for its idle bound, or a proxy's
+    // own) is the link's failure, not the request's: sent again, the same body gets through.
+    const retryable = error instanceof ServiceUnavailableError || error instanceof NetworkError ||
+      error.status === 408;
     if (!retryable || attempt >= retry.attempts) throw error;
     // A Retry-After longer than this call waits between attempts ends the call: retrying sooner would
     // go against what the server asked, and the caller (an outbox, a poll) can wait it out, reading

@@ -1,5 +1,5 @@
 // shared/progress/api.ts over real HTTP: the typed calls against the local function, typed errors,
-// retries only on 503 and network failures (a tiny local server answers 503 before passing the
+// retries only on 503, 408 and network failures (a tiny local server answers 503 before passing the
 // request on to the real function), and subscribeToProgress receiving a write another device made
 // through updateProgress.
 
@@ -207,7 +207,43 @@ Deno.test("retry: a 503 that does not go away ends as ServiceUnavailableError af
   }
 });
 
-Deno.test("no retry on 4xx or 500: exactly one request", async () => {
+Deno.test("retry: a 408 (the body stopped arriving on the way) is retried like a 503, then the real function answers", async () => {
+  const user = await createTestUser();
+  const upstream = flakyFunctions((hit) => hit === 1 ? apiError(408, "request_timeout") : null);
+  try {
+    const errors: ProgressApiError[] = [];
+    const result = await updateProgress(
+      clientFor(user.accessToken, upstream.url),
+      write({ series_id: seriesId("retry408") }),
+      { ...fast, onRetry: ({ error }) => void errors.push(error) },
+    );
+    assert.equal(result.progress.user_id, user.id, "the second attempt reached the real function");
+    assert.equal(upstream.hits(), 2);
+    assert.deepEqual(errors.map((e) => [e.status, e.code]), [[408, "request_timeout"]]);
+    // One that does not go away ends the call after the attempts, a plain ProgressApiError.
+    const stuck = flakyFunctions(() => apiError(408, "request_timeout"));
+    try {
+      const e = await rejection(
+        updateProgress(clientFor(user.accessToken, stuck.url), write({ series_id: seriesId("retry408") }), {
+          ...fast,
+          retry: { ...fast.retry, attempts: 3 },
+        }),
+      );
+      assert.deepEqual([e.constructor, e.status, e.code, stuck.hits()], [
+        ProgressApiError,
+        408,
+        "request_timeout",
+        3,
+      ]);
+    } finally {
+      await stuck.shutdown();
+    }
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("no retry on 4xx (but 408) or 500: exactly one request", async () => {
   const user = await createTestUser();
   for (
     const [status, code, type] of [
