@@ -1431,13 +1431,13 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * While live, after a read that ended with `outcome`: a read the app asked for (syncNow) that has
-   * not read to the end yet, and a read that failed, are made again as a polling link would make them
-   * (when a Retry-After ends, after pollIntervalMs when answered behind, after the polls' backoff when
-   * failed), or at the safety read when that comes sooner, in place of the read scheduled. The app's
-   * read even with the safety read off, so it is never lost; a failed one not owed to the app only
-   * while the safety read is on (it stands for that read: the channel may have missed a broadcast).
-   * Otherwise the safety read as usual.
+   * While live, after a read that ended with `outcome` with none queued behind it (#pollOnce): a read
+   * the app asked for (syncNow) that has not read to the end yet, and a read that failed, are made
+   * again as a polling link would make them (when a Retry-After ends, after pollIntervalMs when
+   * answered behind, after the polls' backoff when failed), or at the safety read when that comes
+   * sooner, in place of the read scheduled. The app's read even with the safety read off, so it is
+   * never lost; a failed one not owed to the app only while the safety read is on (it stands for that
+   * read: the channel may have missed a broadcast). Otherwise the safety read as usual.
    */
   #scheduleNextLiveRead(outcome: ReadOutcome): void {
     this.#countRead(outcome);
@@ -1508,10 +1508,19 @@ class UserLink<Row extends LwwRow> {
       // this one ends as that one does (a syncNow() made while live resolves with it).
       return await this.#readAfterDrop;
     }
+    // A read queued behind this one (a syncNow(), a late heartbeat's read, a catch-up after a
+    // scheduled poll) settles after it and schedules the next read by its own outcome: the newest
+    // decides, not this one's failure (a poll put off by the backoff although the API answered
+    // since; while live, a read again whose timer would fire while that read is in flight and queue
+    // one more behind it, made the moment it ends) or answer.
+    const newerQueued = round !== this.#roundsQueued || this.#pollsQueuing > 0;
     if (live) {
       // Still live whatever this read found or whether it failed: the channel is up. If the link
       // dropped meanwhile, #fail has taken over the status and the polling.
-      if (this.#joined && this.#caughtUp) this.#scheduleNextLiveRead(outcome);
+      if (this.#joined && this.#caughtUp) {
+        if (newerQueued) this.#countRead(outcome);
+        else this.#scheduleNextLiveRead(outcome);
+      }
       return outcome;
     }
     // Only a round that began after this join catches the link up: one that began before it (a
@@ -1524,10 +1533,7 @@ class UserLink<Row extends LwwRow> {
     }
     if (!(this.#joined && this.#caughtUp)) this.#countRead(outcome);
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
-    // A read queued behind this one (a syncNow() or a catch-up after a scheduled poll) settles after
-    // it and schedules the next poll by its own outcome: the newest decides, not this one's failure
-    // (a poll put off by the backoff although the API answered since) or answer.
-    if (round !== this.#roundsQueued || this.#pollsQueuing > 0) return outcome;
+    if (newerQueued) return outcome; // the newest decides (above)
     if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
       this.#pollTimer = this.service.timers.set(
         () => void this.#poll(),

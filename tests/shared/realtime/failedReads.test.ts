@@ -1,8 +1,8 @@
 // A safety read that fails while live is made again as a failed poll is (after the polls' backoff,
 // when a Retry-After ends) or at the next safety read when that comes sooner, not a whole
 // livePollIntervalMs later, and not at all with the safety read off; the failures in a row start
-// again after an answer. While polling, of two reads in a row (the second queued behind the first)
-// the one that settled last schedules the next poll. A safety read the channel's drop cut off is no
+// again after an answer. Of two reads in a row (the second queued behind the first), while polling
+// and while live, the one that settled last schedules the next read. A safety read the channel's drop cut off is no
 // failure of the API: it logs poll_cut_off, not poll_failed. Against the stand-in client, with changesSince
 // answered by hand; the intervals that must not be waited for are minutes long, so a read that comes
 // shows the short wait (the waits are hang guards only).
@@ -70,6 +70,29 @@ Deno.test("safety read: one that fails is made again at the polls' backoff, not 
     await waitFor("the next safety read scheduled", () => link.timers() === 1);
     assert.equal(link.subscription.status, "live");
     assert.equal(link.calls.length, 3, "answered: the safety read's pace again");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("safety read: one that fails with a syncNow() queued behind it leaves the next read to that one (no read again while it is in flight)", async () => {
+  const { link, reads } = await liveWithSafetyReadInFlight(MINUTES);
+  try {
+    const sync = link.subscription.syncNow(); // queued behind the safety read
+    link.calls[1].reject(new Error("network blip"));
+    await waitFor("the syncNow() read", () => link.calls.length === 3);
+    // Only its request's timeout timer: none for a read again of the failed one (30 ms), which would
+    // queue one more read behind this one, made the moment it ends (twice in a row, no backoff).
+    await waitFor("no read again of the failed one pending", () => link.timers() === 1);
+    link.calls[2].resolve(answered(2));
+    assert.equal(await sync, "done");
+    await waitFor(
+      "the next safety read scheduled",
+      () => link.calls.length > 3 || link.timers() === 1,
+    );
+    assert.equal(link.calls.length, 3, "the newest read was answered: the safety read's pace, no read now");
+    assert.equal(link.timers(), 1);
+    assert.deepEqual(reads, ["failed", "done"]);
   } finally {
     await link.end();
   }
