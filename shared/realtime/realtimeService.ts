@@ -1370,10 +1370,15 @@ class UserLink<Row extends LwwRow> {
     }
     // Always a fresh round that starts after the join: one that started earlier may have read
     // before a change whose broadcast was sent before the channel was subscribed.
-    const { outcome } = await this.#fetchChanges("catchup");
+    const { outcome, round } = await this.#fetchChanges("catchup");
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUpNow();
+    } else if (round !== this.#roundsQueued || this.#pollsQueuing > 0) {
+      // A read queued behind it (a syncNow(), a poll whose timer fired meanwhile) reads at once and
+      // catches up too: it decides the next read (#pollOnce), not one more poll queued behind it.
+      this.service.timers.clear(this.#pollTimer);
+      this.#pollTimer = undefined;
     } else {
       // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
       // failed is retried at once; a cursor held back by a long transaction after a poll interval

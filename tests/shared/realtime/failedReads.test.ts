@@ -199,6 +199,34 @@ Deno.test("polling: two reads in a row, the first failed and the one queued behi
   }
 });
 
+Deno.test("catch-up: one that fails with a syncNow() queued behind it leaves the next read to that one (no poll at once behind it)", async () => {
+  const link = handAnsweredService({
+    livePollIntervalMs: MINUTES,
+    pollIntervalMs: MINUTES,
+    heartbeatReplyTimeoutMs: 0,
+    backoff: { initialMs: MINUTES, maxMs: MINUTES }, // no rejoin meanwhile
+    random: () => 0.5,
+  });
+  try {
+    (await link.channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => link.calls.length === 1);
+    const sync = link.subscription.syncNow(); // queued behind the catch-up: it catches up too
+    link.calls[0].reject(new Error("network blip"));
+    await waitFor("the syncNow() read", () => link.calls.length === 2);
+    // Only its request's timeout timer: no poll at once for the failed catch-up, which would queue one
+    // more read behind this one, made the moment it ends.
+    await waitFor("no poll for the catch-up pending", () => link.timers() === 1);
+    link.calls[1].resolve(answered(2));
+    assert.equal(await sync, "done");
+    await waitFor("live", () => link.subscription.status === "live");
+    await waitFor("the safety read scheduled", () => link.calls.length > 2 || link.timers() === 1);
+    assert.equal(link.calls.length, 2, "caught up by the newest read: the safety read's pace, no read now");
+    assert.equal(link.timers(), 1);
+  } finally {
+    await link.end();
+  }
+});
+
 Deno.test("safety read: one the channel's drop cuts off logs poll_cut_off, not poll_failed (no failure of the API)", async () => {
   const lines: Record<string, unknown>[] = [];
   const link = handAnsweredService({
