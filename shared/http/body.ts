@@ -27,8 +27,24 @@ export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
 export const DEFAULT_BODY_IDLE_TIMEOUT_MS = 10_000;
 
 export interface ReadBodyOptions {
-  /** See DEFAULT_BODY_IDLE_TIMEOUT_MS; Infinity waits forever. */
+  /** See DEFAULT_BODY_IDLE_TIMEOUT_MS; Infinity waits forever. Anything else: see checkIdleTimeout. */
   idleTimeoutMs?: number;
+}
+
+/** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The bound itself when it is a positive number of milliseconds a timer can hold (up to 2^31-1), or
+ * Infinity (no bound); a RangeError otherwise. 0 or a negative bound would fire at once and one past
+ * 2^31-1 after 1 ms (setTimeout's own clamping), either answering 408 to a body still on its way, and
+ * 0 is what Node's servers read as "no bound"; NaN would mean no bound unannounced.
+ */
+export function checkIdleTimeout(ms: number, name = "idleTimeoutMs"): number {
+  if (ms === Infinity || (typeof ms === "number" && ms > 0 && ms <= MAX_TIMER_MS)) return ms;
+  throw new RangeError(
+    `${name} must be a number of milliseconds from 1 to ${MAX_TIMER_MS}, or Infinity for no bound (got ${ms})`,
+  );
 }
 
 /** application/json, or application/<x>+json, with any parameters (charset=utf-8). */
@@ -75,6 +91,7 @@ export async function readBodyLimited(
   maxBytes: number,
   { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS }: ReadBodyOptions = {},
 ): Promise<Uint8Array> {
+  checkIdleTimeout(idleTimeoutMs);
   const declared = req.headers.get("content-length");
   if (declared !== null && /^\d+$/.test(declared) && Number(declared) > maxBytes) {
     throw tooLarge(maxBytes);

@@ -23,7 +23,12 @@
 // never a way around RLS, and without the header it gets 403.
 
 import { bearerCredentials, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
-import { DEFAULT_BODY_IDLE_TIMEOUT_MS, readBodyLimited, readJsonBody } from "../http/body.ts";
+import {
+  checkIdleTimeout,
+  DEFAULT_BODY_IDLE_TIMEOUT_MS,
+  readBodyLimited,
+  readJsonBody,
+} from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
 import { acceptsJson } from "../http/mediaType.ts";
@@ -54,7 +59,8 @@ export interface ProgressHandlerOptions {
   maxBodyBytes?: number;
   /**
    * How long a request body may go without a byte arriving before it is answered 408
-   * request_timeout (default 10 s; why: DEFAULT_BODY_IDLE_TIMEOUT_MS in shared/http/body.ts).
+   * request_timeout (default 10 s; why: DEFAULT_BODY_IDLE_TIMEOUT_MS in shared/http/body.ts): 1 to
+   * 2^31-1 ms, or Infinity for no bound; anything else (0, a negative, NaN) throws a RangeError here.
    */
   bodyIdleTimeoutMs?: number;
   /** The function's name = first path segment (default "progress"). */
@@ -138,7 +144,11 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
   const functionName = options.functionName ?? "progress";
   const log = options.log ?? defaultLog;
   const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
-  const idleTimeoutMs = options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS;
+  // A bad bound fails here, when the function boots, rather than as a 500 (or a 408) on each request.
+  const idleTimeoutMs = checkIdleTimeout(
+    options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS,
+    "bodyIdleTimeoutMs",
+  );
   const verifier = () => typeof options.verifier === "function" ? options.verifier() : options.verifier;
   const store = () => typeof options.store === "function" ? options.store() : options.store;
 

@@ -387,6 +387,21 @@ Deno.test("one structured JSON log line per conflict (stale, tie lost, tie won),
   assert.deepEqual(JSON.parse(lines[0]), { event: "progress_conflict", kind: "tie", nested: { a: 1 } });
 });
 
+Deno.test("bodyIdleTimeoutMs that is not a positive timer delay is refused when the handler is made", () => {
+  // 0 (Node's servers read it as "no bound") and values past setTimeout's 2^31-1 ms would answer 408
+  // to a body still on its way; NaN would mean no bound unannounced. Infinity says none.
+  for (const bodyIdleTimeoutMs of [0, -5, NaN, 2 ** 31, Number.MAX_SAFE_INTEGER]) {
+    assert.throws(
+      () => createProgressHandlerFromEnv({ get: () => undefined }, { bodyIdleTimeoutMs }),
+      RangeError,
+      String(bodyIdleTimeoutMs),
+    );
+  }
+  for (const bodyIdleTimeoutMs of [undefined, 1, Infinity]) {
+    createProgressHandlerFromEnv({ get: () => undefined }, { bodyIdleTimeoutMs });
+  }
+});
+
 /** A request head for the raw-socket tests (`Connection: close`: the answer ends the exchange). */
 function rawHead(base: string, method: string, path: string, token: string, framing: string): string {
   const url = new URL(`${base}${path}`);

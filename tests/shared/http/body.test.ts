@@ -180,3 +180,30 @@ function cutOffNever(first: string): Request {
     }),
   });
 }
+
+Deno.test("an idle bound that is not a positive timer delay is refused (RangeError), before anything is read", async () => {
+  // 0 or a negative bound fires at once, and setTimeout runs one above 2^31-1 ms (24.8 days) after 1 ms:
+  // either would answer 408 to a body still on its way (0 reads as "no bound" in Node's own servers).
+  // NaN would silently mean no bound. Infinity is the way to say none.
+  for (const idleTimeoutMs of [0, -1, NaN, 2 ** 31, 1e10, Number.MAX_SAFE_INTEGER]) {
+    const req = new Request("http://localhost/progress", { method: "POST", body: "{}" });
+    await assert.rejects(readBodyLimited(req, 100, { idleTimeoutMs }), RangeError, String(idleTimeoutMs));
+    assert.equal(req.bodyUsed, false, `${idleTimeoutMs}: nothing was read`);
+    await assert.rejects(
+      readJsonBody(
+        new Request("http://localhost/progress", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: "{}",
+        }),
+        { idleTimeoutMs },
+      ),
+      RangeError,
+      String(idleTimeoutMs),
+    );
+  }
+  for (const idleTimeoutMs of [1, 2 ** 31 - 1, Infinity]) {
+    const req = new Request("http://localhost/progress", { method: "POST", body: "{}" });
+    assert.equal((await readBodyLimited(req, 100, { idleTimeoutMs })).byteLength, 2, String(idleTimeoutMs));
+  }
+});
