@@ -13,7 +13,8 @@
 //   HEAD where GET is                      the GET answer without its body (RFC 9110, 9.3.2)
 // Check order: route (404/405), token (401/403), Accept (406), query string (400/422; routes without
 // parameters take none), media type, charset and content coding (415), size (413), a body that stops
-// arriving (408), JSON (400), body schema (400/422), database (422/503). Errors: {"error": {"code", "message", "details"}}.
+// arriving (408), JSON (400), body schema (400/422), database (422/503).
+// Errors: {"error": {"code", "message", "details"}}.
 // Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
 // is /progress/batch); any other escape stays one (an encoded slash is never a separator).
 //
