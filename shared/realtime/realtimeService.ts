@@ -1528,6 +1528,16 @@ class UserLink<Row extends LwwRow> {
       }
       return outcome;
     }
+    if (this.#joined && this.#caughtUp) {
+      // The link went live while this read waited its turn or was in flight: it was queued behind
+      // the catch-up that made it live (a syncNow() made while that one was in flight, or by an onRead
+      // handler hearing it end; a poll whose timer fired meanwhile). It ends as a read made while live
+      // does, or a read owed to the app that failed would be made again only at the next safety read,
+      // and never with that off (the polling branch below schedules nothing once live).
+      if (newerQueued) this.#countRead(outcome);
+      else this.#scheduleNextLiveRead(outcome);
+      return outcome;
+    }
     // Only a round that began after this join catches the link up: one that began before it (a
     // poll started while the rejoin was in flight) may have read before a change whose broadcast
     // went out before the channel was subscribed. Such a round only polls; the catch-up queued
@@ -1536,10 +1546,10 @@ class UserLink<Row extends LwwRow> {
       this.#caughtUpNow();
       return outcome;
     }
-    if (!(this.#joined && this.#caughtUp)) this.#countRead(outcome);
+    this.#countRead(outcome);
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (newerQueued) return outcome; // the newest decides (above)
-    if (this.#pollTimer === undefined && !(this.#joined && this.#caughtUp)) {
+    if (this.#pollTimer === undefined) {
       this.#pollTimer = this.service.timers.set(
         () => void this.#poll(),
         this.#nextPollDelay(outcome),

@@ -1,7 +1,7 @@
 // The read the app asks for with syncNow() is never lost: one a Retry-After stopped (held back, or
 // refused with one), one answered behind or failed, is made again as a poll would be until a read
 // made after the call reads to the end, also on a live link with the safety read off, and with one
-// read pending at most; one a live channel's drop cut off ends as the poll after the drop. The
+// read pending at most (one asked for as the catch-up that makes the link live ends, too); one a live channel's drop cut off ends as the poll after the drop. The
 // service's syncNow() says how the read went for each user. Against the stand-in client, with
 // changesSince answered by hand.
 
@@ -263,3 +263,52 @@ Deno.test("service.syncNow resolves how the read went for each subscribed user (
     await link.end();
   }
 });
+
+/** A minute-long wait: a read the test must see within its guard only if the read owed is made again. */
+const MINUTES = 600_000;
+
+for (const livePollIntervalMs of [MINUTES, 0]) {
+  for (const madeBy of ["onRead", "in flight"] as const) {
+    const what = `safety read ${livePollIntervalMs ? "on" : "off"}, made ${
+      madeBy === "onRead" ? "by an onRead handler" : "while it was in flight"
+    }`;
+    Deno.test(`syncNow: one made as the catch-up that makes the link live ends, whose read fails, is made again at the polls' backoff (${what})`, async () => {
+      const link = handAnsweredService({
+        livePollIntervalMs,
+        heartbeatReplyTimeoutMs: 0,
+        pollIntervalMs: 30,
+        backoff: { initialMs: MINUTES, maxMs: MINUTES }, // no rejoin meanwhile; the polls' cap
+        random: () => 0.5,
+      });
+      try {
+        const reads = heard(link);
+        let sync: Promise<ReadOutcome> | undefined;
+        if (madeBy === "onRead") {
+          // The app reacts to the first read heard (the catch-up's "done") with a read of its own.
+          link.subscription.onRead(() => sync ??= link.subscription.syncNow());
+        }
+        (await link.channel(1)).state!("SUBSCRIBED");
+        await waitFor("the catch-up", () => link.calls.length === 1);
+        if (madeBy === "in flight") sync = link.subscription.syncNow(); // queued behind the catch-up
+        link.calls[0].resolve(answered());
+        await waitFor("the syncNow() read", () => link.calls.length === 2);
+        await waitFor("live", () => link.subscription.status === "live");
+        link.calls[1].reject(new Error("network blip"));
+        assert.equal(await sync, "failed");
+        assert.equal(link.timers(), 1, "one read pending: the read again");
+        await waitFor("the read again (the polls' backoff: 30 ms)", () => link.calls.length === 3);
+        link.calls[2].resolve(answered(2));
+        await waitFor("its answer heard", () => reads.length === 3);
+        assert.deepEqual(reads, ["done", "failed", "done"]);
+        await waitFor(
+          "the safety read's pace again",
+          () => link.calls.length > 3 || link.timers() === (livePollIntervalMs ? 1 : 0),
+        );
+        assert.equal(link.calls.length, 3, "read to the end: no read besides");
+        assert.equal(link.subscription.status, "live");
+      } finally {
+        await link.end();
+      }
+    });
+  }
+}
