@@ -932,7 +932,8 @@ class UserLink<Row extends LwwRow> {
   #fetchInFlight = false;
   /**
    * Reads (polls, safety reads, syncNow()'s) that failed in a row: the next one made for a failure
-   * waits longer (#nextPollDelay). An answer resets it, and so does going live.
+   * waits longer (#nextPollDelay). An answer resets it, and so does going live; a round a Retry-After
+   * held back (no call) counts nothing.
    */
   #failedPolls = 0;
   /** The safety reads in flight while live; a drop aborts them (the polling it starts must not wait). */
@@ -1444,8 +1445,8 @@ class UserLink<Row extends LwwRow> {
    * never lost; a failed one not owed to the app only while the safety read is on (it stands for that
    * read: the channel may have missed a broadcast). Otherwise the safety read as usual.
    */
-  #scheduleNextLiveRead(outcome: ReadOutcome): void {
-    this.#countRead(outcome);
+  #scheduleNextLiveRead(outcome: ReadOutcome, held: boolean): void {
+    this.#countRead(outcome, held);
     const readAgain = !this.#closed && outcome !== "done" &&
       (this.#readOwed || (outcome === "failed" && this.#livePollWaitMs() !== Infinity));
     if (!readAgain) {
@@ -1502,7 +1503,7 @@ class UserLink<Row extends LwwRow> {
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
     const safety = live ? new AbortController() : undefined;
     if (safety) this.#safetyReads.add(safety);
-    const { outcome, joinedGeneration, round } = await this.#fetchChanges(
+    const { outcome, joinedGeneration, round, held } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
       safety?.signal,
     );
@@ -1523,8 +1524,8 @@ class UserLink<Row extends LwwRow> {
       // Still live whatever this read found or whether it failed: the channel is up. If the link
       // dropped meanwhile, #fail has taken over the status and the polling.
       if (this.#joined && this.#caughtUp) {
-        if (newerQueued) this.#countRead(outcome);
-        else this.#scheduleNextLiveRead(outcome);
+        if (newerQueued) this.#countRead(outcome, held);
+        else this.#scheduleNextLiveRead(outcome, held);
       }
       return outcome;
     }
@@ -1534,8 +1535,8 @@ class UserLink<Row extends LwwRow> {
       // handler hearing it end; a poll whose timer fired meanwhile). It ends as a read made while live
       // does, or a read owed to the app that failed would be made again only at the next safety read,
       // and never with that off (the polling branch below schedules nothing once live).
-      if (newerQueued) this.#countRead(outcome);
-      else this.#scheduleNextLiveRead(outcome);
+      if (newerQueued) this.#countRead(outcome, held);
+      else this.#scheduleNextLiveRead(outcome, held);
       return outcome;
     }
     // Only a round that began after this join catches the link up: one that began before it (a
@@ -1546,7 +1547,7 @@ class UserLink<Row extends LwwRow> {
       this.#caughtUpNow();
       return outcome;
     }
-    this.#countRead(outcome);
+    this.#countRead(outcome, held);
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (newerQueued) return outcome; // the newest decides (above)
     if (this.#pollTimer === undefined) {
@@ -1558,8 +1559,15 @@ class UserLink<Row extends LwwRow> {
     return outcome;
   }
 
-  /** Counts a read that failed (#failedPolls); an answer ("done", "behind") starts the count again. */
-  #countRead(outcome: ReadOutcome): void {
+  /**
+   * Counts a read that failed (#failedPolls); an answer ("done", "behind") starts the count again. A
+   * round a Retry-After held back (`held`: no call made, its "failed" only says so) counts nothing: the
+   * polls back off for failures of the API, and reads asked for while a refused one was in flight
+   * (several syncNow() calls, a late heartbeat's read) would each raise the backoff one more step.
+   * The read after it waits for the Retry-After's end anyway (#nextPollDelay).
+   */
+  #countRead(outcome: ReadOutcome, held: boolean): void {
+    if (held) return;
     this.#failedPolls = outcome === "failed" ? this.#failedPolls + 1 : 0;
   }
 
@@ -1590,12 +1598,16 @@ class UserLink<Row extends LwwRow> {
     const sequence = ++this.#roundsQueued;
     let joinedGeneration: number | undefined;
     let called = false;
+    let held = false;
     const round = this.#fetchChain.then(async (): Promise<ReadOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
       if (signal?.aborted) return "failed"; // a safety read the drop ended while it waited its turn
       // The round before it was told to wait (Retry-After): no call until then; the caller
       // schedules the next round after it (#retryAfterLeftMs).
-      if (this.#retryAfterLeftMs() > 0) return "failed";
+      if (this.#retryAfterLeftMs() > 0) {
+        held = true;
+        return "failed";
+      }
       joinedGeneration = this.#joined ? this.#generation : undefined;
       const asked = this.#readsAsked; // the syncNow() calls this round began after
       this.#fetchInFlight = true;
@@ -1668,7 +1680,7 @@ class UserLink<Row extends LwwRow> {
       this.#readAfterDropEnded(this.#closed ? "failed" : outcome);
       this.#readAfterDropEnded = null;
     }
-    return { outcome, joinedGeneration, round: sequence };
+    return { outcome, joinedGeneration, round: sequence, held };
   }
 
   /**
@@ -1740,6 +1752,8 @@ interface Round {
   joinedGeneration: number | undefined;
   /** Its place in the order the link's rounds were queued (and settle in): 1, 2, ... */
   round: number;
+  /** A Retry-After held it back: no call was made ("failed" says no more), and it counts as no read. */
+  held: boolean;
 }
 
 /**

@@ -3,7 +3,8 @@
 // livePollIntervalMs later, and not at all with the safety read off; the failures in a row start
 // again after an answer. Of two reads in a row (the second queued behind the first), while polling
 // and while live, the one that settled last schedules the next read. A safety read the channel's drop cut off is no
-// failure of the API: it logs poll_cut_off, not poll_failed. Against the stand-in client, with changesSince
+// failure of the API: it logs poll_cut_off, not poll_failed; nor are reads a Retry-After held back
+// (no call made): they raise no backoff step. Against the stand-in client, with changesSince
 // answered by hand; the intervals that must not be waited for are minutes long, so a read that comes
 // shows the short wait (the waits are hang guards only).
 
@@ -255,3 +256,50 @@ Deno.test("safety read: one the channel's drop cuts off logs poll_cut_off, not p
     await link.end();
   }
 });
+
+for (const live of [false, true]) {
+  Deno.test(
+    `${
+      live ? "live" : "polling"
+    }: reads a Retry-After held back (no call made) count no failure: after a dozen, a read that fails is made again at the backoff's second step, not its fourteenth`,
+    async () => {
+      const link = handAnsweredService({
+        livePollIntervalMs: 0,
+        heartbeatReplyTimeoutMs: 0,
+        pollIntervalMs: 30,
+        backoff: { initialMs: MINUTES, maxMs: MINUTES }, // no rejoin meanwhile; the polls' cap
+        random: () => 0.5,
+      });
+      try {
+        let first: Promise<ReadOutcome>;
+        if (live) {
+          await link.goLive();
+          first = link.subscription.syncNow();
+          await waitFor("the first read", () => link.calls.length === 2);
+        } else {
+          (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+          await waitFor("the first poll", () => link.calls.length === 1);
+          first = Promise.resolve("failed");
+        }
+        const reads = heard(link);
+        const refused = link.calls.length - 1;
+        // A dozen reads asked for while that one is in flight (tabs shown again, back online, Sync now
+        // pressed): queued behind it, each held back by its Retry-After, no call made.
+        const held = Array.from({ length: 12 }, () => link.subscription.syncNow());
+        link.calls[refused].reject(retryAfter(0.5)); // the dozen meet it within the same run of microtasks
+        assert.deepEqual(await Promise.all([first, ...held]), Array(13).fill("failed"));
+        await waitFor("the read when the Retry-After ends", () => link.calls.length === refused + 2);
+        link.calls[refused + 1].reject(new Error("network blip")); // the second failure in a row
+        // Made again at the second step (30-60 ms); counted as failures, the held reads would have put it
+        // at the fourteenth (30 ms * 2^13, a minute or more).
+        await waitFor("the read again at the second step", () => link.calls.length === refused + 3);
+        link.calls[refused + 2].resolve(answered(2));
+        await waitFor("its answer heard", () => reads.length === 3);
+        assert.deepEqual(reads, ["failed", "failed", "done"], "the held reads are not heard");
+        assert.deepEqual(link.changes, [{ chapter: 2, source: "poll" }]);
+      } finally {
+        await link.end();
+      }
+    },
+  );
+}
