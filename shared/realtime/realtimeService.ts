@@ -1520,25 +1520,19 @@ class UserLink<Row extends LwwRow> {
     // since; while live, a read again whose timer would fire while that read is in flight and queue
     // one more behind it, made the moment it ends) or answer.
     const newerQueued = round !== this.#roundsQueued || this.#pollsQueuing > 0;
-    if (live) {
-      // Still live whatever this read found or whether it failed: the channel is up. If the link
-      // dropped meanwhile, #fail has taken over the status and the polling.
-      if (this.#joined && this.#caughtUp) {
-        if (newerQueued) this.#countRead(outcome, held);
-        else this.#scheduleNextLiveRead(outcome, held);
-      }
-      return outcome;
-    }
     if (this.#joined && this.#caughtUp) {
-      // The link went live while this read waited its turn or was in flight: it was queued behind
-      // the catch-up that made it live (a syncNow() made while that one was in flight, or by an onRead
-      // handler hearing it end; a poll whose timer fired meanwhile). It ends as a read made while live
-      // does, or a read owed to the app that failed would be made again only at the next safety read,
-      // and never with that off (the polling branch below schedules nothing once live).
+      // Live now, whatever this read found or whether it failed: the channel is up. A safety read, or
+      // a read that began before the link went live and ends once it is (queued behind the catch-up
+      // that made it live: a syncNow() made while that one was in flight or by an onRead listener
+      // hearing it end, a poll whose timer fired meanwhile): it ends as a read made while live does,
+      // or a read owed to the app that failed would be made again only at the next safety read, and
+      // never with that off (the polling path below schedules nothing once live).
       if (newerQueued) this.#countRead(outcome, held);
       else this.#scheduleNextLiveRead(outcome, held);
       return outcome;
     }
+    // A safety read whose link dropped meanwhile: #fail has taken over the status and the polling.
+    if (live) return outcome;
     // Only a round that began after this join catches the link up: one that began before it (a
     // poll started while the rejoin was in flight) may have read before a change whose broadcast
     // went out before the channel was subscribed. Such a round only polls; the catch-up queued
