@@ -80,12 +80,21 @@ const sortLog = (rows: LogRow[]) => [...rows].sort((x, y) => JSON.stringify(x) <
  * the records in key order form the storage chain ending at resolve(updates); a record replaced a
  * same-millisecond predecessor iff it answered 'tie' naming that predecessor, and the log has that
  * (rejected = false) row; every refused write lost to a record above it and has its (rejected) row;
- * and the log has nothing else.
+ * and the log has nothing else. A write answered as its device's version 1 ms later is no record
+ * (answeredAsLanded) and logs nothing.
  */
 function checkConcurrent(updates: Update[], answers: WriteResult[], log: LogRow[]) {
-  const records = updates.map((u, i) => ({ u, a: answers[i] })).filter((x) => x.a.won).sort((x, y) =>
-    resolver.compare(x.u, y.u)
-  );
+  // A write that met its own device's version 1 ms after it with its position (the generator makes
+  // such pairs: 6 devices, 100 chapters, 6 ms) is taken for the retry of a write stored there after
+  // meeting its key, and answered as that one was: won, no conflict, that version, nothing stored or
+  // logged (README, Schema decisions; ConflictResolver.classify). It is no record of the chain.
+  const answeredAsLanded = (u: Update, a: WriteResult) =>
+    a.won && keyOf(a.progress) !== keyOf(u) && a.progress.device_id === u.device_id &&
+    ConflictResolver.timeOf(a.progress) === ConflictResolver.timeOf(u) + 1 &&
+    ConflictResolver.samePosition(u, a.progress);
+  const records = updates.map((u, i) => ({ u, a: answers[i] }))
+    .filter((x) => x.a.won && !answeredAsLanded(x.u, x.a))
+    .sort((x, y) => resolver.compare(x.u, y.u));
   assert.ok(records.length > 0);
   assert.equal(
     keyOf(records[records.length - 1].u),
@@ -105,6 +114,11 @@ function checkConcurrent(updates: Update[], answers: WriteResult[], log: LogRow[
   const recordKeys = new Set(records.map((r) => keyOf(r.u)));
   updates.forEach((u, i) => {
     const a = answers[i];
+    if (answeredAsLanded(u, a)) {
+      assert.equal(a.conflict, null, `${keyOf(u)} answered as the write landed 1 ms after it`);
+      assert.ok(recordKeys.has(keyOf(a.progress)), "the version it was answered with was stored");
+      return;
+    }
     if (a.won) return;
     if (a.conflict === null) {
       // Met its own device's later write: not stored, no conflict, logged as 'self'.
