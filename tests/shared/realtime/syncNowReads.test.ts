@@ -1,9 +1,9 @@
 // The read the app asks for with syncNow() is never lost: one a Retry-After stopped (held back, or
 // refused with one), one answered behind or failed, is made again as a poll would be until a read
 // made after the call reads to the end, also on a live link with the safety read off, and with one
-// read pending at most (one asked for as the catch-up that makes the link live ends, too); one a live channel's drop cut off ends as the poll after the drop. The
-// service's syncNow() says how the read went for each user. Against the stand-in client, with
-// changesSince answered by hand.
+// read pending at most (one asked for as the catch-up that makes the link live ends, too); one a live
+// channel's drop cut off ends as the poll after the drop. The service's syncNow() says how the read
+// went for each user. Against the stand-in client, with changesSince answered by hand.
 
 import assert from "node:assert/strict";
 import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
@@ -267,12 +267,42 @@ Deno.test("service.syncNow resolves how the read went for each subscribed user (
 /** A minute-long wait: a read the test must see within its guard only if the read owed is made again. */
 const MINUTES = 600_000;
 
+/**
+ * Records the delay of every timer set through the global setTimeout (the service's TimerSet uses it)
+ * while it is pending: the read a live link has scheduled shows as its wait, with no sleep to see it.
+ */
+function watchTimers(): { pending: () => number[]; restore: () => void } {
+  const realSet = globalThis.setTimeout;
+  const realClear = globalThis.clearTimeout;
+  const delays = new Map<unknown, number>();
+  globalThis.setTimeout = ((fn: () => void, ms = 0) => {
+    const id = realSet(() => {
+      delays.delete(id);
+      fn();
+    }, ms);
+    delays.set(id, ms);
+    return id;
+  }) as typeof setTimeout;
+  globalThis.clearTimeout = ((id?: number) => {
+    delays.delete(id);
+    realClear(id);
+  }) as typeof clearTimeout;
+  return {
+    pending: () => [...delays.values()],
+    restore: () => {
+      globalThis.setTimeout = realSet;
+      globalThis.clearTimeout = realClear;
+    },
+  };
+}
+
 for (const livePollIntervalMs of [MINUTES, 0]) {
   for (const madeBy of ["onRead", "in flight"] as const) {
     const what = `safety read ${livePollIntervalMs ? "on" : "off"}, made ${
       madeBy === "onRead" ? "by an onRead handler" : "while it was in flight"
     }`;
     Deno.test(`syncNow: one made as the catch-up that makes the link live ends, whose read fails, is made again at the polls' backoff (${what})`, async () => {
+      const timers = watchTimers();
       const link = handAnsweredService({
         livePollIntervalMs,
         heartbeatReplyTimeoutMs: 0,
@@ -305,9 +335,16 @@ for (const livePollIntervalMs of [MINUTES, 0]) {
           () => link.calls.length > 3 || link.timers() === (livePollIntervalMs ? 1 : 0),
         );
         assert.equal(link.calls.length, 3, "read to the end: no read besides");
+        // The timer pending is the safety read's (a minute), not one more read at the polls' pace.
+        assert.deepEqual(
+          timers.pending(),
+          livePollIntervalMs ? [livePollIntervalMs] : [],
+          "the safety read's pace",
+        );
         assert.equal(link.subscription.status, "live");
       } finally {
         await link.end();
+        timers.restore();
       }
     });
   }
