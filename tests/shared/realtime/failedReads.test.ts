@@ -1,12 +1,11 @@
-// A safety read that fails while live is made again as a failed poll is (after the polls' backoff,
-// when a Retry-After ends) or at the next safety read when that comes sooner, not a whole
-// livePollIntervalMs later, and not at all with the safety read off; the failures in a row start
-// again after an answer. Of two reads in a row (the second queued behind the first), while polling
-// and while live, the one that settled last schedules the next read. A safety read the channel's drop cut off is no
-// failure of the API: it logs poll_cut_off, not poll_failed; nor are reads a Retry-After held back
-// (no call made): they raise no backoff step. Against the stand-in client, with changesSince
-// answered by hand; the intervals that must not be waited for are minutes long, so a read that comes
-// shows the short wait (the waits are hang guards only).
+// A safety read that fails while live is made again as a failed poll is (after the polls' backoff, when a
+// Retry-After ends) or at the next safety read when that comes sooner, not a whole livePollIntervalMs later,
+// and not at all with the safety read off; the failures in a row start again after an answer. Of two reads in
+// a row (the second queued behind the first), while polling and while live, the one that settled last
+// schedules the next read. A safety read the channel's drop cut off is no failure of the API: it logs
+// poll_cut_off, not poll_failed; nor are reads a Retry-After held back (no call made): they raise no backoff
+// step. Against the stand-in client, with changesSince answered by hand; the intervals that must not be
+// waited for are minutes long, so a read that comes shows the short wait (the waits are hang guards only).
 
 import assert from "node:assert/strict";
 import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
