@@ -935,7 +935,7 @@ class UserLink<Row extends LwwRow> {
    * waits longer (#nextPollDelay). An answer resets it, and so does going live; a round a Retry-After
    * held back (no call) counts nothing.
    */
-  #failedPolls = 0;
+  #failedReadsInRow = 0;
   /** The safety reads in flight while live; a drop aborts them (the polling it starts must not wait). */
   readonly #safetyReads = new Set<AbortController>();
   /**
@@ -1375,7 +1375,7 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUpNow();
-    } else if (round !== this.#roundsQueued || this.#pollsQueuing > 0) {
+    } else if (this.#newerReadQueued(round)) {
       // A read queued behind it (a syncNow(), a poll whose timer fired meanwhile) reads at once and
       // catches up too: it decides the next read (#pollOnce), not one more poll queued behind it.
       this.service.timers.clear(this.#pollTimer);
@@ -1394,7 +1394,7 @@ class UserLink<Row extends LwwRow> {
   /** A round that began after the join read to the end: live, with the safety read scheduled. */
   #caughtUpNow(): void {
     this.#caughtUp = true;
-    this.#failedPolls = 0;
+    this.#failedReadsInRow = 0;
     this.service.timers.clear(this.#pollTimer);
     this.#pollTimer = undefined;
     // A heartbeat sent after the join is still unanswered (it became late while catching up).
@@ -1519,7 +1519,7 @@ class UserLink<Row extends LwwRow> {
     // decides, not this one's failure (a poll put off by the backoff although the API answered
     // since; while live, a read again whose timer would fire while that read is in flight and queue
     // one more behind it, made the moment it ends) or answer.
-    const newerQueued = round !== this.#roundsQueued || this.#pollsQueuing > 0;
+    const newerQueued = this.#newerReadQueued(round);
     if (this.#joined && this.#caughtUp) {
       // Live now, whatever this read found or whether it failed: the channel is up. A safety read, or
       // a read that began before the link went live and ends once it is (queued behind the catch-up
@@ -1553,8 +1553,13 @@ class UserLink<Row extends LwwRow> {
     return outcome;
   }
 
+  /** Whether a read was queued after the round numbered `round`, or a poll waits to queue one. */
+  #newerReadQueued(round: number): boolean {
+    return round !== this.#roundsQueued || this.#pollsQueuing > 0;
+  }
+
   /**
-   * Counts a read that failed (#failedPolls); an answer ("done", "behind") starts the count again. A
+   * Counts a read that failed (#failedReadsInRow); an answer ("done", "behind") starts the count again. A
    * round a Retry-After held back (`held`: no call made, its "failed" only says so) counts nothing: the
    * polls back off for failures of the API, and reads asked for while a refused one was in flight
    * (several syncNow() calls, a late heartbeat's read) would each raise the backoff one more step.
@@ -1562,7 +1567,7 @@ class UserLink<Row extends LwwRow> {
    */
   #countRead(outcome: ReadOutcome, held: boolean): void {
     if (held) return;
-    this.#failedPolls = outcome === "failed" ? this.#failedPolls + 1 : 0;
+    this.#failedReadsInRow = outcome === "failed" ? this.#failedReadsInRow + 1 : 0;
   }
 
   /**
@@ -1574,7 +1579,7 @@ class UserLink<Row extends LwwRow> {
   #nextPollDelay(outcome: ReadOutcome): number {
     if (outcome !== "failed") return this.#pollIntervalMs;
     const cap = Math.max(this.#pollIntervalMs, this.service.backoffOptions.maxMs);
-    const failures = Math.max(1, this.#failedPolls); // counted before (#countRead)
+    const failures = Math.max(1, this.#failedReadsInRow); // counted before (#countRead)
     const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, failures - 1));
     const jittered = ceiling / 2 + (this.service.random() * ceiling) / 2;
     // Never sooner than the poll interval: the jitter spreads the backoff, it does not shorten it.
