@@ -3,8 +3,9 @@
 // limit (413; checked on Content-Length first and again while streaming, so a chunked or lying client
 // cannot push more), and it must be UTF-8 JSON (400) in which no object names a member twice (400
 // invalid_request, issue code duplicate_member). A body that stops arriving (no byte for idleTimeoutMs)
-// is answered 408 request_timeout and its stream cancelled, instead of holding the request open until
-// the sender closes or the platform ends the worker.
+// or does not arrive in full within totalTimeoutMs (a sender dripping a byte now and then, under the
+// idle bound) is answered 408 request_timeout and its stream cancelled, instead of holding the request
+// open until the sender closes or the platform ends the worker.
 
 import { findDuplicateMember } from "./duplicateMember.ts";
 import { HttpError } from "./errors.ts";
@@ -13,10 +14,10 @@ import { nonUtf8Charsets } from "./mediaType.ts";
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
 
 /**
- * How long a body may go without a byte arriving, from the first read on (10 s). An idle bound, not
- * one for the whole body: a slow but working link (a phone on a weak signal, a full 64 KiB batch at
- * a few KB/s) keeps sending and is read to the end, while a sender that stalls mid-way (a dropped
- * mobile link the server has not noticed, a client holding the connection open) is cut off. 10 s is
+ * How long a body may go without a byte arriving, from the first read on (10 s). An idle bound: a
+ * slow but working link (a phone on a weak signal, a full 64 KiB batch at a few KB/s) keeps sending
+ * and is read to the end (within DEFAULT_BODY_TOTAL_TIMEOUT_MS), while a sender that stalls mid-way (a
+ * dropped mobile link the server has not noticed, a client holding the connection open) is cut off. 10 s is
  * above any pause of a working TCP connection short of a lost link (retransmissions after 1, 2, 4 s
  * add up to 7 s), above the database's own bounds (8 s statement timeout, 2 s lock timeout: a
  * request is never cut off for a shorter wait than the server allows itself), and below the API
@@ -26,10 +27,27 @@ export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
  */
 export const DEFAULT_BODY_IDLE_TIMEOUT_MS = 10_000;
 
+/**
+ * How long the whole body may take, from the first read on (30 s), however steadily it arrives. The
+ * idle bound alone lets a sender that drips a byte every few seconds hold the request (and an isolate's
+ * slot) open for as long as it likes; this ends it. 30 s is above anything an honest client needs: the
+ * API client's bodies are under 1 KB, and it gives up an attempt after 20 s in all (DEFAULT_TIMEOUT_MS
+ * in shared/progress/api.ts), so it aborts before this bound could cut it off; the largest body this
+ * API takes (64 KiB) still gets through at about 2 KB/s. And it is well below the hosted platform's
+ * limits (150 s request idle timeout, answered 504; 150 s wall clock on the free plan, 400 s on paid
+ * plans), so the sender gets this 408 rather than a platform error.
+ */
+export const DEFAULT_BODY_TOTAL_TIMEOUT_MS = 30_000;
+
 export interface ReadBodyOptions {
-  /** See DEFAULT_BODY_IDLE_TIMEOUT_MS; Infinity waits forever. Anything else: see checkIdleTimeout. */
+  /** See DEFAULT_BODY_IDLE_TIMEOUT_MS; Infinity waits forever. Anything else: see checkTimeoutBound. */
   idleTimeoutMs?: number;
+  /** See DEFAULT_BODY_TOTAL_TIMEOUT_MS; Infinity for none. Anything else: see checkTimeoutBound. */
+  totalTimeoutMs?: number;
 }
+
+/** Which bound a 408 request_timeout met (details.bound). */
+export type BodyTimeoutBound = "idle" | "total";
 
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -40,7 +58,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  * 2^31-1 after 1 ms (setTimeout's own clamping), either answering 408 to a body still on its way, and
  * 0 is what Node's servers read as "no bound"; NaN would mean no bound unannounced.
  */
-export function checkIdleTimeout(ms: number, name = "idleTimeoutMs"): number {
+export function checkTimeoutBound(ms: number, name: string): number {
   if (ms === Infinity || (typeof ms === "number" && ms > 0 && ms <= MAX_TIMER_MS)) return ms;
   throw new RangeError(
     `${name} must be a number of milliseconds from 1 to ${MAX_TIMER_MS}, or Infinity for no bound (got ${ms})`,
@@ -81,30 +99,41 @@ export function transferCoding(req: Request): string | null {
   return codings.some((c) => c !== "chunked" && c !== "identity") ? value : null;
 }
 
+/** The Content-Length header as a number, or null when there is none (or it is not digits). */
+export function declaredLength(req: Request): number | null {
+  const declared = req.headers.get("content-length");
+  return declared !== null && /^\d+$/.test(declared) ? Number(declared) : null;
+}
+
 /**
  * Reads at most maxBytes of the body; throws 413 beyond that (and stops reading), and 408
- * request_timeout when no byte arrives for idleTimeoutMs (the stream is cancelled: nothing goes on
- * reading it, and the answer carries Connection: close, as the rest of the body will never be read).
+ * request_timeout when no byte arrives for idleTimeoutMs or the body is not complete totalTimeoutMs
+ * after the first read (the stream is cancelled: nothing goes on reading it, and the answer carries
+ * Connection: close, as the rest of the body will never be read).
  */
 export async function readBodyLimited(
   req: Request,
   maxBytes: number,
-  { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS }: ReadBodyOptions = {},
+  { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS, totalTimeoutMs = DEFAULT_BODY_TOTAL_TIMEOUT_MS }:
+    ReadBodyOptions = {},
 ): Promise<Uint8Array> {
-  checkIdleTimeout(idleTimeoutMs);
-  const declared = req.headers.get("content-length");
-  if (declared !== null && /^\d+$/.test(declared) && Number(declared) > maxBytes) {
-    throw tooLarge(maxBytes);
-  }
+  checkTimeoutBound(idleTimeoutMs, "idleTimeoutMs");
+  checkTimeoutBound(totalTimeoutMs, "totalTimeoutMs");
+  const declared = declaredLength(req);
+  if (declared !== null && declared > maxBytes) throw tooLarge(maxBytes);
   if (!req.body) return new Uint8Array(0);
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
+  // One timer per read, for whichever bound ends first: the idle bound, or what is left of the whole.
+  const deadline = performance.now() + totalTimeoutMs;
   try {
     while (true) {
-      let next: ReadableStreamReadResult<Uint8Array> | "idle";
+      const left = Math.max(0, deadline - performance.now());
+      const bound: BodyTimeoutBound = left < idleTimeoutMs ? "total" : "idle";
+      let next: ReadableStreamReadResult<Uint8Array> | "timeout";
       try {
-        next = await readWithin(reader, idleTimeoutMs);
+        next = await readWithin(reader, Math.min(idleTimeoutMs, left));
       } catch (error) {
         // The sender stopped early: fewer bytes than its Content-Length, an unfinished chunked body,
         // a dropped connection. Its fault, not ours: a 400 (and an info log line, not an error).
@@ -116,15 +145,23 @@ export async function readBodyLimited(
           details: { reason: error instanceof Error ? error.message : String(error), received_bytes: total },
         });
       }
-      if (next === "idle") {
+      if (next === "timeout") {
         // The pending read ends (done) once the stream is cancelled; a failure of it is no news.
         await reader.cancel(new Error("request body timed out")).catch(() => {});
         throw new HttpError(
           408,
           "request_timeout",
-          `The request body stopped arriving: no data for ${idleTimeoutMs} ms`,
+          bound === "idle"
+            ? `The request body stopped arriving: no data for ${idleTimeoutMs} ms`
+            : `The request body did not arrive in full within ${totalTimeoutMs} ms`,
           {
-            details: { idle_timeout_ms: idleTimeoutMs, received_bytes: total },
+            // A bound that is Infinity (none) is null, as it would be in JSON anyway.
+            details: {
+              bound,
+              idle_timeout_ms: Number.isFinite(idleTimeoutMs) ? idleTimeoutMs : null,
+              total_timeout_ms: Number.isFinite(totalTimeoutMs) ? totalTimeoutMs : null,
+              received_bytes: total,
+            },
             headers: { connection: "close" },
           },
         );
@@ -150,18 +187,18 @@ export async function readBodyLimited(
   return out;
 }
 
-/** The next read, or "idle" when it has not settled within ms (the read is left pending). */
+/** The next read, or "timeout" when it has not settled within ms (the read is left pending). */
 function readWithin(
   reader: ReadableStreamDefaultReader<Uint8Array>,
   ms: number,
-): Promise<ReadableStreamReadResult<Uint8Array> | "idle"> {
+): Promise<ReadableStreamReadResult<Uint8Array> | "timeout"> {
   const read = reader.read();
   if (!Number.isFinite(ms)) return read;
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const idle = new Promise<"idle">((resolve) => (timer = setTimeout(() => resolve("idle"), ms)));
+  const timeout = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), ms)));
   // Once it has lost the race, the read settles when the stream is cancelled (or fails): unobserved.
   read.catch(() => {});
-  return Promise.race([read, idle]).finally(() => clearTimeout(timer));
+  return Promise.race([read, timeout]).finally(() => clearTimeout(timer));
 }
 
 /**
@@ -170,7 +207,9 @@ function readWithin(
  */
 export async function readJsonBody(
   req: Request,
-  { maxBytes = DEFAULT_MAX_BODY_BYTES, idleTimeoutMs }: { maxBytes?: number } & ReadBodyOptions = {},
+  { maxBytes = DEFAULT_MAX_BODY_BYTES, idleTimeoutMs, totalTimeoutMs }:
+    & { maxBytes?: number }
+    & ReadBodyOptions = {},
 ): Promise<unknown> {
   if (!isJsonMediaType(req.headers.get("content-type"))) {
     throw new HttpError(
@@ -211,7 +250,7 @@ export async function readJsonBody(
       { details: { transfer_encoding: transfer } },
     );
   }
-  const bytes = await readBodyLimited(req, maxBytes, { idleTimeoutMs });
+  const bytes = await readBodyLimited(req, maxBytes, { idleTimeoutMs, totalTimeoutMs });
   if (bytes.byteLength === 0) throw new HttpError(400, "invalid_json", "The request body is empty");
   let text: string;
   try {

@@ -15,7 +15,7 @@ export type HttpErrorCode =
   | "progress_not_found" // 404: no progress for that series
   | "method_not_allowed" // 405
   | "not_acceptable" // 406: the Accept header excludes application/json
-  | "request_timeout" // 408: the request body stopped arriving (no byte for the idle bound)
+  | "request_timeout" // 408: the request body stopped arriving (idle bound) or took too long in all (total)
   | "payload_too_large" // 413
   | "unsupported_media_type" // 415: not JSON, a charset other than UTF-8, a content or transfer coding
   | "validation_failed" // 422: well-formed values outside the data model (ranges, formats)

@@ -290,8 +290,9 @@ async function invoke<S extends z.ZodType>(
     }
 
     throwIfAborted(options.signal);
-    // A 408 (request_timeout: the function got no byte of the body for its idle bound, or a proxy's
-    // own) is the link's failure, not the request's: sent again, the same body gets through.
+    // A 408 (request_timeout: the function got no byte of the body for its idle bound, or not all of
+    // it within its total bound, or a proxy's own) is the link's failure, not the request's: sent again,
+    // the same body gets through.
     const retryable = error instanceof ServiceUnavailableError || error instanceof NetworkError ||
       error.status === 408;
     if (!retryable || attempt >= retry.attempts) throw error;

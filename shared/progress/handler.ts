@@ -13,7 +13,7 @@
 //   HEAD where GET is                      the GET answer without its body (RFC 9110, 9.3.2)
 // Check order: route (404/405), token (401/403), Accept (406), query string (400/422; routes without
 // parameters take none), media type, charset and content coding (415), size (413), a body that stops
-// arriving (408), JSON (400), body schema (400/422), database (422/503).
+// arriving or takes too long in all (408), JSON (400), body schema (400/422), database (422/503).
 // Errors: {"error": {"code", "message", "details"}}.
 // Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
 // is /progress/batch); any other escape stays one (an encoded slash is never a separator).
@@ -25,8 +25,9 @@
 
 import { bearerCredentials, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
 import {
-  checkIdleTimeout,
+  checkTimeoutBound,
   DEFAULT_BODY_IDLE_TIMEOUT_MS,
+  DEFAULT_BODY_TOTAL_TIMEOUT_MS,
   readBodyLimited,
   readJsonBody,
 } from "../http/body.ts";
@@ -64,6 +65,12 @@ export interface ProgressHandlerOptions {
    * 2^31-1 ms, or Infinity for no bound; anything else (0, a negative, NaN) throws a RangeError here.
    */
   bodyIdleTimeoutMs?: number;
+  /**
+   * How long a whole request body may take, from its first read, before it is answered 408
+   * request_timeout however steadily it arrives (default 30 s; why: DEFAULT_BODY_TOTAL_TIMEOUT_MS in
+   * shared/http/body.ts): checked as bodyIdleTimeoutMs is.
+   */
+  bodyTotalTimeoutMs?: number;
   /** The function's name = first path segment (default "progress"). */
   functionName?: string;
   cors?: CorsOptions;
@@ -146,10 +153,16 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
   const log = options.log ?? defaultLog;
   const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
   // A bad bound fails here, when the function boots, rather than as a 500 (or a 408) on each request.
-  const idleTimeoutMs = checkIdleTimeout(
-    options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS,
-    "bodyIdleTimeoutMs",
-  );
+  const bodyBounds = {
+    idleTimeoutMs: checkTimeoutBound(
+      options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS,
+      "bodyIdleTimeoutMs",
+    ),
+    totalTimeoutMs: checkTimeoutBound(
+      options.bodyTotalTimeoutMs ?? DEFAULT_BODY_TOTAL_TIMEOUT_MS,
+      "bodyTotalTimeoutMs",
+    ),
+  };
   const verifier = () => typeof options.verifier === "function" ? options.verifier() : options.verifier;
   const store = () => typeof options.store === "function" ? options.store() : options.store;
 
@@ -307,7 +320,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       case "root": {
         if (method === "POST") {
           parseOrThrow(noQuerySchema, queryObject(url), "query");
-          const body = await readJsonBody(req, { maxBytes, idleTimeoutMs });
+          const body = await readJsonBody(req, { maxBytes, ...bodyBounds });
           const write = parseOrThrow(progressWriteSchema, body, "progress write");
           const result = await db.write(claims, write);
           logConflicts(ctx, [write], [result]);
@@ -328,7 +341,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       }
       case "batch": {
         parseOrThrow(noQuerySchema, queryObject(url), "query");
-        const body = await readJsonBody(req, { maxBytes, idleTimeoutMs });
+        const body = await readJsonBody(req, { maxBytes, ...bodyBounds });
         const { writes } = parseOrThrow(batchWriteSchema, body, "batch");
         const results = await db.writeBatch(claims, writes);
         logConflicts(ctx, writes, results);
@@ -359,7 +372,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         }
         const q = parseOrThrow(resetQuerySchema, queryObject(url), "query");
         // A reset says everything in its query; a body (say, a user_id) would be ignored, so refuse it.
-        if ((await readBodyLimited(req, maxBytes, { idleTimeoutMs })).byteLength > 0) {
+        if ((await readBodyLimited(req, maxBytes, bodyBounds)).byteLength > 0) {
           const message = "DELETE takes no body: send device_id and updated_at in the query";
           throw new HttpError(400, "invalid_request", message, {
             details: { issues: [{ path: "", code: "unexpected_body", message }] },

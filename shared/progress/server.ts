@@ -23,7 +23,8 @@ export type ProgressServerHandler = ((req: Request) => Promise<Response>) & { cl
 
 export function createProgressHandlerFromEnv(
   env: EnvLike = Deno.env,
-  options: { log?: LogSink; functionName?: string; bodyIdleTimeoutMs?: number } = {},
+  options: { log?: LogSink; functionName?: string; bodyIdleTimeoutMs?: number; bodyTotalTimeoutMs?: number } =
+    {},
 ): ProgressServerHandler {
   let dbKey = "";
   let store: ProgressStore | null = null;
@@ -90,6 +91,7 @@ export function createProgressHandlerFromEnv(
     log: options.log,
     functionName: options.functionName,
     bodyIdleTimeoutMs: options.bodyIdleTimeoutMs,
+    bodyTotalTimeoutMs: options.bodyTotalTimeoutMs,
   });
   return Object.assign(handler, {
     close: async () => {

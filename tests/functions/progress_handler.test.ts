@@ -1,7 +1,7 @@
 // The progress function's handler served on its own local port (real HTTP, real database) with an
 // environment the shared gateway cannot give it: a database that is down (503), asymmetric signing
 // keys (ES256 / RS256 through SUPABASE_JWKS or a JWKS URL), a key server that is down (503), a
-// capturing log sink for the structured conflict lines, and a short body time limit (408).
+// capturing log sink for the structured conflict lines, and short body time limits (408).
 
 import assert from "node:assert/strict";
 import { base64url, exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
@@ -29,7 +29,7 @@ type Entry = Record<string, unknown>;
 async function withFunction(
   vars: Record<string, string>,
   run: (base: string, logs: Entry[]) => Promise<void>,
-  options: { bodyIdleTimeoutMs?: number } = {},
+  options: { bodyIdleTimeoutMs?: number; bodyTotalTimeoutMs?: number } = {},
 ): Promise<void> {
   const logs: Entry[] = [];
   const handler = createProgressHandlerFromEnv(
@@ -402,6 +402,19 @@ Deno.test("bodyIdleTimeoutMs that is not a positive timer delay is refused when 
   }
 });
 
+Deno.test("bodyTotalTimeoutMs is checked as bodyIdleTimeoutMs is, when the handler is made", () => {
+  for (const bodyTotalTimeoutMs of [0, -5, NaN, 2 ** 31, Number.MAX_SAFE_INTEGER]) {
+    assert.throws(
+      () => createProgressHandlerFromEnv({ get: () => undefined }, { bodyTotalTimeoutMs }),
+      (e: unknown) => e instanceof RangeError && /bodyTotalTimeoutMs/.test(e.message),
+      String(bodyTotalTimeoutMs),
+    );
+  }
+  for (const bodyTotalTimeoutMs of [undefined, 1, Infinity]) {
+    createProgressHandlerFromEnv({ get: () => undefined }, { bodyTotalTimeoutMs });
+  }
+});
+
 /** A request head for the raw-socket tests (`Connection: close`: the answer ends the exchange). */
 function rawHead(base: string, method: string, path: string, token: string, framing: string): string {
   const url = new URL(`${base}${path}`);
@@ -447,8 +460,17 @@ Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the 
           assert.match(error.message, /stopped arriving/, what);
           // received_bytes: what the server had handed over when the bound ran out (at most the part sent).
           const details = error.details as { idle_timeout_ms: number; received_bytes: number };
-          assert.deepEqual(Object.keys(details).sort(), ["idle_timeout_ms", "received_bytes"], what);
-          assert.equal(details.idle_timeout_ms, 300, what);
+          assert.deepEqual(
+            Object.keys(details).sort(),
+            ["bound", "idle_timeout_ms", "received_bytes", "total_timeout_ms"],
+            what,
+          );
+          assert.deepEqual(
+            [details.idle_timeout_ms, (details as { bound?: string }).bound],
+            [300, "idle"],
+            what,
+          );
+          assert.equal((details as { total_timeout_ms?: number }).total_timeout_ms, 30_000, what);
           assert.ok(details.received_bytes >= 0 && details.received_bytes <= part.length, what);
           assert.match(answer.head, /^connection: close$/m, what);
           assert.match(answer.headers.get("content-type") ?? "", /^application\/json/, what);
@@ -465,7 +487,7 @@ Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the 
   }
 });
 
-Deno.test("408: the bound is on idleness, not on the whole body: a slow but steady body longer than it is read and written", async () => {
+Deno.test("408: the idle bound is on idleness, not on the whole body: a slow but steady body longer than it is read and written", async () => {
   const env = testEnv();
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
@@ -481,7 +503,8 @@ Deno.test("408: the bound is on idleness, not on the whole body: a slow but stea
           rawHead(base, "POST", "/batch", user.accessToken, "Transfer-Encoding: chunked"),
           async (send) => {
             // One byte every 100 ms (well inside the bound) until the body has taken twice the bound
-            // by this test's own clock, then the rest: an overall bound would have cut it off.
+            // by this test's own clock, then the rest: an overall bound of the idle bound's length
+            // would have cut it off (the total bound is its default, 30 s: the next test).
             const started = Date.now();
             let sent = 0;
             while (sent < batch.length - 1 && Date.now() - started < 2 * boundMs) {
@@ -503,6 +526,52 @@ Deno.test("408: the bound is on idleness, not on the whole body: a slow but stea
       },
       { bodyIdleTimeoutMs: boundMs },
     );
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("408 request_timeout: a body that keeps dripping under the idle bound is cut off after the total bound, no row written", async () => {
+  const env = testEnv();
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    const before = await snapshot(sql, [user.id]);
+    await withFunction(
+      { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWT_SECRET: env.jwtSecret! },
+      async (base) => {
+        // A chunked batch that opens `{"writes":[` and then sends a space every 20 ms (valid JSON so far,
+        // and never idle near the 10 s idle bound) for as long as no answer has come: only a bound on
+        // the whole body ends it. Without one, the hang guard does (no answer within 20 s).
+        const answer = await rawRequest(
+          base,
+          rawHead(base, "POST", "/batch", user.accessToken, "Transfer-Encoding: chunked"),
+          async (send, answered) => {
+            try {
+              await send(`b\r\n{"writes":[\r\n`);
+              while (!answered.aborted) {
+                await send("1\r\n \r\n");
+                await new Promise((resolve) => setTimeout(resolve, 20));
+              }
+            } catch (error) {
+              // The server may close the connection once it has answered; a write failing then is no news.
+              if (!answered.aborted) throw error;
+            }
+          },
+          { sendWhileReading: true, guardMs: 20_000 },
+        );
+        assert.equal(answer.status, 408, JSON.stringify(answer.body));
+        const error = errorOf(answer);
+        assert.equal(error.code, "request_timeout");
+        assert.match(error.message, /did not arrive in full within 500 ms/);
+        const { received_bytes, ...bounds } = error.details as { received_bytes: number };
+        assert.deepEqual(bounds, { bound: "total", idle_timeout_ms: 10_000, total_timeout_ms: 500 });
+        assert.ok(Number.isInteger(received_bytes) && received_bytes >= 0, String(received_bytes));
+        assert.match(answer.head, /^connection: close$/m);
+      },
+      { bodyTotalTimeoutMs: 500 },
+    );
+    assert.equal(await snapshot(sql, [user.id]), before, "a timed-out request wrote no row");
   } finally {
     await sql.end();
   }

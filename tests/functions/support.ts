@@ -131,13 +131,15 @@ export interface RawAnswer extends ApiAnswer {
  * answer is read until it is complete (its Content-Length, or the last chunk), not until the server
  * closes: Deno 2.9's server sends `Connection: close` on an answer to a request whose body it has not
  * read to the end, but leaves the socket open until the client closes it. Throws when no complete
- * answer came within guardMs (a hang guard).
+ * answer came within guardMs (a hang guard). With `sendWhileReading`, the answer is read while `send`
+ * runs, and its `answered` signal aborts once the answer is complete (or none will come): a body that
+ * keeps coming until the server answers (send must then end, and a write after the answer may fail).
  */
 export async function rawRequest(
   url: string,
   head: string,
-  send: (write: (text: string) => Promise<void>) => Promise<void>,
-  { guardMs = 30_000 } = {},
+  send: (write: (text: string) => Promise<void>, answered: AbortSignal) => Promise<void>,
+  { guardMs = 30_000, sendWhileReading = false } = {},
 ): Promise<RawAnswer> {
   const target = new URL(url);
   const conn = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 80) });
@@ -178,13 +180,20 @@ export async function rawRequest(
       body: json === "" ? null : JSON.parse(json),
     };
   };
+  const answered = new AbortController();
+  let sending: Promise<void> = Promise.resolve();
   try {
     await write(`${head.replaceAll("\n", "\r\n")}\r\n\r\n`);
-    await send(write);
+    if (sendWhileReading) sending = send(write, answered.signal);
+    else await send(write, answered.signal);
     const buffer = new Uint8Array(16 * 1024);
     while (true) {
       const answer = complete();
-      if (answer) return answer;
+      if (answer) {
+        answered.abort();
+        await sending;
+        return answer;
+      }
       const n = await conn.read(buffer).catch((error) => {
         if (guarded) return null;
         throw error;
@@ -197,6 +206,8 @@ export async function rawRequest(
         `(got ${JSON.stringify(text.slice(0, 200))})`,
     );
   } finally {
+    answered.abort();
+    await sending.catch(() => {});
     clearTimeout(guard);
     if (!guarded) conn.close();
   }

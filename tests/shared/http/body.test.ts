@@ -1,10 +1,13 @@
-// shared/http/body.ts: what a body that ends before it is complete, or stops arriving, is answered
-// with. Over real HTTP: tests/functions/progress_errors.test.ts ("400: a body cut short", "408") and
-// progress_handler.test.ts ("408").
+// shared/http/body.ts: what a body that ends before it is complete, stops arriving or takes too long
+// in all is answered with. Over real HTTP: tests/functions/progress_errors.test.ts ("400: a body cut
+// short", "408") and progress_handler.test.ts ("408").
 
 import assert from "node:assert/strict";
 import { readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
 import { HttpError } from "../../../shared/http/errors.ts";
+
+/** The real setTimeout, for the bodies below that drip: trackTimers counts the body reader's own only. */
+const realSetTimeout = globalThis.setTimeout;
 
 /** A JSON POST whose body hands over `chunks` and then fails, as a dropped connection does. */
 function cutOff(chunks: string[]): Request {
@@ -71,14 +74,74 @@ Deno.test("a body that stops arriving: 408 request_timeout after the idle bound,
   );
   assert.ok(error instanceof HttpError, String(error));
   assert.deepEqual([error.status, error.code], [408, "request_timeout"]);
-  assert.deepEqual(error.details, { idle_timeout_ms: 50, received_bytes: first.byteLength });
+  assert.deepEqual(error.details, {
+    bound: "idle",
+    idle_timeout_ms: 50,
+    total_timeout_ms: 30_000,
+    received_bytes: first.byteLength,
+  });
   assert.deepEqual(error.headers, { connection: "close" });
   assert.ok(cancelled instanceof Error, "the body stream was cancelled: nothing goes on reading it");
   assert.equal(body.locked, false, "the reader was released");
 });
 
 /**
- * Counts the timers set through the global setTimeout (the one body.ts's idle bound uses) that are
+ * A JSON POST whose body is `{"writes":[` and then one space every 2 ms (a real timer each), never
+ * ending: valid JSON so far, and never idle for long. `sent()` counts the bytes handed to the stream.
+ */
+function dripping() {
+  let sent = 0;
+  let cancelled: unknown = undefined;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (sent > 0) await new Promise((resolve) => realSetTimeout(resolve, 2));
+      const chunk = new TextEncoder().encode(sent === 0 ? '{"writes":[' : " ");
+      sent += chunk.byteLength;
+      controller.enqueue(chunk);
+    },
+    cancel(reason) {
+      cancelled = reason;
+    },
+  });
+  const req = new Request("http://localhost/progress/batch", {
+    method: "POST",
+    headers: { "content-type": "application/json", "transfer-encoding": "chunked" },
+    body,
+  });
+  return { req, body, sent: () => sent, cancelled: () => cancelled };
+}
+
+Deno.test("a body that keeps dripping under the idle bound: 408 request_timeout after the total bound, stream cancelled", async () => {
+  const drip = dripping();
+  // 200 bytes at 2 ms each take 400 ms or more: the 50 ms total bound ends the body well before its
+  // 413, which is what a reader with the idle bound only (60 s here) answers.
+  const error = await readJsonBody(drip.req, { idleTimeoutMs: 60_000, totalTimeoutMs: 50, maxBytes: 200 })
+    .then(
+      () => assert.fail("a dripping body was read"),
+      (e: unknown) => e,
+    );
+  assert.ok(error instanceof HttpError, String(error));
+  assert.deepEqual([error.status, error.code], [408, "request_timeout"], error.message);
+  assert.match(error.message, /did not arrive in full within 50 ms/);
+  const { received_bytes, ...bounds } = error.details as { received_bytes: number };
+  assert.deepEqual(bounds, { bound: "total", idle_timeout_ms: 60_000, total_timeout_ms: 50 });
+  assert.ok(received_bytes > 11 && received_bytes <= drip.sent(), String(received_bytes));
+  assert.deepEqual(error.headers, { connection: "close" });
+  assert.ok(drip.cancelled() instanceof Error, "the body stream was cancelled");
+  assert.equal(drip.body.locked, false, "the reader was released");
+  // With no idle bound at all, the total bound alone ends it (null: no such bound, as in JSON).
+  const alone = dripping();
+  const e2 = await readJsonBody(alone.req, { idleTimeoutMs: Infinity, totalTimeoutMs: 50, maxBytes: 200 })
+    .then(() => assert.fail("a dripping body was read"), (e: unknown) => e as HttpError);
+  assert.equal(e2.status, 408, e2.message);
+  assert.deepEqual(
+    [(e2.details as Record<string, unknown>).bound, (e2.details as Record<string, unknown>).idle_timeout_ms],
+    ["total", null],
+  );
+});
+
+/**
+ * Counts the timers set through the global setTimeout (the one body.ts's bounds use) that are
  * still pending: neither fired nor cleared. Deno 2.9's test sanitizers do not report a pending timer,
  * and deno test does not wait for one, so a leaked idle timer would pass unseen.
  */
@@ -129,7 +192,7 @@ function streamed(chunks: string[]): Request {
   });
 }
 
-Deno.test("the idle bound leaves no timer behind: body read to its end, 413, a failed body, 408, no body", async () => {
+Deno.test("the bounds leave no timer behind: body read to its end, 413, a failed body, 408 (either bound), no body", async () => {
   const timers = trackTimers();
   try {
     const long = { idleTimeoutMs: 60_000 };
@@ -151,6 +214,17 @@ Deno.test("the idle bound leaves no timer behind: body read to its end, 413, a f
         () => readBodyLimited(new Request("http://localhost/", { method: "DELETE" }), 10, long),
         null,
       ],
+      [
+        "408 a body that keeps dripping (the total bound)",
+        () => readJsonBody(dripping().req, { idleTimeoutMs: 60_000, totalTimeoutMs: 20, maxBytes: 10_000 }),
+        408,
+      ],
+      [
+        "read to its end under the total bound alone",
+        () =>
+          readJsonBody(streamed(['{"a":', "1", "}"]), { idleTimeoutMs: Infinity, totalTimeoutMs: 60_000 }),
+        null,
+      ],
     ];
     for (const [what, run, status] of cases) {
       const before = timers.started();
@@ -159,7 +233,7 @@ Deno.test("the idle bound leaves no timer behind: body read to its end, 413, a f
       if (what !== "a reset with no body") {
         assert.ok(timers.started() > before, `${what}: the bound was armed`);
       }
-      assert.equal(timers.pending(), 0, `${what}: no idle timer is left pending`);
+      assert.equal(timers.pending(), 0, `${what}: no timer is left pending`);
     }
   } finally {
     timers.restore();
@@ -205,5 +279,17 @@ Deno.test("an idle bound that is not a positive timer delay is refused (RangeErr
   for (const idleTimeoutMs of [1, 2 ** 31 - 1, Infinity]) {
     const req = new Request("http://localhost/progress", { method: "POST", body: "{}" });
     assert.equal((await readBodyLimited(req, 100, { idleTimeoutMs })).byteLength, 2, String(idleTimeoutMs));
+  }
+});
+
+Deno.test("a total bound that is not a positive timer delay is refused (RangeError), before anything is read", async () => {
+  for (const totalTimeoutMs of [0, -1, NaN, 2 ** 31, 1e10, Number.MAX_SAFE_INTEGER]) {
+    const req = new Request("http://localhost/progress", { method: "POST", body: "{}" });
+    await assert.rejects(readBodyLimited(req, 100, { totalTimeoutMs }), RangeError, String(totalTimeoutMs));
+    assert.equal(req.bodyUsed, false, `${totalTimeoutMs}: nothing was read`);
+  }
+  for (const totalTimeoutMs of [1_000, 2 ** 31 - 1, Infinity]) {
+    const req = new Request("http://localhost/progress", { method: "POST", body: "{}" });
+    assert.equal((await readBodyLimited(req, 100, { totalTimeoutMs })).byteLength, 2, String(totalTimeoutMs));
   }
 });
