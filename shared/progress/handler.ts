@@ -283,7 +283,13 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     });
   }
 
-  async function route(req: Request, url: URL, reqId: string): Promise<Response> {
+  /** `caller` learns the user once the token is checked (for the log line of a failure after that). */
+  async function route(
+    req: Request,
+    url: URL,
+    reqId: string,
+    caller: { userId?: string },
+  ): Promise<Response> {
     const matched = matchRoute(url.pathname, functionName);
     if (!matched) throw new HttpError(404, "not_found", `No route ${req.method} ${url.pathname}`);
     const allowed = ALLOWED[matched.name];
@@ -302,6 +308,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     }
 
     const claims = await authenticate(req);
+    caller.userId = claims.sub;
     // Every answer is JSON: a request that refuses JSON gets 406 (with the JSON error body all the same,
     // as RFC 9110, 15.5.7 lets a server describe what it can send; PostgREST's PGRST107 is the same).
     const accept = req.headers.get("accept");
@@ -405,10 +412,31 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       res.headers.set("x-server-time", new Date().toISOString());
       return res;
     }
+    const caller: { userId?: string } = {};
     try {
-      res = await route(req, new URL(req.url), reqId);
+      res = await route(req, new URL(req.url), reqId, caller);
     } catch (caught) {
       let error = caught instanceof HttpError ? caught : mapDatabaseError(caught);
+      if (error.status === 408) {
+        // A body that stopped arriving or took too long in all: the client's link (or a client holding
+        // the request open), not a failure here, so info; which bound and how far it got, never the body.
+        const details = (error.details ?? {}) as Record<string, unknown>;
+        log({
+          ts: new Date().toISOString(),
+          level: "info",
+          component: "progress",
+          event: "request_timeout",
+          request_id: reqId,
+          method: req.method,
+          path: new URL(req.url).pathname,
+          ...(caller.userId !== undefined ? { user_id: caller.userId } : {}),
+          code: error.code,
+          bound: details.bound,
+          idle_timeout_ms: details.idle_timeout_ms,
+          total_timeout_ms: details.total_timeout_ms,
+          received_bytes: details.received_bytes,
+        });
+      }
       if (error.status >= 500) {
         const cause = error.cause ?? caught;
         log({

@@ -1,7 +1,7 @@
 // The progress function's handler served on its own local port (real HTTP, real database) with an
 // environment the shared gateway cannot give it: a database that is down (503), asymmetric signing
 // keys (ES256 / RS256 through SUPABASE_JWKS or a JWKS URL), a key server that is down (503), a
-// capturing log sink for the structured conflict lines, and short body time limits (408).
+// capturing log sink for the structured conflict and 408 lines, and short body time limits (408).
 
 import assert from "node:assert/strict";
 import { base64url, exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
@@ -422,7 +422,7 @@ function rawHead(base: string, method: string, path: string, token: string, fram
     `Content-Type: application/json\n${framing}\nConnection: close`;
 }
 
-Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the idle bound (write, batch, reset), no row written", async () => {
+Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the idle bound (write, batch, reset), no row written, one info log line each", async () => {
   const env = testEnv();
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
@@ -448,6 +448,8 @@ Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the 
           ["batch, nothing of the body", "POST", "/batch", `Content-Length: ${batch.length}`, ""],
           ["reset with a body", "DELETE", reset, "Content-Length: 10", "{"],
         ] as const;
+        const requestIds: string[] = [];
+        const received: unknown[] = [];
         for (const [what, method, path, framing, part] of cases) {
           const answer = await rawRequest(
             base,
@@ -475,9 +477,33 @@ Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the 
           assert.match(answer.head, /^connection: close$/m, what);
           assert.match(answer.headers.get("content-type") ?? "", /^application\/json/, what);
           assert.ok(answer.headers.get("x-request-id"), what);
+          requestIds.push(answer.headers.get("x-request-id")!);
+          received.push(details.received_bytes);
         }
-        // A client's stall is no failure of the server: nothing logged at warn or error.
+        // A client's stall is no failure of the server: nothing logged at warn or error, but one info line
+        // per 408 (written before the answer), with the bound, what had arrived and the user: never the body.
         assert.deepEqual(logs.filter((l) => l.level !== "info"), []);
+        const timeouts = logs.filter((l) => l.event === "request_timeout");
+        assert.deepEqual(timeouts.map((l) => l.request_id), requestIds, JSON.stringify(logs));
+        timeouts.forEach((l, i) => {
+          const [what, method, path] = cases[i];
+          assert.ok(typeof l.ts === "string" && !Number.isNaN(Date.parse(l.ts)), what);
+          const { ts: _ts, ...rest } = l;
+          assert.deepEqual(rest, {
+            level: "info",
+            component: "progress",
+            event: "request_timeout",
+            request_id: requestIds[i],
+            method,
+            path: new URL(`${base}${path}`).pathname,
+            user_id: user.id,
+            code: "request_timeout",
+            bound: "idle",
+            idle_timeout_ms: 300,
+            total_timeout_ms: 30_000,
+            received_bytes: received[i],
+          }, what);
+        });
       },
       { bodyIdleTimeoutMs: 300 },
     );
@@ -531,7 +557,7 @@ Deno.test("408: the idle bound is on idleness, not on the whole body: a slow but
   }
 });
 
-Deno.test("408 request_timeout: a body that keeps dripping under the idle bound is cut off after the total bound, no row written", async () => {
+Deno.test("408 request_timeout: a body that keeps dripping under the idle bound is cut off after the total bound, no row written, logged", async () => {
   const env = testEnv();
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
@@ -539,7 +565,7 @@ Deno.test("408 request_timeout: a body that keeps dripping under the idle bound 
     const before = await snapshot(sql, [user.id]);
     await withFunction(
       { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWT_SECRET: env.jwtSecret! },
-      async (base) => {
+      async (base, logs) => {
         // A chunked batch that opens `{"writes":[` and then sends a space every 20 ms (valid JSON so far,
         // and never idle near the 10 s idle bound) for as long as no answer has come: only a bound on
         // the whole body ends it. Without one, the hang guard does (no answer within 20 s).
@@ -568,6 +594,13 @@ Deno.test("408 request_timeout: a body that keeps dripping under the idle bound 
         assert.deepEqual(bounds, { bound: "total", idle_timeout_ms: 10_000, total_timeout_ms: 500 });
         assert.ok(Number.isInteger(received_bytes) && received_bytes >= 0, String(received_bytes));
         assert.match(answer.head, /^connection: close$/m);
+        const timeouts = logs.filter((l) => l.event === "request_timeout");
+        assert.equal(timeouts.length, 1, JSON.stringify(logs));
+        assert.deepEqual(
+          [timeouts[0].level, timeouts[0].bound, timeouts[0].user_id, timeouts[0].received_bytes],
+          ["info", "total", user.id, received_bytes],
+        );
+        assert.equal(timeouts[0].request_id, answer.headers.get("x-request-id"));
       },
       { bodyTotalTimeoutMs: 500 },
     );
