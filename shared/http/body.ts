@@ -187,6 +187,23 @@ export async function readBodyLimited(
   return out;
 }
 
+/**
+ * Whether the body holds a byte, read no further than its first one: true at once, unread, when its
+ * Content-Length is above 0; otherwise (chunked, whose headers cannot tell an empty body from another)
+ * true at the first byte that arrives (the stream is then cancelled), false when it ends without one.
+ * The same bounds as readBodyLimited (408) until then.
+ */
+export async function hasBody(req: Request, options: ReadBodyOptions = {}): Promise<boolean> {
+  try {
+    // A limit of 0 bytes: the 413 comes from the Content-Length, or at the first byte read.
+    await readBodyLimited(req, 0, options);
+    return false;
+  } catch (error) {
+    if (error instanceof HttpError && error.status === 413) return true;
+    throw error;
+  }
+}
+
 /** The next read, or "timeout" when it has not settled within ms (the read is left pending). */
 function readWithin(
   reader: ReadableStreamDefaultReader<Uint8Array>,

@@ -13,7 +13,8 @@
 //   HEAD where GET is                      the GET answer without its body (RFC 9110, 9.3.2)
 // Check order: route (404/405), token (401/403), Accept (406), query string (400/422; routes without
 // parameters take none), media type, charset and content coding (415), size (413), a body that stops
-// arriving or takes too long in all (408), JSON (400), body schema (400/422), database (422/503).
+// arriving or takes too long in all (408), JSON (400), body schema (400/422), database (422/503). A reset
+// (DELETE) refuses a body (400) before reading it when its Content-Length declares one.
 // Errors: {"error": {"code", "message", "details"}}.
 // Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
 // is /progress/batch); any other escape stays one (an encoded slash is never a separator).
@@ -28,7 +29,7 @@ import {
   checkTimeoutBound,
   DEFAULT_BODY_IDLE_TIMEOUT_MS,
   DEFAULT_BODY_TOTAL_TIMEOUT_MS,
-  readBodyLimited,
+  hasBody,
   readJsonBody,
 } from "../http/body.ts";
 import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
@@ -378,11 +379,15 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           return jsonResponse({ progress });
         }
         const q = parseOrThrow(resetQuerySchema, queryObject(url), "query");
-        // A reset says everything in its query; a body (say, a user_id) would be ignored, so refuse it.
-        if ((await readBodyLimited(req, maxBytes, bodyBounds)).byteLength > 0) {
+        // A reset says everything in its query; a body (say, a user_id) would be ignored, so refuse it,
+        // unread: at once when its Content-Length declares one (of any size: no 413, and no 408 when it
+        // never comes), else (chunked: an empty body is fine) at its first byte. Nothing more of it is
+        // read, so the connection is not used again (Connection: close, as for a 408).
+        if (await hasBody(req, bodyBounds)) {
           const message = "DELETE takes no body: send device_id and updated_at in the query";
           throw new HttpError(400, "invalid_request", message, {
             details: { issues: [{ path: "", code: "unexpected_body", message }] },
+            headers: { connection: "close" },
           });
         }
         const write: ValidProgressWrite = {

@@ -446,7 +446,9 @@ Deno.test("408 request_timeout: a body that stalls mid-way is cut off after the 
             `${batch.length.toString(16)}\r\n${batch.slice(0, 15)}`,
           ],
           ["batch, nothing of the body", "POST", "/batch", `Content-Length: ${batch.length}`, ""],
-          ["reset with a body", "DELETE", reset, "Content-Length: 10", "{"],
+          // Chunked: the headers cannot tell an empty body, so the reset waits for its first byte (a
+          // Content-Length above 0 is refused at once: the next test).
+          ["reset, chunked, nothing of the body", "DELETE", reset, "Transfer-Encoding: chunked", ""],
         ] as const;
         const requestIds: string[] = [];
         const received: unknown[] = [];
@@ -605,6 +607,74 @@ Deno.test("408 request_timeout: a body that keeps dripping under the idle bound 
       { bodyTotalTimeoutMs: 500 },
     );
     assert.equal(await snapshot(sql, [user.id]), before, "a timed-out request wrote no row");
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("400 unexpected_body: a reset whose headers declare a body is refused at once, unread (no 408, no 413); chunked at its first byte", async () => {
+  const env = testEnv();
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  try {
+    await withFunction(
+      { SUPABASE_DB_URL: env.dbUrl, SUPABASE_JWT_SECRET: env.jwtSecret! },
+      async (base, logs) => {
+        const series = seriesId("reset-body");
+        await call("POST", "", {
+          base,
+          token: user.accessToken,
+          body: write({ series_id: series, chapter: 4 }),
+        });
+        const before = await snapshot(sql, [user.id]);
+        const reset = `/series/${series}?device_id=d1&updated_at=${
+          new Date(Date.now() + 1000).toISOString()
+        }`;
+        // No body bound at all: a request that waited for the body it declares would never be answered
+        // (the hang guard would end it), so each answer here came without waiting for the body.
+        const cases = [
+          ["Content-Length: 10, one byte of it, then nothing", "Content-Length: 10", "{"],
+          ["Content-Length: 10, nothing of it", "Content-Length: 10", ""],
+          ["a Content-Length over the 64 KiB limit (400, not 413)", "Content-Length: 1000000", ""],
+          ["chunked, one byte, then nothing", "Transfer-Encoding: chunked", "1\r\n{\r\n"],
+        ] as const;
+        const answers = await Promise.all(cases.map(([_what, framing, part]) =>
+          rawRequest(
+            base,
+            rawHead(base, "DELETE", reset, user.accessToken, framing),
+            (send) => part === "" ? Promise.resolve() : send(part),
+            { guardMs: 20_000 },
+          )
+        ));
+        answers.forEach((answer, i) => {
+          const what = cases[i][0];
+          assert.equal(answer.status, 400, `${what}: ${JSON.stringify(answer.body)}`);
+          const error = errorOf(answer);
+          assert.equal(error.code, "invalid_request", what);
+          assert.match(error.message, /DELETE takes no body/, what);
+          assert.deepEqual(
+            (error.details as { issues: { code: string }[] }).issues.map((issue) => issue.code),
+            ["unexpected_body"],
+            what,
+          );
+          assert.match(answer.head, /^connection: close$/m, what);
+        });
+        assert.equal(await snapshot(sql, [user.id]), before, "a refused reset wrote nothing");
+        assert.deepEqual(logs.filter((l) => l.event === "request_timeout"), []);
+        // A chunked reset whose body is empty is no body: the reset is done, as before.
+        const empty = await rawRequest(
+          base,
+          rawHead(base, "DELETE", reset, user.accessToken, "Transfer-Encoding: chunked"),
+          (send) => send("0\r\n\r\n"),
+          { guardMs: 20_000 },
+        );
+        assert.equal(empty.status, 200, JSON.stringify(empty.body));
+        const [row] = await sql<{ cleared: boolean }[]>`
+          select cleared from public.reading_progress where user_id = ${user.id} and series_id = ${series}`;
+        assert.equal(row?.cleared, true);
+      },
+      { bodyIdleTimeoutMs: Infinity, bodyTotalTimeoutMs: Infinity },
+    );
   } finally {
     await sql.end();
   }

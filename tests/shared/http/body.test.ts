@@ -3,7 +3,7 @@
 // short", "408") and progress_handler.test.ts ("408").
 
 import assert from "node:assert/strict";
-import { readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
+import { hasBody, readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
 import { HttpError } from "../../../shared/http/errors.ts";
 
 /** The real setTimeout, for the bodies below that drip: trackTimers counts the body reader's own only. */
@@ -140,6 +140,45 @@ Deno.test("a body that keeps dripping under the idle bound: 408 request_timeout 
   );
 });
 
+Deno.test("hasBody: a declared body is known from its Content-Length, unread; chunked, at its first byte", async () => {
+  const declared = new Request("http://localhost/progress/series/s", {
+    method: "DELETE",
+    headers: { "content-length": "10" },
+    body: new ReadableStream({ pull: () => new Promise(() => {}) }),
+  });
+  assert.equal(await hasBody(declared, { idleTimeoutMs: Infinity, totalTimeoutMs: Infinity }), true);
+  assert.equal(declared.bodyUsed, false, "nothing of a declared body is read");
+  // Chunked: the first byte tells, and the stream is cancelled (the rest never arrives here).
+  let cancelled = false;
+  let pulls = 0;
+  const chunked = new Request("http://localhost/progress/series/s", {
+    method: "DELETE",
+    body: new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (pulls++ === 0) controller.enqueue(new TextEncoder().encode("{"));
+        return new Promise(() => {});
+      },
+      cancel() {
+        cancelled = true;
+      },
+    }),
+  });
+  assert.equal(await hasBody(chunked, { idleTimeoutMs: Infinity, totalTimeoutMs: Infinity }), true);
+  assert.ok(cancelled, "the stream is cancelled at the first byte");
+  for (
+    const empty of [
+      new Request("http://localhost/", { method: "DELETE" }),
+      new Request("http://localhost/", {
+        method: "DELETE",
+        body: new ReadableStream({ start: (c) => c.close() }),
+      }),
+      new Request("http://localhost/", { method: "DELETE", headers: { "content-length": "0" }, body: "" }),
+    ]
+  ) {
+    assert.equal(await hasBody(empty), false);
+  }
+});
+
 /**
  * Counts the timers set through the global setTimeout (the one body.ts's bounds use) that are
  * still pending: neither fired nor cleared. Deno 2.9's test sanitizers do not report a pending timer,
@@ -192,7 +231,7 @@ function streamed(chunks: string[]): Request {
   });
 }
 
-Deno.test("the bounds leave no timer behind: body read to its end, 413, a failed body, 408 (either bound), no body", async () => {
+Deno.test("the bounds leave no timer behind: body read to its end, 413, a failed body, 408 (either bound), no body, hasBody", async () => {
   const timers = trackTimers();
   try {
     const long = { idleTimeoutMs: 60_000 };
@@ -225,6 +264,12 @@ Deno.test("the bounds leave no timer behind: body read to its end, 413, a failed
           readJsonBody(streamed(['{"a":', "1", "}"]), { idleTimeoutMs: Infinity, totalTimeoutMs: 60_000 }),
         null,
       ],
+      [
+        "hasBody: the first byte of a chunked body",
+        () => hasBody(streamed(["{", "}"]), long).then(() => {}),
+        null,
+      ],
+      ["hasBody: an empty chunked body", () => hasBody(streamed([]), long).then(() => {}), null],
     ];
     for (const [what, run, status] of cases) {
       const before = timers.started();
@@ -287,6 +332,7 @@ Deno.test("a total bound that is not a positive timer delay is refused (RangeErr
     const req = new Request("http://localhost/progress", { method: "POST", body: "{}" });
     await assert.rejects(readBodyLimited(req, 100, { totalTimeoutMs }), RangeError, String(totalTimeoutMs));
     assert.equal(req.bodyUsed, false, `${totalTimeoutMs}: nothing was read`);
+    await assert.rejects(hasBody(req, { totalTimeoutMs }), RangeError, String(totalTimeoutMs));
   }
   for (const totalTimeoutMs of [1_000, 2 ** 31 - 1, Infinity]) {
     const req = new Request("http://localhost/progress", { method: "POST", body: "{}" });
