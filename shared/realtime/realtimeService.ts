@@ -37,7 +37,9 @@
 //                                         transaction holds the cursor (has_more, cursor unmoved)
 //                                         it keeps polling. A call that does not answer within
 //                                         requestTimeoutMs is aborted and counts as failed; closing
-//                                         aborts the call in flight.
+//                                         aborts the call in flight, and the channel's drop every
+//                                         read begun while it was joined (the poll after it must
+//                                         not wait for one that hangs).
 //   heartbeat watch                       a heartbeat reply that is late (heartbeatReplyTimeoutMs)
 //                                         means the socket may be dead while it looks open: the
 //                                         link reads now, and every pollIntervalMs until a reply
@@ -209,8 +211,8 @@ export interface ProgressSubscription {
    * Calls the listener after every read of the user's changes the link makes, whatever made it (the
    * catch-up after a join, a poll, the safety read while live, a syncNow()), with how it ended;
    * returns the function that removes it. A failed read is retried by the link as before. Not heard:
-   * a read the link cut off itself (unsubscribe, or a drop while live: the poll the drop starts at
-   * once is heard in its place) and one none could be made of (a Retry-After held it).
+   * a read the link cut off itself (unsubscribe, or the drop of the channel it began on: the poll the
+   * drop starts at once is heard in its place) and one none could be made of (a Retry-After held it).
    */
   onRead(listener: (outcome: ReadOutcome) => void): () => void;
   /**
@@ -936,10 +938,13 @@ class UserLink<Row extends LwwRow> {
    * held back (no call) counts nothing.
    */
   #failedReadsInRow = 0;
-  /** The safety reads in flight while live; a drop aborts them (the polling it starts must not wait). */
-  readonly #safetyReads = new Set<AbortController>();
   /**
-   * How the first read after the last drop that cut safety reads off ended (the poll the drop started):
+   * The reads in flight that began while the channel was joined (safety reads, the catch-up, a read
+   * queued behind it); its drop aborts them: the polling it starts must not wait for one that hangs.
+   */
+  readonly #readsOnChannel = new Set<AbortController>();
+  /**
+   * How the first read after the last drop that cut reads off ended (the poll the drop started):
    * a read cut off ends as that one does. Its resolve is held until that read has ended.
    */
   #readAfterDrop: Promise<ReadOutcome> | null = null;
@@ -1286,14 +1291,15 @@ class UserLink<Row extends LwwRow> {
     if (wasJoined) {
       this.#droppedAt = monotonicNow();
       // A safety read scheduled while live would hold off the polling below for its whole interval,
-      // and one in flight would hold it (the rounds queue) until it answered or timed out.
+      // and a read in flight begun while joined (a safety read, the catch-up, a read queued behind
+      // it) would hold it (the rounds queue) until it answered or timed out.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
-      if (this.#safetyReads.size > 0 && !this.#readAfterDropEnded) {
+      if (this.#readsOnChannel.size > 0 && !this.#readAfterDropEnded) {
         this.#readAfterDrop = new Promise((resolve) => this.#readAfterDropEnded = resolve);
       }
-      for (const read of this.#safetyReads) read.abort(new Error("the live link dropped"));
-      this.#safetyReads.clear();
+      for (const read of this.#readsOnChannel) read.abort(new Error("the channel dropped"));
+      this.#readsOnChannel.clear();
     }
     // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
     // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now.
@@ -1370,8 +1376,12 @@ class UserLink<Row extends LwwRow> {
       return;
     }
     // Always a fresh round that starts after the join: one that started earlier may have read
-    // before a change whose broadcast was sent before the channel was subscribed.
-    const { outcome, round } = await this.#fetchChanges("catchup");
+    // before a change whose broadcast was sent before the channel was subscribed. The channel's
+    // drop cuts it off (#fail).
+    const onChannel = new AbortController();
+    this.#readsOnChannel.add(onChannel);
+    const { outcome, round } = await this.#fetchChanges("catchup", onChannel.signal);
+    this.#readsOnChannel.delete(onChannel);
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUpNow();
@@ -1501,17 +1511,18 @@ class UserLink<Row extends LwwRow> {
     }
     if (this.#closed) return "failed";
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
-    const safety = live ? new AbortController() : undefined;
-    if (safety) this.#safetyReads.add(safety);
+    // Begun while joined (a safety read, or a read while catching up): the channel's drop cuts it off.
+    const onChannel = this.#joined ? new AbortController() : undefined;
+    if (onChannel) this.#readsOnChannel.add(onChannel);
     const { outcome, joinedGeneration, round, held } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
-      safety?.signal,
+      onChannel?.signal,
     );
-    if (safety) this.#safetyReads.delete(safety);
+    if (onChannel) this.#readsOnChannel.delete(onChannel);
     if (this.#closed) return outcome;
-    if (safety?.signal.aborted && outcome === "failed" && this.#readAfterDrop) {
+    if (onChannel?.signal.aborted && outcome === "failed" && this.#readAfterDrop) {
       // The drop cut this read off (#fail): the poll it started at once reads in its place, and
-      // this one ends as that one does (a syncNow() made while live resolves with it).
+      // this one ends as that one does (a syncNow() made while joined resolves with it).
       return await this.#readAfterDrop;
     }
     // A read queued behind this one (a syncNow(), a late heartbeat's read, a catch-up after a
@@ -1600,7 +1611,7 @@ class UserLink<Row extends LwwRow> {
     let held = false;
     const round = this.#fetchChain.then(async (): Promise<ReadOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
-      if (signal?.aborted) return "failed"; // a safety read the drop ended while it waited its turn
+      if (signal?.aborted) return "failed"; // a read the drop ended while it waited its turn
       // The round before it was told to wait (Retry-After): no call until then; the caller
       // schedules the next round after it (#retryAfterLeftMs).
       if (this.#retryAfterLeftMs() > 0) {
@@ -1646,7 +1657,7 @@ class UserLink<Row extends LwwRow> {
         return "behind";
       } catch (error) {
         if (signal?.aborted && !this.#closed) {
-          // A safety read the drop cut off (#fail): no failure of the API, and the poll the drop
+          // A read the channel's drop cut off (#fail): no failure of the API, and the poll the drop
           // starts reads in its place (#pollOnce), so not ${source}_failed, which an app may count.
           this.#log("info", `${source}_cut_off`, { reason: String(signal.reason?.message ?? signal.reason) });
           return "failed";
@@ -1668,7 +1679,7 @@ class UserLink<Row extends LwwRow> {
     });
     this.#fetchChain = round;
     const outcome = await round;
-    // A safety read the drop cut off (#fail) did not end by itself: the read after the drop stands for it.
+    // A read the drop cut off (#fail) did not end by itself: the read after the drop stands for it.
     const cutOff = outcome === "failed" && signal?.aborted === true;
     // A round that called the API is a read: the subscriptions hear how it ended (onRead), whatever
     // made it; not one that made no call (a Retry-After held it) or that close() or a drop cut short.
@@ -1690,7 +1701,7 @@ class UserLink<Row extends LwwRow> {
   async #changesSince(stop?: AbortSignal): Promise<ChangesPage> {
     const controller = new AbortController();
     // Listening before anything can abort it: a round queued behind another may start with its
-    // signal already aborted (a drop ended the safety read it was), and must fail at once, not hang.
+    // signal already aborted (a drop ended the read it was), and must fail at once, not hang.
     const aborted = new Promise<never>((_, reject) => {
       controller.signal.addEventListener("abort", () => reject(controller.signal.reason), { once: true });
     });
