@@ -933,9 +933,9 @@ class UserLink<Row extends LwwRow> {
   #fetchChain: Promise<ReadOutcome> = Promise.resolve("done");
   #fetchInFlight = false;
   /**
-   * Reads (polls, safety reads, syncNow()'s) that failed in a row: the next one made for a failure
-   * waits longer (#nextPollDelay). An answer resets it, and so does going live; a round a Retry-After
-   * held back (no call) counts nothing.
+   * Reads (catch-ups, polls, safety reads, syncNow()'s) that failed in a row: the next one made for a
+   * failure waits longer (#nextPollDelay). An answer resets it, and so does going live; a round a
+   * Retry-After held back (no call) or a drop cut off counts nothing.
    */
   #failedReadsInRow = 0;
   /**
@@ -1380,8 +1380,11 @@ class UserLink<Row extends LwwRow> {
     // drop cuts it off (#fail).
     const onChannel = new AbortController();
     this.#readsOnChannel.add(onChannel);
-    const { outcome, round } = await this.#fetchChanges("catchup", onChannel.signal);
+    const { outcome, round, held } = await this.#fetchChanges("catchup", onChannel.signal);
     this.#readsOnChannel.delete(onChannel);
+    // A read of the API like any other: a failure is one more in a row for the polls' backoff (the
+    // polls after a drop too), an answer ends them; one the drop cut off is none.
+    if (!(outcome === "failed" && onChannel.signal.aborted)) this.#countRead(outcome, held);
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUpNow();

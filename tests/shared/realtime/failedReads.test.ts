@@ -4,14 +4,17 @@
 // a row (the second queued behind the first), while polling and while live, the one that settled last
 // schedules the next read. A safety read the channel's drop cut off is no failure of the API: it logs
 // poll_cut_off, not poll_failed; nor are reads a Retry-After held back (no call made): they raise no backoff
-// step. Against the stand-in client, with changesSince answered by hand; the intervals that must not be
-// waited for are minutes long, so a read that comes shows the short wait (the waits are hang guards only).
+// step. A catch-up that fails counts as a failure in a row, as every read does. Against the stand-in client,
+// with changesSince answered by hand; the intervals that must not be waited for are minutes long, so a read
+// that comes shows the short wait (the waits are hang guards only), or the wait scheduled is read off the
+// timers pending (watchTimers).
 
 import assert from "node:assert/strict";
 import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, version } from "./handAnsweredService.ts";
+import { watchTimers } from "./watchTimers.ts";
 
 const answered = (chapter?: number) => ({
   changes: chapter === undefined ? [] : [version(chapter)],
@@ -298,6 +301,51 @@ for (const live of [false, true]) {
         assert.deepEqual(link.changes, [{ chapter: 2, source: "poll" }]);
       } finally {
         await link.end();
+      }
+    },
+  );
+}
+
+for (const dropped of [false, true]) {
+  Deno.test(
+    `catch-up: one that fails counts as a failure in a row: ${
+      dropped ? "the channel dropping during its retry, the poll after the drop" : "its retry"
+    } failing too waits the backoff's second step, not its first`,
+    async () => {
+      const timers = watchTimers();
+      const link = handAnsweredService({
+        livePollIntervalMs: 0,
+        heartbeatReplyTimeoutMs: 0,
+        pollIntervalMs: 60_000,
+        requestTimeoutMs: MINUTES,
+        backoff: { initialMs: MINUTES, maxMs: MINUTES }, // the polls' cap; the rejoin waits 5 minutes
+        random: () => 0.5,
+      });
+      try {
+        (await link.channel(1)).state!("SUBSCRIBED");
+        await waitFor("the catch-up", () => link.calls.length === 1);
+        link.calls[0].reject(new Error("503")); // the API fails: retried at once
+        await waitFor("the catch-up's retry", () => link.calls.length === 2);
+        if (dropped) {
+          (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed")); // cuts the retry off
+          await waitFor("the poll after the drop", () => link.calls.length === 3);
+        }
+        link.calls.at(-1)!.reject(new Error("503"));
+        // The second failure in a row (a cut read is none): jittered in [60 s, 120 s], 90 s with random
+        // 0.5; the first step would be 60 s. (After the drop, the rejoin's timer too: 300 s.)
+        const scheduled = dropped ? 2 : 1; // the call's timeout timer gone, the next poll's set
+        await waitFor(
+          "the next poll",
+          () => !timers.pending().includes(MINUTES) && timers.pending().length === scheduled,
+        );
+        assert.deepEqual(
+          timers.pending().sort((a, b) => a - b),
+          dropped ? [90_000, 300_000] : [90_000],
+        );
+        assert.equal(link.subscription.status, dropped ? "offline" : "connecting");
+      } finally {
+        await link.end();
+        timers.restore();
       }
     },
   );

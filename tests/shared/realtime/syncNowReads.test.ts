@@ -10,6 +10,7 @@ import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, USER, version } from "./handAnsweredService.ts";
+import { watchTimers } from "./watchTimers.ts";
 
 const retryAfter = (seconds: number) =>
   Object.assign(new Error("429"), { details: { retry_after: seconds } });
@@ -266,35 +267,6 @@ Deno.test("service.syncNow resolves how the read went for each subscribed user (
 
 /** A minute-long wait: a read the test must see within its guard only if the read owed is made again. */
 const MINUTES = 600_000;
-
-/**
- * Records the delay of every timer set through the global setTimeout (the service's TimerSet uses it)
- * while it is pending: the read a live link has scheduled shows as its wait, with no sleep to see it.
- */
-function watchTimers(): { pending: () => number[]; restore: () => void } {
-  const realSet = globalThis.setTimeout;
-  const realClear = globalThis.clearTimeout;
-  const delays = new Map<unknown, number>();
-  globalThis.setTimeout = ((fn: () => void, ms = 0) => {
-    const id = realSet(() => {
-      delays.delete(id);
-      fn();
-    }, ms);
-    delays.set(id, ms);
-    return id;
-  }) as typeof setTimeout;
-  globalThis.clearTimeout = ((id?: number) => {
-    delays.delete(id);
-    realClear(id);
-  }) as typeof clearTimeout;
-  return {
-    pending: () => [...delays.values()],
-    restore: () => {
-      globalThis.setTimeout = realSet;
-      globalThis.clearTimeout = realClear;
-    },
-  };
-}
 
 for (const livePollIntervalMs of [MINUTES, 0]) {
   for (const madeBy of ["onRead", "in flight"] as const) {
