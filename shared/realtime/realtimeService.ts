@@ -17,8 +17,8 @@
 //                                         backoff.maxMs, not at every join: a server that closes
 //                                         every join sooner is not hammered, a network that drops
 //                                         now and then stays mostly live); while waiting,
-//                                         changesSince() is polled (failed polls back off the same
-//                                         way, and wait out a Retry-After).
+//                                         changesSince() is polled (failed polls back off, jittered
+//                                         from the first, and wait out a Retry-After).
 //                                         A join that timed out while its socket was still opening
 //                                         replaces that socket (realtime-js has no handshake timeout)
 //                                         without a manual disconnect: it is closed, its channels
@@ -159,9 +159,10 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   accessToken?: string;
   backoff?: Partial<BackoffOptions>;
   /**
-   * Poll interval while Realtime is down (10 s). Polls that fail in a row back off: each waits up to
-   * twice the one before, jittered, capped at backoff.maxMs (or pollIntervalMs when that is longer),
-   * and at least what the API asked for (Retry-After); the first answer resets it.
+   * Poll interval while Realtime is down (10 s). Polls that fail in a row back off: the n-th waits a
+   * time drawn between 2^(n-1) and 2^n poll intervals (the first too: devices that met a failing API
+   * together do not retry together), capped at backoff.maxMs (or twice pollIntervalMs when that is
+   * longer), and at least what the API asked for (Retry-After); the first answer resets it.
    */
   pollIntervalMs?: number;
   /**
@@ -1585,18 +1586,21 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * The wait before the next poll: the poll interval after an answer; after failures in a row
-   * (#countRead) twice as long each time (jittered between half and all of it, so devices that lost
-   * the API together do not come back together, but never below the interval), capped, and never
-   * shorter than the API asked for.
+   * The wait before the next poll: the poll interval after an answer; after n failures in a row
+   * (#countRead) a time drawn between 2^(n-1) and 2^n poll intervals (between half and all of a ceiling
+   * that doubles each time), capped, and never shorter than the API asked for. The first failure's wait
+   * is drawn too, between one and two intervals: devices that read together (a Realtime restart drops
+   * every channel at once, and each device polls at once) and meet a failing API together do not all
+   * retry one interval later; never below the interval: the jitter spreads the backoff, it does not
+   * shorten it.
    */
   #nextPollDelay(outcome: ReadOutcome): number {
     if (outcome !== "failed") return this.#pollIntervalMs;
-    const cap = Math.max(this.#pollIntervalMs, this.service.backoffOptions.maxMs);
+    // At least twice the interval, so that the draw has room above the interval whatever the cap.
+    const cap = Math.max(2 * this.#pollIntervalMs, this.service.backoffOptions.maxMs);
     const failures = Math.max(1, this.#failedReadsInRow); // counted before (#countRead)
-    const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, failures - 1));
+    const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, failures));
     const jittered = ceiling / 2 + (this.service.random() * ceiling) / 2;
-    // Never sooner than the poll interval: the jitter spreads the backoff, it does not shorten it.
     return Math.max(Math.round(jittered), this.#pollIntervalMs, this.#retryAfterLeftMs());
   }
 

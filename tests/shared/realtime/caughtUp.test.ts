@@ -509,7 +509,9 @@ Deno.test("polling: a poll timer for a Retry-After's end that fires a fraction o
   const link = handAnsweredService({
     pollIntervalMs: 100,
     heartbeatReplyTimeoutMs: 0,
-    random: () => 0.999,
+    // The failed poll's draw at its lowest (one poll interval, 100 ms, where it could be up to 200):
+    // the next poll is due at the Retry-After's end (150 ms).
+    random: () => 0,
     backoff: { initialMs: 60_000, maxMs: 1_000 },
   });
   try {

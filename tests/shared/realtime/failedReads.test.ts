@@ -65,7 +65,7 @@ Deno.test("safety read: one that fails is made again at the polls' backoff, not 
   try {
     link.calls[1].reject(new Error("network blip"));
     await waitFor("the failure heard", () => reads.length === 1);
-    await waitFor("the read again (the polls' backoff: 30 ms)", () => link.calls.length === 3);
+    await waitFor("the read again (the polls' backoff: 45 ms)", () => link.calls.length === 3);
     link.calls[2].resolve(answered(2));
     await waitFor("chapter 2", () => link.changes.length === 1);
     assert.deepEqual(link.changes, [{ chapter: 2, source: "poll" }]);
@@ -84,7 +84,7 @@ Deno.test("safety read: one that fails with a syncNow() queued behind it leaves 
     const sync = link.subscription.syncNow(); // queued behind the safety read
     link.calls[1].reject(new Error("network blip"));
     await waitFor("the syncNow() read", () => link.calls.length === 3);
-    // Only its request's timeout timer: none for a read again of the failed one (30 ms), which would
+    // Only its request's timeout timer: none for a read again of the failed one (45 ms), which would
     // queue one more read behind this one, made the moment it ends (twice in a row, no backoff).
     await waitFor("no read again of the failed one pending", () => link.timers() === 1);
     link.calls[2].resolve(answered(2));
@@ -141,7 +141,7 @@ Deno.test("safety read: the failures in a row start again after an answer (the b
   try {
     await link.goLive();
     const reads = heard(link);
-    // Twelve reads the app asked for fail in a row: the backoff's ceiling is 30 ms * 2^11 (a minute).
+    // Twelve reads the app asked for fail in a row: the backoff's ceiling is 30 ms * 2^12 (two minutes).
     for (let n = 1; n <= 12; n++) {
       const sync = link.subscription.syncNow();
       await waitFor(`read ${n}`, () => link.calls.length === n + 1);
@@ -156,7 +156,7 @@ Deno.test("safety read: the failures in a row start again after an answer (the b
     await waitFor("the safety read", () => link.calls.length === 15);
     fake.heartbeat("ok");
     link.calls[14].reject(new Error("network blip"));
-    await waitFor("the read again at the first step (30 ms)", () => link.calls.length === 16);
+    await waitFor("the read again at the first step (45 ms)", () => link.calls.length === 16);
     link.calls[15].resolve(answered(3));
     await waitFor("its answer heard", () => reads.length === 15);
     assert.deepEqual(reads.slice(12), ["done", "failed", "done"]);
@@ -177,7 +177,7 @@ Deno.test("polling: two reads in a row, the first failed and the one queued behi
     await waitFor("the first poll", () => link.calls.length === 1);
     link.calls[0].reject(new Error("the API is down too"));
     // Ten more failures in a row (reads the app asked for; the rejoin the first makes stays
-    // unanswered): after one more, the backoff's ceiling is 50 ms * 2^11 (jittered: 51 s at least).
+    // unanswered): after one more, the backoff's ceiling is 50 ms * 2^12 (jittered: 102 s at least).
     for (let n = 1; n <= 10; n++) {
       const sync = link.subscription.syncNow();
       await waitFor(`read ${n}`, () => link.calls.length === n + 1);
@@ -193,7 +193,7 @@ Deno.test("polling: two reads in a row, the first failed and the one queued behi
     link.calls[12].resolve(answered(2));
     assert.deepEqual(await Promise.all([first, second]), ["failed", "done"]);
     await waitFor("polling", () => link.subscription.status === "polling");
-    // The newest read was answered: the next poll at pollIntervalMs (50 ms), not 25 s or more.
+    // The newest read was answered: the next poll at pollIntervalMs (50 ms), not 102 s or more.
     await waitFor("the next poll", () => link.calls.length === 14);
     link.calls[13].resolve(answered(3));
     await waitFor("chapter 3", () => link.changes.length === 2);
@@ -292,8 +292,8 @@ for (const live of [false, true]) {
         assert.deepEqual(await Promise.all([first, ...held]), Array(13).fill("failed"));
         await waitFor("the read when the Retry-After ends", () => link.calls.length === refused + 2);
         link.calls[refused + 1].reject(new Error("network blip")); // the second failure in a row
-        // Made again at the second step (30-60 ms); counted as failures, the held reads would have put it
-        // at the fourteenth (30 ms * 2^13, a minute or more).
+        // Made again at the second step (60-120 ms); counted as failures, the held reads would have put
+        // it at the fourteenth (30 ms * 2^14: four minutes or more).
         await waitFor("the read again at the second step", () => link.calls.length === refused + 3);
         link.calls[refused + 2].resolve(answered(2));
         await waitFor("its answer heard", () => reads.length === 3);
@@ -331,8 +331,8 @@ for (const dropped of [false, true]) {
           await waitFor("the poll after the drop", () => link.calls.length === 3);
         }
         link.calls.at(-1)!.reject(new Error("503"));
-        // The second failure in a row (a cut read is none): jittered in [60 s, 120 s], 90 s with random
-        // 0.5; the first step would be 60 s. (After the drop, the rejoin's timer too: 300 s.)
+        // The second failure in a row (a cut read is none): drawn in [120 s, 240 s], 180 s with random
+        // 0.5; the first step would be 90 s. (After the drop, the rejoin's timer too: 300 s.)
         const scheduled = dropped ? 2 : 1; // the call's timeout timer gone, the next poll's set
         await waitFor(
           "the next poll",
@@ -340,7 +340,7 @@ for (const dropped of [false, true]) {
         );
         assert.deepEqual(
           timers.pending().sort((a, b) => a - b),
-          dropped ? [90_000, 300_000] : [90_000],
+          dropped ? [180_000, 300_000] : [180_000],
         );
         assert.equal(link.subscription.status, dropped ? "offline" : "connecting");
       } finally {
@@ -350,3 +350,37 @@ for (const dropped of [false, true]) {
     },
   );
 }
+
+Deno.test("polling: the first failed poll's wait is jittered too (devices that lost the API together do not all retry one pollIntervalMs later), never below pollIntervalMs", async () => {
+  const waits: number[] = [];
+  for (const random of [0, 0.5, 0.999]) {
+    const timers = watchTimers();
+    const draws = [0.5]; // the rejoin's: 5 minutes; then the poll's jitter
+    const link = handAnsweredService({
+      livePollIntervalMs: 0,
+      heartbeatReplyTimeoutMs: 0,
+      pollIntervalMs: 60_000,
+      requestTimeoutMs: MINUTES,
+      backoff: { initialMs: MINUTES, maxMs: MINUTES }, // the polls' cap
+      random: () => draws.shift() ?? random,
+    });
+    try {
+      (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+      await waitFor("the first poll", () => link.calls.length === 1);
+      link.calls[0].reject(new Error("503"));
+      // The call's timeout timer gone, the next poll's set (beside the rejoin's).
+      await waitFor(
+        "the next poll",
+        () => !timers.pending().includes(MINUTES) && timers.pending().length === 2,
+      );
+      const next = timers.pending().filter((ms) => ms !== 300_000);
+      assert.equal(next.length, 1, `the rejoin's timer and one poll's: ${timers.pending()}`);
+      waits.push(next[0]);
+    } finally {
+      await link.end();
+      timers.restore();
+    }
+  }
+  // Drawn in [pollIntervalMs, 2 * pollIntervalMs): 60 s, 90 s and 119.94 s, not 60 s for every draw.
+  assert.deepEqual(waits, [60_000, 90_000, 119_940]);
+});

@@ -298,7 +298,7 @@ for (const livePollIntervalMs of [MINUTES, 0]) {
         link.calls[1].reject(new Error("network blip"));
         assert.equal(await sync, "failed");
         assert.equal(link.timers(), 1, "one read pending: the read again");
-        await waitFor("the read again (the polls' backoff: 30 ms)", () => link.calls.length === 3);
+        await waitFor("the read again (the polls' backoff: 45 ms)", () => link.calls.length === 3);
         link.calls[2].resolve(answered(2));
         await waitFor("its answer heard", () => reads.length === 3);
         assert.deepEqual(reads, ["done", "failed", "done"]);
