@@ -1557,6 +1557,8 @@ class UserLink<Row extends LwwRow> {
       return outcome;
     }
     this.#countRead(outcome, held);
+    // A round a Retry-After held back is "offline" too: the last call made was refused (an answer ends
+    // the Retry-After), and nothing is read until it ends.
     if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (newerQueued) return outcome; // the newest decides (above)
     if (this.#pollTimer === undefined) {

@@ -4,7 +4,8 @@
 // a row (the second queued behind the first), while polling and while live, the one that settled last
 // schedules the next read. A safety read the channel's drop cut off is no failure of the API: it logs
 // poll_cut_off, not poll_failed; nor are reads a Retry-After held back (no call made): they raise no backoff
-// step. A catch-up that fails counts as a failure in a row, as every read does. Against the stand-in client,
+// step. A catch-up that fails counts as a failure in a row, as every read does. While a Retry-After runs, the
+// status stays offline, reads it held back included (the last call was refused). Against the stand-in client,
 // with changesSince answered by hand; the intervals that must not be waited for are minutes long, so a read
 // that comes shows the short wait (the waits are hang guards only), or the wait scheduled is read off the
 // timers pending (watchTimers).
@@ -383,4 +384,31 @@ Deno.test("polling: the first failed poll's wait is jittered too (devices that l
   }
   // Drawn in [pollIntervalMs, 2 * pollIntervalMs): 60 s, 90 s and 119.94 s, not 60 s for every draw.
   assert.deepEqual(waits, [60_000, 90_000, 119_940]);
+});
+
+Deno.test("polling: while a Retry-After runs the status stays offline, reads it held back included (the last call was refused), until a read is answered", async () => {
+  const link = handAnsweredService({
+    livePollIntervalMs: 0,
+    heartbeatReplyTimeoutMs: 0,
+    pollIntervalMs: 100, // the read after the refusal: at the Retry-After's end (300 ms)
+    backoff: { initialMs: MINUTES, maxMs: MINUTES }, // no rejoin meanwhile
+    random: () => 0.5,
+  });
+  const statuses: string[] = [];
+  link.subscription.onStatus((status) => statuses.push(status));
+  try {
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+    await waitFor("the first poll", () => link.calls.length === 1);
+    const held = [link.subscription.syncNow(), link.subscription.syncNow()]; // queued behind it
+    link.calls[0].reject(retryAfter(0.3));
+    assert.deepEqual(await Promise.all(held), ["failed", "failed"], "held back: no call");
+    assert.equal(link.subscription.status, "offline");
+    await waitFor("the read when the Retry-After ends", () => link.calls.length === 2);
+    assert.deepEqual(statuses, ["offline"], "no other status meanwhile");
+    link.calls[1].resolve(answered(2));
+    await waitFor("polling", () => link.subscription.status === "polling");
+    assert.deepEqual(statuses, ["offline", "polling"]);
+  } finally {
+    await link.end();
+  }
 });
