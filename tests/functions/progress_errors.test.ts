@@ -681,15 +681,15 @@ Deno.test("a series id is decoded once: a lone % before encoded hex digits stays
     expectError(await call("GET", "/series/%2541", { token: a.accessToken }), 422, "validation_failed");
   }));
 
-Deno.test("408 request_timeout: a body that stalls mid-way, as the function is served (its default 10 s bound; write and batch)", () =>
+Deno.test("408 request_timeout: a body that stalls mid-way, as the function is served (its default 10 s bound; write and batch), but a reset that declares one is refused at once", () =>
   unchanged(async ({ a, series }) => {
     // The served function with its default bound (tests/functions/progress_handler.test.ts tries a short
     // one and a slow but steady body): both requests stall at once, so the test waits about 10 s.
     const url = new URL(FUNCTION_URL());
     const one = JSON.stringify(write({ series_id: series, chapter: 80, updated_at: "2026-05-01T00:00:09Z" }));
     const batch = JSON.stringify({ writes: [JSON.parse(one)] });
-    const head = (path: string, framing: string) =>
-      `POST ${url.pathname}${path} HTTP/1.1\nHost: ${url.host}\nAuthorization: Bearer ${a.accessToken}\n` +
+    const head = (path: string, framing: string, method = "POST") =>
+      `${method} ${url.pathname}${path} HTTP/1.1\nHost: ${url.host}\nAuthorization: Bearer ${a.accessToken}\n` +
       `Content-Type: application/json\n${framing}\nConnection: close`;
     const answers = await Promise.all([
       rawRequest(FUNCTION_URL(), head("", `Content-Length: ${one.length}`), (send) => send(one.slice(0, 30))),
@@ -698,7 +698,25 @@ Deno.test("408 request_timeout: a body that stalls mid-way, as the function is s
         head("/batch", "Transfer-Encoding: chunked"),
         (send) => send(`${batch.length.toString(16)}\r\n${batch.slice(0, 30)}`),
       ),
+      // Through the local gateway too (which passes the body on as a stream, its Content-Length kept), a
+      // reset whose Content-Length declares a body that then stalls is refused before any of it is read:
+      // 400 unexpected_body, not this 408 (the reset would otherwise wait out the same 10 s).
+      rawRequest(
+        FUNCTION_URL(),
+        head(
+          `/series/${series}?device_id=d1&updated_at=2026-05-01T00:00:09Z`,
+          "Content-Length: 10",
+          "DELETE",
+        ),
+        (send) => send("{"),
+      ),
     ]);
+    const reset = expectError(answers[2], 400, "invalid_request");
+    assert.deepEqual(
+      (reset.details as { issues: { code: string }[] }).issues.map((issue) => issue.code),
+      ["unexpected_body"],
+    );
+    assert.match(answers[2].head, /^connection: close$/m, "reset");
     for (const [what, answer] of [["single write", answers[0]], ["batch", answers[1]]] as const) {
       const e = expectError(answer, 408, "request_timeout");
       // The served function's defaults: 10 s without a byte (this bound), 30 s for the whole body.
