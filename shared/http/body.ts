@@ -136,7 +136,7 @@ export async function readBodyLimited(
         next = await readWithin(reader, Math.min(idleTimeoutMs, left));
       } catch (error) {
         // The sender stopped early: fewer bytes than its Content-Length, an unfinished chunked body,
-        // a dropped connection. Its fault, not ours: a 400 (and an info log line, not an error).
+        // a dropped connection. Its fault, not ours: a 400 (not logged, as no 4xx but the 408 is).
         // received_bytes is what the server handed this reader before the failure, which can be fewer
         // than were sent: Deno 2.9's server drops the body bytes it has not handed over yet when the
         // sender's side closes, such as a short body that came in with the request head (0 then; a
