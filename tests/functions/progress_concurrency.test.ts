@@ -5,22 +5,41 @@
 //   * direct SQL: public.write_reading_progress on connections of their own,
 //   * the Data API as PostgREST sends it (role authenticated, the JWT claims): an upsert
 //     (supabase-js .upsert()), a bulk upsert of several series (.upsert([...])) and an update
-//     (.update().eq()) of reading_progress,
+//     (.update().eq()) of reading_progress, and hard deletes (.delete().eq("series_id", id), in about
+//     half the series: unconditional, or conditional on a version a device saw, .eq("updated_at", …)
+//     .eq("device_id", …), as the README's "Hard deletes" advises),
 // with dates that collide in one millisecond, go backwards, tie on time between device ids, lie an
 // hour ahead of the server's clock, and with requests sent twice (the same key and position: a
 // retry whose answer was lost). Nothing is ordered by timing: whatever order the database
-// serialised the writes in, the verdict is the same. Afterwards, per user and series:
-//   * the row is the greatest write by (updated_at, device_id) among the writes the database took
-//     (every attempt but a 503, which rolled back; a write dated ahead counts under the key it was
-//     stored with, as answered);
-//   * no write answered as won (API: won; Data API: a row returned) is above the row: it is the row
-//     or was beaten later; every answer's row is a version some write stored;
+// serialised the writes in, the verdict is the same. (Keyless Data API edits, a plain set page = 2,
+// are not sent: they always land, dated now(), so no key of theirs is known in advance.)
+// Afterwards, per user and series, with the lives of the row (README, Schema decisions, "Lives of a
+// row"): each delete that removed a row ended a life and returned its last version, the row (if
+// any) is the last life; the next write after a delete starts a new life whatever its updated_at:
+//   * lives never overlap: no life is removed twice, the row's created_at is after every removed
+//     life's; the remembered deletion (reading_progress_deletions) is the removed life with the
+//     greatest created_at, its key and position; none without a removed row; a conditional delete
+//     removed only the version it named; "changes since" shows the row, or else the remembered
+//     deletion marked "deleted": true;
+//   * one life (no delete removed a row): the row is the greatest write by (updated_at, device_id)
+//     among the writes the database took (every attempt but a 503 or a 40001, which rolled back; a
+//     write dated ahead counts under the key it was stored with, as answered);
+//   * every version an answer shows (API: its progress; Data API: the row returned) belongs to one
+//     of the lives and is at most that life's last version: no write answered as won is above the
+//     version its life ended on (a conditional delete removes nothing once a newer version is
+//     stored); each life ended on a version some write answered as stored in that life, with the
+//     position it was sent with. So the lives in created_at order, each a last-write-wins run of
+//     its writes ended by its delete, are a serial order of every answer;
+//   * a 40001 (direct SQL, the Data API: an INSERT that waited for a writer who deleted the series
+//     meanwhile would begin an older life) only where a delete removed a row;
 //   * every refused write is logged (stale / tie, or 'self' for its own device's newer write) and
 //     its answer names the row it lost to; every replaced same-millisecond write is logged as the
-//     tie's loser and its winner answered 'tie'; the log holds nothing else;
-//   * no answer is a 500 (or any error but a 503);
-//   * then every request whose first answer was given against the final row is sent again: it gets
-//     the same answer (the Data API: no row) and the database does not change at all.
+//     tie's loser and its winner answered 'tie' (over several lives a log row is kept, moved to the
+//     life that logs the pair again: there only its presence is checked); the log holds nothing else;
+//   * no answer is a 500 (or any error but a 503, and 40001 as above);
+//   * then every request whose first answer was given against the final row (the same life) is sent
+//     again: it gets the same answer (the Data API: no row) and the database (rows, log,
+//     remembered deletions) does not change at all.
 // The seed is printed; READSYNC_CONCURRENCY_SEED=<seed> replays a run (READSYNC_CONCURRENCY_ROUNDS
 // sets the number of rounds, default 10).
 
@@ -28,6 +47,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { ConflictResolver } from "../../shared/progress/conflictResolver.ts";
 import { batchWriteResponseSchema, writeResultSchema } from "../../shared/progress/schemas.ts";
+import { microsecondIso } from "../../shared/progress/instant.ts";
 import type { ProgressKey, ProgressPosition, WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
 import { adminSql, call, seriesId, testEnv } from "./support.ts";
@@ -56,7 +76,23 @@ const OFFSETS = [0, 0, 1, 1, 2, 3, 1000, 1000, 1001, 2000, -86_400_000];
 const DEVICES = ["B", "a", "b", "dev-1", "dev-10", "dev-2"];
 const SEED_KEY = { updated_at: new Date(BASE - 7 * 86_400_000).toISOString(), device_id: "seed" };
 
-type Path = "http" | "batch" | "reset" | "sql" | "upsert" | "bulk" | "update";
+type Path = "http" | "batch" | "reset" | "sql" | "upsert" | "bulk" | "update" | "delete" | "cdelete";
+
+/**
+ * A hard delete of one series through the Data API (role authenticated): supabase-js
+ * .delete().eq("series_id", id), or conditional on the version the device saw (README, Schema
+ * decisions, "Hard deletes": .eq("updated_at", seen.updated_at).eq("device_id", seen.device_id)).
+ */
+interface Delete {
+  id: number;
+  user: number;
+  series_id: string;
+  /** The version it is conditional on, or null: unconditional. */
+  seen: StoredKey | null;
+}
+
+/** What a delete removed (RETURNING of the DELETE, as PostgREST's return=representation): a life's last version. */
+type Removed = FinalRow & { created_at: string };
 
 /** A write as sent (the API's body with `cleared` always given), and how it was dated. */
 interface Write extends ProgressKey, ProgressPosition {
@@ -79,13 +115,21 @@ interface Request {
   attempts: Attempt[];
   /** Through the function: sent with the service_role key, acting for the user. */
   asService: boolean;
+  /** A hard delete instead of writes (attempts is then empty). */
+  del?: Delete;
 }
 
 /** What an attempt got: an API answer, the Data API's returned row (or none), or a 503. */
 type Outcome =
   | { kind: "api"; result: WriteResult }
-  | { kind: "rest"; row: StoredKey | null }
-  | { kind: "unavailable" };
+  | { kind: "rest"; row: LifeKey | null }
+  /** A 503 through the function, or 40001 from the database (rolled back, to be sent again). */
+  | { kind: "unavailable"; code?: "40001" };
+
+/** A version's key and the life it belongs to (created_at, microseconds, shared/progress/instant.ts). */
+interface LifeKey extends StoredKey {
+  created_at: string;
+}
 
 interface StoredKey {
   updated_at: string;
@@ -108,7 +152,10 @@ interface Round {
   series: string[][]; // per user
   seeded: Set<string>; // series that have a row before the burst (`${user}/${series}`)
   attempts: Attempt[];
+  deletes: Delete[];
   requests: Request[];
+  /** The created_at of each seeded row (`${user}/${series}`): the life the burst begins in. */
+  seedLife: Map<string, string>;
 }
 
 /** The writes of one round: distinct keys, each with one position; some requests sent twice. */
@@ -202,12 +249,37 @@ function generate(rng: Rng, users: number): Round {
       requests.push(again);
     }
   }
+  // Hard deletes in about half the series, 1..3 each (some sent twice), unconditional or conditional
+  // on a version a device may have seen: the seed, one of the series' writes, often its greatest key
+  // (the likeliest to be stored when the delete arrives). The other series keep a single life.
+  const deletes: Delete[] = [];
+  series.forEach((ss, u) =>
+    ss.forEach((s) => {
+      if (!rng.chance(0.5)) return;
+      const seen: StoredKey[] = [
+        ...(seeded.has(`${u}/${s}`) ? [SEED_KEY] : []),
+        ...attempts.filter((a) => a.user === u && a.write.series_id === s && !a.write.ahead)
+          .map((a) => ({ updated_at: a.write.updated_at, device_id: a.write.device_id })),
+      ];
+      for (let n = 1 + rng.int(3); n > 0; n--) {
+        const conditional = seen.length > 0 && rng.chance(0.5);
+        const sees = conditional
+          ? (rng.chance(0.5) ? seen.reduce((m, k) => (cmp(k, m) > 0 ? k : m)) : rng.pick(seen))
+          : null;
+        for (let copies = rng.chance(0.15) ? 2 : 1; copies > 0; copies--) {
+          const del: Delete = { id: deletes.length, user: u, series_id: s, seen: sees };
+          deletes.push(del);
+          requests.push({ user: u, path: sees ? "cdelete" : "delete", attempts: [], asService: false, del });
+        }
+      }
+    })
+  );
   // Shuffle the requests (Fisher-Yates): the order they are started in.
   for (let i = requests.length - 1; i > 0; i--) {
     const j = rng.int(i + 1);
     [requests[i], requests[j]] = [requests[j], requests[i]];
   }
-  return { series, seeded, attempts, requests };
+  return { series, seeded, attempts, deletes, requests, seedLife: new Map() };
 }
 
 const asUser = (tx: postgres.TransactionSql, user: TestUser) =>
@@ -224,8 +296,60 @@ const bodyOf = (w: Write) => ({
   updated_at: w.updated_at,
 });
 
-/** Sends one request; the outcomes of its attempts, in order. Anything but 200 or 503 throws. */
+const lifeKeyOf = (r: { updated_at: string; device_id: string; created_at: string }): LifeKey => ({
+  updated_at: r.updated_at,
+  device_id: r.device_id,
+  created_at: lifeOf(r),
+});
+/** created_at in one form (microseconds, UTC), so lives compare as strings. */
+const lifeOf = (r: { created_at: string }) => {
+  const at = microsecondIso(r.created_at);
+  assert.ok(at, `created_at ${r.created_at}`);
+  return at;
+};
+
+/**
+ * Sends one request; the outcomes of its attempts, in order. Anything but 200 or 503 throws, and,
+ * on the paths that reach the database directly (SQL, Data API), anything but 40001: an INSERT that
+ * waited for a concurrent writer of the series which deleted it meanwhile would begin an older life
+ * than the deleted one and is refused for a retry (README, Schema decisions, "Lives of a row";
+ * PostgREST answers it with HTTP 500 and "code": "40001"). It rolled back: like a 503, not taken.
+ */
 async function send(
+  request: Request,
+  users: TestUser[],
+  pools: { sql: postgres.Sql; rest: postgres.Sql },
+): Promise<Outcome[]> {
+  try {
+    return await sendOnce(request, users, pools);
+  } catch (error) {
+    if ((error as { code?: string })?.code !== "40001" || !["sql", "upsert", "bulk"].includes(request.path)) {
+      throw error;
+    }
+    return request.attempts.map((): Outcome => ({ kind: "unavailable", code: "40001" }));
+  }
+}
+
+/** A hard delete through the Data API as the user: what it removed (at most one row), or null. */
+async function sendDelete(del: Delete, users: TestUser[], rest: postgres.Sql): Promise<Removed | null> {
+  const rows = await rest.begin(async (tx) => {
+    await asUser(tx, users[del.user]);
+    // PostgREST's DELETE ... WHERE <filters> RETURNING (Prefer: return=representation); RLS keeps
+    // it to the user's rows. .eq("updated_at", seen.updated_at) compares as timestamptz.
+    const seen = del.seen
+      ? tx`and updated_at = ${del.seen.updated_at}::timestamptz and device_id = ${del.seen.device_id}`
+      : tx``;
+    return await tx<Removed[]>`
+      delete from public.reading_progress
+       where series_id = ${del.series_id} ${seen}
+      returning chapter, page, percentage, cleared, device_id, to_jsonb(updated_at) #>> '{}' as updated_at,
+        to_jsonb(created_at) #>> '{}' as created_at`;
+  });
+  assert.ok(rows.length <= 1);
+  return rows[0] ? { ...rows[0], created_at: lifeOf(rows[0]) } : null;
+}
+
+async function sendOnce(
   request: Request,
   users: TestUser[],
   pools: { sql: postgres.Sql; rest: postgres.Sql },
@@ -278,7 +402,7 @@ async function send(
       const rows = writes.map((x) => ({ ...bodyOf(x), user_id: user.id }));
       const got = await pools.rest.begin(async (tx) => {
         await asUser(tx, user);
-        return await tx<{ series_id: string; updated_at: string; device_id: string }[]>`
+        return await tx<{ series_id: string; updated_at: string; device_id: string; created_at: string }[]>`
           insert into public.reading_progress
             (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
           select user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at
@@ -286,13 +410,17 @@ async function send(
           on conflict (user_id, series_id) do update
             set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
                 cleared = excluded.cleared, device_id = excluded.device_id, updated_at = excluded.updated_at
-          returning series_id, to_jsonb(updated_at) #>> '{}' as updated_at, device_id`;
+          returning series_id, to_jsonb(updated_at) #>> '{}' as updated_at, device_id,
+            to_jsonb(created_at) #>> '{}' as created_at`;
       });
       return writes.map((x): Outcome => {
         const row = got.find((r) => r.series_id === x.series_id);
-        return { kind: "rest", row: row ? { updated_at: row.updated_at, device_id: row.device_id } : null };
+        return { kind: "rest", row: row ? lifeKeyOf(row) : null };
       });
     }
+    case "delete":
+    case "cdelete":
+      throw new Error("a delete is sent by sendDelete");
     case "upsert":
     case "update": {
       const rows = await pools.rest.begin(async (tx) => {
@@ -300,7 +428,7 @@ async function send(
         if (request.path === "upsert") {
           // What PostgREST sends for supabase-js .upsert(row): ON CONFLICT on the primary key, DO
           // UPDATE of every column sent.
-          return await tx<{ updated_at: string; device_id: string }[]>`
+          return await tx<{ updated_at: string; device_id: string; created_at: string }[]>`
             insert into public.reading_progress
               (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
             values (${user.id}, ${w.series_id}, ${w.chapter}, ${w.page}, ${w.percentage}, ${w.cleared},
@@ -308,20 +436,22 @@ async function send(
             on conflict (user_id, series_id) do update
               set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
                   cleared = excluded.cleared, device_id = excluded.device_id, updated_at = excluded.updated_at
-            returning to_jsonb(updated_at) #>> '{}' as updated_at, device_id`;
+            returning to_jsonb(updated_at) #>> '{}' as updated_at, device_id,
+              to_jsonb(created_at) #>> '{}' as created_at`;
         }
         // supabase-js .update(row).eq("series_id", id)
-        return await tx<{ updated_at: string; device_id: string }[]>`
+        return await tx<{ updated_at: string; device_id: string; created_at: string }[]>`
           update public.reading_progress
              set chapter = ${w.chapter}, page = ${w.page}, percentage = ${w.percentage}, cleared = ${w.cleared},
                  device_id = ${w.device_id}, updated_at = ${w.updated_at}::timestamptz
            where series_id = ${w.series_id}
-          returning to_jsonb(updated_at) #>> '{}' as updated_at, device_id`;
+          returning to_jsonb(updated_at) #>> '{}' as updated_at, device_id,
+            to_jsonb(created_at) #>> '{}' as created_at`;
       });
       assert.ok(rows.length <= 1);
       return [{
         kind: "rest",
-        row: rows[0] ? { updated_at: rows[0].updated_at, device_id: rows[0].device_id } : null,
+        row: rows[0] ? lifeKeyOf(rows[0]) : null,
       }];
     }
   }
@@ -345,9 +475,10 @@ interface LogRow {
 async function stateOf(admin: postgres.Sql, users: TestUser[], round: Round) {
   const ids = users.map((u) => u.id);
   const all = round.series.flat();
-  const rows = await admin<(FinalRow & { user_id: string; series_id: string; full: string })[]>`
+  const rows = await admin<(Removed & { user_id: string; series_id: string; full: string })[]>`
     select user_id, series_id, chapter, page, percentage, cleared, device_id,
-           to_jsonb(updated_at) #>> '{}' as updated_at, to_jsonb(p)::text as full
+           to_jsonb(updated_at) #>> '{}' as updated_at, to_jsonb(created_at) #>> '{}' as created_at,
+           to_jsonb(p)::text as full
       from public.reading_progress p
      where user_id = any(${ids}::uuid[]) and series_id = any(${all}::text[])`;
   const log = await admin<
@@ -368,8 +499,16 @@ async function stateOf(admin: postgres.Sql, users: TestUser[], round: Round) {
       from public.reading_progress_conflicts c
      where user_id = any(${ids}::uuid[]) and series_id = any(${all}::text[])
      order by id`;
+  // The remembered deletion (migration 013's AFTER DELETE trigger): the version last deleted.
+  const deletions = await admin<{ user_id: string; series_id: string; version: Removed; full: string }[]>`
+    select user_id, series_id, version, to_jsonb(d)::text as full
+      from public.reading_progress_deletions d
+     where user_id = any(${ids}::uuid[]) and series_id = any(${all}::text[])`;
   const where = (userId: string, series: string) => `${ids.indexOf(userId)}/${series}`;
-  const rowOf = new Map(rows.map((r) => [where(r.user_id, r.series_id), r]));
+  const rowOf = new Map(rows.map((r) => [where(r.user_id, r.series_id), { ...r, created_at: lifeOf(r) }]));
+  const deletionOf = new Map(
+    deletions.map((d) => [where(d.user_id, d.series_id), { ...d.version, created_at: lifeOf(d.version) }]),
+  );
   const logOf = new Map<string, LogRow[]>();
   for (const r of log) {
     const k = where(r.user_id, r.series_id);
@@ -380,15 +519,25 @@ async function stateOf(admin: postgres.Sql, users: TestUser[], round: Round) {
       winning: { updated_at: r.wu, device_id: r.wd },
     }]);
   }
-  const fingerprint = JSON.stringify([rows.map((r) => r.full).sort(), log.map((r) => r.full)]);
-  return { rowOf, logOf, fingerprint };
+  const fingerprint = JSON.stringify([
+    rows.map((r) => r.full).sort(),
+    log.map((r) => r.full),
+    deletions.map((d) => d.full).sort(),
+  ]);
+  return { rowOf, logOf, deletionOf, fingerprint };
 }
 
 /**
  * The invariants, per user and series (see the top). `what` names the seed and round in every
  * failure.
  */
-function check(round: Round, outcomes: Outcome[], state: Awaited<ReturnType<typeof stateOf>>, what: string) {
+function check(
+  round: Round,
+  outcomes: Outcome[],
+  removedBy: (Removed | null)[],
+  state: Awaited<ReturnType<typeof stateOf>>,
+  what: string,
+) {
   round.series.forEach((ss, u) => {
     for (const s of ss) {
       const here = `${what}, user ${u}, series ${s}`;
@@ -396,13 +545,73 @@ function check(round: Round, outcomes: Outcome[], state: Awaited<ReturnType<type
       const row = state.rowOf.get(`${u}/${s}`);
       const log = state.logOf.get(`${u}/${s}`) ?? [];
       const seeded = round.seeded.has(`${u}/${s}`);
+
+      // Lives (README, Schema decisions, "Lives of a row"). Each delete that removed a row ended one
+      // life and returned its last version; the row, if any, is the life after all of them. Every
+      // version any answer shows belongs to one of these lives (its created_at), and lives never
+      // overlap: a life is removed once, and the row's life began after every removed one.
+      const dels = round.deletes.filter((d) => d.user === u && d.series_id === s);
+      const removed = dels.map((d) => removedBy[d.id]).filter((r): r is Removed => r !== null);
+      const cycled = removed.length > 0; // more than one life in this burst
+      const lives = new Map<string, FinalRow>();
+      for (const d of dels) {
+        const r = removedBy[d.id];
+        if (!r) continue;
+        const at = `${here}, delete ${d.id} (${d.seen ? `if ${keyOf(d.seen)}` : "unconditional"})`;
+        assert.ok(!lives.has(r.created_at), `${at}: removed the life ${r.created_at} a second time`);
+        lives.set(r.created_at, r);
+        // A conditional delete removes only the version it names (to the millisecond), nothing once
+        // another version is stored (that is checked below: no version of its life is above it).
+        if (d.seen) assert.equal(keyOf(r), keyOf(d.seen), `${at}: removed another version`);
+      }
+      const deletion = state.deletionOf.get(`${u}/${s}`);
+      if (!cycled) {
+        assert.equal(deletion, undefined, `${here}: a deletion remembered, but no delete removed a row`);
+      } else {
+        // The remembered deletion is the last life removed (the greatest created_at), as it was.
+        const last = removed.reduce((m, r) => (r.created_at > m.created_at ? r : m));
+        assert.ok(deletion, `${here}: rows were deleted, but no deletion is remembered`);
+        assert.equal(
+          deletion.created_at,
+          last.created_at,
+          `${here}: the deletion remembered is not the last life`,
+        );
+        assert.equal(keyOf(deletion), keyOf(last), `${here}: the deletion remembered keeps another version`);
+        assert.equal(
+          positionOf(deletion),
+          positionOf(last),
+          `${here}: the deletion remembered keeps another position`,
+        );
+      }
+      if (row) {
+        for (const r of removed) {
+          assert.ok(
+            row.created_at > r.created_at,
+            `${here}: the row's life ${row.created_at} is not after ${r.created_at}, deleted`,
+          );
+        }
+        lives.set(row.created_at, row);
+      }
+      const seedLife = round.seedLife.get(`${u}/${s}`);
+      if (seedLife) assert.ok(lives.has(seedLife), `${here}: the seeded life neither deleted nor stored`);
+      /** The last version of the life an answer shows: it must be one of the lives above. */
+      const lastOf = (v: { created_at: string }, at: string) => {
+        const last = lives.get(lifeOf(v));
+        assert.ok(last, `${at}: shows a life (${lifeOf(v)}) no delete removed and that is not the row's`);
+        return last;
+      };
+
       // The writes the database took, under the keys they were stored with.
       const taken: FinalRow[] = seeded
         ? [{ ...SEED_KEY, chapter: 0, page: 0, percentage: 0, cleared: false }]
         : [];
+      const aheadStored = new Set<string>();
       for (const a of mine) {
         const o = outcomes[a.id];
         if (o.kind === "unavailable") continue;
+        // An update (.update().eq()) dated ahead that returned no row: it found none, the series was
+        // deleted (one dated ahead is never refused).
+        if (cycled && a.path === "update" && o.kind === "rest" && !o.row && a.write.ahead) continue;
         if (!a.write.ahead) {
           taken.push(a.write);
           continue;
@@ -413,23 +622,34 @@ function check(round: Round, outcomes: Outcome[], state: Awaited<ReturnType<type
         assert.ok(stored, `${here}: a write dated an hour ahead (attempt ${a.id}, ${a.path}) was not stored`);
         assert.equal(stored.device_id, a.write.device_id, `${here}: attempt ${a.id} stored under its device`);
         taken.push({ ...a.write, updated_at: stored.updated_at });
+        // Two such writes never share a key within a life (in two lives they may: each was stored now).
+        const k = `${lifeOf(stored)}|${keyOf(stored)}`;
+        assert.ok(!aheadStored.has(k), `${here}: two writes dated ahead share a key`);
+        aheadStored.add(k);
       }
-      const stored = new Map(taken.map((t) => [keyOf(t), t]));
-      const aheadKeys = mine.filter((a) => a.write.ahead && outcomes[a.id].kind !== "unavailable").length;
-      assert.equal(
-        new Set(taken.filter((t) => (t as Write).ahead).map(keyOf)).size,
-        aheadKeys,
-        `${here}: two writes dated ahead share a key`,
-      );
+      /** The positions stored under a key (one, but for writes dated ahead in two lives). */
+      const stored = new Map<string, FinalRow[]>();
+      for (const t of taken) stored.set(keyOf(t), [...(stored.get(keyOf(t)) ?? []), t]);
+      const storedWith = (v: FinalRow) =>
+        (stored.get(keyOf(v)) ?? []).some((t) => positionOf(t) === positionOf(v));
       if (taken.length === 0) {
         assert.equal(row, undefined, `${here}: a row without a write`);
         assert.equal(log.length, 0);
+        assert.equal(removed.length, 0, `${here}: a row deleted that no write stored`);
         continue;
       }
-      const expected = taken.reduce((m, t) => (cmp(t, m) > 0 ? t : m));
-      assert.ok(row, `${here}: no row, expected ${keyOf(expected)}`);
-      assert.equal(keyOf(row), keyOf(expected), `${here}: the row is the greatest write taken`);
-      assert.equal(positionOf(row), positionOf(expected), `${here}: the row carries that write's position`);
+      if (!cycled) {
+        // One life: its last version is the greatest write taken.
+        const expected = taken.reduce((m, t) => (cmp(t, m) > 0 ? t : m));
+        assert.ok(row, `${here}: no row, expected ${keyOf(expected)}`);
+        assert.equal(keyOf(row), keyOf(expected), `${here}: the row is the greatest write taken`);
+        assert.equal(positionOf(row), positionOf(expected), `${here}: the row carries that write's position`);
+      }
+      // Several lives: each life's last version is a write taken, stored in that life (checked at the
+      // end: storedIn), and no version answered as stored in a life is above that life's last version.
+      const storedIn = new Map<string, Set<string>>(seedLife ? [[seedLife, new Set([keyOf(SEED_KEY)])]] : []);
+      const storeIn = (v: { created_at: string; updated_at: string; device_id: string }) =>
+        storedIn.set(lifeOf(v), (storedIn.get(lifeOf(v)) ?? new Set()).add(keyOf(v)));
 
       // The log: what each answer demands, and nothing unexplained. One row per loser/winner pair:
       // a write stored, replaced by a same-millisecond one (logged, rejected = false) and then sent
@@ -438,7 +658,13 @@ function check(round: Round, outcomes: Outcome[], state: Awaited<ReturnType<type
       const inLog = new Set(log.map(logged));
       assert.equal(inLog.size, log.length, `${here}: a loser/winner pair logged twice`);
       const explained = new Set<string>();
-      const replacedBy = new Map(log.filter((l) => !l.rejected).map((l) => [keyOf(l.winning), l]));
+      // The replaced same-millisecond writes, by their winner: one in a single life (a winner key is
+      // stored once), maybe more over several (the same key stored again in a later life, after
+      // another write). A log row is kept across lives, moved to the life that logs it again.
+      const replacedBy = new Map<string, LogRow[]>();
+      for (const l of log.filter((l) => !l.rejected)) {
+        replacedBy.set(keyOf(l.winning), [...(replacedBy.get(keyOf(l.winning)) ?? []), l]);
+      }
       const storedOnce = new Set<string>(seeded ? [keyOf(SEED_KEY)] : []); // versions some write stored
       for (const a of mine) {
         const o = outcomes[a.id];
@@ -449,37 +675,42 @@ function check(round: Round, outcomes: Outcome[], state: Awaited<ReturnType<type
           const r = o.result;
           assert.equal(r.progress.series_id, s, at);
           assert.ok(stored.has(keyOf(r.progress)), `${at}: its answer shows a version no write stored`);
-          assert.equal(
-            positionOf(r.progress),
-            positionOf(stored.get(keyOf(r.progress))!),
-            `${at}: its answer shows that version's position`,
+          assert.ok(storedWith(r.progress), `${at}: its answer shows that version's position`);
+          // Every version an answer shows was stored in its life, so is at most that life's last.
+          const last = lastOf(r.progress, at);
+          assert.ok(
+            cmp(r.progress, last) <= 0,
+            `${at}: its answer shows a version above its life's last: lost`,
           );
           if (r.won && !a.write.ahead && landedAfter(a.write, r.progress)) {
             // Its device's version 1 ms after it, with its position: taken for a retry of a write
             // that met its own key and landed 1 ms later, and answered as that one (README, Schema
             // decisions: the server does not keep the key a version was sent with). Nothing is lost.
             assert.equal(r.conflict, null, at);
+            storeIn(r.progress);
           } else if (r.won) {
             const k = a.write.ahead ? keyOf(r.progress) : own;
             assert.equal(keyOf(r.progress), k, `${at}: a won write's answer carries it`);
-            assert.ok(cmp(r.progress, row) <= 0, `${at}: answered won, but above the final row: lost`);
             storedOnce.add(k);
-            const replaced = replacedBy.get(k);
+            storeIn(r.progress);
+            const replaced = replacedBy.get(k) ?? [];
             if (r.conflict === "tie") {
               assert.ok(r.conflict_with, at);
               assert.equal(msOf(r.conflict_with), msOf(r.progress), `${at}: a tie is one millisecond`);
               assert.ok(cmp(r.conflict_with, r.progress) < 0, at);
               const l = { kind: "tie", rejected: false, losing: r.conflict_with, winning: r.progress };
               assert.ok(inLog.has(logged(l)), `${at}: its won tie is not logged`);
-              assert.equal(replaced && logged(replaced), logged(l), `${at}: logged as the replaced write`);
+              // (Over several lives the row may have been refused since, the same pair, rejected.)
+              if (!cycled) {
+                assert.deepEqual(replaced.map(logged), [logged(l)], `${at}: logged as the replaced write`);
+              }
               explained.add(logged(l));
             } else {
               assert.equal(r.conflict, null, at);
-              assert.equal(
-                replaced,
-                undefined,
-                `${at}: answered without the tie it won (${replaced && logged(replaced)})`,
-              );
+              // (Over several lives the same key may have won a tie in another life.)
+              if (!cycled) {
+                assert.deepEqual(replaced.map(logged), [], `${at}: answered without the tie it won`);
+              }
             }
           } else {
             assert.ok(!a.write.ahead, `${at}: a write dated ahead lost`);
@@ -507,21 +738,24 @@ function check(round: Round, outcomes: Outcome[], state: Awaited<ReturnType<type
           const k = a.write.ahead ? keyOf(o.row) : own;
           assert.equal(keyOf(o.row), k, `${at}: the Data API returned another row`);
           assert.ok(
-            cmp(o.row, row) <= 0,
-            `${at}: the Data API stored it, but it is above the final row: lost`,
+            cmp(o.row, lastOf(o.row, at)) <= 0,
+            `${at}: the Data API stored it, but it is above its life's last version: lost`,
           );
           storedOnce.add(k);
-          const replaced = replacedBy.get(k);
-          if (replaced) explained.add(logged(replaced)); // checked below: the replaced write was stored
+          storeIn(o.row);
+          // checked below: the replaced write was stored
+          for (const replaced of replacedBy.get(k) ?? []) explained.add(logged(replaced));
         } else {
-          // No row: refused (logged), or an exact replay of the stored version (not logged).
-          assert.ok(!a.write.ahead, `${at}: a Data API write dated ahead was refused`);
+          // No row: refused (logged), or an exact replay of the stored version (not logged), or an
+          // update (.update().eq()) that found no row: deleted.
+          const gone = cycled && a.path === "update";
+          assert.ok(!a.write.ahead || gone, `${at}: a Data API write dated ahead was refused`);
           const refused = log.filter((l) => keyOf(l.losing) === own);
           for (const l of refused) explained.add(logged(l));
           const replay = mine.some((b) => b.id !== a.id && keyOf(b.write) === own);
           const landed = taken.some((t) => landedAfter(a.write, t)); // as above: not logged
           assert.ok(
-            refused.length > 0 || replay || landed,
+            refused.length > 0 || replay || landed || gone,
             `${at}: refused by the Data API without a log row`,
           );
         }
@@ -546,8 +780,69 @@ function check(round: Round, outcomes: Outcome[], state: Awaited<ReturnType<type
           assert.ok(storedOnce.has(keyOf(l.losing)), `${at}: the replaced write was never stored`);
         }
       }
+      // Each life ended on a version some write stored in that life (with the position it was sent
+      // with): with the checks above, the greatest version answered as stored in it. So the lives,
+      // in created_at order, each a last-write-wins run of its writes and ended by the delete that
+      // returned its last version (the last life: the row), are a serial order of every answer.
+      for (const [life, last] of lives) {
+        const at = `${here}, life ${life} (${keyOf(last)})`;
+        assert.ok(
+          storedIn.get(life)?.has(keyOf(last)),
+          `${at}: its last version was never answered as stored in it`,
+        );
+        assert.ok(storedWith(last), `${at}: its last version is no write's (key and position)`);
+      }
     }
   });
+}
+
+/**
+ * "Changes since" the beginning, read by each user (public.reading_progress_changes): a series with a
+ * row shows that row, one without a row but with a remembered deletion shows the deleted version
+ * marked "deleted": true (README, Schema decisions, "Hard deletes"), one never written shows nothing.
+ */
+async function checkChanges(
+  round: Round,
+  users: TestUser[],
+  sql: postgres.Sql,
+  state: Awaited<ReturnType<typeof stateOf>>,
+  what: string,
+) {
+  for (const [u, user] of users.entries()) {
+    const items = new Map<string, Removed & { deleted?: boolean }>();
+    let cursor = "";
+    for (let more = true; more;) {
+      const [{ page }] = await sql.begin(async (tx) => {
+        await asUser(tx, user);
+        return await tx<
+          { page: { changes: (Removed & { series_id: string })[]; next_cursor: string; has_more: boolean } }[]
+        >`
+          select public.reading_progress_changes(${cursor}, 999) as page`;
+      });
+      for (const c of page.changes) items.set(c.series_id, c);
+      more = page.has_more;
+      cursor = page.next_cursor;
+    }
+    for (const s of round.series[u]) {
+      const here = `${what}, user ${u}, series ${s}: changes since the beginning`;
+      const item = items.get(s);
+      const row = state.rowOf.get(`${u}/${s}`);
+      const deletion = state.deletionOf.get(`${u}/${s}`);
+      const expected = row ?? deletion;
+      if (!expected) {
+        assert.equal(item, undefined, `${here} show a series never written`);
+        continue;
+      }
+      assert.ok(item, `${here} do not show it`);
+      assert.equal(
+        item.deleted ?? false,
+        !row,
+        `${here} show it ${row ? "deleted, but it has a row" : "as a row"}`,
+      );
+      assert.equal(keyOf(item), keyOf(expected), `${here} show another version`);
+      assert.equal(lifeOf(item), expected.created_at, `${here} show another life`);
+    }
+  }
 }
 
 /**
@@ -559,13 +854,21 @@ function answeredAgainstFinal(
   request: Request,
   outcomes: Outcome[],
   state: Awaited<ReturnType<typeof stateOf>>,
+  cycled: Set<string>,
 ) {
   return request.attempts.every((a) => {
     const o = outcomes[a.id];
     const row = state.rowOf.get(`${a.user}/${a.write.series_id}`);
     if (a.write.ahead || o.kind === "unavailable" || row === undefined) return false;
-    if (o.kind === "api") return keyOf(row) === keyOf(o.result.progress);
+    // Against the final row: the same version of the same life (the same key may have been stored
+    // in an earlier life too).
+    if (o.kind === "api") {
+      return keyOf(row) === keyOf(o.result.progress) && row.created_at === o.result.progress.created_at;
+    }
     const own = keyOf(a.write);
+    // A refusal logged in an earlier life is logged again in this one (the log row moves to it):
+    // only a Data API write of a series with a single life counts, but an exact replay.
+    if (cycled.has(`${a.user}/${a.write.series_id}`)) return own === keyOf(row);
     return own === keyOf(row) ||
       (state.logOf.get(`${a.user}/${a.write.series_id}`) ?? []).some((l) =>
         l.rejected && keyOf(l.losing) === own && keyOf(l.winning) === keyOf(row)
@@ -573,7 +876,7 @@ function answeredAgainstFinal(
   });
 }
 
-Deno.test("concurrent writes of many devices through every write path: the greatest key is stored, every loser is logged, replays change nothing", async () => {
+Deno.test("concurrent writes and hard deletes of many devices through every write path: each life ends on its greatest key, every loser is logged, replays change nothing", async () => {
   const env = Deno.env.get("READSYNC_CONCURRENCY_SEED");
   const seed = env ? Number(env) : Math.floor(Math.random() * 2 ** 32);
   assert.ok(Number.isInteger(seed), `READSYNC_CONCURRENCY_SEED=${env} is no integer`);
@@ -594,34 +897,63 @@ Deno.test("concurrent writes of many devices through every write path: the great
       const round = generate(rng, users.length);
       for (const key of round.seeded) {
         const [u, s] = key.split("/");
-        await admin`insert into public.reading_progress (user_id, series_id, device_id, updated_at)
-          values (${users[Number(u)].id}, ${s}, ${SEED_KEY.device_id}, ${SEED_KEY.updated_at}::timestamptz)`;
+        const [seedRow] = await admin<{ created_at: string }[]>`
+          insert into public.reading_progress (user_id, series_id, device_id, updated_at)
+          values (${users[Number(u)].id}, ${s}, ${SEED_KEY.device_id}, ${SEED_KEY.updated_at}::timestamptz)
+          returning to_jsonb(created_at) #>> '{}' as created_at`;
+        round.seedLife.set(key, lifeOf(seedRow));
       }
       // The burst: every request at once.
       const outcomes: Outcome[] = [];
+      const removedBy: (Removed | null)[] = [];
       await Promise.all(round.requests.map(async (request) => {
-        const got = await send(request, users, pools).catch((error) => {
+        const fail = (error: { detail?: string; where?: string }) => {
           throw new Error(
-            `${what}: ${request.path} of ${request.attempts.map((a) => a.id)}: ${error}${
-              error?.detail ? ` (${error.detail})` : ""
-            }${error?.where ? ` [${error.where}]` : ""}`,
+            `${what}: ${request.path} of ${
+              request.del ? `delete ${request.del.id}` : request.attempts.map((a) => a.id)
+            }: ${error}${error?.detail ? ` (${error.detail})` : ""}${
+              error?.where ? ` [${error.where}]` : ""
+            }`,
             { cause: error },
           );
-        });
+        };
+        if (request.del) {
+          removedBy[request.del.id] = await sendDelete(request.del, users, pools.rest).catch(fail);
+          return;
+        }
+        const got = await send(request, users, pools).catch(fail);
         request.attempts.forEach((a, i) => (outcomes[a.id] = got[i]));
       }));
+      // Series with more than one life in this burst: a delete removed a row.
+      const cycled = new Set(
+        round.deletes.filter((d) => removedBy[d.id]).map((d) => `${d.user}/${d.series_id}`),
+      );
       const state = await stateOf(admin, users, round);
       try {
-        check(round, outcomes, state, what);
+        // A 40001 only where a delete made the INSERT that waited begin too old a life.
+        for (const request of round.requests) {
+          const a = request.attempts.find((a) => (outcomes[a.id] as { code?: string }).code === "40001");
+          if (a) {
+            assert.ok(
+              request.attempts.some((b) => cycled.has(`${b.user}/${b.write.series_id}`)),
+              `${what}, user ${a.user}, series ${a.write.series_id}, attempt ${a.id} (${a.path}): 40001 without a delete`,
+            );
+          }
+        }
+        check(round, outcomes, removedBy, state, what);
+        await checkChanges(round, users, pools.sql, state, what);
       } catch (error) {
-        // What the failing series saw, for the report: its attempts, answers, log and row.
+        // What the failing series saw, for the report: its attempts, answers, deletes, log and row.
         const series = /series (\S+),/.exec(String(error))?.[1];
         for (const a of round.attempts.filter((a) => a.write.series_id === series)) {
           console.log(
             JSON.stringify({ attempt: a.id, path: a.path, write: a.write, outcome: outcomes[a.id] }),
           );
         }
-        for (const [k, v] of [...state.logOf, ...state.rowOf]) {
+        for (const d of round.deletes.filter((d) => d.series_id === series)) {
+          console.log(JSON.stringify({ delete: d.id, seen: d.seen, removed: removedBy[d.id] }));
+        }
+        for (const [k, v] of [...state.logOf, ...state.rowOf, ...state.deletionOf]) {
           if (k.endsWith(`/${series}`)) console.log(JSON.stringify(v));
         }
         throw error;
@@ -629,7 +961,7 @@ Deno.test("concurrent writes of many devices through every write path: the great
 
       // Every request answered against the final row, sent again (at once): the same answer, and
       // nothing changes. The Data API's exact replays and refusals return no row.
-      const again = round.requests.filter((r) => answeredAgainstFinal(r, outcomes, state));
+      const again = round.requests.filter((r) => !r.del && answeredAgainstFinal(r, outcomes, state, cycled));
       await Promise.all(again.map(async (request) => {
         const got = await send(request, users, pools);
         request.attempts.forEach((a, i) => {
@@ -643,9 +975,11 @@ Deno.test("concurrent writes of many devices through every write path: the great
       const after = await stateOf(admin, users, round);
       assert.equal(after.fingerprint, state.fingerprint, `${what}: a replay changed the database`);
       console.log(
-        `${what}: ${round.attempts.length} writes in ${round.requests.length} requests, ${again.length} sent again; ${
-          outcomes.filter((o) => o.kind === "unavailable").length
-        } answered 503`,
+        `${what}: ${round.attempts.length} writes and ${round.deletes.length} deletes (${
+          removedBy.filter(Boolean).length
+        } removed a row) in ${round.requests.length} requests, ${again.length} sent again; ${
+          outcomes.filter((o) => o.kind === "unavailable" && !o.code).length
+        } answered 503, ${outcomes.filter((o) => o.kind === "unavailable" && o.code).length} 40001`,
       );
     }
   } finally {
