@@ -4,18 +4,19 @@
 //     (a reset, a keyed tombstone), with the user's token or as service_role acting for the user,
 //   * direct SQL: public.write_reading_progress on connections of their own,
 //   * the Data API as PostgREST sends it (role authenticated, the JWT claims): an upsert
-//     (supabase-js .upsert()), a bulk upsert of several series (.upsert([...])) and an update
-//     (.update().eq()) of reading_progress, and hard deletes (.delete().eq("series_id", id), in about
-//     half the series: unconditional, or conditional on a version a device saw, .eq("updated_at", …)
-//     .eq("device_id", …), as the README's "Hard deletes" advises),
+//     (supabase-js .upsert()), a bulk upsert of several series (.upsert([...])), an update
+//     (.update().eq()) and a keyless edit (an update without updated_at and device_id, which lands
+//     dated now() or 1 ms after the version it edits, README, Schema decisions) of reading_progress,
+//     and hard deletes (.delete().eq("series_id", id), in about half the series: unconditional, or
+//     conditional on a version a device saw, .eq("updated_at", …).eq("device_id", …), as the
+//     README's "Hard deletes" advises),
 // with dates that collide in one millisecond, go backwards, tie on time between device ids, lie an
 // hour ahead of the server's clock, and with requests sent twice (the same key and position: a
 // retry whose answer was lost). Nothing is ordered by timing: whatever order the database
-// serialised the writes in, the verdict is the same. (Keyless Data API edits, a plain set page = 2,
-// are not sent: they always land, dated now(), so no key of theirs is known in advance.)
-// Afterwards, per user and series, with the lives of the row (README, Schema decisions, "Lives of a
-// row"): each delete that removed a row ended a life and returned its last version, the row (if
-// any) is the last life; the next write after a delete starts a new life whatever its updated_at:
+// serialised the writes in, the verdict is the same. Afterwards, per user and series, with the
+// lives of the row (README, Schema decisions, "Lives of a row"): each delete that removed a row
+// ended a life and returned its last version, the row (if any) is the last life; the next write
+// after a delete starts a new life whatever its updated_at:
 //   * lives never overlap: no life is removed twice, the row's created_at is after every removed
 //     life's; the remembered deletion (reading_progress_deletions) is the removed life with the
 //     greatest created_at, its key and position; none without a removed row; a conditional delete
@@ -23,7 +24,8 @@
 //     deletion marked "deleted": true;
 //   * one life (no delete removed a row): the row is the greatest write by (updated_at, device_id)
 //     among the writes the database took (every attempt but a 503 or a 40001, which rolled back; a
-//     write dated ahead counts under the key it was stored with, as answered);
+//     write dated ahead or keyless counts under the key it was stored with, as answered; a keyless
+//     edit is stored whenever its series has a row, i.e. always but where a delete removed it);
 //   * every version an answer shows (API: its progress; Data API: the row returned) belongs to one
 //     of the lives and is at most that life's last version: no write answered as won is above the
 //     version its life ended on (a conditional delete removes nothing once a newer version is
@@ -76,7 +78,17 @@ const OFFSETS = [0, 0, 1, 1, 2, 3, 1000, 1000, 1001, 2000, -86_400_000];
 const DEVICES = ["B", "a", "b", "dev-1", "dev-10", "dev-2"];
 const SEED_KEY = { updated_at: new Date(BASE - 7 * 86_400_000).toISOString(), device_id: "seed" };
 
-type Path = "http" | "batch" | "reset" | "sql" | "upsert" | "bulk" | "update" | "delete" | "cdelete";
+type Path =
+  | "http"
+  | "batch"
+  | "reset"
+  | "sql"
+  | "upsert"
+  | "bulk"
+  | "update"
+  | "keyless"
+  | "delete"
+  | "cdelete";
 
 /**
  * A hard delete of one series through the Data API (role authenticated): supabase-js
@@ -99,6 +111,12 @@ interface Write extends ProgressKey, ProgressPosition {
   series_id: string;
   /** Dated an hour ahead of the server's clock: stored under another key (as answered). */
   ahead: boolean;
+  /**
+   * A keyless Data API edit (.update({ chapter, page, percentage, cleared }).eq("series_id", id)):
+   * no updated_at or device_id of its own, so it lands dated now() or 1 ms after the version it
+   * edits, under that version's device (README, Schema decisions); its key is the one answered.
+   */
+  keyless?: boolean;
 }
 
 interface Attempt {
@@ -217,6 +235,7 @@ function generate(rng: Rng, users: number): Round {
       "upsert",
       "bulk",
       "update",
+      "keyless",
     ]);
     const size = path === "batch" || path === "bulk" ? 1 + rng.int(4) : 1;
     let writes: Write[] = [];
@@ -231,6 +250,24 @@ function generate(rng: Rng, users: number): Round {
     }
     if (path === "reset" && (!writes[0].cleared || writes[0].ahead)) path = "http";
     if (path === "update" && !seeded.has(`${u}/${writes[0].series_id}`)) path = "upsert";
+    if (path === "keyless") {
+      // Only where a row exists from the start (until a delete), never sent twice: a copy meeting
+      // its own stored position would change nothing (no row returned). A position of its own.
+      if (!seeded.has(`${u}/${writes[0].series_id}`)) path = "upsert";
+      else {
+        writes = [{
+          series_id: writes[0].series_id,
+          chapter: 1 + rng.int(999),
+          page: rng.int(500),
+          percentage: rng.int(1001) / 1000,
+          cleared: false,
+          device_id: "keyless",
+          updated_at: new Date(0).toISOString(),
+          ahead: false,
+          keyless: true,
+        }];
+      }
+    }
     const request: Request = {
       user: u,
       path,
@@ -239,7 +276,7 @@ function generate(rng: Rng, users: number): Round {
     };
     for (const a of request.attempts) a.id = attempts.push(a) - 1;
     requests.push(request);
-    if (rng.chance(0.15)) {
+    if (path !== "keyless" && rng.chance(0.15)) {
       // Sent twice at once (its answer was lost, the client retried): the same request again.
       const again: Request = {
         ...request,
@@ -258,7 +295,9 @@ function generate(rng: Rng, users: number): Round {
       if (!rng.chance(0.5)) return;
       const seen: StoredKey[] = [
         ...(seeded.has(`${u}/${s}`) ? [SEED_KEY] : []),
-        ...attempts.filter((a) => a.user === u && a.write.series_id === s && !a.write.ahead)
+        ...attempts.filter((a) =>
+          a.user === u && a.write.series_id === s && !a.write.ahead && !a.write.keyless
+        )
           .map((a) => ({ updated_at: a.write.updated_at, device_id: a.write.device_id })),
       ];
       for (let n = 1 + rng.int(3); n > 0; n--) {
@@ -421,6 +460,20 @@ async function sendOnce(
     case "delete":
     case "cdelete":
       throw new Error("a delete is sent by sendDelete");
+    case "keyless": {
+      // supabase-js .update({ chapter, page, percentage, cleared }).eq("series_id", id): no key.
+      const rows = await pools.rest.begin(async (tx) => {
+        await asUser(tx, user);
+        return await tx<{ updated_at: string; device_id: string; created_at: string }[]>`
+          update public.reading_progress
+             set chapter = ${w.chapter}, page = ${w.page}, percentage = ${w.percentage}, cleared = ${w.cleared}
+           where series_id = ${w.series_id}
+          returning to_jsonb(updated_at) #>> '{}' as updated_at, device_id,
+            to_jsonb(created_at) #>> '{}' as created_at`;
+      });
+      assert.ok(rows.length <= 1);
+      return [{ kind: "rest", row: rows[0] ? lifeKeyOf(rows[0]) : null }];
+    }
     case "upsert":
     case "update": {
       const rows = await pools.rest.begin(async (tx) => {
@@ -612,6 +665,20 @@ function check(
         // An update (.update().eq()) dated ahead that returned no row: it found none, the series was
         // deleted (one dated ahead is never refused).
         if (cycled && a.path === "update" && o.kind === "rest" && !o.row && a.write.ahead) continue;
+        if (a.write.keyless) {
+          // Lands whenever it finds the row (a position of its own), under the edited version's
+          // device, after that version: a key of its own in the life (checked with those dated ahead).
+          assert.ok(o.kind === "rest");
+          if (!o.row) {
+            assert.ok(cycled, `${here}: a keyless edit (attempt ${a.id}) of the row was not stored`);
+            continue;
+          }
+          taken.push({ ...a.write, updated_at: o.row.updated_at, device_id: o.row.device_id });
+          const k = `${lifeOf(o.row)}|${keyOf(o.row)}`;
+          assert.ok(!aheadStored.has(k), `${here}: a keyless edit stored under a key given before`);
+          aheadStored.add(k);
+          continue;
+        }
         if (!a.write.ahead) {
           taken.push(a.write);
           continue;
@@ -735,7 +802,7 @@ function check(
             explained.add(logged(l));
           }
         } else if (o.row) {
-          const k = a.write.ahead ? keyOf(o.row) : own;
+          const k = a.write.ahead || a.write.keyless ? keyOf(o.row) : own;
           assert.equal(keyOf(o.row), k, `${at}: the Data API returned another row`);
           assert.ok(
             cmp(o.row, lastOf(o.row, at)) <= 0,
@@ -748,7 +815,7 @@ function check(
         } else {
           // No row: refused (logged), or an exact replay of the stored version (not logged), or an
           // update (.update().eq()) that found no row: deleted.
-          const gone = cycled && a.path === "update";
+          const gone = cycled && (a.path === "update" || a.path === "keyless");
           assert.ok(!a.write.ahead || gone, `${at}: a Data API write dated ahead was refused`);
           const refused = log.filter((l) => keyOf(l.losing) === own);
           for (const l of refused) explained.add(logged(l));
@@ -859,7 +926,7 @@ function answeredAgainstFinal(
   return request.attempts.every((a) => {
     const o = outcomes[a.id];
     const row = state.rowOf.get(`${a.user}/${a.write.series_id}`);
-    if (a.write.ahead || o.kind === "unavailable" || row === undefined) return false;
+    if (a.write.ahead || a.write.keyless || o.kind === "unavailable" || row === undefined) return false;
     // Against the final row: the same version of the same life (the same key may have been stored
     // in an earlier life too).
     if (o.kind === "api") {
@@ -975,7 +1042,9 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
       const after = await stateOf(admin, users, round);
       assert.equal(after.fingerprint, state.fingerprint, `${what}: a replay changed the database`);
       console.log(
-        `${what}: ${round.attempts.length} writes and ${round.deletes.length} deletes (${
+        `${what}: ${round.attempts.length} writes (${
+          round.attempts.filter((a) => a.write.keyless).length
+        } keyless) and ${round.deletes.length} deletes (${
           removedBy.filter(Boolean).length
         } removed a row) in ${round.requests.length} requests, ${again.length} sent again; ${
           outcomes.filter((o) => o.kind === "unavailable" && !o.code).length
