@@ -13,6 +13,7 @@ import {
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, type PendingCall, USER, version } from "./handAnsweredService.ts";
+import { watchTimers } from "./watchTimers.ts";
 
 Deno.test("caught up: a poll that began before the rejoin does not end the catch-up (a missed change is still fetched)", async () => {
   const link = handAnsweredService({
@@ -490,22 +491,21 @@ Deno.test("syncNow during a Retry-After, live with livePollIntervalMs 0: the rea
   }
 });
 
-/** Makes every timer fire `byMs` before it is due, as a clock counting whole milliseconds may. */
-function earlyTimers(byMs: number): () => void {
-  const real = globalThis.setTimeout;
-  const early = (fn: () => void, ms = 0) => {
-    const due = performance.now() + ms;
-    return real(() => {
-      while (performance.now() < due - byMs) { /* wait for exactly byMs before due */ }
-      fn();
-    }, Math.max(0, ms - byMs - 3));
+/**
+ * Stops the service's clock (performance.now(), its monotonicNow) where it is; `advance` moves it on by
+ * hand. Timers still run in real time: what the service finds when one fires is set beforehand.
+ */
+function frozenClock(): { advance: (ms: number) => void; restore: () => void } {
+  let now = performance.now();
+  Object.defineProperty(performance, "now", { value: () => now, configurable: true, writable: true });
+  return {
+    advance: (ms) => void (now += ms),
+    restore: () => void delete (performance as unknown as { now?: unknown }).now,
   };
-  globalThis.setTimeout = early as typeof setTimeout;
-  return () => void (globalThis.setTimeout = real);
 }
 
 Deno.test("polling: a poll timer for a Retry-After's end that fires a fraction of a millisecond early still reads (not a whole backoff step later)", async () => {
-  const restore = earlyTimers(0.5);
+  const timers = watchTimers();
   const link = handAnsweredService({
     pollIntervalMs: 100,
     heartbeatReplyTimeoutMs: 0,
@@ -514,17 +514,28 @@ Deno.test("polling: a poll timer for a Retry-After's end that fires a fraction o
     random: () => 0,
     backoff: { initialMs: 60_000, maxMs: 1_000 },
   });
+  let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
-    await waitFor("the first poll", () => link.calls.length === 1, { intervalMs: 1 });
-    // 190 ms from the refusal, armed before it: it fires after the poll timer for the wait's end
-    // (150 ms), however late; a poll put off by a backoff step (100 ms more) comes after it.
-    const pastTheWait = sleep(190);
+    await waitFor("the first poll", () => link.calls.length === 1);
+    clock = frozenClock();
     link.calls[0].reject(retryAfter(0.15));
-    await pastTheWait;
+    // The clock stands still: the poll's timer is set for the whole wait, 150 ms.
+    const forTheWait = (ms: number) => ms > 149 && ms <= 151;
+    await waitFor("the poll timer for the Retry-After's end", () => timers.pending().some(forTheWait));
+    // When it fires, the service's clock reads half a millisecond before the wait's end, as a timer
+    // counting whole milliseconds may fire.
+    clock.advance(149.5);
+    // Either the read is made, or the round is held back and the next poll set a backoff step away
+    // (100 ms): whichever the service does, the test sees it without waiting for a time.
+    await waitFor(
+      "the read, or the next poll's timer",
+      () => link.calls.length === 2 || timers.pending().includes(100),
+    );
     assert.equal(link.calls.length, 2, "the poll at the Retry-After's end, not a whole backoff step later");
   } finally {
-    restore();
+    clock?.restore();
+    timers.restore();
     await link.end();
   }
 });
