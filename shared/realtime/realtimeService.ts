@@ -1727,18 +1727,15 @@ class UserLink<Row extends LwwRow> {
       () => controller.abort(new Error(`changesSince did not answer within ${timeoutMs} ms`)),
       timeoutMs,
     );
-    if (controller.signal.aborted) {
-      this.service.timers.clear(timer);
-      lifetime.removeEventListener("abort", onClose);
-      stop?.removeEventListener("abort", onStop);
-      throw controller.signal.reason;
-    }
-    const call = this.service.options.changesSince(this.#cursor, {
-      userId: this.userId,
-      signal: controller.signal,
-    });
-    call.catch(() => {}); // when abandoned, its late failure is nobody's business
     try {
+      if (controller.signal.aborted) throw controller.signal.reason;
+      // A changesSince that throws instead of rejecting (a plain function's argument check) fails
+      // the read too, and the timer and listeners go as after any other failure.
+      const call = Promise.resolve(this.service.options.changesSince(this.#cursor, {
+        userId: this.userId,
+        signal: controller.signal,
+      }));
+      call.catch(() => {}); // when abandoned, its late failure is nobody's business
       return await Promise.race([call, aborted]);
     } finally {
       this.service.timers.clear(timer);

@@ -5,7 +5,9 @@
 import assert from "node:assert/strict";
 import { subscribeToProgress } from "../../../shared/progress/api.ts";
 import { RealtimeService } from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
+import { watchTimers } from "./watchTimers.ts";
 
 const USER = "00000000-0000-4000-8000-0000000000d1";
 const quiet = { log: () => {}, pollIntervalMs: 60_000 };
@@ -41,4 +43,39 @@ Deno.test("lifecycle: a refused subscribeToProgress does not keep the shared ser
     "the last unsubscribe closed the shared service",
   );
   assert.equal(realtime.accessToken, null, "and gave the client its own token source back");
+});
+
+Deno.test("lifecycle: a changesSince that throws instead of returning a rejected promise fails the read and leaves no request timer behind", async () => {
+  const timers = watchTimers();
+  const { client, channel } = fakeClient();
+  const service = new RealtimeService(client, {
+    ...quiet,
+    accessToken: "T1",
+    heartbeatReplyTimeoutMs: 0,
+    requestTimeoutMs: 77_000, // its timer, told apart from the others by its delay
+    backoff: { initialMs: 600_000, maxMs: 600_000 }, // no rejoin within the test
+    random: () => 0.5,
+    // A plain (not async) function whose argument check throws at once.
+    changesSince: () => {
+      throw new Error("bad cursor");
+    },
+  });
+  const subscription = service.subscribeToProgress(USER, () => {});
+  const heard: string[] = [];
+  subscription.onRead((outcome) => heard.push(outcome));
+  try {
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down")); // polls at once
+    await waitFor(
+      "the failed poll, its end handled",
+      () => heard.length === 1 && subscription.status === "offline",
+    );
+    assert.deepEqual(heard, ["failed"]);
+    // The next poll's timer (a minute and a half: the first failure's step) and the rejoin's, not the
+    // failed call's timeout, which nothing would clear until it fired.
+    assert.deepEqual(timers.pending().sort((a, b) => a - b), [90_000, 300_000]);
+    assert.equal(service.stats().timers, 2);
+  } finally {
+    await service.close();
+    timers.restore();
+  }
 });
