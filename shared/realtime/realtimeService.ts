@@ -160,9 +160,10 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   backoff?: Partial<BackoffOptions>;
   /**
    * Poll interval while Realtime is down (10 s). Polls that fail in a row back off: the n-th waits a
-   * time drawn between 2^(n-1) and 2^n poll intervals (the first too: devices that met a failing API
-   * together do not retry together), capped at backoff.maxMs (or twice pollIntervalMs when that is
-   * longer), and at least what the API asked for (Retry-After); the first answer resets it.
+   * time drawn between half and all of a ceiling of 2^n poll intervals (the first too: devices that met
+   * a failing API together do not retry together), the ceiling capped at backoff.maxMs (or twice
+   * pollIntervalMs when that is longer; the wait is then between half the cap and the cap), and at
+   * least what the API asked for (Retry-After); the first answer resets it.
    */
   pollIntervalMs?: number;
   /**
@@ -1590,7 +1591,8 @@ class UserLink<Row extends LwwRow> {
   /**
    * The wait before the next poll: the poll interval after an answer; after n failures in a row
    * (#countRead) a time drawn between 2^(n-1) and 2^n poll intervals (between half and all of a ceiling
-   * that doubles each time), capped, and never shorter than the API asked for. The first failure's wait
+   * that doubles each time) until that ceiling reaches the cap, then between half the cap and the cap,
+   * and never shorter than the API asked for. The first failure's wait
    * is drawn too, between one and two intervals: devices that read together (a Realtime restart drops
    * every channel at once, and each device polls at once) and meet a failing API together do not all
    * retry one interval later; never below the interval: the jitter spreads the backoff, it does not
