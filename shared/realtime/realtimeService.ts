@@ -37,9 +37,10 @@
 //                                         transaction holds the cursor (has_more, cursor unmoved)
 //                                         it keeps polling. A call that does not answer within
 //                                         requestTimeoutMs is aborted and counts as failed; closing
-//                                         aborts the call in flight, and the channel's drop every
-//                                         read begun while it was joined (the poll after it must
-//                                         not wait for one that hangs).
+//                                         aborts the call in flight, and a joined channel's drop
+//                                         every read in flight or queued, begun while joined or
+//                                         before (the poll after it must not wait for one that
+//                                         hangs).
 //   heartbeat watch                       a heartbeat reply that is late (heartbeatReplyTimeoutMs)
 //                                         means the socket may be dead while it looks open: the
 //                                         link reads now, and every pollIntervalMs until a reply
@@ -213,15 +214,15 @@ export interface ProgressSubscription {
    * Calls the listener after every read of the user's changes the link makes, whatever made it (the
    * catch-up after a join, a poll, the safety read while live, a syncNow()), with how it ended;
    * returns the function that removes it. A failed read is retried by the link as before. Not heard:
-   * a read the link cut off itself (unsubscribe, or the drop of the channel it began on: the poll the
-   * drop starts at once is heard in its place) and one none could be made of (a Retry-After held it).
+   * a read the link cut off itself (unsubscribe, or a joined channel's drop: the poll the drop starts
+   * at once is heard in its place) and one none could be made of (a Retry-After held it).
    */
   onRead(listener: (outcome: ReadOutcome) => void): () => void;
   /**
    * Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow).
    * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
    * sent still runs: the read is made when it ends; the subscription is closed). Never rejects. A
-   * read the channel's drop cut off resolves as the poll the drop starts at once ends. Until a read
+   * read a joined channel's drop cut off resolves as the poll the drop starts at once ends. Until a read
    * made after the call reads to the end, a live link reads again as a polling one would (a
    * Retry-After's end, pollIntervalMs after "behind", the polls' backoff after "failed"), even with
    * the safety read off.
@@ -941,10 +942,13 @@ class UserLink<Row extends LwwRow> {
    */
   #failedReadsInRow = 0;
   /**
-   * The reads in flight that began while the channel was joined (safety reads, the catch-up, a read
-   * queued behind it); its drop aborts them: the polling it starts must not wait for one that hangs.
+   * The reads in flight or queued (the catch-up, polls, safety reads, syncNow()'s); a joined channel's
+   * drop aborts them all: the polling it starts must not wait for one that hangs. Those begun before
+   * the join too (the poll after an earlier drop, the join grace's, a syncNow() made while joining):
+   * the catch-up queues behind them, and a request made on the network the socket died with may
+   * hang as well.
    */
-  readonly #readsOnChannel = new Set<AbortController>();
+  readonly #readsInFlight = new Set<AbortController>();
   /**
    * How the first read after the last drop that cut reads off ended (the poll the drop started):
    * a read cut off ends as that one does. Its resolve is held until that read has ended.
@@ -1293,15 +1297,15 @@ class UserLink<Row extends LwwRow> {
     if (wasJoined) {
       this.#droppedAt = monotonicNow();
       // A safety read scheduled while live would hold off the polling below for its whole interval,
-      // and a read in flight begun while joined (a safety read, the catch-up, a read queued behind
-      // it) would hold it (the rounds queue) until it answered or timed out.
+      // and a read in flight or queued (a safety read, the catch-up, a read queued behind it, one
+      // begun before the join) would hold it (the rounds queue) until it answered or timed out.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
-      if (this.#readsOnChannel.size > 0 && !this.#readAfterDropEnded) {
+      if (this.#readsInFlight.size > 0 && !this.#readAfterDropEnded) {
         this.#readAfterDrop = new Promise((resolve) => this.#readAfterDropEnded = resolve);
       }
-      for (const read of this.#readsOnChannel) read.abort(new Error("the channel dropped"));
-      this.#readsOnChannel.clear();
+      for (const read of this.#readsInFlight) read.abort(new Error("the channel dropped"));
+      this.#readsInFlight.clear();
     }
     // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
     // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now.
@@ -1380,13 +1384,13 @@ class UserLink<Row extends LwwRow> {
     // Always a fresh round that starts after the join: one that started earlier may have read
     // before a change whose broadcast was sent before the channel was subscribed. The channel's
     // drop cuts it off (#fail).
-    const onChannel = new AbortController();
-    this.#readsOnChannel.add(onChannel);
-    const { outcome, round, held } = await this.#fetchChanges("catchup", onChannel.signal);
-    this.#readsOnChannel.delete(onChannel);
+    const cut = new AbortController();
+    this.#readsInFlight.add(cut);
+    const { outcome, round, held } = await this.#fetchChanges("catchup", cut.signal);
+    this.#readsInFlight.delete(cut);
     // A read of the API like any other: a failure is one more in a row for the polls' backoff (the
     // polls after a drop too), an answer ends them; one the drop cut off is none.
-    if (!(outcome === "failed" && onChannel.signal.aborted)) this.#countRead(outcome, held);
+    if (!(outcome === "failed" && cut.signal.aborted)) this.#countRead(outcome, held);
     if (this.#closed || generation !== this.#generation) return;
     if (outcome === "done") {
       this.#caughtUpNow();
@@ -1516,18 +1520,18 @@ class UserLink<Row extends LwwRow> {
     }
     if (this.#closed) return "failed";
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
-    // Begun while joined (a safety read, or a read while catching up): the channel's drop cuts it off.
-    const onChannel = this.#joined ? new AbortController() : undefined;
-    if (onChannel) this.#readsOnChannel.add(onChannel);
+    // A joined channel's drop cuts it off (#fail), whether it began while joined or before the join.
+    const cut = new AbortController();
+    this.#readsInFlight.add(cut);
     const { outcome, joinedGeneration, round, held } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
-      onChannel?.signal,
+      cut.signal,
     );
-    if (onChannel) this.#readsOnChannel.delete(onChannel);
+    this.#readsInFlight.delete(cut);
     if (this.#closed) return outcome;
-    if (onChannel?.signal.aborted && outcome === "failed" && this.#readAfterDrop) {
+    if (cut.signal.aborted && outcome === "failed" && this.#readAfterDrop) {
       // The drop cut this read off (#fail): the poll it started at once reads in its place, and
-      // this one ends as that one does (a syncNow() made while joined resolves with it).
+      // this one ends as that one does (a syncNow() whose read it was resolves with it).
       return await this.#readAfterDrop;
     }
     // A read queued behind this one (a syncNow(), a late heartbeat's read, a catch-up after a

@@ -1,6 +1,7 @@
-// A channel's drop cuts off every read begun while it was joined, not only the safety reads of a live
-// link: the catch-up in flight, and a read queued behind the catch-up that makes the link live (a
-// syncNow() made meanwhile), which begins before the link counts as live. A request of theirs that
+// A joined channel's drop cuts off every read in flight or queued, not only the safety reads of a live
+// link: the catch-up in flight, a read queued behind the catch-up that makes the link live (a
+// syncNow() made meanwhile), which begins before the link counts as live, and a read begun before the
+// join (a syncNow() made while joining), which the catch-up queues behind. A request of theirs that
 // hangs would otherwise hold the poll the drop starts at once (the rounds queue) until it timed out
 // (requestTimeoutMs), and the changes the channel no longer brings with it. Against the stand-in
 // client, with changesSince answered by hand; requestTimeoutMs is a minute, so a poll that comes while
@@ -79,5 +80,33 @@ Deno.test("drop: a syncNow() read queued behind the catch-up that made the link 
     } finally {
       await link.end();
     }
+  }
+});
+
+Deno.test("drop: a read begun before the join (a syncNow() while joining), hanging when the joined channel drops, is cut off too: the poll after the drop reads at once and the syncNow() resolves as it ends", async () => {
+  const lines: Record<string, unknown>[] = [];
+  const link = handAnsweredService({
+    ...options,
+    joinGraceMs: Infinity, // no read of the join's own while it is unanswered
+    log: (line) => lines.push(JSON.parse(line)),
+  });
+  try {
+    const reads = heard(link);
+    const channel = await link.channel(1);
+    const sync = link.subscription.syncNow(); // back online while the join is in flight
+    await waitFor("the syncNow() read", () => link.calls.length === 1); // it hangs
+    channel.state!("SUBSCRIBED"); // the catch-up queues behind it
+    channel.state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll after the drop", () => link.calls.length === 2);
+    link.calls[1].resolve(answered(2));
+    assert.equal(await sync, "done");
+    assert.deepEqual(link.changes, [{ chapter: 2, source: "poll" }]);
+    assert.deepEqual(reads, ["done"], "one read heard: the poll's, not the cut one");
+    await waitFor("polling", () => link.subscription.status === "polling");
+    const events = lines.map((l) => l.event);
+    assert.ok(!events.includes("poll_failed"), `no poll_failed: ${JSON.stringify(events)}`);
+    assert.equal(lines.filter((l) => l.event === "poll_cut_off").length, 1, JSON.stringify(events));
+  } finally {
+    await link.end();
   }
 });
