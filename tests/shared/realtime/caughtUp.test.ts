@@ -13,7 +13,7 @@ import {
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, type PendingCall, USER, version } from "./handAnsweredService.ts";
-import { watchTimers } from "./watchTimers.ts";
+import { frozenClock, watchTimers } from "./watchTimers.ts";
 
 Deno.test("caught up: a poll that began before the rejoin does not end the catch-up (a missed change is still fetched)", async () => {
   const link = handAnsweredService({
@@ -473,36 +473,34 @@ Deno.test("syncNow: a safety read queued behind another and ended by a drop is n
 });
 
 Deno.test("syncNow during a Retry-After, live with livePollIntervalMs 0: the read is made when the wait ends", async () => {
+  const timers = watchTimers();
   const link = handAnsweredService({ livePollIntervalMs: 0, pollIntervalMs: 30, heartbeatReplyTimeoutMs: 0 });
+  let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     await link.goLive();
     const first = link.subscription.syncNow(); // back in the foreground
     await waitFor("the read", () => link.calls.length === 2);
-    // 60 ms from the refusal, armed before it: it fires before the wait's 100 ms, however late.
-    const withinTheWait = sleep(60);
+    // The service's clock stands still: the second syncNow() comes within the wait however slowly
+    // the machine runs.
+    clock = frozenClock();
     link.calls[1].reject(retryAfter(0.1)); // the API: not for 100 ms
-    await first;
-    await link.subscription.syncNow(); // back online: the app asks again, within the wait
-    await withinTheWait;
+    assert.equal(await first, "failed");
+    assert.equal(await link.subscription.syncNow(), "failed"); // back online: the app asks again
     assert.equal(link.calls.length, 2, "not within the Retry-After");
+    const pending = timers.pending();
+    assert.ok(
+      pending.length === 1 && pending[0] > 99 && pending[0] <= 101,
+      `one read, at its end: ${pending}`,
+    );
+    clock.restore();
+    clock = undefined;
     await waitFor("the read after it", () => link.calls.length === 3);
   } finally {
+    clock?.restore();
+    timers.restore();
     await link.end();
   }
 });
-
-/**
- * Stops the service's clock (performance.now(), its monotonicNow) where it is; `advance` moves it on by
- * hand. Timers still run in real time: what the service finds when one fires is set beforehand.
- */
-function frozenClock(): { advance: (ms: number) => void; restore: () => void } {
-  let now = performance.now();
-  Object.defineProperty(performance, "now", { value: () => now, configurable: true, writable: true });
-  return {
-    advance: (ms) => void (now += ms),
-    restore: () => void delete (performance as unknown as { now?: unknown }).now,
-  };
-}
 
 Deno.test("polling: a poll timer for a Retry-After's end that fires a fraction of a millisecond early still reads (not a whole backoff step later)", async () => {
   const timers = watchTimers();

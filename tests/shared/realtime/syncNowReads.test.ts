@@ -7,10 +7,10 @@
 
 import assert from "node:assert/strict";
 import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
-import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, USER, version } from "./handAnsweredService.ts";
-import { watchTimers } from "./watchTimers.ts";
+import { frozenClock, watchTimers } from "./watchTimers.ts";
 
 const retryAfter = (seconds: number) =>
   Object.assign(new Error("429"), { details: { retry_after: seconds } });
@@ -172,33 +172,36 @@ Deno.test("syncNow: a read owed for a Retry-After's end is still made when a lat
 });
 
 Deno.test("syncNow: with the safety read a while off, a read held by a Retry-After is made when it ends, not at that safety read", async () => {
+  const timers = watchTimers();
   const link = handAnsweredService({ livePollIntervalMs: 2_000, heartbeatReplyTimeoutMs: 0 });
+  let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     await link.goLive();
     const reads = heard(link);
     await waitFor("a safety read", () => link.calls.length === 2, { timeoutMs: 20_000 });
-    // Armed before the refusal: it fires after a read due at the Retry-After's end (200 ms from the
-    // refusal), however late a loaded machine runs the timers, and before the next safety read (2 s).
-    const pastTheWait = sleep(1_000);
+    // The service's clock stands still until the read is scheduled: the syncNow() below comes within
+    // the wait however slowly the machine runs.
+    clock = frozenClock();
     link.calls[1].reject(retryAfter(0.2)); // the next safety read waits 2 s
     await waitFor("the refusal heard", () => reads.length === 1);
-    // Back in the foreground, within the wait (resolves "failed" at once). On a machine so slow that the
-    // wait is over by now, it reads at once instead, or, if the read at the wait's end is already in
-    // flight, queues its own read behind that one: answered below, so the test never hangs on it.
-    let synced = false;
-    const sync = link.subscription.syncNow().then(() => synced = true);
-    await pastTheWait;
-    assert.equal(link.calls.length, 3, "the read at the Retry-After's end");
+    // Back in the foreground, within the wait: no read now, "failed" at once.
+    assert.equal(await link.subscription.syncNow(), "failed");
+    assert.equal(link.calls.length, 2, "no read within the Retry-After");
+    // One read scheduled, at the wait's end (200 ms), not at the next safety read (2 s).
+    const pending = timers.pending();
+    assert.equal(pending.length, 1, `one timer: ${pending}`);
+    assert.ok(pending[0] > 199 && pending[0] <= 201, `the read at the Retry-After's end: ${pending}`);
+    clock.restore();
+    clock = undefined;
+    await waitFor("the read at the Retry-After's end", () => link.calls.length === 3);
     link.calls[2].resolve(answered(2));
-    await waitFor("the syncNow() settled, or its own read made", () => synced || link.calls.length === 4);
-    const ownRead = !synced;
-    if (ownRead) link.calls[3].resolve(answered(2));
-    await sync;
     await waitFor("chapter 2", () => link.changes.length === 1);
     // The safety read after it is scheduled once the read's end has been handled (a tick after its changes).
     await waitFor("the safety read after it", () => link.timers() === 1);
-    assert.equal(link.calls.length, ownRead ? 4 : 3, "and no read besides");
+    assert.equal(link.calls.length, 3, "and no read besides");
   } finally {
+    clock?.restore();
+    timers.restore();
     await link.end();
   }
 });
@@ -225,7 +228,11 @@ Deno.test("syncNow: a read the live channel's drop cuts off resolves as the poll
       assert.equal(await press, outcome);
       assert.deepEqual(await everyone, [{ userId: USER, channel: `progress:${USER}`, outcome }]);
       assert.deepEqual(reads, [outcome], "one read heard: the poll's");
-      assert.equal(link.subscription.status, pollAnswers ? "polling" : "offline");
+      // Set by that poll's own end, which settles apart from the syncNow() it stood for.
+      await waitFor(
+        "the poll's status",
+        () => link.subscription.status === (pollAnswers ? "polling" : "offline"),
+      );
     } finally {
       await link.end();
     }

@@ -1,5 +1,5 @@
 // Records the delay of every timer pending, for tests that check which read a link has scheduled
-// without waiting for it.
+// without waiting for it; and stops the service's clock, for tests that decide what it reads when.
 
 /**
  * Records the delay of every timer set through the global setTimeout (the service's TimerSet uses it)
@@ -27,5 +27,18 @@ export function watchTimers(): { pending: () => number[]; restore: () => void } 
       globalThis.setTimeout = realSet;
       globalThis.clearTimeout = realClear;
     },
+  };
+}
+
+/**
+ * Stops the service's clock (performance.now(), its monotonicNow) where it is; `advance` moves it on by
+ * hand. Timers still run in real time: what the service finds when one fires is set beforehand.
+ */
+export function frozenClock(): { advance: (ms: number) => void; restore: () => void } {
+  let now = performance.now();
+  Object.defineProperty(performance, "now", { value: () => now, configurable: true, writable: true });
+  return {
+    advance: (ms) => void (now += ms),
+    restore: () => void delete (performance as unknown as { now?: unknown }).now,
   };
 }
