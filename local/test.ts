@@ -147,15 +147,17 @@ async function main(): Promise<number> {
     check("a second supabase db push is a no-op", !/Applying migration/.test(second), second);
 
     // The idempotent migrations (012: realtime setup, 013: progress writes, the reserved progress
-    // topics, the receive policy on progress: topics only) must survive a second run and leave the same
-    // schema behind. 012 re-run alone puts its own receive policy back (the one the fifth replaces), so
-    // the fifth runs after it in the same step.
+    // topics, the receive policy on progress: topics only, the new life's strict check) must survive a
+    // second run and leave the same schema behind. 012 re-run alone puts its own receive policy back
+    // (the one the fifth replaces), so the fifth runs after it in the same step; 013 likewise puts its
+    // own new-life check back (the one the sixth replaces).
     for (
       const [label, ...suffixes] of [
         ["012", "_realtime_setup.sql", "_realtime_receive_policy_progress_topics_only.sql"],
-        ["013", "_progress_writes.sql"],
+        ["013", "_progress_writes.sql", "_new_life_created_at_tie.sql"],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
+        ["a new life strictly after the deleted one", "_new_life_created_at_tie.sql"],
       ]
     ) {
       const migrations = await Promise.all(

@@ -12,6 +12,7 @@ import {
   writeResultSchema,
 } from "../../shared/progress/schemas.ts";
 import type { Progress } from "../../shared/progress/types.ts";
+import { compareInstants } from "../../shared/progress/instant.ts";
 import { adminSql, call, conflictRows, errorOf, seriesId, write } from "./support.ts";
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -306,6 +307,63 @@ Deno.test("an insert that waited while another transaction deleted the series ag
         join public.reading_progress_deletions d using (user_id, series_id)
        where rp.user_id = ${a.id} and rp.series_id = ${series}`;
     assert.equal(row?.later, true, "the stored life began after the last deleted one");
+  } finally {
+    script.release();
+    await sql.end();
+  }
+});
+
+Deno.test("an insert that waited while another transaction deleted a life stamped in the same microsecond starts a later life", async () => {
+  // The clock lies behind the last remembered deletion (it stepped back), so the stamp trigger dates
+  // every new life 1 us after that deletion's life: the script's uncommitted insert and the
+  // function's INSERT, which waits for it, are both stamped so. The script deletes its life and
+  // commits. The function's row must not begin a life with the deleted one's created_at (devices
+  // order lives by created_at, then by key: they would take it for the deleted life, and drop it
+  // where its key is older): it is refused (40001) and retried, after the deletion.
+  const a = await createTestUser();
+  const series = seriesId("same-us");
+  const sql = adminSql({ max: 3 });
+  const script = await sql.reserve();
+  try {
+    await sql`insert into public.reading_progress_deletions (user_id, series_id, deleted_xid, deleted_at, version)
+              values (${a.id}, ${series}, pg_current_xact_id(), now(),
+                      jsonb_build_object('series_id', ${series}::text, 'created_at', clock_timestamp() + interval '1 hour'))`;
+    await script`begin`;
+    await script`insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
+                 values (${a.id}, ${series}, 1, 1, 'script', '2026-01-03T00:00:00Z')`;
+    const posted = call("POST", "", {
+      token: a.accessToken,
+      body: write({
+        series_id: series,
+        chapter: 5,
+        page: 5,
+        device_id: "phone",
+        updated_at: "2026-01-02T00:00:00Z",
+      }),
+    });
+    for (let waited = 0;; waited += 20) {
+      const [{ n }] = await sql<{ n: number }[]>`
+        select count(*)::int as n from pg_stat_activity
+         where wait_event_type = 'Lock' and query like '%write_reading_progress%'`;
+      if (n > 0) break;
+      assert.ok(waited < 10_000, "the function's insert never waited for the script");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
+    await script`commit`;
+    const answer = await posted;
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    assert.equal(writeResultSchema.parse(answer.body).won, true);
+    const [row] = await sql<{ created_at: string; deleted: string }[]>`
+      select to_jsonb(rp.created_at) #>> '{}' as created_at, d.version ->> 'created_at' as deleted
+        from public.reading_progress rp
+        join public.reading_progress_deletions d using (user_id, series_id)
+       where rp.user_id = ${a.id} and rp.series_id = ${series}`;
+    assert.ok(row, "the function's write was stored");
+    assert.ok(
+      compareInstants(row.created_at, row.deleted) > 0,
+      `the stored life (${row.created_at}) began after the deleted one (${row.deleted})`,
+    );
   } finally {
     script.release();
     await sql.end();
