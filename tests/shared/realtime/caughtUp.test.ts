@@ -71,8 +71,9 @@ Deno.test("live: livePollIntervalMs 0 turns the safety read off; a drop still st
   const link = handAnsweredService({ livePollIntervalMs: 0, ...slowBackoff });
   try {
     await link.goLive();
-    await sleep(200);
+    // No read while live: none made, and no timer set for one (the service's only timer would be it).
     assert.equal(link.calls.length, 1, "no read while live");
+    assert.equal(link.timers(), 0, "no safety read scheduled");
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
     await waitFor("a poll right after the drop", () => link.calls.length === 2);
   } finally {
@@ -107,7 +108,9 @@ Deno.test("live: a drop while a safety read hangs starts polling at once (the hu
 });
 
 Deno.test("syncNow: while live, the safety read due in a minute is made now and the next one is scheduled", async () => {
-  const link = handAnsweredService({ livePollIntervalMs: 60_000 });
+  const timers = watchTimers();
+  // requestTimeoutMs other than a minute: its timer is not taken for the safety read's.
+  const link = handAnsweredService({ livePollIntervalMs: 60_000, requestTimeoutMs: 30_000 });
   const { calls, changes, subscription } = link;
   try {
     await link.goLive([version(1)]);
@@ -115,16 +118,22 @@ Deno.test("syncNow: while live, the safety read due in a minute is made now and 
     let done = false;
     const sync = subscription.syncNow().then(() => done = true);
     await waitFor("the read", () => calls.length === 2);
-    await sleep(20);
+    // The read is made and unanswered: nothing else can settle syncNow() (a turn of the event loop
+    // lets whatever is already settling settle).
+    await new Promise((resolve) => setTimeout(resolve, 0));
     assert.equal(done, false, "syncNow resolves when its read has answered, not before");
     calls[1].resolve({ changes: [version(2)], next_cursor: "102", has_more: false });
     await sync;
     assert.deepEqual(changes, [{ chapter: 1, source: "catchup" }, { chapter: 2, source: "poll" }]);
     assert.equal(subscription.status, "live");
-    await sleep(100);
-    assert.equal(calls.length, 2, "the next safety read is a minute away again, not at once");
+    assert.equal(calls.length, 2);
     assert.equal(link.timers(), 1, "one timer: that safety read");
+    assert.ok(
+      timers.pending().includes(60_000),
+      `the next safety read a minute away, not at once: ${timers.pending()}`,
+    );
   } finally {
+    timers.restore();
     await link.end();
   }
 });
@@ -406,10 +415,12 @@ Deno.test("polling: a read queued behind one that is told to wait (Retry-After) 
   try {
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down")); // the first join: polling
     await waitFor("the first poll", () => link.calls.length === 1);
-    void link.subscription.syncNow(); // back in the foreground: a fresh round queues behind the poll
-    await sleep(10);
+    // Back in the foreground: a fresh round queues behind the poll (at once, as syncNow() is called).
+    let synced = false;
+    void link.subscription.syncNow().then(() => synced = true);
     link.calls[0].reject(retryAfter(60));
-    await sleep(100);
+    // The queued round ends either way: held back (syncNow() resolves "failed"), or with a read made.
+    await waitFor("the queued round", () => synced || link.calls.length > 1);
     assert.equal(link.calls.length, 1, "no read within the minute the API asked for");
   } finally {
     await link.end();
@@ -417,15 +428,23 @@ Deno.test("polling: a read queued behind one that is told to wait (Retry-After) 
 });
 
 Deno.test("live: the safety read after a Retry-After waits for it, not only for livePollIntervalMs", async () => {
-  const link = handAnsweredService({ livePollIntervalMs: 50 });
+  const timers = watchTimers();
+  // requestTimeoutMs other than a minute: its timer is not taken for the next read's.
+  const link = handAnsweredService({ livePollIntervalMs: 50, requestTimeoutMs: 30_000 });
+  let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     await link.goLive();
     await waitFor("a safety read", () => link.calls.length === 2);
+    // The service's clock stands still: the next read's timer is set for the whole wait.
+    clock = frozenClock();
     link.calls[1].reject(retryAfter(60));
-    await sleep(200);
+    await waitFor("the next read's timer at the Retry-After's end", () => timers.pending().includes(60_000));
     assert.equal(link.calls.length, 2);
+    assert.equal(link.timers(), 1, `that read only, not one every 50 ms: ${timers.pending()}`);
     assert.equal(link.subscription.status, "live");
   } finally {
+    clock?.restore();
+    timers.restore();
     await link.end();
   }
 });
