@@ -65,6 +65,10 @@ Deno.test("live: a safety read every livePollIntervalMs finds a change whose bro
   }
 });
 
+/** Whether a timer is pending for `ms` (to a millisecond: the service's clock reads fractions). */
+const pendingFor = (timers: ReturnType<typeof watchTimers>, ms: number) =>
+  timers.pending().some((delay) => Math.abs(delay - ms) < 1);
+
 const slowBackoff = { random: () => 0.5, backoff: { initialMs: 60_000, maxMs: 60_000 } };
 
 Deno.test("live: livePollIntervalMs 0 turns the safety read off; a drop still starts polling at once", async () => {
@@ -129,7 +133,7 @@ Deno.test("syncNow: while live, the safety read due in a minute is made now and 
     assert.equal(calls.length, 2);
     assert.equal(link.timers(), 1, "one timer: that safety read");
     assert.ok(
-      timers.pending().includes(60_000),
+      pendingFor(timers, 60_000),
       `the next safety read a minute away, not at once: ${timers.pending()}`,
     );
   } finally {
@@ -248,19 +252,26 @@ Deno.test("syncNow: two in one tick while live, the first read hangs, the link d
 });
 
 Deno.test("syncNow: no read while the API's Retry-After runs; the rejoin is still made now", async () => {
-  const link = handAnsweredService({ ...slowBackoff, pollIntervalMs: 50 });
+  const timers = watchTimers();
+  // requestTimeoutMs other than a minute: its timer is not taken for the read's.
+  const link = handAnsweredService({ ...slowBackoff, pollIntervalMs: 50, requestTimeoutMs: 30_000 });
   const { calls, subscription } = link;
+  let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     await link.goLive();
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
     await waitFor("the poll after the drop", () => calls.length === 2);
+    // The service's clock stands still: the read's timer is set for the whole wait.
+    clock = frozenClock();
     calls[1].reject(Object.assign(new Error("503"), { details: { retry_after: 60 } }));
     await waitFor("offline", () => subscription.status === "offline");
     await subscription.syncNow(); // back in the foreground ten milliseconds later
     await link.channel(2); // the rejoin does not wait for the API
-    await sleep(100);
     assert.equal(calls.length, 2, "no read before the minute the API asked for");
+    assert.ok(pendingFor(timers, 60_000), `the read at its end: ${timers.pending()}`);
   } finally {
+    clock?.restore();
+    timers.restore();
     await link.end();
   }
 });
@@ -284,25 +295,34 @@ const retryAfter = (seconds: number) =>
   Object.assign(new Error("503"), { details: { retry_after: seconds } });
 
 Deno.test("polling: a join that fails while the link polls keeps the polls' pace (their backoff, a Retry-After)", async () => {
+  const timers = watchTimers();
   const link = handAnsweredService({
     random: () => 0.5,
     backoff: { initialMs: 100, maxMs: 100 },
     pollIntervalMs: 50,
+    requestTimeoutMs: 30_000, // its timer is not taken for the poll's
   });
   const { calls } = link;
+  let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down")); // the first join
     await waitFor("the first poll", () => calls.length === 1);
+    // The service's clock stands still: the poll's timer is set for the whole wait.
+    clock = frozenClock();
     calls[0].reject(retryAfter(60));
     await waitFor("offline", () => link.subscription.status === "offline");
     for (const n of [2, 3, 4]) (await link.channel(n)).state!("CHANNEL_ERROR", new Error("Realtime down"));
-    await sleep(100);
+    // The fourth join was asked for once the third failed: every failure has been handled.
+    await link.channel(5);
     assert.equal(
       calls.length,
       1,
       "three failed joins later, still no read within the minute the API asked for",
     );
+    assert.ok(pendingFor(timers, 60_000), `the poll still at the minute's end: ${timers.pending()}`);
   } finally {
+    clock?.restore();
+    timers.restore();
     await link.end();
   }
 });
@@ -339,47 +359,63 @@ Deno.test("polling: with Realtime and the API both down, polls back off although
 });
 
 Deno.test("polling: a join made during a Retry-After catches up once it has passed; the API's answer ends it", async () => {
+  const timers = watchTimers();
   const link = handAnsweredService({ ...slowBackoff, pollIntervalMs: 50, livePollIntervalMs: 600_000 });
   const { calls, subscription } = link;
+  let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     await link.goLive();
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
     await waitFor("the poll after the drop", () => calls.length === 2);
-    const refusedAt = performance.now();
+    // The service's clock stands still from the refusal: the join comes within the Retry-After however
+    // slowly the machine runs, and the read's timer is set for the whole wait.
+    clock = frozenClock();
     calls[1].reject(retryAfter(3));
     await waitFor("offline", () => subscription.status === "offline");
     await subscription.syncNow(); // back online: rejoin now (after the socket teardown), read later
     (await link.channel(2)).state!("SUBSCRIBED"); // within the Retry-After
-    await sleep(200);
+    // A turn of the event loop: a catch-up begun at the join has made its call by then.
+    await new Promise((resolve) => setTimeout(resolve, 0));
     assert.equal(calls.length, 2, "the catch-up waits for the Retry-After too");
+    assert.ok(pendingFor(timers, 3_000), `the catch-up at its end: ${timers.pending()}`);
+    clock.advance(3_000); // the wait is over when that timer fires
     await waitFor("the catch-up", () => calls.length === 3);
-    assert.ok(performance.now() - refusedAt >= 2_995, "after the Retry-After");
     calls[2].resolve({ changes: [version(4)], next_cursor: "104", has_more: false });
     await waitFor("live", () => subscription.status === "live");
     void subscription.syncNow(); // the API has answered since: no longer held back
     await waitFor("a read", () => calls.length === 4);
   } finally {
+    clock?.restore();
+    timers.restore();
     await link.end();
   }
 });
 
 Deno.test("syncNow or a new token right after a live channel dropped rejoin once realtime-js has closed the socket", async () => {
   for (const nudge of ["syncNow", "token"] as const) {
+    const timers = watchTimers();
     const link = handAnsweredService({ ...slowBackoff, livePollIntervalMs: 600_000 });
+    let clock: ReturnType<typeof frozenClock> | undefined;
     try {
       await link.goLive();
+      // The service's clock stands still from the drop: the rejoin's timer is set for the whole
+      // teardown however slowly the machine runs.
+      clock = frozenClock();
       (await link.channel(1)).state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
-      const droppedAt = performance.now();
+      assert.ok(pendingFor(timers, 30_000), `${nudge}: the backoff's join first: ${timers.pending()}`);
       if (nudge === "syncNow") void link.subscription.syncNow();
       else await link.service.setAccessToken("T2");
-      await link.channel(2);
-      const waited = performance.now() - droppedAt;
-      assert.ok(
-        waited >= SOCKET_TEARDOWN_MS - 5,
-        `${nudge}: rejoined ${Math.round(waited)} ms after the drop`,
+      await waitFor(
+        `${nudge}: the rejoin's timer at the teardown's end`,
+        () => pendingFor(timers, SOCKET_TEARDOWN_MS),
       );
-      assert.ok(waited < 30_000, `${nudge}: not the 30 s backoff`);
+      assert.equal(link.service.stats().joinAttempts, 1, `${nudge}: no join before it`);
+      assert.ok(!pendingFor(timers, 30_000), `${nudge}: not the 30 s backoff`);
+      clock.advance(SOCKET_TEARDOWN_MS);
+      await link.channel(2);
     } finally {
+      clock?.restore();
+      timers.restore();
       await link.end();
     }
   }
@@ -438,7 +474,7 @@ Deno.test("live: the safety read after a Retry-After waits for it, not only for 
     // The service's clock stands still: the next read's timer is set for the whole wait.
     clock = frozenClock();
     link.calls[1].reject(retryAfter(60));
-    await waitFor("the next read's timer at the Retry-After's end", () => timers.pending().includes(60_000));
+    await waitFor("the next read's timer at the Retry-After's end", () => pendingFor(timers, 60_000));
     assert.equal(link.calls.length, 2);
     assert.equal(link.timers(), 1, `that read only, not one every 50 ms: ${timers.pending()}`);
     assert.equal(link.subscription.status, "live");
