@@ -4,8 +4,9 @@
 // by hand (the real client and endpoint: tests/integration/realtime-service.test.ts).
 
 import assert from "node:assert/strict";
-import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
 import { handAnsweredService, version } from "./handAnsweredService.ts";
+import { watchTimers } from "./watchTimers.ts";
 
 const page = (chapter: number) => ({
   changes: [version(chapter)],
@@ -37,15 +38,18 @@ Deno.test("join grace: a join answered in time costs no extra read", async () =>
   const { calls } = link;
   try {
     await link.goLive([version(1)]);
-    await sleep(300); // past the grace
     assert.equal(calls.length, 1, "only the catch-up");
+    // Nothing left to read later: the grace's timer went with the join's answer (and the safety read is off).
+    assert.equal(link.timers(), 0, "no grace timer left to poll");
   } finally {
     await link.end();
   }
 });
 
 Deno.test("join grace: a refusal that comes after the grace keeps the polls' pace, and nothing is left running", async () => {
-  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000 });
+  const timers = watchTimers();
+  // requestTimeoutMs other than a minute: its timer is not taken for the poll's.
+  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000, requestTimeoutMs: 30_000 });
   const { calls, subscription } = link;
   try {
     const channel = await link.channel(1);
@@ -53,9 +57,15 @@ Deno.test("join grace: a refusal that comes after the grace keeps the polls' pac
     calls[0].resolve(page(1));
     await waitFor("polling", () => subscription.status === "polling");
     channel.state!("CHANNEL_ERROR", new Error("Unauthorized: You do not have permissions"));
-    await sleep(100);
-    assert.equal(calls.length, 1, "no second read at the refusal: the next poll is a poll interval away");
+    // A turn of the event loop: a read made at the refusal has made its call by then.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    assert.equal(calls.length, 1, "no second read at the refusal");
+    assert.ok(
+      timers.pending().includes(60_000),
+      `the next poll still a poll interval away: ${timers.pending()}`,
+    );
   } finally {
+    timers.restore();
     await link.end();
   }
   assert.equal(link.timers(), 0);
@@ -66,27 +76,33 @@ Deno.test("join grace: Infinity waits for the join's answer", async () => {
   const { calls } = link;
   try {
     await link.channel(1);
-    await sleep(100);
     assert.equal(calls.length, 0);
+    assert.equal(link.timers(), 0, "no grace timer to poll when it ends");
   } finally {
     await link.end();
   }
 });
 
 Deno.test("join grace: a read the app asked for (syncNow) that is still running when the grace ends is not followed by a second one", async () => {
-  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000 });
+  const timers = watchTimers();
+  // requestTimeoutMs other than a minute: its timer is not taken for the poll's.
+  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000, requestTimeoutMs: 30_000 });
   const { calls, subscription } = link;
   try {
     await link.channel(1); // the join goes unanswered
+    assert.ok(timers.pending().includes(50), `the grace's timer: ${timers.pending()}`);
     const sync = subscription.syncNow(); // back in the foreground at once: a read now
     await waitFor("the app's read", () => calls.length === 1);
-    await sleep(150); // past the grace, the read still in flight
+    await waitFor("the grace's end, the read still in flight", () => !timers.pending().includes(50));
     calls[0].resolve(page(1));
     await sync;
-    await sleep(100);
+    // A turn of the event loop: a read queued behind the app's has made its call by then.
+    await new Promise((resolve) => setTimeout(resolve, 0));
     assert.equal(calls.length, 1, "the grace found the link reading: no second read queued behind it");
+    assert.ok(timers.pending().includes(60_000), `the next poll a poll interval away: ${timers.pending()}`);
     assert.equal(subscription.status, "polling");
   } finally {
+    timers.restore();
     await link.end();
   }
 });
