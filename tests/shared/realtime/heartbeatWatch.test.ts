@@ -9,6 +9,7 @@ import { watchHeartbeats } from "../../../shared/realtime/heartbeatWatch.ts";
 import { sleep, waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, version } from "./handAnsweredService.ts";
+import { watchTimers } from "./watchTimers.ts";
 
 const OTHER_USER = "00000000-0000-4000-8000-0000000000c2";
 type HandAnswered = ReturnType<typeof handAnsweredService>;
@@ -86,6 +87,7 @@ Deno.test("heartbeat watch: the reply timeout is at most half of realtime-js's h
 
 Deno.test("heartbeat watch: a drop while the reply is late takes over as any drop; after the rejoin the pace is livePollIntervalMs again", async () => {
   const fake = fakeClient();
+  const timers = watchTimers();
   const link = handAnsweredService(
     { ...quietLive, random: () => 0, backoff: { initialMs: 1, maxMs: 1 } },
     fake,
@@ -99,10 +101,13 @@ Deno.test("heartbeat watch: a drop while the reply is late takes over as any dro
     const rejoin = await link.channel(2);
     rejoin.state!("SUBSCRIBED");
     await answerUntil(link, "live again", () => link.subscription.status === "live");
-    const reads = link.calls.length;
-    await sleep(250);
-    assert.equal(link.calls.length, reads, "no reads at the poll interval once live on a new socket");
+    // The one read scheduled is the safety read, livePollIntervalMs (10 min) away; none at the poll
+    // interval (60 ms), and no reply timer left running (40 ms).
+    assert.equal(link.timers(), 1, `one timer: ${timers.pending()}`);
+    assert.ok(timers.pending().includes(600_000), `the safety read: ${timers.pending()}`);
+    assert.ok(!timers.pending().includes(60), `no read at the poll interval once live on a new socket`);
   } finally {
+    timers.restore();
     await link.end();
   }
 });
