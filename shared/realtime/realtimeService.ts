@@ -262,9 +262,60 @@ export type RealtimeCapableClient = Pick<
 type AnyClient = RealtimeCapableClient;
 
 /** Timers the service owns, counted so that "nothing left behind" can be checked. */
+/** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The ranges of RealtimeServiceOptions' millisecond options, checked at construction (a RangeError
+ * names the option). `zero`: 0 is allowed (it turns the thing off, or means "at once"); `infinity`:
+ * Infinity is allowed (never). Anything else is a number from 1 to MAX_TIMER_MS: 0 or less would
+ * fire in a tight loop or at once, NaN or Infinity make a computed wait invalid (setTimeout fires
+ * it at once), and more than MAX_TIMER_MS overflows setTimeout (fired after 1 ms).
+ */
+const MS_OPTION_RANGES = {
+  "backoff.initialMs": { zero: false, infinity: false },
+  "backoff.maxMs": { zero: false, infinity: false },
+  pollIntervalMs: { zero: false, infinity: false },
+  livePollIntervalMs: { zero: true, infinity: true }, // both turn the safety read off
+  heartbeatReplyTimeoutMs: { zero: true, infinity: false }, // 0 turns the watch off
+  joinTimeoutMs: { zero: false, infinity: false },
+  joinGraceMs: { zero: true, infinity: true }, // 0: read at once with the join; Infinity: wait for the answer
+  requestTimeoutMs: { zero: false, infinity: false },
+} as const;
+
+/** Throws a RangeError for the first millisecond option outside its range (MS_OPTION_RANGES). */
+function checkMsOptions<Row extends LwwRow>(options: RealtimeServiceOptions<Row>): void {
+  const given: Record<keyof typeof MS_OPTION_RANGES, unknown> = {
+    "backoff.initialMs": options.backoff?.initialMs,
+    "backoff.maxMs": options.backoff?.maxMs,
+    pollIntervalMs: options.pollIntervalMs,
+    livePollIntervalMs: options.livePollIntervalMs,
+    heartbeatReplyTimeoutMs: options.heartbeatReplyTimeoutMs,
+    joinTimeoutMs: options.joinTimeoutMs,
+    joinGraceMs: options.joinGraceMs,
+    requestTimeoutMs: options.requestTimeoutMs,
+  };
+  for (const name of Object.keys(MS_OPTION_RANGES) as (keyof typeof MS_OPTION_RANGES)[]) {
+    const range: { zero: boolean; infinity: boolean } = MS_OPTION_RANGES[name];
+    const ms = given[name];
+    if (ms === undefined) continue;
+    if (typeof ms === "number" && ms >= 1 && ms <= MAX_TIMER_MS) continue;
+    if ((ms === 0 && range.zero) || (ms === Infinity && range.infinity)) continue;
+    const allowed = `a number of milliseconds from ${range.zero ? 0 : 1} to ${MAX_TIMER_MS}` +
+      (range.infinity ? ", or Infinity" : "");
+    throw new RangeError(`RealtimeService option ${name} must be ${allowed} (got ${String(ms)})`);
+  }
+}
+
 class TimerSet {
   #live = new Set<ReturnType<typeof setTimeout>>();
+  /**
+   * A wait computed from valid options can still pass MAX_TIMER_MS (the polls' cap, twice
+   * pollIntervalMs; the doubled socket-opening allowance; a server's Retry-After): it is held at
+   * MAX_TIMER_MS, not fired at once as setTimeout would.
+   */
   set(fn: () => void, ms: number): ReturnType<typeof setTimeout> {
+    ms = Math.min(ms, MAX_TIMER_MS);
     const id = setTimeout(() => {
       this.#live.delete(id);
       fn();
@@ -317,6 +368,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
   constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
     this.#client = client;
+    checkMsOptions(options);
     this.#options = options;
     this.#parseRow = options.parseRow ?? (defaultParseRow as unknown as (value: unknown) => Row);
     this.#compareRows = options.compareRows ?? (defaultCompareRows as unknown as (a: Row, b: Row) => number);

@@ -1,0 +1,130 @@
+// RealtimeService's millisecond options are checked at construction: a value a timer cannot hold (0
+// where it means a tight loop, a negative one, NaN, Infinity where "never" is not handled, more than
+// setTimeout's 2^31-1 ms) is refused with a RangeError naming the option, directly and through
+// api.ts's subscribeToProgress; each range's ends are taken. A wait the service computes past 2^31-1
+// from valid options (a failed poll's backoff from pollIntervalMs at its end) is held at 2^31-1 ms, not fired at once.
+
+import assert from "node:assert/strict";
+import { subscribeToProgress } from "../../../shared/progress/api.ts";
+import {
+  MAX_TIMER_MS,
+  type ReadOutcome,
+  RealtimeService,
+  type RealtimeServiceOptions,
+} from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
+import { handAnsweredService } from "./handAnsweredService.ts";
+import { watchTimers } from "./watchTimers.ts";
+
+const USER = "00000000-0000-4000-8000-0000000000e1";
+const changesSince = () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false });
+
+type MsOption =
+  | "pollIntervalMs"
+  | "livePollIntervalMs"
+  | "heartbeatReplyTimeoutMs"
+  | "joinTimeoutMs"
+  | "joinGraceMs"
+  | "requestTimeoutMs"
+  | "backoff.initialMs"
+  | "backoff.maxMs";
+
+function withOption(name: MsOption, value: unknown): Partial<RealtimeServiceOptions> {
+  if (name === "backoff.initialMs") return { backoff: { initialMs: value as number } };
+  if (name === "backoff.maxMs") return { backoff: { maxMs: value as number } };
+  return { [name]: value };
+}
+
+// What each option refuses and takes: 0 only where it turns the thing off (or means "at once"),
+// Infinity only where it means "never" and the service treats it so.
+const RANGES: { name: MsOption; refused: unknown[]; accepted: unknown[] }[] = [
+  {
+    name: "pollIntervalMs",
+    refused: [0, -1, NaN, Infinity, MAX_TIMER_MS + 1, "1000"],
+    accepted: [1, MAX_TIMER_MS],
+  },
+  {
+    name: "livePollIntervalMs",
+    refused: [-1, NaN, MAX_TIMER_MS + 1, 0.5],
+    accepted: [0, 1, MAX_TIMER_MS, Infinity],
+  },
+  {
+    name: "heartbeatReplyTimeoutMs",
+    refused: [-1, NaN, Infinity, MAX_TIMER_MS + 1],
+    accepted: [0, 1, MAX_TIMER_MS],
+  },
+  { name: "joinTimeoutMs", refused: [0, -1, NaN, Infinity, MAX_TIMER_MS + 1], accepted: [1, MAX_TIMER_MS] },
+  {
+    name: "joinGraceMs",
+    refused: [-1, NaN, -Infinity, MAX_TIMER_MS + 1],
+    accepted: [0, 1, MAX_TIMER_MS, Infinity],
+  },
+  {
+    name: "requestTimeoutMs",
+    refused: [0, -1, NaN, Infinity, MAX_TIMER_MS + 1],
+    accepted: [1, MAX_TIMER_MS],
+  },
+  {
+    name: "backoff.initialMs",
+    refused: [0, -1, NaN, Infinity, MAX_TIMER_MS + 1],
+    accepted: [1, MAX_TIMER_MS],
+  },
+  { name: "backoff.maxMs", refused: [0, -1, NaN, Infinity, MAX_TIMER_MS + 1], accepted: [1, MAX_TIMER_MS] },
+];
+
+for (const { name, refused, accepted } of RANGES) {
+  Deno.test(`options: ${name} outside its range is refused at construction, its ends are taken`, async () => {
+    for (const value of refused) {
+      const { client } = fakeClient();
+      assert.throws(
+        () => new RealtimeService(client, { changesSince, log: () => {}, ...withOption(name, value) }),
+        (error: unknown) =>
+          error instanceof RangeError && error.message.includes(name) &&
+          error.message.includes(String(value)),
+        `${name}: ${String(value)} refused`,
+      );
+      // Through api.ts (which passes them on to the service it makes for the client).
+      assert.throws(
+        () => subscribeToProgress(client, USER, () => {}, { log: () => {}, ...withOption(name, value) }),
+        RangeError,
+        `${name}: ${String(value)} refused by subscribeToProgress`,
+      );
+    }
+    for (const value of accepted) {
+      const { client } = fakeClient();
+      const service = new RealtimeService(client, {
+        changesSince,
+        log: () => {},
+        ...withOption(name, value),
+      });
+      await service.close();
+    }
+  });
+}
+
+Deno.test("options: a poll backoff past 2^31-1 ms (pollIntervalMs at its end) is held there, not fired at once", async () => {
+  const timers = watchTimers();
+  const link = handAnsweredService({
+    livePollIntervalMs: 0,
+    heartbeatReplyTimeoutMs: 0,
+    pollIntervalMs: MAX_TIMER_MS,
+    random: () => 0.999,
+  });
+  try {
+    const reads: ReadOutcome[] = [];
+    link.subscription.onRead((outcome) => reads.push(outcome));
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down")); // polls at once
+    await waitFor("the poll", () => link.calls.length === 1);
+    link.calls[0].reject(new Error("503"));
+    await waitFor("the poll failed", () => reads.length === 1);
+    // The failed poll's backoff draws from a ceiling of twice pollIntervalMs: held at the longest
+    // delay a timer keeps. Past it, setTimeout fires after 1 ms and the link would poll again at once.
+    await waitFor("the next poll scheduled", () => timers.pending().some((ms) => ms > 60_000));
+    assert.deepEqual(timers.pending().filter((ms) => ms > 60_000), [MAX_TIMER_MS]);
+    assert.equal(link.calls.length, 1, "no call made meanwhile");
+  } finally {
+    timers.restore();
+    await link.end();
+  }
+});
