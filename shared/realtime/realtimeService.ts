@@ -262,6 +262,22 @@ export type RealtimeCapableClient = Pick<
 type AnyClient = RealtimeCapableClient;
 
 /** Timers the service owns, counted so that "nothing left behind" can be checked. */
+/**
+ * The wait before rejoining a channel that was joined when it dropped, at ladder step `step`: uniform
+ * from SOCKET_TEARDOWN_MS up to the step's ceiling, or up to SOCKET_TEARDOWN_MS plus the first step's
+ * ceiling where that is higher (1.6-2.6 s with the defaults until the ceiling passes 2.6 s; never past
+ * backoff.maxMs), so the devices a Realtime restart dropped together come back spread, none sooner
+ * than the floor (which alone is left when backoff.maxMs is below it).
+ */
+export function rejoinAfterDropDelay(step: number, backoff: BackoffOptions, random: () => number): number {
+  const top = Math.max(
+    backoffCeiling(step, backoff),
+    Math.min(SOCKET_TEARDOWN_MS + backoffCeiling(1, backoff), backoff.maxMs),
+  );
+  if (top <= SOCKET_TEARDOWN_MS) return SOCKET_TEARDOWN_MS;
+  return SOCKET_TEARDOWN_MS + Math.floor(random() * (top - SOCKET_TEARDOWN_MS));
+}
+
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -1328,14 +1344,20 @@ class UserLink<Row extends LwwRow> {
     const tokenChanged = !wasJoined && !this.#tokenRetryUsed && current !== null &&
       current !== this.#joinToken;
     if (tokenChanged) this.#tokenRetryUsed = true;
-    let delay = tokenChanged ? 0 : fullJitterDelay(Math.max(1, this.#attempt), backoff, this.service.random);
+    const step = Math.max(1, this.#attempt);
     // A joined channel that dropped may have dropped with its socket: after a missed heartbeat reply
     // (a network path that died) realtime-js first fails the channel, then tears the socket down, and
     // waits up to 1.5 s for its send buffer to drain before closing it. Until then the dead socket
     // still reads as open, so a join pushed meanwhile is written to it and lost, and the channel sits
     // out the whole join timeout (10 s). Rejoining after SOCKET_TEARDOWN_MS, the join waits for the
-    // next socket instead.
-    if (wasJoined) delay = Math.max(delay, SOCKET_TEARDOWN_MS);
+    // next socket instead. The wait is drawn above that floor, not raised to it: a draw below it
+    // raised to it put every device dropped together (a Realtime restart) back at 1.6 s exactly at
+    // the first step (its 1 s ceiling is under the floor) and most of them at the next ones.
+    const delay = tokenChanged
+      ? 0
+      : wasJoined
+      ? rejoinAfterDropDelay(step, backoff, this.service.random)
+      : fullJitterDelay(step, backoff, this.service.random);
     // The join retried at once for a replaced token stands for the one that failed: it keeps its wait.
     if (!tokenChanged) this.#waitBeforeJoinMs = delay;
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
@@ -1377,8 +1399,9 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * The longest wait of the ladder's first step after a drop (its ceiling, at least the teardown
-   * floor): what a channel whose join came without a backoff wait must stay joined to count as held.
+   * The first step's ceiling, at least the teardown floor (the shortest a wait after a drop can be;
+   * rejoinAfterDropDelay draws up to the floor plus that ceiling): what a channel whose join came
+   * without a backoff wait must stay joined to count as held.
    */
   #firstStepWaitMs(): number {
     return Math.max(backoffCeiling(1, this.service.backoffOptions), SOCKET_TEARDOWN_MS);

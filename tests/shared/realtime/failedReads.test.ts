@@ -333,7 +333,8 @@ for (const dropped of [false, true]) {
         }
         link.calls.at(-1)!.reject(new Error("503"));
         // The second failure in a row (a cut read is none): drawn in [120 s, 240 s], 180 s with random
-        // 0.5; the first step would be 90 s. (After the drop, the rejoin's timer too: 300 s.)
+        // 0.5; the first step would be 90 s. (After the drop, the rejoin's timer too: 300.8 s, half-way
+        // from the 1.6 s teardown floor to the first step's 10-minute ceiling.)
         const scheduled = dropped ? 2 : 1; // the call's timeout timer gone, the next poll's set
         await waitFor(
           "the next poll",
@@ -341,7 +342,7 @@ for (const dropped of [false, true]) {
         );
         assert.deepEqual(
           timers.pending().sort((a, b) => a - b),
-          dropped ? [180_000, 300_000] : [180_000],
+          dropped ? [180_000, 300_800] : [180_000],
         );
         assert.equal(link.subscription.status, dropped ? "offline" : "connecting");
       } finally {

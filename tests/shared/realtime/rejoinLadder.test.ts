@@ -83,8 +83,8 @@ Deno.test("syncNow: on a channel that still looks joined (its socket died unnoti
     const drop = link.failures().at(-1)!;
     assert.equal(
       drop.retry_in_ms,
-      SOCKET_TEARDOWN_MS,
-      "rejoined after the first step (its 1 s ceiling, under the teardown floor), not the 4th (8 s), as when the drop comes first",
+      SOCKET_TEARDOWN_MS + 999,
+      "rejoined after the first step (drawn above the teardown floor, up to it plus its 1 s ceiling), not the 4th (8 s), as when the drop comes first",
     );
     assert.equal(
       link.service.stats().joinAttempts,
@@ -111,20 +111,21 @@ Deno.test("server-side close: a server that closes every channel it accepts (sys
     // `system` error message, then phx_close, which realtime-js reports as CLOSED) well within the
     // wait before it (the first join, made without one, is held to the first step's 1.6 s).
     // The margin left: the service times the hold by performance.now() (it takes no clock of the
-    // test's), so each close must reach it less than 1.6 s after its SUBSCRIBED (2 and 4 s for the last
-    // two), with one catch-up read answered by the 5 ms interval between them: about 20 ms here (the
+    // test's), so each close must reach it less than 1.6 s after its SUBSCRIBED (2.6, 2.6 and 4 s for
+    // the others), with one catch-up read answered by the 5 ms interval between them: about 20 ms here (the
     // wait for "live" polls every 20 ms), some 80 times less. A stall longer than that fails the test
-    // (the ladder starts again: 1,600 where 1,998 is expected); it cannot make a broken rule pass, and
+    // (the ladder starts again: attempt 0 where 2 is expected); it cannot make a broken rule pass, and
     // "a channel that stayed joined longer" below checks the other side of the rule.
     for (let n = 1; n <= 4; n++) await liveThenClosedByServer(link, n);
     const waits = link.failures().map((l) => l.retry_in_ms as number);
     assert.equal(waits.length, 4);
     for (const wait of waits) assert.ok(wait >= SOCKET_TEARDOWN_MS, `rejoined after ${wait} ms`);
     // Joins the server keeps closing climb the ladder (1, 2, 4, 4 s ceilings: backoff.maxMs caps
-    // them; jitter 0.999; the first under the teardown floor), where going live used to start it
-    // again every time: every rejoin 1.6 s after the close, a join and a catch-up read every 1.6 s
-    // for as long as the server does it.
-    assert.deepEqual(waits, [SOCKET_TEARDOWN_MS, 1_998, 3_996, 3_996]);
+    // them; jitter 0.999; drawn above the teardown floor, up to the floor plus the first step's 1 s
+    // while the ceiling is below that: 2.6, 2.6, 4, 4 s), where going live used to start it again
+    // every time: every rejoin 1.6 s after the close, a join and a catch-up read every 1.6 s for as
+    // long as the server does it.
+    assert.deepEqual(waits, [2_599, 2_599, 3_997, 3_997]);
     assert.deepEqual(link.failures().map((l) => l.attempt), [1, 2, 3, 4]);
   } finally {
     await link.end();
@@ -153,21 +154,21 @@ Deno.test("a channel that stayed joined longer than the wait before its join (a 
     const drop = link.failures().at(-1)!;
     assert.deepEqual(
       [drop.attempt, drop.retry_in_ms],
-      [0, SOCKET_TEARDOWN_MS],
-      "rejoined at the first step (its 0.5 s draw under the teardown floor), not the 6th (16 s: half of 32)",
+      [0, SOCKET_TEARDOWN_MS + 500],
+      "rejoined at the first step (half of its 1 s above the teardown floor), not the 6th (16 s: half of 32)",
     );
-    // It drops again after holding longer than those 1.6 s: the first step again, so a network that
-    // drops every so often rejoins 1.6 s after each drop.
+    // It drops again after holding longer than those 2.1 s: the first step again, so a network that
+    // drops every so often rejoins 1.6-2.6 s after each drop.
     const next = await link.channel(7);
     next.state!("SUBSCRIBED");
     const rejoinedAt = performance.now();
     await waitFor("live again", () => link.subscription.status === "live");
-    await waitFor("1.6 s held", () => performance.now() - rejoinedAt > SOCKET_TEARDOWN_MS, {
+    await waitFor("2.1 s held", () => performance.now() - rejoinedAt > SOCKET_TEARDOWN_MS + 500, {
       intervalMs: 20,
     });
     next.state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
     const again = link.failures().at(-1)!;
-    assert.deepEqual([again.attempt, again.retry_in_ms], [0, SOCKET_TEARDOWN_MS]);
+    assert.deepEqual([again.attempt, again.retry_in_ms], [0, SOCKET_TEARDOWN_MS + 500]);
   } finally {
     await link.end();
   }
@@ -189,5 +190,29 @@ Deno.test("server-side close: a channel that stayed joined for a whole backoff c
     assert.deepEqual(attempts, [1, 2, 3, 0], "the close of a channel that held starts the ladder again");
   } finally {
     await link.end();
+  }
+});
+
+Deno.test("a drop from live is rejoined after a wait drawn above the teardown floor: devices a Realtime restart dropped together do not all rejoin (and catch up) at 1.6 s", async () => {
+  // Three devices with the default backoff (a 1 s first step, under the 1.6 s floor), their jitter
+  // drawn low, mid and high, each live when its channel drops.
+  const draws = [0, 0.5, 0.999];
+  const links = draws.map((draw) => ladderService({ random: () => draw }));
+  try {
+    const waits: unknown[] = [];
+    for (const link of links) {
+      const channel = await link.channel(1);
+      channel.state!("SUBSCRIBED");
+      await waitFor("live", () => link.subscription.status === "live");
+      channel.state!("CHANNEL_ERROR", new Error("Realtime restarted"));
+      const drop = link.failures().at(-1)!;
+      assert.equal(drop.attempt, 1, "the first step (the first join, dropped at once, did not hold)");
+      waits.push(drop.retry_in_ms);
+    }
+    // Spread over the first step's 1 s above the floor, none sooner than it; raised to the floor,
+    // all three were 1,600.
+    assert.deepEqual(waits, [SOCKET_TEARDOWN_MS, SOCKET_TEARDOWN_MS + 500, SOCKET_TEARDOWN_MS + 999]);
+  } finally {
+    for (const link of links) await link.end();
   }
 });
