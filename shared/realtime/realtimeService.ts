@@ -261,7 +261,6 @@ export type RealtimeCapableClient = Pick<
 >;
 type AnyClient = RealtimeCapableClient;
 
-/** Timers the service owns, counted so that "nothing left behind" can be checked. */
 /**
  * The wait before rejoining a channel that was joined when it dropped, at ladder step `step`: uniform
  * from SOCKET_TEARDOWN_MS up to the step's ceiling, or up to SOCKET_TEARDOWN_MS plus the first step's
@@ -323,6 +322,7 @@ function checkMsOptions<Row extends LwwRow>(options: RealtimeServiceOptions<Row>
   }
 }
 
+/** Timers the service owns, counted so that "nothing left behind" can be checked. */
 class TimerSet {
   #live = new Set<ReturnType<typeof setTimeout>>();
   /**
