@@ -262,6 +262,18 @@ Deno.test("GET /progress/changes pages through rows and hard deletes alike: ever
   );
 });
 
+/** Returns once the function's write_reading_progress waits on a lock (the script's uncommitted row). */
+async function functionWriteWaitsOnLock(sql: ReturnType<typeof adminSql>) {
+  for (let waited = 0;; waited += 20) {
+    const [{ n }] = await sql<{ n: number }[]>`
+      select count(*)::int as n from pg_stat_activity
+       where wait_event_type = 'Lock' and query like '%write_reading_progress%'`;
+    if (n > 0) return;
+    assert.ok(waited < 10_000, "the function's insert never waited for the script");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 Deno.test("an insert that waited while another transaction deleted the series again starts a later life", async () => {
   // Devices order lives by created_at. The function's INSERT is stamped, then waits for a script's
   // uncommitted insert of the same series; the script deletes, inserts and deletes it again and
@@ -285,14 +297,7 @@ Deno.test("an insert that waited while another transaction deleted the series ag
         updated_at: "2026-01-02T00:00:00Z",
       }),
     });
-    for (let waited = 0;; waited += 20) {
-      const [{ n }] = await sql<{ n: number }[]>`
-        select count(*)::int as n from pg_stat_activity
-         where wait_event_type = 'Lock' and query like '%write_reading_progress%'`;
-      if (n > 0) break;
-      assert.ok(waited < 10_000, "the function's insert never waited for the script");
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await functionWriteWaitsOnLock(sql);
     await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
     await script`insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
                  values (${a.id}, ${series}, 2, 2, 'script', '2026-01-01T00:00:01Z')`;
@@ -341,14 +346,7 @@ Deno.test("an insert that waited while another transaction deleted a life stampe
         updated_at: "2026-01-02T00:00:00Z",
       }),
     });
-    for (let waited = 0;; waited += 20) {
-      const [{ n }] = await sql<{ n: number }[]>`
-        select count(*)::int as n from pg_stat_activity
-         where wait_event_type = 'Lock' and query like '%write_reading_progress%'`;
-      if (n > 0) break;
-      assert.ok(waited < 10_000, "the function's insert never waited for the script");
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await functionWriteWaitsOnLock(sql);
     await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
     await script`commit`;
     const answer = await posted;
