@@ -388,7 +388,12 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#options = options;
     this.#parseRow = options.parseRow ?? (defaultParseRow as unknown as (value: unknown) => Row);
     this.#compareRows = options.compareRows ?? (defaultCompareRows as unknown as (a: Row, b: Row) => number);
-    this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    // A field given as undefined is not given (checkMsOptions lets it through): spread over the
+    // default it would make every backoff wait NaN, which setTimeout fires at once.
+    this.#backoff = {
+      initialMs: options.backoff?.initialMs ?? DEFAULT_BACKOFF.initialMs,
+      maxMs: options.backoff?.maxMs ?? DEFAULT_BACKOFF.maxMs,
+    };
     this.#log = options.log ?? ((line) => console.log(line));
     if (options.accessToken) this.#installToken(options.accessToken);
   }

@@ -128,3 +128,34 @@ Deno.test("options: a poll backoff past 2^31-1 ms (pollIntervalMs at its end) is
     await link.end();
   }
 });
+
+Deno.test("options: a backoff field given as undefined takes its default, as an unset one does (no NaN wait)", async () => {
+  // `backoff: { initialMs: config.initialMs }` with the config value unset: the check lets undefined
+  // through as "not given", so the service must default it too, not spread undefined over the default.
+  const timers = watchTimers();
+  const link = handAnsweredService({
+    livePollIntervalMs: 0,
+    heartbeatReplyTimeoutMs: 0,
+    pollIntervalMs: 600_000,
+    backoff: { initialMs: undefined, maxMs: 60_000 },
+    random: () => 0.5,
+  });
+  try {
+    assert.deepEqual(link.service.backoffOptions, { initialMs: 1_000, maxMs: 60_000 });
+    // A join that fails (never joined) is retried after full jitter at step 1: half of 1 s, not NaN
+    // (which setTimeout fires at once: a join and a failure in a tight loop).
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+    await waitFor("the rejoin scheduled", () => timers.pending().includes(500));
+    assert.ok(timers.pending().every((ms) => Number.isFinite(ms)), `waits ${timers.pending()}`);
+  } finally {
+    timers.restore();
+    await link.end();
+  }
+  const { client } = fakeClient();
+  const service = new RealtimeService(client, { changesSince, log: () => {}, backoff: { maxMs: undefined } });
+  try {
+    assert.deepEqual(service.backoffOptions, { initialMs: 1_000, maxMs: 30_000 });
+  } finally {
+    await service.close();
+  }
+});
