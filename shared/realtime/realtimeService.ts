@@ -1056,8 +1056,8 @@ class UserLink<Row extends LwwRow> {
   #joinedAt = -Infinity;
   /**
    * The wait before the current join (ms): the backoff delay it was scheduled after, or the first
-   * step's longest wait for a join made without one (the link's first, a syncNow()'s, a new
-   * token's). A channel that stays joined this long (or backoff.maxMs) starts the ladder again.
+   * step's ceiling, at least SOCKET_TEARDOWN_MS (#firstStepWaitMs), for a join made without one (the
+   * link's first, a syncNow()'s, a new token's). A channel that stays joined this long (or backoff.maxMs) starts the ladder again.
    */
   #waitBeforeJoinMs: number;
   /** When a joined channel last dropped (monotonicNow): no rejoin within SOCKET_TEARDOWN_MS of it. */
