@@ -50,7 +50,7 @@ export interface ReadBodyOptions {
 export type BodyTimeoutBound = "idle" | "total";
 
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * The bound itself when it is a positive number of milliseconds a timer can hold (up to 2^31-1), or

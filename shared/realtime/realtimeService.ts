@@ -69,6 +69,7 @@ import { type ChangeKind, type LwwRow, ProgressMergeState } from "./progressMerg
 import { defaultCompareRows, defaultParseRow, type ProgressRow } from "./progressContract.ts";
 import { type HeartbeatStatus, watchHeartbeats } from "./heartbeatWatch.ts";
 import { retryAfterMsOf } from "../http/retryAfter.ts";
+import { MAX_TIMER_MS } from "../http/body.ts";
 
 export type RealtimeStatus = "connecting" | "live" | "polling" | "offline";
 
@@ -277,8 +278,9 @@ export function rejoinAfterDropDelay(step: number, backoff: BackoffOptions, rand
   return SOCKET_TEARDOWN_MS + Math.floor(random() * (top - SOCKET_TEARDOWN_MS));
 }
 
-/** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
+// setTimeout's longest delay (2^31-1 ms), shared with the function's body bounds; exported here too for
+// the service's users and tests.
+export { MAX_TIMER_MS };
 
 /**
  * The ranges of RealtimeServiceOptions' millisecond options, checked at construction (a RangeError
