@@ -263,7 +263,9 @@ export async function createRealtimeEndpoint(
       }
       if (isPrivate) {
         const allowed = await writeAllowed(topic, auth.claims, req);
-        if (allowed === false) return json(403, { error: "Unauthorized" });
+        // SingleBroadcast's {:error, :forbidden, "Unauthorized"}, rendered by the FallbackController's
+        // ErrorView as {"message"} (realtime-js's httpSend() reads `error`, then `message`).
+        if (allowed === false) return json(403, { message: "Unauthorized" });
         if (allowed !== true) return json(allowed.status, { message: allowed.message });
       }
       hub.relay(subscriptionKey(isPrivate, topic), { fullTopic: `realtime:${topic}`, event, payload });

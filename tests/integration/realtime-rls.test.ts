@@ -247,6 +247,24 @@ Deno.test({
     // 3. ...while httpSend, which reports per message, is refused.
     await assert.rejects(() => cChannel.httpSend("UPDATE", { forged: "httpSend" }), /Unauthorized/);
     await deviceC.removeChannel(cChannel);
+    // The refusal itself, as Supabase's single-message route answers it: 403 with its ErrorView's
+    // body, {"message":"Unauthorized"} (realtime-js reads `error`, then `message`; other clients may
+    // read only `message`).
+    const singleRoute = `/realtime/v1/api/broadcast/${encodeURIComponent(topicOf(a.id))}/events/UPDATE`;
+    const refused = await fetch(
+      `${testEnv().url}${singleRoute}?private=true`,
+      {
+        method: "POST",
+        headers: {
+          apikey: testEnv().anonKey,
+          Authorization: `Bearer ${c.accessToken}`,
+          "Content-Type": "application/json",
+        },
+        body: JSON.stringify({ forged: "raw single" }),
+      },
+    );
+    assert.equal(refused.status, 403);
+    assert.deepEqual(await refused.json(), { message: "Unauthorized" });
 
     // 4. C joins a *public* channel with the same name and sends: public and private topics are apart.
     const twin = await joinChannel(deviceC, topicOf(a.id), { private: false, broadcast: { ack: true } });
