@@ -134,6 +134,8 @@ export interface RawAnswer extends ApiAnswer {
  * answer came within guardMs (a hang guard). With `sendWhileReading`, the answer is read while `send`
  * runs, and its `answered` signal aborts once the answer is complete (or none will come): a body that
  * keeps coming until the server answers (send must then end, and a write after the answer may fail).
+ * A send that fails is this call's failure (its error, once the answer is in; or named in the
+ * no-answer error), never an unhandled rejection, however early it fails.
  */
 export async function rawRequest(
   url: string,
@@ -181,33 +183,54 @@ export async function rawRequest(
     };
   };
   const answered = new AbortController();
+  // With sendWhileReading, a failure of `send` is caught the moment it happens and kept for this
+  // call's own answer (thrown once the answer is in, or named in the no-answer error): left
+  // unhandled while the answer is read, it would be an unhandled rejection failing the whole file.
+  let sendFailure: { error: unknown } | undefined;
   let sending: Promise<void> = Promise.resolve();
+  /** Waits for a send still under way to end (never rejects), and throws its failure if it failed. */
+  const sendEnded = async () => {
+    answered.abort();
+    await sending;
+    if (sendFailure) throw sendFailure.error;
+  };
   try {
     await write(`${head.replaceAll("\n", "\r\n")}\r\n\r\n`);
-    if (sendWhileReading) sending = send(write, answered.signal);
-    else await send(write, answered.signal);
+    if (sendWhileReading) {
+      sending = send(write, answered.signal).catch((error) => {
+        sendFailure = { error };
+      });
+    } else await send(write, answered.signal);
     const buffer = new Uint8Array(16 * 1024);
     while (true) {
       const answer = complete();
       if (answer) {
-        answered.abort();
-        await sending;
+        await sendEnded();
         return answer;
       }
-      const n = await conn.read(buffer).catch((error) => {
+      const n = await conn.read(buffer).catch(async (error) => {
         if (guarded) return null;
+        await sendEnded().catch((sendError) => {
+          throw new AggregateError(
+            [error, sendError],
+            `the answer's read failed (${error}), and the send (${sendError})`,
+          );
+        });
         throw error;
       });
       if (n === null) break;
       text += new TextDecoder().decode(buffer.subarray(0, n));
     }
-    throw new Error(
+    const noAnswer =
       `no complete answer ${guarded ? `within ${guardMs} ms` : "before the connection closed"} ` +
-        `(got ${JSON.stringify(text.slice(0, 200))})`,
-    );
+      `(got ${JSON.stringify(text.slice(0, 200))})`;
+    await sendEnded().catch((sendError) => {
+      throw new Error(`${noAnswer}; the send failed: ${sendError}`, { cause: sendError });
+    });
+    throw new Error(noAnswer);
   } finally {
     answered.abort();
-    await sending.catch(() => {});
+    await sending; // settles, never rejects (its failure is kept in sendFailure)
     clearTimeout(guard);
     if (!guarded) conn.close();
   }
