@@ -23,6 +23,10 @@
 // and an identical replay is a no-op with the same answer. (Except a write dated more than 5 s ahead
 // of the server, which has no stable key: stamp writes with the server's clock, `api.now()`, and the
 // API never sees one.)
+//
+// Options out of range (timeoutMs, retry; subscribeToProgress's changesLimit) are a RangeError naming
+// the option, before any request: a call's rejection, and thrown by createProgressApi and
+// subscribeToProgress, which return at once (see checkApiOptions).
 
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { FunctionsFetchError, FunctionsHttpError, FunctionsRelayError } from "@supabase/supabase-js";
@@ -42,7 +46,13 @@ import {
   validationError,
   writeResultSchema,
 } from "./schemas.ts";
-import type { ChangesResponse, Progress, ProgressListResponse, WriteResult } from "./types.ts";
+import {
+  type ChangesResponse,
+  type Progress,
+  PROGRESS_LIMITS,
+  type ProgressListResponse,
+  type WriteResult,
+} from "./types.ts";
 import {
   DEFAULT_REQUEST_TIMEOUT_MS,
   type ProgressHandler,
@@ -51,6 +61,7 @@ import {
   type RealtimeServiceOptions,
 } from "../realtime/realtimeService.ts";
 import { parseRetryAfter, retryAfterMsOf } from "../http/retryAfter.ts";
+import { MAX_TIMER_MS } from "../http/body.ts";
 
 // ------------------------------------------------------------------------------------ errors
 
@@ -104,9 +115,11 @@ function errorFor(
 // ------------------------------------------------------------------------------------ options
 
 export interface RetryOptions {
-  /** Total attempts including the first (default 4). */
+  /** Total attempts including the first (default 4): a whole number from 1 (no retry). */
   attempts: number;
+  /** The first retry's wait ceiling, doubled for each later one (ms, 1 to MAX_TIMER_MS). */
   baseDelayMs: number;
+  /** The cap on that ceiling, and the longest Retry-After waited out (ms, 1 to MAX_TIMER_MS). */
   maxDelayMs: number;
 }
 
@@ -123,7 +136,10 @@ export interface ProgressApiOptions {
   onRetry?: (info: { attempt: number; delayMs: number; error: ProgressApiError }) => void;
   /** Learns the server's clock from every answer's X-Server-Time (see serverClock.ts). */
   clock?: ServerClock;
-  /** How long one attempt may take before it is aborted (and, like a network failure, retried). */
+  /**
+   * How long one attempt may take before it is aborted (and, like a network failure, retried): ms,
+   * 1 to MAX_TIMER_MS.
+   */
   timeoutMs?: number;
   /** Aborts the call: the attempt in flight and any retry (it then throws NetworkError "aborted"). */
   signal?: AbortSignal;
@@ -134,6 +150,54 @@ export const DEFAULT_TIMEOUT_MS = 20_000;
 export const DEFAULT_RETRY: RetryOptions = { attempts: 4, baseDelayMs: 200, maxDelayMs: 5_000 };
 
 type FunctionsCapableClient = Pick<SupabaseClient, "functions">;
+
+/**
+ * Throws a RangeError for the first of `timeoutMs` and `retry`'s fields outside its range, naming
+ * it as `<prefix><name>` in `where`'s words. A field given as undefined is not given (its default
+ * applies). timeoutMs, retry.baseDelayMs and retry.maxDelayMs take 1 to MAX_TIMER_MS ms: below 1,
+ * Infinity or past MAX_TIMER_MS, setTimeout fires at once (every attempt aborted before its answer,
+ * retries without a wait), and functions-js takes a timeout of 0 or NaN as none at all (an attempt
+ * that may hang for good). retry.attempts is a whole number from 1 (counting the first attempt; 1 =
+ * no retry): 0 was silently 1, and NaN or Infinity retried without end.
+ */
+function checkApiOptions(
+  options: Pick<ProgressApiOptions, "timeoutMs" | "retry">,
+  where: string,
+  prefix = "",
+) {
+  const ms = (name: string, value: unknown) => {
+    if (value === undefined || (typeof value === "number" && value >= 1 && value <= MAX_TIMER_MS)) return;
+    throw new RangeError(
+      `${where} option ${prefix}${name} must be a number of milliseconds from 1 to ${MAX_TIMER_MS} (got ${
+        String(value)
+      })`,
+    );
+  };
+  ms("timeoutMs", options.timeoutMs);
+  const retry: unknown = options.retry;
+  if (retry === undefined) return;
+  if (retry === null || typeof retry !== "object") {
+    throw new RangeError(`${where} option ${prefix}retry must be an object (got ${String(retry)})`);
+  }
+  const { attempts, baseDelayMs, maxDelayMs } = retry as Partial<Record<keyof RetryOptions, unknown>>;
+  if (attempts !== undefined && !(Number.isSafeInteger(attempts) && (attempts as number) >= 1)) {
+    throw new RangeError(
+      `${where} option ${prefix}retry.attempts must be a whole number from 1 to ${Number.MAX_SAFE_INTEGER} ` +
+        `(got ${String(attempts)})`,
+    );
+  }
+  ms("retry.baseDelayMs", baseDelayMs);
+  ms("retry.maxDelayMs", maxDelayMs);
+}
+
+/** The retry options in force: each field given, or its default (one given as undefined too). */
+function retryOptionsOf(options: Pick<ProgressApiOptions, "retry">): RetryOptions {
+  return {
+    attempts: options.retry?.attempts ?? DEFAULT_RETRY.attempts,
+    baseDelayMs: options.retry?.baseDelayMs ?? DEFAULT_RETRY.baseDelayMs,
+    maxDelayMs: options.retry?.maxDelayMs ?? DEFAULT_RETRY.maxDelayMs,
+  };
+}
 
 // ------------------------------------------------------------------------------------ transport
 
@@ -218,7 +282,9 @@ async function invoke<S extends z.ZodType>(
   schema: S,
   body?: unknown,
 ): Promise<z.output<S>> {
-  const retry = { ...DEFAULT_RETRY, ...options.retry };
+  // In an async call, so a bad option is a rejected promise, as a write the schema refuses is.
+  checkApiOptions(options, "progress API");
+  const retry = retryOptionsOf(options);
   const random = options.random ?? Math.random;
   const sleep = options.sleep ?? ((ms: number) => delay(ms, options.signal));
   const name = `${options.functionName ?? "progress"}${path}`;
@@ -494,13 +560,33 @@ export interface SubscribeToProgressOptions extends Omit<RealtimeServiceOptions,
    * (as unsubscribe() does); the calls themselves are aborted by the service.
    */
   api?: ProgressApiOptions;
-  /** Page size of those calls. */
+  /** Page size of those calls: 1 to PROGRESS_LIMITS.changesMax (500); default the API's (100). */
   changesLimit?: number;
 }
 
 export interface ProgressLiveSubscription extends ProgressSubscription {
   /** The service behind it (status, stats, setAccessToken). */
   readonly service: RealtimeService;
+}
+
+/**
+ * Throws a RangeError for an option of subscribeToProgress's own out of range: api.timeoutMs and
+ * api.retry as for the plain calls (checkApiOptions), and changesLimit, a whole number from 1 to the
+ * API's largest changes page (PROGRESS_LIMITS.changesMax, which the function answers 422 above).
+ * The service's options are its constructor's to check.
+ */
+function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
+  checkApiOptions(options.api ?? {}, "subscribeToProgress", "api.");
+  const limit: unknown = options.changesLimit;
+  if (
+    limit !== undefined &&
+    !(Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= PROGRESS_LIMITS.changesMax)
+  ) {
+    throw new RangeError(
+      `subscribeToProgress option changesLimit must be a whole number from 1 to ${PROGRESS_LIMITS.changesMax}, ` +
+        `the API's largest changes page (got ${String(limit)})`,
+    );
+  }
 }
 
 // realtime-js keeps one channel per topic on a client, so two services on one client could not both
@@ -522,14 +608,23 @@ export function subscribeToProgress(
   handler: ProgressHandler,
   options: SubscribeToProgressOptions = {},
 ): ProgressLiveSubscription {
+  // Checked on every call, the first on a client (whose options the shared service takes) or not.
+  checkSubscribeOptions(options);
   let shared = sharedServices.get(client);
   if (!shared) {
     const { api, changesLimit, ...serviceOptions } = options;
     // The service gives up on a call after requestTimeoutMs; with a whole attempt allowed that long,
     // a hung first attempt would use up the call and its retries would never run.
-    const attempts = Math.max(1, api?.retry?.attempts ?? DEFAULT_RETRY.attempts);
-    const attemptTimeoutMs = api?.timeoutMs ??
-      Math.max(1, Math.floor((serviceOptions.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS) / attempts));
+    const { attempts } = retryOptionsOf(api ?? {});
+    const requestTimeoutMs = serviceOptions.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    const attemptTimeoutMs = api?.timeoutMs ?? Math.floor(requestTimeoutMs / attempts);
+    // (A requestTimeoutMs out of range is the service's to refuse, naming it, below.)
+    if (!(attemptTimeoutMs >= 1) && requestTimeoutMs >= 1 && requestTimeoutMs <= MAX_TIMER_MS) {
+      throw new RangeError(
+        `subscribeToProgress option api.retry.attempts (${attempts}) leaves each attempt less than 1 ms ` +
+          `of requestTimeoutMs (${requestTimeoutMs}): give fewer attempts, or api.timeoutMs`,
+      );
+    }
     const service: RealtimeService = new RealtimeService(client, {
       ...serviceOptions,
       // The service's signal, not api.signal: the service may outlive this subscription (shared
@@ -614,6 +709,8 @@ export function subscribeToProgress(
  * corrected without asking: stamp a write's `updated_at` with `now()` when the reading happens.
  */
 export function createProgressApi(client: SupabaseClient, options: ProgressApiOptions = {}) {
+  // Here, at once (a RangeError naming the option), rather than as every call's rejection later.
+  checkApiOptions(options, "createProgressApi");
   const clock = options.clock ?? new ServerClock();
   const bound: ProgressApiOptions = { ...options, clock };
   return {

@@ -23,6 +23,7 @@ import {
 } from "../../shared/progress/api.ts";
 import type { ProgressChange } from "../../shared/realtime/realtimeService.ts";
 import { ServerClock } from "../../shared/progress/serverClock.ts";
+import { PROGRESS_LIMITS } from "../../shared/progress/types.ts";
 import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { createTestUser } from "../support/env.ts";
 import { closedPort, seriesId, serveLocal, testEnv, write } from "./support.ts";
@@ -1012,6 +1013,57 @@ Deno.test({
       await sub.unsubscribe();
       await sessionless.realtime.disconnect();
       await writer.realtime.disconnect();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "changesLimit: subscribeToProgress's bound is the function's (500 read live, 501 refused here as there)",
+  ...noSanitize,
+  fn: async () => {
+    const user = await createTestUser();
+    const max = PROGRESS_LIMITS.changesMax;
+    const changesUrls: string[] = [];
+    const client = clientFor(user.accessToken, testEnv().url, (url) => {
+      if (url.includes("/functions/v1/progress/changes")) changesUrls.push(url);
+    });
+    // The function: a page of `max` is answered, one more is a 422.
+    assert.deepEqual((await changesSince(client, null, { limit: max })).changes, []);
+    const refused = await rejection(changesSince(client, null, { limit: max + 1 }));
+    assert.ok(refused instanceof ValidationError);
+    assert.deepEqual([refused.status, refused.code], [422, "validation_failed"]);
+    // The client: one more throws at once (was: a service whose every catch-up and poll got that 422).
+    assert.throws(
+      () =>
+        subscribeToProgress(client, user.id, () => {}, {
+          accessToken: user.accessToken,
+          changesLimit: max + 1,
+        }),
+      (error: Error) =>
+        error instanceof RangeError &&
+        error.message ===
+          `subscribeToProgress option changesLimit must be a whole number from 1 to ${max}, ` +
+            `the API's largest changes page (got ${max + 1})`,
+    );
+    assert.equal(client.getChannels().length, 0);
+    // ... and `max` reads live.
+    const outcomes: string[] = [];
+    const sub = subscribeToProgress(client, user.id, () => {}, {
+      accessToken: user.accessToken,
+      changesLimit: max,
+      log: () => {},
+    });
+    sub.onRead((outcome) => outcomes.push(outcome));
+    try {
+      await waitUntil("the subscription to go live", () => sub.status === "live");
+      assert.ok(!outcomes.includes("failed"), outcomes.join());
+      const read = changesUrls.slice(2); // after the two direct calls above
+      assert.ok(read.length > 0);
+      for (const url of read) assert.equal(new URL(url).searchParams.get("limit"), String(max), url);
+    } finally {
+      await sub.unsubscribe();
+      await client.realtime.disconnect();
     }
   },
 });

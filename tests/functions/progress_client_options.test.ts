@@ -1,0 +1,229 @@
+// The range checks of shared/progress/api.ts's own options (timeoutMs, retry, and
+// subscribeToProgress's api.* and changesLimit): no server needed. A plain call with an option out
+// of range is a rejected promise with a RangeError naming it, before any request; createProgressApi
+// and subscribeToProgress, which return at once, throw it. tests/functions/progress_client.test.ts
+// has the real-HTTP side (changesLimit's bound is the function's).
+
+import assert from "node:assert/strict";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import {
+  changesSince,
+  createProgressApi,
+  getProgress,
+  listProgress,
+  NetworkError,
+  type ProgressApiOptions,
+  resetProgress,
+  subscribeToProgress,
+  updateProgress,
+  updateProgressBatch,
+} from "../../shared/progress/api.ts";
+import { MAX_TIMER_MS } from "../../shared/http/body.ts";
+import { PROGRESS_LIMITS } from "../../shared/progress/types.ts";
+import { fakeClient } from "../shared/realtime/fakeRealtimeClient.ts";
+import { closedPort } from "./support.ts";
+
+const USER = "00000000-0000-4000-8000-0000000000e1";
+const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
+
+/** A supabase-js client whose functions URL is a closed local port; counts the requests it makes. */
+function countingClient(): { client: SupabaseClient; requests: () => number } {
+  let requests = 0;
+  const client = createClient(`http://127.0.0.1:${closedPort()}`, "anon-key-unused", {
+    auth: { persistSession: false, autoRefreshToken: false },
+    global: {
+      fetch: (input: RequestInfo | URL, init?: RequestInit) => {
+        requests++;
+        return fetch(input, init);
+      },
+    },
+  });
+  return { client, requests: () => requests };
+}
+
+const WRITE = {
+  series_id: "s1",
+  chapter: 1,
+  page: 1,
+  percentage: 0.1,
+  device_id: "d1",
+  updated_at: "2026-01-01T00:00:00Z",
+};
+
+/** Every plain call, with `options`. */
+const CALLS: [string, (client: SupabaseClient, options: ProgressApiOptions) => Promise<unknown>][] = [
+  ["updateProgress", (c, o) => updateProgress(c, WRITE, o)],
+  ["updateProgressBatch", (c, o) => updateProgressBatch(c, [WRITE], o)],
+  ["getProgress", (c, o) => getProgress(c, "s1", o)],
+  ["listProgress", (c, o) => listProgress(c, {}, o)],
+  ["changesSince", (c, o) => changesSince(c, null, {}, o)],
+  ["resetProgress", (c, o) => resetProgress(c, "s1", { device_id: "d1" }, o)],
+];
+
+const MS_OUT_OF_RANGE = [0, -1, 0.5, NaN, Infinity, -Infinity, MAX_TIMER_MS + 1];
+const BAD: [string, Partial<ProgressApiOptions>, unknown][] = [
+  ...MS_OUT_OF_RANGE.map((v) =>
+    ["timeoutMs", { timeoutMs: v }, v] as [string, Partial<ProgressApiOptions>, unknown]
+  ),
+  ...[0, -1, 1.5, NaN, Infinity].map((v) =>
+    ["retry.attempts", { retry: { attempts: v } }, v] as [string, Partial<ProgressApiOptions>, unknown]
+  ),
+  ...MS_OUT_OF_RANGE.map((v) =>
+    ["retry.baseDelayMs", { retry: { baseDelayMs: v } }, v] as [string, Partial<ProgressApiOptions>, unknown]
+  ),
+  ...MS_OUT_OF_RANGE.map((v) =>
+    ["retry.maxDelayMs", { retry: { maxDelayMs: v } }, v] as [string, Partial<ProgressApiOptions>, unknown]
+  ),
+];
+
+/**
+ * Hang guards for the old behaviour (which retried without end for some of these): retries without
+ * a wait, and a call that has retried 20 times fails (with a message no check here expects).
+ */
+function guarded(options: Partial<ProgressApiOptions>): ProgressApiOptions {
+  let retries = 0;
+  return {
+    ...options,
+    sleep: () => Promise.resolve(),
+    onRetry: () => {
+      if (++retries >= 20) throw new Error("retried 20 times");
+    },
+  };
+}
+
+function rangeErrorNaming(where: string, name: string, value: unknown) {
+  return (error: unknown) => {
+    assert.ok(error instanceof RangeError, `expected a RangeError, got ${error}`);
+    assert.match(error.message, new RegExp(`^${where} option ${name.replaceAll(".", "\\.")} must be `));
+    assert.ok(error.message.endsWith(`(got ${String(value)})`), error.message);
+    return true;
+  };
+}
+
+Deno.test("plain calls: timeoutMs or a retry field out of range is a rejected RangeError naming it, before any request", async () => {
+  const { client, requests } = countingClient();
+  for (const [callName, call] of CALLS) {
+    for (const [name, options, value] of BAD) {
+      let promise!: Promise<unknown>;
+      assert.doesNotThrow(
+        () => promise = call(client, guarded(options)),
+        `${callName} ${name}=${value}: not thrown`,
+      );
+      await assert.rejects(
+        promise,
+        rangeErrorNaming("progress API", name, value),
+        `${callName} ${name}=${value}`,
+      );
+    }
+  }
+  assert.equal(requests(), 0, "no request was made");
+
+  // The edges of each range are taken: one attempt, made (the closed port answers nothing).
+  for (
+    const options of [
+      { timeoutMs: 1 },
+      { timeoutMs: MAX_TIMER_MS },
+      { retry: { baseDelayMs: 1, maxDelayMs: 1 } },
+      { retry: { baseDelayMs: MAX_TIMER_MS, maxDelayMs: MAX_TIMER_MS } },
+    ]
+  ) {
+    const before = requests();
+    await assert.rejects(
+      getProgress(client, "s1", { ...options, retry: { ...options.retry, attempts: 1 } }),
+      NetworkError,
+      JSON.stringify(options),
+    );
+    assert.equal(requests(), before + 1, JSON.stringify(options));
+  }
+});
+
+Deno.test("plain calls: retry fields given as undefined take their defaults (4 attempts, waits from 200 ms up to 5 s)", async () => {
+  const { client, requests } = countingClient();
+  const delays: number[] = [];
+  let retries = 0;
+  await assert.rejects(
+    getProgress(client, "s1", {
+      retry: { attempts: undefined, baseDelayMs: undefined, maxDelayMs: undefined },
+      timeoutMs: undefined,
+      random: () => 0.5,
+      sleep: () => Promise.resolve(),
+      onRetry: ({ delayMs }) => {
+        delays.push(delayMs);
+        if (++retries >= 20) throw new Error("retried 20 times");
+      },
+    }),
+    NetworkError,
+  );
+  // Full jitter drawn at 0.5 of ceilings 200, 400, 800 ms (DEFAULT_RETRY).
+  assert.deepEqual(delays, [100, 200, 400]);
+  assert.equal(requests(), 4);
+});
+
+Deno.test("createProgressApi: an option out of range throws a RangeError at once, naming it", () => {
+  const { client, requests } = countingClient();
+  for (const [name, options, value] of BAD) {
+    assert.throws(
+      () => createProgressApi(client, options),
+      rangeErrorNaming("createProgressApi", name, value),
+    );
+  }
+  assert.equal(requests(), 0);
+});
+
+Deno.test({
+  name:
+    "subscribeToProgress: api.timeoutMs, api.retry and changesLimit out of range throw a RangeError at once, leaving nothing",
+  ...noSanitize,
+  fn: async () => {
+    const { client } = fakeClient();
+    const quiet = { log: () => {}, pollIntervalMs: 60_000, accessToken: "T1" };
+    const bad: [string, Record<string, unknown>, unknown][] = [
+      ...BAD.map(([name, api, value]) =>
+        [`api.${name}`, { api }, value] as [string, Record<string, unknown>, unknown]
+      ),
+      ...[0, -1, 1.5, NaN, Infinity, PROGRESS_LIMITS.changesMax + 1].map((v) =>
+        ["changesLimit", { changesLimit: v }, v] as [string, Record<string, unknown>, unknown]
+      ),
+    ];
+    const refusals = () => {
+      for (const [name, options, value] of bad) {
+        assert.throws(
+          () => subscribeToProgress(client, USER, () => {}, { ...quiet, ...options }),
+          rangeErrorNaming("subscribeToProgress", name, value),
+        );
+      }
+    };
+    refusals();
+    assert.equal(client.getChannels().length, 0, "no service made a channel");
+
+    // 4 attempts cannot share a requestTimeoutMs of 3 ms (was: each given 1 ms anyway).
+    assert.throws(
+      () => subscribeToProgress(client, USER, () => {}, { ...quiet, requestTimeoutMs: 3 }),
+      /^RangeError: subscribeToProgress option api\.retry\.attempts \(4\) leaves each attempt less than 1 ms of requestTimeoutMs \(3\)/,
+    );
+    // ... but they can with their own timeout.
+    const own = subscribeToProgress(client, USER, () => {}, {
+      ...quiet,
+      requestTimeoutMs: 3,
+      api: { timeoutMs: 1 },
+    });
+    await own.unsubscribe();
+
+    // The edges are taken; a later subscription on the client (sharing the first one's service) is
+    // checked too.
+    const first = subscribeToProgress(client, USER, () => {}, {
+      ...quiet,
+      changesLimit: PROGRESS_LIMITS.changesMax,
+      api: { timeoutMs: MAX_TIMER_MS, retry: { attempts: 1, baseDelayMs: 1, maxDelayMs: MAX_TIMER_MS } },
+    });
+    try {
+      refusals();
+      const second = subscribeToProgress(client, USER, () => {}, { ...quiet, changesLimit: 1 });
+      assert.equal(second.service, first.service);
+      await second.unsubscribe();
+    } finally {
+      await first.unsubscribe();
+    }
+    assert.equal(client.getChannels().length, 0, "the service closed with its last subscription");
+  },
+});
