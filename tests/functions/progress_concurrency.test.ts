@@ -10,6 +10,12 @@
 //     and hard deletes (.delete().eq("series_id", id), in about half the series: unconditional, or
 //     conditional on a version a device saw, .eq("updated_at", …).eq("device_id", …), as the
 //     README's "Hard deletes" advises),
+//   * and, in every round, two series deleted and inserted again by a transaction of the user's that
+//     the test holds open until a write of the burst waits for it (pg_blocking_pids: see Recycle),
+//     so that the new-life check (migrations 013 and 20261205220000) must refuse an INSERT with
+//     40001 in every round: one INSERT stamped before a life that is then deleted ('locked'), one
+//     stamped with the very created_at of a life deleted while it waited ('behind': the last
+//     deleted life dated an hour ahead, a server clock that stepped back),
 // with dates that collide in one millisecond, go backwards, tie on time between device ids, lie an
 // hour ahead of the server's clock, and with requests sent twice (the same key and position: a
 // retry whose answer was lost). Nothing is ordered by timing: whatever order the database
@@ -140,6 +146,34 @@ interface Request {
   asService: boolean;
   /** A hard delete instead of writes (attempts is then empty). */
   del?: Delete;
+  /** The contender of a 'locked' recycle: sent on a connection of its own, waited for (see Recycle). */
+  contender?: boolean;
+}
+
+/**
+ * A series deleted and inserted again while the burst's writes wait for it (README, Schema decisions,
+ * "Lives of a row"): one transaction of the user's ("a script that deletes a row and inserts it
+ * again"), held open by the test until a write of the burst is blocked by it (pg_blocking_pids, a
+ * signal, no timing), so that an INSERT stamped before a life began goes in only after that life
+ * was deleted: the new-life check (migration 013, AFTER INSERT) must refuse it with 40001, which the
+ * function retries and the SQL and Data API paths answer. Every round has one of each kind:
+ *   * 'locked': a seeded series. The transaction deletes the seeded row; the contender (a Data API
+ *     upsert of the series on a connection of its own) stamps its created_at and waits for that
+ *     delete; then the transaction inserts the series (a life begun after the contender's stamp) and
+ *     deletes it again, and commits: the contender's INSERT goes in after a life younger than its
+ *     stamp was deleted (013's rule: a deleted life's created_at above the new one's).
+ *   * 'behind': a series without a row whose last deleted life is dated an hour ahead (a server clock
+ *     that stepped back since): every new life is stamped 1 us after that one, so concurrent inserts
+ *     share a created_at. The transaction inserts the series, a write of the burst waits for that
+ *     insert (stamped with the same created_at), the transaction deletes it and commits: the waiting
+ *     INSERT would begin a life dated as the deleted one (migration 20261205220000's rule: `>=`).
+ */
+interface Recycle {
+  kind: "locked" | "behind";
+  user: number;
+  series_id: string;
+  /** The version the transaction inserts (the deleted life's only version). */
+  version: FinalRow;
 }
 
 /** What an attempt got: an API answer, the Data API's returned row (or none), or a 503. */
@@ -197,6 +231,7 @@ interface Round {
   requests: Request[];
   /** The created_at of each seeded row (`${user}/${series}`): the life the burst begins in. */
   seedLife: Map<string, string>;
+  recycles: Recycle[];
 }
 
 /** The writes of one round: distinct keys, each with one position; some requests sent twice. */
@@ -207,11 +242,27 @@ function generate(rng: Rng, users: number): Round {
   );
   const seeded = new Set<string>();
   series.forEach((ss, u) => ss.forEach((s) => rng.chance(0.6) && seeded.add(`${u}/${s}`)));
+  // One series of each recycle kind (see Recycle), of users drawn at random; writes go to them as to
+  // the others, and each gets one write more below (the 'locked' one's contender).
+  const recycles = (["locked", "behind"] as const).map((kind): Recycle => {
+    const user = rng.int(users);
+    const series_id = seriesId("conc");
+    series[user].push(series_id);
+    if (kind === "locked") seeded.add(`${user}/${series_id}`);
+    const version = {
+      chapter: 1 + rng.int(999),
+      page: rng.int(500),
+      percentage: rng.int(1001) / 1000,
+      cleared: false,
+      device_id: "recycle",
+      updated_at: new Date(BASE + rng.pick(OFFSETS)).toISOString(),
+    };
+    return { kind, user, series_id, version };
+  });
   const byKey = new Map<string, Write>();
   const attempts: Attempt[] = [];
   const requests: Request[] = [];
-  const newWrite = (u: number): Write => {
-    const series_id = rng.pick(series[u]);
+  const newWrite = (u: number, series_id = rng.pick(series[u])): Write => {
     const device_id = rng.pick(DEVICES);
     if (rng.chance(0.1)) {
       // A device clock an hour ahead: always a new write (it has no stable key).
@@ -309,6 +360,20 @@ function generate(rng: Rng, users: number): Round {
       requests.push(again);
     }
   }
+  // The recycles' own writes: the 'locked' one's contender, a Data API upsert (an INSERT that waits for
+  // the seeded row's delete); one write more of the 'behind' series, through any path that inserts.
+  for (const rc of recycles) {
+    const path = rc.kind === "locked" ? "upsert" : rng.pick<Path>(["http", "batch", "sql", "upsert", "bulk"]);
+    const request: Request = {
+      user: rc.user,
+      path,
+      asService: false,
+      attempts: [{ id: 0, user: rc.user, write: newWrite(rc.user, rc.series_id), path }],
+      contender: rc.kind === "locked",
+    };
+    for (const a of request.attempts) a.id = attempts.push(a) - 1;
+    requests.push(request);
+  }
   // Hard deletes in about half the series, 1..3 each (some sent twice), unconditional or conditional
   // on a version a device may have seen: the seed, one of the series' writes, often its greatest key
   // (the likeliest to be stored when the delete arrives). The other series keep a single life.
@@ -341,7 +406,7 @@ function generate(rng: Rng, users: number): Round {
     const j = rng.int(i + 1);
     [requests[i], requests[j]] = [requests[j], requests[i]];
   }
-  return { series, seeded, attempts, deletes, requests, seedLife: new Map() };
+  return { series, seeded, attempts, deletes, requests, seedLife: new Map(), recycles };
 }
 
 /** Acts as the user in this transaction; answers the server's clock (microseconds), read before anything else. */
@@ -387,7 +452,7 @@ const lifeOf = (r: { created_at: string }) => {
 async function send(
   request: Request,
   users: TestUser[],
-  pools: { sql: postgres.Sql; rest: postgres.Sql },
+  pools: Pools,
 ): Promise<Outcome[]> {
   const clock: { since?: string } = {};
   try {
@@ -398,6 +463,75 @@ async function send(
     }
     assert.ok(clock.since, "a 40001 before its statement");
     return request.attempts.map((): Outcome => ({ kind: "unavailable", code: "40001", since: clock.since }));
+  }
+}
+
+/** Connections: direct SQL, the Data API, and the 'locked' recycle's contender (one of its own). */
+interface Pools {
+  sql: postgres.Sql;
+  rest: postgres.Sql;
+  contend: postgres.Sql;
+}
+const CONTENDER = "readsync-conc-contender";
+
+/**
+ * A recycle's transaction (see Recycle), as the user: its first step now; `release` runs the rest
+ * (and commits) once a write of the burst waits for it. Answers the transaction's backend pid and
+ * what its deletes removed, in order.
+ */
+async function startRecycle(rc: Recycle, users: TestUser[], pool: postgres.Sql) {
+  let started!: (pid: number) => void;
+  let release!: () => void;
+  const pid = new Promise<number>((resolve) => (started = resolve));
+  const go = new Promise<void>((resolve) => (release = resolve));
+  const removed = pool.begin(async (tx) => {
+    await asUser(tx, users[rc.user]);
+    const [{ pid }] = await tx<{ pid: number }[]>`select pg_backend_pid() as pid`;
+    const del = async () => {
+      const rows = await tx<Removed[]>`
+        delete from public.reading_progress where series_id = ${rc.series_id}
+        returning chapter, page, percentage, cleared, device_id, to_jsonb(updated_at) #>> '{}' as updated_at,
+          to_jsonb(created_at) #>> '{}' as created_at`;
+      assert.equal(rows.length, 1, `recycle of ${rc.series_id}: deleted ${rows.length} rows`);
+      return { ...rows[0], created_at: lifeOf(rows[0]) };
+    };
+    const insert = () =>
+      tx`insert into public.reading_progress
+           (user_id, series_id, chapter, page, percentage, cleared, device_id, updated_at)
+         values (${users[rc.user].id}, ${rc.series_id}, ${rc.version.chapter}, ${rc.version.page},
+           ${rc.version.percentage}, ${rc.version.cleared}, ${rc.version.device_id},
+           ${rc.version.updated_at}::timestamptz)`;
+    const removed: Removed[] = [];
+    if (rc.kind === "locked") removed.push(await del());
+    else await insert();
+    started(pid);
+    await go;
+    if (rc.kind === "locked") await insert();
+    removed.push(await del());
+    return removed;
+  });
+  // A first step that failed: its error, not a wait for a pid that never comes.
+  return { pid: await Promise.race([pid, removed.then(() => -1)]), release, removed };
+}
+
+/**
+ * Waits until a backend is blocked by the recycle's transaction (pg_blocking_pids): for 'locked',
+ * the contender (by its application_name), for 'behind', any INSERT of the series (nothing else of
+ * the burst waits for an uncommitted insert). A guard, not a timing: 20 s.
+ */
+async function waitBlockedBy(admin: postgres.Sql, rc: Recycle, pid: number, what: string) {
+  const app = rc.kind === "locked" ? CONTENDER : null;
+  for (const guard = Date.now() + 20_000;;) {
+    const [{ blocked }] = await admin<{ blocked: boolean }[]>`
+      select exists (select 1 from pg_stat_activity
+                      where ${pid}::integer = any(pg_blocking_pids(pid))
+                        and (${app}::text is null or application_name = ${app}::text)) as blocked`;
+    if (blocked) return;
+    assert.ok(
+      Date.now() < guard,
+      `${what}: no write of ${rc.series_id} waited for its ${rc.kind} recycle in 20 s`,
+    );
+    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
@@ -423,7 +557,7 @@ async function sendDelete(del: Delete, users: TestUser[], rest: postgres.Sql): P
 async function sendOnce(
   request: Request,
   users: TestUser[],
-  pools: { sql: postgres.Sql; rest: postgres.Sql },
+  pools: Pools,
   clock: { since?: string },
 ): Promise<Outcome[]> {
   const user = users[request.user];
@@ -510,7 +644,8 @@ async function sendOnce(
     }
     case "upsert":
     case "update": {
-      const [rows, found] = await pools.rest.begin(async (tx) => {
+      const pool = request.contender ? pools.contend : pools.rest;
+      const [rows, found] = await pool.begin(async (tx) => {
         [{ since: clock.since }] = await asUser(tx, user);
         // PostgREST's statement; then, in its transaction, whether it locked or wrote anything.
         const write = () => request.path === "upsert" ? upsert(tx) : update(tx);
@@ -641,6 +776,7 @@ function check(
   round: Round,
   outcomes: Outcome[],
   removedBy: (Removed | null)[],
+  recycledBy: Map<string, Removed[]>,
   state: Awaited<ReturnType<typeof stateOf>>,
   what: string,
 ) {
@@ -657,7 +793,12 @@ function check(
       // version any answer shows belongs to one of these lives (its created_at), and lives never
       // overlap: a life is removed once, and the row's life began after every removed one.
       const dels = round.deletes.filter((d) => d.user === u && d.series_id === s);
-      const removed = dels.map((d) => removedBy[d.id]).filter((r): r is Removed => r !== null);
+      const recycle = round.recycles.find((rc) => rc.user === u && rc.series_id === s);
+      const recycled = recycledBy.get(`${u}/${s}`) ?? [];
+      const removed = [
+        ...dels.map((d) => removedBy[d.id]).filter((r): r is Removed => r !== null),
+        ...recycled,
+      ];
       const cycled = removed.length > 0; // more than one life in this burst
       const lives = new Map<string, FinalRow>();
       for (const d of dels) {
@@ -669,6 +810,33 @@ function check(
         // A conditional delete removes only the version it names (to the millisecond), nothing once
         // another version is stored (that is checked below: no version of its life is above it).
         if (d.seen) assert.equal(keyOf(r), keyOf(d.seen), `${at}: removed another version`);
+      }
+      if (recycle) {
+        // The recycle's transaction removed the seeded row ('locked') and the life it inserted: that
+        // life's only version is its own (nothing else saw the row before it was deleted again).
+        assert.equal(recycled.length, recycle.kind === "locked" ? 2 : 1, `${here}: the recycle removed`);
+        if (recycle.kind === "locked") {
+          assert.equal(keyOf(recycled[0]), keyOf(SEED_KEY), `${here}: the recycle`);
+        }
+        const own = recycled[recycled.length - 1];
+        assert.equal(
+          keyOf(own),
+          keyOf(recycle.version),
+          `${here}: the recycle's life ended on another version`,
+        );
+        assert.equal(
+          positionOf(own),
+          positionOf(recycle.version),
+          `${here}: the recycle's life, its position`,
+        );
+        for (const r of recycled) {
+          const at = `${here}, the ${recycle.kind} recycle`;
+          assert.ok(
+            !lives.has(r.created_at),
+            `${at}: removed the life ${r.created_at}, which another delete removed`,
+          );
+          lives.set(r.created_at, r);
+        }
       }
       const deletion = state.deletionOf.get(`${u}/${s}`);
       if (!cycled) {
@@ -708,9 +876,10 @@ function check(
       };
 
       // The writes the database took, under the keys they were stored with.
-      const taken: FinalRow[] = seeded
-        ? [{ ...SEED_KEY, chapter: 0, page: 0, percentage: 0, cleared: false }]
-        : [];
+      const taken: FinalRow[] = [
+        ...(seeded ? [{ ...SEED_KEY, chapter: 0, page: 0, percentage: 0, cleared: false }] : []),
+        ...(recycle ? [recycle.version] : []), // in a life of its own (checked above)
+      ];
       const aheadStored = new Set<string>();
       for (const a of mine) {
         const o = outcomes[a.id];
@@ -770,6 +939,7 @@ function check(
       const storedIn = new Map<string, Set<string>>(seedLife ? [[seedLife, new Set([keyOf(SEED_KEY)])]] : []);
       const storeIn = (v: { created_at: string; updated_at: string; device_id: string }) =>
         storedIn.set(lifeOf(v), (storedIn.get(lifeOf(v)) ?? new Set()).add(keyOf(v)));
+      if (recycle) storeIn(recycled[recycled.length - 1]);
 
       // The log: what each answer demands, and nothing unexplained. One row per loser/winner pair:
       // a write stored, replaced by a same-millisecond one (logged, rejected = false) and then sent
@@ -1025,7 +1195,13 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
   const pools = {
     sql: postgres(testEnv().dbUrl, { max: 4, onnotice: () => {} }),
     rest: postgres(testEnv().dbUrl, { max: 4, onnotice: () => {} }),
+    contend: postgres(testEnv().dbUrl, {
+      max: 1,
+      onnotice: () => {},
+      connection: { application_name: CONTENDER },
+    }),
   };
+  const recyclePool = postgres(testEnv().dbUrl, { max: 2, onnotice: () => {} });
   try {
     for (let n = 1; n <= rounds; n++) {
       const what = `seed ${seed}, round ${n}`;
@@ -1038,31 +1214,62 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
           returning to_jsonb(created_at) #>> '{}' as created_at`;
         round.seedLife.set(key, lifeOf(seedRow));
       }
+      for (const rc of round.recycles.filter((rc) => rc.kind === "behind")) {
+        // Its last deleted life dated an hour ahead, as if the server's clock stepped back since: a row
+        // given that created_at (the stamp trigger keeps created_at; replica mode skips it), deleted.
+        await admin.begin(async (tx) => {
+          await tx`insert into public.reading_progress (user_id, series_id, device_id, updated_at)
+            values (${
+            users[rc.user].id
+          }, ${rc.series_id}, ${SEED_KEY.device_id}, ${SEED_KEY.updated_at}::timestamptz)`;
+          await tx`set local session_replication_role = replica`;
+          await tx`update public.reading_progress set created_at = clock_timestamp() + interval '1 hour'
+            where user_id = ${users[rc.user].id} and series_id = ${rc.series_id}`;
+          await tx`set local session_replication_role = origin`;
+          await tx`delete from public.reading_progress
+            where user_id = ${users[rc.user].id} and series_id = ${rc.series_id}`;
+        });
+      }
+      // The recycles' transactions take their first step before the burst (see Recycle).
+      const recycling = await Promise.all(round.recycles.map((rc) => startRecycle(rc, users, recyclePool)));
       // The burst: every request at once.
       const outcomes: Outcome[] = [];
       const removedBy: (Removed | null)[] = [];
-      await Promise.all(round.requests.map(async (request) => {
-        const fail = (error: { detail?: string; where?: string }) => {
-          throw new Error(
-            `${what}: ${request.path} of ${
-              request.del ? `delete ${request.del.id}` : request.attempts.map((a) => a.id)
-            }: ${error}${error?.detail ? ` (${error.detail})` : ""}${
-              error?.where ? ` [${error.where}]` : ""
-            }`,
-            { cause: error },
-          );
-        };
-        if (request.del) {
-          removedBy[request.del.id] = await sendDelete(request.del, users, pools.rest).catch(fail);
-          return;
+      const recycledBy = new Map<string, Removed[]>();
+      const released = Promise.all(round.recycles.map(async (rc, i) => {
+        try {
+          await waitBlockedBy(admin, rc, recycling[i].pid, what);
+        } finally {
+          recycling[i].release();
         }
-        const got = await send(request, users, pools).catch(fail);
-        request.attempts.forEach((a, i) => (outcomes[a.id] = got[i]));
+        recycledBy.set(`${rc.user}/${rc.series_id}`, await recycling[i].removed);
       }));
-      // Series with more than one life in this burst: a delete removed a row.
-      const cycled = new Set(
-        round.deletes.filter((d) => removedBy[d.id]).map((d) => `${d.user}/${d.series_id}`),
-      );
+      await Promise.all([
+        released,
+        ...round.requests.map(async (request) => {
+          const fail = (error: { detail?: string; where?: string }) => {
+            throw new Error(
+              `${what}: ${request.path} of ${
+                request.del ? `delete ${request.del.id}` : request.attempts.map((a) => a.id)
+              }: ${error}${error?.detail ? ` (${error.detail})` : ""}${
+                error?.where ? ` [${error.where}]` : ""
+              }`,
+              { cause: error },
+            );
+          };
+          if (request.del) {
+            removedBy[request.del.id] = await sendDelete(request.del, users, pools.rest).catch(fail);
+            return;
+          }
+          const got = await send(request, users, pools).catch(fail);
+          request.attempts.forEach((a, i) => (outcomes[a.id] = got[i]));
+        }),
+      ]);
+      // Series with more than one life in this burst: a delete removed a row (a recycle always does).
+      const cycled = new Set([
+        ...round.deletes.filter((d) => removedBy[d.id]).map((d) => `${d.user}/${d.series_id}`),
+        ...recycledBy.keys(),
+      ]);
       const state = await stateOf(admin, users, round);
       try {
         // A 40001 only where a delete made the INSERT that waited begin too old a life: the new-life
@@ -1076,8 +1283,12 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
             const o = outcomes[a.id] as { since: string };
             const since = lifeOf({ created_at: o.since });
             const mine = new Set(request.attempts.map((b) => `${b.user}/${b.write.series_id}`));
-            const later = round.deletes.filter((d) => mine.has(`${d.user}/${d.series_id}`))
-              .map((d) => removedBy[d.id]).filter((r) => r && r.created_at > since);
+            const later = [
+              ...round.deletes.filter((d) => mine.has(`${d.user}/${d.series_id}`)).map((d) =>
+                removedBy[d.id]
+              ),
+              ...[...mine].flatMap((k) => recycledBy.get(k) ?? []),
+            ].filter((r) => r && r.created_at > since);
             assert.ok(
               later.length > 0,
               `${what}, user ${a.user}, series ${a.write.series_id}, attempt ${a.id} (${a.path}): 40001, but no ` +
@@ -1085,7 +1296,7 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
             );
           }
         }
-        check(round, outcomes, removedBy, state, what);
+        check(round, outcomes, removedBy, recycledBy, state, what);
         await checkChanges(round, users, pools.sql, state, what);
       } catch (error) {
         // What the failing series saw, for the report: its attempts, answers, deletes, log and row.
@@ -1097,6 +1308,9 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
         }
         for (const d of round.deletes.filter((d) => d.series_id === series)) {
           console.log(JSON.stringify({ delete: d.id, seen: d.seen, removed: removedBy[d.id] }));
+        }
+        for (const rc of round.recycles.filter((rc) => rc.series_id === series)) {
+          console.log(JSON.stringify({ recycle: rc, removed: recycledBy.get(`${rc.user}/${rc.series_id}`) }));
         }
         for (const [k, v] of [...state.logOf, ...state.rowOf, ...state.deletionOf]) {
           if (k.endsWith(`/${series}`)) console.log(JSON.stringify(v));
@@ -1129,7 +1343,7 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
           round.attempts.filter((a) => a.write.keyless).length
         } keyless) and ${round.deletes.length} deletes (${
           removedBy.filter(Boolean).length
-        } removed a row) in ${round.requests.length} requests, ${again.length} sent again; ${
+        } removed a row) and ${round.recycles.length} recycles in ${round.requests.length} requests, ${again.length} sent again; ${
           outcomes.filter((o) => o.kind === "unavailable" && !o.code).length
         } answered 503, ${outcomes.filter((o) => o.kind === "unavailable" && o.code).length} 40001, ${
           outcomes.filter((o) => o.kind === "rest" && o.touched === false).length
@@ -1137,6 +1351,12 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
       );
     }
   } finally {
-    await Promise.all([admin.end(), pools.sql.end(), pools.rest.end()]);
+    await Promise.all([
+      admin.end(),
+      pools.sql.end(),
+      pools.rest.end(),
+      pools.contend.end(),
+      recyclePool.end(),
+    ]);
   }
 });
