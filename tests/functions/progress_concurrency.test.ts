@@ -29,9 +29,12 @@
 //     removed only the version it named; "changes since" shows the row, or else the remembered
 //     deletion marked "deleted": true;
 //   * one life (no delete removed a row): the row is the greatest write by (updated_at, device_id)
-//     among the writes the database took (every attempt but a 503 or a 40001, which rolled back; a
-//     write dated ahead or keyless counts under the key it was stored with, as answered; a keyless
-//     edit is stored whenever its series has a row, i.e. always but where a delete removed it);
+//     among the writes the database took (every attempt but a 40001, which rolled back, and a 503,
+//     which may have committed: the function answers 503 for a connection lost after COMMIT was
+//     sent too; such a write is taken where the database shows it, e.g. it is the row, above every
+//     write answered; the burst drops some of the function's 200s to make such 503s; a write dated
+//     ahead or keyless counts under the key it was stored with, as answered; a keyless edit is
+//     stored whenever its series has a row, i.e. always but where a delete removed it);
 //   * a Data API update or keyless edit that returns no row either found none (its transaction
 //     locked nothing: no transaction id), only where a delete removed a row, or found the row and
 //     was refused (logged) or replayed: never a keyless edit, never one dated ahead;
@@ -146,6 +149,11 @@ interface Request {
   asService: boolean;
   /** A hard delete instead of writes (attempts is then empty). */
   del?: Delete;
+  /**
+   * Through the function: its 200 answer is dropped and taken as a 503, as when the connection breaks
+   * after the server committed (the verdict takes a 503's writes as unknown: see check()).
+   */
+  loseAnswer?: boolean;
   /** The contender of a 'locked' recycle: sent on a connection of its own, waited for (see Recycle). */
   contender?: boolean;
 }
@@ -195,7 +203,8 @@ type Outcome =
     touched?: boolean;
   }
   /**
-   * A 503 through the function, or 40001 from the database (rolled back, to be sent again). A
+   * A 503 through the function (committed or not: see check()), or 40001 from the database (rolled
+   * back; both to be sent again). A
    * 40001 carries the server's clock read in its transaction just before its statement: the new-life
    * check refuses an INSERT only for a deleted life that began after its row was stamped (later still).
    */
@@ -348,6 +357,7 @@ function generate(rng: Rng, users: number): Round {
       asService: rng.chance(0.2),
       attempts: writes.map((write) => ({ id: attempts.length, user: u, write, path })),
     };
+    if (["http", "batch", "reset"].includes(path) && rng.chance(0.05)) request.loseAnswer = true;
     for (const a of request.attempts) a.id = attempts.push(a) - 1;
     requests.push(request);
     if (path !== "keyless" && rng.chance(0.15)) {
@@ -575,7 +585,7 @@ async function sendOnce(
     );
     if (answer.status === 503) return null;
     assert.equal(answer.status, 200, `${method} ${path}: ${JSON.stringify(answer.body)}`);
-    return answer.body;
+    return request.loseAnswer ? null : answer.body;
   };
   const unavailable = writes.map((): Outcome => ({ kind: "unavailable" }));
   switch (request.path) {
@@ -881,6 +891,35 @@ function check(
         ...(recycle ? [recycle.version] : []), // in a life of its own (checked above)
       ];
       const aheadStored = new Set<string>();
+      // A 503 from the function is no proof of a rollback: the function answers 503 for a database
+      // connection lost or terminated (classes 08, 57, postgres.js's CONNECTION_CLOSED, ECONNRESET:
+      // store.ts, mapDatabaseError) also when that happens after COMMIT was sent, so the transaction
+      // may have committed (a 40001 or 40P01 the function gave up on, a statement or lock timeout,
+      // keys unavailable: those rolled back, or never began). So a 503's writes are unknown: each may
+      // or may not have been stored, and the database decides (the row, the lives deleted, the log):
+      // a version or log row that only such a write explains shows that it committed. A 40001
+      // (direct SQL, Data API) is the statement's own error: rolled back. (The burst drops a share of
+      // the function's 200 answers as if the connection broke after the commit: see loseAnswer.)
+      const unknown = mine.filter((a) => {
+        const o = outcomes[a.id];
+        return o.kind === "unavailable" && !o.code;
+      });
+      /** Whether a version or key could be an unknown write's (its own key, 1 ms after it, or dated by the server). */
+      const unknownKey = (v: StoredKey) =>
+        unknown.some((a) =>
+          a.write.ahead
+            ? v.device_id === a.write.device_id && msOf(v) > BASE + 86_400_000
+            : keyOf(v) === keyOf(a.write) ||
+              (v.device_id === a.write.device_id && msOf(v) === msOf(a.write) + 1)
+        );
+      const unknownVersion = (v: FinalRow) =>
+        unknown.some((a) =>
+          positionOf(v) === positionOf(a.write) && (
+            a.write.ahead
+              ? v.device_id === a.write.device_id && msOf(v) > BASE + 86_400_000
+              : keyOf(v) === keyOf(a.write) || landedAfter(a.write, v)
+          )
+        );
       for (const a of mine) {
         const o = outcomes[a.id];
         if (o.kind === "unavailable") continue;
@@ -920,19 +959,29 @@ function check(
       const stored = new Map<string, FinalRow[]>();
       for (const t of taken) stored.set(keyOf(t), [...(stored.get(keyOf(t)) ?? []), t]);
       const storedWith = (v: FinalRow) =>
-        (stored.get(keyOf(v)) ?? []).some((t) => positionOf(t) === positionOf(v));
-      if (taken.length === 0) {
+        (stored.get(keyOf(v)) ?? []).some((t) => positionOf(t) === positionOf(v)) || unknownVersion(v);
+      if (taken.length === 0 && unknown.length === 0) {
         assert.equal(row, undefined, `${here}: a row without a write`);
         assert.equal(log.length, 0);
         assert.equal(removed.length, 0, `${here}: a row deleted that no write stored`);
         continue;
       }
       if (!cycled) {
-        // One life: its last version is the greatest write taken.
-        const expected = taken.reduce((m, t) => (cmp(t, m) > 0 ? t : m));
-        assert.ok(row, `${here}: no row, expected ${keyOf(expected)}`);
-        assert.equal(keyOf(row), keyOf(expected), `${here}: the row is the greatest write taken`);
-        assert.equal(positionOf(row), positionOf(expected), `${here}: the row carries that write's position`);
+        // One life: its last version is the greatest write taken, or above it a write answered 503
+        // (the row shows that it committed).
+        const expected = taken.length ? taken.reduce((m, t) => (cmp(t, m) > 0 ? t : m)) : null;
+        if (row && unknownVersion(row) && (!expected || cmp(row, expected) >= 0)) {
+          // A write answered 503 is the row: it committed, and nothing taken is above it.
+        } else {
+          assert.ok(expected, `${here}: a row without a write but some answered 503, and not theirs`);
+          assert.ok(row, `${here}: no row, expected ${keyOf(expected)}`);
+          assert.equal(keyOf(row), keyOf(expected), `${here}: the row is the greatest write taken`);
+          assert.equal(
+            positionOf(row),
+            positionOf(expected),
+            `${here}: the row carries that write's position`,
+          );
+        }
       }
       // Several lives: each life's last version is a write taken, stored in that life (checked at the
       // end: storedIn), and no version answered as stored in a life is above that life's last version.
@@ -976,7 +1025,10 @@ function check(
         if (o.kind === "api") {
           const r = o.result;
           assert.equal(r.progress.series_id, s, at);
-          assert.ok(stored.has(keyOf(r.progress)), `${at}: its answer shows a version no write stored`);
+          assert.ok(
+            stored.has(keyOf(r.progress)) || unknownKey(r.progress),
+            `${at}: its answer shows a version no write stored`,
+          );
           assert.ok(storedWith(r.progress), `${at}: its answer shows that version's position`);
           // Every version an answer shows was stored in its life, so is at most that life's last.
           const last = lastOf(r.progress, at);
@@ -1067,10 +1119,13 @@ function check(
       }
       for (const l of log) {
         const at = `${here}, log row ${logged(l)}`;
-        assert.ok(explained.has(logged(l)), `${at}: explained by no answer`);
+        // A write answered 503 that committed was refused, or stored and then replaced in a tie: no
+        // answer demands its row, the row shows that it committed.
+        const byUnknown = unknownKey(l.losing) || (!l.rejected && unknownKey(l.winning));
+        assert.ok(explained.has(logged(l)) || byUnknown, `${at}: explained by no answer`);
         assert.ok(cmp(l.losing, l.winning) < 0, at);
-        assert.ok(stored.has(keyOf(l.winning)), `${at}: the winner is no write`);
-        assert.ok(stored.has(keyOf(l.losing)), `${at}: the loser is no write`);
+        assert.ok(stored.has(keyOf(l.winning)) || unknownKey(l.winning), `${at}: the winner is no write`);
+        assert.ok(stored.has(keyOf(l.losing)) || unknownKey(l.losing), `${at}: the loser is no write`);
         assert.equal(
           l.kind,
           l.losing.device_id === l.winning.device_id
@@ -1080,9 +1135,15 @@ function check(
             : "stale",
           at,
         );
-        assert.ok(storedOnce.has(keyOf(l.winning)), `${at}: the winner was never answered as stored`);
+        assert.ok(
+          storedOnce.has(keyOf(l.winning)) || unknownKey(l.winning),
+          `${at}: the winner was never answered as stored`,
+        );
         if (!l.rejected) {
-          assert.ok(storedOnce.has(keyOf(l.losing)), `${at}: the replaced write was never stored`);
+          assert.ok(
+            storedOnce.has(keyOf(l.losing)) || unknownKey(l.losing),
+            `${at}: the replaced write was never stored`,
+          );
         }
       }
       // Each life ended on a version some write stored in that life (with the position it was sent
@@ -1092,8 +1153,8 @@ function check(
       for (const [life, last] of lives) {
         const at = `${here}, life ${life} (${keyOf(last)})`;
         assert.ok(
-          storedIn.get(life)?.has(keyOf(last)),
-          `${at}: its last version was never answered as stored in it`,
+          storedIn.get(life)?.has(keyOf(last)) || unknownVersion(last),
+          `${at}: its last version was never answered as stored in it (nor is it a write answered 503)`,
         );
         assert.ok(storedWith(last), `${at}: its last version is no write's (key and position)`);
       }
@@ -1345,7 +1406,11 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
           removedBy.filter(Boolean).length
         } removed a row) and ${round.recycles.length} recycles in ${round.requests.length} requests, ${again.length} sent again; ${
           outcomes.filter((o) => o.kind === "unavailable" && !o.code).length
-        } answered 503, ${outcomes.filter((o) => o.kind === "unavailable" && o.code).length} 40001, ${
+        } answered 503 (${
+          round.requests.filter((r) => r.loseAnswer).flatMap((r) => r.attempts).length
+        } of them dropped 200s), ${
+          outcomes.filter((o) => o.kind === "unavailable" && o.code).length
+        } 40001, ${
           outcomes.filter((o) => o.kind === "rest" && o.touched === false).length
         } updates found no row`,
       );
