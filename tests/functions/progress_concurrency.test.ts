@@ -50,8 +50,13 @@
 //   * every refused write is logged (stale / tie, or 'self' for its own device's newer write) and
 //     its answer names the row it lost to; every replaced same-millisecond write is logged as the
 //     tie's loser and its winner answered 'tie'; over several lives a log row is kept, moved to the
-//     life that logs the pair again: the row's life is checked as a single life, on the rows logged
-//     after the last deletion, earlier lives only for each row's presence; the log holds nothing else;
+//     life that logs the pair again: each row belongs to the life it was logged in (by its
+//     created_at against the clock of each deletion, read in the deleting transaction), and each
+//     life is checked as a single life, but that a pair it logged may have moved to a later life
+//     (a won tie: logged in its life as the replaced write, or in a later one; a win without a tie:
+//     no replaced write logged in its life; a refusal: logged in its life or a later one); every
+//     row's winner (and a replaced loser) was answered as stored in its life, and both positions
+//     logged are those stored or sent under their keys; the log holds nothing else;
 //   * no answer is a 500 (or any error but a 503, and 40001 as above);
 //   * then every request whose first answer was given against the final row (the same life) is sent
 //     again: it gets the same answer (the Data API: no row) and the database (rows, log,
@@ -119,6 +124,20 @@ interface Delete {
 
 /** What a delete removed (RETURNING of the DELETE, as PostgREST's return=representation): a life's last version. */
 type Removed = FinalRow & { created_at: string };
+/**
+ * A life a delete ended: its last version, and the clock of its deletion (the deleted_at its
+ * remembered deletion got, read in the deleting transaction): a conflict logged in that life was
+ * logged before it (the logging held the row's lock), one logged in a later life after it.
+ */
+type Ended = Removed & { deleted_at: string };
+
+/** The deleted_at of the deletion this transaction remembered for the series (RLS: the user's own). */
+async function deletedAt(tx: postgres.TransactionSql, seriesId: string) {
+  const [{ at }] = await tx<{ at: string }[]>`
+    select to_jsonb(deleted_at) #>> '{}' as at from public.reading_progress_deletions
+     where user_id = auth.uid() and series_id = ${seriesId} and deleted_xid = pg_current_xact_id()`;
+  return lifeOf({ created_at: at });
+}
 
 /** A write as sent (the API's body with `cleared` always given), and how it was dated. */
 interface Write extends ProgressKey, ProgressPosition {
@@ -227,6 +246,17 @@ const keyOf = (v: { updated_at: string | Date; device_id: string }) => `${msOf(v
 const cmp = (a: StoredKey, b: StoredKey) => resolver.compare(a, b);
 const positionOf = (v: { chapter: number; page: number; percentage: number; cleared: boolean }) =>
   `${v.chapter}/${v.page}/${v.percentage}/${v.cleared}`;
+
+/** A position as positionOf wrote it. */
+const positionFrom = (p: string) => {
+  const [chapter, page, percentage, cleared] = p.split("/");
+  return {
+    chapter: Number(chapter),
+    page: Number(page),
+    percentage: Number(percentage),
+    cleared: cleared === "true",
+  };
+};
 
 /** Whether `stored` is `w`'s device's version 1 ms after it with its position (see check()). */
 const landedAfter = (w: Write, stored: FinalRow) =>
@@ -503,7 +533,7 @@ async function startRecycle(rc: Recycle, users: TestUser[], pool: postgres.Sql) 
         returning chapter, page, percentage, cleared, device_id, to_jsonb(updated_at) #>> '{}' as updated_at,
           to_jsonb(created_at) #>> '{}' as created_at`;
       assert.equal(rows.length, 1, `recycle of ${rc.series_id}: deleted ${rows.length} rows`);
-      return { ...rows[0], created_at: lifeOf(rows[0]) };
+      return { ...rows[0], created_at: lifeOf(rows[0]), deleted_at: await deletedAt(tx, rc.series_id) };
     };
     const insert = () =>
       tx`insert into public.reading_progress
@@ -511,7 +541,7 @@ async function startRecycle(rc: Recycle, users: TestUser[], pool: postgres.Sql) 
          values (${users[rc.user].id}, ${rc.series_id}, ${rc.version.chapter}, ${rc.version.page},
            ${rc.version.percentage}, ${rc.version.cleared}, ${rc.version.device_id},
            ${rc.version.updated_at}::timestamptz)`;
-    const removed: Removed[] = [];
+    const removed: Ended[] = [];
     if (rc.kind === "locked") removed.push(await del());
     else await insert();
     started(pid);
@@ -546,22 +576,24 @@ async function waitBlockedBy(admin: postgres.Sql, rc: Recycle, pid: number, what
 }
 
 /** A hard delete through the Data API as the user: what it removed (at most one row), or null. */
-async function sendDelete(del: Delete, users: TestUser[], rest: postgres.Sql): Promise<Removed | null> {
-  const rows = await rest.begin(async (tx) => {
+async function sendDelete(del: Delete, users: TestUser[], rest: postgres.Sql): Promise<Ended | null> {
+  const { rows, at } = await rest.begin(async (tx) => {
     await asUser(tx, users[del.user]);
     // PostgREST's DELETE ... WHERE <filters> RETURNING (Prefer: return=representation); RLS keeps
     // it to the user's rows. .eq("updated_at", seen.updated_at) compares as timestamptz.
     const seen = del.seen
       ? tx`and updated_at = ${del.seen.updated_at}::timestamptz and device_id = ${del.seen.device_id}`
       : tx``;
-    return await tx<Removed[]>`
+    const rows = await tx<Removed[]>`
       delete from public.reading_progress
        where series_id = ${del.series_id} ${seen}
       returning chapter, page, percentage, cleared, device_id, to_jsonb(updated_at) #>> '{}' as updated_at,
         to_jsonb(created_at) #>> '{}' as created_at`;
+    // (The test's own read, in the deleting transaction: when the life ended, see Ended.)
+    return { rows, at: rows.length ? await deletedAt(tx, del.series_id) : "" };
   });
   assert.ok(rows.length <= 1);
-  return rows[0] ? { ...rows[0], created_at: lifeOf(rows[0]) } : null;
+  return rows[0] ? { ...rows[0], created_at: lifeOf(rows[0]), deleted_at: at } : null;
 }
 
 async function sendOnce(
@@ -709,6 +741,9 @@ interface LogRow {
   rejected: boolean;
   losing: StoredKey;
   winning: StoredKey;
+  /** The positions logged for each side (positionOf). */
+  losingPosition: string;
+  winningPosition: string;
   /** When it was logged (or last moved to a later life): created_at, microseconds. */
   at: string;
 }
@@ -733,12 +768,18 @@ async function stateOf(admin: postgres.Sql, users: TestUser[], round: Round) {
       ld: string;
       wu: string;
       wd: string;
+      lp: { chapter: number; page: number; percentage: number; cleared: boolean };
+      wp: { chapter: number; page: number; percentage: number; cleared: boolean };
       at: string;
       full: string;
     }[]
   >`
     select user_id, series_id, kind, rejected, to_jsonb(losing_updated_at) #>> '{}' as lu, losing_device_id as ld,
            to_jsonb(winning_updated_at) #>> '{}' as wu, winning_device_id as wd,
+           jsonb_build_object('chapter', losing_chapter, 'page', losing_page, 'percentage', losing_percentage,
+             'cleared', losing_cleared) as lp,
+           jsonb_build_object('chapter', winning_chapter, 'page', winning_page, 'percentage', winning_percentage,
+             'cleared', winning_cleared) as wp,
            to_jsonb(created_at) #>> '{}' as at, to_jsonb(c)::text as full
       from public.reading_progress_conflicts c
      where user_id = any(${ids}::uuid[]) and series_id = any(${all}::text[])
@@ -767,6 +808,8 @@ async function stateOf(admin: postgres.Sql, users: TestUser[], round: Round) {
       rejected: r.rejected,
       losing: { updated_at: r.lu, device_id: r.ld },
       winning: { updated_at: r.wu, device_id: r.wd },
+      losingPosition: positionOf(r.lp),
+      winningPosition: positionOf(r.wp),
       at: lifeOf({ created_at: r.at }),
     }]);
   }
@@ -785,8 +828,8 @@ async function stateOf(admin: postgres.Sql, users: TestUser[], round: Round) {
 function check(
   round: Round,
   outcomes: Outcome[],
-  removedBy: (Removed | null)[],
-  recycledBy: Map<string, Removed[]>,
+  removedBy: (Ended | null)[],
+  recycledBy: Map<string, Ended[]>,
   state: Awaited<ReturnType<typeof stateOf>>,
   what: string,
 ) {
@@ -806,7 +849,7 @@ function check(
       const recycle = round.recycles.find((rc) => rc.user === u && rc.series_id === s);
       const recycled = recycledBy.get(`${u}/${s}`) ?? [];
       const removed = [
-        ...dels.map((d) => removedBy[d.id]).filter((r): r is Removed => r !== null),
+        ...dels.map((d) => removedBy[d.id]).filter((r): r is Ended => r !== null),
         ...recycled,
       ];
       const cycled = removed.length > 0; // more than one life in this burst
@@ -861,6 +904,7 @@ function check(
           `${here}: the deletion remembered is not the last life`,
         );
         assert.equal(keyOf(deletion), keyOf(last), `${here}: the deletion remembered keeps another version`);
+        assert.equal(deletion.deleted_at, last.deleted_at, `${here}: the deletion remembered is another's`);
         assert.equal(
           positionOf(deletion),
           positionOf(last),
@@ -993,7 +1037,7 @@ function check(
       // The log: what each answer demands, and nothing unexplained. One row per loser/winner pair:
       // a write stored, replaced by a same-millisecond one (logged, rejected = false) and then sent
       // again (refused by the same winner) keeps that row.
-      const logged = (l: Omit<LogRow, "rejected" | "at">) =>
+      const logged = (l: Pick<LogRow, "kind" | "losing" | "winning">) =>
         `${l.kind}|${keyOf(l.losing)}|${keyOf(l.winning)}`;
       const inLog = new Set(log.map(logged));
       assert.equal(inLog.size, log.length, `${here}: a loser/winner pair logged twice`);
@@ -1005,17 +1049,29 @@ function check(
       for (const l of log.filter((l) => !l.rejected)) {
         replacedBy.set(keyOf(l.winning), [...(replacedBy.get(keyOf(l.winning)) ?? []), l]);
       }
-      // The row's life (the last one) logs as a single life does. Its log rows are those logged after
-      // the last deletion (every one with a single life): each logging holds the row's lock, so one
-      // in an earlier life ended before the delete that ended it, and the row's life began after the
-      // last delete committed; log_reading_progress_conflict moves a pair's row to a later life by
-      // the same rule (a deletion after it was logged). A pair's first logging in a life is the one
-      // kept (a replaced write before its refusals: the stored key only grows within a life).
-      const rowLife = row?.created_at;
-      const finalLog = !cycled ? log : row && deletion ? log.filter((l) => l.at > deletion.deleted_at) : [];
-      const inFinalLog = new Set(finalLog.map(logged));
-      const replacedInRowLife = (k: string) =>
-        finalLog.filter((l) => !l.rejected && keyOf(l.winning) === k).map(logged);
+      // Each life logs as a single life does. A log row belongs to the life it was (last) logged in:
+      // the first whose deletion came after it (each logging holds the row's lock, so one in a life
+      // ended before the delete that ended it, and a later life began after that delete committed),
+      // else the row's (every one with a single life). log_reading_progress_conflict moves a pair's
+      // row to a later life that logs the pair again (a deletion after it was logged), so a life may
+      // have lost a row to a later one, never gained one. A pair's first logging in a life is the
+      // one kept (a replaced write before its refusals: the stored key only grows within a life).
+      const ended = [...removed].sort((x, y) => (x.created_at < y.created_at ? -1 : 1));
+      const order = [...ended.map((r) => r.created_at), ...(row ? [row.created_at] : [])];
+      const loggedIn = (l: LogRow) => {
+        const life = ended.find((r) => r.deleted_at > l.at)?.created_at ?? row?.created_at;
+        assert.ok(life, `${here}, log row ${logged(l)}: logged after the last deletion, but there is no row`);
+        return life;
+      };
+      const lifeOfLog = new Map(log.map((l) => [l, loggedIn(l)]));
+      const logIn = (life: string) => log.filter((l) => lifeOfLog.get(l) === life);
+      /** Whether the pair is logged in that life or a later one (moved there), or only a later one. */
+      const loggedSince = (key: string, life: string, later = false) =>
+        log.some((l) =>
+          logged(l) === key && order.indexOf(lifeOfLog.get(l)!) >= order.indexOf(life) + (later ? 1 : 0)
+        );
+      const replacedIn = (life: string, k: string) =>
+        logIn(life).filter((l) => !l.rejected && keyOf(l.winning) === k).map(logged);
       const storedOnce = new Set<string>(seeded ? [keyOf(SEED_KEY)] : []); // versions some write stored
       for (const a of mine) {
         const o = outcomes[a.id];
@@ -1053,22 +1109,31 @@ function check(
               assert.ok(cmp(r.conflict_with, r.progress) < 0, at);
               const l = { kind: "tie", rejected: false, losing: r.conflict_with, winning: r.progress };
               assert.ok(inLog.has(logged(l)), `${at}: its won tie is not logged`);
-              // In an earlier life the row may have been refused since, the same pair, rejected.
-              if (lifeOf(r.progress) === rowLife) {
-                assert.deepEqual(replacedInRowLife(k), [logged(l)], `${at}: logged as the replaced write`);
+              // Logged in its life as the replaced write, or moved to a later life that logged the pair.
+              const life = lifeOf(r.progress);
+              const inLife = replacedIn(life, k);
+              if (inLife.length || life === row?.created_at) {
+                assert.deepEqual(inLife, [logged(l)], `${at}: logged as the replaced write in its life`);
+              } else {
+                assert.ok(
+                  loggedSince(logged(l), life, true),
+                  `${at}: its won tie is logged in no later life`,
+                );
               }
               explained.add(logged(l));
             } else {
               assert.equal(r.conflict, null, at);
-              // (The same key may have won a tie in an earlier life.)
-              if (lifeOf(r.progress) === rowLife) {
-                assert.deepEqual(replacedInRowLife(k), [], `${at}: answered without the tie it won`);
-              }
+              // (The same key may have won a tie in another life.)
+              assert.deepEqual(
+                replacedIn(lifeOf(r.progress), k),
+                [],
+                `${at}: answered without the tie it won`,
+              );
             }
           } else {
             assert.ok(!a.write.ahead, `${at}: a write dated ahead lost`);
             assert.ok(cmp(a.write, r.progress) < 0, `${at}: lost to a version not above it`);
-            let l: Omit<LogRow, "at">;
+            let l: Pick<LogRow, "kind" | "rejected" | "losing" | "winning">;
             if (r.conflict === null) {
               assert.equal(
                 r.progress.device_id,
@@ -1085,9 +1150,10 @@ function check(
               l = { kind: r.conflict, rejected: true, losing: a.write, winning: r.progress };
             }
             assert.ok(inLog.has(logged(l)), `${at}: its loss is not logged as ${logged(l)}`);
-            if (lifeOf(r.progress) === rowLife) {
-              assert.ok(inFinalLog.has(logged(l)), `${at}: its loss is not logged in the row's life`);
-            }
+            assert.ok(
+              loggedSince(logged(l), lifeOf(r.progress)),
+              `${at}: its loss is not logged in its life or a later one`,
+            );
             explained.add(logged(l));
           }
         } else if (o.row) {
@@ -1126,6 +1192,27 @@ function check(
         assert.ok(cmp(l.losing, l.winning) < 0, at);
         assert.ok(stored.has(keyOf(l.winning)) || unknownKey(l.winning), `${at}: the winner is no write`);
         assert.ok(stored.has(keyOf(l.losing)) || unknownKey(l.losing), `${at}: the loser is no write`);
+        // Its content: the positions of the two versions it names, and the life it was logged in
+        // holds its winner (and the loser it replaced), as answered.
+        assert.ok(
+          storedWith({ ...l.winning, ...positionFrom(l.winningPosition) }),
+          `${at}: the winner's position logged (${l.winningPosition}) is not the one stored under its key`,
+        );
+        assert.ok(
+          storedWith({ ...l.losing, ...positionFrom(l.losingPosition) }),
+          `${at}: the loser's position logged (${l.losingPosition}) is not the one sent under its key`,
+        );
+        const life = lifeOfLog.get(l)!;
+        assert.ok(
+          storedIn.get(life)?.has(keyOf(l.winning)) || unknownKey(l.winning),
+          `${at}: its winner was not answered as stored in the life it was logged in (${life})`,
+        );
+        if (!l.rejected) {
+          assert.ok(
+            storedIn.get(life)?.has(keyOf(l.losing)) || unknownKey(l.losing),
+            `${at}: the write it replaced was not answered as stored in the life it was logged in (${life})`,
+          );
+        }
         assert.equal(
           l.kind,
           l.losing.device_id === l.winning.device_id
@@ -1295,8 +1382,8 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
       const recycling = await Promise.all(round.recycles.map((rc) => startRecycle(rc, users, recyclePool)));
       // The burst: every request at once.
       const outcomes: Outcome[] = [];
-      const removedBy: (Removed | null)[] = [];
-      const recycledBy = new Map<string, Removed[]>();
+      const removedBy: (Ended | null)[] = [];
+      const recycledBy = new Map<string, Ended[]>();
       const released = Promise.all(round.recycles.map(async (rc, i) => {
         try {
           await waitBlockedBy(admin, rc, recycling[i].pid, what);
