@@ -272,24 +272,33 @@ export async function createRealtimeEndpoint(
       return new Response(null, { status: 202 });
     }
     if (url.pathname !== "/realtime/v1/api/broadcast") return json(404, { message: "not found" });
-    let body: { messages?: unknown };
+    let body: unknown;
     try {
       body = await req.json();
     } catch {
       return json(400, { message: "body is not JSON" });
     }
-    if (!Array.isArray(body.messages) || body.messages.length === 0) {
+    // Any JSON may come (null, a number, an array): only an object's messages count (Supabase's
+    // BatchBroadcast changeset; Phoenix hands it a non-object body as _json, so messages are missing).
+    const messages = body !== null && typeof body === "object"
+      ? (body as { messages?: unknown }).messages
+      : undefined;
+    if (!Array.isArray(messages) || messages.length === 0) {
       return json(422, { errors: { messages: ["can't be blank"] } });
     }
     const allowed = new Map<string, boolean>();
-    for (const raw of body.messages) {
+    for (const raw of messages) {
+      // An element that is no object is no message (embeds_many: "is invalid"); it threw here (500).
+      if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+        return json(422, { errors: { messages: ["is invalid"] } });
+      }
       const m = raw as { topic?: unknown; event?: unknown; payload?: unknown; private?: unknown };
       if (typeof m.topic !== "string" || typeof m.event !== "string") {
         return json(422, { errors: { messages: ["topic and event are required"] } });
       }
     }
     for (
-      const raw of body.messages as { topic: string; event: string; payload?: unknown; private?: unknown }[]
+      const raw of messages as { topic: string; event: string; payload?: unknown; private?: unknown }[]
     ) {
       const isPrivate = raw.private === true;
       if (isPrivate) {

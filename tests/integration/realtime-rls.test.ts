@@ -833,6 +833,40 @@ Deno.test(
 
 Deno.test(
   {
+    name: "realtime REST: a batch whose body or a message is not an object (null) is a 422, not a 500",
+    ...noSanitize,
+  },
+  async () => {
+    // Supabase's BatchBroadcast changeset: messages missing ("can't be blank"), or an element that is no
+    // message (embeds_many: "is invalid"), both 422. A body of null, or a null in messages, threw here.
+    const env = testEnv();
+    const a = await createTestUser();
+    for (
+      const body of [
+        "null",
+        '{"messages":[null]}',
+        '{"messages":[5]}',
+        '{"messages":[{"topic":"t","event":"e"},null]}',
+      ]
+    ) {
+      const res = await fetch(`${env.url}/realtime/v1/api/broadcast`, {
+        method: "POST",
+        headers: {
+          apikey: env.anonKey,
+          Authorization: `Bearer ${a.accessToken}`,
+          "Content-Type": "application/json",
+        },
+        body,
+      });
+      const text = await res.text();
+      assert.equal(res.status, 422, `${body}: ${res.status} ${text}`);
+      assert.ok(JSON.parse(text).errors?.messages, `${body}: ${text}`);
+    }
+  },
+);
+
+Deno.test(
+  {
     name: "realtime REST: browsers may call the broadcast routes from any origin (the gateway's CORS)",
     ...noSanitize,
   },
