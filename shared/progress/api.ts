@@ -117,9 +117,9 @@ function errorFor(
 export interface RetryOptions {
   /** Total attempts including the first (default 4): a whole number from 1 (no retry). */
   attempts: number;
-  /** The first retry's wait ceiling, doubled for each later one (ms, 1 to MAX_TIMER_MS). */
+  /** The first retry's wait ceiling, doubled for each later one (ms, 0 = retry at once, to MAX_TIMER_MS). */
   baseDelayMs: number;
-  /** The cap on that ceiling, and the longest Retry-After waited out (ms, 1 to MAX_TIMER_MS). */
+  /** The cap on that ceiling, and the longest Retry-After waited out (ms, 0 to MAX_TIMER_MS). */
   maxDelayMs: number;
 }
 
@@ -154,26 +154,28 @@ type FunctionsCapableClient = Pick<SupabaseClient, "functions">;
 /**
  * Throws a RangeError for the first of `timeoutMs` and `retry`'s fields outside its range, naming
  * it as `<prefix><name>` in `where`'s words. A field given as undefined is not given (its default
- * applies). timeoutMs, retry.baseDelayMs and retry.maxDelayMs take 1 to MAX_TIMER_MS ms: below 1,
- * Infinity or past MAX_TIMER_MS, setTimeout fires at once (every attempt aborted before its answer,
- * retries without a wait), and functions-js takes a timeout of 0 or NaN as none at all (an attempt
- * that may hang for good). retry.attempts is a whole number from 1 (counting the first attempt; 1 =
- * no retry): 0 was silently 1, and NaN or Infinity retried without end.
+ * applies). timeoutMs takes 1 to MAX_TIMER_MS ms: below 1, Infinity or past MAX_TIMER_MS, setTimeout
+ * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
+ * NaN as none at all (an attempt that may hang for good). retry.baseDelayMs and retry.maxDelayMs take
+ * 0 to MAX_TIMER_MS ms: 0 is a wait of none (retry at once; the attempts bound the retries), while a
+ * negative one, NaN, Infinity or one past MAX_TIMER_MS is no wait the caller can have meant.
+ * retry.attempts is a whole number from 1 (counting the first attempt; 1 = no retry): 0 was silently
+ * 1, and NaN or Infinity retried without end.
  */
 function checkApiOptions(
   options: Pick<ProgressApiOptions, "timeoutMs" | "retry">,
   where: string,
   prefix = "",
 ) {
-  const ms = (name: string, value: unknown) => {
-    if (value === undefined || (typeof value === "number" && value >= 1 && value <= MAX_TIMER_MS)) return;
+  const ms = (name: string, value: unknown, least: 0 | 1) => {
+    if (value === undefined || (typeof value === "number" && value >= least && value <= MAX_TIMER_MS)) return;
     throw new RangeError(
-      `${where} option ${prefix}${name} must be a number of milliseconds from 1 to ${MAX_TIMER_MS} (got ${
+      `${where} option ${prefix}${name} must be a number of milliseconds from ${least} to ${MAX_TIMER_MS} (got ${
         String(value)
       })`,
     );
   };
-  ms("timeoutMs", options.timeoutMs);
+  ms("timeoutMs", options.timeoutMs, 1);
   const retry: unknown = options.retry;
   if (retry === undefined) return;
   if (retry === null || typeof retry !== "object") {
@@ -186,8 +188,8 @@ function checkApiOptions(
         `(got ${String(attempts)})`,
     );
   }
-  ms("retry.baseDelayMs", baseDelayMs);
-  ms("retry.maxDelayMs", maxDelayMs);
+  ms("retry.baseDelayMs", baseDelayMs, 0);
+  ms("retry.maxDelayMs", maxDelayMs, 0);
 }
 
 /** The retry options in force: each field given, or its default (one given as undefined too). */

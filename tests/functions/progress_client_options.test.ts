@@ -61,6 +61,8 @@ const CALLS: [string, (client: SupabaseClient, options: ProgressApiOptions) => P
 ];
 
 const MS_OUT_OF_RANGE = [0, -1, 0.5, NaN, Infinity, -Infinity, MAX_TIMER_MS + 1];
+/** A wait between attempts may be 0 (retry at once) or under 1 ms; the rest as for timeoutMs. */
+const DELAY_OUT_OF_RANGE = MS_OUT_OF_RANGE.filter((v) => !(v >= 0 && v < 1));
 const BAD: [string, Partial<ProgressApiOptions>, unknown][] = [
   ...MS_OUT_OF_RANGE.map((v) =>
     ["timeoutMs", { timeoutMs: v }, v] as [string, Partial<ProgressApiOptions>, unknown]
@@ -68,10 +70,10 @@ const BAD: [string, Partial<ProgressApiOptions>, unknown][] = [
   ...[0, -1, 1.5, NaN, Infinity].map((v) =>
     ["retry.attempts", { retry: { attempts: v } }, v] as [string, Partial<ProgressApiOptions>, unknown]
   ),
-  ...MS_OUT_OF_RANGE.map((v) =>
+  ...DELAY_OUT_OF_RANGE.map((v) =>
     ["retry.baseDelayMs", { retry: { baseDelayMs: v } }, v] as [string, Partial<ProgressApiOptions>, unknown]
   ),
-  ...MS_OUT_OF_RANGE.map((v) =>
+  ...DELAY_OUT_OF_RANGE.map((v) =>
     ["retry.maxDelayMs", { retry: { maxDelayMs: v } }, v] as [string, Partial<ProgressApiOptions>, unknown]
   ),
 ];
@@ -135,6 +137,29 @@ Deno.test("plain calls: timeoutMs or a retry field out of range is a rejected Ra
     );
     assert.equal(requests(), before + 1, JSON.stringify(options));
   }
+});
+
+Deno.test("plain calls: retry.baseDelayMs or retry.maxDelayMs 0 retries at once (with the real sleep: no hang, no timer left)", async () => {
+  const { client, requests } = countingClient();
+  for (const retry of [{ baseDelayMs: 0 }, { maxDelayMs: 0 }, { baseDelayMs: 0, maxDelayMs: 0 }]) {
+    const delays: number[] = [];
+    const before = requests();
+    await assert.rejects(
+      getProgress(client, "s1", {
+        retry: { ...retry, attempts: 3 },
+        onRetry: ({ delayMs }) => {
+          delays.push(delayMs);
+          if (delays.length >= 20) throw new Error("retried 20 times");
+        },
+      }),
+      NetworkError,
+      JSON.stringify(retry),
+    );
+    assert.deepEqual(delays, [0, 0], JSON.stringify(retry));
+    assert.equal(requests(), before + 3, JSON.stringify(retry));
+  }
+  // createProgressApi takes them too (subscribeToProgress: its test below).
+  createProgressApi(client, { retry: { baseDelayMs: 0, maxDelayMs: 0 } });
 });
 
 Deno.test("plain calls: retry fields given as undefined take their defaults (4 attempts, waits from 200 ms up to 5 s)", async () => {
@@ -214,7 +239,7 @@ Deno.test({
     const first = subscribeToProgress(client, USER, () => {}, {
       ...quiet,
       changesLimit: PROGRESS_LIMITS.changesMax,
-      api: { timeoutMs: MAX_TIMER_MS, retry: { attempts: 1, baseDelayMs: 1, maxDelayMs: MAX_TIMER_MS } },
+      api: { timeoutMs: MAX_TIMER_MS, retry: { attempts: 1, baseDelayMs: 0, maxDelayMs: MAX_TIMER_MS } },
     });
     try {
       refusals();
