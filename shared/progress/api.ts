@@ -591,18 +591,64 @@ function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   }
 }
 
+/**
+ * The data options of a subscribeToProgress call (numbers, strings, booleans, null) by path:
+ * "pollIntervalMs", "backoff.maxMs", "api.retry.attempts", "api.headers.<name>". Callbacks (log,
+ * random, api.onRetry, ...) and objects that are not plain (api.signal, api.clock) are not data.
+ */
+function dataOptionsOf(options: SubscribeToProgressOptions): Map<string, unknown> {
+  const found = new Map<string, unknown>();
+  const walk = (value: unknown, path: string) => {
+    if (value === undefined || typeof value === "function") return;
+    if (value !== null && typeof value === "object") {
+      const proto = Object.getPrototypeOf(value);
+      if (proto !== Object.prototype && proto !== null) return;
+      for (const [key, v] of Object.entries(value)) walk(v, path ? `${path}.${key}` : key);
+      return;
+    }
+    found.set(path, value);
+  };
+  walk(options, "");
+  return found;
+}
+
+/**
+ * Throws for a data option a later subscribeToProgress on a client gives other than the one its
+ * shared service runs with (`inForce`, the first call's): it could not apply (the service, its
+ * changesSince and their options are the first call's), and left unsaid the caller would believe it
+ * did (another poll interval, page size, token, act-as-user header, starting cursor). A string's value
+ * (a token, a header) is not shown.
+ */
+function checkSharedOptions(inForce: Map<string, unknown>, options: SubscribeToProgressOptions): void {
+  const shown = (value: unknown) => typeof value === "string" ? "a string" : String(value);
+  for (const [path, value] of dataOptionsOf(options)) {
+    if (Object.is(value, inForce.get(path))) continue;
+    const first = inForce.has(path) ? shown(inForce.get(path)) : "not given";
+    throw new Error(
+      `subscribeToProgress option ${path} (${shown(value)}) is not the one this client's shared ` +
+        `RealtimeService runs with (${first}): every subscribeToProgress() on one supabase client shares ` +
+        `the service its first one made, with that call's options. Give the same or leave it out ` +
+        `(a new token: subscription.service.setAccessToken()), or subscribe on another client`,
+    );
+  }
+}
+
 // realtime-js keeps one channel per topic on a client, so two services on one client could not both
 // join progress:<user>: the second would never go live and only poll. Every subscribeToProgress on
 // a client therefore shares one RealtimeService (whose subscriptions to the same user share one
-// channel), created with the options of the first live subscription and closed with the last one.
-const sharedServices = new WeakMap<SupabaseClient, { service: RealtimeService; subscriptions: number }>();
+// channel), created with the options of the first live subscription and closed with the last one;
+// a later call's data options must be the same (checkSharedOptions), its callbacks are not used.
+const sharedServices = new WeakMap<
+  SupabaseClient,
+  { service: RealtimeService; subscriptions: number; options: Map<string, unknown> }
+>();
 
 /**
  * Live progress of `userId`: Realtime broadcasts on progress:<userId>, with catch-up after every
  * (re)subscribe and polling while Realtime is down going through this API's changesSince (so RLS in
  * the function decides what is returned). Subscriptions on one client share one RealtimeService
- * (see sharedServices: the first subscription's options apply); unsubscribe() closes it once the
- * last subscription on the client is gone.
+ * (see sharedServices: the first subscription's options apply, and a later one giving another data
+ * option throws); unsubscribe() closes it once the last subscription on the client is gone.
  */
 export function subscribeToProgress(
   client: SupabaseClient,
@@ -613,7 +659,8 @@ export function subscribeToProgress(
   // Checked on every call, the first on a client (whose options the shared service takes) or not.
   checkSubscribeOptions(options);
   let shared = sharedServices.get(client);
-  if (!shared) {
+  if (shared) checkSharedOptions(shared.options, options);
+  else {
     const { api, changesLimit, ...serviceOptions } = options;
     // The service gives up on a call after requestTimeoutMs; with a whole attempt allowed that long,
     // a hung first attempt would use up the call and its retries would never run.
@@ -656,7 +703,7 @@ export function subscribeToProgress(
         }
       },
     });
-    shared = { service, subscriptions: 0 };
+    shared = { service, subscriptions: 0, options: dataOptionsOf(options) };
     sharedServices.set(client, shared);
   }
   const entry = shared;

@@ -243,9 +243,91 @@ Deno.test({
     });
     try {
       refusals();
-      const second = subscribeToProgress(client, USER, () => {}, { ...quiet, changesLimit: 1 });
+      const second = subscribeToProgress(client, USER, () => {}, quiet);
       assert.equal(second.service, first.service);
       await second.unsubscribe();
+    } finally {
+      await first.unsubscribe();
+    }
+    assert.equal(client.getChannels().length, 0, "the service closed with its last subscription");
+  },
+});
+
+Deno.test({
+  name:
+    "subscribeToProgress: a later call on the client giving a data option other than the shared service's is refused, naming it; the same, none, or callbacks are taken",
+  ...noSanitize,
+  fn: async () => {
+    const { client } = fakeClient();
+    const log = () => {};
+    const first = subscribeToProgress(client, USER, () => {}, {
+      log,
+      accessToken: "T1",
+      pollIntervalMs: 60_000,
+      backoff: { initialMs: 1_000 },
+      initialCursor: "c1",
+      changesLimit: 200,
+      api: { timeoutMs: 1_000, retry: { attempts: 2 }, headers: { "X-Act-As-User": "u1" } },
+    });
+    try {
+      const differing: [string, Record<string, unknown>, string, string][] = [
+        ["pollIntervalMs", { pollIntervalMs: 5_000 }, "5000", "60000"],
+        ["requestTimeoutMs", { requestTimeoutMs: 0 }, "0", "not given"], // out of range, unchecked before
+        ["backoff.initialMs", { backoff: { initialMs: 2_000 } }, "2000", "1000"],
+        ["backoff.maxMs", { backoff: { maxMs: 5_000 } }, "5000", "not given"],
+        ["changesLimit", { changesLimit: 100 }, "100", "200"],
+        ["api.timeoutMs", { api: { timeoutMs: 2_000 } }, "2000", "1000"],
+        ["api.retry.attempts", { api: { retry: { attempts: 3 } } }, "3", "2"],
+        [
+          "api.headers.X-Act-As-User",
+          { api: { headers: { "X-Act-As-User": "u2" } } },
+          "a string",
+          "a string",
+        ],
+        ["initialCursor", { initialCursor: "c2" }, "a string", "a string"],
+        ["accessToken", { accessToken: "T2-secret" }, "a string", "a string"],
+      ];
+      for (const [name, options, value, inForce] of differing) {
+        assert.throws(
+          () => subscribeToProgress(client, USER, () => {}, { log, ...options }),
+          (error: Error) => {
+            assert.ok(!(error instanceof RangeError), String(error));
+            assert.ok(
+              error.message.startsWith(
+                `subscribeToProgress option ${name} (${value}) is not the one this client's shared ` +
+                  `RealtimeService runs with (${inForce}):`,
+              ),
+              error.message,
+            );
+            assert.ok(!/T2-secret|u2|c2/.test(error.message), "a string's value is not shown");
+            return true;
+          },
+          name,
+        );
+      }
+      assert.equal(first.service.stats().subscriptions, 1, "none of them subscribed");
+
+      // The same values (other objects), none, or other callbacks and a signal are taken.
+      const same = subscribeToProgress(client, USER, () => {}, {
+        log: () => {},
+        random: Math.random,
+        accessToken: "T1",
+        pollIntervalMs: 60_000,
+        backoff: { initialMs: 1_000 },
+        changesLimit: 200,
+        api: {
+          timeoutMs: 1_000,
+          retry: { attempts: 2 },
+          headers: { "X-Act-As-User": "u1" },
+          signal: new AbortController().signal,
+          onRetry: () => {},
+        },
+      });
+      const none = subscribeToProgress(client, USER, () => {});
+      assert.equal(same.service, first.service);
+      assert.equal(none.service, first.service);
+      await same.unsubscribe();
+      await none.unsubscribe();
     } finally {
       await first.unsubscribe();
     }
