@@ -11,10 +11,10 @@ import {
   rejoinAfterDropDelay,
   SOCKET_TEARDOWN_MS,
 } from "../../../shared/realtime/realtimeService.ts";
-import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, type PendingCall, USER, version } from "./handAnsweredService.ts";
-import { frozenClock, watchTimers } from "./watchTimers.ts";
+import { fireWhenSet, frozenClock, pendingFor, watchTimers } from "./watchTimers.ts";
 
 Deno.test("caught up: a poll that began before the rejoin does not end the catch-up (a missed change is still fetched)", async () => {
   const link = handAnsweredService({
@@ -65,10 +65,6 @@ Deno.test("live: a safety read every livePollIntervalMs finds a change whose bro
     await link.end();
   }
 });
-
-/** Whether a timer is pending for `ms` (to a millisecond: the service's clock reads fractions). */
-const pendingFor = (timers: ReturnType<typeof watchTimers>, ms: number) =>
-  timers.pending().some((delay) => Math.abs(delay - ms) < 1);
 
 const slowBackoff = { random: () => 0.5, backoff: { initialMs: 60_000, maxMs: 60_000 } };
 
@@ -191,49 +187,59 @@ Deno.test("syncNow: a round in flight is followed by a fresh one; none after uns
 });
 
 Deno.test("polling: failed polls in a row back off (doubling, capped); an answer resets it; Retry-After is honoured", async () => {
+  // Every wait is read from the timer the service sets for it and ended by hand (its delays are
+  // minutes: none runs out by itself), under a clock that stands still but for those ends.
+  const timers = watchTimers();
+  const clock = frozenClock();
   const { client, channel } = fakeClient();
-  const calls: number[] = [];
+  let calls = 0;
   let answer: () => Promise<ChangesPage> = () => Promise.reject(new Error("503 from the API"));
   const service = new RealtimeService(client, {
     changesSince: () => {
-      calls.push(performance.now());
+      calls++;
       return answer();
     },
     accessToken: "T1",
-    pollIntervalMs: 50,
-    backoff: { initialMs: 60_000, maxMs: 800 },
+    pollIntervalMs: 50_000,
+    // The join's retry (its first step: 70 s) is never due here; the polls' cap is maxMs.
+    backoff: { initialMs: 70_000, maxMs: 800_000 },
     random: () => 1, // no jitter: the longest waits
     log: () => {},
   });
   const subscription = service.subscribeToProgress(USER, () => {});
-  const gaps = () => calls.slice(1).map((t, i) => t - calls[i]);
+  /** The next poll is due `ms` from now and not made before: the test ends that wait. */
+  const pollAfter = async (ms: number, what: string) => {
+    const before = calls;
+    await waitFor(what, () => pendingFor(timers, ms) || calls > before);
+    assert.equal(calls, before, `${what}: no poll before its timer`);
+    await fireWhenSet(timers, what, ms, clock);
+    await waitFor(`the poll after ${what}`, () => calls === before + 1);
+  };
   try {
     (await channel(1)).state!("CHANNEL_ERROR", new Error("Realtime unreachable"));
-    await waitFor("six failed polls", () => calls.length === 6, { timeoutMs: 10_000 });
-    // 50 (the interval), then 100, 200, 400, 800 (the cap).
-    const failing = gaps();
-    for (const [i, least] of [50, 100, 200, 400, 800].entries()) {
-      assert.ok(failing[i] >= least - 5, `gap ${i + 1}: ${Math.round(failing[i])} ms, at least ${least}`);
+    await waitFor("the first poll", () => calls === 1);
+    // Failures 1-5 in a row: twice the interval, then doubling (100, 200, 400 s) up to the cap (800 s).
+    for (const [i, wait] of [100_000, 200_000, 400_000, 800_000, 800_000].entries()) {
+      await pollAfter(wait, `failure ${i + 1}'s wait`);
     }
-    // The 7th poll is answered; the 8th is refused with a 429 and Retry-After: 1 s (as
-    // ProgressApiError carries it).
-    let answered: Promise<void> | undefined;
+    // The 7th poll (after the 6th failure) is answered; the 8th is refused with a 429 and
+    // Retry-After: 250 s (as ProgressApiError carries it).
     answer = () => {
-      // Armed as the answer is given: the next poll is due 50 ms after it (the interval again),
-      // not 800 ms (the backoff's); timers fire in order, however late a loaded machine runs them.
-      answered = sleep(600);
-      answer = () => Promise.reject(Object.assign(new Error("429"), { details: { retry_after: 1 } }));
+      answer = () => Promise.reject(Object.assign(new Error("429"), { details: { retry_after: 250 } }));
       return Promise.resolve({ changes: [], next_cursor: "101", has_more: false });
     };
-    await waitFor("an answer", () => answered !== undefined, { timeoutMs: 5_000 });
-    await answered;
-    assert.equal(calls.length, 8, "after an answer the poll interval again, before 600 ms");
-    // The next poll waits for the Retry-After.
-    await waitFor("the poll after the refused one", () => calls.length === 9, { timeoutMs: 5_000 });
-    assert.ok(gaps()[7] >= 995, `waited ${Math.round(gaps()[7])} ms after Retry-After: 1`);
+    await pollAfter(800_000, "failure 6's wait");
+    // After the answer the poll interval again, not the backoff's 800 s.
+    await pollAfter(50_000, "the interval after an answer");
+    assert.ok(!pendingFor(timers, 800_000), `no poll at the backoff's cap: ${timers.pending()}`);
+    // The next poll waits for the Retry-After (250 s), not the backoff's first step (100 s).
+    await pollAfter(250_000, "the Retry-After's end");
+    assert.equal(calls, 9);
   } finally {
     await subscription.unsubscribe();
     await service.close();
+    clock.restore();
+    timers.restore();
   }
 });
 
@@ -329,32 +335,40 @@ Deno.test("polling: a join that fails while the link polls keeps the polls' pace
 });
 
 Deno.test("polling: with Realtime and the API both down, polls back off although every join fails at once", async () => {
+  // Every wait is read from the timer the service sets for it and ended by hand (joins: 10 s up to
+  // 400 s, half of each step's ceiling; polls: 150 s up to 600 s): none runs out by itself.
+  const timers = watchTimers();
+  const lines: Record<string, unknown>[] = [];
   const link = handAnsweredService({
     random: () => 0.5,
-    backoff: { initialMs: 20, maxMs: 800 },
-    pollIntervalMs: 100,
+    backoff: { initialMs: 20_000, maxMs: 800_000 },
+    pollIntervalMs: 100_000,
+    log: (line) => lines.push(JSON.parse(line)),
   });
-  let down = true;
-  void (async () => {
-    for (let n = 1; down; n++) {
-      const channel = await link.channel(n).catch(() => null);
-      if (!channel || !down) return;
-      channel.state!("CHANNEL_ERROR", new Error("Realtime down"));
-    }
-  })();
-  void (async () => {
-    for (let answered = 0; down; await sleep(1)) {
-      while (answered < link.calls.length) link.calls[answered++].reject(new Error("network"));
-    }
-  })();
+  const joinWait = () =>
+    lines.filter((l) => l.event === "realtime_unavailable").at(-1)!.retry_in_ms as number;
   try {
-    await sleep(2_000);
-    // Without backoff one read per failed join (every ~20-800 ms) or per 100 ms; with it 100, 150+,
-    // 300+, 600+, 600+ ms: at most 6 in 2 s.
-    assert.ok(link.calls.length <= 7, `${link.calls.length} reads in 2 s`);
+    let joins = 1;
+    (await link.channel(joins)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+    // Reads 1-4 fail; between each and the next, three joins fail the moment they are made. Without
+    // the polls' backoff a read per failed join, or one every 100 s; with it 150, 300, 600, 600 s.
+    for (const [i, pollWait] of [150_000, 300_000, 600_000, 600_000].entries()) {
+      await waitFor(`read ${i + 1}`, () => link.calls.length === i + 1);
+      link.calls[i].reject(new Error("network"));
+      await waitFor(`the poll after read ${i + 1}`, () => pendingFor(timers, pollWait));
+      for (let j = 0; j < 3; j++) {
+        await fireWhenSet(timers, `join ${joins + 1}'s wait`, joinWait());
+        (await link.channel(++joins)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+      }
+      // The three failures are handled (#fail runs in the state callback): the next join is set.
+      await waitFor("the next join's wait", () => pendingFor(timers, joinWait()));
+      assert.equal(link.calls.length, i + 1, `no read for the failed joins ${joins - 2}-${joins}`);
+      await fireWhenSet(timers, `read ${i + 2}'s wait`, pollWait);
+    }
+    await waitFor("read 5", () => link.calls.length === 5);
+    assert.equal(joins, 13);
   } finally {
-    down = false;
-    await sleep(20);
+    timers.restore();
     await link.end();
   }
 });

@@ -1,33 +1,79 @@
 // Records the delay of every timer pending, for tests that check which read a link has scheduled
-// without waiting for it; and stops the service's clock, for tests that decide what it reads when.
+// without waiting for it, or to end its wait by hand; and stops the service's clock, for tests that
+// decide what it reads when.
+
+import { waitFor } from "../../integration/realtime_support.ts";
 
 /**
  * Records the delay of every timer set through the global setTimeout (the service's TimerSet uses it)
  * while it is pending: the read a live link has scheduled shows as its wait, with no sleep to see it.
+ * `fire(ms)` runs the one timer pending for `ms` (to a millisecond) now, as if its time had come (with
+ * frozenClock, move the clock on by `ms` first): a test gives the service's waits long delays that
+ * never run out while it runs, and decides itself when each one ends.
  */
-export function watchTimers(): { pending: () => number[]; restore: () => void } {
+export function watchTimers(): {
+  pending: () => number[];
+  fire: (ms: number) => void;
+  restore: () => void;
+} {
   const realSet = globalThis.setTimeout;
   const realClear = globalThis.clearTimeout;
-  const delays = new Map<unknown, number>();
+  const timers = new Map<unknown, { ms: number; fn: () => void }>();
   globalThis.setTimeout = ((fn: () => void, ms = 0) => {
     const id = realSet(() => {
-      delays.delete(id);
+      timers.delete(id);
       fn();
     }, ms);
-    delays.set(id, ms);
+    timers.set(id, { ms, fn });
     return id;
   }) as typeof setTimeout;
   globalThis.clearTimeout = ((id?: number) => {
-    delays.delete(id);
+    timers.delete(id);
     realClear(id);
   }) as typeof clearTimeout;
   return {
-    pending: () => [...delays.values()],
+    pending: () => [...timers.values()].map((timer) => timer.ms),
+    fire: (ms) => {
+      const due = [...timers].filter(([, timer]) => Math.abs(timer.ms - ms) < 1);
+      if (due.length !== 1) {
+        throw new Error(
+          `${due.length} timers pending for ${ms} ms: ${[...timers.values()].map((t) => t.ms)}`,
+        );
+      }
+      const [id, { fn }] = due[0];
+      timers.delete(id);
+      realClear(id as number);
+      fn();
+    },
     restore: () => {
       globalThis.setTimeout = realSet;
       globalThis.clearTimeout = realClear;
     },
   };
+}
+
+/** Whether a timer is pending for `ms` (to a millisecond: the service's clock reads fractions). */
+export const pendingFor = (timers: ReturnType<typeof watchTimers>, ms: number): boolean =>
+  timers.pending().some((delay) => Math.abs(delay - ms) < 1);
+
+/**
+ * Waits until the service has set a timer for `ms` (a hang guard only: the test's own waits are short
+ * timers, the service's long ones), then ends that wait now: the clock, when given, moves on by `ms`,
+ * and the timer runs.
+ */
+export async function fireWhenSet(
+  timers: ReturnType<typeof watchTimers>,
+  what: string,
+  ms: number,
+  clock?: ReturnType<typeof frozenClock>,
+): Promise<void> {
+  try {
+    await waitFor(what, () => pendingFor(timers, ms), { timeoutMs: 20_000, intervalMs: 5 });
+  } catch (error) {
+    throw new Error(`${(error as Error).message}: no timer for ${ms} ms among ${timers.pending()}`);
+  }
+  clock?.advance(ms);
+  timers.fire(ms);
 }
 
 /**
