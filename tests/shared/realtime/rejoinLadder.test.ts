@@ -1,12 +1,15 @@
 // The join ladder (capped exponential backoff, full jitter) of a link whose channel is down: where it
 // starts again (a syncNow() from the app) and where it must not (a server that closes every join it
 // accepts). Against the stand-in client, with changesSince answered by hand and the jitter fixed, so
-// each wait is read from the log (`retry_in_ms`) and the order of joins is driven by hand.
+// each wait is read from the log (`retry_in_ms`) and the order of joins is driven by hand. Where how
+// long a channel stayed joined decides, the service's clock stands still and the test moves it on
+// (frozenClock), and the rejoin's timer is ended by hand (watchTimers): no test waits for a time.
 
 import assert from "node:assert/strict";
 import { SOCKET_TEARDOWN_MS } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
 import { handAnsweredService } from "./handAnsweredService.ts";
+import { frozenClock, watchTimers } from "./watchTimers.ts";
 
 /** A service whose log lines are kept, and whose reads are answered (empty) as they come. */
 function ladderService(options: Parameters<typeof handAnsweredService>[0]) {
@@ -30,6 +33,25 @@ function ladderService(options: Parameters<typeof handAnsweredService>[0]) {
     await link.end();
   };
   return { ...link, logs, failures, end };
+}
+
+/** Timers watched and the service's clock stopped: `rejoin()` ends the wait before the next join now. */
+function handTimed() {
+  const timers = watchTimers();
+  const clock = frozenClock();
+  return {
+    clock,
+    /** Moves the clock on by the wait the last failure logged and runs the rejoin's timer. */
+    rejoin: (link: ReturnType<typeof ladderService>) => {
+      const wait = link.failures().at(-1)!.retry_in_ms as number;
+      clock.advance(wait);
+      timers.fire(wait);
+    },
+    restore: () => {
+      clock.restore();
+      timers.restore();
+    },
+  };
 }
 
 Deno.test("syncNow: a link waiting out a long backoff step joins now and starts the ladder again at its first step, with one join however often it is called", async () => {
@@ -64,13 +86,18 @@ Deno.test("syncNow: a link waiting out a long backoff step joins now and starts 
 
 Deno.test("syncNow: on a channel that still looks joined (its socket died unnoticed while the app was away) starts the ladder again too: its drop just after is rejoined at the first step, not the long one", async () => {
   let quick = true; // the rejoins come after the teardown floor until the ladder has climbed
+  const hand = handTimed();
   const link = ladderService({
     random: () => (quick ? 0 : 0.999),
     backoff: { initialMs: 1_000, maxMs: 600_000 },
   });
   try {
-    // Channels the server closed soon after joining: the ladder climbs (joins that did not hold).
-    for (let n = 1; n <= 3; n++) await liveThenClosedByServer(link, n);
+    // Channels the server closed soon after joining (at once: the clock stands still): the ladder
+    // climbs (joins that did not hold). Each rejoin's wait (1.6 s) is ended by hand.
+    for (let n = 1; n <= 3; n++) {
+      await liveThenClosedByServer(link, n);
+      hand.rejoin(link);
+    }
     assert.deepEqual(link.failures().map((l) => l.attempt), [1, 2, 3], "the ladder climbed");
     const channel = await link.channel(4);
     channel.state!("SUBSCRIBED");
@@ -92,31 +119,40 @@ Deno.test("syncNow: on a channel that still looks joined (its socket died unnoti
       "syncNow made no join while the channel looked joined",
     );
   } finally {
+    hand.restore();
     await link.end();
   }
 });
 
-/** The link's nth channel is joined, goes live (caught up), then the server closes it. */
-async function liveThenClosedByServer(link: ReturnType<typeof ladderService>, n: number): Promise<void> {
+/**
+ * The link's nth channel is joined, goes live (caught up), then the server closes it: `heldMs` after
+ * the join by the service's clock (frozenClock; 0 when the clock is not moved).
+ */
+async function liveThenClosedByServer(
+  link: ReturnType<typeof ladderService>,
+  n: number,
+  hold?: { clock: ReturnType<typeof frozenClock>; heldMs: number },
+): Promise<void> {
   const channel = await link.channel(n);
   channel.state!("SUBSCRIBED");
   await waitFor(`live #${n}`, () => link.subscription.status === "live");
+  hold?.clock.advance(hold.heldMs);
   channel.state!("CLOSED");
 }
 
 Deno.test("server-side close: a server that closes every channel it accepts (system error, phx_close) sooner than the wait before its join is rejoined after the teardown floor and then further and further apart up to the cap, not every 1.6 s", async () => {
+  const hand = handTimed();
   const link = ladderService({ random: () => 0.999, backoff: { initialMs: 1_000, maxMs: 4_000 } });
   try {
     // Each join: accepted, caught up (live), then closed by the server (Supabase's shutdown: a
-    // `system` error message, then phx_close, which realtime-js reports as CLOSED) well within the
-    // wait before it (the first join, made without one, is held to the first step's 1.6 s).
-    // The margin left: the service times the hold by performance.now() (it takes no clock of the
-    // test's), so each close must reach it less than 1.6 s after its SUBSCRIBED (2.6, 2.6 and 4 s for
-    // the others), with one catch-up read answered by the 5 ms interval between them: about 20 ms here (the
-    // wait for "live" polls every 20 ms), some 80 times less. A stall longer than that fails the test
-    // (the ladder starts again: attempt 0 where 2 is expected); it cannot make a broken rule pass, and
-    // "a channel that stayed joined longer" below checks the other side of the rule.
-    for (let n = 1; n <= 4; n++) await liveThenClosedByServer(link, n);
+    // `system` error message, then phx_close, which realtime-js reports as CLOSED) 1.599 s after its
+    // join by the service's clock, within the wait before it (the first join, made without one, is
+    // held to the first step's 1.6 s; the others waited 2.6, 2.6 and 4 s). Each rejoin's wait is
+    // ended by hand.
+    for (let n = 1; n <= 4; n++) {
+      await liveThenClosedByServer(link, n, { clock: hand.clock, heldMs: SOCKET_TEARDOWN_MS - 1 });
+      if (n < 4) hand.rejoin(link);
+    }
     const waits = link.failures().map((l) => l.retry_in_ms as number);
     assert.equal(waits.length, 4);
     for (const wait of waits) assert.ok(wait >= SOCKET_TEARDOWN_MS, `rejoined after ${wait} ms`);
@@ -128,12 +164,14 @@ Deno.test("server-side close: a server that closes every channel it accepts (sys
     assert.deepEqual(waits, [2_599, 2_599, 3_997, 3_997]);
     assert.deepEqual(link.failures().map((l) => l.attempt), [1, 2, 3, 4]);
   } finally {
+    hand.restore();
     await link.end();
   }
 });
 
 Deno.test("a channel that stayed joined longer than the wait before its join (a network that drops it now and then) starts the ladder again: its rejoin is at the first step, even from a high step", async () => {
   let random = 0; // refused joins retried at once until the ladder has climbed
+  const hand = handTimed();
   const link = ladderService({ random: () => random, backoff: { initialMs: 1_000, maxMs: 600_000 } });
   try {
     for (let n = 1; n <= 4; n++) (await link.channel(n)).state!("CHANNEL_ERROR", new Error("refused"));
@@ -141,14 +179,10 @@ Deno.test("a channel that stayed joined longer than the wait before its join (a 
     (await link.channel(5)).state!("CHANNEL_ERROR", new Error("refused"));
     const before = link.failures().at(-1)!;
     assert.deepEqual([before.attempt, before.retry_in_ms], [5, 16], "the 5th step, drawn short");
-    const channel = await link.channel(6);
+    const channel = await link.channel(6); // after those 16 ms (in real time: no time is read)
     channel.state!("SUBSCRIBED");
-    const joinedAt = performance.now(); // the service noted the join before this
     await waitFor("live", () => link.subscription.status === "live");
-    // Joined for longer than the 16 ms waited before the join (however long the machine stalls).
-    await waitFor("the wait before the join, held", () => performance.now() - joinedAt > 16, {
-      intervalMs: 5,
-    });
+    hand.clock.advance(17); // joined for longer than the 16 ms waited before the join
     random = 0.5;
     channel.state!("CHANNEL_ERROR", new Error("heartbeat timeout")); // the device's network dropped
     const drop = link.failures().at(-1)!;
@@ -159,36 +193,40 @@ Deno.test("a channel that stayed joined longer than the wait before its join (a 
     );
     // It drops again after holding longer than those 2.1 s: the first step again, so a network that
     // drops every so often rejoins 1.6-2.6 s after each drop.
+    hand.rejoin(link); // the 2.1 s wait, ended by hand
     const next = await link.channel(7);
     next.state!("SUBSCRIBED");
-    const rejoinedAt = performance.now();
     await waitFor("live again", () => link.subscription.status === "live");
-    await waitFor("2.1 s held", () => performance.now() - rejoinedAt > SOCKET_TEARDOWN_MS + 500, {
-      intervalMs: 20,
-    });
+    hand.clock.advance(SOCKET_TEARDOWN_MS + 501); // held longer than those 2.1 s
     next.state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
     const again = link.failures().at(-1)!;
     assert.deepEqual([again.attempt, again.retry_in_ms], [0, SOCKET_TEARDOWN_MS + 500]);
   } finally {
+    hand.restore();
     await link.end();
   }
 });
 
 Deno.test("server-side close: a channel that stayed joined for a whole backoff cap (backoff.maxMs) starts the ladder again", async () => {
-  // A cap well above how long a loaded machine may take between a join's answer and its close below.
-  const link = ladderService({ random: () => 0.999, backoff: { initialMs: 100, maxMs: 3_000 } });
+  const hand = handTimed();
+  // A cap below the teardown floor: every wait before a join is the floor (1.6 s), longer than the
+  // cap, so a channel that held for the cap but not for that wait starts the ladder again by the
+  // cap's rule alone.
+  const link = ladderService({ random: () => 0.999, backoff: { initialMs: 100, maxMs: 1_000 } });
   try {
-    for (let n = 1; n <= 3; n++) await liveThenClosedByServer(link, n);
-    const channel = await link.channel(4);
-    channel.state!("SUBSCRIBED");
-    await waitFor("live #4", () => link.subscription.status === "live");
-    const liveAt = performance.now();
-    await waitFor("a whole backoff cap", () => performance.now() - liveAt > 3_050, { intervalMs: 50 });
-    channel.state!("CLOSED");
+    // Three channels closed at once (the clock stands still), each rejoin's wait ended by hand.
+    for (let n = 1; n <= 3; n++) {
+      await liveThenClosedByServer(link, n);
+      hand.rejoin(link);
+    }
+    assert.deepEqual(link.failures().map((l) => l.retry_in_ms), [1_600, 1_600, 1_600]);
+    // The fourth stays joined for the whole cap (1 s) by the service's clock, then the server closes it.
+    await liveThenClosedByServer(link, 4, { clock: hand.clock, heldMs: 1_000 });
     const attempts = link.failures().map((l) => l.attempt);
     // 0: as after any live channel that dropped, the next join is the ladder's first again.
     assert.deepEqual(attempts, [1, 2, 3, 0], "the close of a channel that held starts the ladder again");
   } finally {
+    hand.restore();
     await link.end();
   }
 });
