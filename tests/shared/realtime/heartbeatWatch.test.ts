@@ -1,15 +1,18 @@
 // The heartbeat watch: a live link whose heartbeat reply is late reads at once and at the poll
 // interval until a reply comes, beside the app's own heartbeat callback, which keeps every status
 // and is given back. Against the stand-in client (realtime-js calling the callback by hand); the
-// real client over a frozen socket is in tests/integration/realtime-resilience.test.ts.
+// real client over a frozen socket is in tests/integration/realtime-resilience.test.ts. Where when a
+// wait ends decides, the service's waits are long (seconds to minutes) and the test ends each one by
+// hand (watchTimers' fire): what is scheduled is read from the timers pending, never from a sleep.
 
 import assert from "node:assert/strict";
 import { createClient, type RealtimeClient } from "@supabase/supabase-js";
 import { watchHeartbeats } from "../../../shared/realtime/heartbeatWatch.ts";
-import { sleep, waitFor } from "../../integration/realtime_support.ts";
+import { SOCKET_TEARDOWN_MS } from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, version } from "./handAnsweredService.ts";
-import { watchTimers } from "./watchTimers.ts";
+import { fireWhenSet, frozenClock, pendingFor, watchTimers } from "./watchTimers.ts";
 
 const OTHER_USER = "00000000-0000-4000-8000-0000000000c2";
 type HandAnswered = ReturnType<typeof handAnsweredService>;
@@ -23,40 +26,60 @@ async function answerUntil(link: HandAnswered, what: string, done: () => boolean
 }
 
 const quietLive = { livePollIntervalMs: 600_000, pollIntervalMs: 60, heartbeatReplyTimeoutMs: 40 };
+/** As quietLive, with waits no test sees run out by themselves: each is ended by hand. */
+const handTimed = { livePollIntervalMs: 600_000, pollIntervalMs: 30_000, heartbeatReplyTimeoutMs: 10_000 };
+
+/** A turn of the event loop: a read already on its way (a promise chain) has made its call by then. */
+const settled = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 Deno.test("heartbeat watch: a late reply makes a live link read now and every pollIntervalMs until the reply comes", async () => {
+  const timers = watchTimers();
   const fake = fakeClient();
-  const link = handAnsweredService(quietLive, fake);
+  const link = handAnsweredService(handTimed, fake);
   const answer = (n: number, rows: unknown[] = []) =>
     link.calls[n].resolve({ changes: rows, next_cursor: String(101 + n), has_more: false });
   try {
     await link.goLive([version(1)]);
     fake.heartbeat("sent");
-    await sleep(20);
+    assert.ok(pendingFor(timers, 10_000), `the reply's wait: ${timers.pending()}`);
     fake.heartbeat("ok"); // in time: nothing to do
-    await sleep(100);
+    assert.ok(!pendingFor(timers, 10_000), "the reply came: its wait is over");
+    await settled();
     assert.equal(link.calls.length, 1, "a reply in time makes no read");
+    assert.equal(link.timers(), 1, `the safety read only: ${timers.pending()}`);
 
     fake.heartbeat("sent"); // the socket's path died: no reply
+    timers.fire(10_000); // the reply's wait runs out
     await waitFor("the read when the reply is late", () => link.calls.length === 2);
     answer(1, [version(2)]); // what the dead socket did not bring
-    await waitFor("the next read at the poll interval", () => link.calls.length === 3);
+    await fireWhenSet(timers, "the next read at the poll interval", 30_000);
+    await waitFor("that read", () => link.calls.length === 3);
     answer(2);
-    await waitFor("and the next", () => link.calls.length === 4);
+    await fireWhenSet(timers, "and the next", 30_000);
+    await waitFor("that read", () => link.calls.length === 4);
     assert.equal(link.subscription.status, "live", "the channel has not dropped: still live");
     answer(3);
-    await sleep(5);
+    await waitFor("the next read at the poll interval", () => pendingFor(timers, 30_000));
     fake.heartbeat("ok"); // the reply came after all (a slow network, not a dead one)
-    await sleep(200);
-    assert.equal(link.calls.length, 4, "back to livePollIntervalMs once the reply came");
+    assert.ok(!pendingFor(timers, 30_000), `no read at the poll interval any more: ${timers.pending()}`);
+    assert.ok(
+      pendingFor(timers, 600_000),
+      `back to livePollIntervalMs once the reply came: ${timers.pending()}`,
+    );
+    assert.equal(link.timers(), 1, `that read only: ${timers.pending()}`);
+    await settled();
+    assert.equal(link.calls.length, 4);
     assert.deepEqual(link.changes, [{ chapter: 1, source: "catchup" }, { chapter: 2, source: "poll" }]);
   } finally {
+    timers.restore();
     await link.end();
   }
 });
 
 Deno.test("heartbeat watch: the reply timeout is at most half of realtime-js's heartbeat interval; a link that is not live makes no extra read", async () => {
-  const fake = fakeClient(undefined, 100); // heartbeats every 100 ms: realtime-js gives up at 100
+  const timers = watchTimers();
+  // Heartbeats every 8 s: realtime-js gives up at 8 s, so the watch waits 4 s, not its 5 s default.
+  const fake = fakeClient(undefined, 8_000);
   const lines: Record<string, unknown>[] = [];
   const link = handAnsweredService({
     livePollIntervalMs: 600_000,
@@ -67,20 +90,24 @@ Deno.test("heartbeat watch: the reply timeout is at most half of realtime-js's h
     (await link.channel(1)).state!("SUBSCRIBED");
     await waitFor("the catch-up", () => link.calls.length === 1);
     fake.heartbeat("sent"); // still catching up: not live
-    await sleep(120);
-    assert.equal(link.calls.length, 1);
+    timers.fire(4_000); // the reply is late
     fake.heartbeat("ok");
     link.calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
     await waitFor("live", () => link.subscription.status === "live");
-    const sentAt = performance.now();
+    await settled();
+    assert.equal(link.calls.length, 1, "no read for a reply late while not live");
     fake.heartbeat("sent");
-    await waitFor("the read", () => link.calls.length === 2, { intervalMs: 2 });
-    const after = performance.now() - sentAt;
-    assert.ok(after >= 45, `read ${after.toFixed(0)} ms after the heartbeat, before its 50 ms`);
-    // The wait it armed (not how soon a loaded machine ran it): half the interval, not the 5 s default.
+    // The wait armed: half the interval, not the 5 s default; no read before it runs out.
+    assert.ok(pendingFor(timers, 4_000), `the reply's wait: ${timers.pending()}`);
+    assert.ok(!pendingFor(timers, 5_000), `not the default: ${timers.pending()}`);
+    await settled();
+    assert.equal(link.calls.length, 1, "no read before the reply is late");
+    timers.fire(4_000);
+    await waitFor("the read", () => link.calls.length === 2);
     const late = lines.filter((l) => l.event === "heartbeat_reply_late");
-    assert.deepEqual(late.map((l) => l.waited_ms), [50]);
+    assert.deepEqual(late.map((l) => l.waited_ms), [4_000]);
   } finally {
+    timers.restore();
     await link.end();
   }
 });
@@ -199,11 +226,13 @@ Deno.test("heartbeat watch, real realtime-js 2.119 client: an app callback that 
 });
 
 Deno.test("heartbeat watch: a reply timer of a heartbeat sent before the link rejoined (on a socket that closed) does not mark the new socket late", async () => {
+  const timers = watchTimers();
+  // The service's clock stands still but for the rejoin's wait: the heartbeat was sent 1.6 s before
+  // the rejoin, however fast or slowly the machine runs.
+  const clock = frozenClock();
   const fake = fakeClient();
   const link = handAnsweredService({
-    livePollIntervalMs: 600_000,
-    pollIntervalMs: 60,
-    heartbeatReplyTimeoutMs: 2_500, // longer than the rejoin takes (SOCKET_TEARDOWN_MS, 1.6 s)
+    ...handTimed, // the reply's wait (10 s) is longer than the rejoin takes (SOCKET_TEARDOWN_MS, 1.6 s)
     random: () => 0,
     backoff: { initialMs: 1, maxMs: 1 },
   }, fake);
@@ -212,45 +241,57 @@ Deno.test("heartbeat watch: a reply timer of a heartbeat sent before the link re
     fake.heartbeat("sent");
     // The socket closes (phoenix calls no heartbeat callback for that): the channel errors.
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await fireWhenSet(timers, "the rejoin after the teardown", SOCKET_TEARDOWN_MS, clock);
     (await link.channel(2)).state!("SUBSCRIBED");
     await answerUntil(link, "live again", () => link.subscription.status === "live");
     const reads = link.calls.length;
-    await sleep(1_500); // the old heartbeat's timer fires meanwhile
+    timers.fire(10_000); // the old heartbeat's reply timer runs out
+    await settled();
     assert.equal(link.calls.length, reads, "no reads: the new socket has not even sent a heartbeat");
+    assert.ok(!pendingFor(timers, 30_000), `no read at the late pace: ${timers.pending()}`);
   } finally {
+    clock.restore();
+    timers.restore();
     await link.end();
   }
 });
 
 Deno.test("heartbeat watch: a reply that became late while the link was catching up sets the late pace once it is live", async () => {
+  const timers = watchTimers();
   const fake = fakeClient();
-  const link = handAnsweredService(quietLive, fake);
+  const link = handAnsweredService(handTimed, fake);
   try {
     (await link.channel(1)).state!("SUBSCRIBED");
     await waitFor("the catch-up", () => link.calls.length === 1);
     fake.heartbeat("sent"); // no reply comes
-    await sleep(100); // late now (40 ms); the link is not live yet
+    timers.fire(10_000); // late now; the link is not live yet
     link.calls[0].resolve({ changes: [], next_cursor: "101", has_more: false });
     await waitFor("live", () => link.subscription.status === "live");
-    await waitFor("a read at pollIntervalMs", () => link.calls.length === 2);
+    await fireWhenSet(timers, "a read at pollIntervalMs", 30_000);
+    await waitFor("that read", () => link.calls.length === 2);
     link.calls[1].resolve({ changes: [], has_more: false });
+    await waitFor("the next one at pollIntervalMs", () => pendingFor(timers, 30_000));
     fake.heartbeat("ok");
-    await sleep(200);
-    assert.equal(link.calls.length, 2, "the reply came: back to livePollIntervalMs");
+    assert.ok(!pendingFor(timers, 30_000), `the reply came: ${timers.pending()}`);
+    assert.ok(pendingFor(timers, 600_000), `back to livePollIntervalMs: ${timers.pending()}`);
+    await settled();
+    assert.equal(link.calls.length, 2);
   } finally {
+    timers.restore();
     await link.end();
   }
 });
 
 Deno.test("heartbeat watch: while a reply is late the pace is livePollIntervalMs when that is the shorter", async () => {
+  const timers = watchTimers();
   const fake = fakeClient();
   // Each late reply's log line with the reads made before it.
   const late: number[] = [];
   let link: HandAnswered | undefined = undefined;
   link = handAnsweredService({
-    livePollIntervalMs: 1_000,
-    pollIntervalMs: 60_000,
-    heartbeatReplyTimeoutMs: 40,
+    livePollIntervalMs: 100_000,
+    pollIntervalMs: 600_000,
+    heartbeatReplyTimeoutMs: 10_000,
     log: (line) => {
       if (JSON.parse(line).event === "heartbeat_reply_late") late.push(link!.calls.length);
     },
@@ -258,13 +299,16 @@ Deno.test("heartbeat watch: while a reply is late the pace is livePollIntervalMs
   try {
     await link.goLive();
     fake.heartbeat("sent");
-    await waitFor("the late read", () => link.calls.length === 2, { intervalMs: 2 });
-    // The reply's 40 ms ran out before the safety read's second (timers run in order, however late).
-    assert.deepEqual(late, [1], "the second read is the late reply's, not the safety read");
+    timers.fire(10_000); // the reply is late
+    await waitFor("the late read", () => link.calls.length === 2);
+    assert.deepEqual(late, [1], "the second read is the late reply's");
     link.calls[1].resolve({ changes: [], has_more: false });
-    // Then every livePollIntervalMs (a second), not every pollIntervalMs (a minute).
-    await waitFor("the next read, a second later", () => link.calls.length === 3);
+    // Then every livePollIntervalMs (100 s), not every pollIntervalMs (10 min).
+    await fireWhenSet(timers, "the next read at livePollIntervalMs", 100_000);
+    assert.ok(!pendingFor(timers, 600_000), `none at pollIntervalMs: ${timers.pending()}`);
+    await waitFor("that read", () => link.calls.length === 3);
   } finally {
+    timers.restore();
     await link.end();
   }
 });
@@ -308,7 +352,8 @@ Deno.test("heartbeat watch: heartbeatReplyTimeoutMs 0 turns it off (the callback
     assert.equal(fake.socketCallback(), appCallback);
     assert.equal(link.service.stats().heartbeatWatches, 0);
     fake.heartbeat("sent");
-    await sleep(150);
+    assert.equal(link.timers(), 1, "no reply timer: the safety read's only");
+    await settled();
     assert.equal(link.calls.length, 1);
   } finally {
     await link.end();
