@@ -35,8 +35,12 @@
 //                                         successful catch-up/poll, so a gap of any length is closed.
 //                                         Live only once it has read to the end: while a long
 //                                         transaction holds the cursor (has_more, cursor unmoved)
-//                                         it keeps polling. A call that does not answer within
-//                                         requestTimeoutMs is aborted and counts as failed; closing
+//                                         it keeps polling. The join cuts off every read begun before
+//                                         it (the catch-up must not queue behind one that hangs);
+//                                         the cursor moves only with an answered page, and a late
+//                                         answer of a cut read is ignored. A call that does not
+//                                         answer within requestTimeoutMs is aborted and counts as
+//                                         failed; closing
 //                                         aborts the call in flight, and a joined channel's drop
 //                                         every read in flight or queued, begun while joined or
 //                                         before (the poll after it must not wait for one that
@@ -215,15 +219,17 @@ export interface ProgressSubscription {
    * Calls the listener after every read of the user's changes the link makes, whatever made it (the
    * catch-up after a join, a poll, the safety read while live, a syncNow()), with how it ended;
    * returns the function that removes it. A failed read is retried by the link as before. Not heard:
-   * a read the link cut off itself (unsubscribe, or a joined channel's drop: the poll the drop starts
-   * at once is heard in its place) and one none could be made of (a Retry-After held it).
+   * a read the link cut off itself (unsubscribe, a join or a joined channel's drop: the catch-up the
+   * join starts or the poll the drop starts at once is heard in its place) and one none could be
+   * made of (a Retry-After held it).
    */
   onRead(listener: (outcome: ReadOutcome) => void): () => void;
   /**
    * Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow).
    * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
    * sent still runs: the read is made when it ends; the subscription is closed). Never rejects. A
-   * read a joined channel's drop cut off resolves as the poll the drop starts at once ends. Until a read
+   * read a join cut off (one begun while joining) resolves as the catch-up ends, one a joined channel's
+   * drop cut off as the poll the drop starts at once ends. Until a read
    * made after the call reads to the end, a live link reads again as a polling one would (a
    * Retry-After's end, pollIntervalMs after "behind", the polls' backoff after "failed"), even with
    * the safety read off.
@@ -1013,23 +1019,25 @@ class UserLink<Row extends LwwRow> {
   /**
    * Reads (catch-ups, polls, safety reads, syncNow()'s) that failed in a row: the next one made for a
    * failure waits longer (#nextPollDelay). An answer resets it, and so does going live; a round a
-   * Retry-After held back (no call) or a drop cut off counts nothing.
+   * Retry-After held back (no call) or a join or drop cut off counts nothing.
    */
   #failedReadsInRow = 0;
   /**
-   * The reads in flight or queued (the catch-up, polls, safety reads, syncNow()'s); a joined channel's
-   * drop aborts them all: the polling it starts must not wait for one that hangs. Those begun before
-   * the join too (the poll after an earlier drop, the join grace's, a syncNow() made while joining):
-   * the catch-up queues behind them, and a request made on the network the socket died with may
-   * hang as well.
+   * The reads in flight or queued (the catch-up, polls, safety reads, syncNow()'s). A join aborts them
+   * all (#cutReadsOff): each began before it (the poll while rejoining, the join grace's, a syncNow()
+   * made while joining), and the catch-up, which rounds queue behind, must not wait for one that hangs
+   * (up to requestTimeoutMs) while the changes missed while the channel was down wait with it. A
+   * joined channel's drop aborts them all too: the polling it starts must not wait for one that hangs
+   * either (a request made on the network the socket died with may hang as well).
    */
   readonly #readsInFlight = new Set<AbortController>();
   /**
-   * How the first read after the last drop that cut reads off ended (the poll the drop started):
-   * a read cut off ends as that one does. Its resolve is held until that read has ended.
+   * How the first read after the last join or drop that cut reads off ended (the catch-up the join
+   * started, the poll the drop started): a read cut off ends as that one does. Its resolve is held
+   * until that read has ended.
    */
-  #readAfterDrop: Promise<ReadOutcome> | null = null;
-  #readAfterDropEnded: ((outcome: ReadOutcome) => void) | null = null;
+  #readAfterCut: Promise<ReadOutcome> | null = null;
+  #readAfterCutEnded: ((outcome: ReadOutcome) => void) | null = null;
   /** Until when (monotonicNow) the API asked not to be read again (Retry-After of a failed round). */
   #retryAfterUntil = 0;
   /** #poll() calls running (a poll's end schedules the next one). */
@@ -1191,8 +1199,8 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.service.timers.clear(this.#joinGraceTimer);
       this.#reconnectTimer = this.#pollTimer = this.#joinGraceTimer = undefined;
-      this.#readAfterDropEnded?.("failed");
-      this.#readAfterDropEnded = null;
+      this.#readAfterCutEnded?.("failed");
+      this.#readAfterCutEnded = null;
       this.#releaseChannel();
       // A request that hangs must not hold the unsubscribe (or a round queued after it) hostage.
       this.#lifetime.abort(new Error("unsubscribed"));
@@ -1286,6 +1294,12 @@ class UserLink<Row extends LwwRow> {
       this.#tokenRetryUsed = false;
       this.#log("info", "joined", {});
       if (this.#channel) this.#sendTokenIfChangedSinceJoin(this.#channel);
+      // A read begun before the join (the poll while rejoining, the join grace's, a syncNow() made
+      // while joining) cannot catch the link up, and the catch-up would queue behind it: one that
+      // hangs would hold the changes missed while the channel was down for up to requestTimeoutMs.
+      // It is cut off (what it was answered stays read) and the catch-up, queued next, reads in its
+      // place from the cursor as its answered pages left it.
+      this.#cutReadsOff("the channel joined");
       void this.#catchUp(generation);
       return;
     }
@@ -1382,17 +1396,28 @@ class UserLink<Row extends LwwRow> {
       // begun before the join) would hold it (the rounds queue) until it answered or timed out.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
-      if (this.#readsInFlight.size > 0 && !this.#readAfterDropEnded) {
-        this.#readAfterDrop = new Promise((resolve) => this.#readAfterDropEnded = resolve);
-      }
-      for (const read of this.#readsInFlight) read.abort(new Error("the channel dropped"));
-      this.#readsInFlight.clear();
+      this.#cutReadsOff("the channel dropped");
     }
     // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
     // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now.
     if (wasJoined || (this.#pollTimer === undefined && this.#pollsRunning === 0)) {
       this.#startPolling(this.#retryAfterLeftMs());
     }
+  }
+
+  /**
+   * Aborts every read in flight or queued (#readsInFlight): each ends as the first read after it that
+   * is not cut off ends (#readAfterCut), and is neither heard (onRead) nor counted as a failure. A
+   * page it was answered before stays read (the cursor moved with it); an answer that comes after is
+   * ignored (#changesSince stops waiting at the abort), so it can neither move the cursor back nor
+   * skip what the read after it reads from the cursor.
+   */
+  #cutReadsOff(reason: string): void {
+    if (this.#readsInFlight.size > 0 && !this.#readAfterCutEnded) {
+      this.#readAfterCut = new Promise((resolve) => this.#readAfterCutEnded = resolve);
+    }
+    for (const read of this.#readsInFlight) read.abort(new Error(reason));
+    this.#readsInFlight.clear();
   }
 
   /**
@@ -1464,8 +1489,8 @@ class UserLink<Row extends LwwRow> {
       return;
     }
     // Always a fresh round that starts after the join: one that started earlier may have read
-    // before a change whose broadcast was sent before the channel was subscribed. The channel's
-    // drop cuts it off (#fail).
+    // before a change whose broadcast was sent before the channel was subscribed (the join cut
+    // such reads off: none holds this one up). The channel's drop cuts it off (#fail).
     const cut = new AbortController();
     this.#readsInFlight.add(cut);
     const { outcome, round, held } = await this.#fetchChanges("catchup", cut.signal);
@@ -1484,8 +1509,8 @@ class UserLink<Row extends LwwRow> {
     } else {
       // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
       // failed is retried at once; a cursor held back by a long transaction after a poll interval
-      // (asking again sooner would get the same page). This decides the next read: a poll that began
-      // before the join (the join grace's, a syncNow()) has scheduled its own a poll interval away.
+      // (asking again sooner would get the same page). This decides the next read (a read begun
+      // before the join was cut off by it: it schedules none).
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : this.#retryAfterLeftMs());
@@ -1602,7 +1627,8 @@ class UserLink<Row extends LwwRow> {
     }
     if (this.#closed) return "failed";
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
-    // A joined channel's drop cuts it off (#fail), whether it began while joined or before the join.
+    // A join cuts it off, and so does a joined channel's drop, whether it began while joined or before
+    // the join (#cutReadsOff).
     const cut = new AbortController();
     this.#readsInFlight.add(cut);
     const { outcome, joinedGeneration, round, held } = await this.#fetchChanges(
@@ -1611,10 +1637,11 @@ class UserLink<Row extends LwwRow> {
     );
     this.#readsInFlight.delete(cut);
     if (this.#closed) return outcome;
-    if (cut.signal.aborted && outcome === "failed" && this.#readAfterDrop) {
-      // The drop cut this read off (#fail): the poll it started at once reads in its place, and
-      // this one ends as that one does (a syncNow() whose read it was resolves with it).
-      return await this.#readAfterDrop;
+    if (cut.signal.aborted && outcome === "failed" && this.#readAfterCut) {
+      // A join or drop cut this read off (#cutReadsOff): the catch-up or poll it started at once
+      // reads in its place, and this one ends as that one does (a syncNow() whose read it was
+      // resolves with it).
+      return await this.#readAfterCut;
     }
     // A read queued behind this one (a syncNow(), a late heartbeat's read, a catch-up after a
     // scheduled poll) settles after it and schedules the next read by its own outcome: the newest
@@ -1708,7 +1735,7 @@ class UserLink<Row extends LwwRow> {
     let held = false;
     const round = this.#fetchChain.then(async (): Promise<ReadOutcome> => {
       if (this.#closed) return "failed"; // queued behind a round that close() cut short
-      if (signal?.aborted) return "failed"; // a read the drop ended while it waited its turn
+      if (signal?.aborted) return "failed"; // a read a join or drop ended while it waited its turn
       // The round before it was told to wait (Retry-After): no call until then; the caller
       // schedules the next round after it (#retryAfterLeftMs).
       if (this.#retryAfterLeftMs() > 0) {
@@ -1754,8 +1781,9 @@ class UserLink<Row extends LwwRow> {
         return "behind";
       } catch (error) {
         if (signal?.aborted && !this.#closed) {
-          // A read the channel's drop cut off (#fail): no failure of the API, and the poll the drop
-          // starts reads in its place (#pollOnce), so not ${source}_failed, which an app may count.
+          // A read the channel's join or drop cut off (#cutReadsOff): no failure of the API, and the
+          // catch-up the join starts or the poll the drop starts reads in its place (#pollOnce), so
+          // not ${source}_failed, which an app may count.
           this.#log("info", `${source}_cut_off`, { reason: String(signal.reason?.message ?? signal.reason) });
           return "failed";
         }
@@ -1776,16 +1804,16 @@ class UserLink<Row extends LwwRow> {
     });
     this.#fetchChain = round;
     const outcome = await round;
-    // A read the drop cut off (#fail) did not end by itself: the read after the drop stands for it.
+    // A read a join or drop cut off (#cutReadsOff) did not end by itself: the read after it stands for it.
     const cutOff = outcome === "failed" && signal?.aborted === true;
     // A round that called the API is a read: the subscriptions hear how it ended (onRead), whatever
-    // made it; not one that made no call (a Retry-After held it) or that close() or a drop cut short.
+    // made it; not one that made no call (a Retry-After held it) or that close(), a join or a drop cut short.
     if (called && !this.#closed && !cutOff) {
       for (const subscription of [...this.subscriptions]) subscription.emitRead(outcome);
     }
-    if (!cutOff && this.#readAfterDropEnded) {
-      this.#readAfterDropEnded(this.#closed ? "failed" : outcome);
-      this.#readAfterDropEnded = null;
+    if (!cutOff && this.#readAfterCutEnded) {
+      this.#readAfterCutEnded(this.#closed ? "failed" : outcome);
+      this.#readAfterCutEnded = null;
     }
     return { outcome, joinedGeneration, round: sequence, held };
   }

@@ -503,7 +503,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "realtime service: unsubscribe while a poll hangs and a catch-up waits behind it: returns at once, and no call starts after it",
+    "realtime service: a join cuts off a poll that hangs (the catch-up reads at once); unsubscribe while the catch-up hangs too returns at once, and no call starts after it",
   ...noSanitize,
 }, async () => {
   // The refusal's wait is not what this tests.
@@ -529,9 +529,13 @@ Deno.test({
   const sub = service.subscribeToProgress(a.id, () => {});
   try {
     await waitFor("the poll is in flight", () => calls.length === 1);
-    // A valid token: the link rejoins, and its catch-up queues behind the hung poll.
+    // A valid token: the link rejoins; the join cuts the hung poll off and its catch-up calls at once
+    // (it would otherwise queue behind the poll for its 30 s timeout), and hangs as well.
     await service.setAccessToken(await a.newAccessToken(3600));
     await waitFor("joined", () => logs.some((l) => l.event === "joined"));
+    await waitFor("the catch-up, while the poll's 30 s run", () => calls.length === 2);
+    assert.ok(calls[0].signal.aborted, "the hung poll was cut off");
+    assert.match(String(calls[0].signal.reason), /the channel joined/, "by the join, not by its timeout");
     const refusedAt = logs.findIndex((l) =>
       l.event === "realtime_unavailable" && String(l.reason).startsWith("CHANNEL_ERROR")
     );
@@ -540,15 +544,15 @@ Deno.test({
       `the first join was refused before the link joined: ${JSON.stringify(logs.map((l) => l.event))}`,
     );
     closed = true;
-    // The hung poll's timeout is 30 s; the bound only catches a wait for it (or a hang).
+    // The hung catch-up's timeout is 30 s; the bound only catches a wait for it (or a hang).
     await returnsWithin("unsubscribe", sub.unsubscribe(), 10_000);
-    assert.ok(calls[0].signal.aborted, "the hung poll was aborted");
+    assert.ok(calls[1].signal.aborted, "the hung catch-up was aborted");
     assert.match(
-      String(calls[0].signal.reason),
+      String(calls[1].signal.reason),
       /unsubscribed/,
       "aborted by the unsubscribe, not by its timeout",
     );
-    assert.deepEqual(calls.filter((c) => c.afterClose), [], "the queued catch-up never called after close");
+    assert.deepEqual(calls.filter((c) => c.afterClose), [], "no call after close");
     assert.equal(service.stats().timers, 0);
   } finally {
     await service.close();

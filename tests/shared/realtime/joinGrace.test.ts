@@ -114,7 +114,7 @@ Deno.test("join grace: a catch-up that fails after a join answered during the gr
     const channel = await link.channel(1);
     await waitFor("the poll while the join is unanswered", () => calls.length === 1);
     channel.state!("SUBSCRIBED"); // answered while that poll is in flight
-    calls[0].resolve(page(1)); // it began before the join: it schedules the next poll, a poll interval away
+    calls[0].resolve(page(1)); // it began before the join, which cut it off: its late answer is ignored
     await waitFor("the catch-up after the join", () => calls.length === 2);
     calls[1].reject(new Error("the API did not answer"));
     await waitFor("the catch-up asked again", () => calls.length === 3); // not a poll interval (a minute) later
