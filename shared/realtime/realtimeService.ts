@@ -8,7 +8,9 @@
 //                                         catch-up or poll reads each series' current row, so
 //                                         versions superseded during a gap arrive as the newest).
 //   status / onStatus                     connecting -> live; polling while Realtime is down and
-//                                         the API answers; offline when neither does.
+//                                         the API answers; offline when neither does. Joined but
+//                                         not caught up counts as down: polling while the catch-up
+//                                         is answered behind, offline while it fails.
 //   onRead                                how each read of the changes ended (done, behind, failed),
 //                                         whatever made it: catch-up, poll, safety read, syncNow.
 //   reconnect                             capped exponential backoff with full jitter per user
@@ -35,7 +37,8 @@
 //                                         successful catch-up/poll, so a gap of any length is closed.
 //                                         Live only once it has read to the end: while a long
 //                                         transaction holds the cursor (has_more, cursor unmoved)
-//                                         it keeps polling. The join cuts off every read begun before
+//                                         it keeps polling; one that fails is made again after the
+//                                         polls' backoff. The join cuts off every read begun before
 //                                         it (the catch-up must not queue behind one that hangs);
 //                                         the cursor moves only with an answered page, and a late
 //                                         answer of a cut read is ignored. A call that does not
@@ -1482,9 +1485,10 @@ class UserLink<Row extends LwwRow> {
     const wait = this.#retryAfterLeftMs();
     if (wait > 0) {
       // The API asked to be left alone: the catch-up is the first poll after that (#poll catches a
-      // joined link up).
+      // joined link up). Offline meanwhile: the last call made was refused, and nothing is read.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
+      this.#setStatus("offline");
       this.#startPolling(wait);
       return;
     }
@@ -1507,13 +1511,17 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
     } else {
-      // Joined but not caught up: keep the channel, finish the catch-up by polling. A request that
-      // failed is retried at once; a cursor held back by a long transaction after a poll interval
-      // (asking again sooner would get the same page). This decides the next read (a read begun
-      // before the join was cut off by it: it schedules none).
+      // Joined but not caught up: keep the channel, finish the catch-up by polling, and say so (the
+      // status the link had before the join may be a poll's "polling" or the join's "connecting"):
+      // "offline" while the API fails or refuses, "polling" while a long transaction holds the cursor
+      // back. A request that failed is made again after the polls' backoff (a failure more in a row,
+      // counted above; at least the Retry-After), as a failed poll is: a failing API is not asked
+      // again at once by every device that joined; a cursor held back after a poll interval (asking
+      // again sooner would get the same page). This decides the next read.
+      this.#setStatus(outcome === "failed" ? "offline" : "polling");
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
-      this.#startPolling(outcome === "behind" ? this.#pollIntervalMs : this.#retryAfterLeftMs());
+      this.#startPolling(this.#nextPollDelay(outcome));
     }
   }
 
@@ -1672,8 +1680,10 @@ class UserLink<Row extends LwwRow> {
     }
     this.#countRead(outcome, held);
     // A round a Retry-After held back is "offline" too: the last call made was refused (an answer ends
-    // the Retry-After), and nothing is read until it ends.
-    if (!this.#joined) this.#setStatus(outcome === "failed" ? "offline" : "polling");
+    // the Retry-After), and nothing is read until it ends. Joined but not caught up (this round was
+    // the catch-up's retry, or began before the join) is not live either: the same statuses, but a
+    // read queued behind this one decides (it may catch the link up: no "polling" in between).
+    if (!this.#joined || !newerQueued) this.#setStatus(outcome === "failed" ? "offline" : "polling");
     if (newerQueued) return outcome; // the newest decides (above)
     if (this.#pollTimer === undefined) {
       this.#pollTimer = this.service.timers.set(

@@ -1,14 +1,18 @@
 // The catch-up after a (re)join: it does not queue behind a read begun before the join (the poll while
 // rejoining, a syncNow() made while joining) that hangs, which the join cuts off instead, without losing a
 // change or moving the cursor back (the cursor moves only with an answered page; a late answer of the cut
-// read is ignored). Against the stand-in client, with changesSince answered by hand; requestTimeoutMs is ten
-// minutes, so a catch-up that comes while the hung call is unanswered shows the cut (the waits are hang
-// guards only).
+// read is ignored); a catch-up that fails is made again after the polls' backoff, not at once; and the
+// status says what a joined link that is not caught up yet is doing ("offline" while the API fails or
+// refuses, "polling" while the cursor is held back). Against the stand-in client, with changesSince
+// answered by hand; requestTimeoutMs is ten minutes, so a catch-up that comes while the hung call is
+// unanswered shows the cut (the waits are hang guards only), and a wait scheduled is read off the timers
+// pending (watchTimers), none waited for.
 
 import assert from "node:assert/strict";
 import type { ChangesPage, ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
 import { handAnsweredService, type PendingCall, version } from "./handAnsweredService.ts";
+import { frozenClock, watchTimers } from "./watchTimers.ts";
 
 const MINUTES = 600_000;
 
@@ -17,6 +21,13 @@ const page = (chapter: number | undefined, cursor: string, hasMore = false): Cha
   next_cursor: cursor,
   has_more: hasMore,
 });
+
+const retryAfter = (seconds: number) =>
+  Object.assign(new Error("429"), { details: { retry_after: seconds } });
+
+/** Whether a timer is pending for `ms` (to a millisecond: the service's clock reads fractions). */
+const pendingFor = (timers: ReturnType<typeof watchTimers>, ms: number) =>
+  timers.pending().some((delay) => Math.abs(delay - ms) < 1);
 
 /**
  * A link whose changesSince calls are answered by hand and record the cursor each was sent; no safety
@@ -99,12 +110,65 @@ Deno.test("catch-up after a join: a syncNow() read made while joining that hangs
       const outcome = catchUpAnswers ? "done" : "failed";
       assert.equal(await sync, outcome);
       assert.deepEqual(link.reads, [outcome], "one read heard: the catch-up's, not the cut one");
-      if (catchUpAnswers) assert.equal(link.subscription.status, "live");
+      assert.equal(link.subscription.status, catchUpAnswers ? "live" : "offline");
       // The cut read's late answer moves nothing either.
       link.calls[0].resolve(page(1, "101"));
       assert.deepEqual(link.changes, catchUpAnswers ? [{ chapter: 2, source: "catchup" }] : []);
     } finally {
       await link.end();
     }
+  }
+});
+
+Deno.test("catch-up refused: a failed catch-up is made again at the polls' backoff, not at once, and not before a Retry-After ends; the status is offline meanwhile, not the poll's polling before the join", async () => {
+  const timers = watchTimers();
+  const link = cursorLink({ pollIntervalMs: 10_000 });
+  let clock: ReturnType<typeof frozenClock> | undefined;
+  try {
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("join refused")); // polls, rejoins at once
+    await waitFor("the poll", () => link.calls.length === 1);
+    link.calls[0].resolve(page(1, "101"));
+    await waitFor("polling", () => link.subscription.status === "polling");
+    const rejoin = await link.channel(2);
+    clock = frozenClock(); // the Retry-After's end, as the service reads it, stands still
+    rejoin.state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => link.calls.length === 2);
+    link.calls[1].reject(retryAfter(60));
+    await waitFor("offline", () => link.subscription.status === "offline");
+    // The backoff's first step is drawn 10 s (random 0): the Retry-After's 60 s is longer.
+    await waitFor("the catch-up's retry timer", () => !timers.pending().includes(MINUTES));
+    assert.ok(pendingFor(timers, 60_000), `at the Retry-After's end: ${timers.pending()}`);
+    assert.equal(link.calls.length, 2, "no call at once");
+    // A second failure in a row (made now by the app): the backoff's second step, 20 s with random 0.
+    clock.advance(60_000);
+    void link.subscription.syncNow();
+    await waitFor("the catch-up again", () => link.calls.length === 3);
+    link.calls[2].reject(new Error("503"));
+    await waitFor("the next retry's timer", () => pendingFor(timers, 20_000));
+    assert.equal(link.calls.length, 3, "no call at once");
+    assert.equal(link.subscription.status, "offline");
+  } finally {
+    clock?.restore();
+    timers.restore();
+    await link.end();
+  }
+});
+
+Deno.test("catch-up behind: a joined link whose catch-up is answered with the cursor held back says polling, not the join's connecting, and reads again a poll interval later", async () => {
+  const timers = watchTimers();
+  const link = cursorLink({ pollIntervalMs: 10_000, joinGraceMs: Infinity });
+  try {
+    (await link.channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => link.calls.length === 1);
+    assert.equal(link.subscription.status, "connecting");
+    link.calls[0].resolve(page(1, "101", true));
+    await waitFor("the next page", () => link.calls.length === 2);
+    link.calls[1].resolve(page(undefined, "101", true)); // more to read, the cursor held by a long transaction
+    await waitFor("polling", () => link.subscription.status === "polling");
+    await waitFor("the next read's timer", () => pendingFor(timers, 10_000));
+    assert.equal(link.calls.length, 2);
+  } finally {
+    timers.restore();
+    await link.end();
   }
 });

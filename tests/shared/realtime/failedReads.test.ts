@@ -4,7 +4,8 @@
 // a row (the second queued behind the first), while polling and while live, the one that settled last
 // schedules the next read. A safety read the channel's drop cut off is no failure of the API: it logs
 // poll_cut_off, not poll_failed; nor are reads a Retry-After held back (no call made): they raise no backoff
-// step. A catch-up that fails counts as a failure in a row, as every read does. While a Retry-After runs, the
+// step. A catch-up that fails counts as a failure in a row, as every read does, and is made again after the
+// polls' backoff (not at once). While a Retry-After runs, the
 // status stays offline, reads it held back included (the last call was refused). Against the stand-in client,
 // with changesSince answered by hand; the intervals that must not be waited for are minutes long, so a read
 // that comes shows the short wait (the waits are hang guards only), or the wait scheduled is read off the
@@ -325,7 +326,11 @@ for (const dropped of [false, true]) {
       try {
         (await link.channel(1)).state!("SUBSCRIBED");
         await waitFor("the catch-up", () => link.calls.length === 1);
-        link.calls[0].reject(new Error("503")); // the API fails: retried at once
+        link.calls[0].reject(new Error("503")); // the API fails: made again at the backoff's first step
+        // Drawn in [60 s, 120 s], 90 s with random 0.5 (the call's timeout timer gone, the retry's set).
+        await waitFor("the catch-up's retry timer", () => !timers.pending().includes(MINUTES));
+        assert.deepEqual(timers.pending(), [90_000]);
+        void link.subscription.syncNow(); // the app, back in the foreground, has it made now
         await waitFor("the catch-up's retry", () => link.calls.length === 2);
         if (dropped) {
           (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed")); // cuts the retry off
@@ -344,7 +349,8 @@ for (const dropped of [false, true]) {
           timers.pending().sort((a, b) => a - b),
           dropped ? [180_000, 300_800] : [180_000],
         );
-        assert.equal(link.subscription.status, dropped ? "offline" : "connecting");
+        // Joined but not caught up, the API failing: offline too, not the join's "connecting".
+        assert.equal(link.subscription.status, "offline");
       } finally {
         await link.end();
         timers.restore();

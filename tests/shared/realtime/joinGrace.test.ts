@@ -107,20 +107,30 @@ Deno.test("join grace: a read the app asked for (syncNow) that is still running 
   }
 });
 
-Deno.test("join grace: a catch-up that fails after a join answered during the grace's poll is retried at once, not a poll interval later", async () => {
-  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000 });
+Deno.test("join grace: the grace's poll in flight when the join is answered is cut off; a catch-up that fails then is made again at the polls' backoff, not at once nor at that poll's pace", async () => {
+  const timers = watchTimers();
+  const link = handAnsweredService({ joinGraceMs: 50, pollIntervalMs: 60_000, random: () => 0.5 });
   const { calls, subscription } = link;
   try {
     const channel = await link.channel(1);
     await waitFor("the poll while the join is unanswered", () => calls.length === 1);
-    channel.state!("SUBSCRIBED"); // answered while that poll is in flight
-    calls[0].resolve(page(1)); // it began before the join, which cut it off: its late answer is ignored
+    channel.state!("SUBSCRIBED"); // answered while that poll is in flight: it is cut off
     await waitFor("the catch-up after the join", () => calls.length === 2);
+    calls[0].resolve(page(1)); // its late answer is ignored, and it schedules no poll
     calls[1].reject(new Error("the API did not answer"));
-    await waitFor("the catch-up asked again", () => calls.length === 3); // not a poll interval (a minute) later
+    // The first failure in a row: drawn in [60 s, 120 s], 90 s with random 0.5; the one read scheduled
+    // (no poll of the cut read's a poll interval away, no call made at once).
+    await waitFor("offline", () => subscription.status === "offline");
+    await waitFor("the catch-up's retry timer", () => timers.pending().length === 1);
+    assert.deepEqual(timers.pending(), [90_000]);
+    assert.equal(calls.length, 2);
+    void subscription.syncNow(); // made now by the app
+    await waitFor("the catch-up asked again", () => calls.length === 3);
     calls[2].resolve(page(2));
     await waitFor("live", () => subscription.status === "live");
+    assert.deepEqual(link.changes, [{ chapter: 2, source: "catchup" }]);
   } finally {
     await link.end();
+    timers.restore();
   }
 });
