@@ -172,7 +172,9 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    * time drawn between half and all of a ceiling of 2^n poll intervals (the first too: devices that met
    * a failing API together do not retry together), the ceiling capped at backoff.maxMs (or twice
    * pollIntervalMs when that is longer; the wait is then between half the cap and the cap), and at
-   * least what the API asked for (Retry-After); the first answer resets it.
+   * least what the API asked for (Retry-After), plus a draw up to the shorter of that and
+   * pollIntervalMs (retryAfterWaitMs: devices refused together do not come back together); the
+   * first answer resets it.
    */
   pollIntervalMs?: number;
   /**
@@ -285,6 +287,19 @@ export function rejoinAfterDropDelay(step: number, backoff: BackoffOptions, rand
   );
   if (top <= SOCKET_TEARDOWN_MS) return SOCKET_TEARDOWN_MS;
   return SOCKET_TEARDOWN_MS + Math.floor(random() * (top - SOCKET_TEARDOWN_MS));
+}
+
+/**
+ * How long a link holds its reads after the API asked for `retryAfterMs` (Retry-After): never less,
+ * and drawn up to the shorter of that wait and `pollIntervalMs` more. The devices an overloaded API
+ * refused together were all told the same wait: retrying exactly at its end, they would come back
+ * together and be refused together again. They come back spread over a window as long as the wait
+ * asked for (as the polls' backoff draws the n-th failure's wait from 2^(n-1) to 2^n intervals), but
+ * no wider than a poll interval: none reads more than one interval late (a link polling would have
+ * read within one anyway), and a short Retry-After is not stretched into a long one.
+ */
+export function retryAfterWaitMs(retryAfterMs: number, pollIntervalMs: number, random: () => number): number {
+  return retryAfterMs + Math.floor(random() * Math.min(retryAfterMs, pollIntervalMs));
 }
 
 // setTimeout's longest delay (2^31-1 ms), shared with the function's body bounds; exported here too for
@@ -1424,9 +1439,10 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * How long a Retry-After the API sent still runs (ms; 0 when none does, or when it ends within
-   * RETRY_AFTER_SLACK_MS: a timer set for its end may fire that much early, and its read would be
-   * skipped for a fraction of a millisecond and come a whole interval later).
+   * How long a Retry-After the API sent (its jittered wait: retryAfterWaitMs) still runs (ms; 0 when
+   * none does, or when it ends within RETRY_AFTER_SLACK_MS: a timer set for its end may fire that much
+   * early, and its read would be skipped for a fraction of a millisecond and come a whole interval
+   * later).
    */
   #retryAfterLeftMs(): number {
     const left = this.#retryAfterUntil - monotonicNow();
@@ -1798,13 +1814,15 @@ class UserLink<Row extends LwwRow> {
           return "failed";
         }
         const retryAfterMs = retryAfterMsOf(error);
+        let waitMs: number | undefined;
         if (retryAfterMs) {
-          this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + retryAfterMs);
+          waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
+          this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
         }
         if (!this.#closed) {
           this.#log("warn", `${source}_failed`, {
             error: error instanceof Error ? error.message : String(error),
-            ...(retryAfterMs ? { retry_after_ms: retryAfterMs } : {}),
+            ...(retryAfterMs ? { retry_after_ms: retryAfterMs, wait_ms: waitMs } : {}),
           });
         }
         return "failed";

@@ -9,6 +9,7 @@ import {
   type ChangesPage,
   RealtimeService,
   rejoinAfterDropDelay,
+  retryAfterWaitMs,
   SOCKET_TEARDOWN_MS,
 } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
@@ -276,7 +277,9 @@ Deno.test("syncNow: no read while the API's Retry-After runs; the rejoin is stil
     await subscription.syncNow(); // back in the foreground ten milliseconds later
     await link.channel(2); // the rejoin does not wait for the API
     assert.equal(calls.length, 2, "no read before the minute the API asked for");
-    assert.ok(pendingFor(timers, 60_000), `the read at its end: ${timers.pending()}`);
+    // At its end, jittered (60 s + 25 ms: half of the shorter of the wait and the 50 ms interval).
+    const end = retryAfterWaitMs(60_000, 50, slowBackoff.random);
+    assert.ok(pendingFor(timers, end), `the read at its end: ${timers.pending()}`);
   } finally {
     clock?.restore();
     timers.restore();
@@ -327,7 +330,8 @@ Deno.test("polling: a join that fails while the link polls keeps the polls' pace
       1,
       "three failed joins later, still no read within the minute the API asked for",
     );
-    assert.ok(pendingFor(timers, 60_000), `the poll still at the minute's end: ${timers.pending()}`);
+    const end = retryAfterWaitMs(60_000, 50, () => 0.5); // the minute, jittered
+    assert.ok(pendingFor(timers, end), `the poll still at the minute's end: ${timers.pending()}`);
   } finally {
     clock?.restore();
     timers.restore();
@@ -394,8 +398,9 @@ Deno.test("polling: a join made during a Retry-After catches up once it has pass
     // A turn of the event loop: a catch-up begun at the join has made its call by then.
     await new Promise((resolve) => setTimeout(resolve, 0));
     assert.equal(calls.length, 2, "the catch-up waits for the Retry-After too");
-    assert.ok(pendingFor(timers, 3_000), `the catch-up at its end: ${timers.pending()}`);
-    clock.advance(3_000); // the wait is over when that timer fires
+    const end = retryAfterWaitMs(3_000, 50, slowBackoff.random); // 3 s, jittered
+    assert.ok(pendingFor(timers, end), `the catch-up at its end: ${timers.pending()}`);
+    clock.advance(end); // the wait is over when that timer fires
     await waitFor("the catch-up", () => calls.length === 3);
     calls[2].resolve({ changes: [version(4)], next_cursor: "104", has_more: false });
     await waitFor("live", () => subscription.status === "live");
@@ -485,7 +490,8 @@ Deno.test("polling: a read queued behind one that is told to wait (Retry-After) 
 Deno.test("live: the safety read after a Retry-After waits for it, not only for livePollIntervalMs", async () => {
   const timers = watchTimers();
   // requestTimeoutMs other than a minute: its timer is not taken for the next read's.
-  const link = handAnsweredService({ livePollIntervalMs: 50, requestTimeoutMs: 30_000 });
+  // Its end undrawn (random 0): the Retry-After's end exactly.
+  const link = handAnsweredService({ livePollIntervalMs: 50, requestTimeoutMs: 30_000, random: () => 0 });
   let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     await link.goLive();
@@ -548,7 +554,12 @@ Deno.test("syncNow: a safety read queued behind another and ended by a drop is n
 
 Deno.test("syncNow during a Retry-After, live with livePollIntervalMs 0: the read is made when the wait ends", async () => {
   const timers = watchTimers();
-  const link = handAnsweredService({ livePollIntervalMs: 0, pollIntervalMs: 30, heartbeatReplyTimeoutMs: 0 });
+  const link = handAnsweredService({
+    livePollIntervalMs: 0,
+    pollIntervalMs: 30,
+    heartbeatReplyTimeoutMs: 0,
+    random: () => 0, // the Retry-After's end undrawn
+  });
   let clock: ReturnType<typeof frozenClock> | undefined;
   try {
     await link.goLive();
