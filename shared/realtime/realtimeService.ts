@@ -1459,18 +1459,26 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * Joins now, unless a live channel dropped less than SOCKET_TEARDOWN_MS ago: then as soon as that
-   * has passed (see #fail).
+   * Joins now, unless a live channel dropped less than SOCKET_TEARDOWN_MS ago: then after the wait the
+   * first step draws for a rejoin after a drop (rejoinAfterDropDelay, counted from the drop; see
+   * #fail), not at the teardown's end exactly: the devices a Realtime restart dropped together and
+   * whose apps call syncNow() at once (a browser's "online" event, a network change) or get a new
+   * token then would otherwise all rejoin at that same moment. That step's ceiling is taken as at
+   * most SOCKET_TEARDOWN_MS: the app asked for now, and a long first step configured for the backoff
+   * (backoff.initialMs of minutes) must not put it off (1.6-2.6 s with the defaults, at most 3.2 s).
    */
   #reconnectSoon(): void {
     this.service.timers.clear(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
     this.#waitBeforeJoinMs = this.#firstStepWaitMs(); // a join the ladder did not wait for
-    const wait = this.#droppedAt + SOCKET_TEARDOWN_MS - monotonicNow();
-    if (wait <= 0) {
+    const sinceDrop = monotonicNow() - this.#droppedAt;
+    if (sinceDrop >= SOCKET_TEARDOWN_MS) {
       void this.#connect();
       return;
     }
+    const backoff = this.service.backoffOptions;
+    const firstStep = { ...backoff, initialMs: Math.min(backoff.initialMs, SOCKET_TEARDOWN_MS) };
+    const wait = rejoinAfterDropDelay(1, firstStep, this.service.random) - sinceDrop;
     this.#reconnectTimer = this.service.timers.set(() => {
       this.#reconnectTimer = undefined;
       void this.#connect();

@@ -413,10 +413,11 @@ Deno.test("polling: a join made during a Retry-After catches up once it has pass
   }
 });
 
-Deno.test("syncNow or a new token right after a live channel dropped rejoin once realtime-js has closed the socket", async () => {
+Deno.test("syncNow or a new token right after a live channel dropped rejoin once realtime-js has closed the socket, at the first step's jittered wait after a drop", async () => {
   for (const nudge of ["syncNow", "token"] as const) {
     const timers = watchTimers();
-    const link = handAnsweredService({ ...slowBackoff, livePollIntervalMs: 600_000 });
+    let draw = slowBackoff.random();
+    const link = handAnsweredService({ ...slowBackoff, random: () => draw, livePollIntervalMs: 600_000 });
     let clock: ReturnType<typeof frozenClock> | undefined;
     try {
       await link.goLive();
@@ -427,15 +428,20 @@ Deno.test("syncNow or a new token right after a live channel dropped rejoin once
       // The first step's wait after a live channel's drop, as the service draws it (30.8 s here).
       const backoffJoin = rejoinAfterDropDelay(1, slowBackoff.backoff, slowBackoff.random);
       assert.ok(pendingFor(timers, backoffJoin), `${nudge}: the backoff's join first: ${timers.pending()}`);
+      // The nudge's rejoin is drawn as the first step's after a drop is, from the drop, that step's
+      // ceiling taken as at most the teardown (the app asked for now, not after a 60 s first step):
+      // 1.6 s plus the draw (0.25) of 1.6 s. Not at the teardown's end exactly (every device dropped
+      // together would rejoin then), never before it.
+      draw = 0.25;
+      const nudgeJoin = rejoinAfterDropDelay(1, { initialMs: SOCKET_TEARDOWN_MS, maxMs: 60_000 }, () => draw);
+      assert.equal(nudgeJoin, 2_000);
       if (nudge === "syncNow") void link.subscription.syncNow();
       else await link.service.setAccessToken("T2");
-      await waitFor(
-        `${nudge}: the rejoin's timer at the teardown's end`,
-        () => pendingFor(timers, SOCKET_TEARDOWN_MS),
-      );
+      await waitFor(`${nudge}: the rejoin's timer at its draw`, () => pendingFor(timers, nudgeJoin));
       assert.equal(link.service.stats().joinAttempts, 1, `${nudge}: no join before it`);
       assert.ok(!pendingFor(timers, backoffJoin), `${nudge}: not the backoff's join`);
-      clock.advance(SOCKET_TEARDOWN_MS);
+      assert.ok(!pendingFor(timers, SOCKET_TEARDOWN_MS), `${nudge}: not the teardown's end exactly`);
+      clock.advance(nudgeJoin);
       await link.channel(2);
     } finally {
       clock?.restore();
