@@ -208,7 +208,13 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   joinGraceMs?: number;
   /** How long one changesSince call may take before it counts as failed and is aborted (20 s). */
   requestTimeoutMs?: number;
-  /** Source of randomness for the jitter (tests make it deterministic). */
+  /**
+   * Source of randomness for the jitter (tests make it deterministic): a function returning a number
+   * in [0, 1), as Math.random (the default) does; anything else given throws a TypeError at
+   * construction. A draw outside that range is taken into it, so that no wait is NaN (setTimeout
+   * fires a NaN wait at once) or outside its range: below 0 as 0, 1 or more as just below 1 (the
+   * longest wait), NaN or a non-number as 0.5 (the mean wait), logged once (random_out_of_range).
+   */
   random?: () => number;
   /** Receives one JSON log line per event; console.log by default. */
   log?: (line: string) => void;
@@ -390,6 +396,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   readonly counters = { applied: 0, stale: 0, duplicates: 0, invalid: 0, channels: 0, joinAttempts: 0 };
   /** Channel removals in flight, per topic: a new join of the topic waits for them. */
   readonly removals = new Map<string, Set<Promise<void>>>();
+  readonly #random: () => number;
+  #randomWarned = false;
   #explicitToken: string | null = null;
   #originalTokenSource: (() => Promise<string | null>) | null | undefined = undefined;
   /** The token source this service installed (close() restores only while it is still in place). */
@@ -421,7 +429,26 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       maxMs: options.backoff?.maxMs ?? DEFAULT_BACKOFF.maxMs,
     };
     this.#log = options.log ?? ((line) => console.log(line));
+    const random = options.random;
+    if (random !== undefined && typeof random !== "function") {
+      throw new TypeError(`RealtimeService option random must be a function (got ${typeof random})`);
+    }
+    this.#random = random ? () => this.#drawInRange(random()) : Math.random;
     if (options.accessToken) this.#installToken(options.accessToken);
+  }
+
+  /**
+   * A draw of the `random` option taken into [0, 1) (see RealtimeServiceOptions.random): every wait
+   * the service draws stays a number within its range.
+   */
+  #drawInRange(value: unknown): number {
+    if (typeof value === "number" && value >= 0 && value < 1) return value;
+    if (!this.#randomWarned) {
+      this.#randomWarned = true;
+      this.logEvent("warn", "random_out_of_range", { value: String(value) });
+    }
+    if (typeof value !== "number" || Number.isNaN(value)) return 0.5;
+    return value < 0 ? 0 : LARGEST_BELOW_ONE;
   }
 
   get client(): AnyClient {
@@ -589,7 +616,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     return this.#compareRows;
   }
   get random(): () => number {
-    return this.#options.random ?? Math.random;
+    return this.#random;
   }
 
   parseRow(value: unknown): Row | null {
@@ -1929,6 +1956,9 @@ interface Round {
  * back by an hour just after a drop would otherwise put the rejoin or the next read off by that hour.
  */
 const monotonicNow = (): number => performance.now();
+
+/** The largest number below 1 (1 - 2^-53): a draw of 1 or more is taken as this. */
+const LARGEST_BELOW_ONE = 1 - Number.EPSILON / 2;
 
 /** How early a timer may fire (performance.now() against the timer's whole milliseconds). */
 const RETRY_AFTER_SLACK_MS = 2;

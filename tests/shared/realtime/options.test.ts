@@ -3,6 +3,7 @@
 // setTimeout's 2^31-1 ms) is refused with a RangeError naming the option, directly and through
 // api.ts's subscribeToProgress; each range's ends are taken. A wait the service computes past 2^31-1
 // from valid options (a failed poll's backoff from pollIntervalMs at its end) is held at 2^31-1 ms, not fired at once.
+// The random option must be a function (TypeError); its draws outside [0, 1) are taken into it, none NaN.
 
 import assert from "node:assert/strict";
 import { subscribeToProgress } from "../../../shared/progress/api.ts";
@@ -157,5 +158,56 @@ Deno.test("options: a backoff field given as undefined takes its default, as an 
     assert.deepEqual(service.backoffOptions, { initialMs: 1_000, maxMs: 30_000 });
   } finally {
     await service.close();
+  }
+});
+
+Deno.test("options: random that is not a function is refused at construction (TypeError)", () => {
+  const { client } = fakeClient();
+  for (const random of [0.5, "0.5", null]) {
+    assert.throws(
+      () =>
+        new RealtimeService(client, {
+          changesSince,
+          log: () => {},
+          random: random as unknown as () => number,
+        }),
+      (error: unknown) =>
+        error instanceof TypeError && /option random must be a function/.test(error.message),
+      `random: ${String(random)}`,
+    );
+  }
+});
+
+Deno.test("options: a random draw that is NaN or outside [0, 1) is taken into it (NaN as 0.5, below 0 as 0, 1 or more as just below 1): no NaN wait, none outside its range; logged once", async () => {
+  // A join that fails (never joined) is retried after full jitter at step 1 (a 1 s ceiling): draw x 1 s.
+  for (const [draw, expected] of [[NaN, 500], [-1, 0], [1, 999], [7, 999]] as const) {
+    const timers = watchTimers();
+    const lines: Record<string, unknown>[] = [];
+    const link = handAnsweredService({
+      livePollIntervalMs: 0,
+      heartbeatReplyTimeoutMs: 0,
+      pollIntervalMs: 600_000,
+      backoff: { initialMs: 1_000, maxMs: 60_000 },
+      joinGraceMs: Infinity,
+      random: () => draw,
+      log: (line) => lines.push(JSON.parse(line)),
+    });
+    try {
+      (await link.channel(1)).state!("CHANNEL_ERROR", new Error("Realtime down"));
+      await waitFor(
+        `draw ${draw}: the rejoin scheduled`,
+        () => lines.some((l) => l.event === "realtime_unavailable"),
+      );
+      const unavailable = lines.find((l) => l.event === "realtime_unavailable")!;
+      assert.equal(unavailable.retry_in_ms, expected, `draw ${draw}`);
+      assert.ok(
+        timers.pending().every((ms) => Number.isFinite(ms)),
+        `draw ${draw}: waits ${timers.pending()}`,
+      );
+      assert.equal(lines.filter((l) => l.event === "random_out_of_range").length, 1, `draw ${draw}`);
+    } finally {
+      timers.restore();
+      await link.end();
+    }
   }
 });
