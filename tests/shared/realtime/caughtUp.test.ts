@@ -187,6 +187,9 @@ Deno.test("syncNow: a round in flight is followed by a fresh one; none after uns
   }
 });
 
+/** The largest draw `random` may give (a draw of 1 is out of range: the service takes it as this). */
+const LARGEST_DRAW = 1 - Number.EPSILON / 2;
+
 Deno.test("polling: failed polls in a row back off (doubling, capped); an answer resets it; Retry-After is honoured", async () => {
   // Every wait is read from the timer the service sets for it and ended by hand (its delays are
   // minutes: none runs out by itself), under a clock that stands still but for those ends.
@@ -204,7 +207,7 @@ Deno.test("polling: failed polls in a row back off (doubling, capped); an answer
     pollIntervalMs: 50_000,
     // The join's retry (its first step: 70 s) is never due here; the polls' cap is maxMs.
     backoff: { initialMs: 70_000, maxMs: 800_000 },
-    random: () => 1, // no jitter: the longest waits
+    random: () => LARGEST_DRAW, // the longest waits
     log: () => {},
   });
   const subscription = service.subscribeToProgress(USER, () => {});
@@ -234,8 +237,9 @@ Deno.test("polling: failed polls in a row back off (doubling, capped); an answer
     // After the answer the poll interval again, not the backoff's 800 s.
     await pollAfter(50_000, "the interval after an answer");
     assert.ok(!pendingFor(timers, 800_000), `no poll at the backoff's cap: ${timers.pending()}`);
-    // The next poll waits for the Retry-After (250 s), not the backoff's first step (100 s).
-    await pollAfter(250_000, "the Retry-After's end");
+    // The next poll waits for the Retry-After (250 s) and its jitter (up to one interval: 299.999 s
+    // at the largest draw), not the backoff's first step (100 s).
+    await pollAfter(retryAfterWaitMs(250_000, 50_000, () => LARGEST_DRAW), "the Retry-After's end");
     assert.equal(calls, 9);
   } finally {
     await subscription.unsubscribe();
