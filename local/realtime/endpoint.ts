@@ -278,43 +278,61 @@ export async function createRealtimeEndpoint(
     } catch {
       return json(400, { message: "body is not JSON" });
     }
-    // Any JSON may come (null, a number, an array): only an object's messages count (Supabase's
-    // BatchBroadcast changeset; Phoenix hands it a non-object body as _json, so messages are missing).
-    const messages = body !== null && typeof body === "object"
+    // Supabase's BatchBroadcast changeset (embeds_many :messages, required; each message casts topic and
+    // event as strings, payload as a map, private as a boolean, and requires topic, payload and event),
+    // rendered by its ChangesetView as {"errors": traverse_errors}. Phoenix hands a body that is JSON but
+    // no object (null, 5, a list) to the controller as _json: messages are then missing.
+    const messages = body !== null && typeof body === "object" && !Array.isArray(body)
       ? (body as { messages?: unknown }).messages
       : undefined;
-    if (!Array.isArray(messages) || messages.length === 0) {
+    if (messages === undefined || (Array.isArray(messages) && messages.length === 0)) {
       return json(422, { errors: { messages: ["can't be blank"] } });
     }
-    const allowed = new Map<string, boolean>();
-    for (const raw of messages) {
-      // An element that is no object is no message (embeds_many: "is invalid"); it threw here (500).
-      if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-        return json(422, { errors: { messages: ["is invalid"] } });
-      }
-      const m = raw as { topic?: unknown; event?: unknown; payload?: unknown; private?: unknown };
-      if (typeof m.topic !== "string" || typeof m.event !== "string") {
-        return json(422, { errors: { messages: ["topic and event are required"] } });
-      }
-    }
-    for (
-      const raw of messages as { topic: string; event: string; payload?: unknown; private?: unknown }[]
+    // Not a list (null too), or an element that is no object: the embed as a whole "is invalid" (Ecto's
+    // cast_or_change and map_changes); a null element threw here once (a 500).
+    if (
+      !Array.isArray(messages) ||
+      messages.some((m) => m === null || typeof m !== "object" || Array.isArray(m))
     ) {
-      const isPrivate = raw.private === true;
-      if (isPrivate) {
+      return json(422, { errors: { messages: ["is invalid"] } });
+    }
+    const cast = (messages as Record<string, unknown>[]).map((m) => {
+      const errors: Record<string, string[]> = {};
+      const blank = (v: unknown) =>
+        v === undefined || v === null || (typeof v === "string" && v.trim() === "");
+      for (const field of ["event", "payload", "private", "topic"] as const) {
+        const v = m[field];
+        const ok = field === "payload"
+          ? v === undefined || v === null || (typeof v === "object" && !Array.isArray(v))
+          : field === "private"
+          ? v === undefined || v === null || typeof v === "boolean" ||
+            ["true", "false", "1", "0"].includes(v as string)
+          : v === undefined || v === null || typeof v === "string";
+        if (!ok) errors[field] = ["is invalid"];
+        else if (field !== "private" && blank(v)) errors[field] = ["can't be blank"];
+      }
+      const isPrivate = m.private === true || m.private === "true" || m.private === "1";
+      return { errors, topic: m.topic as string, event: m.event as string, payload: m.payload, isPrivate };
+    });
+    if (cast.some((m) => Object.keys(m.errors).length > 0)) {
+      return json(422, { errors: { messages: cast.map((m) => m.errors) } });
+    }
+    const allowed = new Map<string, boolean>();
+    for (const m of cast) {
+      if (m.isPrivate) {
         // Supabase skips private messages the caller may not send and still answers 202.
-        if (!allowed.has(raw.topic)) {
-          allowed.set(raw.topic, (await writeAllowed(raw.topic, auth.claims, req)) === true);
+        if (!allowed.has(m.topic)) {
+          allowed.set(m.topic, (await writeAllowed(m.topic, auth.claims, req)) === true);
         }
-        if (!allowed.get(raw.topic)) {
-          log({ event: "rest_broadcast_denied", topic: raw.topic, sub: auth.claims.sub });
+        if (!allowed.get(m.topic)) {
+          log({ event: "rest_broadcast_denied", topic: m.topic, sub: auth.claims.sub });
           continue;
         }
       }
-      hub.relay(subscriptionKey(isPrivate, raw.topic), {
-        fullTopic: `realtime:${raw.topic}`,
-        event: raw.event,
-        payload: raw.payload ?? {},
+      hub.relay(subscriptionKey(m.isPrivate, m.topic), {
+        fullTopic: `realtime:${m.topic}`,
+        event: m.event,
+        payload: m.payload,
       });
     }
     return new Response(null, { status: 202 });

@@ -833,22 +833,49 @@ Deno.test(
 
 Deno.test(
   {
-    name: "realtime REST: a batch whose body or a message is not an object (null) is a 422, not a 500",
+    name:
+      "realtime REST: a batch Supabase's changeset refuses (null body, no payload, a private of 'yes') is its 422",
     ...noSanitize,
   },
   async () => {
-    // Supabase's BatchBroadcast changeset: messages missing ("can't be blank"), or an element that is no
-    // message (embeds_many: "is invalid"), both 422. A body of null, or a null in messages, threw here.
+    // Supabase's BatchBroadcast changeset, rendered as {"errors": traverse_errors}: messages missing
+    // (a body that is no object reaches it as _json) or empty: "can't be blank"; not a list, or an
+    // element that is no message (embeds_many): "is invalid"; otherwise one error map per message, from
+    // casting topic and event (strings), payload (a map), private (a boolean) and requiring topic, payload
+    // and event. A body of null, or a null in messages, threw here (500); a message without payload or
+    // with private "yes" was broadcast (202).
     const env = testEnv();
     const a = await createTestUser();
-    for (
-      const body of [
-        "null",
-        '{"messages":[null]}',
-        '{"messages":[5]}',
-        '{"messages":[{"topic":"t","event":"e"},null]}',
-      ]
-    ) {
+    const ok = { topic: "t", event: "e", payload: {} };
+    const cases: [string, unknown][] = [
+      ["null", { messages: ["can't be blank"] }],
+      ["[]", { messages: ["can't be blank"] }],
+      ["{}", { messages: ["can't be blank"] }],
+      ['{"messages":[]}', { messages: ["can't be blank"] }],
+      ['{"messages":null}', { messages: ["is invalid"] }],
+      ['{"messages":"x"}', { messages: ["is invalid"] }],
+      ['{"messages":[null]}', { messages: ["is invalid"] }],
+      ['{"messages":[5]}', { messages: ["is invalid"] }],
+      [JSON.stringify({ messages: [ok, null] }), { messages: ["is invalid"] }],
+      [JSON.stringify({ messages: [{ topic: "t", event: "e" }] }), {
+        messages: [{ payload: ["can't be blank"] }],
+      }],
+      [
+        JSON.stringify({ messages: [ok, { topic: 5, event: " ", payload: "s", private: "yes" }] }),
+        {
+          messages: [{}, {
+            event: ["can't be blank"],
+            payload: ["is invalid"],
+            private: ["is invalid"],
+            topic: ["is invalid"],
+          }],
+        },
+      ],
+      [JSON.stringify({ messages: [{ ...ok, payload: null, private: "true" }] }), {
+        messages: [{ payload: ["can't be blank"] }],
+      }],
+    ];
+    for (const [body, errors] of cases) {
       const res = await fetch(`${env.url}/realtime/v1/api/broadcast`, {
         method: "POST",
         headers: {
@@ -860,7 +887,7 @@ Deno.test(
       });
       const text = await res.text();
       assert.equal(res.status, 422, `${body}: ${res.status} ${text}`);
-      assert.ok(JSON.parse(text).errors?.messages, `${body}: ${text}`);
+      assert.deepEqual(JSON.parse(text), { errors }, body);
     }
   },
 );
