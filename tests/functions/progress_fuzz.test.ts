@@ -12,8 +12,9 @@
 //     sent (the position as sent; the date as sent, or later when it was re-keyed, or earlier when it
 //     was dated far ahead); the bystander sees none of it;
 //   - the function stays up (a plain write goes through at the end, and every 50 cases).
-// It prints its seed; READSYNC_FUZZ_SEED=<seed> replays the same requests, READSYNC_FUZZ_CASES=<n>
-// sends more (default 300). Nothing here depends on how long anything took.
+// It prints its seed; READSYNC_FUZZ_SEED=<seed> replays the same requests (but for the users' ids, random
+// UUIDs and the dates far ahead, which count from the clock), READSYNC_FUZZ_CASES=<n> sends more (default 300).
+// Nothing here depends on how long anything took.
 
 import assert from "node:assert/strict";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";

@@ -5,7 +5,8 @@
 // credentials and nothing of B's, while two observers (A on vsn 2.0.0, B on vsn 1.0.0) hold their
 // own progress channels. What must hold:
 //   - no frame makes the endpoint fail (no `frame_failed` in its log, the process up), a REST
-//     broadcast never answers 5xx, and a heartbeat on a fuzz socket is still answered;
+//     broadcast never answers 5xx, and a heartbeat on a fuzz socket is answered (or the endpoint closed
+//     that socket: it is replaced);
 //   - nothing of B's reaches a fuzz socket: no broadcast frame there carries B's series (the fuzz
 //     sockets know B's id, from B's topic, and may send it themselves);
 //   - the observers keep working: each of a series of rows written for A and B, in between, reaches
@@ -482,8 +483,11 @@ Deno.test({
       sockets.push(obsA, obsB);
 
       const fuzzSockets: Socket[] = [];
+      // A socket's vsn comes from a generator of its own: replacing a socket the endpoint closed (when is
+      // the machine's timing) takes nothing from the one that picks the frames, so a seed replays them.
+      const vsnRng = rng(SEED ^ 0x5bd1e995);
       const openFuzz = async () => {
-        const vsn = r.pick(["1.0.0", "2.0.0"] as const);
+        const vsn = vsnRng.pick(["1.0.0", "2.0.0"] as const);
         const s = new Socket(wsUrl(vsn), vsn);
         assert.ok(await s.opened, "a fuzz socket opens");
         sockets.push(s);
