@@ -18,7 +18,7 @@ import {
   conflictResolver as resolver,
 } from "../../shared/progress/conflictResolver.ts";
 import { writeResultSchema } from "../../shared/progress/schemas.ts";
-import { createPostgresProgressStore } from "../../shared/progress/store.ts";
+import { createPostgresProgressStore, type PostgresStoreOptions } from "../../shared/progress/store.ts";
 import type { WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
 import { adminSql, call, seriesId, testEnv } from "./support.ts";
@@ -153,8 +153,8 @@ const overHttp: Sender = async (user, series, u) => {
   return writeResultSchema.parse(answer.body);
 };
 
-function overStore(pool: postgres.Sql): Sender {
-  const store = createPostgresProgressStore(pool);
+function overStore(pool: postgres.Sql, options?: PostgresStoreOptions): Sender {
+  const store = createPostgresProgressStore(pool, options);
   return (user, series, u) =>
     store.write({ sub: user.id, role: "authenticated" }, {
       series_id: series,
@@ -416,7 +416,10 @@ Deno.test("a write that waited for another writer's lock is decided against the 
   const sql = adminSql({ max: 1 });
   const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
   const waiter = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
-  const send = overStore(waiter);
+  // B waits for A's lock until the test has seen it wait and A has committed: on a loaded machine that
+  // can outlast the store's 2 s lock timeout (a 503, not what this test is about); the test's own
+  // 10 s guard bounds the wait instead.
+  const send = overStore(waiter, { lockTimeoutMs: 30_000, statementTimeoutMs: 30_000 });
   const at = (ms: number) => new Date(BASE + ms).toISOString();
   try {
     for (
