@@ -1437,8 +1437,9 @@ class UserLink<Row extends LwwRow> {
     if (wasJoined) {
       this.#droppedAt = monotonicNow();
       // A safety read scheduled while live would hold off the polling below for its whole interval,
-      // and a read in flight or queued (a safety read, the catch-up, a read queued behind it, one
-      // begun before the join) would hold it (the rounds queue) until it answered or timed out.
+      // and a read in flight or queued (a safety read, the catch-up or its retry, a read queued
+      // behind them; the join cut off those begun before it) would hold it (the rounds queue) until
+      // it answered or timed out.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#cutReadsOff("the channel dropped");
