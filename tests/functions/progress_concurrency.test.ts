@@ -71,24 +71,8 @@ import { batchWriteResponseSchema, writeResultSchema } from "../../shared/progre
 import { microsecondIso } from "../../shared/progress/instant.ts";
 import type { ProgressKey, ProgressPosition, WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
+import { type SeededRandom, seededRandom } from "../support/seededRandom.ts";
 import { adminSql, call, seriesId, testEnv } from "./support.ts";
-
-/** mulberry32: a small seeded PRNG, so a seed replays the same run. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number) => Math.floor(next() * n);
-  const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)];
-  const chance = (p: number) => next() < p;
-  return { next, int, pick, chance };
-}
-type Rng = ReturnType<typeof prng>;
 
 const BASE = Date.parse("2026-04-01T08:00:00.000Z");
 /** Offsets from BASE: many writes share a millisecond, some are a second or a day older. */
@@ -274,7 +258,7 @@ interface Round {
 }
 
 /** The writes of one round: distinct keys, each with one position; some requests sent twice. */
-function generate(rng: Rng, users: number): Round {
+function generate(rng: SeededRandom, users: number): Round {
   const series = Array.from(
     { length: users },
     () => Array.from({ length: 1 + rng.int(2) }, () => seriesId("conc")),
@@ -1337,7 +1321,7 @@ Deno.test("concurrent writes and hard deletes of many devices through every writ
   console.log(
     `concurrency seed ${seed} (replay: READSYNC_CONCURRENCY_SEED=${seed} npm test -- tests/functions/progress_concurrency.test.ts)`,
   );
-  const rng = prng(seed);
+  const rng = seededRandom(seed);
   const users = await Promise.all([0, 1, 2].map(() => createTestUser()));
   const admin = adminSql({ max: 1 });
   const pools = {

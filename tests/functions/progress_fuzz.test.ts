@@ -28,33 +28,11 @@ import {
 import { toProgress } from "../../shared/progress/store.ts";
 import type { Progress, WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
+import { type SeededRandom, seededRandom } from "../support/seededRandom.ts";
 import { adminSql, FUNCTION_URL, testEnv } from "./support.ts";
 
 const SEED = Number(Deno.env.get("READSYNC_FUZZ_SEED") ?? Math.floor(Math.random() * 2 ** 31));
 const CASES = Number(Deno.env.get("READSYNC_FUZZ_CASES") ?? 300);
-
-// ------------------------------------------------------------------------------------ randomness
-
-/** mulberry32: small, seedable, good enough to pick mutations. */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    chance: (p: number) => next() < p,
-    pick<T>(items: readonly T[]): T {
-      return items[Math.floor(next() * items.length)];
-    },
-  };
-}
-type Rng = ReturnType<typeof rng>;
 
 // ------------------------------------------------------------------------------------ JSON text
 
@@ -147,7 +125,7 @@ const STRINGS: unknown[] = [
 ];
 
 /** Dates far from now (clearly in the past or far ahead), so "ahead" is never a matter of timing. */
-function dates(r: Rng): string[] {
+function dates(r: SeededRandom): string[] {
   const pastMs = Date.UTC(
     2000 + r.int(25),
     r.int(12),
@@ -207,7 +185,7 @@ function dates(r: Rng): string[] {
   ];
 }
 
-function junk(r: Rng, depth = 0): unknown {
+function junk(r: SeededRandom, depth = 0): unknown {
   switch (r.int(depth > 2 ? 4 : 8)) {
     case 0:
       return null;
@@ -229,7 +207,7 @@ function junk(r: Rng, depth = 0): unknown {
 }
 
 /** [[[[...0...]]]] or {"a":{"a":...}}, up to the body limit and beyond. */
-function deep(r: Rng): unknown {
+function deep(r: SeededRandom): unknown {
   const n = r.pick([10, 1000, 20_000, 40_000]);
   return r.chance(0.5)
     ? raw("[".repeat(n) + "0" + "]".repeat(n))
@@ -248,7 +226,7 @@ interface Ctx {
 
 type WriteFields = Record<string, unknown>;
 
-function validWrite(r: Rng, ctx: Ctx): WriteFields {
+function validWrite(r: SeededRandom, ctx: Ctx): WriteFields {
   const cleared = r.chance(0.1);
   const w: WriteFields = {
     series_id: r.pick(ctx.series),
@@ -265,7 +243,7 @@ function validWrite(r: Rng, ctx: Ctx): WriteFields {
 const FIELDS = ["series_id", "chapter", "page", "percentage", "cleared", "device_id", "updated_at"];
 
 /** One random mutation of a write's fields (the object itself). */
-function mutateWrite(r: Rng, w: WriteFields): string {
+function mutateWrite(r: SeededRandom, w: WriteFields): string {
   const field = r.pick(FIELDS);
   switch (r.int(9)) {
     case 0:
@@ -328,7 +306,7 @@ interface Req {
   log: string[];
 }
 
-function buildRequest(r: Rng, ctx: Ctx): Req {
+function buildRequest(r: SeededRandom, ctx: Ctx): Req {
   const kind = r.pick(["write", "write", "batch", "batch", "reset", "list", "changes", "get"] as const);
   const headers: Record<string, string> = { authorization: `Bearer ${ctx.tokens.a}` };
   const log: string[] = [kind];
@@ -805,7 +783,7 @@ Deno.test({
   sanitizeOps: false,
   fn: async () => {
     console.log(`progress fuzz: READSYNC_FUZZ_SEED=${SEED} READSYNC_FUZZ_CASES=${CASES}`);
-    const r = rng(SEED);
+    const r = seededRandom(SEED);
     const sql = adminSql({ max: 2 });
     try {
       const a = await createTestUser();

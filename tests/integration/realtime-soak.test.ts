@@ -45,23 +45,12 @@ import {
   waitFor,
   writeThroughApi,
 } from "./realtime_support.ts";
+import { seededRandom } from "../support/seededRandom.ts";
 
 const SEED = Number(Deno.env.get("READSYNC_SOAK_SEED") ?? 20261205);
 const FAULT_MS = Number(Deno.env.get("READSYNC_SOAK_MS") ?? 25_000);
 const SERIES = 20;
 const DEVICES = 3;
-
-/** mulberry32: a small seeded PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Row = ProgressChange["row"];
 
@@ -110,7 +99,7 @@ Deno.test({
   // One stream of random numbers per actor, each drawn from synchronously: the writers' choices and
   // the schedule of faults (kinds, targets, durations) do not depend on how the actors interleave.
   const stream = (seed: number) => {
-    const random = prng(seed);
+    const random = seededRandom(seed).next;
     return {
       random,
       pick: <T>(values: readonly T[]): T => values[Math.floor(random() * values.length)],
@@ -182,7 +171,7 @@ Deno.test({
         params: { [LOWER_JOIN_ERROR_BACKOFF_PARAM]: "300" },
       },
     });
-    const deviceRandom = prng(SEED * 31 + i);
+    const deviceRandom = seededRandom(SEED * 31 + i).next;
     device.sub = subscribeToProgress(device.client, a.id, (change) => {
       const key = versionKey(change.row);
       const seen = device.last.get(change.row.series_id);

@@ -20,30 +20,11 @@ import { SignJWT } from "jose";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { adminSql, createTestUser, testEnv, type TestUser } from "../support/env.ts";
+import { type SeededRandom, seededRandom } from "../support/seededRandom.ts";
 import { ownEndpoint, waitFor, writeProgress } from "./realtime_support.ts";
 
 const SEED = Number(Deno.env.get("READSYNC_FUZZ_SEED") ?? Math.floor(Math.random() * 2 ** 31));
 const CASES = Number(Deno.env.get("READSYNC_FUZZ_CASES") ?? 300);
-
-function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    chance: (p: number) => next() < p,
-    pick<T>(items: readonly T[]): T {
-      return items[Math.floor(next() * items.length)];
-    },
-  };
-}
-type Rng = ReturnType<typeof rng>;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder(); // not fatal: a frame is searched as text, whatever it holds
@@ -163,7 +144,7 @@ function b64url(s: string): string {
 }
 
 /** A kind 0 or kind 3 binary frame with the given fields, lengths possibly lying. */
-function binaryFrame(r: Rng, ctx: Ctx): Uint8Array {
+function binaryFrame(r: SeededRandom, ctx: Ctx): Uint8Array {
   const kind = r.pick([0, 3, 3, 4, 1, 2, 255]);
   const fields = [
     r.pick(["", "1", "r9"]),
@@ -197,7 +178,7 @@ function binaryFrame(r: Rng, ctx: Ctx): Uint8Array {
 }
 
 /** One random frame (or REST call, or connection attempt) from a fuzz socket. */
-async function fuzzCase(r: Rng, ctx: Ctx, socket: Socket, log: string[]): Promise<void> {
+async function fuzzCase(r: SeededRandom, ctx: Ctx, socket: Socket, log: string[]): Promise<void> {
   const topic = r.pick(ctx.topics);
   const token = () => r.pick(Object.values(ctx.tokens));
   const joinRef = r.pick([null, "1", "2", socket.nextRef(), 5, ""]) as string | null;
@@ -388,7 +369,7 @@ Deno.test({
   ...ownEndpoint,
   fn: async () => {
     console.log(`realtime fuzz: READSYNC_FUZZ_SEED=${SEED} READSYNC_FUZZ_CASES=${CASES}`);
-    const r = rng(SEED);
+    const r = seededRandom(SEED);
     const env = testEnv();
     const events: Record<string, unknown>[] = [];
     const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
@@ -485,7 +466,7 @@ Deno.test({
       const fuzzSockets: Socket[] = [];
       // A socket's vsn comes from a generator of its own: replacing a socket the endpoint closed (when is
       // the machine's timing) takes nothing from the one that picks the frames, so a seed replays them.
-      const vsnRng = rng(SEED ^ 0x5bd1e995);
+      const vsnRng = seededRandom(SEED ^ 0x5bd1e995);
       const openFuzz = async () => {
         const vsn = vsnRng.pick(["1.0.0", "2.0.0"] as const);
         const s = new Socket(wsUrl(vsn), vsn);
