@@ -240,7 +240,8 @@ export interface ProgressSubscription {
    * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
    * sent still runs: the read is made when it ends; the subscription is closed). Never rejects. A
    * read a join cut off (one begun while joining) resolves as the catch-up ends, one a joined channel's
-   * drop cut off as the poll the drop starts at once ends. Until a read
+   * drop cut off as the poll the drop starts ends (at once, or after the polls' backoff when the last
+   * read failed). Until a read
    * made after the call reads to the end, a live link reads again as a polling one would (a
    * Retry-After's end, pollIntervalMs after "behind", the polls' backoff after "failed"), even with
    * the safety read off.
@@ -1445,9 +1446,15 @@ class UserLink<Row extends LwwRow> {
       this.#cutReadsOff("the channel dropped");
     }
     // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
-    // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now.
+    // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now while the
+    // API has been answering (that closes the gap fastest). After a read that failed (a cut one is
+    // none) it polls as the next poll after that failure would: after the polls' backoff, at least a
+    // Retry-After still running (#nextPollDelay). A Realtime restart drops every device's channel at
+    // once, and those whose API fails or refuses would otherwise all ask it again at that moment.
     if (wasJoined || (this.#pollTimer === undefined && this.#pollsRunning === 0)) {
-      this.#startPolling(this.#retryAfterLeftMs());
+      this.#startPolling(
+        this.#failedReadsInRow > 0 ? this.#nextPollDelay("failed") : this.#retryAfterLeftMs(),
+      );
     }
   }
 
@@ -1698,8 +1705,8 @@ class UserLink<Row extends LwwRow> {
     this.#readsInFlight.delete(cut);
     if (this.#closed) return outcome;
     if (cut.signal.aborted && outcome === "failed" && this.#readAfterCut) {
-      // A join or drop cut this read off (#cutReadsOff): the catch-up or poll it started at once
-      // reads in its place, and this one ends as that one does (a syncNow() whose read it was
+      // A join or drop cut this read off (#cutReadsOff): the catch-up or poll it started (the drop's
+      // at once, or after the backoff when the last read failed: #fail) reads in its place, and this one ends as that one does (a syncNow() whose read it was
       // resolves with it).
       return await this.#readAfterCut;
     }
@@ -1769,7 +1776,7 @@ class UserLink<Row extends LwwRow> {
    * that doubles each time) until that ceiling reaches the cap, then between half the cap and the cap,
    * and never shorter than the API asked for. The first failure's wait
    * is drawn too, between one and two intervals: devices that read together (a Realtime restart drops
-   * every channel at once, and each device polls at once) and meet a failing API together do not all
+   * every channel at once, and each device whose API answered polls at once) and meet a failing API together do not all
    * retry one interval later; never below the interval: the jitter spreads the backoff, it does not
    * shorten it.
    */

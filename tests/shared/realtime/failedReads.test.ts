@@ -16,7 +16,7 @@ import type { ReadOutcome } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService, version } from "./handAnsweredService.ts";
-import { watchTimers } from "./watchTimers.ts";
+import { fireWhenSet, watchTimers } from "./watchTimers.ts";
 
 const answered = (chapter?: number) => ({
   changes: chapter === undefined ? [] : [version(chapter)],
@@ -334,6 +334,9 @@ for (const dropped of [false, true]) {
         await waitFor("the catch-up's retry", () => link.calls.length === 2);
         if (dropped) {
           (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed")); // cuts the retry off
+          // The last read that ended failed: the poll after the drop waits the backoff's first step
+          // (90 s again; the cut retry is no failure), not at once.
+          await fireWhenSet(timers, "the poll after the drop", 90_000);
           await waitFor("the poll after the drop", () => link.calls.length === 3);
         }
         link.calls.at(-1)!.reject(new Error("503"));

@@ -1,0 +1,115 @@
+// The poll a live channel's drop starts comes at once only while the API has been answering: after a read
+// that failed (n in a row), it waits as the next poll after that failure would (the polls' backoff, at least
+// a Retry-After still running, jitter included), so the devices a Realtime restart drops together do not all
+// ask a failing or refusing API again at the same moment. Against the stand-in client, with changesSince
+// answered by hand and the service's clock frozen: the waits the service schedules are read off the timers
+// pending (watchTimers) and ended by hand, none runs out by itself.
+
+import assert from "node:assert/strict";
+import { retryAfterWaitMs } from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
+import { handAnsweredService } from "./handAnsweredService.ts";
+import { fireWhenSet, frozenClock, watchTimers } from "./watchTimers.ts";
+
+const HOUR = 3_600_000;
+const MINUTES = 600_000;
+/** The rejoin after the drop: step 1, half-way from the 1.6 s floor to the 10-minute ceiling (random 0.5). */
+const REJOIN = 300_800;
+
+const options = {
+  livePollIntervalMs: HOUR, // the safety read never comes within the test
+  heartbeatReplyTimeoutMs: 0,
+  pollIntervalMs: 60_000,
+  requestTimeoutMs: MINUTES,
+  backoff: { initialMs: MINUTES, maxMs: MINUTES }, // the polls' cap; no rejoin within the test
+  random: () => 0.5,
+};
+
+const answered = { changes: [], next_cursor: "102", has_more: false };
+const retryAfter = (seconds: number) =>
+  Object.assign(new Error("429"), { details: { retry_after: seconds } });
+
+/** The timers pending once the drop has been handled (its own are set in the same call). */
+const sorted = (timers: ReturnType<typeof watchTimers>) => timers.pending().sort((a, b) => a - b);
+
+for (const failures of [1, 2]) {
+  Deno.test(`drop: after ${failures} read(s) failed in a row while live, the poll after the drop waits the polls' backoff (step ${failures}), not at once`, async () => {
+    const timers = watchTimers();
+    const clock = frozenClock();
+    const link = handAnsweredService(options);
+    try {
+      await link.goLive();
+      for (let i = 1; i <= failures; i++) {
+        const read = link.subscription.syncNow();
+        await waitFor(`read ${i}`, () => link.calls.length === 1 + i);
+        link.calls[i].reject(new Error("503"));
+        assert.equal(await read, "failed");
+      }
+      assert.equal(link.subscription.status, "live");
+      (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed")); // Realtime restarts
+      // Failure n's wait: drawn between 2^(n-1) and 2^n intervals, 90 s or 180 s with random 0.5.
+      const backoff = failures === 1 ? 90_000 : 180_000;
+      assert.deepEqual(sorted(timers), [backoff, REJOIN], "the poll at the backoff, beside the rejoin");
+      assert.equal(link.calls.length, 1 + failures, "no call at the drop");
+      await fireWhenSet(timers, "the poll after the drop", backoff, clock);
+      await waitFor("the poll after the drop", () => link.calls.length === 2 + failures);
+      link.calls.at(-1)!.resolve(answered);
+      await waitFor("polling", () => link.subscription.status === "polling");
+    } finally {
+      await link.end();
+      clock.restore();
+      timers.restore();
+    }
+  });
+}
+
+// A 429 is a failure in a row too: the poll after the drop waits for the longer of the backoff's first
+// step and the Retry-After's jittered end (a short one, 2 s, does not bring it forward to 2-4 s; a long
+// one, 2 minutes, holds it past the backoff).
+for (const seconds of [2, 120]) {
+  Deno.test(`drop: after a read refused with a Retry-After of ${seconds} s while live, the poll after the drop waits for the polls' backoff and the Retry-After's end, whichever is later`, async () => {
+    const timers = watchTimers();
+    const clock = frozenClock();
+    const link = handAnsweredService(options);
+    try {
+      await link.goLive();
+      const read = link.subscription.syncNow();
+      await waitFor("the read", () => link.calls.length === 2);
+      link.calls[1].reject(retryAfter(seconds));
+      assert.equal(await read, "failed");
+      (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+      const wait = Math.max(90_000, retryAfterWaitMs(seconds * 1000, 60_000, () => 0.5));
+      assert.deepEqual(sorted(timers), [wait, REJOIN].sort((a, b) => a - b));
+      assert.equal(link.calls.length, 2, "no call at the drop");
+      await fireWhenSet(timers, "the poll after the drop", wait, clock);
+      await waitFor("the poll after the drop", () => link.calls.length === 3);
+    } finally {
+      await link.end();
+      clock.restore();
+      timers.restore();
+    }
+  });
+}
+
+Deno.test("drop: after a read answered while live, the poll after the drop is made at once (the gap closes fastest)", async () => {
+  const timers = watchTimers();
+  const clock = frozenClock();
+  const link = handAnsweredService(options);
+  try {
+    await link.goLive();
+    const first = link.subscription.syncNow();
+    await waitFor("the read", () => link.calls.length === 2);
+    link.calls[1].reject(new Error("503"));
+    assert.equal(await first, "failed");
+    const second = link.subscription.syncNow(); // answered: the failures in a row start again
+    await waitFor("the second read", () => link.calls.length === 3);
+    link.calls[2].resolve(answered);
+    assert.equal(await second, "done");
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll after the drop", () => link.calls.length === 4);
+  } finally {
+    await link.end();
+    clock.restore();
+    timers.restore();
+  }
+});
