@@ -1684,6 +1684,11 @@ class UserLink<Row extends LwwRow> {
   }
 
   async #pollOnce(): Promise<ReadOutcome> {
+    // A join cuts it off, and so does a joined channel's drop, whether it began while joined or before
+    // the join (#cutReadsOff), and whether its round is in flight, queued, or not queued yet (waiting
+    // below for the round in flight).
+    const cut = new AbortController();
+    this.#readsInFlight.add(cut);
     if (this.#fetchInFlight) { // a catch-up is running: poll after it
       this.#pollsQueuing++;
       try {
@@ -1691,13 +1696,19 @@ class UserLink<Row extends LwwRow> {
       } finally {
         this.#pollsQueuing--;
       }
+      // Cut off while it waited (a syncNow() made while joining, behind a read that hangs): the catch-up
+      // the join started, or the poll the drop started, began after it and reads in its place. It ends
+      // as that one does without queuing a round of its own (one call more, after it, for nothing). It
+      // resumes as the round it waited for ends, before that catch-up or poll can end (their rounds
+      // queue behind that one), so none of them finds it still waiting (#newerReadQueued) and leaves
+      // the next read to it.
+      if (cut.signal.aborted && this.#readAfterCut && !this.#closed) {
+        this.#readsInFlight.delete(cut);
+        return await this.#readAfterCut;
+      }
     }
     if (this.#closed) return "failed";
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
-    // A join cuts it off, and so does a joined channel's drop, whether it began while joined or before
-    // the join (#cutReadsOff).
-    const cut = new AbortController();
-    this.#readsInFlight.add(cut);
     const { outcome, joinedGeneration, round, held } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
       cut.signal,
@@ -1706,8 +1717,8 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed) return outcome;
     if (cut.signal.aborted && outcome === "failed" && this.#readAfterCut) {
       // A join or drop cut this read off (#cutReadsOff): the catch-up or poll it started (the drop's
-      // at once, or after the backoff when the last read failed: #fail) reads in its place, and this one ends as that one does (a syncNow() whose read it was
-      // resolves with it).
+      // at once, or after the backoff when the last read failed: #fail) reads in its place, and this
+      // one ends as that one does (a syncNow() whose read it was resolves with it).
       return await this.#readAfterCut;
     }
     // A read queued behind this one (a syncNow(), a late heartbeat's read, a catch-up after a

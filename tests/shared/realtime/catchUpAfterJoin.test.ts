@@ -120,6 +120,55 @@ Deno.test("catch-up after a join: a syncNow() read made while joining that hangs
   }
 });
 
+Deno.test("catch-up after a join: a syncNow() made while joining whose read is still queued behind a hung one is satisfied by the catch-up too: no call of its own after it", async () => {
+  for (const catchUpAnswers of [true, false]) {
+    const timers = watchTimers();
+    // No read of the join's own while it is unanswered; a failed catch-up's retry at 10 s (random 0).
+    const link = cursorLink({ joinGraceMs: Infinity, pollIntervalMs: 10_000 });
+    try {
+      const channel = await link.channel(1);
+      const first = link.subscription.syncNow(); // back online while the join is in flight
+      await waitFor("the first syncNow() read", () => link.calls.length === 1); // it hangs
+      const second = link.subscription.syncNow(); // back in the foreground: queued behind the hung read
+      let settled = false;
+      void second.then(() => settled = true);
+      channel.state!("SUBSCRIBED");
+      await waitFor("the catch-up, while the first read is unanswered", () => link.calls.length === 2);
+      assert.equal(link.calls[1].cursor, null);
+      if (catchUpAnswers) link.calls[1].resolve(page(2, "102"));
+      else link.calls[1].reject(new Error("the API is down"));
+      const outcome = catchUpAnswers ? "done" : "failed";
+      assert.equal(await first, outcome);
+      // On the old code the second read was made after the catch-up (a third call), unanswered here.
+      await waitFor(
+        "the second syncNow() settled, or a call of its own",
+        () => settled || link.calls.length > 2,
+      );
+      assert.equal(link.calls.length, 2, "no call after the catch-up: it began after the second syncNow()");
+      assert.equal(await second, outcome, "it resolves as the catch-up ended");
+      assert.deepEqual(link.reads, [outcome], "one read heard: the catch-up's");
+      if (catchUpAnswers) {
+        assert.equal(link.subscription.status, "live");
+        assert.deepEqual(link.changes, [{ chapter: 2, source: "catchup" }]);
+      } else {
+        // Not left without a read: the catch-up's retry at the polls' backoff (10 s).
+        await waitFor("the catch-up's retry scheduled", () => pendingFor(timers, 10_000));
+        assert.equal(link.subscription.status, "offline");
+      }
+      // The hung read's late answer moves nothing.
+      link.calls[0].resolve(page(1, "101"));
+      const sync = link.subscription.syncNow();
+      await waitFor("a read after it", () => link.calls.length === 3);
+      assert.equal(link.calls[2].cursor, catchUpAnswers ? "102" : null, "the cursor never moved back");
+      link.calls[2].resolve(page(undefined, catchUpAnswers ? "102" : "100"));
+      assert.equal(await sync, "done");
+    } finally {
+      await link.end();
+      timers.restore();
+    }
+  }
+});
+
 Deno.test("catch-up refused: a failed catch-up is made again at the polls' backoff, not at once, and not before a Retry-After ends; the status is offline meanwhile, not the poll's polling before the join", async () => {
   const timers = watchTimers();
   const link = cursorLink({ pollIntervalMs: 10_000 });
