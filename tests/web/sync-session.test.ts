@@ -22,6 +22,7 @@ import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
 import { virtualTimers } from "./support.ts";
 import { type ChangesPage, RealtimeService } from "@shared/realtime/realtimeService.ts";
 import { fakeClient } from "../shared/realtime/fakeRealtimeClient.ts";
+import { watchTimers } from "../shared/realtime/watchTimers.ts";
 import { waitFor } from "../integration/realtime_support.ts";
 
 const ALICE = "11111111-1111-4111-8111-111111111111";
@@ -732,12 +733,22 @@ Deno.test("sync session: 'Not saved yet (will retry)' takes the place of a faile
 });
 
 Deno.test("sync session, real RealtimeService: a Sync now whose read failed says so, and a read the link makes by itself takes it away once answered (the catch-up after its join, its poll after a drop), not when it fails", async () => {
+  const timers = watchTimers(); // the link's own timers (real ones), to end the poll's backoff by hand
   const t = tab();
   const realtime = realService(t);
   const alice = t.open(newStore(ALICE));
   const error = () => alice.store.getSnapshot().lastError;
   const offline = () => new NetworkError(0, "network_error", "Failed to fetch");
   const answered = (cursor: string): ChangesPage => ({ changes: [], next_cursor: cursor, has_more: false });
+  /**
+   * After a drop that followed failed reads, the link's poll waits the polls' backoff (drawn between one
+   * and two poll intervals, one and two hours here; the random draw is the service's): ended now.
+   */
+  const pollAfterDropNow = () => {
+    const waits = timers.pending().filter((ms) => ms >= 3_600_000 && ms <= 7_200_000);
+    assert.equal(waits.length, 1, `one poll at the backoff: ${timers.pending()}`);
+    timers.fire(waits[0]);
+  };
   try {
     // Not joined yet: the press's read fails. The service logs it and resolves; the press says it.
     const press = alice.syncNow();
@@ -754,10 +765,11 @@ Deno.test("sync session, real RealtimeService: a Sync now whose read failed says
     (await realtime.read(2)).reject(offline());
     await realtime.waitFor("the catch-up failed", () => realtime.events.includes("catchup_failed"));
     assert.equal(error(), "Could not check for changes (will retry)", "the link's failed catch-up leaves it");
-    // (It would read again after the polls' backoff, an hour here.) The channel drops: the link polls at
-    // once, and that poll fails too; it rejoins by itself (1.6-2.6 s after the drop), and its catch-up,
-    // answered, takes the message away.
+    // (It would read again after the polls' backoff, an hour here.) The channel drops: after failed
+    // reads the link polls at the polls' backoff, not at once (ended now), and that poll fails too; it
+    // rejoins by itself (1.6-2.6 s after the drop), and its catch-up, answered, takes the message away.
     (await realtime.channel(1)).state!("CHANNEL_ERROR");
+    pollAfterDropNow();
     (await realtime.read(3)).reject(offline());
     await realtime.waitFor(
       "the poll failed",
@@ -785,14 +797,17 @@ Deno.test("sync session, real RealtimeService: a Sync now whose read failed says
     );
     assert.equal(error(), "Could not check for changes (will retry)", "a failed read of the tab's leaves it");
 
-    // The channel drops: the link polls at once, and that poll, answered, takes the message away.
+    // The channel drops: the link polls (at the backoff after those failed reads, ended now), and that
+    // poll, answered, takes the message away.
     channel.state!("CHANNEL_ERROR");
+    pollAfterDropNow();
     (await realtime.read(7)).resolve(answered("3"));
     await realtime.waitFor("polling", () => alice.status === "polling");
     assert.equal(error(), null, "the link's poll while Realtime is down, answered, takes it away");
   } finally {
     alice.close();
     await realtime.close();
+    timers.restore();
   }
 });
 
