@@ -1782,14 +1782,13 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * The wait before the next poll: the poll interval after an answer; after n failures in a row
-   * (#countRead) a time drawn between 2^(n-1) and 2^n poll intervals (between half and all of a ceiling
-   * that doubles each time) until that ceiling reaches the cap, then between half the cap and the cap,
-   * and never shorter than the API asked for. The first failure's wait
-   * is drawn too, between one and two intervals: devices that read together (a Realtime restart drops
-   * every channel at once, and each device whose API answered polls at once) and meet a failing API together do not all
-   * retry one interval later; never below the interval: the jitter spreads the backoff, it does not
-   * shorten it.
+   * The wait before the next poll: the poll interval after an answer; after n failures in a row (#countRead)
+   * a time drawn between 2^(n-1) and 2^n poll intervals (between half and all of a ceiling that doubles each
+   * time) until that ceiling reaches the cap, then between half the cap and the cap, and never shorter than
+   * the API asked for. The first failure's wait is drawn too, between one and two intervals: devices that
+   * read together (a Realtime restart drops every channel at once, and each device whose API answered polls
+   * at once) and meet a failing API together do not all retry one interval later; never below the interval:
+   * the jitter spreads the backoff, it does not shorten it.
    */
   #nextPollDelay(outcome: ReadOutcome): number {
     if (outcome !== "failed") return this.#pollIntervalMs;
