@@ -1,0 +1,252 @@
+// Every numeric option the client and the server range-check, as a table: for each option and each
+// value (NaN, -1, -0, 0, 0.5, 1, 1.5, 2^31-1, 2^31, 2^53-1, 2^53, ±Infinity, strings, null, true, 1n,
+// undefined) whether it is taken or refused, and when refused, with which error class and a message
+// naming the option and the value. It pins each option's accepted range through the entry points
+// that check it (readBodyLimited, createProgressHandlerFromEnv, new RealtimeService, createProgressApi,
+// the plain calls, subscribeToProgress), so a change to the shared checks cannot move a range
+// unnoticed. A value of the wrong type (not a number; retry not an object) and a number out of range
+// are told apart by class (WRONG_TYPE, RangeError).
+
+import assert from "node:assert/strict";
+import { readBodyLimited } from "../../../shared/http/body.ts";
+import { createProgressApi, getProgress, subscribeToProgress } from "../../../shared/progress/api.ts";
+import { createProgressHandlerFromEnv } from "../../../shared/progress/server.ts";
+import { RealtimeService, type RealtimeServiceOptions } from "../../../shared/realtime/realtimeService.ts";
+import { fakeClient } from "../realtime/fakeRealtimeClient.ts";
+
+const MAX_TIMER = 2 ** 31 - 1;
+const USER = "00000000-0000-4000-8000-0000000000e1";
+const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
+
+/** The error class of a value of the wrong type (a number out of range is a RangeError). */
+const WRONG_TYPE: ErrorConstructor = RangeError;
+
+const VALUES: [string, unknown][] = [
+  ["NaN", NaN],
+  ["-1", -1],
+  ["-0", -0],
+  ["0", 0],
+  ["0.5", 0.5],
+  ["1", 1],
+  ["1.5", 1.5],
+  ["500", 500],
+  ["501", 501],
+  ["2^31-1", MAX_TIMER],
+  ["2^31", 2 ** 31],
+  ["2^53-1", Number.MAX_SAFE_INTEGER],
+  ["2^53", 2 ** 53],
+  ["Infinity", Infinity],
+  ["-Infinity", -Infinity],
+  ['"1000"', "1000"],
+  ['""', ""],
+  ["null", null],
+  ["true", true],
+  ["1n", 1n],
+  ["undefined", undefined],
+];
+
+/** How an entry point took a value: "ok", or the error it threw (or rejected with). */
+type Outcome = "ok" | Error;
+
+/** Throws unless `outcome` is what `label` should give for an option taking `accepted`. */
+function expectOutcome(
+  what: string,
+  name: string,
+  label: string,
+  value: unknown,
+  accepted: readonly string[],
+  outcome: Outcome,
+) {
+  const at = `${what} ${name} = ${label}`;
+  if (accepted.includes(label)) {
+    assert.equal(outcome, "ok", `${at}: taken (got ${outcome})`);
+    return;
+  }
+  assert.ok(outcome instanceof Error, `${at}: refused`);
+  const expected = typeof value === "number" ? RangeError : WRONG_TYPE;
+  assert.equal(outcome.constructor, expected, `${at}: ${expected.name} (got ${outcome})`);
+  assert.ok(outcome.message.includes(name), `${at}: the message names the option: ${outcome.message}`);
+}
+
+async function outcomeOf(fn: () => unknown): Promise<Outcome> {
+  try {
+    await fn();
+    return "ok";
+  } catch (error) {
+    if (error instanceof Error) return error;
+    throw error;
+  }
+}
+
+// ------------------------------------------------------------------------------------ server
+
+/** Positive delays a timer can hold, or Infinity (no bound); under 1 ms is taken. */
+const BODY_BOUND = ["0.5", "1", "1.5", "500", "501", "2^31-1", "Infinity", "undefined"];
+
+for (const name of ["idleTimeoutMs", "totalTimeoutMs"] as const) {
+  Deno.test(`option ranges: readBodyLimited ${name}`, async () => {
+    for (const [label, value] of VALUES) {
+      // No body: once the bounds are checked, nothing is read (no timer runs).
+      const req = new Request("http://localhost/progress", { method: "POST" });
+      const outcome = await outcomeOf(() => readBodyLimited(req, 100, { [name]: value as number }));
+      expectOutcome("readBodyLimited", name, label, value, BODY_BOUND, outcome);
+    }
+  });
+}
+
+for (const name of ["bodyIdleTimeoutMs", "bodyTotalTimeoutMs"] as const) {
+  Deno.test(`option ranges: createProgressHandlerFromEnv ${name}`, async () => {
+    for (const [label, value] of VALUES) {
+      const outcome = await outcomeOf(() =>
+        createProgressHandlerFromEnv({ get: () => undefined }, { [name]: value as number })
+      );
+      // null is not given (`?? default`), as undefined is.
+      expectOutcome("createProgressHandlerFromEnv", name, label, value, [...BODY_BOUND, "null"], outcome);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------ RealtimeService
+
+/** 1 to 2^31-1 (not whole only); some options also take 0 (-0 too) or Infinity. */
+const TIMER = ["1", "1.5", "500", "501", "2^31-1", "undefined"];
+const REALTIME: [string, readonly string[]][] = [
+  ["pollIntervalMs", TIMER],
+  ["livePollIntervalMs", [...TIMER, "0", "-0", "Infinity"]],
+  ["heartbeatReplyTimeoutMs", [...TIMER, "0", "-0"]],
+  ["joinTimeoutMs", TIMER],
+  ["joinGraceMs", [...TIMER, "0", "-0", "Infinity"]],
+  ["requestTimeoutMs", TIMER],
+  ["backoff.initialMs", TIMER],
+  ["backoff.maxMs", TIMER],
+];
+
+function realtimeOption(name: string, value: unknown): Partial<RealtimeServiceOptions> {
+  if (name === "backoff.initialMs") return { backoff: { initialMs: value as number } };
+  if (name === "backoff.maxMs") return { backoff: { maxMs: value as number } };
+  return { [name]: value };
+}
+
+for (const [name, accepted] of REALTIME) {
+  Deno.test(`option ranges: new RealtimeService ${name}`, async () => {
+    for (const [label, value] of VALUES) {
+      const { client } = fakeClient();
+      let service: RealtimeService | undefined;
+      const outcome = await outcomeOf(() =>
+        service = new RealtimeService(client, {
+          changesSince: () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false }),
+          log: () => {},
+          ...realtimeOption(name, value),
+        })
+      );
+      await service?.close();
+      expectOutcome("RealtimeService", name, label, value, accepted, outcome);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------ the API client
+
+const API: [string, readonly string[]][] = [
+  ["timeoutMs", TIMER],
+  // 0 (-0 too) is a wait of none; under 1 ms is taken.
+  ["retry.baseDelayMs", [...TIMER, "-0", "0", "0.5"]],
+  ["retry.maxDelayMs", [...TIMER, "-0", "0", "0.5"]],
+  // A whole number from 1 (to 2^53-1).
+  ["retry.attempts", ["1", "500", "501", "2^31-1", "2^31", "2^53-1", "undefined"]],
+];
+
+function apiOption(name: string, value: unknown): Record<string, unknown> {
+  const [first, second] = name.split(".");
+  return second === undefined ? { [first]: value } : { [first]: { [second]: value } };
+}
+
+/** The three ways an API option is checked, each its own "where" in the message. */
+async function apiOutcomes(options: Record<string, unknown>): Promise<[string, Outcome][]> {
+  const { client } = fakeClient();
+  const aborted = AbortSignal.abort(new Error("stop"));
+  const outcomes: [string, Outcome][] = [];
+  outcomes.push(["createProgressApi", await outcomeOf(() => createProgressApi(client, options))]);
+  // A plain call with its signal already aborted: checked, then aborted before any request.
+  const plain = await outcomeOf(() => getProgress(client, "s1", { ...options, signal: aborted }));
+  outcomes.push(["progress API", plain instanceof Error && /aborted/.test(plain.message) ? "ok" : plain]);
+  // subscribeToProgress: its own attempt timeout given, so that many attempts still leave each 1 ms.
+  const sub = { timeoutMs: 1_000, ...options };
+  let subscription: { unsubscribe(): Promise<void> } | undefined;
+  outcomes.push([
+    "subscribeToProgress",
+    await outcomeOf(() =>
+      subscription = subscribeToProgress(client, USER, () => {}, {
+        log: () => {},
+        accessToken: "T",
+        api: sub,
+      })
+    ),
+  ]);
+  await subscription?.unsubscribe();
+  return outcomes;
+}
+
+for (const [name, accepted] of API) {
+  Deno.test({
+    name: `option ranges: API client ${name}`,
+    ...noSanitize,
+    fn: async () => {
+      for (const [label, value] of VALUES) {
+        for (const [where, outcome] of await apiOutcomes(apiOption(name, value))) {
+          expectOutcome(where, name, label, value, accepted, outcome);
+        }
+      }
+    },
+  });
+}
+
+Deno.test({
+  name: "option ranges: API client retry (an object, or not given)",
+  ...noSanitize,
+  fn: async () => {
+    const values: [string, unknown][] = [
+      ["undefined", undefined],
+      ["{}", {}],
+      ["a Date", new Date(0)],
+      ["[]", []],
+      ["null", null],
+      ["5", 5],
+      ['"x"', "x"],
+      ["true", true],
+      ["a function", () => {}],
+    ];
+    const accepted = ["undefined", "{}", "a Date", "[]"];
+    for (const [label, retry] of values) {
+      for (const [where, outcome] of await apiOutcomes({ retry })) {
+        if (accepted.includes(label)) {
+          assert.equal(outcome, "ok", `${where} retry = ${label}: taken (got ${outcome})`);
+          continue;
+        }
+        assert.ok(outcome instanceof Error, `${where} retry = ${label}: refused`);
+        assert.equal(outcome.constructor, RangeError, `${where} retry = ${label}: (got ${outcome})`);
+        assert.ok(outcome.message.includes("retry"), outcome.message);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "option ranges: subscribeToProgress changesLimit (a whole number from 1 to 500)",
+  ...noSanitize,
+  fn: async () => {
+    for (const [label, value] of VALUES) {
+      const { client } = fakeClient();
+      let subscription: { unsubscribe(): Promise<void> } | undefined;
+      const outcome = await outcomeOf(() =>
+        subscription = subscribeToProgress(client, USER, () => {}, {
+          log: () => {},
+          accessToken: "T",
+          changesLimit: value as number,
+        })
+      );
+      await subscription?.unsubscribe();
+      expectOutcome("subscribeToProgress", "changesLimit", label, value, ["1", "500", "undefined"], outcome);
+    }
+  },
+});
