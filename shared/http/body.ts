@@ -10,6 +10,7 @@
 import { findDuplicateMember } from "./duplicateMember.ts";
 import { HttpError } from "./errors.ts";
 import { nonUtf8Charsets } from "./mediaType.ts";
+import { checkNumberOption, MAX_TIMER_MS, type NumberRule } from "../options/checkOptions.ts";
 
 export const DEFAULT_MAX_BODY_BYTES = 64 * 1024;
 
@@ -40,30 +41,31 @@ export const DEFAULT_BODY_IDLE_TIMEOUT_MS = 10_000;
 export const DEFAULT_BODY_TOTAL_TIMEOUT_MS = 30_000;
 
 export interface ReadBodyOptions {
-  /** See DEFAULT_BODY_IDLE_TIMEOUT_MS; Infinity waits forever. Anything else: see checkTimeoutBound. */
+  /** See DEFAULT_BODY_IDLE_TIMEOUT_MS; Infinity waits forever. Anything else: see BODY_BOUND_MS. */
   idleTimeoutMs?: number;
-  /** See DEFAULT_BODY_TOTAL_TIMEOUT_MS; Infinity for none. Anything else: see checkTimeoutBound. */
+  /** See DEFAULT_BODY_TOTAL_TIMEOUT_MS; Infinity for none. Anything else: see BODY_BOUND_MS. */
   totalTimeoutMs?: number;
 }
 
 /** Which bound a 408 request_timeout met (details.bound). */
 export type BodyTimeoutBound = "idle" | "total";
 
-/** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
+// setTimeout's longest delay (2^31-1 ms), kept in shared/options; exported here too for the bounds' users.
+export { MAX_TIMER_MS };
 
 /**
- * The bound itself when it is a positive number of milliseconds a timer can hold (up to 2^31-1), or
- * Infinity (no bound); a RangeError otherwise. 0 or a negative bound would fire at once and one past
+ * The body bounds' range: a positive number of milliseconds a timer can hold (above 0, up to
+ * MAX_TIMER_MS), or Infinity (no bound). 0 or a negative bound would fire at once and one past
  * 2^31-1 after 1 ms (setTimeout's own clamping), either answering 408 to a body still on its way, and
  * 0 is what Node's servers read as "no bound"; NaN would mean no bound unannounced.
  */
-export function checkTimeoutBound(ms: number, name: string): number {
-  if (ms === Infinity || (typeof ms === "number" && ms > 0 && ms <= MAX_TIMER_MS)) return ms;
-  throw new RangeError(
-    `${name} must be a number of milliseconds from 1 to ${MAX_TIMER_MS}, or Infinity for no bound (got ${ms})`,
-  );
-}
+export const BODY_BOUND_MS: NumberRule = {
+  min: 0,
+  aboveMin: true,
+  max: MAX_TIMER_MS,
+  infinity: true,
+  unit: "milliseconds",
+};
 
 /** application/json, or application/<x>+json, with any parameters (charset=utf-8). */
 export function isJsonMediaType(contentType: string | null): boolean {
@@ -117,8 +119,8 @@ export async function readBodyLimited(
   { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS, totalTimeoutMs = DEFAULT_BODY_TOTAL_TIMEOUT_MS }:
     ReadBodyOptions = {},
 ): Promise<Uint8Array> {
-  checkTimeoutBound(idleTimeoutMs, "idleTimeoutMs");
-  checkTimeoutBound(totalTimeoutMs, "totalTimeoutMs");
+  checkNumberOption(idleTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "idleTimeoutMs");
+  checkNumberOption(totalTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "totalTimeoutMs");
   const declared = declaredLength(req);
   if (declared !== null && declared > maxBytes) throw tooLarge(maxBytes);
   if (!req.body) return new Uint8Array(0);

@@ -61,7 +61,14 @@ import {
   type RealtimeServiceOptions,
 } from "../realtime/realtimeService.ts";
 import { parseRetryAfter, retryAfterMsOf } from "../http/retryAfter.ts";
-import { MAX_TIMER_MS } from "../http/body.ts";
+import {
+  checkNumberOption,
+  checkObjectOption,
+  MAX_TIMER_MS,
+  type NumberRule,
+  TIMER_MS,
+  withDefaults,
+} from "../options/checkOptions.ts";
 
 // ------------------------------------------------------------------------------------ errors
 
@@ -151,54 +158,40 @@ export const DEFAULT_RETRY: RetryOptions = { attempts: 4, baseDelayMs: 200, maxD
 
 type FunctionsCapableClient = Pick<SupabaseClient, "functions">;
 
+/** retry.attempts: a whole number from 1 (counting the first attempt; 1 = no retry). */
+const ATTEMPTS: NumberRule = { min: 1, max: Number.MAX_SAFE_INTEGER, whole: true };
+/** retry.baseDelayMs and retry.maxDelayMs: 0 (a wait of none) to MAX_TIMER_MS ms. */
+const DELAY_MS: NumberRule = { min: 0, max: MAX_TIMER_MS, unit: "milliseconds" };
+
 /**
- * Throws a RangeError for the first of `timeoutMs` and `retry`'s fields outside its range, naming
- * it as `<prefix><name>` in `where`'s words. A field given as undefined is not given (its default
- * applies). timeoutMs takes 1 to MAX_TIMER_MS ms: below 1, Infinity or past MAX_TIMER_MS, setTimeout
+ * Throws for the first of `timeoutMs` and `retry`'s fields outside its range, naming it as
+ * `<where> option <prefix><name>`. A field given as undefined is not given (its default applies).
+ * timeoutMs takes 1 to MAX_TIMER_MS ms (TIMER_MS): below 1, Infinity or past MAX_TIMER_MS, setTimeout
  * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
  * NaN as none at all (an attempt that may hang for good). retry.baseDelayMs and retry.maxDelayMs take
- * 0 to MAX_TIMER_MS ms: 0 is a wait of none (retry at once; the attempts bound the retries), while a
- * negative one, NaN, Infinity or one past MAX_TIMER_MS is no wait the caller can have meant.
- * retry.attempts is a whole number from 1 (counting the first attempt; 1 = no retry): 0 was silently
- * 1, and NaN or Infinity retried without end.
+ * 0 to MAX_TIMER_MS ms (DELAY_MS): 0 is a wait of none (retry at once; the attempts bound the
+ * retries), while a negative one, NaN, Infinity or one past MAX_TIMER_MS is no wait the caller can
+ * have meant. retry.attempts is a whole number from 1 (ATTEMPTS): 0 was silently 1, and NaN or
+ * Infinity retried without end.
  */
 function checkApiOptions(
   options: Pick<ProgressApiOptions, "timeoutMs" | "retry">,
   where: string,
   prefix = "",
 ) {
-  const ms = (name: string, value: unknown, least: 0 | 1) => {
-    if (value === undefined || (typeof value === "number" && value >= least && value <= MAX_TIMER_MS)) return;
-    throw new RangeError(
-      `${where} option ${prefix}${name} must be a number of milliseconds from ${least} to ${MAX_TIMER_MS} (got ${
-        String(value)
-      })`,
-    );
-  };
-  ms("timeoutMs", options.timeoutMs, 1);
+  checkNumberOption(options.timeoutMs, TIMER_MS, where, `${prefix}timeoutMs`);
   const retry: unknown = options.retry;
+  checkObjectOption(retry, where, `${prefix}retry`);
   if (retry === undefined) return;
-  if (retry === null || typeof retry !== "object") {
-    throw new RangeError(`${where} option ${prefix}retry must be an object (got ${String(retry)})`);
-  }
   const { attempts, baseDelayMs, maxDelayMs } = retry as Partial<Record<keyof RetryOptions, unknown>>;
-  if (attempts !== undefined && !(Number.isSafeInteger(attempts) && (attempts as number) >= 1)) {
-    throw new RangeError(
-      `${where} option ${prefix}retry.attempts must be a whole number from 1 to ${Number.MAX_SAFE_INTEGER} ` +
-        `(got ${String(attempts)})`,
-    );
-  }
-  ms("retry.baseDelayMs", baseDelayMs, 0);
-  ms("retry.maxDelayMs", maxDelayMs, 0);
+  checkNumberOption(attempts, ATTEMPTS, where, `${prefix}retry.attempts`);
+  checkNumberOption(baseDelayMs, DELAY_MS, where, `${prefix}retry.baseDelayMs`);
+  checkNumberOption(maxDelayMs, DELAY_MS, where, `${prefix}retry.maxDelayMs`);
 }
 
 /** The retry options in force: each field given, or its default (one given as undefined too). */
 function retryOptionsOf(options: Pick<ProgressApiOptions, "retry">): RetryOptions {
-  return {
-    attempts: options.retry?.attempts ?? DEFAULT_RETRY.attempts,
-    baseDelayMs: options.retry?.baseDelayMs ?? DEFAULT_RETRY.baseDelayMs,
-    maxDelayMs: options.retry?.maxDelayMs ?? DEFAULT_RETRY.maxDelayMs,
-  };
+  return withDefaults(options.retry, DEFAULT_RETRY);
 }
 
 // ------------------------------------------------------------------------------------ transport
@@ -571,24 +564,18 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
   readonly service: RealtimeService;
 }
 
+/** changesLimit: a whole number from 1 to the API's largest changes page (the function answers 422 above). */
+const CHANGES_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.changesMax, whole: true };
+
 /**
- * Throws a RangeError for an option of subscribeToProgress's own out of range: api.timeoutMs and
+ * Throws for an option of subscribeToProgress's own out of range: api.timeoutMs and
  * api.retry as for the plain calls (checkApiOptions), and changesLimit, a whole number from 1 to the
  * API's largest changes page (PROGRESS_LIMITS.changesMax, which the function answers 422 above).
  * The service's options are its constructor's to check.
  */
 function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   checkApiOptions(options.api ?? {}, "subscribeToProgress", "api.");
-  const limit: unknown = options.changesLimit;
-  if (
-    limit !== undefined &&
-    !(Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= PROGRESS_LIMITS.changesMax)
-  ) {
-    throw new RangeError(
-      `subscribeToProgress option changesLimit must be a whole number from 1 to ${PROGRESS_LIMITS.changesMax}, ` +
-        `the API's largest changes page (got ${String(limit)})`,
-    );
-  }
+  checkNumberOption(options.changesLimit, CHANGES_LIMIT, "subscribeToProgress", "changesLimit");
 }
 
 /**

@@ -26,7 +26,7 @@
 
 import { bearerCredentials, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
 import {
-  checkTimeoutBound,
+  BODY_BOUND_MS,
   DEFAULT_BODY_IDLE_TIMEOUT_MS,
   DEFAULT_BODY_TOTAL_TIMEOUT_MS,
   hasBody,
@@ -36,6 +36,7 @@ import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
 import { acceptsJson } from "../http/mediaType.ts";
 import { decodeUnreserved } from "../http/path.ts";
+import { checkNumberOption } from "../options/checkOptions.ts";
 import {
   batchWriteSchema,
   changesQuerySchema,
@@ -62,8 +63,9 @@ export interface ProgressHandlerOptions {
   maxBodyBytes?: number;
   /**
    * How long a request body may go without a byte arriving before it is answered 408
-   * request_timeout (default 10 s; why: DEFAULT_BODY_IDLE_TIMEOUT_MS in shared/http/body.ts): 1 to
-   * 2^31-1 ms, or Infinity for no bound; anything else (0, a negative, NaN) throws a RangeError here.
+   * request_timeout (default 10 s; why: DEFAULT_BODY_IDLE_TIMEOUT_MS in shared/http/body.ts): above 0
+   * and up to 2^31-1 ms, or Infinity for no bound (BODY_BOUND_MS); anything else (0, a negative, NaN)
+   * throws a RangeError here.
    */
   bodyIdleTimeoutMs?: number;
   /**
@@ -155,12 +157,16 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
   const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
   // A bad bound fails here, when the function boots, rather than as a 500 (or a 408) on each request.
   const bodyBounds = {
-    idleTimeoutMs: checkTimeoutBound(
+    idleTimeoutMs: checkNumberOption(
       options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS,
+      BODY_BOUND_MS,
+      "createProgressHandler",
       "bodyIdleTimeoutMs",
     ),
-    totalTimeoutMs: checkTimeoutBound(
+    totalTimeoutMs: checkNumberOption(
       options.bodyTotalTimeoutMs ?? DEFAULT_BODY_TOTAL_TIMEOUT_MS,
+      BODY_BOUND_MS,
+      "createProgressHandler",
       "bodyTotalTimeoutMs",
     ),
   };

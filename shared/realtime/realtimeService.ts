@@ -76,7 +76,13 @@ import { type ChangeKind, type LwwRow, ProgressMergeState } from "./progressMerg
 import { defaultCompareRows, defaultParseRow, type ProgressRow } from "./progressContract.ts";
 import { type HeartbeatStatus, watchHeartbeats } from "./heartbeatWatch.ts";
 import { retryAfterMsOf } from "../http/retryAfter.ts";
-import { MAX_TIMER_MS } from "../http/body.ts";
+import {
+  checkNumberOption,
+  MAX_TIMER_MS,
+  type NumberRule,
+  TIMER_MS,
+  withDefaults,
+} from "../options/checkOptions.ts";
 
 export type RealtimeStatus = "connecting" | "live" | "polling" | "offline";
 
@@ -309,29 +315,33 @@ export function retryAfterWaitMs(retryAfterMs: number, pollIntervalMs: number, r
   return retryAfterMs + Math.floor(random() * Math.min(retryAfterMs, pollIntervalMs));
 }
 
-// setTimeout's longest delay (2^31-1 ms), shared with the function's body bounds; exported here too for
-// the service's users and tests.
+// setTimeout's longest delay (2^31-1 ms), kept in shared/options; exported here too for the service's
+// users and tests.
 export { MAX_TIMER_MS };
 
 /**
- * The ranges of RealtimeServiceOptions' millisecond options, checked at construction (a RangeError
- * names the option). `zero`: 0 is allowed (it turns the thing off, or means "at once"); `infinity`:
- * Infinity is allowed (never). Anything else is a number from 1 to MAX_TIMER_MS: 0 or less would
- * fire in a tight loop or at once, NaN or Infinity make a computed wait invalid (setTimeout fires
- * it at once), and more than MAX_TIMER_MS overflows setTimeout (fired after 1 ms).
+ * The ranges of RealtimeServiceOptions' millisecond options, checked at construction (naming the
+ * option). Each is a number from 1 to MAX_TIMER_MS (TIMER_MS): 0 or less would fire in a tight loop
+ * or at once, NaN or Infinity make a computed wait invalid (setTimeout fires it at once), and more
+ * than MAX_TIMER_MS overflows setTimeout (fired after 1 ms). `zero`: 0 is taken too (it turns the
+ * thing off, or means "at once"); `infinity`: Infinity is taken too (never). Every option of
+ * RealtimeServiceOptions whose name ends in Ms has its range here (the type requires it).
  */
-const MS_OPTION_RANGES = {
-  "backoff.initialMs": { zero: false, infinity: false },
-  "backoff.maxMs": { zero: false, infinity: false },
-  pollIntervalMs: { zero: false, infinity: false },
-  livePollIntervalMs: { zero: true, infinity: true }, // both turn the safety read off
-  heartbeatReplyTimeoutMs: { zero: true, infinity: false }, // 0 turns the watch off
-  joinTimeoutMs: { zero: false, infinity: false },
-  joinGraceMs: { zero: true, infinity: true }, // 0: read at once with the join; Infinity: wait for the answer
-  requestTimeoutMs: { zero: false, infinity: false },
-} as const;
+const MS_OPTION_RANGES: Record<
+  "backoff.initialMs" | "backoff.maxMs" | Exclude<keyof RealtimeServiceOptions, "backoff"> & `${string}Ms`,
+  NumberRule
+> = {
+  "backoff.initialMs": TIMER_MS,
+  "backoff.maxMs": TIMER_MS,
+  pollIntervalMs: TIMER_MS,
+  livePollIntervalMs: { ...TIMER_MS, zero: true, infinity: true }, // both turn the safety read off
+  heartbeatReplyTimeoutMs: { ...TIMER_MS, zero: true }, // 0 turns the watch off
+  joinTimeoutMs: TIMER_MS,
+  joinGraceMs: { ...TIMER_MS, zero: true, infinity: true }, // 0: read at once with the join; Infinity: wait for the answer
+  requestTimeoutMs: TIMER_MS,
+};
 
-/** Throws a RangeError for the first millisecond option outside its range (MS_OPTION_RANGES). */
+/** Throws for the first millisecond option outside its range (MS_OPTION_RANGES). */
 function checkMsOptions<Row extends LwwRow>(options: RealtimeServiceOptions<Row>): void {
   const given: Record<keyof typeof MS_OPTION_RANGES, unknown> = {
     "backoff.initialMs": options.backoff?.initialMs,
@@ -344,14 +354,7 @@ function checkMsOptions<Row extends LwwRow>(options: RealtimeServiceOptions<Row>
     requestTimeoutMs: options.requestTimeoutMs,
   };
   for (const name of Object.keys(MS_OPTION_RANGES) as (keyof typeof MS_OPTION_RANGES)[]) {
-    const range: { zero: boolean; infinity: boolean } = MS_OPTION_RANGES[name];
-    const ms = given[name];
-    if (ms === undefined) continue;
-    if (typeof ms === "number" && ms >= 1 && ms <= MAX_TIMER_MS) continue;
-    if ((ms === 0 && range.zero) || (ms === Infinity && range.infinity)) continue;
-    const allowed = `a number of milliseconds from ${range.zero ? 0 : 1} to ${MAX_TIMER_MS}` +
-      (range.infinity ? ", or Infinity" : "");
-    throw new RangeError(`RealtimeService option ${name} must be ${allowed} (got ${String(ms)})`);
+    checkNumberOption(given[name], MS_OPTION_RANGES[name], "RealtimeService", name);
   }
 }
 
@@ -425,10 +428,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#compareRows = options.compareRows ?? (defaultCompareRows as unknown as (a: Row, b: Row) => number);
     // A field given as undefined is not given (checkMsOptions lets it through): spread over the
     // default it would make every backoff wait NaN, which setTimeout fires at once.
-    this.#backoff = {
-      initialMs: options.backoff?.initialMs ?? DEFAULT_BACKOFF.initialMs,
-      maxMs: options.backoff?.maxMs ?? DEFAULT_BACKOFF.maxMs,
-    };
+    this.#backoff = withDefaults(options.backoff, DEFAULT_BACKOFF);
     this.#log = options.log ?? ((line) => console.log(line));
     const random = options.random;
     if (random !== undefined && typeof random !== "function") {

@@ -48,7 +48,19 @@ const VALUES: [string, unknown][] = [
 /** How an entry point took a value: "ok", or the error it threw (or rejected with). */
 type Outcome = "ok" | Error;
 
-/** Throws unless `outcome` is what `label` should give for an option taking `accepted`. */
+/** A value as the messages show it. */
+function shown(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "function") return "a function";
+  if (Array.isArray(value)) return "an array";
+  return String(value);
+}
+
+/**
+ * Throws unless `outcome` is what `label` should give for an option taking `accepted`: a refusal
+ * reads "<what> option <name> must be ... (got <value>)".
+ */
 function expectOutcome(
   what: string,
   name: string,
@@ -65,7 +77,12 @@ function expectOutcome(
   assert.ok(outcome instanceof Error, `${at}: refused`);
   const expected = typeof value === "number" ? RangeError : WRONG_TYPE;
   assert.equal(outcome.constructor, expected, `${at}: ${expected.name} (got ${outcome})`);
-  assert.ok(outcome.message.includes(name), `${at}: the message names the option: ${outcome.message}`);
+  const escaped = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  assert.match(
+    outcome.message,
+    new RegExp(`^${escaped(`${what} option ${name} must be `)}.+ ${escaped(`(got ${shown(value)})`)}$`),
+    at,
+  );
 }
 
 async function outcomeOf(fn: () => unknown): Promise<Outcome> {
@@ -101,7 +118,7 @@ for (const name of ["bodyIdleTimeoutMs", "bodyTotalTimeoutMs"] as const) {
         createProgressHandlerFromEnv({ get: () => undefined }, { [name]: value as number })
       );
       // null is not given (`?? default`), as undefined is.
-      expectOutcome("createProgressHandlerFromEnv", name, label, value, [...BODY_BOUND, "null"], outcome);
+      expectOutcome("createProgressHandler", name, label, value, [...BODY_BOUND, "null"], outcome);
     }
   });
 }
@@ -194,7 +211,8 @@ for (const [name, accepted] of API) {
     fn: async () => {
       for (const [label, value] of VALUES) {
         for (const [where, outcome] of await apiOutcomes(apiOption(name, value))) {
-          expectOutcome(where, name, label, value, accepted, outcome);
+          const path = where === "subscribeToProgress" ? `api.${name}` : name;
+          expectOutcome(where, path, label, value, accepted, outcome);
         }
       }
     },
@@ -225,7 +243,8 @@ Deno.test({
         }
         assert.ok(outcome instanceof Error, `${where} retry = ${label}: refused`);
         assert.equal(outcome.constructor, RangeError, `${where} retry = ${label}: (got ${outcome})`);
-        assert.ok(outcome.message.includes("retry"), outcome.message);
+        const path = where === "subscribeToProgress" ? "api.retry" : "retry";
+        assert.equal(outcome.message, `${where} option ${path} must be an object (got ${shown(retry)})`);
       }
     }
   },

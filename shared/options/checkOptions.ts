@@ -1,0 +1,97 @@
+// Checks of numeric options, shared by the function's body bounds (shared/http/body.ts), the API
+// client (shared/progress/api.ts) and RealtimeService (shared/realtime/realtimeService.ts). Each
+// option's range is data (a NumberRule); a refusal reads the same everywhere, naming the option:
+//
+//   <where> option <name> must be <what the rule takes> (got <the value>)
+//
+// A value that is not a number is refused as such; a number out of range is a RangeError. A value
+// given as undefined is not given (its default applies): nothing here refuses it.
+
+/** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** The numbers an option takes: from `min` (or above it) to `max`, and 0 or Infinity when said. */
+export interface NumberRule {
+  /** The least number taken, or with `aboveMin`, the number all taken are above. */
+  readonly min: number;
+  readonly aboveMin?: boolean;
+  /** The largest finite number taken (a timer's delay: MAX_TIMER_MS). */
+  readonly max: number;
+  /** Whole numbers only. */
+  readonly whole?: boolean;
+  /** 0 is taken too, though below `min` (it turns the thing off, or means "at once"). */
+  readonly zero?: boolean;
+  /** Infinity is taken too ("never", "no bound"). */
+  readonly infinity?: boolean;
+  /** What the number counts, in the message ("a number of milliseconds"). */
+  readonly unit?: "milliseconds";
+}
+
+/** A delay a timer can hold: 1 to MAX_TIMER_MS ms (below 1 fires at once; past the max after 1 ms). */
+export const TIMER_MS: NumberRule = { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" };
+
+/** The class of a refused value that is not a number. */
+const WRONG_TYPE: ErrorConstructor = RangeError;
+
+export function takesNumber(rule: NumberRule, value: number): boolean {
+  if ((value === 0 && rule.zero) || (value === Infinity && rule.infinity)) return true;
+  return (rule.aboveMin ? value > rule.min : value >= rule.min) && value <= rule.max &&
+    (!rule.whole || Number.isInteger(value));
+}
+
+/** The rule in words: "a number of milliseconds from 1 to 2147483647, or 0 or Infinity". */
+export function describeRule(rule: NumberRule): string {
+  const what = `a ${rule.whole ? "whole number" : "number"}${rule.unit ? ` of ${rule.unit}` : ""}`;
+  const range = rule.aboveMin ? `above ${rule.min} and up to ${rule.max}` : `from ${rule.min} to ${rule.max}`;
+  const also = [rule.zero && rule.min > 0 ? "0" : "", rule.infinity ? "Infinity" : ""].filter((s) => s);
+  return `${what} ${range}${also.length ? `, or ${also.join(" or ")}` : ""}`;
+}
+
+/** A refused value, as a message shows it: a number as it prints, a short string quoted, else its kind. */
+export function shownValue(value: unknown): string {
+  if (typeof value === "string") return value.length <= 40 ? JSON.stringify(value) : "a long string";
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "symbol") return "a symbol";
+  if (typeof value === "function") return "a function";
+  if (Array.isArray(value)) return "an array";
+  if (value !== null && typeof value === "object") return "an object";
+  return String(value);
+}
+
+/**
+ * `value` when `rule` takes it (undefined as well: not given); otherwise throws, naming the option as
+ * `<where> option <name>`.
+ */
+export function checkNumberOption(value: number, rule: NumberRule, where: string, name: string): number;
+export function checkNumberOption(
+  value: unknown,
+  rule: NumberRule,
+  where: string,
+  name: string,
+): number | undefined;
+export function checkNumberOption(
+  value: unknown,
+  rule: NumberRule,
+  where: string,
+  name: string,
+): number | undefined {
+  if (value === undefined || (typeof value === "number" && takesNumber(rule, value))) return value;
+  const ErrorClass = typeof value === "number" ? RangeError : WRONG_TYPE;
+  throw new ErrorClass(`${where} option ${name} must be ${describeRule(rule)} (got ${shownValue(value)})`);
+}
+
+/** Throws unless `value` is an object (or undefined: not given), naming the option as above. */
+export function checkObjectOption(value: unknown, where: string, name: string): void {
+  if (value === undefined || (value !== null && typeof value === "object")) return;
+  throw new WRONG_TYPE(`${where} option ${name} must be an object (got ${shownValue(value)})`);
+}
+
+/** Each field of `defaults` as given in `given`, or the default when not given (undefined or null). */
+export function withDefaults<T extends object>(
+  given: { readonly [K in keyof T]?: T[K] } | undefined,
+  defaults: T,
+): T {
+  const out = { ...defaults };
+  for (const key of Object.keys(defaults) as (keyof T)[]) out[key] = given?.[key] ?? defaults[key];
+  return out;
+}
