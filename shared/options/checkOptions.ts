@@ -4,8 +4,9 @@
 //
 //   <where> option <name> must be <what the rule takes> (got <the value>)
 //
-// A value that is not a number is refused as such; a number out of range is a RangeError. A value
-// given as undefined is not given (its default applies): nothing here refuses it.
+// A value of the wrong type (not a number; for an object option, not an object, null or an array) is
+// a TypeError, a number out of range a RangeError. A value given as undefined is not given (its
+// default applies): nothing here refuses it.
 
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -29,9 +30,6 @@ export interface NumberRule {
 
 /** A delay a timer can hold: 1 to MAX_TIMER_MS ms (below 1 fires at once; past the max after 1 ms). */
 export const TIMER_MS: NumberRule = { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" };
-
-/** The class of a refused value that is not a number. */
-const WRONG_TYPE: ErrorConstructor = RangeError;
 
 export function takesNumber(rule: NumberRule, value: number): boolean {
   if ((value === 0 && rule.zero) || (value === Infinity && rule.infinity)) return true;
@@ -76,14 +74,17 @@ export function checkNumberOption(
   name: string,
 ): number | undefined {
   if (value === undefined || (typeof value === "number" && takesNumber(rule, value))) return value;
-  const ErrorClass = typeof value === "number" ? RangeError : WRONG_TYPE;
+  const ErrorClass = typeof value === "number" ? RangeError : TypeError;
   throw new ErrorClass(`${where} option ${name} must be ${describeRule(rule)} (got ${shownValue(value)})`);
 }
 
-/** Throws unless `value` is an object (or undefined: not given), naming the option as above. */
+/**
+ * Throws a TypeError unless `value` is an object other than null or an array (or undefined: not
+ * given), naming the option as above.
+ */
 export function checkObjectOption(value: unknown, where: string, name: string): void {
-  if (value === undefined || (value !== null && typeof value === "object")) return;
-  throw new WRONG_TYPE(`${where} option ${name} must be an object (got ${shownValue(value)})`);
+  if (value === undefined || (value !== null && typeof value === "object" && !Array.isArray(value))) return;
+  throw new TypeError(`${where} option ${name} must be an object (got ${shownValue(value)})`);
 }
 
 /** Each field of `defaults` as given in `given`, or the default when not given (undefined or null). */

@@ -24,8 +24,9 @@
 // of the server, which has no stable key: stamp writes with the server's clock, `api.now()`, and the
 // API never sees one.)
 //
-// Options out of range (timeoutMs, retry; subscribeToProgress's changesLimit) are a RangeError naming
-// the option, before any request: a call's rejection, and thrown by createProgressApi and
+// Options out of range (timeoutMs, retry's fields; subscribeToProgress's changesLimit) are a RangeError
+// naming the option, and of the wrong type (not a number; a retry that is not an object, null or an
+// array) a TypeError, before any request: a call's rejection, and thrown by createProgressApi and
 // subscribeToProgress, which return at once (see checkApiOptions).
 
 import type { SupabaseClient } from "@supabase/supabase-js";
@@ -164,8 +165,9 @@ const ATTEMPTS: NumberRule = { min: 1, max: Number.MAX_SAFE_INTEGER, whole: true
 const DELAY_MS: NumberRule = { min: 0, max: MAX_TIMER_MS, unit: "milliseconds" };
 
 /**
- * Throws for the first of `timeoutMs` and `retry`'s fields outside its range, naming it as
- * `<where> option <prefix><name>`. A field given as undefined is not given (its default applies).
+ * Throws for the first of `timeoutMs`, `retry` (a TypeError unless an object, not null or an array)
+ * and `retry`'s fields outside its range, naming it as `<where> option <prefix><name>`. A field given
+ * as undefined is not given (its default applies).
  * timeoutMs takes 1 to MAX_TIMER_MS ms (TIMER_MS): below 1, Infinity or past MAX_TIMER_MS, setTimeout
  * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
  * NaN as none at all (an attempt that may hang for good). retry.baseDelayMs and retry.maxDelayMs take
@@ -745,7 +747,7 @@ export function subscribeToProgress(
  * corrected without asking: stamp a write's `updated_at` with `now()` when the reading happens.
  */
 export function createProgressApi(client: SupabaseClient, options: ProgressApiOptions = {}) {
-  // Here, at once (a RangeError naming the option), rather than as every call's rejection later.
+  // Here, at once (a RangeError or TypeError naming the option), rather than as every call's rejection later.
   checkApiOptions(options, "createProgressApi");
   const clock = options.clock ?? new ServerClock();
   const bound: ProgressApiOptions = { ...options, clock };

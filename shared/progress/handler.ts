@@ -64,8 +64,8 @@ export interface ProgressHandlerOptions {
   /**
    * How long a request body may go without a byte arriving before it is answered 408
    * request_timeout (default 10 s; why: DEFAULT_BODY_IDLE_TIMEOUT_MS in shared/http/body.ts): above 0
-   * and up to 2^31-1 ms, or Infinity for no bound (BODY_BOUND_MS); anything else (0, a negative, NaN)
-   * throws a RangeError here.
+   * and up to 2^31-1 ms, or Infinity for no bound (BODY_BOUND_MS); another number (0, a negative,
+   * NaN) throws a RangeError here, a value that is not a number a TypeError.
    */
   bodyIdleTimeoutMs?: number;
   /**

@@ -19,7 +19,7 @@ const USER = "00000000-0000-4000-8000-0000000000e1";
 const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
 
 /** The error class of a value of the wrong type (a number out of range is a RangeError). */
-const WRONG_TYPE: ErrorConstructor = RangeError;
+const WRONG_TYPE: ErrorConstructor = TypeError;
 
 const VALUES: [string, unknown][] = [
   ["NaN", NaN],
@@ -234,7 +234,8 @@ Deno.test({
       ["true", true],
       ["a function", () => {}],
     ];
-    const accepted = ["undefined", "{}", "a Date", "[]"];
+    // An array is refused as null and non-objects are (it was taken, its fields all defaults).
+    const accepted = ["undefined", "{}", "a Date"];
     for (const [label, retry] of values) {
       for (const [where, outcome] of await apiOutcomes({ retry })) {
         if (accepted.includes(label)) {
@@ -242,7 +243,7 @@ Deno.test({
           continue;
         }
         assert.ok(outcome instanceof Error, `${where} retry = ${label}: refused`);
-        assert.equal(outcome.constructor, RangeError, `${where} retry = ${label}: (got ${outcome})`);
+        assert.equal(outcome.constructor, WRONG_TYPE, `${where} retry = ${label}: (got ${outcome})`);
         const path = where === "subscribeToProgress" ? "api.retry" : "retry";
         assert.equal(outcome.message, `${where} option ${path} must be an object (got ${shown(retry)})`);
       }

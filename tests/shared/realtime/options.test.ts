@@ -1,8 +1,9 @@
 // RealtimeService's millisecond options are checked at construction: a value a timer cannot hold (0
 // where it means a tight loop, a negative one, NaN, Infinity where "never" is not handled, more than
-// setTimeout's 2^31-1 ms) is refused with a RangeError naming the option, directly and through
-// api.ts's subscribeToProgress; each range's ends are taken. A wait the service computes past 2^31-1
-// from valid options (a failed poll's backoff from pollIntervalMs at its end) is held at 2^31-1 ms, not fired at once.
+// setTimeout's 2^31-1 ms) is refused with a RangeError naming the option (one that is not a number,
+// with a TypeError), directly and through api.ts's subscribeToProgress; each range's ends are taken.
+// A wait the service computes past 2^31-1 from valid options (a failed poll's backoff from
+// pollIntervalMs at its end) is held at 2^31-1 ms, not fired at once.
 // The random option must be a function (TypeError); its draws outside [0, 1) are taken into it, none NaN.
 
 import assert from "node:assert/strict";
@@ -78,17 +79,18 @@ for (const { name, refused, accepted } of RANGES) {
   Deno.test(`options: ${name} outside its range is refused at construction, its ends are taken`, async () => {
     for (const value of refused) {
       const { client } = fakeClient();
+      const ErrorClass = typeof value === "number" ? RangeError : TypeError;
       assert.throws(
         () => new RealtimeService(client, { changesSince, log: () => {}, ...withOption(name, value) }),
         (error: unknown) =>
-          error instanceof RangeError && error.message.includes(name) &&
+          error instanceof ErrorClass && error.message.includes(name) &&
           error.message.includes(String(value)),
         `${name}: ${String(value)} refused`,
       );
       // Through api.ts (which passes them on to the service it makes for the client).
       assert.throws(
         () => subscribeToProgress(client, USER, () => {}, { log: () => {}, ...withOption(name, value) }),
-        RangeError,
+        ErrorClass,
         `${name}: ${String(value)} refused by subscribeToProgress`,
       );
     }
