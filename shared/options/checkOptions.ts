@@ -31,14 +31,15 @@ export interface NumberRule {
 /** A delay a timer can hold: 1 to MAX_TIMER_MS ms (below 1 fires at once; past the max after 1 ms). */
 export const TIMER_MS: NumberRule = { min: 1, max: MAX_TIMER_MS, unit: "milliseconds" };
 
-export function takesNumber(rule: NumberRule, value: number): boolean {
+/** Whether `rule` takes the number `value` (NaN never: every comparison with it is false). */
+function takesNumber(rule: NumberRule, value: number): boolean {
   if ((value === 0 && rule.zero) || (value === Infinity && rule.infinity)) return true;
   return (rule.aboveMin ? value > rule.min : value >= rule.min) && value <= rule.max &&
     (!rule.whole || Number.isInteger(value));
 }
 
 /** The rule in words: "a number of milliseconds from 1 to 2147483647, or 0 or Infinity". */
-export function describeRule(rule: NumberRule): string {
+function describeRule(rule: NumberRule): string {
   const what = `a ${rule.whole ? "whole number" : "number"}${rule.unit ? ` of ${rule.unit}` : ""}`;
   const range = rule.aboveMin ? `above ${rule.min} and up to ${rule.max}` : `from ${rule.min} to ${rule.max}`;
   const also = [rule.zero && rule.min > 0 ? "0" : "", rule.infinity ? "Infinity" : ""].filter((s) => s);
@@ -46,7 +47,7 @@ export function describeRule(rule: NumberRule): string {
 }
 
 /** A refused value, as a message shows it: a number as it prints, a short string quoted, else its kind. */
-export function shownValue(value: unknown): string {
+function shownValue(value: unknown): string {
   if (typeof value === "string") return value.length <= 40 ? JSON.stringify(value) : "a long string";
   if (typeof value === "bigint") return `${value}n`;
   if (typeof value === "symbol") return "a symbol";
