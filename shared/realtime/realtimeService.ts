@@ -237,20 +237,20 @@ export interface ProgressSubscription {
    * catch-up after a join, a poll, the safety read while live, a syncNow()), with how it ended;
    * returns the function that removes it. A failed read is retried by the link as before. Not heard:
    * a read the link cut off itself (unsubscribe, a join or a joined channel's drop: the catch-up the
-   * join starts or the poll the drop starts at once is heard in its place) and one none could be
-   * made of (a Retry-After held it).
+   * join starts or the poll the drop starts is heard when it ends) and one none could be made of (a
+   * Retry-After held it).
    */
   onRead(listener: (outcome: ReadOutcome) => void): () => void;
   /**
    * Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow).
    * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
    * sent still runs: the read is made when it ends; the subscription is closed). Never rejects. A
-   * read a join cut off (one begun while joining) resolves as the catch-up ends, one a joined channel's
-   * drop cut off as the poll the drop starts ends (at once, or after the polls' backoff when the last
-   * read failed). Until a read
-   * made after the call reads to the end, a live link reads again as a polling one would (a
-   * Retry-After's end, pollIntervalMs after "behind", the polls' backoff after "failed"), even with
-   * the safety read off.
+   * read a join cut off (one begun while joining) resolves as the catch-up ends; one a joined channel's
+   * drop cut off as the poll the drop starts ends when that reads at once (the API has been answering),
+   * and at once with "failed" when that poll waits (the polls' backoff after a failed read, a
+   * Retry-After): it is made at its time all the same. Until a read made after the call reads to the
+   * end, a live link reads again as a polling one would (a Retry-After's end, pollIntervalMs after
+   * "behind", the polls' backoff after "failed"), even with the safety read off.
    */
   syncNow(): Promise<ReadOutcome>;
   unsubscribe(): Promise<void>;
@@ -1080,7 +1080,8 @@ class UserLink<Row extends LwwRow> {
   /**
    * How the first read after the last join or drop that cut reads off ended (the catch-up the join
    * started, the poll the drop started): a read cut off ends as that one does. Its resolve is held
-   * until that read has ended.
+   * until that read has ended, or called with "failed" at once by a drop whose poll waits (#fail)
+   * and by close() (#endCutReads).
    */
   #readAfterCut: Promise<ReadOutcome> | null = null;
   #readAfterCutEnded: ((outcome: ReadOutcome) => void) | null = null;
@@ -1245,8 +1246,7 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.service.timers.clear(this.#joinGraceTimer);
       this.#reconnectTimer = this.#pollTimer = this.#joinGraceTimer = undefined;
-      this.#readAfterCutEnded?.("failed");
-      this.#readAfterCutEnded = null;
+      this.#endCutReads("failed");
       this.#releaseChannel();
       // A request that hangs must not hold the unsubscribe (or a round queued after it) hostage.
       this.#lifetime.abort(new Error("unsubscribed"));
@@ -1452,18 +1452,23 @@ class UserLink<Row extends LwwRow> {
     // Retry-After still running (#nextPollDelay). A Realtime restart drops every device's channel at
     // once, and those whose API fails or refuses would otherwise all ask it again at that moment.
     if (wasJoined || (this.#pollTimer === undefined && this.#pollsRunning === 0)) {
-      this.#startPolling(
-        this.#failedReadsInRow > 0 ? this.#nextPollDelay("failed") : this.#retryAfterLeftMs(),
-      );
+      const wait = this.#failedReadsInRow > 0 ? this.#nextPollDelay("failed") : this.#retryAfterLeftMs();
+      this.#startPolling(wait);
+      // A read the drop cut off (a syncNow()'s: the app's "Sync now" waits for it) ends as the poll
+      // the drop starts when that reads at once; one that waits (the polls' backoff, a Retry-After:
+      // minutes) is no read made now, and the cut read ends at once, "failed", as a syncNow() that a
+      // Retry-After holds does. The poll keeps its time, and its end is heard (onRead) as usual.
+      if (wasJoined && wait > 0) this.#endCutReads("failed");
     }
   }
 
   /**
    * Aborts every read in flight or queued (#readsInFlight): each ends as the first read after it that
-   * is not cut off ends (#readAfterCut), and is neither heard (onRead) nor counted as a failure. A
-   * page it was answered before stays read (the cursor moved with it); an answer that comes after is
-   * ignored (#changesSince stops waiting at the abort), so it can neither move the cursor back nor
-   * skip what the read after it reads from the cursor.
+   * is not cut off ends (#readAfterCut; "failed" at once after a drop whose poll waits, or a close),
+   * and is neither heard (onRead) nor counted as a failure. A page it was answered before stays read
+   * (the cursor moved with it); an answer that comes after is ignored (#changesSince stops waiting at
+   * the abort), so it can neither move the cursor back nor skip what the read after it reads from the
+   * cursor.
    */
   #cutReadsOff(reason: string): void {
     if (this.#readsInFlight.size > 0 && !this.#readAfterCutEnded) {
@@ -1471,6 +1476,12 @@ class UserLink<Row extends LwwRow> {
     }
     for (const read of this.#readsInFlight) read.abort(new Error(reason));
     this.#readsInFlight.clear();
+  }
+
+  /** Ends the reads cut off (#cutReadsOff) and still waiting for the read after them, with `outcome`. */
+  #endCutReads(outcome: ReadOutcome): void {
+    this.#readAfterCutEnded?.(outcome);
+    this.#readAfterCutEnded = null;
   }
 
   /**
@@ -1698,10 +1709,10 @@ class UserLink<Row extends LwwRow> {
       }
       // Cut off while it waited (a syncNow() made while joining, behind a read that hangs): the catch-up
       // the join started, or the poll the drop started, began after it and reads in its place. It ends
-      // as that one does without queuing a round of its own (one call more, after it, for nothing). It
-      // resumes as the round it waited for ends, before that catch-up or poll can end (their rounds
-      // queue behind that one), so none of them finds it still waiting (#newerReadQueued) and leaves
-      // the next read to it.
+      // as that one does (or at once, "failed", when the drop's poll waits: #fail) without queuing a
+      // round of its own (one call more, after it, for nothing). It resumes as the round it waited for
+      // ends, before that catch-up or poll can end (their rounds queue behind that one), so none of
+      // them finds it still waiting (#newerReadQueued) and leaves the next read to it.
       if (cut.signal.aborted && this.#readAfterCut && !this.#closed) {
         this.#readsInFlight.delete(cut);
         return await this.#readAfterCut;
@@ -1716,9 +1727,9 @@ class UserLink<Row extends LwwRow> {
     this.#readsInFlight.delete(cut);
     if (this.#closed) return outcome;
     if (cut.signal.aborted && outcome === "failed" && this.#readAfterCut) {
-      // A join or drop cut this read off (#cutReadsOff): the catch-up or poll it started (the drop's
-      // at once, or after the backoff when the last read failed: #fail) reads in its place, and this
-      // one ends as that one does (a syncNow() whose read it was resolves with it).
+      // A join or drop cut this read off (#cutReadsOff): the catch-up or poll it started reads in its
+      // place, and this one ends as that one does (a syncNow() whose read it was resolves with it); when
+      // the drop's poll waits (the backoff after a failed read, a Retry-After: #fail), at once, "failed".
       return await this.#readAfterCut;
     }
     // A read queued behind this one (a syncNow(), a late heartbeat's read, a catch-up after a
@@ -1892,10 +1903,7 @@ class UserLink<Row extends LwwRow> {
     if (called && !this.#closed && !cutOff) {
       for (const subscription of [...this.subscriptions]) subscription.emitRead(outcome);
     }
-    if (!cutOff && this.#readAfterCutEnded) {
-      this.#readAfterCutEnded(this.#closed ? "failed" : outcome);
-      this.#readAfterCutEnded = null;
-    }
+    if (!cutOff) this.#endCutReads(this.#closed ? "failed" : outcome);
     return { outcome, joinedGeneration, round: sequence, held };
   }
 

@@ -833,6 +833,45 @@ Deno.test("sync session, real RealtimeService: a Sync now whose read the channel
   }
 });
 
+Deno.test("sync session, real RealtimeService: a Sync now whose read the channel's drop cuts off after a failed read ends at once, failed, with 'could not check'; the poll after the drop, at its backoff and answered, takes it away", async () => {
+  const timers = watchTimers(); // the link's own timers (real ones), to end the poll's backoff by hand
+  const t = tab();
+  const realtime = realService(t);
+  const alice = t.open(newStore(ALICE));
+  const error = () => alice.store.getSnapshot().lastError;
+  try {
+    (await realtime.channel(1)).state!("SUBSCRIBED");
+    (await realtime.read(1)).resolve({ changes: [], next_cursor: "1", has_more: false });
+    await realtime.waitFor("live", () => alice.status === "live");
+    // The tab is shown again and its read fails (it says nothing: only a press does).
+    t.document.dispatchEvent(new Event("visibilitychange"));
+    (await realtime.read(2)).reject(new NetworkError(0, "network_error", "Failed to fetch"));
+    await realtime.waitFor("the read failed", () => realtime.events.includes("poll_failed"));
+    assert.equal(error(), null);
+    // Pressed: the press's read is in flight when the socket drops. After that failed read the link's
+    // poll waits the polls' backoff (one to two hours here): the press does not wait for it.
+    const press = alice.syncNow();
+    await realtime.read(3);
+    (await realtime.channel(1)).state!("CHANNEL_ERROR");
+    // (A hang guard only: on the code before, the press ended with that poll, never made by itself here.)
+    await realtime.waitFor("the press ends", () => alice.syncNowState !== "syncing");
+    assert.equal(await press, "failed");
+    assert.equal(error(), "Could not check for changes (will retry)", "the press says its read was cut off");
+    // The link's poll keeps its time (ended now), and its answer takes the message away.
+    const waits = timers.pending().filter((ms) => ms >= 3_600_000 && ms <= 7_200_000);
+    assert.equal(waits.length, 1, `one poll at the backoff: ${timers.pending()}`);
+    assert.equal(realtime.calls.length, 3, "no read at the drop");
+    timers.fire(waits[0]);
+    (await realtime.read(4)).resolve({ changes: [], next_cursor: "2", has_more: false });
+    await realtime.waitFor("polling", () => alice.status === "polling");
+    assert.equal(error(), null, "the link's poll after the drop, answered, takes it away");
+  } finally {
+    alice.close();
+    await realtime.close();
+    timers.restore();
+  }
+});
+
 Deno.test("sync session, real RealtimeService: a Sync now whose read failed says nothing of it when a newer read, the link's own, was answered while its send went on", async () => {
   const t = tab();
   // The write's request is answered by hand: the press's send outlasts its read.

@@ -6,7 +6,7 @@
 // pending (watchTimers) and ended by hand, none runs out by itself.
 
 import assert from "node:assert/strict";
-import { retryAfterWaitMs } from "../../../shared/realtime/realtimeService.ts";
+import { type ReadOutcome, retryAfterWaitMs } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
 import { handAnsweredService } from "./handAnsweredService.ts";
 import { fireWhenSet, frozenClock, watchTimers } from "./watchTimers.ts";
@@ -113,3 +113,57 @@ Deno.test("drop: after a read answered while live, the poll after the drop is ma
     timers.restore();
   }
 });
+
+// A syncNow() whose read the drop cuts off ended as the poll the drop starts does: after a failed read,
+// only once that poll had waited out the polls' backoff (minutes with the defaults' cap), and an app's
+// "Sync now" stayed pressed that long. When the drop's poll waits, the cut read ends at once, "failed"
+// (as a syncNow() a Retry-After holds does: no read made now), and is not heard; the poll keeps its time
+// and is heard when it ends. Whether the syncNow()'s read was in flight or queued behind one that hangs.
+for (const queued of [false, true]) {
+  Deno.test(
+    `drop: after a failed read, a syncNow() whose read ${
+      queued ? "is queued behind one that hangs" : "hangs"
+    } when the channel drops resolves at once, "failed"; the poll after the drop still waits the backoff`,
+    async () => {
+      const timers = watchTimers();
+      const clock = frozenClock();
+      const link = handAnsweredService(options);
+      try {
+        await link.goLive();
+        const failed = link.subscription.syncNow();
+        await waitFor("the failed read", () => link.calls.length === 2);
+        link.calls[1].reject(new Error("503"));
+        assert.equal(await failed, "failed");
+        const reads: ReadOutcome[] = [];
+        link.subscription.onRead((outcome) => reads.push(outcome));
+        const presses = [link.subscription.syncNow()]; // back in the foreground: its read hangs
+        await waitFor("the hanging read", () => link.calls.length === 3);
+        if (queued) presses.push(link.subscription.syncNow()); // queued behind it
+        const settled: ReadOutcome[] = [];
+        for (const press of presses) void press.then((outcome) => settled.push(outcome));
+        (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+        // A hang guard only: on the code before, they waited for the poll below (never fired by itself).
+        await waitFor("the cut reads resolve", () => settled.length === presses.length, {
+          timeoutMs: 20_000,
+        });
+        assert.deepEqual(settled, presses.map(() => "failed"));
+        assert.deepEqual(
+          sorted(timers),
+          [90_000, REJOIN],
+          "the poll still at the backoff, beside the rejoin",
+        );
+        assert.equal(link.calls.length, 3, "no call at the drop");
+        assert.deepEqual(reads, [], "the cut reads are not heard");
+        await fireWhenSet(timers, "the poll after the drop", 90_000, clock);
+        await waitFor("the poll after the drop", () => link.calls.length === 4);
+        link.calls[3].resolve(answered);
+        await waitFor("polling", () => link.subscription.status === "polling");
+        assert.deepEqual(reads, ["done"], "the poll, at its time, is heard");
+      } finally {
+        await link.end();
+        clock.restore();
+        timers.restore();
+      }
+    },
+  );
+}
