@@ -1718,7 +1718,10 @@ class UserLink<Row extends LwwRow> {
         return await this.#readAfterCut;
       }
     }
-    if (this.#closed) return "failed";
+    if (this.#closed) {
+      this.#readsInFlight.delete(cut); // queued behind a round that close() cut short
+      return "failed";
+    }
     const live = this.#joined && this.#caughtUp; // a safety read (livePollIntervalMs)
     const { outcome, joinedGeneration, round, held } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
