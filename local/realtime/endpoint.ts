@@ -16,6 +16,14 @@ import { BroadcastHub, subscriptionKey } from "./hub.ts";
 import { ensurePublication } from "./wal.ts";
 import { maintainMessagePartitions, startPartitionJanitor } from "./partitions.ts";
 import { SUPPORTED_VSNS, type Vsn } from "./protocol.ts";
+import {
+  castBatch,
+  elixirBlank,
+  elixirUriDecode,
+  phoenixError,
+  readBodyParams,
+  unsupportedMediaType,
+} from "./rest.ts";
 
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
@@ -241,85 +249,29 @@ export async function createRealtimeEndpoint(
 
   async function restBroadcast(req: Request, url: URL): Promise<Response> {
     if (req.method !== "POST") return json(405, { message: "POST only" });
+    // The gateway's key check comes before Realtime sees the request (see restClaims).
+    if (!(req.headers.get("apikey") ?? url.searchParams.get("apikey"))) {
+      return json(401, { message: "No apikey provided" });
+    }
+    // Realtime's endpoint parses the body before its router and pipelines run (lib/realtime_web/
+    // endpoint.ex): a body that does not parse is Phoenix's 400 whatever the route or token.
+    const body = await readBodyParams(req);
+    if ("parseError" in body) {
+      log({ event: "rest_body_parse_error", error: body.parseError });
+      return phoenixError(req, 400, "Bad Request");
+    }
+    const single = url.pathname.match(/^\/realtime\/v1\/api\/broadcast\/([^/]+)\/events\/([^/]+)$/);
+    if (single) return await restSingle(req, url, single[1], single[2], body);
+    if (url.pathname !== "/realtime/v1/api/broadcast") return json(404, { message: "not found" });
     const auth = await restClaims(req);
     if ("error" in auth) return auth.error;
-    const single = url.pathname.match(/^\/realtime\/v1\/api\/broadcast\/([^/]+)\/events\/([^/]+)$/);
-    if (single) {
-      let topic: string, event: string;
-      try {
-        topic = decodeURIComponent(single[1]);
-        event = decodeURIComponent(single[2]);
-      } catch {
-        return json(400, { error: "topic and event must be valid percent-encoded UTF-8" }); // was a URIError (500)
-      }
-      const isPrivate = url.searchParams.get("private") === "true";
-      let payload: unknown;
-      try {
-        payload = req.headers.get("content-type")?.includes("application/json")
-          ? await req.json()
-          : new Uint8Array(await req.arrayBuffer());
-      } catch {
-        return json(400, { error: "payload is not JSON" });
-      }
-      if (isPrivate) {
-        const allowed = await writeAllowed(topic, auth.claims, req);
-        // SingleBroadcast's {:error, :forbidden, "Unauthorized"}, rendered by the FallbackController's
-        // ErrorView as {"message"} (realtime-js's httpSend() reads `error`, then `message`).
-        if (allowed === false) return json(403, { message: "Unauthorized" });
-        if (allowed !== true) return json(allowed.status, { message: allowed.message });
-      }
-      hub.relay(subscriptionKey(isPrivate, topic), { fullTopic: `realtime:${topic}`, event, payload });
-      return new Response(null, { status: 202 });
-    }
-    if (url.pathname !== "/realtime/v1/api/broadcast") return json(404, { message: "not found" });
-    let body: unknown;
-    try {
-      body = await req.json();
-    } catch {
-      return json(400, { message: "body is not JSON" });
-    }
-    // Supabase's BatchBroadcast changeset (embeds_many :messages, required; each message casts topic and
-    // event as strings, payload as a map, private as a boolean, and requires topic, payload and event),
-    // rendered by its ChangesetView as {"errors": traverse_errors}. Phoenix hands a body that is JSON but
-    // no object (null, 5, a list) to the controller as _json: messages are then missing.
-    const messages = body !== null && typeof body === "object" && !Array.isArray(body)
-      ? (body as { messages?: unknown }).messages
-      : undefined;
-    if (messages === undefined || (Array.isArray(messages) && messages.length === 0)) {
-      return json(422, { errors: { messages: ["can't be blank"] } });
-    }
-    // Not a list (null too), or an element that is no object: the embed as a whole "is invalid" (Ecto's
-    // cast_or_change and map_changes); a null element threw here once (a 500).
-    if (
-      !Array.isArray(messages) ||
-      messages.some((m) => m === null || typeof m !== "object" || Array.isArray(m))
-    ) {
-      return json(422, { errors: { messages: ["is invalid"] } });
-    }
-    const cast = (messages as Record<string, unknown>[]).map((m) => {
-      const errors: Record<string, string[]> = {};
-      const blank = (v: unknown) =>
-        v === undefined || v === null || (typeof v === "string" && v.trim() === "");
-      for (const field of ["event", "payload", "private", "topic"] as const) {
-        const v = m[field];
-        const ok = field === "payload"
-          ? v === undefined || v === null || (typeof v === "object" && !Array.isArray(v))
-          : field === "private"
-          ? v === undefined || v === null || typeof v === "boolean" ||
-            ["true", "false", "1", "0"].includes(v as string)
-          : v === undefined || v === null || typeof v === "string";
-        if (!ok) errors[field] = ["is invalid"];
-        else if (field !== "private" && blank(v)) errors[field] = ["can't be blank"];
-      }
-      const isPrivate = m.private === true || m.private === "true" || m.private === "1";
-      return { errors, topic: m.topic as string, event: m.event as string, payload: m.payload, isPrivate };
-    });
-    if (cast.some((m) => Object.keys(m.errors).length > 0)) {
-      return json(422, { errors: { messages: cast.map((m) => m.errors) } });
-    }
+    // Supabase's BatchBroadcast changeset over the body params (rest.ts castBatch): a body that is not
+    // JSON (another Content-Type, or none) leaves them empty, so messages "can't be blank".
+    const batch = castBatch(body.params);
+    if ("errors" in batch) return json(422, { errors: batch.errors });
     const allowed = new Map<string, boolean>();
-    for (const m of cast) {
-      if (m.isPrivate) {
+    for (const m of batch.messages) {
+      if (m.private) {
         // Supabase skips private messages the caller may not send and still answers 202.
         if (!allowed.has(m.topic)) {
           allowed.set(m.topic, (await writeAllowed(m.topic, auth.claims, req)) === true);
@@ -329,12 +281,68 @@ export async function createRealtimeEndpoint(
           continue;
         }
       }
-      hub.relay(subscriptionKey(m.isPrivate, m.topic), {
-        fullTopic: `realtime:${m.topic}`,
-        event: m.event,
-        payload: m.payload,
-      });
+      // BatchBroadcast sends a Phoenix.Socket.Broadcast with a map payload, which RealtimeWeb's V2
+      // serializer writes as a JSON text frame (lib/realtime_web/socket/v2_serializer.ex), with
+      // `meta: {id}` when the message had an id.
+      hub.relay(
+        subscriptionKey(m.private, m.topic),
+        {
+          fullTopic: `realtime:${m.topic}`,
+          event: m.event,
+          payload: m.payload,
+          ...(m.id !== undefined ? { meta: { id: m.id } } : {}),
+        },
+        undefined,
+        "json",
+      );
     }
+    return new Response(null, { status: 202 });
+  }
+
+  /**
+   * POST /api/broadcast/:topic/events/:event, as lib/realtime_web/router.ex's broadcast_single
+   * pipeline and BroadcastSingleController take it: the path decoded by Phoenix's router, then
+   * ValidateBroadcastContentType (415), then the token, then SingleBroadcast's changeset (topic and
+   * event required) and its write probe for a private topic.
+   */
+  async function restSingle(
+    req: Request,
+    url: URL,
+    rawTopic: string,
+    rawEvent: string,
+    body: { params: Record<string, unknown>; binary?: Uint8Array },
+  ): Promise<Response> {
+    let topic: string, event: string;
+    try {
+      const utf8 = new TextDecoder("utf-8", { fatal: true });
+      topic = utf8.decode(elixirUriDecode(rawTopic));
+      event = utf8.decode(elixirUriDecode(rawEvent));
+    } catch {
+      // Phoenix passes such bytes on; what Supabase then answers is not established (README.md).
+      return json(400, { error: "topic and event must be valid UTF-8 once percent-decoded" });
+    }
+    const refused = unsupportedMediaType(req);
+    if (refused) return refused;
+    const auth = await restClaims(req);
+    if ("error" in auth) return auth.error;
+    // SingleBroadcast.validate_message (lib/realtime/tenants/single_broadcast.ex): topic and event are
+    // cast and required, so an empty or whitespace-only one is the changeset's 422.
+    const blank: Record<string, string[]> = {};
+    if (elixirBlank(topic)) blank.topic = ["can't be blank"];
+    if (elixirBlank(event)) blank.event = ["can't be blank"];
+    if (Object.keys(blank).length > 0) return json(422, { errors: blank });
+    const isPrivate = url.searchParams.get("private") === "true";
+    // BroadcastSingleController: the octet-stream body as bytes, otherwise the body params (a JSON
+    // object, `{"_json": value}` for another JSON value, `{}` without a JSON body).
+    const payload: unknown = body.binary ?? body.params;
+    if (isPrivate) {
+      const allowed = await writeAllowed(topic, auth.claims, req);
+      // SingleBroadcast's {:error, :forbidden, "Unauthorized"}, rendered by the FallbackController's
+      // ErrorView as {"message"} (realtime-js's httpSend() reads `error`, then `message`).
+      if (allowed === false) return json(403, { message: "Unauthorized" });
+      if (allowed !== true) return json(allowed.status, { message: allowed.message });
+    }
+    hub.relay(subscriptionKey(isPrivate, topic), { fullTopic: `realtime:${topic}`, event, payload });
     return new Response(null, { status: 202 });
   }
 

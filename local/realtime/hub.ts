@@ -78,21 +78,27 @@ export class BroadcastHub {
     if (set.size === 0) this.#subscribers.delete(key);
   }
 
-  /** Sends a message to the subscribers of a key right away (client broadcasts; no database). */
+  /**
+   * Sends a message to the subscribers of a key right away (client and REST broadcasts; no database),
+   * as the binary "user broadcast" frame (Supabase's UserBroadcast: client pushes, the single REST
+   * route) or, with `form` "json", the JSON text frame (the batch REST route's Phoenix broadcast).
+   */
   relay(
     key: string,
-    message: { fullTopic: string; event: string; payload: unknown },
+    message: { fullTopic: string; event: string; payload: unknown; meta?: Record<string, unknown> },
     except?: Subscriber,
+    form: "binary" | "json" = "binary",
   ): void {
     const set = this.#subscribers.get(key);
     if (!set) return;
     const frames = new Map<Vsn, string | Uint8Array>();
     for (const subscriber of set) {
       if (subscriber === except) continue;
-      this.#send(subscriber, frames, "binary", {
+      this.#send(subscriber, frames, form, {
         topic: message.fullTopic,
         event: message.event,
         payload: message.payload,
+        ...(message.meta ? { meta: message.meta } : {}),
       });
     }
   }

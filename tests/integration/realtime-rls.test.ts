@@ -826,8 +826,10 @@ Deno.test(
         body: JSON.stringify({ forged: true }),
       },
     );
+    // Phoenix's router decodes "%E0%A4" to bytes and keeps "%A" as it is (URI.decode): not UTF-8.
+    // What Supabase answers then is not established (local/realtime/README.md); the stand-in says 400.
     assert.equal(res.status, 400);
-    assert.match((await res.json()).error, /percent-encoded/);
+    assert.match((await res.json()).error, /valid UTF-8 once percent-decoded/);
   },
 );
 

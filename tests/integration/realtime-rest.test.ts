@@ -1,0 +1,243 @@
+// The REST broadcast routes (POST /realtime/v1/api/broadcast and .../broadcast/<topic>/events/<event>)
+// answer as Supabase Realtime's HTTP stack does, over real HTTP against the stack's Realtime, with
+// deliveries checked on the real supabase-js client over the real WebSocket. What each case follows
+// (Plug.Parsers in lib/realtime_web/endpoint.ex, Phoenix's router and error rendering, the batch
+// changeset, the single route's content-type check) is cited in local/realtime/rest.ts.
+
+import assert from "node:assert/strict";
+import { createTestUser, testEnv } from "../support/env.ts";
+import { closeClient, joinChannel, newClient, noSanitize, waitFor } from "./realtime_support.ts";
+
+const encoder = new TextEncoder();
+
+async function post(
+  path: string,
+  body: BodyInit,
+  headers: Record<string, string>,
+): Promise<{ status: number; type: string | null; text: string }> {
+  const env = testEnv();
+  const res = await fetch(`${env.url}/realtime/v1/api/broadcast${path}`, {
+    method: "POST",
+    headers: { apikey: env.anonKey, ...headers },
+    body,
+  });
+  return { status: res.status, type: res.headers.get("content-type"), text: await res.text() };
+}
+
+/** A public channel joined by a session-less client, collecting what arrives. */
+async function listen(topic: string) {
+  const client = newClient();
+  const { joined, status } = await joinChannel(client, topic, { private: false });
+  assert.equal(status, "SUBSCRIBED");
+  return { client, received: joined.received };
+}
+
+Deno.test({
+  name:
+    "realtime REST batch: only a JSON body is read (Plug.Parsers); another Content-Type or none is no messages",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const auth = { Authorization: `Bearer ${a.accessToken}` };
+    const text = JSON.stringify({ messages: [{ topic: "rest-ct", event: "e", payload: {} }] });
+    const blank = { errors: { messages: ["can't be blank"] } };
+    // Plug.Parsers parses JSON only for application/json and application/*+json and passes every
+    // other body through unread: the changeset then finds no messages. fetch() sends a string body
+    // as text/plain unless told otherwise; a byte body goes without Content-Type.
+    for (
+      const [what, body, headers] of [
+        ["text/plain", text, { ...auth, "Content-Type": "text/plain" }],
+        ["fetch's default for a string", text, auth],
+        ["no Content-Type", encoder.encode(text), auth],
+        ["a form", text, { ...auth, "Content-Type": "application/x-www-form-urlencoded" }],
+        ["an empty JSON body", "", { ...auth, "Content-Type": "application/json" }],
+      ] as [string, BodyInit, Record<string, string>][]
+    ) {
+      const res = await post("", body, headers);
+      assert.equal(res.status, 422, `${what}: ${res.status} ${res.text}`);
+      assert.deepEqual(JSON.parse(res.text), blank, what);
+    }
+    // JSON however the type is spelled (Plug lowercases it; +json suffixes are JSON too).
+    for (const type of ["Application/JSON; charset=utf-8", "application/vnd.api+json"]) {
+      const res = await post("", text, { ...auth, "Content-Type": type });
+      assert.equal(res.status, 202, `${type}: ${res.status} ${res.text}`);
+    }
+  },
+});
+
+Deno.test({
+  name: "realtime REST batch: a message's id is cast as a string and sent as meta.id; messages may be a map",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const headers = { Authorization: `Bearer ${a.accessToken}`, "Content-Type": "application/json" };
+    const topic = `rest-id-${crypto.randomUUID()}`;
+    const ok = { topic, event: "e", payload: {} };
+    // The embed's primary key `id` (:binary_id) takes any string and nothing else; an empty or
+    // whitespace-only value of any field is nil to Ecto's cast (so payload " " is blank, and private ""
+    // is the default false).
+    for (
+      const [message, errors] of [
+        [{ ...ok, id: 5 }, { id: ["is invalid"] }],
+        [{ ...ok, id: { a: 1 } }, { id: ["is invalid"] }],
+        [{ ...ok, id: true }, { id: ["is invalid"] }],
+        [{ ...ok, payload: " ", private: "" }, { payload: ["can't be blank"] }],
+      ] as [Record<string, unknown>, Record<string, string[]>][]
+    ) {
+      const res = await post("", JSON.stringify({ messages: [message] }), headers);
+      assert.equal(res.status, 422, `${JSON.stringify(message)}: ${res.status} ${res.text}`);
+      assert.deepEqual(JSON.parse(res.text), { errors: { messages: [errors] } });
+    }
+
+    const listener = await listen(topic);
+    try {
+      const sent = await post(
+        "",
+        JSON.stringify({
+          messages: [
+            { topic, event: "with-id", payload: { n: 1 }, id: "msg-1" },
+            { topic, event: "blank-id", payload: { n: 2 }, id: "  ", private: "" },
+          ],
+        }),
+        headers,
+      );
+      assert.equal(sent.status, 202, sent.text);
+      // Ecto reads a map of messages as a list ordered by its integer keys.
+      const asMap = await post(
+        "",
+        JSON.stringify({
+          messages: {
+            "10": { topic, event: "map-10", payload: {} },
+            "2": { topic, event: "map-2", payload: {} },
+          },
+        }),
+        headers,
+      );
+      assert.equal(asMap.status, 202, asMap.text);
+      const events = ["with-id", "blank-id", "map-10", "map-2"];
+      await waitFor(
+        "the four broadcasts",
+        () => events.every((e) => listener.received.some((m) => m.event === e)),
+        { timeoutMs: 20_000 },
+      );
+      const byEvent = (e: string) => listener.received.find((m) => m.event === e)!;
+      assert.deepEqual(byEvent("with-id").payload, { n: 1 });
+      assert.equal(byEvent("with-id").meta?.id, "msg-1");
+      assert.equal(byEvent("blank-id").meta?.id, undefined);
+    } finally {
+      await closeClient(listener.client);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "realtime REST: a body that does not parse as JSON is Phoenix's 400 Bad Request, before the token is read",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const json = { "Content-Type": "application/json" };
+    const good = { ...json, Authorization: `Bearer ${a.accessToken}` };
+    const bad = { ...json, Authorization: "Bearer x" };
+    // Jason refuses what JSON.parse would take too: a BOM, invalid UTF-8, a lone surrogate escape.
+    const bodies: [string, BodyInit][] = [
+      ["truncated", '{"messages":['],
+      ["a BOM", "\ufeff{}"],
+      ["invalid UTF-8", new Uint8Array([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xff, 0x22, 0x7d])],
+      ["a lone surrogate escape", '{"a":"\\ud800"}'],
+    ];
+    for (const path of ["", `/rest-parse-${crypto.randomUUID()}/events/e`]) {
+      for (const [what, body] of bodies) {
+        for (const headers of [good, bad]) {
+          const res = await post(path, body, headers);
+          assert.equal(res.status, 400, `${path || "batch"} ${what}: ${res.status} ${res.text}`);
+          // RealtimeWeb.ErrorView's reason phrase, as html unless Accept asks for JSON.
+          assert.equal(res.text, "Bad Request", `${path || "batch"} ${what}`);
+          assert.match(res.type ?? "", /^text\/html/);
+        }
+      }
+      const asJson = await post(path, "{", { ...good, Accept: "application/json" });
+      assert.equal(asJson.status, 400);
+      assert.match(asJson.type ?? "", /^application\/json/);
+      assert.equal(JSON.parse(asJson.text), "Bad Request");
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "realtime REST single: the path is decoded as Phoenix's router does, and a blank topic or event is a 422",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const headers = { Authorization: `Bearer ${a.accessToken}`, "Content-Type": "application/json" };
+    // URI.decode keeps a `%` that does not start two hex digits: "%zz" and a trailing "%2" are text.
+    const topic = `rest-pct-${crypto.randomUUID()}%zz`;
+    const listener = await listen(topic);
+    try {
+      const res = await post(`/${topic}/events/ping%2`, JSON.stringify({ n: 1 }), headers);
+      assert.equal(res.status, 202, res.text);
+      await waitFor("the broadcast", () => listener.received.some((m) => m.event === "ping%2"), {
+        timeoutMs: 20_000,
+      });
+      assert.deepEqual(listener.received.find((m) => m.event === "ping%2")!.payload, { n: 1 });
+    } finally {
+      await closeClient(listener.client);
+    }
+    // SingleBroadcast's changeset requires topic and event: whitespace only is blank.
+    for (
+      const [path, errors] of [
+        ["/%20/events/e", { topic: ["can't be blank"] }],
+        ["/t/events/%09", { event: ["can't be blank"] }],
+      ] as const
+    ) {
+      const blank = await post(path, "{}", headers);
+      assert.equal(blank.status, 422, `${path}: ${blank.status} ${blank.text}`);
+      assert.deepEqual(JSON.parse(blank.text), { errors }, path);
+    }
+  },
+});
+
+Deno.test({
+  name: "realtime REST single: the Content-Type decides the payload, and one not JSON or bytes is a 415",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const auth = { Authorization: `Bearer ${a.accessToken}` };
+    // ValidateBroadcastContentType, before the token is read.
+    for (const headers of [auth, { Authorization: "Bearer x" }]) {
+      const refused = await post(`/t/events/e`, "hello", { ...headers, "Content-Type": "text/plain" });
+      assert.equal(refused.status, 415, refused.text);
+      assert.deepEqual(JSON.parse(refused.text), {
+        error: "Unsupported Media Type. Use application/json or application/octet-stream",
+      });
+    }
+    const topic = `rest-body-${crypto.randomUUID()}`;
+    const listener = await listen(topic);
+    try {
+      // The controller sends the body params: a JSON value that is no object comes as {"_json": value}
+      // (Plug.Parsers.JSON), an empty JSON body as {}, and without Content-Type the body is not read.
+      const cases: [string, BodyInit, Record<string, string>, unknown][] = [
+        ["number", "5", { ...auth, "Content-Type": "application/json" }, { _json: 5 }],
+        ["list", "[1,2]", { ...auth, "Content-Type": "application/json" }, { _json: [1, 2] }],
+        ["empty", "", { ...auth, "Content-Type": "application/json" }, {}],
+        ["untyped", encoder.encode('{"n":1}'), auth, {}],
+        ["object", '{"n":1}', { ...auth, "Content-Type": "application/json" }, { n: 1 }],
+      ];
+      for (const [event, body, headers] of cases) {
+        const res = await post(`/${topic}/events/${event}`, body, headers);
+        assert.equal(res.status, 202, `${event}: ${res.status} ${res.text}`);
+      }
+      await waitFor(
+        "every broadcast",
+        () => cases.every(([event]) => listener.received.some((m) => m.event === event)),
+        { timeoutMs: 20_000 },
+      );
+      for (const [event, , , payload] of cases) {
+        assert.deepEqual(listener.received.find((m) => m.event === event)!.payload, payload, event);
+      }
+    } finally {
+      await closeClient(listener.client);
+    }
+  },
+});
