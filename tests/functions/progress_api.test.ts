@@ -262,14 +262,54 @@ Deno.test("GET /progress/changes pages through rows and hard deletes alike: ever
   );
 });
 
-/** Returns once the function's write_reading_progress waits on a lock (the script's uncommitted row). */
-async function functionWriteWaitsOnLock(sql: ReturnType<typeof adminSql>) {
-  for (let waited = 0;; waited += 20) {
-    const [{ n }] = await sql<{ n: number }[]>`
-      select count(*)::int as n from pg_stat_activity
-       where wait_event_type = 'Lock' and query like '%write_reading_progress%'`;
-    if (n > 0) return;
-    assert.ok(waited < 10_000, "the function's insert never waited for the script");
+/** The row of the series the test put in readsync_test.user_id and readsync_test.series (releaseOnceWaitedOn). */
+const THE_ROW = "user_id = pg_catalog.current_setting('readsync_test.user_id')::uuid " +
+  "and series_id = pg_catalog.current_setting('readsync_test.series')";
+
+/**
+ * Makes `session` (a reserved connection in an open transaction that holds the lock the function's
+ * write will wait for) run `work` and commit once a session waits for one of its locks, and, if set
+ * (readsync_test.release_at, in the transaction), not before that instant of the server's clock. All
+ * of it is ONE simple query that the server runs on its own: a DO block that waits for the signal
+ * (pg_blocking_pids), then `work` (statements without parameters: values come from the transaction's
+ * readsync_test.* settings), then COMMIT. So the release follows the function's wait by a few
+ * statements in the server, however slow the test's process is on a loaded machine (its polling and
+ * round trips no longer count against the function's fixed 2 s lock timeout). Returns once that
+ * query waits (so the request can be sent: its wait cannot begin before the watcher watches), with
+ * the release's promise to await after the request. Guards: 20 s each.
+ */
+async function releaseOnceWaitedOn(
+  sql: ReturnType<typeof adminSql>,
+  session: Awaited<ReturnType<ReturnType<typeof adminSql>["reserve"]>>,
+  work: string,
+): Promise<{ released: Promise<unknown> }> {
+  const [{ pid }] = await session<{ pid: number }[]>`select pg_catalog.pg_backend_pid() as pid`;
+  const released = session.unsafe(
+    `do $$
+     declare
+       release_at timestamptz :=
+         coalesce(nullif(pg_catalog.current_setting('readsync_test.release_at', true), ''), '-infinity');
+       deadline timestamptz := pg_catalog.clock_timestamp() + interval '20 seconds';
+     begin
+       while not (exists (select from pg_catalog.pg_stat_activity
+                           where pg_catalog.pg_backend_pid() = any(pg_catalog.pg_blocking_pids(pid)))
+                  and pg_catalog.clock_timestamp() >= release_at) loop
+         if pg_catalog.clock_timestamp() > deadline then
+           raise exception 'the function''s write never waited for this transaction''s lock (20 s)';
+         end if;
+         perform pg_catalog.pg_sleep(0.005);
+       end loop;
+     end $$;
+     ${work};
+     commit`,
+  ).simple(); // one Query message: several statements, run one after the other by the server
+  released.catch(() => {}); // awaited by the test after its request; a failure is seen there
+  for (const deadline = Date.now() + 20_000;;) {
+    const [{ watching }] = await sql<{ watching: boolean }[]>`
+      select exists (select from pg_catalog.pg_stat_activity where pid = ${pid} and wait_event = 'PgSleep')
+        as watching`;
+    if (watching) return { released };
+    assert.ok(Date.now() < deadline, "the release never started waiting for the function's write");
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -285,8 +325,20 @@ Deno.test("an insert that waited while another transaction deleted the series ag
   const script = await sql.reserve();
   try {
     await script`begin`;
+    await script`select pg_catalog.set_config('readsync_test.user_id', ${a.id}, true),
+                        pg_catalog.set_config('readsync_test.series', ${series}, true)`;
     await script`insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
                  values (${a.id}, ${series}, 1, 1, 'script', '2026-01-01T00:00:00Z')`;
+    // Once the function's INSERT (stamped) waits for the script's row: delete, insert, delete, commit.
+    const { released } = await releaseOnceWaitedOn(
+      sql,
+      script,
+      `delete from public.reading_progress where ${THE_ROW};
+       insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
+         values (pg_catalog.current_setting('readsync_test.user_id')::uuid,
+                 pg_catalog.current_setting('readsync_test.series'), 2, 2, 'script', '2026-01-01T00:00:01Z');
+       delete from public.reading_progress where ${THE_ROW}`,
+    );
     const posted = call("POST", "", {
       token: a.accessToken,
       body: write({
@@ -297,12 +349,7 @@ Deno.test("an insert that waited while another transaction deleted the series ag
         updated_at: "2026-01-02T00:00:00Z",
       }),
     });
-    await functionWriteWaitsOnLock(sql);
-    await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
-    await script`insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
-                 values (${a.id}, ${series}, 2, 2, 'script', '2026-01-01T00:00:01Z')`;
-    await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
-    await script`commit`;
+    await released;
     const answer = await posted;
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
     assert.equal(writeResultSchema.parse(answer.body).won, true);
@@ -313,6 +360,7 @@ Deno.test("an insert that waited while another transaction deleted the series ag
        where rp.user_id = ${a.id} and rp.series_id = ${series}`;
     assert.equal(row?.later, true, "the stored life began after the last deleted one");
   } finally {
+    await script`rollback`.catch(() => {});
     script.release();
     await sql.end();
   }
@@ -334,8 +382,16 @@ Deno.test("an insert that waited while another transaction deleted a life stampe
               values (${a.id}, ${series}, pg_current_xact_id(), now(),
                       jsonb_build_object('series_id', ${series}::text, 'created_at', clock_timestamp() + interval '1 hour'))`;
     await script`begin`;
+    await script`select pg_catalog.set_config('readsync_test.user_id', ${a.id}, true),
+                        pg_catalog.set_config('readsync_test.series', ${series}, true)`;
     await script`insert into public.reading_progress (user_id, series_id, chapter, page, device_id, updated_at)
                  values (${a.id}, ${series}, 1, 1, 'script', '2026-01-03T00:00:00Z')`;
+    // Once the function's INSERT (stamped) waits for the script's row: delete it and commit.
+    const { released } = await releaseOnceWaitedOn(
+      sql,
+      script,
+      `delete from public.reading_progress where ${THE_ROW}`,
+    );
     const posted = call("POST", "", {
       token: a.accessToken,
       body: write({
@@ -346,9 +402,7 @@ Deno.test("an insert that waited while another transaction deleted a life stampe
         updated_at: "2026-01-02T00:00:00Z",
       }),
     });
-    await functionWriteWaitsOnLock(sql);
-    await script`delete from public.reading_progress where user_id = ${a.id} and series_id = ${series}`;
-    await script`commit`;
+    await released;
     const answer = await posted;
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
     assert.equal(writeResultSchema.parse(answer.body).won, true);
@@ -363,6 +417,7 @@ Deno.test("an insert that waited while another transaction deleted a life stampe
       `the stored life (${row.created_at}) began after the deleted one (${row.deleted})`,
     );
   } finally {
+    await script`rollback`.catch(() => {});
     script.release();
     await sql.end();
   }
@@ -439,32 +494,25 @@ Deno.test("a write that waited for its row is stored under the date it was judge
   const series = seriesId("rejudged");
   const sql = adminSql({ max: 2 });
   const holder = await sql.reserve();
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   try {
     await sql`insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
               values (${a.id}, ${series}, 1, 'seed', now() - interval '1 day')`;
     await holder`begin`;
     await holder`select 1 from public.reading_progress where user_id = ${a.id} and series_id = ${series} for update`;
-    const [{ holderPid }] = await holder<{ holderPid: number }[]>`select pg_backend_pid() as "holderPid"`;
-    const [{ server_ms }] = await sql<{ server_ms: string }[]>`
-      select (extract(epoch from clock_timestamp()) * 1000)::bigint::text as server_ms`;
+    // The server's clock now; the holder lets go once the write waits for its lock (however long the
+    // request took to get there) and is no longer ahead (under 4.7 s): 600 ms from now at the latest,
+    // well within the API's 2 s lock timeout, and decided in the server (releaseOnceWaitedOn).
+    const [{ server_ms }] = await holder<{ server_ms: string }[]>`
+      select (extract(epoch from clock_timestamp()) * 1000)::bigint::text as server_ms,
+             pg_catalog.set_config('readsync_test.release_at',
+                                   (clock_timestamp() + interval '600 milliseconds')::text, true)`;
     const dated = new Date(Number(server_ms) + 5_300).toISOString();
+    const { released } = await releaseOnceWaitedOn(sql, holder, "select");
     const tablet = call("POST", "", {
       token: a.accessToken,
       body: write({ series_id: series, chapter: 7, page: 70, device_id: "tablet", updated_at: dated }),
     });
-    // Once the write waits for the lock (however long the request took to get there) and is no
-    // longer ahead (under 4.7 s), well within the API's 2 s lock timeout.
-    for (const deadline = Date.now() + 10_000;;) {
-      const [{ blocked }] = await sql<{ blocked: number }[]>`
-        select count(*)::int as blocked from pg_catalog.pg_stat_activity
-         where ${holderPid} = any(pg_catalog.pg_blocking_pids(pid))`;
-      if (blocked > 0) break;
-      assert.ok(Date.now() < deadline, "the tablet's write never waited for the lock");
-      await sleep(20);
-    }
-    await sleep(Math.max(0, Number(server_ms) + 600 - Date.now()));
-    await holder`commit`;
+    await released;
     const answer = await tablet;
     assert.equal(answer.status, 200, JSON.stringify(answer.body));
     const won = writeResultSchema.parse(answer.body);
