@@ -220,7 +220,10 @@ Deno.test("resolver = database, concurrent writers (parallel HTTP or 4 connectio
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
   const pool = postgres(testEnv().dbUrl, { max: 4, onnotice: () => {} });
-  const send = overStore(pool);
+  // Up to 12 writes of one row at once on 4 connections: each waits for the row lock of the writes
+  // ahead of it, which on a loaded machine can outlast the store's default 2 s lock timeout (a 503,
+  // not what this property is about); 30 s still ends a wait that never would.
+  const send = overStore(pool, { lockTimeoutMs: 30_000, statementTimeoutMs: 30_000 });
   try {
     await fc.assert(
       fc.asyncProperty(
