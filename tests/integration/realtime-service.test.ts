@@ -399,6 +399,9 @@ Deno.test({
   await long`select pg_current_xact_id()`;
   const client = newClient();
   const calls: string[] = [];
+  let committed = false;
+  let readFailed = false;
+  let channelFailed = false;
   const service = new RealtimeService(client, {
     changesSince: sqlChangesPages(sql, a.id, 2, calls),
     accessToken: a.accessToken,
@@ -406,10 +409,16 @@ Deno.test({
     // What is asserted is the status while the catch-up is held back; a join slower than the grace
     // on a loaded machine would add a "polling" of its own before it (tests/shared/realtime/joinGrace.test.ts).
     joinGraceMs: Infinity,
-    log: () => {},
+    log: (line) => {
+      if (JSON.parse(line).event === "realtime_unavailable") channelFailed = true;
+    },
   });
   const got = new Map<string, string>();
-  const statuses: string[] = [];
+  // Each status with what had happened when it came: how many rows were heard, whether the long
+  // transaction was (being) committed. A failed read ("offline" until the next answered one) and a
+  // channel that failed (a join that timed out, a drop) are what a loaded machine may add; both are
+  // recorded, from the service's own signals (onRead, its log), to tell them from a wrong status.
+  const statuses: { status: string; heard: number; committed: boolean }[] = [];
   let sub: ReturnType<typeof service.subscribeToProgress> | undefined;
   try {
     // Broadcast before the service joins: their broadcasts would bring the rows the held-back
@@ -420,17 +429,38 @@ Deno.test({
       }
     });
     sub = service.subscribeToProgress(a.id, (c) => got.set(c.row.series_id, c.source));
-    sub.onStatus((s) => statuses.push(s));
-    // It reads the first page, finds the cursor stuck, and asks again (three calls at least).
-    await waitFor("the catch-up retried", () => calls.length >= 4);
-    assert.notEqual(sub.status, "live", `not live while behind (calls: ${calls.join(", ")})`);
+    sub.onStatus((status) => statuses.push({ status, heard: got.size, committed }));
+    sub.onRead((outcome) => readFailed ||= outcome === "failed");
+    // It reads the first page, finds the cursor stuck, and asks again (three calls at least), polling.
+    await waitFor(
+      "the catch-up retried, polling",
+      () => calls.length >= 4 && sub!.status === "polling",
+      { timeoutMs: 20_000 },
+    );
     assert.ok(got.size < 5, "the rest was not readable yet");
+    committed = true;
     await long`commit`;
-    await waitFor("every change, and live", () => got.size === 5 && sub!.status === "live");
+    await waitFor("every change, and live", () => got.size === 5 && sub!.status === "live", {
+      timeoutMs: 20_000,
+    });
     assert.deepEqual([...got.keys()].sort(), ["held-0", "held-1", "held-2", "held-3", "held-4"]);
     assert.ok([...got.values()].every((source) => source !== "realtime"), "read, not broadcast");
-    // Joined but behind: polling (the catch-up keeps polling), then live once, when caught up.
-    assert.deepEqual(statuses, ["polling", "live"], "polling while behind, live once caught up");
+    // Joined but behind: polling (the catch-up keeps polling; "offline" only while a read failed),
+    // then live once, when caught up: only after the commit, with every row heard.
+    const seen = JSON.stringify({ statuses, readFailed, channelFailed, calls });
+    const live = statuses.findIndex((s) => s.status === "live");
+    assert.ok(live > 0, `polling before live: ${seen}`);
+    assert.ok(
+      statuses.slice(0, live).every((s) => s.status === "polling" || (s.status === "offline" && readFailed)),
+      `polling (or offline after a failed read) while behind: ${seen}`,
+    );
+    assert.deepEqual(
+      { committed: statuses[live].committed, heard: statuses[live].heard },
+      { committed: true, heard: 5 },
+      `live only once caught up: ${seen}`,
+    );
+    // Live once: another status after it only if the channel failed since (it is live again now).
+    assert.ok(live === statuses.length - 1 || channelFailed, `live once: ${seen}`);
   } finally {
     await long`rollback`.catch(() => {});
     long.release();
