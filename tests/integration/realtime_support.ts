@@ -378,3 +378,25 @@ export function freezableProxy(target: string) {
     },
   };
 }
+
+/**
+ * The statuses a RealtimeService link went through from its first "live" on (deduplicated), read from
+ * its log (`status` events, in order with the rest), once what came before that first "live" is
+ * checked: nothing, or only "polling" after the first join was left unanswered for the join grace
+ * or failed (join_unanswered or realtime_unavailable logged before it). On a loaded machine a first
+ * join can be that slow, and the link then polls meanwhile, as it should; anything else before the
+ * first "live" is wrong, and throws.
+ */
+export function statusesFromFirstLive(logs: readonly Record<string, unknown>[]): string[] {
+  const changes = logs.filter((l) => l.event === "status");
+  const first = changes.findIndex((l) => l.to === "live");
+  const seen = JSON.stringify(changes.map((l) => l.to));
+  if (first < 0) throw new Error(`never live: ${seen}`);
+  const before = changes.slice(0, first).map((l) => l.to);
+  const joinSlow = logs.slice(0, logs.indexOf(changes[first]))
+    .some((l) => l.event === "join_unanswered" || l.event === "realtime_unavailable");
+  if (!before.every((s) => s === "polling") || (before.length > 0 && !joinSlow)) {
+    throw new Error(`before the first live: ${seen} (a slow first join logged: ${joinSlow})`);
+  }
+  return changes.slice(first).map((l) => String(l.to)).filter((s, i, all) => i === 0 || all[i - 1] !== s);
+}
