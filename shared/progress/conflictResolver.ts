@@ -22,6 +22,7 @@
 // that write beats by its own date); `normalize` does the same with a given clock and stored version
 // (one clock for both: the server judges by its wall clock when the row is locked, and records now()).
 
+import { instantMs } from "./instant.ts";
 import type { ConflictKind } from "./types.ts";
 import { PROGRESS_LIMITS } from "./types.ts";
 
@@ -63,10 +64,14 @@ export class ConflictResolver {
     this.futureToleranceMs = options.futureToleranceMs ?? PROGRESS_LIMITS.futureToleranceMs;
   }
 
-  /** updated_at in epoch milliseconds (finer digits are dropped, as the server truncates them). */
+  /**
+   * updated_at in epoch milliseconds, as the server keys it: finer digits are dropped, as the server
+   * truncates them, after digits past the microsecond are rounded, as PostgreSQL reads a date
+   * (instantMs: "…00.1239996Z" is .124).
+   */
   static timeOf(v: Versioned): number {
     const t = v.updated_at;
-    const ms = typeof t === "number" ? t : t instanceof Date ? t.getTime() : Date.parse(t);
+    const ms = typeof t === "number" ? t : t instanceof Date ? t.getTime() : instantMs(t);
     if (!Number.isFinite(ms)) throw new TypeError(`invalid updated_at: ${String(t)}`);
     return Math.floor(ms);
   }

@@ -41,3 +41,34 @@ export function compareInstants(a: string, b: string): number {
   // Same width, same zone: the strings sort as the instants do (years 0000-9999).
   return x < y ? -1 : x > y ? 1 : 0;
 }
+
+/** The fraction of a date-time's seconds, with what comes before and after it. */
+const FRACTION = /^(.*\d{2}:\d{2}:\d{2})\.(\d+)(.*)$/;
+
+/**
+ * updated_at in epoch milliseconds as the database keys it: PostgreSQL reads a timestamptz to the
+ * microsecond, rounding the digits past it (rint of the fraction times 10^6, as a double: half to
+ * even), and the stamp trigger then truncates to the millisecond. Date.parse drops every digit past
+ * the millisecond instead, so a key sent with seven or more digits (.NET's "o" format, Java's
+ * Instant, Go's RFC3339Nano) whose sub-millisecond part rounds up to the next millisecond
+ * ("…00.1239996Z" is stored as .124, "…00.9999995Z" as the next second) would be keyed one
+ * millisecond apart by the API and by a direct Data API write, and compared differently by the
+ * ConflictResolver than by SQL. NaN when Date.parse cannot read the value.
+ */
+export function instantMs(value: string): number {
+  const m = FRACTION.exec(value);
+  if (!m || m[2].length <= 3) return Date.parse(value);
+  const whole = Date.parse(`${m[1]}${m[3]}`);
+  if (Number.isNaN(whole)) return NaN;
+  return whole + Math.floor(microsecondsOf(m[2]) / 1000);
+}
+
+/** A fraction's digits in microseconds, as PostgreSQL's ParseFractionalSecond reads them. */
+function microsecondsOf(digits: string): number {
+  if (digits.length <= 6) return Number(digits.padEnd(6, "0"));
+  // strtod and a double product, as in C; both are exact or correctly rounded in JavaScript too.
+  const x = Number(`0.${digits}`) * 1_000_000;
+  const floor = Math.floor(x);
+  const rest = x - floor; // exact for a double this small
+  return rest > 0.5 ? floor + 1 : rest < 0.5 ? floor : floor % 2 === 0 ? floor : floor + 1;
+}

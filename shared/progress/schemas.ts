@@ -10,7 +10,7 @@
 
 import { z } from "zod";
 import { HttpError } from "../http/errors.ts";
-import { microsecondIso } from "./instant.ts";
+import { instantMs, microsecondIso } from "./instant.ts";
 import type {
   BatchWriteResponse,
   ChangesResponse,
@@ -39,17 +39,19 @@ const FIRST_FOUR_DIGIT_YEAR_MS = Date.parse("0001-01-01T00:00:00.000Z");
 
 /**
  * updated_at in a request: an ISO 8601 date-time with Z or an offset, from 1970 to the end of 9999
- * in UTC. Normalised to the millisecond ISO form (finer digits truncated), which is exactly what the
- * server compares. (Any date more than 5 s ahead is then recorded as now: see migration 012.)
+ * in UTC. Normalised to the millisecond ISO form as the database keys it (digits past the microsecond
+ * rounded, as PostgreSQL reads them, then truncated to the millisecond: instantMs), which is exactly
+ * what the server compares, and what a direct Data API write of the same date is stored as. (Any date
+ * more than 5 s ahead is then recorded as now: see migration 012.)
  */
 export const updatedAtSchema = z.iso
   // abort: a value that is no date-time at all (Feb 30, a leap second) gets this message alone,
   // not also the range messages below.
   .datetime({ offset: true, error: INSTANT_MESSAGE, abort: true })
-  .refine((s) => !Number.isNaN(Date.parse(s)), { error: INSTANT_MESSAGE, abort: true })
-  .refine((s) => Date.parse(s) >= 0, "must not be before 1970-01-01T00:00:00Z")
-  .refine((s) => Date.parse(s) <= LAST_FOUR_DIGIT_YEAR_MS, "must not be after 9999-12-31T23:59:59.999Z")
-  .transform((s) => new Date(Date.parse(s)).toISOString());
+  .refine((s) => !Number.isNaN(instantMs(s)), { error: INSTANT_MESSAGE, abort: true })
+  .refine((s) => instantMs(s) >= 0, "must not be before 1970-01-01T00:00:00Z")
+  .refine((s) => instantMs(s) <= LAST_FOUR_DIGIT_YEAR_MS, "must not be after 9999-12-31T23:59:59.999Z")
+  .transform((s) => new Date(instantMs(s)).toISOString());
 
 /**
  * An integer from min to max (both safe integers). Not z.int(): its own safe-integer range check adds a

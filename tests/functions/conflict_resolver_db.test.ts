@@ -333,6 +333,81 @@ Deno.test("resolver = database on direct Data API upserts: same final row, confl
   }
 });
 
+// Keys sent with digits past the microsecond (.NET's "o" format has seven, Java's Instant and Go's
+// RFC3339Nano up to nine): PostgreSQL reads a timestamptz to the microsecond, rounding the rest, and
+// the stamp trigger truncates that to the millisecond, so "…00.1239996Z" is keyed .124. The API (which
+// normalises with the shared schema) and the resolver must key it the same, or the same write is
+// stored a millisecond apart through the function and the Data API, and a tie SQL decides by device
+// id is "stale" to the resolver.
+Deno.test("keys with digits past the microsecond: the function, a Data API write and the resolver key them as PostgreSQL reads them", async () => {
+  const user = await createTestUser();
+  const sql = adminSql({ max: 1 });
+  const direct = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const dataApiUpsert = (series: string, u: Update) =>
+    direct.begin(async (tx) => {
+      await tx`select set_config('role', 'authenticated', true),
+        set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
+      await tx`
+        insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+        values (${user.id}, ${series}, ${u.chapter}, 0, 0, ${u.device_id}, ${u.updated_at}::text::timestamptz)
+        on conflict (user_id, series_id) do update
+          set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+              device_id = excluded.device_id, updated_at = excluded.updated_at`;
+    }); // ::text: the date as sent (PostgREST hands PostgreSQL the JSON text; a timestamptz parameter
+  //        would go through postgres.js's own Date, which has milliseconds only)
+  const storedKey = async (series: string) => {
+    const [row] = await sql<{ updated_at: string; device_id: string; chapter: number }[]>`
+      select to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as updated_at, device_id, chapter
+        from public.reading_progress where user_id = ${user.id} and series_id = ${series}`;
+    return row;
+  };
+  const resolverKey = (u: Update) => new Date(ConflictResolver.timeOf(u)).toISOString();
+  try {
+    // Each as the database reads it: rounded up into the next millisecond, into the next second, down
+    // (a half to even), and with an offset.
+    const sent: [string, string][] = [
+      ["2026-04-01T08:00:00.1239996Z", "2026-04-01T08:00:00.124Z"],
+      ["2026-04-01T08:00:59.9999995Z", "2026-04-01T08:01:00.000Z"],
+      ["2026-04-01T08:00:00.1239985Z", "2026-04-01T08:00:00.123Z"],
+      ["2026-04-01T10:00:00.456999999+02:00", "2026-04-01T08:00:00.457Z"],
+    ];
+    for (const [updated_at, stored] of sent) {
+      const u: Update = { updated_at, device_id: "nano", chapter: 1 };
+      const viaDataApi = seriesId("nano-direct");
+      const viaFunction = seriesId("nano-fn");
+      await dataApiUpsert(viaDataApi, u);
+      await overHttp(user, viaFunction, u);
+      assert.equal((await storedKey(viaDataApi)).updated_at, stored, `${updated_at} through the Data API`);
+      assert.equal((await storedKey(viaFunction)).updated_at, stored, `${updated_at} through the function`);
+      assert.equal(resolverKey(u), stored, `${updated_at} keyed by the resolver`);
+    }
+
+    // A tie in the millisecond the database reads: the greater device id wins, on both paths, and the
+    // resolver predicts it.
+    const first: Update = { updated_at: "2026-04-01T09:00:00.124Z", device_id: "b", chapter: 1 };
+    const second: Update = { updated_at: "2026-04-01T09:00:00.1239996Z", device_id: "c", chapter: 2 };
+    assert.deepEqual(resolver.classify(second, first), { won: true, conflict: "tie" }, "the resolver: a tie");
+    const direct2 = seriesId("nano-tie-direct");
+    await dataApiUpsert(direct2, first);
+    await dataApiUpsert(direct2, second);
+    assert.deepEqual(
+      await storedKey(direct2),
+      { updated_at: "2026-04-01T09:00:00.124Z", device_id: "c", chapter: 2 },
+      "the Data API: c replaced b in the same millisecond",
+    );
+    const fn2 = seriesId("nano-tie-fn");
+    await overHttp(user, fn2, first);
+    const answer = await overHttp(user, fn2, second);
+    assert.deepEqual(
+      { won: answer.won, conflict: answer.conflict, updated_at: answer.progress.updated_at },
+      { won: true, conflict: "tie", updated_at: "2026-04-01T09:00:00.124Z" },
+      "the function: c replaced b in the same millisecond",
+    );
+  } finally {
+    await Promise.all([direct.end(), sql.end()]);
+  }
+});
+
 Deno.test("resolver = database for writes dated near or beyond the 5 s tolerance: normalize(write, now, stored) is the stored key", async () => {
   const user = await createTestUser();
   const direct = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { compareInstants, microsecondIso } from "../../../shared/progress/instant.ts";
+import { compareInstants, instantMs, microsecondIso } from "../../../shared/progress/instant.ts";
 
 Deno.test("microsecondIso: every form PostgreSQL or a client prints, to one UTC form with six digits", () => {
   const cases: [string | Date, string | null][] = [
@@ -48,4 +48,25 @@ Deno.test("compareInstants: microseconds decide, whatever the form", () => {
     }),
     { numRuns: 2000 },
   );
+});
+
+Deno.test("instantMs: the millisecond PostgreSQL keys a date at (digits past the microsecond rounded, half to even)", () => {
+  // What `date_trunc('milliseconds', <value>::timestamptz)` gives (tests/functions/conflict_resolver_db.test.ts
+  // checks the same against the database).
+  const cases: [string, string | null][] = [
+    ["2026-01-01T00:00:00.123Z", "2026-01-01T00:00:00.123Z"],
+    ["2026-01-01T00:00:00.123999Z", "2026-01-01T00:00:00.123Z"], // microseconds: truncated
+    ["2026-01-01T00:00:00.1239996Z", "2026-01-01T00:00:00.124Z"], // rounds up into the next millisecond
+    ["2026-01-01T00:00:00.1239995Z", "2026-01-01T00:00:00.124Z"], // a half, to the even microsecond
+    ["2026-01-01T00:00:00.1239985Z", "2026-01-01T00:00:00.123Z"], // a half, to the even microsecond
+    ["2026-01-01T00:00:59.9999995Z", "2026-01-01T00:01:00.000Z"], // into the next minute
+    ["2026-01-01T02:00:00.456999999+02:00", "2026-01-01T00:00:00.457Z"],
+    ["1969-12-31T23:59:59.9999999Z", "1970-01-01T00:00:00.000Z"],
+    ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000Z"],
+    ["soon", null],
+  ];
+  for (const [input, expected] of cases) {
+    const ms = instantMs(input);
+    assert.equal(Number.isNaN(ms) ? null : new Date(ms).toISOString(), expected, input);
+  }
 });
