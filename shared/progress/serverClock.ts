@@ -24,6 +24,8 @@
 // monotonic clock (no performance.now(), or a deviceNow given without monotonicNow) nothing of this
 // is noticed.
 
+import { PROGRESS_LIMITS } from "./types.ts";
+
 export interface ClockSample {
   /** X-Server-Time of an answer, epoch ms. */
   serverMs: number;
@@ -176,10 +178,14 @@ export class ServerClock {
   stamp(): number {
     const now = this.now();
     const last = this.#lastStampMs;
-    // At or just after the last stamp (several in one millisecond): the next instant. A last stamp
-    // far ahead was dated before the estimate was corrected (the first stamps of a device an hour
-    // ahead, before its first answer): following it would date every write that far ahead.
-    let stamp = last >= now && last - now < STEP_TOLERANCE_MS ? last + 1 : now;
+    // At or after the last stamp by less than the server's tolerance for clocks ahead (5 s): the next
+    // instant. Such a stamp (several in one millisecond, or one taken before an answer corrected the
+    // estimate back by a few seconds) is stored under its own date, so the page turned after it must be
+    // dated after it: dated before, the server refuses it as older than the device's own write
+    // ('self') and the reader is left a page back. A last stamp further ahead (the first stamps of a
+    // device an hour ahead, before its first answer) is stored at the server's now() when it arrives:
+    // following it would date every write that far ahead.
+    let stamp = last >= now && last - now < PROGRESS_LIMITS.futureToleranceMs ? last + 1 : now;
     while (this.#stamps.has(stamp)) stamp++; // a correction back: not an instant given before
     this.#stamps.add(stamp);
     if (this.#stamps.size > MAX_REMEMBERED_STAMPS) this.#stamps.delete(this.#stamps.values().next().value!);

@@ -806,6 +806,32 @@ Deno.test("after a write the server re-keyed to its now, api.now() dates the dev
   }
 });
 
+Deno.test("a device a few seconds ahead dates the page it turns after the correction after the page it turned before", async () => {
+  // A phone 4 s ahead (within the server's 5 s tolerance, so its writes are stored under their own
+  // dates) stamps a page turn before any answer; an answer (here a changes read) then teaches the clock
+  // the server's time; the reader turns one more page. The two are sent in order. Dated by the
+  // corrected clock alone, the later page would lie about 4 s before the earlier one, be refused as
+  // older than the device's own stored write ('self') and leave the reader a page back.
+  const user = await createTestUser();
+  const AHEAD_MS = 4_000;
+  const clock = new ServerClock({ deviceNow: () => Date.now() + AHEAD_MS });
+  const phone = createProgressApi(clientFor(user.accessToken), { clock });
+  const series = seriesId("few-seconds-ahead");
+  const page1 = phone.now(); // by the device's own clock, 4 s ahead
+  await phone.changesSince(null);
+  assert.ok(clock.offsetMs < -AHEAD_MS / 2, `the answer corrected the clock (offset ${clock.offsetMs})`);
+  const page2 = phone.now();
+  assert.ok(Date.parse(page2) > Date.parse(page1), `page 2 (${page2}) dated after page 1 (${page1})`);
+  const first = await phone.updateProgress(
+    write({ series_id: series, chapter: 1, device_id: "phone", updated_at: page1 }),
+  );
+  assert.deepEqual([first.won, first.progress.updated_at], [true, page1], "page 1 stored under its own date");
+  const second = await phone.updateProgress(
+    write({ series_id: series, chapter: 2, device_id: "phone", updated_at: page2 }),
+  );
+  assert.deepEqual([second.won, second.progress.chapter], [true, 2], "the later page is where the reader is");
+});
+
 Deno.test("a phone whose clock is set right while the app runs keeps winning with its next page", async () => {
   // The phone's clock runs an hour ahead and the client has learnt that from an answer; then NTP sets
   // the clock right. The reader turns a page on the tablet, then one more on the phone: the phone's

@@ -263,7 +263,7 @@ Deno.test("server clock: stamps stay unique across a correction back; measuredOf
   const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
   const first = clock.stamp(); // 3 s ahead, before the first answer
   clock.observe({ serverMs: t.device - 3_000 + 10, sentMs: t.device, receivedMs: t.device + 20 });
-  clock.stamp(); // the next page, by the corrected clock: 3 s before `first`
+  clock.stamp(); // the next page: after `first` (stored under its own date), not 3 s before it
   t.device += 3_000;
   t.monotonic += 3_000; // the corrected clock reads `first` again now
   const again = clock.stamp();
