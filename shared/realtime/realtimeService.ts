@@ -78,6 +78,7 @@ import { type HeartbeatStatus, watchHeartbeats } from "./heartbeatWatch.ts";
 import { retryAfterMsOf } from "../http/retryAfter.ts";
 import {
   checkNumberOption,
+  checkObjectOption,
   MAX_TIMER_MS,
   type NumberRule,
   TIMER_MS,
@@ -172,6 +173,7 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    * anon key on every heartbeat). Change it later with setAccessToken().
    */
   accessToken?: string;
+  /** The join's backoff (DEFAULT_BACKOFF for a field not given); not an object: a TypeError. */
   backoff?: Partial<BackoffOptions>;
   /**
    * Poll interval while Realtime is down (10 s). Polls that fail in a row back off: the n-th waits a
@@ -341,8 +343,13 @@ const MS_OPTION_RANGES: Record<
   requestTimeoutMs: TIMER_MS,
 };
 
-/** Throws for the first millisecond option outside its range (MS_OPTION_RANGES). */
+/**
+ * Throws for a backoff that is not an object (a TypeError, as for the API client's retry: null, an
+ * array or a number would otherwise be taken as no fields given), then for the first millisecond
+ * option outside its range (MS_OPTION_RANGES).
+ */
 function checkMsOptions<Row extends LwwRow>(options: RealtimeServiceOptions<Row>): void {
+  checkObjectOption(options.backoff, "RealtimeService", "backoff");
   const given: Record<keyof typeof MS_OPTION_RANGES, unknown> = {
     "backoff.initialMs": options.backoff?.initialMs,
     "backoff.maxMs": options.backoff?.maxMs,

@@ -162,6 +162,64 @@ for (const [name, accepted] of REALTIME) {
   });
 }
 
+Deno.test({
+  name:
+    "option ranges: RealtimeService backoff (an object, or not given), directly and through subscribeToProgress",
+  ...noSanitize,
+  fn: async () => {
+    const values: [string, unknown][] = [
+      ["undefined", undefined],
+      ["{}", {}],
+      ["a Date", new Date(0)],
+      ["[]", []],
+      ["null", null],
+      ["5", 5],
+      ['"x"', "x"],
+      ["true", true],
+      ["a function", () => {}],
+    ];
+    // As the API client's retry: an array, null and a non-object are refused (each was taken as no
+    // fields given, every backoff default, silently).
+    const accepted = ["undefined", "{}", "a Date"];
+    for (const [label, backoff] of values) {
+      const { client } = fakeClient();
+      let service: RealtimeService | undefined;
+      const direct = await outcomeOf(() =>
+        service = new RealtimeService(client, {
+          changesSince: () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false }),
+          log: () => {},
+          backoff: backoff as RealtimeServiceOptions["backoff"],
+        })
+      );
+      await service?.close();
+      let subscription: { unsubscribe(): Promise<void> } | undefined;
+      const { client: other } = fakeClient();
+      const through = await outcomeOf(() =>
+        subscription = subscribeToProgress(other, USER, () => {}, {
+          log: () => {},
+          accessToken: "T",
+          backoff: backoff as RealtimeServiceOptions["backoff"],
+        })
+      );
+      await subscription?.unsubscribe();
+      for (
+        const [where, outcome] of [["new RealtimeService", direct], ["subscribeToProgress", through]] as const
+      ) {
+        if (accepted.includes(label)) {
+          assert.equal(outcome, "ok", `${where} backoff = ${label}: taken (got ${outcome})`);
+          continue;
+        }
+        assert.ok(outcome instanceof Error, `${where} backoff = ${label}: refused`);
+        assert.equal(outcome.constructor, WRONG_TYPE, `${where} backoff = ${label}: (got ${outcome})`);
+        assert.equal(
+          outcome.message,
+          `RealtimeService option backoff must be an object (got ${shown(backoff)})`,
+        );
+      }
+    }
+  },
+});
+
 // ------------------------------------------------------------------------------------ the API client
 
 const API: [string, readonly string[]][] = [
