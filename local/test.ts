@@ -158,6 +158,7 @@ async function main(): Promise<number> {
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
         ["a new life strictly after the deleted one", "_new_life_created_at_tie.sql"],
+        ["TRUNCATE as a DELETE for devices", "_truncate_reading_progress_as_delete.sql"],
       ]
     ) {
       const migrations = await Promise.all(
