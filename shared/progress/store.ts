@@ -108,11 +108,17 @@ export function createPostgresProgressStore(
     for (let attempt = 1;; attempt++) {
       try {
         return await sql.begin(mode, async (tx) => {
+          // TimeZone UTC: dates come back as to_jsonb text in the session's TimeZone, and a project's
+          // database or role may set a zone whose offset has seconds (Africa/Monrovia before 1972
+          // prints -00:44:30), which Date and microsecondIso cannot read (an accepted write answered
+          // 500). Set here with the rest, not as a startup parameter: behind a transaction-mode pooler
+          // (Supavisor, PgBouncer) the server connection is another client's between transactions.
           await tx`
             select set_config('role', 'authenticated', true),
                    set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
                    set_config('statement_timeout', ${timeout}, true),
-                   set_config('lock_timeout', ${lockTimeout}, true)`;
+                   set_config('lock_timeout', ${lockTimeout}, true),
+                   set_config('TimeZone', 'UTC', true)`;
           return await fn(tx);
         }) as T;
       } catch (error) {
