@@ -256,6 +256,8 @@ export async function createRealtimeEndpoint(
     // Realtime's endpoint parses the body before its router and pipelines run (lib/realtime_web/
     // endpoint.ex): a body that does not parse is Phoenix's 400 whatever the route or token.
     const body = await readBodyParams(req);
+    // Plug.Parsers' length: a longer body is 413 whatever the route or token, and is not read past it.
+    if ("tooLarge" in body) return phoenixError(req, 413, "Request Entity Too Large");
     if ("parseError" in body) {
       log({ event: "rest_body_parse_error", error: body.parseError });
       return phoenixError(req, 400, "Bad Request");

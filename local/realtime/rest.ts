@@ -4,10 +4,55 @@
 // the single route's content-type check. Each function names the source it follows (supabase/realtime
 // unless another repository is named); README.md in this folder says what is and is not emulated.
 
-/** Body params as Plug.Parsers leaves them (`conn.body_params`), or a body it refused to parse. */
+/**
+ * Body params as Plug.Parsers leaves them (`conn.body_params`), a body it refused to parse, or one
+ * longer than it reads (`tooLarge`).
+ */
 export type BodyParams =
   | { params: Record<string, unknown>; binary?: Uint8Array }
-  | { parseError: string };
+  | { parseError: string }
+  | { tooLarge: true };
+
+/**
+ * Plug.Parsers' `:length`, which Realtime's endpoint leaves at its default (elixir-plug/plug
+ * lib/plug/parsers.ex, 8_000_000 bytes), for the JSON parser and RealtimeWeb's octet-stream parser
+ * alike: a longer body raises Plug.Parsers.RequestTooLargeError (plug_status 413).
+ */
+export const PLUG_PARSERS_LENGTH = 8_000_000;
+
+/**
+ * The body's bytes, or null when there are more than `limit` (a Content-Length over it is refused
+ * without reading; a body without one is read only up to the limit, then its stream is cancelled),
+ * so a request cannot make the stand-in hold more than that in memory.
+ */
+async function readUpTo(req: Request, limit: number): Promise<Uint8Array | null> {
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  if (declared > limit) {
+    await req.body?.cancel().catch(() => {});
+    return null;
+  }
+  if (req.body === null) return new Uint8Array(0);
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    length += value.length;
+    if (length > limit) {
+      await reader.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(length);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return bytes;
+}
 
 /**
  * `Plug.Conn.Utils.content_type/1`: `type/subtype` (lowercased) with optional `; params`, or null
@@ -30,20 +75,30 @@ export function parseContentType(header: string | null): { type: string; subtype
  *   JSON.parse would take: all three are refused here too.
  * - application/octet-stream (lib/realtime_web/plugs/parsers/octet_stream.ex): `%{"_binary" => body}`.
  * - no or malformed Content-Type, or any other type: passed through (`pass: ["*\/*"]`), params `%{}`.
+ * - a JSON or octet-stream body over PLUG_PARSERS_LENGTH: Plug.Parsers.RequestTooLargeError (413,
+ *   rendered by phoenixError), before the route or token is looked at, as the 400.
  * Not emulated: the urlencoded and multipart parsers (Plug would turn such a body into params; here
- * it is passed through as `%{}`), query parameters merged into params, the 8 MB limit (413).
+ * it is passed through as `%{}`), query parameters merged into params, Plug's 15 s read timeout.
  */
 export async function readBodyParams(req: Request): Promise<BodyParams> {
   const ct = parseContentType(req.headers.get("content-type"));
   if (ct?.type === "application" && (ct.subtype === "json" || ct.subtype.endsWith("+json"))) {
-    const bytes = new Uint8Array(await req.arrayBuffer());
+    const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH);
+    if (bytes === null) return { tooLarge: true };
     if (bytes.length === 0) return { params: {} };
     let value: unknown;
     try {
       const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
-      value = JSON.parse(text, (key, v) => {
+      value = JSON.parse(text, (key, v, context?: { source?: string }) => {
         if (!key.isWellFormed() || (typeof v === "string" && !v.isWellFormed())) {
           throw new SyntaxError("lone surrogate escape");
+        }
+        // Jason reads a number with a fraction or exponent as a float (:erlang.binary_to_float,
+        // try_parse_float) and refuses one no double holds, such as 1e400, where JSON.parse gives
+        // Infinity. An integer that large is exact for Jason (kept as it is here, Infinity: not
+        // emulated).
+        if (typeof v === "number" && !Number.isFinite(v) && /[.eE]/.test(context?.source ?? "")) {
+          throw new SyntaxError(`number out of range: ${context?.source}`);
         }
         return v;
       });
@@ -55,7 +110,8 @@ export async function readBodyParams(req: Request): Promise<BodyParams> {
       : { params: { _json: value } };
   }
   if (ct?.type === "application" && ct.subtype === "octet-stream") {
-    return { params: {}, binary: new Uint8Array(await req.arrayBuffer()) };
+    const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH);
+    return bytes === null ? { tooLarge: true } : { params: {}, binary: bytes };
   }
   await req.body?.cancel();
   return { params: {} };

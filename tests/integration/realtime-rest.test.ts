@@ -139,12 +139,15 @@ Deno.test({
     const json = { "Content-Type": "application/json" };
     const good = { ...json, Authorization: `Bearer ${a.accessToken}` };
     const bad = { ...json, Authorization: "Bearer x" };
-    // Jason refuses what JSON.parse would take too: a BOM, invalid UTF-8, a lone surrogate escape.
+    // Jason refuses what JSON.parse would take too: a BOM, invalid UTF-8, a lone surrogate escape, and a
+    // number with a fraction or exponent that no double holds (JSON.parse: Infinity).
     const bodies: [string, BodyInit][] = [
       ["truncated", '{"messages":['],
       ["a BOM", "\ufeff{}"],
       ["invalid UTF-8", new Uint8Array([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xff, 0x22, 0x7d])],
       ["a lone surrogate escape", '{"a":"\\ud800"}'],
+      ["a float beyond a double", '{"a":1e400}'],
+      ["a negative one", '{"messages":[{"payload":{"n":-1.5E+999}}]}'],
     ];
     for (const path of ["", `/rest-parse-${crypto.randomUUID()}/events/e`]) {
       for (const [what, body] of bodies) {
@@ -156,6 +159,9 @@ Deno.test({
           assert.match(res.type ?? "", /^text\/html/);
         }
       }
+      // An integer is exact for Jason however long: not refused.
+      const bigInteger = await post(path, `{"n":1${"0".repeat(400)}}`, good);
+      assert.notEqual(bigInteger.status, 400, `${path || "batch"} a long integer: ${bigInteger.text}`);
       const asJson = await post(path, "{", { ...good, Accept: "application/json" });
       assert.equal(asJson.status, 400);
       assert.match(asJson.type ?? "", /^application\/json/);
@@ -236,6 +242,61 @@ Deno.test({
       for (const [event, , , payload] of cases) {
         assert.deepEqual(listener.received.find((m) => m.event === event)!.payload, payload, event);
       }
+    } finally {
+      await closeClient(listener.client);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "realtime REST: a JSON or octet-stream body over Plug's 8,000,000 bytes is 413, before the token is read",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const tokens = [`Bearer ${a.accessToken}`, "Bearer x"];
+    // Plug.Parsers reads at most its :length (8_000_000 bytes) of a body it parses, JSON or RealtimeWeb's
+    // octet-stream, and raises RequestTooLargeError (413) past it, rendered as the 400 is.
+    const big = new Uint8Array(9_000_000).fill(0x20);
+    big[0] = 0x7b; // "{", spaces, "}": valid JSON, only too long
+    big[big.length - 1] = 0x7d;
+    for (const path of ["", `/rest-big-${crypto.randomUUID()}/events/e`]) {
+      for (const type of ["application/json", "application/octet-stream"]) {
+        for (const token of tokens) {
+          const res = await post(path, big, { Authorization: token, "Content-Type": type });
+          const what = `${path || "batch"} ${type} ${token.slice(0, 9)}`;
+          assert.equal(res.status, 413, `${what}: ${res.status} ${res.text.slice(0, 200)}`);
+          assert.equal(res.text, "Request Entity Too Large", what);
+          assert.match(res.type ?? "", /^text\/html/, what);
+        }
+      }
+      // Without a Content-Length (a streamed body), the read stops past the limit all the same.
+      const streamed = await fetch(`${testEnv().url}/realtime/v1/api/broadcast${path}`, {
+        method: "POST",
+        headers: { apikey: testEnv().anonKey, Authorization: "Bearer x", "Content-Type": "application/json" },
+        body: ReadableStream.from((function* () {
+          for (let i = 0; i < 9; i++) yield new Uint8Array(1_000_000).fill(0x20);
+        })()),
+        duplex: "half",
+      } as RequestInit);
+      assert.equal(streamed.status, 413, `${path || "batch"} streamed: ${streamed.status}`);
+      assert.equal(await streamed.text(), "Request Entity Too Large");
+    }
+    // Under the limit the body is read as before: 7 MB of JSON (an object padded with spaces).
+    const topic = `rest-7mb-${crypto.randomUUID()}`;
+    const listener = await listen(topic);
+    try {
+      const padded = new Uint8Array(7_000_000).fill(0x20);
+      padded.set(encoder.encode('{"n":7}'), 0);
+      const res = await post(`/${topic}/events/seven`, padded, {
+        Authorization: tokens[0],
+        "Content-Type": "application/json",
+      });
+      assert.equal(res.status, 202, res.text);
+      await waitFor("the broadcast", () => listener.received.some((m) => m.event === "seven"), {
+        timeoutMs: 20_000,
+      });
+      assert.deepEqual(listener.received.find((m) => m.event === "seven")!.payload, { n: 7 });
     } finally {
       await closeClient(listener.client);
     }
