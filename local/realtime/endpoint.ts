@@ -333,7 +333,14 @@ export async function createRealtimeEndpoint(
     if (elixirBlank(topic)) blank.topic = ["can't be blank"];
     if (elixirBlank(event)) blank.event = ["can't be blank"];
     if (Object.keys(blank).length > 0) return json(422, { errors: blank });
-    const isPrivate = url.searchParams.get("private") === "true";
+    // BroadcastSingleController's parse_private(params["private"]): Phoenix's params are the query
+    // params (Plug.Conn.Query: a repeated key's last value) with the body params merged over them
+    // (Plug.Parsers), so a JSON body's "private" decides, then the query's last "private"; "true" or
+    // true is private, anything else public.
+    const privateParam = Object.hasOwn(body.params, "private")
+      ? body.params.private
+      : url.searchParams.getAll("private").at(-1);
+    const isPrivate = privateParam === "true" || privateParam === true;
     // BroadcastSingleController: the octet-stream body as bytes, otherwise the body params (a JSON
     // object, `{"_json": value}` for another JSON value, `{}` without a JSON body).
     const payload: unknown = body.binary ?? body.params;

@@ -302,3 +302,40 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "realtime REST single: private is Phoenix's params[\"private\"], the JSON body's over the query's last, and is checked",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const c = await createTestUser();
+    // No one may send on a private progress topic (no INSERT policy on realtime.messages): a send that
+    // Supabase takes as private is 403 Unauthorized, one it takes as public is 202.
+    const topic = encodeURIComponent(`progress:${a.id}`);
+    const headers = { Authorization: `Bearer ${c.accessToken}`, "Content-Type": "application/json" };
+    for (
+      const [query, body, status] of [
+        ["", { private: true, forged: 1 }, 403], // the body's "private" (Plug.Parsers merges it over the query)
+        ["", { private: "true" }, 403],
+        ["?private=false", { private: true }, 403],
+        ["?private=false&private=true", {}, 403], // Plug.Conn.Query: the last value wins
+        ["?private=true&private=false", {}, 202],
+        ["?private=true", { private: false }, 202], // the body's false over the query's true
+        ["?private=true", { private: "yes" }, 202], // parse_private: only "true" or true
+        ["?private=true", { forged: 2 }, 403],
+      ] as [string, Record<string, unknown>, number][]
+    ) {
+      const res = await post(`/${topic}/events/UPDATE${query}`, JSON.stringify(body), headers);
+      const what = `${query || "no query"} ${JSON.stringify(body)}`;
+      assert.equal(res.status, status, `${what}: ${res.status} ${res.text}`);
+      if (status === 403) assert.deepEqual(JSON.parse(res.text), { message: "Unauthorized" }, what);
+    }
+    // An octet-stream body has no params of its own (only "_binary"): the query decides.
+    const bytes = await post(`/${topic}/events/UPDATE?private=true`, new Uint8Array([1, 2]), {
+      ...headers,
+      "Content-Type": "application/octet-stream",
+    });
+    assert.equal(bytes.status, 403, bytes.text);
+  },
+});
