@@ -21,13 +21,21 @@ export type BodyParams =
 export const PLUG_PARSERS_LENGTH = 8_000_000;
 
 /**
- * The body's bytes, or null when there are more than `limit` (a Content-Length over it is refused
- * without reading; a body without one is read only up to the limit, then its stream is cancelled),
- * so a request cannot make the stand-in hold more than that in memory.
+ * How much of a too-large body is still read (and dropped) before the answer: a client that sent it
+ * whole then reads the 413, where a socket closed on unread bytes would reset the connection under it.
+ * Past this the stream is cancelled, so no request holds the stand-in for long.
+ */
+const DRAIN_LIMIT = 4 * PLUG_PARSERS_LENGTH;
+
+/**
+ * The body's bytes, or null when there are more than `limit`; nothing past the limit is kept in
+ * memory. A too-large body (by its Content-Length, or once past the limit) is read on and dropped up
+ * to DRAIN_LIMIT bytes in all, then its stream is cancelled; one whose Content-Length is over
+ * DRAIN_LIMIT is not read at all.
  */
 async function readUpTo(req: Request, limit: number): Promise<Uint8Array | null> {
   const declared = Number(req.headers.get("content-length") ?? NaN);
-  if (declared > limit) {
+  if (declared > DRAIN_LIMIT) {
     await req.body?.cancel().catch(() => {});
     return null;
   }
@@ -35,16 +43,20 @@ async function readUpTo(req: Request, limit: number): Promise<Uint8Array | null>
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
   let length = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    length += value.length;
-    if (length > limit) {
-      await reader.cancel().catch(() => {});
-      return null;
+  let tooLarge = declared > limit;
+  try {
+    for (;;) {
+      if (length > DRAIN_LIMIT) break;
+      const { done, value } = await reader.read();
+      if (done) break;
+      length += value.length;
+      if (length > limit) tooLarge = true;
+      if (!tooLarge) chunks.push(value);
     }
-    chunks.push(value);
+  } finally {
+    await reader.cancel().catch(() => {});
   }
+  if (tooLarge) return null;
   const bytes = new Uint8Array(length);
   let offset = 0;
   for (const chunk of chunks) {
