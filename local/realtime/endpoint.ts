@@ -28,7 +28,6 @@ import {
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
   privateOnly?: boolean;
-  /** Frame for database broadcasts to vsn 2.0.0 clients: binary "user broadcast" (default) or JSON. */
   /** How database broadcasts are framed for vsn 2.0.0 (HubOptions.frameForm; default JSON text). */
   frameForm?: "binary" | "json";
   /** Connections used for policy checks (the WAL replication connection is separate). */
