@@ -4,7 +4,12 @@
 
 import assert from "node:assert/strict";
 import { mintUserAccessToken } from "../../local/stack/keys.ts";
-import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
+import {
+  DEFAULT_JOIN_GRACE_MS,
+  type ProgressChange,
+  RealtimeService,
+} from "../../shared/realtime/realtimeService.ts";
+import { fireWhenSet, watchTimers } from "../shared/realtime/watchTimers.ts";
 import { adminSql, createTestUser } from "../support/env.ts";
 import {
   asUser,
@@ -15,7 +20,6 @@ import {
   joinChannel,
   newClient,
   noSanitize,
-  sleep,
   sqlChangesSince,
   waitFor,
   writeProgress,
@@ -321,16 +325,25 @@ Deno.test({
 }, async () => {
   // Supabase answers a refused join after CHANNEL_ERROR_BACKOFF_MS (5 s), which this test keeps.
   // The link reads by polling once the join has gone unanswered for joinGraceMs (2 s by default),
-  // instead of reading nothing until the refusal.
+  // instead of reading nothing until the refusal. The grace's timer is ended by hand as soon as it
+  // is set (watchTimers), so the read is made long before the refusal can come, whatever the
+  // machine's pace; what the link does is then read in order of events and from its timers.
+  const timers = watchTimers();
   const sql = adminSql();
   const a = await createTestUser();
   const c = await createTestUser();
   const client = newClient();
   // What happened, in order: reads, statuses and log lines (the refusal's), each with its place.
   let seq = 0;
-  const logs: { at: number; seq: number; entry: Record<string, unknown> }[] = [];
+  const logs: { seq: number; entry: Record<string, unknown> }[] = [];
   const calls: number[] = [];
   const changesSince = sqlChangesSince(sql, c.id);
+  const isRefusal = (entry: Record<string, unknown>) =>
+    entry.event === "realtime_unavailable" && String(entry.reason).includes("Unauthorized");
+  // The link as the refusal left it: taken in the next turn of the event loop, after the refusal's
+  // handling has ended and the promises it started have run (a read made at once has called
+  // changesSince by then), and before any timer it set can run (they were set after this one).
+  let atRefusal: { calls: number; pollTimers: number } | undefined;
   const service = new RealtimeService(client, {
     changesSince: (cursor) => {
       calls.push(seq++);
@@ -338,28 +351,45 @@ Deno.test({
     },
     accessToken: c.accessToken,
     pollIntervalMs: 60_000,
-    log: (l) => logs.push({ at: Date.now(), seq: seq++, entry: JSON.parse(l) }),
+    log: (l) => {
+      const entry = JSON.parse(l);
+      logs.push({ seq: seq++, entry });
+      if (isRefusal(entry) && atRefusal === undefined) {
+        setTimeout(() => {
+          atRefusal = {
+            calls: calls.length,
+            pollTimers: timers.pending().filter((ms) => ms === 60_000).length,
+          };
+        }, 0);
+      }
+    },
   });
-  const started = Date.now();
   const statuses: { seq: number; status: string }[] = [];
+  const reads: string[] = [];
   const sub = service.subscribeToProgress(a.id, () => {}); // C's token, A's topic: refused
   sub.onStatus((status) => statuses.push({ seq: seq++, status }));
+  sub.onRead((outcome) => reads.push(outcome));
   try {
-    const refusal = () =>
-      logs.find((l) =>
-        l.entry.event === "realtime_unavailable" && String(l.entry.reason).includes("Unauthorized")
-      );
-    await waitFor("the refusal", () => refusal() !== undefined, { timeoutMs: 15_000 });
-    const refusedAt = refusal()!.at;
-    assert.ok(refusedAt - started >= 4_900, `refused after ${refusedAt - started} ms`);
-    // Before the refusal by order, not within a time limit (the grace is 2 s, the refusal's wait 5 s).
+    const refusal = () => logs.find((l) => isRefusal(l.entry));
+    await fireWhenSet(timers, "the join grace", DEFAULT_JOIN_GRACE_MS);
+    assert.equal(refusal(), undefined, "the grace ended before the refusal");
+    const unanswered = logs.find((l) => l.entry.event === "join_unanswered");
+    assert.ok(unanswered, "the grace ended with the join unanswered");
+    await waitFor("the grace's read", () => reads.length === 1, { timeoutMs: 20_000 });
+    await waitFor("the refusal", () => refusal() !== undefined && atRefusal !== undefined, {
+      timeoutMs: 20_000,
+    });
+    // Before the refusal by order (the grace's end, its read, polling), not by a time.
+    assert.ok(unanswered.seq < refusal()!.seq);
     assert.ok(calls.length >= 1 && calls[0] < refusal()!.seq, "a read before the refusal");
     const polling = statuses.find((s) => s.status === "polling");
     assert.ok(polling && polling.seq < refusal()!.seq, `statuses ${JSON.stringify(statuses)}`);
-    // The refusal found the link polling: it keeps the polls' own pace (no second read at once).
-    await sleep(300);
-    assert.equal(calls.length, 1);
+    // The refusal found the link polling: it keeps the polls' own pace, no second read at once. The
+    // next read is still the one a poll interval after the first (its timer pending, no other).
+    assert.deepEqual(atRefusal, { calls: 1, pollTimers: 1 }, JSON.stringify(timers.pending()));
+    assert.deepEqual(reads, ["done"]);
   } finally {
+    timers.restore();
     await sub.unsubscribe();
     await service.close();
     await client.realtime.disconnect();
