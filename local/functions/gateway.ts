@@ -12,7 +12,9 @@
 //   OPTIONS needs `Authorization: Bearer <JWT>` valid for the project: HS256 with the JWT secret, or
 //   ES256/RS256 with the JWKS in SUPABASE_JWKS. Otherwise 401 with Supabase's body,
 //   {"msg":"Invalid JWT"} or {"msg":"Error: Missing authorization header"}. Any role passes (the anon
-//   key too); what a role may do is the function's business.
+//   key too); what a role may do is the function's business. The `apikey` is not read: no Kong in front
+//   of functions has key-auth (supabase/cli internal/start/templates/kong.yml has none on any route;
+//   supabase/supabase docker/volumes/api/kong.yml none on functions-v1).
 // * Path: the function sees the request URL with /functions/v1 removed, i.e. /<name>/<rest>?<query>,
 //   as on Supabase (where routers use basePath("/<name>")). Method, headers and body pass unchanged
 //   (but for what fetch's Request does to a method: "get" becomes GET, TRACE and TRACK are answered 405).

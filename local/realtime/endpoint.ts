@@ -202,14 +202,33 @@ export async function createRealtimeEndpoint(
     return response;
   }
 
-  /** Bearer token (or apikey) of a REST broadcast request, verified. */
+  /**
+   * The token of a REST broadcast request, verified, as RealtimeWeb.AuthTenant (lib/realtime_web/plugs/
+   * auth_tenant.ex) takes it: the `Authorization` header's token when its scheme is `bearer` (any case),
+   * else the `apikey` header (not an `apikey` query parameter); a request with neither, or whose token
+   * fails, is 401 `{"message":"Unauthorized"}` whatever the reason. No gateway checks the apikey first:
+   * `supabase start`'s Kong has no key-auth on any route (supabase/cli internal/start/templates/kong.yml;
+   * its KONG_PLUGINS are request-transformer and cors), so with a Bearer token the apikey is not read.
+   */
   async function restClaims(req: Request): Promise<{ claims: JwtClaims } | { error: Response }> {
-    const apikey = req.headers.get("apikey") ?? new URL(req.url).searchParams.get("apikey");
-    if (!apikey) return { error: json(401, { message: "No apikey provided" }) };
-    const bearer = req.headers.get("authorization")?.replace(/^Bearer\s+/i, "") || apikey;
-    const verified = await verifier.verify(bearer);
+    const authorization = req.headers.get("authorization");
+    let token: string | null = null;
+    if (authorization) {
+      // AuthTenant: `[bearer, token] = String.split(value, " ")`. A value that is not two words makes
+      // that match fail (a crash, so no token); here it is the same 401 (bad input is a 4xx here).
+      const parts = authorization.split(" ");
+      if (parts.length === 2 && parts[0].toLowerCase() === "bearer") token = parts[1];
+      else if (parts.length !== 2) return { error: json(401, { message: "Unauthorized" }) };
+    }
+    token ??= req.headers.get("apikey");
+    if (token === null) {
+      log({ event: "rest_unauthorized", reason: "no token" });
+      return { error: json(401, { message: "Unauthorized" }) };
+    }
+    const verified = await verifier.verify(token);
     if (!verified.ok) {
-      return { error: json(401, { message: `${verified.failure.code}: ${verified.failure.message}` }) };
+      log({ event: "rest_unauthorized", reason: `${verified.failure.code}: ${verified.failure.message}` });
+      return { error: json(401, { message: "Unauthorized" }) };
     }
     return { claims: verified.claims };
   }
@@ -248,10 +267,6 @@ export async function createRealtimeEndpoint(
 
   async function restBroadcast(req: Request, url: URL): Promise<Response> {
     if (req.method !== "POST") return json(405, { message: "POST only" });
-    // The gateway's key check comes before Realtime sees the request (see restClaims).
-    if (!(req.headers.get("apikey") ?? url.searchParams.get("apikey"))) {
-      return json(401, { message: "No apikey provided" });
-    }
     // Realtime's endpoint parses the body before its router and pipelines run (lib/realtime_web/
     // endpoint.ex): a body that does not parse is Phoenix's 400 whatever the route or token.
     const body = await readBodyParams(req);
