@@ -570,12 +570,14 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
 const CHANGES_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.changesMax, whole: true };
 
 /**
- * Throws for an option of subscribeToProgress's own out of range: api.timeoutMs and
- * api.retry as for the plain calls (checkApiOptions), and changesLimit, a whole number from 1 to the
+ * Throws for an option of subscribeToProgress's own out of range: api itself (a TypeError unless an
+ * object, not null or an array), api.timeoutMs and api.retry as for the plain calls (checkApiOptions),
+ * and changesLimit, a whole number from 1 to the
  * API's largest changes page (PROGRESS_LIMITS.changesMax, which the function answers 422 above).
  * The service's options are its constructor's to check.
  */
 function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
+  checkObjectOption(options.api, "subscribeToProgress", "api");
   checkApiOptions(options.api ?? {}, "subscribeToProgress", "api.");
   checkNumberOption(options.changesLimit, CHANGES_LIMIT, "subscribeToProgress", "changesLimit");
 }

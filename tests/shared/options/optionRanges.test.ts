@@ -9,7 +9,12 @@
 
 import assert from "node:assert/strict";
 import { readBodyLimited } from "../../../shared/http/body.ts";
-import { createProgressApi, getProgress, subscribeToProgress } from "../../../shared/progress/api.ts";
+import {
+  createProgressApi,
+  getProgress,
+  subscribeToProgress,
+  type SubscribeToProgressOptions,
+} from "../../../shared/progress/api.ts";
 import { createProgressHandlerFromEnv } from "../../../shared/progress/server.ts";
 import { RealtimeService, type RealtimeServiceOptions } from "../../../shared/realtime/realtimeService.ts";
 import { fakeClient } from "../realtime/fakeRealtimeClient.ts";
@@ -305,6 +310,46 @@ Deno.test({
         const path = where === "subscribeToProgress" ? "api.retry" : "retry";
         assert.equal(outcome.message, `${where} option ${path} must be an object (got ${shown(retry)})`);
       }
+    }
+  },
+});
+
+Deno.test({
+  name: "option ranges: subscribeToProgress api (an object, or not given)",
+  ...noSanitize,
+  fn: async () => {
+    const values: [string, unknown][] = [
+      ["undefined", undefined],
+      ["{}", {}],
+      ["a Date", new Date(0)],
+      ["[]", []],
+      ["null", null],
+      ["5", 5],
+      ['"x"', "x"],
+      ["true", true],
+      ["a function", () => {}],
+    ];
+    // As retry and backoff: an array, null and a non-object are refused (each was taken as no api
+    // options given, every default, silently).
+    const accepted = ["undefined", "{}", "a Date"];
+    for (const [label, api] of values) {
+      const { client } = fakeClient();
+      let subscription: { unsubscribe(): Promise<void> } | undefined;
+      const outcome = await outcomeOf(() =>
+        subscription = subscribeToProgress(client, USER, () => {}, {
+          log: () => {},
+          accessToken: "T",
+          api: api as SubscribeToProgressOptions["api"],
+        })
+      );
+      await subscription?.unsubscribe();
+      if (accepted.includes(label)) {
+        assert.equal(outcome, "ok", `subscribeToProgress api = ${label}: taken (got ${outcome})`);
+        continue;
+      }
+      assert.ok(outcome instanceof Error, `subscribeToProgress api = ${label}: refused`);
+      assert.equal(outcome.constructor, WRONG_TYPE, `subscribeToProgress api = ${label}: (got ${outcome})`);
+      assert.equal(outcome.message, `subscribeToProgress option api must be an object (got ${shown(api)})`);
     }
   },
 });
