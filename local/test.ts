@@ -82,7 +82,8 @@ async function schemaFingerprint(dbUrl: string): Promise<string> {
        union all select 'trigger ' || tgname || ' ' || pg_get_triggerdef(oid) from pg_trigger
          where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
        union all select 'index ' || indexdef from pg_indexes where schemaname = 'public'
-       union all select 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc)
+       union all select 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc) || ' ' ||
+              coalesce(p.proconfig::text, '-')
          from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('public', 'private')
      ) s`,
   ]);
@@ -150,15 +151,23 @@ async function main(): Promise<number> {
     // topics, the receive policy on progress: topics only, the new life's strict check) must survive a
     // second run and leave the same schema behind. 012 re-run alone puts its own receive policy back
     // (the one the fifth replaces), so the fifth runs after it in the same step; 013 likewise puts its
-    // own new-life check back (the one the sixth replaces).
+    // own new-life check back (the one the sixth replaces). Both also recreate a trigger function
+    // without the TimeZone UTC the dates-printed-in-UTC migration gives it, which therefore runs after
+    // them too.
     for (
       const [label, ...suffixes] of [
-        ["012", "_realtime_setup.sql", "_realtime_receive_policy_progress_topics_only.sql"],
-        ["013", "_progress_writes.sql", "_new_life_created_at_tie.sql"],
+        [
+          "012",
+          "_realtime_setup.sql",
+          "_realtime_receive_policy_progress_topics_only.sql",
+          "_progress_dates_printed_in_utc.sql",
+        ],
+        ["013", "_progress_writes.sql", "_new_life_created_at_tie.sql", "_progress_dates_printed_in_utc.sql"],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
         ["a new life strictly after the deleted one", "_new_life_created_at_tie.sql"],
         ["TRUNCATE as a DELETE for devices", "_truncate_reading_progress_as_delete.sql"],
+        ["dates printed in UTC", "_progress_dates_printed_in_utc.sql"],
       ]
     ) {
       const migrations = await Promise.all(
