@@ -756,8 +756,9 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     // pushed on it (a join timeout's timer may fire a little early): half a timeout's slack.
     const seenAt = openingSeenAt.get(stuck);
     const openingMs = seenAt === undefined ? 0 : monotonicNow() - seenAt;
-    if (openingMs < this.#allowedOpeningMs(socket) - this.#joinTimeoutMs / 2) return;
-    this.#replaceOpeningSocket(socket, stuck, openingMs);
+    const allowedMs = this.#allowedOpeningMs(socket);
+    if (openingMs < allowedMs - this.#joinTimeoutMs / 2) return;
+    this.#replaceOpeningSocket(socket, stuck, openingMs, allowedMs);
   }
 
   get #joinTimeoutMs(): number {
@@ -787,9 +788,17 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * current when it fires, and would cut one a join had opened meanwhile. Sockets given up are at
    * least a join timeout apart, twice as long each time. The one opened is watched (#watchReplacement).
    */
-  #replaceOpeningSocket(socket: PhoenixSocket, stuck: PhoenixConn, openingMs: number): void {
+  #replaceOpeningSocket(
+    socket: PhoenixSocket,
+    stuck: PhoenixConn,
+    openingMs: number,
+    allowedMs: number,
+  ): void {
     giveUpsInARow.set(socket, (giveUpsInARow.get(socket) ?? 0) + 1);
-    this.logEvent("warn", "socket_never_opened", { opening_ms: Math.round(openingMs) });
+    this.logEvent("warn", "socket_never_opened", {
+      opening_ms: Math.round(openingMs),
+      allowed_ms: Math.round(allowedMs),
+    });
     socket.conn = null;
     const ignore = () => {};
     stuck.onopen = ignore;
@@ -836,13 +845,15 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #watchReplacement(socket: PhoenixSocket, replacement: PhoenixConn): void {
     openingSeenAt.set(replacement, monotonicNow());
     this.timers.clear(this.#replacementWatch);
+    const allowedMs = this.#allowedOpeningMs(socket);
     this.#replacementWatch = this.timers.set(() => {
       this.#replacementWatch = undefined;
       if (this.#closed || socket.conn !== replacement) return;
       if (replacement.readyState === WS_OPEN) giveUpsInARow.delete(socket);
       if (replacement.readyState !== WS_CONNECTING) return;
-      this.#replaceOpeningSocket(socket, replacement, monotonicNow() - openingSeenAt.get(replacement)!);
-    }, this.#allowedOpeningMs(socket));
+      const openingMs = monotonicNow() - openingSeenAt.get(replacement)!;
+      this.#replaceOpeningSocket(socket, replacement, openingMs, allowedMs);
+    }, allowedMs);
   }
 
   /** A join was pushed: notes when the socket it waits for was first seen opening (see giveUpOpeningSocket). */

@@ -286,8 +286,12 @@ Deno.test({
     });
     await waitFor("the new life", () => ofSeries().length === 3);
     assert.deepEqual([ofSeries()[2].kind, ofSeries()[2].row.chapter], ["upsert", 12]);
-    await sleep(300); // more polls: the deletion is not delivered again, nor the old life
-    assert.equal(ofSeries().length, 3);
+    // Polls after it must not deliver the deletion again, nor the old life: a marker row written now
+    // comes in a later poll than the new life, and a poll that read any of them again would have
+    // delivered it by then (each poll's changes are handed over, in order, before the next poll).
+    await writeProgress(sql, a.id, { series_id: "marker", chapter: 1, device_id: "phone" });
+    await waitFor("the marker", () => changes.some((c) => c.row.series_id === "marker"));
+    assert.equal(ofSeries().length, 3, JSON.stringify(ofSeries()));
   } finally {
     await subscription.unsubscribe();
     await service.close();
@@ -900,15 +904,15 @@ Deno.test({
   try {
     const givenUp = () => logs.filter((l) => l.event === "socket_never_opened");
     await waitFor("three sockets given up", () => givenUp().length >= 3, { timeoutMs: 30_000 });
-    const openingMs = givenUp().map((l) => Number(l.opening_ms));
-    assert.ok(
-      openingMs[1] >= 1_500,
-      `the second socket was given up after ${openingMs[1]} ms, not 2 join timeouts`,
-    );
-    assert.ok(
-      openingMs[2] >= 3_500,
-      `the third socket was given up after ${openingMs[2]} ms, not 4 join timeouts`,
-    );
+    // The service logs the time it allowed each socket (its own decision, not this test's clock):
+    // one join timeout, then twice and four times as long, whichever service gave the socket up.
+    const allowed = givenUp().slice(0, 3).map((l) => Number(l.allowed_ms));
+    assert.deepEqual(allowed, [1_000, 2_000, 4_000], JSON.stringify(givenUp()));
+    // And each was given up only once its allowance (less the half join timeout of slack) was spent,
+    // by the service's own reading of how long it had been opening.
+    for (const line of givenUp().slice(0, 3)) {
+      assert.ok(Number(line.opening_ms) >= Number(line.allowed_ms) - 500, JSON.stringify(line));
+    }
     // The fourth socket is not frozen: it opens (its channels' joins are not this test's point: one
     // client holds one session, and the two services here install two users' tokens on it).
     await waitFor("the fourth socket open", () => client.realtime.isConnected(), { timeoutMs: 30_000 });
