@@ -6,6 +6,8 @@ import assert from "node:assert/strict";
 import { SignJWT } from "jose";
 import type postgres from "postgres";
 import { LOWER_JOIN_ERROR_BACKOFF_PARAM, startRealtimeServer } from "../../local/realtime/endpoint.ts";
+import { CONNECT_ERROR_BACKOFF_MS } from "../../local/realtime/connection.ts";
+import { pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { adminSql, createTestUser, mintsTokens, testEnv } from "../support/env.ts";
 import {
@@ -529,7 +531,7 @@ Deno.test({
 Deno.test(
   {
     name:
-      "realtime: a socket with a bad, missing or header-only apikey is refused with 403 after the 2 s connect-error wait; x-api-key or the apikey parameter is accepted",
+      "realtime: a socket with a bad, missing or header-only apikey is refused with 403 and an empty body; x-api-key or the apikey parameter is accepted",
     ...noSanitize,
   },
   async () => {
@@ -540,36 +542,14 @@ Deno.test(
     // default error handler: 403, empty body.
     const env = testEnv();
     const wsUrl = `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket`;
-    const refusal = async (query: string, headers: Record<string, string> = {}) => {
-      const started = performance.now();
-      const res = await fetch(`${env.url}/realtime/v1/websocket?${query}`, {
-        headers: {
-          upgrade: "websocket",
-          connection: "upgrade",
-          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-          "sec-websocket-version": "13",
-          ...headers,
-        },
-        signal: AbortSignal.timeout(10_000),
-      });
-      const body = await res.text();
-      return { status: res.status, body, waited: Math.round(performance.now() - started) };
-    };
-    // All at once, so the test waits for one backoff, not three.
-    const cases = [
-      ["bad apikey", "vsn=2.0.0&apikey=nope", {}],
-      ["no apikey", "vsn=2.0.0", {}],
-      ["apikey header only", "vsn=2.0.0", { apikey: env.anonKey }],
-      // No serializer for it: Phoenix.Socket refuses before connect/3, so without the wait.
-      ["unsupported vsn", `vsn=3.0.0&apikey=${env.anonKey}`, {}],
-    ] as const;
-    const results = await Promise.all(cases.map(([, query, headers]) => refusal(query, headers)));
+    // All at once, so the test waits for one backoff, not three. The wait itself is shown on an
+    // endpoint of the test's own, by its timer ("a refused socket's 403 waits on the endpoint's 2 s
+    // connect-error timer"), not by this test's clock.
+    const results = await Promise.all(
+      upgradeRefusalCases(env.anonKey).map(([, query, headers]) => upgradeRequest(env.url, query, headers)),
+    );
     results.forEach((r, i) => {
-      const label = cases[i][0];
-      assert.deepEqual({ status: r.status, body: r.body }, { status: 403, body: "" }, label);
-      if (label !== "unsupported vsn") {
-        assert.ok(r.waited >= 1_900, `${label}: refused after ${r.waited} ms, expected Supabase's 2 s wait`);
-      }
+      assert.deepEqual(r, { status: 403, body: "" }, upgradeRefusalCases(env.anonKey)[i][0]);
     });
 
     for (
@@ -601,6 +581,83 @@ Deno.test(
     }
   },
 );
+
+/** Sockets refused at the upgrade: [label, query, headers]; all but the last after the 2 s wait. */
+function upgradeRefusalCases(anonKey: string) {
+  return [
+    ["bad apikey", "vsn=2.0.0&apikey=nope", {}],
+    ["no apikey", "vsn=2.0.0", {}],
+    ["apikey header only", "vsn=2.0.0", { apikey: anonKey }],
+    // No serializer for it: Phoenix.Socket refuses before connect/3, so without the wait.
+    ["unsupported vsn", `vsn=3.0.0&apikey=${anonKey}`, {}],
+  ] as const;
+}
+
+/** A WebSocket upgrade request to `baseUrl`'s Realtime socket, answered as status and body. */
+async function upgradeRequest(
+  baseUrl: string,
+  query: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }> {
+  const res = await fetch(`${baseUrl}/realtime/v1/websocket?${query}`, {
+    headers: {
+      upgrade: "websocket",
+      connection: "upgrade",
+      "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+      "sec-websocket-version": "13",
+      ...headers,
+    },
+    signal: AbortSignal.timeout(30_000),
+  });
+  return { status: res.status, body: await res.text() };
+}
+
+Deno.test({
+  name:
+    "realtime: a refused socket's 403 waits on the endpoint's 2 s connect-error timer (Supabase's CONNECT_ERROR_BACKOFF_MS); an unsupported vsn is refused without it",
+  ...ownEndpoint,
+}, async () => {
+  // Shown by the endpoint's own timer, not by a clock: each refusal is not answered while a 2000 ms
+  // timer is pending, and is answered (403) once that timer is run by hand; the unsupported vsn is
+  // answered with no such timer set. One refusal at a time, so each has its own timer.
+  const env = testEnv();
+  const timers = watchTimers();
+  const logs: Record<string, unknown>[] = [];
+  const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    log: (fields) => logs.push(fields),
+  });
+  try {
+    for (const [label, query, headers] of upgradeRefusalCases(env.anonKey)) {
+      let answer: { status: number; body: string } | null = null;
+      const answered = upgradeRequest(server.url, query, headers).then((a) => (answer = a));
+      if (label === "unsupported vsn") {
+        await answered;
+        assert.ok(!pendingFor(timers, CONNECT_ERROR_BACKOFF_MS), `${label}: a wait was set`);
+      } else {
+        await waitFor(
+          `${label}: the connect-error wait`,
+          () => pendingFor(timers, CONNECT_ERROR_BACKOFF_MS),
+          {
+            timeoutMs: 20_000,
+            intervalMs: 5,
+          },
+        );
+        assert.equal(answer, null, `${label}: answered while its wait was pending`);
+        timers.fire(CONNECT_ERROR_BACKOFF_MS);
+        await answered;
+      }
+      assert.deepEqual(answer, { status: 403, body: "" }, label);
+    }
+    // The endpoint's log says the same wait for each refusal it waited for.
+    assert.deepEqual(
+      logs.filter((l) => l.event === "socket_refused").map((l) => l.waited_ms ?? 0),
+      [2_000, 2_000, 2_000, 0],
+    );
+  } finally {
+    timers.restore();
+    await server.close();
+  }
+});
 
 // Closing the stack's shared client sockets between tests keeps the endpoint's connection count low.
 Deno.test(
