@@ -425,15 +425,15 @@ Deno.test("an insert that waited while another transaction deleted a life stampe
 
 Deno.test("a batch write that waited is judged by the wall clock: dated 5 s after the batch began, it does not replace a newer write made while it waited", async () => {
   // Dated 5.2 s after the batch's transaction began, the write is "more than 5 s ahead" then. The
-  // batch waits 1.2 s for another transaction's lock on its first series; meanwhile a phone with a
-  // right clock writes the second series, dated after the batch's write. When the batch gets there,
-  // its write is no longer ahead of anything: it loses by its own date instead of winning over it.
+  // batch waits for another transaction's lock on its first series until the database's clock is
+  // 0.6 s past the batch's start; meanwhile a phone with a right clock writes the second series,
+  // dated after the batch's write. When the batch gets there, its write is no longer ahead of
+  // anything: it loses by its own date instead of winning over it.
   const a = await createTestUser();
   const [first, second] = [seriesId("held"), seriesId("target")];
   const sql = adminSql({ max: 4 });
   const holder = await sql.reserve();
   const batch = await sql.reserve();
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const asUser = `{"sub": "${a.id}", "role": "authenticated"}`;
   try {
     for (const s of [first, second]) {
@@ -444,14 +444,29 @@ Deno.test("a batch write that waited is judged by the wall clock: dated 5 s afte
     await holder`select 1 from public.reading_progress where user_id = ${a.id} and series_id = ${first} for update`;
     await batch`begin`;
     await batch`select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${asUser}, true)`;
-    const [{ t0 }] = await batch<{ t0: Date }[]>`select now() as t0`;
+    const [{ t0, pid }] = await batch<
+      { t0: Date; pid: number }[]
+    >`select now() as t0, pg_backend_pid() as pid`;
     const at = (ms: number) => new Date(t0.getTime() + ms).toISOString();
     const writes = [
       { series_id: first, chapter: 2, page: 2, percentage: 0, device_id: "tablet", updated_at: at(0) },
       { series_id: second, chapter: 2, page: 2, percentage: 0, device_id: "tablet", updated_at: at(5_200) },
     ];
     const answered = batch`select public.write_reading_progress_batch(${sql.json(writes)}) as r`;
-    await sleep(600);
+    answered.catch(() => {}); // awaited below; a failure meanwhile must not go unhandled
+    // The batch is queued behind the holder's lock (pg_locks), not still on its way to it.
+    for (let tries = 0;; tries++) {
+      const [{ waiting }] = await sql<{ waiting: boolean }[]>`
+        select exists (select 1 from pg_catalog.pg_locks where pid = ${pid} and not granted) as waiting`;
+      if (waiting) break;
+      if (tries >= 3_000) throw new Error("the batch never waited for the held lock"); // ~30 s guard
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    // Time must pass on the clock that judges "ahead" (the database's): waited for on that clock, up
+    // to 0.6 s after the batch's start (a slow machine only waits longer, which changes nothing: the
+    // phone's write is then less ahead, the batch's too, and the order of their dates stays).
+    await sql`select pg_catalog.pg_sleep(greatest(0, extract(epoch from
+                ${t0}::timestamptz + interval '600 milliseconds' - pg_catalog.clock_timestamp())))`;
     // The phone's write: 4.7 s ahead of its own clock (within the tolerance), after the batch's date.
     const phone = await call("POST", "", {
       token: a.accessToken,
@@ -459,7 +474,6 @@ Deno.test("a batch write that waited is judged by the wall clock: dated 5 s afte
     });
     assert.equal(phone.status, 200, JSON.stringify(phone.body));
     assert.equal(writeResultSchema.parse(phone.body).won, true);
-    await sleep(600);
     await holder`commit`;
     const [{ r }] = await answered;
     await batch`commit`;
