@@ -7,11 +7,15 @@
 import assert from "node:assert/strict";
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { adminSql, createTestUser, localRealtime, mintsTokens, testEnv } from "../support/env.ts";
+import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
+import { CHANNEL_ERROR_BACKOFF_MS } from "../../local/realtime/connection.ts";
+import { pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
 import {
   clientWithToken,
   closeClient,
   joinChannel,
   noSanitize,
+  ownEndpoint,
   type Sql,
   waitFor,
   writeProgress,
@@ -32,13 +36,13 @@ interface Frame {
 }
 
 /**
- * A bare Phoenix socket (vsn 2.0.0) on the stack's Realtime endpoint, open, keeping every frame it
+ * A bare Phoenix socket (vsn 2.0.0) on the stack's Realtime endpoint (or `baseUrl`'s), open, keeping every frame it
  * receives in order, and a private join of `topic` under `ref` (its join_ref too) with `token`.
  */
-async function rawSocket() {
+async function rawSocket(baseUrl = testEnv().url) {
   const env = testEnv();
   const ws = new WebSocket(
-    `${env.url.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+    `${baseUrl.replace(/^http/, "ws")}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
   );
   ws.binaryType = "arraybuffer";
   const frames: Frame[] = [];
@@ -154,7 +158,6 @@ Deno.test({
 
     // The refused join must be the socket's work before the write's broadcast comes: a loaded
     // machine may read a frame late, so the write waits until the join is seen being decided.
-    const started = Date.now();
     await sentAndBeingDecided(sql, () => {
       join("2", topicOf(c.id)); // C's topic: refused, after the backoff
       ws.send(JSON.stringify([null, "hb-before", "phoenix", "heartbeat", {}]));
@@ -175,8 +178,9 @@ Deno.test({
         frames.some((f) => f.event === "broadcast"),
       { timeoutMs: 15_000 },
     );
+    // That the refusal waited the backoff is shown by the endpoint's own timer in "a refused join is
+    // answered only when the endpoint's 5 s join-error timer runs", not by this test's clock.
     const refusedAt = reply("2")!.at;
-    assert.ok(refusedAt - started >= BACKOFF_FLOOR_MS, `refused after ${refusedAt - started} ms`);
     assert.ok(reply("hb-before")!.at >= refusedAt, "the heartbeat was answered before the refusal");
     const broadcast = frames.find((f) => f.event === "broadcast")!;
     assert.ok(broadcast.at >= refusedAt, "the broadcast went out before the refusal");
@@ -190,6 +194,53 @@ Deno.test({
     ws.close();
     observer.ws.close();
     await sql.end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime join refusal: a refused join is answered only when the endpoint's 5 s join-error timer runs, and a heartbeat sent meanwhile after it",
+  ...ownEndpoint,
+}, async () => {
+  // The backoff shown by the endpoint's own timer (the local stand-in, in this process), not by a
+  // clock: once the refused join has set its CHANNEL_ERROR_BACKOFF_MS timer, its reply has not come;
+  // the timer is then run by hand, and the refusal comes, before the reply to a heartbeat sent while
+  // the timer was pending (the socket waited with it).
+  const env = testEnv();
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const timers = watchTimers();
+  const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    log: () => {},
+  });
+  const socket = await rawSocket(server.url);
+  const reply = (ref: string) => socket.frames.find((f) => f.ref === ref && f.event === "phx_reply");
+  try {
+    socket.join("2", topicOf(c.id), a.accessToken); // C's topic with A's token: refused
+    await waitFor("the join-error wait", () => pendingFor(timers, CHANNEL_ERROR_BACKOFF_MS), {
+      timeoutMs: 20_000,
+      intervalMs: 5,
+    });
+    socket.ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
+    assert.equal(reply("2"), undefined, "the refusal came while its wait was pending");
+    timers.fire(CHANNEL_ERROR_BACKOFF_MS);
+    await waitFor(
+      "the refusal and the heartbeat's reply",
+      () => reply("2") !== undefined && reply("hb") !== undefined,
+      {
+        timeoutMs: 20_000,
+      },
+    );
+    assert.equal((reply("2")!.payload as { status?: unknown }).status, "error");
+    assert.match(JSON.stringify(reply("2")!.payload), /Unauthorized/);
+    assert.ok(
+      socket.frames.indexOf(reply("2")!) < socket.frames.indexOf(reply("hb")!),
+      `the heartbeat was answered before the refusal: ${JSON.stringify(socket.frames)}`,
+    );
+  } finally {
+    socket.ws.close();
+    timers.restore();
+    await server.close();
   }
 });
 
