@@ -54,7 +54,7 @@ const broadcastsSeen = new Uint32Array(count);
 const nth: { chapter: number | null; length: number }[] = [];
 let mismatches = 0;
 
-/** A broadcast frame, cheaply: the JSON text form (database broadcasts) or binary kind 4 (relays). */
+/** A broadcast frame, cheaply: binary kind 4 (database broadcasts, relays) or the older JSON text form. */
 function isBroadcast(data: string | ArrayBuffer): boolean {
   if (typeof data === "string") return data.startsWith("[null,null,") && data.includes(',"broadcast",{');
   return new Uint8Array(data, 0, 1)[0] === 4;

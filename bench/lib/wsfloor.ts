@@ -7,7 +7,7 @@
 // this figure costs is the runtime's WebSocket sends and the receivers on this machine.
 //
 //   POST /send {topic, event, payload}  encodes one frame (the endpoint's encoder, in the form of its
-//                                       database broadcasts: JSON text, as Supabase sends them),
+//                                       database broadcasts: binary kind 4, as Supabase sends them),
 //                                       then sends it to every socket joined to `realtime:<topic>`;
 //                                       answers {t0, sockets}: t0 = epoch ms just before the first
 //                                       send (performance.timeOrigin-based, sub-millisecond).
@@ -61,7 +61,7 @@ async function send(req: Request): Promise<Response> {
   const fullTopic = `realtime:${topic}`;
   const id = `floor-${++messageId}`;
   const t0 = now();
-  const frame = encodeBroadcast({ topic: fullTopic, event, payload, meta: { id } }, "2.0.0", "json");
+  const frame = encodeBroadcast({ topic: fullTopic, event, payload, meta: { id } }, "2.0.0", "binary");
   const set = topics.get(fullTopic) ?? new Set<WebSocket>();
   for (const ws of set) {
     if (ws.readyState !== WebSocket.OPEN) continue;

@@ -28,7 +28,11 @@ import {
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
   privateOnly?: boolean;
-  /** How database broadcasts are framed for vsn 2.0.0 (HubOptions.frameForm; default JSON text). */
+  /**
+   * How database broadcasts are framed (HubOptions.frameForm): "binary" by default, as the Realtime
+   * v2.130.0 that the Supabase CLI 2.117.0 runs (a vsn 2.0.0 client gets a binary user-broadcast frame
+   * with metadata `{id}`, no `id` in the payload); "json" for older releases' JSON text form.
+   */
   frameForm?: "binary" | "json";
   /** Connections used for policy checks (the WAL replication connection is separate). */
   poolSize?: number;

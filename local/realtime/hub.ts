@@ -32,9 +32,19 @@ export interface HubStats {
 
 export interface HubOptions {
   /**
-   * How database broadcasts are framed for vsn 2.0.0 clients: JSON text by default, as Supabase's
-   * batch broadcast path (its replication handler) sends them; "binary" sends the user-broadcast
-   * frame, which Supabase uses for relays of client pushes (always binary here).
+   * How database broadcasts are framed. "binary" (default) is what supabase/realtime v2.130.0 sends,
+   * the image `supabase start` runs with the Supabase CLI 2.117.0 (its pkg/config/templates/Dockerfile:
+   * `FROM supabase/realtime:v2.130.0`): Realtime.Tenants.ReplicationConnection builds a
+   * RealtimeWeb.Socket.UserBroadcast with `metadata: %{"id" => id}` and the row's payload bytes as
+   * stored (supabase/realtime#1867, "avoid using BatchBroadcast from ReplicationConnection"), which
+   * RealtimeWeb.Socket.V2Serializer writes to a vsn 2.0.0 client as a binary kind 4 frame with the
+   * metadata `{"id"}`; a vsn 1.0.0 client gets it converted (UserBroadcast.convert_to_json_broadcast,
+   * in MessageDispatcher) to the JSON text `{type, event, payload, meta: {id}}`. Realtime adds
+   * nothing to the payload: an `id` in it is one the row has, such as the one realtime.send stores
+   * (`jsonb_set(payload, '{id}', …)` unless the payload has one; local/platform/bootstrap.sql).
+   * "json" is the form of older releases, whose replication handler went through BatchBroadcast:
+   * a Phoenix.Socket.Broadcast (JSON text for both vsns) with `meta: {id}`, the id also put into
+   * the payload when it had none (`Map.put_new(payload, "id", id)`).
    */
   frameForm?: "binary" | "json";
   log?: (fields: Record<string, unknown>) => void;
@@ -52,7 +62,7 @@ export class BroadcastHub {
   #stats = { matched: 0, delivered: 0, skippedNoSubscriber: 0, skippedIncomplete: 0 };
 
   constructor(dbUrl: string, options: HubOptions = {}) {
-    this.#frameForm = options.frameForm ?? "json";
+    this.#frameForm = options.frameForm ?? "binary";
     this.#wal = new WalReader(dbUrl, { onMessage: (row) => this.#onMessage(row), log: options.log });
   }
 
@@ -133,9 +143,13 @@ export class BroadcastHub {
   }
 
   #deliver(row: MessageRow, set: Set<Subscriber>): void {
-    // Supabase adds the message id to the payload (when it has none) and to `meta`.
+    // The message id goes in `meta` (the user-broadcast frame's metadata). Only the older releases'
+    // JSON form also adds it to the payload (when it has none); see HubOptions.frameForm.
     let payload = row.payload;
-    if (payload && typeof payload === "object" && !Array.isArray(payload) && !("id" in payload)) {
+    if (
+      this.#frameForm === "json" && payload && typeof payload === "object" && !Array.isArray(payload) &&
+      !("id" in payload)
+    ) {
       payload = { ...(payload as Record<string, unknown>), id: row.id };
     }
     const frames = new Map<Vsn, string | Uint8Array>();

@@ -36,7 +36,7 @@ Deno.test(
               }]),
             );
           ws.onmessage = (e) => {
-            // Database broadcasts come as JSON text, as Supabase sends them (binary kind 4 counts too).
+            // Database broadcasts come as binary kind 4, as Supabase sends them (older releases' JSON text counts too).
             if (typeof e.data === "string") {
               const [, ref, , event, payload] = JSON.parse(e.data);
               if (event === "phx_reply" && ref === "1") {

@@ -27,8 +27,9 @@ const topicOf = (userId: string) => `progress:${userId}`;
 
 /**
  * A bare Phoenix socket (vsn 2.0.0) on the stack's Realtime endpoint, for what supabase-js never
- * sends: text frames are kept parsed, broadcasts counted (Supabase sends database broadcasts as
- * JSON text and relays of client broadcasts as binary frames; either counts).
+ * sends: text frames are kept parsed, broadcasts counted (Supabase sends database broadcasts and
+ * relays of client broadcasts as binary frames, older releases database broadcasts as JSON text;
+ * either counts).
  */
 async function rawSocket(baseUrl = testEnv().url, query = "") {
   const env = testEnv();

@@ -1,11 +1,12 @@
 // Migration 012's broadcast trigger, end to end: every INSERT/UPDATE/DELETE on reading_progress
 // reaches a subscribed supabase-js client as one broadcast, in commit order, with the payload
 // realtime.broadcast_changes builds, framed as Supabase frames it (binary for vsn 2.0.0, JSON for
-// vsn 1.0.0).
+// vsn 1.0.0; the message id in `meta`, and in the payload where realtime.send stored it).
 
 import assert from "node:assert/strict";
+import { createClient } from "@supabase/supabase-js";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
-import { adminSql, createTestUser, testEnv } from "../support/env.ts";
+import { adminSql, createTestUser, localRealtime, testEnv } from "../support/env.ts";
 import {
   asUser,
   clientWithToken,
@@ -60,7 +61,8 @@ Deno.test({
       assert.equal(message.payload.operation, message.event);
       assert.equal(message.payload.schema, "public");
       assert.equal(message.payload.table, "reading_progress");
-      // Supabase adds the realtime.messages id to the payload and to meta.
+      // The realtime.messages id arrives as meta.id and, stored there by realtime.send (Realtime's
+      // tenant migrations: jsonb_set(payload, '{id}', …) unless it has one), as the payload's id.
       assert.match(String(message.payload.id), /^[0-9a-f-]{36}$/);
       assert.deepEqual(message.meta, { id: message.payload.id });
     }
@@ -85,15 +87,17 @@ Deno.test({
     assert.equal((del.payload.old_record as Row).series_id, "vinland");
 
     // The payload is exactly what the database stored in realtime.messages.
-    const stored = await sql<{ payload: Row; event: string; private: boolean }[]>`
-      select payload, event, private from realtime.messages where topic = ${
+    const stored = await sql<{ id: string; payload: Row; event: string; private: boolean }[]>`
+      select id, payload, event, private from realtime.messages where topic = ${
       topicOf(a.id)
     } order by inserted_at`;
     assert.equal(stored.length, 3);
     for (const [i, row] of stored.entries()) {
       assert.equal(row.private, true);
       assert.equal(row.event, joined.received[i].event);
-      assert.deepEqual({ ...row.payload, id: joined.received[i].payload.id }, joined.received[i].payload);
+      assert.equal(row.payload.id, row.id);
+      assert.deepEqual(joined.received[i].meta, { id: row.id });
+      assert.deepEqual(joined.received[i].payload, row.payload);
     }
   } finally {
     await closeClient(client);
@@ -157,23 +161,136 @@ Deno.test({
   }
 });
 
+/**
+ * A WebSocket for supabase-js's `realtime.transport` that keeps every frame the server sent, as it
+ * came off the wire (a string for a text frame, an ArrayBuffer for a binary one), before realtime-js
+ * decodes it. The socket and the client are the real ones; only a listener is added.
+ */
+function recordingSocket(frames: (string | ArrayBuffer)[]): typeof WebSocket {
+  return class RecordingWebSocket extends WebSocket {
+    constructor(url: string | URL, protocols?: ConstructorParameters<typeof WebSocket>[1]) {
+      super(url, protocols);
+      this.addEventListener("message", (e) => frames.push(e.data));
+    }
+  };
+}
+
+/** The fields of a binary user-broadcast frame (kind 4): [4, topicLen, eventLen, metaLen, encoding] … */
+function decodeUserBroadcast(frame: ArrayBuffer) {
+  const bytes = new Uint8Array(frame);
+  const text = (from: number, length: number) =>
+    new TextDecoder().decode(bytes.subarray(from, from + length));
+  const [kind, topicLength, eventLength, metaLength, encoding] = bytes;
+  let offset = 5;
+  const topic = text(offset, topicLength);
+  offset += topicLength;
+  const event = text(offset, eventLength);
+  offset += eventLength;
+  const meta = text(offset, metaLength);
+  offset += metaLength;
+  return { kind, encoding, topic, event, meta, payload: text(offset, bytes.length - offset) };
+}
+
 Deno.test({
-  name: "realtime triggers: vsn 1.0.0 clients, JSON text and binary framed delivery decode the same payload",
+  // The frame form is the stand-in's: a real stack's Realtime sends what its release sends (older
+  // ones JSON text, the id added to the payload too), so this runs on the local endpoint only.
+  name:
+    "realtime triggers: database broadcasts are framed as Realtime v2.130.0 frames them (binary user broadcast, id in meta, payload as stored)",
+  ...noSanitize,
+  ignore: !localRealtime,
+}, async () => {
+  const env = testEnv();
+  const sql = adminSql();
+  const a = await createTestUser();
+  const v2Frames: (string | ArrayBuffer)[] = [];
+  const v1Frames: (string | ArrayBuffer)[] = [];
+  const v2 = createClient(env.url, env.anonKey, {
+    accessToken: () => Promise.resolve(a.accessToken),
+    realtime: { transport: recordingSocket(v2Frames) },
+  });
+  const v1 = createClient(env.url, env.anonKey, {
+    accessToken: () => Promise.resolve(a.accessToken),
+    realtime: { vsn: "1.0.0", transport: recordingSocket(v1Frames) },
+  });
+  try {
+    const joins = await Promise.all([v2, v1].map((c) => joinChannel(c, topicOf(a.id))));
+    assert.deepEqual(joins.map((j) => j.status), ["SUBSCRIBED", "SUBSCRIBED"]);
+    // Two messages: the trigger's (realtime.broadcast_changes -> realtime.send, which stores the
+    // message id in the payload too) and one inserted as is, whose payload has no id.
+    await writeProgress(sql, a.id, { series_id: "frieren", chapter: 3, device_id: "phone" });
+    await waitFor("the trigger's broadcast", () => joins.every((j) => j.joined.received.length === 1));
+    await sql`insert into realtime.messages (topic, extension, event, payload, private)
+              values (${topicOf(a.id)}, 'broadcast', 'plain', ${sql.json({ n: 1 })}, true)`;
+    await waitFor("both broadcasts", () => joins.every((j) => j.joined.received.length === 2));
+    const stored = await sql<{ id: string; event: string; payload: Row }[]>`
+      select id, event, payload from realtime.messages where topic = ${topicOf(a.id)} order by inserted_at`;
+    assert.deepEqual(stored.map((m) => m.event), ["INSERT", "plain"]);
+    assert.equal(stored[0].payload.id, stored[0].id, "realtime.send put the id into the stored payload");
+    assert.deepEqual(stored[1].payload, { n: 1 });
+
+    // vsn 2.0.0: binary frames, kind 4 (user broadcast), JSON-encoded payload as stored (nothing
+    // added), metadata {"id"}; no JSON text broadcast.
+    const binary = v2Frames.filter((f): f is ArrayBuffer => typeof f !== "string");
+    assert.equal(
+      v2Frames.filter((f) => typeof f === "string" && JSON.parse(f)[3] === "broadcast").length,
+      0,
+      "no JSON text broadcast frame",
+    );
+    assert.equal(binary.length, 2, "two binary frames");
+    for (const [i, row] of stored.entries()) {
+      const frame = decodeUserBroadcast(binary[i]);
+      assert.equal(frame.kind, 4);
+      assert.equal(frame.encoding, 1);
+      assert.equal(frame.topic, `realtime:${topicOf(a.id)}`);
+      assert.equal(frame.event, row.event);
+      assert.deepEqual(JSON.parse(frame.meta), { id: row.id });
+      assert.deepEqual(JSON.parse(frame.payload), row.payload);
+    }
+
+    // vsn 1.0.0: Phoenix's V1 JSON text object, {type, event, payload as stored, meta {id}}.
+    const v1Broadcasts = v1Frames.filter((f) => typeof f === "string" && JSON.parse(f).event === "broadcast")
+      .map((f) => JSON.parse(f as string).payload);
+    assert.deepEqual(
+      v1Broadcasts,
+      stored.map((row) => ({
+        type: "broadcast",
+        event: row.event,
+        payload: row.payload,
+        meta: { id: row.id },
+      })),
+    );
+
+    // What supabase-js hands the listener (and RealtimeService reads): meta.id; the payload as stored.
+    for (const { joined } of joins) {
+      assert.deepEqual(
+        joined.received,
+        stored.map((row) => ({ event: row.event, payload: row.payload, meta: { id: row.id } })),
+      );
+    }
+  } finally {
+    await Promise.all([v2, v1].map(closeClient));
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime triggers: vsn 1.0.0 clients, binary and older JSON text framed delivery decode the same message",
   ...ownEndpoint,
 }, async () => {
   const env = testEnv();
   const sql = adminSql();
   const a = await createTestUser();
-  // A second endpoint instance that frames database broadcasts as binary user-broadcast frames (the
-  // stack's own sends JSON text, as Supabase's database broadcasts are).
-  const binaryServer = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
-    frameForm: "binary",
+  // A second endpoint instance that frames database broadcasts as older Realtime releases did (JSON
+  // text, the id in meta and in the payload); the stack's own sends binary user-broadcast frames.
+  const jsonServer = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    frameForm: "json",
   });
   const v1 = clientWithToken(() => a.accessToken, { vsn: "1.0.0" });
-  const v2json = clientWithToken(() => a.accessToken);
-  const v2binary = clientWithToken(() => a.accessToken, { url: binaryServer.url });
+  const v2binary = clientWithToken(() => a.accessToken);
+  const v2json = clientWithToken(() => a.accessToken, { url: jsonServer.url });
   try {
-    const joins = await Promise.all([v1, v2json, v2binary].map((c) => joinChannel(c, topicOf(a.id))));
+    const joins = await Promise.all([v1, v2binary, v2json].map((c) => joinChannel(c, topicOf(a.id))));
     assert.deepEqual(joins.map((j) => j.status), ["SUBSCRIBED", "SUBSCRIBED", "SUBSCRIBED"]);
     await writeProgress(sql, a.id, { series_id: "mushishi", chapter: 7, device_id: "e-reader" });
     await waitFor("all three clients", () => joins.every((j) => j.joined.received.length === 1));
@@ -181,8 +298,8 @@ Deno.test({
     for (const other of others) assert.deepEqual(other, first);
     assert.equal((first.payload.record as Row).chapter, 7);
   } finally {
-    await Promise.all([v1, v2json, v2binary].map(closeClient));
-    await binaryServer.close();
+    await Promise.all([v1, v2binary, v2json].map(closeClient));
+    await jsonServer.close();
     await sql.end();
   }
 });
