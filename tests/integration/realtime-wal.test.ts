@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
-import { adminSql, createTestUser, testEnv } from "../support/env.ts";
+import { adminSql, createTestUser, localRealtime, testEnv } from "../support/env.ts";
 import {
   clientWithToken,
   closeClient,
@@ -95,7 +95,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "realtime WAL: a message arrives as committed: 200 kB TOASTed payload, unicode, its id added",
+  name: "realtime WAL: a message arrives as committed: 200 kB TOASTed payload, unicode, its id in meta",
   ...noSanitize,
 }, async () => {
   const sql = adminSql();
@@ -119,7 +119,10 @@ Deno.test({
     await waitFor("the message", () => joined.received.length === 1);
     const [message] = joined.received;
     assert.equal(message.event, "custom");
-    assert.deepEqual(message.payload, { ...payload, id });
+    // The payload as stored: Realtime v2.130.0 (what `supabase start` runs) adds nothing to it; older
+    // releases added the id to a payload without one, so only there is it accepted.
+    const expected = !localRealtime && "id" in message.payload ? { ...payload, id } : payload;
+    assert.deepEqual(message.payload, expected);
     assert.deepEqual(message.meta, { id });
   } finally {
     await closeClient(client);
