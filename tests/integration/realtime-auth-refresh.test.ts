@@ -240,6 +240,12 @@ Deno.test({
   const topic = `realtime:progress:${a.id}`;
   const oldToken = await a.newAccessToken(3); // exp is whole seconds: lives 2 to 3 s
   const newToken = await a.newAccessToken(3_600);
+  // A marker channel whose token, made after the old one, expires at least 1 s after it (exp is whole
+  // seconds): once the server has closed it for its expiry, the old token's expiry (and the confirm
+  // that would have closed a channel still holding it) has passed on the server's clock.
+  const markerToken = await a.newAccessToken(4);
+  const marker = clientWithToken(() => markerToken);
+  const markerJoining = joinChannel(marker, topicOf(a.id)); // alongside the old token's join
   let service: RealtimeService | null = null;
   const { client, sent, received } = spyingClient(topic, () => void service?.setAccessToken(newToken));
   service = new RealtimeService(client, {
@@ -262,8 +268,19 @@ Deno.test({
       "the new token on the joined channel",
       () => sent.some((f) => f.event === "access_token" && f.token === newToken),
     );
+    const markerJoin = await markerJoining;
+    assert.equal(markerJoin.status, "SUBSCRIBED", "marker");
     // Past the old token's expiry (and a confirm), the channel is still joined and live.
-    await sleep(Math.max(0, expiryMs(oldToken) - Date.now()) + 1_500);
+    await waitFor(
+      "the marker's channel closed at its token's expiry",
+      () => markerJoin.joined.states.includes("CLOSED"),
+      { timeoutMs: 20_000 },
+    );
+    assert.match(
+      String(markerJoin.joined.system[0]?.message),
+      /^Token has expired/,
+      "the marker closed for its expiry",
+    );
     await writeProgress(sql, a.id, { series_id: "after-expiry", chapter: 7, device_id: "phone" });
     await waitFor(
       "the write, live",
@@ -277,6 +294,7 @@ Deno.test({
     assert.equal(sent.filter((f) => f.event === "phx_join").length, 1, "joined once");
     assert.ok(!statuses.slice(statuses.indexOf("live")).includes("connecting"), `statuses ${statuses}`);
   } finally {
+    await closeClient(marker);
     await teardown(subscription, service, client, sql);
   }
 });
