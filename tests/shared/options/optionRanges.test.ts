@@ -54,6 +54,23 @@ const VALUES: [string, unknown][] = [
 type Outcome = "ok" | Error;
 
 /** A value as the messages show it. */
+/**
+ * What the object options (the API client's retry, RealtimeService's backoff, subscribeToProgress's
+ * api) are given; each takes an object or nothing (OBJECT_ACCEPTED) and refuses the rest with a TypeError.
+ */
+const OBJECT_VALUES: [string, unknown][] = [
+  ["undefined", undefined],
+  ["{}", {}],
+  ["a Date", new Date(0)],
+  ["[]", []],
+  ["null", null],
+  ["5", 5],
+  ['"x"', "x"],
+  ["true", true],
+  ["a function", () => {}],
+];
+const OBJECT_ACCEPTED = ["undefined", "{}", "a Date"];
+
 function shown(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value);
   if (typeof value === "bigint") return `${value}n`;
@@ -172,21 +189,9 @@ Deno.test({
     "option ranges: RealtimeService backoff (an object, or not given), directly and through subscribeToProgress",
   ...noSanitize,
   fn: async () => {
-    const values: [string, unknown][] = [
-      ["undefined", undefined],
-      ["{}", {}],
-      ["a Date", new Date(0)],
-      ["[]", []],
-      ["null", null],
-      ["5", 5],
-      ['"x"', "x"],
-      ["true", true],
-      ["a function", () => {}],
-    ];
     // As the API client's retry: an array, null and a non-object are refused (each was taken as no
     // fields given, every backoff default, silently).
-    const accepted = ["undefined", "{}", "a Date"];
-    for (const [label, backoff] of values) {
+    for (const [label, backoff] of OBJECT_VALUES) {
       const { client } = fakeClient();
       let service: RealtimeService | undefined;
       const direct = await outcomeOf(() =>
@@ -210,7 +215,7 @@ Deno.test({
       for (
         const [where, outcome] of [["new RealtimeService", direct], ["subscribeToProgress", through]] as const
       ) {
-        if (accepted.includes(label)) {
+        if (OBJECT_ACCEPTED.includes(label)) {
           assert.equal(outcome, "ok", `${where} backoff = ${label}: taken (got ${outcome})`);
           continue;
         }
@@ -286,22 +291,10 @@ Deno.test({
   name: "option ranges: API client retry (an object, or not given)",
   ...noSanitize,
   fn: async () => {
-    const values: [string, unknown][] = [
-      ["undefined", undefined],
-      ["{}", {}],
-      ["a Date", new Date(0)],
-      ["[]", []],
-      ["null", null],
-      ["5", 5],
-      ['"x"', "x"],
-      ["true", true],
-      ["a function", () => {}],
-    ];
     // An array is refused as null and non-objects are (it was taken, its fields all defaults).
-    const accepted = ["undefined", "{}", "a Date"];
-    for (const [label, retry] of values) {
+    for (const [label, retry] of OBJECT_VALUES) {
       for (const [where, outcome] of await apiOutcomes({ retry })) {
-        if (accepted.includes(label)) {
+        if (OBJECT_ACCEPTED.includes(label)) {
           assert.equal(outcome, "ok", `${where} retry = ${label}: taken (got ${outcome})`);
           continue;
         }
@@ -318,21 +311,9 @@ Deno.test({
   name: "option ranges: subscribeToProgress api (an object, or not given)",
   ...noSanitize,
   fn: async () => {
-    const values: [string, unknown][] = [
-      ["undefined", undefined],
-      ["{}", {}],
-      ["a Date", new Date(0)],
-      ["[]", []],
-      ["null", null],
-      ["5", 5],
-      ['"x"', "x"],
-      ["true", true],
-      ["a function", () => {}],
-    ];
     // As retry and backoff: an array, null and a non-object are refused (each was taken as no api
     // options given, every default, silently).
-    const accepted = ["undefined", "{}", "a Date"];
-    for (const [label, api] of values) {
+    for (const [label, api] of OBJECT_VALUES) {
       const { client } = fakeClient();
       let subscription: { unsubscribe(): Promise<void> } | undefined;
       const outcome = await outcomeOf(() =>
@@ -343,7 +324,7 @@ Deno.test({
         })
       );
       await subscription?.unsubscribe();
-      if (accepted.includes(label)) {
+      if (OBJECT_ACCEPTED.includes(label)) {
         assert.equal(outcome, "ok", `subscribeToProgress api = ${label}: taken (got ${outcome})`);
         continue;
       }
