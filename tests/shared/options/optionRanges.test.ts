@@ -71,6 +71,27 @@ const OBJECT_VALUES: [string, unknown][] = [
 ];
 const OBJECT_ACCEPTED = ["undefined", "{}", "a Date"];
 
+/**
+ * Throws unless `outcome` is what an object option given OBJECT_VALUES' `label` should give: "ok" when
+ * OBJECT_ACCEPTED has it, else a TypeError "<option> must be an object (got <value>)". `where` names the
+ * check in messages ("subscribeToProgress retry").
+ */
+function expectObjectOutcome(
+  where: string,
+  option: string,
+  label: string,
+  value: unknown,
+  outcome: Outcome,
+): void {
+  if (OBJECT_ACCEPTED.includes(label)) {
+    assert.equal(outcome, "ok", `${where} = ${label}: taken (got ${outcome})`);
+    return;
+  }
+  assert.ok(outcome instanceof Error, `${where} = ${label}: refused`);
+  assert.equal(outcome.constructor, WRONG_TYPE, `${where} = ${label}: (got ${outcome})`);
+  assert.equal(outcome.message, `${option} must be an object (got ${shown(value)})`);
+}
+
 function shown(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value);
   if (typeof value === "bigint") return `${value}n`;
@@ -215,16 +236,7 @@ Deno.test({
       for (
         const [where, outcome] of [["new RealtimeService", direct], ["subscribeToProgress", through]] as const
       ) {
-        if (OBJECT_ACCEPTED.includes(label)) {
-          assert.equal(outcome, "ok", `${where} backoff = ${label}: taken (got ${outcome})`);
-          continue;
-        }
-        assert.ok(outcome instanceof Error, `${where} backoff = ${label}: refused`);
-        assert.equal(outcome.constructor, WRONG_TYPE, `${where} backoff = ${label}: (got ${outcome})`);
-        assert.equal(
-          outcome.message,
-          `RealtimeService option backoff must be an object (got ${shown(backoff)})`,
-        );
+        expectObjectOutcome(`${where} backoff`, "RealtimeService option backoff", label, backoff, outcome);
       }
     }
   },
@@ -294,14 +306,8 @@ Deno.test({
     // An array is refused as null and non-objects are (it was taken, its fields all defaults).
     for (const [label, retry] of OBJECT_VALUES) {
       for (const [where, outcome] of await apiOutcomes({ retry })) {
-        if (OBJECT_ACCEPTED.includes(label)) {
-          assert.equal(outcome, "ok", `${where} retry = ${label}: taken (got ${outcome})`);
-          continue;
-        }
-        assert.ok(outcome instanceof Error, `${where} retry = ${label}: refused`);
-        assert.equal(outcome.constructor, WRONG_TYPE, `${where} retry = ${label}: (got ${outcome})`);
         const path = where === "subscribeToProgress" ? "api.retry" : "retry";
-        assert.equal(outcome.message, `${where} option ${path} must be an object (got ${shown(retry)})`);
+        expectObjectOutcome(`${where} retry`, `${where} option ${path}`, label, retry, outcome);
       }
     }
   },
@@ -324,13 +330,7 @@ Deno.test({
         })
       );
       await subscription?.unsubscribe();
-      if (OBJECT_ACCEPTED.includes(label)) {
-        assert.equal(outcome, "ok", `subscribeToProgress api = ${label}: taken (got ${outcome})`);
-        continue;
-      }
-      assert.ok(outcome instanceof Error, `subscribeToProgress api = ${label}: refused`);
-      assert.equal(outcome.constructor, WRONG_TYPE, `subscribeToProgress api = ${label}: (got ${outcome})`);
-      assert.equal(outcome.message, `subscribeToProgress option api must be an object (got ${shown(api)})`);
+      expectObjectOutcome("subscribeToProgress api", "subscribeToProgress option api", label, api, outcome);
     }
   },
 });
