@@ -49,7 +49,7 @@ import {
   seriesIdSchema,
   type ValidProgressWrite,
 } from "./schemas.ts";
-import { mapDatabaseError, type ProgressStore } from "./store.ts";
+import { type DatabaseClock, mapDatabaseError, type ProgressStore } from "./store.ts";
 import { PROGRESS_LIMITS, type WriteResult } from "./types.ts";
 
 export type LogSink = (entry: Record<string, unknown>) => void;
@@ -77,6 +77,11 @@ export interface ProgressHandlerOptions {
   /** The function's name = first path segment (default "progress"). */
   functionName?: string;
   cors?: CorsOptions;
+  /**
+   * The function host's clock, epoch ms (default Date.now): X-Server-Time of the answers that never
+   * reached the database (the others carry the database's clock, see DatabaseClock in store.ts).
+   */
+  hostClock?: () => number;
 }
 
 export const defaultLog: LogSink = (entry) => console.log(JSON.stringify(entry));
@@ -153,6 +158,7 @@ function requestId(req: Request): string {
 
 export function createProgressHandler(options: ProgressHandlerOptions): (req: Request) => Promise<Response> {
   const functionName = options.functionName ?? "progress";
+  const hostClock = options.hostClock ?? (() => Date.now());
   const log = options.log ?? defaultLog;
   const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
   // A bad bound fails here, when the function boots, rather than as a 500 (or a 408) on each request.
@@ -290,12 +296,16 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     });
   }
 
-  /** `caller` learns the user once the token is checked (for the log line of a failure after that). */
+  /**
+   * `caller` learns the user once the token is checked (for the log line of a failure after that),
+   * `clock` the database's clock once a store call reached the database (for X-Server-Time).
+   */
   async function route(
     req: Request,
     url: URL,
     reqId: string,
     caller: { userId?: string },
+    clock: DatabaseClock,
   ): Promise<Response> {
     const matched = matchRoute(url.pathname, functionName);
     if (!matched) throw new HttpError(404, "not_found", `No route ${req.method} ${url.pathname}`);
@@ -336,7 +346,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           parseOrThrow(noQuerySchema, queryObject(url), "query");
           const body = await readJsonBody(req, { maxBytes, ...bodyBounds });
           const write = parseOrThrow(progressWriteSchema, body, "progress write");
-          const result = await db.write(claims, write);
+          const result = await db.write(claims, write, clock);
           logConflicts(ctx, [write], [result]);
           return jsonResponse(result);
         }
@@ -346,7 +356,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           limit: limit + 1,
           before: q.cursor,
           includeCleared: q.include_cleared === "true",
-        });
+        }, clock);
         const items = rows.slice(0, limit);
         return jsonResponse({
           items,
@@ -357,7 +367,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         parseOrThrow(noQuerySchema, queryObject(url), "query");
         const body = await readJsonBody(req, { maxBytes, ...bodyBounds });
         const { writes } = parseOrThrow(batchWriteSchema, body, "batch");
-        const results = await db.writeBatch(claims, writes);
+        const results = await db.writeBatch(claims, writes, clock);
         logConflicts(ctx, writes, results);
         return jsonResponse({ results });
       }
@@ -367,7 +377,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           await db.changes(claims, {
             cursor: q.since ?? "",
             limit: q.limit ?? PROGRESS_LIMITS.changesDefault,
-          }),
+          }, clock),
         );
       }
       case "series": {
@@ -380,7 +390,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         const seriesId = parseOrThrow(seriesIdSchema, matched.seriesId, "series id");
         if (method === "GET") {
           parseOrThrow(noQuerySchema, queryObject(url), "query");
-          const progress = await db.get(claims, seriesId);
+          const progress = await db.get(claims, seriesId, clock);
           if (!progress) throw new HttpError(404, "progress_not_found", `No progress for series ${seriesId}`);
           return jsonResponse({ progress });
         }
@@ -405,7 +415,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           device_id: q.device_id,
           updated_at: q.updated_at,
         };
-        const result = await db.write(claims, write);
+        const result = await db.write(claims, write, clock);
         logConflicts(ctx, [write], [result]);
         return jsonResponse(result);
       }
@@ -417,15 +427,16 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     let res: Response;
     if (req.method === "OPTIONS") {
       // The preflight answers before any route or token check, but like every answer it carries
-      // the request id and the server's clock (README: every answer).
+      // the request id and the server's clock (README: every answer; here the host's).
       res = preflightResponse(req, options.cors);
       res.headers.set("x-request-id", reqId);
-      res.headers.set("x-server-time", new Date().toISOString());
+      res.headers.set("x-server-time", new Date(hostClock()).toISOString());
       return res;
     }
     const caller: { userId?: string } = {};
+    const clock: DatabaseClock = {};
     try {
-      res = await route(req, new URL(req.url), reqId, caller);
+      res = await route(req, new URL(req.url), reqId, caller, clock);
     } catch (caught) {
       let error = caught instanceof HttpError ? caught : mapDatabaseError(caught);
       if (error.status === 408) {
@@ -471,8 +482,11 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     // status and headers, Content-Length the GET body's (RFC 9110 8.6), and drops the body. Dropping it
     // here would make that Content-Length 0.
     res.headers.set("x-request-id", reqId);
-    // The server's clock, so clients can correct theirs before stamping updated_at (serverClock.ts).
-    res.headers.set("x-server-time", new Date().toISOString());
+    // The server's clock, so clients can correct theirs before stamping updated_at (serverClock.ts):
+    // the database's when the request reached it (errors too: a lock or statement timeout, a value
+    // the database refused), as the database dates and judges writes by its own clock; the host's
+    // for the rest (refused before the database, or the database unreachable).
+    res.headers.set("x-server-time", new Date(clock.ms ?? hostClock()).toISOString());
     return withCors(res, req, options.cors);
   };
 }

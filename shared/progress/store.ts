@@ -24,14 +24,28 @@ export interface ChangesQuery {
   limit: number;
 }
 
-/** What the HTTP handler needs from storage; every call acts as the user of `claims`. */
+/**
+ * The database's clock as a call read it: `ms` (epoch milliseconds) is set once the call's
+ * transaction has begun, read in the statement that sets the role and claims (no statement or
+ * round trip of its own), and stays set when the call then fails. The handler dates its answer with
+ * it (X-Server-Time): the database judges a write's date (the 5 s tolerance, now() stamps) by its own
+ * clock, which on a hosted project is another machine's than the function's.
+ */
+export interface DatabaseClock {
+  ms?: number;
+}
+
+/**
+ * What the HTTP handler needs from storage; every call acts as the user of `claims`, and fills in
+ * `clock` (when given) with the database's clock once it reached the database.
+ */
 export interface ProgressStore {
-  write(claims: JwtClaims, write: ValidProgressWrite): Promise<WriteResult>;
-  writeBatch(claims: JwtClaims, writes: ValidProgressWrite[]): Promise<WriteResult[]>;
-  get(claims: JwtClaims, seriesId: string): Promise<Progress | null>;
+  write(claims: JwtClaims, write: ValidProgressWrite, clock?: DatabaseClock): Promise<WriteResult>;
+  writeBatch(claims: JwtClaims, writes: ValidProgressWrite[], clock?: DatabaseClock): Promise<WriteResult[]>;
+  get(claims: JwtClaims, seriesId: string, clock?: DatabaseClock): Promise<Progress | null>;
   /** Up to `limit` rows (the handler asks for one more to know whether a next page exists). */
-  list(claims: JwtClaims, query: ListQuery): Promise<Progress[]>;
-  changes(claims: JwtClaims, query: ChangesQuery): Promise<ChangesResponse>;
+  list(claims: JwtClaims, query: ListQuery, clock?: DatabaseClock): Promise<Progress[]>;
+  changes(claims: JwtClaims, query: ChangesQuery, clock?: DatabaseClock): Promise<ChangesResponse>;
 }
 
 export interface PostgresStoreOptions {
@@ -103,6 +117,7 @@ export function createPostgresProgressStore(
   async function asUser<T>(
     claims: JwtClaims,
     mode: "read write" | "read only",
+    clock: DatabaseClock | undefined,
     fn: (tx: postgres.TransactionSql) => Promise<T>,
   ): Promise<T> {
     for (let attempt = 1;; attempt++) {
@@ -113,12 +128,17 @@ export function createPostgresProgressStore(
           // prints -00:44:30), which Date and microsecondIso cannot read (an accepted write answered
           // 500). Set here with the rest, not as a startup parameter: behind a transaction-mode pooler
           // (Supavisor, PgBouncer) the server connection is another client's between transactions.
-          await tx`
+          // now_ms: the database's clock for the answer's X-Server-Time (DatabaseClock), in this
+          // statement so that reading it costs no round trip; epoch milliseconds as a double, which
+          // no TimeZone setting changes. Each attempt reads it afresh.
+          const [{ now_ms }] = await tx<{ now_ms: unknown }[]>`
             select set_config('role', 'authenticated', true),
                    set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
                    set_config('statement_timeout', ${timeout}, true),
                    set_config('lock_timeout', ${lockTimeout}, true),
-                   set_config('TimeZone', 'UTC', true)`;
+                   set_config('TimeZone', 'UTC', true),
+                   pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000) as now_ms`;
+          if (clock && typeof now_ms === "number" && Number.isFinite(now_ms)) clock.ms = now_ms;
           return await fn(tx);
         }) as T;
       } catch (error) {
@@ -133,8 +153,8 @@ export function createPostgresProgressStore(
   }
 
   return {
-    write: (claims, w) =>
-      asUser(claims, "read write", async (tx) => {
+    write: (claims, w, clock) =>
+      asUser(claims, "read write", clock, async (tx) => {
         const [{ result }] = await tx<{ result: Row }[]>`
           select public.write_reading_progress(
             ${w.series_id}::text, ${w.chapter}::integer, ${w.page}::integer, ${w.percentage}::double precision,
@@ -142,8 +162,8 @@ export function createPostgresProgressStore(
         return toWriteResult(result);
       }),
 
-    writeBatch: (claims, writes) =>
-      asUser(claims, "read write", async (tx) => {
+    writeBatch: (claims, writes, clock) =>
+      asUser(claims, "read write", clock, async (tx) => {
         // tx.json: postgres.js serialises it once as jsonb (a JSON.stringify'd string with ::jsonb
         // would be encoded again, as a JSON string, once the parameter is typed jsonb).
         const [{ results }] = await tx<{ results: Row[] }[]>`
@@ -153,16 +173,16 @@ export function createPostgresProgressStore(
         return results.map(toWriteResult);
       }),
 
-    get: (claims, seriesId) =>
-      asUser(claims, "read only", async (tx) => {
+    get: (claims, seriesId, clock) =>
+      asUser(claims, "read only", clock, async (tx) => {
         // As JSON, like every other read: postgres.js would turn created_at into a Date (milliseconds).
         const rows = await tx<{ row: Row }[]>`
           select to_jsonb(p) as row from public.get_reading_progress(${seriesId}::text) p`;
         return rows.length ? toProgress(rows[0].row) : null;
       }),
 
-    list: (claims, q) =>
-      asUser(claims, "read only", async (tx) => {
+    list: (claims, q, clock) =>
+      asUser(claims, "read only", clock, async (tx) => {
         const rows = await tx<{ row: Row }[]>`
           select to_jsonb(p) as row from public.list_reading_progress(
             ${q.limit}::integer, ${q.before?.updated_at ?? null}::timestamptz,
@@ -170,8 +190,8 @@ export function createPostgresProgressStore(
         return rows.map((r) => toProgress(r.row));
       }),
 
-    changes: (claims, q) =>
-      asUser(claims, "read only", async (tx) => {
+    changes: (claims, q, clock) =>
+      asUser(claims, "read only", clock, async (tx) => {
         const [{ page }] = await tx<{ page: Row }[]>`
           select public.reading_progress_changes(${q.cursor}::text, ${q.limit}::integer) as page`;
         return {
