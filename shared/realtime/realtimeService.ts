@@ -15,12 +15,12 @@
 //                                         whatever made it: catch-up, poll, safety read, syncNow.
 //   reconnect                             capped exponential backoff with full jitter per user
 //                                         channel (it starts again after a channel that stayed joined
-//                                         at least as long as the wait before its join, or
-//                                         backoff.maxMs, not at every join: a server that closes
-//                                         every join sooner is not hammered, a network that drops
-//                                         now and then stays mostly live); while waiting,
-//                                         changesSince() is polled (failed polls back off, jittered
-//                                         from the first, and wait out a Retry-After).
+//                                         at least as long as the wait before its join (counted
+//                                         as at least 1.6 s), or backoff.maxMs, not at every join:
+//                                         a server that closes every join sooner is not hammered,
+//                                         a network that drops now and then stays mostly live);
+//                                         while waiting, changesSince() is polled (failed polls back
+//                                         off, jittered from the first, and wait out a Retry-After).
 //                                         A join that timed out while its socket was still opening
 //                                         replaces that socket (realtime-js has no handshake timeout)
 //                                         without a manual disconnect: it is closed, its channels
@@ -1130,9 +1130,11 @@ class UserLink<Row extends LwwRow> {
   /** When (monotonicNow) the current channel was joined. */
   #joinedAt = -Infinity;
   /**
-   * The wait before the current join (ms): the backoff delay it was scheduled after, or the first
-   * step's ceiling, at least SOCKET_TEARDOWN_MS (#firstStepWaitMs), for a join made without one (the
-   * link's first, a syncNow()'s, a new token's). A channel that stays joined this long (or backoff.maxMs) starts the ladder again.
+   * The wait before the current join (ms), never less than SOCKET_TEARDOWN_MS: the backoff delay it
+   * was scheduled after (a failed join's retry, drawn from 0, counted as at least that floor), or the
+   * first step's ceiling, at least SOCKET_TEARDOWN_MS (#firstStepWaitMs), for a join made without one
+   * (the link's first, a syncNow()'s, a new token's). A channel that stays joined this long (or
+   * backoff.maxMs) starts the ladder again.
    */
   #waitBeforeJoinMs: number;
   /** When a joined channel last dropped (monotonicNow): no rejoin within SOCKET_TEARDOWN_MS of it. */
@@ -1410,7 +1412,10 @@ class UserLink<Row extends LwwRow> {
     // step, and the device is live most of the time. The drawn delay, not the ceiling: once failed
     // joins (an outage) have raised the ceiling to backoff.maxMs, channels that hold 10-20 s would
     // never beat it, and the ladder would stay at the top; a drawn delay, uniform below the ceiling,
-    // is shorter than such a hold about every other time, and the ladder comes back down.
+    // is shorter than such a hold about every other time, and the ladder comes back down. Never less
+    // than SOCKET_TEARDOWN_MS, though (set below): a failed join's retry is drawn from 0, and a join
+    // after a wait near 0 that such a server closed 1 s later would count as held and send the
+    // device back to the first step; every other join's wait is at least that floor already.
     const heldMs = monotonicNow() - this.#joinedAt;
     const backoff = this.service.backoffOptions;
     if (wasJoined && heldMs >= Math.min(this.#waitBeforeJoinMs, backoff.maxMs)) this.#attempt = 0;
@@ -1444,7 +1449,8 @@ class UserLink<Row extends LwwRow> {
       ? rejoinAfterDropDelay(step, backoff, this.service.random)
       : fullJitterDelay(step, backoff, this.service.random);
     // The join retried at once for a replaced token stands for the one that failed: it keeps its wait.
-    if (!tokenChanged) this.#waitBeforeJoinMs = delay;
+    // A delay drawn below the teardown floor (a failed join's retry) counts as the floor (see above).
+    if (!tokenChanged) this.#waitBeforeJoinMs = Math.max(delay, SOCKET_TEARDOWN_MS);
     this.#log("warn", "realtime_unavailable", { reason, retry_in_ms: delay });
     // No longer live: changes flow only by polling until the channel is joined and caught up again.
     if (this.status === "live") this.#setStatus("connecting");

@@ -13,7 +13,9 @@ import {
 } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import { fireWhenSet, frozenClock, watchTimers } from "../shared/realtime/watchTimers.ts";
 import {
+  clientWithToken,
   closeClient,
   deleteProgress,
   freezableProxy,
@@ -359,6 +361,93 @@ Deno.test({
     await subscription.unsubscribe();
     await service.close();
     await closeClient(client);
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime resilience: after a failed join retried at once (its wait drawn 0), a server that closes each channel 1 s after the join still sees the ladder climb: the wait counted is at least the 1.6 s floor",
+  ...ownEndpoint,
+}, async () => {
+  // The first join is refused (C's token on A's topic; the stand-in asked for no join-error wait);
+  // its retry is drawn at 0 ms (jitter 0), and the token source gives A's token from then on. Each
+  // join after it is accepted and closed by the server (a token it cannot verify pushed on the
+  // channel: a `system` error, then phx_close) 1 s after its join by the service's clock, which the
+  // test stops and moves on by hand (frozenClock); the rejoins' waits are ended by hand (watchTimers).
+  // A hold of 1 s is below the 1.6 s floor of every wait after a drop, so these channels did not
+  // hold: the ladder climbs. Counted as the 0 ms drawn, the first of them held, and the ladder went
+  // back to its first step.
+  const env = testEnv();
+  const sql = adminSql();
+  const a = await createTestUser();
+  const c = await createTestUser();
+  const timers = watchTimers();
+  const clock = frozenClock();
+  const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    channelErrorBackoffMs: 0,
+    log: () => {},
+  });
+  let token = c.accessToken;
+  let draw = 0;
+  const client = clientWithToken(() => token, { url: server.url });
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    random: () => draw,
+    backoff: { initialMs: 1_000, maxMs: 600_000 },
+    livePollIntervalMs: 0,
+    log: (line) => {
+      const entry = JSON.parse(line);
+      logs.push(entry);
+      // The refusal's retry has been drawn (0 ms) when it is logged: A's token and high draws from now on.
+      if (entry.event === "realtime_unavailable" && token === c.accessToken) {
+        token = a.accessToken;
+        draw = 0.999;
+      }
+    },
+  });
+  const topic = `realtime:progress:${a.id}`;
+  let lives = 0;
+  const subscription = service.subscribeToProgress(a.id, () => {});
+  subscription.onStatus((status) => void (status === "live" && lives++));
+  const failures = () => logs.filter((l) => l.event === "realtime_unavailable");
+  /** Waits for the link's nth time live, holds it 1 s by the service's clock, and has the server close it. */
+  const liveThenClosed = async (n: number) => {
+    await waitFor(`live #${n}`, () => lives >= n, { timeoutMs: 20_000 });
+    clock.advance(1_000);
+    const channel = client.getChannels().find((ch) => ch.topic === topic)!;
+    client.realtime.push({
+      topic,
+      event: "access_token",
+      payload: { access_token: "not-a-token" },
+      ref: `close-it-${n}`,
+      join_ref: channel.joinPush.ref ?? undefined,
+    });
+    await waitFor(`the close of #${n}`, () => failures().length >= n + 1, { timeoutMs: 20_000 });
+  };
+  try {
+    await waitFor("the refusal", () => failures().length >= 1, { timeoutMs: 20_000 });
+    const refusal = failures()[0];
+    assert.match(String(refusal.reason), /^CHANNEL_ERROR: Unauthorized/);
+    assert.deepEqual([refusal.attempt, refusal.retry_in_ms], [1, 0], "retried at once (jitter 0)");
+    await liveThenClosed(1);
+    await fireWhenSet(timers, "the rejoin after the first close", failures()[1].retry_in_ms as number, clock);
+    await liveThenClosed(2);
+    for (const close of failures().slice(1)) assert.match(String(close.reason), /^CLOSED/);
+    // Steps 2 and 3 (jitter 0.999, drawn above the 1.6 s floor: up to 2.6 s at step 2, 4 s at step 3),
+    // not steps 1 (attempt 0 after a channel that held) and 1 again.
+    assert.deepEqual(
+      failures().slice(1).map((l) => [l.attempt, l.retry_in_ms]),
+      [[2, SOCKET_TEARDOWN_MS + 999], [3, SOCKET_TEARDOWN_MS + 2_397]],
+    );
+  } finally {
+    clock.restore();
+    timers.restore();
+    await subscription.unsubscribe();
+    await service.close();
+    await closeClient(client);
+    await server.close();
     await sql.end();
   }
 });

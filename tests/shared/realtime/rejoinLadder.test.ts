@@ -175,14 +175,15 @@ Deno.test("a channel that stayed joined longer than the wait before its join (a 
   const link = ladderService({ random: () => random, backoff: { initialMs: 1_000, maxMs: 600_000 } });
   try {
     for (let n = 1; n <= 4; n++) (await link.channel(n)).state!("CHANNEL_ERROR", new Error("refused"));
-    random = 0.001; // a short draw at a long step (5th: 16 s ceiling)
+    random = 0.25; // a short draw at a long step (5th: 16 s ceiling), above the 1.6 s floor
     (await link.channel(5)).state!("CHANNEL_ERROR", new Error("refused"));
     const before = link.failures().at(-1)!;
-    assert.deepEqual([before.attempt, before.retry_in_ms], [5, 16], "the 5th step, drawn short");
-    const channel = await link.channel(6); // after those 16 ms (in real time: no time is read)
+    assert.deepEqual([before.attempt, before.retry_in_ms], [5, 4_000], "the 5th step, drawn short");
+    hand.rejoin(link); // the 4 s wait, ended by hand
+    const channel = await link.channel(6);
     channel.state!("SUBSCRIBED");
     await waitFor("live", () => link.subscription.status === "live");
-    hand.clock.advance(17); // joined for longer than the 16 ms waited before the join
+    hand.clock.advance(4_001); // joined for longer than the 4 s waited before the join
     random = 0.5;
     channel.state!("CHANNEL_ERROR", new Error("heartbeat timeout")); // the device's network dropped
     const drop = link.failures().at(-1)!;
@@ -201,6 +202,38 @@ Deno.test("a channel that stayed joined longer than the wait before its join (a 
     next.state!("CHANNEL_ERROR", new Error("heartbeat timeout"));
     const again = link.failures().at(-1)!;
     assert.deepEqual([again.attempt, again.retry_in_ms], [0, SOCKET_TEARDOWN_MS + 500]);
+  } finally {
+    hand.restore();
+    await link.end();
+  }
+});
+
+Deno.test("server-side close: after a failed join retried at once (its wait drawn 0), the wait counted is the 1.6 s teardown floor: a channel the server closes 1 s after its join did not hold (the ladder climbs), one that stayed 1.6 s did", async () => {
+  let random = 0; // refused joins retried at once
+  const hand = handTimed();
+  const link = ladderService({ random: () => random, backoff: { initialMs: 1_000, maxMs: 600_000 } });
+  try {
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("refused"));
+    assert.deepEqual([link.failures()[0].attempt, link.failures()[0].retry_in_ms], [1, 0]);
+    random = 0.999;
+    // Joined after those 0 ms (in real time: no time is read), closed by the server 1 s after its join
+    // by the service's clock: less than the floor of every wait after a drop, so it did not hold.
+    await liveThenClosedByServer(link, 2, { clock: hand.clock, heldMs: 1_000 });
+    const close = link.failures().at(-1)!;
+    assert.deepEqual(
+      [close.attempt, close.retry_in_ms],
+      [2, SOCKET_TEARDOWN_MS + 999],
+      "the 2nd step (drawn above the floor, up to it plus the first step's 1 s), not the first (attempt 0) as after a channel that held",
+    );
+    hand.rejoin(link); // its 2.6 s wait, ended by hand
+    random = 0;
+    (await link.channel(3)).state!("CHANNEL_ERROR", new Error("refused"));
+    assert.deepEqual([link.failures().at(-1)!.attempt, link.failures().at(-1)!.retry_in_ms], [3, 0]);
+    // Joined after 0 ms again, and closed after the whole floor: it held, the ladder starts again.
+    random = 0.5;
+    await liveThenClosedByServer(link, 4, { clock: hand.clock, heldMs: SOCKET_TEARDOWN_MS });
+    const held = link.failures().at(-1)!;
+    assert.deepEqual([held.attempt, held.retry_in_ms], [0, SOCKET_TEARDOWN_MS + 500]);
   } finally {
     hand.restore();
     await link.end();
