@@ -55,6 +55,7 @@ import {
   type WriteResult,
 } from "./types.ts";
 import {
+  checkRealtimeServiceOptions,
   DEFAULT_REQUEST_TIMEOUT_MS,
   type ProgressHandler,
   type ProgressSubscription,
@@ -570,16 +571,33 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
 const CHANGES_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.changesMax, whole: true };
 
 /**
- * Throws for an option of subscribeToProgress's own out of range: api itself (a TypeError unless an
- * object, not null or an array), api.timeoutMs and api.retry as for the plain calls (checkApiOptions),
- * and changesLimit, a whole number from 1 to the
- * API's largest changes page (PROGRESS_LIMITS.changesMax, which the function answers 422 above).
- * The service's options are its constructor's to check.
+ * Throws for an option out of range or of the wrong type, as a first call on a client would: of
+ * subscribeToProgress's own, api itself (a TypeError unless an object, not null or an array),
+ * api.timeoutMs and api.retry as for the plain calls (checkApiOptions), and changesLimit, a whole
+ * number from 1 to the API's largest changes page (PROGRESS_LIMITS.changesMax, which the function
+ * answers 422 above); then the service's, as its constructor checks them (checkRealtimeServiceOptions,
+ * naming them `RealtimeService option ...`); then, without api.timeoutMs, an api.retry.attempts that
+ * leaves an attempt less than 1 ms of requestTimeoutMs. Made on every call, before a later one's
+ * options are compared with the shared service's (checkSharedOptions), so that such an option is the
+ * same TypeError or RangeError on any call, not a later call's "not the one ... runs with" Error (or,
+ * for a backoff that is an array or a function, which are not data, no error at all).
  */
 function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   checkObjectOption(options.api, "subscribeToProgress", "api");
-  checkApiOptions(options.api ?? {}, "subscribeToProgress", "api.");
+  const api = options.api ?? {};
+  checkApiOptions(api, "subscribeToProgress", "api.");
   checkNumberOption(options.changesLimit, CHANGES_LIMIT, "subscribeToProgress", "changesLimit");
+  checkRealtimeServiceOptions(options);
+  // The service gives up on a call after requestTimeoutMs; with a whole attempt allowed that long,
+  // a hung first attempt would use up the call and its retries would never run.
+  const { attempts } = retryOptionsOf(api);
+  const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  if (api.timeoutMs === undefined && !(Math.floor(requestTimeoutMs / attempts) >= 1)) {
+    throw new RangeError(
+      `subscribeToProgress option api.retry.attempts (${attempts}) leaves each attempt less than 1 ms ` +
+        `of requestTimeoutMs (${requestTimeoutMs}): give fewer attempts, or api.timeoutMs`,
+    );
+  }
 }
 
 /**
@@ -647,24 +665,17 @@ export function subscribeToProgress(
   handler: ProgressHandler,
   options: SubscribeToProgressOptions = {},
 ): ProgressLiveSubscription {
-  // Checked on every call, the first on a client (whose options the shared service takes) or not.
+  // Checked on every call, the first on a client (whose options the shared service takes) or not,
+  // before a later call's are compared with the service's.
   checkSubscribeOptions(options);
   let shared = sharedServices.get(client);
   if (shared) checkSharedOptions(shared.options, options);
   else {
     const { api, changesLimit, ...serviceOptions } = options;
-    // The service gives up on a call after requestTimeoutMs; with a whole attempt allowed that long,
-    // a hung first attempt would use up the call and its retries would never run.
+    // Each attempt a share of the call's requestTimeoutMs (checkSubscribeOptions: at least 1 ms).
     const { attempts } = retryOptionsOf(api ?? {});
     const requestTimeoutMs = serviceOptions.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     const attemptTimeoutMs = api?.timeoutMs ?? Math.floor(requestTimeoutMs / attempts);
-    // (A requestTimeoutMs out of range is the service's to refuse, naming it, below.)
-    if (!(attemptTimeoutMs >= 1) && requestTimeoutMs >= 1 && requestTimeoutMs <= MAX_TIMER_MS) {
-      throw new RangeError(
-        `subscribeToProgress option api.retry.attempts (${attempts}) leaves each attempt less than 1 ms ` +
-          `of requestTimeoutMs (${requestTimeoutMs}): give fewer attempts, or api.timeoutMs`,
-      );
-    }
     const service: RealtimeService = new RealtimeService(client, {
       ...serviceOptions,
       // The service's signal, not api.signal: the service may outlive this subscription (shared

@@ -346,9 +346,14 @@ const MS_OPTION_RANGES: Record<
 /**
  * Throws for a backoff that is not an object (a TypeError, as for the API client's retry: null, an
  * array or a number would otherwise be taken as no fields given), then for the first millisecond
- * option outside its range (MS_OPTION_RANGES).
+ * option outside its range (MS_OPTION_RANGES), then for a random that is not a function (a
+ * TypeError). The constructor's checks, exported for subscribeToProgress (shared/progress/api.ts),
+ * which makes them on every call, the later ones on a client (whose shared service is already made)
+ * too, so that a call is refused for a bad option as the first would be.
  */
-function checkMsOptions<Row extends LwwRow>(options: RealtimeServiceOptions<Row>): void {
+export function checkRealtimeServiceOptions<Row extends LwwRow>(
+  options: Omit<RealtimeServiceOptions<Row>, "changesSince">,
+): void {
   checkObjectOption(options.backoff, "RealtimeService", "backoff");
   const given: Record<keyof typeof MS_OPTION_RANGES, unknown> = {
     "backoff.initialMs": options.backoff?.initialMs,
@@ -362,6 +367,10 @@ function checkMsOptions<Row extends LwwRow>(options: RealtimeServiceOptions<Row>
   };
   for (const name of Object.keys(MS_OPTION_RANGES) as (keyof typeof MS_OPTION_RANGES)[]) {
     checkNumberOption(given[name], MS_OPTION_RANGES[name], "RealtimeService", name);
+  }
+  const random: unknown = options.random;
+  if (random !== undefined && typeof random !== "function") {
+    throw new TypeError(`RealtimeService option random must be a function (got ${typeof random})`);
   }
 }
 
@@ -429,18 +438,15 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
   constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
     this.#client = client;
-    checkMsOptions(options);
+    checkRealtimeServiceOptions(options);
     this.#options = options;
     this.#parseRow = options.parseRow ?? (defaultParseRow as unknown as (value: unknown) => Row);
     this.#compareRows = options.compareRows ?? (defaultCompareRows as unknown as (a: Row, b: Row) => number);
-    // A field given as undefined is not given (checkMsOptions lets it through): spread over the
-    // default it would make every backoff wait NaN, which setTimeout fires at once.
+    // A field given as undefined is not given (checkRealtimeServiceOptions lets it through): spread
+    // over the default it would make every backoff wait NaN, which setTimeout fires at once.
     this.#backoff = withDefaults(options.backoff, DEFAULT_BACKOFF);
     this.#log = options.log ?? ((line) => console.log(line));
     const random = options.random;
-    if (random !== undefined && typeof random !== "function") {
-      throw new TypeError(`RealtimeService option random must be a function (got ${typeof random})`);
-    }
     this.#random = random ? () => this.#drawInRange(random()) : Math.random;
     if (options.accessToken) this.#installToken(options.accessToken);
   }

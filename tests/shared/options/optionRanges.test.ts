@@ -3,8 +3,8 @@
 // undefined) whether it is taken or refused, and when refused, with which error class and a message
 // naming the option and the value. It pins each option's accepted range through the entry points
 // that check it (readBodyLimited, createProgressHandlerFromEnv, new RealtimeService, createProgressApi,
-// the plain calls, subscribeToProgress), so a change to the shared checks cannot move a range
-// unnoticed. A value of the wrong type (not a number; retry not an object) and a number out of range
+// the plain calls, a first and a later subscribeToProgress on a client), so a change to the shared
+// checks cannot move a range unnoticed, and one entry point cannot take what another refuses. A value of the wrong type (not a number; retry not an object) and a number out of range
 // are told apart by class (WRONG_TYPE, RangeError).
 
 import assert from "node:assert/strict";
@@ -53,7 +53,6 @@ const VALUES: [string, unknown][] = [
 /** How an entry point took a value: "ok", or the error it threw (or rejected with). */
 type Outcome = "ok" | Error;
 
-/** A value as the messages show it. */
 /**
  * What the object options (the API client's retry, RealtimeService's backoff, subscribeToProgress's
  * api) are given; each takes an object or nothing (OBJECT_ACCEPTED) and refuses the rest with a TypeError.
@@ -92,6 +91,7 @@ function expectObjectOutcome(
   assert.equal(outcome.message, `${option} must be an object (got ${shown(value)})`);
 }
 
+/** A value as the messages show it. */
 function shown(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value);
   if (typeof value === "bigint") return `${value}n`;
@@ -102,7 +102,7 @@ function shown(value: unknown): string {
 
 /**
  * Throws unless `outcome` is what `label` should give for an option taking `accepted`: a refusal
- * reads "<what> option <name> must be ... (got <value>)".
+ * reads "<what> option <name> must be ... (got <value>)". `via` names the entry point in messages.
  */
 function expectOutcome(
   what: string,
@@ -111,8 +111,9 @@ function expectOutcome(
   value: unknown,
   accepted: readonly string[],
   outcome: Outcome,
+  via = what,
 ) {
-  const at = `${what} ${name} = ${label}`;
+  const at = `${via} ${name} = ${label}`;
   if (accepted.includes(label)) {
     assert.equal(outcome, "ok", `${at}: taken (got ${outcome})`);
     return;
@@ -187,56 +188,98 @@ function realtimeOption(name: string, value: unknown): Partial<RealtimeServiceOp
   return { [name]: value };
 }
 
+/**
+ * The three ways RealtimeService options are checked: by `new RealtimeService`, by the first
+ * subscribeToProgress on a client (which makes the shared service), and by a later one on a client
+ * whose shared service was made with the same options when the first call took them, else with none.
+ * A later call is refused for a bad option as the first is, before its options are compared with the
+ * shared service's (which refused it with another Error, "not the one ... runs with", or not at all).
+ */
+async function serviceOutcomes(options: Partial<RealtimeServiceOptions>): Promise<[string, Outcome][]> {
+  const { client } = fakeClient();
+  let service: RealtimeService | undefined;
+  const direct = await outcomeOf(() =>
+    service = new RealtimeService(client, {
+      changesSince: () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false }),
+      log: () => {},
+      ...options,
+    })
+  );
+  await service?.close();
+  const subscriptions: { unsubscribe(): Promise<void> }[] = [];
+  // api.timeoutMs given: without it, a requestTimeoutMs under 4 ms leaves its 4 attempts under 1 ms each.
+  const subscribe = (on: typeof client, given: Partial<RealtimeServiceOptions>) =>
+    outcomeOf(() => {
+      subscriptions.push(subscribeToProgress(on, USER, () => {}, {
+        log: () => {},
+        accessToken: "T",
+        api: { timeoutMs: 1_000 },
+        ...given,
+      }));
+    });
+  const first = await subscribe(fakeClient().client, options);
+  const { client: shared } = fakeClient();
+  assert.equal(await subscribe(shared, first === "ok" ? options : {}), "ok", "the shared service made");
+  const later = await subscribe(shared, options);
+  for (const subscription of subscriptions.reverse()) await subscription.unsubscribe();
+  return [["new RealtimeService", direct], ["subscribeToProgress", first], [
+    "a later subscribeToProgress",
+    later,
+  ]];
+}
+
 for (const [name, accepted] of REALTIME) {
-  Deno.test(`option ranges: new RealtimeService ${name}`, async () => {
-    for (const [label, value] of VALUES) {
-      const { client } = fakeClient();
-      let service: RealtimeService | undefined;
-      const outcome = await outcomeOf(() =>
-        service = new RealtimeService(client, {
-          changesSince: () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false }),
-          log: () => {},
-          ...realtimeOption(name, value),
-        })
-      );
-      await service?.close();
-      expectOutcome("RealtimeService", name, label, value, accepted, outcome);
-    }
+  Deno.test({
+    name:
+      `option ranges: RealtimeService ${name}, directly and through a first and a later subscribeToProgress`,
+    ...noSanitize,
+    fn: async () => {
+      for (const [label, value] of VALUES) {
+        for (const [where, outcome] of await serviceOutcomes(realtimeOption(name, value))) {
+          expectOutcome("RealtimeService", name, label, value, accepted, outcome, where);
+        }
+      }
+    },
   });
 }
 
 Deno.test({
   name:
-    "option ranges: RealtimeService backoff (an object, or not given), directly and through subscribeToProgress",
+    "option ranges: RealtimeService backoff (an object, or not given), directly and through a first and a later subscribeToProgress",
   ...noSanitize,
   fn: async () => {
     // As the API client's retry: an array, null and a non-object are refused (each was taken as no
     // fields given, every backoff default, silently).
     for (const [label, backoff] of OBJECT_VALUES) {
-      const { client } = fakeClient();
-      let service: RealtimeService | undefined;
-      const direct = await outcomeOf(() =>
-        service = new RealtimeService(client, {
-          changesSince: () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false }),
-          log: () => {},
-          backoff: backoff as RealtimeServiceOptions["backoff"],
-        })
-      );
-      await service?.close();
-      let subscription: { unsubscribe(): Promise<void> } | undefined;
-      const { client: other } = fakeClient();
-      const through = await outcomeOf(() =>
-        subscription = subscribeToProgress(other, USER, () => {}, {
-          log: () => {},
-          accessToken: "T",
-          backoff: backoff as RealtimeServiceOptions["backoff"],
-        })
-      );
-      await subscription?.unsubscribe();
       for (
-        const [where, outcome] of [["new RealtimeService", direct], ["subscribeToProgress", through]] as const
+        const [where, outcome] of await serviceOutcomes({
+          backoff: backoff as RealtimeServiceOptions["backoff"],
+        })
       ) {
         expectObjectOutcome(`${where} backoff`, "RealtimeService option backoff", label, backoff, outcome);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "option ranges: RealtimeService random (a function, or not given), directly and through a first and a later subscribeToProgress",
+  ...noSanitize,
+  fn: async () => {
+    for (const [label, random] of OBJECT_VALUES) {
+      for (const [where, outcome] of await serviceOutcomes({ random: random as () => number })) {
+        const at = `${where} random = ${label}`;
+        if (label === "undefined" || label === "a function") {
+          assert.equal(outcome, "ok", `${at}: taken (got ${outcome})`);
+          continue;
+        }
+        assert.ok(outcome instanceof Error, `${at}: refused`);
+        assert.equal(outcome.constructor, WRONG_TYPE, `${at}: (got ${outcome})`);
+        assert.equal(
+          outcome.message,
+          `RealtimeService option random must be a function (got ${typeof random})`,
+        );
       }
     }
   },
