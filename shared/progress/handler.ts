@@ -65,7 +65,8 @@ export interface ProgressHandlerOptions {
    * How long a request body may go without a byte arriving before it is answered 408
    * request_timeout (default 10 s; why: DEFAULT_BODY_IDLE_TIMEOUT_MS in shared/http/body.ts): above 0
    * and up to 2^31-1 ms, or Infinity for no bound (BODY_BOUND_MS); another number (0, a negative,
-   * NaN) throws a RangeError here, a value that is not a number a TypeError.
+   * NaN) throws a RangeError here, a value that is not a number (null too) a TypeError. Undefined is
+   * not given (the default).
    */
   bodyIdleTimeoutMs?: number;
   /**
@@ -162,19 +163,22 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
   const log = options.log ?? defaultLog;
   const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
   // A bad bound fails here, when the function boots, rather than as a 500 (or a 408) on each request.
+  // Only undefined is not given (the default), as for readBodyLimited: null is refused (a TypeError),
+  // not read as the default, since a caller may mean it as "no bound" (a 408's details show an
+  // Infinity bound as null).
   const bodyBounds = {
     idleTimeoutMs: checkNumberOption(
-      options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS,
+      options.bodyIdleTimeoutMs,
       BODY_BOUND_MS,
       "createProgressHandler",
       "bodyIdleTimeoutMs",
-    ),
+    ) ?? DEFAULT_BODY_IDLE_TIMEOUT_MS,
     totalTimeoutMs: checkNumberOption(
-      options.bodyTotalTimeoutMs ?? DEFAULT_BODY_TOTAL_TIMEOUT_MS,
+      options.bodyTotalTimeoutMs,
       BODY_BOUND_MS,
       "createProgressHandler",
       "bodyTotalTimeoutMs",
-    ),
+    ) ?? DEFAULT_BODY_TOTAL_TIMEOUT_MS,
   };
   const verifier = () => typeof options.verifier === "function" ? options.verifier() : options.verifier;
   const store = () => typeof options.store === "function" ? options.store() : options.store;
