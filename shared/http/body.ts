@@ -67,6 +67,21 @@ export const BODY_BOUND_MS: NumberRule = {
   unit: "milliseconds",
 };
 
+/**
+ * The byte limit's range (readBodyLimited's and readJsonBody's maxBytes, createProgressHandler's
+ * maxBodyBytes): a whole number of bytes from 0 (no byte taken: hasBody) up to 2^53-1, or Infinity
+ * (no limit). Unchecked, NaN or a string that is not a number took any body (every comparison with it
+ * false), a string of digits was compared as the number it spells, and null, where the handler read
+ * it as the default, was 0 to readJsonBody (every body with a byte refused).
+ */
+export const BODY_BYTES: NumberRule = {
+  min: 0,
+  max: Number.MAX_SAFE_INTEGER,
+  whole: true,
+  infinity: true,
+  unit: "bytes",
+};
+
 /** application/json, or application/<x>+json, with any parameters (charset=utf-8). */
 export function isJsonMediaType(contentType: string | null): boolean {
   if (!contentType) return false;
@@ -108,17 +123,20 @@ export function declaredLength(req: Request): number | null {
 }
 
 /**
- * Reads at most maxBytes of the body; throws 413 beyond that (and stops reading), and 408
+ * Reads at most maxBytes of the body (BODY_BYTES; undefined: DEFAULT_MAX_BODY_BYTES, as for
+ * readJsonBody); throws 413 beyond that (and stops reading), and 408
  * request_timeout when no byte arrives for idleTimeoutMs or the body is not complete totalTimeoutMs
  * after the first read (the stream is cancelled: nothing goes on reading it, and the answer carries
- * Connection: close, as the rest of the body will never be read).
+ * Connection: close, as the rest of the body will never be read). A limit or bound out of range is a
+ * RangeError, one not a number (null too) a TypeError, before anything is read.
  */
 export async function readBodyLimited(
   req: Request,
-  maxBytes: number,
+  maxBytes: number = DEFAULT_MAX_BODY_BYTES,
   { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS, totalTimeoutMs = DEFAULT_BODY_TOTAL_TIMEOUT_MS }:
     ReadBodyOptions = {},
 ): Promise<Uint8Array> {
+  checkNumberOption(maxBytes, BODY_BYTES, "readBodyLimited", "maxBytes");
   checkNumberOption(idleTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "idleTimeoutMs");
   checkNumberOption(totalTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "totalTimeoutMs");
   const declared = declaredLength(req);

@@ -1,4 +1,4 @@
-// Checks of numeric options, shared by the function's body bounds (shared/http/body.ts), the API
+// Checks of numeric options, shared by the function's body limits (shared/http/body.ts), the API
 // client (shared/progress/api.ts) and RealtimeService (shared/realtime/realtimeService.ts). Each
 // option's range is data (a NumberRule); a refusal reads the same everywhere, naming the option:
 //
@@ -25,7 +25,7 @@ export interface NumberRule {
   /** Infinity is taken too ("never", "no bound"). */
   readonly infinity?: boolean;
   /** What the number counts, in the message ("a number of milliseconds"). */
-  readonly unit?: "milliseconds";
+  readonly unit?: "milliseconds" | "bytes";
 }
 
 /** A delay a timer can hold: 1 to MAX_TIMER_MS ms (below 1 fires at once; past the max after 1 ms). */

@@ -27,6 +27,7 @@
 import { bearerCredentials, type JwtClaims, JwtError, type JwtVerifier } from "../auth/jwt.ts";
 import {
   BODY_BOUND_MS,
+  BODY_BYTES,
   DEFAULT_BODY_IDLE_TIMEOUT_MS,
   DEFAULT_BODY_TOTAL_TIMEOUT_MS,
   hasBody,
@@ -60,6 +61,11 @@ export interface ProgressHandlerOptions {
   store: ProgressStore | (() => ProgressStore);
   /** Structured log sink; default: one JSON line on stdout. */
   log?: LogSink;
+  /**
+   * Request bodies above this many bytes are answered 413 (default PROGRESS_LIMITS.maxBodyBytes, 64
+   * KiB): a whole number from 0, or Infinity for no limit (BODY_BYTES in shared/http/body.ts), checked
+   * as bodyIdleTimeoutMs is.
+   */
   maxBodyBytes?: number;
   /**
    * How long a request body may go without a byte arriving before it is answered 408
@@ -161,11 +167,13 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
   const functionName = options.functionName ?? "progress";
   const hostClock = options.hostClock ?? (() => Date.now());
   const log = options.log ?? defaultLog;
-  const maxBytes = options.maxBodyBytes ?? PROGRESS_LIMITS.maxBodyBytes;
-  // A bad bound fails here, when the function boots, rather than as a 500 (or a 408) on each request.
-  // Only undefined is not given (the default), as for readBodyLimited: null is refused (a TypeError),
-  // not read as the default, since a caller may mean it as "no bound" (a 408's details show an
-  // Infinity bound as null).
+  // A bad limit or bound fails here, when the function boots, rather than as a 500 (or a 408 or 413)
+  // on each request. Only undefined is not given (the default), as for readBodyLimited: null is
+  // refused (a TypeError), not read as the default, since a caller may mean it as "no bound" (a 408's
+  // details show an Infinity bound as null).
+  const maxBytes =
+    checkNumberOption(options.maxBodyBytes, BODY_BYTES, "createProgressHandler", "maxBodyBytes") ??
+      PROGRESS_LIMITS.maxBodyBytes;
   const bodyBounds = {
     idleTimeoutMs: checkNumberOption(
       options.bodyIdleTimeoutMs,

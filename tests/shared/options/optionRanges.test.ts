@@ -1,14 +1,17 @@
-// Every numeric option the client and the server range-check, as a table: for each option and each
-// value (NaN, -1, -0, 0, 0.5, 1, 1.5, 2^31-1, 2^31, 2^53-1, 2^53, ±Infinity, strings, null, true, 1n,
-// undefined) whether it is taken or refused, and when refused, with which error class and a message
-// naming the option and the value. It pins each option's accepted range through the entry points
-// that check it (readBodyLimited, createProgressHandlerFromEnv, new RealtimeService, createProgressApi,
-// the plain calls, a first and a later subscribeToProgress on a client), so a change to the shared
-// checks cannot move a range unnoticed, and one entry point cannot take what another refuses. A value of the wrong type (not a number; retry not an object) and a number out of range
+// Every numeric option the client and the server range-check, as a table: for each option and each value
+// (NaN, -1, -0, 0, 0.5, 1, 1.5, 2^31-1, 2^31, 2^53-1, 2^53, ±Infinity, strings, null, true, 1n, undefined)
+// whether it is taken or refused, and when refused, with which error class and a message naming the option
+// and the value. It pins each option's accepted range through the entry points that check it
+// (readBodyLimited, readJsonBody, createProgressHandler and createProgressHandlerFromEnv, new
+// RealtimeService, createProgressApi, the plain calls, a first and a later subscribeToProgress on a client),
+// so a change to the shared checks cannot move a range unnoticed, and one entry point cannot take what
+// another refuses. A value of the wrong type (not a number; retry not an object) and a number out of range
 // are told apart by class (WRONG_TYPE, RangeError).
 
 import assert from "node:assert/strict";
-import { readBodyLimited } from "../../../shared/http/body.ts";
+import { readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
+import { HttpError } from "../../../shared/http/errors.ts";
+import { createProgressHandler } from "../../../shared/progress/handler.ts";
 import {
   createProgressApi,
   getProgress,
@@ -164,6 +167,34 @@ for (
     }
   });
 }
+
+/** A whole number of bytes from 0 (to 2^53-1), or Infinity (no limit). */
+const BODY_BYTES = ["-0", "0", "1", "500", "501", "2^31-1", "2^31", "2^53-1", "Infinity", "undefined"];
+
+Deno.test("option ranges: the body's byte limit, readBodyLimited and readJsonBody maxBytes and createProgressHandler maxBodyBytes", async () => {
+  // An empty body: once the limit is checked, the read ends at once (readJsonBody's 400 for an empty
+  // body is an answer, not a refusal of the option).
+  const post = () =>
+    new Request("http://localhost/progress", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+    });
+  const answered = (outcome: Outcome) => outcome instanceof HttpError ? "ok" : outcome;
+  for (const [label, value] of VALUES) {
+    const read = await outcomeOf(() => readBodyLimited(post(), value as number));
+    expectOutcome("readBodyLimited", "maxBytes", label, value, BODY_BYTES, read);
+    const json = answered(await outcomeOf(() => readJsonBody(post(), { maxBytes: value as number })));
+    expectOutcome("readBodyLimited", "maxBytes", label, value, BODY_BYTES, json, "readJsonBody");
+    const made = await outcomeOf(() =>
+      createProgressHandler({
+        verifier: () => assert.fail("no request"),
+        store: () => assert.fail("no request"),
+        maxBodyBytes: value as number,
+      })
+    );
+    expectOutcome("createProgressHandler", "maxBodyBytes", label, value, BODY_BYTES, made);
+  }
+});
 
 // ------------------------------------------------------------------------------------ RealtimeService
 
