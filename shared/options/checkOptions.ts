@@ -4,8 +4,8 @@
 //
 //   <where> option <name> must be <what the rule takes> (got <the value>)
 //
-// A value of the wrong type (not a number; for an object option, not an object, null or an array) is
-// a TypeError, a number out of range a RangeError. A value given as undefined is not given (its
+// A value of the wrong type (not a number; for an object option, not an object, null or an array; for
+// a function option, not a function) is a TypeError, a number out of range a RangeError. A value given as undefined is not given (its
 // default applies): nothing here refuses it.
 
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
@@ -86,6 +86,15 @@ export function checkNumberOption(
 export function checkObjectOption(value: unknown, where: string, name: string): void {
   if (value === undefined || (value !== null && typeof value === "object" && !Array.isArray(value))) return;
   throw new TypeError(`${where} option ${name} must be an object (got ${shownValue(value)})`);
+}
+
+/**
+ * Throws a TypeError unless `value` is a function (or undefined: not given), naming the option as
+ * above, the value by its type ("must be a function (got object)").
+ */
+export function checkFunctionOption(value: unknown, where: string, name: string): void {
+  if (value === undefined || typeof value === "function") return;
+  throw new TypeError(`${where} option ${name} must be a function (got ${typeof value})`);
 }
 
 /** Each field of `defaults` as given in `given`, or the default when not given (undefined or null). */

@@ -64,6 +64,7 @@ import {
 } from "../realtime/realtimeService.ts";
 import { parseRetryAfter, retryAfterMsOf } from "../http/retryAfter.ts";
 import {
+  checkFunctionOption,
   checkNumberOption,
   checkObjectOption,
   MAX_TIMER_MS,
@@ -166,9 +167,11 @@ const ATTEMPTS: NumberRule = { min: 1, max: Number.MAX_SAFE_INTEGER, whole: true
 const DELAY_MS: NumberRule = { min: 0, max: MAX_TIMER_MS, unit: "milliseconds" };
 
 /**
- * Throws for the first of `timeoutMs`, `retry` (a TypeError unless an object, not null or an array)
- * and `retry`'s fields outside its range, naming it as `<where> option <prefix><name>`. A field given
- * as undefined is not given (its default applies).
+ * Throws for the first of `timeoutMs`, `random` (a TypeError unless a function, as RealtimeService's
+ * random: null too, which was taken as Math.random, and anything else thrown at the first retry),
+ * `retry` (a TypeError unless an object, not null or an array) and `retry`'s fields outside its
+ * range, naming it as `<where> option <prefix><name>`. A field given as undefined is not given (its
+ * default applies).
  * timeoutMs takes 1 to MAX_TIMER_MS ms (TIMER_MS): below 1, Infinity or past MAX_TIMER_MS, setTimeout
  * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
  * NaN as none at all (an attempt that may hang for good). retry.baseDelayMs and retry.maxDelayMs take
@@ -178,11 +181,12 @@ const DELAY_MS: NumberRule = { min: 0, max: MAX_TIMER_MS, unit: "milliseconds" }
  * Infinity retried without end.
  */
 function checkApiOptions(
-  options: Pick<ProgressApiOptions, "timeoutMs" | "retry">,
+  options: Pick<ProgressApiOptions, "timeoutMs" | "retry" | "random">,
   where: string,
   prefix = "",
 ) {
   checkNumberOption(options.timeoutMs, TIMER_MS, where, `${prefix}timeoutMs`);
+  checkFunctionOption(options.random, where, `${prefix}random`);
   const retry: unknown = options.retry;
   checkObjectOption(retry, where, `${prefix}retry`);
   if (retry === undefined) return;

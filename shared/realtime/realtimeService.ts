@@ -77,6 +77,7 @@ import { defaultCompareRows, defaultParseRow, type ProgressRow } from "./progres
 import { type HeartbeatStatus, watchHeartbeats } from "./heartbeatWatch.ts";
 import { retryAfterMsOf } from "../http/retryAfter.ts";
 import {
+  checkFunctionOption,
   checkNumberOption,
   checkObjectOption,
   MAX_TIMER_MS,
@@ -368,10 +369,7 @@ export function checkRealtimeServiceOptions<Row extends LwwRow>(
   for (const name of Object.keys(MS_OPTION_RANGES) as (keyof typeof MS_OPTION_RANGES)[]) {
     checkNumberOption(given[name], MS_OPTION_RANGES[name], "RealtimeService", name);
   }
-  const random: unknown = options.random;
-  if (random !== undefined && typeof random !== "function") {
-    throw new TypeError(`RealtimeService option random must be a function (got ${typeof random})`);
-  }
+  checkFunctionOption(options.random, "RealtimeService", "random");
 }
 
 /** Timers the service owns, counted so that "nothing left behind" can be checked. */

@@ -94,6 +94,26 @@ function expectObjectOutcome(
   assert.equal(outcome.message, `${option} must be an object (got ${shown(value)})`);
 }
 
+/**
+ * Throws unless `outcome` is what a function option (random) given OBJECT_VALUES' `label` should give:
+ * "ok" for a function or undefined, else a TypeError "<option> must be a function (got <its type>)".
+ */
+function expectFunctionOutcome(
+  where: string,
+  option: string,
+  label: string,
+  value: unknown,
+  outcome: Outcome,
+): void {
+  if (label === "undefined" || label === "a function") {
+    assert.equal(outcome, "ok", `${where} = ${label}: taken (got ${outcome})`);
+    return;
+  }
+  assert.ok(outcome instanceof Error, `${where} = ${label}: refused`);
+  assert.equal(outcome.constructor, WRONG_TYPE, `${where} = ${label}: (got ${outcome})`);
+  assert.equal(outcome.message, `${option} must be a function (got ${typeof value})`);
+}
+
 /** A value as the messages show it. */
 function shown(value: unknown): string {
   if (typeof value === "string") return JSON.stringify(value);
@@ -298,17 +318,7 @@ Deno.test({
   fn: async () => {
     for (const [label, random] of OBJECT_VALUES) {
       for (const [where, outcome] of await serviceOutcomes({ random: random as () => number })) {
-        const at = `${where} random = ${label}`;
-        if (label === "undefined" || label === "a function") {
-          assert.equal(outcome, "ok", `${at}: taken (got ${outcome})`);
-          continue;
-        }
-        assert.ok(outcome instanceof Error, `${at}: refused`);
-        assert.equal(outcome.constructor, WRONG_TYPE, `${at}: (got ${outcome})`);
-        assert.equal(
-          outcome.message,
-          `RealtimeService option random must be a function (got ${typeof random})`,
-        );
+        expectFunctionOutcome(`${where} random`, "RealtimeService option random", label, random, outcome);
       }
     }
   },
@@ -380,6 +390,20 @@ Deno.test({
       for (const [where, outcome] of await apiOutcomes({ retry })) {
         const path = where === "subscribeToProgress" ? "api.retry" : "retry";
         expectObjectOutcome(`${where} retry`, `${where} option ${path}`, label, retry, outcome);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "option ranges: API client random (a function, or not given), as RealtimeService's",
+  ...noSanitize,
+  fn: async () => {
+    // null was taken as Math.random, any other value thrown at the first retry's draw.
+    for (const [label, random] of OBJECT_VALUES) {
+      for (const [where, outcome] of await apiOutcomes({ random })) {
+        const path = where === "subscribeToProgress" ? "api.random" : "random";
+        expectFunctionOutcome(`${where} random`, `${where} option ${path}`, label, random, outcome);
       }
     }
   },
