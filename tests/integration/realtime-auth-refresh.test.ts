@@ -32,9 +32,14 @@ Deno.test({
   const a = await createTestUser();
   const client = newClient();
   const logs: Record<string, unknown>[] = [];
+  // A marker channel of A's, joined with a lasting token. Once the service has refreshed three times,
+  // the marker is given a token made after the third refresh's and lasting as long (so expiring at or
+  // after it, exp being whole seconds), and no other: when the server has closed the marker for that
+  // expiry, the first token and three after it have expired on the server's clock.
+  let markerToken = a.accessToken;
+  const marker = clientWithToken(() => markerToken);
   // exp is whole seconds, so a "4 s" token lives 3 to 4 s: a refresh every second keeps >= 2 s spare.
   const firstToken = await a.newAccessToken(4);
-  const firstExpiryMs = expiryMs(firstToken);
   const service = new RealtimeService(client, {
     changesSince: sqlChangesSince(sql, a.id),
     accessToken: firstToken,
@@ -45,35 +50,53 @@ Deno.test({
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
   let refreshes = 0;
   let lastToken = firstToken;
+  // The app's refresh, every second (not a wait of the test's: nothing below waits for a time).
   const refresher = setInterval(async () => {
     lastToken = await a.newAccessToken(4);
     await service.setAccessToken(lastToken);
     refreshes++;
   }, 1_000);
   try {
+    const markerJoin = await joinChannel(marker, topicOf(a.id));
+    assert.equal(markerJoin.status, "SUBSCRIBED", "marker");
     await waitFor("live", () => subscription.status === "live");
+    let markerClosed = false;
+    const markerExpiry = (async () => {
+      await waitFor("three refreshes", () => refreshes >= 3, { timeoutMs: 30_000 });
+      markerToken = await a.newAccessToken(4);
+      await marker.realtime.setAuth(); // the marker channel's first refresh: applied at once
+      await waitFor(
+        "the marker's channel closed at its token's expiry",
+        () => markerJoin.joined.states.includes("CLOSED"),
+        { timeoutMs: 30_000 },
+      );
+    })().finally(() => markerClosed = true);
     const t0 = Date.now() - 60_000;
     const written: string[] = [];
-    // Write until two tokens after the first have expired too (the channel would have been closed
-    // at the first expiry without the refresh).
-    for (let i = 0; Date.now() < firstExpiryMs + 4_000 || refreshes < 3; i++) {
+    const seen = () =>
+      new Set(changes.map((c) => `${c.row.series_id}@${new Date(c.row.updated_at).toISOString()}`));
+    // Write until the marker is closed (the channel would have been closed at the first token's
+    // expiry without the refresh), each write once the one before has reached the device.
+    for (let i = 0; !markerClosed; i++) {
       const updated_at = new Date(t0 + i).toISOString();
       await writeProgress(sql, a.id, { series_id: `s${i % 3}`, chapter: i, device_id: "phone", updated_at });
-      written.push(`s${i % 3}@${updated_at}`);
-      await sleep(40);
+      const key = `s${i % 3}@${updated_at}`;
+      written.push(key);
+      // However long a loaded machine takes: the bound only catches a hang.
+      await waitFor(`write ${i}`, () => seen().has(key), { timeoutMs: 30_000 });
     }
-    // Waits for the writes to arrive, however long a loaded machine takes: the bound only catches a hang.
-    await waitFor("every write", () => changes.length >= written.length, { timeoutMs: 30_000 });
-    const seen = new Set(
-      changes.map((c) => `${c.row.series_id}@${new Date(c.row.updated_at).toISOString()}`),
+    await markerExpiry;
+    assert.match(
+      String(markerJoin.joined.system[0]?.message),
+      /^Token has expired/,
+      "the marker closed for its expiry",
     );
-    const missed = written.filter((w) => !seen.has(w));
+    const missed = written.filter((w) => !seen().has(w));
     console.log(`${written.length} writes across ${refreshes} token refreshes; missed ${missed.length}`);
     assert.deepEqual(missed, [], "missed updates");
     assert.ok(changes.every((c) => c.source === "realtime"), "all updates came over Realtime");
     // The channel was never closed by the server: no expiry, no fallback, still the first join,
     // and it outlived the token it joined with.
-    assert.ok(Date.now() > firstExpiryMs, "the first token has expired");
     assert.equal(subscription.status, "live");
     assert.deepEqual(
       logs.filter((l) => l.event === "realtime_unavailable" || l.event === "system_message"),
@@ -84,6 +107,7 @@ Deno.test({
     assert.equal(client.realtime.accessTokenValue, lastToken, "the Realtime client holds the newest token");
   } finally {
     clearInterval(refresher);
+    await closeClient(marker);
     await teardown(subscription, service, client, sql);
   }
 });
