@@ -475,6 +475,8 @@ export class Connection {
         });
       }, remaining);
       channel.pendingTimers.add(timer);
+    } else {
+      this.deps.log({ event: "access_token_held_replaced", topic: channel.fullTopic });
     }
     channel.pendingToken = token;
   }

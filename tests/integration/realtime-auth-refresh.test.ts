@@ -5,8 +5,10 @@
 
 import assert from "node:assert/strict";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
-import { createClient } from "@supabase/supabase-js";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { adminSql, createTestUser, mintsTokens, testEnv } from "../support/env.ts";
+import { type RealtimeServer, startRealtimeServer } from "../../local/realtime/endpoint.ts";
+import { frozenClock, pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
 import {
   clientWithToken,
   closeClient,
@@ -14,8 +16,8 @@ import {
   type JoinedChannel,
   newClient,
   noSanitize,
+  ownEndpoint,
   serverState,
-  sleep,
   sqlChangesSince,
   waitFor,
   writeProgress,
@@ -367,71 +369,128 @@ Deno.test({
 Deno.test({
   name:
     "realtime auth: a second token within 10 s of the last one applied is held until the window ends; a later push replaces it",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   // Supabase's ACCESS_TOKEN_THROTTLE_MS (10 s): a channel's first new token is applied at once, one
   // pushed within 10 s of the last applied is held (the channel keeps serving with the current one)
-  // and applied when the window ends; a push while one is held replaces it. Two devices of A, in
-  // parallel: each applies a fresh token of A, then pushes C's token (which the read policy
-  // refuses); the second then pushes another fresh token of A, which replaces C's.
+  // and applied when the window ends; a push while one is held replaces it. Two devices of A, each on
+  // an in-process stand-in of its own: "held" has the default window, "replaced" a 7 s one, so each
+  // hold's timer is told apart by its delay. Each applies a fresh token of A, then pushes C's token
+  // (which the read policy refuses); "replaced" then pushes another fresh token of A, which replaces
+  // C's. The stand-in's clock (performance.now) is stopped and moved on by hand, and the holds' timers
+  // are run by hand (watchTimers): each window ends when the test says, and none is waited for.
+  const env = testEnv();
   const sql = adminSql();
   const a = await createTestUser();
   const c = await createTestUser();
-  const devices = ["replaced-by-c", "replaced-again"].map((name) => {
-    let token = a.accessToken;
-    const client = clientWithToken(() => token);
-    return { name, client, setToken: (next: string) => token = next, joined: null as JoinedChannel | null };
-  });
+  const MOVED_ON_MS = 1_234; // between the first refresh's application and C's token
+  const timers = watchTimers();
+  const clock = frozenClock();
+  const devices: {
+    name: string;
+    windowMs: number;
+    logs: Record<string, unknown>[];
+    server: RealtimeServer;
+    client: SupabaseClient;
+    setToken: (next: string) => void;
+    joined: JoinedChannel;
+  }[] = [];
   try {
-    for (const device of devices) {
-      const result = await joinChannel(device.client, topicOf(a.id));
-      assert.equal(result.status, "SUBSCRIBED", device.name);
-      device.joined = result.joined;
+    for (const [name, windowMs] of [["held", 10_000], ["replaced", 7_000]] as const) {
+      const logs: Record<string, unknown>[] = [];
+      const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+        log: (fields) => logs.push(fields),
+        // The first keeps the stand-in's default, Supabase's 10 s.
+        ...(windowMs === 10_000 ? {} : { accessTokenThrottleMs: windowMs }),
+      });
+      let token = a.accessToken;
+      // Push timeouts of 30 s: realtime-js's default 10 s timers (an access_token push gets no reply)
+      // would stand among the holds' timers.
+      const client = clientWithToken(() => token, { url: server.url, timeout: 30_000 });
+      devices.push({ name, windowMs, logs, server, client, setToken: (next) => token = next, joined: null! });
+      const result = await joinChannel(client, topicOf(a.id));
+      assert.equal(result.status, "SUBSCRIBED", name);
+      devices.at(-1)!.joined = result.joined;
     }
     const [held, replaced] = devices;
-    // First refresh of each channel: applied at once. The first channel's window opens when the
-    // server applies it, which is after this: the held token cannot be applied 10 s before it (the
-    // rest of the setup, a sign-in per token on a stack without the JWT secret, counts for nothing).
-    const windowStart = Date.now();
+    const logged = (device: typeof held, event: string) =>
+      device.logs.filter((l) => l.event === event).length;
+    const holdOf = (device: typeof held) => device.windowMs - MOVED_ON_MS;
+
+    // First refresh of each channel: applied at once.
     for (const device of devices) {
       device.setToken(await a.newAccessToken(3_600));
       await device.client.realtime.setAuth();
+      await waitFor(
+        `${device.name}: the first refresh applied`,
+        () => logged(device, "token_refreshed") === 1,
+        { timeoutMs: 20_000 },
+      );
+      assert.equal(logged(device, "access_token_throttled"), 0, `${device.name}: the first refresh was held`);
     }
-    // The second channel's window has surely ended 11 s after this (its first refresh was sent).
-    const replacedWindowOver = Date.now() + 11_000;
+    clock.advance(MOVED_ON_MS);
+    // C's token, within the window: held for what is left of it, counted from the last application.
     for (const device of devices) {
       device.setToken(c.accessToken);
       await device.client.realtime.setAuth();
+      await waitFor(
+        `${device.name}: C's token held (or applied)`,
+        () => logged(device, "access_token_throttled") === 1 || device.joined.states.includes("CLOSED"),
+        { timeoutMs: 20_000 },
+      );
+      assert.deepEqual(device.joined.system, [], `${device.name}: C's token was applied at once`);
+      assert.equal(
+        device.logs.find((l) => l.event === "access_token_throttled")?.apply_in_ms,
+        holdOf(device),
+        `${device.name}: C's token held for what was left of the window`,
+      );
+      assert.ok(pendingFor(timers, holdOf(device)), `${device.name}: no timer for ${holdOf(device)} ms`);
     }
     replaced.setToken(await a.newAccessToken(3_600));
     await replaced.client.realtime.setAuth();
+    await waitFor("C's held token replaced", () => logged(replaced, "access_token_held_replaced") === 1, {
+      timeoutMs: 20_000,
+    });
 
     // C's token is held: both channels still serve A's progress with A's token.
-    await sleep(2_000);
     await writeProgress(sql, a.id, { series_id: "inside-window", chapter: 1, device_id: "phone" });
     for (const device of devices) {
-      await waitFor(`${device.name}: the write inside the window`, () => device.joined!.received.length >= 1);
-      assert.deepEqual(device.joined!.system, [], device.name);
+      await waitFor(`${device.name}: the write inside the window`, () => device.joined.received.length >= 1, {
+        timeoutMs: 20_000,
+      });
+      assert.deepEqual(device.joined.system, [], device.name);
+      assert.ok(!device.joined.states.includes("CLOSED"), `${device.name}: ${device.joined.states}`);
     }
 
     // At the window's end the held token is applied: C's closes the first channel...
-    await waitFor("the first channel to close", () => held.joined!.states.includes("CLOSED"), {
-      timeoutMs: 15_000,
+    timers.fire(holdOf(held));
+    await waitFor("the first channel to close", () => held.joined.states.includes("CLOSED"), {
+      timeoutMs: 20_000,
     });
-    const closedAfter = Date.now() - windowStart;
-    assert.ok(closedAfter >= 9_900, `closed ${closedAfter} ms after the first refresh was sent`);
-    assert.deepEqual(held.joined!.system.map((m) => m.message), [
+    assert.deepEqual(held.joined.system.map((m) => m.message), [
       `You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
     ]);
     // ...and the second, whose held token was replaced by A's, stays joined and serves once its own
     // window is over too.
-    await sleep(Math.max(500, replacedWindowOver - Date.now()));
+    timers.fire(holdOf(replaced));
+    await waitFor(
+      "A's token applied at the second window's end (or C's)",
+      () => logged(replaced, "token_refreshed") === 2 || replaced.joined.states.includes("CLOSED"),
+      { timeoutMs: 20_000 },
+    );
+    assert.deepEqual(replaced.joined.system, [], "C's token was applied at the second window's end");
     await writeProgress(sql, a.id, { series_id: "after-window", chapter: 2, device_id: "phone" });
-    await waitFor("the second device's write after the window", () => replaced.joined!.received.length >= 2);
-    assert.deepEqual(replaced.joined!.system, []);
-    assert.ok(!replaced.joined!.states.includes("CLOSED"), replaced.joined!.states.join(","));
+    await waitFor("the second device's write after the window", () => replaced.joined.received.length >= 2, {
+      timeoutMs: 20_000,
+    });
+    assert.deepEqual(replaced.joined.system, []);
+    assert.ok(!replaced.joined.states.includes("CLOSED"), replaced.joined.states.join(","));
+    assert.equal(logged(replaced, "channel_shutdown"), 0);
   } finally {
     await Promise.all(devices.map((d) => closeClient(d.client)));
+    clock.restore();
+    timers.restore();
+    await Promise.all(devices.map((d) => d.server.close()));
     await sql.end();
   }
 });
