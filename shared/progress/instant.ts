@@ -63,6 +63,37 @@ export function instantMs(value: string): number {
   return whole + Math.floor(microsecondsOf(m[2]) / 1000);
 }
 
+/**
+ * What PostgreSQL's timestamptz input (PostgreSQL 15) refuses in an RFC 3339 date-time, the form
+ * z.iso.datetime({ offset: true }) checks ("T", seconds, "Z" or "±HH:MM"), where JavaScript's Date reads
+ * it (tests/functions/updated_at_postgres.test.ts checks both against the database):
+ *   - an offset of 16 hours or more either way ("time zone displacement out of range": PostgreSQL
+ *     reads offsets up to 15:59:59; Date up to 23:59);
+ *   - more than 149 characters ("invalid input syntax", as from a long fraction): its date parser
+ *     copies the text's fields into a buffer of MAXDATELEN + MAXDATEFIELDS = 153 bytes with a NUL
+ *     after each, and this form has four (the date, "T", the time, the zone).
+ */
+export const POSTGRES_LIMITS = Object.freeze({ maxOffsetHours: 15, maxDateLength: 149 });
+
+/** Why PostgreSQL refuses a date-time that Date reads (see POSTGRES_LIMITS), or that neither reads. */
+export type PostgresRefusal = "offset_out_of_range" | "too_long" | "invalid";
+
+const OFFSET = /([+-])(\d{2}):?(\d{2})$/;
+
+/**
+ * An RFC 3339 date-time as a timestamptz column keys it: instantMs, or why PostgreSQL would refuse
+ * the text (a Data API write of it fails). One parse for a request's updated_at and the list cursor.
+ */
+export function postgresInstantMs(value: string): number | PostgresRefusal {
+  if (value.length > POSTGRES_LIMITS.maxDateLength) return "too_long";
+  const offset = OFFSET.exec(value);
+  if (offset && (Number(offset[2]) > POSTGRES_LIMITS.maxOffsetHours || Number(offset[3]) > 59)) {
+    return "offset_out_of_range";
+  }
+  const ms = instantMs(value);
+  return Number.isNaN(ms) ? "invalid" : ms;
+}
+
 /** A fraction's digits in microseconds, as PostgreSQL's ParseFractionalSecond reads them. */
 function microsecondsOf(digits: string): number {
   if (digits.length <= 6) return Number(digits.padEnd(6, "0"));

@@ -10,7 +10,7 @@
 
 import { z } from "zod";
 import { HttpError } from "../http/errors.ts";
-import { instantMs, microsecondIso } from "./instant.ts";
+import { microsecondIso, POSTGRES_LIMITS, postgresInstantMs, type PostgresRefusal } from "./instant.ts";
 import type {
   BatchWriteResponse,
   ChangesResponse,
@@ -37,21 +37,42 @@ export const deviceIdSchema = idSchema;
 const LAST_FOUR_DIGIT_YEAR_MS = Date.parse("9999-12-31T23:59:59.999Z");
 const FIRST_FOUR_DIGIT_YEAR_MS = Date.parse("0001-01-01T00:00:00.000Z");
 
+const REFUSAL_MESSAGES: Record<PostgresRefusal, string> = {
+  offset_out_of_range:
+    `must have a UTC offset from -${POSTGRES_LIMITS.maxOffsetHours}:59 to +${POSTGRES_LIMITS.maxOffsetHours}:59 (PostgreSQL refuses a larger one)`,
+  too_long:
+    `must be at most ${POSTGRES_LIMITS.maxDateLength} characters long (PostgreSQL refuses a longer date)`,
+  invalid: INSTANT_MESSAGE,
+};
+
 /**
  * updated_at in a request: an ISO 8601 date-time with Z or an offset, from 1970 to the end of 9999
- * in UTC. Normalised to the millisecond ISO form as the database keys it (digits past the microsecond
- * rounded, as PostgreSQL reads them, then truncated to the millisecond: instantMs), which is exactly
- * what the server compares, and what a direct Data API write of the same date is stored as. (Any date
- * more than 5 s ahead is then recorded as now: see migration 012.)
+ * in UTC, that PostgreSQL reads (an offset within ±15:59, at most 149 characters: POSTGRES_LIMITS),
+ * so a direct Data API write of the same text is accepted too. Normalised to the millisecond ISO form
+ * as the database keys it (digits past the microsecond rounded, as PostgreSQL reads them, then
+ * truncated to the millisecond: instantMs), which is exactly what the server compares, and what that
+ * Data API write is stored as. Parsed once (postgresInstantMs). (Any date more than 5 s ahead is then
+ * recorded as now: see migration 012.)
  */
 export const updatedAtSchema = z.iso
   // abort: a value that is no date-time at all (Feb 30, a leap second) gets this message alone,
-  // not also the range messages below.
+  // not also the checks below.
   .datetime({ offset: true, error: INSTANT_MESSAGE, abort: true })
-  .refine((s) => !Number.isNaN(instantMs(s)), { error: INSTANT_MESSAGE, abort: true })
-  .refine((s) => instantMs(s) >= 0, "must not be before 1970-01-01T00:00:00Z")
-  .refine((s) => instantMs(s) <= LAST_FOUR_DIGIT_YEAR_MS, "must not be after 9999-12-31T23:59:59.999Z")
-  .transform((s) => new Date(instantMs(s)).toISOString());
+  .transform((s, ctx) => {
+    const ms = postgresInstantMs(s);
+    const problem = typeof ms === "string"
+      ? REFUSAL_MESSAGES[ms]
+      : ms < 0
+      ? "must not be before 1970-01-01T00:00:00Z"
+      : ms > LAST_FOUR_DIGIT_YEAR_MS
+      ? "must not be after 9999-12-31T23:59:59.999Z"
+      : null;
+    if (problem !== null) {
+      ctx.addIssue({ code: "custom", message: problem, input: s });
+      return z.NEVER;
+    }
+    return new Date(ms as number).toISOString();
+  });
 
 /**
  * An integer from min to max (both safe integers). Not z.int(): its own safe-integer range check adds a
@@ -152,16 +173,20 @@ function limitSchema(max: number) {
     .pipe(boundedIntSchema(1, max));
 }
 
-/** Library cursor: "<updated_at ISO>|<series_id>" of the last row of the previous page. */
+/**
+ * Library cursor: "<updated_at ISO>|<series_id>" of the last row of the previous page. The date is read
+ * as updated_at is (postgresInstantMs: the millisecond PostgreSQL keys it at, a date PostgreSQL refuses
+ * refused); the API's own cursors are millisecond "Z" dates, read the same by Date.parse.
+ */
 export const listCursorSchema = z
   .string()
   .regex(/^[^|]+\|[^|]+$/, "must be a next_cursor returned by the API")
   .transform((s, ctx) => {
     const [at, series] = s.split("|");
-    const t = Date.parse(at);
+    const t = z.iso.datetime({ offset: true }).safeParse(at).success ? postgresInstantMs(at) : "invalid";
     if (
-      !z.iso.datetime({ offset: true }).safeParse(at).success || Number.isNaN(t) ||
-      t < FIRST_FOUR_DIGIT_YEAR_MS || t > LAST_FOUR_DIGIT_YEAR_MS || !PROGRESS_LIMITS.idPattern.test(series)
+      typeof t === "string" || t < FIRST_FOUR_DIGIT_YEAR_MS || t > LAST_FOUR_DIGIT_YEAR_MS ||
+      !PROGRESS_LIMITS.idPattern.test(series)
     ) {
       ctx.addIssue({ code: "custom", message: "must be a next_cursor returned by the API" });
       return z.NEVER;
