@@ -86,7 +86,8 @@ export interface ProgressHandlerOptions {
   cors?: CorsOptions;
   /**
    * The function host's clock, epoch ms (default Date.now): X-Server-Time of the answers that never
-   * reached the database (the others carry the database's clock, see DatabaseClock in store.ts).
+   * reached the database, corrected by the database's clock as last read (the others carry the
+   * database's clock, see DatabaseClock in store.ts).
    */
   hostClock?: () => number;
 }
@@ -166,6 +167,27 @@ function requestId(req: Request): string {
 export function createProgressHandler(options: ProgressHandlerOptions): (req: Request) => Promise<Response> {
   const functionName = options.functionName ?? "progress";
   const hostClock = options.hostClock ?? (() => Date.now());
+  // The database's clock minus the host's, from the last request that read it (undefined before the
+  // first). A device hears both kinds of answers and keeps one estimate of the server's clock: an
+  // answer dated by a host clock off the database's would move it by that much (a clock that jumps
+  // restarts it from the newest answer), and a page turn stamped then, after a write another device
+  // dated by the database's clock, would be refused as stale. So the answers that never reached the
+  // database are dated by the host's clock plus this. Measured when the store hands the reading
+  // back, so a little late: such an answer is dated early by at most that delay.
+  let databaseMinusHostMs: number | undefined;
+  const requestClock = (): DatabaseClock => {
+    let ms: number | undefined;
+    return {
+      get ms() {
+        return ms;
+      },
+      set ms(value: number | undefined) {
+        ms = value;
+        if (value !== undefined) databaseMinusHostMs = value - hostClock();
+      },
+    };
+  };
+  const serverNow = () => hostClock() + (databaseMinusHostMs ?? 0);
   const log = options.log ?? defaultLog;
   // A bad limit or bound fails here, when the function boots, rather than as a 500 (or a 408 or 413)
   // on each request. Only undefined is not given (the default), as for readBodyLimited: null is
@@ -439,14 +461,14 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     let res: Response;
     if (req.method === "OPTIONS") {
       // The preflight answers before any route or token check, but like every answer it carries
-      // the request id and the server's clock (README: every answer; here the host's).
+      // the request id and the server's clock (README: every answer; here the host's, corrected).
       res = preflightResponse(req, options.cors);
       res.headers.set("x-request-id", reqId);
-      res.headers.set("x-server-time", new Date(hostClock()).toISOString());
+      res.headers.set("x-server-time", new Date(serverNow()).toISOString());
       return res;
     }
     const caller: { userId?: string } = {};
-    const clock: DatabaseClock = {};
+    const clock = requestClock();
     try {
       res = await route(req, new URL(req.url), reqId, caller, clock);
     } catch (caught) {
@@ -496,9 +518,10 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     res.headers.set("x-request-id", reqId);
     // The server's clock, so clients can correct theirs before stamping updated_at (serverClock.ts):
     // the database's when the request reached it (errors too: a lock or statement timeout, a value
-    // the database refused), as the database dates and judges writes by its own clock; the host's
-    // for the rest (refused before the database, or the database unreachable).
-    res.headers.set("x-server-time", new Date(clock.ms ?? hostClock()).toISOString());
+    // the database refused), as the database dates and judges writes by its own clock; for the rest
+    // (refused before the database, or the database unreachable) the host's, corrected by the
+    // database's as last read.
+    res.headers.set("x-server-time", new Date(clock.ms ?? serverNow()).toISOString());
     return withCors(res, req, options.cors);
   };
 }

@@ -9,10 +9,13 @@
 // before the request was sent and after its answer arrived (by the test's own admin connection).
 
 import assert from "node:assert/strict";
+import { createClient } from "@supabase/supabase-js";
 import postgres from "postgres";
 import { createJwtVerifier } from "../../shared/auth/jwt.ts";
+import { createProgressApi, ProgressApiError } from "../../shared/progress/api.ts";
 import { createProgressHandler } from "../../shared/progress/handler.ts";
 import { writeResultSchema } from "../../shared/progress/schemas.ts";
+import { ServerClock } from "../../shared/progress/serverClock.ts";
 import { createPostgresProgressStore } from "../../shared/progress/store.ts";
 import { createTestUser, mintsTokens } from "../support/env.ts";
 import { adminSql, call, closedPort, errorOf, seriesId, serveLocal, testEnv, write } from "./support.ts";
@@ -63,7 +66,13 @@ async function withSkewedFunction(
     log: () => {},
     hostClock,
   });
-  const server = serveLocal(handler);
+  // Also under supabase-js's path (/functions/v1/progress), for the progress API client.
+  const server = serveLocal((req) => {
+    const url = new URL(req.url);
+    if (!url.pathname.startsWith("/functions/v1/")) return handler(req);
+    url.pathname = url.pathname.slice("/functions/v1".length);
+    return handler(new Request(url, req));
+  });
   try {
     await run(`${server.url}/progress`);
   } finally {
@@ -176,9 +185,11 @@ Deno.test({
 });
 
 Deno.test({
-  name: "X-Server-Time: the host's clock on answers that never reached the database",
+  name:
+    "X-Server-Time: the host's clock on answers that never reached the database, corrected once the function has read the database's",
   ignore: !mintsTokens,
   fn: async () => {
+    const admin = adminSql({ max: 1 });
     const user = await createTestUser();
     const token = user.accessToken;
     const cases: [
@@ -202,7 +213,17 @@ Deno.test({
         assert.ok(answer.status < 500, `${label}: ${answer.status}`);
         assertWithin(label, serverTime(answer.headers), before, after);
       }
-    });
+      // Once a request has read the database's clock, the same answers carry the host's clock
+      // corrected by it: a device hears one clock.
+      assert.equal((await call("GET", "", { base, token })).status, 200);
+      for (const [label, method, path, options] of cases) {
+        const before = await databaseNow(admin);
+        const answer = await call(method, path, { base, ...options });
+        const after = await databaseNow(admin);
+        assert.ok(answer.status < 500, `${label}: ${answer.status}`);
+        assertWithin(`${label}, after a reading`, serverTime(answer.headers), before, after);
+      }
+    }).finally(() => admin.end());
     // The database unreachable (a closed port): 503, and no database clock to give.
     const dead = `postgresql://postgres:postgres@127.0.0.1:${closedPort()}/postgres`;
     await withSkewedFunction(dead, async (base) => {
@@ -212,5 +233,55 @@ Deno.test({
       assert.equal(answer.status, 503, JSON.stringify(answer.body));
       assertWithin("the database unreachable", serverTime(answer.headers), before, after);
     });
+  },
+});
+
+Deno.test({
+  name:
+    "X-Server-Time: a device that hears an answer refused before the database keeps the database's clock, and its next page turn wins",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const user = await createTestUser();
+    const series = seriesId("clock-mixed");
+    try {
+      await withSkewedFunction(testEnv().dbUrl, async (base) => {
+        const origin = base.slice(0, -"/progress".length);
+        const clientFor = (token: string) =>
+          createClient(origin, testEnv().anonKey, { accessToken: () => Promise.resolve(token) });
+        // The reader's device: one clock for its calls, as an app keeps one.
+        const clock = new ServerClock();
+        const reader = createProgressApi(clientFor(user.accessToken), { clock });
+        const tablet = createProgressApi(clientFor(user.accessToken));
+        const first = await reader.updateProgress(
+          write({ series_id: series, device_id: "reader", chapter: 1, updated_at: reader.now() }),
+        );
+        assert.ok(first.won);
+        // The tablet reads on, after the reader's page (by the database's clock).
+        const firstKey = Date.parse(first.progress.updated_at);
+        while (await databaseNow(admin) <= firstKey + 1) await new Promise((r) => setTimeout(r, 5));
+        const onTablet = await tablet.updateProgress(
+          write({ series_id: series, device_id: "tablet", chapter: 2, updated_at: tablet.now() }),
+        );
+        assert.ok(onTablet.won, JSON.stringify(onTablet));
+        // The reader's device then hears an answer that never reached the database (a token the
+        // function refuses: 401), then turns the page later than the tablet did.
+        const refused = createProgressApi(clientFor("not-a-token"), { clock, retry: { attempts: 1 } });
+        await assert.rejects(
+          refused.listProgress({ limit: 1 }),
+          (e) => e instanceof ProgressApiError && e.status === 401,
+        );
+        const tabletKey = Date.parse(onTablet.progress.updated_at);
+        while (await databaseNow(admin) <= tabletKey + SLACK_MS) await new Promise((r) => setTimeout(r, 20));
+        assert.ok(Math.abs(clock.offsetMs) < SLACK_MS, `the reader's clock is off by ${clock.offsetMs} ms`);
+        const second = await reader.updateProgress(
+          write({ series_id: series, device_id: "reader", chapter: 3, updated_at: reader.now() }),
+        );
+        assert.ok(second.won, `the page turn after the tablet's was refused: ${JSON.stringify(second)}`);
+        assert.equal(second.progress.chapter, 3);
+      });
+    } finally {
+      await admin.end();
+    }
   },
 });
