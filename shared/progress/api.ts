@@ -144,7 +144,7 @@ export interface ProgressApiOptions {
   sleep?: (ms: number) => Promise<void>;
   /** Called before each retry (for logs and tests). */
   onRetry?: (info: { attempt: number; delayMs: number; error: ProgressApiError }) => void;
-  /** Learns the server's clock from every answer's X-Server-Time (see serverClock.ts). */
+  /** Learns the database's clock from every 2xx answer's X-Server-Time (see serverClock.ts). */
   clock?: ServerClock;
   /**
    * How long one attempt may take before it is aborted (and, like a network failure, retried): ms,
@@ -303,10 +303,12 @@ async function invoke<S extends z.ZodType>(
       timeout: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
       signal: options.signal,
     });
-    if (options.clock && sentMs !== undefined) {
-      const httpAnswer = answer ??
-        ((invokeError as { context?: unknown } | null)?.context as Response | undefined);
-      const serverTime = httpAnswer instanceof Response ? httpAnswer.headers.get("x-server-time") : null;
+    // Only a 2xx teaches the clock: every one reached the database, whose clock dates and judges writes.
+    // An error answer may be the function host's (a 401, a 503 for a database it could not reach; see
+    // the README, "The server's clock"), another machine's clock: one an hour off would reset the
+    // estimate (the two disagree) and date the next page turns by it until the next 2xx.
+    if (options.clock && sentMs !== undefined && !invokeError) {
+      const serverTime = answer instanceof Response ? answer.headers.get("x-server-time") : null;
       if (serverTime) {
         options.clock.observe({
           serverMs: Date.parse(serverTime),
@@ -760,7 +762,7 @@ export function subscribeToProgress(
 
 /**
  * The same calls bound to one client and one set of options. They share one ServerClock
- * (`options.clock`, or a new one) that every answer teaches, so a device whose clock is off is
+ * (`options.clock`, or a new one) that every 2xx answer teaches, so a device whose clock is off is
  * corrected without asking: stamp a write's `updated_at` with `now()` when the reading happens.
  */
 export function createProgressApi(client: SupabaseClient, options: ProgressApiOptions = {}) {

@@ -6,9 +6,11 @@
 // on other devices: the reader is dragged back. So clients stamp writes with their clock corrected
 // by the server's. Every answer of the progress API carries X-Server-Time (the server's clock when
 // it answered: the database's, which judges writes' dates, when the request reached it, else the
-// function host's corrected by the database's as last read, so that it is one clock); the answer
-// was produced somewhere between sending the request and receiving the answer, so each answer
-// bounds the offset (server - device) to an interval one round trip wide.
+// function host's corrected by the database's as last read, so that it is one clock). The API
+// client (api.ts) learns only from 2xx answers, which all reached the database: an error answer from
+// a function instance that has not read the database yet carries its host's own clock, which judges
+// no write. The answer was produced somewhere between sending the request and receiving it, so each
+// answer bounds the offset (server - device) to an interval one round trip wide.
 // The intersection of those intervals is kept (a clock that jumps empties it: start again from the
 // newest answer). The device is corrected only when the interval excludes zero, i.e. when it is
 // certainly off; a device within a round trip of the server keeps its own clock.

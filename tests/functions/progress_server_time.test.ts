@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { createClient } from "@supabase/supabase-js";
 import postgres from "postgres";
 import { createJwtVerifier } from "../../shared/auth/jwt.ts";
-import { createProgressApi, ProgressApiError } from "../../shared/progress/api.ts";
+import { AuthError, createProgressApi, ProgressApiError } from "../../shared/progress/api.ts";
 import { createProgressHandler } from "../../shared/progress/handler.ts";
 import { writeResultSchema } from "../../shared/progress/schemas.ts";
 import { ServerClock } from "../../shared/progress/serverClock.ts";
@@ -283,5 +283,81 @@ Deno.test({
     } finally {
       await admin.end();
     }
+  },
+});
+
+Deno.test({
+  name:
+    "the API client's clock: a 401 dated by a host an hour behind does not date the next page turn an hour early",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const user = await createTestUser();
+    const series = seriesId("clock-turn");
+    await withSkewedFunction(testEnv().dbUrl, async (base) => {
+      // The web app's client: supabase-js asking for the current token per request, one clock for
+      // every call (createProgressApi). This machine's clock is the database's: nothing to correct.
+      let token = user.accessToken;
+      const client = createClient(base.replace(/\/progress$/, ""), testEnv().anonKey, {
+        accessToken: () => Promise.resolve(token),
+      });
+      const ereader = createProgressApi(client, { retry: { attempts: 1 } });
+      const first = await ereader.updateProgress(
+        write({ series_id: series, device_id: "ereader", chapter: 3, page: 5, updated_at: ereader.now() }),
+      );
+      assert.ok(first.won);
+      // The phone turns to page 50, dated by its own (right) clock.
+      const phone = await call("POST", "", {
+        base,
+        token: user.accessToken,
+        body: write({
+          series_id: series,
+          device_id: "phone",
+          chapter: 3,
+          page: 50,
+          updated_at: new Date().toISOString(),
+        }),
+      });
+      assert.equal(phone.status, 200, JSON.stringify(phone.body));
+      assert.ok(writeResultSchema.parse(phone.body).won);
+      // The e-reader's token ran out (a laptop that slept past it): a 401, refused before the
+      // database was asked, by a function instance that has not read the database yet (a hosted
+      // project runs many; a cold one dates its answers by its host's own clock, an hour behind the
+      // database's, having no reading to correct it by). Same device, same clock.
+      token = await user.newAccessToken(-600);
+      await withSkewedFunction(testEnv().dbUrl, async (coldBase) => {
+        const coldClient = createClient(coldBase.replace(/\/progress$/, ""), testEnv().anonKey, {
+          accessToken: () => Promise.resolve(token),
+        });
+        const onColdInstance = createProgressApi(coldClient, {
+          clock: ereader.clock,
+          retry: { attempts: 1 },
+        });
+        await assert.rejects(
+          onColdInstance.listProgress(),
+          (error) => error instanceof AuthError && error.status === 401,
+        );
+      });
+      token = await user.newAccessToken();
+      // The reader, who saw page 50, turns to 51: dated by the database's clock it is the newest
+      // write; dated by the host's, an hour before the phone's page 50, it loses and the reader is
+      // dragged back.
+      const phoneAt = writeResultSchema.parse(phone.body).progress.updated_at;
+      const stamp = Date.parse(ereader.now());
+      assert.ok(
+        stamp > Date.parse(phoneAt),
+        `the page turn dated ${new Date(stamp).toISOString()}, page 50 ${phoneAt}`,
+      );
+      const turn = await ereader.updateProgress(
+        write({
+          series_id: series,
+          device_id: "ereader",
+          chapter: 3,
+          page: 51,
+          updated_at: new Date(stamp).toISOString(),
+        }),
+      );
+      assert.ok(turn.won, `the page turn lost to ${JSON.stringify(turn.progress)}`);
+      assert.equal(turn.progress.page, 51);
+    });
   },
 });

@@ -31,7 +31,7 @@ export function userClient(options: {
   });
 }
 
-/** `clock` learns the server's time from every answer (the browser stamps writes with it). */
+/** `clock` learns the server's time from every 2xx answer (the browser stamps writes with it). */
 export function progressApi(
   client: SupabaseClient<Database>,
   clock?: ServerClock,
