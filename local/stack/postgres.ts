@@ -61,6 +61,13 @@ export interface StartOptions {
   durable?: boolean;
   /** Copy the cached initdb template (default) instead of running initdb; see initdbTemplate. */
   template?: boolean;
+  /**
+   * Instead of a new cluster, a point-in-time restore of the running cluster at this URL (which must
+   * take replication connections, as the local stack's does): a base backup (pg_basebackup), recovered
+   * to the backup's end and promoted to a new timeline, as a provider's point-in-time restore does.
+   * Resolves once it has left recovery and takes writes.
+   */
+  restoreOf?: string;
 }
 
 const INITDB_ARGS = ["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"];
@@ -158,13 +165,36 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     const init = cmd("initdb", ["-D", dir, ...INITDB_ARGS]);
     await exec(init.cmd, init.args);
   };
-  const template = options.template === false || Deno.env.get("READSYNC_PG_TEMPLATE") === "0"
+  const template = options.restoreOf !== undefined ||
+      options.template === false || Deno.env.get("READSYNC_PG_TEMPLATE") === "0"
     ? null
     : await initdbTemplate(bins.binDir, initdbInto, log).catch((e) => {
       log(`database: no initdb template (${e instanceof Error ? e.message : e}), running initdb`);
       return null;
     });
-  if (template) {
+  if (options.restoreOf !== undefined) {
+    // As the cluster's OS user, so the copy is its own (and 0700, as PostgreSQL insists).
+    const backup = cmd("pg_basebackup", [
+      "-d",
+      options.restoreOf,
+      "-D",
+      pgdata,
+      "-X",
+      "stream",
+      "-c",
+      "fast",
+    ]);
+    await exec(backup.cmd, backup.args);
+    // Archive recovery to the end of the backup (the WAL it streamed), then promotion: a new timeline.
+    const settings = "restore_command = 'false'\nrecovery_target = 'immediate'\n" +
+      "recovery_target_action = 'promote'\n";
+    await Deno.writeTextFile(`${pgdata}/postgresql.auto.conf`, settings, { append: true });
+    await Deno.writeTextFile(`${pgdata}/recovery.signal`, "");
+    if (isRoot()) {
+      const { uid, gid } = await ensureOsUser();
+      await Deno.chown(`${pgdata}/recovery.signal`, uid, gid);
+    }
+  } else if (template) {
     // cp -a keeps the owner (the cluster's OS user) and the 0700 mode PostgreSQL insists on.
     await exec("cp", ["-a", template, pgdata]);
   } else {
@@ -235,7 +265,23 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     const ready = await new Deno.Command(`${bins.binDir}/pg_isready`, {
       args: ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-q"],
     }).output();
-    if (ready.success && !exited) break;
+    // A restored cluster answers (read-only) while it recovers: ready once it has been promoted.
+    const promoted = !ready.success || options.restoreOf === undefined ||
+      (await new Deno.Command(`${bins.binDir}/psql`, {
+        args: [
+          "-h",
+          "127.0.0.1",
+          "-p",
+          String(port),
+          "-U",
+          "postgres",
+          "-XAtc",
+          "select pg_is_in_recovery()",
+        ],
+        stdout: "piped",
+        stderr: "null",
+      }).output().then((out) => new TextDecoder().decode(out.stdout).trim() === "f"));
+    if (ready.success && promoted && !exited) break;
     if (exited || Date.now() > deadline) {
       try {
         child.kill("SIGKILL");
