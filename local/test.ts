@@ -153,7 +153,8 @@ async function main(): Promise<number> {
     // (the one the fifth replaces), so the fifth runs after it in the same step; 013 likewise puts its
     // own new-life check back (the one the sixth replaces). Both also recreate a trigger function
     // without the TimeZone UTC the dates-printed-in-UTC migration gives it, which therefore runs after
-    // them too.
+    // them too; 013 puts back the changes read whose cursor names no timeline, so the
+    // cursor-names-the-timeline migration runs after it.
     for (
       const [label, ...suffixes] of [
         [
@@ -162,12 +163,19 @@ async function main(): Promise<number> {
           "_realtime_receive_policy_progress_topics_only.sql",
           "_progress_dates_printed_in_utc.sql",
         ],
-        ["013", "_progress_writes.sql", "_new_life_created_at_tie.sql", "_progress_dates_printed_in_utc.sql"],
+        [
+          "013",
+          "_progress_writes.sql",
+          "_new_life_created_at_tie.sql",
+          "_progress_dates_printed_in_utc.sql",
+          "_changes_cursor_names_timeline.sql",
+        ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
         ["a new life strictly after the deleted one", "_new_life_created_at_tie.sql"],
         ["TRUNCATE as a DELETE for devices", "_truncate_reading_progress_as_delete.sql"],
         ["dates printed in UTC", "_progress_dates_printed_in_utc.sql"],
+        ["the changes cursor names the timeline", "_changes_cursor_names_timeline.sql"],
       ]
     ) {
       const migrations = await Promise.all(
