@@ -97,6 +97,22 @@ export function checkFunctionOption(value: unknown, where: string, name: string)
   throw new TypeError(`${where} option ${name} must be a function (got ${typeof value})`);
 }
 
+/** The largest number below 1 (1 - 2^-53): a draw of 1 or more is taken as this. */
+export const LARGEST_BELOW_ONE = 1 - Number.EPSILON / 2;
+
+/**
+ * A draw of a `random` option (a function meant to return a number in [0, 1), as Math.random does)
+ * taken into [0, 1), so that no wait drawn from it is NaN (setTimeout fires a NaN wait at once) or
+ * outside its range: below 0 as 0, 1 or more as LARGEST_BELOW_ONE (the longest wait), NaN or a
+ * non-number as 0.5 (the mean wait). RealtimeService's waits and the API client's retries both take
+ * their draws through it.
+ */
+export function drawInRange(value: unknown): number {
+  if (typeof value === "number" && value >= 0 && value < 1) return value;
+  if (typeof value !== "number" || Number.isNaN(value)) return 0.5;
+  return value < 0 ? 0 : LARGEST_BELOW_ONE;
+}
+
 /** Each field of `defaults` as given in `given`, or the default when not given (undefined or null). */
 export function withDefaults<T extends object>(
   given: { readonly [K in keyof T]?: T[K] } | undefined,

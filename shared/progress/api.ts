@@ -67,6 +67,7 @@ import {
   checkFunctionOption,
   checkNumberOption,
   checkObjectOption,
+  drawInRange,
   MAX_TIMER_MS,
   type NumberRule,
   TIMER_MS,
@@ -139,7 +140,11 @@ export interface ProgressApiOptions {
   retry?: Partial<RetryOptions>;
   /** Extra headers on every call (e.g. a server using the service_role key: X-Act-As-User). */
   headers?: Record<string, string>;
-  /** For tests: randomness of the jitter and the sleep between attempts. */
+  /**
+   * For tests: randomness of the jitter (a function returning a number in [0, 1), as Math.random; a
+   * draw outside it is taken into it as RealtimeService's random draws are: below 0 as 0, 1 or more as
+   * just below 1, NaN or a non-number as 0.5) and the sleep between attempts.
+   */
   random?: () => number;
   sleep?: (ms: number) => Promise<void>;
   /** Called before each retry (for logs and tests). */
@@ -287,7 +292,10 @@ async function invoke<S extends z.ZodType>(
   // In an async call, so a bad option is a rejected promise, as a write the schema refuses is.
   checkApiOptions(options, "progress API");
   const retry = retryOptionsOf(options);
-  const random = options.random ?? Math.random;
+  // A draw outside [0, 1) is taken into it as RealtimeService's are (drawInRange): NaN retried at once
+  // and a draw of 5 waited past maxDelayMs before.
+  const given = options.random;
+  const random = given ? () => drawInRange(given()) : Math.random;
   const sleep = options.sleep ?? ((ms: number) => delay(ms, options.signal));
   const name = `${options.functionName ?? "progress"}${path}`;
   for (let attempt = 1;; attempt++) {

@@ -80,6 +80,7 @@ import {
   checkFunctionOption,
   checkNumberOption,
   checkObjectOption,
+  drawInRange,
   MAX_TIMER_MS,
   type NumberRule,
   TIMER_MS,
@@ -459,8 +460,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       this.#randomWarned = true;
       this.logEvent("warn", "random_out_of_range", { value: String(value) });
     }
-    if (typeof value !== "number" || Number.isNaN(value)) return 0.5;
-    return value < 0 ? 0 : LARGEST_BELOW_ONE;
+    return drawInRange(value);
   }
 
   get client(): AnyClient {
@@ -2013,9 +2013,6 @@ interface Round {
  * back by an hour just after a drop would otherwise put the rejoin or the next read off by that hour.
  */
 const monotonicNow = (): number => performance.now();
-
-/** The largest number below 1 (1 - 2^-53): a draw of 1 or more is taken as this. */
-const LARGEST_BELOW_ONE = 1 - Number.EPSILON / 2;
 
 /** How early a timer may fire (performance.now() against the timer's whole milliseconds). */
 const RETRY_AFTER_SLACK_MS = 2;

@@ -12,9 +12,11 @@ import assert from "node:assert/strict";
 import { readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
 import { HttpError } from "../../../shared/http/errors.ts";
 import { createProgressHandler } from "../../../shared/progress/handler.ts";
+import { FunctionsFetchError, type SupabaseClient } from "@supabase/supabase-js";
 import {
   createProgressApi,
   getProgress,
+  NetworkError,
   subscribeToProgress,
   type SubscribeToProgressOptions,
 } from "../../../shared/progress/api.ts";
@@ -407,6 +409,53 @@ Deno.test({
       }
     }
   },
+});
+
+/**
+ * What a `random` option may return, and the retry's wait each gives out of a 1000 ms ceiling: a draw
+ * outside [0, 1) is taken into it as RealtimeService's are (tests/shared/realtime/options.test.ts):
+ * below 0 as 0, 1 or more as just below 1, NaN or a non-number as 0.5.
+ */
+const DRAWS: [string, unknown, number][] = [
+  ["0", 0, 0],
+  ["0.25", 0.25, 250],
+  ["NaN", NaN, 500],
+  ["-1", -1, 0],
+  ["-Infinity", -Infinity, 0],
+  ["1", 1, 999],
+  ["7", 7, 999],
+  ["Infinity", Infinity, 999],
+  ['"0.25"', "0.25", 500],
+  ["undefined", undefined, 500],
+];
+
+Deno.test("option ranges: API client random draws outside [0, 1) are taken into it, as RealtimeService's", async () => {
+  // Every attempt fails at the network: one retry, its wait recorded and not slept.
+  const down = {
+    functions: {
+      invoke: () =>
+        Promise.resolve({
+          data: null,
+          error: new FunctionsFetchError(new Error("down")),
+          response: undefined,
+        }),
+    },
+  } as unknown as SupabaseClient;
+  for (const [label, draw, expected] of DRAWS) {
+    const waits: [string, number][] = [];
+    const options = (where: string) => ({
+      retry: { attempts: 2, baseDelayMs: 1_000, maxDelayMs: 1_000 },
+      random: () => draw as number,
+      sleep: () => Promise.resolve(),
+      onRetry: ({ delayMs }: { delayMs: number }) => void waits.push([where, delayMs]),
+    });
+    await assert.rejects(
+      createProgressApi(down, options("createProgressApi")).getProgress("s1"),
+      NetworkError,
+    );
+    await assert.rejects(getProgress(down, "s1", options("progress API")), NetworkError);
+    assert.deepEqual(waits, [["createProgressApi", expected], ["progress API", expected]], `draw ${label}`);
+  }
 });
 
 Deno.test({
