@@ -5,7 +5,8 @@
 //   <where> option <name> must be <what the rule takes> (got <the value>)
 //
 // A value of the wrong type (not a number; for an object option, not an object, null or an array; for
-// a function option, not a function) is a TypeError, a number out of range a RangeError. A value given as undefined is not given (its
+// a function option, not a function; for a token, not a non-empty string) is a TypeError, a number out
+// of range a RangeError. A value given as undefined is not given (its
 // default applies): nothing here refuses it.
 
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
@@ -95,6 +96,24 @@ export function checkObjectOption(value: unknown, where: string, name: string): 
 export function checkFunctionOption(value: unknown, where: string, name: string): void {
   if (value === undefined || typeof value === "function") return;
   throw new TypeError(`${where} option ${name} must be a function (got ${typeof value})`);
+}
+
+/**
+ * Throws a TypeError unless `value` is a string of at least one character (or undefined: not given,
+ * unless `required`), naming it as `<where> <kind> <name>` (kind "option" unless said): a token. The
+ * empty string is no token, refused as null is, since a caller could mean it as "no token" or as "the
+ * token is gone"; a string taken is never shown (a token is a secret), nor a long one refused.
+ */
+export function checkTokenOption(
+  value: unknown,
+  where: string,
+  name: string,
+  how: { kind?: string; required?: boolean } = {},
+): void {
+  if ((value === undefined && !how.required) || (typeof value === "string" && value !== "")) return;
+  throw new TypeError(
+    `${where} ${how.kind ?? "option"} ${name} must be a non-empty string (got ${shownValue(value)})`,
+  );
 }
 
 /** The largest number below 1 (1 - 2^-53): a draw of 1 or more is taken as this. */

@@ -80,6 +80,7 @@ import {
   checkFunctionOption,
   checkNumberOption,
   checkObjectOption,
+  checkTokenOption,
   drawInRange,
   MAX_TIMER_MS,
   type NumberRule,
@@ -172,7 +173,8 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   /**
    * A token to use instead of the client's session: the service installs it as the Realtime
    * client's token source (the session-less supabase-js client would otherwise fall back to the
-   * anon key on every heartbeat). Change it later with setAccessToken().
+   * anon key on every heartbeat). Change it later with setAccessToken(). Not given (undefined): the
+   * client's own session; anything but a non-empty string ("" and null too) throws a TypeError.
    */
   accessToken?: string;
   /** The join's backoff (DEFAULT_BACKOFF for a field not given); not an object: a TypeError. */
@@ -371,6 +373,7 @@ export function checkRealtimeServiceOptions<Row extends LwwRow>(
     checkNumberOption(given[name], MS_OPTION_RANGES[name], "RealtimeService", name);
   }
   checkFunctionOption(options.random, "RealtimeService", "random");
+  checkTokenOption(options.accessToken, "RealtimeService", "accessToken");
 }
 
 /** Timers the service owns, counted so that "nothing left behind" can be checked. */
@@ -447,7 +450,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#log = options.log ?? ((line) => console.log(line));
     const random = options.random;
     this.#random = random ? () => this.#drawInRange(random()) : Math.random;
-    if (options.accessToken) this.#installToken(options.accessToken);
+    if (options.accessToken !== undefined) this.#installToken(options.accessToken);
   }
 
   /**
@@ -544,8 +547,16 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * Uses this token for Realtime from now on (pushed to joined channels at once). Ignored once the
    * service is closed: close() gave the client its own token source back, and a late callback (a
    * session refresh landing after the app unmounted) must not pin a token on it that will expire.
+   * Anything but a non-empty string ("" too) rejects with a TypeError, closed or not, as the
+   * accessToken option throws for it.
    */
   async setAccessToken(token: string): Promise<void> {
+    // As the accessToken option: "" (or a value not a string) is no token, refused (a TypeError, this
+    // call's rejection) whether or not the service is closed, never installed.
+    checkTokenOption(token, "RealtimeService setAccessToken()", "token", {
+      kind: "argument",
+      required: true,
+    });
     if (this.#closed) {
       this.logEvent("debug", "access_token_ignored", { reason: "service closed" });
       return;

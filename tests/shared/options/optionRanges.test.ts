@@ -75,6 +75,17 @@ const OBJECT_VALUES: [string, unknown][] = [
 ];
 const OBJECT_ACCEPTED = ["undefined", "{}", "a Date"];
 
+/** Throws unless `outcome` is "ok" when `taken`, else a TypeError reading `message`; `at` names the case. */
+function expectTakenOrTypeError(at: string, taken: boolean, message: string, outcome: Outcome): void {
+  if (taken) {
+    assert.equal(outcome, "ok", `${at}: taken (got ${outcome})`);
+    return;
+  }
+  assert.ok(outcome instanceof Error, `${at}: refused`);
+  assert.equal(outcome.constructor, WRONG_TYPE, `${at}: (got ${outcome})`);
+  assert.equal(outcome.message, message, at);
+}
+
 /**
  * Throws unless `outcome` is what an object option given OBJECT_VALUES' `label` should give: "ok" when
  * OBJECT_ACCEPTED has it, else a TypeError "<option> must be an object (got <value>)". `where` names the
@@ -87,13 +98,8 @@ function expectObjectOutcome(
   value: unknown,
   outcome: Outcome,
 ): void {
-  if (OBJECT_ACCEPTED.includes(label)) {
-    assert.equal(outcome, "ok", `${where} = ${label}: taken (got ${outcome})`);
-    return;
-  }
-  assert.ok(outcome instanceof Error, `${where} = ${label}: refused`);
-  assert.equal(outcome.constructor, WRONG_TYPE, `${where} = ${label}: (got ${outcome})`);
-  assert.equal(outcome.message, `${option} must be an object (got ${shown(value)})`);
+  const message = `${option} must be an object (got ${shown(value)})`;
+  expectTakenOrTypeError(`${where} = ${label}`, OBJECT_ACCEPTED.includes(label), message, outcome);
 }
 
 /**
@@ -107,13 +113,13 @@ function expectFunctionOutcome(
   value: unknown,
   outcome: Outcome,
 ): void {
-  if (label === "undefined" || label === "a function") {
-    assert.equal(outcome, "ok", `${where} = ${label}: taken (got ${outcome})`);
-    return;
-  }
-  assert.ok(outcome instanceof Error, `${where} = ${label}: refused`);
-  assert.equal(outcome.constructor, WRONG_TYPE, `${where} = ${label}: (got ${outcome})`);
-  assert.equal(outcome.message, `${option} must be a function (got ${typeof value})`);
+  const taken = label === "undefined" || label === "a function";
+  expectTakenOrTypeError(
+    `${where} = ${label}`,
+    taken,
+    `${option} must be a function (got ${typeof value})`,
+    outcome,
+  );
 }
 
 /** A value as the messages show it. */
@@ -122,6 +128,7 @@ function shown(value: unknown): string {
   if (typeof value === "bigint") return `${value}n`;
   if (typeof value === "function") return "a function";
   if (Array.isArray(value)) return "an array";
+  if (value !== null && typeof value === "object") return "an object";
   return String(value);
 }
 
@@ -322,6 +329,62 @@ Deno.test({
       for (const [where, outcome] of await serviceOutcomes({ random: random as () => number })) {
         expectFunctionOutcome(`${where} random`, "RealtimeService option random", label, random, outcome);
       }
+    }
+  },
+});
+
+/**
+ * What a token (RealtimeService's accessToken option, setAccessToken's argument) is given: a
+ * non-empty string, or for the option nothing; "" is no token, refused as null is (the option took it
+ * as not given, setAccessToken installed it).
+ */
+const TOKEN_VALUES: [string, unknown][] = [
+  ['"T2"', "T2"],
+  ["undefined", undefined],
+  ['""', ""],
+  ["null", null],
+  ["5", 5],
+  ["true", true],
+  ["{}", {}],
+  ["a function", () => Promise.resolve("T2")],
+];
+
+Deno.test({
+  name:
+    "option ranges: RealtimeService accessToken (directly, through a first and a later subscribeToProgress) and setAccessToken (open or closed): a non-empty string",
+  ...noSanitize,
+  fn: async () => {
+    for (const [label, token] of TOKEN_VALUES) {
+      const refusal = (subject: string) => `${subject} must be a non-empty string (got ${shown(token)})`;
+      for (const [where, outcome] of await serviceOutcomes({ accessToken: token as string })) {
+        const taken = label === '"T2"' || label === "undefined";
+        expectTakenOrTypeError(
+          `${where} accessToken = ${label}`,
+          taken,
+          refusal("RealtimeService option accessToken"),
+          outcome,
+        );
+      }
+      const service = new RealtimeService(fakeClient().client, {
+        changesSince: () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false }),
+        log: () => {},
+        accessToken: "T1",
+      });
+      const open = await outcomeOf(() => service.setAccessToken(token as string));
+      await service.close();
+      const closed = await outcomeOf(() => service.setAccessToken(token as string));
+      for (
+        const [where, outcome] of [["setAccessToken", open], ["setAccessToken, closed,", closed]] as const
+      ) {
+        expectTakenOrTypeError(
+          `${where} token = ${label}`,
+          label === '"T2"',
+          refusal("RealtimeService setAccessToken() argument token"),
+          outcome,
+        );
+      }
+      // A refused token is not installed: the one in force is still the option's.
+      assert.equal(service.accessToken, label === '"T2"' ? "T2" : "T1", `setAccessToken(${label}): in force`);
     }
   },
 });
