@@ -81,6 +81,29 @@ export function checkNumberOption(
 }
 
 /**
+ * The number an environment variable's text gives when `rule` takes it (surrounding spaces ignored),
+ * or undefined when it is not set or is empty (spaces only too), as an empty secret is not set;
+ * otherwise throws `<where> environment variable <name> must be <rule> (got "<the text>")`: a
+ * TypeError for a text that is no number ("abc", "5 connections"), a RangeError for a number out of
+ * the range ("0", "-1", "2.5", "Infinity").
+ */
+export function checkEnvNumber(
+  text: string | undefined,
+  rule: NumberRule,
+  where: string,
+  name: string,
+): number | undefined {
+  const trimmed = text?.trim();
+  if (!trimmed) return undefined;
+  const value = Number(trimmed);
+  if (takesNumber(rule, value)) return value;
+  const ErrorClass = Number.isNaN(value) ? TypeError : RangeError;
+  throw new ErrorClass(
+    `${where} environment variable ${name} must be ${describeRule(rule)} (got ${shownValue(text)})`,
+  );
+}
+
+/**
  * Throws a TypeError unless `value` is an object other than null or an array (or undefined: not
  * given), naming the option as above.
  */

@@ -4,18 +4,36 @@
 //                                   start with SUPABASE_, so a legacy-secret project sets JWT_SECRET)
 //   SUPABASE_JWKS                   the project's JWKS as JSON (hosted functions get it)
 //   SUPABASE_JWKS_URL | SUPABASE_URL  where to fetch the JWKS (default <SUPABASE_URL>/auth/v1/.well-known/jwks.json)
-//   PROGRESS_DB_POOL_MAX            connections per isolate (default 5)
+//   PROGRESS_DB_POOL_MAX            connections per isolate: a whole number from 1 to 100 (default 5;
+//                                   empty is not set); another value throws when the handler is made
+//                                   (the function does not boot) or, set later, at its first request
 // Everything is read per request and rebuilt only when a value changes, so a function isolate
 // survives secret rotation and the local gateway can load the module before its env is final.
 
 import postgres from "postgres";
 import { createJwtVerifier, type JwtVerifier } from "../auth/jwt.ts";
 import { HttpError } from "../http/errors.ts";
+import { checkEnvNumber, type NumberRule } from "../options/checkOptions.ts";
 import { createProgressHandler, type LogSink } from "./handler.ts";
 import { createPostgresProgressStore, type ProgressStore } from "./store.ts";
 
 export interface EnvLike {
   get(name: string): string | undefined;
+}
+
+/**
+ * PROGRESS_DB_POOL_MAX, the database connections one isolate's pool may hold: a whole number from 1
+ * to 100 (PostgreSQL's default max_connections; every isolate holds a pool of its own, so a larger one
+ * could never be filled, and postgres.js makes that many connection objects up front).
+ */
+export const DB_POOL_MAX: NumberRule = { min: 1, max: 100, whole: true };
+export const DEFAULT_DB_POOL_MAX = 5;
+
+/** PROGRESS_DB_POOL_MAX as `env` sets it, or the default; a value DB_POOL_MAX does not take throws. */
+function dbPoolMaxOf(env: EnvLike): number {
+  const text = env.get("PROGRESS_DB_POOL_MAX");
+  return checkEnvNumber(text, DB_POOL_MAX, "createProgressHandlerFromEnv", "PROGRESS_DB_POOL_MAX") ??
+    DEFAULT_DB_POOL_MAX;
 }
 
 /** The handler, plus close() to end its database pool (tests, graceful shutdown). */
@@ -26,6 +44,10 @@ export function createProgressHandlerFromEnv(
   options: { log?: LogSink; functionName?: string; bodyIdleTimeoutMs?: number; bodyTotalTimeoutMs?: number } =
     {},
 ): ProgressServerHandler {
+  // Checked now, so a bad value stops the function from booting (its log says why) instead of every
+  // request failing: it was taken as 5 when not a number or 0, and postgres.js threw "Invalid array
+  // length" on every request for -1, 2.5 or Infinity (a 500 each). Read again per request below.
+  dbPoolMaxOf(env);
   let dbKey = "";
   let store: ProgressStore | null = null;
   let sql: postgres.Sql | null = null;
@@ -40,7 +62,14 @@ export function createProgressHandlerFromEnv(
     if (!url) {
       throw new HttpError(500, "internal_error", "neither PROGRESS_DB_URL nor SUPABASE_DB_URL is set");
     }
-    const max = Number(env.get("PROGRESS_DB_POOL_MAX") ?? 5) || 5;
+    // Set to a bad value after the handler was made (the environment changed): this request's 500
+    // internal_error, the error in its request_failed log line, as for a missing URL; no pool is made.
+    let max: number;
+    try {
+      max = dbPoolMaxOf(env);
+    } catch (error) {
+      throw new HttpError(500, "internal_error", (error as Error).message, { cause: error });
+    }
     const key = `${url}\n${max}`;
     if (!store || key !== dbKey) {
       const old = sql;

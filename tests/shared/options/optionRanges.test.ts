@@ -6,7 +6,9 @@
 // RealtimeService, createProgressApi, the plain calls, a first and a later subscribeToProgress on a client),
 // so a change to the shared checks cannot move a range unnoticed, and one entry point cannot take what
 // another refuses. A value of the wrong type (not a number; retry not an object) and a number out of range
-// are told apart by class (WRONG_TYPE, RangeError).
+// are told apart by class (WRONG_TYPE, RangeError). Likewise the one number the function reads from its
+// environment (PROGRESS_DB_POOL_MAX, a text: when the handler is made, at a request, booting the function),
+// the tokens (accessToken, setAccessToken) and what the random options' draws give.
 
 import assert from "node:assert/strict";
 import { readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
@@ -23,6 +25,8 @@ import {
 import { createProgressHandlerFromEnv } from "../../../shared/progress/server.ts";
 import { RealtimeService, type RealtimeServiceOptions } from "../../../shared/realtime/realtimeService.ts";
 import { fakeClient } from "../realtime/fakeRealtimeClient.ts";
+import { createTestUser, testEnv } from "../../support/env.ts";
+import { call, errorOf, serveLocal } from "../../functions/support.ts";
 
 const MAX_TIMER = 2 ** 31 - 1;
 const USER = "00000000-0000-4000-8000-0000000000e1";
@@ -75,14 +79,23 @@ const OBJECT_VALUES: [string, unknown][] = [
 ];
 const OBJECT_ACCEPTED = ["undefined", "{}", "a Date"];
 
-/** Throws unless `outcome` is "ok" when `taken`, else a TypeError reading `message`; `at` names the case. */
-function expectTakenOrTypeError(at: string, taken: boolean, message: string, outcome: Outcome): void {
+/**
+ * Throws unless `outcome` is "ok" when `taken`, else an error of class `expected` (a TypeError unless
+ * said) reading `message`; `at` names the case.
+ */
+function expectTakenOrTypeError(
+  at: string,
+  taken: boolean,
+  message: string,
+  outcome: Outcome,
+  expected: ErrorConstructor = WRONG_TYPE,
+): void {
   if (taken) {
     assert.equal(outcome, "ok", `${at}: taken (got ${outcome})`);
     return;
   }
   assert.ok(outcome instanceof Error, `${at}: refused`);
-  assert.equal(outcome.constructor, WRONG_TYPE, `${at}: (got ${outcome})`);
+  assert.equal(outcome.constructor, expected, `${at}: ${expected.name} (got ${outcome})`);
   assert.equal(outcome.message, message, at);
 }
 
@@ -223,6 +236,141 @@ Deno.test("option ranges: the body's byte limit, readBodyLimited and readJsonBod
     );
     expectOutcome("createProgressHandler", "maxBodyBytes", label, value, BODY_BYTES, made);
   }
+});
+
+/**
+ * PROGRESS_DB_POOL_MAX as the function's environment gives it (a text, or not set), and whether it is
+ * taken: a whole number from 1 to 100, surrounding spaces ignored; not set or empty is the default (5).
+ * A text that is no number is a TypeError, a number out of the range a RangeError.
+ */
+const POOL_MAX_VALUES: [string | undefined, boolean][] = [
+  [undefined, true],
+  ["", true],
+  ["  ", true],
+  ["1", true],
+  ["5", true],
+  [" 7 ", true],
+  ["100", true],
+  ["0", false],
+  ["-1", false],
+  ["2.5", false],
+  ["101", false],
+  ["Infinity", false],
+  ["1e9", false],
+  ["abc", false],
+  ["5 connections", false],
+  ["NaN", false],
+];
+/** The rows also booted as the function itself (a process each, so a few). */
+const POOL_MAX_BOOTED = [" 7 ", "-1", "abc"];
+const ROOT = new URL("../../../", import.meta.url).pathname;
+
+/** The error a log line or a process's output names ("RangeError: ..."), as an Error of that class. */
+function errorNamed(text: string): Error {
+  const [, name, message] = /(TypeError|RangeError|Error): (.*)/.exec(text) ?? ["", "Error", text];
+  return new ({ TypeError, RangeError, Error } as Record<string, ErrorConstructor>)[name](message);
+}
+
+/**
+ * supabase/functions/progress/index.ts run as a process with PROGRESS_DB_POOL_MAX set to `text`: "ok"
+ * once it listens (on a free port: DENO_SERVE_ADDRESS; then stopped), else the error it failed to boot
+ * with, as the function's log shows it.
+ */
+async function bootOutcome(text: string): Promise<Outcome> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-check", "-A", "supabase/functions/progress/index.ts"],
+    cwd: ROOT,
+    env: { PROGRESS_DB_POOL_MAX: text, DENO_SERVE_ADDRESS: "tcp:127.0.0.1:0", NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let output = "";
+  let listening = false;
+  const guard = setTimeout(() => child.kill(), 60_000); // a hang guard only
+  try {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      output += chunk;
+      if (/Listening on/.test(output)) {
+        listening = true;
+        child.kill();
+        break;
+      }
+    }
+  } finally {
+    clearTimeout(guard);
+    await child.status;
+  }
+  if (listening) return "ok";
+  const uncaught = /Uncaught[^\n]*?((?:TypeError|RangeError|Error): [^\n]*)/.exec(output);
+  return uncaught ? errorNamed(uncaught[1]) : new Error(`neither listening nor an error: ${output}`);
+}
+
+Deno.test({
+  name:
+    "option ranges: PROGRESS_DB_POOL_MAX, when createProgressHandlerFromEnv makes the handler, when set before its first request, and booting the function",
+  ...noSanitize,
+  fn: async () => {
+    const env = testEnv();
+    const user = await createTestUser();
+    for (const [text, taken] of POOL_MAX_VALUES) {
+      const vars: Record<string, string | undefined> = {
+        SUPABASE_DB_URL: env.dbUrl,
+        SUPABASE_JWT_SECRET: env.jwtSecret,
+        PROGRESS_DB_POOL_MAX: text,
+      };
+      const outcomes: [string, Outcome][] = [];
+      // When the handler is made (as the function boots).
+      outcomes.push([
+        "createProgressHandlerFromEnv",
+        await outcomeOf(() => createProgressHandlerFromEnv({ get: (name) => vars[name] }).close()),
+      ]);
+      // Not set then, set before the first request: that request reads it and, refused, answers 500
+      // internal_error, the error in its request_failed log line. Taken, the pool it sizes reaches the
+      // database (no progress for the series: 404).
+      const later: Record<string, string | undefined> = { ...vars, PROGRESS_DB_POOL_MAX: undefined };
+      const logs: Record<string, unknown>[] = [];
+      const handler = createProgressHandlerFromEnv({ get: (name) => later[name] }, {
+        log: (e) => logs.push(e),
+      });
+      const server = serveLocal(handler);
+      later.PROGRESS_DB_POOL_MAX = text;
+      try {
+        const answer = await call("GET", "/series/pool-max", {
+          base: `${server.url}/progress`,
+          token: user.accessToken,
+        });
+        const failed = logs.find((entry) => entry.event === "request_failed");
+        const code = errorOf(answer).code;
+        outcomes.push([
+          "the first request",
+          answer.status === 404 && code === "progress_not_found"
+            ? "ok"
+            : answer.status === 500 && code === "internal_error" && failed
+            ? errorNamed(String(failed.error))
+            : new Error(`answered ${answer.status} ${code}`),
+        ]);
+      } finally {
+        await server.shutdown();
+        await handler.close();
+      }
+      if (text !== undefined && POOL_MAX_BOOTED.includes(text)) {
+        outcomes.push(["the function booting", await bootOutcome(text)]);
+      }
+      const refused = text === undefined || Number.isNaN(Number(text.trim())) ? TypeError : RangeError;
+      const message = "createProgressHandlerFromEnv environment variable PROGRESS_DB_POOL_MAX must be a " +
+        `whole number from 1 to 100 (got ${JSON.stringify(text)})`;
+      for (const [where, outcome] of outcomes) {
+        expectTakenOrTypeError(
+          `${where} PROGRESS_DB_POOL_MAX = ${JSON.stringify(text)}`,
+          taken,
+          message,
+          outcome,
+          refused,
+        );
+      }
+    }
+  },
 });
 
 // ------------------------------------------------------------------------------------ RealtimeService
