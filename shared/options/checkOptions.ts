@@ -4,10 +4,13 @@
 //
 //   <where> option <name> must be <what the rule takes> (got <the value>)
 //
+// (an environment variable's text: `<where> environment variable <name>`; a required argument:
+// `<where> argument <name>`)
+//
 // A value of the wrong type (not a number; for an object option, not an object, null or an array; for
 // a function option, not a function; for a token, not a non-empty string) is a TypeError, a number out
 // of range a RangeError. A value given as undefined is not given (its
-// default applies): nothing here refuses it.
+// default applies): nothing here refuses it but a required argument.
 
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
