@@ -125,6 +125,37 @@ Deno.test({
 
 Deno.test({
   ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
+  name: "token: a refresh answered without a token (or its expiry) fails and keeps the token held",
+  ...noSanitize,
+  fn: async () => {
+    const a = await createTestUser();
+    const held = await a.newAccessToken(3600);
+    const answers: unknown[] = [
+      { expiresAt: expOf(held), userId: a.id },
+      { accessToken: "", expiresAt: expOf(held), userId: a.id },
+      { accessToken: null, expiresAt: expOf(held), userId: a.id },
+      { accessToken: held.slice(0, -1), userId: a.id },
+      { accessToken: held.slice(0, -1), expiresAt: "soon", userId: a.id },
+    ];
+    try {
+      for (const answer of answers) {
+        stubAuthToken(() => Promise.resolve(Response.json(answer)));
+        const tokens = new TokenKeeper(held, expOf(held), { userId: a.id });
+        const announced: unknown[] = [];
+        tokens.onChange((token) => announced.push(token));
+        await assert.rejects(tokens.refresh(), /the answer has no token/, JSON.stringify(answer));
+        assert.equal(tokens.current, held, `${JSON.stringify(answer)}: the held token stays`);
+        assert.deepEqual(announced, [], `${JSON.stringify(answer)}: nothing is announced`);
+      }
+    } finally {
+      globalThis.fetch = realFetch;
+      await a.client.realtime.disconnect();
+    }
+  },
+});
+
+Deno.test({
+  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name: "token: expiry is judged by the server's clock, so a device an hour slow still refreshes in time",
   ...noSanitize,
   fn: async () => {

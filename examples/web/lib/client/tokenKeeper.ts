@@ -128,6 +128,16 @@ export class TokenKeeper {
             }),
           );
         }
+        // The route's answer is checked before anything is taken: a token that is not a non-empty
+        // string would be refused by the Realtime service (a TypeError) and sent as no token at all.
+        if (
+          typeof body.accessToken !== "string" ||
+          body.accessToken === "" ||
+          typeof body.expiresAt !== "number" ||
+          !Number.isFinite(body.expiresAt)
+        ) {
+          throw new Error("token refresh failed: the answer has no token");
+        }
         const changed = body.accessToken !== this.#token;
         this.#token = body.accessToken;
         this.#expiresAt = body.expiresAt;
