@@ -123,6 +123,18 @@ export function declaredLength(req: Request): number | null {
 }
 
 /**
+ * Throws for a byte limit (BODY_BYTES) or a bound (BODY_BOUND_MS) out of range (a RangeError) or not
+ * a number (a TypeError, null too), naming it as readBodyLimited's; undefined is not given. Made by
+ * readJsonBody too before its media-type checks, so that a bad option is refused for any request, not
+ * answered 415 for one that is not JSON and thrown for the next.
+ */
+function checkReadOptions(maxBytes: unknown, { idleTimeoutMs, totalTimeoutMs }: ReadBodyOptions): void {
+  checkNumberOption(maxBytes, BODY_BYTES, "readBodyLimited", "maxBytes");
+  checkNumberOption(idleTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "idleTimeoutMs");
+  checkNumberOption(totalTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "totalTimeoutMs");
+}
+
+/**
  * Reads at most maxBytes of the body (BODY_BYTES; undefined: DEFAULT_MAX_BODY_BYTES, as for
  * readJsonBody); throws 413 beyond that (and stops reading), and 408
  * request_timeout when no byte arrives for idleTimeoutMs or the body is not complete totalTimeoutMs
@@ -136,9 +148,7 @@ export async function readBodyLimited(
   { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS, totalTimeoutMs = DEFAULT_BODY_TOTAL_TIMEOUT_MS }:
     ReadBodyOptions = {},
 ): Promise<Uint8Array> {
-  checkNumberOption(maxBytes, BODY_BYTES, "readBodyLimited", "maxBytes");
-  checkNumberOption(idleTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "idleTimeoutMs");
-  checkNumberOption(totalTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "totalTimeoutMs");
+  checkReadOptions(maxBytes, { idleTimeoutMs, totalTimeoutMs });
   const declared = declaredLength(req);
   if (declared !== null && declared > maxBytes) throw tooLarge(maxBytes);
   if (!req.body) return new Uint8Array(0);
@@ -240,7 +250,8 @@ function readWithin(
 
 /**
  * The parsed JSON body, after the media-type (415), size (413), time (408), syntax (400) and
- * duplicate member name (400) checks.
+ * duplicate member name (400) checks. A maxBytes or bound out of range or not a number is refused
+ * first, as readBodyLimited refuses it (a RangeError or TypeError), whatever the request.
  */
 export async function readJsonBody(
   req: Request,
@@ -248,6 +259,8 @@ export async function readJsonBody(
     & { maxBytes?: number }
     & ReadBodyOptions = {},
 ): Promise<unknown> {
+  // The options first: a bad one is refused for any request, not answered 415 for a body not JSON.
+  checkReadOptions(maxBytes, { idleTimeoutMs, totalTimeoutMs });
   if (!isJsonMediaType(req.headers.get("content-type"))) {
     throw new HttpError(
       415,

@@ -339,3 +339,48 @@ Deno.test("a total bound that is not a positive timer delay is refused (RangeErr
     assert.equal((await readBodyLimited(req, 100, { totalTimeoutMs })).byteLength, 2, String(totalTimeoutMs));
   }
 });
+
+Deno.test("readJsonBody refuses a bad maxBytes or bound before its media-type checks, not only for a JSON body", async () => {
+  // The same option is refused alike whatever the request: a body that is not JSON, or is compressed,
+  // does not answer 415 for an option that a JSON body would have thrown for.
+  const requests: [string, () => Request][] = [
+    ["text/plain", () => new Request("http://localhost/progress", { method: "POST", body: "{}" })],
+    [
+      "gzip",
+      () =>
+        new Request("http://localhost/progress", {
+          method: "POST",
+          headers: { "content-type": "application/json", "content-encoding": "gzip" },
+          body: "{}",
+        }),
+    ],
+    [
+      "json",
+      () =>
+        new Request("http://localhost/progress", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: "{}",
+        }),
+    ],
+  ];
+  const bad: [string, Record<string, unknown>, ErrorConstructor][] = [
+    ["maxBytes NaN", { maxBytes: NaN }, RangeError],
+    ["maxBytes -1", { maxBytes: -1 }, RangeError],
+    ['maxBytes "1000"', { maxBytes: "1000" }, TypeError],
+    ["maxBytes null", { maxBytes: null }, TypeError],
+    ["idleTimeoutMs 0", { idleTimeoutMs: 0 }, RangeError],
+    ["totalTimeoutMs null", { totalTimeoutMs: null }, TypeError],
+  ];
+  for (const [kind, request] of requests) {
+    for (const [label, options, ErrorClass] of bad) {
+      const req = request();
+      const error = await readJsonBody(req, options as { maxBytes?: number }).then(
+        () => assert.fail(`${kind}, ${label}: taken`),
+        (e) => e,
+      );
+      assert.equal(error.constructor, ErrorClass, `${kind}, ${label}: ${ErrorClass.name} (got ${error})`);
+      assert.equal(req.bodyUsed, false, `${kind}, ${label}: nothing was read`);
+    }
+  }
+});
