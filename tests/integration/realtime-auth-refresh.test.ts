@@ -496,63 +496,83 @@ Deno.test({
 });
 
 Deno.test({
-  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name:
     "realtime auth: a held token is applied at the current token's expiry when that comes before the window ends",
-  ...noSanitize,
+  ...ownEndpoint,
 }, async () => {
   // Supabase's confirm_token, due at the current token's expiry, applies the held token instead of
-  // finding the current one expired. Here the current token lives 2 to 3 s and the held one is C's:
-  // the channel closes for C's missing permission at that expiry, well inside the 10 s window, and
-  // not for an expired token. "Inside the window" is told by order, not by a time limit: a marker
-  // channel whose window opened before this one's first refresh (and after the short token was made)
-  // holds C's token too, and closes at its window's end; this channel closes first.
+  // finding the current one expired. A device of A on an in-process stand-in of its own applies a token
+  // of A's (its first refresh: applied at once), then pushes C's (which the read policy refuses): held.
+  // The stand-in's window is 2 hours on a stopped clock (frozenClock) and A's token lives 50 minutes,
+  // so the current token's confirm is due first; its timers are run by hand (watchTimers). The token's
+  // confirm timer, set for what is left of its life, applies C's token: the channel closes for C's
+  // missing permission, not for an expired token, with the window's timer still pending. Nothing is
+  // waited for by time.
+  const env = testEnv();
+  const WINDOW_MS = 7_200_000;
+  const LIFE_S = 3_000;
   const a = await createTestUser();
   const c = await createTestUser();
-  let token = a.accessToken;
-  let markerToken = a.accessToken;
-  const client = clientWithToken(() => token);
-  const marker = clientWithToken(() => markerToken);
-  const closed: string[] = [];
+  const timers = watchTimers();
+  const clock = frozenClock();
+  const logs: Record<string, unknown>[] = [];
+  let server: RealtimeServer | undefined;
+  let client: SupabaseClient | undefined;
   try {
+    server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+      log: (fields) => logs.push(fields),
+      accessTokenThrottleMs: WINDOW_MS,
+    });
+    let token = a.accessToken;
+    // Push timeouts of 30 s (realtime-js's default is 10 s), well apart from the timers looked for.
+    client = clientWithToken(() => token, { url: server.url, timeout: 30_000 });
     const { joined, status } = await joinChannel(client, topicOf(a.id));
     assert.equal(status, "SUBSCRIBED");
-    const markerJoin = await joinChannel(marker, topicOf(a.id));
-    assert.equal(markerJoin.status, "SUBSCRIBED", "marker");
-    joined.channel.on("system", {}, () => closed.push("channel"));
-    markerJoin.joined.channel.on("system", {}, () => closed.push("marker"));
-    const markerFirst = await a.newAccessToken(3_600);
-    const short = await a.newAccessToken(3);
-    const shortExpiry = expiryMs(short);
-    // The marker's window opens now (after `short` was made: it ends after shortExpiry, by 7 s)...
-    markerToken = markerFirst;
-    await marker.realtime.setAuth();
-    markerToken = c.accessToken;
-    await marker.realtime.setAuth(); // held until the marker's window ends
-    // ...and this channel's later, so its own window ends after the marker's.
-    token = short;
-    await client.realtime.setAuth(); // applied at once: the channel's first refresh
+    const logged = (event: string) => logs.filter((l) => l.event === event).length;
+
+    // The first refresh: applied at once, its confirm set for the token's expiry.
+    token = await a.newAccessToken(LIFE_S);
+    const expiry = expiryMs(token);
+    const beforePush = Date.now();
+    await client.realtime.setAuth();
+    await waitFor("the first refresh applied", () => logged("token_refreshed") === 1, { timeoutMs: 20_000 });
+    const afterApplied = Date.now();
+    assert.equal(logged("access_token_throttled"), 0, "the first refresh was held");
+    const atExpiry = timers.pending().filter((ms) =>
+      ms >= expiry - afterApplied && ms <= expiry - beforePush
+    );
+    assert.equal(atExpiry.length, 1, `one timer for the token's expiry, among ${timers.pending()}`);
+
+    // C's token, within the window: held for all of it (the clock is stopped).
     token = c.accessToken;
-    await client.realtime.setAuth(); // held
-    await waitFor("the channel to close", () => joined.states.includes("CLOSED"), { timeoutMs: 30_000 });
-    const closedAt = Date.now();
-    assert.ok(closedAt >= shortExpiry - 100, `closed ${shortExpiry - closedAt} ms before the expiry`);
+    await client.realtime.setAuth();
+    await waitFor(
+      "C's token held (or applied)",
+      () => logged("access_token_throttled") === 1 || joined.states.includes("CLOSED"),
+      { timeoutMs: 20_000 },
+    );
+    assert.equal(joined.system.length, 0, "C's token was applied at once");
+    assert.equal(logs.find((l) => l.event === "access_token_throttled")?.apply_in_ms, WINDOW_MS);
+    assert.ok(pendingFor(timers, WINDOW_MS), `no timer for the window, among ${timers.pending()}`);
+    assert.ok(atExpiry[0] < WINDOW_MS);
+
+    // The current token's expiry comes: the held token is applied, and C's closes the channel.
+    timers.fire(atExpiry[0]);
+    await waitFor(
+      "the channel to close (or A's token confirmed)",
+      () => joined.states.includes("CLOSED") || logged("token_confirmed") > 0,
+      { timeoutMs: 20_000 },
+    );
+    assert.equal(logged("token_confirmed"), 0, "the current token was confirmed, the held one not applied");
     assert.deepEqual(joined.system.map((m) => m.message), [
       `You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
     ]);
-    await waitFor(
-      "the marker to close at its window's end",
-      () => markerJoin.joined.states.includes("CLOSED"),
-      {
-        timeoutMs: 30_000,
-      },
-    );
-    assert.deepEqual(markerJoin.joined.system.map((m) => m.message), [
-      `You do not have permissions to read from this Channel topic: ${topicOf(a.id)}`,
-    ], "marker");
-    assert.deepEqual(closed, ["channel", "marker"], "closed before the marker's window (opened first) ended");
+    assert.ok(joined.states.includes("CLOSED"), joined.states.join(","));
   } finally {
-    await Promise.all([closeClient(client), closeClient(marker)]);
+    if (client) await closeClient(client);
+    clock.restore();
+    timers.restore();
+    await server?.close();
   }
 });
 
