@@ -27,6 +27,7 @@ import { PROGRESS_LIMITS } from "../../shared/progress/types.ts";
 import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { createTestUser } from "../support/env.ts";
 import { closedPort, seriesId, serveLocal, testEnv, write } from "./support.ts";
+import { pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
 
 const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
 
@@ -396,21 +397,37 @@ function hangingFunctions(hanging: number) {
 }
 
 Deno.test("timeout: an attempt that never answers is aborted after timeoutMs and retried", async () => {
+  // The attempts' limit is long (also the retry's, which reaches the real function), and the first
+  // attempt's timer, found by its delay, is run by hand once that attempt has reached the server
+  // (watchTimers): its time is up when the test says, and the retry has all of it on a loaded machine.
   const user = await createTestUser();
   const upstream = hangingFunctions(1);
+  const TIMEOUT_MS = 60_000;
+  const timers = watchTimers();
   try {
     const errors: ProgressApiError[] = [];
-    const page = await changesSince(clientFor(user.accessToken, upstream.url), null, {}, {
-      ...fast,
-      // Also the retry's limit, and the retry reaches the real function: time for a loaded machine.
-      timeoutMs: 3_000,
-      onRetry: ({ error }) => errors.push(error),
-    });
+    const call = within(
+      20_000,
+      changesSince(clientFor(user.accessToken, upstream.url), null, {}, {
+        ...fast,
+        timeoutMs: TIMEOUT_MS,
+        onRetry: ({ error }) => errors.push(error),
+      }),
+    );
+    call.catch(() => {}); // awaited below; a failure meanwhile must not go unhandled
+    await waitUntil(
+      "the first attempt at the server, its timer set for timeoutMs",
+      () => upstream.hits() === 1 && pendingFor(timers, TIMEOUT_MS),
+    );
+    assert.equal(errors.length, 0, "the attempt ended before its time was up");
+    timers.fire(TIMEOUT_MS);
+    const page = await call;
     assert.deepEqual(page.changes, []);
     assert.equal(upstream.hits(), 2);
     assert.equal(errors.length, 1);
     assert.ok(errors[0] instanceof NetworkError, "a timed-out attempt fails like a network error");
   } finally {
+    timers.restore();
     await upstream.shutdown();
   }
 });
