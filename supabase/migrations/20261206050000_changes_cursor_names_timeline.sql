@@ -78,7 +78,9 @@ begin
     end if;
   elsif pg_catalog.has_function_privilege('pg_catalog.pg_control_checkpoint()', 'execute') then
     begin
-      select pg_catalog.lpad(pg_catalog.to_hex(c.timeline_id), 8, '0') into v_timeline
+      -- In upper case, as pg_walfile_name() writes it (%08X): on timeline 10 and others with a hex
+      -- letter, to_hex's lower case gave a standby another tag than its primary's.
+      select pg_catalog.upper(pg_catalog.lpad(pg_catalog.to_hex(c.timeline_id), 8, '0')) into v_timeline
         from pg_catalog.pg_control_checkpoint() c;
     exception when others then
       v_timeline := null;
