@@ -71,12 +71,14 @@ export function instantMs(value: string): number {
  *     reads offsets up to 15:59:59; Date up to 23:59);
  *   - more than 149 characters ("invalid input syntax", as from a long fraction): its date parser
  *     copies the text's fields into a buffer of MAXDATELEN + MAXDATEFIELDS = 153 bytes with a NUL
- *     after each, and this form has four (the date, "T", the time, the zone).
+ *     after each, and this form has four (the date, "T", the time, the zone);
+ *   - the year 0000 ("date/time field value out of range": PostgreSQL's years are 1 AD on, or BC;
+ *     zod's form and Date take 0000, even where an offset makes the instant 0001 in UTC).
  */
 export const POSTGRES_LIMITS = Object.freeze({ maxOffsetHours: 15, maxDateLength: 149 });
 
 /** Why PostgreSQL refuses a date-time that Date reads (see POSTGRES_LIMITS), or that neither reads. */
-export type PostgresRefusal = "offset_out_of_range" | "too_long" | "invalid";
+export type PostgresRefusal = "offset_out_of_range" | "too_long" | "year_zero" | "invalid";
 
 const OFFSET = /([+-])(\d{2}):?(\d{2})$/;
 
@@ -90,6 +92,7 @@ export function postgresInstantMs(value: string): number | PostgresRefusal {
   if (offset && (Number(offset[2]) > POSTGRES_LIMITS.maxOffsetHours || Number(offset[3]) > 59)) {
     return "offset_out_of_range";
   }
+  if (value.startsWith("0000-")) return "year_zero";
   const ms = instantMs(value);
   return Number.isNaN(ms) ? "invalid" : ms;
 }

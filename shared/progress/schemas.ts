@@ -37,11 +37,13 @@ export const deviceIdSchema = idSchema;
 const LAST_FOUR_DIGIT_YEAR_MS = Date.parse("9999-12-31T23:59:59.999Z");
 const FIRST_FOUR_DIGIT_YEAR_MS = Date.parse("0001-01-01T00:00:00.000Z");
 
+const BEFORE_1970_MESSAGE = "must not be before 1970-01-01T00:00:00Z";
 const REFUSAL_MESSAGES: Record<PostgresRefusal, string> = {
   offset_out_of_range:
     `must have a UTC offset from -${POSTGRES_LIMITS.maxOffsetHours}:59 to +${POSTGRES_LIMITS.maxOffsetHours}:59 (PostgreSQL refuses a larger one)`,
   too_long:
     `must be at most ${POSTGRES_LIMITS.maxDateLength} characters long (PostgreSQL refuses a longer date)`,
+  year_zero: BEFORE_1970_MESSAGE,
   invalid: INSTANT_MESSAGE,
 };
 
@@ -63,7 +65,7 @@ export const updatedAtSchema = z.iso
     const problem = typeof ms === "string"
       ? REFUSAL_MESSAGES[ms]
       : ms < 0
-      ? "must not be before 1970-01-01T00:00:00Z"
+      ? BEFORE_1970_MESSAGE
       : ms > LAST_FOUR_DIGIT_YEAR_MS
       ? "must not be after 9999-12-31T23:59:59.999Z"
       : null;

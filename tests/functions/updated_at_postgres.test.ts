@@ -122,6 +122,12 @@ const EDGES: [string, boolean][] = [
   ["9999-12-31T23:59:59.9994999Z", true],
   ["9999-12-31T23:59:59.9999995Z", true], // year 10000 in UTC: out of range
   ["9999-12-31T23:30:00-00:31", true], // year 10000 in UTC
+  // Year 0000: zod's form takes it (a leap year too), PostgreSQL has none ("field value out of range"),
+  // even when the offset makes the instant 0001-01-01 in UTC, which the cursor's range takes.
+  ["0000-12-31T23:00:00-01:00", false],
+  ["0000-12-31T23:59:59.9999995-15:59", false],
+  ["0000-02-29T00:00:00Z", false],
+  ["0001-01-01T00:00:00-00:00", true],
   // Dates and times PostgreSQL refuses, or reads but the schema's form excludes.
   ["2026-02-29T00:00:00Z", false],
   ["2024-02-29T00:00:00Z", true],
