@@ -94,7 +94,10 @@ export function assertEqual(actual, expected, message) {
 /** Thrown by a test that cannot run in this setup; counted as skipped, with its reason printed. */
 export class SkipTest extends Error {}
 
-/** Runs tests in order; a failure does not stop the rest. Returns { passed, failed, skipped }. */
+/**
+ * Runs tests in order; a failure does not stop the rest. Returns { passed, failed, skipped }. A test
+ * may set its own `timeoutMs` (a hang guard for the whole test; `timeoutMs` here is the default).
+ */
 export async function runTests(tests, { log, onFailure, timeoutMs = 90_000, filter } = {}) {
   let passed = 0;
   let failed = 0;
@@ -107,7 +110,8 @@ export async function runTests(tests, { log, onFailure, timeoutMs = 90_000, filt
       await Promise.race([
         test.fn(),
         new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`test timed out after ${timeoutMs} ms`)), timeoutMs);
+          const ms = test.timeoutMs ?? timeoutMs;
+          timer = setTimeout(() => reject(new Error(`test timed out after ${ms} ms`)), ms);
         }),
       ]);
       passed++;

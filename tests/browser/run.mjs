@@ -156,6 +156,19 @@ async function main() {
     }
 
     const viewport = { width: 480, height: 820 };
+    /**
+     * A hang guard for one navigation or cross-tab step. A starved browser (CI under load, the
+     * suite's own Chromium, Next and PostgreSQL on two shared cores) took more than 30 s to fire a
+     * page's `load` (every script of the Next page parsed and run) after its HTML arrived.
+     */
+    const STEP_GUARD_MS = 60_000;
+    /**
+     * Resolves once `page` is at `pathname`: the navigation committed (the server's answer is being
+     * shown, its cookies set), which is what a redirect, a sign-in or a sign-out tells; not the new
+     * page's `load`, which says nothing more about the session and under load came too late.
+     */
+    const arrivedAt = (page, pathname) =>
+      page.waitForURL((url) => url.pathname === pathname, { waitUntil: "commit", timeout: STEP_GUARD_MS });
     const newDevice = async (label) => {
       const context = await browser.newContext({
         viewport,
@@ -206,8 +219,8 @@ async function main() {
         await form.locator('input[name="password"]').fill(passwords.get(email));
         await form.getByRole("button", { name: /sign in/i }).click();
       }
-      await page.waitForURL((url) => url.pathname === "/", { timeout: 20_000 });
-      await page.getByTestId("connection-status").waitFor();
+      await arrivedAt(page, "/");
+      await page.getByTestId("connection-status").waitFor({ timeout: STEP_GUARD_MS });
       device.deviceId = await eventually(async () => {
         const id = (await page.getByTestId("device-id").textContent())?.trim();
         assert(id, "device id shown");
@@ -225,6 +238,22 @@ async function main() {
       if (!devMode) passwords.set(email, await createAuthUser(supabaseUrl, serviceRoleKey, email));
       await signIn(device, email);
       return { context, device };
+    };
+
+    /**
+     * Signs this browser out in `second` and waits for `first`, a tab of the same browser, to leave
+     * for the sign-in page: step by step, each on its own signal with its own hang guard. The sign-in
+     * page `second` is sent to says so to the other tabs once its script runs (SignedOutSignal, a
+     * `storage` event in them); `first` then asks /auth/token, is answered 401 and leaves.
+     */
+    const signOutInOtherTab = async (first, second) => {
+      await second.page.getByRole("button", { name: "Sign out" }).click({ timeout: STEP_GUARD_MS });
+      await arrivedAt(second.page, "/sign-in");
+      await eventually(async () => {
+        const said = await second.page.evaluate((key) => localStorage.getItem(key), "readsync.session");
+        assert(said !== null && JSON.parse(said).userId === null, `the signal says ${said}`);
+      }, { timeoutMs: STEP_GUARD_MS, what: `${second.label}'s sign-in page to tell the other tabs` });
+      await arrivedAt(first.page, "/sign-in");
     };
 
     const status = (device) => device.page.getByTestId("connection-status").getAttribute("data-status");
@@ -719,8 +748,8 @@ async function main() {
             const device = { label: "reader C", context, page, errors: [], navigations: 0 };
             await signIn(device, `reader-c-${run}@readsync.test`);
             assertEqual((await context.request.get("/auth/token")).status(), 200, "/auth/token signed in");
-            await page.getByRole("button", { name: "Sign out" }).click();
-            await page.waitForURL((url) => url.pathname === "/sign-in");
+            await page.getByRole("button", { name: "Sign out" }).click({ timeout: STEP_GUARD_MS });
+            await arrivedAt(page, "/sign-in");
             assertEqual(
               (await context.request.get("/auth/token")).status(),
               401,
@@ -803,7 +832,7 @@ async function main() {
             await form.locator('input[name="email"]').fill(user.email);
             await form.locator('input[name="password"]').fill(user.password);
             await form.getByRole("button", { name: /sign in/i }).click();
-            await page.waitForURL((url) => url.pathname === "/", { timeout: 20_000 });
+            await arrivedAt(page, "/");
             const sessionCookies = (await context.cookies()).filter((c) => c.name.startsWith("sb-"));
             assert(sessionCookies.length > 0, "a Supabase session cookie is set");
             for (const c of sessionCookies) assertEqual(c.httpOnly, true, `${c.name} is httpOnly`);
@@ -831,8 +860,8 @@ async function main() {
               200,
               "still signed in after it",
             );
-            await page.getByRole("button", { name: "Sign out" }).click();
-            await page.waitForURL((url) => url.pathname === "/sign-in");
+            await page.getByRole("button", { name: "Sign out" }).click({ timeout: STEP_GUARD_MS });
+            await arrivedAt(page, "/sign-in");
             assertEqual(new URL(page.url()).origin, app.url, "sign-out stays on the app's origin");
             assertEqual(auth.state.logoutScopes, ["local"], "sign-out ends this browser's session only");
 
@@ -900,6 +929,8 @@ async function main() {
       },
       {
         name: TESTS[11],
+        // Three steps across two tabs, each guarded by STEP_GUARD_MS, after a sign-in.
+        timeoutMs: 240_000,
         fn: async () => {
           if (!devMode) throw new SkipTest("signing throwaway users in and out needs the local stack");
           const context = await ownContext();
@@ -916,10 +947,8 @@ async function main() {
             // Tab 2 of the same browser: sign out, sign in as E, who reads the same series further.
             const second = await tab("reader E, tab 2");
             await second.page.goto("/");
-            await second.page.getByRole("button", { name: "Sign out" }).click();
-            await second.page.waitForURL((url) => url.pathname === "/sign-in");
             // Tab 1 hears of the sign-out (lib/client/sessionSignal.ts) and leaves D's page.
-            await first.page.waitForURL((url) => url.pathname === "/sign-in", { timeout: 10_000 });
+            await signOutInOtherTab(first, second);
             await signIn(second, emailE);
             await openSeries(second, shared);
             await setPosition(second, { chapter: 50, page: 500, percent: 50 });
@@ -1153,6 +1182,8 @@ async function main() {
       },
       {
         name: TESTS[17],
+        // Three steps across two tabs, each guarded by STEP_GUARD_MS, after a sign-in.
+        timeoutMs: 240_000,
         fn: async () => {
           const email = `reader-o-${run}@readsync.test`;
           const { context, device: first } = await throwawayReader("reader O, tab 1", email);
@@ -1163,10 +1194,8 @@ async function main() {
             await waitForOutboxEmpty(first);
             const second = await tabIn(context, "reader O, tab 2");
             await second.page.goto("/");
-            await second.page.getByRole("button", { name: "Sign out" }).click();
-            await second.page.waitForURL((url) => url.pathname === "/sign-in");
             // Tab 1 hears of it through storage and leaves (before, only when its token was due).
-            await first.page.waitForURL((url) => url.pathname === "/sign-in", { timeout: 10_000 });
+            await signOutInOtherTab(first, second);
             if (sql) assertEqual((await storedRow(series, email))?.page, 30, "nothing more was saved");
           } finally {
             await context.close();
