@@ -169,6 +169,16 @@ async function main() {
      */
     const arrivedAt = (page, pathname) =>
       page.waitForURL((url) => url.pathname === pathname, { waitUntil: "commit", timeout: STEP_GUARD_MS });
+    /**
+     * Resolves once a reader page's script runs (hydrated: SyncProvider's effect shows the device id).
+     * Its server-rendered HTML, Sign out button included, is there well before: under a starved CPU
+     * a Sign out clicked in between (goto("/") resolved at `load`, hydration 9 s later) sent no
+     * request at all, and the test waited in vain for the sign-in page.
+     */
+    const hydrated = (page) =>
+      eventually(async () => {
+        assert((await page.getByTestId("device-id").textContent())?.trim(), "device id shown");
+      }, { timeoutMs: STEP_GUARD_MS, what: "the page's script to run (device id shown)" });
     const newDevice = async (label) => {
       const context = await browser.newContext({
         viewport,
@@ -221,11 +231,8 @@ async function main() {
       }
       await arrivedAt(page, "/");
       await page.getByTestId("connection-status").waitFor({ timeout: STEP_GUARD_MS });
-      device.deviceId = await eventually(async () => {
-        const id = (await page.getByTestId("device-id").textContent())?.trim();
-        assert(id, "device id shown");
-        return id;
-      }, { what: `${device.label}'s device id` });
+      await hydrated(page);
+      device.deviceId = (await page.getByTestId("device-id").textContent())?.trim();
     };
 
     /**
@@ -247,6 +254,7 @@ async function main() {
      * `storage` event in them); `first` then asks /auth/token, is answered 401 and leaves.
      */
     const signOutInOtherTab = async (first, second) => {
+      await hydrated(second.page);
       await second.page.getByRole("button", { name: "Sign out" }).click({ timeout: STEP_GUARD_MS });
       await arrivedAt(second.page, "/sign-in");
       await eventually(async () => {
@@ -860,6 +868,7 @@ async function main() {
               200,
               "still signed in after it",
             );
+            await hydrated(page);
             await page.getByRole("button", { name: "Sign out" }).click({ timeout: STEP_GUARD_MS });
             await arrivedAt(page, "/sign-in");
             assertEqual(new URL(page.url()).origin, app.url, "sign-out stays on the app's origin");
