@@ -77,11 +77,16 @@ export async function fireWhenSet(
 }
 
 /**
- * Stops the service's clock (performance.now(), its monotonicNow) where it is; `advance` moves it on by
- * hand. Timers still run in real time: what the service finds when one fires is set beforehand.
+ * Stops the service's clock (performance.now(), its monotonicNow) where it is, rounded up to a whole
+ * millisecond; `advance` moves it on by hand. Timers still run in real time: what the service finds
+ * when one fires is set beforehand. The whole millisecond keeps the clock's sums exact: from a
+ * fraction (performance.now() reads one), a sum that crosses a power of two (4,096, 8,192 ms, ...
+ * after the process started) drops the fraction's last bits, so a channel held `advance(1_600)` could
+ * read as held 1,599.999999999999 ms, less than a 1.6 s wait, and a test at that boundary failed
+ * depending on when in the process it ran (later on a loaded machine).
  */
 export function frozenClock(): { advance: (ms: number) => void; restore: () => void } {
-  let now = performance.now();
+  let now = Math.ceil(performance.now());
   Object.defineProperty(performance, "now", { value: () => now, configurable: true, writable: true });
   return {
     advance: (ms) => void (now += ms),
