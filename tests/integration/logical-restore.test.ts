@@ -16,12 +16,7 @@ import { startLocalStack } from "../../local/stack/stack.ts";
 import { findPostgresBinaries } from "../../local/stack/system.ts";
 import { adminSql, createTestUser, testEnv } from "../support/env.ts";
 import { asUser, ownEndpoint } from "./realtime_support.ts";
-
-interface ChangesPage {
-  changes: { series_id: string; chapter: number; deleted?: boolean }[];
-  next_cursor: string;
-  has_more: boolean;
-}
+import type { ChangesResponse } from "../../shared/progress/types.ts";
 
 Deno.test({
   name:
@@ -90,8 +85,9 @@ Deno.test({
       (tx) =>
         tx`delete from public.reading_progress where user_id = ${reader.id} and series_id = 'moved-007'`,
     );
-    const oldCursor = (await api(env.url, env.anonKey, reader.accessToken, "/changes?since=") as ChangesPage)
-      .next_cursor;
+    const oldCursor =
+      (await api(env.url, env.anonKey, reader.accessToken, "/changes?since=") as ChangesResponse)
+        .next_cursor;
 
     // The move: a data-only dump (triggers off while it loads, as pg_dump's --disable-triggers writes
     // it) of the users and readsync's tables, loaded into the target, whose migrations already ran.
@@ -115,11 +111,11 @@ Deno.test({
     const token = await mintUserAccessToken(reader.id, { email: reader.email, secret: target.jwtSecret });
     const changes = (since: string) =>
       api(target.apiUrl, target.anonKey, token, `/changes?since=${encodeURIComponent(since)}`) as Promise<
-        ChangesPage
+        ChangesResponse
       >;
     /** Follows next_cursor for at most `pages` pages; what was seen, and whether it reached the end. */
     const readFrom = async (since: string, pages: number) => {
-      const seen = new Map<string, ChangesPage["changes"][number]>();
+      const seen = new Map<string, ChangesResponse["changes"][number]>();
       let cursor = since;
       for (let i = 0; i < pages; i++) {
         const page = await changes(cursor);

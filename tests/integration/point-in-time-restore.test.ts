@@ -18,12 +18,7 @@ import { startPostgres } from "../../local/stack/postgres.ts";
 import { createProgressHandlerFromEnv } from "../../shared/progress/server.ts";
 import { adminSql, createTestUser, localRealtime, testEnv } from "../support/env.ts";
 import { serveLocal } from "../functions/support.ts";
-
-interface ChangesPage {
-  changes: { series_id: string; chapter: number; deleted?: boolean }[];
-  next_cursor: string;
-  has_more: boolean;
-}
+import type { ChangesResponse } from "../../shared/progress/types.ts";
 
 Deno.test({
   name:
@@ -63,10 +58,10 @@ Deno.test({
       });
     /** The device's reads from `since` to the end: every item seen, and the cursor it ends on. */
     const readToEnd = async (base: string, since: string) => {
-      const seen = new Map<string, ChangesPage["changes"][number]>();
+      const seen = new Map<string, ChangesResponse["changes"][number]>();
       let cursor = since;
       for (let page = 0; page < 20; page++) {
-        const answer = await api(base, `/changes?since=${encodeURIComponent(cursor)}`) as ChangesPage;
+        const answer = await api(base, `/changes?since=${encodeURIComponent(cursor)}`) as ChangesResponse;
         for (const item of answer.changes) seen.set(item.series_id, item);
         cursor = answer.next_cursor;
         if (!answer.has_more) return { seen, cursor };
