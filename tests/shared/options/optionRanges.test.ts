@@ -553,6 +553,24 @@ function apiOption(name: string, value: unknown): Record<string, unknown> {
   return second === undefined ? { [first]: value } : { [first]: { [second]: value } };
 }
 
+/**
+ * What subscribeToProgress does with `options` on a fresh fake client (beside a token and a silent
+ * log), the subscription it made, if any, ended.
+ */
+async function subscribeOutcome(options: Partial<SubscribeToProgressOptions>): Promise<Outcome> {
+  const { client } = fakeClient();
+  let subscription: { unsubscribe(): Promise<void> } | undefined;
+  const outcome = await outcomeOf(() =>
+    subscription = subscribeToProgress(client, USER, () => {}, {
+      log: () => {},
+      accessToken: "T",
+      ...options,
+    })
+  );
+  await subscription?.unsubscribe();
+  return outcome;
+}
+
 /** The three ways an API option is checked, each its own "where" in the message. */
 async function apiOutcomes(options: Record<string, unknown>): Promise<[string, Outcome][]> {
   const { client } = fakeClient();
@@ -564,18 +582,7 @@ async function apiOutcomes(options: Record<string, unknown>): Promise<[string, O
   outcomes.push(["progress API", plain instanceof Error && /aborted/.test(plain.message) ? "ok" : plain]);
   // subscribeToProgress: its own attempt timeout given, so that many attempts still leave each 1 ms.
   const sub = { timeoutMs: 1_000, ...options };
-  let subscription: { unsubscribe(): Promise<void> } | undefined;
-  outcomes.push([
-    "subscribeToProgress",
-    await outcomeOf(() =>
-      subscription = subscribeToProgress(client, USER, () => {}, {
-        log: () => {},
-        accessToken: "T",
-        api: sub,
-      })
-    ),
-  ]);
-  await subscription?.unsubscribe();
+  outcomes.push(["subscribeToProgress", await subscribeOutcome({ api: sub })]);
   return outcomes;
 }
 
@@ -676,16 +683,7 @@ Deno.test({
     // As retry and backoff: an array, null and a non-object are refused (each was taken as no api
     // options given, every default, silently).
     for (const [label, api] of OBJECT_VALUES) {
-      const { client } = fakeClient();
-      let subscription: { unsubscribe(): Promise<void> } | undefined;
-      const outcome = await outcomeOf(() =>
-        subscription = subscribeToProgress(client, USER, () => {}, {
-          log: () => {},
-          accessToken: "T",
-          api: api as SubscribeToProgressOptions["api"],
-        })
-      );
-      await subscription?.unsubscribe();
+      const outcome = await subscribeOutcome({ api: api as SubscribeToProgressOptions["api"] });
       expectObjectOutcome("subscribeToProgress api", "subscribeToProgress option api", label, api, outcome);
     }
   },
@@ -696,16 +694,7 @@ Deno.test({
   ...noSanitize,
   fn: async () => {
     for (const [label, value] of VALUES) {
-      const { client } = fakeClient();
-      let subscription: { unsubscribe(): Promise<void> } | undefined;
-      const outcome = await outcomeOf(() =>
-        subscription = subscribeToProgress(client, USER, () => {}, {
-          log: () => {},
-          accessToken: "T",
-          changesLimit: value as number,
-        })
-      );
-      await subscription?.unsubscribe();
+      const outcome = await subscribeOutcome({ changesLimit: value as number });
       expectOutcome("subscribeToProgress", "changesLimit", label, value, ["1", "500", "undefined"], outcome);
     }
   },
