@@ -485,24 +485,57 @@ async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
 }
 
 Deno.test("timeout: an error answer whose body never ends is cut off after timeoutMs and retried", async () => {
+  // As above: the limit is long (also the retry's, which reaches the real function), and the body
+  // read's timer (set for what is left of the attempt's timeoutMs once the 503's headers are in) is run
+  // by hand. functions-js clears its own timer as those headers arrive, in the same run of promise
+  // callbacks that sets the body's, so once `answered` counts them, the one long timer pending is the
+  // body's; the error's message says it was that one which ended the attempt.
   const user = await createTestUser();
   const upstream = stallingErrorBodies(1);
+  const TIMEOUT_MS = 60_000;
+  let answered = 0;
+  const client = createClient(upstream.url, testEnv().anonKey, {
+    accessToken: () => Promise.resolve(user.accessToken),
+    global: {
+      fetch: async (input: RequestInfo | URL, init?: RequestInit) => {
+        const response = await fetch(input, init);
+        if (
+          new URL(input instanceof Request ? input.url : String(input)).pathname.startsWith("/functions/v1/")
+        ) {
+          answered++;
+        }
+        return response;
+      },
+    },
+  });
+  const timers = watchTimers();
+  const bodyTimers = () => timers.pending().filter((ms) => ms > TIMEOUT_MS - 20_000 && ms <= TIMEOUT_MS);
   try {
     const errors: ProgressApiError[] = [];
-    const page = await within(
+    const call = within(
       20_000,
-      changesSince(clientFor(user.accessToken, upstream.url), null, {}, {
+      changesSince(client, null, {}, {
         ...fast,
-        // Also the retry's limit, and the retry reaches the real function: time for a loaded machine.
-        timeoutMs: 3_000,
+        timeoutMs: TIMEOUT_MS,
         onRetry: ({ error }) => errors.push(error),
       }),
     );
+    call.catch(() => {}); // awaited below; a failure meanwhile must not go unhandled
+    await waitUntil(
+      "the 503's headers at the client, its body's read under a timer",
+      () => answered === 1 && bodyTimers().length === 1,
+    );
+    assert.equal(errors.length, 0, "the body's read ended before its time was up");
+    timers.fire(bodyTimers()[0]);
+    const page = await call;
     assert.deepEqual(page.changes, []);
     assert.equal(upstream.hits(), 2);
+    assert.equal(errors.length, 1);
     assert.ok(errors[0] instanceof NetworkError, `a stalled answer fails like a network error: ${errors[0]}`);
     assert.equal(errors[0].code, "network_error");
+    assert.match(errors[0].message, /HTTP 503 answer did not finish within 60000 ms/);
   } finally {
+    timers.restore();
     await upstream.shutdown();
   }
 });
