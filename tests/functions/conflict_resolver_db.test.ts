@@ -623,10 +623,12 @@ async function waitBlockedBy(sql: postgres.Sql, pid: number): Promise<void> {
 
 /**
  * The date of a write that has to be judged ahead (more than 5 s ahead of the wall clock) when it
- * first reaches its row, then wait until it no longer is: the server's clock + 8 s, read on `sql`
- * (3 s for the waiter's BEGIN, its role and its write to arrive: assertJudgedAhead checks they did).
+ * first reaches its row, then wait until it no longer is: the server's clock + 15 s, read on `sql`.
+ * That leaves 10 s for the waiter's BEGIN, its role and its write to arrive (assertJudgedAhead checks
+ * they did), about as long as waitBlockedBy's hang guard; 8 s left only 3 s, short of a stall on a
+ * loaded machine. The cost: each scenario waits about 10.5 s for untilNoLongerAhead, not 3.5 s.
  */
-const AHEAD = "8 seconds";
+const AHEAD = "15 seconds";
 
 /**
  * Called once waitBlockedBy has seen the write waiting: its first judgement came before that wait,
@@ -674,7 +676,7 @@ async function firstWriteThatRollsBack(
 
 Deno.test("a Data API upsert dated ahead that waited until it no longer is loses by its own date to a version committed meanwhile", async () => {
   // Its INSERT half judges it ahead (and stamps it now()) before the upsert waits for the row (dated
-  // 8 s ahead; checked once it waits); its DO UPDATE runs once it is at most 4.5 s ahead of the wall
+  // AHEAD; checked once it waits); its DO UPDATE runs once it is at most 4.5 s ahead of the wall
   // clock: an ordinary write, older than the e-reader's version committed while it waited (dated
   // 4.9 s ahead of a later clock).
   const user = await createTestUser();
@@ -792,7 +794,7 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
 });
 
 /**
- * A first write dated ahead (8 s) is judged "ahead" (and keyed now()) before its INSERT waits for a
+ * A first write dated AHEAD (15 s) is judged "ahead" (and keyed now()) before its INSERT waits for a
  * concurrent first write of the series, an uncommitted insert of the same row. When that one rolls
  * back, once the write is at most 4.5 s ahead of the wall clock, it is an ordinary write, to be stored
  * under its own date. Stored at now() instead, the tablet's write dated in between (1 s before it)
@@ -863,7 +865,7 @@ Deno.test("a first write dated ahead that waited for a first write which rolled 
 
 /**
  * The same wait in a bulk Data API upsert (supabase-js .upsert([...]); PostgREST inserts the rows from
- * json_populate_recordset in one statement): its first row, dated ahead (8 s), waits for a first write
+ * json_populate_recordset in one statement): its first row, dated AHEAD (15 s), waits for a first write
  * of its series that rolls back; its second row is dated an hour ahead. Each row judged ahead is
  * judged again once it is in (the first by the second's stamp trigger, after the wait), not only the
  * statement's last one, which is still ahead: the statement is refused with 40001 and its retry
