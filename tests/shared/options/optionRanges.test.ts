@@ -601,33 +601,27 @@ for (const [name, accepted] of API) {
   });
 }
 
-Deno.test({
-  name: "option ranges: API client retry (an object, or not given)",
-  ...noSanitize,
-  fn: async () => {
-    // An array is refused as null and non-objects are (it was taken, its fields all defaults).
-    for (const [label, retry] of OBJECT_VALUES) {
-      for (const [where, outcome] of await apiOutcomes({ retry })) {
-        const path = where === "subscribeToProgress" ? "api.retry" : "retry";
-        expectObjectOutcome(`${where} retry`, `${where} option ${path}`, label, retry, outcome);
+// retry: an array is refused as null and non-objects are (it was taken, its fields all defaults).
+// random: null was taken as Math.random, any other value thrown at the first retry's draw.
+for (
+  const [option, kind, expect] of [
+    ["retry", "an object", expectObjectOutcome],
+    ["random", "a function", expectFunctionOutcome],
+  ] as const
+) {
+  Deno.test({
+    name: `option ranges: API client ${option} (${kind}, or not given)`,
+    ...noSanitize,
+    fn: async () => {
+      for (const [label, value] of OBJECT_VALUES) {
+        for (const [where, outcome] of await apiOutcomes({ [option]: value })) {
+          const path = where === "subscribeToProgress" ? `api.${option}` : option;
+          expect(`${where} ${option}`, `${where} option ${path}`, label, value, outcome);
+        }
       }
-    }
-  },
-});
-
-Deno.test({
-  name: "option ranges: API client random (a function, or not given), as RealtimeService's",
-  ...noSanitize,
-  fn: async () => {
-    // null was taken as Math.random, any other value thrown at the first retry's draw.
-    for (const [label, random] of OBJECT_VALUES) {
-      for (const [where, outcome] of await apiOutcomes({ random })) {
-        const path = where === "subscribeToProgress" ? "api.random" : "random";
-        expectFunctionOutcome(`${where} random`, `${where} option ${path}`, label, random, outcome);
-      }
-    }
-  },
-});
+    },
+  });
+}
 
 /**
  * What a `random` option may return, and the retry's wait each gives out of a 1000 ms ceiling: a draw
