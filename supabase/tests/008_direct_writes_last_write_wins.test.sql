@@ -6,7 +6,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(55);
+select plan(56);
 
 insert into auth.users (id, email) values
   ('a8a8a8a8-0000-4000-8000-000000000008', 'direct-a@readsync.test'),
@@ -145,6 +145,44 @@ select cmp_ok(
   date_trunc('milliseconds', now() + interval '4 seconds'),
   'an edit without its own updated_at lands after the version it edits (which lay 4 s ahead)'
 );
+
+-- An edit that sets device_id but not updated_at is no keyless edit: it keeps the stored date, so it is
+-- that millisecond's write of its device, a tie decided by device id. As an upsert whose payload leaves
+-- updated_at to its default (supabase-js .upsert() without it: PostgREST's DO UPDATE sets the payload's
+-- columns only), over a version 'm-tablet' stored an hour ago: a smaller device id is refused and logged
+-- as a tie; the same device's edit lands at now(); a greater id lands under the hour-old date, and the
+-- version it replaced is logged as the tie's loser (README, Schema decisions: Direct writes).
+insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+select (select auth.uid()), 'no-date-' || d, 1, 'm-tablet', date_trunc('milliseconds', now()) - interval '1 hour'
+  from unnest(array['a-phone', 'm-tablet', 'z-reader']) d;
+create temp table no_date_upserts on commit drop as select 0 as n;
+grant all on no_date_upserts to authenticated;
+with u as (
+  insert into public.reading_progress as p (user_id, series_id, chapter, device_id)
+  select (select auth.uid()), 'no-date-' || d, 7, d from unnest(array['a-phone', 'm-tablet', 'z-reader']) d
+  on conflict (user_id, series_id) do update
+    set chapter = excluded.chapter, device_id = excluded.device_id
+  returning 1)
+update no_date_upserts set n = (select count(*) from u);
+select is(
+  (select jsonb_build_object(
+     'returned', (select n from no_date_upserts),
+     'stored', (select jsonb_object_agg(series_id, chapter || ' ' || device_id || ' at '
+                  || case when updated_at = date_trunc('milliseconds', now()) - interval '1 hour' then 'the old date'
+                          when updated_at = date_trunc('milliseconds', now()) then 'now()' else updated_at::text end)
+                  from public.reading_progress where series_id like 'no-date-%'),
+     'logged', (select jsonb_agg(kind || ' ' || losing_device_id || (case when rejected then ' refused' else ' replaced' end)
+                                 order by series_id)
+                  from public.reading_progress_conflicts where series_id like 'no-date-%'))),
+  jsonb_build_object(
+    'returned', 2,
+    'stored', jsonb_build_object('no-date-a-phone', '1 m-tablet at the old date',
+                                 'no-date-m-tablet', '7 m-tablet at now()',
+                                 'no-date-z-reader', '7 z-reader at the old date'),
+    'logged', jsonb_build_array('tie a-phone refused', 'tie m-tablet replaced')),
+  'an upsert that sets device_id but not updated_at is that device''s write at the stored date: a tie by device id, not a keyless edit'
+);
+delete from public.reading_progress where series_id like 'no-date-%';
 
 -- A phone whose clock runs an hour ahead upserts (supabase-js .upsert(): INSERT ... ON CONFLICT DO
 -- UPDATE) over the version stored 4 s ahead: by its own date it is newer, so it wins, 1 ms after that
