@@ -27,6 +27,15 @@
 // never early; a stamp more than 5 s ahead of the server is stored at the server's now(). Without a
 // monotonic clock (no performance.now(), or a deviceNow given without monotonicNow) nothing of this
 // is noticed.
+//
+// Late is still wrong for a write queued offline: a device an hour ahead that slept has its page turns
+// dated an hour late, and sent a week later they beat the reading other devices did in that hour. So a
+// write dated while no measured offset is in force (none yet, or dropped after a drift) keeps
+// unmeasuredReading(), and is re-dated before it is sent by redate(): the device reading plus the first
+// offset measured after it (a sleep: the device is still an hour ahead, the dates move back by it; a
+// real step: the new offset is about 0, nothing moves). A step back noticed between the reading and
+// that answer is counted; the re-date never goes before the offset measured before the reading would
+// have dated it (a lower one means the clock stepped forward somewhere, which cannot be placed).
 
 import { PROGRESS_LIMITS } from "./types.ts";
 
@@ -50,6 +59,25 @@ export const STEP_TOLERANCE_MS = 1_000;
 /** How many recent stamps stamp() remembers so as never to give one twice. */
 const MAX_REMEMBERED_STAMPS = 10_000;
 
+/** How many answers' first offsets after unmeasured readings the clock remembers for redate(). */
+const MAX_REMEMBERED_FIRST_OFFSETS = 1_000;
+
+/**
+ * A device reading taken while no measured offset was in force (ServerClock.unmeasuredReading):
+ * what redate() needs, plain JSON so that a queued write can keep it (e.g. in localStorage).
+ */
+export interface UnmeasuredReading {
+  /** The device clock then (epoch ms). */
+  deviceMs: number;
+  /** The monotonic clock then, when there is one (counts only in the same clock). */
+  monotonicMs?: number;
+  /** The offset the answers had measured before (measuredOffsetMs), absent when there were none. */
+  measuredMs?: number;
+  /** The clock that took it (ServerClock.id: one per page visit) and how many answers it had taken. */
+  clock: string;
+  answers: number;
+}
+
 export class ServerClock {
   #lo = -Infinity;
   #hi = Infinity;
@@ -65,6 +93,14 @@ export class ServerClock {
   readonly #monotonicNow: (() => number) | null;
   /** The device clock and the monotonic clock at the newest answer (at the start before one). */
   #anchor: { deviceMs: number; monotonicMs: number } | null = null;
+  /** This clock, among the clocks whose readings redate() may be given (another visit's, tab's). */
+  readonly id = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+  /** Answers taken (observe() calls that changed the estimate). */
+  #answers = 0;
+  /** Answer counts at which unmeasured readings were taken, waiting for the next answer. */
+  readonly #awaiting = new Set<number>();
+  /** Per answer count of unmeasured readings: the offset the next answer measured, and when. */
+  readonly #firstAfter = new Map<number, { offsetMs: number; deviceMs: number; monotonicMs?: number }>();
 
   /**
    * `offsetMs`: a previous estimate (e.g. saved on the device), used until answers say otherwise.
@@ -118,10 +154,73 @@ export class ServerClock {
       this.#fromSaved = false;
       this.#lo = lo;
       this.#hi = hi;
-      return;
+    } else {
+      this.#lo = Math.max(this.#lo, lo);
+      this.#hi = Math.min(this.#hi, hi);
     }
-    this.#lo = Math.max(this.#lo, lo);
-    this.#hi = Math.min(this.#hi, hi);
+    this.#answerTaken(receivedMs, receivedMonotonicMs);
+  }
+
+  /** Counts an answer; the unmeasured readings taken before it learn their first offset measured after. */
+  #answerTaken(deviceMs: number, monotonicMs: number | undefined): void {
+    const at = { offsetMs: this.measuredOffsetMs, deviceMs, monotonicMs: monotonicMs ?? this.monotonicNow() };
+    for (const answers of this.#awaiting) this.#firstAfter.set(answers, at);
+    this.#awaiting.clear();
+    while (this.#firstAfter.size > MAX_REMEMBERED_FIRST_OFFSETS) {
+      this.#firstAfter.delete(this.#firstAfter.keys().next().value!);
+    }
+    this.#answers++;
+  }
+
+  /**
+   * Whether a measured offset is in force: an answer (or a saved estimate) and no drift against the
+   * monotonic clock since. When not, a write dated now should keep unmeasuredReading().
+   */
+  get measured(): boolean {
+    return Number.isFinite(this.#lo) && this.#driftMs() === 0;
+  }
+
+  /**
+   * The device's reading now, for re-dating (redate()) a write dated now once an offset is measured;
+   * undefined while a measured offset is in force (the write's date needs none).
+   */
+  unmeasuredReading(): UnmeasuredReading | undefined {
+    if (this.measured) return undefined;
+    this.#awaiting.add(this.#answers);
+    const monotonicMs = this.monotonicNow();
+    return {
+      deviceMs: this.#deviceNow(),
+      ...(monotonicMs !== undefined ? { monotonicMs } : {}),
+      ...(Number.isFinite(this.#lo) ? { measuredMs: this.measuredOffsetMs } : {}),
+      clock: this.id,
+      answers: this.#answers,
+    };
+  }
+
+  /**
+   * The server's time at `reading` (unmeasuredReading(), of this clock or of another visit's or tab's),
+   * by the first offset this clock measured after it: undefined until an answer has (for another
+   * clock's reading: while no offset this clock measured is in force), or for a reading that is not
+   * one. Taken in this clock, a step back of the device clock between the reading and that answer is
+   * taken off; never before what the offset measured before the reading gives. The same reading gives
+   * the same time every time (a write sent again keeps its key).
+   */
+  redate(reading: UnmeasuredReading): number | undefined {
+    if (!reading || !Number.isFinite(reading.deviceMs)) return undefined;
+    const own = reading.clock === this.id && Number.isInteger(reading.answers);
+    let first = own ? this.#firstAfter.get(reading.answers) : undefined;
+    if (!first && (!own || reading.answers < this.#answers) && this.#answers > 0 && this.measured) {
+      // Another visit's reading (or one this clock no longer remembers): the offset in force now.
+      first = { offsetMs: this.measuredOffsetMs, deviceMs: NaN };
+    }
+    if (!first) return undefined;
+    let offset = first.offsetMs;
+    if (own && Number.isFinite(reading.monotonicMs) && Number.isFinite(first.monotonicMs)) {
+      const drift = (first.deviceMs - reading.deviceMs) - (first.monotonicMs! - reading.monotonicMs!);
+      if (drift < -STEP_TOLERANCE_MS) offset += drift; // stepped back after the reading: it ran that much further ahead
+    }
+    if (Number.isFinite(reading.measuredMs)) offset = Math.max(offset, reading.measuredMs!);
+    return Math.round(reading.deviceMs + offset);
   }
 
   /**

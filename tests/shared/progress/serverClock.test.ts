@@ -273,3 +273,77 @@ Deno.test("server clock: stamps stay unique across a correction back; measuredOf
   assert.equal(clock.offsetMs, 0);
   assert.ok(Math.abs(clock.measuredOffsetMs + 3_000) <= 20, `${clock.measuredOffsetMs}`);
 });
+
+Deno.test("server clock: a reading taken while the correction is dropped (a sleep) is re-dated by the first offset measured after it", () => {
+  // An hour ahead, learnt from an answer; asleep eight hours, offline: the -1 h is dropped.
+  const { t, clock, pass, answer } = deviceWithMonotonic(HOUR);
+  assert.equal(clock.measured, true);
+  assert.equal(clock.unmeasuredReading(), undefined, "a measured offset in force: nothing to re-date");
+  t.device += 8 * HOUR;
+  assert.equal(clock.measured, false);
+  const reading = clock.unmeasuredReading()!;
+  assert.equal(clock.now(), reading.deviceMs, "stamped an hour late meanwhile");
+  assert.equal(clock.redate(reading), undefined, "no answer since: nothing to re-date it by yet");
+  pass(30_000);
+  answer(HOUR); // the first answer after: still an hour ahead
+  const redated = clock.redate(reading)!;
+  assert.ok(
+    Math.abs(redated - (reading.deviceMs - HOUR)) <= 20,
+    `an hour back (${redated - reading.deviceMs} ms)`,
+  );
+  t.device -= HOUR; // set right later: the next answer measures 0
+  answer(0);
+  assert.equal(clock.redate(reading), redated, "by the first answer after it, every time");
+});
+
+Deno.test("server clock: a re-date moves nothing after a real step, takes off a step back after the reading, never goes before the offset measured before", () => {
+  // NTP set the clock right on waking, before the page turn: the stamp was right, the re-date keeps it.
+  const woke = deviceWithMonotonic(HOUR);
+  woke.t.device += 2 * HOUR;
+  woke.t.device -= HOUR;
+  const right = woke.clock.unmeasuredReading()!;
+  woke.answer(0);
+  assert.ok(Math.abs(woke.clock.redate(right)! - right.deviceMs) <= 20, "nothing moves");
+
+  // Asleep, page turned an hour late, then NTP sets the clock right when the network comes back,
+  // just before the first answer: that answer says 0, but the step back after the reading is known.
+  const late = deviceWithMonotonic(HOUR);
+  late.t.device += 8 * HOUR;
+  const reading = late.clock.unmeasuredReading()!;
+  late.pass(10_000);
+  late.t.device -= HOUR;
+  late.answer(0);
+  const redated = late.clock.redate(reading)!;
+  assert.ok(Math.abs(redated - (reading.deviceMs - HOUR)) <= 30, `${redated - reading.deviceMs} ms`);
+
+  // A device an hour behind (+1 h, a correction that is kept across a drift) set right (forward) after
+  // the page turn: the first answer says 0, which would date it an hour early; the +1 h stands.
+  const behind = deviceWithMonotonic(-HOUR);
+  behind.t.device += 8 * HOUR;
+  const stamp = behind.clock.now();
+  const turned = behind.clock.unmeasuredReading()!;
+  behind.t.device += HOUR;
+  behind.answer(0);
+  assert.ok(behind.clock.redate(turned)! >= stamp - 20, "never before what the offset measured before gives");
+});
+
+Deno.test("server clock: readings before the first answer are re-dated by it; a saved offset is in force; another clock's readings by its measured offset", () => {
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const first = clock.unmeasuredReading()!; // a fresh visit without a saved offset, offline
+  assert.ok(first, "no answer yet: no measured offset");
+  t.device += 1_000;
+  t.monotonic += 1_000;
+  const other = new ServerClock({
+    deviceNow: () => t.device,
+    monotonicNow: () => t.monotonic,
+    offsetMs: -HOUR,
+  });
+  assert.equal(other.unmeasuredReading(), undefined, "a saved offset is in force until a drift");
+  assert.equal(other.redate(first), undefined, "another clock's reading: not by a saved offset");
+  clock.observe({ serverMs: t.device - HOUR + 10, sentMs: t.device, receivedMs: t.device + 20 });
+  assert.ok(Math.abs(clock.redate(first)! - (first.deviceMs - HOUR)) <= 10);
+  other.observe({ serverMs: t.device - HOUR + 10, sentMs: t.device, receivedMs: t.device + 20 });
+  assert.ok(Math.abs(other.redate(first)! - (first.deviceMs - HOUR)) <= 10, "another visit's reading");
+  assert.equal(clock.redate({ ...first, deviceMs: Number.NaN }), undefined, "not a reading");
+});
