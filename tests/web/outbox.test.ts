@@ -20,9 +20,12 @@ import {
   type FlushResult,
   type OutboxOptions,
   type OutboxTransport,
+  sendable,
 } from "../../examples/web/lib/client/outbox.ts";
 import { OutboxSchedule } from "../../examples/web/lib/client/outboxSchedule.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { datedWrite } from "../../examples/web/lib/client/syncSession.ts";
+import { ServerClock } from "@shared/progress/serverClock.ts";
 import { isSignedOut, SignedOutError } from "../../examples/web/lib/client/tokenKeeper.ts";
 import {
   isNetworkFailure,
@@ -188,6 +191,118 @@ Deno.test(
       "the schedule's 'signed out', not a failure of the API",
     );
     assert.equal(store.getSnapshot().pendingCount, 1);
+    await client.realtime.disconnect();
+  },
+);
+
+Deno.test("outbox: a re-dated write goes no later than it was dated and never before the version the reader was looking at; what re-dates it is not sent", () => {
+  const HOUR = 3_600_000;
+  const T0 = 1_800_000_000_000;
+  const store = new SyncStore("reader", defaultCompareRows);
+  // The reader looks at the phone's version of T0, on a device an hour ahead with no answer yet.
+  store.applyServerRow(
+    {
+      ...pending("book", T0, 3, "phone"),
+      user_id: "reader",
+      synced_at: new Date(T0).toISOString(),
+      change_xid: "1",
+      created_at: new Date(T0).toISOString(),
+    } as unknown as Parameters<SyncStore["applyServerRow"]>[0],
+  );
+  const t = { device: T0 + HOUR + 60_000, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+  const first = datedWrite(store, clock, "book", position(4), "e-reader");
+  store.addPending(first);
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  const second = datedWrite(store, clock, "book", position(5), "e-reader");
+  store.addPending(second);
+  assert.equal(
+    second.unmeasured?.afterMs,
+    T0 + 1,
+    "after the phone's version, not after the write it replaces",
+  );
+
+  // The answers say the device is 1 h 10 min ahead: re-dated, the page turns would lie before the
+  // phone's version the reader turned them after.
+  clock.observe({ serverMs: t.device - HOUR - 10 * 60_000, sentMs: t.device, receivedMs: t.device });
+  const sent = sendable(second, clock);
+  assert.equal(sent.updated_at, new Date(T0 + 1).toISOString());
+  assert.equal("unmeasured" in sent, false);
+  // Answers that say the device is behind move nothing later than it was dated.
+  const behind = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  behind.observe({ serverMs: t.device + HOUR, sentMs: t.device, receivedMs: t.device });
+  assert.equal(
+    sendable({ ...second, unmeasured: { ...second.unmeasured!, clock: "another visit" } }, behind).updated_at,
+    second.updated_at,
+  );
+  // A write saved before (no `unmeasured`) or a reading that is none goes as it was dated.
+  assert.equal(
+    sendable({ ...second, unmeasured: { ...second.unmeasured!, deviceMs: Number.NaN } }, clock).updated_at,
+    second.updated_at,
+  );
+});
+
+Deno.test(
+  {
+    name:
+      "outbox: a page turned offline on a device an hour ahead that slept is re-dated by the first answer after it: it loses to the phone's later reading, and is stored under its true date",
+    ...noSanitize,
+  },
+  async () => {
+    const HOUR = 3_600_000;
+    const { client, requests, api: phone, store } = await device();
+    // The e-reader's clock runs an hour ahead of the server's (this machine's real clock), moved by
+    // hand on top of it: `shift` for its device clock, `paused` for what its monotonic clock missed
+    // while asleep. Its last visit saved the -1 h; this one starts three hours ago, offline.
+    const t = { shift: -3 * HOUR, paused: 0 };
+    const clock = new ServerClock({
+      deviceNow: () => Date.now() + HOUR + t.shift,
+      monotonicNow: () => performance.now() - t.paused,
+      offsetMs: -HOUR,
+    });
+    const ereader = createProgressApi(client, { clock });
+    assert.equal(clock.measured, true, "the saved offset is in force");
+    t.shift += HOUR; // asleep an hour: the monotonic clock stops, the -1 h is dropped
+    t.paused += HOUR;
+    assert.equal(clock.measured, false);
+    const contested = seriesId("slept-contested");
+    const alone = seriesId("slept-alone");
+    const turnedAt = Date.now() - 2 * HOUR; // the server's time of the two page turns
+    const position = { chapter: 2, page: 1, percentage: 0.02 };
+    const writes = [contested, alone].map((s) => datedWrite(store, clock, s, position, "e-reader"));
+    for (const write of writes) {
+      assert.ok(write.unmeasured, "dated without a measured offset");
+      const late = Date.parse(write.updated_at) - turnedAt;
+      assert.ok(Math.abs(late - HOUR) <= 5_000, `dated an hour late (${late} ms)`);
+      store.addPending(write);
+    }
+    t.shift += 2 * HOUR; // asleep two hours more: the device clock reads the server's + 1 h again
+    t.paused += 2 * HOUR;
+    // Half an hour after the page turns the reader went on on the phone, which saved it then.
+    const phoneAt = turnedAt + HOUR / 2;
+    await phone.updateProgress({
+      ...pending(contested, phoneAt, 7, "phone"),
+      updated_at: new Date(phoneAt).toISOString(),
+    });
+    requests.length = 0;
+
+    // Back online: the first answer (a read made for it) measures the -1 h again, then the batch goes.
+    const measure = () => ereader.listProgress({ limit: 1 });
+    assert.deepEqual(await flushOutbox(store, ereader, options({ redate: { clock, measure } })), {
+      outcome: "done",
+    });
+    assert.deepEqual(requests, ["/functions/v1/progress", "/functions/v1/progress/batch"]);
+    const onServer = await phone.getProgress(contested);
+    assert.equal(onServer?.device_id, "phone", "the phone's later reading is not beaten by the older page");
+    assert.equal(onServer?.chapter, 7);
+    assert.equal(store.getSnapshot().notices.get(contested)?.winner.device_id, "phone");
+    const stored = await phone.getProgress(alone);
+    assert.equal(stored?.device_id, "e-reader");
+    const off = Date.parse(stored!.updated_at) - turnedAt;
+    assert.ok(Math.abs(off) <= 5_000, `stored at the page turn's time, not an hour late (${off} ms)`);
+    assert.equal(store.getSnapshot().pendingCount, 0);
     await client.realtime.disconnect();
   },
 );

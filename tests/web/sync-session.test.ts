@@ -427,6 +427,51 @@ Deno.test("sync session: Sync now sends the outbox at once, within the backoff, 
   alice.close();
 });
 
+Deno.test("sync session: a page turn dated before the clock has a measured offset is sent re-dated by the first answer, asked for first; the outbox keeps its date", async () => {
+  const HOUR = 3_600_000;
+  const t = tab();
+  const store = newStore(ALICE);
+  // The server is an hour behind this machine (the device runs an hour ahead); a read of one row is
+  // what measures it, and it can fail.
+  let reads = 0;
+  let readFails = true;
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) => {
+    const { api, disconnect } = connect(accessToken, clock);
+    api.listProgress = () => {
+      reads++;
+      if (readFails) return Promise.reject(new NetworkError(0, "network_error", "Failed to fetch"));
+      const sentMs = clock.deviceNow();
+      clock.observe({ serverMs: sentMs - HOUR, sentMs, receivedMs: clock.deviceNow() });
+      return Promise.resolve({ items: [], next_cursor: null });
+    };
+    return { api, disconnect };
+  };
+  const alice = t.open(store); // a visit without a saved offset, and no answer yet
+  alice.save("book", position(4), DEVICE);
+  const queued = store.pendingWrites()[0];
+  assert.ok(queued.unmeasured, "dated without a measured offset: kept for re-dating");
+  assert.equal(await alice.syncNow(), "failed");
+  assert.ok(reads > 0, "a read went first");
+  assert.deepEqual([t.sent.length, store.getSnapshot().pendingCount], [0, 1], "it failed: nothing sent");
+
+  readFails = false;
+  const readsBefore = reads;
+  assert.equal(await alice.syncNow(), "done");
+  assert.equal(reads, readsBefore + 1);
+  const [sent] = t.sent.flatMap((s) => s.writes);
+  assert.equal(sent.unmeasured, undefined, "what re-dates a write is not sent");
+  const moved = Date.parse(queued.updated_at) - Date.parse(sent.updated_at);
+  assert.ok(Math.abs(moved - HOUR) <= 1_000, `sent an hour earlier than dated (${moved} ms)`);
+  assert.equal(store.getSnapshot().pendingCount, 0);
+
+  // Now measured: the next page turn is dated by the corrected clock itself.
+  alice.save("book", position(5), DEVICE);
+  const dated = Date.parse(store.getSnapshot().bySeries.get("book")!.updatedAt) - (Date.now() - HOUR);
+  assert.ok(Math.abs(dated) <= 1_000, `${dated} ms`);
+  alice.close();
+});
+
 Deno.test("sync session: a write the server refuses says so in every tab of the user, not only the one that sent it; dismissed in one, gone in all", async () => {
   const browser = sharedStorage();
   const first = tab({ browser, refuse: "bad-book" });

@@ -17,9 +17,16 @@
 //   - a batch that something in the way refused as a whole (splitMayHelp: a proxy's 413 or 400 for a
 //     body over its limit, not the API's own error): sent again one write at a time too,
 //     each kept when it fails alike (it may go through later), so one limit cannot stall the outbox.
+//
+// A write dated while the server clock had no measured offset in force (PendingWrite.unmeasured: a
+// device an hour ahead that slept dates it an hour late) is re-dated before it is sent, by the first
+// offset measured after it (ServerClock.redate), never later than it was dated nor before its
+// `afterMs`. When no answer has measured one yet, one request (`redate.measure`) goes first. The
+// write keeps its date in the outbox (which orders and names writes by it): only what is sent changes.
 // Framework-free so it can be tested against the real API without React (tests/web/outbox.test.ts).
 
 import type { ProgressWriteInput } from "@shared/progress/schemas.ts";
+import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { PROGRESS_LIMITS, type WriteResult } from "@shared/progress/types.ts";
 import type { PendingWrite, SyncStore } from "./syncStore.ts";
 
@@ -41,6 +48,12 @@ export interface OutboxOptions {
   /** True once the owner is gone (unmounted): stop between requests. */
   isDisposed(): boolean;
   batchSize?: number;
+  /**
+   * Re-dates the writes dated without a measured offset (PendingWrite.unmeasured): the clock that
+   * dated them, and a request whose 2xx answer teaches it, made first when one of them waits for it.
+   * Without it they are sent as dated.
+   */
+  redate?: { clock: Pick<ServerClock, "redate">; measure(): Promise<unknown> };
 }
 
 /** How a flush ended. */
@@ -74,18 +87,30 @@ export async function flushOutbox(
   const answered = { count: 0 };
   const stop = (result: FlushResult): FlushResult =>
     result.outcome === "failed" && answered.count > 0 ? { ...result, answered: answered.count } : result;
+  const redate = options.redate;
+  if (redate && pending.some((write) => write.unmeasured && redate.clock.redate(write.unmeasured) === undefined)) {
+    // Sent as dated, such a write would be stored an hour late; the answer to it comes too late.
+    try {
+      await redate.measure();
+    } catch (error) {
+      if (options.isSignedOut(error)) return { outcome: "signed out" };
+      if (options.isRetryable(error)) return await retryableFailure(store, options, error);
+      // A refused read says nothing of the writes: they go as dated.
+    }
+  }
+  const toSend = (write: PendingWrite) => sendable(write, redate?.clock);
   try {
     for (let i = 0; i < pending.length; i += size) {
       if (options.isDisposed()) return { outcome: "disposed" };
       const batch = pending.slice(i, i + size);
-      const send = () => api.updateProgressBatch(batch);
+      const send = () => api.updateProgressBatch(batch.map(toSend));
       const outcome = await attempt(store, options, batch, send, refused, answered);
       if (typeof outcome === "object") return stop(outcome);
       // A batch of one that comes back "one by one" was refused as such: it is not sent again alone.
       if (outcome === "one by one" && batch.length > 1) {
         for (const write of batch) {
           if (options.isDisposed()) return { outcome: "disposed" };
-          const sendOne = async () => [await api.updateProgress(write)];
+          const sendOne = async () => [await api.updateProgress(toSend(write))];
           const one = await attempt(store, options, [write], sendOne, refused, answered);
           if (typeof one === "object") return stop(one);
         }
@@ -114,14 +139,7 @@ async function attempt(
     if (options.isSignedOut(error)) return { outcome: "signed out" };
     if (options.isRetryable(error)) {
       if (writes.length > 1 && options.splitMayHelp?.(error)) return "one by one";
-      if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
-      // A passing outage says nothing by itself, and takes nothing away: what the page says (that
-      // writes wait, asked by the reader or after a lasting failure; a refused write) is still true.
-      if (!(options.isTransient?.(error) ?? true)) {
-        const message = error instanceof Error ? error.message : String(error);
-        store.setError(`Not saved yet (will retry): ${message}`, { untilAnswered: true });
-      }
-      return { outcome: "failed", error };
+      return await retryableFailure(store, options, error);
     }
     if (writes.length > 1) return "one by one";
     const message = error instanceof Error ? error.message : String(error);
@@ -129,4 +147,30 @@ async function attempt(
     answered.count++;
     return "one by one";
   }
+}
+
+/** A retryable failure stops the flush: a 401 refreshes the token, a lasting one is said. */
+async function retryableFailure(store: SyncStore, options: OutboxOptions, error: unknown): Promise<FlushResult> {
+  if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
+  // A passing outage says nothing by itself, and takes nothing away: what the page says (that
+  // writes wait, asked by the reader or after a lasting failure; a refused write) is still true.
+  if (!(options.isTransient?.(error) ?? true)) {
+    const message = error instanceof Error ? error.message : String(error);
+    store.setError(`Not saved yet (will retry): ${message}`, { untilAnswered: true });
+  }
+  return { outcome: "failed", error };
+}
+
+/**
+ * The write as the API takes it: without `unmeasured`, and re-dated by it once the clock can (never
+ * later than it was dated, never before its `afterMs`).
+ */
+export function sendable(write: PendingWrite, clock?: Pick<ServerClock, "redate">): ProgressWriteInput {
+  const { unmeasured, ...sent } = write;
+  const at = unmeasured && clock ? clock.redate(unmeasured) : undefined;
+  const dated = Date.parse(write.updated_at);
+  if (at === undefined || !Number.isFinite(dated)) return sent;
+  const after = Number.isFinite(unmeasured!.afterMs) ? unmeasured!.afterMs! : -Infinity;
+  const redated = Math.min(dated, Math.max(at, after));
+  return redated === dated ? sent : { ...sent, updated_at: new Date(redated).toISOString() };
 }

@@ -27,8 +27,13 @@ export interface Position {
   percentage: number;
 }
 
-/** What the session needs of the API: the outbox's writes and the live subscription. */
-export type SyncApi = Pick<ProgressApi, "subscribeToProgress" | "updateProgress" | "updateProgressBatch">;
+/**
+ * What the session needs of the API: the outbox's writes and the live subscription; a read of one row
+ * (when there is listProgress) measures the server's clock before writes dated without it are sent.
+ */
+export type SyncApi =
+  & Pick<ProgressApi, "subscribeToProgress" | "updateProgress" | "updateProgressBatch">
+  & Partial<Pick<ProgressApi, "listProgress">>;
 
 export interface SyncEnvironment {
   /** The window: `online`, `offline` and `storage` events. */
@@ -163,6 +168,8 @@ export class SyncSession {
           isSignedOut, // also when supabase-js wraps it (the token callback threw it)
           refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
           isDisposed: () => this.#closed,
+          // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
+          redate: { clock, measure: () => api.listProgress?.({ limit: 1 }) ?? Promise.resolve() },
         }).finally(() => {
           env.clockOffset?.save(clock.measuredOffsetMs); // what answers measured: a sleep must not erase it
           this.#setSending(false);
@@ -274,18 +281,7 @@ export class SyncSession {
    * never dropped, and a closed session sends nothing.
    */
   save(seriesId: string, position: Position, deviceId: string): void {
-    // Strictly after the version the reader is looking at (another device's, or this one's last
-    // save), so a page turn made after seeing it wins over it and two quick saves keep their order.
-    const at = this.store.nextUpdatedAt(seriesId, this.clock.now(), deviceId);
-    const write: PendingWrite = {
-      series_id: seriesId,
-      chapter: position.chapter,
-      page: position.page,
-      percentage: position.percentage,
-      cleared: false,
-      device_id: deviceId,
-      updated_at: at,
-    };
+    const write = datedWrite(this.store, this.clock, seriesId, position, deviceId);
     this.store.addPending(write);
     this.flush("edit"); // (nothing once closed)
   }
@@ -394,6 +390,35 @@ export class SyncSession {
  */
 export function storeForUser<S extends { readonly userId: string }>(current: S, userId: string, create: (userId: string) => S): S {
   return current.userId === userId ? current : create(userId);
+}
+
+/**
+ * A page turn of `seriesId` made now, as save() queues it. Dated strictly after the version the reader
+ * is looking at (another device's, or this one's last save), so a page turn made after seeing it wins
+ * over it and two quick saves keep their order. Dated without a measured offset (none yet, or dropped
+ * after a sleep or a step of the device's clock), it keeps what the outbox re-dates it by, before it
+ * is sent, once an offset is measured (PendingWrite.unmeasured).
+ */
+export function datedWrite(
+  store: SyncStore,
+  clock: ServerClock,
+  seriesId: string,
+  position: Position,
+  deviceId: string,
+): PendingWrite {
+  const nowMs = clock.now();
+  const reading = clock.unmeasuredReading();
+  const afterMs = reading ? store.redatingFloor(seriesId, nowMs, deviceId) : undefined;
+  return {
+    series_id: seriesId,
+    chapter: position.chapter,
+    page: position.page,
+    percentage: position.percentage,
+    cleared: false,
+    device_id: deviceId,
+    updated_at: store.nextUpdatedAt(seriesId, nowMs, deviceId),
+    ...(reading ? { unmeasured: { ...reading, ...(afterMs !== undefined ? { afterMs } : {}) } } : {}),
+  };
 }
 
 /** Where the browser's tabs share the outbox's schedule (outboxSchedule.ts), per user. */

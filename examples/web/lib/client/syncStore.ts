@@ -17,6 +17,7 @@
 // the same order the server applies, so the optimistic view already shows the eventual winner.
 
 import { ConflictResolver } from "@shared/progress/conflictResolver.ts";
+import type { UnmeasuredReading } from "@shared/progress/serverClock.ts";
 import type { WriteResult } from "@shared/progress/types.ts";
 import { compareServerVersions } from "@shared/realtime/progressMerge.ts";
 import type { ProgressRow } from "./types.ts";
@@ -29,6 +30,14 @@ export interface PendingWrite {
   cleared: boolean;
   device_id: string;
   updated_at: string;
+  /**
+   * Dated while the server clock had no measured offset in force (ServerClock.unmeasuredReading; e.g.
+   * an hour late on a device an hour ahead that slept): re-dated by it before it is sent (outbox.ts),
+   * never after `afterMs`, the date it had to follow that is not re-dated itself (the server's version
+   * the reader was looking at, a write of this device dated under a measured offset). Never sent;
+   * absent in writes dated under a measured offset, and in writes saved before it existed.
+   */
+  unmeasured?: UnmeasuredReading & { afterMs?: number };
 }
 
 export interface ConflictNotice {
@@ -163,10 +172,35 @@ export class SyncStore {
    * the page turn made after seeing it.
    */
   nextUpdatedAt(seriesId: string, nowMs: number, deviceId?: string): string {
-    const shown = this.#snapshot.bySeries.get(seriesId);
-    let at = nowMs;
-    const after = shown ? Date.parse(shown.updatedAt) + 1 : NaN;
-    if (Number.isFinite(after)) at = Math.max(at, after);
+    return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, deviceId, true))).toISOString();
+  }
+
+  /**
+   * What a write of `seriesId` dated now (nextUpdatedAt) must stay after when it is re-dated
+   * (PendingWrite.unmeasured.afterMs): as nextUpdatedAt, but leaving out this device's queued writes
+   * that are re-dated themselves (the one it replaces never goes; each is re-dated alike).
+   * Undefined when nothing.
+   */
+  redatingFloor(seriesId: string, nowMs: number, deviceId?: string): number | undefined {
+    const after = this.#after(seriesId, nowMs, deviceId, false);
+    return Number.isFinite(after) ? after : undefined;
+  }
+
+  /** The first instant after what a new write of `seriesId` must follow (nextUpdatedAt), -Infinity for none. */
+  #after(seriesId: string, nowMs: number, deviceId: string | undefined, unmeasuredToo: boolean): number {
+    let at = -Infinity;
+    const later = (updatedAt: string | undefined) => {
+      const after = updatedAt === undefined ? NaN : Date.parse(updatedAt) + 1;
+      if (Number.isFinite(after)) at = Math.max(at, after);
+    };
+    if (unmeasuredToo) {
+      later(this.#snapshot.bySeries.get(seriesId)?.updatedAt);
+    } else {
+      // The version shown is the newer of these two; a queued write to be re-dated is left out.
+      const pending = this.#pending.get(seriesId);
+      later(this.#confirmed.get(seriesId)?.updated_at);
+      if (!pending?.unmeasured) later(pending?.updated_at);
+    }
     // Another tab of this browser may have saved a write of the series that this tab has not taken
     // over yet, under the same device id: date this one after it, so the two never share a key and
     // the later save is the later write (under one key the server keeps whichever arrives last).
@@ -175,12 +209,13 @@ export class SyncStore {
     // by hand) would carry every later save past the tolerance, where the server re-dates it.
     for (const saved of this.#readSaved()) {
       if (saved.series_id !== seriesId || (deviceId !== undefined && saved.device_id !== deviceId)) continue;
+      if (!unmeasuredToo && saved.unmeasured) continue;
       const savedAfter = Date.parse(saved.updated_at) + 1;
       if (Number.isFinite(savedAfter) && savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS) {
         at = Math.max(at, savedAfter);
       }
     }
-    return new Date(at).toISOString();
+    return at;
   }
 
   /** An optimistic local write: shown at once and queued for the server. */
