@@ -84,11 +84,20 @@ export function checkNumberOption(
 }
 
 /**
- * The number an environment variable's text gives when `rule` takes it (surrounding spaces ignored),
- * or undefined when it is not set or is empty (spaces only too), as an empty secret is not set;
- * otherwise throws `<where> environment variable <name> must be <rule> (got "<the text>")`: a
- * TypeError for a text that is no number ("abc", "5 connections"), a RangeError for a number out of
- * the range ("0", "-1", "2.5", "Infinity").
+ * How an environment variable's text may write a number: decimal digits, with a "-" before them and a
+ * fraction after them when need be ("5", "-1", "2.5", "007"), or Infinity. Not every text Number()
+ * reads: "0x10", "0b11" and "0o7" (16, 3, 7), "1e1" (10), "+5", ".5" and "5." are no such number, so
+ * a value an operator wrote one way is never taken as another they did not mean.
+ */
+const DECIMAL_TEXT = /^-?(?:[0-9]+(?:\.[0-9]+)?|Infinity)$/;
+
+/**
+ * The number an environment variable's text gives when it is written in decimal (DECIMAL_TEXT) and
+ * `rule` takes it (surrounding spaces ignored), or undefined when it is not set or is empty (spaces
+ * only too), as an empty secret is not set; otherwise throws `<where> environment variable <name>
+ * must be <rule>, written in decimal digits (got "<the text>")`: a TypeError for a text that is no
+ * decimal number ("abc", "5 connections", "0x10", "1e1"), a RangeError for a number out of the range
+ * ("0", "-1", "2.5", "Infinity").
  */
 export function checkEnvNumber(
   text: string | undefined,
@@ -98,11 +107,13 @@ export function checkEnvNumber(
 ): number | undefined {
   const trimmed = text?.trim();
   if (!trimmed) return undefined;
-  const value = Number(trimmed);
+  const decimal = DECIMAL_TEXT.test(trimmed);
+  const value = decimal ? Number(trimmed) : NaN;
   if (takesNumber(rule, value)) return value;
-  const ErrorClass = Number.isNaN(value) ? TypeError : RangeError;
+  const ErrorClass = decimal ? RangeError : TypeError;
   throw new ErrorClass(
-    `${where} environment variable ${name} must be ${describeRule(rule)} (got ${shownValue(text)})`,
+    `${where} environment variable ${name} must be ${describeRule(rule)}, written in decimal digits ` +
+      `(got ${shownValue(text)})`,
   );
 }
 

@@ -240,29 +240,42 @@ Deno.test("option ranges: the body's byte limit, readBodyLimited and readJsonBod
 
 /**
  * PROGRESS_DB_POOL_MAX as the function's environment gives it (a text, or not set), and whether it is
- * taken: a whole number from 1 to 100, surrounding spaces ignored; not set or empty is the default (5).
- * A text that is no number is a TypeError, a number out of the range a RangeError.
+ * taken: a whole number from 1 to 100 written in decimal digits, surrounding spaces ignored; not set or
+ * empty is the default (5). A text that is no decimal number is a TypeError (hexadecimal, binary, octal
+ * and exponent forms too, which Number() reads: "0x10" was 16 connections, "1e1" 10), a decimal number
+ * out of the range a RangeError.
  */
-const POOL_MAX_VALUES: [string | undefined, boolean][] = [
+const POOL_MAX_VALUES: [string | undefined, true | ErrorConstructor][] = [
   [undefined, true],
   ["", true],
   ["  ", true],
   ["1", true],
   ["5", true],
   [" 7 ", true],
+  ["007", true],
   ["100", true],
-  ["0", false],
-  ["-1", false],
-  ["2.5", false],
-  ["101", false],
-  ["Infinity", false],
-  ["1e9", false],
-  ["abc", false],
-  ["5 connections", false],
-  ["NaN", false],
+  ["0", RangeError],
+  ["-1", RangeError],
+  ["2.5", RangeError],
+  ["101", RangeError],
+  ["Infinity", RangeError],
+  ["0x10", TypeError],
+  ["0X10", TypeError],
+  ["0b11", TypeError],
+  ["0o7", TypeError],
+  ["1e1", TypeError],
+  ["1e9", TypeError],
+  ["1E1", TypeError],
+  ["+5", TypeError],
+  [".5", TypeError],
+  ["5.", TypeError],
+  ["1_0", TypeError],
+  ["abc", TypeError],
+  ["5 connections", TypeError],
+  ["NaN", TypeError],
 ];
 /** The rows also booted as the function itself (a process each, so a few). */
-const POOL_MAX_BOOTED = [" 7 ", "-1", "abc"];
+const POOL_MAX_BOOTED = [" 7 ", "-1", "abc", "0x10"];
 const ROOT = new URL("../../../", import.meta.url).pathname;
 
 /** The error a log line or a process's output names ("RangeError: ..."), as an Error of that class. */
@@ -313,7 +326,7 @@ Deno.test({
   fn: async () => {
     const env = testEnv();
     const user = await createTestUser();
-    for (const [text, taken] of POOL_MAX_VALUES) {
+    for (const [text, expected] of POOL_MAX_VALUES) {
       const vars: Record<string, string | undefined> = {
         SUPABASE_DB_URL: env.dbUrl,
         SUPABASE_JWT_SECRET: env.jwtSecret,
@@ -357,16 +370,15 @@ Deno.test({
       if (text !== undefined && POOL_MAX_BOOTED.includes(text)) {
         outcomes.push(["the function booting", await bootOutcome(text)]);
       }
-      const refused = text === undefined || Number.isNaN(Number(text.trim())) ? TypeError : RangeError;
       const message = "createProgressHandlerFromEnv environment variable PROGRESS_DB_POOL_MAX must be a " +
-        `whole number from 1 to 100 (got ${JSON.stringify(text)})`;
+        `whole number from 1 to 100, written in decimal digits (got ${JSON.stringify(text)})`;
       for (const [where, outcome] of outcomes) {
         expectTakenOrTypeError(
           `${where} PROGRESS_DB_POOL_MAX = ${JSON.stringify(text)}`,
-          taken,
+          expected === true,
           message,
           outcome,
-          refused,
+          expected === true ? undefined : expected,
         );
       }
     }
