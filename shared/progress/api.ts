@@ -590,28 +590,39 @@ const CHANGES_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.changesMax, who
  * api.timeoutMs and api.retry as for the plain calls (checkApiOptions), and changesLimit, a whole
  * number from 1 to the API's largest changes page (PROGRESS_LIMITS.changesMax, which the function
  * answers 422 above); then the service's, as its constructor checks them (checkRealtimeServiceOptions,
- * naming them `RealtimeService option ...`); then, without api.timeoutMs, an api.retry.attempts that
- * leaves an attempt less than 1 ms of requestTimeoutMs. Made on every call, before a later one's
- * options are compared with the shared service's (checkSharedOptions), so that such an option is the
- * same TypeError or RangeError on any call, not a later call's "not the one ... runs with" Error (or,
- * for a backoff that is an array or a function, which are not data, no error at all).
+ * naming them `RealtimeService option ...`). Made on every call, before a later one's options are
+ * compared with the shared service's (checkSharedOptions), so that such an option is the same
+ * TypeError or RangeError on any call, not a later call's "not the one ... runs with" Error (or, for a
+ * backoff that is an array or a function, which are not data, no error at all). How the options go
+ * together (attemptTimeoutMsOf) is judged where the service is made, on the options it runs with.
  */
 function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   checkObjectOption(options.api, "subscribeToProgress", "api");
-  const api = options.api ?? {};
-  checkApiOptions(api, "subscribeToProgress", "api.");
+  checkApiOptions(options.api ?? {}, "subscribeToProgress", "api.");
   checkNumberOption(options.changesLimit, CHANGES_LIMIT, "subscribeToProgress", "changesLimit");
   checkRealtimeServiceOptions(options);
-  // The service gives up on a call after requestTimeoutMs; with a whole attempt allowed that long,
-  // a hung first attempt would use up the call and its retries would never run.
-  const { attempts } = retryOptionsOf(api);
+}
+
+/**
+ * The timeout of each attempt of the service's changesSince calls: api.timeoutMs, or else an equal
+ * share of requestTimeoutMs for each of api.retry.attempts (rounded down), which must be at least 1 ms
+ * (a RangeError otherwise: the service gives up on a call after requestTimeoutMs, and with a whole
+ * attempt allowed that long, a hung first attempt would use up the call and its retries would never
+ * run). Worked out from the options of the call that makes the shared service, the ones it runs with:
+ * a later call on the client runs with those too (any data option it gives must be the same:
+ * checkSharedOptions), so it is not judged by its own, which may leave out api.timeoutMs.
+ */
+function attemptTimeoutMsOf(options: SubscribeToProgressOptions): number {
+  const { attempts } = retryOptionsOf(options.api ?? {});
   const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-  if (api.timeoutMs === undefined && !(Math.floor(requestTimeoutMs / attempts) >= 1)) {
-    throw new RangeError(
-      `subscribeToProgress option api.retry.attempts (${attempts}) leaves each attempt less than 1 ms ` +
-        `of requestTimeoutMs (${requestTimeoutMs}): give fewer attempts, or api.timeoutMs`,
-    );
-  }
+  const given = options.api?.timeoutMs;
+  if (given !== undefined) return given;
+  const share = Math.floor(requestTimeoutMs / attempts);
+  if (share >= 1) return share;
+  throw new RangeError(
+    `subscribeToProgress option api.retry.attempts (${attempts}) leaves each attempt less than 1 ms ` +
+      `of requestTimeoutMs (${requestTimeoutMs}): give fewer attempts, or api.timeoutMs`,
+  );
 }
 
 /**
@@ -680,16 +691,15 @@ export function subscribeToProgress(
   options: SubscribeToProgressOptions = {},
 ): ProgressLiveSubscription {
   // Checked on every call, the first on a client (whose options the shared service takes) or not,
-  // before a later call's are compared with the service's.
+  // before a later call's are compared with the service's; how they go together, by the first only
+  // (attemptTimeoutMsOf), as the service runs with its options.
   checkSubscribeOptions(options);
   let shared = sharedServices.get(client);
   if (shared) checkSharedOptions(shared.options, options);
   else {
+    // Throws, before anything is made, for options that leave an attempt less than 1 ms.
+    const attemptTimeoutMs = attemptTimeoutMsOf(options);
     const { api, changesLimit, ...serviceOptions } = options;
-    // Each attempt a share of the call's requestTimeoutMs (checkSubscribeOptions: at least 1 ms).
-    const { attempts } = retryOptionsOf(api ?? {});
-    const requestTimeoutMs = serviceOptions.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-    const attemptTimeoutMs = api?.timeoutMs ?? Math.floor(requestTimeoutMs / attempts);
     const service: RealtimeService = new RealtimeService(client, {
       ...serviceOptions,
       // The service's signal, not api.signal: the service may outlive this subscription (shared

@@ -210,21 +210,24 @@ Deno.test({
         ["changesLimit", { changesLimit: v }, v] as [string, Record<string, unknown>, unknown]
       ),
     ];
-    const refusals = () => {
+    const refusals = (later: boolean) => {
       for (const [name, options, value] of bad) {
         assert.throws(
           () => subscribeToProgress(client, USER, () => {}, { ...quiet, ...options }),
           rangeErrorNaming("subscribeToProgress", name, value),
         );
       }
-      // 4 attempts cannot share a requestTimeoutMs of 3 ms (was: each given 1 ms anyway; and on a
-      // later call, an Error for a requestTimeoutMs not the shared service's).
+      // 4 attempts cannot share a requestTimeoutMs of 3 ms (was: each given 1 ms anyway). A later call
+      // runs with the shared service's options, made without a requestTimeoutMs: its 3 ms is refused
+      // as not that one.
       assert.throws(
         () => subscribeToProgress(client, USER, () => {}, { ...quiet, requestTimeoutMs: 3 }),
-        /^RangeError: subscribeToProgress option api\.retry\.attempts \(4\) leaves each attempt less than 1 ms of requestTimeoutMs \(3\)/,
+        later
+          ? /^Error: subscribeToProgress option requestTimeoutMs \(3\) is not the one this client's shared RealtimeService runs with \(not given\)/
+          : /^RangeError: subscribeToProgress option api\.retry\.attempts \(4\) leaves each attempt less than 1 ms of requestTimeoutMs \(3\)/,
       );
     };
-    refusals();
+    refusals(false);
     assert.equal(client.getChannels().length, 0, "no service made a channel");
     // ... but they can with their own timeout.
     const own = subscribeToProgress(client, USER, () => {}, {
@@ -242,10 +245,50 @@ Deno.test({
       api: { timeoutMs: MAX_TIMER_MS, retry: { attempts: 1, baseDelayMs: 0, maxDelayMs: MAX_TIMER_MS } },
     });
     try {
-      refusals();
+      refusals(true);
       const second = subscribeToProgress(client, USER, () => {}, quiet);
       assert.equal(second.service, first.service);
       await second.unsubscribe();
+    } finally {
+      await first.unsubscribe();
+    }
+    assert.equal(client.getChannels().length, 0, "the service closed with its last subscription");
+  },
+});
+
+Deno.test({
+  name:
+    "subscribeToProgress: a later call is judged by the options the shared service runs with: one leaving out the api.timeoutMs that lets 4 attempts share 3 ms is taken",
+  ...noSanitize,
+  fn: async () => {
+    const { client } = fakeClient();
+    const quiet = { log: () => {}, pollIntervalMs: 60_000, accessToken: "T1" };
+    // 4 attempts (the default) in a requestTimeoutMs of 3 ms: taken with their own 1 ms each.
+    const first = subscribeToProgress(client, USER, () => {}, {
+      ...quiet,
+      requestTimeoutMs: 3,
+      api: { timeoutMs: 1 },
+    });
+    try {
+      // The service runs with api.timeoutMs 1, given or not: a later call that leaves it out, alone or
+      // with the same requestTimeoutMs, was refused for leaving an attempt less than 1 ms (judged by its
+      // own options, as if it made a service without api.timeoutMs).
+      for (const later of [{ ...quiet, requestTimeoutMs: 3 }, { ...quiet, requestTimeoutMs: 3, api: {} }]) {
+        const subscription = subscribeToProgress(client, USER, () => {}, later);
+        assert.equal(subscription.service, first.service, JSON.stringify(later));
+        await subscription.unsubscribe();
+      }
+      // One giving another api.timeoutMs is refused as not the shared service's, as any data option.
+      assert.throws(
+        () =>
+          subscribeToProgress(client, USER, () => {}, {
+            ...quiet,
+            requestTimeoutMs: 3,
+            api: { timeoutMs: 2 },
+          }),
+        /^Error: subscribeToProgress option api\.timeoutMs \(2\) is not the one this client's shared RealtimeService runs with \(1\)/,
+      );
+      assert.equal(first.service.stats().subscriptions, 1);
     } finally {
       await first.unsubscribe();
     }
