@@ -24,10 +24,10 @@
 // of the server, which has no stable key: stamp writes with the server's clock, `api.now()`, and the
 // API never sees one.)
 //
-// Options out of range (timeoutMs, retry's fields; subscribeToProgress's changesLimit) are a RangeError
-// naming the option, and of the wrong type (not a number; a retry that is not an object, null or an
-// array) a TypeError, before any request: a call's rejection, and thrown by createProgressApi and
-// subscribeToProgress, which return at once (see checkApiOptions).
+// Options out of range (timeoutMs, retry's fields; changesSince's limit, subscribeToProgress's
+// changesLimit) are a RangeError naming the option, and of the wrong type (not a number; a retry that
+// is not an object, null or an array) a TypeError, before any request: a call's rejection, and thrown
+// by createProgressApi and subscribeToProgress, which return at once (see checkApiOptions).
 
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { FunctionsFetchError, FunctionsHttpError, FunctionsRelayError } from "@supabase/supabase-js";
@@ -170,6 +170,12 @@ type FunctionsCapableClient = Pick<SupabaseClient, "functions">;
 const ATTEMPTS: NumberRule = { min: 1, max: Number.MAX_SAFE_INTEGER, whole: true };
 /** retry.baseDelayMs and retry.maxDelayMs: 0 (a wait of none) to MAX_TIMER_MS ms. */
 const DELAY_MS: NumberRule = { min: 0, max: MAX_TIMER_MS, unit: "milliseconds" };
+/**
+ * changesSince's limit and subscribeToProgress's changesLimit: a whole number from 1 to the API's
+ * largest changes page (the function answers 422 above, and 400 for a number its query string does
+ * not spell in digits, such as 1.5 or 1e+21).
+ */
+const CHANGES_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.changesMax, whole: true };
 
 /**
  * Throws for the first of `timeoutMs`, `random` (a TypeError unless a function, as RealtimeService's
@@ -518,7 +524,9 @@ export async function listProgress(
 
 /**
  * GET /progress/changes: rows changed since `cursor` ("" or null = from the beginning). Always
- * continue from next_cursor; a row may come again (dedupe by its last-write-wins key).
+ * continue from next_cursor; a row may come again (dedupe by its last-write-wins key). `limit`, the
+ * page size, is checked as subscribeToProgress's changesLimit is (CHANGES_LIMIT, the function's own
+ * range): out of it a RangeError, not a number (null too) a TypeError, before any request.
  */
 export async function changesSince(
   client: FunctionsCapableClient,
@@ -526,6 +534,7 @@ export async function changesSince(
   query: { limit?: number } = {},
   options: ProgressApiOptions = {},
 ): Promise<ChangesResponse> {
+  checkNumberOption(query.limit, CHANGES_LIMIT, "changesSince", "limit");
   const params = new URLSearchParams();
   if (cursor) params.set("since", cursor);
   if (query.limit !== undefined) params.set("limit", String(query.limit));
@@ -580,9 +589,6 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
   /** The service behind it (status, stats, setAccessToken). */
   readonly service: RealtimeService;
 }
-
-/** changesLimit: a whole number from 1 to the API's largest changes page (the function answers 422 above). */
-const CHANGES_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.changesMax, whole: true };
 
 /**
  * Throws for an option out of range or of the wrong type, as a first call on a client would: of

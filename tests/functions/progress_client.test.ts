@@ -1117,7 +1117,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "changesLimit: subscribeToProgress's bound is the function's (500 read live, 501 refused here as there)",
+    "changesLimit and changesSince's limit: the client's bound is the function's (500 read live, 501 refused here as there)",
   ...noSanitize,
   fn: async () => {
     const user = await createTestUser();
@@ -1126,12 +1126,24 @@ Deno.test({
     const client = clientFor(user.accessToken, testEnv().url, (url) => {
       if (url.includes("/functions/v1/progress/changes")) changesUrls.push(url);
     });
-    // The function: a page of `max` is answered, one more is a 422.
+    // The function: a page of `max` is answered, one more is a 422 (asked without the typed client,
+    // which refuses it).
     assert.deepEqual((await changesSince(client, null, { limit: max })).changes, []);
-    const refused = await rejection(changesSince(client, null, { limit: max + 1 }));
-    assert.ok(refused instanceof ValidationError);
-    assert.deepEqual([refused.status, refused.code], [422, "validation_failed"]);
-    // The client: one more throws at once (was: a service whose every catch-up and poll got that 422).
+    const { error } = await client.functions.invoke(`progress/changes?limit=${max + 1}`, { method: "GET" });
+    const answer = (error as { context?: unknown } | null)?.context;
+    assert.ok(answer instanceof Response, `an HTTP answer (got ${error})`);
+    assert.deepEqual([answer.status, (await answer.json()).error.code], [422, "validation_failed"]);
+    // The client: one more is refused at once, by changesSince before any request (was: sent, and that
+    // 422) ...
+    await assert.rejects(
+      changesSince(client, null, { limit: max + 1 }),
+      (error: Error) =>
+        error instanceof RangeError &&
+        error.message ===
+          `changesSince option limit must be a whole number from 1 to ${max} (got ${max + 1})`,
+    );
+    assert.equal(changesUrls.length, 2, "the refused changesSince sent nothing");
+    // ... and by subscribeToProgress (was: a service whose every catch-up and poll got that 422).
     assert.throws(
       () =>
         subscribeToProgress(client, user.id, () => {}, {

@@ -195,6 +195,67 @@ Deno.test("createProgressApi: an option out of range throws a RangeError at once
   assert.equal(requests(), 0);
 });
 
+/**
+ * changesSince's limit and whether the client takes it: the function's range (a whole number from 1
+ * to PROGRESS_LIMITS.changesMax, 500), as subscribeToProgress's changesLimit; out of it a RangeError,
+ * not a number a TypeError (the query string spelled any of them, and the function answered 400 or 422).
+ */
+const CHANGES_LIMITS: [unknown, true | ErrorConstructor][] = [
+  [undefined, true],
+  [1, true],
+  [PROGRESS_LIMITS.changesMax, true],
+  [0, RangeError],
+  [-0, RangeError],
+  [-1, RangeError],
+  [1.5, RangeError],
+  [PROGRESS_LIMITS.changesMax + 1, RangeError],
+  [1e21, RangeError],
+  [NaN, RangeError],
+  [Infinity, RangeError],
+  ["100", TypeError],
+  [null, TypeError],
+  [true, TypeError],
+];
+
+Deno.test("changesSince: a limit out of the function's range is a rejected RangeError (not a number: TypeError) naming it, before any request", async () => {
+  const { client, requests } = countingClient();
+  const api = createProgressApi(client, { retry: { attempts: 1 } });
+  for (const [limit, expected] of CHANGES_LIMITS) {
+    const calls: [string, () => Promise<unknown>][] = [
+      [
+        "changesSince",
+        () => changesSince(client, null, { limit: limit as number }, { retry: { attempts: 1 } }),
+      ],
+      ["createProgressApi's changesSince", () => api.changesSince(null, { limit: limit as number })],
+    ];
+    for (const [where, call] of calls) {
+      const before = requests();
+      let promise!: Promise<unknown>;
+      assert.doesNotThrow(
+        () => promise = call(),
+        `${where} limit ${String(limit)}: a rejection, not a throw`,
+      );
+      const error = await promise.then(() => assert.fail("the closed port answered"), (e: unknown) => e);
+      if (expected === true) {
+        // Taken: sent (to a closed port).
+        assert.ok(error instanceof NetworkError, `${where} limit ${String(limit)}: sent (got ${error})`);
+        assert.equal(requests(), before + 1, `${where} limit ${String(limit)}: one request`);
+        continue;
+      }
+      assert.ok(
+        error instanceof expected,
+        `${where} limit ${String(limit)}: ${expected.name} (got ${error})`,
+      );
+      const shown = typeof limit === "string" ? JSON.stringify(limit) : String(limit);
+      assert.equal(
+        error.message,
+        `changesSince option limit must be a whole number from 1 to ${PROGRESS_LIMITS.changesMax} (got ${shown})`,
+      );
+      assert.equal(requests(), before, `${where} limit ${String(limit)}: no request`);
+    }
+  }
+});
+
 Deno.test({
   name:
     "subscribeToProgress: api.timeoutMs, api.retry and changesLimit out of range throw a RangeError at once, leaving nothing",
