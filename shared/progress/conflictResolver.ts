@@ -22,7 +22,7 @@
 // that write beats by its own date); `normalize` does the same with a given clock and stored version
 // (one clock for both: the server judges by its wall clock when the row is locked, and records now()).
 
-import { instantMs } from "./instant.ts";
+import { LAST_FOUR_DIGIT_YEAR_MS, updatedAtSchema } from "./schemas.ts";
 import type { ConflictKind } from "./types.ts";
 import { PROGRESS_LIMITS } from "./types.ts";
 
@@ -67,13 +67,22 @@ export class ConflictResolver {
   /**
    * updated_at in epoch milliseconds, as the server keys it: finer digits are dropped, as the server
    * truncates them, after digits past the microsecond are rounded, as PostgreSQL reads a date
-   * (instantMs: "…00.1239996Z" is .124).
+   * (instantMs: "…00.1239996Z" is .124). A string is read by the API's own updatedAtSchema, so a key
+   * the server refuses (422) has no time here either: it throws a TypeError naming the value and why
+   * (not the RFC 3339 form, an offset of 16 hours or more, the year 0000, over 149 characters, before
+   * 1970 or after 9999 in UTC), where it was keyed at some instant no write could be stored at. A Date
+   * or a number (epoch ms) is keyed as its ISO string would be: NaN or outside 1970..9999 throws too.
    */
   static timeOf(v: Versioned): number {
     const t = v.updated_at;
-    const ms = typeof t === "number" ? t : t instanceof Date ? t.getTime() : instantMs(t);
-    if (!Number.isFinite(ms)) throw new TypeError(`invalid updated_at: ${String(t)}`);
-    return Math.floor(ms);
+    if (typeof t === "string") {
+      const parsed = updatedAtSchema.safeParse(t);
+      if (parsed.success) return Date.parse(parsed.data);
+      throw new TypeError(`invalid updated_at ${shownKey(t)}: ${parsed.error.issues[0].message}`);
+    }
+    const ms = Math.floor(typeof t === "number" ? t : t instanceof Date ? t.getTime() : NaN);
+    if (ms >= 0 && ms <= LAST_FOUR_DIGIT_YEAR_MS) return ms;
+    throw new TypeError(`invalid updated_at ${shownKey(t)}: must be an instant from 1970 to 9999 in UTC`);
   }
 
   /** Total order on (updated_at ms, device_id): negative, 0 or positive like Array.sort wants. */
@@ -191,6 +200,15 @@ export class ConflictResolver {
     }
     return { ...v, updated_at: new Date(ms).toISOString() };
   }
+}
+
+/** An updated_at as a refusal shows it: a string quoted (a long one cut), a Date in ISO form. */
+function shownKey(t: unknown): string {
+  if (typeof t === "string") {
+    return t.length <= 60 ? JSON.stringify(t) : `${JSON.stringify(t.slice(0, 60))}… (${t.length} characters)`;
+  }
+  if (t instanceof Date) return Number.isNaN(t.getTime()) ? "Invalid Date" : t.toISOString();
+  return String(t);
 }
 
 /** A shared default instance (stateless). */

@@ -34,7 +34,7 @@ export const deviceIdSchema = idSchema;
  * year. "9999-12-31T23:59:59.999-14:00" is valid ISO 8601 but falls in the year 10000 in UTC, which
  * toISOString() prints as "+010000-…" and PostgreSQL refuses to read.
  */
-const LAST_FOUR_DIGIT_YEAR_MS = Date.parse("9999-12-31T23:59:59.999Z");
+export const LAST_FOUR_DIGIT_YEAR_MS = Date.parse("9999-12-31T23:59:59.999Z");
 const FIRST_FOUR_DIGIT_YEAR_MS = Date.parse("0001-01-01T00:00:00.000Z");
 
 const BEFORE_1970_MESSAGE = "must not be before 1970-01-01T00:00:00Z";

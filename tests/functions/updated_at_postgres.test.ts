@@ -7,12 +7,14 @@
 // then PostgreSQL's instant truncated to the millisecond. The library cursor's date the same, in
 // 0001..9999. Checked for a table of edges (offsets at PostgreSQL's ±15:59:59 limit, texts at its
 // 149-character limit, fractions rounding across a millisecond, second or year) and for random texts,
-// and for the table through the function's write path and a Data API write.
+// and for the table through the function's write path and a Data API write. The ConflictResolver's key
+// (timeOf) agrees with the schema on every one of them: the same millisecond, or refused.
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import postgres from "postgres";
 import { z } from "zod";
+import { ConflictResolver } from "../../shared/progress/conflictResolver.ts";
 import { listCursorSchema, updatedAtSchema, validationError } from "../../shared/progress/schemas.ts";
 import { createTestUser } from "../support/env.ts";
 import { adminSql, call, errorOf, seriesId, write } from "./support.ts";
@@ -68,6 +70,23 @@ async function checkAgreement(sql: postgres.Sql, text: string) {
   } else {
     const error = validationError(got.error, "body");
     assert.deepEqual([error.status, error.code], [422, "validation_failed"], `updated_at ${text}`);
+  }
+
+  // The ConflictResolver keys the text as the schema takes it: PostgreSQL's millisecond, or a
+  // TypeError for a key the server refuses (it was keyed at some instant: +16:00, 0000, 150 chars).
+  let key: number | Error;
+  try {
+    key = ConflictResolver.timeOf({ updated_at: text, device_id: "d" });
+  } catch (error) {
+    key = error as Error;
+  }
+  if (expected) assert.equal(key, pgMs, `ConflictResolver.timeOf(${JSON.stringify(text)}): the millisecond`);
+  else {
+    assert.ok(
+      key instanceof TypeError,
+      `ConflictResolver.timeOf(${JSON.stringify(text)}) (${text.length} chars): refused as the schema ` +
+        `refuses it (PostgreSQL ${JSON.stringify(pg)}), got ${key}`,
+    );
   }
 
   const cursor = listCursorSchema.safeParse(`${text}|some-series`);

@@ -226,3 +226,56 @@ Deno.test("a write dated beyond the tolerance lands after the stored version and
     new Date(now + 2_000).toISOString(),
   );
 });
+
+Deno.test("timeOf refuses a key the server refuses (a TypeError naming it and why), and keys a Date or a number as its ISO string", () => {
+  const LAST = Date.parse("9999-12-31T23:59:59.999Z");
+  // Strings the API's updatedAtSchema refuses (a 422): each was keyed at some instant before.
+  const refused: [string, RegExp][] = [
+    ["2026-01-01T00:00:00+16:00", /UTC offset/],
+    ["2026-01-01T00:00:00-23:59", /UTC offset/],
+    ["0000-12-31T23:00:00-01:00", /before 1970/],
+    [`2026-01-01T00:00:00.${"1".repeat(129)}Z`, /149 characters/],
+    ["1969-12-31T23:59:59.999Z", /before 1970/],
+    ["9999-12-31T23:30:00-00:31", /after 9999/],
+    ["2026-01-01", /ISO 8601/],
+    ["2026-01-01 00:00:00Z", /ISO 8601/],
+    ["garbage", /ISO 8601/],
+  ];
+  for (const [text, why] of refused) {
+    for (
+      const call of [
+        () => ConflictResolver.timeOf({ updated_at: text, device_id: "a" }),
+        () => resolver.compare({ updated_at: text, device_id: "a" }, { updated_at: BASE, device_id: "a" }),
+      ]
+    ) {
+      assert.throws(call, (error: Error) => {
+        assert.ok(error instanceof TypeError, String(error));
+        assert.match(error.message, /^invalid updated_at "/);
+        assert.match(error.message, why, text);
+        return true;
+      });
+    }
+  }
+  // A Date or a number (epoch ms): 1970 to 9999 in UTC, as toISOString() of it is taken.
+  for (const value of [-1, new Date(-1), LAST + 1, new Date(LAST + 1), NaN, Infinity, new Date(NaN)]) {
+    assert.throws(
+      () => ConflictResolver.timeOf({ updated_at: value, device_id: "a" }),
+      (error: Error) => error instanceof TypeError && /from 1970 to 9999 in UTC$/.test(error.message),
+      String(value),
+    );
+  }
+  for (
+    const [value, ms] of [[0, 0], [new Date(0), 0], [LAST, LAST], [new Date(LAST), LAST], [1.7, 1]] as const
+  ) {
+    assert.equal(ConflictResolver.timeOf({ updated_at: value, device_id: "a" }), ms, String(value));
+  }
+  // Taken: any offset PostgreSQL reads, digits past the microsecond rounded as it reads them.
+  assert.equal(
+    ConflictResolver.timeOf({ updated_at: "2026-01-01T00:00:00+15:59", device_id: "a" }),
+    Date.parse("2026-01-01T00:00:00+15:59"),
+  );
+  assert.equal(
+    ConflictResolver.timeOf({ updated_at: "2026-01-01T00:00:00.1239996Z", device_id: "a" }),
+    Date.parse("2026-01-01T00:00:00.124Z"),
+  );
+});
