@@ -124,14 +124,19 @@ export function declaredLength(req: Request): number | null {
 
 /**
  * Throws for a byte limit (BODY_BYTES) or a bound (BODY_BOUND_MS) out of range (a RangeError) or not
- * a number (a TypeError, null too), naming it as readBodyLimited's; undefined is not given. Made by
- * readJsonBody too before its media-type checks, so that a bad option is refused for any request, not
- * answered 415 for one that is not JSON and thrown for the next.
+ * a number (a TypeError, null too), naming it as an option of `where`, the function the caller called
+ * (readBodyLimited, readJsonBody, hasBody); undefined is not given. Made by readJsonBody too before its
+ * media-type checks, so that a bad option is refused for any request, not answered 415 for one that is
+ * not JSON and thrown for the next.
  */
-function checkReadOptions(maxBytes: unknown, { idleTimeoutMs, totalTimeoutMs }: ReadBodyOptions): void {
-  checkNumberOption(maxBytes, BODY_BYTES, "readBodyLimited", "maxBytes");
-  checkNumberOption(idleTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "idleTimeoutMs");
-  checkNumberOption(totalTimeoutMs, BODY_BOUND_MS, "readBodyLimited", "totalTimeoutMs");
+function checkReadOptions(
+  maxBytes: unknown,
+  { idleTimeoutMs, totalTimeoutMs }: ReadBodyOptions,
+  where: "readBodyLimited" | "readJsonBody" | "hasBody",
+): void {
+  if (where !== "hasBody") checkNumberOption(maxBytes, BODY_BYTES, where, "maxBytes");
+  checkNumberOption(idleTimeoutMs, BODY_BOUND_MS, where, "idleTimeoutMs");
+  checkNumberOption(totalTimeoutMs, BODY_BOUND_MS, where, "totalTimeoutMs");
 }
 
 /**
@@ -148,7 +153,7 @@ export async function readBodyLimited(
   { idleTimeoutMs = DEFAULT_BODY_IDLE_TIMEOUT_MS, totalTimeoutMs = DEFAULT_BODY_TOTAL_TIMEOUT_MS }:
     ReadBodyOptions = {},
 ): Promise<Uint8Array> {
-  checkReadOptions(maxBytes, { idleTimeoutMs, totalTimeoutMs });
+  checkReadOptions(maxBytes, { idleTimeoutMs, totalTimeoutMs }, "readBodyLimited");
   const declared = declaredLength(req);
   if (declared !== null && declared > maxBytes) throw tooLarge(maxBytes);
   if (!req.body) return new Uint8Array(0);
@@ -221,9 +226,11 @@ export async function readBodyLimited(
  * Whether the body holds a byte, read no further than its first one: true at once, unread, when its
  * Content-Length is above 0; otherwise (chunked, whose headers cannot tell an empty body from another)
  * true at the first byte that arrives (the stream is then cancelled), false when it ends without one.
- * The same bounds as readBodyLimited (408) until then.
+ * The same bounds as readBodyLimited (408) until then, refused as its are but named as hasBody's.
  */
 export async function hasBody(req: Request, options: ReadBodyOptions = {}): Promise<boolean> {
+  // Its own bounds named as its own (readBodyLimited would name them as its).
+  checkReadOptions(0, options, "hasBody");
   try {
     // A limit of 0 bytes: the 413 comes from the Content-Length, or at the first byte read.
     await readBodyLimited(req, 0, options);
@@ -251,7 +258,8 @@ function readWithin(
 /**
  * The parsed JSON body, after the media-type (415), size (413), time (408), syntax (400) and
  * duplicate member name (400) checks. A maxBytes or bound out of range or not a number is refused
- * first, as readBodyLimited refuses it (a RangeError or TypeError), whatever the request.
+ * first, as readBodyLimited refuses it (a RangeError or TypeError naming it as readJsonBody's option),
+ * whatever the request.
  */
 export async function readJsonBody(
   req: Request,
@@ -260,7 +268,7 @@ export async function readJsonBody(
     & ReadBodyOptions = {},
 ): Promise<unknown> {
   // The options first: a bad one is refused for any request, not answered 415 for a body not JSON.
-  checkReadOptions(maxBytes, { idleTimeoutMs, totalTimeoutMs });
+  checkReadOptions(maxBytes, { idleTimeoutMs, totalTimeoutMs }, "readJsonBody");
   if (!isJsonMediaType(req.headers.get("content-type"))) {
     throw new HttpError(
       415,

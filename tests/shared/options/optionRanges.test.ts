@@ -2,7 +2,7 @@
 // (NaN, -1, -0, 0, 0.5, 1, 1.5, 2^31-1, 2^31, 2^53-1, 2^53, ±Infinity, strings, null, true, 1n, undefined)
 // whether it is taken or refused, and when refused, with which error class and a message naming the option
 // and the value. It pins each option's accepted range through the entry points that check it
-// (readBodyLimited, readJsonBody, createProgressHandler and createProgressHandlerFromEnv, new
+// (readBodyLimited, readJsonBody, hasBody, createProgressHandler and createProgressHandlerFromEnv, new
 // RealtimeService, createProgressApi, the plain calls, a first and a later subscribeToProgress on a client),
 // so a change to the shared checks cannot move a range unnoticed, and one entry point cannot take what
 // another refuses. A value of the wrong type (not a number; retry not an object) and a number out of range
@@ -11,7 +11,7 @@
 // the tokens (accessToken, setAccessToken) and what the random options' draws give.
 
 import assert from "node:assert/strict";
-import { readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
+import { hasBody, readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
 import { HttpError } from "../../../shared/http/errors.ts";
 import { createProgressHandler } from "../../../shared/progress/handler.ts";
 import { FunctionsFetchError, type SupabaseClient } from "@supabase/supabase-js";
@@ -189,19 +189,36 @@ async function outcomeOf(fn: () => unknown): Promise<Outcome> {
 /** Positive delays a timer can hold, or Infinity (no bound); under 1 ms is taken. */
 const BODY_BOUND = ["0.5", "1", "1.5", "500", "501", "2^31-1", "Infinity", "undefined"];
 
-// The same bounds, and the same rule (null refused as any value not a number), both ways they are given.
+/** A POST of an empty JSON body: once the options are checked, the read ends at once. */
+const emptyJsonPost = () =>
+  new Request("http://localhost/progress", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+  });
+
+/** readJsonBody's 400 for an empty body is an answer, not a refusal of the option. */
+const answered = (outcome: Outcome) => outcome instanceof HttpError ? "ok" : outcome;
+
+// The same bounds, and the same rule (null refused as any value not a number), every way they are
+// given, each refusal naming the function called.
 for (
   const [name, handlerName] of [
     ["idleTimeoutMs", "bodyIdleTimeoutMs"],
     ["totalTimeoutMs", "bodyTotalTimeoutMs"],
   ] as const
 ) {
-  Deno.test(`option ranges: readBodyLimited ${name} and createProgressHandlerFromEnv ${handlerName}`, async () => {
+  Deno.test(`option ranges: readBodyLimited, readJsonBody and hasBody ${name} and createProgressHandlerFromEnv ${handlerName}`, async () => {
     for (const [label, value] of VALUES) {
       // No body: once the bounds are checked, nothing is read (no timer runs).
-      const req = new Request("http://localhost/progress", { method: "POST" });
-      const read = await outcomeOf(() => readBodyLimited(req, 100, { [name]: value as number }));
+      const req = () => new Request("http://localhost/progress", { method: "POST" });
+      const read = await outcomeOf(() => readBodyLimited(req(), 100, { [name]: value as number }));
       expectOutcome("readBodyLimited", name, label, value, BODY_BOUND, read);
+      const json = answered(
+        await outcomeOf(() => readJsonBody(emptyJsonPost(), { [name]: value as number })),
+      );
+      expectOutcome("readJsonBody", name, label, value, BODY_BOUND, json);
+      const has = await outcomeOf(() => hasBody(req(), { [name]: value as number }));
+      expectOutcome("hasBody", name, label, value, BODY_BOUND, has);
       const made = await outcomeOf(() =>
         createProgressHandlerFromEnv({ get: () => undefined }, { [handlerName]: value as number })
       );
@@ -214,19 +231,13 @@ for (
 const BODY_BYTES = ["-0", "0", "1", "500", "501", "2^31-1", "2^31", "2^53-1", "Infinity", "undefined"];
 
 Deno.test("option ranges: the body's byte limit, readBodyLimited and readJsonBody maxBytes and createProgressHandler maxBodyBytes", async () => {
-  // An empty body: once the limit is checked, the read ends at once (readJsonBody's 400 for an empty
-  // body is an answer, not a refusal of the option).
-  const post = () =>
-    new Request("http://localhost/progress", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-    });
-  const answered = (outcome: Outcome) => outcome instanceof HttpError ? "ok" : outcome;
   for (const [label, value] of VALUES) {
-    const read = await outcomeOf(() => readBodyLimited(post(), value as number));
+    const read = await outcomeOf(() => readBodyLimited(emptyJsonPost(), value as number));
     expectOutcome("readBodyLimited", "maxBytes", label, value, BODY_BYTES, read);
-    const json = answered(await outcomeOf(() => readJsonBody(post(), { maxBytes: value as number })));
-    expectOutcome("readBodyLimited", "maxBytes", label, value, BODY_BYTES, json, "readJsonBody");
+    const json = answered(
+      await outcomeOf(() => readJsonBody(emptyJsonPost(), { maxBytes: value as number })),
+    );
+    expectOutcome("readJsonBody", "maxBytes", label, value, BODY_BYTES, json);
     const made = await outcomeOf(() =>
       createProgressHandler({
         verifier: () => assert.fail("no request"),
