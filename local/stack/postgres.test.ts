@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { startPostgres } from "./postgres.ts";
+import { freePort, startPostgres } from "./postgres.ts";
 
 Deno.test({
   name: "initdb template: made once, then copied; each copy is an independent cluster",
@@ -59,5 +59,140 @@ Deno.test({
     await assert.rejects(startPostgres({ port, log: () => {} }), /port \d+ is already in use/);
   } finally {
     await other.stop();
+  }
+});
+
+/**
+ * `start` run with the temp dir a private one: what it threw, what it left in that directory and the
+ * processes whose command line still names it (a pg_basebackup, a cluster's watchdog).
+ */
+async function failedStart(start: () => Promise<{ stop(): Promise<void> }>) {
+  const tmp = await Deno.makeTempDir({ prefix: "readsync-failed-start-test-" });
+  await Deno.chmod(tmp, 0o711); // the cluster's OS user must reach its directory below it
+  const previous = Deno.env.get("TMPDIR");
+  Deno.env.set("TMPDIR", tmp);
+  try {
+    const error = await start().then(
+      async (started) => {
+        await started.stop();
+        return null;
+      },
+      (e: unknown) => e instanceof Error ? e : new Error(String(e)),
+    );
+    const left = [...Deno.readDirSync(tmp)].map((entry) => entry.name);
+    const ps = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdout: "piped" }).output();
+    const processes = new TextDecoder().decode(ps.stdout).split("\n").filter((line) => line.includes(tmp));
+    return { error, left, processes };
+  } finally {
+    if (previous === undefined) Deno.env.delete("TMPDIR");
+    else Deno.env.set("TMPDIR", previous);
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
+Deno.test({
+  name: "a restore whose base backup fails says why and leaves no directory behind",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const source = await startPostgres({ log: () => {} });
+  const sql = postgres(source.url, { max: 1, onnotice: () => {} });
+  try {
+    await sql`create role readsync_no_replication login`;
+    const { port } = source;
+    for (
+      const [restoreOf, reason] of [
+        // Nothing listens there.
+        [`postgresql://postgres@127.0.0.1:${freePort()}/postgres`, /Connection refused/],
+        // A running cluster that refuses this role a replication connection.
+        [
+          `postgresql://readsync_no_replication@127.0.0.1:${port}/postgres`,
+          /must be superuser or replication role to start walsender/,
+        ],
+      ] as const
+    ) {
+      const { error, left, processes } = await failedStart(() => startPostgres({ restoreOf, log: () => {} }));
+      assert.ok(error, `the restore of ${restoreOf} failed`);
+      assert.deepEqual(left, [], "the restore's temp dir was removed");
+      assert.deepEqual(processes, [], "no process is left behind");
+      assert.match(error.message, /^pg_basebackup failed \(exit code 1;/, error.message);
+      assert.match(error.message, reason, error.message);
+    }
+  } finally {
+    await sql.end();
+    await source.stop();
+  }
+});
+
+Deno.test({
+  name: "a base backup that never ends is killed after stepTimeoutMs: a clear error, no directory left",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // A server that accepts and never answers: pg_basebackup waits for it forever.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  const accepted = listener.accept();
+  let guard: ReturnType<typeof setTimeout> | undefined;
+  /** `promise`, or an error once a hang guard of 30 s has passed. */
+  const guarded = <T>(promise: Promise<T>, what: string) =>
+    Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        guard = setTimeout(() => reject(new Error(`${what} did not end within 30 s`)), 30_000);
+      }),
+    ]).finally(() => clearTimeout(guard));
+  try {
+    const { error, left, processes } = await guarded(
+      failedStart(() =>
+        startPostgres({ restoreOf: `postgresql://postgres@127.0.0.1:${port}/postgres`, stepTimeoutMs: 2_000 })
+      ),
+      "startPostgres",
+    );
+    assert.ok(error, "the restore failed");
+    assert.deepEqual(left, [], "the restore's temp dir was removed");
+    assert.deepEqual(processes, [], "no process is left behind");
+    assert.match(error.message, /^pg_basebackup did not finish within 2 s and was killed/, error.message);
+    // Its connection ended with it.
+    const conn = await guarded(accepted, "pg_basebackup's connection");
+    const buffer = new Uint8Array(1024);
+    await guarded(
+      (async () => {
+        while (await conn.read(buffer).catch(() => null) !== null) { /* its startup request */ }
+      })(),
+      "pg_basebackup's connection",
+    );
+    conn.close();
+  } finally {
+    clearTimeout(guard);
+    listener.close();
+  }
+});
+
+Deno.test({
+  name: "a restored cluster that cannot start says why and leaves nothing behind (its watchdog neither)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const source = await startPostgres({ log: () => {} });
+  const sql = postgres(source.url, { max: 1, onnotice: () => {} });
+  try {
+    // Taken by the base backup; the source itself only reads it at a restart.
+    await sql`alter system set shared_preload_libraries = 'readsync_no_such_library'`;
+    const { error, left, processes } = await failedStart(() =>
+      startPostgres({ restoreOf: source.url, log: () => {} })
+    );
+    assert.ok(error, "the restore failed");
+    assert.deepEqual(left, [], "the restore's temp dir was removed");
+    assert.deepEqual(processes, [], "no process is left behind");
+    assert.match(
+      error.message,
+      /^the restored cluster \(a base backup of .*\) exited before it was ready/,
+      error.message,
+    );
+    assert.match(error.message, /readsync_no_such_library/, error.message);
+  } finally {
+    await sql.end();
+    await source.stop();
   }
 });

@@ -1,7 +1,8 @@
 // A throwaway PostgreSQL cluster for the local stack: initdb into a temp dir, start on a free port
 // with wal_level=logical, stop and delete on exit. postgres refuses to run as root, so as root the
 // cluster runs as a dedicated system user. A detached watchdog stops the cluster and removes its
-// directory if this process dies without cleaning up (kill -9, a crashed test runner).
+// directory if this process dies without cleaning up (kill -9, a crashed test runner). A start that
+// fails (a step that fails or never ends, a server that never gets ready) leaves nothing behind.
 
 import { onCleanup } from "./cleanup.ts";
 import { ensureSystemPackages, exists, findPostgresBinaries, isRoot } from "./system.ts";
@@ -23,10 +24,66 @@ export function freePort(): number {
   return port;
 }
 
-async function exec(cmd: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed (${out.code}):\n${text}`);
+/**
+ * How long one child step may take (initdb, a copy, pg_basebackup, the start and a restore's recovery)
+ * before it is killed and the start fails saying so: a guard against a step that never ends (a
+ * pg_basebackup whose server accepts and never answers hangs forever), generous for a loaded machine.
+ */
+const STEP_TIMEOUT_MS = 60_000;
+
+/**
+ * Runs a child to its end; its stdout, and its stdout and stderr, as text. The child runs in a process
+ * group of its own, killed whole (SIGKILL) once the child has ended, so that what it forked ends with it
+ * (pg_basebackup's WAL streamer outlives a killed parent), or once `timeoutMs` has passed without an
+ * end, which is then an error naming the step.
+ */
+async function run(
+  cmd: string,
+  args: string[],
+  timeoutMs = STEP_TIMEOUT_MS,
+): Promise<{ step: string; success: boolean; code: number; stdout: string; text: string }> {
+  const step = (cmd === "setpriv" ? args[args.indexOf("--") + 1] : cmd).split("/").pop()!;
+  const child = new Deno.Command(cmd, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    detached: true,
+  }).spawn();
+  const killGroup = () => {
+    try {
+      Deno.kill(-child.pid, "SIGKILL");
+    } catch { /* the group is gone */ }
+  };
+  const out: string[] = [];
+  const err: string[] = [];
+  const read = (stream: ReadableStream<Uint8Array>, into: string[]) =>
+    stream.pipeThrough(new TextDecoderStream()).pipeTo(
+      new WritableStream({ write: (c) => void into.push(c) }),
+    ).catch(() => {});
+  const reading = Promise.all([read(child.stdout, out), read(child.stderr, err)]);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    killGroup();
+  }, timeoutMs);
+  const status = await child.status;
+  clearTimeout(timer);
+  killGroup();
+  await reading;
+  const text = out.join("") + err.join("");
+  if (timedOut) {
+    throw new Error(
+      `${step} did not finish within ${timeoutMs / 1000} s and was killed (${cmd} ${args.join(" ")})` +
+        (text ? `:\n${text}` : ""),
+    );
+  }
+  return { step, success: status.success, code: status.code, stdout: out.join(""), text };
+}
+
+async function exec(cmd: string, args: string[], timeoutMs = STEP_TIMEOUT_MS): Promise<string> {
+  const { step, success, code, text } = await run(cmd, args, timeoutMs);
+  if (!success) throw new Error(`${step} failed (exit code ${code}; ${cmd} ${args.join(" ")}):\n${text}`);
   return text;
 }
 
@@ -65,9 +122,12 @@ export interface StartOptions {
    * Instead of a new cluster, a point-in-time restore of the running cluster at this URL (which must
    * take replication connections, as the local stack's does): a base backup (pg_basebackup), recovered
    * to the backup's end and promoted to a new timeline, as a provider's point-in-time restore does.
-   * Resolves once it has left recovery and takes writes.
+   * Resolves once it has left recovery and takes writes. A base backup or recovery that fails or does
+   * not end within `stepTimeoutMs` rejects, saying which step and why, and leaves nothing behind.
    */
   restoreOf?: string;
+  /** How long each child step may take before it is killed (default 60 s); tests of the guard lower it. */
+  stepTimeoutMs?: number;
 }
 
 const INITDB_ARGS = ["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"];
@@ -133,6 +193,7 @@ export function assertPortFree(port: number): void {
 
 export async function startPostgres(options: StartOptions = {}): Promise<LocalPostgres> {
   const log = options.log ?? console.log;
+  const stepTimeoutMs = options.stepTimeoutMs ?? STEP_TIMEOUT_MS;
   await ensureSystemPackages(log);
   const bins = findPostgresBinaries()!;
   const port = options.port ?? freePort();
@@ -140,174 +201,220 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   // pg_isready for ours, which cannot bind: the migrations would go into someone else's database.
   assertPortFree(port);
   const dataDir = await Deno.makeTempDir({ prefix: "readsync-pg-" });
-
-  // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
-  // the pid we hold is postgres itself and signals reach it directly.
-  let asUser: string[] = [];
-  if (isRoot()) {
-    const { uid, gid } = await ensureOsUser();
-    await Deno.chown(dataDir, uid, gid);
-    asUser = ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--"];
-  }
-  const cmd = (bin: string, args: string[]) =>
-    asUser.length ? { cmd: asUser[0], args: [...asUser.slice(1), `${bins.binDir}/${bin}`, ...args] } : {
-      cmd: `${bins.binDir}/${bin}`,
-      args,
-    };
-
-  const pgdata = `${dataDir}/data`;
-  const initdbInto = async (dir: string) => {
+  let child: Deno.ChildProcess | null = null;
+  let watchdog: Deno.ChildProcess | null = null;
+  try {
+    // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
+    // the pid we hold is postgres itself and signals reach it directly.
+    let asUser: string[] = [];
     if (isRoot()) {
-      await Deno.mkdir(dir, { mode: 0o700 });
       const { uid, gid } = await ensureOsUser();
-      await Deno.chown(dir, uid, gid);
+      await Deno.chown(dataDir, uid, gid);
+      asUser = ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--"];
     }
-    const init = cmd("initdb", ["-D", dir, ...INITDB_ARGS]);
-    await exec(init.cmd, init.args);
-  };
-  const template = options.restoreOf !== undefined ||
-      options.template === false || Deno.env.get("READSYNC_PG_TEMPLATE") === "0"
-    ? null
-    : await initdbTemplate(bins.binDir, initdbInto, log).catch((e) => {
-      log(`database: no initdb template (${e instanceof Error ? e.message : e}), running initdb`);
-      return null;
-    });
-  if (options.restoreOf !== undefined) {
-    // As the cluster's OS user, so the copy is its own (and 0700, as PostgreSQL insists).
-    const backup = cmd("pg_basebackup", [
-      "-d",
-      options.restoreOf,
+    const cmd = (bin: string, args: string[]) =>
+      asUser.length ? { cmd: asUser[0], args: [...asUser.slice(1), `${bins.binDir}/${bin}`, ...args] } : {
+        cmd: `${bins.binDir}/${bin}`,
+        args,
+      };
+
+    const pgdata = `${dataDir}/data`;
+    const initdbInto = async (dir: string) => {
+      if (isRoot()) {
+        await Deno.mkdir(dir, { mode: 0o700 });
+        const { uid, gid } = await ensureOsUser();
+        await Deno.chown(dir, uid, gid);
+      }
+      const init = cmd("initdb", ["-D", dir, ...INITDB_ARGS]);
+      await exec(init.cmd, init.args, stepTimeoutMs);
+    };
+    const template = options.restoreOf !== undefined ||
+        options.template === false || Deno.env.get("READSYNC_PG_TEMPLATE") === "0"
+      ? null
+      : await initdbTemplate(bins.binDir, initdbInto, log).catch((e) => {
+        log(`database: no initdb template (${e instanceof Error ? e.message : e}), running initdb`);
+        return null;
+      });
+    if (options.restoreOf !== undefined) {
+      // As the cluster's OS user, so the copy is its own (and 0700, as PostgreSQL insists).
+      const backup = cmd("pg_basebackup", [
+        "-d",
+        options.restoreOf,
+        "-D",
+        pgdata,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+      ]);
+      await exec(backup.cmd, backup.args, stepTimeoutMs);
+      // Archive recovery to the end of the backup (the WAL it streamed), then promotion: a new timeline.
+      const settings = "restore_command = 'false'\nrecovery_target = 'immediate'\n" +
+        "recovery_target_action = 'promote'\n";
+      await Deno.writeTextFile(`${pgdata}/postgresql.auto.conf`, settings, { append: true });
+      await Deno.writeTextFile(`${pgdata}/recovery.signal`, "");
+      if (isRoot()) {
+        const { uid, gid } = await ensureOsUser();
+        await Deno.chown(`${pgdata}/recovery.signal`, uid, gid);
+      }
+    } else if (template) {
+      // cp -a keeps the owner (the cluster's OS user) and the 0700 mode PostgreSQL insists on.
+      await exec("cp", ["-a", template, pgdata], stepTimeoutMs);
+    } else {
+      await initdbInto(pgdata);
+    }
+
+    const server = cmd("postgres", [
       "-D",
       pgdata,
-      "-X",
-      "stream",
+      "-p",
+      String(port),
+      "-k",
+      dataDir,
       "-c",
-      "fast",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      "wal_level=logical",
+      "-c",
+      "max_connections=300",
+      "-c",
+      "shared_buffers=256MB",
+      "-c",
+      "log_min_messages=fatal",
+      // Supabase databases run in UTC, whatever the developer's machine: realtime.messages is
+      // partitioned by the UTC day of inserted_at, a timestamp without time zone taken from now().
+      "-c",
+      "timezone=UTC",
+      // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
+      // With asynchronous commit, logical decoding only streams WAL once the WAL writer has flushed
+      // it (every wal_writer_delay, 200 ms by default): 1 ms keeps the local Realtime endpoint's
+      // delivery from the WAL (local/realtime/wal.ts) prompt without paying a flush per commit.
+      ...(options.durable ? [] : [
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "wal_writer_delay=1ms",
+        "-c",
+        "full_page_writes=off",
+      ]),
     ]);
-    await exec(backup.cmd, backup.args);
-    // Archive recovery to the end of the backup (the WAL it streamed), then promotion: a new timeline.
-    const settings = "restore_command = 'false'\nrecovery_target = 'immediate'\n" +
-      "recovery_target_action = 'promote'\n";
-    await Deno.writeTextFile(`${pgdata}/postgresql.auto.conf`, settings, { append: true });
-    await Deno.writeTextFile(`${pgdata}/recovery.signal`, "");
-    if (isRoot()) {
-      const { uid, gid } = await ensureOsUser();
-      await Deno.chown(`${pgdata}/recovery.signal`, uid, gid);
+    const postmaster = child = new Deno.Command(server.cmd, {
+      args: server.args,
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const stderrChunks: string[] = [];
+    (async () => {
+      for await (const chunk of postmaster.stderr.pipeThrough(new TextDecoderStream())) {
+        stderrChunks.push(chunk);
+      }
+    })().catch(() => {});
+
+    watchdog = new Deno.Command("setsid", {
+      args: [
+        "sh",
+        "-c",
+        `trap '' INT HUP; while kill -0 ${Deno.pid} 2>/dev/null; do sleep 1; done; ` +
+        `kill -INT ${postmaster.pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 ${postmaster.pid} 2>/dev/null || break; sleep 0.5; done; ` +
+        `kill -KILL ${postmaster.pid} 2>/dev/null; rm -rf '${dataDir}'`,
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    watchdog.unref();
+
+    // Ready once pg_isready answers; a restored cluster answers (read-only) while it recovers, and is
+    // ready once it has been promoted. The start (and the recovery) has stepTimeoutMs in all.
+    const deadline = Date.now() + stepTimeoutMs;
+    const restored = options.restoreOf !== undefined
+      ? `the restored cluster (a base backup of ${options.restoreOf})`
+      : null;
+    let exited = false;
+    postmaster.status.then(() => (exited = true));
+    while (true) {
+      const left = Math.max(1_000, deadline - Date.now());
+      const ready = await run(`${bins.binDir}/pg_isready`, [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        String(port),
+        "-U",
+        "postgres",
+        "-q",
+      ], left);
+      const promoted = !ready.success || !restored ||
+        (await run(`${bins.binDir}/psql`, [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            String(port),
+            "-U",
+            "postgres",
+            "-XAtc",
+            "select pg_is_in_recovery()",
+          ], left)).stdout.trim() === "f";
+      if (ready.success && promoted && !exited) break;
+      if (exited) {
+        throw new Error(
+          `${restored ?? "PostgreSQL"} exited before it was ready on port ${port}:\n${stderrChunks.join("")}`,
+        );
+      }
+      if (Date.now() > deadline) {
+        throw new Error(
+          `${restored ?? "PostgreSQL"} was not ${restored ? "out of recovery" : "ready"} on port ${port} ` +
+            `within ${stepTimeoutMs / 1000} s:\n${stderrChunks.join("")}`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
-  } else if (template) {
-    // cp -a keeps the owner (the cluster's OS user) and the 0700 mode PostgreSQL insists on.
-    await exec("cp", ["-a", template, pgdata]);
-  } else {
-    await initdbInto(pgdata);
+  } catch (error) {
+    // A failed start leaves nothing behind: the server (an immediate shutdown, which waits for its
+    // processes, so that none writes into the directory as it is removed), its watchdog, the directory.
+    const server = child;
+    if (server) {
+      try {
+        server.kill("SIGQUIT");
+      } catch { /* gone */ }
+      const timer = setTimeout(() => {
+        try {
+          server.kill("SIGKILL");
+        } catch { /* gone */ }
+      }, 10_000);
+      await server.status;
+      clearTimeout(timer);
+    }
+    if (watchdog) {
+      try {
+        watchdog.kill("SIGKILL");
+      } catch { /* gone */ }
+      await watchdog.status;
+    }
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    throw error;
   }
-
-  const server = cmd("postgres", [
-    "-D",
-    pgdata,
-    "-p",
-    String(port),
-    "-k",
-    dataDir,
-    "-c",
-    "listen_addresses=127.0.0.1",
-    "-c",
-    "wal_level=logical",
-    "-c",
-    "max_connections=300",
-    "-c",
-    "shared_buffers=256MB",
-    "-c",
-    "log_min_messages=fatal",
-    // Supabase databases run in UTC, whatever the developer's machine: realtime.messages is
-    // partitioned by the UTC day of inserted_at, a timestamp without time zone taken from now().
-    "-c",
-    "timezone=UTC",
-    // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
-    // With asynchronous commit, logical decoding only streams WAL once the WAL writer has flushed
-    // it (every wal_writer_delay, 200 ms by default): 1 ms keeps the local Realtime endpoint's
-    // delivery from the WAL (local/realtime/wal.ts) prompt without paying a flush per commit.
-    ...(options.durable ? [] : [
-      "-c",
-      "fsync=off",
-      "-c",
-      "synchronous_commit=off",
-      "-c",
-      "wal_writer_delay=1ms",
-      "-c",
-      "full_page_writes=off",
-    ]),
-  ]);
-  const child = new Deno.Command(server.cmd, { args: server.args, stdout: "null", stderr: "piped" }).spawn();
-  const stderrChunks: string[] = [];
-  (async () => {
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderrChunks.push(chunk);
-  })().catch(() => {});
-
-  const watchdog = new Deno.Command("setsid", {
-    args: [
-      "sh",
-      "-c",
-      `trap '' INT HUP; while kill -0 ${Deno.pid} 2>/dev/null; do sleep 1; done; ` +
-      `kill -INT ${child.pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 ${child.pid} 2>/dev/null || break; sleep 0.5; done; ` +
-      `kill -KILL ${child.pid} 2>/dev/null; rm -rf '${dataDir}'`,
-    ],
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  watchdog.unref();
 
   const url = `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`;
-  const deadline = Date.now() + 30_000;
-  let exited = false;
-  child.status.then(() => (exited = true));
-  while (true) {
-    const ready = await new Deno.Command(`${bins.binDir}/pg_isready`, {
-      args: ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres", "-q"],
-    }).output();
-    // A restored cluster answers (read-only) while it recovers: ready once it has been promoted.
-    const promoted = !ready.success || options.restoreOf === undefined ||
-      (await new Deno.Command(`${bins.binDir}/psql`, {
-        args: [
-          "-h",
-          "127.0.0.1",
-          "-p",
-          String(port),
-          "-U",
-          "postgres",
-          "-XAtc",
-          "select pg_is_in_recovery()",
-        ],
-        stdout: "piped",
-        stderr: "null",
-      }).output().then((out) => new TextDecoder().decode(out.stdout).trim() === "f"));
-    if (ready.success && promoted && !exited) break;
-    if (exited || Date.now() > deadline) {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* gone */ }
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-      throw new Error(`PostgreSQL did not start on port ${port}:\n${stderrChunks.join("")}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-
+  const postmaster = child;
+  const guard = watchdog;
   let stopped: Promise<void> | null = null;
   const stop = () =>
     stopped ??= (async () => {
       try {
-        child.kill("SIGINT"); // fast shutdown
+        postmaster.kill("SIGINT"); // fast shutdown
       } catch { /* already gone */ }
       const timer = setTimeout(() => {
         try {
-          child.kill("SIGKILL");
+          postmaster.kill("SIGKILL");
         } catch { /* gone */ }
       }, 10_000);
-      await child.status;
+      await postmaster.status;
       clearTimeout(timer);
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       try {
-        watchdog.kill("SIGKILL");
+        guard.kill("SIGKILL");
       } catch { /* gone */ }
     })();
   onCleanup(stop);
