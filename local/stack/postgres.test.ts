@@ -170,6 +170,58 @@ Deno.test({
 });
 
 Deno.test({
+  name: "a start interrupted (SIGINT) during a base backup ends the backup and removes its directory",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // A server that accepts and never answers holds the base backup; the start runs in a process of its own.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  const tmp = await Deno.makeTempDir({ prefix: "readsync-interrupted-start-test-" });
+  await Deno.chmod(tmp, 0o711);
+  const module = new URL("./postgres.ts", import.meta.url).href;
+  const starter = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { startPostgres } = await import(${JSON.stringify(module)});
+       await startPostgres({ restoreOf: "postgresql://postgres@127.0.0.1:${port}/postgres", log: () => {} });`,
+    ],
+    env: { TMPDIR: tmp },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let guard: ReturnType<typeof setTimeout> | undefined;
+  const guarded = <T>(promise: Promise<T>, what: string) =>
+    Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        guard = setTimeout(() => reject(new Error(`${what} did not end within 30 s`)), 30_000);
+      }),
+    ]).finally(() => clearTimeout(guard));
+  try {
+    const conn = await guarded(listener.accept(), "the base backup's connection");
+    starter.kill("SIGINT");
+    await guarded(starter.status, "the interrupted start");
+    const buffer = new Uint8Array(1024);
+    await guarded(
+      (async () => {
+        while (await conn.read(buffer).catch(() => null) !== null) { /* its startup request */ }
+      })(),
+      "pg_basebackup's connection",
+    );
+    conn.close();
+    assert.deepEqual([...Deno.readDirSync(tmp)].map((entry) => entry.name), [], "its temp dir was removed");
+  } finally {
+    try {
+      starter.kill("SIGKILL");
+    } catch { /* ended */ }
+    listener.close();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test({
   name: "a restored cluster that cannot start says why and leaves nothing behind (its watchdog neither)",
   sanitizeOps: false,
   sanitizeResources: false,

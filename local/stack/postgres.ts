@@ -55,6 +55,8 @@ async function run(
       Deno.kill(-child.pid, "SIGKILL");
     } catch { /* the group is gone */ }
   };
+  // In a group of its own, a Ctrl-C at the terminal no longer reaches it: the cleanups end it instead.
+  const forget = onCleanup(killGroup);
   const out: string[] = [];
   const err: string[] = [];
   const read = (stream: ReadableStream<Uint8Array>, into: string[]) =>
@@ -70,6 +72,7 @@ async function run(
   const status = await child.status;
   clearTimeout(timer);
   killGroup();
+  forget();
   await reading;
   const text = out.join("") + err.join("");
   if (timedOut) {
@@ -203,6 +206,32 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   const dataDir = await Deno.makeTempDir({ prefix: "readsync-pg-" });
   let child: Deno.ChildProcess | null = null;
   let watchdog: Deno.ChildProcess | null = null;
+  // A start that fails, or is interrupted (Ctrl-C), leaves nothing behind: the server (an immediate
+  // shutdown, which waits for its processes, so that none writes into the directory as it is removed),
+  // its watchdog, the directory.
+  const abandon = async () => {
+    const server = child;
+    if (server) {
+      try {
+        server.kill("SIGQUIT");
+      } catch { /* gone */ }
+      const timer = setTimeout(() => {
+        try {
+          server.kill("SIGKILL");
+        } catch { /* gone */ }
+      }, 10_000);
+      await server.status;
+      clearTimeout(timer);
+    }
+    if (watchdog) {
+      try {
+        watchdog.kill("SIGKILL");
+      } catch { /* gone */ }
+      await watchdog.status;
+    }
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  };
+  const forgetAbandon = onCleanup(abandon);
   try {
     // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
     // the pid we hold is postgres itself and signals reach it directly.
@@ -371,31 +400,12 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       await new Promise((r) => setTimeout(r, 100));
     }
   } catch (error) {
-    // A failed start leaves nothing behind: the server (an immediate shutdown, which waits for its
-    // processes, so that none writes into the directory as it is removed), its watchdog, the directory.
-    const server = child;
-    if (server) {
-      try {
-        server.kill("SIGQUIT");
-      } catch { /* gone */ }
-      const timer = setTimeout(() => {
-        try {
-          server.kill("SIGKILL");
-        } catch { /* gone */ }
-      }, 10_000);
-      await server.status;
-      clearTimeout(timer);
-    }
-    if (watchdog) {
-      try {
-        watchdog.kill("SIGKILL");
-      } catch { /* gone */ }
-      await watchdog.status;
-    }
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    forgetAbandon();
+    await abandon();
     throw error;
   }
 
+  forgetAbandon();
   const url = `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`;
   const postmaster = child;
   const guard = watchdog;
