@@ -335,7 +335,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       stderr: "piped",
     }).spawn();
     const stderrChunks: string[] = [];
-    (async () => {
+    const stderrRead = (async () => {
       for await (const chunk of postmaster.stderr.pipeThrough(new TextDecoderStream())) {
         stderrChunks.push(chunk);
       }
@@ -387,6 +387,10 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
           ], left)).stdout.trim() === "f";
       if (ready.success && promoted && !exited) break;
       if (exited) {
+        // Its last words (a FATAL) may still be on their way: the rest of its stderr, for at most 5 s.
+        let waited: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([stderrRead, new Promise((r) => waited = setTimeout(r, 5_000))]);
+        clearTimeout(waited);
         throw new Error(
           `${restored ?? "PostgreSQL"} exited before it was ready on port ${port}:\n${stderrChunks.join("")}`,
         );
