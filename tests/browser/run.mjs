@@ -66,6 +66,7 @@ const TESTS = [
   "a series whose id ends in .rsc (a valid id), opened from the library, is still a page on a full load (reload, bookmark)",
   "two tabs of one browser send their shared outbox one at a time: offline edits made in both are stored once each when the browser is back online (a repeat is answered as one), never a request from each tab at once",
   "Sync now sends a write that waited while the API was unreachable as soon as it is pressed, not at the backoff's next step, and is disabled while it runs",
+  "Sign out works before the page's script has run: a click signs out (a plain form POST), and the button stays where it was when the script runs, so a press begun before it still signs out",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -171,14 +172,53 @@ async function main() {
       page.waitForURL((url) => url.pathname === pathname, { waitUntil: "commit", timeout: STEP_GUARD_MS });
     /**
      * Resolves once a reader page's script runs (hydrated: SyncProvider's effect shows the device id).
-     * Its server-rendered HTML, Sign out button included, is there well before: under a starved CPU
-     * a Sign out clicked in between (goto("/") resolved at `load`, hydration 9 s later) sent no
-     * request at all, and the test waited in vain for the sign-in page.
+     * Its server-rendered HTML, Sign out button included, is there well before. (Under a starved CPU a
+     * Sign out clicked in between once sent no request: the press landed on the button, which then
+     * moved as the script filled in the status beside it, and the release landed beside it. Sign out
+     * now keeps its place and works before the script has run: TESTS[21].)
      */
     const hydrated = (page) =>
       eventually(async () => {
         assert((await page.getByTestId("device-id").textContent())?.trim(), "device id shown");
       }, { timeoutMs: STEP_GUARD_MS, what: "the page's script to run (device id shown)" });
+    /**
+     * Holds every script `page` asks for (Next's chunks; not its stylesheets) until `letGo()`. A script
+     * runs only once its answer arrives, so while they are held the page is its server-rendered HTML
+     * and nothing else: not hydrated. `allHeld()` resolves once each script the page names (its
+     * `<script src>`) has been asked for and is held, the signal that the page is in that state.
+     */
+    const holdScripts = async (page) => {
+      const held = new Set();
+      let holding = true;
+      let release = () => {};
+      const gate = new Promise((resolve) => release = resolve);
+      const isScript = (url) => url.pathname.startsWith("/_next/static/") && url.pathname.endsWith(".js");
+      const handler = async (route) => {
+        if (holding) {
+          held.add(new URL(route.request().url()).pathname);
+          await gate;
+        }
+        await route.continue().catch(() => {}); // the page left meanwhile
+      };
+      await page.route(isScript, handler);
+      return {
+        allHeld: () =>
+          eventually(async () => {
+            const named = await page.evaluate(() =>
+              [...document.querySelectorAll("script[src]")].filter((s) => !s.noModule).map((s) =>
+                new URL(s.src).pathname
+              )
+            );
+            assert(named.length > 0, "the page names its scripts");
+            assertEqual(named.filter((src) => !held.has(src)), [], "scripts not held");
+          }, { timeoutMs: STEP_GUARD_MS, what: "every script of the page to be asked for and held" }),
+        letGo: async () => {
+          holding = false;
+          release();
+          await page.unroute(isScript, handler);
+        },
+      };
+    };
     const newDevice = async (label) => {
       const context = await browser.newContext({
         viewport,
@@ -1439,6 +1479,70 @@ async function main() {
             );
             assertEqual(await button.isEnabled(), true, "offered again");
             assertEqual(await shared(), null, "the run of failures is over");
+            assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[21],
+        fn: async () => {
+          // A reader on a slow device: the page is shown (server-rendered) well before its script runs.
+          const email = `reader-h-${run}@readsync.test`;
+          const { context, device } = await throwawayReader("reader H", email);
+          try {
+            const { page } = device;
+            const signOut = page.getByRole("button", { name: "Sign out" });
+            const tokenStatus = async () => (await context.request.get("/auth/token")).status();
+
+            // A click while none of the page's scripts has run: the form's own POST signs out.
+            let scripts = await holdScripts(page);
+            await page.goto("/", { waitUntil: "commit" });
+            await scripts.allHeld();
+            await signOut.click();
+            await arrivedAt(page, "/sign-in"); // the scripts still held: nothing of the page ran
+            await scripts.letGo();
+            assertEqual(await tokenStatus(), 401, "/auth/token after a click before the script ran");
+
+            // A press begun before the script runs and ended after it ran (a slow device's long task in
+            // between), near the button's start as a thumb may land: the button must still be there.
+            await signIn(device, email);
+            scripts = await holdScripts(page);
+            await page.goto("/", { waitUntil: "commit" });
+            await scripts.allHeld();
+            const placeOf = async () => {
+              const box = await signOut.boundingBox();
+              return box && [box.x, box.y, box.width, box.height].map(Math.round);
+            };
+            const seen = await placeOf();
+            assert(seen, "Sign out is shown before the script runs");
+            const [x, y] = [seen[0] + 8, seen[1] + seen[3] / 2];
+            await page.evaluate(() =>
+              addEventListener("mousedown", (event) => {
+                globalThis.__readsyncPressed = event.target.closest("button")?.textContent ??
+                  event.target.tagName;
+              }, { capture: true, once: true })
+            );
+            await page.mouse.move(x, y);
+            await page.mouse.down();
+            await eventually(
+              async () =>
+                assertEqual(await page.evaluate(() => globalThis.__readsyncPressed), "Sign out", "pressed"),
+              { what: "the press to land on Sign out" },
+            );
+            await scripts.letGo();
+            await hydrated(page);
+            assertEqual(
+              await placeOf(),
+              seen,
+              "Sign out's place once the page's script ran (device id shown)",
+            );
+            await waitForStatus(device, "live");
+            assertEqual(await placeOf(), seen, "Sign out's place once live");
+            await page.mouse.up();
+            await arrivedAt(page, "/sign-in");
+            assertEqual(await tokenStatus(), 401, "/auth/token after the press");
             assertEqual(device.errors, [], "page errors");
           } finally {
             await context.close();

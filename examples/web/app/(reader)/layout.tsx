@@ -32,18 +32,23 @@ export default async function ReaderLayout({ children }: { children: ReactNode }
     >
       <main>
         <header className="topbar">
-          <div>
+          {/* Sign out sits beside the reader's name, which the server renders, not after the
+              connection status, which the page's script fills in (the device id, the status): there it
+              moved when the page hydrated, and a press on the button the reader saw before (a slow
+              device) landed beside it once the script ran, signing nobody out. A plain form POST, it
+              needs no script: a click before hydration signs out too. */}
+          <div className="topbar-left">
             <strong>readsync</strong>{" "}
             <span className="who" data-testid="signed-in-as">
               {session.email ?? session.userId}
               {session.mode === "dev" ? " (development sign-in)" : ""}
-            </span>
-          </div>
-          <div className="topbar-right">
-            <ConnectionStatus />
+            </span>{" "}
             <form action="/sign-out" method="post">
               <button type="submit" className="secondary">Sign out</button>
             </form>
+          </div>
+          <div className="topbar-right">
+            <ConnectionStatus />
           </div>
         </header>
         <SyncErrorBanner />
