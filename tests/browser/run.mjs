@@ -54,7 +54,7 @@ const TESTS = [
   "with Realtime unreachable a device says Polling and still receives changes, without a reload",
   "the server sends signed-out requests to sign-in and sign-out ends the session",
   "redirects stay on the site's own origin, a cross-site sign-out is refused, a failed sign-in link says so",
-  "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out, sign-out ends this browser only, magic links lead to READSYNC_SITE_URL, not to the host the request came to",
+  "Supabase mode (stand-in Auth): httpOnly session cookies, an Auth outage is not a sign-out (its Try again works before the page's script has run), sign-out ends this browser only, magic links lead to READSYNC_SITE_URL, not to the host the request came to",
   "no page can be framed by another site, and a malformed address is a 400, not a server error",
   "a tab left open while the browser signs out and in as another reader leaves at once, shows that reader when opened again and never writes their progress into the old account",
   "a write that cannot be saved says so: a proxy's 400 keeps it queued until it is sent, a write the API refuses is dropped with a message that can be dismissed",
@@ -895,14 +895,19 @@ async function main() {
               503,
               "/auth/token during an Auth outage",
             );
-            // A page loaded meanwhile shows the app's own error state (not Next's generic 500 page).
-            await page.goto(`${app.url}/`);
+            // A page loaded meanwhile shows the app's own error state (not Next's generic 500 page), and
+            // its Try again works before the page's script has run (a slow device): the library comes,
+            // from the server, while the scripts are still held.
+            const outageScripts = await holdScripts(page);
+            await page.goto(`${app.url}/`, { waitUntil: "commit" });
             const outageError = page.locator("main").getByTestId("load-error");
             await outageError.waitFor();
+            await outageScripts.allHeld();
             assert(/sign-in service/.test(await outageError.textContent() ?? ""), "the outage is named");
             auth.state.outage = false;
-            await outageError.getByRole("button", { name: "Try again" }).click();
+            await outageError.getByRole("link", { name: "Try again" }).click();
             await page.locator("main").getByTestId("open-series").waitFor();
+            await outageScripts.letGo();
             assertEqual(
               (await context.request.get(`${app.url}/auth/token`)).status(),
               200,
