@@ -154,3 +154,71 @@ Deno.test("the read is a subscription's syncNow(): a function resolving anything
     syncNow: () => Promise.resolve(),
   });
 });
+
+/** Timers of the test's own that never run by themselves (the backoff's waits stay waiting). */
+function stoppedTimers() {
+  const armed = new Set<number>();
+  let next = 1;
+  return {
+    setTimeout: (_run: () => void, _ms: number): unknown => (armed.add(next), next++),
+    clearTimeout: (handle: unknown) => void armed.delete(handle as number),
+    armed,
+  };
+}
+
+/** Resolves once `done()` holds, polled; fails after `ms` (a hang guard, not a measurement). */
+async function until(what: string, done: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(5);
+  }
+}
+
+/** Settles with `promise`, or fails after `ms` (a hang guard, not a measurement). */
+function guarded<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const guard = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
+}
+
+Deno.test("another tab's word whose check gets no answer is asked again at once when the tab is shown again (not at the backoff's wait); another user's answer reloads", async () => {
+  let requests = 0;
+  globalThis.fetch = (() => {
+    requests++;
+    if (requests === 1) return Promise.reject(new TypeError("Failed to fetch"));
+    if (requests === 2) return Promise.resolve(Response.json({ error: "auth_unavailable" }, { status: 503 }));
+    const other = "22222222-2222-4222-8222-222222222222";
+    return Promise.resolve(
+      Response.json({ accessToken: "tok-b", expiresAt: inSeconds(3600), userId: other }),
+    );
+  }) as typeof fetch;
+  try {
+    const tokens = new TokenKeeper("tok-1", inSeconds(3600), { userId: USER });
+    const { left, leaveIfSignedOut } = leaves();
+    const timers = stoppedTimers();
+    const session = createSessionCheck({
+      tokens,
+      leaveIfSignedOut,
+      syncNow: () => Promise.resolve("done"),
+      timers,
+    });
+    const changed = session.sessionChanged();
+    assert.ok(session.unsure(), "not sure until answered");
+    // Failures that say nothing: each leaves a backoff wait armed (on timers that never run).
+    await until("the first failure's wait", () => requests === 1 && timers.armed.size === 1);
+    assert.deepEqual(left, [], "no answer yet, nothing decided");
+    session.sessionChanged(); // another word meanwhile: the same check, its wait cut short
+    await until("the second failure's wait", () => requests === 2 && timers.armed.size === 1);
+    assert.deepEqual(left, [], "a 503 decides nothing either");
+    session.shown(); // shown again: asked now, not when the wait runs out
+    await guarded(changed, "the check to be answered");
+    assert.deepEqual([...new Set(left)], ["reload"], "signed in as another user: the page reloads");
+    assert.equal(session.unsure(), null);
+    assert.equal(timers.armed.size, 0, "no wait left armed");
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});

@@ -20,6 +20,7 @@ import {
 } from "../../examples/web/lib/client/syncSession.ts";
 import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
 import { virtualTimers } from "./support.ts";
+import { SESSION_SIGNAL_KEY } from "../../examples/web/lib/client/sessionSignal.ts";
 import { type ChangesPage, RealtimeService } from "@shared/realtime/realtimeService.ts";
 import { fakeClient } from "../shared/realtime/fakeRealtimeClient.ts";
 import { watchTimers } from "../shared/realtime/watchTimers.ts";
@@ -963,3 +964,92 @@ Deno.test("sync session, real RealtimeService: a Sync now whose read failed says
     await realtime.close();
   }
 });
+
+/**
+ * GET /auth/token as the tab's server answers it (stubbed: a relative URL has no server in Deno):
+ * each request is handed to the test, which answers it (a Response) or fails it (no network) when
+ * it likes; `requests` resolves the n-th (1-based) once it has been made.
+ */
+function heldAuthToken() {
+  const realFetch = globalThis.fetch;
+  const made: PromiseWithResolvers<Response>[] = [];
+  const arrived: PromiseWithResolvers<void>[] = [];
+  const nth = (n: number) => (arrived[n - 1] ??= Promise.withResolvers<void>());
+  globalThis.fetch = ((input: RequestInfo | URL) => {
+    if (String(input) !== "/auth/token") throw new Error(`unexpected fetch of ${input}`);
+    const answer = Promise.withResolvers<Response>();
+    made.push(answer);
+    nth(made.length).resolve();
+    return answer.promise;
+  }) as typeof fetch;
+  return {
+    /** Resolves once the n-th request has been made, with its answer's resolvers. */
+    request: async (n: number) => {
+      await nth(n).promise;
+      return made[n - 1];
+    },
+    get count() {
+      return made.length;
+    },
+    restore: () => void (globalThis.fetch = realFetch),
+  };
+}
+
+/** Another tab of the browser says the session changed (the sign-in page: signed out). */
+const signedOutElsewhere = (window: EventTarget) =>
+  window.dispatchEvent(
+    Object.assign(new Event("storage"), {
+      key: SESSION_SIGNAL_KEY,
+      newValue: JSON.stringify({ userId: null, at: Date.now() }),
+    }),
+  );
+
+for (const answer of ["signed out", "still hers"] as const) {
+  Deno.test(`sync session: another tab's sign-out whose check of /auth/token fails (no network, then a 503) is asked again with the backoff, and the outbox waits for the answer (${answer})`, async () => {
+    const auth = heldAuthToken();
+    const t = tab();
+    const store = newStore(ALICE);
+    const alice = t.open(store);
+    try {
+      signedOutElsewhere(t.window);
+      (await auth.request(1)).reject(new TypeError("Failed to fetch"));
+      // A page turn while the answer is not known: queued, not sent with a token that may be a
+      // signed-out session's.
+      alice.save("book", position(5), DEVICE);
+      // The backoff's wait (virtual) runs out: asked again, answered 503.
+      await waitFor("the check to be asked again", () => {
+        t.clock.advance(1_000);
+        return auth.count >= 2;
+      });
+      (await auth.request(2)).resolve(Response.json({ error: "auth_unavailable" }, { status: 503 }));
+      await waitFor("a third check", () => {
+        t.clock.advance(1_000);
+        return auth.count >= 3;
+      });
+      assert.equal(t.sent.length, 0, "nothing was sent while the answer was not known");
+      assert.equal(store.getSnapshot().pendingCount, 1, "the write waits, kept");
+      assert.deepEqual(t.left, [], "no leaving on a failure that says nothing");
+      const third = await auth.request(3);
+      if (answer === "signed out") {
+        third.resolve(Response.json({ error: "signed_out" }, { status: 401 }));
+        await waitFor("the tab to leave", () => t.left.length > 0);
+        assert.deepEqual([...new Set(t.left)], ["sign-in"]);
+        await alice.syncNow(); // (the page is on its way; a send asked for now sends nothing)
+        assert.equal(t.sent.length, 0, "never sent with the signed-out session's token");
+        assert.equal(store.getSnapshot().pendingCount, 1, "kept for the next sign-in");
+      } else {
+        third.resolve(Response.json({ accessToken: `token-of-${ALICE}`, expiresAt: FAR, userId: ALICE }));
+        await waitFor("the write to be sent", () => t.sent.length > 0);
+        assert.deepEqual(t.sent.map((s) => [s.user, s.writes.map((w) => w.chapter)]), [[ALICE, [5]]]);
+        assert.equal(store.getSnapshot().pendingCount, 0);
+        assert.deepEqual(t.left, [], "carries on");
+      }
+      alice.close();
+      t.clock.advance(120_000);
+      assert.equal(auth.count, 3, "no more checks once answered (or closed)");
+    } finally {
+      alice.close();
+      auth.restore();
+    }
+  });
+}

@@ -155,25 +155,42 @@ export class SyncSession {
       this.#readSucceeded();
     });
 
+    // Whether this browser's session is still this user's (another tab may have signed out, or in as
+    // someone else), with a token that is fresh (a laptop may have slept past its expiry).
+    // Until another tab's word that the session changed is answered, the outbox waits (sessionCheck.ts).
+    const session = createSessionCheck({
+      tokens,
+      leaveIfSignedOut,
+      syncNow: () => subscription.syncNow(),
+      ...(env.timers ? { timers: env.timers } : {}),
+    });
+
     // ---- outbox flush: in batches, stops at the first retryable failure (outbox.ts); when it goes,
     // and when it goes again after a failure (backoff, Retry-After), is the schedule's to say
     // (outboxSchedule.ts), by why it is asked for.
+    const sendNow = () => {
+      this.#setSending(true);
+      return flushOutbox(store, api, {
+        isRetryable,
+        isTransient,
+        splitMayHelp,
+        isSignedOut, // also when supabase-js wraps it (the token callback threw it)
+        refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
+        isDisposed: () => this.#closed,
+        // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
+        redate: { clock, measure: () => api.listProgress?.({ limit: 1 }) ?? Promise.resolve() },
+      }).finally(() => {
+        env.clockOffset?.save(clock.measuredOffsetMs); // what answers measured: a sleep must not erase it
+        this.#setSending(false);
+      });
+    };
     const schedule = this.#schedule = new OutboxSchedule({
       send: () => {
-        this.#setSending(true);
-        return flushOutbox(store, api, {
-          isRetryable,
-          isTransient,
-          splitMayHelp,
-          isSignedOut, // also when supabase-js wraps it (the token callback threw it)
-          refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
-          isDisposed: () => this.#closed,
-          // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
-          redate: { clock, measure: () => api.listProgress?.({ limit: 1 }) ?? Promise.resolve() },
-        }).finally(() => {
-          env.clockOffset?.save(clock.measuredOffsetMs); // what answers measured: a sleep must not erase it
-          this.#setSending(false);
-        });
+        // Another tab said the session changed and /auth/token has not answered yet: the writes wait
+        // (queued, this send's turn held) until it has; signed out, the keeper gives no token and the
+        // flush ends "signed out", the writes kept for the next sign-in.
+        const unsure = session.unsure();
+        return unsure ? unsure.then(() => this.#closed ? { outcome: "disposed" } as const : sendNow()) : sendNow();
       },
       hasPending: () => store.getSnapshot().pendingCount > 0,
       isOnline: () => env.isOnline(),
@@ -186,9 +203,6 @@ export class SyncSession {
     const refreshTimer = env.setInterval(() => {
       if (tokens.remaining < 120 && env.isOnline()) void tokens.refresh().catch(leaveIfSignedOut);
     }, 30_000);
-    // Whether this browser's session is still this user's (another tab may have signed out, or in as
-    // someone else), with a token that is fresh (a laptop may have slept past its expiry).
-    const session = createSessionCheck({ tokens, leaveIfSignedOut, syncNow: () => subscription.syncNow() });
     // Another tab of this browser queued writes (offline) or changed the shared outbox: send them too.
     // Or it says the session changed (sessionSignal.ts): check it now, not at expiry.
     const onStorage = (event: Event) => {
@@ -225,6 +239,7 @@ export class SyncSession {
 
     this.#cleanups.push(
       () => schedule.dispose(),
+      () => session.dispose(),
       () => env.clearInterval(refreshTimer),
       () => env.window.removeEventListener("online", onOnline),
       () => env.window.removeEventListener("offline", onOffline),
