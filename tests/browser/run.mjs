@@ -67,6 +67,7 @@ const TESTS = [
   "two tabs of one browser send their shared outbox one at a time: offline edits made in both are stored once each when the browser is back online (a repeat is answered as one), never a request from each tab at once",
   "Sync now sends a write that waited while the API was unreachable as soon as it is pressed, not at the backoff's next step, and is disabled while it runs",
   "Sign out works before the page's script has run: a click signs out (a plain form POST), and the button stays where it was when the script runs, so a press begun before it still signs out",
+  "Sign out in one tab while the other tab's check of /auth/token fails (no network): that tab asks again with the backoff and leaves, and sends nothing meanwhile",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1549,6 +1550,90 @@ async function main() {
             await arrivedAt(page, "/sign-in");
             assertEqual(await tokenStatus(), 401, "/auth/token after the press");
             assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[22],
+        // Steps across two tabs, each guarded by STEP_GUARD_MS, after a sign-in.
+        timeoutMs: 300_000,
+        fn: async () => {
+          const email = `reader-s-${run}@readsync.test`;
+          const { context, device: first } = await throwawayReader("reader S, tab 1", email);
+          try {
+            const series = `signout-retry-${run}`;
+            await openSeries(first, series);
+            await setPosition(first, { chapter: 3, page: 30, percent: 3 });
+            await waitForOutboxEmpty(first);
+            const second = await tabIn(context, "reader S, tab 2");
+            await second.page.goto("/");
+            /** A promise's resolution, or a failure saying what did not come within STEP_GUARD_MS (a hang guard). */
+            const within = (promise, what) => {
+              let timer;
+              const guard = new Promise((_, reject) => {
+                timer = setTimeout(
+                  () => reject(new Error(`${what}: nothing within ${STEP_GUARD_MS} ms`)),
+                  STEP_GUARD_MS,
+                );
+              });
+              return Promise.race([promise, guard]).finally(() => clearTimeout(timer));
+            };
+            // Tab 1's first check of /auth/token gets no answer (the connection is refused); its next
+            // one is held until the test lets it through to the server (which then answers 401).
+            // (Node 20 has no Promise.withResolvers.)
+            const deferred = () => {
+              let resolve;
+              const promise = new Promise((r) => resolve = r);
+              return { promise, resolve };
+            };
+            const firstFailed = deferred();
+            const secondAsked = deferred();
+            const letThrough = deferred();
+            let checks = 0;
+            await first.page.route("**/auth/token", async (route) => {
+              checks++;
+              if (checks === 1) {
+                await route.abort("connectionrefused");
+                return firstFailed.resolve();
+              }
+              if (checks === 2) secondAsked.resolve();
+              await letThrough.promise;
+              return route.continue();
+            });
+            const posts = [];
+            await first.page.route("**/functions/v1/progress**", (route) => {
+              if (route.request().method() === "POST") posts.push(route.request().url());
+              return route.continue();
+            });
+            await hydrated(second.page);
+            await second.page.getByRole("button", { name: "Sign out" }).click({ timeout: STEP_GUARD_MS });
+            await arrivedAt(second.page, "/sign-in");
+            await within(firstFailed.promise, "tab 1's check after the sign-out");
+            // A page turn while tab 1 does not know yet: queued, not sent with a token whose session
+            // may be (here: is) signed out, which the API would still take until the token expires.
+            await setPosition(first, { chapter: 4, page: 40, percent: 4 });
+            await eventually(
+              async () =>
+                assertEqual(
+                  await first.page.getByTestId("pending-count").getAttribute("data-count"),
+                  "1",
+                  "queued",
+                ),
+              { timeoutMs: STEP_GUARD_MS, what: "the page turn to be queued" },
+            );
+            // Before, the failed check was the last word: the tab stayed, and sent the page turn.
+            await within(
+              secondAsked.promise,
+              "tab 1 to ask /auth/token again (the backoff's first step is under 3 s)",
+            );
+            assertEqual(posts, [], "nothing sent while the answer was not known");
+            letThrough.resolve();
+            await arrivedAt(first.page, "/sign-in");
+            assertEqual(posts, [], "nothing sent with the signed-out session's token");
+            if (sql) assertEqual((await storedRow(series, email))?.page, 30, "nothing more was saved");
+            assertEqual(first.errors, [], "page errors");
           } finally {
             await context.close();
           }
