@@ -35,7 +35,10 @@
 // offset measured after it (a sleep: the device is still an hour ahead, the dates move back by it; a
 // real step: the new offset is about 0, nothing moves). A step back noticed between the reading and
 // that answer is counted; the re-date never goes before the offset measured before the reading would
-// have dated it (a lower one means the clock stepped forward somewhere, which cannot be placed).
+// have dated it (a lower one means the clock stepped forward somewhere, which cannot be placed). With
+// no offset measured before the reading, a drift forward between it and the answer counts as a step
+// too (a pause of the monotonic clock looks the same), and a reading nothing links to the answer
+// (another visit's or tab's) goes no earlier than the device's own clock: late at worst, never early.
 
 import { PROGRESS_LIMITS } from "./types.ts";
 
@@ -191,7 +194,11 @@ export class ServerClock {
     return {
       deviceMs: this.#deviceNow(),
       ...(monotonicMs !== undefined ? { monotonicMs } : {}),
-      ...(Number.isFinite(this.#lo) ? { measuredMs: this.measuredOffsetMs } : {}),
+      // A step back since that answer is added back (as offsetMs does): the offset at the reading is at
+      // most this, unless the clock stepped forward, which cannot be placed (see redate()).
+      ...(Number.isFinite(this.#lo)
+        ? { measuredMs: this.measuredOffsetMs + Math.max(0, -this.#driftMs()) }
+        : {}),
       clock: this.id,
       answers: this.#answers,
     };
@@ -215,11 +222,20 @@ export class ServerClock {
     }
     if (!first) return undefined;
     let offset = first.offsetMs;
-    if (own && Number.isFinite(reading.monotonicMs) && Number.isFinite(first.monotonicMs)) {
+    const bounded = Number.isFinite(reading.measuredMs);
+    const linked = own && Number.isFinite(reading.monotonicMs) && Number.isFinite(first.monotonicMs);
+    if (linked) {
       const drift = (first.deviceMs - reading.deviceMs) - (first.monotonicMs! - reading.monotonicMs!);
-      if (drift < -STEP_TOLERANCE_MS) offset += drift; // stepped back after the reading: it ran that much further ahead
+      // Stepped back after the reading: it ran that much further ahead. Without an offset measured
+      // before the reading to bound it, a drift forward counts too: a step forward after the reading
+      // (the clock set an hour ahead) looks like a pause of the monotonic clock (a sleep), and only
+      // taken as a step is the re-date never early (late at worst: never later than dated).
+      if (drift < -STEP_TOLERANCE_MS || (!bounded && drift > STEP_TOLERANCE_MS)) offset += drift;
     }
-    if (Number.isFinite(reading.measuredMs)) offset = Math.max(offset, reading.measuredMs!);
+    if (bounded) offset = Math.max(offset, reading.measuredMs!);
+    // Nothing measured before it and nothing linking it to the answer (another visit's or tab's, no
+    // monotonic clock): a step between the two cannot be noticed; never before the device's own clock.
+    else if (!linked) offset = Math.max(offset, 0);
     return Math.round(reading.deviceMs + offset);
   }
 

@@ -344,6 +344,55 @@ Deno.test("server clock: readings before the first answer are re-dated by it; a 
   clock.observe({ serverMs: t.device - HOUR + 10, sentMs: t.device, receivedMs: t.device + 20 });
   assert.ok(Math.abs(clock.redate(first)! - (first.deviceMs - HOUR)) <= 10);
   other.observe({ serverMs: t.device - HOUR + 10, sentMs: t.device, receivedMs: t.device + 20 });
-  assert.ok(Math.abs(other.redate(first)! - (first.deviceMs - HOUR)) <= 10, "another visit's reading");
+  // Another visit's reading with nothing measured before it: a step between the visits cannot be
+  // noticed, so it goes no earlier than the device's clock dated it; one with an offset measured
+  // before it (dropped by a sleep) is re-dated by this clock's.
+  assert.equal(other.redate(first), first.deviceMs, "another visit's reading, nothing measured before it");
+  assert.ok(
+    Math.abs(other.redate({ ...first, measuredMs: -HOUR })! - (first.deviceMs - HOUR)) <= 10,
+    "another visit's reading",
+  );
   assert.equal(clock.redate({ ...first, deviceMs: Number.NaN }), undefined, "not a reading");
+});
+
+Deno.test("server clock: a re-date never dates a reading early by a step it cannot place: none measured before, or a step back before the reading", () => {
+  // A fresh visit (no saved offset: a device that is right saves none), offline: the page turn is read
+  // right. Then the clock is set an hour ahead (a time zone applied twice) before the first answer,
+  // which says -1 h. A pause of the monotonic clock looks the same; the page turn must not go an hour early.
+  const t = { device: 1_800_000_000_000, monotonic: 5_000 };
+  const fresh = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const right = fresh.unmeasuredReading()!;
+  const trueTime = right.deviceMs;
+  t.device += HOUR; // the step forward
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  fresh.observe({ serverMs: t.device - HOUR + 10, sentMs: t.device, receivedMs: t.device + 20 });
+  assert.ok(fresh.redate(right)! >= trueTime - 20, `${fresh.redate(right)! - trueTime} ms`);
+  // Without such a drift the first answer still re-dates it (an hour ahead from the start).
+  const ahead = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const turned = ahead.unmeasuredReading()!;
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  ahead.observe({ serverMs: t.device - HOUR + 10, sentMs: t.device, receivedMs: t.device + 20 });
+  assert.ok(Math.abs(ahead.redate(turned)! - (turned.deviceMs - HOUR)) <= 30);
+  // Another visit's reading with nothing measured before it: the step may have come between the
+  // visits (which nothing notices), so it is not dated before the device's own clock said.
+  const later = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  later.observe({ serverMs: t.device - HOUR + 10, sentMs: t.device, receivedMs: t.device + 20 });
+  assert.ok(later.redate(right)! >= trueTime - 20, `another visit: ${later.redate(right)! - trueTime} ms`);
+
+  // An hour ahead, measured; NTP sets it right (a step back: the -1 h is dropped), the page turn is read
+  // right; then the clock goes an hour ahead again before the next answer. The -1 h measured before
+  // the step back is no bound: the re-date must not go an hour early.
+  const twice = deviceWithMonotonic(HOUR);
+  twice.pass(60_000);
+  twice.t.device -= HOUR;
+  const setRight = twice.clock.unmeasuredReading()!;
+  twice.pass(60_000);
+  twice.t.device += HOUR;
+  twice.answer(HOUR);
+  assert.ok(
+    twice.clock.redate(setRight)! >= setRight.deviceMs - 30,
+    `${twice.clock.redate(setRight)! - setRight.deviceMs} ms`,
+  );
 });
