@@ -244,6 +244,56 @@ Deno.test("outbox: a re-dated write goes no later than it was dated and never be
   );
 });
 
+Deno.test("outbox: a page turned once the offset is measured again, while a write dated without it waits, is dated by the corrected clock, after what that write is sent as", () => {
+  const HOUR = 3_600_000;
+  const store = new SyncStore("reader", defaultCompareRows);
+  // An hour ahead, measured; asleep offline: a page turn dated an hour late waits in the outbox.
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  t.device += 8 * HOUR;
+  const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+  const slept = datedWrite(store, clock, "book", position(4), "e-reader");
+  assert.ok(slept.unmeasured);
+  store.addPending(slept);
+  // An answer (a catch-up read) measures the -1 h again before the outbox is sent; the next page turn:
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  t.device += 1_000;
+  t.monotonic += 1_000;
+  const next = datedWrite(store, clock, "book", position(5), "e-reader");
+  assert.equal(next.unmeasured, undefined, "dated under a measured offset");
+  const sent = sendable(next, clock);
+  const late = Date.parse(sent.updated_at) - (t.device - HOUR);
+  assert.ok(
+    Math.abs(late) <= 20,
+    `sent dated by the corrected clock, not after the waiting write's late date (${late} ms)`,
+  );
+  assert.equal("sentAtMs" in sent, false, "what dates it is not sent");
+  // Still after the waiting write as it is sent (it may be on its way): never refused as older ('self');
+  // and after it in the outbox's order, which its date keeps.
+  assert.ok(Date.parse(sent.updated_at) > Date.parse(sendable(slept, clock).updated_at));
+  assert.ok(Date.parse(next.updated_at) > Date.parse(slept.updated_at));
+  store.addPending(next);
+  assert.equal(store.getSnapshot().bySeries.get("book")?.chapter, 5);
+  // The page turn after it follows it as it is sent, not its place in the outbox.
+  t.device += 1_000;
+  t.monotonic += 1_000;
+  const third = sendable(datedWrite(store, clock, "book", position(6), "e-reader"), clock);
+  assert.ok(Math.abs(Date.parse(third.updated_at) - (t.device - HOUR)) <= 20, third.updated_at);
+  // While the clock cannot re-date it yet (another visit's, nothing measured here), after its date.
+  const fresh = new ServerClock({
+    deviceNow: () => t.device,
+    monotonicNow: () => t.monotonic,
+    offsetMs: -HOUR,
+  });
+  const other = new SyncStore("reader", defaultCompareRows);
+  other.addPending(slept);
+  const behind = datedWrite(other, fresh, "book", position(5), "e-reader");
+  assert.ok(Date.parse(sendable(behind, fresh).updated_at) > Date.parse(slept.updated_at));
+});
+
 Deno.test(
   {
     name:

@@ -162,15 +162,21 @@ async function retryableFailure(store: SyncStore, options: OutboxOptions, error:
 }
 
 /**
- * The write as the API takes it: without `unmeasured`, and re-dated by it once the clock can (never
- * later than it was dated, never before its `afterMs`).
+ * The write as the API takes it: without `unmeasured` and `sentAtMs`, and re-dated by them (by
+ * `unmeasured` once the clock can; never later than it was dated, never before its `afterMs`).
  */
 export function sendable(write: PendingWrite, clock?: Pick<ServerClock, "redate">): ProgressWriteInput {
-  const { unmeasured, ...sent } = write;
-  const at = unmeasured && clock ? clock.redate(unmeasured) : undefined;
+  const { unmeasured, sentAtMs, ...sent } = write;
   const dated = Date.parse(write.updated_at);
-  if (at === undefined || !Number.isFinite(dated)) return sent;
-  const after = Number.isFinite(unmeasured!.afterMs) ? unmeasured!.afterMs! : -Infinity;
-  const redated = Math.min(dated, Math.max(at, after));
+  if (!Number.isFinite(dated)) return sent;
+  let redated = dated;
+  if (Number.isFinite(sentAtMs)) {
+    redated = Math.min(dated, sentAtMs!); // dated under a measured offset after a write re-dated (saved with it)
+  } else {
+    const at = unmeasured && clock ? clock.redate(unmeasured) : undefined;
+    if (at === undefined) return sent;
+    const after = Number.isFinite(unmeasured!.afterMs) ? unmeasured!.afterMs! : -Infinity;
+    redated = Math.min(dated, Math.max(at, after));
+  }
   return redated === dated ? sent : { ...sent, updated_at: new Date(redated).toISOString() };
 }

@@ -14,7 +14,7 @@ import { ServerClock } from "@shared/progress/serverClock.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { isNetworkFailure, isRetryable, isTransient, type ProgressApi, splitMayHelp } from "../progressClient.ts";
-import { type FlushResult, flushOutbox } from "./outbox.ts";
+import { type FlushResult, flushOutbox, sendable } from "./outbox.ts";
 import { type OutboxTabs, OutboxSchedule, type OutboxTimers, type SendReason } from "./outboxSchedule.ts";
 import type { PendingWrite, SyncStore } from "./syncStore.ts";
 import { isSignedOut, SignedOutError, TokenKeeper } from "./tokenKeeper.ts";
@@ -412,7 +412,9 @@ export function storeForUser<S extends { readonly userId: string }>(current: S, 
  * is looking at (another device's, or this one's last save), so a page turn made after seeing it wins
  * over it and two quick saves keep their order. Dated without a measured offset (none yet, or dropped
  * after a sleep or a step of the device's clock), it keeps what the outbox re-dates it by, before it
- * is sent, once an offset is measured (PendingWrite.unmeasured).
+ * is sent, once an offset is measured (PendingWrite.unmeasured). Dated under a measured offset after
+ * such a write still queued, it keeps its place after it in the outbox but is sent dated by the
+ * corrected clock, after what that write is sent as (PendingWrite.sentAtMs), not after its late date.
  */
 export function datedWrite(
   store: SyncStore,
@@ -423,7 +425,12 @@ export function datedWrite(
 ): PendingWrite {
   const nowMs = clock.now();
   const reading = clock.unmeasuredReading();
-  const afterMs = reading ? store.redatingFloor(seriesId, nowMs, deviceId) : undefined;
+  // This device's queued writes count by the date they are sent with: a write still to be re-dated is
+  // dated late (an hour, after a sleep), and a page turn dated after it would be that late too.
+  const sentAs = (write: PendingWrite) => sendable(write, clock).updated_at;
+  const updatedAt = store.nextUpdatedAt(seriesId, nowMs, deviceId); // the outbox's order
+  const afterMs = reading ? store.redatingFloor(seriesId, nowMs, deviceId, sentAs) : undefined;
+  const sentAtMs = reading ? undefined : Date.parse(store.nextUpdatedAt(seriesId, nowMs, deviceId, sentAs));
   return {
     series_id: seriesId,
     chapter: position.chapter,
@@ -431,8 +438,9 @@ export function datedWrite(
     percentage: position.percentage,
     cleared: false,
     device_id: deviceId,
-    updated_at: store.nextUpdatedAt(seriesId, nowMs, deviceId),
+    updated_at: updatedAt,
     ...(reading ? { unmeasured: { ...reading, ...(afterMs !== undefined ? { afterMs } : {}) } } : {}),
+    ...(sentAtMs !== undefined && sentAtMs < Date.parse(updatedAt) ? { sentAtMs } : {}),
   };
 }
 

@@ -38,6 +38,12 @@ export interface PendingWrite {
    * absent in writes dated under a measured offset, and in writes saved before it existed.
    */
   unmeasured?: UnmeasuredReading & { afterMs?: number };
+  /**
+   * Dated under a measured offset after a queued write still to be re-dated (`unmeasured`, whose date
+   * is late): the date it is sent with (outbox.ts), before `updated_at`, which keeps it after that write
+   * in the outbox's order. Never sent.
+   */
+  sentAtMs?: number;
 }
 
 export interface ConflictNotice {
@@ -72,6 +78,9 @@ export interface SyncSnapshot {
 }
 
 type Compare = (a: LwwKey, b: LwwKey) => number;
+
+/** The date a queued write is sent with (outbox.ts's sendable), ISO. */
+type SentAs = (write: PendingWrite) => string;
 
 /**
  * How many of the last writes answered (or refused) in this browser it remembers, so that its other
@@ -171,8 +180,8 @@ export class SyncStore {
    * dated a few seconds ahead (the server accepts up to its 5 s tolerance) would otherwise beat
    * the page turn made after seeing it.
    */
-  nextUpdatedAt(seriesId: string, nowMs: number, deviceId?: string): string {
-    return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, deviceId, true))).toISOString();
+  nextUpdatedAt(seriesId: string, nowMs: number, deviceId?: string, sentAs?: SentAs): string {
+    return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, deviceId, true, sentAs))).toISOString();
   }
 
   /**
@@ -181,25 +190,36 @@ export class SyncStore {
    * that are re-dated themselves (the one it replaces never goes; each is re-dated alike).
    * Undefined when nothing.
    */
-  redatingFloor(seriesId: string, nowMs: number, deviceId?: string): number | undefined {
-    const after = this.#after(seriesId, nowMs, deviceId, false);
+  redatingFloor(seriesId: string, nowMs: number, deviceId?: string, sentAs?: SentAs): number | undefined {
+    const after = this.#after(seriesId, nowMs, deviceId, false, sentAs);
     return Number.isFinite(after) ? after : undefined;
   }
 
-  /** The first instant after what a new write of `seriesId` must follow (nextUpdatedAt), -Infinity for none. */
-  #after(seriesId: string, nowMs: number, deviceId: string | undefined, unmeasuredToo: boolean): number {
+  /**
+   * The first instant after what a new write of `seriesId` must follow (nextUpdatedAt), -Infinity for
+   * none. `sentAs`: this device's queued writes count by the date they are sent with (outbox.ts's
+   * sendable), not the one that orders them in the outbox.
+   */
+  #after(
+    seriesId: string,
+    nowMs: number,
+    deviceId: string | undefined,
+    unmeasuredToo: boolean,
+    sentAs?: SentAs,
+  ): number {
     let at = -Infinity;
     const later = (updatedAt: string | undefined) => {
       const after = updatedAt === undefined ? NaN : Date.parse(updatedAt) + 1;
       if (Number.isFinite(after)) at = Math.max(at, after);
     };
-    if (unmeasuredToo) {
+    const dateOf = (write: PendingWrite) => sentAs ? sentAs(write) : write.updated_at;
+    const pending = this.#pending.get(seriesId);
+    if (unmeasuredToo && !sentAs) {
       later(this.#snapshot.bySeries.get(seriesId)?.updatedAt);
     } else {
-      // The version shown is the newer of these two; a queued write to be re-dated is left out.
-      const pending = this.#pending.get(seriesId);
+      // The version shown is the newer of these two; a queued write to be re-dated is left out of a floor.
       later(this.#confirmed.get(seriesId)?.updated_at);
-      if (!pending?.unmeasured) later(pending?.updated_at);
+      if (pending && (unmeasuredToo || !pending.unmeasured)) later(dateOf(pending));
     }
     // Another tab of this browser may have saved a write of the series that this tab has not taken
     // over yet, under the same device id: date this one after it, so the two never share a key and
@@ -210,7 +230,7 @@ export class SyncStore {
     for (const saved of this.#readSaved()) {
       if (saved.series_id !== seriesId || (deviceId !== undefined && saved.device_id !== deviceId)) continue;
       if (!unmeasuredToo && saved.unmeasured) continue;
-      const savedAfter = Date.parse(saved.updated_at) + 1;
+      const savedAfter = Date.parse(dateOf(saved)) + 1;
       if (Number.isFinite(savedAfter) && savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS) {
         at = Math.max(at, savedAfter);
       }
