@@ -540,25 +540,74 @@ Deno.test("timeout: an error answer whose body never ends is cut off after timeo
   }
 });
 
+/**
+ * A fetch that hands on each answer of /functions/v1/ with its body read through a stream of the
+ * test's (read only when asked: highWaterMark 0): `stuckInBody()` is true once the caller has read
+ * the body's first bytes and is waiting in a read for more that have not come (the read it started is
+ * pending at the connection), `cancelled()` once it gave that read up.
+ */
+function watchedBodyReads() {
+  let delivered = 0;
+  let waiting = false;
+  let cancelled = false;
+  const watchedFetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
+    const response = await fetch(input, init);
+    const path = new URL(input instanceof Request ? input.url : String(input)).pathname;
+    if (!response.body || !path.startsWith("/functions/v1/")) return response;
+    const reader = response.body.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        waiting = true;
+        try {
+          const chunk = await reader.read();
+          if (chunk.done) return controller.close();
+          delivered += chunk.value.byteLength;
+          controller.enqueue(chunk.value);
+        } finally {
+          waiting = false;
+        }
+      },
+      cancel(reason) {
+        cancelled = true;
+        return reader.cancel(reason);
+      },
+    }, { highWaterMark: 0 });
+    return new Response(body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  };
+  return { watchedFetch, stuckInBody: () => delivered > 0 && waiting, cancelled: () => cancelled };
+}
+
 Deno.test("abort: the caller's signal also ends a call stuck reading an error answer's body", async () => {
+  // The abort comes when the client is provably inside the error body's read: the 503's headers are
+  // in (functions-js has handed the answer over), the body's first bytes have been read, and a read
+  // for the rest is pending on a server that never sends it. functions-js has let go of the caller's
+  // signal by then (its listener goes with the headers), so only the body read's own watch of the
+  // signal can end the call before the 60 s timeout; the 20 s guard tells the two apart.
   const user = await createTestUser();
   const upstream = stallingErrorBodies(100);
+  const reads = watchedBodyReads();
+  const client = createClient(upstream.url, testEnv().anonKey, {
+    accessToken: () => Promise.resolve(user.accessToken),
+    global: { fetch: reads.watchedFetch },
+  });
   try {
     const controller = new AbortController();
-    // The guard tells an abort from the 60 s timeout (the code says which ended it); 20 s of room.
     const call = rejection(within(
       20_000,
-      listProgress(clientFor(user.accessToken, upstream.url), {}, {
-        timeoutMs: 60_000,
-        signal: controller.signal,
-      }),
+      listProgress(client, {}, { timeoutMs: 60_000, signal: controller.signal }),
     ));
-    // Once the request has reached the server, and its answer's body has had time to start.
-    await waitUntil("the request", () => upstream.hits() === 1);
-    setTimeout(() => controller.abort(new Error("the reader closed the app")), 300);
+    await waitUntil("the client waiting in the error body's read for the rest", reads.stuckInBody);
+    assert.equal(reads.cancelled(), false);
+    controller.abort(new Error("the reader closed the app"));
     const e = await call;
     assert.ok(e instanceof NetworkError);
     assert.equal(e.code, "aborted");
+    assert.match(e.message, /the reader closed the app/);
+    assert.ok(reads.cancelled(), "the body's read was given up");
     assert.equal(upstream.hits(), 1);
   } finally {
     await upstream.shutdown();
