@@ -93,3 +93,22 @@ export function frozenClock(): { advance: (ms: number) => void; restore: () => v
     restore: () => void delete (performance as unknown as { now?: unknown }).now,
   };
 }
+
+/**
+ * Moves this process's wall clock (Date.now()) on by hand: a token's expiry, which is judged by it (the
+ * stand-in's token checks and the delays of its confirm timers, and the test tokens' minting), then comes when the test says, with no wait. Only Date.now() moves (`new Date()` without an
+ * argument still reads the real clock), and only forward. A wait whose deadline was read before a move
+ * (waitFor's) sees it come sooner: move it between waits, not during one.
+ */
+export function movableWallClock(): { advance: (ms: number) => void; restore: () => void } {
+  const realNow = Date.now;
+  let offset = 0;
+  Date.now = () => realNow() + offset;
+  return {
+    advance: (ms) => {
+      if (!(ms >= 0)) throw new RangeError(`the wall clock only moves forward (asked ${ms} ms)`);
+      offset += ms;
+    },
+    restore: () => void (Date.now = realNow),
+  };
+}
