@@ -9,7 +9,7 @@ import type { SupabaseClient } from "@supabase/supabase-js";
 import { adminSql, createTestUser, localRealtime, mintsTokens, testEnv } from "../support/env.ts";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { CHANNEL_ERROR_BACKOFF_MS } from "../../local/realtime/connection.ts";
-import { pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
+import { movableWallClock, pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
 import {
   clientWithToken,
   closeClient,
@@ -309,71 +309,87 @@ async function sentAndBeingDecided(sql: Sql, send: () => void): Promise<void> {
 }
 
 Deno.test({
-  ignore: !mintsTokens, // needs a token that expires within seconds
   name:
     "realtime join refusal: only the socket waits: a channel whose token expires meanwhile is closed at its expiry, and hears nothing after it",
-  ...noSanitize,
+  ...ownEndpoint,
+  ignore: ownEndpoint.ignore || !mintsTokens, // a token of a chosen lifetime (tests/support/env.ts)
 }, async () => {
   // Supabase's channels are processes of their own: the one whose token expires confirms it at its
   // expiry (confirm_token) and stops, whatever the socket's transport is waiting for; the socket
   // writes its system message and phx_close once the refused join has been answered. A change
   // written after that expiry is not broadcast to it, although the socket was stalled when it came.
+  // On an in-process stand-in of its own, whose clocks and timers the test moves by hand: the channel
+  // joins with a 50-minute token (however long a loaded machine takes to join); once the refused
+  // join is being decided, the wall clock (movableWallClock) is moved past that token's expiry and
+  // the channel's confirm timer run (watchTimers); the refusal's wait (10 minutes here instead of
+  // Supabase's 5 s) ends only when the test runs its timer, after the write's broadcast was handed
+  // out. Nothing is timed.
+  const env = testEnv();
   const a = await createTestUser();
   const c = await createTestUser();
-  const { ws, frames, join } = await rawSocket();
-  // Two sockets on A's topic that nothing stalls. The marker's channel holds a token that expires
-  // after the short one (exp is whole seconds: by at least 1 s): once it is closed for its expiry,
-  // the stalled channel's expiry has come too. The observer's token lasts: once it has a write's
-  // broadcast, the endpoint has handed that broadcast to every channel on the topic.
-  const marker = await rawSocket();
-  const observer = await rawSocket();
+  const JOIN_ERROR_WAIT_MS = 600_000;
+  const timers = watchTimers();
+  const wall = movableWallClock();
+  const serverLogs: Record<string, unknown>[] = [];
+  const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    log: (fields) => serverLogs.push(fields),
+    channelErrorBackoffMs: JOIN_ERROR_WAIT_MS,
+    idleTimeoutMs: 0, // its sweep reads Date.now(): a moved clock would make the socket look idle
+  });
+  const { ws, frames, join } = await rawSocket(server.url);
+  // A second socket on A's topic that nothing stalls, with a token that outlives the move: once it
+  // has a write's broadcast, the endpoint has handed that broadcast to every channel on the topic.
+  const observer = await rawSocket(server.url);
   const sql = adminSql({ max: 1 });
   const joinReply = (of: Frame[], ref: string) => of.find((f) => f.ref === ref && f.event === "phx_reply");
+  const shutdowns = () => serverLogs.filter((l) => l.event === "channel_shutdown").map((l) => l.reason);
   try {
-    // Made once the sockets are open: its 2-3 s are for the join (on a loaded machine a join takes a
-    // while), and its expiry still comes before the refusal (5 s after the second join).
-    const short = await a.newAccessToken(3);
-    const markerToken = await a.newAccessToken(4);
-    join("1", topicOf(a.id), short); // A's own topic, with a token of 2-3 s: joined
-    marker.join("1", topicOf(a.id), markerToken);
-    observer.join("1", topicOf(a.id), a.accessToken);
+    const token = await a.newAccessToken(3_000);
+    const expiry = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp * 1000;
+    const beforeJoin = Date.now();
+    join("1", topicOf(a.id), token); // A's own topic: joined, its confirm set for the token's expiry
+    observer.join("1", topicOf(a.id), await a.newAccessToken(7_200));
     await waitFor(
       "the joins",
-      () => [frames, marker.frames, observer.frames].every((of) => joinReply(of, "1") !== undefined),
+      () => [frames, observer.frames].every((of) => joinReply(of, "1") !== undefined),
+      { timeoutMs: 20_000 },
     );
-    for (
-      const [label, of] of [["stalled", frames], ["marker", marker.frames], ["observer", observer.frames]]
-    ) {
-      const status = (joinReply(of as Frame[], "1")!.payload as { status: string }).status;
-      assert.equal(status, "ok", `${label}: joined before its token expired`);
+    const afterJoin = Date.now();
+    for (const [label, of] of [["stalled", frames], ["observer", observer.frames]] as const) {
+      assert.equal((joinReply(of, "1")!.payload as { status: string }).status, "ok", `${label}: joined`);
     }
-    // C's topic: refused after the 5 s backoff, and being decided before the short token expires.
+    const atExpiry = timers.pending().filter((ms) => ms >= expiry - afterJoin && ms <= expiry - beforeJoin);
+    assert.equal(atExpiry.length, 1, `one timer for the token's expiry, among ${timers.pending()}`);
+    // C's topic: refused after the wait, being decided.
     await sentAndBeingDecided(sql, () => join("2", topicOf(c.id), a.accessToken));
-    // Past the short token's expiry, told by the marker's channel closing for its later one; well
-    // before the refusal: a write the closed channel must not hear.
-    await waitFor(
-      "the marker's channel closed at its token's expiry",
-      () => marker.frames.some((f) => f.event === "phx_close"),
-      { timeoutMs: 15_000 },
-    );
-    const markerClosed = marker.frames.find((f) => f.event === "system")?.payload as { message?: string };
-    assert.match(markerClosed?.message ?? "", /^Token has expired/, "the marker closed for its expiry");
+    await waitFor("the refusal's wait", () => pendingFor(timers, JOIN_ERROR_WAIT_MS), { timeoutMs: 20_000 });
+
+    // The token's expiry, while the socket waits: the channel is closed (its frames wait their turn).
+    wall.advance(Math.max(0, expiry - Date.now()));
+    timers.fire(atExpiry[0]);
+    await waitFor("the channel closed at its expiry", () => shutdowns().length > 0, { timeoutMs: 20_000 });
+    assert.match(String(shutdowns()[0]), /^Token has expired/);
+    assert.equal(joinReply(frames, "2"), undefined, "the refusal came before its wait ended");
     await writeProgress(sql, a.id, { series_id: "after-expiry", chapter: 1, device_id: "phone" });
     await waitFor(
       "the write's broadcast on the observer",
       () => observer.frames.some((f) => f.event === "broadcast"),
+      { timeoutMs: 20_000 },
     );
+    timers.fire(JOIN_ERROR_WAIT_MS);
     await waitFor(
       "the refusal and the expired channel's phx_close",
       () =>
         frames.some((f) => f.ref === "2" && f.event === "phx_reply") &&
         frames.some((f) => f.joinRef === "1" && f.event === "phx_close"),
-      { timeoutMs: 15_000 },
+      { timeoutMs: 20_000 },
     );
     // A heartbeat's reply goes out after every frame handed to the socket before it: the broadcast,
     // had the expired channel been given it, would be here by then.
     ws.send(JSON.stringify([null, "hb", "phoenix", "heartbeat", {}]));
-    await waitFor("the heartbeat's reply", () => joinReply(frames, "hb") !== undefined);
+    await waitFor("the heartbeat's reply", () => joinReply(frames, "hb") !== undefined, {
+      timeoutMs: 20_000,
+    });
     assert.deepEqual(
       frames.filter((f) => f.event === "broadcast").length,
       0,
@@ -386,9 +402,11 @@ Deno.test({
     assert.ok(refusal < system, `the refusal, then the closed channel's frames: ${JSON.stringify(frames)}`);
   } finally {
     ws.close();
-    marker.ws.close();
     observer.ws.close();
     await sql.end();
+    wall.restore();
+    timers.restore();
+    await server.close();
   }
 });
 
