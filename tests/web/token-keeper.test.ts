@@ -276,6 +276,16 @@ Deno.test({
       },
     );
     const offToken = tokens.onChange((token) => void subscription.service.setAccessToken(token));
+    // The reads the tab made itself (catch-up, polls), ended; and how many had ended when the channel
+    // dropped (the server closing it at the short token's expiry), after which the tab polls at once.
+    let readsEnded = 0;
+    let readsEndedAtDrop: number | undefined;
+    subscription.onRead(() => readsEnded++);
+    subscription.onStatus((status) => {
+      if (status !== "live" && readsEndedAtDrop === undefined && tokenAnswer === short) {
+        readsEndedAtDrop = readsEnded;
+      }
+    });
     try {
       await waitFor("the tab live", () => subscription.status === "live", { timeoutMs: 60_000 });
       assert.ok(
@@ -292,6 +302,15 @@ Deno.test({
       while (Date.now() < (expOf(short) + 1) * 1000) {
         await new Promise((r) => setTimeout(r, (expOf(short) + 1) * 1000 - Date.now()));
       }
+      // Meanwhile the server closed the tab's channel for that expiry, and the tab polled at once with
+      // the token it has (a 401); its next poll is a minute away. That poll is over before the wake: a
+      // loaded machine slow to hear of the drop would otherwise have it under way when the tab is
+      // shown again, its 401 among the reads the wake makes (the wake's read queues behind it).
+      await waitFor(
+        "the channel dropped at the expiry and the poll it started over",
+        () => readsEndedAtDrop !== undefined && readsEnded > readsEndedAtDrop,
+        { timeoutMs: 30_000 },
+      );
       const series = seriesId("after-wake");
       const phone = progressApi(
         userClient({ supabaseUrl: env.url, anonKey: env.anonKey, accessToken: () => Promise.resolve(fresh) }),
