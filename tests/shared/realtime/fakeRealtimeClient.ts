@@ -93,10 +93,10 @@ class FakeSocketAdapter {
   }
 }
 
-/** Waits (up to 5 s) until the service has made its n-th channel and called subscribe() on it. */
+/** Waits (a 20 s hang guard) until the service has made its n-th channel and subscribed it. */
 async function nthChannel(channels: FakeChannel[], made: () => number, n: number): Promise<FakeChannel> {
   await waitFor(`channel #${n}`, () => made() >= n && !!channels.at(-1)?.state, {
-    timeoutMs: 5_000,
+    timeoutMs: 20_000,
     intervalMs: 5,
   });
   return channels.at(-1)!;

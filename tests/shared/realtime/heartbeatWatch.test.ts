@@ -22,7 +22,7 @@ async function answerUntil(link: HandAnswered, what: string, done: () => boolean
   await waitFor(what, () => {
     for (const call of link.calls) call.resolve({ changes: [], next_cursor: "150", has_more: false });
     return done();
-  }, { timeoutMs: 5_000 });
+  }, { timeoutMs: 20_000 });
 }
 
 const quietLive = { livePollIntervalMs: 600_000, pollIntervalMs: 60, heartbeatReplyTimeoutMs: 40 };
