@@ -1137,7 +1137,7 @@ async function main() {
           // by itself (RealtimeService's heartbeat watch), and this test is about the tab being shown.
           const context = await ownContext();
           let silent = false;
-          let dropped = 0;
+          let droppedBroadcasts = 0;
           await context.routeWebSocket(/\/realtime\/v1\/websocket/, (ws) => {
             const server = ws.connectToServer();
             ws.onMessage((message) => {
@@ -1152,18 +1152,38 @@ async function main() {
               } else server.send(message);
             });
             server.onMessage((message) => {
-              if (silent) dropped++;
-              else ws.send(message);
+              if (!silent) ws.send(message);
+              else if (isBroadcastFrame(message)) droppedBroadcasts++;
             });
           });
+          // The laptop's reads of the progress function (GETs; writes are POSTs): with its socket
+          // silent, the only way the phone's write could reach it before it is shown again.
+          let reads = 0;
+          let readsUnderWay = 0;
+          const isRead = (request) =>
+            request.method() === "GET" && /\/functions\/v1\/progress/.test(request.url());
+          context.on("request", (request) => {
+            if (isRead(request)) (reads++, readsUnderWay++);
+          });
+          const readDone = (request) => {
+            if (isRead(request)) readsUnderWay--;
+          };
+          context.on("requestfinished", readDone);
+          context.on("requestfailed", readDone);
           const laptop = await tabIn(context, "reader A, device 4 (socket goes silent)");
           try {
+            // Before the laptop goes live: its safety read is then a minute after the steps below.
+            await openSeries(phone, seriesLive);
             await signIn(laptop, emailA);
             await openSeries(laptop, seriesLive);
             await waitForStatus(laptop, "live");
             const before = await positionOf(laptop);
             silent = true;
-            await openSeries(phone, seriesLive);
+            // A read answered after the phone's write could bring it: the laptop's catch-up is done first.
+            await eventually(() => assertEqual(readsUnderWay, 0, "the laptop's reads under way"), {
+              what: "the laptop's reads to be answered",
+            });
+            const readsBeforeWrite = reads;
             const next = { chapter: 12, page: 30, percentage: 0.7 };
             assert(
               JSON.stringify(before) !== JSON.stringify(next),
@@ -1171,10 +1191,12 @@ async function main() {
             );
             await setPosition(phone, { chapter: 12, page: 30, percent: 70 });
             await waitForOutboxEmpty(phone);
-            await eventually(() => assert(dropped > 0, "the broadcast reached the silent socket"), {
+            // The write's broadcast came to the laptop's socket and was dropped there, and the laptop
+            // read nothing since: nothing can have brought the phone's position to it.
+            await eventually(() => assert(droppedBroadcasts > 0, "the broadcast reached the silent socket"), {
               what: "the broadcast to be dropped",
             });
-            await new Promise((r) => setTimeout(r, 1_000));
+            assertEqual(reads, readsBeforeWrite, "the laptop read the changes while its socket was silent");
             assertEqual(
               await positionOf(laptop),
               before,
@@ -1773,6 +1795,17 @@ try {
 process.exit(code);
 
 /** The ref of a Phoenix heartbeat the client sends (a JSON array frame, vsn 2.0.0), else null. */
+/** Whether a frame from Realtime is a broadcast: binary (vsn 2.0.0's user broadcast) or a JSON one. */
+function isBroadcastFrame(message) {
+  if (typeof message !== "string") return true;
+  try {
+    const frame = JSON.parse(message);
+    return (Array.isArray(frame) ? frame[3] : frame?.event) === "broadcast";
+  } catch {
+    return false;
+  }
+}
+
 function heartbeatRefOf(message) {
   if (typeof message !== "string") return null;
   try {
