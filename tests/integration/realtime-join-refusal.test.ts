@@ -328,8 +328,6 @@ Deno.test({
   const a = await createTestUser();
   const c = await createTestUser();
   const JOIN_ERROR_WAIT_MS = 600_000;
-  const timers = watchTimers();
-  const wall = movableWallClock();
   const serverLogs: Record<string, unknown>[] = [];
   const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
     log: (fields) => serverLogs.push(fields),
@@ -343,6 +341,8 @@ Deno.test({
   const sql = adminSql({ max: 1 });
   const joinReply = (of: Frame[], ref: string) => of.find((f) => f.ref === ref && f.event === "phx_reply");
   const shutdowns = () => serverLogs.filter((l) => l.event === "channel_shutdown").map((l) => l.reason);
+  const timers = watchTimers();
+  const wall = movableWallClock();
   try {
     const token = await a.newAccessToken(3_000);
     const expiry = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).exp * 1000;
