@@ -4,6 +4,22 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { freePort, startPostgres } from "./postgres.ts";
+import { findPostgresBinaries } from "./system.ts";
+
+/** `promise`, or an error naming `what` once a hang guard of 30 s has passed (a guard, not a timing). */
+async function guarded<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} did not end within 30 s`)), 30_000);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 Deno.test({
   name: "initdb template: made once, then copied; each copy is an independent cluster",
@@ -212,6 +228,76 @@ Deno.test({
     );
     conn.close();
     assert.deepEqual([...Deno.readDirSync(tmp)].map((entry) => entry.name), [], "its temp dir was removed");
+  } finally {
+    try {
+      starter.kill("SIGKILL");
+    } catch { /* ended */ }
+    listener.close();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test({
+  name:
+    "a first start interrupted (SIGINT) while it builds the initdb template leaves no half-built template",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // The start runs in a process of its own whose PATH finds an initdb that runs the real one into the
+  // template's build directory and then holds a connection to this listener open until it is killed.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  const tmp = await Deno.makeTempDir({ prefix: "readsync-interrupted-template-test-" });
+  await Deno.chmod(tmp, 0o711);
+  const real = findPostgresBinaries()!.binDir;
+  const bin = `${tmp}/bin`;
+  await Deno.mkdir(bin, { mode: 0o755 });
+  await Deno.chmod(bin, 0o755);
+  for (const name of ["postgres", "pg_isready"]) await Deno.symlink(`${real}/${name}`, `${bin}/${name}`);
+  await Deno.writeTextFile(
+    `${bin}/initdb`,
+    `#!/bin/bash\n"${real}/initdb" "$@" || exit 1\nexec 3<>/dev/tcp/127.0.0.1/${port}\nread -r -u 3 _\n`,
+  );
+  await Deno.chmod(`${bin}/initdb`, 0o755);
+  const module = new URL("./postgres.ts", import.meta.url).href;
+  const starter = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { startPostgres } = await import(${JSON.stringify(module)});
+       await startPostgres({ log: () => {} });`,
+    ],
+    env: {
+      TMPDIR: tmp,
+      PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`,
+      READSYNC_PG_TEMPLATE: "1",
+    },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    const conn = await guarded(listener.accept(), "the initdb's connection");
+    starter.kill("SIGINT");
+    await guarded(starter.status, "the interrupted start");
+    const buffer = new Uint8Array(16);
+    await guarded(
+      (async () => {
+        while (await conn.read(buffer).catch(() => null) !== null) { /* nothing is sent */ }
+      })(),
+      "the initdb's connection",
+    );
+    conn.close();
+    const templates = `readsync-pg-templates-${Deno.uid() ?? "user"}`;
+    assert.deepEqual(
+      [...Deno.readDirSync(tmp)].map((entry) => entry.name).sort(),
+      ["bin", templates],
+      "no cluster directory is left",
+    );
+    assert.deepEqual(
+      [...Deno.readDirSync(`${tmp}/${templates}`)].map((entry) => entry.name),
+      [],
+      "no half-built template is left",
+    );
   } finally {
     try {
       starter.kill("SIGKILL");

@@ -55,8 +55,12 @@ async function run(
       Deno.kill(-child.pid, "SIGKILL");
     } catch { /* the group is gone */ }
   };
-  // In a group of its own, a Ctrl-C at the terminal no longer reaches it: the cleanups end it instead.
-  const forget = onCleanup(killGroup);
+  // In a group of its own, a Ctrl-C at the terminal no longer reaches it: the cleanups end it instead,
+  // and wait for it to have ended before the next ones remove the directory it writes into.
+  const forget = onCleanup(async () => {
+    killGroup();
+    await child.status;
+  });
   const out: string[] = [];
   const err: string[] = [];
   const read = (stream: ReadableStream<Uint8Array>, into: string[]) =>
@@ -166,17 +170,23 @@ async function initdbTemplate(
   if (exists(`${ready}/complete`)) return `${ready}/data`;
 
   const building = await Deno.makeTempDir({ dir: root, prefix: `${key}.building-` });
-  await Deno.chmod(building, 0o711);
+  const removeBuilding = () => Deno.remove(building, { recursive: true }).catch(() => {});
+  // A Ctrl-C during the build (its initdb is killed first: cleanups run newest first) removes it too,
+  // instead of leaving a half-built template that no later start uses or removes.
+  const forgetBuilding = onCleanup(removeBuilding);
   try {
+    await Deno.chmod(building, 0o711);
     const started = performance.now();
     await initdbInto(`${building}/data`);
     await Deno.writeTextFile(`${building}/complete`, `${version}\n`);
     await Deno.rename(building, ready);
     log(`database: initdb template made in ${Math.round(performance.now() - started)} ms (${ready})`);
   } catch (error) {
-    await Deno.remove(building, { recursive: true }).catch(() => {});
+    await removeBuilding();
     // Another start finished the same template first: use theirs.
     if (!exists(`${ready}/complete`)) throw error;
+  } finally {
+    forgetBuilding();
   }
   return `${ready}/data`;
 }
