@@ -68,6 +68,7 @@ const TESTS = [
   "Sync now sends a write that waited while the API was unreachable as soon as it is pressed, not at the backoff's next step, and is disabled while it runs",
   "Sign out works before the page's script has run: a click signs out (a plain form POST), and the button stays where it was when the script runs, so a press begun before it still signs out",
   "Sign out in one tab while the other tab's check of /auth/token fails (no network): that tab asks again with the backoff and leaves, and sends nothing meanwhile",
+  "before the page's script has run, Open series opens the series (a plain GET form) and Sync now is shown disabled; once it runs Sync now works, and the status area keeps its place",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1656,6 +1657,78 @@ async function main() {
             assertEqual(posts, [], "nothing sent with the signed-out session's token");
             if (sql) assertEqual((await storedRow(series, email))?.page, 30, "nothing more was saved");
             assertEqual(first.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[23],
+        fn: async () => {
+          // A reader on a slow device: the library is shown (server-rendered) well before its script runs.
+          const email = `reader-o-${run}@readsync.test`;
+          const series = `open-early-${run}`;
+          const { context, device } = await throwawayReader("reader O", email);
+          try {
+            const { page } = device;
+            const syncNow = page.getByTestId("sync-now");
+            const placesOf = async () => {
+              const boxes = [];
+              for (const id of ["sync-now", "connection-status"]) {
+                const box = await page.getByTestId(id).boundingBox();
+                boxes.push(box && [box.x, box.y, box.width, box.height].map(Math.round));
+              }
+              return boxes;
+            };
+            const scripts = await holdScripts(page);
+            await page.goto("/", { waitUntil: "commit" });
+            await scripts.allHeld();
+            // Sync now cannot act yet (its handler is the script's): it says so by being disabled.
+            await syncNow.waitFor();
+            assertEqual(await syncNow.isDisabled(), true, "Sync now before the script ran");
+            // Open series, typed and submitted while none of the page's scripts has run: the form's own
+            // GET opens the series page, whose scripts are held too (nothing of either page ran).
+            const openForm = page.getByTestId("open-series");
+            await openForm.getByRole("textbox", { name: "Series id" }).fill(series);
+            await openForm.getByRole("button", { name: "Open series" }).click();
+            await arrivedAt(page, `/series/${series}`);
+            await page.locator("main").getByTestId("position-form").waitFor({ timeout: STEP_GUARD_MS });
+            assertEqual(await page.getByTestId("series-title").textContent(), series, "the series shown");
+            await scripts.allHeld();
+            assertEqual(
+              await syncNow.isDisabled(),
+              true,
+              "Sync now on the series page before the script ran",
+            );
+            const seen = await placesOf();
+            assert(seen.every(Boolean), "Sync now and the status are shown before the script runs");
+            // The script runs: the status area keeps its place while the device id and the status fill in.
+            await scripts.letGo();
+            await hydrated(page);
+            assertEqual(await placesOf(), seen, "Sync now's and the status's places once the script ran");
+            await waitForStatus(device, "live");
+            assertEqual(await placesOf(), seen, "Sync now's and the status's places once live");
+            assertEqual(await syncNow.isEnabled(), true, "Sync now once the script ran");
+            await syncNow.click();
+            await eventually(
+              async () => assertEqual(await syncNow.getAttribute("data-state"), "done", "Sync now's outcome"),
+              { what: "Sync now to run and say it is done", timeoutMs: STEP_GUARD_MS },
+            );
+            // Once the script runs, Open series is the script's, as before: no page load.
+            await page.goto("/");
+            await hydrated(page);
+            await page.evaluate(() => globalThis.__readsyncSameDocument = true);
+            await openForm.getByRole("textbox", { name: "Series id" }).fill(`${series}-2`);
+            await openForm.getByRole("button", { name: "Open series" }).click();
+            await page.locator("main").getByTestId("position-form").waitFor({ timeout: STEP_GUARD_MS });
+            assertEqual(new URL(page.url()).pathname, `/series/${series}-2`, "the series page");
+            assertEqual(await page.getByTestId("series-title").textContent(), `${series}-2`, "its title");
+            assertEqual(
+              await page.evaluate(() => globalThis.__readsyncSameDocument),
+              true,
+              "the same document (a client-side navigation, no page load)",
+            );
+            assertEqual(device.errors, [], "page errors");
           } finally {
             await context.close();
           }

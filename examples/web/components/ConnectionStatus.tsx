@@ -26,10 +26,12 @@ const SYNC_NOW_TITLES = {
 } as const;
 
 export function ConnectionStatus() {
-  const { status, deviceId, syncNow, syncNowState, sending } = useSync();
+  const { status, deviceId, syncNow, syncAvailable, syncNowState, sending } = useSync();
   const { pendingCount } = useSyncSnapshot();
   const syncing = syncNowState === "syncing";
   const busy = syncing || sending;
+  // Disabled until the page's script has run (server-rendered, and on a slow device for a while after):
+  // a click there did nothing and was not replayed, so the button says it cannot act yet.
   return (
     <span className="topbar-right">
       {/* The outcome shows where the status already does: the waiting count, the status, the error banner. */}
@@ -38,22 +40,24 @@ export function ConnectionStatus() {
         className="secondary"
         data-testid="sync-now"
         data-state={syncNowState}
-        disabled={busy}
+        disabled={busy || !syncAvailable}
         aria-busy={busy}
-        title={SYNC_NOW_TITLES[syncNowState]}
+        title={syncAvailable ? SYNC_NOW_TITLES[syncNowState] : "Available once the page has finished loading."}
         onClick={syncNow}
       >
         {busy ? "Syncing…" : "Sync now"}
       </button>
+      <span className="status" role="status" aria-live="polite" data-testid="connection-status" data-status={status} title={TITLES[status]}>
+        <span className="dot" aria-hidden="true" />
+        {LABELS[status]}
+      </span>
+      {/* After the status, not between it and Sync now: a count that appears (writes of an earlier visit
+          found once the script runs, or a save) moves neither. */}
       {pendingCount > 0 && (
         <span className="pending" data-testid="pending-count" data-count={pendingCount}>
           {pendingCount} change{pendingCount === 1 ? "" : "s"} waiting to sync
         </span>
       )}
-      <span className="status" role="status" aria-live="polite" data-testid="connection-status" data-status={status} title={TITLES[status]}>
-        <span className="dot" aria-hidden="true" />
-        {LABELS[status]}
-      </span>
       <span className="meta" data-testid="device-id" title="This device's id (one per browser profile)">
         {deviceId ?? ""}
       </span>

@@ -6,9 +6,7 @@ import { type FormEvent, useRef, useState } from "react";
 import type { ProgressRow } from "@/lib/client/types.ts";
 import { describePosition, formatWhen } from "./format.ts";
 import { SessionChanged, useRenderedForThisUser, useSync, useSyncSnapshot } from "./SyncProvider.tsx";
-import { seriesHref } from "@/lib/seriesHref.ts";
-
-const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+import { SERIES_ID, seriesHref } from "@/lib/seriesHref.ts";
 
 /** The library the server loaded for `renderedFor`, kept current by Realtime (and this device's own writes). */
 export function LiveLibrary({ initialRows, renderedFor }: { initialRows: ProgressRow[]; renderedFor: string }) {
@@ -66,9 +64,12 @@ function OpenSeries() {
     }
     router.push(seriesHref(id));
   }
+  // Submitted before the page's script has run (a slow device), the form's own GET opens the series
+  // (app/open-series/route.ts redirects to its page); once it has, submit() checks the id and opens it.
   return (
-    <form onSubmit={submit} className="actions" style={{ marginTop: 16 }} data-testid="open-series">
+    <form action="/open-series" method="get" onSubmit={submit} className="actions" style={{ marginTop: 16 }} data-testid="open-series">
       <input
+        name="id"
         aria-label="Series id"
         placeholder="series id, e.g. one-piece"
         value={value}

@@ -45,6 +45,11 @@ interface SyncContextValue {
   flush(): void;
   /** The reader's Sync now: the outbox at once and a read of what the server has. */
   syncNow(): void;
+  /**
+   * Sync now can act: this user's session is open (the page's script has run). False in the
+   * server-rendered page, where the button's handler does not exist yet.
+   */
+  syncAvailable: boolean;
   /** The last Sync now: idle (none yet), syncing, done or failed. */
   syncNowState: SyncNowState;
   /** This tab is sending the outbox (Sync now waits for it). */
@@ -127,6 +132,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       save,
       flush: () => live?.flush("user"),
       syncNow: () => void live?.syncNow(),
+      syncAvailable: live !== null,
       syncNowState,
       sending,
     }),

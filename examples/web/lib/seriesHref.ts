@@ -1,3 +1,6 @@
+/** What a series id may be (the progress API's rule): the library's form and the series page check it. */
+export const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
 /**
  * The address of a series page. Dots are percent-encoded too (encodeURIComponent keeps them): an id
  * may end in ".rsc" (ids allow dots), and Next.js reads such a path as a request for the page's
@@ -5,6 +8,6 @@
  * as text. Next decodes "%2E" back to "." for the page's params. (Typed by hand with the dot, such
  * an address still gets the payload: Next takes the suffix before the proxy sees the path.)
  */
-export function seriesHref(seriesId: string): string {
+export function seriesHref(seriesId: string): `/series/${string}` {
   return `/series/${encodeURIComponent(seriesId).replace(/\./g, "%2E")}`;
 }

@@ -2,10 +2,9 @@ import { notFound, redirect } from "next/navigation";
 import { SeriesEditor } from "@/components/SeriesEditor.tsx";
 import { loadSeries } from "@/lib/server/progress.ts";
 import { getSession } from "@/lib/server/session.ts";
+import { SERIES_ID } from "@/lib/seriesHref.ts";
 
 export const dynamic = "force-dynamic";
-
-const SERIES_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 export default async function SeriesPage({ params }: { params: Promise<{ seriesId: string }> }) {
   const { seriesId: raw } = await params;
