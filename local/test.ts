@@ -154,7 +154,9 @@ async function main(): Promise<number> {
     // own new-life check back (the one the sixth replaces). Both also recreate a trigger function
     // without the TimeZone UTC the dates-printed-in-UTC migration gives it, which therefore runs after
     // them too; 013 puts back the changes read whose cursor names no timeline, so the
-    // cursor-names-the-timeline migration runs after it.
+    // cursor-names-the-timeline migration runs after it. Both put back their conflict-logging trigger
+    // (the stamp, the replaced-tie log) that logs for `authenticated` only, so the migration that logs
+    // for its members too runs after each.
     for (
       const [label, ...suffixes] of [
         [
@@ -162,6 +164,7 @@ async function main(): Promise<number> {
           "_realtime_setup.sql",
           "_realtime_receive_policy_progress_topics_only.sql",
           "_progress_dates_printed_in_utc.sql",
+          "_conflict_log_members_of_authenticated.sql",
         ],
         [
           "013",
@@ -169,6 +172,7 @@ async function main(): Promise<number> {
           "_new_life_created_at_tie.sql",
           "_progress_dates_printed_in_utc.sql",
           "_changes_cursor_names_timeline.sql",
+          "_conflict_log_members_of_authenticated.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -176,6 +180,7 @@ async function main(): Promise<number> {
         ["TRUNCATE as a DELETE for devices", "_truncate_reading_progress_as_delete.sql"],
         ["dates printed in UTC", "_progress_dates_printed_in_utc.sql"],
         ["the changes cursor names the timeline", "_changes_cursor_names_timeline.sql"],
+        ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
       ]
     ) {
       const migrations = await Promise.all(
