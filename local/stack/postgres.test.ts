@@ -25,44 +25,38 @@ Deno.test({
   name: "initdb template: made once, then copied; each copy is an independent cluster",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "readsync-template-test-" });
-  await Deno.chmod(tmp, 0o711); // the cluster's OS user must reach the template below it
-  const previous = Deno.env.get("TMPDIR");
-  Deno.env.set("TMPDIR", tmp);
-  const lines: string[] = [];
-  const log = (line: string) => lines.push(line);
-  const clusters = [];
-  try {
-    clusters.push(await startPostgres({ log }));
-    assert.equal(lines.filter((l) => l.includes("initdb template made")).length, 1, lines.join("\n"));
-    clusters.push(await startPostgres({ log }));
-    assert.equal(
-      lines.filter((l) => l.includes("initdb template made")).length,
-      1,
-      "the second start copied it",
-    );
-    assert.ok(!lines.some((l) => l.includes("no initdb template")), lines.join("\n"));
-
-    const [first, second] = clusters.map((c) => postgres(c.url, { max: 1, onnotice: () => {} }));
+}, () =>
+  withPrivateTmpDir("readsync-template-test-", async () => {
+    const lines: string[] = [];
+    const log = (line: string) => lines.push(line);
+    const clusters = [];
     try {
-      await first`create table only_in_first (x int)`;
-      const [{ found }] = await second<{ found: boolean }[]>`
+      clusters.push(await startPostgres({ log }));
+      assert.equal(lines.filter((l) => l.includes("initdb template made")).length, 1, lines.join("\n"));
+      clusters.push(await startPostgres({ log }));
+      assert.equal(
+        lines.filter((l) => l.includes("initdb template made")).length,
+        1,
+        "the second start copied it",
+      );
+      assert.ok(!lines.some((l) => l.includes("no initdb template")), lines.join("\n"));
+
+      const [first, second] = clusters.map((c) => postgres(c.url, { max: 1, onnotice: () => {} }));
+      try {
+        await first`create table only_in_first (x int)`;
+        const [{ found }] = await second<{ found: boolean }[]>`
         select exists (select 1 from pg_class where relname = 'only_in_first') as found`;
-      assert.equal(found, false);
-      const [{ db }] = await second<{ db: string }[]>`select current_database() as db`;
-      assert.equal(db, "postgres");
+        assert.equal(found, false);
+        const [{ db }] = await second<{ db: string }[]>`select current_database() as db`;
+        assert.equal(db, "postgres");
+      } finally {
+        await first.end();
+        await second.end();
+      }
     } finally {
-      await first.end();
-      await second.end();
+      for (const c of clusters) await c.stop();
     }
-  } finally {
-    for (const c of clusters) await c.stop();
-    if (previous === undefined) Deno.env.delete("TMPDIR");
-    else Deno.env.set("TMPDIR", previous);
-    await Deno.remove(tmp, { recursive: true });
-  }
-});
+  }));
 
 Deno.test({
   name: "a port another server holds is refused up front (its pg_isready must not pass for ours)",
@@ -82,12 +76,8 @@ Deno.test({
  * `start` run with the temp dir a private one: what it threw, what it left in that directory and the
  * processes whose command line still names it (a pg_basebackup, a cluster's watchdog).
  */
-async function failedStart(start: () => Promise<{ stop(): Promise<void> }>) {
-  const tmp = await Deno.makeTempDir({ prefix: "readsync-failed-start-test-" });
-  await Deno.chmod(tmp, 0o711); // the cluster's OS user must reach its directory below it
-  const previous = Deno.env.get("TMPDIR");
-  Deno.env.set("TMPDIR", tmp);
-  try {
+function failedStart(start: () => Promise<{ stop(): Promise<void> }>) {
+  return withPrivateTmpDir("readsync-failed-start-test-", async (tmp) => {
     const error = await start().then(
       async (started) => {
         await started.stop();
@@ -99,6 +89,17 @@ async function failedStart(start: () => Promise<{ stop(): Promise<void> }>) {
     const ps = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdout: "piped" }).output();
     const processes = new TextDecoder().decode(ps.stdout).split("\n").filter((line) => line.includes(tmp));
     return { error, left, processes };
+  });
+}
+
+/** `body` run with TMPDIR a fresh directory of its own (so what a start leaves there is seen), then removed. */
+async function withPrivateTmpDir<T>(prefix: string, body: (tmp: string) => Promise<T>): Promise<T> {
+  const tmp = await Deno.makeTempDir({ prefix });
+  await Deno.chmod(tmp, 0o711); // the cluster's OS user must reach its directory below it
+  const previous = Deno.env.get("TMPDIR");
+  Deno.env.set("TMPDIR", tmp);
+  try {
+    return await body(tmp);
   } finally {
     if (previous === undefined) Deno.env.delete("TMPDIR");
     else Deno.env.set("TMPDIR", previous);

@@ -115,6 +115,23 @@ async function ensureOsUser(): Promise<{ uid: number; gid: number }> {
   }
 }
 
+/**
+ * Asks the server to shut down with `signal` (SIGINT: fast; SIGQUIT: immediate) and waits for it to
+ * end, killing it if it has not ended within 10 s.
+ */
+async function endServer(server: Deno.ChildProcess, signal: Deno.Signal): Promise<void> {
+  try {
+    server.kill(signal);
+  } catch { /* already gone */ }
+  const timer = setTimeout(() => {
+    try {
+      server.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, 10_000);
+  await server.status;
+  clearTimeout(timer);
+}
+
 export interface StartOptions {
   port?: number;
   log?: (line: string) => void;
@@ -220,19 +237,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   // shutdown, which waits for its processes, so that none writes into the directory as it is removed),
   // its watchdog, the directory.
   const abandon = async () => {
-    const server = child;
-    if (server) {
-      try {
-        server.kill("SIGQUIT");
-      } catch { /* gone */ }
-      const timer = setTimeout(() => {
-        try {
-          server.kill("SIGKILL");
-        } catch { /* gone */ }
-      }, 10_000);
-      await server.status;
-      clearTimeout(timer);
-    }
+    if (child) await endServer(child, "SIGQUIT");
     if (watchdog) {
       try {
         watchdog.kill("SIGKILL");
@@ -426,16 +431,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   let stopped: Promise<void> | null = null;
   const stop = () =>
     stopped ??= (async () => {
-      try {
-        postmaster.kill("SIGINT"); // fast shutdown
-      } catch { /* already gone */ }
-      const timer = setTimeout(() => {
-        try {
-          postmaster.kill("SIGKILL");
-        } catch { /* gone */ }
-      }, 10_000);
-      await postmaster.status;
-      clearTimeout(timer);
+      await endServer(postmaster, "SIGINT"); // fast shutdown
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       try {
         guard.kill("SIGKILL");
