@@ -378,28 +378,13 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       : null;
     let exited = false;
     postmaster.status.then(() => (exited = true));
+    const asPostgres = ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres"];
     while (true) {
       const left = Math.max(1_000, deadline - Date.now());
-      const ready = await run(`${bins.binDir}/pg_isready`, [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        String(port),
-        "-U",
-        "postgres",
-        "-q",
-      ], left);
+      const ready = await run(`${bins.binDir}/pg_isready`, [...asPostgres, "-q"], left);
       const promoted = !ready.success || !restored ||
-        (await run(`${bins.binDir}/psql`, [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            String(port),
-            "-U",
-            "postgres",
-            "-XAtc",
-            "select pg_is_in_recovery()",
-          ], left)).stdout.trim() === "f";
+        (await run(`${bins.binDir}/psql`, [...asPostgres, "-XAtc", "select pg_is_in_recovery()"], left))
+            .stdout.trim() === "f";
       if (ready.success && promoted && !exited) break;
       if (exited) {
         // Its last words (a FATAL) may still be on their way: the rest of its stderr, for at most 5 s.
