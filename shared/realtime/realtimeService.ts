@@ -65,6 +65,9 @@
 //                                         while in flight is retried once at once with the new one,
 //                                         and a token set while a join is in flight is sent on the
 //                                         channel once joined (realtime-js only sends it to joined ones).
+//                                         A catch-up or poll refused 401 is made again as soon as a
+//                                         new token comes (once per new token; other failures wait
+//                                         out the polls' backoff).
 //   cleanup                               unsubscribe releases the channel, timers and listeners;
 //                                         stats() counts what is held so tests can prove it.
 //
@@ -421,6 +424,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   readonly #random: () => number;
   #randomWarned = false;
   #explicitToken: string | null = null;
+  /** The last session token supabase.auth announced (TOKEN_REFRESHED, SIGNED_IN); null before any. */
+  #sessionToken: string | null = null;
   #originalTokenSource: (() => Promise<string | null>) | null | undefined = undefined;
   /** The token source this service installed (close() restores only while it is still in place). */
   #installedTokenSource: (() => Promise<string | null>) | null = null;
@@ -576,6 +581,15 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    */
   get accessToken(): string | null {
     return this.#explicitToken;
+  }
+
+  /**
+   * The token the changes are read with as far as the service knows: the explicit one, or else the last
+   * session token supabase.auth announced (null: the client's own from the start). A read refused 401
+   * is made again when this changes (UserLink#readAgainForNewToken).
+   */
+  get readToken(): string | null {
+    return this.#explicitToken ?? this.#sessionToken;
   }
 
   /** Status of a user's link (offline when there is none). */
@@ -966,6 +980,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       const { data } = auth.onAuthStateChange((event, session) => {
         if ((event === "TOKEN_REFRESHED" || event === "SIGNED_IN") && session?.access_token) {
           if (this.#explicitToken) return; // an explicit token wins over the session
+          this.#sessionToken = session.access_token;
           this.logEvent("info", "auth_token_refreshed", { auth_event: event });
           this.#client.realtime.setAuth(session.access_token).catch(() => {});
           for (const link of this.#links.values()) link.onTokenChanged();
@@ -1120,6 +1135,12 @@ class UserLink<Row extends LwwRow> {
   #readAfterCutEnded: ((outcome: ReadOutcome) => void) | null = null;
   /** Until when (monotonicNow) the API asked not to be read again (Retry-After of a failed round). */
   #retryAfterUntil = 0;
+  /**
+   * The last read that ended (not cut off) was refused for its token (401): the token it was sent with
+   * (RealtimeService.readToken when its call began); undefined when it was not, or its read again for
+   * a new token is under way (#readAgainForNewToken).
+   */
+  #authRefusedWith: string | null | undefined = undefined;
   /** #poll() calls running (a poll's end schedules the next one). */
   #pollsRunning = 0;
   /** "changes since" rounds queued so far (#fetchChanges): rounds settle in this order. */
@@ -1193,9 +1214,14 @@ class UserLink<Row extends LwwRow> {
     return change;
   }
 
-  /** A new access token: a link whose channel is not joined retries now instead of waiting out its backoff. */
+  /**
+   * A new access token: a link whose last read was refused for its token reads now (#readAgainForNewToken),
+   * and one whose channel is not joined retries the join now instead of waiting out its backoff.
+   */
   onTokenChanged(): void {
-    if (this.#closed || this.#joined) return;
+    if (this.#closed) return;
+    this.#readAgainForNewToken();
+    if (this.#joined) return;
     this.#attempt = 0;
     if (!this.#channel) this.#reconnectSoon();
     else {
@@ -1591,6 +1617,11 @@ class UserLink<Row extends LwwRow> {
   // ----------------------------------------------------------------------- catch-up and polling
 
   async #catchUp(generation: number): Promise<void> {
+    await this.#catchUpOnce(generation);
+    this.#readAgainForNewToken(); // refused 401 for a token replaced while it was under way
+  }
+
+  async #catchUpOnce(generation: number): Promise<void> {
     const wait = this.#retryAfterLeftMs();
     if (wait > 0) {
       // The API asked to be left alone: the catch-up is the first poll after that (#poll catches a
@@ -1730,7 +1761,29 @@ class UserLink<Row extends LwwRow> {
       return await this.#pollOnce();
     } finally {
       this.#pollsRunning--;
+      this.#readAgainForNewToken(); // refused 401 for a token replaced while it was under way
     }
+  }
+
+  /**
+   * The last read was refused for its token (401: it expired) and the token has changed since
+   * (setAccessToken(), supabase.auth's TOKEN_REFRESHED): read now, in place of the read scheduled
+   * after the polls' backoff, which would leave a joined link offline (and a live one reading late)
+   * for that long with a token that works. Once per new token: the read made now is sent with it, and
+   * a 401 for it waits for the next token (or the backoff), never a loop. Nothing while a read is in
+   * flight or queued (it ends by its own token: when refused for one replaced meanwhile, this runs at
+   * its end) or while a Retry-After runs (its end's read comes with the new token). Called when a
+   * token comes (onTokenChanged) and when a catch-up or poll has ended and scheduled what follows.
+   */
+  #readAgainForNewToken(): void {
+    const refusedWith = this.#authRefusedWith;
+    if (this.#closed || refusedWith === undefined || this.service.readToken === refusedWith) return;
+    if (this.#readsInFlight.size > 0 || this.#retryAfterLeftMs() > 0) return;
+    this.#authRefusedWith = undefined;
+    this.#log("info", "read_after_new_token", {});
+    this.service.timers.clear(this.#pollTimer);
+    this.#pollTimer = undefined;
+    void this.#poll();
   }
 
   async #pollOnce(): Promise<ReadOutcome> {
@@ -1878,8 +1931,10 @@ class UserLink<Row extends LwwRow> {
       const asked = this.#readsAsked; // the syncNow() calls this round began after
       this.#fetchInFlight = true;
       called = true;
+      let sentToken = this.service.readToken;
       try {
         for (let page = 0; page < 1000; page++) {
+          sentToken = this.service.readToken;
           const result = await this.#changesSince(signal);
           if (this.#closed) return "failed";
           for (const raw of result.changes ?? []) {
@@ -1897,6 +1952,7 @@ class UserLink<Row extends LwwRow> {
           const next = result.cursor ?? result.next_cursor;
           if (next !== undefined && next !== null) this.#cursor = next;
           this.#retryAfterUntil = 0; // the API answered
+          this.#authRefusedWith = undefined;
           const hasMore = result.hasMore ?? result.has_more ?? false;
           if (!hasMore) {
             this.#log("debug", `${source}_done`, {});
@@ -1919,6 +1975,9 @@ class UserLink<Row extends LwwRow> {
           this.#log("info", `${source}_cut_off`, { reason: String(signal.reason?.message ?? signal.reason) });
           return "failed";
         }
+        // Refused for its token: read again as soon as a new one comes (#readAgainForNewToken); any
+        // other failure only after the polls' backoff.
+        this.#authRefusedWith = refusedForToken(error) ? sentToken : undefined;
         const retryAfterMs = retryAfterMsOf(error);
         let waitMs: number | undefined;
         if (retryAfterMs) {
@@ -2086,6 +2145,14 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** A UUID as PostgreSQL prints it (lower case); any other id as given. */
 function normalizeUserId(userId: string): string {
   return UUID.test(userId) ? userId.toLowerCase() : userId;
+}
+
+/**
+ * A changesSince failure that says its token was refused (an expired one): `status` 401, as the
+ * progress API client's AuthError (ProgressApiError) has it.
+ */
+function refusedForToken(error: unknown): boolean {
+  return (error as { status?: unknown } | null)?.status === 401;
 }
 
 /** A "changes since" row that stands for a hard delete (the API may mark them; rows normally aren't). */
