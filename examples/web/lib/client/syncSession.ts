@@ -84,6 +84,8 @@ export class SyncSession {
   #syncNow: SyncNowState = "idle";
   #sending = false;
   #closed = false;
+  /** The page was told to leave: a second leave would abort the navigation the first one began. */
+  #leaving = false;
   /** Reads of the server's changes answered so far (onRead: "done" or "behind"), whatever made them. */
   #readsAnswered = 0;
   #listeners = new Set<() => void>();
@@ -110,9 +112,11 @@ export class SyncSession {
     // Signed out, or signed in as someone else in another tab: this page's library, outbox and
     // Realtime link are the old user's, so leave it (a reload renders the new user's library; the
     // old user's unsent writes wait in localStorage for their next sign-in). Not once closed: the
-    // page has moved on to another user already.
+    // page has moved on to another user already. Once only: the check of another tab's word and a
+    // send waiting for it both hear the same sign-out, and a second navigation would abort the first.
     const leaveIfSignedOut = (error: unknown) => {
-      if (!(error instanceof SignedOutError) || this.#closed) return;
+      if (!(error instanceof SignedOutError) || this.#closed || this.#leaving) return;
+      this.#leaving = true;
       env.leave(error.userChanged ? "reload" : "sign-in");
     };
     const getAccessToken = async () => {
