@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { freePort, startPostgres } from "./postgres.ts";
+import { freePort, type LocalPostgres, startPostgres } from "./postgres.ts";
 import { findPostgresBinaries } from "./system.ts";
 
 /** `promise`, or an error naming `what` once a hang guard of 30 s has passed (a guard, not a timing). */
@@ -92,6 +92,20 @@ function failedStart(start: () => Promise<{ stop(): Promise<void> }>) {
   });
 }
 
+/** `body` run with a cluster of its own (the source of a restore) and one connection to it; both ended after. */
+async function withSourceCluster(
+  body: (source: LocalPostgres, sql: postgres.Sql) => Promise<void>,
+): Promise<void> {
+  const source = await startPostgres({ log: () => {} });
+  const sql = postgres(source.url, { max: 1, onnotice: () => {} });
+  try {
+    await body(source, sql);
+  } finally {
+    await sql.end();
+    await source.stop();
+  }
+}
+
 /** `body` run with TMPDIR a fresh directory of its own (so what a start leaves there is seen), then removed. */
 async function withPrivateTmpDir<T>(prefix: string, body: (tmp: string) => Promise<T>): Promise<T> {
   const tmp = await Deno.makeTempDir({ prefix });
@@ -111,10 +125,8 @@ Deno.test({
   name: "a restore whose base backup fails says why and leaves no directory behind",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const source = await startPostgres({ log: () => {} });
-  const sql = postgres(source.url, { max: 1, onnotice: () => {} });
-  try {
+}, () =>
+  withSourceCluster(async (source, sql) => {
     await sql`create role readsync_no_replication login`;
     const { port } = source;
     for (
@@ -135,11 +147,7 @@ Deno.test({
       assert.match(error.message, /^pg_basebackup failed \(exit code 1;/, error.message);
       assert.match(error.message, reason, error.message);
     }
-  } finally {
-    await sql.end();
-    await source.stop();
-  }
-});
+  }));
 
 Deno.test({
   name: "a base backup that never ends is killed after stepTimeoutMs: a clear error, no directory left",
@@ -313,10 +321,8 @@ Deno.test({
   name: "a restored cluster that cannot start says why and leaves nothing behind (its watchdog neither)",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const source = await startPostgres({ log: () => {} });
-  const sql = postgres(source.url, { max: 1, onnotice: () => {} });
-  try {
+}, () =>
+  withSourceCluster(async (source, sql) => {
     // Taken by the base backup; the source itself only reads it at a restart.
     await sql`alter system set shared_preload_libraries = 'readsync_no_such_library'`;
     const { error, left, processes } = await failedStart(() =>
@@ -331,8 +337,4 @@ Deno.test({
       error.message,
     );
     assert.match(error.message, /readsync_no_such_library/, error.message);
-  } finally {
-    await sql.end();
-    await source.stop();
-  }
-});
+  }));

@@ -43,6 +43,29 @@ async function joinedCatchingUp(options = {}, fake = fakeClient()) {
   return { link, statuses };
 }
 
+/**
+ * `body` run on a service joined with its catch-up in flight (joinedCatchingUp), the timers watched
+ * from before it was made; afterwards the timers are restored and the service ended. `makeFake` (run
+ * once the timers are watched) gives the stand-in client, e.g. one with a session.
+ */
+async function withJoinedLink(
+  body: (
+    joined: Awaited<ReturnType<typeof joinedCatchingUp>> & { timers: ReturnType<typeof watchTimers> },
+  ) => Promise<void>,
+  options = {},
+  makeFake = fakeClient,
+) {
+  const timers = watchTimers();
+  let joined: Awaited<ReturnType<typeof joinedCatchingUp>> | undefined;
+  try {
+    joined = await joinedCatchingUp(options, makeFake());
+    await body({ ...joined, timers });
+  } finally {
+    timers.restore();
+    await joined?.link.end();
+  }
+}
+
 /** Refuses call `n` (1-based) and waits until the read after it is scheduled after the backoff. */
 async function refuse(
   link: ReturnType<typeof handAnsweredService>,
@@ -55,10 +78,8 @@ async function refuse(
   await waitFor("the backoff's read scheduled", () => pendingFor(timers, BACKOFF_MS));
 }
 
-Deno.test("401 catch-up: a new token (setAccessToken) reads at once and the link goes live, not after the backoff", async () => {
-  const timers = watchTimers();
-  const { link, statuses } = await joinedCatchingUp();
-  try {
+Deno.test("401 catch-up: a new token (setAccessToken) reads at once and the link goes live, not after the backoff", () =>
+  withJoinedLink(async ({ link, statuses, timers }) => {
     await refuse(link, timers, 1);
     await link.service.setAccessToken("T2");
     await waitFor("the read with the new token", () => link.calls.length === 2, { timeoutMs: 5_000 });
@@ -67,16 +88,10 @@ Deno.test("401 catch-up: a new token (setAccessToken) reads at once and the link
     await waitFor("live", () => link.subscription.status === "live");
     assert.deepEqual(link.changes, [{ chapter: 3, source: "catchup" }]);
     assert.deepEqual(statuses, ["offline", "live"]);
-  } finally {
-    timers.restore();
-    await link.end();
-  }
-});
+  }));
 
-Deno.test("401 catch-up: once per new token: refused again it waits (the same token set again is none), the next token reads once more", async () => {
-  const timers = watchTimers();
-  const { link } = await joinedCatchingUp();
-  try {
+Deno.test("401 catch-up: once per new token: refused again it waits (the same token set again is none), the next token reads once more", () =>
+  withJoinedLink(async ({ link, timers }) => {
     await refuse(link, timers, 1);
     await link.service.setAccessToken("T2");
     await waitFor("the read with T2", () => link.calls.length === 2, { timeoutMs: 5_000 });
@@ -90,31 +105,19 @@ Deno.test("401 catch-up: once per new token: refused again it waits (the same to
     link.calls[2].resolve(answered(4));
     await waitFor("live", () => link.subscription.status === "live");
     assert.equal(link.calls.length, 3);
-  } finally {
-    timers.restore();
-    await link.end();
-  }
-});
+  }));
 
-Deno.test("401 catch-up: a read that failed for anything else keeps the polls' backoff when a token comes", async () => {
-  const timers = watchTimers();
-  const { link } = await joinedCatchingUp();
-  try {
+Deno.test("401 catch-up: a read that failed for anything else keeps the polls' backoff when a token comes", () =>
+  withJoinedLink(async ({ link, timers }) => {
     await refuse(link, timers, 1, Object.assign(new Error("service_unavailable"), { status: 503 }));
     await link.service.setAccessToken("T2");
     assert.ok(pendingFor(timers, BACKOFF_MS), "the backoff's read still scheduled: no read now");
     assert.equal(link.calls.length, 1);
     assert.equal(link.subscription.status, "offline");
-  } finally {
-    timers.restore();
-    await link.end();
-  }
-});
+  }));
 
-Deno.test("401 catch-up: refused for a token replaced while it was under way, it is read again at once", async () => {
-  const timers = watchTimers();
-  const { link } = await joinedCatchingUp();
-  try {
+Deno.test("401 catch-up: refused for a token replaced while it was under way, it is read again at once", () =>
+  withJoinedLink(async ({ link, timers }) => {
     await link.service.setAccessToken("T2"); // while the catch-up (sent with T1) is in flight
     assert.equal(link.calls.length, 1, "the read in flight decides");
     link.calls[0].reject(expired());
@@ -122,45 +125,43 @@ Deno.test("401 catch-up: refused for a token replaced while it was under way, it
     link.calls[1].resolve(answered(3));
     await waitFor("live", () => link.subscription.status === "live");
     assert.ok(!pendingFor(timers, BACKOFF_MS));
-  } finally {
-    timers.restore();
-    await link.end();
-  }
-});
+  }));
 
-Deno.test("401 catch-up: supabase.auth's TOKEN_REFRESHED reads at once too (a client with a session)", async () => {
-  const timers = watchTimers();
-  const fake = fakeClient();
+Deno.test("401 catch-up: supabase.auth's TOKEN_REFRESHED reads at once too (a client with a session)", () => {
   let announce: (event: string, session: { access_token: string } | null) => void = () => {};
-  (fake.client as unknown as { auth: Pick<SupabaseClient["auth"], "onAuthStateChange"> }).auth = {
-    onAuthStateChange: ((callback: typeof announce) => {
-      announce = callback;
-      return { data: { subscription: { unsubscribe: () => {} } } };
-    }) as unknown as SupabaseClient["auth"]["onAuthStateChange"],
+  const withSession = () => {
+    const fake = fakeClient();
+    (fake.client as unknown as { auth: Pick<SupabaseClient["auth"], "onAuthStateChange"> }).auth = {
+      onAuthStateChange: ((callback: typeof announce) => {
+        announce = callback;
+        return { data: { subscription: { unsubscribe: () => {} } } };
+      }) as unknown as SupabaseClient["auth"]["onAuthStateChange"],
+    };
+    return fake;
   };
-  const { link } = await joinedCatchingUp({ accessToken: undefined }, fake);
-  try {
-    await refuse(link, timers, 1);
-    announce("TOKEN_REFRESHED", { access_token: "S2" });
-    await waitFor("the read with the refreshed session", () => link.calls.length === 2, { timeoutMs: 5_000 });
-    await refuse(link, timers, 2);
-    announce("SIGNED_IN", { access_token: "S2" }); // the same token again (a tab shown again)
-    assert.ok(pendingFor(timers, BACKOFF_MS), "the same token again makes no read");
-    assert.equal(link.calls.length, 2);
-    announce("TOKEN_REFRESHED", { access_token: "S3" });
-    await waitFor("the read with S3", () => link.calls.length === 3, { timeoutMs: 5_000 });
-    link.calls[2].resolve(answered(3));
-    await waitFor("live", () => link.subscription.status === "live");
-  } finally {
-    timers.restore();
-    await link.end();
-  }
+  return withJoinedLink(
+    async ({ link, timers }) => {
+      await refuse(link, timers, 1);
+      announce("TOKEN_REFRESHED", { access_token: "S2" });
+      await waitFor("the read with the refreshed session", () => link.calls.length === 2, {
+        timeoutMs: 5_000,
+      });
+      await refuse(link, timers, 2);
+      announce("SIGNED_IN", { access_token: "S2" }); // the same token again (a tab shown again)
+      assert.ok(pendingFor(timers, BACKOFF_MS), "the same token again makes no read");
+      assert.equal(link.calls.length, 2);
+      announce("TOKEN_REFRESHED", { access_token: "S3" });
+      await waitFor("the read with S3", () => link.calls.length === 3, { timeoutMs: 5_000 });
+      link.calls[2].resolve(answered(3));
+      await waitFor("live", () => link.subscription.status === "live");
+    },
+    { accessToken: undefined },
+    withSession,
+  );
 });
 
-Deno.test("401 poll: a link polling while its channel is down reads at once with a new token", async () => {
-  const timers = watchTimers();
-  const { link } = await joinedCatchingUp();
-  try {
+Deno.test("401 poll: a link polling while its channel is down reads at once with a new token", () =>
+  withJoinedLink(async ({ link, timers }) => {
     link.calls[0].resolve(answered(1));
     await waitFor("live", () => link.subscription.status === "live");
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed")); // polls at once
@@ -171,8 +172,4 @@ Deno.test("401 poll: a link polling while its channel is down reads at once with
     link.calls[2].resolve(answered(2));
     await waitFor("polling", () => link.subscription.status === "polling");
     assert.deepEqual(link.changes.map((c) => c.chapter), [1, 2]);
-  } finally {
-    timers.restore();
-    await link.end();
-  }
-});
+  }));
