@@ -17,6 +17,11 @@ export function onCleanup(fn: Cleanup): () => void {
   };
 }
 
+/** How many cleanups are registered now (what a stopped stack must have removed again). */
+export function pendingCleanups(): number {
+  return cleanups.length;
+}
+
 export function runCleanups(): Promise<void> {
   running ??= (async () => {
     while (cleanups.length > 0) {

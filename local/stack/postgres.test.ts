@@ -338,3 +338,94 @@ Deno.test({
     );
     assert.match(error.message, /readsync_no_such_library/, error.message);
   }));
+
+/**
+ * Runs `script` in a process of its own (deno eval, the modules `postgres` and `cleanup` imported), reads
+ * the JSON line it prints once it has a cluster running, then ends it by `ending`: a SIGINT (Ctrl-C),
+ * or nothing (the script ends itself, as `npm test` does, with runCleanups()).
+ */
+async function inOwnProcess(script: string, ending: "SIGINT" | "itself") {
+  const postgresModule = new URL("./postgres.ts", import.meta.url).href;
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { startPostgres } = await import(${JSON.stringify(postgresModule)});
+       const { onCleanup, pendingCleanups, runCleanups } = await import(${JSON.stringify(cleanupModule)});
+       ${script}`,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    let printed = "";
+    while (!printed.includes("\n")) {
+      const { value, done } = await guarded(lines.read(), "the script's report");
+      if (done) throw new Error(`the script ended without a report:\n${printed}\n${await stderr}`);
+      printed += value;
+    }
+    if (ending === "SIGINT") child.kill("SIGINT");
+    const status = await guarded(child.status, "the script's end");
+    return { report: JSON.parse(printed), code: status.code, stderr: await stderr };
+  } finally {
+    lines.releaseLock();
+    await child.stdout.cancel().catch(() => {});
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended */ }
+  }
+}
+
+for (const ending of ["SIGINT", "itself"] as const) {
+  Deno.test({
+    name: `start/stop cycles leave no cleanup registered; a cluster still running is stopped by the ` +
+      `cleanups (${ending === "SIGINT" ? "Ctrl-C" : "runCleanups at the end of a run"})`,
+    sanitizeOps: false,
+    sanitizeResources: false,
+  }, async () => {
+    const checked = await Deno.makeTempFile({ prefix: "readsync-cleanup-check-" });
+    try {
+      // The check is registered first, so it runs last (newest first): after the running cluster's stop.
+      const { report, code, stderr } = await inOwnProcess(
+        `let dataDir = "";
+         onCleanup(async () => {
+           let left = true;
+           try { Deno.statSync(dataDir); } catch { left = false; }
+           await Deno.writeTextFile(${JSON.stringify(checked)}, JSON.stringify({ left }));
+         });
+         const before = pendingCleanups();
+         const afterEach = [];
+         for (let i = 0; i < 3; i++) {
+           const pg = await startPostgres({ log: () => {} });
+           const whileRunning = pendingCleanups();
+           await pg.stop();
+           afterEach.push({ whileRunning, stopped: pendingCleanups() });
+         }
+         const running = await startPostgres({ log: () => {} });
+         dataDir = running.dataDir;
+         console.log(JSON.stringify({ before, afterEach, running: pendingCleanups(), port: running.port, dataDir }));
+         ${ending === "itself" ? "await runCleanups();" : "await new Promise(() => {});"}`,
+        ending,
+      );
+      const { before, afterEach, running, port, dataDir } = report;
+      assert.deepEqual(
+        afterEach,
+        [1, 2, 3].map(() => ({ whileRunning: before + 1, stopped: before })),
+        "each running cluster had its stop registered, and each stop removed it",
+      );
+      assert.equal(running, before + 1, "the cluster still running has its stop registered");
+      assert.equal(code, ending === "SIGINT" ? 130 : 0, stderr);
+      assert.deepEqual(
+        JSON.parse(await Deno.readTextFile(checked)),
+        { left: false },
+        `the running cluster was stopped and its directory ${dataDir} removed by the cleanups`,
+      );
+      Deno.listen({ hostname: "127.0.0.1", port }).close(); // its port is free
+    } finally {
+      await Deno.remove(checked).catch(() => {});
+    }
+  });
+}

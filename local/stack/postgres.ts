@@ -414,14 +414,18 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   const postmaster = child;
   const guard = watchdog;
   let stopped: Promise<void> | null = null;
+  // Registered while the cluster runs (Ctrl-C, the end of a test run), removed again by a stop: a
+  // process that starts and stops clusters over and over (the benchmarks) keeps none of them.
+  let forgetStop = () => {};
   const stop = () =>
     stopped ??= (async () => {
+      forgetStop();
       await endServer(postmaster, "SIGINT"); // fast shutdown
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       try {
         guard.kill("SIGKILL");
       } catch { /* gone */ }
     })();
-  onCleanup(stop);
+  forgetStop = onCleanup(stop);
   return { url, port, dataDir, stop };
 }
