@@ -429,3 +429,38 @@ for (const ending of ["SIGINT", "itself"] as const) {
     }
   });
 }
+
+Deno.test({
+  name:
+    "a readiness probe that never answers fails the start for the readiness deadline, not the probe's time",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // PATH finds the real initdb and postgres, and a pg_isready that never answers (killed by the start).
+  const real = findPostgresBinaries()!.binDir;
+  const bin = await Deno.makeTempDir({ prefix: "readsync-hung-probe-bin-" });
+  await Deno.chmod(bin, 0o755);
+  for (const name of ["initdb", "postgres"]) await Deno.symlink(`${real}/${name}`, `${bin}/${name}`);
+  await Deno.writeTextFile(`${bin}/pg_isready`, "#!/bin/sh\nexec sleep 600\n");
+  await Deno.chmod(`${bin}/pg_isready`, 0o755);
+  const path = Deno.env.get("PATH");
+  Deno.env.set("PATH", `${bin}:${path ?? "/usr/bin:/bin"}`);
+  try {
+    const { error, left, processes } = await guarded(
+      failedStart(() => startPostgres({ readyTimeoutMs: 3_000, log: () => {} })),
+      "the start",
+    );
+    assert.ok(error, "the start failed");
+    assert.match(
+      error.message,
+      /^PostgreSQL was not ready on port \d+ within 3 s \(the last pg_isready did not answer within [\d.]+ s\)/,
+      error.message,
+    );
+    assert.deepEqual(left, [`readsync-pg-templates-${Deno.uid() ?? "user"}`], "no cluster directory is left");
+    assert.deepEqual(processes, [], "no process is left behind");
+  } finally {
+    if (path === undefined) Deno.env.delete("PATH");
+    else Deno.env.set("PATH", path);
+    await Deno.remove(bin, { recursive: true });
+  }
+});

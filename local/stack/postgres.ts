@@ -31,6 +31,9 @@ export function freePort(): number {
  */
 const STEP_TIMEOUT_MS = 60_000;
 
+/** A child step killed for not having ended within its time (see `run`). */
+class StepTimedOut extends Error {}
+
 /**
  * Runs a child to its end; its stdout, and its stdout and stderr, as text. The child runs in a process
  * group of its own, killed whole (SIGKILL) once the child has ended, so that what it forked ends with it
@@ -80,7 +83,7 @@ async function run(
   await reading;
   const text = out.join("") + err.join("");
   if (timedOut) {
-    throw new Error(
+    throw new StepTimedOut(
       `${step} did not finish within ${timeoutMs / 1000} s and was killed (${cmd} ${args.join(" ")})` +
         (text ? `:\n${text}` : ""),
     );
@@ -152,6 +155,11 @@ export interface StartOptions {
   restoreOf?: string;
   /** How long each child step may take before it is killed (default 60 s); tests of the guard lower it. */
   stepTimeoutMs?: number;
+  /**
+   * How long the started server may take to take connections (a restore: to leave recovery) before the
+   * start fails saying so; default `stepTimeoutMs`. Tests of that deadline lower it alone.
+   */
+  readyTimeoutMs?: number;
 }
 
 const INITDB_ARGS = ["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"];
@@ -371,21 +379,35 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     watchdog.unref();
 
     // Ready once pg_isready answers; a restored cluster answers (read-only) while it recovers, and is
-    // ready once it has been promoted. The start (and the recovery) has stepTimeoutMs in all.
-    const deadline = Date.now() + stepTimeoutMs;
+    // ready once it has been promoted. The start (and the recovery) has readyTimeoutMs in all. A probe
+    // (pg_isready, psql) that does not answer within what is left of it is killed and counts as "not
+    // ready": the start then fails for the deadline, not for the probe's own (shorter) time.
+    const readyTimeoutMs = options.readyTimeoutMs ?? stepTimeoutMs;
+    const deadline = Date.now() + readyTimeoutMs;
     const restored = options.restoreOf !== undefined
       ? `the restored cluster (a base backup of ${options.restoreOf})`
       : null;
     let exited = false;
     postmaster.status.then(() => (exited = true));
     const asPostgres = ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres"];
-    while (true) {
+    let unanswered = "";
+    /** The probe's result, or null (and `unanswered` says so) when it was killed for its time. */
+    const probe = async (bin: string, args: string[]) => {
       const left = Math.max(1_000, deadline - Date.now());
-      const ready = await run(`${bins.binDir}/pg_isready`, [...asPostgres, "-q"], left);
-      const promoted = !ready.success || !restored ||
-        (await run(`${bins.binDir}/psql`, [...asPostgres, "-XAtc", "select pg_is_in_recovery()"], left))
-            .stdout.trim() === "f";
-      if (ready.success && promoted && !exited) break;
+      try {
+        unanswered = "";
+        return await run(`${bins.binDir}/${bin}`, [...asPostgres, ...args], left);
+      } catch (error) {
+        if (!(error instanceof StepTimedOut)) throw error;
+        unanswered = ` (the last ${bin} did not answer within ${(left / 1000).toFixed(1)} s)`;
+        return null;
+      }
+    };
+    while (true) {
+      const ready = (await probe("pg_isready", ["-q"]))?.success === true;
+      const promoted = !ready || !restored ||
+        (await probe("psql", ["-XAtc", "select pg_is_in_recovery()"]))?.stdout.trim() === "f";
+      if (ready && promoted && !exited) break;
       if (exited) {
         // Its last words (a FATAL) may still be on their way: the rest of its stderr, for at most 5 s.
         let waited: ReturnType<typeof setTimeout> | undefined;
@@ -395,10 +417,10 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
           `${restored ?? "PostgreSQL"} exited before it was ready on port ${port}:\n${stderrChunks.join("")}`,
         );
       }
-      if (Date.now() > deadline) {
+      if (Date.now() >= deadline) {
         throw new Error(
           `${restored ?? "PostgreSQL"} was not ${restored ? "out of recovery" : "ready"} on port ${port} ` +
-            `within ${stepTimeoutMs / 1000} s:\n${stderrChunks.join("")}`,
+            `within ${readyTimeoutMs / 1000} s${unanswered}:\n${stderrChunks.join("")}`,
         );
       }
       await new Promise((r) => setTimeout(r, 100));
