@@ -7,10 +7,11 @@
 //                              for a foreign key instead of failing to load keys
 // Anything else is a JSON 404, so a client pointed at the wrong path learns it at once.
 
-import { createFunctionsGateway } from "../functions/gateway.ts";
+import { createFunctionsGateway, type Service } from "../functions/gateway.ts";
 import { createRealtimeEndpoint } from "../realtime/endpoint.ts";
 
 export interface ApiContext {
+  /** The port to listen on; 0: one the OS picks as the server binds it (see startApiServer). */
   port: number;
   dbUrl: string;
   jwtSecret: string;
@@ -31,20 +32,46 @@ function localJwks(): { keys: unknown[] } {
   return { keys: [] };
 }
 
+/**
+ * Listens first, then makes the functions and Realtime for the URL it listens on (the functions read it
+ * as SUPABASE_URL); a request that comes before they are made waits for them. With port 0 the OS picks
+ * the port as the server binds it, so no other process can take it between a pick and the bind (as
+ * several test runs starting stacks at once on one machine did with a port picked and then released).
+ */
 export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
-  const url = `http://127.0.0.1:${ctx.port}`;
-  const functions = await createFunctionsGateway({ ...ctx, apiUrl: url });
-  const realtime = await createRealtimeEndpoint({ ...ctx, apiUrl: url });
-  const server = Deno.serve({ hostname: "127.0.0.1", port: ctx.port, onListen: () => {} }, (req, info) => {
-    const { pathname } = new URL(req.url);
-    if (pathname.startsWith("/functions/v1/")) return functions.handle(req, info);
-    if (pathname.startsWith("/realtime/v1/")) return realtime.handle(req, info);
-    if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
-    return Response.json(
-      { error: { code: "not_found", message: `No local service at ${pathname}` } },
-      { status: 404 },
-    );
-  });
+  const services = Promise.withResolvers<{ functions: Service; realtime: Service }>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: ctx.port, onListen: () => {} },
+    async (req, info) => {
+      const { pathname } = new URL(req.url);
+      if (pathname.startsWith("/functions/v1/")) return (await services.promise).functions.handle(req, info);
+      if (pathname.startsWith("/realtime/v1/")) return (await services.promise).realtime.handle(req, info);
+      if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
+      return Response.json(
+        { error: { code: "not_found", message: `No local service at ${pathname}` } },
+        { status: 404 },
+      );
+    },
+  );
+  const port = server.addr.port;
+  const url = `http://127.0.0.1:${port}`;
+  let functions: Service;
+  let realtime: Service;
+  try {
+    functions = await createFunctionsGateway({ ...ctx, port, apiUrl: url });
+    try {
+      realtime = await createRealtimeEndpoint({ ...ctx, port, apiUrl: url });
+    } catch (error) {
+      await functions.close();
+      throw error;
+    }
+  } catch (error) {
+    services.promise.catch(() => {}); // the requests that wait for them are answered 500
+    services.reject(error);
+    await server.shutdown();
+    throw error;
+  }
+  services.resolve({ functions, realtime });
   return {
     url,
     close: async () => {

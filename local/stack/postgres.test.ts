@@ -464,3 +464,72 @@ Deno.test({
     await Deno.remove(bin, { recursive: true });
   }
 });
+
+Deno.test({
+  name:
+    "a picked port taken before postgres binds it (another run's stack): the start goes on on another port",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // The port picker returns the port of another cluster, as when another run's stack took it after the pick.
+  const other = await startPostgres({ log: () => {} });
+  const heldPort = other.port;
+  const picked: number[] = [];
+  const pickPort = () => {
+    const port = picked.length === 0 ? heldPort : freePort();
+    picked.push(port);
+    return port;
+  };
+  const lines: string[] = [];
+  let pg: LocalPostgres | null = null;
+  try {
+    pg = await guarded(startPostgres({ pickPort, log: (line) => lines.push(line) }), "the start");
+    assert.equal(picked.length, 2, `one port taken, one more picked: ${picked.join(", ")}`);
+    assert.equal(pg.port, picked[1]);
+    assert.deepEqual(lines.filter((l) => l.includes("was taken")), [
+      `database: port ${heldPort} was taken before PostgreSQL could bind it; starting it on another`,
+    ]);
+    const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+    try {
+      const [{ dir }] = await sql<{ dir: string }[]>`select current_setting('data_directory') as dir`;
+      assert.equal(dir, `${pg.dataDir}/data`, "the cluster on that port is this start's");
+    } finally {
+      await sql.end();
+    }
+  } finally {
+    await pg?.stop();
+    await other.stop();
+  }
+});
+
+Deno.test({
+  name:
+    "a start whose every picked port is taken gives up after 5 attempts, saying so, and leaves nothing behind",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const held = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const heldPort = (held.addr as Deno.NetAddr).port;
+  let picks = 0;
+  try {
+    const { error, left, processes } = await guarded(
+      failedStart(() => startPostgres({ pickPort: () => (picks++, heldPort), log: () => {} })),
+      "the start",
+    );
+    assert.ok(error, "the start failed");
+    assert.equal(picks, 5);
+    assert.match(
+      error.message,
+      new RegExp(
+        `^PostgreSQL could not listen on a free port in 5 attempts: ports ${
+          Array(5).fill(heldPort).join(", ")
+        } were each taken`,
+      ),
+      error.message,
+    );
+    assert.deepEqual(left, [`readsync-pg-templates-${Deno.uid() ?? "user"}`], "no cluster directory is left");
+    assert.deepEqual(processes, [], "no process is left behind");
+  } finally {
+    held.close();
+  }
+});

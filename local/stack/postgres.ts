@@ -31,6 +31,9 @@ export function freePort(): number {
  */
 const STEP_TIMEOUT_MS = 60_000;
 
+/** How many ports a start picks before it gives up when each was taken before postgres could bind it. */
+const PORT_ATTEMPTS = 5;
+
 /** A child step killed for not having ended within its time (see `run`). */
 class StepTimedOut extends Error {}
 
@@ -153,6 +156,11 @@ export interface StartOptions {
    * not end within `stepTimeoutMs` rejects, saying which step and why, and leaves nothing behind.
    */
   restoreOf?: string;
+  /**
+   * Picks the port when `port` is not given (default: a port the OS says is free now); tests inject one
+   * that returns a port they hold, as another process that took it first would.
+   */
+  pickPort?: () => number;
   /** How long each child step may take before it is killed (default 60 s); tests of the guard lower it. */
   stepTimeoutMs?: number;
   /**
@@ -234,13 +242,17 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   const stepTimeoutMs = options.stepTimeoutMs ?? STEP_TIMEOUT_MS;
   await ensureSystemPackages(log);
   const bins = findPostgresBinaries()!;
-  const port = options.port ?? freePort();
-  // A server already on the port (another stack, `supabase start`, a system cluster) would answer
-  // pg_isready for ours, which cannot bind: the migrations would go into someone else's database.
-  assertPortFree(port);
+  // A port asked for that something holds (another stack, `supabase start`, a system cluster) is refused
+  // up front, saying so. A port picked here is not checked: another process (several test runs start
+  // stacks at once on one machine) may take it between the pick and postgres' bind anyway, so a server
+  // that cannot bind it is started again on another (PORT_ATTEMPTS in all, below).
+  const picked = options.port === undefined;
+  if (options.port !== undefined) assertPortFree(options.port);
+  let port = options.port ?? 0;
   const dataDir = await Deno.makeTempDir({ prefix: "readsync-pg-" });
-  let child: Deno.ChildProcess | null = null;
-  let watchdog: Deno.ChildProcess | null = null;
+  // Set by each launch below (the one of the last attempt, once it is ready).
+  let child = null as Deno.ChildProcess | null;
+  let watchdog = null as Deno.ChildProcess | null;
   // A start that fails, or is interrupted (Ctrl-C), leaves nothing behind: the server (an immediate
   // shutdown, which waits for its processes, so that none writes into the directory as it is removed),
   // its watchdog, the directory.
@@ -316,114 +328,150 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       await initdbInto(pgdata);
     }
 
-    const server = cmd("postgres", [
-      "-D",
-      pgdata,
-      "-p",
-      String(port),
-      "-k",
-      dataDir,
-      "-c",
-      "listen_addresses=127.0.0.1",
-      "-c",
-      "wal_level=logical",
-      "-c",
-      "max_connections=300",
-      "-c",
-      "shared_buffers=256MB",
-      "-c",
-      "log_min_messages=fatal",
-      // Supabase databases run in UTC, whatever the developer's machine: realtime.messages is
-      // partitioned by the UTC day of inserted_at, a timestamp without time zone taken from now().
-      "-c",
-      "timezone=UTC",
-      // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
-      // With asynchronous commit, logical decoding only streams WAL once the WAL writer has flushed
-      // it (every wal_writer_delay, 200 ms by default): 1 ms keeps the local Realtime endpoint's
-      // delivery from the WAL (local/realtime/wal.ts) prompt without paying a flush per commit.
-      ...(options.durable ? [] : [
+    const server = (port: number) =>
+      cmd("postgres", [
+        "-D",
+        pgdata,
+        "-p",
+        String(port),
+        "-k",
+        dataDir,
         "-c",
-        "fsync=off",
+        "listen_addresses=127.0.0.1",
         "-c",
-        "synchronous_commit=off",
+        "wal_level=logical",
         "-c",
-        "wal_writer_delay=1ms",
+        "max_connections=300",
         "-c",
-        "full_page_writes=off",
-      ]),
-    ]);
-    const postmaster = child = new Deno.Command(server.cmd, {
-      args: server.args,
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    const stderrChunks: string[] = [];
-    const stderrRead = (async () => {
-      for await (const chunk of postmaster.stderr.pipeThrough(new TextDecoderStream())) {
-        stderrChunks.push(chunk);
-      }
-    })().catch(() => {});
-
-    watchdog = new Deno.Command("setsid", {
-      args: [
-        "sh",
+        "shared_buffers=256MB",
         "-c",
-        `trap '' INT HUP; while kill -0 ${Deno.pid} 2>/dev/null; do sleep 1; done; ` +
-        `kill -INT ${postmaster.pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 ${postmaster.pid} 2>/dev/null || break; sleep 0.5; done; ` +
-        `kill -KILL ${postmaster.pid} 2>/dev/null; rm -rf '${dataDir}'`,
-      ],
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    watchdog.unref();
-
+        "log_min_messages=fatal",
+        // Supabase databases run in UTC, whatever the developer's machine: realtime.messages is
+        // partitioned by the UTC day of inserted_at, a timestamp without time zone taken from now().
+        "-c",
+        "timezone=UTC",
+        // Throwaway cluster: durability is not wanted, speed is (benchmarks say so beside their numbers).
+        // With asynchronous commit, logical decoding only streams WAL once the WAL writer has flushed
+        // it (every wal_writer_delay, 200 ms by default): 1 ms keeps the local Realtime endpoint's
+        // delivery from the WAL (local/realtime/wal.ts) prompt without paying a flush per commit.
+        ...(options.durable ? [] : [
+          "-c",
+          "fsync=off",
+          "-c",
+          "synchronous_commit=off",
+          "-c",
+          "wal_writer_delay=1ms",
+          "-c",
+          "full_page_writes=off",
+        ]),
+      ]);
     // Ready once pg_isready answers; a restored cluster answers (read-only) while it recovers, and is
     // ready once it has been promoted. The start (and the recovery) has readyTimeoutMs in all. A probe
     // (pg_isready, psql) that does not answer within what is left of it is killed and counts as "not
     // ready": the start then fails for the deadline, not for the probe's own (shorter) time.
     const readyTimeoutMs = options.readyTimeoutMs ?? stepTimeoutMs;
-    const deadline = Date.now() + readyTimeoutMs;
     const restored = options.restoreOf !== undefined
       ? `the restored cluster (a base backup of ${options.restoreOf})`
       : null;
-    let exited = false;
-    postmaster.status.then(() => (exited = true));
-    const asPostgres = ["-h", "127.0.0.1", "-p", String(port), "-U", "postgres"];
-    let unanswered = "";
-    /** The probe's result, or null (and `unanswered` says so) when it was killed for its time. */
-    const probe = async (bin: string, args: string[]) => {
-      const left = Math.max(1_000, deadline - Date.now());
-      try {
-        unanswered = "";
-        return await run(`${bins.binDir}/${bin}`, [...asPostgres, ...args], left);
-      } catch (error) {
-        if (!(error instanceof StepTimedOut)) throw error;
-        unanswered = ` (the last ${bin} did not answer within ${(left / 1000).toFixed(1)} s)`;
-        return null;
+    /** Starts the server on `port`: null once it is ready, or its stderr when it exited before. */
+    const launch = async (port: number): Promise<string | null> => {
+      const started = server(port);
+      const postmaster = child = new Deno.Command(started.cmd, {
+        args: started.args,
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      const stderrChunks: string[] = [];
+      const stderrRead = (async () => {
+        for await (const chunk of postmaster.stderr.pipeThrough(new TextDecoderStream())) {
+          stderrChunks.push(chunk);
+        }
+      })().catch(() => {});
+
+      watchdog = new Deno.Command("setsid", {
+        args: [
+          "sh",
+          "-c",
+          `trap '' INT HUP; while kill -0 ${Deno.pid} 2>/dev/null; do sleep 1; done; ` +
+          `kill -INT ${postmaster.pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 ${postmaster.pid} 2>/dev/null || break; sleep 0.5; done; ` +
+          `kill -KILL ${postmaster.pid} 2>/dev/null; rm -rf '${dataDir}'`,
+        ],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      watchdog.unref();
+
+      const deadline = Date.now() + readyTimeoutMs;
+      let exited = false;
+      postmaster.status.then(() => (exited = true));
+      // Through the server's own socket in dataDir, not TCP: another server on this port (one that took
+      // it first) cannot answer for ours. Ours has its TCP listener once it answers there (postgres
+      // binds TCP first, and exits if it cannot).
+      const asPostgres = ["-h", dataDir, "-p", String(port), "-U", "postgres"];
+      let unanswered = "";
+      /** The probe's result, or null (and `unanswered` says so) when it was killed for its time. */
+      const probe = async (bin: string, args: string[]) => {
+        const left = Math.max(1_000, deadline - Date.now());
+        try {
+          unanswered = "";
+          return await run(`${bins.binDir}/${bin}`, [...asPostgres, ...args], left);
+        } catch (error) {
+          if (!(error instanceof StepTimedOut)) throw error;
+          unanswered = ` (the last ${bin} did not answer within ${(left / 1000).toFixed(1)} s)`;
+          return null;
+        }
+      };
+      while (true) {
+        const ready = (await probe("pg_isready", ["-q"]))?.success === true;
+        const promoted = !ready || !restored ||
+          (await probe("psql", ["-XAtc", "select pg_is_in_recovery()"]))?.stdout.trim() === "f";
+        if (ready && promoted && !exited) return null;
+        if (exited) {
+          // Its last words (a FATAL) may still be on their way: the rest of its stderr, for at most 5 s.
+          let waited: ReturnType<typeof setTimeout> | undefined;
+          await Promise.race([stderrRead, new Promise((r) => waited = setTimeout(r, 5_000))]);
+          clearTimeout(waited);
+          return stderrChunks.join("");
+        }
+        if (Date.now() >= deadline) {
+          throw new Error(
+            `${restored ?? "PostgreSQL"} was not ${restored ? "out of recovery" : "ready"} on port ${port} ` +
+              `within ${readyTimeoutMs / 1000} s${unanswered}:\n${stderrChunks.join("")}`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 100));
       }
     };
-    while (true) {
-      const ready = (await probe("pg_isready", ["-q"]))?.success === true;
-      const promoted = !ready || !restored ||
-        (await probe("psql", ["-XAtc", "select pg_is_in_recovery()"]))?.stdout.trim() === "f";
-      if (ready && promoted && !exited) break;
-      if (exited) {
-        // Its last words (a FATAL) may still be on their way: the rest of its stderr, for at most 5 s.
-        let waited: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([stderrRead, new Promise((r) => waited = setTimeout(r, 5_000))]);
-        clearTimeout(waited);
+
+    const taken: number[] = [];
+    for (let attempt = 1;; attempt++) {
+      port = options.port ?? (options.pickPort ?? freePort)();
+      const exitedWith = await launch(port);
+      if (exitedWith === null) break;
+      // With log_min_messages=fatal only the FATAL is printed, not the bind's "Address already in use".
+      if (!picked || !/could not create any TCP\/IP sockets|Address already in use/.test(exitedWith)) {
         throw new Error(
-          `${restored ?? "PostgreSQL"} exited before it was ready on port ${port}:\n${stderrChunks.join("")}`,
+          `${restored ?? "PostgreSQL"} exited before it was ready on port ${port}:\n${exitedWith}`,
         );
       }
-      if (Date.now() >= deadline) {
+      // The port was taken between the pick and the bind: this attempt's server has exited; its watchdog
+      // goes too, and the data directory (which the server never used) is started on another port.
+      taken.push(port);
+      await child!.status;
+      try {
+        watchdog!.kill("SIGKILL");
+      } catch { /* gone */ }
+      await watchdog!.status;
+      if (attempt >= PORT_ATTEMPTS) {
         throw new Error(
-          `${restored ?? "PostgreSQL"} was not ${restored ? "out of recovery" : "ready"} on port ${port} ` +
-            `within ${readyTimeoutMs / 1000} s${unanswered}:\n${stderrChunks.join("")}`,
+          `PostgreSQL could not listen on a free port in ${PORT_ATTEMPTS} attempts: ports ${
+            taken.join(", ")
+          } ` +
+            `were each taken by another process before it could bind them:\n${exitedWith}`,
         );
       }
-      await new Promise((r) => setTimeout(r, 100));
+      log(`database: port ${port} was taken before PostgreSQL could bind it; starting it on another`);
     }
   } catch (error) {
     forgetAbandon();
@@ -433,8 +481,8 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
 
   forgetAbandon();
   const url = `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`;
-  const postmaster = child;
-  const guard = watchdog;
+  const postmaster = child!;
+  const guard = watchdog!;
   let stopped: Promise<void> | null = null;
   // Registered while the cluster runs (Ctrl-C, the end of a test run), removed again by a stop: a
   // process that starts and stops clusters over and over (the benchmarks) keeps none of them.

@@ -5,7 +5,7 @@ import { startApiServer } from "../api/server.ts";
 import { runCleanups } from "./cleanup.ts";
 import { applyBootstrapIfNeeded, pushMigrations } from "./database.ts";
 import { DEV_JWT_SECRET, devApiKeys } from "./keys.ts";
-import { freePort, startPostgres } from "./postgres.ts";
+import { startPostgres } from "./postgres.ts";
 
 export interface LocalStack {
   dbUrl: string;
@@ -99,8 +99,14 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
         log(`${inherited.join(", ")} set: the local functions ignore them (settings of a deployed function)`);
       }
       for (const name of FUNCTION_TARGET_VARIABLES) Deno.env.delete(name);
-      const port = options.apiPort === undefined || options.apiPort === 0 ? freePort() : options.apiPort;
-      const api = await startApiServer({ port, dbUrl, jwtSecret, anonKey, serviceRoleKey });
+      // 0: the server binds a port the OS picks (no pick-then-bind race with other processes).
+      const api = await startApiServer({
+        port: options.apiPort ?? 0,
+        dbUrl,
+        jwtSecret,
+        anonKey,
+        serviceRoleKey,
+      });
       apiUrl = api.url;
       closeApi = api.close;
     }
