@@ -6,14 +6,17 @@ import postgres from "postgres";
 import { freePort, type LocalPostgres, startPostgres } from "./postgres.ts";
 import { findPostgresBinaries } from "./system.ts";
 
-/** `promise`, or an error naming `what` once a hang guard of 30 s has passed (a guard, not a timing). */
-async function guarded<T>(promise: Promise<T>, what: string): Promise<T> {
+/** `promise`, or an error naming `what` once a hang guard (30 s) has passed (a guard, not a timing). */
+async function guarded<T>(promise: Promise<T>, what: string, guardMs = 30_000): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     return await Promise.race([
       promise,
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} did not end within 30 s`)), 30_000);
+        timer = setTimeout(
+          () => reject(new Error(`${what} did not end within ${guardMs / 1000} s`)),
+          guardMs,
+        );
       }),
     ]);
   } finally {
@@ -363,7 +366,8 @@ async function inOwnProcess(script: string, ending: "SIGINT" | "itself") {
   try {
     let printed = "";
     while (!printed.includes("\n")) {
-      const { value, done } = await guarded(lines.read(), "the script's report");
+      // Four cluster starts come before it: a generous guard for a loaded machine.
+      const { value, done } = await guarded(lines.read(), "the script's report", 120_000);
       if (done) throw new Error(`the script ended without a report:\n${printed}\n${await stderr}`);
       printed += value;
     }
