@@ -69,6 +69,7 @@ const TESTS = [
   "Sign out works before the page's script has run: a click signs out (a plain form POST), and the button stays where it was when the script runs, so a press begun before it still signs out",
   "Sign out in one tab while the other tab's check of /auth/token fails (no network): that tab asks again with the backoff and leaves, and sends nothing meanwhile",
   "before the page's script has run, Open series opens the series (a plain GET form) and Sync now is shown disabled; once it runs Sync now works, and the status area keeps its place",
+  "on a slow device, before the series page's script has run, its position form and Next page / Next chapter are shown disabled with a hint (a press did nothing, Save reloaded the page with the fields in its address); once it runs they work, in the same places",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1728,6 +1729,83 @@ async function main() {
               true,
               "the same document (a client-side navigation, no page load)",
             );
+            assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[24],
+        fn: async () => {
+          // A reader on a slow device: the series page is shown (server-rendered) well before its script
+          // runs, and its controls' handlers are the script's.
+          const email = `reader-p-${run}@readsync.test`;
+          const series = `turn-early-${run}`;
+          const { context, device } = await throwawayReader("reader P", email);
+          try {
+            const { page } = device;
+            await openSeries(device, series);
+            await setPosition(device, { chapter: 2, page: 20, percent: 2 });
+            await waitForOutboxEmpty(device);
+            const form = page.locator("main").getByTestId("position-form");
+            const controls = [
+              ...["chapter", "page", "percentage"].map((name) => form.locator(`input[name="${name}"]`)),
+              ...["save-position", "next-page", "next-chapter"].map((id) => form.getByTestId(id)),
+            ];
+            const placesOf = async () => {
+              const boxes = [];
+              for (const control of controls) {
+                const box = await control.boundingBox();
+                boxes.push(box && [box.x, box.y, box.width, box.height].map(Math.round));
+              }
+              return boxes;
+            };
+            const disabled = async () => {
+              const states = [];
+              for (const control of controls) states.push(await control.isDisabled());
+              return states;
+            };
+            const hint = form.getByTestId("position-form-waiting");
+
+            const scripts = await holdScripts(page);
+            await page.goto(`/series/${series}`, { waitUntil: "commit" });
+            await form.waitFor({ timeout: STEP_GUARD_MS });
+            await scripts.allHeld();
+            // Before, the fields took input the script's first render then put back, Next page and Next
+            // chapter did nothing, and Save (the form's own submit) reloaded the page with the fields in
+            // its address: now none of them can be used yet, and the form says why.
+            assertEqual(
+              await disabled(),
+              controls.map(() => true),
+              "the form's controls before the script ran",
+            );
+            const said = await hint.textContent({ timeout: STEP_GUARD_MS });
+            assert(/once the page has finished loading/i.test(said ?? ""), `a hint says why: ${said}`);
+            assertEqual(await positionOf(device), { chapter: 2, page: 20, percentage: 0.02 }, "shown");
+            const seen = await placesOf();
+            assert(seen.every(Boolean), "the fields and buttons are shown before the script runs");
+
+            await scripts.letGo();
+            await hydrated(page);
+            await eventually(
+              async () => assertEqual(await disabled(), controls.map(() => false), "the form's controls"),
+              { what: "the form to be usable once the script ran", timeoutMs: STEP_GUARD_MS },
+            );
+            assertEqual(await hint.count(), 0, "the hint once the form is usable");
+            assertEqual(await placesOf(), seen, "the fields' and buttons' places once the script ran");
+            await waitForStatus(device, "live");
+            assertEqual(await placesOf(), seen, "their places once live");
+            await form.getByTestId("next-page").click();
+            await waitForPosition(device, { chapter: 2, page: 21, percentage: 0.02 });
+            await form.getByTestId("next-chapter").click();
+            await waitForPosition(device, { chapter: 3, page: 1, percentage: 0.02 });
+            await waitForOutboxEmpty(device);
+            if (sql) {
+              const row = await storedRow(series, email);
+              assertEqual([row?.chapter, row?.page], [3, 1], "stored");
+            }
+            assertEqual(new URL(page.url()).search, "", "no form fields in the address");
             assertEqual(device.errors, [], "page errors");
           } finally {
             await context.close();

@@ -42,7 +42,7 @@ export function SeriesEditor(
 }
 
 function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: ProgressRow | null }) {
-  const { store, save, deviceId, status } = useSync();
+  const { store, save, deviceId, status, syncAvailable } = useSync();
   const seeded = useRef<ProgressRow | null | undefined>(undefined);
   if (seeded.current !== initialRow) {
     if (initialRow) store.seed([initialRow]);
@@ -116,30 +116,42 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
         </div>
       )}
 
+      {/* Disabled, every field and button, until the page's script has run and this user's session is
+          open (server-rendered, and on a slow device for a while after), as Sync now is: before, what was
+          typed there was put back once the script ran, Next page and Next chapter did nothing,
+          and Save (the form's own submit, with no handler yet) reloaded the page with the fields in its
+          address. The hint under the buttons says why; it goes without moving them. */}
       <form className="card" onSubmit={submit} data-testid="position-form">
         <h2>Set position</h2>
-        <div className="position">
-          <label>
-            Chapter
-            <input name="chapter" type="number" inputMode="numeric" required min={0} max={100000} step={1} value={draft.chapter} onChange={(e) => update("chapter", e.target.value)} />
-          </label>
-          <label>
-            Page
-            <input name="page" type="number" inputMode="numeric" required min={0} max={1000000} step={1} value={draft.page} onChange={(e) => update("page", e.target.value)} />
-          </label>
-          <label>
-            Percentage
-            <input name="percentage" type="number" inputMode="decimal" required min={0} max={100} step={0.1} value={draft.percent} onChange={(e) => update("percent", e.target.value)} />
-          </label>
-        </div>
-        <div className="actions">
-          <button type="submit" data-testid="save-position">Save position</button>
-          <button type="button" className="secondary" onClick={() => step("page")} data-testid="next-page">Next page</button>
-          <button type="button" className="secondary" onClick={() => step("chapter")} data-testid="next-chapter">Next chapter</button>
-          {dirty && (
-            <button type="button" className="secondary" onClick={() => { setDirty(false); setError(null); }}>Discard edits</button>
-          )}
-        </div>
+        <fieldset className="plain" disabled={!syncAvailable}>
+          <div className="position">
+            <label>
+              Chapter
+              <input name="chapter" type="number" inputMode="numeric" required min={0} max={100000} step={1} value={draft.chapter} onChange={(e) => update("chapter", e.target.value)} />
+            </label>
+            <label>
+              Page
+              <input name="page" type="number" inputMode="numeric" required min={0} max={1000000} step={1} value={draft.page} onChange={(e) => update("page", e.target.value)} />
+            </label>
+            <label>
+              Percentage
+              <input name="percentage" type="number" inputMode="decimal" required min={0} max={100} step={0.1} value={draft.percent} onChange={(e) => update("percent", e.target.value)} />
+            </label>
+          </div>
+          <div className="actions">
+            <button type="submit" data-testid="save-position">Save position</button>
+            <button type="button" className="secondary" onClick={() => step("page")} data-testid="next-page">Next page</button>
+            <button type="button" className="secondary" onClick={() => step("chapter")} data-testid="next-chapter">Next chapter</button>
+            {dirty && (
+              <button type="button" className="secondary" onClick={() => { setDirty(false); setError(null); }}>Discard edits</button>
+            )}
+          </div>
+        </fieldset>
+        {!syncAvailable && (
+          <p className="meta" data-testid="position-form-waiting">
+            Loading… you can set your position once the page has finished loading.
+          </p>
+        )}
         {error && <p className="notice notice-error" role="alert">{error}</p>}
       </form>
     </>
