@@ -70,6 +70,7 @@ const TESTS = [
   "Sign out in one tab while the other tab's check of /auth/token fails (no network): that tab asks again with the backoff and leaves, and sends nothing meanwhile",
   "before the page's script has run, Open series opens the series (a plain GET form) and Sync now is shown disabled; once it runs Sync now works, and the status area keeps its place",
   "on a slow device, before the series page's script has run, its position form and Next page / Next chapter are shown disabled with a hint (a press did nothing, Save reloaded the page with the fields in its address); once it runs they work, in the same places",
+  "on a slow device, an invalid id in Open series before the script has run gets a readable page (a 400) that keeps what was typed and opens the corrected id; an API-style caller still gets the JSON code",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1806,6 +1807,69 @@ async function main() {
               assertEqual([row?.chapter, row?.page], [3, 1], "stored");
             }
             assertEqual(new URL(page.url()).search, "", "no form fields in the address");
+            assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[25],
+        fn: async () => {
+          const email = `reader-i-${run}@readsync.test`;
+          const series = `open-fixed-${run}`;
+          const { context, device } = await throwawayReader("reader I", email);
+          try {
+            const { page } = device;
+            const scripts = await holdScripts(page);
+            await page.goto("/", { waitUntil: "commit" });
+            await scripts.allHeld();
+            // Typed and submitted before the library's script has run (so not checked in the page).
+            const typed = `<i>${series}</i> vol 2`;
+            const openForm = page.getByTestId("open-series");
+            await openForm.getByRole("textbox", { name: "Series id" }).fill(typed);
+            const answered = page.waitForResponse(
+              (response) => new URL(response.url()).pathname === "/open-series",
+              { timeout: STEP_GUARD_MS },
+            );
+            await openForm.getByRole("button", { name: "Open series" }).click();
+            const response = await answered;
+            assertEqual(response.status(), 400, "an invalid id is still refused");
+            assert(
+              (response.headers()["content-type"] ?? "").startsWith("text/html"),
+              `a page for the reader, not ${response.headers()["content-type"]}`,
+            );
+            // Before, the reader got the raw JSON error. Now a page says what is wrong, keeps what was
+            // typed (as text, never as markup) and opens the corrected id.
+            const refusal = page.getByRole("alert");
+            await refusal.waitFor({ timeout: STEP_GUARD_MS });
+            assertEqual(await refusal.getAttribute("data-error"), "invalid_series_id", "the code");
+            assert((await refusal.textContent()).includes(typed), "the refusal names what was typed");
+            assertEqual(await page.locator("i").count(), 0, "what was typed is not markup");
+            const field = page.getByRole("textbox", { name: "Series id" });
+            assertEqual(await field.inputValue(), typed, "what was typed, kept");
+            assertEqual(await page.getByRole("link", { name: /library/i }).getAttribute("href"), "/", "back");
+            await field.fill(series);
+            await page.getByRole("button", { name: "Open series" }).click();
+            await arrivedAt(page, `/series/${series}`);
+            await page.locator("main").getByTestId("position-form").waitFor({ timeout: STEP_GUARD_MS });
+            assertEqual(await page.getByTestId("series-title").textContent(), series, "the series shown");
+            await scripts.letGo();
+            await hydrated(page);
+
+            // An API-style caller (no HTML in its Accept) keeps the machine-readable answer.
+            for (const accept of ["application/json", "*/*"]) {
+              const api = await context.request.get(`/open-series?id=${encodeURIComponent(typed)}`, {
+                headers: { accept },
+                maxRedirects: 0,
+              });
+              assertEqual(api.status(), 400, `status for Accept: ${accept}`);
+              assertEqual((await api.json()).error, "invalid_series_id", `code for Accept: ${accept}`);
+              assert(
+                /\baccept\b/i.test(api.headers()["vary"] ?? ""),
+                `Vary names Accept (${api.headers()["vary"]})`,
+              );
+            }
             assertEqual(device.errors, [], "page errors");
           } finally {
             await context.close();
