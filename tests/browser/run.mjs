@@ -71,6 +71,7 @@ const TESTS = [
   "before the page's script has run, Open series opens the series (a plain GET form) and Sync now is shown disabled; once it runs Sync now works, and the status area keeps its place",
   "on a slow device, before the series page's script has run, its position form and Next page / Next chapter are shown disabled with a hint (a press did nothing, Save reloaded the page with the fields in its address); once it runs they work, in the same places",
   "on a slow device, an invalid id in Open series before the script has run gets a readable page (a 400) that keeps what was typed and opens the corrected id; an API-style caller still gets the JSON code",
+  "on a slow device, writes waiting from an earlier visit are counted once the page's script runs, after Sync now and the status, which keep their places",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1870,6 +1871,85 @@ async function main() {
                 `Vary names Accept (${api.headers()["vary"]})`,
               );
             }
+            assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[26],
+        fn: async () => {
+          const email = `reader-w-${run}@readsync.test`;
+          const series = `waiting-${run}`;
+          const { context, device } = await throwawayReader("reader W", email);
+          try {
+            const { page } = device;
+            // A write that waits: the API is unreachable (its connections refused) when it is made.
+            const writes = "**/functions/v1/progress**";
+            await page.route(
+              writes,
+              (route) =>
+                route.request().method() === "POST" ? route.abort("connectionrefused") : route.continue(),
+            );
+            await openSeries(device, series);
+            await setPosition(device, { chapter: 5, page: 50, percent: 5 });
+            const count = page.getByTestId("pending-count");
+            await eventually(
+              async () => assertEqual(await count.getAttribute("data-count"), "1", "waiting"),
+              {
+                what: "the write to wait",
+              },
+            );
+            // The next visit, on a slow device: the server knows nothing of it; the script finds it.
+            const placesOf = async () => {
+              const boxes = [];
+              for (const id of ["sync-now", "connection-status"]) {
+                const box = await page.getByTestId(id).boundingBox();
+                boxes.push(box && [box.x, box.y, box.width, box.height].map(Math.round));
+              }
+              return boxes;
+            };
+            const scripts = await holdScripts(page);
+            await page.goto("/", { waitUntil: "commit" });
+            await scripts.allHeld();
+            await page.getByTestId("sync-now").waitFor({ timeout: STEP_GUARD_MS });
+            assertEqual(await count.count(), 0, "no count before the script ran");
+            const seen = await placesOf();
+            assert(seen.every(Boolean), "Sync now and the status are shown before the script runs");
+            await scripts.letGo();
+            await hydrated(page);
+            await eventually(
+              async () => assertEqual(await count.getAttribute("data-count"), "1", "counted"),
+              {
+                what: "the waiting write to be counted",
+                timeoutMs: STEP_GUARD_MS,
+              },
+            );
+            assert(
+              (await count.textContent()).includes("1 change waiting to sync"),
+              `the count says so: ${await count.textContent()}`,
+            );
+            assertEqual(await placesOf(), seen, "Sync now's and the status's places once counted");
+            // The library shows it too, and the page hydrated without an error (the library's part is
+            // hydrated after the count: it showed the write the server's HTML did not have, React's #418).
+            const item = page.getByTestId(`library-item-${series}`);
+            await item.waitFor({ timeout: STEP_GUARD_MS });
+            assertEqual(
+              await item.getByTestId("library-position").textContent(),
+              "Chapter 5 · Page 50 · 5%",
+              "shown",
+            );
+            assertEqual(device.errors, [], "page errors once the script ran");
+            // Reachable again, Sync now sends it.
+            await page.unroute(writes);
+            const syncNow = page.getByTestId("sync-now");
+            await eventually(async () => assertEqual(await syncNow.isEnabled(), true, "Sync now offered"), {
+              what: "Sync now to be offered",
+            });
+            await syncNow.click();
+            await waitForOutboxEmpty(device);
+            if (sql) assertEqual((await storedRow(series, email))?.page, 50, "stored");
             assertEqual(device.errors, [], "page errors");
           } finally {
             await context.close();

@@ -142,6 +142,39 @@ Deno.test("the library lists every series newest first and leaves reset (cleared
   ]);
 });
 
+Deno.test("the server snapshot (React's while it hydrates) is the seeded rows only, as the server rendered them", () => {
+  // A write an earlier visit left in the outbox, loaded (SyncProvider's effect) before the page's content
+  // hydrates: that content must still render what the server's HTML has.
+  const storage = new MemoryStorage();
+  const earlier = new SyncStore(USER, defaultCompareRows);
+  earlier.attachStorage(storage);
+  earlier.addPending(write("atlas", T2, "tablet", 4));
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.attachStorage(storage);
+  store.applyServerRow(row("saga", T3, "phone", 9)); // Realtime, before the page hydrated
+  store.setError("Not saved yet (will retry)");
+  store.seed([row("saga", T1, "phone", 1), row("atlas", T1, "phone", 3)]);
+
+  const server = store.getServerSnapshot();
+  assert.deepEqual(server.library.map((v) => [v.seriesId, v.chapter, v.pending]), [
+    ["atlas", 3, false],
+    ["saga", 1, false],
+  ]);
+  assert.equal(server.pendingCount, 0);
+  assert.equal(server.lastError, null);
+  assert.equal(store.getServerSnapshot(), server, "the same snapshot until a seed changes it");
+  // What the device shows once hydrated: its waiting write, the newer row, the error.
+  const client = store.getSnapshot();
+  assert.equal(client.bySeries.get("atlas")!.chapter, 4);
+  assert.equal(client.bySeries.get("saga")!.chapter, 9);
+  assert.equal(client.pendingCount, 1);
+
+  store.seed([row("saga", T2, "phone", 2)]); // a newer server-rendered page
+  assert.equal(store.getServerSnapshot().bySeries.get("saga")!.chapter, 2);
+  store.seed([row("saga", T1, "phone", 1)]); // an older one changes nothing
+  assert.equal(store.getServerSnapshot().bySeries.get("saga")!.chapter, 2);
+});
+
 Deno.test("the outbox survives a reload (per user) and a newer write replaces an older one for the series", () => {
   const storage = new MemoryStorage();
   const first = new SyncStore(USER, defaultCompareRows);

@@ -37,7 +37,7 @@ export function ConnectionStatus() {
       {/* The outcome shows where the status already does: the waiting count, the status, the error banner. */}
       <button
         type="button"
-        className="secondary"
+        className="secondary sync-now"
         data-testid="sync-now"
         data-state={syncNowState}
         disabled={busy || !syncAvailable}
@@ -45,7 +45,11 @@ export function ConnectionStatus() {
         title={syncAvailable ? SYNC_NOW_TITLES[syncNowState] : "Available once the page has finished loading."}
         onClick={syncNow}
       >
-        {busy ? "Syncing…" : "Sync now"}
+        <span>{busy ? "Syncing…" : "Sync now"}</span>
+        {/* The other label, unseen and unread: the button is as wide as the wider of the two whatever it
+            says, so the status after it keeps its place when a send starts (as one does when the script
+            runs and finds changes waiting). */}
+        <span className="sizer" aria-hidden="true">{busy ? "Sync now" : "Syncing…"}</span>
       </button>
       <span className="status" role="status" aria-live="polite" data-testid="connection-status" data-status={status} title={TITLES[status]}>
         <span className="dot" aria-hidden="true" />

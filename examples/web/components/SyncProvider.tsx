@@ -228,5 +228,5 @@ export function SessionChanged() {
 
 export function useSyncSnapshot(): SyncSnapshot {
   const { store } = useSync();
-  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot);
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getServerSnapshot);
 }

@@ -108,6 +108,9 @@ export class SyncStore {
   #sharedRefusal: string | null = null;
   #listeners = new Set<() => void>();
   #snapshot: SyncSnapshot;
+  /** The newest row of each series the server-rendered pages were seeded with (getServerSnapshot). */
+  #seeded = new Map<string, ProgressRow>();
+  #seededSnapshot: SyncSnapshot | null = null;
   #version = 0;
 
   #storage: Storage | null = null;
@@ -140,13 +143,29 @@ export class SyncStore {
   getSnapshot = (): SyncSnapshot => this.#snapshot;
 
   /**
+   * What the server rendered: the rows pages were seeded with and nothing of this device (no pending
+   * write, notice or error); React's snapshot while it hydrates, then getSnapshot's. A page's content
+   * is hydrated after the layout (a Suspense boundary of its own), so after SyncProvider's effect has
+   * loaded the outbox an earlier visit left: with getSnapshot there, the library or the series showed a
+   * waiting write the server's HTML did not have, a hydration error (React's #418).
+   */
+  getServerSnapshot = (): SyncSnapshot =>
+    this.#seededSnapshot ??= this.#build({ confirmed: this.#seeded, pending: new Map(), notices: new Map(), lastError: null });
+
+  /**
    * Rows from the server-rendered page; silent (no listeners run) because it happens during render.
    * Another user's rows are left out (a page rendered for the session another tab signed in).
    */
   seed(rows: readonly ProgressRow[]): void {
     let changed = false;
     for (const row of rows) {
-      if (row.user_id === this.userId) changed = this.#mergeConfirmed(row) || changed;
+      if (row.user_id !== this.userId) continue;
+      changed = this.#mergeConfirmed(row) || changed;
+      const seeded = this.#seeded.get(row.series_id);
+      if (!seeded || this.#serverOrder(row, seeded) > 0) {
+        this.#seeded.set(row.series_id, row);
+        this.#seededSnapshot = null;
+      }
     }
     if (changed) this.#snapshot = this.#build();
   }
@@ -412,12 +431,19 @@ export class SyncStore {
     for (const listener of [...this.#listeners]) listener();
   }
 
-  #build(): SyncSnapshot {
+  #build(
+    from: {
+      confirmed: ReadonlyMap<string, ProgressRow>;
+      pending: ReadonlyMap<string, PendingWrite>;
+      notices: ReadonlyMap<string, ConflictNotice>;
+      lastError: string | null;
+    } = { confirmed: this.#confirmed, pending: this.#pending, notices: this.#notices, lastError: this.#lastError },
+  ): SyncSnapshot {
     const bySeries = new Map<string, SeriesView>();
-    const ids = new Set([...this.#confirmed.keys(), ...this.#pending.keys()]);
+    const ids = new Set([...from.confirmed.keys(), ...from.pending.keys()]);
     for (const id of ids) {
-      const confirmed = this.#confirmed.get(id);
-      const pending = this.#pending.get(id);
+      const confirmed = from.confirmed.get(id);
+      const pending = from.pending.get(id);
       // The pending write once it is newer; under the confirmed version's key with another position it
       // is this device's later save (the server stores it 1 ms after), so it is what will be shown.
       // (A third position under one key would lose as stale, README, Schema decisions; the dating in
@@ -442,9 +468,9 @@ export class SyncStore {
       version: ++this.#version,
       library,
       bySeries,
-      notices: new Map(this.#notices),
-      pendingCount: this.#pending.size,
-      lastError: this.#lastError,
+      notices: new Map(from.notices),
+      pendingCount: from.pending.size,
+      lastError: from.lastError,
     };
   }
 
