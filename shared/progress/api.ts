@@ -714,8 +714,9 @@ export function subscribeToProgress(
       // a session-less client would otherwise catch up and poll as anon (refused).
       // A 401 for a token that setAccessToken() replaced while the call was under way (the client's
       // own token source refreshes it on the way out, after this header was fixed: a tab shown again
-      // after its token ran out) is asked again once with the new token.
-      changesSince: async (cursor, { signal }) => {
+      // after its token ran out) is asked again once with the new token, and the service told so
+      // (sentWith): a 401 for that one too is then read again only for a newer token, not with it.
+      changesSince: async (cursor, { signal, sentWith }) => {
         const read = (token: string | null) =>
           changesSince(client, typeof cursor === "string" ? cursor : null, { limit: changesLimit }, {
             ...api,
@@ -729,6 +730,7 @@ export function subscribeToProgress(
         } catch (error) {
           const replaced = service.accessToken;
           if (error instanceof ProgressApiError && error.status === 401 && replaced && replaced !== sent) {
+            sentWith?.(replaced);
             return await read(replaced);
           }
           throw error;

@@ -146,7 +146,18 @@ export interface ChangesPage {
  */
 export type ChangesSince = (
   cursor: unknown,
-  context: { userId: string; signal: AbortSignal },
+  context: {
+    userId: string;
+    signal: AbortSignal;
+    /**
+     * For a changesSince that sends its call again with another token than the one the service read
+     * with when the call began (RealtimeService.readToken; subscribeToProgress's asks a call refused
+     * 401 again with the token setAccessToken() put in place meanwhile): the token it sent last. A
+     * 401 for the call is then read again only for a token newer than that one, not with the one
+     * just refused (#readAgainForNewToken).
+     */
+    sentWith?: (token: string | null) => void;
+  },
 ) => Promise<ChangesPage>;
 
 /**
@@ -1935,7 +1946,7 @@ class UserLink<Row extends LwwRow> {
       try {
         for (let page = 0; page < 1000; page++) {
           sentToken = this.service.readToken;
-          const result = await this.#changesSince(signal);
+          const result = await this.#changesSince(signal, (token) => sentToken = token);
           if (this.#closed) return "failed";
           for (const raw of result.changes ?? []) {
             const row = this.service.parseRow(raw);
@@ -2011,9 +2022,10 @@ class UserLink<Row extends LwwRow> {
   /**
    * One changesSince call that cannot hang the link: after requestTimeoutMs (or on close, or when
    * `stop` aborts) its signal aborts and the service stops waiting for it, whether or not the call
-   * honours the signal.
+   * honours the signal. `sentWith` hears the token the call says it was sent again with (ChangesSince),
+   * until then.
    */
-  async #changesSince(stop?: AbortSignal): Promise<ChangesPage> {
+  async #changesSince(stop?: AbortSignal, sentWith?: (token: string | null) => void): Promise<ChangesPage> {
     const controller = new AbortController();
     // Listening before anything can abort it: a round queued behind another may start with its
     // signal already aborted (a drop ended the read it was), and must fail at once, not hang.
@@ -2040,6 +2052,10 @@ class UserLink<Row extends LwwRow> {
       const call = Promise.resolve(this.service.options.changesSince(this.#cursor, {
         userId: this.userId,
         signal: controller.signal,
+        // Not once the service stopped waiting: the round has ended, and a later one reads its own.
+        sentWith: (token) => {
+          if (!controller.signal.aborted) sentWith?.(token);
+        },
       }));
       call.catch(() => {}); // when abandoned, its late failure is nobody's business
       return await Promise.race([call, aborted]);

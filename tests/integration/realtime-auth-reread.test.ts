@@ -249,3 +249,68 @@ Deno.test({
     await a.client.realtime.disconnect();
   }
 });
+
+Deno.test({
+  name:
+    "realtime auth, explicit token: a read refused 401 whose call subscribeToProgress asked again with the token set meanwhile, refused too, is not asked a third time with that token",
+  ...noSanitize,
+  ignore: !mintsTokens, // tokens the API refuses (tests/support/env.ts)
+}, async () => {
+  // The web app's wiring: a session-less client, the token given to subscribeToProgress and replaced
+  // with setAccessToken(). A read sent with T1 and refused 401 after setAccessToken(T2) is asked again
+  // with T2 by subscribeToProgress's changesSince (5243d81); when T2 is refused too, the service must
+  // wait for a newer token (or the backoff) and not read once more with T2, which has just been
+  // refused. Every GET /changes the client sends is counted with its token; the first is held at the
+  // client's fetch until T2 has been set (a signal, not a wait). No session (the Auth stand-in is not
+  // asked), and Realtime is unreachable: only reads bring anything.
+  const a = await createTestUser();
+  const t1 = await a.newAccessToken(-60);
+  const t2 = await a.newAccessToken(-30);
+  const t3 = await a.newAccessToken(3600);
+  const series = seriesId("after-t3");
+  await writeThroughApi(t3, { series_id: series, chapter: 3, device_id: "phone" });
+  const gate = { held: false, release: () => {} };
+  const laptop = device(a, {
+    realtimeUnreachable: true,
+    beforeRead: (n) =>
+      n === 0
+        ? new Promise<void>((release) => Object.assign(gate, { held: true, release }))
+        : Promise.resolve(),
+  });
+  const { client, reads } = laptop;
+  const named = (token: string | null) =>
+    token === t1 ? "T1" : token === t2 ? "T2" : token === t3 ? "T3" : "?";
+  const seen = () => reads.map((r) => `${named(r.token)} ${r.status}`);
+  const logs: Record<string, unknown>[] = [];
+  const changes: ProgressChange[] = [];
+  const outcomes: string[] = [];
+  const subscription = subscribeToProgress(client, a.id, (change) => changes.push(change), {
+    accessToken: t1,
+    pollIntervalMs: 300_000,
+    backoff: { initialMs: 600_000, maxMs: 600_000 },
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  subscription.onRead((outcome) => outcomes.push(outcome));
+  try {
+    await waitFor("the first read held at the client", () => gate.held, { timeoutMs: 30_000 });
+    await subscription.service.setAccessToken(t2);
+    gate.release();
+    // The held read (T1: 401), asked again with T2 (401): the round fails.
+    await waitFor("the first read's end", () => outcomes.length >= 1, { timeoutMs: 30_000 });
+    assert.deepEqual(outcomes, ["failed"]);
+    // Whatever the service does next for T2 is decided at that end (a read made now for a new token
+    // starts before it returns); a third read would be under way or done by the next token.
+    await subscription.service.setAccessToken(t3);
+    await waitFor(
+      "the update, read with T3",
+      () => changes.some((c) => c.row.series_id === series),
+      { timeoutMs: 30_000 },
+    );
+    assert.deepEqual(seen(), ["T1 401", "T2 401", "T3 200"], "no read again with T2, refused already");
+  } finally {
+    gate.release();
+    await subscription.unsubscribe();
+    await laptop.close();
+    await a.client.realtime.disconnect();
+  }
+});
