@@ -24,8 +24,8 @@
 // of the server, which has no stable key: stamp writes with the server's clock, `api.now()`, and the
 // API never sees one.)
 //
-// Options out of range (timeoutMs, retry's fields; changesSince's limit, subscribeToProgress's
-// changesLimit) are a RangeError naming the option, and of the wrong type (not a number; a retry that
+// Options out of range (timeoutMs, retry's fields; listProgress's and changesSince's limit,
+// subscribeToProgress's changesLimit) are a RangeError naming the option, and of the wrong type (not a number; a retry that
 // is not an object, null or an array) a TypeError, before any request: a call's rejection, and thrown
 // by createProgressApi and subscribeToProgress, which return at once (see checkApiOptions).
 
@@ -176,6 +176,8 @@ const DELAY_MS: NumberRule = { min: 0, max: MAX_TIMER_MS, unit: "milliseconds" }
  * not spell in digits, such as 1.5 or 1e+21).
  */
 const CHANGES_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.changesMax, whole: true };
+/** listProgress's limit: a whole number from 1 to the API's largest library page (as CHANGES_LIMIT). */
+const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: true };
 
 /**
  * Throws for the first of `timeoutMs`, `random` (a TypeError unless a function, as RealtimeService's
@@ -508,12 +510,18 @@ export interface ListProgressOptions {
   includeCleared?: boolean;
 }
 
-/** GET /progress: the library, newest first; pass next_cursor back for the next page. */
+/**
+ * GET /progress: the library, newest first; pass next_cursor back for the next page. `limit`, the page
+ * size, is checked as changesSince's is, against the function's own range (LIST_LIMIT, 1 to
+ * PROGRESS_LIMITS.listMax): out of it a RangeError, not a number (null too) a TypeError, before any
+ * request.
+ */
 export async function listProgress(
   client: FunctionsCapableClient,
   query: ListProgressOptions = {},
   options: ProgressApiOptions = {},
 ): Promise<ProgressListResponse> {
+  checkNumberOption(query.limit, LIST_LIMIT, "listProgress", "limit");
   const params = new URLSearchParams();
   if (query.limit !== undefined) params.set("limit", String(query.limit));
   if (query.cursor) params.set("cursor", query.cursor);

@@ -121,7 +121,7 @@ Deno.test("typed errors: ValidationError (local and from the server), AuthError,
   assert.equal(hits, 0, "no request was sent for a locally invalid write");
 
   // Refused by the server.
-  e = await rejection(listProgress(client, { limit: 0 }, fast));
+  e = await rejection(listProgress(client, { cursor: "not-a-cursor" }, fast));
   assert.deepEqual([e instanceof ValidationError, e.status, e.code], [true, 422, "validation_failed"]);
   assert.ok(e.requestId, "the request id of the answer is kept");
   e = await rejection(changesSince(client, "not-a-cursor", {}, fast));
@@ -1224,6 +1224,31 @@ Deno.test({
       await client.realtime.disconnect();
     }
   },
+});
+
+Deno.test("listProgress's limit: the client's bound is the function's (200 read, 201 refused here as there)", async () => {
+  const user = await createTestUser();
+  const max = PROGRESS_LIMITS.listMax;
+  const listUrls: string[] = [];
+  const client = clientFor(user.accessToken, testEnv().url, (url) => {
+    if (new URL(url).pathname === "/functions/v1/progress") listUrls.push(url);
+  });
+  // The function: a page of `max` is answered, one more is a 422 (asked without the typed client,
+  // which refuses it).
+  assert.deepEqual((await listProgress(client, { limit: max })).items, []);
+  assert.equal(new URL(listUrls[0]).searchParams.get("limit"), String(max));
+  const { error } = await client.functions.invoke(`progress?limit=${max + 1}`, { method: "GET" });
+  const answer = (error as { context?: unknown } | null)?.context;
+  assert.ok(answer instanceof Response, `an HTTP answer (got ${error})`);
+  assert.deepEqual([answer.status, (await answer.json()).error.code], [422, "validation_failed"]);
+  // The client: one more is refused at once, before any request (was: sent, and that 422).
+  await assert.rejects(
+    listProgress(client, { limit: max + 1 }),
+    (error: Error) =>
+      error instanceof RangeError &&
+      error.message === `listProgress option limit must be a whole number from 1 to ${max} (got ${max + 1})`,
+  );
+  assert.equal(listUrls.length, 2, "the refused listProgress sent nothing");
 });
 
 /**

@@ -196,65 +196,90 @@ Deno.test("createProgressApi: an option out of range throws a RangeError at once
 });
 
 /**
- * changesSince's limit and whether the client takes it: the function's range (a whole number from 1
- * to PROGRESS_LIMITS.changesMax, 500), as subscribeToProgress's changesLimit; out of it a RangeError,
- * not a number a TypeError (the query string spelled any of them, and the function answered 400 or 422).
+ * A page-size limit and whether the client takes it, for a largest page `max`: the function's range (a
+ * whole number from 1 to `max`); out of it a RangeError, not a number a TypeError (the query string
+ * spelled any of them, and the function answered 400 or 422).
  */
-const CHANGES_LIMITS: [unknown, true | ErrorConstructor][] = [
-  [undefined, true],
-  [1, true],
-  [PROGRESS_LIMITS.changesMax, true],
-  [0, RangeError],
-  [-0, RangeError],
-  [-1, RangeError],
-  [1.5, RangeError],
-  [PROGRESS_LIMITS.changesMax + 1, RangeError],
-  [1e21, RangeError],
-  [NaN, RangeError],
-  [Infinity, RangeError],
-  ["100", TypeError],
-  [null, TypeError],
-  [true, TypeError],
+function limitValues(max: number): [unknown, true | ErrorConstructor][] {
+  return [
+    [undefined, true],
+    [1, true],
+    [max, true],
+    [0, RangeError],
+    [-0, RangeError],
+    [-1, RangeError],
+    [1.5, RangeError],
+    [max + 1, RangeError],
+    [1e21, RangeError],
+    [NaN, RangeError],
+    [Infinity, RangeError],
+    ["100", TypeError],
+    [null, TypeError],
+    [true, TypeError],
+  ];
+}
+
+/**
+ * The calls taking a limit, with the largest page the function answers: changesSince (500, as
+ * subscribeToProgress's changesLimit) and listProgress (200), each plain and through createProgressApi.
+ */
+const LIMITED_CALLS: {
+  name: string;
+  max: number;
+  plain: (client: SupabaseClient, limit: number) => Promise<unknown>;
+  bound: (api: ReturnType<typeof createProgressApi>, limit: number) => Promise<unknown>;
+}[] = [
+  {
+    name: "changesSince",
+    max: PROGRESS_LIMITS.changesMax,
+    plain: (client, limit) => changesSince(client, null, { limit }, { retry: { attempts: 1 } }),
+    bound: (api, limit) => api.changesSince(null, { limit }),
+  },
+  {
+    name: "listProgress",
+    max: PROGRESS_LIMITS.listMax,
+    plain: (client, limit) => listProgress(client, { limit }, { retry: { attempts: 1 } }),
+    bound: (api, limit) => api.listProgress({ limit }),
+  },
 ];
 
-Deno.test("changesSince: a limit out of the function's range is a rejected RangeError (not a number: TypeError) naming it, before any request", async () => {
-  const { client, requests } = countingClient();
-  const api = createProgressApi(client, { retry: { attempts: 1 } });
-  for (const [limit, expected] of CHANGES_LIMITS) {
-    const calls: [string, () => Promise<unknown>][] = [
-      [
-        "changesSince",
-        () => changesSince(client, null, { limit: limit as number }, { retry: { attempts: 1 } }),
-      ],
-      ["createProgressApi's changesSince", () => api.changesSince(null, { limit: limit as number })],
-    ];
-    for (const [where, call] of calls) {
-      const before = requests();
-      let promise!: Promise<unknown>;
-      assert.doesNotThrow(
-        () => promise = call(),
-        `${where} limit ${String(limit)}: a rejection, not a throw`,
-      );
-      const error = await promise.then(() => assert.fail("the closed port answered"), (e: unknown) => e);
-      if (expected === true) {
-        // Taken: sent (to a closed port).
-        assert.ok(error instanceof NetworkError, `${where} limit ${String(limit)}: sent (got ${error})`);
-        assert.equal(requests(), before + 1, `${where} limit ${String(limit)}: one request`);
-        continue;
+for (const { name, max, plain, bound } of LIMITED_CALLS) {
+  Deno.test(`${name}: a limit out of the function's range (1 to ${max}) is a rejected RangeError (not a number: TypeError) naming it, before any request`, async () => {
+    const { client, requests } = countingClient();
+    const api = createProgressApi(client, { retry: { attempts: 1 } });
+    for (const [limit, expected] of limitValues(max)) {
+      const calls: [string, () => Promise<unknown>][] = [
+        [name, () => plain(client, limit as number)],
+        [`createProgressApi's ${name}`, () => bound(api, limit as number)],
+      ];
+      for (const [where, call] of calls) {
+        const before = requests();
+        let promise!: Promise<unknown>;
+        assert.doesNotThrow(
+          () => promise = call(),
+          `${where} limit ${String(limit)}: a rejection, not a throw`,
+        );
+        const error = await promise.then(() => assert.fail("the closed port answered"), (e: unknown) => e);
+        if (expected === true) {
+          // Taken: sent (to a closed port).
+          assert.ok(error instanceof NetworkError, `${where} limit ${String(limit)}: sent (got ${error})`);
+          assert.equal(requests(), before + 1, `${where} limit ${String(limit)}: one request`);
+          continue;
+        }
+        assert.ok(
+          error instanceof expected,
+          `${where} limit ${String(limit)}: ${expected.name} (got ${error})`,
+        );
+        const shown = typeof limit === "string" ? JSON.stringify(limit) : String(limit);
+        assert.equal(
+          error.message,
+          `${name} option limit must be a whole number from 1 to ${max} (got ${shown})`,
+        );
+        assert.equal(requests(), before, `${where} limit ${String(limit)}: no request`);
       }
-      assert.ok(
-        error instanceof expected,
-        `${where} limit ${String(limit)}: ${expected.name} (got ${error})`,
-      );
-      const shown = typeof limit === "string" ? JSON.stringify(limit) : String(limit);
-      assert.equal(
-        error.message,
-        `changesSince option limit must be a whole number from 1 to ${PROGRESS_LIMITS.changesMax} (got ${shown})`,
-      );
-      assert.equal(requests(), before, `${where} limit ${String(limit)}: no request`);
     }
-  }
-});
+  });
+}
 
 Deno.test({
   name:
