@@ -7,9 +7,9 @@
 // (an environment variable's text: `<where> environment variable <name>`; a required argument:
 // `<where> argument <name>`)
 //
-// A value of the wrong type (not a number; for an object option, not an object, null or an array; for
-// a function option, not a function; for a token, not a non-empty string) is a TypeError, a number out
-// of range a RangeError. A value given as undefined is not given (its
+// A value of the wrong type (not a number; for an object option, not a plain object: null, an array, a
+// Map or a class instance too; for a function option, not a function; for a token, not a non-empty
+// string) is a TypeError, a number out of range a RangeError. A value given as undefined is not given (its
 // default applies): nothing here refuses it but a required argument.
 
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it a timer fires after 1 ms. */
@@ -57,8 +57,25 @@ function shownValue(value: unknown): string {
   if (typeof value === "symbol") return "a symbol";
   if (typeof value === "function") return "a function";
   if (Array.isArray(value)) return "an array";
-  if (value !== null && typeof value === "object") return "an object";
+  if (value !== null && typeof value === "object") {
+    if (isPlainObject(value)) return "an object";
+    // A class's instance by its class ("a Map", "a Headers"), as far as its constructor says.
+    const name = (Object.getPrototypeOf(value) as { constructor?: { name?: unknown } }).constructor?.name;
+    return typeof name === "string" && /^[A-Za-z_$][\w$]{0,39}$/.test(name)
+      ? `${/^[AEIOU]/.test(name) ? "an" : "a"} ${name}`
+      : "an object that is not plain";
+  }
   return String(value);
+}
+
+/**
+ * Whether `value` is a plain object: made by `{...}` or Object.create(null), not an array, a Map, a
+ * Headers, a Date or any other class's instance, whose state is not its own enumerable fields.
+ */
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== "object") return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
 }
 
 /**
@@ -118,12 +135,23 @@ export function checkEnvNumber(
 }
 
 /**
- * Throws a TypeError unless `value` is an object other than null or an array (or undefined: not
- * given), naming the option as above.
+ * Throws a TypeError unless `value` is a plain object (isPlainObject; or undefined: not given), naming
+ * it as `<where> <kind> <name>` (kind "option" unless said). Its fields are read as options (and a
+ * shared service's compared by them: subscribeToProgress), so null, an array, a Map, a Headers, a Date
+ * or a class's instance is refused: such a value was taken with its fields read as not given (a Map's
+ * or a Headers' entries are no fields), or, for a class's own fields or getters, read by one check and
+ * not by another.
  */
-export function checkObjectOption(value: unknown, where: string, name: string): void {
-  if (value === undefined || (value !== null && typeof value === "object" && !Array.isArray(value))) return;
-  throw new TypeError(`${where} option ${name} must be an object (got ${shownValue(value)})`);
+export function checkObjectOption(
+  value: unknown,
+  where: string,
+  name: string,
+  how: { kind?: string } = {},
+): void {
+  if (value === undefined || isPlainObject(value)) return;
+  throw new TypeError(
+    `${where} ${how.kind ?? "option"} ${name} must be a plain object (got ${shownValue(value)})`,
+  );
 }
 
 /**

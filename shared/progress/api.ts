@@ -182,8 +182,8 @@ const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: tr
 /**
  * Throws for the first of `timeoutMs`, `random` (a TypeError unless a function, as RealtimeService's
  * random: null too, which was taken as Math.random, and anything else thrown at the first retry),
- * `retry` (a TypeError unless an object, not null or an array) and `retry`'s fields outside its
- * range, naming it as `<where> option <prefix><name>`. A field given as undefined is not given (its
+ * `headers` and `retry` (a TypeError unless a plain object: not null, an array, a Headers, a Map or
+ * a class's instance) and `retry`'s fields outside its range, naming it as `<where> option <prefix><name>`. A field given as undefined is not given (its
  * default applies).
  * timeoutMs takes 1 to MAX_TIMER_MS ms (TIMER_MS): below 1, Infinity or past MAX_TIMER_MS, setTimeout
  * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
@@ -194,12 +194,14 @@ const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: tr
  * Infinity retried without end.
  */
 function checkApiOptions(
-  options: Pick<ProgressApiOptions, "timeoutMs" | "retry" | "random">,
+  options: Pick<ProgressApiOptions, "timeoutMs" | "retry" | "random" | "headers">,
   where: string,
   prefix = "",
 ) {
   checkNumberOption(options.timeoutMs, TIMER_MS, where, `${prefix}timeoutMs`);
   checkFunctionOption(options.random, where, `${prefix}random`);
+  // A Headers or a Map was spread into the request's headers as none at all.
+  checkObjectOption(options.headers, where, `${prefix}headers`);
   const retry: unknown = options.retry;
   checkObjectOption(retry, where, `${prefix}retry`);
   if (retry === undefined) return;
@@ -600,7 +602,8 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
 
 /**
  * Throws for an option out of range or of the wrong type, as a first call on a client would: of
- * subscribeToProgress's own, api itself (a TypeError unless an object, not null or an array),
+ * subscribeToProgress's own, the options argument and api itself (a TypeError unless a plain object:
+ * not null, an array, a Map or a class's instance, whose fields checkSharedOptions could not compare),
  * api.timeoutMs and api.retry as for the plain calls (checkApiOptions), and changesLimit, a whole
  * number from 1 to the API's largest changes page (PROGRESS_LIMITS.changesMax, which the function
  * answers 422 above); then the service's, as its constructor checks them (checkRealtimeServiceOptions,
@@ -611,6 +614,7 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
  * together (attemptTimeoutMsOf) is judged where the service is made, on the options it runs with.
  */
 function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
+  checkObjectOption(options, "subscribeToProgress", "options", { kind: "argument" });
   checkObjectOption(options.api, "subscribeToProgress", "api");
   checkApiOptions(options.api ?? {}, "subscribeToProgress", "api.");
   checkNumberOption(options.changesLimit, CHANGES_LIMIT, "subscribeToProgress", "changesLimit");
@@ -642,7 +646,9 @@ function attemptTimeoutMsOf(options: SubscribeToProgressOptions): number {
 /**
  * The data options of a subscribeToProgress call (numbers, strings, booleans, null) by path:
  * "pollIntervalMs", "backoff.maxMs", "api.retry.attempts", "api.headers.<name>". Callbacks (log,
- * random, api.onRetry, ...) and objects that are not plain (api.signal, api.clock) are not data.
+ * random, api.onRetry, ...) and objects that are not plain (api.signal, api.clock) are not data; the
+ * options that hold data (the options themselves, api, api.retry, api.headers, backoff) are refused
+ * unless plain by checkSubscribeOptions first, so none of them is passed over here.
  */
 function dataOptionsOf(options: SubscribeToProgressOptions): Map<string, unknown> {
   const found = new Map<string, unknown>();

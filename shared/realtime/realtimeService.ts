@@ -191,7 +191,7 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    * client's own session; anything but a non-empty string ("" and null too) throws a TypeError.
    */
   accessToken?: string;
-  /** The join's backoff (DEFAULT_BACKOFF for a field not given); not an object: a TypeError. */
+  /** The join's backoff (DEFAULT_BACKOFF for a field not given); not a plain object: a TypeError. */
   backoff?: Partial<BackoffOptions>;
   /**
    * Poll interval while Realtime is down (10 s). Polls that fail in a row back off: the n-th waits a
@@ -362,8 +362,8 @@ const MS_OPTION_RANGES: Record<
 };
 
 /**
- * Throws for a backoff that is not an object (a TypeError, as for the API client's retry: null, an
- * array or a number would otherwise be taken as no fields given), then for the first millisecond
+ * Throws for a backoff that is not a plain object (a TypeError, as for the API client's retry: null,
+ * an array, a number or a Map would otherwise be taken as no fields given), then for the first millisecond
  * option outside its range (MS_OPTION_RANGES), then for a random that is not a function (a
  * TypeError). The constructor's checks, exported for subscribeToProgress (shared/progress/api.ts),
  * which makes them on every call, the later ones on a client (whose shared service is already made)

@@ -437,6 +437,34 @@ Deno.test({
       }
       assert.equal(first.service.stats().subscriptions, 1, "none of them subscribed");
 
+      // Another value held where a plain object was expected (a class's instance, a Map, a Headers) was
+      // passed over by the comparison and taken without a word; it is refused, naming the option.
+      class Backoff {
+        initialMs = 2_000;
+      }
+      const notPlain: [string, Record<string, unknown>, string][] = [
+        ["backoff", { backoff: new Backoff() }, "a Backoff"],
+        ["backoff", { backoff: new Map([["initialMs", 2_000]]) }, "a Map"],
+        ["api.retry", { api: { retry: new Map([["attempts", 3]]) } }, "a Map"],
+        ["api.headers", { api: { headers: new Headers({ "X-Act-As-User": "u2" }) } }, "a Headers"],
+        ["api", {
+          api: new (class Api {
+            timeoutMs = 2_000;
+          })(),
+        }, "an Api"],
+      ];
+      for (const [name, options, shown] of notPlain) {
+        const where = name === "backoff" ? "RealtimeService" : "subscribeToProgress";
+        assert.throws(
+          () => subscribeToProgress(client, USER, () => {}, { log, ...options }),
+          (error: Error) =>
+            error instanceof TypeError &&
+            error.message === `${where} option ${name} must be a plain object (got ${shown})`,
+          `${name} as ${shown}`,
+        );
+      }
+      assert.equal(first.service.stats().subscriptions, 1, "none of them subscribed");
+
       // The same values (other objects), none, or other callbacks and a signal are taken.
       const same = subscribeToProgress(client, USER, () => {}, {
         log: () => {},

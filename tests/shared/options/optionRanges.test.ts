@@ -66,10 +66,19 @@ type Outcome = "ok" | Error;
  * What the object options (the API client's retry, RealtimeService's backoff, subscribeToProgress's
  * api) are given; each takes an object or nothing (OBJECT_ACCEPTED) and refuses the rest with a TypeError.
  */
+/** A class whose instances hold an option's fields as their own (taken before, their fields read). */
+class OwnFields {
+  initialMs = 1_000;
+  attempts = 2;
+}
 const OBJECT_VALUES: [string, unknown][] = [
   ["undefined", undefined],
   ["{}", {}],
+  ["Object.create(null)", Object.create(null)],
   ["a Date", new Date(0)],
+  ["a Map", new Map<string, unknown>([["initialMs", 1_000], ["attempts", 2], ["X-Act-As-User", "u1"]])],
+  ["a Headers", new Headers({ "X-Act-As-User": "u1" })],
+  ["an OwnFields", new OwnFields()],
   ["[]", []],
   ["null", null],
   ["5", 5],
@@ -77,7 +86,9 @@ const OBJECT_VALUES: [string, unknown][] = [
   ["true", true],
   ["a function", () => {}],
 ];
-const OBJECT_ACCEPTED = ["undefined", "{}", "a Date"];
+const OBJECT_ACCEPTED = ["undefined", "{}", "Object.create(null)"];
+/** The class instances of OBJECT_VALUES, each shown in a refusal by its class, as its label reads. */
+const CLASS_INSTANCES = ["a Date", "a Map", "a Headers", "an OwnFields"];
 
 /**
  * Throws unless `outcome` is "ok" when `taken`, else an error of class `expected` (a TypeError unless
@@ -101,7 +112,8 @@ function expectTakenOrTypeError(
 
 /**
  * Throws unless `outcome` is what an object option given OBJECT_VALUES' `label` should give: "ok" when
- * OBJECT_ACCEPTED has it, else a TypeError "<option> must be an object (got <value>)". `where` names the
+ * OBJECT_ACCEPTED has it, else a TypeError "<option> must be a plain object (got <value>)" (a class's
+ * instance, a Date, a Map or a Headers, was taken before, its fields read or none). `where` names the
  * check in messages ("subscribeToProgress retry").
  */
 function expectObjectOutcome(
@@ -111,7 +123,8 @@ function expectObjectOutcome(
   value: unknown,
   outcome: Outcome,
 ): void {
-  const message = `${option} must be an object (got ${shown(value)})`;
+  const got = CLASS_INSTANCES.includes(label) ? label : shown(value);
+  const message = `${option} must be a plain object (got ${got})`;
   expectTakenOrTypeError(`${where} = ${label}`, OBJECT_ACCEPTED.includes(label), message, outcome);
 }
 
@@ -474,7 +487,7 @@ for (const [name, accepted] of REALTIME) {
 
 Deno.test({
   name:
-    "option ranges: RealtimeService backoff (an object, or not given), directly and through a first and a later subscribeToProgress",
+    "option ranges: RealtimeService backoff (a plain object, or not given), directly and through a first and a later subscribeToProgress",
   ...noSanitize,
   fn: async () => {
     // As the API client's retry: an array, null and a non-object are refused (each was taken as no
@@ -625,10 +638,12 @@ for (const [name, accepted] of API) {
 }
 
 // retry: an array is refused as null and non-objects are (it was taken, its fields all defaults).
+// headers: a Headers or a Map was spread into the request's headers as none.
 // random: null was taken as Math.random, any other value thrown at the first retry's draw.
 for (
   const [option, kind, expect] of [
-    ["retry", "an object", expectObjectOutcome],
+    ["retry", "a plain object", expectObjectOutcome],
+    ["headers", "a plain object", expectObjectOutcome],
     ["random", "a function", expectFunctionOutcome],
   ] as const
 ) {
@@ -694,7 +709,7 @@ Deno.test("option ranges: API client random draws outside [0, 1) are taken into 
 });
 
 Deno.test({
-  name: "option ranges: subscribeToProgress api (an object, or not given)",
+  name: "option ranges: subscribeToProgress api (a plain object, or not given)",
   ...noSanitize,
   fn: async () => {
     // As retry and backoff: an array, null and a non-object are refused (each was taken as no api
@@ -702,6 +717,30 @@ Deno.test({
     for (const [label, api] of OBJECT_VALUES) {
       const outcome = await subscribeOutcome({ api: api as SubscribeToProgressOptions["api"] });
       expectObjectOutcome("subscribeToProgress api", "subscribeToProgress option api", label, api, outcome);
+    }
+  },
+});
+
+Deno.test({
+  name: "option ranges: subscribeToProgress's options argument (a plain object, or not given)",
+  ...noSanitize,
+  fn: async () => {
+    // A class's instance or a Map was passed over when a later call's options were compared with the
+    // shared service's (null threw reading options.api).
+    for (const [label, options] of OBJECT_VALUES) {
+      const { client } = fakeClient();
+      let subscription: { unsubscribe(): Promise<void> } | undefined;
+      const outcome = await outcomeOf(() =>
+        subscription = subscribeToProgress(client, USER, () => {}, options as SubscribeToProgressOptions)
+      );
+      await subscription?.unsubscribe();
+      expectObjectOutcome(
+        "subscribeToProgress options",
+        "subscribeToProgress argument options",
+        label,
+        options,
+        outcome,
+      );
     }
   },
 });
