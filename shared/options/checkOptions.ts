@@ -102,19 +102,27 @@ export function checkNumberOption(
 
 /**
  * How an environment variable's text may write a number: decimal digits, with a "-" before them and a
- * fraction after them when need be ("5", "-1", "2.5", "007"), or Infinity. Not every text Number()
- * reads: "0x10", "0b11" and "0o7" (16, 3, 7), "1e1" (10), "+5", ".5" and "5." are no such number, so
- * a value an operator wrote one way is never taken as another they did not mean.
+ * fraction after them when need be ("5", "-1", "2.5"), or Infinity; no leading zero but a lone "0"
+ * before the point ("0", "0.5"; not "007" or "00.5"). Not every text Number() reads: "0x10", "0b11" and
+ * "0o7" (16, 3, 7), "1e1" (10), "+5", ".5" and "5." are no such number, nor is "010", which a shell's
+ * arithmetic, C and YAML 1.1 read as octal 8 and Number() as 10, so a value an operator wrote one way
+ * is never taken as another they did not mean.
  */
-const DECIMAL_TEXT = /^-?(?:[0-9]+(?:\.[0-9]+)?|Infinity)$/;
+const DECIMAL_TEXT = /^-?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]+)?|Infinity)$/;
+/**
+ * The same for a rule taking whole numbers only: no fraction either ("5", "-1", "0"; not "5.0", "2.5"),
+ * so the text is the number's own digits, one way of writing each number.
+ */
+const WHOLE_TEXT = /^-?(?:0|[1-9][0-9]*|Infinity)$/;
 
 /**
- * The number an environment variable's text gives when it is written in decimal (DECIMAL_TEXT) and
- * `rule` takes it (surrounding spaces ignored), or undefined when it is not set or is empty (spaces
- * only too), as an empty secret is not set; otherwise throws `<where> environment variable <name>
- * must be <rule>, written in decimal digits (got "<the text>")`: a TypeError for a text that is no
- * decimal number ("abc", "5 connections", "0x10", "1e1"), a RangeError for a number out of the range
- * ("0", "-1", "2.5", "Infinity").
+ * The number an environment variable's text gives when it is written as `rule` takes numbers
+ * (DECIMAL_TEXT, or for a whole-number rule WHOLE_TEXT) and `rule` takes it (surrounding spaces
+ * ignored), or undefined when it is not set or is empty (spaces only too), as an empty secret is not
+ * set; otherwise throws `<where> environment variable <name> must be <rule>, written in decimal digits
+ * [without a fraction or] leading zeros (got "<the text>")`: a TypeError for a text not so written
+ * ("abc", "5 connections", "0x10", "1e1", "007"; for a whole-number rule "5.0" and "2.5" too), a
+ * RangeError for a number out of the range ("0", "-1", "Infinity").
  */
 export function checkEnvNumber(
   text: string | undefined,
@@ -124,13 +132,13 @@ export function checkEnvNumber(
 ): number | undefined {
   const trimmed = text?.trim();
   if (!trimmed) return undefined;
-  const decimal = DECIMAL_TEXT.test(trimmed);
-  const value = decimal ? Number(trimmed) : NaN;
+  const written = (rule.whole ? WHOLE_TEXT : DECIMAL_TEXT).test(trimmed);
+  const value = written ? Number(trimmed) : NaN;
   if (takesNumber(rule, value)) return value;
-  const ErrorClass = decimal ? RangeError : TypeError;
+  const ErrorClass = written ? RangeError : TypeError;
   throw new ErrorClass(
     `${where} environment variable ${name} must be ${describeRule(rule)}, written in decimal digits ` +
-      `(got ${shownValue(text)})`,
+      `without ${rule.whole ? "a fraction or " : ""}leading zeros (got ${shownValue(text)})`,
   );
 }
 

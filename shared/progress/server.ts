@@ -5,9 +5,9 @@
 //   SUPABASE_JWKS                   the project's JWKS as JSON (hosted functions get it)
 //   SUPABASE_JWKS_URL | SUPABASE_URL  where to fetch the JWKS (default <SUPABASE_URL>/auth/v1/.well-known/jwks.json)
 //   PROGRESS_DB_POOL_MAX            connections per isolate: a whole number from 1 to 100 in decimal
-//                                   digits (default 5; empty is not set; not "0x10" or "1e1"); another
-//                                   value throws when the handler is made (the function does not
-//                                   boot) or, set later, at its first request
+//                                   digits (default 5; empty is not set; not "0x10", "1e1", "007" or
+//                                   "5.0"); another value throws when the handler is made (the
+//                                   function does not boot) or, set later, at its first request
 // Everything is read per request and rebuilt only when a value changes, so a function isolate
 // survives secret rotation and the local gateway can load the module before its env is final.
 

@@ -264,10 +264,11 @@ Deno.test("option ranges: the body's byte limit, readBodyLimited and readJsonBod
 
 /**
  * PROGRESS_DB_POOL_MAX as the function's environment gives it (a text, or not set), and whether it is
- * taken: a whole number from 1 to 100 written in decimal digits, surrounding spaces ignored; not set or
- * empty is the default (5). A text that is no decimal number is a TypeError (hexadecimal, binary, octal
- * and exponent forms too, which Number() reads: "0x10" was 16 connections, "1e1" 10), a decimal number
- * out of the range a RangeError.
+ * taken: a whole number from 1 to 100 written in decimal digits without a fraction or leading zeros,
+ * surrounding spaces ignored; not set or empty is the default (5). A text not so written is a TypeError
+ * (hexadecimal, binary, octal and exponent forms too, which Number() reads: "0x10" was 16 connections,
+ * "1e1" 10; and "007", "010" and "5.0", taken before as 7, 10 and 5: "010" is octal 8 to a shell), a
+ * whole number out of the range a RangeError.
  */
 const POOL_MAX_VALUES: [string | undefined, true | ErrorConstructor][] = [
   [undefined, true],
@@ -276,13 +277,18 @@ const POOL_MAX_VALUES: [string | undefined, true | ErrorConstructor][] = [
   ["1", true],
   ["5", true],
   [" 7 ", true],
-  ["007", true],
   ["100", true],
   ["0", RangeError],
+  ["-0", RangeError],
   ["-1", RangeError],
-  ["2.5", RangeError],
   ["101", RangeError],
+  ["100000000000000000000", RangeError],
   ["Infinity", RangeError],
+  ["007", TypeError],
+  ["010", TypeError],
+  ["00", TypeError],
+  ["5.0", TypeError],
+  ["2.5", TypeError],
   ["0x10", TypeError],
   ["0X10", TypeError],
   ["0b11", TypeError],
@@ -299,7 +305,7 @@ const POOL_MAX_VALUES: [string | undefined, true | ErrorConstructor][] = [
   ["NaN", TypeError],
 ];
 /** The rows also booted as the function itself (a process each, so a few). */
-const POOL_MAX_BOOTED = [" 7 ", "-1", "abc", "0x10"];
+const POOL_MAX_BOOTED = [" 7 ", "-1", "abc", "0x10", "007"];
 const ROOT = new URL("../../../", import.meta.url).pathname;
 
 /** The error a log line or a process's output names ("RangeError: ..."), as an Error of that class. */
@@ -395,7 +401,9 @@ Deno.test({
         outcomes.push(["the function booting", await bootOutcome(text)]);
       }
       const message = "createProgressHandlerFromEnv environment variable PROGRESS_DB_POOL_MAX must be a " +
-        `whole number from 1 to 100, written in decimal digits (got ${JSON.stringify(text)})`;
+        `whole number from 1 to 100, written in decimal digits without a fraction or leading zeros (got ${
+          JSON.stringify(text)
+        })`;
       for (const [where, outcome] of outcomes) {
         expectTakenOrTypeError(
           `${where} PROGRESS_DB_POOL_MAX = ${JSON.stringify(text)}`,
