@@ -25,6 +25,17 @@ import {
 
 const topicOf = (userId: string) => `progress:${userId}`;
 
+/**
+ * The life of a token whose confirm timer a test finds among the pending timers by its delay (25
+ * minutes; 28 for the token that outlives it): under the 30 to 60 minutes postgres.js gives each
+ * database connection as its max_lifetime, a timer started when the connection opens. The connections
+ * this process's pools (the test's, its stand-in's) open while watchTimers watches are among the
+ * pending timers too, and a token living 50 minutes put its confirm's window (a few seconds wide, near
+ * 3,000,000 ms) inside their range: one drawn into it was a second timer in the window.
+ */
+const CONFIRMED_LIFE_S = 1_500;
+const CONFIRMED_LONGER_LIFE_S = 1_700;
+
 Deno.test({
   name:
     "realtime auth: tokens refreshed ahead of each expiry keep the channel live past three of them (held, then applied at the expiry), 0 missed",
@@ -35,7 +46,7 @@ Deno.test({
   // it held. A device of A on an in-process stand-in of its own whose refresh window (Supabase's 10 s
   // ACCESS_TOKEN_THROTTLE_MS) is 2 hours: the first refresh is applied at once, and each later one is
   // held (a second push replaces it) until the current token's confirm, due at its expiry, applies it,
-  // as Supabase does with an app refreshing more often than its window. Tokens live 50 minutes; the
+  // as Supabase does with an app refreshing more often than its window. Tokens live 25 minutes; the
   // wall clock that judges them (Date.now(): the stand-in's checks, its confirm timers' delays, the
   // tokens' minting) is moved on by hand (movableWallClock), and each confirm timer, found by its delay
   // (watchTimers), is run by hand once the clock has reached that token's expiry: a token expires when
@@ -44,7 +55,7 @@ Deno.test({
   const env = testEnv();
   const sql = adminSql();
   const a = await createTestUser();
-  const LIFE_S = 3_000;
+  const LIFE_S = CONFIRMED_LIFE_S;
   const WINDOW_MS = 7_200_000;
   const ROUNDS = 3;
   const t0 = Date.now() - 60_000; // the writes' dates, before the wall clock moves
@@ -319,7 +330,7 @@ Deno.test({
   // between phx_join (old token) and its reply left the server holding the old token: at its
   // expiry the channel was closed and the device polled until it rejoined. The service now sends
   // the current token on the channel once joined. On an in-process stand-in of its own: the old
-  // token lives 50 minutes (the join is accepted however long a loaded machine takes), the wall
+  // token lives 25 minutes (the join is accepted however long a loaded machine takes), the wall
   // clock that judges it is moved past its expiry by hand (movableWallClock), and the channel's
   // confirm timer, due at its token's expiry (watchTimers), is run by hand then: a channel still
   // holding the old token is closed for it, one holding the new token stays.
@@ -340,8 +351,8 @@ Deno.test({
       idleTimeoutMs: 0, // its sweep reads Date.now(): a moved clock would make the socket look idle
     });
     const logged = (event: string) => serverLogs.filter((l) => l.event === event).length;
-    const oldToken = await a.newAccessToken(3_000);
-    const newToken = await a.newAccessToken(3_600);
+    const oldToken = await a.newAccessToken(CONFIRMED_LIFE_S);
+    const newToken = await a.newAccessToken(CONFIRMED_LONGER_LIFE_S);
     const spy = spyingClient(topic, () => void service?.setAccessToken(newToken), server.url);
     client = spy.client;
     const { sent, received } = spy;
@@ -377,8 +388,8 @@ Deno.test({
 
     // The old token's expiry: the wall clock is moved past it, and the channel's confirm runs: one
     // timer, set for what was left of the old token's life at the join or of the new one's (at most
-    // the hour's cap) when it was applied, each bracketed by the test's clock (other timers of this
-    // process, such as another test file's, may have delays of that size too).
+    // the hour's cap) when it was applied, each bracketed by the test's clock (the database
+    // connections' lifetimes, also pending, are longer: CONFIRMED_LIFE_S).
     const setFor = (token: string, cap: number) => (ms: number) =>
       ms >= Math.min(cap, expiryMs(token) - afterApplied) &&
       ms <= Math.min(cap, expiryMs(token) - beforeJoin);
@@ -594,14 +605,14 @@ Deno.test({
   // Supabase's confirm_token, due at the current token's expiry, applies the held token instead of
   // finding the current one expired. A device of A on an in-process stand-in of its own applies a token
   // of A's (its first refresh: applied at once), then pushes C's (which the read policy refuses): held.
-  // The stand-in's window is 2 hours on a stopped clock (frozenClock) and A's token lives 50 minutes,
+  // The stand-in's window is 2 hours on a stopped clock (frozenClock) and A's token lives 25 minutes,
   // so the current token's confirm is due first; its timers are run by hand (watchTimers). The token's
   // confirm timer, set for what is left of its life, applies C's token: the channel closes for C's
   // missing permission, not for an expired token, with the window's timer still pending. Nothing is
   // waited for by time.
   const env = testEnv();
   const WINDOW_MS = 7_200_000;
-  const LIFE_S = 3_000;
+  const LIFE_S = CONFIRMED_LIFE_S;
   const a = await createTestUser();
   const c = await createTestUser();
   const timers = watchTimers();
