@@ -46,7 +46,7 @@ function clientFor(token: string, url = testEnv().url, onFetch?: (url: string) =
   });
 }
 
-async function waitUntil(what: string, predicate: () => boolean, limitMs = 15_000): Promise<void> {
+async function waitUntil(what: string, predicate: () => boolean, limitMs = 20_000): Promise<void> {
   const deadline = Date.now() + limitMs;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);

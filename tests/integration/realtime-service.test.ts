@@ -547,7 +547,7 @@ Deno.test({
     await waitFor("its catch-up is in flight", () => signals.length > seen);
     // Had unsubscribe waited for the hung call, it would return once the call's 60 s timeout had
     // aborted it: the abort's reason tells which came first. The bound only catches a hang.
-    await returnsWithin("unsubscribe", stuckSub.unsubscribe(), 10_000);
+    await returnsWithin("unsubscribe", stuckSub.unsubscribe(), 20_000);
     await stuck.close();
     await (stuck.client as ReturnType<typeof newClient>).realtime.disconnect();
     const hung = signals[signals.length - 1];
@@ -605,8 +605,8 @@ Deno.test({
       `the first join was refused before the link joined: ${JSON.stringify(logs.map((l) => l.event))}`,
     );
     closed = true;
-    // The hung catch-up's timeout is 30 s; the bound only catches a wait for it (or a hang).
-    await returnsWithin("unsubscribe", sub.unsubscribe(), 10_000);
+    // The hung catch-up's timeout is 30 s; the bound (under it) only catches a wait for it (or a hang).
+    await returnsWithin("unsubscribe", sub.unsubscribe(), 20_000);
     assert.ok(calls[1].signal.aborted, "the hung catch-up was aborted");
     assert.match(
       String(calls[1].signal.reason),
@@ -661,7 +661,7 @@ Deno.test({
   }
 });
 
-/** Fails if `done` has not settled within `ms` (a hang guard, not a speed limit: waitFor's 10 s). */
+/** Fails if `done` has not settled within `ms` (a hang guard, not a speed limit: waitFor's 20 s). */
 async function returnsWithin(what: string, done: Promise<unknown>, ms: number): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const hang = new Promise<"hung">((resolve) => timer = setTimeout(() => resolve("hung"), ms));

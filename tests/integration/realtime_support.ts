@@ -249,10 +249,16 @@ export async function joinChannel(
   });
 }
 
+/**
+ * Waits until `predicate` holds, checking every `intervalMs`; throws after `timeoutMs` (20 s unless
+ * said). The bound is a hang guard only: a test that passes returns as soon as the predicate holds,
+ * so a generous one costs nothing, and 10 s (the default before) could run out for a wait a loaded
+ * 2-core CI machine makes slow. No test relies on it running out: none catches or races a waitFor.
+ */
 export async function waitFor(
   what: string,
   predicate: () => boolean | Promise<boolean>,
-  { timeoutMs = 10_000, intervalMs = 20 } = {},
+  { timeoutMs = 20_000, intervalMs = 20 } = {},
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await predicate())) {

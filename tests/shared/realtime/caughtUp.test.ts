@@ -550,7 +550,7 @@ Deno.test("syncNow: a safety read queued behind another and ended by a drop is n
     // The limit only tells that hang from a slow machine (as long as waitFor waits).
     const unsubscribed = link.subscription.unsubscribe().then(() => "done");
     let hangTimer: ReturnType<typeof setTimeout> | undefined;
-    const hang = new Promise<string>((resolve) => (hangTimer = setTimeout(() => resolve("waiting"), 10_000)));
+    const hang = new Promise<string>((resolve) => (hangTimer = setTimeout(() => resolve("waiting"), 20_000)));
     try {
       assert.equal(await Promise.race([unsubscribed, hang]), "done");
     } finally {
