@@ -39,6 +39,11 @@
 // no offset measured before the reading, a drift forward between it and the answer counts as a step
 // too (a pause of the monotonic clock looks the same), and a reading nothing links to the answer
 // (another visit's or tab's) goes no earlier than the device's own clock: late at worst, never early.
+// A reading is kept with its write (localStorage, hand-editable), so redate() given the write's date
+// checks the two agree: the reading's own clock no later than the date, and the re-date moving the
+// date back by no more than the lead over the server the answers measured (and a step back noticed)
+// plus REDATE_SLACK_MS; one that does not (edited, corrupted, not this write's) is never re-dated
+// (redatable() false), so the write goes as dated: late at worst.
 
 import { PROGRESS_LIMITS } from "./types.ts";
 
@@ -58,6 +63,13 @@ export interface ClockSample {
 
 /** How far the device clock may drift from the monotonic clock before it counts as a step. */
 export const STEP_TOLERANCE_MS = 1_000;
+
+/**
+ * How much further back than the measured lead (and a step back noticed) a re-date may move a write
+ * from its date: what dated it after its reading's own clock (a saved write of another tab up to the
+ * server's 5 s tolerance ahead, the few ms between now() and the reading), and the drift tolerance.
+ */
+export const REDATE_SLACK_MS = PROGRESS_LIMITS.futureToleranceMs + STEP_TOLERANCE_MS;
 
 /** How many recent stamps stamp() remembers so as never to give one twice. */
 const MAX_REMEMBERED_STAMPS = 10_000;
@@ -81,6 +93,16 @@ export interface UnmeasuredReading {
   answers: number;
 }
 
+/** Whether `value` has the shape of an UnmeasuredReading (plain JSON read back from storage may not). */
+export function isUnmeasuredReading(value: unknown): value is UnmeasuredReading {
+  if (typeof value !== "object" || value === null) return false;
+  const r = value as Record<string, unknown>;
+  const finiteOrAbsent = (x: unknown) => x === undefined || (typeof x === "number" && Number.isFinite(x));
+  return typeof r.deviceMs === "number" && Number.isFinite(r.deviceMs) && finiteOrAbsent(r.monotonicMs) &&
+    finiteOrAbsent(r.measuredMs) && typeof r.clock === "string" && typeof r.answers === "number" &&
+    Number.isInteger(r.answers) && r.answers >= 0;
+}
+
 export class ServerClock {
   #lo = -Infinity;
   #hi = Infinity;
@@ -102,8 +124,14 @@ export class ServerClock {
   #answers = 0;
   /** Answer counts at which unmeasured readings were taken, waiting for the next answer. */
   readonly #awaiting = new Set<number>();
-  /** Per answer count of unmeasured readings: the offset the next answer measured, and when. */
-  readonly #firstAfter = new Map<number, { offsetMs: number; deviceMs: number; monotonicMs?: number }>();
+  /**
+   * Per answer count of unmeasured readings: the offset the next answer measured, and when; and the step
+   * back noticed since the answer before (the most a reading of that count can have been set back).
+   */
+  readonly #firstAfter = new Map<
+    number,
+    { offsetMs: number; deviceMs: number; monotonicMs?: number; stepBackMs: number }
+  >();
 
   /**
    * `offsetMs`: a previous estimate (e.g. saved on the device), used until answers say otherwise.
@@ -151,6 +179,7 @@ export class ServerClock {
     }
     const lo = serverMs - receivedMs;
     const hi = serverMs - sentMs;
+    const stepBackMs = Math.max(0, -this.#driftMs()); // since the answer before
     this.#anchor = this.#anchorNow();
     if (this.#fromSaved || lo > this.#hi || hi < this.#lo) {
       // First answer after a saved estimate, or a clock that jumped: this answer alone decides.
@@ -161,12 +190,21 @@ export class ServerClock {
       this.#lo = Math.max(this.#lo, lo);
       this.#hi = Math.min(this.#hi, hi);
     }
-    this.#answerTaken(receivedMs, receivedMonotonicMs);
+    this.#answerTaken(receivedMs, receivedMonotonicMs, stepBackMs);
   }
 
   /** Counts an answer; the unmeasured readings taken before it learn their first offset measured after. */
-  #answerTaken(deviceMs: number, monotonicMs: number | undefined): void {
-    const at = { offsetMs: this.measuredOffsetMs, deviceMs, monotonicMs: monotonicMs ?? this.monotonicNow() };
+  #answerTaken(
+    deviceMs: number,
+    monotonicMs: number | undefined,
+    stepBackMs: number,
+  ): void {
+    const at = {
+      offsetMs: this.measuredOffsetMs,
+      deviceMs,
+      monotonicMs: monotonicMs ?? this.monotonicNow(),
+      stepBackMs,
+    };
     for (const answers of this.#awaiting) this.#firstAfter.set(answers, at);
     this.#awaiting.clear();
     while (this.#firstAfter.size > MAX_REMEMBERED_FIRST_OFFSETS) {
@@ -208,22 +246,24 @@ export class ServerClock {
    * The server's time at `reading` (unmeasuredReading(), of this clock or of another visit's or tab's),
    * by the first offset this clock measured after it: undefined until an answer has (for another
    * clock's reading: while no offset this clock measured is in force), or for a reading that is not
-   * one. Taken in this clock, a step back of the device clock between the reading and that answer is
-   * taken off; never before what the offset measured before the reading gives. The same reading gives
-   * the same time every time (a write sent again keeps its key).
+   * one or can never be re-dated (redatable() false). Taken in this clock, a step back of the device
+   * clock between the reading and that answer is taken off; never before what the offset measured
+   * before the reading gives. The same reading gives the same time every time (a write sent again
+   * keeps its key). `datedMs`: the date its write was given then, which the reading must agree with
+   * (see the top).
    */
-  redate(reading: UnmeasuredReading): number | undefined {
-    if (!reading || !Number.isFinite(reading.deviceMs)) return undefined;
-    const own = reading.clock === this.id && Number.isInteger(reading.answers);
+  redate(reading: UnmeasuredReading, datedMs?: number): number | undefined {
+    if (!this.#possible(reading, datedMs)) return undefined;
+    const own = reading.clock === this.id;
     let first = own ? this.#firstAfter.get(reading.answers) : undefined;
     if (!first && (!own || reading.answers < this.#answers) && this.#answers > 0 && this.measured) {
       // Another visit's reading (or one this clock no longer remembers): the offset in force now.
-      first = { offsetMs: this.measuredOffsetMs, deviceMs: NaN };
+      first = { offsetMs: this.measuredOffsetMs, deviceMs: NaN, stepBackMs: 0 };
     }
     if (!first) return undefined;
     let offset = first.offsetMs;
-    const bounded = Number.isFinite(reading.measuredMs);
-    const linked = own && Number.isFinite(reading.monotonicMs) && Number.isFinite(first.monotonicMs);
+    const bounded = reading.measuredMs !== undefined;
+    const linked = own && reading.monotonicMs !== undefined && first.monotonicMs !== undefined;
     if (linked) {
       const drift = (first.deviceMs - reading.deviceMs) - (first.monotonicMs! - reading.monotonicMs!);
       // Stepped back after the reading: it ran that much further ahead. Without an offset measured
@@ -236,7 +276,40 @@ export class ServerClock {
     // Nothing measured before it and nothing linking it to the answer (another visit's or tab's, no
     // monotonic clock): a step between the two cannot be noticed; never before the device's own clock.
     else if (!linked) offset = Math.max(offset, 0);
-    return Math.round(reading.deviceMs + offset);
+    const redated = Math.round(reading.deviceMs + offset);
+    if (datedMs !== undefined) {
+      // Moved back by more than the lead the answers measured and a step back noticed can explain: the
+      // reading is not what dated this write (edited, corrupted).
+      const lead = Math.max(0, -first.offsetMs) + (own ? first.stepBackMs : 0);
+      if (redated < datedMs - lead - REDATE_SLACK_MS) return undefined;
+    }
+    return redated;
+  }
+
+  /**
+   * Whether redate() can ever re-date `reading` (now, or once an answer comes): false for something that
+   * is not a reading, one this clock never gave (more answers than it has taken), one dated after its
+   * write (`datedMs`, see redate()), and, once the answer after it came, one the re-date shows to be not
+   * this write's. A write whose reading is not redatable goes as dated; nothing needs measuring for it.
+   */
+  redatable(reading: unknown, datedMs?: number): boolean {
+    if (!isUnmeasuredReading(reading) || !this.#possible(reading, datedMs)) return false;
+    const own = reading.clock === this.id;
+    const answered = own
+      ? this.#firstAfter.has(reading.answers) || reading.answers < this.#answers
+      : this.#answers > 0 && this.measured;
+    return !answered || this.redate(reading, datedMs) !== undefined;
+  }
+
+  /** The checks of a reading that need no answer after it: its shape, its count, its write's date. */
+  #possible(reading: UnmeasuredReading, datedMs: number | undefined): boolean {
+    if (!isUnmeasuredReading(reading)) return false;
+    if (reading.clock === this.id && reading.answers > this.#answers) return false;
+    if (datedMs === undefined) return true;
+    // The clock read at least this then (now(): the offset in force, never below 0 while unmeasured), and
+    // a write is dated at least now(): a reading after its write's date is not what dated it.
+    return Number.isFinite(datedMs) &&
+      reading.deviceMs + Math.max(0, reading.measuredMs ?? 0) <= datedMs + STEP_TOLERANCE_MS;
   }
 
   /**

@@ -244,6 +244,91 @@ Deno.test("outbox: a re-dated write goes no later than it was dated and never be
   );
 });
 
+/** A transport that takes every write as sent (won), keeping what it was sent. */
+function takingTransport(sent: { updated_at: string; series_id: string }[]): OutboxTransport {
+  const take = (write: Parameters<OutboxTransport["updateProgress"]>[0]) => {
+    sent.push(write);
+    const progress = {
+      ...write,
+      user_id: "reader",
+      synced_at: write.updated_at,
+      change_xid: "1",
+      created_at: write.updated_at,
+    };
+    return { won: true, progress } as unknown as Awaited<ReturnType<OutboxTransport["updateProgress"]>>;
+  };
+  return {
+    updateProgress: (write) => Promise.resolve(take(write)),
+    updateProgressBatch: (writes) => Promise.resolve(writes.map(take)),
+  };
+}
+
+Deno.test("outbox: a stored reading that does not agree with its write (edited, corrupted) is not re-dated and makes no read; the write goes as dated", async () => {
+  const HOUR = 3_600_000;
+  // An hour ahead, measured; asleep offline: two page turns dated an hour late keep their readings.
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  t.device += 8 * HOUR;
+  const store = new SyncStore("reader", defaultCompareRows);
+  const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+  const kept = datedWrite(store, clock, "kept", position(1), "e-reader");
+  const early = datedWrite(store, clock, "early", position(1), "e-reader");
+  const broken = datedWrite(store, clock, "broken", position(1), "e-reader");
+  assert.ok(kept.unmeasured && early.unmeasured && broken.unmeasured);
+  // The saved outbox edited by hand (or corrupted): one reading a day early, one that is no reading.
+  store.addPending(kept);
+  store.addPending({
+    ...early,
+    unmeasured: { ...early.unmeasured, deviceMs: early.unmeasured.deviceMs - 24 * HOUR },
+  });
+  store.addPending({
+    ...broken,
+    unmeasured: { ...broken.unmeasured, deviceMs: "soon" as unknown as number },
+  });
+
+  // Offline, flushed again and again: the readable ones ask for a read each time (the answer to it
+  // re-dates them, or shows the edited one is not its write's); the malformed one alone asks for none.
+  let reads = 0;
+  const measure = () => {
+    reads++;
+    return Promise.reject(new NetworkError(0, "network_error", "offline"));
+  };
+  const offline: OutboxTransport = {
+    updateProgress: () => Promise.reject(new NetworkError(0, "network_error", "offline")),
+    updateProgressBatch: () => Promise.reject(new NetworkError(0, "network_error", "offline")),
+  };
+  const flushes = async (outbox: SyncStore) => {
+    for (let flush = 0; flush < 3; flush++) {
+      assert.equal(
+        (await flushOutbox(outbox, offline, options({ redate: { clock, measure } }))).outcome,
+        "failed",
+      );
+    }
+  };
+  await flushes(store);
+  assert.equal(reads, 3, "the readable one: a read per flush");
+  reads = 0;
+  const unreadable = new SyncStore("reader", defaultCompareRows);
+  unreadable.addPending(store.pendingWrites().find((write) => write.series_id === "broken")!);
+  await flushes(unreadable);
+  assert.equal(reads, 0, "a reading that can never be re-dated waits for no answer");
+
+  // The answer after them: still an hour ahead. The readable one goes back by the hour; the edited one
+  // is not taken a day back (nor an hour: it is not its write's reading), the malformed one neither.
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  const sent: { updated_at: string; series_id: string }[] = [];
+  const result = await flushOutbox(store, takingTransport(sent), options({ redate: { clock, measure } }));
+  assert.deepEqual(result, { outcome: "done" });
+  const at = (series: string) => Date.parse(sent.find((w) => w.series_id === series)!.updated_at);
+  assert.equal(at("kept"), Date.parse(kept.updated_at) - HOUR);
+  assert.equal(at("early"), Date.parse(early.updated_at), "sent as dated");
+  assert.equal(at("broken"), Date.parse(broken.updated_at), "sent as dated");
+  assert.equal(reads, 0);
+});
+
 Deno.test("outbox: a page turned once the offset is measured again, while a write dated without it waits, is dated by the corrected clock, after what that write is sent as", () => {
   const HOUR = 3_600_000;
   const store = new SyncStore("reader", defaultCompareRows);

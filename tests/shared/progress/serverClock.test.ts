@@ -396,3 +396,71 @@ Deno.test("server clock: a re-date never dates a reading early by a step it cann
     `${twice.clock.redate(setRight)! - setRight.deviceMs} ms`,
   );
 });
+
+Deno.test("server clock: a reading checked against its write's date is re-dated only as far as it can justify; one that does not agree with it is never re-dated", () => {
+  // An hour ahead, measured; asleep offline: a page turn dated (now()) an hour late keeps its reading.
+  const { t, clock, pass, answer } = deviceWithMonotonic(HOUR);
+  t.device += 8 * HOUR;
+  const dated = clock.now();
+  const reading = clock.unmeasuredReading()!;
+  // Before the answer after it: the reading agrees with its date (it may be re-dated: worth a read),
+  // a reading after its date, of more answers than this clock took, or not a reading does not.
+  assert.equal(clock.redatable(reading, dated), true);
+  assert.equal(
+    clock.redatable({ ...reading, deviceMs: dated + HOUR }, dated),
+    false,
+    "read after its write's date",
+  );
+  assert.equal(
+    clock.redatable({ ...reading, answers: reading.answers + 5 }, dated),
+    false,
+    "answers this clock never took",
+  );
+  for (
+    const bad of [null, "reading", { ...reading, deviceMs: "1" }, { ...reading, answers: -1 }, {
+      ...reading,
+      clock: 7,
+    }]
+  ) {
+    assert.equal(clock.redatable(bad, dated), false, JSON.stringify(bad));
+    assert.equal(clock.redate(bad as never, dated), undefined);
+  }
+  pass(60_000);
+  answer(HOUR); // still an hour ahead: the write goes back by the hour
+  const redated = clock.redate(reading, dated)!;
+  assert.ok(Math.abs(redated - (dated - HOUR)) <= 30, `${redated - dated} ms`);
+  assert.equal(clock.redatable(reading, dated), true);
+  // Edited (or corrupted) storage: a device reading a day early would send the write a day early. The
+  // answers measured a lead of an hour: no reading of this write can take it back further.
+  const edited = { ...reading, deviceMs: reading.deviceMs - 24 * HOUR };
+  assert.equal(clock.redate(edited, dated), undefined, "a day early: not this write's reading");
+  assert.equal(clock.redatable(edited, dated), false);
+  // A monotonic reading moved back a day, on a fresh visit's reading (no offset measured before it to
+  // bound it), would count a step back a day long: not this write's either.
+  const fresh = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const freshDated = fresh.now();
+  const turned = fresh.unmeasuredReading()!;
+  pass(60_000);
+  fresh.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  assert.equal(fresh.redate(turned, freshDated), freshDated - HOUR);
+  assert.equal(
+    fresh.redate({ ...turned, monotonicMs: turned.monotonicMs! - 24 * HOUR }, freshDated),
+    undefined,
+  );
+  // A step back noticed before the answer is part of what a re-date may take off: set right (back by
+  // the hour) after the page turn, the first answer says 0, and the write still goes back by the hour.
+  const stepped = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const steppedDated = stepped.now();
+  const read = stepped.unmeasuredReading()!;
+  pass(60_000);
+  t.device -= HOUR;
+  stepped.observe({ serverMs: t.device, sentMs: t.device, receivedMs: t.device });
+  assert.equal(stepped.redate(read, steppedDated), steppedDated - HOUR);
+  // Another clock's (another tab's or visit's) edited reading alike, by the offset in force there.
+  const other = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  other.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  assert.ok(Math.abs(other.redate(reading, dated)! - (dated - HOUR)) <= 30);
+  assert.equal(other.redate(edited, dated), undefined);
+  // Without the write's date nothing is checked (the method as it was).
+  assert.equal(clock.redate(edited), redated - 24 * HOUR);
+});

@@ -53,7 +53,7 @@ export interface OutboxOptions {
    * dated them, and a request whose 2xx answer teaches it, made first when one of them waits for it.
    * Without it they are sent as dated.
    */
-  redate?: { clock: Pick<ServerClock, "redate">; measure(): Promise<unknown> };
+  redate?: { clock: Pick<ServerClock, "redate" | "redatable">; measure(): Promise<unknown> };
 }
 
 /** How a flush ended. */
@@ -88,7 +88,7 @@ export async function flushOutbox(
   const stop = (result: FlushResult): FlushResult =>
     result.outcome === "failed" && answered.count > 0 ? { ...result, answered: answered.count } : result;
   const redate = options.redate;
-  if (redate && pending.some((write) => write.unmeasured && redate.clock.redate(write.unmeasured) === undefined)) {
+  if (redate && pending.some((write) => waitsForAnswer(write, redate.clock))) {
     // Sent as dated, such a write would be stored an hour late; the answer to it comes too late.
     try {
       await redate.measure();
@@ -162,6 +162,17 @@ async function retryableFailure(store: SyncStore, options: OutboxOptions, error:
 }
 
 /**
+ * Whether `write` is to be re-dated and the clock has no answer after its reading yet. A reading that
+ * can never be re-dated (malformed, edited, not its write's: ServerClock.redatable) waits for nothing:
+ * the write goes as dated, and no read is made for it (once, or at every flush).
+ */
+function waitsForAnswer(write: PendingWrite, clock: Pick<ServerClock, "redate" | "redatable">): boolean {
+  if (write.unmeasured === undefined || Number.isFinite(write.sentAtMs)) return false;
+  const dated = Date.parse(write.updated_at);
+  return clock.redatable(write.unmeasured, dated) && clock.redate(write.unmeasured, dated) === undefined;
+}
+
+/**
  * The write as the API takes it: without `unmeasured` and `sentAtMs`, and re-dated by them (by
  * `unmeasured` once the clock can; never later than it was dated, never before its `afterMs`).
  */
@@ -173,9 +184,12 @@ export function sendable(write: PendingWrite, clock?: Pick<ServerClock, "redate"
   if (Number.isFinite(sentAtMs)) {
     redated = Math.min(dated, sentAtMs!); // dated under a measured offset after a write re-dated (saved with it)
   } else {
-    const at = unmeasured && clock ? clock.redate(unmeasured) : undefined;
+    // Checked against this write's date: a reading that does not agree with it (edited, corrupted) is not re-dated.
+    const at = unmeasured && clock ? clock.redate(unmeasured, dated) : undefined;
     if (at === undefined) return sent;
-    const after = Number.isFinite(unmeasured!.afterMs) ? unmeasured!.afterMs! : -Infinity;
+    const after = typeof unmeasured!.afterMs === "number" && Number.isFinite(unmeasured!.afterMs)
+      ? unmeasured!.afterMs
+      : -Infinity;
     redated = Math.min(dated, Math.max(at, after));
   }
   return redated === dated ? sent : { ...sent, updated_at: new Date(redated).toISOString() };
