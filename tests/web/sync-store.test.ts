@@ -743,3 +743,35 @@ Deno.test("seed leaves out another user's rows (a page rendered for the session 
     "mine",
   ]);
 });
+
+Deno.test("two tabs: a page turn dated before a late-dated write of the series (re-dated when sent) is still ordered after it, so no tab lets it go unsent", () => {
+  const HOUR = 3_600_000;
+  const now = Date.parse(T1);
+  // Tab A's page turn, dated while its clock had no measured offset: an hour late (re-dated when sent).
+  const late = {
+    ...write("saga", now + HOUR, "web-1", 12),
+    unmeasured: { deviceMs: now + HOUR, clock: "tab-a", answers: 0 },
+  };
+  // Queued in A (not sent yet): tab B, whose clock is measured, turns the page after it.
+  const queued = twoTabs();
+  queued.tabA.addPending(late);
+  const turned = queued.tabB.nextUpdatedAt("saga", now + 60_000, "web-1");
+  assert.ok(Date.parse(turned) > now + HOUR, `after the late write in the outbox's order: ${turned}`);
+  const fromB = write("saga", turned, "web-1", 13);
+  queued.tabB.addPending(fromB);
+  queued.tabA.reloadOutbox();
+  queued.tabB.reloadOutbox();
+  assert.deepEqual(
+    [queued.tabA.pendingWrites()[0]?.chapter, queued.tabB.pendingWrites()[0]?.chapter],
+    [13, 13],
+    "B's page turn is the one both tabs send",
+  );
+  // Answered in A (sent re-dated): B's next page turn, dated by its clock, is not let go as answered.
+  const answered = twoTabs();
+  answered.tabA.addPending(late);
+  answered.tabA.settle(late, storedAs(row("saga", new Date(now).toISOString(), "web-1", 12)));
+  const next = write("saga", answered.tabB.nextUpdatedAt("saga", now + 60_000, "web-1"), "web-1", 13);
+  answered.tabB.addPending(next);
+  answered.tabB.reloadOutbox(); // as the tab does when it takes the outbox's lock to send
+  assert.equal(answered.tabB.pendingWrites()[0]?.chapter, 13, "still to be sent");
+});

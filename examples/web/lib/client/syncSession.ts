@@ -53,6 +53,11 @@ export interface SyncEnvironment {
   clockOffset?: { load(): number | undefined; save(offsetMs: number): void };
   setInterval(run: () => void, ms: number): unknown;
   clearInterval(handle: unknown): void;
+  /**
+   * The clocks the server clock reads (default: Date.now() and performance.now()): the device's, and one
+   * that never steps. A test moves them by hand.
+   */
+  deviceClock?: { deviceNow(): number; monotonicNow(): number };
   /** The outbox schedule's timers (default: the browser's). */
   timers?: OutboxTimers;
   log?(line: string): void;
@@ -107,7 +112,7 @@ export class SyncSession {
     // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
     // not make an old position win later); the estimate is kept for the next visit, which may start
     // offline. The token's expiry is judged by the same clock.
-    const clock = this.clock = new ServerClock({ offsetMs: env.clockOffset?.load() });
+    const clock = this.clock = new ServerClock({ offsetMs: env.clockOffset?.load(), ...env.deviceClock });
     const tokens = new TokenKeeper(config.accessToken, config.expiresAt, { userId, now: () => clock.now() });
     // Signed out, or signed in as someone else in another tab: this page's library, outbox and
     // Realtime link are the old user's, so leave it (a reload renders the new user's library; the

@@ -90,6 +90,8 @@ const ANSWERED_REMEMBERED = 200;
 
 /** The server stores a write dated more than this ahead of its clock at its own time (migration 012). */
 const SERVER_AHEAD_TOLERANCE_MS = 5_000;
+/** The last instant a Date can hold (a date after it has no ISO form). */
+const MAX_DATE_MS = 8_640_000_000_000_000;
 interface LwwKey {
   series_id: string;
   updated_at: string;
@@ -246,11 +248,25 @@ export class SyncStore {
     // Only this device's, and only within the server's 5 s tolerance for clocks ahead: a saved date
     // beyond it (a tab that stamped with its own clock before it knew the server's, storage edited
     // by hand) would carry every later save past the tolerance, where the server re-dates it.
-    for (const saved of this.#readSaved()) {
+    // In the outbox's order (no `sentAs`), also after every write of the series the tabs' list names
+    // answered, and every saved one kept late by design (`unmeasured`, `sentAtMs`: its date orders, the
+    // date it is sent with is another), whatever their dates: a write dated before one of them is let
+    // go unsent by every tab (#namedAnswered: a newer write of its series was answered; #loadOutbox:
+    // the saved one is newer). A page turned after a re-dated write was answered, dated by the corrected
+    // clock (an hour before that write's late date), was dropped so. It is sent by its own date
+    // (`sentAtMs`, or re-dated), which the server's tolerance still bounds (the `sentAs` dating).
+    const order = unmeasuredToo && !sentAs;
+    const others = [
+      ...this.#readSaved().map((write) => ({ write, named: false })),
+      ...this.#readAnswered().map((write) => ({ write, named: true })),
+    ];
+    for (const { write: saved, named } of others) {
       if (saved.series_id !== seriesId || (deviceId !== undefined && saved.device_id !== deviceId)) continue;
       if (!unmeasuredToo && saved.unmeasured) continue;
       const savedAfter = Date.parse(dateOf(saved)) + 1;
-      if (Number.isFinite(savedAfter) && savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS) {
+      if (!Number.isFinite(savedAfter) || savedAfter > MAX_DATE_MS) continue;
+      const lateByDesign = named || saved.unmeasured !== undefined || saved.sentAtMs !== undefined;
+      if (savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS || (order && lateByDesign)) {
         at = Math.max(at, savedAfter);
       }
     }
