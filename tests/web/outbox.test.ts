@@ -709,3 +709,49 @@ Deno.test("outbox: a write the API refuses in a batch of its own is not sent a s
   assert.deepEqual(store.pendingWrites().map((w) => w.series_id), ["later"]);
   assert.match(store.getSnapshot().lastError ?? "", /Could not save refused/);
 });
+
+Deno.test("outbox: while a page turn dated an hour late waits, the page shows the phone's later reading once the clock can re-date it, and it stays ordered after it", async () => {
+  const HOUR = 3_600_000;
+  // An hour ahead, measured; asleep offline: a page turn of chapter 4, dated an hour late, waits.
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  t.device += 8 * HOUR;
+  const store = new SyncStore("reader", defaultCompareRows);
+  store.datesSentBy((write) => sendable(write, clock).updated_at); // as the session does
+  const turned = datedWrite(store, clock, "book", { chapter: 4, page: 1, percentage: 0.5 }, "e-reader");
+  store.addPending(turned);
+  // The phone's reading of chapter 9, ten minutes later (by the server's clock), reaches the page.
+  const phoneMs = t.device - HOUR + 10 * 60_000;
+  const phoneAt = new Date(phoneMs).toISOString();
+  store.applyServerRow(
+    {
+      ...pending("book", phoneMs, 9, "phone"),
+      user_id: "reader",
+      synced_at: phoneAt,
+      change_xid: "1",
+      created_at: phoneAt,
+    } as unknown as Parameters<SyncStore["applyServerRow"]>[0],
+  );
+  const shown = () => store.getSnapshot().bySeries.get("book")!;
+  assert.equal(shown().chapter, 4, "no answer yet: the page turn is judged by its date");
+  // The outbox's read measures the -1 h: the page turn will go an hour back and lose to the phone.
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  const offline = () => Promise.reject(new NetworkError(0, "network_error", "offline"));
+  const measure = () => {
+    clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+    return Promise.resolve();
+  };
+  const result = await flushOutbox(
+    store,
+    { updateProgress: offline, updateProgressBatch: offline },
+    options({ redate: { clock, measure } }),
+  );
+  assert.equal(result.outcome, "failed", "the send itself failed: the page turn still waits");
+  assert.deepEqual([shown().chapter, shown().deviceId, shown().pending], [9, "phone", true]);
+  // Its place in the outbox is unchanged: the next page turn is still after it there.
+  assert.ok(
+    Date.parse(store.nextUpdatedAt("book", t.device - HOUR, "e-reader")) > Date.parse(turned.updated_at),
+  );
+});

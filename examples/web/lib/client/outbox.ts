@@ -92,6 +92,7 @@ export async function flushOutbox(
     // Sent as dated, such a write would be stored an hour late; the answer to it comes too late.
     try {
       await redate.measure();
+      store.sendDatesChanged(); // the writes waiting for it are shown as they will be sent
     } catch (error) {
       if (options.isSignedOut(error)) return { outcome: "signed out" };
       if (options.isRetryable(error)) return await retryableFailure(store, options, error);

@@ -135,6 +135,8 @@ export class SyncSession {
         throw error;
       }
     };
+    // A write dated late while the clock's correction was dropped is shown as it will be sent (re-dated).
+    store.datesSentBy((write) => sendable(write, clock).updated_at);
     const { api, disconnect } = env.connect(getAccessToken, clock);
     const subscription = this.#subscription = api.subscribeToProgress(
       userId,
@@ -249,6 +251,7 @@ export class SyncSession {
     this.#cleanups.push(
       () => schedule.dispose(),
       () => session.dispose(),
+      () => store.datesSentBy(null),
       () => env.clearInterval(refreshTimer),
       () => env.window.removeEventListener("online", onOnline),
       () => env.window.removeEventListener("offline", onOffline),

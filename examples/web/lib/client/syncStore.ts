@@ -14,7 +14,9 @@
 //   notices     per series: our write lost to a newer one from another device
 //
 // What the reader sees for a series is the newer of its pending write and its confirmed row, by
-// the same order the server applies, so the optimistic view already shows the eventual winner.
+// the same order the server applies, so the optimistic view already shows the eventual winner. A
+// pending write sent with another date than the one that orders it in the outbox (re-dated: see
+// datesSentBy) is judged by the date it is sent with.
 
 import { ConflictResolver } from "@shared/progress/conflictResolver.ts";
 import type { UnmeasuredReading } from "@shared/progress/serverClock.ts";
@@ -120,12 +122,30 @@ export class SyncStore {
   #persisted = new WeakSet<PendingWrite>();
   /** Writes saved again once after they left the saved outbox unanswered (see #dropAnsweredElsewhere). */
   #savedAgain = new WeakSet<PendingWrite>();
+  /** The date a pending write is sent with (datesSentBy), when it is not its updated_at. */
+  #sentAs: SentAs | null = null;
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
   constructor(readonly userId: string, readonly compare: Compare) {
     this.#serverOrder = compareServerVersions<ProgressRow>(compare);
     this.#snapshot = this.#build();
+  }
+
+  /**
+   * How the outbox dates what it sends (outbox.ts's sendable with the session's clock; null: by
+   * updated_at). A write dated late while the clock's correction was dropped keeps that date in the
+   * outbox but goes re-dated: the view judges it by the date it goes with, so a phone's reading made
+   * after the page turn shows (as it will win), not the page turn an hour late. The view is built again.
+   */
+  datesSentBy(sentAs: SentAs | null): void {
+    this.#sentAs = sentAs;
+    this.#emit();
+  }
+
+  /** The clock has learnt more (an answer): what the waiting writes are sent as may have changed. */
+  sendDatesChanged(): void {
+    if (this.#sentAs && this.#pending.size > 0) this.#emit();
   }
 
   /** Persists the outbox from now on, after loading what an earlier visit left unsent. */
@@ -236,7 +256,10 @@ export class SyncStore {
     const dateOf = (write: PendingWrite) => sentAs ? sentAs(write) : write.updated_at;
     const pending = this.#pending.get(seriesId);
     if (unmeasuredToo && !sentAs) {
-      later(this.#snapshot.bySeries.get(seriesId)?.updatedAt);
+      // The outbox's order: after the confirmed version and the pending write by its own date, whichever
+      // is shown (the view judges a re-dated write by the date it is sent with).
+      later(this.#confirmed.get(seriesId)?.updated_at);
+      later(pending?.updated_at);
     } else {
       // The version shown is the newer of these two; a queued write to be re-dated is left out of a floor.
       later(this.#confirmed.get(seriesId)?.updated_at);
@@ -464,8 +487,9 @@ export class SyncStore {
       // is this device's later save (the server stores it 1 ms after), so it is what will be shown.
       // (A third position under one key would lose as stale, README, Schema decisions; the dating in
       // nextUpdatedAt keeps this device from making one.)
-      const usePending = pending && (!confirmed || this.#savedLater(pending, confirmed));
-      const source = usePending ? pending : confirmed!;
+      const sent = pending && this.#asSent(pending);
+      const usePending = sent && (!confirmed || this.#savedLater(sent, confirmed));
+      const source = usePending ? sent : confirmed!;
       bySeries.set(id, {
         seriesId: id,
         chapter: source.chapter,
@@ -488,6 +512,13 @@ export class SyncStore {
       pendingCount: from.pending.size,
       lastError: from.lastError,
     };
+  }
+
+  /** `write` as it is sent (datesSentBy): its updated_at the date it goes with. */
+  #asSent(write: PendingWrite): PendingWrite {
+    if (!this.#sentAs || (write.unmeasured === undefined && write.sentAtMs === undefined)) return write;
+    const updatedAt = this.#sentAs(write);
+    return updatedAt === write.updated_at ? write : { ...write, updated_at: updatedAt };
   }
 
   /**
