@@ -755,3 +755,91 @@ Deno.test("outbox: while a page turn dated an hour late waits, the page shows th
     Date.parse(store.nextUpdatedAt("book", t.device - HOUR, "e-reader")) > Date.parse(turned.updated_at),
   );
 });
+
+Deno.test("outbox: a page turn re-dated by one tab's clock is sent after the write another tab just got stored, never refused as older than this device's own ('self')", async () => {
+  const HOUR = 3_600_000;
+  // One browser, a device an hour ahead; two tabs of a fresh visit, no answer yet in either.
+  const items = new Map<string, string>();
+  const storage = {
+    get length() {
+      return items.size;
+    },
+    key: (i: number) => [...items.keys()][i] ?? null,
+    getItem: (key: string) => items.get(key) ?? null,
+    setItem: (key: string, value: string) => void items.set(key, String(value)),
+    removeItem: (key: string) => void items.delete(key),
+    clear: () => items.clear(),
+  } as Storage;
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const tab = () => {
+    const store = new SyncStore("reader", defaultCompareRows);
+    store.attachStorage(storage);
+    return { store, clock: new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic }) };
+  };
+  const tabA = tab();
+  const tabB = tab();
+  // Each tab's first answer (its read before the batch): 40 ms round trips answered at different points
+  // of them, both within their round trip of the true -1 h, A's estimate 30 ms above B's.
+  const answerAt = (clock: ServerClock, atMs: number) => () => {
+    clock.observe({ serverMs: t.device - HOUR + atMs, sentMs: t.device - 40, receivedMs: t.device });
+    return Promise.resolve();
+  };
+  // The server, as it judges one device's writes: one older than its own stored version is refused
+  // ('self'). Tab A's batch is answered when the test says.
+  const stored = new Map<string, { updated_at: string; chapter: number }>();
+  const server = (write: Parameters<OutboxTransport["updateProgress"]>[0]) => {
+    const current = stored.get(write.series_id);
+    const won = !current || Date.parse(write.updated_at) > Date.parse(current.updated_at);
+    if (won) stored.set(write.series_id, { ...write });
+    const progress = {
+      ...stored.get(write.series_id)!,
+      series_id: write.series_id,
+      device_id: "e-reader",
+      user_id: "reader",
+    };
+    return { won, conflict: won ? null : "self", progress } as unknown as Awaited<
+      ReturnType<OutboxTransport["updateProgress"]>
+    >;
+  };
+  let answerA = () => {};
+  const onItsWay = Promise.withResolvers<void>();
+  const held: OutboxTransport = {
+    updateProgress: (write) => Promise.resolve(server(write)),
+    updateProgressBatch: (writes) =>
+      new Promise((resolve) => {
+        answerA = () => resolve(writes.map(server));
+        onItsWay.resolve();
+      }),
+  };
+  const api: OutboxTransport = {
+    updateProgress: (write) => Promise.resolve(server(write)),
+    updateProgressBatch: (writes) => Promise.resolve(writes.map(server)),
+  };
+  const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+
+  // Tab A's page turn goes out (its read answered first); while it is on its way, 20 ms later, tab B
+  // turns the next page (dated after A's saved one in the outbox's order).
+  tabA.store.addPending(datedWrite(tabA.store, tabA.clock, "book", position(4), "e-reader"));
+  const sending = flushOutbox(
+    tabA.store,
+    held,
+    options({ redate: { clock: tabA.clock, measure: answerAt(tabA.clock, 35) } }),
+  );
+  await onItsWay.promise;
+  t.device += 20;
+  t.monotonic += 20;
+  tabB.store.reloadOutbox();
+  tabB.store.addPending(datedWrite(tabB.store, tabB.clock, "book", position(5), "e-reader"));
+  answerA();
+  assert.deepEqual(await sending, { outcome: "done" });
+  assert.equal(stored.get("book")?.chapter, 4);
+  // Tab B sends its page turn, re-dated by its own clock's first answer (30 ms below A's estimate).
+  tabB.store.reloadOutbox();
+  const result = await flushOutbox(
+    tabB.store,
+    api,
+    options({ redate: { clock: tabB.clock, measure: answerAt(tabB.clock, 5) } }),
+  );
+  assert.deepEqual(result, { outcome: "done" });
+  assert.equal(stored.get("book")?.chapter, 5, "tab B's later page turn is what the server keeps");
+});

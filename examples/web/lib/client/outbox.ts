@@ -99,7 +99,7 @@ export async function flushOutbox(
       // A refused read says nothing of the writes: they go as dated.
     }
   }
-  const toSend = (write: PendingWrite) => sendable(write, redate?.clock);
+  const toSend = (write: PendingWrite) => sendable(write, redate?.clock, store.ownStoredFloor(write));
   try {
     for (let i = 0; i < pending.length; i += size) {
       if (options.isDisposed()) return { outcome: "disposed" };
@@ -174,11 +174,16 @@ function waitsForAnswer(write: PendingWrite, clock: Pick<ServerClock, "redate" |
 }
 
 /**
- * The write as the API takes it: without `unmeasured` and `sentAtMs`, and re-dated by them (by
- * `unmeasured` once the clock can; never later than it was dated, never before its `afterMs`).
+ * The write as the API takes it: without `unmeasured`, `sentAtMs` and `storedAt`, and re-dated by them
+ * (by `unmeasured` once the clock can; never later than it was dated, never before its `afterMs` nor
+ * `notBeforeMs`, the device's own stored versions).
  */
-export function sendable(write: PendingWrite, clock?: Pick<ServerClock, "redate">): ProgressWriteInput {
-  const { unmeasured, sentAtMs, ...sent } = write;
+export function sendable(
+  write: PendingWrite,
+  clock?: Pick<ServerClock, "redate">,
+  notBeforeMs?: number,
+): ProgressWriteInput {
+  const { unmeasured, sentAtMs, storedAt: _storedAt, ...sent } = write;
   const dated = Date.parse(write.updated_at);
   if (!Number.isFinite(dated)) return sent;
   let redated = dated;
@@ -193,5 +198,8 @@ export function sendable(write: PendingWrite, clock?: Pick<ServerClock, "redate"
       : -Infinity;
     redated = Math.min(dated, Math.max(at, after));
   }
+  // After this device's versions the server is known to store (SyncStore.ownStoredFloor): a re-date by
+  // this tab's clock must not put it before the one another tab just sent ('self').
+  if (notBeforeMs !== undefined && Number.isFinite(notBeforeMs)) redated = Math.min(dated, Math.max(redated, notBeforeMs));
   return redated === dated ? sent : { ...sent, updated_at: new Date(redated).toISOString() };
 }

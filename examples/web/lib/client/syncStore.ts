@@ -46,6 +46,12 @@ export interface PendingWrite {
    * in the outbox's order. Never sent.
    */
   sentAtMs?: number;
+  /**
+   * In the tabs' list of answered writes only: the key the server stored this device's version of the
+   * series under when this write was answered (the answer's updated_at, when its device is this one).
+   * A re-dated write of another tab is sent after it (ownStoredFloor). Never sent.
+   */
+  storedAt?: string;
 }
 
 export interface ConflictNotice {
@@ -296,6 +302,26 @@ export class SyncStore {
     return at;
   }
 
+  /**
+   * The first instant after every key the server is known to store this device's versions of the
+   * series under (the confirmed version when it is this device's, and the writes any tab of the browser
+   * got answered: `storedAt`); undefined when none. A write sent re-dated goes no earlier: re-dated by
+   * another tab's clock (estimates within a round trip of each other), a page turn made just after
+   * the one another tab sent could fall before it and be refused as older than this device's own
+   * write ('self').
+   */
+  ownStoredFloor(write: PendingWrite): number | undefined {
+    let at = -Infinity;
+    const confirmed = this.#confirmed.get(write.series_id);
+    if (confirmed && confirmed.device_id === write.device_id) at = Date.parse(confirmed.updated_at) + 1;
+    for (const done of this.#readAnswered()) {
+      if (done.series_id !== write.series_id || done.device_id !== write.device_id) continue;
+      const stored = typeof done.storedAt === "string" ? Date.parse(done.storedAt) + 1 : NaN;
+      if (Number.isFinite(stored)) at = Math.max(at, stored);
+    }
+    return Number.isFinite(at) ? at : undefined;
+  }
+
   /** An optimistic local write: shown at once and queued for the server. */
   addPending(write: PendingWrite): void {
     this.#pending.set(write.series_id, write);
@@ -324,7 +350,9 @@ export class SyncStore {
     }
     this.#lastError = null;
     this.#errorUntilAnswered = false;
-    this.#saveOutbox([], [write]);
+    // Named with the key the server stored this device's version under: the other tabs send their
+    // re-dated writes of the series after it (ownStoredFloor).
+    this.#saveOutbox([], [storedIsOurs ? { ...write, storedAt: result.progress.updated_at } : write]);
     // A save got through: a refused write's message goes here, so it goes in the other tabs too.
     this.#clearSharedRefusal();
     this.#emit();
