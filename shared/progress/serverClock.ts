@@ -295,9 +295,9 @@ export class ServerClock {
   redatable(reading: unknown, datedMs?: number): boolean {
     if (!isUnmeasuredReading(reading) || !this.#possible(reading, datedMs)) return false;
     const own = reading.clock === this.id;
-    const answered = own
-      ? this.#firstAfter.has(reading.answers) || reading.answers < this.#answers
-      : this.#answers > 0 && this.measured;
+    // As redate() finds what to re-date it by: the first offset after it, or the offset in force.
+    const answered = (own && this.#firstAfter.has(reading.answers)) ||
+      ((!own || reading.answers < this.#answers) && this.#answers > 0 && this.measured);
     return !answered || this.redate(reading, datedMs) !== undefined;
   }
 

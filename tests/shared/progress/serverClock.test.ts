@@ -406,6 +406,10 @@ Deno.test("server clock: a reading checked against its write's date is re-dated 
   // Before the answer after it: the reading agrees with its date (it may be re-dated: worth a read),
   // a reading after its date, of more answers than this clock took, or not a reading does not.
   assert.equal(clock.redatable(reading, dated), true);
+  // One of this clock's it no longer remembers (an earlier count): re-dated by the offset in force once
+  // one is, so it waits for an answer too.
+  const forgotten = { ...reading, answers: 0 };
+  assert.equal(clock.redatable(forgotten, dated), true);
   assert.equal(
     clock.redatable({ ...reading, deviceMs: dated + HOUR }, dated),
     false,
@@ -430,6 +434,7 @@ Deno.test("server clock: a reading checked against its write's date is re-dated 
   const redated = clock.redate(reading, dated)!;
   assert.ok(Math.abs(redated - (dated - HOUR)) <= 30, `${redated - dated} ms`);
   assert.equal(clock.redatable(reading, dated), true);
+  assert.ok(Math.abs(clock.redate(forgotten, dated)! - (dated - HOUR)) <= 30);
   // Edited (or corrupted) storage: a device reading a day early would send the write a day early. The
   // answers measured a lead of an hour: no reading of this write can take it back further.
   const edited = { ...reading, deviceMs: reading.deviceMs - 24 * HOUR };
