@@ -189,6 +189,22 @@ export function checkTokenOption(
   );
 }
 
+/**
+ * Throws a TypeError unless `value` is null or a string `format` takes (or undefined: not given),
+ * naming the option as above and saying what it must be (`what`): a cursor an API handed out, which
+ * an app persists and gives back, refused here rather than by every request made with it.
+ */
+export function checkCursorOption(
+  value: unknown,
+  format: RegExp,
+  what: string,
+  where: string,
+  name: string,
+): void {
+  if (value === undefined || value === null || (typeof value === "string" && format.test(value))) return;
+  throw new TypeError(`${where} option ${name} must be ${what}, or null (got ${shownValue(value)})`);
+}
+
 /** The largest number below 1 (1 - 2^-53): a draw of 1 or more is taken as this. */
 export const LARGEST_BELOW_ONE = 1 - Number.EPSILON / 2;
 

@@ -37,6 +37,7 @@ import {
   apiErrorBodySchema,
   batchWriteResponseSchema,
   batchWriteSchema,
+  CHANGES_CURSOR,
   changesResponseSchema,
   progressListResponseSchema,
   progressResponseSchema,
@@ -64,6 +65,7 @@ import {
 } from "../realtime/realtimeService.ts";
 import { parseRetryAfter, retryAfterMsOf } from "../http/retryAfter.ts";
 import {
+  checkCursorOption,
   checkFunctionOption,
   checkNumberOption,
   checkObjectOption,
@@ -598,6 +600,13 @@ export interface SubscribeToProgressOptions extends Omit<RealtimeServiceOptions,
 export interface ProgressLiveSubscription extends ProgressSubscription {
   /** The service behind it (status, stats, setAccessToken). */
   readonly service: RealtimeService;
+  /**
+   * The next_cursor of GET /progress/changes this subscription has been given everything before
+   * (ProgressSubscription.cursor): persist it, and give it back as initialCursor after a restart.
+   */
+  readonly cursor: string | null;
+  /** Hears each new cursor, as ProgressSubscription.onCursor. */
+  onCursor(listener: (cursor: string | null) => void): () => void;
 }
 
 /**
@@ -606,7 +615,9 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
  * not null, an array, a Map or a class's instance, whose fields checkSharedOptions could not compare),
  * api.timeoutMs and api.retry as for the plain calls (checkApiOptions), and changesLimit, a whole
  * number from 1 to the API's largest changes page (PROGRESS_LIMITS.changesMax, which the function
- * answers 422 above); then the service's, as its constructor checks them (checkRealtimeServiceOptions,
+ * answers 422 above), and initialCursor, null or a string the changes cursor's format takes (a
+ * TypeError: CHANGES_CURSOR, as the function checks `since`); then the service's, as its constructor
+ * checks them (checkRealtimeServiceOptions,
  * naming them `RealtimeService option ...`). Made on every call, before a later one's options are
  * compared with the shared service's (checkSharedOptions), so that such an option is the same
  * TypeError or RangeError on any call, not a later call's "not the one ... runs with" Error (or, for a
@@ -618,6 +629,16 @@ function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   checkObjectOption(options.api, "subscribeToProgress", "api");
   checkApiOptions(options.api ?? {}, "subscribeToProgress", "api.");
   checkNumberOption(options.changesLimit, CHANGES_LIMIT, "subscribeToProgress", "changesLimit");
+  // A persisted cursor that is not the API's (another field stored by mistake, a number from JSON):
+  // the function would answer every read 422 and the link stay offline, or (not a string) it was
+  // taken as no cursor, a read from the beginning.
+  checkCursorOption(
+    options.initialCursor,
+    CHANGES_CURSOR,
+    'a next_cursor of GET /progress/changes ("[<tag>.]<xid>[:<series_id>]", "" for the beginning)',
+    "subscribeToProgress",
+    "initialCursor",
+  );
   checkRealtimeServiceOptions(options);
 }
 
@@ -783,6 +804,11 @@ export function subscribeToProgress(
     },
     onStatus: (listener) => subscription.onStatus(listener),
     onRead: (listener) => subscription.onRead(listener),
+    // The service's changesSince answers next_cursor strings, and initialCursor is checked to be one.
+    get cursor() {
+      return subscription.cursor as string | null;
+    },
+    onCursor: (listener) => subscription.onCursor((cursor) => listener(cursor as string | null)),
     syncNow: () => subscription.syncNow(),
     unsubscribe: async () => {
       if (released) return;

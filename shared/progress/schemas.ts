@@ -215,12 +215,11 @@ export const listQuerySchema = strict({
  * Changes cursor: "" | "[<cluster tag>.]<xid>[:<series_id>]" (opaque to clients; from next_cursor;
  * the tag names the database cluster, see reading_progress_changes in migration 013).
  */
+export const CHANGES_CURSOR = /^(?:(?:[0-9a-f]{8}\.)?[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/;
+
 export const changesCursorSchema = z
   .string()
-  .regex(
-    /^(?:(?:[0-9a-f]{8}\.)?[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/,
-    "must be a next_cursor returned by the API",
-  );
+  .regex(CHANGES_CURSOR, "must be a next_cursor returned by the API");
 
 export const changesQuerySchema = strict({
   since: changesCursorSchema.optional(),

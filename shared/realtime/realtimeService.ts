@@ -13,6 +13,10 @@
 //                                         is answered behind, offline while it fails.
 //   onRead                                how each read of the changes ended (done, behind, failed),
 //                                         whatever made it: catch-up, poll, safety read, syncNow.
+//   cursor / onCursor                     the changes cursor the link has read to (moved by answered
+//                                         pages only, after their rows reached the handler; never by
+//                                         a broadcast): persisted and given back as initialCursor, a
+//                                         new service misses nothing after it.
 //   reconnect                             capped exponential backoff with full jitter per user
 //                                         channel (it starts again after a channel that stayed joined
 //                                         at least as long as the wait before its join (counted
@@ -182,7 +186,12 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   parseRow?: (value: unknown) => Row;
   /** Last-write-wins order of two versions of a row (ConflictResolver.compare by default). */
   compareRows?: (a: Row, b: Row) => number;
-  /** Cursor to start from (e.g. persisted by the app); null = from the beginning. */
+  /**
+   * Cursor to start from: a ProgressSubscription.cursor the app persisted (null = from the
+   * beginning). Every user's link starts from it, so give a service the cursor of the user it is
+   * for. Opaque here (whatever changesSince takes); subscribeToProgress() in shared/progress/api.ts
+   * checks it is the progress API's.
+   */
   initialCursor?: unknown;
   /**
    * A token to use instead of the client's session: the service installs it as the Realtime
@@ -262,6 +271,22 @@ export interface ProgressSubscription {
    */
   onRead(listener: (outcome: ReadOutcome) => void): () => void;
   /**
+   * The changes cursor this subscription has been given everything before: initialCursor (or null)
+   * until a read's page moves it, then that page's cursor, once its rows were handed to the handler
+   * (whatever the handler did with them: it is called synchronously). Only answered pages move it,
+   * never a broadcast (a broadcast's change_xid is no safe cursor: transactions commit out of xid
+   * order). Persisted and given back as initialCursor, a new service delivers every change after it;
+   * what changed at or after it (writes still running when it was read, or delivered by broadcast
+   * since) may come again, once. Frozen at unsubscribe(): read it then to persist it.
+   */
+  readonly cursor: unknown;
+  /**
+   * Calls the listener with the new cursor each time a read's page moves it (after the page's rows
+   * were handed to the handler; before the read's onRead); returns the function that removes it.
+   * Not called for the cursor it starts with, nor for a broadcast.
+   */
+  onCursor(listener: (cursor: unknown) => void): () => void;
+  /**
    * Reads the user's changes now and, if Realtime is down, retries the join now (RealtimeService.syncNow).
    * Resolves with how that read ended; "failed" also when none could be made (a Retry-After the API
    * sent still runs: the read is made when it ends; the subscription is closed). Never rejects. A
@@ -288,7 +313,7 @@ export interface RealtimeServiceStats {
   authListeners: number;
   /** Heartbeat watches the service has installed on the Realtime client (0 or 1). */
   heartbeatWatches: number;
-  /** Listeners (onStatus, onRead) the subscriptions hold. */
+  /** Listeners (onStatus, onRead, onCursor) the subscriptions hold. */
   statusListeners: number;
   /** Channels created and joined so far (cumulative). */
   joinAttempts: number;
@@ -1014,13 +1039,18 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 class Subscription<Row extends LwwRow> implements ProgressSubscription {
   #listeners = new Set<(status: RealtimeStatus) => void>();
   #readListeners = new Set<(outcome: ReadOutcome) => void>();
+  #cursorListeners = new Set<(cursor: unknown) => void>();
+  /** The link's cursor while active (emitCursor), kept as it was at unsubscribe(). */
+  #cursor: unknown;
   #active = true;
 
   constructor(
     readonly service: RealtimeService<Row>,
     readonly link: UserLink<Row>,
     readonly handler: ProgressHandler<Row>,
-  ) {}
+  ) {
+    this.#cursor = link.cursor;
+  }
 
   get userId(): string {
     return this.link.userId;
@@ -1031,8 +1061,11 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   get status(): RealtimeStatus {
     return this.#active ? this.link.status : "offline";
   }
+  get cursor(): unknown {
+    return this.#cursor;
+  }
   get listenerCount(): number {
-    return this.#listeners.size + this.#readListeners.size;
+    return this.#listeners.size + this.#readListeners.size + this.#cursorListeners.size;
   }
   get active(): boolean {
     return this.#active;
@@ -1050,8 +1083,21 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     return () => this.#readListeners.delete(listener);
   }
 
+  onCursor(listener: (cursor: unknown) => void): () => void {
+    if (!this.#active) return () => {};
+    this.#cursorListeners.add(listener);
+    return () => this.#cursorListeners.delete(listener);
+  }
+
   emitRead(outcome: ReadOutcome): void {
     this.#callEach(this.#readListeners, outcome, "read_listener_failed");
+  }
+
+  /** The link's cursor moved past a page whose rows this subscription was handed (while active). */
+  emitCursor(cursor: unknown): void {
+    if (!this.#active) return;
+    this.#cursor = cursor;
+    this.#callEach(this.#cursorListeners, cursor, "cursor_listener_failed");
   }
 
   emitStatus(status: RealtimeStatus): void {
@@ -1087,6 +1133,7 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     this.#active = false;
     this.#listeners.clear();
     this.#readListeners.clear();
+    this.#cursorListeners.clear();
     this.link.subscriptions.delete(this);
     if (this.link.subscriptions.size === 0) await this.link.close();
   }
@@ -1196,6 +1243,11 @@ class UserLink<Row extends LwwRow> {
     this.merge = new ProgressMergeState<Row>((a, b) => service.compareRows(a, b));
     this.#cursor = service.options.initialCursor ?? null;
     this.#waitBeforeJoinMs = this.#firstStepWaitMs();
+  }
+
+  /** The cursor the link has read to: what its next read asks from (Subscription.cursor). */
+  get cursor(): unknown {
+    return this.#cursor;
   }
 
   start(): void {
@@ -1961,7 +2013,13 @@ class UserLink<Row extends LwwRow> {
           }
           const previous = this.#cursor;
           const next = result.cursor ?? result.next_cursor;
-          if (next !== undefined && next !== null) this.#cursor = next;
+          if (next !== undefined && next !== null && !Object.is(next, previous)) {
+            this.#cursor = next;
+            // Its rows were handed to the handlers above: a cursor an app may persist. A subscription
+            // that unsubscribed meanwhile (a handler did it mid-page) is no longer among them, and
+            // keeps the cursor before the rows it was not given.
+            for (const subscription of [...this.subscriptions]) subscription.emitCursor(next);
+          }
           this.#retryAfterUntil = 0; // the API answered
           this.#authRefusedWith = undefined;
           const hasMore = result.hasMore ?? result.has_more ?? false;

@@ -1,0 +1,245 @@
+// The changes cursor a subscription has been given everything before (ProgressSubscription.cursor and
+// onCursor), the value an app persists and gives back as initialCursor: it starts at initialCursor,
+// moves with each answered page once that page's rows reached the handler, never with a broadcast,
+// a failed read or one answered "behind"; frozen at unsubscribe (another subscription's link reads
+// on), and never past rows a handler that unsubscribed mid-page did not get. subscribeToProgress
+// refuses an initialCursor that is not the progress API's (a TypeError naming it). Against the
+// stand-in client, with changesSince answered by hand.
+
+import assert from "node:assert/strict";
+import { subscribeToProgress } from "../../../shared/progress/api.ts";
+import {
+  type ChangesPage,
+  RealtimeService,
+  type RealtimeServiceOptions,
+} from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
+import { type PendingCall, USER, version } from "./handAnsweredService.ts";
+
+/**
+ * A service on the stand-in client whose changesSince calls wait to be answered by hand, recording
+ * the cursor each was asked with; no read but the ones a test makes (no join grace, safety read or
+ * heartbeat watch).
+ */
+function cursorService(options: Partial<RealtimeServiceOptions> = {}) {
+  const fake = fakeClient();
+  const calls: (PendingCall & { cursor: unknown })[] = [];
+  const lines: Record<string, unknown>[] = [];
+  const service = new RealtimeService(fake.client, {
+    changesSince: (cursor) => new Promise((resolve, reject) => calls.push({ cursor, resolve, reject })),
+    accessToken: "T1",
+    requestTimeoutMs: 60_000,
+    joinGraceMs: Infinity,
+    livePollIntervalMs: 0,
+    heartbeatReplyTimeoutMs: 0,
+    backoff: { initialMs: 60_000, maxMs: 60_000 },
+    pollIntervalMs: 600_000,
+    log: (line) => lines.push(JSON.parse(line)),
+    ...options,
+  });
+  const end = async () => {
+    for (const call of calls) call.resolve({ changes: [], next_cursor: "999", has_more: false });
+    await service.close();
+  };
+  return { service, channel: fake.channel, calls, lines, end };
+}
+
+const page = (rows: unknown[], next_cursor: string, has_more = false): ChangesPage => ({
+  changes: rows,
+  next_cursor,
+  has_more,
+});
+
+Deno.test("cursor: starts at initialCursor, moves with each answered page after its rows reached the handler (onCursor before onRead), never with a broadcast", async () => {
+  const { service, channel, calls, end } = cursorService({ initialCursor: "100" });
+  const events: string[] = [];
+  const sub = service.subscribeToProgress(USER, (change) => events.push(`row ${change.row.chapter}`));
+  sub.onCursor((cursor) => events.push(`cursor ${cursor}`));
+  sub.onRead((outcome) => events.push(`read ${outcome}`));
+  try {
+    assert.equal(sub.cursor, "100", "before any read: initialCursor");
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    assert.equal(calls[0].cursor, "100", "the catch-up reads from initialCursor");
+
+    // A first page, more to come: the cursor moves to it once its rows were handed to the handler.
+    calls[0].resolve(page([version(1), version(2)], "102:series-1", true));
+    await waitFor("the second page asked", () => calls.length === 2);
+    assert.equal(calls[1].cursor, "102:series-1");
+    assert.equal(sub.cursor, "102:series-1");
+    assert.deepEqual(events, ["row 1", "row 2", "cursor 102:series-1"]);
+
+    calls[1].resolve(page([version(3)], "104"));
+    await waitFor("the catch-up's end", () => events.includes("read done"));
+    assert.deepEqual(events.slice(3), ["row 3", "cursor 104", "read done"]);
+    assert.equal(sub.cursor, "104");
+    await waitFor("live", () => sub.status === "live");
+
+    // A broadcast reaches the handler but moves no cursor: its transaction id is no safe cursor (an
+    // older transaction may still commit below it), and only a read confirms what lies before.
+    const change = service.handleProgressUpdate({
+      operation: "UPDATE",
+      record: version(5),
+      old_record: null,
+    });
+    assert.ok(change, "the broadcast was delivered");
+    assert.equal(sub.cursor, "104");
+    assert.deepEqual(events.slice(6), ["row 5"]);
+
+    // A read answered with the cursor it was asked with (nothing newer): no onCursor.
+    const read = sub.syncNow();
+    await waitFor("the read", () => calls.length === 3);
+    assert.equal(calls[2].cursor, "104");
+    calls[2].resolve(page([], "104"));
+    assert.equal(await read, "done");
+    assert.deepEqual(events.slice(7), ["read done"]);
+    assert.equal(sub.cursor, "104");
+  } finally {
+    await sub.unsubscribe();
+    await end();
+  }
+  assert.equal(sub.cursor, "104", "kept after unsubscribe, to be persisted then");
+});
+
+Deno.test("cursor: a failed read and one answered behind (its cursor held by a long transaction) leave it where it was; without initialCursor it starts at null", async () => {
+  const { service, channel, calls, end } = cursorService({ pollIntervalMs: 20 });
+  const heard: unknown[] = [];
+  const reads: string[] = [];
+  const sub = service.subscribeToProgress(USER, () => {});
+  sub.onCursor((cursor) => heard.push(cursor));
+  sub.onRead((outcome) => reads.push(outcome));
+  try {
+    assert.equal(sub.cursor, null);
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    assert.equal(calls[0].cursor, null);
+    calls[0].reject(new Error("503"));
+    await waitFor("the catch-up failed", () => reads.length === 1);
+    assert.equal(sub.cursor, null);
+
+    // Made again (after the polls' backoff, held at 20 ms here): a page with more to come, then the
+    // next answered with the cursor it was sent (has_more: a long transaction holds the horizon).
+    await waitFor("the catch-up again", () => calls.length === 2, { timeoutMs: 20_000 });
+    calls[1].resolve(page([version(1)], "101", true));
+    await waitFor("the next page", () => calls.length === 3);
+    calls[2].resolve(page([], "101", true));
+    await waitFor("behind", () => reads.length === 2);
+    assert.deepEqual(reads, ["failed", "behind"]);
+    assert.deepEqual(heard, ["101"], "heard once, for the page that moved it");
+    assert.equal(sub.cursor, "101");
+  } finally {
+    await sub.unsubscribe();
+    await end();
+  }
+});
+
+Deno.test("cursor: frozen at unsubscribe while another subscription's link reads on; onCursor listeners counted, dropped at unsubscribe, one that throws is logged and the rest still hear", async () => {
+  const { service, channel, calls, lines, end } = cursorService({ initialCursor: "100" });
+  const first = service.subscribeToProgress(USER, () => {});
+  const second = service.subscribeToProgress(USER, () => {});
+  const heard: string[] = [];
+  first.onCursor(() => {
+    throw new Error("storage full");
+  });
+  first.onCursor((cursor) => heard.push(`first ${cursor}`));
+  const offSecond = second.onCursor((cursor) => heard.push(`second ${cursor}`));
+  try {
+    assert.equal(service.stats().statusListeners, 3);
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve(page([version(1)], "101"));
+    await waitFor("live", () => first.status === "live");
+    assert.deepEqual(heard, ["first 101", "second 101"]);
+    const failures = lines.filter((l) => l.event === "cursor_listener_failed");
+    assert.equal(failures.length, 1);
+    assert.match(String(failures[0].error), /storage full/);
+
+    await second.unsubscribe();
+    assert.equal(service.stats().statusListeners, 2, "the second's listener went with it");
+    offSecond(); // removing it again is harmless
+    // The link reads on for the first: the second keeps the cursor it had been given everything before.
+    const read = first.syncNow();
+    await waitFor("the read", () => calls.length === 2);
+    calls[1].resolve(page([version(2)], "102"));
+    assert.equal(await read, "done");
+    assert.equal(first.cursor, "102");
+    assert.equal(second.cursor, "101", "the second was given nothing past 101");
+    assert.deepEqual(heard, ["first 101", "second 101", "first 102"]);
+    second.onCursor(() => {});
+    assert.equal(service.stats().statusListeners, 2, "none added once it is gone");
+  } finally {
+    await first.unsubscribe();
+    await end();
+  }
+});
+
+Deno.test("cursor: a handler that unsubscribes mid-page leaves the cursor before the rows it was not given", async () => {
+  const { service, channel, calls, end } = cursorService({ initialCursor: "100" });
+  const got: number[] = [];
+  const sub = service.subscribeToProgress(USER, (change) => {
+    got.push(change.row.chapter);
+    void sub.unsubscribe(); // the screen closes on the first row
+  });
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve(page([version(1), version(2)], "102"));
+    await waitFor("the link closed", () => service.stats().links === 0);
+    assert.deepEqual(got, [1]);
+    assert.equal(sub.cursor, "100", "not past chapter 2, which it never got");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test('cursor: subscribeToProgress refuses an initialCursor that is not a changes cursor (a TypeError naming it), on a first and a later call; null, "" and the API\'s cursors are taken', async () => {
+  const refused: unknown[] = [42, {}, ["1"], true, "abc", "c1", "1.2", "12:", "0123ABCD.12", " 12", "12 "];
+  const taken: unknown[] = [
+    undefined,
+    null,
+    "",
+    "12",
+    "1234567890123456789",
+    "0123abcd.12",
+    "0123abcd.12:series-1",
+    "12:a.b_c:d-e",
+  ];
+  for (const initialCursor of refused) {
+    const { client } = fakeClient();
+    assert.throws(
+      () => subscribeToProgress(client, USER, () => {}, { log: () => {}, initialCursor }),
+      (error: unknown) =>
+        error instanceof TypeError &&
+        error.message.startsWith(
+          "subscribeToProgress option initialCursor must be a next_cursor of GET /progress/changes",
+        ),
+      `${JSON.stringify(initialCursor)} refused`,
+    );
+    assert.equal(client.getChannels().length, 0, "nothing subscribed");
+  }
+  const { client } = fakeClient();
+  const first = subscribeToProgress(client, USER, () => {}, { log: () => {}, initialCursor: "7" });
+  try {
+    // A later call on the client: refused as the first would be, not as "not the shared service's".
+    assert.throws(
+      () => subscribeToProgress(client, USER, () => {}, { log: () => {}, initialCursor: "abc" }),
+      TypeError,
+    );
+    assert.equal(first.cursor, "7");
+  } finally {
+    await first.unsubscribe();
+  }
+  for (const initialCursor of taken) {
+    const { client } = fakeClient();
+    const sub = subscribeToProgress(client, USER, () => {}, { log: () => {}, initialCursor });
+    assert.equal(sub.cursor, initialCursor ?? null);
+    await sub.unsubscribe();
+  }
+  // RealtimeService itself takes any cursor its changesSince does (opaque to it).
+  const { service, end } = cursorService({ initialCursor: { page: 3 } });
+  const sub = service.subscribeToProgress(USER, () => {});
+  assert.deepEqual(sub.cursor, { page: 3 });
+  await sub.unsubscribe();
+  await end();
+});
