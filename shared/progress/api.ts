@@ -617,12 +617,12 @@ export interface ProgressLiveSubscription extends ProgressSubscription {
  * number from 1 to the API's largest changes page (PROGRESS_LIMITS.changesMax, which the function
  * answers 422 above), and initialCursor, null or a string the changes cursor's format takes (a
  * TypeError: CHANGES_CURSOR, as the function checks `since`); then the service's, as its constructor
- * checks them (checkRealtimeServiceOptions,
- * naming them `RealtimeService option ...`). Made on every call, before a later one's options are
- * compared with the shared service's (checkSharedOptions), so that such an option is the same
- * TypeError or RangeError on any call, not a later call's "not the one ... runs with" Error (or, for a
- * backoff that is an array or a function, which are not data, no error at all). How the options go
- * together (attemptTimeoutMsOf) is judged where the service is made, on the options it runs with.
+ * checks them (checkRealtimeServiceOptions, naming them `RealtimeService option ...`). Made on every
+ * call, before a later one's options are compared with the shared service's (checkSharedOptions), so
+ * that such an option is the same TypeError or RangeError on any call, not a later call's "not the
+ * one ... runs with" Error (or, for a backoff that is an array or a function, which are not data, no
+ * error at all). How the options go together (attemptTimeoutMsOf) is judged where the service is
+ * made, on the options it runs with.
  */
 function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   checkObjectOption(options, "subscribeToProgress", "options", { kind: "argument" });
