@@ -156,7 +156,8 @@ async function main(): Promise<number> {
     // them too; 013 puts back the changes read whose cursor names no timeline, so the
     // cursor-names-the-timeline migration runs after it. Both put back their conflict-logging trigger
     // (the stamp, the replaced-tie log) that logs for `authenticated` only, so the migration that logs
-    // for its members too runs after each.
+    // for its members too runs after each; 013 also puts back the write function that logs for any
+    // caller with claims, so the migration that logs a user's writes only runs after it.
     for (
       const [label, ...suffixes] of [
         [
@@ -173,6 +174,7 @@ async function main(): Promise<number> {
           "_progress_dates_printed_in_utc.sql",
           "_changes_cursor_names_timeline.sql",
           "_conflict_log_members_of_authenticated.sql",
+          "_write_function_logs_users_only.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -181,6 +183,7 @@ async function main(): Promise<number> {
         ["dates printed in UTC", "_progress_dates_printed_in_utc.sql"],
         ["the changes cursor names the timeline", "_changes_cursor_names_timeline.sql"],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
+        ["the write function logs a user's writes only", "_write_function_logs_users_only.sql"],
       ]
     ) {
       const migrations = await Promise.all(
