@@ -184,6 +184,7 @@ async function main(): Promise<number> {
         ["the changes cursor names the timeline", "_changes_cursor_names_timeline.sql"],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
         ["the write function logs a user's writes only", "_write_function_logs_users_only.sql"],
+        ["a position write supersedes a reset", "_position_write_supersedes_reset.sql"],
       ]
     ) {
       const migrations = await Promise.all(
