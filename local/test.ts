@@ -157,7 +157,10 @@ async function main(): Promise<number> {
     // cursor-names-the-timeline migration runs after it. Both put back their conflict-logging trigger
     // (the stamp, the replaced-tie log) that logs for `authenticated` only, so the migration that logs
     // for its members too runs after each; 013 also puts back the write function that logs for any
-    // caller with claims, so the migration that logs a user's writes only runs after it.
+    // caller with claims, so the migration that logs a user's writes only runs after it. Both put back
+    // functions without the extra_float_digits that the percentages-printed-exactly migration sets
+    // (the broadcast; the write function, the changes read, the remember-deletion), which runs last,
+    // also after the two later migrations that re-create the changes read and the write function.
     for (
       const [label, ...suffixes] of [
         [
@@ -166,6 +169,7 @@ async function main(): Promise<number> {
           "_realtime_receive_policy_progress_topics_only.sql",
           "_progress_dates_printed_in_utc.sql",
           "_conflict_log_members_of_authenticated.sql",
+          "_percentages_printed_exactly.sql",
         ],
         [
           "013",
@@ -175,16 +179,26 @@ async function main(): Promise<number> {
           "_changes_cursor_names_timeline.sql",
           "_conflict_log_members_of_authenticated.sql",
           "_write_function_logs_users_only.sql",
+          "_percentages_printed_exactly.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
         ["a new life strictly after the deleted one", "_new_life_created_at_tie.sql"],
         ["TRUNCATE as a DELETE for devices", "_truncate_reading_progress_as_delete.sql"],
         ["dates printed in UTC", "_progress_dates_printed_in_utc.sql"],
-        ["the changes cursor names the timeline", "_changes_cursor_names_timeline.sql"],
+        [
+          "the changes cursor names the timeline",
+          "_changes_cursor_names_timeline.sql",
+          "_percentages_printed_exactly.sql",
+        ],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
-        ["the write function logs a user's writes only", "_write_function_logs_users_only.sql"],
+        [
+          "the write function logs a user's writes only",
+          "_write_function_logs_users_only.sql",
+          "_percentages_printed_exactly.sql",
+        ],
         ["a position write supersedes a reset", "_position_write_supersedes_reset.sql"],
+        ["percentages printed exactly", "_percentages_printed_exactly.sql"],
       ]
     ) {
       const migrations = await Promise.all(

@@ -128,6 +128,8 @@ export function createPostgresProgressStore(
           // prints -00:44:30), which Date and microsecondIso cannot read (an accepted write answered
           // 500). Set here with the rest, not as a startup parameter: behind a transaction-mode pooler
           // (Supavisor, PgBouncer) the server connection is another client's between transactions.
+          // extra_float_digits 1 (PostgreSQL's default) likewise: a database or role set to 0 or below
+          // prints a double (the rows' percentage, to_jsonb) rounded to 15 + that many digits.
           // now_ms: the database's clock for the answer's X-Server-Time (DatabaseClock), in this
           // statement so that reading it costs no round trip; epoch milliseconds as a double, which
           // no TimeZone setting changes. Each attempt reads it afresh.
@@ -137,6 +139,7 @@ export function createPostgresProgressStore(
                    set_config('statement_timeout', ${timeout}, true),
                    set_config('lock_timeout', ${lockTimeout}, true),
                    set_config('TimeZone', 'UTC', true),
+                   set_config('extra_float_digits', '1', true),
                    pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000) as now_ms`;
           if (clock && typeof now_ms === "number" && Number.isFinite(now_ms)) clock.ms = now_ms;
           return await fn(tx);

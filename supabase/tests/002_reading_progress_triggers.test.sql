@@ -87,16 +87,16 @@ select results_eq(
      where oid in ('public.reading_progress_stamp()'::regprocedure, 'public.reading_progress_broadcast()'::regprocedure,
                    'public.reading_progress_end_claims()'::regprocedure)
      order by proname$$,
-  $$values ('reading_progress_broadcast', '{"search_path=pg_catalog, pg_temp",TimeZone=UTC}'),
+  $$values ('reading_progress_broadcast', '{"search_path=pg_catalog, pg_temp",TimeZone=UTC,extra_float_digits=1}'),
            ('reading_progress_end_claims', '{"search_path=\"\""}'),
            ('reading_progress_stamp', '{"search_path=\"\""}')$$,
-  'the trigger functions pin search_path: empty for the stamp and end-of-claims, pg_temp last for the definer broadcast (pgTAP 009); the broadcast prints dates in UTC (migration …_progress_dates_printed_in_utc)'
+  'the trigger functions pin search_path: empty for the stamp and end-of-claims, pg_temp last for the definer broadcast (pgTAP 009); the broadcast prints dates in UTC (migration …_progress_dates_printed_in_utc) and percentages exactly (…_percentages_printed_exactly)'
 );
 select is(
   (select proconfig::text collate "default" from pg_proc
     where oid = 'private.reading_progress_remember_deletion()'::regprocedure),
-  '{"search_path=pg_catalog, pg_temp",TimeZone=UTC}',
-  'the remember-deletion function pins search_path (pgTAP 009) and prints the deleted version in UTC'
+  '{"search_path=pg_catalog, pg_temp",TimeZone=UTC,extra_float_digits=1}',
+  'the remember-deletion function pins search_path (pgTAP 009) and prints the deleted version in UTC, its percentage exactly'
 );
 
 select ok(

@@ -62,10 +62,10 @@ select results_eq(
     ('list_reading_progress(integer,timestamp with time zone,text,boolean)', false, '{"search_path=\"\""}'),
     ('private.log_reading_progress_conflict(text,integer,integer,double precision,boolean,text,timestamp with time zone,boolean)', true, '{"search_path=pg_catalog, pg_temp"}'),
     ('private.reading_progress_normalize_updated_at(timestamp with time zone)', false, '{"search_path=\"\""}'),
-    ('reading_progress_changes(text,integer)', false, '{"search_path=\"\""}'),
-    ('write_reading_progress(text,integer,integer,double precision,boolean,text,timestamp with time zone)', false, '{"search_path=\"\""}'),
+    ('reading_progress_changes(text,integer)', false, '{"search_path=\"\"",extra_float_digits=1}'),
+    ('write_reading_progress(text,integer,integer,double precision,boolean,text,timestamp with time zone)', false, '{"search_path=\"\"",extra_float_digits=1}'),
     ('write_reading_progress_batch(jsonb)', false, '{"search_path=\"\""}')$$,
-  'only the conflict logger is security definer (RLS stays in force for every API path); all pin search_path (the definer with pg_temp last, pgTAP 009)'
+  'only the conflict logger is security definer (RLS stays in force for every API path); all pin search_path (the definer with pg_temp last, pgTAP 009); the two that print rows as JSON print percentages exactly (pgTAP 017)'
 );
 
 select is(
