@@ -8,7 +8,10 @@ export interface WebAppOptions {
   jwtSecret?: string;
   /** The local stack's database: development sign-in creates users in auth.users there. */
   dbUrl?: string;
-  /** 0 or undefined: a free port. */
+  /**
+   * 0 or undefined: a port the OS picks as the server binds it (read from what it prints). A port asked
+   * for that is already in use is refused ("port N (host) is already in use"), never retried elsewhere.
+   */
   port?: number;
   /** Default 127.0.0.1. */
   host?: string;

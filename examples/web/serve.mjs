@@ -14,7 +14,6 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -156,17 +155,14 @@ export async function ensureWebAppBuilt({ log = console.log, force = false } = {
   });
 }
 
-/** @param {string} host */
-function freePort(host) {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on("error", reject);
-    server.listen(0, host, () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
+/**
+ * The port in `next start`'s "- Local: http://host:port" line: the one its server listens on (with
+ * --port 0, a port the OS picked as the server bound it). Null until that line has been printed.
+ * @param {string} output
+ */
+function listeningPort(output) {
+  const port = Number(output.match(/- Local:\s+\S*?https?:\/\/\S*:(\d+)/)?.[1]);
+  return port > 0 ? port : null;
 }
 
 function isLoopback(url) {
@@ -187,7 +183,9 @@ export async function startWebApp(options) {
   const log = options.log ?? console.log;
   const host = options.host ?? "127.0.0.1";
   if (options.build !== "never") await ensureWebAppBuilt({ log, force: options.build === "always" });
-  const port = options.port ? options.port : await freePort(host);
+  // 0: the server binds a port the OS picks (no port picked here, released and bound later, which
+  // another process could take in between); the port is read from what the server prints.
+  const requestedPort = options.port ? options.port : 0;
   const apiUrl = options.apiUrl.replace(/\/+$/, "");
   // Development sign-in: only with a JWT secret and a stack on this machine (see lib/server/config.ts).
   const devSignIn = (options.devSignIn ?? true) && Boolean(options.jwtSecret) && isLoopback(apiUrl);
@@ -199,20 +197,23 @@ export async function startWebApp(options) {
     READSYNC_DEV_SIGNIN: devSignIn ? "1" : "0",
     SUPABASE_JWT_SECRET: devSignIn ? options.jwtSecret : "",
     SUPABASE_DB_URL: devSignIn ? options.dbUrl ?? "" : "",
-    PORT: String(port),
+    PORT: String(requestedPort),
     HOSTNAME: host,
   };
   const nodeBin = process.execPath.includes("deno") ? "node" : process.execPath;
-  const child = spawn(nodeBin, [NEXT_BIN, "start", "--port", String(port), "--hostname", host], {
+  const child = spawn(nodeBin, [NEXT_BIN, "start", "--port", String(requestedPort), "--hostname", host], {
     cwd: APP_DIR,
     env,
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
   let exited = null;
+  /** Where this child listens, once it has said so: only then is anything probed (never another server). */
+  let port = null;
   const onData = (chunk) => {
     const text = chunk.toString();
     output = (output + text).slice(-8000);
+    port ??= listeningPort(output);
     if (options.verbose) for (const line of text.split("\n")) if (line.trim()) log(`web: ${line.trimEnd()}`);
   };
   child.stdout.on("data", onData);
@@ -232,7 +233,7 @@ export async function startWebApp(options) {
   };
   process.once("exit", killNow);
 
-  const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const origin = `http://${host.includes(":") ? `[${host}]` : host}`;
   const stop = async () => {
     process.removeListener("exit", killNow);
     if (exited) return;
@@ -244,18 +245,33 @@ export async function startWebApp(options) {
 
   const deadline = Date.now() + (options.startTimeoutMs ?? 60_000);
   for (;;) {
-    if (exited) throw new Error(`next start exited (${JSON.stringify(exited)}) before it served:\n${output}`);
-    try {
-      const response = await fetch(`${url}/sign-in`, { redirect: "manual" });
-      await response.arrayBuffer();
-      if (response.status < 500) break;
-    } catch { /* not listening yet */ }
+    if (exited) {
+      await stop();
+      if (requestedPort && /EADDRINUSE/.test(output)) {
+        throw new Error(
+          `port ${requestedPort} (${host}) is already in use: stop what holds it or choose another port ` +
+            `(READSYNC_WEB_PORT for npm start; 0: a free one)`,
+        );
+      }
+      throw new Error(`next start exited (${JSON.stringify(exited)}) before it served:\n${output}`);
+    }
+    if (port) {
+      try {
+        const response = await fetch(`${origin}:${port}/sign-in`, { redirect: "manual" });
+        await response.arrayBuffer();
+        if (response.status < 500) break;
+      } catch { /* not answering yet */ }
+    }
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`next start did not answer on ${url} within ${options.startTimeoutMs ?? 60_000} ms:\n${output}`);
+      throw new Error(
+        `next start did not answer on ${port ? `${origin}:${port}` : `${host} (no port printed)`} within ` +
+          `${options.startTimeoutMs ?? 60_000} ms:\n${output}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 200));
   }
+  const url = `${origin}:${port}`;
   log(`web: ${url} (development sign-in ${devSignIn ? "on" : "off"})`);
   return { url, port, devSignIn, stop, output: () => output };
 }

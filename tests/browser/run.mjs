@@ -72,6 +72,7 @@ const TESTS = [
   "on a slow device, before the series page's script has run, its position form and Next page / Next chapter are shown disabled with a hint (a press did nothing, Save reloaded the page with the fields in its address); once it runs they work, in the same places",
   "on a slow device, an invalid id in Open series before the script has run gets a readable page (a 400) that keeps what was typed and opens the corrected id; an API-style caller still gets the JSON code",
   "on a slow device, writes waiting from an earlier visit are counted once the page's script runs, after Sync now and the status, which keep their places",
+  "the web app binds its port itself: a port asked for that another server holds is refused, naming it (that server is never taken for the app); with none asked for, it serves where its URL says",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1953,6 +1954,58 @@ async function main() {
             assertEqual(device.errors, [], "page errors");
           } finally {
             await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[27],
+        fn: async () => {
+          if (env("READSYNC_WEB_URL")) throw new SkipTest(`needs a build of its own (app at ${webUrl})`);
+          // Another program on this machine holds a port (another run's server, say): it answers every
+          // request, /sign-in included, as a web app that had started there would.
+          const holder = http.createServer((_req, res) => res.end("not the readsync web app"));
+          await new Promise((resolve, reject) => {
+            holder.once("error", reject);
+            holder.listen(0, "127.0.0.1", resolve);
+          });
+          const heldPort = holder.address().port;
+          const { startWebApp } = await import("../../examples/web/serve.mjs");
+          const start = (port) =>
+            startWebApp({
+              apiUrl: supabaseUrl,
+              anonKey,
+              devSignIn: false,
+              build: "never",
+              log: () => {},
+              port,
+            });
+          const isTheApp = async (url) => {
+            const response = await fetch(`${url}/sign-in`);
+            return /data-testid="password-sign-in"/.test(await response.text());
+          };
+          try {
+            let taken = null;
+            const refused = await start(heldPort).then((app) => {
+              taken = app;
+              return null;
+            }, (error) => error);
+            if (taken) await taken.stop();
+            assert(!taken, `port ${heldPort} (held) was taken for the app: ${taken?.url}`);
+            assert(
+              refused.message.includes(`port ${heldPort} (127.0.0.1) is already in use`),
+              `the refusal names the port: ${refused.message}`,
+            );
+            const app = await start(undefined);
+            try {
+              assertEqual(app.url, `http://127.0.0.1:${app.port}`, "the URL names the port it serves on");
+              assert(app.port !== heldPort, "not the held port");
+              assert(await isTheApp(app.url), `the app answers at ${app.url}`);
+            } finally {
+              await app.stop();
+            }
+          } finally {
+            holder.closeAllConnections();
+            await new Promise((resolve) => holder.close(resolve));
           }
         },
       },
