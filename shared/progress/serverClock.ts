@@ -122,6 +122,8 @@ export class ServerClock {
   readonly id = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
   /** Answers taken (observe() calls that changed the estimate). */
   #answers = 0;
+  /** The most the device clock was known ahead of the server (leadMs). */
+  #leadMs = 0;
   /** Answer counts at which unmeasured readings were taken, waiting for the next answer. */
   readonly #awaiting = new Set<number>();
   /**
@@ -147,6 +149,7 @@ export class ServerClock {
     if (options.offsetMs !== undefined && Number.isFinite(options.offsetMs) && options.offsetMs !== 0) {
       this.#lo = this.#hi = options.offsetMs;
       this.#fromSaved = true;
+      this.#leadMs = Math.max(0, -this.measuredOffsetMs);
     }
     this.#anchor = this.#anchorNow();
   }
@@ -190,7 +193,19 @@ export class ServerClock {
       this.#lo = Math.max(this.#lo, lo);
       this.#hi = Math.min(this.#hi, hi);
     }
+    // Ahead by the lead this answer measured, and before a step back noticed since the answer before by that too.
+    this.#leadMs = Math.max(this.#leadMs, -this.measuredOffsetMs + stepBackMs);
     this.#answerTaken(receivedMs, receivedMonotonicMs, stepBackMs);
+  }
+
+  /**
+   * The most this clock has known the device clock ahead of the server (a saved estimate, the answers,
+   * with a step back noticed before one): how far before its date a write it dated may rightly be sent
+   * (PendingWrite.sentAtMs in the web app; add REDATE_SLACK_MS). A stored value claiming more (edited,
+   * corrupted) is not to be believed.
+   */
+  get leadMs(): number {
+    return this.#leadMs;
   }
 
   /** Counts an answer; the unmeasured readings taken before it learn their first offset measured after. */

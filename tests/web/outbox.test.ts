@@ -25,7 +25,7 @@ import {
 import { OutboxSchedule } from "../../examples/web/lib/client/outboxSchedule.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import { datedWrite } from "../../examples/web/lib/client/syncSession.ts";
-import { ServerClock } from "@shared/progress/serverClock.ts";
+import { REDATE_SLACK_MS, ServerClock } from "@shared/progress/serverClock.ts";
 import { isSignedOut, SignedOutError } from "../../examples/web/lib/client/tokenKeeper.ts";
 import {
   isNetworkFailure,
@@ -377,6 +377,43 @@ Deno.test("outbox: a page turned once the offset is measured again, while a writ
   other.addPending(slept);
   const behind = datedWrite(other, fresh, "book", position(5), "e-reader");
   assert.ok(Date.parse(sendable(behind, fresh).updated_at) > Date.parse(slept.updated_at));
+});
+
+Deno.test("outbox: a stored sentAtMs (hand-editable) moves its page turn back by no more than the device was measured ahead: a sentAtMs of 0 is neither sent nor shown dated 1970", async () => {
+  const HOUR = 3_600_000;
+  // An hour ahead, measured; asleep offline: a page turn dated an hour late waits; an answer measures the
+  // hour again, and the next page turn is dated by the corrected clock (sentAtMs), an hour before its date.
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  t.device += 8 * HOUR;
+  const store = new SyncStore("reader", defaultCompareRows);
+  store.datesSentBy((write) => sendable(write, clock).updated_at);
+  const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+  store.addPending(datedWrite(store, clock, "book", position(4), "e-reader"));
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  const next = datedWrite(store, clock, "book", position(5), "e-reader");
+  assert.ok(next.sentAtMs !== undefined && next.sentAtMs < Date.parse(next.updated_at) - HOUR + 60_000);
+  assert.equal(
+    sendable(next, clock).updated_at,
+    new Date(next.sentAtMs).toISOString(),
+    "a true one is sent as is",
+  );
+  // The saved outbox edited by hand (or corrupted): its sentAtMs is 0.
+  store.addPending({ ...next, sentAtMs: 0 });
+  const earliest = Date.parse(next.updated_at) - HOUR - REDATE_SLACK_MS;
+  const shown = Date.parse(store.getSnapshot().bySeries.get("book")!.updatedAt);
+  assert.ok(shown >= earliest, `shown dated ${new Date(shown).toISOString()}`);
+  const sent: { updated_at: string; series_id: string }[] = [];
+  const measure = () => Promise.resolve();
+  assert.deepEqual(await flushOutbox(store, takingTransport(sent), options({ redate: { clock, measure } })), {
+    outcome: "done",
+  });
+  assert.equal(sent.length, 1);
+  const at = Date.parse(sent[0].updated_at);
+  assert.ok(at >= earliest && at <= Date.parse(next.updated_at), `sent dated ${sent[0].updated_at}`);
 });
 
 Deno.test(

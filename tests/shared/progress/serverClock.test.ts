@@ -469,3 +469,25 @@ Deno.test("server clock: a reading checked against its write's date is re-dated 
   // Without the write's date nothing is checked (the method as it was).
   assert.equal(clock.redate(edited), redated - 24 * HOUR);
 });
+
+Deno.test("server clock: leadMs is the most the device was known ahead (saved, measured, or stepped back before an answer), kept once the clock is set right", () => {
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clocks = { deviceNow: () => t.device, monotonicNow: () => t.monotonic };
+  assert.equal(new ServerClock({ ...clocks, offsetMs: -HOUR }).leadMs, HOUR, "a saved estimate");
+  assert.equal(new ServerClock({ ...clocks, offsetMs: HOUR }).leadMs, 0, "behind is no lead");
+  // Measured an hour ahead, then set right: the page turn dated before can still be sent an hour back.
+  const measured = new ServerClock(clocks);
+  assert.equal(measured.leadMs, 0, "nothing known");
+  measured.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  assert.equal(measured.leadMs, HOUR);
+  t.device -= HOUR;
+  measured.observe({ serverMs: t.device, sentMs: t.device, receivedMs: t.device });
+  assert.equal(measured.offsetMs, 0);
+  assert.equal(measured.leadMs, HOUR, "kept once set right");
+  // Never measured ahead, set back an hour before its first answer (which finds it right): it was ahead.
+  t.device += HOUR;
+  const stepped = new ServerClock(clocks);
+  t.device -= HOUR;
+  stepped.observe({ serverMs: t.device, sentMs: t.device, receivedMs: t.device });
+  assert.equal(stepped.leadMs, HOUR, "the step back noticed before the answer");
+});

@@ -26,7 +26,7 @@
 // Framework-free so it can be tested against the real API without React (tests/web/outbox.test.ts).
 
 import type { ProgressWriteInput } from "@shared/progress/schemas.ts";
-import type { ServerClock } from "@shared/progress/serverClock.ts";
+import { REDATE_SLACK_MS, type ServerClock } from "@shared/progress/serverClock.ts";
 import { PROGRESS_LIMITS, type WriteResult } from "@shared/progress/types.ts";
 import type { PendingWrite, SyncStore } from "./syncStore.ts";
 
@@ -53,7 +53,7 @@ export interface OutboxOptions {
    * dated them, and a request whose 2xx answer teaches it, made first when one of them waits for it.
    * Without it they are sent as dated.
    */
-  redate?: { clock: Pick<ServerClock, "redate" | "redatable">; measure(): Promise<unknown> };
+  redate?: { clock: Pick<ServerClock, "redate" | "redatable" | "leadMs">; measure(): Promise<unknown> };
 }
 
 /** How a flush ended. */
@@ -176,11 +176,12 @@ function waitsForAnswer(write: PendingWrite, clock: Pick<ServerClock, "redate" |
 /**
  * The write as the API takes it: without `unmeasured`, `sentAtMs` and `storedAt`, and re-dated by them
  * (by `unmeasured` once the clock can; never later than it was dated, never before its `afterMs` nor
- * `notBeforeMs`, the device's own stored versions).
+ * `notBeforeMs`, the device's own stored versions; by `sentAtMs` no further back than the clock has
+ * known the device ahead, ServerClock.leadMs, plus REDATE_SLACK_MS).
  */
 export function sendable(
   write: PendingWrite,
-  clock?: Pick<ServerClock, "redate">,
+  clock?: Pick<ServerClock, "redate" | "leadMs">,
   notBeforeMs?: number,
 ): ProgressWriteInput {
   const { unmeasured, sentAtMs, storedAt: _storedAt, ...sent } = write;
@@ -188,7 +189,11 @@ export function sendable(
   if (!Number.isFinite(dated)) return sent;
   let redated = dated;
   if (Number.isFinite(sentAtMs)) {
-    redated = Math.min(dated, sentAtMs!); // dated under a measured offset after a write re-dated (saved with it)
+    // Dated under a measured offset after a write re-dated (saved with it): before its date by what that
+    // write was late, which the lead the clock knew bounds. A stored value (hand-editable: a sentAtMs of 0
+    // would send the page turn dated 1970, and it would lose to every version) goes no further back.
+    const earliest = clock && Number.isFinite(clock.leadMs) ? dated - clock.leadMs - REDATE_SLACK_MS : -Infinity;
+    redated = Math.min(dated, Math.max(sentAtMs!, earliest));
   } else {
     // Checked against this write's date: a reading that does not agree with it (edited, corrupted) is not re-dated.
     const at = unmeasured && clock ? clock.redate(unmeasured, dated) : undefined;
