@@ -367,7 +367,9 @@ Deno.test("outbox: a page turned once the offset is measured again, while a writ
   t.monotonic += 1_000;
   const third = sendable(datedWrite(store, clock, "book", position(6), "e-reader"), clock);
   assert.ok(Math.abs(Date.parse(third.updated_at) - (t.device - HOUR)) <= 20, third.updated_at);
-  // While the clock cannot re-date it yet (another visit's, nothing measured here), after its date.
+  // While the clock cannot re-date it yet (another visit's, nothing measured here): after it in the
+  // outbox's order, but sent dated by the corrected clock (it replaces the waiting write, which is never
+  // sent; a key another tab got it stored under would go first: ownStoredFloor).
   const fresh = new ServerClock({
     deviceNow: () => t.device,
     monotonicNow: () => t.monotonic,
@@ -376,7 +378,57 @@ Deno.test("outbox: a page turned once the offset is measured again, while a writ
   const other = new SyncStore("reader", defaultCompareRows);
   other.addPending(slept);
   const behind = datedWrite(other, fresh, "book", position(5), "e-reader");
-  assert.ok(Date.parse(sendable(behind, fresh).updated_at) > Date.parse(slept.updated_at));
+  assert.ok(Date.parse(behind.updated_at) > Date.parse(slept.updated_at));
+  const sentBehind = Date.parse(sendable(behind, fresh).updated_at) - (t.device - HOUR);
+  assert.ok(Math.abs(sentBehind) <= 20, `${sentBehind} ms`);
+});
+
+Deno.test("outbox: a page turn dated under a saved offset while another visit's late-dated write waits is sent dated by the corrected clock, not after that write's late date: the phone's reading made in that hour wins", async () => {
+  const HOUR = 3_600_000;
+  // Visit 1: an hour ahead, measured; asleep offline: a page turn dated an hour late, then the page closed.
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clocks = { deviceNow: () => t.device, monotonicNow: () => t.monotonic };
+  const visit1 = new ServerClock(clocks);
+  visit1.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  t.device += 8 * HOUR;
+  const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+  const slept = datedWrite(
+    new SyncStore("reader", defaultCompareRows),
+    visit1,
+    "book",
+    position(4),
+    "e-reader",
+  );
+  assert.ok(slept.unmeasured);
+  // Visit 2, still offline: the saved -1 h is in force (measured), nothing answered yet. The next page turn:
+  t.device += 60_000;
+  t.monotonic = 0;
+  const clock = new ServerClock({ ...clocks, offsetMs: -HOUR });
+  const store = new SyncStore("reader", defaultCompareRows);
+  store.datesSentBy((write) => sendable(write, clock).updated_at);
+  store.addPending(slept);
+  const turnedAt = t.device - HOUR; // the server's clock then
+  const next = datedWrite(store, clock, "book", position(5), "e-reader");
+  assert.equal(next.unmeasured, undefined, "dated under the saved offset");
+  assert.ok(Date.parse(next.updated_at) > Date.parse(slept.updated_at), "after it in the outbox's order");
+  store.addPending(next);
+  assert.equal(store.pendingWrites().length, 1, "it replaces the waiting write, which is never sent");
+  // Ten minutes later the phone reads on to chapter 9; then the e-reader is online: its read answers -1 h.
+  t.device += 10 * 60_000;
+  t.monotonic += 10 * 60_000;
+  const phoneAt = t.device - HOUR;
+  const measure = () => {
+    clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+    return Promise.resolve();
+  };
+  const sent: { updated_at: string; series_id: string }[] = [];
+  assert.deepEqual(await flushOutbox(store, takingTransport(sent), options({ redate: { clock, measure } })), {
+    outcome: "done",
+  });
+  assert.equal(sent.length, 1);
+  const late = Date.parse(sent[0].updated_at) - turnedAt;
+  assert.ok(Math.abs(late) <= 20, `sent ${late} ms after it was turned`);
+  assert.ok(Date.parse(sent[0].updated_at) < phoneAt, "the phone's later reading wins");
 });
 
 Deno.test("outbox: a stored sentAtMs (hand-editable) moves its page turn back by no more than the device was measured ahead: a sentAtMs of 0 is neither sent nor shown dated 1970", async () => {

@@ -167,7 +167,7 @@ async function retryableFailure(store: SyncStore, options: OutboxOptions, error:
  * can never be re-dated (malformed, edited, not its write's: ServerClock.redatable) waits for nothing:
  * the write goes as dated, and no read is made for it (once, or at every flush).
  */
-function waitsForAnswer(write: PendingWrite, clock: Pick<ServerClock, "redate" | "redatable">): boolean {
+export function waitsForAnswer(write: PendingWrite, clock: Pick<ServerClock, "redate" | "redatable">): boolean {
   if (write.unmeasured === undefined || Number.isFinite(write.sentAtMs)) return false;
   const dated = Date.parse(write.updated_at);
   return clock.redatable(write.unmeasured, dated) && clock.redate(write.unmeasured, dated) === undefined;

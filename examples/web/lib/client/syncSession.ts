@@ -14,7 +14,7 @@ import { ServerClock } from "@shared/progress/serverClock.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { isNetworkFailure, isRetryable, isTransient, type ProgressApi, splitMayHelp } from "../progressClient.ts";
-import { type FlushResult, flushOutbox, sendable } from "./outbox.ts";
+import { type FlushResult, flushOutbox, sendable, waitsForAnswer } from "./outbox.ts";
 import { type OutboxTabs, OutboxSchedule, type OutboxTimers, type SendReason } from "./outboxSchedule.ts";
 import type { PendingWrite, SyncStore } from "./syncStore.ts";
 import { isSignedOut, SignedOutError, TokenKeeper } from "./tokenKeeper.ts";
@@ -438,8 +438,17 @@ export function datedWrite(
   const nowMs = clock.now();
   const reading = clock.unmeasuredReading();
   // This device's queued writes count by the date they are sent with: a write still to be re-dated is
-  // dated late (an hour, after a sleep), and a page turn dated after it would be that late too.
-  const sentAs = (write: PendingWrite) => sendable(write, clock).updated_at;
+  // dated late (an hour, after a sleep), and a page turn dated after it would be that late too. One that
+  // waits for an answer to re-date it (another visit's, nothing answered here yet) counts by what it had
+  // to follow (its afterMs, if any): this page turn replaces it, and placed after its late date it was
+  // sent that late for good, beating a phone's reading of that hour. Were it sent meanwhile (another
+  // tab), the key it was stored under still goes first (SyncStore.ownStoredFloor).
+  const sentAs = (write: PendingWrite) => {
+    if (!waitsForAnswer(write, clock)) return sendable(write, clock).updated_at;
+    const after = write.unmeasured?.afterMs;
+    const at = typeof after === "number" ? new Date(after - 1) : null; // (one past a Date's range is none)
+    return at && Number.isFinite(at.getTime()) ? at.toISOString() : "";
+  };
   const updatedAt = store.nextUpdatedAt(seriesId, nowMs, deviceId); // the outbox's order
   const afterMs = reading ? store.redatingFloor(seriesId, nowMs, deviceId, sentAs) : undefined;
   const sentAtMs = reading ? undefined : Date.parse(store.nextUpdatedAt(seriesId, nowMs, deviceId, sentAs));
