@@ -1,6 +1,7 @@
 // Database access of the progress API: postgres.js on SUPABASE_DB_URL, one transaction per request
 // that first switches to the `authenticated` role and installs the verified JWT claims
-// (request.jwt.claims), exactly as PostgREST does. From then on auth.uid() is the caller and RLS
+// (request.jwt.claims), exactly as PostgREST does, clearing the legacy per-claim settings that
+// auth.uid() and its siblings would prefer. From then on auth.uid() is the caller and RLS
 // decides what the SQL functions of migration 20261120090200_progress_writes.sql may touch.
 //
 // Errors leave this module as HttpError: bad values the database rejects -> 422, the database down,
@@ -133,9 +134,18 @@ export function createPostgresProgressStore(
           // now_ms: the database's clock for the answer's X-Server-Time (DatabaseClock), in this
           // statement so that reading it costs no round trip; epoch milliseconds as a double, which
           // no TimeZone setting changes. Each attempt reads it afresh.
+          // The legacy request.jwt.claim.sub/.role/.email and request.jwt.claim are cleared (empty:
+          // the auth.* helpers read '' as unset): Supabase's auth.uid(), auth.role(), auth.email()
+          // and auth.jwt() prefer them to request.jwt.claims, and behind a transaction-mode pooler
+          // another client may have left one set on the connection at session level (older RLS
+          // testing advice set request.jwt.claim.sub), which made auth.uid() that client's user.
           const [{ now_ms }] = await tx<{ now_ms: unknown }[]>`
             select set_config('role', 'authenticated', true),
                    set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
+                   set_config('request.jwt.claim.sub', '', true),
+                   set_config('request.jwt.claim.role', '', true),
+                   set_config('request.jwt.claim.email', '', true),
+                   set_config('request.jwt.claim', '', true),
                    set_config('statement_timeout', ${timeout}, true),
                    set_config('lock_timeout', ${lockTimeout}, true),
                    set_config('TimeZone', 'UTC', true),
