@@ -6,6 +6,7 @@
 // the README says (never one the cursor confirms).
 
 import assert from "node:assert/strict";
+import type { SupabaseClient } from "@supabase/supabase-js";
 import { subscribeToProgress, updateProgress } from "../../shared/progress/api.ts";
 import type { ProgressChange } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser } from "../support/env.ts";
@@ -88,15 +89,51 @@ async function observe(user: { id: string; accessToken: string }) {
   };
 }
 
+/**
+ * A test's reader (a new user), a writer device of theirs, the observer on their topic, and the
+ * reading device's runs: run() starts one (a new client subscribed from the quiet options, given
+ * `more`; `changes` collects what it is given), end() unsubscribes every run and closes it all.
+ */
+async function reader() {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const writer = clientWithToken(() => a.accessToken);
+  const observer = await observe(a);
+  // No read while live but the ones the test asks for: the safety read and the heartbeat watch off.
+  const options = {
+    accessToken: a.accessToken,
+    livePollIntervalMs: 0,
+    heartbeatReplyTimeoutMs: 0,
+    log: () => {},
+  };
+  const runs: { device: SupabaseClient; sub: ReturnType<typeof subscribeToProgress> }[] = [];
+  return {
+    sql,
+    a,
+    writer,
+    observer,
+    run(changes: ProgressChange[], more: { changesLimit?: number; initialCursor?: string } = {}) {
+      const device = clientWithToken(() => a.accessToken);
+      const sub = subscribeToProgress(device, a.id, (c) => changes.push(c), { ...options, ...more });
+      runs.push({ device, sub });
+      return { device, sub };
+    },
+    async end() {
+      for (const { sub } of runs) await sub.unsubscribe();
+      for (const { device } of runs) await closeClient(device);
+      await closeClient(writer);
+      await observer.close();
+      await sql.end();
+    },
+  };
+}
+
 Deno.test({
   name:
     "realtime cursor: persisted at stop, written to while stopped, restarted with initialCursor: every change delivered, none the cursor confirms again",
   ...noSanitize,
 }, async () => {
-  const sql = adminSql();
-  const a = await createTestUser();
-  const writer = clientWithToken(() => a.accessToken);
-  const observer = await observe(a);
+  const { sql, a, writer, observer, run, end } = await reader();
   const t0 = Date.now() - 60_000;
   let writes = 0;
   const write = (series_id: string, chapter: number) =>
@@ -108,27 +145,16 @@ Deno.test({
       device_id: "device-a",
       updated_at: new Date(t0 + ++writes).toISOString(),
     });
-  // No read while live but the ones the test asks for: the safety read and the heartbeat watch off.
-  const options = {
-    accessToken: a.accessToken,
-    livePollIntervalMs: 0,
-    heartbeatReplyTimeoutMs: 0,
-    changesLimit: 2,
-    log: () => {},
-  };
   const hold = (changes: ProgressChange[], series: string, chapter: number, kind = "upsert") =>
     changes.some((c) => c.kind === kind && c.row.series_id === series && c.row.chapter === chapter);
 
-  // First run: live, given three series, then a read that confirms them.
-  const deviceB1 = clientWithToken(() => a.accessToken);
+  // First run (pages of 2, as the second): live, given three series, then a read that confirms them.
   const first: ProgressChange[] = [];
   const heardFirst: (string | null)[] = [];
   let readsFirst = 0;
-  const sub1 = subscribeToProgress(deviceB1, a.id, (c) => first.push(c), options);
+  const { device: deviceB1, sub: sub1 } = run(first, { changesLimit: 2 });
   sub1.onCursor((cursor) => heardFirst.push(cursor));
   sub1.onRead(() => readsFirst++);
-  let deviceB2: ReturnType<typeof clientWithToken> | undefined;
-  let sub2: ReturnType<typeof subscribeToProgress> | undefined;
   try {
     await waitFor("the first run live", () => sub1.status === "live", GUARD);
     await write("kept", 1);
@@ -161,16 +187,12 @@ Deno.test({
     await observer.sent(writes + 1); // every write and the deletion: none can reach the next channel
 
     // Second run, from the persisted cursor.
-    deviceB2 = clientWithToken(() => a.accessToken);
     const second: ProgressChange[] = [];
     const heardSecond: (string | null)[] = [];
-    sub2 = subscribeToProgress(deviceB2, a.id, (c) => second.push(c), {
-      ...options,
-      initialCursor: persisted,
-    });
+    const { sub: sub2 } = run(second, { changesLimit: 2, initialCursor: persisted });
     sub2.onCursor((cursor) => heardSecond.push(cursor));
     assert.equal(sub2.cursor, persisted, "it starts from the persisted cursor");
-    await waitFor("the second run live", () => sub2!.status === "live", GUARD);
+    await waitFor("the second run live", () => sub2.status === "live", GUARD);
 
     // What changed while stopped, by its reads (no broadcast of it was sent while it was joined).
     for (const [series, chapter] of [["moved", 2], ["new-1", 1], ["new-2", 2], ["new-3", 3]] as const) {
@@ -183,13 +205,7 @@ Deno.test({
     await assertResumed(sql, a.id, persisted, first, second);
     assert.ok(heardSecond.length >= 1 && heardSecond.at(-1) === sub2.cursor, "onCursor heard each move");
   } finally {
-    await sub1.unsubscribe();
-    await sub2?.unsubscribe();
-    await closeClient(deviceB1);
-    if (deviceB2) await closeClient(deviceB2);
-    await closeClient(writer);
-    await observer.close();
-    await sql.end();
+    await end();
   }
 });
 
@@ -198,10 +214,7 @@ Deno.test({
     "realtime cursor: the cursor onCursor hears after a catch-up's first page, persisted as the app stops there: the restart delivers the rest of the library",
   ...noSanitize,
 }, async () => {
-  const sql = adminSql();
-  const a = await createTestUser();
-  const writer = clientWithToken(() => a.accessToken);
-  const observer = await observe(a);
+  const { sql, a, writer, observer, run, end } = await reader();
   const t0 = Date.now() - 60_000;
   // A library of seven series, written (and broadcast) before any device of the reader is
   // subscribed: only reads give it to the device.
@@ -216,24 +229,15 @@ Deno.test({
     });
   }
   await observer.sent(7);
-  const options = {
-    accessToken: a.accessToken,
-    livePollIntervalMs: 0,
-    heartbeatReplyTimeoutMs: 0,
-    log: () => {},
-  };
-  const deviceB1 = clientWithToken(() => a.accessToken);
   const first: ProgressChange[] = [];
   let persisted: string | null | undefined;
   // Pages of 3: the app is stopped (by the listener itself) right after the first page.
-  const sub1 = subscribeToProgress(deviceB1, a.id, (c) => first.push(c), { ...options, changesLimit: 3 });
+  const { device: deviceB1, sub: sub1 } = run(first, { changesLimit: 3 });
   sub1.onCursor((cursor) => {
     if (persisted !== undefined) return;
     persisted = cursor;
     void sub1.unsubscribe();
   });
-  let deviceB2: ReturnType<typeof clientWithToken> | undefined;
-  let sub2: ReturnType<typeof subscribeToProgress> | undefined;
   try {
     await waitFor("the first page's cursor", () => persisted !== undefined, GUARD);
     await waitFor("the first run stopped", () => sub1.service.stats().links === 0, GUARD);
@@ -243,26 +247,15 @@ Deno.test({
     assert.ok(first.length <= 3, "one page read");
     await closeClient(deviceB1);
 
-    deviceB2 = clientWithToken(() => a.accessToken);
     const second: ProgressChange[] = [];
-    sub2 = subscribeToProgress(deviceB2, a.id, (c) => second.push(c), {
-      ...options,
-      changesLimit: 3,
-      initialCursor: persisted!,
-    });
-    await waitFor("the second run live", () => sub2!.status === "live", GUARD);
+    const { sub: sub2 } = run(second, { changesLimit: 3, initialCursor: persisted! });
+    await waitFor("the second run live", () => sub2.status === "live", GUARD);
     await assertResumed(sql, a.id, persisted!, first, second);
     assert.ok(second.every((c) => c.source !== "realtime"), "read, not broadcast");
     const everything = new Set([...first, ...second].map((c) => c.row.series_id));
     assert.equal(everything.size, 7, "the whole library between the two runs");
   } finally {
-    await sub1.unsubscribe();
-    await sub2?.unsubscribe();
-    await closeClient(deviceB1);
-    if (deviceB2) await closeClient(deviceB2);
-    await closeClient(writer);
-    await observer.close();
-    await sql.end();
+    await end();
   }
 });
 
@@ -271,21 +264,9 @@ Deno.test({
     "realtime cursor: a write whose transaction was still open when the cursor was read (an older transaction id than a broadcast one) reaches the restarted device",
   ...noSanitize,
 }, async () => {
-  const sql = adminSql();
-  const a = await createTestUser();
-  const writer = clientWithToken(() => a.accessToken);
-  const observer = await observe(a);
-  const options = {
-    accessToken: a.accessToken,
-    livePollIntervalMs: 0,
-    heartbeatReplyTimeoutMs: 0,
-    log: () => {},
-  };
-  const deviceB1 = clientWithToken(() => a.accessToken);
+  const { sql, a, writer, observer, run, end } = await reader();
   const first: ProgressChange[] = [];
-  const sub1 = subscribeToProgress(deviceB1, a.id, (c) => first.push(c), options);
-  let deviceB2: ReturnType<typeof clientWithToken> | undefined;
-  let sub2: ReturnType<typeof subscribeToProgress> | undefined;
+  const { device: deviceB1, sub: sub1 } = run(first);
   let commit = () => {};
   let slow: Promise<unknown> = Promise.resolve();
   try {
@@ -325,24 +306,14 @@ Deno.test({
     await slow;
     await observer.sent(2);
 
-    deviceB2 = clientWithToken(() => a.accessToken);
     const second: ProgressChange[] = [];
-    sub2 = subscribeToProgress(deviceB2, a.id, (c) => second.push(c), {
-      ...options,
-      initialCursor: persisted,
-    });
-    await waitFor("the second run live", () => sub2!.status === "live", GUARD);
+    const { sub: sub2 } = run(second, { initialCursor: persisted });
+    await waitFor("the second run live", () => sub2.status === "live", GUARD);
     assert.ok(second.some((c) => c.kind === "upsert" && c.row.series_id === "slow"), "slow delivered");
     await assertResumed(sql, a.id, persisted, first, second);
   } finally {
     commit();
     await slow.catch(() => {});
-    await sub1.unsubscribe();
-    await sub2?.unsubscribe();
-    await closeClient(deviceB1);
-    if (deviceB2) await closeClient(deviceB2);
-    await closeClient(writer);
-    await observer.close();
-    await sql.end();
+    await end();
   }
 });
