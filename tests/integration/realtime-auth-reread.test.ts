@@ -99,6 +99,20 @@ function device(
   };
 }
 
+/**
+ * A test's end: its subscription unsubscribed, the device closed (its client's Realtime and its Auth
+ * stand-in), and the Realtime of the user's own client (createTestUser's) disconnected.
+ */
+async function stop(
+  subscription: ReturnType<typeof subscribeToProgress>,
+  laptop: ReturnType<typeof device>,
+  user: { client: SupabaseClient },
+): Promise<void> {
+  await subscription.unsubscribe();
+  await laptop.close();
+  await user.client.realtime.disconnect();
+}
+
 Deno.test({
   name:
     "realtime auth, supabase-js session: a joined link's catch-up refused 401 is made again at TOKEN_REFRESHED and brings what was missed, not after the polls' backoff",
@@ -172,9 +186,7 @@ Deno.test({
     assert.ok(logs.some((l) => l.event === "read_after_new_token"));
     assert.equal(logs.filter((l) => l.event === "join_attempt").length, 1, "the channel stayed joined");
   } finally {
-    await subscription.unsubscribe();
-    await laptop.close();
-    await a.client.realtime.disconnect();
+    await stop(subscription, laptop, a);
   }
 });
 
@@ -244,9 +256,7 @@ Deno.test({
     assert.ok(logs.some((l) => l.event === "auth_token_refreshed" && l.auth_event === "TOKEN_REFRESHED"));
     await waitFor("polling", () => subscription.status === "polling", { timeoutMs: 20_000 });
   } finally {
-    await subscription.unsubscribe();
-    await laptop.close();
-    await a.client.realtime.disconnect();
+    await stop(subscription, laptop, a);
   }
 });
 
@@ -309,8 +319,6 @@ Deno.test({
     assert.deepEqual(seen(), ["T1 401", "T2 401", "T3 200"], "no read again with T2, refused already");
   } finally {
     gate.release();
-    await subscription.unsubscribe();
-    await laptop.close();
-    await a.client.realtime.disconnect();
+    await stop(subscription, laptop, a);
   }
 });
