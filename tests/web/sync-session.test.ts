@@ -13,10 +13,12 @@ import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import {
   outboxLockName,
+  saveBeforeSession,
   storeForUser,
   type SyncApi,
   type SyncEnvironment,
   SyncSession,
+  visitClock,
 } from "../../examples/web/lib/client/syncSession.ts";
 import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
 import { virtualTimers } from "./support.ts";
@@ -247,11 +249,11 @@ function tab(options: { browser?: ReturnType<typeof sharedStorage>; refuse?: str
     clearInterval: (handle) => void intervals.delete(handle),
     timers: clock.timers,
   };
-  const open = (store: SyncStore) =>
+  const open = (store: SyncStore, clock?: ServerClock) =>
     new SyncSession(
       store,
       { userId: store.userId, accessToken: `token-of-${store.userId}`, expiresAt: FAR },
-      env,
+      clock ? { ...env, clock } : env,
     );
   return { env, window, document, storage, locks, clock, intervals, sent, subscriptions, left, open };
 }
@@ -480,6 +482,43 @@ Deno.test("sync session: a page turn dated before the clock has a measured offse
   assert.deepEqual([next.chapter, next.updated_at], [5, new Date(hands.device - HOUR).toISOString()]);
   assert.equal(store.getSnapshot().bySeries.get("book")!.chapter, 5);
   alice.close();
+});
+
+Deno.test("sync session: a page turn saved before the session opened is dated as the session dates: by the saved offset, or re-dated by the session's first answer", async () => {
+  const HOUR = 3_600_000;
+  // A device an hour ahead of the server. The clocks are the test's own, moved by hand.
+  const hands = { device: Date.now(), monotonic: 0 };
+  const deviceClock = { deviceNow: () => hands.device, monotonicNow: () => hands.monotonic };
+  for (const saved of [-HOUR, undefined]) {
+    const t = tab();
+    t.env.deviceClock = deviceClock;
+    t.env.clockOffset = { load: () => saved, save: () => {} };
+    t.env.connect = ((connect) => (accessToken, clock) => {
+      const { api, disconnect } = connect(accessToken, clock);
+      api.listProgress = () => {
+        const sentMs = clock.deviceNow();
+        clock.observe({ serverMs: sentMs - HOUR, sentMs, receivedMs: clock.deviceNow() });
+        return Promise.resolve({ items: [], next_cursor: null });
+      };
+      return { api, disconnect };
+    })(t.env.connect);
+    const store = newStore(ALICE);
+    // As SyncProvider: the page is there and the reader turns a page before its effect opened the session.
+    const clock = visitClock(t.env);
+    saveBeforeSession(store, clock, "book", position(4), DEVICE);
+    const turnedAt = hands.device - HOUR; // the server's clock then
+    hands.device += 60_000;
+    hands.monotonic += 60_000;
+    const alice = t.open(store, clock);
+    assert.equal(await alice.syncNow(), "done");
+    const [sent] = t.sent.flatMap((s) => s.writes);
+    assert.deepEqual(
+      [sent.chapter, sent.updated_at],
+      [4, new Date(turnedAt).toISOString()],
+      `${saved ? "by the saved offset" : "re-dated by the first answer"}, not an hour late`,
+    );
+    alice.close();
+  }
 });
 
 Deno.test("sync session: a write the server refuses says so in every tab of the user, not only the one that sent it; dismissed in one, gone in all", async () => {

@@ -25,11 +25,14 @@ import { userClient, progressApi } from "@/lib/progressClient.ts";
 import { type SyncSnapshot, SyncStore } from "@/lib/client/syncStore.ts";
 import {
   type Position,
+  saveBeforeSession,
   storeForUser,
   type SyncEnvironment,
   type SyncNowState,
   SyncSession,
+  visitClock,
 } from "@/lib/client/syncSession.ts";
+import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { announceSession } from "@/lib/client/sessionSignal.ts";
 
 export type DisplayStatus = RealtimeStatus;
@@ -86,6 +89,10 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
   // The session open now, set in the effect itself: a save made before the page renders again (a
   // handler of the last render) goes to it, not to the session that render saw, closed meanwhile.
   const openSession = useRef<SyncSession | null>(null);
+  // The visit's server clock (the saved offset; made at the first need, in the browser): the sessions
+  // date by it, and so does a save made before one opened, so that save is corrected (or re-dated) alike.
+  const clockRef = useRef<ServerClock | null>(null);
+  const clock = useCallback(() => (clockRef.current ??= visitClock({ clockOffset: browserClockOffset })), []);
   // A session of another store (the old user's, in the render before the effect replaced it) is not
   // this user's: its status, flush and Sync now are not offered.
   const live = session && session.store === store && !session.closed ? session : null;
@@ -99,7 +106,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
 
   useEffect(() => {
     setDeviceId(getDeviceId());
-    const opened = new SyncSession(store, { userId, accessToken, expiresAt }, browserSyncEnvironment(supabaseUrl, anonKey));
+    const opened = new SyncSession(store, { userId, accessToken, expiresAt }, browserSyncEnvironment(supabaseUrl, anonKey, clock()));
     openSession.current = opened;
     setSession(opened);
     announceSession(userId);
@@ -108,7 +115,7 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       opened.close();
       setSession((current) => (current === opened ? null : current));
     };
-  }, [store, supabaseUrl, anonKey, userId, accessToken, expiresAt]);
+  }, [store, supabaseUrl, anonKey, userId, accessToken, expiresAt, clock]);
 
   const save = useCallback(
     (seriesId: string, position: Position) => {
@@ -116,11 +123,10 @@ export function SyncProvider({ supabaseUrl, anonKey, userId, accessToken, expire
       const device = deviceId ?? getDeviceId();
       const open = openSession.current;
       if (open && open.store === store && !open.closed) return open.save(seriesId, position, device);
-      // Before the session opened (or between two): queued, sent once it has.
-      const at = store.nextUpdatedAt(seriesId, Date.now(), device);
-      store.addPending({ series_id: seriesId, ...position, cleared: false, device_id: device, updated_at: at });
+      // Before the session opened (or between two): queued dated as the session dates (its clock), sent once it has.
+      saveBeforeSession(store, clock(), seriesId, position, device);
     },
-    [store, userId, deviceId],
+    [store, userId, deviceId, clock],
   );
 
   const value = useMemo<SyncContextValue>(
@@ -148,7 +154,7 @@ function newStore(userId: string): SyncStore {
 const CLOCK_OFFSET_KEY = "readsync.serverClockOffsetMs";
 
 /** What a SyncSession needs of this browser tab (lib/client/syncSession.ts). */
-function browserSyncEnvironment(supabaseUrl: string, anonKey: string): SyncEnvironment {
+function browserSyncEnvironment(supabaseUrl: string, anonKey: string, clock: ServerClock): SyncEnvironment {
   return {
     window,
     document,
@@ -163,12 +169,16 @@ function browserSyncEnvironment(supabaseUrl: string, anonKey: string): SyncEnvir
       return { api: progressApi(supabase, clock), disconnect: () => supabase.realtime.disconnect() };
     },
     leave: (how) => (how === "reload" ? window.location.reload() : window.location.assign("/sign-in")),
-    clockOffset: { load: savedClockOffset, save: saveClockOffset },
+    clockOffset: browserClockOffset,
+    clock,
     setInterval: (run, ms) => window.setInterval(run, ms),
     clearInterval: (handle) => window.clearInterval(handle as number),
     log: browserLog,
   };
 }
+
+/** The server clock's estimate, kept in localStorage for the next visit. */
+const browserClockOffset = { load: savedClockOffset, save: saveClockOffset };
 
 function localStorageIfAllowed(): Storage | null {
   try {

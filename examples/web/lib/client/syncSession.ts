@@ -51,6 +51,12 @@ export interface SyncEnvironment {
   leave(how: "sign-in" | "reload"): void;
   /** The server clock's estimate, kept for the next visit (which may start offline). */
   clockOffset?: { load(): number | undefined; save(offsetMs: number): void };
+  /**
+   * The page visit's server clock (visitClock), when the page dated writes by it before the session
+   * opened (SyncProvider): the session dates and re-dates by it, so their readings are its own. Without
+   * it the session makes one (clockOffset, deviceClock).
+   */
+  clock?: ServerClock;
   setInterval(run: () => void, ms: number): unknown;
   clearInterval(handle: unknown): void;
   /**
@@ -112,7 +118,7 @@ export class SyncSession {
     // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must
     // not make an old position win later); the estimate is kept for the next visit, which may start
     // offline. The token's expiry is judged by the same clock.
-    const clock = this.clock = new ServerClock({ offsetMs: env.clockOffset?.load(), ...env.deviceClock });
+    const clock = this.clock = env.clock ?? visitClock(env);
     const tokens = new TokenKeeper(config.accessToken, config.expiresAt, { userId, now: () => clock.now() });
     // Signed out, or signed in as someone else in another tab: this page's library, outbox and
     // Realtime link are the old user's, so leave it (a reload renders the new user's library; the
@@ -463,6 +469,30 @@ export function datedWrite(
     ...(reading ? { unmeasured: { ...reading, ...(afterMs !== undefined ? { afterMs } : {}) } } : {}),
     ...(sentAtMs !== undefined && sentAtMs < Date.parse(updatedAt) ? { sentAtMs } : {}),
   };
+}
+
+/**
+ * The server clock of a page visit, as a session makes it: the saved estimate, the clocks the
+ * environment gives. SyncProvider makes one before any session opens and gives it to each (`clock`).
+ */
+export function visitClock(env: Pick<SyncEnvironment, "clockOffset" | "deviceClock">): ServerClock {
+  return new ServerClock({ offsetMs: env.clockOffset?.load(), ...env.deviceClock });
+}
+
+/**
+ * A page turn saved while no session of its user is open (SyncProvider: before its effect opened one,
+ * or between two): queued dated as the session would date it (datedWrite, by the visit's clock: the
+ * saved offset, or a reading the outbox re-dates by once the session's first answer comes), and sent
+ * once a session opens with that clock.
+ */
+export function saveBeforeSession(
+  store: SyncStore,
+  clock: ServerClock,
+  seriesId: string,
+  position: Position,
+  deviceId: string,
+): void {
+  store.addPending(datedWrite(store, clock, seriesId, position, deviceId));
 }
 
 /** Where the browser's tabs share the outbox's schedule (outboxSchedule.ts), per user. */
