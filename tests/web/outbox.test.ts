@@ -932,3 +932,60 @@ Deno.test("outbox: a page turn re-dated by one tab's clock is sent after the wri
   assert.deepEqual(result, { outcome: "done" });
   assert.equal(stored.get("book")?.chapter, 5, "tab B's later page turn is what the server keeps");
 });
+
+Deno.test("outbox: a re-dated write sent again after its answer was lost goes under the same key (a replay), not 1 ms after its own stored copy", async () => {
+  const HOUR = 3_600_000;
+  // A fresh visit on a device an hour ahead, no answer yet: the page turn keeps its reading.
+  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
+  const store = new SyncStore("reader", defaultCompareRows);
+  store.addPending(datedWrite(store, clock, "book", { chapter: 4, page: 1, percentage: 0.5 }, "e-reader"));
+  const measure = () => {
+    clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+    return Promise.resolve();
+  };
+  // The server stores every write under its key (a write under a key it stores with the same position
+  // is a replay, not stored again); the first answer is lost on its way back.
+  const versions: { updated_at: string; chapter: number }[] = [];
+  const sent: string[] = [];
+  let loseAnswer = true;
+  const row = (write: Parameters<OutboxTransport["updateProgress"]>[0]) => ({
+    ...write,
+    user_id: "reader",
+    synced_at: write.updated_at,
+    change_xid: String(versions.length),
+    created_at: write.updated_at,
+  });
+  const server = (write: Parameters<OutboxTransport["updateProgress"]>[0]) => {
+    sent.push(write.updated_at);
+    const last = versions.at(-1);
+    if (!last || last.updated_at !== write.updated_at || last.chapter !== write.chapter) {
+      versions.push({ ...write });
+    }
+    return { won: true, progress: row(write) } as unknown as Awaited<
+      ReturnType<OutboxTransport["updateProgress"]>
+    >;
+  };
+  const api: OutboxTransport = {
+    updateProgress: (write) => Promise.resolve(server(write)),
+    updateProgressBatch: (writes) => {
+      const answers = writes.map(server);
+      if (!loseAnswer) return Promise.resolve(answers);
+      loseAnswer = false;
+      // Stored, then the connection drops; the stored row reaches the device by Realtime meanwhile.
+      store.applyServerRow(row(writes[0]) as unknown as Parameters<SyncStore["applyServerRow"]>[0]);
+      return Promise.reject(new NetworkError(0, "network_error", "Failed to fetch"));
+    },
+  };
+  const first = await flushOutbox(store, api, options({ redate: { clock, measure } }));
+  assert.equal(first.outcome, "failed");
+  assert.equal(store.getSnapshot().pendingCount, 1, "its answer lost: still waiting");
+  t.device += 60_000;
+  t.monotonic += 60_000;
+  assert.deepEqual(await flushOutbox(store, api, options({ redate: { clock, measure } })), {
+    outcome: "done",
+  });
+  const turnedAt = new Date(1_800_000_000_000).toISOString();
+  assert.deepEqual(sent, [turnedAt, turnedAt], "sent again under the key it was stored under");
+  assert.equal(versions.length, 1, "stored once");
+});

@@ -99,7 +99,11 @@ export async function flushOutbox(
       // A refused read says nothing of the writes: they go as dated.
     }
   }
-  const toSend = (write: PendingWrite) => sendable(write, redate?.clock, store.ownStoredFloor(write));
+  const toSend = (write: PendingWrite) => {
+    // Sent again after a lost answer, a write keeps its key (a replay): its own stored copy is no floor.
+    const sentAtMs = Date.parse(sendable(write, redate?.clock).updated_at);
+    return sendable(write, redate?.clock, store.ownStoredFloor(write, Number.isFinite(sentAtMs) ? sentAtMs : undefined));
+  };
   try {
     for (let i = 0; i < pending.length; i += size) {
       if (options.isDisposed()) return { outcome: "disposed" };

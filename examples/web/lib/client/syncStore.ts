@@ -308,15 +308,23 @@ export class SyncStore {
    * got answered: `storedAt`); undefined when none. A write sent re-dated goes no earlier: re-dated by
    * another tab's clock (estimates within a round trip of each other), a page turn made just after
    * the one another tab sent could fall before it and be refused as older than this device's own
-   * write ('self').
+   * write ('self'). `sentAtMs`: the date the write goes with otherwise (sendable without the floor); a
+   * version stored under that key with the write's position is this write itself (its answer lost, the
+   * row heard since): it does not count, so the write goes again under the same key (a replay), not
+   * 1 ms after its own stored copy, stored a second time.
    */
-  ownStoredFloor(write: PendingWrite): number | undefined {
+  ownStoredFloor(write: PendingWrite, sentAtMs?: number): number | undefined {
     let at = -Infinity;
+    const itself = (key: string, position: PendingWrite | ProgressRow) =>
+      sentAtMs !== undefined && Date.parse(key) === sentAtMs && ConflictResolver.samePosition(write, position);
     const confirmed = this.#confirmed.get(write.series_id);
-    if (confirmed && confirmed.device_id === write.device_id) at = Date.parse(confirmed.updated_at) + 1;
+    if (confirmed && confirmed.device_id === write.device_id && !itself(confirmed.updated_at, confirmed)) {
+      at = Date.parse(confirmed.updated_at) + 1;
+    }
     for (const done of this.#readAnswered()) {
       if (done.series_id !== write.series_id || done.device_id !== write.device_id) continue;
-      const stored = typeof done.storedAt === "string" ? Date.parse(done.storedAt) + 1 : NaN;
+      if (typeof done.storedAt !== "string" || itself(done.storedAt, done)) continue;
+      const stored = Date.parse(done.storedAt) + 1;
       if (Number.isFinite(stored)) at = Math.max(at, stored);
     }
     return Number.isFinite(at) ? at : undefined;
