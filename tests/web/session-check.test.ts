@@ -56,40 +56,44 @@ Deno.test("a sign-out heard while a token request is under way is checked with a
 
 Deno.test("a tab shown again reads at once while Auth is slow, and asks /auth/token at most every 30 s", async () => {
   let requests = 0;
+  // Auth is slow: a token request is answered only when the test lets it (after it has seen the read).
+  const unanswered: Array<() => void> = [];
+  const answerAll = () => unanswered.splice(0).forEach((answer) => answer());
   globalThis.fetch = ((_: unknown, init?: RequestInit) => {
     requests++;
     return new Promise((resolve, reject) => {
       init?.signal?.addEventListener("abort", () => reject(init.signal!.reason));
-      setTimeout(
-        () => resolve(Response.json({ accessToken: "tok-1", expiresAt: inSeconds(3600), userId: USER })),
-        400,
+      unanswered.push(() =>
+        resolve(Response.json({ accessToken: "tok-1", expiresAt: inSeconds(3600), userId: USER }))
       );
     });
   }) as typeof fetch;
   try {
     let clock = 1_000_000;
     const tokens = new TokenKeeper("tok-1", inSeconds(3600), { userId: USER });
-    const reads: number[] = [];
-    const started = Date.now();
+    let reads = 0;
     const session = createSessionCheck({
       tokens,
       leaveIfSignedOut: () => {},
       syncNow: () => {
-        reads.push(Date.now() - started);
+        reads++;
         return Promise.resolve("done");
       },
       now: () => clock,
     });
     const first = session.shown();
-    assert.equal(reads.length, 1, "the read went out before /auth/token answered");
+    assert.equal(reads, 1, "the read went out before /auth/token answered");
     assert.equal(requests, 1, "and the session is checked beside it");
-    await first;
+    answerAll();
+    await guarded(first, "the first shown()");
     clock += SHOWN_CHECK_INTERVAL_MS - 1;
-    await session.shown();
-    assert.deepEqual([reads.length, requests], [2, 1], "shown again within 30 s: read, no new check");
+    await guarded(session.shown(), "shown() again within 30 s");
+    assert.deepEqual([reads, requests], [2, 1], "shown again within 30 s: read, no new check");
     clock += 2;
-    await session.shown();
-    assert.deepEqual([reads.length, requests], [3, 2], "after 30 s: checked again");
+    const third = session.shown();
+    assert.deepEqual([reads, requests], [3, 2], "after 30 s: checked again");
+    answerAll();
+    await guarded(third, "shown() after 30 s");
   } finally {
     globalThis.fetch = realFetch;
   }
@@ -97,8 +101,13 @@ Deno.test("a tab shown again reads at once while Auth is slow, and asks /auth/to
 
 Deno.test("a tab shown again with a token about to run out reads only once it has a fresh one", async () => {
   const order: string[] = [];
+  // The token's answer is held until the test has seen the request arrive with nothing read yet,
+  // by order rather than by how long Auth takes: a read that does not wait for it has gone by then.
+  const arrived = Promise.withResolvers<void>();
+  const answer = Promise.withResolvers<void>();
   globalThis.fetch = (async () => {
-    await sleep(100);
+    arrived.resolve();
+    await answer.promise;
     order.push("token");
     return Response.json({ accessToken: "tok-2", expiresAt: inSeconds(3600), userId: USER });
   }) as typeof fetch;
@@ -112,7 +121,11 @@ Deno.test("a tab shown again with a token about to run out reads only once it ha
         return Promise.resolve("done");
       },
     });
-    await session.shown();
+    const shown = session.shown();
+    await guarded(arrived.promise, "the token request");
+    assert.deepEqual(order, [], "nothing read while the token request is under way");
+    answer.resolve();
+    await guarded(shown, "shown() to end");
     assert.deepEqual(order, ["token", "read with tok-2"]);
   } finally {
     globalThis.fetch = realFetch;
