@@ -965,10 +965,14 @@ Deno.test("a phone whose clock is set right while the app runs keeps winning wit
     `learnt offset ${clock.offsetMs}, round trip ${ms} ms`,
   );
   phoneAheadMs = 0; // NTP
-  await tablet.updateProgress(
+  const onTablet = await tablet.updateProgress(
     write({ series_id: series, chapter: 12, page: 35, device_id: "tablet", updated_at: at(tablet) }),
   );
-  await new Promise((resolve) => setTimeout(resolve, 5));
+  // The phone's next page is turned after the tablet's on the phone's clock, waited for there rather
+  // than a 5 ms pause: the phone's estimate of the server's clock may be off by up to a round trip.
+  // (clock.now(), not api.now(): a stamp taken moves the next one on.)
+  const tabletAt = Date.parse(onTablet.progress.updated_at);
+  await waitUntil("the phone's clock past the tablet's page", () => clock.now() > tabletAt);
   const next = await phone.updateProgress(
     write({ series_id: series, chapter: 12, page: 36, device_id: "phone", updated_at: at(phone) }),
   );
