@@ -15,7 +15,7 @@ import {
   type SendReason,
 } from "../../examples/web/lib/client/outboxSchedule.ts";
 import { isNetworkFailure } from "../../examples/web/lib/progressClient.ts";
-import { virtualTimers } from "./support.ts";
+import { memoryStorage, virtualTimers } from "./support.ts";
 
 const down = () => new ServiceUnavailableError(503, "service_unavailable", "the API is down");
 const noNetwork = () => new NetworkError(0, "network_error", "Failed to fetch");
@@ -342,16 +342,6 @@ Deno.test("outbox schedule: a send that throws (a bug, not an answer) is retried
 });
 
 // ---- the tabs of one browser: one shared outbox, one shared schedule, one tab sending at a time
-
-/** localStorage as the tabs of one browser share it. */
-function memoryStorage() {
-  const items = new Map<string, string>();
-  return {
-    getItem: (key: string) => items.get(key) ?? null,
-    setItem: (key: string, value: string) => void items.set(key, value),
-    removeItem: (key: string) => void items.delete(key),
-  };
-}
 
 /** A lock as navigator.locks.request grants it: one holder at a time, the others in the order they asked. */
 function memoryLock() {

@@ -35,7 +35,7 @@ import {
 } from "../../examples/web/lib/progressClient.ts";
 import { createTestUser, testEnv } from "../support/env.ts";
 import { closedPort, seriesId, serveLocal } from "../functions/support.ts";
-import { pendingWrite, virtualTimers } from "./support.ts";
+import { memoryStorage, pendingWrite, virtualTimers } from "./support.ts";
 
 const noSanitize = { sanitizeOps: false, sanitizeResources: false } as const;
 
@@ -848,17 +848,7 @@ Deno.test("outbox: while a page turn dated an hour late waits, the page shows th
 Deno.test("outbox: a page turn re-dated by one tab's clock is sent after the write another tab just got stored, never refused as older than this device's own ('self')", async () => {
   const HOUR = 3_600_000;
   // One browser, a device an hour ahead; two tabs of a fresh visit, no answer yet in either.
-  const items = new Map<string, string>();
-  const storage = {
-    get length() {
-      return items.size;
-    },
-    key: (i: number) => [...items.keys()][i] ?? null,
-    getItem: (key: string) => items.get(key) ?? null,
-    setItem: (key: string, value: string) => void items.set(key, String(value)),
-    removeItem: (key: string) => void items.delete(key),
-    clear: () => items.clear(),
-  } as Storage;
+  const storage = memoryStorage();
   const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
   const tab = () => {
     const store = new SyncStore("reader", defaultCompareRows);

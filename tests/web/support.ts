@@ -1,4 +1,5 @@
-// What the web tests build over and over: an unsent write as the web app's SyncStore holds it.
+// What the web tests build over and over: an unsent write as the web app's SyncStore holds it, timers
+// on a clock of the test's own, and localStorage kept in memory.
 
 import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
 
@@ -62,5 +63,20 @@ export function virtualTimers(startMs = 1_000_000, wallOffsetMs = 1_800_000_000_
       }
       now = end;
     },
+  };
+}
+
+/** localStorage as a browser keeps it, in memory: one per test (or per browser whose tabs share it). */
+export function memoryStorage(): Storage {
+  const items = new Map<string, string>();
+  return {
+    get length() {
+      return items.size;
+    },
+    key: (i: number) => [...items.keys()][i] ?? null,
+    getItem: (key: string) => items.get(key) ?? null,
+    setItem: (key: string, value: string) => void items.set(key, String(value)),
+    removeItem: (key: string) => void items.delete(key),
+    clear: () => items.clear(),
   };
 }

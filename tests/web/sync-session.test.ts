@@ -21,7 +21,7 @@ import {
   visitClock,
 } from "../../examples/web/lib/client/syncSession.ts";
 import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
-import { virtualTimers } from "./support.ts";
+import { memoryStorage, virtualTimers } from "./support.ts";
 import { SESSION_SIGNAL_KEY } from "../../examples/web/lib/client/sessionSignal.ts";
 import { type ChangesPage, RealtimeService } from "@shared/realtime/realtimeService.ts";
 import { fakeClient } from "../shared/realtime/fakeRealtimeClient.ts";
@@ -32,21 +32,6 @@ const ALICE = "11111111-1111-4111-8111-111111111111";
 const BOB = "22222222-2222-4222-8222-222222222222";
 const DEVICE = "web-test";
 const FAR = Math.floor(Date.now() / 1000) + 3_600; // tokens that need no refresh
-
-/** localStorage as a browser keeps it. */
-function memoryStorage(): Storage {
-  const items = new Map<string, string>();
-  return {
-    get length() {
-      return items.size;
-    },
-    key: (i: number) => [...items.keys()][i] ?? null,
-    getItem: (key: string) => items.get(key) ?? null,
-    setItem: (key: string, value: string) => void items.set(key, String(value)),
-    removeItem: (key: string) => void items.delete(key),
-    clear: () => items.clear(),
-  };
-}
 
 /**
  * The localStorage of one browser as its tabs see it: each tab's window hears a `storage` event
