@@ -263,14 +263,27 @@ function takingTransport(sent: { updated_at: string; series_id: string }[]): Out
   };
 }
 
-Deno.test("outbox: a stored reading that does not agree with its write (edited, corrupted) is not re-dated and makes no read; the write goes as dated", async () => {
+/**
+ * An hour ahead, measured; asleep offline: a device whose clock is an hour ahead of the server's, that
+ * hour measured by an answer, then eight hours on with no answer since (`t`: the device's clocks, the
+ * test's to move), and an empty outbox; with `datesSentBy`, the outbox judges a write by the date it is
+ * sent with, as the session does.
+ */
+function asleepAnHourAhead(options: { datesSentBy?: boolean } = {}) {
   const HOUR = 3_600_000;
-  // An hour ahead, measured; asleep offline: two page turns dated an hour late keep their readings.
   const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
   const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
   clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
   t.device += 8 * HOUR;
   const store = new SyncStore("reader", defaultCompareRows);
+  if (options.datesSentBy) store.datesSentBy((write) => sendable(write, clock).updated_at);
+  return { t, clock, store };
+}
+
+Deno.test("outbox: a stored reading that does not agree with its write (edited, corrupted) is not re-dated and makes no read; the write goes as dated", async () => {
+  const HOUR = 3_600_000;
+  // An hour ahead, measured; asleep offline: two page turns dated an hour late keep their readings.
+  const { t, clock, store } = asleepAnHourAhead();
   const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
   const kept = datedWrite(store, clock, "kept", position(1), "e-reader");
   const early = datedWrite(store, clock, "early", position(1), "e-reader");
@@ -331,12 +344,8 @@ Deno.test("outbox: a stored reading that does not agree with its write (edited, 
 
 Deno.test("outbox: a page turned once the offset is measured again, while a write dated without it waits, is dated by the corrected clock, after what that write is sent as", () => {
   const HOUR = 3_600_000;
-  const store = new SyncStore("reader", defaultCompareRows);
   // An hour ahead, measured; asleep offline: a page turn dated an hour late waits in the outbox.
-  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
-  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
-  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
-  t.device += 8 * HOUR;
+  const { t, clock, store } = asleepAnHourAhead();
   const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
   const slept = datedWrite(store, clock, "book", position(4), "e-reader");
   assert.ok(slept.unmeasured);
@@ -435,12 +444,7 @@ Deno.test("outbox: a stored sentAtMs (hand-editable) moves its page turn back by
   const HOUR = 3_600_000;
   // An hour ahead, measured; asleep offline: a page turn dated an hour late waits; an answer measures the
   // hour again, and the next page turn is dated by the corrected clock (sentAtMs), an hour before its date.
-  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
-  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
-  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
-  t.device += 8 * HOUR;
-  const store = new SyncStore("reader", defaultCompareRows);
-  store.datesSentBy((write) => sendable(write, clock).updated_at);
+  const { t, clock, store } = asleepAnHourAhead({ datesSentBy: true });
   const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
   store.addPending(datedWrite(store, clock, "book", position(4), "e-reader"));
   t.device += 60_000;
@@ -802,12 +806,7 @@ Deno.test("outbox: a write the API refuses in a batch of its own is not sent a s
 Deno.test("outbox: while a page turn dated an hour late waits, the page shows the phone's later reading once the clock can re-date it, and it stays ordered after it", async () => {
   const HOUR = 3_600_000;
   // An hour ahead, measured; asleep offline: a page turn of chapter 4, dated an hour late, waits.
-  const t = { device: 1_800_000_000_000 + HOUR, monotonic: 0 };
-  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic });
-  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
-  t.device += 8 * HOUR;
-  const store = new SyncStore("reader", defaultCompareRows);
-  store.datesSentBy((write) => sendable(write, clock).updated_at); // as the session does
+  const { t, clock, store } = asleepAnHourAhead({ datesSentBy: true }); // as the session does
   const turned = datedWrite(store, clock, "book", { chapter: 4, page: 1, percentage: 0.5 }, "e-reader");
   store.addPending(turned);
   // The phone's reading of chapter 9, ten minutes later (by the server's clock), reaches the page.
