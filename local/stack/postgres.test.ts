@@ -24,6 +24,33 @@ async function guarded<T>(promise: Promise<T>, what: string, guardMs = 30_000): 
   }
 }
 
+/** Reads `conn` (named `what` in the hang guard's error) until its other end closes it, then closes it. */
+async function drainAndClose(conn: Deno.Conn, what: string): Promise<void> {
+  const buffer = new Uint8Array(1024);
+  await guarded(
+    (async () => {
+      while (await conn.read(buffer).catch(() => null) !== null) { /* whatever it sends */ }
+    })(),
+    what,
+  );
+  conn.close();
+}
+
+/**
+ * The SIGINT tests' steps: accepts the connection (`what`) by which `starter`'s start holds on to
+ * `listener`, interrupts the start (SIGINT), waits for it to end, and reads that connection until it closes.
+ */
+async function interruptWhileHeld(
+  starter: Deno.ChildProcess,
+  listener: Deno.Listener,
+  what: string,
+): Promise<void> {
+  const conn = await guarded(listener.accept(), what);
+  starter.kill("SIGINT");
+  await guarded(starter.status, "the interrupted start");
+  await drainAndClose(conn, what);
+}
+
 Deno.test({
   name: "initdb template: made once, then copied; each copy is an independent cluster",
   sanitizeOps: false,
@@ -161,15 +188,6 @@ Deno.test({
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { port } = listener.addr as Deno.NetAddr;
   const accepted = listener.accept();
-  let guard: ReturnType<typeof setTimeout> | undefined;
-  /** `promise`, or an error once a hang guard of 30 s has passed. */
-  const guarded = <T>(promise: Promise<T>, what: string) =>
-    Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        guard = setTimeout(() => reject(new Error(`${what} did not end within 30 s`)), 30_000);
-      }),
-    ]).finally(() => clearTimeout(guard));
   try {
     const { error, left, processes } = await guarded(
       failedStart(() =>
@@ -183,17 +201,8 @@ Deno.test({
     assert.deepEqual(processes, [], "no process is left behind");
     assert.match(error.message, /^pg_basebackup did not finish within 5 s and was killed/, error.message);
     // Its connection ended with it.
-    const conn = await guarded(accepted, "pg_basebackup's connection");
-    const buffer = new Uint8Array(1024);
-    await guarded(
-      (async () => {
-        while (await conn.read(buffer).catch(() => null) !== null) { /* its startup request */ }
-      })(),
-      "pg_basebackup's connection",
-    );
-    conn.close();
+    await drainAndClose(await guarded(accepted, "pg_basebackup's connection"), "pg_basebackup's connection");
   } finally {
-    clearTimeout(guard);
     listener.close();
   }
 });
@@ -220,26 +229,8 @@ Deno.test({
     stdout: "null",
     stderr: "null",
   }).spawn();
-  let guard: ReturnType<typeof setTimeout> | undefined;
-  const guarded = <T>(promise: Promise<T>, what: string) =>
-    Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        guard = setTimeout(() => reject(new Error(`${what} did not end within 30 s`)), 30_000);
-      }),
-    ]).finally(() => clearTimeout(guard));
   try {
-    const conn = await guarded(listener.accept(), "the base backup's connection");
-    starter.kill("SIGINT");
-    await guarded(starter.status, "the interrupted start");
-    const buffer = new Uint8Array(1024);
-    await guarded(
-      (async () => {
-        while (await conn.read(buffer).catch(() => null) !== null) { /* its startup request */ }
-      })(),
-      "pg_basebackup's connection",
-    );
-    conn.close();
+    await interruptWhileHeld(starter, listener, "pg_basebackup's connection");
     assert.deepEqual([...Deno.readDirSync(tmp)].map((entry) => entry.name), [], "its temp dir was removed");
   } finally {
     try {
@@ -289,17 +280,7 @@ Deno.test({
     stderr: "null",
   }).spawn();
   try {
-    const conn = await guarded(listener.accept(), "the initdb's connection");
-    starter.kill("SIGINT");
-    await guarded(starter.status, "the interrupted start");
-    const buffer = new Uint8Array(16);
-    await guarded(
-      (async () => {
-        while (await conn.read(buffer).catch(() => null) !== null) { /* nothing is sent */ }
-      })(),
-      "the initdb's connection",
-    );
-    conn.close();
+    await interruptWhileHeld(starter, listener, "the initdb's connection");
     const templates = `readsync-pg-templates-${Deno.uid() ?? "user"}`;
     assert.deepEqual(
       [...Deno.readDirSync(tmp)].map((entry) => entry.name).sort(),
