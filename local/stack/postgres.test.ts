@@ -51,6 +51,46 @@ async function interruptWhileHeld(
   await drainAndClose(conn, what);
 }
 
+/**
+ * The SIGINT tests' set-up: a listener the start is made to connect to (and be held by), a private
+ * TMPDIR (0711, as the cluster's user needs), and `startPostgres(<options>)` run in a process of its own
+ * (`start` gives the options' source text and any extra environment); the process, listener and TMPDIR
+ * are ended after `body`, also when it throws.
+ */
+async function withStartInItsOwnProcess(
+  prefix: string,
+  start: (port: number, tmp: string) => Promise<{ options: string; env?: Record<string, string> }>,
+  body: (starter: Deno.ChildProcess, listener: Deno.Listener, tmp: string) => Promise<void>,
+): Promise<void> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  const tmp = await Deno.makeTempDir({ prefix });
+  let starter: Deno.ChildProcess | undefined;
+  try {
+    await Deno.chmod(tmp, 0o711);
+    const { options, env } = await start(port, tmp);
+    const module = new URL("./postgres.ts", import.meta.url).href;
+    starter = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `const { startPostgres } = await import(${JSON.stringify(module)});
+       await startPostgres(${options});`,
+      ],
+      env: { TMPDIR: tmp, ...env },
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    await body(starter, listener, tmp);
+  } finally {
+    try {
+      starter?.kill("SIGKILL");
+    } catch { /* ended */ }
+    listener.close();
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
 Deno.test({
   name: "initdb template: made once, then copied; each copy is an independent cluster",
   sanitizeOps: false,
@@ -211,95 +251,61 @@ Deno.test({
   name: "a start interrupted (SIGINT) during a base backup ends the backup and removes its directory",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
+}, () =>
   // A server that accepts and never answers holds the base backup; the start runs in a process of its own.
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  const tmp = await Deno.makeTempDir({ prefix: "readsync-interrupted-start-test-" });
-  await Deno.chmod(tmp, 0o711);
-  const module = new URL("./postgres.ts", import.meta.url).href;
-  const starter = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `const { startPostgres } = await import(${JSON.stringify(module)});
-       await startPostgres({ restoreOf: "postgresql://postgres@127.0.0.1:${port}/postgres", log: () => {} });`,
-    ],
-    env: { TMPDIR: tmp },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  try {
-    await interruptWhileHeld(starter, listener, "pg_basebackup's connection");
-    assert.deepEqual([...Deno.readDirSync(tmp)].map((entry) => entry.name), [], "its temp dir was removed");
-  } finally {
-    try {
-      starter.kill("SIGKILL");
-    } catch { /* ended */ }
-    listener.close();
-    await Deno.remove(tmp, { recursive: true });
-  }
-});
+  withStartInItsOwnProcess(
+    "readsync-interrupted-start-test-",
+    (port) =>
+      Promise.resolve({
+        options: `{ restoreOf: "postgresql://postgres@127.0.0.1:${port}/postgres", log: () => {} }`,
+      }),
+    async (starter, listener, tmp) => {
+      await interruptWhileHeld(starter, listener, "pg_basebackup's connection");
+      assert.deepEqual([...Deno.readDirSync(tmp)].map((entry) => entry.name), [], "its temp dir was removed");
+    },
+  ));
 
 Deno.test({
   name:
     "a first start interrupted (SIGINT) while it builds the initdb template leaves no half-built template",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
+}, () =>
   // The start runs in a process of its own whose PATH finds an initdb that runs the real one into the
   // template's build directory and then holds a connection to this listener open until it is killed.
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  const tmp = await Deno.makeTempDir({ prefix: "readsync-interrupted-template-test-" });
-  await Deno.chmod(tmp, 0o711);
-  const real = findPostgresBinaries()!.binDir;
-  const bin = `${tmp}/bin`;
-  await Deno.mkdir(bin, { mode: 0o755 });
-  await Deno.chmod(bin, 0o755);
-  for (const name of ["postgres", "pg_isready"]) await Deno.symlink(`${real}/${name}`, `${bin}/${name}`);
-  await Deno.writeTextFile(
-    `${bin}/initdb`,
-    `#!/bin/bash\n"${real}/initdb" "$@" || exit 1\nexec 3<>/dev/tcp/127.0.0.1/${port}\nread -r -u 3 _\n`,
-  );
-  await Deno.chmod(`${bin}/initdb`, 0o755);
-  const module = new URL("./postgres.ts", import.meta.url).href;
-  const starter = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `const { startPostgres } = await import(${JSON.stringify(module)});
-       await startPostgres({ log: () => {} });`,
-    ],
-    env: {
-      TMPDIR: tmp,
-      PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`,
-      READSYNC_PG_TEMPLATE: "1",
+  withStartInItsOwnProcess(
+    "readsync-interrupted-template-test-",
+    async (port, tmp) => {
+      const real = findPostgresBinaries()!.binDir;
+      const bin = `${tmp}/bin`;
+      await Deno.mkdir(bin, { mode: 0o755 });
+      await Deno.chmod(bin, 0o755);
+      for (const name of ["postgres", "pg_isready"]) await Deno.symlink(`${real}/${name}`, `${bin}/${name}`);
+      await Deno.writeTextFile(
+        `${bin}/initdb`,
+        `#!/bin/bash\n"${real}/initdb" "$@" || exit 1\nexec 3<>/dev/tcp/127.0.0.1/${port}\nread -r -u 3 _\n`,
+      );
+      await Deno.chmod(`${bin}/initdb`, 0o755);
+      return {
+        options: "{ log: () => {} }",
+        env: { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`, READSYNC_PG_TEMPLATE: "1" },
+      };
     },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  try {
-    await interruptWhileHeld(starter, listener, "the initdb's connection");
-    const templates = `readsync-pg-templates-${Deno.uid() ?? "user"}`;
-    assert.deepEqual(
-      [...Deno.readDirSync(tmp)].map((entry) => entry.name).sort(),
-      ["bin", templates],
-      "no cluster directory is left",
-    );
-    assert.deepEqual(
-      [...Deno.readDirSync(`${tmp}/${templates}`)].map((entry) => entry.name),
-      [],
-      "no half-built template is left",
-    );
-  } finally {
-    try {
-      starter.kill("SIGKILL");
-    } catch { /* ended */ }
-    listener.close();
-    await Deno.remove(tmp, { recursive: true });
-  }
-});
+    async (starter, listener, tmp) => {
+      await interruptWhileHeld(starter, listener, "the initdb's connection");
+      const templates = `readsync-pg-templates-${Deno.uid() ?? "user"}`;
+      assert.deepEqual(
+        [...Deno.readDirSync(tmp)].map((entry) => entry.name).sort(),
+        ["bin", templates],
+        "no cluster directory is left",
+      );
+      assert.deepEqual(
+        [...Deno.readDirSync(`${tmp}/${templates}`)].map((entry) => entry.name),
+        [],
+        "no half-built template is left",
+      );
+    },
+  ));
 
 Deno.test({
   name: "a restored cluster that cannot start says why and leaves nothing behind (its watchdog neither)",
