@@ -3,6 +3,7 @@
 // another process starting a stack at the same moment could take in between).
 
 import assert from "node:assert/strict";
+import { createClient } from "@supabase/supabase-js";
 import { localRealtime, testEnv } from "../../tests/support/env.ts";
 import { startApiServer } from "./server.ts";
 
@@ -31,11 +32,39 @@ Deno.test({
     );
     const unknown = await fetch(`${api.url}/rest/v1/reading_progress`);
     assert.equal(unknown.status, 404);
-    assert.equal((await unknown.json()).error.code, "not_found");
+    assert.equal((await unknown.json()).code, "not_found");
     const fn = await fetch(`${api.url}/functions/v1/progress`);
     await fn.body?.cancel();
     assert.equal(fn.status, 401, "the functions are served there");
   } finally {
     await api.close();
   }
+});
+
+Deno.test({
+  name:
+    "a path the local stack does not serve is a 404 supabase-js reports: .from(), .rpc() and auth get its message, code and hint",
+  // The suite's stack: its API is this server only where Realtime is the stand-in (a real stack serves both).
+  ignore: !localRealtime,
+}, async () => {
+  const env = testEnv();
+  const supabase = createClient(env.url, env.anonKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+  });
+  // postgrest-js hands the JSON body over as its error (PostgREST's fields: code, message, details, hint).
+  const read = await supabase.from("reading_progress").select("series_id");
+  assert.equal(read.status, 404);
+  assert.equal(read.error?.code, "not_found");
+  assert.equal(read.error?.message, "No local service at /rest/v1/reading_progress");
+  assert.equal(read.error?.details, null);
+  assert.match(read.error?.hint ?? "", /no Data API/);
+  const rpc = await supabase.rpc("write_reading_progress", {});
+  assert.equal(rpc.status, 404);
+  assert.equal(rpc.error?.message, "No local service at /rest/v1/rpc/write_reading_progress");
+  // auth-js takes the body's message as its error's.
+  const signIn = await supabase.auth.signInWithPassword({ email: "nobody@example.com", password: "x" });
+  assert.equal(signIn.error?.status, 404);
+  assert.equal(signIn.error?.message, "No local service at /auth/v1/token");
+  const raw = await fetch(`${env.url}/auth/v1/user`);
+  assert.match((await raw.json()).hint, /no Auth/);
 });

@@ -5,7 +5,10 @@
 //                              (SUPABASE_JWKS when set; else none: the local stack signs with the
 //                              HS256 secret only), so functions verifying asymmetric tokens get 401
 //                              for a foreign key instead of failing to load keys
-// Anything else is a JSON 404, so a client pointed at the wrong path learns it at once.
+// Anything else is a JSON 404, so a client pointed at the wrong path learns it at once: with PostgREST's
+// error fields (code, message, details, hint; docs.postgrest.org, references/errors), which supabase-js's
+// Data API client reads as its error and Auth's reads the message of, so `.from()`, `.rpc()` and
+// `supabase.auth.*` against the local stack report why (the stack serves no Data API and no Auth).
 
 import { createFunctionsGateway, type Service } from "../functions/gateway.ts";
 import { createRealtimeEndpoint } from "../realtime/endpoint.ts";
@@ -32,6 +35,17 @@ function localJwks(): { keys: unknown[] } {
   return { keys: [] };
 }
 
+/** The 404 of a path the local stack does not serve, with a hint for the two services people look for. */
+function notServed(pathname: string): { code: string; message: string; details: null; hint: string | null } {
+  const hint = /^\/rest\/v1(\/|$)/.test(pathname)
+    ? "The local stack serves no Data API: readsync's clients use the progress function and Realtime " +
+      "(README, Two commands); run `supabase start` for PostgREST"
+    : /^\/auth\/v1(\/|$)/.test(pathname)
+    ? "The local stack serves no Auth: use a token from local/stack/keys.ts (npm start prints a demo user's)"
+    : null;
+  return { code: "not_found", message: `No local service at ${pathname}`, details: null, hint };
+}
+
 /**
  * Listens first, then makes the functions and Realtime for the URL it listens on (the functions read it
  * as SUPABASE_URL); a request that comes before they are made waits for them. With port 0 the OS picks
@@ -47,10 +61,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
       if (pathname.startsWith("/functions/v1/")) return (await services.promise).functions.handle(req, info);
       if (pathname.startsWith("/realtime/v1/")) return (await services.promise).realtime.handle(req, info);
       if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
-      return Response.json(
-        { error: { code: "not_found", message: `No local service at ${pathname}` } },
-        { status: 404 },
-      );
+      return Response.json(notServed(pathname), { status: 404 });
     },
   );
   const port = server.addr.port;
