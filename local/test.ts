@@ -198,6 +198,7 @@ async function main(): Promise<number> {
           "_percentages_printed_exactly.sql",
         ],
         ["a position write supersedes a reset", "_position_write_supersedes_reset.sql"],
+        ["a reset marked without a position takes the zero position", "_reset_marked_zeroes_position.sql"],
         ["percentages printed exactly", "_percentages_printed_exactly.sql"],
       ]
     ) {

@@ -128,6 +128,61 @@ Deno.test({ name: "realtime triggers: a rolled-back write broadcasts nothing", .
 
 Deno.test({
   name:
+    "realtime triggers: a Data API .update({ cleared: true }) on a row with a position lands and is broadcast as the reset",
+  ...noSanitize,
+}, async () => {
+  // supabase-js .update({ cleared: true }).eq("series_id", "berserk") is a PostgREST PATCH: its UPDATE
+  // sets the body's columns only, in the signed-in user's transaction (role + claims). It was refused
+  // by the check reading_progress_cleared_is_zero (23514, HTTP 400): the position stayed under cleared.
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = clientWithToken(() => a.accessToken);
+  try {
+    const { joined } = await joinChannel(client, topicOf(a.id));
+    await writeProgress(sql, a.id, {
+      series_id: "berserk",
+      chapter: 12,
+      page: 30,
+      percentage: 0.12,
+      device_id: "tablet",
+      updated_at: new Date(Date.now() - 3_600_000).toISOString(),
+    });
+    await waitFor("the position's broadcast", () => joined.received.length === 1);
+
+    const patched = await asUser(
+      sql,
+      a.id,
+      (tx) =>
+        tx`update public.reading_progress set "cleared" = pgrst_body."cleared"
+           from (select ${JSON.stringify({ cleared: true })}::text::json as json_data) pgrst_payload,
+                lateral (select "cleared" from json_to_record(pgrst_payload.json_data) as _("cleared" boolean))
+                  pgrst_body
+          where public.reading_progress.series_id = ${"berserk"}
+          returning 1`,
+    );
+    assert.equal(patched.length, 1, "the PATCH updated the row (PostgREST answers 2xx)");
+
+    await waitFor("the reset's broadcast", () => joined.received.length === 2);
+    const reset = joined.received[1];
+    assert.equal(reset.event, "UPDATE");
+    const record = reset.payload.record as Row;
+    assert.deepEqual(
+      [record.series_id, record.chapter, record.page, record.percentage, record.cleared, record.device_id],
+      ["berserk", 0, 0, 0, true, "tablet"],
+    );
+    const old = reset.payload.old_record as Row;
+    assert.deepEqual([old.chapter, old.page, old.percentage, old.cleared], [12, 30, 0.12, false]);
+    const [stored] = await sql<Row[]>`select chapter, page, percentage, cleared from public.reading_progress
+      where user_id = ${a.id} and series_id = 'berserk'`;
+    assert.deepEqual(stored, { chapter: 0, page: 0, percentage: 0, cleared: true });
+  } finally {
+    await closeClient(client);
+    await sql.end();
+  }
+});
+
+Deno.test({
+  name:
     "realtime triggers: 200 writes from 4 concurrent writers arrive once each, each writer's in commit order",
   ...noSanitize,
 }, async () => {
