@@ -160,7 +160,9 @@ async function main(): Promise<number> {
     // caller with claims, so the migration that logs a user's writes only runs after it. Both put back
     // functions without the extra_float_digits that the percentages-printed-exactly migration sets
     // (the broadcast; the write function, the changes read, the remember-deletion), which runs last,
-    // also after the two later migrations that re-create the changes read and the write function.
+    // also after the two later migrations that re-create the changes read and the write function. The
+    // migration that starts a tagged cursor over after a failed read restates the changes read (with
+    // that setting), so it runs after every migration that puts back an earlier one.
     for (
       const [label, ...suffixes] of [
         [
@@ -180,6 +182,7 @@ async function main(): Promise<number> {
           "_conflict_log_members_of_authenticated.sql",
           "_write_function_logs_users_only.sql",
           "_percentages_printed_exactly.sql",
+          "_changes_cursor_unchecked_tag_starts_over.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -190,6 +193,7 @@ async function main(): Promise<number> {
           "the changes cursor names the timeline",
           "_changes_cursor_names_timeline.sql",
           "_percentages_printed_exactly.sql",
+          "_changes_cursor_unchecked_tag_starts_over.sql",
         ],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
         [
@@ -200,6 +204,10 @@ async function main(): Promise<number> {
         ["a position write supersedes a reset", "_position_write_supersedes_reset.sql"],
         ["a reset marked without a position takes the zero position", "_reset_marked_zeroes_position.sql"],
         ["percentages printed exactly", "_percentages_printed_exactly.sql"],
+        [
+          "a tagged cursor met by a failed read starts over",
+          "_changes_cursor_unchecked_tag_starts_over.sql",
+        ],
       ]
     ) {
       const migrations = await Promise.all(
