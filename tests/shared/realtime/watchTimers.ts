@@ -19,7 +19,10 @@ export function watchTimers(): {
   const realSet = globalThis.setTimeout;
   const realClear = globalThis.clearTimeout;
   const timers = new Map<unknown, { ms: number; fn: () => void }>();
-  globalThis.setTimeout = ((fn: () => void, ms = 0) => {
+  // The arguments after the delay go to the callback, as setTimeout's own do, whether the timer runs
+  // by itself or by fire().
+  globalThis.setTimeout = ((callback: (...args: unknown[]) => void, ms = 0, ...args: unknown[]) => {
+    const fn = () => callback(...args);
     const id = realSet(() => {
       timers.delete(id);
       fn();
