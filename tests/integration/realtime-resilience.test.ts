@@ -94,7 +94,7 @@ Deno.test({
       () => written.filter((w) => w.phase === "before").every(seenVersion),
     );
     await server.close(); // Realtime is gone; the database and the writes are not.
-    await waitFor("polling", () => subscription.status === "polling", { timeoutMs: 10_000 });
+    await waitFor("polling", () => subscription.status === "polling");
     const pollsBefore = counters.calls;
     await waitFor("3 polls while Realtime is down", () => counters.calls >= pollsBefore + 3);
     await waitFor(
@@ -104,7 +104,7 @@ Deno.test({
     assert.equal(subscription.status, "polling");
 
     server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, port });
-    await waitFor("live again", () => subscription.status === "live", { timeoutMs: 15_000 });
+    await waitFor("live again", () => subscription.status === "live");
     phase = "after";
     const afterFrom = written.length;
     await waitFor("20 versions written after the return", () => written.length >= afterFrom + 20);
@@ -414,7 +414,7 @@ Deno.test({
   const failures = () => logs.filter((l) => l.event === "realtime_unavailable");
   /** Waits for the link's nth time live, holds it 1 s by the service's clock, and has the server close it. */
   const liveThenClosed = async (n: number) => {
-    await waitFor(`live #${n}`, () => lives >= n, { timeoutMs: 20_000 });
+    await waitFor(`live #${n}`, () => lives >= n);
     clock.advance(1_000);
     const channel = client.getChannels().find((ch) => ch.topic === topic)!;
     client.realtime.push({
@@ -424,10 +424,10 @@ Deno.test({
       ref: `close-it-${n}`,
       join_ref: channel.joinPush.ref ?? undefined,
     });
-    await waitFor(`the close of #${n}`, () => failures().length >= n + 1, { timeoutMs: 20_000 });
+    await waitFor(`the close of #${n}`, () => failures().length >= n + 1);
   };
   try {
-    await waitFor("the refusal", () => failures().length >= 1, { timeoutMs: 20_000 });
+    await waitFor("the refusal", () => failures().length >= 1);
     const refusal = failures()[0];
     assert.match(String(refusal.reason), /^CHANNEL_ERROR: Unauthorized/);
     assert.deepEqual([refusal.attempt, refusal.retry_in_ms], [1, 0], "retried at once (jitter 0)");
@@ -517,9 +517,7 @@ Deno.test({
     assert.ok(Number(idleCloses[0].idle_ms) >= idleTimeoutMs, JSON.stringify(idleCloses[0]));
     // And it is still served: a heartbeat sent after the close is answered.
     const after = `hb-${beats + 1}`;
-    await waitFor("a heartbeat sent after the close answered", () => replies.includes(after), {
-      timeoutMs: 20_000,
-    });
+    await waitFor("a heartbeat sent after the close answered", () => replies.includes(after));
     assert.deepEqual(closed, ["silent"]);
   } finally {
     clearInterval(heartbeat);
@@ -575,8 +573,8 @@ Deno.test({
     assert.ok(proxy.freeze() >= 1, "the socket's connection is frozen");
     const frozenSocket = sockets;
     await writeProgress(sql, a.id, { series_id: "after-the-freeze", chapter: 12, device_id: "phone" });
-    await waitFor("the heartbeat notices", () => subscription.status !== "live", { timeoutMs: 10_000 });
-    await waitFor("live again", () => subscription.status === "live", { timeoutMs: 20_000 });
+    await waitFor("the heartbeat notices", () => subscription.status !== "live");
+    await waitFor("live again", () => subscription.status === "live");
     assert.deepEqual(
       joins.filter((j) => j.socket === frozenSocket && j.at >= frozenAt),
       [],
@@ -640,15 +638,14 @@ Deno.test({
     await waitFor(
       "the write made after the freeze",
       () => changes.some((c) => c.change.row.series_id === "while-the-socket-is-dead"),
-      { timeoutMs: 15_000 },
     );
     const arrival = changes.find((c) => c.change.row.series_id === "while-the-socket-is-dead")!;
     assert.equal(arrival.droppedBefore, false, "it arrived while realtime-js still held the dead socket");
     assert.equal(arrival.change.source, "poll");
     assert.ok(logs.some((l) => l.event === "heartbeat_reply_late"), "read because the reply was late");
     // realtime-js still gives the socket up, and the link comes back live on a new one.
-    await waitFor("the drop", dropped, { timeoutMs: 10_000 });
-    await waitFor("live again", () => subscription.status === "live", { timeoutMs: 20_000 });
+    await waitFor("the drop", dropped);
+    await waitFor("live again", () => subscription.status === "live");
     assert.ok(heartbeats.includes("sent") && heartbeats.includes("timeout"), "the app's callback heard them");
   } finally {
     await subscription.unsubscribe();
@@ -708,7 +705,7 @@ Deno.test({
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
   try {
     await waitFor("a join timed out", () => logs.some((l) => String(l.reason).startsWith("TIMED_OUT")));
-    await waitFor("live", () => subscription.status === "live", { timeoutMs: 15_000 });
+    await waitFor("live", () => subscription.status === "live");
     await writeProgress(sql, a.id, { series_id: "after-the-stuck-socket", chapter: 4, device_id: "phone" });
     await waitFor(
       "the write, live",
@@ -739,8 +736,8 @@ Deno.test({
   const subscription = service.subscribeToProgress(a.id, () => {});
   try {
     await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
-    await waitFor("live", () => subscription.status === "live", { timeoutMs: 15_000 });
-    await waitFor("the app's channel joined", () => appStates.includes("SUBSCRIBED"), { timeoutMs: 15_000 });
+    await waitFor("live", () => subscription.status === "live");
+    await waitFor("the app's channel joined", () => appStates.includes("SUBSCRIBED"));
     // Its own join on the stuck socket timed out first: SUBSCRIBED is realtime-js's rejoin on the new one.
     assert.equal(appStates[0], "TIMED_OUT");
     const { status } = await joinChannel(sender, topic, { private: false });
@@ -749,7 +746,7 @@ Deno.test({
     await waitFor("a broadcast on the app's channel", async () => {
       await from.send({ type: "broadcast", event: "ping", payload: { n: 1 } });
       return appReceived.length > 0;
-    }, { timeoutMs: 15_000, intervalMs: 300 });
+    }, { intervalMs: 300 });
   } finally {
     await client.removeChannel(app).catch(() => {});
     await closeClient(sender);
@@ -840,9 +837,7 @@ Deno.test({
     await waitFor("the stuck socket given up", () => givenUp() > 0);
     await link.done();
     assert.equal(service.stats().links, 0, "the service's link is closed");
-    await waitFor("the app's channel joined on a new socket", () => appStates.includes("SUBSCRIBED"), {
-      timeoutMs: 15_000,
-    });
+    await waitFor("the app's channel joined on a new socket", () => appStates.includes("SUBSCRIBED"));
   } finally {
     await teardown();
   }
@@ -901,10 +896,8 @@ Deno.test({
     await waitFor("the stuck socket given up", () => givenUp() > 0);
     await link.done();
     assert.equal(service.stats().links, 0, "the service's link is closed");
-    await waitFor("the second stuck socket given up", () => givenUp() === 2, { timeoutMs: 20_000 });
-    await waitFor("the app's channel joined on a third socket", () => appStates.includes("SUBSCRIBED"), {
-      timeoutMs: 15_000,
-    });
+    await waitFor("the second stuck socket given up", () => givenUp() === 2);
+    await waitFor("the app's channel joined on a third socket", () => appStates.includes("SUBSCRIBED"));
   } finally {
     await teardown();
   }
