@@ -13,7 +13,7 @@ import { subscribeToProgress } from "../../shared/progress/api.ts";
 import type { ProgressChange } from "../../shared/realtime/realtimeService.ts";
 import { signDevJwt } from "../../local/stack/keys.ts";
 import { createTestUser, mintsTokens, testEnv } from "../support/env.ts";
-import { seriesId } from "../functions/support.ts";
+import { closedPort, seriesId, serveLocal } from "../functions/support.ts";
 import { closeClient, noSanitize, realtimeAt, waitFor, writeThroughApi } from "./realtime_support.ts";
 
 /** One GET /functions/v1/progress/changes the client sent: the token it carried and the answer's status. */
@@ -36,7 +36,7 @@ function device(
   const env = testEnv();
   const refreshAnswers: string[] = [];
   let refreshes = 0;
-  const auth = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (request) => {
+  const auth = serveLocal(async (request) => {
     const url = new URL(request.url);
     if (
       request.method !== "POST" || url.pathname !== "/auth/v1/token" ||
@@ -58,12 +58,9 @@ function device(
       user: { id: user.id, aud: "authenticated", role: "authenticated", email: user.email },
     });
   });
-  const authOrigin = `http://127.0.0.1:${auth.addr.port}`;
   let realtime = {};
   if (realtimeUnreachable) {
-    const dead = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    realtime = { transport: realtimeAt(`http://127.0.0.1:${(dead.addr as Deno.NetAddr).port}`) };
-    dead.close();
+    realtime = { transport: realtimeAt(`http://127.0.0.1:${closedPort()}`) };
   }
   const reads: Read[] = [];
   let readsSent = 0;
@@ -74,7 +71,7 @@ function device(
       fetch: async (input: RequestInfo | URL, init?: RequestInit) => {
         const href = input instanceof Request ? input.url : String(input);
         if (href.startsWith(`${env.url}/auth/v1/`)) {
-          return await fetch(authOrigin + href.slice(env.url.length), init);
+          return await fetch(auth.url + href.slice(env.url.length), init);
         }
         const isRead = new URL(href).pathname === "/functions/v1/progress/changes";
         if (isRead) await beforeRead(readsSent++);
