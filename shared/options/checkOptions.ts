@@ -163,6 +163,21 @@ export function checkObjectOption(
 }
 
 /**
+ * Throws a TypeError unless `value` is a plain object (as checkObjectOption) whose every field is a
+ * string (or `value` is undefined: not given), naming a field as `<where> option <name>.<field>`:
+ * fields sent as they are, such as a request's headers, which fetch turns into text whatever they
+ * are (a number its digits, an object "[object Object]", undefined "undefined").
+ */
+export function checkStringFieldsOption(value: unknown, where: string, name: string): void {
+  checkObjectOption(value, where, name);
+  if (value === undefined) return;
+  for (const [field, fieldValue] of Object.entries(value as Record<string, unknown>)) {
+    if (typeof fieldValue === "string") continue;
+    throw new TypeError(`${where} option ${name}.${field} must be a string (got ${shownValue(fieldValue)})`);
+  }
+}
+
+/**
  * Throws a TypeError unless `value` is a function (or undefined: not given), naming the option as
  * above, the value by its type ("must be a function (got object)").
  */

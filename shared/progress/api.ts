@@ -69,6 +69,7 @@ import {
   checkFunctionOption,
   checkNumberOption,
   checkObjectOption,
+  checkStringFieldsOption,
   drawInRange,
   MAX_TIMER_MS,
   type NumberRule,
@@ -185,7 +186,8 @@ const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: tr
  * Throws for the first of `timeoutMs`, `random` (a TypeError unless a function, as RealtimeService's
  * random: null too, which was taken as Math.random, and anything else thrown at the first retry),
  * `headers` and `retry` (a TypeError unless a plain object: not null, an array, a Headers, a Map or
- * a class's instance) and `retry`'s fields outside its range, naming it as `<where> option <prefix><name>`. A field given as undefined is not given (its
+ * a class's instance; for `headers`, a TypeError for a value that is not a string, naming it as
+ * `headers.<name>`) and `retry`'s fields outside its range, naming it as `<where> option <prefix><name>`. A field given as undefined is not given (its
  * default applies).
  * timeoutMs takes 1 to MAX_TIMER_MS ms (TIMER_MS): below 1, Infinity or past MAX_TIMER_MS, setTimeout
  * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
@@ -202,8 +204,9 @@ function checkApiOptions(
 ) {
   checkNumberOption(options.timeoutMs, TIMER_MS, where, `${prefix}timeoutMs`);
   checkFunctionOption(options.random, where, `${prefix}random`);
-  // A Headers or a Map was spread into the request's headers as none at all.
-  checkObjectOption(options.headers, where, `${prefix}headers`);
+  // A Headers or a Map was spread into the request's headers as none at all, and a value that is not
+  // a string sent as fetch writes it (5 as "5", an object as "[object Object]", undefined as "undefined").
+  checkStringFieldsOption(options.headers, where, `${prefix}headers`);
   const retry: unknown = options.retry;
   checkObjectOption(retry, where, `${prefix}retry`);
   if (retry === undefined) return;

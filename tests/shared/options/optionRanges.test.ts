@@ -669,6 +669,27 @@ for (
   });
 }
 
+// headers' values: each is sent as the header's text, whatever it is (fetch wrote 5 as "5", an object
+// as "[object Object]", undefined as "undefined"), so only a string is taken.
+Deno.test({
+  name: "option ranges: API client headers' values (strings only)",
+  ...noSanitize,
+  fn: async () => {
+    for (const [label, value] of [...OBJECT_VALUES, ['""', ""]] as [string, unknown][]) {
+      for (const [where, outcome] of await apiOutcomes({ headers: { "X-Act-As-User": value } })) {
+        const path = where === "subscribeToProgress" ? "api.headers" : "headers";
+        const got = CLASS_INSTANCES.includes(label) ? label : shown(value);
+        expectTakenOrTypeError(
+          `${where} headers.X-Act-As-User = ${label}`,
+          typeof value === "string",
+          `${where} option ${path}.X-Act-As-User must be a string (got ${got})`,
+          outcome,
+        );
+      }
+    }
+  },
+});
+
 /**
  * What a `random` option may return, and the retry's wait each gives out of a 1000 ms ceiling: a draw
  * outside [0, 1) is taken into it as RealtimeService's are (tests/shared/realtime/options.test.ts):
