@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
-import { adminSql, createTestUser, mintsTokens, testEnv } from "../support/env.ts";
+import { adminSql, createTestUser, localRealtime, mintsTokens, testEnv } from "../support/env.ts";
 import { type RealtimeServer, startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { frozenClock, movableWallClock, pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
 import {
@@ -188,9 +188,10 @@ Deno.test({
   name: "realtime auth: without a refresh the server closes at expiry; a new token brings it back",
   ...noSanitize,
 }, async () => {
+  const stage = await expiryStage();
   const sql = adminSql();
   const a = await createTestUser();
-  const client = newClient();
+  const client = stage.client;
   const logs: Record<string, unknown>[] = [];
   const service = new RealtimeService(client, {
     changesSince: sqlChangesSince(sql, a.id),
@@ -205,7 +206,7 @@ Deno.test({
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
   try {
     await waitFor("live", () => subscription.status === "live");
-    await expireChannelToken(service, a);
+    await stage.expire(service, a);
     await waitFor("expiry closes the channel", () => subscription.status === "polling", {
       timeoutMs: 30_000,
     });
@@ -229,6 +230,7 @@ Deno.test({
     assert.equal(server.get("monster")?.chapter, 10);
   } finally {
     await teardown(subscription, service, client, sql);
+    await stage.close();
   }
 });
 
@@ -238,9 +240,10 @@ Deno.test({
     "realtime auth: the moment the server closes the channel the link is no longer live, and a token given before any poll answers rejoins at once",
   ...noSanitize,
 }, async () => {
+  const stage = await expiryStage();
   const sql = adminSql();
   const a = await createTestUser();
-  const client = newClient();
+  const client = stage.client;
   const logs: Record<string, unknown>[] = [];
   const changesSince = sqlChangesSince(sql, a.id);
   // Once live, every poll waits at this gate: the link cannot learn its state from a poll answer.
@@ -261,7 +264,7 @@ Deno.test({
   try {
     await waitFor("live", () => subscription.status === "live");
     gate = new Promise((resolve) => openGate = resolve);
-    await expireChannelToken(service, a);
+    await stage.expire(service, a);
     await waitFor("expiry closes the channel", () => logs.some((l) => l.event === "realtime_unavailable"), {
       timeoutMs: 30_000,
     });
@@ -280,6 +283,7 @@ Deno.test({
   } finally {
     openGate();
     await teardown(subscription, service, client, sql);
+    await stage.close();
   }
 });
 
@@ -743,16 +747,68 @@ async function withinTeardown(step: string, done: Promise<unknown>, onHang: "fai
 }
 
 /**
- * Gives the live channel a token of 1-2 s (its first refresh: applied at once), whose expiry then
- * closes it. The channel joined with a lasting token: a join that a loaded machine answered only
- * after a short token's expiry would be refused instead. A refresh that reached the server after
- * the expiry closes the channel the same way (the pushed token has expired).
+ * Where a test's channel lives (`client`), and how the token it holds is made to expire (`expire`),
+ * closing it; `close` ends what it started, after the test's own teardown.
+ *
+ * On the local stand-in: an endpoint of the test's own in this process (its idle sweep off: it reads
+ * Date.now(), and a moved clock would make the socket look idle). `expire` gives the live channel a
+ * token of 25 minutes (its first refresh: applied at once, its confirm timer set for the token's
+ * expiry, found among the pending timers by its delay with watchTimers), moves the wall clock that
+ * judges tokens (Date.now(): the stand-in's checks, the tokens' minting) a second past that expiry by
+ * hand (movableWallClock), and runs the confirm: the endpoint finds the token expired and closes the
+ * channel as at any expiry, when the test says and with no wait. The wall clock stays moved for the
+ * rest of the test (a new token is minted on it), and is restored by `close`.
+ *
+ * Against a real stack, whose clock cannot be moved, the stack's Realtime and a token of 1-2 s, left
+ * to expire. The channel joined with a lasting token there: a join that a loaded machine answered
+ * only after a short token's expiry would be refused instead; a refresh that reached the server
+ * after the expiry closes the channel the same way (the pushed token has expired).
  */
-async function expireChannelToken(
-  service: RealtimeService,
-  user: { newAccessToken(seconds: number): Promise<string> },
-): Promise<void> {
-  await service.setAccessToken(await user.newAccessToken(2));
+async function expiryStage(): Promise<{
+  client: SupabaseClient;
+  expire(service: RealtimeService, user: { newAccessToken(seconds: number): Promise<string> }): Promise<void>;
+  close(): Promise<void>;
+}> {
+  if (!localRealtime) {
+    return {
+      client: newClient(),
+      expire: async (service, user) => await service.setAccessToken(await user.newAccessToken(2)),
+      close: () => Promise.resolve(),
+    };
+  }
+  const env = testEnv();
+  const serverLogs: Record<string, unknown>[] = [];
+  const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    log: (fields) => serverLogs.push(fields),
+    idleTimeoutMs: 0,
+  });
+  // Installed by `expire`, so a test that fails before it leaves neither in place.
+  let timers: ReturnType<typeof watchTimers> | undefined;
+  let wall: ReturnType<typeof movableWallClock> | undefined;
+  return {
+    // Push timeouts of 30 s (realtime-js's default is 10 s), well apart from the timer looked for.
+    client: newClient({ url: server.url, timeout: 30_000 }),
+    expire: async (service, user) => {
+      timers = watchTimers();
+      wall = movableWallClock();
+      const refreshed = () => serverLogs.filter((l) => l.event === "token_refreshed").length;
+      const token = await user.newAccessToken(CONFIRMED_LIFE_S);
+      const before = Date.now();
+      await service.setAccessToken(token);
+      await waitFor("the 25-minute token applied", () => refreshed() === 1);
+      const after = Date.now();
+      const expiry = expiryMs(token);
+      const atExpiry = timers.pending().filter((ms) => ms >= expiry - after && ms <= expiry - before);
+      assert.equal(atExpiry.length, 1, `one timer for the token's expiry, among ${timers.pending()}`);
+      wall.advance(Math.max(0, expiry + 1_000 - Date.now()));
+      timers.fire(atExpiry[0]);
+    },
+    close: async () => {
+      wall?.restore();
+      timers?.restore();
+      await server.close();
+    },
+  };
 }
 
 /** A JWT's `exp` in epoch milliseconds. */
