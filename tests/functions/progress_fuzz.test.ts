@@ -12,8 +12,9 @@
 //     sent (the position as sent; the date as sent, or later when it was re-keyed, or earlier when it
 //     was dated far ahead); the bystander sees none of it;
 //   - the function stays up (a plain write goes through at the end, and every 50 cases).
-// It prints its seed; READSYNC_FUZZ_SEED=<seed> replays the same requests (but for the users' ids, random
-// UUIDs and the dates far ahead, which count from the clock), READSYNC_FUZZ_CASES=<n> sends more (default 300).
+// It prints its seed, new each run (seedFromEnv); READSYNC_FUZZ_SEED=<seed> replays the same requests (but
+// for the users' ids, random UUIDs and the dates far ahead, which count from the clock),
+// READSYNC_FUZZ_CASES=<n> sends more (default 300).
 // Nothing here depends on how long anything took.
 
 import assert from "node:assert/strict";
@@ -28,11 +29,11 @@ import {
 import { toProgress } from "../../shared/progress/store.ts";
 import type { Progress, WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
-import { type SeededRandom, seededRandom } from "../support/seededRandom.ts";
+import { casesFromEnv, type SeededRandom, seededRandom, seedFromEnv } from "../support/seededRandom.ts";
 import { adminSql, FUNCTION_URL, testEnv } from "./support.ts";
 
-const SEED = Number(Deno.env.get("READSYNC_FUZZ_SEED") ?? Math.floor(Math.random() * 2 ** 31));
-const CASES = Number(Deno.env.get("READSYNC_FUZZ_CASES") ?? 300);
+const SEED = seedFromEnv("READSYNC_FUZZ_SEED");
+const CASES = casesFromEnv("READSYNC_FUZZ_CASES", 300);
 
 // ------------------------------------------------------------------------------------ JSON text
 

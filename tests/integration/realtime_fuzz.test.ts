@@ -11,8 +11,8 @@
 //     sockets know B's id, from B's topic, and may send it themselves);
 //   - the observers keep working: each of a series of rows written for A and B, in between, reaches
 //     its own observer (and B's never reaches A's), and their heartbeats are answered.
-// It prints its seed; READSYNC_FUZZ_SEED=<seed> replays the same frames, READSYNC_FUZZ_CASES=<n> sends
-// more (default 300). It runs an endpoint of its own (the local stand-in only: skipped against a real
+// It prints its seed, new each run (seedFromEnv); READSYNC_FUZZ_SEED=<seed> replays the same frames,
+// READSYNC_FUZZ_CASES=<n> sends more (default 300). It runs an endpoint of its own (the local stand-in only: skipped against a real
 // stack), with the join and connect error waits at 0 so refusals come at once.
 
 import assert from "node:assert/strict";
@@ -20,11 +20,11 @@ import { SignJWT } from "jose";
 import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { mintUserAccessToken, signDevJwt } from "../../local/stack/keys.ts";
 import { adminSql, createTestUser, testEnv, type TestUser } from "../support/env.ts";
-import { type SeededRandom, seededRandom } from "../support/seededRandom.ts";
+import { casesFromEnv, type SeededRandom, seededRandom, seedFromEnv } from "../support/seededRandom.ts";
 import { ownEndpoint, waitFor, writeProgress } from "./realtime_support.ts";
 
-const SEED = Number(Deno.env.get("READSYNC_FUZZ_SEED") ?? Math.floor(Math.random() * 2 ** 31));
-const CASES = Number(Deno.env.get("READSYNC_FUZZ_CASES") ?? 300);
+const SEED = seedFromEnv("READSYNC_FUZZ_SEED");
+const CASES = casesFromEnv("READSYNC_FUZZ_CASES", 300);
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder(); // not fatal: a frame is searched as text, whatever it holds

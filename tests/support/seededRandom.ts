@@ -1,3 +1,5 @@
+import { checkEnvNumber, type NumberRule } from "../../shared/options/checkOptions.ts";
+
 /**
  * A small seeded PRNG (mulberry32) for the generative tests (progress_concurrency, progress_fuzz,
  * realtime_fuzz): a seed replays the same draws, so a failing run can be replayed from the seed it
@@ -24,3 +26,30 @@ export function seededRandom(seed: number) {
 }
 
 export type SeededRandom = ReturnType<typeof seededRandom>;
+
+/** A seed: a whole number that mulberry32 keeps apart from every other (it reads the low 32 bits). */
+const SEED_RULE: NumberRule = { min: 0, max: 2 ** 32 - 1, whole: true };
+/** A count of cases: a whole number from 1 (0 would pass with nothing tried). */
+const CASES_RULE: NumberRule = { min: 1, max: Number.MAX_SAFE_INTEGER, whole: true };
+
+/**
+ * The seed of a generative test (progress_fuzz, realtime_fuzz): the environment variable `name`
+ * (READSYNC_FUZZ_SEED) when set, else a new random one each run, so that every run tries other cases;
+ * the test prints the seed it ran with (in its name, and in a failing case's message), and setting the
+ * variable to it replays that run. A value that is not a whole number from 0 to 2^32-1 written in
+ * decimal digits throws, naming the variable, instead of running with the seed Number() made of it
+ * ("abc" was NaN, which mulberry32 takes as 0, a run other than the one asked for).
+ */
+export function seedFromEnv(name: string, random: () => number = Math.random): number {
+  return checkEnvNumber(Deno.env.get(name), SEED_RULE, "generative test", name) ??
+    Math.floor(random() * 2 ** 31);
+}
+
+/**
+ * The number of cases of a generative test: the environment variable `name` (READSYNC_FUZZ_CASES)
+ * when set, else `fallback`. Anything but a whole number from 1 throws, naming the variable: "abc"
+ * was NaN cases, a run that tried none and passed.
+ */
+export function casesFromEnv(name: string, fallback: number): number {
+  return checkEnvNumber(Deno.env.get(name), CASES_RULE, "generative test", name) ?? fallback;
+}
