@@ -598,6 +598,14 @@ export interface SubscribeToProgressOptions extends Omit<RealtimeServiceOptions,
   api?: ProgressApiOptions;
   /** Page size of those calls: 1 to PROGRESS_LIMITS.changesMax (500); default the API's (100). */
   changesLimit?: number;
+  /**
+   * The cursor this subscription starts from: a `cursor` of a subscription to the same userId,
+   * persisted (null or "" = from the beginning; not given = from the beginning too). It is this call's
+   * user's and this subscription's only (SubscribeOptions.initialCursor), not the shared service's: a
+   * later call on the client may give another, or none. A string the changes cursor's format takes
+   * (a TypeError otherwise).
+   */
+  initialCursor?: unknown;
 }
 
 export interface ProgressLiveSubscription extends ProgressSubscription {
@@ -694,12 +702,15 @@ function dataOptionsOf(options: SubscribeToProgressOptions): Map<string, unknown
  * Throws for a data option a later subscribeToProgress on a client gives other than the one its
  * shared service runs with (`inForce`, the first call's): it could not apply (the service, its
  * changesSince and their options are the first call's), and left unsaid the caller would believe it
- * did (another poll interval, page size, token, act-as-user header, starting cursor). A string's value
- * (a token, a header) is not shown.
+ * did (another poll interval, page size, token, act-as-user header). A string's value (a token, a
+ * header) is not shown. Not initialCursor: each call's is its own subscription's (the cursor of the
+ * user it subscribes), whatever the service's first call gave.
  */
 function checkSharedOptions(inForce: Map<string, unknown>, options: SubscribeToProgressOptions): void {
   const shown = (value: unknown) => typeof value === "string" ? "a string" : String(value);
   for (const [path, value] of dataOptionsOf(options)) {
+    // Each call's own: the cursor of the user it subscribes (the service's subscribeToProgress option).
+    if (path === "initialCursor") continue;
     if (Object.is(value, inForce.get(path))) continue;
     const first = inForce.has(path) ? shown(inForce.get(path)) : "not given";
     throw new Error(
@@ -743,7 +754,8 @@ export function subscribeToProgress(
   else {
     // Throws, before anything is made, for options that leave an attempt less than 1 ms.
     const attemptTimeoutMs = attemptTimeoutMsOf(options);
-    const { api, changesLimit, ...serviceOptions } = options;
+    // initialCursor is not the service's: each call's goes with its own subscription (below).
+    const { api, changesLimit, initialCursor: _initialCursor, ...serviceOptions } = options;
     const service: RealtimeService = new RealtimeService(client, {
       ...serviceOptions,
       // The service's signal, not api.signal: the service may outlive this subscription (shared
@@ -781,7 +793,9 @@ export function subscribeToProgress(
   const entry = shared;
   let subscription: ProgressSubscription;
   try {
-    subscription = entry.service.subscribeToProgress(userId, handler);
+    subscription = entry.service.subscribeToProgress(userId, handler, {
+      initialCursor: options.initialCursor,
+    });
   } catch (error) {
     // Refused (no user id): counted nowhere, and a service made for it alone closes again.
     if (entry.subscriptions === 0) {

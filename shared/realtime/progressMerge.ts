@@ -96,6 +96,14 @@ export class ProgressMergeState<Row extends LwwRow> {
     return [...this.#entries.values()].filter((e) => !e.deleted).map((e) => e.row);
   }
 
+  /**
+   * Every series this device has seen, with the newest version seen and whether that version was a
+   * hard delete (what a second subscription starting from the same cursor must be told of too).
+   */
+  entries(): { row: Row; deleted: boolean }[] {
+    return [...this.#entries.values()].map((e) => ({ row: e.row, deleted: e.deleted }));
+  }
+
   get(seriesId: string): Row | undefined {
     const entry = this.#entries.get(seriesId);
     return entry && !entry.deleted ? entry.row : undefined;

@@ -16,7 +16,11 @@
 //   cursor / onCursor                     the changes cursor the link has read to (moved by answered
 //                                         pages only, after their rows reached the handler; never by
 //                                         a broadcast): persisted and given back as initialCursor, a
-//                                         new service misses nothing after it.
+//                                         new service misses nothing after it. initialCursor is one
+//                                         subscription's, for its user (subscribeToProgress's third
+//                                         argument; the service's option is its first user's only): a
+//                                         later subscription to a running link from another cursor
+//                                         reads the changes after it for itself, deletions included.
 //   reconnect                             capped exponential backoff with full jitter per user
 //                                         channel (it starts again after a channel that stayed joined
 //                                         at least as long as the wait before its join (counted
@@ -188,9 +192,14 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   compareRows?: (a: Row, b: Row) => number;
   /**
    * Cursor to start from: a ProgressSubscription.cursor the app persisted (null = from the
-   * beginning). Every user's link starts from it, so give a service the cursor of the user it is
-   * for. Opaque here (whatever changesSince takes); subscribeToProgress() in shared/progress/api.ts
-   * checks it is the progress API's.
+   * beginning). One user's: it is bound to the user of the service's first subscribeToProgress(),
+   * and is the starting cursor of that user's subscriptions that give none of their own
+   * (SubscribeOptions.initialCursor, which is better: it goes with the user it is given for). A
+   * subscription of another user that gives none starts from the beginning, and logs
+   * initial_cursor_not_applied (warn): the changes cursor is a position in the whole database's
+   * transactions, not in one user's, so another user's would skip every change of this user made
+   * before it. Opaque here (whatever changesSince takes); subscribeToProgress() in
+   * shared/progress/api.ts checks it is the progress API's.
    */
   initialCursor?: unknown;
   /**
@@ -253,6 +262,21 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
   random?: () => number;
   /** Receives one JSON log line per event; console.log by default. */
   log?: (line: string) => void;
+}
+
+/** RealtimeService.subscribeToProgress()'s options for one subscription. */
+export interface SubscribeOptions {
+  /**
+   * The cursor this subscription starts from: a ProgressSubscription.cursor of this user persisted
+   * (null = from the beginning; undefined = not given: RealtimeServiceOptions.initialCursor when that
+   * is this user's, else the beginning). It applies to this subscription only. The first subscription
+   * for the user starts the user's link from it; a later one (the link runs already) starting from
+   * the cursor the link started from is given what the link has delivered (rows and deletions), and
+   * one starting elsewhere reads the changes after its own cursor for itself (every change after it,
+   * deletions too, as a first subscription would be given); until that read has ended its status is
+   * connecting where the link's is live, and its cursor stays at its own.
+   */
+  initialCursor?: unknown;
 }
 
 export interface ProgressSubscription {
@@ -477,6 +501,8 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #heartbeatReplyTimer: ReturnType<typeof setTimeout> | undefined;
   /** When (monotonicNow) the heartbeat whose reply is late now was sent; null while none is. */
   #lateHeartbeatSentAt: number | null = null;
+  /** The user the initialCursor option is bound to: the one of the first subscribeToProgress(). */
+  #initialCursorUser: string | undefined;
   #closed = false;
 
   constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
@@ -516,22 +542,44 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * UUID, which PostgreSQL prints in lower case (auth.uid()::text names the topic, rows carry it so):
    * one given in upper case is lowered, or its join would be refused and every row look foreign.
    */
-  subscribeToProgress(userIdGiven: string, handler: ProgressHandler<Row>): ProgressSubscription {
+  subscribeToProgress(
+    userIdGiven: string,
+    handler: ProgressHandler<Row>,
+    options: SubscribeOptions = {},
+  ): ProgressSubscription {
     if (this.#closed) throw new Error("RealtimeService is closed");
     if (typeof userIdGiven !== "string" || userIdGiven.length === 0) throw new Error("userId is required");
+    checkObjectOption(options, "RealtimeService subscribeToProgress()", "options", { kind: "argument" });
     const userId = normalizeUserId(userIdGiven);
+    const cursor = this.#startingCursor(userId, options.initialCursor);
     let link = this.#links.get(userId);
-    const isNew = !link;
     if (!link) {
-      link = new UserLink(this, userId);
+      link = new UserLink(this, userId, cursor);
       this.#links.set(userId, link);
       this.#ensureAuthListener();
+      const subscription = new Subscription<Row>(this, link, handler, cursor, false);
+      link.subscriptions.add(subscription);
+      link.start();
+      return subscription;
     }
-    const subscription = new Subscription<Row>(this, link, handler);
-    link.subscriptions.add(subscription);
-    if (isNew) link.start();
-    else link.replayTo(subscription);
-    return subscription;
+    return link.addSubscription(handler, cursor);
+  }
+
+  /**
+   * The cursor a subscription of `userId` starts from: its own, else the service's initialCursor when
+   * that is this user's (the user of the service's first subscription), else the beginning (null).
+   */
+  #startingCursor(userId: string, given: unknown): unknown {
+    this.#initialCursorUser ??= userId;
+    if (given !== undefined) return given;
+    const serviceCursor = this.#options.initialCursor ?? null;
+    if (serviceCursor === null || userId === this.#initialCursorUser) return serviceCursor;
+    this.logEvent("warn", "initial_cursor_not_applied", {
+      channel: `progress:${userId}`,
+      reason:
+        "the service's initialCursor is the first subscribed user's; this subscription reads from the beginning",
+    });
+    return null;
   }
 
   /**
@@ -1043,13 +1091,52 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   /** The link's cursor while active (emitCursor), kept as it was at unsubscribe(). */
   #cursor: unknown;
   #active = true;
+  /**
+   * Joined a running link from a cursor of its own (not the one the link started from): its own
+   * read of the changes after that cursor has not read to the end yet (UserLink#fetchChanges reads it
+   * with the link's rounds). Meanwhile the link's cursor is not its own, and its status not live.
+   */
+  #ownReadPending: boolean;
+  /**
+   * For a subscription that reads for itself: what it was handed (by its own read and the link's),
+   * so that it gets each version once and never an older one after a newer one. Null for the others,
+   * which are handed exactly what the link applies.
+   */
+  readonly #seen: ProgressMergeState<Row> | null;
+  /** The status its listeners heard last. */
+  #statusHeard: RealtimeStatus;
 
   constructor(
     readonly service: RealtimeService<Row>,
     readonly link: UserLink<Row>,
     readonly handler: ProgressHandler<Row>,
+    cursor: unknown,
+    readsForItself: boolean,
   ) {
-    this.#cursor = link.cursor;
+    this.#cursor = cursor;
+    this.#ownReadPending = readsForItself;
+    this.#seen = readsForItself ? new ProgressMergeState<Row>((a, b) => service.compareRows(a, b)) : null;
+    this.#statusHeard = this.status;
+  }
+
+  /** Its own read (from its own cursor) is still to read to the end. */
+  get ownReadPending(): boolean {
+    return this.#active && this.#ownReadPending;
+  }
+
+  /** A page of its own read: its rows were handed to it, so the cursor it has everything before. */
+  ownPageRead(cursor: unknown): void {
+    if (!this.#active) return;
+    this.#cursor = cursor;
+    this.#callEach(this.#cursorListeners, cursor, "cursor_listener_failed");
+  }
+
+  /** Its own read reached the end: from now on it follows the link (its cursor, its status). */
+  ownReadDone(): void {
+    if (!this.#ownReadPending) return;
+    this.#ownReadPending = false;
+    // Live now if the link is (heard "connecting" meanwhile); the link's own statuses it has heard.
+    if (this.#active && this.link.status !== this.#statusHeard) this.emitStatus(this.link.status);
   }
 
   get userId(): string {
@@ -1059,7 +1146,12 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     return this.link.topic;
   }
   get status(): RealtimeStatus {
-    return this.#active ? this.link.status : "offline";
+    return this.#active ? this.#shown(this.link.status) : "offline";
+  }
+
+  /** The link's status as this subscription has it: not live while its own read is pending. */
+  #shown(status: RealtimeStatus): RealtimeStatus {
+    return this.#ownReadPending && status === "live" ? "connecting" : status;
   }
   get cursor(): unknown {
     return this.#cursor;
@@ -1093,15 +1185,22 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     this.#callEach(this.#readListeners, outcome, "read_listener_failed");
   }
 
-  /** The link's cursor moved past a page whose rows this subscription was handed (while active). */
+  /**
+   * The link's cursor moved past a page whose rows this subscription was handed (while active). Not
+   * for one whose own read is pending: the link's rows before its cursor were never handed to it.
+   */
   emitCursor(cursor: unknown): void {
-    if (!this.#active) return;
+    if (!this.#active || this.#ownReadPending) return;
     this.#cursor = cursor;
     this.#callEach(this.#cursorListeners, cursor, "cursor_listener_failed");
   }
 
   emitStatus(status: RealtimeStatus): void {
-    this.#callEach(this.#listeners, status, "status_listener_failed");
+    const shown = this.#shown(status);
+    // The link going live while this one's own read is pending is no change for it.
+    if (shown !== status && shown === this.#statusHeard) return;
+    this.#statusHeard = shown;
+    this.#callEach(this.#listeners, shown, "status_listener_failed");
   }
 
   /** Calls each listener (on a copy: one may remove itself); one that throws is logged, the rest still run. */
@@ -1117,6 +1216,9 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
 
   deliver(change: ProgressChange<Row>): void {
     if (!this.#active) return;
+    // One reading for itself is handed each version once, newest last (its own read and the link's
+    // overlap: either may bring a version first).
+    if (this.#seen && this.#seen.merge(change.kind, change.row) !== "applied") return;
     try {
       this.handler(change);
     } catch (error) {
@@ -1238,10 +1340,15 @@ class UserLink<Row extends LwwRow> {
   #closed = false;
   #closing: Promise<void> | null = null;
 
-  constructor(readonly service: RealtimeService<Row>, readonly userId: string) {
+  /** `startCursor`: the cursor of the subscription that started the link, which it reads from. */
+  constructor(
+    readonly service: RealtimeService<Row>,
+    readonly userId: string,
+    readonly startCursor: unknown,
+  ) {
     this.topic = `progress:${userId}`;
     this.merge = new ProgressMergeState<Row>((a, b) => service.compareRows(a, b));
-    this.#cursor = service.options.initialCursor ?? null;
+    this.#cursor = startCursor;
     this.#waitBeforeJoinMs = this.#firstStepWaitMs();
   }
 
@@ -1256,9 +1363,47 @@ class UserLink<Row extends LwwRow> {
     void this.#connect();
   }
 
-  /** A second subscriber for the same user gets the current state as upserts. */
-  replayTo(subscription: Subscription<Row>): void {
-    for (const row of this.merge.rows()) subscription.deliver({ kind: "upsert", row, source: "catchup" });
+  /**
+   * A later subscription for the user (the link runs already). One starting from the cursor the link
+   * started from is handed what the link has handed its subscriptions since: the newest version of
+   * each series, as an upsert, or as a delete where that was a hard delete (source "catchup"), and has
+   * the link's cursor. One starting from another cursor (an older one, null, a newer one) reads the
+   * changes after it for itself, with the link's rounds (#fetchChanges), as a first subscription
+   * would: a read is made now unless the link has not read yet (its first read is still to come).
+   */
+  addSubscription(handler: ProgressHandler<Row>, cursor: unknown): Subscription<Row> {
+    const sameStart = Object.is(cursor ?? null, this.startCursor ?? null);
+    const subscription = new Subscription<Row>(
+      this.service,
+      this,
+      handler,
+      sameStart ? this.#cursor : cursor,
+      !sameStart,
+    );
+    this.subscriptions.add(subscription);
+    if (sameStart) {
+      for (const { row, deleted } of this.merge.entries()) {
+        subscription.deliver({ kind: deleted ? "delete" : "upsert", row, source: "catchup" });
+      }
+      return subscription;
+    }
+    this.#log("info", "subscription_reads_from_its_cursor", {});
+    if (this.status !== "connecting") this.#readForSubscription();
+    return subscription;
+  }
+
+  /**
+   * A read for a subscription that joined with a cursor of its own, made now (after a Retry-After's
+   * end) and owed as a syncNow()'s is: a live link reads again until one reads to the end.
+   */
+  #readForSubscription(): void {
+    if (this.#closed) return;
+    this.#readsAsked++;
+    this.service.timers.clear(this.#pollTimer);
+    this.#pollTimer = undefined;
+    const wait = this.#retryAfterLeftMs();
+    if (wait > 0) this.#startPolling(wait);
+    else void this.#poll();
   }
 
   apply(kind: ChangeKind, row: Row, source: ChangeSource, messageId?: string): ProgressChange<Row> | null {
@@ -1995,11 +2140,24 @@ class UserLink<Row extends LwwRow> {
       this.#fetchInFlight = true;
       called = true;
       let sentToken = this.service.readToken;
-      try {
+      /**
+       * Reads pages from `at()` until the end ("done"), a page that cannot move the cursor or the page
+       * limit ("behind"), or the link's close ("closed"); each answered page's rows go to `hand`, then
+       * its cursor to `moved`. `subscription`: the one whose own read it is (logged so; it ends, "done",
+       * once that one has unsubscribed).
+       */
+      const readPages = async (
+        at: () => unknown,
+        hand: (kind: ChangeKind, row: Row) => void,
+        moved: (next: unknown) => void,
+        subscription?: Subscription<Row>,
+      ): Promise<ReadOutcome | "closed"> => {
+        const fields = subscription ? { for: "subscription" } : {};
         for (let page = 0; page < 1000; page++) {
           sentToken = this.service.readToken;
-          const result = await this.#changesSince(signal, (token) => sentToken = token);
-          if (this.#closed) return "failed";
+          const previous = at();
+          const result = await this.#changesSince(previous, signal, (token) => sentToken = token);
+          if (this.#closed) return "closed";
           for (const raw of result.changes ?? []) {
             const row = this.service.parseRow(raw);
             if (!row) continue;
@@ -2009,33 +2167,59 @@ class UserLink<Row extends LwwRow> {
               this.#log("warn", "foreign_row", { row_user_id: (row as { user_id?: unknown }).user_id });
               continue;
             }
-            this.apply(isDeleted(raw) ? "delete" : "upsert", row, source);
+            hand(isDeleted(raw) ? "delete" : "upsert", row);
           }
-          const previous = this.#cursor;
           const next = result.cursor ?? result.next_cursor;
-          if (next !== undefined && next !== null && !Object.is(next, previous)) {
+          if (next !== undefined && next !== null && !Object.is(next, previous)) moved(next);
+          this.#retryAfterUntil = 0; // the API answered
+          this.#authRefusedWith = undefined;
+          if (subscription && !subscription.ownReadPending) return "done"; // unsubscribed meanwhile
+          const hasMore = result.hasMore ?? result.has_more ?? false;
+          if (!hasMore) return "done";
+          if (Object.is(at(), previous)) {
+            // The cursor cannot move (a long transaction holds the horizon): not caught up.
+            this.#log("info", `${source}_behind`, { cursor: String(at()), ...fields });
+            return "behind";
+          }
+        }
+        this.#log("info", `${source}_behind`, { cursor: String(at()), reason: "page limit", ...fields });
+        return "behind";
+      };
+      try {
+        let outcome = await readPages(
+          () => this.#cursor,
+          (kind, row) => this.apply(kind, row, source),
+          (next) => {
             this.#cursor = next;
             // Its rows were handed to the handlers above: a cursor an app may persist. A subscription
             // that unsubscribed meanwhile (a handler did it mid-page) is no longer among them, and
             // keeps the cursor before the rows it was not given.
             for (const subscription of [...this.subscriptions]) subscription.emitCursor(next);
-          }
-          this.#retryAfterUntil = 0; // the API answered
-          this.#authRefusedWith = undefined;
-          const hasMore = result.hasMore ?? result.has_more ?? false;
-          if (!hasMore) {
-            this.#log("debug", `${source}_done`, {});
-            this.#readsSettled = Math.max(this.#readsSettled, asked);
-            return "done";
-          }
-          if (this.#cursor === previous) {
-            // The cursor cannot move (a long transaction holds the horizon): not caught up.
-            this.#log("info", `${source}_behind`, { cursor: String(this.#cursor) });
-            return "behind";
-          }
+          },
+        );
+        if (outcome === "closed") return "failed";
+        // Subscriptions that joined from a cursor of their own read the changes after it for
+        // themselves (addSubscription), each to the end once: the round is not done before they are.
+        for (const subscription of [...this.subscriptions]) {
+          if (!subscription.ownReadPending) continue;
+          const own = await readPages(
+            () => subscription.cursor,
+            (kind, row) => subscription.deliver({ kind, row, source }),
+            (next) => subscription.ownPageRead(next),
+            subscription,
+          );
+          if (own === "closed") return "failed";
+          if (!subscription.active) continue;
+          if (own === "done") {
+            this.#log("info", "subscription_caught_up", {});
+            subscription.ownReadDone();
+          } else if (outcome === "done") outcome = own;
         }
-        this.#log("info", `${source}_behind`, { cursor: String(this.#cursor), reason: "page limit" });
-        return "behind";
+        if (outcome === "done") {
+          this.#log("debug", `${source}_done`, {});
+          this.#readsSettled = Math.max(this.#readsSettled, asked);
+        }
+        return outcome;
       } catch (error) {
         if (signal?.aborted && !this.#closed) {
           // A read the channel's join or drop cut off (#cutReadsOff): no failure of the API, and the
@@ -2083,7 +2267,11 @@ class UserLink<Row extends LwwRow> {
    * honours the signal. `sentWith` hears the token the call says it was sent again with (ChangesSince),
    * until then.
    */
-  async #changesSince(stop?: AbortSignal, sentWith?: (token: string | null) => void): Promise<ChangesPage> {
+  async #changesSince(
+    cursor: unknown,
+    stop?: AbortSignal,
+    sentWith?: (token: string | null) => void,
+  ): Promise<ChangesPage> {
     const controller = new AbortController();
     // Listening before anything can abort it: a round queued behind another may start with its
     // signal already aborted (a drop ended the read it was), and must fail at once, not hang.
@@ -2107,7 +2295,7 @@ class UserLink<Row extends LwwRow> {
       if (controller.signal.aborted) throw controller.signal.reason;
       // A changesSince that throws instead of rejecting (a plain function's argument check) fails
       // the read too, and the timer and listeners go as after any other failure.
-      const call = Promise.resolve(this.service.options.changesSince(this.#cursor, {
+      const call = Promise.resolve(this.service.options.changesSince(cursor, {
         userId: this.userId,
         signal: controller.signal,
         // Not once the service stopped waiting: the round has ended, and a later one reads its own.

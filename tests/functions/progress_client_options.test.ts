@@ -384,7 +384,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "subscribeToProgress: a later call on the client giving a data option other than the shared service's is refused, naming it; the same, none, or callbacks are taken",
+    "subscribeToProgress: a later call on the client giving a data option other than the shared service's is refused, naming it; the same, none, callbacks or another initialCursor (each call's own) are taken",
   ...noSanitize,
   fn: async () => {
     const { client } = fakeClient();
@@ -414,7 +414,6 @@ Deno.test({
           "a string",
           "a string",
         ],
-        ["initialCursor", { initialCursor: "0123abcd.4343" }, "a string", "a string"],
         ["accessToken", { accessToken: "T2-secret" }, "a string", "a string"],
       ];
       for (const [name, options, value, inForce] of differing) {
@@ -482,10 +481,15 @@ Deno.test({
         },
       });
       const none = subscribeToProgress(client, USER, () => {});
+      // initialCursor is each call's own (its subscription's starting cursor), not the service's.
+      const ownCursor = subscribeToProgress(client, USER, () => {}, { initialCursor: "0123abcd.4343" });
       assert.equal(same.service, first.service);
       assert.equal(none.service, first.service);
+      assert.equal(ownCursor.service, first.service);
+      assert.equal(ownCursor.cursor, "0123abcd.4343");
       await same.unsubscribe();
       await none.unsubscribe();
+      await ownCursor.unsubscribe();
     } finally {
       await first.unsubscribe();
     }

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import type { SupabaseClient } from "@supabase/supabase-js";
-import { subscribeToProgress, updateProgress } from "../../shared/progress/api.ts";
+import { changesSince, subscribeToProgress, updateProgress } from "../../shared/progress/api.ts";
 import type { ProgressChange } from "../../shared/realtime/realtimeService.ts";
 import { adminSql, createTestUser } from "../support/env.ts";
 import {
@@ -92,7 +92,9 @@ async function observe(user: { id: string; accessToken: string }) {
 /**
  * A test's reader (a new user), a writer device of theirs, the observer on their topic, and the
  * reading device's runs: run() starts one (a new client subscribed from the quiet options, given
- * `more`; `changes` collects what it is given), end() unsubscribes every run and closes it all.
+ * `more`; `changes` collects what it is given; `on`: subscribed on that run's client instead, as a
+ * second subscription of one app, with `more` only: the shared service has the quiet options),
+ * end() unsubscribes every run and closes it all.
  */
 async function reader() {
   const sql = adminSql();
@@ -112,15 +114,24 @@ async function reader() {
     a,
     writer,
     observer,
-    run(changes: ProgressChange[], more: { changesLimit?: number; initialCursor?: string } = {}) {
-      const device = clientWithToken(() => a.accessToken);
-      const sub = subscribeToProgress(device, a.id, (c) => changes.push(c), { ...options, ...more });
+    run(
+      changes: ProgressChange[],
+      more: { changesLimit?: number; initialCursor?: string } = {},
+      on?: SupabaseClient,
+    ) {
+      const device = on ?? clientWithToken(() => a.accessToken);
+      const sub = subscribeToProgress(
+        device,
+        a.id,
+        (c) => changes.push(c),
+        on ? more : { ...options, ...more },
+      );
       runs.push({ device, sub });
       return { device, sub };
     },
     async end() {
       for (const { sub } of runs) await sub.unsubscribe();
-      for (const { device } of runs) await closeClient(device);
+      for (const device of new Set(runs.map((r) => r.device))) await closeClient(device);
       await closeClient(writer);
       await observer.close();
       await sql.end();
@@ -315,5 +326,150 @@ Deno.test({
     commit();
     await slow.catch(() => {});
     await end();
+  }
+});
+
+/** The cursor a read of the user's changes from the beginning ends at now (GET /progress/changes, followed). */
+async function cursorNow(client: SupabaseClient): Promise<string> {
+  let cursor: string | null = null;
+  for (;;) {
+    const page = await changesSince(client, cursor, { limit: 500 });
+    cursor = page.next_cursor;
+    if (!page.has_more) return cursor;
+  }
+}
+
+const has = (changes: ProgressChange[], kind: string, series: string) =>
+  changes.some((c) => c.kind === kind && c.row.series_id === series);
+
+Deno.test({
+  name:
+    "realtime cursor: a second subscription of one app (the same client) from an older cursor is given every change after it, the deletion it needs too; the first, from a newer one, is not given what lies before its own",
+  ...noSanitize,
+}, async () => {
+  const { sql, a, writer, observer, run, end } = await reader();
+  const t0 = Date.now() - 60_000;
+  let writes = 0;
+  const write = (series_id: string, chapter: number) =>
+    updateProgress(writer, {
+      series_id,
+      chapter,
+      page: chapter,
+      percentage: 0,
+      device_id: "device-a",
+      updated_at: new Date(t0 + ++writes).toISOString(),
+    });
+  try {
+    await write("gone", 1);
+    await write("kept", 1);
+    const older = await cursorNow(writer); // an app's screen last read here
+    await deleteProgress(sql, a.id, "gone");
+    await write("kept", 2);
+    await observer.sent(writes + 1); // every write and the deletion: none can reach a channel joined later
+    const newer = await cursorNow(writer); // another screen of the app read on to here
+
+    const first: ProgressChange[] = [];
+    const { device, sub: sub1 } = run(first, { initialCursor: newer });
+    await waitFor("the first subscription live", () => sub1.status === "live", GUARD);
+
+    const second: ProgressChange[] = [];
+    const { sub: sub2 } = run(second, { initialCursor: older }, device);
+    assert.equal(sub2.service, sub1.service, "one app: one shared service, one channel");
+    assert.equal(sub2.cursor, older, "it starts from its own cursor");
+    await waitFor("the second subscription live", () => sub2.status === "live", GUARD);
+    assert.ok(has(second, "delete", "gone"), "the deletion after its cursor delivered");
+    assert.ok(
+      second.some((c) => c.kind === "upsert" && c.row.series_id === "kept" && c.row.chapter === 2),
+      "kept 2 delivered",
+    );
+    await assertResumed(sql, a.id, older, [], second);
+    for (const change of first.filter((c) => c.kind === "upsert")) {
+      assert.ok(after(newer, change.row), `the first was given ${change.row.series_id}, before its cursor`);
+    }
+  } finally {
+    await end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime cursor: a second subscription of one app from the cursor the first started from is given the deletion the first was given since, as a deletion",
+  ...noSanitize,
+}, async () => {
+  const { sql, a, writer, observer, run, end } = await reader();
+  try {
+    await updateProgress(writer, {
+      series_id: "gone",
+      chapter: 1,
+      page: 1,
+      percentage: 0,
+      device_id: "device-a",
+      updated_at: new Date(Date.now() - 60_000).toISOString(),
+    });
+    await observer.sent(1);
+    const start = await cursorNow(writer);
+    const first: ProgressChange[] = [];
+    const { device, sub: sub1 } = run(first, { initialCursor: start });
+    await waitFor("the first subscription live", () => sub1.status === "live", GUARD);
+    await deleteProgress(sql, a.id, "gone");
+    await waitFor("the deletion on the first", () => has(first, "delete", "gone"), GUARD);
+
+    const second: ProgressChange[] = [];
+    const { sub: sub2 } = run(second, { initialCursor: start }, device);
+    assert.ok(has(second, "delete", "gone"), "the deletion after its cursor, handed as it subscribed");
+    assert.equal(sub2.cursor, sub1.cursor, "the link's cursor: it was given all the link was");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime cursor: one client whose session goes from reader A to reader B: B's subscription, given no cursor, does not start from the cursor A's was given, and B's earlier progress is delivered",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const b = await createTestUser();
+  const writerA = clientWithToken(() => a.accessToken);
+  const writerB = clientWithToken(() => b.accessToken);
+  let token = a.accessToken;
+  const device = clientWithToken(() => token); // the app's one client: its session is A's, then B's
+  const quiet = { livePollIntervalMs: 0, heartbeatReplyTimeoutMs: 0, log: () => {} };
+  const subs: ReturnType<typeof subscribeToProgress>[] = [];
+  try {
+    const write = (client: SupabaseClient, series_id: string) =>
+      updateProgress(client, {
+        series_id,
+        chapter: 1,
+        page: 1,
+        percentage: 0,
+        device_id: "device-a",
+        updated_at: new Date(Date.now() - 60_000).toISOString(),
+      });
+    await write(writerB, "b-early"); // B read this on another device before A's cursor was handed out
+    await write(writerA, "a-1");
+    const cursorA = await cursorNow(writerA); // A's persisted cursor: past b-early's transaction
+
+    const subA = subscribeToProgress(device, a.id, () => {}, { ...quiet, initialCursor: cursorA });
+    subs.push(subA);
+    await waitFor("A's subscription live", () => subA.status === "live", GUARD);
+
+    // A signs out and B signs in on the same client; the app subscribes B before A's screen is gone.
+    token = b.accessToken;
+    const changesB: ProgressChange[] = [];
+    const subB = subscribeToProgress(device, b.id, (c) => changesB.push(c));
+    subs.push(subB);
+    assert.equal(subB.service, subA.service, "the client's shared service");
+    assert.equal(subB.cursor, null, "B's subscription starts from the beginning, not from A's cursor");
+    await subA.unsubscribe();
+    await waitFor("B's subscription live", () => subB.status === "live", GUARD);
+    assert.ok(has(changesB, "upsert", "b-early"), "B's progress written before A's cursor delivered");
+  } finally {
+    for (const sub of subs) await sub.unsubscribe();
+    await closeClient(device);
+    await closeClient(writerA);
+    await closeClient(writerB);
+    await sql.end();
   }
 });

@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { subscribeToProgress } from "../../../shared/progress/api.ts";
 import {
   type ChangesPage,
+  type ProgressChange,
   RealtimeService,
   type RealtimeServiceOptions,
 } from "../../../shared/realtime/realtimeService.ts";
@@ -24,10 +25,11 @@ import { type PendingCall, USER, version } from "./handAnsweredService.ts";
  */
 function cursorService(options: Partial<RealtimeServiceOptions> = {}) {
   const fake = fakeClient();
-  const calls: (PendingCall & { cursor: unknown })[] = [];
+  const calls: (PendingCall & { cursor: unknown; userId: string })[] = [];
   const lines: Record<string, unknown>[] = [];
   const service = new RealtimeService(fake.client, {
-    changesSince: (cursor) => new Promise((resolve, reject) => calls.push({ cursor, resolve, reject })),
+    changesSince: (cursor, { userId }) =>
+      new Promise((resolve, reject) => calls.push({ cursor, userId, resolve, reject })),
     accessToken: "T1",
     requestTimeoutMs: 60_000,
     joinGraceMs: Infinity,
@@ -50,6 +52,19 @@ const page = (rows: unknown[], next_cursor: string, has_more = false): ChangesPa
   next_cursor,
   has_more,
 });
+
+const OTHER = "00000000-0000-4000-8000-0000000000c2";
+const THIRD = "00000000-0000-4000-8000-0000000000c3";
+
+/** A version of `series` (chapter `chapter`, written at `xid`), of USER; `deleted`: as the API reports a hard delete. */
+const row = (series: string, chapter: number, xid: string, deleted = false) => ({
+  ...version(chapter),
+  series_id: series,
+  change_xid: xid,
+  ...(deleted ? { deleted: true } : {}),
+});
+
+const said = (change: ProgressChange) => `${change.kind} ${change.row.series_id} ${change.row.chapter}`;
 
 Deno.test("cursor: starts at initialCursor, moves with each answered page after its rows reached the handler (onCursor before onRead), never with a broadcast", async () => {
   const { service, channel, calls, end } = cursorService({ initialCursor: "100" });
@@ -242,4 +257,148 @@ Deno.test('cursor: subscribeToProgress refuses an initialCursor that is not a ch
   assert.deepEqual(sub.cursor, { page: 3 });
   await sub.unsubscribe();
   await end();
+});
+
+Deno.test("cursor: one user's initialCursor is not another's: the service's option starts the first subscribed user's link only (another user's reads from the beginning, logged initial_cursor_not_applied), and a subscription's own initialCursor starts its user's link", async () => {
+  const { service, channel, calls, lines, end } = cursorService({ initialCursor: "100" });
+  const a = service.subscribeToProgress(USER, () => {});
+  const b = service.subscribeToProgress(OTHER, () => {});
+  const c = service.subscribeToProgress(THIRD, () => {}, { initialCursor: "50" });
+  const a2 = service.subscribeToProgress(USER, () => {}); // the same user: the option is theirs
+  try {
+    assert.equal(a.cursor, "100");
+    assert.equal(b.cursor, null, "another user's link does not start from the first user's cursor");
+    assert.equal(c.cursor, "50");
+    assert.equal(a2.cursor, "100");
+    const warned = lines.filter((l) => l.event === "initial_cursor_not_applied");
+    assert.deepEqual(warned.map((l) => [l.level, l.channel]), [["warn", `progress:${OTHER}`]]);
+    // The stand-in's channel(n) is its newest once n are made: join the three links' channels.
+    await channel(3);
+    const channels = service.client.getChannels() as unknown as { state?: (state: string) => void }[];
+    await waitFor("the three channels subscribed", () => channels.every((c) => c.state));
+    for (const joined of channels) joined.state!("SUBSCRIBED");
+    await waitFor("the three links' catch-ups", () => calls.length === 3);
+    const readFrom = new Map(calls.map((call) => [call.userId, call.cursor]));
+    assert.deepEqual(readFrom, new Map<string, unknown>([[USER, "100"], [OTHER, null], [THIRD, "50"]]));
+  } finally {
+    for (const sub of [a, b, c, a2]) await sub.unsubscribe();
+    await end();
+  }
+});
+
+Deno.test("cursor: subscribeToProgress's initialCursor is each call's (its user's), not the shared service's: a later call for another user without one starts from the beginning, one with its own is taken", async () => {
+  const { client } = fakeClient();
+  const options = { log: () => {}, joinGraceMs: Infinity };
+  const a = subscribeToProgress(client, USER, () => {}, { ...options, initialCursor: "0123abcd.4242" });
+  const b = subscribeToProgress(client, OTHER, () => {});
+  let c: ReturnType<typeof subscribeToProgress> | undefined;
+  try {
+    assert.equal(a.service, b.service);
+    assert.equal(a.cursor, "0123abcd.4242");
+    assert.equal(b.cursor, null, "not the first call's user's cursor");
+    c = subscribeToProgress(client, THIRD, () => {}, { initialCursor: "0123abcd.4343" });
+    assert.equal(c.service, a.service);
+    assert.equal(c.cursor, "0123abcd.4343");
+  } finally {
+    for (const sub of [a, b, c]) await sub?.unsubscribe();
+  }
+});
+
+Deno.test("cursor: a later subscription from the cursor the link started from is handed what the link handed its subscriptions, deletions as deletions, and has the link's cursor (no read made for it)", async () => {
+  const { service, channel, calls, end } = cursorService({ initialCursor: "100" });
+  const first: string[] = [];
+  const sub1 = service.subscribeToProgress(USER, (change) => first.push(said(change)));
+  const second: string[] = [];
+  let sub2: ReturnType<typeof service.subscribeToProgress> | undefined;
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve(page([row("gone", 1, "101", true), row("kept", 2, "102")], "105"));
+    await waitFor("live", () => sub1.status === "live");
+    assert.deepEqual(first, ["delete gone 1", "upsert kept 2"]);
+
+    sub2 = service.subscribeToProgress(USER, (change) => second.push(said(change)));
+    assert.deepEqual(second.sort(), ["delete gone 1", "upsert kept 2"], "the deletion too");
+    assert.equal(sub2.cursor, "105");
+    assert.equal(sub2.status, "live");
+    assert.equal(calls.length, 1, "nothing read for it");
+  } finally {
+    await sub2?.unsubscribe();
+    await sub1.unsubscribe();
+    await end();
+  }
+});
+
+Deno.test("cursor: a later subscription from an older cursor reads the changes after it for itself: every change after it, deletions too, each once and none older after a newer; connecting and its cursor its own until then; a failed read of it is made again; the first is handed nothing again", async () => {
+  const { service, channel, calls, lines, end } = cursorService({ initialCursor: "100", pollIntervalMs: 20 });
+  const first: string[] = [];
+  const sub1 = service.subscribeToProgress(USER, (change) => first.push(said(change)));
+  const second: string[] = [];
+  const statuses: string[] = [];
+  const cursors: unknown[] = [];
+  let sub2: ReturnType<typeof service.subscribeToProgress> | undefined;
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve(page([row("kept", 2, "102")], "105"));
+    await waitFor("live", () => sub1.status === "live");
+
+    sub2 = service.subscribeToProgress(USER, (change) => second.push(said(change)), { initialCursor: "90" });
+    sub2.onStatus((status) => statuses.push(status));
+    sub2.onCursor((cursor) => cursors.push(cursor));
+    assert.equal(sub2.cursor, "90");
+    assert.equal(sub2.status, "connecting", "not live before it has read from its cursor");
+    assert.equal(sub1.status, "live");
+    assert.deepEqual(second, [], "the link's rows are not its catch-up");
+
+    // A read is made for it: the link's own pages first (from the link's cursor), then its own.
+    await waitFor("the link's read", () => calls.length === 2);
+    assert.equal(calls[1].cursor, "105");
+    calls[1].resolve(page([], "105"));
+    await waitFor("its read", () => calls.length === 3);
+    assert.equal(calls[2].cursor, "90");
+    calls[2].reject(new Error("503"));
+    // Made again (the polls' backoff, 20 ms here): the link's pages, then its own from its cursor.
+    await waitFor("the link's read again", () => calls.length === 4, { timeoutMs: 20_000 });
+    calls[3].resolve(page([], "105"));
+    await waitFor("its read again", () => calls.length === 5);
+    assert.equal(calls[4].cursor, "90");
+
+    // Meanwhile a newer version of kept comes by broadcast: both are handed it.
+    assert.ok(
+      service.handleProgressUpdate({ operation: "UPDATE", record: row("kept", 3, "107"), old_record: null }),
+    );
+    assert.deepEqual(first, ["upsert kept 2", "upsert kept 3"]);
+    assert.deepEqual(second, ["upsert kept 3"]);
+
+    // Its read: a series written before the link's cursor, a deletion, then kept's older version.
+    calls[4].resolve(page([row("old", 1, "92"), row("gone", 1, "96", true)], "96:gone", true));
+    await waitFor("its second page asked", () => calls.length === 6);
+    assert.equal(calls[5].cursor, "96:gone");
+    assert.equal(sub2.cursor, "96:gone", "its own page moved its own cursor");
+    assert.equal(sub2.status, "connecting");
+    calls[5].resolve(page([row("kept", 2, "102")], "106"));
+    await waitFor("its read's end", () => sub2!.status === "live");
+    assert.deepEqual(second, ["upsert kept 3", "upsert old 1", "delete gone 1"], "kept 2 not after kept 3");
+    assert.deepEqual(first, ["upsert kept 2", "upsert kept 3"], "nothing of its read");
+    assert.equal(sub2.cursor, "106");
+    assert.deepEqual(cursors, ["96:gone", "106"]);
+    assert.deepEqual(statuses, ["live"]);
+    assert.equal(sub1.cursor, "105", "the first's cursor is the link's");
+    assert.equal(lines.filter((l) => l.event === "subscription_caught_up").length, 1);
+
+    // From now on it follows the link: one read for both, both cursors move.
+    const read = sub1.syncNow();
+    await waitFor("the next read", () => calls.length === 7);
+    assert.equal(calls[6].cursor, "105");
+    calls[6].resolve(page([], "108"));
+    assert.equal(await read, "done");
+    assert.equal(calls.length, 7, "nothing read for it any more");
+    assert.equal(sub1.cursor, "108");
+    assert.equal(sub2.cursor, "108");
+  } finally {
+    await sub2?.unsubscribe();
+    await sub1.unsubscribe();
+    await end();
+  }
 });
