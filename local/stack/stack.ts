@@ -2,7 +2,7 @@
 // Supabase CLI, and the API server (functions + Realtime) on one port, as `supabase start` has them.
 
 import { startApiServer } from "../api/server.ts";
-import { runCleanups } from "./cleanup.ts";
+import { onCleanup, runCleanups } from "./cleanup.ts";
 import { applyBootstrapIfNeeded, pushMigrations } from "./database.ts";
 import { DEV_JWT_SECRET, devApiKeys } from "./keys.ts";
 import { startPostgres } from "./postgres.ts";
@@ -108,7 +108,16 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
         serviceRoleKey,
       });
       apiUrl = api.url;
-      closeApi = api.close;
+      // Registered while it serves, as startPostgres registers its cluster's stop (newest first: the
+      // API closes before the database it uses stops), and removed again by the stack's stop.
+      let closing: Promise<void> | null = null;
+      const close = () =>
+        closing ??= (async () => {
+          forgetClose();
+          await api.close();
+        })();
+      const forgetClose = onCleanup(close);
+      closeApi = close;
     }
     const stop = async () => {
       await closeApi();
