@@ -22,6 +22,65 @@ function printedPort(printed: string, label: string): number {
   return port;
 }
 
+/**
+ * `npm start` (local/main.ts) in the background of a parent that stands for npm (sh), its output going
+ * to a file. The parent exits 0 once `release()` is called, leaving npm start re-parented; if npm start
+ * exits first, the parent exits too (3, after appending "[npm start exited with code N]" to the output),
+ * so that `untilPrinted` fails at once, showing what it printed, instead of waiting out its guard.
+ */
+async function npmStartUnderParent(env: Record<string, string>) {
+  const output = await Deno.makeTempFile({ prefix: "readsync-orphan-" });
+  const releaseFile = `${output}.release`;
+  const parent = new Deno.Command("sh", {
+    args: [
+      "-c",
+      `"${Deno.execPath()}" run -A local/main.ts > "${output}" 2>&1 & pid=$!; ` +
+      `while [ ! -e "${releaseFile}" ]; do ` +
+      `if ! kill -0 $pid 2>/dev/null; then wait $pid; echo "[npm start exited with code $?]" >> "${output}"; exit 3; fi; ` +
+      `sleep 0.1; done; exit 0`,
+    ],
+    clearEnv: true,
+    env: {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      HOME: Deno.env.get("HOME") ?? "/root",
+      TMPDIR: Deno.env.get("TMPDIR") ?? "/tmp",
+      ...env,
+    },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let exited: Deno.CommandStatus | null = null;
+  const parentStatus = parent.status.then((status) => exited = status);
+  const printed = () => Deno.readTextFile(output);
+  return {
+    parent,
+    printed,
+    /** What npm start printed once it includes `text`; throws at once when it exits before that. */
+    async untilPrinted(text: string, guardMs = 60_000): Promise<string> {
+      const upBy = Date.now() + guardMs;
+      for (;;) {
+        const ended = exited; // read before the output: all it printed is in the file by then
+        const now = await printed();
+        if (now.includes(text)) return now;
+        if (ended) throw new Error(`npm start exited before it printed "${text}":\n${now}`);
+        assert.ok(Date.now() < upBy, `npm start did not print "${text}" within ${guardMs / 1000} s:\n${now}`);
+        // The next look at the file, or at once when the parent exits (npm start ended).
+        await Promise.race([parentStatus, new Promise((r) => setTimeout(r, 100))]);
+      }
+    },
+    async release(): Promise<void> {
+      await Deno.writeTextFile(releaseFile, "").catch(() => {});
+    },
+    /** Releases the parent, waits for it and removes the files (npm start, orphaned, cleans up itself). */
+    async end(): Promise<void> {
+      await Deno.writeTextFile(releaseFile, "").catch(() => {});
+      await parent.status;
+      await Deno.remove(output).catch(() => {});
+      await Deno.remove(releaseFile).catch(() => {});
+    },
+  };
+}
+
 Deno.test({
   name:
     "npm start: runs its own stack whatever SUPABASE_DB_URL says, and one whose parent dies stops and frees its ports",
@@ -29,43 +88,22 @@ Deno.test({
   sanitizeResources: false,
 }, async () => {
   const hostedPort = freePort();
-  const output = await Deno.makeTempFile({ prefix: "readsync-orphan-" });
-  const release = `${output}.release`;
-  // sh stands for npm: it starts the stack in the background and exits once told to.
-  const parent = new Deno.Command("sh", {
-    args: [
-      "-c",
-      `"${Deno.execPath()}" run -A local/main.ts > "${output}" 2>&1 & ` +
-      `while [ ! -e "${release}" ]; do sleep 0.1; done; exit 0`,
-    ],
-    // A shell pointed at a hosted project (nothing listens there: a connection would fail the start).
-    clearEnv: true,
-    env: {
-      SUPABASE_DB_URL: `postgresql://postgres:hosted@127.0.0.1:${hostedPort}/postgres?sslmode=disable`,
-      SUPABASE_URL: `http://127.0.0.1:${hostedPort}`,
-      SUPABASE_ANON_KEY: "hosted-anon-key",
-      PROGRESS_DB_URL: `postgresql://postgres:hosted@127.0.0.1:${hostedPort}/postgres?sslmode=disable`,
-      SUPABASE_JWKS_URL: `http://127.0.0.1:${hostedPort}/auth/v1/.well-known/jwks.json`,
-      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
-      HOME: Deno.env.get("HOME") ?? "/root",
-      TMPDIR: Deno.env.get("TMPDIR") ?? "/tmp",
-      // 0: the stack binds ports the OS picks and prints them (ports picked here and released would
-      // be free only a moment: another run on this machine could take one before the child binds it).
-      READSYNC_API_PORT: "0",
-      READSYNC_DB_PORT: "0",
-      READSYNC_WEB: "0",
-    },
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  // A shell pointed at a hosted project (nothing listens there: a connection would fail the start).
+  const started = await npmStartUnderParent({
+    SUPABASE_DB_URL: `postgresql://postgres:hosted@127.0.0.1:${hostedPort}/postgres?sslmode=disable`,
+    SUPABASE_URL: `http://127.0.0.1:${hostedPort}`,
+    SUPABASE_ANON_KEY: "hosted-anon-key",
+    PROGRESS_DB_URL: `postgresql://postgres:hosted@127.0.0.1:${hostedPort}/postgres?sslmode=disable`,
+    SUPABASE_JWKS_URL: `http://127.0.0.1:${hostedPort}/auth/v1/.well-known/jwks.json`,
+    // 0: the stack binds ports the OS picks and prints them (ports picked here and released would
+    // be free only a moment: another run on this machine could take one before the child binds it).
+    READSYNC_API_PORT: "0",
+    READSYNC_DB_PORT: "0",
+    READSYNC_WEB: "0",
+  });
   try {
-    const upBy = Date.now() + 60_000;
     // The summary's last line: everything it prints (ports, token) is there.
-    while (!(await Deno.readTextFile(output)).includes("Ctrl-C stops everything")) {
-      assert.ok(Date.now() < upBy, `the stack did not come up:\n${await Deno.readTextFile(output)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const printed = await Deno.readTextFile(output);
+    const printed = await started.untilPrinted("Ctrl-C stops everything");
     const apiPort = printedPort(printed, "API URL");
     const dbPort = printedPort(printed, "DB URL");
     assert.match(printed, /database: local PostgreSQL on port/, printed);
@@ -77,7 +115,7 @@ Deno.test({
     assert.match(printed, /PROGRESS_DB_URL, SUPABASE_JWKS_URL set: the local functions ignore them/, printed);
     assert.doesNotMatch(printed, /hosted-anon-key|database: SUPABASE_DB_URL|api: SUPABASE_URL/, printed);
     const res = await fetch(`http://127.0.0.1:${apiPort}/functions/v1/progress`).catch(async (e) => {
-      throw new Error(`${e}\n${await Deno.readTextFile(output)}`);
+      throw new Error(`${e}\n${await started.printed()}`);
     });
     await res.body?.cancel();
     assert.equal(res.status, 401, "the stack answers while it runs");
@@ -97,8 +135,8 @@ Deno.test({
       }),
     });
     assert.equal(write.status, 200, await write.text());
-    await Deno.writeTextFile(release, "");
-    assert.equal((await parent.status).code, 0);
+    await started.release();
+    assert.equal((await started.parent.status).code, 0, await started.printed());
     // Its parent is gone: within a few seconds both ports are free again.
     const deadline = Date.now() + 15_000;
     let freed = false;
@@ -110,11 +148,8 @@ Deno.test({
         freed = true;
       } catch { /* still up */ }
     }
-    assert.ok(freed, `ports still held 15 s after the parent exited:\n${await Deno.readTextFile(output)}`);
+    assert.ok(freed, `ports still held 15 s after the parent exited:\n${await started.printed()}`);
   } finally {
-    await Deno.writeTextFile(release, "").catch(() => {});
-    await parent.status;
-    await Deno.remove(output).catch(() => {});
-    await Deno.remove(release).catch(() => {});
+    await started.end();
   }
 });
