@@ -5,6 +5,7 @@
 
 import postgres from "postgres";
 import { startWebApp, type WebApp } from "../examples/web/serve.mjs";
+import { checkEnvNumber, type NumberRule } from "../shared/options/checkOptions.ts";
 import { onCleanup, runCleanups } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
 import { EXTERNAL_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
@@ -13,12 +14,23 @@ const DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0";
 const DEMO_EMAIL = "demo@readsync.local";
 
 const log = (line: string) => console.log(`[readsync] ${line}`);
-const apiPort = Number(Deno.env.get("READSYNC_API_PORT") ?? 54321);
-const dbPort = Number(Deno.env.get("READSYNC_DB_PORT") ?? 54322);
-const webPort = Number(Deno.env.get("READSYNC_WEB_PORT") ?? 3000);
 const withWeb = Deno.env.get("READSYNC_WEB") !== "0";
 
+/** A TCP port; 0: one the OS picks (printed). */
+const PORT: NumberRule = { min: 0, max: 65535, whole: true };
+/**
+ * The port an environment variable asks for, or `fallback` when it is not set (or empty): written in
+ * decimal digits (shared/options checkEnvNumber), so "abc", "5.0", "054321" or "70000" is refused
+ * naming the variable, instead of becoming NaN, 5 or 54321.
+ */
+const portFromEnv = (name: string, fallback: number) =>
+  checkEnvNumber(Deno.env.get(name), PORT, "npm start", name) ?? fallback;
+
 try {
+  // Checked before anything starts: a mistyped port stops npm start at once, saying which and why.
+  const apiPort = portFromEnv("READSYNC_API_PORT", 54321);
+  const dbPort = portFromEnv("READSYNC_DB_PORT", 54322);
+  const webPort = portFromEnv("READSYNC_WEB_PORT", 3000);
   const started = performance.now();
   const ignored = EXTERNAL_TARGET_VARIABLES.filter((name) => Deno.env.get(name));
   if (ignored.length > 0) {

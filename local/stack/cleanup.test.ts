@@ -153,3 +153,50 @@ Deno.test({
     await started.end();
   }
 });
+
+Deno.test({
+  name:
+    "npm start: a port variable not written as a whole number from 0 to 65535 in decimal digits stops it " +
+    "at once, naming the variable, before anything starts",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // Number() took "abc" as NaN, "5.0" as port 5 and "054321" as 54321; 70000 is no port.
+  for (
+    const [name, text] of [
+      ["READSYNC_API_PORT", "abc"],
+      ["READSYNC_DB_PORT", "5.0"],
+      ["READSYNC_WEB_PORT", "03000"],
+      ["READSYNC_API_PORT", "70000"],
+    ]
+  ) {
+    // Free ports otherwise: a start that wrongly went on would not collide with anything.
+    const started = await npmStartUnderParent({
+      READSYNC_API_PORT: "0",
+      READSYNC_DB_PORT: "0",
+      READSYNC_WEB_PORT: "0",
+      READSYNC_WEB: "0",
+      [name]: text,
+    });
+    try {
+      // Its refusal ends it, which ends the wait at once (no summary will ever come).
+      const error = await started.untilPrinted("Ctrl-C stops everything").then(
+        (printed) => assert.fail(`${name}=${text}: npm start came up:\n${printed}`),
+        (error: Error) => error,
+      );
+      assert.match(error.message, /^npm start exited before it printed/, error.message);
+      const printed = await started.printed();
+      assert.match(
+        printed,
+        new RegExp(
+          `^npm start environment variable ${name} must be a whole number from 0 to 65535, written in ` +
+            `decimal digits without a fraction or leading zeros \\(got "${text.replace(".", "\\.")}"\\)\n` +
+            `\\[npm start exited with code 1\\]\n$`,
+        ),
+        `${name}=${text}: ${error.message}`,
+      );
+    } finally {
+      await started.end();
+    }
+  }
+});
