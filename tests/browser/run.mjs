@@ -68,7 +68,7 @@ const TESTS = [
   "Sync now sends a write that waited while the API was unreachable as soon as it is pressed, not at the backoff's next step, and is disabled while it runs",
   "Sign out works before the page's script has run: a click signs out (a plain form POST), and the button stays where it was when the script runs, so a press begun before it still signs out",
   "Sign out in one tab while the other tab's check of /auth/token fails (no network): that tab asks again with the backoff and leaves, and sends nothing meanwhile",
-  "before the page's script has run, Open series opens the series (a plain GET form) and Sync now is shown disabled; once it runs Sync now works, and the status area keeps its place",
+  "before the page's script has run, Open series opens the series (a plain GET form) and Sync now is shown disabled; once it runs Sync now works, and the status area (one .topbar-right, in the header) keeps its place",
   "on a slow device, before the series page's script has run, its position form and Next page / Next chapter are shown disabled with a hint (a press did nothing, Save reloaded the page with the fields in its address); once it runs they work, in the same places",
   "on a slow device, an invalid id in Open series before the script has run gets a readable page (a 400) that keeps what was typed and opens the corrected id; an API-style caller still gets the JSON code",
   "on a slow device, writes waiting from an earlier visit are counted once the page's script runs, after Sync now and the status, which keep their places",
@@ -1706,10 +1706,29 @@ async function main() {
             );
             const seen = await placesOf();
             assert(seen.every(Boolean), "Sync now and the status are shown before the script runs");
+            // One status area in the header (not one .topbar-right nested in another), holding both.
+            const statusAreas = () =>
+              page.evaluate(() =>
+                [...document.querySelectorAll(".topbar-right")].map((area) =>
+                  ["sync-now", "connection-status"].filter((id) =>
+                    area.querySelector(`[data-testid="${id}"]`)
+                  )
+                )
+              );
+            assertEqual(
+              await statusAreas(),
+              [["sync-now", "connection-status"]],
+              "the header's status areas",
+            );
             // The script runs: the status area keeps its place while the device id and the status fill in.
             await scripts.letGo();
             await hydrated(page);
             assertEqual(await placesOf(), seen, "Sync now's and the status's places once the script ran");
+            assertEqual(
+              await statusAreas(),
+              [["sync-now", "connection-status"]],
+              "the header's status areas once the script ran",
+            );
             await waitForStatus(device, "live");
             assertEqual(await placesOf(), seen, "Sync now's and the status's places once live");
             assertEqual(await syncNow.isEnabled(), true, "Sync now once the script ran");

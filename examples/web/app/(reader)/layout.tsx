@@ -47,9 +47,8 @@ export default async function ReaderLayout({ children }: { children: ReactNode }
               <button type="submit" className="secondary">Sign out</button>
             </form>
           </div>
-          <div className="topbar-right">
-            <ConnectionStatus />
-          </div>
+          {/* The status area: its own root is the header's one .topbar-right. */}
+          <ConnectionStatus />
         </header>
         <SyncErrorBanner />
         {children}
