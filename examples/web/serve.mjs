@@ -243,6 +243,8 @@ export async function startWebApp(options) {
     clearTimeout(timer);
   };
 
+  /** What the server printed, for an error: "; it printed:\n<its output>", or that it printed nothing. */
+  const printedSoFar = () => (output.trim() ? `; it printed:\n${output}` : "; it printed nothing");
   const deadline = Date.now() + (options.startTimeoutMs ?? 60_000);
   for (;;) {
     if (exited) {
@@ -253,7 +255,16 @@ export async function startWebApp(options) {
             `(READSYNC_WEB_PORT for npm start; 0: a free one)`,
         );
       }
-      throw new Error(`next start exited (${JSON.stringify(exited)}) before it served:\n${output}`);
+      throw new Error(`next start exited (${JSON.stringify(exited)}) before it served${printedSoFar()}`);
+    }
+    // Next prints "- Local: <url>" and then "Ready in <time>": ready without that line, its port can never
+    // be read (a Next.js that writes that line otherwise); say so now rather than after the whole timeout.
+    if (!port && /\bReady in\b/.test(output)) {
+      await stop();
+      throw new Error(
+        `next start says it is ready but printed no "- Local: http://<host>:<port>" line to read its port ` +
+          `from${printedSoFar()}`,
+      );
     }
     if (port) {
       try {
@@ -266,7 +277,7 @@ export async function startWebApp(options) {
       await stop();
       throw new Error(
         `next start did not answer on ${port ? `${origin}:${port}` : `${host} (no port printed)`} within ` +
-          `${options.startTimeoutMs ?? 60_000} ms:\n${output}`,
+          `${options.startTimeoutMs ?? 60_000} ms${printedSoFar()}`,
       );
     }
     await new Promise((r) => setTimeout(r, 200));

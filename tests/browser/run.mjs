@@ -19,8 +19,9 @@
 // Last line: `browser: N passed, N failed` (`, N skipped` when Chromium is unavailable). Exit code 0
 // only when nothing failed.
 
-import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import os from "node:os";
 import path from "node:path";
 import process from "node:process";
 import {
@@ -72,7 +73,7 @@ const TESTS = [
   "on a slow device, before the series page's script has run, its position form and Next page / Next chapter are shown disabled with a hint (a press did nothing, Save reloaded the page with the fields in its address); once it runs they work, in the same places",
   "on a slow device, an invalid id in Open series before the script has run gets a readable page (a 400) that keeps what was typed and opens the corrected id; an API-style caller still gets the JSON code",
   "on a slow device, writes waiting from an earlier visit are counted once the page's script runs, after Sync now and the status, which keep their places",
-  "the web app binds its port itself: a port asked for that another server holds is refused, naming it (that server is never taken for the app); with none asked for, it serves where its URL says",
+  "the web app binds its port itself: a port asked for that another server holds is refused, naming it (that server is never taken for the app); with none asked for, it serves where its URL says; a server ready without the line naming its port is refused at once, showing what it printed",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -2021,6 +2022,52 @@ async function main() {
               assert(await isTheApp(app.url), `the app answers at ${app.url}`);
             } finally {
               await app.stop();
+            }
+            // A next start whose "- Local:" line reads otherwise (here a preload drops it from its output):
+            // it says it is ready, and the start says at once that no port was printed, showing what was,
+            // not after its whole start timeout (10 minutes here; the guard below only stops a hang).
+            const preloadDir = mkdtempSync(path.join(os.tmpdir(), "readsync-no-local-line-"));
+            try {
+              const preload = path.join(preloadDir, "drop-local-line.cjs");
+              writeFileSync(
+                preload,
+                `const write = process.stdout.write.bind(process.stdout);
+                 process.stdout.write = (chunk, ...rest) => /- Local:/.test(String(chunk)) || write(chunk, ...rest);`,
+              );
+              let started = null;
+              let guard;
+              const outcome = await Promise.race([
+                startWebApp({
+                  apiUrl: supabaseUrl,
+                  anonKey,
+                  devSignIn: false,
+                  build: "never",
+                  log: () => {},
+                  startTimeoutMs: 600_000,
+                  env: { NODE_OPTIONS: `--require ${preload}` },
+                }).then((app) => {
+                  started = app;
+                  return null;
+                }, (error) => error),
+                new Promise((resolve) => {
+                  guard = setTimeout(() => resolve("hang"), 45_000);
+                }),
+              ]);
+              clearTimeout(guard);
+              if (started) await started.stop();
+              assert(!started, `started without a "- Local:" line: ${started?.url}`);
+              assert(outcome !== "hang", "the start still waited 45 s after the server said it was ready");
+              assert(
+                /^next start says it is ready but printed no "- Local: http:\/\/<host>:<port>" line to read its port from; it printed:\n/
+                  .test(outcome.message),
+                `the refusal says why: ${outcome.message}`,
+              );
+              assert(
+                /Ready in/.test(outcome.message),
+                `it shows what the server printed: ${outcome.message}`,
+              );
+            } finally {
+              rmSync(preloadDir, { recursive: true, force: true });
             }
           } finally {
             holder.closeAllConnections();
