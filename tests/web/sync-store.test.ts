@@ -775,3 +775,109 @@ Deno.test("two tabs: a page turn dated before a late-dated write of the series (
   answered.tabB.reloadOutbox(); // as the tab does when it takes the outbox's lock to send
   assert.equal(answered.tabB.pendingWrites()[0]?.chapter, 13, "still to be sent");
 });
+
+/** What a fresh visit (a new tab on `storage`) finds in the saved outbox: [series, chapter], by series. */
+function savedOutbox(storage: Storage): [string, number][] {
+  const reopened = new SyncStore(USER, defaultCompareRows);
+  reopened.attachStorage(storage);
+  return reopened.pendingWrites().map((w): [string, number] => [w.series_id, w.chapter]).sort();
+}
+
+/** Far ahead of any clock: a date edited by hand, or stamped by a device clock years ahead. */
+const FAR = "2999-01-01T00:00:00.000Z";
+
+Deno.test("outbox order: a saved write dated far ahead (edited, a clock years ahead) is replaced by the next page turn, in every tab and after a reload, not ranked after it by its date", () => {
+  // An earlier visit's outbox, in the format before writes were numbered: saga dated far ahead; and atlas,
+  // numbered, but with a number edited out of range.
+  const storage = new MemoryStorage();
+  storage.setItem(
+    `readsync.outbox.${USER}`,
+    JSON.stringify([write("saga", FAR, "web-1", 12), { ...write("atlas", FAR, "web-1", 3), seq: 1e300 }]),
+  );
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  tabB.attachStorage(storage);
+  assert.deepEqual(savedOutbox(storage), [["atlas", 3], ["saga", 12]], "the old format loads");
+  // The reader turns the pages in tab A, dated now (by the server's clock).
+  tabA.addPending(write("saga", T1, "web-1", 13));
+  tabA.addPending(write("atlas", T1, "web-1", 4));
+  assert.deepEqual(savedOutbox(storage), [["atlas", 4], ["saga", 13]]);
+  tabB.reloadOutbox(); // the storage event
+  assert.deepEqual(tabB.pendingWrites().map((w) => [w.series_id, w.chapter]).sort(), [["atlas", 4], [
+    "saga",
+    13,
+  ]]);
+  // A copy of the old write written back by a tab from an older copy does not take the page turn's place.
+  storage.setItem(
+    `readsync.outbox.${USER}`,
+    JSON.stringify([
+      write("saga", FAR, "web-1", 12),
+      ...JSON.parse(storage.getItem(`readsync.outbox.${USER}`)!)
+        .filter((w: { series_id: string }) => w.series_id !== "saga"),
+    ]),
+  );
+  tabB.reloadOutbox();
+  assert.equal(tabB.pendingWrites().find((w) => w.series_id === "saga")?.chapter, 13);
+});
+
+Deno.test("outbox order: an answer to a write dated far ahead does not cover the page turn queued after it, whatever its date", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  const ahead = write("saga", FAR, "web-1", 12);
+  tabA.addPending(ahead);
+  tabB.reloadOutbox();
+  // Tab B turns the page (dated now); then tab A's send of the far-ahead write is answered (the server
+  // stored it at its own clock) and names it answered for the other tabs.
+  tabB.addPending(write("saga", T1, "web-1", 13));
+  tabA.settle(ahead, storedAs(row("saga", T1, "web-1", 12)));
+  tabB.reloadOutbox();
+  assert.deepEqual(tabB.pendingWrites().map((w) => w.chapter), [13], "still to be sent");
+  tabA.reloadOutbox();
+  assert.deepEqual(tabA.pendingWrites().map((w) => w.chapter), [13], "taken over, not skipped as answered");
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
+});
+
+Deno.test("outbox order: the numbers go on across tabs and reloads, so a later page turn dated earlier (a tab whose clock is behind) is the later write", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  tabA.addPending(write("saga", T3, "web-1", 12));
+  tabB.addPending(write("saga", T1, "web-1", 13)); // after it, by a clock two seconds behind
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
+  tabA.reloadOutbox();
+  assert.deepEqual(tabA.pendingWrites().map((w) => w.chapter), [13]);
+  // Answered: the outbox is empty, and the next visit numbers on. Its page turn, dated before the
+  // answered one's date, is not taken for answered by any tab (also with the last number's key lost:
+  // the list of answered writes still holds it).
+  tabA.settle(tabA.pendingWrites()[0], storedAs(row("saga", T1, "web-1", 13)));
+  assert.equal(storage.getItem(tabA.outboxKey), null);
+  storage.removeItem(tabA.seqKey);
+  const nextVisit = new SyncStore(USER, defaultCompareRows);
+  nextVisit.attachStorage(storage);
+  nextVisit.addPending(write("saga", T1, "web-1", 14));
+  tabB.reloadOutbox();
+  nextVisit.reloadOutbox();
+  assert.deepEqual([nextVisit.pendingWrites()[0]?.chapter, tabB.pendingWrites()[0]?.chapter], [14, 14]);
+  assert.deepEqual(savedOutbox(storage), [["saga", 14]]);
+});
+
+Deno.test("outbox order: a page turn queued before storage is attached comes after what an earlier visit saved, whatever the dates", () => {
+  const storage = new MemoryStorage();
+  const earlier = new SyncStore(USER, defaultCompareRows);
+  earlier.attachStorage(storage);
+  earlier.addPending(write("saga", T3, "web-1", 12)); // an earlier visit, its clock ahead then
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.addPending(write("saga", T1, "web-1", 13)); // this visit, before its session opened
+  store.attachStorage(storage);
+  assert.deepEqual(store.pendingWrites().map((w) => w.chapter), [13]);
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
+});
+
+Deno.test("outbox order: writes saved before they were numbered keep their order by date among themselves", () => {
+  // The old format's list of answered writes names saga at T2: its saved write at T1 is answered, the one
+  // at T3 is not.
+  const storage = new MemoryStorage();
+  storage.setItem(`readsync.outboxAnswered.${USER}`, JSON.stringify([write("saga", T2, "web-1", 12)]));
+  storage.setItem(`readsync.outbox.${USER}`, JSON.stringify([write("saga", T1, "web-1", 11)]));
+  assert.deepEqual(savedOutbox(storage), []);
+  storage.setItem(`readsync.outbox.${USER}`, JSON.stringify([write("saga", T3, "web-1", 13)]));
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
+});

@@ -22,7 +22,8 @@
 // device an hour ahead that slept dates it an hour late) is re-dated before it is sent, by the first
 // offset measured after it (ServerClock.redate), never later than it was dated nor before its
 // `afterMs`. When no answer has measured one yet, one request (`redate.measure`) goes first. The
-// write keeps its date in the outbox (which orders and names writes by it): only what is sent changes.
+// write keeps its date in the outbox (which orders and names writes by their numbers, PendingWrite.seq,
+// not by their dates): only what is sent changes.
 // Framework-free so it can be tested against the real API without React (tests/web/outbox.test.ts).
 
 import type { ProgressWriteInput } from "@shared/progress/schemas.ts";
@@ -178,7 +179,7 @@ export function waitsForAnswer(write: PendingWrite, clock: Pick<ServerClock, "re
 }
 
 /**
- * The write as the API takes it: without `unmeasured`, `sentAtMs` and `storedAt`, and re-dated by them
+ * The write as the API takes it: without `unmeasured`, `sentAtMs`, `storedAt` and `seq`, and re-dated by them
  * (by `unmeasured` once the clock can; never later than it was dated, never before its `afterMs` nor
  * `notBeforeMs`, the device's own stored versions; by `sentAtMs` no further back than the clock has
  * known the device ahead, ServerClock.leadMs, plus REDATE_SLACK_MS).
@@ -188,7 +189,7 @@ export function sendable(
   clock?: Pick<ServerClock, "redate" | "leadMs">,
   notBeforeMs?: number,
 ): ProgressWriteInput {
-  const { unmeasured, sentAtMs, storedAt: _storedAt, ...sent } = write;
+  const { unmeasured, sentAtMs, storedAt: _storedAt, seq: _seq, ...sent } = write;
   const dated = Date.parse(write.updated_at);
   if (!Number.isFinite(dated)) return sent;
   let redated = dated;

@@ -4,7 +4,8 @@
 //   confirmed   the newest version of each row the server has shown us (initial load, Realtime,
 //               catch-up/poll, write responses), merged in last-write-wins order
 //   pending     this device's writes not yet acknowledged (the outbox), persisted in localStorage
-//               so an offline edit survives a reload; one per series, the newest. Every tab of the
+//               so an offline edit survives a reload; one per series, the last to enter the outbox
+//               (each is numbered as it enters: PendingWrite.seq, not its date). Every tab of the
 //               browser shares that one saved outbox: a tab merges into it (never overwrites what
 //               another tab saved) and reloads it when another tab changes it (storage event),
 //               letting go of the writes another tab says it got answered (localStorage is no
@@ -46,6 +47,16 @@ export interface PendingWrite {
    * in the outbox's order. Never sent.
    */
   sentAtMs?: number;
+  /**
+   * Its place in this device's outbox, given when it entered it (SyncStore.addPending): one more than
+   * any number this browser's outbox gave before (kept under SyncStore.seqKey, and the saved lists),
+   * saved with it. It alone orders this device's writes of a series (a later one replaces an earlier
+   * one, in every tab) and says which an answer covers (the writes of its series up to its `seq`); the
+   * dates do not (an edited or far-ahead `updated_at` would otherwise rank every later page turn behind
+   * it). Absent (saved before it existed) or not a whole number in range (edited): it comes before every
+   * numbered write, and such writes keep their order by date among themselves. Never sent.
+   */
+  seq?: number;
   /**
    * In the tabs' list of answered writes only: the key the server stored this device's version of the
    * series under when this write was answered (the answer's updated_at, when its device is this one).
@@ -96,6 +107,17 @@ type SentAs = (write: PendingWrite) => string;
  */
 const ANSWERED_REMEMBERED = 200;
 
+/**
+ * Numbers an outbox gives (PendingWrite.seq) stay below this: one edited beyond it is not a number (it
+ * comes before every numbered write), and the next one is always in range.
+ */
+const SEQ_LIMIT = 2 ** 48;
+
+/** Whether `seq` is an outbox's number (PendingWrite.seq), or else absent or edited. */
+function validSeq(seq: unknown): seq is number {
+  return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 1 && seq < SEQ_LIMIT;
+}
+
 /** The server stores a write dated more than this ahead of its clock at its own time (migration 012). */
 const SERVER_AHEAD_TOLERANCE_MS = 5_000;
 /** The last instant a Date can hold (a date after it has no ISO form). */
@@ -128,6 +150,8 @@ export class SyncStore {
   #persisted = new WeakSet<PendingWrite>();
   /** Writes saved again once after they left the saved outbox unanswered (see #dropAnsweredElsewhere). */
   #savedAgain = new WeakSet<PendingWrite>();
+  /** The highest outbox number (PendingWrite.seq) this store gave or read (without storage: its own). */
+  #highSeq = 0;
   /** The date a pending write is sent with (datesSentBy), when it is not its updated_at. */
   #sentAs: SentAs | null = null;
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
@@ -158,6 +182,10 @@ export class SyncStore {
   attachStorage(storage: Storage): void {
     if (this.#storage === storage) return;
     this.#storage = storage;
+    // Writes queued before storage was attached (SyncProvider: before the session opened) entered this
+    // device's outbox now: numbered after everything it holds, in the order they were queued.
+    const queued = this.pendingWrites().sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+    for (const write of queued) write.seq = this.#nextSeq();
     this.#loadOutbox();
     this.#saveOutbox(this.pendingWrites(), []); // writes queued before storage was attached
     this.#emit();
@@ -330,8 +358,15 @@ export class SyncStore {
     return Number.isFinite(at) ? at : undefined;
   }
 
-  /** An optimistic local write: shown at once and queued for the server. */
+  /**
+   * An optimistic local write: shown at once and queued for the server, with the next number of this
+   * device's outbox (PendingWrite.seq, set on `write`); the same write again (key and position) keeps its number.
+   */
   addPending(write: PendingWrite): void {
+    const current = this.#pending.get(write.series_id);
+    write.seq = current && validSeq(current.seq) && (current === write || this.#sameContent(current, write))
+      ? current.seq
+      : this.#nextSeq();
     this.#pending.set(write.series_id, write);
     this.#notices.delete(write.series_id);
     this.#saveOutbox([write], []);
@@ -430,6 +465,11 @@ export class SyncStore {
   /** The key the outbox is saved under (a tab listens for `storage` events on it). */
   get outboxKey(): string {
     return `readsync.outbox.${this.userId}`;
+  }
+
+  /** The key of the last number this browser's outbox gave a write of this user (PendingWrite.seq). */
+  get seqKey(): string {
+    return `readsync.outboxSeq.${this.userId}`;
   }
 
   /** The key of the last writes answered (or refused) here, written before they leave the outbox. */
@@ -570,7 +610,7 @@ export class SyncStore {
   }
 
   /**
-   * Merges the saved outbox into the pending writes (newer wins); returns whether any was taken. A
+   * Merges the saved outbox into the pending writes (the later to enter it wins); returns whether any was taken. A
    * saved write the tabs' list names answered is not taken: the tab that got it answered named it
    * before it took it out of the saved outbox, and this tab may see the name before the removal.
    */
@@ -580,11 +620,11 @@ export class SyncStore {
     for (const write of this.#readSaved()) {
       if (this.#namedAnswered(write, answered)) continue;
       const current = this.#pending.get(write.series_id);
-      if (!current || this.#savedLater(write, current)) {
+      if (!current || this.#enteredLater(write, current)) {
         this.#pending.set(write.series_id, write);
         this.#persisted.add(write);
         taken = true;
-      } else if (!this.#savedLater(current, write)) {
+      } else if (!this.#enteredLater(current, write)) {
         this.#persisted.add(current); // the same write (key and position) is saved
       }
     }
@@ -605,7 +645,7 @@ export class SyncStore {
       // tab names a write before it takes it out, and this tab may see the one before the other).
       const named = this.#namedAnswered(write, answered);
       const other = saved.get(seriesId);
-      if (!named && other && !this.#savedLater(write, other)) continue; // still saved, or a newer one is
+      if (!named && other && !this.#enteredLater(write, other)) continue; // still saved, or a newer one is
       if (named || this.#savedAgain.has(write)) {
         this.#pending.delete(seriesId);
         dropped = true;
@@ -620,12 +660,58 @@ export class SyncStore {
 
   /** Whether `answered` names `write` (it, or a newer write of its series, was answered or refused). */
   #namedAnswered(write: PendingWrite, answered: readonly PendingWrite[]): boolean {
-    return answered.some((done) => done.series_id === write.series_id && !this.#savedLater(write, done));
+    return answered.some((done) => done.series_id === write.series_id && !this.#enteredLater(write, done));
   }
 
-  /** Whether `a` and `b` are one write: the same series, key and position. */
-  #sameWrite(a: PendingWrite, b: PendingWrite): boolean {
+  /**
+   * Whether `write` entered this device's outbox after `other` (same series): by their numbers
+   * (PendingWrite.seq; one without a number comes before every numbered one); by key and position,
+   * as #savedLater, when the numbers are alike (none, or two tabs that numbered at the same moment:
+   * localStorage is no transaction across tabs, so both may have read the same last number).
+   */
+  #enteredLater(write: PendingWrite, other: PendingWrite): boolean {
+    const seq = validSeq(write.seq) ? write.seq : 0;
+    const otherSeq = validSeq(other.seq) ? other.seq : 0;
+    return seq !== otherSeq ? seq > otherSeq : this.#savedLater(write, other);
+  }
+
+  /** Whether `a` and `b` hold the same series, key and position (whatever their numbers). */
+  #sameContent(a: PendingWrite, b: PendingWrite): boolean {
     return a.series_id === b.series_id && this.compare(a, b) === 0 && ConflictResolver.samePosition(a, b);
+  }
+
+  /**
+   * The next number of this device's outbox (PendingWrite.seq): one more than the highest this browser
+   * gave this user's outbox (the last one, kept under seqKey; the numbers in the saved outbox and the
+   * list of answered writes, in case that key was lost) and this store saw. Without storage, this store's own.
+   */
+  #nextSeq(): number {
+    let high = this.#highSeq;
+    const consider = (seq: unknown) => {
+      if (validSeq(seq) && seq < SEQ_LIMIT - 1) high = Math.max(high, seq);
+    };
+    if (this.#storage) {
+      try {
+        consider(Number(this.#storage.getItem(this.seqKey) ?? 0));
+      } catch {
+        // storage disabled: the lists (none then) and this store's own
+      }
+      for (const write of this.#readSaved()) consider(write.seq);
+      for (const write of this.#readAnswered()) consider(write.seq);
+    }
+    this.#highSeq = high + 1;
+    try {
+      this.#storage?.setItem(this.seqKey, String(this.#highSeq));
+    } catch {
+      // storage full or disabled: the saved outbox still holds the numbers it was given
+    }
+    return this.#highSeq;
+  }
+
+  /** Whether `a` and `b` are one write: the same series, key and position, and the same outbox number. */
+  #sameWrite(a: PendingWrite, b: PendingWrite): boolean {
+    const seq = (write: PendingWrite) => validSeq(write.seq) ? write.seq : 0;
+    return this.#sameContent(a, b) && seq(a) === seq(b);
   }
 
   /** The last writes answered in this browser (see ANSWERED_REMEMBERED); none when unreadable. */
@@ -686,11 +772,11 @@ export class SyncStore {
       const saved = new Map(unnamed.map((write) => [write.series_id, write]));
       for (const write of done) {
         const other = saved.get(write.series_id);
-        if (other && !this.#savedLater(other, write)) saved.delete(write.series_id);
+        if (other && !this.#enteredLater(other, write)) saved.delete(write.series_id);
       }
       for (const write of added) {
         const other = saved.get(write.series_id);
-        if (!other || this.#savedLater(write, other)) saved.set(write.series_id, write);
+        if (!other || this.#enteredLater(write, other)) saved.set(write.series_id, write);
       }
       if (saved.size === 0) this.#storage.removeItem(this.outboxKey);
       else this.#storage.setItem(this.outboxKey, JSON.stringify([...saved.values()]));
