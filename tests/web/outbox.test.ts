@@ -364,12 +364,14 @@ Deno.test("outbox: a page turned once the offset is measured again, while a writ
     Math.abs(late) <= 20,
     `sent dated by the corrected clock, not after the waiting write's late date (${late} ms)`,
   );
-  assert.equal("sentAtMs" in sent, false, "what dates it is not sent");
+  assert.equal(next.sentAtMs, undefined, "its date is the one it is sent with");
+  assert.equal(sent.updated_at, next.updated_at);
   // Still after the waiting write as it is sent (it may be on its way): never refused as older ('self');
-  // and after it in the outbox's order, which its date keeps.
+  // and after it in the outbox's order, which its number keeps (not its date, an hour before that write's).
   assert.ok(Date.parse(sent.updated_at) > Date.parse(sendable(slept, clock).updated_at));
-  assert.ok(Date.parse(next.updated_at) > Date.parse(slept.updated_at));
   store.addPending(next);
+  assert.ok(next.seq! > slept.seq!, `numbered after it: ${next.seq} > ${slept.seq}`);
+  assert.deepEqual(store.pendingWrites(), [next]);
   assert.equal(store.getSnapshot().bySeries.get("book")?.chapter, 5);
   // The page turn after it follows it as it is sent, not its place in the outbox.
   t.device += 1_000;
@@ -387,7 +389,8 @@ Deno.test("outbox: a page turned once the offset is measured again, while a writ
   const other = new SyncStore("reader", defaultCompareRows);
   other.addPending(slept);
   const behind = datedWrite(other, fresh, "book", position(5), "e-reader");
-  assert.ok(Date.parse(behind.updated_at) > Date.parse(slept.updated_at));
+  other.addPending(behind);
+  assert.deepEqual(other.pendingWrites(), [behind], "after it in the outbox's order");
   const sentBehind = Date.parse(sendable(behind, fresh).updated_at) - (t.device - HOUR);
   assert.ok(Math.abs(sentBehind) <= 20, `${sentBehind} ms`);
 });
@@ -419,8 +422,11 @@ Deno.test("outbox: a page turn dated under a saved offset while another visit's 
   const turnedAt = t.device - HOUR; // the server's clock then
   const next = datedWrite(store, clock, "book", position(5), "e-reader");
   assert.equal(next.unmeasured, undefined, "dated under the saved offset");
-  assert.ok(Date.parse(next.updated_at) > Date.parse(slept.updated_at), "after it in the outbox's order");
   store.addPending(next);
+  assert.ok(
+    next.seq! > slept.seq!,
+    "after it in the outbox's order (its number; its date is an hour before)",
+  );
   assert.equal(store.pendingWrites().length, 1, "it replaces the waiting write, which is never sent");
   // Ten minutes later the phone reads on to chapter 9; then the e-reader is online: its read answers -1 h.
   t.device += 10 * 60_000;
@@ -443,15 +449,23 @@ Deno.test("outbox: a page turn dated under a saved offset while another visit's 
 Deno.test("outbox: a stored sentAtMs (hand-editable) moves its page turn back by no more than the device was measured ahead: a sentAtMs of 0 is neither sent nor shown dated 1970", async () => {
   const HOUR = 3_600_000;
   // An hour ahead, measured; asleep offline: a page turn dated an hour late waits; an answer measures the
-  // hour again, and the next page turn is dated by the corrected clock (sentAtMs), an hour before its date.
+  // hour again, and the next page turn is dated by the corrected clock. Saved before writes were numbered
+  // (PendingWrite.seq), it was dated after the waiting write's late date, for its place in the outbox,
+  // and kept the corrected date as sentAtMs, an hour before; such a saved outbox still loads.
   const { t, clock, store } = asleepAnHourAhead({ datesSentBy: true });
   const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
-  store.addPending(datedWrite(store, clock, "book", position(4), "e-reader"));
+  const waiting = datedWrite(store, clock, "book", position(4), "e-reader");
+  store.addPending(waiting);
   t.device += 60_000;
   t.monotonic += 60_000;
   clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
-  const next = datedWrite(store, clock, "book", position(5), "e-reader");
-  assert.ok(next.sentAtMs !== undefined && next.sentAtMs < Date.parse(next.updated_at) - HOUR + 60_000);
+  const corrected = datedWrite(store, clock, "book", position(5), "e-reader");
+  const next = {
+    ...corrected,
+    updated_at: new Date(Date.parse(waiting.updated_at) + 1).toISOString(),
+    sentAtMs: Date.parse(corrected.updated_at),
+  };
+  assert.ok(next.sentAtMs < Date.parse(next.updated_at) - HOUR + 60_000);
   assert.equal(
     sendable(next, clock).updated_at,
     new Date(next.sentAtMs).toISOString(),
@@ -838,10 +852,14 @@ Deno.test("outbox: while a page turn dated an hour late waits, the page shows th
   );
   assert.equal(result.outcome, "failed", "the send itself failed: the page turn still waits");
   assert.deepEqual([shown().chapter, shown().deviceId, shown().pending], [9, "phone", true]);
-  // Its place in the outbox is unchanged: the next page turn is still after it there.
-  assert.ok(
-    Date.parse(store.nextUpdatedAt("book", t.device - HOUR, "e-reader")) > Date.parse(turned.updated_at),
-  );
+  // Its place in the outbox is unchanged: the next page turn is still after it there (by its number:
+  // dated by the corrected clock, an hour before the page turn's late date).
+  assert.deepEqual(store.pendingWrites(), [turned]);
+  const next = datedWrite(store, clock, "book", { chapter: 10, page: 1, percentage: 0.5 }, "e-reader");
+  assert.ok(Date.parse(next.updated_at) < Date.parse(turned.updated_at), next.updated_at);
+  store.addPending(next);
+  assert.ok(next.seq! > turned.seq!);
+  assert.deepEqual(store.pendingWrites(), [next]);
 });
 
 Deno.test("outbox: a page turn re-dated by one tab's clock is sent after the write another tab just got stored, never refused as older than this device's own ('self')", async () => {
@@ -977,4 +995,62 @@ Deno.test("outbox: a re-dated write sent again after its answer was lost goes un
   const turnedAt = new Date(1_800_000_000_000).toISOString();
   assert.deepEqual(sent, [turnedAt, turnedAt], "sent again under the key it was stored under");
   assert.equal(versions.length, 1, "stored once");
+});
+
+Deno.test("outbox: a saved write dated far ahead (edited, a clock years ahead) or an hour late by design does not carry its date into the page turns after it: they are dated and sent by the clock, after it in the outbox by their numbers", async () => {
+  const HOUR = 3_600_000;
+  const FAR = "2999-01-01T00:00:00.000Z";
+  const t = { device: 1_800_000_000_000, monotonic: 0 };
+  // A visit whose saved offset is in force (measured): writes are dated by the clock, not re-dated.
+  const clock = new ServerClock({ deviceNow: () => t.device, monotonicNow: () => t.monotonic, offsetMs: 0 });
+  const storage = memoryStorage();
+  // The saved outbox an earlier visit left, in the format before writes were numbered: "book" dated far
+  // ahead; and the tabs' list of answered writes names "atlas" dated an hour late, still to be re-dated
+  // when another tab sent it (its date then ordered the page turns after it).
+  const reading = { deviceMs: t.device + HOUR, clock: "another tab", answers: 0 };
+  storage.setItem(
+    "readsync.outbox.reader",
+    JSON.stringify([pending("book", Date.parse(FAR), 4, "e-reader")]),
+  );
+  storage.setItem(
+    "readsync.outboxAnswered.reader",
+    JSON.stringify([{ ...pending("atlas", t.device + HOUR, 1, "e-reader"), unmeasured: reading }]),
+  );
+  const store = new SyncStore("reader", defaultCompareRows);
+  store.attachStorage(storage);
+  store.datesSentBy((write) => sendable(write, clock).updated_at);
+  const position = (chapter: number) => ({ chapter, page: 1, percentage: 0.5 });
+  const book = datedWrite(store, clock, "book", position(5), "e-reader");
+  // At most the server's 5 s tolerance ahead: the far-ahead write may be on its way (stored at the server's
+  // now), and the page turn must not fall before it; never after its date.
+  const bookAt = Date.parse(book.updated_at) - t.device;
+  assert.ok(bookAt > 0 && bookAt <= 5_000, `dated ${bookAt} ms ahead of the clock`);
+  const atlas = datedWrite(store, clock, "atlas", position(2), "e-reader");
+  assert.equal(
+    atlas.updated_at,
+    new Date(t.device).toISOString(),
+    "by the clock, not after the hour-late one",
+  );
+  store.addPending(book);
+  store.addPending(atlas);
+  assert.deepEqual(store.pendingWrites().map((w) => [w.series_id, w.chapter]).sort(), [["atlas", 2], [
+    "book",
+    5,
+  ]]);
+  // The page turn after it is dated by the clock again once it has passed, not carried on by the first.
+  t.device += 10_000;
+  t.monotonic += 10_000;
+  const again = datedWrite(store, clock, "book", position(6), "e-reader");
+  assert.equal(again.updated_at, new Date(t.device).toISOString());
+  store.addPending(again);
+  const sent: { updated_at: string; series_id: string }[] = [];
+  const measure = () => Promise.resolve();
+  assert.deepEqual(await flushOutbox(store, takingTransport(sent), options({ redate: { clock, measure } })), {
+    outcome: "done",
+  });
+  assert.deepEqual(
+    sent.map((w) => [w.series_id, w.updated_at]).sort(),
+    [["atlas", atlas.updated_at], ["book", again.updated_at]],
+  );
+  assert.equal(storage.getItem("readsync.outbox.reader"), null, "nothing left in the saved outbox");
 });

@@ -427,12 +427,13 @@ export function storeForUser<S extends { readonly userId: string }>(current: S, 
 
 /**
  * A page turn of `seriesId` made now, as save() queues it. Dated strictly after the version the reader
- * is looking at (another device's, or this one's last save), so a page turn made after seeing it wins
- * over it and two quick saves keep their order. Dated without a measured offset (none yet, or dropped
- * after a sleep or a step of the device's clock), it keeps what the outbox re-dates it by, before it
- * is sent, once an offset is measured (PendingWrite.unmeasured). Dated under a measured offset after
- * such a write still queued, it keeps its place after it in the outbox but is sent dated by the
- * corrected clock, after what that write is sent as (PendingWrite.sentAtMs), not after its late date.
+ * is looking at (another device's, or this one's last save, as it is sent), so a page turn made after
+ * seeing it wins over it and two quick saves keep their order. Dated without a measured offset (none
+ * yet, or dropped after a sleep or a step of the device's clock), it keeps what the outbox re-dates it
+ * by, before it is sent, once an offset is measured (PendingWrite.unmeasured). Its place in the outbox
+ * is its number (PendingWrite.seq, given by SyncStore.addPending), not its date: dated under a measured
+ * offset after such a write still queued, it is dated by the corrected clock, after what that write is
+ * sent as, not after its late date.
  */
 export function datedWrite(
   store: SyncStore,
@@ -455,9 +456,8 @@ export function datedWrite(
     const at = typeof after === "number" ? new Date(after - 1) : null; // (one past a Date's range is none)
     return at && Number.isFinite(at.getTime()) ? at.toISOString() : "";
   };
-  const updatedAt = store.nextUpdatedAt(seriesId, nowMs, deviceId); // the outbox's order
+  const updatedAt = store.nextUpdatedAt(seriesId, nowMs, deviceId, sentAs);
   const afterMs = reading ? store.redatingFloor(seriesId, nowMs, deviceId, sentAs) : undefined;
-  const sentAtMs = reading ? undefined : Date.parse(store.nextUpdatedAt(seriesId, nowMs, deviceId, sentAs));
   return {
     series_id: seriesId,
     chapter: position.chapter,
@@ -467,7 +467,6 @@ export function datedWrite(
     device_id: deviceId,
     updated_at: updatedAt,
     ...(reading ? { unmeasured: { ...reading, ...(afterMs !== undefined ? { afterMs } : {}) } } : {}),
-    ...(sentAtMs !== undefined && sentAtMs < Date.parse(updatedAt) ? { sentAtMs } : {}),
   };
 }
 

@@ -16,8 +16,8 @@
 //
 // What the reader sees for a series is the newer of its pending write and its confirmed row, by
 // the same order the server applies, so the optimistic view already shows the eventual winner. A
-// pending write sent with another date than the one that orders it in the outbox (re-dated: see
-// datesSentBy) is judged by the date it is sent with.
+// pending write sent with another date than the one it was dated with (re-dated: see datesSentBy) is
+// judged by the date it is sent with.
 
 import { ConflictResolver } from "@shared/progress/conflictResolver.ts";
 import type { UnmeasuredReading } from "@shared/progress/serverClock.ts";
@@ -42,9 +42,10 @@ export interface PendingWrite {
    */
   unmeasured?: UnmeasuredReading & { afterMs?: number };
   /**
-   * Dated under a measured offset after a queued write still to be re-dated (`unmeasured`, whose date
-   * is late): the date it is sent with (outbox.ts), before `updated_at`, which keeps it after that write
-   * in the outbox's order. Never sent.
+   * In writes saved before writes were numbered (`seq`) only: dated under a measured offset after a queued
+   * write still to be re-dated (`unmeasured`, whose date is late), the date it is sent with (outbox.ts),
+   * before `updated_at`, which kept it after that write in the outbox's order then. Such a write is now
+   * dated by the corrected clock itself (its number orders it). Never sent.
    */
   sentAtMs?: number;
   /**
@@ -253,7 +254,8 @@ export class SyncStore {
    * device knows it): strictly after the version the reader is looking at, whichever device made
    * it. The reader acted on that version, so the write must win over it: a version another device
    * dated a few seconds ahead (the server accepts up to its 5 s tolerance) would otherwise beat
-   * the page turn made after seeing it.
+   * the page turn made after seeing it. This device's queued write of the series is followed no
+   * further than the server's 5 s tolerance for clocks ahead (see #after).
    */
   nextUpdatedAt(seriesId: string, nowMs: number, deviceId?: string, sentAs?: SentAs): string {
     return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, deviceId, true, sentAs))).toISOString();
@@ -273,7 +275,8 @@ export class SyncStore {
   /**
    * The first instant after what a new write of `seriesId` must follow (nextUpdatedAt), -Infinity for
    * none. `sentAs`: this device's queued writes count by the date they are sent with (outbox.ts's
-   * sendable), not the one that orders them in the outbox.
+   * sendable), not the one they were dated with. Only the date sent to the server: the outbox orders
+   * writes by their numbers (PendingWrite.seq), so no date here follows a write for its place there.
    */
   #after(
     seriesId: string,
@@ -288,44 +291,30 @@ export class SyncStore {
       if (Number.isFinite(after)) at = Math.max(at, after);
     };
     const dateOf = (write: PendingWrite) => sentAs ? sentAs(write) : write.updated_at;
+    // The version shown is the newer of these two; a queued write to be re-dated is left out of a floor.
+    later(this.#confirmed.get(seriesId)?.updated_at);
     const pending = this.#pending.get(seriesId);
-    if (unmeasuredToo && !sentAs) {
-      // The outbox's order: after the confirmed version and the pending write by its own date, whichever
-      // is shown (the view judges a re-dated write by the date it is sent with).
-      later(this.#confirmed.get(seriesId)?.updated_at);
-      later(pending?.updated_at);
-    } else {
-      // The version shown is the newer of these two; a queued write to be re-dated is left out of a floor.
-      later(this.#confirmed.get(seriesId)?.updated_at);
-      if (pending && (unmeasuredToo || !pending.unmeasured)) later(dateOf(pending));
+    if (pending && (unmeasuredToo || !pending.unmeasured)) {
+      // A queued write dated beyond the server's 5 s tolerance (edited, a clock far ahead) is stored at the
+      // server's now() if it is sent (it may be on its way): followed no further than that tolerance, not
+      // by its date, which would carry into every later page turn.
+      const after = Date.parse(dateOf(pending)) + 1;
+      if (Number.isFinite(after)) at = Math.max(at, Math.min(after, nowMs + SERVER_AHEAD_TOLERANCE_MS));
     }
     // Another tab of this browser may have saved a write of the series that this tab has not taken
     // over yet, under the same device id: date this one after it, so the two never share a key and
     // the later save is the later write (under one key the server keeps whichever arrives last).
     // Only this device's, and only within the server's 5 s tolerance for clocks ahead: a saved date
     // beyond it (a tab that stamped with its own clock before it knew the server's, storage edited
-    // by hand) would carry every later save past the tolerance, where the server re-dates it.
-    // In the outbox's order (no `sentAs`), also after every write of the series the tabs' list names
-    // answered, and every saved one kept late by design (`unmeasured`, `sentAtMs`: its date orders, the
-    // date it is sent with is another), whatever their dates: a write dated before one of them is let
-    // go unsent by every tab (#namedAnswered: a newer write of its series was answered; #loadOutbox:
-    // the saved one is newer). A page turned after a re-dated write was answered, dated by the corrected
-    // clock (an hour before that write's late date), was dropped so. It is sent by its own date
-    // (`sentAtMs`, or re-dated), which the server's tolerance still bounds (the `sentAs` dating).
-    const order = unmeasuredToo && !sentAs;
-    const others = [
-      ...this.#readSaved().map((write) => ({ write, named: false })),
-      ...this.#readAnswered().map((write) => ({ write, named: true })),
-    ];
-    for (const { write: saved, named } of others) {
+    // by hand) would carry every later save past the tolerance, where the server re-dates it. So are
+    // the writes the tabs' list names answered (another tab's, not heard of here yet), by the same
+    // rule: for the server's order only, as which writes an answer covers is said by their numbers.
+    for (const saved of [...this.#readSaved(), ...this.#readAnswered()]) {
       if (saved.series_id !== seriesId || (deviceId !== undefined && saved.device_id !== deviceId)) continue;
       if (!unmeasuredToo && saved.unmeasured) continue;
       const savedAfter = Date.parse(dateOf(saved)) + 1;
       if (!Number.isFinite(savedAfter) || savedAfter > MAX_DATE_MS) continue;
-      const lateByDesign = named || saved.unmeasured !== undefined || saved.sentAtMs !== undefined;
-      if (savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS || (order && lateByDesign)) {
-        at = Math.max(at, savedAfter);
-      }
+      if (savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS) at = Math.max(at, savedAfter);
     }
     return at;
   }
