@@ -208,6 +208,11 @@ export class ServerClock {
     return this.#leadMs;
   }
 
+  /** Answers taken so far (observe() calls that measured): it changes when one taught this clock. */
+  get answers(): number {
+    return this.#answers;
+  }
+
   /** Counts an answer; the unmeasured readings taken before it learn their first offset measured after. */
   #answerTaken(
     deviceMs: number,

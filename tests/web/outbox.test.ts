@@ -1054,3 +1054,66 @@ Deno.test("outbox: a saved write dated far ahead (edited, a clock years ahead) o
   );
   assert.equal(storage.getItem("readsync.outbox.reader"), null, "nothing left in the saved outbox");
 });
+
+Deno.test(
+  {
+    name:
+      "outbox: when a proxy strips X-Server-Time, the read made for the clock is made once in the visit, not at every flush; an answer that carries it again ends that",
+    ...noSanitize,
+  },
+  async () => {
+    const HOUR = 3_600_000;
+    const { user } = await device();
+    const upstream = testEnv().url;
+    let strip = true;
+    const reads: string[] = [];
+    const proxy = serveLocal(async (req) => {
+      if (req.method === "GET" && new URL(req.url).pathname === "/functions/v1/progress") reads.push(req.url);
+      const answer = await forwardTo(upstream, req);
+      if (!strip) return answer;
+      const headers = new Headers(answer.headers);
+      headers.delete("x-server-time");
+      return new Response(answer.body, { status: answer.status, headers });
+    });
+    try {
+      const { client } = countingClient(user.accessToken, proxy.url);
+      // A fresh visit, no saved offset: page turns are dated by the device clock (right, here) and wait for
+      // an answer to re-date them by.
+      const t = { shift: 0, paused: 0 };
+      const clock = new ServerClock({
+        deviceNow: () => Date.now() + t.shift,
+        monotonicNow: () => performance.now() - t.paused,
+      });
+      const api = createProgressApi(client, { clock, retry: { attempts: 1 } });
+      const store = new SyncStore(user.id, defaultCompareRows);
+      const unmeasurable = {};
+      const redate = { clock, measure: () => api.listProgress({ limit: 1 }), unmeasurable };
+      const series = seriesId("stripped");
+      const turn = async (chapter: number) => {
+        const write = datedWrite(store, clock, series, { chapter, page: 1, percentage: 0.1 }, "e-reader");
+        assert.ok(write.unmeasured, "dated without a measured offset");
+        store.addPending(write);
+        assert.deepEqual(await flushOutbox(store, api, options({ redate })), { outcome: "done" });
+        assert.equal(store.getSnapshot().pendingCount, 0);
+      };
+      // Three page turns, each sent at once: the first flush reads (its answer teaches the clock nothing),
+      // the next two do not.
+      for (const chapter of [1, 2, 3]) await turn(chapter);
+      assert.equal(reads.length, 1, `reads made: ${reads.length}`);
+      assert.equal(clock.answers, 0);
+      // The proxy passes it again: the next answer (a batch's) teaches the clock, which ends it. After a sleep
+      // (the correction dropped), a page turn waits again, and a read is made for it.
+      strip = false;
+      await turn(4);
+      assert.equal(reads.length, 1);
+      assert.ok(clock.answers > 0, "the batch's answer taught the clock");
+      t.shift += HOUR;
+      t.paused += HOUR;
+      await turn(5);
+      assert.equal(reads.length, 2, "read again once an answer carried the header");
+      await client.realtime.disconnect();
+    } finally {
+      await proxy.shutdown();
+    }
+  },
+);

@@ -21,7 +21,8 @@
 // A write dated while the server clock had no measured offset in force (PendingWrite.unmeasured: a
 // device an hour ahead that slept dates it an hour late) is re-dated before it is sent, by the first
 // offset measured after it (ServerClock.redate), never later than it was dated nor before its
-// `afterMs`. When no answer has measured one yet, one request (`redate.measure`) goes first. The
+// `afterMs`. When no answer has measured one yet, one request (`redate.measure`) goes first (not again
+// in the visit once one taught the clock nothing: `redate.unmeasurable`). The
 // write keeps its date in the outbox (which orders and names writes by their numbers, PendingWrite.seq,
 // not by their dates): only what is sent changes.
 // Framework-free so it can be tested against the real API without React (tests/web/outbox.test.ts).
@@ -54,7 +55,18 @@ export interface OutboxOptions {
    * dated them, and a request whose 2xx answer teaches it, made first when one of them waits for it.
    * Without it they are sent as dated.
    */
-  redate?: { clock: Pick<ServerClock, "redate" | "redatable" | "leadMs">; measure(): Promise<unknown> };
+  redate?: {
+    clock: Pick<ServerClock, "redate" | "redatable" | "leadMs" | "answers">;
+    measure(): Promise<unknown>;
+    /**
+     * Kept by the caller for the visit (one object for all its flushes): `answers` is set to the clock's
+     * count when an answer to `measure` taught it nothing (no readable X-Server-Time: a proxy strips it,
+     * or CORS does not expose it), and no read is made again while the count is that (the writes go as
+     * dated, as they did after that read); an answer that does teach the clock ends it. Without it, a
+     * read is made at every flush while a write waits.
+     */
+    unmeasurable?: { answers?: number };
+  };
 }
 
 /** How a flush ended. */
@@ -89,10 +101,16 @@ export async function flushOutbox(
   const stop = (result: FlushResult): FlushResult =>
     result.outcome === "failed" && answered.count > 0 ? { ...result, answered: answered.count } : result;
   const redate = options.redate;
-  if (redate && pending.some((write) => waitsForAnswer(write, redate.clock))) {
+  const unmeasurable = redate?.unmeasurable;
+  const hopeless = unmeasurable?.answers !== undefined && unmeasurable.answers === redate!.clock.answers;
+  if (redate && !hopeless && pending.some((write) => waitsForAnswer(write, redate.clock))) {
     // Sent as dated, such a write would be stored an hour late; the answer to it comes too late.
     try {
+      const before = redate.clock.answers;
       await redate.measure();
+      // Answered, and the clock learnt nothing from it (its X-Server-Time unreadable): no read again for
+      // it in this visit until an answer does teach the clock.
+      if (unmeasurable && redate.clock.answers === before) unmeasurable.answers = before;
       store.sendDatesChanged(); // the writes waiting for it are shown as they will be sent
     } catch (error) {
       if (options.isSignedOut(error)) return { outcome: "signed out" };

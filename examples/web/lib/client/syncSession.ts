@@ -185,6 +185,9 @@ export class SyncSession {
     // ---- outbox flush: in batches, stops at the first retryable failure (outbox.ts); when it goes,
     // and when it goes again after a failure (backoff, Retry-After), is the schedule's to say
     // (outboxSchedule.ts), by why it is asked for.
+    // A read made for the clock whose answer taught it nothing (X-Server-Time stripped by a proxy, or
+    // not exposed by CORS) is not made again at each flush of this visit (outbox.ts).
+    const unmeasurable: { answers?: number } = {};
     const sendNow = () => {
       this.#setSending(true);
       return flushOutbox(store, api, {
@@ -195,7 +198,7 @@ export class SyncSession {
         refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
         isDisposed: () => this.#closed,
         // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
-        redate: { clock, measure: () => api.listProgress?.({ limit: 1 }) ?? Promise.resolve() },
+        redate: { clock, measure: () => api.listProgress?.({ limit: 1 }) ?? Promise.resolve(), unmeasurable },
       }).finally(() => {
         env.clockOffset?.save(clock.measuredOffsetMs); // what answers measured: a sleep must not erase it
         this.#setSending(false);
