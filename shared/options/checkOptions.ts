@@ -178,12 +178,38 @@ export function checkStringFieldsOption(value: unknown, where: string, name: str
 }
 
 /**
- * Throws a TypeError unless `value` is a function (or undefined: not given), naming the option as
- * above, the value by its type ("must be a function (got object)").
+ * Throws a TypeError unless `value` is a function (or undefined: not given, unless `required`), naming
+ * it as `<where> <kind> <name>` (kind "option" unless said: a handler or listener is an "argument"), the
+ * value by its type ("must be a function (got object)"). A callback is called later, often in a timer
+ * or a socket's message handler, where a value that is no function would throw where no caller can
+ * catch it (or be logged and lost): refused here, by the call that takes it.
  */
-export function checkFunctionOption(value: unknown, where: string, name: string): void {
-  if (value === undefined || typeof value === "function") return;
-  throw new TypeError(`${where} option ${name} must be a function (got ${typeof value})`);
+export function checkFunctionOption(
+  value: unknown,
+  where: string,
+  name: string,
+  how: { kind?: string; required?: boolean } = {},
+): void {
+  if ((value === undefined && !how.required) || typeof value === "function") return;
+  throw new TypeError(`${where} ${how.kind ?? "option"} ${name} must be a function (got ${typeof value})`);
+}
+
+/**
+ * What a caught value says, for a log line, never throwing: as String() prints it ("Error: boom"), or
+ * with `form` "message" an Error's message alone ("boom"). A callback may throw anything, also a value
+ * String() cannot print (an object without a prototype, one whose toString throws), and the catch that
+ * logs it must not throw in its turn (it would break what the catch was there to protect).
+ */
+export function describeError(error: unknown, form: "text" | "message" = "text"): string {
+  try {
+    return form === "message" && error instanceof Error ? String(error.message) : String(error);
+  } catch {
+    try {
+      return Object.prototype.toString.call(error);
+    } catch {
+      return "an error that cannot be shown";
+    }
+  }
 }
 
 /**

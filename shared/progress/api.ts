@@ -56,6 +56,7 @@ import {
   type WriteResult,
 } from "./types.ts";
 import {
+  checkListener,
   checkRealtimeServiceOptions,
   DEFAULT_REQUEST_TIMEOUT_MS,
   type ProgressHandler,
@@ -185,7 +186,7 @@ const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: tr
 /**
  * Throws for the first of `timeoutMs`, `random` (a TypeError unless a function, as RealtimeService's
  * random: null too, which was taken as Math.random, and anything else thrown at the first retry),
- * `headers` and `retry` (a TypeError unless a plain object: not null, an array, a Headers, a Map or
+ * `sleep` and `onRetry` (the same: thrown at the first retry, failing the call), `headers` and `retry` (a TypeError unless a plain object: not null, an array, a Headers, a Map or
  * a class's instance; for `headers`, a TypeError for a value that is not a string, naming it as
  * `headers.<name>`) and `retry`'s fields outside its range, naming it as `<where> option <prefix><name>`. A field given as undefined is not given (its
  * default applies).
@@ -198,12 +199,15 @@ const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: tr
  * Infinity retried without end.
  */
 function checkApiOptions(
-  options: Pick<ProgressApiOptions, "timeoutMs" | "retry" | "random" | "headers">,
+  options: Pick<ProgressApiOptions, "timeoutMs" | "retry" | "random" | "sleep" | "onRetry" | "headers">,
   where: string,
   prefix = "",
 ) {
   checkNumberOption(options.timeoutMs, TIMER_MS, where, `${prefix}timeoutMs`);
   checkFunctionOption(options.random, where, `${prefix}random`);
+  // Called between attempts: a value that is no function failed the call at its first retry.
+  checkFunctionOption(options.sleep, where, `${prefix}sleep`);
+  checkFunctionOption(options.onRetry, where, `${prefix}onRetry`);
   // A Headers or a Map was spread into the request's headers as none at all, and a value that is not
   // a string sent as fetch writes it (5 as "5", an object as "[object Object]", undefined as "undefined").
   checkStringFieldsOption(options.headers, where, `${prefix}headers`);
@@ -747,7 +751,9 @@ export function subscribeToProgress(
 ): ProgressLiveSubscription {
   // Checked on every call, the first on a client (whose options the shared service takes) or not,
   // before a later call's are compared with the service's; how they go together, by the first only
-  // (attemptTimeoutMsOf), as the service runs with its options.
+  // (attemptTimeoutMsOf), as the service runs with its options. The handler first, before a service
+  // is made for it.
+  checkFunctionOption(handler, "subscribeToProgress", "handler", { kind: "argument", required: true });
   checkSubscribeOptions(options);
   let shared = sharedServices.get(client);
   if (shared) checkSharedOptions(shared.options, options);
@@ -825,7 +831,11 @@ export function subscribeToProgress(
     get cursor() {
       return subscription.cursor as string | null;
     },
-    onCursor: (listener) => subscription.onCursor((cursor) => listener(cursor as string | null)),
+    onCursor: (listener) => {
+      // (Wrapped below, so the subscription's own check would see a function.)
+      checkListener(listener, "onCursor");
+      return subscription.onCursor((cursor) => listener(cursor as string | null));
+    },
     syncNow: () => subscription.syncNow(),
     unsubscribe: async () => {
       if (released) return;

@@ -92,6 +92,7 @@ import {
   checkNumberOption,
   checkObjectOption,
   checkTokenOption,
+  describeError,
   drawInRange,
   MAX_TIMER_MS,
   type NumberRule,
@@ -413,8 +414,8 @@ const MS_OPTION_RANGES: Record<
 /**
  * Throws for a backoff that is not a plain object (a TypeError, as for the API client's retry: null,
  * an array, a number or a Map would otherwise be taken as no fields given), then for the first millisecond
- * option outside its range (MS_OPTION_RANGES), then for a random that is not a function (a
- * TypeError). The constructor's checks, exported for subscribeToProgress (shared/progress/api.ts),
+ * option outside its range (MS_OPTION_RANGES), then for a random, parseRow, compareRows or log that is
+ * given and is not a function (a TypeError), then for an accessToken that is not a non-empty string. The constructor's checks, exported for subscribeToProgress (shared/progress/api.ts),
  * which makes them on every call, the later ones on a client (whose shared service is already made)
  * too, so that a call is refused for a bad option as the first would be.
  */
@@ -436,6 +437,12 @@ export function checkRealtimeServiceOptions<Row extends LwwRow>(
     checkNumberOption(given[name], MS_OPTION_RANGES[name], "RealtimeService", name);
   }
   checkFunctionOption(options.random, "RealtimeService", "random");
+  // Called later, where a value that is no function would throw far from this call: parseRow and
+  // compareRows at every change (compareRows inside realtime-js's message handler for a broadcast),
+  // log at every event (its failure swallowed: every line lost without a word).
+  checkFunctionOption(options.parseRow, "RealtimeService", "parseRow");
+  checkFunctionOption(options.compareRows, "RealtimeService", "compareRows");
+  checkFunctionOption(options.log, "RealtimeService", "log");
   checkTokenOption(options.accessToken, "RealtimeService", "accessToken");
 }
 
@@ -507,6 +514,9 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
   constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
     this.#client = client;
+    checkObjectOption(options, "RealtimeService", "options", { kind: "argument" });
+    // Required: without it the link could only fail every read, from a timer.
+    checkFunctionOption(options?.changesSince, "RealtimeService", "changesSince", { required: true });
     checkRealtimeServiceOptions(options);
     this.#options = options;
     this.#parseRow = options.parseRow ?? (defaultParseRow as unknown as (value: unknown) => Row);
@@ -550,6 +560,12 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     if (this.#closed) throw new Error("RealtimeService is closed");
     if (typeof userIdGiven !== "string" || userIdGiven.length === 0) throw new Error("userId is required");
     checkObjectOption(options, "RealtimeService subscribeToProgress()", "options", { kind: "argument" });
+    // Checked here, not where it is first called (the catch-up's answer, a broadcast): a TypeError
+    // logged there as handler_failed at every change, none of them delivered.
+    checkFunctionOption(handler, "RealtimeService subscribeToProgress()", "handler", {
+      kind: "argument",
+      required: true,
+    });
     const userId = normalizeUserId(userIdGiven);
     const cursor = this.#startingCursor(userId, options.initialCursor);
     let link = this.#links.get(userId);
@@ -652,7 +668,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     }
     this.#installToken(token);
     await this.#client.realtime.setAuth(token).catch((error: unknown) => {
-      this.logEvent("warn", "set_auth_failed", { error: String(error) });
+      this.logEvent("warn", "set_auth_failed", { error: describeError(error) });
     });
     this.logEvent("info", "access_token_set", {});
     for (const link of this.#links.values()) link.onTokenChanged();
@@ -745,7 +761,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       return this.#parseRow(value);
     } catch (error) {
       this.counters.invalid++;
-      this.logEvent("warn", "invalid_row", { error: error instanceof Error ? error.message : String(error) });
+      this.logEvent("warn", "invalid_row", { error: describeError(error, "message") });
       return null;
     }
   }
@@ -756,7 +772,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       if (this.#explicitToken) await this.#client.realtime.setAuth(this.#explicitToken);
       else await this.#client.realtime.setAuth();
     } catch (error) {
-      this.logEvent("warn", "set_auth_failed", { error: String(error) });
+      this.logEvent("warn", "set_auth_failed", { error: describeError(error) });
     }
   }
 
@@ -921,12 +937,12 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     try {
       stuck.close(WS_CLOSE_NORMAL, "opening handshake timed out");
     } catch (error) {
-      this.logEvent("warn", "socket_close_failed", { error: String(error) });
+      this.logEvent("warn", "socket_close_failed", { error: describeError(error) });
     }
     try {
       socket.triggerChanError(new Error("socket opening handshake timed out"));
     } catch (error) {
-      this.logEvent("warn", "channel_error_failed", { error: String(error) });
+      this.logEvent("warn", "channel_error_failed", { error: describeError(error) });
     }
     // The channels' error callbacks ran just now, the app's too: one may have disconnected the client
     // (signing out when its channel errs). phoenix, on a socket that closed by itself, fails the
@@ -941,7 +957,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     try {
       this.#client.realtime.connect();
     } catch (error) {
-      this.logEvent("warn", "socket_reopen_failed", { error: String(error) });
+      this.logEvent("warn", "socket_reopen_failed", { error: describeError(error) });
       return;
     }
     // realtime.connect() has set a new one (TypeScript still reads the null set above).
@@ -1074,7 +1090,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       });
       this.#authSubscription = data.subscription;
     } catch (error) {
-      this.logEvent("debug", "auth_listener_unavailable", { error: String(error) });
+      this.logEvent("debug", "auth_listener_unavailable", { error: describeError(error) });
     }
   }
 
@@ -1082,6 +1098,18 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     this.#authSubscription?.unsubscribe();
     this.#authSubscription = null;
   }
+}
+
+/**
+ * Throws a TypeError naming the call (`ProgressSubscription onStatus() argument listener must be a
+ * function`) unless `listener` is a function: it would otherwise be kept, and fail (logged as
+ * *_listener_failed) each time it is called, in a timer or a read's end, far from the call that gave it.
+ */
+export function checkListener(listener: unknown, method: "onStatus" | "onRead" | "onCursor"): void {
+  checkFunctionOption(listener, `ProgressSubscription ${method}()`, "listener", {
+    kind: "argument",
+    required: true,
+  });
 }
 
 class Subscription<Row extends LwwRow> implements ProgressSubscription {
@@ -1164,18 +1192,21 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   }
 
   onStatus(listener: (status: RealtimeStatus) => void): () => void {
+    checkListener(listener, "onStatus");
     if (!this.#active) return () => {};
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
   }
 
   onRead(listener: (outcome: ReadOutcome) => void): () => void {
+    checkListener(listener, "onRead");
     if (!this.#active) return () => {};
     this.#readListeners.add(listener);
     return () => this.#readListeners.delete(listener);
   }
 
   onCursor(listener: (cursor: unknown) => void): () => void {
+    checkListener(listener, "onCursor");
     if (!this.#active) return () => {};
     this.#cursorListeners.add(listener);
     return () => this.#cursorListeners.delete(listener);
@@ -1209,7 +1240,7 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
       try {
         listener(value);
       } catch (error) {
-        this.service.logEvent("error", failedEvent, { channel: this.channel, error: String(error) });
+        this.service.logEvent("error", failedEvent, { channel: this.channel, error: describeError(error) });
       }
     }
   }
@@ -1222,7 +1253,10 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     try {
       this.handler(change);
     } catch (error) {
-      this.service.logEvent("error", "handler_failed", { channel: this.channel, error: String(error) });
+      this.service.logEvent("error", "handler_failed", {
+        channel: this.channel,
+        error: describeError(error),
+      });
     }
   }
 
@@ -1557,7 +1591,14 @@ class UserLink<Row extends LwwRow> {
     channel
       .on("broadcast", { event: "*" }, (message) => {
         if (generation !== this.#generation) return;
-        this.service.handleProgressUpdate(message, "realtime");
+        // Called from realtime-js's socket message handler: what an option's callback throws (a
+        // compareRows that fails; handlers' and parseRow's failures are caught where they are called)
+        // is logged here, not thrown into realtime-js, where nothing catches it.
+        try {
+          this.service.handleProgressUpdate(message, "realtime");
+        } catch (error) {
+          this.#log("error", "broadcast_failed", { error: describeError(error) });
+        }
       })
       .on("system", {}, (payload: { status?: string; message?: string }) => {
         if (generation !== this.#generation) return;
@@ -1812,7 +1853,7 @@ class UserLink<Row extends LwwRow> {
       try {
         await this.service.client.removeChannel(channel);
       } catch (error) {
-        this.#log("warn", "remove_channel_failed", { error: String(error) });
+        this.#log("warn", "remove_channel_failed", { error: describeError(error) });
       } finally {
         // removeChannel only tears down after an "ok" leave; make sure timers and bindings go.
         channel.teardown();
@@ -2239,7 +2280,7 @@ class UserLink<Row extends LwwRow> {
         }
         if (!this.#closed) {
           this.#log("warn", `${source}_failed`, {
-            error: error instanceof Error ? error.message : String(error),
+            error: describeError(error, "message"),
             ...(retryAfterMs ? { retry_after_ms: retryAfterMs, wait_ms: waitMs } : {}),
           });
         }

@@ -671,3 +671,56 @@ async function returnsWithin(what: string, done: Promise<unknown>, ms: number): 
     clearTimeout(timer);
   }
 }
+
+Deno.test({
+  name:
+    "realtime service: a handler that throws (an Error, or a value String() cannot print) is logged; the user's other handlers still get every change, and the link goes live and moves its cursor",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  const lines: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    log: (line) => lines.push(JSON.parse(line)),
+  });
+  try {
+    await writeProgress(sql, a.id, { series_id: "before-subscribe", chapter: 1, device_id: "a" });
+    // Subscribed first, so the throwing handlers are called before the recording one each time.
+    const unprintable = service.subscribeToProgress(a.id, () => {
+      throw Object.create(null); // String() of it throws a TypeError
+    });
+    const failing = service.subscribeToProgress(a.id, () => {
+      throw new Error("the app's render failed");
+    });
+    const got: ProgressChange[] = [];
+    const recorder = service.subscribeToProgress(a.id, (c) => got.push(c));
+    await waitFor("live", () => recorder.status === "live");
+    await waitFor(
+      "the catch-up's row",
+      () => got.some((c) => c.row.series_id === "before-subscribe"),
+    );
+    assert.notEqual(recorder.cursor, null, "the catch-up's page moved the cursor");
+    assert.equal(unprintable.cursor, recorder.cursor, "for the throwing subscriptions too");
+    assert.equal(failing.status, "live");
+
+    // A broadcast: delivered from realtime-js's message handler.
+    await writeProgress(sql, a.id, { series_id: "after-live", chapter: 2, device_id: "phone" });
+    await waitFor("the broadcast", () => got.some((c) => c.row.series_id === "after-live"));
+    assert.equal(recorder.status, "live");
+    const failures = lines.filter((l) => l.event === "handler_failed");
+    assert.ok(failures.every((l) => l.level === "error"), JSON.stringify(failures));
+    assert.ok(failures.some((l) => l.error === "Error: the app's render failed"), JSON.stringify(failures));
+    assert.ok(failures.some((l) => l.error === "[object Object]"), JSON.stringify(failures));
+    assert.deepEqual(
+      lines.filter((l) => /_failed$/.test(String(l.event)) && l.event !== "handler_failed"),
+      [],
+    );
+  } finally {
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});

@@ -213,3 +213,98 @@ Deno.test("options: a random draw that is NaN or outside [0, 1) is taken into it
     }
   }
 });
+
+Deno.test("options: callbacks that are not functions are refused by the call that takes them (TypeError naming it), not found when first called", async () => {
+  const notFunctions: unknown[] = [null, "log", 1, { call: () => {} }];
+  const service = (options: Record<string, unknown>) => () =>
+    new RealtimeService(fakeClient().client, {
+      changesSince,
+      log: () => {},
+      ...options,
+    } as unknown as RealtimeServiceOptions);
+  const refused = (what: RegExp, value: unknown) => (error: unknown) =>
+    error instanceof TypeError && what.test(error.message) && error.message.includes(`(got ${typeof value})`);
+  for (const value of notFunctions) {
+    for (const name of ["parseRow", "compareRows", "log"]) {
+      assert.throws(
+        service({ [name]: value }),
+        refused(new RegExp(`^RealtimeService option ${name} must be a function`), value),
+        `${name}: ${String(value)}`,
+      );
+      // Through api.ts too, before any service is made, whatever call on the client it is.
+      assert.throws(
+        () => subscribeToProgress(fakeClient().client, USER, () => {}, { log: () => {}, [name]: value }),
+        refused(new RegExp(`^RealtimeService option ${name} must be a function`), value),
+        `subscribeToProgress ${name}: ${String(value)}`,
+      );
+    }
+    for (const name of ["sleep", "onRetry"]) {
+      assert.throws(
+        () =>
+          subscribeToProgress(fakeClient().client, USER, () => {}, {
+            log: () => {},
+            api: { [name]: value } as Record<string, unknown>,
+          }),
+        refused(new RegExp(`^subscribeToProgress option api\\.${name} must be a function`), value),
+        `subscribeToProgress api.${name}: ${String(value)}`,
+      );
+    }
+    // changesSince is required: undefined too.
+    assert.throws(
+      service({ changesSince: value }),
+      refused(/^RealtimeService option changesSince must be a function/, value),
+      `changesSince: ${String(value)}`,
+    );
+  }
+  assert.throws(
+    service({ changesSince: undefined }),
+    refused(/^RealtimeService option changesSince must be a function/, undefined),
+  );
+
+  // The handler, at subscribeToProgress (the service's, and api.ts's before it makes a service).
+  const fake = fakeClient();
+  const made = new RealtimeService(fake.client, { changesSince, log: () => {} });
+  try {
+    for (const value of [...notFunctions, undefined]) {
+      assert.throws(
+        () => made.subscribeToProgress(USER, value as () => void),
+        refused(/^RealtimeService subscribeToProgress\(\) argument handler must be a function/, value),
+        `handler: ${String(value)}`,
+      );
+      assert.throws(
+        () => subscribeToProgress(fake.client, USER, value as () => void, { log: () => {} }),
+        refused(/^subscribeToProgress argument handler must be a function/, value),
+        `api.ts handler: ${String(value)}`,
+      );
+    }
+    assert.equal(made.stats().links, 0, "no link was made for a refused handler");
+
+    // The listeners, at onStatus / onRead / onCursor (also once the subscription has ended).
+    const sub = made.subscribeToProgress(USER, () => {});
+    const live = subscribeToProgress(fakeClient().client, USER, () => {}, { log: () => {} });
+    for (const target of [sub, live]) {
+      for (const method of ["onStatus", "onRead", "onCursor"] as const) {
+        for (const value of [...notFunctions, undefined]) {
+          assert.throws(
+            () => target[method](value as () => void),
+            refused(
+              new RegExp(`^ProgressSubscription ${method}\\(\\) argument listener must be a function`),
+              value,
+            ),
+            `${method}: ${String(value)}`,
+          );
+        }
+      }
+    }
+    assert.equal(made.stats().statusListeners, 0, "none of them was kept");
+    await live.unsubscribe();
+    await sub.unsubscribe();
+    assert.throws(
+      () => sub.onStatus(null as unknown as () => void),
+      TypeError,
+      "unsubscribed: still refused",
+    );
+  } finally {
+    await made.close();
+  }
+});
