@@ -1576,8 +1576,13 @@ class UserLink<Row extends LwwRow> {
     const client = this.service.client;
     const existing = client.getChannels().find((c) => c.topic === `realtime:${this.topic}`);
     if (existing) {
-      // Someone else on this client uses the topic; joining it twice is impossible in realtime-js.
-      this.#log("error", "topic_in_use", {});
+      // Someone else on this client uses the topic (the app's own channel for it, or another service
+      // on the client subscribed to the same user: subscribeToProgress shares one); joining it twice is
+      // impossible in realtime-js. A condition of the app, not a failure of the service: the link polls
+      // meanwhile and retries after the backoff. A warning, as Supabase Realtime logs what a client sent
+      // that it cannot take (an expired token at a join); its server takes a second join of a topic on
+      // one socket as replacing the first (Phoenix, logged at debug), which realtime-js never sends.
+      this.#log("warn", "topic_in_use", { channel_state: existing.state });
       this.#fail(generation, "topic already used by another channel on this client");
       return;
     }

@@ -724,3 +724,39 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime service: the app's own channel on the user's topic is a warning (topic_in_use, with its state), not an error; the link polls and joins once the app's channel is gone",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const client = newClient();
+  await client.realtime.setAuth(a.accessToken);
+  const lines: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    backoff: { initialMs: 200, maxMs: 1_000 },
+    log: (line) => lines.push(JSON.parse(line)),
+  });
+  try {
+    const own = client.channel(`progress:${a.id}`, { config: { private: true } });
+    const joined = new Promise<string>((resolve) => own.subscribe((state) => resolve(state)));
+    assert.equal(await joined, "SUBSCRIBED");
+    const sub = service.subscribeToProgress(a.id, () => {});
+    await waitFor("topic_in_use", () => lines.some((l) => l.event === "topic_in_use"));
+    const inUse = lines.find((l) => l.event === "topic_in_use")!;
+    assert.equal(inUse.level, "warn");
+    assert.equal(inUse.channel_state, "joined");
+    await waitFor("polling meanwhile", () => sub.status === "polling");
+    await client.removeChannel(own);
+    await waitFor("live once the app's channel is gone", () => sub.status === "live");
+    assert.deepEqual(lines.filter((l) => l.level === "error"), []);
+  } finally {
+    await service.close();
+    await client.realtime.disconnect();
+    await sql.end();
+  }
+});
