@@ -73,6 +73,9 @@
 //                                         while in flight is retried once at once with the new one,
 //                                         and a token set while a join is in flight is sent on the
 //                                         channel once joined (realtime-js only sends it to joined ones).
+//                                         A token Realtime said has expired (a join refused, a channel
+//                                         closed for it) is not sent in a join again: the join waits
+//                                         for the next token, polling meanwhile.
 //                                         A catch-up or poll refused 401 is made again as soon as a
 //                                         new token comes (once per new token; other failures wait
 //                                         out the polls' backoff).
@@ -510,6 +513,14 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #lateHeartbeatSentAt: number | null = null;
   /** The user the initialCursor option is bound to: the one of the first subscribeToProgress(). */
   #initialCursorUser: string | undefined;
+  /**
+   * Tokens Realtime said have expired (it closed a channel or refused a join for them): a join is not
+   * made with one of them (UserLink#connect). An expired token never becomes valid again. The last few.
+   */
+  readonly #expiredTokens = new Set<string>();
+  /** The Realtime client's token as last looked at (observeToken), and since when (monotonicNow) it is. */
+  #seenToken: string | null = null;
+  #seenTokenSince = -Infinity;
   #closed = false;
 
   constructor(client: AnyClient, options: RealtimeServiceOptions<Row>) {
@@ -670,6 +681,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     await this.#client.realtime.setAuth(token).catch((error: unknown) => {
       this.logEvent("warn", "set_auth_failed", { error: describeError(error) });
     });
+    this.observeToken();
     this.logEvent("info", "access_token_set", {});
     for (const link of this.#links.values()) link.onTokenChanged();
   }
@@ -766,6 +778,54 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     }
   }
 
+  /**
+   * The Realtime client's token now, noting when it was first seen (observeToken is called when a
+   * token is set, at every heartbeat while the watch is installed, at every join): the token has been
+   * in place at least since then.
+   */
+  observeToken(): string | null {
+    const token = this.#client.realtime.accessTokenValue ?? null;
+    if (token !== this.#seenToken) {
+      this.#seenToken = token;
+      this.#seenTokenSince = monotonicNow();
+    }
+    return token;
+  }
+
+  /**
+   * Realtime closed a joined channel because its token expired ("Token has expired N seconds ago"):
+   * the token it held is the last one the client sent it (Supabase applies a held refresh at the
+   * expiry instead of closing). That is the client's current token unless it changed so recently that
+   * its push may not have arrived: it counts as expired only once it had been in place for a push
+   * timeout (the client's, realtime.timeout: 10 s), time for any push to arrive or time out. A token
+   * set nearer its expiry is judged by the rejoin's answer instead (tokenRefusedAtJoin).
+   */
+  tokenExpiredOnChannel(): void {
+    const token = this.observeToken();
+    const pushTimeoutMs = this.#client.realtime.timeout || 10_000;
+    if (token && monotonicNow() - this.#seenTokenSince >= pushTimeoutMs) this.#noteExpired(token);
+  }
+
+  /** A join made with `token` was refused because it expired (the join sent it: UserLink#onChannelState). */
+  tokenRefusedAtJoin(token: string): void {
+    this.#noteExpired(token);
+  }
+
+  /** Whether Realtime said `token` has expired: a join with it would only be refused. */
+  tokenKnownExpired(token: string | null): boolean {
+    return token !== null && this.#expiredTokens.has(token);
+  }
+
+  #noteExpired(token: string): void {
+    if (this.#expiredTokens.has(token)) return;
+    this.#expiredTokens.add(token);
+    for (const old of this.#expiredTokens) {
+      if (this.#expiredTokens.size <= EXPIRED_TOKENS_KEPT) break;
+      this.#expiredTokens.delete(old);
+    }
+    this.logEvent("info", "token_expired_on_server", {});
+  }
+
   /** Makes sure the Realtime client holds the current token before a join is pushed. */
   async refreshRealtimeAuth(): Promise<void> {
     try {
@@ -812,6 +872,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
   readonly #onHeartbeat = (status: HeartbeatStatus): void => {
     if (this.#closed) return;
+    this.observeToken();
     this.timers.clear(this.#heartbeatReplyTimer);
     this.#heartbeatReplyTimer = undefined;
     this.#lateHeartbeatSentAt = null;
@@ -1082,7 +1143,7 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
           if (this.#explicitToken) return; // an explicit token wins over the session
           this.#sessionToken = session.access_token;
           this.logEvent("info", "auth_token_refreshed", { auth_event: event });
-          this.#client.realtime.setAuth(session.access_token).catch(() => {});
+          this.#client.realtime.setAuth(session.access_token).then(() => this.observeToken(), () => {});
           for (const link of this.#links.values()) link.onTokenChanged();
         } else if (event === "SIGNED_OUT") {
           this.logEvent("info", "auth_signed_out", {});
@@ -1574,6 +1635,19 @@ class UserLink<Row extends LwwRow> {
     if (this.#closed || generation !== this.#generation) return;
 
     const client = this.service.client;
+    // Realtime said this token has expired (closed the channel or refused a join for it): a join with
+    // it would be refused too, and only after Supabase's 5 s join-error backoff, during which the socket
+    // answers nothing else (heartbeats, the app's other channels). That is the window while the app
+    // fetches the next token (a token keeper's check, a refresh that waits for the network): the join
+    // waits for that token instead, joined at once when it comes (setAccessToken(), TOKEN_REFRESHED:
+    // onTokenChanged), the token asked for again at each step of the backoff; the link polls meanwhile.
+    const token = this.service.observeToken();
+    if (this.service.tokenKnownExpired(token)) {
+      this.#log("info", "join_held_token_expired", {});
+      this.#joinToken = token; // no token replaced in flight: #fail keeps the backoff
+      this.#fail(generation, "its token has expired: waiting for a new one");
+      return;
+    }
     const existing = client.getChannels().find((c) => c.topic === `realtime:${this.topic}`);
     if (existing) {
       // Someone else on this client uses the topic (the app's own channel for it, or another service
@@ -1610,6 +1684,10 @@ class UserLink<Row extends LwwRow> {
         this.#log(payload?.status === "error" ? "warn" : "info", "system_message", {
           message: payload?.message,
         });
+        // Supabase's shutdown for an expired token (its phx_close follows: the channel's CLOSED).
+        if (payload?.status === "error" && TOKEN_EXPIRED.test(String(payload?.message))) {
+          this.service.tokenExpiredOnChannel();
+        }
       });
     this.#joinToken = client.realtime.accessTokenValue;
     channel.subscribe(
@@ -1665,6 +1743,16 @@ class UserLink<Row extends LwwRow> {
       return;
     }
     // CHANNEL_ERROR (refused join, dropped socket), TIMED_OUT, or CLOSED by the server (expired token).
+    // A join refused for an expired token ("InvalidJWTToken: Token has expired N seconds ago"): the
+    // join's token, when the client's token has not changed since it was sent (realtime-js rewrites a
+    // join's token only when the client's token changes), is not sent again.
+    const token = this.service.client.realtime.accessTokenValue;
+    if (
+      !this.#joined && state === "CHANNEL_ERROR" && error && TOKEN_EXPIRED.test(error.message) &&
+      token && token === this.#joinToken
+    ) {
+      this.service.tokenRefusedAtJoin(token);
+    }
     // A join that timed out while the socket it waits for was opening all along: that socket is stuck.
     if (state === "TIMED_OUT" && this.#socketOpeningAtJoin) this.service.giveUpOpeningSocket();
     this.#fail(generation, `${state}${error ? `: ${error.message}` : ""}`);
@@ -2392,6 +2480,9 @@ interface Round {
  */
 const monotonicNow = (): number => performance.now();
 
+/** How many tokens Realtime said have expired a service keeps (RealtimeService#expiredTokens). */
+const EXPIRED_TOKENS_KEPT = 4;
+
 /** How early a timer may fire (performance.now() against the timer's whole milliseconds). */
 const RETRY_AFTER_SLACK_MS = 2;
 
@@ -2447,6 +2538,9 @@ const openingSeenAt = new WeakMap<object, number>();
  * remounting) do not each allow the next socket only one join timeout and cut a slow handshake twice.
  */
 const giveUpsInARow = new WeakMap<PhoenixSocket, number>();
+
+/** How Supabase Realtime says a token expired (a join's refusal reason, a channel's shutdown message). */
+const TOKEN_EXPIRED = /token has expired/i;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 

@@ -237,6 +237,62 @@ Deno.test({
 Deno.test({
   ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
   name:
+    "realtime auth: the token the server closed the channel for is not sent again: the rejoin waits for the next token (polling meanwhile), then goes at once",
+  ...noSanitize,
+}, async () => {
+  // The app's token runs out while it is fetching the next one (a token keeper's check that waits for
+  // the network): the server closes the channel at the expiry, and the rejoins the backoff makes
+  // meanwhile would carry that token, each refused after Supabase's 5 s join-error backoff, the socket
+  // answering nothing else meanwhile.
+  const sql = adminSql();
+  const a = await createTestUser();
+  // Pushes time out after 2 s: a token in place that long before the close is the one the server held.
+  const client = newClient({ timeout: 2_000 });
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    pollIntervalMs: 150,
+    joinTimeoutMs: 20_000,
+    backoff: { initialMs: 100, maxMs: 400 },
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const changes: ProgressChange[] = [];
+  const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
+  const count = (event: string) => logs.filter((l) => l.event === event).length;
+  try {
+    await waitFor("live", () => subscription.status === "live");
+    // The last token the app got: it expires in 8 s, in place for more than the 2 s push timeout by then.
+    await service.setAccessToken(await a.newAccessToken(8));
+    await waitFor("expiry closes the channel", () => count("system_message") > 0, { timeoutMs: 30_000 });
+    assert.match(String(logs.find((l) => l.event === "system_message")?.message), /^Token has expired/);
+    // The rejoin after the close (1.6-2 s later), and the next step of the backoff: held, or (before) a
+    // join made with the expired token.
+    await waitFor(
+      "two rejoins",
+      () => count("join_held_token_expired") + count("join_attempt") >= 3,
+      { timeoutMs: 30_000 },
+    );
+    assert.equal(count("join_attempt"), 1, "no join made with the expired token");
+    assert.equal(service.stats().joinAttempts, 1);
+
+    // Polling meanwhile: a write still reaches the device.
+    await writeProgress(sql, a.id, { series_id: "meanwhile", chapter: 3, device_id: "tablet" });
+    await waitFor(
+      "the write by polling",
+      () => changes.some((c) => c.row.series_id === "meanwhile" && c.source === "poll"),
+    );
+    await service.setAccessToken(await a.newAccessToken(3600));
+    await waitFor("live with the new token", () => subscription.status === "live");
+    assert.equal(service.stats().joinAttempts, 2, "one join, with the new token");
+  } finally {
+    await teardown(subscription, service, client, sql);
+  }
+});
+
+Deno.test({
+  ignore: !mintsTokens, // needs tokens of a chosen lifetime (tests/support/env.ts)
+  name:
     "realtime auth: the moment the server closes the channel the link is no longer live, and a token given before any poll answers rejoins at once",
   ...noSanitize,
 }, async () => {

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { RealtimeService } from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 
 function serviceOn(client: SupabaseClient, accessToken?: string) {
@@ -71,6 +72,38 @@ Deno.test("token retry: a token source that answers a new token on every call do
     if (retries[0] === 0) (await channel(2)).state!("TIMED_OUT"); // the one immediate retry, also lost
     assert.equal(retries.at(-1), 2_500, `retries ${retries}: the backoff is back after one try at most`);
     assert.ok(retries.length <= 2, `retries ${retries}`);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});
+
+Deno.test("token retry: a join refused because its token expired is not made again with that token: held (polling meanwhile) until a new one comes, then made at once", async () => {
+  const { client, channel } = fakeClient();
+  const events: string[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: () => Promise.resolve({ changes: [], cursor: "1", has_more: false }),
+    accessToken: "T1",
+    backoff: { initialMs: 50, maxMs: 100 },
+    random: () => 0.5,
+    pollIntervalMs: 60_000,
+    log: (line) => events.push(JSON.parse(line).event),
+  });
+  const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000004", () => {});
+  try {
+    // The app's token ran out while it fetches the next one (a laptop that slept past its expiry).
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("InvalidJWTToken: Token has expired 3 seconds ago"));
+    const held = () => events.filter((e) => e === "join_held_token_expired").length;
+    // Each step of the backoff asks for the token again, and holds the join while it is T1.
+    await waitFor("held at two steps of the backoff", () => held() >= 2);
+    assert.equal(service.stats().joinAttempts, 1, "no join made again with the expired token");
+    assert.equal(client.getChannels().length, 0);
+    await waitFor("polling meanwhile", () => subscription.status === "polling");
+    await service.setAccessToken("T2");
+    const second = await channel(2);
+    second.state!("SUBSCRIBED");
+    await waitFor("live", () => subscription.status === "live");
+    assert.equal(service.stats().joinAttempts, 2);
   } finally {
     await subscription.unsubscribe();
     await service.close();
