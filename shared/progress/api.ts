@@ -186,10 +186,11 @@ const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: tr
 /**
  * Throws for the first of `timeoutMs`, `random` (a TypeError unless a function, as RealtimeService's
  * random: null too, which was taken as Math.random, and anything else thrown at the first retry),
- * `sleep` and `onRetry` (the same: thrown at the first retry, failing the call), `headers` and `retry` (a TypeError unless a plain object: not null, an array, a Headers, a Map or
- * a class's instance; for `headers`, a TypeError for a value that is not a string, naming it as
- * `headers.<name>`) and `retry`'s fields outside its range, naming it as `<where> option <prefix><name>`. A field given as undefined is not given (its
- * default applies).
+ * `sleep` and `onRetry` (the same: thrown at the first retry, failing the call), `headers` and `retry`
+ * (a TypeError unless a plain object: not null, an array, a Headers, a Map or a class's instance; for
+ * `headers`, a TypeError for a value that is not a string, naming it as `headers.<name>`) and `retry`'s
+ * fields outside its range, naming it as `<where> option <prefix><name>`. A field given as undefined is
+ * not given (its default applies).
  * timeoutMs takes 1 to MAX_TIMER_MS ms (TIMER_MS): below 1, Infinity or past MAX_TIMER_MS, setTimeout
  * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
  * NaN as none at all (an attempt that may hang for good). retry.baseDelayMs and retry.maxDelayMs take

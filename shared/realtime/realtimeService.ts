@@ -418,9 +418,10 @@ const MS_OPTION_RANGES: Record<
  * Throws for a backoff that is not a plain object (a TypeError, as for the API client's retry: null,
  * an array, a number or a Map would otherwise be taken as no fields given), then for the first millisecond
  * option outside its range (MS_OPTION_RANGES), then for a random, parseRow, compareRows or log that is
- * given and is not a function (a TypeError), then for an accessToken that is not a non-empty string. The constructor's checks, exported for subscribeToProgress (shared/progress/api.ts),
- * which makes them on every call, the later ones on a client (whose shared service is already made)
- * too, so that a call is refused for a bad option as the first would be.
+ * given and is not a function (a TypeError), then for an accessToken that is not a non-empty string.
+ * The constructor's checks, exported for subscribeToProgress (shared/progress/api.ts), which makes them
+ * on every call, the later ones on a client (whose shared service is already made) too, so that a call
+ * is refused for a bad option as the first would be.
  */
 export function checkRealtimeServiceOptions<Row extends LwwRow>(
   options: Omit<RealtimeServiceOptions<Row>, "changesSince">,
