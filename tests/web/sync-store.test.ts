@@ -883,3 +883,23 @@ Deno.test("outbox order: writes saved before they were numbered keep their order
   storage.setItem(`readsync.outbox.${USER}`, JSON.stringify([write("saga", T3, "web-1", 13)]));
   assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
 });
+
+Deno.test("outbox order: a last number edited to the top of the range gives no number out of range, so the page turns after it are not ranked before it", () => {
+  // The key edited to one below the last number an outbox gives (2^48 - 1): the next write gets that last
+  // number, and the ones after it get it again (their dates order them), not 2^48 and on, which are out of
+  // range and came before it: each later page turn was left out of the saved outbox.
+  const { storage, tabA, tabB } = twoTabs();
+  storage.setItem(tabA.seqKey, String(2 ** 48 - 2));
+  tabA.addPending(write("saga", T1, "web-1", 12));
+  tabA.addPending(write("saga", T2, "web-1", 13));
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]], "the later page turn is saved");
+  tabB.reloadOutbox();
+  assert.deepEqual(tabB.pendingWrites().map((w) => w.chapter), [13]);
+  // Another tab's page turn after it, then tab A's answer to 13: 14 is not taken for answered.
+  tabB.addPending(write("saga", T3, "web-1", 14));
+  assert.deepEqual(savedOutbox(storage), [["saga", 14]]);
+  tabA.settle(tabA.pendingWrites()[0], storedAs(row("saga", T2, "web-1", 13)));
+  tabA.reloadOutbox();
+  tabB.reloadOutbox();
+  assert.deepEqual([tabA.pendingWrites()[0]?.chapter, tabB.pendingWrites()[0]?.chapter], [14, 14]);
+});

@@ -110,7 +110,9 @@ const ANSWERED_REMEMBERED = 200;
 
 /**
  * Numbers an outbox gives (PendingWrite.seq) stay below this: one edited beyond it is not a number (it
- * comes before every numbered write), and the next one is always in range.
+ * comes before every numbered write), and the next one is always in range: at the last number (reached
+ * only by an edit) the next write gets that number again, and such writes go by their dates, as two tabs'
+ * writes that read the same last number do.
  */
 const SEQ_LIMIT = 2 ** 48;
 
@@ -677,18 +679,21 @@ export class SyncStore {
   #nextSeq(): number {
     let high = this.#highSeq;
     const consider = (seq: unknown) => {
-      if (validSeq(seq) && seq < SEQ_LIMIT - 1) high = Math.max(high, seq);
+      if (validSeq(seq)) high = Math.max(high, seq);
     };
     if (this.#storage) {
       try {
-        consider(Number(this.#storage.getItem(this.seqKey) ?? 0));
+        // The key alone at the last number (edited) is passed over: no write holds it.
+        const last = Number(this.#storage.getItem(this.seqKey) ?? 0);
+        if (last < SEQ_LIMIT - 1) consider(last);
       } catch {
         // storage disabled: the lists (none then) and this store's own
       }
       for (const write of this.#readSaved()) consider(write.seq);
       for (const write of this.#readAnswered()) consider(write.seq);
     }
-    this.#highSeq = high + 1;
+    // A write at the last number (edited) is not passed by a number out of range, which would come before it.
+    this.#highSeq = Math.min(high + 1, SEQ_LIMIT - 1);
     try {
       this.#storage?.setItem(this.seqKey, String(this.#highSeq));
     } catch {
