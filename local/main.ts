@@ -63,9 +63,9 @@ try {
         dbUrl: stack.dbUrl,
         port: webPort,
         log,
+        // Its npm ci, next build and next start end with npm start, also when stopped during them.
+        onCleanup,
       });
-      const app = web;
-      onCleanup(() => app.stop());
     } catch (error) {
       webProblem = (error instanceof Error ? error.message : String(error)).split("\n")[0];
     }

@@ -26,7 +26,15 @@ export interface WebAppOptions {
   log?: (line: string) => void;
   /** Extra environment for the server. */
   env?: Record<string, string>;
+  /**
+   * Registers a cleanup to run when the calling process is stopped (local/stack/cleanup.ts's onCleanup
+   * in npm start) and returns its removal: each npm ci, next build and next start is registered while it
+   * runs (next start until stop()), with the build lock, so a stop during the first build ends them too.
+   */
+  onCleanup?: OnCleanup;
 }
+
+export type OnCleanup = (fn: () => Promise<void> | void) => () => void;
 
 export interface WebApp {
   url: string;
@@ -39,5 +47,7 @@ export interface WebApp {
 
 export const APP_DIR: string;
 export function sourceHash(): string;
-export function ensureWebAppBuilt(options?: { log?: (line: string) => void; force?: boolean }): Promise<{ installed: boolean; built: boolean }>;
+export function ensureWebAppBuilt(
+  options?: { log?: (line: string) => void; force?: boolean; onCleanup?: OnCleanup },
+): Promise<{ installed: boolean; built: boolean }>;
 export function startWebApp(options: WebAppOptions): Promise<WebApp>;

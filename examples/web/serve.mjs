@@ -73,10 +73,47 @@ function readStamp(file) {
   }
 }
 
-/** Runs a command to completion with its output forwarded line by line to `log`. */
-function run(cmd, args, { log, env, label }) {
+/**
+ * Ends `child` (SIGTERM, then SIGKILL after 5 s) and resolves once it has exited. Its own children
+ * (npm's, next build's workers) are told by it or see their parent go.
+ * @param {import("node:child_process").ChildProcess} child
+ * @param {Promise<unknown>} exited
+ */
+async function endChild(child, exited) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    child.kill("SIGTERM");
+  } catch { /* already gone */ }
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+  }, 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/**
+ * Runs a command to completion with its output forwarded line by line to `log`. While it runs, ending
+ * it is registered with `onCleanup` (local/stack/cleanup.ts's in npm start), so a stopped parent (Ctrl-C,
+ * SIGTERM, its own parent gone) ends it rather than leaving an `npm ci` or a `next build` behind; and
+ * it is killed when this process exits.
+ */
+function run(cmd, args, { log, env, label, onCleanup }) {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd: APP_DIR, env, stdio: ["ignore", "pipe", "pipe"] });
+    const exited = new Promise((r) => child.once("exit", r));
+    const killNow = () => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+    };
+    process.once("exit", killNow);
+    const unregister = onCleanup?.(() => endChild(child, exited));
+    const done = () => {
+      process.removeListener("exit", killNow);
+      unregister?.();
+    };
     let tail = "";
     const onData = (chunk) => {
       const text = chunk.toString();
@@ -85,15 +122,19 @@ function run(cmd, args, { log, env, label }) {
     };
     child.stdout.on("data", onData);
     child.stderr.on("data", onData);
-    child.on("error", reject);
-    child.on("close", (code) => {
+    child.on("error", (error) => {
+      done();
+      reject(error);
+    });
+    child.on("close", (code, signal) => {
+      done();
       if (code === 0) resolve(undefined);
-      else reject(new Error(`${label} failed (exit ${code}):\n${tail}`));
+      else reject(new Error(`${label} failed (${code === null ? `signal ${signal}` : `exit ${code}`}):\n${tail}`));
     });
   });
 }
 
-async function withBuildLock(log, fn) {
+async function withBuildLock(log, fn, onCleanup) {
   const started = Date.now();
   for (;;) {
     try {
@@ -110,9 +151,13 @@ async function withBuildLock(log, fn) {
       await new Promise((r) => setTimeout(r, 500));
     }
   }
+  // Held: a stopped parent removes it too (after ending the build, registered later, so run first), or
+  // the next start would wait for it to grow 10 minutes old.
+  const unregister = onCleanup?.(() => rmSync(LOCK_DIR, { recursive: true, force: true }));
   try {
     return await fn();
   } finally {
+    unregister?.();
     rmSync(LOCK_DIR, { recursive: true, force: true });
   }
 }
@@ -123,16 +168,21 @@ function buildEnv() {
 
 /**
  * Installs the app's packages and builds it when needed. Returns what it did.
- * @param {{ log?: (line: string) => void, force?: boolean }} [options]
+ * @param {{ log?: (line: string) => void, force?: boolean, onCleanup?: import("./serve.d.ts").OnCleanup }} [options]
  */
-export async function ensureWebAppBuilt({ log = console.log, force = false } = {}) {
+export async function ensureWebAppBuilt({ log = console.log, force = false, onCleanup } = {}) {
   return await withBuildLock(log, async () => {
     const did = { installed: false, built: false };
     const wantLock = lockHash();
     if (!existsSync(NEXT_BIN) || readStamp(INSTALL_STAMP) !== wantLock) {
       log("web: installing packages (npm ci in examples/web)");
       const npm = process.platform === "win32" ? "npm.cmd" : "npm";
-      await run(npm, ["ci", "--no-audit", "--no-fund", "--loglevel=error"], { log, env: { ...process.env }, label: "npm ci" });
+      await run(npm, ["ci", "--no-audit", "--no-fund", "--loglevel=error"], {
+        log,
+        env: { ...process.env },
+        label: "npm ci",
+        onCleanup,
+      });
       writeFileSync(INSTALL_STAMP, wantLock);
       did.installed = true;
     }
@@ -146,13 +196,14 @@ export async function ensureWebAppBuilt({ log = console.log, force = false } = {
         },
         env: buildEnv(),
         label: "next build",
+        onCleanup,
       });
       writeFileSync(BUILD_STAMP, want);
       log(`web: built in ${Math.round((Date.now() - started) / 1000)} s`);
       did.built = true;
     }
     return did;
-  });
+  }, onCleanup);
 }
 
 /**
@@ -182,7 +233,8 @@ function isLoopback(url) {
 export async function startWebApp(options) {
   const log = options.log ?? console.log;
   const host = options.host ?? "127.0.0.1";
-  if (options.build !== "never") await ensureWebAppBuilt({ log, force: options.build === "always" });
+  const onCleanup = options.onCleanup;
+  if (options.build !== "never") await ensureWebAppBuilt({ log, force: options.build === "always", onCleanup });
   // 0: the server binds a port the OS picks (no port picked here, released and bound later, which
   // another process could take in between); the port is read from what the server prints.
   const requestedPort = options.port ? options.port : 0;
@@ -232,10 +284,14 @@ export async function startWebApp(options) {
     }
   };
   process.once("exit", killNow);
+  // From here until stop(): a stopped parent stops the server (while it starts, and once it serves).
+  let unregister = onCleanup?.(() => stop());
 
   const origin = `http://${host.includes(":") ? `[${host}]` : host}`;
   const stop = async () => {
     process.removeListener("exit", killNow);
+    unregister?.();
+    unregister = undefined;
     if (exited) return;
     child.kill("SIGTERM");
     const timer = setTimeout(killNow, 5_000);
@@ -289,10 +345,33 @@ export async function startWebApp(options) {
 
 // `node serve.mjs` (or `npm run serve` in this folder): serve against the stack named by the
 // environment (SUPABASE_URL, SUPABASE_ANON_KEY, and for development sign-in SUPABASE_JWT_SECRET +
-// SUPABASE_DB_URL), until Ctrl-C. `node serve.mjs --build` only installs and builds.
+// SUPABASE_DB_URL), until Ctrl-C or SIGTERM, which also end an install or a build under way. `node serve.mjs --build` only installs and builds.
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  /** What a stop (Ctrl-C, SIGTERM) must end, newest first: npm ci, next build, next start. */
+  const cleanups = [];
+  /** @type {import("./serve.d.ts").OnCleanup} */
+  const onCleanup = (fn) => {
+    cleanups.push(fn);
+    return () => {
+      const i = cleanups.indexOf(fn);
+      if (i >= 0) cleanups.splice(i, 1);
+    };
+  };
+  let stopping = false;
+  let serving = false;
+  // A stop once the app serves exits 0 (as it always did); one during the install or build 130 / 143.
+  const shutdown = (code) => async () => {
+    if (stopping) return;
+    stopping = true;
+    while (cleanups.length > 0) await Promise.resolve(cleanups.pop()()).catch(() => {});
+    process.exit(serving ? 0 : code);
+  };
+  process.on("SIGINT", shutdown(130));
+  process.on("SIGTERM", shutdown(143));
+  // A build or start that fails because a stop ended it is not reported: shutdown() exits.
+  const unlessStopping = (error) => (stopping ? new Promise(() => {}) : Promise.reject(error));
   if (process.argv.includes("--build")) {
-    await ensureWebAppBuilt({ force: process.argv.includes("--force") });
+    await ensureWebAppBuilt({ force: process.argv.includes("--force"), onCleanup }).catch(unlessStopping);
   } else {
     const need = (name) => {
       const value = process.env[name];
@@ -310,10 +389,9 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       port: Number(process.env.PORT ?? 3000),
       devSignIn: process.env.READSYNC_DEV_SIGNIN === "1", // as lib/server/config.ts: only when asked for
       verbose: true,
-    });
+      onCleanup,
+    }).catch(unlessStopping);
+    serving = true;
     console.log(`readsync web app: ${app.url}`);
-    const shutdown = () => void app.stop().then(() => process.exit(0));
-    process.on("SIGINT", shutdown);
-    process.on("SIGTERM", shutdown);
   }
 }
