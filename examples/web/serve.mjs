@@ -343,9 +343,33 @@ export async function startWebApp(options) {
   return { url, port, devSignIn, stop, output: () => output };
 }
 
+/**
+ * The port an environment variable asks for, or `fallback` when it is not set (or empty), by the rule
+ * npm start reads its port variables with (shared/options checkEnvNumber, which plain Node cannot
+ * import): a whole number from 0 to 65535 written in decimal digits, no fraction or leading zeros
+ * (surrounding spaces ignored). Otherwise null, with `refusal` the line that says so (naming the variable), instead
+ * of Number() of it ("abc" NaN, "5.0" port 5, "03000" 3000).
+ * @param {string} name
+ * @param {number} fallback
+ * @returns {{ port: number, refusal?: undefined } | { port: null, refusal: string }}
+ */
+function portFromEnv(name, fallback) {
+  const text = process.env[name];
+  const trimmed = text?.trim();
+  if (!trimmed) return { port: fallback };
+  if (/^(?:0|[1-9][0-9]{0,4})$/.test(trimmed) && Number(trimmed) <= 65535) return { port: Number(trimmed) };
+  const shown = text.length <= 40 ? JSON.stringify(text) : "a long string";
+  return {
+    port: null,
+    refusal: `serve.mjs environment variable ${name} must be a whole number from 0 to 65535, written in ` +
+      `decimal digits without a fraction or leading zeros (got ${shown})`,
+  };
+}
+
 // `node serve.mjs` (or `npm run serve` in this folder): serve against the stack named by the
 // environment (SUPABASE_URL, SUPABASE_ANON_KEY, and for development sign-in SUPABASE_JWT_SECRET +
-// SUPABASE_DB_URL), until Ctrl-C or SIGTERM, which also end an install or a build under way. `node serve.mjs --build` only installs and builds.
+// SUPABASE_DB_URL; PORT, default 3000, 0: a free one), until Ctrl-C or SIGTERM, which also end an
+// install or a build under way. `node serve.mjs --build` only installs and builds.
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   /** What a stop (Ctrl-C, SIGTERM) must end, newest first: npm ci, next build, next start. */
   const cleanups = [];
@@ -373,6 +397,12 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   if (process.argv.includes("--build")) {
     await ensureWebAppBuilt({ force: process.argv.includes("--force"), onCleanup }).catch(unlessStopping);
   } else {
+    // Checked before anything starts (no install or build for a server that cannot be asked for).
+    const { port, refusal } = portFromEnv("PORT", 3000);
+    if (port === null) {
+      console.error(refusal);
+      process.exit(1);
+    }
     const need = (name) => {
       const value = process.env[name];
       if (!value) {
@@ -386,7 +416,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       anonKey: need("SUPABASE_ANON_KEY"),
       jwtSecret: process.env.SUPABASE_JWT_SECRET,
       dbUrl: process.env.SUPABASE_DB_URL,
-      port: Number(process.env.PORT ?? 3000),
+      port,
       devSignIn: process.env.READSYNC_DEV_SIGNIN === "1", // as lib/server/config.ts: only when asked for
       verbose: true,
       onCleanup,

@@ -1,6 +1,7 @@
-// examples/web/serve.mjs outside a browser: a stop during the first use's `npm ci` or `next build`
-// ends them. Each run uses a copy of serve.mjs in a folder of its own (its APP_DIR), with a fake `npm` on PATH and a fake `next` that block until signalled, so
-// nothing real is installed or built and the step under way is known, not raced.
+// examples/web/serve.mjs outside a browser: what `node serve.mjs` takes as PORT, and that a stop during
+// the first use's `npm ci` or `next build` ends them. Each run uses a copy of serve.mjs in a folder of
+// its own (its APP_DIR), with a fake `npm` on PATH and a fake `next` that block until signalled, so nothing
+// real is installed or built and the step under way is known, not raced.
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -145,6 +146,31 @@ function spawnCollecting(
     },
   };
 }
+
+Deno.test("node serve.mjs: a PORT that is no port is refused before anything starts, naming it", async () => {
+  const f = await fixture("npm ci");
+  try {
+    for (const text of ["abc", "5.0", "03000", "70000", "-1", "1e3", " 0x10"]) {
+      const run = spawnCollecting("node", [path.join(f.appDir, "serve.mjs")], {
+        env: { ...f.env, PORT: text },
+        cwd: f.appDir,
+      });
+      // A taken PORT would go on to install (the fake npm, which blocks): the guard ends that.
+      const status = await run.exitWithin(GUARD_MS, `PORT=${JSON.stringify(text)}`);
+      assert.equal(
+        run.stderr(),
+        `serve.mjs environment variable PORT must be a whole number from 0 to 65535, written in decimal ` +
+          `digits without a fraction or leading zeros (got ${JSON.stringify(text)})\n`,
+        `PORT=${JSON.stringify(text)}: the one line naming it\n${run.printed()}`,
+      );
+      assert.equal(run.stdout(), "", `PORT=${JSON.stringify(text)}: nothing else printed`);
+      assert.equal(status.code, 1, `PORT=${JSON.stringify(text)}: exit 1`);
+      assert.equal(await f.exists(f.pidFile), false, `PORT=${JSON.stringify(text)}: no npm ci was run`);
+    }
+  } finally {
+    await f.remove();
+  }
+});
 
 // The stopped parent: a Deno process registering with local/stack/cleanup.ts as npm start does
 // (local/main.ts passes its onCleanup to startWebApp), and `node serve.mjs` itself.
