@@ -73,7 +73,9 @@ const TESTS = [
   "on a slow device, before the series page's script has run, its position form and Next page / Next chapter are shown disabled with a hint (a press did nothing, Save reloaded the page with the fields in its address); once it runs they work, in the same places",
   "on a slow device, an invalid id in Open series before the script has run gets a readable page (a 400) that keeps what was typed and opens the corrected id; an API-style caller still gets the JSON code",
   "on a slow device, writes waiting from an earlier visit are counted once the page's script runs, after Sync now and the status, which keep their places",
-  "the web app binds its port itself: a port asked for that another server holds is refused, naming it (that server is never taken for the app); with none asked for, it serves where its URL says; a server ready without the line naming its port is refused at once, showing what it printed",
+  "the web app binds its port itself: a port asked for that another server holds is refused, naming it (that server is never taken for the app)",
+  "the web app binds its port itself: with none asked for, it serves where its URL says (not on a port another server holds)",
+  "a web app server that says it is ready without the line naming its port is refused at once, showing what it printed",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -1977,35 +1979,16 @@ async function main() {
           }
         },
       },
+      // TESTS[27] to [29] each start one next start of their own (a whole start, at most its 60 s
+      // timeout, and a stop), so that none of them nears the harness's 90 s limit on a loaded machine
+      // (they were one test, three starts in a row).
       {
         name: TESTS[27],
         fn: async () => {
           if (env("READSYNC_WEB_URL")) throw new SkipTest(`needs a build of its own (app at ${webUrl})`);
-          // Another program on this machine holds a port (another run's server, say): it answers every
-          // request, /sign-in included, as a web app that had started there would.
-          const holder = http.createServer((_req, res) => res.end("not the readsync web app"));
-          await new Promise((resolve, reject) => {
-            holder.once("error", reject);
-            holder.listen(0, "127.0.0.1", resolve);
-          });
-          const heldPort = holder.address().port;
-          const { startWebApp } = await import("../../examples/web/serve.mjs");
-          const start = (port) =>
-            startWebApp({
-              apiUrl: supabaseUrl,
-              anonKey,
-              devSignIn: false,
-              build: "never",
-              log: () => {},
-              port,
-            });
-          const isTheApp = async (url) => {
-            const response = await fetch(`${url}/sign-in`);
-            return /data-testid="password-sign-in"/.test(await response.text());
-          };
-          try {
+          await withHeldPort(async (heldPort) => {
             let taken = null;
-            const refused = await start(heldPort).then((app) => {
+            const refused = await startOwnWebApp({ port: heldPort }).then((app) => {
               taken = app;
               return null;
             }, (error) => error);
@@ -2015,63 +1998,75 @@ async function main() {
               refused.message.includes(`port ${heldPort} (127.0.0.1) is already in use`),
               `the refusal names the port: ${refused.message}`,
             );
-            const app = await start(undefined);
+          });
+        },
+      },
+      {
+        name: TESTS[28],
+        fn: async () => {
+          if (env("READSYNC_WEB_URL")) throw new SkipTest(`needs a build of its own (app at ${webUrl})`);
+          await withHeldPort(async (heldPort) => {
+            const app = await startOwnWebApp({});
             try {
               assertEqual(app.url, `http://127.0.0.1:${app.port}`, "the URL names the port it serves on");
               assert(app.port !== heldPort, "not the held port");
-              assert(await isTheApp(app.url), `the app answers at ${app.url}`);
+              const response = await fetch(`${app.url}/sign-in`);
+              assert(
+                /data-testid="password-sign-in"/.test(await response.text()),
+                `the app answers at ${app.url}`,
+              );
             } finally {
               await app.stop();
             }
-            // A next start whose "- Local:" line reads otherwise (here a preload drops it from its output):
-            // it says it is ready, and the start says at once that no port was printed, showing what was,
-            // not after its whole start timeout (10 minutes here; the guard below only stops a hang).
-            const preloadDir = mkdtempSync(path.join(os.tmpdir(), "readsync-no-local-line-"));
-            try {
-              const preload = path.join(preloadDir, "drop-local-line.cjs");
-              writeFileSync(
-                preload,
-                `const write = process.stdout.write.bind(process.stdout);
-                 process.stdout.write = (chunk, ...rest) => /- Local:/.test(String(chunk)) || write(chunk, ...rest);`,
-              );
-              let started = null;
-              let guard;
-              const outcome = await Promise.race([
-                startWebApp({
-                  apiUrl: supabaseUrl,
-                  anonKey,
-                  devSignIn: false,
-                  build: "never",
-                  log: () => {},
-                  startTimeoutMs: 600_000,
-                  env: { NODE_OPTIONS: `--require ${preload}` },
-                }).then((app) => {
+          });
+        },
+      },
+      {
+        name: TESTS[29],
+        fn: async () => {
+          if (env("READSYNC_WEB_URL")) throw new SkipTest(`needs a build of its own (app at ${webUrl})`);
+          // A next start whose "- Local:" line reads otherwise (here a preload drops it from its output):
+          // it says it is ready, and the start says at once that no port was printed, showing what was,
+          // not after its whole start timeout (10 minutes here). The guard only stops a hang: 60 s, the
+          // start timeout every other start of this suite has (the app's own included), so a machine too
+          // slow for it would fail those too; with the stop's 5 s at most, within the harness's 90 s.
+          const preloadDir = mkdtempSync(path.join(os.tmpdir(), "readsync-no-local-line-"));
+          try {
+            const preload = path.join(preloadDir, "drop-local-line.cjs");
+            writeFileSync(
+              preload,
+              `const write = process.stdout.write.bind(process.stdout);
+               process.stdout.write = (chunk, ...rest) => /- Local:/.test(String(chunk)) || write(chunk, ...rest);`,
+            );
+            let started = null;
+            let guard;
+            const outcome = await Promise.race([
+              startOwnWebApp({ startTimeoutMs: 600_000, env: { NODE_OPTIONS: `--require ${preload}` } }).then(
+                (app) => {
                   started = app;
                   return null;
-                }, (error) => error),
-                new Promise((resolve) => {
-                  guard = setTimeout(() => resolve("hang"), 45_000);
-                }),
-              ]);
-              clearTimeout(guard);
-              if (started) await started.stop();
-              assert(!started, `started without a "- Local:" line: ${started?.url}`);
-              assert(outcome !== "hang", "the start still waited 45 s after the server said it was ready");
-              assert(
-                /^next start says it is ready but printed no "- Local: http:\/\/<host>:<port>" line to read its port from; it printed:\n/
-                  .test(outcome.message),
-                `the refusal says why: ${outcome.message}`,
-              );
-              assert(
-                /Ready in/.test(outcome.message),
-                `it shows what the server printed: ${outcome.message}`,
-              );
-            } finally {
-              rmSync(preloadDir, { recursive: true, force: true });
-            }
+                },
+                (error) => error,
+              ),
+              new Promise((resolve) => {
+                guard = setTimeout(() => resolve("hang"), 60_000);
+              }),
+            ]);
+            clearTimeout(guard);
+            if (started) await started.stop();
+            assert(!started, `started without a "- Local:" line: ${started?.url}`);
+            assert(outcome !== "hang", "the start still waited 60 s after the server said it was ready");
+            assert(
+              /^next start says it is ready but printed no "- Local: http:\/\/<host>:<port>" line to read its port from; it printed:\n/
+                .test(outcome.message),
+              `the refusal says why: ${outcome.message}`,
+            );
+            assert(
+              /Ready in/.test(outcome.message),
+              `it shows what the server printed: ${outcome.message}`,
+            );
           } finally {
-            holder.closeAllConnections();
-            await new Promise((resolve) => holder.close(resolve));
+            rmSync(preloadDir, { recursive: true, force: true });
           }
         },
       },
@@ -2108,6 +2103,40 @@ async function main() {
     process.removeListener("SIGINT", onSignal);
     process.removeListener("SIGTERM", onSignal);
   }
+}
+
+/**
+ * Runs `fn` with a port that another program on this machine holds (another run's server, say): it
+ * answers every request, /sign-in included, as a web app that had started there would.
+ */
+async function withHeldPort(fn) {
+  const holder = http.createServer((_req, res) => res.end("not the readsync web app"));
+  await new Promise((resolve, reject) => {
+    holder.once("error", reject);
+    holder.listen(0, "127.0.0.1", resolve);
+  });
+  try {
+    return await fn(holder.address().port);
+  } finally {
+    holder.closeAllConnections();
+    await new Promise((resolve) => holder.close(resolve));
+  }
+}
+
+/**
+ * A web app server of a test's own (the suite's build; password sign-in, quiet), against the stack in
+ * the environment; `options` as startWebApp's (port, startTimeoutMs, env).
+ */
+async function startOwnWebApp(options) {
+  const { startWebApp } = await import("../../examples/web/serve.mjs");
+  return await startWebApp({
+    apiUrl: env("SUPABASE_URL"),
+    anonKey: env("SUPABASE_ANON_KEY"),
+    devSignIn: false,
+    build: "never",
+    log: () => {},
+    ...options,
+  });
 }
 
 /**
