@@ -1,5 +1,5 @@
--- A tagged changes cursor met by a failed read of the system identifier starts over from the beginning,
--- instead of being taken for this cluster's.
+-- A tagged changes cursor met by a failed read of the system identifier, or where no tag can be computed
+-- at all, starts over from the beginning, instead of being taken for this cluster's.
 --
 -- reading_progress_changes reads the system identifier (pg_control_system()) once per connection;
 -- PostgreSQL 15 reads pg_control without a lock, so that read can fail (its CRC check, while a checkpoint
@@ -11,13 +11,16 @@
 -- were not reported. The untagged cursor that read handed out started over at the next read where a
 -- restore was adopted or the timeline is past the first (late, not lost); elsewhere (another project's
 -- cursor, with no adoption here: a device moved between projects) it was taken as this cluster's, and
--- those rows were not reported until they changed again.
+-- those rows were not reported until they changed again. Where no tag can be computed at all (this role
+-- may not call pg_control_system(), no restore was adopted, timeline 1: cursors are untagged there), a
+-- tagged cursor, which this cluster did not hand out, was let through the same way.
 --
 -- Now a tagged cursor met by a failed read starts over from the beginning, as a cursor of another cluster
 -- does (clients merge by the LWW key: what they hold is dropped as duplicates). This cluster's own cursors
 -- then cost a read from the beginning, once per failed read (rare: a race with a checkpoint, and only
--- until a read succeeds: the identifier is then kept for the connection). Nothing else changes: the
--- function is restated as migrations …_changes_cursor_names_timeline.sql and
+-- until a read succeeds: the identifier is then kept for the connection). So does a tagged cursor where
+-- no tag can be computed (it comes from elsewhere; a failed read is that case too: it leaves no tag).
+-- Nothing else changes: the function is restated as migrations …_changes_cursor_names_timeline.sql and
 -- …_percentages_printed_exactly.sql left it (SET extra_float_digits 1 included), with that one condition
 -- added. pgTAP 019.
 --
@@ -122,7 +125,7 @@ begin
     v_since := v_parts[2]::xid8;
     v_after := coalesce(v_parts[3], '');
     if (v_parts[1] is not null and v_tag is not null and v_parts[1] <> v_tag)
-       or (v_parts[1] is not null and v_read_failed)
+       or (v_parts[1] is not null and v_tag is null)
        or (v_parts[1] is null and (v_origin is not null or v_history <> '')) then
       -- Another cluster's cursor, or another timeline's (handed out before a point-in-time restore
       -- took this cluster back): its ids say nothing here. Start over from the beginning (clients
@@ -133,7 +136,9 @@ begin
       -- identifier only costs a read from the beginning. A tagged cursor met by a failed read of the
       -- system identifier cannot be checked (the tag it would be compared with is not known this
       -- time): it may be another cluster's or another timeline's, so it starts over too; that costs
-      -- this cluster's own cursors a read from the beginning, once per such failure.
+      -- this cluster's own cursors a read from the beginning, once per such failure. So does a tagged
+      -- cursor where no tag can be computed at all (no pg_control_system(), no adoption, timeline 1:
+      -- this cluster hands out untagged cursors, so a tagged one was handed out elsewhere).
       v_since := '0'::xid8;
       v_after := '';
     -- This cluster's, or untagged: every cursor this cluster handed out lies at or below a later

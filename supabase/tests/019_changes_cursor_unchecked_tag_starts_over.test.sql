@@ -1,7 +1,8 @@
 -- A tagged changes cursor met by a failed read of the system identifier starts over from the beginning
 -- (migration …_changes_cursor_unchecked_tag_starts_over.sql), instead of being read as this cluster's:
 -- with no tag to compare it with, another cluster's cursor (or another timeline's) was taken as it
--- stands, and the rows below its ids were not reported.
+-- stands, and the rows below its ids were not reported. So does one met where no tag can be computed
+-- at all (no pg_control_system(), no adoption, timeline 1), which was let through the same way.
 --
 -- The failed read: PostgreSQL 15 reads pg_control without a lock, and pg_control_system() fails its
 -- CRC check when it meets a checkpoint rewriting the file; that race cannot be made to happen on
@@ -15,7 +16,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(7);
+select plan(9);
 
 insert into auth.users (id, email) values ('a1900000-0000-4000-8000-000000000019', 'unchecked@readsync.test');
 
@@ -84,6 +85,28 @@ insert into res values ('read again', public.reading_progress_changes('', 100));
 reset role;
 select is((select split_part(r ->> 'next_cursor', '.', 1) from res where label = 'read again'),
   (select tag from cluster), 'the next read that succeeds tags the cursor again');
+
+-- Where no tag can be computed at all (this role may not call pg_control_system(), no restore was
+-- adopted, timeline 1: cursors are untagged there), a tagged cursor cannot be checked either: it
+-- was handed out elsewhere (a device moved between projects), so it starts over too.
+revoke execute on function pg_control_system() from public;
+delete from private.reading_progress_cursor_origin;
+select set_config('readsync.system_identifier', '', false);
+set local role authenticated;
+insert into res values ('untaggable', public.reading_progress_changes('', 100));
+insert into res values ('foreign untaggable', public.reading_progress_changes('0badc0de.' || (select ahead from cluster), 100));
+insert into res values ('untagged untaggable', public.reading_progress_changes((select ahead from cluster), 100));
+reset role;
+grant execute on function pg_control_system() to public;
+
+select is(
+  jsonb_build_object('next', (select r ->> 'next_cursor' ~ '^[0-9]+$' from res where label = 'untaggable'),
+                     'untagged', (select r -> 'changes' from res where label = 'untagged untaggable')),
+  jsonb_build_object('next', true, 'untagged', '[]'::jsonb),
+  'premise, no tag computable: cursors are untagged, and an untagged one is taken as it stands');
+select is((select r -> 'changes' from res where label = 'foreign untaggable'),
+  (select r -> 'changes' from res where label = 'full'),
+  'a tagged cursor met where no tag can be computed starts over from the beginning (was: taken as it stands, nothing reported)');
 
 select * from finish();
 rollback;
