@@ -278,7 +278,10 @@ export interface SubscribeOptions {
    * the cursor the link started from is given what the link has delivered (rows and deletions), and
    * one starting elsewhere reads the changes after its own cursor for itself (every change after it,
    * deletions too, as a first subscription would be given); until that read has ended its status is
-   * connecting where the link's is live, and its cursor stays at its own.
+   * connecting where the link's is live, and its cursor stays at its own. That read failing or answered
+   * behind is its own (its onRead and syncNow() hear it; it is made again by itself): the link and
+   * the subscriptions following it are not held back. Its cursor never goes back once it follows the
+   * link (Subscription.linkReadToEnd).
    */
   initialCursor?: unknown;
 }
@@ -1195,6 +1198,16 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   readonly #seen: ProgressMergeState<Row> | null;
   /** The status its listeners heard last. */
   #statusHeard: RealtimeStatus;
+  /** Aborted at unsubscribe(): its own read's call in flight stops with it (not the link's rounds). */
+  readonly #ownStop = new AbortController();
+  /**
+   * Its own read ended in the round numbered so (UserLink#fetchChanges): until a round after it reads
+   * the link to the end, the link's cursor is not passed on (linkReadToEnd), for the link's pages
+   * may end before where its own read ended, and its cursor never goes back.
+   */
+  #followAfterRound: number | undefined;
+  /** How its own read ended in the last round that made it, while that read has not reached the end. */
+  #ownOutcome: ReadOutcome = "failed";
 
   constructor(
     readonly service: RealtimeService<Row>,
@@ -1221,10 +1234,24 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     this.#callEach(this.#cursorListeners, cursor, "cursor_listener_failed");
   }
 
-  /** Its own read reached the end: from now on it follows the link (its cursor, its status). */
-  ownReadDone(): void {
+  /** Its own read ended "behind" or "failed" in a round: what that round's read is for it (onRead, syncNow). */
+  ownReadLeft(outcome: ReadOutcome): void {
+    this.#ownOutcome = outcome;
+  }
+
+  /** Aborted when it unsubscribes: its own read's call in flight is not waited for. */
+  get ownStop(): AbortSignal {
+    return this.#ownStop.signal;
+  }
+
+  /**
+   * Its own read reached the end in the round numbered `round`: from now on it follows the link (its
+   * status at once; its cursor from the end of the link's next read to the end, see linkReadToEnd).
+   */
+  ownReadDone(round: number): void {
     if (!this.#ownReadPending) return;
     this.#ownReadPending = false;
+    this.#followAfterRound = round;
     // Live now if the link is (heard "connecting" meanwhile); the link's own statuses it has heard.
     if (this.#active && this.link.status !== this.#statusHeard) this.emitStatus(this.link.status);
   }
@@ -1274,8 +1301,16 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     return () => this.#cursorListeners.delete(listener);
   }
 
+  /**
+   * A round of the link ended with `outcome`; the subscription hears how it ended for it: while its
+   * own read has not reached the end, a round the link read to the end is not "done" for it.
+   */
   emitRead(outcome: ReadOutcome): void {
-    this.#callEach(this.#readListeners, outcome, "read_listener_failed");
+    this.#callEach(this.#readListeners, this.#readFor(outcome), "read_listener_failed");
+  }
+
+  #readFor(outcome: ReadOutcome): ReadOutcome {
+    return outcome === "done" && this.#ownReadPending ? this.#ownOutcome : outcome;
   }
 
   /**
@@ -1283,7 +1318,22 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
    * for one whose own read is pending: the link's rows before its cursor were never handed to it.
    */
   emitCursor(cursor: unknown): void {
-    if (!this.#active || this.#ownReadPending) return;
+    if (!this.#active || this.#ownReadPending || this.#followAfterRound !== undefined) return;
+    this.#cursor = cursor;
+    this.#callEach(this.#cursorListeners, cursor, "cursor_listener_failed");
+  }
+
+  /**
+   * The link's round numbered `round` read it to the end, at `cursor`. One whose own read ended in an
+   * earlier round takes the link's cursor from now on: that read began after its own ended, and a read
+   * to the end is at the API's horizon then, never before where its own read ended; a page before the
+   * end may be (the link's cursor lagged its own), and its cursor, which an app persists and may
+   * check, does not go back.
+   */
+  linkReadToEnd(round: number, cursor: unknown): void {
+    if (this.#followAfterRound === undefined || round <= this.#followAfterRound) return;
+    this.#followAfterRound = undefined;
+    if (!this.#active || Object.is(cursor, this.#cursor)) return;
     this.#cursor = cursor;
     this.#callEach(this.#cursorListeners, cursor, "cursor_listener_failed");
   }
@@ -1322,8 +1372,8 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     }
   }
 
-  syncNow(): Promise<ReadOutcome> {
-    return this.#active ? this.link.syncNow() : Promise.resolve("failed");
+  async syncNow(): Promise<ReadOutcome> {
+    return this.#active ? this.#readFor(await this.link.syncNow()) : "failed";
   }
 
   async unsubscribe(): Promise<void> {
@@ -1332,8 +1382,10 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     this.#listeners.clear();
     this.#readListeners.clear();
     this.#cursorListeners.clear();
+    this.#ownStop.abort(new Error("unsubscribed"));
     this.link.subscriptions.delete(this);
     if (this.link.subscriptions.size === 0) await this.link.close();
+    else this.link.subscriptionLeft();
   }
 }
 
@@ -1422,6 +1474,13 @@ class UserLink<Row extends LwwRow> {
   /** When (monotonicNow) the current channel was joined. */
   #joinedAt = -Infinity;
   /**
+   * Set while a subscription's own read (addSubscription) failed or was answered behind: its read is
+   * made again then (#scheduleOwnRead), whatever the link's own reads ended with, which it does not change.
+   */
+  #ownReadTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Own reads of subscriptions (addSubscription) that failed in a row: their retry's backoff. */
+  #ownFailuresInRow = 0;
+  /**
    * The wait before the current join (ms), never less than SOCKET_TEARDOWN_MS: the backoff delay it
    * was scheduled after (a failed join's retry, drawn from 0, counted as at least that floor), or the
    * first step's ceiling, at least SOCKET_TEARDOWN_MS (#firstStepWaitMs), for a join made without one
@@ -1500,6 +1559,30 @@ class UserLink<Row extends LwwRow> {
     const wait = this.#retryAfterLeftMs();
     if (wait > 0) this.#startPolling(wait);
     else void this.#poll();
+  }
+
+  /** A subscription left a link that others keep: no own read is made again for nobody. */
+  subscriptionLeft(): void {
+    if ([...this.subscriptions].some((s) => s.ownReadPending)) return;
+    this.service.timers.clear(this.#ownReadTimer);
+    this.#ownReadTimer = undefined;
+    this.#ownFailuresInRow = 0;
+  }
+
+  /**
+   * A subscription's own read failed or was answered behind: it is made again (with a read of the
+   * link, #readForSubscription) after the polls' backoff for its own failures in a row, or
+   * pollIntervalMs when behind, never before a Retry-After's end. The link's reads (and so the
+   * subscriptions already following it: their status, their reads' outcomes, their syncNow()) are
+   * not held back by it.
+   */
+  #scheduleOwnRead(outcome: ReadOutcome): void {
+    if (this.#closed || this.#ownReadTimer !== undefined) return;
+    const wait = Math.max(this.#nextPollDelay(outcome, this.#ownFailuresInRow), this.#retryAfterLeftMs());
+    this.#ownReadTimer = this.service.timers.set(() => {
+      this.#ownReadTimer = undefined;
+      if ([...this.subscriptions].some((s) => s.ownReadPending)) this.#readForSubscription();
+    }, wait);
   }
 
   apply(kind: ChangeKind, row: Row, source: ChangeSource, messageId?: string): ProgressChange<Row> | null {
@@ -1610,7 +1693,9 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#reconnectTimer);
       this.service.timers.clear(this.#pollTimer);
       this.service.timers.clear(this.#joinGraceTimer);
+      this.service.timers.clear(this.#ownReadTimer);
       this.#reconnectTimer = this.#pollTimer = this.#joinGraceTimer = undefined;
+      this.#ownReadTimer = undefined;
       this.#endCutReads("failed");
       this.#releaseChannel();
       // A request that hangs must not hold the unsubscribe (or a round queued after it) hostage.
@@ -2239,11 +2324,11 @@ class UserLink<Row extends LwwRow> {
    * at once) and meet a failing API together do not all retry one interval later; never below the interval:
    * the jitter spreads the backoff, it does not shorten it.
    */
-  #nextPollDelay(outcome: ReadOutcome): number {
+  #nextPollDelay(outcome: ReadOutcome, failedInRow = this.#failedReadsInRow): number {
     if (outcome !== "failed") return this.#pollIntervalMs;
     // At least twice the interval, so that the draw has room above the interval whatever the cap.
     const cap = Math.max(2 * this.#pollIntervalMs, this.service.backoffOptions.maxMs);
-    const failures = Math.max(1, this.#failedReadsInRow); // counted before (#countRead)
+    const failures = Math.max(1, failedInRow); // counted before (#countRead)
     const ceiling = Math.min(cap, this.#pollIntervalMs * 2 ** Math.min(30, failures));
     const jittered = ceiling / 2 + (this.service.random() * ceiling) / 2;
     return Math.max(Math.round(jittered), this.#pollIntervalMs, this.#retryAfterLeftMs());
@@ -2279,19 +2364,21 @@ class UserLink<Row extends LwwRow> {
        * Reads pages from `at()` until the end ("done"), a page that cannot move the cursor or the page
        * limit ("behind"), or the link's close ("closed"); each answered page's rows go to `hand`, then
        * its cursor to `moved`. `subscription`: the one whose own read it is (logged so; it ends, "done",
-       * once that one has unsubscribed).
+       * once that one has unsubscribed). `stop`: what aborts its calls (the round's signal, or with it
+       * the subscription's unsubscribe).
        */
       const readPages = async (
         at: () => unknown,
         hand: (kind: ChangeKind, row: Row) => void,
         moved: (next: unknown) => void,
         subscription?: Subscription<Row>,
+        stop: AbortSignal | undefined = signal,
       ): Promise<ReadOutcome | "closed"> => {
         const fields = subscription ? { for: "subscription" } : {};
         for (let page = 0; page < 1000; page++) {
           sentToken = this.service.readToken;
           const previous = at();
-          const result = await this.#changesSince(previous, signal, (token) => sentToken = token);
+          const result = await this.#changesSince(previous, stop, (token) => sentToken = token);
           if (this.#closed) return "closed";
           for (const raw of result.changes ?? []) {
             const row = this.service.parseRow(raw);
@@ -2321,7 +2408,7 @@ class UserLink<Row extends LwwRow> {
         return "behind";
       };
       try {
-        let outcome = await readPages(
+        const outcome = await readPages(
           () => this.#cursor,
           (kind, row) => this.apply(kind, row, source),
           (next) => {
@@ -2333,23 +2420,69 @@ class UserLink<Row extends LwwRow> {
           },
         );
         if (outcome === "closed") return "failed";
+        if (outcome === "done") {
+          for (const subscription of [...this.subscriptions]) {
+            subscription.linkReadToEnd(sequence, this.#cursor);
+          }
+        }
         // Subscriptions that joined from a cursor of their own read the changes after it for
-        // themselves (addSubscription), each to the end once: the round is not done before they are.
-        for (const subscription of [...this.subscriptions]) {
+        // themselves (addSubscription), each to the end once, after the link's pages. Its failure or
+        // "behind" is its own: the round ends as the link's pages did (the subscriptions that follow
+        // the link are not held back: not offline, not polling, their syncNow() not failed), and its
+        // read is made again by itself (#scheduleOwnRead). The set itself, not a copy: one that
+        // joins while another's read is under way (no read made for it while the link connects) is
+        // read in this round too, or none might come for it once the link is live.
+        let ownLeft: ReadOutcome | undefined;
+        for (const subscription of this.subscriptions) {
           if (!subscription.ownReadPending) continue;
-          const own = await readPages(
-            () => subscription.cursor,
-            (kind, row) => subscription.deliver({ kind, row, source }),
-            (next) => subscription.ownPageRead(next),
-            subscription,
-          );
+          // Its calls stop at its unsubscribe (no wait for an answer nobody is handed) or the round's cut.
+          const ownStop = new AbortController();
+          const onCut = () => ownStop.abort(signal?.reason);
+          const onLeft = () => ownStop.abort(subscription.ownStop.reason);
+          if (signal?.aborted) onCut();
+          else signal?.addEventListener("abort", onCut, { once: true });
+          subscription.ownStop.addEventListener("abort", onLeft, { once: true });
+          let own: ReadOutcome | "closed";
+          try {
+            own = await readPages(
+              () => subscription.cursor,
+              (kind, row) => subscription.deliver({ kind, row, source }),
+              (next) => subscription.ownPageRead(next),
+              subscription,
+              ownStop.signal,
+            );
+          } catch (error) {
+            // The round's own end (close, a join or drop cutting it off) is the round's.
+            if (this.#closed || signal?.aborted) throw error;
+            if (!subscription.ownReadPending) continue; // unsubscribed meanwhile: its call was let go
+            const retryAfterMs = retryAfterMsOf(error);
+            if (retryAfterMs) {
+              const waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
+              this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
+            }
+            this.#log("warn", `${source}_failed`, {
+              error: error instanceof Error ? error.message : String(error),
+              for: "subscription",
+            });
+            own = "failed";
+          } finally {
+            signal?.removeEventListener("abort", onCut);
+            subscription.ownStop.removeEventListener("abort", onLeft);
+          }
           if (own === "closed") return "failed";
           if (!subscription.active) continue;
           if (own === "done") {
             this.#log("info", "subscription_caught_up", {});
-            subscription.ownReadDone();
-          } else if (outcome === "done") outcome = own;
+            subscription.ownReadDone(sequence);
+          } else {
+            subscription.ownReadLeft(own);
+            if (ownLeft !== "failed") ownLeft = own;
+          }
         }
+        if (ownLeft !== undefined) {
+          this.#ownFailuresInRow = ownLeft === "failed" ? this.#ownFailuresInRow + 1 : 0;
+          this.#scheduleOwnRead(ownLeft);
+        } else this.#ownFailuresInRow = 0;
         if (outcome === "done") {
           this.#log("debug", `${source}_done`, {});
           this.#readsSettled = Math.max(this.#readsSettled, asked);

@@ -402,3 +402,168 @@ Deno.test("cursor: a later subscription from an older cursor reads the changes a
     await end();
   }
 });
+
+Deno.test("cursor: a later subscription's own read that fails does not hold back the link: the first goes live, hears its read done, and the failed own read is made again by itself", async () => {
+  const { service, channel, calls, lines, end } = cursorService({ initialCursor: "100", pollIntervalMs: 20 });
+  const sub1 = service.subscribeToProgress(USER, () => {});
+  const reads1: string[] = [];
+  sub1.onRead((outcome) => reads1.push(outcome));
+  const second: string[] = [];
+  // Joins while the link connects: its own read comes with the link's catch-up.
+  const sub2 = service.subscribeToProgress(USER, (change) => second.push(said(change)), {
+    initialCursor: "90",
+  });
+  const reads2: string[] = [];
+  sub2.onRead((outcome) => reads2.push(outcome));
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    assert.equal(calls[0].cursor, "100");
+    calls[0].resolve(page([row("kept", 2, "102")], "105"));
+    await waitFor("its own read", () => calls.length === 2);
+    assert.equal(calls[1].cursor, "90");
+    calls[1].reject(new Error("503 from its own read"));
+    await waitFor("the first live", () => sub1.status === "live");
+    assert.deepEqual(reads1, ["done"], "the link's read ended done");
+    assert.deepEqual(reads2, ["failed"], "its own read failed: not done for it");
+    assert.equal(sub1.cursor, "105");
+    assert.equal(sub2.status, "connecting");
+    assert.equal(sub2.cursor, "90");
+    assert.ok(lines.some((l) => l.event === "catchup_failed" && l.for === "subscription"));
+    // Made again by itself (20-40 ms here): the link's pages, then its own.
+    await waitFor("the link's read again", () => calls.length === 3, { timeoutMs: 20_000 });
+    assert.equal(calls[2].cursor, "105");
+    calls[2].resolve(page([], "105"));
+    await waitFor("its read again", () => calls.length === 4);
+    assert.equal(calls[3].cursor, "90");
+    calls[3].resolve(page([row("old", 1, "92")], "106"));
+    await waitFor("it is live", () => sub2.status === "live");
+    assert.deepEqual(second, ["upsert kept 2", "upsert old 1"]);
+    assert.equal(sub1.status, "live");
+    assert.deepEqual(reads2, ["failed", "done"]);
+    assert.deepEqual(reads1, ["done", "done"]);
+    // Answered behind (a long transaction holds its cursor): a syncNow() of it is not done either.
+    const sub3 = service.subscribeToProgress(USER, () => {}, { initialCursor: "80" });
+    let settled = false;
+    const synced = sub3.syncNow().finally(() => settled = true);
+    // Answer every call: the link's to the end, the third's own behind (held at its cursor).
+    for (let answered = 4; !settled;) {
+      await waitFor("a call, or the syncNow's end", () => settled || calls.length > answered);
+      while (answered < calls.length) {
+        const call = calls[answered++];
+        call.resolve(call.cursor === "80" ? page([], "80", true) : page([], "105"));
+      }
+    }
+    assert.equal(await synced, "behind");
+    assert.equal(sub1.status, "live", "the first still live");
+    await sub3.unsubscribe();
+  } finally {
+    await sub2.unsubscribe();
+    await sub1.unsubscribe();
+    await end();
+  }
+});
+
+Deno.test("cursor: a subscription that unsubscribes while its own read is in flight lets that call go (aborted): the link's next read is not held by it", async () => {
+  const { service, channel, calls, end } = cursorService({ initialCursor: "100", requestTimeoutMs: 600_000 });
+  const signals: AbortSignal[] = [];
+  const sub1 = service.subscribeToProgress(USER, () => {});
+  let sub2: ReturnType<typeof service.subscribeToProgress> | undefined;
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve(page([], "105"));
+    await waitFor("live", () => sub1.status === "live");
+    const options = service.options;
+    const changesSince = options.changesSince;
+    options.changesSince = (cursor, context) => {
+      signals.push(context.signal!);
+      return changesSince(cursor, context);
+    };
+    sub2 = service.subscribeToProgress(USER, () => {}, { initialCursor: "90" });
+    await waitFor("the link's read", () => calls.length === 2);
+    calls[1].resolve(page([], "105"));
+    await waitFor("its own read", () => calls.length === 3);
+    assert.equal(calls[2].cursor, "90");
+    await sub2.unsubscribe(); // its read never answers
+    assert.equal(signals[1].aborted, true, "its call is aborted");
+    const read = sub1.syncNow();
+    await waitFor("the first's read, not behind the one nobody waits for", () => calls.length === 4, {
+      timeoutMs: 20_000,
+    });
+    assert.equal(calls[3].cursor, "105");
+    calls[3].resolve(page([], "107"));
+    assert.equal(await read, "done");
+    assert.equal(sub1.cursor, "107");
+  } finally {
+    await sub2?.unsubscribe();
+    await sub1.unsubscribe();
+    await end();
+  }
+});
+
+Deno.test("cursor: a subscription joining while another's own read is under way (the link still connecting) is read for in that round, not left connecting", async () => {
+  const { service, channel, calls, end } = cursorService({ initialCursor: "100" });
+  const sub1 = service.subscribeToProgress(USER, () => {});
+  const sub2 = service.subscribeToProgress(USER, () => {}, { initialCursor: "90" });
+  let sub3: ReturnType<typeof service.subscribeToProgress> | undefined;
+  const third: string[] = [];
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve(page([], "105"));
+    await waitFor("the second's own read", () => calls.length === 2);
+    assert.equal(calls[1].cursor, "90");
+    sub3 = service.subscribeToProgress(USER, (change) => third.push(said(change)), { initialCursor: "80" });
+    assert.equal(sub3.status, "connecting");
+    calls[1].resolve(page([], "105"));
+    await waitFor("the third's own read", () => calls.length === 3, { timeoutMs: 20_000 });
+    assert.equal(calls[2].cursor, "80");
+    calls[2].resolve(page([row("old", 1, "85")], "105"));
+    await waitFor("all live", () => [sub1, sub2, sub3!].every((s) => s.status === "live"));
+    assert.deepEqual(third, ["upsert old 1"]);
+  } finally {
+    await sub3?.unsubscribe();
+    await sub2.unsubscribe();
+    await sub1.unsubscribe();
+    await end();
+  }
+});
+
+Deno.test("cursor: after its own read a subscription's cursor never goes back: the link's pages before where its own read ended are not passed on, the end of the link's next read to the end is", async () => {
+  const { service, channel, calls, end } = cursorService({ initialCursor: "100" });
+  const sub1 = service.subscribeToProgress(USER, () => {});
+  let sub2: ReturnType<typeof service.subscribeToProgress> | undefined;
+  const cursors: unknown[] = [];
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    calls[0].resolve(page([], "105"));
+    await waitFor("live", () => sub1.status === "live");
+    sub2 = service.subscribeToProgress(USER, () => {}, { initialCursor: "90" });
+    sub2.onCursor((cursor) => cursors.push(cursor));
+    await waitFor("the link's read", () => calls.length === 2);
+    calls[1].resolve(page([], "106"));
+    await waitFor("its own read", () => calls.length === 3);
+    // Written meanwhile: its own read ends later than the link's did.
+    calls[2].resolve(page([row("a", 1, "107")], "110"));
+    await waitFor("it is live", () => sub2!.status === "live");
+    assert.equal(sub2.cursor, "110");
+    // The link's next read: a first page before 110, then the end.
+    const read = sub1.syncNow();
+    await waitFor("the link's next read", () => calls.length === 4);
+    assert.equal(calls[3].cursor, "106");
+    calls[3].resolve(page([row("a", 1, "107")], "107:a", true));
+    await waitFor("its second page", () => calls.length === 5);
+    assert.equal(sub1.cursor, "107:a");
+    assert.equal(sub2.cursor, "110", "not back to the link's page");
+    calls[4].resolve(page([], "112"));
+    assert.equal(await read, "done");
+    assert.equal(sub2.cursor, "112");
+    assert.deepEqual(cursors, ["110", "112"]);
+  } finally {
+    await sub2?.unsubscribe();
+    await sub1.unsubscribe();
+    await end();
+  }
+});
