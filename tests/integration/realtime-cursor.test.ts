@@ -473,3 +473,38 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime cursor: a second subscription whose own read the API refuses every time (a cursor RealtimeService's subscribeToProgress takes unchecked) does not hold back the first: its reads end done and it is handed what is written; the second stays connecting and hears its reads fail",
+  ...noSanitize,
+}, async () => {
+  const { writer, run, end } = await reader();
+  let sub2: ReturnType<ReturnType<typeof subscribeToProgress>["service"]["subscribeToProgress"]> | undefined;
+  try {
+    const first: ProgressChange[] = [];
+    const { sub: sub1 } = run(first);
+    await waitFor("the first subscription live", () => sub1.status === "live", GUARD);
+    const reads2: string[] = [];
+    // Answered 422 (not a changes cursor) at every read of its own.
+    sub2 = sub1.service.subscribeToProgress(sub1.userId, () => {}, { initialCursor: "not a cursor" });
+    sub2.onRead((outcome) => reads2.push(outcome));
+    await waitFor("its own read refused", () => reads2.includes("failed"), GUARD);
+    assert.equal(await sub1.syncNow(), "done", "the first's read is not failed by the second's");
+    await updateProgress(writer, {
+      series_id: "after",
+      chapter: 1,
+      page: 1,
+      percentage: 0,
+      device_id: "device-a",
+      updated_at: new Date().toISOString(),
+    });
+    await waitFor("the write on the first", () => has(first, "upsert", "after"), GUARD);
+    assert.equal(sub1.status, "live");
+    assert.equal(sub2.status, "connecting");
+    assert.equal(await sub2.syncNow(), "failed", "its own read is refused: not done for it");
+  } finally {
+    await sub2?.unsubscribe();
+    await end();
+  }
+});
