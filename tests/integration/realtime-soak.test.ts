@@ -45,10 +45,11 @@ import {
   waitFor,
   writeThroughApi,
 } from "./realtime_support.ts";
-import { seededRandom } from "../support/seededRandom.ts";
+import { durationFromEnv, envSeed, seededRandom } from "../support/seededRandom.ts";
 
-const SEED = Number(Deno.env.get("READSYNC_SOAK_SEED") ?? 20261205);
-const FAULT_MS = Number(Deno.env.get("READSYNC_SOAK_MS") ?? 25_000);
+// A value that is no seed or no length of time stops the run, naming the variable.
+const SEED = envSeed("READSYNC_SOAK_SEED") ?? 20261205;
+const FAULT_MS = durationFromEnv("READSYNC_SOAK_MS", 25_000);
 const SERIES = 20;
 const DEVICES = 3;
 

@@ -20,12 +20,13 @@
 //   - once the faults stop (joins answered, calls answered, writes still coming), the link goes live
 //     and its handler converges on the server's rows; it never stalls (not live with nothing
 //     scheduled and nothing in flight); closed, it leaves no timer.
-// READSYNC_DELIVERY_SEED=<seed> replays one seed; READSYNC_DELIVERY_SEEDS=<n> runs more (default 30).
+// READSYNC_DELIVERY_SEED=<seed> replays one seed; READSYNC_DELIVERY_SEEDS=<n> runs more (default 30);
+// a value that is no seed (a whole number from 0 to 2^32-1) or no count (from 1) stops the run.
 
 import assert from "node:assert/strict";
 import type { SupabaseClient } from "@supabase/supabase-js";
 import { type ProgressChange, RealtimeService } from "../../../shared/realtime/realtimeService.ts";
-import { type SeededRandom, seededRandom } from "../../support/seededRandom.ts";
+import { casesFromEnv, envSeed, type SeededRandom, seededRandom } from "../../support/seededRandom.ts";
 
 const USER = "00000000-0000-4000-8000-0000000000d1";
 const SERIES = ["a", "b", "c", "d", "e"];
@@ -393,9 +394,9 @@ async function runModel(seed: number, random: SeededRandom, clock: VirtualClock)
 }
 
 Deno.test("realtime service delivery model: seeded runs of joins, drops, failures and stale answers miss nothing and never go back", async () => {
-  const one = Deno.env.get("READSYNC_DELIVERY_SEED");
-  const seeds = one !== undefined
-    ? [Number(one)]
-    : Array.from({ length: Number(Deno.env.get("READSYNC_DELIVERY_SEEDS") ?? 30) }, (_, i) => 20261206 + i);
+  // Both read, so that a bad count is refused even when one seed is given.
+  const one = envSeed("READSYNC_DELIVERY_SEED");
+  const count = casesFromEnv("READSYNC_DELIVERY_SEEDS", 30);
+  const seeds = one !== undefined ? [one] : Array.from({ length: count }, (_, i) => 20261206 + i);
   for (const seed of seeds) await run(seed);
 });
