@@ -99,14 +99,6 @@ Deno.test({
       // However long a loaded machine takes: the bound only catches a hang.
       await waitFor(`write ${i} (${what})`, () => seen().has(key), { timeoutMs: 30_000 });
     };
-    /** The one timer pending for `token`'s confirm, set between `before` and `after` (wall clock). */
-    const confirmTimer = (token: string, before: number, after: number) => {
-      const due = timers.pending().filter((ms) =>
-        ms >= expiryMs(token) - after && ms <= expiryMs(token) - before
-      );
-      assert.equal(due.length, 1, `one timer for the token's expiry, among ${timers.pending()}`);
-      return due[0];
-    };
     await writeAndSee("joined");
 
     // The first refresh: applied at once, its confirm set for the token's expiry.
@@ -114,7 +106,7 @@ Deno.test({
     let before = Date.now();
     await service.setAccessToken(current);
     await waitFor("the first refresh applied", () => logged("token_refreshed") === 1, { timeoutMs: 20_000 });
-    let confirm = confirmTimer(current, before, Date.now());
+    let confirm = confirmTimerFor(timers, current, before, Date.now());
     assert.equal(logged("access_token_throttled"), 0, "the first refresh was held");
     await writeAndSee("after the first refresh");
 
@@ -156,7 +148,7 @@ Deno.test({
       );
       assert.equal(logged("token_confirmed"), 0, `round ${round}: the expired token was confirmed`);
       current = latest;
-      confirm = confirmTimer(current, before, Date.now());
+      confirm = confirmTimerFor(timers, current, before, Date.now());
       await writeAndSee(`round ${round}, past the expiry`);
     }
 
@@ -188,9 +180,10 @@ Deno.test({
   name: "realtime auth: without a refresh the server closes at expiry; a new token brings it back",
   ...noSanitize,
 }, async () => {
-  const stage = await expiryStage();
   const sql = adminSql();
   const a = await createTestUser();
+  // Closed as the test ends, however it ends (a set-up step or the teardown throwing too).
+  await using stage = await expiryStage();
   const client = stage.client;
   const logs: Record<string, unknown>[] = [];
   const service = new RealtimeService(client, {
@@ -230,7 +223,6 @@ Deno.test({
     assert.equal(server.get("monster")?.chapter, 10);
   } finally {
     await teardown(subscription, service, client, sql);
-    await stage.close();
   }
 });
 
@@ -296,9 +288,10 @@ Deno.test({
     "realtime auth: the moment the server closes the channel the link is no longer live, and a token given before any poll answers rejoins at once",
   ...noSanitize,
 }, async () => {
-  const stage = await expiryStage();
   const sql = adminSql();
   const a = await createTestUser();
+  // Closed as the test ends, however it ends (a set-up step or the teardown throwing too).
+  await using stage = await expiryStage();
   const client = stage.client;
   const logs: Record<string, unknown>[] = [];
   const changesSince = sqlChangesSince(sql, a.id);
@@ -339,7 +332,6 @@ Deno.test({
   } finally {
     openGate();
     await teardown(subscription, service, client, sql);
-    await stage.close();
   }
 });
 
@@ -694,16 +686,12 @@ Deno.test({
 
     // The first refresh: applied at once, its confirm set for the token's expiry.
     token = await a.newAccessToken(LIFE_S);
-    const expiry = expiryMs(token);
     const beforePush = Date.now();
     await client.realtime.setAuth();
     await waitFor("the first refresh applied", () => logged("token_refreshed") === 1, { timeoutMs: 20_000 });
     const afterApplied = Date.now();
     assert.equal(logged("access_token_throttled"), 0, "the first refresh was held");
-    const atExpiry = timers.pending().filter((ms) =>
-      ms >= expiry - afterApplied && ms <= expiry - beforePush
-    );
-    assert.equal(atExpiry.length, 1, `one timer for the token's expiry, among ${timers.pending()}`);
+    const atExpiry = confirmTimerFor(timers, token, beforePush, afterApplied);
 
     // C's token, within the window: held for all of it (the clock is stopped).
     token = c.accessToken;
@@ -716,10 +704,10 @@ Deno.test({
     assert.equal(joined.system.length, 0, "C's token was applied at once");
     assert.equal(logs.find((l) => l.event === "access_token_throttled")?.apply_in_ms, WINDOW_MS);
     assert.ok(pendingFor(timers, WINDOW_MS), `no timer for the window, among ${timers.pending()}`);
-    assert.ok(atExpiry[0] < WINDOW_MS);
+    assert.ok(atExpiry < WINDOW_MS);
 
     // The current token's expiry comes: the held token is applied, and C's closes the channel.
-    timers.fire(atExpiry[0]);
+    timers.fire(atExpiry);
     await waitFor(
       "the channel to close (or A's token confirmed)",
       () => joined.states.includes("CLOSED") || logged("token_confirmed") > 0,
@@ -804,7 +792,8 @@ async function withinTeardown(step: string, done: Promise<unknown>, onHang: "fai
 
 /**
  * Where a test's channel lives (`client`), and how the token it holds is made to expire (`expire`),
- * closing it; `close` ends what it started, after the test's own teardown.
+ * closing it. Held with `await using`: it ends what it started when the test's scope is left, after the
+ * test's own teardown (its try's finally), and also when a step before that try or the teardown throws.
  *
  * On the local stand-in: an endpoint of the test's own in this process (its idle sweep off: it reads
  * Date.now(), and a moved clock would make the socket look idle). `expire` gives the live channel a
@@ -813,7 +802,7 @@ async function withinTeardown(step: string, done: Promise<unknown>, onHang: "fai
  * judges tokens (Date.now(): the stand-in's checks, the tokens' minting) a second past that expiry by
  * hand (movableWallClock), and runs the confirm: the endpoint finds the token expired and closes the
  * channel as at any expiry, when the test says and with no wait. The wall clock stays moved for the
- * rest of the test (a new token is minted on it), and is restored by `close`.
+ * rest of the test (a new token is minted on it), and is restored as the stage is disposed of.
  *
  * Against a real stack, whose clock cannot be moved, the stack's Realtime and a token of 1-2 s, left
  * to expire. The channel joined with a lasting token there: a join that a loaded machine answered
@@ -823,13 +812,13 @@ async function withinTeardown(step: string, done: Promise<unknown>, onHang: "fai
 async function expiryStage(): Promise<{
   client: SupabaseClient;
   expire(service: RealtimeService, user: { newAccessToken(seconds: number): Promise<string> }): Promise<void>;
-  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
 }> {
   if (!localRealtime) {
     return {
       client: newClient(),
       expire: async (service, user) => await service.setAccessToken(await user.newAccessToken(2)),
-      close: () => Promise.resolve(),
+      [Symbol.asyncDispose]: () => Promise.resolve(),
     };
   }
   const env = testEnv();
@@ -852,19 +841,35 @@ async function expiryStage(): Promise<{
       const before = Date.now();
       await service.setAccessToken(token);
       await waitFor("the 25-minute token applied", () => refreshed() === 1);
-      const after = Date.now();
-      const expiry = expiryMs(token);
-      const atExpiry = timers.pending().filter((ms) => ms >= expiry - after && ms <= expiry - before);
-      assert.equal(atExpiry.length, 1, `one timer for the token's expiry, among ${timers.pending()}`);
-      wall.advance(Math.max(0, expiry + 1_000 - Date.now()));
-      timers.fire(atExpiry[0]);
+      const atExpiry = confirmTimerFor(timers, token, before, Date.now());
+      wall.advance(Math.max(0, expiryMs(token) + 1_000 - Date.now()));
+      timers.fire(atExpiry);
     },
-    close: async () => {
+    [Symbol.asyncDispose]: async () => {
       wall?.restore();
       timers?.restore();
       await server.close();
     },
   };
+}
+
+/**
+ * The delay of the one timer pending for `token`'s confirm, which the endpoint sets for what is left of
+ * the token's life when it applies it: applied between `before` and `after` (the wall clock, read by
+ * the test around the push and the wait for it to be applied), that is from expiry - after to expiry -
+ * before. Throws unless exactly one pending timer is in that window (the database connections'
+ * lifetimes, also pending, are longer: CONFIRMED_LIFE_S).
+ */
+function confirmTimerFor(
+  timers: ReturnType<typeof watchTimers>,
+  token: string,
+  before: number,
+  after: number,
+): number {
+  const expiry = expiryMs(token);
+  const due = timers.pending().filter((ms) => ms >= expiry - after && ms <= expiry - before);
+  assert.equal(due.length, 1, `one timer for the token's expiry, among ${timers.pending()}`);
+  return due[0];
 }
 
 /** A JWT's `exp` in epoch milliseconds. */
