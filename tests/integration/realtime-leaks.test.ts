@@ -273,9 +273,7 @@ Deno.test({
     // realtime-js disconnects its socket 100 ms after its last channel went, and its disconnect()
     // races a 10 s timer it never clears: once that has run, no client timer at all is pending,
     // so nothing reschedules itself (a reconnect or poll loop would never get here).
-    await waitFor("no client timer pending", () => timers.pending().client.length === 0, {
-      timeoutMs: 20_000,
-    })
+    await waitFor("no client timer pending", () => timers.pending().client.length === 0)
       .catch(() => {}); // the assertion below shows which ones
     assert.deepEqual(timers.pending().client, [], "client timers left pending");
   } finally {
@@ -336,13 +334,9 @@ Deno.test({
   });
   const subscription = service.subscribeToProgress(a.id, () => {});
   try {
-    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"), {
-      timeoutMs: 15_000,
-    });
+    await waitFor("the stuck socket given up", () => logs.some((l) => l.event === "socket_never_opened"));
     assert.ok(connections[0]?.handshake, "its handshake reached the server and went unanswered");
-    await waitFor("its TCP connection closed by the client", () => connections[0].ended, {
-      timeoutMs: 10_000,
-    });
+    await waitFor("its TCP connection closed by the client", () => connections[0].ended);
   } finally {
     await subscription.unsubscribe();
     await service.close();
