@@ -178,6 +178,47 @@ export function checkStringFieldsOption(value: unknown, where: string, name: str
 }
 
 /**
+ * Throws a TypeError unless `value` is headers a request can carry (or undefined: not given): a plain
+ * object of strings (checkStringFieldsOption), each field a header that the Fetch spec's Headers takes,
+ * as `new Headers()` in the runtime judges it (the same check fetch makes as it sends). A name must be
+ * a token (one or more of the letters, digits and !#$%&'*+-.^_`|~: no space, colon, CR or LF, no
+ * other character); a value may hold no NUL, no CR or LF but at either end (Headers strips a value's
+ * leading and trailing spaces, tabs, CRs and LFs: a token read with its newline is taken without it)
+ * and no character above U+00FF.
+ * Unchecked, such a header reached fetch at every call, whose TypeError functions-js reported as a
+ * failed fetch: a network_error, retried, its message quoting the value. The field's name is shown in
+ * the message, its value is not (a header may carry a secret: an Authorization, an apikey).
+ */
+export function checkHeadersOption(value: unknown, where: string, name: string): void {
+  checkStringFieldsOption(value, where, name);
+  if (value === undefined) return;
+  for (const [field, fieldValue] of Object.entries(value as Record<string, string>)) {
+    if (headersTake(field, fieldValue)) continue;
+    if (!headersTake(field, "")) {
+      throw new TypeError(
+        `${where} option ${name} has a field whose name is no header name (got ${shownValue(field)}): ` +
+          "a header name is one or more of the letters, digits and !#$%&'*+-.^_`|~",
+      );
+    }
+    throw new TypeError(
+      `${where} option ${name}.${field} must be a header value: no NUL, CR or LF within it and no ` +
+        "character above U+00FF (the string given has one; not shown, as a header may carry a secret)",
+    );
+  }
+}
+
+/** Whether the runtime's Headers takes the header `name: value` (it throws a TypeError if not). */
+function headersTake(name: string, value: string): boolean {
+  try {
+    new Headers([[name, value]]);
+    return true;
+  } catch (error) {
+    if (error instanceof TypeError) return false;
+    throw error;
+  }
+}
+
+/**
  * Throws a TypeError unless `value` is a function (or undefined: not given, unless `required`), naming
  * it as `<where> <kind> <name>` (kind "option" unless said: a handler or listener is an "argument"), the
  * value by its type ("must be a function (got object)"). A callback is called later, often in a timer

@@ -68,9 +68,9 @@ import { parseRetryAfter, retryAfterMsOf } from "../http/retryAfter.ts";
 import {
   checkCursorOption,
   checkFunctionOption,
+  checkHeadersOption,
   checkNumberOption,
   checkObjectOption,
-  checkStringFieldsOption,
   drawInRange,
   MAX_TIMER_MS,
   type NumberRule,
@@ -188,9 +188,9 @@ const LIST_LIMIT: NumberRule = { min: 1, max: PROGRESS_LIMITS.listMax, whole: tr
  * random: null too, which was taken as Math.random, and anything else thrown at the first retry),
  * `sleep` and `onRetry` (the same: thrown at the first retry, failing the call), `headers` and `retry`
  * (a TypeError unless a plain object: not null, an array, a Headers, a Map or a class's instance; for
- * `headers`, a TypeError for a value that is not a string, naming it as `headers.<name>`) and `retry`'s
- * fields outside its range, naming it as `<where> option <prefix><name>`. A field given as undefined is
- * not given (its default applies).
+ * `headers`, a TypeError for a value that is not a string or a name or value that fetch's Headers
+ * refuses, naming it as `headers.<name>`) and `retry`'s fields outside its range, naming it as `<where>
+ * option <prefix><name>`. A field given as undefined is not given (its default applies).
  * timeoutMs takes 1 to MAX_TIMER_MS ms (TIMER_MS): below 1, Infinity or past MAX_TIMER_MS, setTimeout
  * fires at once (every attempt aborted before its answer), and functions-js takes a timeout of 0 or
  * NaN as none at all (an attempt that may hang for good). retry.baseDelayMs and retry.maxDelayMs take
@@ -209,9 +209,10 @@ function checkApiOptions(
   // Called between attempts: a value that is no function failed the call at its first retry.
   checkFunctionOption(options.sleep, where, `${prefix}sleep`);
   checkFunctionOption(options.onRetry, where, `${prefix}onRetry`);
-  // A Headers or a Map was spread into the request's headers as none at all, and a value that is not
-  // a string sent as fetch writes it (5 as "5", an object as "[object Object]", undefined as "undefined").
-  checkStringFieldsOption(options.headers, where, `${prefix}headers`);
+  // A Headers or a Map was spread into the request's headers as none at all, a value that is not a
+  // string sent as fetch writes it (5 as "5", an object as "[object Object]", undefined as "undefined"),
+  // and a name or value that fetch refuses (a CR or LF in it) failed every call as a network_error.
+  checkHeadersOption(options.headers, where, `${prefix}headers`);
   const retry: unknown = options.retry;
   checkObjectOption(retry, where, `${prefix}retry`);
   if (retry === undefined) return;

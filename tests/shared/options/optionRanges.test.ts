@@ -690,6 +690,60 @@ Deno.test({
   },
 });
 
+// headers' names and values: one that fetch's Headers refuses (a CR or LF within it, a space or colon in
+// a name, a character above U+00FF) reached fetch at every call, which failed as a network_error and
+// was retried, its message quoting the value. Refused as the option is checked, the value not shown
+// (a header may carry a secret); what Headers takes as it normalizes it (a value's surrounding
+// whitespace, a trailing newline included) is taken.
+Deno.test({
+  name: "option ranges: API client headers' names and values (as fetch's Headers takes them)",
+  ...noSanitize,
+  fn: async () => {
+    const VALUE = "X-Act-As-User";
+    const cases: [string, string, "taken" | "name" | "value"][] = [
+      [VALUE, "u1", "taken"],
+      [VALUE, " padded\t", "taken"],
+      [VALUE, "token-read-with-its-newline\n", "taken"],
+      [VALUE, "\r\nleading", "taken"],
+      [VALUE, "a\tb", "taken"],
+      [VALUE, "\u00e9", "taken"],
+      ["x-lower_and.marks!#$%&'*+^`|~", "v", "taken"],
+      [VALUE, "u1\r\nX-Injected: 1", "value"],
+      [VALUE, "a\nb", "value"],
+      [VALUE, "a\rb", "value"],
+      [VALUE, "a\u0000b", "value"],
+      [VALUE, "\u20ac", "value"],
+      ["X Act", "v", "name"],
+      ["X-Act:", "v", "name"],
+      ["", "v", "name"],
+      ["X-Act\r\n", "v", "name"],
+      ["X-Injected: 1\r\nX-Act", "v", "name"],
+      ["\u00e9", "v", "name"],
+    ];
+    for (const [field, value, expected] of cases) {
+      const at = `headers ${JSON.stringify(field)}: ${JSON.stringify(value)}`;
+      // The runtime's own Headers agrees (the check is to refuse what fetch would, no more).
+      let headersTake = true;
+      try {
+        new Headers([[field, value]]);
+      } catch {
+        headersTake = false;
+      }
+      assert.equal(headersTake, expected === "taken", `${at}: Headers itself`);
+      for (const [where, outcome] of await apiOutcomes({ headers: { [field]: value } })) {
+        const path = where === "subscribeToProgress" ? "api.headers" : "headers";
+        const message = expected === "name"
+          ? `${where} option ${path} has a field whose name is no header name (got ${
+            JSON.stringify(field)
+          }): a header name is one or more of the letters, digits and !#$%&'*+-.^_\`|~`
+          : `${where} option ${path}.${field} must be a header value: no NUL, CR or LF within it and no ` +
+            "character above U+00FF (the string given has one; not shown, as a header may carry a secret)";
+        expectTakenOrTypeError(`${where} ${at}`, expected === "taken", message, outcome);
+      }
+    }
+  },
+});
+
 /**
  * What a `random` option may return, and the retry's wait each gives out of a 1000 ms ceiling: a draw
  * outside [0, 1) is taken into it as RealtimeService's are (tests/shared/realtime/options.test.ts):
