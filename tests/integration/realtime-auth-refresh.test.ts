@@ -8,7 +8,13 @@ import { type ProgressChange, RealtimeService } from "../../shared/realtime/real
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { adminSql, createTestUser, localRealtime, mintsTokens, testEnv } from "../support/env.ts";
 import { type RealtimeServer, startRealtimeServer } from "../../local/realtime/endpoint.ts";
-import { frozenClock, movableWallClock, pendingFor, watchTimers } from "../shared/realtime/watchTimers.ts";
+import {
+  frozenClock,
+  movableMonotonicClock,
+  movableWallClock,
+  pendingFor,
+  watchTimers,
+} from "../shared/realtime/watchTimers.ts";
 import {
   clientWithToken,
   closeClient,
@@ -236,10 +242,11 @@ Deno.test({
   // the network): the server closes the channel at the expiry, and the rejoins the backoff makes
   // meanwhile would carry that token, each refused after Supabase's 5 s join-error backoff, the socket
   // answering nothing else meanwhile.
+  // Pushes time out after 2 s: a token in place that long before the close is the one the server held.
+  await using stage = await expiryStage({ pushTimeoutMs: 2_000, realLifeS: 8 });
   const sql = adminSql();
   const a = await createTestUser();
-  // Pushes time out after 2 s: a token in place that long before the close is the one the server held.
-  const client = newClient({ timeout: 2_000 });
+  const client = stage.client;
   const logs: Record<string, unknown>[] = [];
   const service = new RealtimeService(client, {
     changesSince: sqlChangesSince(sql, a.id),
@@ -254,8 +261,9 @@ Deno.test({
   const count = (event: string) => logs.filter((l) => l.event === event).length;
   try {
     await waitFor("live", () => subscription.status === "live");
-    // The last token the app got: it expires in 8 s, in place for more than the 2 s push timeout by then.
-    await service.setAccessToken(await a.newAccessToken(8));
+    // The last token the app got, in place for more than the 2 s push timeout when it expires (on the
+    // stand-in the expiry and that time in place brought by hand; against a real stack, a token of 8 s).
+    await stage.expire(service, a);
     await waitFor("expiry closes the channel", () => count("system_message") > 0, { timeoutMs: 30_000 });
     assert.match(String(logs.find((l) => l.event === "system_message")?.message), /^Token has expired/);
     // The rejoin after the close (1.6-2 s later), and the next step of the backoff: held, or (before) a
@@ -802,22 +810,27 @@ async function withinTeardown(step: string, done: Promise<unknown>, onHang: "fai
  * judges tokens (Date.now(): the stand-in's checks, the tokens' minting) a second past that expiry by
  * hand (movableWallClock), and runs the confirm: the endpoint finds the token expired and closes the
  * channel as at any expiry, when the test says and with no wait. The wall clock stays moved for the
- * rest of the test (a new token is minted on it), and is restored as the stage is disposed of.
+ * rest of the test (a new token is minted on it), and is restored as the stage is disposed of. With
+ * `pushTimeoutMs` (the client's push timeout; 30 s otherwise), the service's clock (performance.now())
+ * moves on by that long too before the confirm runs (movableMonotonicClock): the token has been in place
+ * for the push timeout when it expires, as the token of `realLifeS` is against a real stack.
  *
- * Against a real stack, whose clock cannot be moved, the stack's Realtime and a token of 1-2 s, left
- * to expire. The channel joined with a lasting token there: a join that a loaded machine answered
+ * Against a real stack, whose clock cannot be moved, the stack's Realtime and a token of `realLifeS`
+ * (2 s by default: 1-2 s), left to expire. The channel joined with a lasting token there: a join that a loaded machine answered
  * only after a short token's expiry would be refused instead; a refresh that reached the server
  * after the expiry closes the channel the same way (the pushed token has expired).
  */
-async function expiryStage(): Promise<{
+async function expiryStage(
+  { pushTimeoutMs, realLifeS = 2 }: { pushTimeoutMs?: number; realLifeS?: number } = {},
+): Promise<{
   client: SupabaseClient;
   expire(service: RealtimeService, user: { newAccessToken(seconds: number): Promise<string> }): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }> {
   if (!localRealtime) {
     return {
-      client: newClient(),
-      expire: async (service, user) => await service.setAccessToken(await user.newAccessToken(2)),
+      client: newClient(pushTimeoutMs ? { timeout: pushTimeoutMs } : {}),
+      expire: async (service, user) => await service.setAccessToken(await user.newAccessToken(realLifeS)),
       [Symbol.asyncDispose]: () => Promise.resolve(),
     };
   }
@@ -830,9 +843,11 @@ async function expiryStage(): Promise<{
   // Installed by `expire`, so a test that fails before it leaves neither in place.
   let timers: ReturnType<typeof watchTimers> | undefined;
   let wall: ReturnType<typeof movableWallClock> | undefined;
+  let monotonic: ReturnType<typeof movableMonotonicClock> | undefined;
   return {
-    // Push timeouts of 30 s (realtime-js's default is 10 s), well apart from the timer looked for.
-    client: newClient({ url: server.url, timeout: 30_000 }),
+    // Push timeouts of 30 s (realtime-js's default is 10 s) unless the test gives its own, well apart
+    // from the timer looked for either way.
+    client: newClient({ url: server.url, timeout: pushTimeoutMs ?? 30_000 }),
     expire: async (service, user) => {
       timers = watchTimers();
       wall = movableWallClock();
@@ -842,10 +857,17 @@ async function expiryStage(): Promise<{
       await service.setAccessToken(token);
       await waitFor("the 25-minute token applied", () => refreshed() === 1);
       const atExpiry = confirmTimerFor(timers, token, before, Date.now());
+      if (pushTimeoutMs) {
+        // In place for the push timeout before it expires, as a token of realLifeS is against a real
+        // stack: the service's clock that measures it moves on by that long, with no wait.
+        monotonic = movableMonotonicClock();
+        monotonic.advance(pushTimeoutMs);
+      }
       wall.advance(Math.max(0, expiryMs(token) + 1_000 - Date.now()));
       timers.fire(atExpiry);
     },
     [Symbol.asyncDispose]: async () => {
+      monotonic?.restore();
       wall?.restore();
       timers?.restore();
       await server.close();

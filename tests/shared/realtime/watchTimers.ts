@@ -98,6 +98,29 @@ export function frozenClock(): { advance: (ms: number) => void; restore: () => v
 }
 
 /**
+ * Moves the service's clock (performance.now(), its monotonicNow) on by hand while it keeps running:
+ * unlike frozenClock, time still passes between moves, so the service's waits measured by it run as
+ * usual; `advance` adds to it at once, as if that long had passed (how long a token has been in place,
+ * RealtimeService#observeToken). Only forward.
+ */
+export function movableMonotonicClock(): { advance: (ms: number) => void; restore: () => void } {
+  const realNow = performance.now.bind(performance);
+  let offset = 0;
+  Object.defineProperty(performance, "now", {
+    value: () => realNow() + offset,
+    configurable: true,
+    writable: true,
+  });
+  return {
+    advance: (ms) => {
+      if (!(ms >= 0)) throw new RangeError(`the clock only moves forward (asked ${ms} ms)`);
+      offset += ms;
+    },
+    restore: () => void delete (performance as unknown as { now?: unknown }).now,
+  };
+}
+
+/**
  * Moves this process's wall clock (Date.now()) on by hand: a token's expiry, which is judged by it (the
  * stand-in's token checks and the delays of its confirm timers, and the test tokens' minting), then comes when the test says, with no wait. Only Date.now() moves (`new Date()` without an
  * argument still reads the real clock), and only forward. A wait whose deadline was read before a move
