@@ -74,8 +74,9 @@
 //                                         and a token set while a join is in flight is sent on the
 //                                         channel once joined (realtime-js only sends it to joined ones).
 //                                         A token Realtime said has expired (a join refused, a channel
-//                                         closed for it) is not sent in a join again: the join waits
-//                                         for the next token, polling meanwhile.
+//                                         closed for it), or the progress API refused a read for as
+//                                         expired (401 token_expired), is not sent in a join again: the
+//                                         join waits for the next token, polling meanwhile.
 //                                         A catch-up or poll refused 401 is made again as soon as a
 //                                         new token comes (once per new token; other failures wait
 //                                         out the polls' backoff).
@@ -812,6 +813,15 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
 
   /** A join made with `token` was refused because it expired (the join sent it: UserLink#onChannelState). */
   tokenRefusedAtJoin(token: string): void {
+    this.#noteExpired(token);
+  }
+
+  /**
+   * A read sent with `token` was refused 401 token_expired by the progress API: the same token in a
+   * join would be refused too. A laptop that wakes after its token ran out reads at once (the socket's
+   * drop starts polling) and rejoins after the backoff, before Realtime has said anything of the token.
+   */
+  tokenRefusedByApi(token: string): void {
     this.#noteExpired(token);
   }
 
@@ -2499,6 +2509,10 @@ class UserLink<Row extends LwwRow> {
         // Refused for its token: read again as soon as a new one comes (#readAgainForNewToken); any
         // other failure only after the polls' backoff.
         this.#authRefusedWith = refusedForToken(error) ? sentToken : undefined;
+        // Refused because that token expired: no join is made with it either (UserLink#connect).
+        if (typeof sentToken === "string" && refusedAsExpired(error)) {
+          this.service.tokenRefusedByApi(sentToken);
+        }
         const retryAfterMs = retryAfterMsOf(error);
         let waitMs: number | undefined;
         if (retryAfterMs) {
@@ -2689,6 +2703,14 @@ function normalizeUserId(userId: string): string {
  */
 function refusedForToken(error: unknown): boolean {
   return (error as { status?: unknown } | null)?.status === 401;
+}
+
+/**
+ * A changesSince failure that says its token has expired: 401 with the progress API's code
+ * token_expired (ProgressApiError's `code`), not any other 401 (a bad signature, a missing token).
+ */
+function refusedAsExpired(error: unknown): boolean {
+  return refusedForToken(error) && (error as { code?: unknown }).code === "token_expired";
 }
 
 /** A "changes since" row that stands for a hard delete (the API may mark them; rows normally aren't). */

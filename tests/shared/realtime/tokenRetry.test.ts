@@ -109,3 +109,78 @@ Deno.test("token retry: a join refused because its token expired is not made aga
     await service.close();
   }
 });
+
+Deno.test("token retry: a token the progress API refused as expired (401 token_expired) is not sent in a rejoin: held (polling meanwhile) until a new one comes, then joined at once", async () => {
+  // A laptop waking after its token ran out: the dropped socket's poll reaches the API before the
+  // rejoin, and Realtime has not said anything of the token yet.
+  const { client, channel } = fakeClient();
+  const events: { event: string; error?: string }[] = [];
+  let refuse = false;
+  const service = new RealtimeService(client, {
+    changesSince: () =>
+      refuse
+        ? Promise.reject(
+          Object.assign(new Error("Token has expired"), { status: 401, code: "token_expired" }),
+        )
+        : Promise.resolve({ changes: [], cursor: "1", has_more: false }),
+    accessToken: "T1",
+    backoff: { initialMs: 50, maxMs: 100 },
+    random: () => 0.5,
+    pollIntervalMs: 60_000,
+    log: (line) => events.push(JSON.parse(line)),
+  });
+  const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000005", () => {});
+  const count = (event: string) => events.filter((e) => e.event === event).length;
+  try {
+    const first = await channel(1);
+    first.state!("SUBSCRIBED");
+    await waitFor("live", () => subscription.status === "live");
+    refuse = true; // asleep past the token's expiry
+    first.state!("CHANNEL_ERROR", new Error("socket closed")); // woken: the socket is gone
+    await waitFor("the poll refused for the expired token", () => count("poll_failed") >= 1);
+    // Each step of the backoff holds the join while the token is T1 (before: channel #2 made with T1).
+    await waitFor("held at two steps of the backoff", () => count("join_held_token_expired") >= 2);
+    assert.equal(service.stats().joinAttempts, 1, "no join made with the token the API refused as expired");
+    assert.equal(client.getChannels().length, 0);
+    refuse = false;
+    await service.setAccessToken("T2");
+    const second = await channel(2);
+    second.state!("SUBSCRIBED");
+    await waitFor("live", () => subscription.status === "live");
+    assert.equal(service.stats().joinAttempts, 2);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});
+
+Deno.test("token retry: a read refused 401 for another reason than expiry (invalid_token) does not hold the rejoin", async () => {
+  const { client, channel } = fakeClient();
+  const events: string[] = [];
+  let refuse = false;
+  const service = new RealtimeService(client, {
+    changesSince: () =>
+      refuse
+        ? Promise.reject(Object.assign(new Error("bad signature"), { status: 401, code: "invalid_token" }))
+        : Promise.resolve({ changes: [], cursor: "1", has_more: false }),
+    accessToken: "T1",
+    backoff: { initialMs: 50, maxMs: 100 },
+    random: () => 0.5,
+    pollIntervalMs: 60_000,
+    log: (line) => events.push(JSON.parse(line).event),
+  });
+  const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000006", () => {});
+  try {
+    const first = await channel(1);
+    first.state!("SUBSCRIBED");
+    await waitFor("live", () => subscription.status === "live");
+    refuse = true;
+    first.state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll refused", () => events.includes("poll_failed"));
+    await channel(2); // the rejoin goes (Realtime judges the token itself)
+    assert.equal(events.includes("join_held_token_expired"), false);
+  } finally {
+    await subscription.unsubscribe();
+    await service.close();
+  }
+});
