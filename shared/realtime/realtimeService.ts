@@ -918,14 +918,18 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
     let set = this.removals.get(topic);
     if (!set) this.removals.set(topic, set = new Set());
     set.add(removal);
-    removal.finally(() => {
+    // Settled either way, and no promise of its own left to reject unheard (a .finally() would pass a
+    // failed removal's rejection on to a promise nobody awaits: an unhandled rejection).
+    const settled = () => {
       set.delete(removal);
       if (set.size === 0 && this.removals.get(topic) === set) this.removals.delete(topic);
-    });
+    };
+    removal.then(settled, settled);
   }
 
+  /** Waits for the topic's removals in flight to settle; a failed one is no failure of the waiter's. */
   async removalsSettled(topic: string): Promise<void> {
-    while (this.removals.has(topic)) await Promise.all([...this.removals.get(topic)!]);
+    while (this.removals.has(topic)) await Promise.allSettled([...this.removals.get(topic)!]);
   }
 
   /** Whether the Realtime client's socket is opening (WebSocket CONNECTING); false when it cannot say. */
@@ -2044,8 +2048,13 @@ class UserLink<Row extends LwwRow> {
       } catch (error) {
         this.#log("warn", "remove_channel_failed", { error: describeError(error) });
       } finally {
-        // removeChannel only tears down after an "ok" leave; make sure timers and bindings go.
-        channel.teardown();
+        // removeChannel only tears down after an "ok" leave; make sure timers and bindings go. What
+        // teardown throws is logged: the removal still ends (a join of the topic waits for it).
+        try {
+          channel.teardown();
+        } catch (error) {
+          this.#log("warn", "channel_teardown_failed", { error: describeError(error) });
+        }
         this.service.counters.channels--;
       }
     })();
@@ -2399,7 +2408,19 @@ class UserLink<Row extends LwwRow> {
               this.#log("warn", "foreign_row", { row_user_id: (row as { user_id?: unknown }).user_id });
               continue;
             }
-            hand(isDeleted(raw) ? "delete" : "upsert", row);
+            try {
+              hand(isDeleted(raw) ? "delete" : "upsert", row);
+            } catch (error) {
+              // A compareRows that throws (handlers' failures are caught where they are called): the row
+              // is taken as invalid, skipped and logged as parseRow's invalid rows are, instead of
+              // failing the read, which would read the same page again and fail at it every time.
+              this.service.counters.invalid++;
+              this.#log("warn", "invalid_row", {
+                error: describeError(error, "message"),
+                by: "compareRows",
+                series_id: row.series_id,
+              });
+            }
           }
           const next = result.cursor ?? result.next_cursor;
           if (next !== undefined && next !== null && !Object.is(next, previous)) moved(next);

@@ -79,3 +79,43 @@ Deno.test("lifecycle: a changesSince that throws instead of returning a rejected
     timers.restore();
   }
 });
+
+Deno.test("lifecycle: a channel whose teardown() throws is still removed: logged, counted out, the rejoin and unsubscribe() go on, and no promise is left to reject unheard", async () => {
+  const { client, channel } = fakeClient();
+  // realtime-js's teardown failing (a socket gone in a state it did not expect): every channel's.
+  const makeChannel = client.channel.bind(client);
+  (client as unknown as { channel: typeof client.channel }).channel = (...args) => {
+    const made = makeChannel(...args);
+    (made as unknown as { teardown(): void }).teardown = () => {
+      throw new Error("teardown failed");
+    };
+    return made;
+  };
+  const events: string[] = [];
+  const service = new RealtimeService(client, {
+    pollIntervalMs: 60_000,
+    backoff: { initialMs: 50, maxMs: 100 },
+    random: () => 0.5,
+    changesSince: () => Promise.resolve({ changes: [], next_cursor: "1", has_more: false }),
+    log: (line) => events.push(JSON.parse(line).event),
+  });
+  const subscription = service.subscribeToProgress(USER, () => {});
+  try {
+    const first = await channel(1);
+    first.state!("SUBSCRIBED");
+    await waitFor("live", () => subscription.status === "live");
+    first.state!("CHANNEL_ERROR", new Error("socket closed")); // released: its teardown throws
+    const second = await channel(2); // the rejoin waited for that removal, failed or not
+    second.state!("SUBSCRIBED");
+    await waitFor("live again", () => subscription.status === "live");
+    assert.equal(events.filter((e) => e === "channel_teardown_failed").length, 1);
+    assert.equal(service.stats().channels, 1, "the first channel counted out");
+  } finally {
+    await subscription.unsubscribe(); // its channel's teardown throws too: unsubscribe still resolves
+    await service.close();
+  }
+  assert.equal(events.filter((e) => e === "channel_teardown_failed").length, 2);
+  assert.equal(service.stats().channels, 0);
+  // A rejection left unheard is reported by Deno after the test's own microtasks: let them run.
+  await new Promise((resolve) => setTimeout(resolve, 0));
+});
