@@ -151,7 +151,7 @@ export interface ProgressApiOptions {
    */
   random?: () => number;
   sleep?: (ms: number) => Promise<void>;
-  /** Called before each retry (for logs and tests). */
+  /** Called before each retry (for logs and tests); what it throws is ignored (the call goes on). */
   onRetry?: (info: { attempt: number; delayMs: number; error: ProgressApiError }) => void;
   /** Learns the database's clock from every 2xx answer's X-Server-Time (see serverClock.ts). */
   clock?: ServerClock;
@@ -403,7 +403,13 @@ async function invoke<S extends z.ZodType>(
     // Full jitter on a capped exponential delay, and never less than a Retry-After.
     const ceiling = Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (attempt - 1));
     const delayMs = Math.max(Math.floor(random() * ceiling), retryAfterMs);
-    options.onRetry?.({ attempt, delayMs, error });
+    // A hook for logs and tests: what it throws does not fail the call (it was the call's rejection,
+    // the request left unretried for a logger's fault).
+    try {
+      options.onRetry?.({ attempt, delayMs, error });
+    } catch {
+      // ignored
+    }
     await untilAborted(sleep(delayMs), options.signal);
   }
 }

@@ -192,6 +192,31 @@ Deno.test("retry: 503 twice, then the real function answers; backoff delays grow
   }
 });
 
+Deno.test("retry: an onRetry that throws does not fail the call: the retry goes on and the real function answers", async () => {
+  const user = await createTestUser();
+  const upstream = flakyFunctions((hit) =>
+    hit <= 1 ? apiError(503, "service_unavailable", { "retry-after": "0" }) : null
+  );
+  try {
+    let heard = 0;
+    const result = await updateProgress(
+      clientFor(user.accessToken, upstream.url),
+      write({ series_id: seriesId("retry-hook-throws") }),
+      {
+        ...fast,
+        onRetry: () => {
+          heard++;
+          throw new Error("a logger that fails");
+        },
+      },
+    );
+    assert.equal(result.won, true);
+    assert.deepEqual([heard, upstream.hits()], [1, 2], "retried once, the hook heard it");
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
 Deno.test("retry: a 503 that does not go away ends as ServiceUnavailableError after the attempts", async () => {
   const user = await createTestUser();
   const upstream = flakyFunctions(() => apiError(503, "service_unavailable"));
