@@ -1117,3 +1117,149 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  {
+    name:
+      "outbox: a page turn made while this device's far-ahead write is on its way is not lost when that write lands later than its date (stored at the server's now): refused as older than it ('self'), it is sent again just after it",
+    ...noSanitize,
+  },
+  async () => {
+    const { client, api, store } = await device();
+    const series = seriesId("far-ahead-on-its-way");
+    // The page turn is made 10 s before the held write reaches the server: its clock (the saved offset in
+    // force) reads 10 s back, instead of the test holding the request for 10 s.
+    const clock = new ServerClock({
+      deviceNow: () => Date.now() - 10_000,
+      monotonicNow: () => performance.now(),
+      offsetMs: 0,
+    });
+    // A saved write dated far ahead (edited, a clock years ahead): the server stores it at its now().
+    store.addPending(pending(series, Date.parse("2999-01-01T00:00:00.000Z"), 4, "e-reader"));
+    const onItsWay = Promise.withResolvers<void>();
+    const release = Promise.withResolvers<void>();
+    const slow: OutboxTransport = {
+      updateProgress: (write) => api.updateProgress(write),
+      updateProgressBatch: async (writes) => {
+        onItsWay.resolve();
+        await release.promise;
+        return await api.updateProgressBatch(writes);
+      },
+    };
+    const sending = flushOutbox(store, slow, options());
+    await onItsWay.promise;
+    const turn = datedWrite(store, clock, series, { chapter: 5, page: 1, percentage: 0.5 }, "e-reader");
+    store.addPending(turn);
+    release.resolve();
+    assert.deepEqual(await sending, { outcome: "done" });
+    const landed = await api.getProgress(series);
+    assert.equal(landed?.chapter, 4);
+    assert.ok(
+      Date.parse(landed!.updated_at) > Date.parse(turn.updated_at),
+      "the far-ahead write is stored at the server's now, after the page turn's date",
+    );
+    assert.equal(store.getSnapshot().pendingCount, 1, "the page turn still waits");
+    assert.deepEqual(await flushOutbox(store, api, options()), { outcome: "done" });
+    const kept = await api.getProgress(series);
+    assert.equal(kept?.chapter, 5, "the page turn is what the server keeps");
+    assert.equal(
+      Date.parse(kept!.updated_at),
+      Date.parse(landed!.updated_at) + 1,
+      "just after the write it met",
+    );
+    const view = store.getSnapshot();
+    assert.equal(view.pendingCount, 0);
+    assert.equal(view.bySeries.get(series)?.chapter, 5);
+    assert.equal(view.notices.size, 0);
+    assert.equal(view.lastError, null);
+    await client.realtime.disconnect();
+  },
+);
+
+Deno.test(
+  {
+    name:
+      "outbox: a write refused as older than this device's later page turn ('self', another tab's, a higher number) is not sent again after it",
+    ...noSanitize,
+  },
+  async () => {
+    const { user, client, api } = await device();
+    const series = seriesId("own-later");
+    const storage = memoryStorage();
+    const tab = () => {
+      const store = new SyncStore(user.id, defaultCompareRows);
+      store.attachStorage(storage);
+      return store;
+    };
+    const tabA = tab();
+    const tabB = tab();
+    const now = Date.now();
+    // Tab B queues a page turn; tab A takes it over and turns the next page (a higher number), and sends it.
+    tabB.addPending(pending(series, now - 2_000, 4, "e-reader"));
+    tabA.reloadOutbox();
+    tabA.addPending(pending(series, now - 1_000, 5, "e-reader"));
+    assert.deepEqual(await flushOutbox(tabA, api, options()), { outcome: "done" });
+    // Tab B sends its earlier page turn without having taken over what tab A did (tabs without Web Locks):
+    // refused as older than the later one, which is what the server keeps.
+    assert.deepEqual(await flushOutbox(tabB, api, options()), { outcome: "done" });
+    assert.equal((await api.getProgress(series))?.chapter, 5, "the later page turn is kept");
+    assert.equal(tabB.getSnapshot().pendingCount, 0);
+    await client.realtime.disconnect();
+  },
+);
+
+Deno.test("outbox: a page turn sent again after the write of this device it met ('self') and whose answer was lost is not stored a second time when it goes again", async () => {
+  // The server as it judges one device's writes: refused when older than the stored key ('self'), a replay
+  // when the same key and position. The far-ahead write is stored at 10_000; the page turn was dated 5_000.
+  const versions: { updated_at: string; chapter: number }[] = [];
+  const row = (write: { updated_at: string; chapter: number; series_id: string }) => ({
+    ...pendingWrite(write.series_id, write.updated_at, "e-reader", write.chapter),
+    user_id: "reader",
+    synced_at: write.updated_at,
+    change_xid: String(versions.length),
+    created_at: write.updated_at,
+  });
+  versions.push({ updated_at: new Date(10_000).toISOString(), chapter: 4 });
+  const server = (write: Parameters<OutboxTransport["updateProgress"]>[0]) => {
+    const last = versions.at(-1)!;
+    const order = Date.parse(write.updated_at) - Date.parse(last.updated_at);
+    if (order < 0) {
+      return {
+        won: false,
+        conflict: null,
+        conflict_with: null,
+        progress: row({ ...last, series_id: write.series_id }),
+      };
+    }
+    if (order > 0 || last.chapter !== write.chapter) {
+      versions.push({ updated_at: write.updated_at, chapter: write.chapter });
+    }
+    return { won: true, conflict: null, conflict_with: null, progress: row(write) };
+  };
+  // The second request (the page turn sent again) is stored, and its answer lost on its way back.
+  const sent: string[] = [];
+  const request = <T>(writes: Parameters<OutboxTransport["updateProgress"]>[0][], results: () => T) => {
+    sent.push(...writes.map((w) => w.updated_at));
+    const answered = results();
+    if (sent.length === 2) return Promise.reject(new NetworkError(0, "network_error", "Failed to fetch"));
+    return Promise.resolve(answered);
+  };
+  type Result = Awaited<ReturnType<OutboxTransport["updateProgress"]>>;
+  const api: OutboxTransport = {
+    updateProgress: (write) => request([write], () => server(write) as unknown as Result),
+    updateProgressBatch: (writes) => request(writes, () => writes.map(server) as unknown as Result[]),
+  };
+  const store = new SyncStore("reader", defaultCompareRows);
+  store.addPending(pending("book", 5_000, 5, "e-reader"));
+  const first = await flushOutbox(store, api, options());
+  assert.equal(first.outcome, "failed");
+  assert.equal(store.getSnapshot().pendingCount, 1);
+  assert.deepEqual(await flushOutbox(store, api, options()), { outcome: "done" });
+  assert.deepEqual(
+    versions.map((v) => [v.chapter, Date.parse(v.updated_at)]),
+    [[4, 10_000], [5, 10_001]],
+    "stored once, just after",
+  );
+  assert.equal(store.getSnapshot().pendingCount, 0);
+  assert.equal(store.getSnapshot().bySeries.get("book")?.chapter, 5);
+});

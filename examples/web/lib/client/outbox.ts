@@ -18,6 +18,11 @@
 //     body over its limit, not the API's own error): sent again one write at a time too,
 //     each kept when it fails alike (it may go through later), so one limit cannot stall the outbox.
 //
+// A write refused as older than this device's own stored version ('self') when that version is an earlier
+// write of this device (SyncStore.sendAgainAfter: no later one of the series known by number) is sent again
+// dated 1 ms after it: a page turn made while a write dated beyond the server's 5 s tolerance was on its way
+// is dated at most 5 s ahead, and that write, landing later, is stored at the server's now(), after it.
+//
 // A write dated while the server clock had no measured offset in force (PendingWrite.unmeasured: a
 // device an hour ahead that slept dates it an hour late) is re-dated before it is sent, by the first
 // offset measured after it (ServerClock.redate), never later than it was dated nor before its
@@ -118,26 +123,30 @@ export async function flushOutbox(
       // A refused read says nothing of the writes: they go as dated.
     }
   }
+  // Sent again after this device's earlier write it met ('self', SyncStore.sendAgainAfter): dated no
+  // earlier than just after that write's key, and so at most SEND_AGAIN_MAX times in this flush.
+  const after = new Map<PendingWrite, { atMs: number; times: number }>();
   const toSend = (write: PendingWrite) => {
     // Sent again after a lost answer, a write keeps its key (a replay): its own stored copy is no floor.
     const sentAtMs = Date.parse(sendable(write, redate?.clock).updated_at);
-    return sendable(write, redate?.clock, store.ownStoredFloor(write, Number.isFinite(sentAtMs) ? sentAtMs : undefined));
+    const sent = sendable(write, redate?.clock, store.ownStoredFloor(write, Number.isFinite(sentAtMs) ? sentAtMs : undefined));
+    const again = after.get(write);
+    return again && !(Date.parse(sent.updated_at) >= again.atMs)
+      ? { ...sent, updated_at: new Date(again.atMs).toISOString() }
+      : sent;
   };
+  const flush: Flush = { store, api, options, toSend, after, refused, answered };
   try {
     for (let i = 0; i < pending.length; i += size) {
       if (options.isDisposed()) return { outcome: "disposed" };
       const batch = pending.slice(i, i + size);
       const send = () => api.updateProgressBatch(batch.map(toSend));
-      const outcome = await attempt(store, options, batch, send, refused, answered);
+      const outcome = await attempt(flush, batch, send);
       if (typeof outcome === "object") return stop(outcome);
       // A batch of one that comes back "one by one" was refused as such: it is not sent again alone.
       if (outcome === "one by one" && batch.length > 1) {
-        for (const write of batch) {
-          if (options.isDisposed()) return { outcome: "disposed" };
-          const sendOne = async () => [await api.updateProgress(toSend(write))];
-          const one = await attempt(store, options, [write], sendOne, refused, answered);
-          if (typeof one === "object") return stop(one);
-        }
+        const one = await oneByOne(flush, batch);
+        if (typeof one === "object") return stop(one);
       }
     }
     return { outcome: "done" };
@@ -146,19 +155,49 @@ export async function flushOutbox(
   }
 }
 
-async function attempt(
-  store: SyncStore,
-  options: OutboxOptions,
-  writes: PendingWrite[],
-  send: () => Promise<WriteResult[]>,
-  refused: { write: PendingWrite; message: string }[],
-  answered: { count: number },
-): Promise<Outcome> {
+/**
+ * How many times one flush sends a write again after this device's own earlier write it met ('self'):
+ * once is enough unless another tab (without Web Locks) stores one of the series meanwhile; a bound
+ * all the same, after which the write is settled as refused, as before.
+ */
+const SEND_AGAIN_MAX = 2;
+
+/** What the requests of one flush share. */
+interface Flush {
+  store: SyncStore;
+  api: OutboxTransport;
+  options: OutboxOptions;
+  toSend(write: PendingWrite): ProgressWriteInput;
+  after: Map<PendingWrite, { atMs: number; times: number }>;
+  refused: { write: PendingWrite; message: string }[];
+  answered: { count: number };
+}
+
+/** Sends `writes` one request each (after their batch was refused as a whole, or split). */
+async function oneByOne(flush: Flush, writes: PendingWrite[]): Promise<Outcome> {
+  for (const write of writes) {
+    if (flush.options.isDisposed()) return { outcome: "disposed" };
+    const sendOne = async () => [await flush.api.updateProgress(flush.toSend(write))];
+    const one = await attempt(flush, [write], sendOne);
+    if (typeof one === "object") return one;
+  }
+  return "sent";
+}
+
+async function attempt(flush: Flush, writes: PendingWrite[], send: () => Promise<WriteResult[]>): Promise<Outcome> {
+  const { store, options, refused, answered, after } = flush;
+  // A write refused as older than an earlier write of this device, stored later than the write's date (one
+  // dated beyond the server's 5 s tolerance, which lands at the server's now()), is sent again just after it.
+  const again: PendingWrite[] = [];
   try {
     const results = await send();
-    writes.forEach((write, k) => store.settle(write, results[k]));
-    answered.count += writes.length;
-    return "sent";
+    writes.forEach((write, k) => {
+      const times = after.get(write)?.times ?? 0;
+      const atMs = times < SEND_AGAIN_MAX ? store.sendAgainAfter(write, results[k]) : undefined;
+      if (atMs === undefined) return store.settle(write, results[k]);
+      after.set(write, { atMs, times: times + 1 });
+      again.push(write);
+    });
   } catch (error) {
     if (options.isSignedOut(error)) return { outcome: "signed out" };
     if (options.isRetryable(error)) {
@@ -171,6 +210,12 @@ async function attempt(
     answered.count++;
     return "one by one";
   }
+  answered.count += writes.length - again.length;
+  if (again.length === 0) return "sent";
+  const outcome = await attempt(flush, again, () => flush.api.updateProgressBatch(again.map(flush.toSend)));
+  // Its batch refused as a whole: one by one (a batch of one is not sent again alone).
+  if (outcome === "one by one") return again.length > 1 ? await oneByOne(flush, again) : "sent";
+  return outcome;
 }
 
 /** A retryable failure stops the flush: a 401 refreshes the token, a lasting one is said. */

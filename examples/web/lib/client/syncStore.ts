@@ -350,6 +350,30 @@ export class SyncStore {
   }
 
   /**
+   * When the server refused `write` as older than this device's own stored version ('self': `won` false,
+   * the stored row of this device) and that version is not known to be a later write of this device, the
+   * first instant after its key, at which `write` is to be sent again; undefined otherwise. A page turn made
+   * while an earlier write dated beyond the server's 5 s tolerance was on its way is dated at most 5 s ahead
+   * (nextUpdatedAt), and that write, landing later than the page turn's date, is stored at the server's
+   * now(): the page turn would be dropped though it came after it. Not sent again: a write this tab no
+   * longer holds for its series (a later one replaced it), one of a series for which this browser knows a
+   * later write of this device (by number, PendingWrite.seq: this tab's, the saved outbox, the tabs' list of
+   * answered writes; it is the stored one, or goes itself), and one the stored version holds the position of
+   * (its own copy, stored when it was sent again and the answer was lost: not stored a second time).
+   */
+  sendAgainAfter(write: PendingWrite, result: WriteResult): number | undefined {
+    const stored = result.progress;
+    if (result.won || stored.device_id !== write.device_id || stored.series_id !== write.series_id) return undefined;
+    if (this.#pending.get(write.series_id) !== write || ConflictResolver.samePosition(write, stored)) return undefined;
+    const later = (other: PendingWrite) =>
+      other.series_id === write.series_id && other.device_id === write.device_id && !this.#sameWrite(other, write) &&
+      this.#enteredLater(other, write);
+    if ([...this.#readSaved(), ...this.#readAnswered()].some(later)) return undefined;
+    const after = Date.parse(stored.updated_at) + 1;
+    return Number.isFinite(after) && after <= MAX_DATE_MS ? after : undefined;
+  }
+
+  /**
    * An optimistic local write: shown at once and queued for the server, with the next number of this
    * device's outbox (PendingWrite.seq, set on `write`); the same write again (key and position) keeps its number.
    */
