@@ -26,6 +26,43 @@ function serviceOn(client: SupabaseClient, accessToken?: string) {
   return { service, retries };
 }
 
+/**
+ * A service on the stand-in with the token T1 and a quick backoff (50-100 ms), the names of the
+ * events it logs in `events`; its reads find nothing new until refuse(code, message) has them
+ * refused 401 with that API code (refuse() lets them through again).
+ */
+function quickService(client: SupabaseClient) {
+  const events: string[] = [];
+  let refusal: { code: string; message: string } | undefined;
+  const service = new RealtimeService(client, {
+    changesSince: () =>
+      refusal
+        ? Promise.reject(Object.assign(new Error(refusal.message), { status: 401, code: refusal.code }))
+        : Promise.resolve({ changes: [], cursor: "1", has_more: false }),
+    accessToken: "T1",
+    backoff: { initialMs: 50, maxMs: 100 },
+    random: () => 0.5,
+    pollIntervalMs: 60_000,
+    log: (line) => events.push(JSON.parse(line).event),
+  });
+  const refuse = (code?: string, message = "") => {
+    refusal = code === undefined ? undefined : { code, message };
+  };
+  return { service, events, refuse };
+}
+
+/** Channel #n of the stand-in answered SUBSCRIBED, and the subscription live. */
+async function joinLive(
+  channel: ReturnType<typeof fakeClient>["channel"],
+  n: number,
+  subscription: { status: string },
+) {
+  const joined = await channel(n);
+  joined.state!("SUBSCRIBED");
+  await waitFor("live", () => subscription.status === "live");
+  return joined;
+}
+
 Deno.test("token retry: a live channel whose token was refreshed keeps the backoff when Realtime drops", async () => {
   const { client, channel } = fakeClient();
   const { service, retries } = serviceOn(client, "T1");
@@ -80,15 +117,7 @@ Deno.test("token retry: a token source that answers a new token on every call do
 
 Deno.test("token retry: a join refused because its token expired is not made again with that token: held (polling meanwhile) until a new one comes, then made at once", async () => {
   const { client, channel } = fakeClient();
-  const events: string[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: () => Promise.resolve({ changes: [], cursor: "1", has_more: false }),
-    accessToken: "T1",
-    backoff: { initialMs: 50, maxMs: 100 },
-    random: () => 0.5,
-    pollIntervalMs: 60_000,
-    log: (line) => events.push(JSON.parse(line).event),
-  });
+  const { service, events } = quickService(client);
   const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000004", () => {});
   try {
     // The app's token ran out while it fetches the next one (a laptop that slept past its expiry).
@@ -100,9 +129,7 @@ Deno.test("token retry: a join refused because its token expired is not made aga
     assert.equal(client.getChannels().length, 0);
     await waitFor("polling meanwhile", () => subscription.status === "polling");
     await service.setAccessToken("T2");
-    const second = await channel(2);
-    second.state!("SUBSCRIBED");
-    await waitFor("live", () => subscription.status === "live");
+    await joinLive(channel, 2, subscription);
     assert.equal(service.stats().joinAttempts, 2);
   } finally {
     await subscription.unsubscribe();
@@ -114,39 +141,21 @@ Deno.test("token retry: a token the progress API refused as expired (401 token_e
   // A laptop waking after its token ran out: the dropped socket's poll reaches the API before the
   // rejoin, and Realtime has not said anything of the token yet.
   const { client, channel } = fakeClient();
-  const events: { event: string; error?: string }[] = [];
-  let refuse = false;
-  const service = new RealtimeService(client, {
-    changesSince: () =>
-      refuse
-        ? Promise.reject(
-          Object.assign(new Error("Token has expired"), { status: 401, code: "token_expired" }),
-        )
-        : Promise.resolve({ changes: [], cursor: "1", has_more: false }),
-    accessToken: "T1",
-    backoff: { initialMs: 50, maxMs: 100 },
-    random: () => 0.5,
-    pollIntervalMs: 60_000,
-    log: (line) => events.push(JSON.parse(line)),
-  });
+  const { service, events, refuse } = quickService(client);
   const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000005", () => {});
-  const count = (event: string) => events.filter((e) => e.event === event).length;
+  const count = (event: string) => events.filter((e) => e === event).length;
   try {
-    const first = await channel(1);
-    first.state!("SUBSCRIBED");
-    await waitFor("live", () => subscription.status === "live");
-    refuse = true; // asleep past the token's expiry
+    const first = await joinLive(channel, 1, subscription);
+    refuse("token_expired", "Token has expired"); // asleep past the token's expiry
     first.state!("CHANNEL_ERROR", new Error("socket closed")); // woken: the socket is gone
     await waitFor("the poll refused for the expired token", () => count("poll_failed") >= 1);
     // Each step of the backoff holds the join while the token is T1 (before: channel #2 made with T1).
     await waitFor("held at two steps of the backoff", () => count("join_held_token_expired") >= 2);
     assert.equal(service.stats().joinAttempts, 1, "no join made with the token the API refused as expired");
     assert.equal(client.getChannels().length, 0);
-    refuse = false;
+    refuse();
     await service.setAccessToken("T2");
-    const second = await channel(2);
-    second.state!("SUBSCRIBED");
-    await waitFor("live", () => subscription.status === "live");
+    await joinLive(channel, 2, subscription);
     assert.equal(service.stats().joinAttempts, 2);
   } finally {
     await subscription.unsubscribe();
@@ -156,25 +165,11 @@ Deno.test("token retry: a token the progress API refused as expired (401 token_e
 
 Deno.test("token retry: a read refused 401 for another reason than expiry (invalid_token) does not hold the rejoin", async () => {
   const { client, channel } = fakeClient();
-  const events: string[] = [];
-  let refuse = false;
-  const service = new RealtimeService(client, {
-    changesSince: () =>
-      refuse
-        ? Promise.reject(Object.assign(new Error("bad signature"), { status: 401, code: "invalid_token" }))
-        : Promise.resolve({ changes: [], cursor: "1", has_more: false }),
-    accessToken: "T1",
-    backoff: { initialMs: 50, maxMs: 100 },
-    random: () => 0.5,
-    pollIntervalMs: 60_000,
-    log: (line) => events.push(JSON.parse(line).event),
-  });
+  const { service, events, refuse } = quickService(client);
   const subscription = service.subscribeToProgress("00000000-0000-4000-8000-000000000006", () => {});
   try {
-    const first = await channel(1);
-    first.state!("SUBSCRIBED");
-    await waitFor("live", () => subscription.status === "live");
-    refuse = true;
+    const first = await joinLive(channel, 1, subscription);
+    refuse("invalid_token", "bad signature");
     first.state!("CHANNEL_ERROR", new Error("socket closed"));
     await waitFor("the poll refused", () => events.includes("poll_failed"));
     await channel(2); // the rejoin goes (Realtime judges the token itself)
