@@ -13,8 +13,10 @@ import {
   closeClient,
   deleteProgress,
   joinChannel,
+  type JoinedChannel,
   noSanitize,
   ownEndpoint,
+  type Sql,
   waitFor,
   writeProgress,
 } from "./realtime_support.ts";
@@ -23,15 +25,36 @@ const topicOf = (userId: string) => `progress:${userId}`;
 
 type Row = Record<string, unknown>;
 
-Deno.test({
-  name: "realtime triggers: INSERT, UPDATE and DELETE arrive with the right payload",
-  ...noSanitize,
-}, async () => {
-  const sql = adminSql();
+/**
+ * A new reader, the admin connection (`sqlOptions`), and a client of theirs joined to their topic
+ * (`status`: how the join ended), handed to `body`; the client and the connection closed as it ends.
+ */
+async function withJoinedReader(
+  body: (reader: {
+    sql: Sql;
+    a: Awaited<ReturnType<typeof createTestUser>>;
+    joined: JoinedChannel;
+    status: string;
+  }) => Promise<void>,
+  sqlOptions: Parameters<typeof adminSql>[0] = {},
+): Promise<void> {
+  const sql = adminSql(sqlOptions);
   const a = await createTestUser();
   const client = clientWithToken(() => a.accessToken);
   try {
     const { joined, status } = await joinChannel(client, topicOf(a.id));
+    await body({ sql, a, joined, status });
+  } finally {
+    await closeClient(client);
+    await sql.end();
+  }
+}
+
+Deno.test({
+  name: "realtime triggers: INSERT, UPDATE and DELETE arrive with the right payload",
+  ...noSanitize,
+}, async () => {
+  await withJoinedReader(async ({ sql, a, joined, status }) => {
     assert.equal(status, "SUBSCRIBED");
     const t0 = Date.now() - 60_000;
     const at = (ms: number) => new Date(t0 + ms).toISOString();
@@ -99,18 +122,11 @@ Deno.test({
       assert.deepEqual(joined.received[i].meta, { id: row.id });
       assert.deepEqual(joined.received[i].payload, row.payload);
     }
-  } finally {
-    await closeClient(client);
-    await sql.end();
-  }
+  });
 });
 
 Deno.test({ name: "realtime triggers: a rolled-back write broadcasts nothing", ...noSanitize }, async () => {
-  const sql = adminSql();
-  const a = await createTestUser();
-  const client = clientWithToken(() => a.accessToken);
-  try {
-    const { joined } = await joinChannel(client, topicOf(a.id));
+  await withJoinedReader(async ({ sql, a, joined }) => {
     await asUser(sql, a.id, async (tx) => {
       await tx`insert into reading_progress (user_id, series_id, device_id) values (${a.id}, 'ghost', 'phone')`;
       throw new Error("rollback");
@@ -120,10 +136,7 @@ Deno.test({ name: "realtime triggers: a rolled-back write broadcasts nothing", .
     // have arrived before the committed write.
     await waitFor("the committed write", () => joined.received.length >= 1);
     assert.deepEqual(joined.received.map((m) => (m.payload.record as Row).series_id), ["real"]);
-  } finally {
-    await closeClient(client);
-    await sql.end();
-  }
+  });
 });
 
 Deno.test({
@@ -134,11 +147,7 @@ Deno.test({
   // supabase-js .update({ cleared: true }).eq("series_id", "berserk") is a PostgREST PATCH: its UPDATE
   // sets the body's columns only, in the signed-in user's transaction (role + claims). It was refused
   // by the check reading_progress_cleared_is_zero (23514, HTTP 400): the position stayed under cleared.
-  const sql = adminSql();
-  const a = await createTestUser();
-  const client = clientWithToken(() => a.accessToken);
-  try {
-    const { joined } = await joinChannel(client, topicOf(a.id));
+  await withJoinedReader(async ({ sql, a, joined }) => {
     await writeProgress(sql, a.id, {
       series_id: "berserk",
       chapter: 12,
@@ -175,10 +184,7 @@ Deno.test({
     const [stored] = await sql<Row[]>`select chapter, page, percentage, cleared from public.reading_progress
       where user_id = ${a.id} and series_id = 'berserk'`;
     assert.deepEqual(stored, { chapter: 0, page: 0, percentage: 0, cleared: true });
-  } finally {
-    await closeClient(client);
-    await sql.end();
-  }
+  });
 });
 
 Deno.test({
@@ -186,11 +192,7 @@ Deno.test({
     "realtime triggers: 200 writes from 4 concurrent writers arrive once each, each writer's in commit order",
   ...noSanitize,
 }, async () => {
-  const sql = adminSql({ max: 8 });
-  const a = await createTestUser();
-  const client = clientWithToken(() => a.accessToken);
-  try {
-    const { joined } = await joinChannel(client, topicOf(a.id));
+  await withJoinedReader(async ({ sql, a, joined }) => {
     const t0 = Date.now() - 120_000;
     await Promise.all([0, 1, 2, 3].map(async (w) => {
       for (let i = 0; i < 50; i++) {
@@ -210,10 +212,7 @@ Deno.test({
         .map((m) => (m.payload.record as Row).chapter);
       assert.deepEqual(chapters, Array.from({ length: 50 }, (_, i) => i));
     }
-  } finally {
-    await closeClient(client);
-    await sql.end();
-  }
+  }, { max: 8 });
 });
 
 /**
