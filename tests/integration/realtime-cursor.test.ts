@@ -24,6 +24,21 @@ import {
 
 const GUARD = { timeoutMs: 30_000 };
 
+/** device-a's write through the Data API: the series at `chapter` (its page the same), dated `at`. */
+const writeAt = (client: SupabaseClient, series_id: string, chapter: number, at: Date) =>
+  updateProgress(client, {
+    series_id,
+    chapter,
+    page: chapter,
+    percentage: 0,
+    device_id: "device-a",
+    updated_at: at.toISOString(),
+  });
+
+/** Waits (under the guard) for a subscription to be live; `what` names it in the wait's message. */
+const live = (what: string, sub: { status: string }) =>
+  waitFor(`${what} live`, () => sub.status === "live", GUARD);
+
 /** Where a changes cursor ("[<tag>.]<xid>[:<series_id>]") lies: rows after it have a greater (xid, series). */
 function position(cursor: string): { xid: bigint; series: string } {
   const match = cursor.match(/^(?:[0-9a-f]{8}\.)?([0-9]+)(?::(.+))?$/);
@@ -94,7 +109,8 @@ async function observe(user: { id: string; accessToken: string }) {
  * reading device's runs: run() starts one (a new client subscribed from the quiet options, given
  * `more`; `changes` collects what it is given; `on`: subscribed on that run's client instead, as a
  * second subscription of one app, with `more` only: the shared service has the quiet options),
- * end() unsubscribes every run and closes it all.
+ * end() unsubscribes every run and closes it all. write() writes as the writer device, dated a minute
+ * back and a millisecond later each time; writes() counts them.
  */
 async function reader() {
   const sql = adminSql();
@@ -109,11 +125,16 @@ async function reader() {
     log: () => {},
   };
   const runs: { device: SupabaseClient; sub: ReturnType<typeof subscribeToProgress> }[] = [];
+  const t0 = Date.now() - 60_000;
+  let writes = 0;
   return {
     sql,
     a,
     writer,
     observer,
+    write: (series_id: string, chapter: number) =>
+      writeAt(writer, series_id, chapter, new Date(t0 + ++writes)),
+    writes: () => writes,
     run(
       changes: ProgressChange[],
       more: { changesLimit?: number; initialCursor?: string } = {},
@@ -144,18 +165,7 @@ Deno.test({
     "realtime cursor: persisted at stop, written to while stopped, restarted with initialCursor: every change delivered, none the cursor confirms again",
   ...noSanitize,
 }, async () => {
-  const { sql, a, writer, observer, run, end } = await reader();
-  const t0 = Date.now() - 60_000;
-  let writes = 0;
-  const write = (series_id: string, chapter: number) =>
-    updateProgress(writer, {
-      series_id,
-      chapter,
-      page: chapter,
-      percentage: 0,
-      device_id: "device-a",
-      updated_at: new Date(t0 + ++writes).toISOString(),
-    });
+  const { sql, a, observer, run, write, writes, end } = await reader();
   const hold = (changes: ProgressChange[], series: string, chapter: number, kind = "upsert") =>
     changes.some((c) => c.kind === kind && c.row.series_id === series && c.row.chapter === chapter);
 
@@ -167,7 +177,7 @@ Deno.test({
   sub1.onCursor((cursor) => heardFirst.push(cursor));
   sub1.onRead(() => readsFirst++);
   try {
-    await waitFor("the first run live", () => sub1.status === "live", GUARD);
+    await live("the first run", sub1);
     await write("kept", 1);
     await write("moved", 1);
     await write("gone", 1);
@@ -195,7 +205,7 @@ Deno.test({
     await write("moved", 2);
     await deleteProgress(sql, a.id, "gone");
     for (let i = 1; i <= 3; i++) await write(`new-${i}`, i);
-    await observer.sent(writes + 1); // every write and the deletion: none can reach the next channel
+    await observer.sent(writes() + 1); // every write and the deletion: none can reach the next channel
 
     // Second run, from the persisted cursor.
     const second: ProgressChange[] = [];
@@ -203,7 +213,7 @@ Deno.test({
     const { sub: sub2 } = run(second, { changesLimit: 2, initialCursor: persisted });
     sub2.onCursor((cursor) => heardSecond.push(cursor));
     assert.equal(sub2.cursor, persisted, "it starts from the persisted cursor");
-    await waitFor("the second run live", () => sub2.status === "live", GUARD);
+    await live("the second run", sub2);
 
     // What changed while stopped, by its reads (no broadcast of it was sent while it was joined).
     for (const [series, chapter] of [["moved", 2], ["new-1", 1], ["new-2", 2], ["new-3", 3]] as const) {
@@ -225,20 +235,10 @@ Deno.test({
     "realtime cursor: the cursor onCursor hears after a catch-up's first page, persisted as the app stops there: the restart delivers the rest of the library",
   ...noSanitize,
 }, async () => {
-  const { sql, a, writer, observer, run, end } = await reader();
-  const t0 = Date.now() - 60_000;
+  const { sql, a, observer, run, write, end } = await reader();
   // A library of seven series, written (and broadcast) before any device of the reader is
   // subscribed: only reads give it to the device.
-  for (let i = 1; i <= 7; i++) {
-    await updateProgress(writer, {
-      series_id: `library-${i}`,
-      chapter: i,
-      page: i,
-      percentage: 0,
-      device_id: "device-a",
-      updated_at: new Date(t0 + i).toISOString(),
-    });
-  }
+  for (let i = 1; i <= 7; i++) await write(`library-${i}`, i);
   await observer.sent(7);
   const first: ProgressChange[] = [];
   let persisted: string | null | undefined;
@@ -260,7 +260,7 @@ Deno.test({
 
     const second: ProgressChange[] = [];
     const { sub: sub2 } = run(second, { changesLimit: 3, initialCursor: persisted! });
-    await waitFor("the second run live", () => sub2.status === "live", GUARD);
+    await live("the second run", sub2);
     await assertResumed(sql, a.id, persisted!, first, second);
     assert.ok(second.every((c) => c.source !== "realtime"), "read, not broadcast");
     const everything = new Set([...first, ...second].map((c) => c.row.series_id));
@@ -281,7 +281,7 @@ Deno.test({
   let commit = () => {};
   let slow: Promise<unknown> = Promise.resolve();
   try {
-    await waitFor("the first run live", () => sub1.status === "live", GUARD);
+    await live("the first run", sub1);
     // A transaction takes a transaction id (its write) and stays open.
     let written = () => {};
     const inserted = new Promise<void>((resolve) => written = resolve);
@@ -295,14 +295,7 @@ Deno.test({
     });
     await inserted;
     // A later transaction commits first, and the device is given it (its broadcast, or a read).
-    await updateProgress(writer, {
-      series_id: "fast",
-      chapter: 1,
-      page: 1,
-      percentage: 0,
-      device_id: "device-a",
-      updated_at: new Date().toISOString(),
-    });
+    await writeAt(writer, "fast", 1, new Date());
     await waitFor("fast on the device", () => first.some((c) => c.row.series_id === "fast"), GUARD);
     // A read now confirms what lies before the oldest transaction still open, not the fast write's.
     assert.equal(await sub1.syncNow(), "done");
@@ -319,7 +312,7 @@ Deno.test({
 
     const second: ProgressChange[] = [];
     const { sub: sub2 } = run(second, { initialCursor: persisted });
-    await waitFor("the second run live", () => sub2.status === "live", GUARD);
+    await live("the second run", sub2);
     assert.ok(second.some((c) => c.kind === "upsert" && c.row.series_id === "slow"), "slow delivered");
     await assertResumed(sql, a.id, persisted, first, second);
   } finally {
@@ -347,36 +340,25 @@ Deno.test({
     "realtime cursor: a second subscription of one app (the same client) from an older cursor is given every change after it, the deletion it needs too; the first, from a newer one, is not given what lies before its own",
   ...noSanitize,
 }, async () => {
-  const { sql, a, writer, observer, run, end } = await reader();
-  const t0 = Date.now() - 60_000;
-  let writes = 0;
-  const write = (series_id: string, chapter: number) =>
-    updateProgress(writer, {
-      series_id,
-      chapter,
-      page: chapter,
-      percentage: 0,
-      device_id: "device-a",
-      updated_at: new Date(t0 + ++writes).toISOString(),
-    });
+  const { sql, a, writer, observer, run, write, writes, end } = await reader();
   try {
     await write("gone", 1);
     await write("kept", 1);
     const older = await cursorNow(writer); // an app's screen last read here
     await deleteProgress(sql, a.id, "gone");
     await write("kept", 2);
-    await observer.sent(writes + 1); // every write and the deletion: none can reach a channel joined later
+    await observer.sent(writes() + 1); // every write and the deletion: none can reach a channel joined later
     const newer = await cursorNow(writer); // another screen of the app read on to here
 
     const first: ProgressChange[] = [];
     const { device, sub: sub1 } = run(first, { initialCursor: newer });
-    await waitFor("the first subscription live", () => sub1.status === "live", GUARD);
+    await live("the first subscription", sub1);
 
     const second: ProgressChange[] = [];
     const { sub: sub2 } = run(second, { initialCursor: older }, device);
     assert.equal(sub2.service, sub1.service, "one app: one shared service, one channel");
     assert.equal(sub2.cursor, older, "it starts from its own cursor");
-    await waitFor("the second subscription live", () => sub2.status === "live", GUARD);
+    await live("the second subscription", sub2);
     assert.ok(has(second, "delete", "gone"), "the deletion after its cursor delivered");
     assert.ok(
       second.some((c) => c.kind === "upsert" && c.row.series_id === "kept" && c.row.chapter === 2),
@@ -396,21 +378,14 @@ Deno.test({
     "realtime cursor: a second subscription of one app from the cursor the first started from is given the deletion the first was given since, as a deletion",
   ...noSanitize,
 }, async () => {
-  const { sql, a, writer, observer, run, end } = await reader();
+  const { sql, a, writer, observer, run, write, end } = await reader();
   try {
-    await updateProgress(writer, {
-      series_id: "gone",
-      chapter: 1,
-      page: 1,
-      percentage: 0,
-      device_id: "device-a",
-      updated_at: new Date(Date.now() - 60_000).toISOString(),
-    });
+    await write("gone", 1);
     await observer.sent(1);
     const start = await cursorNow(writer);
     const first: ProgressChange[] = [];
     const { device, sub: sub1 } = run(first, { initialCursor: start });
-    await waitFor("the first subscription live", () => sub1.status === "live", GUARD);
+    await live("the first subscription", sub1);
     await deleteProgress(sql, a.id, "gone");
     await waitFor("the deletion on the first", () => has(first, "delete", "gone"), GUARD);
 
@@ -439,21 +414,14 @@ Deno.test({
   const subs: ReturnType<typeof subscribeToProgress>[] = [];
   try {
     const write = (client: SupabaseClient, series_id: string) =>
-      updateProgress(client, {
-        series_id,
-        chapter: 1,
-        page: 1,
-        percentage: 0,
-        device_id: "device-a",
-        updated_at: new Date(Date.now() - 60_000).toISOString(),
-      });
+      writeAt(client, series_id, 1, new Date(Date.now() - 60_000));
     await write(writerB, "b-early"); // B read this on another device before A's cursor was handed out
     await write(writerA, "a-1");
     const cursorA = await cursorNow(writerA); // A's persisted cursor: past b-early's transaction
 
     const subA = subscribeToProgress(device, a.id, () => {}, { ...quiet, initialCursor: cursorA });
     subs.push(subA);
-    await waitFor("A's subscription live", () => subA.status === "live", GUARD);
+    await live("A's subscription", subA);
 
     // A signs out and B signs in on the same client; the app subscribes B before A's screen is gone.
     token = b.accessToken;
@@ -463,7 +431,7 @@ Deno.test({
     assert.equal(subB.service, subA.service, "the client's shared service");
     assert.equal(subB.cursor, null, "B's subscription starts from the beginning, not from A's cursor");
     await subA.unsubscribe();
-    await waitFor("B's subscription live", () => subB.status === "live", GUARD);
+    await live("B's subscription", subB);
     assert.ok(has(changesB, "upsert", "b-early"), "B's progress written before A's cursor delivered");
   } finally {
     for (const sub of subs) await sub.unsubscribe();
@@ -484,21 +452,14 @@ Deno.test({
   try {
     const first: ProgressChange[] = [];
     const { sub: sub1 } = run(first);
-    await waitFor("the first subscription live", () => sub1.status === "live", GUARD);
+    await live("the first subscription", sub1);
     const reads2: string[] = [];
     // Answered 422 (not a changes cursor) at every read of its own.
     sub2 = sub1.service.subscribeToProgress(sub1.userId, () => {}, { initialCursor: "not a cursor" });
     sub2.onRead((outcome) => reads2.push(outcome));
     await waitFor("its own read refused", () => reads2.includes("failed"), GUARD);
     assert.equal(await sub1.syncNow(), "done", "the first's read is not failed by the second's");
-    await updateProgress(writer, {
-      series_id: "after",
-      chapter: 1,
-      page: 1,
-      percentage: 0,
-      device_id: "device-a",
-      updated_at: new Date().toISOString(),
-    });
+    await writeAt(writer, "after", 1, new Date());
     await waitFor("the write on the first", () => has(first, "upsert", "after"), GUARD);
     assert.equal(sub1.status, "live");
     assert.equal(sub2.status, "connecting");
