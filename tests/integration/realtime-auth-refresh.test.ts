@@ -4,7 +4,11 @@
 // the service keeps the device current by polling, and a new token brings it back live at once.
 
 import assert from "node:assert/strict";
-import { type ProgressChange, RealtimeService } from "../../shared/realtime/realtimeService.ts";
+import {
+  type ProgressChange,
+  RealtimeService,
+  type RealtimeServiceOptions,
+} from "../../shared/realtime/realtimeService.ts";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { adminSql, createTestUser, localRealtime, mintsTokens, testEnv } from "../support/env.ts";
 import { type RealtimeServer, startRealtimeServer } from "../../local/realtime/endpoint.ts";
@@ -24,6 +28,7 @@ import {
   noSanitize,
   ownEndpoint,
   serverState,
+  type Sql,
   sqlChangesSince,
   waitFor,
   writeProgress,
@@ -191,15 +196,10 @@ Deno.test({
   // Closed as the test ends, however it ends (a set-up step or the teardown throwing too).
   await using stage = await expiryStage();
   const client = stage.client;
-  const logs: Record<string, unknown>[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: sqlChangesSince(sql, a.id),
-    accessToken: a.accessToken,
-    pollIntervalMs: 150,
+  const { service, logs } = stageService(client, sql, a, {
     // The retry after the close is ~10 minutes away: only the new token can bring the link back.
     backoff: { initialMs: 600_000, maxMs: 600_000 },
     random: () => 0.99,
-    log: (line) => logs.push(JSON.parse(line)),
   });
   const changes: ProgressChange[] = [];
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
@@ -247,14 +247,9 @@ Deno.test({
   const sql = adminSql();
   const a = await createTestUser();
   const client = stage.client;
-  const logs: Record<string, unknown>[] = [];
-  const service = new RealtimeService(client, {
-    changesSince: sqlChangesSince(sql, a.id),
-    accessToken: a.accessToken,
-    pollIntervalMs: 150,
+  const { service, logs } = stageService(client, sql, a, {
     joinTimeoutMs: 20_000,
     backoff: { initialMs: 100, maxMs: 400 },
-    log: (line) => logs.push(JSON.parse(line)),
   });
   const changes: ProgressChange[] = [];
   const subscription = service.subscribeToProgress(a.id, (c) => changes.push(c));
@@ -301,21 +296,17 @@ Deno.test({
   // Closed as the test ends, however it ends (a set-up step or the teardown throwing too).
   await using stage = await expiryStage();
   const client = stage.client;
-  const logs: Record<string, unknown>[] = [];
   const changesSince = sqlChangesSince(sql, a.id);
   // Once live, every poll waits at this gate: the link cannot learn its state from a poll answer.
   let gate: Promise<void> | null = null;
   let openGate = () => {};
-  const service = new RealtimeService(client, {
+  const { service, logs } = stageService(client, sql, a, {
     changesSince: async (cursor) => {
       if (gate) await gate;
       return await changesSince(cursor);
     },
-    accessToken: a.accessToken,
-    pollIntervalMs: 150,
     backoff: { initialMs: 600_000, maxMs: 600_000 },
     random: () => 0.99,
-    log: (line) => logs.push(JSON.parse(line)),
   });
   const subscription = service.subscribeToProgress(a.id, () => {});
   try {
@@ -796,6 +787,28 @@ async function withinTeardown(step: string, done: Promise<unknown>, onHang: "fai
   const message = `teardown: ${step} did not finish within 20 s`;
   if (onHang === "fail") throw new Error(message);
   console.warn(`${message}; going on`);
+}
+
+/**
+ * The service of a test on the expiry stage: on its client, with `a`'s token, reading `a`'s changes
+ * from the database, polling every 150 ms, its log lines parsed into `logs`; `options` are the
+ * test's own (a changesSince of its own too).
+ */
+function stageService(
+  client: SupabaseClient,
+  sql: Sql,
+  a: { id: string; accessToken: string },
+  options: Partial<RealtimeServiceOptions>,
+): { service: RealtimeService; logs: Record<string, unknown>[] } {
+  const logs: Record<string, unknown>[] = [];
+  const service = new RealtimeService(client, {
+    changesSince: sqlChangesSince(sql, a.id),
+    accessToken: a.accessToken,
+    pollIntervalMs: 150,
+    log: (line) => logs.push(JSON.parse(line)),
+    ...options,
+  });
+  return { service, logs };
 }
 
 /**
