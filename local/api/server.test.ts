@@ -68,3 +68,54 @@ Deno.test({
   const raw = await fetch(`${env.url}/auth/v1/user`);
   assert.match((await raw.json()).hint, /no Auth/);
 });
+
+Deno.test({
+  name: "closing the API server is not held for good by a request whose body stopped half-way",
+  // It runs a Realtime endpoint of its own on the suite's database: only where Realtime is the stand-in.
+  ignore: !localRealtime || !Deno.env.get("SUPABASE_JWT_SECRET"),
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const env = testEnv();
+  const api = await startApiServer({
+    port: 0,
+    dbUrl: env.dbUrl,
+    jwtSecret: env.jwtSecret!,
+    anonKey: env.anonKey,
+    serviceRoleKey: env.serviceRoleKey,
+    closeGraceMs: 200,
+  });
+  const port = Number(new URL(api.url).port);
+  // A REST broadcast announcing 100 bytes and sending 2 (the route reads the body first; the stand-in
+  // has no read timeout, Plug's 15 s is not emulated): the connection waits for the rest, and
+  // Deno.serve's graceful shutdown waits for the connection.
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const errors: string[] = [];
+  const originalError = console.error;
+  console.error = (...args: unknown[]) => void errors.push(args.map(String).join(" "));
+  let guard: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await conn.write(new TextEncoder().encode(
+      "POST /realtime/v1/api/broadcast HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
+        `apikey: ${env.anonKey}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"`,
+    ));
+    for (let i = 0; !api.pending().includes("POST /realtime/v1/api/broadcast"); i++) {
+      assert.ok(i < 3_000, "the request reached its handler");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const closed = await Promise.race([
+      api.close().then(() => "closed"),
+      new Promise((resolve) => guard = setTimeout(() => resolve("still closing after 30 s"), 30_000)),
+    ]);
+    assert.equal(closed, "closed");
+    assert.ok(
+      errors.some((line) => /stopped waiting for its connections after 200 ms/.test(line)),
+      `close() says it left a connection: ${errors.join(" | ")}`,
+    );
+    Deno.listen({ hostname: "127.0.0.1", port }).close(); // the port is free again (throws AddrInUse if not)
+  } finally {
+    clearTimeout(guard);
+    console.error = originalError;
+    conn.close();
+  }
+});

@@ -20,11 +20,23 @@ export interface ApiContext {
   jwtSecret: string;
   anonKey: string;
   serviceRoleKey: string;
+  /**
+   * How long close() lets requests still running finish (Deno.serve's graceful shutdown) before it
+   * returns without them; 5 s unless given.
+   */
+  closeGraceMs?: number;
 }
 
 export interface ApiServer {
   url: string;
+  /**
+   * Closes Realtime and the functions, then the server: bounded by closeGraceMs, so one connection that
+   * never finishes (a request body the client stopped sending half-way; Deno.serve's graceful shutdown
+   * waits for it) cannot hold the stack's stop, and with it the test run's exit, for good.
+   */
   close(): Promise<void>;
+  /** The paths of the requests being handled now (a diagnostic: close() names them if it gives up). */
+  pending(): string[];
 }
 
 function localJwks(): { keys: unknown[] } {
@@ -54,14 +66,24 @@ function notServed(pathname: string): { code: string; message: string; details: 
  */
 export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   const services = Promise.withResolvers<{ functions: Service; realtime: Service }>();
+  const running = new Map<Request, string>();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: ctx.port, onListen: () => {} },
     async (req, info) => {
       const { pathname } = new URL(req.url);
-      if (pathname.startsWith("/functions/v1/")) return (await services.promise).functions.handle(req, info);
-      if (pathname.startsWith("/realtime/v1/")) return (await services.promise).realtime.handle(req, info);
-      if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
-      return Response.json(notServed(pathname), { status: 404 });
+      running.set(req, `${req.method} ${pathname}`);
+      try {
+        if (pathname.startsWith("/functions/v1/")) {
+          return await (await services.promise).functions.handle(req, info);
+        }
+        if (pathname.startsWith("/realtime/v1/")) {
+          return await (await services.promise).realtime.handle(req, info);
+        }
+        if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
+        return Response.json(notServed(pathname), { status: 404 });
+      } finally {
+        running.delete(req);
+      }
     },
   );
   const port = server.addr.port;
@@ -88,7 +110,21 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     close: async () => {
       await realtime.close();
       await functions.close();
-      await server.shutdown();
+      // shutdown() stops listening at once and then waits for every running handler to answer.
+      const graceMs = ctx.closeGraceMs ?? 5_000;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const gaveUp = new Promise<true>((resolve) => timer = setTimeout(() => resolve(true), graceMs));
+      const ended = await Promise.race([server.shutdown().then(() => false as const), gaveUp]);
+      clearTimeout(timer);
+      if (ended) {
+        console.error(
+          `local API server: stopped waiting for its connections after ${graceMs} ms, left to end with the ` +
+            `process (${running.size} request(s) still being handled${
+              running.size ? `: ${[...running.values()].join(", ")}` : ""
+            })`,
+        );
+      }
     },
+    pending: () => [...running.values()],
   };
 }
