@@ -7,21 +7,32 @@ import { createClient } from "@supabase/supabase-js";
 import { localRealtime, testEnv } from "../../tests/support/env.ts";
 import { startApiServer } from "./server.ts";
 
-Deno.test({
-  name: "the API server asked for port 0 serves on the port it bound, named in its URL",
+/** The options of a test that runs an API server of its own (on port 0) on the suite's database. */
+const OWN_SERVER = {
   // It runs a Realtime endpoint of its own on the suite's database: only where Realtime is the stand-in.
   ignore: !localRealtime || !Deno.env.get("SUPABASE_JWT_SECRET"),
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
+};
+
+/** An API server of this test's own on a port the OS picks, with the suite's database and keys. */
+function ownApiServer(options: { closeGraceMs?: number } = {}) {
   const env = testEnv();
-  const api = await startApiServer({
+  return startApiServer({
     port: 0,
     dbUrl: env.dbUrl,
     jwtSecret: env.jwtSecret!,
     anonKey: env.anonKey,
     serviceRoleKey: env.serviceRoleKey,
+    ...options,
   });
+}
+
+Deno.test({
+  name: "the API server asked for port 0 serves on the port it bound, named in its URL",
+  ...OWN_SERVER,
+}, async () => {
+  const api = await ownApiServer();
   try {
     const port = Number(new URL(api.url).port);
     assert.ok(port > 0, `the URL names the port bound: ${api.url}`);
@@ -71,20 +82,10 @@ Deno.test({
 
 Deno.test({
   name: "closing the API server is not held for good by a request whose body stopped half-way",
-  // It runs a Realtime endpoint of its own on the suite's database: only where Realtime is the stand-in.
-  ignore: !localRealtime || !Deno.env.get("SUPABASE_JWT_SECRET"),
-  sanitizeOps: false,
-  sanitizeResources: false,
+  ...OWN_SERVER,
 }, async () => {
   const env = testEnv();
-  const api = await startApiServer({
-    port: 0,
-    dbUrl: env.dbUrl,
-    jwtSecret: env.jwtSecret!,
-    anonKey: env.anonKey,
-    serviceRoleKey: env.serviceRoleKey,
-    closeGraceMs: 200,
-  });
+  const api = await ownApiServer({ closeGraceMs: 200 });
   const port = Number(new URL(api.url).port);
   // A REST broadcast announcing 100 bytes and sending 2 (the route reads the body first; the stand-in
   // has no read timeout, Plug's 15 s is not emulated): the connection waits for the rest, and
