@@ -661,7 +661,14 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       this.logEvent("debug", "update_without_subscription", { user_id: parsed.userId });
       return null;
     }
-    return link.apply(parsed.kind, parsed.row, source, parsed.messageId);
+    try {
+      return link.apply(parsed.kind, parsed.row, source, parsed.messageId);
+    } catch (error) {
+      // What compareRows threw (parseRow's refusals and handlers' failures are caught where they are
+      // called): the row is refused as a read refuses it, not a failure of the broadcast or the link.
+      link.compareRowsFailed(error, parsed.row, source);
+      return null;
+    }
   }
 
   /**
@@ -1616,6 +1623,24 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
+   * compareRows threw for `row`, a broadcast's or one a read brought (through the link's merge, or a
+   * subscription's that reads for itself): the app's bug on that one row, not a failure of the link or
+   * of the broadcast. The row is taken as invalid, the same whichever way it came: skipped (the read
+   * goes on, its cursor past the row; the channel stays), counted (stats().invalid) and logged
+   * invalid_row with by: "compareRows" at error, as a handler that throws is (the app must fix it, and
+   * nothing retries it), where a row parseRow refuses is a warning (the data, not the app's code).
+   */
+  compareRowsFailed(error: unknown, row: Row, source: ChangeSource): void {
+    this.service.counters.invalid++;
+    this.#log("error", "invalid_row", {
+      error: describeError(error, "message"),
+      by: "compareRows",
+      series_id: row.series_id,
+      source,
+    });
+  }
+
+  /**
    * A new access token: a link whose last read was refused for its token reads now (#readAgainForNewToken),
    * and one whose channel is not joined retries the join now instead of waiting out its backoff.
    */
@@ -1770,9 +1795,9 @@ class UserLink<Row extends LwwRow> {
     channel
       .on("broadcast", { event: "*" }, (message) => {
         if (generation !== this.#generation) return;
-        // Called from realtime-js's socket message handler: what an option's callback throws (a
-        // compareRows that fails; handlers' and parseRow's failures are caught where they are called)
-        // is logged here, not thrown into realtime-js, where nothing catches it.
+        // Called from realtime-js's socket message handler: whatever still throws (the callbacks'
+        // failures are caught where they are called: a compareRows that throws refuses its row) is
+        // logged here, not thrown into realtime-js, where nothing catches it.
         try {
           this.service.handleProgressUpdate(message, "realtime");
         } catch (error) {
@@ -2412,14 +2437,9 @@ class UserLink<Row extends LwwRow> {
               hand(isDeleted(raw) ? "delete" : "upsert", row);
             } catch (error) {
               // A compareRows that throws (handlers' failures are caught where they are called): the row
-              // is taken as invalid, skipped and logged as parseRow's invalid rows are, instead of
-              // failing the read, which would read the same page again and fail at it every time.
-              this.service.counters.invalid++;
-              this.#log("warn", "invalid_row", {
-                error: describeError(error, "message"),
-                by: "compareRows",
-                series_id: row.series_id,
-              });
+              // is refused, instead of failing the read, which would read the same page again and fail
+              // at it every time.
+              this.compareRowsFailed(error, row, source);
             }
           }
           const next = result.cursor ?? result.next_cursor;

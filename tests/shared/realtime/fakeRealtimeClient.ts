@@ -11,6 +11,8 @@ interface FakeChannel {
   joined: boolean;
   joinPush: { ref: string };
   state?: (state: string, error?: Error) => void;
+  /** The callback the service bound to the channel's broadcasts: realtime-js handing it a message. */
+  broadcast?: (message: unknown) => void;
 }
 
 /**
@@ -50,7 +52,10 @@ export function fakeClient(tokenSource?: () => string, heartbeatIntervalMs = 25_
         topic: `realtime:${name}`,
         joined: false,
         joinPush: { ref: String(++made) },
-        on: () => channel,
+        on(type: string, _filter: unknown, callback: (message: unknown) => void) {
+          if (type === "broadcast") channel.broadcast = callback;
+          return channel;
+        },
         subscribe(state: FakeChannel["state"]) {
           // realtime-js asks the token source again when it (re)connects the socket for a join.
           if (tokenSource) realtime.accessTokenValue = tokenSource();
