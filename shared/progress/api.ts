@@ -692,12 +692,20 @@ function attemptTimeoutMsOf(options: SubscribeToProgressOptions): number {
  * "pollIntervalMs", "backoff.maxMs", "api.retry.attempts", "api.headers.<name>". Callbacks (log,
  * random, api.onRetry, ...) and objects that are not plain (api.signal, api.clock) are not data; the
  * options that hold data (the options themselves, api, api.retry, api.headers, backoff) are refused
- * unless plain by checkSubscribeOptions first, so none of them is passed over here.
+ * unless plain by checkSubscribeOptions first, so none of them is passed over here. api.headers are
+ * taken as fetch's Headers takes them, which is what each call sends: a name in lower case (names are
+ * case-insensitive), a value without its leading and trailing spaces, tabs, CRs and LFs, the values of names that differ
+ * only in case joined with ", " (checkSubscribeOptions has made sure Headers takes every field).
  */
 function dataOptionsOf(options: SubscribeToProgressOptions): Map<string, unknown> {
   const found = new Map<string, unknown>();
   const walk = (value: unknown, path: string) => {
     if (value === undefined || typeof value === "function") return;
+    if (path === "api.headers" && value !== null && typeof value === "object") {
+      const sent = new Headers(Object.entries(value as Record<string, string>));
+      for (const [name, text] of sent) found.set(`${path}.${name}`, text);
+      return;
+    }
     if (value !== null && typeof value === "object") {
       const proto = Object.getPrototypeOf(value);
       if (proto !== Object.prototype && proto !== null) return;

@@ -384,6 +384,57 @@ Deno.test({
 
 Deno.test({
   name:
+    "subscribeToProgress: a later call's api.headers are compared as fetch's Headers sends them (names in any case, values without surrounding spaces)",
+  ...noSanitize,
+  fn: async () => {
+    const { client } = fakeClient();
+    const log = () => {};
+    const first = subscribeToProgress(client, USER, () => {}, {
+      log,
+      api: { headers: { "X-App": "1", "X-Act-As-User": "u1" } },
+    });
+    const later: ReturnType<typeof subscribeToProgress>[] = [];
+    try {
+      // The headers each call would send are the same: taken, on the shared service.
+      for (
+        const headers of [
+          { "x-app": "1", "x-act-as-user": "u1" } as Record<string, string>,
+          { "X-APP": " 1\t", "X-Act-As-User": "u1 " },
+          { "X-Act-As-User": "u1", "X-App": "1" },
+        ]
+      ) {
+        const subscription = subscribeToProgress(client, USER, () => {}, { log, api: { headers } });
+        later.push(subscription);
+        assert.equal(subscription.service, first.service, JSON.stringify(headers));
+      }
+      // Other headers are refused as before, named as Headers names them.
+      const refused: [Record<string, string>, string][] = [
+        [{ "x-app": "2", "X-Act-As-User": "u1" }, "api.headers.x-app (a string)"],
+        [{ "X-App": "1", "X-Act-As-User": "u1", "X-Other": "1" }, "api.headers.x-other (a string)"],
+        // Two fields of one name in different cases are sent as one header, its values joined.
+        [{ "X-App": "1", "x-app": "1", "X-Act-As-User": "u1" }, "api.headers.x-app (a string)"],
+      ];
+      for (const [headers, named] of refused) {
+        assert.throws(
+          () => subscribeToProgress(client, USER, () => {}, { log, api: { headers } }),
+          (error: Error) =>
+            error.message.startsWith(
+              `subscribeToProgress option ${named} is not the one this client's shared `,
+            ),
+          JSON.stringify(headers),
+        );
+      }
+      assert.equal(first.service.stats().subscriptions, 4);
+    } finally {
+      for (const subscription of later) await subscription.unsubscribe();
+      await first.unsubscribe();
+    }
+    assert.equal(client.getChannels().length, 0, "the service closed with its last subscription");
+  },
+});
+
+Deno.test({
+  name:
     "subscribeToProgress: a later call on the client giving a data option other than the shared service's is refused, naming it; the same, none, callbacks or another initialCursor (each call's own) are taken",
   ...noSanitize,
   fn: async () => {
@@ -409,7 +460,7 @@ Deno.test({
         ["api.timeoutMs", { api: { timeoutMs: 2_000 } }, "2000", "1000"],
         ["api.retry.attempts", { api: { retry: { attempts: 3 } } }, "3", "2"],
         [
-          "api.headers.X-Act-As-User",
+          "api.headers.x-act-as-user", // as fetch's Headers names it
           { api: { headers: { "X-Act-As-User": "u2" } } },
           "a string",
           "a string",
