@@ -501,6 +501,11 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
   #explicitToken: string | null = null;
   /** The last session token supabase.auth announced (TOKEN_REFRESHED, SIGNED_IN); null before any. */
   #sessionToken: string | null = null;
+  /**
+   * The session token taken last since the last sign-out (null: none): one announced after it that
+   * was issued before it (issuedBefore) is not taken.
+   */
+  #sessionTokenTaken: string | null = null;
   #originalTokenSource: (() => Promise<string | null>) | null | undefined = undefined;
   /** The token source this service installed (close() restores only while it is still in place). */
   #installedTokenSource: (() => Promise<string | null>) | null = null;
@@ -1166,11 +1171,26 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       const { data } = auth.onAuthStateChange((event, session) => {
         if ((event === "TOKEN_REFRESHED" || event === "SIGNED_IN") && session?.access_token) {
           if (this.#explicitToken) return; // an explicit token wins over the session
+          const taken = this.#sessionTokenTaken;
+          if (taken !== null && issuedBefore(session.access_token, taken)) {
+            // Two refreshes raced and the older token's event came last (another tab's refresh,
+            // which auth-js hands on from its BroadcastChannel, arriving after this tab's own later
+            // one). supabase-js's own listener, called before this one, has just given it to
+            // Realtime (it takes any token that differs from the last it heard of), which pushed it
+            // to the joined channels: the server would hold a token that expires sooner, and reads
+            // go on with the newer. The newer one is put back at once (realtime-js applies the last
+            // setAuth call made), and nothing else changes.
+            this.logEvent("info", "auth_token_older_ignored", { auth_event: event });
+            this.#client.realtime.setAuth(taken).then(() => this.observeToken(), () => {});
+            return;
+          }
+          this.#sessionTokenTaken = session.access_token;
           this.#sessionToken = session.access_token;
           this.logEvent("info", "auth_token_refreshed", { auth_event: event });
           this.#client.realtime.setAuth(session.access_token).then(() => this.observeToken(), () => {});
           for (const link of this.#links.values()) link.onTokenChanged();
         } else if (event === "SIGNED_OUT") {
+          this.#sessionTokenTaken = null; // the next sign-in's token is taken, whenever issued
           this.logEvent("info", "auth_signed_out", {});
         }
       });
@@ -2752,6 +2772,34 @@ function refusedForToken(error: unknown): boolean {
  */
 function refusedAsExpired(error: unknown): boolean {
   return refusedForToken(error) && (error as { code?: unknown }).code === "token_expired";
+}
+
+/**
+ * Whether the session token `token` was issued before `than`: both JWTs of the same user (`sub`), and
+ * `token`'s `iat` earlier (or, issued in the same second or without `iat`, its `exp` earlier). A token
+ * that cannot be read so (not a JWT, another user's, no such claims) is not: the one announced last is
+ * taken, as before. Read, not verified: only the order of two tokens the client was given is judged.
+ */
+function issuedBefore(token: string, than: string): boolean {
+  const a = jwtClaims(token);
+  const b = jwtClaims(than);
+  if (!a || !b || typeof a.sub !== "string" || a.sub !== b.sub) return false;
+  const number = (value: unknown) => typeof value === "number" && Number.isFinite(value);
+  if (number(a.iat) && number(b.iat) && a.iat !== b.iat) return (a.iat as number) < (b.iat as number);
+  return number(a.exp) && number(b.exp) && (a.exp as number) < (b.exp as number);
+}
+
+/** A JWT's claims (its payload, base64url JSON), unverified; null when it is not one. */
+function jwtClaims(token: string): Record<string, unknown> | null {
+  const parts = token.split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const base64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "=")));
+    return claims !== null && typeof claims === "object" && !Array.isArray(claims) ? claims : null;
+  } catch {
+    return null;
+  }
 }
 
 /** A "changes since" row that stands for a hard delete (the API may mark them; rows normally aren't). */

@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { subscribeToProgress } from "../../shared/progress/api.ts";
 import type { ProgressChange } from "../../shared/realtime/realtimeService.ts";
-import { signDevJwt } from "../../local/stack/keys.ts";
+import { SignJWT } from "jose";
+import { DEV_JWT_ISSUER, signDevJwt } from "../../local/stack/keys.ts";
 import { createTestUser, mintsTokens, testEnv } from "../support/env.ts";
 import { closedPort, seriesId, serveLocal } from "../functions/support.ts";
 import { closeClient, noSanitize, realtimeAt, waitFor, writeThroughApi } from "./realtime_support.ts";
@@ -31,7 +32,11 @@ interface Read {
  */
 function device(
   user: { id: string; email: string },
-  { realtimeUnreachable = false, beforeRead = (_n: number) => Promise.resolve() } = {},
+  {
+    realtimeUnreachable = false,
+    beforeRead = (_n: number) => Promise.resolve(),
+    transport = undefined as typeof WebSocket | undefined,
+  } = {},
 ) {
   const env = testEnv();
   const refreshAnswers: string[] = [];
@@ -61,7 +66,7 @@ function device(
   let realtime = {};
   if (realtimeUnreachable) {
     realtime = { transport: realtimeAt(`http://127.0.0.1:${closedPort()}`) };
-  }
+  } else if (transport) realtime = { transport };
   const reads: Read[] = [];
   let readsSent = 0;
   const client: SupabaseClient = createClient(env.url, env.anonKey, {
@@ -94,6 +99,49 @@ function device(
       await auth.shutdown();
     },
   };
+}
+
+/**
+ * A WebSocket that records the frames the client sends on `topic`: their event, and the token a join or
+ * an access_token push carries (the token the server is given).
+ */
+function sendsOn(topic: string): { transport: typeof WebSocket; sent: { event: string; token?: string }[] } {
+  const sent: { event: string; token?: string }[] = [];
+  class RecordingWebSocket extends WebSocket {
+    override send(data: string | ArrayBufferLike | Blob | ArrayBufferView): void {
+      super.send(data);
+      if (typeof data !== "string") return;
+      const [, , frameTopic, event, payload] = JSON.parse(data);
+      if (frameTopic === topic) sent.push({ event, token: payload?.access_token });
+    }
+  }
+  return { transport: RecordingWebSocket, sent };
+}
+
+/**
+ * An access token of `user`'s session `sessionId`, as Supabase Auth issues them, issued `issuedAgoS`
+ * seconds ago and valid an hour from now: tokens of one session, told apart by when they were issued.
+ */
+async function sessionToken(
+  user: { id: string; email: string },
+  sessionId: string,
+  issuedAgoS: number,
+): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return await new SignJWT({
+    iss: DEV_JWT_ISSUER,
+    sub: user.id,
+    role: "authenticated",
+    aud: "authenticated",
+    email: user.email,
+    session_id: sessionId,
+    aal: "aal1",
+    is_anonymous: false,
+  })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setIssuedAt(now - issuedAgoS)
+    .setExpirationTime(now + 3600)
+    .sign(new TextEncoder().encode(testEnv().jwtSecret!));
 }
 
 /**
@@ -316,6 +364,73 @@ Deno.test({
     assert.deepEqual(seen(), ["T1 401", "T2 401", "T3 200"], "no read again with T2, refused already");
   } finally {
     gate.release();
+    await stop(subscription, laptop, a);
+  }
+});
+
+Deno.test({
+  name:
+    "realtime auth, supabase-js session: a token refresh that raced a later one and is announced after it does not replace the newer token on the channel",
+  ...noSanitize,
+  ignore: !mintsTokens, // tokens issued at chosen times (tests/support/env.ts)
+}, async () => {
+  // Two refreshes of one session race: this tab's own gets the newest token, and another tab's, which
+  // got an older one, is announced after it (auth-js hands another tab's event on from its
+  // BroadcastChannel with _notifyAllSubscribers(event, session, false), which a Deno client, not a
+  // browser, has no channel for: the test makes that call). supabase-js's own listener gives Realtime
+  // every token it hears of that differs from the last, so the older one was pushed to the joined
+  // channel, and the service took it too: the server held the token that expires first. The real
+  // supabase-js client and its session (the Auth stand-in), the stack's Realtime over a real
+  // WebSocket whose frames on the channel are recorded.
+  const a = await createTestUser();
+  const sessionId = crypto.randomUUID();
+  const first = await sessionToken(a, sessionId, 120);
+  const older = await sessionToken(a, sessionId, 60);
+  const newest = await sessionToken(a, sessionId, 0);
+  const { transport, sent } = sendsOn(`realtime:progress:${a.id}`);
+  const laptop = device(a, { transport });
+  const { client } = laptop;
+  laptop.refreshAnswers.push(first, newest);
+  const signedIn = await client.auth.refreshSession({ refresh_token: "refresh-0" });
+  assert.equal(signedIn.error, null);
+
+  const logs: Record<string, unknown>[] = [];
+  const subscription = subscribeToProgress(client, a.id, () => {}, {
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const pushed = () => sent.filter((f) => f.event === "access_token").map((f) => f.token);
+  const named = (token: string | undefined) =>
+    token === first ? "first" : token === older ? "older" : token === newest ? "newest" : String(token);
+  try {
+    await waitFor("live", () => subscription.status === "live", { timeoutMs: 30_000 });
+    assert.equal(named(sent.find((f) => f.event === "phx_join")?.token), "first");
+
+    // This tab's refresh (auth-js: POST /token, then TOKEN_REFRESHED): the newest token, pushed.
+    const refreshed = await client.auth.refreshSession();
+    assert.equal(refreshed.data.session?.access_token, newest);
+    await waitFor("the newest token pushed", () => pushed().includes(newest), { timeoutMs: 20_000 });
+
+    // The other tab's refresh, which got the older token, is announced now.
+    await (client.auth as unknown as {
+      _notifyAllSubscribers(event: string, session: unknown, broadcast: boolean): Promise<void>;
+    })._notifyAllSubscribers("TOKEN_REFRESHED", {
+      access_token: older,
+      refresh_token: "refresh-other-tab",
+      expires_in: 3540,
+      expires_at: Math.floor(Date.now() / 1000) + 3540,
+      token_type: "bearer",
+      user: { id: a.id, aud: "authenticated", role: "authenticated", email: a.email },
+    }, false);
+    assert.equal(named(client.realtime.accessTokenValue ?? undefined), "newest", "Realtime's token");
+    assert.equal(named(pushed().at(-1)), "newest", `the last token pushed, of ${pushed().map(named)}`);
+    assert.equal(
+      named(subscription.service.readToken ?? undefined),
+      "newest",
+      "the token the service reads with",
+    );
+    assert.ok(logs.some((l) => l.event === "auth_token_older_ignored"));
+    assert.equal(subscription.status, "live");
+  } finally {
     await stop(subscription, laptop, a);
   }
 });
