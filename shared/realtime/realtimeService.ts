@@ -278,11 +278,12 @@ export interface SubscribeOptions {
    * for the user starts the user's link from it; a later one (the link runs already) starting from
    * the cursor the link started from is given what the link has delivered (rows and deletions), and
    * one starting elsewhere reads the changes after its own cursor for itself (every change after it,
-   * deletions too, as a first subscription would be given); until that read has ended its status is
-   * connecting where the link's is live, and its cursor stays at its own. That read failing or answered
-   * behind is its own (its onRead and syncNow() hear it; it is made again by itself): the link and
-   * the subscriptions following it are not held back. Its cursor never goes back once it follows the
-   * link (Subscription.linkReadToEnd).
+   * deletions too, as a first subscription would be given), beside the link's reads (neither waits for
+   * the other); until that read has ended its status is connecting where the link's is live, its
+   * cursor stays at its own, and the reads its onRead hears are its own. That read failing or answered
+   * behind is its own (its onRead and syncNow() hear it; it alone is made again, by itself): the link
+   * and the subscriptions following it are not held back. Its cursor never goes back once it follows
+   * the link (Subscription.linkReadToEnd).
    */
   initialCursor?: unknown;
 }
@@ -296,10 +297,11 @@ export interface ProgressSubscription {
   /**
    * Calls the listener after every read of the user's changes the link makes, whatever made it (the
    * catch-up after a join, a poll, the safety read while live, a syncNow()), with how it ended;
-   * returns the function that removes it. A failed read is retried by the link as before. Not heard:
-   * a read the link cut off itself (unsubscribe, a join or a joined channel's drop: the catch-up the
-   * join starts or the poll the drop starts is heard when it ends) and one none could be made of (a
-   * Retry-After held it).
+   * returns the function that removes it. A failed read is retried by the link as before. One that
+   * joined a running link from a cursor of its own hears its own reads instead, until one has read to
+   * the end (SubscribeOptions.initialCursor). Not heard: a read the link cut off itself (unsubscribe,
+   * a join or a joined channel's drop: the catch-up the join starts or the poll the drop starts is
+   * heard when it ends) and one none could be made of (a Retry-After held it).
    */
   onRead(listener: (outcome: ReadOutcome) => void): () => void;
   /**
@@ -1227,8 +1229,9 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   #active = true;
   /**
    * Joined a running link from a cursor of its own (not the one the link started from): its own
-   * read of the changes after that cursor has not read to the end yet (UserLink#fetchChanges reads it
-   * with the link's rounds). Meanwhile the link's cursor is not its own, and its status not live.
+   * read of the changes after that cursor has not read to the end yet (UserLink#readOwn reads it, on
+   * its own schedule, beside the link's rounds). Meanwhile the link's cursor is not its own, its
+   * status not live, and the reads it hears (onRead) are its own.
    */
   #ownReadPending: boolean;
   /**
@@ -1242,13 +1245,12 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   /** Aborted at unsubscribe(): its own read's call in flight stops with it (not the link's rounds). */
   readonly #ownStop = new AbortController();
   /**
-   * Its own read ended in the round numbered so (UserLink#fetchChanges): until a round after it reads
-   * the link to the end, the link's cursor is not passed on (linkReadToEnd), for the link's pages
-   * may end before where its own read ended, and its cursor never goes back.
+   * Its own read ended when the link's rounds begun so far were this many (UserLink#fetchChanges):
+   * until a round begun after it reads the link to the end, the link's cursor is not passed on
+   * (linkReadToEnd), for the link's pages may end before where its own read ended, and its cursor
+   * never goes back.
    */
   #followAfterRound: number | undefined;
-  /** How its own read ended in the last round that made it, while that read has not reached the end. */
-  #ownOutcome: ReadOutcome = "failed";
 
   constructor(
     readonly service: RealtimeService<Row>,
@@ -1275,19 +1277,15 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     this.#callEach(this.#cursorListeners, cursor, "cursor_listener_failed");
   }
 
-  /** Its own read ended "behind" or "failed" in a round: what that round's read is for it (onRead, syncNow). */
-  ownReadLeft(outcome: ReadOutcome): void {
-    this.#ownOutcome = outcome;
-  }
-
   /** Aborted when it unsubscribes: its own read's call in flight is not waited for. */
   get ownStop(): AbortSignal {
     return this.#ownStop.signal;
   }
 
   /**
-   * Its own read reached the end in the round numbered `round`: from now on it follows the link (its
-   * status at once; its cursor from the end of the link's next read to the end, see linkReadToEnd).
+   * Its own read reached the end when the link had begun `round` rounds: from now on it follows the
+   * link (its status and reads at once; its cursor from the end of the link's next read begun after
+   * it that reads to the end, see linkReadToEnd).
    */
   ownReadDone(round: number): void {
     if (!this.#ownReadPending) return;
@@ -1343,15 +1341,18 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   }
 
   /**
-   * A round of the link ended with `outcome`; the subscription hears how it ended for it: while its
-   * own read has not reached the end, a round the link read to the end is not "done" for it.
+   * A round of the link ended with `outcome`. Not heard while its own read has not reached the end:
+   * until then the reads it hears are its own (emitOwnRead), not the link's (whose pages lie after
+   * the link's cursor, not its own).
    */
   emitRead(outcome: ReadOutcome): void {
-    this.#callEach(this.#readListeners, this.#readFor(outcome), "read_listener_failed");
+    if (this.#ownReadPending) return;
+    this.#callEach(this.#readListeners, outcome, "read_listener_failed");
   }
 
-  #readFor(outcome: ReadOutcome): ReadOutcome {
-    return outcome === "done" && this.#ownReadPending ? this.#ownOutcome : outcome;
+  /** Its own read ended with `outcome` (after ownReadDone when it read to the end). */
+  emitOwnRead(outcome: ReadOutcome): void {
+    this.#callEach(this.#readListeners, outcome, "read_listener_failed");
   }
 
   /**
@@ -1365,11 +1366,11 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   }
 
   /**
-   * The link's round numbered `round` read it to the end, at `cursor`. One whose own read ended in an
-   * earlier round takes the link's cursor from now on: that read began after its own ended, and a read
-   * to the end is at the API's horizon then, never before where its own read ended; a page before the
-   * end may be (the link's cursor lagged its own), and its cursor, which an app persists and may
-   * check, does not go back.
+   * The link's round begun as its `round`-th read it to the end, at `cursor`. One whose own read ended
+   * before that round began takes the link's cursor from now on: a read to the end is at the API's
+   * horizon then, never before where its own read ended; a page before the end may be (the link's
+   * cursor lagged its own), and so may the end of a round begun while its own read was under way.
+   * Its cursor, which an app persists and may check, does not go back.
    */
   linkReadToEnd(round: number, cursor: unknown): void {
     if (this.#followAfterRound === undefined || round <= this.#followAfterRound) return;
@@ -1413,8 +1414,16 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     }
   }
 
+  /**
+   * The link's syncNow(); while its own read has not reached the end, that read too (now, or the one
+   * in flight), and how that ended unless it reached the end: the link's read is not "done" for it
+   * before its own is.
+   */
   async syncNow(): Promise<ReadOutcome> {
-    return this.#active ? this.#readFor(await this.link.syncNow()) : "failed";
+    if (!this.#active) return "failed";
+    if (!this.#ownReadPending) return await this.link.syncNow();
+    const [linkRead, ownRead] = await Promise.all([this.link.syncNow(), this.link.readOwnNow(this)]);
+    return ownRead === "done" ? linkRead : ownRead;
   }
 
   async unsubscribe(): Promise<void> {
@@ -1426,7 +1435,7 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     this.#ownStop.abort(new Error("unsubscribed"));
     this.link.subscriptions.delete(this);
     if (this.link.subscriptions.size === 0) await this.link.close();
-    else this.link.subscriptionLeft();
+    else this.link.subscriptionLeft(this);
   }
 }
 
@@ -1515,12 +1524,20 @@ class UserLink<Row extends LwwRow> {
   /** When (monotonicNow) the current channel was joined. */
   #joinedAt = -Infinity;
   /**
-   * Set while a subscription's own read (addSubscription) failed or was answered behind: its read is
-   * made again then (#scheduleOwnRead), whatever the link's own reads ended with, which it does not change.
+   * The own reads of subscriptions that joined from a cursor of their own (addSubscription), until each
+   * has read to the end (#readOwn). Outside the link's rounds: neither waits for the other.
    */
-  #ownReadTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Own reads of subscriptions (addSubscription) that failed in a row: their retry's backoff. */
-  #ownFailuresInRow = 0;
+  readonly #ownReads = new Map<Subscription<Row>, OwnRead>();
+  /**
+   * The link's rounds that have begun reading (#fetchChanges): a subscription's cursor follows the
+   * link's from the end of one begun after its own read ended (Subscription.linkReadToEnd).
+   */
+  #roundsBegun = 0;
+  /**
+   * A round that made a call has ended (the link's first read): a subscription that joined before
+   * then reads for itself once it has (#readOwnAfterFirstRead).
+   */
+  #hasRead = false;
   /**
    * The wait before the current join (ms), never less than SOCKET_TEARDOWN_MS: the backoff delay it
    * was scheduled after (a failed join's retry, drawn from 0, counted as at least that floor), or the
@@ -1564,8 +1581,9 @@ class UserLink<Row extends LwwRow> {
    * started from is handed what the link has handed its subscriptions since: the newest version of
    * each series, as an upsert, or as a delete where that was a hard delete (source "catchup"), and has
    * the link's cursor. One starting from another cursor (an older one, null, a newer one) reads the
-   * changes after it for itself, with the link's rounds (#fetchChanges), as a first subscription
-   * would: a read is made now unless the link has not read yet (its first read is still to come).
+   * changes after it for itself (#readOwn), as a first subscription would: now, or when the link's
+   * first read has ended if it has not read yet (that read goes first). Its read makes no read of the
+   * link, and the link's reads do not wait for it: live changes reach it through the link meanwhile.
    */
   addSubscription(handler: ProgressHandler<Row>, cursor: unknown): Subscription<Row> {
     const sameStart = Object.is(cursor ?? null, this.startCursor ?? null);
@@ -1584,46 +1602,106 @@ class UserLink<Row extends LwwRow> {
       return subscription;
     }
     this.#log("info", "subscription_reads_from_its_cursor", {});
-    if (this.status !== "connecting") this.#readForSubscription();
+    this.#ownReads.set(subscription, { failuresInRow: 0, afterFirstRead: !this.#hasRead });
+    if (this.#hasRead) void this.readOwnNow(subscription);
     return subscription;
   }
 
   /**
-   * A read for a subscription that joined with a cursor of its own, made now (after a Retry-After's
-   * end) and owed as a syncNow()'s is: a live link reads again until one reads to the end.
+   * A subscription's own read (it joined from a cursor of its own and has not read to the end yet),
+   * made now in place of its retry scheduled, or the one in flight; resolves with how it ended. A
+   * Retry-After the API sent that still runs holds it until its end ("failed" now, no call made).
    */
-  #readForSubscription(): void {
-    if (this.#closed) return;
-    this.#readsAsked++;
-    this.service.timers.clear(this.#pollTimer);
-    this.#pollTimer = undefined;
+  readOwnNow(subscription: Subscription<Row>): Promise<ReadOutcome> {
+    const own = this.#ownReads.get(subscription);
+    if (!own || this.#closed || !subscription.ownReadPending) return Promise.resolve("failed");
+    if (own.running) return own.running;
+    own.afterFirstRead = false;
+    this.service.timers.clear(own.timer);
+    own.timer = undefined;
     const wait = this.#retryAfterLeftMs();
-    if (wait > 0) this.#startPolling(wait);
-    else void this.#poll();
-  }
-
-  /** A subscription left a link that others keep: no own read is made again for nobody. */
-  subscriptionLeft(): void {
-    if ([...this.subscriptions].some((s) => s.ownReadPending)) return;
-    this.service.timers.clear(this.#ownReadTimer);
-    this.#ownReadTimer = undefined;
-    this.#ownFailuresInRow = 0;
+    if (wait > 0) {
+      this.#scheduleOwnRead(subscription, own, wait);
+      return Promise.resolve("failed");
+    }
+    own.running = this.#readOwn(subscription, own);
+    return own.running;
   }
 
   /**
-   * A subscription's own read failed or was answered behind: it is made again (with a read of the
-   * link, #readForSubscription) after the polls' backoff for its own failures in a row, or
-   * pollIntervalMs when behind, never before a Retry-After's end. The link's reads (and so the
-   * subscriptions already following it: their status, their reads' outcomes, their syncNow()) are
-   * not held back by it.
+   * Reads the changes after a subscription's own cursor to the end, through its own merge state
+   * (Subscription.deliver), outside the link's rounds: a call of it that hangs (up to
+   * requestTimeoutMs) holds no read of the link (a syncNow(), a safety read), and no read of the
+   * link waits for it. Its failure or "behind" is its own: heard by it alone (onRead), made again by
+   * itself (#scheduleOwnRead), with no read of the link. Its calls stop at its unsubscribe.
    */
-  #scheduleOwnRead(outcome: ReadOutcome): void {
-    if (this.#closed || this.#ownReadTimer !== undefined) return;
-    const wait = Math.max(this.#nextPollDelay(outcome, this.#ownFailuresInRow), this.#retryAfterLeftMs());
-    this.#ownReadTimer = this.service.timers.set(() => {
-      this.#ownReadTimer = undefined;
-      if ([...this.subscriptions].some((s) => s.ownReadPending)) this.#readForSubscription();
-    }, wait);
+  async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
+    let outcome: ReadOutcome | "closed";
+    try {
+      outcome = await this.#readPages(
+        "catchup",
+        () => subscription.cursor,
+        (kind, row) => subscription.deliver({ kind, row, source: "catchup" }),
+        (next) => subscription.ownPageRead(next),
+        subscription.ownStop,
+        subscription,
+      );
+    } catch (error) {
+      outcome = "failed";
+      if (!this.#closed && subscription.ownReadPending) { // not a call let go at its unsubscribe
+        const retryAfterMs = retryAfterMsOf(error);
+        if (retryAfterMs) {
+          const waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
+          this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
+        }
+        this.#log("warn", "catchup_failed", {
+          error: describeError(error, "message"),
+          for: "subscription",
+        });
+      }
+    }
+    own.running = undefined;
+    if (outcome === "closed" || this.#closed || !subscription.ownReadPending) return "failed";
+    if (outcome === "done") {
+      this.#ownReads.delete(subscription);
+      this.#log("info", "subscription_caught_up", {});
+      subscription.ownReadDone(this.#roundsBegun);
+    } else {
+      own.failuresInRow = outcome === "failed" ? own.failuresInRow + 1 : 0;
+      this.#scheduleOwnRead(subscription, own, this.#nextPollDelay(outcome, own.failuresInRow));
+    }
+    subscription.emitOwnRead(outcome);
+    return outcome;
+  }
+
+  /**
+   * A subscription's own read failed or was answered behind: it is made again by itself after
+   * `waitMs` (the polls' backoff for its own failures in a row, or pollIntervalMs when behind), never
+   * before a Retry-After's end.
+   */
+  #scheduleOwnRead(subscription: Subscription<Row>, own: OwnRead, waitMs: number): void {
+    if (this.#closed) return;
+    this.service.timers.clear(own.timer);
+    own.timer = this.service.timers.set(() => {
+      own.timer = undefined;
+      void this.readOwnNow(subscription);
+    }, Math.max(waitMs, this.#retryAfterLeftMs()));
+  }
+
+  /** The link's first read has ended: the subscriptions that joined before it read for themselves now. */
+  #readOwnAfterFirstRead(): void {
+    this.#hasRead = true;
+    for (const [subscription, own] of this.#ownReads) {
+      if (own.afterFirstRead) void this.readOwnNow(subscription);
+    }
+  }
+
+  /** A subscription left a link that others keep: its own read is made again no more. */
+  subscriptionLeft(subscription: Subscription<Row>): void {
+    const own = this.#ownReads.get(subscription);
+    if (!own) return;
+    this.service.timers.clear(own.timer);
+    this.#ownReads.delete(subscription);
   }
 
   apply(kind: ChangeKind, row: Row, source: ChangeSource, messageId?: string): ProgressChange<Row> | null {
@@ -1752,15 +1830,17 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#reconnectTimer);
       this.service.timers.clear(this.#pollTimer);
       this.service.timers.clear(this.#joinGraceTimer);
-      this.service.timers.clear(this.#ownReadTimer);
       this.#reconnectTimer = this.#pollTimer = this.#joinGraceTimer = undefined;
-      this.#ownReadTimer = undefined;
+      const ownReads = [...this.#ownReads.values()];
+      for (const own of ownReads) this.service.timers.clear(own.timer);
+      this.#ownReads.clear();
       this.#endCutReads("failed");
       this.#releaseChannel();
       // A request that hangs must not hold the unsubscribe (or a round queued after it) hostage.
       this.#lifetime.abort(new Error("unsubscribed"));
       await this.service.removalsSettled(this.topic);
       await this.#fetchChain.catch(() => {});
+      await Promise.allSettled(ownReads.map((own) => own.running));
       this.status = "offline";
       this.#log("info", "unsubscribed", {});
     })();
@@ -2421,65 +2501,13 @@ class UserLink<Row extends LwwRow> {
       }
       joinedGeneration = this.#joined ? this.#generation : undefined;
       const asked = this.#readsAsked; // the syncNow() calls this round began after
+      const begun = ++this.#roundsBegun;
       this.#fetchInFlight = true;
       called = true;
       let sentToken = this.service.readToken;
-      /**
-       * Reads pages from `at()` until the end ("done"), a page that cannot move the cursor or the page
-       * limit ("behind"), or the link's close ("closed"); each answered page's rows go to `hand`, then
-       * its cursor to `moved`. `subscription`: the one whose own read it is (logged so; it ends, "done",
-       * once that one has unsubscribed). `stop`: what aborts its calls (the round's signal, or with it
-       * the subscription's unsubscribe).
-       */
-      const readPages = async (
-        at: () => unknown,
-        hand: (kind: ChangeKind, row: Row) => void,
-        moved: (next: unknown) => void,
-        subscription?: Subscription<Row>,
-        stop: AbortSignal | undefined = signal,
-      ): Promise<ReadOutcome | "closed"> => {
-        const fields = subscription ? { for: "subscription" } : {};
-        for (let page = 0; page < 1000; page++) {
-          sentToken = this.service.readToken;
-          const previous = at();
-          const result = await this.#changesSince(previous, stop, (token) => sentToken = token);
-          if (this.#closed) return "closed";
-          for (const raw of result.changes ?? []) {
-            const row = this.service.parseRow(raw);
-            if (!row) continue;
-            if ((row as { user_id?: unknown }).user_id !== this.userId) {
-              // The API answers for its token's user: another user's rows mean a token/user mix-up.
-              this.service.counters.invalid++;
-              this.#log("warn", "foreign_row", { row_user_id: (row as { user_id?: unknown }).user_id });
-              continue;
-            }
-            try {
-              hand(isDeleted(raw) ? "delete" : "upsert", row);
-            } catch (error) {
-              // A compareRows that throws (handlers' failures are caught where they are called): the row
-              // is refused, instead of failing the read, which would read the same page again and fail
-              // at it every time.
-              this.compareRowsFailed(error, row, source);
-            }
-          }
-          const next = result.cursor ?? result.next_cursor;
-          if (next !== undefined && next !== null && !Object.is(next, previous)) moved(next);
-          this.#retryAfterUntil = 0; // the API answered
-          this.#authRefusedWith = undefined;
-          if (subscription && !subscription.ownReadPending) return "done"; // unsubscribed meanwhile
-          const hasMore = result.hasMore ?? result.has_more ?? false;
-          if (!hasMore) return "done";
-          if (Object.is(at(), previous)) {
-            // The cursor cannot move (a long transaction holds the horizon): not caught up.
-            this.#log("info", `${source}_behind`, { cursor: String(at()), ...fields });
-            return "behind";
-          }
-        }
-        this.#log("info", `${source}_behind`, { cursor: String(at()), reason: "page limit", ...fields });
-        return "behind";
-      };
       try {
-        const outcome = await readPages(
+        const outcome = await this.#readPages(
+          source,
           () => this.#cursor,
           (kind, row) => this.apply(kind, row, source),
           (next) => {
@@ -2489,72 +2517,15 @@ class UserLink<Row extends LwwRow> {
             // keeps the cursor before the rows it was not given.
             for (const subscription of [...this.subscriptions]) subscription.emitCursor(next);
           },
+          signal,
+          undefined,
+          (token) => sentToken = token,
         );
         if (outcome === "closed") return "failed";
         if (outcome === "done") {
           for (const subscription of [...this.subscriptions]) {
-            subscription.linkReadToEnd(sequence, this.#cursor);
+            subscription.linkReadToEnd(begun, this.#cursor);
           }
-        }
-        // Subscriptions that joined from a cursor of their own read the changes after it for
-        // themselves (addSubscription), each to the end once, after the link's pages. Its failure or
-        // "behind" is its own: the round ends as the link's pages did (the subscriptions that follow
-        // the link are not held back: not offline, not polling, their syncNow() not failed), and its
-        // read is made again by itself (#scheduleOwnRead). The set itself, not a copy: one that
-        // joins while another's read is under way (no read made for it while the link connects) is
-        // read in this round too, or none might come for it once the link is live.
-        let ownLeft: ReadOutcome | undefined;
-        for (const subscription of this.subscriptions) {
-          if (!subscription.ownReadPending) continue;
-          // Its calls stop at its unsubscribe (no wait for an answer nobody is handed) or the round's cut.
-          const ownStop = new AbortController();
-          const onCut = () => ownStop.abort(signal?.reason);
-          const onLeft = () => ownStop.abort(subscription.ownStop.reason);
-          if (signal?.aborted) onCut();
-          else signal?.addEventListener("abort", onCut, { once: true });
-          subscription.ownStop.addEventListener("abort", onLeft, { once: true });
-          let own: ReadOutcome | "closed";
-          try {
-            own = await readPages(
-              () => subscription.cursor,
-              (kind, row) => subscription.deliver({ kind, row, source }),
-              (next) => subscription.ownPageRead(next),
-              subscription,
-              ownStop.signal,
-            );
-          } catch (error) {
-            // The round's own end (close, a join or drop cutting it off) is the round's.
-            if (this.#closed || signal?.aborted) throw error;
-            if (!subscription.ownReadPending) continue; // unsubscribed meanwhile: its call was let go
-            const retryAfterMs = retryAfterMsOf(error);
-            if (retryAfterMs) {
-              const waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
-              this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
-            }
-            this.#log("warn", `${source}_failed`, {
-              error: error instanceof Error ? error.message : String(error),
-              for: "subscription",
-            });
-            own = "failed";
-          } finally {
-            signal?.removeEventListener("abort", onCut);
-            subscription.ownStop.removeEventListener("abort", onLeft);
-          }
-          if (own === "closed") return "failed";
-          if (!subscription.active) continue;
-          if (own === "done") {
-            this.#log("info", "subscription_caught_up", {});
-            subscription.ownReadDone(sequence);
-          } else {
-            subscription.ownReadLeft(own);
-            if (ownLeft !== "failed") ownLeft = own;
-          }
-        }
-        if (ownLeft !== undefined) {
-          this.#ownFailuresInRow = ownLeft === "failed" ? this.#ownFailuresInRow + 1 : 0;
-          this.#scheduleOwnRead(ownLeft);
-        } else this.#ownFailuresInRow = 0;
-        if (outcome === "done") {
           this.#log("debug", `${source}_done`, {});
           this.#readsSettled = Math.max(this.#readsSettled, asked);
         }
@@ -2599,9 +2570,70 @@ class UserLink<Row extends LwwRow> {
     // made it; not one that made no call (a Retry-After held it) or that close(), a join or a drop cut short.
     if (called && !this.#closed && !cutOff) {
       for (const subscription of [...this.subscriptions]) subscription.emitRead(outcome);
+      if (!this.#hasRead) this.#readOwnAfterFirstRead();
     }
     if (!cutOff) this.#endCutReads(this.#closed ? "failed" : outcome);
     return { outcome, joinedGeneration, round: sequence, held };
+  }
+
+  /**
+   * Reads pages from `at()` until the end ("done"), a page that cannot move the cursor or the page
+   * limit ("behind"), or the link's close ("closed"); each answered page's rows go to `hand`, then
+   * its cursor to `moved`. `stop`: what aborts its calls (the round's signal, or the subscription's
+   * unsubscribe). `subscription`: the one whose own read it is (logged so; it ends, "done", once that
+   * one has unsubscribed), none for the link's. `sentWith`: hears the token each call is sent with
+   * (the service's read token, or the one changesSince says it sent again with).
+   */
+  async #readPages(
+    source: ChangeSource,
+    at: () => unknown,
+    hand: (kind: ChangeKind, row: Row) => void,
+    moved: (next: unknown) => void,
+    stop: AbortSignal | undefined,
+    subscription?: Subscription<Row>,
+    sentWith?: (token: string | null) => void,
+  ): Promise<ReadOutcome | "closed"> {
+    const fields = subscription ? { for: "subscription" } : {};
+    for (let page = 0; page < 1000; page++) {
+      sentWith?.(this.service.readToken);
+      const previous = at();
+      const result = await this.#changesSince(previous, stop, sentWith);
+      if (this.#closed) return "closed";
+      for (const raw of result.changes ?? []) {
+        const row = this.service.parseRow(raw);
+        if (!row) continue;
+        if ((row as { user_id?: unknown }).user_id !== this.userId) {
+          // The API answers for its token's user: another user's rows mean a token/user mix-up.
+          this.service.counters.invalid++;
+          this.#log("warn", "foreign_row", { row_user_id: (row as { user_id?: unknown }).user_id });
+          continue;
+        }
+        try {
+          hand(isDeleted(raw) ? "delete" : "upsert", row);
+        } catch (error) {
+          // A compareRows that throws (handlers' failures are caught where they are called): the row
+          // is refused, instead of failing the read, which would read the same page again and fail
+          // at it every time.
+          this.compareRowsFailed(error, row, source);
+        }
+      }
+      const next = result.cursor ?? result.next_cursor;
+      if (next !== undefined && next !== null && !Object.is(next, previous)) moved(next);
+      this.#retryAfterUntil = 0; // the API answered
+      // (A link's read refused for its token is read again for a new one: an own read's answer, with
+      // the link's read under way beside it, says nothing of that read's.)
+      if (!subscription) this.#authRefusedWith = undefined;
+      if (subscription && !subscription.ownReadPending) return "done"; // unsubscribed meanwhile
+      const hasMore = result.hasMore ?? result.has_more ?? false;
+      if (!hasMore) return "done";
+      if (Object.is(at(), previous)) {
+        // The cursor cannot move (a long transaction holds the horizon): not caught up.
+        this.#log("info", `${source}_behind`, { cursor: String(at()), ...fields });
+        return "behind";
+      }
+    }
+    this.#log("info", `${source}_behind`, { cursor: String(at()), reason: "page limit", ...fields });
+    return "behind";
   }
 
   /**
@@ -2672,6 +2704,18 @@ class UserLink<Row extends LwwRow> {
   #log(level: "debug" | "info" | "warn" | "error", event: string, fields: Record<string, unknown>): void {
     this.service.logEvent(level, event, { channel: this.topic, attempt: this.#attempt, ...fields });
   }
+}
+
+/** A subscription's own read (UserLink#readOwn) until it reads to the end. */
+interface OwnRead {
+  /** The read in flight. */
+  running?: Promise<ReadOutcome>;
+  /** Its retry, after it failed or was answered behind (UserLink#scheduleOwnRead). */
+  timer?: ReturnType<typeof setTimeout>;
+  /** Its reads that failed in a row: the retry's backoff. */
+  failuresInRow: number;
+  /** Joined before the link's first read ended: it reads once that has (UserLink#readOwnAfterFirstRead). */
+  afterFirstRead: boolean;
 }
 
 interface Round {

@@ -351,18 +351,13 @@ Deno.test("cursor: a later subscription from an older cursor reads the changes a
     assert.equal(sub1.status, "live");
     assert.deepEqual(second, [], "the link's rows are not its catch-up");
 
-    // A read is made for it: the link's own pages first (from the link's cursor), then its own.
-    await waitFor("the link's read", () => calls.length === 2);
-    assert.equal(calls[1].cursor, "105");
-    calls[1].resolve(page([], "105"));
-    await waitFor("its read", () => calls.length === 3);
+    // Its own read is made, from its cursor (no read of the link: the link's pages are not its catch-up).
+    await waitFor("its read", () => calls.length === 2);
+    assert.equal(calls[1].cursor, "90");
+    calls[1].reject(new Error("503"));
+    // Made again by itself (the polls' backoff, 20 ms here), from its cursor.
+    await waitFor("its read again", () => calls.length === 3, { timeoutMs: 20_000 });
     assert.equal(calls[2].cursor, "90");
-    calls[2].reject(new Error("503"));
-    // Made again (the polls' backoff, 20 ms here): the link's pages, then its own from its cursor.
-    await waitFor("the link's read again", () => calls.length === 4, { timeoutMs: 20_000 });
-    calls[3].resolve(page([], "105"));
-    await waitFor("its read again", () => calls.length === 5);
-    assert.equal(calls[4].cursor, "90");
 
     // Meanwhile a newer version of kept comes by broadcast: both are handed it.
     assert.ok(
@@ -372,12 +367,12 @@ Deno.test("cursor: a later subscription from an older cursor reads the changes a
     assert.deepEqual(second, ["upsert kept 3"]);
 
     // Its read: a series written before the link's cursor, a deletion, then kept's older version.
-    calls[4].resolve(page([row("old", 1, "92"), row("gone", 1, "96", true)], "96:gone", true));
-    await waitFor("its second page asked", () => calls.length === 6);
-    assert.equal(calls[5].cursor, "96:gone");
+    calls[2].resolve(page([row("old", 1, "92"), row("gone", 1, "96", true)], "96:gone", true));
+    await waitFor("its second page asked", () => calls.length === 4);
+    assert.equal(calls[3].cursor, "96:gone");
     assert.equal(sub2.cursor, "96:gone", "its own page moved its own cursor");
     assert.equal(sub2.status, "connecting");
-    calls[5].resolve(page([row("kept", 2, "102")], "106"));
+    calls[3].resolve(page([row("kept", 2, "102")], "106"));
     await waitFor("its read's end", () => sub2!.status === "live");
     assert.deepEqual(second, ["upsert kept 3", "upsert old 1", "delete gone 1"], "kept 2 not after kept 3");
     assert.deepEqual(first, ["upsert kept 2", "upsert kept 3"], "nothing of its read");
@@ -389,11 +384,11 @@ Deno.test("cursor: a later subscription from an older cursor reads the changes a
 
     // From now on it follows the link: one read for both, both cursors move.
     const read = sub1.syncNow();
-    await waitFor("the next read", () => calls.length === 7);
-    assert.equal(calls[6].cursor, "105");
-    calls[6].resolve(page([], "108"));
+    await waitFor("the next read", () => calls.length === 5);
+    assert.equal(calls[4].cursor, "105");
+    calls[4].resolve(page([], "108"));
     assert.equal(await read, "done");
-    assert.equal(calls.length, 7, "nothing read for it any more");
+    assert.equal(calls.length, 5, "nothing read for it any more");
     assert.equal(sub1.cursor, "108");
     assert.equal(sub2.cursor, "108");
   } finally {
@@ -424,30 +419,28 @@ Deno.test("cursor: a later subscription's own read that fails does not hold back
     assert.equal(calls[1].cursor, "90");
     calls[1].reject(new Error("503 from its own read"));
     await waitFor("the first live", () => sub1.status === "live");
+    await waitFor("its own read's end", () => reads2.length === 1);
     assert.deepEqual(reads1, ["done"], "the link's read ended done");
     assert.deepEqual(reads2, ["failed"], "its own read failed: not done for it");
     assert.equal(sub1.cursor, "105");
     assert.equal(sub2.status, "connecting");
     assert.equal(sub2.cursor, "90");
     assert.ok(lines.some((l) => l.event === "catchup_failed" && l.for === "subscription"));
-    // Made again by itself (20-40 ms here): the link's pages, then its own.
-    await waitFor("the link's read again", () => calls.length === 3, { timeoutMs: 20_000 });
-    assert.equal(calls[2].cursor, "105");
-    calls[2].resolve(page([], "105"));
-    await waitFor("its read again", () => calls.length === 4);
-    assert.equal(calls[3].cursor, "90");
-    calls[3].resolve(page([row("old", 1, "92")], "106"));
+    // Made again by itself (20-40 ms here): its own read only.
+    await waitFor("its read again", () => calls.length === 3, { timeoutMs: 20_000 });
+    assert.equal(calls[2].cursor, "90");
+    calls[2].resolve(page([row("old", 1, "92")], "106"));
     await waitFor("it is live", () => sub2.status === "live");
     assert.deepEqual(second, ["upsert kept 2", "upsert old 1"]);
     assert.equal(sub1.status, "live");
     assert.deepEqual(reads2, ["failed", "done"]);
-    assert.deepEqual(reads1, ["done", "done"]);
+    assert.deepEqual(reads1, ["done"], "no read of the link made for it");
     // Answered behind (a long transaction holds its cursor): a syncNow() of it is not done either.
     const sub3 = service.subscribeToProgress(USER, () => {}, { initialCursor: "80" });
     let settled = false;
     const synced = sub3.syncNow().finally(() => settled = true);
     // Answer every call: the link's to the end, the third's own behind (held at its cursor).
-    for (let answered = 4; !settled;) {
+    for (let answered = 3; !settled;) {
       await waitFor("a call, or the syncNow's end", () => settled || calls.length > answered);
       while (answered < calls.length) {
         const call = calls[answered++];
@@ -481,18 +474,16 @@ Deno.test("cursor: a subscription that unsubscribes while its own read is in fli
       return changesSince(cursor, context);
     };
     sub2 = service.subscribeToProgress(USER, () => {}, { initialCursor: "90" });
-    await waitFor("the link's read", () => calls.length === 2);
-    calls[1].resolve(page([], "105"));
-    await waitFor("its own read", () => calls.length === 3);
-    assert.equal(calls[2].cursor, "90");
+    await waitFor("its own read", () => calls.length === 2);
+    assert.equal(calls[1].cursor, "90");
     await sub2.unsubscribe(); // its read never answers
-    assert.equal(signals[1].aborted, true, "its call is aborted");
+    assert.equal(signals[0].aborted, true, "its call is aborted");
     const read = sub1.syncNow();
-    await waitFor("the first's read, not behind the one nobody waits for", () => calls.length === 4, {
+    await waitFor("the first's read, not behind the one nobody waits for", () => calls.length === 3, {
       timeoutMs: 20_000,
     });
-    assert.equal(calls[3].cursor, "105");
-    calls[3].resolve(page([], "107"));
+    assert.equal(calls[2].cursor, "105");
+    calls[2].resolve(page([], "107"));
     assert.equal(await read, "done");
     assert.equal(sub1.cursor, "107");
   } finally {
@@ -542,22 +533,20 @@ Deno.test("cursor: after its own read a subscription's cursor never goes back: t
     await waitFor("live", () => sub1.status === "live");
     sub2 = service.subscribeToProgress(USER, () => {}, { initialCursor: "90" });
     sub2.onCursor((cursor) => cursors.push(cursor));
-    await waitFor("the link's read", () => calls.length === 2);
-    calls[1].resolve(page([], "106"));
-    await waitFor("its own read", () => calls.length === 3);
-    // Written meanwhile: its own read ends later than the link's did.
-    calls[2].resolve(page([row("a", 1, "107")], "110"));
+    await waitFor("its own read", () => calls.length === 2);
+    // Written meanwhile: its own read ends past the link's cursor.
+    calls[1].resolve(page([row("a", 1, "107")], "110"));
     await waitFor("it is live", () => sub2!.status === "live");
     assert.equal(sub2.cursor, "110");
     // The link's next read: a first page before 110, then the end.
     const read = sub1.syncNow();
-    await waitFor("the link's next read", () => calls.length === 4);
-    assert.equal(calls[3].cursor, "106");
-    calls[3].resolve(page([row("a", 1, "107")], "107:a", true));
-    await waitFor("its second page", () => calls.length === 5);
+    await waitFor("the link's next read", () => calls.length === 3);
+    assert.equal(calls[2].cursor, "105");
+    calls[2].resolve(page([row("a", 1, "107")], "107:a", true));
+    await waitFor("its second page", () => calls.length === 4);
     assert.equal(sub1.cursor, "107:a");
     assert.equal(sub2.cursor, "110", "not back to the link's page");
-    calls[4].resolve(page([], "112"));
+    calls[3].resolve(page([], "112"));
     assert.equal(await read, "done");
     assert.equal(sub2.cursor, "112");
     assert.deepEqual(cursors, ["110", "112"]);

@@ -1,0 +1,224 @@
+// A later subscription to a running link from a cursor of its own (a "newcomer") reads the changes after
+// that cursor for itself, beside the link's reads and not inside them: the link's reads (a syncNow(), a
+// safety read) do not wait for its read, which may hang up to requestTimeoutMs; a failed read of its own
+// is made again by itself, with no read of the link; a read of the link that fails meanwhile is made
+// again on the polls' backoff, with the safety read off too; and until it has read to the end, the
+// reads it hears (onRead) are its own. Against the stand-in client, with changesSince answered by hand
+// and the service's waits read off the pending timers (watchTimers) and ended by hand: nothing sleeps.
+
+import assert from "node:assert/strict";
+import {
+  type ChangesPage,
+  RealtimeService,
+  type RealtimeServiceOptions,
+} from "../../../shared/realtime/realtimeService.ts";
+import { waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
+import { type PendingCall, USER, version } from "./handAnsweredService.ts";
+import { fireWhenSet, watchTimers } from "./watchTimers.ts";
+
+/** The polls' interval: a behind read's retry, and a first failure's with random() = 0. */
+const POLL_MS = 600_000;
+/** How long a call may take: never over while a test runs (a read that hangs, hangs). */
+const REQUEST_TIMEOUT_MS = 3_000_000;
+
+/** The link's cursor once live; the newcomer's own cursor, older. */
+const LINK_CURSOR = "105";
+const OWN_CURSOR = "90";
+
+const page = (rows: unknown[], next_cursor: string, has_more = false): ChangesPage => ({
+  changes: rows,
+  next_cursor,
+  has_more,
+});
+
+const row = (series: string, chapter: number, xid: string) => ({
+  ...version(chapter),
+  series_id: series,
+  change_xid: xid,
+});
+
+/**
+ * A service on the stand-in client, live for a first subscription (its catch-up answered at
+ * LINK_CURSOR), whose later calls are answered by `answer` as they come (a call it does not answer
+ * waits in `pending`, answered by hand); `cursors` records what each call after the catch-up asked
+ * from. No read but the ones a test makes (no join grace, heartbeat watch; the safety read off unless
+ * given); the backoff's draws at their floor (random 0).
+ */
+async function liveLink(
+  options: Partial<RealtimeServiceOptions>,
+  answer: (cursor: unknown) => ChangesPage | Error | undefined,
+) {
+  const timers = watchTimers();
+  const fake = fakeClient();
+  const cursors: unknown[] = [];
+  const pending: (PendingCall & { cursor: unknown })[] = [];
+  let live = false;
+  const service = new RealtimeService(fake.client, {
+    changesSince: (cursor) => {
+      if (!live) return new Promise((resolve, reject) => pending.push({ cursor, resolve, reject }));
+      cursors.push(cursor);
+      const answered = answer(cursor);
+      if (answered instanceof Error) return Promise.reject(answered);
+      if (answered) return Promise.resolve(answered);
+      return new Promise((resolve, reject) => pending.push({ cursor, resolve, reject }));
+    },
+    accessToken: "T1",
+    requestTimeoutMs: REQUEST_TIMEOUT_MS,
+    joinGraceMs: Infinity,
+    livePollIntervalMs: 0,
+    heartbeatReplyTimeoutMs: 0,
+    backoff: { initialMs: 60_000, maxMs: 60_000 },
+    pollIntervalMs: POLL_MS,
+    random: () => 0,
+    log: () => {},
+    ...options,
+  });
+  const first = service.subscribeToProgress(USER, () => {}, { initialCursor: "100" });
+  const firstReads: string[] = [];
+  first.onRead((outcome) => firstReads.push(outcome));
+  (await fake.channel(1)).state!("SUBSCRIBED");
+  await waitFor("the catch-up", () => pending.length === 1);
+  live = true;
+  pending.shift()!.resolve(page([row("kept", 2, "102")], LINK_CURSOR));
+  await waitFor("live", () => first.status === "live");
+  const end = async () => {
+    for (const call of pending) call.resolve(page([], "999"));
+    await service.close();
+    timers.restore();
+  };
+  return { service, timers, first, firstReads, cursors, pending, end };
+}
+
+Deno.test("newcomer: while its own read hangs, the first subscription's syncNow() and the scheduled safety read are made and end, not queued behind it", async () => {
+  const SAFETY_MS = 3_600_000;
+  // The link's reads are answered at once, the newcomer's own read never.
+  const { service, timers, first, firstReads, cursors, pending, end } = await liveLink(
+    { livePollIntervalMs: SAFETY_MS },
+    (cursor) => cursor === OWN_CURSOR ? undefined : page([], LINK_CURSOR),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    await waitFor("its own read", () => pending.some((call) => call.cursor === OWN_CURSOR));
+    const linkReadsBefore = cursors.filter((cursor) => cursor === LINK_CURSOR).length;
+    const readsBefore = firstReads.length;
+
+    let synced: string | undefined;
+    void first.syncNow().then((outcome) => synced = outcome);
+    await waitFor("the first's syncNow(), not behind the read that hangs", () => synced !== undefined);
+    assert.equal(synced, "done");
+
+    // The safety read's time comes (its timer ended by hand): it reads and ends too.
+    await fireWhenSet(timers, "the safety read", SAFETY_MS);
+    await waitFor("the safety read's end", () => firstReads.length === readsBefore + 2);
+    assert.deepEqual(firstReads.slice(readsBefore), ["done", "done"]);
+    assert.equal(cursors.filter((cursor) => cursor === LINK_CURSOR).length, linkReadsBefore + 2);
+    assert.equal(first.status, "live");
+    assert.equal(newcomer.status, "connecting", "its own read still under way");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: its own read that failed is made again by itself, with no read of the link; the first hears no read", async () => {
+  let ownReads = 0;
+  const { service, timers, firstReads, cursors, end } = await liveLink(
+    {},
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads === 1
+        ? new Error("503 from its own read")
+        : page([row("old", 1, "92")], "106"),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read failed", () => reads.length === 1);
+    assert.deepEqual(reads, ["failed"]);
+    const before = cursors.length;
+    const firstReadsBefore = firstReads.length;
+
+    // Its retry: after the polls' backoff for its first failure (one interval with random 0).
+    await fireWhenSet(timers, "its retry", POLL_MS);
+    await waitFor("it is live", () => newcomer.status === "live");
+    assert.deepEqual(cursors.slice(before), [OWN_CURSOR], "its own read again, and no read of the link");
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.deepEqual(firstReads.slice(firstReadsBefore), [], "no read of the link made for it");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: with the safety read off, a read of the link that fails while the newcomer's own read is under way is made again after the polls' backoff, with no syncNow()", async () => {
+  let failLink = false;
+  const { service, timers, first, firstReads, cursors, pending, end } = await liveLink(
+    {},
+    (cursor) =>
+      cursor === OWN_CURSOR ? undefined : failLink ? new Error("503 from the link's read") : page([], "107"),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    await waitFor("its own read", () => pending.some((call) => call.cursor === OWN_CURSOR));
+    const readsBefore = firstReads.length;
+
+    // The app's read of the link fails (its own read still under way).
+    failLink = true;
+    let synced: string | undefined;
+    void first.syncNow().then((outcome) => synced = outcome);
+    await waitFor("the first's syncNow()", () => synced !== undefined);
+    assert.equal(synced, "failed");
+
+    // Made again after the polls' backoff (one interval for a first failure with random 0), by itself.
+    failLink = false;
+    const linkReads = cursors.filter((cursor) => cursor !== OWN_CURSOR).length;
+    await fireWhenSet(timers, "the failed read's retry", POLL_MS);
+    await waitFor("the retry's end", () => firstReads.length === readsBefore + 2);
+    assert.deepEqual(firstReads.slice(readsBefore), ["failed", "done"]);
+    assert.equal(cursors.filter((cursor) => cursor !== OWN_CURSOR).length, linkReads + 1);
+    assert.equal(first.cursor, "107");
+    assert.equal(newcomer.status, "connecting", "its own read still under way");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: until it has read to the end, onRead hears its own reads only, not the link's reads (done or failed) made meanwhile; then the link's", async () => {
+  let failLink = false;
+  let ownDone = false;
+  const { service, timers, first, firstReads, end } = await liveLink(
+    {},
+    (cursor) =>
+      cursor === OWN_CURSOR
+        // Behind (a long transaction holds its cursor) until ownDone.
+        ? (ownDone ? page([row("old", 1, "92")], "106") : page([], OWN_CURSOR, true))
+        : failLink
+        ? new Error("503 from the link's read")
+        : page([], LINK_CURSOR),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read answered behind", () => reads.length === 1);
+    assert.deepEqual(reads, ["behind"]);
+
+    failLink = true;
+    assert.equal(await first.syncNow(), "failed");
+    failLink = false;
+    assert.equal(await first.syncNow(), "done");
+    assert.deepEqual(firstReads.slice(-2), ["failed", "done"]);
+    assert.deepEqual(reads, ["behind"], "the link's reads are not its own");
+
+    // Its own read again (pollIntervalMs after "behind"), to the end: heard, and it follows the link.
+    ownDone = true;
+    await fireWhenSet(timers, "its read again", POLL_MS);
+    await waitFor("it is live", () => newcomer.status === "live");
+    assert.deepEqual(reads, ["behind", "done"]);
+    assert.equal(await first.syncNow(), "done");
+    assert.deepEqual(reads, ["behind", "done", "done"], "the link's read, heard once it follows the link");
+  } finally {
+    await end();
+  }
+});
