@@ -87,9 +87,10 @@ Deno.test({
   const env = testEnv();
   const api = await ownApiServer({ closeGraceMs: 200 });
   const port = Number(new URL(api.url).port);
-  // A REST broadcast announcing 100 bytes and sending 2 (the route reads the body first; the stand-in
-  // has no read timeout, Plug's 15 s is not emulated): the connection waits for the rest, and
-  // Deno.serve's graceful shutdown waits for the connection.
+  // A REST broadcast announcing 100 bytes and sending 2 (the route reads the body first, and waits for
+  // the rest far longer than the 200 ms grace): the connection stays open (the server waits for the rest
+  // of the body even once the shutdown has failed the handler's read), and Deno.serve's graceful
+  // shutdown waits for the connection.
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const errors: string[] = [];
   const originalError = console.error;
@@ -100,19 +101,31 @@ Deno.test({
       "POST /realtime/v1/api/broadcast HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
         `apikey: ${env.anonKey}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"`,
     ));
-    for (let i = 0; !api.pending().includes("POST /realtime/v1/api/broadcast"); i++) {
+    const stalled = () =>
+      api.pending().find((r) => r.method === "POST" && r.path === "/realtime/v1/api/broadcast");
+    for (let i = 0; !stalled(); i++) {
       assert.ok(i < 3_000, "the request reached its handler");
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
+    const since = stalled()!.since;
     const closed = await Promise.race([
       api.close().then(() => "closed"),
       new Promise((resolve) => guard = setTimeout(() => resolve("still closing after 30 s"), 30_000)),
     ]);
     assert.equal(closed, "closed");
+    const gaveUp = errors.find((line) => /stopped waiting for its connections after 200 ms/.test(line));
+    assert.ok(gaveUp, `close() says it left a connection: ${errors.join(" | ")}`);
+    // It names the connection and the request it carried well enough to find the test that left it:
+    // the client's port and the connection's state, the route, since when, which client (no User-Agent).
+    const { port: clientPort } = conn.localAddr as Deno.NetAddr;
     assert.ok(
-      errors.some((line) => /stopped waiting for its connections after 200 ms/.test(line)),
-      `close() says it left a connection: ${errors.join(" | ")}`,
+      gaveUp.includes(
+        `1 connection(s) open: from 127.0.0.1:${clientPort} ESTABLISHED, its last request ` +
+          `POST /realtime/v1/api/broadcast since ${since.toISOString()} (`,
+      ),
+      gaveUp,
     );
+    assert.match(gaveUp, /s ago\), user-agent none, (answered|not answered)[;)]/);
     Deno.listen({ hostname: "127.0.0.1", port }).close(); // the port is free again (throws AddrInUse if not)
   } finally {
     clearTimeout(guard);

@@ -35,8 +35,74 @@ export interface ApiServer {
    * waits for it) cannot hold the stack's stop, and with it the test run's exit, for good.
    */
   close(): Promise<void>;
-  /** The paths of the requests being handled now (a diagnostic: close() names them if it gives up). */
-  pending(): string[];
+  /**
+   * The requests being handled now, oldest first (a diagnostic: close() names them if it gives up, so
+   * the test that left one can be found: its route and topic, when it came, and which client sent it).
+   */
+  pending(): PendingRequest[];
+}
+
+/** A request the server is still handling, as pending() and close()'s give-up message name it. */
+export interface PendingRequest {
+  method: string;
+  /** The path only: a query may carry a key (the socket's `apikey`). */
+  path: string;
+  /** When the handler got it. */
+  since: Date;
+  /** Which client sent it: `Deno/…` (deno test), `node` (the browser tests' runner, Next.js), a browser. */
+  userAgent: string | null;
+  /** The client's address and port (as `ss -tnp` lists the client's end, when it is still open). */
+  from: string;
+}
+
+/** E.g. `POST /realtime/v1/api/broadcast since 2026-12-06T16:40:01.123Z (12.3 s ago), user-agent Deno/2.9.6` */
+function describeRequest(request: PendingRequest, now: Date): string {
+  const ago = ((now.getTime() - request.since.getTime()) / 1000).toFixed(1);
+  return `${request.method} ${request.path} since ${request.since.toISOString()} (${ago} s ago), user-agent ` +
+    (request.userAgent ?? "none");
+}
+
+/** Linux's TCP states as /proc/net/tcp numbers them (include/net/tcp_states.h). */
+const TCP_STATES: Record<string, string> = {
+  "01": "ESTABLISHED",
+  "02": "SYN_SENT",
+  "03": "SYN_RECV",
+  "04": "FIN_WAIT1",
+  "05": "FIN_WAIT2",
+  "06": "TIME_WAIT",
+  "07": "CLOSE",
+  "08": "CLOSE_WAIT",
+  "09": "LAST_ACK",
+  "0A": "LISTEN",
+  "0B": "CLOSING",
+};
+
+/**
+ * The connections still open on the server's port, as the kernel lists them (/proc/net/tcp: the
+ * server binds 127.0.0.1 only): the client's address and port, and the state (CLOSE_WAIT: the client
+ * has closed its end). Deno.serve's graceful shutdown waits for these, also once their handlers have
+ * answered, which pending() cannot show. Null where there is no such file (not Linux) or it cannot be
+ * read.
+ */
+function openConnections(port: number): { from: string; state: string }[] | null {
+  let table: string;
+  try {
+    table = Deno.readTextFileSync("/proc/net/tcp");
+  } catch {
+    return null;
+  }
+  const hexAddress = (field: string) => {
+    const [ip, hexPort] = field.split(":");
+    const octets = ip.match(/../g)!.map((byte) => parseInt(byte, 16)).reverse(); // little-endian
+    return { address: `${octets.join(".")}:${parseInt(hexPort, 16)}`, port: parseInt(hexPort, 16) };
+  };
+  const open: { from: string; state: string }[] = [];
+  for (const line of table.split("\n").slice(1)) {
+    const [, local, remote, state] = line.trim().split(/\s+/);
+    if (!local || hexAddress(local).port !== port || state === "0A" || state === "06") continue;
+    open.push({ from: hexAddress(remote).address, state: TCP_STATES[state] ?? state });
+  }
+  return open;
 }
 
 function localJwks(): { keys: unknown[] } {
@@ -66,12 +132,27 @@ function notServed(pathname: string): { code: string; message: string; details: 
  */
 export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   const services = Promise.withResolvers<{ functions: Service; realtime: Service }>();
-  const running = new Map<Request, string>();
+  const running = new Map<Request, PendingRequest>();
+  // The last request each client connection (its address and port) sent, and whether it was answered:
+  // what close() names for a connection still open. One entry per client port at most.
+  const lastOnConnection = new Map<string, { request: PendingRequest; answered: boolean }>();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: ctx.port, onListen: () => {} },
     async (req, info) => {
       const { pathname } = new URL(req.url);
-      running.set(req, `${req.method} ${pathname}`);
+      const from = info.remoteAddr.transport === "tcp"
+        ? `${info.remoteAddr.hostname}:${info.remoteAddr.port}`
+        : info.remoteAddr.transport;
+      const request = {
+        method: req.method,
+        path: pathname,
+        since: new Date(),
+        userAgent: req.headers.get("user-agent"),
+        from,
+      };
+      running.set(req, request);
+      const onConnection = { request, answered: false };
+      lastOnConnection.set(from, onConnection);
       try {
         if (pathname.startsWith("/functions/v1/")) {
           return await (await services.promise).functions.handle(req, info);
@@ -83,6 +164,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         return Response.json(notServed(pathname), { status: 404 });
       } finally {
         running.delete(req);
+        onConnection.answered = true;
       }
     },
   );
@@ -117,10 +199,29 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
       const ended = await Promise.race([server.shutdown().then(() => false as const), gaveUp]);
       clearTimeout(timer);
       if (ended) {
+        // What holds the shutdown, named so that the test that left it can be found: each connection
+        // still open with the last request it carried (route, when, which client), and the requests
+        // whose handlers have not answered.
+        const now = new Date();
+        const handled = [...running.values()].map((r) => `${describeRequest(r, now)}, from ${r.from}`);
+        const open = openConnections(port);
+        const connections = open === null ? "connections not listed (no /proc/net/tcp)" : `${open.length} ` +
+          `connection(s) open${open.length ? ": " : ""}${
+            open.map(({ from, state }) => {
+              const last = lastOnConnection.get(from);
+              return `from ${from} ${state}, ${
+                last
+                  ? `its last request ${describeRequest(last.request, now)}, ${
+                    last.answered ? "answered" : "not answered"
+                  }`
+                  : "no request seen on it"
+              }`;
+            }).join("; ")
+          }`;
         console.error(
           `local API server: stopped waiting for its connections after ${graceMs} ms, left to end with the ` +
-            `process (${running.size} request(s) still being handled${
-              running.size ? `: ${[...running.values()].join(", ")}` : ""
+            `process (${connections}; ${running.size} request(s) still being handled${
+              handled.length ? `: ${handled.join("; ")}` : ""
             })`,
         );
       }
