@@ -17,6 +17,9 @@ import { ensurePublication } from "./wal.ts";
 import { maintainMessagePartitions, startPartitionJanitor } from "./partitions.ts";
 import { SUPPORTED_VSNS, type Vsn } from "./protocol.ts";
 import {
+  BODY_IDLE_TIMEOUT_MS,
+  bodyIdleTimeout,
+  type BodyParams,
   castBatch,
   elixirBlank,
   elixirUriDecode,
@@ -69,6 +72,11 @@ export interface RealtimeEndpointOptions {
    * within it of the last one applied is held until it ends (or until the current token's confirm).
    */
   accessTokenThrottleMs?: number;
+  /**
+   * How long a REST request's body read waits for the client's next bytes before it is given up and
+   * answered 408 (rest.ts BODY_IDLE_TIMEOUT_MS: Cowboy's idle_timeout, 60 s; tests shorten it).
+   */
+  bodyIdleTimeoutMs?: number;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
@@ -138,6 +146,7 @@ export async function createRealtimeEndpoint(
   };
   const channelErrorBackoffMs = options.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
   const connectErrorBackoffMs = options.connectErrorBackoffMs ?? CONNECT_ERROR_BACKOFF_MS;
+  const bodyIdleTimeoutMs = options.bodyIdleTimeoutMs ?? BODY_IDLE_TIMEOUT_MS;
   const connections = new Set<Connection>();
   let closed = false;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
@@ -269,17 +278,35 @@ export async function createRealtimeEndpoint(
     }
   }
 
-  async function restBroadcast(req: Request, url: URL): Promise<Response> {
-    if (req.method !== "POST") return json(405, { message: "POST only" });
-    // Realtime's endpoint parses the body before its router and pipelines run (lib/realtime_web/
-    // endpoint.ex): a body that does not parse is Phoenix's 400 whatever the route or token.
-    const body = await readBodyParams(req);
-    // Plug.Parsers' length: a longer body is 413 whatever the route or token, and is not read past it.
+  /**
+   * What Realtime's endpoint does to a request before its router (lib/realtime_web/endpoint.ex):
+   * Plug.Parsers reads the body of a POST, PUT, PATCH or DELETE (elixir-plug/plug lib/plug/parsers.ex
+   * `@methods`), whatever the route or token. A body that does not parse is Phoenix's 400, a longer one
+   * than Plug.Parsers reads its 413 (not read past the limit), and one whose client stopped sending it
+   * is ended (rest.ts bodyIdleTimeout); otherwise the parsed params, for the route.
+   */
+  async function parseBody(req: Request): Promise<Extract<BodyParams, { params: unknown }> | Response> {
+    if (!["POST", "PUT", "PATCH", "DELETE"].includes(req.method)) {
+      await req.body?.cancel();
+      return { params: {} };
+    }
+    const body = await readBodyParams(req, bodyIdleTimeoutMs);
+    if ("idle" in body) {
+      log({ event: "rest_body_idle_timeout", idle_ms: bodyIdleTimeoutMs });
+      return bodyIdleTimeout();
+    }
     if ("tooLarge" in body) return phoenixError(req, 413, "Request Entity Too Large");
     if ("parseError" in body) {
       log({ event: "rest_body_parse_error", error: body.parseError });
       return phoenixError(req, 400, "Bad Request");
     }
+    return body;
+  }
+
+  async function restBroadcast(req: Request, url: URL): Promise<Response> {
+    if (req.method !== "POST") return json(405, { message: "POST only" });
+    const body = await parseBody(req);
+    if (body instanceof Response) return body;
     const single = url.pathname.match(/^\/realtime\/v1\/api\/broadcast\/([^/]+)\/events\/([^/]+)$/);
     if (single) return await restSingle(req, url, single[1], single[2], body);
     if (url.pathname !== "/realtime/v1/api/broadcast") return json(404, { message: "not found" });

@@ -5,13 +5,14 @@
 // unless another repository is named); README.md in this folder says what is and is not emulated.
 
 /**
- * Body params as Plug.Parsers leaves them (`conn.body_params`), a body it refused to parse, or one
- * longer than it reads (`tooLarge`).
+ * Body params as Plug.Parsers leaves them (`conn.body_params`), a body it refused to parse, one
+ * longer than it reads (`tooLarge`), or one whose client stopped sending it (`idle`, BODY_IDLE_TIMEOUT_MS).
  */
 export type BodyParams =
   | { params: Record<string, unknown>; binary?: Uint8Array }
   | { parseError: string }
-  | { tooLarge: true };
+  | { tooLarge: true }
+  | { idle: true };
 
 /**
  * Plug.Parsers' `:length`, which Realtime's endpoint leaves at its default (elixir-plug/plug
@@ -28,12 +29,34 @@ export const PLUG_PARSERS_LENGTH = 8_000_000;
 const DRAIN_LIMIT = 4 * PLUG_PARSERS_LENGTH;
 
 /**
- * The body's bytes, or null when there are more than `limit`; nothing past the limit is kept in
- * memory. A too-large body (by its Content-Length, or once past the limit) is read on and dropped up
- * to DRAIN_LIMIT bytes in all, then its stream is cancelled; one whose Content-Length is over
- * DRAIN_LIMIT is not read at all.
+ * How long a body read waits for the client's next bytes: Cowboy's `idle_timeout` (ninenines/cowboy
+ * src/cowboy_http.erl, 60_000 ms, restarted by every piece of the body received), which Realtime leaves
+ * at its default (config/runtime.exs sets only max_header_value_length and dynamic_buffer among
+ * Cowboy's protocol options). Plug's `read_timeout` (15 s) does not end the read there: Plug.Cowboy
+ * passes it to Cowboy as the read's `period` (elixir-plug/plug_cowboy lib/plug/cowboy/conn.ex), after
+ * which cowboy_stream_h hands over what it has and Plug.Cowboy reads on; only the idle timeout ends it,
+ * closing the connection without an answer (cowboy_http `terminate/2`).
  */
-async function readUpTo(req: Request, limit: number): Promise<Uint8Array | null> {
+export const BODY_IDLE_TIMEOUT_MS = 60_000;
+
+/**
+ * The stand-in's answer to a body whose client stopped sending (readBodyParams' `idle`). Cowboy closes
+ * the connection without an answer; a Deno.serve handler cannot close its connection (and while a read
+ * of the body is pending, not even a failed answer closes it), so the stand-in answers `408 Request
+ * Timeout` with an empty body and `Connection: close`, after which the client closes it (fetch does).
+ * Either way the client's request fails and the server no longer waits for the body.
+ */
+export function bodyIdleTimeout(): Response {
+  return new Response(null, { status: 408, headers: { connection: "close" } });
+}
+
+/**
+ * The body's bytes, null when there are more than `limit`, or "idle" when no byte of it came for
+ * `idleMs` (BODY_IDLE_TIMEOUT_MS); nothing past the limit is kept in memory. A too-large body (by its
+ * Content-Length, or once past the limit) is read on and dropped up to DRAIN_LIMIT bytes in all, then
+ * its stream is cancelled; one whose Content-Length is over DRAIN_LIMIT is not read at all.
+ */
+async function readUpTo(req: Request, limit: number, idleMs: number): Promise<Uint8Array | null | "idle"> {
   const declared = Number(req.headers.get("content-length") ?? NaN);
   if (declared > DRAIN_LIMIT) {
     await req.body?.cancel().catch(() => {});
@@ -44,16 +67,23 @@ async function readUpTo(req: Request, limit: number): Promise<Uint8Array | null>
   const chunks: Uint8Array[] = [];
   let length = 0;
   let tooLarge = declared > limit;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
     for (;;) {
       if (length > DRAIN_LIMIT) break;
-      const { done, value } = await reader.read();
-      if (done) break;
-      length += value.length;
+      // Each read waits idleMs at most: the bound is on a pause between two pieces of the body, not on
+      // the whole body (a slow client that keeps sending is read to the end, as Cowboy does).
+      const idle = new Promise<"idle">((resolve) => timer = setTimeout(() => resolve("idle"), idleMs));
+      const read = await Promise.race([reader.read(), idle]);
+      clearTimeout(timer);
+      if (read === "idle") return "idle";
+      if (read.done) break;
+      length += read.value.length;
       if (length > limit) tooLarge = true;
-      if (!tooLarge) chunks.push(value);
+      if (!tooLarge) chunks.push(read.value);
     }
   } finally {
+    clearTimeout(timer);
     await reader.cancel().catch(() => {});
   }
   if (tooLarge) return null;
@@ -89,13 +119,16 @@ export function parseContentType(header: string | null): { type: string; subtype
  * - no or malformed Content-Type, or any other type: passed through (`pass: ["*\/*"]`), params `%{}`.
  * - a JSON or octet-stream body over PLUG_PARSERS_LENGTH: Plug.Parsers.RequestTooLargeError (413,
  *   rendered by phoenixError), before the route or token is looked at, as the 400.
+ * - a JSON or octet-stream body whose client sends nothing more for `idleMs` (BODY_IDLE_TIMEOUT_MS,
+ *   Cowboy's idle_timeout; tests shorten it): `idle`, answered by bodyIdleTimeout.
  * Not emulated: the urlencoded and multipart parsers (Plug would turn such a body into params; here
- * it is passed through as `%{}`), query parameters merged into params, Plug's 15 s read timeout.
+ * it is passed through as `%{}`), query parameters merged into params.
  */
-export async function readBodyParams(req: Request): Promise<BodyParams> {
+export async function readBodyParams(req: Request, idleMs = BODY_IDLE_TIMEOUT_MS): Promise<BodyParams> {
   const ct = parseContentType(req.headers.get("content-type"));
   if (ct?.type === "application" && (ct.subtype === "json" || ct.subtype.endsWith("+json"))) {
-    const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH);
+    const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH, idleMs);
+    if (bytes === "idle") return { idle: true };
     if (bytes === null) return { tooLarge: true };
     if (bytes.length === 0) return { params: {} };
     let value: unknown;
@@ -122,7 +155,8 @@ export async function readBodyParams(req: Request): Promise<BodyParams> {
       : { params: { _json: value } };
   }
   if (ct?.type === "application" && ct.subtype === "octet-stream") {
-    const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH);
+    const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH, idleMs);
+    if (bytes === "idle") return { idle: true };
     return bytes === null ? { tooLarge: true } : { params: {}, binary: bytes };
   }
   await req.body?.cancel();

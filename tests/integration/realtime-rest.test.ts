@@ -5,9 +5,10 @@
 // changeset, the single route's content-type check) is cited in local/realtime/rest.ts.
 
 import assert from "node:assert/strict";
+import { startRealtimeServer } from "../../local/realtime/endpoint.ts";
 import { signDevJwt } from "../../local/stack/keys.ts";
 import { createTestUser, localRealtime, testEnv } from "../support/env.ts";
-import { closeClient, joinChannel, newClient, noSanitize, waitFor } from "./realtime_support.ts";
+import { closeClient, joinChannel, newClient, noSanitize, ownEndpoint, waitFor } from "./realtime_support.ts";
 
 const encoder = new TextEncoder();
 
@@ -411,6 +412,88 @@ Deno.test({
       );
     } finally {
       await closeClient(listener.client);
+    }
+  },
+});
+
+/**
+ * Sends `head` (a request line and headers, no blank line) and then `body` piece by piece, waiting
+ * `gapMs` between pieces, over a connection of its own, and reads the answer's head (every answer here
+ * has an empty body). Null when none came within 30 s (a hang guard).
+ */
+async function rawExchange(port: number, head: string, body: string[], gapMs = 0): Promise<string | null> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  let guard: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await conn.write(encoder.encode(`${head}\r\n\r\n`));
+    for (const [i, piece] of body.entries()) {
+      // The client's own pace (the scenario: a slow upload), not a wait for the server.
+      if (i > 0 && gapMs > 0) await new Promise((resolve) => setTimeout(resolve, gapMs));
+      await conn.write(encoder.encode(piece));
+    }
+    let text = "";
+    const buffer = new Uint8Array(4096);
+    const hangGuard = new Promise<"none">((resolve) => guard = setTimeout(() => resolve("none"), 30_000));
+    while (!text.includes("\r\n\r\n")) {
+      const read = await Promise.race([conn.read(buffer), hangGuard]);
+      if (read === "none" || read === null) return null;
+      text += new TextDecoder().decode(buffer.subarray(0, read));
+    }
+    return text;
+  } finally {
+    clearTimeout(guard);
+    conn.close();
+  }
+}
+
+Deno.test({
+  name:
+    "realtime REST: a body whose client stops sending is given up after the idle timeout (Cowboy's), 408, one still coming is read to the end",
+  ...ownEndpoint,
+  fn: async () => {
+    const env = testEnv();
+    // Cowboy's idle_timeout is 60 s (the stand-in's default); this endpoint's is shorter.
+    const IDLE_MS = 2_000;
+    const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+      bodyIdleTimeoutMs: IDLE_MS,
+    });
+    try {
+      const head = (path: string, type: string) =>
+        `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\napikey: ${env.anonKey}\r\ncontent-type: ${type}\r\n` +
+        "content-length: 100";
+      // 2 of the 100 bytes announced, then nothing: on Supabase Cowboy closes the connection without an
+      // answer after its idle timeout; the stand-in cannot close it, and answers 408 with Connection:
+      // close (README.md).
+      const stalls = await Promise.all(
+        [
+          ["/realtime/v1/api/broadcast", "application/json"],
+          ["/realtime/v1/api/broadcast/rest-idle/events/e", "application/json"],
+          ["/realtime/v1/api/broadcast/rest-idle/events/e", "application/octet-stream"],
+        ].map(async ([path, type]) => ({
+          path,
+          type,
+          answer: await rawExchange(server.port, head(path, type), ['{"']),
+        })),
+      );
+      for (const { path, type, answer } of stalls) {
+        assert.ok(answer !== null, `${path} ${type}: no answer within 30 s`);
+        assert.match(answer, /^HTTP\/1\.1 408 Request Timeout\r\n/, `${path} ${type}`);
+        assert.match(answer, /\r\nconnection: close\r\n/i, `${path} ${type}`);
+        assert.match(answer, /\r\ncontent-length: 0\r\n/i, `${path} ${type}`);
+      }
+      // The bound is on a pause, not on the whole body: 100 bytes sent in 10 pieces, 0.15 of the bound
+      // apart, take longer than the bound, and are read and broadcast.
+      const pieces = ['{"n":1', ...Array.from({ length: 8 }, () => " ".repeat(11)), " ".repeat(5) + "}"];
+      assert.equal(pieces.join("").length, 100);
+      const slow = await rawExchange(
+        server.port,
+        head("/realtime/v1/api/broadcast/rest-slow/events/e", "application/json"),
+        pieces,
+        IDLE_MS * 0.15,
+      );
+      assert.match(slow ?? "", /^HTTP\/1\.1 202 /, `a slow body: ${JSON.stringify(slow)}`);
+    } finally {
+      await server.close();
     }
   },
 });
