@@ -4,6 +4,7 @@
 //   GET  /realtime/v1/websocket?apikey=...&vsn=2.0.0         Phoenix channels over WebSocket
 //   POST /realtime/v1/api/broadcast                          REST broadcast (realtime-js send() fallback)
 //   POST /realtime/v1/api/broadcast/<topic>/events/<event>   REST broadcast (realtime-js httpSend())
+//   anything else under /realtime/v1                         404 Not Found, as Phoenix's router answers
 //
 // See README.md in this folder for what is and is not emulated.
 
@@ -303,13 +304,25 @@ export async function createRealtimeEndpoint(
     return body;
   }
 
-  async function restBroadcast(req: Request, url: URL): Promise<Response> {
-    if (req.method !== "POST") return json(405, { message: "POST only" });
+  /**
+   * A route Realtime does not have (any method but POST on the broadcast routes, any other path under
+   * /realtime/v1 but the socket's): Phoenix's router raises Phoenix.Router.NoRouteError (plug_status
+   * 404), which the endpoint's RenderErrors renders with RealtimeWeb.ErrorView as the broadcast routes'
+   * 400 is (phoenixError): the reason phrase `Not Found`, as text/html unless Accept asks for JSON. On
+   * `supabase start` Kong sends /realtime/v1/api/* to Realtime's /api/* and the rest of /realtime/v1/* to
+   * its /socket/* (supabase/cli internal/start/templates/kong.yml), where the endpoint serves only the
+   * socket's transports; the body is parsed first (parseBody), as for every route.
+   */
+  async function noRoute(req: Request): Promise<Response> {
     const body = await parseBody(req);
     if (body instanceof Response) return body;
-    const single = url.pathname.match(/^\/realtime\/v1\/api\/broadcast\/([^/]+)\/events\/([^/]+)$/);
-    if (single) return await restSingle(req, url, single[1], single[2], body);
-    if (url.pathname !== "/realtime/v1/api/broadcast") return json(404, { message: "not found" });
+    return phoenixError(req, 404, "Not Found");
+  }
+
+  async function restBroadcast(req: Request, url: URL, route: BroadcastRoute): Promise<Response> {
+    const body = await parseBody(req);
+    if (body instanceof Response) return body;
+    if (route.single) return await restSingle(req, url, route.single.topic, route.single.event, body);
     const auth = await restClaims(req);
     if ("error" in auth) return auth.error;
     // Supabase's BatchBroadcast changeset over the body params (rest.ts castBatch): a body that is not
@@ -411,13 +424,12 @@ export async function createRealtimeEndpoint(
         // itself and marks every answer of these routes readable by any origin: a browser falls back
         // to them (realtime-js send() before the join, httpSend()).
         if (req.method === "OPTIONS") return corsPreflight(req);
-        const response = url.pathname.startsWith("/realtime/v1/api/broadcast")
-          ? await restBroadcast(req, url)
-          : json(404, { error: { code: "not_found", message: `No Realtime route at ${url.pathname}` } });
+        const route = req.method === "POST" ? broadcastRoute(url.pathname) : null;
+        const response = route ? await restBroadcast(req, url, route) : await noRoute(req);
         response.headers.set("access-control-allow-origin", "*");
         return response;
       }
-      return json(404, { error: { code: "not_found", message: `No Realtime route at ${url.pathname}` } });
+      return await noRoute(req);
     },
     stats(): RealtimeEndpointStats {
       let channels = 0;
@@ -435,6 +447,27 @@ export async function createRealtimeEndpoint(
       await sql.end({ timeout: 2 });
     },
   };
+}
+
+/** Which of Realtime's two REST broadcast routes a path is: the batch, or the single one's segments. */
+interface BroadcastRoute {
+  single?: { topic: string; event: string };
+}
+
+/**
+ * lib/realtime_web/router.ex's `post "/broadcast"` and `post "/broadcast/:topic/events/:event"` under
+ * its /api scope, which Kong serves at /realtime/v1/api. Phoenix matches the path's segments as Plug
+ * splits them, without the empty ones (`/broadcast/` is `/broadcast`); null for any other path.
+ */
+function broadcastRoute(pathname: string): BroadcastRoute | null {
+  const prefix = "/realtime/v1/api/";
+  if (!pathname.startsWith(prefix)) return null;
+  const segments = pathname.slice(prefix.length).split("/").filter((segment) => segment !== "");
+  if (segments.length === 1 && segments[0] === "broadcast") return {};
+  if (segments.length === 4 && segments[0] === "broadcast" && segments[2] === "events") {
+    return { single: { topic: segments[1], event: segments[3] } };
+  }
+  return null;
 }
 
 /** Kong's cors plugin with its defaults (any origin, the requested headers, no credentials). */

@@ -11,6 +11,7 @@ import { createTestUser, localRealtime, testEnv } from "../support/env.ts";
 import { closeClient, joinChannel, newClient, noSanitize, ownEndpoint, waitFor } from "./realtime_support.ts";
 
 const encoder = new TextEncoder();
+const json = { "Content-Type": "application/json" };
 
 async function post(
   path: string,
@@ -469,6 +470,7 @@ Deno.test({
           ["/realtime/v1/api/broadcast", "application/json"],
           ["/realtime/v1/api/broadcast/rest-idle/events/e", "application/json"],
           ["/realtime/v1/api/broadcast/rest-idle/events/e", "application/octet-stream"],
+          ["/realtime/v1/api/no-such-route", "application/json"], // the body is read before the router
         ].map(async ([path, type]) => ({
           path,
           type,
@@ -495,5 +497,66 @@ Deno.test({
     } finally {
       await server.close();
     }
+  },
+});
+
+Deno.test({
+  name:
+    "realtime REST: a route Realtime does not have is Phoenix's 404 Not Found, after the body is parsed, as html unless Accept asks for JSON",
+  ...noSanitize,
+  fn: async () => {
+    const env = testEnv();
+    const a = await createTestUser();
+    const call = async (
+      method: string,
+      path: string,
+      init: { body?: string; headers?: Record<string, string> } = {},
+    ) => {
+      const res = await fetch(`${env.url}${path}`, {
+        method,
+        headers: { apikey: env.anonKey, Authorization: `Bearer ${a.accessToken}`, ...init.headers },
+        body: init.body,
+      });
+      return { status: res.status, type: res.headers.get("content-type"), text: await res.text() };
+    };
+    const paths: [string, string][] = [
+      ["GET", "/realtime/v1/api/no-such-route"],
+      ["POST", "/realtime/v1/api/no-such-route"],
+      ["DELETE", "/realtime/v1/api/broadcast/t/events"],
+      // Phoenix's router matches the method too: the broadcast routes are POST only.
+      ["GET", "/realtime/v1/api/broadcast"],
+      ["PUT", "/realtime/v1/api/broadcast/t/events/e"],
+      ["POST", "/realtime/v1/api/broadcast/t/events/e/more"],
+    ];
+    // Kong sends the rest of /realtime/v1 to Realtime's /socket/*, whose endpoint serves only the
+    // socket's transports: the stand-in's (a real stack's gateway may route a plain request there
+    // otherwise).
+    if (localRealtime) paths.push(["GET", "/realtime/v1/no-such-route"], ["GET", "/realtime/v1/"]);
+    for (const [method, path] of paths) {
+      const html = await call(method, path, { body: method === "GET" ? undefined : "{}", headers: json });
+      assert.equal(html.status, 404, `${method} ${path}: ${html.text}`);
+      assert.equal(html.text, "Not Found", `${method} ${path}`);
+      assert.match(html.type ?? "", /^text\/html/, `${method} ${path}`);
+      const asJson = await call(method, path, { headers: { Accept: "application/json" } });
+      assert.equal(asJson.status, 404, `${method} ${path} (JSON)`);
+      assert.match(asJson.type ?? "", /^application\/json/, `${method} ${path} (JSON)`);
+      assert.equal(JSON.parse(asJson.text), "Not Found", `${method} ${path} (JSON)`);
+    }
+    // Plug.Parsers runs before the router: a body that does not parse is its 400 on any route.
+    const unparsed = await call("POST", "/realtime/v1/api/no-such-route", { body: "{", headers: json });
+    assert.equal(unparsed.status, 400, unparsed.text);
+    assert.equal(unparsed.text, "Bad Request");
+    // Phoenix matches the path's segments without the empty ones: a trailing slash is the same route.
+    const topic = `rest-slash-${crypto.randomUUID()}`;
+    const slash = await call("POST", "/realtime/v1/api/broadcast/", {
+      body: JSON.stringify({ messages: [{ topic, event: "e", payload: {} }] }),
+      headers: json,
+    });
+    assert.equal(slash.status, 202, slash.text);
+    const single = await call("POST", `/realtime/v1/api/broadcast/${topic}/events/e/`, {
+      body: "{}",
+      headers: json,
+    });
+    assert.equal(single.status, 202, single.text);
   },
 });
