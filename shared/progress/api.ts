@@ -870,9 +870,30 @@ export function subscribeToProgress(
 }
 
 /**
+ * What one call of createProgressApi's writes and library read may add to the options the API was made
+ * with: a signal of its own (the call ends when either it or the API's `signal` aborts), and its own
+ * retry fields over the API's (an outbox that retries on a schedule of its own makes one attempt).
+ */
+export interface CallOptions {
+  signal?: AbortSignal;
+  retry?: Partial<RetryOptions>;
+}
+
+/** `bound` with one call's own options (CallOptions) on top. */
+function withCall(bound: ProgressApiOptions, call: CallOptions | undefined): ProgressApiOptions {
+  if (!call) return bound;
+  const signal = call.signal && bound.signal
+    ? AbortSignal.any([bound.signal, call.signal])
+    : call.signal ?? bound.signal;
+  const retry = call.retry ? { ...bound.retry, ...call.retry } : bound.retry;
+  return { ...bound, ...(signal ? { signal } : {}), ...(retry ? { retry } : {}) };
+}
+
+/**
  * The same calls bound to one client and one set of options. They share one ServerClock
  * (`options.clock`, or a new one) that every 2xx answer teaches, so a device whose clock is off is
  * corrected without asking: stamp a write's `updated_at` with `now()` when the reading happens.
+ * The writes and listProgress take a call's own signal and retry fields (CallOptions).
  */
 export function createProgressApi(client: SupabaseClient, options: ProgressApiOptions = {}) {
   // Here, at once (a RangeError or TypeError naming the option), rather than as every call's rejection later.
@@ -886,10 +907,13 @@ export function createProgressApi(client: SupabaseClient, options: ProgressApiOp
      * dating a write: never the same instant twice (ServerClock.stamp).
      */
     now: () => new Date(clock.stamp()).toISOString(),
-    updateProgress: (write: ProgressWriteInput) => updateProgress(client, write, bound),
-    updateProgressBatch: (writes: ProgressWriteInput[]) => updateProgressBatch(client, writes, bound),
+    updateProgress: (write: ProgressWriteInput, call?: CallOptions) =>
+      updateProgress(client, write, withCall(bound, call)),
+    updateProgressBatch: (writes: ProgressWriteInput[], call?: CallOptions) =>
+      updateProgressBatch(client, writes, withCall(bound, call)),
     getProgress: (seriesId: string) => getProgress(client, seriesId, bound),
-    listProgress: (query?: ListProgressOptions) => listProgress(client, query, bound),
+    listProgress: (query?: ListProgressOptions, call?: CallOptions) =>
+      listProgress(client, query, withCall(bound, call)),
     changesSince: (cursor?: string | null, query?: { limit?: number }) =>
       changesSince(client, cursor ?? null, query, bound),
     resetProgress: (seriesId: string, reset: { device_id: string; updated_at?: string }) =>

@@ -5,7 +5,12 @@
 // has the real-HTTP side (changesLimit's bound is the function's).
 
 import assert from "node:assert/strict";
-import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import {
+  createClient,
+  FunctionsFetchError,
+  FunctionsHttpError,
+  type SupabaseClient,
+} from "@supabase/supabase-js";
 import {
   changesSince,
   createProgressApi,
@@ -546,4 +551,74 @@ Deno.test({
     }
     assert.equal(client.getChannels().length, 0, "the service closed with its last subscription");
   },
+});
+
+Deno.test("createProgressApi: a write's or a library read's own options (a signal, retry fields) go with that call only, over the API's", async () => {
+  // The function as functions.invoke reaches it: every request answered 503 at once, unless its signal
+  // has aborted (then ended as functions-js ends it).
+  let requests = 0;
+  const client = {
+    functions: {
+      invoke: (_name: string, options: { signal?: AbortSignal }) => {
+        requests++;
+        if (options.signal?.aborted) {
+          return Promise.resolve({
+            data: null,
+            error: new FunctionsFetchError(options.signal.reason),
+            response: undefined,
+          });
+        }
+        const response = Response.json({ error: { code: "service_unavailable", message: "down" } }, {
+          status: 503,
+        });
+        return Promise.resolve({ data: null, error: new FunctionsHttpError(response), response });
+      },
+    },
+  } as unknown as SupabaseClient;
+  const stopAll = new AbortController();
+  const api = createProgressApi(client, {
+    retry: { attempts: 3 },
+    sleep: () => Promise.resolve(),
+    signal: stopAll.signal,
+  });
+  const failure = async (call: () => Promise<unknown>) => {
+    const before = requests;
+    const error = await call().then(() => assert.fail("expected a failure"), (e) => e);
+    return { code: (error as NetworkError).code, requests: requests - before };
+  };
+  // The API's three attempts; one, asked for by the call; the next call has the API's again.
+  assert.deepEqual(await failure(() => api.updateProgressBatch([WRITE])), {
+    code: "service_unavailable",
+    requests: 3,
+  });
+  assert.deepEqual(await failure(() => api.updateProgressBatch([WRITE], { retry: { attempts: 1 } })), {
+    code: "service_unavailable",
+    requests: 1,
+  });
+  assert.deepEqual(await failure(() => api.updateProgress(WRITE, { retry: { attempts: 2 } })), {
+    code: "service_unavailable",
+    requests: 2,
+  });
+  assert.deepEqual(await failure(() => api.listProgress({}, { retry: { attempts: 1 } })), {
+    code: "service_unavailable",
+    requests: 1,
+  });
+  // A call's own signal ends that call; the API's still ends every call, one with a signal of its own too.
+  const stopOne = new AbortController();
+  stopOne.abort(new Error("this send is over"));
+  assert.deepEqual(await failure(() => api.updateProgressBatch([WRITE], { signal: stopOne.signal })), {
+    code: "aborted",
+    requests: 0,
+  });
+  assert.deepEqual(await failure(() => api.updateProgress(WRITE)), {
+    code: "service_unavailable",
+    requests: 3,
+  });
+  stopAll.abort(new Error("the app closed"));
+  assert.deepEqual(await failure(() => api.listProgress({}, { signal: new AbortController().signal })), {
+    code: "aborted",
+    requests: 0,
+  });
+  // A call's retry fields out of range are refused as the API's are, before any request.
+  await assert.rejects(api.updateProgress(WRITE, { retry: { attempts: 0 } }), RangeError);
 });
