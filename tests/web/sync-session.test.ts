@@ -8,7 +8,13 @@
 import assert from "node:assert/strict";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { Progress, WriteResult } from "@shared/progress/types.ts";
-import { NetworkError, ServiceUnavailableError, ValidationError } from "@shared/progress/api.ts";
+import {
+  createProgressApi,
+  NetworkError,
+  ServiceUnavailableError,
+  ValidationError,
+} from "@shared/progress/api.ts";
+import { FunctionsFetchError, FunctionsHttpError, type SupabaseClient } from "@supabase/supabase-js";
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import {
@@ -1083,6 +1089,211 @@ for (const answer of ["signed out", "still hers"] as const) {
       assert.equal(auth.count, 3, "no more checks once answered (or closed)");
     } finally {
       alice.close();
+      auth.restore();
+    }
+  });
+}
+
+/** A request the progress function got from the real API client (heldFunctions), answered by the test. */
+interface HeldRequest {
+  token: string;
+  writes: PendingWrite[];
+  /** Its signal aborted before it was answered: functions-js ended it, and an answer after is unheard. */
+  aborted: boolean;
+  /** It ended: answered, or aborted. */
+  ended: boolean;
+  /** Answers it: the writes saved (as the function answers a batch). */
+  save(): void;
+  /** Answers it 503 (the API's own error body). */
+  unavailable(): void;
+}
+
+/**
+ * The progress function as the real API client (shared/progress/api.ts) reaches it through supabase-js's
+ * functions.invoke: each request (the token asked for as supabase-js asks it) waits for the test to
+ * answer it; one whose signal aborts first ends as functions-js ends it (a FunctionsFetchError). The
+ * client's waits between its own attempts (`sleep`) are held too, counted, until the test wakes them.
+ */
+function heldFunctions() {
+  const requests: HeldRequest[] = [];
+  const arrived: PromiseWithResolvers<void>[] = [];
+  const nth = (n: number) => (arrived[n - 1] ??= Promise.withResolvers<void>());
+  const sleeps: PromiseWithResolvers<void>[] = [];
+  const client = (accessToken: () => Promise<string>) => ({
+    functions: {
+      invoke: async (_name: string, options: { body?: string; signal?: AbortSignal }) => {
+        let token: string;
+        try {
+          token = await accessToken();
+        } catch (error) {
+          return { data: null, error: new FunctionsFetchError(error), response: undefined };
+        }
+        const body = JSON.parse(options.body ?? "null");
+        const writes: PendingWrite[] = Array.isArray(body?.writes) ? body.writes : [body];
+        const answer = Promise.withResolvers<Response>();
+        const user = token.replace("token-of-", "");
+        const request: HeldRequest = {
+          token,
+          writes,
+          aborted: false,
+          ended: false,
+          save: () =>
+            answer.resolve(Response.json({
+              results: writes.map((write) => ({
+                won: true,
+                conflict: null,
+                conflict_with: null,
+                progress: {
+                  ...write,
+                  user_id: user,
+                  synced_at: write.updated_at,
+                  change_xid: "1",
+                  created_at: write.updated_at,
+                },
+              })),
+            })),
+          unavailable: () =>
+            answer.resolve(
+              Response.json({ error: { code: "service_unavailable", message: "down" } }, { status: 503 }),
+            ),
+        };
+        requests.push(request);
+        nth(requests.length).resolve();
+        const aborted = new Promise<"aborted">((resolve) => {
+          if (options.signal?.aborted) resolve("aborted");
+          options.signal?.addEventListener("abort", () => resolve("aborted"), { once: true });
+        });
+        const outcome = await Promise.race([answer.promise, aborted]);
+        request.ended = true;
+        if (outcome === "aborted") {
+          request.aborted = true;
+          return {
+            data: null,
+            error: new FunctionsFetchError(new DOMException("aborted", "AbortError")),
+            response: undefined,
+          };
+        }
+        if (!outcome.ok) return { data: null, error: new FunctionsHttpError(outcome), response: outcome };
+        return { data: await outcome.json(), error: null, response: outcome };
+      },
+    },
+  });
+  return {
+    requests,
+    client,
+    /** Resolves with the n-th request (1-based) once it has been made. */
+    request: async (n: number) => {
+      await nth(n).promise;
+      return requests[n - 1];
+    },
+    sleeps,
+    sleep: (_ms: number) => {
+      const wait = Promise.withResolvers<void>();
+      sleeps.push(wait);
+      return wait.promise;
+    },
+    wakeAll: () => sleeps.forEach((wait) => wait.resolve()),
+  };
+}
+
+/** The tab's writes go through the real API client to `fn`; its Realtime link stays the stand-in's. */
+function realApi(t: ReturnType<typeof tab>, fn: ReturnType<typeof heldFunctions>) {
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) => {
+    const { api, disconnect } = connect(accessToken, clock);
+    const client = fn.client(accessToken) as unknown as SupabaseClient;
+    const real = createProgressApi(client, { clock, sleep: fn.sleep, random: () => 0.5 });
+    const writes: SyncApi = {
+      subscribeToProgress: api.subscribeToProgress,
+      updateProgress: real.updateProgress,
+      updateProgressBatch: real.updateProgressBatch,
+    };
+    return { api: writes, disconnect };
+  };
+}
+
+/** Her saved outbox (the series in it) and the tabs' list of answered writes, as localStorage holds them. */
+const savedFor = (storage: Storage, user: string) => ({
+  outbox: (JSON.parse(storage.getItem(`readsync.outbox.${user}`) ?? "[]") as PendingWrite[]).map((w) =>
+    w.series_id
+  ),
+  answered: storage.getItem(`readsync.outboxAnswered.${user}`),
+});
+
+for (
+  const [end, answerFirst] of [["signed out", false], ["signed out", true], ["still hers", false], [
+    "closed",
+    false,
+  ]] as const
+) {
+  const when = end === "closed"
+    ? "the session closes (the user changed in this page)"
+    : "another tab says the session changed";
+  const answer = answerFirst ? "already on its way" : "which comes anyway";
+  Deno.test(`sync session, real API client: a send under way when ${when} is aborted, and its answer, ${answer}, is not applied nor saved; the write stays in her saved outbox (${end})`, async () => {
+    const auth = heldAuthToken();
+    const fn = heldFunctions();
+    const t = tab();
+    realApi(t, fn);
+    const store = newStore(ALICE);
+    const alice = t.open(store);
+    try {
+      alice.save("book", position(5), DEVICE);
+      const first = await fn.request(1); // the send under way, with her token
+      assert.equal(first.token, `token-of-${ALICE}`);
+      // The server stores it and answers: after the word (on the code before, this answer was applied),
+      // or just before it, the answer still on its way through the client when the word comes.
+      if (answerFirst) first.save();
+      if (end === "closed") alice.close();
+      else signedOutElsewhere(t.window);
+      if (!answerFirst) first.save();
+      await waitFor("the request to end", () => first.ended);
+      await waitFor("the send to stop", () => !alice.sending);
+      assert.deepEqual(
+        [store.getSnapshot().pendingCount, store.getSnapshot().bySeries.get("book")?.pending],
+        [1, true],
+        "nothing of the answer applied: the write still waits",
+      );
+      assert.deepEqual(
+        savedFor(t.storage, ALICE),
+        { outbox: ["book"], answered: null },
+        "nor saved: it stays in her outbox",
+      );
+      assert.equal(
+        first.aborted,
+        !answerFirst,
+        "the request under way was aborted (not one already answered)",
+      );
+      if (end === "still hers") {
+        // The check says the session is still hers: the send goes again (a replay if it was stored).
+        (await auth.request(1)).resolve(
+          Response.json({ accessToken: `token-of-${ALICE}`, expiresAt: FAR, userId: ALICE }),
+        );
+        const again = await fn.request(2);
+        assert.deepEqual([again.token, again.writes.map((w) => w.chapter)], [`token-of-${ALICE}`, [5]]);
+        again.save();
+        await waitFor("the write to be answered", () => store.getSnapshot().pendingCount === 0);
+        assert.deepEqual(t.left, []);
+        assert.deepEqual(savedFor(t.storage, ALICE).outbox, []);
+        return;
+      }
+      if (end === "signed out") {
+        (await auth.request(1)).resolve(Response.json({ error: "signed_out" }, { status: 401 }));
+        await waitFor("the tab to leave", () => t.left.length > 0);
+        assert.deepEqual(t.left, ["sign-in"]);
+      }
+      assert.equal(fn.requests.length, 1, "nothing sent again by the ended session");
+      // Her next sign-in sends it.
+      alice.close();
+      const aliceAgain = t.open(newStore(ALICE));
+      const next = await fn.request(2);
+      assert.deepEqual([next.token, next.writes.map((w) => w.series_id)], [`token-of-${ALICE}`, ["book"]]);
+      next.save();
+      await waitFor("her write to be answered", () => aliceAgain.store.getSnapshot().pendingCount === 0);
+      aliceAgain.close();
+    } finally {
+      alice.close();
+      fn.wakeAll();
       auth.restore();
     }
   });

@@ -47,7 +47,9 @@
 //     the others then find the schedule changed and wait again (one request per step, not N).
 //   Disposed (the tab's user changed, or it closes), a tab withdraws a request for the lock it is still
 //   waiting for (its AbortSignal), so a closed session never sends once another tab lets go; the
-//   answer to a send it had under way is still shared (a Retry-After in it holds the others too).
+//   answer to a send it had under way is still shared (a Retry-After in it holds the others too),
+//   though a SyncSession aborts that send's request as it closes (syncSession.ts): an answer that
+//   arrived before is what is shared then.
 //   Without Web Locks, tabs may send at the same time as before, each taking over first; without
 //   storage, each tab has its own outbox and its own schedule, as before.
 //

@@ -5,7 +5,8 @@
 // the new one opens, so none of the old user's timers, lock waits, listeners or Realtime channel
 // goes on, and nothing queued for one user is ever sent with the other's token. The old user's
 // unsent writes stay where the store saved them (localStorage, under that user's key) for their
-// next sign-in.
+// next sign-in. A send under way when the session ends (closed, signed out, or another tab's word
+// that the session changed) is aborted, and an answer that comes anyway is not applied (see sendNow).
 //
 // Framework-free, over an environment the browser gives (browserSyncEnvironment) or a test makes
 // (tests/web/sync-session.test.ts).
@@ -97,6 +98,8 @@ export class SyncSession {
   #closed = false;
   /** The page was told to leave: a second leave would abort the navigation the first one began. */
   #leaving = false;
+  /** The outbox's send under way, which sign-out, another tab's word or close() aborts (null: none). */
+  #send: { abort: AbortController; byWord: boolean } | null = null;
   /** Reads of the server's changes answered so far (onRead: "done" or "behind"), whatever made them. */
   #readsAnswered = 0;
   #listeners = new Set<() => void>();
@@ -128,6 +131,7 @@ export class SyncSession {
     const leaveIfSignedOut = (error: unknown) => {
       if (!(error instanceof SignedOutError) || this.#closed || this.#leaving) return;
       this.#leaving = true;
+      this.#stopSend(false); // the old user's request goes no further, and its answer is not applied
       env.leave(error.userChanged ? "reload" : "sign-in");
     };
     const getAccessToken = async () => {
@@ -147,7 +151,7 @@ export class SyncSession {
     const subscription = this.#subscription = api.subscribeToProgress(
       userId,
       (change) => {
-        if (this.#closed) return;
+        if (this.#closed || this.#leaving) return; // (the page is on its way out: not shown)
         if (change.kind === "delete") store.removeServerRow(change.row);
         else store.applyServerRow(change.row);
       },
@@ -190,27 +194,59 @@ export class SyncSession {
     const unmeasurable: { answers?: number } = {};
     const sendNow = () => {
       this.#setSending(true);
-      return flushOutbox(store, api, {
+      // Each send's requests carry a signal of its own: sign-out, another tab's word that the session
+      // changed, or close() aborts the request under way (#stopSend).
+      const send = this.#send = { abort: new AbortController(), byWord: false };
+      const { signal } = send.abort;
+      const call = { signal };
+      // An answer that arrives once the signal has aborted (it was on its way) is dropped, not applied:
+      // its writes stay queued, saved for the user's next send (sent again, a replay if it was stored).
+      const unlessStopped = async <T>(request: Promise<T>): Promise<T> => {
+        const answer = await request;
+        if (signal.aborted) throw new SignedOutError("the send was stopped: the session ended or may have");
+        return answer;
+      };
+      const transport = {
+        updateProgress: (write: Parameters<SyncApi["updateProgress"]>[0]) =>
+          unlessStopped(api.updateProgress(write, call)),
+        updateProgressBatch: (writes: Parameters<SyncApi["updateProgressBatch"]>[0]) =>
+          unlessStopped(api.updateProgressBatch(writes, call)),
+      };
+      return flushOutbox(store, transport, {
         isRetryable,
         isTransient,
         splitMayHelp,
-        isSignedOut, // also when supabase-js wraps it (the token callback threw it)
+        // Also when supabase-js wraps it (the token callback threw it), and whatever ended a stopped send
+        // (aborted): not a failure of the API, nothing shared with the other tabs, nothing said.
+        isSignedOut: (error) => signal.aborted || isSignedOut(error),
         refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
-        isDisposed: () => this.#closed,
+        isDisposed: () => this.#closed || signal.aborted,
         // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
-        redate: { clock, measure: () => api.listProgress?.({ limit: 1 }) ?? Promise.resolve(), unmeasurable },
-      }).finally(() => {
+        redate: {
+          clock,
+          measure: () => unlessStopped<unknown>(api.listProgress?.({ limit: 1 }, call) ?? Promise.resolve()),
+          unmeasurable,
+        },
+      }).then((result) => ({ result, byWord: send.byWord })).finally(() => {
+        if (this.#send === send) this.#send = null;
         env.clockOffset?.save(clock.measuredOffsetMs); // what answers measured: a sleep must not erase it
         this.#setSending(false);
       });
     };
     const schedule = this.#schedule = new OutboxSchedule({
-      send: () => {
-        // Another tab said the session changed and /auth/token has not answered yet: the writes wait
-        // (queued, this send's turn held) until it has; signed out, the keeper gives no token and the
-        // flush ends "signed out", the writes kept for the next sign-in.
-        const unsure = session.unsure();
-        return unsure ? unsure.then(() => this.#closed ? { outcome: "disposed" } as const : sendNow()) : sendNow();
+      send: async () => {
+        for (;;) {
+          // Another tab said the session changed and /auth/token has not answered yet: the writes wait
+          // (queued, this send's turn held) until it has; signed out, the keeper gives no token and the
+          // flush ends "signed out", the writes kept for the next sign-in.
+          const unsure = session.unsure();
+          if (unsure) await unsure;
+          if (this.#closed) return { outcome: "disposed" } as const;
+          const { result, byWord } = await sendNow();
+          // Stopped by such a word while under way: sent again once the check says the session is still
+          // this user's (the loop waits for its answer); signed out, the page is leaving.
+          if (!byWord || this.#closed || this.#leaving) return result;
+        }
       },
       hasPending: () => store.getSnapshot().pendingCount > 0,
       isOnline: () => env.isOnline(),
@@ -228,7 +264,10 @@ export class SyncSession {
     const onStorage = (event: Event) => {
       const e = event as Event & { key: string | null; newValue: string | null }; // a StorageEvent
       if (sessionChangedFor(e, userId)) {
+        // The send under way goes with a token that may be a signed-out session's: stopped now (its
+        // writes stay queued), and sent again only once /auth/token says the session is still this user's.
         void session.sessionChanged();
+        this.#stopSend(true);
         return;
       }
       // Another tab's send had a write refused: say so here too (or it was dismissed there).
@@ -379,6 +418,7 @@ export class SyncSession {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#stopSend(false); // its request is aborted, and an answer that comes anyway is not applied
     for (const cleanup of this.#cleanups.splice(0)) {
       try {
         cleanup();
@@ -387,6 +427,18 @@ export class SyncSession {
       }
     }
     this.#listeners.clear();
+  }
+
+  /**
+   * Aborts the outbox's send under way (its request in flight and the rest of its batches); its writes
+   * stay queued, in their user's saved outbox. `byWord`: for another tab's word that the session
+   * changed, after which the send goes again if the session is still this user's.
+   */
+  #stopSend(byWord: boolean): void {
+    const send = this.#send;
+    if (!send || send.abort.signal.aborted) return;
+    send.byWord = byWord;
+    send.abort.abort(new SignedOutError(byWord ? "another tab says the session changed" : "this user's session ended"));
   }
 
   /** A read of the server's changes was answered (any, onRead): a failed one's message goes (none other). */
