@@ -1298,3 +1298,111 @@ for (
     }
   });
 }
+
+/** navigator.locks as one browser grants them to its tabs: one holder per name, the others in the order they asked. */
+function sharedLocks() {
+  const holding = new Set<string>();
+  const queue: { name: string; grant: () => void }[] = [];
+  const counts = { held: 0, mostHeld: 0, grants: 0 };
+  const release = (name: string) => {
+    holding.delete(name);
+    counts.held--;
+    const next = queue.findIndex((entry) => entry.name === name);
+    if (next >= 0) queue.splice(next, 1)[0].grant();
+  };
+  return {
+    request(name: string, options: { signal?: AbortSignal }, run: () => Promise<void>): Promise<unknown> {
+      return new Promise((resolve, reject) => {
+        const grant = () => {
+          holding.add(name);
+          counts.grants++;
+          counts.held++;
+          counts.mostHeld = Math.max(counts.mostHeld, counts.held);
+          run().then((value) => {
+            release(name);
+            resolve(value);
+          }, (error) => {
+            release(name);
+            reject(error);
+          });
+        };
+        if (!holding.has(name)) return grant();
+        const entry = { name, grant };
+        queue.push(entry);
+        options.signal?.addEventListener("abort", () => {
+          const at = queue.indexOf(entry);
+          if (at < 0) return;
+          queue.splice(at, 1);
+          reject(new DOMException("aborted", "AbortError"));
+        });
+      });
+    },
+    get waiting() {
+      return queue.length;
+    },
+    counts,
+  };
+}
+
+Deno.test("sync session, real API client, two tabs: a tab backing off after a 503 holds no Web Lock while it waits: another tab's Sync now sends the shared outbox at once, and the first tab's retry takes the lock again to send", async () => {
+  const browser = sharedStorage();
+  const locks = sharedLocks();
+  const fn = heldFunctions();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  first.env.locks = locks;
+  second.env.locks = locks;
+  realApi(first, fn);
+  realApi(second, fn);
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  try {
+    a.save("book", position(3), DEVICE);
+    (await fn.request(1)).unavailable(); // tab A's send: the API answers 503
+    // Tab A backs off: on the code before, inside the API client's retries (its sleep, holding the lock).
+    await waitFor(
+      "tab A to wait for its retry",
+      () => fn.sleeps.length > 0 || (!a.sending && locks.counts.held === 0 && locks.waiting === 0),
+    );
+    assert.equal(a.store.getSnapshot().pendingCount, 1, "tab A's write waits");
+    // The reader presses Sync now in tab B.
+    const press = b.syncNow();
+    await waitFor(
+      "tab B to send, or to wait for the lock",
+      () => fn.requests.length >= 2 || locks.waiting > 0,
+    );
+    assert.equal(locks.waiting, 0, "tab B does not wait for a lock tab A holds while it backs off");
+    const fromB = await fn.request(2);
+    assert.deepEqual(
+      fromB.writes.map((w) => w.chapter),
+      [3],
+      "tab B sends the shared outbox (tab A's write)",
+    );
+    fromB.unavailable(); // 503 again
+    assert.equal(await press, "failed");
+    // Tab A's retry comes due (at the moment the tabs share, tab B's failure counted): it takes the lock
+    // again and sends.
+    const grants = locks.counts.grants;
+    await waitFor("tab A's retry to send", () => {
+      // (Its timer may first be re-armed for the later moment tab B's failure set, once it hears of it.)
+      if (first.clock.nextAt !== null && locks.counts.held === 0) {
+        first.clock.advance(first.clock.nextAt - first.clock.now);
+      }
+      return fn.requests.length >= 3;
+    });
+    const retry = await fn.request(3);
+    assert.equal(locks.counts.grants, grants + 1, "tab A's retry took the lock again");
+    assert.deepEqual(retry.writes.map((w) => w.chapter), [3]);
+    retry.save();
+    await waitFor(
+      "the write to be answered in both tabs",
+      () => a.store.getSnapshot().pendingCount === 0 && b.store.getSnapshot().pendingCount === 0,
+    );
+    assert.equal(fn.requests.length, 3, "one request per try: no retry inside a send");
+    assert.equal(locks.counts.mostHeld, 1, "never two tabs sending at once");
+  } finally {
+    a.close();
+    b.close();
+    fn.wakeAll();
+  }
+});

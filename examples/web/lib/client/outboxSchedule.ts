@@ -25,7 +25,7 @@
 //                  the next edits go with the retry. In a browser "no answer" is also an error
 //                  page without CORS headers (a gateway's 502 or 504, a function that does not
 //                  boot): fetch throws as if the network were down, and a reader turning pages
-//                  would otherwise send one request (four, with the API client's retries) each.
+//                  would otherwise send one request each.
 //       online     the browser is back online, or
 //       user       the reader asked (Sync now, sendNow()): at once (one request of one device at a
 //                  moment of its own)
@@ -37,9 +37,12 @@
 //     deadlines: performance.now() differs per tab), read before every decision and written after
 //     every send; a tab opened or reloaded within them waits them out too (a run no tab has carried
 //     on for 15 minutes is over: a browser reopened the next day starts at the first step);
-//   - one tab sends at a time (a Web Lock per user). A tab that asks while another sends waits for
-//     it, then takes over what changed (the writes answered meanwhile leave its outbox, lib/client/
-//     syncStore.ts) and decides again: when the other tab's send changed the schedule (it failed, or
+//   - one tab sends at a time (a Web Lock per user), holding the lock only while it sends: the waits
+//     between tries are this schedule's timers, with the lock let go, and a try takes it again
+//     (lib/client/syncSession.ts makes each request one attempt: inside the API client's own retries
+//     a tab backing off held the lock, and the others could not send). A tab that asks while another
+//     sends waits for it, then takes over what changed (the writes answered meanwhile leave its
+//     outbox, lib/client/syncStore.ts) and decides again: when the other tab's send changed the schedule (it failed, or
 //     ended a run of failures), its own `online`, `reachable` or `user` counts as answered by that
 //     send (so N tabs back online make one request, not N) and goes only as `queued`; an edit stays
 //     an edit (one per retry, by the shared count);

@@ -87,6 +87,9 @@ export type SyncNowState = "idle" | "syncing" | "done" | "failed";
 /** What the page says when a Sync now's read of the server's changes failed, and nothing else did. */
 export const READ_FAILED_MESSAGE = "Could not check for changes (will retry)";
 
+/** The outbox's requests make one attempt each: the schedule retries (see sendNow). */
+const ONE_TRY = { attempts: 1 } as const;
+
 export class SyncSession {
   readonly store: SyncStore;
   readonly userId: string;
@@ -195,10 +198,13 @@ export class SyncSession {
     const sendNow = () => {
       this.#setSending(true);
       // Each send's requests carry a signal of its own: sign-out, another tab's word that the session
-      // changed, or close() aborts the request under way (#stopSend).
+      // changed, or close() aborts the request under way (#stopSend). One attempt per request: a failure
+      // is retried by the schedule, which lets go of the tabs' Web Lock while it waits and takes it again
+      // to send (inside the API client's own retries, a tab backing off held it, and the browser's other
+      // tabs could not send meanwhile).
       const send = this.#send = { abort: new AbortController(), byWord: false };
       const { signal } = send.abort;
-      const call = { signal };
+      const call = { signal, retry: ONE_TRY };
       // An answer that arrives once the signal has aborted (it was on its way) is dropped, not applied:
       // its writes stay queued, saved for the user's next send (sent again, a replay if it was stored).
       const unlessStopped = async <T>(request: Promise<T>): Promise<T> => {
