@@ -6,7 +6,9 @@
 import assert from "node:assert/strict";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { Progress, WriteResult } from "@shared/progress/types.ts";
+import { ServerClock } from "@shared/progress/serverClock.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { datedWrite } from "../../examples/web/lib/client/syncSession.ts";
 import { pendingWrite as write } from "./support.ts";
 
 const USER = "11111111-1111-4111-8111-111111111111";
@@ -63,6 +65,15 @@ class MemoryStorage implements Storage {
   setItem(key: string, value: string) {
     this.#items.set(key, value);
   }
+}
+
+/**
+ * The updated_at a page turn of `series` on `device` made at `nowMs` gets, as the app dates it (datedWrite,
+ * under a clock whose offset is measured and reads `nowMs`).
+ */
+function datedAt(store: SyncStore, series: string, nowMs: number, device: string): string {
+  const clock = new ServerClock({ deviceNow: () => nowMs - 1, offsetMs: 1 });
+  return datedWrite(store, clock, series, { chapter: 1, page: 1, percentage: 0.5 }, device).updated_at;
 }
 
 const LIFE = "2026-11-25T09:00:00.000Z";
@@ -349,19 +360,19 @@ Deno.test("two tabs: a save is dated after the other tab's unsent save of the se
   const fromA = write("saga", T1, "web-1", 12);
   tabA.addPending(fromA);
   // Tab B has not taken A's save over (no storage event yet) and its clock says T1 too.
-  const at = tabB.nextUpdatedAt("saga", Date.parse(T1), "web-1");
+  const at = datedAt(tabB, "saga", Date.parse(T1), "web-1");
   assert.equal(
     at,
     new Date(Date.parse(T1) + 1).toISOString(),
     "after tab A's saved write, never under its key",
   );
   // Not after another device's saved write, nor after one dated beyond the server's 5 s tolerance.
-  assert.equal(tabB.nextUpdatedAt("saga", Date.parse(T1), "web-2"), T1);
+  assert.equal(datedAt(tabB, "saga", Date.parse(T1), "web-2"), T1);
   const ahead = twoTabs();
   ahead.tabA.addPending(write("saga", new Date(Date.parse(T1) + 3_600_000).toISOString(), "web-1", 9));
   ahead.tabA.addPending(write("atlas", "+275760-09-13T00:00:00.000Z", "web-1", 9));
-  assert.equal(ahead.tabB.nextUpdatedAt("saga", Date.parse(T1), "web-1"), T1);
-  assert.equal(ahead.tabB.nextUpdatedAt("atlas", Date.parse(T1), "web-1"), T1);
+  assert.equal(datedAt(ahead.tabB, "saga", Date.parse(T1), "web-1"), T1);
+  assert.equal(datedAt(ahead.tabB, "atlas", Date.parse(T1), "web-1"), T1);
   const fromB = write("saga", at, "web-1", 14);
   tabB.addPending(fromB);
   // B's arrives first; A's, older, then loses to it: the winner is this device's own later save.
@@ -713,22 +724,22 @@ Deno.test("a late answer naming a winner older than this device's stored save le
 Deno.test("a new write is dated after the version the reader sees, whichever device made it", () => {
   const store = new SyncStore(USER, defaultCompareRows);
   const now = Date.parse(T1);
-  assert.equal(store.nextUpdatedAt("saga", now), T1, "nothing shown: now");
+  assert.equal(datedAt(store, "saga", now, "web-1"), T1, "nothing shown: now");
   // A phone 3 s ahead (inside the server's 5 s tolerance) saved; the reader turns the page 1 s later.
   store.applyServerRow(row("saga", "2026-11-25T10:00:03.000Z", "phone", 5));
   assert.equal(
-    store.nextUpdatedAt("saga", now + 1_000),
+    datedAt(store, "saga", now + 1_000, "web-1"),
     "2026-11-25T10:00:03.001Z",
   );
   assert.equal(
-    store.nextUpdatedAt("saga", now + 5_000),
+    datedAt(store, "saga", now + 5_000, "web-1"),
     "2026-11-25T10:00:05.000Z",
     "later than shown: now",
   );
   // This device's own pending write counts too (two quick saves keep their order).
   store.addPending(write("saga", "2026-11-25T10:00:06.000Z", "web-1", 6));
   assert.equal(
-    store.nextUpdatedAt("saga", now + 5_000),
+    datedAt(store, "saga", now + 5_000, "web-1"),
     "2026-11-25T10:00:06.001Z",
   );
 });
@@ -756,7 +767,7 @@ Deno.test("two tabs: a page turn dated before a late-dated write of the series (
   const queued = twoTabs();
   queued.tabA.addPending(late);
   // Dated by its clock: the outbox orders it after the late write by its number, not its date.
-  const turned = queued.tabB.nextUpdatedAt("saga", now + 60_000, "web-1");
+  const turned = datedAt(queued.tabB, "saga", now + 60_000, "web-1");
   assert.equal(turned, new Date(now + 60_000).toISOString(), "not after the late write's date");
   const fromB = write("saga", turned, "web-1", 13);
   queued.tabB.addPending(fromB);
@@ -771,7 +782,7 @@ Deno.test("two tabs: a page turn dated before a late-dated write of the series (
   const answered = twoTabs();
   answered.tabA.addPending(late);
   answered.tabA.settle(late, storedAs(row("saga", new Date(now).toISOString(), "web-1", 12)));
-  const next = write("saga", answered.tabB.nextUpdatedAt("saga", now + 60_000, "web-1"), "web-1", 13);
+  const next = write("saga", datedAt(answered.tabB, "saga", now + 60_000, "web-1"), "web-1", 13);
   assert.equal(next.updated_at, new Date(now + 60_000).toISOString());
   answered.tabB.addPending(next);
   answered.tabB.reloadOutbox(); // as the tab does when it takes the outbox's lock to send

@@ -259,7 +259,7 @@ export class SyncStore {
    * the page turn made after seeing it. This device's queued write of the series is followed no
    * further than the server's 5 s tolerance for clocks ahead (see #after).
    */
-  nextUpdatedAt(seriesId: string, nowMs: number, deviceId?: string, sentAs?: SentAs): string {
+  nextUpdatedAt(seriesId: string, nowMs: number, deviceId: string, sentAs: SentAs): string {
     return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, deviceId, true, sentAs))).toISOString();
   }
 
@@ -269,7 +269,7 @@ export class SyncStore {
    * that are re-dated themselves (the one it replaces never goes; each is re-dated alike).
    * Undefined when nothing.
    */
-  redatingFloor(seriesId: string, nowMs: number, deviceId?: string, sentAs?: SentAs): number | undefined {
+  redatingFloor(seriesId: string, nowMs: number, deviceId: string, sentAs: SentAs): number | undefined {
     const after = this.#after(seriesId, nowMs, deviceId, false, sentAs);
     return Number.isFinite(after) ? after : undefined;
   }
@@ -283,16 +283,15 @@ export class SyncStore {
   #after(
     seriesId: string,
     nowMs: number,
-    deviceId: string | undefined,
+    deviceId: string,
     unmeasuredToo: boolean,
-    sentAs?: SentAs,
+    sentAs: SentAs,
   ): number {
     let at = -Infinity;
     const later = (updatedAt: string | undefined) => {
       const after = updatedAt === undefined ? NaN : Date.parse(updatedAt) + 1;
       if (Number.isFinite(after)) at = Math.max(at, after);
     };
-    const dateOf = (write: PendingWrite) => sentAs ? sentAs(write) : write.updated_at;
     // The version shown is the newer of these two; a queued write to be re-dated is left out of a floor.
     later(this.#confirmed.get(seriesId)?.updated_at);
     const pending = this.#pending.get(seriesId);
@@ -300,7 +299,7 @@ export class SyncStore {
       // A queued write dated beyond the server's 5 s tolerance (edited, a clock far ahead) is stored at the
       // server's now() if it is sent (it may be on its way): followed no further than that tolerance, not
       // by its date, which would carry into every later page turn.
-      const after = Date.parse(dateOf(pending)) + 1;
+      const after = Date.parse(sentAs(pending)) + 1;
       if (Number.isFinite(after)) at = Math.max(at, Math.min(after, nowMs + SERVER_AHEAD_TOLERANCE_MS));
     }
     // Another tab of this browser may have saved a write of the series that this tab has not taken
@@ -312,9 +311,9 @@ export class SyncStore {
     // the writes the tabs' list names answered (another tab's, not heard of here yet), by the same
     // rule: for the server's order only, as which writes an answer covers is said by their numbers.
     for (const saved of [...this.#readSaved(), ...this.#readAnswered()]) {
-      if (saved.series_id !== seriesId || (deviceId !== undefined && saved.device_id !== deviceId)) continue;
+      if (saved.series_id !== seriesId || saved.device_id !== deviceId) continue;
       if (!unmeasuredToo && saved.unmeasured) continue;
-      const savedAfter = Date.parse(dateOf(saved)) + 1;
+      const savedAfter = Date.parse(sentAs(saved)) + 1;
       if (!Number.isFinite(savedAfter) || savedAfter > MAX_DATE_MS) continue;
       if (savedAfter <= nowMs + SERVER_AHEAD_TOLERANCE_MS) at = Math.max(at, savedAfter);
     }
