@@ -1263,3 +1263,43 @@ Deno.test("outbox: a page turn sent again after the write of this device it met 
   assert.equal(store.getSnapshot().pendingCount, 0);
   assert.equal(store.getSnapshot().bySeries.get("book")?.chapter, 5);
 });
+
+Deno.test(
+  {
+    name:
+      "outbox: a stale write of another tab is not sent again after this device's later page turn ('self') once that page turn's name left the tabs' list of answered writes (more than 200 answered since)",
+    ...noSanitize,
+  },
+  async () => {
+    const { user, client, api } = await device();
+    const series = seriesId("own-later-rolled-over");
+    const storage = memoryStorage();
+    const tab = () => {
+      const store = new SyncStore(user.id, defaultCompareRows);
+      store.attachStorage(storage);
+      return store;
+    };
+    const tabA = tab();
+    const tabB = tab();
+    const now = Date.now();
+    // Tab B queues a page turn; tab A takes it over, turns the next page (a higher number) and sends it.
+    tabB.addPending(pending(series, now - 2_000, 4, "e-reader"));
+    tabA.reloadOutbox();
+    tabA.addPending(pending(series, now - 1_000, 5, "e-reader"));
+    assert.deepEqual(await flushOutbox(tabA, api, options()), { outcome: "done" });
+    // Then more writes of other series are answered than the list remembers (200): the page turn's name is
+    // no longer in it.
+    const others = Array.from({ length: 201 }, (_, i) => seriesId(`other-${i}`));
+    others.forEach((other, i) => tabA.addPending(pending(other, now - 1_000 + i, 1, "e-reader")));
+    assert.deepEqual(await flushOutbox(tabA, api, options()), { outcome: "done" });
+    const list = JSON.parse(storage.getItem(tabA.answeredKey) ?? "[]") as { series_id: string }[];
+    assert.ok(!list.some((named) => named.series_id === series), "the later page turn left the list");
+    // Tab B sends its earlier page turn without having taken over what tab A did (tabs without Web Locks):
+    // refused as older than the later one, which is what the server keeps.
+    assert.deepEqual(await flushOutbox(tabB, api, options()), { outcome: "done" });
+    assert.equal((await api.getProgress(series))?.chapter, 5, "the later page turn is kept");
+    assert.equal(tabB.getSnapshot().pendingCount, 0);
+    assert.equal(tabB.getSnapshot().bySeries.get(series)?.chapter, 5);
+    await client.realtime.disconnect();
+  },
+);

@@ -540,7 +540,10 @@ Deno.test("two tabs: when storage cannot take the list of answered writes, a wri
   const { storage, tabA, tabB } = twoTabs();
   const setItem = storage.setItem.bind(storage);
   storage.setItem = (key, value) => {
-    if (key === tabA.answeredKey) throw new DOMException("quota", "QuotaExceededError");
+    // Neither the list nor the latest write of each series (storage full).
+    if (key === tabA.answeredKey || key === tabA.latestAnsweredKey) {
+      throw new DOMException("quota", "QuotaExceededError");
+    }
     setItem(key, value);
   };
   const saga = write("saga", T1, "web-1", 12);
@@ -913,4 +916,40 @@ Deno.test("outbox order: a last number edited to the top of the range gives no n
   tabA.reloadOutbox();
   tabB.reloadOutbox();
   assert.deepEqual([tabA.pendingWrites()[0]?.chapter, tabB.pendingWrites()[0]?.chapter], [14, 14]);
+});
+
+Deno.test("two tabs: a copy of an answered write written back to the saved outbox is not taken up once its name left the list of answered writes (more than 200 answered since)", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  tabA.addPending(write("saga", T1, "web-1", 12));
+  // What a tab that read the saved outbox before the answer writes back (localStorage is no transaction).
+  const before = storage.getItem(tabA.outboxKey)!;
+  tabA.settle(tabA.pendingWrites()[0], storedAs(row("saga", T1, "web-1", 12)));
+  for (let i = 0; i < 201; i++) {
+    const other = write(`other-${i}`, T2, "web-1", 1);
+    tabA.addPending(other);
+    tabA.settle(other, storedAs(row(`other-${i}`, T2, "web-1", 1)));
+  }
+  const list = JSON.parse(storage.getItem(tabA.answeredKey) ?? "[]") as { series_id: string }[];
+  assert.ok(!list.some((named) => named.series_id === "saga"), "saga's name left the list");
+  storage.setItem(tabA.outboxKey, before);
+  tabB.reloadOutbox();
+  assert.deepEqual(tabB.pendingWrites().map((w) => w.series_id), [], "not taken up to be sent again");
+  assert.deepEqual(savedOutbox(storage), [], "nor by a tab opened now");
+  // A later page turn of saga is numbered after it, and queued.
+  tabB.addPending(write("saga", T3, "web-1", 13));
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
+});
+
+Deno.test("outbox order: a new write is numbered after the latest write answered of each series, also with the last number's key and the list of answered writes gone, so it is not taken for answered", () => {
+  const storage = new MemoryStorage();
+  const store = new SyncStore(USER, defaultCompareRows);
+  store.attachStorage(storage);
+  // All that is left of what was answered: the latest write of each series (kept apart from the list).
+  storage.setItem(
+    `readsync.outboxAnsweredLatest.${USER}`,
+    JSON.stringify([{ ...write("saga", T1, "web-1", 12), seq: 50 }]),
+  );
+  store.addPending(write("saga", T1, "web-1", 13));
+  assert.equal(store.pendingWrites()[0].seq, 51);
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
 });

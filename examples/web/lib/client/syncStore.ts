@@ -59,7 +59,7 @@ export interface PendingWrite {
    */
   seq?: number;
   /**
-   * In the tabs' list of answered writes only: the key the server stored this device's version of the
+   * In the tabs' lists of answered writes only: the key the server stored this device's version of the
    * series under when this write was answered (the answer's updated_at, when its device is this one).
    * A re-dated write of another tab is sent after it (ownStoredFloor). Never sent.
    */
@@ -105,6 +105,8 @@ type SentAs = (write: PendingWrite) => string;
 /**
  * How many of the last writes answered (or refused) in this browser it remembers, so that its other
  * tabs let go of them (SyncStore.reloadOutbox): two full batches, more than a tab hears of at once.
+ * The latest write of each series answered is kept apart from this list as well
+ * (SyncStore.latestAnsweredKey), so it is still known after the list rolled over.
  */
 const ANSWERED_REMEMBERED = 200;
 
@@ -492,6 +494,14 @@ export class SyncStore {
   }
 
   /**
+   * The key of the latest write (by number) answered (or refused) here of each series, written with
+   * answeredKey, whose list keeps only the last writes of all series.
+   */
+  get latestAnsweredKey(): string {
+    return `readsync.outboxAnsweredLatest.${this.userId}`;
+  }
+
+  /**
    * Another tab changed the saved outbox: take over the writes it queued, and let go of the ones it
    * got answered (a saved write of this tab's that the tabs' list of answered writes names, or a newer
    * one of its series: another tab sent it, or it was refused there; even while the saved outbox this
@@ -731,9 +741,30 @@ export class SyncStore {
     return this.#sameContent(a, b) && seq(a) === seq(b);
   }
 
-  /** The last writes answered in this browser (see ANSWERED_REMEMBERED); none when unreadable. */
+  /**
+   * The writes answered (or refused) in this browser that the tabs go by: the last ones (see
+   * ANSWERED_REMEMBERED), and the latest of each series (#readLatestAnswered), which the list keeps only
+   * while it is among the last 200 of all series: once it rolled over, a lower-numbered write of the series
+   * (another tab's stale copy, a copy written back to the saved outbox) was taken for the later one, sent
+   * again after it ('self', sendAgainAfter) and stored over it. None when unreadable.
+   */
   #readAnswered(): PendingWrite[] {
+    return [...this.#readAnsweredList(), ...this.#readLatestAnswered().values()];
+  }
+
+  /** The last writes answered in this browser (ANSWERED_REMEMBERED). */
+  #readAnsweredList(): PendingWrite[] {
     return this.#readList(this.answeredKey) ?? [];
+  }
+
+  /** The latest write (by number) answered in this browser of each series. */
+  #readLatestAnswered(): Map<string, PendingWrite> {
+    const latest = new Map<string, PendingWrite>();
+    for (const write of this.#readList(this.latestAnsweredKey) ?? []) {
+      const other = latest.get(write.series_id);
+      if (!other || this.#enteredLater(write, other)) latest.set(write.series_id, write);
+    }
+    return latest;
   }
 
   #readSaved(): PendingWrite[] {
@@ -768,18 +799,7 @@ export class SyncStore {
    */
   #saveOutbox(added: PendingWrite[], done: PendingWrite[]): void {
     if (!this.#storage) return;
-    if (done.length > 0) {
-      try {
-        // A write named again (answered a second time, a repeat) moves to the end instead of being
-        // listed twice: it is remembered as long as its last mention, and takes one of the slots.
-        const answered = [...this.#readAnswered(), ...done].filter((named, i, list) =>
-          !list.slice(i + 1).some((later) => this.#sameWrite(named, later))
-        ).slice(-ANSWERED_REMEMBERED);
-        this.#storage.setItem(this.answeredKey, JSON.stringify(answered));
-      } catch {
-        // Storage full or disabled: the other tabs keep them and save them again once (sent twice at worst).
-      }
-    }
+    if (done.length > 0) this.#nameAnswered(done);
     try {
       // Saved writes the list names answered are left out: every tab skips them already, and one written
       // back from a copy read before its answer would otherwise stay until its name left the list, and
@@ -800,6 +820,34 @@ export class SyncStore {
       for (const write of added) if (saved.get(write.series_id) === write) this.#persisted.add(write);
     } catch {
       // Storage full or disabled: the outbox still lives in memory.
+    }
+  }
+
+  /**
+   * Names `done` (answered or refused) for the other tabs, before the writes leave the saved outbox: the
+   * latest of each series (latestAnsweredKey), then the list of the last ones.
+   */
+  #nameAnswered(done: PendingWrite[]): void {
+    // A write named again (answered a second time, a repeat) moves to the end instead of being
+    // listed twice: it is remembered as long as its last mention, and takes one of the slots.
+    const answered = [...this.#readAnsweredList(), ...done].filter((named, i, list) =>
+      !list.slice(i + 1).some((later) => this.#sameWrite(named, later))
+    ).slice(-ANSWERED_REMEMBERED);
+    const latest = this.#readLatestAnswered();
+    for (const write of done) {
+      const other = latest.get(write.series_id);
+      // The same write answered again replaces itself (its storedAt the latest).
+      if (!other || !this.#enteredLater(other, write)) latest.set(write.series_id, write);
+    }
+    try {
+      this.#storage?.setItem(this.latestAnsweredKey, JSON.stringify([...latest.values()]));
+    } catch {
+      // Storage full or disabled: the list below still names the last ones.
+    }
+    try {
+      this.#storage?.setItem(this.answeredKey, JSON.stringify(answered));
+    } catch {
+      // Storage full or disabled: the other tabs keep them and save them again once (sent twice at worst).
     }
   }
 }
