@@ -1121,7 +1121,7 @@ Deno.test(
 Deno.test(
   {
     name:
-      "outbox: a page turn made while this device's far-ahead write is on its way is not lost when that write lands later than its date (stored at the server's now): refused as older than it ('self'), it is sent again just after it",
+      "outbox: a page turn made while this device's far-ahead write is on its way is not lost when that write lands later than its date (stored at the server's now) and the key it was stored under is not known here (its answer lost): refused as older than it ('self'), it is sent again just after it",
     ...noSanitize,
   },
   async () => {
@@ -1138,20 +1138,22 @@ Deno.test(
     store.addPending(pending(series, Date.parse("2999-01-01T00:00:00.000Z"), 4, "e-reader"));
     const onItsWay = Promise.withResolvers<void>();
     const release = Promise.withResolvers<void>();
-    const slow: OutboxTransport = {
+    // Stored, and its answer lost on the way back: the key it was stored under is not known here.
+    const slowAndLost: OutboxTransport = {
       updateProgress: (write) => api.updateProgress(write),
       updateProgressBatch: async (writes) => {
         onItsWay.resolve();
         await release.promise;
-        return await api.updateProgressBatch(writes);
+        await api.updateProgressBatch(writes);
+        throw new NetworkError(0, "network_error", "Failed to fetch");
       },
     };
-    const sending = flushOutbox(store, slow, options());
+    const sending = flushOutbox(store, slowAndLost, options());
     await onItsWay.promise;
     const turn = datedWrite(store, clock, series, { chapter: 5, page: 1, percentage: 0.5 }, "e-reader");
     store.addPending(turn);
     release.resolve();
-    assert.deepEqual(await sending, { outcome: "done" });
+    assert.equal((await sending).outcome, "failed");
     const landed = await api.getProgress(series);
     assert.equal(landed?.chapter, 4);
     assert.ok(
@@ -1159,7 +1161,21 @@ Deno.test(
       "the far-ahead write is stored at the server's now, after the page turn's date",
     );
     assert.equal(store.getSnapshot().pendingCount, 1, "the page turn still waits");
-    assert.deepEqual(await flushOutbox(store, api, options()), { outcome: "done" });
+    const answers: [number, boolean][] = [];
+    const counted: OutboxTransport = {
+      updateProgress: (write) => api.updateProgress(write),
+      updateProgressBatch: async (writes) => {
+        const results = await api.updateProgressBatch(writes);
+        results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
+        return results;
+      },
+    };
+    assert.deepEqual(await flushOutbox(store, counted, options()), { outcome: "done" });
+    assert.deepEqual(
+      answers,
+      [[5, false], [5, true]],
+      "refused as older than the write it met, then sent again",
+    );
     const kept = await api.getProgress(series);
     assert.equal(kept?.chapter, 5, "the page turn is what the server keeps");
     assert.equal(
@@ -1303,3 +1319,92 @@ Deno.test(
     await client.realtime.disconnect();
   },
 );
+
+for (const site of ["storage", "site data blocked"] as const) {
+  Deno.test(
+    {
+      name:
+        `outbox (${site}): a page turn made while this device's far-ahead write is on its way is sent after the key that write was stored under, once it is known: no request is refused ('self'), and the view shows the page turn throughout`,
+      ...noSanitize,
+    },
+    async () => {
+      const { client, api, store } = await device();
+      if (site === "storage") store.attachStorage(memoryStorage());
+      const series = seriesId("far-ahead-key-known");
+      // The page turn is made 10 s before the held write reaches the server: its clock reads 10 s back,
+      // instead of the test holding the request for 10 s.
+      const clock = new ServerClock({
+        deviceNow: () => Date.now() - 10_000,
+        monotonicNow: () => performance.now(),
+        offsetMs: 0,
+      });
+      // A saved write dated far ahead (edited, a clock years ahead): the server stores it at its now().
+      store.addPending(pending(series, Date.parse("2999-01-01T00:00:00.000Z"), 4, "e-reader"));
+      const onItsWay = Promise.withResolvers<void>();
+      const release = Promise.withResolvers<void>();
+      let hold = true;
+      // Every write request's answers, in order: [chapter, won].
+      const answers: [number, boolean][] = [];
+      const counted: OutboxTransport = {
+        updateProgress: async (write) => {
+          const result = await api.updateProgress(write);
+          answers.push([write.chapter, result.won]);
+          return result;
+        },
+        updateProgressBatch: async (writes) => {
+          if (hold) {
+            hold = false;
+            onItsWay.resolve();
+            await release.promise;
+          }
+          const results = await api.updateProgressBatch(writes);
+          results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
+          return results;
+        },
+      };
+      const sending = flushOutbox(store, counted, options());
+      await onItsWay.promise;
+      const turn = datedWrite(store, clock, series, { chapter: 5, page: 1, percentage: 0.5 }, "e-reader");
+      store.addPending(turn);
+      // What the view shows of the series from the page turn on: now, and at every change after.
+      const shown = [store.getSnapshot().bySeries.get(series)?.chapter];
+      const unsubscribe = store.subscribe(() =>
+        shown.push(store.getSnapshot().bySeries.get(series)?.chapter)
+      );
+      try {
+        release.resolve();
+        assert.deepEqual(await sending, { outcome: "done" });
+        const landed = await api.getProgress(series);
+        assert.equal(landed?.chapter, 4);
+        assert.ok(
+          Date.parse(landed!.updated_at) > Date.parse(turn.updated_at),
+          "the far-ahead write is stored at the server's now, after the page turn's date",
+        );
+        // Between the two sends: the page turn waits, and it is what the view shows (it will be sent after
+        // the far-ahead write's key), not the position it replaced.
+        let view = store.getSnapshot();
+        assert.equal(view.pendingCount, 1, "the page turn still waits");
+        assert.equal(view.bySeries.get(series)?.chapter, 5, "the view shows the page turn while it waits");
+        assert.equal(view.bySeries.get(series)?.pending, true);
+        assert.deepEqual(await flushOutbox(store, counted, options()), { outcome: "done" });
+        const kept = await api.getProgress(series);
+        assert.equal(kept?.chapter, 5, "the page turn is what the server keeps");
+        assert.equal(
+          Date.parse(kept!.updated_at),
+          Date.parse(landed!.updated_at) + 1,
+          "just after the write it met",
+        );
+        assert.deepEqual(answers, [[4, true], [5, true]], "one request each, none refused");
+        assert.deepEqual(shown.filter((chapter) => chapter !== 5), [], `shown: ${shown.join(", ")}`);
+        view = store.getSnapshot();
+        assert.equal(view.pendingCount, 0);
+        assert.equal(view.bySeries.get(series)?.chapter, 5);
+        assert.equal(view.notices.size, 0);
+        assert.equal(view.lastError, null);
+      } finally {
+        unsubscribe();
+        await client.realtime.disconnect();
+      }
+    },
+  );
+}

@@ -18,10 +18,12 @@
 //     body over its limit, not the API's own error): sent again one write at a time too,
 //     each kept when it fails alike (it may go through later), so one limit cannot stall the outbox.
 //
-// A write refused as older than this device's own stored version ('self') when that version is an earlier
-// write of this device (SyncStore.sendAgainAfter: no later one of the series known by number) is sent again
-// dated 1 ms after it: a page turn made while a write dated beyond the server's 5 s tolerance was on its way
-// is dated at most 5 s ahead, and that write, landing later, is stored at the server's now(), after it.
+// A page turn made while a write dated beyond the server's 5 s tolerance was on its way is dated at most 5 s
+// ahead, and that write, landing later, is stored at the server's now(), after it. When the key it was
+// stored under is known here (the tabs' list of answered writes, storedAt), the page turn is sent dated
+// 1 ms after it (SyncStore.sendAfterEarlier). When it is not, the page turn is refused as older than this
+// device's own stored version ('self'), and then, as that version is an earlier write of this device
+// (SyncStore.sendAgainAfter: no later one of the series known by number), sent again dated 1 ms after it.
 //
 // A write dated while the server clock had no measured offset in force (PendingWrite.unmeasured: a
 // device an hour ahead that slept dates it an hour late) is re-dated before it is sent, by the first
@@ -130,9 +132,10 @@ export async function flushOutbox(
     // Sent again after a lost answer, a write keeps its key (a replay): its own stored copy is no floor.
     const sentAtMs = Date.parse(sendable(write, redate?.clock).updated_at);
     const sent = sendable(write, redate?.clock, store.ownStoredFloor(write, Number.isFinite(sentAtMs) ? sentAtMs : undefined));
-    const again = after.get(write);
-    return again && !(Date.parse(sent.updated_at) >= again.atMs)
-      ? { ...sent, updated_at: new Date(again.atMs).toISOString() }
+    // After the key an earlier write of this device was stored under, when known; else after the one met.
+    const notBeforeMs = Math.max(store.sendAfterEarlier(write) ?? -Infinity, after.get(write)?.atMs ?? -Infinity);
+    return Number.isFinite(notBeforeMs) && !(Date.parse(sent.updated_at) >= notBeforeMs)
+      ? { ...sent, updated_at: new Date(notBeforeMs).toISOString() }
       : sent;
   };
   const flush: Flush = { store, api, options, toSend, after, refused, answered };

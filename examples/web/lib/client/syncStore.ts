@@ -61,7 +61,8 @@ export interface PendingWrite {
   /**
    * In the tabs' lists of answered writes only: the key the server stored this device's version of the
    * series under when this write was answered (the answer's updated_at, when its device is this one).
-   * A re-dated write of another tab is sent after it (ownStoredFloor). Never sent.
+   * A re-dated write of another tab is sent after it (ownStoredFloor), and so is a later write of the
+   * series (sendAfterEarlier). Never sent.
    */
   storedAt?: string;
 }
@@ -159,6 +160,10 @@ export class SyncStore {
   #highSeq = 0;
   /** The date a pending write is sent with (datesSentBy), when it is not its updated_at. */
   #sentAs: SentAs | null = null;
+  /** Without storage (site data blocked): the list of answered writes, this tab's own (see #nameAnswered). */
+  #answeredHere: PendingWrite[] = [];
+  /** Without storage: the latest write answered per series, this tab's own (see #readLatestAnswered). */
+  #latestAnsweredHere = new Map<string, PendingWrite>();
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
@@ -279,7 +284,8 @@ export class SyncStore {
   /**
    * The first instant after what a new write of `seriesId` must follow (nextUpdatedAt), -Infinity for
    * none. `sentAs`: this device's queued writes count by the date they are sent with (outbox.ts's
-   * sendable), not the one they were dated with. Only the date sent to the server: the outbox orders
+   * sendable; the queued write of this tab also after the key an earlier write of it was stored under,
+   * as #asSent), not the one they were dated with. Only the date sent to the server: the outbox orders
    * writes by their numbers (PendingWrite.seq), so no date here follows a write for its place there.
    */
   #after(
@@ -297,11 +303,13 @@ export class SyncStore {
     // The version shown is the newer of these two; a queued write to be re-dated is left out of a floor.
     later(this.#confirmed.get(seriesId)?.updated_at);
     const pending = this.#pending.get(seriesId);
+    const answered = this.#readAnswered();
     if (pending && (unmeasuredToo || !pending.unmeasured)) {
       // A queued write dated beyond the server's 5 s tolerance (edited, a clock far ahead) is stored at the
       // server's now() if it is sent (it may be on its way): followed no further than that tolerance, not
       // by its date, which would carry into every later page turn.
-      const after = Date.parse(sentAs(pending)) + 1;
+      const sentAt = Date.parse(sentAs(pending));
+      const after = Math.max(sentAt, this.#afterEarlier(pending, answered) ?? -Infinity) + 1;
       if (Number.isFinite(after)) at = Math.max(at, Math.min(after, nowMs + SERVER_AHEAD_TOLERANCE_MS));
     }
     // Another tab of this browser may have saved a write of the series that this tab has not taken
@@ -312,7 +320,7 @@ export class SyncStore {
     // by hand) would carry every later save past the tolerance, where the server re-dates it. So are
     // the writes the tabs' list names answered (another tab's, not heard of here yet), by the same
     // rule: for the server's order only, as which writes an answer covers is said by their numbers.
-    for (const saved of [...this.#readSaved(), ...this.#readAnswered()]) {
+    for (const saved of [...this.#readSaved(), ...answered]) {
       if (saved.series_id !== seriesId || saved.device_id !== deviceId) continue;
       if (!unmeasuredToo && saved.unmeasured) continue;
       const savedAfter = Date.parse(sentAs(saved)) + 1;
@@ -366,12 +374,58 @@ export class SyncStore {
     const stored = result.progress;
     if (result.won || stored.device_id !== write.device_id || stored.series_id !== write.series_id) return undefined;
     if (this.#pending.get(write.series_id) !== write || ConflictResolver.samePosition(write, stored)) return undefined;
+    if (this.#laterKnown(write, this.#readAnswered())) return undefined;
+    const after = Date.parse(stored.updated_at) + 1;
+    return Number.isFinite(after) && after <= MAX_DATE_MS ? after : undefined;
+  }
+
+  /**
+   * The first instant after the key the server stored this device's version of the series under when an
+   * earlier write of it (a lower number) was answered in this browser (storedAt), at which
+   * `write`, the one this tab holds for its series, is to be sent at the earliest; undefined when no such
+   * key is known, or when a later write of the series is (see sendAgainAfter: `write` is then no longer
+   * the one that goes). A page turn made while an earlier write dated beyond the server's 5 s tolerance was
+   * on its way is dated at most 5 s ahead (nextUpdatedAt), and that write, landing later, is stored at the
+   * server's now(), after it: sent as dated, the page turn was refused as older than it ('self') and sent
+   * again after it (sendAgainAfter, still the way when the key is not known here), and the view showed the
+   * earlier position meanwhile. The view judges it by this date too (#asSent).
+   */
+  sendAfterEarlier(write: PendingWrite): number | undefined {
+    if (this.#pending.get(write.series_id) !== write) return undefined;
+    return this.#afterEarlier(write, this.#readAnswered());
+  }
+
+  /** sendAfterEarlier for a write this tab holds, `answered` the writes answered here (#readAnswered). */
+  #afterEarlier(write: PendingWrite, answered: readonly PendingWrite[]): number | undefined {
+    // The write's own stored copy (its answer lost, the row heard since) is no key to go after: an earlier
+    // write answered after it was stored is named with that key, and the write goes again under it (a replay).
+    const confirmed = this.#confirmed.get(write.series_id);
+    const ownCopyAt = confirmed && confirmed.device_id === write.device_id &&
+        ConflictResolver.samePosition(write, confirmed)
+      ? confirmed.updated_at
+      : undefined;
+    let at = -Infinity;
+    for (const done of answered) {
+      if (done.series_id !== write.series_id || done.device_id !== write.device_id) continue;
+      if (typeof done.storedAt !== "string" || done.storedAt === ownCopyAt) continue;
+      if (this.#sameWrite(done, write) || !this.#enteredLater(write, done)) continue;
+      const after = Date.parse(done.storedAt) + 1;
+      if (Number.isFinite(after) && after <= MAX_DATE_MS) at = Math.max(at, after);
+    }
+    if (!Number.isFinite(at) || this.#laterKnown(write, answered)) return undefined;
+    return at;
+  }
+
+  /**
+   * Whether this browser knows a write of `write`'s series and device that entered its outbox later (by
+   * number, PendingWrite.seq): in the saved outbox, or answered (`answered`, #readAnswered: also once the
+   * list rolled over). That one is the stored version, or goes itself.
+   */
+  #laterKnown(write: PendingWrite, answered: readonly PendingWrite[]): boolean {
     const later = (other: PendingWrite) =>
       other.series_id === write.series_id && other.device_id === write.device_id && !this.#sameWrite(other, write) &&
       this.#enteredLater(other, write);
-    if ([...this.#readSaved(), ...this.#readAnswered()].some(later)) return undefined;
-    const after = Date.parse(stored.updated_at) + 1;
-    return Number.isFinite(after) && after <= MAX_DATE_MS ? after : undefined;
+    return [...this.#readSaved(), ...answered].some(later);
   }
 
   /**
@@ -580,6 +634,7 @@ export class SyncStore {
   ): SyncSnapshot {
     const bySeries = new Map<string, SeriesView>();
     const ids = new Set([...from.confirmed.keys(), ...from.pending.keys()]);
+    const answered = from.pending.size > 0 ? this.#readAnswered() : [];
     for (const id of ids) {
       const confirmed = from.confirmed.get(id);
       const pending = from.pending.get(id);
@@ -587,7 +642,7 @@ export class SyncStore {
       // is this device's later save (the server stores it 1 ms after), so it is what will be shown.
       // (A third position under one key would lose as stale, README, Schema decisions; the dating in
       // nextUpdatedAt keeps this device from making one.)
-      const sent = pending && this.#asSent(pending);
+      const sent = pending && this.#asSent(pending, answered);
       const usePending = sent && (!confirmed || this.#savedLater(sent, confirmed));
       const source = usePending ? sent : confirmed!;
       bySeries.set(id, {
@@ -614,11 +669,16 @@ export class SyncStore {
     };
   }
 
-  /** `write` as it is sent (datesSentBy): its updated_at the date it goes with. */
-  #asSent(write: PendingWrite): PendingWrite {
-    if (!this.#sentAs || (write.unmeasured === undefined && write.sentAtMs === undefined)) return write;
-    const updatedAt = this.#sentAs(write);
-    return updatedAt === write.updated_at ? write : { ...write, updated_at: updatedAt };
+  /**
+   * `write` (the one this tab holds for its series) as it is sent (datesSentBy; and no earlier than
+   * sendAfterEarlier, `answered` the writes answered here): its updated_at the date it goes with.
+   */
+  #asSent(write: PendingWrite, answered: readonly PendingWrite[]): PendingWrite {
+    const redated = this.#sentAs && (write.unmeasured !== undefined || write.sentAtMs !== undefined);
+    const updatedAt = redated ? this.#sentAs!(write) : write.updated_at;
+    const after = this.#afterEarlier(write, answered);
+    const sentAt = after !== undefined && !(Date.parse(updatedAt) >= after) ? new Date(after).toISOString() : updatedAt;
+    return sentAt === write.updated_at ? write : { ...write, updated_at: sentAt };
   }
 
   /**
@@ -752,13 +812,15 @@ export class SyncStore {
     return [...this.#readAnsweredList(), ...this.#readLatestAnswered().values()];
   }
 
-  /** The last writes answered in this browser (ANSWERED_REMEMBERED). */
+  /** The last writes answered in this browser (ANSWERED_REMEMBERED); without storage, this tab's own. */
   #readAnsweredList(): PendingWrite[] {
+    if (!this.#storage) return this.#answeredHere;
     return this.#readList(this.answeredKey) ?? [];
   }
 
-  /** The latest write (by number) answered in this browser of each series. */
+  /** The latest write (by number) answered in this browser of each series; without storage, this tab's own. */
   #readLatestAnswered(): Map<string, PendingWrite> {
+    if (!this.#storage) return new Map(this.#latestAnsweredHere);
     const latest = new Map<string, PendingWrite>();
     for (const write of this.#readList(this.latestAnsweredKey) ?? []) {
       const other = latest.get(write.series_id);
@@ -798,8 +860,8 @@ export class SyncStore {
    * are named in the list of answered writes first, so the other tabs let go of them.
    */
   #saveOutbox(added: PendingWrite[], done: PendingWrite[]): void {
-    if (!this.#storage) return;
     if (done.length > 0) this.#nameAnswered(done);
+    if (!this.#storage) return;
     try {
       // Saved writes the list names answered are left out: every tab skips them already, and one written
       // back from a copy read before its answer would otherwise stay until its name left the list, and
@@ -825,7 +887,7 @@ export class SyncStore {
 
   /**
    * Names `done` (answered or refused) for the other tabs, before the writes leave the saved outbox: the
-   * latest of each series (latestAnsweredKey), then the list of the last ones.
+   * latest of each series (latestAnsweredKey), then the list of the last ones. Without storage, here.
    */
   #nameAnswered(done: PendingWrite[]): void {
     // A write named again (answered a second time, a repeat) moves to the end instead of being
@@ -839,13 +901,18 @@ export class SyncStore {
       // The same write answered again replaces itself (its storedAt the latest).
       if (!other || !this.#enteredLater(other, write)) latest.set(write.series_id, write);
     }
+    if (!this.#storage) {
+      this.#answeredHere = answered;
+      this.#latestAnsweredHere = latest;
+      return;
+    }
     try {
-      this.#storage?.setItem(this.latestAnsweredKey, JSON.stringify([...latest.values()]));
+      this.#storage.setItem(this.latestAnsweredKey, JSON.stringify([...latest.values()]));
     } catch {
       // Storage full or disabled: the list below still names the last ones.
     }
     try {
-      this.#storage?.setItem(this.answeredKey, JSON.stringify(answered));
+      this.#storage.setItem(this.answeredKey, JSON.stringify(answered));
     } catch {
       // Storage full or disabled: the other tabs keep them and save them again once (sent twice at worst).
     }
