@@ -4,11 +4,11 @@
 // (READSYNC_WEB_PORT; READSYNC_WEB=0 leaves it out), installed and built on first use.
 
 import postgres from "postgres";
-import { startWebApp, type WebApp } from "../examples/web/serve.mjs";
 import { checkEnvNumber, type NumberRule } from "../shared/options/checkOptions.ts";
-import { onCleanup, runCleanups } from "./stack/cleanup.ts";
+import { runCleanups } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
 import { EXTERNAL_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
+import { startWebAppBesideStack } from "./web.ts";
 
 const DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0";
 const DEMO_EMAIL = "demo@readsync.local";
@@ -52,27 +52,9 @@ try {
   const fn = `${stack.apiUrl}/functions/v1/progress`;
 
   // The web app is a convenience beside the stack: if it cannot start, the stack still serves.
-  let web: WebApp | null = null;
-  let webProblem = "";
-  if (withWeb) {
-    try {
-      web = await startWebApp({
-        apiUrl: stack.apiUrl,
-        anonKey: stack.anonKey,
-        jwtSecret: stack.jwtSecret,
-        dbUrl: stack.dbUrl,
-        port: webPort,
-        log,
-        // Its npm ci, next build and next start end with npm start, also when stopped during them.
-        onCleanup,
-      });
-    } catch (error) {
-      webProblem = (error instanceof Error ? error.message : String(error)).split("\n")[0];
-    }
-  }
-  const webLine = web
-    ? `  Web app          ${web.url}  (development sign-in: any email, local stack only)`
-    : `  Web app          not started${withWeb ? `: ${webProblem}` : " (READSYNC_WEB=0)"}`;
+  const webLine = withWeb
+    ? (await startWebAppBesideStack(stack, { port: webPort, log })).line
+    : "  Web app          not started (READSYNC_WEB=0)";
   console.log(`
 readsync local stack is up (${Math.round(performance.now() - started)} ms). Development values only.
 

@@ -12,8 +12,17 @@
 // passes the stack's URL and keys to the server at run time: one build serves any stack.
 
 import { spawn, spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -24,6 +33,10 @@ const NEXT_BIN = path.join(APP_DIR, "node_modules", "next", "dist", "bin", "next
 const BUILD_STAMP = path.join(APP_DIR, ".next", "readsync-build-hash");
 const INSTALL_STAMP = path.join(APP_DIR, "node_modules", ".readsync-lock-hash");
 const LOCK_DIR = path.join(APP_DIR, ".readsync-build.lock");
+/** Who holds the lock: {holder, step?} (see withBuildLock). */
+const LOCK_HOLDER = path.join(LOCK_DIR, "holder.json");
+/** POSIX: each npm ci / next build / next start runs in a process group of its own (see signalGroup). */
+const GROUPS = process.platform !== "win32";
 
 const SKIP_DIRS = new Set(["node_modules", ".next", "test-artifacts", ".git"]);
 
@@ -74,42 +87,81 @@ function readStamp(file) {
 }
 
 /**
- * Ends `child` (SIGTERM, then SIGKILL after 5 s) and resolves once it has exited. Its own children
- * (npm's, next build's workers) are told by it or see their parent go.
+ * Sends `signal` (0: none, only whether any of it is left) to the child's process group: the child and
+ * what it started (npm's scripts, next build's workers), which a signal to the child alone would leave
+ * running when it is SIGKILLed or exits without passing the signal on. Where there are no process groups
+ * (Windows), to the child. Through process.kill, not child.kill: under Deno (npm start) child.kill sends
+ * one signal only, so a SIGKILL after a SIGTERM the child ignored was never sent.
+ * @param {import("node:child_process").ChildProcess} child
+ * @param {NodeJS.Signals | 0} signal
+ * @returns {boolean} whether it was sent (false: nothing of the group is left)
+ */
+function signalGroup(child, signal) {
+  if (!child.pid) return false;
+  try {
+    process.kill(GROUPS ? -child.pid : child.pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Waits until the child's process group is gone (its last process reaped), at most `ms`.
+ * @param {import("node:child_process").ChildProcess} child
+ * @param {number} ms
+ */
+async function groupGone(child, ms) {
+  const upBy = Date.now() + ms;
+  while (signalGroup(child, 0) && Date.now() < upBy) await new Promise((r) => setTimeout(r, 50));
+}
+
+/**
+ * Ends `child` and its process group: SIGTERM, then SIGKILL to whatever of the group is left after 5 s
+ * (a child or grandchild that ignores SIGTERM). Resolves once the child has exited and the group is gone
+ * (a grandchild is reaped by init: at most 5 s more are waited for that).
  * @param {import("node:child_process").ChildProcess} child
  * @param {Promise<unknown>} exited
  */
-async function endChild(child, exited) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    child.kill("SIGTERM");
-  } catch { /* already gone */ }
-  const timer = setTimeout(() => {
-    try {
-      child.kill("SIGKILL");
-    } catch { /* already gone */ }
-  }, 5_000);
+async function endGroup(child, exited) {
+  if (signalGroup(child, "SIGTERM")) {
+    await groupGone(child, 5_000);
+    if (signalGroup(child, "SIGKILL")) await groupGone(child, 5_000);
+  }
   await exited;
-  clearTimeout(timer);
+}
+
+/**
+ * The error of a step that a stop of this process ended (its onCleanup ran): not a failure of the step.
+ * `stopped` and `step` say so to the caller (npm start's summary), whatever copy of this file made it.
+ * @param {string} step
+ */
+function stoppedError(step) {
+  return Object.assign(new Error(`${step} was stopped (the process running it is stopping)`), {
+    stopped: true,
+    step,
+  });
 }
 
 /**
  * Runs a command to completion with its output forwarded line by line to `log`. While it runs, ending
- * it is registered with `onCleanup` (local/stack/cleanup.ts's in npm start), so a stopped parent (Ctrl-C,
- * SIGTERM, its own parent gone) ends it rather than leaving an `npm ci` or a `next build` behind; and
- * it is killed when this process exits.
+ * it (and its process group) is registered with `onCleanup` (local/stack/cleanup.ts's in npm start), so
+ * a stopped parent (Ctrl-C, SIGTERM, its own parent gone) ends it rather than leaving an `npm ci` or a
+ * `next build` behind, and says it was stopped rather than failed; and its group is killed when this
+ * process exits. `onSpawn` is told its pid (the build lock records it).
  */
-function run(cmd, args, { log, env, label, onCleanup }) {
+function run(cmd, args, { log, env, label, onCleanup, onSpawn }) {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd: APP_DIR, env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd, args, { cwd: APP_DIR, env, stdio: ["ignore", "pipe", "pipe"], detached: GROUPS });
     const exited = new Promise((r) => child.once("exit", r));
-    const killNow = () => {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* already gone */ }
-    };
+    const killNow = () => signalGroup(child, "SIGKILL");
     process.once("exit", killNow);
-    const unregister = onCleanup?.(() => endChild(child, exited));
+    let stopped = false;
+    const unregister = onCleanup?.(() => {
+      stopped = true;
+      return endGroup(child, exited);
+    });
+    if (child.pid) onSpawn?.(child.pid);
     const done = () => {
       process.removeListener("exit", killNow);
       unregister?.();
@@ -129,36 +181,168 @@ function run(cmd, args, { log, env, label, onCleanup }) {
     child.on("close", (code, signal) => {
       done();
       if (code === 0) resolve(undefined);
+      else if (stopped) reject(stoppedError(label));
       else reject(new Error(`${label} failed (${code === null ? `signal ${signal}` : `exit ${code}`}):\n${tail}`));
     });
   });
 }
 
+/**
+ * State and start time of process `pid` from /proc/<pid>/stat (Linux): the start time (field 22, clock
+ * ticks since boot) tells the process apart from a later one given the same pid. Null where it cannot be
+ * read (no such process, or no /proc).
+ * @param {number} pid
+ */
+function procStat(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name (field 2) may hold spaces and parentheses: fields 3 on follow its last ")".
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return fields.length > 19 ? { state: fields[0], start: fields[19] } : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A process as the lock records it: its pid and, where known, its start time. @param {number} pid */
+function processRecord(pid) {
+  return { pid, start: procStat(pid)?.start ?? null };
+}
+
+/**
+ * Whether a recorded process still runs: "alive", "gone", or "unknown" where that cannot be told (no
+ * start time recorded or readable for a pid that exists: it may be a later process given the same pid).
+ * @param {{ pid?: unknown, start?: unknown } | undefined} record
+ */
+function processState(record) {
+  const pid = record?.pid;
+  if (typeof pid !== "number" || !Number.isInteger(pid) || pid <= 0) return "unknown";
+  try {
+    process.kill(pid, 0);
+  } catch (error) {
+    if (/** @type {{code?: string}} */ (error).code === "ESRCH") return "gone";
+    if (/** @type {{code?: string}} */ (error).code !== "EPERM") return "unknown";
+  }
+  const now = procStat(pid);
+  if (now === null || typeof record?.start !== "string") return "unknown";
+  // A zombie has ended (only its parent has not reaped it yet); another start time is another process.
+  return now.state === "Z" || now.start !== record.start ? "gone" : "alive";
+}
+
+function readHolder(dir = LOCK_DIR) {
+  try {
+    return JSON.parse(readFileSync(path.join(dir, "holder.json"), "utf8"));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether the lock as found (`holder` read from it) may be taken: "held" while its holder or the step it
+ * runs (npm ci, next build, orphaned by a holder SIGKILLed) still runs; "stale" once both are gone; where
+ * that cannot be told (no holder file: one from an older serve.mjs, or a holder killed between creating
+ * the lock and writing it; no /proc), "stale" only once the lock is 10 minutes old.
+ */
+function lockState(holder, mtimeMs) {
+  const holderState = processState(holder?.holder);
+  const stepState = holder?.step ? processState(holder.step) : "gone";
+  if (holderState === "alive" || stepState === "alive") return "held";
+  if (holderState === "gone" && stepState === "gone") return "stale";
+  return Date.now() - mtimeMs > 600_000 ? "stale" : "held";
+}
+
+/**
+ * Removes the lock directory with inode `ino` (judged stale) unless another waiter removed it first. It is
+ * moved aside before it is removed: if what was moved is not that directory (a lock taken meanwhile by
+ * another waiter that removed the stale one), it is put back.
+ */
+function removeStaleLock(ino) {
+  const aside = `${LOCK_DIR}.stale-${process.pid}-${randomBytes(4).toString("hex")}`;
+  try {
+    renameSync(LOCK_DIR, aside);
+  } catch {
+    return; // gone meanwhile
+  }
+  if (statSync(aside).ino === ino) {
+    rmSync(aside, { recursive: true, force: true });
+    return;
+  }
+  try {
+    renameSync(aside, LOCK_DIR);
+  } catch {
+    rmSync(aside, { recursive: true, force: true });
+  }
+}
+
+/** Who holds the lock, for the waiting line: "pid N (next build, pid M)". */
+function describeHolder(holder) {
+  if (!holder?.holder) return "its holder not recorded";
+  const step = holder.step ? `, ${holder.step.label} pid ${holder.step.pid}` : "";
+  return `pid ${holder.holder.pid}${step}`;
+}
+
+/**
+ * Runs `fn(recordStep)` holding the build lock (a directory, made atomically), so that two starts never
+ * install or build at once. The lock records its holder (pid and start time, a token of its own) and, while
+ * one runs, its step (`recordStep(label, pid)`), so that a lock left by a holder that was SIGKILLed is taken
+ * as soon as the holder and its step are gone, not after 10 minutes.
+ */
 async function withBuildLock(log, fn, onCleanup) {
   const started = Date.now();
+  const token = randomBytes(8).toString("hex");
+  const holder = { holder: { ...processRecord(process.pid), token } };
+  let lastLogged = -Infinity;
   for (;;) {
     try {
       mkdirSync(LOCK_DIR);
-      break;
     } catch (error) {
       if (/** @type {{code?: string}} */ (error).code !== "EEXIST") throw error;
-      // A lock older than 10 minutes belongs to a build that died.
+      let found;
       try {
-        if (Date.now() - statSync(LOCK_DIR).mtimeMs > 600_000) rmSync(LOCK_DIR, { recursive: true, force: true });
-      } catch { /* gone meanwhile */ }
+        found = statSync(LOCK_DIR);
+      } catch {
+        continue; // removed meanwhile: try again
+      }
+      const current = readHolder();
+      if (lockState(current, found.mtimeMs) === "stale") {
+        log(`web: taking the build lock of a start that is gone (${describeHolder(current)})`);
+        removeStaleLock(found.ino);
+        continue;
+      }
       if (Date.now() - started > 900_000) throw new Error(`timed out waiting for ${LOCK_DIR}`);
-      if ((Date.now() - started) % 10_000 < 500) log("web: waiting for another build of the web app to finish");
+      if (Date.now() - lastLogged >= 10_000) {
+        lastLogged = Date.now();
+        log(`web: waiting for another build of the web app to finish (${describeHolder(current)})`);
+      }
       await new Promise((r) => setTimeout(r, 500));
+      continue;
     }
+    try {
+      writeFileSync(LOCK_HOLDER, JSON.stringify(holder));
+    } catch (error) {
+      rmSync(LOCK_DIR, { recursive: true, force: true });
+      throw error;
+    }
+    break;
   }
+  // Removed only while it is still this holder's (not one another start took as stale).
+  const release = () => {
+    if (readHolder()?.holder?.token === token) rmSync(LOCK_DIR, { recursive: true, force: true });
+  };
+  /** @param {string} label @param {number} pid */
+  const recordStep = (label, pid) => {
+    if (readHolder()?.holder?.token === token) {
+      writeFileSync(LOCK_HOLDER, JSON.stringify({ ...holder, step: { label, ...processRecord(pid) } }));
+    }
+  };
   // Held: a stopped parent removes it too (after ending the build, registered later, so run first), or
-  // the next start would wait for it to grow 10 minutes old.
-  const unregister = onCleanup?.(() => rmSync(LOCK_DIR, { recursive: true, force: true }));
+  // the next start would wait for this holder to be gone.
+  const unregister = onCleanup?.(release);
   try {
-    return await fn();
+    return await fn(recordStep);
   } finally {
     unregister?.();
-    rmSync(LOCK_DIR, { recursive: true, force: true });
+    release();
   }
 }
 
@@ -171,7 +355,7 @@ function buildEnv() {
  * @param {{ log?: (line: string) => void, force?: boolean, onCleanup?: import("./serve.d.ts").OnCleanup }} [options]
  */
 export async function ensureWebAppBuilt({ log = console.log, force = false, onCleanup } = {}) {
-  return await withBuildLock(log, async () => {
+  return await withBuildLock(log, async (recordStep) => {
     const did = { installed: false, built: false };
     const wantLock = lockHash();
     if (!existsSync(NEXT_BIN) || readStamp(INSTALL_STAMP) !== wantLock) {
@@ -182,6 +366,7 @@ export async function ensureWebAppBuilt({ log = console.log, force = false, onCl
         env: { ...process.env },
         label: "npm ci",
         onCleanup,
+        onSpawn: (pid) => recordStep("npm ci", pid),
       });
       writeFileSync(INSTALL_STAMP, wantLock);
       did.installed = true;
@@ -197,6 +382,7 @@ export async function ensureWebAppBuilt({ log = console.log, force = false, onCl
         env: buildEnv(),
         label: "next build",
         onCleanup,
+        onSpawn: (pid) => recordStep("next build", pid),
       });
       writeFileSync(BUILD_STAMP, want);
       log(`web: built in ${Math.round((Date.now() - started) / 1000)} s`);
@@ -257,6 +443,7 @@ export async function startWebApp(options) {
     cwd: APP_DIR,
     env,
     stdio: ["ignore", "pipe", "pipe"],
+    detached: GROUPS,
   });
   let output = "";
   let exited = null;
@@ -277,26 +464,23 @@ export async function startWebApp(options) {
     })
   );
   const killNow = () => {
-    if (!exited) {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* already gone */ }
-    }
+    if (!exited) signalGroup(child, "SIGKILL");
   };
   process.once("exit", killNow);
+  /** Set when a stop of this process (onCleanup) stops the server before it serves: not a failure. */
+  let stoppedByCleanup = false;
   // From here until stop(): a stopped parent stops the server (while it starts, and once it serves).
-  let unregister = onCleanup?.(() => stop());
+  let unregister = onCleanup?.(() => {
+    stoppedByCleanup = true;
+    return stop();
+  });
 
   const origin = `http://${host.includes(":") ? `[${host}]` : host}`;
   const stop = async () => {
     process.removeListener("exit", killNow);
     unregister?.();
     unregister = undefined;
-    if (exited) return;
-    child.kill("SIGTERM");
-    const timer = setTimeout(killNow, 5_000);
-    await exitPromise;
-    clearTimeout(timer);
+    await endGroup(child, exitPromise);
   };
 
   /** What the server printed, for an error: "; it printed:\n<its output>", or that it printed nothing. */
@@ -305,6 +489,7 @@ export async function startWebApp(options) {
   for (;;) {
     if (exited) {
       await stop();
+      if (stoppedByCleanup) throw stoppedError("next start");
       if (requestedPort && /EADDRINUSE/.test(output)) {
         throw new Error(
           `port ${requestedPort} (${host}) is already in use: stop what holds it or choose another port ` +

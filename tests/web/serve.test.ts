@@ -1,24 +1,29 @@
-// examples/web/serve.mjs outside a browser: what `node serve.mjs` takes as PORT, and that a stop during
-// the first use's `npm ci` or `next build` ends them. Each run uses a copy of serve.mjs in a folder of
-// its own (its APP_DIR), with a fake `npm` on PATH and a fake `next` that block until signalled, so nothing
-// real is installed or built and the step under way is known, not raced.
+// examples/web/serve.mjs outside a browser: what `node serve.mjs` takes as PORT, that a stop during the
+// first use's `npm ci` or `next build` ends them and everything they started, and the build lock a
+// SIGKILLed start leaves. Each run uses a copy of serve.mjs in a folder of its own (its APP_DIR), with a
+// fake `npm` on PATH and a fake `next` that block until signalled, so nothing real is installed or built
+// and the step under way is known, not raced. Every process a test starts has the folder in its command
+// line: none may be left when the test ends (leftovers()).
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const GUARD_MS = 30_000;
 
-type Step = "npm ci" | "next build";
+type Step = "npm ci" | "next build" | "next start";
 
 /**
  * <tmp>/examples/web with serve.mjs, a package-lock.json and, for "next build", node_modules already
- * installed (stamp and a fake next); <tmp>/bin/npm. The fake step writes its pid to `pidFile` once it
- * runs and `pidFile`.term when it gets SIGTERM (then exits), and otherwise runs until signalled.
+ * installed (stamp and a fake next), for "next start" a build too (.next/BUILD_ID and the stamp of the
+ * sources' hash); <tmp>/bin/npm. Both fakes run <tmp>/fake-step.cjs, which writes its
+ * pid to `pidFile` once it runs and `pidFile`.term when it gets SIGTERM, then exits, and otherwise runs
+ * until signalled. A `stubborn` one ignores SIGTERM and has started a worker of its own (`pidFile`.worker,
+ * sharing its output, as npm's scripts and next build's workers do) that ignores SIGTERM too.
  */
-async function fixture(step: Step) {
+async function fixture(step: Step, { stubborn = false } = {}) {
   const root = await Deno.makeTempDir({ prefix: "readsync-serve-" });
   const appDir = path.join(root, "examples", "web");
   const binDir = path.join(root, "bin");
@@ -29,29 +34,56 @@ async function fixture(step: Step) {
   const lock = '{"lockfileVersion":3}\n';
   await Deno.writeTextFile(path.join(appDir, "package-lock.json"), lock);
   const pidFile = path.join(root, "step.pid");
+  const fakeStep = path.join(root, "fake-step.cjs");
+  const worker = path.join(root, "worker.cjs");
+  const publish =
+    `(file, text) => { fs.writeFileSync(file + ".tmp", text); fs.renameSync(file + ".tmp", file); }`;
   await Deno.writeTextFile(
-    path.join(binDir, "npm"),
-    `#!/bin/sh\necho $$ > "${pidFile}.tmp" && mv "${pidFile}.tmp" "${pidFile}"\n` +
-      `trap 'kill $s 2>/dev/null; : > "${pidFile}.term"; exit 143' TERM\nsleep 600 & s=$!\nwait $s\n`,
-    { mode: 0o755 },
+    worker,
+    `const fs = require("node:fs");
+     process.on("SIGTERM", () => {});
+     (${publish})(${JSON.stringify(`${pidFile}.worker`)}, String(process.pid));
+     setInterval(() => {}, 1e9);`,
   );
-  if (step === "next build") {
+  await Deno.writeTextFile(
+    fakeStep,
+    `const fs = require("node:fs");
+     const pidFile = ${JSON.stringify(pidFile)};
+     const publish = ${publish};
+     process.on("SIGTERM", () => {
+       fs.writeFileSync(pidFile + ".term", "");
+       if (!${stubborn}) process.exit(143);
+     });
+     if (${stubborn}) {
+       require("node:child_process").spawn(process.execPath, [${
+      JSON.stringify(worker)
+    }], { stdio: "inherit" });
+       // Running once its worker runs (and ignores SIGTERM).
+       const poll = setInterval(() => {
+         if (!fs.existsSync(pidFile + ".worker")) return;
+         clearInterval(poll);
+         publish(pidFile, String(process.pid));
+       }, 20);
+     } else publish(pidFile, String(process.pid));
+     setInterval(() => {}, 1e9);`,
+  );
+  await Deno.writeTextFile(path.join(binDir, "npm"), `#!/bin/sh\nexec node "${fakeStep}" "$@"\n`, {
+    mode: 0o755,
+  });
+  if (step !== "npm ci") {
     const nextBin = path.join(appDir, "node_modules/next/dist/bin");
     await Deno.mkdir(nextBin, { recursive: true });
     await Deno.writeTextFile(
       path.join(appDir, "node_modules/.readsync-lock-hash"),
       createHash("sha256").update(lock).digest("hex"),
     );
-    await Deno.writeTextFile(
-      path.join(nextBin, "next"),
-      `const fs = require("node:fs");
-       process.on("SIGTERM", () => { fs.writeFileSync(${
-        JSON.stringify(`${pidFile}.term`)
-      }, ""); process.exit(143); });
-       fs.writeFileSync(${JSON.stringify(`${pidFile}.tmp`)}, String(process.pid));
-       fs.renameSync(${JSON.stringify(`${pidFile}.tmp`)}, ${JSON.stringify(pidFile)});
-       setInterval(() => {}, 1e9);`,
-    );
+    await Deno.writeTextFile(path.join(nextBin, "next"), `require(${JSON.stringify(fakeStep)});`);
+  }
+  if (step === "next start") {
+    const { sourceHash } = await import(pathToFileURL(path.join(appDir, "serve.mjs")).href);
+    await Deno.mkdir(path.join(appDir, ".next"));
+    await Deno.writeTextFile(path.join(appDir, ".next/BUILD_ID"), "fake");
+    await Deno.writeTextFile(path.join(appDir, ".next/readsync-build-hash"), sourceHash());
   }
   const env = {
     PATH: `${binDir}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`,
@@ -63,6 +95,12 @@ async function fixture(step: Step) {
   const exists = (file: string) => Deno.stat(file).then(() => true, () => false);
   const alive = async (pid: number) =>
     (await new Deno.Command("sh", { args: ["-c", `kill -0 ${pid}`], stderr: "null" }).output()).success;
+  /** The processes (pid and command line) that mention this folder: the parents, fakes and worker. */
+  const leftovers = async () => {
+    const ps = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdout: "piped" }).output();
+    return new TextDecoder().decode(ps.stdout).split("\n").filter((line) => line.includes(root))
+      .map((line) => line.trim());
+  };
   return {
     root,
     appDir,
@@ -71,6 +109,7 @@ async function fixture(step: Step) {
     pidFile,
     exists,
     alive,
+    leftovers,
     /** The fake step's pid once it runs; throws at once if `parent` ended first. */
     async stepRunning(ended: () => Deno.CommandStatus | null, printed: () => string): Promise<number> {
       const upBy = Date.now() + GUARD_MS;
@@ -82,16 +121,21 @@ async function fixture(step: Step) {
         await new Promise((r) => setTimeout(r, 50));
       }
     },
-    /** Ends what a failed run may have left (the fake step, its sleep) and removes the folder. */
+    /** Asserts that nothing this fixture started still runs. */
+    async assertNothingLeft(what: string) {
+      assert.deepEqual(await leftovers(), [], `${what}: processes of this test still run`);
+    },
+    /** Ends what a failed run may have left (the parents, fakes, worker) and removes the folder. */
     async remove() {
-      if (await exists(pidFile)) {
-        const pid = Number((await Deno.readTextFile(pidFile)).trim());
-        if (pid > 0) await new Deno.Command("sh", { args: ["-c", `kill ${pid}`], stderr: "null" }).output();
+      for (const line of await leftovers()) {
+        await new Deno.Command("kill", { args: ["-KILL", line.split(/\s+/)[0]], stderr: "null" }).output();
       }
       await Deno.remove(root, { recursive: true }).catch(() => {});
     },
   };
 }
+
+type Fixture = Awaited<ReturnType<typeof fixture>>;
 
 /** A child process whose output is collected; `status` resolves when it exits. */
 function spawnCollecting(
@@ -129,6 +173,21 @@ function spawnCollecting(
     stdout: () => out,
     stderr: () => err,
     printed: () => `stdout:\n${out}\nstderr:\n${err}`,
+    /** Waits until its output (stdout and stderr) matches `pattern`; throws at once if it exits first. */
+    async untilPrinted(pattern: RegExp): Promise<void> {
+      const upBy = Date.now() + GUARD_MS;
+      while (!pattern.test(out + err)) {
+        assert.ok(
+          !exited,
+          `it exited (${JSON.stringify(exited)}) before it printed ${pattern}:\n${this.printed()}`,
+        );
+        assert.ok(
+          Date.now() < upBy,
+          `it did not print ${pattern} within ${GUARD_MS / 1000} s:\n${this.printed()}`,
+        );
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
     /** Its status, or throws after `ms` (the child killed) when it has not exited by then. */
     async exitWithin(ms: number, what: string): Promise<Deno.CommandStatus> {
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -172,26 +231,32 @@ Deno.test("node serve.mjs: a PORT that is no port is refused before anything sta
   }
 });
 
-// The stopped parent: a Deno process registering with local/stack/cleanup.ts as npm start does
-// (local/main.ts passes its onCleanup to startWebApp), and `node serve.mjs` itself.
+// The stopped parent (while the web app installs, builds or starts): a Deno process starting the web app as npm start does (local/web.ts's
+// startWebAppBesideStack, which local/main.ts calls, given this fixture's startWebApp), and `node serve.mjs`.
 const parents = {
-  "npm start's exit cleanups": async (f: Awaited<ReturnType<typeof fixture>>) => {
+  "npm start's exit cleanups": async (f: Fixture) => {
     const script = path.join(f.root, "parent.ts");
     await Deno.writeTextFile(
       script,
       `import { onCleanup } from ${JSON.stringify(path.join(REPO_ROOT, "local/stack/cleanup.ts"))};
+       import { startWebAppBesideStack } from ${JSON.stringify(path.join(REPO_ROOT, "local/web.ts"))};
        import { startWebApp } from ${JSON.stringify(path.join(f.appDir, "serve.mjs"))};
-       // As local/main.ts: a web app that cannot start is reported, and the process runs until stopped.
-       try {
-         await startWebApp({ apiUrl: "http://127.0.0.1:9", anonKey: "anon", onCleanup });
-       } catch (error) {
-         console.log(\`web app not started: \${error.message.split("\\n")[0]}\`);
-       }
+       // Registered first, so run last, as npm start's stack cleanups (which the web app's precede and
+       // take their time): the web app's summary line is printed before the stopped process exits.
+       // (At most 15 s: a line that never comes fails the test's assertions, not its 30 s guard.)
+       let reported = new Promise(() => {});
+       onCleanup(() => Promise.race([reported, new Promise((r) => setTimeout(r, 15_000))]));
+       reported = startWebAppBesideStack(
+         { apiUrl: "http://127.0.0.1:9", anonKey: "anon", jwtSecret: "", dbUrl: "" },
+         { port: 0, log: console.log },
+         startWebApp,
+       ).then(({ line }) => console.log(line));
+       await reported;
        await new Promise(() => {});`,
     );
     return spawnCollecting(Deno.execPath(), ["run", "-A", "--no-lock", script], { env: f.env, cwd: f.root });
   },
-  "node serve.mjs": (f: Awaited<ReturnType<typeof fixture>>) =>
+  "node serve.mjs": (f: Fixture) =>
     Promise.resolve(
       spawnCollecting("node", [path.join(f.appDir, "serve.mjs")], {
         env: { ...f.env, PORT: "0" },
@@ -200,39 +265,163 @@ const parents = {
     ),
 };
 
-for (const [parentName, startParent] of Object.entries(parents)) {
-  for (const step of ["npm ci", "next build"] as const) {
-    Deno.test(`${parentName}: SIGTERM during the web app's ${step} ends it and frees the build lock`, async () => {
-      const f = await fixture(step);
+/** Runs `body` with the parent started; SIGKILLs it if still running after, and waits for it. */
+async function withParent(
+  f: Fixture,
+  startParent: (f: Fixture) => Promise<ReturnType<typeof spawnCollecting>>,
+  body: (parent: ReturnType<typeof spawnCollecting>) => Promise<void>,
+) {
+  const parent = await startParent(f);
+  try {
+    await body(parent);
+  } finally {
+    if (!parent.ended()) {
       try {
-        const parent = await startParent(f);
+        parent.child.kill("SIGKILL");
+      } catch { /* gone */ }
+    }
+    await parent.status;
+  }
+}
+
+for (const [parentName, startParent] of Object.entries(parents)) {
+  for (const step of ["npm ci", "next build", "next start"] as const) {
+    for (const stubborn of [false, true]) {
+      const how = stubborn
+        ? `a ${step} that ignores SIGTERM, and the worker it started that ignores it too, are killed`
+        : `ends ${step}`;
+      Deno.test(`${parentName}: SIGTERM during the web app's ${step}: ${how}, and frees the build lock`, async () => {
+        const f = await fixture(step, { stubborn });
         try {
-          const pid = await f.stepRunning(parent.ended, parent.printed);
-          assert.ok(await f.exists(f.lockDir), "the build lock is held while it runs");
-          parent.child.kill("SIGTERM");
-          const status = await parent.exitWithin(GUARD_MS, "the parent after SIGTERM");
-          assert.equal(status.code, 143, `the parent exits as stopped\n${parent.printed()}`);
-          assert.ok(
-            await f.exists(`${f.pidFile}.term`),
-            `${step} was told to end (SIGTERM)\n${parent.printed()}`,
-          );
-          assert.equal(
-            await f.alive(pid),
-            false,
-            `${step} (pid ${pid}) still runs after its parent was stopped`,
-          );
-          assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+          await withParent(f, startParent, async (parent) => {
+            const pid = await f.stepRunning(parent.ended, parent.printed);
+            const worker = stubborn ? Number((await Deno.readTextFile(`${f.pidFile}.worker`)).trim()) : null;
+            // (next start runs once the build is done and its lock released.)
+            assert.equal(
+              await f.exists(f.lockDir),
+              step !== "next start",
+              "the build lock is held while it builds",
+            );
+            parent.child.kill("SIGTERM");
+            const status = await parent.exitWithin(GUARD_MS, "the parent after SIGTERM");
+            assert.equal(status.code, 143, `the parent exits as stopped\n${parent.printed()}`);
+            assert.ok(
+              await f.exists(`${f.pidFile}.term`),
+              `${step} was told to end (SIGTERM)\n${parent.printed()}`,
+            );
+            assert.equal(
+              await f.alive(pid),
+              false,
+              `${step} (pid ${pid}) still runs after its parent was stopped`,
+            );
+            if (worker !== null) {
+              assert.equal(
+                await f.alive(worker),
+                false,
+                `the worker (pid ${worker}) that ${step} started still runs after its parent was stopped`,
+              );
+            }
+            assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+            if (parentName === "npm start's exit cleanups") {
+              // A stop is not a failure of the step it ended: the summary says npm start was stopped.
+              assert.match(
+                parent.stdout(),
+                new RegExp(`^  Web app {10}not started: npm start was stopped during its ${step}$`, "m"),
+                parent.printed(),
+              );
+              assert.doesNotMatch(parent.printed(), /failed/, parent.printed());
+            }
+          });
+          await f.assertNothingLeft("after the stopped parent exited");
         } finally {
-          if (!parent.ended()) {
-            try {
-              parent.child.kill("SIGKILL");
-            } catch { /* gone */ }
-          }
-          await parent.status;
+          await f.remove();
         }
+      });
+    }
+  }
+
+  Deno.test(
+    `${parentName}: the build lock of a start SIGKILLed during next build is taken as soon as it and its build are gone`,
+    async () => {
+      const f = await fixture("next build");
+      try {
+        let orphan = 0;
+        await withParent(f, startParent, async (killed) => {
+          orphan = await f.stepRunning(killed.ended, killed.printed);
+          killed.child.kill("SIGKILL");
+          await killed.status;
+        });
+        assert.ok(await f.exists(f.lockDir), "the SIGKILLed start left its build lock");
+        assert.ok(await f.alive(orphan), "its next build runs on (orphaned)");
+        await Deno.remove(f.pidFile);
+        await withParent(f, startParent, async (next) => {
+          // While the orphaned build runs it still holds the lock (both would write .next).
+          await next.untilPrinted(
+            new RegExp(
+              `waiting for another build of the web app to finish \\(pid \\d+, next build pid ${orphan}\\)`,
+            ),
+          );
+          assert.equal(await f.exists(f.pidFile), false, "no second build while the orphaned one runs");
+          await new Deno.Command("kill", { args: ["-KILL", String(orphan)] }).output();
+          // Gone: its lock is taken now (it used to be waited for until 10 minutes old).
+          const pid = await f.stepRunning(next.ended, next.printed);
+          assert.notEqual(pid, orphan);
+          assert.match(next.printed(), /taking the build lock of a start that is gone/, next.printed());
+          next.child.kill("SIGTERM");
+          assert.equal((await next.exitWithin(GUARD_MS, "the second start after SIGTERM")).code, 143);
+          assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+        });
+        await f.assertNothingLeft("after both starts");
       } finally {
         await f.remove();
       }
-    });
-  }
+    },
+  );
 }
+
+/** This process's start time as serve.mjs records it (field 22 of /proc/<pid>/stat). */
+async function ownStartTime(): Promise<string> {
+  const stat = await Deno.readTextFile(`/proc/${Deno.pid}/stat`);
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+}
+
+Deno.test({
+  name:
+    "node serve.mjs: a build lock whose holder is not recorded, or runs, is waited for; one whose pid is " +
+    "another process's now (another start time) is taken at once",
+  ignore: Deno.build.os !== "linux", // start times from /proc
+}, async () => {
+  const f = await fixture("next build");
+  try {
+    // A lock with no holder file (an older serve.mjs's, or its holder killed before it wrote it): waited
+    // for until 10 minutes old, as before.
+    await Deno.mkdir(f.lockDir);
+    await withParent(f, parents["node serve.mjs"], async (parent) => {
+      await parent.untilPrinted(
+        /waiting for another build of the web app to finish \(its holder not recorded\)/,
+      );
+      // Its holder recorded: this test process, which runs (its line is printed every 10 s).
+      const holder = { pid: Deno.pid, start: await ownStartTime(), token: "the test's" };
+      await Deno.writeTextFile(path.join(f.lockDir, "holder.json"), JSON.stringify({ holder }));
+      await parent.untilPrinted(
+        new RegExp(`waiting for another build of the web app to finish \\(pid ${Deno.pid}\\)`),
+      );
+      assert.equal(await f.exists(f.pidFile), false, "no build while the lock's holder runs");
+      // The same pid with another start time: the holder has gone and its pid was given to another process.
+      const reused = { holder: { ...holder, start: `${Number(holder.start) + 1}` } };
+      await Deno.writeTextFile(path.join(f.lockDir, "holder.json"), JSON.stringify(reused));
+      await f.stepRunning(parent.ended, parent.printed);
+      assert.match(
+        parent.printed(),
+        /taking the build lock of a start that is gone \(pid \d+\)/,
+        parent.printed(),
+      );
+      parent.child.kill("SIGTERM");
+      assert.equal((await parent.exitWithin(GUARD_MS, "the parent after SIGTERM")).code, 143);
+      assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+    });
+    await f.assertNothingLeft("after the start");
+  } finally {
+    await f.remove();
+  }
+});

@@ -1,0 +1,44 @@
+// The web app beside `npm start`'s stack (local/main.ts): started with the exit cleanups of
+// local/stack/cleanup.ts, so that a stop during its npm ci, next build or next start ends them, and
+// the summary's line for it. Its own module so that tests/web/serve.test.ts runs this wiring itself
+// (with a fake app: `start`) rather than a copy of it.
+
+import { startWebApp, type StoppedError, type WebApp } from "../examples/web/serve.mjs";
+import { onCleanup } from "./stack/cleanup.ts";
+
+export interface WebBesideStack {
+  /** Null when it did not start (the stack still serves). */
+  web: WebApp | null;
+  /** The summary's "Web app" line. */
+  line: string;
+}
+
+/**
+ * Starts the web app for the stack; one that cannot start is reported in the line (the web app is a
+ * convenience beside the stack), one that a stop of npm start ended is reported as stopped, not failed.
+ */
+export async function startWebAppBesideStack(
+  stack: { apiUrl: string; anonKey: string; jwtSecret: string; dbUrl: string },
+  options: { port: number; log: (line: string) => void },
+  start: typeof startWebApp = startWebApp,
+): Promise<WebBesideStack> {
+  try {
+    const web = await start({
+      apiUrl: stack.apiUrl,
+      anonKey: stack.anonKey,
+      jwtSecret: stack.jwtSecret,
+      dbUrl: stack.dbUrl,
+      port: options.port,
+      log: options.log,
+      // Its npm ci, next build and next start end with npm start, also when stopped during them.
+      onCleanup,
+    });
+    return { web, line: `  Web app          ${web.url}  (development sign-in: any email, local stack only)` };
+  } catch (error) {
+    const stopped = error as Partial<StoppedError>;
+    const problem = stopped.stopped
+      ? `npm start was stopped during its ${stopped.step}`
+      : (error instanceof Error ? error.message : String(error)).split("\n")[0];
+    return { web: null, line: `  Web app          not started: ${problem}` };
+  }
+}
