@@ -35,7 +35,11 @@ const INSTALL_STAMP = path.join(APP_DIR, "node_modules", ".readsync-lock-hash");
 const LOCK_DIR = path.join(APP_DIR, ".readsync-build.lock");
 /** Who holds the lock: {holder, step?} (see withBuildLock). */
 const LOCK_HOLDER = path.join(LOCK_DIR, "holder.json");
-/** POSIX: each npm ci / next build / next start runs in a process group of its own (see signalGroup). */
+/**
+ * POSIX: each npm ci / next build / next start runs in a process group (and session: Node's detached) of
+ * its own, which a stop signals whole (see signalGroup). Signals from the terminal (Ctrl-C, SIGHUP) then
+ * reach only this process, whose stop (onCleanup) ends them.
+ */
 const GROUPS = process.platform !== "win32";
 
 const SKIP_DIRS = new Set(["node_modules", ".next", "test-artifacts", ".git"]);
@@ -553,10 +557,10 @@ function portFromEnv(name, fallback) {
 
 // `node serve.mjs` (or `npm run serve` in this folder): serve against the stack named by the
 // environment (SUPABASE_URL, SUPABASE_ANON_KEY, and for development sign-in SUPABASE_JWT_SECRET +
-// SUPABASE_DB_URL; PORT, default 3000, 0: a free one), until Ctrl-C or SIGTERM, which also end an
+// SUPABASE_DB_URL; PORT, default 3000, 0: a free one), until Ctrl-C, SIGTERM or SIGHUP, which also end an
 // install or a build under way. `node serve.mjs --build` only installs and builds.
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  /** What a stop (Ctrl-C, SIGTERM) must end, newest first: npm ci, next build, next start. */
+  /** What a stop (Ctrl-C, SIGTERM, SIGHUP) must end, newest first: npm ci, next build, next start. */
   const cleanups = [];
   /** @type {import("./serve.d.ts").OnCleanup} */
   const onCleanup = (fn) => {
@@ -568,7 +572,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   };
   let stopping = false;
   let serving = false;
-  // A stop once the app serves exits 0 (as it always did); one during the install or build 130 / 143.
+  // A stop once the app serves exits 0 (as it always did); one during the install or build 130 / 143 / 129.
   const shutdown = (code) => async () => {
     if (stopping) return;
     stopping = true;
@@ -577,6 +581,8 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   };
   process.on("SIGINT", shutdown(130));
   process.on("SIGTERM", shutdown(143));
+  // The terminal closed: its SIGHUP does not reach the steps (in a session of their own, see run()).
+  process.on("SIGHUP", shutdown(129));
   // A build or start that fails because a stop ended it is not reported: shutdown() exits.
   const unlessStopping = (error) => (stopping ? new Promise(() => {}) : Promise.reject(error));
   if (process.argv.includes("--build")) {

@@ -1,5 +1,6 @@
 // One place that knows what the local stack must undo when the process ends: normally, on Ctrl-C
-// (SIGINT), on SIGTERM, when the parent process is gone, or when a test run fails. Cleanups run
+// (SIGINT), on SIGTERM, on SIGHUP (its terminal closed: the web app's steps, in a session of their own,
+// do not get that SIGHUP themselves), when the parent process is gone, or when a test run fails. Cleanups run
 // once, newest first.
 
 type Cleanup = () => Promise<void> | void;
@@ -39,10 +40,10 @@ export function runCleanups(): Promise<void> {
 function installSignalHandlers(): void {
   if (signalsInstalled) return;
   signalsInstalled = true;
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  for (const [signal, code] of [["SIGINT", 130], ["SIGHUP", 129], ["SIGTERM", 143]] as const) {
     Deno.addSignalListener(signal, async () => {
       await runCleanups();
-      Deno.exit(signal === "SIGINT" ? 130 : 143);
+      Deno.exit(code);
     });
   }
   // A parent that dies without signalling us (an IDE's stop button sends SIGTERM to `npm`, which

@@ -284,60 +284,69 @@ async function withParent(
   }
 }
 
+/** The exit code of a parent stopped by `signal`. */
+const STOPPED_CODE = { SIGTERM: 143, SIGHUP: 129 };
+
 for (const [parentName, startParent] of Object.entries(parents)) {
-  for (const step of ["npm ci", "next build", "next start"] as const) {
-    for (const stubborn of [false, true]) {
-      const how = stubborn
-        ? `a ${step} that ignores SIGTERM, and the worker it started that ignores it too, are killed`
-        : `ends ${step}`;
-      Deno.test(`${parentName}: SIGTERM during the web app's ${step}: ${how}, and frees the build lock`, async () => {
-        const f = await fixture(step, { stubborn });
-        try {
-          await withParent(f, startParent, async (parent) => {
-            const pid = await f.stepRunning(parent.ended, parent.printed);
-            const worker = stubborn ? Number((await Deno.readTextFile(`${f.pidFile}.worker`)).trim()) : null;
-            // (next start runs once the build is done and its lock released.)
+  // SIGHUP: the terminal closed. Since the steps run in a session of their own, the terminal's SIGHUP
+  // reaches only the parent, which must end them as for SIGTERM.
+  const cases = [
+    ...(["npm ci", "next build", "next start"] as const).flatMap((step) =>
+      [false, true].map((stubborn) => ({ step, stubborn, signal: "SIGTERM" as const }))
+    ),
+    { step: "next build" as const, stubborn: false, signal: "SIGHUP" as const },
+  ];
+  for (const { step, stubborn, signal } of cases) {
+    const how = stubborn
+      ? `a ${step} that ignores SIGTERM, and the worker it started that ignores it too, are killed`
+      : `ends ${step}`;
+    Deno.test(`${parentName}: ${signal} during the web app's ${step}: ${how}, and frees the build lock`, async () => {
+      const f = await fixture(step, { stubborn });
+      try {
+        await withParent(f, startParent, async (parent) => {
+          const pid = await f.stepRunning(parent.ended, parent.printed);
+          const worker = stubborn ? Number((await Deno.readTextFile(`${f.pidFile}.worker`)).trim()) : null;
+          // (next start runs once the build is done and its lock released.)
+          assert.equal(
+            await f.exists(f.lockDir),
+            step !== "next start",
+            "the build lock is held while it builds",
+          );
+          parent.child.kill(signal);
+          const status = await parent.exitWithin(GUARD_MS, `the parent after ${signal}`);
+          assert.equal(status.code, STOPPED_CODE[signal], `the parent exits as stopped\n${parent.printed()}`);
+          assert.ok(
+            await f.exists(`${f.pidFile}.term`),
+            `${step} was told to end (SIGTERM)\n${parent.printed()}`,
+          );
+          assert.equal(
+            await f.alive(pid),
+            false,
+            `${step} (pid ${pid}) still runs after its parent was stopped`,
+          );
+          if (worker !== null) {
             assert.equal(
-              await f.exists(f.lockDir),
-              step !== "next start",
-              "the build lock is held while it builds",
-            );
-            parent.child.kill("SIGTERM");
-            const status = await parent.exitWithin(GUARD_MS, "the parent after SIGTERM");
-            assert.equal(status.code, 143, `the parent exits as stopped\n${parent.printed()}`);
-            assert.ok(
-              await f.exists(`${f.pidFile}.term`),
-              `${step} was told to end (SIGTERM)\n${parent.printed()}`,
-            );
-            assert.equal(
-              await f.alive(pid),
+              await f.alive(worker),
               false,
-              `${step} (pid ${pid}) still runs after its parent was stopped`,
+              `the worker (pid ${worker}) that ${step} started still runs after its parent was stopped`,
             );
-            if (worker !== null) {
-              assert.equal(
-                await f.alive(worker),
-                false,
-                `the worker (pid ${worker}) that ${step} started still runs after its parent was stopped`,
-              );
-            }
-            assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
-            if (parentName === "npm start's exit cleanups") {
-              // A stop is not a failure of the step it ended: the summary says npm start was stopped.
-              assert.match(
-                parent.stdout(),
-                new RegExp(`^  Web app {10}not started: npm start was stopped during its ${step}$`, "m"),
-                parent.printed(),
-              );
-              assert.doesNotMatch(parent.printed(), /failed/, parent.printed());
-            }
-          });
-          await f.assertNothingLeft("after the stopped parent exited");
-        } finally {
-          await f.remove();
-        }
-      });
-    }
+          }
+          assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+          if (parentName === "npm start's exit cleanups") {
+            // A stop is not a failure of the step it ended: the summary says npm start was stopped.
+            assert.match(
+              parent.stdout(),
+              new RegExp(`^  Web app {10}not started: npm start was stopped during its ${step}$`, "m"),
+              parent.printed(),
+            );
+            assert.doesNotMatch(parent.printed(), /failed/, parent.printed());
+          }
+        });
+        await f.assertNothingLeft("after the stopped parent exited");
+      } finally {
+        await f.remove();
+      }
+    });
   }
 
   Deno.test(
