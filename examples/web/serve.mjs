@@ -23,6 +23,7 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
+import { hostname } from "node:os";
 import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -33,7 +34,7 @@ const NEXT_BIN = path.join(APP_DIR, "node_modules", "next", "dist", "bin", "next
 const BUILD_STAMP = path.join(APP_DIR, ".next", "readsync-build-hash");
 const INSTALL_STAMP = path.join(APP_DIR, "node_modules", ".readsync-lock-hash");
 const LOCK_DIR = path.join(APP_DIR, ".readsync-build.lock");
-/** Who holds the lock: {holder, step?} (see withBuildLock). */
+/** Who holds the lock: {host, boot, holder: {pid, start, token}, step?: {label, pid, start}} (withBuildLock). */
 const LOCK_HOLDER = path.join(LOCK_DIR, "holder.json");
 /**
  * POSIX: each npm ci / next build / next start runs in a process group (and session: Node's detached) of
@@ -208,6 +209,18 @@ function procStat(pid) {
   }
 }
 
+/**
+ * The machine and boot the lock's pids belong to: a pid says nothing about a process on another machine
+ * (a folder shared with a container or a VM) or before a reboot.
+ */
+function thisBoot() {
+  let boot = null;
+  try {
+    boot = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  } catch { /* no /proc */ }
+  return { host: hostname(), boot };
+}
+
 /** A process as the lock records it: its pid and, where known, its start time. @param {number} pid */
 function processRecord(pid) {
   return { pid, start: procStat(pid)?.start ?? null };
@@ -245,11 +258,13 @@ function readHolder(dir = LOCK_DIR) {
  * Whether the lock as found (`holder` read from it) may be taken: "held" while its holder or the step it
  * runs (npm ci, next build, orphaned by a holder SIGKILLed) still runs; "stale" once both are gone; where
  * that cannot be told (no holder file: one from an older serve.mjs, or a holder killed between creating
- * the lock and writing it; no /proc), "stale" only once the lock is 10 minutes old.
+ * the lock and writing it; another machine or boot; no /proc), "stale" only once the lock is 10 minutes old.
  */
 function lockState(holder, mtimeMs) {
-  const holderState = processState(holder?.holder);
-  const stepState = holder?.step ? processState(holder.step) : "gone";
+  const here = thisBoot();
+  const checkable = holder?.host === here.host && holder?.boot === here.boot;
+  const holderState = checkable ? processState(holder?.holder) : "unknown";
+  const stepState = !checkable ? "unknown" : holder?.step ? processState(holder.step) : "gone";
   if (holderState === "alive" || stepState === "alive") return "held";
   if (holderState === "gone" && stepState === "gone") return "stale";
   return Date.now() - mtimeMs > 600_000 ? "stale" : "held";
@@ -278,23 +293,24 @@ function removeStaleLock(ino) {
   }
 }
 
-/** Who holds the lock, for the waiting line: "pid N (next build, pid M)". */
+/** Who holds the lock, for the waiting line: "pid N, next build pid M", "… on <host>" when not here. */
 function describeHolder(holder) {
   if (!holder?.holder) return "its holder not recorded";
   const step = holder.step ? `, ${holder.step.label} pid ${holder.step.pid}` : "";
-  return `pid ${holder.holder.pid}${step}`;
+  const host = holder.host === hostname() ? "" : ` on ${holder.host}`;
+  return `pid ${holder.holder.pid}${step}${host}`;
 }
 
 /**
  * Runs `fn(recordStep)` holding the build lock (a directory, made atomically), so that two starts never
- * install or build at once. The lock records its holder (pid and start time, a token of its own) and, while
- * one runs, its step (`recordStep(label, pid)`), so that a lock left by a holder that was SIGKILLed is taken
- * as soon as the holder and its step are gone, not after 10 minutes.
+ * install or build at once. The lock records its holder (machine and boot, pid and start time, a token of
+ * its own) and, while one runs, its step (`recordStep(label, pid)`), so that a lock left by a holder that
+ * was SIGKILLed is taken as soon as the holder and its step are gone, not after 10 minutes.
  */
 async function withBuildLock(log, fn, onCleanup) {
   const started = Date.now();
   const token = randomBytes(8).toString("hex");
-  const holder = { holder: { ...processRecord(process.pid), token } };
+  const holder = { ...thisBoot(), holder: { ...processRecord(process.pid), token } };
   let lastLogged = -Infinity;
   for (;;) {
     try {

@@ -396,11 +396,17 @@ async function ownStartTime(): Promise<string> {
 
 Deno.test({
   name:
-    "node serve.mjs: a build lock whose holder is not recorded, or runs, is waited for; one whose pid is " +
-    "another process's now (another start time) is taken at once",
+    "node serve.mjs: a build lock whose holder is not recorded, is on another machine or runs is waited " +
+    "for; one whose pid is another process's now (another start time) is taken at once",
   ignore: Deno.build.os !== "linux", // start times from /proc
 }, async () => {
   const f = await fixture("next build");
+  const writeHolder = (holder: unknown) =>
+    Deno.writeTextFile(path.join(f.lockDir, "holder.json"), JSON.stringify(holder));
+  const here = {
+    host: Deno.hostname(),
+    boot: (await Deno.readTextFile("/proc/sys/kernel/random/boot_id")).trim(),
+  };
   try {
     // A lock with no holder file (an older serve.mjs's, or its holder killed before it wrote it): waited
     // for until 10 minutes old, as before.
@@ -409,16 +415,23 @@ Deno.test({
       await parent.untilPrinted(
         /waiting for another build of the web app to finish \(its holder not recorded\)/,
       );
-      // Its holder recorded: this test process, which runs (its line is printed every 10 s).
+      // Its holder on another machine (a shared folder): its pid, gone here, says nothing there. (The
+      // waiting line is printed every 10 s.)
+      const ended = new Deno.Command("true").spawn();
+      await ended.status;
+      await writeHolder({ host: "elsewhere", boot: "x", holder: { pid: ended.pid, start: "1", token: "t" } });
+      await parent.untilPrinted(
+        new RegExp(`waiting for another build of the web app to finish \\(pid ${ended.pid} on elsewhere\\)`),
+      );
+      // Its holder here: this test process, which runs.
       const holder = { pid: Deno.pid, start: await ownStartTime(), token: "the test's" };
-      await Deno.writeTextFile(path.join(f.lockDir, "holder.json"), JSON.stringify({ holder }));
+      await writeHolder({ ...here, holder });
       await parent.untilPrinted(
         new RegExp(`waiting for another build of the web app to finish \\(pid ${Deno.pid}\\)`),
       );
       assert.equal(await f.exists(f.pidFile), false, "no build while the lock's holder runs");
       // The same pid with another start time: the holder has gone and its pid was given to another process.
-      const reused = { holder: { ...holder, start: `${Number(holder.start) + 1}` } };
-      await Deno.writeTextFile(path.join(f.lockDir, "holder.json"), JSON.stringify(reused));
+      await writeHolder({ ...here, holder: { ...holder, start: `${Number(holder.start) + 1}` } });
       await f.stepRunning(parent.ended, parent.printed);
       assert.match(
         parent.printed(),
