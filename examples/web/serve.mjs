@@ -246,12 +246,19 @@ function processState(record) {
   return now.state === "Z" || now.start !== record.start ? "gone" : "alive";
 }
 
-function readHolder(dir = LOCK_DIR) {
+function readHolder() {
   try {
-    return JSON.parse(readFileSync(path.join(dir, "holder.json"), "utf8"));
+    return JSON.parse(readFileSync(LOCK_HOLDER, "utf8"));
   } catch {
     return null;
   }
+}
+
+/** Writes the holder file whole (renamed into place), so that a waiter never reads half of it. */
+function writeHolder(holder) {
+  const temporary = `${LOCK_HOLDER}.${process.pid}.tmp`;
+  writeFileSync(temporary, JSON.stringify(holder));
+  renameSync(temporary, LOCK_HOLDER);
 }
 
 /**
@@ -338,7 +345,7 @@ async function withBuildLock(log, fn, onCleanup) {
       continue;
     }
     try {
-      writeFileSync(LOCK_HOLDER, JSON.stringify(holder));
+      writeHolder(holder);
     } catch (error) {
       rmSync(LOCK_DIR, { recursive: true, force: true });
       throw error;
@@ -352,7 +359,7 @@ async function withBuildLock(log, fn, onCleanup) {
   /** @param {string} label @param {number} pid */
   const recordStep = (label, pid) => {
     if (readHolder()?.holder?.token === token) {
-      writeFileSync(LOCK_HOLDER, JSON.stringify({ ...holder, step: { label, ...processRecord(pid) } }));
+      writeHolder({ ...holder, step: { label, ...processRecord(pid) } });
     }
   };
   // Held: a stopped parent removes it too (after ending the build, registered later, so run first), or
