@@ -41,7 +41,8 @@ const FAR = Math.floor(Date.now() / 1000) + 3_600; // tokens that need no refres
 
 /**
  * The localStorage of one browser as its tabs see it: each tab's window hears a `storage` event
- * (as a task of its own) when another tab changes a key, never for its own changes.
+ * (as a task of its own) when another tab changes a key, never for its own changes, and not when a key
+ * is set to the value it holds or a key it does not hold is removed (as the HTML spec says).
  */
 function sharedStorage() {
   const items = new Map<string, string>();
@@ -62,11 +63,12 @@ function sharedStorage() {
         key: (i: number) => [...items.keys()][i] ?? null,
         getItem: (key: string) => items.get(key) ?? null,
         setItem: (key: string, value: string) => {
+          if (items.get(key) === String(value)) return;
           items.set(key, String(value));
           changed(view, key, String(value));
         },
         removeItem: (key: string) => {
-          items.delete(key);
+          if (!items.delete(key)) return;
           changed(view, key, null);
         },
         clear: () => items.clear(),
@@ -1405,4 +1407,48 @@ Deno.test("sync session, real API client, two tabs: a tab backing off after a 50
     b.close();
     fn.wakeAll();
   }
+});
+
+Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it will be sent once another tab names an earlier write of the series answered, though Realtime brought that write's row first and the saved outbox did not change", async () => {
+  const browser = sharedStorage();
+  const second = tab({ browser });
+  // Tab B holds the page turn and does not send it (another tab holds the outbox's lock).
+  second.locks.holdElsewhere(outboxLockName(ALICE));
+  const b = second.open(newStore(ALICE));
+  // Tab A's store over the same storage: its send's answer is given to it by the test.
+  const storeA = newStore(ALICE);
+  storeA.attachStorage(browser.viewFor(new EventTarget()));
+  const now = Date.now();
+  const write = (chapter: number, atMs: number): PendingWrite => ({
+    series_id: "book",
+    ...position(chapter),
+    cleared: false,
+    device_id: DEVICE,
+    updated_at: new Date(atMs).toISOString(),
+  });
+  // A write dated beyond the server's tolerance (stored at the server's now()), then the page turn after it.
+  const farAhead = write(4, now + 3_600_000);
+  storeA.addPending(farAhead);
+  storeA.addPending(write(5, now));
+  const shown = () => b.store.getSnapshot().bySeries.get("book");
+  await until(() => shown()?.chapter === 5);
+  assert.equal(shown()?.chapter, 5, "tab B holds the page turn");
+
+  // The far-ahead write is stored after the page turn's date; its row reaches tab B by Realtime before
+  // tab A names it answered.
+  const storedAt = new Date(now + 10_000).toISOString();
+  const stored = { ...row(ALICE, "book", 4), device_id: DEVICE, updated_at: storedAt, synced_at: storedAt };
+  second.subscriptions[0].handler({ kind: "upsert", row: stored });
+  assert.equal(shown()?.chapter, 4, "until it is named answered, the stored row is the later one");
+  const savedBefore = browser.items.get(storeA.outboxKey);
+  storeA.settle(farAhead, { won: true, progress: stored } as unknown as WriteResult);
+  assert.equal(browser.items.get(storeA.outboxKey), savedBefore, "the saved outbox did not change");
+
+  await until(() => shown()?.chapter === 5);
+  assert.deepEqual(
+    [shown()?.chapter, shown()?.updatedAt],
+    [5, new Date(now + 10_001).toISOString()],
+    "tab B shows the page turn, dated as it will be sent: just after the earlier write's stored key",
+  );
+  b.close();
 });

@@ -280,6 +280,12 @@ export class SyncSession {
       if (e.key === store.refusedKey) return store.takeRefused(e.newValue);
       // Another tab's send changed when the next one may go: arm this tab's retry by it too.
       if (e.key === scheduleKey(userId)) return this.flush("queued");
+      // Another tab named writes answered (the lists of answered writes): let go of them here, and show the
+      // waiting write as it will be sent (dated after an earlier write's stored key, SyncStore.#asSent).
+      // Such an answer need not change the saved outbox (a later write of the series stays in it), and
+      // Realtime may bring its row here first: the view then showed the earlier position until its next
+      // update.
+      if (e.key === store.answeredKey || e.key === store.latestAnsweredKey) return store.takeAnswered();
       if (e.key !== store.outboxKey && e.key !== null) return;
       store.reloadOutbox();
       this.flush("queued");

@@ -566,13 +566,28 @@ export class SyncStore {
    * could not be saved (storage full), or an unreadable outbox, is never let go this way.
    */
   reloadOutbox(): void {
+    if (this.#reload()) this.#emit();
+  }
+
+  /**
+   * Another tab changed the lists of answered writes (answeredKey, latestAnsweredKey), which need not change
+   * the saved outbox: as reloadOutbox, and the view is built again in any case, as it shows a waiting write
+   * by the date it will be sent with, which an answered earlier write's stored key moves (#asSent).
+   */
+  takeAnswered(): void {
+    this.#reload();
+    this.#emit();
+  }
+
+  /** reloadOutbox's work; returns whether the pending writes changed. */
+  #reload(): boolean {
     const dropped = this.#dropAnsweredElsewhere();
     // Another tab got writes answered: a "will retry" said here is over, as it is there.
     if (dropped && this.#errorUntilAnswered) {
       this.#lastError = null;
       this.#errorUntilAnswered = false;
     }
-    if (this.#loadOutbox() || dropped) this.#emit();
+    return this.#loadOutbox() || dropped;
   }
 
   /**
