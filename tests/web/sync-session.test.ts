@@ -1452,3 +1452,47 @@ Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it w
   );
   b.close();
 });
+
+Deno.test("sync session: a refusal heard before the session closed (sign-out) is not applied after it: the refused write stays queued in her saved outbox, nothing said, nothing shared", async () => {
+  const t = tab({ refuse: "bad-book" });
+  // The other write, sent alone after its batch was refused, is answered once the test says so.
+  const held = { sent: false, release: () => {} };
+  const connect = t.env.connect;
+  t.env.connect = (accessToken, clock) => {
+    const { api, disconnect } = connect(accessToken, clock);
+    const batch = api.updateProgressBatch.bind(api);
+    api.updateProgressBatch = async (writes, options) => {
+      if (writes.length === 1 && writes[0].series_id === "good-book") {
+        held.sent = true;
+        await new Promise<void>((resolve) => held.release = resolve);
+      }
+      return batch(writes, options);
+    };
+    return { api, disconnect };
+  };
+  // Both saved before the send begins (the lock held elsewhere meanwhile), so they go in one batch.
+  t.locks.holdElsewhere(outboxLockName(ALICE));
+  const store = newStore(ALICE);
+  const alice = t.open(store);
+  alice.save("bad-book", position(1), DEVICE);
+  alice.save("good-book", position(2), DEVICE);
+  t.locks.release();
+  await waitFor("the other write's request", () => held.sent, { timeoutMs: 30_000, intervalMs: 5 });
+
+  alice.close(); // signed out (or another user's sign-in), the refusal of bad-book heard already
+  held.release();
+  await until(() => !alice.sending);
+  assert.equal(alice.sending, false);
+  const saved = JSON.parse(t.storage.getItem(store.outboxKey) ?? "[]") as PendingWrite[];
+  assert.deepEqual(
+    {
+      error: store.getSnapshot().lastError,
+      pending: store.getSnapshot().pendingCount,
+      saved: saved.map((w) => w.series_id).sort(),
+      refusalShared: t.storage.getItem(store.refusedKey),
+      answered: t.storage.getItem(store.answeredKey),
+    },
+    { error: null, pending: 2, saved: ["bad-book", "good-book"], refusalShared: null, answered: null },
+    "nothing of the refusal applied after the close: both writes still wait, in her saved outbox",
+  );
+});

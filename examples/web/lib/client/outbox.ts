@@ -102,7 +102,9 @@ export async function flushOutbox(
   const size = Math.min(options.batchSize ?? PROGRESS_LIMITS.batchMax, PROGRESS_LIMITS.batchMax);
   const pending = store.pendingWrites();
   // Refused writes are dropped at the end: every settled write clears the store's error, and the
-  // reader must still see which write could not be saved.
+  // reader must still see which write could not be saved. Not once the flush was stopped (signed out,
+  // its owner gone: isDisposed): nothing of the old user is applied after the sign-out, and the refused
+  // write stays queued, in the user's saved outbox, as the rest of a stopped send does.
   const refused: { write: PendingWrite; message: string }[] = [];
   const answered = { count: 0 };
   const stop = (result: FlushResult): FlushResult =>
@@ -139,22 +141,28 @@ export async function flushOutbox(
       : sent;
   };
   const flush: Flush = { store, api, options, toSend, after, refused, answered };
+  // Ended stopped (signed out, its owner gone), the flush applies none of the refusals it heard.
+  let stopped = false;
+  const end = (result: FlushResult): FlushResult => {
+    stopped = result.outcome === "signed out" || result.outcome === "disposed";
+    return stop(result);
+  };
   try {
     for (let i = 0; i < pending.length; i += size) {
-      if (options.isDisposed()) return { outcome: "disposed" };
+      if (options.isDisposed()) return end({ outcome: "disposed" });
       const batch = pending.slice(i, i + size);
       const send = () => api.updateProgressBatch(batch.map(toSend));
       const outcome = await attempt(flush, batch, send);
-      if (typeof outcome === "object") return stop(outcome);
+      if (typeof outcome === "object") return end(outcome);
       // A batch of one that comes back "one by one" was refused as such: it is not sent again alone.
       if (outcome === "one by one" && batch.length > 1) {
         const one = await oneByOne(flush, batch);
-        if (typeof one === "object") return stop(one);
+        if (typeof one === "object") return end(one);
       }
     }
     return { outcome: "done" };
   } finally {
-    for (const { write, message } of refused) store.reject(write, message);
+    if (!stopped && !options.isDisposed()) for (const { write, message } of refused) store.reject(write, message);
   }
 }
 
