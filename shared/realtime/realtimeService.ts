@@ -1399,11 +1399,30 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
     }
   }
 
-  deliver(change: ProgressChange<Row>): void {
+  /**
+   * Hands it `change`. `counted`: the change is counted in stats() already (the link applied it), so
+   * a compareRows that throws in this subscription's own merge state refuses the row for it alone
+   * (logged, not counted again); otherwise (its own read brought the row) that refusal is the
+   * row's one count, as invalid.
+   */
+  deliver(change: ProgressChange<Row>, counted = true): void {
     if (!this.#active) return;
     // One reading for itself is handed each version once, newest last (its own read and the link's
     // overlap: either may bring a version first).
-    if (this.#seen && this.#seen.merge(change.kind, change.row) !== "applied") return;
+    if (this.#seen) {
+      let verdict;
+      try {
+        verdict = this.#seen.merge(change.kind, change.row);
+      } catch (error) {
+        // compareRows threw for this row against what this subscription was handed: the row is
+        // refused for this subscription only. Not thrown on, where the link hands a row to each of
+        // its subscriptions in turn (the ones after this would miss it, and a change the link
+        // applied and counted would be counted as invalid too).
+        this.link.compareRowsFailed(error, change.row, change.source, { counted, for: "subscription" });
+        return;
+      }
+      if (verdict !== "applied") return;
+    }
     try {
       this.handler(change);
     } catch (error) {
@@ -1641,7 +1660,7 @@ class UserLink<Row extends LwwRow> {
       outcome = await this.#readPages(
         "catchup",
         () => subscription.cursor,
-        (kind, row) => subscription.deliver({ kind, row, source: "catchup" }),
+        (kind, row) => subscription.deliver({ kind, row, source: "catchup" }, false),
         (next) => subscription.ownPageRead(next),
         subscription.ownStop,
         subscription,
@@ -1727,14 +1746,25 @@ class UserLink<Row extends LwwRow> {
    * goes on, its cursor past the row; the channel stays), counted (stats().invalid) and logged
    * invalid_row with by: "compareRows" at error, as a handler that throws is (the app must fix it, and
    * nothing retries it), where a row parseRow refuses is a warning (the data, not the app's code).
+   * `counted`: a subscription's own merge state refused a row the link applied (Subscription.deliver):
+   * refused for that subscription only, the others handed it; counted once, as applied, not invalid
+   * too. `for: "subscription"`: the merge state that threw was a subscription's, not the link's.
    */
-  compareRowsFailed(error: unknown, row: Row, source: ChangeSource): void {
-    this.service.counters.invalid++;
+  compareRowsFailed(
+    error: unknown,
+    row: Row,
+    source: ChangeSource,
+    { counted = false, for: readFor }: { counted?: boolean; for?: "subscription" } = {},
+  ): void {
+    // A subscription's own merge state refusing a row the link applied: the change is counted once,
+    // as applied (the other subscriptions were handed it), and logged for the one that refused it.
+    if (!counted) this.service.counters.invalid++;
     this.#log("error", "invalid_row", {
       error: describeError(error, "message"),
       by: "compareRows",
       series_id: row.series_id,
       source,
+      ...(readFor ? { for: readFor } : {}),
     });
   }
 

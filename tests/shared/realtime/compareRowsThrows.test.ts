@@ -108,3 +108,69 @@ Deno.test("compareRows throws for a broadcast: the row is skipped as invalid, lo
     await service.close();
   }
 });
+
+Deno.test("compareRows throws in one subscription's own merge state: that row is refused for it alone, the others (after it too) are handed it, counted once as applied", async () => {
+  const { client, channel } = fakeClient();
+  const logs: Record<string, unknown>[] = [];
+  const version = (chapter: number) => ({ ...row("bad", chapter), change_xid: String(100 + chapter) });
+  // The link's reads: its catch-up (from 100) finds nothing, its next read (from 105) bad@3. The
+  // newcomer's own read (from 90) brings bad@1, which only its own merge state then holds.
+  const pages: Record<string, { changes: unknown[]; next_cursor: string; has_more: boolean }> = {
+    "100": { changes: [], next_cursor: "105", has_more: false },
+    "90": { changes: [version(1)], next_cursor: "106", has_more: false },
+    "105": { changes: [version(3)], next_cursor: "107", has_more: false },
+  };
+  const service = new RealtimeService(client, {
+    accessToken: "T1",
+    pollIntervalMs: 600_000,
+    livePollIntervalMs: 0,
+    joinGraceMs: Infinity,
+    heartbeatReplyTimeoutMs: 0,
+    parseRow: (value) => value as ProgressRow,
+    // Bad@1 cannot be ordered against any other version: only a merge state that holds it throws.
+    compareRows: (a, b) => {
+      if (a.chapter === 1 || b.chapter === 1) throw new Error("cannot order");
+      return String(a.updated_at).localeCompare(String(b.updated_at));
+    },
+    changesSince: (cursor) => Promise.resolve(pages[String(cursor)]),
+    log: (line) => logs.push(JSON.parse(line)),
+  });
+  const delivered: Record<string, string[]> = { first: [], newcomer: [], third: [] };
+  const handler = (name: string) => (c: { row: ProgressRow; source: string }) =>
+    delivered[name].push(`${c.row.chapter}@${c.source}`);
+  const first = service.subscribeToProgress(USER, handler("first"), { initialCursor: "100" });
+  try {
+    const joined = await channel(1);
+    joined.state!("SUBSCRIBED");
+    await waitFor("live", () => first.status === "live");
+    const newcomer = service.subscribeToProgress(USER, handler("newcomer"), { initialCursor: "90" });
+    await waitFor("the newcomer's own read", () => newcomer.status === "live");
+    // After the newcomer in the link's subscriptions: handed each change after it.
+    service.subscribeToProgress(USER, handler("third"), { initialCursor: "100" });
+    assert.deepEqual(delivered, { first: [], newcomer: ["1@catchup"], third: [] });
+
+    joined.broadcast!({
+      type: "broadcast",
+      event: "UPDATE",
+      payload: { operation: "UPDATE", record: version(2) },
+    });
+    assert.equal(await first.syncNow(), "done"); // the link's read brings bad@3
+    assert.deepEqual(delivered, {
+      first: ["2@realtime", "3@poll"],
+      newcomer: ["1@catchup"],
+      third: ["2@realtime", "3@poll"],
+    });
+    const { applied, invalid } = service.stats();
+    assert.deepEqual({ applied, invalid }, { applied: 2, invalid: 0 });
+    assert.deepEqual(
+      logs.filter((l) => l.event === "invalid_row").map((l) => [l.level, l.by, l.for, l.source, l.series_id]),
+      [
+        ["error", "compareRows", "subscription", "realtime", "bad"],
+        ["error", "compareRows", "subscription", "poll", "bad"],
+      ],
+    );
+    assert.deepEqual(logs.filter((l) => l.event === "broadcast_failed" || l.event === "poll_failed"), []);
+  } finally {
+    await service.close();
+  }
+});
