@@ -636,17 +636,19 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
    * longer and longer; a channel still joined that drops after the call (a socket that died while
    * the app was away) is rejoined at the first step.
    * Each call makes at most one join, and none while one is in flight or the channel is joined.
+   * A subscription that joined from a cursor of its own and whose own read waits for its retry has
+   * that read made now too (not waited for: the result is the link's read).
    */
   async syncNow(userId?: string): Promise<SyncNowResult[]> {
     const links = userId === undefined
       ? [...this.#links.values()]
       : [this.#links.get(normalizeUserId(userId))].filter((link) => link !== undefined);
     return await Promise.all(
-      links.map(async (link) => ({
-        userId: link.userId,
-        channel: link.topic,
-        outcome: await link.syncNow(),
-      })),
+      links.map(async (link) => {
+        const outcome = link.syncNow();
+        link.readWaitingOwnReadsNow();
+        return { userId: link.userId, channel: link.topic, outcome: await outcome };
+      }),
     );
   }
 
@@ -1656,6 +1658,8 @@ class UserLink<Row extends LwwRow> {
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
     let outcome: ReadOutcome | "closed";
+    let sentToken = this.service.readToken;
+    own.authRefusedWith = undefined;
     try {
       outcome = await this.#readPages(
         "catchup",
@@ -1664,10 +1668,17 @@ class UserLink<Row extends LwwRow> {
         (next) => subscription.ownPageRead(next),
         subscription.ownStop,
         subscription,
+        (token) => sentToken = token,
       );
     } catch (error) {
       outcome = "failed";
       if (!this.#closed && subscription.ownReadPending) { // not a call let go at its unsubscribe
+        // Refused for its token: read again as soon as a new one comes, as the link's reads are
+        // (#readOwnAgainForNewToken), not after its backoff.
+        if (refusedForToken(error)) own.authRefusedWith = sentToken;
+        if (typeof sentToken === "string" && refusedAsExpired(error)) {
+          this.service.tokenRefusedByApi(sentToken);
+        }
         const retryAfterMs = retryAfterMsOf(error);
         if (retryAfterMs) {
           const waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
@@ -1690,7 +1701,24 @@ class UserLink<Row extends LwwRow> {
       this.#scheduleOwnRead(subscription, own, this.#nextPollDelay(outcome, own.failuresInRow));
     }
     subscription.emitOwnRead(outcome);
+    // Refused 401 for a token replaced while it was under way.
+    if (outcome !== "done") this.#readOwnAgainForNewToken(subscription, own);
     return outcome;
+  }
+
+  /**
+   * A subscription's own read was refused for its token (401) and the token has changed since: it is
+   * read now, in place of its retry after the backoff, once per new token (refused again, it waits
+   * for the next token or its backoff), as the link's reads are (#readAgainForNewToken); not while
+   * it is in flight or a Retry-After runs.
+   */
+  #readOwnAgainForNewToken(subscription: Subscription<Row>, own: OwnRead): void {
+    const refusedWith = own.authRefusedWith;
+    if (this.#closed || refusedWith === undefined || this.service.readToken === refusedWith) return;
+    if (own.running || this.#retryAfterLeftMs() > 0 || !subscription.ownReadPending) return;
+    own.authRefusedWith = undefined;
+    this.#log("info", "read_after_new_token", { for: "subscription" });
+    void this.readOwnNow(subscription);
   }
 
   /**
@@ -1712,6 +1740,19 @@ class UserLink<Row extends LwwRow> {
     this.#hasRead = true;
     for (const [subscription, own] of this.#ownReads) {
       if (own.afterFirstRead) void this.readOwnNow(subscription);
+    }
+  }
+
+  /**
+   * RealtimeService.syncNow(): the own reads of subscriptions that joined from a cursor of their own
+   * and wait for their retry (failed, or answered behind) are made now, in place of that retry: the
+   * app's word that the conditions changed (back in the foreground, back online) is for every
+   * subscription it has. Not waited for: the link's read is what that call resolves with. (A
+   * subscription's own syncNow() makes its own read; another's syncNow() does not.)
+   */
+  readWaitingOwnReadsNow(): void {
+    for (const [subscription, own] of [...this.#ownReads]) {
+      if (own.timer !== undefined) void this.readOwnNow(subscription);
     }
   }
 
@@ -1775,6 +1816,7 @@ class UserLink<Row extends LwwRow> {
   onTokenChanged(): void {
     if (this.#closed) return;
     this.#readAgainForNewToken();
+    for (const [subscription, own] of [...this.#ownReads]) this.#readOwnAgainForNewToken(subscription, own);
     if (this.#joined) return;
     this.#attempt = 0;
     if (!this.#channel) this.#reconnectSoon();
@@ -2744,6 +2786,11 @@ interface OwnRead {
   timer?: ReturnType<typeof setTimeout>;
   /** Its reads that failed in a row: the retry's backoff. */
   failuresInRow: number;
+  /**
+   * Its last read was refused for its token (401): the token it was sent with; undefined otherwise
+   * (UserLink#readOwnAgainForNewToken).
+   */
+  authRefusedWith?: string | null;
   /** Joined before the link's first read ended: it reads once that has (UserLink#readOwnAfterFirstRead). */
   afterFirstRead: boolean;
 }

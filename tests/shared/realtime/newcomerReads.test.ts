@@ -3,7 +3,9 @@
 // safety read) do not wait for its read, which may hang up to requestTimeoutMs; a failed read of its own
 // is made again by itself, with no read of the link; a read of the link that fails meanwhile is made
 // again on the polls' backoff, with the safety read off too; and until it has read to the end, the
-// reads it hears (onRead) are its own. Against the stand-in client, with changesSince answered by hand
+// reads it hears (onRead) are its own. Its own read refused 401 is made again when a new token comes
+// (or at once when the token changed while it was under way), and service.syncNow() makes a read of its
+// own that waits for its retry now. Against the stand-in client, with changesSince answered by hand
 // and the service's waits read off the pending timers (watchTimers) and ended by hand: nothing sleeps.
 
 import assert from "node:assert/strict";
@@ -15,7 +17,7 @@ import {
 import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { type PendingCall, USER, version } from "./handAnsweredService.ts";
-import { fireWhenSet, watchTimers } from "./watchTimers.ts";
+import { fireWhenSet, pendingFor, watchTimers } from "./watchTimers.ts";
 
 /** The polls' interval: a behind read's retry, and a first failure's with random() = 0. */
 const POLL_MS = 600_000;
@@ -218,6 +220,101 @@ Deno.test("newcomer: until it has read to the end, onRead hears its own reads on
     assert.deepEqual(reads, ["behind", "done"]);
     assert.equal(await first.syncNow(), "done");
     assert.deepEqual(reads, ["behind", "done", "done"], "the link's read, heard once it follows the link");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: its own read refused 401 is made again at once when a new token comes (setAccessToken), not after its backoff; once per token", async () => {
+  let ownReads = 0;
+  const refused = () => Object.assign(new Error("token_expired"), { status: 401, code: "token_expired" });
+  const { service, timers, firstReads, cursors, end } = await liveLink(
+    {},
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads <= 2
+        ? refused()
+        : page([row("old", 1, "92")], "106"),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read refused", () => reads.length === 1);
+    assert.ok(pendingFor(timers, POLL_MS), "its retry after the backoff");
+    const firstReadsBefore = firstReads.length;
+
+    await service.setAccessToken("T2");
+    await waitFor("its own read with T2", () => reads.length === 2, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed", "failed"], "refused again (T2)");
+    // Refused again: the same token set again makes no read; its retry waits (two failures in a row).
+    await service.setAccessToken("T2");
+    assert.equal(ownReads, 2);
+    assert.ok(pendingFor(timers, POLL_MS), "its retry after the backoff (its second step, random 0)");
+
+    await service.setAccessToken("T3");
+    await waitFor("it is live", () => newcomer.status === "live", { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed", "failed", "done"]);
+    assert.deepEqual(cursors.filter((cursor) => cursor === OWN_CURSOR).length, 3);
+    assert.equal(timers.pending().some((ms) => ms >= POLL_MS), false, "no retry left scheduled");
+    assert.deepEqual(firstReads.slice(firstReadsBefore), [], "no read of the link made for it");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: service.syncNow() makes its own read that waits for its retry now, with the link's", async () => {
+  let ownReads = 0;
+  const { service, timers, firstReads, cursors, end } = await liveLink(
+    {},
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads === 1
+        ? new Error("503 from its own read")
+        : page([row("old", 1, "92")], "106"),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read failed", () => reads.length === 1);
+    assert.ok(pendingFor(timers, POLL_MS), "its retry after the backoff");
+    const before = cursors.length;
+
+    const results = await service.syncNow();
+    assert.deepEqual(results.map((result) => result.outcome), ["done"]);
+    await waitFor("it is live", () => newcomer.status === "live", { timeoutMs: 5_000 });
+    // (Then the link's read too, when that ended after its own: it follows the link from then on.)
+    assert.deepEqual(reads.slice(0, 2), ["failed", "done"]);
+    assert.deepEqual(cursors.slice(before).sort(), [LINK_CURSOR, OWN_CURSOR].sort());
+    assert.equal(firstReads.at(-1), "done");
+    assert.ok(!pendingFor(timers, POLL_MS), "its retry made now, not left scheduled");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: its own read refused 401 for a token replaced while it was under way is made again at once", async () => {
+  let ownReads = 0;
+  const { service, cursors, pending, end } = await liveLink(
+    {},
+    (cursor) =>
+      cursor !== OWN_CURSOR ? page([], LINK_CURSOR) : ++ownReads === 1
+        ? undefined // answered by hand, after the token changed
+        : page([row("old", 1, "92")], "106"),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    await waitFor("its own read", () => pending.some((call) => call.cursor === OWN_CURSOR));
+    await service.setAccessToken("T2"); // while its read (sent with T1) is under way: no read now
+    assert.equal(ownReads, 1);
+    pending.find((call) => call.cursor === OWN_CURSOR)!.reject(
+      Object.assign(new Error("token_expired"), { status: 401, code: "token_expired" }),
+    );
+    await waitFor("it is live", () => newcomer.status === "live", { timeoutMs: 5_000 });
+    assert.equal(cursors.filter((cursor) => cursor === OWN_CURSOR).length, 2);
   } finally {
     await end();
   }
