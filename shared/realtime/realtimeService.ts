@@ -1680,12 +1680,15 @@ class UserLink<Row extends LwwRow> {
           this.service.tokenRefusedByApi(sentToken);
         }
         const retryAfterMs = retryAfterMsOf(error);
+        let waitMs: number | undefined;
         if (retryAfterMs) {
-          const waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
+          waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
           this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
         }
         this.#log("warn", "catchup_failed", {
           error: describeError(error, "message"),
+          // As the link's reads log it (README: Logs).
+          ...(retryAfterMs ? { retry_after_ms: retryAfterMs, wait_ms: waitMs } : {}),
           for: "subscription",
         });
       }

@@ -13,11 +13,12 @@ import {
   type ChangesPage,
   RealtimeService,
   type RealtimeServiceOptions,
+  retryAfterWaitMs,
 } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
 import { fakeClient } from "./fakeRealtimeClient.ts";
 import { type PendingCall, USER, version } from "./handAnsweredService.ts";
-import { fireWhenSet, pendingFor, watchTimers } from "./watchTimers.ts";
+import { fireWhenSet, frozenClock, pendingFor, watchTimers } from "./watchTimers.ts";
 
 /** The polls' interval: a behind read's retry, and a first failure's with random() = 0. */
 const POLL_MS = 600_000;
@@ -316,6 +317,38 @@ Deno.test("newcomer: its own read refused 401 for a token replaced while it was 
     await waitFor("it is live", () => newcomer.status === "live", { timeoutMs: 5_000 });
     assert.equal(cursors.filter((cursor) => cursor === OWN_CURSOR).length, 2);
   } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: its own read refused with a Retry-After logs it as the link's reads do (retry_after_ms, wait_ms) and is made again after it", async () => {
+  const lines: Record<string, unknown>[] = [];
+  let ownReads = 0;
+  const { service, timers, end } = await liveLink(
+    { log: (line) => lines.push(JSON.parse(line)) },
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads === 1
+        ? Object.assign(new Error("429"), { details: { retry_after: 120 } })
+        : page([row("old", 1, "92")], "106"),
+  );
+  const clock = frozenClock(); // the Retry-After's end, as the service reads it, comes when moved on
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    await waitFor("its own read failed", () => lines.some((l) => l.event === "catchup_failed"));
+    const expected = retryAfterWaitMs(120_000, POLL_MS, () => 0);
+    const failed = lines.find((l) => l.event === "catchup_failed")!;
+    assert.deepEqual([failed.for, failed.retry_after_ms, failed.wait_ms], [
+      "subscription",
+      120_000,
+      expected,
+    ]);
+    // Its retry: the polls' backoff (one interval with random 0), longer than the Retry-After's wait.
+    await fireWhenSet(timers, "its retry", POLL_MS, clock);
+    await waitFor("it is live", () => newcomer.status === "live");
+  } finally {
+    clock.restore();
     await end();
   }
 });
