@@ -5,10 +5,10 @@
 
 import postgres from "postgres";
 import { checkEnvNumber, type NumberRule } from "../shared/options/checkOptions.ts";
+import { startWebAppAndAnnounce } from "./announce.ts";
 import { runCleanups } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
 import { EXTERNAL_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
-import { startWebAppBesideStack } from "./web.ts";
 
 const DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0";
 const DEMO_EMAIL = "demo@readsync.local";
@@ -49,39 +49,12 @@ try {
     expiresInSeconds: 24 * 3600,
     secret: stack.jwtSecret,
   });
-  const fn = `${stack.apiUrl}/functions/v1/progress`;
-
-  // The web app is a convenience beside the stack: if it cannot start, the stack still serves.
-  const webLine = withWeb
-    ? (await startWebAppBesideStack(stack, { port: webPort, log })).line
-    : "  Web app          not started (READSYNC_WEB=0)";
-  console.log(`
-readsync local stack is up (${Math.round(performance.now() - started)} ms). Development values only.
-
-  API URL          ${stack.apiUrl}
-  Functions        ${stack.apiUrl}/functions/v1/<name>
-  Realtime         ${stack.apiUrl.replace("http", "ws")}/realtime/v1/websocket
-  DB URL           ${stack.dbUrl}
-  JWT secret       ${stack.jwtSecret}
-  anon key         ${stack.anonKey}
-  service_role key ${stack.serviceRoleKey}
-${webLine}
-
-  Demo user        ${DEMO_USER_ID} (${DEMO_EMAIL})
-  Demo token       ${demoToken}
-
-Try it:
-  export TOKEN=${demoToken}
-  curl -s -X POST ${fn} -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-    -d '{"series_id":"one-piece","chapter":12,"page":30,"percentage":0.12,"device_id":"phone-1","updated_at":"'$(date -u +%FT%T.%3NZ)'"}'
-  curl -s ${fn}/series/one-piece -H "Authorization: Bearer $TOKEN"
-  curl -s "${fn}?limit=20" -H "Authorization: Bearer $TOKEN"
-  curl -s "${fn}/changes?since=" -H "Authorization: Bearer $TOKEN"
-  curl -s -X POST ${fn}/batch -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
-    -d '{"writes":[{"series_id":"berserk","chapter":3,"page":1,"percentage":0.03,"device_id":"phone-1","updated_at":"'$(date -u +%FT%T.%3NZ)'"}]}'
-  curl -s -X DELETE "${fn}/series/one-piece?device_id=phone-1&updated_at=$(date -u +%FT%T.%3NZ)" -H "Authorization: Bearer $TOKEN"
-
-Ctrl-C stops everything and removes the database.`);
+  await startWebAppAndAnnounce(stack, {
+    webPort: withWeb ? webPort : null,
+    log,
+    started,
+    demo: { userId: DEMO_USER_ID, email: DEMO_EMAIL, token: demoToken },
+  });
   await new Promise(() => {}); // until a signal; cleanup.ts stops the stack
 } catch (error) {
   console.error(error instanceof Error ? error.message : error);

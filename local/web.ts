@@ -11,6 +11,8 @@ export interface WebBesideStack {
   web: WebApp | null;
   /** The summary's "Web app" line. */
   line: string;
+  /** The step ("npm ci", "next build", "next start") a stop of npm start ended, or null. */
+  stoppedDuring: string | null;
 }
 
 /**
@@ -33,12 +35,20 @@ export async function startWebAppBesideStack(
       // Its npm ci, next build and next start end with npm start, also when stopped during them.
       onCleanup,
     });
-    return { web, line: `  Web app          ${web.url}  (development sign-in: any email, local stack only)` };
+    return {
+      web,
+      line: `  Web app          ${web.url}  (development sign-in: any email, local stack only)`,
+      stoppedDuring: null,
+    };
   } catch (error) {
     const stopped = error as Partial<StoppedError>;
     const problem = stopped.stopped
       ? `npm start was stopped during its ${stopped.step}`
       : (error instanceof Error ? error.message : String(error)).split("\n")[0];
-    return { web: null, line: `  Web app          not started: ${problem}` };
+    return {
+      web: null,
+      line: `  Web app          not started: ${problem}`,
+      stoppedDuring: stopped.step ?? null,
+    };
   }
 }

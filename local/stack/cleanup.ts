@@ -8,6 +8,8 @@ type Cleanup = () => Promise<void> | void;
 const cleanups: Cleanup[] = [];
 let signalsInstalled = false;
 let running: Promise<void> | null = null;
+/** What stopped this process, once a signal (or its parent's end) has started the cleanups. */
+let stop: { by: string; code: number } | null = null;
 
 export function onCleanup(fn: Cleanup): () => void {
   installSignalHandlers();
@@ -16,6 +18,14 @@ export function onCleanup(fn: Cleanup): () => void {
     const i = cleanups.indexOf(fn);
     if (i >= 0) cleanups.splice(i, 1);
   };
+}
+
+/**
+ * What stopped this process ("SIGINT", "SIGTERM", "SIGHUP" or "its parent gone") and the code it exits with
+ * once its cleanups have run; null while it was not stopped. npm start announces no stack once stopped.
+ */
+export function stoppedBy(): { by: string; code: number } | null {
+  return stop;
 }
 
 /** How many cleanups are registered now (what a stopped stack must have removed again). */
@@ -42,6 +52,7 @@ function installSignalHandlers(): void {
   signalsInstalled = true;
   for (const [signal, code] of [["SIGINT", 130], ["SIGHUP", 129], ["SIGTERM", 143]] as const) {
     Deno.addSignalListener(signal, async () => {
+      stop ??= { by: signal, code };
       await runCleanups();
       Deno.exit(code);
     });
@@ -53,6 +64,7 @@ function installSignalHandlers(): void {
     const orphanCheck = setInterval(async () => {
       if (Deno.ppid === parent) return;
       clearInterval(orphanCheck);
+      stop ??= { by: "its parent gone", code: 143 };
       await runCleanups();
       Deno.exit(143);
     }, 1_000);

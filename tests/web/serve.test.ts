@@ -231,26 +231,38 @@ Deno.test("node serve.mjs: a PORT that is no port is refused before anything sta
   }
 });
 
-// The stopped parent (while the web app installs, builds or starts): a Deno process starting the web app as npm start does (local/web.ts's
-// startWebAppBesideStack, which local/main.ts calls, given this fixture's startWebApp), and `node serve.mjs`.
+// The stopped parent (while the web app installs, builds or starts): a Deno process that does what npm start
+// does once its stack is up (local/announce.ts's startWebAppAndAnnounce, which local/main.ts calls, given a
+// stand-in for the stack and this fixture's startWebApp), and `node serve.mjs`.
 const parents = {
   "npm start's exit cleanups": async (f: Fixture) => {
     const script = path.join(f.root, "parent.ts");
     await Deno.writeTextFile(
       script,
       `import { onCleanup } from ${JSON.stringify(path.join(REPO_ROOT, "local/stack/cleanup.ts"))};
-       import { startWebAppBesideStack } from ${JSON.stringify(path.join(REPO_ROOT, "local/web.ts"))};
+       import { startWebAppAndAnnounce } from ${JSON.stringify(path.join(REPO_ROOT, "local/announce.ts"))};
        import { startWebApp } from ${JSON.stringify(path.join(f.appDir, "serve.mjs"))};
        // Registered first, so run last, as npm start's stack cleanups (which the web app's precede and
-       // take their time): the web app's summary line is printed before the stopped process exits.
-       // (At most 15 s: a line that never comes fails the test's assertions, not its 30 s guard.)
+       // take their time): what npm start prints is printed before the stopped process exits.
+       // (At most 15 s: a report that never comes fails the test's assertions, not its 30 s guard.)
        let reported = new Promise(() => {});
        onCleanup(() => Promise.race([reported, new Promise((r) => setTimeout(r, 15_000))]));
-       reported = startWebAppBesideStack(
-         { apiUrl: "http://127.0.0.1:9", anonKey: "anon", jwtSecret: "", dbUrl: "" },
-         { port: 0, log: console.log },
+       reported = startWebAppAndAnnounce(
+         {
+           apiUrl: "http://127.0.0.1:9",
+           dbUrl: "postgresql://postgres:postgres@127.0.0.1:9/postgres",
+           jwtSecret: "",
+           anonKey: "anon",
+           serviceRoleKey: "service",
+         },
+         {
+           webPort: 0,
+           log: (line) => console.log("[readsync] " + line),
+           started: performance.now(),
+           demo: { userId: "demo", email: "demo@readsync.local", token: "demo-token" },
+         },
          startWebApp,
-       ).then(({ line }) => console.log(line));
+       );
        await reported;
        await new Promise(() => {});`,
     );
@@ -333,10 +345,17 @@ for (const [parentName, startParent] of Object.entries(parents)) {
           }
           assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
           if (parentName === "npm start's exit cleanups") {
-            // A stop is not a failure of the step it ended: the summary says npm start was stopped.
+            // Stopped before it was up: no summary announcing the stack (it is being torn down), but that
+            // it was stopped and what it had started. A stop is not a failure of the step it ended.
+            assert.doesNotMatch(parent.stdout(), /stack is up|Demo token|Try it/, parent.printed());
             assert.match(
               parent.stdout(),
-              new RegExp(`^  Web app {10}not started: npm start was stopped during its ${step}$`, "m"),
+              new RegExp(
+                `^\\[readsync\\] npm start was stopped \\(${signal}\\) before the stack was up: tearing down ` +
+                  `what it started: the API \\(http://127\\.0\\.0\\.1:9\\), the database \\(postgresql://\\S+, ` +
+                  `removed with its data\\) and the web app's ${step} \\(ended\\)$`,
+                "m",
+              ),
               parent.printed(),
             );
             assert.doesNotMatch(parent.printed(), /failed/, parent.printed());
