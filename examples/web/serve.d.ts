@@ -60,3 +60,11 @@ export function ensureWebAppBuilt(
   options?: { log?: (line: string) => void; force?: boolean; onCleanup?: OnCleanup },
 ): Promise<{ installed: boolean; built: boolean }>;
 export function startWebApp(options: WebAppOptions): Promise<WebApp>;
+export function exitCleanups(
+  options?: { exitCode?: (code: number) => number; log?: (line: string) => void },
+): {
+  onCleanup: OnCleanup;
+  runCleanups(): Promise<void>;
+  stopping(): boolean;
+  removeSignalHandlers(): void;
+};

@@ -556,6 +556,58 @@ export async function startWebApp(options) {
 }
 
 /**
+ * A Node process's exit cleanups (`node serve.mjs`, tests/browser/run.mjs; npm start has its own,
+ * local/stack/cleanup.ts): `onCleanup` registers one (startWebApp's `onCleanup`: its npm ci, next build,
+ * next start and build lock; or the caller's own) and returns its removal; they run newest first, once,
+ * when the process is stopped (SIGINT, SIGTERM, or SIGHUP: the terminal closed, whose SIGHUP the steps, in
+ * a session of their own, do not get) or when `runCleanups()` is called. A stop exits with
+ * `exitCode(code)` (code: 130, 143 or 129) once they have run; `removeSignalHandlers()` ends that.
+ * @param {{ exitCode?: (code: number) => number, log?: (line: string) => void }} [options]
+ */
+export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {}) {
+  /** @type {Array<() => unknown>} */
+  const cleanups = [];
+  /** @type {import("./serve.d.ts").OnCleanup} */
+  const onCleanup = (fn) => {
+    cleanups.push(fn);
+    return () => {
+      const i = cleanups.indexOf(fn);
+      if (i >= 0) cleanups.splice(i, 1);
+    };
+  };
+  /** @type {Promise<void> | null} */
+  let running = null;
+  const runCleanups = () =>
+    running ??= (async () => {
+      while (cleanups.length > 0) {
+        const fn = /** @type {() => unknown} */ (cleanups.pop());
+        await Promise.resolve().then(fn).catch((error) => log(`cleanup failed: ${error}`));
+      }
+    })();
+  let stopping = false;
+  const handlers = /** @type {const} */ ([["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]).map(
+    ([signal, code]) => {
+      const handler = () => {
+        if (stopping) return;
+        stopping = true;
+        void runCleanups().then(() => process.exit(exitCode(code)));
+      };
+      process.on(signal, handler);
+      return /** @type {const} */ ([signal, handler]);
+    },
+  );
+  return {
+    onCleanup,
+    runCleanups,
+    /** Whether a signal has stopped the process (its cleanups run, then it exits). */
+    stopping: () => stopping,
+    removeSignalHandlers() {
+      for (const [signal, handler] of handlers) process.removeListener(signal, handler);
+    },
+  };
+}
+
+/**
  * The port an environment variable asks for, or `fallback` when it is not set (or empty), by the rule
  * npm start reads its port variables with (shared/options checkEnvNumber, which plain Node cannot
  * import): a whole number from 0 to 65535 written in decimal digits, no fraction or leading zeros
@@ -583,31 +635,12 @@ function portFromEnv(name, fallback) {
 // SUPABASE_DB_URL; PORT, default 3000, 0: a free one), until Ctrl-C, SIGTERM or SIGHUP, which also end an
 // install or a build under way. `node serve.mjs --build` only installs and builds.
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  /** What a stop (Ctrl-C, SIGTERM, SIGHUP) must end, newest first: npm ci, next build, next start. */
-  const cleanups = [];
-  /** @type {import("./serve.d.ts").OnCleanup} */
-  const onCleanup = (fn) => {
-    cleanups.push(fn);
-    return () => {
-      const i = cleanups.indexOf(fn);
-      if (i >= 0) cleanups.splice(i, 1);
-    };
-  };
-  let stopping = false;
   let serving = false;
-  // A stop once the app serves exits 0 (as it always did); one during the install or build 130 / 143 / 129.
-  const shutdown = (code) => async () => {
-    if (stopping) return;
-    stopping = true;
-    while (cleanups.length > 0) await Promise.resolve(cleanups.pop()()).catch(() => {});
-    process.exit(serving ? 0 : code);
-  };
-  process.on("SIGINT", shutdown(130));
-  process.on("SIGTERM", shutdown(143));
-  // The terminal closed: its SIGHUP does not reach the steps (in a session of their own, see run()).
-  process.on("SIGHUP", shutdown(129));
-  // A build or start that fails because a stop ended it is not reported: shutdown() exits.
-  const unlessStopping = (error) => (stopping ? new Promise(() => {}) : Promise.reject(error));
+  // What a stop (Ctrl-C, SIGTERM, SIGHUP) must end: npm ci, next build, next start. A stop once the app
+  // serves exits 0 (as it always did); one during the install or build 130 / 143 / 129.
+  const { onCleanup, stopping } = exitCleanups({ exitCode: (code) => (serving ? 0 : code) });
+  // A build or start that fails because a stop ended it is not reported: the stop exits.
+  const unlessStopping = (error) => (stopping() ? new Promise(() => {}) : Promise.reject(error));
   if (process.argv.includes("--build")) {
     await ensureWebAppBuilt({ force: process.argv.includes("--force"), onCleanup }).catch(unlessStopping);
   } else {

@@ -117,14 +117,10 @@ async function main() {
   }
 
   const started = Date.now();
-  const cleanups = [];
-  const cleanup = async () => {
-    for (const fn of cleanups.reverse()) await fn().catch((e) => log(`cleanup: ${e}`));
-    cleanups.length = 0;
-  };
-  const onSignal = () => void cleanup().finally(() => process.exit(130));
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  // Run newest first at the end, or on a stop (Ctrl-C, SIGTERM, SIGHUP: exit 130, 143, 129), which also
+  // ends the web app's npm ci, next build or next start under way (and frees its build lock), as in npm start.
+  const { exitCleanups } = await import("../../examples/web/serve.mjs");
+  const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: (line) => log(line) });
 
   try {
     // ---------------------------------------------------------------- the app, the browser, the DB
@@ -132,8 +128,17 @@ async function main() {
     let webApp;
     if (!webUrl) {
       const { startWebApp } = await import("../../examples/web/serve.mjs");
-      webApp = await startWebApp({ apiUrl: supabaseUrl, anonKey, jwtSecret, dbUrl, devSignIn: devMode, log });
-      cleanups.push(() => webApp.stop());
+      // Registered with this run's cleanups from its npm ci on: a stop ends the step under way, and the
+      // server (registered until stop()) is stopped by a stop or at the end of the run.
+      webApp = await startWebApp({
+        apiUrl: supabaseUrl,
+        anonKey,
+        jwtSecret,
+        dbUrl,
+        devSignIn: devMode,
+        log,
+        onCleanup,
+      });
       webUrl = webApp.url;
     }
     const { chromium } = requireFromWebApp("playwright-core");
@@ -142,7 +147,7 @@ async function main() {
       args: CHROMIUM_ARGS,
       timeout: 30_000,
     });
-    cleanups.push(() => browser.close());
+    onCleanup(() => browser.close());
     log(
       `Chromium ${browser.version()}, app ${webUrl}, ${devMode ? "development sign-in" : "password sign-in"}`,
     );
@@ -150,7 +155,7 @@ async function main() {
     if (dbUrl) {
       const postgres = requireFromWebApp("postgres");
       sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
-      cleanups.push(() => sql.end({ timeout: 2 }));
+      onCleanup(() => sql.end({ timeout: 2 }));
     }
     ensureArtifactsDir();
 
@@ -2099,9 +2104,8 @@ async function main() {
     summary(result.passed, result.failed, result.skipped);
     return result.failed === 0 && result.passed > 0 ? 0 : 1;
   } finally {
-    await cleanup();
-    process.removeListener("SIGINT", onSignal);
-    process.removeListener("SIGTERM", onSignal);
+    await runCleanups();
+    removeSignalHandlers();
   }
 }
 

@@ -275,6 +275,19 @@ const parents = {
         cwd: f.appDir,
       }),
     ),
+  // The browser tests' own web app (tests/browser/run.mjs, copied beside this serve.mjs as it sits in the
+  // repository): Chromium stands in as any file that exists (it is not run before the web app serves).
+  "the browser tests (run.mjs)": async (f: Fixture) => {
+    const testsDir = path.join(f.root, "tests", "browser");
+    await Deno.mkdir(testsDir, { recursive: true });
+    for (const file of ["run.mjs", "harness.mjs"]) {
+      await Deno.copyFile(path.join(REPO_ROOT, "tests/browser", file), path.join(testsDir, file));
+    }
+    return spawnCollecting("node", [path.join(testsDir, "run.mjs")], {
+      env: { ...f.env, SUPABASE_SERVICE_ROLE_KEY: "service", READSYNC_CHROMIUM: Deno.execPath() },
+      cwd: f.root,
+    });
+  },
 };
 
 /** Runs `body` with the parent started; SIGKILLs it if still running after, and waits for it. */
