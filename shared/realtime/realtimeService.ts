@@ -1676,19 +1676,10 @@ class UserLink<Row extends LwwRow> {
         // Refused for its token: read again as soon as a new one comes, as the link's reads are
         // (#readOwnAgainForNewToken), not after its backoff.
         if (refusedForToken(error)) own.authRefusedWith = sentToken;
-        if (typeof sentToken === "string" && refusedAsExpired(error)) {
-          this.service.tokenRefusedByApi(sentToken);
-        }
-        const retryAfterMs = retryAfterMsOf(error);
-        let waitMs: number | undefined;
-        if (retryAfterMs) {
-          waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
-          this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
-        }
         this.#log("warn", "catchup_failed", {
           error: describeError(error, "message"),
           // As the link's reads log it (README: Logs).
-          ...(retryAfterMs ? { retry_after_ms: retryAfterMs, wait_ms: waitMs } : {}),
+          ...this.#heedReadFailure(error, sentToken),
           for: "subscription",
         });
       }
@@ -2616,21 +2607,9 @@ class UserLink<Row extends LwwRow> {
         // Refused for its token: read again as soon as a new one comes (#readAgainForNewToken); any
         // other failure only after the polls' backoff.
         this.#authRefusedWith = refusedForToken(error) ? sentToken : undefined;
-        // Refused because that token expired: no join is made with it either (UserLink#connect).
-        if (typeof sentToken === "string" && refusedAsExpired(error)) {
-          this.service.tokenRefusedByApi(sentToken);
-        }
-        const retryAfterMs = retryAfterMsOf(error);
-        let waitMs: number | undefined;
-        if (retryAfterMs) {
-          waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
-          this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
-        }
+        const retryFields = this.#heedReadFailure(error, sentToken);
         if (!this.#closed) {
-          this.#log("warn", `${source}_failed`, {
-            error: describeError(error, "message"),
-            ...(retryAfterMs ? { retry_after_ms: retryAfterMs, wait_ms: waitMs } : {}),
-          });
+          this.#log("warn", `${source}_failed`, { error: describeError(error, "message"), ...retryFields });
         }
         return "failed";
       } finally {
@@ -2649,6 +2628,24 @@ class UserLink<Row extends LwwRow> {
     }
     if (!cutOff) this.#endCutReads(this.#closed ? "failed" : outcome);
     return { outcome, joinedGeneration, round: sequence, held };
+  }
+
+  /**
+   * What a failed read (the link's or a subscription's own) tells the link beyond its own outcome: a
+   * refusal because the token it was sent with expired (no join is made with that token either:
+   * UserLink#connect), and a Retry-After (no read of this link's user before then). Returns the log
+   * fields for it (README: Logs), empty when the answer asked for no wait.
+   */
+  #heedReadFailure(
+    error: unknown,
+    sentToken: string | null | undefined,
+  ): { retry_after_ms?: number; wait_ms?: number } {
+    if (typeof sentToken === "string" && refusedAsExpired(error)) this.service.tokenRefusedByApi(sentToken);
+    const retryAfterMs = retryAfterMsOf(error);
+    if (!retryAfterMs) return {};
+    const waitMs = retryAfterWaitMs(retryAfterMs, this.#pollIntervalMs, this.service.random);
+    this.#retryAfterUntil = Math.max(this.#retryAfterUntil, monotonicNow() + waitMs);
+    return { retry_after_ms: retryAfterMs, wait_ms: waitMs };
   }
 
   /**
