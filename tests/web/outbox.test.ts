@@ -85,6 +85,47 @@ const options = (extra: Partial<OutboxOptions> = {}): OutboxOptions => ({
   ...extra,
 });
 
+/**
+ * Two tabs of one browser on one storage: tab B queues a page turn, tab A takes it over, turns the next
+ * page (a higher number) and sends it. Tab B still holds its earlier page turn, not having taken over what
+ * tab A did.
+ */
+async function tabsWithLaterPageTurnSent(userId: string, api: OutboxTransport, series: string) {
+  const storage = memoryStorage();
+  const tab = () => {
+    const store = new SyncStore(userId, defaultCompareRows);
+    store.attachStorage(storage);
+    return store;
+  };
+  const tabA = tab();
+  const tabB = tab();
+  const now = Date.now();
+  tabB.addPending(pending(series, now - 2_000, 4, "e-reader"));
+  tabA.reloadOutbox();
+  tabA.addPending(pending(series, now - 1_000, 5, "e-reader"));
+  assert.deepEqual(await flushOutbox(tabA, api, options()), { outcome: "done" });
+  return { storage, tabA, tabB, now };
+}
+
+/**
+ * A saved write dated far ahead (edited, a clock years ahead; the server stores it at its now()) queued in
+ * `store`, for the test's transport to hold on its way: it resolves `onItsWay` when it holds the write and
+ * waits for `release`. `clock` dates the page turn made meanwhile: made 10 s before the held write reaches
+ * the server, it reads 10 s back (the saved offset in force), instead of the test holding the request for
+ * 10 s.
+ */
+function farAheadWriteToHold(store: SyncStore, series: string) {
+  const clock = new ServerClock({
+    deviceNow: () => Date.now() - 10_000,
+    monotonicNow: () => performance.now(),
+    offsetMs: 0,
+  });
+  store.addPending(pending(series, Date.parse("2999-01-01T00:00:00.000Z"), 4, "e-reader"));
+  const onItsWay = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  return { clock, onItsWay, release };
+}
+
 Deno.test(
   { name: "outbox: a device back from offline sends its edits in one request", ...noSanitize },
   async () => {
@@ -1127,17 +1168,7 @@ Deno.test(
   async () => {
     const { client, api, store } = await device();
     const series = seriesId("far-ahead-on-its-way");
-    // The page turn is made 10 s before the held write reaches the server: its clock (the saved offset in
-    // force) reads 10 s back, instead of the test holding the request for 10 s.
-    const clock = new ServerClock({
-      deviceNow: () => Date.now() - 10_000,
-      monotonicNow: () => performance.now(),
-      offsetMs: 0,
-    });
-    // A saved write dated far ahead (edited, a clock years ahead): the server stores it at its now().
-    store.addPending(pending(series, Date.parse("2999-01-01T00:00:00.000Z"), 4, "e-reader"));
-    const onItsWay = Promise.withResolvers<void>();
-    const release = Promise.withResolvers<void>();
+    const { clock, onItsWay, release } = farAheadWriteToHold(store, series);
     // Stored, and its answer lost on the way back: the key it was stored under is not known here.
     const slowAndLost: OutboxTransport = {
       updateProgress: (write) => api.updateProgress(write),
@@ -1201,20 +1232,8 @@ Deno.test(
   async () => {
     const { user, client, api } = await device();
     const series = seriesId("own-later");
-    const storage = memoryStorage();
-    const tab = () => {
-      const store = new SyncStore(user.id, defaultCompareRows);
-      store.attachStorage(storage);
-      return store;
-    };
-    const tabA = tab();
-    const tabB = tab();
-    const now = Date.now();
     // Tab B queues a page turn; tab A takes it over and turns the next page (a higher number), and sends it.
-    tabB.addPending(pending(series, now - 2_000, 4, "e-reader"));
-    tabA.reloadOutbox();
-    tabA.addPending(pending(series, now - 1_000, 5, "e-reader"));
-    assert.deepEqual(await flushOutbox(tabA, api, options()), { outcome: "done" });
+    const { tabB } = await tabsWithLaterPageTurnSent(user.id, api, series);
     // Tab B sends its earlier page turn without having taken over what tab A did (tabs without Web Locks):
     // refused as older than the later one, which is what the server keeps.
     assert.deepEqual(await flushOutbox(tabB, api, options()), { outcome: "done" });
@@ -1289,20 +1308,8 @@ Deno.test(
   async () => {
     const { user, client, api } = await device();
     const series = seriesId("own-later-rolled-over");
-    const storage = memoryStorage();
-    const tab = () => {
-      const store = new SyncStore(user.id, defaultCompareRows);
-      store.attachStorage(storage);
-      return store;
-    };
-    const tabA = tab();
-    const tabB = tab();
-    const now = Date.now();
     // Tab B queues a page turn; tab A takes it over, turns the next page (a higher number) and sends it.
-    tabB.addPending(pending(series, now - 2_000, 4, "e-reader"));
-    tabA.reloadOutbox();
-    tabA.addPending(pending(series, now - 1_000, 5, "e-reader"));
-    assert.deepEqual(await flushOutbox(tabA, api, options()), { outcome: "done" });
+    const { storage, tabA, tabB, now } = await tabsWithLaterPageTurnSent(user.id, api, series);
     // Then more writes of other series are answered than the list remembers (200): the page turn's name is
     // no longer in it.
     const others = Array.from({ length: 201 }, (_, i) => seriesId(`other-${i}`));
@@ -1331,17 +1338,7 @@ for (const site of ["storage", "site data blocked"] as const) {
       const { client, api, store } = await device();
       if (site === "storage") store.attachStorage(memoryStorage());
       const series = seriesId("far-ahead-key-known");
-      // The page turn is made 10 s before the held write reaches the server: its clock reads 10 s back,
-      // instead of the test holding the request for 10 s.
-      const clock = new ServerClock({
-        deviceNow: () => Date.now() - 10_000,
-        monotonicNow: () => performance.now(),
-        offsetMs: 0,
-      });
-      // A saved write dated far ahead (edited, a clock years ahead): the server stores it at its now().
-      store.addPending(pending(series, Date.parse("2999-01-01T00:00:00.000Z"), 4, "e-reader"));
-      const onItsWay = Promise.withResolvers<void>();
-      const release = Promise.withResolvers<void>();
+      const { clock, onItsWay, release } = farAheadWriteToHold(store, series);
       let hold = true;
       // Every write request's answers, in order: [chapter, won].
       const answers: [number, boolean][] = [];
