@@ -93,6 +93,34 @@ async function liveLink(
   return { service, timers, first, firstReads, cursors, pending, end };
 }
 
+/**
+ * A live link (liveLink) with a newcomer from OWN_CURSOR whose own read failed once (a 503) and whose
+ * next own read reads to the end; the link's reads answered at once. Returned once that failure is heard
+ * (`reads`, what the newcomer's onRead heard); if it is not, the link is ended before the error goes on.
+ */
+async function newcomerWhoseOwnReadFailedOnce() {
+  let ownReads = 0;
+  const link = await liveLink(
+    {},
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads === 1
+        ? new Error("503 from its own read")
+        : page([row("old", 1, "92")], "106"),
+  );
+  try {
+    const newcomer = link.service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read failed", () => reads.length === 1);
+    return { ...link, newcomer, reads };
+  } catch (error) {
+    await link.end();
+    throw error;
+  }
+}
+
 Deno.test("newcomer: while its own read hangs, the first subscription's syncNow() and the scheduled safety read are made and end, not queued behind it", async () => {
   const SAFETY_MS = 3_600_000;
   // The link's reads are answered at once, the newcomer's own read never.
@@ -124,21 +152,8 @@ Deno.test("newcomer: while its own read hangs, the first subscription's syncNow(
 });
 
 Deno.test("newcomer: its own read that failed is made again by itself, with no read of the link; the first hears no read", async () => {
-  let ownReads = 0;
-  const { service, timers, firstReads, cursors, end } = await liveLink(
-    {},
-    (cursor) =>
-      cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
-        : ++ownReads === 1
-        ? new Error("503 from its own read")
-        : page([row("old", 1, "92")], "106"),
-  );
+  const { timers, firstReads, cursors, end, newcomer, reads } = await newcomerWhoseOwnReadFailedOnce();
   try {
-    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
-    const reads: string[] = [];
-    newcomer.onRead((outcome) => reads.push(outcome));
-    await waitFor("its own read failed", () => reads.length === 1);
     assert.deepEqual(reads, ["failed"]);
     const before = cursors.length;
     const firstReadsBefore = firstReads.length;
@@ -266,21 +281,9 @@ Deno.test("newcomer: its own read refused 401 is made again at once when a new t
 });
 
 Deno.test("newcomer: service.syncNow() makes its own read that waits for its retry now, with the link's", async () => {
-  let ownReads = 0;
-  const { service, timers, firstReads, cursors, end } = await liveLink(
-    {},
-    (cursor) =>
-      cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
-        : ++ownReads === 1
-        ? new Error("503 from its own read")
-        : page([row("old", 1, "92")], "106"),
-  );
+  const { service, timers, firstReads, cursors, end, newcomer, reads } =
+    await newcomerWhoseOwnReadFailedOnce();
   try {
-    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
-    const reads: string[] = [];
-    newcomer.onRead((outcome) => reads.push(outcome));
-    await waitFor("its own read failed", () => reads.length === 1);
     assert.ok(pendingFor(timers, POLL_MS), "its retry after the backoff");
     const before = cursors.length;
 
