@@ -23,10 +23,14 @@ function row(series_id: string, chapter: number): ProgressRow {
   } as unknown as ProgressRow;
 }
 
-Deno.test("compareRows throws: the row is skipped as invalid (logged), the read goes on and the link goes live", async () => {
+/**
+ * A service on the stand-in client whose compareRows throws for series "bad" (the others ordered by
+ * updated_at), every read answered with the rows `changes` makes, at cursor "9"; what it logs is kept in
+ * `logs`.
+ */
+function serviceThrowingForBad(changes: () => ProgressRow[]) {
   const { client, channel } = fakeClient();
   const logs: Record<string, unknown>[] = [];
-  const delivered: string[] = [];
   const service = new RealtimeService(client, {
     pollIntervalMs: 60_000,
     parseRow: (value) => value as ProgressRow,
@@ -34,11 +38,18 @@ Deno.test("compareRows throws: the row is skipped as invalid (logged), the read 
       if (a.series_id === "bad") throw new Error("cannot order");
       return String(a.updated_at).localeCompare(String(b.updated_at));
     },
-    // Two versions of "bad" (the second is compared with the first), then "good".
-    changesSince: () =>
-      Promise.resolve({ changes: [row("bad", 1), row("bad", 2), row("good", 3)], cursor: "9" }),
+    changesSince: () => Promise.resolve({ changes: changes(), cursor: "9" }),
     log: (line) => logs.push(JSON.parse(line)),
   });
+  return { channel, logs, service };
+}
+
+Deno.test("compareRows throws: the row is skipped as invalid (logged), the read goes on and the link goes live", async () => {
+  // Two versions of "bad" (the second is compared with the first), then "good".
+  const { channel, logs, service } = serviceThrowingForBad(
+    () => [row("bad", 1), row("bad", 2), row("good", 3)],
+  );
+  const delivered: string[] = [];
   const subscription = service.subscribeToProgress(
     USER,
     (c) => delivered.push(`${c.row.series_id}@${c.row.chapter}`),
@@ -62,20 +73,9 @@ Deno.test("compareRows throws: the row is skipped as invalid (logged), the read 
 });
 
 Deno.test("compareRows throws for a broadcast: the row is skipped as invalid, logged as in a read, the channel stays live", async () => {
-  const { client, channel } = fakeClient();
-  const logs: Record<string, unknown>[] = [];
+  // The catch-up brings one version of "bad" (nothing to compare it with yet).
+  const { channel, logs, service } = serviceThrowingForBad(() => [row("bad", 1)]);
   const delivered: string[] = [];
-  const service = new RealtimeService(client, {
-    pollIntervalMs: 60_000,
-    parseRow: (value) => value as ProgressRow,
-    compareRows: (a, b) => {
-      if (a.series_id === "bad") throw new Error("cannot order");
-      return String(a.updated_at).localeCompare(String(b.updated_at));
-    },
-    // The catch-up brings one version of "bad" (nothing to compare it with yet).
-    changesSince: () => Promise.resolve({ changes: [row("bad", 1)], cursor: "9" }),
-    log: (line) => logs.push(JSON.parse(line)),
-  });
   const subscription = service.subscribeToProgress(
     USER,
     (c) => delivered.push(`${c.row.series_id}@${c.row.chapter}@${c.source}`),
