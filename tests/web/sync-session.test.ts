@@ -128,6 +128,15 @@ function heldLocks() {
   };
 }
 
+/** The row the server stores for `user`'s write (and answers with), stored when it was made. */
+const storedRow = (write: PendingWrite, user: string) => ({
+  ...write,
+  user_id: user,
+  synced_at: write.updated_at,
+  change_xid: "1",
+  created_at: write.updated_at,
+});
+
 /** The API as a tab reaches it: every request goes with the token the session gives at that moment. */
 function fakeApi(
   log: { user: string; token: string; writes: PendingWrite[] }[],
@@ -138,13 +147,7 @@ function fakeApi(
     let disconnected = false;
     const answer = (write: PendingWrite, user: string): WriteResult => ({
       won: true,
-      progress: {
-        ...write,
-        user_id: user,
-        synced_at: write.updated_at,
-        change_xid: "1",
-        created_at: write.updated_at,
-      },
+      progress: storedRow(write, user),
     } as unknown as WriteResult);
     const api = {
       async updateProgressBatch(writes: PendingWrite[]) {
@@ -1145,13 +1148,7 @@ function heldFunctions() {
                 won: true,
                 conflict: null,
                 conflict_with: null,
-                progress: {
-                  ...write,
-                  user_id: user,
-                  synced_at: write.updated_at,
-                  change_xid: "1",
-                  created_at: write.updated_at,
-                },
+                progress: storedRow(write, user),
               })),
             })),
           unavailable: () =>
