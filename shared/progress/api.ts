@@ -694,8 +694,9 @@ function attemptTimeoutMsOf(options: SubscribeToProgressOptions): number {
  * options that hold data (the options themselves, api, api.retry, api.headers, backoff) are refused
  * unless plain by checkSubscribeOptions first, so none of them is passed over here. api.headers are
  * taken as fetch's Headers takes them, which is what each call sends: a name in lower case (names are
- * case-insensitive), a value without its leading and trailing spaces, tabs, CRs and LFs, the values of names that differ
- * only in case joined with ", " (checkSubscribeOptions has made sure Headers takes every field).
+ * case-insensitive), a value without its leading and trailing spaces, tabs, CRs and LFs, the values of
+ * names that differ only in case joined with ", " (checkSubscribeOptions has made sure Headers takes
+ * every field).
  */
 function dataOptionsOf(options: SubscribeToProgressOptions): Map<string, unknown> {
   const found = new Map<string, unknown>();
