@@ -48,10 +48,25 @@ interface Variant {
   label: string;
   script: string;
   /** Trigger switches (only on the bench's own database); null = leave as migrated. */
-  triggers: { stamp: boolean; broadcast: boolean; localNotify: boolean; broadcastDirect?: boolean } | null;
+  triggers: {
+    stamp: boolean;
+    /** The reset rules' four BEFORE UPDATE triggers (migrations 20261206100100, 20261206160000). */
+    resetRules: boolean;
+    broadcast: boolean;
+    localNotify: boolean;
+    broadcastDirect?: boolean;
+  } | null;
 }
 
-const ALL_ON = { stamp: true, broadcast: true, localNotify: true };
+const ALL_ON = { stamp: true, resetRules: true, broadcast: true, localNotify: true };
+
+/** The reset rules' triggers: each behind a WHEN clause that asks `cleared` first (false on these writes). */
+const RESET_RULE_TRIGGERS = [
+  "reading_progress_reset_sent_with_position",
+  "reading_progress_reset_superseded",
+  "reading_progress_reset_marked_with_position",
+  "reading_progress_reset_marked_zeroes_position",
+];
 
 /** From bare to full, one part added per step (the cumulative breakdown), then the API's function. */
 export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
@@ -66,31 +81,43 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
       id: "table",
       label: "+ reading_progress (FK), no triggers, no RLS",
       script: request("postgres", upsert("public.reading_progress")),
-      triggers: { stamp: false, broadcast: false, localNotify: false },
+      triggers: { stamp: false, resetRules: false, broadcast: false, localNotify: false },
     },
     {
       id: "rls",
       label: "+ RLS (as authenticated)",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: false, broadcast: false, localNotify: false },
+      triggers: { stamp: false, resetRules: false, broadcast: false, localNotify: false },
     },
     {
       id: "stamp",
       label: "+ stamp trigger (and the replaced-tie log's WHEN test)",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: true, broadcast: false, localNotify: false },
+      triggers: { stamp: true, resetRules: false, broadcast: false, localNotify: false },
+    },
+    {
+      id: "reset_rules",
+      label: "+ the reset rules' four WHEN-guarded triggers (false on these writes)",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: { stamp: true, resetRules: true, broadcast: false, localNotify: false },
     },
     {
       id: "supabase",
       label: "+ broadcast trigger → realtime.messages row = full path as on Supabase",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: true, broadcast: true, localNotify: false },
+      triggers: { stamp: true, resetRules: true, broadcast: true, localNotify: false },
     },
     {
       id: "supabase_direct",
       label: "  same, with the broadcast trigger calling realtime.send directly (broadcast_changes' payload)",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: true, broadcast: false, localNotify: false, broadcastDirect: true },
+      triggers: {
+        stamp: true,
+        resetRules: true,
+        broadcast: false,
+        localNotify: false,
+        broadcastDirect: true,
+      },
     },
     {
       id: "full",
@@ -111,7 +138,7 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
     // here is the full path as on Supabase.
     const full = all.find((v) => v.id === "full")!;
     full.label = "+ broadcast trigger → realtime.messages row = full path (as on Supabase; no local NOTIFY)";
-    full.triggers = { stamp: true, broadcast: true, localNotify: false };
+    full.triggers = { stamp: true, resetRules: true, broadcast: true, localNotify: false };
     return (ownsDatabase ? all : all.filter((v) => ["bare", "full", "function"].includes(v.id)))
       .filter((v) => v.id !== "supabase")
       .map((v) => (ownsDatabase ? v : { ...v, triggers: null }));
@@ -127,6 +154,10 @@ async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
     alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_stamp;
     -- Last-write-wins bookkeeping like the stamp: on and off with it (it only logs same-ms tie wins).
     alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_log_replaced_tie;
+    ${
+    RESET_RULE_TRIGGERS.map((t) => `alter table public.reading_progress ${on(s.resetRules)} trigger ${t};`)
+      .join("\n    ")
+  }
     alter table public.reading_progress ${on(s.broadcast)} trigger reading_progress_broadcast;
     alter table public.reading_progress ${on(s.broadcastDirect ?? false)} trigger bench_broadcast_direct;
     do $$ begin
@@ -414,7 +445,9 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
       }
       // Cost of each step in microseconds per transaction (1e6 / tps, differences between steps).
       const us = (id: string) => 1e6 / res[id].tps;
-      const steps = ["bare", "table", "rls", "stamp", "supabase", "full"].filter((id) => ids.has(id));
+      const steps = ["bare", "table", "rls", "stamp", "reset_rules", "supabase", "full"].filter((id) =>
+        ids.has(id)
+      );
       const parts = steps.slice(1).map((id, i) => `${id} ${(us(id) - us(steps[i])).toFixed(0)}`);
       costs.push(
         `${clients} client${plural}: bare ${us("bare").toFixed(0)} µs per transaction, then + ${
