@@ -162,7 +162,9 @@ async function main(): Promise<number> {
     // (the broadcast; the write function, the changes read, the remember-deletion), which runs last,
     // also after the two later migrations that re-create the changes read and the write function. The
     // migration that starts a tagged cursor over after a failed read restates the changes read (with
-    // that setting), so it runs after every migration that puts back an earlier one.
+    // that setting), so it runs after every migration that puts back an earlier one. The two reset
+    // rules' migrations put back their triggers' whole WHEN clauses (and functions without that test),
+    // so the migration that guards those triggers by one column runs after each.
     for (
       const [label, ...suffixes] of [
         [
@@ -201,13 +203,22 @@ async function main(): Promise<number> {
           "_write_function_logs_users_only.sql",
           "_percentages_printed_exactly.sql",
         ],
-        ["a position write supersedes a reset", "_position_write_supersedes_reset.sql"],
-        ["a reset marked without a position takes the zero position", "_reset_marked_zeroes_position.sql"],
+        [
+          "a position write supersedes a reset",
+          "_position_write_supersedes_reset.sql",
+          "_reset_rule_triggers_one_column_when.sql",
+        ],
+        [
+          "a reset marked without a position takes the zero position",
+          "_reset_marked_zeroes_position.sql",
+          "_reset_rule_triggers_one_column_when.sql",
+        ],
         ["percentages printed exactly", "_percentages_printed_exactly.sql"],
         [
           "a tagged cursor met by a failed read starts over",
           "_changes_cursor_unchecked_tag_starts_over.sql",
         ],
+        ["the reset rules' triggers guarded by one column", "_reset_rule_triggers_one_column_when.sql"],
       ]
     ) {
       const migrations = await Promise.all(
