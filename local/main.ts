@@ -6,7 +6,7 @@
 import postgres from "postgres";
 import { checkEnvNumber, type NumberRule } from "../shared/options/checkOptions.ts";
 import { startWebAppAndAnnounce } from "./announce.ts";
-import { runCleanups } from "./stack/cleanup.ts";
+import { onCleanup, runCleanups, stoppedBy, whenStopped } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
 import { EXTERNAL_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
 
@@ -26,38 +26,75 @@ const PORT: NumberRule = { min: 0, max: 65535, whole: true };
 const portFromEnv = (name: string, fallback: number) =>
   checkEnvNumber(Deno.env.get(name), PORT, "npm start", name) ?? fallback;
 
-try {
-  // Checked before anything starts: a mistyped port stops npm start at once, saying which and why.
-  const apiPort = portFromEnv("READSYNC_API_PORT", 54321);
-  const dbPort = portFromEnv("READSYNC_DB_PORT", 54322);
-  const webPort = portFromEnv("READSYNC_WEB_PORT", 3000);
-  const started = performance.now();
-  const ignored = EXTERNAL_TARGET_VARIABLES.filter((name) => Deno.env.get(name));
-  if (ignored.length > 0) {
+/**
+ * npm start, until a signal ends it (cleanup.ts's exit cleanups, which exit with the signal's code) or its
+ * start fails (exit 1). `startStack` is startLocalStack, or a stand-in in local/stack/cleanup.test.ts.
+ */
+export async function npmStart(startStack: typeof startLocalStack = startLocalStack): Promise<void> {
+  // Registered first, so run last: a stopped npm start exits once it has said so (what this says while
+  // the stack starts, what announce.ts says once the web app's start has ended), not before. At most
+  // 15 s: a web app start that a stop does not end (one waiting for another start's build lock) must not
+  // hold the exit. Registering it also installs the signal handlers before anything starts.
+  let said = () => {};
+  const saying = new Promise<void>((resolve) => said = resolve);
+  onCleanup(async () => {
+    let guard: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([saying, new Promise((resolve) => guard = setTimeout(resolve, 15_000))]);
+    clearTimeout(guard);
+  });
+  /** Until the stack is up (the web app's start then reports a stop itself: announce.ts). */
+  let stackStarting = true;
+  void whenStopped().then((stop) => {
+    if (!stackStarting) return;
     log(
-      `${
-        ignored.join(", ")
-      } set: npm start ignores them and runs a stack of its own (npm test and npm run bench use them)`,
+      `npm start was stopped (${stop.by}) while its stack was starting: tearing down what it had started`,
     );
+    said();
+  });
+  try {
+    // Checked before anything starts: a mistyped port stops npm start at once, saying which and why.
+    const apiPort = portFromEnv("READSYNC_API_PORT", 54321);
+    const dbPort = portFromEnv("READSYNC_DB_PORT", 54322);
+    const webPort = portFromEnv("READSYNC_WEB_PORT", 3000);
+    const started = performance.now();
+    const ignored = EXTERNAL_TARGET_VARIABLES.filter((name) => Deno.env.get(name));
+    if (ignored.length > 0) {
+      log(
+        `${
+          ignored.join(", ")
+        } set: npm start ignores them and runs a stack of its own (npm test and npm run bench use them)`,
+      );
+    }
+    const stack = await startStack({ apiPort, dbPort, log, ownStackOnly: true });
+    const sql = postgres(stack.dbUrl, { max: 1, onnotice: () => {} });
+    await sql`insert into auth.users (id, email) values (${DEMO_USER_ID}, ${DEMO_EMAIL}) on conflict (id) do nothing`;
+    await sql.end();
+    const demoToken = await mintUserAccessToken(DEMO_USER_ID, {
+      email: DEMO_EMAIL,
+      expiresInSeconds: 24 * 3600,
+      secret: stack.jwtSecret,
+    });
+    // Stopped meanwhile (said above; the exit cleanups are tearing the stack down): nothing to announce.
+    if (!stoppedBy()) {
+      stackStarting = false;
+      await startWebAppAndAnnounce(stack, {
+        webPort: withWeb ? webPort : null,
+        log,
+        started,
+        demo: { userId: DEMO_USER_ID, email: DEMO_EMAIL, token: demoToken },
+      });
+      said();
+    }
+    await new Promise(() => {}); // until a signal; cleanup.ts stops the stack
+  } catch (error) {
+    // A start that a stop made fail (its database or a step of it gone; Ctrl-C also reaches the stack's
+    // own processes, which can fail of it before this process's signal listener has run) is the stop's:
+    // said as such, exiting with the signal's code whichever of this and the signal's exit runs first.
+    if (!stoppedBy()) console.error(error instanceof Error ? error.message : error);
+    said();
+    await runCleanups();
+    Deno.exit(stoppedBy()?.code ?? 1);
   }
-  const stack = await startLocalStack({ apiPort, dbPort, log, ownStackOnly: true });
-  const sql = postgres(stack.dbUrl, { max: 1, onnotice: () => {} });
-  await sql`insert into auth.users (id, email) values (${DEMO_USER_ID}, ${DEMO_EMAIL}) on conflict (id) do nothing`;
-  await sql.end();
-  const demoToken = await mintUserAccessToken(DEMO_USER_ID, {
-    email: DEMO_EMAIL,
-    expiresInSeconds: 24 * 3600,
-    secret: stack.jwtSecret,
-  });
-  await startWebAppAndAnnounce(stack, {
-    webPort: withWeb ? webPort : null,
-    log,
-    started,
-    demo: { userId: DEMO_USER_ID, email: DEMO_EMAIL, token: demoToken },
-  });
-  await new Promise(() => {}); // until a signal; cleanup.ts stops the stack
-} catch (error) {
-  console.error(error instanceof Error ? error.message : error);
-  await runCleanups();
-  Deno.exit(1);
 }
+
+if (import.meta.main) await npmStart();

@@ -1,7 +1,8 @@
 // `npm start` stops everything when its parent goes away without passing a signal on: an IDE's
 // stop button sends SIGTERM to npm, which exits and leaves its children re-parented. And it runs a
 // stack of its own even when the shell points SUPABASE_DB_URL / SUPABASE_URL somewhere (it would
-// push migrations to that database and insert its demo user there).
+// push migrations to that database and insert its demo user there). Stopped while its stack starts, it says
+// so and exits with the signal's code once what it started is torn down, not 1 for a start the stop made fail.
 
 import assert from "node:assert/strict";
 import { assertPortFree } from "./postgres.ts";
@@ -197,6 +198,178 @@ Deno.test({
       );
     } finally {
       await started.end();
+    }
+  }
+});
+
+/**
+ * npm start (local/main.ts's npmStart) with a stand-in for startLocalStack, in a process of its own: the
+ * stand-in makes a directory (its "database"), registers its removal with the exit cleanups as
+ * startPostgres does, prints `[readsync] database: stand-in` and then, by `mode`:
+ * - "fails once torn down": waits until its cleanup has removed the directory, then fails as a start whose
+ *   database went away does ("connection refused");
+ * - "never notices": waits for ever (a step that does not notice the teardown);
+ * - "failed first": fails at once, as a step that Ctrl-C reached before npm start's signal listener ran
+ *   ("supabase db push failed (signal SIGINT)"), its cleanup then waiting until npm start is stopped.
+ */
+async function npmStartWithStandInStack(mode: "fails once torn down" | "never notices" | "failed first") {
+  const root = await Deno.makeTempDir({ prefix: "readsync-npm-start-stopped-" });
+  const database = `${root}/database`;
+  await Deno.mkdir(database);
+  const script = `${root}/npm-start.ts`;
+  const local = new URL("..", import.meta.url).pathname;
+  await Deno.writeTextFile(
+    script,
+    `import { npmStart } from ${JSON.stringify(`${local}main.ts`)};
+     import { onCleanup, stoppedBy } from ${JSON.stringify(`${local}stack/cleanup.ts`)};
+     const mode = ${JSON.stringify(mode)};
+     await npmStart(async (options) => {
+       let removed = () => {};
+       const gone = new Promise((resolve) => removed = resolve);
+       onCleanup(async () => {
+         if (mode === "failed first") {
+           console.log("[stand-in] tearing down the failed start");
+           for (let i = 0; i < 1500 && !stoppedBy(); i++) await new Promise((r) => setTimeout(r, 20));
+         }
+         await Deno.remove(${JSON.stringify(database)}, { recursive: true });
+         console.log("[stand-in] database removed");
+         removed();
+       });
+       options.log("database: stand-in");
+       if (mode === "failed first") throw new Error("supabase db push failed (signal SIGINT)");
+       if (mode === "fails once torn down") {
+         await gone;
+         throw new Error("connection refused: the stand-in database is gone");
+       }
+       return await new Promise(() => {});
+     });`,
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    // The repository's configuration: main.ts imports "postgres" through its import map.
+    args: [
+      "run",
+      "-A",
+      "--no-lock",
+      "--config",
+      new URL("../../deno.json", import.meta.url).pathname,
+      script,
+    ],
+    env: { READSYNC_WEB: "0" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let stdout = "";
+  let stderr = "";
+  const collect = async (stream: ReadableStream<Uint8Array>, add: (text: string) => void) => {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) add(text);
+  };
+  const collected = Promise.all([
+    collect(child.stdout, (text) => stdout += text),
+    collect(child.stderr, (text) => stderr += text),
+  ]);
+  let exited: Deno.CommandStatus | null = null;
+  const status = child.status.then(async (s) => {
+    await collected;
+    return exited = s;
+  });
+  const printed = () => `stdout:\n${stdout}\nstderr:\n${stderr}`;
+  return {
+    child,
+    database,
+    printed,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    /** Waits until it printed `text` (throws at once if it exits first; 60 s hang guard). */
+    async untilPrinted(text: string): Promise<void> {
+      const upBy = Date.now() + 60_000;
+      while (!(stdout + stderr).includes(text)) {
+        assert.ok(
+          !exited,
+          `it exited (${JSON.stringify(exited)}) before it printed "${text}":\n${printed()}`,
+        );
+        assert.ok(Date.now() < upBy, `it did not print "${text}" within 60 s:\n${printed()}`);
+        await Promise.race([status, new Promise((r) => setTimeout(r, 50))]);
+      }
+    },
+    /** Its status (60 s hang guard, then SIGKILLed). */
+    async exitStatus(): Promise<Deno.CommandStatus> {
+      let guard: ReturnType<typeof setTimeout> | undefined;
+      const result = await Promise.race([
+        status,
+        new Promise<null>((r) => guard = setTimeout(() => r(null), 60_000)),
+      ]);
+      clearTimeout(guard);
+      if (result) return result;
+      child.kill("SIGKILL");
+      await status;
+      throw new Error(`still running 60 s after it was stopped:\n${printed()}`);
+    },
+    async remove(): Promise<void> {
+      if (!exited) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* gone */ }
+        await status;
+      }
+      await Deno.remove(root, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+Deno.test({
+  name:
+    "npm start: a stop while its stack starts exits with the signal's code (130, 143, 129), saying it was " +
+    "stopped, not failed, once what it started is torn down, whether the start then fails, never ends or " +
+    "had failed of it first",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const cases = [
+    { mode: "fails once torn down", signal: "SIGINT", code: 130 },
+    { mode: "fails once torn down", signal: "SIGTERM", code: 143 },
+    { mode: "fails once torn down", signal: "SIGHUP", code: 129 },
+    { mode: "never notices", signal: "SIGTERM", code: 143 },
+    { mode: "failed first", signal: "SIGINT", code: 130 },
+  ] as const;
+  for (const { mode, signal, code } of cases) {
+    const what = `${signal} while the stand-in stack starts (${mode})`;
+    const started = await npmStartWithStandInStack(mode);
+    try {
+      await started.untilPrinted(
+        mode === "failed first"
+          ? "[stand-in] tearing down the failed start"
+          : "[readsync] database: stand-in",
+      );
+      started.child.kill(signal);
+      const status = await started.exitStatus();
+      assert.equal(status.code, code, `${what}: exits as stopped\n${started.printed()}`);
+      assert.match(
+        started.stdout(),
+        new RegExp(
+          `^\\[readsync\\] npm start was stopped \\(${signal}\\) while its stack was starting: tearing down ` +
+            `what it had started$`,
+          "m",
+        ),
+        `${what}: says it was stopped\n${started.printed()}`,
+      );
+      assert.match(
+        started.stdout(),
+        /^\[stand-in\] database removed$/m,
+        `${what}: torn down\n${started.printed()}`,
+      );
+      assert.equal(
+        await Deno.stat(started.database).then(() => true, () => false),
+        false,
+        `${what}: the stand-in database was left behind`,
+      );
+      if (mode !== "failed first") {
+        // The failure the stop caused is the stop's, not a failure to report.
+        assert.doesNotMatch(started.printed(), /connection refused|failed/, `${what}\n${started.printed()}`);
+      }
+      assert.doesNotMatch(started.stdout(), /stack is up/, `${what}\n${started.printed()}`);
+    } finally {
+      await started.remove();
     }
   }
 });

@@ -10,6 +10,8 @@ let signalsInstalled = false;
 let running: Promise<void> | null = null;
 /** What stopped this process, once a signal (or its parent's end) has started the cleanups. */
 let stop: { by: string; code: number } | null = null;
+let stopped: (stop: { by: string; code: number }) => void = () => {};
+const whenStoppedPromise = new Promise<{ by: string; code: number }>((resolve) => stopped = resolve);
 
 export function onCleanup(fn: Cleanup): () => void {
   installSignalHandlers();
@@ -26,6 +28,14 @@ export function onCleanup(fn: Cleanup): () => void {
  */
 export function stoppedBy(): { by: string; code: number } | null {
   return stop;
+}
+
+/**
+ * Resolves with stoppedBy() once this process is stopped: before its cleanups have begun (what is told
+ * is told as the stop begins, not once the cleanups have removed things). Never, while not stopped.
+ */
+export function whenStopped(): Promise<{ by: string; code: number }> {
+  return whenStoppedPromise;
 }
 
 /** How many cleanups are registered now (what a stopped stack must have removed again). */
@@ -53,6 +63,7 @@ function installSignalHandlers(): void {
   for (const [signal, code] of [["SIGINT", 130], ["SIGHUP", 129], ["SIGTERM", 143]] as const) {
     Deno.addSignalListener(signal, async () => {
       stop ??= { by: signal, code };
+      stopped(stop);
       await runCleanups();
       Deno.exit(code);
     });
@@ -65,6 +76,7 @@ function installSignalHandlers(): void {
       if (Deno.ppid === parent) return;
       clearInterval(orphanCheck);
       stop ??= { by: "its parent gone", code: 143 };
+      stopped(stop);
       await runCleanups();
       Deno.exit(143);
     }, 1_000);
