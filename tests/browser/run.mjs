@@ -119,25 +119,42 @@ async function main() {
   const started = Date.now();
   // Run newest first at the end, or on a stop (Ctrl-C, SIGTERM, SIGHUP: exit 130, 143, 129), which also
   // ends the web app's npm ci, next build or next start under way (and frees its build lock), as in npm start.
-  const { exitCleanups } = await import("../../examples/web/serve.mjs");
+  const { exitCleanups, startWebApp } = await import("../../examples/web/serve.mjs");
   const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: (line) => log(line) });
+  /**
+   * startWebApp with this run's cleanups: the run's own web app and every test's (build: "never"), so that
+   * a stop ends a next start under way (SIGTERM to its group, then SIGKILL) and stops one that serves.
+   * @param {import("../../examples/web/serve.d.ts").WebAppOptions} options
+   */
+  const startRunWebApp = (options) => startWebApp({ ...options, onCleanup });
+  /**
+   * A web app server of a test's own (the suite's build; password sign-in, quiet), against the stack in
+   * the environment; `options` as startWebApp's (port, startTimeoutMs, env).
+   */
+  const startOwnWebApp = (options) =>
+    startRunWebApp({
+      apiUrl: supabaseUrl,
+      anonKey,
+      devSignIn: false,
+      build: "never",
+      log: () => {},
+      ...options,
+    });
 
   try {
     // ---------------------------------------------------------------- the app, the browser, the DB
     let webUrl = env("READSYNC_WEB_URL");
     let webApp;
     if (!webUrl) {
-      const { startWebApp } = await import("../../examples/web/serve.mjs");
       // Registered with this run's cleanups from its npm ci on: a stop ends the step under way, and the
       // server (registered until stop()) is stopped by a stop or at the end of the run.
-      webApp = await startWebApp({
+      webApp = await startRunWebApp({
         apiUrl: supabaseUrl,
         anonKey,
         jwtSecret,
         dbUrl,
         devSignIn: devMode,
         log,
-        onCleanup,
       });
       webUrl = webApp.url;
     }
@@ -646,8 +663,7 @@ async function main() {
             }
             // A second server without READSYNC_DEV_SIGNIN must not offer or honour it.
             if (devMode && !env("READSYNC_WEB_URL")) {
-              const { startWebApp } = await import("../../examples/web/serve.mjs");
-              const plain = await startWebApp({
+              const plain = await startRunWebApp({
                 apiUrl: supabaseUrl,
                 anonKey,
                 jwtSecret,
@@ -690,10 +706,9 @@ async function main() {
           // down: sign-in still works (it only needs the local database), the library page must fail
           // into error.tsx, and its Try again must fetch the page again once the function answers
           // (Next's reset() alone re-renders the failed answer it already has).
-          const { startWebApp } = await import("../../examples/web/serve.mjs");
           const gate = await startGate(supabaseUrl);
           gate.down = true;
-          const broken = await startWebApp({
+          const broken = await startRunWebApp({
             apiUrl: gate.url,
             anonKey,
             jwtSecret,
@@ -878,12 +893,18 @@ async function main() {
           // user check, sign-out), which passes the progress function through to the local stack.
           if (!devMode) throw new SkipTest("a real project runs Supabase mode in the tests above");
           const { startFakeAuth } = await import("./fakeAuth.mjs");
-          const { startWebApp } = await import("../../examples/web/serve.mjs");
           const user = { id: crypto.randomUUID(), email: `sb-${run}@readsync.test`, password: `pw-${run}` };
           const auth = await startFakeAuth({ jwtSecret, stackUrl: supabaseUrl, user });
           // The built app in Supabase mode, its Auth server the stand-in (extra environment: `env`).
           const startSupabaseModeApp = (env = {}) =>
-            startWebApp({ apiUrl: auth.url, anonKey, devSignIn: false, build: "never", log: () => {}, env });
+            startRunWebApp({
+              apiUrl: auth.url,
+              anonKey,
+              devSignIn: false,
+              build: "never",
+              log: () => {},
+              env,
+            });
           let app = null;
           const context = await browser.newContext({ viewport });
           try {
@@ -2125,22 +2146,6 @@ async function withHeldPort(fn) {
     holder.closeAllConnections();
     await new Promise((resolve) => holder.close(resolve));
   }
-}
-
-/**
- * A web app server of a test's own (the suite's build; password sign-in, quiet), against the stack in
- * the environment; `options` as startWebApp's (port, startTimeoutMs, env).
- */
-async function startOwnWebApp(options) {
-  const { startWebApp } = await import("../../examples/web/serve.mjs");
-  return await startWebApp({
-    apiUrl: env("SUPABASE_URL"),
-    anonKey: env("SUPABASE_ANON_KEY"),
-    devSignIn: false,
-    build: "never",
-    log: () => {},
-    ...options,
-  });
 }
 
 /**
