@@ -41,14 +41,16 @@ export async function startWebAppBesideStack(
       stoppedDuring: null,
     };
   } catch (error) {
-    const stopped = error as Partial<StoppedError>;
-    const problem = stopped.stopped
+    // A step is the stop's only when the error says it was stopped (serve.mjs's StoppedError): a failure
+    // that names its step otherwise is reported as the failure, not as a step the stop ended.
+    const stopped = (error as Partial<StoppedError> | null)?.stopped === true ? error as StoppedError : null;
+    const problem = stopped
       ? `npm start was stopped during its ${stopped.step}`
       : (error instanceof Error ? error.message : String(error)).split("\n")[0];
     return {
       web: null,
       line: `  Web app          not started: ${problem}`,
-      stoppedDuring: stopped.step ?? null,
+      stoppedDuring: stopped?.step ?? null,
     };
   }
 }

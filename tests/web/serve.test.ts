@@ -1,14 +1,16 @@
 // examples/web/serve.mjs outside a browser: what `node serve.mjs` takes as PORT, that a stop during the
-// first use's `npm ci` or `next build` ends them and everything they started, and the build lock a
-// SIGKILLed start leaves. Each run uses a copy of serve.mjs in a folder of its own (its APP_DIR), with a
-// fake `npm` on PATH and a fake `next` that block until signalled, so nothing real is installed or built
-// and the step under way is known, not raced. Every process a test starts has the folder in its command
-// line: none may be left when the test ends (leftovers()).
+// first use's `npm ci` or `next build` ends them and everything they started, the build lock a SIGKILLed
+// start leaves, and how npm start's wiring of the web app (local/web.ts) tells a stop from a failure. Each
+// run uses a copy of serve.mjs in a folder of its own (its APP_DIR), with a fake `npm` on PATH and a fake
+// `next` that block until signalled, so nothing real is installed or built and the step under way is known,
+// not raced. Every process a test starts has the folder in its command line: none may be left when the test
+// ends (leftovers()).
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { startWebAppBesideStack } from "../../local/web.ts";
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const GUARD_MS = 30_000;
@@ -478,4 +480,36 @@ Deno.test({
   } finally {
     await f.remove();
   }
+});
+
+Deno.test("npm start's web app (local/web.ts): a step is reported as ended by a stop only when its error says it was stopped", async () => {
+  const stack = {
+    apiUrl: "http://127.0.0.1:9",
+    anonKey: "anon",
+    jwtSecret: "",
+    dbUrl: "postgresql://127.0.0.1:9/x",
+  };
+  const beside = (error: Error) =>
+    startWebAppBesideStack(stack, { port: 0, log: () => {} }, () => Promise.reject(error));
+  // A failure that names its step (as serve.mjs's StoppedError does, without being one): the failure.
+  const failed = await beside(
+    Object.assign(new Error("next build failed (exit 1):\nType error"), { step: "next build" }),
+  );
+  assert.deepEqual(failed, {
+    web: null,
+    line: "  Web app          not started: next build failed (exit 1):",
+    stoppedDuring: null,
+  });
+  // serve.mjs's StoppedError: the step the stop ended.
+  const stopped = await beside(
+    Object.assign(new Error("next build was stopped (the process running it is stopping)"), {
+      stopped: true,
+      step: "next build",
+    }),
+  );
+  assert.deepEqual(stopped, {
+    web: null,
+    line: "  Web app          not started: npm start was stopped during its next build",
+    stoppedDuring: "next build",
+  });
 });
