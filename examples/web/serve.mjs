@@ -246,11 +246,24 @@ function processState(record) {
   return now.state === "Z" || now.start !== record.start ? "gone" : "alive";
 }
 
+/**
+ * The lock's holder as recorded; null when there is no holder file; `{ unreadable: true, mtimeMs }` when
+ * there is one that does not parse: being written in place (by a serve.mjs from before writeHolder's
+ * rename) or left half-written, which lockState judges by the file's own age, never as no holder.
+ */
 function readHolder() {
+  let text;
+  let mtimeMs;
   try {
-    return JSON.parse(readFileSync(LOCK_HOLDER, "utf8"));
+    mtimeMs = statSync(LOCK_HOLDER).mtimeMs;
+    text = readFileSync(LOCK_HOLDER, "utf8");
   } catch {
     return null;
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { unreadable: true, mtimeMs };
   }
 }
 
@@ -266,8 +279,11 @@ function writeHolder(holder) {
  * runs (npm ci, next build, orphaned by a holder SIGKILLed) still runs; "stale" once both are gone; where
  * that cannot be told (no holder file: one from an older serve.mjs, or a holder killed between creating
  * the lock and writing it; another machine or boot; no /proc), "stale" only once the lock is 10 minutes old.
+ * A holder file that does not parse is "held" until it is itself 10 minutes old: one being written now is
+ * recent, whereas the lock may be older than 10 minutes (a long npm ci) and its holder running.
  */
 function lockState(holder, mtimeMs) {
+  if (holder?.unreadable) return Date.now() - holder.mtimeMs > 600_000 ? "stale" : "held";
   const here = thisBoot();
   const checkable = holder?.host === here.host && holder?.boot === here.boot;
   const holderState = checkable ? processState(holder?.holder) : "unknown";
@@ -302,6 +318,7 @@ function removeStaleLock(ino) {
 
 /** Who holds the lock, for the waiting line: "pid N, next build pid M", "… on <host>" when not here. */
 function describeHolder(holder) {
+  if (holder?.unreadable) return "its holder file unreadable: being written, or left half-written";
   if (!holder?.holder) return "its holder not recorded";
   const step = holder.step ? `, ${holder.step.label} pid ${holder.step.pid}` : "";
   const host = holder.host === hostname() ? "" : ` on ${holder.host}`;

@@ -1,10 +1,10 @@
 // examples/web/serve.mjs outside a browser: what `node serve.mjs` takes as PORT, that a stop during the
 // first use's `npm ci` or `next build` ends them and everything they started, the build lock a SIGKILLed
-// start leaves, and how npm start's wiring of the web app (local/web.ts) tells a stop from a failure. Each
-// run uses a copy of serve.mjs in a folder of its own (its APP_DIR), with a fake `npm` on PATH and a fake
-// `next` that block until signalled, so nothing real is installed or built and the step under way is known,
-// not raced. Every process a test starts has the folder in its command line: none may be left when the test
-// ends (leftovers()).
+// start leaves (or one whose holder file is half-written), and how npm start's wiring of the web app
+// (local/web.ts) tells a stop from a failure. Each run uses a copy of serve.mjs in a folder of its own (its
+// APP_DIR), with a fake `npm` on PATH and a fake `next` that block until signalled, so nothing real is
+// installed or built and the step under way is known, not raced. Every process a test starts has the
+// folder in its command line: none may be left when the test ends (leftovers()).
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -512,4 +512,52 @@ Deno.test("npm start's web app (local/web.ts): a step is reported as ended by a 
     line: "  Web app          not started: npm start was stopped during its next build",
     stoppedDuring: "next build",
   });
+});
+
+Deno.test({
+  name:
+    "node serve.mjs: a build lock whose holder file is half-written is waited for (never taken as having no " +
+    "holder, however old the lock), until that file itself is 10 minutes old",
+  ignore: Deno.build.os !== "linux", // start times from /proc
+}, async () => {
+  const f = await fixture("next build");
+  const holderFile = path.join(f.lockDir, "holder.json");
+  try {
+    // A holder (this test process, which runs) as a writer in place would leave it part-way: cut short.
+    // The lock itself is 11 minutes old (a long npm ci), which without a holder makes it stale.
+    const whole = JSON.stringify({
+      host: Deno.hostname(),
+      boot: (await Deno.readTextFile("/proc/sys/kernel/random/boot_id")).trim(),
+      holder: { pid: Deno.pid, start: await ownStartTime(), token: "the test's" },
+    });
+    await Deno.mkdir(f.lockDir);
+    await Deno.writeTextFile(holderFile, whole.slice(0, Math.floor(whole.length / 2)));
+    const elevenMinutesAgo = new Date(Date.now() - 11 * 60_000);
+    await Deno.utime(f.lockDir, elevenMinutesAgo, elevenMinutesAgo);
+    await withParent(f, parents["node serve.mjs"], async (parent) => {
+      // Its first look at the lock decides: it waits or it takes it.
+      await parent.untilPrinted(/waiting for another build of the web app to finish|taking the build lock/);
+      assert.match(
+        parent.printed(),
+        /waiting for another build of the web app to finish \(its holder file unreadable: being written, or left half-written\)/,
+        parent.printed(),
+      );
+      assert.doesNotMatch(parent.printed(), /taking the build lock/, parent.printed());
+      assert.equal(await f.exists(f.pidFile), false, "no build while the holder file is being written");
+      // Left half-written (10 minutes without being finished): taken.
+      await Deno.utime(holderFile, elevenMinutesAgo, elevenMinutesAgo);
+      await f.stepRunning(parent.ended, parent.printed);
+      assert.match(
+        parent.printed(),
+        /taking the build lock of a start that is gone \(its holder file unreadable/,
+        parent.printed(),
+      );
+      parent.child.kill("SIGTERM");
+      assert.equal((await parent.exitWithin(GUARD_MS, "the parent after SIGTERM")).code, 143);
+      assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+    });
+    await f.assertNothingLeft("after the start");
+  } finally {
+    await f.remove();
+  }
 });
