@@ -1302,7 +1302,7 @@ Deno.test("outbox: a page turn sent again after the write of this device it met 
 Deno.test(
   {
     name:
-      "outbox: a stale write of another tab is not sent again after this device's later page turn ('self') once that page turn's name left the tabs' list of answered writes (more than 200 answered since)",
+      "outbox: a stale write of another tab is not sent again after this device's later page turn ('self') once that page turn's name left the tabs' list of answered writes and the latest answered of each series kept (more than 200 answered since)",
     ...noSanitize,
   },
   async () => {
@@ -1317,6 +1317,13 @@ Deno.test(
     assert.deepEqual(await flushOutbox(tabA, api, options()), { outcome: "done" });
     const list = JSON.parse(storage.getItem(tabA.answeredKey) ?? "[]") as { series_id: string }[];
     assert.ok(!list.some((named) => named.series_id === series), "the later page turn left the list");
+    // Nor is it among the latest answered write of each series, kept for the 200 highest numbered series.
+    const latest = JSON.parse(storage.getItem(tabA.latestAnsweredKey) ?? "[]") as { series_id: string }[];
+    assert.ok(
+      !latest.some((named) => named.series_id === series),
+      "the later page turn left the latest kept",
+    );
+    assert.equal(latest.length, 200);
     // Tab B sends its earlier page turn without having taken over what tab A did (tabs without Web Locks):
     // refused as older than the later one, which is what the server keeps.
     assert.deepEqual(await flushOutbox(tabB, api, options()), { outcome: "done" });

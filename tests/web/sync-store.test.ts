@@ -924,10 +924,13 @@ Deno.test("two tabs: a copy of an answered write written back to the saved outbo
   // What a tab that read the saved outbox before the answer writes back (localStorage is no transaction).
   const before = storage.getItem(tabA.outboxKey)!;
   tabA.settle(tabA.pendingWrites()[0], storedAs(row("saga", T1, "web-1", 12)));
+  // Of 50 other series (the latest answered write of each is kept for the 200 highest numbered series;
+  // beyond them, a copy taken up is sent as a replay, or refused as older than a later write and not sent
+  // again: see the test of that bound).
   for (let i = 0; i < 201; i++) {
-    const other = write(`other-${i}`, T2, "web-1", 1);
+    const other = write(`other-${i % 50}`, T2, "web-1", 1 + Math.floor(i / 50));
     tabA.addPending(other);
-    tabA.settle(other, storedAs(row(`other-${i}`, T2, "web-1", 1)));
+    tabA.settle(other, storedAs(row(`other-${i % 50}`, T2, "web-1", 1 + Math.floor(i / 50))));
   }
   const list = JSON.parse(storage.getItem(tabA.answeredKey) ?? "[]") as { series_id: string }[];
   assert.ok(!list.some((named) => named.series_id === "saga"), "saga's name left the list");
@@ -952,4 +955,47 @@ Deno.test("outbox order: a new write is numbered after the latest write answered
   store.addPending(write("saga", T1, "web-1", 13));
   assert.equal(store.pendingWrites()[0].seq, 51);
   assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
+});
+
+Deno.test("the latest answered write of each series is kept for the 200 highest numbered series and those with a write waiting, the rest summed up by their highest number, at or below which a stale copy is not sent again after this device's own version ('self')", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  const earlier = write("saga", T1, "web-1", 12); // number 1
+  tabA.addPending(earlier);
+  tabB.reloadOutbox(); // tab B holds it, and hears nothing more (a page kept in the back-forward cache)
+  const later = write("saga", T2, "web-1", 13); // number 2
+  tabA.addPending(later);
+  tabA.settle(later, storedAs(row("saga", T2, "web-1", 13)));
+  const atlas = write("atlas", T1, "web-1", 3); // number 3
+  tabA.addPending(atlas);
+  tabA.settle(atlas, storedAs(row("atlas", T1, "web-1", 3)));
+  tabA.addPending(write("atlas", T2, "web-1", 4)); // number 4: it waits
+  for (let i = 0; i < 250; i++) { // numbers 5 to 254
+    const other = write(`other-${i}`, T2, "web-1", 1);
+    tabA.addPending(other);
+    tabA.settle(other, storedAs(row(`other-${i}`, T2, "web-1", 1)));
+  }
+  const latest = JSON.parse(storage.getItem(tabA.latestAnsweredKey) ?? "[]") as {
+    series_id: string;
+    seq: number;
+  }[];
+  assert.equal(latest.length, 201, "200, and atlas");
+  assert.deepEqual(
+    latest.find((named) => named.series_id === "atlas")?.seq,
+    3,
+    "atlas's is kept: a page turn of it waits",
+  );
+  assert.ok(!latest.some((named) => named.series_id === "saga"), "saga's is left out");
+  assert.equal(
+    storage.getItem(`readsync.outboxAnsweredPruned.${USER}`),
+    "54",
+    "the highest number left out: other-49's",
+  );
+  // Tab B sends its stale copy of saga: refused as older than the later write this device stored ('self').
+  const copy = tabB.pendingWrites()[0];
+  assert.deepEqual([copy.chapter, copy.seq], [12, 1]);
+  assert.equal(
+    tabB.sendAgainAfter(copy, lostTo(row("saga", T2, "web-1", 13))),
+    undefined,
+    "not sent again after it",
+  );
 });

@@ -112,6 +112,18 @@ type SentAs = (write: PendingWrite) => string;
 const ANSWERED_REMEMBERED = 200;
 
 /**
+ * How many series the latest answered write of each (SyncStore.latestAnsweredKey) is kept for, besides the
+ * series with a write still waiting (in the saved outbox, or in the tab that writes the list): the highest
+ * numbered ones. That list is read at nearly every step, and one entry per series ever answered grew
+ * without end. An entry is needed only while an older copy of its series may still be sent or taken up
+ * (another tab's, one written back to the saved outbox): what the entries left out covered is kept as one
+ * number, the highest of theirs (latestPrunedKey), and a write numbered at or below it is never sent again
+ * after this device's own stored version ('self', sendAgainAfter), as a later write of its series may have
+ * been answered.
+ */
+const LATEST_REMEMBERED = 200;
+
+/**
  * Numbers an outbox gives (PendingWrite.seq) stay below this: one edited beyond it is not a number (it
  * comes before every numbered write), and the next one is always in range: at the last number (reached
  * only by an edit) the next write gets that number again, and such writes go by their dates, as two tabs'
@@ -122,6 +134,11 @@ const SEQ_LIMIT = 2 ** 48;
 /** Whether `seq` is an outbox's number (PendingWrite.seq), or else absent or edited. */
 function validSeq(seq: unknown): seq is number {
   return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 1 && seq < SEQ_LIMIT;
+}
+
+/** A write's outbox number, 0 when it has none (saved before the numbers, or edited out of range). */
+function seqOf(write: PendingWrite): number {
+  return validSeq(write.seq) ? write.seq : 0;
 }
 
 /** The server stores a write dated more than this ahead of its clock at its own time (migration 012). */
@@ -162,8 +179,13 @@ export class SyncStore {
   #sentAs: SentAs | null = null;
   /** Without storage (site data blocked): the list of answered writes, this tab's own (see #nameAnswered). */
   #answeredHere: PendingWrite[] = [];
-  /** Without storage: the latest write answered per series, this tab's own (see #readLatestAnswered). */
-  #latestAnsweredHere = new Map<string, PendingWrite>();
+  /**
+   * Without storage: the latest write answered per series, this tab's own (see #readLatestAnswered), bounded
+   * as the saved list is (#pruneLatest).
+   */
+  #latestKnown = new Map<string, PendingWrite>();
+  /** Without storage: the highest number of the entries #latestKnown left out (LATEST_REMEMBERED); 0: none. */
+  #prunedHere = 0;
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
@@ -375,6 +397,10 @@ export class SyncStore {
     if (result.won || stored.device_id !== write.device_id || stored.series_id !== write.series_id) return undefined;
     if (this.#pending.get(write.series_id) !== write || ConflictResolver.samePosition(write, stored)) return undefined;
     if (this.#laterKnown(write, this.#readAnswered())) return undefined;
+    // Numbered at or below a latest answered write left out of the list (LATEST_REMEMBERED): a later write
+    // of its series may be the stored one, and this one a stale copy.
+    const pruned = this.#readPruned();
+    if (pruned > 0 && seqOf(write) <= pruned) return undefined;
     const after = Date.parse(stored.updated_at) + 1;
     return Number.isFinite(after) && after <= MAX_DATE_MS ? after : undefined;
   }
@@ -553,6 +579,14 @@ export class SyncStore {
    */
   get latestAnsweredKey(): string {
     return `readsync.outboxAnsweredLatest.${this.userId}`;
+  }
+
+  /**
+   * The key of the highest number among the latest answered writes left out of latestAnsweredKey's list
+   * (LATEST_REMEMBERED): a write numbered at or below it may be a stale copy of a series answered later.
+   */
+  get latestPrunedKey(): string {
+    return `readsync.outboxAnsweredPruned.${this.userId}`;
   }
 
   /**
@@ -800,6 +834,7 @@ export class SyncStore {
       for (const write of this.#readSaved()) consider(write.seq);
       for (const write of this.#readAnswered()) consider(write.seq);
     }
+    consider(this.#readPruned()); // the latest answered writes left out of the list were numbered too
     // A write at the last number (edited) is not passed by a number out of range, which would come before it.
     this.#highSeq = Math.min(high + 1, SEQ_LIMIT - 1);
     try {
@@ -835,13 +870,51 @@ export class SyncStore {
 
   /** The latest write (by number) answered in this browser of each series; without storage, this tab's own. */
   #readLatestAnswered(): Map<string, PendingWrite> {
-    if (!this.#storage) return new Map(this.#latestAnsweredHere);
+    if (!this.#storage) return new Map(this.#latestKnown);
     const latest = new Map<string, PendingWrite>();
     for (const write of this.#readList(this.latestAnsweredKey) ?? []) {
       const other = latest.get(write.series_id);
       if (!other || this.#enteredLater(write, other)) latest.set(write.series_id, write);
     }
     return latest;
+  }
+
+  /**
+   * The highest number of the latest answered writes left out of the list (LATEST_REMEMBERED), 0 when none;
+   * without storage, this tab's own.
+   */
+  #readPruned(): number {
+    if (!this.#storage) return this.#prunedHere;
+    try {
+      const pruned = Number(this.#storage.getItem(this.latestPrunedKey) ?? 0);
+      return validSeq(pruned) ? pruned : 0;
+    } catch {
+      return 0;
+    }
+  }
+
+  /**
+   * Leaves out of `latest` (the latest answered write of each series) all but the LATEST_REMEMBERED highest
+   * numbered ones, besides the series with a write waiting (this tab's, the saved outbox): those may still
+   * need its name, and its stored key to be sent after. Returns the highest number left out (0: none).
+   */
+  #pruneLatest(latest: Map<string, PendingWrite>): number {
+    if (latest.size <= LATEST_REMEMBERED) return 0;
+    // Waiting: later than its series' latest answered (the write being answered, still saved, is not).
+    const waiting = new Set(
+      [...this.#pending.values(), ...this.#readSaved()].filter((write) => {
+        const done = latest.get(write.series_id);
+        return !done || this.#enteredLater(write, done);
+      }).map((write) => write.series_id),
+    );
+    const prunable = [...latest.values()].filter((write) => !waiting.has(write.series_id))
+      .sort((a, b) => seqOf(b) - seqOf(a));
+    let pruned = 0;
+    for (const write of prunable.slice(LATEST_REMEMBERED)) {
+      latest.delete(write.series_id);
+      pruned = Math.max(pruned, seqOf(write));
+    }
+    return pruned;
   }
 
   #readSaved(): PendingWrite[] {
@@ -916,12 +989,16 @@ export class SyncStore {
       // The same write answered again replaces itself (its storedAt the latest).
       if (!other || !this.#enteredLater(other, write)) latest.set(write.series_id, write);
     }
+    // Bounded (LATEST_REMEMBERED): what is left out is covered by the highest number among it, written first.
+    const pruned = Math.max(this.#readPruned(), this.#pruneLatest(latest));
     if (!this.#storage) {
       this.#answeredHere = answered;
-      this.#latestAnsweredHere = latest;
+      this.#latestKnown = latest;
+      this.#prunedHere = pruned;
       return;
     }
     try {
+      if (pruned > 0) this.#storage.setItem(this.latestPrunedKey, String(pruned));
       this.#storage.setItem(this.latestAnsweredKey, JSON.stringify([...latest.values()]));
     } catch {
       // Storage full or disabled: the list below still names the last ones.
