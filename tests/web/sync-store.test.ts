@@ -999,3 +999,58 @@ Deno.test("the latest answered write of each series is kept for the 200 highest 
     "not sent again after it",
   );
 });
+
+Deno.test("storage cleared while tabs are open (localStorage.clear(), the site's data cleared): every tab's waiting write is saved again, however many times, and none is let go", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  tabA.addPending(write("saga", T1, "web-1", 12));
+  tabB.reloadOutbox();
+  for (let i = 1; i <= 3; i++) {
+    storage.clear();
+    // The storage event with no key, or (a clear in this tab, or by the browser: no event) the look a tab
+    // takes before it sends (takeOver).
+    tabA.reloadOutbox();
+    tabB.reloadOutbox();
+    assert.deepEqual(
+      [tabA, tabB].map((tab) => tab.pendingWrites().map((w) => w.chapter)),
+      [[12], [12]],
+      `still waiting after clear ${i}`,
+    );
+    assert.deepEqual(savedOutbox(storage), [["saga", 12]], `saved again after clear ${i}`);
+  }
+});
+
+Deno.test("storage cleared while tabs are open: a stale copy another tab still holds is neither sent again over this device's later write ('self') nor kept, as the tabs write back the writes they know answered", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  const earlier = write("saga", T1, "web-1", 12);
+  tabA.addPending(earlier);
+  tabB.reloadOutbox(); // tab B holds it, and hears nothing more (a page kept in the back-forward cache)
+  const later = write("saga", T2, "web-1", 13);
+  tabA.addPending(later);
+  tabA.settle(later, storedAs(row("saga", T2, "web-1", 13)));
+  storage.clear();
+  tabB.reloadOutbox(); // the storage event with no key: tab B writes back what it holds, its stale copy
+  tabA.reloadOutbox(); // and tab A what it knows: the later write was answered
+  // Tab B sends its copy (it took the Web Lock before hearing more): refused as older than the later write.
+  const copy = tabB.pendingWrites()[0];
+  assert.equal(copy.chapter, 12);
+  assert.equal(
+    tabB.sendAgainAfter(copy, lostTo(row("saga", T2, "web-1", 13))),
+    undefined,
+    "not sent again after it",
+  );
+  tabB.reloadOutbox();
+  assert.deepEqual(tabB.pendingWrites(), [], "let go: named answered");
+  assert.deepEqual(savedOutbox(storage), [], "nor taken up by a tab opened now");
+});
+
+Deno.test("storage cleared while tabs are open: a page turn made after it (no storage event) is numbered after the writes the tabs hold, so a tab writing back its earlier one does not replace it", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  for (const chapter of [10, 11, 12]) tabA.addPending(write("saga", T1, "web-1", chapter)); // numbers 1 to 3
+  tabB.reloadOutbox(); // tab B holds saga's third page turn, numbered by tab A
+  storage.clear(); // the reader clears the site's data: no storage event
+  tabB.addPending(write("saga", T2, "web-1", 13)); // the next page turn, in tab B
+  tabA.reloadOutbox(); // the storage event of tab B's save: tab A writes back what it holds
+  tabB.reloadOutbox();
+  assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
+  assert.deepEqual([tabA, tabB].map((tab) => tab.pendingWrites().map((w) => w.chapter)), [[13], [13]]);
+});

@@ -180,12 +180,18 @@ export class SyncStore {
   /** Without storage (site data blocked): the list of answered writes, this tab's own (see #nameAnswered). */
   #answeredHere: PendingWrite[] = [];
   /**
-   * Without storage: the latest write answered per series, this tab's own (see #readLatestAnswered), bounded
-   * as the saved list is (#pruneLatest).
+   * The latest write answered of each series this tab named or heard of (bounded as the saved list is:
+   * #pruneLatest). Without storage, the list itself (see #readLatestAnswered); with it, what this tab
+   * writes back should the browser's storage be cleared while it is open (#restore).
    */
   #latestKnown = new Map<string, PendingWrite>();
-  /** Without storage: the highest number of the entries #latestKnown left out (LATEST_REMEMBERED); 0: none. */
+  /** The highest number of the entries #latestKnown left out (see LATEST_REMEMBERED); 0: none. */
   #prunedHere = 0;
+  /**
+   * The mark this store last saw under markKey (null: not looked yet; undefined: storage that cannot keep
+   * it, so clears are not told). Gone, or another tab's, the browser's storage was cleared meanwhile.
+   */
+  #mark: string | null | undefined = null;
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
@@ -214,6 +220,8 @@ export class SyncStore {
   attachStorage(storage: Storage): void {
     if (this.#storage === storage) return;
     this.#storage = storage;
+    this.#mark = null;
+    this.#noticeCleared(); // the first look: the mark there, or a new one
     // Writes queued before storage was attached (SyncProvider: before the session opened) entered this
     // device's outbox now: numbered after everything it holds, in the order they were queued.
     const queued = this.pendingWrites().sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
@@ -396,6 +404,7 @@ export class SyncStore {
     const stored = result.progress;
     if (result.won || stored.device_id !== write.device_id || stored.series_id !== write.series_id) return undefined;
     if (this.#pending.get(write.series_id) !== write || ConflictResolver.samePosition(write, stored)) return undefined;
+    this.#noticeCleared();
     if (this.#laterKnown(write, this.#readAnswered())) return undefined;
     // Numbered at or below a latest answered write left out of the list (LATEST_REMEMBERED): a later write
     // of its series may be the stored one, and this one a stale copy.
@@ -459,6 +468,7 @@ export class SyncStore {
    * device's outbox (PendingWrite.seq, set on `write`); the same write again (key and position) keeps its number.
    */
   addPending(write: PendingWrite): void {
+    this.#noticeCleared(); // numbered after what this tab knows, should the storage have been cleared
     const current = this.#pending.get(write.series_id);
     write.seq = current && validSeq(current.seq) && (current === write || this.#sameContent(current, write))
       ? current.seq
@@ -475,6 +485,7 @@ export class SyncStore {
 
   /** The server answered a write: drop it from the outbox (unless a newer one replaced it meanwhile). */
   settle(write: PendingWrite, result: WriteResult): void {
+    this.#noticeCleared();
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#mergeConfirmed(result.progress);
     // What the server stores is this device's own (a replay of this write after a lost answer, or a
@@ -503,6 +514,7 @@ export class SyncStore {
    * `refusedKey`, and the others show it when they hear of it (takeRefused).
    */
   reject(write: PendingWrite, message: string): void {
+    this.#noticeCleared();
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#lastError = message;
     this.#errorUntilAnswered = false;
@@ -589,15 +601,21 @@ export class SyncStore {
     return `readsync.outboxAnsweredPruned.${this.userId}`;
   }
 
+  /** The key of the mark that tells a tab the browser's storage was cleared while it was open (#noticeCleared). */
+  get markKey(): string {
+    return `readsync.outboxMark.${this.userId}`;
+  }
+
   /**
    * Another tab changed the saved outbox: take over the writes it queued, and let go of the ones it
    * got answered (a saved write of this tab's that the tabs' list of answered writes names, or a newer
    * one of its series: another tab sent it, or it was refused there; even while the saved outbox this
    * tab sees still holds it, as the name may reach this tab first). One that left it unnamed there was not answered: another
    * tab rewrote the outbox from a copy read before this tab saved it (localStorage is no transaction
-   * across tabs), or the site's storage was cleared; it is saved again (once: a second time it is let
-   * go, so a browser whose storage cannot take the list does not send one write for ever). A write that
-   * could not be saved (storage full), or an unreadable outbox, is never let go this way.
+   * across tabs); it is saved again (once: a second time it is let go, so a browser whose storage cannot
+   * take the list does not send one write for ever). A write that could not be saved (storage full), or an
+   * unreadable outbox, is never let go this way. Storage cleared (markKey gone) is told apart: this tab
+   * writes back all it holds first (#restore), so a clear, however many, lets go of nothing.
    */
   reloadOutbox(): void {
     if (this.#reload()) this.#emit();
@@ -615,6 +633,10 @@ export class SyncStore {
 
   /** reloadOutbox's work; returns whether the pending writes changed. */
   #reload(): boolean {
+    // Cleared (a storage event with no key, or seen here first): what this tab holds is written back
+    // first, so its writes are still saved, not taken for answered elsewhere.
+    this.#noticeCleared();
+    this.#remember(this.#readLatestAnswered().values()); // what this tab would write back after a clear
     const dropped = this.#dropAnsweredElsewhere();
     // Another tab got writes answered: a "will retry" said here is over, as it is there.
     if (dropped && this.#errorUntilAnswered) {
@@ -917,6 +939,82 @@ export class SyncStore {
     return pruned;
   }
 
+  /** Keeps `writes` (latest answered ones) in #latestKnown, the later of each series, bounded alike. */
+  #remember(writes: Iterable<PendingWrite>): void {
+    for (const write of writes) {
+      const other = this.#latestKnown.get(write.series_id);
+      if (!other || !this.#enteredLater(other, write)) this.#latestKnown.set(write.series_id, write);
+    }
+    this.#prunedHere = Math.max(this.#prunedHere, this.#pruneLatest(this.#latestKnown));
+  }
+
+  /**
+   * Whether the browser's storage was cleared since this store last looked (localStorage.clear() in a tab,
+   * the reader clearing the site's data: markKey gone, or another tab's mark, written when it saw that):
+   * then what this tab holds is written back (#restore) before anything reads the storage for it. The first
+   * look (attachStorage) takes the mark there, or writes one.
+   */
+  #noticeCleared(): void {
+    const storage = this.#storage;
+    if (!storage || this.#mark === undefined) return;
+    let mark: string | null;
+    try {
+      mark = storage.getItem(this.markKey);
+    } catch {
+      return; // storage disabled: nothing to tell
+    }
+    if (mark !== null && mark === this.#mark) return;
+    if (this.#mark !== null) this.#restore();
+    if (mark === null) {
+      mark = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+      try {
+        storage.setItem(this.markKey, mark);
+        if (storage.getItem(this.markKey) !== mark) mark = null;
+      } catch {
+        mark = null;
+      }
+    }
+    // A storage that cannot keep the mark (full) would have every tab write back all it holds at every step.
+    this.#mark = mark ?? undefined;
+  }
+
+  /**
+   * After the browser's storage was cleared with this tab open: writes back what this tab holds, as it
+   * held it. Before, its writes were taken for left unnamed by another tab (saved again once, and let go
+   * at the next clear), a page turn was numbered after the last number its own tab gave (1 in a tab that
+   * gave none: before a write another tab then saved back, which replaced it), and with the names of the
+   * writes answered lost, a stale copy another tab held went again and was sent once more 1 ms after this
+   * device's later write ('self'), stored over it. The latest answered writes it named or heard of go
+   * first (the other tabs let go of what they name), then the last number, then its waiting writes.
+   */
+  #restore(): void {
+    const storage = this.#storage!;
+    const latest = this.#readLatestAnswered();
+    for (const write of this.#latestKnown.values()) {
+      const other = latest.get(write.series_id);
+      if (!other || !this.#enteredLater(other, write)) latest.set(write.series_id, write);
+    }
+    const pruned = Math.max(this.#readPruned(), this.#prunedHere, this.#pruneLatest(latest));
+    try {
+      if (pruned > 0) storage.setItem(this.latestPrunedKey, String(pruned));
+      if (latest.size > 0) storage.setItem(this.latestAnsweredKey, JSON.stringify([...latest.values()]));
+    } catch {
+      // storage full: its waiting writes still go back below
+    }
+    let high = Math.max(this.#highSeq, pruned);
+    for (const write of [...this.#pending.values(), ...latest.values()]) high = Math.max(high, seqOf(write));
+    try {
+      const last = Number(storage.getItem(this.seqKey) ?? 0);
+      if (validSeq(last) && last < SEQ_LIMIT - 1) high = Math.max(high, last);
+      this.#highSeq = Math.min(high, SEQ_LIMIT - 1);
+      if (this.#highSeq > 0) storage.setItem(this.seqKey, String(this.#highSeq));
+    } catch {
+      // storage full: the saved outbox below still holds the numbers
+    }
+    const answered = this.#readAnswered();
+    this.#saveOutbox(this.pendingWrites().filter((write) => !this.#namedAnswered(write, answered)), []);
+  }
+
   #readSaved(): PendingWrite[] {
     // A corrupt outbox is dropped; the server still has everything acknowledged.
     return this.#readSavedOrNull() ?? [];
@@ -997,6 +1095,8 @@ export class SyncStore {
       this.#prunedHere = pruned;
       return;
     }
+    this.#prunedHere = Math.max(this.#prunedHere, pruned);
+    this.#remember(latest.values());
     try {
       if (pruned > 0) this.#storage.setItem(this.latestPrunedKey, String(pruned));
       this.#storage.setItem(this.latestAnsweredKey, JSON.stringify([...latest.values()]));
