@@ -282,8 +282,10 @@ export interface SubscribeOptions {
    * the other); until that read has ended its status is connecting where the link's is live, its
    * cursor stays at its own, and the reads its onRead hears are its own. That read failing or answered
    * behind is its own (its onRead and syncNow() hear it; it alone is made again, by itself): the link
-   * and the subscriptions following it are not held back. Its cursor never goes back once it follows
-   * the link (Subscription.linkReadToEnd).
+   * and the subscriptions following it are not held back. A join or a joined channel's drop cuts it off
+   * as they cut the link's reads (one that hangs does not hold its syncNow() for requestTimeoutMs), and
+   * it is read again from its cursor. Its cursor never goes back once it follows the link
+   * (Subscription.linkReadToEnd).
    */
   initialCursor?: unknown;
 }
@@ -1437,8 +1439,8 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
 
   /**
    * The link's syncNow(); while its own read has not reached the end, that read too (now, or the one
-   * in flight), and how that ended unless it reached the end: the link's read is not "done" for it
-   * before its own is.
+   * in flight, or the one made again in place of one a join or drop cut off), and how that ended unless
+   * it reached the end: the link's read is not "done" for it before its own is.
    */
   async syncNow(): Promise<ReadOutcome> {
     if (!this.#active) return "failed";
@@ -1654,34 +1656,28 @@ class UserLink<Row extends LwwRow> {
    * (Subscription.deliver), outside the link's rounds: a call of it that hangs (up to
    * requestTimeoutMs) holds no read of the link (a syncNow(), a safety read), and no read of the
    * link waits for it. Its failure or "behind" is its own: heard by it alone (onRead), made again by
-   * itself (#scheduleOwnRead), with no read of the link. Its calls stop at its unsubscribe.
+   * itself (#scheduleOwnRead), with no read of the link. Its calls stop at its unsubscribe. A join or a
+   * joined channel's drop cuts it off as they cut the link's reads (#cutOwnReadsOff): it is read again
+   * from its cursor as its answered pages left it, at once (after a drop that follows failures of its
+   * own, or while a Retry-After runs, at the time its retry would come: then it ends "failed" at
+   * once), and the read cut off ends as that one does; the cut is neither heard nor counted.
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
-    let outcome: ReadOutcome | "closed";
-    let sentToken = this.service.readToken;
-    own.authRefusedWith = undefined;
-    try {
-      outcome = await this.#readPages(
-        "catchup",
-        () => subscription.cursor,
-        (kind, row) => subscription.deliver({ kind, row, source: "catchup" }, false),
-        (next) => subscription.ownPageRead(next),
-        subscription.ownStop,
-        subscription,
-        (token) => sentToken = token,
-      );
-    } catch (error) {
-      outcome = "failed";
-      if (!this.#closed && subscription.ownReadPending) { // not a call let go at its unsubscribe
-        // Refused for its token: read again as soon as a new one comes, as the link's reads are
-        // (#readOwnAgainForNewToken), not after its backoff.
-        if (refusedForToken(error)) own.authRefusedWith = sentToken;
-        this.#log("warn", "catchup_failed", {
-          error: describeError(error, "message"),
-          // As the link's reads log it (README: Logs).
-          ...this.#heedReadFailure(error, sentToken),
-          for: "subscription",
-        });
+    let outcome: ReadOutcome | "closed" | "cut";
+    for (;;) {
+      outcome = await this.#readOwnOnce(subscription, own);
+      if (outcome !== "cut") break;
+      // Read again only once the read cut off has settled (this loop): two reads of its own at once
+      // could hand it a page from before where the other's last page left its cursor (back).
+      const wait = own.cutByDrop && own.failuresInRow > 0
+        ? this.#nextPollDelay("failed", own.failuresInRow) // as the poll the drop starts (#fail)
+        : this.#retryAfterLeftMs();
+      if (wait > 0) {
+        // As a read the drop cut off whose poll waits: it ends now, "failed" (a syncNow() waiting for
+        // it resolves so), and its read is made at its time, heard then.
+        own.running = undefined;
+        this.#scheduleOwnRead(subscription, own, wait);
+        return "failed";
       }
     }
     own.running = undefined;
@@ -1698,6 +1694,72 @@ class UserLink<Row extends LwwRow> {
     // Refused 401 for a token replaced while it was under way.
     if (outcome !== "done") this.#readOwnAgainForNewToken(subscription, own);
     return outcome;
+  }
+
+  /**
+   * One own read (#readOwn) to its end: "cut" when a join or a joined channel's drop cut it off
+   * (own.cut, aborted by #cutOwnReadsOff; logged catchup_cut_off with for: subscription, as the
+   * link's cut reads log it), its calls stopped by that or by its unsubscribe (subscription.ownStop).
+   */
+  async #readOwnOnce(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome | "closed" | "cut"> {
+    let sentToken = this.service.readToken;
+    own.authRefusedWith = undefined;
+    own.cutByDrop = false;
+    const cut = new AbortController();
+    own.cut = cut;
+    const unsubscribed = subscription.ownStop;
+    const onUnsubscribe = () => cut.abort(unsubscribed.reason);
+    if (unsubscribed.aborted) onUnsubscribe();
+    else unsubscribed.addEventListener("abort", onUnsubscribe, { once: true });
+    try {
+      return await this.#readPages(
+        "catchup",
+        () => subscription.cursor,
+        (kind, row) => subscription.deliver({ kind, row, source: "catchup" }, false),
+        (next) => subscription.ownPageRead(next),
+        cut.signal,
+        subscription,
+        (token) => sentToken = token,
+      );
+    } catch (error) {
+      // A call let go at its unsubscribe or the link's close: nobody is handed its end.
+      if (this.#closed || !subscription.ownReadPending) return "failed";
+      if (cut.signal.aborted) {
+        // A join or drop cut it off: no failure of the API (so not catchup_failed, which an app may count).
+        this.#log("info", "catchup_cut_off", {
+          reason: String(cut.signal.reason?.message ?? cut.signal.reason),
+          for: "subscription",
+        });
+        return "cut";
+      }
+      // Refused for its token: read again as soon as a new one comes, as the link's reads are
+      // (#readOwnAgainForNewToken), not after its backoff.
+      if (refusedForToken(error)) own.authRefusedWith = sentToken;
+      this.#log("warn", "catchup_failed", {
+        error: describeError(error, "message"),
+        // As the link's reads log it (README: Logs).
+        ...this.#heedReadFailure(error, sentToken),
+        for: "subscription",
+      });
+      return "failed";
+    } finally {
+      own.cut = undefined;
+      unsubscribed.removeEventListener("abort", onUnsubscribe);
+    }
+  }
+
+  /**
+   * A join or a joined channel's drop (`byDrop`) cuts off the own reads under way, as it cuts off the
+   * link's (#cutReadsOff): one begun on the network the socket died with may hang as well, up to
+   * requestTimeoutMs, and the subscription's syncNow() waits for it. Each is read again in its place
+   * (#readOwn). Own reads waiting for their retry keep their time.
+   */
+  #cutOwnReadsOff(reason: string, byDrop: boolean): void {
+    for (const own of this.#ownReads.values()) {
+      if (!own.cut) continue;
+      own.cutByDrop = byDrop; // the last cut decides how it is read again
+      own.cut.abort(new Error(reason));
+    }
   }
 
   /**
@@ -2030,6 +2092,7 @@ class UserLink<Row extends LwwRow> {
       // It is cut off (what it was answered stays read) and the catch-up, queued next, reads in its
       // place from the cursor as its answered pages left it.
       this.#cutReadsOff("the channel joined");
+      this.#cutOwnReadsOff("the channel joined", false);
       void this.#catchUp(generation);
       return;
     }
@@ -2142,6 +2205,7 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#cutReadsOff("the channel dropped");
+      this.#cutOwnReadsOff("the channel dropped", true);
     }
     // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
     // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now while the
@@ -2793,6 +2857,10 @@ interface OwnRead {
   authRefusedWith?: string | null;
   /** Joined before the link's first read ended: it reads once that has (UserLink#readOwnAfterFirstRead). */
   afterFirstRead: boolean;
+  /** Aborts the read in flight: a join or drop cutting it off (UserLink#cutOwnReadsOff), or its unsubscribe. */
+  cut?: AbortController;
+  /** The last cut of the read in flight was a joined channel's drop (not a join). */
+  cutByDrop?: boolean;
 }
 
 interface Round {

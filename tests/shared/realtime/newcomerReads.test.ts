@@ -5,8 +5,10 @@
 // again on the polls' backoff, with the safety read off too; and until it has read to the end, the
 // reads it hears (onRead) are its own. Its own read refused 401 is made again when a new token comes
 // (or at once when the token changed while it was under way), and service.syncNow() makes a read of its
-// own that waits for its retry now. Against the stand-in client, with changesSince answered by hand
-// and the service's waits read off the pending timers (watchTimers) and ended by hand: nothing sleeps.
+// own that waits for its retry now. A join or a joined channel's drop cuts its own read off as they cut
+// the link's: read again from its cursor in its place, so one that hangs holds its syncNow() no longer.
+// Against the stand-in client, with changesSince answered by hand and the service's waits read off the
+// pending timers (watchTimers) and ended by hand: nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -90,8 +92,12 @@ async function liveLink(
     await service.close();
     timers.restore();
   };
-  return { service, timers, first, firstReads, cursors, pending, end };
+  return { service, timers, first, firstReads, cursors, pending, channel: fake.channel, end };
 }
+
+/** The calls of `pending` (liveLink) that asked from `cursor`, answered or not, in the order made. */
+const callsFrom = (pending: { cursor: unknown }[], cursor: string) =>
+  pending.filter((call) => call.cursor === cursor) as (PendingCall & { cursor: unknown })[];
 
 /**
  * A live link (liveLink) with a newcomer from OWN_CURSOR whose own read failed once (a 503) and whose
@@ -352,6 +358,131 @@ Deno.test("newcomer: its own read refused with a Retry-After logs it as the link
     await waitFor("it is live", () => newcomer.status === "live");
   } finally {
     clock.restore();
+    await end();
+  }
+});
+
+Deno.test("newcomer: a joined channel's drop cuts off its own read that hangs: read again at once from its cursor as its answered pages left it, its syncNow() resolves as that read ends, with the changes written meanwhile; the cut is not heard, the late answer ignored", async () => {
+  const lines: Record<string, unknown>[] = [];
+  const { service, channel, pending, end } = await liveLink(
+    { log: (line) => lines.push(JSON.parse(line)) },
+    // Its own read's first page is answered (more to come), its second hangs: so does the read again.
+    (cursor) =>
+      cursor === OWN_CURSOR
+        ? page([row("old", 1, "92")], "95", true)
+        : cursor === "95"
+        ? undefined
+        : page([], LINK_CURSOR),
+  );
+  try {
+    const changes: string[] = [];
+    const newcomer = service.subscribeToProgress(
+      USER,
+      (change) => changes.push(`${change.row.series_id}@${change.row.change_xid}`),
+      { initialCursor: OWN_CURSOR },
+    );
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    const cursorsHeard: unknown[] = [];
+    newcomer.onCursor((cursor) => cursorsHeard.push(cursor));
+    await waitFor("its own read's second page", () => callsFrom(pending, "95").length === 1);
+    let synced: string | undefined;
+    void newcomer.syncNow().then((outcome) => synced = outcome); // waits for its own read, which hangs
+
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("its own read made again after the drop", () => callsFrom(pending, "95").length === 2, {
+      timeoutMs: 5_000,
+    });
+    // The call cut off answers late (it would move the cursor to 999): ignored.
+    callsFrom(pending, "95")[0].resolve(page([row("late", 9, "99")], "999"));
+    // The read again brings what was written after its first page, while its read hung.
+    callsFrom(pending, "95")[1].resolve(page([row("meanwhile", 3, "107")], "108"));
+    await waitFor("its syncNow(), not held by the read that hangs", () => synced !== undefined, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(synced, "done");
+    assert.deepEqual(changes, ["old@92", "meanwhile@107"], "each once, none lost");
+    assert.deepEqual(cursorsHeard, ["95", "108"], "its cursor never back");
+    assert.equal(newcomer.cursor, "108");
+    assert.deepEqual(reads, ["done"], "the cut read is not heard");
+    const cut = lines.filter((l) => l.event === "catchup_cut_off");
+    assert.deepEqual(
+      cut.map((l) => [l.level, l.for, l.reason, l.channel, typeof l.attempt]),
+      [["info", "subscription", "the channel dropped", `progress:${USER}`, "number"]],
+    );
+    assert.ok(!lines.some((l) => l.event === "catchup_failed"), "no failure of the API");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: a join cuts off its own read begun before it that hangs (made while the channel was rejoining): read again at once, and its syncNow() resolves as that read ends", async () => {
+  const { service, channel, cursors, pending, end } = await liveLink(
+    {},
+    (cursor) => cursor === OWN_CURSOR ? undefined : page([], LINK_CURSOR),
+  );
+  try {
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the poll the drop starts", () => cursors.length === 1);
+    // Joins while the link polls, rejoining: its own read hangs.
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    await waitFor("its own read", () => callsFrom(pending, OWN_CURSOR).length === 1);
+    let synced: string | undefined;
+    void newcomer.syncNow().then((outcome) => synced = outcome);
+
+    (await channel(2)).state!("SUBSCRIBED"); // the rejoin (its timer runs out by itself)
+    await waitFor(
+      "its own read made again after the join",
+      () => callsFrom(pending, OWN_CURSOR).length === 2,
+      {
+        timeoutMs: 5_000,
+      },
+    );
+    callsFrom(pending, OWN_CURSOR)[1].resolve(page([row("old", 1, "92")], "106"));
+    await waitFor("its syncNow()", () => synced !== undefined, { timeoutMs: 5_000 });
+    assert.equal(synced, "done");
+    await waitFor("it is live", () => newcomer.status === "live");
+    assert.equal(newcomer.cursor, "106");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: a drop that cuts off its own read made again after a failure of its own reads again after its backoff, as the poll the drop starts does: its syncNow() resolves failed at once", async () => {
+  let ownReads = 0;
+  // random 0.5: its backoff's wait (1.5 intervals) is not the interval the link's next poll waits.
+  const { service, timers, channel, pending, end } = await liveLink(
+    { random: () => 0.5 },
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads === 1
+        ? new Error("503 from its own read")
+        : ownReads === 2
+        ? undefined // hangs
+        : page([row("old", 1, "92")], "106"),
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read failed", () => reads.length === 1);
+    let synced: string | undefined;
+    void newcomer.syncNow().then((outcome) => synced = outcome); // its retry, now: it hangs
+    await waitFor("its own read again", () => callsFrom(pending, OWN_CURSOR).length === 1);
+
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("its syncNow()", () => synced !== undefined, { timeoutMs: 5_000 });
+    assert.equal(synced, "failed");
+    assert.equal(ownReads, 2, "not read again at once");
+    assert.deepEqual(reads, ["failed"], "the cut read is not heard");
+    // The polls' backoff for one failure in a row (1.5 intervals with random 0.5): then read, and heard.
+    await fireWhenSet(timers, "its read after the backoff", POLL_MS * 1.5);
+    await waitFor("its own read to the end", () => reads.length === 2);
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.equal(ownReads, 3);
+    assert.equal(newcomer.cursor, "106");
+  } finally {
     await end();
   }
 });
