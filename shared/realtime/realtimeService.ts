@@ -331,7 +331,10 @@ export interface ProgressSubscription {
    * and at once with "failed" when that poll waits (the polls' backoff after a failed read, a
    * Retry-After): it is made at its time all the same. Until a read made after the call reads to the
    * end, a live link reads again as a polling one would (a Retry-After's end, pollIntervalMs after
-   * "behind", the polls' backoff after "failed"), even with the safety read off.
+   * "behind", the polls' backoff after "failed"), even with the safety read off. As the service's
+   * syncNow() for the user, it makes the own reads of the user's subscriptions that joined from a cursor
+   * of their own and wait for their retry now (not waiting for them); one such subscription's syncNow()
+   * resolves with its own read's outcome until that has read to the end (SubscribeOptions.initialCursor).
    */
   syncNow(): Promise<ReadOutcome>;
   unsubscribe(): Promise<void>;
@@ -646,11 +649,11 @@ export class RealtimeService<Row extends LwwRow = ProgressRow> {
       ? [...this.#links.values()]
       : [this.#links.get(normalizeUserId(userId))].filter((link) => link !== undefined);
     return await Promise.all(
-      links.map(async (link) => {
-        const outcome = link.syncNow();
-        link.readWaitingOwnReadsNow();
-        return { userId: link.userId, channel: link.topic, outcome: await outcome };
-      }),
+      links.map(async (link) => ({
+        userId: link.userId,
+        channel: link.topic,
+        outcome: await link.syncNow(),
+      })),
     );
   }
 
@@ -1438,9 +1441,10 @@ class Subscription<Row extends LwwRow> implements ProgressSubscription {
   }
 
   /**
-   * The link's syncNow(); while its own read has not reached the end, that read too (now, or the one
-   * in flight, or the one made again in place of one a join or drop cut off), and how that ended unless
-   * it reached the end: the link's read is not "done" for it before its own is.
+   * The link's syncNow() (which makes the own reads of the link's subscriptions waiting for their retry
+   * now, this one's too, not waiting for the others'); while its own read has not reached the end, that
+   * read too (now, or the one in flight, or the one made again in place of one a join or drop cut off),
+   * and how that ended unless it reached the end: the link's read is not "done" for it before its own is.
    */
   async syncNow(): Promise<ReadOutcome> {
     if (!this.#active) return "failed";
@@ -1800,13 +1804,14 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * RealtimeService.syncNow(): the own reads of subscriptions that joined from a cursor of their own
-   * and wait for their retry (failed, or answered behind) are made now, in place of that retry: the
-   * app's word that the conditions changed (back in the foreground, back online) is for every
-   * subscription it has. Not waited for: the link's read is what that call resolves with. (A
-   * subscription's own syncNow() makes its own read; another's syncNow() does not.)
+   * A syncNow() of the link (the service's, or any subscription's of the link): the own reads of
+   * subscriptions that joined from a cursor of their own and wait for their retry (failed, or answered
+   * behind) are made now, in place of that retry: the app's word that the conditions changed (back in
+   * the foreground, back online) is for every subscription of the link, as the rejoin and the read it
+   * makes are. Not waited for: the link's read is what the call resolves with (a subscription's own
+   * syncNow() waits for its own read too: Subscription.syncNow).
    */
-  readWaitingOwnReadsNow(): void {
+  #readWaitingOwnReadsNow(): void {
     for (const [subscription, own] of [...this.#ownReads]) {
       if (own.timer !== undefined) void this.readOwnNow(subscription);
     }
@@ -1917,6 +1922,7 @@ class UserLink<Row extends LwwRow> {
   async syncNow(): Promise<ReadOutcome> {
     if (this.#closed) return "failed";
     this.#readsAsked++; // owed until a read that begins now reads to the end
+    this.#readWaitingOwnReadsNow();
     // The app's word that the conditions changed (back in the foreground, back online): the failures
     // before it say little about now, so the join ladder starts again at its first step. A join
     // already in flight is not doubled: it counts as that first step (if it fails, its retry waits

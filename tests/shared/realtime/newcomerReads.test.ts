@@ -4,11 +4,12 @@
 // is made again by itself, with no read of the link; a read of the link that fails meanwhile is made
 // again on the polls' backoff, with the safety read off too; and until it has read to the end, the
 // reads it hears (onRead) are its own. Its own read refused 401 is made again when a new token comes
-// (or at once when the token changed while it was under way), and service.syncNow() makes a read of its
-// own that waits for its retry now. A join or a joined channel's drop cuts its own read off as they cut
-// the link's: read again from its cursor in its place, so one that hangs holds its syncNow() no longer.
-// Against the stand-in client, with changesSince answered by hand and the service's waits read off the
-// pending timers (watchTimers) and ended by hand: nothing sleeps.
+// (or at once when the token changed while it was under way), and a syncNow() of its link (the
+// service's, another subscription's) makes a read of its own that waits for its retry now. A join or a
+// joined channel's drop cuts its own read off as they cut the link's: read again from its cursor in its
+// place, so one that hangs holds its syncNow() no longer. Against the stand-in client, with changesSince
+// answered by hand and the service's waits read off the pending timers (watchTimers) and ended by hand:
+// nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -210,13 +211,13 @@ Deno.test("newcomer: with the safety read off, a read of the link that fails whi
 
 Deno.test("newcomer: until it has read to the end, onRead hears its own reads only, not the link's reads (done or failed) made meanwhile; then the link's", async () => {
   let failLink = false;
-  let ownDone = false;
-  const { service, timers, first, firstReads, end } = await liveLink(
+  let ownReads = 0;
+  const { service, timers, first, firstReads, pending, end } = await liveLink(
     {},
     (cursor) =>
       cursor === OWN_CURSOR
-        // Behind (a long transaction holds its cursor) until ownDone.
-        ? (ownDone ? page([row("old", 1, "92")], "106") : page([], OWN_CURSOR, true))
+        // The first answered by hand (behind: a long transaction holds its cursor), the next to the end.
+        ? (++ownReads === 1 ? undefined : page([row("old", 1, "92")], "106"))
         : failLink
         ? new Error("503 from the link's read")
         : page([], LINK_CURSOR),
@@ -225,18 +226,22 @@ Deno.test("newcomer: until it has read to the end, onRead hears its own reads on
     const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
     const reads: string[] = [];
     newcomer.onRead((outcome) => reads.push(outcome));
-    await waitFor("its own read answered behind", () => reads.length === 1);
-    assert.deepEqual(reads, ["behind"]);
+    await waitFor("its own read", () => callsFrom(pending, OWN_CURSOR).length === 1);
 
+    // The link's reads while its own is under way (a syncNow() of the first makes no read for an own
+    // read in flight: its own read is not waiting for a retry).
     failLink = true;
     assert.equal(await first.syncNow(), "failed");
     failLink = false;
     assert.equal(await first.syncNow(), "done");
     assert.deepEqual(firstReads.slice(-2), ["failed", "done"]);
-    assert.deepEqual(reads, ["behind"], "the link's reads are not its own");
+    assert.deepEqual(reads, [], "the link's reads are not its own");
+
+    callsFrom(pending, OWN_CURSOR)[0].resolve(page([], OWN_CURSOR, true));
+    await waitFor("its own read answered behind", () => reads.length === 1);
+    assert.deepEqual(reads, ["behind"]);
 
     // Its own read again (pollIntervalMs after "behind"), to the end: heard, and it follows the link.
-    ownDone = true;
     await fireWhenSet(timers, "its read again", POLL_MS);
     await waitFor("it is live", () => newcomer.status === "live");
     assert.deepEqual(reads, ["behind", "done"]);
@@ -482,6 +487,40 @@ Deno.test("newcomer: a drop that cuts off its own read made again after a failur
     assert.deepEqual(reads, ["failed", "done"]);
     assert.equal(ownReads, 3);
     assert.equal(newcomer.cursor, "106");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: another subscription's syncNow() makes its own read that waits for its retry now, as service.syncNow() does, and resolves with the link's read, not waiting for it", async () => {
+  let ownReads = 0;
+  const { service, timers, first, firstReads, pending, end } = await liveLink(
+    {},
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads === 1
+        ? new Error("503 from its own read")
+        : undefined, // answered by hand
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read failed", () => reads.length === 1);
+    assert.ok(pendingFor(timers, POLL_MS), "its retry after the backoff");
+    const firstReadsBefore = firstReads.length;
+
+    // Back in the foreground, said through the first subscription: its read, and the newcomer's now.
+    assert.equal(await first.syncNow(), "done", "the link's read, while the newcomer's own hangs");
+    assert.deepEqual(firstReads.slice(firstReadsBefore), ["done"]);
+    await waitFor("its own read made now", () => callsFrom(pending, OWN_CURSOR).length === 1, {
+      timeoutMs: 5_000,
+    });
+    assert.ok(!pendingFor(timers, POLL_MS), "its retry made now, not left scheduled");
+    callsFrom(pending, OWN_CURSOR)[0].resolve(page([row("old", 1, "92")], "106"));
+    await waitFor("it is live", () => newcomer.status === "live");
+    assert.deepEqual(reads, ["failed", "done"]);
   } finally {
     await end();
   }
