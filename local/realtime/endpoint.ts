@@ -28,6 +28,7 @@ import {
   readBodyParams,
   unsupportedMediaType,
 } from "./rest.ts";
+import { upgradeRefusal } from "./upgrade.ts";
 
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
@@ -183,19 +184,23 @@ export async function createRealtimeEndpoint(
     const ms = connectErrorBackoffMs;
     if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
     log({ event: "socket_refused", status: 403, reason, waited_ms: ms });
-    return new Response("", { status: 403 });
+    return new Response(null, { status: 403 });
   }
 
+  /**
+   * The socket's route, as Phoenix's WebSocket transport serves it on Realtime (upgrade.ts): a method
+   * other than GET is 400 with an empty body at once; a GET goes through the socket's connect (the
+   * serializer for `vsn`, the token) first, and only a request it accepts is checked for being a
+   * WebSocket upgrade, 400 with WebSockAdapter's reason as the body when it is none.
+   */
   async function upgrade(req: Request, url: URL): Promise<Response> {
-    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-      return json(400, { message: "expected a WebSocket upgrade" });
-    }
+    if (req.method !== "GET") return new Response(null, { status: 400 });
     const vsn = (url.searchParams.get("vsn") ?? "1.0.0") as Vsn;
     // Phoenix negotiates the serializer before the socket's connect/3 runs (Phoenix.Socket.__connect__
     // returns :error): refused at once, 403 with an empty body, without the connect-error wait.
     if (!SUPPORTED_VSNS.includes(vsn)) {
       log({ event: "socket_refused", status: 403, reason: `unsupported protocol version ${vsn}` });
-      return new Response("", { status: 403 });
+      return new Response(null, { status: 403 });
     }
     // user_socket.ex access_token/2: the x-api-key header, else the apikey query parameter (not an
     // apikey header: Realtime sees only the x-* headers of the request).
@@ -203,9 +208,25 @@ export async function createRealtimeEndpoint(
     if (!apikey) return await refuseConnect("no apikey");
     const verified = await verifier.verify(apikey);
     if (!verified.ok) return await refuseConnect(`${verified.failure.code}: ${verified.failure.message}`);
+    const notAnUpgrade = upgradeRefusal(req.headers);
+    if (notAnUpgrade !== null) {
+      log({ event: "socket_not_upgraded", status: 400, reason: notAnUpgrade });
+      // A byte body: Plug's send_resp sets no Content-Type (a string body would be text/plain here).
+      return new Response(new TextEncoder().encode(notAnUpgrade), { status: 400 });
+    }
     if (closed) return json(503, { message: "Realtime is shutting down" });
     const headers = xHeaders(req); // the request is consumed by the upgrade
-    const { socket, response } = Deno.upgradeWebSocket(req);
+    let upgraded: Deno.WebSocketUpgrade;
+    try {
+      upgraded = Deno.upgradeWebSocket(req);
+    } catch (error) {
+      // Deno reads the client's own Connection header, which Kong replaces (upgrade.ts): an upgrade
+      // whose Connection lacks `upgrade` is taken on `supabase start` and cannot be here (README).
+      if (!(error instanceof TypeError)) throw error;
+      log({ event: "socket_not_upgraded", status: 400, reason: error.message });
+      return new Response(new TextEncoder().encode(error.message), { status: 400 });
+    }
+    const { socket, response } = upgraded;
     const lowered = Number(url.searchParams.get(LOWER_JOIN_ERROR_BACKOFF_PARAM) ?? NaN);
     const connection = new Connection(socket, vsn, apikey, {
       ...deps,

@@ -660,6 +660,87 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name:
+    "realtime: a request to the socket that is no WebSocket upgrade is Phoenix's 400 with WebSockAdapter's reason, after the socket's connect; another method is 400 at once",
+  ...ownEndpoint,
+}, async () => {
+  // What Realtime answers behind supabase start's Kong (local/realtime/upgrade.ts cites the sources):
+  // Phoenix's WebSocket transport runs the socket's connect (vsn, then the token: 403) first, then
+  // WebSockAdapter's upgrade checks; the first that fails is the 400's body, with no Content-Type.
+  // Kong replaces the client's Connection header with `keep-alive` unless it asks for a WebSocket.
+  const env = testEnv();
+  const server = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, {
+    connectErrorBackoffMs: 0,
+  });
+  const upgradeHeaders = { upgrade: "websocket", connection: "upgrade" };
+  const key = { "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==" };
+  const cases: [string, string, string, Record<string, string>, number, string][] = [
+    [
+      "a plain GET",
+      "GET",
+      `apikey=${env.anonKey}`,
+      {},
+      400,
+      `'connection' header must contain 'upgrade', got ["keep-alive"]`,
+    ],
+    [
+      "a plain GET, keep-alive asked",
+      "GET",
+      `apikey=${env.anonKey}&vsn=2.0.0`,
+      { connection: "keep-alive" },
+      400,
+      `'connection' header must contain 'upgrade', got ["keep-alive"]`,
+    ],
+    [
+      "no Sec-WebSocket-Key",
+      "GET",
+      `apikey=${env.anonKey}`,
+      upgradeHeaders,
+      400,
+      "'sec-websocket-key' header is absent",
+    ],
+    [
+      "no Sec-WebSocket-Version",
+      "GET",
+      `apikey=${env.anonKey}`,
+      { ...upgradeHeaders, ...key },
+      400,
+      "'sec-websocket-version' header must equal '13', got []",
+    ],
+    [
+      "Sec-WebSocket-Version 8",
+      "GET",
+      `apikey=${env.anonKey}`,
+      { ...upgradeHeaders, ...key, "sec-websocket-version": "8" },
+      400,
+      `'sec-websocket-version' header must equal '13', got ["8"]`,
+    ],
+    // The socket's connect refuses first: no token, or a vsn no serializer takes, is its 403.
+    ["a plain GET without apikey", "GET", "", {}, 403, ""],
+    ["a plain GET with vsn 3.0.0", "GET", `apikey=${env.anonKey}&vsn=3.0.0`, {}, 403, ""],
+    // Phoenix's transport answers any other method 400 with an empty body, before the connect.
+    ["a POST without apikey", "POST", "", {}, 400, ""],
+    ["a HEAD", "HEAD", `apikey=${env.anonKey}`, {}, 400, ""],
+  ];
+  try {
+    for (const [label, method, query, headers, status, body] of cases) {
+      const res = await fetch(`${server.url}/realtime/v1/websocket?${query}`, {
+        method,
+        headers,
+        signal: AbortSignal.timeout(30_000),
+      });
+      assert.deepEqual(
+        { status: res.status, body: await res.text(), type: res.headers.get("content-type") },
+        { status, body, type: null },
+        label,
+      );
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 // Closing the stack's shared client sockets between tests keeps the endpoint's connection count low.
 Deno.test(
   { name: "realtime RLS: anon (no user token) cannot join a private progress topic", ...noSanitize },
