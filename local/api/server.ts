@@ -11,7 +11,7 @@
 // `supabase.auth.*` against the local stack report why (the stack serves no Data API and no Auth).
 
 import { createFunctionsGateway, type Service } from "../functions/gateway.ts";
-import { createRealtimeEndpoint } from "../realtime/endpoint.ts";
+import { createRealtimeEndpoint, quietAboutClosingAnswers } from "../realtime/endpoint.ts";
 
 export interface ApiContext {
   /** The port to listen on; 0: one the OS picks as the server binds it (see startApiServer). */
@@ -137,7 +137,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   // what close() names for a connection still open. One entry per client port at most.
   const lastOnConnection = new Map<string, { request: PendingRequest; answered: boolean }>();
   const server = Deno.serve(
-    { hostname: "127.0.0.1", port: ctx.port, onListen: () => {} },
+    { hostname: "127.0.0.1", port: ctx.port, onListen: () => {}, onError: quietAboutClosingAnswers },
     async (req, info) => {
       const { pathname } = new URL(req.url);
       const from = info.remoteAddr.transport === "tcp"

@@ -22,10 +22,13 @@ import {
   bodyIdleTimeout,
   type BodyParams,
   castBatch,
+  closingAnswer,
+  ConnectionClosedAfterAnswer,
   elixirBlank,
   elixirUriDecode,
   phoenixError,
   readBodyParams,
+  unreadBody,
   unsupportedMediaType,
 } from "./rest.ts";
 import { upgradeRefusal } from "./upgrade.ts";
@@ -171,6 +174,17 @@ export async function createRealtimeEndpoint(
   }
 
   /**
+   * Requests answered without their body being read, whose connection Cowboy would close after the
+   * answer (rest.ts unreadBody): handle() sends their answer with closingAnswer.
+   */
+  const closeAfterAnswer = new WeakSet<Request>();
+
+  /** A body Realtime answers without reading, left as Cowboy leaves it (rest.ts unreadBody). */
+  async function leaveUnread(req: Request): Promise<void> {
+    if (await unreadBody(req) === "close") closeAfterAnswer.add(req);
+  }
+
+  /**
    * A refused socket's answer, as on `supabase start`, whose gateway (supabase/cli's kong.yml) has no
    * key-auth on the realtime-v1-ws route and leaves the refusal to Realtime: user_socket.ex
    * connect_error/1 sleeps CONNECT_ERROR_BACKOFF_MS before connect/3 returns {:error, reason}, and
@@ -194,7 +208,10 @@ export async function createRealtimeEndpoint(
    * WebSocket upgrade, 400 with WebSockAdapter's reason as the body when it is none.
    */
   async function upgrade(req: Request, url: URL): Promise<Response> {
-    if (req.method !== "GET") return new Response(null, { status: 400 });
+    if (req.method !== "GET") {
+      await leaveUnread(req);
+      return new Response(null, { status: 400 });
+    }
     const vsn = (url.searchParams.get("vsn") ?? "1.0.0") as Vsn;
     // Phoenix negotiates the serializer before the socket's connect/3 runs (Phoenix.Socket.__connect__
     // returns :error): refused at once, 403 with an empty body, without the connect-error wait.
@@ -309,10 +326,11 @@ export async function createRealtimeEndpoint(
    */
   async function parseBody(req: Request): Promise<Extract<BodyParams, { params: unknown }> | Response> {
     if (!["POST", "PUT", "PATCH", "DELETE"].includes(req.method)) {
-      await req.body?.cancel();
+      await leaveUnread(req);
       return { params: {} };
     }
     const body = await readBodyParams(req, bodyIdleTimeoutMs);
+    if ("unread" in body && body.unread === "close") closeAfterAnswer.add(req);
     if ("idle" in body) {
       log({ event: "rest_body_idle_timeout", idle_ms: bodyIdleTimeoutMs });
       return bodyIdleTimeout();
@@ -434,23 +452,28 @@ export async function createRealtimeEndpoint(
     return new Response(null, { status: 202 });
   }
 
+  async function route(req: Request): Promise<Response> {
+    const url = new URL(req.url);
+    if (url.pathname === "/realtime/v1/websocket" || url.pathname === "/realtime/v1/websocket/") {
+      return await upgrade(req, url);
+    }
+    if (url.pathname.startsWith("/realtime/v1/api/")) {
+      // Supabase's gateway (Kong's cors plugin on the realtime-v1-rest route) answers preflights
+      // itself and marks every answer of these routes readable by any origin: a browser falls back
+      // to them (realtime-js send() before the join, httpSend()).
+      if (req.method === "OPTIONS") return corsPreflight(req);
+      const route = req.method === "POST" ? broadcastRoute(url.pathname) : null;
+      const response = route ? await restBroadcast(req, url, route) : await noRoute(req);
+      response.headers.set("access-control-allow-origin", "*");
+      return response;
+    }
+    return await noRoute(req);
+  }
+
   return {
     async handle(req: Request): Promise<Response> {
-      const url = new URL(req.url);
-      if (url.pathname === "/realtime/v1/websocket" || url.pathname === "/realtime/v1/websocket/") {
-        return await upgrade(req, url);
-      }
-      if (url.pathname.startsWith("/realtime/v1/api/")) {
-        // Supabase's gateway (Kong's cors plugin on the realtime-v1-rest route) answers preflights
-        // itself and marks every answer of these routes readable by any origin: a browser falls back
-        // to them (realtime-js send() before the join, httpSend()).
-        if (req.method === "OPTIONS") return corsPreflight(req);
-        const route = req.method === "POST" ? broadcastRoute(url.pathname) : null;
-        const response = route ? await restBroadcast(req, url, route) : await noRoute(req);
-        response.headers.set("access-control-allow-origin", "*");
-        return response;
-      }
-      return await noRoute(req);
+      const response = await route(req);
+      return closeAfterAnswer.has(req) ? closingAnswer(response) : response;
     },
     stats(): RealtimeEndpointStats {
       let channels = 0;
@@ -543,7 +566,7 @@ export async function startRealtimeServer(
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve(
-      { hostname, port: ctx.port ?? 0, onListen: () => {} },
+      { hostname, port: ctx.port ?? 0, onListen: () => {}, onError: quietAboutClosingAnswers },
       (req, info) => endpoint.handle(req, info),
     );
   } catch (error) {
@@ -560,4 +583,14 @@ export async function startRealtimeServer(
       await server.shutdown();
     },
   };
+}
+
+/**
+ * Deno.serve's default onError (the error on stderr, a 500), but for the failure closingAnswer gives
+ * an answer on purpose to close its connection (rest.ts), which is no error: not printed. Deno calls it
+ * for that failure after the answer has gone, so its 500 is never sent then.
+ */
+export function quietAboutClosingAnswers(error: unknown): Response {
+  if (!(error instanceof ConnectionClosedAfterAnswer)) console.error(error);
+  return new Response("Internal Server Error", { status: 500 });
 }

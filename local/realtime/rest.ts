@@ -7,12 +7,78 @@
 /**
  * Body params as Plug.Parsers leaves them (`conn.body_params`), a body it refused to parse, one
  * longer than it reads (`tooLarge`), or one whose client stopped sending it (`idle`, BODY_IDLE_TIMEOUT_MS).
+ * `unread`: the body was not read, and what becomes of it after the answer (unreadBody).
  */
 export type BodyParams =
-  | { params: Record<string, unknown>; binary?: Uint8Array }
+  | { params: Record<string, unknown>; binary?: Uint8Array; unread?: UnreadBody }
   | { parseError: string }
-  | { tooLarge: true }
+  | { tooLarge: true; unread?: "close" }
   | { idle: true };
+
+/**
+ * Cowboy's `max_skip_body_length` (ninenines/cowboy src/cowboy_http.erl, 1_000_000 bytes; Realtime's
+ * config/runtime.exs leaves it at its default): once a stream has been answered, the rest of a body the
+ * application did not read is read and dropped when its length is known and at most this much remains,
+ * and the connection is kept; when more remains, or the length is unknown (chunked), Cowboy closes the
+ * connection after the answer (`terminate(State, skip_body_too_large)` / `skip_body_unknown_length`).
+ */
+export const COWBOY_MAX_SKIP_BODY_LENGTH = 1_000_000;
+
+/**
+ * What becomes of a body Realtime answers without reading (unreadBody): "skip", the rest is read and
+ * dropped and the connection kept, or "close", the connection is closed after the answer.
+ */
+export type UnreadBody = "skip" | "close";
+
+/**
+ * Leaves a body the stand-in does not read as Cowboy leaves it (COWBOY_MAX_SKIP_BODY_LENGTH), going by
+ * the request's framing headers (Deno gives a GET's body no stream at all): a body of at most that many
+ * bytes by its Content-Length is cancelled, which Deno's server answers as Cowboy does, reading the
+ * rest after the answer and keeping the connection ("skip"); a longer one, or a chunked one, is left
+ * untouched for closingAnswer ("close"). No body (neither header, or a Content-Length of 0): "skip".
+ */
+export async function unreadBody(req: Request): Promise<UnreadBody> {
+  const declared = req.headers.get("content-length");
+  const chunked = req.headers.has("transfer-encoding");
+  if (!chunked && (declared === null || declared === "0")) return "skip";
+  if (!chunked && /^\d+$/.test(declared!) && Number(declared) <= COWBOY_MAX_SKIP_BODY_LENGTH) {
+    await req.body?.cancel().catch(() => {});
+    return "skip";
+  }
+  return "close";
+}
+
+/** The error closingAnswer's body fails with, which the servers' onError keeps quiet about. */
+export class ConnectionClosedAfterAnswer extends Error {
+  constructor() {
+    super("the connection is closed after the answer (a request body left unread)");
+  }
+}
+
+/**
+ * `answer` sent in full and its connection closed after it, as Cowboy closes one whose unread body is
+ * too long to skip (unreadBody's "close"). A Deno.serve handler has no hold on its connection, and Deno
+ * 2.9 keeps one open after a complete answer while the request body has not all come (its own
+ * `Connection: close` notwithstanding), for as long as a client that stopped sending keeps it. What
+ * makes Deno close it is an answer whose body fails before it ends, with the request body untouched
+ * (no read of it started): so the answer goes as a chunked body that fails after its last byte. The
+ * client gets the status, headers and every byte of the body, but no final chunk: it sees the
+ * connection end where Cowboy's answer would be complete (README: what differs).
+ */
+export function closingAnswer(answer: Response): Response {
+  const source = answer.body;
+  const body = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      if (source) { for await (const chunk of source) controller.enqueue(chunk); }
+    },
+    pull(controller) {
+      controller.error(new ConnectionClosedAfterAnswer());
+    },
+  });
+  const headers = new Headers(answer.headers);
+  headers.delete("content-length");
+  return new Response(body, { status: answer.status, statusText: answer.statusText, headers });
+}
 
 /**
  * Plug.Parsers' `:length`, which Realtime's endpoint leaves at its default (elixir-plug/plug
@@ -51,17 +117,20 @@ export function bodyIdleTimeout(): Response {
 }
 
 /**
- * The body's bytes, null when there are more than `limit`, or "idle" when no byte of it came for
- * `idleMs` (BODY_IDLE_TIMEOUT_MS); nothing past the limit is kept in memory. A too-large body (by its
- * Content-Length, or once past the limit) is read on and dropped up to DRAIN_LIMIT bytes in all, then
- * its stream is cancelled; one whose Content-Length is over DRAIN_LIMIT is not read at all.
+ * The body's bytes, null when there are more than `limit`, "unread" when its Content-Length is over
+ * DRAIN_LIMIT, or "idle" when no byte of it came for `idleMs` (BODY_IDLE_TIMEOUT_MS); nothing past the
+ * limit is kept in memory. A too-large body (by its Content-Length, or once past the limit) is read on
+ * and dropped up to DRAIN_LIMIT bytes in all, then its stream is cancelled; one whose Content-Length is
+ * over DRAIN_LIMIT is not read at all, left untouched so that its answer can close the connection
+ * (closingAnswer): Cowboy would close it too, far more than COWBOY_MAX_SKIP_BODY_LENGTH being unread.
  */
-async function readUpTo(req: Request, limit: number, idleMs: number): Promise<Uint8Array | null | "idle"> {
+async function readUpTo(
+  req: Request,
+  limit: number,
+  idleMs: number,
+): Promise<Uint8Array | null | "unread" | "idle"> {
   const declared = Number(req.headers.get("content-length") ?? NaN);
-  if (declared > DRAIN_LIMIT) {
-    await req.body?.cancel().catch(() => {});
-    return null;
-  }
+  if (declared > DRAIN_LIMIT) return "unread";
   if (req.body === null) return new Uint8Array(0);
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
@@ -116,7 +185,8 @@ export function parseContentType(header: string | null): { type: string; subtype
  *   error), strings of valid UTF-8 only, and refuses a `\u` escape of a lone surrogate, which
  *   JSON.parse would take: all three are refused here too.
  * - application/octet-stream (lib/realtime_web/plugs/parsers/octet_stream.ex): `%{"_binary" => body}`.
- * - no or malformed Content-Type, or any other type: passed through (`pass: ["*\/*"]`), params `%{}`.
+ * - no or malformed Content-Type, or any other type: passed through (`pass: ["*\/*"]`), params `%{}`,
+ *   the body unread (unreadBody: what Cowboy does with it after the answer).
  * - a JSON or octet-stream body over PLUG_PARSERS_LENGTH: Plug.Parsers.RequestTooLargeError (413,
  *   rendered by phoenixError), before the route or token is looked at, as the 400.
  * - a JSON or octet-stream body whose client sends nothing more for `idleMs` (BODY_IDLE_TIMEOUT_MS,
@@ -129,6 +199,7 @@ export async function readBodyParams(req: Request, idleMs = BODY_IDLE_TIMEOUT_MS
   if (ct?.type === "application" && (ct.subtype === "json" || ct.subtype.endsWith("+json"))) {
     const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH, idleMs);
     if (bytes === "idle") return { idle: true };
+    if (bytes === "unread") return { tooLarge: true, unread: "close" };
     if (bytes === null) return { tooLarge: true };
     if (bytes.length === 0) return { params: {} };
     let value: unknown;
@@ -157,10 +228,10 @@ export async function readBodyParams(req: Request, idleMs = BODY_IDLE_TIMEOUT_MS
   if (ct?.type === "application" && ct.subtype === "octet-stream") {
     const bytes = await readUpTo(req, PLUG_PARSERS_LENGTH, idleMs);
     if (bytes === "idle") return { idle: true };
+    if (bytes === "unread") return { tooLarge: true, unread: "close" };
     return bytes === null ? { tooLarge: true } : { params: {}, binary: bytes };
   }
-  await req.body?.cancel();
-  return { params: {} };
+  return { params: {}, unread: await unreadBody(req) };
 }
 
 /**
