@@ -218,6 +218,7 @@ async function main(): Promise<number> {
           "a tagged cursor met by a failed read starts over",
           "_changes_cursor_unchecked_tag_starts_over.sql",
         ],
+        ["one user's writes serialized", "_user_writes_serialized.sql"],
         ["the reset rules' triggers guarded by one column", "_reset_rule_triggers_one_column_when.sql"],
       ]
     ) {

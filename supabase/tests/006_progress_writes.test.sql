@@ -43,8 +43,8 @@ select results_eq(
            ('reading_progress_normalize_updated_at'), ('reading_progress_remember_deletion'),
            ('reading_progress_reset_marked_with_position'), ('reading_progress_reset_marked_zeroes_position'),
            ('reading_progress_reset_sent_with_position'), ('reading_progress_reset_superseded'),
-           ('reading_progress_truncate_as_delete')$$,
-  'readsync keeps exactly its two helpers, the restore adoption and the remember-deletion, replaced-tie, new-life, four reset and truncate-as-delete trigger functions in private');
+           ('reading_progress_serialize_user_writes'), ('reading_progress_truncate_as_delete')$$,
+  'readsync keeps exactly its two helpers, the restore adoption and the remember-deletion, replaced-tie, new-life, four reset, user-writes lock (pgTAP 020) and truncate-as-delete trigger functions in private');
 
 select results_eq(
   $$select p.oid::regprocedure::text collate "default", p.prosecdef, p.proconfig::text collate "default"

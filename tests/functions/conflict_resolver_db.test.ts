@@ -589,13 +589,22 @@ Deno.test("a write that waited for another writer's lock is decided against the 
   }
 });
 
-/** Two connections of their own (one holds a lock, one waits for it) and how to act as `userId` on them. */
+/**
+ * Two connections of their own (one holds a lock, one waits for it) and how to act on them: the waiter
+ * as `userId` (asUser: role authenticated and the user's claims), the holder as a script writing for
+ * that user (asScript: role postgres, which bypasses RLS, with the user's claims, which
+ * write_reading_progress reads). A user's own writes wait for each other's whole transaction before
+ * they meet a row (migration …_user_writes_serialized.sql), so it takes a writer outside them, as a
+ * script is, to make a user's write wait for its row after it was first judged.
+ */
 function lockingPair(userId: string) {
   const connect = () => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const claims = JSON.stringify({ sub: userId, role: "authenticated" });
   const asUser = (tx: postgres.TransactionSql) =>
-    tx`select set_config('role', 'authenticated', true),
-      set_config('request.jwt.claims', ${JSON.stringify({ sub: userId, role: "authenticated" })}, true)`;
-  return { holder: connect(), waiter: connect(), asUser };
+    tx`select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${claims}, true)`;
+  const asScript = (tx: postgres.TransactionSql) =>
+    tx`select set_config('request.jwt.claims', ${claims}, true)`;
+  return { holder: connect(), waiter: connect(), asUser, asScript };
 }
 
 /** supabase-js .upsert() of chapter 7 from the device "phone", dated `updatedAt`: the rows it changed. */
@@ -650,12 +659,13 @@ async function untilNoLongerAhead(sql: postgres.Sql, sent: string): Promise<void
 }
 
 /**
- * On `holder`, a first write of `series` by the laptop that stays open until `release()`, then rolls
- * back (`rolledBack` settles once it has); `holderPid` is its session, for waitBlockedBy.
+ * On `holder`, a first write of `series` for the laptop by a script (`asScript`, see lockingPair) that
+ * stays open until `release()`, then rolls back (`rolledBack` settles once it has); `holderPid` is its
+ * session, for waitBlockedBy.
  */
 async function firstWriteThatRollsBack(
   holder: postgres.Sql,
-  asUser: (tx: postgres.TransactionSql) => unknown,
+  asScript: (tx: postgres.TransactionSql) => unknown,
   series: string,
 ) {
   const [{ pid: holderPid }] = await holder`select pg_backend_pid() as pid`;
@@ -664,7 +674,7 @@ async function firstWriteThatRollsBack(
   let holding!: () => void;
   const held = new Promise<void>((resolve) => (holding = resolve));
   const rolledBack = holder.begin(async (tx) => {
-    await asUser(tx);
+    await asScript(tx);
     await tx`select public.write_reading_progress(${series}, 1, 0, 0, false, 'laptop', now())`;
     holding();
     await released;
@@ -678,10 +688,10 @@ Deno.test("a Data API upsert dated ahead that waited until it no longer is loses
   // Its INSERT half judges it ahead (and stamps it now()) before the upsert waits for the row (dated
   // AHEAD; checked once it waits); its DO UPDATE runs once it is at most 4.5 s ahead of the wall
   // clock: an ordinary write, older than the e-reader's version committed while it waited (dated
-  // 4.9 s ahead of a later clock).
+  // 4.9 s ahead of a later clock) by a script (see lockingPair).
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
-  const { holder, waiter, asUser } = lockingPair(user.id);
+  const { holder, waiter, asUser, asScript } = lockingPair(user.id);
   const series = seriesId("ahead-no-more");
   try {
     await sql`insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
@@ -693,7 +703,7 @@ Deno.test("a Data API upsert dated ahead that waited until it no longer is loses
     const held = new Promise<void>((resolve) => (holding = resolve));
     let ereaderKey = "";
     const holderTx = holder.begin(async (tx) => {
-      await asUser(tx);
+      await asScript(tx);
       await tx`select 1 from public.reading_progress where user_id = ${user.id} and series_id = ${series} for update`;
       holding();
       await released;
@@ -737,11 +747,12 @@ Deno.test("a Data API upsert dated ahead that waited until it no longer is loses
  * excluded.*, so the claim has to reach that DO UPDATE some other way than the key (a stamp read
  * before the wait would lose to a concurrent version stored up to 5 s ahead). Both shapes: the row
  * exists and A updates it, or A inserts the first version; B's upsert is seen waiting before A commits.
+ * A is a script writing for the user (see lockingPair).
  */
 Deno.test("a Data API upsert dated an hour ahead wins over a version committed while it waited", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
-  const { holder, waiter, asUser } = lockingPair(user.id);
+  const { holder, waiter, asUser, asScript } = lockingPair(user.id);
   try {
     for (const rowExists of [true, false]) {
       const series = seriesId(rowExists ? "ahead-wait-update" : "ahead-wait-insert");
@@ -757,7 +768,7 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
       // A: a version dated 3 s ahead (within the tolerance: stored as dated), not yet committed.
       let heldKey = "";
       const holderTx = holder.begin(async (tx) => {
-        await asUser(tx);
+        await asScript(tx);
         const [{ answer }] = await tx`select public.write_reading_progress(${series}, 2, 0, 0, false,
           'a', now() + interval '3 seconds') as answer`;
         const result = writeResultSchema.parse(answer);
@@ -804,13 +815,13 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
 Deno.test("a first write dated ahead that waited for a first write which rolled back is judged after its wait", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
-  const { holder, waiter, asUser } = lockingPair(user.id);
+  const { holder, waiter, asUser, asScript } = lockingPair(user.id);
   const tabletPool = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
   const tablet = overStore(tabletPool);
   try {
     for (const path of ["api", "data api"] as const) {
       const series = seriesId(path === "api" ? "ahead-rollback-api" : "ahead-rollback-rest");
-      const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asUser, series);
+      const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asScript, series);
       const [{ sent }] = await sql<{ sent: string }[]>`
         select to_jsonb(date_trunc('milliseconds', clock_timestamp() + ${AHEAD}::interval)) #>> '{}' as sent`;
       const phone = () =>
@@ -874,11 +885,11 @@ Deno.test("a first write dated ahead that waited for a first write which rolled 
 Deno.test("a bulk Data API upsert whose first row waited for a first write which rolled back is judged again, though its last row is still ahead", async () => {
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
-  const { holder, waiter, asUser } = lockingPair(user.id);
+  const { holder, waiter, asUser, asScript } = lockingPair(user.id);
   const series = seriesId("ahead-rollback-bulk");
   const other = seriesId("ahead-bulk-hour");
   try {
-    const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asUser, series);
+    const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asScript, series);
     const [{ sent }] = await sql<{ sent: string }[]>`
       select to_jsonb(date_trunc('milliseconds', clock_timestamp() + ${AHEAD}::interval)) #>> '{}' as sent`;
     const rows = [

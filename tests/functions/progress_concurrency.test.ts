@@ -11,11 +11,15 @@
 //     conditional on a version a device saw, .eq("updated_at", …).eq("device_id", …), as the
 //     README's "Hard deletes" advises),
 //   * and, in every round, two series deleted and inserted again by a transaction of the user's that
-//     the test holds open until a write of the burst waits for it (pg_blocking_pids: see Recycle),
-//     so that the new-life check (migrations 013 and 20261205220000) must refuse an INSERT with
-//     40001 in every round: one INSERT stamped before a life that is then deleted ('locked'), one
-//     stamped with the very created_at of a life deleted while it waited ('behind': the last
-//     deleted life dated an hour ahead, a server clock that stepped back),
+//     the test holds open until a write of the burst waits for it (pg_blocking_pids: see Recycle).
+//     It was made so that the new-life check (migrations 013 and 20261205220000) had to refuse an
+//     INSERT with 40001 in every round: one INSERT stamped before a life that is then deleted
+//     ('locked'), one stamped with the very created_at of a life deleted while it waited ('behind':
+//     the last deleted life dated an hour ahead, a server clock that stepped back). Since one user's
+//     writes wait for each other's whole transaction before they meet a row (migration
+//     …_user_writes_serialized.sql), the user's writes wait for the recycle before they are stamped,
+//     and none is refused: that 40001 comes from writers that bypass RLS (a script's transaction,
+//     progress_api.test.ts and conflict_resolver_db.test.ts),
 // with dates that collide in one millisecond, go backwards, tie on time between device ids, lie an
 // hour ahead of the server's clock, and with requests sent twice (the same key and position: a
 // retry whose answer was lost). Nothing is ordered by timing: whatever order the database
@@ -178,6 +182,10 @@ interface Request {
  *     share a created_at. The transaction inserts the series, a write of the burst waits for that
  *     insert (stamped with the same created_at), the transaction deletes it and commits: the waiting
  *     INSERT would begin a life dated as the deleted one (migration 20261205220000's rule: `>=`).
+ * Being the user's, the transaction now holds the user's write lock from its first statement
+ * (migration …_user_writes_serialized.sql): the contender and every other write of the user wait for
+ * it before they are stamped, so neither kind is refused any more (see the top); the lives it makes
+ * are checked as before.
  */
 interface Recycle {
   kind: "locked" | "behind";
@@ -265,10 +273,14 @@ function generate(rng: SeededRandom, users: number): Round {
   );
   const seeded = new Set<string>();
   series.forEach((ss, u) => ss.forEach((s) => rng.chance(0.6) && seeded.add(`${u}/${s}`)));
-  // One series of each recycle kind (see Recycle), of users drawn at random; writes go to them as to
-  // the others, and each gets one write more below (the 'locked' one's contender).
+  // One series of each recycle kind (see Recycle), of two users drawn at random; writes go to them as
+  // to the others, and each gets one write more below (the 'locked' one's contender). Two users: the
+  // recycles take their first steps before the burst, each holding its user's write lock from there
+  // (migration …_user_writes_serialized.sql), so a second recycle of the same user would wait for the
+  // first, which waits for the burst.
+  const firstRecycler = rng.int(users);
   const recycles = (["locked", "behind"] as const).map((kind): Recycle => {
-    const user = rng.int(users);
+    const user = kind === "locked" ? firstRecycler : (firstRecycler + 1 + rng.int(users - 1)) % users;
     const series_id = seriesId("conc");
     series[user].push(series_id);
     if (kind === "locked") seeded.add(`${user}/${series_id}`);
@@ -341,7 +353,7 @@ function generate(rng: SeededRandom, users: number): Round {
       // One statement may not upsert a row twice (PostgREST answers that with an error): one write
       // per series. In series_id order (byte-wise, as the API's batch locks its rows): a statement
       // locks its rows in the order sent, and two bulk upserts of one user's series in opposite orders
-      // can deadlock (40P01, HTTP 500 from PostgREST), as any two multi-row writes can.
+      // could deadlock before one user's writes were serialized (40P01, HTTP 500 from PostgREST).
       writes = writes.filter((w, i) => writes.findIndex((x) => x.series_id === w.series_id) === i)
         .sort((x, y) => (x.series_id < y.series_id ? -1 : 1));
     }

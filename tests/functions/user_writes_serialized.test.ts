@@ -1,0 +1,247 @@
+// One user's concurrent multi-row writes wait for each other instead of deadlocking (migration
+// …_user_writes_serialized.sql), against the real PostgreSQL, on connections of their own:
+//   * two Data API bulk upserts (supabase-js .upsert([...]): PostgREST's one INSERT ... ON CONFLICT DO
+//     UPDATE of the rows in the order sent) of the same two series in opposite orders;
+//   * a bulk upsert and the API's batch (write_reading_progress_batch, which locks in series_id order),
+//     in opposite orders;
+// both complete, and last write wins holds: each series keeps the greater key, the refused write is
+// logged. The interleaving that deadlocked is made by locks, not timing: a script's transaction holds
+// both rows (SELECT ... FOR UPDATE); the first write is sent and seen waiting for it (pg_blocking_pids),
+// then the second, seen waiting too; then the script commits. Before, each write then took the row it
+// was waiting for and waited for the other's (40P01 after deadlock_timeout for one of them); now the
+// second waits for the first's whole transaction.
+//   * a user's transaction that locked a row (SELECT ... FOR UPDATE, as the user) before its first write
+//     does not wait for the user's lock that a write waiting for that row holds: it goes on, and both
+//     complete (waiting, it would close a deadlock the serialization made).
+
+import assert from "node:assert/strict";
+import postgres from "postgres";
+import { createTestUser } from "../support/env.ts";
+import { adminSql, seriesId, testEnv } from "./support.ts";
+
+/** A connection of its own (one backend: its pid stays the one waitedFor names). */
+const connection = () => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+
+const asUser = (tx: postgres.TransactionSql, userId: string) =>
+  tx`select set_config('role', 'authenticated', true),
+    set_config('request.jwt.claims', ${JSON.stringify({ sub: userId, role: "authenticated" })}, true)`;
+
+interface Write {
+  series_id: string;
+  chapter: number;
+  device_id: string;
+  updated_at: string;
+}
+
+/** What PostgREST runs for supabase-js .upsert(rows) as the user: the series it returned, in order. */
+function bulkUpsert(sql: postgres.Sql, userId: string, writes: Write[]): Promise<string[]> {
+  const rows = writes.map((w) => ({ ...w, user_id: userId, page: 0, percentage: 0 }));
+  return sql.begin(async (tx) => {
+    await asUser(tx, userId);
+    const returned = await tx<{ series_id: string }[]>`
+      insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+      select user_id, series_id, chapter, page, percentage, device_id, updated_at
+        from json_populate_recordset(null::public.reading_progress, ${JSON.stringify(rows)}::text::json)
+      on conflict (user_id, series_id) do update
+        set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+            device_id = excluded.device_id, updated_at = excluded.updated_at
+      returning series_id`;
+    return returned.map((r) => r.series_id);
+  });
+}
+
+/** The API's batch as the function's store sends it, as the user: whether each write won, in order. */
+function apiBatch(sql: postgres.Sql, userId: string, writes: Write[]): Promise<boolean[]> {
+  const body = writes.map((w) => ({ ...w, page: 0, percentage: 0, cleared: false }));
+  return sql.begin(async (tx) => {
+    await asUser(tx, userId);
+    const [{ results }] = await tx<{ results: { won: boolean }[] }[]>`
+      select public.write_reading_progress_batch(${tx.json(body)}) as results`;
+    return results.map((r) => r.won);
+  });
+}
+
+const pidOf = async (sql: postgres.Sql) =>
+  (await sql<{ pid: number }[]>`select pg_backend_pid() as pid`)[0].pid;
+
+/** Waits (a 10 s guard) until backend `pid` waits for a lock another backend holds or waits ahead for. */
+async function waitedFor(admin: postgres.Sql, pid: number, what: string): Promise<void> {
+  for (const deadline = Date.now() + 10_000;;) {
+    const [{ waits }] = await admin<{ waits: boolean }[]>`
+      select cardinality(pg_blocking_pids(${pid}::integer)) > 0 as waits`;
+    if (waits) return;
+    assert.ok(Date.now() < deadline, `${what} never waited (10 s)`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * A script's transaction (role postgres: RLS bypassed, not serialized with the user's writes) holding
+ * the user's rows of `series` until `release()`; `done` settles once it has committed.
+ */
+async function holdRows(holder: postgres.Sql, userId: string, series: string[]) {
+  const release = Promise.withResolvers<void>();
+  const locked = Promise.withResolvers<void>();
+  const done = holder.begin(async (tx) => {
+    await tx`select 1 from public.reading_progress where user_id = ${userId} and series_id = any(${series}::text[])
+             for update`;
+    locked.resolve();
+    await release.promise;
+  });
+  done.catch(locked.reject);
+  await locked.promise;
+  return { release: () => release.resolve(), done };
+}
+
+/** Both settled; a rejection (40P01: "deadlock detected") named with its code. */
+async function bothCompleted<A, B>(first: Promise<A>, second: Promise<B>): Promise<[A, B]> {
+  const [a, b] = await Promise.allSettled([first, second]);
+  const why = (r: PromiseSettledResult<unknown>) =>
+    r.status === "fulfilled" ? "completed" : `${(r.reason as { code?: string }).code}: ${r.reason}`;
+  assert.ok(
+    a.status === "fulfilled" && b.status === "fulfilled",
+    `first write: ${why(a)}; second write: ${why(b)}`,
+  );
+  return [a.value, b.value];
+}
+
+/** The stored version of a series: "<updated_at ISO> <device> ch<chapter>". */
+async function stored(admin: postgres.Sql, userId: string, series: string): Promise<string | undefined> {
+  const [row] = await admin<{ updated_at: Date; device_id: string; chapter: number }[]>`
+    select updated_at, device_id, chapter from public.reading_progress
+     where user_id = ${userId} and series_id = ${series}`;
+  return row && `${row.updated_at.toISOString()} ${row.device_id} ch${row.chapter}`;
+}
+
+/** The conflict log of a series, oldest first: "<kind> <losing device> <losing updated_at ISO>". */
+async function logOf(admin: postgres.Sql, userId: string, series: string): Promise<string[]> {
+  const rows = await admin<{ kind: string; losing_device_id: string; losing_updated_at: Date }[]>`
+    select kind, losing_device_id, losing_updated_at from public.reading_progress_conflicts
+     where user_id = ${userId} and series_id = ${series} order by id`;
+  return rows.map((r) => `${r.kind} ${r.losing_device_id} ${r.losing_updated_at.toISOString()}`);
+}
+
+/** 2026-03-01T10:00:0<s>.000Z: the writes' keys, all after the seed version. */
+const at = (s: number) => `2026-03-01T10:00:0${s}.000Z`;
+
+/** A new user with two series, each holding a seed version dated before every write below. */
+async function seededUser(admin: postgres.Sql) {
+  const user = await createTestUser();
+  // Byte-wise s1 < s2: the order in which the API's batch locks them.
+  const [s1, s2] = [seriesId("order-1"), seriesId("order-2")];
+  for (const s of [s1, s2]) {
+    await admin`insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+                values (${user.id}, ${s}, 1, 'seed', '2026-01-01T00:00:00Z')`;
+  }
+  return { user, s1, s2 };
+}
+
+Deno.test("two bulk upserts of one user's series in opposite orders both complete, last write wins", async () => {
+  const admin = adminSql({ max: 2 });
+  const [holder, first, second] = [connection(), connection(), connection()];
+  try {
+    const { user, s1, s2 } = await seededUser(admin);
+    const [firstPid, secondPid] = [await pidOf(first), await pidOf(second)];
+    const held = await holdRows(holder, user.id, [s1, s2]);
+    // The phone: s1 newer than the tablet's, s2 older.
+    const phone = bulkUpsert(first, user.id, [
+      { series_id: s1, chapter: 12, device_id: "phone", updated_at: at(2) },
+      { series_id: s2, chapter: 21, device_id: "phone", updated_at: at(1) },
+    ]);
+    phone.catch(() => {}); // settled below
+    await waitedFor(admin, firstPid, "the phone's upsert");
+    const tablet = bulkUpsert(second, user.id, [
+      { series_id: s2, chapter: 22, device_id: "tablet", updated_at: at(2) },
+      { series_id: s1, chapter: 11, device_id: "tablet", updated_at: at(1) },
+    ]);
+    tablet.catch(() => {});
+    await waitedFor(admin, secondPid, "the tablet's upsert");
+    held.release();
+    await held.done;
+    const [phoneRows, tabletRows] = await bothCompleted(phone, tablet);
+    // The phone's went first (the tablet waited for its whole transaction): both its rows stored; the
+    // tablet's s2 replaced the phone's older one, its s1 was refused (no row returned) and logged.
+    assert.deepEqual(phoneRows, [s1, s2]);
+    assert.deepEqual(tabletRows, [s2]);
+    assert.equal(await stored(admin, user.id, s1), `${at(2)} phone ch12`);
+    assert.equal(await stored(admin, user.id, s2), `${at(2)} tablet ch22`);
+    assert.deepEqual(await logOf(admin, user.id, s1), [`stale tablet ${at(1)}`]);
+    assert.deepEqual(await logOf(admin, user.id, s2), []);
+  } finally {
+    await Promise.all([holder.end(), first.end(), second.end(), admin.end()]);
+  }
+});
+
+Deno.test("the API's batch and a bulk upsert of one user's series in opposite orders both complete, last write wins", async () => {
+  const admin = adminSql({ max: 2 });
+  const [holder, first, second] = [connection(), connection(), connection()];
+  try {
+    const { user, s1, s2 } = await seededUser(admin);
+    const [firstPid, secondPid] = [await pidOf(first), await pidOf(second)];
+    const held = await holdRows(holder, user.id, [s1, s2]);
+    // The batch (locks s1, then s2): s1 newer than the upsert's, s2 older. The upsert sends s2 first.
+    const batch = apiBatch(first, user.id, [
+      { series_id: s2, chapter: 21, device_id: "laptop", updated_at: at(1) },
+      { series_id: s1, chapter: 12, device_id: "laptop", updated_at: at(2) },
+    ]);
+    batch.catch(() => {});
+    await waitedFor(admin, firstPid, "the batch");
+    const upsert = bulkUpsert(second, user.id, [
+      { series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) },
+      { series_id: s1, chapter: 11, device_id: "phone", updated_at: at(1) },
+    ]);
+    upsert.catch(() => {});
+    await waitedFor(admin, secondPid, "the bulk upsert");
+    held.release();
+    await held.done;
+    const [won, upserted] = await bothCompleted(batch, upsert);
+    assert.deepEqual(won, [true, true], "the batch went first: both its writes stored");
+    assert.deepEqual(upserted, [s2], "the upsert's s2 replaced the batch's older one; its s1 was refused");
+    assert.equal(await stored(admin, user.id, s1), `${at(2)} laptop ch12`);
+    assert.equal(await stored(admin, user.id, s2), `${at(2)} phone ch22`);
+    assert.deepEqual(await logOf(admin, user.id, s1), [`stale phone ${at(1)}`]);
+    assert.deepEqual(await logOf(admin, user.id, s2), []);
+  } finally {
+    await Promise.all([holder.end(), first.end(), second.end(), admin.end()]);
+  }
+});
+
+Deno.test("a user's transaction that locked a row before its first write does not wait for the user's lock: no deadlock", async () => {
+  // The script locks s1 as the user (SELECT ... FOR UPDATE takes no statement trigger, so not the
+  // user's lock); the phone's upsert of s1 takes the user's lock and waits for the row; the script
+  // then writes s1. Waiting for the user's lock there, it would wait for the phone, which waits for
+  // it: it only tries the lock (it holds a row already) and goes on.
+  const admin = adminSql({ max: 2 });
+  const [script, phoneConnection] = [connection(), connection()];
+  try {
+    const { user, s1 } = await seededUser(admin);
+    const [scriptPid, phonePid] = [await pidOf(script), await pidOf(phoneConnection)];
+    const release = Promise.withResolvers<void>();
+    const locked = Promise.withResolvers<void>();
+    const scripted = script.begin(async (tx) => {
+      await asUser(tx, user.id);
+      await tx`select 1 from public.reading_progress where series_id = ${s1} for update`;
+      locked.resolve();
+      await release.promise;
+      await tx`update public.reading_progress set chapter = 30, device_id = 'script', updated_at = ${at(3)}
+                where series_id = ${s1}`;
+    });
+    scripted.catch(locked.reject);
+    await locked.promise;
+    const phone = bulkUpsert(phoneConnection, user.id, [
+      { series_id: s1, chapter: 12, device_id: "phone", updated_at: at(2) },
+    ]);
+    phone.catch(() => {});
+    await waitedFor(admin, phonePid, "the phone's upsert");
+    const [{ blocker }] = await admin<{ blocker: boolean }[]>`
+      select ${scriptPid}::integer = any(pg_blocking_pids(${phonePid}::integer)) as blocker`;
+    assert.ok(blocker, "the phone's upsert waits for the script's row");
+    release.resolve();
+    const [, phoneRows] = await bothCompleted(scripted, phone);
+    assert.deepEqual(phoneRows, [], "the phone's older write was refused");
+    assert.equal(await stored(admin, user.id, s1), `${at(3)} script ch30`);
+    assert.deepEqual(await logOf(admin, user.id, s1), [`stale phone ${at(2)}`]);
+  } finally {
+    await Promise.all([script.end(), phoneConnection.end(), admin.end()]);
+  }
+});
