@@ -49,6 +49,8 @@ interface Variant {
   script: string;
   /** Trigger switches (only on the bench's own database); null = leave as migrated. */
   triggers: {
+    /** The per-user write lock: a BEFORE … FOR EACH STATEMENT trigger (migration 20261207090000). */
+    userLock: boolean;
     stamp: boolean;
     /** The reset rules' four BEFORE UPDATE triggers (migrations 20261206100100, 20261206160000). */
     resetRules: boolean;
@@ -58,7 +60,7 @@ interface Variant {
   } | null;
 }
 
-const ALL_ON = { stamp: true, resetRules: true, broadcast: true, localNotify: true };
+const ALL_ON = { userLock: true, stamp: true, resetRules: true, broadcast: true, localNotify: true };
 
 /** The reset rules' triggers: each behind a WHEN clause that asks `cleared` first (false on these writes). */
 const RESET_RULE_TRIGGERS = [
@@ -81,37 +83,44 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
       id: "table",
       label: "+ reading_progress (FK), no triggers, no RLS",
       script: request("postgres", upsert("public.reading_progress")),
-      triggers: { stamp: false, resetRules: false, broadcast: false, localNotify: false },
+      triggers: { userLock: false, stamp: false, resetRules: false, broadcast: false, localNotify: false },
     },
     {
       id: "rls",
       label: "+ RLS (as authenticated)",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: false, resetRules: false, broadcast: false, localNotify: false },
+      triggers: { userLock: false, stamp: false, resetRules: false, broadcast: false, localNotify: false },
+    },
+    {
+      id: "user_lock",
+      label: "+ one user's writes serialized (statement trigger, advisory lock)",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: { userLock: true, stamp: false, resetRules: false, broadcast: false, localNotify: false },
     },
     {
       id: "stamp",
       label: "+ stamp trigger (and the replaced-tie log's WHEN test)",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: true, resetRules: false, broadcast: false, localNotify: false },
+      triggers: { userLock: true, stamp: true, resetRules: false, broadcast: false, localNotify: false },
     },
     {
       id: "reset_rules",
       label: "+ the reset rules' four WHEN-guarded triggers (false on these writes)",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: true, resetRules: true, broadcast: false, localNotify: false },
+      triggers: { userLock: true, stamp: true, resetRules: true, broadcast: false, localNotify: false },
     },
     {
       id: "supabase",
       label: "+ broadcast trigger → realtime.messages row = full path as on Supabase",
       script: request("authenticated", upsert("public.reading_progress")),
-      triggers: { stamp: true, resetRules: true, broadcast: true, localNotify: false },
+      triggers: { userLock: true, stamp: true, resetRules: true, broadcast: true, localNotify: false },
     },
     {
       id: "supabase_direct",
       label: "  same, with the broadcast trigger calling realtime.send directly (broadcast_changes' payload)",
       script: request("authenticated", upsert("public.reading_progress")),
       triggers: {
+        userLock: true,
         stamp: true,
         resetRules: true,
         broadcast: false,
@@ -138,7 +147,7 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
     // here is the full path as on Supabase.
     const full = all.find((v) => v.id === "full")!;
     full.label = "+ broadcast trigger → realtime.messages row = full path (as on Supabase; no local NOTIFY)";
-    full.triggers = { stamp: true, resetRules: true, broadcast: true, localNotify: false };
+    full.triggers = { userLock: true, stamp: true, resetRules: true, broadcast: true, localNotify: false };
     return (ownsDatabase ? all : all.filter((v) => ["bare", "full", "function"].includes(v.id)))
       .filter((v) => v.id !== "supabase")
       .map((v) => (ownsDatabase ? v : { ...v, triggers: null }));
@@ -151,6 +160,7 @@ async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
   const s: NonNullable<Variant["triggers"]> = t ?? ALL_ON;
   const on = (b: boolean) => (b ? "enable" : "disable");
   await ctx.sql.unsafe(`
+    alter table public.reading_progress ${on(s.userLock)} trigger reading_progress_serialize_user_writes;
     alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_stamp;
     -- Last-write-wins bookkeeping like the stamp: on and off with it (it only logs same-ms tie wins).
     alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_log_replaced_tie;
@@ -445,9 +455,9 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
       }
       // Cost of each step in microseconds per transaction (1e6 / tps, differences between steps).
       const us = (id: string) => 1e6 / res[id].tps;
-      const steps = ["bare", "table", "rls", "stamp", "reset_rules", "supabase", "full"].filter((id) =>
-        ids.has(id)
-      );
+      const steps = ["bare", "table", "rls", "user_lock", "stamp", "reset_rules", "supabase", "full"].filter((
+        id,
+      ) => ids.has(id));
       const parts = steps.slice(1).map((id, i) => `${id} ${(us(id) - us(steps[i])).toFixed(0)}`);
       costs.push(
         `${clients} client${plural}: bare ${us("bare").toFixed(0)} µs per transaction, then + ${
