@@ -959,8 +959,9 @@ Deno.test("outbox order: a new write is numbered after the latest write answered
 
 Deno.test("the latest answered write of each series is kept for the 200 highest numbered series and those with a write waiting, the rest summed up by their highest number, at or below which a stale copy is not sent again after this device's own version ('self')", () => {
   const { storage, tabA, tabB } = twoTabs();
-  const earlier = write("saga", T1, "web-1", 12); // number 1
+  const earlier = write("saga", T1, "web-1", 12); // the first number (the wall clock's ms): call it 1
   tabA.addPending(earlier);
+  const first = earlier.seq!;
   tabB.reloadOutbox(); // tab B holds it, and hears nothing more (a page kept in the back-forward cache)
   const later = write("saga", T2, "web-1", 13); // number 2
   tabA.addPending(later);
@@ -981,18 +982,18 @@ Deno.test("the latest answered write of each series is kept for the 200 highest 
   assert.equal(latest.length, 201, "200, and atlas");
   assert.deepEqual(
     latest.find((named) => named.series_id === "atlas")?.seq,
-    3,
+    first + 2,
     "atlas's is kept: a page turn of it waits",
   );
   assert.ok(!latest.some((named) => named.series_id === "saga"), "saga's is left out");
   assert.equal(
     storage.getItem(`readsync.outboxAnsweredPruned.${USER}`),
-    "54",
+    String(first + 53),
     "the highest number left out: other-49's",
   );
   // Tab B sends its stale copy of saga: refused as older than the later write this device stored ('self').
   const copy = tabB.pendingWrites()[0];
-  assert.deepEqual([copy.chapter, copy.seq], [12, 1]);
+  assert.deepEqual([copy.chapter, copy.seq], [12, first]);
   assert.equal(
     tabB.sendAgainAfter(copy, lostTo(row("saga", T2, "web-1", 13))),
     undefined,
@@ -1053,4 +1054,23 @@ Deno.test("storage cleared while tabs are open: a page turn made after it (no st
   tabB.reloadOutbox();
   assert.deepEqual(savedOutbox(storage), [["saga", 13]]);
   assert.deepEqual([tabA, tabB].map((tab) => tab.pendingWrites().map((w) => w.chapter)), [[13], [13]]);
+});
+
+Deno.test("storage cleared while tabs are open: a page turn made in a tab opened after it (which finds no number) is not taken for answered when an older tab writes back the writes it knew answered", () => {
+  const { storage, tabA } = twoTabs();
+  for (const chapter of [10, 11]) { // numbers 1 and 2, answered
+    const turn = write("saga", T1, "web-1", chapter);
+    tabA.addPending(turn);
+    tabA.settle(turn, storedAs(row("saga", T1, "web-1", chapter)));
+  }
+  storage.clear(); // the reader clears the site's data: no storage event
+  // Opened a minute later: storage has no number, no name (and no device id: it gets another one).
+  const tabC = new SyncStore(USER, defaultCompareRows, () => Date.now() + 60_000);
+  tabC.attachStorage(storage);
+  tabC.addPending(write("saga", T2, "web-2", 12)); // the reader's next page turn
+  tabA.reloadOutbox(); // the storage event of tab C's save: tab A writes back what it knows answered
+  tabC.reloadOutbox(); // the storage events of tab A's write-back
+  assert.deepEqual(tabC.pendingWrites().map((w) => w.chapter), [12], "still waiting in the tab that made it");
+  assert.deepEqual(tabA.pendingWrites().map((w) => w.chapter), [12], "taken up by the older tab");
+  assert.deepEqual(savedOutbox(storage), [["saga", 12]], "still saved");
 });

@@ -50,8 +50,8 @@ export interface PendingWrite {
   sentAtMs?: number;
   /**
    * Its place in this device's outbox, given when it entered it (SyncStore.addPending): one more than
-   * any number this browser's outbox gave before (kept under SyncStore.seqKey, and the saved lists),
-   * saved with it. It alone orders this device's writes of a series (a later one replaces an earlier
+   * any number this browser's outbox gave before (kept under SyncStore.seqKey, and the saved lists; the
+   * first, the wall clock's ms), saved with it. It alone orders this device's writes of a series (a later one replaces an earlier
    * one, in every tab) and says which an answer covers (the writes of its series up to its `seq`); the
    * dates do not (an edited or far-ahead `updated_at` would otherwise rank every later page turn behind
    * it). Absent (saved before it existed) or not a whole number in range (edited): it comes before every
@@ -131,6 +131,9 @@ const LATEST_REMEMBERED = 200;
  */
 const SEQ_LIMIT = 2 ** 48;
 
+/** The first number an outbox gives is the wall clock's ms (#nextSeq), kept this far below SEQ_LIMIT. */
+const FIRST_SEQ_LIMIT = 2 ** 47;
+
 /** Whether `seq` is an outbox's number (PendingWrite.seq), or else absent or edited. */
 function validSeq(seq: unknown): seq is number {
   return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 1 && seq < SEQ_LIMIT;
@@ -195,7 +198,11 @@ export class SyncStore {
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
-  constructor(readonly userId: string, readonly compare: Compare) {
+  /**
+   * `wallNow`: the wall clock (ms), which the first number an outbox gives starts at (#nextSeq); a test's own
+   * to stand for a tab opened later.
+   */
+  constructor(readonly userId: string, readonly compare: Compare, readonly wallNow: () => number = Date.now) {
     this.#serverOrder = compareServerVersions<ProgressRow>(compare);
     this.#snapshot = this.#build();
   }
@@ -857,6 +864,13 @@ export class SyncStore {
       for (const write of this.#readAnswered()) consider(write.seq);
     }
     consider(this.#readPruned()); // the latest answered writes left out of the list were numbered too
+    // No number anywhere this store sees: a first visit, or a tab opened after the site's storage was cleared
+    // while older tabs still hold what was numbered before (they write back the writes they knew answered
+    // once they notice: #restore). Numbered from 1, its page turn came at or below those names, was taken
+    // for answered and let go in every tab. The wall clock (ms) starts it above every number given before
+    // (one a write: far fewer than one a ms), unless that clock was set back meanwhile.
+    const nowMs = Math.floor(this.wallNow());
+    if (high === 0 && Number.isFinite(nowMs)) high = Math.min(Math.max(nowMs, 1), FIRST_SEQ_LIMIT) - 1;
     // A write at the last number (edited) is not passed by a number out of range, which would come before it.
     this.#highSeq = Math.min(high + 1, SEQ_LIMIT - 1);
     try {
