@@ -234,6 +234,7 @@ export class SyncStore {
     const queued = this.pendingWrites().sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
     for (const write of queued) write.seq = this.#nextSeq();
     this.#loadOutbox();
+    this.#rememberSaved(); // what it writes back should the storage be cleared before it hears of more
     this.#saveOutbox(this.pendingWrites(), []); // writes queued before storage was attached
     this.#emit();
   }
@@ -643,7 +644,7 @@ export class SyncStore {
     // Cleared (a storage event with no key, or seen here first): what this tab holds is written back
     // first, so its writes are still saved, not taken for answered elsewhere.
     this.#noticeCleared();
-    this.#remember(this.#readLatestAnswered().values()); // what this tab would write back after a clear
+    this.#rememberSaved();
     const dropped = this.#dropAnsweredElsewhere();
     // Another tab got writes answered: a "will retry" said here is over, as it is there.
     if (dropped && this.#errorUntilAnswered) {
@@ -951,6 +952,17 @@ export class SyncStore {
       pruned = Math.max(pruned, seqOf(write));
     }
     return pruned;
+  }
+
+  /**
+   * Keeps what the saved lists say was answered (the latest of each series, and the number summing up those
+   * left out) for this tab to write back should the storage be cleared (#restore): also when it heard of
+   * nothing since it opened, and what another tab left out of the list, which this tab never saw (that
+   * tab may be closed by then, and a stale copy one holds was sent again over the later write, 'self').
+   */
+  #rememberSaved(): void {
+    this.#prunedHere = Math.max(this.#prunedHere, this.#readPruned());
+    this.#remember(this.#readLatestAnswered().values());
   }
 
   /** Keeps `writes` (latest answered ones) in #latestKnown, the later of each series, bounded alike. */
