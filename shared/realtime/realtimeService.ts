@@ -1664,7 +1664,8 @@ class UserLink<Row extends LwwRow> {
    * joined channel's drop cuts it off as they cut the link's reads (#cutOwnReadsOff): it is read again
    * from its cursor as its answered pages left it, at once (after a drop that follows failures of its
    * own, or while a Retry-After runs, at the time its retry would come: then it ends "failed" at
-   * once), and the read cut off ends as that one does; the cut is neither heard nor counted.
+   * once, and a refusal 401 before it for a token replaced since reads now), and the read cut off ends
+   * as that one does; the cut is neither heard nor counted.
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
     let outcome: ReadOutcome | "closed" | "cut";
@@ -1678,9 +1679,11 @@ class UserLink<Row extends LwwRow> {
         : this.#retryAfterLeftMs();
       if (wait > 0) {
         // As a read the drop cut off whose poll waits: it ends now, "failed" (a syncNow() waiting for
-        // it resolves so), and its read is made at its time, heard then.
+        // it resolves so), and its read is made at its time, heard then; or now, when its last answer
+        // was a refusal for a token replaced since (as the link's poll the drop cut off: #poll).
         own.running = undefined;
         this.#scheduleOwnRead(subscription, own, wait);
+        this.#readOwnAgainForNewToken(subscription, own);
         return "failed";
       }
     }
@@ -1707,7 +1710,6 @@ class UserLink<Row extends LwwRow> {
    */
   async #readOwnOnce(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome | "closed" | "cut"> {
     let sentToken = this.service.readToken;
-    own.authRefusedWith = undefined;
     own.cutByDrop = false;
     const cut = new AbortController();
     own.cut = cut;
@@ -1716,7 +1718,7 @@ class UserLink<Row extends LwwRow> {
     if (unsubscribed.aborted) onUnsubscribe();
     else unsubscribed.addEventListener("abort", onUnsubscribe, { once: true });
     try {
-      return await this.#readPages(
+      const outcome = await this.#readPages(
         "catchup",
         () => subscription.cursor,
         (kind, row) => subscription.deliver({ kind, row, source: "catchup" }, false),
@@ -1725,6 +1727,8 @@ class UserLink<Row extends LwwRow> {
         subscription,
         (token) => sentToken = token,
       );
+      own.authRefusedWith = undefined; // answered
+      return outcome;
     } catch (error) {
       // A call let go at its unsubscribe or the link's close: nobody is handed its end.
       if (this.#closed || !subscription.ownReadPending) return "failed";
@@ -1737,8 +1741,10 @@ class UserLink<Row extends LwwRow> {
         return "cut";
       }
       // Refused for its token: read again as soon as a new one comes, as the link's reads are
-      // (#readOwnAgainForNewToken), not after its backoff.
-      if (refusedForToken(error)) own.authRefusedWith = sentToken;
+      // (#readOwnAgainForNewToken), not after its backoff. Set here, at an answer or a failure, not
+      // at the read's start: a read cut off (above) was answered nothing, and a refusal before it
+      // still holds (its retry waits the backoff, but a new token reads at once), as the link's does.
+      own.authRefusedWith = refusedForToken(error) ? sentToken : undefined;
       this.#log("warn", "catchup_failed", {
         error: describeError(error, "message"),
         // As the link's reads log it (README: Logs).
@@ -2857,7 +2863,8 @@ interface OwnRead {
   /** Its reads that failed in a row: the retry's backoff. */
   failuresInRow: number;
   /**
-   * Its last read was refused for its token (401): the token it was sent with; undefined otherwise
+   * Its last read that ended by itself (answered or failed; one a join or drop cut off leaves it) was
+   * refused for its token (401): the token it was sent with; undefined otherwise
    * (UserLink#readOwnAgainForNewToken).
    */
   authRefusedWith?: string | null;

@@ -525,3 +525,73 @@ Deno.test("newcomer: another subscription's syncNow() makes its own read that wa
     await end();
   }
 });
+
+/**
+ * A live link (liveLink) with a newcomer whose own read was refused 401 (sent with T1), then made again
+ * by its syncNow() and hanging, its syncNow() waiting; its third own read reads to the end.
+ */
+async function newcomerRefusedThenHanging() {
+  let ownReads = 0;
+  const refused = () => Object.assign(new Error("token_expired"), { status: 401, code: "token_expired" });
+  const link = await liveLink(
+    {},
+    (cursor) =>
+      cursor !== OWN_CURSOR
+        ? page([], LINK_CURSOR)
+        : ++ownReads === 1
+        ? refused()
+        : ownReads === 2
+        ? undefined // hangs
+        : page([row("old", 1, "92")], "106"),
+  );
+  try {
+    const newcomer = link.service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read refused", () => reads.length === 1);
+    let synced: string | undefined;
+    void newcomer.syncNow().then((outcome) => synced = outcome); // its retry, now (sent with T1): it hangs
+    await waitFor("its own read again", () => callsFrom(link.pending, OWN_CURSOR).length === 1);
+    return { ...link, newcomer, reads, ownReads: () => ownReads, synced: () => synced };
+  } catch (error) {
+    await link.end();
+    throw error;
+  }
+}
+
+Deno.test("newcomer: its own read refused 401, made again and cut off by a drop (its retry after the backoff), is made at once when a new token comes after the drop, as the link's read is", async () => {
+  const { service, channel, end, reads, ownReads, synced } = await newcomerRefusedThenHanging();
+  try {
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("its syncNow()", () => synced() !== undefined, { timeoutMs: 5_000 });
+    assert.equal(synced(), "failed", "its read again waits for its backoff");
+    assert.equal(ownReads(), 2);
+
+    // The refusal it was last answered was for T1: a new token reads now, not after the backoff.
+    await service.setAccessToken("T2");
+    await waitFor("its own read with the new token", () => ownReads() === 3, { timeoutMs: 5_000 });
+    await waitFor("its own read to the end", () => reads.includes("done"));
+    // (Then the link's reads too, once it follows the link: the poll the drop started.)
+    assert.deepEqual(reads.slice(0, 2), ["failed", "done"], "the cut read is not heard");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("newcomer: its own read refused 401, made again and cut off by a drop after a new token came while it hung, is made at once with that token, as the link's read is", async () => {
+  const { service, channel, end, reads, ownReads, synced } = await newcomerRefusedThenHanging();
+  try {
+    await service.setAccessToken("T2"); // while its read (sent with T1) hangs: no read now
+    assert.equal(ownReads(), 2);
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("its syncNow()", () => synced() !== undefined, { timeoutMs: 5_000 });
+    assert.equal(synced(), "failed");
+
+    await waitFor("its own read with the new token", () => ownReads() === 3, { timeoutMs: 5_000 });
+    await waitFor("its own read to the end", () => reads.includes("done"));
+    // (Then the link's reads too, once it follows the link: the poll the drop started.)
+    assert.deepEqual(reads.slice(0, 2), ["failed", "done"], "the cut read is not heard");
+  } finally {
+    await end();
+  }
+});
