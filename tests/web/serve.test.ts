@@ -314,6 +314,13 @@ async function withParent(
 /** The exit code of a parent stopped by `signal`. */
 const STOPPED_CODE = { SIGTERM: 143, SIGHUP: 129 };
 
+/** SIGTERM to a start holding the build lock: it exits as stopped (143) and frees the lock. */
+async function stopFreesTheLock(f: Fixture, start: ReturnType<typeof spawnCollecting>, what: string) {
+  start.child.kill("SIGTERM");
+  assert.equal((await start.exitWithin(GUARD_MS, `${what} after SIGTERM`)).code, 143);
+  assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+}
+
 for (const [parentName, startParent] of Object.entries(parents)) {
   // SIGHUP: the terminal closed. Since the steps run in a session of their own, the terminal's SIGHUP
   // reaches only the parent, which must end them as for SIGTERM.
@@ -410,9 +417,7 @@ for (const [parentName, startParent] of Object.entries(parents)) {
           const pid = await f.stepRunning(next.ended, next.printed);
           assert.notEqual(pid, orphan);
           assert.match(next.printed(), /taking the build lock of a start that is gone/, next.printed());
-          next.child.kill("SIGTERM");
-          assert.equal((await next.exitWithin(GUARD_MS, "the second start after SIGTERM")).code, 143);
-          assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+          await stopFreesTheLock(f, next, "the second start");
         });
         await f.assertNothingLeft("after both starts");
       } finally {
@@ -472,9 +477,7 @@ Deno.test({
         /taking the build lock of a start that is gone \(pid \d+\)/,
         parent.printed(),
       );
-      parent.child.kill("SIGTERM");
-      assert.equal((await parent.exitWithin(GUARD_MS, "the parent after SIGTERM")).code, 143);
-      assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+      await stopFreesTheLock(f, parent, "the parent");
     });
     await f.assertNothingLeft("after the start");
   } finally {
@@ -552,9 +555,7 @@ Deno.test({
         /taking the build lock of a start that is gone \(its holder file unreadable/,
         parent.printed(),
       );
-      parent.child.kill("SIGTERM");
-      assert.equal((await parent.exitWithin(GUARD_MS, "the parent after SIGTERM")).code, 143);
-      assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+      await stopFreesTheLock(f, parent, "the parent");
     });
     await f.assertNothingLeft("after the start");
   } finally {
