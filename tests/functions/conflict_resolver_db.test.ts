@@ -21,7 +21,7 @@ import { writeResultSchema } from "../../shared/progress/schemas.ts";
 import { createPostgresProgressStore, type PostgresStoreOptions } from "../../shared/progress/store.ts";
 import type { WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
-import { adminSql, call, errorOf, seriesId, testEnv } from "./support.ts";
+import { adminSql, call, dataApiBulkUpsert, errorOf, seriesId, testEnv } from "./support.ts";
 
 interface Update {
   updated_at: string;
@@ -915,14 +915,7 @@ Deno.test("a bulk Data API upsert whose first row waited for a first write which
     const bulk = () =>
       waiter.begin(async (tx) => {
         await asUser(tx);
-        return await tx<{ series_id: string }[]>`
-          insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-          select user_id, series_id, chapter, page, percentage, device_id, updated_at
-            from json_populate_recordset(null::public.reading_progress, ${JSON.stringify(rows)}::text::json)
-          on conflict (user_id, series_id) do update
-            set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-                device_id = excluded.device_id, updated_at = excluded.updated_at
-          returning series_id`;
+        return await dataApiBulkUpsert(tx, rows);
       });
     const waiting = bulk();
     waiting.catch(() => {}); // its 40001 can come before rolledBack settles (checked below)

@@ -100,6 +100,23 @@ export async function conflictRows(sql: postgres.Sql, userId: string, series: st
   ];
 }
 
+/**
+ * The statement PostgREST runs for supabase-js .upsert(rows) on reading_progress, rows of user_id,
+ * series_id, chapter, page, percentage, device_id and updated_at: one INSERT of the rows from
+ * json_populate_recordset, ON CONFLICT on the primary key, DO UPDATE of every column sent; the series it
+ * returned, in order. Run in `tx` as whoever `tx` is set to be.
+ */
+export function dataApiBulkUpsert(tx: postgres.TransactionSql, rows: object[]) {
+  return tx<{ series_id: string }[]>`
+    insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
+    select user_id, series_id, chapter, page, percentage, device_id, updated_at
+      from json_populate_recordset(null::public.reading_progress, ${JSON.stringify(rows)}::text::json)
+    on conflict (user_id, series_id) do update
+      set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
+          device_id = excluded.device_id, updated_at = excluded.updated_at
+    returning series_id`;
+}
+
 export { adminSql, testEnv };
 
 /** A TCP port nothing listens on (bound, then released). */

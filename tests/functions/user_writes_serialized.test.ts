@@ -17,7 +17,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { createTestUser } from "../support/env.ts";
-import { adminSql, seriesId, testEnv } from "./support.ts";
+import { adminSql, dataApiBulkUpsert, seriesId, testEnv } from "./support.ts";
 
 /** A connection of its own (one backend: its pid stays the one waitedFor names). */
 const connection = () => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
@@ -38,14 +38,7 @@ function bulkUpsert(sql: postgres.Sql, userId: string, writes: Write[]): Promise
   const rows = writes.map((w) => ({ ...w, user_id: userId, page: 0, percentage: 0 }));
   return sql.begin(async (tx) => {
     await asUser(tx, userId);
-    const returned = await tx<{ series_id: string }[]>`
-      insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
-      select user_id, series_id, chapter, page, percentage, device_id, updated_at
-        from json_populate_recordset(null::public.reading_progress, ${JSON.stringify(rows)}::text::json)
-      on conflict (user_id, series_id) do update
-        set chapter = excluded.chapter, page = excluded.page, percentage = excluded.percentage,
-            device_id = excluded.device_id, updated_at = excluded.updated_at
-      returning series_id`;
+    const returned = await dataApiBulkUpsert(tx, rows);
     return returned.map((r) => r.series_id);
   });
 }
