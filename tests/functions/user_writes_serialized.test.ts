@@ -129,75 +129,105 @@ async function seededUser(admin: postgres.Sql) {
   return { user, s1, s2 };
 }
 
-Deno.test("two bulk upserts of one user's series in opposite orders both complete, last write wins", async () => {
-  const admin = adminSql({ max: 2 });
-  const [holder, first, second] = [connection(), connection(), connection()];
-  try {
-    const { user, s1, s2 } = await seededUser(admin);
-    const [firstPid, secondPid] = [await pidOf(first), await pidOf(second)];
-    const held = await holdRows(holder, user.id, [s1, s2]);
-    // The phone: s1 newer than the tablet's, s2 older.
-    const phone = bulkUpsert(first, user.id, [
-      { series_id: s1, chapter: 12, device_id: "phone", updated_at: at(2) },
-      { series_id: s2, chapter: 21, device_id: "phone", updated_at: at(1) },
-    ]);
-    phone.catch(() => {}); // settled below
-    await waitedFor(admin, firstPid, "the phone's upsert");
-    const tablet = bulkUpsert(second, user.id, [
-      { series_id: s2, chapter: 22, device_id: "tablet", updated_at: at(2) },
-      { series_id: s1, chapter: 11, device_id: "tablet", updated_at: at(1) },
-    ]);
-    tablet.catch(() => {});
-    await waitedFor(admin, secondPid, "the tablet's upsert");
-    held.release();
-    await held.done;
-    const [phoneRows, tabletRows] = await bothCompleted(phone, tablet);
-    // The phone's went first (the tablet waited for its whole transaction): both its rows stored; the
-    // tablet's s2 replaced the phone's older one, its s1 was refused (no row returned) and logged.
-    assert.deepEqual(phoneRows, [s1, s2]);
-    assert.deepEqual(tabletRows, [s2]);
-    assert.equal(await stored(admin, user.id, s1), `${at(2)} phone ch12`);
-    assert.equal(await stored(admin, user.id, s2), `${at(2)} tablet ch22`);
-    assert.deepEqual(await logOf(admin, user.id, s1), [`stale tablet ${at(1)}`]);
-    assert.deepEqual(await logOf(admin, user.id, s2), []);
-  } finally {
-    await Promise.all([holder.end(), first.end(), second.end(), admin.end()]);
-  }
-});
+type SeededUser = Awaited<ReturnType<typeof seededUser>>;
 
-Deno.test("the API's batch and a bulk upsert of one user's series in opposite orders both complete, last write wins", async () => {
+/** One of the two interleaved writes: what it is (for the hang guard's message) and how it is sent. */
+interface InterleavedWrite<R> {
+  what: string;
+  send: (sql: postgres.Sql, seeded: SeededUser) => Promise<R>;
+}
+
+/**
+ * Two writes of a new seeded user interleaved as they deadlocked, held by locks: a script's transaction
+ * holds both series' rows; the first write is sent on a connection of its own and seen waiting, then the
+ * second, seen waiting too; then the script commits. Both must complete; `check` gets their results while
+ * the admin connection is still open.
+ */
+async function heldInterleaving<A, B>(
+  firstWrite: InterleavedWrite<A>,
+  secondWrite: InterleavedWrite<B>,
+  check: (admin: postgres.Sql, seeded: SeededUser, results: [A, B]) => Promise<void>,
+): Promise<void> {
   const admin = adminSql({ max: 2 });
   const [holder, first, second] = [connection(), connection(), connection()];
   try {
-    const { user, s1, s2 } = await seededUser(admin);
+    const seeded = await seededUser(admin);
+    const { user, s1, s2 } = seeded;
     const [firstPid, secondPid] = [await pidOf(first), await pidOf(second)];
     const held = await holdRows(holder, user.id, [s1, s2]);
-    // The batch (locks s1, then s2): s1 newer than the upsert's, s2 older. The upsert sends s2 first.
-    const batch = apiBatch(first, user.id, [
-      { series_id: s2, chapter: 21, device_id: "laptop", updated_at: at(1) },
-      { series_id: s1, chapter: 12, device_id: "laptop", updated_at: at(2) },
-    ]);
-    batch.catch(() => {});
-    await waitedFor(admin, firstPid, "the batch");
-    const upsert = bulkUpsert(second, user.id, [
-      { series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) },
-      { series_id: s1, chapter: 11, device_id: "phone", updated_at: at(1) },
-    ]);
-    upsert.catch(() => {});
-    await waitedFor(admin, secondPid, "the bulk upsert");
+    const firstSent = firstWrite.send(first, seeded);
+    firstSent.catch(() => {}); // settled below
+    await waitedFor(admin, firstPid, firstWrite.what);
+    const secondSent = secondWrite.send(second, seeded);
+    secondSent.catch(() => {});
+    await waitedFor(admin, secondPid, secondWrite.what);
     held.release();
     await held.done;
-    const [won, upserted] = await bothCompleted(batch, upsert);
-    assert.deepEqual(won, [true, true], "the batch went first: both its writes stored");
-    assert.deepEqual(upserted, [s2], "the upsert's s2 replaced the batch's older one; its s1 was refused");
-    assert.equal(await stored(admin, user.id, s1), `${at(2)} laptop ch12`);
-    assert.equal(await stored(admin, user.id, s2), `${at(2)} phone ch22`);
-    assert.deepEqual(await logOf(admin, user.id, s1), [`stale phone ${at(1)}`]);
-    assert.deepEqual(await logOf(admin, user.id, s2), []);
+    await check(admin, seeded, await bothCompleted(firstSent, secondSent));
   } finally {
     await Promise.all([holder.end(), first.end(), second.end(), admin.end()]);
   }
-});
+}
+
+Deno.test("two bulk upserts of one user's series in opposite orders both complete, last write wins", () =>
+  heldInterleaving(
+    // The phone: s1 newer than the tablet's, s2 older.
+    {
+      what: "the phone's upsert",
+      send: (sql, { user, s1, s2 }) =>
+        bulkUpsert(sql, user.id, [
+          { series_id: s1, chapter: 12, device_id: "phone", updated_at: at(2) },
+          { series_id: s2, chapter: 21, device_id: "phone", updated_at: at(1) },
+        ]),
+    },
+    {
+      what: "the tablet's upsert",
+      send: (sql, { user, s1, s2 }) =>
+        bulkUpsert(sql, user.id, [
+          { series_id: s2, chapter: 22, device_id: "tablet", updated_at: at(2) },
+          { series_id: s1, chapter: 11, device_id: "tablet", updated_at: at(1) },
+        ]),
+    },
+    async (admin, { user, s1, s2 }, [phoneRows, tabletRows]) => {
+      // The phone's went first (the tablet waited for its whole transaction): both its rows stored; the
+      // tablet's s2 replaced the phone's older one, its s1 was refused (no row returned) and logged.
+      assert.deepEqual(phoneRows, [s1, s2]);
+      assert.deepEqual(tabletRows, [s2]);
+      assert.equal(await stored(admin, user.id, s1), `${at(2)} phone ch12`);
+      assert.equal(await stored(admin, user.id, s2), `${at(2)} tablet ch22`);
+      assert.deepEqual(await logOf(admin, user.id, s1), [`stale tablet ${at(1)}`]);
+      assert.deepEqual(await logOf(admin, user.id, s2), []);
+    },
+  ));
+
+Deno.test("the API's batch and a bulk upsert of one user's series in opposite orders both complete, last write wins", () =>
+  heldInterleaving(
+    // The batch (locks s1, then s2): s1 newer than the upsert's, s2 older. The upsert sends s2 first.
+    {
+      what: "the batch",
+      send: (sql, { user, s1, s2 }) =>
+        apiBatch(sql, user.id, [
+          { series_id: s2, chapter: 21, device_id: "laptop", updated_at: at(1) },
+          { series_id: s1, chapter: 12, device_id: "laptop", updated_at: at(2) },
+        ]),
+    },
+    {
+      what: "the bulk upsert",
+      send: (sql, { user, s1, s2 }) =>
+        bulkUpsert(sql, user.id, [
+          { series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) },
+          { series_id: s1, chapter: 11, device_id: "phone", updated_at: at(1) },
+        ]),
+    },
+    async (admin, { user, s1, s2 }, [won, upserted]) => {
+      assert.deepEqual(won, [true, true], "the batch went first: both its writes stored");
+      assert.deepEqual(upserted, [s2], "the upsert's s2 replaced the batch's older one; its s1 was refused");
+      assert.equal(await stored(admin, user.id, s1), `${at(2)} laptop ch12`);
+      assert.equal(await stored(admin, user.id, s2), `${at(2)} phone ch22`);
+      assert.deepEqual(await logOf(admin, user.id, s1), [`stale phone ${at(1)}`]);
+      assert.deepEqual(await logOf(admin, user.id, s2), []);
+    },
+  ));
 
 Deno.test("a user's transaction that locked a row before its first write does not wait for the user's lock: no deadlock", async () => {
   // The script locks s1 as the user (SELECT ... FOR UPDATE takes no statement trigger, so not the
