@@ -574,33 +574,51 @@ export async function startWebApp(options) {
 
 /**
  * A Node process's exit cleanups (`node serve.mjs`, tests/browser/run.mjs; npm start has its own,
- * local/stack/cleanup.ts): `onCleanup` registers one (startWebApp's `onCleanup`: its npm ci, next build,
- * next start and build lock; or the caller's own) and returns its removal; they run newest first, once,
- * when the process is stopped (SIGINT, SIGTERM, or SIGHUP: the terminal closed, whose SIGHUP the steps, in
- * a session of their own, do not get) or when `runCleanups()` is called. A stop exits with
- * `exitCode(code)` (code: 130, 143 or 129) once they have run; `removeSignalHandlers()` ends that.
+ * local/stack/cleanup.ts, which works the same way): `onCleanup` registers one (startWebApp's `onCleanup`:
+ * its npm ci, next build, next start and build lock; or the caller's own) and returns its removal; they
+ * run once each, when the process is stopped (SIGINT, SIGTERM, or SIGHUP: the terminal closed, whose
+ * SIGHUP the steps, in a session of their own, do not get) or when `runCleanups()` is called: those
+ * registered before, newest first; one registered after that run-down has begun (by a step under way
+ * when it began) at once, once the code registering it has run on to its next await, neither waiting
+ * for the cleanup under way nor left unrun once the run-down has ended. `runCleanups()` resolves once
+ * all have run. A stop exits with `exitCode(code)` (code: 130, 143 or 129) once they have run;
+ * `removeSignalHandlers()` ends that.
  * @param {{ exitCode?: (code: number) => number, log?: (line: string) => void }} [options]
  */
 export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {}) {
   /** @type {Array<() => unknown>} */
   const cleanups = [];
+  /** @param {() => unknown} fn */
+  const runOne = (fn) => Promise.resolve().then(fn).then(() => {}, (error) => log(`cleanup failed: ${error}`));
+  /** The run-down of the cleanups registered before it; null until it has begun. @type {Promise<void> | null} */
+  let runDown = null;
+  /** Cleanups registered once the run-down had begun, running now. @type {Set<Promise<void>>} */
+  const late = new Set();
   /** @type {import("./serve.d.ts").OnCleanup} */
   const onCleanup = (fn) => {
+    if (runDown) {
+      let removed = false;
+      const running = Promise.resolve().then(() => (removed ? undefined : runOne(fn)));
+      late.add(running);
+      void running.then(() => late.delete(running));
+      return () => {
+        removed = true;
+      };
+    }
     cleanups.push(fn);
     return () => {
       const i = cleanups.indexOf(fn);
       if (i >= 0) cleanups.splice(i, 1);
     };
   };
-  /** @type {Promise<void> | null} */
-  let running = null;
-  const runCleanups = () =>
-    running ??= (async () => {
-      while (cleanups.length > 0) {
-        const fn = /** @type {() => unknown} */ (cleanups.pop());
-        await Promise.resolve().then(fn).catch((error) => log(`cleanup failed: ${error}`));
-      }
-    })();
+  const runCleanups = async () => {
+    // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
+    runDown ??= Promise.resolve().then(async () => {
+      while (cleanups.length > 0) await runOne(/** @type {() => unknown} */ (cleanups.pop()));
+    });
+    await runDown;
+    while (late.size > 0) await Promise.all(late);
+  };
   let stopping = false;
   const handlers = /** @type {const} */ ([["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]).map(
     ([signal, code]) => {

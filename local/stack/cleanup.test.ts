@@ -373,3 +373,87 @@ Deno.test({
     }
   }
 });
+
+Deno.test({
+  name:
+    "exit cleanups: one registered once the run-down has begun runs at once, not after the cleanup under " +
+    "way (which may wait for it) nor never once the run-down has ended; none runs twice",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  // In a process of its own: the test runner's run-down must stay unrun.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { onCleanup, runCleanups } = await import(${JSON.stringify(cleanupModule)});
+       const ran = [];
+       // A hang guard: what a wait that never ends gives instead.
+       const within = (promise, ms, otherwise) => {
+         let timer;
+         return Promise.race([promise, new Promise((r) => timer = setTimeout(() => r(otherwise), ms))])
+           .finally(() => clearTimeout(timer));
+       };
+       /**
+        * A step's child process, registered (as serve.mjs's run() does) as soon as it runs; "ended"
+        * resolves once its cleanup has ended it.
+        */
+       const startChild = (name) => {
+         const child = new Deno.Command("sleep", { args: ["600"] }).spawn();
+         let endedBy = () => {};
+         const ended = new Promise((r) => endedBy = r);
+         onCleanup(async () => {
+           child.kill("SIGKILL");
+           await child.status;
+           ran.push(name + " ended by its cleanup");
+           endedBy("the child ended");
+         });
+         return { child, ended };
+       };
+       // As npm start's last cleanup (main.ts's holdExitUntilSaid): it waits for the start under way to
+       // end, and that start's step had started a child as the stop came.
+       onCleanup(async () => {
+         ran.push("last cleanup begins");
+         const underWay = startChild("the child started under way");
+         ran.push("last cleanup: " + await within(underWay.ended, 20_000, "gave up"));
+       });
+       await runCleanups();
+       // After the run-down has ended: a child started only now, and a cleanup removed as it is registered.
+       const after = startChild("the child started after");
+       const forget = onCleanup(() => ran.push("a removed cleanup ran"));
+       forget();
+       ran.push("after: " + await within(after.ended, 20_000, "still running"));
+       await runCleanups(); // runs none again
+       try {
+         after.child.kill("SIGKILL");
+       } catch { /* gone */ }
+       console.log(JSON.stringify(ran));`,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const { code, stdout, stderr } = await Promise.race([
+      child.output(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("the script did not end within 120 s")), 120_000);
+      }),
+    ]);
+    const text = new TextDecoder().decode(stdout);
+    assert.equal(code, 0, `${text}\n${new TextDecoder().decode(stderr)}`);
+    assert.deepEqual(JSON.parse(text.trim().split("\n").pop()!), [
+      "last cleanup begins",
+      "the child started under way ended by its cleanup",
+      "last cleanup: the child ended",
+      "the child started after ended by its cleanup",
+      "after: the child ended",
+    ]);
+  } finally {
+    clearTimeout(timer);
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended */ }
+  }
+});

@@ -1,20 +1,40 @@
 // One place that knows what the local stack must undo when the process ends: normally, on Ctrl-C
 // (SIGINT), on SIGTERM, on SIGHUP (its terminal closed: the web app's steps, in a session of their own,
-// do not get that SIGHUP themselves), when the parent process is gone, or when a test run fails. Cleanups run
-// once, newest first.
+// do not get that SIGHUP themselves), when the parent process is gone, or when a test run fails. Each
+// cleanup runs once: those registered before the run-down newest first, one after another; one registered
+// once it has begun (by a step that was under way when the stop came) at once (see onCleanup).
 
 type Cleanup = () => Promise<void> | void;
 
 const cleanups: Cleanup[] = [];
 let signalsInstalled = false;
-let running: Promise<void> | null = null;
+/** The run-down of the cleanups registered before it (runCleanups); null until it has begun. */
+let runDown: Promise<void> | null = null;
+/** Cleanups registered once the run-down had begun, running now (runCleanups waits for them too). */
+const late = new Set<Promise<void>>();
 /** What stopped this process, once a signal (or its parent's end) has started the cleanups. */
 let stop: { by: string; code: number } | null = null;
 let stopped: (stop: { by: string; code: number }) => void = () => {};
 const whenStoppedPromise = new Promise<{ by: string; code: number }>((resolve) => stopped = resolve);
 
+/**
+ * Registers `fn` to run when the process ends; returns its removal. Once the run-down has begun (a stop,
+ * or the end of a run: runCleanups), `fn` runs at once instead: as soon as the code registering it has run
+ * on to its next await (that code may still be setting up what `fn` ends), without waiting for the cleanup
+ * under way (npm start's last one waits for its start to end, which can wait for `fn`'s child) and also
+ * once the run-down has ended, where it would never have run. Its removal, called before then, stops it.
+ */
 export function onCleanup(fn: Cleanup): () => void {
   installSignalHandlers();
+  if (runDown) {
+    let removed = false;
+    const running = Promise.resolve().then(() => removed ? undefined : runOne(fn));
+    late.add(running);
+    void running.then(() => late.delete(running));
+    return () => {
+      removed = true;
+    };
+  }
   cleanups.push(fn);
   return () => {
     const i = cleanups.indexOf(fn);
@@ -43,18 +63,26 @@ export function pendingCleanups(): number {
   return cleanups.length;
 }
 
-export function runCleanups(): Promise<void> {
-  running ??= (async () => {
-    while (cleanups.length > 0) {
-      const fn = cleanups.pop()!;
-      try {
-        await fn();
-      } catch (error) {
-        console.error(`cleanup failed: ${error instanceof Error ? error.message : error}`);
-      }
-    }
-  })();
-  return running;
+/**
+ * Runs the cleanups (each once, however often this is called) and resolves once all have run: those
+ * registered before, newest first, and those registered since (onCleanup runs them at once), also any
+ * registered while it waited for those.
+ */
+export async function runCleanups(): Promise<void> {
+  // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
+  runDown ??= Promise.resolve().then(async () => {
+    while (cleanups.length > 0) await runOne(cleanups.pop()!);
+  });
+  await runDown;
+  while (late.size > 0) await Promise.all(late);
+}
+
+async function runOne(fn: Cleanup): Promise<void> {
+  try {
+    await fn();
+  } catch (error) {
+    console.error(`cleanup failed: ${error instanceof Error ? error.message : error}`);
+  }
 }
 
 function installSignalHandlers(): void {

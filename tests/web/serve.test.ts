@@ -485,6 +485,71 @@ Deno.test({
   }
 });
 
+Deno.test(
+  "serve.mjs's exitCleanups (node serve.mjs, the browser tests): one registered once the run-down has begun " +
+    "runs at once, not after the cleanup under way (which may wait for it) nor never once the run-down has " +
+    "ended; none runs twice",
+  async () => {
+    const serveModule = pathToFileURL(path.join(REPO_ROOT, "examples/web/serve.mjs")).href;
+    const script = `
+      import { spawn } from "node:child_process";
+      import { exitCleanups } from ${JSON.stringify(serveModule)};
+      const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
+      const ran = [];
+      // A hang guard: what a wait that never ends gives instead.
+      const within = (promise, ms, otherwise) => {
+        let timer;
+        return Promise.race([promise, new Promise((r) => timer = setTimeout(() => r(otherwise), ms))])
+          .finally(() => clearTimeout(timer));
+      };
+      // A step's child process, registered (as run() does) as soon as it runs; "ended" resolves once its
+      // cleanup has ended it.
+      const startChild = (name) => {
+        const child = spawn("sleep", ["600"], { stdio: "ignore" });
+        const exited = new Promise((r) => child.once("exit", r));
+        let endedBy = () => {};
+        const ended = new Promise((r) => endedBy = r);
+        onCleanup(async () => {
+          child.kill("SIGKILL");
+          await exited;
+          ran.push(name + " ended by its cleanup");
+          endedBy("the child ended");
+        });
+        return { child, ended };
+      };
+      // A last cleanup that waits for the start under way to end, whose step had started a child as the
+      // stop came.
+      onCleanup(async () => {
+        ran.push("last cleanup begins");
+        const underWay = startChild("the child started under way");
+        ran.push("last cleanup: " + await within(underWay.ended, 20_000, "gave up"));
+      });
+      await runCleanups();
+      // After the run-down has ended: a child started only now, and a cleanup removed as it is registered.
+      const after = startChild("the child started after");
+      const forget = onCleanup(() => ran.push("a removed cleanup ran"));
+      forget();
+      ran.push("after: " + await within(after.ended, 20_000, "still running"));
+      await runCleanups(); // runs none again
+      after.child.kill("SIGKILL");
+      removeSignalHandlers();
+      console.log(JSON.stringify(ran));`;
+    const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
+      env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+      cwd: REPO_ROOT,
+    });
+    const status = await run.exitWithin(120_000, "the script");
+    assert.equal(status.code, 0, run.printed());
+    assert.deepEqual(JSON.parse(run.stdout().trim().split("\n").pop()!), [
+      "last cleanup begins",
+      "the child started under way ended by its cleanup",
+      "last cleanup: the child ended",
+      "the child started after ended by its cleanup",
+      "after: the child ended",
+    ], run.printed());
+  },
+);
+
 Deno.test("npm start's web app (local/web.ts): a step is reported as ended by a stop only when its error says it was stopped", async () => {
   const stack = {
     apiUrl: "http://127.0.0.1:9",
