@@ -29,7 +29,8 @@ export interface WebAppOptions {
   /**
    * Registers a cleanup to run when the calling process is stopped (local/stack/cleanup.ts's onCleanup
    * in npm start) and returns its removal: each npm ci, next build and next start is registered while it
-   * runs (next start until stop()), with the build lock, so a stop during the first build ends them too.
+   * runs (next start until stop()), with the build lock and the wait for another start's, so a stop during
+   * the first build ends them too.
    * Each runs in a process group of its own (POSIX), which its cleanup ends (SIGTERM, SIGKILL after 5 s).
    * A start that such a cleanup ended rejects with a StoppedError, not a failure.
    */
@@ -39,7 +40,7 @@ export interface WebAppOptions {
 /** What startWebApp / ensureWebAppBuilt reject with when a cleanup (a stop of the process) ended a step. */
 export interface StoppedError extends Error {
   stopped: true;
-  /** "npm ci", "next build" or "next start". */
+  /** "npm ci", "next build", "next start", or "wait for another start's build" (for its build lock). */
   step: string;
 }
 

@@ -136,6 +136,9 @@ async function endGroup(child, exited) {
   await exited;
 }
 
+/** The step (StoppedError's) a stop ends while it waits for another start's build lock (withBuildLock). */
+const LOCK_WAIT_STEP = "wait for another start's build";
+
 /**
  * The error of a step that a stop of this process ended (its onCleanup ran): not a failure of the step.
  * `stopped` and `step` say so to the caller (npm start's summary), whatever copy of this file made it.
@@ -336,38 +339,57 @@ async function withBuildLock(log, fn, onCleanup) {
   const token = randomBytes(8).toString("hex");
   const holder = { ...thisBoot(), holder: { ...processRecord(process.pid), token } };
   let lastLogged = -Infinity;
-  for (;;) {
-    try {
-      mkdirSync(LOCK_DIR);
-    } catch (error) {
-      if (/** @type {{code?: string}} */ (error).code !== "EEXIST") throw error;
-      let found;
+  // While it waits for another start's lock: a stopped parent ends the wait at once (the waiter rejects as
+  // stopped, leaving that lock alone), instead of waiting on until the lock is free or the parent exits.
+  let stopped = false;
+  let wake = () => {};
+  const unregisterWait = onCleanup?.(() => {
+    stopped = true;
+    wake();
+  });
+  try {
+    for (;;) {
+      if (stopped) throw stoppedError(LOCK_WAIT_STEP);
       try {
-        found = statSync(LOCK_DIR);
-      } catch {
-        continue; // removed meanwhile: try again
-      }
-      const current = readHolder();
-      if (lockState(current, found.mtimeMs) === "stale") {
-        log(`web: taking the build lock of a start that is gone (${describeHolder(current)})`);
-        removeStaleLock(found.ino);
+        mkdirSync(LOCK_DIR);
+      } catch (error) {
+        if (/** @type {{code?: string}} */ (error).code !== "EEXIST") throw error;
+        let found;
+        try {
+          found = statSync(LOCK_DIR);
+        } catch {
+          continue; // removed meanwhile: try again
+        }
+        const current = readHolder();
+        if (lockState(current, found.mtimeMs) === "stale") {
+          log(`web: taking the build lock of a start that is gone (${describeHolder(current)})`);
+          removeStaleLock(found.ino);
+          continue;
+        }
+        if (Date.now() - started > 900_000) throw new Error(`timed out waiting for ${LOCK_DIR}`);
+        if (Date.now() - lastLogged >= 10_000) {
+          lastLogged = Date.now();
+          log(`web: waiting for another build of the web app to finish (${describeHolder(current)})`);
+        }
+        await new Promise((r) => {
+          const timer = setTimeout(r, 500);
+          wake = () => {
+            clearTimeout(timer);
+            r(undefined);
+          };
+        });
         continue;
       }
-      if (Date.now() - started > 900_000) throw new Error(`timed out waiting for ${LOCK_DIR}`);
-      if (Date.now() - lastLogged >= 10_000) {
-        lastLogged = Date.now();
-        log(`web: waiting for another build of the web app to finish (${describeHolder(current)})`);
+      try {
+        writeHolder(holder);
+      } catch (error) {
+        rmSync(LOCK_DIR, { recursive: true, force: true });
+        throw error;
       }
-      await new Promise((r) => setTimeout(r, 500));
-      continue;
+      break;
     }
-    try {
-      writeHolder(holder);
-    } catch (error) {
-      rmSync(LOCK_DIR, { recursive: true, force: true });
-      throw error;
-    }
-    break;
+  } finally {
+    unregisterWait?.();
   }
   // Removed only while it is still this holder's (not one another start took as stale).
   const release = () => {

@@ -312,7 +312,7 @@ async function withParent(
 }
 
 /** The exit code of a parent stopped by `signal`. */
-const STOPPED_CODE = { SIGTERM: 143, SIGHUP: 129 };
+const STOPPED_CODE = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
 
 /** SIGTERM to a start holding the build lock: it exits as stopped (143) and frees the lock. */
 async function stopFreesTheLock(f: Fixture, start: ReturnType<typeof spawnCollecting>, what: string) {
@@ -482,6 +482,61 @@ Deno.test({
     await f.assertNothingLeft("after the start");
   } finally {
     await f.remove();
+  }
+});
+
+Deno.test({
+  name:
+    "npm start's exit cleanups: a stop while the web app waits for another start's build lock ends the wait " +
+    "at once: it exits with the signal's code saying so, leaving that lock alone and building nothing",
+  ignore: Deno.build.os !== "linux", // start times from /proc
+}, async () => {
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    const f = await fixture("next build");
+    try {
+      // Another start holds the lock: this test process, which runs.
+      await Deno.mkdir(f.lockDir);
+      const holderFile = path.join(f.lockDir, "holder.json");
+      const holder = JSON.stringify({
+        host: Deno.hostname(),
+        boot: (await Deno.readTextFile("/proc/sys/kernel/random/boot_id")).trim(),
+        holder: { pid: Deno.pid, start: await ownStartTime(), token: "the test's" },
+      });
+      await Deno.writeTextFile(holderFile, holder);
+      await withParent(f, parents["npm start's exit cleanups"], async (parent) => {
+        await parent.untilPrinted(
+          new RegExp(`waiting for another build of the web app to finish \\(pid ${Deno.pid}\\)`),
+        );
+        parent.child.kill(signal);
+        const status = await parent.exitWithin(GUARD_MS, `the parent after ${signal}`);
+        assert.equal(status.code, STOPPED_CODE[signal], `${signal}: exits as stopped\n${parent.printed()}`);
+        // Said as a stop during the web app's other steps is (it used to exit, 15 s later, saying nothing).
+        assert.match(
+          parent.stdout(),
+          new RegExp(
+            `^\\[readsync\\] npm start was stopped \\(${signal}\\) before the stack was up: tearing down ` +
+              `what it started: the API \\(http://127\\.0\\.0\\.1:9\\), the database \\(postgresql://\\S+, ` +
+              `removed with its data\\) and the web app's wait for another start's build \\(ended\\)$`,
+            "m",
+          ),
+          `${signal}: says so\n${parent.printed()}`,
+        );
+        assert.doesNotMatch(parent.printed(), /failed|stack is up/, `${signal}\n${parent.printed()}`);
+        assert.equal(
+          await Deno.readTextFile(holderFile),
+          holder,
+          `${signal}: the other start's lock was touched`,
+        );
+        assert.equal(
+          await f.exists(f.pidFile),
+          false,
+          `${signal}: no build while another start holds the lock`,
+        );
+      });
+      await f.assertNothingLeft(`after the parent stopped by ${signal}`);
+    } finally {
+      await f.remove();
+    }
   }
 });
 
