@@ -27,14 +27,14 @@ const portFromEnv = (name: string, fallback: number) =>
   checkEnvNumber(Deno.env.get(name), PORT, "npm start", name) ?? fallback;
 
 /**
- * npm start, until a signal ends it (cleanup.ts's exit cleanups, which exit with the signal's code) or its
- * start fails (exit 1). `startStack` is startLocalStack, or a stand-in in local/stack/cleanup.test.ts.
+ * Registers npm start's last exit cleanup (registered first, so run last): a stopped npm start exits once
+ * it has said so (what npmStart says while the stack starts, what announce.ts says once the web app's start
+ * has ended), not before. Returns `said`, to call once that is said (or there is nothing to say). Every step
+ * of the web app's start ends when stopped (its npm ci, next build and next start, and the wait for another
+ * start's build lock), so this waits only for that; at most 15 s, as a hang guard should one ever not.
+ * Registering it also installs the signal handlers. tests/web/serve.test.ts's stand-in for npm start uses it.
  */
-export async function npmStart(startStack: typeof startLocalStack = startLocalStack): Promise<void> {
-  // Registered first, so run last: a stopped npm start exits once it has said so (what this says while
-  // the stack starts, what announce.ts says once the web app's start has ended), not before. At most
-  // 15 s: a web app start that a stop does not end (one waiting for another start's build lock) must not
-  // hold the exit. Registering it also installs the signal handlers before anything starts.
+export function holdExitUntilSaid(): () => void {
   let said = () => {};
   const saying = new Promise<void>((resolve) => said = resolve);
   onCleanup(async () => {
@@ -42,6 +42,16 @@ export async function npmStart(startStack: typeof startLocalStack = startLocalSt
     await Promise.race([saying, new Promise((resolve) => guard = setTimeout(resolve, 15_000))]);
     clearTimeout(guard);
   });
+  return said;
+}
+
+/**
+ * npm start, until a signal ends it (cleanup.ts's exit cleanups, which exit with the signal's code) or its
+ * start fails (exit 1). `startStack` is startLocalStack, or a stand-in in local/stack/cleanup.test.ts.
+ */
+export async function npmStart(startStack: typeof startLocalStack = startLocalStack): Promise<void> {
+  // First, before anything starts: its exit cleanup runs last, and the signal handlers are installed.
+  const said = holdExitUntilSaid();
   /** Until the stack is up (the web app's start then reports a stop itself: announce.ts). */
   let stackStarting = true;
   void whenStopped().then((stop) => {

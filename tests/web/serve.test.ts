@@ -241,15 +241,12 @@ const parents = {
     const script = path.join(f.root, "parent.ts");
     await Deno.writeTextFile(
       script,
-      `import { onCleanup } from ${JSON.stringify(path.join(REPO_ROOT, "local/stack/cleanup.ts"))};
+      `import { holdExitUntilSaid } from ${JSON.stringify(path.join(REPO_ROOT, "local/main.ts"))};
        import { startWebAppAndAnnounce } from ${JSON.stringify(path.join(REPO_ROOT, "local/announce.ts"))};
        import { startWebApp } from ${JSON.stringify(path.join(f.appDir, "serve.mjs"))};
-       // Registered first, so run last, as npm start's stack cleanups (which the web app's precede and
-       // take their time): what npm start prints is printed before the stopped process exits.
-       // (At most 15 s: a report that never comes fails the test's assertions, not its 30 s guard.)
-       let reported = new Promise(() => {});
-       onCleanup(() => Promise.race([reported, new Promise((r) => setTimeout(r, 15_000))]));
-       reported = startWebAppAndAnnounce(
+       // npm start's own: a stopped process exits once what npm start prints is printed, not before.
+       const said = holdExitUntilSaid();
+       await startWebAppAndAnnounce(
          {
            apiUrl: "http://127.0.0.1:9",
            dbUrl: "postgresql://postgres:postgres@127.0.0.1:9/postgres",
@@ -265,10 +262,15 @@ const parents = {
          },
          startWebApp,
        );
-       await reported;
+       said();
        await new Promise(() => {});`,
     );
-    return spawnCollecting(Deno.execPath(), ["run", "-A", "--no-lock", script], { env: f.env, cwd: f.root });
+    // The repository's configuration: main.ts imports "postgres" through its import map.
+    const config = path.join(REPO_ROOT, "deno.json");
+    return spawnCollecting(Deno.execPath(), ["run", "-A", "--no-lock", "--config", config, script], {
+      env: f.env,
+      cwd: f.root,
+    });
   },
   "node serve.mjs": (f: Fixture) =>
     Promise.resolve(
