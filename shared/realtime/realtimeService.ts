@@ -284,8 +284,9 @@ export interface SubscribeOptions {
    * behind is its own (its onRead and syncNow() hear it; it alone is made again, by itself): the link
    * and the subscriptions following it are not held back. A join or a joined channel's drop cuts it off
    * as they cut the link's reads (one that hangs does not hold its syncNow() for requestTimeoutMs), and
-   * it is read again from its cursor. Its cursor never goes back once it follows the link
-   * (Subscription.linkReadToEnd).
+   * it is read again from its cursor: at once, or after a drop as the link's reads would be (after
+   * failures of its own, their backoff; while the link backs off, once a read of the link is answered).
+   * Its cursor never goes back once it follows the link (Subscription.linkReadToEnd).
    */
   initialCursor?: unknown;
 }
@@ -328,8 +329,11 @@ export interface ProgressSubscription {
    * sent still runs: the read is made when it ends; the subscription is closed). Never rejects. A
    * read a join cut off (one begun while joining) resolves as the catch-up ends; one a joined channel's
    * drop cut off as the poll the drop starts ends when that reads at once (the API has been answering),
-   * and at once with "failed" when that poll waits (the polls' backoff after a failed read, a
-   * Retry-After): it is made at its time all the same. Until a read made after the call reads to the
+   * or as the read a new token makes at once in its place (the last read was refused 401 for a token
+   * replaced since), and at once with "failed" when the read in its place waits (the polls' backoff
+   * after a failed read, a Retry-After): it is made at its time all the same, and heard by onRead, but
+   * the call is not held for it, nor for a read something later starts (a new token, the rejoin's
+   * catch-up). Until a read made after the call reads to the
    * end, a live link reads again as a polling one would (a Retry-After's end, pollIntervalMs after
    * "behind", the polls' backoff after "failed"), even with the safety read off. As the service's
    * syncNow() for the user, it makes the own reads of the user's subscriptions that joined from a cursor
@@ -1644,6 +1648,7 @@ class UserLink<Row extends LwwRow> {
     if (!own || this.#closed || !subscription.ownReadPending) return Promise.resolve("failed");
     if (own.running) return own.running;
     own.afterFirstRead = false;
+    own.afterLinkAnswer = false;
     this.service.timers.clear(own.timer);
     own.timer = undefined;
     const wait = this.#retryAfterLeftMs();
@@ -1662,10 +1667,12 @@ class UserLink<Row extends LwwRow> {
    * link waits for it. Its failure or "behind" is its own: heard by it alone (onRead), made again by
    * itself (#scheduleOwnRead), with no read of the link. Its calls stop at its unsubscribe. A join or a
    * joined channel's drop cuts it off as they cut the link's reads (#cutOwnReadsOff): it is read again
-   * from its cursor as its answered pages left it, at once (after a drop that follows failures of its
-   * own, or while a Retry-After runs, at the time its retry would come: then it ends "failed" at
-   * once, and a refusal 401 before it for a token replaced since reads now), and the read cut off ends
-   * as that one does; the cut is neither heard nor counted.
+   * from its cursor as its answered pages left it, at once, or, after a drop, when the link's reads
+   * would not read at once either: after failures of its own at the time its retry would come, after
+   * failures of the link's (the link backing off) once a read of the link is answered
+   * (own.afterLinkAnswer), and while a Retry-After runs at its end. The read cut off ends as the one
+   * read in its place at once does (one refused 401 before it for a token replaced since is read so,
+   * with that token), or "failed" at once when that one waits; the cut is neither heard nor counted.
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
     let outcome: ReadOutcome | "closed" | "cut";
@@ -1674,17 +1681,26 @@ class UserLink<Row extends LwwRow> {
       if (outcome !== "cut") break;
       // Read again only once the read cut off has settled (this loop): two reads of its own at once
       // could hand it a page from before where the other's last page left its cursor (back).
+      // After a drop, as the poll the drop starts waits (#fail): after failures of its own, their
+      // backoff; with none of its own while the link's last read failed (the API failing for the link),
+      // not at once (one call more per such subscription at every drop, against that API) but once the
+      // API answers the link again (the poll after the link's backoff, a Retry-After's end, the catch-up
+      // of the rejoin, whichever comes first); a change written meanwhile stays after its cursor, which
+      // has not moved.
+      const afterLinkAnswer = own.cutByDrop && own.failuresInRow === 0 && this.#failedReadsInRow > 0;
       const wait = own.cutByDrop && own.failuresInRow > 0
-        ? this.#nextPollDelay("failed", own.failuresInRow) // as the poll the drop starts (#fail)
+        ? this.#nextPollDelay("failed", own.failuresInRow)
         : this.#retryAfterLeftMs();
-      if (wait > 0) {
-        // As a read the drop cut off whose poll waits: it ends now, "failed" (a syncNow() waiting for
-        // it resolves so), and its read is made at its time, heard then; or now, when its last answer
-        // was a refusal for a token replaced since (as the link's poll the drop cut off: #poll).
+      if (afterLinkAnswer || wait > 0) {
+        // As a read the drop cut off whose poll waits: its read is made at its time, heard then, and it
+        // ends now, "failed" (a syncNow() waiting for it resolves so: not held for a backoff); unless
+        // its last answer was a refusal for a token replaced since: read now with that token (as the
+        // link's reads are: #readAgainForNewToken), and it ends as that read does.
         own.running = undefined;
-        this.#scheduleOwnRead(subscription, own, wait);
-        this.#readOwnAgainForNewToken(subscription, own);
-        return "failed";
+        if (afterLinkAnswer) own.afterLinkAnswer = true;
+        else this.#scheduleOwnRead(subscription, own, wait);
+        const readNow = this.#readOwnAgainForNewToken(subscription, own);
+        return readNow ? await readNow : "failed";
       }
     }
     own.running = undefined;
@@ -1776,15 +1792,15 @@ class UserLink<Row extends LwwRow> {
    * A subscription's own read was refused for its token (401) and the token has changed since: it is
    * read now, in place of its retry after the backoff, once per new token (refused again, it waits
    * for the next token or its backoff), as the link's reads are (#readAgainForNewToken); not while
-   * it is in flight or a Retry-After runs.
+   * it is in flight or a Retry-After runs. Returns the read made now, if one is.
    */
-  #readOwnAgainForNewToken(subscription: Subscription<Row>, own: OwnRead): void {
+  #readOwnAgainForNewToken(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> | undefined {
     const refusedWith = own.authRefusedWith;
     if (this.#closed || refusedWith === undefined || this.service.readToken === refusedWith) return;
     if (own.running || this.#retryAfterLeftMs() > 0 || !subscription.ownReadPending) return;
     own.authRefusedWith = undefined;
     this.#log("info", "read_after_new_token", { for: "subscription" });
-    void this.readOwnNow(subscription);
+    return this.readOwnNow(subscription);
   }
 
   /**
@@ -1810,16 +1826,27 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
+   * A read of the link was answered (done or behind): the own reads a drop cut off while the link was
+   * backing off (own.afterLinkAnswer, #readOwn) are read now, the API answering again.
+   */
+  #readOwnAfterLinkAnswer(): void {
+    for (const [subscription, own] of [...this.#ownReads]) {
+      if (own.afterLinkAnswer) void this.readOwnNow(subscription);
+    }
+  }
+
+  /**
    * A syncNow() of the link (the service's, or any subscription's of the link): the own reads of
    * subscriptions that joined from a cursor of their own and wait for their retry (failed, or answered
-   * behind) are made now, in place of that retry: the app's word that the conditions changed (back in
-   * the foreground, back online) is for every subscription of the link, as the rejoin and the read it
-   * makes are. Not waited for: the link's read is what the call resolves with (a subscription's own
-   * syncNow() waits for its own read too: Subscription.syncNow).
+   * behind, or cut off by a drop and waiting for the link's answer) are made now, in place of that
+   * retry: the app's word that the conditions changed (back in the foreground, back online) is for
+   * every subscription of the link, as the rejoin and the read it makes are (the link's read too is
+   * made now, backing off or not). Not waited for: the link's read is what the call resolves with (a
+   * subscription's own syncNow() waits for its own read too: Subscription.syncNow).
    */
   #readWaitingOwnReadsNow(): void {
     for (const [subscription, own] of [...this.#ownReads]) {
-      if (own.timer !== undefined) void this.readOwnNow(subscription);
+      if (own.timer !== undefined || own.afterLinkAnswer) void this.readOwnNow(subscription);
     }
   }
 
@@ -2231,8 +2258,11 @@ class UserLink<Row extends LwwRow> {
       // A read the drop cut off (a syncNow()'s: the app's "Sync now" waits for it) ends as the poll
       // the drop starts when that reads at once; one that waits (the polls' backoff, a Retry-After:
       // minutes) is no read made now, and the cut read ends at once, "failed", as a syncNow() that a
-      // Retry-After holds does. The poll keeps its time, and its end is heard (onRead) as usual.
-      if (wasJoined && wait > 0) this.#endCutReads("failed");
+      // Retry-After holds does. The poll keeps its time, and its end is heard (onRead) as usual. But
+      // when the last read was refused 401 for a token replaced since, the link reads now with it, in
+      // place of that poll (#readAgainForNewToken; the cut reads are out of #readsInFlight already),
+      // and the cut read ends as that read does, as the read in its place made at once.
+      if (wasJoined && wait > 0 && !this.#readAgainForNewToken()) this.#endCutReads("failed");
     }
   }
 
@@ -2489,15 +2519,16 @@ class UserLink<Row extends LwwRow> {
    * its end) or while a Retry-After runs (its end's read comes with the new token). Called when a
    * token comes (onTokenChanged) and when a catch-up or poll has ended and scheduled what follows.
    */
-  #readAgainForNewToken(): void {
+  #readAgainForNewToken(): boolean {
     const refusedWith = this.#authRefusedWith;
-    if (this.#closed || refusedWith === undefined || this.service.readToken === refusedWith) return;
-    if (this.#readsInFlight.size > 0 || this.#retryAfterLeftMs() > 0) return;
+    if (this.#closed || refusedWith === undefined || this.service.readToken === refusedWith) return false;
+    if (this.#readsInFlight.size > 0 || this.#retryAfterLeftMs() > 0) return false;
     this.#authRefusedWith = undefined;
     this.#log("info", "read_after_new_token", {});
     this.service.timers.clear(this.#pollTimer);
     this.#pollTimer = undefined;
     void this.#poll();
+    return true;
   }
 
   async #pollOnce(): Promise<ReadOutcome> {
@@ -2701,6 +2732,7 @@ class UserLink<Row extends LwwRow> {
     if (called && !this.#closed && !cutOff) {
       for (const subscription of [...this.subscriptions]) subscription.emitRead(outcome);
       if (!this.#hasRead) this.#readOwnAfterFirstRead();
+      if (outcome !== "failed") this.#readOwnAfterLinkAnswer();
     }
     if (!cutOff) this.#endCutReads(this.#closed ? "failed" : outcome);
     return { outcome, joinedGeneration, round: sequence, held };
@@ -2870,6 +2902,12 @@ interface OwnRead {
   authRefusedWith?: string | null;
   /** Joined before the link's first read ended: it reads once that has (UserLink#readOwnAfterFirstRead). */
   afterFirstRead: boolean;
+  /**
+   * Cut off by a joined channel's drop while the link was backing off (its last read failed), with no
+   * failure of its own: read again once a read of the link is answered (UserLink#readOwnAfterLinkAnswer),
+   * not at once against an API that is failing; no timer meanwhile.
+   */
+  afterLinkAnswer?: boolean;
   /** Aborts the read in flight: a join or drop cutting it off (UserLink#cutOwnReadsOff), or its unsubscribe. */
   cut?: AbortController;
   /** The last cut of the read in flight was a joined channel's drop (not a join). */

@@ -167,3 +167,39 @@ for (const queued of [false, true]) {
     },
   );
 }
+
+// The read in place of a read the drop cut off is made at once when the last read was refused 401 for a
+// token replaced since (the link reads with the new one then, backoff or not): a syncNow() whose read was
+// cut off resolves as that read ends, as it does when the poll after the drop reads at once, instead of
+// "failed" at once while that read was being made.
+Deno.test("drop: after a read refused 401, a syncNow() whose read hangs when the channel drops, a new token having come meanwhile, resolves as the read made at once with that token, not failed", async () => {
+  const timers = watchTimers();
+  const clock = frozenClock();
+  const link = handAnsweredService(options);
+  try {
+    await link.goLive();
+    const refused = link.subscription.syncNow();
+    await waitFor("the read", () => link.calls.length === 2);
+    link.calls[1].reject(Object.assign(new Error("token_expired"), { status: 401, code: "token_expired" }));
+    assert.equal(await refused, "failed");
+    const reads: ReadOutcome[] = [];
+    link.subscription.onRead((outcome) => reads.push(outcome));
+    let synced: ReadOutcome | undefined;
+    void link.subscription.syncNow().then((outcome) => synced = outcome); // sent with T1: it hangs
+    await waitFor("the hanging read", () => link.calls.length === 3);
+    await link.service.setAccessToken("T2"); // while it hangs: no read now
+    assert.equal(link.calls.length, 3);
+
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("the read with T2, at once", () => link.calls.length === 4, { timeoutMs: 5_000 });
+    assert.equal(synced, undefined, "waits for the read made in its place");
+    link.calls[3].resolve(answered);
+    await waitFor("its syncNow()", () => synced !== undefined, { timeoutMs: 5_000 });
+    assert.equal(synced, "done");
+    assert.deepEqual(reads, ["done"], "the read with T2 is heard, the cut one is not");
+  } finally {
+    await link.end();
+    clock.restore();
+    timers.restore();
+  }
+});

@@ -7,9 +7,10 @@
 // (or at once when the token changed while it was under way), and a syncNow() of its link (the
 // service's, another subscription's) makes a read of its own that waits for its retry now. A join or a
 // joined channel's drop cuts its own read off as they cut the link's: read again from its cursor in its
-// place, so one that hangs holds its syncNow() no longer. Against the stand-in client, with changesSince
-// answered by hand and the service's waits read off the pending timers (watchTimers) and ended by hand:
-// nothing sleeps.
+// place, so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once
+// the API answers the link again. Against the stand-in client, with changesSince answered by hand or from
+// an in-memory log that answers real cursors (changeLog), and the service's waits read off the pending
+// timers (watchTimers) and ended by hand: nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -45,18 +46,53 @@ const row = (series: string, chapter: number, xid: string) => ({
 });
 
 /**
- * A service on the stand-in client, live for a first subscription (its catch-up answered at
- * LINK_CURSOR), whose later calls are answered by `answer` as they come (a call it does not answer
- * waits in `pending`, answered by hand); `cursors` records what each call after the catch-up asked
- * from. No read but the ones a test makes (no join grace, heartbeat watch; the safety read off unless
- * given); the backoff's draws at their floor (random 0).
+ * The user's changes as the progress API keeps them (one row per series, its newest version, at the id
+ * of the transaction that wrote it), answering reads as reading_progress_changes does: the rows at or
+ * after the cursor's id (`(change_xid, series_id) > (cursor, '')`), in id order, and as the next cursor
+ * the horizon, the id of the next transaction (none is left running here), so that a read to the end
+ * always answers where every row before it was read, never a cursor before one answered earlier. Ids
+ * below LINK_CURSOR went to other users' transactions; the first subscription's catch-up (from "100")
+ * reads kept@102 and answers LINK_CURSOR, as before writes.
+ */
+function changeLog() {
+  const rows = [row("kept", 2, "102")];
+  let nextXid = Number(LINK_CURSOR);
+  return {
+    /** A new version of `series` written (the next transaction id): returns it. */
+    write(series: string, chapter: number) {
+      const written = row(series, chapter, String(nextXid++));
+      const at = rows.findIndex((kept) => kept.series_id === series);
+      if (at >= 0) rows.splice(at, 1);
+      rows.push(written);
+      return written;
+    },
+    /** A read from `cursor` to the end. */
+    page(cursor: unknown): ChangesPage {
+      const since = Number(cursor ?? 0);
+      const after = rows.filter((kept) => Number(kept.change_xid) >= since)
+        .sort((a, b) => Number(a.change_xid) - Number(b.change_xid));
+      return page(after, String(nextXid));
+    },
+  };
+}
+
+type ChangeLog = ReturnType<typeof changeLog>;
+
+/**
+ * A service on the stand-in client, live for a first subscription (its catch-up answered from `log`,
+ * changeLog, at LINK_CURSOR), whose later calls are answered by `answer` as they come (a call it does
+ * not answer waits in `pending`, answered by hand; `log.page(cursor)` answers as the API would, with
+ * real cursors); `cursors` records what each call after the catch-up asked from. No read but the ones a
+ * test makes (no join grace, heartbeat watch; the safety read off unless given); the backoff's draws at
+ * their floor (random 0).
  */
 async function liveLink(
   options: Partial<RealtimeServiceOptions>,
-  answer: (cursor: unknown) => ChangesPage | Error | undefined,
+  answer: (cursor: unknown, log: ChangeLog) => ChangesPage | Error | undefined,
 ) {
   const timers = watchTimers();
   const fake = fakeClient();
+  const log = changeLog();
   const cursors: unknown[] = [];
   const pending: (PendingCall & { cursor: unknown })[] = [];
   let live = false;
@@ -64,7 +100,7 @@ async function liveLink(
     changesSince: (cursor) => {
       if (!live) return new Promise((resolve, reject) => pending.push({ cursor, resolve, reject }));
       cursors.push(cursor);
-      const answered = answer(cursor);
+      const answered = answer(cursor, log);
       if (answered instanceof Error) return Promise.reject(answered);
       if (answered) return Promise.resolve(answered);
       return new Promise((resolve, reject) => pending.push({ cursor, resolve, reject }));
@@ -86,14 +122,14 @@ async function liveLink(
   (await fake.channel(1)).state!("SUBSCRIBED");
   await waitFor("the catch-up", () => pending.length === 1);
   live = true;
-  pending.shift()!.resolve(page([row("kept", 2, "102")], LINK_CURSOR));
+  pending.shift()!.resolve(log.page("100"));
   await waitFor("live", () => first.status === "live");
   const end = async () => {
     for (const call of pending) call.resolve(page([], "999"));
     await service.close();
     timers.restore();
   };
-  return { service, timers, first, firstReads, cursors, pending, channel: fake.channel, end };
+  return { service, timers, first, firstReads, cursors, pending, log, channel: fake.channel, end };
 }
 
 /** The calls of `pending` (liveLink) that asked from `cursor`, answered or not, in the order made. */
@@ -109,9 +145,9 @@ async function newcomerWhoseOwnReadFailedOnce() {
   let ownReads = 0;
   const link = await liveLink(
     {},
-    (cursor) =>
+    (cursor, log) =>
       cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
+        ? log.page(cursor)
         : ++ownReads === 1
         ? new Error("503 from its own read")
         : page([row("old", 1, "92")], "106"),
@@ -133,7 +169,7 @@ Deno.test("newcomer: while its own read hangs, the first subscription's syncNow(
   // The link's reads are answered at once, the newcomer's own read never.
   const { service, timers, first, firstReads, cursors, pending, end } = await liveLink(
     { livePollIntervalMs: SAFETY_MS },
-    (cursor) => cursor === OWN_CURSOR ? undefined : page([], LINK_CURSOR),
+    (cursor, log) => cursor === OWN_CURSOR ? undefined : log.page(cursor),
   );
   try {
     const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
@@ -214,13 +250,13 @@ Deno.test("newcomer: until it has read to the end, onRead hears its own reads on
   let ownReads = 0;
   const { service, timers, first, firstReads, pending, end } = await liveLink(
     {},
-    (cursor) =>
+    (cursor, log) =>
       cursor === OWN_CURSOR
         // The first answered by hand (behind: a long transaction holds its cursor), the next to the end.
         ? (++ownReads === 1 ? undefined : page([row("old", 1, "92")], "106"))
         : failLink
         ? new Error("503 from the link's read")
-        : page([], LINK_CURSOR),
+        : log.page(cursor),
   );
   try {
     const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
@@ -257,9 +293,9 @@ Deno.test("newcomer: its own read refused 401 is made again at once when a new t
   const refused = () => Object.assign(new Error("token_expired"), { status: 401, code: "token_expired" });
   const { service, timers, firstReads, cursors, end } = await liveLink(
     {},
-    (cursor) =>
+    (cursor, log) =>
       cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
+        ? log.page(cursor)
         : ++ownReads <= 2
         ? refused()
         : page([row("old", 1, "92")], "106"),
@@ -315,8 +351,8 @@ Deno.test("newcomer: its own read refused 401 for a token replaced while it was 
   let ownReads = 0;
   const { service, cursors, pending, end } = await liveLink(
     {},
-    (cursor) =>
-      cursor !== OWN_CURSOR ? page([], LINK_CURSOR) : ++ownReads === 1
+    (cursor, log) =>
+      cursor !== OWN_CURSOR ? log.page(cursor) : ++ownReads === 1
         ? undefined // answered by hand, after the token changed
         : page([row("old", 1, "92")], "106"),
   );
@@ -340,9 +376,9 @@ Deno.test("newcomer: its own read refused with a Retry-After logs it as the link
   let ownReads = 0;
   const { service, timers, end } = await liveLink(
     { log: (line) => lines.push(JSON.parse(line)) },
-    (cursor) =>
+    (cursor, log) =>
       cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
+        ? log.page(cursor)
         : ++ownReads === 1
         ? Object.assign(new Error("429"), { details: { retry_after: 120 } })
         : page([row("old", 1, "92")], "106"),
@@ -372,12 +408,12 @@ Deno.test("newcomer: a joined channel's drop cuts off its own read that hangs: r
   const { service, channel, pending, end } = await liveLink(
     { log: (line) => lines.push(JSON.parse(line)) },
     // Its own read's first page is answered (more to come), its second hangs: so does the read again.
-    (cursor) =>
+    (cursor, log) =>
       cursor === OWN_CURSOR
         ? page([row("old", 1, "92")], "95", true)
         : cursor === "95"
         ? undefined
-        : page([], LINK_CURSOR),
+        : log.page(cursor),
   );
   try {
     const changes: string[] = [];
@@ -424,7 +460,7 @@ Deno.test("newcomer: a joined channel's drop cuts off its own read that hangs: r
 Deno.test("newcomer: a join cuts off its own read begun before it that hangs (made while the channel was rejoining): read again at once, and its syncNow() resolves as that read ends", async () => {
   const { service, channel, cursors, pending, end } = await liveLink(
     {},
-    (cursor) => cursor === OWN_CURSOR ? undefined : page([], LINK_CURSOR),
+    (cursor, log) => cursor === OWN_CURSOR ? undefined : log.page(cursor),
   );
   try {
     (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
@@ -458,9 +494,9 @@ Deno.test("newcomer: a drop that cuts off its own read made again after a failur
   // random 0.5: its backoff's wait (1.5 intervals) is not the interval the link's next poll waits.
   const { service, timers, channel, pending, end } = await liveLink(
     { random: () => 0.5 },
-    (cursor) =>
+    (cursor, log) =>
       cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
+        ? log.page(cursor)
         : ++ownReads === 1
         ? new Error("503 from its own read")
         : ownReads === 2
@@ -496,9 +532,9 @@ Deno.test("newcomer: another subscription's syncNow() makes its own read that wa
   let ownReads = 0;
   const { service, timers, first, firstReads, pending, end } = await liveLink(
     {},
-    (cursor) =>
+    (cursor, log) =>
       cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
+        ? log.page(cursor)
         : ++ownReads === 1
         ? new Error("503 from its own read")
         : undefined, // answered by hand
@@ -535,14 +571,15 @@ async function newcomerRefusedThenHanging() {
   const refused = () => Object.assign(new Error("token_expired"), { status: 401, code: "token_expired" });
   const link = await liveLink(
     {},
-    (cursor) =>
-      cursor !== OWN_CURSOR
-        ? page([], LINK_CURSOR)
-        : ++ownReads === 1
+    (cursor, log) => {
+      if (cursor !== OWN_CURSOR) return log.page(cursor);
+      ownReads++;
+      return ownReads === 1
         ? refused()
         : ownReads === 2
-        ? undefined // hangs
-        : page([row("old", 1, "92")], "106"),
+        ? undefined /* hangs */
+        : page([row("old", 1, "92")], "106");
+    },
   );
   try {
     const newcomer = link.service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
@@ -578,20 +615,170 @@ Deno.test("newcomer: its own read refused 401, made again and cut off by a drop 
   }
 });
 
-Deno.test("newcomer: its own read refused 401, made again and cut off by a drop after a new token came while it hung, is made at once with that token, as the link's read is", async () => {
+Deno.test("newcomer: its own read refused 401, made again and cut off by a drop after a new token came while it hung, is made at once with that token, as the link's read is, and its syncNow() resolves as that read ends", async () => {
   const { service, channel, end, reads, ownReads, synced } = await newcomerRefusedThenHanging();
   try {
     await service.setAccessToken("T2"); // while its read (sent with T1) hangs: no read now
     assert.equal(ownReads(), 2);
     (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
     await waitFor("its syncNow()", () => synced() !== undefined, { timeoutMs: 5_000 });
-    assert.equal(synced(), "failed");
-
-    await waitFor("its own read with the new token", () => ownReads() === 3, { timeoutMs: 5_000 });
+    assert.equal(ownReads(), 3, "its own read with the new token, made at once");
+    // The read in place of the one cut off is made at once: its syncNow() resolves as it ends, as one a
+    // drop cut off while the API was answering does (not "failed", as when that read waits).
+    assert.equal(synced(), "done", "resolved as the read made at once in its place");
     await waitFor("its own read to the end", () => reads.includes("done"));
     // (Then the link's reads too, once it follows the link: the poll the drop started.)
     assert.deepEqual(reads.slice(0, 2), ["failed", "done"], "the cut read is not heard");
   } finally {
     await end();
+  }
+});
+
+/**
+ * A live link (liveLink, its reads answered from its changeLog) whose last read failed (a 503 to the
+ * first's syncNow(): the link backs off, its next poll one interval away with random 0), and a
+ * newcomer from OWN_CURSOR with no failure of its own whose own read hangs when the channel drops,
+ * its syncNow() waiting for it. While `failLink()` says so the link's reads fail; otherwise they wait
+ * to be answered by hand. A newcomer's own read after the first is answered from the log.
+ */
+async function newcomerCutWhileLinkBacksOff() {
+  let failLink = true;
+  let ownReads = 0;
+  const lines: Record<string, unknown>[] = [];
+  const link = await liveLink(
+    { log: (line) => lines.push(JSON.parse(line)) },
+    (cursor, log) =>
+      cursor === OWN_CURSOR
+        ? (++ownReads === 1 ? undefined : log.page(cursor)) // the first hangs
+        : failLink
+        ? new Error("503 from the link's read")
+        : undefined, // answered by hand
+  );
+  try {
+    const changes: string[] = [];
+    const newcomer = link.service.subscribeToProgress(
+      USER,
+      (change) => changes.push(`${change.row.series_id}@${change.row.change_xid}`),
+      { initialCursor: OWN_CURSOR },
+    );
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    const cursorsHeard: unknown[] = [];
+    newcomer.onCursor((cursor) => cursorsHeard.push(cursor));
+    await waitFor("its own read", () => ownReads === 1);
+    assert.equal(await link.first.syncNow(), "failed", "the link's read fails: it backs off");
+    let synced: string | undefined;
+    void newcomer.syncNow().then((outcome) => synced = outcome); // the link's read fails, its own hangs
+    await waitFor(
+      "the link's read failed",
+      () => lines.filter((l) => l.event === "poll_failed").length === 2,
+    );
+
+    (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("its syncNow()", () => synced !== undefined, { timeoutMs: 5_000 });
+    return {
+      ...link,
+      newcomer,
+      changes,
+      reads,
+      cursorsHeard,
+      lines,
+      ownReads: () => ownReads,
+      synced: () => synced,
+      answerLink: () => (failLink = false),
+    };
+  } catch (error) {
+    await link.end();
+    throw error;
+  }
+}
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read (no failure of its own): not read again at once against the failing API, its syncNow() resolving failed at once, but once the link's poll after its backoff is answered, from its cursor; no change missed, no cursor back", async () => {
+  const link = await newcomerCutWhileLinkBacksOff();
+  const { timers, first, pending, log, newcomer, changes, reads, cursorsHeard, lines } = link;
+  try {
+    assert.equal(link.synced(), "failed", "not held for the link's backoff");
+    assert.equal(link.ownReads(), 1, "no own read again at the drop, the link's last read having failed");
+    assert.deepEqual(reads, [], "the cut read is not heard");
+    const meanwhile = log.write("meanwhile", 3); // written while the link backs off: at 105
+
+    // The poll the drop started, after the link's backoff (one interval for a failure with random 0).
+    link.answerLink();
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS);
+    await waitFor("the link's poll", () => pending.some((call) => call.cursor === LINK_CURSOR));
+    assert.equal(link.ownReads(), 1, "not before the API answers the link");
+    const poll = pending.find((call) => call.cursor === LINK_CURSOR)!;
+    poll.resolve(log.page(poll.cursor));
+    await waitFor("its own read to the end", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    // The link brought the change written meanwhile first (the newcomer is handed the link's changes),
+    // its own read from its cursor the older row; each once.
+    assert.deepEqual(changes, [`meanwhile@${meanwhile.change_xid}`, "kept@102"]);
+    assert.equal(first.cursor, "106", "the link's read to the end answered the horizon");
+    assert.deepEqual(cursorsHeard, ["106"]);
+    assert.equal(newcomer.cursor, "106");
+
+    // It follows the link now: the link's next read to the end moves its cursor on, never back.
+    log.write("later", 4);
+    const sync = first.syncNow();
+    await waitFor("the link's read", () => pending.some((call) => call.cursor === "106"));
+    const read = pending.find((call) => call.cursor === "106")!;
+    read.resolve(log.page(read.cursor));
+    assert.equal(await sync, "done");
+    assert.deepEqual(changes, [`meanwhile@${meanwhile.change_xid}`, "kept@102", "later@106"]);
+    assert.deepEqual(cursorsHeard, ["106", "107"]);
+    assert.equal(newcomer.cursor, "107");
+    assert.deepEqual(
+      lines.filter((l) => l.for === "subscription" && /^catchup_(failed|cut_off)$/.test(String(l.event)))
+        .map((l) => [l.event, l.reason]),
+      [["catchup_cut_off", "the channel dropped"]],
+    );
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: a poll of the link that fails again keeps it waiting; the catch-up of the rejoin, answered, reads it", async () => {
+  const link = await newcomerCutWhileLinkBacksOff();
+  const { timers, channel, pending, log, newcomer, reads } = link;
+  try {
+    assert.equal(link.synced(), "failed");
+    // The poll after the link's backoff fails again: still no read of its own.
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS);
+    await waitFor("the link's next poll scheduled", () => pendingFor(timers, POLL_MS));
+    assert.equal(link.ownReads(), 1, "not read against the API failing the link");
+
+    // The link's return: the rejoin (its timer runs out by itself), and its catch-up answered.
+    link.answerLink();
+    (await channel(2)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => pending.some((call) => call.cursor === LINK_CURSOR));
+    assert.equal(link.ownReads(), 1, "not before the catch-up is answered");
+    const catchUp = pending.find((call) => call.cursor === LINK_CURSOR)!;
+    catchUp.resolve(log.page(catchUp.cursor));
+    await waitFor("it is live", () => newcomer.status === "live", { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    assert.equal(newcomer.cursor, LINK_CURSOR);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: another subscription's syncNow() reads it now, as it reads the link now", async () => {
+  const link = await newcomerCutWhileLinkBacksOff();
+  const { first, newcomer, reads } = link;
+  try {
+    assert.equal(link.ownReads(), 1);
+    // Back in the foreground, said through the first subscription: the link's read fails again, the
+    // newcomer's own read is made now all the same (the app's word that conditions changed).
+    assert.equal(await first.syncNow(), "failed");
+    await waitFor("its own read made now", () => reads.includes("done"), { timeoutMs: 5_000 });
+    assert.equal(link.ownReads(), 2, "its own read made now");
+    // Its own read first; then, following the link, the link's read that failed.
+    assert.deepEqual(reads, ["done", "failed"]);
+    assert.equal(newcomer.cursor, LINK_CURSOR);
+  } finally {
+    await link.end();
   }
 });
