@@ -1493,3 +1493,71 @@ Deno.test("sync session: a refusal heard before the session closed (sign-out) is
     "nothing of the refusal applied after the close: both writes still wait, in her saved outbox",
   );
 });
+
+Deno.test("sync session: after the site's storage is cleared, the outbox's shared schedule is written back with it, so a Retry-After still holds the sends (back online, a page turn, another tab's clear) until it has passed", async () => {
+  const t = tab();
+  let busy = true;
+  const busyFor30s = () =>
+    new ServiceUnavailableError(503, "service_unavailable", "busy", { details: { retry_after: 30 } });
+  const requests = failing(t, () => busy ? busyFor30s() : null);
+  const alice = t.open(newStore(ALICE));
+  alice.save("book", position(4), DEVICE);
+  await until(() => !alice.sending);
+  const failedAt = t.clock.now;
+  const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
+  const shared = t.storage.getItem(scheduleKey);
+  assert.equal(requests.count, 1);
+  assert.notEqual(shared, null, "the Retry-After is shared");
+  const sent = async () => {
+    await until(() => requests.count > 1);
+    await until(() => !alice.sending);
+    return requests.count - 1;
+  };
+
+  t.storage.clear(); // the reader clears the site's data: no event
+  t.window.dispatchEvent(new Event("online"));
+  assert.equal(await sent(), 0, "back online after a clear: nothing sent within the Retry-After");
+  assert.equal(t.storage.getItem(scheduleKey), shared, "the schedule written back as it was");
+
+  t.storage.clear();
+  alice.save("book", position(5), DEVICE);
+  assert.equal(await sent(), 0, "a page turn after a clear: nothing sent within the Retry-After");
+
+  t.storage.clear(); // localStorage.clear() in another tab: a storage event with no key
+  t.window.dispatchEvent(Object.assign(new Event("storage"), { key: null, newValue: null }));
+  assert.equal(await sent(), 0, "another tab's clear: nothing sent within the Retry-After");
+
+  busy = false;
+  t.clock.advance(t.clock.nextAt! - t.clock.now);
+  await until(() => alice.store.getSnapshot().pendingCount === 0);
+  assert.equal(requests.count, 2, "sent once it has passed");
+  assert.ok(t.clock.now >= failedAt + 30_000, "not before");
+  alice.close();
+});
+
+Deno.test("sync session, two tabs: a refused write's message is written back after the site's storage is cleared, so dismissed in one tab it still goes in the other", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser, refuse: "bad-book" });
+  const second = tab({ browser, refuse: "bad-book" });
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  const error = (session: SyncSession) => session.store.getSnapshot().lastError;
+  const refusedKey = `readsync.outboxRefused.${ALICE}`;
+  a.save("bad-book", position(1), DEVICE);
+  await until(() => error(b) !== null);
+  assert.match(error(b) ?? "", /^Could not save bad-book/, "both tabs say it");
+  const shared = browser.items.get(refusedKey);
+
+  browser.items.clear(); // localStorage.clear() in tab A: tab B hears a storage event with no key
+  second.window.dispatchEvent(Object.assign(new Event("storage"), { key: null, newValue: null }));
+  assert.equal(browser.items.get(refusedKey), shared, "written back by tab B");
+  await tick(); // tab A hears it: the message it shows already
+  assert.match(error(a) ?? "", /^Could not save bad-book/);
+
+  browser.items.clear(); // the reader clears the site's data: no tab hears it
+  a.store.dismissError();
+  await until(() => error(b) === null);
+  assert.equal(error(b), null, "dismissed in tab A, gone in tab B too");
+  a.close();
+  b.close();
+});

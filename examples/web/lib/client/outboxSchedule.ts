@@ -48,6 +48,9 @@
 //     an edit (one per retry, by the shared count);
 //   - every tab with writes arms its retry for the shared moment; the first to take the lock sends,
 //     the others then find the schedule changed and wait again (one request per step, not N).
+//   - the site's storage cleared while tabs are open (SyncStore tells it): the state is written back as
+//     the tab last read or wrote it (writeBack), looked for before the state is read, so a clear is not
+//     read as no failure at all (every send at once, within a Retry-After).
 //   Disposed (the tab's user changed, or it closes), a tab withdraws a request for the lock it is still
 //   waiting for (its AbortSignal), so a closed session never sends once another tab lets go; the
 //   answer to a send it had under way is still shared (a Retry-After in it holds the others too),
@@ -95,6 +98,12 @@ export interface OutboxTabs {
   lock?(run: () => Promise<void>, signal?: AbortSignal): Promise<unknown>;
   /** Before a send, lock held: takes over what other tabs changed in the outbox (SyncStore.reloadOutbox). */
   takeOver?(): void;
+  /**
+   * Before the shared state is read: whether the browser's storage was cleared is looked at
+   * (SyncStore.checkCleared), and after one what the tab holds is written back, this schedule's state
+   * included (writeBack), so it is not read as no failure at all.
+   */
+  noticeCleared?(): void;
 }
 
 export interface OutboxScheduleOptions {
@@ -229,9 +238,12 @@ export class OutboxSchedule {
       if (before === null || STRENGTH[reason] > STRENGTH[before]) this.#askedMeanwhile = reason;
       return;
     }
+    // Taken over first, also with nothing waiting here: what this tab writes back after a clear (writeBack)
+    // is the shared state as it is, not one another tab ended since (a timer armed by the old one is
+    // cleared; one that would not have sent, nothing waiting or offline, is not needed).
+    if (this.#adopt()) this.#clearTimer(); // armed by what another tab has since changed
     if (!this.#options.hasPending()) return;
     if (reason === "queued" && !this.#options.isOnline()) return;
-    if (this.#adopt()) this.#clearTimer(); // armed by what another tab has since changed
     const at = this.#earliest(reason);
     const now = this.#timers.now();
     if (at <= now) this.#send(reason, Math.max(this.#retryAfterUntil, this.#retryAt) > now);
@@ -248,6 +260,23 @@ export class OutboxSchedule {
     this.request("user");
     await this.settled();
     return this.#sendsBegun > before ? this.#lastResult : null;
+  }
+
+  /**
+   * The browser's storage was cleared (SyncStore.onStorageCleared): the shared state as this tab last read
+   * or wrote it is written back, unless a tab wrote the key since. Read as no failure at all, every send (an
+   * edit, back online, another tab's word) went at once, within a Retry-After and the backoff. A tab that
+   * heard nothing for a while (a page kept in the back/forward cache) may write back an older state: its
+   * deadlines have passed by then, or it is dropped as a run no tab carried on (STALE_RUN_MS).
+   */
+  writeBack(): void {
+    const tabs = this.#options.tabs;
+    if (!tabs || this.#basis === null) return;
+    try {
+      if (tabs.storage.getItem(tabs.key) === null) tabs.storage.setItem(tabs.key, this.#basis);
+    } catch {
+      // storage full: this tab's own state goes on
+    }
   }
 
   dispose(): void {
@@ -365,6 +394,7 @@ export class OutboxSchedule {
   #adopt(): boolean {
     const tabs = this.#options.tabs;
     if (!tabs) return false;
+    tabs.noticeCleared?.(); // cleared: written back first (writeBack), not read as no failure
     let raw: string | null;
     try {
       raw = tabs.storage.getItem(tabs.key);

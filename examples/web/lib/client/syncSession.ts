@@ -262,6 +262,9 @@ export class SyncSession {
       tabs: storage ? outboxTabs(storage, store, env.locks) : undefined,
       ...(env.timers ? { timers: env.timers } : {}),
     });
+    // The site's storage cleared while this tab is open: the schedule the tabs share goes back with the
+    // outbox (the backoff, a Retry-After), or the next send of any tab went at once.
+    const offCleared = store.onStorageCleared(() => schedule.writeBack());
     const refreshTimer = env.setInterval(() => {
       if (tokens.remaining < 120 && env.isOnline()) void tokens.refresh().catch(leaveIfSignedOut);
     }, 30_000);
@@ -316,6 +319,7 @@ export class SyncSession {
       () => env.window.removeEventListener("online", onOnline),
       () => env.window.removeEventListener("offline", onOffline),
       () => env.window.removeEventListener("storage", onStorage),
+      offCleared,
       () => env.document.removeEventListener("visibilitychange", onVisible),
       offStatus,
       offRead,
@@ -582,6 +586,7 @@ function outboxTabs(storage: Storage, store: SyncStore, locks: SyncEnvironment["
     key: scheduleKey(store.userId),
     lock: locks ? (run, signal) => locks.request(outboxLockName(store.userId), signal ? { signal } : {}, run) : undefined,
     takeOver: () => store.reloadOutbox(),
+    noticeCleared: () => store.checkCleared(),
   };
 }
 

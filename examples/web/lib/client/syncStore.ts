@@ -164,6 +164,8 @@ export class SyncStore {
   #errorUntilAnswered = false;
   /** The last refused write's message shared by the tabs (this tab's or another's), shown or not. */
   #sharedRefusal: string | null = null;
+  /** The shared key's value (refusedKey) as this tab last wrote or heard it; null: none, or dismissed. */
+  #refusedSeen: string | null = null;
   #listeners = new Set<() => void>();
   #snapshot: SyncSnapshot;
   /** The newest row of each series the server-rendered pages were seeded with (getServerSnapshot). */
@@ -195,6 +197,8 @@ export class SyncStore {
    * it, so clears are not told). Gone, or another tab's, the browser's storage was cleared meanwhile.
    */
   #mark: string | null | undefined = null;
+  /** Run once this store has written back what it holds after the storage was cleared (onStorageCleared). */
+  #clearedListeners = new Set<() => void>();
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
   readonly #serverOrder: (a: ProgressRow, b: ProgressRow) => number;
 
@@ -530,7 +534,11 @@ export class SyncStore {
     this.#saveOutbox([], [write]);
     try {
       // `at` makes a second refusal with the same message a change too (a storage event).
-      this.#storage?.setItem(this.refusedKey, JSON.stringify({ message, at: Date.now() }));
+      const shared = JSON.stringify({ message, at: Date.now() });
+      if (this.#storage) {
+        this.#storage.setItem(this.refusedKey, shared);
+        this.#refusedSeen = shared;
+      }
     } catch {
       // storage full or disabled: this tab says it
     }
@@ -547,6 +555,10 @@ export class SyncStore {
    * here too; gone (dismissed there), it goes here as well, unless this tab shows something else.
    */
   takeRefused(saved: string | null): void {
+    // The value this tab holds already: written back after a clear (#restore), not a new refusal (this tab
+    // may show another message by now).
+    if (saved === this.#refusedSeen) return;
+    this.#refusedSeen = saved;
     if (saved === null) {
       if (this.#sharedRefusal !== null && this.#lastError === this.#sharedRefusal) this.setError(null);
       this.#sharedRefusal = null;
@@ -564,6 +576,7 @@ export class SyncStore {
 
   /** The reader dismissed the message: in every tab, when it is the shared one of a refused write. */
   dismissError(): void {
+    this.#noticeCleared(); // the shared key written back first, so that its removal reaches the other tabs
     if (this.#lastError !== null && this.#lastError === this.#sharedRefusal) this.#clearSharedRefusal();
     this.setError(null);
   }
@@ -571,6 +584,7 @@ export class SyncStore {
   /** Takes the shared message of a refused write away, in this tab and (its key gone) in the others. */
   #clearSharedRefusal(): void {
     this.#sharedRefusal = null;
+    this.#refusedSeen = null;
     try {
       if (this.#storage?.getItem(this.refusedKey) != null) this.#storage.removeItem(this.refusedKey);
     } catch {
@@ -1005,6 +1019,24 @@ export class SyncStore {
   }
 
   /**
+   * Looks whether the browser's storage was cleared (see #noticeCleared) and, if so, writes back what this
+   * tab holds: the outbox's schedule looks before it reads its shared state (outboxSchedule.ts's tabs).
+   */
+  checkCleared(): void {
+    this.#noticeCleared();
+  }
+
+  /**
+   * Runs `listener` each time this store wrote back what it holds after the browser's storage was cleared
+   * (#restore): the session writes the outbox's shared schedule back then (OutboxSchedule.writeBack).
+   * Returns the function that stops it.
+   */
+  onStorageCleared(listener: () => void): () => void {
+    this.#clearedListeners.add(listener);
+    return () => this.#clearedListeners.delete(listener);
+  }
+
+  /**
    * After the browser's storage was cleared with this tab open: writes back what this tab holds, as it
    * held it. Before, its writes were taken for left unnamed by another tab (saved again once, and let go
    * at the next clear), a page turn was numbered after the last number its own tab gave (1 in a tab that
@@ -1039,6 +1071,18 @@ export class SyncStore {
     }
     const answered = this.#readAnswered();
     this.#saveOutbox(this.pendingWrites().filter((write) => !this.#namedAnswered(write, answered)), []);
+    // A refused write's message the tabs share, as this tab last wrote or heard it (not dismissed since):
+    // else gone from the storage, its dismissal in one tab (or a later save that gets through) reached no
+    // other.
+    const refused = this.#sharedRefusal !== null ? this.#refusedSeen : null;
+    try {
+      if (refused !== null && storage.getItem(this.refusedKey) === null) {
+        storage.setItem(this.refusedKey, refused);
+      }
+    } catch {
+      // storage full: this tab still says it
+    }
+    for (const listener of [...this.#clearedListeners]) listener();
   }
 
   #readSaved(): PendingWrite[] {
