@@ -42,19 +42,34 @@ const FAR = Math.floor(Date.now() / 1000) + 3_600; // tokens that need no refres
 /**
  * The localStorage of one browser as its tabs see it: each tab's window hears a `storage` event
  * (as a task of its own) when another tab changes a key, never for its own changes, and not when a key
- * is set to the value it holds or a key it does not hold is removed (as the HTML spec says).
+ * is set to the value it holds or a key it does not hold is removed (as the HTML spec says); nor while its
+ * page is kept in the back/forward cache (`keep`, until `restore`).
  */
 function sharedStorage() {
   const items = new Map<string, string>();
   const tabs: { window: EventTarget; view: Storage }[] = [];
+  const kept = new Set<EventTarget>();
   const changed = (from: Storage, key: string, newValue: string | null) => {
     for (const tab of tabs) {
       if (tab.view === from) continue;
-      setTimeout(() => tab.window.dispatchEvent(Object.assign(new Event("storage"), { key, newValue })), 0);
+      setTimeout(() => {
+        if (!kept.has(tab.window)) {
+          tab.window.dispatchEvent(Object.assign(new Event("storage"), { key, newValue }));
+        }
+      }, 0);
     }
   };
   return {
     items,
+    /** The reader leaves the page of `window`, which the browser keeps in its back/forward cache. */
+    keep(window: EventTarget) {
+      kept.add(window);
+    },
+    /** The reader goes back to it: restored from the cache (`pageshow`, persisted). */
+    restore(window: EventTarget) {
+      kept.delete(window);
+      window.dispatchEvent(Object.assign(new Event("pageshow"), { persisted: true }));
+    },
     viewFor(window: EventTarget): Storage {
       const view: Storage = {
         get length() {
@@ -305,8 +320,8 @@ Deno.test("sync session: a user change without a remount closes the old user's s
       unsubscribed: t.subscriptions[0].unsubscribed,
       lockWaits: t.locks.waiting(outboxLockName(ALICE)),
     },
-    { intervals: 1, windowListeners: 3, documentListeners: 1, unsubscribed: true, lockWaits: 0 },
-    "only Bob's session's own (one interval, three window and one document listeners)",
+    { intervals: 1, windowListeners: 4, documentListeners: 1, unsubscribed: true, lockWaits: 0 },
+    "only Bob's session's own (one interval, four window and one document listeners)",
   );
   await tick();
   assert.equal(t.subscriptions[0].disconnected, true, "her client's socket is closed");
@@ -1492,6 +1507,59 @@ Deno.test("sync session: a refusal heard before the session closed (sign-out) is
     { error: null, pending: 2, saved: ["bad-book", "good-book"], refusalShared: null, answered: null },
     "nothing of the refusal applied after the close: both writes still wait, in her saved outbox",
   );
+});
+
+const noNetwork = () => new NetworkError(0, "network_error", "Failed to fetch");
+
+/**
+ * Two tabs of one browser whose page turn of `book` waits in both (neither reaches the API until the test
+ * lets tab A: `reach()`); tab B's requests are counted.
+ */
+async function twoTabsWaiting() {
+  const browser = sharedStorage();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  let down = true;
+  failing(first, () => down ? noNetwork() : null);
+  const fromB = failing(second, () => noNetwork());
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  a.save("book", position(4), DEVICE);
+  await until(() => b.store.getSnapshot().pendingCount === 1 && !a.sending && !b.sending);
+  assert.equal(b.store.getSnapshot().pendingCount, 1, "the page turn waits in tab B too");
+  return { browser, first, second, a, b, fromB, reach: () => void (down = false) };
+}
+
+Deno.test("sync session, two tabs: a page restored from the back/forward cache (pageshow, persisted) lets go at once of a write another tab got answered while it was kept there, and does not send it again", async () => {
+  const { browser, second, a, b, fromB, reach } = await twoTabsWaiting();
+  browser.keep(second.window); // the reader leaves tab B's page: it hears nothing more, its timers stop
+  reach();
+  assert.equal(await a.syncNow(), "done", "tab A gets the page turn answered meanwhile");
+  const requestsOfB = fromB.count;
+  browser.restore(second.window); // the reader goes back to it
+  assert.equal(b.store.getSnapshot().pendingCount, 0, "let go at once: another tab got it answered");
+  for (let i = 0; i < 5 && second.clock.nextAt !== null; i++) {
+    second.clock.advance(second.clock.nextAt - second.clock.now); // tab B's retry comes due
+    await until(() => !b.sending);
+  }
+  assert.equal(fromB.count, requestsOfB, "not sent again");
+  a.close();
+  b.close();
+});
+
+Deno.test("sync session, two tabs: a page restored from the back/forward cache (pageshow, persisted) after the site's storage was cleared writes back its waiting write at once, not at its next send", async () => {
+  const { browser, second, a, b } = await twoTabsWaiting();
+  browser.keep(second.window);
+  browser.items.clear(); // the reader clears the site's data (no tab hears it); tab A does nothing meanwhile
+  browser.restore(second.window);
+  const saved = JSON.parse(browser.items.get(`readsync.outbox.${ALICE}`) ?? "[]") as PendingWrite[];
+  assert.deepEqual(
+    saved.map((w) => [w.series_id, w.chapter]),
+    [["book", 4]],
+    "saved again, for a tab opened now",
+  );
+  a.close();
+  b.close();
 });
 
 Deno.test("sync session: after the site's storage is cleared, the outbox's shared schedule is written back with it, so a Retry-After still holds the sends (back online, a page turn, another tab's clear) until it has passed", async () => {

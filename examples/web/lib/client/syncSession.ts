@@ -1,6 +1,6 @@
 // One signed-in user's sync in this tab (components/SyncProvider.tsx opens one per user): the
 // Realtime link to progress:<userId>, the outbox's sends and their schedule, the token keeper, the
-// tab's listeners (online, offline, storage, visibility). Everything it opens, close() ends: a user
+// tab's listeners (online, offline, storage, visibility, pageshow). Everything it opens, close() ends: a user
 // change in the same page (signed out, then in as someone else) closes the old user's session before
 // the new one opens, so none of the old user's timers, lock waits, listeners or Realtime channel
 // goes on, and nothing queued for one user is ever sent with the other's token. The old user's
@@ -37,7 +37,7 @@ export type SyncApi =
   & Partial<Pick<ProgressApi, "listProgress">>;
 
 export interface SyncEnvironment {
-  /** The window: `online`, `offline` and `storage` events. */
+  /** The window: `online`, `offline`, `storage` and `pageshow` events. */
   window: Pick<EventTarget, "addEventListener" | "removeEventListener">;
   /** The document: `visibilitychange`, and whether the page is shown. */
   document: Pick<EventTarget, "addEventListener" | "removeEventListener"> & { visibilityState: string };
@@ -300,6 +300,18 @@ export class SyncSession {
       void session.shown();
     };
     const onOffline = () => this.#setOnline(false);
+    // Restored from the back/forward cache (the reader went back to this page): it heard no storage event,
+    // and no timer ran, while it was kept there. The outbox, the answered writes, a refused write's message
+    // and a clear are read again now (SyncStore.rereadStorage), not at the next event or send (until then it
+    // showed, and could send, a write another tab got answered meanwhile); then as when shown again.
+    const onPageShow = (event: Event) => {
+      // (Not on a first load: the session opens after it.)
+      if (!(event as Event & { persisted?: boolean }).persisted) return;
+      store.rereadStorage();
+      this.#setOnline(env.isOnline());
+      this.flush("queued");
+      void session.shown();
+    };
     // A hidden tab's timers run at most once a minute and its socket may have been dropped (a
     // sleeping laptop, a phone's browser in the background): when the reader comes back to it,
     // read now, so the page shows where the other device left off before they look.
@@ -309,6 +321,7 @@ export class SyncSession {
     env.window.addEventListener("online", onOnline);
     env.window.addEventListener("offline", onOffline);
     env.window.addEventListener("storage", onStorage);
+    env.window.addEventListener("pageshow", onPageShow);
     env.document.addEventListener("visibilitychange", onVisible);
 
     this.#cleanups.push(
@@ -319,6 +332,7 @@ export class SyncSession {
       () => env.window.removeEventListener("online", onOnline),
       () => env.window.removeEventListener("offline", onOffline),
       () => env.window.removeEventListener("storage", onStorage),
+      () => env.window.removeEventListener("pageshow", onPageShow),
       offCleared,
       () => env.document.removeEventListener("visibilitychange", onVisible),
       offStatus,

@@ -644,6 +644,25 @@ export class SyncStore {
   }
 
   /**
+   * The page was restored from the back/forward cache (`pageshow`, persisted): while it was kept there it
+   * heard no storage event, so it may hold writes another tab got answered (and send them again), lack the
+   * ones another tab queued, show a refused write's message dismissed since (or not one made since), and not
+   * know the storage was cleared. All of it is read again now (a clear told first: #reload), not at the next
+   * event or send.
+   */
+  rereadStorage(): void {
+    this.#reload();
+    let refused: string | null | undefined;
+    try {
+      refused = this.#storage?.getItem(this.refusedKey);
+    } catch {
+      // storage disabled: nothing shared to read
+    }
+    if (refused !== undefined) this.takeRefused(refused);
+    this.#emit();
+  }
+
+  /**
    * Another tab changed the lists of answered writes (answeredKey, latestAnsweredKey), which need not change
    * the saved outbox: as reloadOutbox, and the view is built again in any case, as it shows a waiting write
    * by the date it will be sent with, which an answered earlier write's stored key moves (#asSent).
