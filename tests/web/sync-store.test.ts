@@ -1127,3 +1127,19 @@ Deno.test("storage cleared while tabs are open: a tab writes back the number sum
   assert.notEqual(storage.getItem(`readsync.outboxAnsweredPruned.${USER}`), null, "saga's left out");
   clearedThenStaleCopyRefused(storage, tabB);
 });
+
+Deno.test("storage cleared while tabs are open: a page turn dated right after it is dated after the key this device's version was stored under when another tab got it answered, as the tab writes back what it knows before it dates", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  const nowMs = Date.parse(T1);
+  const storedAt = new Date(nowMs + 2_000).toISOString(); // ahead, within the server's 5 s tolerance
+  const earlier = write("saga", storedAt, "web-1", 12);
+  tabB.addPending(earlier);
+  tabB.settle(earlier, storedAs(row("saga", storedAt, "web-1", 12)));
+  tabA.takeAnswered(); // tab A hears the answer (the lists), not yet its row (Realtime)
+  storage.clear(); // the reader clears the site's data: no storage event
+  assert.equal(
+    datedAt(tabA, "saga", nowMs, "web-1"),
+    new Date(nowMs + 2_001).toISOString(),
+    "dated after the stored key, as without the clear (not refused as older than it: 'self')",
+  );
+});

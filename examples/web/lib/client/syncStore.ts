@@ -309,6 +309,9 @@ export class SyncStore {
    * further than the server's 5 s tolerance for clocks ahead (see #after).
    */
   nextUpdatedAt(seriesId: string, nowMs: number, deviceId: string, sentAs: SentAs): string {
+    // The saved writes and the answered writes' keys it dates after are gone after a clear until a tab writes
+    // them back: this tab first (a page turn dated before this device's stored version is refused 'self').
+    this.#noticeCleared();
     return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, deviceId, true, sentAs))).toISOString();
   }
 
@@ -319,6 +322,7 @@ export class SyncStore {
    * Undefined when nothing.
    */
   redatingFloor(seriesId: string, nowMs: number, deviceId: string, sentAs: SentAs): number | undefined {
+    this.#noticeCleared(); // (as nextUpdatedAt)
     const after = this.#after(seriesId, nowMs, deviceId, false, sentAs);
     return Number.isFinite(after) ? after : undefined;
   }
