@@ -1143,3 +1143,34 @@ Deno.test("storage cleared while tabs are open: a page turn dated right after it
     "dated after the stored key, as without the clear (not refused as older than it: 'self')",
   );
 });
+
+/** localStorage with a quota (in characters of keys and values), full as a browser's is: setItem throws. */
+class QuotaStorage extends MemoryStorage {
+  constructor(readonly quota: number) {
+    super();
+  }
+  override setItem(key: string, value: string) {
+    let used = key.length + value.length;
+    for (let i = 0; i < this.length; i++) {
+      const other = this.key(i)!;
+      if (other !== key) used += other.length + (this.getItem(other) ?? "").length;
+    }
+    if (used > this.quota) throw new DOMException("quota", "QuotaExceededError");
+    super.setItem(key, value);
+  }
+}
+
+Deno.test("storage too full to keep the clear mark when a tab opens: the tab tries again at its next write, and then tells a clear, so its waiting write is not let go at the second", () => {
+  const storage = new QuotaStorage(20_000);
+  storage.setItem("another-app", "x".repeat(20_000 - 20)); // the site's other data fills it
+  const tab = new SyncStore(USER, defaultCompareRows);
+  tab.attachStorage(storage); // no room for the mark
+  storage.removeItem("another-app"); // room again
+  tab.addPending(write("saga", T1, "web-1", 12));
+  for (let i = 1; i <= 2; i++) {
+    storage.clear(); // the reader clears the site's data
+    tab.reloadOutbox(); // the look before a send
+    assert.deepEqual(tab.pendingWrites().map((w) => w.chapter), [12], `still waiting after clear ${i}`);
+    assert.deepEqual(savedOutbox(storage), [["saga", 12]], `saved again after clear ${i}`);
+  }
+});

@@ -193,8 +193,9 @@ export class SyncStore {
   /** The highest number of the entries #latestKnown left out (see LATEST_REMEMBERED); 0: none. */
   #prunedHere = 0;
   /**
-   * The mark this store last saw under markKey (null: not looked yet; undefined: storage that cannot keep
-   * it, so clears are not told). Gone, or another tab's, the browser's storage was cleared meanwhile.
+   * The mark this store last saw under markKey (null: not looked yet; undefined: storage that could not keep
+   * it, so clears are not told until a write of this tab keeps one: #markAgain). Gone, or another tab's, the
+   * browser's storage was cleared meanwhile.
    */
   #mark: string | null | undefined = null;
   /** Run once this store has written back what it holds after the storage was cleared (onStorageCleared). */
@@ -484,7 +485,7 @@ export class SyncStore {
    * device's outbox (PendingWrite.seq, set on `write`); the same write again (key and position) keeps its number.
    */
   addPending(write: PendingWrite): void {
-    this.#noticeCleared(); // numbered after what this tab knows, should the storage have been cleared
+    this.#noticeCleared(true); // numbered after what this tab knows, should the storage have been cleared
     const current = this.#pending.get(write.series_id);
     write.seq = current && validSeq(current.seq) && (current === write || this.#sameContent(current, write))
       ? current.seq
@@ -501,7 +502,7 @@ export class SyncStore {
 
   /** The server answered a write: drop it from the outbox (unless a newer one replaced it meanwhile). */
   settle(write: PendingWrite, result: WriteResult): void {
-    this.#noticeCleared();
+    this.#noticeCleared(true);
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#mergeConfirmed(result.progress);
     // What the server stores is this device's own (a replay of this write after a lost answer, or a
@@ -530,7 +531,7 @@ export class SyncStore {
    * `refusedKey`, and the others show it when they hear of it (takeRefused).
    */
   reject(write: PendingWrite, message: string): void {
-    this.#noticeCleared();
+    this.#noticeCleared(true);
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#lastError = message;
     this.#errorUntilAnswered = false;
@@ -1015,11 +1016,17 @@ export class SyncStore {
    * Whether the browser's storage was cleared since this store last looked (localStorage.clear() in a tab,
    * the reader clearing the site's data: markKey gone, or another tab's mark, written when it saw that):
    * then what this tab holds is written back (#restore) before anything reads the storage for it. The first
-   * look (attachStorage) takes the mark there, or writes one.
+   * look (attachStorage) takes the mark there, or writes one. `writing`: this tab is about to write the
+   * storage (a page turn, an answer, a refusal): a mark it could not keep before (storage full) is tried
+   * again then (#markAgain), not at every look.
    */
-  #noticeCleared(): void {
+  #noticeCleared(writing = false): void {
     const storage = this.#storage;
-    if (!storage || this.#mark === undefined) return;
+    if (!storage) return;
+    if (this.#mark === undefined) {
+      if (writing) this.#markAgain(storage);
+      return;
+    }
     let mark: string | null;
     try {
       mark = storage.getItem(this.markKey);
@@ -1028,17 +1035,38 @@ export class SyncStore {
     }
     if (mark !== null && mark === this.#mark) return;
     if (this.#mark !== null) this.#restore();
-    if (mark === null) {
-      mark = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
-      try {
-        storage.setItem(this.markKey, mark);
-        if (storage.getItem(this.markKey) !== mark) mark = null;
-      } catch {
-        mark = null;
-      }
-    }
     // A storage that cannot keep the mark (full) would have every tab write back all it holds at every step.
-    this.#mark = mark ?? undefined;
+    this.#mark = mark ?? this.#newMark(storage) ?? undefined;
+  }
+
+  /** Writes a new mark under markKey; returns it, or null when the storage does not keep it (full). */
+  #newMark(storage: Storage): string | null {
+    const mark = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+    try {
+      storage.setItem(this.markKey, mark);
+      return storage.getItem(this.markKey) === mark ? mark : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * A mark this tab could not keep (storage full when it looked): taken (the mark there) or written now, if
+   * the storage keeps it. Without one, the tab never told a clear. What happened meanwhile is not known
+   * (space freed, or the storage cleared, which is why the mark fits now): what it holds is written back as
+   * after a clear (#restore), which only adds what the storage lacks (the latest answered writes and the
+   * numbers merged by the highest; its waiting writes not named answered, which it would save again anyway).
+   */
+  #markAgain(storage: Storage): void {
+    let mark: string | null;
+    try {
+      mark = storage.getItem(this.markKey) ?? this.#newMark(storage);
+    } catch {
+      return; // storage disabled: nothing to tell
+    }
+    if (mark === null) return; // still full: tried again at the next write
+    this.#mark = mark;
+    this.#restore();
   }
 
   /**
