@@ -277,15 +277,18 @@ export function mapDatabaseError(error: unknown): HttpError {
     if (code === "42501") {
       return new HttpError(403, "forbidden", "Not allowed", { details, cause: error });
     }
+    // PT503: the lock timeout of a wait for another write of the same user, which the user-lock trigger
+    // raises again under PostgREST's PT<status> convention (HTTP 503 on the Data API; migration
+    // …_user_write_wait_answered_503.sql): a lock timeout like 55P03, answered the same.
+    const lockTimeout = code === "55P03" || code === "PT503";
     if (
-      cls === "08" || cls === "53" || cls === "57" || code === "40001" || code === "40P01" ||
-      code === "55P03" ||
+      cls === "08" || cls === "53" || cls === "57" || code === "40001" || code === "40P01" || lockTimeout ||
       code === "XX000" && /shutting down/i.test(message)
     ) {
       return unavailable(
         code === "57014"
           ? "The database took too long to answer"
-          : code === "55P03"
+          : lockTimeout
           ? "The data is locked by another operation; try again"
           : "The database is unavailable or busy",
         error,

@@ -13,11 +13,18 @@
 //   * a user's transaction that locked a row (SELECT ... FOR UPDATE, as the user) before its first write
 //     does not wait for the user's lock that a write waiting for that row holds: it goes on, and both
 //     complete (waiting, it would close a deadlock the serialization made).
+// A write stuck behind a transaction of the same user that does not end (migration
+// …_user_write_wait_answered_503.sql):
+//   * through the Data API, it ends with SQLSTATE PT503 (PostgREST: HTTP 503, "code": "PT503") where
+//     its lock timeout or statement timeout would end the wait, and stores nothing; before, PostgREST's
+//     500 for 57014 (the statement timeout, first under Supabase's equal 8 s timeouts) or 55P03;
+//   * a wait that gets the lock in time leaves the transaction's own lock_timeout as it was;
+//   * through the progress function, it is still the 503 service_unavailable of a lock timeout.
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { createTestUser } from "../support/env.ts";
-import { adminSql, dataApiBulkUpsert, seriesId, testEnv } from "./support.ts";
+import { adminSql, call, dataApiBulkUpsert, errorOf, seriesId, testEnv, write } from "./support.ts";
 
 /** A connection of its own (one backend: its pid stays the one waitedFor names). */
 const connection = () => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
@@ -266,5 +273,201 @@ Deno.test("a user's transaction that locked a row before its first write does no
     assert.deepEqual(await logOf(admin, user.id, s1), [`stale phone ${at(2)}`]);
   } finally {
     await Promise.all([script.end(), phoneConnection.end(), admin.end()]);
+  }
+});
+
+/**
+ * A transaction of the user's on `holder` that wrote `series` (so it holds the user's write lock) and
+ * stays open until `release()`: a device's write that does not end; `done` settles once it committed.
+ */
+async function userWriteInProgress(holder: postgres.Sql, userId: string, series: string) {
+  const release = Promise.withResolvers<void>();
+  const wrote = Promise.withResolvers<void>();
+  const done = holder.begin(async (tx) => {
+    await asUser(tx, userId);
+    await dataApiBulkUpsert(tx, [{
+      user_id: userId,
+      series_id: series,
+      chapter: 5,
+      page: 0,
+      percentage: 0,
+      device_id: "laptop",
+      updated_at: at(5),
+    }]);
+    wrote.resolve();
+    await release.promise;
+  });
+  done.catch(wrote.reject);
+  await wrote.promise;
+  return { release: () => release.resolve(), done };
+}
+
+type UserWriteInProgress = Awaited<ReturnType<typeof userWriteInProgress>>;
+
+/** Lets a held write end (also after a failed assertion, so that the holder's connection can end). */
+async function endHeld(held: UserWriteInProgress | undefined): Promise<void> {
+  held?.release();
+  await held?.done.catch(() => {});
+}
+
+/** The timeouts a Data API request runs with: its session's (the login role's) and its transaction's. */
+interface RequestTimeouts {
+  /** Startup parameters, as `alter role authenticator set ...` gives PostgREST's sessions. */
+  session: { lock_timeout?: number };
+  /** set_config(..., true) in the request's transaction, as PostgREST applies the impersonated role's. */
+  transaction: { lock_timeout?: number; statement_timeout?: number };
+}
+
+/**
+ * A Data API bulk upsert of the user's as PostgREST runs it with `timeouts`, on a connection of its own
+ * (ended before it settles); `afterwards` runs in the same transaction once the upsert has completed.
+ */
+async function timedUpsert<R>(
+  timeouts: RequestTimeouts,
+  userId: string,
+  writes: Write[],
+  onConnected: (pid: number) => void = () => {},
+  afterwards: (tx: postgres.TransactionSql) => Promise<R> = () => Promise.resolve(undefined as R),
+): Promise<{ returned: string[]; after: R }> {
+  const sql = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {}, connection: timeouts.session });
+  try {
+    onConnected(await pidOf(sql));
+    const rows = writes.map((w) => ({ ...w, user_id: userId, page: 0, percentage: 0 }));
+    return await sql.begin(async (tx) => {
+      await asUser(tx, userId);
+      for (const [name, ms] of Object.entries(timeouts.transaction)) {
+        await tx`select set_config(${name}, ${String(ms)}, true)`;
+      }
+      const returned = (await dataApiBulkUpsert(tx, rows)).map((r) => r.series_id);
+      return { returned, after: await afterwards(tx) };
+    });
+  } finally {
+    await sql.end();
+  }
+}
+
+/** The error a promise was rejected with (a failure if it was not). */
+async function refusal(sent: Promise<unknown>, what: string) {
+  const outcome = await sent.then((value) => ({ value }), (error) => ({ error }));
+  assert.ok("error" in outcome, `${what}: completed, ${JSON.stringify(outcome)}`);
+  return outcome.error as { code?: string; message?: string; detail?: string; hint?: string };
+}
+
+const WAIT_SHAPES: { name: string; timeouts: RequestTimeouts; before: string }[] = [
+  {
+    // Supabase: authenticator's lock_timeout 8s (the session) and authenticated's statement_timeout 8s
+    // (the request), here 1 s each.
+    name: "the session's lock_timeout and the request's statement_timeout equal, as on Supabase's Data API",
+    timeouts: { session: { lock_timeout: 1_000 }, transaction: { statement_timeout: 1_000 } },
+    before: "57014, the statement timeout: HTTP 500",
+  },
+  {
+    name: "a lock_timeout shorter than the statement timeout (the progress function's 2 s and 8 s)",
+    timeouts: { session: {}, transaction: { lock_timeout: 300, statement_timeout: 8_000 } },
+    before: "55P03, the lock timeout: HTTP 500",
+  },
+  {
+    name: "a statement timeout and no lock_timeout",
+    timeouts: { session: {}, transaction: { statement_timeout: 1_000 } },
+    before: "57014, the statement timeout: HTTP 500",
+  },
+];
+
+Deno.test("a Data API write stuck behind another write of the same user ends with PT503 (PostgREST: HTTP 503), stores nothing, and lands when sent again", async () => {
+  const admin = adminSql({ max: 1 });
+  const holder = connection();
+  let held: UserWriteInProgress | undefined;
+  try {
+    for (const shape of WAIT_SHAPES) {
+      const { user, s1, s2 } = await seededUser(admin);
+      held = await userWriteInProgress(holder, user.id, s1);
+      const phoneWrite = { series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) };
+      const error = await refusal(timedUpsert(shape.timeouts, user.id, [phoneWrite]), shape.name);
+      assert.equal(
+        error.code,
+        "PT503",
+        `${shape.name}: ${error.code} ${error.message} (before this migration: ${shape.before})`,
+      );
+      assert.equal(error.message, "Another write of this user is in progress", shape.name);
+      assert.match(
+        error.detail ?? "",
+        /^This statement waited \d+ ms for a transaction of the same user writing to public\.reading_progress, which has not ended\.$/,
+        shape.name,
+      );
+      assert.match(error.hint ?? "", /^Nothing of this write was stored: send it again\./, shape.name);
+      assert.equal(
+        await stored(admin, user.id, s2),
+        `2026-01-01T00:00:00.000Z seed ch1`,
+        `${shape.name}: kept`,
+      );
+      held.release();
+      await held.done;
+      assert.deepEqual(await bulkUpsert(holder, user.id, [phoneWrite]), [s2], `${shape.name}: sent again`);
+      assert.equal(await stored(admin, user.id, s2), `${at(2)} phone ch22`, shape.name);
+    }
+  } finally {
+    await endHeld(held);
+    await Promise.all([holder.end(), admin.end()]);
+  }
+});
+
+Deno.test("a Data API write that gets the user's lock before its timeouts completes, and its transaction keeps its own lock_timeout", async () => {
+  // Supabase's shape (equal timeouts), long enough that the holder is released well before: the wait's
+  // lock_timeout is cut to what the statement timeout leaves, and put back once the lock is taken.
+  const timeouts = { session: { lock_timeout: 20_000 }, transaction: { statement_timeout: 20_000 } };
+  const admin = adminSql({ max: 1 });
+  const holder = connection();
+  let held: UserWriteInProgress | undefined;
+  try {
+    const { user, s1, s2 } = await seededUser(admin);
+    held = await userWriteInProgress(holder, user.id, s1);
+    const connected = Promise.withResolvers<number>();
+    const sent = timedUpsert(
+      timeouts,
+      user.id,
+      [{ series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) }],
+      connected.resolve,
+      async (tx) =>
+        (await tx<{ lock_timeout: string }[]>`select current_setting('lock_timeout') as lock_timeout`)[0],
+    );
+    sent.catch(() => {}); // settled below
+    await waitedFor(admin, await connected.promise, "the phone's upsert");
+    held.release();
+    await held.done;
+    const { returned, after } = await sent;
+    assert.deepEqual(returned, [s2]);
+    assert.equal(after.lock_timeout, "20s", "the transaction's lock_timeout after the wait: the session's");
+  } finally {
+    await endHeld(held);
+    await Promise.all([holder.end(), admin.end()]);
+  }
+});
+
+Deno.test("a progress function write stuck behind another write of the same user is still its 503 service_unavailable", async () => {
+  const admin = adminSql({ max: 1 });
+  const holder = connection();
+  let held: UserWriteInProgress | undefined;
+  try {
+    const { user, s1, s2 } = await seededUser(admin);
+    held = await userWriteInProgress(holder, user.id, s1);
+    const body = write({ series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) });
+    const blocked = await call("POST", "", { token: user.accessToken, body });
+    assert.equal(blocked.status, 503, JSON.stringify(blocked.body));
+    assert.equal(errorOf(blocked).code, "service_unavailable");
+    assert.equal(errorOf(blocked).message, "The data is locked by another operation; try again");
+    assert.equal(blocked.headers.get("retry-after"), "1");
+    assert.equal(
+      await stored(admin, user.id, s2),
+      `2026-01-01T00:00:00.000Z seed ch1`,
+      "the write changed nothing",
+    );
+    held.release();
+    await held.done;
+    const retried = await call("POST", "", { token: user.accessToken, body });
+    assert.equal(retried.status, 200, JSON.stringify(retried.body));
+    assert.equal(await stored(admin, user.id, s2), `${at(2)} phone ch22`);
+  } finally {
+    await endHeld(held);
+    await Promise.all([holder.end(), admin.end()]);
   }
 });
