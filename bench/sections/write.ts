@@ -43,7 +43,7 @@ const settings = (role: string) =>
 const request = (role: string, write: string) =>
   `${vars}\\startpipeline\n${settings(role)}${write}\\endpipeline\n`;
 
-interface Variant {
+export interface Variant {
   id: string;
   label: string;
   script: string;
@@ -156,7 +156,7 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
     .map((v) => ({ ...v, triggers: null }));
 }
 
-async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
+export async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
   const s: NonNullable<Variant["triggers"]> = t ?? ALL_ON;
   const on = (b: boolean) => (b ? "enable" : "disable");
   await ctx.sql.unsafe(`
@@ -185,7 +185,7 @@ async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
  * calls broadcast_changes). Kept as a disabled trigger on the bench's own database, so both are
  * measured in the same run; it goes away with the bench schema (drop schema bench cascade).
  */
-async function installDirectSendTrigger(ctx: Ctx): Promise<void> {
+export async function installDirectSendTrigger(ctx: Ctx): Promise<void> {
   await ctx.sql.unsafe(`
     create or replace function bench.reading_progress_broadcast_direct() returns trigger
     language plpgsql security definer set search_path = '' as $fn$
@@ -237,10 +237,20 @@ async function between(ctx: Ctx): Promise<void> {
   for (const t of ["bench.progress_bare", "public.reading_progress"]) await ctx.sql.unsafe(`vacuum ${t}`);
 }
 
-type Averaged = PgbenchResult & { runs: number[] };
+/** A variant's runs in one pass: means, and per run its tps and backend CPU µs per transaction. */
+type Averaged = PgbenchResult & { runs: number[]; backendUsRuns?: number[] };
 
-/** One pgbench run of a variant from the same starting point (its triggers set, tables vacuumed). */
-async function runOnce(ctx: Ctx, v: Variant, clients: number, seconds: number): Promise<PgbenchResult> {
+/**
+ * One pgbench run of a variant from the same starting point (its triggers set, tables vacuumed). On
+ * the bench's own cluster (its processes are this machine's) the result has the CPU time used per
+ * transaction, read from /proc.
+ */
+export async function runOnce(
+  ctx: Ctx,
+  v: Variant,
+  clients: number,
+  seconds: number,
+): Promise<PgbenchResult> {
   if (ctx.stack.ownsDatabase) await setTriggers(ctx, v.triggers);
   await between(ctx);
   return await runPgbench({
@@ -249,6 +259,7 @@ async function runOnce(ctx: Ctx, v: Variant, clients: number, seconds: number): 
     clients,
     seconds,
     vars: { users: USERS, series: SERIES },
+    cpuOf: ctx.stack.ownsDatabase ? ctx.sql : undefined,
   });
 }
 
@@ -259,7 +270,12 @@ async function runVariants(ctx: Ctx, list: Variant[], clients: number): Promise<
       // A B C ..., then ... C B A: drift on a shared machine hits every variant alike.
       for (const v of r % 2 === 0 ? list : [...list].reverse()) {
         const result = await runOnce(ctx, v, clients, ctx.opts.pgbenchSeconds);
-        ctx.log(`write ${v.id} c=${clients}: ${result.tps.toFixed(0)} tps (avg ${result.latencyAvgMs} ms)`);
+        const cpu = result.cpu
+          ? `, backends ${result.cpu.backendUsPerTxn.toFixed(1)} µs CPU per transaction`
+          : "";
+        ctx.log(
+          `write ${v.id} c=${clients}: ${result.tps.toFixed(0)} tps (avg ${result.latencyAvgMs} ms${cpu})`,
+        );
         runs[v.id].push(result);
       }
     }
@@ -276,6 +292,17 @@ async function runVariants(ctx: Ctx, list: Variant[], clients: number): Promise<
       failed: rs.reduce((a, x) => a + x.failed, 0),
       latencyAvgMs: mean(rs.map((x) => x.latencyAvgMs)),
       runs: rs.map((x) => Math.round(x.tps)),
+      ...(rs.every((x) => x.cpu)
+        ? {
+          cpu: {
+            backendUsPerTxn: mean(rs.map((x) => x.cpu!.backendUsPerTxn)),
+            clientUsPerTxn: mean(rs.map((x) => x.cpu!.clientUsPerTxn)),
+            machineUsPerTxn: mean(rs.map((x) => x.cpu!.machineUsPerTxn)),
+            stealUsPerTxn: mean(rs.map((x) => x.cpu!.stealUsPerTxn)),
+          },
+          backendUsRuns: rs.map((x) => Math.round(x.cpu!.backendUsPerTxn * 10) / 10),
+        }
+        : {}),
     }];
   }));
 }
@@ -420,6 +447,7 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
   const ids = new Set(list.map((v) => v.id));
   const details: Record<string, unknown> = {};
   const costs: string[] = [];
+  const cpuCosts: string[] = [];
   const directVsDocumented: string[] = [];
   const targets = list.filter((v) => v.id === "bare" || TARGETED.has(v.id));
   for (const clients of ctx.opts.writeClients) {
@@ -453,18 +481,19 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
             }× bare)`,
         );
       }
-      // Cost of each step in microseconds per transaction (1e6 / tps, differences between steps).
-      const us = (id: string) => 1e6 / res[id].tps;
+      // Cost of each step in microseconds per transaction, differences between steps: the backends'
+      // CPU time (what the step adds to the server's work), and the wall time (1e6 / tps).
       const steps = ["bare", "table", "rls", "user_lock", "stamp", "reset_rules", "supabase", "full"].filter((
         id,
       ) => ids.has(id));
-      const parts = steps.slice(1).map((id, i) => `${id} ${(us(id) - us(steps[i])).toFixed(0)}`);
-      costs.push(
-        `${clients} client${plural}: bare ${us("bare").toFixed(0)} µs per transaction, then + ${
-          parts.join(", + ")
-        } µs ` +
-          `(full ${us("full").toFixed(0)} µs)`,
-      );
+      const stepCosts = (us: (id: string) => number) =>
+        `bare ${us("bare").toFixed(0)} µs per transaction, then + ` +
+        steps.slice(1).map((id, i) => `${id} ${(us(id) - us(steps[i])).toFixed(0)}`).join(", + ") +
+        ` µs (full ${us("full").toFixed(0)} µs)`;
+      if (steps.every((id) => res[id].cpu)) {
+        cpuCosts.push(`${clients} client${plural}: ${stepCosts((id) => res[id].cpu!.backendUsPerTxn)}`);
+      }
+      costs.push(`${clients} client${plural}: ${stepCosts((id) => 1e6 / res[id].tps)}`);
     }
     const paired = await runPaired(ctx, targets, clients);
     details[`rounds_c${clients}`] = paired;
@@ -478,10 +507,17 @@ async function measureWrites(ctx: Ctx, section: SectionResult): Promise<void> {
         }.`,
     );
   }
+  if (cpuCosts.length) {
+    section.notes.push(
+      "Cost per step in CPU (the pgbench connections' backends, CPU µs per transaction from /proc/<pid>/schedstat, " +
+        `means of the runs; what each step adds to the server's work): ${cpuCosts.join("; ")}.`,
+    );
+  }
   if (costs.length) {
     section.notes.push(
-      "Cost per step (wall µs per transaction = 1e6 / tps, so with N clients it is the cost to the whole system; " +
-        `negative = within noise): ${costs.join("; ")}.`,
+      "Cost per step in wall time (µs per transaction = 1e6 / tps, so with N clients it is the cost to the whole " +
+        "system; at 1 client it also holds the round trip's two wake-ups, which vary from run to run by more than a " +
+        `small step costs: read the CPU line for those; negative = within noise): ${costs.join("; ")}.`,
     );
   }
   section.notes.push(
