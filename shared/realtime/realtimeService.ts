@@ -1679,6 +1679,13 @@ class UserLink<Row extends LwwRow> {
     for (;;) {
       outcome = await this.#readOwnOnce(subscription, own);
       if (outcome !== "cut") break;
+      // Unsubscribed (or the link closed) while the cut settled (from the app's log callback for the
+      // cut, or its code run as a promise settles meanwhile): nothing is made again for it, and no retry
+      // is left pending (subscriptionLeft has cleared its timer already, and nothing would clear one set now).
+      if (this.#closed || !subscription.ownReadPending) {
+        own.running = undefined;
+        return "failed";
+      }
       // Read again only once the read cut off has settled (this loop): two reads of its own at once
       // could hand it a page from before where the other's last page left its cursor (back).
       // After a drop, as the poll the drop starts waits (#fail): after failures of its own, their

@@ -15,6 +15,7 @@
 import assert from "node:assert/strict";
 import {
   type ChangesPage,
+  type ProgressSubscription,
   RealtimeService,
   type RealtimeServiceOptions,
   retryAfterWaitMs,
@@ -780,5 +781,47 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: anot
     assert.equal(newcomer.cursor, LINK_CURSOR);
   } finally {
     await link.end();
+  }
+});
+
+// The app may unsubscribe from a callback the service calls while a cut own read settles (here its log
+// line for the cut): the read is not made again for a subscription that has gone, and no retry is left
+// pending for it (the link runs on for the first subscription, so close() clears nothing of it).
+Deno.test("newcomer: unsubscribed while a drop's cut of its own read (after a failure of its own) settles: no retry timer left for it", async () => {
+  let ownReads = 0;
+  let leaving: ProgressSubscription | undefined;
+  const { service, timers, channel, pending, end } = await liveLink(
+    {
+      random: () => 0.5, // its backoff (1.5 intervals) is not the interval of the link's polls
+      log: (line) => {
+        const entry = JSON.parse(line);
+        if (entry.event === "catchup_cut_off" && entry.for === "subscription") void leaving?.unsubscribe();
+      },
+    },
+    (cursor, log) =>
+      cursor !== OWN_CURSOR
+        ? log.page(cursor)
+        : ++ownReads === 1
+        ? new Error("503 from its own read")
+        : undefined, // hangs
+  );
+  try {
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read failed", () => reads.length === 1);
+    let synced: string | undefined;
+    void newcomer.syncNow().then((outcome) => synced = outcome); // its retry, now: it hangs
+    await waitFor("its own read again", () => callsFrom(pending, OWN_CURSOR).length === 1);
+    leaving = newcomer;
+
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("its syncNow(), as the cut read settles", () => synced !== undefined, { timeoutMs: 5_000 });
+    assert.equal(newcomer.status, "offline", "unsubscribed");
+    assert.equal(synced, "failed");
+    assert.ok(!pendingFor(timers, POLL_MS * 1.5), `no retry of its own left pending: ${timers.pending()}`);
+    assert.equal(ownReads, 2);
+  } finally {
+    await end();
   }
 });
