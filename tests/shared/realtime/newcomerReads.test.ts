@@ -640,17 +640,20 @@ Deno.test("newcomer: its own read refused 401, made again and cut off by a drop 
  * first's syncNow(): the link backs off, its next poll one interval away with random 0), and a
  * newcomer from OWN_CURSOR with no failure of its own whose own read hangs when the channel drops,
  * its syncNow() waiting for it. While `failLink()` says so the link's reads fail; otherwise they wait
- * to be answered by hand. A newcomer's own read after the first is answered from the log.
+ * to be answered by hand. A newcomer's own read after the first is answered from the log, or fails
+ * once `failOwnReads()` was called. `options` go to the service (liveLink).
  */
-async function newcomerCutWhileLinkBacksOff() {
+async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOptions> = {}) {
   let failLink = true;
+  let failOwn = false;
   let ownReads = 0;
   const lines: Record<string, unknown>[] = [];
   const link = await liveLink(
-    { log: (line) => lines.push(JSON.parse(line)) },
+    { log: (line) => lines.push(JSON.parse(line)), ...options },
     (cursor, log) =>
       cursor === OWN_CURSOR
-        ? (++ownReads === 1 ? undefined : log.page(cursor)) // the first hangs
+        // The first hangs; the next fail while failOwnReads() says so.
+        ? (++ownReads === 1 ? undefined : failOwn ? new Error("503 from its own read") : log.page(cursor))
         : failLink
         ? new Error("503 from the link's read")
         : undefined, // answered by hand
@@ -687,6 +690,7 @@ async function newcomerCutWhileLinkBacksOff() {
       ownReads: () => ownReads,
       synced: () => synced,
       answerLink: () => (failLink = false),
+      failOwnReads: () => (failOwn = true),
     };
   } catch (error) {
     await link.end();
@@ -779,6 +783,36 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: anot
     // Its own read first; then, following the link, the link's read that failed.
     assert.deepEqual(reads, ["done", "failed"]);
     assert.equal(newcomer.cursor, LINK_CURSOR);
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: read once the link is answered, and when that read fails, made again after its own backoff, not at the link's next answer", async () => {
+  // random 0.5: the poll after the drop (two failures of the link's) and its retry (one of its own)
+  // wait 1.5 intervals, the link's polls after an answer one.
+  const link = await newcomerCutWhileLinkBacksOff({ random: () => 0.5 });
+  const { timers, pending, log, reads } = link;
+  try {
+    assert.equal(link.ownReads(), 1);
+    link.failOwnReads();
+    link.answerLink();
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS * 1.5);
+    await waitFor("the link's poll", () => callsFrom(pending, LINK_CURSOR).length === 1);
+    callsFrom(pending, LINK_CURSOR)[0].resolve(log.page(LINK_CURSOR));
+    await waitFor("its own read, failed", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed"]);
+    assert.equal(link.ownReads(), 2);
+    await waitFor("its retry after its own backoff", () => pendingFor(timers, POLL_MS * 1.5));
+
+    // The link's next poll, answered: no read of its own then (its wait for the link's answer ended).
+    await fireWhenSet(timers, "the link's next poll", POLL_MS);
+    await waitFor("the link's next poll", () => callsFrom(pending, LINK_CURSOR).length === 2);
+    callsFrom(pending, LINK_CURSOR)[1].resolve(log.page(LINK_CURSOR));
+    await waitFor("the link's poll after it", () => pendingFor(timers, POLL_MS));
+    assert.equal(link.ownReads(), 2, "its own read waits for its own retry");
+    assert.deepEqual(reads, ["failed"]);
+    assert.ok(pendingFor(timers, POLL_MS * 1.5), "its retry still pending");
   } finally {
     await link.end();
   }
