@@ -788,6 +788,24 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: anot
   }
 });
 
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: a poll of the link answered behind (a long transaction holds its cursor) is an answer too, and reads it", async () => {
+  const link = await newcomerCutWhileLinkBacksOff();
+  const { timers, pending, reads } = link;
+  try {
+    assert.equal(link.ownReads(), 1);
+    link.answerLink();
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS);
+    await waitFor("the link's poll", () => callsFrom(pending, LINK_CURSOR).length === 1);
+    assert.equal(link.ownReads(), 1, "not before the API answers the link");
+    callsFrom(pending, LINK_CURSOR)[0].resolve(page([], LINK_CURSOR, true)); // more, at the same cursor
+    await waitFor("its own read to the end", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+  } finally {
+    await link.end();
+  }
+});
+
 Deno.test("newcomer: a drop while the link backs off cuts off its own read: read once the link is answered, and when that read fails, made again after its own backoff, not at the link's next answer", async () => {
   // random 0.5: the poll after the drop (two failures of the link's) and its retry (one of its own)
   // wait 1.5 intervals, the link's polls after an answer one.
