@@ -1629,3 +1629,42 @@ Deno.test("sync session, two tabs: a refused write's message is written back aft
   a.close();
   b.close();
 });
+
+Deno.test("sync session, two tabs: a page restored from the back/forward cache after the site's storage was cleared does not write back a refused write's message another tab dismissed while it was kept", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser, refuse: "bad-book" });
+  const second = tab({ browser, refuse: "bad-book" });
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  const error = (session: SyncSession) => session.store.getSnapshot().lastError;
+  const refusedKey = `readsync.outboxRefused.${ALICE}`;
+  a.save("bad-book", position(1), DEVICE);
+  await until(() => error(b) !== null);
+  assert.match(error(b) ?? "", /^Could not save bad-book/, "both tabs say it");
+
+  browser.keep(second.window); // the reader leaves tab B's page: it hears nothing more
+  a.store.dismissError(); // dismissed in tab A: gone from the storage (tab B does not hear it)
+  browser.items.clear(); // the reader clears the site's data (no tab hears it)
+  browser.restore(second.window);
+  assert.equal(browser.items.get(refusedKey), undefined, "not written back by the page restored");
+  await until(() => error(a) !== null);
+  assert.deepEqual([error(a), error(b)], [null, null], "dismissed: it does not come back, in either tab");
+  a.close();
+  b.close();
+});
+
+Deno.test("sync session, two tabs: a page restored from the back/forward cache after the site's storage was cleared does not write back the outbox's schedule as it was before another tab's send ended the run", async () => {
+  const { browser, second, a, b, reach } = await twoTabsWaiting();
+  const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
+  assert.notEqual(browser.items.get(scheduleKey), undefined, "a run of failures, shared");
+  browser.keep(second.window);
+  reach();
+  assert.equal(await a.syncNow(), "done", "tab A gets the page turn answered meanwhile: the run is over");
+  assert.equal(browser.items.get(scheduleKey), undefined);
+  browser.items.clear(); // the reader clears the site's data (no tab hears it)
+  browser.restore(second.window);
+  assert.equal(browser.items.get(scheduleKey), undefined, "the run tab B knew of is not written back");
+  await until(() => !b.sending);
+  a.close();
+  b.close();
+});

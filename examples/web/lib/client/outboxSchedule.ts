@@ -198,6 +198,11 @@ export class OutboxSchedule {
   #lastResult: FlushResult | null = null;
   /** The shared state as last read or written (tabs): another tab changed it when it differs. */
   #basis: string | null = null;
+  /**
+   * #basis was read before the page was kept in the back/forward cache (resumed) and not read or written
+   * since: another tab may have changed it meanwhile unheard (ended the run), so it is not written back.
+   */
+  #basisUnheard = false;
 
   constructor(options: OutboxScheduleOptions) {
     this.#options = options;
@@ -266,17 +271,28 @@ export class OutboxSchedule {
    * The browser's storage was cleared (SyncStore.onStorageCleared): the shared state as this tab last read
    * or wrote it is written back, unless a tab wrote the key since. Read as no failure at all, every send (an
    * edit, back online, another tab's word) went at once, within a Retry-After and the backoff. A tab that
-   * heard nothing for a while (a page kept in the back/forward cache) may write back an older state: its
-   * deadlines have passed by then, or it is dropped as a run no tab carried on (STALE_RUN_MS).
+   * heard nothing for a while (a page kept in the back/forward cache: resumed) writes back nothing until it
+   * has read the state again: what it held may be a run another tab's send ended meanwhile, written back
+   * over it (the next failure backed off from a later step; another tab's longer Retry-After read as the
+   * older one's, as the key is then no longer empty for that tab's own writing back).
    */
   writeBack(): void {
     const tabs = this.#options.tabs;
-    if (!tabs || this.#basis === null) return;
+    if (!tabs || this.#basis === null || this.#basisUnheard) return;
     try {
       if (tabs.storage.getItem(tabs.key) === null) tabs.storage.setItem(tabs.key, this.#basis);
     } catch {
       // storage full: this tab's own state goes on
     }
+  }
+
+  /**
+   * The page was restored from the back/forward cache (pageshow, persisted): while it was kept there it
+   * heard no other tab's change of the shared state, so what it last read is not written back after a clear
+   * (writeBack) until it has read or written the state again.
+   */
+  resumed(): void {
+    this.#basisUnheard = true;
   }
 
   dispose(): void {
@@ -401,6 +417,7 @@ export class OutboxSchedule {
     } catch {
       return false; // storage went away: this tab's own state goes on
     }
+    this.#basisUnheard = false; // read now: what it holds is the storage's
     if (raw === this.#basis) return false;
     this.#basis = raw;
     const now = this.#timers.now();
@@ -440,6 +457,7 @@ export class OutboxSchedule {
       if (raw === null) tabs.storage.removeItem(tabs.key);
       else tabs.storage.setItem(tabs.key, raw);
       this.#basis = raw;
+      this.#basisUnheard = false;
     } catch {
       // storage full or gone: the other tabs go on with what they know
     }

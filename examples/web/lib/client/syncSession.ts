@@ -307,6 +307,9 @@ export class SyncSession {
     const onPageShow = (event: Event) => {
       // (Not on a first load: the session opens after it.)
       if (!(event as Event & { persisted?: boolean }).persisted) return;
+      // What it holds of the shared schedule and a refused write's message was read before it was kept:
+      // not written back at a clear found now (another tab may have ended the run, or dismissed it, unheard).
+      schedule.resumed();
       store.rereadStorage();
       this.#setOnline(env.isOnline());
       this.flush("queued");

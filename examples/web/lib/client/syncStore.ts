@@ -166,6 +166,12 @@ export class SyncStore {
   #sharedRefusal: string | null = null;
   /** The shared key's value (refusedKey) as this tab last wrote or heard it; null: none, or dismissed. */
   #refusedSeen: string | null = null;
+  /**
+   * Set while a page restored from the back/forward cache reads the storage again (rereadStorage): what it
+   * last heard of the shared message may have been dismissed since, unheard, so a clear found then does not
+   * write it back (#restore).
+   */
+  #refusedUnheard = false;
   #listeners = new Set<() => void>();
   #snapshot: SyncSnapshot;
   /** The newest row of each series the server-rendered pages were seeded with (getServerSnapshot). */
@@ -656,7 +662,15 @@ export class SyncStore {
    * event or send.
    */
   rereadStorage(): void {
-    this.#reload();
+    // A message it showed may have been dismissed in another tab while it was kept: written back after a
+    // clear, it came back in every tab. The storage's word is taken (below); a tab that heard more writes it
+    // back, should it not have been dismissed.
+    this.#refusedUnheard = true;
+    try {
+      this.#reload();
+    } finally {
+      this.#refusedUnheard = false;
+    }
     let refused: string | null | undefined;
     try {
       refused = this.#storage?.getItem(this.refusedKey);
@@ -1125,7 +1139,8 @@ export class SyncStore {
     // A refused write's message the tabs share, as this tab last wrote or heard it (not dismissed since):
     // else gone from the storage, its dismissal in one tab (or a later save that gets through) reached no
     // other.
-    const refused = this.#sharedRefusal !== null ? this.#refusedSeen : null;
+    // (Not by a page restored from the back/forward cache: it heard no dismissal while kept, see rereadStorage.)
+    const refused = this.#sharedRefusal !== null && !this.#refusedUnheard ? this.#refusedSeen : null;
     try {
       if (refused !== null && storage.getItem(this.refusedKey) === null) {
         storage.setItem(this.refusedKey, refused);
