@@ -1174,3 +1174,25 @@ Deno.test("storage too full to keep the clear mark when a tab opens: the tab tri
     assert.deepEqual(savedOutbox(storage), [["saga", 12]], `saved again after clear ${i}`);
   }
 });
+
+Deno.test("storage too full to keep the clear mark when a tab opens: once there is room, the tab tells a clear at its next look too (dating a page turn, the schedule's, a storage event), not only at its next write", () => {
+  const storage = new QuotaStorage(20_000);
+  storage.setItem("another-app", "x".repeat(20_000 - 20)); // the site's other data fills it
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage); // no room for the mark
+  storage.removeItem("another-app"); // room again
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage);
+  const nowMs = Date.parse(T1);
+  const storedAt = new Date(nowMs + 2_000).toISOString(); // ahead, within the server's 5 s tolerance
+  const earlier = write("saga", storedAt, "web-1", 12);
+  tabB.addPending(earlier);
+  tabB.settle(earlier, storedAs(row("saga", storedAt, "web-1", 12)));
+  tabA.takeAnswered(); // tab A hears the answer (the lists)
+  storage.clear(); // the reader clears the site's data: no storage event
+  assert.equal(
+    datedAt(tabA, "saga", nowMs, "web-1"),
+    new Date(nowMs + 2_001).toISOString(),
+    "dated after the stored key, as in a tab that kept its mark (not refused as older than it: 'self')",
+  );
+});

@@ -200,7 +200,7 @@ export class SyncStore {
   #prunedHere = 0;
   /**
    * The mark this store last saw under markKey (null: not looked yet; undefined: storage that could not keep
-   * it, so clears are not told until a write of this tab keeps one: #markAgain). Gone, or another tab's, the
+   * it, so clears are not told until a look of this tab keeps one: #markAgain). Gone, or another tab's, the
    * browser's storage was cleared meanwhile.
    */
   #mark: string | null | undefined = null;
@@ -491,7 +491,7 @@ export class SyncStore {
    * device's outbox (PendingWrite.seq, set on `write`); the same write again (key and position) keeps its number.
    */
   addPending(write: PendingWrite): void {
-    this.#noticeCleared(true); // numbered after what this tab knows, should the storage have been cleared
+    this.#noticeCleared(); // numbered after what this tab knows, should the storage have been cleared
     const current = this.#pending.get(write.series_id);
     write.seq = current && validSeq(current.seq) && (current === write || this.#sameContent(current, write))
       ? current.seq
@@ -508,7 +508,7 @@ export class SyncStore {
 
   /** The server answered a write: drop it from the outbox (unless a newer one replaced it meanwhile). */
   settle(write: PendingWrite, result: WriteResult): void {
-    this.#noticeCleared(true);
+    this.#noticeCleared();
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#mergeConfirmed(result.progress);
     // What the server stores is this device's own (a replay of this write after a lost answer, or a
@@ -537,7 +537,7 @@ export class SyncStore {
    * `refusedKey`, and the others show it when they hear of it (takeRefused).
    */
   reject(write: PendingWrite, message: string): void {
-    this.#noticeCleared(true);
+    this.#noticeCleared();
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#lastError = message;
     this.#errorUntilAnswered = false;
@@ -1030,17 +1030,16 @@ export class SyncStore {
    * Whether the browser's storage was cleared since this store last looked (localStorage.clear() in a tab,
    * the reader clearing the site's data: markKey gone, or another tab's mark, written when it saw that):
    * then what this tab holds is written back (#restore) before anything reads the storage for it. The first
-   * look (attachStorage) takes the mark there, or writes one. `writing`: this tab is about to write the
-   * storage (a page turn, an answer, a refusal): a mark it could not keep before (storage full) is tried
-   * again then (#markAgain), not at every look.
+   * look (attachStorage) takes the mark there, or writes one. A mark it could not keep (storage full) is
+   * tried again at every look (#markAgain: one write refused while still full, nothing written back):
+   * tried only at this tab's writes, the looks in between (a page turn's dating, which comes before its
+   * write; the schedule's before it reads its shared state; a storage event's) told no clear once there was
+   * room, and read the cleared storage as no failure, no answered key and their writes left unnamed.
    */
-  #noticeCleared(writing = false): void {
+  #noticeCleared(): void {
     const storage = this.#storage;
     if (!storage) return;
-    if (this.#mark === undefined) {
-      if (writing) this.#markAgain(storage);
-      return;
-    }
+    if (this.#mark === undefined) return this.#markAgain(storage);
     let mark: string | null;
     try {
       mark = storage.getItem(this.markKey);
@@ -1066,7 +1065,7 @@ export class SyncStore {
 
   /**
    * A mark this tab could not keep (storage full when it looked): taken (the mark there) or written now, if
-   * the storage keeps it. Without one, the tab never told a clear. What happened meanwhile is not known
+   * the storage keeps it (at the tab's next look: #noticeCleared). Without one, the tab never told a clear. What happened meanwhile is not known
    * (space freed, or the storage cleared, which is why the mark fits now): what it holds is written back as
    * after a clear (#restore), which only adds what the storage lacks (the latest answered writes and the
    * numbers merged by the highest; its waiting writes not named answered, which it would save again anyway).
@@ -1078,7 +1077,7 @@ export class SyncStore {
     } catch {
       return; // storage disabled: nothing to tell
     }
-    if (mark === null) return; // still full: tried again at the next write
+    if (mark === null) return; // still full: tried again at the next look
     this.#mark = mark;
     this.#restore();
   }
