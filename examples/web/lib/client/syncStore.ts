@@ -567,8 +567,9 @@ export class SyncStore {
    */
   takeRefused(saved: string | null): void {
     // The value this tab holds already: written back after a clear (#restore), not a new refusal (this tab
-    // may show another message by now).
-    if (saved === this.#refusedSeen) return;
+    // may show another message by now). A removal is always taken: a message this tab shows as its own (kept
+    // through a clear, rereadStorage) goes with another tab's dismissal too.
+    if (saved !== null && saved === this.#refusedSeen) return;
     this.#refusedSeen = saved;
     if (saved === null) {
       if (this.#sharedRefusal !== null && this.#lastError === this.#sharedRefusal) this.setError(null);
@@ -663,21 +664,27 @@ export class SyncStore {
    */
   rereadStorage(): void {
     // A message it showed may have been dismissed in another tab while it was kept: written back after a
-    // clear, it came back in every tab. The storage's word is taken (below); a tab that heard more writes it
-    // back, should it not have been dismissed.
+    // clear, it came back in every tab. Not written back (a tab that heard more writes it back, should it not
+    // have been dismissed).
+    const markBefore = this.#mark;
     this.#refusedUnheard = true;
     try {
       this.#reload();
     } finally {
       this.#refusedUnheard = false;
     }
+    const clearFound = this.#mark !== markBefore; // (or a mark kept at last: what happened is not known)
     let refused: string | null | undefined;
     try {
       refused = this.#storage?.getItem(this.refusedKey);
     } catch {
       // storage disabled: nothing shared to read
     }
-    if (refused !== undefined) this.takeRefused(refused);
+    if (refused === null && clearFound) {
+      // Gone by the clear, which says nothing of a dismissal: still shown here (a refused page turn is not
+      // hidden unread), as this tab's own, not written back at a later clear (#restore) either.
+      this.#refusedSeen = null;
+    } else if (refused !== undefined) this.takeRefused(refused);
     this.#emit();
   }
 
