@@ -1677,3 +1677,25 @@ Deno.test("sync session, two tabs: a page restored from the back/forward cache a
   a.close();
   b.close();
 });
+
+Deno.test("sync session: a page restored from the back/forward cache after the site's storage was cleared writes back the outbox's schedule while its Retry-After still holds (no tab can have sent since), so nothing is sent within it", async () => {
+  const browser = sharedStorage();
+  const only = tab({ browser });
+  const busyFor30s = () =>
+    new ServiceUnavailableError(503, "service_unavailable", "busy", { details: { retry_after: 30 } });
+  const requests = failing(only, () => busyFor30s());
+  const alice = only.open(newStore(ALICE));
+  alice.save("book", position(4), DEVICE);
+  await until(() => !alice.sending);
+  const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
+  const shared = browser.items.get(scheduleKey);
+  assert.equal(requests.count, 1);
+  assert.notEqual(shared, undefined, "the Retry-After is shared");
+  browser.keep(only.window);
+  browser.items.clear(); // the reader clears the site's data
+  browser.restore(only.window);
+  assert.equal(browser.items.get(scheduleKey), shared, "written back: its Retry-After still holds");
+  await until(() => requests.count > 1);
+  assert.equal(requests.count, 1, "nothing sent within the Retry-After");
+  alice.close();
+});

@@ -272,13 +272,17 @@ export class OutboxSchedule {
    * or wrote it is written back, unless a tab wrote the key since. Read as no failure at all, every send (an
    * edit, back online, another tab's word) went at once, within a Retry-After and the backoff. A tab that
    * heard nothing for a while (a page kept in the back/forward cache: resumed) writes back nothing until it
-   * has read the state again: what it held may be a run another tab's send ended meanwhile, written back
-   * over it (the next failure backed off from a later step; another tab's longer Retry-After read as the
-   * older one's, as the key is then no longer empty for that tab's own writing back).
+   * has read the state again, unless its Retry-After still holds: what it held may be a run another tab's
+   * send ended meanwhile, written back over it (the next failure backed off from a later step; another tab's
+   * longer Retry-After read as the older one's, as the key is then no longer empty for that tab's own
+   * writing back).
    */
   writeBack(): void {
     const tabs = this.#options.tabs;
-    if (!tabs || this.#basis === null || this.#basisUnheard) return;
+    if (!tabs || this.#basis === null) return;
+    // Unheard (resumed), still within its Retry-After: no tab can have sent since (a Retry-After holds every
+    // send, of every tab), so it is the state as it is; past it, another tab may have ended the run.
+    if (this.#basisUnheard && !((parseShared(this.#basis)?.retryAfterUntil ?? 0) > this.#wallNow())) return;
     try {
       if (tabs.storage.getItem(tabs.key) === null) tabs.storage.setItem(tabs.key, this.#basis);
     } catch {
@@ -289,7 +293,7 @@ export class OutboxSchedule {
   /**
    * The page was restored from the back/forward cache (pageshow, persisted): while it was kept there it
    * heard no other tab's change of the shared state, so what it last read is not written back after a clear
-   * (writeBack) until it has read or written the state again.
+   * (writeBack) until it has read or written the state again, unless its Retry-After still holds.
    */
   resumed(): void {
     this.#basisUnheard = true;
