@@ -602,9 +602,10 @@ export async function startWebApp(options) {
  * SIGHUP the steps, in a session of their own, do not get) or when `runCleanups()` is called: those
  * registered before, newest first; one registered after that run-down has begun (by a step under way
  * when it began) at once, once the code registering it has run on to its next await, neither waiting
- * for the cleanup under way nor left unrun once the run-down has ended. `runCleanups()` resolves once
- * all have run. A stop exits with `exitCode(code)` (code: 130, 143 or 129) once they have run;
- * `removeSignalHandlers()` ends that.
+ * for the cleanup under way nor left unrun once the run-down has ended; those registered together newest
+ * first (a step's end before the release of the build lock it held), the older ones only once they have
+ * run. `runCleanups()` resolves once all have run. A stop exits with `exitCode(code)` (code: 130, 143 or
+ * 129) once they have run; `removeSignalHandlers()` ends that.
  * @param {{ exitCode?: (code: number) => number, log?: (line: string) => void }} [options]
  */
 export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {}) {
@@ -612,34 +613,55 @@ export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {})
   const cleanups = [];
   /** @param {() => unknown} fn */
   const runOne = (fn) => Promise.resolve().then(fn).then(() => {}, (error) => log(`cleanup failed: ${error}`));
+  /** Whether the run-down has begun: a cleanup registered since runs at once (onCleanup). */
+  let begun = false;
   /** The run-down of the cleanups registered before it; null until it has begun. @type {Promise<void> | null} */
   let runDown = null;
-  /** Cleanups registered once the run-down had begun, running now. @type {Set<Promise<void>>} */
+  /**
+   * Cleanups registered once the run-down had begun and not yet run: those registered together (before
+   * the code registering them reached its next await), run newest first a microtask later.
+   * @type {Array<() => unknown> | null}
+   */
+  let lateBatch = null;
+  /** The batches of late cleanups running now. @type {Set<Promise<void>>} */
   const late = new Set();
+  const newLateBatch = () => {
+    /** @type {Array<() => unknown>} */
+    const batch = lateBatch = [];
+    const running = Promise.resolve().then(async () => {
+      lateBatch = null;
+      while (batch.length > 0) await runOne(/** @type {() => unknown} */ (batch.pop()));
+    });
+    late.add(running);
+    void running.then(() => late.delete(running));
+    return batch;
+  };
   /** @type {import("./serve.d.ts").OnCleanup} */
   const onCleanup = (fn) => {
-    if (runDown) {
-      let removed = false;
-      const running = Promise.resolve().then(() => (removed ? undefined : runOne(fn)));
-      late.add(running);
-      void running.then(() => late.delete(running));
-      return () => {
-        removed = true;
-      };
-    }
-    cleanups.push(fn);
+    const into = begun ? lateBatch ?? newLateBatch() : cleanups;
+    into.push(fn);
     return () => {
-      const i = cleanups.indexOf(fn);
-      if (i >= 0) cleanups.splice(i, 1);
+      const i = into.indexOf(fn);
+      if (i >= 0) into.splice(i, 1);
     };
   };
-  const runCleanups = async () => {
-    // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
-    runDown ??= Promise.resolve().then(async () => {
-      while (cleanups.length > 0) await runOne(/** @type {() => unknown} */ (cleanups.pop()));
-    });
-    await runDown;
+  /** Resolves once the late cleanups have run, also those registered while it waited. */
+  const lateOnesRun = async () => {
     while (late.size > 0) await Promise.all(late);
+  };
+  const runCleanups = async () => {
+    if (!runDown) {
+      // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
+      begun = true;
+      runDown = (async () => {
+        while (cleanups.length > 0) {
+          await runOne(/** @type {() => unknown} */ (cleanups.pop()));
+          await lateOnesRun();
+        }
+      })();
+    }
+    await runDown;
+    await lateOnesRun();
   };
   let stopping = false;
   const handlers = /** @type {const} */ ([["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]).map(

@@ -457,3 +457,61 @@ Deno.test({
     } catch { /* ended */ }
   }
 });
+
+/** Runs `script` (TypeScript, `deno eval`) in a process of its own and returns its last line of output, parsed. */
+async function lastLineOf(script: string): Promise<unknown> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const { code, stdout, stderr } = await Promise.race([
+      child.output(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("the script did not end within 120 s")), 120_000);
+      }),
+    ]);
+    const text = new TextDecoder().decode(stdout);
+    assert.equal(code, 0, `${text}\n${new TextDecoder().decode(stderr)}`);
+    return JSON.parse(text.trim().split("\n").pop()!);
+  } finally {
+    clearTimeout(timer);
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended */ }
+  }
+}
+
+Deno.test({
+  name:
+    "exit cleanups: those registered together once the run-down has begun run newest first (a step's end " +
+    "before the release of the build lock it holds), and an older cleanup only once they have run",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  const ran = await lastLineOf(
+    `const { onCleanup, runCleanups } = await import(${JSON.stringify(cleanupModule)});
+     const ran = [];
+     // Registered before the run-down: as the stack's, which the web app's steps use.
+     onCleanup(() => ran.push("older cleanup"));
+     // The cleanup under way as a start runs on (serve.mjs's withBuildLock after a stop): it takes the
+     // lock, registers its release, then starts its step (a child) and registers that step's end.
+     onCleanup(() => {
+       ran.push("under way");
+       onCleanup(() => ran.push("lock released"));
+       const step = new Deno.Command("sleep", { args: ["600"], stdin: "null", stdout: "null", stderr: "null" }).spawn();
+       onCleanup(async () => {
+         step.kill("SIGKILL");
+         await step.status;
+         ran.push("step ended");
+       });
+     });
+     await runCleanups();
+     console.log(JSON.stringify(ran));`,
+  );
+  assert.deepEqual(ran, ["under way", "step ended", "lock released", "older cleanup"]);
+});

@@ -8,9 +8,16 @@ type Cleanup = () => Promise<void> | void;
 
 const cleanups: Cleanup[] = [];
 let signalsInstalled = false;
+/** Whether the run-down has begun (runCleanups): a cleanup registered since runs at once (onCleanup). */
+let begun = false;
 /** The run-down of the cleanups registered before it (runCleanups); null until it has begun. */
 let runDown: Promise<void> | null = null;
-/** Cleanups registered once the run-down had begun, running now (runCleanups waits for them too). */
+/**
+ * Cleanups registered once the run-down had begun and not yet run: those registered together (before the
+ * code registering them reached its next await), run newest first a microtask later. Null between batches.
+ */
+let lateBatch: Cleanup[] | null = null;
+/** The batches of late cleanups running now (the run-down and runCleanups wait for them too). */
 const late = new Set<Promise<void>>();
 /** What stopped this process, once a signal (or its parent's end) has started the cleanups. */
 let stop: { by: string; code: number } | null = null;
@@ -22,24 +29,30 @@ const whenStoppedPromise = new Promise<{ by: string; code: number }>((resolve) =
  * or the end of a run: runCleanups), `fn` runs at once instead: as soon as the code registering it has run
  * on to its next await (that code may still be setting up what `fn` ends), without waiting for the cleanup
  * under way (npm start's last one waits for its start to end, which can wait for `fn`'s child) and also
- * once the run-down has ended, where it would never have run. Its removal, called before then, stops it.
+ * once the run-down has ended, where it would never have run. Those registered together run newest first
+ * (a step's end before the release of the build lock it held), and the run-down goes on to the older ones
+ * only once they have run. Its removal, called before it runs, stops it.
  */
 export function onCleanup(fn: Cleanup): () => void {
   installSignalHandlers();
-  if (runDown) {
-    let removed = false;
-    const running = Promise.resolve().then(() => removed ? undefined : runOne(fn));
-    late.add(running);
-    void running.then(() => late.delete(running));
-    return () => {
-      removed = true;
-    };
-  }
-  cleanups.push(fn);
+  const into = begun ? lateBatch ?? newLateBatch() : cleanups;
+  into.push(fn);
   return () => {
-    const i = cleanups.indexOf(fn);
-    if (i >= 0) cleanups.splice(i, 1);
+    const i = into.indexOf(fn);
+    if (i >= 0) into.splice(i, 1);
   };
+}
+
+/** A batch of late cleanups, run a microtask from now (what is registered until then joins it). */
+function newLateBatch(): Cleanup[] {
+  const batch: Cleanup[] = lateBatch = [];
+  const running = Promise.resolve().then(async () => {
+    lateBatch = null;
+    while (batch.length > 0) await runOne(batch.pop()!);
+  });
+  late.add(running);
+  void running.then(() => late.delete(running));
+  return batch;
 }
 
 /**
@@ -65,15 +78,26 @@ export function pendingCleanups(): number {
 
 /**
  * Runs the cleanups (each once, however often this is called) and resolves once all have run: those
- * registered before, newest first, and those registered since (onCleanup runs them at once), also any
- * registered while it waited for those.
+ * registered before, newest first, each after those registered while the one before it ran (onCleanup
+ * runs them at once), and any registered while it waited for those.
  */
 export async function runCleanups(): Promise<void> {
-  // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
-  runDown ??= Promise.resolve().then(async () => {
-    while (cleanups.length > 0) await runOne(cleanups.pop()!);
-  });
+  if (!runDown) {
+    // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
+    begun = true;
+    runDown = Promise.resolve().then(async () => {
+      while (cleanups.length > 0) {
+        await runOne(cleanups.pop()!);
+        await lateOnesRun();
+      }
+    });
+  }
   await runDown;
+  await lateOnesRun();
+}
+
+/** Resolves once the late cleanups have run, also those registered while it waited. */
+async function lateOnesRun(): Promise<void> {
   while (late.size > 0) await Promise.all(late);
 }
 

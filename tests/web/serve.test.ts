@@ -607,6 +607,48 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "serve.mjs's exitCleanups: those registered together once the run-down has begun run newest first (a " +
+    "step's end before the release of the build lock it holds), and an older cleanup only once they have run",
+  async () => {
+    const serveModule = pathToFileURL(path.join(REPO_ROOT, "examples/web/serve.mjs")).href;
+    const script = `
+      import { spawn } from "node:child_process";
+      import { exitCleanups } from ${JSON.stringify(serveModule)};
+      const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
+      const ran = [];
+      // Registered before the run-down: as the browser tests' own (their browser, their database connection).
+      onCleanup(() => ran.push("older cleanup"));
+      // The cleanup under way as a start runs on (withBuildLock after a stop): it takes the lock, registers
+      // its release, then starts its step (a child) and registers that step's end.
+      onCleanup(() => {
+        ran.push("under way");
+        onCleanup(() => ran.push("lock released"));
+        const step = spawn("sleep", ["600"], { stdio: "ignore" });
+        const exited = new Promise((r) => step.once("exit", r));
+        onCleanup(async () => {
+          step.kill("SIGKILL");
+          await exited;
+          ran.push("step ended");
+        });
+      });
+      await runCleanups();
+      removeSignalHandlers();
+      console.log(JSON.stringify(ran));`;
+    const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
+      env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+      cwd: REPO_ROOT,
+    });
+    const status = await run.exitWithin(120_000, "the script");
+    assert.equal(status.code, 0, run.printed());
+    assert.deepEqual(
+      JSON.parse(run.stdout().trim().split("\n").pop()!),
+      ["under way", "step ended", "lock released", "older cleanup"],
+      run.printed(),
+    );
+  },
+);
+
 Deno.test("npm start's web app (local/web.ts): a step is reported as ended by a stop only when its error says it was stopped", async () => {
   const stack = {
     apiUrl: "http://127.0.0.1:9",
