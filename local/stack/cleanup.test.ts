@@ -515,3 +515,43 @@ Deno.test({
   );
   assert.deepEqual(ran, ["under way", "step ended", "lock released", "older cleanup"]);
 });
+
+Deno.test({
+  name:
+    "exit cleanups: a synchronous exit (Deno.exit) with cleanups pending still starts the newest one: a child " +
+    "it ends at once is ended",
+  ignore: Deno.build.os !== "linux", // /proc
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  const pid = await lastLineOf(
+    `const { onCleanup } = await import(${JSON.stringify(cleanupModule)});
+     const child = new Deno.Command("sleep", { args: ["600"], stdin: "null", stdout: "null", stderr: "null" }).spawn();
+     // As postgres.ts's initdb: the child is killed first thing, then waited for (which an exit cuts short).
+     onCleanup(async () => {
+       Deno.kill(child.pid, "SIGKILL");
+       await child.status;
+     });
+     console.log(JSON.stringify(child.pid));
+     Deno.exit(0);`,
+  ) as number;
+  /** Running: neither gone nor a zombie (ended, waiting to be reaped by whoever inherited it). */
+  const running = () => {
+    try {
+      const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+      return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+    } catch {
+      return false;
+    }
+  };
+  try {
+    // A hang guard only: SIGKILL ends it at once.
+    for (let i = 0; i < 100 && running(); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(running(), false, `the child (pid ${pid}) still runs after its parent's Deno.exit`);
+  } finally {
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* ended */ }
+  }
+});

@@ -79,18 +79,19 @@ export function pendingCleanups(): number {
 /**
  * Runs the cleanups (each once, however often this is called) and resolves once all have run: those
  * registered before, newest first, each after those registered while the one before it ran (onCleanup
- * runs them at once), and any registered while it waited for those.
+ * runs them at once), and any registered while it waited for those. The newest starts before this returns:
+ * the unload listener's last resort for a synchronous exit (Deno.exit) gets no later turn.
  */
 export async function runCleanups(): Promise<void> {
   if (!runDown) {
     // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
     begun = true;
-    runDown = Promise.resolve().then(async () => {
+    runDown = (async () => {
       while (cleanups.length > 0) {
         await runOne(cleanups.pop()!);
         await lateOnesRun();
       }
-    });
+    })();
   }
   await runDown;
   await lateOnesRun();
