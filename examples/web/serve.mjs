@@ -656,7 +656,7 @@ export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {})
       runDown = (async () => {
         while (cleanups.length > 0) {
           await runOne(/** @type {() => unknown} */ (cleanups.pop()));
-          await lateOnesRun();
+          if (late.size > 0) await lateOnesRun(); // only then: no turn more between one and the next
         }
       })();
     }
