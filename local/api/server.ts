@@ -84,7 +84,7 @@ const TCP_STATES: Record<string, string> = {
  * answered, which pending() cannot show. Null where there is no such file (not Linux) or it cannot be
  * read.
  */
-function openConnections(port: number): { from: string; state: string }[] | null {
+export function openConnections(port: number): { from: string; state: string }[] | null {
   let table: string;
   try {
     table = Deno.readTextFileSync("/proc/net/tcp");

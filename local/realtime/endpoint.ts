@@ -232,6 +232,17 @@ export async function createRealtimeEndpoint(
       return new Response(new TextEncoder().encode(notAnUpgrade), { status: 400 });
     }
     if (closed) return json(503, { message: "Realtime is shutting down" });
+    // A client that left while the connect was being checked (the key's verification above waits for
+    // the crypto the first time a key is seen) is not upgraded. Deno.serve (2.9) would neither complete
+    // nor fail the upgrade of such a request: its socket stays CONNECTING without an event, and the
+    // server keeps its end of the TCP connection open (CLOSE_WAIT) until the process ends, which also
+    // holds Deno.serve's graceful shutdown. Nothing is sent: the client is gone. Deno sets the signal
+    // when it sees the client go (reading it makes Deno.serve print, once per process, that the signal
+    // also aborts after a delivered answer: only `aborted`, read here before any answer, is used).
+    if (req.signal.aborted) {
+      log({ event: "socket_client_left", during: "connect" });
+      return new Response(null, { status: 499 });
+    }
     const headers = xHeaders(req); // the request is consumed by the upgrade
     let upgraded: Deno.WebSocketUpgrade;
     try {
