@@ -140,6 +140,10 @@ export async function createRealtimeEndpoint(
   await maintainMessagePartitions(sql, new Date(), log)
     .catch((error) => log({ event: "partition_maintenance_failed", error: String(error) }));
   const verifier = new TokenVerifier(ctx.jwtSecret);
+  // The project's keys verified now, so a socket connecting with one (realtime-js sends the anon key as
+  // its apikey) is upgraded without waiting for the crypto: a client that leaves during such a wait can
+  // be left half-closed by Deno.serve (see upgrade()). Their claims stay in the verifier's cache.
+  for (const key of [ctx.anonKey, ctx.serviceRoleKey]) if (key) await verifier.verify(key);
   const deps = {
     sql,
     hub,
@@ -237,8 +241,10 @@ export async function createRealtimeEndpoint(
     // nor fail the upgrade of such a request: its socket stays CONNECTING without an event, and the
     // server keeps its end of the TCP connection open (CLOSE_WAIT) until the process ends, which also
     // holds Deno.serve's graceful shutdown. Nothing is sent: the client is gone. Deno sets the signal
-    // when it sees the client go (reading it makes Deno.serve print, once per process, that the signal
-    // also aborts after a delivered answer: only `aborted`, read here before any answer, is used).
+    // a turn of its event loop after it has seen the client go, so this misses a client that left just
+    // before (hence the project's keys verified at the start: no wait for them at all). Reading the
+    // signal makes Deno.serve print, once per process, that it also aborts after a delivered answer:
+    // only `aborted`, read here before any answer, is used.
     if (req.signal.aborted) {
       log({ event: "socket_client_left", during: "connect" });
       return new Response(null, { status: 499 });
