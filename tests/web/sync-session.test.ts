@@ -1603,7 +1603,8 @@ Deno.test("sync session: after the site's storage is cleared, the outbox's share
   alice.close();
 });
 
-Deno.test("sync session, two tabs: a refused write's message is written back after the site's storage is cleared, so dismissed in one tab it still goes in the other", async () => {
+/** Two tabs of Alice's (A and B) whose server refuses "bad-book"; A's page turn there is refused and both say so. */
+async function twoTabsShowingARefusal() {
   const browser = sharedStorage();
   const first = tab({ browser, refuse: "bad-book" });
   const second = tab({ browser, refuse: "bad-book" });
@@ -1614,6 +1615,11 @@ Deno.test("sync session, two tabs: a refused write's message is written back aft
   a.save("bad-book", position(1), DEVICE);
   await until(() => error(b) !== null);
   assert.match(error(b) ?? "", /^Could not save bad-book/, "both tabs say it");
+  return { browser, first, second, a, b, error, refusedKey };
+}
+
+Deno.test("sync session, two tabs: a refused write's message is written back after the site's storage is cleared, so dismissed in one tab it still goes in the other", async () => {
+  const { browser, second, a, b, error, refusedKey } = await twoTabsShowingARefusal();
   const shared = browser.items.get(refusedKey);
 
   browser.items.clear(); // localStorage.clear() in tab A: tab B hears a storage event with no key
@@ -1631,16 +1637,7 @@ Deno.test("sync session, two tabs: a refused write's message is written back aft
 });
 
 Deno.test("sync session, two tabs: a page restored from the back/forward cache after the site's storage was cleared does not write back a refused write's message another tab dismissed while it was kept", async () => {
-  const browser = sharedStorage();
-  const first = tab({ browser, refuse: "bad-book" });
-  const second = tab({ browser, refuse: "bad-book" });
-  const a = first.open(newStore(ALICE));
-  const b = second.open(newStore(ALICE));
-  const error = (session: SyncSession) => session.store.getSnapshot().lastError;
-  const refusedKey = `readsync.outboxRefused.${ALICE}`;
-  a.save("bad-book", position(1), DEVICE);
-  await until(() => error(b) !== null);
-  assert.match(error(b) ?? "", /^Could not save bad-book/, "both tabs say it");
+  const { browser, second, a, b, error, refusedKey } = await twoTabsShowingARefusal();
 
   browser.keep(second.window); // the reader leaves tab B's page: it hears nothing more
   a.store.dismissError(); // dismissed in tab A: gone from the storage
