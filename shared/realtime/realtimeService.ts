@@ -1670,9 +1670,10 @@ class UserLink<Row extends LwwRow> {
    * from its cursor as its answered pages left it, at once, or, after a drop, when the link's reads
    * would not read at once either: after failures of its own at the time its retry would come, after
    * failures of the link's (the link backing off) once a read of the link is answered
-   * (own.afterLinkAnswer), and while a Retry-After runs at its end. The read cut off ends as the one
-   * read in its place at once does (one refused 401 before it for a token replaced since is read so,
-   * with that token), or "failed" at once when that one waits; the cut is neither heard nor counted.
+   * (own.afterLinkAnswer), after both at the later of the two, and while a Retry-After runs at its
+   * end. The read cut off ends as the one read in its place at once does (one refused 401 before it
+   * for a token replaced since is read so, with that token), or "failed" at once when that one waits;
+   * the cut is neither heard nor counted.
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
     let outcome: ReadOutcome | "closed" | "cut";
@@ -1689,12 +1690,13 @@ class UserLink<Row extends LwwRow> {
       // Read again only once the read cut off has settled (this loop): two reads of its own at once
       // could hand it a page from before where the other's last page left its cursor (back).
       // After a drop, as the poll the drop starts waits (#fail): after failures of its own, their
-      // backoff; with none of its own while the link's last read failed (the API failing for the link),
-      // not at once (one call more per such subscription at every drop, against that API) but once the
-      // API answers the link again (the poll after the link's backoff, a Retry-After's end, the catch-up
-      // of the rejoin, whichever comes first); a change written meanwhile stays after its cursor, which
-      // has not moved.
-      const afterLinkAnswer = own.cutByDrop && own.failuresInRow === 0 && this.#failedReadsInRow > 0;
+      // backoff; while the link's last read failed (the API failing for the link), not before the API
+      // answers the link again either (the poll after the link's backoff, a Retry-After's end, the
+      // catch-up of the rejoin, whichever comes first): with no failure of its own, not at once (one
+      // call more per such subscription at every drop, against that API); with failures of its own, not
+      // at the end of its own backoff when that comes before (it may be shorter than the link's), but at
+      // the later of the two. A change written meanwhile stays after its cursor, which has not moved.
+      const afterLinkAnswer = own.cutByDrop && this.#failedReadsInRow > 0;
       const wait = own.cutByDrop && own.failuresInRow > 0
         ? this.#nextPollDelay("failed", own.failuresInRow)
         : this.#retryAfterLeftMs();
@@ -1705,7 +1707,10 @@ class UserLink<Row extends LwwRow> {
         // link's reads are: #readAgainForNewToken), and it ends as that read does.
         own.running = undefined;
         if (afterLinkAnswer) own.afterLinkAnswer = true;
-        else this.#scheduleOwnRead(subscription, own, wait);
+        // Its own retry (failures of its own), beside the wait for the link's answer: whichever ends
+        // first leaves the read to the other (#scheduleOwnRead's timer, #readOwnAfterLinkAnswer). With
+        // none of its own, only the link's answer (a Retry-After running ends before the link's reads).
+        if (!afterLinkAnswer || own.failuresInRow > 0) this.#scheduleOwnRead(subscription, own, wait);
         const readNow = this.#readOwnAgainForNewToken(subscription, own);
         return readNow ? await readNow : "failed";
       }
@@ -1813,14 +1818,16 @@ class UserLink<Row extends LwwRow> {
   /**
    * A subscription's own read failed or was answered behind: it is made again by itself after
    * `waitMs` (the polls' backoff for its own failures in a row, or pollIntervalMs when behind), never
-   * before a Retry-After's end.
+   * before a Retry-After's end; and, when it also waits for a read of the link to be answered
+   * (own.afterLinkAnswer: a drop cut it off while the link backed off), not before that either: its
+   * timer's end then leaves the read to that answer (#readOwnAfterLinkAnswer).
    */
   #scheduleOwnRead(subscription: Subscription<Row>, own: OwnRead, waitMs: number): void {
     if (this.#closed) return;
     this.service.timers.clear(own.timer);
     own.timer = this.service.timers.set(() => {
       own.timer = undefined;
-      void this.readOwnNow(subscription);
+      if (!own.afterLinkAnswer) void this.readOwnNow(subscription);
     }, Math.max(waitMs, this.#retryAfterLeftMs()));
   }
 
@@ -1834,11 +1841,15 @@ class UserLink<Row extends LwwRow> {
 
   /**
    * A read of the link was answered (done or behind): the own reads a drop cut off while the link was
-   * backing off (own.afterLinkAnswer, #readOwn) are read now, the API answering again.
+   * backing off (own.afterLinkAnswer, #readOwn) are read now, the API answering again; those whose own
+   * retry (after failures of their own) is still to come are read then, by its timer, no longer
+   * waiting for the link.
    */
   #readOwnAfterLinkAnswer(): void {
     for (const [subscription, own] of [...this.#ownReads]) {
-      if (own.afterLinkAnswer) void this.readOwnNow(subscription);
+      if (!own.afterLinkAnswer) continue;
+      if (own.timer !== undefined) own.afterLinkAnswer = false;
+      else void this.readOwnNow(subscription);
     }
   }
 
@@ -2910,9 +2921,10 @@ interface OwnRead {
   /** Joined before the link's first read ended: it reads once that has (UserLink#readOwnAfterFirstRead). */
   afterFirstRead: boolean;
   /**
-   * Cut off by a joined channel's drop while the link was backing off (its last read failed), with no
-   * failure of its own: read again once a read of the link is answered (UserLink#readOwnAfterLinkAnswer),
-   * not at once against an API that is failing; no timer meanwhile.
+   * Cut off by a joined channel's drop while the link was backing off (its last read failed): read
+   * again once a read of the link is answered (UserLink#readOwnAfterLinkAnswer), not at once against an
+   * API that is failing; with no failure of its own, no timer meanwhile; with failures of its own, not
+   * before its own retry's timer has ended too (UserLink#scheduleOwnRead): the later of the two reads it.
    */
   afterLinkAnswer?: boolean;
   /** Aborts the read in flight: a join or drop cutting it off (UserLink#cutOwnReadsOff), or its unsubscribe. */

@@ -2,15 +2,16 @@
 // that cursor for itself, beside the link's reads and not inside them: the link's reads (a syncNow(), a
 // safety read) do not wait for its read, which may hang up to requestTimeoutMs; a failed read of its own
 // is made again by itself, with no read of the link; a read of the link that fails meanwhile is made
-// again on the polls' backoff, with the safety read off too; and until it has read to the end, the
-// reads it hears (onRead) are its own. Its own read refused 401 is made again when a new token comes
-// (or at once when the token changed while it was under way), and a syncNow() of its link (the
-// service's, another subscription's) makes a read of its own that waits for its retry now. A join or a
-// joined channel's drop cuts its own read off as they cut the link's: read again from its cursor in its
-// place, so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once
-// the API answers the link again. Against the stand-in client, with changesSince answered by hand or from
-// an in-memory log that answers real cursors (changeLog), and the service's waits read off the pending
-// timers (watchTimers) and ended by hand: nothing sleeps.
+// again on the polls' backoff, with the safety read off too; and until it has read to the end, the reads
+// it hears (onRead) are its own. Its own read refused 401 is made again when a new token comes (or at
+// once when the token changed while it was under way), and a syncNow() of its link (the service's,
+// another subscription's) makes a read of its own that waits for its retry now. A join or a joined
+// channel's drop cuts its own read off as they cut the link's: read again from its cursor in its place,
+// so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once the
+// API answers the link again (and, after failures of its own, not before its own retry). Against the
+// stand-in client, with changesSince answered by hand or from an in-memory log that answers real cursors
+// (changeLog), and the service's waits read off the pending timers (watchTimers) and ended by hand:
+// nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -641,9 +642,11 @@ Deno.test("newcomer: its own read refused 401, made again and cut off by a drop 
  * newcomer from OWN_CURSOR with no failure of its own whose own read hangs when the channel drops,
  * its syncNow() waiting for it. While `failLink()` says so the link's reads fail; otherwise they wait
  * to be answered by hand. A newcomer's own read after the first is answered from the log, or fails
- * once `failOwnReads()` was called. `options` go to the service (liveLink).
+ * once `failOwnReads()` was called. `options` go to the service (liveLink). With `ownFailures` 1, its
+ * first own read fails (a 503, heard): the one that hangs at the drop is the read the first's syncNow()
+ * makes in place of its retry, its subscription with a failure of its own.
  */
-async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOptions> = {}) {
+async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOptions> = {}, ownFailures = 0) {
   let failLink = true;
   let failOwn = false;
   let ownReads = 0;
@@ -652,8 +655,14 @@ async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOpti
     { log: (line) => lines.push(JSON.parse(line)), ...options },
     (cursor, log) =>
       cursor === OWN_CURSOR
-        // The first hangs; the next fail while failOwnReads() says so.
-        ? (++ownReads === 1 ? undefined : failOwn ? new Error("503 from its own read") : log.page(cursor))
+        // The first `ownFailures` fail, the next hangs; those after it fail while failOwnReads() says so.
+        ? (++ownReads <= ownFailures
+          ? new Error("503 from its own read")
+          : ownReads === ownFailures + 1
+          ? undefined
+          : failOwn
+          ? new Error("503 from its own read")
+          : log.page(cursor))
         : failLink
         ? new Error("503 from the link's read")
         : undefined, // answered by hand
@@ -669,7 +678,8 @@ async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOpti
     newcomer.onRead((outcome) => reads.push(outcome));
     const cursorsHeard: unknown[] = [];
     newcomer.onCursor((cursor) => cursorsHeard.push(cursor));
-    await waitFor("its own read", () => ownReads === 1);
+    await waitFor("its own read", () => ownReads === 1 && reads.length === ownFailures);
+    // After failures of its own, its read in place of its retry is made now (and hangs).
     assert.equal(await link.first.syncNow(), "failed", "the link's read fails: it backs off");
     let synced: string | undefined;
     void newcomer.syncNow().then((outcome) => synced = outcome); // the link's read fails, its own hangs
@@ -677,6 +687,7 @@ async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOpti
       "the link's read failed",
       () => lines.filter((l) => l.event === "poll_failed").length === 2,
     );
+    await waitFor("its own read that hangs", () => ownReads === ownFailures + 1);
 
     (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
     await waitFor("its syncNow()", () => synced !== undefined, { timeoutMs: 5_000 });
@@ -831,6 +842,87 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: read
     assert.equal(link.ownReads(), 2, "its own read waits for its own retry");
     assert.deepEqual(reads, ["failed"]);
     assert.ok(pendingFor(timers, POLL_MS * 1.5), "its retry still pending");
+  } finally {
+    await link.end();
+  }
+});
+
+/**
+ * The backoff's cap at four intervals, random 0: the newcomer's retry after one failure of its own waits
+ * one interval (POLL_MS), the link's poll after two failures of the link's two (2 * POLL_MS), longer.
+ */
+const LINK_BACKS_OFF_LONGER: Partial<RealtimeServiceOptions> = {
+  backoff: { initialMs: 60_000, maxMs: 4 * POLL_MS },
+};
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: not read at the end of its own shorter backoff against the API failing the link, nor after a poll that fails again, but once the link's poll is answered; no change missed, no cursor back", async () => {
+  const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1);
+  const { timers, pending, log, newcomer, changes, reads, cursorsHeard } = link;
+  try {
+    assert.equal(link.synced(), "failed", "not held for either backoff");
+    assert.equal(link.ownReads(), 2);
+    assert.deepEqual(reads, ["failed"], "the cut read is not heard");
+    const meanwhile = log.write("meanwhile", 3); // written while both back off: at 105
+
+    // Its own backoff ends first: no read of its own then, the link's backoff still running.
+    await fireWhenSet(timers, "its own retry after its backoff", POLL_MS);
+    // The link's poll after its backoff fails again: still none (it backs off again, as long).
+    await fireWhenSet(timers, "the link's poll after its backoff", 2 * POLL_MS);
+    await waitFor("the link's next poll scheduled", () => pendingFor(timers, 2 * POLL_MS));
+    assert.equal(link.ownReads(), 2, "not read against the API failing the link");
+    assert.ok(!pendingFor(timers, POLL_MS), `no retry of its own pending: ${timers.pending()}`);
+
+    link.answerLink();
+    await fireWhenSet(timers, "the link's next poll", 2 * POLL_MS);
+    await waitFor("the link's poll", () => callsFrom(pending, LINK_CURSOR).length === 1);
+    assert.equal(link.ownReads(), 2, "not before the API answers the link");
+    callsFrom(pending, LINK_CURSOR)[0].resolve(log.page(LINK_CURSOR));
+    await waitFor("its own read to the end", () => reads.length === 2, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.equal(link.ownReads(), 3);
+    assert.deepEqual(changes, [`meanwhile@${meanwhile.change_xid}`, "kept@102"]);
+    assert.deepEqual(cursorsHeard, ["106"]);
+    assert.equal(newcomer.cursor, "106");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: the link answered first (the rejoin's catch-up), it is read at the end of its own backoff, not at that answer", async () => {
+  const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1);
+  const { timers, first, channel, pending, log, newcomer, reads } = link;
+  try {
+    assert.equal(link.ownReads(), 2);
+    link.answerLink();
+    (await channel(2)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => callsFrom(pending, LINK_CURSOR).length === 1);
+    callsFrom(pending, LINK_CURSOR)[0].resolve(log.page(LINK_CURSOR));
+    await waitFor("the link live again", () => first.status === "live");
+    assert.equal(link.ownReads(), 2, "its own read waits for its own retry");
+    assert.deepEqual(reads, ["failed"]);
+
+    await fireWhenSet(timers, "its own retry after its backoff", POLL_MS);
+    await waitFor("it is live", () => newcomer.status === "live", { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.equal(link.ownReads(), 3);
+    assert.equal(newcomer.cursor, LINK_CURSOR, "nothing written since: the horizon");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: its own backoff over, waiting for the link's answer, another subscription's syncNow() reads it now", async () => {
+  const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1);
+  const { timers, first, newcomer, reads } = link;
+  try {
+    await fireWhenSet(timers, "its own retry after its backoff", POLL_MS);
+    assert.equal(link.ownReads(), 2);
+    // The link's read fails again; the newcomer's own read is made now all the same.
+    assert.equal(await first.syncNow(), "failed");
+    await waitFor("its own read made now", () => reads.includes("done"), { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed", "done", "failed"]);
+    assert.equal(link.ownReads(), 3);
+    assert.equal(newcomer.cursor, LINK_CURSOR);
   } finally {
     await link.end();
   }
