@@ -89,9 +89,9 @@ export async function runCleanups(): Promise<void> {
     runDown = (async () => {
       while (cleanups.length > 0) {
         await runOne(cleanups.pop()!);
-        // Only when there are any: no turn more between one cleanup and the next, which a start failing of
-        // the stop races (postgres.ts's catch forgets its abandon and runs it itself; a run-down that ended
-        // first would exit before that has removed the directory).
+        // Only when there are any: no turn more between one cleanup and the next than needed. (What a cleanup
+        // ends may be ending already, by its owner: its owner removes it only once that has run, so the
+        // run-down finds it still registered and waits for the same end; see postgres.ts's abandon and stop.)
         if (late.size > 0) await lateOnesRun();
       }
     })();

@@ -267,6 +267,58 @@ Deno.test({
 
 Deno.test({
   name:
+    "a stop (SIGINT) whose run-down ends while a failed start has yet to tear down waits for that tear-down",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPrivateTmpDir("readsync-failed-start-stopped-test-", async (tmp) => {
+    // The start fails (nothing listens where its base backup connects) and is held before its tear-down
+    // until the stop's run-down has ended: the worst order for a start failing as the stop comes. The stop
+    // must still remove its directory (the run-down runs or waits for that tear-down) before the exit.
+    const { report, code, stderr } = await inOwnProcess(
+      `await startPostgres({
+         restoreOf: "postgresql://postgres@127.0.0.1:${freePort()}/postgres",
+         log: () => {},
+         beforeTearDown: async () => {
+           console.log(JSON.stringify({ failed: true }));
+           await whenStopped();
+           await runCleanups();
+           await new Promise(() => {}); // the stop's exit ends this process
+         },
+       });`,
+      "SIGINT",
+    );
+    assert.deepEqual(report, { failed: true }, "the start failed");
+    assert.equal(code, 130, stderr);
+    assert.deepEqual([...Deno.readDirSync(tmp)].map((entry) => entry.name), [], "its temp dir was removed");
+    const ps = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdout: "piped" }).output();
+    const processes = new TextDecoder().decode(ps.stdout).split("\n").filter((line) => line.includes(tmp));
+    assert.deepEqual(processes, [], "no process is left behind");
+  }));
+
+Deno.test({
+  name: "a run-down that begins while a cluster's stop() is under way waits for that stop to have ended",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  // The stop begins (not awaited) and the run-down (the end of a run; a Ctrl-C's is the same) begins at
+  // once after it: once the run-down has ended, the server must have stopped and its directory be gone.
+  const { report, code, stderr } = await inOwnProcess(
+    `const pg = await startPostgres({ log: () => {} });
+     void pg.stop();
+     await runCleanups();
+     let left = true;
+     try { Deno.statSync(pg.dataDir); } catch { left = false; }
+     console.log(JSON.stringify({ left, dataDir: pg.dataDir, port: pg.port }));`,
+    "itself",
+  );
+  assert.equal(code, 0, stderr);
+  assert.equal(report.left, false, `its directory ${report.dataDir} was removed before the run-down ended`);
+  Deno.listen({ hostname: "127.0.0.1", port: report.port }).close(); // its port is free
+});
+
+Deno.test({
+  name:
     "a first start interrupted (SIGINT) while it builds the initdb template leaves no half-built template",
   sanitizeOps: false,
   sanitizeResources: false,
@@ -341,7 +393,9 @@ async function inOwnProcess(script: string, ending: "SIGINT" | "itself") {
     args: [
       "eval",
       `const { startPostgres } = await import(${JSON.stringify(postgresModule)});
-       const { onCleanup, pendingCleanups, runCleanups } = await import(${JSON.stringify(cleanupModule)});
+       const { onCleanup, pendingCleanups, runCleanups, whenStopped } = await import(${
+        JSON.stringify(cleanupModule)
+      });
        ${script}`,
     ],
     stdin: "null",

@@ -168,6 +168,11 @@ export interface StartOptions {
    * start fails saying so; default `stepTimeoutMs`. Tests of that deadline lower it alone.
    */
   readyTimeoutMs?: number;
+  /**
+   * Runs once a start has failed, before it tears down what it started: tests hold the tear-down there,
+   * where a stop that comes meanwhile must still wait for it (and not exit with the directory left).
+   */
+  beforeTearDown?: () => Promise<void> | void;
 }
 
 const INITDB_ARGS = ["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"];
@@ -203,9 +208,12 @@ async function initdbTemplate(
   if (exists(`${ready}/complete`)) return `${ready}/data`;
 
   const building = await Deno.makeTempDir({ dir: root, prefix: `${key}.building-` });
-  const removeBuilding = () => Deno.remove(building, { recursive: true }).catch(() => {});
+  // One removal, however often asked for (the catch below and a run-down both wait for that one).
+  let removing: Promise<void> | null = null;
+  const removeBuilding = () => removing ??= Deno.remove(building, { recursive: true }).catch(() => {});
   // A Ctrl-C during the build (its initdb is killed first: cleanups run newest first) removes it too,
-  // instead of leaving a half-built template that no later start uses or removes.
+  // instead of leaving a half-built template that no later start uses or removes. Forgotten only once
+  // it has run (finally, below): a run-down that begins meanwhile still finds it and waits for it.
   const forgetBuilding = onCleanup(removeBuilding);
   try {
     await Deno.chmod(building, 0o711);
@@ -255,17 +263,20 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   let watchdog = null as Deno.ChildProcess | null;
   // A start that fails, or is interrupted (Ctrl-C), leaves nothing behind: the server (an immediate
   // shutdown, which waits for its processes, so that none writes into the directory as it is removed),
-  // its watchdog, the directory.
-  const abandon = async () => {
-    if (child) await endServer(child, "SIGQUIT");
-    if (watchdog) {
-      try {
-        watchdog.kill("SIGKILL");
-      } catch { /* gone */ }
-      await watchdog.status;
-    }
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  };
+  // its watchdog, the directory. One tear-down, however often asked for: the catch below and a run-down
+  // (a stop) that begins while it runs both wait for that one.
+  let abandoned: Promise<void> | null = null;
+  const abandon = () =>
+    abandoned ??= (async () => {
+      if (child) await endServer(child, "SIGQUIT");
+      if (watchdog) {
+        try {
+          watchdog.kill("SIGKILL");
+        } catch { /* gone */ }
+        await watchdog.status;
+      }
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    })();
   const forgetAbandon = onCleanup(abandon);
   try {
     // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
@@ -474,8 +485,12 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       log(`database: port ${port} was taken before PostgreSQL could bind it; starting it on another`);
     }
   } catch (error) {
-    forgetAbandon();
+    await options.beforeTearDown?.();
+    // Forgotten only once it has run, not before: a run-down (a stop) that begins meanwhile finds it still
+    // registered and waits for the same tear-down, instead of finding nothing left and exiting before the
+    // directory is removed (a start failing of the stop raced the run-down so).
     await abandon();
+    forgetAbandon();
     throw error;
   }
 
@@ -485,16 +500,18 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   const guard = watchdog!;
   let stopped: Promise<void> | null = null;
   // Registered while the cluster runs (Ctrl-C, the end of a test run), removed again by a stop: a
-  // process that starts and stops clusters over and over (the benchmarks) keeps none of them.
+  // process that starts and stops clusters over and over (the benchmarks) keeps none of them. Removed once
+  // the stop has run, not as it begins: a run-down (a stop) that begins meanwhile still finds it and waits
+  // for the same stop, instead of exiting before the server has stopped and its directory is removed.
   let forgetStop = () => {};
   const stop = () =>
     stopped ??= (async () => {
-      forgetStop();
       await endServer(postmaster, "SIGINT"); // fast shutdown
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       try {
         guard.kill("SIGKILL");
       } catch { /* gone */ }
+      forgetStop();
     })();
   forgetStop = onCleanup(stop);
   return { url, port, dataDir, stop };

@@ -109,12 +109,16 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       });
       apiUrl = api.url;
       // Registered while it serves, as startPostgres registers its cluster's stop (newest first: the
-      // API closes before the database it uses stops), and removed again by the stack's stop.
+      // API closes before the database it uses stops), and removed again by the stack's stop once the API
+      // has closed (a run-down that begins meanwhile still finds it and waits for the same close).
       let closing: Promise<void> | null = null;
       const close = () =>
         closing ??= (async () => {
-          forgetClose();
-          await api.close();
+          try {
+            await api.close();
+          } finally {
+            forgetClose();
+          }
         })();
       const forgetClose = onCleanup(close);
       closeApi = close;
