@@ -21,7 +21,16 @@ import { writeResultSchema } from "../../shared/progress/schemas.ts";
 import { createPostgresProgressStore, type PostgresStoreOptions } from "../../shared/progress/store.ts";
 import type { WriteResult } from "../../shared/progress/types.ts";
 import { createTestUser, type TestUser } from "../support/env.ts";
-import { adminSql, call, dataApiBulkUpsert, errorOf, seriesId, testEnv } from "./support.ts";
+import {
+  adminSql,
+  call,
+  dataApiBulkUpsert,
+  endHeld,
+  errorOf,
+  type Held,
+  seriesId,
+  testEnv,
+} from "./support.ts";
 
 interface Update {
   updated_at: string;
@@ -526,6 +535,7 @@ Deno.test("a write that waited for another writer's lock is decided against the 
   // 10 s guard bounds the wait instead.
   const send = overStore(waiter, { lockTimeoutMs: 30_000, statementTimeoutMs: 30_000 });
   const at = (ms: number) => new Date(BASE + ms).toISOString();
+  let heldOpen: Held | undefined;
   try {
     for (
       const c of [
@@ -547,7 +557,8 @@ Deno.test("a write that waited for another writer's lock is decided against the 
       let release!: () => void;
       const released = new Promise<void>((resolve) => (release = resolve));
       let holding!: () => void;
-      const held = new Promise<void>((resolve) => (holding = resolve));
+      let holdingFailed!: (error: unknown) => void;
+      const held = new Promise<void>((resolve, reject) => [holding, holdingFailed] = [resolve, reject]);
       const holderTx = holder.begin(async (tx) => {
         await tx`select set_config('role', 'authenticated', true),
           set_config('request.jwt.claims', ${JSON.stringify({ sub: user.id, role: "authenticated" })}, true)`;
@@ -558,6 +569,8 @@ Deno.test("a write that waited for another writer's lock is decided against the 
         holding();
         await released;
       });
+      heldOpen = { release, done: holderTx };
+      holderTx.catch(holdingFailed); // failing before holding(), it fails the test (not awaited forever)
       await held;
       const waiting = send(user, series, c.waiting);
       // B is blocked on A's row lock (not yet decided) before A commits.
@@ -585,6 +598,7 @@ Deno.test("a write that waited for another writer's lock is decided against the 
       );
     }
   } finally {
+    await endHeld(heldOpen);
     await Promise.all([holder.end(), waiter.end(), sql.end()]);
   }
 });
@@ -672,7 +686,8 @@ async function firstWriteThatRollsBack(
   let release!: () => void;
   const released = new Promise<void>((resolve) => (release = resolve));
   let holding!: () => void;
-  const held = new Promise<void>((resolve) => (holding = resolve));
+  let holdingFailed!: (error: unknown) => void;
+  const held = new Promise<void>((resolve, reject) => [holding, holdingFailed] = [resolve, reject]);
   const rolledBack = holder.begin(async (tx) => {
     await asScript(tx);
     await tx`select public.write_reading_progress(${series}, 1, 0, 0, false, 'laptop', now())`;
@@ -680,6 +695,7 @@ async function firstWriteThatRollsBack(
     await released;
     throw new Error("roll back");
   }).catch((error) => assert.equal(error.message, "roll back"));
+  rolledBack.catch(holdingFailed); // failing before holding(), it fails the test (not awaited forever)
   await held;
   return { holderPid: holderPid as number, release, rolledBack };
 }
@@ -693,6 +709,7 @@ Deno.test("a Data API upsert dated ahead that waited until it no longer is loses
   const sql = adminSql({ max: 1 });
   const { holder, waiter, asUser, asScript } = lockingPair(user.id);
   const series = seriesId("ahead-no-more");
+  let heldOpen: Held | undefined;
   try {
     await sql`insert into public.reading_progress (user_id, series_id, chapter, page, percentage, device_id, updated_at)
       values (${user.id}, ${series}, 1, 0, 0, 'seed', now() - interval '1 minute')`;
@@ -700,7 +717,8 @@ Deno.test("a Data API upsert dated ahead that waited until it no longer is loses
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
     let holding!: () => void;
-    const held = new Promise<void>((resolve) => (holding = resolve));
+    let holdingFailed!: (error: unknown) => void;
+    const held = new Promise<void>((resolve, reject) => [holding, holdingFailed] = [resolve, reject]);
     let ereaderKey = "";
     const holderTx = holder.begin(async (tx) => {
       await asScript(tx);
@@ -714,6 +732,8 @@ Deno.test("a Data API upsert dated ahead that waited until it no longer is loses
         returning to_jsonb(updated_at) #>> '{}' as key`;
       ereaderKey = key;
     });
+    heldOpen = { release, done: holderTx };
+    holderTx.catch(holdingFailed); // failing before holding(), it fails the test (not awaited forever)
     await held;
     const [{ sent }] = await sql<{ sent: string }[]>`
       select to_jsonb(clock_timestamp() + ${AHEAD}::interval) #>> '{}' as sent`;
@@ -736,6 +756,7 @@ Deno.test("a Data API upsert dated ahead that waited until it no longer is loses
       "the phone's write is logged as refused, under its own date",
     );
   } finally {
+    await endHeld(heldOpen);
     await Promise.all([holder.end(), waiter.end(), sql.end()]);
   }
 });
@@ -753,6 +774,7 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
   const user = await createTestUser();
   const sql = adminSql({ max: 1 });
   const { holder, waiter, asUser, asScript } = lockingPair(user.id);
+  let heldOpen: Held | undefined;
   try {
     for (const rowExists of [true, false]) {
       const series = seriesId(rowExists ? "ahead-wait-update" : "ahead-wait-insert");
@@ -764,7 +786,8 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
       let release!: () => void;
       const released = new Promise<void>((resolve) => (release = resolve));
       let holding!: () => void;
-      const held = new Promise<void>((resolve) => (holding = resolve));
+      let holdingFailed!: (error: unknown) => void;
+      const held = new Promise<void>((resolve, reject) => [holding, holdingFailed] = [resolve, reject]);
       // A: a version dated 3 s ahead (within the tolerance: stored as dated), not yet committed.
       let heldKey = "";
       const holderTx = holder.begin(async (tx) => {
@@ -777,6 +800,8 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
         holding();
         await released;
       });
+      heldOpen = { release, done: holderTx };
+      holderTx.catch(holdingFailed); // failing before holding(), it fails the test (not awaited forever)
       await held;
       // B: supabase-js .upsert() from a phone whose clock is an hour ahead.
       const waiting = waiter.begin(async (tx) => {
@@ -800,6 +825,7 @@ Deno.test("a Data API upsert dated an hour ahead wins over a version committed w
       assert.deepEqual(state.log, [], "nothing was refused");
     }
   } finally {
+    await endHeld(heldOpen);
     await Promise.all([holder.end(), waiter.end(), sql.end()]);
   }
 });
@@ -818,10 +844,12 @@ Deno.test("a first write dated ahead that waited for a first write which rolled 
   const { holder, waiter, asUser, asScript } = lockingPair(user.id);
   const tabletPool = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
   const tablet = overStore(tabletPool);
+  let heldOpen: Held | undefined;
   try {
     for (const path of ["api", "data api"] as const) {
       const series = seriesId(path === "api" ? "ahead-rollback-api" : "ahead-rollback-rest");
       const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asScript, series);
+      heldOpen = { release, done: rolledBack };
       const [{ sent }] = await sql<{ sent: string }[]>`
         select to_jsonb(date_trunc('milliseconds', clock_timestamp() + ${AHEAD}::interval)) #>> '{}' as sent`;
       const phone = () =>
@@ -870,6 +898,7 @@ Deno.test("a first write dated ahead that waited for a first write which rolled 
       assert.equal((await stateOf(sql, user.id, series)).row?.chapter, 7);
     }
   } finally {
+    await endHeld(heldOpen);
     await Promise.all([holder.end(), waiter.end(), tabletPool.end(), sql.end()]);
   }
 });
@@ -888,8 +917,10 @@ Deno.test("a bulk Data API upsert whose first row waited for a first write which
   const { holder, waiter, asUser, asScript } = lockingPair(user.id);
   const series = seriesId("ahead-rollback-bulk");
   const other = seriesId("ahead-bulk-hour");
+  let heldOpen: Held | undefined;
   try {
     const { holderPid, release, rolledBack } = await firstWriteThatRollsBack(holder, asScript, series);
+    heldOpen = { release, done: rolledBack };
     const [{ sent }] = await sql<{ sent: string }[]>`
       select to_jsonb(date_trunc('milliseconds', clock_timestamp() + ${AHEAD}::interval)) #>> '{}' as sent`;
     const rows = [
@@ -936,6 +967,7 @@ Deno.test("a bulk Data API upsert whose first row waited for a first write which
       "the first row is stored under its own date",
     );
   } finally {
+    await endHeld(heldOpen);
     await Promise.all([holder.end(), waiter.end(), sql.end()]);
   }
 });

@@ -119,6 +119,23 @@ export function dataApiBulkUpsert(tx: postgres.TransactionSql, rows: object[]) {
 
 export { adminSql, testEnv };
 
+/** A transaction a script holds open until `release()`; `done` settles once it has ended. */
+export interface Held {
+  release: () => void;
+  done: Promise<unknown>;
+}
+
+/**
+ * Lets a held transaction end and waits until it has, in a test's `finally`: after a failed assertion
+ * too, so that the test fails with that assertion's message instead of hanging in the connection's
+ * end() (which waits for the transaction, and the writes waiting for its locks, to finish), and leaves
+ * no open transaction, lock or connection behind. How it ended was checked by the test, if it got there.
+ */
+export async function endHeld(held: Held | undefined): Promise<void> {
+  held?.release();
+  await held?.done.catch(() => {});
+}
+
 /** A TCP port nothing listens on (bound, then released). */
 export function closedPort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });

@@ -24,7 +24,17 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { createTestUser } from "../support/env.ts";
-import { adminSql, call, dataApiBulkUpsert, errorOf, seriesId, testEnv, write } from "./support.ts";
+import {
+  adminSql,
+  call,
+  dataApiBulkUpsert,
+  endHeld,
+  errorOf,
+  type Held,
+  seriesId,
+  testEnv,
+  write,
+} from "./support.ts";
 
 /** A connection of its own (one backend: its pid stays the one waitedFor names). */
 const connection = () => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
@@ -79,7 +89,7 @@ async function waitedFor(admin: postgres.Sql, pid: number, what: string): Promis
  * A script's transaction (role postgres: RLS bypassed, not serialized with the user's writes) holding
  * the user's rows of `series` until `release()`; `done` settles once it has committed.
  */
-async function holdRows(holder: postgres.Sql, userId: string, series: string[]) {
+async function holdRows(holder: postgres.Sql, userId: string, series: string[]): Promise<Held> {
   const release = Promise.withResolvers<void>();
   const locked = Promise.withResolvers<void>();
   const done = holder.begin(async (tx) => {
@@ -157,11 +167,12 @@ async function heldInterleaving<A, B>(
 ): Promise<void> {
   const admin = adminSql({ max: 2 });
   const [holder, first, second] = [connection(), connection(), connection()];
+  let held: Held | undefined;
   try {
     const seeded = await seededUser(admin);
     const { user, s1, s2 } = seeded;
     const [firstPid, secondPid] = [await pidOf(first), await pidOf(second)];
-    const held = await holdRows(holder, user.id, [s1, s2]);
+    held = await holdRows(holder, user.id, [s1, s2]);
     const firstSent = firstWrite.send(first, seeded);
     firstSent.catch(() => {}); // settled below
     await waitedFor(admin, firstPid, firstWrite.what);
@@ -172,6 +183,7 @@ async function heldInterleaving<A, B>(
     await held.done;
     await check(admin, seeded, await bothCompleted(firstSent, secondSent));
   } finally {
+    await endHeld(held);
     await Promise.all([holder.end(), first.end(), second.end(), admin.end()]);
   }
 }
@@ -243,6 +255,7 @@ Deno.test("a user's transaction that locked a row before its first write does no
   // it: it only tries the lock (it holds a row already) and goes on.
   const admin = adminSql({ max: 2 });
   const [script, phoneConnection] = [connection(), connection()];
+  let held: Held | undefined;
   try {
     const { user, s1 } = await seededUser(admin);
     const [scriptPid, phonePid] = [await pidOf(script), await pidOf(phoneConnection)];
@@ -257,6 +270,7 @@ Deno.test("a user's transaction that locked a row before its first write does no
                 where series_id = ${s1}`;
     });
     scripted.catch(locked.reject);
+    held = { release: () => release.resolve(), done: scripted };
     await locked.promise;
     const phone = bulkUpsert(phoneConnection, user.id, [
       { series_id: s1, chapter: 12, device_id: "phone", updated_at: at(2) },
@@ -272,6 +286,7 @@ Deno.test("a user's transaction that locked a row before its first write does no
     assert.equal(await stored(admin, user.id, s1), `${at(3)} script ch30`);
     assert.deepEqual(await logOf(admin, user.id, s1), [`stale phone ${at(2)}`]);
   } finally {
+    await endHeld(held);
     await Promise.all([script.end(), phoneConnection.end(), admin.end()]);
   }
 });
@@ -280,7 +295,7 @@ Deno.test("a user's transaction that locked a row before its first write does no
  * A transaction of the user's on `holder` that wrote `series` (so it holds the user's write lock) and
  * stays open until `release()`: a device's write that does not end; `done` settles once it committed.
  */
-async function userWriteInProgress(holder: postgres.Sql, userId: string, series: string) {
+async function userWriteInProgress(holder: postgres.Sql, userId: string, series: string): Promise<Held> {
   const release = Promise.withResolvers<void>();
   const wrote = Promise.withResolvers<void>();
   const done = holder.begin(async (tx) => {
@@ -300,14 +315,6 @@ async function userWriteInProgress(holder: postgres.Sql, userId: string, series:
   done.catch(wrote.reject);
   await wrote.promise;
   return { release: () => release.resolve(), done };
-}
-
-type UserWriteInProgress = Awaited<ReturnType<typeof userWriteInProgress>>;
-
-/** Lets a held write end (also after a failed assertion, so that the holder's connection can end). */
-async function endHeld(held: UserWriteInProgress | undefined): Promise<void> {
-  held?.release();
-  await held?.done.catch(() => {});
 }
 
 /** The timeouts a Data API request runs with: its session's (the login role's) and its transaction's. */
@@ -376,7 +383,7 @@ const WAIT_SHAPES: { name: string; timeouts: RequestTimeouts; before: string }[]
 Deno.test("a Data API write stuck behind another write of the same user ends with PT503 (PostgREST: HTTP 503), stores nothing, and lands when sent again", async () => {
   const admin = adminSql({ max: 1 });
   const holder = connection();
-  let held: UserWriteInProgress | undefined;
+  let held: Held | undefined;
   try {
     for (const shape of WAIT_SHAPES) {
       const { user, s1, s2 } = await seededUser(admin);
@@ -417,7 +424,7 @@ Deno.test("a Data API write that gets the user's lock before its timeouts comple
   const timeouts = { session: { lock_timeout: 20_000 }, transaction: { statement_timeout: 20_000 } };
   const admin = adminSql({ max: 1 });
   const holder = connection();
-  let held: UserWriteInProgress | undefined;
+  let held: Held | undefined;
   try {
     const { user, s1, s2 } = await seededUser(admin);
     held = await userWriteInProgress(holder, user.id, s1);
@@ -446,7 +453,7 @@ Deno.test("a Data API write that gets the user's lock before its timeouts comple
 Deno.test("a progress function write stuck behind another write of the same user is still its 503 service_unavailable", async () => {
   const admin = adminSql({ max: 1 });
   const holder = connection();
-  let held: UserWriteInProgress | undefined;
+  let held: Held | undefined;
   try {
     const { user, s1, s2 } = await seededUser(admin);
     held = await userWriteInProgress(holder, user.id, s1);
