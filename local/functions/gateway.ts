@@ -204,7 +204,8 @@ export async function createFunctionsGateway(
         method: req.method,
         headers: req.headers,
         body: hasBody ? req.body : null,
-        // req.signal is not forwarded: reading it switches Deno.serve into its legacy abort mode.
+        // req.signal is not forwarded (no function here reads one). deno.json turns off Deno.serve's
+        // legacy abort mode, so forwarding it would be safe: it aborts only when the client leaves first.
       });
     } catch (error) {
       if (!(error instanceof TypeError)) throw error;

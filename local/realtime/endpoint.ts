@@ -242,9 +242,9 @@ export async function createRealtimeEndpoint(
     // server keeps its end of the TCP connection open (CLOSE_WAIT) until the process ends, which also
     // holds Deno.serve's graceful shutdown. Nothing is sent: the client is gone. Deno sets the signal
     // a turn of its event loop after it has seen the client go, so this misses a client that left just
-    // before (hence the project's keys verified at the start: no wait for them at all). Reading the
-    // signal makes Deno.serve print, once per process, that it also aborts after a delivered answer:
-    // only `aborted`, read here before any answer, is used.
+    // before (hence the project's keys verified at the start: no wait for them at all). deno.json turns
+    // off Deno.serve's legacy abort mode, in which a signal that was read also aborted after a delivered
+    // answer and Deno printed a warning about it once per process (realtime-signal-mode.test.ts).
     if (req.signal.aborted) {
       log({ event: "socket_client_left", during: "connect" });
       return new Response(null, { status: 499 });
