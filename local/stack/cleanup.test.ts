@@ -5,6 +5,7 @@
 // so and exits with the signal's code once what it started is torn down, not 1 for a start the stop made fail.
 
 import assert from "node:assert/strict";
+import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
 import { assertPortFree } from "./postgres.ts";
 
 // Where nothing listens: the "hosted project" npm start must ignore (a port free a moment ago will do:
@@ -438,29 +439,7 @@ Deno.test({
 
 /** Runs `script` (TypeScript, `deno eval`) in a process of its own and returns its last line of output, parsed. */
 async function lastLineOf(script: string): Promise<unknown> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["eval", script],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    const { code, stdout, stderr } = await Promise.race([
-      child.output(),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error("the script did not end within 120 s")), 120_000);
-      }),
-    ]);
-    const text = new TextDecoder().decode(stdout);
-    assert.equal(code, 0, `${text}\n${new TextDecoder().decode(stderr)}`);
-    return JSON.parse(text.trim().split("\n").pop()!);
-  } finally {
-    clearTimeout(timer);
-    try {
-      child.kill("SIGKILL");
-    } catch { /* ended */ }
-  }
+  return lastJsonLine(await runDenoChild(["eval", script], { timeoutMs: 120_000 }));
 }
 
 Deno.test({

@@ -4,6 +4,7 @@
 // stacks keeps none of them).
 
 import assert from "node:assert/strict";
+import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
 
 Deno.test({
   name:
@@ -14,8 +15,9 @@ Deno.test({
   const stackModule = new URL("./stack.ts", import.meta.url).href;
   const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
   // In a process of its own: runCleanups runs once per process, and the test runner's must stay unrun.
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
+  // Two stacks (a cluster each, migrations pushed): a generous guard for a loaded machine.
+  const report = lastJsonLine(
+    await runDenoChild([
       "eval",
       `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
        const { pendingCleanups, runCleanups } = await import(${JSON.stringify(cleanupModule)});
@@ -43,43 +45,21 @@ Deno.test({
          stoppedFree: free(portOf(stopped)), runningFree: free(portOf(running)),
        }));
        Deno.exit(0); // an API server left listening would keep the process up`,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    // Two stacks (a cluster each, migrations pushed): a generous guard for a loaded machine.
-    const { code, stdout, stderr } = await Promise.race([
-      child.output(),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error("the script did not end within 180 s")), 180_000);
-      }),
-    ]);
-    const text = new TextDecoder().decode(stdout);
-    const errors = new TextDecoder().decode(stderr);
-    assert.equal(code, 0, `${text}\n${errors}`);
-    const report = JSON.parse(text.trim().split("\n").pop()!);
-    const { before } = report;
-    assert.deepEqual(
-      report,
-      {
-        before,
-        whileRunning: before + 2,
-        afterStop: before,
-        runningCleanups: before + 2,
-        afterCleanups: 0,
-        stoppedFree: true,
-        runningFree: true,
-      },
-      "a running stack has its cluster's stop and its API server's close registered; stop() removes both " +
-        "and frees the API port; the cleanups close a running stack's API server",
-    );
-  } finally {
-    clearTimeout(timer);
-    try {
-      child.kill("SIGKILL");
-    } catch { /* ended */ }
-  }
+    ], { timeoutMs: 180_000 }),
+  ) as { before: number };
+  const { before } = report;
+  assert.deepEqual(
+    report,
+    {
+      before,
+      whileRunning: before + 2,
+      afterStop: before,
+      runningCleanups: before + 2,
+      afterCleanups: 0,
+      stoppedFree: true,
+      runningFree: true,
+    },
+    "a running stack has its cluster's stop and its API server's close registered; stop() removes both " +
+      "and frees the API port; the cleanups close a running stack's API server",
+  );
 });

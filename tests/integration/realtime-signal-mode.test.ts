@@ -13,6 +13,7 @@
 
 import assert from "node:assert/strict";
 import { ownEndpoint } from "./realtime_support.ts";
+import { runDenoChild } from "../support/denoChild.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -47,32 +48,9 @@ const script = `
   console.log(JSON.stringify({ opened, connections, events }));
 `;
 
-async function runChild(args: string[], cwd: string) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    cwd,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    // A hang guard only (a Deno start, an endpoint and one socket).
-    const { code, stdout, stderr } = await Promise.race([
-      child.output(),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          try {
-            child.kill("SIGKILL");
-          } catch { /* already ended */ }
-          reject(new Error("the child did not end within 60 s"));
-        }, 60_000);
-      }),
-    ]);
-    return { code, stdout: new TextDecoder().decode(stdout), stderr: new TextDecoder().decode(stderr) };
-  } finally {
-    clearTimeout(timer);
-  }
+/** The child serving the endpoint; a hang guard only (a Deno start, an endpoint and one socket). */
+function runChild(args: string[], cwd: string) {
+  return runDenoChild(args, { cwd, timeoutMs: 60_000 });
 }
 
 function assertUpgradedWithoutTheWarning(
