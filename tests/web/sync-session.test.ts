@@ -566,6 +566,11 @@ Deno.test("sync session: a write the server refuses says so in every tab of the 
  * The tab's API answers each batch with `failure(writes)` when it gives one, else saves them;
  * returns how many batches were sent.
  */
+/** The server's answer while it is busy: 503 with a Retry-After of 30 s. */
+function busyFor30s() {
+  return new ServiceUnavailableError(503, "service_unavailable", "busy", { details: { retry_after: 30 } });
+}
+
 function failing(t: ReturnType<typeof tab>, failure: (writes: PendingWrite[]) => Error | null) {
   const requests = { count: 0 };
   const connect = t.env.connect;
@@ -724,8 +729,6 @@ Deno.test("sync session: after Sync now failed, 'Not saved yet (will retry)' sta
 Deno.test("sync session: Sync now pressed while the server's Retry-After holds the outbox sends nothing and says the write waits", async () => {
   const t = tab();
   let busy = true;
-  const busyFor30s = () =>
-    new ServiceUnavailableError(503, "service_unavailable", "busy", { details: { retry_after: 30 } });
   const requests = failing(t, () => busy ? busyFor30s() : null);
   const alice = t.open(newStore(ALICE));
   const error = () => alice.store.getSnapshot().lastError;
@@ -1565,8 +1568,6 @@ Deno.test("sync session, two tabs: a page restored from the back/forward cache (
 Deno.test("sync session: after the site's storage is cleared, the outbox's shared schedule is written back with it, so a Retry-After still holds the sends (back online, a page turn, another tab's clear) until it has passed", async () => {
   const t = tab();
   let busy = true;
-  const busyFor30s = () =>
-    new ServiceUnavailableError(503, "service_unavailable", "busy", { details: { retry_after: 30 } });
   const requests = failing(t, () => busy ? busyFor30s() : null);
   const alice = t.open(newStore(ALICE));
   alice.save("book", position(4), DEVICE);
@@ -1678,8 +1679,6 @@ Deno.test("sync session, two tabs: a page restored from the back/forward cache a
 Deno.test("sync session: a page restored from the back/forward cache after the site's storage was cleared writes back the outbox's schedule while its Retry-After still holds (no tab can have sent since), so nothing is sent within it", async () => {
   const browser = sharedStorage();
   const only = tab({ browser });
-  const busyFor30s = () =>
-    new ServiceUnavailableError(503, "service_unavailable", "busy", { details: { retry_after: 30 } });
   const requests = failing(only, () => busyFor30s());
   const alice = only.open(newStore(ALICE));
   alice.save("book", position(4), DEVICE);
