@@ -1648,7 +1648,7 @@ class UserLink<Row extends LwwRow> {
     if (!own || this.#closed || !subscription.ownReadPending) return Promise.resolve("failed");
     if (own.running) return own.running;
     own.afterFirstRead = false;
-    own.afterLinkAnswer = false;
+    own.afterLinkRead = false;
     this.service.timers.clear(own.timer);
     own.timer = undefined;
     const wait = this.#retryAfterLeftMs();
@@ -1669,11 +1669,11 @@ class UserLink<Row extends LwwRow> {
    * joined channel's drop cuts it off as they cut the link's reads (#cutOwnReadsOff): it is read again
    * from its cursor as its answered pages left it, at once, or, after a drop, when the link's reads
    * would not read at once either: after failures of its own at the time its retry would come, after
-   * failures of the link's (the link backing off) once a read of the link is answered
-   * (own.afterLinkAnswer), after both at the later of the two, and while a Retry-After runs at its
-   * end. The read cut off ends as the one read in its place at once does (one refused 401 before it
-   * for a token replaced since is read so, with that token), or "failed" at once when that one waits;
-   * the cut is neither heard nor counted.
+   * failures of the link's (the link backing off: #backingOff) once the link reads again after its
+   * backoff or is answered (own.afterLinkRead), after both at the later of the two, and while a
+   * Retry-After runs at its end. The read cut off ends as the one read in its place at once does (one
+   * refused 401 before it for a token replaced since is read so, with that token), or "failed" at once
+   * when that one waits; the cut is neither heard nor counted.
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
     let outcome: ReadOutcome | "closed" | "cut";
@@ -1690,27 +1690,30 @@ class UserLink<Row extends LwwRow> {
       // Read again only once the read cut off has settled (this loop): two reads of its own at once
       // could hand it a page from before where the other's last page left its cursor (back).
       // After a drop, as the poll the drop starts waits (#fail): after failures of its own, their
-      // backoff; while the link's last read failed (the API failing for the link), not before the API
-      // answers the link again either (the poll after the link's backoff, a Retry-After's end, the
-      // catch-up of the rejoin, whichever comes first): with no failure of its own, not at once (one
-      // call more per such subscription at every drop, against that API); with failures of its own, not
-      // at the end of its own backoff when that comes before (it may be shorter than the link's), but at
-      // the later of the two. A change written meanwhile stays after its cursor, which has not moved.
-      const afterLinkAnswer = own.cutByDrop && this.#failedReadsInRow > 0;
+      // backoff; while the link backed off at the drop (its last read failed, and it reads again for
+      // that after the polls' backoff: #backingOff), not before the link reads again after that
+      // backoff (its poll, whether answered or not: a failure that is the link's alone, such as a 400
+      // for its cursor, would otherwise hold it for good) or a read of the link is answered (the
+      // catch-up of the rejoin), whichever comes first: with no failure of its own, not at once (one
+      // call more per such subscription at every drop, against an API that may be failing); with
+      // failures of its own, not at the end of its own backoff when that comes before (it may be
+      // shorter than the link's), but at the later of the two. A change written meanwhile stays after
+      // its cursor, which has not moved.
+      const afterLinkRead = own.cutByDrop && own.cutWhileLinkBackedOff === true;
       const wait = own.cutByDrop && own.failuresInRow > 0
         ? this.#nextPollDelay("failed", own.failuresInRow)
         : this.#retryAfterLeftMs();
-      if (afterLinkAnswer || wait > 0) {
+      if (afterLinkRead || wait > 0) {
         // As a read the drop cut off whose poll waits: its read is made at its time, heard then, and it
         // ends now, "failed" (a syncNow() waiting for it resolves so: not held for a backoff); unless
         // its last answer was a refusal for a token replaced since: read now with that token (as the
         // link's reads are: #readAgainForNewToken), and it ends as that read does.
         own.running = undefined;
-        if (afterLinkAnswer) own.afterLinkAnswer = true;
-        // Its own retry (failures of its own), beside the wait for the link's answer: whichever ends
-        // first leaves the read to the other (#scheduleOwnRead's timer, #readOwnAfterLinkAnswer). With
-        // none of its own, only the link's answer (a Retry-After running ends before the link's reads).
-        if (!afterLinkAnswer || own.failuresInRow > 0) this.#scheduleOwnRead(subscription, own, wait);
+        if (afterLinkRead) own.afterLinkRead = true;
+        // Its own retry (failures of its own), beside the wait for the link's read: whichever ends
+        // first leaves the read to the other (#scheduleOwnRead's timer, #readOwnAfterLinkRead). With
+        // none of its own, only the link's read (a Retry-After running ends before the link's reads).
+        if (!afterLinkRead || own.failuresInRow > 0) this.#scheduleOwnRead(subscription, own, wait);
         const readNow = this.#readOwnAgainForNewToken(subscription, own);
         return readNow ? await readNow : "failed";
       }
@@ -1787,15 +1790,17 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * A join or a joined channel's drop (`byDrop`) cuts off the own reads under way, as it cuts off the
-   * link's (#cutReadsOff): one begun on the network the socket died with may hang as well, up to
-   * requestTimeoutMs, and the subscription's syncNow() waits for it. Each is read again in its place
-   * (#readOwn). Own reads waiting for their retry keep their time.
+   * A join or a joined channel's drop (`byDrop`; `linkBackedOff`: #backingOff as the drop found it)
+   * cuts off the own reads under way, as it cuts off the link's (#cutReadsOff): one begun on the
+   * network the socket died with may hang as well, up to requestTimeoutMs, and the subscription's
+   * syncNow() waits for it. Each is read again in its place (#readOwn). Own reads waiting for their
+   * retry keep their time.
    */
-  #cutOwnReadsOff(reason: string, byDrop: boolean): void {
+  #cutOwnReadsOff(reason: string, byDrop: boolean, linkBackedOff = false): void {
     for (const own of this.#ownReads.values()) {
       if (!own.cut) continue;
       own.cutByDrop = byDrop; // the last cut decides how it is read again
+      own.cutWhileLinkBackedOff = byDrop && linkBackedOff;
       own.cut.abort(new Error(reason));
     }
   }
@@ -1818,16 +1823,16 @@ class UserLink<Row extends LwwRow> {
   /**
    * A subscription's own read failed or was answered behind: it is made again by itself after
    * `waitMs` (the polls' backoff for its own failures in a row, or pollIntervalMs when behind), never
-   * before a Retry-After's end; and, when it also waits for a read of the link to be answered
-   * (own.afterLinkAnswer: a drop cut it off while the link backed off), not before that either: its
-   * timer's end then leaves the read to that answer (#readOwnAfterLinkAnswer).
+   * before a Retry-After's end; and, when it also waits for the link's read (own.afterLinkRead: a drop
+   * cut it off while the link backed off), not before that either: its timer's end then leaves the
+   * read to that read's end (#readOwnAfterLinkRead).
    */
   #scheduleOwnRead(subscription: Subscription<Row>, own: OwnRead, waitMs: number): void {
     if (this.#closed) return;
     this.service.timers.clear(own.timer);
     own.timer = this.service.timers.set(() => {
       own.timer = undefined;
-      if (!own.afterLinkAnswer) void this.readOwnNow(subscription);
+      if (!own.afterLinkRead) void this.readOwnNow(subscription);
     }, Math.max(waitMs, this.#retryAfterLeftMs()));
   }
 
@@ -1840,15 +1845,19 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * A read of the link was answered (done or behind): the own reads a drop cut off while the link was
-   * backing off (own.afterLinkAnswer, #readOwn) are read now, the API answering again; those whose own
-   * retry (after failures of their own) is still to come are read then, by its timer, no longer
-   * waiting for the link.
+   * A read of the link was answered (done or behind), or one it made at its time (a timer's: its poll
+   * after the backoff) ended, answered or failed: the own reads a drop cut off while the link was
+   * backing off (own.afterLinkRead, #readOwn) are read now: the API answers again, or the link's
+   * backoff has run (its failure may be the link's alone, a 400 for its cursor, which the link may
+   * meet for good: nothing would read them before a syncNow()). Those whose own retry (after failures
+   * of their own) is still to come are read then, by its timer, no longer waiting for the link. Not a
+   * read the link made at once that failed (the catch-up of a join: made without a backoff, against
+   * an API that may still be failing).
    */
-  #readOwnAfterLinkAnswer(): void {
+  #readOwnAfterLinkRead(): void {
     for (const [subscription, own] of [...this.#ownReads]) {
-      if (!own.afterLinkAnswer) continue;
-      if (own.timer !== undefined) own.afterLinkAnswer = false;
+      if (!own.afterLinkRead) continue;
+      if (own.timer !== undefined) own.afterLinkRead = false;
       else void this.readOwnNow(subscription);
     }
   }
@@ -1856,7 +1865,7 @@ class UserLink<Row extends LwwRow> {
   /**
    * A syncNow() of the link (the service's, or any subscription's of the link): the own reads of
    * subscriptions that joined from a cursor of their own and wait for their retry (failed, or answered
-   * behind, or cut off by a drop and waiting for the link's answer) are made now, in place of that
+   * behind, or cut off by a drop and waiting for the link's read) are made now, in place of that
    * retry: the app's word that the conditions changed (back in the foreground, back online) is for
    * every subscription of the link, as the rejoin and the read it makes are (the link's read too is
    * made now, backing off or not). Not waited for: the link's read is what the call resolves with (a
@@ -1864,7 +1873,7 @@ class UserLink<Row extends LwwRow> {
    */
   #readWaitingOwnReadsNow(): void {
     for (const [subscription, own] of [...this.#ownReads]) {
-      if (own.timer !== undefined || own.afterLinkAnswer) void this.readOwnNow(subscription);
+      if (own.timer !== undefined || own.afterLinkRead) void this.readOwnNow(subscription);
     }
   }
 
@@ -2196,6 +2205,7 @@ class UserLink<Row extends LwwRow> {
   #fail(generation: number, reason: string): void {
     if (this.#closed || generation !== this.#generation) return;
     const wasJoined = this.#joined;
+    const backedOff = this.#backingOff; // before the drop below ends the live state and clears the timers
     // The join ladder starts again only after a channel that held: one that stayed joined at least
     // as long as the wait before its join (the delay as drawn, not its step's ceiling), and in any
     // case one joined for a whole backoff cap. A channel closed sooner (a server that closes every
@@ -2262,7 +2272,7 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#cutReadsOff("the channel dropped");
-      this.#cutOwnReadsOff("the channel dropped", true);
+      this.#cutOwnReadsOff("the channel dropped", true, backedOff);
     }
     // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
     // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now while the
@@ -2453,6 +2463,21 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
+   * The link backs off: its last read failed (#failedReadsInRow) and it reads again for that after the
+   * polls' backoff. Not a live link (joined, caught up) that makes that read again no more (the safety
+   * read off, no syncNow() owed, no heartbeat reply late: #scheduleNextLiveRead): its count stays up
+   * while its channel carries the changes, and says nothing of the API since (hours, with the safety
+   * read off). A live link reading again for a failure (a read again scheduled, or a read under way)
+   * backs off. Decides how an own read a drop cuts off is read again (#readOwn).
+   */
+  get #backingOff(): boolean {
+    if (this.#failedReadsInRow === 0) return false;
+    if (!(this.#joined && this.#caughtUp)) return true;
+    const readAgainScheduled = this.#pollTimer !== undefined && this.#pollTimer === this.#readAgainTimer;
+    return readAgainScheduled || this.#readsInFlight.size > 0;
+  }
+
+  /**
    * While live: the wait before the next safety read (livePollIntervalMs, or pollIntervalMs while a
    * heartbeat reply is late; Infinity when turned off), not before a Retry-After the API sent has run out.
    */
@@ -2469,7 +2494,7 @@ class UserLink<Row extends LwwRow> {
   #scheduleLivePoll(): void {
     const wait = this.#livePollWaitMs();
     if (this.#closed || this.#pollTimer !== undefined || wait === Infinity) return;
-    this.#pollTimer = this.service.timers.set(() => void this.#poll(), wait);
+    this.#pollTimer = this.service.timers.set(() => void this.#poll(true), wait);
   }
 
   /**
@@ -2504,23 +2529,27 @@ class UserLink<Row extends LwwRow> {
       : this.#pollIntervalMs;
     this.service.timers.clear(this.#pollTimer);
     this.#pollTimer = this.#readAgainTimer = this.service.timers.set(
-      () => void this.#poll(),
+      () => void this.#poll(true),
       Math.min(wait, this.#livePollWaitMs()),
     );
   }
 
   #startPolling(delayMs = 0): void {
     if (this.#closed || this.#pollTimer !== undefined) return;
-    this.#pollTimer = this.service.timers.set(() => void this.#poll(), delayMs);
+    this.#pollTimer = this.service.timers.set(() => void this.#poll(true), delayMs);
   }
 
-  /** One poll (or the safety read while live); resolves with how its read ended. */
-  async #poll(): Promise<ReadOutcome> {
+  /**
+   * One poll (or the safety read while live); resolves with how its read ended. `scheduled`: made by
+   * its timer, at its time (after the polls' backoff, a Retry-After's end, the poll interval), not at
+   * once (a syncNow(), a late heartbeat, a new token).
+   */
+  async #poll(scheduled = false): Promise<ReadOutcome> {
     this.#pollTimer = undefined;
     if (this.#closed) return "failed";
     this.#pollsRunning++;
     try {
-      return await this.#pollOnce();
+      return await this.#pollOnce(scheduled);
     } finally {
       this.#pollsRunning--;
       this.#readAgainForNewToken(); // refused 401 for a token replaced while it was under way
@@ -2549,7 +2578,7 @@ class UserLink<Row extends LwwRow> {
     return true;
   }
 
-  async #pollOnce(): Promise<ReadOutcome> {
+  async #pollOnce(scheduled: boolean): Promise<ReadOutcome> {
     // A join cuts it off, and so does a joined channel's drop, whether it began while joined or before
     // the join (#cutReadsOff), and whether its round is in flight, queued, or not queued yet (waiting
     // below for the round in flight).
@@ -2581,6 +2610,7 @@ class UserLink<Row extends LwwRow> {
     const { outcome, joinedGeneration, round, held } = await this.#fetchChanges(
       this.#joined && !live ? "catchup" : "poll",
       cut.signal,
+      scheduled,
     );
     this.#readsInFlight.delete(cut);
     if (this.#closed) return outcome;
@@ -2626,7 +2656,7 @@ class UserLink<Row extends LwwRow> {
     if (newerQueued) return outcome; // the newest decides (above)
     if (this.#pollTimer === undefined) {
       this.#pollTimer = this.service.timers.set(
-        () => void this.#poll(),
+        () => void this.#poll(true),
         this.#nextPollDelay(outcome),
       );
     }
@@ -2675,8 +2705,9 @@ class UserLink<Row extends LwwRow> {
    * long transaction anywhere in the database holds the cursor: the API answers has_more with the
    * cursor it was sent), "failed" when a call failed or timed out. joinedGeneration: the link's
    * generation if its channel was joined when the round began reading; round: its place in the queue.
+   * `scheduled`: a poll made at its time (#poll).
    */
-  async #fetchChanges(source: ChangeSource, signal?: AbortSignal): Promise<Round> {
+  async #fetchChanges(source: ChangeSource, signal?: AbortSignal, scheduled = false): Promise<Round> {
     const sequence = ++this.#roundsQueued;
     let joinedGeneration: number | undefined;
     let called = false;
@@ -2750,7 +2781,9 @@ class UserLink<Row extends LwwRow> {
     if (called && !this.#closed && !cutOff) {
       for (const subscription of [...this.subscriptions]) subscription.emitRead(outcome);
       if (!this.#hasRead) this.#readOwnAfterFirstRead();
-      if (outcome !== "failed") this.#readOwnAfterLinkAnswer();
+      // Answered, or made after the link's backoff whatever its end: own reads a drop cut off while the
+      // link backed off wait no longer (#readOwnAfterLinkRead).
+      if (outcome !== "failed" || scheduled) this.#readOwnAfterLinkRead();
     }
     if (!cutOff) this.#endCutReads(this.#closed ? "failed" : outcome);
     return { outcome, joinedGeneration, round: sequence, held };
@@ -2921,16 +2954,19 @@ interface OwnRead {
   /** Joined before the link's first read ended: it reads once that has (UserLink#readOwnAfterFirstRead). */
   afterFirstRead: boolean;
   /**
-   * Cut off by a joined channel's drop while the link was backing off (its last read failed): read
-   * again once a read of the link is answered (UserLink#readOwnAfterLinkAnswer), not at once against an
-   * API that is failing; with no failure of its own, no timer meanwhile; with failures of its own, not
-   * before its own retry's timer has ended too (UserLink#scheduleOwnRead): the later of the two reads it.
+   * Cut off by a joined channel's drop while the link was backing off (UserLink#backingOff): read again
+   * once the link reads again after its backoff, answered or not, or a read of the link is answered,
+   * whichever comes first (UserLink#readOwnAfterLinkRead), not at once against an API that may be
+   * failing; with no failure of its own, no timer meanwhile; with failures of its own, not before its
+   * own retry's timer has ended too (UserLink#scheduleOwnRead): the later of the two reads it.
    */
-  afterLinkAnswer?: boolean;
+  afterLinkRead?: boolean;
   /** Aborts the read in flight: a join or drop cutting it off (UserLink#cutOwnReadsOff), or its unsubscribe. */
   cut?: AbortController;
   /** The last cut of the read in flight was a joined channel's drop (not a join). */
   cutByDrop?: boolean;
+  /** That drop came while the link was backing off (UserLink#backingOff, as the drop found it). */
+  cutWhileLinkBackedOff?: boolean;
 }
 
 interface Round {

@@ -8,7 +8,9 @@
 // another subscription's) makes a read of its own that waits for its retry now. A join or a joined
 // channel's drop cuts its own read off as they cut the link's: read again from its cursor in its place,
 // so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once the
-// API answers the link again (and, after failures of its own, not before its own retry). Against the
+// link reads again after its backoff, answered or not, or is answered (and, after failures of its own,
+// not before its own retry); after a drop of a live link whose failed read nothing reads again, at
+// once. Against the
 // stand-in client, with changesSince answered by hand or from an in-memory log that answers real cursors
 // (changeLog), and the service's waits read off the pending timers (watchTimers) and ended by hand:
 // nothing sleeps.
@@ -131,7 +133,18 @@ async function liveLink(
     await service.close();
     timers.restore();
   };
-  return { service, timers, first, firstReads, cursors, pending, log, channel: fake.channel, end };
+  return {
+    service,
+    timers,
+    first,
+    firstReads,
+    cursors,
+    pending,
+    log,
+    channel: fake.channel,
+    heartbeat: fake.heartbeat,
+    end,
+  };
 }
 
 /** The calls of `pending` (liveLink) that asked from `cursor`, answered or not, in the order made. */
@@ -644,9 +657,14 @@ Deno.test("newcomer: its own read refused 401, made again and cut off by a drop 
  * to be answered by hand. A newcomer's own read after the first is answered from the log, or fails
  * once `failOwnReads()` was called. `options` go to the service (liveLink). With `ownFailures` 1, its
  * first own read fails (a 503, heard): the one that hangs at the drop is the read the first's syncNow()
- * makes in place of its retry, its subscription with a failure of its own.
+ * makes in place of its retry, its subscription with a failure of its own. `linkError`: how the link's
+ * reads fail (a 503 of the API by default).
  */
-async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOptions> = {}, ownFailures = 0) {
+async function newcomerCutWhileLinkBacksOff(
+  options: Partial<RealtimeServiceOptions> = {},
+  ownFailures = 0,
+  linkError: () => Error = () => new Error("503 from the link's read"),
+) {
   let failLink = true;
   let failOwn = false;
   let ownReads = 0;
@@ -664,7 +682,7 @@ async function newcomerCutWhileLinkBacksOff(options: Partial<RealtimeServiceOpti
           ? new Error("503 from its own read")
           : log.page(cursor))
         : failLink
-        ? new Error("503 from the link's read")
+        ? linkError()
         : undefined, // answered by hand
   );
   try {
@@ -755,16 +773,11 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read (no f
   }
 });
 
-Deno.test("newcomer: a drop while the link backs off cuts off its own read: a poll of the link that fails again keeps it waiting; the catch-up of the rejoin, answered, reads it", async () => {
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: the catch-up of the rejoin, answered, reads it", async () => {
   const link = await newcomerCutWhileLinkBacksOff();
-  const { timers, channel, pending, log, newcomer, reads } = link;
+  const { channel, pending, log, newcomer, reads } = link;
   try {
     assert.equal(link.synced(), "failed");
-    // The poll after the link's backoff fails again: still no read of its own.
-    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS);
-    await waitFor("the link's next poll scheduled", () => pendingFor(timers, POLL_MS));
-    assert.equal(link.ownReads(), 1, "not read against the API failing the link");
-
     // The link's return: the rejoin (its timer runs out by itself), and its catch-up answered.
     link.answerLink();
     (await channel(2)).state!("SUBSCRIBED");
@@ -776,6 +789,41 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: a po
     assert.deepEqual(reads, ["done"]);
     assert.equal(link.ownReads(), 2);
     assert.equal(newcomer.cursor, LINK_CURSOR);
+  } finally {
+    await link.end();
+  }
+});
+
+/** A failure of the link's alone: the API refuses the link's cursor (its own reads are answered). */
+const refusedLinkCursor = () =>
+  Object.assign(new Error("400 from the link's read: its cursor"), { status: 400, code: "invalid_cursor" });
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read, the link's failure its own (400 for its cursor) and lasting: the rejoin's catch-up that fails keeps it waiting (made at once, not after the backoff); the link's poll after its backoff, failing again, reads it", async () => {
+  const link = await newcomerCutWhileLinkBacksOff({}, 0, refusedLinkCursor);
+  const { timers, first, channel, log, newcomer, changes, reads, lines } = link;
+  try {
+    assert.equal(link.synced(), "failed");
+    assert.equal(link.ownReads(), 1);
+    const meanwhile = log.write("meanwhile", 3);
+
+    // The rejoin: its catch-up, made at once, is refused too. No read of its own then.
+    (await channel(2)).state!("SUBSCRIBED");
+    await waitFor("the catch-up refused", () => lines.some((l) => l.event === "catchup_failed" && !l.for));
+    // The link polls again after its backoff (three failures, cap two intervals, random 0: one interval).
+    await waitFor("the link's poll scheduled", () => pendingFor(timers, POLL_MS));
+    assert.equal(link.ownReads(), 1, "not at a read the link made at once against a failing API");
+
+    // That poll is refused again: the link reads at its backoff's pace, and its own read comes with it
+    // (the link's failure may be the link's alone, as here: nothing else would ever read it).
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS);
+    await waitFor("its own read after the link's poll", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    // Its own read brought both, in the order of the log (the link brought nothing).
+    assert.deepEqual(changes, ["kept@102", `meanwhile@${meanwhile.change_xid}`]);
+    assert.equal(newcomer.cursor, "106", "its own read to the horizon");
+    assert.equal(first.status, "offline", "the link still refused");
+    assert.ok(!lines.some((l) => l.event === "catchup_failed" && l.for === "subscription"));
   } finally {
     await link.end();
   }
@@ -855,7 +903,7 @@ const LINK_BACKS_OFF_LONGER: Partial<RealtimeServiceOptions> = {
   backoff: { initialMs: 60_000, maxMs: 4 * POLL_MS },
 };
 
-Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: not read at the end of its own shorter backoff against the API failing the link, nor after a poll that fails again, but once the link's poll is answered; no change missed, no cursor back", async () => {
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: not read at the end of its own shorter backoff against the API failing the link, but once the link's poll after its longer backoff is answered; no change missed, no cursor back", async () => {
   const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1);
   const { timers, pending, log, newcomer, changes, reads, cursorsHeard } = link;
   try {
@@ -866,16 +914,13 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read after
 
     // Its own backoff ends first: no read of its own then, the link's backoff still running.
     await fireWhenSet(timers, "its own retry after its backoff", POLL_MS);
-    // The link's poll after its backoff fails again: still none (it backs off again, as long).
-    await fireWhenSet(timers, "the link's poll after its backoff", 2 * POLL_MS);
-    await waitFor("the link's next poll scheduled", () => pendingFor(timers, 2 * POLL_MS));
     assert.equal(link.ownReads(), 2, "not read against the API failing the link");
     assert.ok(!pendingFor(timers, POLL_MS), `no retry of its own pending: ${timers.pending()}`);
 
     link.answerLink();
-    await fireWhenSet(timers, "the link's next poll", 2 * POLL_MS);
+    await fireWhenSet(timers, "the link's poll after its backoff", 2 * POLL_MS);
     await waitFor("the link's poll", () => callsFrom(pending, LINK_CURSOR).length === 1);
-    assert.equal(link.ownReads(), 2, "not before the API answers the link");
+    assert.equal(link.ownReads(), 2, "not before the link's poll has ended");
     callsFrom(pending, LINK_CURSOR)[0].resolve(log.page(LINK_CURSOR));
     await waitFor("its own read to the end", () => reads.length === 2, { timeoutMs: 5_000 });
     assert.deepEqual(reads, ["failed", "done"]);
@@ -883,6 +928,30 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read after
     assert.deepEqual(changes, [`meanwhile@${meanwhile.change_xid}`, "kept@102"]);
     assert.deepEqual(cursorsHeard, ["106"]);
     assert.equal(newcomer.cursor, "106");
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own, the link's failure its own (400 for its cursor) and lasting: not read at the end of its own shorter backoff, but at the link's poll after its longer backoff, which fails again", async () => {
+  const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1, refusedLinkCursor);
+  const { timers, first, newcomer, reads, lines } = link;
+  try {
+    assert.equal(link.ownReads(), 2);
+    await fireWhenSet(timers, "its own retry after its backoff", POLL_MS);
+    assert.equal(link.ownReads(), 2, "not before the link's backoff has run");
+
+    await fireWhenSet(timers, "the link's poll after its backoff", 2 * POLL_MS);
+    await waitFor("its own read after the link's poll", () => reads.length === 2, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.equal(link.ownReads(), 3);
+    assert.equal(newcomer.cursor, LINK_CURSOR, "its own read to the horizon");
+    assert.equal(
+      lines.filter((l) => l.event === "poll_failed").length,
+      3,
+      "the link's poll after its backoff was refused",
+    );
+    assert.notEqual(first.status, "live");
   } finally {
     await link.end();
   }
@@ -967,5 +1036,49 @@ Deno.test("newcomer: unsubscribed while a drop's cut of its own read (after a fa
     assert.equal(ownReads, 2);
   } finally {
     await end();
+  }
+});
+
+// A live link's failure count stays up while nothing reads again for it (the safety read off, nothing owed
+// to the app): its channel carries the changes, and the failure says nothing of the API since. Such a
+// link is not backing off: an own read its drop cuts off is read again at once, as with no failure.
+Deno.test("newcomer: a drop of a live link whose failed read nothing makes again (the safety read off: a late heartbeat's read that failed after the reply came) cuts off its own read: read again at once, not held for the link's next answer", async () => {
+  let ownReads = 0;
+  const lines: Record<string, unknown>[] = [];
+  const link = await liveLink(
+    { heartbeatReplyTimeoutMs: 10_000, log: (line) => lines.push(JSON.parse(line)) },
+    (cursor, log) =>
+      cursor !== OWN_CURSOR
+        ? undefined // the link's reads: answered by hand
+        : ++ownReads === 1
+        ? undefined // hangs until the drop
+        : log.page(cursor),
+  );
+  const { service, timers, first, pending, channel, heartbeat } = link;
+  try {
+    // A heartbeat reply late: the live link reads now; the reply comes while that read is under way,
+    // and the read fails. Nothing reads again for it: the safety read is off, nothing is owed to the app.
+    heartbeat("sent");
+    await fireWhenSet(timers, "the heartbeat reply's timeout", 10_000);
+    await waitFor("the late heartbeat's read", () => callsFrom(pending, LINK_CURSOR).length === 1);
+    heartbeat("ok");
+    callsFrom(pending, LINK_CURSOR)[0].reject(new Error("503 from the link's read"));
+    await waitFor("the link's read failed", () => lines.some((l) => l.event === "poll_failed"));
+    assert.equal(first.status, "live");
+    assert.ok(!pendingFor(timers, POLL_MS), `no read again for it: ${timers.pending()}`);
+
+    // A newcomer whose own read hangs when the channel drops.
+    const newcomer = service.subscribeToProgress(USER, () => {}, { initialCursor: OWN_CURSOR });
+    const reads: string[] = [];
+    newcomer.onRead((outcome) => reads.push(outcome));
+    await waitFor("its own read", () => ownReads === 1);
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    await waitFor("its own read again, at once", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(ownReads, 2);
+    assert.equal(newcomer.cursor, LINK_CURSOR);
+    assert.equal(callsFrom(pending, LINK_CURSOR).length, 1, "made by itself, with no read of the link");
+  } finally {
+    await link.end();
   }
 });
