@@ -1243,6 +1243,45 @@ Deno.test(
   },
 );
 
+Deno.test(
+  {
+    name:
+      "outbox: a page kept in the back/forward cache while the site's data was cleared, the tab that got a later page turn answered closed since, does not send its stale page turn again after that later one ('self') when it is restored: the reader is not taken back a page",
+    ...noSanitize,
+  },
+  async () => {
+    const { user, client, api } = await device();
+    const series = seriesId("kept-through-clear");
+    // Tab B queues a page turn and is kept in the back/forward cache (it hears nothing more); tab A takes it
+    // over, turns the next page (a higher number) and gets it answered, then closes.
+    const { storage, tabB } = await tabsWithLaterPageTurnSent(user.id, api, series);
+    storage.clear(); // the reader clears the site's data: nothing names the later page turn answered any more
+    tabB.rereadStorage(); // tab B's page is restored (pageshow, persisted): it finds the clear
+    assert.deepEqual(
+      tabB.pendingWrites().map((w) => w.chapter),
+      [4],
+      "its page turn, held while kept, waits",
+    );
+    const answers: [number, boolean][] = [];
+    const counted: OutboxTransport = {
+      updateProgress: (write) => api.updateProgress(write),
+      updateProgressBatch: async (writes) => {
+        const results = await api.updateProgressBatch(writes);
+        results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
+        return results;
+      },
+    };
+    assert.deepEqual(await flushOutbox(tabB, counted, options()), { outcome: "done" });
+    assert.equal((await api.getProgress(series))?.chapter, 5, "the later page turn is kept");
+    assert.deepEqual(answers, [[4, false]], "refused as older than the later page turn, and not sent again");
+    const view = tabB.getSnapshot();
+    assert.equal(view.pendingCount, 0);
+    assert.equal(view.bySeries.get(series)?.chapter, 5, "tab B shows the later page turn");
+    assert.equal(view.notices.size, 0, "this device's own later write: no conflict to tell");
+    await client.realtime.disconnect();
+  },
+);
+
 Deno.test("outbox: a page turn sent again after the write of this device it met ('self') and whose answer was lost is not stored a second time when it goes again", async () => {
   // The server as it judges one device's writes: refused when older than the stored key ('self'), a replay
   // when the same key and position. The far-ahead write is stored at 10_000; the page turn was dated 5_000.

@@ -184,6 +184,14 @@ export class SyncStore {
   #persisted = new WeakSet<PendingWrite>();
   /** Writes saved again once after they left the saved outbox unanswered (see #dropAnsweredElsewhere). */
   #savedAgain = new WeakSet<PendingWrite>();
+  /**
+   * Writes this tab held while its page was kept in the back/forward cache, when it found on its restore that
+   * the browser's storage had been cleared meanwhile (rereadStorage): a later write of their series another
+   * tab got answered then is named nowhere any more (that tab may be closed), so this device's stored version
+   * such a write is refused for ('self') may be that later write, and it is not sent again after it
+   * (sendAgainAfter).
+   */
+  #heldThroughClear = new WeakSet<PendingWrite>();
   /** The highest outbox number (PendingWrite.seq) this store gave or read (without storage: its own). */
   #highSeq = 0;
   /** The date a pending write is sent with (datesSentBy), when it is not its updated_at. */
@@ -427,6 +435,10 @@ export class SyncStore {
     const stored = result.progress;
     if (result.won || stored.device_id !== write.device_id || stored.series_id !== write.series_id) return undefined;
     if (this.#pending.get(write.series_id) !== write || ConflictResolver.samePosition(write, stored)) return undefined;
+    // Held by a page kept in the back/forward cache while the storage was cleared: the names that would tell a
+    // later write of its series (another tab's, answered meanwhile) are gone with it, and the stored version
+    // may be that one; sent again after it, this stale write was stored over it, the reader a page back.
+    if (this.#heldThroughClear.has(write)) return undefined;
     this.#noticeCleared();
     if (this.#laterKnown(write, this.#readAnswered())) return undefined;
     // Numbered at or below a latest answered write left out of the list (LATEST_REMEMBERED): a later write
@@ -667,6 +679,7 @@ export class SyncStore {
     // clear, it came back in every tab. Not written back (a tab that heard more writes it back, should it not
     // have been dismissed).
     const markBefore = this.#mark;
+    const held = this.pendingWrites();
     this.#refusedUnheard = true;
     try {
       this.#reload();
@@ -674,6 +687,9 @@ export class SyncStore {
       this.#refusedUnheard = false;
     }
     const clearFound = this.#mark !== markBefore; // (or a mark kept at last: what happened is not known)
+    // Cleared while it was kept: what it held may be stale copies of writes another tab replaced and got
+    // answered, their names gone (#heldThroughClear).
+    if (clearFound) for (const write of held) this.#heldThroughClear.add(write);
     let refused: string | null | undefined;
     try {
       refused = this.#storage?.getItem(this.refusedKey);
