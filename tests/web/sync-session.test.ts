@@ -1633,8 +1633,38 @@ Deno.test("sync session, two tabs: a refused write's message is written back aft
   a.store.dismissError();
   await until(() => error(b) === null);
   assert.equal(error(b), null, "dismissed in tab A, gone in tab B too");
+  // Tab B told the clear at the first event of tab A's writing back, the key already removed by the dismissal
+  // (its event still on its way): it does not take the message for cleared and write it back.
+  await until(() => error(a) !== null); // (bounded: it would come back with the storage event)
+  assert.equal(error(a), null, "nor does it come back in tab A");
+  assert.equal(browser.items.get(refusedKey), undefined, "nor in the storage");
   a.close();
   b.close();
+});
+
+Deno.test("sync session, tabs: a refused write's message not dismissed is said in a tab opened later too, also one opened after the site's data was cleared (a tab still open writes it back when it hears the new tab's clear mark)", async () => {
+  const { browser, a, b, error, refusedKey } = await twoTabsShowingARefusal();
+  const shared = browser.items.get(refusedKey);
+  const opened = tab({ browser, refuse: "bad-book" }).open(newStore(ALICE));
+  assert.match(error(opened) ?? "", /^Could not save bad-book/, "said in a tab opened now");
+  opened.close();
+
+  browser.items.clear(); // the reader clears the site's data: no tab hears it
+  const openedAfter = tab({ browser, refuse: "bad-book" }).open(newStore(ALICE));
+  await until(() => error(openedAfter) !== null);
+  assert.match(error(openedAfter) ?? "", /^Could not save bad-book/, "said in a tab opened after the clear");
+  assert.equal(browser.items.get(refusedKey), shared, "written back by the tabs open");
+  // Dismissed there, it goes in the tabs open before too.
+  openedAfter.store.dismissError();
+  await until(() => error(a) === null && error(b) === null);
+  assert.deepEqual(
+    [error(a), error(b)],
+    [null, null],
+    "dismissed in the tab opened after the clear, gone in all",
+  );
+  a.close();
+  b.close();
+  openedAfter.close();
 });
 
 Deno.test("sync session, two tabs: a page restored from the back/forward cache after the site's storage was cleared does not write back a refused write's message another tab dismissed while it was kept", async () => {

@@ -289,6 +289,10 @@ export class SyncSession {
       // Realtime may bring its row here first: the view then showed the earlier position until its next
       // update.
       if (e.key === store.answeredKey || e.key === store.latestAnsweredKey) return store.takeAnswered();
+      // Another tab wrote its clear mark: it opened after the site's data was cleared (or told a clear first).
+      // This tab looks now, and writes back what it holds (a refused write's message the new tab then shows),
+      // not at its next page turn or send.
+      if (e.key === store.markKey) return store.checkCleared();
       if (e.key !== store.outboxKey && e.key !== null) return;
       store.reloadOutbox();
       this.flush("queued");

@@ -255,6 +255,15 @@ export class SyncStore {
     this.#loadOutbox();
     this.#rememberSaved(); // what it writes back should the storage be cleared before it hears of more
     this.#saveOutbox(this.pendingWrites(), []); // writes queued before storage was attached
+    // A refused write's message the tabs share and no tab took away (dismissed, a save that got through): a
+    // refused page turn is said in a tab opened (or reloaded) too, until then, not only in those open when it
+    // was refused.
+    try {
+      const refused = storage.getItem(this.refusedKey);
+      if (refused !== null) this.takeRefused(refused);
+    } catch {
+      // storage disabled: nothing shared to read
+    }
     this.#emit();
   }
 
@@ -605,15 +614,32 @@ export class SyncStore {
     this.setError(null);
   }
 
-  /** Takes the shared message of a refused write away, in this tab and (its key gone) in the others. */
+  /**
+   * Takes the shared message of a refused write away, in this tab and (its key gone) in the others. What it
+   * took away is kept under refusedGoneKey first: a tab that tells a clear only now (the events of this tab's
+   * writing back still on their way to it) finds the key empty, and without it took the message for cleared
+   * and wrote it back, in every tab again.
+   */
   #clearSharedRefusal(): void {
     this.#sharedRefusal = null;
     this.#refusedSeen = null;
     try {
-      if (this.#storage?.getItem(this.refusedKey) != null) this.#storage.removeItem(this.refusedKey);
+      const shared = this.#storage?.getItem(this.refusedKey);
+      if (shared != null) {
+        this.#storage!.setItem(this.refusedGoneKey, shared);
+        this.#storage!.removeItem(this.refusedKey);
+      }
     } catch {
       // storage disabled: here only
     }
+  }
+
+  /**
+   * The key of the last shared message of a refused write a tab took away (dismissed, or a save got through):
+   * not written back after a clear (#restore).
+   */
+  get refusedGoneKey(): string {
+    return `readsync.outboxRefusedGone.${this.userId}`;
   }
 
   /** The key the outbox is saved under (a tab listens for `storage` events on it). */
@@ -1162,9 +1188,12 @@ export class SyncStore {
     // else gone from the storage, its dismissal in one tab (or a later save that gets through) reached no
     // other.
     // (Not by a page restored from the back/forward cache: it heard no dismissal while kept, see rereadStorage.)
+    // Nor one another tab took away since it wrote it back (refusedGoneKey: its removal not heard here yet).
     const refused = this.#sharedRefusal !== null && !this.#refusedUnheard ? this.#refusedSeen : null;
     try {
-      if (refused !== null && storage.getItem(this.refusedKey) === null) {
+      if (
+        refused !== null && storage.getItem(this.refusedKey) === null && storage.getItem(this.refusedGoneKey) !== refused
+      ) {
         storage.setItem(this.refusedKey, refused);
       }
     } catch {
