@@ -1706,6 +1706,36 @@ Deno.test("sync session, two tabs: a page restored from the back/forward cache a
   b.close();
 });
 
+Deno.test("sync session, two tabs: a tab with nothing waiting any more takes over the schedule when another tab's send ends the run, so at a clear it does not write back the run that send ended: its next page turn goes at once", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  // A server answer (no Retry-After): an edit waits for the backoff's retry, unlike after no network.
+  let down = true;
+  const busy = () => down ? new ServiceUnavailableError(503, "service_unavailable", "busy") : null;
+  const fromA = failing(first, busy);
+  failing(second, busy);
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  a.save("book", position(4), DEVICE);
+  await until(() => b.store.getSnapshot().pendingCount === 1 && !a.sending && !b.sending);
+  const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
+  assert.notEqual(browser.items.get(scheduleKey), undefined, "tab A's failure, shared");
+  down = false;
+  assert.equal(await b.syncNow(), "done", "tab B's Sync now gets it answered: the run is over");
+  assert.equal(browser.items.get(scheduleKey), undefined);
+  await tick(); // tab A hears it all: the page turn answered, the outbox, the schedule (nothing waits there now)
+  assert.equal(a.store.getSnapshot().pendingCount, 0);
+  browser.items.clear(); // the reader clears the site's data: no tab hears it
+  const before = fromA.count;
+  a.save("book", position(5), DEVICE); // tab A tells the clear as it dates it, and writes back what it holds
+  await until(() => fromA.count > before && !a.sending);
+  assert.equal(fromA.count, before + 1, "sent at once: the run tab B's send ended is not written back");
+  assert.equal(browser.items.get(scheduleKey), undefined);
+  a.close();
+  b.close();
+});
+
 Deno.test("sync session: a page restored from the back/forward cache after the site's storage was cleared writes back the outbox's schedule while its Retry-After still holds (no tab can have sent since), so nothing is sent within it", async () => {
   const browser = sharedStorage();
   const only = tab({ browser });

@@ -245,7 +245,10 @@ export class OutboxSchedule {
     }
     // Taken over first, also with nothing waiting here: what this tab writes back after a clear (writeBack)
     // is the shared state as it is, not one another tab ended since (a timer armed by the old one is
-    // cleared; one that would not have sent, nothing waiting or offline, is not needed).
+    // cleared; one that would not have sent, nothing waiting or offline, is not needed). A tab whose writes
+    // another tab's send got answered hears that send's end of the run with nothing waiting any more; looked
+    // at after the check, the run it last wrote went back at a clear, and its next page turn waited for a
+    // backoff no tab was in (sync-session.test.ts, 'a tab with nothing waiting any more takes over ...').
     if (this.#adopt()) this.#clearTimer(); // armed by what another tab has since changed
     if (!this.#options.hasPending()) return;
     if (reason === "queued" && !this.#options.isOnline()) return;
