@@ -1144,6 +1144,41 @@ Deno.test("storage cleared while tabs are open: a page turn dated right after it
   );
 });
 
+Deno.test("two tabs: the saved lists (the outbox, the answered writes) are parsed once per value, not at every read of a reload, and another tab's change is still taken", () => {
+  const { storage, tabA, tabB } = twoTabs();
+  for (const [series, chapter] of [["saga", 12], ["atlas", 3], ["codex", 7]] as const) {
+    tabA.addPending(write(series, T1, "web-1", chapter));
+  }
+  for (const chapter of [7, 8]) { // codex answered twice: the list of the last answered and the latest differ
+    const answered = tabA.pendingWrites().find((w) => w.series_id === "codex")!;
+    tabA.settle(answered, storedAs(row("codex", chapter === 7 ? T1 : T2, "web-1", chapter)));
+    if (chapter === 7) tabA.addPending(write("codex", T2, "web-1", 8));
+  }
+  const lists = () =>
+    [tabB.outboxKey, tabB.answeredKey, tabB.latestAnsweredKey].map((key) => storage.getItem(key)!);
+  const parse = JSON.parse;
+  const parsed = new Map<string, number>();
+  JSON.parse = (text: string, reviver?: (this: unknown, key: string, value: unknown) => unknown) => {
+    parsed.set(text, (parsed.get(text) ?? 0) + 1);
+    return parse(text, reviver);
+  };
+  try {
+    tabB.reloadOutbox(); // the storage event of tab A's last change
+    assert.deepEqual(lists().map((raw) => parsed.get(raw) ?? 0), [1, 1, 1], "each list parsed once");
+    assert.deepEqual(tabB.pendingWrites().map((w) => w.chapter).sort((x, y) => x - y), [3, 12]);
+    // Tab A changes the outbox and the lists again: tab B reads the new values.
+    const saga = tabA.pendingWrites().find((w) => w.series_id === "saga")!;
+    tabA.settle(saga, storedAs(row("saga", T1, "web-1", 12)));
+    tabA.addPending(write("atlas", T2, "web-1", 4));
+    parsed.clear();
+    tabB.reloadOutbox();
+    assert.deepEqual(tabB.pendingWrites().map((w) => [w.series_id, w.chapter]), [["atlas", 4]], "taken");
+    assert.deepEqual(lists().map((raw) => parsed.get(raw) ?? 0), [1, 1, 1], "each new value parsed once");
+  } finally {
+    JSON.parse = parse;
+  }
+});
+
 /** localStorage with a quota (in characters of keys and values), full as a browser's is: setItem throws. */
 class QuotaStorage extends MemoryStorage {
   constructor(readonly quota: number) {

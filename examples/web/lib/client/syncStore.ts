@@ -144,6 +144,20 @@ function seqOf(write: PendingWrite): number {
   return validSeq(write.seq) ? write.seq : 0;
 }
 
+/** A list of writes as saved (`raw`, JSON; none: empty); null when it does not parse as one. */
+function parseList(raw: string | null): PendingWrite[] | null {
+  try {
+    const saved = JSON.parse(raw ?? "[]");
+    if (!Array.isArray(saved)) return null;
+    return saved.filter((write): write is PendingWrite =>
+      Boolean(write) && typeof write.series_id === "string" && typeof write.updated_at === "string" &&
+      typeof write.device_id === "string"
+    );
+  } catch {
+    return null;
+  }
+}
+
 /** The server stores a write dated more than this ahead of its clock at its own time (migration 012). */
 const SERVER_AHEAD_TOLERANCE_MS = 5_000;
 /** The last instant a Date can hold (a date after it has no ISO form). */
@@ -212,6 +226,8 @@ export class SyncStore {
    * browser's storage was cleared meanwhile.
    */
   #mark: string | null | undefined = null;
+  /** The lists saved in the storage as last parsed, by key, with the value they were parsed from (#readList). */
+  #parsedLists = new Map<string, { raw: string | null; list: PendingWrite[] | null }>();
   /** Run once this store has written back what it holds after the storage was cleared (onStorageCleared). */
   #clearedListeners = new Set<() => void>();
   /** Order of two server rows: the row's life first, then `compare` (see #mergeConfirmed). */
@@ -246,6 +262,7 @@ export class SyncStore {
   attachStorage(storage: Storage): void {
     if (this.#storage === storage) return;
     this.#storage = storage;
+    this.#parsedLists.clear();
     this.#mark = null;
     this.#noticeCleared(); // the first look: the mark there, or a new one
     // Writes queued before storage was attached (SyncProvider: before the session opened) entered this
@@ -1212,18 +1229,27 @@ export class SyncStore {
     return this.#readList(this.outboxKey);
   }
 
+  /**
+   * The list saved under `key` (the outbox, the lists of answered writes); null when it cannot be read. Parsed
+   * once per value (#parsedLists): a reload read each list 7 or 8 times, parsing it each time. The value is
+   * read from the storage every time, so another tab's change (another string) is never missed. The writes
+   * are shared between the reads of one value: none is changed in place (the writes numbered as storage is
+   * attached were read from no list of it).
+   */
   #readList(key: string): PendingWrite[] | null {
     if (!this.#storage) return null;
+    let raw: string | null;
     try {
-      const saved = JSON.parse(this.#storage.getItem(key) ?? "[]");
-      if (!Array.isArray(saved)) return null;
-      return saved.filter((write): write is PendingWrite =>
-        Boolean(write) && typeof write.series_id === "string" && typeof write.updated_at === "string" &&
-        typeof write.device_id === "string"
-      );
+      raw = this.#storage.getItem(key);
     } catch {
       return null;
     }
+    let parsed = this.#parsedLists.get(key);
+    if (!parsed || parsed.raw !== raw) {
+      parsed = { raw, list: parseList(raw) };
+      this.#parsedLists.set(key, parsed);
+    }
+    return parsed.list && [...parsed.list];
   }
 
   /**
