@@ -19,21 +19,52 @@ export type TokenResult = { ok: true; claims: JwtClaims } | { ok: false; failure
 
 const HS_ALGORITHMS = ["HS256", "HS384", "HS512"];
 
+/**
+ * How many verified tokens the verifier keeps besides the pinned ones (see TokenVerifier.pin): the least
+ * recently used goes when another comes.
+ */
+export const TOKEN_CACHE_CAPACITY = 10_000;
+
 export class TokenVerifier {
   #key: Uint8Array;
-  /** Small cache: the same token is verified again on every join of every channel of a device. */
+  /** The project's keys, verified when the endpoint starts: never evicted (see pin). */
+  #pinned = new Map<string, JwtClaims>();
+  /**
+   * Other tokens verified, least recently used first (a Map keeps insertion order; a hit moves its token
+   * to the end): the same token is verified again on every join of every channel of a device.
+   */
   #cache = new Map<string, JwtClaims>();
 
   constructor(secret: string) {
     this.#key = new TextEncoder().encode(secret);
   }
 
+  /**
+   * Verifies a key the verifier keeps for good (the project's anon and service-role keys), so that every
+   * later check of it is a look-up, however many other tokens come; a key that fails is not kept.
+   */
+  async pin(token: string, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
+    const result = await this.verify(token, nowSeconds);
+    if (result.ok) {
+      this.#cache.delete(token);
+      this.#pinned.set(token, result.claims);
+    }
+    return result;
+  }
+
   async verify(token: unknown, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
     if (typeof token !== "string" || token.split(".").length !== 3) {
       return fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
     }
+    const pinned = this.#pinned.get(token);
+    if (pinned) return checkExpiry(pinned, nowSeconds);
     const cached = this.#cache.get(token);
-    if (cached) return checkExpiry(cached, nowSeconds);
+    if (cached) {
+      this.#cache.delete(token);
+      // An expired token stays expired: it is not kept.
+      if (cached.exp > nowSeconds) this.#cache.set(token, cached);
+      return checkExpiry(cached, nowSeconds);
+    }
 
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: Record<string, unknown>;
@@ -65,8 +96,10 @@ export class TokenVerifier {
       return fail("InvalidJWTToken", "missing_claims", "Fields `role` and `exp` are required in JWT");
     }
     const claims = unverified as JwtClaims;
-    if (this.#cache.size > 10_000) this.#cache.clear();
-    this.#cache.set(token, claims);
+    if (claims.exp > nowSeconds) {
+      this.#cache.set(token, claims);
+      if (this.#cache.size > TOKEN_CACHE_CAPACITY) this.#cache.delete(this.#cache.keys().next().value!);
+    }
     return checkExpiry(claims, nowSeconds);
   }
 }

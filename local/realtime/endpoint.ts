@@ -140,10 +140,11 @@ export async function createRealtimeEndpoint(
   await maintainMessagePartitions(sql, new Date(), log)
     .catch((error) => log({ event: "partition_maintenance_failed", error: String(error) }));
   const verifier = new TokenVerifier(ctx.jwtSecret);
-  // The project's keys verified now, so a socket connecting with one (realtime-js sends the anon key as
-  // its apikey) is upgraded without waiting for the crypto: a client that leaves during such a wait can
-  // be left half-closed by Deno.serve (see upgrade()). Their claims stay in the verifier's cache.
-  for (const key of [ctx.anonKey, ctx.serviceRoleKey]) if (key) await verifier.verify(key);
+  // The project's keys verified now and kept for good, so a socket connecting with one (realtime-js sends
+  // the anon key as its apikey) is upgraded without waiting for the crypto, however many users' tokens the
+  // verifier has seen since: a client that leaves during such a wait can be left half-closed by Deno.serve
+  // (see upgrade()).
+  for (const key of [ctx.anonKey, ctx.serviceRoleKey]) if (key) await verifier.pin(key);
   const deps = {
     sql,
     hub,
