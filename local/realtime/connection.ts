@@ -123,6 +123,8 @@ export class Connection {
   #joining = false;
   /** Ends a refused join's wait early when the socket goes away. */
   #endJoinWait: (() => void) | null = null;
+  /** A close asked for while the upgrade was under way, sent when the socket opens (see close). */
+  #closeAtOpen: { code: number; reason: string } | null = null;
 
   constructor(
     readonly ws: WebSocket,
@@ -140,6 +142,13 @@ export class Connection {
     };
     ws.onclose = () => this.dispose();
     ws.onerror = () => {};
+    ws.addEventListener("open", () => {
+      if (this.#closeAtOpen === null) return;
+      const { code, reason } = this.#closeAtOpen;
+      try {
+        ws.close(code, reason);
+      } catch { /* already closed */ }
+    });
   }
 
   get closed(): boolean {
@@ -170,8 +179,15 @@ export class Connection {
     this.sendRaw(encodeText(message, this.vsn));
   }
 
-  /** Closes the socket (server shutdown): the client sees a close and reconnects with backoff. */
+  /**
+   * Closes the socket (server shutdown, idle timeout): the client sees a close and reconnects with backoff.
+   * Asked for before the upgrade has completed (the endpoint closing while a socket connects), the close is
+   * sent when the socket opens: Deno (2.9) marks a server socket closed while CONNECTING as CLOSING without
+   * sending anything, then sets it OPEN when the upgrade completes (ext/http 02_websocket.ts), which left
+   * the client on an open socket nothing answered any more.
+   */
   close(code = 1001, reason = "server shutting down"): void {
+    if (this.ws.readyState === WebSocket.CONNECTING) this.#closeAtOpen ??= { code, reason };
     try {
       this.ws.close(code, reason);
     } catch { /* already closed */ }
