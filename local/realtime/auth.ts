@@ -5,7 +5,8 @@
 // rejects tokens whose `exp` is not in the future. The reasons below are the strings the real
 // server puts in `phx_reply` errors ("<Code>: <message>") and in `system` messages (message only).
 
-import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify } from "jose";
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { base64url, decodeJwt, decodeProtectedHeader } from "jose";
 
 export type JwtClaims = Record<string, unknown> & { role: string; exp: number; sub?: string };
 
@@ -17,7 +18,8 @@ export type TokenFailure =
 
 export type TokenResult = { ok: true; claims: JwtClaims } | { ok: false; failure: TokenFailure };
 
-const HS_ALGORITHMS = ["HS256", "HS384", "HS512"];
+/** The HMAC algorithms a token may be signed with, and node:crypto's name of each one's hash. */
+const HS_HASHES: Record<string, string> = { HS256: "sha256", HS384: "sha384", HS512: "sha512" };
 
 /**
  * How many verified tokens the verifier keeps besides the pinned ones (see TokenVerifier.pin): the least
@@ -25,6 +27,13 @@ const HS_ALGORITHMS = ["HS256", "HS384", "HS512"];
  */
 export const TOKEN_CACHE_CAPACITY = 10_000;
 
+/**
+ * Verifies tokens without waiting for anything: the HMAC is node:crypto's, computed at once, where jose's
+ * jwtVerify awaited WebCrypto, a turn of the event loop during which a client connecting with a key not
+ * seen before could leave unseen (endpoint.ts upgrade(): Deno.serve then never completes nor fails its
+ * upgrade). The checks are jose 6's jwtVerify's, in its order, as the verifier made them with it before
+ * (auth.test.ts compares the two), and their failures keep the codes Supabase gives them.
+ */
 export class TokenVerifier {
   #key: Uint8Array;
   /** The project's keys, verified when the endpoint starts: never evicted (see pin). */
@@ -43,16 +52,21 @@ export class TokenVerifier {
    * Verifies a key the verifier keeps for good (the project's anon and service-role keys), so that every
    * later check of it is a look-up, however many other tokens come; a key that fails is not kept.
    */
-  async pin(token: string, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
-    const result = await this.verify(token, nowSeconds);
+  pin(token: string, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
+    const result = this.check(token, nowSeconds);
     if (result.ok) {
       this.#cache.delete(token);
       this.#pinned.set(token, result.claims);
     }
-    return result;
+    return Promise.resolve(result);
   }
 
-  async verify(token: unknown, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
+  /** check() as a promise (it settles without waiting for anything), for the callers that await it. */
+  verify(token: unknown, nowSeconds = Math.floor(Date.now() / 1000)): Promise<TokenResult> {
+    return Promise.resolve(this.check(token, nowSeconds));
+  }
+
+  check(token: unknown, nowSeconds = Math.floor(Date.now() / 1000)): TokenResult {
     if (typeof token !== "string" || token.split(".").length !== 3) {
       return fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
     }
@@ -65,42 +79,67 @@ export class TokenVerifier {
       if (cached.exp > nowSeconds) this.#cache.set(token, cached);
       return checkExpiry(cached, nowSeconds);
     }
+    const verified = this.#verifySignature(token, nowSeconds);
+    if (!verified.ok) return verified;
+    const claims = verified.claims;
+    if (claims.exp > nowSeconds) {
+      this.#cache.set(token, claims);
+      if (this.#cache.size > TOKEN_CACHE_CAPACITY) this.#cache.delete(this.#cache.keys().next().value!);
+    }
+    return checkExpiry(claims, nowSeconds);
+  }
 
+  /**
+   * The token's header, signature and claims checked as jose 6's jwtVerify (with the HS algorithms and
+   * `currentDate`) checks them, then the claims Supabase requires; the expiry is left to checkExpiry.
+   */
+  #verifySignature(token: string, nowSeconds: number): TokenResult {
+    const malformed = () => fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: Record<string, unknown>;
     try {
       header = decodeProtectedHeader(token);
       unverified = decodeJwt(token) as Record<string, unknown>;
     } catch {
-      return fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
+      return malformed();
     }
-    if (!header.alg || !HS_ALGORITHMS.includes(header.alg)) {
+    const hash = typeof header.alg === "string" && Object.hasOwn(HS_HASHES, header.alg)
+      ? HS_HASHES[header.alg]
+      : undefined;
+    if (!hash) return fail("JwtSignatureError", "signature", "Failed to validate JWT signature");
+    // jose's critical header check: only "b64" is understood, and it must be in the header, a boolean.
+    const crit: unknown = header.crit;
+    if (crit !== undefined) {
+      if (
+        !Array.isArray(crit) || crit.length === 0 ||
+        crit.some((name) => name !== "b64") || typeof header.b64 !== "boolean"
+      ) return malformed();
+    }
+    const [encodedHeader, encodedPayload, encodedSignature] = token.split(".");
+    let signature: Uint8Array;
+    try {
+      signature = base64url.decode(encodedSignature);
+    } catch {
+      return malformed();
+    }
+    // The signing input is the same bytes whether or not the payload is base64url-encoded ("b64": false):
+    // decodeJwt has checked that it is base64url, so it is ASCII.
+    const expected = createHmac(hash, this.#key).update(`${encodedHeader}.${encodedPayload}`).digest();
+    if (signature.length !== expected.length || !timingSafeEqual(signature, expected)) {
       return fail("JwtSignatureError", "signature", "Failed to validate JWT signature");
     }
-    try {
-      // jose checks the signature before the claims, so JWTExpired means a good signature; the
-      // expiry itself is reported below in Supabase's words.
-      await jwtVerify(token, this.#key, {
-        algorithms: HS_ALGORITHMS,
-        currentDate: new Date(nowSeconds * 1000),
-      });
-    } catch (error) {
-      if (error instanceof joseErrors.JWSSignatureVerificationFailed) {
-        return fail("JwtSignatureError", "signature", "Failed to validate JWT signature");
-      }
-      if (!(error instanceof joseErrors.JWTExpired)) {
-        return fail("MalformedJWT", "malformed", "The token provided is not a valid JWT");
-      }
+    // jose refuses a JWT whose payload it is told is not encoded (`"b64": false`, critical), and then checks
+    // iat, nbf and exp (an expired token is JWTExpired, which means a good signature: reported by
+    // checkExpiry in Supabase's words).
+    if (crit !== undefined && header.b64 === false) return malformed();
+    for (const claim of ["iat", "nbf", "exp"]) {
+      if (unverified[claim] !== undefined && typeof unverified[claim] !== "number") return malformed();
     }
+    if (typeof unverified.nbf === "number" && unverified.nbf > nowSeconds) return malformed();
     if (typeof unverified.role !== "string" || typeof unverified.exp !== "number") {
       return fail("InvalidJWTToken", "missing_claims", "Fields `role` and `exp` are required in JWT");
     }
-    const claims = unverified as JwtClaims;
-    if (claims.exp > nowSeconds) {
-      this.#cache.set(token, claims);
-      if (this.#cache.size > TOKEN_CACHE_CAPACITY) this.#cache.delete(this.#cache.keys().next().value!);
-    }
-    return checkExpiry(claims, nowSeconds);
+    return { ok: true, claims: unverified as JwtClaims };
   }
 }
 

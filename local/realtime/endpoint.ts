@@ -140,10 +140,8 @@ export async function createRealtimeEndpoint(
   await maintainMessagePartitions(sql, new Date(), log)
     .catch((error) => log({ event: "partition_maintenance_failed", error: String(error) }));
   const verifier = new TokenVerifier(ctx.jwtSecret);
-  // The project's keys verified now and kept for good, so a socket connecting with one (realtime-js sends
-  // the anon key as its apikey) is upgraded without waiting for the crypto, however many users' tokens the
-  // verifier has seen since: a client that leaves during such a wait can be left half-closed by Deno.serve
-  // (see upgrade()).
+  // The project's keys verified now and kept for good (realtime-js sends the anon key as its apikey): a
+  // socket connecting with one is a look-up, however many users' tokens the verifier has seen since.
   for (const key of [ctx.anonKey, ctx.serviceRoleKey]) if (key) await verifier.pin(key);
   const deps = {
     sql,
@@ -237,13 +235,14 @@ export async function createRealtimeEndpoint(
       return new Response(new TextEncoder().encode(notAnUpgrade), { status: 400 });
     }
     if (closed) return json(503, { message: "Realtime is shutting down" });
-    // A client that left while the connect was being checked (the key's verification above waits for
-    // the crypto the first time a key is seen) is not upgraded. Deno.serve (2.9) would neither complete
-    // nor fail the upgrade of such a request: its socket stays CONNECTING without an event, and the
-    // server keeps its end of the TCP connection open (CLOSE_WAIT) until the process ends, which also
-    // holds Deno.serve's graceful shutdown. Nothing is sent: the client is gone. Deno sets the signal
-    // a turn of its event loop after it has seen the client go, so this misses a client that left just
-    // before (hence the project's keys verified at the start: no wait for them at all). deno.json turns
+    // A client that left while the connect was being checked is not upgraded. Deno.serve (2.9) would
+    // neither complete nor fail the upgrade of such a request: its socket stays CONNECTING without an event,
+    // and the server keeps its end of the TCP connection open (CLOSE_WAIT) until the process ends, which
+    // also holds Deno.serve's graceful shutdown. Nothing is sent: the client is gone. The check itself
+    // waits for nothing (auth.ts computes the HMAC at once, and the project's keys are looked up), so no
+    // turn of the event loop passes between the request's arrival and the upgrade in which the client could
+    // leave: Deno sets the signal a turn after it has seen a client go, which a wait for WebCrypto here used
+    // to let pass unseen. The signal still catches a client gone before the handler ran. deno.json turns
     // off Deno.serve's legacy abort mode, in which a signal that was read also aborted after a delivered
     // answer and Deno printed a warning about it once per process (realtime-signal-mode.test.ts).
     if (req.signal.aborted) {
