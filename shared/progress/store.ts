@@ -239,6 +239,26 @@ function unavailable(message: string, cause: unknown): HttpError {
   return new HttpError(503, "service_unavailable", message, { headers: { "retry-after": "1" }, cause });
 }
 
+/**
+ * The body's code and message of an error raised as SQLSTATE PGRST, PostgREST's form for an error whose
+ * status and headers the database chooses (docs: Errors, "Raise errors with HTTP Status Codes"): its
+ * message is JSON with a string "code" and "message" (PostgREST's parseRaisePGRST). Undefined for one
+ * whose message is not that JSON, which PostgREST answers with a 500 of its own (PGRST121), and for a
+ * code that is not SQLSTATE-shaped (five digits or capitals), which could not stand for one.
+ */
+function raisedForPostgrest(message: string): { code: string; message: string } | undefined {
+  let body: unknown;
+  try {
+    body = JSON.parse(message);
+  } catch {
+    return undefined;
+  }
+  const { code, message: bodyMessage } = (body ?? {}) as { code?: unknown; message?: unknown };
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) && typeof bodyMessage === "string"
+    ? { code, message: bodyMessage }
+    : undefined;
+}
+
 /** A postgres.js / network error as the HttpError the API answers with. */
 export function mapDatabaseError(error: unknown): HttpError {
   if (error instanceof HttpError) return error;
@@ -249,8 +269,13 @@ export function mapDatabaseError(error: unknown): HttpError {
     constraint_name?: unknown;
     column_name?: unknown;
   };
-  const code = typeof e?.code === "string" ? e.code : "";
-  const message = typeof e?.message === "string" ? e.message : String(error);
+  let code = typeof e?.code === "string" ? e.code : "";
+  let message = typeof e?.message === "string" ? e.message : String(error);
+  // Raised for PostgREST as SQLSTATE PGRST (the user-lock trigger's wait that waited too long, migration
+  // …_user_write_wait_retry_after.sql): the body's code stands for the SQLSTATE, as it does for a Data API
+  // client; one whose message is not that JSON stays PGRST (class PG: a 500).
+  const raised = code === "PGRST" ? raisedForPostgrest(message) : undefined;
+  if (raised) ({ code, message } = raised);
 
   if (
     UNAVAILABLE_NETWORK_CODES.has(code) ||
@@ -278,8 +303,10 @@ export function mapDatabaseError(error: unknown): HttpError {
       return new HttpError(403, "forbidden", "Not allowed", { details, cause: error });
     }
     // PT503: the lock timeout of a wait for another write of the same user, which the user-lock trigger
-    // raises again under PostgREST's PT<status> convention (HTTP 503 on the Data API; migration
-    // …_user_write_wait_answered_503.sql): a lock timeout like 55P03, answered the same.
+    // raises again for PostgREST: as SQLSTATE PGRST with "code": "PT503" in its message (HTTP 503 and
+    // Retry-After 1 on the Data API; migration …_user_write_wait_retry_after.sql), before that as SQLSTATE
+    // PT503 (…_user_write_wait_answered_503.sql, still read: a database not yet migrated): a lock timeout
+    // like 55P03, answered the same.
     const lockTimeout = code === "55P03" || code === "PT503";
     if (
       cls === "08" || cls === "53" || cls === "57" || code === "40001" || code === "40P01" || lockTimeout ||

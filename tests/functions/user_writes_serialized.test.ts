@@ -13,17 +13,26 @@
 //   * a user's transaction that locked a row (SELECT ... FOR UPDATE, as the user) before its first write
 //     does not wait for the user's lock that a write waiting for that row holds: it goes on, and both
 //     complete (waiting, it would close a deadlock the serialization made).
-// A write stuck behind a transaction of the same user that does not end (migration
-// …_user_write_wait_answered_503.sql):
-//   * through the Data API, it ends with SQLSTATE PT503 (PostgREST: HTTP 503, "code": "PT503") where
-//     its lock timeout or statement timeout would end the wait, and stores nothing; before, PostgREST's
-//     500 for 57014 (the statement timeout, first under Supabase's equal 8 s timeouts) or 55P03;
+// A write stuck behind a transaction of the same user that does not end (migrations
+// …_user_write_wait_answered_503.sql and …_user_write_wait_retry_after.sql):
+//   * through the Data API, it ends where its lock timeout or statement timeout would end the wait with
+//     SQLSTATE PGRST, which PostgREST answers with HTTP 503, Retry-After: 1 and the body "code": "PT503"
+//     (read here as PostgREST's Error.hs reads it: there is no PostgREST in the local stack), and stores
+//     nothing; before, SQLSTATE PT503 (503, no Retry-After), and before that PostgREST's 500 for 57014
+//     (the statement timeout, first under Supabase's equal 8 s timeouts) or 55P03;
+//   * a write sent after other statements in one simple-query message waits as long as its own
+//     statement timeout allows (PostgreSQL times each statement of such a message apart): it gets the
+//     lock once the other write ends;
 //   * a wait that gets the lock in time leaves the transaction's own lock_timeout as it was;
-//   * through the progress function, it is still the 503 service_unavailable of a lock timeout.
+//   * a cancel while it waits stays a cancel (57014), though the statement timeout's end, the same
+//     SQLSTATE, is answered as the wait's;
+//   * through the progress function, it is still the 503 service_unavailable of a lock timeout, and
+//     the function's store maps each form the database has raised that wait in (55P03, PT503, PGRST).
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { createTestUser } from "../support/env.ts";
+import { mapDatabaseError } from "../../shared/progress/store.ts";
 import {
   adminSql,
   call,
@@ -353,11 +362,119 @@ async function timedUpsert<R>(
   }
 }
 
+/** The progress function's answer to a lock timeout: status, code, message, headers. */
+const LOCK_TIMEOUT_ANSWER = [
+  503,
+  "service_unavailable",
+  "The data is locked by another operation; try again",
+  { "retry-after": "1" },
+];
+
+/** A database error as postgres.js gives it. */
+interface DatabaseError {
+  code?: string;
+  message?: string;
+  detail?: string;
+  hint?: string;
+}
+
 /** The error a promise was rejected with (a failure if it was not). */
-async function refusal(sent: Promise<unknown>, what: string) {
+async function refusal(sent: Promise<unknown>, what: string): Promise<DatabaseError> {
   const outcome = await sent.then((value) => ({ value }), (error) => ({ error }));
   assert.ok("error" in outcome, `${what}: completed, ${JSON.stringify(outcome)}`);
-  return outcome.error as { code?: string; message?: string; detail?: string; hint?: string };
+  return outcome.error as DatabaseError;
+}
+
+/** PostgREST's answer to a database error: status, the error's own headers, body. */
+interface PostgrestAnswer {
+  status: number;
+  headers: Record<string, string>;
+  body: { code: string; message: string; details: string | null; hint: string | null };
+}
+
+/** A JSON object parsed from `text`, or undefined. */
+function jsonObject(text: string | undefined): Record<string, unknown> | undefined {
+  try {
+    const value = JSON.parse(text ?? "");
+    return value !== null && typeof value === "object" && !Array.isArray(value) ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const isOptionalString = (value: unknown) =>
+  value === undefined || value === null || typeof value === "string";
+
+/**
+ * What PostgREST (src/PostgREST/Error.hs) answers for `error`, for the SQLSTATEs a wait can end with.
+ * PGRST (parseRaisePGRST, docs: Errors, "Raise errors with HTTP Status Codes"): the MESSAGE is the body,
+ * a JSON object with string "code" and "message" and optional string "details" and "hint"; the DETAIL a
+ * JSON object with a number "status", an object of strings "headers" and an optional string
+ * "status_text"; either not so, PostgREST answers its own 500 PGRST121. PT<nnn>: status nnn, no headers.
+ * Else (mapSQLtoHTTP) 500 for 55* and 57* but 57P01, the statuses these tests meet otherwise.
+ */
+function postgrestAnswer(error: DatabaseError): PostgrestAnswer {
+  const body = {
+    code: error.code ?? "",
+    message: error.message ?? "",
+    details: error.detail ?? null,
+    hint: error.hint ?? null,
+  };
+  if (error.code === "PGRST") {
+    const raised = jsonObject(error.message);
+    const said = jsonObject(error.detail);
+    const headers = said?.headers;
+    if (
+      !raised || typeof raised.code !== "string" || typeof raised.message !== "string" ||
+      !isOptionalString(raised.details) || !isOptionalString(raised.hint) ||
+      !said || !Number.isInteger(said.status) || !isOptionalString(said.status_text) ||
+      headers === null || typeof headers !== "object" || Array.isArray(headers) ||
+      !Object.values(headers).every((v) => typeof v === "string")
+    ) {
+      return {
+        status: 500,
+        headers: {},
+        body: {
+          ...body,
+          code: "PGRST121",
+          message: `Could not parse JSON in the "RAISE SQLSTATE 'PGRST'" error`,
+        },
+      };
+    }
+    return {
+      status: said.status as number,
+      headers: headers as Record<string, string>,
+      body: {
+        code: raised.code,
+        message: raised.message,
+        details: (raised.details as string | undefined) ?? null,
+        hint: (raised.hint as string | undefined) ?? null,
+      },
+    };
+  }
+  const statusCode = /^PT(\d+)$/.exec(body.code)?.[1];
+  if (statusCode) return { status: Number(statusCode), headers: {}, body };
+  if (/^(55|57)/.test(body.code) && body.code !== "57P01") return { status: 500, headers: {}, body };
+  throw new Error(`not modelled here: what PostgREST answers for ${body.code} ${body.message}`);
+}
+
+/**
+ * Asserts `error` is the wait that waited too long, as PostgREST answers it: 503, Retry-After: 1, the
+ * body PT503 with its message, details and hint; `what` and `before` name the case and its old outcome.
+ */
+function assertWaitAnswered(error: DatabaseError, what: string, before: string): void {
+  const answer = postgrestAnswer(error);
+  const seen = `${what}: ${error.code} ${error.message} ${error.detail} (before: ${before})`;
+  assert.equal(answer.status, 503, seen);
+  assert.deepEqual(answer.headers, { "Retry-After": "1" }, seen);
+  assert.equal(answer.body.code, "PT503", seen);
+  assert.equal(answer.body.message, "Another write of this user is in progress", what);
+  assert.match(
+    answer.body.details ?? "",
+    /^This statement waited \d+ ms for a transaction of the same user writing to public\.reading_progress, which has not ended\.$/,
+    what,
+  );
+  assert.match(answer.body.hint ?? "", /^Nothing of this write was stored: send it again\./, what);
 }
 
 const WAIT_SHAPES: { name: string; timeouts: RequestTimeouts; before: string }[] = [
@@ -366,21 +483,21 @@ const WAIT_SHAPES: { name: string; timeouts: RequestTimeouts; before: string }[]
     // (the request), here 1 s each.
     name: "the session's lock_timeout and the request's statement_timeout equal, as on Supabase's Data API",
     timeouts: { session: { lock_timeout: 1_000 }, transaction: { statement_timeout: 1_000 } },
-    before: "57014, the statement timeout: HTTP 500",
+    before: "PT503 without Retry-After; 57014, the statement timeout: HTTP 500",
   },
   {
     name: "a lock_timeout shorter than the statement timeout (the progress function's 2 s and 8 s)",
     timeouts: { session: {}, transaction: { lock_timeout: 300, statement_timeout: 8_000 } },
-    before: "55P03, the lock timeout: HTTP 500",
+    before: "PT503 without Retry-After; 55P03, the lock timeout: HTTP 500",
   },
   {
     name: "a statement timeout and no lock_timeout",
     timeouts: { session: {}, transaction: { statement_timeout: 1_000 } },
-    before: "57014, the statement timeout: HTTP 500",
+    before: "PT503 without Retry-After; 57014, the statement timeout: HTTP 500",
   },
 ];
 
-Deno.test("a Data API write stuck behind another write of the same user ends with PT503 (PostgREST: HTTP 503), stores nothing, and lands when sent again", async () => {
+Deno.test("a Data API write stuck behind another write of the same user is answered 503 with Retry-After: 1 and the body PT503, stores nothing, and lands when sent again", async () => {
   const admin = adminSql({ max: 1 });
   const holder = connection();
   let held: Held | undefined;
@@ -390,18 +507,14 @@ Deno.test("a Data API write stuck behind another write of the same user ends wit
       held = await userWriteInProgress(holder, user.id, s1);
       const phoneWrite = { series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) };
       const error = await refusal(timedUpsert(shape.timeouts, user.id, [phoneWrite]), shape.name);
-      assert.equal(
-        error.code,
-        "PT503",
-        `${shape.name}: ${error.code} ${error.message} (before this migration: ${shape.before})`,
-      );
-      assert.equal(error.message, "Another write of this user is in progress", shape.name);
-      assert.match(
-        error.detail ?? "",
-        /^This statement waited \d+ ms for a transaction of the same user writing to public\.reading_progress, which has not ended\.$/,
+      assertWaitAnswered(error, shape.name, shape.before);
+      // The progress function's store, meeting the same error, answers its lock timeout's 503.
+      const mapped = mapDatabaseError(error);
+      assert.deepEqual(
+        [mapped.status, mapped.code, mapped.message, mapped.headers],
+        LOCK_TIMEOUT_ANSWER,
         shape.name,
       );
-      assert.match(error.hint ?? "", /^Nothing of this write was stored: send it again\./, shape.name);
       assert.equal(
         await stored(admin, user.id, s2),
         `2026-01-01T00:00:00.000Z seed ch1`,
@@ -450,6 +563,95 @@ Deno.test("a Data API write that gets the user's lock before its timeouts comple
   }
 });
 
+Deno.test("a write sent after other statements in one simple-query message waits as long as its own statement timeout allows, and lands once the other write ends", async () => {
+  // `psql -c "begin; ...; insert ..."`: one Query message. PostgreSQL (13 and later) times each of its
+  // statements apart: the timer is disabled after each statement and armed again as the next begins,
+  // while statement_timestamp() stays the message's arrival. Here the statement before the write runs
+  // (pg_sleep: it spends time, it synchronises nothing) as long as the write's own statement timeout,
+  // under a longer one of its own. Counted from statement_timestamp() (…_user_write_wait_answered_503.sql),
+  // the write had no time left: it waited 1 ms and ended with PT503. Ended by its own running timer, it
+  // waits up to 3 s: it is seen waiting, the other write ends, and it lands.
+  const admin = adminSql({ max: 1 });
+  const [holder, writer] = [connection(), connection()];
+  let held: Held | undefined;
+  try {
+    const { user, s1, s2 } = await seededUser(admin);
+    held = await userWriteInProgress(holder, user.id, s1);
+    const writerPid = await pidOf(writer);
+    const claims = JSON.stringify({ sub: user.id, role: "authenticated" });
+    const sent = writer.unsafe(
+      `begin;
+       set local statement_timeout = '20s';
+       select pg_catalog.pg_sleep(3);
+       set local statement_timeout = '3s';
+       select pg_catalog.set_config('role', 'authenticated', true),
+              pg_catalog.set_config('request.jwt.claims', '${claims}', true);
+       insert into public.reading_progress (user_id, series_id, chapter, device_id, updated_at)
+       values ('${user.id}', '${s2}', 22, 'phone', '${at(2)}')
+       on conflict (user_id, series_id) do update
+         set chapter = excluded.chapter, device_id = excluded.device_id, updated_at = excluded.updated_at;
+       commit`,
+    ).simple();
+    let outcome: string | undefined;
+    sent.then(() => {
+      outcome = "completed";
+    }, (e: DatabaseError) => {
+      outcome = `${e.code}: ${e.message} ${e.detail ?? ""}`;
+    });
+    for (const deadline = Date.now() + 20_000;;) {
+      assert.ok(
+        outcome === undefined,
+        `the write ended before it was seen waiting for the other one: ${outcome}`,
+      );
+      const [{ waits }] = await admin<{ waits: boolean }[]>`
+        select cardinality(pg_blocking_pids(${writerPid}::integer)) > 0 as waits`;
+      if (waits) break;
+      assert.ok(Date.now() < deadline, "the write never waited (20 s)");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    held.release();
+    await held.done;
+    await sent;
+    assert.equal(await stored(admin, user.id, s2), `${at(2)} phone ch22`);
+  } finally {
+    await endHeld(held);
+    await Promise.all([holder.end(), writer.end(), admin.end()]);
+  }
+});
+
+Deno.test("a write cancelled while it waits for another write of the same user stays a cancel (57014), not the wait's 503", async () => {
+  // The statement timeout ending the wait is answered as the wait's end; a cancel (pg_cancel_backend, a
+  // client's cancel request) has the same SQLSTATE and must stay what it is.
+  const admin = adminSql({ max: 1 });
+  const holder = connection();
+  let held: Held | undefined;
+  try {
+    const { user, s1, s2 } = await seededUser(admin);
+    held = await userWriteInProgress(holder, user.id, s1);
+    const connected = Promise.withResolvers<number>();
+    const sent = timedUpsert(
+      { session: {}, transaction: { statement_timeout: 20_000 } },
+      user.id,
+      [{ series_id: s2, chapter: 22, device_id: "phone", updated_at: at(2) }],
+      connected.resolve,
+    );
+    sent.catch(() => {}); // settled below
+    const writerPid = await connected.promise;
+    await waitedFor(admin, writerPid, "the phone's upsert");
+    await admin`select pg_cancel_backend(${writerPid}::integer)`;
+    const error = await refusal(sent, "the cancelled upsert");
+    assert.deepEqual([error.code, error.message], ["57014", "canceling statement due to user request"]);
+    assert.equal(
+      await stored(admin, user.id, s2),
+      `2026-01-01T00:00:00.000Z seed ch1`,
+      "the write changed nothing",
+    );
+  } finally {
+    await endHeld(held);
+    await Promise.all([holder.end(), admin.end()]);
+  }
+});
+
 Deno.test("a progress function write stuck behind another write of the same user is still its 503 service_unavailable", async () => {
   const admin = adminSql({ max: 1 });
   const holder = connection();
@@ -476,5 +678,40 @@ Deno.test("a progress function write stuck behind another write of the same user
   } finally {
     await endHeld(held);
     await Promise.all([holder.end(), admin.end()]);
+  }
+});
+
+Deno.test("the progress function's store maps each form the database has raised the wait's end in as its lock timeout's 503, and a PGRST it cannot read as a 500", async () => {
+  // Raised by the real database (a DO block), mapped by the store as the function maps its errors:
+  // 55P03 (a lock timeout), PT503 (…_user_write_wait_answered_503.sql: a database not yet migrated),
+  // PGRST with the body PT503 (…_user_write_wait_retry_after.sql; the trigger's own error is mapped in
+  // the Data API test above). A PGRST whose message is not PostgREST's JSON stands for nothing known.
+  const admin = adminSql({ max: 1 });
+  try {
+    const raised = (statement: string) =>
+      refusal(admin.unsafe(`do $$ begin ${statement}; end $$`), statement);
+    const lockTimeouts = [
+      `raise sqlstate '55P03' using message = 'canceling statement due to lock timeout'`,
+      `raise sqlstate 'PT503' using message = 'Another write of this user is in progress'`,
+      `raise sqlstate 'PGRST' using
+         message = '{"code": "PT503", "message": "Another write of this user is in progress"}',
+         detail = '{"status": 503, "headers": {"Retry-After": "1"}}'`,
+    ];
+    for (const statement of lockTimeouts) {
+      const mapped = mapDatabaseError(await raised(statement));
+      assert.deepEqual(
+        [mapped.status, mapped.code, mapped.message, mapped.headers],
+        LOCK_TIMEOUT_ANSWER,
+        statement,
+      );
+    }
+    const unreadable = mapDatabaseError(
+      await raised(
+        `raise sqlstate 'PGRST' using message = 'PT503', detail = '{"status": 503, "headers": {}}'`,
+      ),
+    );
+    assert.deepEqual([unreadable.status, unreadable.code], [500, "internal_error"]);
+  } finally {
+    await admin.end();
   }
 });
