@@ -5,7 +5,8 @@
 -- session: the function's comment says what its condition is (no transaction id yet, which migration
 -- …_user_writes_serialized.sql called "nothing locked yet") and how the wait ends; a write that finds the
 -- lock free (the common case, now a pg_try_advisory_xact_lock) takes it under Supabase's timeouts and
--- leaves them as they were (only a wait sets the wait's own lock_timeout).
+-- leaves them as they were (only a wait set the wait's own lock_timeout; since
+-- …_user_write_wait_retry_after.sql, whose answer and timers pgTAP 025 covers, none does).
 
 begin;
 create extension if not exists pgtap with schema extensions;

@@ -532,8 +532,9 @@ Deno.test("a Data API write stuck behind another write of the same user is answe
 });
 
 Deno.test("a Data API write that gets the user's lock before its timeouts completes, and its transaction keeps its own lock_timeout", async () => {
-  // Supabase's shape (equal timeouts), long enough that the holder is released well before: the wait's
-  // lock_timeout is cut to what the statement timeout leaves, and put back once the lock is taken.
+  // Supabase's shape (equal timeouts), long enough that the holder is released well before. Under
+  // …_user_write_wait_answered_503.sql the wait's lock_timeout was cut to what the statement timeout left
+  // and put back once the lock was taken; since …_user_write_wait_retry_after.sql the wait sets none.
   const timeouts = { session: { lock_timeout: 20_000 }, transaction: { statement_timeout: 20_000 } };
   const admin = adminSql({ max: 1 });
   const holder = connection();
