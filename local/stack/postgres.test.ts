@@ -319,6 +319,47 @@ Deno.test({
 
 Deno.test({
   name:
+    "a failed start's tear-down ends what the start has running when it runs: a port retry after a run-down " +
+    "that already tore it down leaves no process behind",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPrivateTmpDir("readsync-late-retry-test-", async (tmp) => {
+    // The first port picked is taken (held by the script); before the second pick, a run-down (the end of a
+    // run; a stop's is the same) runs the start's tear-down to its end. The retry then launches a server
+    // and its watchdog after that tear-down (the server exits at once: its directory is gone), and the
+    // start fails: its own tear-down must end those too, not only what the first one ended.
+    const { report, code, stderr } = await inOwnProcess(
+      `const held = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+       let picks = 0;
+       const error = await startPostgres({
+         log: () => {},
+         pickPort: async () => {
+           if (picks++ === 0) return held.addr.port;
+           await runCleanups();
+           return freePort();
+         },
+       }).then(() => null, (e) => e.message);
+       held.close();
+       const tmp = Deno.env.get("TMPDIR");
+       const ps = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdout: "piped" }).output();
+       const processes = new TextDecoder().decode(ps.stdout).split("\\n").filter((line) => line.includes(tmp));
+       console.log(JSON.stringify({ picks, error, processes }));`,
+      "itself",
+    );
+    assert.equal(code, 0, stderr);
+    assert.equal(report.picks, 2, "one port taken, one more picked");
+    assert.match(report.error, /^PostgreSQL exited before it was ready on port \d+/, report.error);
+    assert.deepEqual(report.processes, [], "no process is left behind (the retry's watchdog neither)");
+    assert.deepEqual(
+      [...Deno.readDirSync(tmp)].map((entry) => entry.name),
+      [`readsync-pg-templates-${Deno.uid() ?? "user"}`],
+      "no cluster directory is left",
+    );
+  }));
+
+Deno.test({
+  name:
     "a first start interrupted (SIGINT) while it builds the initdb template leaves no half-built template",
   sanitizeOps: false,
   sanitizeResources: false,
@@ -392,7 +433,7 @@ async function inOwnProcess(script: string, ending: "SIGINT" | "itself") {
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "eval",
-      `const { startPostgres } = await import(${JSON.stringify(postgresModule)});
+      `const { freePort, startPostgres } = await import(${JSON.stringify(postgresModule)});
        const { onCleanup, pendingCleanups, runCleanups, whenStopped } = await import(${
         JSON.stringify(cleanupModule)
       });

@@ -158,9 +158,10 @@ export interface StartOptions {
   restoreOf?: string;
   /**
    * Picks the port when `port` is not given (default: a port the OS says is free now); tests inject one
-   * that returns a port they hold, as another process that took it first would.
+   * that returns a port they hold, as another process that took it first would, or that holds a retry
+   * (a stop's run-down comes between two attempts).
    */
-  pickPort?: () => number;
+  pickPort?: () => number | Promise<number>;
   /** How long each child step may take before it is killed (default 60 s); tests of the guard lower it. */
   stepTimeoutMs?: number;
   /**
@@ -263,19 +264,30 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   let watchdog = null as Deno.ChildProcess | null;
   // A start that fails, or is interrupted (Ctrl-C), leaves nothing behind: the server (an immediate
   // shutdown, which waits for its processes, so that none writes into the directory as it is removed),
-  // its watchdog, the directory. One tear-down, however often asked for: the catch below and a run-down
-  // (a stop) that begins while it runs both wait for that one.
-  let abandoned: Promise<void> | null = null;
+  // its watchdog, the directory. One tear-down at a time: the catch below and a run-down (a stop) that
+  // begins while one runs both wait for that one, which ends what the start has running when it runs,
+  // again until nothing new was launched meanwhile (a port retry). Asked for again once it has ended, it
+  // runs again: a start that ran on after a run-down had torn it down (a retry launched after a stop)
+  // fails, and its own tear-down ends what it launched since, instead of finding the first one done.
+  let tearingDown: Promise<void> | null = null;
   const abandon = () =>
-    abandoned ??= (async () => {
-      if (child) await endServer(child, "SIGQUIT");
-      if (watchdog) {
-        try {
-          watchdog.kill("SIGKILL");
-        } catch { /* gone */ }
-        await watchdog.status;
+    tearingDown ??= (async () => {
+      try {
+        for (;;) {
+          const [server, guard] = [child, watchdog];
+          if (server) await endServer(server, "SIGQUIT");
+          if (guard) {
+            try {
+              guard.kill("SIGKILL");
+            } catch { /* gone */ }
+            await guard.status;
+          }
+          await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+          if (child === server && watchdog === guard) break;
+        }
+      } finally {
+        tearingDown = null;
       }
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
     })();
   const forgetAbandon = onCleanup(abandon);
   try {
@@ -457,7 +469,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
 
     const taken: number[] = [];
     for (let attempt = 1;; attempt++) {
-      port = options.port ?? (options.pickPort ?? freePort)();
+      port = options.port ?? await (options.pickPort ?? freePort)();
       const exitedWith = await launch(port);
       if (exitedWith === null) break;
       // With log_min_messages=fatal only the FATAL is printed, not the bind's "Address already in use".
