@@ -604,8 +604,9 @@ export async function startWebApp(options) {
  * when it began) at once, once the code registering it has run on to its next await, neither waiting
  * for the cleanup under way nor left unrun once the run-down has ended; those registered together newest
  * first (a step's end before the release of the build lock it held), the older ones only once they have
- * run. `runCleanups()` resolves once all have run. A stop exits with `exitCode(code)` (code: 130, 143 or
- * 129) once they have run; `removeSignalHandlers()` ends that.
+ * run, also the older ones of such a late batch under way when more are registered. `runCleanups()`
+ * resolves once all have run. A stop exits with `exitCode(code)` (code: 130, 143 or 129) once they have
+ * run; `removeSignalHandlers()` ends that.
  * @param {{ exitCode?: (code: number) => number, log?: (line: string) => void }} [options]
  */
 export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {}) {
@@ -618,23 +619,46 @@ export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {})
   /** The run-down of the cleanups registered before it; null until it has begun. @type {Promise<void> | null} */
   let runDown = null;
   /**
-   * Cleanups registered once the run-down had begun and not yet run: those registered together (before
-   * the code registering them reached its next await), run newest first a microtask later.
+   * Cleanups registered once the run-down had begun, in batches: those registered together (before the
+   * code registering them reached its next await) run newest first, a microtask later. `lateBatch` gathers
+   * the next one (null between batches); `lateBatches` are those not yet ended, oldest first: each goes on
+   * to its next older cleanup only once those begun after it have ended (the run-down likewise, after all).
    * @type {Array<() => unknown> | null}
    */
   let lateBatch = null;
-  /** The batches of late cleanups running now. @type {Set<Promise<void>>} */
-  const late = new Set();
+  /** @typedef {{ cleanups: Array<() => unknown>, ended: Promise<void> }} LateBatch */
+  /** @type {LateBatch[]} */
+  const lateBatches = [];
+  /** The late batches not yet ended that began after `after` (null: all). @param {LateBatch | null} after */
+  const batchesAfter = (after) => lateBatches.slice(after ? lateBatches.indexOf(after) + 1 : 0);
+  /** Resolves once those have ended, also those begun while it waited. @param {LateBatch | null} after */
+  const lateOnesRun = async (after) => {
+    for (let newer = batchesAfter(after); newer.length > 0; newer = batchesAfter(after)) {
+      await Promise.all(newer.map((batch) => batch.ended));
+    }
+  };
+  /**
+   * Runs `list` newest first (the run-down's, `after` null, or the late batch `after`'s own), going on to the
+   * next older one only once the late batches begun after `after` have ended (a step a start ran on to
+   * after the stop ends before the release of the build lock that start holds).
+   * @param {Array<() => unknown>} list @param {LateBatch | null} after
+   */
+  const runNewestFirst = async (list, after) => {
+    while (list.length > 0) {
+      await runOne(/** @type {() => unknown} */ (list.pop()));
+      if (batchesAfter(after).length > 0) await lateOnesRun(after); // only then: no turn more than needed
+    }
+  };
   const newLateBatch = () => {
-    /** @type {Array<() => unknown>} */
-    const batch = lateBatch = [];
-    const running = Promise.resolve().then(async () => {
+    /** @type {LateBatch} */
+    const batch = { cleanups: lateBatch = [], ended: Promise.resolve() };
+    lateBatches.push(batch);
+    batch.ended = Promise.resolve().then(async () => {
       lateBatch = null;
-      while (batch.length > 0) await runOne(/** @type {() => unknown} */ (batch.pop()));
+      await runNewestFirst(batch.cleanups, batch);
+      lateBatches.splice(lateBatches.indexOf(batch), 1);
     });
-    late.add(running);
-    void running.then(() => late.delete(running));
-    return batch;
+    return batch.cleanups;
   };
   /** @type {import("./serve.d.ts").OnCleanup} */
   const onCleanup = (fn) => {
@@ -645,23 +669,14 @@ export function exitCleanups({ exitCode = (code) => code, log = () => {} } = {})
       if (i >= 0) into.splice(i, 1);
     };
   };
-  /** Resolves once the late cleanups have run, also those registered while it waited. */
-  const lateOnesRun = async () => {
-    while (late.size > 0) await Promise.all(late);
-  };
   const runCleanups = async () => {
     if (!runDown) {
       // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
       begun = true;
-      runDown = (async () => {
-        while (cleanups.length > 0) {
-          await runOne(/** @type {() => unknown} */ (cleanups.pop()));
-          if (late.size > 0) await lateOnesRun(); // only then: no turn more between one and the next
-        }
-      })();
+      runDown = runNewestFirst(cleanups, null);
     }
     await runDown;
-    await lateOnesRun();
+    await lateOnesRun(null);
   };
   let stopping = false;
   const handlers = /** @type {const} */ ([["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]).map(

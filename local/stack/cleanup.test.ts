@@ -475,6 +475,51 @@ Deno.test({
 
 Deno.test({
   name:
+    "exit cleanups: late ones registered while an earlier late batch runs (npm ci exiting 0 as its end comes) " +
+    "run before that batch's older ones (the build lock's release), not beside them",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  const ran = await lastLineOf(
+    `const { onCleanup, runCleanups } = await import(${JSON.stringify(cleanupModule)});
+     const ran = [];
+     onCleanup(() => ran.push("older cleanup"));
+     // A start that runs on after the stop (serve.mjs's withBuildLock): it takes the lock and registers its
+     // release, then runs npm ci and registers its end (one late batch). npm ci exits 0 just as its end comes:
+     // the start goes on to next build and registers that step's end (a second late batch) while the first
+     // batch's end of npm ci is still under way.
+     let nextStepStarted = () => {};
+     const nextStep = new Promise((resolve) => nextStepStarted = resolve);
+     const start = async () => {
+       onCleanup(() => ran.push("lock released"));
+       await new Promise((npmCiExited) =>
+         onCleanup(async () => {
+           npmCiExited();
+           await nextStep;
+           ran.push("npm ci ended");
+         })
+       );
+       const build = new Deno.Command("sleep", { args: ["600"], stdin: "null", stdout: "null", stderr: "null" }).spawn();
+       onCleanup(async () => {
+         build.kill("SIGKILL");
+         await build.status;
+         ran.push("next build ended");
+       });
+       nextStepStarted();
+     };
+     onCleanup(() => {
+       ran.push("under way");
+       void start();
+     });
+     await runCleanups();
+     console.log(JSON.stringify(ran));`,
+  );
+  assert.deepEqual(ran, ["under way", "npm ci ended", "next build ended", "lock released", "older cleanup"]);
+});
+
+Deno.test({
+  name:
     "exit cleanups: a synchronous exit (Deno.exit) with cleanups pending still starts the newest one: a child " +
     "it ends at once is ended",
   ignore: Deno.build.os !== "linux", // /proc

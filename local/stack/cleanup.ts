@@ -2,7 +2,8 @@
 // (SIGINT), on SIGTERM, on SIGHUP (its terminal closed: the web app's steps, in a session of their own,
 // do not get that SIGHUP themselves), when the parent process is gone, or when a test run fails. Each
 // cleanup runs once: those registered before the run-down newest first, one after another; one registered
-// once it has begun (by a step that was under way when the stop came) at once (see onCleanup).
+// once it has begun (by a step that was under way when the stop came) at once (see onCleanup), the older
+// ones only once it has run.
 
 type Cleanup = () => Promise<void> | void;
 
@@ -13,12 +14,14 @@ let begun = false;
 /** The run-down of the cleanups registered before it (runCleanups); null until it has begun. */
 let runDown: Promise<void> | null = null;
 /**
- * Cleanups registered once the run-down had begun and not yet run: those registered together (before the
- * code registering them reached its next await), run newest first a microtask later. Null between batches.
+ * Cleanups registered once the run-down had begun, in batches: those registered together (before the code
+ * registering them reached its next await) run newest first, a microtask later. `lateBatch` gathers the
+ * next one (null between batches); `lateBatches` are those not yet ended, oldest first: each goes on to its
+ * next older cleanup only once those begun after it have ended (the run-down likewise, after all of them).
  */
 let lateBatch: Cleanup[] | null = null;
-/** The batches of late cleanups running now (the run-down and runCleanups wait for them too). */
-const late = new Set<Promise<void>>();
+type LateBatch = { cleanups: Cleanup[]; ended: Promise<void> };
+const lateBatches: LateBatch[] = [];
 /** What stopped this process, once a signal (or its parent's end) has started the cleanups. */
 let stop: { by: string; code: number } | null = null;
 let stopped: (stop: { by: string; code: number }) => void = () => {};
@@ -31,7 +34,9 @@ const whenStoppedPromise = new Promise<{ by: string; code: number }>((resolve) =
  * under way (npm start's last one waits for its start to end, which can wait for `fn`'s child) and also
  * once the run-down has ended, where it would never have run. Those registered together run newest first
  * (a step's end before the release of the build lock it held), and the run-down goes on to the older ones
- * only once they have run. Its removal, called before it runs, stops it.
+ * only once they have run; so does a batch of such late ones under way when more are registered (npm ci
+ * exiting 0 as its end came, and its start going on to next build: that build ends before the lock's
+ * release). Its removal, called before it runs, stops it.
  */
 export function onCleanup(fn: Cleanup): () => void {
   installSignalHandlers();
@@ -45,14 +50,35 @@ export function onCleanup(fn: Cleanup): () => void {
 
 /** A batch of late cleanups, run a microtask from now (what is registered until then joins it). */
 function newLateBatch(): Cleanup[] {
-  const batch: Cleanup[] = lateBatch = [];
-  const running = Promise.resolve().then(async () => {
+  const batch: LateBatch = { cleanups: lateBatch = [], ended: Promise.resolve() };
+  lateBatches.push(batch);
+  batch.ended = Promise.resolve().then(async () => {
     lateBatch = null;
-    while (batch.length > 0) await runOne(batch.pop()!);
+    await runNewestFirst(batch.cleanups, batch);
+    lateBatches.splice(lateBatches.indexOf(batch), 1);
   });
-  late.add(running);
-  void running.then(() => late.delete(running));
-  return batch;
+  return batch.cleanups;
+}
+
+/**
+ * Runs `list` newest first (the run-down's, `after` null; or the late batch `after`'s own), going on to the
+ * next older one only once the late batches begun after `after` have ended: what the one before made a
+ * start register (a step it ran on to after the stop) ends before the next older one (the release of the
+ * build lock that start holds).
+ */
+async function runNewestFirst(list: Cleanup[], after: LateBatch | null): Promise<void> {
+  while (list.length > 0) {
+    await runOne(list.pop()!);
+    // Only when there are any: no turn more between one cleanup and the next than needed. (What a cleanup
+    // ends may be ending already, by its owner: its owner removes it only once that has run, so the
+    // run-down finds it still registered and waits for the same end; see postgres.ts's abandon and stop.)
+    if (batchesAfter(after).length > 0) await lateOnesRun(after);
+  }
+}
+
+/** The late batches not yet ended that began after `after` (null: all of them). */
+function batchesAfter(after: LateBatch | null): LateBatch[] {
+  return lateBatches.slice(after ? lateBatches.indexOf(after) + 1 : 0);
 }
 
 /**
@@ -86,23 +112,20 @@ export async function runCleanups(): Promise<void> {
   if (!runDown) {
     // Set before the first cleanup runs: what that one registers runs at once too (see onCleanup).
     begun = true;
-    runDown = (async () => {
-      while (cleanups.length > 0) {
-        await runOne(cleanups.pop()!);
-        // Only when there are any: no turn more between one cleanup and the next than needed. (What a cleanup
-        // ends may be ending already, by its owner: its owner removes it only once that has run, so the
-        // run-down finds it still registered and waits for the same end; see postgres.ts's abandon and stop.)
-        if (late.size > 0) await lateOnesRun();
-      }
-    })();
+    runDown = runNewestFirst(cleanups, null);
   }
   await runDown;
-  await lateOnesRun();
+  await lateOnesRun(null);
 }
 
-/** Resolves once the late cleanups have run, also those registered while it waited. */
-async function lateOnesRun(): Promise<void> {
-  while (late.size > 0) await Promise.all(late);
+/**
+ * Resolves once the late batches begun after `after` (null: all) have ended, also those begun while it
+ * waited.
+ */
+async function lateOnesRun(after: LateBatch | null): Promise<void> {
+  for (let newer = batchesAfter(after); newer.length > 0; newer = batchesAfter(after)) {
+    await Promise.all(newer.map((batch) => batch.ended));
+  }
 }
 
 async function runOne(fn: Cleanup): Promise<void> {

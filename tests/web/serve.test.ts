@@ -649,6 +649,62 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "serve.mjs's exitCleanups: late ones registered while an earlier late batch runs (npm ci exiting 0 as its " +
+    "end comes) run before that batch's older ones (the build lock's release), not beside them",
+  async () => {
+    const serveModule = pathToFileURL(path.join(REPO_ROOT, "examples/web/serve.mjs")).href;
+    const script = `
+      import { spawn } from "node:child_process";
+      import { exitCleanups } from ${JSON.stringify(serveModule)};
+      const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
+      const ran = [];
+      onCleanup(() => ran.push("older cleanup"));
+      // A start that runs on after the stop (withBuildLock): it takes the lock and registers its release,
+      // then runs npm ci and registers its end (one late batch). npm ci exits 0 just as its end comes: the
+      // start goes on to next build and registers that step's end (a second late batch) while the first
+      // batch's end of npm ci is still under way.
+      let nextStepStarted = () => {};
+      const nextStep = new Promise((resolve) => nextStepStarted = resolve);
+      const start = async () => {
+        onCleanup(() => ran.push("lock released"));
+        await new Promise((npmCiExited) =>
+          onCleanup(async () => {
+            npmCiExited();
+            await nextStep;
+            ran.push("npm ci ended");
+          })
+        );
+        const build = spawn("sleep", ["600"], { stdio: "ignore" });
+        const exited = new Promise((r) => build.once("exit", r));
+        onCleanup(async () => {
+          build.kill("SIGKILL");
+          await exited;
+          ran.push("next build ended");
+        });
+        nextStepStarted();
+      };
+      onCleanup(() => {
+        ran.push("under way");
+        void start();
+      });
+      await runCleanups();
+      removeSignalHandlers();
+      console.log(JSON.stringify(ran));`;
+    const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
+      env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+      cwd: REPO_ROOT,
+    });
+    const status = await run.exitWithin(120_000, "the script");
+    assert.equal(status.code, 0, run.printed());
+    assert.deepEqual(
+      JSON.parse(run.stdout().trim().split("\n").pop()!),
+      ["under way", "npm ci ended", "next build ended", "lock released", "older cleanup"],
+      run.printed(),
+    );
+  },
+);
+
 Deno.test("npm start's web app (local/web.ts): a step is reported as ended by a stop only when its error says it was stopped", async () => {
   const stack = {
     apiUrl: "http://127.0.0.1:9",
