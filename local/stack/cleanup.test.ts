@@ -520,6 +520,39 @@ Deno.test({
 
 Deno.test({
   name:
+    "exit cleanups: pendingCleanups() counts late ones, those still to run and those running, until they have " +
+    "ended",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  const seen = await lastLineOf(
+    `const { onCleanup, pendingCleanups, runCleanups } = await import(${JSON.stringify(cleanupModule)});
+     let lateOneRuns = () => {};
+     const lateOneRunning = new Promise((resolve) => lateOneRuns = resolve);
+     let release = () => {};
+     const released = new Promise((resolve) => release = resolve);
+     onCleanup(() => {
+       // Registered together once the run-down has begun: the newer runs (and is held) first.
+       onCleanup(() => {});
+       onCleanup(async () => {
+         lateOneRuns();
+         await released;
+       });
+     });
+     const runDown = runCleanups();
+     await lateOneRunning;
+     // A caller waiting for the cleanups to have ended: one late cleanup runs, one is still to run.
+     const whileALateOneRuns = pendingCleanups();
+     release();
+     await runDown;
+     console.log(JSON.stringify({ whileALateOneRuns, afterTheRunDown: pendingCleanups() }));`,
+  );
+  assert.deepEqual(seen, { whileALateOneRuns: 2, afterTheRunDown: 0 });
+});
+
+Deno.test({
+  name:
     "exit cleanups: a synchronous exit (Deno.exit) with cleanups pending still starts the newest one: a child " +
     "it ends at once is ended",
   ignore: Deno.build.os !== "linux", // /proc

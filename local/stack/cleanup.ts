@@ -22,6 +22,8 @@ let runDown: Promise<void> | null = null;
 let lateBatch: Cleanup[] | null = null;
 type LateBatch = { cleanups: Cleanup[]; ended: Promise<void> };
 const lateBatches: LateBatch[] = [];
+/** How many cleanups are running now (pendingCleanups counts them). */
+let running = 0;
 /** What stopped this process, once a signal (or its parent's end) has started the cleanups. */
 let stop: { by: string; code: number } | null = null;
 let stopped: (stop: { by: string; code: number }) => void = () => {};
@@ -97,9 +99,12 @@ export function whenStopped(): Promise<{ by: string; code: number }> {
   return whenStoppedPromise;
 }
 
-/** How many cleanups are registered now (what a stopped stack must have removed again). */
+/**
+ * How many cleanups are registered and have not yet ended (what a stopped stack must have removed again):
+ * those still to run, also those registered once the run-down had begun, and those running now.
+ */
 export function pendingCleanups(): number {
-  return cleanups.length;
+  return cleanups.length + lateBatches.reduce((sum, batch) => sum + batch.cleanups.length, 0) + running;
 }
 
 /**
@@ -129,10 +134,13 @@ async function lateOnesRun(after: LateBatch | null): Promise<void> {
 }
 
 async function runOne(fn: Cleanup): Promise<void> {
+  running++;
   try {
     await fn();
   } catch (error) {
     console.error(`cleanup failed: ${error instanceof Error ? error.message : error}`);
+  } finally {
+    running--;
   }
 }
 
