@@ -4,7 +4,7 @@
 // (with a fake app: `start`) rather than a copy of it.
 
 import { startWebApp, type StoppedError, type WebApp } from "../examples/web/serve.mjs";
-import { onCleanup } from "./stack/cleanup.ts";
+import { cleanupsBegun, onCleanup } from "./stack/cleanup.ts";
 
 export interface WebBesideStack {
   /** Null when it did not start (the stack still serves). */
@@ -32,8 +32,10 @@ export async function startWebAppBesideStack(
       dbUrl: stack.dbUrl,
       port: options.port,
       log: options.log,
-      // Its npm ci, next build and next start end with npm start, also when stopped during them.
+      // Its npm ci, next build and next start end with npm start, also when stopped during them; once
+      // stopped, it begins no install or build.
       onCleanup,
+      stopping: cleanupsBegun,
     });
     return {
       web,

@@ -35,12 +35,22 @@ export interface WebAppOptions {
    * A start that such a cleanup ended rejects with a StoppedError, not a failure.
    */
   onCleanup?: OnCleanup;
+  /**
+   * Whether the calling process is stopping (its exit cleanups have begun: local/stack/cleanup.ts's
+   * cleanupsBegun in npm start). A start that comes to its install or build then rejects with a StoppedError
+   * (step "start") without taking the build lock, instead of taking it and spawning npm ci or next build only
+   * for their cleanups to end them at once.
+   */
+  stopping?: () => boolean;
 }
 
 /** What startWebApp / ensureWebAppBuilt reject with when a cleanup (a stop of the process) ended a step. */
 export interface StoppedError extends Error {
   stopped: true;
-  /** "npm ci", "next build", "next start", or "wait for another start's build" (for its build lock). */
+  /**
+   * "npm ci", "next build", "next start", "wait for another start's build" (for its build lock), or "start"
+   * (stopping already as it came to its install or build: see WebAppOptions.stopping).
+   */
   step: string;
 }
 
@@ -58,7 +68,7 @@ export interface WebApp {
 export const APP_DIR: string;
 export function sourceHash(): string;
 export function ensureWebAppBuilt(
-  options?: { log?: (line: string) => void; force?: boolean; onCleanup?: OnCleanup },
+  options?: { log?: (line: string) => void; force?: boolean; onCleanup?: OnCleanup; stopping?: () => boolean },
 ): Promise<{ installed: boolean; built: boolean }>;
 export function startWebApp(options: WebAppOptions): Promise<WebApp>;
 export function exitCleanups(

@@ -138,6 +138,8 @@ async function endGroup(child, exited) {
 
 /** The step (StoppedError's) a stop ends while it waits for another start's build lock (withBuildLock). */
 const LOCK_WAIT_STEP = "wait for another start's build";
+/** The step (StoppedError's) of a start that comes to the build lock once its process is stopping. */
+const START_STEP = "start";
 
 /**
  * The error of a step that a stop of this process ended (its onCleanup ran): not a failure of the step.
@@ -332,9 +334,14 @@ function describeHolder(holder) {
  * Runs `fn(recordStep)` holding the build lock (a directory, made atomically), so that two starts never
  * install or build at once. The lock records its holder (machine and boot, pid and start time, a token of
  * its own) and, while one runs, its step (`recordStep(label, pid)`), so that a lock left by a holder that
- * was SIGKILLed is taken as soon as the holder and its step are gone, not after 10 minutes.
+ * was SIGKILLed is taken as soon as the holder and its step are gone, not after 10 minutes. A start that
+ * comes to it once `stopping()` says its process is stopping takes none (rejects as stopped).
  */
-async function withBuildLock(log, fn, onCleanup) {
+async function withBuildLock(log, fn, onCleanup, stopping) {
+  // Stopping already (its cleanups have begun): a lock taken now would only be released again, and the npm
+  // ci or next build spawned under it ended at once (a cleanup registered now runs at once). Checked before
+  // the lock is taken; a stop that comes while this waits for another start's lock ends the wait (below).
+  if (stopping?.()) throw stoppedError(START_STEP);
   const started = Date.now();
   const token = randomBytes(8).toString("hex");
   const holder = { ...thisBoot(), holder: { ...processRecord(process.pid), token } };
@@ -418,9 +425,10 @@ function buildEnv() {
 
 /**
  * Installs the app's packages and builds it when needed. Returns what it did.
- * @param {{ log?: (line: string) => void, force?: boolean, onCleanup?: import("./serve.d.ts").OnCleanup }} [options]
+ * @param {{ log?: (line: string) => void, force?: boolean, onCleanup?: import("./serve.d.ts").OnCleanup,
+ *   stopping?: () => boolean }} [options]
  */
-export async function ensureWebAppBuilt({ log = console.log, force = false, onCleanup } = {}) {
+export async function ensureWebAppBuilt({ log = console.log, force = false, onCleanup, stopping } = {}) {
   return await withBuildLock(log, async (recordStep) => {
     const did = { installed: false, built: false };
     const wantLock = lockHash();
@@ -455,7 +463,7 @@ export async function ensureWebAppBuilt({ log = console.log, force = false, onCl
       did.built = true;
     }
     return did;
-  }, onCleanup);
+  }, onCleanup, stopping);
 }
 
 /**
@@ -486,7 +494,9 @@ export async function startWebApp(options) {
   const log = options.log ?? console.log;
   const host = options.host ?? "127.0.0.1";
   const onCleanup = options.onCleanup;
-  if (options.build !== "never") await ensureWebAppBuilt({ log, force: options.build === "always", onCleanup });
+  if (options.build !== "never") {
+    await ensureWebAppBuilt({ log, force: options.build === "always", onCleanup, stopping: options.stopping });
+  }
   // 0: the server binds a port the OS picks (no port picked here, released and bound later, which
   // another process could take in between); the port is read from what the server prints.
   const requestedPort = options.port ? options.port : 0;

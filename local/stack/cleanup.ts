@@ -100,6 +100,14 @@ export function whenStopped(): Promise<{ by: string; code: number }> {
 }
 
 /**
+ * Whether the run-down has begun (a stop, or the end of a run: runCleanups): what is registered now runs at
+ * once, so a start that has not begun a step yet (the web app's install or build) begins none.
+ */
+export function cleanupsBegun(): boolean {
+  return begun;
+}
+
+/**
  * How many cleanups are registered and have not yet ended (what a stopped stack must have removed again):
  * those still to run, also those registered once the run-down had begun, and those running now.
  */

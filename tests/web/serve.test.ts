@@ -233,45 +233,57 @@ Deno.test("node serve.mjs: a PORT that is no port is refused before anything sta
   }
 });
 
-// The stopped parent (while the web app installs, builds or starts): a Deno process that does what npm start
-// does once its stack is up (local/announce.ts's startWebAppAndAnnounce, which local/main.ts calls, given a
-// stand-in for the stack and this fixture's startWebApp), and `node serve.mjs`.
+/**
+ * A Deno process that does what npm start does once its stack is up (local/announce.ts's
+ * startWebAppAndAnnounce, which local/main.ts calls, given a stand-in for the stack and this fixture's
+ * startWebApp). `startAfterStop`: it prints "[parent] stop me" and starts the web app only once stopped (its
+ * exit cleanups begun), as a start that comes to the web app's build after a stop.
+ */
+async function npmStartParent(f: Fixture, { startAfterStop = false } = {}) {
+  const script = path.join(f.root, "parent.ts");
+  await Deno.writeTextFile(
+    script,
+    `import { holdExitUntilSaid } from ${JSON.stringify(path.join(REPO_ROOT, "local/main.ts"))};
+     import { startWebAppAndAnnounce } from ${JSON.stringify(path.join(REPO_ROOT, "local/announce.ts"))};
+     import { whenStopped } from ${JSON.stringify(path.join(REPO_ROOT, "local/stack/cleanup.ts"))};
+     import { startWebApp } from ${JSON.stringify(path.join(f.appDir, "serve.mjs"))};
+     // npm start's own: a stopped process exits once what npm start prints is printed, not before.
+     const said = holdExitUntilSaid();
+     if (${startAfterStop}) {
+       console.log("[parent] stop me");
+       await whenStopped();
+     }
+     await startWebAppAndAnnounce(
+       {
+         apiUrl: "http://127.0.0.1:9",
+         dbUrl: "postgresql://postgres:postgres@127.0.0.1:9/postgres",
+         jwtSecret: "",
+         anonKey: "anon",
+         serviceRoleKey: "service",
+       },
+       {
+         webPort: 0,
+         log: (line) => console.log("[readsync] " + line),
+         started: performance.now(),
+         demo: { userId: "demo", email: "demo@readsync.local", token: "demo-token" },
+       },
+       startWebApp,
+     );
+     said();
+     await new Promise(() => {});`,
+  );
+  // The repository's configuration: main.ts imports "postgres" through its import map.
+  const config = path.join(REPO_ROOT, "deno.json");
+  return spawnCollecting(Deno.execPath(), ["run", "-A", "--no-lock", "--config", config, script], {
+    env: f.env,
+    cwd: f.root,
+  });
+}
+
+// The stopped parent (while the web app installs, builds or starts): npm start's (npmStartParent) and
+// `node serve.mjs`.
 const parents = {
-  "npm start's exit cleanups": async (f: Fixture) => {
-    const script = path.join(f.root, "parent.ts");
-    await Deno.writeTextFile(
-      script,
-      `import { holdExitUntilSaid } from ${JSON.stringify(path.join(REPO_ROOT, "local/main.ts"))};
-       import { startWebAppAndAnnounce } from ${JSON.stringify(path.join(REPO_ROOT, "local/announce.ts"))};
-       import { startWebApp } from ${JSON.stringify(path.join(f.appDir, "serve.mjs"))};
-       // npm start's own: a stopped process exits once what npm start prints is printed, not before.
-       const said = holdExitUntilSaid();
-       await startWebAppAndAnnounce(
-         {
-           apiUrl: "http://127.0.0.1:9",
-           dbUrl: "postgresql://postgres:postgres@127.0.0.1:9/postgres",
-           jwtSecret: "",
-           anonKey: "anon",
-           serviceRoleKey: "service",
-         },
-         {
-           webPort: 0,
-           log: (line) => console.log("[readsync] " + line),
-           started: performance.now(),
-           demo: { userId: "demo", email: "demo@readsync.local", token: "demo-token" },
-         },
-         startWebApp,
-       );
-       said();
-       await new Promise(() => {});`,
-    );
-    // The repository's configuration: main.ts imports "postgres" through its import map.
-    const config = path.join(REPO_ROOT, "deno.json");
-    return spawnCollecting(Deno.execPath(), ["run", "-A", "--no-lock", "--config", config, script], {
-      env: f.env,
-      cwd: f.root,
-    });
-  },
+  "npm start's exit cleanups": (f: Fixture) => npmStartParent(f),
   "node serve.mjs": (f: Fixture) =>
     Promise.resolve(
       spawnCollecting("node", [path.join(f.appDir, "serve.mjs")], {
@@ -541,6 +553,39 @@ Deno.test({
     }
   }
 });
+
+Deno.test(
+  "npm start's exit cleanups: a web app start that comes after the stop, the build lock free, takes no lock " +
+    "and runs no npm ci: it exits with the signal's code, saying the web app's start was ended",
+  async () => {
+    const f = await fixture("npm ci");
+    try {
+      await withParent(f, (f) => npmStartParent(f, { startAfterStop: true }), async (parent) => {
+        await parent.untilPrinted(/\[parent\] stop me/);
+        parent.child.kill("SIGINT");
+        const status = await parent.exitWithin(GUARD_MS, "the parent after SIGINT");
+        assert.equal(status.code, 130, `exits as stopped\n${parent.printed()}`);
+        assert.match(
+          parent.stdout(),
+          new RegExp(
+            `^\\[readsync\\] npm start was stopped \\(SIGINT\\) before the stack was up: tearing down what it ` +
+              `started: the API \\(http://127\\.0\\.0\\.1:9\\), the database \\(postgresql://\\S+, removed with ` +
+              `its data\\) and the web app's start \\(ended\\)$`,
+            "m",
+          ),
+          parent.printed(),
+        );
+        // Not taken only to be released, npm ci not spawned only to be ended.
+        assert.doesNotMatch(parent.printed(), /installing packages|npm ci|failed/, parent.printed());
+        assert.equal(await f.exists(f.pidFile), false, "npm ci ran");
+        assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+      });
+      await f.assertNothingLeft("after the stopped parent exited");
+    } finally {
+      await f.remove();
+    }
+  },
+);
 
 Deno.test(
   "serve.mjs's exitCleanups (node serve.mjs, the browser tests): one registered once the run-down has begun " +
