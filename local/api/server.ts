@@ -191,6 +191,9 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     url,
     close: async () => {
       await realtime.close();
+      // Aborts the signal of every request still in a function: the progress function cancels its database
+      // call and answers 503 at once, instead of after a database wait (up to its 8 s statement timeout,
+      // beyond the grace below).
       await functions.close();
       // shutdown() stops listening at once and then waits for every running handler to answer.
       const graceMs = ctx.closeGraceMs ?? 5_000;

@@ -192,3 +192,109 @@ Deno.test("the gateway: verify_jwt per function, path rewriting, 404/503/500 as 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** What the "waits" function tells the test, through a global (functions run in this process). */
+interface WaitHooks {
+  /** Called when the function has the request. */
+  started(): void;
+  /** Called with the signal's reason when the function's request signal aborts. */
+  aborted(reason: unknown): void;
+  /** Ends a request whose signal never aborts (a test that failed), so the server can shut down. */
+  released: Promise<void>;
+}
+
+const HOOKS = "readsyncGatewaySignalHooks";
+
+/** A function that answers only once its request's signal aborts (503, naming the reason) or it is released. */
+const WAITS = `Deno.serve((req) => {
+  const hooks = Reflect.get(globalThis, "${HOOKS}");
+  hooks.started();
+  return new Promise((resolve) => {
+    req.signal.addEventListener("abort", () => {
+      hooks.aborted(req.signal.reason);
+      resolve(Response.json({ aborted: String(req.signal.reason) }, { status: 503 }));
+    }, { once: true });
+    hooks.released.then(() => resolve(Response.json({ aborted: null })));
+  });
+});
+`;
+
+/** `promise`, or a failure naming `what` after 10 s (a hang guard). */
+async function within<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) =>
+        timer = setTimeout(() => reject(new Error(`no ${what} within 10 s`)), 10_000)
+      ),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A gateway over real HTTP serving only "waits" (verify_jwt off); `run` gets its base URL and hooks. */
+async function withWaitingFunction(
+  run: (
+    base: string,
+    signals: { started: Promise<void>; aborted: Promise<unknown> },
+    gateway: { close(): Promise<void> },
+  ) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "readsync-gateway-signal-" });
+  await Deno.mkdir(`${dir}/functions/waits`, { recursive: true });
+  await Deno.writeTextFile(`${dir}/functions/waits/index.ts`, WAITS);
+  await Deno.writeTextFile(`${dir}/config.toml`, `[functions.waits]\nverify_jwt = false\n`);
+  const started = Promise.withResolvers<void>();
+  const aborted = Promise.withResolvers<unknown>();
+  const released = Promise.withResolvers<void>();
+  const hooks: WaitHooks = { started: started.resolve, aborted: aborted.resolve, released: released.promise };
+  Reflect.set(globalThis, HOOKS, hooks);
+  const gateway = await createFunctionsGateway({
+    port: 0,
+    apiUrl: "http://127.0.0.1:1",
+    dbUrl: "postgresql://unused",
+    jwtSecret: DEV_JWT_SECRET,
+    anonKey: "anon",
+    serviceRoleKey: "service",
+  }, { supabaseDir: dir });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, gateway.handle);
+  try {
+    await run(
+      `http://127.0.0.1:${server.addr.port}/functions/v1`,
+      { started: started.promise, aborted: aborted.promise },
+      gateway,
+    );
+  } finally {
+    released.resolve();
+    await server.shutdown();
+    await gateway.close();
+    Reflect.deleteProperty(globalThis, HOOKS);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("the gateway forwards the client's abort signal: the function's request aborts when the client leaves", () =>
+  withWaitingFunction(async (base, signals) => {
+    const client = new AbortController();
+    const sent = fetch(`${base}/waits`, { signal: client.signal });
+    sent.catch(() => {}); // aborted below
+    await within(signals.started, "request at the function");
+    client.abort();
+    await assert.rejects(sent, { name: "AbortError" });
+    await within(signals.aborted, "abort of the function's request signal after the client left");
+  }));
+
+Deno.test("the gateway's close() aborts the signal of every request still in a function, which answers at once", () =>
+  withWaitingFunction(async (base, signals, gateway) => {
+    const sent = fetch(`${base}/waits`);
+    sent.catch(() => {}); // awaited below
+    await within(signals.started, "request at the function");
+    await gateway.close();
+    const reason = await within(signals.aborted, "abort of the function's request signal at close()");
+    assert.match(String(reason), /the local functions gateway is closing/);
+    const answer = await within(sent, "answer");
+    assert.equal(answer.status, 503);
+    assert.deepEqual(await answer.json(), { aborted: "Error: the local functions gateway is closing" });
+  }));
