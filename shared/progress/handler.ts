@@ -16,6 +16,11 @@
 // arriving or takes too long in all (408), JSON (400), body schema (400/422), database (422/503). A reset
 // (DELETE) refuses a body (400) before reading it when its Content-Length declares one.
 // Errors: {"error": {"code", "message", "details"}}.
+// A client that leaves: the request's signal aborts (Deno.serve and Supabase's edge runtime abort it when
+// the client disconnects before its answer); the database call under way is cancelled and rolls back
+// (CallCancelledError in store.ts), so its pooled connection is free at once instead of when a wait (a
+// lock of the user's other write) would have ended. Logged as request_cancelled; a call that had
+// committed already stays, logged as request_aborted with the answer's status.
 // Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
 // is /progress/batch); any other escape stays one (an encoded slash is never a separator).
 //
@@ -37,7 +42,7 @@ import { type CorsOptions, preflightResponse, withCors } from "../http/cors.ts";
 import { HttpError, httpErrorResponse, jsonResponse } from "../http/errors.ts";
 import { acceptsJson } from "../http/mediaType.ts";
 import { decodeUnreserved } from "../http/path.ts";
-import { checkNumberOption } from "../options/checkOptions.ts";
+import { checkNumberOption, describeError } from "../options/checkOptions.ts";
 import {
   batchWriteSchema,
   changesQuerySchema,
@@ -50,7 +55,7 @@ import {
   seriesIdSchema,
   type ValidProgressWrite,
 } from "./schemas.ts";
-import { type DatabaseClock, mapDatabaseError, type ProgressStore } from "./store.ts";
+import { CallCancelledError, type DatabaseClock, mapDatabaseError, type ProgressStore } from "./store.ts";
 import { PROGRESS_LIMITS, type WriteResult } from "./types.ts";
 
 export type LogSink = (entry: Record<string, unknown>) => void;
@@ -380,17 +385,22 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           parseOrThrow(noQuerySchema, queryObject(url), "query");
           const body = await readJsonBody(req, { maxBytes, ...bodyBounds });
           const write = parseOrThrow(progressWriteSchema, body, "progress write");
-          const result = await db.write(claims, write, clock);
+          const result = await db.write(claims, write, clock, req.signal);
           logConflicts(ctx, [write], [result]);
           return jsonResponse(result);
         }
         const q = parseOrThrow(listQuerySchema, queryObject(url), "query");
         const limit = q.limit ?? PROGRESS_LIMITS.listDefault;
-        const rows = await db.list(claims, {
-          limit: limit + 1,
-          before: q.cursor,
-          includeCleared: q.include_cleared === "true",
-        }, clock);
+        const rows = await db.list(
+          claims,
+          {
+            limit: limit + 1,
+            before: q.cursor,
+            includeCleared: q.include_cleared === "true",
+          },
+          clock,
+          req.signal,
+        );
         const items = rows.slice(0, limit);
         return jsonResponse({
           items,
@@ -401,17 +411,22 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         parseOrThrow(noQuerySchema, queryObject(url), "query");
         const body = await readJsonBody(req, { maxBytes, ...bodyBounds });
         const { writes } = parseOrThrow(batchWriteSchema, body, "batch");
-        const results = await db.writeBatch(claims, writes, clock);
+        const results = await db.writeBatch(claims, writes, clock, req.signal);
         logConflicts(ctx, writes, results);
         return jsonResponse({ results });
       }
       case "changes": {
         const q = parseOrThrow(changesQuerySchema, queryObject(url), "query");
         return jsonResponse(
-          await db.changes(claims, {
-            cursor: q.since ?? "",
-            limit: q.limit ?? PROGRESS_LIMITS.changesDefault,
-          }, clock),
+          await db.changes(
+            claims,
+            {
+              cursor: q.since ?? "",
+              limit: q.limit ?? PROGRESS_LIMITS.changesDefault,
+            },
+            clock,
+            req.signal,
+          ),
         );
       }
       case "series": {
@@ -424,7 +439,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         const seriesId = parseOrThrow(seriesIdSchema, matched.seriesId, "series id");
         if (method === "GET") {
           parseOrThrow(noQuerySchema, queryObject(url), "query");
-          const progress = await db.get(claims, seriesId, clock);
+          const progress = await db.get(claims, seriesId, clock, req.signal);
           if (!progress) throw new HttpError(404, "progress_not_found", `No progress for series ${seriesId}`);
           return jsonResponse({ progress });
         }
@@ -449,7 +464,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           device_id: q.device_id,
           updated_at: q.updated_at,
         };
-        const result = await db.write(claims, write, clock);
+        const result = await db.write(claims, write, clock, req.signal);
         logConflicts(ctx, [write], [result]);
         return jsonResponse(result);
       }
@@ -469,11 +484,27 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
     }
     const caller: { userId?: string } = {};
     const clock = requestClock();
+    let cancelled = false;
     try {
       res = await route(req, new URL(req.url), reqId, caller, clock);
     } catch (caught) {
       let error = caught instanceof HttpError ? caught : mapDatabaseError(caught);
-      if (error.status === 408) {
+      if (error instanceof CallCancelledError) {
+        cancelled = true;
+        // The client left (or the server is closing) while the database worked for it: not a failure
+        // of the database (no dependency_unavailable), so info. Nothing of the call was stored.
+        log({
+          ts: new Date().toISOString(),
+          level: "info",
+          component: "progress",
+          event: "request_cancelled",
+          request_id: reqId,
+          method: req.method,
+          path: new URL(req.url).pathname,
+          ...(caller.userId !== undefined ? { user_id: caller.userId } : {}),
+          reason: describeError(error.reason),
+        });
+      } else if (error.status === 408) {
         // A body that stopped arriving or took too long in all: the client's link (or a client holding
         // the request open), not a failure here, so info; which bound and how far it got, never the body.
         const details = (error.details ?? {}) as Record<string, unknown>;
@@ -493,7 +524,7 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
           received_bytes: details.received_bytes,
         });
       }
-      if (error.status >= 500) {
+      if (error.status >= 500 && !(error instanceof CallCancelledError)) {
         const cause = error.cause ?? caught;
         log({
           ts: new Date().toISOString(),
@@ -511,6 +542,23 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
         }
       }
       res = httpErrorResponse(error);
+    }
+    if (req.signal.aborted && !cancelled) {
+      // The signal aborted once the database call had committed (a write stays stored), or while the
+      // function did something else (read the body, checked the token): nothing was cancelled, and the
+      // answer, which a client that left never gets, is logged by its status.
+      log({
+        ts: new Date().toISOString(),
+        level: "info",
+        component: "progress",
+        event: "request_aborted",
+        request_id: reqId,
+        method: req.method,
+        path: new URL(req.url).pathname,
+        ...(caller.userId !== undefined ? { user_id: caller.userId } : {}),
+        reason: describeError(req.signal.reason),
+        status: res.status,
+      });
     }
     // A HEAD answer is the GET answer itself: the HTTP server (Deno.serve, the edge runtime) sends its
     // status and headers, Content-Length the GET body's (RFC 9110 8.6), and drops the body. Dropping it

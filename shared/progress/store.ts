@@ -5,7 +5,8 @@
 // decides what the SQL functions of migration 20261120090200_progress_writes.sql may touch.
 //
 // Errors leave this module as HttpError: bad values the database rejects -> 422, the database down,
-// overloaded or too slow -> 503, everything else -> 500 (a bug, logged by the handler).
+// overloaded or too slow -> 503, a call cancelled by its signal -> CallCancelledError (503), everything
+// else -> 500 (a bug, logged by the handler).
 
 import type postgres from "postgres";
 import type { JwtClaims } from "../auth/jwt.ts";
@@ -37,17 +38,93 @@ export interface DatabaseClock {
 }
 
 /**
- * What the HTTP handler needs from storage; every call acts as the user of `claims`, and fills in
- * `clock` (when given) with the database's clock once it reached the database.
+ * What the HTTP handler needs from storage; every call acts as the user of `claims`, fills in `clock`
+ * (when given) with the database's clock once it reached the database, and is cancelled when `signal`
+ * (the request's: it aborts when the client leaves) aborts before the call's transaction committed: it
+ * then rejects with CallCancelledError and nothing of it is stored.
  */
 export interface ProgressStore {
-  write(claims: JwtClaims, write: ValidProgressWrite, clock?: DatabaseClock): Promise<WriteResult>;
-  writeBatch(claims: JwtClaims, writes: ValidProgressWrite[], clock?: DatabaseClock): Promise<WriteResult[]>;
-  get(claims: JwtClaims, seriesId: string, clock?: DatabaseClock): Promise<Progress | null>;
+  write(
+    claims: JwtClaims,
+    write: ValidProgressWrite,
+    clock?: DatabaseClock,
+    signal?: AbortSignal,
+  ): Promise<WriteResult>;
+  writeBatch(
+    claims: JwtClaims,
+    writes: ValidProgressWrite[],
+    clock?: DatabaseClock,
+    signal?: AbortSignal,
+  ): Promise<WriteResult[]>;
+  get(
+    claims: JwtClaims,
+    seriesId: string,
+    clock?: DatabaseClock,
+    signal?: AbortSignal,
+  ): Promise<Progress | null>;
   /** Up to `limit` rows (the handler asks for one more to know whether a next page exists). */
-  list(claims: JwtClaims, query: ListQuery, clock?: DatabaseClock): Promise<Progress[]>;
-  changes(claims: JwtClaims, query: ChangesQuery, clock?: DatabaseClock): Promise<ChangesResponse>;
+  list(claims: JwtClaims, query: ListQuery, clock?: DatabaseClock, signal?: AbortSignal): Promise<Progress[]>;
+  changes(
+    claims: JwtClaims,
+    query: ChangesQuery,
+    clock?: DatabaseClock,
+    signal?: AbortSignal,
+  ): Promise<ChangesResponse>;
 }
+
+/**
+ * A store call given up because its signal aborted: the client left (the request's signal), or the
+ * server that runs the function is closing (the local gateway's close()). The statement it was running
+ * was cancelled in the database, or none was sent, and its transaction rolled back, so nothing of the
+ * call is stored; its connection went back to the pool at once. A 503 with Retry-After, as a client still
+ * there (a closing server) may send it again; a client that left gets no answer. `reason` is the
+ * signal's.
+ */
+export class CallCancelledError extends HttpError {
+  readonly reason: unknown;
+
+  constructor(reason: unknown, cause?: unknown) {
+    super(
+      503,
+      "service_unavailable",
+      "The request was cancelled before the database answered: nothing was stored",
+      {
+        headers: { "retry-after": "1" },
+        cause: cause ?? reason,
+      },
+    );
+    this.name = "CallCancelledError";
+    this.reason = reason;
+  }
+}
+
+/**
+ * Runs one statement of a call, cancelled in the database if `signal` aborts while it runs: postgres.js
+ * sends PostgreSQL's cancel request (on a connection of its own, not one of the pool's), the statement
+ * fails with 57014 and the call's transaction rolls back, instead of the request holding its pooled
+ * connection until its wait ended (for a lock: the lock or statement timeout). A signal that aborted
+ * before the statement is sent sends none. The listener is there only while the statement runs, so a
+ * signal that aborts after the last one answered cancels nothing: the transaction commits.
+ */
+async function cancellable<T extends readonly postgres.MaybeRow[]>(
+  query: postgres.PendingQuery<T>,
+  signal: AbortSignal | undefined,
+): Promise<postgres.RowList<T>> {
+  if (!signal) return await query;
+  if (signal.aborted) throw new CallCancelledError(signal.reason);
+  const cancel = () => query.cancel();
+  signal.addEventListener("abort", cancel, { once: true });
+  try {
+    return await query;
+  } finally {
+    signal.removeEventListener("abort", cancel);
+  }
+}
+
+/** Runs a statement of the call's transaction, cancellable by the call's signal (see cancellable). */
+type Run = <T extends readonly postgres.MaybeRow[]>(
+  query: postgres.PendingQuery<T>,
+) => Promise<postgres.RowList<T>>;
 
 export interface PostgresStoreOptions {
   /** statement_timeout inside each request transaction (ms); a timeout answers 503. */
@@ -119,10 +196,14 @@ export function createPostgresProgressStore(
     claims: JwtClaims,
     mode: "read write" | "read only",
     clock: DatabaseClock | undefined,
-    fn: (tx: postgres.TransactionSql) => Promise<T>,
+    signal: AbortSignal | undefined,
+    fn: (tx: postgres.TransactionSql, run: Run) => Promise<T>,
   ): Promise<T> {
+    const run: Run = (query) => cancellable(query, signal);
     for (let attempt = 1;; attempt++) {
       try {
+        // Not begun for a signal that aborted already (before the first attempt, or during a retry's pause).
+        if (signal?.aborted) throw new CallCancelledError(signal.reason);
         return await sql.begin(mode, async (tx) => {
           // TimeZone UTC: dates come back as to_jsonb text in the session's TimeZone, and a project's
           // database or role may set a zone whose offset has seconds (Africa/Monrovia before 1972
@@ -139,7 +220,7 @@ export function createPostgresProgressStore(
           // and auth.jwt() prefer them to request.jwt.claims, and behind a transaction-mode pooler
           // another client may have left one set on the connection at session level (older RLS
           // testing advice set request.jwt.claim.sub), which made auth.uid() that client's user.
-          const [{ now_ms }] = await tx<{ now_ms: unknown }[]>`
+          const [{ now_ms }] = await run(tx<{ now_ms: unknown }[]>`
             select set_config('role', 'authenticated', true),
                    set_config('request.jwt.claims', ${JSON.stringify(claims)}, true),
                    set_config('request.jwt.claim.sub', '', true),
@@ -150,11 +231,16 @@ export function createPostgresProgressStore(
                    set_config('lock_timeout', ${lockTimeout}, true),
                    set_config('TimeZone', 'UTC', true),
                    set_config('extra_float_digits', '1', true),
-                   pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000) as now_ms`;
+                   pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000) as now_ms`);
           if (clock && typeof now_ms === "number" && Number.isFinite(now_ms)) clock.ms = now_ms;
-          return await fn(tx);
+          return await fn(tx, run);
         }) as T;
       } catch (error) {
+        if (error instanceof CallCancelledError) throw error;
+        // A statement the signal cancelled (57014), or any other failure once the signal aborted: the
+        // transaction did not commit (it rolled back whole), and no one waits for a retry. A cancel request
+        // sent as the statement was ending can only meet the COMMIT after it: all or nothing still.
+        if (signal?.aborted) throw new CallCancelledError(signal.reason, error);
         const code = (error as { code?: unknown })?.code;
         if (typeof code === "string" && RETRYABLE.has(code) && attempt < attempts) {
           await new Promise((r) => setTimeout(r, Math.random() * 20 * attempt));
@@ -166,47 +252,47 @@ export function createPostgresProgressStore(
   }
 
   return {
-    write: (claims, w, clock) =>
-      asUser(claims, "read write", clock, async (tx) => {
-        const [{ result }] = await tx<{ result: Row }[]>`
+    write: (claims, w, clock, signal) =>
+      asUser(claims, "read write", clock, signal, async (tx, run) => {
+        const [{ result }] = await run(tx<{ result: Row }[]>`
           select public.write_reading_progress(
             ${w.series_id}::text, ${w.chapter}::integer, ${w.page}::integer, ${w.percentage}::double precision,
-            ${w.cleared}::boolean, ${w.device_id}::text, ${w.updated_at}::timestamptz) as result`;
+            ${w.cleared}::boolean, ${w.device_id}::text, ${w.updated_at}::timestamptz) as result`);
         return toWriteResult(result);
       }),
 
-    writeBatch: (claims, writes, clock) =>
-      asUser(claims, "read write", clock, async (tx) => {
+    writeBatch: (claims, writes, clock, signal) =>
+      asUser(claims, "read write", clock, signal, async (tx, run) => {
         // tx.json: postgres.js serialises it once as jsonb (a JSON.stringify'd string with ::jsonb
         // would be encoded again, as a JSON string, once the parameter is typed jsonb).
-        const [{ results }] = await tx<{ results: Row[] }[]>`
+        const [{ results }] = await run(tx<{ results: Row[] }[]>`
           select public.write_reading_progress_batch(${
           tx.json(writes as unknown as postgres.JSONValue)
-        }) as results`;
+        }) as results`);
         return results.map(toWriteResult);
       }),
 
-    get: (claims, seriesId, clock) =>
-      asUser(claims, "read only", clock, async (tx) => {
+    get: (claims, seriesId, clock, signal) =>
+      asUser(claims, "read only", clock, signal, async (tx, run) => {
         // As JSON, like every other read: postgres.js would turn created_at into a Date (milliseconds).
-        const rows = await tx<{ row: Row }[]>`
-          select to_jsonb(p) as row from public.get_reading_progress(${seriesId}::text) p`;
+        const rows = await run(tx<{ row: Row }[]>`
+          select to_jsonb(p) as row from public.get_reading_progress(${seriesId}::text) p`);
         return rows.length ? toProgress(rows[0].row) : null;
       }),
 
-    list: (claims, q, clock) =>
-      asUser(claims, "read only", clock, async (tx) => {
-        const rows = await tx<{ row: Row }[]>`
+    list: (claims, q, clock, signal) =>
+      asUser(claims, "read only", clock, signal, async (tx, run) => {
+        const rows = await run(tx<{ row: Row }[]>`
           select to_jsonb(p) as row from public.list_reading_progress(
             ${q.limit}::integer, ${q.before?.updated_at ?? null}::timestamptz,
-            ${q.before?.series_id ?? null}::text, ${q.includeCleared}::boolean) p`;
+            ${q.before?.series_id ?? null}::text, ${q.includeCleared}::boolean) p`);
         return rows.map((r) => toProgress(r.row));
       }),
 
-    changes: (claims, q, clock) =>
-      asUser(claims, "read only", clock, async (tx) => {
-        const [{ page }] = await tx<{ page: Row }[]>`
-          select public.reading_progress_changes(${q.cursor}::text, ${q.limit}::integer) as page`;
+    changes: (claims, q, clock, signal) =>
+      asUser(claims, "read only", clock, signal, async (tx, run) => {
+        const [{ page }] = await run(tx<{ page: Row }[]>`
+          select public.reading_progress_changes(${q.cursor}::text, ${q.limit}::integer) as page`);
         return {
           changes: (page.changes as Row[]).map((r) =>
             r.deleted === true ? { ...toProgress(r), deleted: true as const } : toProgress(r)

@@ -1,0 +1,312 @@
+// A client that leaves while the progress function works for it, over real HTTP against the real
+// database (the handler served locally, as on Supabase's edge runtime: its request's signal aborts when
+// the client disconnects before its answer; the local gateway forwards it too, local/functions):
+//   * a batch waiting behind the same user's other write (a transaction of the user's that holds the
+//     user's write lock and stays open): when the client aborts its fetch, the function cancels the
+//     statement in the database, its backend stops waiting and is idle (no transaction, no lock) while
+//     the other write still holds the lock, nothing of the batch is stored, and the function logs
+//     request_cancelled. The function's store has lock and statement timeouts of 2 minutes here, so the
+//     wait can only end sooner because it was cancelled (the tests' hang guards are far shorter); before,
+//     it went on until they ended (2 s and 8 s by default), its pooled connection held all that time.
+//   * a write that committed before the client left stays stored, and is logged request_aborted with
+//     the answer's status (200) that no one got.
+
+import assert from "node:assert/strict";
+import postgres from "postgres";
+import { createJwtVerifier } from "../../shared/auth/jwt.ts";
+import { createProgressHandler } from "../../shared/progress/handler.ts";
+import { createPostgresProgressStore, type ProgressStore } from "../../shared/progress/store.ts";
+import { createTestUser, mintsTokens } from "../support/env.ts";
+import {
+  adminSql,
+  dataApiBulkUpsert,
+  endHeld,
+  type Held,
+  seriesId,
+  serveLocal,
+  testEnv,
+  write,
+} from "./support.ts";
+
+/** Long enough that no wait here ends by a timeout before a hang guard fires. */
+const LONG_TIMEOUT_MS = 120_000;
+/** The hang guards: far below LONG_TIMEOUT_MS. */
+const GUARD_MS = 30_000;
+
+type LogEntry = Record<string, unknown>;
+
+/** A log sink that keeps every entry, and tells when one of an event has come. */
+function logRecorder() {
+  const entries: LogEntry[] = [];
+  const waiting: { event: string; resolve: (entry: LogEntry) => void }[] = [];
+  return {
+    entries,
+    sink: (entry: LogEntry) => {
+      entries.push(entry);
+      for (const w of waiting.filter((w) => w.event === entry.event)) w.resolve(entry);
+    },
+    /** The first entry of `event` (one already logged, or the next), or a failure after GUARD_MS. */
+    next(event: string): Promise<LogEntry> {
+      const found = entries.find((e) => e.event === event);
+      if (found) return Promise.resolve(found);
+      const { promise, resolve } = Promise.withResolvers<LogEntry>();
+      waiting.push({ event, resolve });
+      return guarded(promise, `a ${event} log line (got ${JSON.stringify(entries.map((e) => e.event))})`);
+    },
+  };
+}
+
+/** `promise`, or a failure naming `what` when it has not settled within GUARD_MS (a hang guard). */
+async function guarded<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const gaveUp = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within ${GUARD_MS} ms`)), GUARD_MS);
+  });
+  try {
+    return await Promise.race([promise, gaveUp]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Polls `check` (every 10 ms) until it returns a value that is not undefined; a failure after GUARD_MS. */
+async function until<T>(check: () => Promise<T | undefined>, what: string): Promise<T> {
+  for (const deadline = Date.now() + GUARD_MS;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    assert.ok(Date.now() < deadline, `${what}: not within ${GUARD_MS} ms`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * The progress handler over real HTTP with `store` (made on a pool whose backends carry
+ * `applicationName`, so the test finds them in pg_stat_activity) and a recording log.
+ */
+async function withFunction(
+  makeStore: (pool: postgres.Sql) => ProgressStore,
+  applicationName: string,
+  run: (base: string, log: ReturnType<typeof logRecorder>) => Promise<void>,
+): Promise<void> {
+  const env = testEnv();
+  const pool = postgres(env.dbUrl, {
+    max: 2,
+    prepare: false,
+    onnotice: () => {},
+    connect_timeout: 5,
+    connection: { application_name: applicationName },
+  });
+  const log = logRecorder();
+  const handler = createProgressHandler({
+    verifier: createJwtVerifier({ secret: env.jwtSecret, audience: "authenticated" }),
+    store: makeStore(pool),
+    log: log.sink,
+  });
+  const server = serveLocal(handler);
+  try {
+    await run(`${server.url}/progress`, log);
+  } finally {
+    await server.shutdown();
+    await pool.end({ timeout: 5 });
+  }
+}
+
+/**
+ * A transaction of the user's on `holder` that wrote `series` (so it holds the user's write lock) and
+ * stays open until `release()`: a device's write that does not end; `done` settles once it committed.
+ */
+async function userWriteInProgress(holder: postgres.Sql, userId: string, series: string): Promise<Held> {
+  const release = Promise.withResolvers<void>();
+  const wrote = Promise.withResolvers<void>();
+  const done = holder.begin(async (tx) => {
+    await tx`select set_config('role', 'authenticated', true),
+      set_config('request.jwt.claims', ${JSON.stringify({ sub: userId, role: "authenticated" })}, true)`;
+    await dataApiBulkUpsert(tx, [{
+      user_id: userId,
+      series_id: series,
+      chapter: 5,
+      page: 0,
+      percentage: 0,
+      device_id: "laptop",
+      updated_at: new Date().toISOString(),
+    }]);
+    wrote.resolve();
+    await release.promise;
+  });
+  done.catch(wrote.reject);
+  await wrote.promise;
+  return { release: () => release.resolve(), done };
+}
+
+/** The user's stored series among `series`, sorted. */
+async function storedSeries(admin: postgres.Sql, userId: string, series: string[]): Promise<string[]> {
+  const rows = await admin<{ series_id: string }[]>`
+    select series_id from public.reading_progress where user_id = ${userId} and series_id = any(${series}::text[])
+     order by series_id`;
+  return rows.map((r) => r.series_id);
+}
+
+Deno.test({
+  name:
+    "a client that leaves while its batch waits for the user's other write: the wait is cancelled at once, " +
+    "nothing is stored, request_cancelled is logged",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const applicationName = `readsync-client-gone-${crypto.randomUUID().slice(0, 8)}`;
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const [laptopSeries, s2, s3] = [seriesId("gone-held"), seriesId("gone-a"), seriesId("gone-b")];
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      held = await userWriteInProgress(holder, user.id, laptopSeries);
+      const cancelledBatch = async (base: string, log: ReturnType<typeof logRecorder>) => {
+        const body = { writes: [write({ series_id: s2 }), write({ series_id: s3 })] };
+        const client = new AbortController();
+        const sent = fetch(`${base}/batch`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${user.accessToken}`, "content-type": "application/json" },
+          body: JSON.stringify(body),
+          signal: client.signal,
+        });
+        sent.catch(() => {}); // aborted below
+        // The function's backend, seen waiting for the laptop's transaction.
+        const pid = await until(async () => {
+          const [row] = await admin<{ pid: number }[]>`
+              select pid from pg_catalog.pg_stat_activity
+               where application_name = ${applicationName}
+                 and ${holderPid}::integer = any(pg_catalog.pg_blocking_pids(pid))`;
+          return row?.pid;
+        }, "the function's backend waiting for the user's other write");
+        client.abort();
+        await assert.rejects(sent, { name: "AbortError" });
+        // It stops waiting while the laptop's transaction still holds the lock: idle, in no transaction,
+        // holding no lock (its connection back in the pool). Before, it waited for the lock timeout.
+        await until(async () => {
+          const [row] = await admin<{ state: string | null; in_transaction: boolean; locks: number }[]>`
+              select a.state, a.backend_xid is not null or a.xact_start is not null as in_transaction,
+                     (select count(*)::integer from pg_catalog.pg_locks l where l.pid = a.pid) as locks
+                from pg_catalog.pg_stat_activity a where a.pid = ${pid}::integer`;
+          return row && row.state === "idle" && !row.in_transaction && row.locks === 0 ? true : undefined;
+        }, "the function's backend idle, its wait ended, after the client left");
+        const [{ holding }] = await admin<{ holding: boolean }[]>`
+            select state = 'idle in transaction' as holding from pg_catalog.pg_stat_activity
+             where pid = ${holderPid}::integer`;
+        assert.ok(holding, "the laptop's transaction was still open: the wait did not end by its commit");
+
+        const entry = await log.next("request_cancelled");
+        assert.deepEqual(
+          { level: entry.level, method: entry.method, path: entry.path, user_id: entry.user_id },
+          { level: "info", method: "POST", path: "/progress/batch", user_id: user.id },
+        );
+        assert.equal(typeof entry.reason, "string");
+        assert.ok(
+          !log.entries.some((e) => e.event === "dependency_unavailable" || e.event === "request_failed"),
+          `not logged as a failure: ${JSON.stringify(log.entries)}`,
+        );
+
+        held!.release();
+        await held!.done;
+        assert.deepEqual(
+          await storedSeries(admin, user.id, [s2, s3]),
+          [],
+          "nothing of the batch was stored",
+        );
+        // Sent again, it lands whole.
+        const again = await fetch(`${base}/batch`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${user.accessToken}`, "content-type": "application/json" },
+          body: JSON.stringify(body),
+        });
+        assert.equal(again.status, 200, await again.text());
+        assert.deepEqual(await storedSeries(admin, user.id, [s2, s3]), [s2, s3].sort());
+      };
+      await withFunction(
+        (pool) =>
+          createPostgresProgressStore(pool, {
+            lockTimeoutMs: LONG_TIMEOUT_MS,
+            statementTimeoutMs: LONG_TIMEOUT_MS,
+          }),
+        applicationName,
+        async (base, log) => {
+          // Released here too when an assertion fails, before the server's shutdown waits for the handler
+          // (which, on code that does not cancel, still waits for the lock).
+          try {
+            await cancelledBatch(base, log);
+          } finally {
+            await endHeld(held);
+          }
+        },
+      );
+    } finally {
+      await endHeld(held);
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a write that committed before the client left stays stored and is logged request_aborted with its 200",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    try {
+      const user = await createTestUser();
+      const series = seriesId("gone-committed");
+      const committed = Promise.withResolvers<void>();
+      await withFunction(
+        (pool) => {
+          const store = createPostgresProgressStore(pool);
+          return {
+            ...store,
+            // The real write, committed; then its answer waits until the request's signal has aborted
+            // (the client left in the meantime), so the abort comes after the commit, never before.
+            write: async (claims, w, clock, signal) => {
+              const result = await store.write(claims, w, clock, signal);
+              committed.resolve();
+              if (!signal) throw new Error("the handler gave the store no signal");
+              if (!signal.aborted) {
+                await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+              }
+              return result;
+            },
+          };
+        },
+        `readsync-client-gone-${crypto.randomUUID().slice(0, 8)}`,
+        async (base, log) => {
+          const client = new AbortController();
+          const sent = fetch(base, {
+            method: "POST",
+            headers: { authorization: `Bearer ${user.accessToken}`, "content-type": "application/json" },
+            body: JSON.stringify(write({ series_id: series })),
+            signal: client.signal,
+          });
+          sent.catch(() => {});
+          await guarded(committed.promise, "commit of the write");
+          client.abort();
+          const entry = await log.next("request_aborted");
+          assert.deepEqual(
+            {
+              level: entry.level,
+              method: entry.method,
+              path: entry.path,
+              user_id: entry.user_id,
+              status: entry.status,
+            },
+            { level: "info", method: "POST", path: "/progress", user_id: user.id, status: 200 },
+          );
+          assert.ok(!log.entries.some((e) => e.event === "request_cancelled"), JSON.stringify(log.entries));
+          assert.deepEqual(
+            await storedSeries(admin, user.id, [series]),
+            [series],
+            "the committed write stays",
+          );
+        },
+      );
+    } finally {
+      await admin.end();
+    }
+  },
+});
