@@ -1282,6 +1282,44 @@ Deno.test(
   },
 );
 
+Deno.test(
+  {
+    name:
+      "outbox: a page kept in the back/forward cache while the site's data was cleared writes its stale page turn back when it is restored; a tab that takes it from the saved outbox (opened then, or that page reloaded before it sent) does not send it again after the later one ('self') either",
+    ...noSanitize,
+  },
+  async () => {
+    const { user, client, api } = await device();
+    const series = seriesId("kept-through-clear-taken");
+    const { storage, tabB } = await tabsWithLaterPageTurnSent(user.id, api, series);
+    storage.clear(); // the reader clears the site's data: nothing names the later page turn answered any more
+    tabB.rereadStorage(); // tab B's page is restored: it finds the clear and writes its page turn back
+    // Before tab B sends it (offline), the reader reloads that page (or opens another tab): the new page
+    // takes the page turn from the saved outbox.
+    const tabC = new SyncStore(user.id, defaultCompareRows);
+    tabC.attachStorage(storage);
+    assert.deepEqual(tabC.pendingWrites().map((w) => w.chapter), [4], "taken from the saved outbox");
+    const answers: [number, boolean][] = [];
+    const counted: OutboxTransport = {
+      updateProgress: async (write) => {
+        const result = await api.updateProgress(write);
+        answers.push([write.chapter, result.won]);
+        return result;
+      },
+      updateProgressBatch: async (writes) => {
+        const results = await api.updateProgressBatch(writes);
+        results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
+        return results;
+      },
+    };
+    assert.deepEqual(await flushOutbox(tabC, counted, options()), { outcome: "done" });
+    assert.equal((await api.getProgress(series))?.chapter, 5, "the later page turn is kept");
+    assert.deepEqual(answers, [[4, false]], "refused as older than the later page turn, and not sent again");
+    assert.equal(tabC.getSnapshot().pendingCount, 0);
+    await client.realtime.disconnect();
+  },
+);
+
 Deno.test("outbox: a page turn sent again after the write of this device it met ('self') and whose answer was lost is not stored a second time when it goes again", async () => {
   // The server as it judges one device's writes: refused when older than the stored key ('self'), a replay
   // when the same key and position. The far-ahead write is stored at 10_000; the page turn was dated 5_000.

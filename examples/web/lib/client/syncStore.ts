@@ -181,11 +181,11 @@ export class SyncStore {
   /** The shared key's value (refusedKey) as this tab last wrote or heard it; null: none, or dismissed. */
   #refusedSeen: string | null = null;
   /**
-   * Set while a page restored from the back/forward cache reads the storage again (rereadStorage): what it
-   * last heard of the shared message may have been dismissed since, unheard, so a clear found then does not
-   * write it back (#restore).
+   * Set while a page restored from the back/forward cache reads the storage again (rereadStorage): it heard
+   * nothing while kept, so a clear found then does not write back the shared message it last heard (it may
+   * have been dismissed since), and marks the writes it held as possibly stale for every tab (#restore).
    */
-  #refusedUnheard = false;
+  #rereadingAfterKept = false;
   #listeners = new Set<() => void>();
   #snapshot: SyncSnapshot;
   /** The newest row of each series the server-rendered pages were seeded with (getServerSnapshot). */
@@ -723,15 +723,16 @@ export class SyncStore {
     // have been dismissed).
     const markBefore = this.#mark;
     const held = this.pendingWrites();
-    this.#refusedUnheard = true;
+    this.#rereadingAfterKept = true;
     try {
       this.#reload();
     } finally {
-      this.#refusedUnheard = false;
+      this.#rereadingAfterKept = false;
     }
     const clearFound = this.#mark !== markBefore; // (or a mark kept at last: what happened is not known)
     // Cleared while it was kept: what it held may be stale copies of writes another tab replaced and got
-    // answered, their names gone (#heldThroughClear).
+    // answered, their names gone (#heldThroughClear; for the copies it wrote back, which another tab or this
+    // page reloaded takes up, the number #restore kept under latestPrunedKey).
     if (clearFound) for (const write of held) this.#heldThroughClear.add(write);
     let refused: string | null | undefined;
     try {
@@ -1182,7 +1183,16 @@ export class SyncStore {
       const other = latest.get(write.series_id);
       if (!other || !this.#enteredLater(other, write)) latest.set(write.series_id, write);
     }
-    const pruned = Math.max(this.#readPruned(), this.#prunedHere, this.#pruneLatest(latest));
+    // Found by a page restored from the back/forward cache: the writes it held (written back below) may be stale
+    // copies of writes another tab replaced and got answered while it was kept, their names gone with the
+    // clear. Covered as the latest answered writes left out of the list are (written first): a tab that takes
+    // one up from the saved outbox (opened now, or this page reloaded before it sent) does not send it again
+    // after this device's own stored version ('self', sendAgainAfter); #heldThroughClear alone was this
+    // tab's, and such a tab stored the stale page turn over the later one.
+    let heldHigh = 0;
+    if (this.#rereadingAfterKept) for (const write of this.#pending.values()) heldHigh = Math.max(heldHigh, seqOf(write));
+    const pruned = Math.max(this.#readPruned(), this.#prunedHere, this.#pruneLatest(latest), heldHigh);
+    this.#prunedHere = pruned; // written back again should the storage be cleared again
     try {
       if (pruned > 0) storage.setItem(this.latestPrunedKey, String(pruned));
       if (latest.size > 0) storage.setItem(this.latestAnsweredKey, JSON.stringify([...latest.values()]));
@@ -1206,7 +1216,7 @@ export class SyncStore {
     // other.
     // (Not by a page restored from the back/forward cache: it heard no dismissal while kept, see rereadStorage.)
     // Nor one another tab took away since it wrote it back (refusedGoneKey: its removal not heard here yet).
-    const refused = this.#sharedRefusal !== null && !this.#refusedUnheard ? this.#refusedSeen : null;
+    const refused = this.#sharedRefusal !== null && !this.#rereadingAfterKept ? this.#refusedSeen : null;
     try {
       if (
         refused !== null && storage.getItem(this.refusedKey) === null && storage.getItem(this.refusedGoneKey) !== refused
