@@ -71,7 +71,7 @@ Deno.test("token verifier: a full cache lets its least recently used token go, n
  * How the verifier decided a token with jose's jwtVerify (its code before it computed the HMAC itself):
  * the reference the new verifier is held to.
  */
-async function joseDecision(token: unknown, nowSeconds: number): Promise<TokenResult> {
+async function joseDecision(token: unknown, nowSeconds: number, secret = SECRET): Promise<TokenResult> {
   const failed = (code: string, kind: string, message: string) =>
     ({ ok: false, failure: { code, kind, message } }) as TokenResult;
   const malformed = () => failed("MalformedJWT", "malformed", "The token provided is not a valid JWT");
@@ -87,7 +87,7 @@ async function joseDecision(token: unknown, nowSeconds: number): Promise<TokenRe
   }
   if (!header.alg || !["HS256", "HS384", "HS512"].includes(header.alg)) return signature();
   try {
-    await jwtVerify(token, KEY, {
+    await jwtVerify(token, new TextEncoder().encode(secret), {
       algorithms: ["HS256", "HS384", "HS512"],
       currentDate: new Date(nowSeconds * 1000),
     });
@@ -121,12 +121,17 @@ async function hmac(alg: string, input: string, key = KEY): Promise<string> {
 async function token(
   header: unknown,
   payload: unknown,
-  signature: "good" | "wrong secret" | ((good: string) => string) = "good",
+  signature: "good" | "wrong secret" | "empty secret" | ((good: string) => string) = "good",
 ): Promise<string> {
   const input = `${encodePart(header)}.${encodePart(payload)}`;
-  const alg = (header as { alg?: string }).alg ?? "HS256";
+  const alg = (header as { alg?: string } | null)?.alg ?? "HS256";
   if (signature === "wrong secret") {
     return `${input}.${await hmac(alg, input, new TextEncoder().encode("another secret"))}`;
+  }
+  if (signature === "empty secret") {
+    // WebCrypto refuses an empty HMAC key; HMAC pads a key shorter than the hash's block (64 bytes for
+    // SHA-256) with zeros, so 64 zero bytes sign as the empty key does.
+    return `${input}.${await hmac(alg, input, new Uint8Array(64))}`;
   }
   const good = await hmac(alg, input);
   return `${input}.${signature === "good" ? good : signature(good)}`;
@@ -136,7 +141,14 @@ Deno.test("token verifier: decides every token as with jose's jwtVerify, and wai
   const user = { role: "authenticated", sub: "u1", exp: NOW + 600 };
   const hs256 = { alg: "HS256", typ: "JWT" };
   const b64False = { alg: "HS256", b64: false, crit: ["b64"] };
-  const cases: [string, unknown][] = [
+  const raw = (json: string) => new TextEncoder().encode(json);
+  // The last base64url character of an HS256 signature (32 bytes) carries 2 unused bits: one set.
+  const trailingBitSet = (good: string) => {
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    return `${good.slice(0, -1)}${alphabet[alphabet.indexOf(good.at(-1)!) ^ 1]}`;
+  };
+  /** [name, token, the verifier's secret when not SECRET] */
+  const cases: [string, unknown, string?][] = [
     ["HS256", await token(hs256, user)],
     ["HS384", await token({ alg: "HS384" }, user)],
     ["HS512", await token({ alg: "HS512" }, user)],
@@ -186,8 +198,37 @@ Deno.test("token verifier: decides every token as with jose's jwtVerify, and wai
     ["four parts", `${await token(hs256, user)}.x`],
     ["not a string", 42],
     ["an API key", "sb_publishable_abc"],
+    ["alg None", await token({ alg: "None" }, user)],
+    ["alg hs256", await token({ alg: "hs256" }, user)],
+    ["alg twice, none then HS256", await token(raw('{"alg":"none","alg":"HS256"}'), user)],
+    ["alg twice, HS256 then none", await token(raw('{"alg":"HS256","alg":"none"}'), user)],
+    ["role twice", await token(hs256, raw(`{"role":"service_role","role":"anon","exp":${NOW + 600}}`))],
+    ["exp 1e999 (Infinity)", await token(hs256, raw(`{"role":"anon","exp":1e999}`))],
+    ["exp a fraction ahead", await token(hs256, raw(`{"role":"anon","exp":${NOW}.5}`))],
+    ["exp a fraction behind", await token(hs256, raw(`{"role":"anon","exp":${NOW - 1}.5}`))],
+    ["exp null", await token(hs256, { ...user, exp: null })],
+    ["nbf a fraction ahead", await token(hs256, raw(`{"role":"anon","exp":${NOW + 600},"nbf":${NOW}.5}`))],
+    ["iat null", await token(hs256, { ...user, iat: null })],
+    ["payload a string", await token(hs256, "claims")],
+    ["payload null", await token(hs256, null)],
+    ["header null", await token(null, user)],
+    ["crit null", await token({ alg: "HS256", crit: null }, user)],
+    ["crit b64 with b64 null", await token({ alg: "HS256", crit: ["b64"], b64: null }, user)],
+    ["signature with a set trailing bit", await token(hs256, user, trailingBitSet)],
+    ["signature padded twice", await token(hs256, user, (good) => `${good}==`)],
+    // An empty secret: jose's WebCrypto refused the key (DataError), so every HS token was malformed;
+    // an HMAC with the empty key is one anybody can compute.
+    ["secret empty, signed with the empty key", await token(hs256, user, "empty secret"), ""],
+    ["secret empty, signed with the project's secret", await token(hs256, user), ""],
+    [
+      "secret empty, expired, signed with the empty key",
+      await token(hs256, { ...user, exp: NOW - 30 }, "empty secret"),
+      "",
+    ],
+    ["secret empty, alg RS256", await token({ alg: "RS256" }, user, "empty secret"), ""],
+    ["secret empty, not a JWT", "sb_publishable_abc", ""],
   ];
-  const expected = await Promise.all(cases.map(([, t]) => joseDecision(t, NOW)));
+  const expected = await Promise.all(cases.map(([, t, secret]) => joseDecision(t, NOW, secret)));
   // From here WebCrypto refuses to work: a verifier that still used it (jose's jwtVerify awaits it, a turn
   // of the event loop) would decide otherwise.
   const subtle = crypto.subtle as unknown as Record<string, unknown>;
@@ -202,8 +243,10 @@ Deno.test("token verifier: decides every token as with jose's jwtVerify, and wai
     });
   }
   try {
-    const verifier = new TokenVerifier(SECRET);
-    for (const [i, [name, t]] of cases.entries()) {
+    const verifiers = new Map<string, TokenVerifier>();
+    for (const [i, [name, t, secret = SECRET]] of cases.entries()) {
+      const verifier = verifiers.get(secret) ?? new TokenVerifier(secret);
+      verifiers.set(secret, verifier);
       assert.deepEqual(await verifier.verify(t, NOW), expected[i], name);
       // And the same again from the cache.
       assert.deepEqual(await verifier.verify(t, NOW), expected[i], `${name}, again`);

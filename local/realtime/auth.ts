@@ -122,6 +122,9 @@ export class TokenVerifier {
     } catch {
       return malformed();
     }
+    // An empty secret verifies nothing: jose's WebCrypto refused the empty key (DataError), so every token
+    // was malformed, where node:crypto would accept an HMAC with the empty key, one anybody can compute.
+    if (this.#key.length === 0) return malformed();
     // The signing input is the same bytes whether or not the payload is base64url-encoded ("b64": false):
     // decodeJwt has checked that it is base64url, so it is ASCII.
     const expected = createHmac(hash, this.#key).update(`${encodedHeader}.${encodedPayload}`).digest();
