@@ -193,9 +193,9 @@ export async function createRealtimeEndpoint(
    * connect_error/1 sleeps CONNECT_ERROR_BACKOFF_MS before connect/3 returns {:error, reason}, and
    * Phoenix's WebSocket transport then answers the upgrade with its default error handler
    * (Phoenix.Transports.WebSocket.handle_error/2: 403, empty body; RealtimeWeb.Endpoint sets no
-   * other). The reason goes to the log only. The request's signal is left alone: Deno.serve aborts
-   * it even on a delivered response (and warns about that), and a client that left meanwhile costs
-   * one timer.
+   * other). The reason goes to the log only. The wait does not watch the request's signal: a client
+   * that leaves meanwhile costs one timer, and its 403 goes nowhere; nothing is upgraded, so nothing is
+   * left half-open as a socket upgraded for a client gone would be (see upgrade()).
    */
   async function refuseConnect(reason: string): Promise<Response> {
     const ms = connectErrorBackoffMs;
