@@ -389,8 +389,8 @@ export function mapDatabaseError(error: unknown): HttpError {
       return new HttpError(403, "forbidden", "Not allowed", { details, cause: error });
     }
     // PT503: the lock timeout of a wait for another write of the same user, which the user-lock trigger
-    // raises again for PostgREST: as SQLSTATE PGRST with "code": "PT503" in its message (HTTP 503 and
-    // Retry-After 1 on the Data API; migration …_user_write_wait_retry_after.sql), before that as SQLSTATE
+    // raises again for PostgREST: as SQLSTATE PGRST with "code": "PT503" in its message (HTTP 503 on the
+    // Data API of PostgREST 12+; migration …_user_write_wait_retry_after.sql), before that as SQLSTATE
     // PT503 (…_user_write_wait_answered_503.sql, still read: a database not yet migrated): a lock timeout
     // like 55P03, answered the same.
     const lockTimeout = code === "55P03" || code === "PT503";
