@@ -18,20 +18,7 @@ import { createRealtimeEndpoint } from "../../local/realtime/endpoint.ts";
 import { openConnections } from "../../local/api/server.ts";
 import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { testEnv } from "../support/env.ts";
-import { ownEndpoint, waitFor } from "./realtime_support.ts";
-
-/** Settles with `done`, or fails naming `what` if it has not within 20 s (a hang guard only). */
-async function within<T>(what: string, done: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise<never>((_, reject) =>
-    timer = setTimeout(() => reject(new Error(`${what}: not within 20 s`)), 20_000)
-  );
-  try {
-    return await Promise.race([done, hung]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+import { ownEndpoint, waitFor, within } from "./realtime_support.ts";
 
 Deno.test({
   name:

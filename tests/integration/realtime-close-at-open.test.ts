@@ -7,20 +7,7 @@
 import assert from "node:assert/strict";
 import { createRealtimeEndpoint } from "../../local/realtime/endpoint.ts";
 import { testEnv } from "../support/env.ts";
-import { ownEndpoint } from "./realtime_support.ts";
-
-/** Settles with `done`, or fails naming `what` if it has not within 20 s (a hang guard only). */
-async function within<T>(what: string, done: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hung = new Promise<never>((_, reject) =>
-    timer = setTimeout(() => reject(new Error(`${what}: not within 20 s`)), 20_000)
-  );
-  try {
-    return await Promise.race([done, hung]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+import { ownEndpoint, within } from "./realtime_support.ts";
 
 Deno.test({
   name:

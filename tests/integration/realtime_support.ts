@@ -267,6 +267,19 @@ export async function waitFor(
   }
 }
 
+/** Settles with `done`, or fails naming `what` if it has not within 20 s (a hang guard only). */
+export async function within<T>(what: string, done: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const hung = new Promise<never>((_, reject) =>
+    timer = setTimeout(() => reject(new Error(`${what}: not within 20 s`)), 20_000)
+  );
+  try {
+    return await Promise.race([done, hung]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
