@@ -2398,10 +2398,13 @@ class UserLink<Row extends LwwRow> {
     if (wait > 0) {
       // The API asked to be left alone: the catch-up is the first poll after that (#poll catches a
       // joined link up). Offline meanwhile: the last call made was refused, and nothing is read.
+      // Still the join's catch-up, made as soon as the API lets it, not a poll after the link's backoff
+      // (whose timer it replaces, sooner): failing, it releases no own read a drop left waiting for that
+      // (#poll's `scheduled`), as the catch-up made at once does not.
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#setStatus("offline");
-      this.#startPolling(wait);
+      this.#startPolling(wait, false);
       return;
     }
     // Always a fresh round that starts after the join: one that started earlier may have read
@@ -2534,15 +2537,17 @@ class UserLink<Row extends LwwRow> {
     );
   }
 
-  #startPolling(delayMs = 0): void {
+  /** `scheduled`: the poll counts as made at its time (#poll); not the join's catch-up put off (#catchUpOnce). */
+  #startPolling(delayMs = 0, scheduled = true): void {
     if (this.#closed || this.#pollTimer !== undefined) return;
-    this.#pollTimer = this.service.timers.set(() => void this.#poll(true), delayMs);
+    this.#pollTimer = this.service.timers.set(() => void this.#poll(scheduled), delayMs);
   }
 
   /**
    * One poll (or the safety read while live); resolves with how its read ended. `scheduled`: made by
    * its timer, at its time (after the polls' backoff, a Retry-After's end, the poll interval), not at
-   * once (a syncNow(), a late heartbeat, a new token).
+   * once (a syncNow(), a late heartbeat, a new token), nor the catch-up of a join that a Retry-After
+   * put off to its end (#catchUpOnce: made as soon as the API lets it, before the polls' backoff).
    */
   async #poll(scheduled = false): Promise<ReadOutcome> {
     this.#pollTimer = undefined;

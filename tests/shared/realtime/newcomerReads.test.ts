@@ -829,6 +829,49 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read, the 
   }
 });
 
+// A Retry-After running at the rejoin puts the catch-up off to its end (made then by a timer, as soon as the
+// API lets it): still the rejoin's catch-up, not the link's poll after its backoff, which it replaces.
+Deno.test("newcomer: a drop while the link backs off and a Retry-After runs cuts off its own read: the rejoin's catch-up, put off to the Retry-After's end and failing, keeps it waiting (before the link's backoff); the link's poll after its backoff reads it", async () => {
+  const clock = frozenClock(); // the Retry-After's end, as the service reads it, comes when moved on
+  let linkCalls = 0;
+  // The link's second read (the newcomer's syncNow()'s) is refused with a Retry-After (two minutes, its
+  // wait with random 0), shorter than the link's backoff (one interval); the others with a plain 503.
+  const link = await newcomerCutWhileLinkBacksOff(
+    {},
+    0,
+    () =>
+      ++linkCalls === 2
+        ? Object.assign(new Error("503 from the link's read"), { details: { retry_after: 120 } })
+        : new Error("503 from the link's read"),
+  );
+  const { timers, channel, newcomer, reads, lines } = link;
+  const retryAfterMs = retryAfterWaitMs(120_000, POLL_MS, () => 0);
+  const linkFailures = () => lines.filter((l) => /^(poll|catchup)_failed$/.test(String(l.event)) && !l.for);
+  try {
+    assert.equal(link.synced(), "failed");
+    assert.equal(link.ownReads(), 1);
+
+    // The rejoin while the Retry-After runs: its catch-up waits for that wait's end, and is refused then.
+    (await channel(2)).state!("SUBSCRIBED");
+    await fireWhenSet(timers, "the catch-up at the Retry-After's end", retryAfterMs, clock);
+    await waitFor("the catch-up refused", () => linkFailures().length === 3);
+    await waitFor("the link's poll after its backoff scheduled", () => pendingFor(timers, POLL_MS));
+    assert.equal(link.ownReads(), 1, "not at the rejoin's catch-up, before the link's backoff has run");
+    assert.deepEqual(reads, []);
+
+    // The link's poll after its backoff, refused again: its own read comes with it.
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS, clock);
+    await waitFor("its own read after the link's poll", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    assert.equal(linkFailures().length, 4);
+    assert.equal(newcomer.cursor, "105", "its own read to the horizon");
+  } finally {
+    clock.restore();
+    await link.end();
+  }
+});
+
 Deno.test("newcomer: a drop while the link backs off cuts off its own read: another subscription's syncNow() reads it now, as it reads the link now", async () => {
   const link = await newcomerCutWhileLinkBacksOff();
   const { first, newcomer, reads } = link;
