@@ -33,7 +33,7 @@ export async function startWebAppBesideStack(
       port: options.port,
       log: options.log,
       // Its npm ci, next build and next start end with npm start, also when stopped during them; once
-      // stopped, it begins no install or build.
+      // stopped, it begins no install, build or server.
       onCleanup,
       stopping: cleanupsBegun,
     });

@@ -39,7 +39,8 @@ export interface WebAppOptions {
    * Whether the calling process is stopping (its exit cleanups have begun: local/stack/cleanup.ts's
    * cleanupsBegun in npm start). A start that comes to its install or build then rejects with a StoppedError
    * (step "start") without taking the build lock, instead of taking it and spawning npm ci or next build only
-   * for their cleanups to end them at once.
+   * for their cleanups to end them at once; so does one that comes to next build (npm ci exited 0 as the
+   * stop came) or to next start (the build did, or build "never").
    */
   stopping?: () => boolean;
 }
@@ -49,7 +50,7 @@ export interface StoppedError extends Error {
   stopped: true;
   /**
    * "npm ci", "next build", "next start", "wait for another start's build" (for its build lock), or "start"
-   * (stopping already as it came to its install or build: see WebAppOptions.stopping).
+   * (stopping already as it came to its install, its build or its server: see WebAppOptions.stopping).
    */
   step: string;
 }

@@ -138,7 +138,10 @@ async function endGroup(child, exited) {
 
 /** The step (StoppedError's) a stop ends while it waits for another start's build lock (withBuildLock). */
 const LOCK_WAIT_STEP = "wait for another start's build";
-/** The step (StoppedError's) of a start that comes to the build lock once its process is stopping. */
+/**
+ * The step (StoppedError's) of a start that comes to the build lock, or to its next step (next build after
+ * npm ci, next start after the build), once its process is stopping.
+ */
 const START_STEP = "start";
 
 /**
@@ -447,6 +450,9 @@ export async function ensureWebAppBuilt({ log = console.log, force = false, onCl
     }
     const want = sourceHash();
     if (force || !existsSync(path.join(APP_DIR, ".next", "BUILD_ID")) || readStamp(BUILD_STAMP) !== want) {
+      // Stopped while npm ci ran, which exited 0 all the same (as its end came): no build spawned only for
+      // its cleanup, registered once the run-down has begun, to end it at once.
+      if (stopping?.()) throw stoppedError(START_STEP);
       const started = Date.now();
       log("web: building (next build)");
       await run(process.execPath.includes("deno") ? "node" : process.execPath, [NEXT_BIN, "build"], {
@@ -515,6 +521,9 @@ export async function startWebApp(options) {
     HOSTNAME: host,
   };
   const nodeBin = process.execPath.includes("deno") ? "node" : process.execPath;
+  // Stopped while the build ran, which exited 0 all the same (or, with build "never", before this start):
+  // no server spawned only for its cleanup, registered once the run-down has begun, to end it at once.
+  if (options.stopping?.()) throw stoppedError(START_STEP);
   const child = spawn(nodeBin, [NEXT_BIN, "start", "--port", String(requestedPort), "--hostname", host], {
     cwd: APP_DIR,
     env,

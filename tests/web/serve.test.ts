@@ -587,6 +587,89 @@ Deno.test(
   },
 );
 
+for (const [step, next] of [["npm ci", "next build"], ["next build", "next start"]] as const) {
+  Deno.test(
+    `startWebApp with \`stopping\`: ${step} exiting 0 as a stop (SIGINT) ends it goes on to no ${next}: ` +
+      `it rejects as stopped (step "start"), spawning nothing more, and the build lock is released`,
+    async () => {
+      const f = await fixture("next build");
+      try {
+        // The step stops its parent (the stop comes while it runs) and, ended by the stop's cleanup, exits 0
+        // all the same (its work done just then); a real next build leaves .next/BUILD_ID. The fake step
+        // (pidFile) stands in for what comes next: it must never be spawned.
+        const exitsAsStopped = path.join(f.root, "exits-as-stopped.cjs");
+        await Deno.writeTextFile(
+          exitsAsStopped,
+          `const fs = require("node:fs");
+           process.on("SIGTERM", () => process.exit(0));
+           if (process.argv[2] === "build") {
+             fs.mkdirSync(".next", { recursive: true });
+             fs.writeFileSync(".next/BUILD_ID", "fake");
+           }
+           process.kill(process.ppid, "SIGINT");
+           setInterval(() => {}, 1e9);`,
+        );
+        const fakeStep = path.join(f.root, "fake-step.cjs");
+        if (step === "npm ci") {
+          await Deno.remove(path.join(f.appDir, "node_modules/.readsync-lock-hash")); // not installed yet
+          await Deno.writeTextFile(
+            path.join(f.root, "bin/npm"),
+            `#!/bin/sh\nexec node "${exitsAsStopped}"\n`,
+          );
+        } else {
+          await Deno.writeTextFile(
+            path.join(f.appDir, "node_modules/next/dist/bin/next"),
+            `require(process.argv[2] === "build" ? ${JSON.stringify(exitsAsStopped)} : ${
+              JSON.stringify(fakeStep)
+            });`,
+          );
+        }
+        // The parent: its own exit cleanups (serve.mjs's), run by its SIGINT, which also says it is stopping.
+        const script = `
+          import { exitCleanups, startWebApp } from ${
+          JSON.stringify(pathToFileURL(path.join(f.appDir, "serve.mjs")).href)
+        };
+          const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
+          removeSignalHandlers();
+          let stopping = false;
+          process.once("SIGINT", () => {
+            stopping = true;
+            void runCleanups();
+          });
+          const lines = [];
+          const error = await startWebApp({
+            apiUrl: "http://127.0.0.1:9",
+            anonKey: "anon",
+            port: 0,
+            log: (line) => lines.push(line),
+            onCleanup,
+            stopping: () => stopping,
+          }).then(() => null, (error) => error);
+          await runCleanups();
+          console.log(JSON.stringify({ stopped: error?.stopped, step: error?.step, error: String(error), lines }));`;
+        const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
+          env: f.env,
+          cwd: f.root,
+        });
+        const status = await run.exitWithin(GUARD_MS, "the script");
+        assert.equal(status.code, 0, run.printed());
+        const report = JSON.parse(run.stdout().trim().split("\n").pop()!);
+        assert.deepEqual(
+          { stopped: report.stopped, step: report.step },
+          { stopped: true, step: "start" },
+          run.printed(),
+        );
+        if (step === "npm ci") assert.ok(!report.lines.includes("web: building (next build)"), run.printed());
+        assert.equal(await f.exists(f.pidFile), false, `${next} ran`);
+        assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+        await f.assertNothingLeft("after the script ended");
+      } finally {
+        await f.remove();
+      }
+    },
+  );
+}
+
 Deno.test(
   "serve.mjs's exitCleanups (node serve.mjs, the browser tests): one registered once the run-down has begun " +
     "runs at once, not after the cleanup under way (which may wait for it) nor never once the run-down has " +
