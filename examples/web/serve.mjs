@@ -755,7 +755,8 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   // A build or start that fails because a stop ended it is not reported: the stop exits.
   const unlessStopping = (error) => (stopping() ? new Promise(() => {}) : Promise.reject(error));
   if (process.argv.includes("--build")) {
-    await ensureWebAppBuilt({ force: process.argv.includes("--force"), onCleanup }).catch(unlessStopping);
+    await ensureWebAppBuilt({ force: process.argv.includes("--force"), onCleanup, stopping })
+      .catch(unlessStopping);
   } else {
     // Checked before anything starts (no install or build for a server that cannot be asked for).
     const { port, refusal } = portFromEnv("PORT", 3000);
@@ -780,6 +781,8 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
       devSignIn: process.env.READSYNC_DEV_SIGNIN === "1", // as lib/server/config.ts: only when asked for
       verbose: true,
       onCleanup,
+      // Once stopped, no next step is begun (npm ci or next build exiting 0 as the stop ends it).
+      stopping,
     }).catch(unlessStopping);
     serving = true;
     console.log(`readsync web app: ${app.url}`);

@@ -587,6 +587,38 @@ Deno.test(
   },
 );
 
+/**
+ * Makes the fixture's (a "next build" one) `step` one that stops its parent (SIGINT: the stop comes while it
+ * runs) and, ended by the stop's cleanup (SIGTERM), exits 0 all the same, its work done just then (a real
+ * next build leaves .next/BUILD_ID). For "npm ci" the packages are not installed yet, so npm ci runs.
+ */
+async function stepExitingAsStopped(f: Fixture, step: "npm ci" | "next build") {
+  const exitsAsStopped = path.join(f.root, "exits-as-stopped.cjs");
+  await Deno.writeTextFile(
+    exitsAsStopped,
+    `const fs = require("node:fs");
+     process.on("SIGTERM", () => process.exit(0));
+     if (process.argv[2] === "build") {
+       fs.mkdirSync(".next", { recursive: true });
+       fs.writeFileSync(".next/BUILD_ID", "fake");
+     }
+     process.kill(process.ppid, "SIGINT");
+     setInterval(() => {}, 1e9);`,
+  );
+  if (step === "npm ci") {
+    await Deno.remove(path.join(f.appDir, "node_modules/.readsync-lock-hash"));
+    await Deno.writeTextFile(path.join(f.root, "bin/npm"), `#!/bin/sh\nexec node "${exitsAsStopped}"\n`);
+  } else {
+    const fakeStep = path.join(f.root, "fake-step.cjs");
+    await Deno.writeTextFile(
+      path.join(f.appDir, "node_modules/next/dist/bin/next"),
+      `require(process.argv[2] === "build" ? ${JSON.stringify(exitsAsStopped)} : ${
+        JSON.stringify(fakeStep)
+      });`,
+    );
+  }
+}
+
 for (const [step, next] of [["npm ci", "next build"], ["next build", "next start"]] as const) {
   Deno.test(
     `startWebApp with \`stopping\`: ${step} exiting 0 as a stop (SIGINT) ends it goes on to no ${next}: ` +
@@ -594,36 +626,8 @@ for (const [step, next] of [["npm ci", "next build"], ["next build", "next start
     async () => {
       const f = await fixture("next build");
       try {
-        // The step stops its parent (the stop comes while it runs) and, ended by the stop's cleanup, exits 0
-        // all the same (its work done just then); a real next build leaves .next/BUILD_ID. The fake step
-        // (pidFile) stands in for what comes next: it must never be spawned.
-        const exitsAsStopped = path.join(f.root, "exits-as-stopped.cjs");
-        await Deno.writeTextFile(
-          exitsAsStopped,
-          `const fs = require("node:fs");
-           process.on("SIGTERM", () => process.exit(0));
-           if (process.argv[2] === "build") {
-             fs.mkdirSync(".next", { recursive: true });
-             fs.writeFileSync(".next/BUILD_ID", "fake");
-           }
-           process.kill(process.ppid, "SIGINT");
-           setInterval(() => {}, 1e9);`,
-        );
-        const fakeStep = path.join(f.root, "fake-step.cjs");
-        if (step === "npm ci") {
-          await Deno.remove(path.join(f.appDir, "node_modules/.readsync-lock-hash")); // not installed yet
-          await Deno.writeTextFile(
-            path.join(f.root, "bin/npm"),
-            `#!/bin/sh\nexec node "${exitsAsStopped}"\n`,
-          );
-        } else {
-          await Deno.writeTextFile(
-            path.join(f.appDir, "node_modules/next/dist/bin/next"),
-            `require(process.argv[2] === "build" ? ${JSON.stringify(exitsAsStopped)} : ${
-              JSON.stringify(fakeStep)
-            });`,
-          );
-        }
+        // What comes next is the fixture's fake step (pidFile): it must never be spawned.
+        await stepExitingAsStopped(f, step);
         // The parent: its own exit cleanups (serve.mjs's), run by its SIGINT, which also says it is stopping.
         const script = `
           import { exitCleanups, startWebApp } from ${
@@ -669,6 +673,30 @@ for (const [step, next] of [["npm ci", "next build"], ["next build", "next start
     },
   );
 }
+
+Deno.test(
+  "node serve.mjs: npm ci exiting 0 as a stop (SIGINT) ends it goes on to no next build: it exits with the " +
+    "signal's code, the build lock released",
+  async () => {
+    const f = await fixture("next build");
+    try {
+      await stepExitingAsStopped(f, "npm ci");
+      const serve = spawnCollecting("node", [path.join(f.appDir, "serve.mjs")], {
+        env: { ...f.env, PORT: "0" },
+        cwd: f.appDir,
+      });
+      const status = await serve.exitWithin(GUARD_MS, "node serve.mjs after SIGINT");
+      assert.equal(status.code, 130, serve.printed());
+      assert.match(serve.printed(), /installing packages/, serve.printed());
+      assert.doesNotMatch(serve.printed(), /building|next build/, serve.printed());
+      assert.equal(await f.exists(f.pidFile), false, "next build ran");
+      assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+      await f.assertNothingLeft("after node serve.mjs exited");
+    } finally {
+      await f.remove();
+    }
+  },
+);
 
 Deno.test(
   "serve.mjs's exitCleanups (node serve.mjs, the browser tests): one registered once the run-down has begun " +
