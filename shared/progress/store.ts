@@ -99,8 +99,8 @@ export class CallCancelledError extends HttpError {
 }
 
 /**
- * Runs one statement of a call, cancelled in the database if `signal` aborts while it runs: postgres.js
- * sends PostgreSQL's cancel request (on a connection of its own, not one of the pool's), the statement
+ * Runs one statement of a call, cancelled in the database if `signal` aborts while it runs: PostgreSQL's
+ * cancel request is sent (sendCancel, on a connection of its own, not one of the pool's), the statement
  * fails with 57014 and the call's transaction rolls back, instead of the request holding its pooled
  * connection until its wait ended (for a lock: the lock or statement timeout). A signal that aborted
  * before the statement is sent sends none. The listener is there only while the statement runs, so a
@@ -112,13 +112,39 @@ async function cancellable<T extends readonly postgres.MaybeRow[]>(
 ): Promise<postgres.RowList<T>> {
   if (!signal) return await query;
   if (signal.aborted) throw new CallCancelledError(signal.reason);
-  const cancel = () => query.cancel();
+  const cancel = () => void sendCancel(query);
   signal.addEventListener("abort", cancel, { once: true });
   try {
     return await query;
   } finally {
     signal.removeEventListener("abort", cancel);
   }
+}
+
+/**
+ * Sends PostgreSQL's cancel request for `query`, which is running, and settles (never rejects) once the
+ * request has ended: delivered (the server closes the request's connection once it has signalled the
+ * backend) or failed (the server refused or reset the connection; the statement then runs on).
+ *
+ * Not query.cancel(): postgres.js 3.4 sends the same request there but drops its promise, so a request
+ * whose connection failed was an unhandled rejection, which ends a Deno process (the function's isolate),
+ * and no one could wait for a request to arrive. This calls what query.cancel() wraps, the query's
+ * `canceller` (the pool's cancel(query), which returns that promise): the one internal of postgres.js
+ * (pinned in deno.json) used here; were it gone (another version), query.cancel() is called as before,
+ * unwaited and its failure unhandled, and tests/functions/progress_client_gone.test.ts fails. The wait is
+ * bounded: postgres.js gives the request's connection the pool's connect_timeout. (A query sent behind
+ * another on its connection would send its request only once it ran; a call's statements run one at a
+ * time here, each alone on the transaction's connection.)
+ */
+function sendCancel(query: { cancel(): void }): Promise<void> {
+  const internal = query as unknown as { canceller?: unknown };
+  const canceller = internal.canceller;
+  if (typeof canceller !== "function") {
+    query.cancel();
+    return Promise.resolve();
+  }
+  internal.canceller = null; // as query.cancel() does: one cancel request per query
+  return new Promise<unknown>((resolve) => resolve(canceller(query))).then(() => {}, () => {});
 }
 
 /** Runs a statement of the call's transaction, cancellable by the call's signal (see cancellable). */

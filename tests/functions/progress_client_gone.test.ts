@@ -10,11 +10,16 @@
 //     it went on until they ended (2 s and 8 s by default), its pooled connection held all that time.
 //   * a write that committed before the client left stays stored, and is logged request_aborted with
 //     the answer's status (200) that no one got.
+// And the store's cancel request itself (the store called directly, its pool of one connection through a
+// TCP proxy that can refuse or hold the cancel request's connection of its own):
+//   * a cancel request whose connection is refused is no unhandled rejection (which ends a Deno process):
+//     the statement goes on, and the write lands once the other write has ended.
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { createJwtVerifier } from "../../shared/auth/jwt.ts";
 import { createProgressHandler } from "../../shared/progress/handler.ts";
+import { progressWriteSchema } from "../../shared/progress/schemas.ts";
 import { createPostgresProgressStore, type ProgressStore } from "../../shared/progress/store.ts";
 import { createTestUser, mintsTokens } from "../support/env.ts";
 import {
@@ -307,6 +312,137 @@ Deno.test({
       );
     } finally {
       await admin.end();
+    }
+  },
+});
+
+/**
+ * A TCP proxy to the test database for a pool of one connection: the first connection (the pool's) is
+ * forwarded; every later one (postgres.js's cancel requests, each on a connection of its own) is handled
+ * as `later` says: "refuse" stops listening once the first came (the cancel's connection is refused),
+ * "hold" forwards it only once `releaseLater()` was called (a cancel request slow on its way); the server
+ * closes a cancel request's connection once it has signalled the backend.
+ */
+function databaseProxy(later: "refuse" | "hold") {
+  const target = new URL(testEnv().dbUrl);
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = new URL(target);
+  url.hostname = "127.0.0.1";
+  url.port = String((listener.addr as Deno.NetAddr).port);
+  const conns: Deno.Conn[] = [];
+  const laterCame = Promise.withResolvers<void>();
+  const released = Promise.withResolvers<void>();
+  const laterEnded = Promise.withResolvers<void>();
+  const forward = async (conn: Deno.Conn) => {
+    const upstream = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 5432) });
+    conns.push(upstream);
+    await Promise.allSettled([
+      conn.readable.pipeTo(upstream.writable),
+      upstream.readable.pipeTo(conn.writable),
+    ]);
+  };
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      if (conns.length === 1) {
+        forward(conn).catch(() => {});
+        if (later === "refuse") return listener.close();
+      } else {
+        laterCame.resolve();
+        released.promise.then(() => forward(conn)).then(() => laterEnded.resolve(), () => {});
+      }
+    }
+  })().catch(() => {});
+  return {
+    url: url.toString(),
+    /** Settles once a later connection (a cancel request) has come. */
+    laterCame: guarded(laterCame.promise, "cancel request's connection"),
+    /** Forwards the held connections; settles once the first of them has ended (the request delivered). */
+    releaseLater: () => {
+      released.resolve();
+      return guarded(laterEnded.promise, "end of the cancel request's connection");
+    },
+    async close() {
+      released.resolve();
+      try {
+        listener.close();
+      } catch { /* closed already */ }
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      }
+      await accepting;
+    },
+  };
+}
+
+/** `store`'s pool: one connection, through `proxyUrl`, its backend named `applicationName`. */
+function proxiedPool(proxyUrl: string, applicationName: string): postgres.Sql {
+  return postgres(proxyUrl, {
+    max: 1,
+    prepare: false,
+    onnotice: () => {},
+    connect_timeout: 5,
+    connection: { application_name: applicationName },
+  });
+}
+
+/** The backend of `applicationName`'s pool, once it waits for `holderPid`'s transaction. */
+function waitingBackend(admin: postgres.Sql, applicationName: string, holderPid: number): Promise<number> {
+  return until(async () => {
+    const [row] = await admin<{ pid: number }[]>`
+        select pid from pg_catalog.pg_stat_activity
+         where application_name = ${applicationName}
+           and ${holderPid}::integer = any(pg_catalog.pg_blocking_pids(pid))`;
+    return row?.pid;
+  }, "the store's backend waiting for the user's other write");
+}
+
+Deno.test({
+  name: "a cancel request whose connection is refused rejects nothing unhandled: the write goes on and lands",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const proxy = databaseProxy("refuse");
+    const applicationName = `readsync-cancel-refused-${crypto.randomUUID().slice(0, 8)}`;
+    const pool = proxiedPool(proxy.url, applicationName);
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const [heldSeries, series] = [seriesId("refused-held"), seriesId("refused")];
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      held = await userWriteInProgress(holder, user.id, heldSeries);
+      const store = createPostgresProgressStore(pool, {
+        lockTimeoutMs: LONG_TIMEOUT_MS,
+        statementTimeoutMs: LONG_TIMEOUT_MS,
+      });
+      const client = new AbortController();
+      const writing = store.write(
+        { sub: user.id, role: "authenticated" },
+        progressWriteSchema.parse(write({ series_id: series })),
+        undefined,
+        client.signal,
+      );
+      writing.catch(() => {}); // awaited below
+      await waitingBackend(admin, applicationName, holderPid);
+      // Its cancel request's connection is refused: before, postgres.js's rejection of it was unhandled
+      // (the test failed with that uncaught error: "connect ECONNREFUSED").
+      client.abort();
+      held.release();
+      await held.done;
+      const result = await guarded(writing, "answer of the write");
+      assert.deepEqual({ won: result.won, series_id: result.progress.series_id }, {
+        won: true,
+        series_id: series,
+      });
+      assert.deepEqual(await storedSeries(admin, user.id, [series]), [series]);
+    } finally {
+      await endHeld(held);
+      await pool.end({ timeout: 5 });
+      await proxy.close();
+      await Promise.all([holder.end(), admin.end()]);
     }
   },
 });
