@@ -105,6 +105,13 @@ export class CallCancelledError extends HttpError {
  * connection until its wait ended (for a lock: the lock or statement timeout). A signal that aborted
  * before the statement is sent sends none. The listener is there only while the statement runs, so a
  * signal that aborts after the last one answered cancels nothing: the transaction commits.
+ *
+ * A cancel request names a backend (its pid and secret key), not a statement: it cancels whatever that
+ * backend runs when it arrives. So a statement that ends on its own while the request is on its way
+ * settles only once the request has arrived: until then nothing else is sent on the connection, and the
+ * request finds its backend idle in the transaction (which PostgreSQL ignores) instead of meeting the
+ * COMMIT or, the connection back in the pool, another request's statement (which it cancelled: a 503
+ * for a request whose client was still there).
  */
 async function cancellable<T extends readonly postgres.MaybeRow[]>(
   query: postgres.PendingQuery<T>,
@@ -112,12 +119,16 @@ async function cancellable<T extends readonly postgres.MaybeRow[]>(
 ): Promise<postgres.RowList<T>> {
   if (!signal) return await query;
   if (signal.aborted) throw new CallCancelledError(signal.reason);
-  const cancel = () => void sendCancel(query);
+  let cancelSent: Promise<void> | undefined;
+  const cancel = () => {
+    cancelSent = sendCancel(query);
+  };
   signal.addEventListener("abort", cancel, { once: true });
   try {
     return await query;
   } finally {
     signal.removeEventListener("abort", cancel);
+    await cancelSent;
   }
 }
 
@@ -265,7 +276,7 @@ export function createPostgresProgressStore(
         if (error instanceof CallCancelledError) throw error;
         // A statement the signal cancelled (57014), or any other failure once the signal aborted: the
         // transaction did not commit (it rolled back whole), and no one waits for a retry. A cancel request
-        // sent as the statement was ending can only meet the COMMIT after it: all or nothing still.
+        // sent as the statement was ending met no COMMIT: cancellable waited until it had arrived.
         if (signal?.aborted) throw new CallCancelledError(signal.reason, error);
         const code = (error as { code?: unknown })?.code;
         if (typeof code === "string" && RETRYABLE.has(code) && attempt < attempts) {

@@ -14,6 +14,10 @@
 // TCP proxy that can refuse or hold the cancel request's connection of its own):
 //   * a cancel request whose connection is refused is no unhandled rejection (which ends a Deno process):
 //     the statement goes on, and the write lands once the other write has ended.
+//   * a cancel request held on its way while its statement ends on its own (the other write committed)
+//     arrives before anything else is sent on the connection: it finds the backend idle in the
+//     transaction (ignored there) and the write commits, instead of landing, the connection back in the
+//     pool, on another user's statement (a 503 "took too long" for a request whose client was there).
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
@@ -443,6 +447,96 @@ Deno.test({
       await pool.end({ timeout: 5 });
       await proxy.close();
       await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+Deno.test({
+  name: "a cancel request still on its way when its statement ends cancels no one's next statement",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holders = [0, 1].map(() => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} }));
+    const proxy = databaseProxy("hold");
+    const applicationName = `readsync-cancel-late-${crypto.randomUUID().slice(0, 8)}`;
+    const pool = proxiedPool(proxy.url, applicationName);
+    const helds: Held[] = [];
+    try {
+      const [left, stayed] = [await createTestUser(), await createTestUser()];
+      const [leftSeries, stayedSeries] = [seriesId("late-left"), seriesId("late-stayed")];
+      const holderPids = await Promise.all(
+        holders.map(async (h) => (await h<{ pid: number }[]>`select pg_backend_pid() as pid`)[0].pid),
+      );
+      helds.push(await userWriteInProgress(holders[0], left.id, seriesId("late-held-left")));
+      helds.push(await userWriteInProgress(holders[1], stayed.id, seriesId("late-held-stayed")));
+      const store = createPostgresProgressStore(pool, {
+        lockTimeoutMs: LONG_TIMEOUT_MS,
+        statementTimeoutMs: LONG_TIMEOUT_MS,
+      });
+      // The write of a client that leaves, waiting for its user's other write.
+      const client = new AbortController();
+      let leftSettled = false;
+      const leaving = store.write(
+        { sub: left.id, role: "authenticated" },
+        progressWriteSchema.parse(write({ series_id: leftSeries })),
+        undefined,
+        client.signal,
+      ).finally(() => leftSettled = true);
+      leaving.catch(() => {}); // awaited below
+      const pid = await waitingBackend(admin, applicationName, holderPids[0]);
+      client.abort();
+      await proxy.laterCame; // its cancel request, held on its way
+      helds[0].release(); // so its statement ends on its own
+      await helds[0].done;
+      // Another user's write on the pool's one connection, waiting for that user's other write.
+      const staying = store.write(
+        { sub: stayed.id, role: "authenticated" },
+        progressWriteSchema.parse(write({ series_id: stayedSeries })),
+        undefined,
+        new AbortController().signal,
+      );
+      staying.catch(() => {}); // awaited below
+      // Before, the connection went back to the pool at once and the other write ran on the same
+      // backend: it waits there now. Now the backend stays idle in the first write's transaction until
+      // the cancel request has arrived (seen so twice in a row, unchanged, with that write unanswered).
+      let idleSince: string | undefined;
+      const where = await until(async () => {
+        const [row] = await admin<{ state: string; state_change: string; waits: boolean }[]>`
+            select state, state_change::text,
+                   ${holderPids[1]}::integer = any(pg_catalog.pg_blocking_pids(pid)) as waits
+              from pg_catalog.pg_stat_activity where pid = ${pid}::integer`;
+        if (row.waits) return "the other write waits on the backend";
+        if (row.state === "idle in transaction" && !leftSettled) {
+          if (idleSince === row.state_change) return "idle in the first write's transaction";
+          idleSince = row.state_change;
+        } else idleSince = undefined;
+      }, "the backend running the other write, or idle in the first one's transaction");
+      // The cancel request arrives, before the other user's write could end.
+      await proxy.releaseLater();
+      helds[1].release();
+      await helds[1].done;
+      const [stayedResult, leftResult] = await Promise.allSettled([
+        guarded(staying, "answer of the other user's write"),
+        guarded(leaving, "answer of the write of the client that left"),
+      ]);
+      assert.equal(
+        stayedResult.status,
+        "fulfilled",
+        `the other user's write (${where}) is not cancelled by the first one's cancel request: ${
+          stayedResult.status === "rejected" ? stayedResult.reason : ""
+        }`,
+      );
+      assert.equal(where, "idle in the first write's transaction");
+      // Its statement had ended: the cancel request, arriving with the backend idle, cancelled nothing,
+      // and the write committed.
+      assert.equal(leftResult.status, "fulfilled", String((leftResult as PromiseRejectedResult).reason));
+      assert.deepEqual(await storedSeries(admin, left.id, [leftSeries]), [leftSeries]);
+      assert.deepEqual(await storedSeries(admin, stayed.id, [stayedSeries]), [stayedSeries]);
+    } finally {
+      for (const held of helds) await endHeld(held);
+      await pool.end({ timeout: 5 });
+      await proxy.close();
+      await Promise.all([...holders.map((h) => h.end()), admin.end()]);
     }
   },
 });
