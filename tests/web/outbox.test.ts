@@ -285,6 +285,24 @@ Deno.test("outbox: a re-dated write goes no later than it was dated and never be
   );
 });
 
+/** `api` as a transport that keeps every write request's answers, in order: [chapter, won]. */
+function answersKept(api: OutboxTransport): { answers: [number, boolean][]; counted: OutboxTransport } {
+  const answers: [number, boolean][] = [];
+  const counted: OutboxTransport = {
+    updateProgress: async (write) => {
+      const result = await api.updateProgress(write);
+      answers.push([write.chapter, result.won]);
+      return result;
+    },
+    updateProgressBatch: async (writes) => {
+      const results = await api.updateProgressBatch(writes);
+      results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
+      return results;
+    },
+  };
+  return { answers, counted };
+}
+
 /** A transport that takes every write as sent (won), keeping what it was sent. */
 function takingTransport(sent: { updated_at: string; series_id: string }[]): OutboxTransport {
   const take = (write: Parameters<OutboxTransport["updateProgress"]>[0]) => {
@@ -1192,15 +1210,7 @@ Deno.test(
       "the far-ahead write is stored at the server's now, after the page turn's date",
     );
     assert.equal(store.getSnapshot().pendingCount, 1, "the page turn still waits");
-    const answers: [number, boolean][] = [];
-    const counted: OutboxTransport = {
-      updateProgress: (write) => api.updateProgress(write),
-      updateProgressBatch: async (writes) => {
-        const results = await api.updateProgressBatch(writes);
-        results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
-        return results;
-      },
-    };
+    const { answers, counted } = answersKept(api);
     assert.deepEqual(await flushOutbox(store, counted, options()), { outcome: "done" });
     assert.deepEqual(
       answers,
@@ -1262,15 +1272,7 @@ Deno.test(
       [4],
       "its page turn, held while kept, waits",
     );
-    const answers: [number, boolean][] = [];
-    const counted: OutboxTransport = {
-      updateProgress: (write) => api.updateProgress(write),
-      updateProgressBatch: async (writes) => {
-        const results = await api.updateProgressBatch(writes);
-        results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
-        return results;
-      },
-    };
+    const { answers, counted } = answersKept(api);
     assert.deepEqual(await flushOutbox(tabB, counted, options()), { outcome: "done" });
     assert.equal((await api.getProgress(series))?.chapter, 5, "the later page turn is kept");
     assert.deepEqual(answers, [[4, false]], "refused as older than the later page turn, and not sent again");
@@ -1299,19 +1301,7 @@ Deno.test(
     const tabC = new SyncStore(user.id, defaultCompareRows);
     tabC.attachStorage(storage);
     assert.deepEqual(tabC.pendingWrites().map((w) => w.chapter), [4], "taken from the saved outbox");
-    const answers: [number, boolean][] = [];
-    const counted: OutboxTransport = {
-      updateProgress: async (write) => {
-        const result = await api.updateProgress(write);
-        answers.push([write.chapter, result.won]);
-        return result;
-      },
-      updateProgressBatch: async (writes) => {
-        const results = await api.updateProgressBatch(writes);
-        results.forEach((result, i) => answers.push([writes[i].chapter, result.won]));
-        return results;
-      },
-    };
+    const { answers, counted } = answersKept(api);
     assert.deepEqual(await flushOutbox(tabC, counted, options()), { outcome: "done" });
     assert.equal((await api.getProgress(series))?.chapter, 5, "the later page turn is kept");
     assert.deepEqual(answers, [[4, false]], "refused as older than the later page turn, and not sent again");
