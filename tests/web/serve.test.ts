@@ -234,6 +234,20 @@ Deno.test("node serve.mjs: a PORT that is no port is refused before anything sta
 });
 
 /**
+ * Runs `script` (an ES module) with node in the repository, in a process of its own (PATH and HOME only),
+ * checks it exited 0 within 120 s and returns its last line of output, parsed, and what it printed.
+ */
+async function nodeScriptEnded(script: string): Promise<{ lastLine: unknown; printed(): string }> {
+  const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
+    env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
+    cwd: REPO_ROOT,
+  });
+  const status = await run.exitWithin(120_000, "the script");
+  assert.equal(status.code, 0, run.printed());
+  return { lastLine: JSON.parse(run.stdout().trim().split("\n").pop()!), printed: () => run.printed() };
+}
+
+/**
  * A Deno process that does what npm start does once its stack is up (local/announce.ts's
  * startWebAppAndAnnounce, which local/main.ts calls, given a stand-in for the stack and this fixture's
  * startWebApp). `startAfterStop`: it prints "[parent] stop me" and starts the web app only once stopped (its
@@ -747,13 +761,8 @@ Deno.test(
       after.child.kill("SIGKILL");
       removeSignalHandlers();
       console.log(JSON.stringify(ran));`;
-    const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
-      env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
-      cwd: REPO_ROOT,
-    });
-    const status = await run.exitWithin(120_000, "the script");
-    assert.equal(status.code, 0, run.printed());
-    assert.deepEqual(JSON.parse(run.stdout().trim().split("\n").pop()!), [
+    const run = await nodeScriptEnded(script);
+    assert.deepEqual(run.lastLine, [
       "last cleanup begins",
       "the child started under way ended by its cleanup",
       "last cleanup: the child ended",
@@ -791,14 +800,9 @@ Deno.test(
       await runCleanups();
       removeSignalHandlers();
       console.log(JSON.stringify(ran));`;
-    const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
-      env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
-      cwd: REPO_ROOT,
-    });
-    const status = await run.exitWithin(120_000, "the script");
-    assert.equal(status.code, 0, run.printed());
+    const run = await nodeScriptEnded(script);
     assert.deepEqual(
-      JSON.parse(run.stdout().trim().split("\n").pop()!),
+      run.lastLine,
       ["under way", "step ended", "lock released", "older cleanup"],
       run.printed(),
     );
@@ -847,14 +851,9 @@ Deno.test(
       await runCleanups();
       removeSignalHandlers();
       console.log(JSON.stringify(ran));`;
-    const run = spawnCollecting("node", ["--input-type=module", "-e", script], {
-      env: { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", HOME: Deno.env.get("HOME") ?? "/root" },
-      cwd: REPO_ROOT,
-    });
-    const status = await run.exitWithin(120_000, "the script");
-    assert.equal(status.code, 0, run.printed());
+    const run = await nodeScriptEnded(script);
     assert.deepEqual(
-      JSON.parse(run.stdout().trim().split("\n").pop()!),
+      run.lastLine,
       ["under way", "npm ci ended", "next build ended", "lock released", "older cleanup"],
       run.printed(),
     );
