@@ -43,6 +43,20 @@ async function fixture(): Promise<string> {
   return dir;
 }
 
+/** The gateway over the functions in `dir` (no API, no database behind it), served on a port of its own. */
+async function servedGateway(dir: string) {
+  const gateway = await createFunctionsGateway({
+    port: 0,
+    apiUrl: "http://127.0.0.1:1",
+    dbUrl: "postgresql://unused",
+    jwtSecret: DEV_JWT_SECRET,
+    anonKey: "anon",
+    serviceRoleKey: "service",
+  }, { supabaseDir: dir });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, gateway.handle);
+  return { gateway, server };
+}
+
 Deno.test("config.toml function sections are read like the Supabase CLI reads them", async () => {
   const sections = parseFunctionSections(
     `[functions.a]\nverify_jwt = false\nentrypoint = "./x/y.ts" # c\n[auth]\nverify_jwt = true\n`,
@@ -74,15 +88,7 @@ Deno.test("the gateway: verify_jwt per function, path rewriting, 404/503/500 as 
   const errors: string[] = [];
   const originalError = console.error;
   console.error = (line: string) => errors.push(line); // boot_error / function_error lines
-  const gateway = await createFunctionsGateway({
-    port: 0,
-    apiUrl: "http://127.0.0.1:1",
-    dbUrl: "postgresql://unused",
-    jwtSecret: DEV_JWT_SECRET,
-    anonKey: "anon",
-    serviceRoleKey: "service",
-  }, { supabaseDir: dir });
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, gateway.handle);
+  const { gateway, server } = await servedGateway(dir);
   const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
   const get = async (path: string, init: RequestInit = {}) => {
     const res = await fetch(`${base}${path}`, init);
@@ -251,15 +257,7 @@ async function withWaitingFunction(
   const released = Promise.withResolvers<void>();
   const hooks: WaitHooks = { started: started.resolve, aborted: aborted.resolve, released: released.promise };
   Reflect.set(globalThis, HOOKS, hooks);
-  const gateway = await createFunctionsGateway({
-    port: 0,
-    apiUrl: "http://127.0.0.1:1",
-    dbUrl: "postgresql://unused",
-    jwtSecret: DEV_JWT_SECRET,
-    anonKey: "anon",
-    serviceRoleKey: "service",
-  }, { supabaseDir: dir });
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, gateway.handle);
+  const { gateway, server } = await servedGateway(dir);
   try {
     await run(
       `http://127.0.0.1:${server.addr.port}/functions/v1`,
