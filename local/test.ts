@@ -165,8 +165,9 @@ async function main(): Promise<number> {
     // that setting), so it runs after every migration that puts back an earlier one. The two reset
     // rules' migrations put back their triggers' whole WHEN clauses (and functions without that test),
     // so the migration that guards those triggers by one column runs after each. The user-lock
-    // migration puts back its trigger function without the wait's PT503, and the PT503 one puts it back
-    // without the PGRST answer's Retry-After, so each later one runs after it.
+    // migration puts back its trigger function without the wait's PT503, the PT503 one puts it back
+    // without the PGRST answer's Retry-After, and the Retry-After one puts it back answering 503 instead
+    // of 429, so each later one runs after it.
     for (
       const [label, ...suffixes] of [
         [
@@ -225,13 +226,20 @@ async function main(): Promise<number> {
           "_user_writes_serialized.sql",
           "_user_write_wait_answered_503.sql",
           "_user_write_wait_retry_after.sql",
+          "_user_write_wait_answered_429.sql",
         ],
         [
           "a user's write that waited too long answered 503",
           "_user_write_wait_answered_503.sql",
           "_user_write_wait_retry_after.sql",
+          "_user_write_wait_answered_429.sql",
         ],
-        ["a user's write that waited too long answered with Retry-After", "_user_write_wait_retry_after.sql"],
+        [
+          "a user's write that waited too long answered with Retry-After",
+          "_user_write_wait_retry_after.sql",
+          "_user_write_wait_answered_429.sql",
+        ],
+        ["a user's write that waited too long answered 429", "_user_write_wait_answered_429.sql"],
         ["the reset rules' triggers guarded by one column", "_reset_rule_triggers_one_column_when.sql"],
       ]
     ) {

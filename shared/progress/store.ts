@@ -426,10 +426,11 @@ export function mapDatabaseError(error: unknown): HttpError {
       return new HttpError(403, "forbidden", "Not allowed", { details, cause: error });
     }
     // PT503: the lock timeout of a wait for another write of the same user, which the user-lock trigger
-    // raises again for PostgREST: as SQLSTATE PGRST with "code": "PT503" in its message (HTTP 503 on the
-    // Data API of PostgREST 12+; migration …_user_write_wait_retry_after.sql), before that as SQLSTATE
-    // PT503 (…_user_write_wait_answered_503.sql, still read: a database not yet migrated): a lock timeout
-    // like 55P03, answered the same.
+    // raises again for PostgREST: as SQLSTATE PGRST with "code": "PT503" in its message, whatever status
+    // its detail gives the Data API (429 since migration …_user_write_wait_answered_429.sql, 503 under
+    // …_user_write_wait_retry_after.sql), before that as SQLSTATE PT503
+    // (…_user_write_wait_answered_503.sql, still read: a database not yet migrated): a lock timeout like
+    // 55P03, answered the same, 503 with Retry-After 1 as the API client retries (it retries no 429).
     const lockTimeout = code === "55P03" || code === "PT503";
     if (
       cls === "08" || cls === "53" || cls === "57" || code === "40001" || code === "40P01" || lockTimeout ||

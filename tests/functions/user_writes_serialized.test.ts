@@ -14,12 +14,16 @@
 //     does not wait for the user's lock that a write waiting for that row holds: it goes on, and both
 //     complete (waiting, it would close a deadlock the serialization made).
 // A write stuck behind a transaction of the same user that does not end (migrations
-// …_user_write_wait_answered_503.sql and …_user_write_wait_retry_after.sql):
+// …_user_write_wait_answered_503.sql, …_user_write_wait_retry_after.sql and
+// …_user_write_wait_answered_429.sql):
 //   * through the Data API, it ends where its lock timeout or statement timeout would end the wait with
-//     SQLSTATE PGRST, which PostgREST answers with HTTP 503, Retry-After: 1 and the body "code": "PT503"
-//     (read here as PostgREST's Error.hs reads it: there is no PostgREST in the local stack), and stores
-//     nothing; before, SQLSTATE PT503 (503, no Retry-After), and before that PostgREST's 500 for 57014
-//     (the statement timeout, first under Supabase's equal 8 s timeouts) or 55P03;
+//     SQLSTATE PGRST, which PostgREST answers with HTTP 429, one Retry-After: 1 and the body "code":
+//     "PT503", without starting its connection worker (read here as PostgREST's Error.hs and App.hs read
+//     and send it: there is no PostgREST in the local stack), and stores nothing; before, the same as a
+//     503, which PostgREST sent with its own Retry-After: 0 first and after which (12.0 to 14.x) it
+//     flushed its pool and reloaded its schema cache; before that SQLSTATE PT503 (503, no Retry-After of ours), and before
+//     that PostgREST's 500 for 57014 (the statement timeout, first under Supabase's equal 8 s timeouts)
+//     or 55P03;
 //   * a write sent after other statements in one simple-query message waits as long as its own
 //     statement timeout allows (PostgreSQL times each statement of such a message apart): it gets the
 //     lock once the other write ends;
@@ -27,7 +31,8 @@
 //   * a cancel while it waits stays a cancel (57014), though the statement timeout's end, the same
 //     SQLSTATE, is answered as the wait's;
 //   * through the progress function, it is still the 503 service_unavailable of a lock timeout, and
-//     the function's store maps each form the database has raised that wait in (55P03, PT503, PGRST).
+//     the function's store maps each form the database has raised that wait in (55P03, PT503, PGRST with
+//     status 503 or 429).
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
@@ -385,11 +390,40 @@ async function refusal(sent: Promise<unknown>, what: string): Promise<DatabaseEr
   return outcome.error as DatabaseError;
 }
 
-/** PostgREST's answer to a database error: status, the error's own headers, body. */
+/**
+ * PostgREST's answer to a database error: status, the header fields it sends beside Content-Type and
+ * Content-Length (in order, a name may come twice), whether the answer starts its connection worker, body.
+ */
 interface PostgrestAnswer {
   status: number;
-  headers: Record<string, string>;
+  headers: [string, string][];
+  startsConnectionWorker: boolean;
   body: { code: string; message: string; details: string | null; hint: string | null };
+}
+
+/** A header as fetch's `headers.get` reads it: every field of that name, joined with ", " (null if none). */
+function fetchHeader(headers: [string, string][], name: string): string | null {
+  const values = headers.filter(([n]) => n.toLowerCase() === name.toLowerCase()).map(([, v]) => v);
+  return values.length === 0 ? null : values.join(", ");
+}
+
+/**
+ * How PostgREST sends an error of `status` with `raised` headers (src/PostgREST/App.hs, `postgrest`): on
+ * a 503, addRetryHint puts ("Retry-After", its reconnection delay: 0 unless it has had to reconnect)
+ * before the error's headers (12.0 and later, 16.x too), and the connection worker starts (12.0 to 14.x:
+ * it flushes the pool and reloads the configuration and the schema cache; later 12.2 releases skip it
+ * only while no schema cache is loaded, which a request that reached the database rules out; the 16.x
+ * source no longer starts it from a 503). Any other status goes out with the raised headers alone.
+ */
+function sentByPostgrest(
+  status: number,
+  raised: [string, string][],
+): Pick<PostgrestAnswer, "headers" | "startsConnectionWorker"> {
+  const unavailable = status === 503;
+  return {
+    headers: unavailable ? [["Retry-After", "0"], ...raised] : raised,
+    startsConnectionWorker: unavailable,
+  };
 }
 
 /** A JSON object parsed from `text`, or undefined. */
@@ -406,12 +440,13 @@ const isOptionalString = (value: unknown) =>
   value === undefined || value === null || typeof value === "string";
 
 /**
- * What PostgREST (src/PostgREST/Error.hs) answers for `error`, for the SQLSTATEs a wait can end with.
- * PGRST (parseRaisePGRST, docs: Errors, "Raise errors with HTTP Status Codes"): the MESSAGE is the body,
- * a JSON object with string "code" and "message" and optional string "details" and "hint"; the DETAIL a
- * JSON object with a number "status", an object of strings "headers" and an optional string
- * "status_text"; either not so, PostgREST answers its own 500 PGRST121. PT<nnn>: status nnn, no headers.
- * Else (mapSQLtoHTTP) 500 for 55* and 57* but 57P01, the statuses these tests meet otherwise.
+ * What PostgREST (src/PostgREST/Error.hs, then App.hs: sentByPostgrest) answers for `error`, for the
+ * SQLSTATEs a wait can end with. PGRST (parseRaisePGRST, docs: Errors, "Raise errors with HTTP Status
+ * Codes"): the MESSAGE is the body, a JSON object with string "code" and "message" and optional string
+ * "details" and "hint"; the DETAIL a JSON object with a number "status", an object of strings "headers"
+ * and an optional string "status_text"; either not so, PostgREST answers its own 500 PGRST121. PT<nnn>:
+ * status nnn, no headers of the error's. Else (mapSQLtoHTTP) 500 for 55* and 57* but 57P01, the statuses
+ * these tests meet otherwise.
  */
 function postgrestAnswer(error: DatabaseError): PostgrestAnswer {
   const body = {
@@ -433,7 +468,7 @@ function postgrestAnswer(error: DatabaseError): PostgrestAnswer {
     ) {
       return {
         status: 500,
-        headers: {},
+        ...sentByPostgrest(500, []),
         body: {
           ...body,
           code: "PGRST121",
@@ -443,7 +478,7 @@ function postgrestAnswer(error: DatabaseError): PostgrestAnswer {
     }
     return {
       status: said.status as number,
-      headers: headers as Record<string, string>,
+      ...sentByPostgrest(said.status as number, Object.entries(headers as Record<string, string>)),
       body: {
         code: raised.code,
         message: raised.message,
@@ -453,20 +488,36 @@ function postgrestAnswer(error: DatabaseError): PostgrestAnswer {
     };
   }
   const statusCode = /^PT(\d+)$/.exec(body.code)?.[1];
-  if (statusCode) return { status: Number(statusCode), headers: {}, body };
-  if (/^(55|57)/.test(body.code) && body.code !== "57P01") return { status: 500, headers: {}, body };
+  if (statusCode) return { status: Number(statusCode), ...sentByPostgrest(Number(statusCode), []), body };
+  if (/^(55|57)/.test(body.code) && body.code !== "57P01") {
+    return { status: 500, ...sentByPostgrest(500, []), body };
+  }
   throw new Error(`not modelled here: what PostgREST answers for ${body.code} ${body.message}`);
 }
 
 /**
- * Asserts `error` is the wait that waited too long, as PostgREST answers it: 503, Retry-After: 1, the
- * body PT503 with its message, details and hint; `what` and `before` name the case and its old outcome.
+ * Asserts `error` is the wait that waited too long, as PostgREST answers it: 429 with one Retry-After: 1
+ * (fetch reads "1"), no connection worker started, the body PT503 with its message, details and hint;
+ * `what` and `before` name the case and its old outcome.
  */
 function assertWaitAnswered(error: DatabaseError, what: string, before: string): void {
   const answer = postgrestAnswer(error);
   const seen = `${what}: ${error.code} ${error.message} ${error.detail} (before: ${before})`;
-  assert.equal(answer.status, 503, seen);
-  assert.deepEqual(answer.headers, { "Retry-After": "1" }, seen);
+  assert.deepEqual(
+    {
+      status: answer.status,
+      headers: answer.headers,
+      retryAfterAsFetchReadsIt: fetchHeader(answer.headers, "retry-after"),
+      startsConnectionWorker: answer.startsConnectionWorker,
+    },
+    {
+      status: 429,
+      headers: [["Retry-After", "1"]],
+      retryAfterAsFetchReadsIt: "1",
+      startsConnectionWorker: false,
+    },
+    seen,
+  );
   assert.equal(answer.body.code, "PT503", seen);
   assert.equal(answer.body.message, "Another write of this user is in progress", what);
   assert.match(
@@ -483,21 +534,27 @@ const WAIT_SHAPES: { name: string; timeouts: RequestTimeouts; before: string }[]
     // (the request), here 1 s each.
     name: "the session's lock_timeout and the request's statement_timeout equal, as on Supabase's Data API",
     timeouts: { session: { lock_timeout: 1_000 }, transaction: { statement_timeout: 1_000 } },
-    before: "PT503 without Retry-After; 57014, the statement timeout: HTTP 500",
+    before:
+      "503 with PostgREST's Retry-After: 0 first, and its connection worker; PT503 without Retry-After; " +
+      "57014, the statement timeout: HTTP 500",
   },
   {
     name: "a lock_timeout shorter than the statement timeout (the progress function's 2 s and 8 s)",
     timeouts: { session: {}, transaction: { lock_timeout: 300, statement_timeout: 8_000 } },
-    before: "PT503 without Retry-After; 55P03, the lock timeout: HTTP 500",
+    before:
+      "503 with PostgREST's Retry-After: 0 first, and its connection worker; PT503 without Retry-After; " +
+      "55P03, the lock timeout: HTTP 500",
   },
   {
     name: "a statement timeout and no lock_timeout",
     timeouts: { session: {}, transaction: { statement_timeout: 1_000 } },
-    before: "PT503 without Retry-After; 57014, the statement timeout: HTTP 500",
+    before:
+      "503 with PostgREST's Retry-After: 0 first, and its connection worker; PT503 without Retry-After; " +
+      "57014, the statement timeout: HTTP 500",
   },
 ];
 
-Deno.test("a Data API write stuck behind another write of the same user is answered 503 with Retry-After: 1 and the body PT503, stores nothing, and lands when sent again", async () => {
+Deno.test("a Data API write stuck behind another write of the same user is answered 429 with one Retry-After: 1 and the body PT503, without PostgREST's connection worker, stores nothing, and lands when sent again", async () => {
   const admin = adminSql({ max: 1 });
   const holder = connection();
   let held: Held | undefined;
@@ -685,8 +742,9 @@ Deno.test("a progress function write stuck behind another write of the same user
 Deno.test("the progress function's store maps each form the database has raised the wait's end in as its lock timeout's 503, and a PGRST it cannot read as a 500", async () => {
   // Raised by the real database (a DO block), mapped by the store as the function maps its errors:
   // 55P03 (a lock timeout), PT503 (…_user_write_wait_answered_503.sql: a database not yet migrated),
-  // PGRST with the body PT503 (…_user_write_wait_retry_after.sql; the trigger's own error is mapped in
-  // the Data API test above). A PGRST whose message is not PostgREST's JSON stands for nothing known.
+  // PGRST with the body PT503 and status 503 (…_user_write_wait_retry_after.sql) or 429
+  // (…_user_write_wait_answered_429.sql; the trigger's own error is mapped in the Data API test above).
+  // A PGRST whose message is not PostgREST's JSON stands for nothing known.
   const admin = adminSql({ max: 1 });
   try {
     const raised = (statement: string) =>
@@ -697,6 +755,9 @@ Deno.test("the progress function's store maps each form the database has raised 
       `raise sqlstate 'PGRST' using
          message = '{"code": "PT503", "message": "Another write of this user is in progress"}',
          detail = '{"status": 503, "headers": {"Retry-After": "1"}}'`,
+      `raise sqlstate 'PGRST' using
+         message = '{"code": "PT503", "message": "Another write of this user is in progress"}',
+         detail = '{"status": 429, "headers": {"Retry-After": "1"}}'`,
     ];
     for (const statement of lockTimeouts) {
       const mapped = mapDatabaseError(await raised(statement));
