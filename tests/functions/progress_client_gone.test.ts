@@ -359,8 +359,14 @@ function databaseProxy(later: "refuse" | "hold") {
   })().catch(() => {});
   return {
     url: url.toString(),
-    /** Settles once a later connection (a cancel request) has come. */
-    laterCame: guarded(laterCame.promise, "cancel request's connection"),
+    /**
+     * Settles once a later connection (a cancel request) has come. Guarded from when it is asked for: a
+     * guard started with the proxy rejected, unhandled, 30 s later in "refuse" mode (no later connection is
+     * ever taken), failing the test module if its tests ran that long.
+     */
+    get laterCame() {
+      return guarded(laterCame.promise, "cancel request's connection");
+    },
     /** Forwards the held connections; settles once the first of them has ended (the request delivered). */
     releaseLater: () => {
       released.resolve();
