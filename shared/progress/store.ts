@@ -75,8 +75,9 @@ export interface ProgressStore {
 /**
  * A store call given up because its signal aborted: the client left (the request's signal), or the
  * server that runs the function is closing (the local gateway's close()). The statement it was running
- * was cancelled in the database, or none was sent, and its transaction rolled back, so nothing of the
- * call is stored; its connection went back to the pool at once. A 503 with Retry-After, as a client still
+ * was cancelled in the database, or none was sent (it still waited for a pooled connection: it left the
+ * line), and its transaction rolled back, so nothing of the call is stored; its connection went back to
+ * the pool at once. A 503 with Retry-After, as a client still
  * there (a closing server) may send it again; a client that left gets no answer. `reason` is the
  * signal's.
  */
@@ -158,6 +159,78 @@ function sendCancel(query: { cancel(): void }): Promise<void> {
   return new Promise<unknown>((resolve) => resolve(canceller(query))).then(() => {}, () => {});
 }
 
+/**
+ * The turns of the calls on one pool at its connections: at most `size` (the pool's max) transactions at
+ * once, the other calls waiting in the order they came. A call waits here, not in postgres.js's queue, for
+ * a query cannot be taken back from there once sql.begin() has queued its BEGIN (the pool's cancel(query)
+ * removes a queued query, but begin() keeps its BEGIN to itself): a call whose signal aborted while it waited
+ * stayed in line, and once a connection was free it sent BEGIN and ROLLBACK and only then answered. Here it
+ * leaves the line at once (CallCancelledError), has sent nothing and takes no one's turn. `take` adds an
+ * abort listener to the signal only while the call waits and removes it when the call gets its turn or
+ * leaves.
+ *
+ * A turn is given back once its transaction has ended (committed, rolled back, or its connection lost), by
+ * then postgres.js has put the connection back in the pool, so the next call finds it free. Calls on the pool
+ * made outside a store (none in server.ts) take no turn: with them about, a call with a turn may still wait
+ * in postgres.js's queue, as before.
+ */
+interface ConnectionTurns {
+  /** Resolves, once the call may begin its transaction, with the function that gives the turn back. */
+  take(signal: AbortSignal | undefined): Promise<() => void>;
+}
+
+function connectionTurns(size: number): ConnectionTurns {
+  let free = size;
+  const waiting: { admit(): void }[] = [];
+  return {
+    take(signal) {
+      if (signal?.aborted) return Promise.reject(new CallCancelledError(signal.reason));
+      let returned = false;
+      const giveBack = () => {
+        if (returned) return;
+        returned = true;
+        const next = waiting.shift();
+        if (next) next.admit();
+        else free++;
+      };
+      if (free > 0) {
+        free--;
+        return Promise.resolve(giveBack);
+      }
+      return new Promise((resolve, reject) => {
+        const waiter = {
+          admit() {
+            signal?.removeEventListener("abort", leave);
+            resolve(giveBack);
+          },
+        };
+        // Runs only while the call waits: admit() removes it before the turn is given.
+        const leave = () => {
+          signal!.removeEventListener("abort", leave);
+          const place = waiting.indexOf(waiter);
+          if (place >= 0) waiting.splice(place, 1);
+          reject(new CallCancelledError(signal!.reason));
+        };
+        signal?.addEventListener("abort", leave);
+        waiting.push(waiter);
+      });
+    },
+  };
+}
+
+/** The turns of `sql`'s calls (one line per pool, whichever store takes them); undefined without a max. */
+function turnsOf(sql: postgres.Sql): ConnectionTurns | undefined {
+  const cached = turnsByPool.get(sql);
+  if (cached) return cached;
+  const max = (sql as unknown as { options?: { max?: unknown } }).options?.max;
+  if (typeof max !== "number" || !Number.isInteger(max) || max < 1) return undefined;
+  const turns = connectionTurns(max);
+  turnsByPool.set(sql, turns);
+  return turns;
+}
+
+const turnsByPool = new WeakMap<postgres.Sql, ConnectionTurns>();
+
 /** Runs a statement of the call's transaction, cancellable by the call's signal (see cancellable). */
 type Run = <T extends readonly postgres.MaybeRow[]>(
   query: postgres.PendingQuery<T>,
@@ -228,6 +301,7 @@ export function createPostgresProgressStore(
   const timeout = String(options.statementTimeoutMs ?? 8_000);
   const lockTimeout = String(options.lockTimeoutMs ?? 2_000);
   const attempts = options.attempts ?? 3;
+  const turns = turnsOf(sql);
 
   async function asUser<T>(
     claims: JwtClaims,
@@ -238,8 +312,13 @@ export function createPostgresProgressStore(
   ): Promise<T> {
     const run: Run = (query) => cancellable(query, signal);
     for (let attempt = 1;; attempt++) {
+      let giveBack: (() => void) | undefined;
       try {
         // Not begun for a signal that aborted already (before the first attempt, or during a retry's pause).
+        if (signal?.aborted) throw new CallCancelledError(signal.reason);
+        // A turn at the pool's connections, per attempt: given back once the transaction ended, before a
+        // retry's pause. A signal that aborts while the call waits for it ends the call at once.
+        giveBack = turns ? await turns.take(signal) : undefined;
         if (signal?.aborted) throw new CallCancelledError(signal.reason);
         return await sql.begin(mode, async (tx) => {
           // TimeZone UTC: dates come back as to_jsonb text in the session's TimeZone, and a project's
@@ -273,6 +352,7 @@ export function createPostgresProgressStore(
           return await fn(tx, run);
         }) as T;
       } catch (error) {
+        giveBack?.();
         if (error instanceof CallCancelledError) throw error;
         // A statement the signal cancelled (57014), or any other failure once the signal aborted: the
         // transaction did not commit (it rolled back whole), and no one waits for a retry. A cancel request
@@ -284,6 +364,8 @@ export function createPostgresProgressStore(
           continue;
         }
         throw mapDatabaseError(error);
+      } finally {
+        giveBack?.();
       }
     }
   }

@@ -10,6 +10,9 @@
 //     it went on until they ended (2 s and 8 s by default), its pooled connection held all that time.
 //   * a write that committed before the client left stays stored, and is logged request_aborted with
 //     the answer's status (200) that no one got.
+//   * a request that waits for a pooled connection (the pool's one connection busy with another user's
+//     write that waits) and whose client leaves ends at once, request_cancelled, while the pool is still
+//     busy, and sends nothing to the database, instead of keeping its place until the connection was free.
 // And the store's cancel request itself (the store called directly, its pool of one connection through a
 // TCP proxy that can refuse or hold the cancel request's connection of its own):
 //   * a cancel request whose connection is refused is no unhandled rejection (which ends a Deno process):
@@ -18,12 +21,15 @@
 //     arrives before anything else is sent on the connection: it finds the backend idle in the
 //     transaction (ignored there) and the write commits, instead of landing, the connection back in the
 //     pool, on another user's statement (a 503 "took too long" for a request whose client was there).
+// And every store call (answered, failed in the database, thrown, aborted before it began, cancelled,
+// waiting for a connection then answered or left) removes every listener it added to its signal.
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { createJwtVerifier } from "../../shared/auth/jwt.ts";
 import { createProgressHandler } from "../../shared/progress/handler.ts";
 import { progressWriteSchema } from "../../shared/progress/schemas.ts";
+import { HttpError } from "../../shared/http/errors.ts";
 import { createPostgresProgressStore, type ProgressStore } from "../../shared/progress/store.ts";
 import { createTestUser, mintsTokens } from "../support/env.ts";
 import {
@@ -96,6 +102,8 @@ async function withFunction(
   makeStore: (pool: postgres.Sql) => ProgressStore,
   applicationName: string,
   run: (base: string, log: ReturnType<typeof logRecorder>) => Promise<void>,
+  poolOptions: { max?: number; debug?: (connection: number, query: string, parameters: unknown[]) => void } =
+    {},
 ): Promise<void> {
   const env = testEnv();
   const pool = postgres(env.dbUrl, {
@@ -104,6 +112,7 @@ async function withFunction(
     onnotice: () => {},
     connect_timeout: 5,
     connection: { application_name: applicationName },
+    ...poolOptions,
   });
   const log = logRecorder();
   const handler = createProgressHandler({
@@ -543,6 +552,296 @@ Deno.test({
       await pool.end({ timeout: 5 });
       await proxy.close();
       await Promise.all([...holders.map((h) => h.end()), admin.end()]);
+    }
+  },
+});
+
+Deno.test({
+  name: "a client that leaves while its request waits for a pooled connection: the request ends at once, " +
+    "request_cancelled, having sent nothing to the database",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const applicationName = `readsync-client-gone-queued-${crypto.randomUUID().slice(0, 8)}`;
+    let held: Held | undefined;
+    try {
+      const [first, leaving] = [await createTestUser(), await createTestUser()];
+      const [firstSeries, leavingSeries] = [seriesId("queued-first"), seriesId("queued-leaving")];
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      held = await userWriteInProgress(holder, first.id, seriesId("queued-held"));
+      // Every statement the function's pool sends, with its parameters.
+      const sent: { query: string; parameters: unknown[] }[] = [];
+      // The calls that reached the store, by series.
+      const reached = new Map<string, PromiseWithResolvers<void>>();
+      const reachedStore = (series: string) => {
+        if (!reached.has(series)) reached.set(series, Promise.withResolvers<void>());
+        return reached.get(series)!;
+      };
+      await withFunction(
+        (pool) => {
+          const store = createPostgresProgressStore(pool, {
+            lockTimeoutMs: LONG_TIMEOUT_MS,
+            statementTimeoutMs: LONG_TIMEOUT_MS,
+          });
+          return {
+            ...store,
+            write: (claims, w, clock, signal) => {
+              reachedStore(w.series_id).resolve();
+              return store.write(claims, w, clock, signal);
+            },
+          };
+        },
+        applicationName,
+        async (base, log) => {
+          try {
+            // The first user's write takes the pool's one connection and waits there for that user's
+            // other write.
+            const firstSent = fetch(base, {
+              method: "POST",
+              headers: { authorization: `Bearer ${first.accessToken}`, "content-type": "application/json" },
+              body: JSON.stringify(write({ series_id: firstSeries })),
+            });
+            firstSent.catch(() => {}); // awaited below
+            const firstPid = await waitingBackend(admin, applicationName, holderPid);
+            // The other user's write reaches the store and waits for the connection; its client leaves.
+            const client = new AbortController();
+            const leavingSent = fetch(base, {
+              method: "POST",
+              headers: { authorization: `Bearer ${leaving.accessToken}`, "content-type": "application/json" },
+              body: JSON.stringify(write({ series_id: leavingSeries })),
+              signal: client.signal,
+            });
+            leavingSent.catch(() => {}); // aborted below
+            await guarded(reachedStore(leavingSeries).promise, "the leaving write's call of the store");
+            client.abort();
+            await assert.rejects(leavingSent, { name: "AbortError" });
+            // It ends while the pool's connection is still busy: before, it kept its place until the first
+            // write had ended (here: never, the test's guard).
+            const entry = await log.next("request_cancelled");
+            assert.deepEqual(
+              { level: entry.level, method: entry.method, path: entry.path, user_id: entry.user_id },
+              { level: "info", method: "POST", path: "/progress", user_id: leaving.id },
+            );
+            const [{ waits }] = await admin<{ waits: boolean }[]>`
+              select ${holderPid}::integer = any(pg_catalog.pg_blocking_pids(${firstPid}::integer)) as waits`;
+            assert.ok(waits, "the first write still waited for the lock when the other one ended");
+
+            held!.release();
+            await held!.done;
+            const firstAnswer = await guarded(firstSent, "answer of the first write");
+            assert.equal(firstAnswer.status, 200, await firstAnswer.text());
+            assert.deepEqual(await storedSeries(admin, first.id, [firstSeries]), [firstSeries]);
+            assert.deepEqual(await storedSeries(admin, leaving.id, [leavingSeries]), [], "nothing stored");
+            // Nothing of the leaving request reached the database: one transaction was begun on the pool
+            // (the first write's), and no statement named the leaving user or series.
+            assert.equal(sent.filter((s) => /^\s*begin\b/i.test(s.query)).length, 1, JSON.stringify(sent));
+            const named = sent.filter((s) =>
+              JSON.stringify(s.parameters).includes(leavingSeries) ||
+              JSON.stringify(s.parameters).includes(leaving.id)
+            );
+            assert.deepEqual(named, [], "no statement of the leaving request");
+            assert.ok(
+              !log.entries.some((e) => e.event === "dependency_unavailable" || e.event === "request_failed"),
+              `not logged as a failure: ${JSON.stringify(log.entries)}`,
+            );
+          } finally {
+            await endHeld(held);
+          }
+        },
+        { max: 1, debug: (_connection, query, parameters) => sent.push({ query, parameters }) },
+      );
+    } finally {
+      await endHeld(held);
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+/**
+ * An AbortSignal that counts the abort listeners added to it and not yet removed (`live`); a listener
+ * added with `once` counts as removed once the signal aborted, as the signal drops it then.
+ */
+function recordingSignal() {
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const live = new Set<unknown>();
+  const once = new Set<unknown>();
+  let added = 0;
+  const add = signal.addEventListener.bind(signal);
+  const remove = signal.removeEventListener.bind(signal);
+  add("abort", () => {
+    for (const listener of once) live.delete(listener);
+    once.clear();
+  });
+  signal.addEventListener = ((
+    type: string,
+    listener: EventListenerOrEventListenerObject,
+    options?: boolean | AddEventListenerOptions,
+  ) => {
+    if (type === "abort" && !live.has(listener)) {
+      added++;
+      live.add(listener);
+      if (typeof options === "object" && options.once) once.add(listener);
+    }
+    add(type, listener, options);
+  }) as typeof signal.addEventListener;
+  signal.removeEventListener = ((
+    type: string,
+    listener: EventListenerOrEventListenerObject,
+    options?: boolean | EventListenerOptions,
+  ) => {
+    if (type === "abort") {
+      live.delete(listener);
+      once.delete(listener);
+    }
+    remove(type, listener, options);
+  }) as typeof signal.removeEventListener;
+  return {
+    signal,
+    abort: (reason?: unknown) => controller.abort(reason),
+    get added() {
+      return added;
+    },
+    get live() {
+      return live.size;
+    },
+  };
+}
+
+Deno.test({
+  name: "every store call removes the listeners it added to its signal: answered, failed, thrown, aborted, " +
+    "cancelled, waiting for a connection then answered or left",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const applicationName = `readsync-listeners-${crypto.randomUUID().slice(0, 8)}`;
+    const pool = postgres(testEnv().dbUrl, {
+      max: 1,
+      prepare: false,
+      onnotice: () => {},
+      connect_timeout: 5,
+      connection: { application_name: applicationName },
+    });
+    const helds: Held[] = [];
+    try {
+      const [user, other] = [await createTestUser(), await createTestUser()];
+      const claims = { sub: user.id, role: "authenticated" };
+      const otherClaims = { sub: other.id, role: "authenticated" };
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      const store = createPostgresProgressStore(pool, {
+        lockTimeoutMs: LONG_TIMEOUT_MS,
+        statementTimeoutMs: LONG_TIMEOUT_MS,
+      });
+      const parsed = (series: string) => progressWriteSchema.parse(write({ series_id: series }));
+      const outcomes: Record<string, { added: number; live: number; outcome: string }> = {};
+      const settle = async (
+        name: string,
+        recorder: ReturnType<typeof recordingSignal>,
+        call: Promise<unknown>,
+      ) => {
+        const outcome = await guarded(
+          call.then(() => "answered", (e) => e instanceof HttpError ? `${e.name} ${e.status}` : String(e)),
+          `end of the ${name} call`,
+        );
+        outcomes[name] = { added: recorder.added, live: recorder.live, outcome };
+      };
+
+      const answered = recordingSignal();
+      await settle(
+        "answered",
+        answered,
+        store.write(claims, parsed(seriesId("listeners-a")), undefined, answered.signal),
+      );
+
+      // The database refuses a batch of no writes (22023): a 422.
+      const failed = recordingSignal();
+      await settle("failed", failed, store.writeBatch(claims, [], undefined, failed.signal));
+
+      // Claims JSON cannot write (a BigInt): a TypeError in the transaction, a 500.
+      const thrown = recordingSignal();
+      await settle(
+        "thrown",
+        thrown,
+        store.get({ ...claims, n: 1n } as unknown as typeof claims, "s", undefined, thrown.signal),
+      );
+
+      const aborted = recordingSignal();
+      aborted.abort(new Error("gone before"));
+      await settle(
+        "aborted",
+        aborted,
+        store.list(claims, { limit: 5, includeCleared: false }, undefined, aborted.signal),
+      );
+
+      // A write waiting for the user's other write, cancelled.
+      helds.push(await userWriteInProgress(holder, user.id, seriesId("listeners-held-1")));
+      const cancelled = recordingSignal();
+      const cancelledCall = store.write(claims, parsed(seriesId("listeners-c")), undefined, cancelled.signal);
+      cancelledCall.catch(() => {}); // settled below
+      await waitingBackend(admin, applicationName, holderPid);
+      cancelled.abort(new Error("gone while waiting"));
+      await settle("cancelled", cancelled, cancelledCall);
+
+      // A write waiting for the user's other write holds the pool's one connection; another user's read
+      // waits for it, and gets it once that write landed.
+      const ahead = store.write(
+        claims,
+        parsed(seriesId("listeners-ahead-1")),
+        undefined,
+        new AbortController().signal,
+      );
+      ahead.catch(() => {}); // awaited below
+      await waitingBackend(admin, applicationName, holderPid);
+      const queued = recordingSignal();
+      const queuedCall = store.get(otherClaims, "s", undefined, queued.signal);
+      queuedCall.catch(() => {}); // settled below
+      helds[0].release();
+      await helds[0].done;
+      await guarded(ahead, "answer of the write ahead");
+      await settle("queued, answered", queued, queuedCall);
+
+      // The same, but the read's client leaves while it waits: it ends while the connection is still busy.
+      helds.push(await userWriteInProgress(holder, user.id, seriesId("listeners-held-2")));
+      const ahead2 = store.write(claims, parsed(seriesId("listeners-ahead-2")), undefined, undefined);
+      ahead2.catch(() => {}); // awaited below
+      const aheadPid = await waitingBackend(admin, applicationName, holderPid);
+      const left = recordingSignal();
+      const leftCall = store.get(otherClaims, "s", undefined, left.signal);
+      leftCall.catch(() => {}); // settled below
+      left.abort(new Error("gone while queued"));
+      await settle("queued, left", left, leftCall);
+      const [{ waits }] = await admin<{ waits: boolean }[]>`
+        select ${holderPid}::integer = any(pg_catalog.pg_blocking_pids(${aheadPid}::integer)) as waits`;
+      assert.ok(waits, "the write ahead still held the pool's connection when the queued read ended");
+      helds[1].release();
+      await helds[1].done;
+      await guarded(ahead2, "answer of the second write ahead");
+
+      assert.deepEqual(
+        Object.fromEntries(
+          Object.entries(outcomes).map(([name, o]) => [name, { live: o.live, outcome: o.outcome }]),
+        ),
+        {
+          answered: { live: 0, outcome: "answered" },
+          failed: { live: 0, outcome: "HttpError 422" },
+          thrown: { live: 0, outcome: "HttpError 500" },
+          aborted: { live: 0, outcome: "CallCancelledError 503" },
+          cancelled: { live: 0, outcome: "CallCancelledError 503" },
+          "queued, answered": { live: 0, outcome: "answered" },
+          "queued, left": { live: 0, outcome: "CallCancelledError 503" },
+        },
+      );
+      // The calls that ran a statement listened while it ran; the one aborted before it began added none.
+      for (const name of ["answered", "failed", "cancelled", "queued, answered"]) {
+        assert.ok(outcomes[name].added > 0, `${name}: ${JSON.stringify(outcomes[name])}`);
+      }
+      assert.equal(outcomes.aborted.added, 0);
+    } finally {
+      for (const held of helds) await endHeld(held);
+      await pool.end({ timeout: 5 });
+      await Promise.all([holder.end(), admin.end()]);
     }
   },
 });
