@@ -8,7 +8,7 @@
 // overloaded or too slow -> 503, a call cancelled by its signal -> CallCancelledError (503), everything
 // else -> 500 (a bug, logged by the handler).
 
-import type postgres from "postgres";
+import postgres from "postgres";
 import type { JwtClaims } from "../auth/jwt.ts";
 import { HttpError } from "../http/errors.ts";
 import { microsecondIso } from "./instant.ts";
@@ -117,12 +117,13 @@ export class CallCancelledError extends HttpError {
 async function cancellable<T extends readonly postgres.MaybeRow[]>(
   query: postgres.PendingQuery<T>,
   signal: AbortSignal | undefined,
+  canceller: Canceller | undefined,
 ): Promise<postgres.RowList<T>> {
   if (!signal) return await query;
   if (signal.aborted) throw new CallCancelledError(signal.reason);
   let cancelSent: Promise<void> | undefined;
   const cancel = () => {
-    cancelSent = sendCancel(query);
+    cancelSent = sendCancel(query, canceller);
   };
   signal.addEventListener("abort", cancel, { once: true });
   try {
@@ -133,6 +134,9 @@ async function cancellable<T extends readonly postgres.MaybeRow[]>(
   }
 }
 
+/** postgres.js's cancel(query) of a pool (a query's `canceller`): PostgreSQL's cancel request for it. */
+type Canceller = (query: unknown) => unknown;
+
 /**
  * Sends PostgreSQL's cancel request for `query`, which is running, and settles (never rejects) once the
  * request has ended: delivered (the server closes the request's connection once it has signalled the
@@ -140,24 +144,64 @@ async function cancellable<T extends readonly postgres.MaybeRow[]>(
  *
  * Not query.cancel(): postgres.js 3.4 sends the same request there but drops its promise, so a request
  * whose connection failed was an unhandled rejection, which ends a Deno process (the function's isolate),
- * and no one could wait for a request to arrive. This calls what query.cancel() wraps, the query's
- * `canceller` (the pool's cancel(query), which returns that promise): the one internal of postgres.js
- * (pinned in deno.json) used here; were it gone (another version), query.cancel() is called as before,
- * unwaited and its failure unhandled, and tests/functions/progress_client_gone.test.ts fails. The wait is
- * bounded: postgres.js gives the request's connection the pool's connect_timeout. (A query sent behind
- * another on its connection would send its request only once it ran; a call's statements run one at a
- * time here, each alone on the transaction's connection.)
+ * and no one could wait for a request to arrive. This calls what query.cancel() wraps, a pool's
+ * cancel(query) (the query's `canceller`, which returns that promise): `canceller` when given
+ * (cancellerApart's), else the query's own. Internals of postgres.js (pinned in deno.json); were they gone
+ * (another version), query.cancel() is called as before, unwaited and its failure unhandled, and
+ * tests/functions/progress_client_gone.test.ts fails. The wait is bounded: postgres.js gives the request's
+ * connection the pool's connect_timeout. (A query sent behind another on its connection would send its
+ * request only once it ran; a call's statements run one at a time here, each alone on the transaction's
+ * connection.)
  */
-function sendCancel(query: { cancel(): void }): Promise<void> {
+function sendCancel(query: { cancel(): void }, canceller: Canceller | undefined): Promise<void> {
   const internal = query as unknown as { canceller?: unknown };
-  const canceller = internal.canceller;
-  if (typeof canceller !== "function") {
+  const own = internal.canceller;
+  if (typeof own !== "function") {
     query.cancel();
     return Promise.resolve();
   }
   internal.canceller = null; // as query.cancel() does: one cancel request per query
-  return new Promise<unknown>((resolve) => resolve(canceller(query))).then(() => {}, () => {});
+  const send = canceller ?? (own as Canceller);
+  return new Promise<unknown>((resolve) => resolve(send(query))).then(() => {}, () => {});
 }
+
+/**
+ * A pool's cancel(query) that counts its failures apart from the pool's connections, made once per pool.
+ *
+ * postgres.js 3.4.9 sends a cancel request on a Connection made with the pool's own options, and a
+ * connection that closes with an error adds one to `options.shared.retries`, the count the pool's
+ * connections share: each of them, when it closes, waits backoff(retries) before it may connect again
+ * (0.5 to 1 times 3^retries / 100 s, at most 20 s), and only a pool connection that completes its startup
+ * sets the count back to 0. So every cancel request whose connection was refused or reset (a database
+ * restarting, a pooler that refuses them) lengthened the next reconnect of the pool: after one, 15 to 30 ms
+ * instead of 5 to 10; after seven, 10 to 20 s, for a request that found its connection closed (idle for 20 s:
+ * server.ts's idle_timeout, or at its max_lifetime) within that time of the close. The count does not
+ * touch a connection that stays open, and a refused cancel request is no sign that the pool's own
+ * connections fail (the pooler or the server may refuse only those). Here the requests go through a second
+ * postgres() made from the pool's parsed options (postgres() takes them as they are) with a `shared` of its
+ * own and no subscription pool: it never opens a connection of its own, and the failures it counts slow no
+ * one. Undefined when `sql` has no such options (a transaction, another version of postgres.js): the
+ * query's own canceller is used then.
+ */
+function cancellerApart(sql: postgres.Sql): Canceller | undefined {
+  const cached = cancellers.get(sql);
+  if (cached) return cached;
+  const options = (sql as unknown as { options?: { shared?: { retries?: unknown } } }).options;
+  if (!options?.shared || typeof options.shared.retries !== "number") return undefined;
+  const apart = postgres({
+    ...options,
+    shared: { ...options.shared, retries: 0 },
+    max: 1,
+    no_subscribe: true,
+  } as unknown as postgres.Options<Record<string, postgres.PostgresType>>);
+  // A query is never run on `apart`: made only to reach the pool's cancel(query), which its queries carry.
+  const canceller = (apart`select 1` as unknown as { canceller?: unknown }).canceller;
+  if (typeof canceller !== "function") return undefined;
+  cancellers.set(sql, canceller as Canceller);
+  return canceller as Canceller;
+}
+
+const cancellers = new WeakMap<postgres.Sql, Canceller>();
 
 /**
  * The turns of the calls on one pool at its connections: at most `size` (the pool's max) transactions at
@@ -302,6 +346,7 @@ export function createPostgresProgressStore(
   const lockTimeout = String(options.lockTimeoutMs ?? 2_000);
   const attempts = options.attempts ?? 3;
   const turns = turnsOf(sql);
+  const canceller = cancellerApart(sql);
 
   async function asUser<T>(
     claims: JwtClaims,
@@ -310,7 +355,7 @@ export function createPostgresProgressStore(
     signal: AbortSignal | undefined,
     fn: (tx: postgres.TransactionSql, run: Run) => Promise<T>,
   ): Promise<T> {
-    const run: Run = (query) => cancellable(query, signal);
+    const run: Run = (query) => cancellable(query, signal, canceller);
     for (let attempt = 1;; attempt++) {
       let giveBack: (() => void) | undefined;
       try {

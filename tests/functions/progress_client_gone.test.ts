@@ -21,6 +21,8 @@
 //     arrives before anything else is sent on the connection: it finds the backend idle in the
 //     transaction (ignored there) and the write commits, instead of landing, the connection back in the
 //     pool, on another user's statement (a 503 "took too long" for a request whose client was there).
+//   * a refused cancel request does not lengthen the pool's reconnect delay: the pool's connection, when it
+//     next closes, waits backoff(0) (no failure of the pool's own), not backoff(1).
 // And every store call (answered, failed in the database, thrown, aborted before it began, cancelled,
 // waiting for a connection then answered or left) removes every listener it added to its signal.
 
@@ -841,6 +843,75 @@ Deno.test({
     } finally {
       for (const held of helds) await endHeld(held);
       await pool.end({ timeout: 5 });
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+Deno.test({
+  name: "a refused cancel request leaves the pool's reconnect delay as it was: backoff(0), not backoff(1)",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const proxy = databaseProxy("refuse");
+    const applicationName = `readsync-cancel-backoff-${crypto.randomUUID().slice(0, 8)}`;
+    // The failure count each closing connection's backoff is asked for (postgres.js's `backoff` option: the
+    // seconds a closed connection waits before it may connect again). 0 s here, so that nothing waits.
+    const backoffs: number[] = [];
+    const pool = postgres(proxy.url, {
+      max: 1,
+      prepare: false,
+      onnotice: () => {},
+      connect_timeout: 5,
+      connection: { application_name: applicationName },
+      backoff: (retries: number) => {
+        backoffs.push(retries);
+        return 0;
+      },
+    });
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const series = seriesId("backoff");
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      held = await userWriteInProgress(holder, user.id, seriesId("backoff-held"));
+      const store = createPostgresProgressStore(pool, {
+        lockTimeoutMs: LONG_TIMEOUT_MS,
+        statementTimeoutMs: LONG_TIMEOUT_MS,
+      });
+      const client = new AbortController();
+      const writing = store.write(
+        { sub: user.id, role: "authenticated" },
+        progressWriteSchema.parse(write({ series_id: series })),
+        undefined,
+        client.signal,
+      );
+      writing.catch(() => {}); // awaited below
+      const pid = await waitingBackend(admin, applicationName, holderPid);
+      client.abort(); // its cancel request's connection is refused
+      held.release();
+      await held.done;
+      await guarded(writing, "answer of the write");
+      // The pool's connection closes (its backend ended by the server): the delay it then computes is the
+      // one the pool's next request would wait for, were that connection the one it needed.
+      const before = backoffs.length;
+      await admin`select pg_catalog.pg_terminate_backend(${pid}::integer)`;
+      const retries = await until(
+        () => Promise.resolve(backoffs.length > before ? backoffs[before] : undefined),
+        "the pool's connection closed",
+      );
+      assert.equal(
+        retries,
+        0,
+        `the pool's closed connection counts ${retries} failed connection(s) (all backoffs: ${
+          JSON.stringify(backoffs)
+        }): the refused cancel request counted among the pool's own`,
+      );
+    } finally {
+      await endHeld(held);
+      await pool.end({ timeout: 5 });
+      await proxy.close();
       await Promise.all([holder.end(), admin.end()]);
     }
   },
