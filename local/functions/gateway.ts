@@ -18,12 +18,14 @@
 // * Path: the function sees the request URL with /functions/v1 removed, i.e. /<name>/<rest>?<query>,
 //   as on Supabase (where routers use basePath("/<name>")). Method, headers and body pass unchanged
 //   (but for what fetch's Request does to a method: "get" becomes GET, TRACE and TRACK are answered 405).
-// * Abort signal: the function's Request carries the client's, so it aborts when the client leaves before
-//   its answer, as the edge runtime's does (deno.json turns Deno.serve's legacy abort mode off: the signal
-//   does not also abort after an answer was delivered). close() aborts it too, for every request still
-//   in a function: a function that stops on its signal (the progress function cancels its database
-//   call: a 503 with Retry-After) answers at once, so the API server's shutdown is not held for the
-//   length of a database wait (the 8 s statement timeout, above its 5 s grace).
+// * Abort signal: the function's Request carries the client's, so it aborts when the client leaves before its
+//   answer, as Deno.serve's does (deno.json turns Deno.serve's legacy abort mode off: the signal does not
+//   also abort after an answer was delivered). Here the local stack is more eager than Supabase's edge
+//   runtime, whose request signal, as far as its source shows, aborts only when writing the answer fails
+//   (README, "A client that leaves"): a function must not need the abort to be correct. close() aborts it
+//   too, for every request still in a function: a function that stops on its signal (the progress function
+//   cancels its database call: a 503 with Retry-After) answers at once, so the API server's shutdown is not
+//   held for the length of a database wait (the 8 s statement timeout, above its 5 s grace).
 // * Unknown or disabled function: 404 "Function not found" (text/plain). A function that throws:
 //   500 {"code":"Internal Server Error","message":"Request failed due to an internal server error"}.
 

@@ -16,11 +16,13 @@
 // arriving or takes too long in all (408), JSON (400), body schema (400/422), database (422/503). A reset
 // (DELETE) refuses a body (400) before reading it when its Content-Length declares one.
 // Errors: {"error": {"code", "message", "details"}}.
-// A client that leaves: the request's signal aborts (Deno.serve and Supabase's edge runtime abort it when
-// the client disconnects before its answer); the database call under way is cancelled and rolls back
-// (CallCancelledError in store.ts), so its pooled connection is free at once instead of when a wait (a
-// lock of the user's other write) would have ended. Logged as request_cancelled; a call that had
-// committed already stays, logged as request_aborted with the answer's status.
+// A client that leaves: the request's signal aborts (Deno.serve aborts it when the client disconnects before
+// its answer, and the local gateway forwards the client's; Supabase's edge runtime, as far as its source
+// shows, does not before the answer is written: README, "A client that leaves"); the database call under
+// way is cancelled and rolls back, or leaves the line for a pooled connection (CallCancelledError in
+// store.ts), so its pooled connection is free at once instead of when a wait (a lock of the user's other
+// write) would have ended. Logged as request_cancelled; a call that had committed already stays, logged as
+// request_aborted with the answer's status.
 // Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
 // is /progress/batch); any other escape stays one (an encoded slash is never a separator).
 //

@@ -76,7 +76,10 @@ export function createProgressHandlerFromEnv(
       const old = sql;
       sql = postgres(url, {
         max,
-        // Works behind Supavisor in transaction mode too (no named prepared statements).
+        // Works behind Supavisor in transaction mode too (no named prepared statements). A cancel request
+        // (a client that left, store.ts) passes through Supavisor only while the transaction is open and
+        // is not ordered with the function's next statement there (README, "A client that leaves"); each
+        // request is one transaction, so whatever it meets commits whole or not at all.
         prepare: false,
         idle_timeout: 20,
         connect_timeout: 5,
