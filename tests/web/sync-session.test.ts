@@ -70,6 +70,19 @@ function sharedStorage() {
       kept.delete(window);
       window.dispatchEvent(Object.assign(new Event("pageshow"), { persisted: true }));
     },
+    /**
+     * The browser freezes the page of `tab` (Page Lifecycle: `freeze` at its document; a hidden tab, to save
+     * power): as a kept page, it hears nothing more and runs no timer.
+     */
+    freeze(tab: { window: EventTarget; document: EventTarget }) {
+      tab.document.dispatchEvent(new Event("freeze"));
+      kept.add(tab.window);
+    },
+    /** The reader goes back to it: the browser resumes it (`resume` at its document). */
+    resume(tab: { window: EventTarget; document: EventTarget }) {
+      kept.delete(tab.window);
+      tab.document.dispatchEvent(new Event("resume"));
+    },
     viewFor(window: EventTarget): Storage {
       const view: Storage = {
         get length() {
@@ -320,8 +333,8 @@ Deno.test("sync session: a user change without a remount closes the old user's s
       unsubscribed: t.subscriptions[0].unsubscribed,
       lockWaits: t.locks.waiting(outboxLockName(ALICE)),
     },
-    { intervals: 1, windowListeners: 4, documentListeners: 1, unsubscribed: true, lockWaits: 0 },
-    "only Bob's session's own (one interval, four window and one document listeners)",
+    { intervals: 1, windowListeners: 5, documentListeners: 3, unsubscribed: true, lockWaits: 0 },
+    "only Bob's session's own (one interval, five window and three document listeners)",
   );
   await tick();
   assert.equal(t.subscriptions[0].disconnected, true, "her client's socket is closed");
@@ -1533,34 +1546,76 @@ async function twoTabsWaiting() {
   return { browser, first, second, a, b, fromB, reach: () => void (down = false) };
 }
 
-Deno.test("sync session, two tabs: a page restored from the back/forward cache (pageshow, persisted) lets go at once of a write another tab got answered while it was kept there, and does not send it again", async () => {
-  const { browser, second, a, b, fromB, reach } = await twoTabsWaiting();
-  browser.keep(second.window); // the reader leaves tab B's page: it hears nothing more, its timers stop
+/**
+ * How a page stops hearing of the storage, and comes back to it: kept in the back/forward cache and restored,
+ * or frozen by the browser and resumed (Page Lifecycle). Either way it heard no storage event and ran no timer
+ * meanwhile.
+ */
+const pageAway: {
+  how: string;
+  leave(browser: ReturnType<typeof sharedStorage>, t: ReturnType<typeof tab>): void;
+  back(browser: ReturnType<typeof sharedStorage>, t: ReturnType<typeof tab>): void;
+}[] = [
+  {
+    how: "restored from the back/forward cache (pageshow, persisted)",
+    leave: (browser, t) => browser.keep(t.window),
+    back: (browser, t) => browser.restore(t.window),
+  },
+  {
+    how: "resumed after the browser froze it (Page Lifecycle: freeze, resume)",
+    leave: (browser, t) => browser.freeze(t),
+    back: (browser, t) => browser.resume(t),
+  },
+];
+
+for (const { how, leave, back } of pageAway) {
+  Deno.test(`sync session, two tabs: a page ${how} lets go at once of a write another tab got answered while it was kept there, and does not send it again`, async () => {
+    const { browser, second, a, b, fromB, reach } = await twoTabsWaiting();
+    leave(browser, second); // the reader leaves tab B's page: it hears nothing more, its timers stop
+    reach();
+    assert.equal(await a.syncNow(), "done", "tab A gets the page turn answered meanwhile");
+    const requestsOfB = fromB.count;
+    back(browser, second); // the reader goes back to it
+    assert.equal(b.store.getSnapshot().pendingCount, 0, "let go at once: another tab got it answered");
+    for (let i = 0; i < 5 && second.clock.nextAt !== null; i++) {
+      second.clock.advance(second.clock.nextAt - second.clock.now); // tab B's retry comes due
+      await until(() => !b.sending);
+    }
+    assert.equal(fromB.count, requestsOfB, "not sent again");
+    a.close();
+    b.close();
+  });
+}
+
+for (const { how, leave, back } of pageAway) {
+  Deno.test(`sync session, two tabs: a page ${how} after the site's storage was cleared writes back its waiting write at once, not at its next send`, async () => {
+    const { browser, second, a, b } = await twoTabsWaiting();
+    leave(browser, second);
+    browser.items.clear(); // the reader clears the site's data (no tab hears it); tab A does nothing meanwhile
+    back(browser, second);
+    const saved = JSON.parse(browser.items.get(`readsync.outbox.${ALICE}`) ?? "[]") as PendingWrite[];
+    assert.deepEqual(
+      saved.map((w) => [w.series_id, w.chapter]),
+      [["book", 4]],
+      "saved again, for a tab opened now",
+    );
+    a.close();
+    b.close();
+  });
+}
+
+Deno.test("sync session, two tabs: a page Chromium keeps in its back/forward cache (pagehide, freeze; then resume, pageshow with persisted) reads the storage again at its resume, and what it missed from the server once", async () => {
+  const { browser, second, a, b, reach } = await twoTabsWaiting();
+  second.window.dispatchEvent(Object.assign(new Event("pagehide"), { persisted: true }));
+  browser.freeze(second);
   reach();
   assert.equal(await a.syncNow(), "done", "tab A gets the page turn answered meanwhile");
-  const requestsOfB = fromB.count;
-  browser.restore(second.window); // the reader goes back to it
-  assert.equal(b.store.getSnapshot().pendingCount, 0, "let go at once: another tab got it answered");
-  for (let i = 0; i < 5 && second.clock.nextAt !== null; i++) {
-    second.clock.advance(second.clock.nextAt - second.clock.now); // tab B's retry comes due
-    await until(() => !b.sending);
-  }
-  assert.equal(fromB.count, requestsOfB, "not sent again");
-  a.close();
-  b.close();
-});
-
-Deno.test("sync session, two tabs: a page restored from the back/forward cache (pageshow, persisted) after the site's storage was cleared writes back its waiting write at once, not at its next send", async () => {
-  const { browser, second, a, b } = await twoTabsWaiting();
-  browser.keep(second.window);
-  browser.items.clear(); // the reader clears the site's data (no tab hears it); tab A does nothing meanwhile
-  browser.restore(second.window);
-  const saved = JSON.parse(browser.items.get(`readsync.outbox.${ALICE}`) ?? "[]") as PendingWrite[];
-  assert.deepEqual(
-    saved.map((w) => [w.series_id, w.chapter]),
-    [["book", 4]],
-    "saved again, for a tab opened now",
-  );
+  const reads = second.subscriptions[0].reads;
+  browser.resume(second);
+  assert.equal(b.store.getSnapshot().pendingCount, 0, "let go at the resume: another tab got it answered");
+  browser.restore(second.window); // then pageshow (persisted), as Chromium fires them
+  await until(() => !b.sending);
+  assert.equal(second.subscriptions[0].reads, reads + 1, "read once, not again at the pageshow");
   a.close();
   b.close();
 });
@@ -1667,44 +1722,48 @@ Deno.test("sync session, tabs: a refused write's message not dismissed is said i
   openedAfter.close();
 });
 
-Deno.test("sync session, two tabs: a page restored from the back/forward cache after the site's storage was cleared does not write back a refused write's message another tab dismissed while it was kept", async () => {
-  const { browser, second, a, b, error, refusedKey } = await twoTabsShowingARefusal();
+for (const { how, leave, back } of pageAway) {
+  Deno.test(`sync session, two tabs: a page ${how} after the site's storage was cleared does not write back a refused write's message another tab dismissed while it was kept`, async () => {
+    const { browser, second, a, b, error, refusedKey } = await twoTabsShowingARefusal();
 
-  browser.keep(second.window); // the reader leaves tab B's page: it hears nothing more
-  a.store.dismissError(); // dismissed in tab A: gone from the storage
-  await tick(); // tab B, kept, does not hear it
-  browser.items.clear(); // the reader clears the site's data (no tab hears it)
-  browser.restore(second.window);
-  assert.equal(browser.items.get(refusedKey), undefined, "not written back by the page restored");
-  await until(() => error(a) !== null); // (bounded: it would come back with the storage event)
-  assert.equal(error(a), null, "dismissed: it does not come back in tab A");
-  // Tab B heard no dismissal, and the clear tells none: it still says it there, as its own.
-  assert.match(error(b) ?? "", /^Could not save bad-book/, "not hidden unread in tab B");
-  browser.items.clear(); // cleared again, with tab B open: nothing of it written back at this clear either
-  b.store.reloadOutbox();
-  assert.equal(browser.items.get(refusedKey), undefined, "not written back at a later clear");
-  // Another tab's removal of the key (its dismissal, a save that got through there) still takes it away.
-  second.window.dispatchEvent(Object.assign(new Event("storage"), { key: refusedKey, newValue: null }));
-  assert.equal(error(b), null, "gone with another tab's removal of the key");
-  a.close();
-  b.close();
-});
+    leave(browser, second); // the reader leaves tab B's page: it hears nothing more
+    a.store.dismissError(); // dismissed in tab A: gone from the storage
+    await tick(); // tab B, kept, does not hear it
+    browser.items.clear(); // the reader clears the site's data (no tab hears it)
+    back(browser, second);
+    assert.equal(browser.items.get(refusedKey), undefined, "not written back by the page restored");
+    await until(() => error(a) !== null); // (bounded: it would come back with the storage event)
+    assert.equal(error(a), null, "dismissed: it does not come back in tab A");
+    // Tab B heard no dismissal, and the clear tells none: it still says it there, as its own.
+    assert.match(error(b) ?? "", /^Could not save bad-book/, "not hidden unread in tab B");
+    browser.items.clear(); // cleared again, with tab B open: nothing of it written back at this clear either
+    b.store.reloadOutbox();
+    assert.equal(browser.items.get(refusedKey), undefined, "not written back at a later clear");
+    // Another tab's removal of the key (its dismissal, a save that got through there) still takes it away.
+    second.window.dispatchEvent(Object.assign(new Event("storage"), { key: refusedKey, newValue: null }));
+    assert.equal(error(b), null, "gone with another tab's removal of the key");
+    a.close();
+    b.close();
+  });
+}
 
-Deno.test("sync session, two tabs: a page restored from the back/forward cache after the site's storage was cleared does not write back the outbox's schedule as it was before another tab's send ended the run", async () => {
-  const { browser, second, a, b, reach } = await twoTabsWaiting();
-  const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
-  assert.notEqual(browser.items.get(scheduleKey), undefined, "a run of failures, shared");
-  browser.keep(second.window);
-  reach();
-  assert.equal(await a.syncNow(), "done", "tab A gets the page turn answered meanwhile: the run is over");
-  assert.equal(browser.items.get(scheduleKey), undefined);
-  browser.items.clear(); // the reader clears the site's data (no tab hears it)
-  browser.restore(second.window);
-  assert.equal(browser.items.get(scheduleKey), undefined, "the run tab B knew of is not written back");
-  await until(() => !b.sending);
-  a.close();
-  b.close();
-});
+for (const { how, leave, back } of pageAway) {
+  Deno.test(`sync session, two tabs: a page ${how} after the site's storage was cleared does not write back the outbox's schedule as it was before another tab's send ended the run`, async () => {
+    const { browser, second, a, b, reach } = await twoTabsWaiting();
+    const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
+    assert.notEqual(browser.items.get(scheduleKey), undefined, "a run of failures, shared");
+    leave(browser, second);
+    reach();
+    assert.equal(await a.syncNow(), "done", "tab A gets the page turn answered meanwhile: the run is over");
+    assert.equal(browser.items.get(scheduleKey), undefined);
+    browser.items.clear(); // the reader clears the site's data (no tab hears it)
+    back(browser, second);
+    assert.equal(browser.items.get(scheduleKey), undefined, "the run tab B knew of is not written back");
+    await until(() => !b.sending);
+    a.close();
+    b.close();
+  });
+}
 
 Deno.test("sync session, two tabs: a tab with nothing waiting any more takes over the schedule when another tab's send ends the run, so at a clear it does not write back the run that send ended: its next page turn goes at once", async () => {
   const browser = sharedStorage();
@@ -1736,22 +1795,24 @@ Deno.test("sync session, two tabs: a tab with nothing waiting any more takes ove
   b.close();
 });
 
-Deno.test("sync session: a page restored from the back/forward cache after the site's storage was cleared writes back the outbox's schedule while its Retry-After still holds (no tab can have sent since), so nothing is sent within it", async () => {
-  const browser = sharedStorage();
-  const only = tab({ browser });
-  const requests = failing(only, () => busyFor30s());
-  const alice = only.open(newStore(ALICE));
-  alice.save("book", position(4), DEVICE);
-  await until(() => !alice.sending);
-  const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
-  const shared = browser.items.get(scheduleKey);
-  assert.equal(requests.count, 1);
-  assert.notEqual(shared, undefined, "the Retry-After is shared");
-  browser.keep(only.window);
-  browser.items.clear(); // the reader clears the site's data
-  browser.restore(only.window);
-  assert.equal(browser.items.get(scheduleKey), shared, "written back: its Retry-After still holds");
-  await until(() => requests.count > 1);
-  assert.equal(requests.count, 1, "nothing sent within the Retry-After");
-  alice.close();
-});
+for (const { how, leave, back } of pageAway) {
+  Deno.test(`sync session: a page ${how} after the site's storage was cleared writes back the outbox's schedule while its Retry-After still holds (no tab can have sent since), so nothing is sent within it`, async () => {
+    const browser = sharedStorage();
+    const only = tab({ browser });
+    const requests = failing(only, () => busyFor30s());
+    const alice = only.open(newStore(ALICE));
+    alice.save("book", position(4), DEVICE);
+    await until(() => !alice.sending);
+    const scheduleKey = `readsync.outboxSchedule.${ALICE}`;
+    const shared = browser.items.get(scheduleKey);
+    assert.equal(requests.count, 1);
+    assert.notEqual(shared, undefined, "the Retry-After is shared");
+    leave(browser, only);
+    browser.items.clear(); // the reader clears the site's data
+    back(browser, only);
+    assert.equal(browser.items.get(scheduleKey), shared, "written back: its Retry-After still holds");
+    await until(() => requests.count > 1);
+    assert.equal(requests.count, 1, "nothing sent within the Retry-After");
+    alice.close();
+  });
+}

@@ -294,9 +294,10 @@ export class OutboxSchedule {
   }
 
   /**
-   * The page was restored from the back/forward cache (pageshow, persisted): while it was kept there it
-   * heard no other tab's change of the shared state, so what it last read is not written back after a clear
-   * (writeBack) until it has read or written the state again, unless its Retry-After still holds.
+   * The page was restored from the back/forward cache (pageshow, persisted), or resumed after the browser froze
+   * it (Page Lifecycle, `resume`): while it was kept there (or frozen) it heard no other tab's change of the
+   * shared state, so what it last read is not written back after a clear (writeBack) until it has read or
+   * written the state again, unless its Retry-After still holds.
    */
   resumed(): void {
     this.#basisUnheard = true;

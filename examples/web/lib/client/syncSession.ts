@@ -1,6 +1,6 @@
 // One signed-in user's sync in this tab (components/SyncProvider.tsx opens one per user): the
 // Realtime link to progress:<userId>, the outbox's sends and their schedule, the token keeper, the
-// tab's listeners (online, offline, storage, visibility, pageshow). Everything it opens, close() ends: a user
+// tab's listeners (online, offline, storage, visibility, pageshow, freeze). Everything it opens, close() ends: a user
 // change in the same page (signed out, then in as someone else) closes the old user's session before
 // the new one opens, so none of the old user's timers, lock waits, listeners or Realtime channel
 // goes on, and nothing queued for one user is ever sent with the other's token. The old user's
@@ -37,9 +37,9 @@ export type SyncApi =
   & Partial<Pick<ProgressApi, "listProgress">>;
 
 export interface SyncEnvironment {
-  /** The window: `online`, `offline`, `storage` and `pageshow` events. */
+  /** The window: `online`, `offline`, `storage`, `pageshow` and `pagehide` events. */
   window: Pick<EventTarget, "addEventListener" | "removeEventListener">;
-  /** The document: `visibilitychange`, and whether the page is shown. */
+  /** The document: `visibilitychange`, `freeze` and `resume` (Page Lifecycle), and whether the page is shown. */
   document: Pick<EventTarget, "addEventListener" | "removeEventListener"> & { visibilityState: string };
   isOnline(): boolean;
   /** localStorage, or null where the browser blocks site data. */
@@ -304,13 +304,14 @@ export class SyncSession {
       void session.shown();
     };
     const onOffline = () => this.#setOnline(false);
-    // Restored from the back/forward cache (the reader went back to this page): it heard no storage event,
-    // and no timer ran, while it was kept there. The outbox, the answered writes, a refused write's message
-    // and a clear are read again now (SyncStore.rereadStorage), not at the next event or send (until then it
-    // showed, and could send, a write another tab got answered meanwhile); then as when shown again.
-    const onPageShow = (event: Event) => {
-      // (Not on a first load: the session opens after it.)
-      if (!(event as Event & { persisted?: boolean }).persisted) return;
+    // Restored from the back/forward cache (the reader went back to this page), or resumed after the browser
+    // froze it (Page Lifecycle: `freeze` and `resume` at the document; Chromium freezes a hidden tab to save
+    // power, and a page it keeps in that cache): it heard no storage event, and no timer ran, meanwhile. The
+    // outbox, the answered writes, a refused write's message and a clear are read again now
+    // (SyncStore.rereadStorage), not at the next event or send (until then it showed, and could send, a write
+    // another tab got answered meanwhile); then as when shown again. (A discarded tab reloaded, with
+    // `document.wasDiscarded`, is a new page: its session opens and reads all of it, as at any load.)
+    const onRestored = () => {
       // What it holds of the shared schedule and a refused write's message was read before it was kept:
       // not written back at a clear found now (another tab may have ended the run, or dismissed it, unheard).
       schedule.resumed();
@@ -318,6 +319,20 @@ export class SyncSession {
       this.#setOnline(env.isOnline());
       this.flush("queued");
       void session.shown();
+    };
+    // Chromium restores a page from its back/forward cache with `resume`, then `pageshow` (persisted): read
+    // once, at the first. Set by a resume, until the page is hidden or frozen again.
+    let resumedSinceKept = false;
+    const onResume = () => {
+      resumedSinceKept = true;
+      onRestored();
+    };
+    const onKept = () => void (resumedSinceKept = false); // (`freeze`, `pagehide`)
+    const onPageShow = (event: Event) => {
+      // (Not on a first load: the session opens after it.)
+      if (!(event as Event & { persisted?: boolean }).persisted) return;
+      if (resumedSinceKept) return void (resumedSinceKept = false); // read at its `resume` already
+      onRestored();
     };
     // A hidden tab's timers run at most once a minute and its socket may have been dropped (a
     // sleeping laptop, a phone's browser in the background): when the reader comes back to it,
@@ -329,7 +344,10 @@ export class SyncSession {
     env.window.addEventListener("offline", onOffline);
     env.window.addEventListener("storage", onStorage);
     env.window.addEventListener("pageshow", onPageShow);
+    env.window.addEventListener("pagehide", onKept);
     env.document.addEventListener("visibilitychange", onVisible);
+    env.document.addEventListener("freeze", onKept);
+    env.document.addEventListener("resume", onResume);
 
     this.#cleanups.push(
       () => schedule.dispose(),
@@ -340,8 +358,11 @@ export class SyncSession {
       () => env.window.removeEventListener("offline", onOffline),
       () => env.window.removeEventListener("storage", onStorage),
       () => env.window.removeEventListener("pageshow", onPageShow),
+      () => env.window.removeEventListener("pagehide", onKept),
       offCleared,
       () => env.document.removeEventListener("visibilitychange", onVisible),
+      () => env.document.removeEventListener("freeze", onKept),
+      () => env.document.removeEventListener("resume", onResume),
       offStatus,
       offRead,
       offToken,

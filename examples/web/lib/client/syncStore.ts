@@ -711,10 +711,10 @@ export class SyncStore {
   }
 
   /**
-   * The page was restored from the back/forward cache (`pageshow`, persisted): while it was kept there it
-   * heard no storage event, so it may hold writes another tab got answered (and send them again), lack the
-   * ones another tab queued, show a refused write's message dismissed since (or not one made since), and not
-   * know the storage was cleared. All of it is read again now (a clear told first: #reload), not at the next
+   * The page was restored from the back/forward cache (`pageshow`, persisted), or resumed after the browser
+   * froze it (Page Lifecycle, `resume`): while it was kept there (or frozen) it heard no storage event, so it
+   * may hold writes another tab got answered (and send them again), lack the ones another tab queued, show a
+   * refused write's message dismissed since (or not one made since), and not know the storage was cleared. All of it is read again now (a clear told first: #reload), not at the next
    * event or send.
    */
   rereadStorage(): void {
