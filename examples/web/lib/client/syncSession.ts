@@ -67,6 +67,8 @@ export interface SyncEnvironment {
   deviceClock?: { deviceNow(): number; monotonicNow(): number };
   /** The outbox schedule's timers (default: the browser's). */
   timers?: OutboxTimers;
+  /** The outbox schedule's randomness, its backoff's jitter (default: Math.random); a test's own. */
+  random?: () => number;
   log?(line: string): void;
 }
 
@@ -261,6 +263,7 @@ export class SyncSession {
       // The browser's tabs share the outbox, so they share when it may be sent, and send it one at a time.
       tabs: storage ? outboxTabs(storage, store, env.locks) : undefined,
       ...(env.timers ? { timers: env.timers } : {}),
+      ...(env.random ? { random: env.random } : {}),
     });
     // The site's storage cleared while this tab is open: the schedule the tabs share goes back with the
     // outbox (the backoff, a Retry-After), or the next send of any tab went at once.
