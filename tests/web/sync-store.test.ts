@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { Progress, WriteResult } from "@shared/progress/types.ts";
 import { ServerClock } from "@shared/progress/serverClock.ts";
+import { ConflictResolver } from "@shared/progress/conflictResolver.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import { datedWrite } from "../../examples/web/lib/client/syncSession.ts";
 import { pendingWrite as write } from "./support.ts";
@@ -366,8 +367,9 @@ Deno.test("two tabs: a save is dated after the other tab's unsent save of the se
     new Date(Date.parse(T1) + 1).toISOString(),
     "after tab A's saved write, never under its key",
   );
-  // Not after another device's saved write, nor after one dated beyond the server's 5 s tolerance.
-  assert.equal(datedAt(tabB, "saga", Date.parse(T1), "web-2"), T1);
+  // After it whatever its device id (the browser's own before its site data was cleared, see below); not after
+  // one dated beyond the server's 5 s tolerance.
+  assert.equal(datedAt(tabB, "saga", Date.parse(T1), "web-2"), new Date(Date.parse(T1) + 1).toISOString());
   const ahead = twoTabs();
   ahead.tabA.addPending(write("saga", new Date(Date.parse(T1) + 3_600_000).toISOString(), "web-1", 9));
   ahead.tabA.addPending(write("atlas", "+275760-09-13T00:00:00.000Z", "web-1", 9));
@@ -1141,6 +1143,36 @@ Deno.test("storage cleared while tabs are open: a page turn dated right after it
     datedAt(tabA, "saga", nowMs, "web-1"),
     new Date(nowMs + 2_001).toISOString(),
     "dated after the stored key, as without the clear (not refused as older than it: 'self')",
+  );
+});
+
+Deno.test("storage cleared while tabs are open: a tab opened after it (a new device id) dates its page turn after the write a page open through the clear (the old id) got answered a moment before, not at its key, where the ids break the tie for the older write", () => {
+  const storage = new MemoryStorage();
+  const page = new SyncStore(USER, defaultCompareRows); // open through the clear: it writes as web-f0
+  page.attachStorage(storage);
+  const nowMs = Date.parse(T1);
+  const phone = row("saga", new Date(nowMs + 2_000).toISOString(), "phone", 3); // 2 s ahead: within 5 s
+  page.applyServerRow(phone);
+  storage.clear(); // the reader clears the site's data: deviceId.ts makes a new id for a tab opened now
+  const opened = new SyncStore(USER, defaultCompareRows); // as web-0a
+  opened.attachStorage(storage);
+  opened.applyServerRow(phone);
+  // A page turn in the page open through the clear, answered: stored under its key, after the phone's.
+  const fromPage = write("saga", datedAt(page, "saga", nowMs, "web-f0"), "web-f0", 4);
+  page.addPending(fromPage);
+  const storedFromPage = row("saga", fromPage.updated_at, "web-f0", 4);
+  page.settle(fromPage, storedAs(storedFromPage));
+  opened.takeAnswered(); // the tab opened after the clear hears the lists, not yet the row (Realtime)
+  const turn = write("saga", datedAt(opened, "saga", nowMs + 100, "web-0a"), "web-0a", 5);
+  assert.equal(
+    turn.updated_at,
+    new Date(nowMs + 2_002).toISOString(),
+    "dated after the page's answered write",
+  );
+  assert.deepEqual(
+    new ConflictResolver().classify(turn, storedFromPage),
+    { won: true, conflict: null },
+    "the later page turn wins over the page's earlier one",
   );
 });
 

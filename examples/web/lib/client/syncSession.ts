@@ -572,8 +572,8 @@ export function datedWrite(
     const at = typeof after === "number" ? new Date(after - 1) : null; // (one past a Date's range is none)
     return at && Number.isFinite(at.getTime()) ? at.toISOString() : "";
   };
-  const updatedAt = store.nextUpdatedAt(seriesId, nowMs, deviceId, sentAs);
-  const afterMs = reading ? store.redatingFloor(seriesId, nowMs, deviceId, sentAs) : undefined;
+  const updatedAt = store.nextUpdatedAt(seriesId, nowMs, sentAs);
+  const afterMs = reading ? store.redatingFloor(seriesId, nowMs, sentAs) : undefined;
   return {
     series_id: seriesId,
     chapter: position.chapter,

@@ -349,11 +349,11 @@ export class SyncStore {
    * the page turn made after seeing it. This device's queued write of the series is followed no
    * further than the server's 5 s tolerance for clocks ahead (see #after).
    */
-  nextUpdatedAt(seriesId: string, nowMs: number, deviceId: string, sentAs: SentAs): string {
+  nextUpdatedAt(seriesId: string, nowMs: number, sentAs: SentAs): string {
     // The saved writes and the answered writes' keys it dates after are gone after a clear until a tab writes
     // them back: this tab first (a page turn dated before this device's stored version is refused 'self').
     this.#noticeCleared();
-    return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, deviceId, true, sentAs))).toISOString();
+    return new Date(Math.max(nowMs, this.#after(seriesId, nowMs, true, sentAs))).toISOString();
   }
 
   /**
@@ -362,9 +362,9 @@ export class SyncStore {
    * that are re-dated themselves (the one it replaces never goes; each is re-dated alike).
    * Undefined when nothing.
    */
-  redatingFloor(seriesId: string, nowMs: number, deviceId: string, sentAs: SentAs): number | undefined {
+  redatingFloor(seriesId: string, nowMs: number, sentAs: SentAs): number | undefined {
     this.#noticeCleared(); // (as nextUpdatedAt)
-    const after = this.#after(seriesId, nowMs, deviceId, false, sentAs);
+    const after = this.#after(seriesId, nowMs, false, sentAs);
     return Number.isFinite(after) ? after : undefined;
   }
 
@@ -378,7 +378,6 @@ export class SyncStore {
   #after(
     seriesId: string,
     nowMs: number,
-    deviceId: string,
     unmeasuredToo: boolean,
     sentAs: SentAs,
   ): number {
@@ -402,13 +401,18 @@ export class SyncStore {
     // Another tab of this browser may have saved a write of the series that this tab has not taken
     // over yet, under the same device id: date this one after it, so the two never share a key and
     // the later save is the later write (under one key the server keeps whichever arrives last).
-    // Only this device's, and only within the server's 5 s tolerance for clocks ahead: a saved date
-    // beyond it (a tab that stamped with its own clock before it knew the server's, storage edited
-    // by hand) would carry every later save past the tolerance, where the server re-dates it. So are
-    // the writes the tabs' list names answered (another tab's, not heard of here yet), by the same
-    // rule: for the server's order only, as which writes an answer covers is said by their numbers.
+    // Only within the server's 5 s tolerance for clocks ahead: a saved date beyond it (a tab that
+    // stamped with its own clock before it knew the server's, storage edited by hand) would carry every
+    // later save past the tolerance, where the server re-dates it. So are the writes the tabs' list names
+    // answered (another tab's, not heard of here yet), by the same rule: for the server's order only, as
+    // which writes an answer covers is said by their numbers. Whatever their device id: the saved outbox
+    // and the lists are this browser's alone, and another id there is the one it had before the site's data
+    // was cleared (deviceId.ts makes a new one for a tab opened then; a page open through the clear still
+    // writes with the old one). Only this tab's id counted, a page turn of such a tab, made after the old
+    // page's write of the series was answered (its row not here yet), was dated at its key, where the two
+    // ids break the tie (for the old page's write when its id is the greater), or before it, and lost.
     for (const saved of [...this.#readSaved(), ...answered]) {
-      if (saved.series_id !== seriesId || saved.device_id !== deviceId) continue;
+      if (saved.series_id !== seriesId) continue;
       if (!unmeasuredToo && saved.unmeasured) continue;
       const savedAfter = Date.parse(sentAs(saved)) + 1;
       if (!Number.isFinite(savedAfter) || savedAfter > MAX_DATE_MS) continue;
