@@ -113,6 +113,23 @@ export class Channel implements Subscriber {
   }
 }
 
+/** A socket's error handler: a failure of the socket ends in its close event (or, while it connects, see endpoint.ts). */
+function ignoreSocketError(): void {}
+
+/**
+ * Closes `ws` with `code` and `reason` when it opens. Deno (2.9) takes close() on a server socket still
+ * CONNECTING as CLOSING without sending anything and sets it OPEN when its upgrade completes (ext/http
+ * 02_websocket.ts), which would leave the client on an open socket nothing answers. A function of its
+ * own so that the listener holds the socket and the close only, not the Connection.
+ */
+function closeWhenOpen(ws: WebSocket, code: number, reason: string): void {
+  ws.addEventListener("open", () => {
+    try {
+      ws.close(code, reason);
+    } catch { /* already closed */ }
+  }, { once: true });
+}
+
 export class Connection {
   readonly channels = new Map<string, Channel>();
   /** When the client last sent a frame (the endpoint closes sockets idle for too long). */
@@ -123,8 +140,8 @@ export class Connection {
   #joining = false;
   /** Ends a refused join's wait early when the socket goes away. */
   #endJoinWait: (() => void) | null = null;
-  /** A close asked for while the upgrade was under way, sent when the socket opens (see close). */
-  #closeAtOpen: { code: number; reason: string } | null = null;
+  /** Whether a close asked for while the upgrade was under way waits for the socket's open (see close). */
+  #closeAtOpen = false;
 
   constructor(
     readonly ws: WebSocket,
@@ -141,14 +158,7 @@ export class Connection {
       this.#enqueue(event.data);
     };
     ws.onclose = () => this.dispose();
-    ws.onerror = () => {};
-    ws.addEventListener("open", () => {
-      if (this.#closeAtOpen === null) return;
-      const { code, reason } = this.#closeAtOpen;
-      try {
-        ws.close(code, reason);
-      } catch { /* already closed */ }
-    });
+    ws.onerror = ignoreSocketError;
   }
 
   get closed(): boolean {
@@ -187,7 +197,10 @@ export class Connection {
    * the client on an open socket nothing answered any more.
    */
   close(code = 1001, reason = "server shutting down"): void {
-    if (this.ws.readyState === WebSocket.CONNECTING) this.#closeAtOpen ??= { code, reason };
+    if (this.ws.readyState === WebSocket.CONNECTING && !this.#closeAtOpen) {
+      this.#closeAtOpen = true;
+      closeWhenOpen(this.ws, code, reason);
+    }
     try {
       this.ws.close(code, reason);
     } catch { /* already closed */ }
@@ -197,6 +210,11 @@ export class Connection {
   dispose(): void {
     if (this.#closed) return;
     this.#closed = true;
+    // Nothing of the socket's leads back here any more: a socket whose upgrade Deno never completes is
+    // kept by Deno for as long as its connection (the endpoint's releaseUnopened), and the Connection with
+    // its handlers would be kept with it. What the socket still needs is closeWhenOpen's, if anything.
+    this.ws.onmessage = null;
+    this.ws.onclose = null;
     this.#joining = false;
     this.#endJoinWait?.();
     for (const channel of this.channels.values()) this.#drop(channel);

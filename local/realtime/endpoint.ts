@@ -82,9 +82,22 @@ export interface RealtimeEndpointOptions {
    * answered 408 (rest.ts BODY_IDLE_TIMEOUT_MS: Cowboy's idle_timeout, 60 s; tests shorten it).
    */
   bodyIdleTimeoutMs?: number;
+  /**
+   * How long after its upgrade a socket may stay CONNECTING before the endpoint lets it go
+   * (DEFAULT_UPGRADE_TIMEOUT_MS; tests shorten it): see releaseUnopened.
+   */
+  upgradeTimeoutMs?: number;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+
+/**
+ * The longest a socket may stay CONNECTING after the endpoint made its upgrade (10 s). Deno.serve
+ * completes a healthy upgrade as soon as it has sent the 101, well within this even on a loaded machine
+ * (Cowboy writes its 101 before the socket exists, so Realtime has nothing like it); one still
+ * CONNECTING by then belongs to a client Deno will never open it for (releaseUnopened).
+ */
+export const DEFAULT_UPGRADE_TIMEOUT_MS = 10_000;
 
 /**
  * Query parameter of the WebSocket URL with which a socket lowers its own join-error wait (never
@@ -95,7 +108,10 @@ const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 export const LOWER_JOIN_ERROR_BACKOFF_PARAM = "local_channel_error_backoff_ms";
 
 export interface RealtimeEndpointStats {
+  /** Sockets the endpoint keeps, CONNECTING ones included. */
   connections: number;
+  /** Of those, the ones whose upgrade Deno.serve has not completed yet (see releaseUnopened). */
+  upgrading: number;
   channels: number;
   subscribers: number;
   /** realtime.messages inserts received from the WAL (every topic). */
@@ -155,7 +171,10 @@ export async function createRealtimeEndpoint(
   const channelErrorBackoffMs = options.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
   const connectErrorBackoffMs = options.connectErrorBackoffMs ?? CONNECT_ERROR_BACKOFF_MS;
   const bodyIdleTimeoutMs = options.bodyIdleTimeoutMs ?? BODY_IDLE_TIMEOUT_MS;
+  const upgradeTimeoutMs = options.upgradeTimeoutMs ?? DEFAULT_UPGRADE_TIMEOUT_MS;
   const connections = new Set<Connection>();
+  /** The Connections whose socket is still CONNECTING, with what ends the watch on it (releaseUnopened). */
+  const upgrading = new Map<Connection, () => void>();
   let closed = false;
   const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   const idleSweep = idleTimeoutMs > 0
@@ -166,6 +185,7 @@ export async function createRealtimeEndpoint(
         log({ event: "socket_idle_timeout", idle_ms: now - connection.lastReceivedAt });
         connection.close(1000, "idle timeout");
         connections.delete(connection);
+        upgrading.get(connection)?.();
       }
     }, Math.max(50, Math.min(5_000, Math.floor(idleTimeoutMs / 4))))
     : undefined;
@@ -267,8 +287,58 @@ export async function createRealtimeEndpoint(
       channelErrorBackoffMs: lowered >= 0 ? Math.min(lowered, channelErrorBackoffMs) : channelErrorBackoffMs,
     }, headers);
     connections.add(connection);
-    socket.addEventListener("close", () => connections.delete(connection));
+    releaseUnopened(socket, connection, req.signal);
     return response;
+  }
+
+  /**
+   * Watches a socket until its upgrade completes, and lets its Connection go if it never does. Deno.serve
+   * (2.9) opens the socket once it has sent the 101; for a client gone before that (after the connect's
+   * checks, which no longer wait for anything, but before Deno has written the answer) it may neither open
+   * nor close it: the socket stays CONNECTING without an event, and the server keeps its end of the TCP
+   * connection (CLOSE_WAIT) until the process ends. Its Connection was kept with it: counted in
+   * stats(), in the set the idle sweep goes through (with idleTimeoutMs 0, for good), and held by the
+   * socket's handlers, so that a close the endpoint asked for (c20920c: sent when the socket opens) never
+   * went out and nothing of it was released. Now it is let go (logged `socket_upgrade_abandoned`) when
+   * Deno fails the upgrade (an error while CONNECTING), when the request's signal says the client left, or
+   * at the latest upgradeTimeoutMs after the upgrade: no longer counted, its handlers taken off the socket
+   * (what Deno keeps of such a socket holds nothing of the endpoint's but a close for an open that may
+   * still come: Connection.close), no timer left. The token cache keeps the socket's key as it keeps any
+   * other (auth.ts: bounded, least recently used first out); the socket has joined no topic.
+   */
+  function releaseUnopened(socket: WebSocket, connection: Connection, signal: AbortSignal): void {
+    // Every listener below is taken off the socket and the signal once the watch ends: nothing they hold
+    // (the Connection) stays reachable from a socket or request Deno keeps.
+    const watch = new AbortController();
+    const lifetime = new AbortController();
+    socket.addEventListener("close", () => connections.delete(connection), { signal: lifetime.signal });
+    const stopWatching = () => {
+      upgrading.delete(connection);
+      clearTimeout(deadline);
+      watch.abort();
+    };
+    // Once the Connection is out of the set, its close listener has nothing left to do either.
+    const forget = () => {
+      stopWatching();
+      lifetime.abort();
+    };
+    const release = (reason: string) => {
+      if (!upgrading.has(connection)) return;
+      forget();
+      if (!connections.delete(connection)) return; // closed meanwhile (the idle sweep, the endpoint's close)
+      log({ event: "socket_upgrade_abandoned", reason });
+      connection.close(1001, "upgrade not completed");
+    };
+    const deadline = setTimeout(
+      () => release(`still connecting ${upgradeTimeoutMs} ms after the upgrade`),
+      upgradeTimeoutMs,
+    );
+    Deno.unrefTimer(deadline);
+    upgrading.set(connection, forget);
+    socket.addEventListener("open", stopWatching, { signal: watch.signal });
+    socket.addEventListener("close", stopWatching, { signal: watch.signal });
+    socket.addEventListener("error", () => release("the upgrade failed"), { signal: watch.signal });
+    signal.addEventListener("abort", () => release("the client left"), { signal: watch.signal });
   }
 
   /**
@@ -495,7 +565,13 @@ export async function createRealtimeEndpoint(
     stats(): RealtimeEndpointStats {
       let channels = 0;
       for (const c of connections) channels += c.channels.size;
-      return { connections: connections.size, channels, subscribers: hub.subscriberCount(), ...hub.stats };
+      return {
+        connections: connections.size,
+        upgrading: upgrading.size,
+        channels,
+        subscribers: hub.subscriberCount(),
+        ...hub.stats,
+      };
     },
     async close(): Promise<void> {
       if (closed) return;
@@ -504,6 +580,7 @@ export async function createRealtimeEndpoint(
       partitionJanitor.stop();
       for (const connection of connections) connection.close();
       connections.clear();
+      for (const forget of [...upgrading.values()]) forget();
       await hub.close();
       await sql.end({ timeout: 2 });
     },

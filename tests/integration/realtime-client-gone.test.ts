@@ -11,10 +11,15 @@
 // of the event loop passes between the request's arrival and the upgrade, in which a client could leave
 // without Deno.serve having said so yet (its signal comes a turn after it has seen the client go). The
 // second test holds the endpoint to that for a key it has not seen before, WebCrypto made unusable.
+//
+// The last two hold the 101 the endpoint made (a server of the test's own): a client that Deno.serve
+// has seen go before it got the 101 leaves a socket Deno never opens nor fails, whose Connection the
+// endpoint used to keep (counted, in the idle sweep's set, held by the socket's handlers); and a socket
+// still CONNECTING past the endpoint's upgrade bound is let go, then closed if it opens after all.
 
 import assert from "node:assert/strict";
 import { TokenVerifier } from "../../local/realtime/auth.ts";
-import { createRealtimeEndpoint } from "../../local/realtime/endpoint.ts";
+import { createRealtimeEndpoint, type RealtimeEndpoint } from "../../local/realtime/endpoint.ts";
 import { openConnections } from "../../local/api/server.ts";
 import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { testEnv } from "../support/env.ts";
@@ -146,6 +151,114 @@ Deno.test({
       const closed = new Promise((resolve) => socket!.addEventListener("close", resolve));
       socket.close();
       await within("the socket's close", closed);
+    }
+    await endpoint.close();
+    await server.shutdown();
+  }
+});
+
+/**
+ * The endpoint on a server of the test's own that holds each 101 the endpoint answers until the test lets
+ * it go, and hands the test the request whose upgrade it holds.
+ */
+function holdingServer(endpoint: RealtimeEndpoint) {
+  const upgraded = Promise.withResolvers<Request>();
+  const release = Promise.withResolvers<void>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req, info) => {
+    const answer = await endpoint.handle(req, info);
+    if (answer.status !== 101) return answer;
+    upgraded.resolve(req);
+    await release.promise;
+    return answer;
+  });
+  return { server, upgraded: upgraded.promise, release: () => release.resolve() };
+}
+
+Deno.test({
+  name:
+    "realtime endpoint: a client gone once its upgrade is made, before Deno.serve sends the 101: its Connection is let go at once",
+  ...ownEndpoint,
+}, async () => {
+  const env = testEnv();
+  const logs: Record<string, unknown>[] = [];
+  // Neither the idle sweep nor the upgrade bound lets it go here: only the client's leaving can.
+  const endpoint = await createRealtimeEndpoint(
+    { dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, anonKey: env.anonKey },
+    { idleTimeoutMs: 0, upgradeTimeoutMs: 2 ** 31 - 1, log: (fields) => logs.push(fields) },
+  );
+  const { server, upgraded, release } = holdingServer(endpoint);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+  try {
+    await conn.write(new TextEncoder().encode(
+      `GET /realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0 HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+        "Sec-WebSocket-Version: 13\r\n\r\n",
+    ));
+    const req = await within("the endpoint's upgrade", upgraded);
+    const { connections, upgrading } = endpoint.stats();
+    assert.deepEqual({ connections, upgrading }, { connections: 1, upgrading: 1 });
+    // The client goes, and Deno.serve sees it go (the request's signal) before it has the 101: such a
+    // socket it neither opens nor fails (CONNECTING for good, the server's end in CLOSE_WAIT).
+    const sawItGo = new Promise((resolve) => req.signal.addEventListener("abort", resolve));
+    conn.close();
+    await within("Deno.serve seeing the client go", sawItGo);
+    release();
+    await waitFor(
+      `the Connection let go (${JSON.stringify(endpoint.stats())}; ${JSON.stringify(logs)})`,
+      () => endpoint.stats().connections === 0 && endpoint.stats().upgrading === 0,
+    );
+    const abandoned = logs.find((l) => l.event === "socket_upgrade_abandoned");
+    assert.equal(abandoned?.reason, "the client left", JSON.stringify(logs));
+  } finally {
+    release();
+    try {
+      conn.close();
+    } catch { /* closed above */ }
+    await endpoint.close();
+    // Deno.serve keeps its end of that connection (CLOSE_WAIT), which holds its graceful shutdown: not
+    // awaited (nothing of the endpoint's is in it any more).
+    void server.shutdown();
+  }
+});
+
+Deno.test({
+  name:
+    "realtime endpoint: a socket still connecting past the upgrade bound is let go, and closed if it opens after all",
+  ...ownEndpoint,
+}, async () => {
+  const env = testEnv();
+  const logs: Record<string, unknown>[] = [];
+  const endpoint = await createRealtimeEndpoint(
+    { dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, anonKey: env.anonKey },
+    { idleTimeoutMs: 0, upgradeTimeoutMs: 200, log: (fields) => logs.push(fields) },
+  );
+  const { server, upgraded, release } = holdingServer(endpoint);
+  const client = new WebSocket(
+    `ws://127.0.0.1:${server.addr.port}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+  );
+  const opened = new Promise((resolve) => client.addEventListener("open", resolve));
+  const closed = new Promise<CloseEvent>((resolve) => client.addEventListener("close", resolve));
+  try {
+    await within("the endpoint's upgrade", upgraded);
+    // The 101 held past the bound: the socket is CONNECTING all that while.
+    await waitFor(
+      `the Connection let go (${JSON.stringify(endpoint.stats())}; ${JSON.stringify(logs)})`,
+      () => endpoint.stats().connections === 0 && endpoint.stats().upgrading === 0,
+    );
+    assert.match(
+      String(logs.find((l) => l.event === "socket_upgrade_abandoned")?.reason),
+      /^still connecting/,
+    );
+    release();
+    await within("the socket's open", opened);
+    const close = await within("the close of a socket the endpoint let go", closed);
+    assert.equal(close.code, 1001);
+    assert.equal(close.reason, "upgrade not completed");
+  } finally {
+    release();
+    if (client.readyState !== WebSocket.CLOSED) {
+      client.close();
+      await closed;
     }
     await endpoint.close();
     await server.shutdown();
