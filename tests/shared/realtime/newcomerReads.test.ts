@@ -8,12 +8,11 @@
 // another subscription's) makes a read of its own that waits for its retry now. A join or a joined
 // channel's drop cuts its own read off as they cut the link's: read again from its cursor in its place,
 // so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once the
-// link reads again after its backoff, answered or not, or is answered (and, after failures of its own,
-// not before its own retry); after a drop of a live link whose failed read nothing reads again, at
-// once. Against the
-// stand-in client, with changesSince answered by hand or from an in-memory log that answers real cursors
-// (changeLog), and the service's waits read off the pending timers (watchTimers) and ended by hand:
-// nothing sleeps.
+// link's next timer poll (after its backoff) has ended, answered or not, or a read of the link is
+// answered (and, after failures of its own, not before its own retry); after a drop of a live link whose
+// failed read nothing reads again, at once. Against the stand-in client, with changesSince answered by
+// hand or from an in-memory log that answers real cursors (changeLog), and the service's waits read off
+// the pending timers (watchTimers) and ended by hand: nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -653,7 +652,7 @@ Deno.test("newcomer: its own read refused 401, made again and cut off by a drop 
  * A live link (liveLink, its reads answered from its changeLog) whose last read failed (a 503 to the
  * first's syncNow(): the link backs off, its next poll one interval away with random 0), and a
  * newcomer from OWN_CURSOR with no failure of its own whose own read hangs when the channel drops,
- * its syncNow() waiting for it. While `failLink()` says so the link's reads fail; otherwise they wait
+ * its syncNow() waiting for it. Until `answerLink()` is called the link's reads fail; then they wait
  * to be answered by hand. A newcomer's own read after the first is answered from the log, or fails
  * once `failOwnReads()` was called. `options` go to the service (liveLink). With `ownFailures` 1, its
  * first own read fails (a 503, heard): the one that hangs at the drop is the read the first's syncNow()
@@ -727,7 +726,7 @@ async function newcomerCutWhileLinkBacksOff(
   }
 }
 
-Deno.test("newcomer: a drop while the link backs off cuts off its own read (no failure of its own): not read again at once against the failing API, its syncNow() resolving failed at once, but once the link's poll after its backoff is answered, from its cursor; no change missed, no cursor back", async () => {
+Deno.test("newcomer: a drop while the link backs off cuts off its own read (no failure of its own): not read again at once against the failing API, its syncNow() resolving failed at once, but once the link's timer poll after its backoff has ended (answered here), from its cursor; no change missed, no cursor back", async () => {
   const link = await newcomerCutWhileLinkBacksOff();
   const { timers, first, pending, log, newcomer, changes, reads, cursorsHeard, lines } = link;
   try {
@@ -740,7 +739,7 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read (no f
     link.answerLink();
     await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS);
     await waitFor("the link's poll", () => pending.some((call) => call.cursor === LINK_CURSOR));
-    assert.equal(link.ownReads(), 1, "not before the API answers the link");
+    assert.equal(link.ownReads(), 1, "not before the link's poll has ended");
     const poll = pending.find((call) => call.cursor === LINK_CURSOR)!;
     poll.resolve(log.page(poll.cursor));
     await waitFor("its own read to the end", () => reads.length === 1, { timeoutMs: 5_000 });
@@ -890,7 +889,7 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: anot
   }
 });
 
-Deno.test("newcomer: a drop while the link backs off cuts off its own read: a poll of the link answered behind (a long transaction holds its cursor) is an answer too, and reads it", async () => {
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: the link's timer poll after its backoff, answered behind (a long transaction holds its cursor), reads it at its end", async () => {
   const link = await newcomerCutWhileLinkBacksOff();
   const { timers, pending, reads } = link;
   try {
@@ -898,7 +897,7 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: a po
     link.answerLink();
     await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS);
     await waitFor("the link's poll", () => callsFrom(pending, LINK_CURSOR).length === 1);
-    assert.equal(link.ownReads(), 1, "not before the API answers the link");
+    assert.equal(link.ownReads(), 1, "not before the link's poll has ended");
     callsFrom(pending, LINK_CURSOR)[0].resolve(page([], LINK_CURSOR, true)); // more, at the same cursor
     await waitFor("its own read to the end", () => reads.length === 1, { timeoutMs: 5_000 });
     assert.deepEqual(reads, ["done"]);
@@ -908,7 +907,7 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: a po
   }
 });
 
-Deno.test("newcomer: a drop while the link backs off cuts off its own read: read once the link is answered, and when that read fails, made again after its own backoff, not at the link's next answer", async () => {
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: read once the link's timer poll is answered, and when that read fails (the link answering: not backing off), made again after its own backoff, not at the link's next poll", async () => {
   // random 0.5: the poll after the drop (two failures of the link's) and its retry (one of its own)
   // wait 1.5 intervals, the link's polls after an answer one.
   const link = await newcomerCutWhileLinkBacksOff({ random: () => 0.5 });
@@ -925,7 +924,7 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: read
     assert.equal(link.ownReads(), 2);
     await waitFor("its retry after its own backoff", () => pendingFor(timers, POLL_MS * 1.5));
 
-    // The link's next poll, answered: no read of its own then (its wait for the link's answer ended).
+    // The link's next poll, answered: no read of its own then (its wait for the link's read is over).
     await fireWhenSet(timers, "the link's next poll", POLL_MS);
     await waitFor("the link's next poll", () => callsFrom(pending, LINK_CURSOR).length === 2);
     callsFrom(pending, LINK_CURSOR)[1].resolve(log.page(LINK_CURSOR));
@@ -946,7 +945,7 @@ const LINK_BACKS_OFF_LONGER: Partial<RealtimeServiceOptions> = {
   backoff: { initialMs: 60_000, maxMs: 4 * POLL_MS },
 };
 
-Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: not read at the end of its own shorter backoff against the API failing the link, but once the link's poll after its longer backoff is answered; no change missed, no cursor back", async () => {
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: not read at the end of its own shorter backoff against the API failing the link, but once the link's timer poll after its longer backoff has ended (answered here); no change missed, no cursor back", async () => {
   const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1);
   const { timers, pending, log, newcomer, changes, reads, cursorsHeard } = link;
   try {
@@ -1023,7 +1022,7 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read after
   }
 });
 
-Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: its own backoff over, waiting for the link's answer, another subscription's syncNow() reads it now", async () => {
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own: its own backoff over, waiting for the link's next timer poll, another subscription's syncNow() reads it now", async () => {
   const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1);
   const { timers, first, newcomer, reads } = link;
   try {
@@ -1085,7 +1084,7 @@ Deno.test("newcomer: unsubscribed while a drop's cut of its own read (after a fa
 // A live link's failure count stays up while nothing reads again for it (the safety read off, nothing owed
 // to the app): its channel carries the changes, and the failure says nothing of the API since. Such a
 // link is not backing off: an own read its drop cuts off is read again at once, as with no failure.
-Deno.test("newcomer: a drop of a live link whose failed read nothing makes again (the safety read off: a late heartbeat's read that failed after the reply came) cuts off its own read: read again at once, not held for the link's next answer", async () => {
+Deno.test("newcomer: a drop of a live link whose failed read nothing makes again (the safety read off: a late heartbeat's read that failed after the reply came) cuts off its own read: read again at once, not held for the link's next timer poll", async () => {
   let ownReads = 0;
   const lines: Record<string, unknown>[] = [];
   const link = await liveLink(
