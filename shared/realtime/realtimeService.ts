@@ -2263,6 +2263,20 @@ class UserLink<Row extends LwwRow> {
       this.#reconnectTimer = undefined;
       void this.#connect();
     }, delay);
+    // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
+    // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now while the
+    // API has been answering (that closes the gap fastest). While it backs off (#backingOff: its last
+    // read failed, and it reads again for that; a cut read is none) it polls as the next poll after
+    // that failure would: after the polls' backoff, at least a Retry-After still running
+    // (#nextPollDelay). A Realtime restart drops every device's channel at once, and those whose API
+    // fails or refuses would otherwise all ask it again at that moment. A live link whose failed read
+    // nothing makes again (the safety read off, no syncNow() owed, no heartbeat reply late) polls now,
+    // as one with no failure does: its count stays up while its channel carries the changes, and says
+    // nothing of the API since (hours, with the safety read off); the own reads the drop cuts off are
+    // read again at once for the same reason (#readOwn), and the link's subscriptions must not wait a
+    // backoff (up to its cap) for the changes the drop's gap let through, while the API answers.
+    const pollsNow = wasJoined || (this.#pollTimer === undefined && this.#pollsRunning === 0);
+    const wait = !pollsNow ? 0 : backedOff ? this.#nextPollDelay("failed") : this.#retryAfterLeftMs();
     if (wasJoined) {
       this.#droppedAt = monotonicNow();
       // A safety read scheduled while live would hold off the polling below for its whole interval,
@@ -2274,14 +2288,7 @@ class UserLink<Row extends LwwRow> {
       this.#cutReadsOff("the channel dropped");
       this.#cutOwnReadsOff("the channel dropped", true, backedOff);
     }
-    // A join that failed while the link was polling anyway keeps the polls' own pace (their backoff,
-    // a Retry-After); a link that dropped from a channel, or is not polling yet, polls now while the
-    // API has been answering (that closes the gap fastest). After a read that failed (a cut one is
-    // none) it polls as the next poll after that failure would: after the polls' backoff, at least a
-    // Retry-After still running (#nextPollDelay). A Realtime restart drops every device's channel at
-    // once, and those whose API fails or refuses would otherwise all ask it again at that moment.
-    if (wasJoined || (this.#pollTimer === undefined && this.#pollsRunning === 0)) {
-      const wait = this.#failedReadsInRow > 0 ? this.#nextPollDelay("failed") : this.#retryAfterLeftMs();
+    if (pollsNow) {
       this.#startPolling(wait);
       // A read the drop cut off (a syncNow()'s: the app's "Sync now" waits for it) ends as the poll
       // the drop starts when that reads at once; one that waits (the polls' backoff, a Retry-After:
@@ -2471,7 +2478,8 @@ class UserLink<Row extends LwwRow> {
    * read off, no syncNow() owed, no heartbeat reply late: #scheduleNextLiveRead): its count stays up
    * while its channel carries the changes, and says nothing of the API since (hours, with the safety
    * read off). A live link reading again for a failure (a read again scheduled, or a read under way)
-   * backs off. Decides how an own read a drop cuts off is read again (#readOwn).
+   * backs off. Decides how soon the poll a drop starts comes and how an own read the drop cuts off
+   * is read again (#fail, #readOwn).
    */
   get #backingOff(): boolean {
     if (this.#failedReadsInRow === 0) return false;

@@ -10,9 +10,9 @@
 // so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once the
 // link's next timer poll (after its backoff) has ended, answered or not, or a read of the link is
 // answered (and, after failures of its own, not before its own retry); after a drop of a live link whose
-// failed read nothing reads again, at once. Against the stand-in client, with changesSince answered by
-// hand or from an in-memory log that answers real cursors (changeLog), and the service's waits read off
-// the pending timers (watchTimers) and ended by hand: nothing sleeps.
+// failed read nothing reads again, at once, and the link's poll too. Against the stand-in client, with
+// changesSince answered by hand or from an in-memory log that answers real cursors (changeLog), and the
+// service's waits read off the pending timers (watchTimers) and ended by hand: nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -1083,8 +1083,16 @@ Deno.test("newcomer: unsubscribed while a drop's cut of its own read (after a fa
 
 // A live link's failure count stays up while nothing reads again for it (the safety read off, nothing owed
 // to the app): its channel carries the changes, and the failure says nothing of the API since. Such a
-// link is not backing off: an own read its drop cuts off is read again at once, as with no failure.
-Deno.test("newcomer: a drop of a live link whose failed read nothing makes again (the safety read off: a late heartbeat's read that failed after the reply came) cuts off its own read: read again at once, not held for the link's next timer poll", async () => {
+// link is not backing off: an own read its drop cuts off is read again at once, as with no failure, and
+// the link's poll after the drop is made at once too.
+
+/**
+ * A live link (liveLink; its reads answered by hand) whose late heartbeat's read failed after the reply
+ * came: nothing reads again for it (the safety read off, nothing owed to the app), its failure count
+ * stays at one. A newcomer from OWN_CURSOR whose first own read hangs, and whose next ones read to the end
+ * from the log. Returned with that own read under way.
+ */
+async function newcomerOfLiveLinkWithStaleFailure() {
   let ownReads = 0;
   const lines: Record<string, unknown>[] = [];
   const link = await liveLink(
@@ -1096,7 +1104,7 @@ Deno.test("newcomer: a drop of a live link whose failed read nothing makes again
         ? undefined // hangs until the drop
         : log.page(cursor),
   );
-  const { service, timers, first, pending, channel, heartbeat } = link;
+  const { service, timers, first, pending, heartbeat } = link;
   try {
     // A heartbeat reply late: the live link reads now; the reply comes while that read is under way,
     // and the read fails. Nothing reads again for it: the safety read is off, nothing is owed to the app.
@@ -1114,12 +1122,43 @@ Deno.test("newcomer: a drop of a live link whose failed read nothing makes again
     const reads: string[] = [];
     newcomer.onRead((outcome) => reads.push(outcome));
     await waitFor("its own read", () => ownReads === 1);
+    return { ...link, newcomer, reads, lines, ownReads: () => ownReads };
+  } catch (error) {
+    await link.end();
+    throw error;
+  }
+}
+
+Deno.test("newcomer: a drop of a live link whose failed read nothing makes again (the safety read off: a late heartbeat's read that failed after the reply came) cuts off its own read: read again at once, not held for the link's next timer poll", async () => {
+  const link = await newcomerOfLiveLinkWithStaleFailure();
+  const { channel, newcomer, reads } = link;
+  try {
     (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
     await waitFor("its own read again, at once", () => reads.length === 1, { timeoutMs: 5_000 });
     assert.deepEqual(reads, ["done"]);
-    assert.equal(ownReads, 2);
+    assert.equal(link.ownReads(), 2);
     assert.equal(newcomer.cursor, LINK_CURSOR);
-    assert.equal(callsFrom(pending, LINK_CURSOR).length, 1, "made by itself, with no read of the link");
+    // Made by itself, not waiting for a read of the link: the link's poll after the drop (made at once
+    // too: see the next test) is answered by hand, and never here.
+  } finally {
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop of a live link whose failed read nothing makes again (the safety read off: a late heartbeat's read that failed after the reply came): the link's poll after the drop is made at once too, as its own read is, not after the backoff for that stale failure", async () => {
+  const link = await newcomerOfLiveLinkWithStaleFailure();
+  const { timers, first, pending, channel, log, reads } = link;
+  try {
+    log.write("meanwhile", 3); // written while the channel is down
+    (await channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+    const linkPolled = () => callsFrom(pending, LINK_CURSOR).length === 2;
+    await waitFor("the link's poll after the drop, at once", linkPolled, { timeoutMs: 5_000 });
+    assert.ok(!pendingFor(timers, POLL_MS), `no poll left for the backoff: ${timers.pending()}`);
+    await waitFor("its own read again, at once", () => reads.length === 1, { timeoutMs: 5_000 });
+    const poll = callsFrom(pending, LINK_CURSOR)[1];
+    poll.resolve(log.page(poll.cursor));
+    await waitFor("the link's cursor past the change", () => first.cursor === "106");
+    assert.equal(first.status, "polling", "answered, not rejoined yet");
   } finally {
     await link.end();
   }
