@@ -1726,7 +1726,14 @@ class UserLink<Row extends LwwRow> {
       subscription.ownReadDone(this.#roundsBegun);
     } else {
       own.failuresInRow = outcome === "failed" ? own.failuresInRow + 1 : 0;
-      this.#scheduleOwnRead(subscription, own, this.#nextPollDelay(outcome, own.failuresInRow));
+      // A failure's retry waits the polls' backoff for its own failures in a row, and while the link
+      // backs off (#backingOff) for the link's, when more: its own count may be lower (one after a
+      // drop's wait released it, the link at its third), and its retry would read the API failing the
+      // link more often than the link's backoff lets the link read it.
+      const failures = outcome === "failed" && this.#backingOff
+        ? Math.max(own.failuresInRow, this.#failedReadsInRow)
+        : own.failuresInRow;
+      this.#scheduleOwnRead(subscription, own, this.#nextPollDelay(outcome, failures));
     }
     subscription.emitOwnRead(outcome);
     // Refused 401 for a token replaced while it was under way.
@@ -1822,7 +1829,7 @@ class UserLink<Row extends LwwRow> {
 
   /**
    * A subscription's own read failed or was answered behind: it is made again by itself after
-   * `waitMs` (the polls' backoff for its own failures in a row, or pollIntervalMs when behind), never
+   * `waitMs` (the polls' backoff for its failures in a row, or pollIntervalMs when behind), never
    * before a Retry-After's end; and, when it also waits for the link's read (own.afterLinkRead: a drop
    * cut it off while the link backed off), not before that either: its timer's end then leaves the
    * read to that read's end (#readOwnAfterLinkRead).
@@ -2479,7 +2486,7 @@ class UserLink<Row extends LwwRow> {
    * while its channel carries the changes, and says nothing of the API since (hours, with the safety
    * read off). A live link reading again for a failure (a read again scheduled, or a read under way)
    * backs off. Decides how soon the poll a drop starts comes and how an own read the drop cuts off
-   * is read again (#fail, #readOwn).
+   * is read again (#fail, #readOwn), and how long an own read's retry after a failure waits (#readOwn).
    */
   get #backingOff(): boolean {
     if (this.#failedReadsInRow === 0) return false;

@@ -9,10 +9,11 @@
 // channel's drop cuts its own read off as they cut the link's: read again from its cursor in its place,
 // so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once the
 // link's next timer poll (after its backoff) has ended, answered or not, or a read of the link is
-// answered (and, after failures of its own, not before its own retry); after a drop of a live link whose
-// failed read nothing reads again, at once, and the link's poll too. Against the stand-in client, with
-// changesSince answered by hand or from an in-memory log that answers real cursors (changeLog), and the
-// service's waits read off the pending timers (watchTimers) and ended by hand: nothing sleeps.
+// answered (and, after failures of its own, not before its own retry); a failure of its own then retries
+// no sooner than the link's backoff. After a drop of a live link whose failed read nothing reads again,
+// at once, and the link's poll too. Against the stand-in client, with changesSince answered by hand or
+// from an in-memory log that answers real cursors (changeLog), and the service's waits read off the
+// pending timers (watchTimers) and ended by hand: nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -994,6 +995,28 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read after
       "the link's poll after its backoff was refused",
     );
     assert.notEqual(first.status, "live");
+  } finally {
+    await link.end();
+  }
+});
+
+// Its own count of failures restarts low (none when the drop cut it off), the link's is high: its retry on
+// its own backoff alone would read the API failing the link more often than the link reads it.
+Deno.test("newcomer: a drop while the link backs off cuts off its own read; read at the link's poll after its longer backoff, refused again (400 for its cursor), and failing itself: its retry waits the link's backoff, not its own shorter one", async () => {
+  const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 0, refusedLinkCursor);
+  const { timers, reads } = link;
+  try {
+    link.failOwnReads();
+    await fireWhenSet(timers, "the link's poll after its backoff", 2 * POLL_MS);
+    await waitFor("its own read, failed", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed"]);
+    assert.equal(link.ownReads(), 2);
+    // Its retry after one failure of its own would wait one interval; the link, refused three times in a
+    // row, polls again after two: so does its retry.
+    const atLinkBackoff = () => timers.pending().filter((ms) => Math.abs(ms - 2 * POLL_MS) < 1).length;
+    await waitFor("its retry scheduled", () => atLinkBackoff() === 2 || pendingFor(timers, POLL_MS));
+    assert.ok(!pendingFor(timers, POLL_MS), `its retry not sooner than the link's poll: ${timers.pending()}`);
+    assert.equal(atLinkBackoff(), 2, "its retry and the link's poll, after the link's backoff");
   } finally {
     await link.end();
   }
