@@ -1651,6 +1651,7 @@ class UserLink<Row extends LwwRow> {
     own.afterLinkRead = false;
     this.service.timers.clear(own.timer);
     own.timer = undefined;
+    own.timerForDeadline = false;
     const wait = this.#retryAfterLeftMs();
     if (wait > 0) {
       this.#scheduleOwnRead(subscription, own, wait);
@@ -1670,10 +1671,11 @@ class UserLink<Row extends LwwRow> {
    * from its cursor as its answered pages left it, at once, or, after a drop, when the link's reads
    * would not read at once either: after failures of its own at the time its retry would come, after
    * failures of the link's (the link backing off: #backingOff) once the link reads again after its
-   * backoff or is answered (own.afterLinkRead), after both at the later of the two, and while a
-   * Retry-After runs at its end. The read cut off ends as the one read in its place at once does (one
-   * refused 401 before it for a token replaced since is read so, with that token), or "failed" at once
-   * when that one waits; the cut is neither heard nor counted.
+   * backoff or is answered (own.afterLinkRead), or at its deadline (own.linkReadDeadline) when neither
+   * has come by then, after both at the later of the two, and while a Retry-After runs at its end. The
+   * read cut off ends as the one read in its place at once does (one refused 401 before it for a token
+   * replaced since is read so, with that token), or "failed" at once when that one waits; the cut is
+   * neither heard nor counted.
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
     let outcome: ReadOutcome | "closed" | "cut";
@@ -1694,12 +1696,13 @@ class UserLink<Row extends LwwRow> {
       // that after the polls' backoff: #backingOff), not before the link reads again after that
       // backoff (its poll, whether answered or not: a failure that is the link's alone, such as a 400
       // for its cursor, would otherwise hold it for good) or a read of the link is answered (the
-      // catch-up of the rejoin), whichever comes first: with no failure of its own, not at once (one
-      // call more per such subscription at every drop, against an API that may be failing); with
-      // failures of its own, not at the end of its own backoff when that comes before (it may be
-      // shorter than the link's), but at the later of the two. A change written meanwhile stays after
-      // its cursor, which has not moved.
-      const afterLinkRead = own.cutByDrop && own.cutWhileLinkBackedOff === true;
+      // catch-up of the rejoin), whichever comes first, and at its deadline at the latest (a channel
+      // that drops again before that poll's time puts it off each time: #scheduleLinkReadDeadline):
+      // with no failure of its own, not at once (one call more per such subscription at every drop,
+      // against an API that may be failing); with failures of its own, not at the end of its own
+      // backoff when that comes before (it may be shorter than the link's), but at the later of the
+      // two. A change written meanwhile stays after its cursor, which has not moved.
+      const afterLinkRead = own.cutByDrop && own.linkReadDeadline !== undefined;
       const wait = own.cutByDrop && own.failuresInRow > 0
         ? this.#nextPollDelay("failed", own.failuresInRow)
         : this.#retryAfterLeftMs();
@@ -1711,9 +1714,11 @@ class UserLink<Row extends LwwRow> {
         own.running = undefined;
         if (afterLinkRead) own.afterLinkRead = true;
         // Its own retry (failures of its own), beside the wait for the link's read: whichever ends
-        // first leaves the read to the other (#scheduleOwnRead's timer, #readOwnAfterLinkRead). With
-        // none of its own, only the link's read (a Retry-After running ends before the link's reads).
+        // first leaves the read to the other (#scheduleOwnRead's timer, #readOwnAfterLinkRead), its
+        // timer then waiting for the deadline. With none of its own, the link's read or the deadline
+        // (a Retry-After running ends before either).
         if (!afterLinkRead || own.failuresInRow > 0) this.#scheduleOwnRead(subscription, own, wait);
+        else this.#scheduleLinkReadDeadline(subscription, own);
         const readNow = this.#readOwnAgainForNewToken(subscription, own);
         return readNow ? await readNow : "failed";
       }
@@ -1797,17 +1802,23 @@ class UserLink<Row extends LwwRow> {
   }
 
   /**
-   * A join or a joined channel's drop (`byDrop`; `linkBackedOff`: #backingOff as the drop found it)
-   * cuts off the own reads under way, as it cuts off the link's (#cutReadsOff): one begun on the
-   * network the socket died with may hang as well, up to requestTimeoutMs, and the subscription's
-   * syncNow() waits for it. Each is read again in its place (#readOwn). Own reads waiting for their
-   * retry keep their time.
+   * A join or a joined channel's drop (`byDrop`) cuts off the own reads under way, as it cuts off the
+   * link's (#cutReadsOff): one begun on the network the socket died with may hang as well, up to
+   * requestTimeoutMs, and the subscription's syncNow() waits for it. Each is read again in its place
+   * (#readOwn). Own reads waiting for their retry keep their time. `linkPollWaitMs`: the wait of the
+   * poll the drop starts, given when the link backed off as the drop found it (#backingOff): each read
+   * cut off then waits for the link's read (own.afterLinkRead) until that poll's time and one call's
+   * longest (requestTimeoutMs) have run from now at most (own.linkReadDeadline): when that poll would
+   * have ended had nothing put it off.
    */
-  #cutOwnReadsOff(reason: string, byDrop: boolean, linkBackedOff = false): void {
+  #cutOwnReadsOff(reason: string, byDrop: boolean, linkPollWaitMs?: number): void {
+    const deadline = byDrop && linkPollWaitMs !== undefined
+      ? monotonicNow() + linkPollWaitMs + this.#requestTimeoutMs
+      : undefined;
     for (const own of this.#ownReads.values()) {
       if (!own.cut) continue;
       own.cutByDrop = byDrop; // the last cut decides how it is read again
-      own.cutWhileLinkBackedOff = byDrop && linkBackedOff;
+      own.linkReadDeadline = deadline;
       own.cut.abort(new Error(reason));
     }
   }
@@ -1832,15 +1843,38 @@ class UserLink<Row extends LwwRow> {
    * `waitMs` (the polls' backoff for its failures in a row, or pollIntervalMs when behind), never
    * before a Retry-After's end; and, when it also waits for the link's read (own.afterLinkRead: a drop
    * cut it off while the link backed off), not before that either: its timer's end then leaves the
-   * read to that read's end (#readOwnAfterLinkRead).
+   * read to that read's end (#readOwnAfterLinkRead) or its deadline (#scheduleLinkReadDeadline).
    */
   #scheduleOwnRead(subscription: Subscription<Row>, own: OwnRead, waitMs: number): void {
     if (this.#closed) return;
     this.service.timers.clear(own.timer);
+    own.timerForDeadline = false;
     own.timer = this.service.timers.set(() => {
       own.timer = undefined;
-      if (!own.afterLinkRead) void this.readOwnNow(subscription);
+      if (own.afterLinkRead) this.#scheduleLinkReadDeadline(subscription, own);
+      else void this.readOwnNow(subscription);
     }, Math.max(waitMs, this.#retryAfterLeftMs()));
+  }
+
+  /**
+   * An own read waiting for the link's read (own.afterLinkRead) with no retry of its own to come: its
+   * timer (the one of #scheduleOwnRead: one per subscription, cleared at its unsubscribe and the
+   * link's close) now runs to own.linkReadDeadline, counted from the drop's cut, and reads it then
+   * whether the link has read or not. The link's poll after its backoff may never come: each drop of
+   * a channel that drops sooner than that poll's time schedules it again, and the rejoin's catch-up
+   * in between (made at once) fails as the link's reads do (a 400 for its cursor, for good); nothing
+   * would read it before the app's syncNow(). Later drops do not move the deadline (they find no own
+   * read under way to cut off).
+   */
+  #scheduleLinkReadDeadline(subscription: Subscription<Row>, own: OwnRead): void {
+    if (this.#closed) return;
+    this.service.timers.clear(own.timer);
+    own.timerForDeadline = true;
+    own.timer = this.service.timers.set(() => {
+      own.timer = undefined;
+      own.timerForDeadline = false;
+      void this.readOwnNow(subscription);
+    }, Math.max(0, (own.linkReadDeadline ?? 0) - monotonicNow()));
   }
 
   /** The link's first read has ended: the subscriptions that joined before it read for themselves now. */
@@ -1857,14 +1891,15 @@ class UserLink<Row extends LwwRow> {
    * backing off (own.afterLinkRead, #readOwn) are read now: the API answers again, or the link's
    * backoff has run (its failure may be the link's alone, a 400 for its cursor, which the link may
    * meet for good: nothing would read them before a syncNow()). Those whose own retry (after failures
-   * of their own) is still to come are read then, by its timer, no longer waiting for the link. Not a
+   * of their own) is still to come are read then, by its timer, no longer waiting for the link; those
+   * whose timer waits for their deadline (#scheduleLinkReadDeadline) are read now. Not a
    * read the link made at once that failed (the catch-up of a join: made without a backoff, against
    * an API that may still be failing).
    */
   #readOwnAfterLinkRead(): void {
     for (const [subscription, own] of [...this.#ownReads]) {
       if (!own.afterLinkRead) continue;
-      if (own.timer !== undefined) own.afterLinkRead = false;
+      if (own.timer !== undefined && !own.timerForDeadline) own.afterLinkRead = false;
       else void this.readOwnNow(subscription);
     }
   }
@@ -2293,7 +2328,7 @@ class UserLink<Row extends LwwRow> {
       this.service.timers.clear(this.#pollTimer);
       this.#pollTimer = undefined;
       this.#cutReadsOff("the channel dropped");
-      this.#cutOwnReadsOff("the channel dropped", true, backedOff);
+      this.#cutOwnReadsOff("the channel dropped", true, backedOff ? wait : undefined);
     }
     if (pollsNow) {
       this.#startPolling(wait);
@@ -2472,6 +2507,10 @@ class UserLink<Row extends LwwRow> {
 
   get #pollIntervalMs(): number {
     return this.service.options.pollIntervalMs ?? 10_000;
+  }
+
+  get #requestTimeoutMs(): number {
+    return this.service.options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   }
 
   /** A syncNow() is owed its read: none that began after it has read to the end yet. */
@@ -2961,8 +3000,13 @@ class UserLink<Row extends LwwRow> {
 interface OwnRead {
   /** The read in flight. */
   running?: Promise<ReadOutcome>;
-  /** Its retry, after it failed or was answered behind (UserLink#scheduleOwnRead). */
+  /**
+   * Its retry, after it failed or was answered behind (UserLink#scheduleOwnRead), or its wait for
+   * linkReadDeadline (UserLink#scheduleLinkReadDeadline): its one timer.
+   */
   timer?: ReturnType<typeof setTimeout>;
+  /** `timer` waits for linkReadDeadline, not for its own retry. */
+  timerForDeadline?: boolean;
   /** Its reads that failed in a row: the retry's backoff. */
   failuresInRow: number;
   /**
@@ -2977,16 +3021,21 @@ interface OwnRead {
    * Cut off by a joined channel's drop while the link was backing off (UserLink#backingOff): read again
    * once the link reads again after its backoff, answered or not, or a read of the link is answered,
    * whichever comes first (UserLink#readOwnAfterLinkRead), not at once against an API that may be
-   * failing; with no failure of its own, no timer meanwhile; with failures of its own, not before its
-   * own retry's timer has ended too (UserLink#scheduleOwnRead): the later of the two reads it.
+   * failing, and at linkReadDeadline at the latest (UserLink#scheduleLinkReadDeadline); with failures
+   * of its own, not before its own retry's timer has ended too (UserLink#scheduleOwnRead): the later
+   * of the two reads it.
    */
   afterLinkRead?: boolean;
   /** Aborts the read in flight: a join or drop cutting it off (UserLink#cutOwnReadsOff), or its unsubscribe. */
   cut?: AbortController;
   /** The last cut of the read in flight was a joined channel's drop (not a join). */
   cutByDrop?: boolean;
-  /** That drop came while the link was backing off (UserLink#backingOff, as the drop found it). */
-  cutWhileLinkBackedOff?: boolean;
+  /**
+   * That drop came while the link was backing off (UserLink#backingOff, as the drop found it): when
+   * (monotonicNow) it waits for the link's read no longer (the drop's poll wait and requestTimeoutMs
+   * after the cut: UserLink#cutOwnReadsOff); undefined when it did not.
+   */
+  linkReadDeadline?: number;
 }
 
 interface Round {

@@ -9,11 +9,12 @@
 // channel's drop cuts its own read off as they cut the link's: read again from its cursor in its place,
 // so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once the
 // link's next timer poll (after its backoff) has ended, answered or not, or a read of the link is
-// answered (and, after failures of its own, not before its own retry); a failure of its own then retries
-// no sooner than the link's backoff. After a drop of a live link whose failed read nothing reads again,
-// at once, and the link's poll too. Against the stand-in client, with changesSince answered by hand or
-// from an in-memory log that answers real cursors (changeLog), and the service's waits read off the
-// pending timers (watchTimers) and ended by hand: nothing sleeps.
+// answered, and at its own deadline at the latest, which later drops do not put off (and, after failures
+// of its own, not before its own retry); a failure of its own then retries no sooner than the link's
+// backoff. After a drop of a live link whose failed read nothing reads again, at once, and the link's
+// poll too. Against the stand-in client, with changesSince answered by hand or from an in-memory log
+// that answers real cursors (changeLog), and the service's waits read off the pending timers
+// (watchTimers) and ended by hand: nothing sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -866,6 +867,72 @@ Deno.test("newcomer: a drop while the link backs off and a Retry-After runs cuts
     assert.equal(link.ownReads(), 2);
     assert.equal(linkFailures().length, 4);
     assert.equal(newcomer.cursor, "105", "its own read to the horizon");
+  } finally {
+    clock.restore();
+    await link.end();
+  }
+});
+
+/**
+ * How long an own read a drop cut off while the link backed off waits for the link's read at most,
+ * counted from the cut: the wait of the link's poll the drop starts (one interval: the backoff's cap at
+ * two, random 0) and one call's longest (requestTimeoutMs), when that poll would have ended.
+ */
+const DEADLINE_MS = POLL_MS + REQUEST_TIMEOUT_MS;
+
+// A channel that drops sooner than the link's poll after its backoff puts that poll off at every drop (the
+// poll the drop starts replaces it), and the rejoin's catch-up in between is made at once and refused as
+// the link's reads are: the link's next timer poll never comes. The own read's wait has its own end.
+Deno.test("newcomer: a drop while the link backs off cuts off its own read, the link refused for good (400 for its cursor) and its channel dropping again before each poll after its backoff: read at its own deadline, counted from the cut, not held until a syncNow()", async () => {
+  const clock = frozenClock(); // its deadline, as the service reads it, comes when moved on
+  const link = await newcomerCutWhileLinkBacksOff({}, 0, refusedLinkCursor);
+  const { timers, first, channel, log, newcomer, changes, reads, lines } = link;
+  const count = (event: string) => lines.filter((l) => l.event === event && !l.for).length;
+  try {
+    assert.equal(link.ownReads(), 1);
+    assert.equal(count("poll_failed"), 2, "the syncNow()s' reads of the link");
+    const meanwhile = log.write("meanwhile", 3);
+    // Twice: the rejoin, its catch-up refused, the link's poll after its backoff scheduled, and the
+    // channel drops again before that poll's time (which the drop schedules again).
+    for (const n of [2, 3]) {
+      (await channel(n)).state!("SUBSCRIBED");
+      await waitFor(`catch-up ${n - 1} refused`, () => count("catchup_failed") === n - 1);
+      await waitFor("the link's poll after its backoff scheduled", () => pendingFor(timers, POLL_MS));
+      (await channel(n)).state!("CHANNEL_ERROR", new Error("socket closed"));
+      await waitFor(`drop ${n}`, () => count("realtime_unavailable") === n);
+    }
+    assert.equal(link.ownReads(), 1, "no read of its own at the refused catch-ups");
+    assert.equal(count("poll_failed"), 2, "the link's poll after its backoff never came");
+    assert.ok(
+      pendingFor(timers, DEADLINE_MS),
+      `its wait for the link's read has an end: ${timers.pending()}`,
+    );
+
+    await fireWhenSet(timers, "its deadline", DEADLINE_MS, clock);
+    await waitFor("its own read at its deadline", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    assert.deepEqual(changes, ["kept@102", `meanwhile@${meanwhile.change_xid}`]);
+    assert.equal(newcomer.cursor, "106", "its own read to the horizon");
+    assert.notEqual(first.status, "live", "the link still refused");
+    assert.ok(!pendingFor(timers, DEADLINE_MS), "its deadline's timer gone with it");
+  } finally {
+    clock.restore();
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: its wait for the link's read has its own deadline, its one timer, cleared at its unsubscribe", async () => {
+  const clock = frozenClock(); // the deadline's timer for DEADLINE_MS exactly
+  const link = await newcomerCutWhileLinkBacksOff();
+  const { timers, newcomer } = link;
+  try {
+    await waitFor("its deadline", () => pendingFor(timers, DEADLINE_MS), { timeoutMs: 5_000 });
+    const before = timers.pending().length;
+    await newcomer.unsubscribe();
+    assert.ok(!pendingFor(timers, DEADLINE_MS), `its deadline's timer cleared: ${timers.pending()}`);
+    assert.equal(timers.pending().length, before - 1, "that timer alone");
+    assert.ok(pendingFor(timers, POLL_MS), "the link's poll after its backoff, for the first, kept");
   } finally {
     clock.restore();
     await link.end();
