@@ -319,16 +319,16 @@ Deno.test({
 
 Deno.test({
   name:
-    "a failed start's tear-down ends what the start has running when it runs: a port retry after a run-down " +
-    "that already tore it down leaves no process behind",
+    "a start torn down by a run-down launches no server more: a port retry after it fails at once, launching " +
+    "nothing, and leaves no process behind",
   sanitizeOps: false,
   sanitizeResources: false,
 }, () =>
   withPrivateTmpDir("readsync-late-retry-test-", async (tmp) => {
     // The first port picked is taken (held by the script); before the second pick, a run-down (the end of a
-    // run; a stop's is the same) runs the start's tear-down to its end. The retry then launches a server
-    // and its watchdog after that tear-down (the server exits at once: its directory is gone), and the
-    // start fails: its own tear-down must end those too, not only what the first one ended.
+    // run; a stop's is the same) runs the start's tear-down to its end. The retry must then launch nothing
+    // (it used to launch a server, which exited at once, its directory gone, and a watchdog, for its own
+    // tear-down to end again) and the start fail saying so, leaving nothing behind.
     const { report, code, stderr } = await inOwnProcess(
       `const held = Deno.listen({ hostname: "127.0.0.1", port: 0 });
        let picks = 0;
@@ -349,7 +349,11 @@ Deno.test({
     );
     assert.equal(code, 0, stderr);
     assert.equal(report.picks, 2, "one port taken, one more picked");
-    assert.match(report.error, /^PostgreSQL exited before it was ready on port \d+/, report.error);
+    assert.match(
+      report.error,
+      /^the PostgreSQL start was torn down \(a stop, or the end of a run\) before it launched a server on port \d+: none launched$/,
+      report.error,
+    );
     assert.deepEqual(report.processes, [], "no process is left behind (the retry's watchdog neither)");
     assert.deepEqual(
       [...Deno.readDirSync(tmp)].map((entry) => entry.name),

@@ -267,11 +267,15 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   // its watchdog, the directory. One tear-down at a time: the catch below and a run-down (a stop) that
   // begins while one runs both wait for that one, which ends what the start has running when it runs,
   // again until nothing new was launched meanwhile (a port retry). Asked for again once it has ended, it
-  // runs again: a start that ran on after a run-down had torn it down (a retry launched after a stop)
-  // fails, and its own tear-down ends what it launched since, instead of finding the first one done.
+  // runs again: a start that ran on after a run-down had torn it down fails, and its own tear-down ends
+  // what it launched since, instead of finding the first one done. Once a tear-down has begun, the start
+  // launches no server more (`abandoned`, checked before each launch): a port retry after a stop would only
+  // fail (its directory removed) and be torn down again.
   let tearingDown: Promise<void> | null = null;
-  const abandon = () =>
-    tearingDown ??= (async () => {
+  let abandoned = false;
+  const abandon = () => {
+    abandoned = true;
+    return tearingDown ??= (async () => {
       try {
         for (;;) {
           const [server, guard] = [child, watchdog];
@@ -289,6 +293,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
         tearingDown = null;
       }
     })();
+  };
   const forgetAbandon = onCleanup(abandon);
   try {
     // As root: run initdb/postgres as an unprivileged user through setpriv, which execs in place, so
@@ -470,6 +475,12 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     const taken: number[] = [];
     for (let attempt = 1;; attempt++) {
       port = options.port ?? await (options.pickPort ?? freePort)();
+      if (abandoned) {
+        throw new Error(
+          `the PostgreSQL start was torn down (a stop, or the end of a run) before it launched a server on ` +
+            `port ${port}: none launched`,
+        );
+      }
       const exitedWith = await launch(port);
       if (exitedWith === null) break;
       // With log_min_messages=fatal only the FATAL is printed, not the bind's "Address already in use".
