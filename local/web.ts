@@ -4,7 +4,7 @@
 // (with a fake app: `start`) rather than a copy of it.
 
 import { startWebApp, type StoppedError, type WebApp } from "../examples/web/serve.mjs";
-import { cleanupsBegun, onCleanup } from "./stack/cleanup.ts";
+import { cleanupsBegun, onCleanup, stoppedBy } from "./stack/cleanup.ts";
 
 export interface WebBesideStack {
   /** Null when it did not start (the stack still serves). */
@@ -33,9 +33,10 @@ export async function startWebAppBesideStack(
       port: options.port,
       log: options.log,
       // Its npm ci, next build and next start end with npm start, also when stopped during them; once
-      // stopped, it begins no install, build or server.
+      // stopped, it begins no install, build or server: stopped by a signal (whenStopped's awaiters run
+      // before the run-down begins), or the run-down begun (the end of a run, a failed start).
       onCleanup,
-      stopping: cleanupsBegun,
+      stopping: () => stoppedBy() !== null || cleanupsBegun(),
     });
     return {
       web,

@@ -36,8 +36,8 @@ export interface WebAppOptions {
    */
   onCleanup?: OnCleanup;
   /**
-   * Whether the calling process is stopping (its exit cleanups have begun: local/stack/cleanup.ts's
-   * cleanupsBegun in npm start). A start that comes to its install or build then rejects with a StoppedError
+   * Whether the calling process is stopping (stopped, or its exit cleanups begun: local/stack/cleanup.ts's
+   * stoppedBy and cleanupsBegun in npm start). A start that comes to its install or build then rejects with a StoppedError
    * (step "start") without taking the build lock, instead of taking it and spawning npm ci or next build only
    * for their cleanups to end them at once; so does one that comes to next build (npm ci exited 0 as the
    * stop came) or to next start (the build did, or build "never").

@@ -553,6 +553,34 @@ Deno.test({
 
 Deno.test({
   name:
+    "exit cleanups: a stop (SIGINT) tells whenStopped() before it begins its cleanups: what waits for it runs " +
+    "before the newest cleanup has begun",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  const ended = await runDenoChild([
+    "eval",
+    `const { cleanupsBegun, onCleanup, whenStopped } = await import(${JSON.stringify(cleanupModule)});
+     const seen = [];
+     // The oldest cleanup, run last: the report.
+     onCleanup(() => console.log(JSON.stringify(seen)));
+     // The newest, run first by the run-down.
+     onCleanup(() => seen.push("the newest cleanup began"));
+     void whenStopped().then((stop) => seen.push("told: " + stop.by + ", run-down begun: " + cleanupsBegun()));
+     // A hang guard only (the stop's exit ends this process first).
+     setTimeout(() => {}, 60_000);
+     Deno.kill(Deno.pid, "SIGINT");`,
+  ], { timeoutMs: 120_000 });
+  assert.equal(ended.code, 130, `${ended.stdout}\n${ended.stderr}`);
+  assert.deepEqual(JSON.parse(ended.stdout.trim().split("\n").pop()!), [
+    "told: SIGINT, run-down begun: false",
+    "the newest cleanup began",
+  ]);
+});
+
+Deno.test({
+  name:
     "exit cleanups: a synchronous exit (Deno.exit) with cleanups pending still starts the newest one: a child " +
     "it ends at once is ended",
   ignore: Deno.build.os !== "linux", // /proc

@@ -92,8 +92,11 @@ export function stoppedBy(): { by: string; code: number } | null {
 }
 
 /**
- * Resolves with stoppedBy() once this process is stopped: before its cleanups have begun (what is told
- * is told as the stop begins, not once the cleanups have removed things). Never, while not stopped.
+ * Resolves with stoppedBy() once this process is stopped, before the stop begins its cleanups: a stop
+ * resolves it and lets what waits for it run (up to its first await) before its run-down starts the
+ * newest cleanup, so what is told is told as the stop begins, not once a cleanup has begun removing
+ * things. (A run-down begun before the stop, the end of a run or a failed start's, has begun them
+ * already.) Never, while not stopped.
  */
 export function whenStopped(): Promise<{ by: string; code: number }> {
   return whenStoppedPromise;
@@ -152,13 +155,23 @@ async function runOne(fn: Cleanup): Promise<void> {
   }
 }
 
+/**
+ * Resolves whenStopped() with `by` and resolves once what waited for it has run (to its first await):
+ * its reactions were queued as it resolved, this await's after them. runCleanups() would otherwise start
+ * the newest cleanup at once, before any of them (whenStopped's comment).
+ */
+async function toldStopped(by: { by: string; code: number }): Promise<void> {
+  stopped(by);
+  await whenStoppedPromise;
+}
+
 function installSignalHandlers(): void {
   if (signalsInstalled) return;
   signalsInstalled = true;
   for (const [signal, code] of [["SIGINT", 130], ["SIGHUP", 129], ["SIGTERM", 143]] as const) {
     Deno.addSignalListener(signal, async () => {
       stop ??= { by: signal, code };
-      stopped(stop);
+      await toldStopped(stop);
       await runCleanups();
       Deno.exit(code);
     });
@@ -171,7 +184,7 @@ function installSignalHandlers(): void {
       if (Deno.ppid === parent) return;
       clearInterval(orphanCheck);
       stop ??= { by: "its parent gone", code: 143 };
-      stopped(stop);
+      await toldStopped(stop);
       await runCleanups();
       Deno.exit(143);
     }, 1_000);

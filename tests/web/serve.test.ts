@@ -250,8 +250,9 @@ async function nodeScriptEnded(script: string): Promise<{ lastLine: unknown; pri
 /**
  * A Deno process that does what npm start does once its stack is up (local/announce.ts's
  * startWebAppAndAnnounce, which local/main.ts calls, given a stand-in for the stack and this fixture's
- * startWebApp). `startAfterStop`: it prints "[parent] stop me" and starts the web app only once stopped (its
- * exit cleanups begun), as a start that comes to the web app's build after a stop.
+ * startWebApp). `startAfterStop`: it prints "[parent] stop me" and starts the web app only once stopped
+ * (whenStopped, which resolves before the exit cleanups begin), as a start that comes to the web app's build
+ * after a stop.
  */
 async function npmStartParent(f: Fixture, { startAfterStop = false } = {}) {
   const script = path.join(f.root, "parent.ts");
