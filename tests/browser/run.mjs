@@ -120,13 +120,17 @@ async function main() {
   // Run newest first at the end, or on a stop (Ctrl-C, SIGTERM, SIGHUP: exit 130, 143, 129), which also
   // ends the web app's npm ci, next build or next start under way (and frees its build lock), as in npm start.
   const { exitCleanups, startWebApp } = await import("../../examples/web/serve.mjs");
-  const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: (line) => log(line) });
+  const { onCleanup, runCleanups, removeSignalHandlers, stopping } = exitCleanups({
+    log: (line) => log(line),
+  });
   /**
    * startWebApp with this run's cleanups: the run's own web app and every test's (build: "never"), so that
-   * a stop ends a next start under way (SIGTERM to its group, then SIGKILL) and stops one that serves.
+   * a stop ends a next start under way (SIGTERM to its group, then SIGKILL) and stops one that serves; and
+   * with `stopping`, so that once stopped it begins no step more (an npm ci or next build that exits 0 as
+   * the stop ends it going on to next build or next start, only for its cleanup to end that at once).
    * @param {import("../../examples/web/serve.d.ts").WebAppOptions} options
    */
-  const startRunWebApp = (options) => startWebApp({ ...options, onCleanup });
+  const startRunWebApp = (options) => startWebApp({ ...options, onCleanup, stopping });
   /**
    * A web app server of a test's own (the suite's build; password sign-in, quiet), against the stack in
    * the environment; `options` as startWebApp's (port, startTimeoutMs, env).

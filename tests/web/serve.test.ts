@@ -689,29 +689,31 @@ for (const [step, next] of [["npm ci", "next build"], ["next build", "next start
   );
 }
 
-Deno.test(
-  "node serve.mjs: npm ci exiting 0 as a stop (SIGINT) ends it goes on to no next build: it exits with the " +
-    "signal's code, the build lock released",
-  async () => {
-    const f = await fixture("next build");
-    try {
-      await stepExitingAsStopped(f, "npm ci");
-      const serve = spawnCollecting("node", [path.join(f.appDir, "serve.mjs")], {
-        env: { ...f.env, PORT: "0" },
-        cwd: f.appDir,
-      });
-      const status = await serve.exitWithin(GUARD_MS, "node serve.mjs after SIGINT");
-      assert.equal(status.code, 130, serve.printed());
-      assert.match(serve.printed(), /installing packages/, serve.printed());
-      assert.doesNotMatch(serve.printed(), /building|next build/, serve.printed());
-      assert.equal(await f.exists(f.pidFile), false, "next build ran");
-      assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
-      await f.assertNothingLeft("after node serve.mjs exited");
-    } finally {
-      await f.remove();
-    }
-  },
-);
+// The Node parents pass their exit cleanups' `stopping` to startWebApp (the browser tests' since it was
+// found missing there: their npm ci exiting 0 as the stop ended it went on to next build).
+for (const parentName of ["node serve.mjs", "the browser tests (run.mjs)"] as const) {
+  Deno.test(
+    `${parentName}: npm ci exiting 0 as a stop (SIGINT) ends it goes on to no next build: it exits with the ` +
+      "signal's code, the build lock released",
+    async () => {
+      const f = await fixture("next build");
+      try {
+        await stepExitingAsStopped(f, "npm ci");
+        await withParent(f, parents[parentName], async (parent) => {
+          const status = await parent.exitWithin(GUARD_MS, `${parentName} after SIGINT`);
+          assert.equal(status.code, 130, parent.printed());
+          assert.match(parent.printed(), /installing packages/, parent.printed());
+          assert.doesNotMatch(parent.printed(), /building|next build/, parent.printed());
+          assert.equal(await f.exists(f.pidFile), false, "next build ran");
+          assert.equal(await f.exists(f.lockDir), false, "the build lock was left behind");
+        });
+        await f.assertNothingLeft(`after ${parentName} exited`);
+      } finally {
+        await f.remove();
+      }
+    },
+  );
+}
 
 Deno.test(
   "serve.mjs's exitCleanups (node serve.mjs, the browser tests): one registered once the run-down has begun " +
