@@ -40,7 +40,9 @@ export interface WebAppOptions {
    * stoppedBy and cleanupsBegun in npm start). A start that comes to its install or build then rejects with a StoppedError
    * (step "start") without taking the build lock, instead of taking it and spawning npm ci or next build only
    * for their cleanups to end them at once; so does one that comes to next build (npm ci exited 0 as the
-   * stop came) or to next start (the build did, or build "never").
+   * stop came) or to next start (the build did, or build "never"). A wait for another start's build lock
+   * that wakes once stopping ends too (step "wait for another start's build"), before its own cleanup has
+   * run (the run-down runs newer ones first), taking no lock and spawning no npm ci.
    */
   stopping?: () => boolean;
 }

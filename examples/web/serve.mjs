@@ -350,7 +350,10 @@ async function withBuildLock(log, fn, onCleanup, stopping) {
   const holder = { ...thisBoot(), holder: { ...processRecord(process.pid), token } };
   let lastLogged = -Infinity;
   // While it waits for another start's lock: a stopped parent ends the wait at once (the waiter rejects as
-  // stopped, leaving that lock alone), instead of waiting on until the lock is free or the parent exits.
+  // stopped, leaving that lock alone), instead of waiting on until the lock is free or the parent exits. A
+  // wait that wakes once its process is stopping, before the run-down has come to the wait's cleanup (a
+  // newer one runs first), ends too, taking no lock that a free lock would give it: npm ci would be spawned
+  // under it only for its cleanup, registered once the run-down has begun, to end it at once.
   let stopped = false;
   let wake = () => {};
   const unregisterWait = onCleanup?.(() => {
@@ -359,7 +362,7 @@ async function withBuildLock(log, fn, onCleanup, stopping) {
   });
   try {
     for (;;) {
-      if (stopped) throw stoppedError(LOCK_WAIT_STEP);
+      if (stopped || stopping?.()) throw stoppedError(LOCK_WAIT_STEP);
       try {
         mkdirSync(LOCK_DIR);
       } catch (error) {

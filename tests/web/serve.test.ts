@@ -569,6 +569,75 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name:
+    "startWebApp with `stopping`: a wait for another start's build lock that finds it free once its process is " +
+    "stopping, before the run-down has come to the wait's cleanup, takes no lock and spawns no npm ci",
+  ignore: Deno.build.os !== "linux", // start times from /proc
+}, async () => {
+  const f = await fixture("npm ci");
+  try {
+    // Another start holds the lock: this test process, which runs.
+    await Deno.mkdir(f.lockDir);
+    await Deno.writeTextFile(
+      path.join(f.lockDir, "holder.json"),
+      JSON.stringify({
+        host: Deno.hostname(),
+        boot: (await Deno.readTextFile("/proc/sys/kernel/random/boot_id")).trim(),
+        holder: { pid: Deno.pid, start: await ownStartTime(), token: "the test's" },
+      }),
+    );
+    // The parent: serve.mjs's exit cleanups and `stopping`, as node serve.mjs and the browser tests pass them.
+    // Once the start waits, a cleanup newer than the wait's is registered and the parent stops (SIGINT): the
+    // run-down runs that one first, which frees the lock (the other start ends) and holds until the start
+    // has ended (a hang guard of 20 s), then prints how it ended.
+    const script = `
+      import { rmSync } from "node:fs";
+      import { exitCleanups, startWebApp } from ${
+      JSON.stringify(pathToFileURL(path.join(f.appDir, "serve.mjs")).href)
+    };
+      const { onCleanup, stopping } = exitCleanups({ log: console.error });
+      const lines = [];
+      let waiting = () => {};
+      const waits = new Promise((resolve) => waiting = resolve);
+      const ended = startWebApp({
+        apiUrl: "http://127.0.0.1:9",
+        anonKey: "anon",
+        port: 0,
+        log: (line) => {
+          lines.push(line);
+          if (/waiting for another build/.test(line)) waiting();
+        },
+        onCleanup,
+        stopping,
+      }).then(() => null, (error) => error);
+      await waits;
+      onCleanup(async () => {
+        rmSync(${JSON.stringify(f.lockDir)}, { recursive: true, force: true });
+        let guard;
+        const error = await Promise.race([ended, new Promise((r) => guard = setTimeout(() => r("hung"), 20_000))]);
+        clearTimeout(guard);
+        console.log(JSON.stringify({ stopped: error?.stopped, step: error?.step ?? String(error), lines }));
+      });
+      process.kill(process.pid, "SIGINT");`;
+    const run = spawnCollecting("node", ["--input-type=module", "-e", script], { env: f.env, cwd: f.root });
+    const status = await run.exitWithin(GUARD_MS, "the script");
+    assert.equal(status.code, 130, run.printed());
+    const report = JSON.parse(run.stdout().trim().split("\n").pop()!);
+    assert.deepEqual(
+      { stopped: report.stopped, step: report.step },
+      { stopped: true, step: "wait for another start's build" },
+      run.printed(),
+    );
+    assert.ok(!report.lines.some((line: string) => /installing packages/.test(line)), run.printed());
+    assert.equal(await f.exists(f.pidFile), false, "npm ci ran");
+    assert.equal(await f.exists(f.lockDir), false, "a build lock was left behind");
+    await f.assertNothingLeft("after the script ended");
+  } finally {
+    await f.remove();
+  }
+});
+
 Deno.test(
   "npm start's exit cleanups: a web app start that comes after the stop, the build lock free, takes no lock " +
     "and runs no npm ci: it exits with the signal's code, saying the web app's start was ended",
