@@ -16,7 +16,15 @@ export interface BenchStack {
   wallMs: number;
   /** Time inside the child from its first line of code to the stack being ready. */
   readyMs: number;
+  /** Deno's start and module loading in the child, before its first line of code (ms). */
+  loadMs: number;
+  /** The stack's log lines, with when each was printed (ms since the child's first line of code). */
   phases: { at: number; line: string }[];
+  /**
+   * Each step of the start (local/stack/phases.ts) in the order they ended: how long it took and when it
+   * ended (ms since the child's first line of code).
+   */
+  timedPhases: { name: string; ms: number; endedAt: number }[];
   stop(): Promise<void>;
 }
 

@@ -1,12 +1,54 @@
-// 6. Local stack cold start (target ≤ 5 s) beside a bare PostgreSQL cold start, and (--with-suite)
-// the whole `npm test` time.
+// 6. Local stack cold start (target ≤ 5 s) beside a bare PostgreSQL cold start, each start's phases (Deno's
+// start and module loading, the database's steps, bootstrap, migrations, the API's services, the first
+// request answered), and (--with-suite) the whole `npm test` time.
 
+import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { startPostgres } from "../../local/stack/postgres.ts";
 import { median, ratio, type SectionResult } from "../lib/report.ts";
 import { type BenchStack, spawnStack } from "../lib/stack.ts";
 import type { Options } from "./context.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** One cold start's phases: name and time (ms), in the order they ended; `note` says more (the log only). */
+type PhaseTimes = { name: string; ms: number; note?: string }[];
+
+/** The phases' own names: the Realtime endpoint's steps are part of "API: Realtime endpoint". */
+const NESTED = /^Realtime: /;
+
+/**
+ * The first request a client makes once the stack is ready: a signed-in user's library read through the
+ * functions gateway (GET /functions/v1/progress?limit=1: the token checked, the function's first database
+ * call), timed from the ready line to its answer. With an API whose tokens the stack cannot mint, the anon
+ * key's (refused, 403, without a database call).
+ */
+async function firstRequest(stack: BenchStack): Promise<{ ms: number; status: number }> {
+  const token = stack.mintsTokens
+    ? await mintUserAccessToken(crypto.randomUUID(), { secret: stack.jwtSecret })
+    : stack.anonKey;
+  const t = performance.now();
+  const response = await fetch(`${stack.apiUrl}/functions/v1/progress?limit=1`, {
+    headers: { apikey: stack.anonKey, Authorization: `Bearer ${token}` },
+  });
+  await response.arrayBuffer();
+  return { ms: performance.now() - t, status: response.status };
+}
+
+/**
+ * A start's phases as the section reports them: Deno's start and module loading, each step the stack timed
+ * (a name that comes twice summed), what of the in-process start no step covers, and the first request.
+ */
+function phaseTimes(s: BenchStack, first: { ms: number; status: number }): PhaseTimes {
+  const steps = new Map<string, number>();
+  for (const { name, ms } of s.timedPhases) steps.set(name, (steps.get(name) ?? 0) + ms);
+  const covered = [...steps].filter(([name]) => !NESTED.test(name)).reduce((sum, [, ms]) => sum + ms, 0);
+  return [
+    { name: "stack process: Deno start and module loading", ms: s.loadMs },
+    ...[...steps].map(([name, ms]) => ({ name, ms })),
+    { name: "rest of the in-process start (between the steps)", ms: Math.max(0, s.readyMs - covered) },
+    { name: "first request answered (after ready)", ms: first.ms, note: `HTTP ${first.status}` },
+  ];
+}
 
 /** Starts the stack (the last of N cold starts stays up for the other sections). */
 export async function coldStartSection(
@@ -20,6 +62,8 @@ export async function coldStartSection(
   const stackReady: number[] = [];
   let stack: BenchStack | null = null;
   let phases: BenchStack["phases"] = [];
+  /** Each start's phases (phaseTimes), in run order. */
+  const runPhases: PhaseTimes[] = [];
   for (let i = 0; i < runs; i++) {
     // Baseline: a bare PostgreSQL cold start (initdb + start + ready), same launcher, same run. The
     // stack copies the cached initdb template instead (local/stack/postgres.ts); the baseline does not.
@@ -31,16 +75,29 @@ export async function coldStartSection(
     stackWall.push(s.wallMs);
     stackReady.push(s.readyMs);
     phases = s.phases;
+    const times = phaseTimes(s, await firstRequest(s));
+    runPhases.push(times);
     log(
       `cold start ${i + 1}/${runs}: stack ${Math.round(s.wallMs)} ms (in-process ${
         Math.round(s.readyMs)
       } ms), bare PostgreSQL ${Math.round(pgMs.at(-1)!)} ms`,
     );
+    for (const { name, ms, note } of times) {
+      log(`  ${Math.round(ms).toString().padStart(6)} ms  ${name}${note ? ` (${note})` : ""}`);
+    }
     if (i < runs - 1) await s.stop();
     else stack = s;
   }
   const wall = median(stackWall);
   const pg = median(pgMs);
+  // A row per phase, in the order they came: the median over the starts that had it (a phase not in every
+  // start, such as a port retry or the template's first build, says in how many it came).
+  const phaseNames = [...new Set(runPhases.flatMap((times) => times.map((t) => t.name)))];
+  const phaseRows = phaseNames.map((name) => {
+    const values = runPhases.flatMap((times) => times.filter((t) => t.name === name).map((t) => t.ms));
+    const of = values.length === runs ? `median of ${runs}` : `${values.length} of ${runs} starts, median`;
+    return { metric: `  phase: ${name} (${of})`, value: median(values), unit: "ms" };
+  });
   const section: SectionResult = {
     id: "coldstart",
     title: "6. Local stack cold start",
@@ -64,8 +121,14 @@ export async function coldStartSection(
         baselineLabel: "bare PostgreSQL",
         ratio: ratio(median(stackReady), pg),
       },
+      ...phaseRows,
     ],
     notes: [
+      "Phase rows: the stack process's own start (Deno and module loading, before its first line), each step of " +
+      "the start it timed (local/stack/phases.ts; the Realtime: rows are part of the API: Realtime endpoint row), " +
+      "what of the in-process start no step covers, and the first request a client makes once the stack is " +
+      "ready (a signed-in user's GET /functions/v1/progress?limit=1, timed from the ready line to its answer; " +
+      "not part of the cold-start figure).",
       `Phases of the last start (ms since the stack process began): ${
         phases.map((p) => `${p.at} ${p.line}`).join("; ")
       }.`,
@@ -78,7 +141,7 @@ export async function coldStartSection(
           "the API server (functions + Realtime); the wall figure also includes starting the Deno process. The " +
           "baseline runs initdb itself.",
     ],
-    details: { stackWallMs: stackWall, stackReadyMs: stackReady, barePostgresMs: pgMs, phases },
+    details: { stackWallMs: stackWall, stackReadyMs: stackReady, barePostgresMs: pgMs, phases, runPhases },
   };
   return { stack: stack!, section };
 }

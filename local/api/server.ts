@@ -12,6 +12,7 @@
 
 import { createFunctionsGateway, type Service } from "../functions/gateway.ts";
 import { createRealtimeEndpoint, quietAboutClosingAnswers } from "../realtime/endpoint.ts";
+import { type OnPhase, timed } from "../stack/phases.ts";
 
 export interface ApiContext {
   /** The port to listen on; 0: one the OS picks as the server binds it (see startApiServer). */
@@ -25,6 +26,8 @@ export interface ApiContext {
    * returns without them; 5 s unless given.
    */
   closeGraceMs?: number;
+  /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
+  onPhase?: OnPhase;
 }
 
 export interface ApiServer {
@@ -173,9 +176,17 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   let functions: Service;
   let realtime: Service;
   try {
-    functions = await createFunctionsGateway({ ...ctx, port, apiUrl: url });
+    functions = await timed(
+      ctx.onPhase,
+      "API: functions gateway (functions loaded)",
+      () => createFunctionsGateway({ ...ctx, port, apiUrl: url }),
+    );
     try {
-      realtime = await createRealtimeEndpoint({ ...ctx, port, apiUrl: url });
+      realtime = await timed(
+        ctx.onPhase,
+        "API: Realtime endpoint",
+        () => createRealtimeEndpoint({ ...ctx, port, apiUrl: url }, { onPhase: ctx.onPhase }),
+      );
     } catch (error) {
       await functions.close();
       throw error;

@@ -32,6 +32,7 @@ import {
   unsupportedMediaType,
 } from "./rest.ts";
 import { upgradeRefusal } from "./upgrade.ts";
+import { type OnPhase, timed } from "../stack/phases.ts";
 
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
@@ -87,6 +88,8 @@ export interface RealtimeEndpointOptions {
    * (DEFAULT_UPGRADE_TIMEOUT_MS; tests shorten it): see releaseUnopened.
    */
   upgradeTimeoutMs?: number;
+  /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
+  onPhase?: OnPhase;
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
@@ -144,8 +147,8 @@ export async function createRealtimeEndpoint(
   // wal.ts): a burst of joins, whose policy probes use this pool, never delays it.
   const hub = new BroadcastHub(ctx.dbUrl, { frameForm: options.frameForm, log });
   try {
-    await ensurePublication(sql);
-    await hub.start();
+    await timed(options.onPhase, "Realtime: publication checked", () => ensurePublication(sql));
+    await timed(options.onPhase, "Realtime: WAL stream started", () => hub.start());
   } catch (error) {
     await Promise.all([hub.close(), sql.end({ timeout: 1 })]);
     throw error;
@@ -153,12 +156,19 @@ export async function createRealtimeEndpoint(
   // As Supabase Realtime does when it connects to a database: the day partitions of realtime.messages
   // for yesterday, today and tomorrow, then hourly by the janitor (partitions.ts). A role that may not
   // make them only loses the broadcasts no partition can hold, as on Supabase: logged, start goes on.
-  await maintainMessagePartitions(sql, new Date(), log)
-    .catch((error) => log({ event: "partition_maintenance_failed", error: String(error) }));
+  await timed(
+    options.onPhase,
+    "Realtime: message partitions",
+    () =>
+      maintainMessagePartitions(sql, new Date(), log)
+        .catch((error) => log({ event: "partition_maintenance_failed", error: String(error) })),
+  );
   const verifier = new TokenVerifier(ctx.jwtSecret);
   // The project's keys verified now and kept for good (realtime-js sends the anon key as its apikey): a
   // socket connecting with one is a look-up, however many users' tokens the verifier has seen since.
-  for (const key of [ctx.anonKey, ctx.serviceRoleKey]) if (key) await verifier.pin(key);
+  await timed(options.onPhase, "Realtime: project keys verified", async () => {
+    for (const key of [ctx.anonKey, ctx.serviceRoleKey]) if (key) await verifier.pin(key);
+  });
   const deps = {
     sql,
     hub,

@@ -5,6 +5,7 @@
 // fails (a step that fails or never ends, a server that never gets ready) leaves nothing behind.
 
 import { onCleanup } from "./cleanup.ts";
+import { type OnPhase, timed } from "./phases.ts";
 import { ensureSystemPackages, exists, findPostgresBinaries, isRoot } from "./system.ts";
 
 const CLUSTER_OS_USER = "readsync-pg";
@@ -174,6 +175,8 @@ export interface StartOptions {
    * where a stop that comes meanwhile must still wait for it (and not exit with the directory left).
    */
   beforeTearDown?: () => Promise<void> | void;
+  /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
+  onPhase?: OnPhase;
 }
 
 const INITDB_ARGS = ["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"];
@@ -190,8 +193,13 @@ async function initdbTemplate(
   binDir: string,
   initdbInto: (dir: string) => Promise<void>,
   log: (line: string) => void,
+  onPhase?: OnPhase,
 ): Promise<string> {
-  const version = (await exec(`${binDir}/postgres`, ["--version"])).trim();
+  const version = (await timed(
+    onPhase,
+    "database: template looked up (postgres --version)",
+    () => exec(`${binDir}/postgres`, ["--version"]),
+  )).trim();
   const digest = await crypto.subtle.digest(
     "SHA-256",
     new TextEncoder().encode([binDir, version, ...INITDB_ARGS].join("\n")),
@@ -219,7 +227,7 @@ async function initdbTemplate(
   try {
     await Deno.chmod(building, 0o711);
     const started = performance.now();
-    await initdbInto(`${building}/data`);
+    await timed(onPhase, "database: initdb template made (initdb)", () => initdbInto(`${building}/data`));
     await Deno.writeTextFile(`${building}/complete`, `${version}\n`);
     await Deno.rename(building, ready);
     log(`database: initdb template made in ${Math.round(performance.now() - started)} ms (${ready})`);
@@ -249,7 +257,7 @@ export function assertPortFree(port: number): void {
 export async function startPostgres(options: StartOptions = {}): Promise<LocalPostgres> {
   const log = options.log ?? console.log;
   const stepTimeoutMs = options.stepTimeoutMs ?? STEP_TIMEOUT_MS;
-  await ensureSystemPackages(log);
+  await timed(options.onPhase, "database: system packages checked", () => ensureSystemPackages(log));
   const bins = findPostgresBinaries()!;
   // A port asked for that something holds (another stack, `supabase start`, a system cluster) is refused
   // up front, saying so. A port picked here is not checked: another process (several test runs start
@@ -300,7 +308,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     // the pid we hold is postgres itself and signals reach it directly.
     let asUser: string[] = [];
     if (isRoot()) {
-      const { uid, gid } = await ensureOsUser();
+      const { uid, gid } = await timed(options.onPhase, "database: cluster OS user (id)", ensureOsUser);
       await Deno.chown(dataDir, uid, gid);
       asUser = ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--"];
     }
@@ -323,7 +331,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
     const template = options.restoreOf !== undefined ||
         options.template === false || Deno.env.get("READSYNC_PG_TEMPLATE") === "0"
       ? null
-      : await initdbTemplate(bins.binDir, initdbInto, log).catch((e) => {
+      : await initdbTemplate(bins.binDir, initdbInto, log, options.onPhase).catch((e) => {
         log(`database: no initdb template (${e instanceof Error ? e.message : e}), running initdb`);
         return null;
       });
@@ -339,7 +347,11 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
         "-c",
         "fast",
       ]);
-      await exec(backup.cmd, backup.args, stepTimeoutMs);
+      await timed(
+        options.onPhase,
+        "database: base backup (pg_basebackup)",
+        () => exec(backup.cmd, backup.args, stepTimeoutMs),
+      );
       // Archive recovery to the end of the backup (the WAL it streamed), then promotion: a new timeline.
       const settings = "restore_command = 'false'\nrecovery_target = 'immediate'\n" +
         "recovery_target_action = 'promote'\n";
@@ -351,9 +363,13 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       }
     } else if (template) {
       // cp -a keeps the owner (the cluster's OS user) and the 0700 mode PostgreSQL insists on.
-      await exec("cp", ["-a", template, pgdata], stepTimeoutMs);
+      await timed(
+        options.onPhase,
+        "database: template copied (cp -a)",
+        () => exec("cp", ["-a", template, pgdata], stepTimeoutMs),
+      );
     } else {
-      await initdbInto(pgdata);
+      await timed(options.onPhase, "database: initdb", () => initdbInto(pgdata));
     }
 
     const server = (port: number) =>
@@ -481,7 +497,13 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
             `port ${port}: none launched`,
         );
       }
-      const exitedWith = await launch(port);
+      const exitedWith = await timed(
+        options.onPhase,
+        `database: server start (launch until pg_isready answers${
+          attempt > 1 ? `, attempt ${attempt}` : ""
+        })`,
+        () => launch(port),
+      );
       if (exitedWith === null) break;
       // With log_min_messages=fatal only the FATAL is printed, not the bind's "Address already in use".
       if (!picked || !/could not create any TCP\/IP sockets|Address already in use/.test(exitedWith)) {

@@ -63,3 +63,57 @@ Deno.test({
       "and frees the API port; the cleanups close a running stack's API server",
   );
 });
+
+Deno.test({
+  name:
+    "startLocalStack tells onPhase each step of its start as it ends (the benchmark's cold-start phases): the " +
+    "database's, bootstrap, migrations, the API's and the Realtime endpoint's",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const stackModule = new URL("./stack.ts", import.meta.url).href;
+  const cleanupModule = new URL("./cleanup.ts", import.meta.url).href;
+  // In a process of its own, as above.
+  const phases = lastJsonLine(
+    await runDenoChild([
+      "eval",
+      `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+       const { runCleanups } = await import(${JSON.stringify(cleanupModule)});
+       const phases = [];
+       const stack = await startLocalStack({
+         apiPort: 0,
+         dbPort: 0,
+         log: () => {},
+         ownStackOnly: true,
+         onPhase: (name, ms) => phases.push({ name, ms }),
+       });
+       await stack.stop();
+       await runCleanups();
+       console.log(JSON.stringify(phases));`,
+    ], { timeoutMs: 180_000 }),
+  ) as { name: string; ms: number }[];
+  for (const { name, ms } of phases) assert.ok(Number.isFinite(ms) && ms >= 0, `${name}: ${ms}`);
+  // As root the cluster runs as a user of its own; the first start on a machine makes the template (initdb);
+  // a port another process took first makes the server start again on another.
+  const names = phases.map((phase) => phase.name).filter((name) =>
+    name !== "database: cluster OS user (id)" && name !== "database: initdb template made (initdb)" &&
+    !/^database: server start .*, attempt \d+\)$/.test(name)
+  );
+  const templateOff = Deno.env.get("READSYNC_PG_TEMPLATE") === "0";
+  assert.deepEqual(names, [
+    "database: system packages checked",
+    ...(templateOff
+      ? ["database: initdb"]
+      : ["database: template looked up (postgres --version)", "database: template copied (cp -a)"]),
+    "database: server start (launch until pg_isready answers)",
+    "platform bootstrap (psql)",
+    "migrations (supabase db push)",
+    "API keys signed",
+    "API: functions gateway (functions loaded)",
+    "Realtime: publication checked",
+    "Realtime: WAL stream started",
+    "Realtime: message partitions",
+    "Realtime: project keys verified",
+    "API: Realtime endpoint",
+  ]);
+});

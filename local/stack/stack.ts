@@ -5,6 +5,7 @@ import { startApiServer } from "../api/server.ts";
 import { onCleanup, runCleanups } from "./cleanup.ts";
 import { applyBootstrapIfNeeded, pushMigrations } from "./database.ts";
 import { DEV_JWT_SECRET, devApiKeys } from "./keys.ts";
+import { type OnPhase, timed } from "./phases.ts";
 import { startPostgres } from "./postgres.ts";
 
 export interface LocalStack {
@@ -36,6 +37,11 @@ export interface LocalStackOptions {
    * never into a database someone's shell happens to point at).
    */
   ownStackOnly?: boolean;
+  /**
+   * Told how long each step of the start took: the database's, bootstrap, migrations, the API's (the
+   * benchmark's cold-start phases: local/stack/phases.ts).
+   */
+  onPhase?: OnPhase;
 }
 
 /** The variables that point the stack at an existing Supabase database or API (tests, bench). */
@@ -62,6 +68,7 @@ export const FUNCTION_TARGET_VARIABLES = [
 
 export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
   const log = options.log ?? console.log;
+  const onPhase = options.onPhase;
   const env = (name: (typeof EXTERNAL_TARGET_VARIABLES)[number]) =>
     options.ownStackOnly ? undefined : Deno.env.get(name);
   const externalDb = env("SUPABASE_DB_URL");
@@ -71,19 +78,26 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     dbUrl = externalDb;
     log(`database: SUPABASE_DB_URL (${new URL(externalDb).host})`);
   } else {
-    const pg = await startPostgres({ port: options.dbPort || undefined, log, durable: options.durable });
+    const pg = await startPostgres({
+      port: options.dbPort || undefined,
+      log,
+      durable: options.durable,
+      onPhase,
+    });
     dbUrl = pg.url;
     stopDb = pg.stop;
     log(`database: local PostgreSQL on port ${pg.port}`);
   }
   try {
-    if (await applyBootstrapIfNeeded(dbUrl)) log("platform bootstrap applied (local/platform/bootstrap.sql)");
-    const migrationLog = await pushMigrations(dbUrl);
+    if (await timed(onPhase, "platform bootstrap (psql)", () => applyBootstrapIfNeeded(dbUrl))) {
+      log("platform bootstrap applied (local/platform/bootstrap.sql)");
+    }
+    const migrationLog = await timed(onPhase, "migrations (supabase db push)", () => pushMigrations(dbUrl));
     for (const line of migrationLog.split("\n")) {
       if (/Applying migration|up to date/i.test(line)) log(`supabase db push: ${line.trim()}`);
     }
     const jwtSecret = env("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
-    const { anonKey, serviceRoleKey } = await devApiKeys(jwtSecret);
+    const { anonKey, serviceRoleKey } = await timed(onPhase, "API keys signed", () => devApiKeys(jwtSecret));
     const externalApi = env("SUPABASE_URL");
     let apiUrl: string;
     let closeApi = async () => {};
@@ -106,6 +120,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
         jwtSecret,
         anonKey,
         serviceRoleKey,
+        onPhase,
       });
       apiUrl = api.url;
       // Registered while it serves, as startPostgres registers its cluster's stop (newest first: the
