@@ -1176,6 +1176,65 @@ Deno.test("storage cleared while tabs are open: a tab opened after it (a new dev
   );
 });
 
+/**
+ * A page open through a clear of the site's data (writing as web-f0) and a tab opened after it (web-0a): the page's
+ * write of "saga" dated an hour ahead (a clock far ahead, see "The server's clock") is on its way when the tab's
+ * page turn is dated, which follows it no further than the server's 5 s tolerance; the server stores that write
+ * at its now(), 1 s after the page turn's date.
+ */
+function farAheadThroughClear() {
+  const storage = new MemoryStorage();
+  const page = new SyncStore(USER, defaultCompareRows); // open through the clear: it writes as web-f0
+  page.attachStorage(storage);
+  storage.clear(); // the reader clears the site's data: deviceId.ts makes a new id for a tab opened now
+  const opened = new SyncStore(USER, defaultCompareRows); // as web-0a
+  opened.attachStorage(storage);
+  const nowMs = Date.parse(T1);
+  const fromPage = write("saga", nowMs + 3_600_000, "web-f0", 4);
+  page.addPending(fromPage); // (it tells the clear first, and writes back what it holds)
+  const turn = write("saga", datedAt(opened, "saga", nowMs, "web-0a"), "web-0a", 5);
+  opened.addPending(turn);
+  assert.equal(turn.updated_at, T1, "not dated after a write beyond the tolerance");
+  const storedFromPage = row("saga", new Date(nowMs + 1_000).toISOString(), "web-f0", 4); // at the server's now()
+  return { page, opened, nowMs, fromPage, turn, storedFromPage };
+}
+
+Deno.test("storage cleared while tabs are open: a page turn of a tab opened after it (a new device id) goes after the key the page open through the clear (the old id) got its earlier write stored under, not as dated, where it is refused as older than that write and lost", () => {
+  const { page, opened, nowMs, fromPage, turn, storedFromPage } = farAheadThroughClear();
+  page.settle(fromPage, storedAs(storedFromPage));
+  opened.takeAnswered(); // the tab hears the lists before it sends
+  assert.equal(opened.getSnapshot().pendingCount, 1, "the later page turn still waits");
+  const sentAt = opened.sendAfterEarlier(turn);
+  assert.equal(sentAt, nowMs + 1_001, "sent after the key the page's earlier write was stored under");
+  assert.deepEqual(
+    new ConflictResolver().classify({ ...turn, updated_at: new Date(sentAt!).toISOString() }, storedFromPage),
+    { won: true, conflict: null },
+    "the later page turn wins over the page's earlier write",
+  );
+  assert.equal(opened.getSnapshot().bySeries.get("saga")?.chapter, 5, "shown as it will be stored");
+});
+
+Deno.test("storage cleared while tabs are open: a page turn of a tab opened after it (a new device id), refused as older than the earlier write the page open through the clear (the old id) got stored, is sent again after it, not settled as lost to another device; never after a later write of the page's, nor after another device's", () => {
+  const { page, opened, nowMs, fromPage, turn, storedFromPage } = farAheadThroughClear();
+  // The page turn was on its way when the page's write was answered there: refused as older than that write.
+  page.settle(fromPage, storedAs(storedFromPage));
+  assert.equal(opened.sendAgainAfter(turn, lostTo(storedFromPage)), nowMs + 1_001, "sent again after it");
+  // Another device's version is a newer page turn of the reader's: never overtaken.
+  const phone = row("saga", new Date(nowMs + 1_000).toISOString(), "phone", 6);
+  assert.equal(opened.sendAgainAfter(turn, lostTo(phone)), undefined, "not after another device's version");
+  // A later page turn of the page's (a higher number), stored: the tab's page turn is the stale one.
+  const fromPageLater = write("saga", nowMs + 2_000, "web-f0", 7);
+  page.addPending(fromPageLater);
+  assert.ok((fromPageLater.seq ?? 0) > (turn.seq ?? 0), "numbered after the tab's page turn");
+  const storedLater = row("saga", fromPageLater.updated_at, "web-f0", 7);
+  page.settle(fromPageLater, storedAs(storedLater));
+  assert.equal(
+    opened.sendAgainAfter(turn, lostTo(storedLater)),
+    undefined,
+    "not after the page's later write",
+  );
+});
+
 Deno.test("two tabs: the saved lists (the outbox, the answered writes) are parsed once per value, not at every read of a reload, and another tab's change is still taken", () => {
   const { storage, tabA, tabB } = twoTabs();
   for (const [series, chapter] of [["saga", 12], ["atlas", 3], ["codex", 7]] as const) {

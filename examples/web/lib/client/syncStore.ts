@@ -451,7 +451,7 @@ export class SyncStore {
 
   /**
    * When the server refused `write` as older than this device's own stored version ('self': `won` false,
-   * the stored row of this device) and that version is not known to be a later write of this device, the
+   * the stored row of this device, or of another id this browser's lists hold: #browsersDevice) and that version is not known to be a later write of this device, the
    * first instant after its key, at which `write` is to be sent again; undefined otherwise. A page turn made
    * while an earlier write dated beyond the server's 5 s tolerance was on its way is dated at most 5 s ahead
    * (nextUpdatedAt), and that write, landing later than the page turn's date, is stored at the server's
@@ -463,14 +463,19 @@ export class SyncStore {
    */
   sendAgainAfter(write: PendingWrite, result: WriteResult): number | undefined {
     const stored = result.progress;
-    if (result.won || stored.device_id !== write.device_id || stored.series_id !== write.series_id) return undefined;
+    if (result.won || stored.series_id !== write.series_id) return undefined;
     if (this.#pending.get(write.series_id) !== write || ConflictResolver.samePosition(write, stored)) return undefined;
     // Held by a page kept in the back/forward cache while the storage was cleared: the names that would tell a
     // later write of its series (another tab's, answered meanwhile) are gone with it, and the stored version
     // may be that one; sent again after it, this stale write was stored over it, the reader a page back.
     if (this.#heldThroughClear.has(write)) return undefined;
     this.#noticeCleared();
-    if (this.#laterKnown(write, this.#readAnswered())) return undefined;
+    const answered = this.#readAnswered();
+    // This device's own stored version: under its id, or under another id this browser's lists hold (the one it
+    // had before its site data was cleared, still written with by a page open through the clear, see #after).
+    // Another device's is a newer page turn of the reader's, never overtaken.
+    if (stored.device_id !== write.device_id && !this.#browsersDevice(stored.device_id, answered)) return undefined;
+    if (this.#laterKnown(write, answered)) return undefined;
     // Numbered at or below a latest answered write left out of the list (LATEST_REMEMBERED): a later write
     // of its series may be the stored one, and this one a stale copy.
     const pruned = this.#readPruned();
@@ -505,8 +510,12 @@ export class SyncStore {
       ? confirmed.updated_at
       : undefined;
     let at = -Infinity;
+    // Whatever the answered write's device id (the lists are this browser's alone, see #after): a page turn of a
+    // tab opened after the site's data was cleared, made while an earlier write of the page open through the
+    // clear (the old id) dated beyond the 5 s tolerance was on its way, went as dated, was refused as older than
+    // that write, stored at the server's now(), and lost, as 'self' is told for this tab's id only.
     for (const done of answered) {
-      if (done.series_id !== write.series_id || done.device_id !== write.device_id) continue;
+      if (done.series_id !== write.series_id) continue;
       if (typeof done.storedAt !== "string" || done.storedAt === ownCopyAt) continue;
       if (this.#sameWrite(done, write) || !this.#enteredLater(write, done)) continue;
       const after = Date.parse(done.storedAt) + 1;
@@ -517,15 +526,24 @@ export class SyncStore {
   }
 
   /**
-   * Whether this browser knows a write of `write`'s series and device that entered its outbox later (by
-   * number, PendingWrite.seq): in the saved outbox, or answered (`answered`, #readAnswered: also once the
-   * list rolled over). That one is the stored version, or goes itself.
+   * Whether this browser knows a write of `write`'s series (under any of its device ids) that entered its
+   * outbox later (by number, PendingWrite.seq): in the saved outbox, or answered (`answered`, #readAnswered:
+   * also once the list rolled over). That one is the stored version, or goes itself.
    */
   #laterKnown(write: PendingWrite, answered: readonly PendingWrite[]): boolean {
+    // Whatever its device id: the lists are this browser's alone (see #after), its numbers one sequence.
     const later = (other: PendingWrite) =>
-      other.series_id === write.series_id && other.device_id === write.device_id && !this.#sameWrite(other, write) &&
-      this.#enteredLater(other, write);
+      other.series_id === write.series_id && !this.#sameWrite(other, write) && this.#enteredLater(other, write);
     return [...this.#readSaved(), ...answered].some(later);
+  }
+
+  /**
+   * Whether `deviceId` is one this browser wrote with: named in the saved outbox or the lists of answered writes
+   * (`answered`, #readAnswered), which are this browser's alone; another id there is the one it had before its
+   * site data was cleared (see #after).
+   */
+  #browsersDevice(deviceId: string, answered: readonly PendingWrite[]): boolean {
+    return [...this.#readSaved(), ...answered].some((write) => write.device_id === deviceId);
   }
 
   /**
