@@ -1620,6 +1620,22 @@ Deno.test("sync session, two tabs: a page Chromium keeps in its back/forward cac
   b.close();
 });
 
+Deno.test("sync session, two tabs: a page resumed once after a freeze (no pageshow follows), later kept in the back/forward cache and restored by a pageshow with no resume before it, reads the storage again at that pageshow", async () => {
+  const { browser, second, a, b, reach } = await twoTabsWaiting();
+  browser.freeze(second); // a hidden tab frozen, then resumed when the reader comes back to it: read there
+  browser.resume(second);
+  assert.equal(b.store.getSnapshot().pendingCount, 1, "still waiting: nothing answered meanwhile");
+  second.window.dispatchEvent(Object.assign(new Event("pagehide"), { persisted: true })); // the reader leaves
+  browser.keep(second.window);
+  reach();
+  assert.equal(await a.syncNow(), "done", "tab A gets the page turn answered meanwhile");
+  browser.restore(second.window); // pageshow (persisted) alone: the resume long ago says nothing of this stay
+  assert.equal(b.store.getSnapshot().pendingCount, 0, "let go at the pageshow: another tab got it answered");
+  await until(() => !b.sending);
+  a.close();
+  b.close();
+});
+
 Deno.test("sync session: after the site's storage is cleared, the outbox's shared schedule is written back with it, so a Retry-After still holds the sends (back online, a page turn, another tab's clear) until it has passed", async () => {
   const t = tab();
   let busy = true;
