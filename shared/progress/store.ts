@@ -138,9 +138,9 @@ async function cancellable<T extends readonly postgres.MaybeRow[]>(
 type Canceller = (query: unknown) => unknown;
 
 /**
- * Sends PostgreSQL's cancel request for `query`, which is running, and settles (never rejects) once the
- * request has ended: delivered (the server closes the request's connection once it has signalled the
- * backend) or failed (the server refused or reset the connection; the statement then runs on).
+ * Sends PostgreSQL's cancel request for `query` while it runs on its connection, and settles (never
+ * rejects) once the request has ended: delivered (the server closes the request's connection once it has
+ * signalled the backend) or failed (the server refused or reset the connection; the statement then runs on).
  *
  * Not query.cancel(): postgres.js 3.4 sends the same request there but drops its promise, so a request
  * whose connection failed was an unhandled rejection, which ends a Deno process (the function's isolate),
@@ -149,20 +149,38 @@ type Canceller = (query: unknown) => unknown;
  * (cancellerApart's), else the query's own. Internals of postgres.js (pinned in deno.json); were they gone
  * (another version), query.cancel() is called as before, unwaited and its failure unhandled, and
  * tests/functions/progress_client_gone.test.ts fails. The wait is bounded: postgres.js gives the request's
- * connection the pool's connect_timeout. (A query sent behind another on its connection would send its
- * request only once it ran; a call's statements run one at a time here, each alone on the transaction's
- * connection.)
+ * connection the pool's connect_timeout.
+ *
+ * Only for a query that runs (postgres.js's `state` set and `active`): the signal can abort in either gap
+ * around it, and there postgres.js's cancel(query) wedges the transaction for good. A query awaited but not
+ * yet handed to its connection (postgres.js does that a microtask later) it rejects itself, as if it were
+ * still in the pool's queue; the transaction's connection then skips it and takes nothing more, so the
+ * transaction's ROLLBACK waits forever (the call never ends, its turn and connection never come back). For
+ * a query that has answered (its await not yet gone on) it keeps the request for when the query runs,
+ * which it never will, and the promise never settles. So an abort before the handover waits for it (a
+ * timer: after every microtask) and one after the answer sends nothing: the statement answered, and the
+ * call's next statement (cancellable) or the transaction's COMMIT goes on as after any abort that comes
+ * once a statement answered. (A query sent behind another on its connection would be `state` set, not
+ * `active`: a call's statements run one at a time here, each alone on the transaction's connection; if one
+ * ever were, it would get no request and run to its end. Were `state` or `active` gone, in another
+ * version, no request would be sent at all, and the cancelling tests of progress_client_gone.test.ts fail.)
  */
-function sendCancel(query: { cancel(): void }, canceller: Canceller | undefined): Promise<void> {
-  const internal = query as unknown as { canceller?: unknown };
-  const own = internal.canceller;
-  if (typeof own !== "function") {
+async function sendCancel(query: { cancel(): void }, canceller: Canceller | undefined): Promise<void> {
+  const internal = query as unknown as { canceller?: unknown; state?: unknown; active?: unknown };
+  if (typeof internal.canceller !== "function") {
     query.cancel();
-    return Promise.resolve();
+    return;
   }
+  if (!internal.state) await new Promise((handedOver) => setTimeout(handedOver, 0));
+  const own = internal.canceller;
+  if (!internal.state || internal.active !== true || typeof own !== "function") return;
   internal.canceller = null; // as query.cancel() does: one cancel request per query
   const send = canceller ?? (own as Canceller);
-  return new Promise<unknown>((resolve) => resolve(send(query))).then(() => {}, () => {});
+  try {
+    await send(query);
+  } catch {
+    // Refused or reset: the statement runs on, and the call ends as it would have.
+  }
 }
 
 /**

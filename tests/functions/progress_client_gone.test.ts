@@ -23,6 +23,9 @@
 //     pool, on another user's statement (a 503 "took too long" for a request whose client was there).
 //   * a refused cancel request does not lengthen the pool's reconnect delay: the pool's connection, when it
 //     next closes, waits backoff(0) (no failure of the pool's own), not backoff(1).
+//   * a signal that aborts in the gap just before a statement is handed to its connection, or just after it
+//     answered, ends the call (cancelled; answered and committed) and leaves the pool's connection and turn
+//     free, instead of postgres.js's cancel wedging the transaction (the call never ended).
 // And every store call (answered, failed in the database, thrown, aborted before it began, cancelled,
 // waiting for a connection then answered or left) removes every listener it added to its signal.
 
@@ -912,6 +915,175 @@ Deno.test({
       await endHeld(held);
       await pool.end({ timeout: 5 });
       await proxy.close();
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+/** A postgres.js query as the abort hook below reads it (postgres.js 3.4.9's Query). */
+interface QueryInside {
+  strings?: readonly string[];
+  state: unknown;
+  active: boolean;
+}
+
+/**
+ * Aborts `controller` at one moment of the first query whose text includes `text`, on any pool: "awaited"
+ * (the store's await has asked for its answer, and postgres.js has not yet handed it to its connection:
+ * that happens a microtask later) or "answered" (its answer has come, and the store's await has not yet
+ * gone on). Another task's abort can come in either gap (a signal aborts from whatever code runs then).
+ * Hooks postgres.js's Query#then until `restore()`; `met` tells what the query was when the abort came, so
+ * that a test can tell the moment was met (were the hook to miss, under another version of postgres.js).
+ */
+function abortAtQuery(
+  pool: postgres.Sql,
+  text: string,
+  moment: "awaited" | "answered",
+  controller: AbortController,
+) {
+  const prototype = Object.getPrototypeOf(pool`select 1`) as { then: (...args: unknown[]) => unknown };
+  const then = prototype.then;
+  let met: { sent: boolean; active: boolean } | undefined;
+  let hooked = false;
+  const abort = (query: QueryInside) => {
+    met = { sent: query.state !== null, active: query.active };
+    controller.abort(new Error(`gone as the query was ${moment}`));
+  };
+  prototype.then = function (this: QueryInside, ...args: unknown[]) {
+    if (!hooked && this.strings?.join("?").includes(text)) {
+      hooked = true;
+      if (moment === "awaited") abort(this);
+      else Promise.prototype.then.call(this, () => abort(this), () => abort(this));
+    }
+    return then.apply(this, args);
+  };
+  return {
+    get met() {
+      return met;
+    },
+    restore: () => {
+      prototype.then = then;
+    },
+  };
+}
+
+for (
+  const { moment, text, outcome, met, stored } of [
+    {
+      moment: "awaited" as const,
+      text: "set_config('role'",
+      outcome: "CallCancelledError 503",
+      met: { sent: false, active: false },
+      stored: false,
+    },
+    {
+      moment: "answered" as const,
+      text: "public.write_reading_progress(",
+      outcome: "answered",
+      met: { sent: true, active: false },
+      stored: true,
+    },
+  ]
+) {
+  Deno.test({
+    name: `a signal that aborts as a statement is ${moment} (not running on its connection) ends the call ` +
+      `(${outcome}) and leaves the pool's connection and turn free`,
+    ignore: !mintsTokens,
+    fn: async () => {
+      const admin = adminSql({ max: 1 });
+      const pool = postgres(testEnv().dbUrl, {
+        max: 1,
+        prepare: false,
+        onnotice: () => {},
+        connect_timeout: 5,
+      });
+      const client = new AbortController();
+      const hook = abortAtQuery(pool, text, moment, client);
+      try {
+        const user = await createTestUser();
+        const claims = { sub: user.id, role: "authenticated" };
+        const [series, next] = [seriesId(`abort-${moment}`), seriesId(`abort-${moment}-next`)];
+        const store = createPostgresProgressStore(pool);
+        // Before: "awaited": postgres.js's cancel(query) rejected the statement it had not sent, which its
+        // connection then skipped, and the transaction's ROLLBACK waited forever behind it; "answered": the
+        // cancel of a statement that had answered waited for a turn that never came. Either way the call
+        // never ended, its turn (the pool's only one) and connection never came back.
+        const ended = await guarded(
+          store.write(
+            claims,
+            progressWriteSchema.parse(write({ series_id: series })),
+            undefined,
+            client.signal,
+          )
+            .then(() => "answered", (e) => e instanceof HttpError ? `${e.name} ${e.status}` : String(e)),
+          `end of the call aborted as its statement was ${moment}`,
+        );
+        hook.restore();
+        assert.deepEqual(hook.met, met, "the abort came at the moment the test means");
+        assert.equal(ended, outcome);
+        assert.deepEqual(await storedSeries(admin, user.id, [series]), stored ? [series] : []);
+        // The pool's one connection and turn are free: the user's next write lands.
+        const result = await guarded(
+          store.write(claims, progressWriteSchema.parse(write({ series_id: next }))),
+          "answer of the next write on the pool",
+        );
+        assert.equal(result.won, true);
+      } finally {
+        hook.restore();
+        await pool.end({ timeout: 5 });
+        await admin.end();
+      }
+    },
+  });
+}
+
+Deno.test({
+  name:
+    "a signal that aborts as a write that will wait for the user's other write is awaited (not yet on its " +
+    "connection) still cancels it in the database once it runs",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const pool = postgres(testEnv().dbUrl, {
+      max: 1,
+      prepare: false,
+      onnotice: () => {},
+      connect_timeout: 5,
+    });
+    const client = new AbortController();
+    const hook = abortAtQuery(pool, "public.write_reading_progress(", "awaited", client);
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const series = seriesId("abort-awaited-waits");
+      held = await userWriteInProgress(holder, user.id, seriesId("abort-awaited-held"));
+      const store = createPostgresProgressStore(pool, {
+        lockTimeoutMs: LONG_TIMEOUT_MS,
+        statementTimeoutMs: LONG_TIMEOUT_MS,
+      });
+      // The other write stays open until the call has ended: only a cancel request can end the wait (the
+      // hang guard ends the test first). Sending none for an abort that came before the handover (dropping
+      // it rather than waiting for the statement to run) would leave the write waiting there.
+      const ended = await guarded(
+        store.write(
+          { sub: user.id, role: "authenticated" },
+          progressWriteSchema.parse(write({ series_id: series })),
+          undefined,
+          client.signal,
+        ).then(() => "answered", (e) => e instanceof HttpError ? `${e.name} ${e.status}` : String(e)),
+        "end of the write aborted as it was awaited, while the user's other write is open",
+      );
+      hook.restore();
+      assert.deepEqual(hook.met, { sent: false, active: false }, "the abort came before the handover");
+      assert.equal(ended, "CallCancelledError 503");
+      held.release();
+      await held.done;
+      assert.deepEqual(await storedSeries(admin, user.id, [series]), []);
+    } finally {
+      hook.restore();
+      await endHeld(held);
+      await pool.end({ timeout: 5 });
       await Promise.all([holder.end(), admin.end()]);
     }
   },
