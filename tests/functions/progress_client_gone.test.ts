@@ -1,6 +1,7 @@
 // A client that leaves while the progress function works for it, over real HTTP against the real
-// database (the handler served locally, as on Supabase's edge runtime: its request's signal aborts when
-// the client disconnects before its answer; the local gateway forwards it too, local/functions):
+// database (the handler served locally by Deno.serve, whose request signal aborts when the client
+// disconnects before its answer, as the local gateway's does, local/functions; Supabase's edge runtime,
+// as far as its source shows, does not: README, "A client that leaves"):
 //   * a batch waiting behind the same user's other write (a transaction of the user's that holds the
 //     user's write lock and stays open): when the client aborts its fetch, the function cancels the
 //     statement in the database, its backend stops waiting and is idle (no transaction, no lock) while
