@@ -1,6 +1,7 @@
 // Prepares a database for readsync: the local platform bootstrap (only where the database is not
 // already a Supabase one), then our migrations, applied by the real Supabase CLI.
 
+import { onCleanup } from "./cleanup.ts";
 import { findPostgresBinaries } from "./system.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -49,16 +50,36 @@ export function cliDbUrl(dbUrl: string): string {
   return url.toString();
 }
 
+/**
+ * Runs the Supabase CLI to its end. Its run is registered with the exit cleanups (cleanup.ts) while it runs:
+ * a stop that comes meanwhile (SIGTERM, SIGHUP, a parent gone: what reaches this process alone, not the
+ * CLI; npm start's `supabase db push` as its stack starts) ends it before the cluster it writes to is torn
+ * down, instead of the stopped process exiting with the CLI (its node launcher and the binary that launcher
+ * runs) still running against a database that is gone. In a process group of its own, killed whole.
+ */
 export async function supabaseCli(args: string[]): Promise<{ ok: boolean; output: string }> {
-  const out = await new Deno.Command(SUPABASE_CLI, {
+  const child = new Deno.Command(SUPABASE_CLI, {
     args,
     cwd: ROOT,
+    stdin: "null",
     stdout: "piped",
     stderr: "piped",
     env: { SUPABASE_TELEMETRY_DISABLED: "1", DO_NOT_TRACK: "1" },
-  }).output();
-  const output = (new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr)).trim();
-  return { ok: out.success, output };
+    detached: true,
+  }).spawn();
+  const forget = onCleanup(async () => {
+    try {
+      Deno.kill(-child.pid, "SIGKILL");
+    } catch { /* the group is gone */ }
+    await child.status;
+  });
+  try {
+    const out = await child.output();
+    const output = (new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr)).trim();
+    return { ok: out.success, output };
+  } finally {
+    forget();
+  }
 }
 
 /** `supabase db push` against the database; throws with the CLI's own output on failure. */

@@ -1,7 +1,7 @@
 // startLocalStack registers what it runs with the cleanups (cleanup.ts) while it runs, as startPostgres
-// does its cluster: the API server too, so that Ctrl-C, SIGTERM, a parent gone or the end of a test run
-// (runCleanups) closes it; and the stack's stop() removes them again (a process that starts and stops
-// stacks keeps none of them).
+// does its cluster: the API server too (and its supabase db push while that runs), so that Ctrl-C,
+// SIGTERM, a parent gone or the end of a test run (runCleanups) closes it; and the stack's stop() removes
+// them again (a process that starts and stops stacks keeps none of them).
 
 import assert from "node:assert/strict";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
@@ -116,4 +116,67 @@ Deno.test({
     "Realtime: project keys verified",
     "API: Realtime endpoint",
   ]);
+});
+
+Deno.test({
+  name:
+    "a stop (SIGTERM, to the stack's process alone) during the stack's supabase db push ends the push: no CLI " +
+    "process (its node launcher, the binary it runs) is left once the stopped process has exited",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const stackModule = new URL("./stack.ts", import.meta.url).href;
+  const dir = await Deno.makeTempDir({ prefix: "readsync-push-stop-" });
+  // The CLI's binary, through its real node launcher (node_modules/.bin/supabase, which runs the binary
+  // SUPABASE_CLI_BINARY_OVERRIDE names): a push still under way when the stop comes, which would end only
+  // once its database is gone (the real one against a cluster torn down) or never (this one); it says it
+  // has begun, with its own pid and its launcher's.
+  const binary = `${dir}/supabase`;
+  const began = `${dir}/began`;
+  await Deno.writeTextFile(
+    binary,
+    `#!/bin/sh\necho "$$ $PPID" > '${began}.tmp'\nmv '${began}.tmp' '${began}'\nexec sleep 300\n`,
+  );
+  await Deno.chmod(binary, 0o755);
+  /** Whether `pid` runs (a zombie, not yet reaped by whoever inherited it, has ended). */
+  const running = (pid: number) => {
+    try {
+      return !/^\d+ \(.*\) Z /.test(Deno.readTextFileSync(`/proc/${pid}/stat`));
+    } catch {
+      return false;
+    }
+  };
+  let pids: number[] = [];
+  try {
+    const ended = await runDenoChild([
+      "eval",
+      `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+       Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", ${JSON.stringify(binary)});
+       const exists = (path) => { try { Deno.statSync(path); return true; } catch { return false; } };
+       const onPhase = async (name) => {
+         if (name !== "platform bootstrap (psql)") return;
+         // The push comes next: stopped once it has begun (a hang guard bounds the wait).
+         for (let i = 0; i < 3000 && !exists(${JSON.stringify(began)}); i++) {
+           await new Promise((r) => setTimeout(r, 20));
+         }
+         Deno.kill(Deno.pid, "SIGTERM");
+       };
+       await startLocalStack({ apiPort: 0, dbPort: 0, log: () => {}, ownStackOnly: true, onPhase });
+       console.log("the stack started: the stop did not come during its push");`,
+    ], { timeoutMs: 180_000 });
+    assert.equal(ended.code, 143, `stopped by SIGTERM:\n${ended.stdout}\n${ended.stderr}`);
+    pids = (await Deno.readTextFile(began)).trim().split(" ").map(Number);
+    assert.deepEqual(
+      pids.filter(running),
+      [],
+      `the push's processes (binary ${pids[0]}, launcher ${pids[1]}) ended with the stopped process`,
+    );
+  } finally {
+    for (const pid of pids) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
 });
