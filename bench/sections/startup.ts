@@ -19,8 +19,8 @@ const NESTED = /^Realtime: /;
 /**
  * The first request a client makes once the stack is ready: a signed-in user's library read through the
  * functions gateway (GET /functions/v1/progress?limit=1: the token checked, the function's first database
- * call), timed from the ready line to its answer. With an API whose tokens the stack cannot mint, the anon
- * key's (refused, 403, without a database call).
+ * call), made once the ready line has come and its token is signed, timed from its send to its answer. With
+ * an API whose tokens the stack cannot mint, the anon key's (refused, 403, without a database call).
  */
 async function firstRequest(stack: BenchStack): Promise<{ ms: number; status: number }> {
   const token = stack.mintsTokens
@@ -127,7 +127,8 @@ export async function coldStartSection(
       "Phase rows: the stack process's own start (Deno and module loading, before its first line), each step of " +
       "the start it timed (local/stack/phases.ts; the Realtime: rows are part of the API: Realtime endpoint row), " +
       "what of the in-process start no step covers, and the first request a client makes once the stack is " +
-      "ready (a signed-in user's GET /functions/v1/progress?limit=1, timed from the ready line to its answer; " +
+      "ready (a signed-in user's GET /functions/v1/progress?limit=1, made once the ready line has come, timed " +
+      "from its send to its answer; " +
       "not part of the cold-start figure).",
       `Phases of the last start (ms since the stack process began): ${
         phases.map((p) => `${p.at} ${p.line}`).join("; ")
