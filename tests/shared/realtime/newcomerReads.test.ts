@@ -922,6 +922,51 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read, the 
   }
 });
 
+// With a failure of its own, its one timer first waits for its own retry: when that ends before the link
+// has read (the link's poll put off at every drop, the catch-ups between refused), the same timer then
+// waits for the deadline, counted from the cut, not for the link's read alone.
+Deno.test("newcomer: a drop while the link backs off cuts off its own read after a failure of its own, the link refused for good (400 for its cursor) and its channel dropping again before each poll after its backoff: its own retry ends first, then it is read at its deadline, counted from the cut", async () => {
+  const clock = frozenClock(); // its retry's end and its deadline, as the service reads them, when moved on
+  const link = await newcomerCutWhileLinkBacksOff(LINK_BACKS_OFF_LONGER, 1, refusedLinkCursor);
+  const { timers, channel, log, newcomer, changes, reads, lines } = link;
+  const count = (event: string) => lines.filter((l) => l.event === event && !l.for).length;
+  // The link's poll after its backoff waits two intervals (LINK_BACKS_OFF_LONGER), and so its deadline
+  // that and one call's longest from the cut; its own retry one interval.
+  const deadlineMs = 2 * POLL_MS + REQUEST_TIMEOUT_MS;
+  try {
+    assert.equal(link.ownReads(), 2);
+    const meanwhile = log.write("meanwhile", 3);
+    for (const n of [2, 3]) {
+      (await channel(n)).state!("SUBSCRIBED");
+      await waitFor(`catch-up ${n - 1} refused`, () => count("catchup_failed") === n - 1);
+      await waitFor("the link's poll after its backoff scheduled", () => pendingFor(timers, 2 * POLL_MS));
+      (await channel(n)).state!("CHANNEL_ERROR", new Error("socket closed"));
+      await waitFor(`drop ${n}`, () => count("realtime_unavailable") === n);
+    }
+    assert.equal(count("poll_failed"), 2, "the link's poll after its backoff never came");
+
+    // Its own retry ends: the link has not read, so its timer waits for the rest of its deadline.
+    await fireWhenSet(timers, "its own retry after its backoff", POLL_MS, clock);
+    assert.equal(link.ownReads(), 2, "not read against the API failing the link");
+    await waitFor(
+      "its deadline, after its own retry",
+      () => pendingFor(timers, deadlineMs - POLL_MS),
+      { timeoutMs: 5_000 },
+    ).catch(() => assert.fail(`its wait for the link's read has an end: ${timers.pending()}`));
+
+    await fireWhenSet(timers, "its deadline", deadlineMs - POLL_MS, clock);
+    await waitFor("its own read at its deadline", () => reads.length === 2, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["failed", "done"]);
+    assert.equal(link.ownReads(), 3);
+    assert.deepEqual(changes, ["kept@102", `meanwhile@${meanwhile.change_xid}`]);
+    assert.equal(newcomer.cursor, "106", "its own read to the horizon");
+    assert.ok(!pendingFor(timers, deadlineMs - POLL_MS), "its deadline's timer gone with it");
+  } finally {
+    clock.restore();
+    await link.end();
+  }
+});
+
 Deno.test("newcomer: a drop while the link backs off cuts off its own read: its wait for the link's read has its own deadline, its one timer, cleared at its unsubscribe", async () => {
   const clock = frozenClock(); // the deadline's timer for DEADLINE_MS exactly
   const link = await newcomerCutWhileLinkBacksOff();
