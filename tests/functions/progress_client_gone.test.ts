@@ -51,8 +51,27 @@ import {
 
 /** Long enough that no wait here ends by a timeout before a hang guard fires. */
 const LONG_TIMEOUT_MS = 120_000;
+
 /** The hang guards: far below LONG_TIMEOUT_MS. */
 const GUARD_MS = 30_000;
+
+/** A store whose waits only a cancel (or the test) ends: lock and statement timeouts of LONG_TIMEOUT_MS. */
+function longWaitStore(pool: postgres.Sql): ProgressStore {
+  return createPostgresProgressStore(pool, {
+    lockTimeoutMs: LONG_TIMEOUT_MS,
+    statementTimeoutMs: LONG_TIMEOUT_MS,
+  });
+}
+
+/** `userId`'s write of `series` (write()'s position) through `store`, as `authenticated`, ended by `signal`. */
+function writeAs(store: ProgressStore, userId: string, series: string, signal: AbortSignal) {
+  return store.write(
+    { sub: userId, role: "authenticated" },
+    progressWriteSchema.parse(write({ series_id: series })),
+    undefined,
+    signal,
+  );
+}
 
 type LogEntry = Record<string, unknown>;
 
@@ -247,11 +266,7 @@ Deno.test({
         assert.deepEqual(await storedSeries(admin, user.id, [s2, s3]), [s2, s3].sort());
       };
       await withFunction(
-        (pool) =>
-          createPostgresProgressStore(pool, {
-            lockTimeoutMs: LONG_TIMEOUT_MS,
-            statementTimeoutMs: LONG_TIMEOUT_MS,
-          }),
+        longWaitStore,
         applicationName,
         async (base, log) => {
           // Released here too when an assertion fails, before the server's shutdown waits for the handler
@@ -439,17 +454,9 @@ Deno.test({
       const [heldSeries, series] = [seriesId("refused-held"), seriesId("refused")];
       const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
       held = await userWriteInProgress(holder, user.id, heldSeries);
-      const store = createPostgresProgressStore(pool, {
-        lockTimeoutMs: LONG_TIMEOUT_MS,
-        statementTimeoutMs: LONG_TIMEOUT_MS,
-      });
+      const store = longWaitStore(pool);
       const client = new AbortController();
-      const writing = store.write(
-        { sub: user.id, role: "authenticated" },
-        progressWriteSchema.parse(write({ series_id: series })),
-        undefined,
-        client.signal,
-      );
+      const writing = writeAs(store, user.id, series, client.signal);
       writing.catch(() => {}); // awaited below
       await waitingBackend(admin, applicationName, holderPid);
       // Its cancel request's connection is refused: before, postgres.js's rejection of it was unhandled
@@ -490,19 +497,11 @@ Deno.test({
       );
       helds.push(await userWriteInProgress(holders[0], left.id, seriesId("late-held-left")));
       helds.push(await userWriteInProgress(holders[1], stayed.id, seriesId("late-held-stayed")));
-      const store = createPostgresProgressStore(pool, {
-        lockTimeoutMs: LONG_TIMEOUT_MS,
-        statementTimeoutMs: LONG_TIMEOUT_MS,
-      });
+      const store = longWaitStore(pool);
       // The write of a client that leaves, waiting for its user's other write.
       const client = new AbortController();
       let leftSettled = false;
-      const leaving = store.write(
-        { sub: left.id, role: "authenticated" },
-        progressWriteSchema.parse(write({ series_id: leftSeries })),
-        undefined,
-        client.signal,
-      ).finally(() => leftSettled = true);
+      const leaving = writeAs(store, left.id, leftSeries, client.signal).finally(() => leftSettled = true);
       leaving.catch(() => {}); // awaited below
       const pid = await waitingBackend(admin, applicationName, holderPids[0]);
       client.abort();
@@ -510,12 +509,7 @@ Deno.test({
       helds[0].release(); // so its statement ends on its own
       await helds[0].done;
       // Another user's write on the pool's one connection, waiting for that user's other write.
-      const staying = store.write(
-        { sub: stayed.id, role: "authenticated" },
-        progressWriteSchema.parse(write({ series_id: stayedSeries })),
-        undefined,
-        new AbortController().signal,
-      );
+      const staying = writeAs(store, stayed.id, stayedSeries, new AbortController().signal);
       staying.catch(() => {}); // awaited below
       // Before, the connection went back to the pool at once and the other write ran on the same
       // backend: it waits there now. Now the backend stays idle in the first write's transaction until
@@ -586,10 +580,7 @@ Deno.test({
       };
       await withFunction(
         (pool) => {
-          const store = createPostgresProgressStore(pool, {
-            lockTimeoutMs: LONG_TIMEOUT_MS,
-            statementTimeoutMs: LONG_TIMEOUT_MS,
-          });
+          const store = longWaitStore(pool);
           return {
             ...store,
             write: (claims, w, clock, signal) => {
@@ -736,10 +727,7 @@ Deno.test({
       const claims = { sub: user.id, role: "authenticated" };
       const otherClaims = { sub: other.id, role: "authenticated" };
       const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
-      const store = createPostgresProgressStore(pool, {
-        lockTimeoutMs: LONG_TIMEOUT_MS,
-        statementTimeoutMs: LONG_TIMEOUT_MS,
-      });
+      const store = longWaitStore(pool);
       const parsed = (series: string) => progressWriteSchema.parse(write({ series_id: series }));
       const outcomes: Record<string, { added: number; live: number; outcome: string }> = {};
       const settle = async (
@@ -880,17 +868,9 @@ Deno.test({
       const series = seriesId("backoff");
       const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
       held = await userWriteInProgress(holder, user.id, seriesId("backoff-held"));
-      const store = createPostgresProgressStore(pool, {
-        lockTimeoutMs: LONG_TIMEOUT_MS,
-        statementTimeoutMs: LONG_TIMEOUT_MS,
-      });
+      const store = longWaitStore(pool);
       const client = new AbortController();
-      const writing = store.write(
-        { sub: user.id, role: "authenticated" },
-        progressWriteSchema.parse(write({ series_id: series })),
-        undefined,
-        client.signal,
-      );
+      const writing = writeAs(store, user.id, series, client.signal);
       writing.catch(() => {}); // awaited below
       const pid = await waitingBackend(admin, applicationName, holderPid);
       client.abort(); // its cancel request's connection is refused
@@ -1059,20 +1039,15 @@ Deno.test({
       const user = await createTestUser();
       const series = seriesId("abort-awaited-waits");
       held = await userWriteInProgress(holder, user.id, seriesId("abort-awaited-held"));
-      const store = createPostgresProgressStore(pool, {
-        lockTimeoutMs: LONG_TIMEOUT_MS,
-        statementTimeoutMs: LONG_TIMEOUT_MS,
-      });
+      const store = longWaitStore(pool);
       // The other write stays open until the call has ended: only a cancel request can end the wait (the
       // hang guard ends the test first). Sending none for an abort that came before the handover (dropping
       // it rather than waiting for the statement to run) would leave the write waiting there.
       const ended = await guarded(
-        store.write(
-          { sub: user.id, role: "authenticated" },
-          progressWriteSchema.parse(write({ series_id: series })),
-          undefined,
-          client.signal,
-        ).then(() => "answered", (e) => e instanceof HttpError ? `${e.name} ${e.status}` : String(e)),
+        writeAs(store, user.id, series, client.signal).then(
+          () => "answered",
+          (e) => e instanceof HttpError ? `${e.name} ${e.status}` : String(e),
+        ),
         "end of the write aborted as it was awaited, while the user's other write is open",
       );
       hook.restore();
