@@ -248,6 +248,23 @@ async function nodeScriptEnded(script: string): Promise<{ lastLine: unknown; pri
 }
 
 /**
+ * Runs `body` (module code) with nodeScriptEnded after serve.mjs's `exitCleanups({ log: console.error })` is
+ * set up — in scope: `spawn`, `onCleanup`, `runCleanups`, `removeSignalHandlers` and an empty list `ran` —
+ * then removes its signal handlers and prints `ran` (the result's lastLine).
+ */
+function exitCleanupsScriptEnded(body: string): Promise<{ lastLine: unknown; printed(): string }> {
+  const serveModule = pathToFileURL(path.join(REPO_ROOT, "examples/web/serve.mjs")).href;
+  return nodeScriptEnded(`
+      import { spawn } from "node:child_process";
+      import { exitCleanups } from ${JSON.stringify(serveModule)};
+      const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
+      const ran = [];
+${body}
+      removeSignalHandlers();
+      console.log(JSON.stringify(ran));`);
+}
+
+/**
  * A Deno process that does what npm start does once its stack is up (local/announce.ts's
  * startWebAppAndAnnounce, which local/main.ts calls, given a stand-in for the stack and this fixture's
  * startWebApp). `startAfterStop`: it prints "[parent] stop me" and starts the web app only once stopped
@@ -789,12 +806,7 @@ Deno.test(
     "runs at once, not after the cleanup under way (which may wait for it) nor never once the run-down has " +
     "ended; none runs twice",
   async () => {
-    const serveModule = pathToFileURL(path.join(REPO_ROOT, "examples/web/serve.mjs")).href;
-    const script = `
-      import { spawn } from "node:child_process";
-      import { exitCleanups } from ${JSON.stringify(serveModule)};
-      const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
-      const ran = [];
+    const run = await exitCleanupsScriptEnded(`
       // A hang guard: what a wait that never ends gives instead.
       const within = (promise, ms, otherwise) => {
         let timer;
@@ -831,9 +843,7 @@ Deno.test(
       ran.push("after: " + await within(after.ended, 20_000, "still running"));
       await runCleanups(); // runs none again
       after.child.kill("SIGKILL");
-      removeSignalHandlers();
-      console.log(JSON.stringify(ran));`;
-    const run = await nodeScriptEnded(script);
+    `);
     assert.deepEqual(run.lastLine, [
       "last cleanup begins",
       "the child started under way ended by its cleanup",
@@ -848,12 +858,7 @@ Deno.test(
   "serve.mjs's exitCleanups: those registered together once the run-down has begun run newest first (a " +
     "step's end before the release of the build lock it holds), and an older cleanup only once they have run",
   async () => {
-    const serveModule = pathToFileURL(path.join(REPO_ROOT, "examples/web/serve.mjs")).href;
-    const script = `
-      import { spawn } from "node:child_process";
-      import { exitCleanups } from ${JSON.stringify(serveModule)};
-      const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
-      const ran = [];
+    const run = await exitCleanupsScriptEnded(`
       // Registered before the run-down: as the browser tests' own (their browser, their database connection).
       onCleanup(() => ran.push("older cleanup"));
       // The cleanup under way as a start runs on (withBuildLock after a stop): it takes the lock, registers
@@ -870,9 +875,7 @@ Deno.test(
         });
       });
       await runCleanups();
-      removeSignalHandlers();
-      console.log(JSON.stringify(ran));`;
-    const run = await nodeScriptEnded(script);
+    `);
     assert.deepEqual(
       run.lastLine,
       ["under way", "step ended", "lock released", "older cleanup"],
@@ -885,12 +888,7 @@ Deno.test(
   "serve.mjs's exitCleanups: late ones registered while an earlier late batch runs (npm ci exiting 0 as its " +
     "end comes) run before that batch's older ones (the build lock's release), not beside them",
   async () => {
-    const serveModule = pathToFileURL(path.join(REPO_ROOT, "examples/web/serve.mjs")).href;
-    const script = `
-      import { spawn } from "node:child_process";
-      import { exitCleanups } from ${JSON.stringify(serveModule)};
-      const { onCleanup, runCleanups, removeSignalHandlers } = exitCleanups({ log: console.error });
-      const ran = [];
+    const run = await exitCleanupsScriptEnded(`
       onCleanup(() => ran.push("older cleanup"));
       // A start that runs on after the stop (withBuildLock): it takes the lock and registers its release,
       // then runs npm ci and registers its end (one late batch). npm ci exits 0 just as its end comes: the
@@ -921,9 +919,7 @@ Deno.test(
         void start();
       });
       await runCleanups();
-      removeSignalHandlers();
-      console.log(JSON.stringify(ran));`;
-    const run = await nodeScriptEnded(script);
+    `);
     assert.deepEqual(
       run.lastLine,
       ["under way", "npm ci ended", "next build ended", "lock released", "older cleanup"],
