@@ -32,6 +32,7 @@ import {
   unsupportedMediaType,
 } from "./rest.ts";
 import { upgradeRefusal } from "./upgrade.ts";
+import { checkNumberOption, MAX_TIMER_MS, type NumberRule } from "../../shared/options/checkOptions.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 
 export interface RealtimeEndpointOptions {
@@ -85,7 +86,9 @@ export interface RealtimeEndpointOptions {
   bodyIdleTimeoutMs?: number;
   /**
    * How long after its upgrade a socket may stay CONNECTING before the endpoint lets it go
-   * (DEFAULT_UPGRADE_TIMEOUT_MS; tests shorten it): see releaseUnopened.
+   * (DEFAULT_UPGRADE_TIMEOUT_MS; tests shorten it): see releaseUnopened. 0 or Infinity: no bound (the
+   * client's leaving and a failed upgrade still let it go); from 1 to MAX_TIMER_MS otherwise, anything
+   * else refused by createRealtimeEndpoint (UPGRADE_TIMEOUT_RULE).
    */
   upgradeTimeoutMs?: number;
   /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
@@ -101,6 +104,22 @@ const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
  * CONNECTING by then belongs to a client Deno will never open it for (releaseUnopened).
  */
 export const DEFAULT_UPGRADE_TIMEOUT_MS = 10_000;
+
+/**
+ * What upgradeTimeoutMs takes: a timer's delay (1 ms to MAX_TIMER_MS), or 0 or Infinity for no bound.
+ * Anything else is refused when the endpoint is made (a RangeError for a number, a TypeError for a
+ * value of another type, naming the option), as the shared options' checks refuse theirs: a timer
+ * cannot hold it, and Deno fires such a timer at once (0, a fraction below 1, a negative or NaN delay)
+ * or after 1 ms (past MAX_TIMER_MS, Infinity), so every socket would be let go as it was upgraded
+ * (closed 1001 at its open) and no client could connect.
+ */
+const UPGRADE_TIMEOUT_RULE: NumberRule = {
+  min: 1,
+  max: MAX_TIMER_MS,
+  zero: true,
+  infinity: true,
+  unit: "milliseconds",
+};
 
 /**
  * Query parameter of the WebSocket URL with which a socket lowers its own join-error wait (never
@@ -137,6 +156,13 @@ export async function createRealtimeEndpoint(
   ctx: EndpointContext & Partial<GatewayContext>,
   options: RealtimeEndpointOptions = {},
 ): Promise<RealtimeEndpoint> {
+  // Checked before anything is started (the pool, the WAL stream): a refused value leaves nothing to close.
+  const upgradeTimeoutMs = checkNumberOption(
+    options.upgradeTimeoutMs,
+    UPGRADE_TIMEOUT_RULE,
+    "createRealtimeEndpoint",
+    "upgradeTimeoutMs",
+  ) ?? DEFAULT_UPGRADE_TIMEOUT_MS;
   const log = options.log ?? defaultLog();
   const sql = postgres(ctx.dbUrl, {
     max: options.poolSize ?? 8,
@@ -181,7 +207,6 @@ export async function createRealtimeEndpoint(
   const channelErrorBackoffMs = options.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
   const connectErrorBackoffMs = options.connectErrorBackoffMs ?? CONNECT_ERROR_BACKOFF_MS;
   const bodyIdleTimeoutMs = options.bodyIdleTimeoutMs ?? BODY_IDLE_TIMEOUT_MS;
-  const upgradeTimeoutMs = options.upgradeTimeoutMs ?? DEFAULT_UPGRADE_TIMEOUT_MS;
   const connections = new Set<Connection>();
   /** The Connections whose socket is still CONNECTING, with what ends the watch on it (releaseUnopened). */
   const upgrading = new Map<Connection, () => void>();
@@ -306,15 +331,15 @@ export async function createRealtimeEndpoint(
    * (2.9) opens the socket once it has sent the 101; for a client gone before that (after the connect's
    * checks, which no longer wait for anything, but before Deno has written the answer) it may neither open
    * nor close it: the socket stays CONNECTING without an event, and the server keeps its end of the TCP
-   * connection (CLOSE_WAIT) until the process ends. Its Connection was kept with it: counted in
-   * stats(), in the set the idle sweep goes through (with idleTimeoutMs 0, for good), and held by the
-   * socket's handlers, so that a close the endpoint asked for (c20920c: sent when the socket opens) never
-   * went out and nothing of it was released. Now it is let go (logged `socket_upgrade_abandoned`) when
-   * Deno fails the upgrade (an error while CONNECTING), when the request's signal says the client left, or
-   * at the latest upgradeTimeoutMs after the upgrade: no longer counted, its handlers taken off the socket
-   * (what Deno keeps of such a socket holds nothing of the endpoint's but a close for an open that may
-   * still come: Connection.close), no timer left. The token cache keeps the socket's key as it keeps any
-   * other (auth.ts: bounded, least recently used first out); the socket has joined no topic.
+   * connection (CLOSE_WAIT) until the process ends. Its Connection was kept with it: counted in stats(), in
+   * the set the idle sweep goes through (with idleTimeoutMs 0, for good), and held by the socket's handlers,
+   * so that a close the endpoint asked for (c20920c: sent when the socket opens) never went out and nothing
+   * of it was released. Now it is let go (logged `socket_upgrade_abandoned`) when Deno fails the upgrade (an
+   * error while CONNECTING), when the request's signal says the client left, or at the latest
+   * upgradeTimeoutMs after the upgrade (with 0 or Infinity, no bound): no longer counted, its handlers taken
+   * off the socket (what Deno keeps of such a socket holds nothing of the endpoint's but a close for an open
+   * that may still come: Connection.close), no timer left. The token cache keeps the socket's key as it keeps
+   * any other (auth.ts: bounded, least recently used first out); the socket has joined no topic.
    */
   function releaseUnopened(socket: WebSocket, connection: Connection, signal: AbortSignal): void {
     // Every listener below is taken off the socket and the signal once the watch ends: nothing they hold
@@ -339,11 +364,15 @@ export async function createRealtimeEndpoint(
       log({ event: "socket_upgrade_abandoned", reason });
       connection.close(1001, "upgrade not completed");
     };
-    const deadline = setTimeout(
-      () => release(`still connecting ${upgradeTimeoutMs} ms after the upgrade`),
-      upgradeTimeoutMs,
-    );
-    Deno.unrefTimer(deadline);
+    // No bound (0 or Infinity): only the client's leaving or a failed upgrade lets it go.
+    const bounded = upgradeTimeoutMs > 0 && upgradeTimeoutMs !== Infinity;
+    const deadline = bounded
+      ? setTimeout(
+        () => release(`still connecting ${upgradeTimeoutMs} ms after the upgrade`),
+        upgradeTimeoutMs,
+      )
+      : undefined;
+    if (deadline !== undefined) Deno.unrefTimer(deadline);
     upgrading.set(connection, forget);
     socket.addEventListener("open", stopWatching, { signal: watch.signal });
     socket.addEventListener("close", stopWatching, { signal: watch.signal });

@@ -264,3 +264,95 @@ Deno.test({
     await server.shutdown();
   }
 });
+
+// upgradeTimeoutMs 0 or Infinity is no bound, not a bound a timer cannot hold: Deno fires a timer of 0 ms at
+// once and clamps one past 2^31-1 ms (Infinity too) to 1 ms, so the endpoint let every socket go as it was
+// upgraded (closed 1001 'upgrade not completed' at its open) and no client could stay connected.
+for (const upgradeTimeoutMs of [0, Infinity]) {
+  Deno.test({
+    name:
+      `realtime endpoint: upgradeTimeoutMs ${upgradeTimeoutMs} is no bound: a socket still connecting is kept, and served once it opens`,
+    ...ownEndpoint,
+  }, async () => {
+    const env = testEnv();
+    const logs: Record<string, unknown>[] = [];
+    const endpoint = await createRealtimeEndpoint(
+      { dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, anonKey: env.anonKey },
+      { idleTimeoutMs: 0, upgradeTimeoutMs, log: (fields) => logs.push(fields) },
+    );
+    const { server, upgraded, release } = holdingServer(endpoint);
+    const client = new WebSocket(
+      `ws://127.0.0.1:${server.addr.port}/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`,
+    );
+    const opened = new Promise((resolve) => client.addEventListener("open", resolve));
+    const closed = new Promise<CloseEvent>((resolve) => client.addEventListener("close", resolve));
+    try {
+      await within("the endpoint's upgrade", upgraded);
+      // The 101 held past any timer the endpoint could have set for the bound: timers run in the order of
+      // their ends, and one of 0 ms, or clamped to 1 ms, set by the upgrade ends before this one, set after
+      // it. (An ordering, not a wait for something to happen: with no bound, nothing is to happen.)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const { connections, upgrading } = endpoint.stats();
+      assert.deepEqual(
+        { connections, upgrading },
+        { connections: 1, upgrading: 1 },
+        `still watched, not let go: ${JSON.stringify(logs)}`,
+      );
+      release();
+      await within("the socket's open", opened);
+      // Served: a heartbeat is answered (a Connection let go closes the socket 1001 instead).
+      const answer = new Promise<string>((resolve) => {
+        client.addEventListener("message", (event) => resolve(String(event.data)));
+        closed.then((event) => resolve(`closed ${event.code} ${event.reason}`));
+      });
+      client.send(JSON.stringify([null, "1", "phoenix", "heartbeat", {}]));
+      assert.equal(
+        await within("the heartbeat's reply", answer),
+        JSON.stringify([null, "1", "phoenix", "phx_reply", { status: "ok", response: {} }]),
+      );
+      await waitFor("its Connection, no longer upgrading", () => endpoint.stats().upgrading === 0);
+      assert.equal(endpoint.stats().connections, 1);
+      assert.ok(!logs.some((l) => l.event === "socket_upgrade_abandoned"), JSON.stringify(logs));
+    } finally {
+      release();
+      if (client.readyState !== WebSocket.CLOSED) {
+        client.close();
+        await within("the client's close", closed);
+      }
+      await endpoint.close();
+      await server.shutdown();
+    }
+  });
+}
+
+Deno.test({
+  name:
+    "realtime endpoint: an upgradeTimeoutMs no timer can hold (negative, NaN, a fraction below 1, past 2^31-1) is refused when the endpoint is made, naming the option",
+  ...ownEndpoint,
+}, async () => {
+  const env = testEnv();
+  const cases: [unknown, ErrorConstructor][] = [
+    [-1, RangeError],
+    [-Infinity, RangeError],
+    [NaN, RangeError],
+    [0.5, RangeError],
+    [2 ** 31, RangeError],
+    ["10000", TypeError],
+    [null, TypeError],
+  ];
+  for (const [value, ErrorClass] of cases) {
+    const made = await createRealtimeEndpoint(
+      { dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! },
+      { upgradeTimeoutMs: value as number },
+    ).then((endpoint) => endpoint, (error: unknown) => error);
+    if (!(made instanceof Error)) {
+      await (made as RealtimeEndpoint).close();
+      assert.fail(`upgradeTimeoutMs ${String(value)} was taken`);
+    }
+    assert.ok(made instanceof ErrorClass, `${String(value)}: ${made}`);
+    assert.match(
+      made.message,
+      /^createRealtimeEndpoint option upgradeTimeoutMs must be a number of milliseconds from 1 to 2147483647, or 0 or Infinity \(got /,
+    );
+  }
+});
