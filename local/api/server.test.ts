@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { createClient } from "@supabase/supabase-js";
 import { localRealtime, testEnv } from "../../tests/support/env.ts";
-import { startApiServer } from "./server.ts";
+import { CONNECTIONS_REMEMBERED, startApiServer } from "./server.ts";
 
 /** The options of a test that runs an API server of its own (on port 0) on the suite's database. */
 const OWN_SERVER = {
@@ -131,5 +131,60 @@ Deno.test({
     clearTimeout(guard);
     console.error = originalError;
     conn.close();
+  }
+});
+
+/** Reads one HTTP answer off `conn` (headers and a Content-Length body): its text. */
+async function readAnswer(conn: Deno.Conn): Promise<string> {
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(16_384);
+  let text = "";
+  for (;;) {
+    const end = text.indexOf("\r\n\r\n");
+    const length = Number(/content-length: (\d+)/i.exec(text)?.[1] ?? NaN);
+    if (end >= 0 && text.length >= end + 4 + length) return text;
+    const read = await conn.read(buffer);
+    if (read === null) return text;
+    text += decoder.decode(buffer.subarray(0, read));
+  }
+}
+
+Deno.test({
+  name:
+    "the API server remembers the last request of the client connections still open, not of every client port it has seen",
+  ...OWN_SERVER,
+}, async () => {
+  const api = await ownApiServer();
+  const port = Number(new URL(api.url).port);
+  const request = (path: string, connection: string) =>
+    new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: ${connection}\r\n\r\n`);
+  // A connection that stays open all along (as a socket does): close() names its last request.
+  const kept = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await kept.write(request("/kept", "keep-alive"));
+    assert.match(await readAnswer(kept), /^HTTP\/1.1 404/);
+    // Three times as many connections as the server remembers before it looks which are open, each a new
+    // client port, one request each, closed once answered.
+    for (let i = 0; i < 3 * CONNECTIONS_REMEMBERED; i++) {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      try {
+        await conn.write(request(`/gone/${i}`, "close"));
+        assert.match(await readAnswer(conn), /^HTTP\/1.1 404/);
+      } finally {
+        conn.close();
+      }
+    }
+    const remembered = api.lastRequests();
+    assert.ok(
+      remembered.length <= CONNECTIONS_REMEMBERED,
+      `${remembered.length} connections remembered, of ${3 * CONNECTIONS_REMEMBERED + 1} seen, 1 open`,
+    );
+    const { port: keptPort } = kept.localAddr as Deno.NetAddr;
+    const keptLast = remembered.find((last) => last.from === `127.0.0.1:${keptPort}`);
+    assert.equal(keptLast?.request.path, "/kept", "the open connection's last request is remembered");
+    assert.equal(keptLast?.answered, true);
+  } finally {
+    kept.close();
+    await api.close();
   }
 });

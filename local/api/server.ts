@@ -43,7 +43,30 @@ export interface ApiServer {
    * the test that left one can be found: its route and topic, when it came, and which client sent it).
    */
   pending(): PendingRequest[];
+  /**
+   * The client connections the server remembers the last request of, oldest first: what close() names
+   * for a connection still open when it gives up (a diagnostic). Those still open, and at most as many
+   * again that have ended since the server last looked (see rememberConnection).
+   */
+  lastRequests(): LastRequest[];
 }
+
+/** The last request a client connection carried (ApiServer.lastRequests). */
+export interface LastRequest {
+  /** The client's address and port. */
+  from: string;
+  request: PendingRequest;
+  /** Its handler has answered (a socket's 101 included). */
+  answered: boolean;
+}
+
+/**
+ * How many client connections the server remembers the last request of before it looks which of them
+ * are still open (/proc/net/tcp) and forgets the others; it looks again once it remembers twice as many
+ * as were open then, or this many, whichever is more, so the look costs one read of the table per that
+ * many new connections at most.
+ */
+export const CONNECTIONS_REMEMBERED = 256;
 
 /** A request the server is still handling, as pending() and close()'s give-up message name it. */
 export interface PendingRequest {
@@ -137,8 +160,27 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   const services = Promise.withResolvers<{ functions: Service; realtime: Service }>();
   const running = new Map<Request, PendingRequest>();
   // The last request each client connection (its address and port) sent, and whether it was answered:
-  // what close() names for a connection still open. One entry per client port at most.
-  const lastOnConnection = new Map<string, { request: PendingRequest; answered: boolean }>();
+  // what close() names for a connection still open, oldest first. Deno.serve tells no connection's end,
+  // so those that have ended are forgotten when the server looks which are open (rememberConnection);
+  // before, one entry stayed per client port ever seen, for as long as the server ran (npm start: days).
+  const lastOnConnection = new Map<string, LastRequest>();
+  let lookAtConnectionsAbove = CONNECTIONS_REMEMBERED;
+  /**
+   * Remembers `last` as its connection's last request (a client port used again is a new connection),
+   * and once more connections are remembered than lookAtConnectionsAbove, forgets those the kernel no
+   * longer lists as open (its table gone or unreadable: all of them, as close() cannot name any then).
+   */
+  const rememberConnection = (last: LastRequest) => {
+    lastOnConnection.delete(last.from); // newest last
+    lastOnConnection.set(last.from, last);
+    if (lastOnConnection.size <= lookAtConnectionsAbove) return;
+    const open = openConnections(server.addr.port);
+    const stillOpen = new Set(open?.map(({ from }) => from));
+    for (const from of lastOnConnection.keys()) {
+      if (from !== last.from && !stillOpen.has(from)) lastOnConnection.delete(from);
+    }
+    lookAtConnectionsAbove = Math.max(CONNECTIONS_REMEMBERED, 2 * lastOnConnection.size);
+  };
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: ctx.port, onListen: () => {}, onError: quietAboutClosingAnswers },
     async (req, info) => {
@@ -154,8 +196,8 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         from,
       };
       running.set(req, request);
-      const onConnection = { request, answered: false };
-      lastOnConnection.set(from, onConnection);
+      const onConnection = { from, request, answered: false };
+      rememberConnection(onConnection);
       try {
         if (pathname.startsWith("/functions/v1/")) {
           return await (await services.promise).functions.handle(req, info);
@@ -241,5 +283,6 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
       }
     },
     pending: () => [...running.values()],
+    lastRequests: () => [...lastOnConnection.values()],
   };
 }
