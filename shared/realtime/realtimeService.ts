@@ -1501,8 +1501,9 @@ class UserLink<Row extends LwwRow> {
   #fetchInFlight = false;
   /**
    * Reads (catch-ups, polls, safety reads, syncNow()'s) that failed in a row: the next one made for a
-   * failure waits longer (#nextPollDelay). An answer resets it, and so does going live; a round a
-   * Retry-After held back (no call) or a join or drop cut off counts nothing.
+   * failure waits longer (#nextPollDelay). An answer resets it, and so does going live, and a live
+   * link's drop when the link was not backing off for it (#fail: a stale count); a round a Retry-After
+   * held back (no call) or a join or drop cut off counts nothing.
    */
   #failedReadsInRow = 0;
   /**
@@ -2319,6 +2320,15 @@ class UserLink<Row extends LwwRow> {
     // backoff (up to its cap) for the changes the drop's gap let through, while the API answers.
     const pollsNow = wasJoined || (this.#pollTimer === undefined && this.#pollsRunning === 0);
     const wait = !pollsNow ? 0 : backedOff ? this.#nextPollDelay("failed") : this.#retryAfterLeftMs();
+    // The count of such a live link (not backing off, its count up) starts again at the drop: the poll it
+    // makes at once treats that count as saying nothing of the API, and so does the poll after it when
+    // this one fails: it waits the backoff for one failure (the API's first seen since), not for one more
+    // than a count that is hours old (before, the stale count plus one: up to the backoff's cap, though
+    // the poll at the drop was the first read to fail in all that time). The backoff after it is the
+    // link's again: the link is not live until a read is answered (which ends the count anyway), so a
+    // later drop finds it backing off and makes no call (one call per drop at most, the first). A
+    // Retry-After still running is kept (#retryAfterUntil): the poll waits for its end as before.
+    if (wasJoined && !backedOff) this.#failedReadsInRow = 0;
     if (wasJoined) {
       this.#droppedAt = monotonicNow();
       // A safety read scheduled while live would hold off the polling below for its whole interval,

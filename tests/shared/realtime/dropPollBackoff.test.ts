@@ -8,8 +8,9 @@
 import assert from "node:assert/strict";
 import { type ReadOutcome, retryAfterWaitMs } from "../../../shared/realtime/realtimeService.ts";
 import { waitFor } from "../../integration/realtime_support.ts";
+import { fakeClient } from "./fakeRealtimeClient.ts";
 import { handAnsweredService } from "./handAnsweredService.ts";
-import { fireWhenSet, frozenClock, watchTimers } from "./watchTimers.ts";
+import { fireWhenSet, frozenClock, pendingFor, watchTimers } from "./watchTimers.ts";
 
 const HOUR = 3_600_000;
 const MINUTES = 600_000;
@@ -203,3 +204,76 @@ Deno.test("drop: after a read refused 401, a syncNow() whose read hangs when the
     timers.restore();
   }
 });
+
+// A live link whose failed read nothing makes again (the safety read off, nothing owed to the app, no
+// heartbeat reply late) polls at once at its drop: its failure count is stale, and says nothing of the API
+// since. It starts again there: when the poll at the drop (or at the end of a Retry-After still running
+// then, which is still waited for) fails, the next poll waits the backoff for one failure, the API's first
+// seen since, not for the stale count and one more. Later drops find the link backing off (not live again
+// until a read is answered) and make no call: one call per drop at most, the first's.
+for (const stale of ["a 503", "a 429 with a Retry-After of 120 s"]) {
+  Deno.test(`drop: a live link's stale failure (${stale}) nothing read again: the failure count starts again at the drop, so its poll failing waits the backoff for one failure, not for one more than the stale count; later drops make no call`, async () => {
+    const timers = watchTimers();
+    const clock = frozenClock();
+    const fake = fakeClient();
+    const lines: Record<string, unknown>[] = [];
+    const link = handAnsweredService({
+      ...options,
+      livePollIntervalMs: 0, // the safety read off: a failed read while live is not read again
+      heartbeatReplyTimeoutMs: 10_000,
+      joinGraceMs: Infinity,
+      log: (line) => lines.push(JSON.parse(line)),
+    }, fake);
+    const count = (event: string) => lines.filter((l) => l.event === event).length;
+    try {
+      await link.goLive();
+      // A heartbeat reply late: the live link reads now; the reply comes while that read is under way,
+      // and the read fails: nothing reads again for it, its failure count stays at one.
+      fake.heartbeat("sent");
+      await fireWhenSet(timers, "the heartbeat reply's timeout", 10_000);
+      await waitFor("the late heartbeat's read", () => link.calls.length === 2);
+      fake.heartbeat("ok");
+      link.calls[1].reject(stale === "a 503" ? new Error("503") : retryAfter(120));
+      await waitFor("that read failed", () => count("poll_failed") === 1);
+      assert.equal(link.subscription.status, "live");
+
+      (await link.channel(1)).state!("CHANNEL_ERROR", new Error("socket closed"));
+      if (stale !== "a 503") {
+        // The Retry-After still runs: the poll waits for its end (its jittered wait), not made at once.
+        const retryAfterMs = retryAfterWaitMs(120_000, 60_000, () => 0.5);
+        assert.equal(link.calls.length, 2, "no call while the Retry-After runs");
+        await fireWhenSet(timers, "the poll at the Retry-After's end", retryAfterMs, clock);
+      }
+      await waitFor("the poll after the drop", () => link.calls.length === 3, { timeoutMs: 5_000 });
+      link.calls[2].reject(new Error("503"));
+      await waitFor("that poll failed", () => count("poll_failed") === 2);
+      // One failure's wait (between one and two intervals: 90 s with random 0.5), not two failures' (180 s).
+      await waitFor(
+        "the next poll scheduled",
+        () => pendingFor(timers, 90_000) || pendingFor(timers, 180_000),
+      );
+      assert.ok(
+        pendingFor(timers, 90_000) && !pendingFor(timers, 180_000),
+        `the next poll waits the backoff for one failure: ${sorted(timers)}`,
+      );
+
+      // The channel comes back and drops again, its catch-up refused each time: no call at either drop,
+      // and the polls back off on the link's count (two failures, then three).
+      for (const [n, backoff] of [[2, 180_000], [3, 360_000]]) {
+        await fireWhenSet(timers, `rejoin ${n - 1}`, REJOIN, clock);
+        (await link.channel(n)).state!("SUBSCRIBED");
+        await waitFor(`catch-up ${n - 1}`, () => link.calls.length === n + 2);
+        link.calls[n + 1].reject(new Error("503"));
+        await waitFor(`catch-up ${n - 1} failed`, () => count("catchup_failed") === n - 1);
+        await waitFor(`the poll after catch-up ${n - 1}`, () => pendingFor(timers, backoff));
+        (await link.channel(n)).state!("CHANNEL_ERROR", new Error("socket closed"));
+        assert.equal(link.calls.length, n + 2, `no call at drop ${n}`);
+        assert.ok(!pendingFor(timers, 0) && pendingFor(timers, backoff), `drop ${n}: ${sorted(timers)}`);
+      }
+    } finally {
+      await link.end();
+      clock.restore();
+      timers.restore();
+    }
+  });
+}
