@@ -1650,6 +1650,7 @@ class UserLink<Row extends LwwRow> {
     if (own.running) return own.running;
     own.afterFirstRead = false;
     own.afterLinkRead = false;
+    own.deadlinePassed = false;
     this.service.timers.clear(own.timer);
     own.timer = undefined;
     own.timerForDeadline = false;
@@ -1673,10 +1674,10 @@ class UserLink<Row extends LwwRow> {
    * would not read at once either: after failures of its own at the time its retry would come, after
    * failures of the link's (the link backing off: #backingOff) once the link reads again after its
    * backoff or is answered (own.afterLinkRead), or at its deadline (own.linkReadDeadline) when neither
-   * has come by then, after both at the later of the two, and while a Retry-After runs at its end. The
-   * read cut off ends as the one read in its place at once does (one refused 401 before it for a token
-   * replaced since is read so, with that token), or "failed" at once when that one waits; the cut is
-   * neither heard nor counted.
+   * has come by then (a read of the link under way then, once that has ended), after both at the later
+   * of the two, and while a Retry-After runs at its end. The read cut off ends as the one read in its
+   * place at once does (one refused 401 before it for a token replaced since is read so, with that
+   * token), or "failed" at once when that one waits; the cut is neither heard nor counted.
    */
   async #readOwn(subscription: Subscription<Row>, own: OwnRead): Promise<ReadOutcome> {
     let outcome: ReadOutcome | "closed" | "cut";
@@ -1861,7 +1862,8 @@ class UserLink<Row extends LwwRow> {
    * An own read waiting for the link's read (own.afterLinkRead) with no retry of its own to come: its
    * timer (the one of #scheduleOwnRead: one per subscription, cleared at its unsubscribe and the
    * link's close) now runs to own.linkReadDeadline, counted from the drop's cut, and reads it then
-   * whether the link has read or not. The link's poll after its backoff may never come: each drop of
+   * whether the link has read or not (a read of the link under way then, once that has ended:
+   * #readOwnAfterLinkReadUnderWay). The link's poll after its backoff may never come: each drop of
    * a channel that drops sooner than that poll's time schedules it again, and the rejoin's catch-up
    * in between (made at once) fails as the link's reads do (a 400 for its cursor, for good); nothing
    * would read it before the app's syncNow(). Later drops do not move the deadline (they find no own
@@ -1874,8 +1876,29 @@ class UserLink<Row extends LwwRow> {
     own.timer = this.service.timers.set(() => {
       own.timer = undefined;
       own.timerForDeadline = false;
-      void this.readOwnNow(subscription);
+      if (this.#fetchInFlight) this.#readOwnAfterLinkReadUnderWay(subscription, own);
+      else void this.readOwnNow(subscription);
     }, Math.max(0, (own.linkReadDeadline ?? 0) - monotonicNow()));
+  }
+
+  /**
+   * An own read's deadline (#scheduleLinkReadDeadline) has come while a read of the link is under way:
+   * it is read once the link's rounds queued by now have ended, however they end, instead of beside
+   * them. The deadline counts one call's longest (requestTimeoutMs) for the link's poll, but a poll
+   * reads up to 1000 pages, each call with that timeout of its own, and may queue behind a round that
+   * hangs, so it can still be reading at the deadline; read then, the own read called the API while the
+   * link's read had not yet told whether it answers (fd695bc, 334dde3: never sooner than the link's
+   * read). Those rounds end by themselves (each call by its timeout, a drop or the link's close cuts
+   * them off), so this wait ends too. A read of the link answered, or its timer poll ended, reads it
+   * as before (#readOwnAfterLinkRead: own.afterLinkRead still set, no timer), and so does a syncNow();
+   * the end of the rounds then finds it read, or under way, and makes no read again.
+   */
+  #readOwnAfterLinkReadUnderWay(subscription: Subscription<Row>, own: OwnRead): void {
+    own.deadlinePassed = true;
+    void this.#fetchChain.then(() => {
+      if (this.#closed || !own.deadlinePassed || this.#ownReads.get(subscription) !== own) return;
+      void this.readOwnNow(subscription);
+    });
   }
 
   /** The link's first read has ended: the subscriptions that joined before it read for themselves now. */
@@ -3046,6 +3069,11 @@ interface OwnRead {
    * after the cut: UserLink#cutOwnReadsOff); undefined when it did not.
    */
   linkReadDeadline?: number;
+  /**
+   * Its linkReadDeadline came while a read of the link was under way: it is read once the link's
+   * rounds queued then have ended (UserLink#readOwnAfterLinkReadUnderWay), unless read before.
+   */
+  deadlinePassed?: boolean;
 }
 
 interface Round {

@@ -1,20 +1,20 @@
-// A later subscription to a running link from a cursor of its own (a "newcomer") reads the changes after
-// that cursor for itself, beside the link's reads and not inside them: the link's reads (a syncNow(), a
-// safety read) do not wait for its read, which may hang up to requestTimeoutMs; a failed read of its own
-// is made again by itself, with no read of the link; a read of the link that fails meanwhile is made
-// again on the polls' backoff, with the safety read off too; and until it has read to the end, the reads
-// it hears (onRead) are its own. Its own read refused 401 is made again when a new token comes (or at
-// once when the token changed while it was under way), and a syncNow() of its link (the service's,
-// another subscription's) makes a read of its own that waits for its retry now. A join or a joined
-// channel's drop cuts its own read off as they cut the link's: read again from its cursor in its place,
-// so one that hangs holds its syncNow() no longer; after a drop while the link backs off, only once the
-// link's next timer poll (after its backoff) has ended, answered or not, or a read of the link is
-// answered, and at its own deadline at the latest, which later drops do not put off (and, after failures
-// of its own, not before its own retry); a failure of its own then retries no sooner than the link's
-// backoff. After a drop of a live link whose failed read nothing reads again, at once, and the link's
-// poll too. Against the stand-in client, with changesSince answered by hand or from an in-memory log
-// that answers real cursors (changeLog), and the service's waits read off the pending timers
-// (watchTimers) and ended by hand: nothing sleeps.
+// A later subscription to a running link from a cursor of its own (a "newcomer") reads the changes after that
+// cursor for itself, beside the link's reads and not inside them: the link's reads (a syncNow(), a safety
+// read) do not wait for its read, which may hang up to requestTimeoutMs; a failed read of its own is made
+// again by itself, with no read of the link; a read of the link that fails meanwhile is made again on the
+// polls' backoff, with the safety read off too; and until it has read to the end, the reads it hears (onRead)
+// are its own. Its own read refused 401 is made again when a new token comes (or at once when the token
+// changed while it was under way), and a syncNow() of its link (the service's, another subscription's) makes
+// a read of its own that waits for its retry now. A join or a joined channel's drop cuts its own read off as
+// they cut the link's: read again from its cursor in its place, so one that hangs holds its syncNow() no
+// longer; after a drop while the link backs off, only once the link's next timer poll (after its backoff) has
+// ended, answered or not, or a read of the link is answered, and at its own deadline at the latest (a read of
+// the link under way then, once that has ended), which later drops do not put off (and, after failures of its
+// own, not before its own retry); a failure of its own then retries no sooner than the link's backoff. After
+// a drop of a live link whose failed read nothing reads again, at once, and the link's poll too. Against the
+// stand-in client, with changesSince answered by hand or from an in-memory log that answers real cursors
+// (changeLog), and the service's waits read off the pending timers (watchTimers) and ended by hand: nothing
+// sleeps.
 
 import assert from "node:assert/strict";
 import {
@@ -978,6 +978,73 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: its 
     assert.ok(!pendingFor(timers, DEADLINE_MS), `its deadline's timer cleared: ${timers.pending()}`);
     assert.equal(timers.pending().length, before - 1, "that timer alone");
     assert.ok(pendingFor(timers, POLL_MS), "the link's poll after its backoff, for the first, kept");
+  } finally {
+    clock.restore();
+    await link.end();
+  }
+});
+
+// The deadline counts one call's longest for the link's poll, but a poll reads up to 1000 pages, each call
+// with its own timeout, and a read of the link may be under way when it comes (the poll's later pages, the
+// rejoin's catch-up): the own read is read once that read has ended, however it ends, not beside it, while
+// it has not yet told whether the API answers.
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: its deadline coming while the link's poll after its backoff still reads (its second page under way) reads it once that poll has ended, not beside it", async () => {
+  const clock = frozenClock(); // its deadline, as the service reads it, comes when moved on
+  const link = await newcomerCutWhileLinkBacksOff();
+  const { timers, pending, log, newcomer, reads } = link;
+  try {
+    assert.equal(link.ownReads(), 1);
+    const meanwhile = log.write("meanwhile", 3); // at 105
+    log.write("later", 4); // at 106
+    link.answerLink();
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS, clock);
+    await waitFor("the poll's first page", () => callsFrom(pending, LINK_CURSOR).length === 1);
+    // Its first page answered with more to come: the poll reads on, its second call under way.
+    callsFrom(pending, LINK_CURSOR)[0].resolve(page([meanwhile], "106", true));
+    await waitFor("the poll's second page", () => callsFrom(pending, "106").length === 1);
+    assert.ok(pendingFor(timers, DEADLINE_MS), `its deadline pending: ${timers.pending()}`);
+
+    // Its deadline (one call's longest after that poll's time) comes while the poll still reads.
+    clock.advance(REQUEST_TIMEOUT_MS);
+    timers.fire(DEADLINE_MS);
+    assert.equal(link.ownReads(), 1, "not while the link's poll is still reading");
+
+    // That page answered: the poll has ended, and its own read is made, once.
+    const second = callsFrom(pending, "106")[0];
+    second.resolve(log.page(second.cursor));
+    await waitFor("its own read to the end", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    assert.equal(newcomer.cursor, "107", "its own read to the horizon");
+    assert.ok(!pendingFor(timers, DEADLINE_MS), "no deadline left");
+  } finally {
+    clock.restore();
+    await link.end();
+  }
+});
+
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: its deadline coming while the rejoin's catch-up (made at once) is under way reads it once that catch-up has ended, refused (400 for its cursor) here, not beside it, and not held for good", async () => {
+  const clock = frozenClock(); // its deadline, as the service reads it, comes when moved on
+  const link = await newcomerCutWhileLinkBacksOff({}, 0, refusedLinkCursor);
+  const { timers, channel, pending, newcomer, reads, lines } = link;
+  try {
+    assert.equal(link.ownReads(), 1);
+    link.answerLink(); // the link's reads answered by hand from here
+    (await channel(2)).state!("SUBSCRIBED");
+    await waitFor("the rejoin's catch-up", () => callsFrom(pending, LINK_CURSOR).length === 1);
+
+    clock.advance(DEADLINE_MS);
+    timers.fire(DEADLINE_MS);
+    assert.equal(link.ownReads(), 1, "not while the link's catch-up is under way");
+
+    // The catch-up refused: a read the link made at once, which does not release it by itself
+    // (#readOwnAfterLinkRead); its deadline having come, it is read now.
+    callsFrom(pending, LINK_CURSOR)[0].reject(refusedLinkCursor());
+    await waitFor("the catch-up refused", () => lines.some((l) => l.event === "catchup_failed" && !l.for));
+    await waitFor("its own read once the catch-up has ended", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    assert.equal(newcomer.cursor, LINK_CURSOR, "its own read to the horizon");
   } finally {
     clock.restore();
     await link.end();
