@@ -162,9 +162,10 @@ async function main(): Promise<number> {
     // (the broadcast; the write function, the changes read, the remember-deletion), which runs last,
     // also after the two later migrations that re-create the changes read and the write function. The
     // migration that starts a tagged cursor over after a failed read restates the changes read (with
-    // that setting), so it runs after every migration that puts back an earlier one. The two reset
-    // rules' migrations put back their triggers' whole WHEN clauses (and functions without that test),
-    // so the migration that guards those triggers by one column runs after each. The user-lock
+    // that setting), so it runs after every migration that puts back an earlier one, and the one whose
+    // cursors name their user restates it again (with that check), so it runs after each of those. The
+    // two reset rules' migrations put back their triggers' whole WHEN clauses (and functions without
+    // that test), so the migration that guards those triggers by one column runs after each. The user-lock
     // migration puts back its trigger function without the wait's PT503, the PT503 one puts it back
     // without the PGRST answer's Retry-After, and the Retry-After one puts it back answering 503 instead
     // of 429, so each later one runs after it.
@@ -188,6 +189,7 @@ async function main(): Promise<number> {
           "_write_function_logs_users_only.sql",
           "_percentages_printed_exactly.sql",
           "_changes_cursor_unchecked_tag_starts_over.sql",
+          "_changes_cursor_names_user.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -199,6 +201,7 @@ async function main(): Promise<number> {
           "_changes_cursor_names_timeline.sql",
           "_percentages_printed_exactly.sql",
           "_changes_cursor_unchecked_tag_starts_over.sql",
+          "_changes_cursor_names_user.sql",
         ],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
         [
@@ -220,7 +223,9 @@ async function main(): Promise<number> {
         [
           "a tagged cursor met by a failed read starts over",
           "_changes_cursor_unchecked_tag_starts_over.sql",
+          "_changes_cursor_names_user.sql",
         ],
+        ["the changes cursor names its user", "_changes_cursor_names_user.sql"],
         [
           "one user's writes serialized",
           "_user_writes_serialized.sql",

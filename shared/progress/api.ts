@@ -551,7 +551,8 @@ export async function listProgress(
 
 /**
  * GET /progress/changes: rows changed since `cursor` ("" or null = from the beginning). Always
- * continue from next_cursor; a row may come again (dedupe by its last-write-wins key). `limit`, the
+ * continue from next_cursor; a row may come again (dedupe by its last-write-wins key). A cursor
+ * handed out to another user (it names its user) is read from the beginning. `limit`, the
  * page size, is checked as subscribeToProgress's changesLimit is (CHANGES_LIMIT, the function's own
  * range): out of it a RangeError, not a number (null too) a TypeError, before any request.
  */
@@ -615,7 +616,9 @@ export interface SubscribeToProgressOptions extends Omit<RealtimeServiceOptions,
    * persisted (null or "" = from the beginning; not given = from the beginning too). It is this call's
    * user's and this subscription's only (SubscribeOptions.initialCursor), not the shared service's: a
    * later call on the client may give another, or none. A string the changes cursor's format takes
-   * (a TypeError otherwise).
+   * (a TypeError otherwise). Another user's (one that names its user, as every cursor handed out
+   * since migration …_changes_cursor_names_user.sql does) is read from the beginning by the API, so
+   * the subscription still gets every change of its user; one handed out before would skip them.
    */
   initialCursor?: unknown;
 }
@@ -658,7 +661,7 @@ function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   checkCursorOption(
     options.initialCursor,
     CHANGES_CURSOR,
-    'a next_cursor of GET /progress/changes ("[<tag>.]<xid>[:<series_id>]", "" for the beginning)',
+    'a next_cursor of GET /progress/changes ("[<tag>.][u<user tag>.]<xid>[:<series_id>]", "" for the beginning)',
     "subscribeToProgress",
     "initialCursor",
   );

@@ -212,10 +212,14 @@ export const listQuerySchema = strict({
 });
 
 /**
- * Changes cursor: "" | "[<cluster tag>.]<xid>[:<series_id>]" (opaque to clients; from next_cursor;
- * the tag names the database cluster, see reading_progress_changes in migration 013).
+ * Changes cursor: "" | "[<cluster tag>.][u<user tag>.]<xid>[:<series_id>]" (opaque to clients; from
+ * next_cursor). The cluster tag names the database cluster and its timeline, the user tag the user it
+ * was handed out to (a cursor of another cluster, timeline or user starts over from the beginning);
+ * cursors handed out before cursors named their user have no user tag, and are taken as they were.
+ * See reading_progress_changes, migration …_changes_cursor_names_user.sql.
  */
-export const CHANGES_CURSOR = /^(?:(?:[0-9a-f]{8}\.)?[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/;
+export const CHANGES_CURSOR =
+  /^(?:(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/;
 
 export const changesCursorSchema = z
   .string()

@@ -203,8 +203,10 @@ export interface RealtimeServiceOptions<Row extends LwwRow = ProgressRow> {
    * subscription of another user that gives none starts from the beginning, and logs
    * initial_cursor_not_applied (warn): the changes cursor is a position in the whole database's
    * transactions, not in one user's, so another user's would skip every change of this user made
-   * before it. Opaque here (whatever changesSince takes); subscribeToProgress() in
-   * shared/progress/api.ts checks it is the progress API's.
+   * before it where the API cannot tell it is another user's (a cursor handed out before cursors named
+   * their user; one that names another user the API reads from the beginning). Opaque here
+   * (whatever changesSince takes); subscribeToProgress() in shared/progress/api.ts checks it is the
+   * progress API's.
    */
   initialCursor?: unknown;
   /**

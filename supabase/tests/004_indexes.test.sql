@@ -16,7 +16,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(29);
+select plan(31);
 
 -- ---------------------------------------------------------------------------------------------
 -- Index definitions
@@ -332,6 +332,20 @@ select is(
   pg_temp.changes_scans('119000') ->> 'sequential scan',
   'false',
   'reading_progress_changes as the user, cursor before every deletion: no sequential scan'
+);
+
+-- Cursors that name their user (migration …_changes_cursor_names_user.sql): the user's own is read
+-- by the same statement, the same plans; another user's starts over (a read from the beginning).
+select is(
+  pg_temp.changes_scans('u' || left(md5('0a0a0a0a-0000-4000-8000-000000000007'), 8) || '.200760'),
+  '{"sequential scan": false, "reading_progress_user_changes_idx": true, "reading_progress_deletions_user_xid_idx": true}'::jsonb,
+  'reading_progress_changes as the user, its own user-tagged cursor among the deletions: the same indexes, no sequential scan'
+);
+
+select is(
+  pg_temp.changes_scans('u' || left(md5('0a0a0a0a-0000-4000-8000-000000000008'), 8) || '.200760') ->> 'sequential scan',
+  'false',
+  'reading_progress_changes as the user, another user''s cursor (a read from the beginning): no sequential scan'
 );
 
 reset role;

@@ -498,7 +498,7 @@ select is(
   jsonb_build_object('n', 100, 'all_max', true, 'deleted', true, 'positions', true),
   'hard-deleted series appear once each, as the deleted version marked "deleted": true');
 select is(
-  (split_part(public.reading_progress_changes('', 100) ->> 'next_cursor', '.', 2))::xid8,
+  substring(public.reading_progress_changes('', 100) ->> 'next_cursor' from '^(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?([0-9]+)')::xid8,
   pg_snapshot_xmin(pg_current_snapshot()),
   'the last page''s next cursor is the snapshot horizon (rows of in-flight transactions are read again)');
 select is(
@@ -507,12 +507,13 @@ select is(
   'rows at or above the horizon (this open transaction''s) are returned again from that cursor');
 select is(
   (select jsonb_build_object('n', jsonb_array_length(p -> 'changes'), 'has_more', p -> 'has_more',
-                            'next', split_part(p ->> 'next_cursor', '.', 2))
+                            'next', substring(p ->> 'next_cursor' from '^(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?([0-9]+)'))
      from (select public.reading_progress_changes('', 2) as p) s),
   jsonb_build_object('n', 2, 'has_more', true, 'next', pg_snapshot_xmin(pg_current_snapshot())::text),
   'a full page that reaches the horizon continues from the horizon');
 select is(
-  (select split_part(public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 2) ->> 'next_cursor', '.', 2)),
+  (select substring(public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 2) ->> 'next_cursor'
+                    from '^(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?([0-9]+)')),
   pg_snapshot_xmin(pg_current_snapshot())::text,
   'a full page that cannot pass an open transaction returns the cursor it was given');
 select is(
@@ -545,8 +546,8 @@ select is(
 select ok(
   (public.reading_progress_changes(
      (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 10000000)::text, 1000) ->> 'next_cursor')::text
-     ~ ('^[0-9a-f]{8}\.' || pg_snapshot_xmin(pg_current_snapshot())::text || '$'),
-  'and a next cursor of this cluster (tagged, at the horizon)');
+     ~ ('^[0-9a-f]{8}\.u[0-9a-f]{8}\.' || pg_snapshot_xmin(pg_current_snapshot())::text || '$'),
+  'and a next cursor of this cluster and user (tagged, at the horizon)');
 select is(
   (public.reading_progress_changes(
      (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 1000) -> 'changes'),

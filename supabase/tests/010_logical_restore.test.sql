@@ -36,15 +36,15 @@ select is(
   (select tag from cluster),
   'next_cursor starts with this cluster''s tag (md5 of the system identifier, 8 hex digits)');
 select ok(
-  (select r ->> 'next_cursor' ~ '^[0-9a-f]{8}\.[0-9]+$' from res where label = 'first'),
-  'a last page''s cursor is <tag>.<xid>');
+  (select r ->> 'next_cursor' ~ '^[0-9a-f]{8}\.u[0-9a-f]{8}\.[0-9]+$' from res where label = 'first'),
+  'a last page''s cursor is <tag>.u<user tag>.<xid>');
 select is(
   (public.reading_progress_changes((select r ->> 'next_cursor' from res where label = 'first'), 100) -> 'changes'),
   (public.reading_progress_changes(
      pg_snapshot_xmin(pg_current_snapshot())::text, 100) -> 'changes'),
   'a tagged cursor reads as its untagged form here (rows at or above the horizon)');
 select ok(
-  (public.reading_progress_changes('', 2) ->> 'next_cursor') ~ '^[0-9a-f]{8}\.[0-9]+(:[A-Za-z0-9._:-]+)?$',
+  (public.reading_progress_changes('', 2) ->> 'next_cursor') ~ '^[0-9a-f]{8}\.u[0-9a-f]{8}\.[0-9]+(:[A-Za-z0-9._:-]+)?$',
   'a full page''s cursor is tagged too');
 -- A cursor of another cluster, just above this one's xmax: without tags it would read as "nothing
 -- new yet" until this cluster's ids caught up with it, so the device would miss every change.
@@ -83,8 +83,8 @@ revoke execute on function pg_control_system() from public;
 select set_config('readsync.system_identifier', '', false);
 set local role authenticated;
 select ok(
-  (public.reading_progress_changes('', 100) ->> 'next_cursor') ~ '^[0-9]+$',
-  'without pg_control_system(): an untagged cursor');
+  (public.reading_progress_changes('', 100) ->> 'next_cursor') ~ '^u[0-9a-f]{8}\.[0-9]+$',
+  'without pg_control_system(): a cursor without a cluster tag (its user''s only)');
 select is(
   (public.reading_progress_changes(public.reading_progress_changes('', 1) ->> 'next_cursor', 100) -> 'changes'),
   (public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 100) -> 'changes'),

@@ -67,8 +67,8 @@ insert into res values ('foreign failed', public.reading_progress_changes('0badc
 insert into res values ('own failed', public.reading_progress_changes((select tag from cluster) || '.' || (select ahead from cluster), 100));
 reset role;
 
-select ok((select r ->> 'next_cursor' ~ '^[0-9]+$' from res where label = 'foreign failed'),
-  'premise: the read failed (an untagged cursor is handed out, no error)');
+select ok((select r ->> 'next_cursor' ~ '^u[0-9a-f]{8}\.[0-9]+$' from res where label = 'foreign failed'),
+  'premise: the read failed (a cursor without a cluster tag is handed out, no error)');
 select is((select r -> 'changes' from res where label = 'foreign failed'),
   (select r -> 'changes' from res where label = 'full'),
   'another cluster''s cursor met by a failed read starts over from the beginning (was: taken as it stands, nothing reported)');
@@ -100,7 +100,7 @@ reset role;
 grant execute on function pg_control_system() to public;
 
 select is(
-  jsonb_build_object('next', (select r ->> 'next_cursor' ~ '^[0-9]+$' from res where label = 'untaggable'),
+  jsonb_build_object('next', (select r ->> 'next_cursor' ~ '^u[0-9a-f]{8}\.[0-9]+$' from res where label = 'untaggable'),
                      'untagged', (select r -> 'changes' from res where label = 'untagged untaggable')),
   jsonb_build_object('next', true, 'untagged', '[]'::jsonb),
   'premise, no tag computable: cursors are untagged, and an untagged one is taken as it stands');

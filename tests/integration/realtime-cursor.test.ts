@@ -38,9 +38,12 @@ const writeAt = (client: SupabaseClient, series_id: string, chapter: number, at:
 const live = (what: string, sub: { status: string }) =>
   waitFor(`${what} live`, () => sub.status === "live", GUARD);
 
-/** Where a changes cursor ("[<tag>.]<xid>[:<series_id>]") lies: rows after it have a greater (xid, series). */
+/**
+ * Where a changes cursor ("[<cluster tag>.][u<user tag>.]<xid>[:<series_id>]") lies: rows after it have a
+ * greater (xid, series).
+ */
 function position(cursor: string): { xid: bigint; series: string } {
-  const match = cursor.match(/^(?:[0-9a-f]{8}\.)?([0-9]+)(?::(.+))?$/);
+  const match = cursor.match(/^(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?([0-9]+)(?::(.+))?$/);
   assert.ok(match, `a changes cursor: ${cursor}`);
   return { xid: BigInt(match[1]), series: match[2] ?? "" };
 }
@@ -468,5 +471,63 @@ Deno.test({
   } finally {
     await sub2?.unsubscribe();
     await end();
+  }
+});
+
+/** The user tag a changes cursor names ("[<cluster tag>.]u<user tag>.<xid>[:<series_id>]"), or null. */
+const userTagOf = (cursor: unknown) =>
+  typeof cursor === "string" ? cursor.match(/^(?:[0-9a-f]{8}\.)?u([0-9a-f]{8})\./)?.[1] ?? null : null;
+
+Deno.test({
+  name:
+    "realtime cursor: reader B's subscription given reader A's cursor as initialCursor (an app that stored it by device, not by user) is given B's progress written before that cursor, and then has a cursor of B's",
+  ...noSanitize,
+}, async () => {
+  const sql = adminSql();
+  const a = await createTestUser();
+  const b = await createTestUser();
+  const writerA = clientWithToken(() => a.accessToken);
+  const writerB = clientWithToken(() => b.accessToken);
+  const observer = await observe(b);
+  const device = clientWithToken(() => b.accessToken); // the app's client, now signed in as B
+  const quiet = { livePollIntervalMs: 0, heartbeatReplyTimeoutMs: 0, log: () => {} };
+  let subB: ReturnType<typeof subscribeToProgress> | undefined;
+  try {
+    const write = (client: SupabaseClient, series_id: string) =>
+      writeAt(client, series_id, 1, new Date(Date.now() - 60_000));
+    await write(writerB, "b-early"); // B read this on another device before A's cursor was handed out
+    await write(writerA, "a-1");
+    const cursorA = await cursorNow(writerA); // A's cursor, stored under the device: past b-early's transaction
+    await observer.sent(1); // b-early's broadcast: it cannot reach a channel joined later
+
+    const changesB: ProgressChange[] = [];
+    subB = subscribeToProgress(device, b.id, (c) => changesB.push(c), { ...quiet, initialCursor: cursorA });
+    assert.equal(subB.cursor, cursorA, "it starts from the cursor it was given");
+    await live("B's subscription", subB);
+    assert.ok(
+      has(changesB, "upsert", "b-early"),
+      `B's progress written before A's cursor ${cursorA} delivered (was: skipped, the cursor taken as B's)`,
+    );
+    assert.ok(changesB.every((c) => c.source !== "realtime"), "read, not broadcast");
+    assert.ok(userTagOf(cursorA), `A's cursor names its user: ${cursorA}`);
+    assert.ok(
+      userTagOf(subB.cursor) && userTagOf(subB.cursor) !== userTagOf(cursorA),
+      `B's cursor names B, not A: ${subB.cursor}`,
+    );
+    for (const [series, row] of await serverState(sql, b.id)) {
+      assert.ok(
+        changesB.some((c) =>
+          c.kind === "upsert" && c.row.series_id === series && c.row.change_xid === row.change_xid
+        ),
+        `${series} of B delivered`,
+      );
+    }
+  } finally {
+    await subB?.unsubscribe();
+    await closeClient(device);
+    await closeClient(writerA);
+    await closeClient(writerB);
+    await observer.close();
+    await sql.end();
   }
 });

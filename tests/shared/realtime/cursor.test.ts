@@ -209,7 +209,26 @@ Deno.test("cursor: a handler that unsubscribes mid-page leaves the cursor before
 });
 
 Deno.test('cursor: subscribeToProgress refuses an initialCursor that is not a changes cursor (a TypeError naming it), on a first and a later call; null, "" and the API\'s cursors are taken', async () => {
-  const refused: unknown[] = [42, {}, ["1"], true, "abc", "c1", "1.2", "12:", "0123ABCD.12", " 12", "12 "];
+  const refused: unknown[] = [
+    42,
+    {},
+    ["1"],
+    true,
+    "abc",
+    "c1",
+    "1.2",
+    "12:",
+    "0123ABCD.12",
+    " 12",
+    "12 ",
+    // User tags: 8 lower-case hex digits after a "u", after the cluster tag, before the xid.
+    "u0123abc.12",
+    "u0123ABCD.12",
+    "0123abcd.0123abcd.12",
+    "u0123abcd.0123abcd.12",
+    "0123abcd.u89abcdef",
+    "0123abcd.u89abcdef.",
+  ];
   const taken: unknown[] = [
     undefined,
     null,
@@ -219,6 +238,10 @@ Deno.test('cursor: subscribeToProgress refuses an initialCursor that is not a ch
     "0123abcd.12",
     "0123abcd.12:series-1",
     "12:a.b_c:d-e",
+    // Cursors that name their user (migration …_changes_cursor_names_user.sql).
+    "u89abcdef.12",
+    "0123abcd.u89abcdef.12",
+    "0123abcd.u89abcdef.12:series-1",
   ];
   for (const initialCursor of refused) {
     const { client } = fakeClient();
