@@ -21,9 +21,9 @@
 //     "PT503", without starting its connection worker (read here as PostgREST's Error.hs and App.hs read
 //     and send it: there is no PostgREST in the local stack), and stores nothing; before, the same as a
 //     503, which PostgREST sent with its own Retry-After: 0 first and after which (12.0 to 14.x) it
-//     flushed its pool and reloaded its schema cache; before that SQLSTATE PT503 (503, no Retry-After of ours), and before
-//     that PostgREST's 500 for 57014 (the statement timeout, first under Supabase's equal 8 s timeouts)
-//     or 55P03;
+//     flushed its pool and reloaded its schema cache; before that SQLSTATE PT503 (a 503 with PostgREST's
+//     Retry-After: 0 alone, none of ours, and that connection worker), and before that PostgREST's 500
+//     for 57014 (the statement timeout, first under Supabase's equal 8 s timeouts) or 55P03;
 //   * a write sent after other statements in one simple-query message waits as long as its own
 //     statement timeout allows (PostgreSQL times each statement of such a message apart): it gets the
 //     lock once the other write ends;
@@ -528,29 +528,33 @@ function assertWaitAnswered(error: DatabaseError, what: string, before: string):
   assert.match(answer.body.hint ?? "", /^Nothing of this write was stored: send it again\./, what);
 }
 
+/**
+ * What the wait's end was answered before migration …_user_write_wait_answered_429.sql, newest first:
+ * SQLSTATE PGRST with status 503 (…_user_write_wait_retry_after.sql), then SQLSTATE PT503
+ * (…_user_write_wait_answered_503.sql), both 503s to which PostgREST puts its own Retry-After: 0
+ * (sentByPostgrest); each shape's `before` goes on with what it was answered before those.
+ */
+const BEFORE_429 =
+  "PGRST 503: a 503 with PostgREST's Retry-After: 0 before ours, and its connection worker; " +
+  "PT503: a 503 with PostgREST's Retry-After: 0 alone, and its connection worker; ";
+
 const WAIT_SHAPES: { name: string; timeouts: RequestTimeouts; before: string }[] = [
   {
     // Supabase: authenticator's lock_timeout 8s (the session) and authenticated's statement_timeout 8s
     // (the request), here 1 s each.
     name: "the session's lock_timeout and the request's statement_timeout equal, as on Supabase's Data API",
     timeouts: { session: { lock_timeout: 1_000 }, transaction: { statement_timeout: 1_000 } },
-    before:
-      "503 with PostgREST's Retry-After: 0 first, and its connection worker; PT503 without Retry-After; " +
-      "57014, the statement timeout: HTTP 500",
+    before: BEFORE_429 + "57014, the statement timeout: HTTP 500",
   },
   {
     name: "a lock_timeout shorter than the statement timeout (the progress function's 2 s and 8 s)",
     timeouts: { session: {}, transaction: { lock_timeout: 300, statement_timeout: 8_000 } },
-    before:
-      "503 with PostgREST's Retry-After: 0 first, and its connection worker; PT503 without Retry-After; " +
-      "55P03, the lock timeout: HTTP 500",
+    before: BEFORE_429 + "55P03, the lock timeout: HTTP 500",
   },
   {
     name: "a statement timeout and no lock_timeout",
     timeouts: { session: {}, transaction: { statement_timeout: 1_000 } },
-    before:
-      "503 with PostgREST's Retry-After: 0 first, and its connection worker; PT503 without Retry-After; " +
-      "57014, the statement timeout: HTTP 500",
+    before: BEFORE_429 + "57014, the statement timeout: HTTP 500",
   },
 ];
 
