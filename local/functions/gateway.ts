@@ -24,8 +24,9 @@
 //   runtime, whose request signal, as far as its source shows, aborts only when writing the answer fails
 //   (README, "A client that leaves"): a function must not need the abort to be correct. close() aborts it
 //   too, for every request still in a function: a function that stops on its signal (the progress function
-//   cancels its database call: a 503 with Retry-After) answers at once, so the API server's shutdown is not
-//   held for the length of a database wait (the 8 s statement timeout, above its 5 s grace).
+//   cancels its database call: a 503 with Retry-After, unless its last statement had answered) answers at
+//   once, so the API server's shutdown is not held for the length of a database wait (the 8 s statement
+//   timeout, above its 5 s grace).
 // * Unknown or disabled function: 404 "Function not found" (text/plain). A function that throws:
 //   500 {"code":"Internal Server Error","message":"Request failed due to an internal server error"}.
 

@@ -21,8 +21,9 @@
 // shows, does not before the answer is written: README, "A client that leaves"); the database call under
 // way is cancelled and rolls back, or leaves the line for a pooled connection (CallCancelledError in
 // store.ts), so its pooled connection is free at once instead of when a wait (a lock of the user's other
-// write) would have ended. Logged as request_cancelled; a call that had committed already stays, logged as
-// request_aborted with the answer's status.
+// write) would have ended. Logged as request_cancelled. A call whose last statement had answered goes on to
+// commit (an abort then cancels nothing), and so does one whose last statement's cancel request the database
+// did not act on (ProgressStore in store.ts): it stays, logged as request_aborted with the answer's status.
 // Paths: a percent-encoded unreserved character is that character (RFC 3986, 6.2.2.2: /progress/%62atch
 // is /progress/batch); any other escape stays one (an encoded slash is never a separator).
 //
@@ -546,9 +547,11 @@ export function createProgressHandler(options: ProgressHandlerOptions): (req: Re
       res = httpErrorResponse(error);
     }
     if (req.signal.aborted && !cancelled) {
-      // The signal aborted once the database call had committed (a write stays stored), or while the
-      // function did something else (read the body, checked the token): nothing was cancelled, and the
-      // answer, which a client that left never gets, is logged by its status.
+      // The signal aborted once the database call's last statement had answered (its transaction then
+      // committed: a write stays stored), during the last statement, whose cancel request the database did
+      // not act on (it ran on and committed), or while the function did something else (read the body,
+      // checked the token): nothing was cancelled, and the answer, which a client that left never gets, is
+      // logged by its status.
       log({
         ts: new Date().toISOString(),
         level: "info",

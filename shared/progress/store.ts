@@ -38,10 +38,16 @@ export interface DatabaseClock {
 }
 
 /**
- * What the HTTP handler needs from storage; every call acts as the user of `claims`, fills in `clock`
- * (when given) with the database's clock once it reached the database, and is cancelled when `signal`
- * (the request's: it aborts when the client leaves) aborts before the call's transaction committed: it
- * then rejects with CallCancelledError and nothing of it is stored.
+ * What the HTTP handler needs from storage; every call acts as the user of `claims` and fills in `clock`
+ * (when given) with the database's clock once it reached the database. `signal` (the request's: it aborts
+ * when the client leaves) ends a call early when it aborts before the call began, while it waits for a pooled
+ * connection, between two of its statements, or while one runs and the database acts on the cancel request:
+ * the call then rejects with CallCancelledError, its transaction rolled back, and nothing of it is stored.
+ * Not every abort before COMMIT does. The call commits, and answers as if its signal had not aborted, when the
+ * signal aborts once its last statement has answered (no request is sent), or while that statement runs and
+ * the database does not act on the request (refused, or reaching the backend between two messages of the
+ * statement: sendCancel), so that it runs on and answers; an earlier statement that so runs on is followed by
+ * no other, and the call is cancelled then.
  */
 export interface ProgressStore {
   write(
@@ -75,11 +81,11 @@ export interface ProgressStore {
 /**
  * A store call given up because its signal aborted: the client left (the request's signal), or the
  * server that runs the function is closing (the local gateway's close()). The statement it was running
- * was cancelled in the database, or none was sent (it still waited for a pooled connection: it left the
- * line), and its transaction rolled back, so nothing of the call is stored; its connection went back to
- * the pool at once. A 503 with Retry-After, as a client still
- * there (a closing server) may send it again; a client that left gets no answer. `reason` is the
- * signal's.
+ * was cancelled in the database (or failed otherwise once the signal had aborted), or no further statement
+ * was sent (the call still waited for a pooled connection and left the line, or the signal aborted between
+ * two statements), and its transaction rolled back, so nothing of the call is stored; its connection went
+ * back to the pool at once. A 503 with Retry-After, as a client still there (a closing server) may send it
+ * again; a client that left gets no answer. `reason` is the signal's.
  */
 export class CallCancelledError extends HttpError {
   readonly reason: unknown;
@@ -103,9 +109,11 @@ export class CallCancelledError extends HttpError {
  * Runs one statement of a call, cancelled in the database if `signal` aborts while it runs: PostgreSQL's
  * cancel request is sent (sendCancel, on a connection of its own, not one of the pool's), the statement
  * fails with 57014 and the call's transaction rolls back, instead of the request holding its pooled
- * connection until its wait ended (for a lock: the lock or statement timeout). A signal that aborted
- * before the statement is sent sends none. The listener is there only while the statement runs, so a
- * signal that aborts after the last one answered cancels nothing: the transaction commits.
+ * connection until its wait ended (for a lock: the lock or statement timeout). A request that the database
+ * does not act on (refused, or one that came between two messages of the statement: sendCancel) leaves the
+ * statement to run on and answer. A signal that aborted before the statement is sent sends none: the
+ * statement is not sent, and the transaction rolls back. The listener is there only while the statement
+ * runs, so a signal that aborts after the last one answered cancels nothing: the transaction commits.
  *
  * A cancel request names a backend (its pid and secret key), not a statement: it cancels whatever that
  * backend runs when it arrives. So a statement that ends on its own while the request is on its way
