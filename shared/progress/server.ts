@@ -79,7 +79,10 @@ export function createProgressHandlerFromEnv(
         // Works behind Supavisor in transaction mode too (no named prepared statements). A cancel request
         // (a client that left, store.ts) passes through Supavisor only while the transaction is open and
         // is not ordered with the function's next statement there (README, "A client that leaves"); each
-        // request is one transaction, so whatever it meets commits whole or not at all.
+        // request is one transaction, so whatever it meets commits whole or not at all. Unprepared, each
+        // statement takes two round trips (Parse and Describe, then Bind and Execute), between which the
+        // backend ignores a cancel request: the store sends one that came then again (sendCancel).
+        // This pool is its store's alone (ConnectionTurns in store.ts): nothing else here queries it.
         prepare: false,
         idle_timeout: 20,
         connect_timeout: 5,

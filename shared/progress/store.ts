@@ -8,6 +8,7 @@
 // overloaded or too slow -> 503, a call cancelled by its signal -> CallCancelledError (503), everything
 // else -> 500 (a bug, logged by the handler).
 
+import { setImmediate } from "node:timers";
 import postgres from "postgres";
 import type { JwtClaims } from "../auth/jwt.ts";
 import { HttpError } from "../http/errors.ts";
@@ -146,16 +147,16 @@ async function cancellable<T extends readonly postgres.MaybeRow[]>(
 type Canceller = (query: unknown) => unknown;
 
 /**
- * Sends PostgreSQL's cancel request for `query` while it runs on its connection, and settles (never
- * rejects) once the request has ended: delivered (the server closes the request's connection once it has
- * signalled the backend) or failed (the server refused or reset the connection; the statement then runs on).
+ * Sends PostgreSQL's cancel request for `query` while it runs on its connection, and settles (never rejects)
+ * once the request has ended: delivered (the server closes the request's connection once it has signalled the
+ * backend) or failed (the server refused or reset the connection; the statement then runs on).
  *
- * Not query.cancel(): postgres.js 3.4 sends the same request there but drops its promise, so a request
- * whose connection failed was an unhandled rejection, which ends a Deno process (the function's isolate),
- * and no one could wait for a request to arrive. This calls what query.cancel() wraps, a pool's
- * cancel(query) (the query's `canceller`, which returns that promise): `canceller` when given
- * (cancellerApart's), else the query's own. Internals of postgres.js (pinned in deno.json); were they gone
- * (another version), query.cancel() is called as before, unwaited and its failure unhandled, and
+ * Not query.cancel(): postgres.js 3.4 sends the same request there but drops its promise, so a request whose
+ * connection failed was an unhandled rejection, which ends a Deno process (the function's isolate), and no
+ * one could wait for a request to arrive. This calls what query.cancel() wraps, a pool's cancel(query) (the
+ * query's `canceller`, which returns that promise): `canceller` when given (cancellerApart's), else the
+ * query's own. Internals of postgres.js (pinned in deno.json); were they gone (another version),
+ * query.cancel() is called as before, unwaited and its failure unhandled, and
  * tests/functions/progress_client_gone.test.ts fails. The wait is bounded: postgres.js gives the request's
  * connection the pool's connect_timeout.
  *
@@ -163,18 +164,26 @@ type Canceller = (query: unknown) => unknown;
  * around it, and there postgres.js's cancel(query) wedges the transaction for good. A query awaited but not
  * yet handed to its connection (postgres.js does that a microtask later) it rejects itself, as if it were
  * still in the pool's queue; the transaction's connection then skips it and takes nothing more, so the
- * transaction's ROLLBACK waits forever (the call never ends, its turn and connection never come back). For
- * a query that has answered (its await not yet gone on) it keeps the request for when the query runs,
- * which it never will, and the promise never settles. So an abort before the handover waits for it (a
- * timer: after every microtask) and one after the answer sends nothing: the statement answered, and the
- * call's next statement (cancellable) or the transaction's COMMIT goes on as after any abort that comes
- * once a statement answered. (A query sent behind another on its connection would be `state` set, not
- * `active`: a call's statements run one at a time here, each alone on the transaction's connection; if one
- * ever were, it would get no request and run to its end. Were `state` or `active` gone, in another
- * version, no request would be sent at all, and the cancelling tests of progress_client_gone.test.ts fail.)
+ * transaction's ROLLBACK waits forever (the call never ends, its turn and connection never come back). For a
+ * query that has answered (its await not yet gone on) it keeps the request for when the query runs, which it
+ * never will, and the promise never settles. So an abort before the handover waits for it (a timer: after
+ * every microtask) and one after the answer sends nothing: the statement answered, and as after any abort
+ * that comes once a statement answered, the call's next statement is not sent (cancellable: the transaction
+ * rolls back) or, after its last, the transaction commits. (A query sent behind another on its connection
+ * would be `state` set, not `active`: a call's statements run one at a time here, each alone on the
+ * transaction's connection; if one ever were, it would get no request and run to its end. Were `state` or
+ * `active` gone, in another version, no request would be sent at all, and the cancelling tests of
+ * progress_client_gone.test.ts fail.)
+ *
+ * A request sent during the statement's first round trip (postgres.js sends a statement with parameters as
+ * Parse and Describe, then Bind and Execute: executeWritten) may reach the backend while it waits for the
+ * Bind, where PostgreSQL ignores it: the statement then ran to its end or its timeouts. So such a request,
+ * once it has arrived, is sent a second time once the Execute is written, if the statement still runs; a
+ * statement's cancel costs at most two requests. The second one, like the first, may find the statement ended
+ * (the backend idle in the transaction: ignored) but nothing else, as the call waits for it too.
  */
 async function sendCancel(query: { cancel(): void }, canceller: Canceller | undefined): Promise<void> {
-  const internal = query as unknown as { canceller?: unknown; state?: unknown; active?: unknown };
+  const internal = query as unknown as QueryInternals;
   if (typeof internal.canceller !== "function") {
     query.cancel();
     return;
@@ -182,13 +191,88 @@ async function sendCancel(query: { cancel(): void }, canceller: Canceller | unde
   if (!internal.state) await new Promise((handedOver) => setTimeout(handedOver, 0));
   const own = internal.canceller;
   if (!internal.state || internal.active !== true || typeof own !== "function") return;
-  internal.canceller = null; // as query.cancel() does: one cancel request per query
+  internal.canceller = null; // as query.cancel() does: one cancel request per query (two: see below)
   const send = canceller ?? (own as Canceller);
+  // Sent in the statement's first round trip (Parse and Describe, postgres.js's `describeFirst`), the
+  // request may find the backend waiting for the Bind: ignored there. So it is sent once more once the
+  // Execute is written (see executeWritten), unless the statement has ended by then.
+  const executing = internal.describeFirst === true ? executeWritten(internal) : undefined;
   try {
     await send(query);
   } catch {
     // Refused or reset: the statement runs on, and the call ends as it would have.
+    return;
   }
+  if (!executing || !(await executing)) return;
+  // postgres.js hands the buffered Bind and Execute to its socket in a setImmediate (write()), queued before
+  // this one: the request goes after them.
+  await new Promise((written) => setImmediate(written));
+  if (internal.active !== true) return;
+  try {
+    await send(query);
+  } catch {
+    // As above.
+  }
+}
+
+/** What sendCancel reads of a postgres.js 3.4.9 Query (query.js) that is not in its types. */
+interface QueryInternals {
+  canceller?: unknown;
+  /** Set (to its connection's pid and secret key) once handed to its connection. */
+  state?: unknown;
+  /** True while the query is its connection's current query, until it settles. */
+  active?: unknown;
+  /** True until the Bind and Execute of a statement sent in two round trips are written. */
+  describeFirst?: unknown;
+}
+
+/**
+ * Resolves true once postgres.js has written the Bind and Execute of `query`, a statement it sends in two
+ * round trips, or false if the query settles first (failed in its Parse, its connection lost).
+ *
+ * postgres.js 3.4.9 (connection.js build()) sends a statement that has parameters and is not prepared
+ * already (always so with `prepare: false`, server.ts's: every statement of a store call) as Parse and
+ * Describe with a Flush, and only when the server has described its parameters (ParameterDescription)
+ * writes the Bind, Execute and Sync and sets `describeFirst` to false. Between the two the backend waits for
+ * the Bind, reading from its client, and there PostgreSQL ignores a cancel request (postgres.c,
+ * ProcessInterrupts: "If we are reading a command from the client, just ignore the cancel request"; so it
+ * does for one that came while it parsed, once it reads the next message), so the statement then ran to its
+ * end as if no one had asked. Watched through an accessor on the query (postgres.js assigns the property,
+ * it never defines it), put back as a plain property once the query settles or the Execute was written.
+ * The Execute, buffered when this resolves, is handed to the socket at the next setImmediate (at once when
+ * large); sendCancel sends the second request after that, on a connection still to be opened, which the
+ * server must accept and read before it signals the backend, so the backend has the Execute long before.
+ * The request can still come too early if the backend has not read the Execute by then (a backend or link
+ * that stalls just then), and then it is ignored as the first was: the statement runs to its end or its
+ * timeouts, as every statement did before.
+ */
+function executeWritten(query: QueryInternals): Promise<boolean> {
+  let value = query.describeFirst;
+  const { promise, resolve } = Promise.withResolvers<boolean>();
+  let settled = false;
+  const settle = (written: boolean) => {
+    if (settled) return;
+    settled = true;
+    Object.defineProperty(query, "describeFirst", {
+      value,
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+    resolve(written);
+  };
+  Object.defineProperty(query, "describeFirst", {
+    enumerable: true,
+    configurable: true,
+    get: () => value,
+    set: (next) => {
+      value = next;
+      if (next === false) settle(true);
+    },
+  });
+  // Not the query's own then() (postgres.js's, which would hand it over): Promise's, as a listener only.
+  Promise.prototype.then.call(query, () => settle(false), () => settle(false));
+  return promise;
 }
 
 /**
@@ -231,8 +315,8 @@ const cancellers = new WeakMap<postgres.Sql, Canceller>();
 
 /**
  * The turns of the calls on one pool at its connections: at most `size` (the pool's max) transactions at
- * once, the other calls waiting in the order they came. A call waits here, not in postgres.js's queue, for
- * a query cannot be taken back from there once sql.begin() has queued its BEGIN (the pool's cancel(query)
+ * once, the other calls waiting in the order they came. A call waits here, not in postgres.js's queue, for a
+ * query cannot be taken back from there once sql.begin() has queued its BEGIN (the pool's cancel(query)
  * removes a queued query, but begin() keeps its BEGIN to itself): a call whose signal aborted while it waited
  * stayed in line, and once a connection was free it sent BEGIN and ROLLBACK and only then answered. Here it
  * leaves the line at once (CallCancelledError), has sent nothing and takes no one's turn. `take` adds an
@@ -240,9 +324,23 @@ const cancellers = new WeakMap<postgres.Sql, Canceller>();
  * leaves.
  *
  * A turn is given back once its transaction has ended (committed, rolled back, or its connection lost), by
- * then postgres.js has put the connection back in the pool, so the next call finds it free. Calls on the pool
- * made outside a store (none in server.ts) take no turn: with them about, a call with a turn may still wait
- * in postgres.js's queue, as before.
+ * then postgres.js has put the connection back in the pool, so the next call finds it free.
+ *
+ * Queries on the pool made outside a store take no turn, and the function makes none: server.ts makes its
+ * pool for its store alone and hands it to no one else (index.ts gets the handler), and every database call
+ * of the handler, reads and writes alike, is a store call; there is no health check or query of the server's
+ * own. What postgres.js sends by itself takes no connection of another call: the array types it reads when a
+ * connection opens (fetch_types) go on the connection a turn's BEGIN opens, before that BEGIN; cancel
+ * requests go on connections of their own, never the pool's (cancellerApart); end() (server.ts's close, or a
+ * pool replaced when the environment changed) ends connections as their transactions end, and a call that
+ * still waits in the line then fails as on an ended pool (CONNECTION_ENDED: a 503). So a call with its turn
+ * finds a connection free (open, or closed and opened for it). tests/functions/progress_client_gone.test.ts
+ * shows it for the function's own pool: with its one connection busy, a read waits here, listening to its
+ * signal, and leaves at once. A program that also queries a store's pool directly (tests do, one thing at a
+ * time) takes connections without a turn: a call with its turn may then wait in postgres.js's queue behind
+ * those queries, first come first served (there an abort cannot take its BEGIN back, as before this line),
+ * and they wait behind at most the line's `size` transactions, each bounded by its lock and statement
+ * timeouts.
  */
 interface ConnectionTurns {
   /** Resolves, once the call may begin its transaction, with the function that gives the turn back. */

@@ -27,6 +27,13 @@
 //   * a signal that aborts in the gap just before a statement is handed to its connection, or just after it
 //     answered, ends the call (cancelled; answered and committed) and leaves the pool's connection and turn
 //     free, instead of postgres.js's cancel wedging the transaction (the call never ended).
+//   * a cancel request that reaches the backend between a statement's Parse and its Bind (prepare: false:
+//     two round trips; the proxy holds the Parse's answer until the request has arrived), which PostgreSQL
+//     ignores there, is sent again once the Execute is written, and cancels the write waiting for the user's
+//     other write.
+// And the function's own pool (createProgressHandlerFromEnv, one connection) serves store calls alone:
+// with its connection busy (a write whose statement a TCP proxy holds on its way), a read waits in the
+// store's line, listening to its signal, with nothing sent, and ends at once when its client leaves.
 // And every store call (answered, failed in the database, thrown, aborted before it began, cancelled,
 // waiting for a connection then answered or left) removes every listener it added to its signal.
 
@@ -35,6 +42,7 @@ import postgres from "postgres";
 import { createJwtVerifier } from "../../shared/auth/jwt.ts";
 import { createProgressHandler } from "../../shared/progress/handler.ts";
 import { progressWriteSchema } from "../../shared/progress/schemas.ts";
+import { createProgressHandlerFromEnv } from "../../shared/progress/server.ts";
 import { HttpError } from "../../shared/http/errors.ts";
 import { createPostgresProgressStore, type ProgressStore } from "../../shared/progress/store.ts";
 import { createTestUser, mintsTokens } from "../support/env.ts";
@@ -1061,6 +1069,298 @@ Deno.test({
       await endHeld(held);
       await pool.end({ timeout: 5 });
       await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+/**
+ * A TCP proxy to the test database for a pool of one connection, every connection forwarded: on the
+ * first (the pool's), once the client has sent a message that holds `marker` (the Parse of the statement
+ * that text names), `hold` says what is held until release(): "answer", what the server answers after it
+ * (the backend has answered that statement's Parse and Describe and waits for its Bind, which postgres.js
+ * sends only once it has that answer); "statement", that message and what the client sends after it (the
+ * statement never reaches the backend, idle in the call's transaction: no timeout of the statement runs).
+ * Every later connection (a cancel request, on a connection of its own) is forwarded, the first at once, the
+ * others once letCancelsThrough() was called (so that a test can choose when they reach the backend);
+ * `cancels` counts those that came, cancelsEnded(n) settles once n of them have ended (the server closes a
+ * cancel request's connection once it has signalled the backend: the request has arrived).
+ */
+function statementHoldingProxy(marker: string, hold: "answer" | "statement" = "answer") {
+  const target = new URL(testEnv().dbUrl);
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = new URL(target);
+  url.hostname = "127.0.0.1";
+  url.port = String((listener.addr as Deno.NetAddr).port);
+  const conns: Deno.Conn[] = [];
+  const pumps: Promise<unknown>[] = [];
+  const latin1 = new TextDecoder("latin1");
+  let seen = ""; // the client's last bytes, so that a marker split between two reads is found
+  let holding = false;
+  let released = false;
+  const held: Uint8Array[] = [];
+  const heldCame = Promise.withResolvers<void>();
+  let toClient: WritableStreamDefaultWriter<Uint8Array> | undefined;
+  let toServer: WritableStreamDefaultWriter<Uint8Array> | undefined;
+  let cancels = 0;
+  let ended = 0;
+  const endWaiters: { n: number; resolve: () => void }[] = [];
+  const connect = async () => {
+    const upstream = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 5432) });
+    conns.push(upstream);
+    return upstream;
+  };
+  const pool = async (conn: Deno.Conn) => {
+    const upstream = await connect();
+    toClient = conn.writable.getWriter();
+    toServer = upstream.writable.getWriter();
+    const clientToServer = (async () => {
+      for await (const chunk of conn.readable) {
+        if (!holding) {
+          seen = (seen + latin1.decode(chunk)).slice(-(marker.length + chunk.length));
+          if (seen.includes(marker)) holding = true;
+        }
+        if (hold === "statement" && holding && !released) {
+          held.push(chunk);
+          heldCame.resolve();
+        } else await toServer!.write(chunk);
+      }
+    })();
+    const serverToClient = (async () => {
+      for await (const chunk of upstream.readable) {
+        if (hold === "answer" && holding && !released) {
+          held.push(chunk);
+          heldCame.resolve();
+        } else await toClient!.write(chunk);
+      }
+    })();
+    await Promise.allSettled([clientToServer, serverToClient]);
+  };
+  const cancelsLetThrough = Promise.withResolvers<void>();
+  const cancelRequest = async (conn: Deno.Conn) => {
+    cancels++;
+    if (cancels > 1) await cancelsLetThrough.promise;
+    const upstream = await connect();
+    await Promise.allSettled([
+      conn.readable.pipeTo(upstream.writable),
+      upstream.readable.pipeTo(conn.writable),
+    ]);
+    ended++;
+    for (const waiter of endWaiters.filter((w) => w.n <= ended)) waiter.resolve();
+  };
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      pumps.push((conns.length === 1 ? pool(conn) : cancelRequest(conn)).catch(() => {}));
+    }
+  })().catch(() => {});
+  return {
+    url: url.toString(),
+    get cancels() {
+      return cancels;
+    },
+    /** Settles once the proxy holds something (`hold`'s). */
+    get holds() {
+      return guarded(heldCame.promise, `the marked statement's ${hold}, held`);
+    },
+    /** Settles once `n` cancel requests have ended. */
+    cancelsEnded(n: number): Promise<void> {
+      if (ended >= n) return Promise.resolve();
+      const { promise, resolve } = Promise.withResolvers<void>();
+      endWaiters.push({ n, resolve });
+      return guarded(promise, `end of cancel request ${n}`);
+    },
+    /** Forwards the cancel requests after the first, those held and those to come. */
+    letCancelsThrough: () => cancelsLetThrough.resolve(),
+    /** Sends what was held on, and everything after it as it comes. */
+    async release() {
+      released = true;
+      const to = hold === "answer" ? toClient! : toServer!;
+      for (const chunk of held.splice(0)) await to.write(chunk);
+    },
+    async close() {
+      released = true;
+      cancelsLetThrough.resolve();
+      try {
+        listener.close();
+      } catch { /* closed already */ }
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      }
+      await accepting;
+      await Promise.allSettled(pumps);
+    },
+  };
+}
+
+Deno.test({
+  name:
+    "a cancel request that reaches the backend between a statement's Parse and its Bind (prepare: false) " +
+    "is sent again once the Execute is written: the write waiting for the user's other write is cancelled",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const proxy = statementHoldingProxy("public.write_reading_progress(");
+    const applicationName = `readsync-cancel-parse-${crypto.randomUUID().slice(0, 8)}`;
+    const pool = proxiedPool(proxy.url, applicationName);
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const series = seriesId("cancel-parse");
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      held = await userWriteInProgress(holder, user.id, seriesId("cancel-parse-held"));
+      const store = longWaitStore(pool);
+      const client = new AbortController();
+      const writing = writeAs(store, user.id, series, client.signal);
+      writing.catch(() => {}); // awaited below
+      // The write's Parse and Describe answered, that answer held: its backend waits for the Bind.
+      await proxy.holds;
+      client.abort(new Error("gone during the write's Parse round trip"));
+      // Its cancel request has arrived at a backend reading from its client: PostgreSQL ignored it.
+      await proxy.cancelsEnded(1);
+      // The answer goes on, postgres.js sends the Bind and Execute, and the write waits for the lock; a
+      // cancel request sent after that one reaches the backend only then (the store sends it once the
+      // Execute is written: in the function it would come after it, here the test sees to that). The
+      // user's other write stays open until the call has ended: only a cancel request can end the wait
+      // (the hang guard ends the test first). Before, the one request had been ignored and the write
+      // waited on.
+      await proxy.release();
+      await waitingBackend(admin, applicationName, holderPid);
+      proxy.letCancelsThrough();
+      const ended = await guarded(
+        writing.then(() => "answered", (e) => e instanceof HttpError ? `${e.name} ${e.status}` : String(e)),
+        "end of the write whose cancel request came during its Parse round trip, while the user's other " +
+          "write is open",
+      );
+      assert.equal(ended, "CallCancelledError 503");
+      assert.equal(proxy.cancels, 2, "the request, and once more when the Execute was written");
+      held.release();
+      await held.done;
+      assert.deepEqual(await storedSeries(admin, user.id, [series]), [], "nothing of the write was stored");
+    } finally {
+      await endHeld(held);
+      await pool.end({ timeout: 5 });
+      await proxy.close();
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+/**
+ * `req` with a signal of its own that aborts when req's does (with its reason), and that resolves
+ * `listened` when the function first adds an abort listener to it.
+ */
+function withListenedSignal(req: Request, listened: () => void): Request {
+  const follows = new AbortController();
+  const original = req.signal;
+  if (original.aborted) follows.abort(original.reason);
+  else original.addEventListener("abort", () => follows.abort(original.reason), { once: true });
+  const signal = follows.signal;
+  const add = signal.addEventListener.bind(signal);
+  signal.addEventListener = ((...args: Parameters<AbortSignal["addEventListener"]>) => {
+    if (args[0] === "abort") listened();
+    add(...args);
+  }) as AbortSignal["addEventListener"];
+  Object.defineProperty(req, "signal", { value: signal });
+  return req;
+}
+
+Deno.test({
+  name:
+    "the function's own pool (createProgressHandlerFromEnv) is reached through its store alone: with its " +
+    "one connection busy, a read waits in the store's line, sends nothing, and ends at once when its client leaves",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const env = testEnv();
+    const admin = adminSql({ max: 1 });
+    // The pool's one connection is kept busy by a write whose statement the proxy holds on its way: the
+    // call runs it, its backend idle in the transaction, with no timeout of the database running.
+    const proxy = statementHoldingProxy("public.write_reading_progress(", "statement");
+    const applicationName = `readsync-own-pool-${crypto.randomUUID().slice(0, 8)}`;
+    // The pool server.ts makes, its backends named so (the URL's application_name wins in postgres.js).
+    const dbUrl = new URL(proxy.url);
+    dbUrl.searchParams.set("application_name", applicationName);
+    const vars: Record<string, string> = {
+      PROGRESS_DB_URL: dbUrl.toString(),
+      PROGRESS_DB_POOL_MAX: "1",
+      SUPABASE_JWT_SECRET: env.jwtSecret ?? "",
+    };
+    const log = logRecorder();
+    const handler = createProgressHandlerFromEnv({ get: (name) => vars[name] }, { log: log.sink });
+    // The function listens to a request's signal, by the request's x-test-request header.
+    const listened = new Map<string, PromiseWithResolvers<void>>();
+    const listenedTo = (name: string) => {
+      if (!listened.has(name)) listened.set(name, Promise.withResolvers<void>());
+      return listened.get(name)!;
+    };
+    const server = serveLocal((req) => {
+      const name = req.headers.get("x-test-request");
+      return handler(name ? withListenedSignal(req, () => listenedTo(name).resolve()) : req);
+    });
+    const base = `${server.url}/progress`;
+    try {
+      const [first, reader] = [await createTestUser(), await createTestUser()];
+      const firstSeries = seriesId("own-pool-first");
+      // The first user's write takes the pool's one connection; its statement is held on its way.
+      let firstSettled = false;
+      const firstSent = fetch(base, {
+        method: "POST",
+        headers: { authorization: `Bearer ${first.accessToken}`, "content-type": "application/json" },
+        body: JSON.stringify(write({ series_id: firstSeries })),
+      }).finally(() => firstSettled = true);
+      firstSent.catch(() => {}); // awaited below
+      await proxy.holds;
+      const [{ pid: firstPid }] = await admin<{ pid: number }[]>`
+        select pid from pg_catalog.pg_stat_activity where application_name = ${applicationName}`;
+      const reads = { get: `${base}/series/${seriesId("own-pool-read")}`, list: `${base}?limit=5` };
+      for (const [name, readUrl] of Object.entries(reads)) {
+        const client = new AbortController();
+        const sent = fetch(readUrl, {
+          headers: { authorization: `Bearer ${reader.accessToken}`, "x-test-request": name },
+          signal: client.signal,
+        });
+        sent.catch(() => {}); // aborted below
+        // The first listener the function adds to a read's signal is the store's: its turn's, while it
+        // waits in the line (a statement's comes only once it has the connection). A query of the pool
+        // outside the store (a health check, the server's own) would wait in postgres.js's queue, where
+        // nothing listens and nothing leaves, and this would not come.
+        await guarded(listenedTo(name).promise, `the ${name} read listening to its signal`);
+        const backends = await admin<{ pid: number; state: string }[]>`
+          select pid, state from pg_catalog.pg_stat_activity where application_name = ${applicationName}`;
+        assert.deepEqual(
+          backends.map(({ pid, state }) => ({ pid, state })),
+          [{ pid: firstPid, state: "idle in transaction" }],
+          "the pool's one backend, in the first write's transaction: nothing of the read was sent",
+        );
+        client.abort();
+        await assert.rejects(sent, { name: "AbortError" });
+        const path = new URL(readUrl).pathname;
+        const entry = await until(
+          () => Promise.resolve(log.entries.find((e) => e.event === "request_cancelled" && e.path === path)),
+          `a request_cancelled line for the ${name} read`,
+        );
+        assert.equal(entry.user_id, reader.id);
+        assert.ok(!firstSettled, `the first write still held the connection when the ${name} read ended`);
+      }
+      await proxy.release();
+      const firstAnswer = await guarded(firstSent, "answer of the first write");
+      assert.equal(firstAnswer.status, 200, await firstAnswer.text());
+      // The line gave every turn back: the reads, sent again, are answered.
+      const answered: Record<string, number> = {};
+      for (const [name, readUrl] of Object.entries(reads)) {
+        const again = await fetch(readUrl, { headers: { authorization: `Bearer ${reader.accessToken}` } });
+        await again.body?.cancel();
+        answered[name] = again.status;
+      }
+      assert.deepEqual(answered, { get: 404, list: 200 }, "the series was never written: 404");
+    } finally {
+      await proxy.release();
+      await server.shutdown();
+      await handler.close();
+      await proxy.close();
+      await admin.end();
     }
   },
 });
