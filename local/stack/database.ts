@@ -2,27 +2,87 @@
 // already a Supabase one), then our migrations, applied by the real Supabase CLI.
 
 import { onCleanup } from "./cleanup.ts";
-import { findPostgresBinaries } from "./system.ts";
+import { exists, findPostgresBinaries } from "./system.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 export const BOOTSTRAP_SQL = `${ROOT}local/platform/bootstrap.sql`;
-const SUPABASE_CLI = `${ROOT}node_modules/.bin/supabase`;
+/** The npm package's launcher: a node script that runs the CLI's binary (see supabaseCliBinary). */
+const SUPABASE_LAUNCHER = `${ROOT}node_modules/.bin/supabase`;
+
+/**
+ * The Supabase CLI's own binary, as its npm launcher (node_modules/supabase/dist/supabase.js) finds it:
+ * SUPABASE_CLI_BINARY_OVERRIDE when set, else `bin/supabase` of the first of this platform's packages
+ * (@supabase/cli-<os>-<cpu>, then the -musl one on Linux) that is installed, where node would resolve it
+ * from that script (node_modules/supabase/node_modules, then node_modules). Null when none is: the launcher
+ * then runs and says what is missing in its own words.
+ */
+export function supabaseCliBinary(): string | null {
+  const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
+  if (override) return override;
+  const os =
+    ({ linux: "linux", darwin: "darwin", windows: "windows" } as Record<string, string>)[Deno.build.os];
+  const cpu = ({ x86_64: "x64", aarch64: "arm64" } as Record<string, string>)[Deno.build.arch];
+  if (!os || !cpu) return null;
+  const suffixes = os === "linux" ? [`linux-${cpu}`, `linux-${cpu}-musl`] : [`${os}-${cpu}`];
+  const ext = os === "windows" ? ".exe" : "";
+  for (const suffix of suffixes) {
+    for (const modules of [`${ROOT}node_modules/supabase/node_modules`, `${ROOT}node_modules`]) {
+      const pkg = `${modules}/@supabase/cli-${suffix}`;
+      if (exists(`${pkg}/package.json`)) return `${pkg}/bin/supabase${ext}`;
+    }
+  }
+  return null;
+}
+
+/**
+ * Runs a child to its end and returns its exit status and output. It is registered with the exit cleanups
+ * (cleanup.ts) while it runs, in a process group of its own that the cleanup kills whole (and waits for):
+ * a stop that comes meanwhile (SIGTERM, SIGHUP, a parent gone: what reaches this process alone, not the
+ * child) ends it before the cluster it talks to is torn down, instead of the stopped process exiting with
+ * the child still running (a psql or a CLI waiting on a database that is gone, or on one that never answers).
+ */
+async function runRegistered(
+  cmd: string,
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): Promise<{ success: boolean; stdout: string; stderr: string }> {
+  const child = new Deno.Command(cmd, {
+    args,
+    cwd: options.cwd,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: options.env,
+    detached: true,
+  }).spawn();
+  const forget = onCleanup(async () => {
+    try {
+      Deno.kill(-child.pid, "SIGKILL");
+    } catch { /* the group is gone */ }
+    await child.status;
+  });
+  try {
+    const out = await child.output();
+    const decoder = new TextDecoder();
+    return { success: out.success, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+  } finally {
+    forget();
+  }
+}
 
 export function psqlPath(): string {
   const bins = findPostgresBinaries();
   return bins ? `${bins.binDir}/psql` : "psql";
 }
 
-/** Runs SQL through psql (stops on the first error) and returns its stdout. */
+/**
+ * Runs SQL through psql (stops on the first error) and returns its stdout. Registered with the exit
+ * cleanups while it runs, as the CLI is (runRegistered): a stop during the stack's bootstrap ends it.
+ */
 export async function psql(dbUrl: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(psqlPath(), {
-    args: ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbUrl, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  if (!out.success) throw new Error(`psql failed:\n${new TextDecoder().decode(out.stderr)}${stdout}`);
-  return stdout;
+  const out = await runRegistered(psqlPath(), ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbUrl, ...args]);
+  if (!out.success) throw new Error(`psql failed:\n${out.stderr}${out.stdout}`);
+  return out.stdout;
 }
 
 export async function isSupabaseDatabase(dbUrl: string): Promise<boolean> {
@@ -51,35 +111,19 @@ export function cliDbUrl(dbUrl: string): string {
 }
 
 /**
- * Runs the Supabase CLI to its end. Its run is registered with the exit cleanups (cleanup.ts) while it runs:
- * a stop that comes meanwhile (SIGTERM, SIGHUP, a parent gone: what reaches this process alone, not the
- * CLI; npm start's `supabase db push` as its stack starts) ends it before the cluster it writes to is torn
- * down, instead of the stopped process exiting with the CLI (its node launcher and the binary that launcher
- * runs) still running against a database that is gone. In a process group of its own, killed whole.
+ * Runs the Supabase CLI to its end: its binary itself (supabaseCliBinary), not through the npm package's
+ * node launcher, which only finds that binary and runs it (a node start more per run, ≈ 0.1–0.2 s of CPU
+ * on this machine, and a process more to end); the launcher only when no binary is found. Registered with
+ * the exit cleanups while it runs, in a process group of its own killed whole (runRegistered): a stop that
+ * comes meanwhile (npm start's `supabase db push` as its stack starts) ends it before the cluster it writes
+ * to is torn down.
  */
 export async function supabaseCli(args: string[]): Promise<{ ok: boolean; output: string }> {
-  const child = new Deno.Command(SUPABASE_CLI, {
-    args,
+  const out = await runRegistered(supabaseCliBinary() ?? SUPABASE_LAUNCHER, args, {
     cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
     env: { SUPABASE_TELEMETRY_DISABLED: "1", DO_NOT_TRACK: "1" },
-    detached: true,
-  }).spawn();
-  const forget = onCleanup(async () => {
-    try {
-      Deno.kill(-child.pid, "SIGKILL");
-    } catch { /* the group is gone */ }
-    await child.status;
   });
-  try {
-    const out = await child.output();
-    const output = (new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr)).trim();
-    return { ok: out.success, output };
-  } finally {
-    forget();
-  }
+  return { ok: out.success, output: (out.stdout + out.stderr).trim() };
 }
 
 /** `supabase db push` against the database; throws with the CLI's own output on failure. */

@@ -121,21 +121,21 @@ Deno.test({
 Deno.test({
   name:
     "a stop (SIGTERM, to the stack's process alone) during the stack's supabase db push ends the push: no CLI " +
-    "process (its node launcher, the binary it runs) is left once the stopped process has exited",
+    "process (the binary, a process it started) is left once the stopped process has exited",
   sanitizeOps: false,
   sanitizeResources: false,
 }, async () => {
   const stackModule = new URL("./stack.ts", import.meta.url).href;
   const dir = await Deno.makeTempDir({ prefix: "readsync-push-stop-" });
-  // The CLI's binary, through its real node launcher (node_modules/.bin/supabase, which runs the binary
-  // SUPABASE_CLI_BINARY_OVERRIDE names): a push still under way when the stop comes, which would end only
-  // once its database is gone (the real one against a cluster torn down) or never (this one); it says it
-  // has begun, with its own pid and its launcher's.
+  // The CLI's binary (SUPABASE_CLI_BINARY_OVERRIDE, which the stack runs itself): a push still under way
+  // when the stop comes, which would end only once its database is gone (the real one against a cluster torn
+  // down) or never (this one), with a process of its own started (as the real binary may run another: the
+  // whole process group is ended); it says it has begun, with its own pid and that process's.
   const binary = `${dir}/supabase`;
   const began = `${dir}/began`;
   await Deno.writeTextFile(
     binary,
-    `#!/bin/sh\necho "$$ $PPID" > '${began}.tmp'\nmv '${began}.tmp' '${began}'\nexec sleep 300\n`,
+    `#!/bin/sh\nsleep 300 &\necho "$$ $!" > '${began}.tmp'\nmv '${began}.tmp' '${began}'\nexec sleep 300\n`,
   );
   await Deno.chmod(binary, 0o755);
   /** Whether `pid` runs (a zombie, not yet reaped by whoever inherited it, has ended). */
@@ -169,7 +169,9 @@ Deno.test({
     assert.deepEqual(
       pids.filter(running),
       [],
-      `the push's processes (binary ${pids[0]}, launcher ${pids[1]}) ended with the stopped process`,
+      `the push's processes (binary ${pids[0]}, the process it started ${
+        pids[1]
+      }) ended with the stopped process`,
     );
   } finally {
     for (const pid of pids) {
