@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { freePort, type LocalPostgres, startPostgres } from "./postgres.ts";
 import { findPostgresBinaries } from "./system.ts";
+import { runDenoChild } from "../../tests/support/denoChild.ts";
 
 /** `promise`, or an error naming `what` once a hang guard (30 s) has passed (a guard, not a timing). */
 async function guarded<T>(promise: Promise<T>, what: string, guardMs = 30_000): Promise<T> {
@@ -396,8 +397,11 @@ Deno.test({
         ["bin", templates],
         "no cluster directory is left",
       );
+      // (The binary's version, kept there once asked, is no template.)
       assert.deepEqual(
-        [...Deno.readDirSync(`${tmp}/${templates}`)].map((entry) => entry.name),
+        [...Deno.readDirSync(`${tmp}/${templates}`)].map((entry) => entry.name).filter((name) =>
+          !name.startsWith("version-")
+        ),
         [],
         "no half-built template is left",
       );
@@ -623,3 +627,142 @@ Deno.test({
     held.close();
   }
 });
+
+/**
+ * A directory of PostgreSQL binaries under `tmp` that findPostgresBinaries picks once it leads PATH: the
+ * real ones (symlinks), but `postgres` a script that appends a line to `${tmp}/calls` for each
+ * `--version` asked of it (then runs `onVersion`, shell text) before it runs the real binary, and `id` a
+ * script that appends its arguments there before it runs the real `id`. Readable by the cluster's OS user
+ * (the server and initdb run as it when root).
+ */
+async function binariesThatLogTheirCalls(tmp: string, onVersion = ""): Promise<string> {
+  const real = findPostgresBinaries()!.binDir;
+  const dir = `${tmp}/bin`;
+  await Deno.mkdir(dir, { mode: 0o755 });
+  await Deno.chmod(dir, 0o755);
+  for (const bin of ["initdb", "pg_isready", "psql", "pg_basebackup"]) {
+    await Deno.symlink(`${real}/${bin}`, `${dir}/${bin}`);
+  }
+  const id = ["/usr/bin/id", "/bin/id"].find((path) => {
+    try {
+      return Deno.statSync(path).isFile;
+    } catch {
+      return false;
+    }
+  })!;
+  await Deno.writeTextFile(
+    `${dir}/postgres`,
+    `#!/bin/sh\nif [ "$1" = "--version" ]; then echo "postgres --version" >> '${tmp}/calls'; ${onVersion}\nfi\n` +
+      `exec '${real}/postgres' "$@"\n`,
+  );
+  await Deno.writeTextFile(`${dir}/id`, `#!/bin/sh\necho "id $*" >> '${tmp}/calls'\nexec '${id}' "$@"\n`);
+  for (const bin of ["postgres", "id"]) await Deno.chmod(`${dir}/${bin}`, 0o755);
+  return dir;
+}
+
+/** What a Deno process that puts `bin` first in PATH and then runs `script` (startPostgres imported) does. */
+function startWithBinaries(bin: string, script: string) {
+  const module = new URL("./postgres.ts", import.meta.url).href;
+  return runDenoChild([
+    "eval",
+    `Deno.env.set("PATH", ${JSON.stringify(bin)} + ":" + Deno.env.get("PATH"));
+     const { startPostgres } = await import(${JSON.stringify(module)});
+     ${script}`,
+  ], { timeoutMs: 120_000 });
+}
+
+Deno.test({
+  name:
+    "a start asks neither postgres --version (once asked of that binary) nor id (the cluster's OS user listed " +
+    "in /etc/passwd): a later start, in a process of its own, runs neither; a binary replaced is asked again",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPrivateTmpDir("readsync-asked-once-test-", async (tmp) => {
+    const bin = await binariesThatLogTheirCalls(tmp);
+    const calls = () => {
+      try {
+        return Deno.readTextFileSync(`${tmp}/calls`).trim().split("\n").filter(Boolean);
+      } catch {
+        return [];
+      }
+    };
+    // Each start is a process of its own, as each cold start of the stack (npm start, the benchmark) is.
+    const startAndStop = async () => {
+      const { code, stdout, stderr } = await startWithBinaries(
+        bin,
+        `const pg = await startPostgres({ log: () => {} });
+         await pg.stop();
+         Deno.exit(0);`,
+      );
+      assert.equal(code, 0, `${stdout}\n${stderr}`);
+    };
+    await startAndStop();
+    const first = calls();
+    // The first start asks the binary its version (and, the first time on a machine, makes the OS user).
+    assert.deepEqual(
+      first.filter((call) => call === "postgres --version"),
+      ["postgres --version"],
+      first.join("\n"),
+    );
+    await startAndStop();
+    assert.deepEqual(
+      calls().slice(first.length),
+      [],
+      "the second start asked neither postgres --version nor id",
+    );
+    // A package upgrade replaces the binary: a new modification time (and inode) is a binary asked anew.
+    const later = new Date(Date.now() + 60_000);
+    await Deno.utime(`${bin}/postgres`, later, later);
+    const before = calls().length;
+    await startAndStop();
+    assert.deepEqual(
+      calls().slice(before),
+      ["postgres --version"],
+      "the replaced binary was asked its version",
+    );
+  }));
+
+Deno.test({
+  name:
+    "a stop (SIGTERM) during the initdb template's look-up ends the start saying it was torn down, not that " +
+    "it runs initdb, and leaves nothing behind",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPrivateTmpDir("readsync-lookup-stopped-test-", async (tmp) => {
+    // postgres --version says it has begun (with its pid) and never ends: the stop comes during the look-up.
+    const began = `${tmp}/began`;
+    const bin = await binariesThatLogTheirCalls(
+      tmp,
+      `echo $$ > '${began}.tmp'; mv '${began}.tmp' '${began}'; exec sleep 300`,
+    );
+    const { code, stdout, stderr } = await startWithBinaries(
+      bin,
+      `const began = ${JSON.stringify(began)};
+       const exists = () => { try { Deno.statSync(began); return true; } catch { return false; } };
+       void (async () => {
+         // A hang guard bounds the wait for the look-up to have begun.
+         for (let i = 0; i < 3000 && !exists(); i++) await new Promise((r) => setTimeout(r, 20));
+         Deno.kill(Deno.pid, "SIGTERM");
+       })();
+       await startPostgres({ log: (line) => console.log(line) });
+       console.log("the cluster started: the stop did not come during the look-up");`,
+    );
+    assert.equal(code, 143, `stopped by SIGTERM:\n${stdout}\n${stderr}`);
+    assert.doesNotMatch(stdout, /running initdb/, "no initdb is said to run once stopped");
+    const lookUp = Number(Deno.readTextFileSync(began).trim()); // the look-up had begun
+    assert.deepEqual(
+      [...Deno.readDirSync(tmp)].map((entry) => entry.name).filter((name) =>
+        name.startsWith("readsync-pg-") &&
+        !name.startsWith("readsync-pg-templates-")
+      ),
+      [],
+      "no cluster directory is left",
+    );
+    const ps = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdout: "piped" }).output();
+    const processes = new TextDecoder().decode(ps.stdout).split("\n").filter((line) =>
+      !line.includes("<defunct>") && (line.includes(tmp) || Number(line.trim().split(" ")[0]) === lookUp)
+    );
+    assert.deepEqual(processes, [], "no process is left behind (the look-up's neither)");
+  }));
