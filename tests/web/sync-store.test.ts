@@ -8,7 +8,7 @@ import { defaultCompareRows } from "@shared/realtime/progressContract.ts";
 import type { Progress, WriteResult } from "@shared/progress/types.ts";
 import { ServerClock } from "@shared/progress/serverClock.ts";
 import { ConflictResolver } from "@shared/progress/conflictResolver.ts";
-import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
+import { type PendingWrite, SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import { datedWrite } from "../../examples/web/lib/client/syncSession.ts";
 import { pendingWrite as write } from "./support.ts";
 
@@ -1196,7 +1196,7 @@ function farAheadThroughClear() {
   opened.addPending(turn);
   assert.equal(turn.updated_at, T1, "not dated after a write beyond the tolerance");
   const storedFromPage = row("saga", new Date(nowMs + 1_000).toISOString(), "web-f0", 4); // at the server's now()
-  return { page, opened, nowMs, fromPage, turn, storedFromPage };
+  return { storage, page, opened, nowMs, fromPage, turn, storedFromPage };
 }
 
 Deno.test("storage cleared while tabs are open: a page turn of a tab opened after it (a new device id) goes after the key the page open through the clear (the old id) got its earlier write stored under, not as dated, where it is refused as older than that write and lost", () => {
@@ -1233,6 +1233,54 @@ Deno.test("storage cleared while tabs are open: a page turn of a tab opened afte
     undefined,
     "not after the page's later write",
   );
+});
+
+/** The device ids of the writes in the saved outbox and the lists of answered writes. */
+function idsInLists(storage: Storage, store: SyncStore): string[] {
+  const keys = [store.outboxKey, store.answeredKey, store.latestAnsweredKey];
+  return keys.flatMap((key) =>
+    (JSON.parse(storage.getItem(key) ?? "[]") as PendingWrite[]).map((w) => w.device_id)
+  );
+}
+
+Deno.test("storage cleared while tabs are open: a page turn of a tab opened after it (a new device id), refused as older than a write of the page open through the clear (the old id) that no list names (its answer not written yet, the page turn replaced it in the saved outbox), is sent again after it, and settled as this browser's, not as lost to another device", () => {
+  const { storage, opened, nowMs, turn, storedFromPage } = farAheadThroughClear();
+  // The page's write is on its way, its answer not written: no list names it, nor its id.
+  assert.deepEqual(idsInLists(storage, opened), ["web-0a"], "the page turn alone in the lists");
+  assert.equal(opened.sendAgainAfter(turn, lostTo(storedFromPage)), nowMs + 1_001, "sent again after it");
+  const phone = row("saga", new Date(nowMs + 1_000).toISOString(), "phone", 6);
+  assert.equal(opened.sendAgainAfter(turn, lostTo(phone)), undefined, "not after another device's version");
+  // Settled (its tries spent): the stored version is this browser's, no other device won.
+  opened.settle(turn, lostTo(storedFromPage));
+  assert.equal(opened.getSnapshot().notices.size, 0, "not lost to another device");
+});
+
+Deno.test("storage cleared while tabs are open: the page open through it writes back its device id with its waiting write, so a tab opened after it tells that page's stored write as this browser's once the page turn replaced it in the saved outbox", () => {
+  const storage = new MemoryStorage();
+  const page = new SyncStore(USER, defaultCompareRows); // writes as web-f0
+  page.attachStorage(storage);
+  const nowMs = Date.parse(T1);
+  const fromPage = write("saga", nowMs + 3_600_000, "web-f0", 4); // an hour ahead: stored at the server's now()
+  page.addPending(fromPage); // and sent: on its way through what follows
+  storage.clear(); // the reader clears the site's data (no tab hears it)
+  const opened = new SyncStore(USER, defaultCompareRows); // as web-0a
+  opened.attachStorage(storage); // its mark: the page hears it (syncSession's storage listener) and looks
+  page.checkCleared();
+  const turn = write("saga", datedAt(opened, "saga", nowMs, "web-0a"), "web-0a", 5);
+  opened.addPending(turn);
+  assert.deepEqual(idsInLists(storage, opened), ["web-0a"], "the page turn replaced the page's write");
+  const storedFromPage = row("saga", new Date(nowMs + 1_000).toISOString(), "web-f0", 4);
+  assert.equal(opened.sendAgainAfter(turn, lostTo(storedFromPage)), nowMs + 1_001, "sent again after it");
+  opened.settle(turn, lostTo(storedFromPage));
+  assert.equal(opened.getSnapshot().notices.size, 0, "not lost to another device");
+});
+
+Deno.test("storage cleared while tabs are open: a notice of another device's win goes once a later save of the browser's other device id (the page open through the clear) is what the server stores", () => {
+  const { opened, nowMs, turn } = farAheadThroughClear();
+  opened.settle(turn, lostTo(row("saga", new Date(nowMs + 500).toISOString(), "phone", 6)));
+  assert.equal(opened.getSnapshot().notices.size, 1, "lost to the phone's version");
+  opened.applyServerRow(row("saga", new Date(nowMs + 2_000).toISOString(), "web-f0", 7)); // by Realtime
+  assert.equal(opened.getSnapshot().notices.size, 0, "taken away by this browser's later save");
 });
 
 Deno.test("two tabs: the saved lists (the outbox, the answered writes) are parsed once per value, not at every read of a reload, and another tab's change is still taken", () => {

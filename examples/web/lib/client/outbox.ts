@@ -25,7 +25,8 @@
 // device's own stored version ('self'), and then, as that version is an earlier write of this device
 // (SyncStore.sendAgainAfter: no later one of the series known by number), sent again dated 1 ms after it.
 // Also under the id this browser had before its site data was cleared (a page open through the clear still
-// writes with it, a tab opened then with a new one): the tabs' lists are this browser's alone.
+// writes with it, a tab opened then with a new one): the ids it wrote with are kept beside its id
+// (deviceId.ts), and the tabs' lists are this browser's alone.
 //
 // A write dated while the server clock had no measured offset in force (PendingWrite.unmeasured: a
 // device an hour ahead that slept dates it an hour late) is re-dated before it is sent, by the first

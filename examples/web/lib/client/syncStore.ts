@@ -24,6 +24,7 @@ import type { UnmeasuredReading } from "@shared/progress/serverClock.ts";
 import type { WriteResult } from "@shared/progress/types.ts";
 import { compareServerVersions } from "@shared/realtime/progressMerge.ts";
 import type { ProgressRow } from "./types.ts";
+import { readDeviceIds, rememberDeviceIds } from "./deviceId.ts";
 
 export interface PendingWrite {
   series_id: string;
@@ -221,6 +222,11 @@ export class SyncStore {
   /** The highest number of the entries #latestKnown left out (see LATEST_REMEMBERED); 0: none. */
   #prunedHere = 0;
   /**
+   * The device ids this browser wrote with that this tab knows (deviceId.ts's list, read when it hears of the
+   * storage, and the ids of the writes it queued): written back should the storage be cleared (#restore).
+   */
+  #deviceIdsKnown = new Set<string>();
+  /**
    * The mark this store last saw under markKey (null: not looked yet; undefined: storage that could not keep
    * it, so clears are not told until a look of this tab keeps one: #markAgain). Gone, or another tab's, the
    * browser's storage was cleared meanwhile.
@@ -271,6 +277,7 @@ export class SyncStore {
     for (const write of queued) write.seq = this.#nextSeq();
     this.#loadOutbox();
     this.#rememberSaved(); // what it writes back should the storage be cleared before it hears of more
+    this.#keepDeviceIds(this.pendingWrites().map((write) => write.device_id)); // (queued before, see addPending)
     this.#saveOutbox(this.pendingWrites(), []); // writes queued before storage was attached
     // A refused write's message the tabs share and no tab took away (dismissed, a save that got through): a
     // refused page turn is said in a tab opened (or reloaded) too, until then, not only in those open when it
@@ -450,16 +457,16 @@ export class SyncStore {
   }
 
   /**
-   * When the server refused `write` as older than this device's own stored version ('self': `won` false,
-   * the stored row of this device, or of another id this browser's lists hold: #browsersDevice) and that version is not known to be a later write of this device, the
-   * first instant after its key, at which `write` is to be sent again; undefined otherwise. A page turn made
-   * while an earlier write dated beyond the server's 5 s tolerance was on its way is dated at most 5 s ahead
-   * (nextUpdatedAt), and that write, landing later than the page turn's date, is stored at the server's
-   * now(): the page turn would be dropped though it came after it. Not sent again: a write this tab no
-   * longer holds for its series (a later one replaced it), one of a series for which this browser knows a
-   * later write of this device (by number, PendingWrite.seq: this tab's, the saved outbox, the tabs' list of
-   * answered writes; it is the stored one, or goes itself), and one the stored version holds the position of
-   * (its own copy, stored when it was sent again and the answer was lost: not stored a second time).
+   * When the server refused `write` as older than this device's own stored version ('self': `won` false, the stored
+   * row of this device, or of another id this browser wrote with: #browsersDevice) and that version is not known to
+   * be a later write of this device, the first instant after its key, at which `write` is to be sent again;
+   * undefined otherwise. A page turn made while an earlier write dated beyond the server's 5 s tolerance was on its
+   * way is dated at most 5 s ahead (nextUpdatedAt), and that write, landing later than the page turn's date, is
+   * stored at the server's now(): the page turn would be dropped though it came after it. Not sent again: a write
+   * this tab no longer holds for its series (a later one replaced it), one of a series for which this browser knows
+   * a later write of this device (by number, PendingWrite.seq: this tab's, the saved outbox, the tabs' list of
+   * answered writes; it is the stored one, or goes itself), and one the stored version holds the position of (its
+   * own copy, stored when it was sent again and the answer was lost: not stored a second time).
    */
   sendAgainAfter(write: PendingWrite, result: WriteResult): number | undefined {
     const stored = result.progress;
@@ -471,10 +478,10 @@ export class SyncStore {
     if (this.#heldThroughClear.has(write)) return undefined;
     this.#noticeCleared();
     const answered = this.#readAnswered();
-    // This device's own stored version: under its id, or under another id this browser's lists hold (the one it
-    // had before its site data was cleared, still written with by a page open through the clear, see #after).
+    // This device's own stored version: under its id, or under another id this browser wrote with (the one it had
+    // before its site data was cleared, still written with by a page open through the clear, see #after).
     // Another device's is a newer page turn of the reader's, never overtaken.
-    if (stored.device_id !== write.device_id && !this.#browsersDevice(stored.device_id, answered)) return undefined;
+    if (stored.device_id !== write.device_id && !this.#browsersDevice(stored.device_id)) return undefined;
     if (this.#laterKnown(write, answered)) return undefined;
     // Numbered at or below a latest answered write left out of the list (LATEST_REMEMBERED): a later write
     // of its series may be the stored one, and this one a stale copy.
@@ -537,13 +544,37 @@ export class SyncStore {
     return [...this.#readSaved(), ...answered].some(later);
   }
 
+  /** Whether `deviceId` is one this browser wrote with (#browserDeviceIds). */
+  #browsersDevice(deviceId: string): boolean {
+    return this.#browserDeviceIds().has(deviceId);
+  }
+
   /**
-   * Whether `deviceId` is one this browser wrote with: named in the saved outbox or the lists of answered writes
-   * (`answered`, #readAnswered), which are this browser's alone; another id there is the one it had before its
-   * site data was cleared (see #after).
+   * The device ids this browser wrote with, as far as this tab knows: deviceId.ts's list, the ids of the writes
+   * this tab queued or heard of (#deviceIdsKnown), and those in the saved outbox and the lists of answered writes,
+   * which are this browser's alone. Another id than the tab's own is the one the browser had before its site
+   * data was cleared (a page open through the clear still writes with it, see #after), or the one a tab opened
+   * then made. The list is needed besides the others: a write of the old page named in no list (its answer not
+   * written yet, and a page turn of the new tab replaced it in the saved outbox) left its id unknown, and the new
+   * tab's page turn, refused as older than it, was settled as lost to another device. Another device's id is in
+   * none of them.
    */
-  #browsersDevice(deviceId: string, answered: readonly PendingWrite[]): boolean {
-    return [...this.#readSaved(), ...answered].some((write) => write.device_id === deviceId);
+  #browserDeviceIds(): Set<string> {
+    const ids = new Set(this.#deviceIdsKnown);
+    if (!this.#storage) return ids;
+    for (const id of readDeviceIds(this.#storage)) ids.add(id);
+    for (const write of [...this.#readSaved(), ...this.#readAnswered()]) ids.add(write.device_id);
+    return ids;
+  }
+
+  /**
+   * Keeps `ids` (of writes this tab queued, or written back after a clear) as this browser's, here and in
+   * deviceId.ts's list (only what it lacks is written: a tab opened after a clear, or one that wrote the list
+   * from an older copy, may have left one out).
+   */
+  #keepDeviceIds(ids: Iterable<string>): void {
+    for (const id of ids) this.#deviceIdsKnown.add(id);
+    if (this.#storage) rememberDeviceIds(this.#storage, this.#deviceIdsKnown);
   }
 
   /**
@@ -552,6 +583,7 @@ export class SyncStore {
    */
   addPending(write: PendingWrite): void {
     this.#noticeCleared(); // numbered after what this tab knows, should the storage have been cleared
+    this.#keepDeviceIds([write.device_id]);
     const current = this.#pending.get(write.series_id);
     write.seq = current && validSeq(current.seq) && (current === write || this.#sameContent(current, write))
       ? current.seq
@@ -572,8 +604,10 @@ export class SyncStore {
     if (this.#pending.get(write.series_id) === write) this.#pending.delete(write.series_id);
     this.#mergeConfirmed(result.progress);
     // What the server stores is this device's own (a replay of this write after a lost answer, or a
-    // later save of another tab of this browser, which shares the device id): no other device won.
-    const storedIsOurs = result.progress.device_id === write.device_id;
+    // later save of another tab of this browser, which shares the device id, or wrote with the browser's
+    // other id after its site data was cleared: #browsersDevice): no other device won.
+    const storedBy = result.progress.device_id;
+    const storedIsOurs = storedBy === write.device_id || this.#browsersDevice(storedBy);
     if (!result.won && !storedIsOurs) {
       this.#notices.set(write.series_id, { seriesId: write.series_id, lost: write, winner: result.progress, at: Date.now() });
       this.#dropSupersededNotice(write.series_id);
@@ -825,15 +859,16 @@ export class SyncStore {
   /**
    * "Another device's newer position wins" is no longer true once a newer save of this device is
    * what the server stores. settle() sees that for the writes this tab sent; this covers the rest:
-   * another tab of this browser (same device id) sent it, and it arrives by Realtime, catch-up,
-   * a poll or a server-rendered page; or it was already here when a late answer named the winner.
+   * another tab of this browser (same device id, or the browser's other one after its site data was
+   * cleared: #browsersDevice) sent it, and it arrives by Realtime, catch-up, a poll or a server-rendered
+   * page; or it was already here when a late answer named the winner.
    */
   #dropSupersededNotice(seriesId: string): void {
     const notice = this.#notices.get(seriesId);
     const confirmed = this.#confirmed.get(seriesId);
     if (
-      notice && confirmed && confirmed.device_id === notice.lost.device_id &&
-      this.#serverOrder(confirmed, notice.winner) > 0
+      notice && confirmed && this.#serverOrder(confirmed, notice.winner) > 0 &&
+      (confirmed.device_id === notice.lost.device_id || this.#browsersDevice(confirmed.device_id))
     ) {
       this.#notices.delete(seriesId);
     }
@@ -1104,6 +1139,8 @@ export class SyncStore {
   #rememberSaved(): void {
     this.#prunedHere = Math.max(this.#prunedHere, this.#readPruned());
     this.#remember(this.#readLatestAnswered().values());
+    // (And this browser's device ids, which a tab opened after a clear needs to tell this browser's versions.)
+    if (this.#storage) for (const id of readDeviceIds(this.#storage)) this.#deviceIdsKnown.add(id);
   }
 
   /** Keeps `writes` (latest answered ones) in #latestKnown, the later of each series, bounded alike. */
@@ -1200,6 +1237,11 @@ export class SyncStore {
    */
   #restore(): void {
     const storage = this.#storage!;
+    // This browser's device ids first (deviceId.ts's list): those of the writes this tab holds, answered or
+    // waiting, among them. A tab opened after the clear writes with a new id, and a version stored under one of
+    // these (a write of this page named in no list: its answer not written yet, and that tab's page turn
+    // replaced it in the saved outbox) is still this browser's there, not another device's (#browsersDevice).
+    this.#keepDeviceIds([...this.#pending.values(), ...this.#latestKnown.values()].map((write) => write.device_id));
     const latest = this.#readLatestAnswered();
     for (const write of this.#latestKnown.values()) {
       const other = latest.get(write.series_id);
