@@ -11,6 +11,7 @@ import { ConflictResolver } from "@shared/progress/conflictResolver.ts";
 import { type PendingWrite, SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import { datedWrite } from "../../examples/web/lib/client/syncSession.ts";
 import { pendingWrite as write } from "./support.ts";
+import { savedBy } from "../../examples/web/components/format.ts";
 
 const USER = "11111111-1111-4111-8111-111111111111";
 
@@ -1281,6 +1282,30 @@ Deno.test("storage cleared while tabs are open: a notice of another device's win
   assert.equal(opened.getSnapshot().notices.size, 1, "lost to the phone's version");
   opened.applyServerRow(row("saga", new Date(nowMs + 2_000).toISOString(), "web-f0", 7)); // by Realtime
   assert.equal(opened.getSnapshot().notices.size, 0, "taken away by this browser's later save");
+});
+
+Deno.test("storage cleared while tabs are open: the page open through it and the tab opened after it name each other's device id as this browser's (who saved the position shown, the lost-write notice's winner), another device's as another device's; the server's snapshot names none", () => {
+  const { page, opened } = farAheadThroughClear();
+  page.reloadOutbox(); // the page hears the tab's page turn (a storage event)
+  const inTab = opened.getSnapshot().browserDevices;
+  assert.equal(
+    savedBy("web-f0", "web-0a", inTab),
+    "this browser",
+    "the page's id, in the tab opened after the clear",
+  );
+  assert.equal(
+    savedBy("web-0a", "web-f0", page.getSnapshot().browserDevices),
+    "this browser",
+    "the tab's, in the page",
+  );
+  assert.equal(savedBy("web-0a", "web-0a", inTab), "this device");
+  assert.equal(savedBy("phone", "web-0a", inTab), "another device");
+  assert.equal(savedBy("web-f0", null, inTab), "another device", "not before the tab has read its own id");
+  assert.equal(
+    opened.getServerSnapshot().browserDevices.size,
+    0,
+    "none in the server's snapshot (hydration)",
+  );
 });
 
 Deno.test("two tabs: the saved lists (the outbox, the answered writes) are parsed once per value, not at every read of a reload, and another tab's change is still taken", () => {

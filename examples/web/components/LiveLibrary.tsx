@@ -4,7 +4,7 @@ import Link from "next/link";
 import { useRouter } from "next/navigation";
 import { type FormEvent, useRef, useState } from "react";
 import type { ProgressRow } from "@/lib/client/types.ts";
-import { describePosition, formatWhen } from "./format.ts";
+import { describePosition, formatWhen, savedBy } from "./format.ts";
 import { SessionChanged, useRenderedForThisUser, useSync, useSyncSnapshot } from "./SyncProvider.tsx";
 import { SERIES_ID, seriesHref } from "@/lib/seriesHref.ts";
 
@@ -20,7 +20,7 @@ function Library({ initialRows }: { initialRows: ProgressRow[] }) {
     store.seed(initialRows);
     seeded.current = initialRows;
   }
-  const { library } = useSyncSnapshot();
+  const { library, browserDevices } = useSyncSnapshot();
 
   return (
     <section className="card">
@@ -36,7 +36,7 @@ function Library({ initialRows }: { initialRows: ProgressRow[] }) {
                 <div className="where" data-testid="library-position">{describePosition(item)}</div>
                 <div className="meta">
                   {item.pending ? "saving… · " : ""}
-                  {item.deviceId === deviceId ? "this device" : item.deviceId} · {formatWhen(item.updatedAt)}
+                  {libraryDevice(item.deviceId, savedBy(item.deviceId, deviceId, browserDevices))} · {formatWhen(item.updatedAt)}
                 </div>
               </div>
               <div className="bar" aria-hidden="true">
@@ -49,6 +49,12 @@ function Library({ initialRows }: { initialRows: ProgressRow[] }) {
       <OpenSeries />
     </section>
   );
+}
+
+/** Who saved a series' position, in the library's line (savedBy). */
+function libraryDevice(deviceId: string, by: ReturnType<typeof savedBy>): string {
+  if (by === "this device") return "this device";
+  return by === "this browser" ? `this browser (its other device id ${deviceId})` : deviceId;
 }
 
 function OpenSeries() {

@@ -4,13 +4,20 @@ import Link from "next/link";
 import { type FormEvent, useEffect, useRef, useState } from "react";
 import type { ProgressRow } from "@/lib/client/types.ts";
 import type { SeriesView } from "@/lib/client/syncStore.ts";
-import { describePosition, formatWhen } from "./format.ts";
+import { describePosition, formatWhen, savedBy } from "./format.ts";
 import { SessionChanged, useRenderedForThisUser, useSync, useSyncSnapshot } from "./SyncProvider.tsx";
 
 interface Draft {
   chapter: string;
   page: string;
   percent: string;
+}
+
+/** The line under the position: who saved it (savedBy). */
+function sourceOf(deviceId: string, by: ReturnType<typeof savedBy>): string {
+  if (by === "this device") return "From this device";
+  if (by === "this browser") return `From this browser (its other device id ${deviceId})`;
+  return `From device ${deviceId}`;
 }
 
 function toDraft(view: SeriesView | undefined): Draft {
@@ -48,7 +55,7 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
     if (initialRow) store.seed([initialRow]);
     seeded.current = initialRow;
   }
-  const { bySeries, notices } = useSyncSnapshot();
+  const { bySeries, notices, browserDevices } = useSyncSnapshot();
   const view = bySeries.get(seriesId);
   const notice = notices.get(seriesId);
   const [draft, setDraft] = useState<Draft>(() => toDraft(view));
@@ -101,12 +108,23 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
         {shown && (
           <p className="meta" data-testid="current-source" data-device={shown.deviceId}>
             {shown.pending ? (status === "offline" ? "Not sent yet (offline), kept on this device · " : "Saving… · ") : ""}
-            {shown.deviceId === deviceId ? "From this device" : `From device ${shown.deviceId}`} · {formatWhen(shown.updatedAt)}
+            {sourceOf(shown.deviceId, savedBy(shown.deviceId, deviceId, browserDevices))} · {formatWhen(shown.updatedAt)}
           </p>
         )}
       </section>
 
-      {notice && (
+      {notice && (savedBy(notice.winner.device_id, deviceId, browserDevices) === "this browser" ? (
+        // The winner's id is this browser's other one (its site data was cleared with a page open, which still
+        // writes with the id it had): not another device's.
+        <div className="notice notice-conflict" role="alert" data-testid="conflict-notice" data-winner-device={notice.winner.device_id} data-winner-this-browser="true">
+          <strong>A newer position saved in this browser wins.</strong>{" "}
+          Your change on this device ({describePosition(notice.lost)}, {formatWhen(notice.lost.updated_at)}) was not
+          applied: this browser saved {describePosition(notice.winner)} at {formatWhen(notice.winner.updated_at)}, which
+          is newer, in another tab under its other device id <code>{notice.winner.device_id}</code> (it has two since its
+          site data was cleared with a page open).{" "}
+          <button type="button" className="secondary" onClick={() => store.dismissNotice(seriesId)}>Dismiss</button>
+        </div>
+      ) : (
         <div className="notice notice-conflict" role="alert" data-testid="conflict-notice" data-winner-device={notice.winner.device_id}>
           <strong>A newer position from another device wins.</strong>{" "}
           Your change on this device ({describePosition(notice.lost)}, {formatWhen(notice.lost.updated_at)}) was not
@@ -114,7 +132,7 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
           {formatWhen(notice.winner.updated_at)}, which is newer.{" "}
           <button type="button" className="secondary" onClick={() => store.dismissNotice(seriesId)}>Dismiss</button>
         </div>
-      )}
+      ))}
 
       {/* Disabled, every field and button, until the page's script has run and this user's session is
           open (server-rendered, and on a slow device for a while after), as Sync now is: before, what was

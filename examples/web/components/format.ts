@@ -24,3 +24,18 @@ export function formatWhen(iso: string): string {
 export function describePosition(p: { chapter: number; page: number; percentage: number }): string {
   return `Chapter ${p.chapter} · Page ${p.page} · ${formatPercent(p.percentage)}`;
 }
+
+/**
+ * Who saved a version of `deviceId`, as the page names it: this device (`thisDevice`, the id this tab writes
+ * with; null until it has read it), this browser under another of its device ids (`browserDevices`, the store's
+ * snapshot: once the site's data is cleared, a page open through the clear and a tab opened after it write with
+ * two, see lib/client/deviceId.ts), or another device.
+ */
+export function savedBy(
+  deviceId: string,
+  thisDevice: string | null,
+  browserDevices: ReadonlySet<string>,
+): "this device" | "this browser" | "another device" {
+  if (deviceId === thisDevice) return "this device";
+  return thisDevice !== null && browserDevices.has(deviceId) ? "this browser" : "another device";
+}

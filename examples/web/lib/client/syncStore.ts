@@ -97,6 +97,12 @@ export interface SyncSnapshot {
   notices: ReadonlyMap<string, ConflictNotice>;
   pendingCount: number;
   lastError: string | null;
+  /**
+   * The device ids this browser wrote with, as far as this tab knows (#browserDeviceIds): besides the tab's own,
+   * the one it had before its site data was cleared, or the one a tab opened after that makes. A version saved
+   * under one is this browser's, not another device's. None in the server's snapshot.
+   */
+  browserDevices: ReadonlySet<string>;
 }
 
 type Compare = (a: LwwKey, b: LwwKey) => number;
@@ -306,7 +312,13 @@ export class SyncStore {
    * waiting write the server's HTML did not have, a hydration error (React's #418).
    */
   getServerSnapshot = (): SyncSnapshot =>
-    this.#seededSnapshot ??= this.#build({ confirmed: this.#seeded, pending: new Map(), notices: new Map(), lastError: null });
+    this.#seededSnapshot ??= this.#build({
+      confirmed: this.#seeded,
+      pending: new Map(),
+      notices: new Map(),
+      lastError: null,
+      browserDevices: new Set(),
+    });
 
   /**
    * Rows from the server-rendered page; silent (no listeners run) because it happens during render.
@@ -885,7 +897,14 @@ export class SyncStore {
       pending: ReadonlyMap<string, PendingWrite>;
       notices: ReadonlyMap<string, ConflictNotice>;
       lastError: string | null;
-    } = { confirmed: this.#confirmed, pending: this.#pending, notices: this.#notices, lastError: this.#lastError },
+      browserDevices: ReadonlySet<string>;
+    } = {
+      confirmed: this.#confirmed,
+      pending: this.#pending,
+      notices: this.#notices,
+      lastError: this.#lastError,
+      browserDevices: this.#browserDeviceIds(),
+    },
   ): SyncSnapshot {
     const bySeries = new Map<string, SeriesView>();
     const ids = new Set([...from.confirmed.keys(), ...from.pending.keys()]);
@@ -921,6 +940,7 @@ export class SyncStore {
       notices: new Map(from.notices),
       pendingCount: from.pending.size,
       lastError: from.lastError,
+      browserDevices: from.browserDevices,
     };
   }
 
