@@ -1636,6 +1636,56 @@ Deno.test("sync session, two tabs: a page resumed once after a freeze (no pagesh
   b.close();
 });
 
+Deno.test("sync session: a frozen background tab the reader goes back to (resume, then visibilitychange) reads what it missed once; either event alone reads, and one after that read was answered reads again", async () => {
+  // Each read goes with a check of the session (GET /auth/token, held here): the read is under way, as in a
+  // browser, until the test answers that check.
+  const auth = heldAuthToken();
+  try {
+    const t = tab();
+    const alice = t.open(newStore(ALICE));
+    await until(() => !alice.sending);
+    const reads = () => t.subscriptions[0].reads;
+    let answered = 0;
+    const answerChecks = async () => {
+      while (answered < auth.count) (await auth.request(++answered)).reject(new TypeError("Failed to fetch"));
+      await tick();
+    };
+    const visibility = (state: "visible" | "hidden") => {
+      t.document.visibilityState = state;
+      t.document.dispatchEvent(new Event("visibilitychange"));
+    };
+    const freeze = () => t.document.dispatchEvent(new Event("freeze"));
+    const resume = () => t.document.dispatchEvent(new Event("resume"));
+
+    visibility("hidden");
+    freeze(); // Chromium freezes a hidden tab
+    let before = reads();
+    resume(); // the reader goes back to it: resumed, then shown
+    visibility("visible");
+    await answerChecks();
+    assert.equal(reads(), before + 1, "read once: at the resume, not again when shown");
+
+    visibility("hidden");
+    freeze();
+    before = reads();
+    resume(); // resumed while still hidden
+    await answerChecks();
+    assert.equal(reads(), before + 1, "a resume alone reads");
+    visibility("visible"); // shown later, that read answered
+    await answerChecks();
+    assert.equal(reads(), before + 2, "shown after that read was answered: read again");
+
+    visibility("hidden");
+    before = reads();
+    visibility("visible"); // shown again, never frozen
+    await answerChecks();
+    assert.equal(reads(), before + 1, "a visibilitychange alone reads");
+    alice.close();
+  } finally {
+    auth.restore();
+  }
+});
+
 Deno.test("sync session: after the site's storage is cleared, the outbox's shared schedule is written back with it, so a Retry-After still holds the sends (back online, a page turn, another tab's clear) until it has passed", async () => {
   const t = tab();
   let busy = true;

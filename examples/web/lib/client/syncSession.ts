@@ -321,7 +321,19 @@ export class SyncSession {
       store.rereadStorage();
       this.#setOnline(env.isOnline());
       this.flush("queued");
-      void session.shown();
+      readMissed();
+    };
+    // What the page missed is read when it comes back (onRestored, onVisible): once when the events come
+    // together. A frozen background tab the reader goes back to is resumed (`resume`), then shown
+    // (`visibilitychange`), and read the server twice; a read asked for while the one another of these
+    // events asked for is under way is that read. Either event alone still reads, and one that comes after
+    // that read was answered reads again (a tab resumed while hidden, shown much later).
+    let missedRead: Promise<void> | null = null;
+    const readMissed = () => {
+      if (missedRead) return;
+      const read = missedRead = session.shown().finally(() => {
+        if (missedRead === read) missedRead = null;
+      });
     };
     // Chromium restores a page from its back/forward cache with `resume`, then `pageshow` (persisted): read
     // once, at the first. Set by a resume, until the page is hidden or frozen again.
@@ -341,7 +353,7 @@ export class SyncSession {
     // sleeping laptop, a phone's browser in the background): when the reader comes back to it,
     // read now, so the page shows where the other device left off before they look.
     const onVisible = () => {
-      if (env.document.visibilityState === "visible") void session.shown();
+      if (env.document.visibilityState === "visible") readMissed();
     };
     env.window.addEventListener("online", onOnline);
     env.window.addEventListener("offline", onOffline);
