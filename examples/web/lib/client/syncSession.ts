@@ -1,12 +1,13 @@
 // One signed-in user's sync in this tab (components/SyncProvider.tsx opens one per user): the
 // Realtime link to progress:<userId>, the outbox's sends and their schedule, the token keeper, the
-// tab's listeners (online, offline, storage, visibility, pageshow, freeze). Everything it opens, close() ends: a user
-// change in the same page (signed out, then in as someone else) closes the old user's session before
-// the new one opens, so none of the old user's timers, lock waits, listeners or Realtime channel
-// goes on, and nothing queued for one user is ever sent with the other's token. The old user's
-// unsent writes stay where the store saved them (localStorage, under that user's key) for their
-// next sign-in. A send under way when the session ends (closed, signed out, or another tab's word
-// that the session changed) is aborted, and an answer that comes anyway is not applied (see sendNow).
+// tab's listeners (online, offline, storage, visibilitychange, pageshow, pagehide, and Page Lifecycle's
+// freeze and resume). Everything it opens, close() ends: a user change in the same page (signed out,
+// then in as someone else) closes the old user's session before the new one opens, so none of the old
+// user's timers, lock waits, listeners or Realtime channel goes on, and nothing queued for one user is
+// ever sent with the other's token. The old user's unsent writes stay where the store saved them
+// (localStorage, under that user's key) for their next sign-in. A send under way when the session ends
+// (closed, signed out, or another tab's word that the session changed) is aborted, and an answer that
+// comes anyway is not applied (see sendNow).
 //
 // Framework-free, over an environment the browser gives (browserSyncEnvironment) or a test makes
 // (tests/web/sync-session.test.ts).

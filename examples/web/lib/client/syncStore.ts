@@ -52,11 +52,11 @@ export interface PendingWrite {
   /**
    * Its place in this device's outbox, given when it entered it (SyncStore.addPending): one more than
    * any number this browser's outbox gave before (kept under SyncStore.seqKey, and the saved lists; the
-   * first, the wall clock's ms), saved with it. It alone orders this device's writes of a series (a later one replaces an earlier
-   * one, in every tab) and says which an answer covers (the writes of its series up to its `seq`); the
-   * dates do not (an edited or far-ahead `updated_at` would otherwise rank every later page turn behind
-   * it). Absent (saved before it existed) or not a whole number in range (edited): it comes before every
-   * numbered write, and such writes keep their order by date among themselves. Never sent.
+   * first, the wall clock's ms), saved with it. It alone orders this device's writes of a series (a later
+   * one replaces an earlier one, in every tab) and says which an answer covers (the writes of its series up
+   * to its `seq`); the dates do not (an edited or far-ahead `updated_at` would otherwise rank every later
+   * page turn behind it). Absent (saved before it existed) or not a whole number in range (edited): it comes
+   * before every numbered write, and such writes keep their order by date among themselves. Never sent.
    */
   seq?: number;
   /**
@@ -188,9 +188,10 @@ export class SyncStore {
   /** The shared key's value (refusedKey) as this tab last wrote or heard it; null: none, or dismissed. */
   #refusedSeen: string | null = null;
   /**
-   * Set while a page restored from the back/forward cache reads the storage again (rereadStorage): it heard
-   * nothing while kept, so a clear found then does not write back the shared message it last heard (it may
-   * have been dismissed since), and marks the writes it held as possibly stale for every tab (#restore).
+   * Set while a page restored from the back/forward cache, or resumed after the browser froze it, reads the
+   * storage again (rereadStorage): it heard nothing while kept or frozen, so a clear found then does not write
+   * back the shared message it last heard (it may have been dismissed since), and marks the writes it held as
+   * possibly stale for every tab (#restore).
    */
   #rereadingAfterKept = false;
   #listeners = new Set<() => void>();
@@ -782,8 +783,8 @@ export class SyncStore {
    * The page was restored from the back/forward cache (`pageshow`, persisted), or resumed after the browser
    * froze it (Page Lifecycle, `resume`): while it was kept there (or frozen) it heard no storage event, so it
    * may hold writes another tab got answered (and send them again), lack the ones another tab queued, show a
-   * refused write's message dismissed since (or not one made since), and not know the storage was cleared. All of it is read again now (a clear told first: #reload), not at the next
-   * event or send.
+   * refused write's message dismissed since (or not one made since), and not know the storage was cleared.
+   * All of it is read again now (a clear told first: #reload), not at the next event or send.
    */
   rereadStorage(): void {
     // A message it showed may have been dismissed in another tab while it was kept: written back after a
@@ -1211,10 +1212,11 @@ export class SyncStore {
 
   /**
    * A mark this tab could not keep (storage full when it looked): taken (the mark there) or written now, if
-   * the storage keeps it (at the tab's next look: #noticeCleared). Without one, the tab never told a clear. What happened meanwhile is not known
-   * (space freed, or the storage cleared, which is why the mark fits now): what it holds is written back as
-   * after a clear (#restore), which only adds what the storage lacks (the latest answered writes and the
-   * numbers merged by the highest; its waiting writes not named answered, which it would save again anyway).
+   * the storage keeps it (at the tab's next look: #noticeCleared). Without one, the tab never told a clear.
+   * What happened meanwhile is not known (space freed, or the storage cleared, which is why the mark fits
+   * now): what it holds is written back as after a clear (#restore), which only adds what the storage lacks
+   * (the latest answered writes and the numbers merged by the highest; its waiting writes not named answered,
+   * which it would save again anyway).
    */
   #markAgain(storage: Storage): void {
     let mark: string | null;
