@@ -1893,14 +1893,22 @@ class UserLink<Row extends LwwRow> {
    * read). Those rounds end by themselves (each call by its timeout, a drop or the link's close cuts
    * them off), so this wait ends too. A read of the link answered, or its timer poll ended, reads it
    * as before (#readOwnAfterLinkRead: own.afterLinkRead still set, no timer), and so does a syncNow();
-   * the end of the rounds then finds it read, or under way, and makes no read again.
+   * the end of the rounds then finds it read, or under way, and makes no read again. Rounds queued
+   * behind them before they ended are waited for too: a join cuts the read under way off and its
+   * catch-up, made at once, reads in its place (before, the own read was read as the read cut off
+   * ended, beside that catch-up). Each such round is one a read of the link queued while the rounds
+   * before it ran, so the wait ends as they do.
    */
   #readOwnAfterLinkReadUnderWay(subscription: Subscription<Row>, own: OwnRead): void {
     own.deadlinePassed = true;
-    void this.#fetchChain.then(() => {
-      if (this.#closed || !own.deadlinePassed || this.#ownReads.get(subscription) !== own) return;
-      void this.readOwnNow(subscription);
-    });
+    const afterRounds = (rounds: Promise<ReadOutcome>) => {
+      void rounds.then(() => {
+        if (this.#closed || !own.deadlinePassed || this.#ownReads.get(subscription) !== own) return;
+        if (this.#fetchChain !== rounds) afterRounds(this.#fetchChain); // queued meanwhile
+        else void this.readOwnNow(subscription);
+      });
+    };
+    afterRounds(this.#fetchChain);
   }
 
   /** The link's first read has ended: the subscriptions that joined before it read for themselves now. */

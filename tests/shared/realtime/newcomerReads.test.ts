@@ -1023,6 +1023,48 @@ Deno.test("newcomer: a drop while the link backs off cuts off its own read: its 
   }
 });
 
+// The read under way at its deadline may be cut off by the channel's join, and the catch-up the join makes
+// at once then reads in its place: the own read waits for that catch-up too, not only for the rounds queued
+// when its deadline came.
+Deno.test("newcomer: a drop while the link backs off cuts off its own read: its deadline coming while the link's poll still reads, that poll then cut off by the rejoin, reads it once the rejoin's catch-up has ended (refused here), not beside it", async () => {
+  const clock = frozenClock(); // its deadline, as the service reads it, comes when moved on
+  const link = await newcomerCutWhileLinkBacksOff();
+  const { timers, channel, pending, log, newcomer, reads, lines } = link;
+  try {
+    assert.equal(link.ownReads(), 1);
+    const meanwhile = log.write("meanwhile", 3); // at 105
+    log.write("later", 4); // at 106
+    link.answerLink(); // the link's reads answered by hand from here
+    await fireWhenSet(timers, "the link's poll after its backoff", POLL_MS, clock);
+    await waitFor("the poll's first page", () => callsFrom(pending, LINK_CURSOR).length === 1);
+    callsFrom(pending, LINK_CURSOR)[0].resolve(page([meanwhile], "106", true));
+    await waitFor("the poll's second page", () => callsFrom(pending, "106").length === 1);
+
+    // Its deadline comes while the poll still reads; then the channel joins, which cuts that poll off,
+    // and the join's catch-up reads in its place (from 106, where the poll's first page left the cursor).
+    clock.advance(REQUEST_TIMEOUT_MS);
+    timers.fire(DEADLINE_MS);
+    assert.equal(link.ownReads(), 1, "not while the link's poll is still reading");
+    (await channel(2)).state!("SUBSCRIBED");
+    await waitFor("the rejoin's catch-up", () => callsFrom(pending, "106").length === 2);
+    await waitFor("the poll cut off", () => lines.some((l) => l.event === "poll_cut_off"));
+    assert.equal(link.ownReads(), 1, "not while the rejoin's catch-up is under way");
+
+    // The catch-up refused: a read the link made at once, which releases nothing by itself; its deadline
+    // having come, it is read now, and to the end.
+    callsFrom(pending, "106")[1].reject(new Error("503 from the link's read"));
+    await waitFor("the catch-up refused", () => lines.some((l) => l.event === "catchup_failed" && !l.for));
+    await waitFor("its own read once the catch-up has ended", () => reads.length === 1, { timeoutMs: 5_000 });
+    assert.deepEqual(reads, ["done"]);
+    assert.equal(link.ownReads(), 2);
+    assert.equal(newcomer.cursor, "107", "its own read to the horizon");
+    assert.ok(!pendingFor(timers, DEADLINE_MS), "no deadline left");
+  } finally {
+    clock.restore();
+    await link.end();
+  }
+});
+
 Deno.test("newcomer: a drop while the link backs off cuts off its own read: its deadline coming while the rejoin's catch-up (made at once) is under way reads it once that catch-up has ended, refused (400 for its cursor) here, not beside it, and not held for good", async () => {
   const clock = frozenClock(); // its deadline, as the service reads it, comes when moved on
   const link = await newcomerCutWhileLinkBacksOff({}, 0, refusedLinkCursor);
