@@ -63,8 +63,8 @@ export interface LastRequest {
 /**
  * How many client connections the server remembers the last request of before it looks which of them
  * are still open (/proc/net/tcp) and forgets the others; it looks again once it remembers twice as many
- * as were open then, or this many, whichever is more, so the look costs one read of the table per that
- * many new connections at most.
+ * as were open then, or this many, whichever is more, so at least half this many new connections come
+ * between two looks (128 open at a look: 129 more; none open: 255), and at least as many as were open.
  */
 export const CONNECTIONS_REMEMBERED = 256;
 
