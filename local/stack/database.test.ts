@@ -109,3 +109,112 @@ Deno.test({
     listener.close();
   }
 });
+
+Deno.test({
+  name:
+    "a stop (SIGTERM) during the platform bootstrap of a plain PostgreSQL (SUPABASE_DB_URL) leaves none of it: " +
+    "no half-applied bootstrap that a later start, finding auth.uid() and realtime.messages, takes for whole",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const { startPostgres } = await import("./postgres.ts");
+  const postgres = (await import("postgres")).default;
+  const pg = await startPostgres({ log: () => {} });
+  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+  // A proxy in front of it that forwards everything until a client sends the bootstrap's last statement
+  // (the publication's, after auth.uid() and realtime.messages), which it holds: the stop comes there.
+  const marker = "create publication readsync_realtime_messages";
+  let held!: () => void;
+  const heldThere = new Promise<void>((resolve) => held = resolve);
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr as Deno.NetAddr;
+  const connections: Deno.Conn[] = [];
+  const clientsGone: Promise<void>[] = [];
+  void (async () => {
+    for await (const client of listener) {
+      const server = await Deno.connect({ hostname: "127.0.0.1", port: pg.port });
+      connections.push(client, server);
+      void server.readable.pipeTo(client.writable).catch(() => {});
+      clientsGone.push((async () => {
+        let sent = "";
+        let holding = false;
+        const buffer = new Uint8Array(65536);
+        for (;;) {
+          const n = await client.read(buffer).catch(() => null);
+          if (n === null) break;
+          if (holding) continue;
+          sent = (sent + new TextDecoder("latin1").decode(buffer.subarray(0, n))).slice(-4096);
+          if (sent.includes(marker)) {
+            holding = true;
+            held();
+            continue;
+          }
+          await server.write(buffer.slice(0, n)).catch(() => {});
+        }
+        // The client is gone: so is its session (a transaction it had open is rolled back).
+        try {
+          server.close();
+        } catch { /* closed */ }
+      })());
+    }
+  })();
+  const stackModule = new URL("./stack.ts", import.meta.url).href;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+       await startLocalStack({ apiPort: 0, log: () => {} });
+       console.log("the stack started: its bootstrap was not held");`,
+    ],
+    env: { SUPABASE_DB_URL: `postgresql://postgres:postgres@127.0.0.1:${port}/postgres` },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const output = child.output();
+  const guard = <T>(promise: Promise<T>, what: string) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    return Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: not within 60 s`)), 60_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
+  };
+  try {
+    await guard(Promise.race([heldThere, output.then(() => {})]), "the bootstrap's last statement");
+    child.kill("SIGTERM");
+    const { code, stdout, stderr } = await guard(output, "the stopped process's exit");
+    const decoder = new TextDecoder();
+    assert.equal(code, 143, `stopped by SIGTERM:\n${decoder.decode(stdout)}\n${decoder.decode(stderr)}`);
+    // Once the stopped psql's session has ended (its connection closed by the proxy as psql's was).
+    await guard(Promise.all(clientsGone), "psql's connections closed");
+    for (let i = 0; i < 600; i++) { // a hang guard: 60 s
+      const [{ sessions }] = await sql`select count(*)::int as sessions from pg_stat_activity
+        where backend_type = 'client backend' and pid <> pg_backend_pid()`;
+      if (sessions === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const [left] = await sql`select to_regprocedure('auth.uid()') is not null as uid,
+      to_regclass('realtime.messages') is not null as messages,
+      exists (select from pg_publication where pubname = 'readsync_realtime_messages') as publication`;
+    assert.deepEqual(
+      left,
+      { uid: false, messages: false, publication: false },
+      "nothing of the bootstrap is left",
+    );
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended */ }
+    await output.catch(() => {});
+    listener.close();
+    for (const connection of connections) {
+      try {
+        connection.close();
+      } catch { /* closed */ }
+    }
+    await sql.end();
+    await pg.stop();
+  }
+});

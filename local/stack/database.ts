@@ -94,10 +94,15 @@ export async function isSupabaseDatabase(dbUrl: string): Promise<boolean> {
   return out.trim() === "t";
 }
 
-/** The platform surface (roles, auth, realtime) a plain PostgreSQL lacks; never touches Supabase. */
+/**
+ * The platform surface (roles, auth, realtime) a plain PostgreSQL lacks; never touches Supabase. In one
+ * transaction: a psql ended part-way (a stop kills it, psql() says why; or a statement that fails) leaves
+ * none of it, instead of a database with auth.uid() and realtime.messages but not what follows them, which
+ * every later start would take for a bootstrapped one (isSupabaseDatabase) and never complete.
+ */
 export async function applyBootstrapIfNeeded(dbUrl: string): Promise<boolean> {
   if (await isSupabaseDatabase(dbUrl)) return false;
-  await psql(dbUrl, ["-f", BOOTSTRAP_SQL]);
+  await psql(dbUrl, ["-1", "-f", BOOTSTRAP_SQL]);
   return true;
 }
 
