@@ -163,7 +163,8 @@ async function main(): Promise<number> {
     // also after the two later migrations that re-create the changes read and the write function. The
     // migration that starts a tagged cursor over after a failed read restates the changes read (with
     // that setting), so it runs after every migration that puts back an earlier one, and the one whose
-    // cursors name their user restates it again (with that check), so it runs after each of those. The
+    // cursors name their user restates it again (with that check), and the one that folds the user into
+    // the cursor's tag once more, so each runs after those before it. The
     // two reset rules' migrations put back their triggers' whole WHEN clauses (and functions without
     // that test), so the migration that guards those triggers by one column runs after each. The user-lock
     // migration puts back its trigger function without the wait's PT503, the PT503 one puts it back
@@ -190,6 +191,7 @@ async function main(): Promise<number> {
           "_percentages_printed_exactly.sql",
           "_changes_cursor_unchecked_tag_starts_over.sql",
           "_changes_cursor_names_user.sql",
+          "_changes_cursor_user_folded_into_tag.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -202,6 +204,7 @@ async function main(): Promise<number> {
           "_percentages_printed_exactly.sql",
           "_changes_cursor_unchecked_tag_starts_over.sql",
           "_changes_cursor_names_user.sql",
+          "_changes_cursor_user_folded_into_tag.sql",
         ],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
         [
@@ -224,8 +227,14 @@ async function main(): Promise<number> {
           "a tagged cursor met by a failed read starts over",
           "_changes_cursor_unchecked_tag_starts_over.sql",
           "_changes_cursor_names_user.sql",
+          "_changes_cursor_user_folded_into_tag.sql",
         ],
-        ["the changes cursor names its user", "_changes_cursor_names_user.sql"],
+        [
+          "the changes cursor names its user",
+          "_changes_cursor_names_user.sql",
+          "_changes_cursor_user_folded_into_tag.sql",
+        ],
+        ["the changes cursor's user folded into its tag", "_changes_cursor_user_folded_into_tag.sql"],
         [
           "one user's writes serialized",
           "_user_writes_serialized.sql",

@@ -617,8 +617,9 @@ export interface SubscribeToProgressOptions extends Omit<RealtimeServiceOptions,
    * user's and this subscription's only (SubscribeOptions.initialCursor), not the shared service's: a
    * later call on the client may give another, or none. A string the changes cursor's format takes
    * (a TypeError otherwise). Another user's (one that names its user, as every cursor handed out
-   * since migration …_changes_cursor_names_user.sql does) is read from the beginning by the API, so
-   * the subscription still gets every change of its user; one handed out before would skip them.
+   * since migration …_changes_cursor_names_user.sql does, by its tag) is read from the beginning by
+   * the API, so the subscription still gets every change of its user; one handed out before would
+   * skip them.
    */
   initialCursor?: unknown;
 }
@@ -661,7 +662,7 @@ function checkSubscribeOptions(options: SubscribeToProgressOptions): void {
   checkCursorOption(
     options.initialCursor,
     CHANGES_CURSOR,
-    'a next_cursor of GET /progress/changes ("[<tag>.][u<user tag>.]<xid>[:<series_id>]", "" for the beginning)',
+    'a next_cursor of GET /progress/changes ("[<tag>.]<xid>[:<series_id>]", "" for the beginning)',
     "subscribeToProgress",
     "initialCursor",
   );

@@ -212,11 +212,13 @@ export const listQuerySchema = strict({
 });
 
 /**
- * Changes cursor: "" | "[<cluster tag>.][u<user tag>.]<xid>[:<series_id>]" (opaque to clients; from
- * next_cursor). The cluster tag names the database cluster and its timeline, the user tag the user it
- * was handed out to (a cursor of another cluster, timeline or user starts over from the beginning);
- * cursors handed out before cursors named their user have no user tag, and are taken as they were.
- * See reading_progress_changes, migration …_changes_cursor_names_user.sql.
+ * Changes cursor: "" | "[<tag>.]<xid>[:<series_id>]" (opaque to clients; from next_cursor). The tag
+ * names the database cluster, its timeline and the user it was handed out to, folded into one (a
+ * cursor of another cluster, timeline or user starts over from the beginning); that form is the one
+ * app bundles and functions deployed before cursors named their user take, so it is kept (migration
+ * …_changes_cursor_user_folded_into_tag.sql). "[<cluster tag>.]u<user tag>.<xid>[:<series_id>]" is
+ * taken too: migration …_changes_cursor_names_user.sql handed such cursors out, and the API still
+ * reads them. See reading_progress_changes.
  */
 export const CHANGES_CURSOR =
   /^(?:(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/;

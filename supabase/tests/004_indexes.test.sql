@@ -16,7 +16,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(31);
+select plan(33);
 
 -- ---------------------------------------------------------------------------------------------
 -- Index definitions
@@ -346,6 +346,27 @@ select is(
   pg_temp.changes_scans('u' || left(md5('0a0a0a0a-0000-4000-8000-000000000008'), 8) || '.200760') ->> 'sequential scan',
   'false',
   'reading_progress_changes as the user, another user''s cursor (a read from the beginning): no sequential scan'
+);
+
+-- Cursors whose tag folds in their user (migration …_changes_cursor_user_folded_into_tag.sql, the
+-- form handed out now): the user's own is read by the same statement, the same plans; another
+-- user's starts over (a read from the beginning).
+select is(
+  pg_temp.changes_scans((select left(md5(c.system_identifier::text
+                                         || coalesce((select origin from private.reading_progress_cursor_origin), '')
+                                         || ':0a0a0a0a-0000-4000-8000-000000000007'), 8)
+                           from pg_control_system() c) || '.200760'),
+  '{"sequential scan": false, "reading_progress_user_changes_idx": true, "reading_progress_deletions_user_xid_idx": true}'::jsonb,
+  'reading_progress_changes as the user, its own folded-tag cursor among the deletions: the same indexes, no sequential scan'
+);
+
+select is(
+  pg_temp.changes_scans((select left(md5(c.system_identifier::text
+                                         || coalesce((select origin from private.reading_progress_cursor_origin), '')
+                                         || ':0a0a0a0a-0000-4000-8000-000000000008'), 8)
+                           from pg_control_system() c) || '.200760') ->> 'sequential scan',
+  'false',
+  'reading_progress_changes as the user, another user''s folded-tag cursor (a read from the beginning): no sequential scan'
 );
 
 reset role;

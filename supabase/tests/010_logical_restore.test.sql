@@ -4,7 +4,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(29);
+select plan(30);
 
 insert into auth.users (id, email) values
   ('a1a1a1a1-0000-4000-8000-000000000010', 'restore-a@readsync.test');
@@ -13,10 +13,13 @@ create temp table res (label text primary key, r jsonb) on commit drop;
 grant all on res to authenticated;
 create temp table msgs_before on commit drop as select id from realtime.messages;
 
--- This cluster's tag, as the function computes it.
+-- This cluster's tag, as the function computes it, and the tag its cursors carry: the user folded in.
 create temp table cluster on commit drop as
   select left(md5(system_identifier::text || coalesce((select origin from private.reading_progress_cursor_origin), '')), 8)
-    as tag from pg_control_system();
+           as tag,
+         left(md5(system_identifier::text || coalesce((select origin from private.reading_progress_cursor_origin), '')
+                  || ':a1a1a1a1-0000-4000-8000-000000000010'), 8) as folded
+    from pg_control_system();
 grant select on cluster to authenticated;
 
 set local role authenticated;
@@ -33,18 +36,18 @@ insert into res values ('first', public.reading_progress_changes('', 100));
 -- ---------------------------------------------------------------------------------------------
 select is(
   (select split_part(r ->> 'next_cursor', '.', 1) from res where label = 'first'),
-  (select tag from cluster),
-  'next_cursor starts with this cluster''s tag (md5 of the system identifier, 8 hex digits)');
+  (select folded from cluster),
+  'next_cursor starts with this cluster''s tag, its user folded in (md5 of the system identifier and the user id, 8 hex digits)');
 select ok(
-  (select r ->> 'next_cursor' ~ '^[0-9a-f]{8}\.u[0-9a-f]{8}\.[0-9]+$' from res where label = 'first'),
-  'a last page''s cursor is <tag>.u<user tag>.<xid>');
+  (select r ->> 'next_cursor' ~ '^[0-9a-f]{8}\.[0-9]+$' from res where label = 'first'),
+  'a last page''s cursor is <tag>.<xid>');
 select is(
   (public.reading_progress_changes((select r ->> 'next_cursor' from res where label = 'first'), 100) -> 'changes'),
   (public.reading_progress_changes(
      pg_snapshot_xmin(pg_current_snapshot())::text, 100) -> 'changes'),
   'a tagged cursor reads as its untagged form here (rows at or above the horizon)');
 select ok(
-  (public.reading_progress_changes('', 2) ->> 'next_cursor') ~ '^[0-9a-f]{8}\.u[0-9a-f]{8}\.[0-9]+(:[A-Za-z0-9._:-]+)?$',
+  (public.reading_progress_changes('', 2) ->> 'next_cursor') ~ '^[0-9a-f]{8}\.[0-9]+(:[A-Za-z0-9._:-]+)?$',
   'a full page''s cursor is tagged too');
 -- A cursor of another cluster, just above this one's xmax: without tags it would read as "nothing
 -- new yet" until this cluster's ids caught up with it, so the device would miss every change.
@@ -77,14 +80,15 @@ select throws_ok($$select public.reading_progress_changes('badc0de.5', 10)$$, '2
   'reading_progress_changes: invalid cursor', 'a 7-digit tag is refused');
 reset role;
 
--- Where this role may not call pg_control_system() (a platform may revoke it), cursors are untagged
--- and read as before. The system identifier is kept per session, so the test forgets it first.
+-- Where this role may not call pg_control_system() (a platform may revoke it), cursors carry a tag of
+-- their user alone and read as before. The system identifier is kept per session, so the test forgets it first.
 revoke execute on function pg_control_system() from public;
 select set_config('readsync.system_identifier', '', false);
 set local role authenticated;
 select ok(
-  (public.reading_progress_changes('', 100) ->> 'next_cursor') ~ '^u[0-9a-f]{8}\.[0-9]+$',
-  'without pg_control_system(): a cursor without a cluster tag (its user''s only)');
+  (public.reading_progress_changes('', 100) ->> 'next_cursor')
+    ~ ('^' || left(md5(':a1a1a1a1-0000-4000-8000-000000000010'), 8) || '\.[0-9]+$'),
+  'without pg_control_system(): a cursor tagged by its user alone');
 select is(
   (public.reading_progress_changes(public.reading_progress_changes('', 1) ->> 'next_cursor', 100) -> 'changes'),
   (public.reading_progress_changes(pg_snapshot_xmin(pg_current_snapshot())::text, 100) -> 'changes'),
@@ -174,8 +178,15 @@ select is(
   (public.reading_progress_changes('', 100) -> 'changes'),
   'a cursor of the old tag above every row (the old project''s ids ran ahead; read as this cluster''s it would say nothing new) starts over from the beginning');
 select is(
+  (public.reading_progress_changes(
+     (select folded from cluster) || '.' || (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 100)
+   -> 'changes'),
+  (public.reading_progress_changes('', 100) -> 'changes'),
+  'so does one the old project handed out to this user (the old tag, the user folded in)');
+select is(
   split_part(public.reading_progress_changes('', 100) ->> 'next_cursor', '.', 1),
-  (select left(md5(system_identifier::text || (select origin from private.reading_progress_cursor_origin)), 8)
+  (select left(md5(system_identifier::text || (select origin from private.reading_progress_cursor_origin)
+                   || ':a1a1a1a1-0000-4000-8000-000000000010'), 8)
      from pg_control_system()),
   'new cursors carry the new tag (the origin is read on every call, not kept per connection)');
 select throws_ok($$update private.reading_progress_cursor_origin set origin = 'mine'$$, '42501', null,
@@ -191,8 +202,8 @@ select set_config('readsync.system_identifier', '', false);
 set local role authenticated;
 select is(
   split_part(public.reading_progress_changes('', 100) ->> 'next_cursor', '.', 1),
-  (select left(md5(origin), 8) from private.reading_progress_cursor_origin),
-  'without pg_control_system(), an adopted project''s cursors carry the origin''s tag');
+  (select left(md5(origin || ':a1a1a1a1-0000-4000-8000-000000000010'), 8) from private.reading_progress_cursor_origin),
+  'without pg_control_system(), an adopted project''s cursors carry the origin''s tag (the user folded in)');
 select is(
   (public.reading_progress_changes(
      (select tag from cluster) || '.' || (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text, 100)

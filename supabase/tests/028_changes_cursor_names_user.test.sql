@@ -4,6 +4,11 @@
 -- being taken as the caller's (which skipped every change of the caller made before it). A cursor
 -- without a user tag (handed out before) is taken as before.
 --
+-- Since migration …_changes_cursor_user_folded_into_tag.sql the cursors handed out name their user
+-- by one tag in the older form ("<tag>.<xid>", the user folded into the cluster's tag: pgTAP 029);
+-- this file checks that the cursors in the "u" form handed out before are read as they were, and that
+-- the cursors handed out name the caller (the folded tag).
+--
 -- Both readers write in this test's one transaction, so their rows share its transaction id: a cursor
 -- above it ("ahead": within the million-ids margin, so it is taken as it stands when it is taken) says
 -- "nothing newer yet", and a read that starts over reports the rows.
@@ -19,11 +24,13 @@ insert into auth.users (id, email) values
 create temp table res (label text primary key, r jsonb) on commit drop;
 grant all on res to authenticated;
 -- This cluster's tag (as the function computes it on timeline 1, as pgTAP 010 does), each reader's
--- user tag, and a position above every row (the caller's own id included) within the margin.
+-- user tag, the owner's folded tag (what its cursors carry now), and a position above every row (the caller's own id included) within the margin.
 create temp table cursors on commit drop as
   select left(md5(system_identifier::text || coalesce((select origin from private.reading_progress_cursor_origin), '')), 8)
            as cluster,
          left(md5('a2800000-0000-4000-8000-000000000028'), 8) as owner,
+         left(md5(system_identifier::text || coalesce((select origin from private.reading_progress_cursor_origin), '')
+                  || ':a2800000-0000-4000-8000-000000000028'), 8) as folded,
          left(md5('b2800000-0000-4000-8000-000000000028'), 8) as other,
          (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000)::text as ahead
     from pg_control_system();
@@ -58,13 +65,13 @@ select is((select jsonb_path_query_array(r, '$.changes[*].series_id') from res w
 -- Cursors carry the user's tag
 -- ---------------------------------------------------------------------------------------------
 select matches((select r ->> 'next_cursor' from res where label = 'full'),
-  (select '^' || cluster || '\.u' || owner || '\.[0-9]+$' from cursors),
-  'a last page''s cursor is <cluster tag>.u<user tag>.<xid>, the user tag the md5 of the user id (was: no user tag)');
+  (select '^' || folded || '\.[0-9]+$' from cursors),
+  'a last page''s cursor is <tag>.<xid>, the tag the md5 of the cluster''s and the user id (was: the cluster''s only; then u<user tag>)');
 select matches((select r ->> 'next_cursor' from res where label = 'page'),
-  (select '^' || cluster || '\.u' || owner || '\.[0-9]+(:owned-1)?$' from cursors),
+  (select '^' || folded || '\.[0-9]+(:owned-1)?$' from cursors),
   'a full page''s cursor carries it too (here the horizon: the rows are this open transaction''s)');
 select matches((select r ->> 'next_cursor' from res where label = 'other ahead'),
-  (select '^' || cluster || '\.u' || owner || '\.[0-9]+$' from cursors),
+  (select '^' || folded || '\.[0-9]+$' from cursors),
   'the cursor handed out for another user''s is the caller''s');
 
 -- ---------------------------------------------------------------------------------------------
@@ -84,7 +91,7 @@ select is((select r -> 'changes' from res where label = 'other without cluster t
 select is((select r -> 'changes' from res where label = 'untagged user ahead'), '[]'::jsonb,
   'a cursor without a user tag (handed out before) is taken as it stands, as before');
 select matches((select r ->> 'next_cursor' from res where label = 'untagged user ahead'),
-  (select '^' || cluster || '\.u' || owner || '\.' || ahead || '$' from cursors),
+  (select '^' || folded || '\.' || ahead || '$' from cursors),
   'and the cursor handed out for it names the user');
 
 set local role authenticated;
@@ -98,7 +105,8 @@ select throws_ok(
 reset role;
 
 -- Where no cluster tag can be computed (this role may not call pg_control_system(), no restore was
--- adopted, timeline 1), cursors name their user all the same, and another user's starts over.
+-- adopted, timeline 1), cursors name their user all the same (a tag of the user alone), and another
+-- user's starts over.
 revoke execute on function pg_control_system() from public;
 delete from private.reading_progress_cursor_origin;
 select set_config('readsync.system_identifier', '', false);
@@ -108,10 +116,11 @@ insert into res values ('untaggable',
 reset role;
 grant execute on function pg_control_system() to public;
 select is(
-  (select jsonb_build_object('next', r ->> 'next_cursor' ~ ('^u' || (select owner from cursors) || '\.[0-9]+$'),
+  (select jsonb_build_object('next', r ->> 'next_cursor'
+                                        ~ ('^' || left(md5(':a2800000-0000-4000-8000-000000000028'), 8) || '\.[0-9]+$'),
                              'changes', r -> 'changes') from res where label = 'untaggable'),
   jsonb_build_object('next', true, 'changes', (select r -> 'changes' from res where label = 'full')),
-  'no cluster tag: the cursor is u<user tag>.<xid>, and another user''s starts over');
+  'no cluster tag: the cursor is <tag of the user alone>.<xid>, and another user''s u-form starts over');
 
 select * from finish();
 rollback;

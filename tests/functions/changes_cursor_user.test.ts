@@ -4,6 +4,11 @@
 // and every change of theirs made before it was skipped); the caller's own cursor, and one handed out
 // before cursors named their user, are taken as they stand. Both through raw requests and through
 // shared/progress/api.ts's changesSince on a real supabase-js client.
+//
+// Since migration …_changes_cursor_user_folded_into_tag.sql the cursor names its user by its one tag
+// in the older form ("<tag>.<xid>[:<series_id>]", the user folded into the cluster's tag), which app
+// bundles and progress functions deployed before take: the last test checks every cursor handed out
+// against the older format's check, copied here as those clients have it.
 
 import assert from "node:assert/strict";
 import { changesSince } from "../../shared/progress/api.ts";
@@ -37,7 +42,10 @@ async function readToEnd(user: TestUser, since?: string, limit?: number) {
   throw new Error("more than 100 pages");
 }
 
-/** The transaction id a cursor ("[<cluster tag>.][u<user tag>.]<xid>[:<series_id>]") reads from. */
+/**
+ * The transaction id a cursor reads from: "[<tag>.]<xid>[:<series_id>]" as handed out now, or
+ * "[<cluster tag>.]u<user tag>.<xid>[:<series_id>]" as …_changes_cursor_names_user.sql handed it out.
+ */
 function xidOf(cursor: string): bigint {
   const match = cursor.match(/^(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?([0-9]+)(?::.+)?$/);
   assert.ok(match, `a changes cursor: ${cursor}`);
@@ -60,8 +68,8 @@ async function writeAs(user: TestUser, series_id: string): Promise<void> {
   assert.equal(answer.status, 200, JSON.stringify(answer.body));
 }
 
-/** The user tag of a cursor ("[<cluster tag>.]u<user tag>.<xid>[:<series_id>]"), or null without one. */
-const userTagOf = (cursor: string) => cursor.match(/^(?:[0-9a-f]{8}\.)?u([0-9a-f]{8})\./)?.[1] ?? null;
+/** The tag of a cursor ("<tag>.<xid>[:<series_id>]", the user folded in), or null without one. */
+const userTagOf = (cursor: string) => cursor.match(/^([0-9a-f]{8})\.[0-9]/)?.[1] ?? null;
 
 Deno.test("GET /progress/changes from another reader's cursor starts over: the caller is given every change of their own, made before that cursor too", async () => {
   const a = await createTestUser();
@@ -90,9 +98,9 @@ Deno.test("GET /progress/changes from another reader's cursor starts over: the c
   const earlyXid = full.xids[full.series.indexOf(early)];
   assert.ok(earlyXid < xidOf(cursorA), "premise: B's early write lies before A's cursor");
   assertTakenAsItStands(await readToEnd(b, fromA.cursor), fromA.cursor!, "B's own cursor");
-  // A cursor handed out before cursors named their user (A's without its user tag) is taken as it
-  // stands, as before: it cannot be told whose it is.
-  const untagged = cursorA.replace(/u[0-9a-f]{8}\./, "");
+  // A cursor without a tag (as handed out where none could be computed, before cursors named their
+  // user) is taken as it stands, as before: it cannot be told whose it is.
+  const untagged = cursorA.replace(/^[0-9a-f]{8}\./, "");
   assert.notEqual(untagged, cursorA);
   const fromUntagged = await readToEnd(b, untagged);
   assertTakenAsItStands(fromUntagged, untagged, "an untagged cursor");
@@ -125,4 +133,55 @@ Deno.test("changesSince (shared/progress/api.ts, real supabase-js) from another 
     assert.equal(answer.status, 422, `${bad}: ${JSON.stringify(answer.body)}`);
     assert.equal(errorOf(answer).code, "validation_failed", bad);
   }
+});
+
+/**
+ * The changes cursor's format as app bundles and progress functions deployed before migration
+ * …_changes_cursor_names_user.sql check it (CHANGES_CURSOR then; subscribeToProgress's initialCursor,
+ * the function's `since`): copied, not imported, because those clients keep it whatever this
+ * repository's becomes. A bundle that stored a cursor it refuses throws at every later subscribe.
+ */
+const OLD_CLIENT_CHANGES_CURSOR =
+  /^(?:(?:[0-9a-f]{8}\.)?[0-9]{1,19}(?::[A-Za-z0-9][A-Za-z0-9._:-]{0,127})?)?$/;
+
+Deno.test("every cursor GET /progress/changes and changesSince hand out is one an older client's check takes (the user folded into the one tag)", async () => {
+  const a = await createTestUser();
+  const b = await createTestUser();
+  for (const id of [seriesId("a-1"), seriesId("a-2"), seriesId("a-3")]) await writeAs(a, id);
+  await writeAs(b, seriesId("b"));
+
+  const handedOut: string[] = [];
+  const keep = (cursor: string | null | undefined) => {
+    assert.ok(typeof cursor === "string", `a cursor: ${cursor}`);
+    handedOut.push(cursor);
+  };
+  // Full pages (a cursor with its series), last pages, from the beginning, from the caller's own
+  // cursor, from another user's, from a cursor of the older forms.
+  let cursor: string | undefined;
+  for (let i = 0; i < 100; i++) {
+    const body = await page(a, cursor, 1);
+    keep(body.next_cursor);
+    cursor = body.next_cursor;
+    if (!body.has_more) break;
+  }
+  const ownA = (await readToEnd(a)).cursor!;
+  keep(ownA);
+  keep((await readToEnd(a, ownA)).cursor);
+  const fromA = await readToEnd(b, ownA, 1);
+  keep(fromA.cursor);
+  keep((await readToEnd(b, ownA.replace(/^[0-9a-f]{8}\./, ""))).cursor);
+  keep((await readToEnd(b, `u${"0".repeat(8)}.${xidOf(ownA)}`)).cursor);
+  let viaClient: string | null = null;
+  for (let i = 0; i < 100; i++) {
+    const body = await changesSince(a.client, viaClient, { limit: 2 });
+    keep(body.next_cursor);
+    viaClient = body.next_cursor;
+    if (!body.has_more) break;
+  }
+
+  for (const handed of handedOut) {
+    assert.match(handed, OLD_CLIENT_CHANGES_CURSOR, `an older client takes the cursor handed out: ${handed}`);
+  }
+  assert.ok(userTagOf(ownA), `the cursor names its user by its tag: ${ownA}`);
+  assert.notEqual(userTagOf(fromA.cursor!), userTagOf(ownA), "B's cursor's tag is not A's");
 });

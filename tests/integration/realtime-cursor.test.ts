@@ -39,8 +39,8 @@ const live = (what: string, sub: { status: string }) =>
   waitFor(`${what} live`, () => sub.status === "live", GUARD);
 
 /**
- * Where a changes cursor ("[<cluster tag>.][u<user tag>.]<xid>[:<series_id>]") lies: rows after it have a
- * greater (xid, series).
+ * Where a changes cursor ("[<tag>.]<xid>[:<series_id>]"; "[<cluster tag>.]u<user tag>.<xid>…" as
+ * migration …_changes_cursor_names_user.sql handed it out) lies: rows after it have a greater (xid, series).
  */
 function position(cursor: string): { xid: bigint; series: string } {
   const match = cursor.match(/^(?:[0-9a-f]{8}\.)?(?:u[0-9a-f]{8}\.)?([0-9]+)(?::(.+))?$/);
@@ -474,9 +474,9 @@ Deno.test({
   }
 });
 
-/** The user tag a changes cursor names ("[<cluster tag>.]u<user tag>.<xid>[:<series_id>]"), or null. */
+/** The tag a changes cursor names its user by ("<tag>.<xid>[:<series_id>]", the user folded in), or null. */
 const userTagOf = (cursor: unknown) =>
-  typeof cursor === "string" ? cursor.match(/^(?:[0-9a-f]{8}\.)?u([0-9a-f]{8})\./)?.[1] ?? null : null;
+  typeof cursor === "string" ? cursor.match(/^([0-9a-f]{8})\.[0-9]/)?.[1] ?? null : null;
 
 Deno.test({
   name:

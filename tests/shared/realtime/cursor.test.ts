@@ -238,7 +238,7 @@ Deno.test('cursor: subscribeToProgress refuses an initialCursor that is not a ch
     "0123abcd.12",
     "0123abcd.12:series-1",
     "12:a.b_c:d-e",
-    // Cursors that name their user (migration …_changes_cursor_names_user.sql).
+    // Cursors in the form migration …_changes_cursor_names_user.sql handed out (still read by the API).
     "u89abcdef.12",
     "0123abcd.u89abcdef.12",
     "0123abcd.u89abcdef.12:series-1",
