@@ -400,6 +400,23 @@ function turnsOf(sql: postgres.Sql): ConnectionTurns | undefined {
 const turnsByPool = new WeakMap<postgres.Sql, ConnectionTurns>();
 
 /** Runs a statement of the call's transaction, cancellable by the call's signal (see cancellable). */
+/**
+ * Whether `error`, a statement's, says that its transaction's connection closed under it: postgres.js
+ * 3.4.9's CONNECTION_CLOSED (its socket closed while the statement ran), or a socket error, after which the
+ * socket closes. postgres.js's begin() then rejects by itself (its connection's onclose: CONNECTION_CLOSED, a
+ * 503), but once the transaction's function rejects too it sends ROLLBACK on that connection, whose socket it
+ * has dropped: the write, made in a setImmediate, throws a TypeError ("Cannot read properties of null
+ * (reading 'write')", porsager/postgres#1208) that no caller can catch, which ended the function's process
+ * (every request in it), and left the ROLLBACK on the connection for when the pool opened it again. So the
+ * store's statement never settles then (run): the function never ends, begin() sends nothing more, and the
+ * promises are garbage once begin() has rejected. Not CONNECTION_DESTROYED (the pool ended: postgres.js
+ * refuses the ROLLBACK itself, and the close may come late).
+ */
+function connectionGone(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code;
+  return code === "CONNECTION_CLOSED" || code === "ECONNRESET" || code === "EPIPE" || code === "ETIMEDOUT";
+}
+
 type Run = <T extends readonly postgres.MaybeRow[]>(
   query: postgres.PendingQuery<T>,
 ) => Promise<postgres.RowList<T>>;
@@ -479,7 +496,16 @@ export function createPostgresProgressStore(
     signal: AbortSignal | undefined,
     fn: (tx: postgres.TransactionSql, run: Run) => Promise<T>,
   ): Promise<T> {
-    const run: Run = (query) => cancellable(query, signal, canceller);
+    const run: Run = async (query) => {
+      try {
+        return await cancellable(query, signal, canceller);
+      } catch (error) {
+        // The transaction's connection is gone: its statement never settles, so neither does the
+        // transaction's function, and postgres.js's begin() sends no ROLLBACK (connectionGone).
+        if (connectionGone(error)) return await new Promise<never>(() => {});
+        throw error;
+      }
+    };
     for (let attempt = 1;; attempt++) {
       let giveBack: (() => void) | undefined;
       try {

@@ -1364,3 +1364,67 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "a store call whose backend is terminated while its statement runs answers 503, and the function's process " +
+    "lives on (no ROLLBACK written on the closed connection) to answer the next call",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const applicationName = `readsync-terminated-${crypto.randomUUID().slice(0, 8)}`;
+    const pool = postgres(testEnv().dbUrl, {
+      max: 1,
+      prepare: false,
+      onnotice: () => {},
+      connect_timeout: 5,
+      connection: { application_name: applicationName },
+    });
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const series = seriesId("terminated");
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      held = await userWriteInProgress(holder, user.id, seriesId("terminated-held"));
+      const store = longWaitStore(pool);
+      const writing = writeAs(store, user.id, series, new AbortController().signal);
+      writing.catch(() => {}); // awaited below
+      const pid = await waitingBackend(admin, applicationName, holderPid);
+      // As a database restart, a failover or an administrator would: postgres.js's socket closes while the
+      // statement runs. Before, begin()'s ROLLBACK on that connection threw from a setImmediate (the
+      // process's uncaught TypeError, "Cannot read properties of null (reading 'write')").
+      await admin`select pg_catalog.pg_terminate_backend(${pid}::integer)`;
+      const ended = await guarded(
+        writing.then(() => "answered", (e) => e instanceof HttpError ? `${e.status} ${e.code}` : String(e)),
+        "end of the write whose backend was terminated",
+      );
+      assert.equal(ended, "503 service_unavailable");
+      held.release();
+      await held.done;
+      const outcomes: string[] = [];
+      for (let attempt = 0; attempt < 2 && outcomes.at(-1) !== "answered"; attempt++) {
+        outcomes.push(
+          await guarded(
+            writeAs(store, user.id, series, new AbortController().signal).then(
+              () => "answered",
+              (e) => e instanceof HttpError ? `${e.status} ${e.code}` : String(e),
+            ),
+            "end of the next write",
+          ),
+        );
+      }
+      // The pool's connection opens again for the next call. postgres.js 3.4.9 keeps the terminated
+      // backend's error (57P01) and fails the first query of the reopened connection with it, before it is
+      // sent: the next call may answer 503 with nothing sent; the one after it is answered.
+      assert.ok(
+        ["answered", "503 service_unavailable,answered"].includes(outcomes.join(",")),
+        `the pool serves the calls after it: ${outcomes}`,
+      );
+    } finally {
+      await endHeld(held);
+      await pool.end({ timeout: 5 });
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
