@@ -1686,6 +1686,61 @@ Deno.test("sync session: a frozen background tab the reader goes back to (resume
   }
 });
 
+Deno.test("sync session: a read begun before the page was frozen (or kept in the back/forward cache) is not the read of a resume after it: that resume reads anew", async () => {
+  // As the test above: each read goes with a check of the session (GET /auth/token, held here), so a read
+  // is under way until the test answers that check. A tab resumed while hidden begins a read, and is frozen
+  // again before it is answered; what that read brings was read before the freeze (its answer may have come
+  // while the page was frozen), and the page missed all that was saved while it was.
+  const auth = heldAuthToken();
+  try {
+    const t = tab();
+    const alice = t.open(newStore(ALICE));
+    await until(() => !alice.sending);
+    const reads = () => t.subscriptions[0].reads;
+    let answered = 0;
+    const answerChecks = async () => {
+      while (answered < auth.count) (await auth.request(++answered)).reject(new TypeError("Failed to fetch"));
+      await tick();
+    };
+    const visibility = (state: "visible" | "hidden") => {
+      t.document.visibilityState = state;
+      t.document.dispatchEvent(new Event("visibilitychange"));
+    };
+    const freeze = () => t.document.dispatchEvent(new Event("freeze"));
+    const resume = () => t.document.dispatchEvent(new Event("resume"));
+
+    visibility("hidden");
+    freeze();
+    const before = reads();
+    resume(); // resumed while hidden: a read begins, its check held
+    assert.equal(reads(), before + 1, "the resume reads");
+    freeze(); // frozen again before it was answered
+    resume(); // the reader goes back to it
+    visibility("visible"); // (this one joins the resume's read)
+    await answerChecks();
+    assert.equal(
+      reads(),
+      before + 2,
+      "read again at the resume after the freeze, not joined to the read before it",
+    );
+
+    // Alike for a page kept in the back/forward cache (pagehide) while a read was under way.
+    const cached = reads();
+    visibility("hidden");
+    freeze();
+    resume(); // a read begins, held
+    t.window.dispatchEvent(new Event("pagehide"));
+    const shown = new Event("pageshow") as Event & { persisted?: boolean };
+    shown.persisted = true;
+    t.window.dispatchEvent(shown);
+    await answerChecks();
+    assert.equal(reads(), cached + 2, "read again at the pageshow after the pagehide");
+    alice.close();
+  } finally {
+    auth.restore();
+  }
+});
+
 Deno.test("sync session: after the site's storage is cleared, the outbox's shared schedule is written back with it, so a Retry-After still holds the sends (back online, a page turn, another tab's clear) until it has passed", async () => {
   const t = tab();
   let busy = true;

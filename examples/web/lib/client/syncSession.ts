@@ -328,7 +328,9 @@ export class SyncSession {
     // together. A frozen background tab the reader goes back to is resumed (`resume`), then shown
     // (`visibilitychange`), and read the server twice; a read asked for while the one another of these
     // events asked for is under way is that read. Either event alone still reads, and one that comes after
-    // that read was answered reads again (a tab resumed while hidden, shown much later).
+    // that read was answered reads again (a tab resumed while hidden, shown much later), and so does one after
+    // the page was frozen or kept again (onKept): the read under way then read before it, and its answer may
+    // have waited out the freeze, hours older than what the page missed.
     let missedRead: Promise<void> | null = null;
     const readMissed = () => {
       if (missedRead) return;
@@ -343,7 +345,10 @@ export class SyncSession {
       resumedSinceKept = true;
       onRestored();
     };
-    const onKept = () => void (resumedSinceKept = false); // (`freeze`, `pagehide`)
+    const onKept = () => { // (`freeze`, `pagehide`)
+      resumedSinceKept = false;
+      missedRead = null; // (see readMissed)
+    };
     const onPageShow = (event: Event) => {
       // (Not on a first load: the session opens after it.)
       if (!(event as Event & { persisted?: boolean }).persisted) return;
