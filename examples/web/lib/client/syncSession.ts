@@ -326,11 +326,13 @@ export class SyncSession {
     };
     // What the page missed is read when it comes back (onRestored, onVisible): once when the events come
     // together. A frozen background tab the reader goes back to is resumed (`resume`), then shown
-    // (`visibilitychange`), and read the server twice; a read asked for while the one another of these
-    // events asked for is under way is that read. Either event alone still reads, and one that comes after
-    // that read was answered reads again (a tab resumed while hidden, shown much later), and so does one after
-    // the page was frozen or kept again (onKept): the read under way then read before it, and its answer may
-    // have waited out the freeze, hours older than what the page missed.
+    // (`visibilitychange`), and read the server twice; a read asked for while the one another of these events
+    // asked for is under way is that read (under way: until session.shown() settles, the read and the session
+    // check beside it both answered, the check within its 10 s timeout; with a token about to run out, until
+    // the check is answered, the read going after it). Either event alone still reads, and one that comes
+    // after that (a tab resumed while hidden, shown much later) reads again, and so does one after the page
+    // was frozen or kept again (onKept): the read under way then read before it, and its answer may have
+    // waited out the freeze, hours older than what the page missed.
     let missedRead: Promise<void> | null = null;
     const readMissed = () => {
       if (missedRead) return;
