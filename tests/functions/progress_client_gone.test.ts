@@ -425,14 +425,19 @@ function databaseProxy(later: "refuse" | "hold") {
   };
 }
 
-/** `store`'s pool: one connection, through `proxyUrl`, its backend named `applicationName`. */
-function proxiedPool(proxyUrl: string, applicationName: string): postgres.Sql {
-  return postgres(proxyUrl, {
+/**
+ * A store's pool as the function makes it behind a transaction-mode pooler (`prepare: false`), of one
+ * connection to `url` (the database, or a proxy in front of it), its backend named `applicationName` when
+ * given; `options` adds to or overrides these.
+ */
+function onePool(url: string, applicationName?: string, options: postgres.Options<never> = {}): postgres.Sql {
+  return postgres(url, {
     max: 1,
     prepare: false,
     onnotice: () => {},
     connect_timeout: 5,
-    connection: { application_name: applicationName },
+    ...(applicationName === undefined ? {} : { connection: { application_name: applicationName } }),
+    ...options,
   });
 }
 
@@ -455,7 +460,7 @@ Deno.test({
     const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
     const proxy = databaseProxy("refuse");
     const applicationName = `readsync-cancel-refused-${crypto.randomUUID().slice(0, 8)}`;
-    const pool = proxiedPool(proxy.url, applicationName);
+    const pool = onePool(proxy.url, applicationName);
     let held: Held | undefined;
     try {
       const user = await createTestUser();
@@ -495,7 +500,7 @@ Deno.test({
     const holders = [0, 1].map(() => postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} }));
     const proxy = databaseProxy("hold");
     const applicationName = `readsync-cancel-late-${crypto.randomUUID().slice(0, 8)}`;
-    const pool = proxiedPool(proxy.url, applicationName);
+    const pool = onePool(proxy.url, applicationName);
     const helds: Held[] = [];
     try {
       const [left, stayed] = [await createTestUser(), await createTestUser()];
@@ -722,13 +727,7 @@ Deno.test({
     const admin = adminSql({ max: 1 });
     const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
     const applicationName = `readsync-listeners-${crypto.randomUUID().slice(0, 8)}`;
-    const pool = postgres(testEnv().dbUrl, {
-      max: 1,
-      prepare: false,
-      onnotice: () => {},
-      connect_timeout: 5,
-      connection: { application_name: applicationName },
-    });
+    const pool = onePool(testEnv().dbUrl, applicationName);
     const helds: Held[] = [];
     try {
       const [user, other] = [await createTestUser(), await createTestUser()];
@@ -859,12 +858,7 @@ Deno.test({
     // The failure count each closing connection's backoff is asked for (postgres.js's `backoff` option: the
     // seconds a closed connection waits before it may connect again). 0 s here, so that nothing waits.
     const backoffs: number[] = [];
-    const pool = postgres(proxy.url, {
-      max: 1,
-      prepare: false,
-      onnotice: () => {},
-      connect_timeout: 5,
-      connection: { application_name: applicationName },
+    const pool = onePool(proxy.url, applicationName, {
       backoff: (retries: number) => {
         backoffs.push(retries);
         return 0;
@@ -980,12 +974,7 @@ for (
     ignore: !mintsTokens,
     fn: async () => {
       const admin = adminSql({ max: 1 });
-      const pool = postgres(testEnv().dbUrl, {
-        max: 1,
-        prepare: false,
-        onnotice: () => {},
-        connect_timeout: 5,
-      });
+      const pool = onePool(testEnv().dbUrl);
       const client = new AbortController();
       const hook = abortAtQuery(pool, text, moment, client);
       try {
@@ -1034,12 +1023,7 @@ Deno.test({
   fn: async () => {
     const admin = adminSql({ max: 1 });
     const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
-    const pool = postgres(testEnv().dbUrl, {
-      max: 1,
-      prepare: false,
-      onnotice: () => {},
-      connect_timeout: 5,
-    });
+    const pool = onePool(testEnv().dbUrl);
     const client = new AbortController();
     const hook = abortAtQuery(pool, "public.write_reading_progress(", "awaited", client);
     let held: Held | undefined;
@@ -1204,7 +1188,7 @@ Deno.test({
     const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
     const proxy = statementHoldingProxy("public.write_reading_progress(");
     const applicationName = `readsync-cancel-parse-${crypto.randomUUID().slice(0, 8)}`;
-    const pool = proxiedPool(proxy.url, applicationName);
+    const pool = onePool(proxy.url, applicationName);
     let held: Held | undefined;
     try {
       const user = await createTestUser();
@@ -1374,13 +1358,7 @@ Deno.test({
     const admin = adminSql({ max: 1 });
     const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
     const applicationName = `readsync-terminated-${crypto.randomUUID().slice(0, 8)}`;
-    const pool = postgres(testEnv().dbUrl, {
-      max: 1,
-      prepare: false,
-      onnotice: () => {},
-      connect_timeout: 5,
-      connection: { application_name: applicationName },
-    });
+    const pool = onePool(testEnv().dbUrl, applicationName);
     let held: Held | undefined;
     try {
       const user = await createTestUser();
