@@ -164,7 +164,8 @@ async function main(): Promise<number> {
     // migration that starts a tagged cursor over after a failed read restates the changes read (with
     // that setting), so it runs after every migration that puts back an earlier one, and the one whose
     // cursors name their user restates it again (with that check), and the one that folds the user into
-    // the cursor's tag once more, so each runs after those before it. The
+    // the cursor's tag once more, and the one that tags a failed read's cursor by its user once more, so
+    // each runs after those before it. The
     // two reset rules' migrations put back their triggers' whole WHEN clauses (and functions without
     // that test), so the migration that guards those triggers by one column runs after each. The user-lock
     // migration puts back its trigger function without the wait's PT503, the PT503 one puts it back
@@ -192,6 +193,7 @@ async function main(): Promise<number> {
           "_changes_cursor_unchecked_tag_starts_over.sql",
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
+          "_changes_cursor_failed_read_names_user.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -205,6 +207,7 @@ async function main(): Promise<number> {
           "_changes_cursor_unchecked_tag_starts_over.sql",
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
+          "_changes_cursor_failed_read_names_user.sql",
         ],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
         [
@@ -228,13 +231,23 @@ async function main(): Promise<number> {
           "_changes_cursor_unchecked_tag_starts_over.sql",
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
+          "_changes_cursor_failed_read_names_user.sql",
         ],
         [
           "the changes cursor names its user",
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
+          "_changes_cursor_failed_read_names_user.sql",
         ],
-        ["the changes cursor's user folded into its tag", "_changes_cursor_user_folded_into_tag.sql"],
+        [
+          "the changes cursor's user folded into its tag",
+          "_changes_cursor_user_folded_into_tag.sql",
+          "_changes_cursor_failed_read_names_user.sql",
+        ],
+        [
+          "a cursor handed out after a failed read names its user",
+          "_changes_cursor_failed_read_names_user.sql",
+        ],
         [
           "one user's writes serialized",
           "_user_writes_serialized.sql",
