@@ -8,6 +8,38 @@ import { supabaseCliBinary } from "./database.ts";
 
 const databaseModule = new URL("./database.ts", import.meta.url).href;
 
+/** `promise`, or a failure naming `what` after 60 s (a hang guard, not a timing). */
+function within<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: not within 60 s`)), 60_000);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A stack started in a process of its own against the database at 127.0.0.1:`port` (SUPABASE_DB_URL: no
+ * cluster of its own, psql its first child), which prints `startedLine` if its start ends.
+ */
+function stackAgainst(port: number, startedLine: string) {
+  const stackModule = new URL("./stack.ts", import.meta.url).href;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+       await startLocalStack({ apiPort: 0, log: () => {} });
+       console.log(${JSON.stringify(startedLine)});`,
+    ],
+    env: { SUPABASE_DB_URL: `postgresql://postgres:postgres@127.0.0.1:${port}/postgres` },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  return { child, output: child.output() };
+}
+
 Deno.test({
   name: "supabaseCli runs the CLI's binary itself (SUPABASE_CLI_BINARY_OVERRIDE here), not through the npm " +
     "package's node launcher: the binary's parent is the process that ran it",
@@ -61,40 +93,18 @@ Deno.test({
   // starts no cluster of its own, and psql is the first child it runs).
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const { port } = listener.addr as Deno.NetAddr;
-  const stackModule = new URL("./stack.ts", import.meta.url).href;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
-       await startLocalStack({ apiPort: 0, log: () => {} });
-       console.log("the stack started: its psql was answered");`,
-    ],
-    env: { SUPABASE_DB_URL: `postgresql://postgres:postgres@127.0.0.1:${port}/postgres` },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const output = child.output();
+  const { child, output } = stackAgainst(port, "the stack started: its psql was answered");
   let connection: Deno.Conn | undefined;
-  const guard = <T>(promise: Promise<T>, what: string) => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    return Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: not within 60 s`)), 60_000);
-      }),
-    ]).finally(() => clearTimeout(timer));
-  };
   try {
     // psql has connected: the stack is in its bootstrap.
-    connection = await guard(listener.accept(), "psql's connection");
+    connection = await within(listener.accept(), "psql's connection");
     child.kill("SIGTERM");
-    const { code, stdout, stderr } = await guard(output, "the stopped process's exit");
+    const { code, stdout, stderr } = await within(output, "the stopped process's exit");
     const decoder = new TextDecoder();
     assert.equal(code, 143, `stopped by SIGTERM:\n${decoder.decode(stdout)}\n${decoder.decode(stderr)}`);
     // psql ended with it: its end of the connection is closed (a psql left running would hold it open).
     const buffer = new Uint8Array(1024);
-    await guard(
+    await within(
       (async () => {
         while (await connection!.read(buffer).catch(() => null) !== null) { /* what psql sent */ }
       })(),
@@ -158,37 +168,15 @@ Deno.test({
       })());
     }
   })();
-  const stackModule = new URL("./stack.ts", import.meta.url).href;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "eval",
-      `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
-       await startLocalStack({ apiPort: 0, log: () => {} });
-       console.log("the stack started: its bootstrap was not held");`,
-    ],
-    env: { SUPABASE_DB_URL: `postgresql://postgres:postgres@127.0.0.1:${port}/postgres` },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const output = child.output();
-  const guard = <T>(promise: Promise<T>, what: string) => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    return Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: not within 60 s`)), 60_000);
-      }),
-    ]).finally(() => clearTimeout(timer));
-  };
+  const { child, output } = stackAgainst(port, "the stack started: its bootstrap was not held");
   try {
-    await guard(Promise.race([heldThere, output.then(() => {})]), "the bootstrap's last statement");
+    await within(Promise.race([heldThere, output.then(() => {})]), "the bootstrap's last statement");
     child.kill("SIGTERM");
-    const { code, stdout, stderr } = await guard(output, "the stopped process's exit");
+    const { code, stdout, stderr } = await within(output, "the stopped process's exit");
     const decoder = new TextDecoder();
     assert.equal(code, 143, `stopped by SIGTERM:\n${decoder.decode(stdout)}\n${decoder.decode(stderr)}`);
     // Once the stopped psql's session has ended (its connection closed by the proxy as psql's was).
-    await guard(Promise.all(clientsGone), "psql's connections closed");
+    await within(Promise.all(clientsGone), "psql's connections closed");
     for (let i = 0; i < 600; i++) { // a hang guard: 60 s
       const [{ sessions }] = await sql`select count(*)::int as sessions from pg_stat_activity
         where backend_type = 'client backend' and pid <> pg_backend_pid()`;
