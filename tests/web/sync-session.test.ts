@@ -1636,26 +1636,39 @@ Deno.test("sync session, two tabs: a page resumed once after a freeze (no pagesh
   b.close();
 });
 
+/**
+ * A tab with Alice's session open and its first send done, for the page lifecycle tests: its subscription's
+ * reads, `answerChecks()` (fails every session check `auth` holds so far, so the reads they go with end),
+ * and the document's visibilitychange, freeze and resume events.
+ */
+async function lifecycleTab(auth: ReturnType<typeof heldAuthToken>) {
+  const t = tab();
+  const alice = t.open(newStore(ALICE));
+  await until(() => !alice.sending);
+  let answered = 0;
+  return {
+    t,
+    alice,
+    reads: () => t.subscriptions[0].reads,
+    answerChecks: async () => {
+      while (answered < auth.count) (await auth.request(++answered)).reject(new TypeError("Failed to fetch"));
+      await tick();
+    },
+    visibility: (state: "visible" | "hidden") => {
+      t.document.visibilityState = state;
+      t.document.dispatchEvent(new Event("visibilitychange"));
+    },
+    freeze: () => t.document.dispatchEvent(new Event("freeze")),
+    resume: () => t.document.dispatchEvent(new Event("resume")),
+  };
+}
+
 Deno.test("sync session: a frozen background tab the reader goes back to (resume, then visibilitychange) reads what it missed once; either event alone reads, and one after that read was answered reads again", async () => {
   // Each read goes with a check of the session (GET /auth/token, held here): the read is under way, as in a
   // browser, until the test answers that check.
   const auth = heldAuthToken();
   try {
-    const t = tab();
-    const alice = t.open(newStore(ALICE));
-    await until(() => !alice.sending);
-    const reads = () => t.subscriptions[0].reads;
-    let answered = 0;
-    const answerChecks = async () => {
-      while (answered < auth.count) (await auth.request(++answered)).reject(new TypeError("Failed to fetch"));
-      await tick();
-    };
-    const visibility = (state: "visible" | "hidden") => {
-      t.document.visibilityState = state;
-      t.document.dispatchEvent(new Event("visibilitychange"));
-    };
-    const freeze = () => t.document.dispatchEvent(new Event("freeze"));
-    const resume = () => t.document.dispatchEvent(new Event("resume"));
+    const { alice, reads, answerChecks, visibility, freeze, resume } = await lifecycleTab(auth);
 
     visibility("hidden");
     freeze(); // Chromium freezes a hidden tab
@@ -1693,21 +1706,7 @@ Deno.test("sync session: a read begun before the page was frozen (or kept in the
   // while the page was frozen), and the page missed all that was saved while it was.
   const auth = heldAuthToken();
   try {
-    const t = tab();
-    const alice = t.open(newStore(ALICE));
-    await until(() => !alice.sending);
-    const reads = () => t.subscriptions[0].reads;
-    let answered = 0;
-    const answerChecks = async () => {
-      while (answered < auth.count) (await auth.request(++answered)).reject(new TypeError("Failed to fetch"));
-      await tick();
-    };
-    const visibility = (state: "visible" | "hidden") => {
-      t.document.visibilityState = state;
-      t.document.dispatchEvent(new Event("visibilitychange"));
-    };
-    const freeze = () => t.document.dispatchEvent(new Event("freeze"));
-    const resume = () => t.document.dispatchEvent(new Event("resume"));
+    const { t, alice, reads, answerChecks, visibility, freeze, resume } = await lifecycleTab(auth);
 
     visibility("hidden");
     freeze();
