@@ -32,7 +32,7 @@ import {
   unsupportedMediaType,
 } from "./rest.ts";
 import { upgradeRefusal } from "./upgrade.ts";
-import { checkNumberOption, MAX_TIMER_MS, type NumberRule } from "../../shared/options/checkOptions.ts";
+import { checkNumberOption, type NumberRule, TIMER_MS } from "../../shared/options/checkOptions.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 
 export interface RealtimeEndpointOptions {
@@ -44,51 +44,58 @@ export interface RealtimeEndpointOptions {
    * with metadata `{id}`, no `id` in the payload); "json" for older releases' JSON text form.
    */
   frameForm?: "binary" | "json";
-  /** Connections used for policy checks (the WAL replication connection is separate). */
+  /**
+   * Connections used for policy checks (the WAL replication connection is separate): a whole number from
+   * 1 to 100 (POOL_SIZE_RULE), 8 by default.
+   */
   poolSize?: number;
   /** Structured log sink; silent by default (READSYNC_REALTIME_LOG=1 logs JSON lines to stderr). */
   log?: (fields: Record<string, unknown>) => void;
   /**
    * A socket that sends nothing (not even a heartbeat) for this long is closed, as Phoenix's
    * WebSocket transport does (its `timeout`, 60 s): realtime-js heartbeats every 25 s, so only a
-   * client that stopped (a suspended device, a dead network path) is cut. 0 disables.
+   * client that stopped (a suspended device, a dead network path) is cut. 0 or Infinity: no bound (no
+   * sweep); from 1 to MAX_TIMER_MS otherwise (NUMBER_OPTION_RULES).
    */
   idleTimeoutMs?: number;
   /**
    * How often a joined channel's token is re-verified before its expiry (Supabase's confirm_token
    * cap, @confirm_token_ms_max_interval, 1 hour; tests shorten it). The token only: the read policy
-   * is asked at join and on an access_token push, as on Supabase.
+   * is asked at join and on an access_token push, as on Supabase. From 1 to MAX_TIMER_MS (a confirm is
+   * a timer of at most this: 0 would confirm at every turn, and so would Infinity for a token expiring
+   * past MAX_TIMER_MS, whose timer Deno fires after 1 ms).
    */
   confirmTokenIntervalMs?: number;
   /**
    * How long a refused join waits before its error reply (Supabase's CHANNEL_ERROR_BACKOFF_MS, 5 s
    * by default, which `npm start` keeps: an app meets the same wait as on Supabase). A socket may
    * ask for less with the stand-in's own `local_channel_error_backoff_ms` query parameter (see
-   * LOWER_JOIN_ERROR_BACKOFF_PARAM).
+   * LOWER_JOIN_ERROR_BACKOFF_PARAM). 0: no wait; from 1 to MAX_TIMER_MS otherwise.
    */
   channelErrorBackoffMs?: number;
   /**
    * How long a refused socket (missing apikey, bad or expired token) waits before the upgrade is
    * answered with 403 (Supabase's CONNECT_ERROR_BACKOFF_MS, 2 s by default, which `npm start`
    * keeps). No socket parameter lowers it (unlike the join's): one test opens a refused socket, and
-   * it tests this wait.
+   * it tests this wait. 0: no wait; from 1 to MAX_TIMER_MS otherwise.
    */
   connectErrorBackoffMs?: number;
   /**
    * A channel's token-refresh window (Supabase's ACCESS_TOKEN_THROTTLE_MS, 10 s): a token pushed
    * within it of the last one applied is held until it ends (or until the current token's confirm).
+   * 0: every token applied at once; from 1 to MAX_TIMER_MS otherwise.
    */
   accessTokenThrottleMs?: number;
   /**
    * How long a REST request's body read waits for the client's next bytes before it is given up and
-   * answered 408 (rest.ts BODY_IDLE_TIMEOUT_MS: Cowboy's idle_timeout, 60 s; tests shorten it).
+   * answered 408 (rest.ts BODY_IDLE_TIMEOUT_MS: Cowboy's idle_timeout, 60 s; tests shorten it). From 1
+   * to MAX_TIMER_MS (each read of the body waits on a timer of this).
    */
   bodyIdleTimeoutMs?: number;
   /**
    * How long after its upgrade a socket may stay CONNECTING before the endpoint lets it go
    * (DEFAULT_UPGRADE_TIMEOUT_MS; tests shorten it): see releaseUnopened. 0 or Infinity: no bound (the
-   * client's leaving and a failed upgrade still let it go); from 1 to MAX_TIMER_MS otherwise, anything
-   * else refused by createRealtimeEndpoint (UPGRADE_TIMEOUT_RULE).
+   * client's leaving and a failed upgrade still let it go); from 1 to MAX_TIMER_MS otherwise.
    */
   upgradeTimeoutMs?: number;
   /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
@@ -105,21 +112,57 @@ const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
  */
 export const DEFAULT_UPGRADE_TIMEOUT_MS = 10_000;
 
+/** A timeout that 0 or Infinity turns off ("no bound"): a timer's delay otherwise (1 ms to MAX_TIMER_MS). */
+const TIMEOUT_OR_NO_BOUND: NumberRule = { ...TIMER_MS, zero: true, infinity: true };
+
+/** A wait that 0 skips: a timer's delay otherwise (1 ms to MAX_TIMER_MS). */
+const WAIT_OR_NONE: NumberRule = { ...TIMER_MS, zero: true };
+
 /**
- * What upgradeTimeoutMs takes: a timer's delay (1 ms to MAX_TIMER_MS), or 0 or Infinity for no bound.
- * Anything else is refused when the endpoint is made (a RangeError for a number, a TypeError for a
- * value of another type, naming the option), as the shared options' checks refuse theirs: a timer
- * cannot hold it, and Deno fires such a timer at once (0, a fraction below 1, a negative or NaN delay)
- * or after 1 ms (past MAX_TIMER_MS, Infinity), so every socket would be let go as it was upgraded
- * (closed 1001 at its open) and no client could connect.
+ * The policy pool's size (postgres.js's `max`): a whole number of connections from 1 to 100, as the progress
+ * function's PROGRESS_DB_POOL_MAX (PostgreSQL's default max_connections; postgres.js makes that many
+ * connection objects up front). Unchecked, 0, a negative, a fraction or NaN went to postgres.js as it was.
  */
-const UPGRADE_TIMEOUT_RULE: NumberRule = {
-  min: 1,
-  max: MAX_TIMER_MS,
-  zero: true,
-  infinity: true,
-  unit: "milliseconds",
-};
+const POOL_SIZE_RULE: NumberRule = { min: 1, max: 100, whole: true };
+
+/**
+ * What each numeric option takes, checked by createRealtimeEndpoint (checkedNumberOptions) before it starts
+ * anything, as the shared options' checks refuse theirs: a number out of range is a RangeError, a value of
+ * another type (a string, null) a TypeError, each naming the option. Unchecked, a value no timer can hold
+ * went to setTimeout, which Deno fires at once (0, a fraction below 1, a negative or NaN delay) or after
+ * 1 ms (past MAX_TIMER_MS, Infinity), or to a comparison that silently turned the thing off: a negative or
+ * NaN idleTimeoutMs stopped the idle sweep, as 0 does on purpose; an upgradeTimeoutMs of 0 let every socket
+ * go as it was upgraded; a confirmTokenIntervalMs of 0 or NaN re-verified a channel's token at every turn.
+ */
+const NUMBER_OPTION_RULES = {
+  poolSize: POOL_SIZE_RULE,
+  idleTimeoutMs: TIMEOUT_OR_NO_BOUND,
+  confirmTokenIntervalMs: TIMER_MS,
+  channelErrorBackoffMs: WAIT_OR_NONE,
+  connectErrorBackoffMs: WAIT_OR_NONE,
+  accessTokenThrottleMs: WAIT_OR_NONE,
+  bodyIdleTimeoutMs: TIMER_MS,
+  upgradeTimeoutMs: TIMEOUT_OR_NO_BOUND,
+} as const satisfies { readonly [name in keyof RealtimeEndpointOptions]?: NumberRule };
+
+type NumberOptions = { -readonly [name in keyof typeof NUMBER_OPTION_RULES]: number | undefined };
+
+/**
+ * The numeric options as given (undefined: not given, the default applies), each checked against its
+ * NUMBER_OPTION_RULES rule; throws for the first one its rule does not take.
+ */
+function checkedNumberOptions(options: RealtimeEndpointOptions): NumberOptions {
+  const checked: Partial<NumberOptions> = {};
+  for (const name of Object.keys(NUMBER_OPTION_RULES) as (keyof NumberOptions)[]) {
+    checked[name] = checkNumberOption(
+      options[name],
+      NUMBER_OPTION_RULES[name],
+      "createRealtimeEndpoint",
+      name,
+    );
+  }
+  return checked as NumberOptions;
+}
 
 /**
  * Query parameter of the WebSocket URL with which a socket lowers its own join-error wait (never
@@ -157,15 +200,11 @@ export async function createRealtimeEndpoint(
   options: RealtimeEndpointOptions = {},
 ): Promise<RealtimeEndpoint> {
   // Checked before anything is started (the pool, the WAL stream): a refused value leaves nothing to close.
-  const upgradeTimeoutMs = checkNumberOption(
-    options.upgradeTimeoutMs,
-    UPGRADE_TIMEOUT_RULE,
-    "createRealtimeEndpoint",
-    "upgradeTimeoutMs",
-  ) ?? DEFAULT_UPGRADE_TIMEOUT_MS;
+  const numbers = checkedNumberOptions(options);
+  const upgradeTimeoutMs = numbers.upgradeTimeoutMs ?? DEFAULT_UPGRADE_TIMEOUT_MS;
   const log = options.log ?? defaultLog();
   const sql = postgres(ctx.dbUrl, {
-    max: options.poolSize ?? 8,
+    max: numbers.poolSize ?? 8,
     onnotice: () => {},
     connection: { application_name: "readsync-local-realtime" },
   });
@@ -201,18 +240,19 @@ export async function createRealtimeEndpoint(
     verifier,
     privateOnly: options.privateOnly ?? false,
     log,
-    confirmTokenIntervalMs: options.confirmTokenIntervalMs,
-    accessTokenThrottleMs: options.accessTokenThrottleMs,
+    confirmTokenIntervalMs: numbers.confirmTokenIntervalMs,
+    accessTokenThrottleMs: numbers.accessTokenThrottleMs,
   };
-  const channelErrorBackoffMs = options.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
-  const connectErrorBackoffMs = options.connectErrorBackoffMs ?? CONNECT_ERROR_BACKOFF_MS;
-  const bodyIdleTimeoutMs = options.bodyIdleTimeoutMs ?? BODY_IDLE_TIMEOUT_MS;
+  const channelErrorBackoffMs = numbers.channelErrorBackoffMs ?? CHANNEL_ERROR_BACKOFF_MS;
+  const connectErrorBackoffMs = numbers.connectErrorBackoffMs ?? CONNECT_ERROR_BACKOFF_MS;
+  const bodyIdleTimeoutMs = numbers.bodyIdleTimeoutMs ?? BODY_IDLE_TIMEOUT_MS;
   const connections = new Set<Connection>();
   /** The Connections whose socket is still CONNECTING, with what ends the watch on it (releaseUnopened). */
   const upgrading = new Map<Connection, () => void>();
   let closed = false;
-  const idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-  const idleSweep = idleTimeoutMs > 0
+  const idleTimeoutMs = numbers.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  // 0 or Infinity: no bound, so no sweep (Infinity would have swept every 5 s and closed nothing).
+  const idleSweep = idleTimeoutMs > 0 && idleTimeoutMs !== Infinity
     ? setInterval(() => {
       const now = Date.now();
       for (const connection of connections) {

@@ -8,7 +8,8 @@
 // another refuses. A value of the wrong type (not a number; retry not an object) and a number out of range
 // are told apart by class (WRONG_TYPE, RangeError). Likewise the one number the function reads from its
 // environment (PROGRESS_DB_POOL_MAX, a text: when the handler is made, at a request, booting the function),
-// the tokens (accessToken, setAccessToken) and what the random options' draws give.
+// the tokens (accessToken, setAccessToken) and what the random options' draws give. And the numeric options
+// of the local stack's Realtime endpoint (createRealtimeEndpoint), which stands in for Supabase's.
 
 import assert from "node:assert/strict";
 import { hasBody, readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
@@ -25,7 +26,8 @@ import {
 import { createProgressHandlerFromEnv } from "../../../shared/progress/server.ts";
 import { RealtimeService, type RealtimeServiceOptions } from "../../../shared/realtime/realtimeService.ts";
 import { fakeClient } from "../realtime/fakeRealtimeClient.ts";
-import { createTestUser, testEnv } from "../../support/env.ts";
+import { createRealtimeEndpoint, type RealtimeEndpointOptions } from "../../../local/realtime/endpoint.ts";
+import { createTestUser, localRealtime, testEnv } from "../../support/env.ts";
 import { call, errorOf, serveLocal } from "../../functions/support.ts";
 
 const MAX_TIMER = 2 ** 31 - 1;
@@ -835,6 +837,65 @@ Deno.test({
     for (const [label, value] of VALUES) {
       const outcome = await subscribeOutcome({ changesLimit: value as number });
       expectOutcome("subscribeToProgress", "changesLimit", label, value, ["1", "500", "undefined"], outcome);
+    }
+  },
+});
+
+// ------------------------------------------------------------------------------------ local Realtime endpoint
+
+/**
+ * createRealtimeEndpoint's numeric options: 1 to 2^31-1 ms (a timer's delay), 0 too where it means none (no
+ * wait, no throttle, no bound), Infinity too for the two timeouts it means no bound for; the pool a whole
+ * number of connections from 1 to 100. Before, only upgradeTimeoutMs was checked: a negative or NaN
+ * idleTimeoutMs silently stopped the idle sweep, a confirmTokenIntervalMs of 0 confirmed at every turn.
+ */
+const ENDPOINT: [keyof RealtimeEndpointOptions, readonly string[]][] = [
+  ["idleTimeoutMs", [...TIMER, "0", "-0", "Infinity"]],
+  ["confirmTokenIntervalMs", TIMER],
+  ["channelErrorBackoffMs", [...TIMER, "0", "-0"]],
+  ["connectErrorBackoffMs", [...TIMER, "0", "-0"]],
+  ["accessTokenThrottleMs", [...TIMER, "0", "-0"]],
+  ["bodyIdleTimeoutMs", TIMER],
+  ["upgradeTimeoutMs", [...TIMER, "0", "-0", "Infinity"]],
+  ["poolSize", ["1", "undefined"]],
+];
+
+Deno.test({
+  name: "option ranges: createRealtimeEndpoint's numeric options, refused before it starts anything",
+  ...noSanitize,
+  // It makes endpoints of its own on the suite's database: only where Realtime is the stand-in.
+  ignore: !localRealtime,
+  fn: async () => {
+    const env = testEnv();
+    const make = (options: RealtimeEndpointOptions) =>
+      outcomeOf(async () => {
+        let guard: ReturnType<typeof setTimeout> | undefined;
+        const made = createRealtimeEndpoint({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, options);
+        try {
+          // A hang guard only (a pool of no connections would wait for good at its first query).
+          const endpoint = await Promise.race([
+            made,
+            new Promise<never>((_, reject) =>
+              guard = setTimeout(() => reject(new Error("neither made nor refused within 30 s")), 30_000)
+            ),
+          ]);
+          await endpoint.close();
+        } finally {
+          clearTimeout(guard);
+        }
+      });
+    for (const [label, value] of VALUES) {
+      // A refusal comes before the endpoint's pool and WAL stream exist: one try for each option refusing
+      // the value. The options taking it are given it together, in one endpoint made and closed.
+      const taking = ENDPOINT.filter(([, accepted]) => accepted.includes(label)).map(([name]) => name);
+      if (taking.length > 0) {
+        const outcome = await make(Object.fromEntries(taking.map((name) => [name, value])));
+        expectOutcome("createRealtimeEndpoint", taking.join(", "), label, value, [label], outcome);
+      }
+      for (const [name, accepted] of ENDPOINT) {
+        if (accepted.includes(label)) continue;
+        expectOutcome("createRealtimeEndpoint", name, label, value, accepted, await make({ [name]: value }));
+      }
     }
   },
 });
