@@ -16,7 +16,7 @@ const OWN_SERVER = {
 };
 
 /** An API server of this test's own on a port the OS picks, with the suite's database and keys. */
-function ownApiServer(options: { closeGraceMs?: number } = {}) {
+function ownApiServer(options: { closeGraceMs?: number; readTcpTable?: () => string } = {}) {
   const env = testEnv();
   return startApiServer({
     port: 0,
@@ -183,6 +183,98 @@ Deno.test({
     const keptLast = remembered.find((last) => last.from === `127.0.0.1:${keptPort}`);
     assert.equal(keptLast?.request.path, "/kept", "the open connection's last request is remembered");
     assert.equal(keptLast?.answered, true);
+  } finally {
+    kept.close();
+    await api.close();
+  }
+});
+
+/** The header line of /proc/net/tcp. */
+const TCP_TABLE_HEADER =
+  "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
+
+/** A port as /proc/net/tcp writes it: four hexadecimal digits. */
+const hexPort = (port: number) => port.toString(16).toUpperCase().padStart(4, "0");
+
+/**
+ * A line of /proc/net/tcp as Linux writes it (net/ipv4/tcp_ipv4.c get_tcp4_sock, padded to 149
+ * characters): 127.0.0.1:`localPort` to 127.0.0.1:`remotePort`, in `state` (01 ESTABLISHED, 0A LISTEN).
+ */
+function tcpTableLine(sl: number, localPort: number, remotePort: number, state = "01"): string {
+  return (`${String(sl).padStart(4)}: 0100007F:${hexPort(localPort)} 0100007F:${hexPort(remotePort)} ` +
+    `${state} 00000000:00000000 00:00000000 00000000  1000        0 ${40_000 + sl} 1 0000000000000000 ` +
+    "20 4 30 10 -1").padEnd(149);
+}
+
+const httpRequest = (path: string, connection: string) =>
+  new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: ${connection}\r\n\r\n`);
+
+/** A keep-alive connection to `port` that has carried one request (GET /kept, answered 404), left open. */
+async function keptConnection(port: number): Promise<Deno.TcpConn> {
+  const kept = await Deno.connect({ hostname: "127.0.0.1", port });
+  await kept.write(httpRequest("/kept", "keep-alive"));
+  assert.match(await readAnswer(kept), /^HTTP\/1.1 404/);
+  return kept;
+}
+
+/**
+ * CONNECTIONS_REMEMBERED short connections to `port`, one request each, closed once answered (every answer
+ * must be the 404 of an unknown path): with a kept one, the server remembers one more connection than it
+ * does before it looks which are open at the last of them, and looks then.
+ */
+async function shortConnections(port: number): Promise<void> {
+  for (let i = 0; i < CONNECTIONS_REMEMBERED; i++) {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    try {
+      await conn.write(httpRequest(`/gone/${i}`, "close"));
+      const answer = await readAnswer(conn);
+      assert.match(answer, /^HTTP\/1.1 404/, `short connection ${i} answered ${answer.split("\r\n")[0]}`);
+    } finally {
+      conn.close();
+    }
+  }
+}
+
+Deno.test({
+  name:
+    "a /proc/net/tcp line the API server cannot parse is skipped when it looks which connections are open: every request answered, none left pending",
+  ...OWN_SERVER,
+}, async () => {
+  let serverPort = 0;
+  let keptPort = 0;
+  let reads = 0;
+  // The kernel's table as the server reads it: its listening socket, the kept connection, and a line on the
+  // server's port cut short after the local address (no remote address, no state).
+  const api = await ownApiServer({
+    readTcpTable: () => {
+      reads++;
+      return [
+        TCP_TABLE_HEADER,
+        tcpTableLine(0, serverPort, 0, "0A"),
+        tcpTableLine(1, serverPort, keptPort),
+        `   2: 0100007F:${hexPort(serverPort)}`,
+        "",
+      ].join("\n");
+    },
+  });
+  serverPort = Number(new URL(api.url).port);
+  const kept = await keptConnection(serverPort);
+  keptPort = (kept.localAddr as Deno.NetAddr).port;
+  try {
+    await shortConnections(serverPort);
+    assert.ok(reads > 0, "the server read the table");
+    assert.deepEqual(api.pending(), [], "no request left pending");
+    const remembered = api.lastRequests();
+    assert.ok(
+      remembered.length <= 2,
+      `${remembered.length} connections remembered: the kept one and the last`,
+    );
+    const keptLast = remembered.find((last) => last.from === `127.0.0.1:${keptPort}`);
+    assert.equal(
+      keptLast?.request.path,
+      "/kept",
+      "the kept connection's line was read past the one cut short",
+    );
   } finally {
     kept.close();
     await api.close();

@@ -28,6 +28,12 @@ export interface ApiContext {
   closeGraceMs?: number;
   /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
   onPhase?: OnPhase;
+  /**
+   * Reads the kernel's table of TCP connections (the text of /proc/net/tcp, readProcNetTcp unless given)
+   * when the server looks which client connections are open (openConnections); a throw is taken as no
+   * table. Tests give a table of their own.
+   */
+  readTcpTable?: () => string;
 }
 
 export interface ApiServer {
@@ -103,32 +109,59 @@ const TCP_STATES: Record<string, string> = {
   "0B": "CLOSING",
 };
 
+/** The kernel's table of IPv4 TCP connections, as Linux writes it (its text; throws where there is none). */
+export function readProcNetTcp(): string {
+  return Deno.readTextFileSync("/proc/net/tcp");
+}
+
+/**
+ * A connection's line of /proc/net/tcp (`   3: 0100007F:D431 0100007F:8AE2 01 ...`): its number, the local
+ * and the remote address as hexadecimal IPv4 (the bytes little-endian) and port, and the state. A line not
+ * of this form (the header, a line cut short) names no connection.
+ */
+const TCP_TABLE_LINE =
+  /^\s*\d+:\s+([0-9A-Fa-f]{8}):([0-9A-Fa-f]{4})\s+([0-9A-Fa-f]{8}):([0-9A-Fa-f]{4})\s+([0-9A-Fa-f]{2})(?:\s|$)/;
+
+/** `0100007F` (as /proc/net/tcp writes 127.0.0.1) as `127.0.0.1`. */
+function hexIpv4(hex: string): string {
+  return [6, 4, 2, 0].map((at) => parseInt(hex.slice(at, at + 2), 16)).join(".");
+}
+
+/**
+ * The connections open on `port` that one read of the table lists: the client's address and port, and
+ * the state; the listening socket and TIME_WAIT ones left out. A line not of the table's form is skipped,
+ * so no text can make this throw.
+ */
+function connectionsListed(table: string, port: number): Map<string, string> {
+  const open = new Map<string, string>();
+  for (const line of table.split("\n")) {
+    const fields = TCP_TABLE_LINE.exec(line);
+    if (!fields || parseInt(fields[2], 16) !== port) continue;
+    const state = fields[5].toUpperCase();
+    if (state === "0A" || state === "06") continue;
+    open.set(`${hexIpv4(fields[3])}:${parseInt(fields[4], 16)}`, TCP_STATES[state] ?? state);
+  }
+  return open;
+}
+
 /**
  * The connections still open on the server's port, as the kernel lists them (/proc/net/tcp: the
  * server binds 127.0.0.1 only): the client's address and port, and the state (CLOSE_WAIT: the client
  * has closed its end). Deno.serve's graceful shutdown waits for these, also once their handlers have
  * answered, which pending() cannot show. Null where there is no such file (not Linux) or it cannot be
- * read.
+ * read (`readTable` threw); never throws.
  */
-export function openConnections(port: number): { from: string; state: string }[] | null {
+export function openConnections(
+  port: number,
+  readTable: () => string = readProcNetTcp,
+): { from: string; state: string }[] | null {
   let table: string;
   try {
-    table = Deno.readTextFileSync("/proc/net/tcp");
+    table = readTable();
   } catch {
     return null;
   }
-  const hexAddress = (field: string) => {
-    const [ip, hexPort] = field.split(":");
-    const octets = ip.match(/../g)!.map((byte) => parseInt(byte, 16)).reverse(); // little-endian
-    return { address: `${octets.join(".")}:${parseInt(hexPort, 16)}`, port: parseInt(hexPort, 16) };
-  };
-  const open: { from: string; state: string }[] = [];
-  for (const line of table.split("\n").slice(1)) {
-    const [, local, remote, state] = line.trim().split(/\s+/);
-    if (!local || hexAddress(local).port !== port || state === "0A" || state === "06") continue;
-    open.push({ from: hexAddress(remote).address, state: TCP_STATES[state] ?? state });
-  }
-  return open;
+  return [...connectionsListed(table, port)].map(([from, state]) => ({ from, state }));
 }
 
 function localJwks(): { keys: unknown[] } {
@@ -165,6 +198,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   // before, one entry stayed per client port ever seen, for as long as the server ran (npm start: days).
   const lastOnConnection = new Map<string, LastRequest>();
   let lookAtConnectionsAbove = CONNECTIONS_REMEMBERED;
+  const readTcpTable = ctx.readTcpTable ?? readProcNetTcp;
   /**
    * Remembers `last` as its connection's last request (a client port used again is a new connection),
    * and once more connections are remembered than lookAtConnectionsAbove, forgets those the kernel no
@@ -174,7 +208,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     lastOnConnection.delete(last.from); // newest last
     lastOnConnection.set(last.from, last);
     if (lastOnConnection.size <= lookAtConnectionsAbove) return;
-    const open = openConnections(server.addr.port);
+    const open = openConnections(server.addr.port, readTcpTable);
     const stillOpen = new Set(open?.map(({ from }) => from));
     for (const from of lastOnConnection.keys()) {
       if (from !== last.from && !stillOpen.has(from)) lastOnConnection.delete(from);
@@ -197,8 +231,10 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
       };
       running.set(req, request);
       const onConnection = { from, request, answered: false };
-      rememberConnection(onConnection);
       try {
+        // A diagnostic that cannot throw (openConnections reads any text); within the try all the same, so
+        // that nothing it might throw could leave the request in `running` for good.
+        rememberConnection(onConnection);
         if (pathname.startsWith("/functions/v1/")) {
           return await (await services.promise).functions.handle(req, info);
         }
@@ -260,7 +296,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // whose handlers have not answered.
         const now = new Date();
         const handled = [...running.values()].map((r) => `${describeRequest(r, now)}, from ${r.from}`);
-        const open = openConnections(port);
+        const open = openConnections(port, readTcpTable);
         const connections = open === null ? "connections not listed (no /proc/net/tcp)" : `${open.length} ` +
           `connection(s) open${open.length ? ": " : ""}${
             open.map(({ from, state }) => {
