@@ -280,3 +280,40 @@ Deno.test({
     await api.close();
   }
 });
+
+Deno.test({
+  name:
+    "an open connection one read of /proc/net/tcp leaves out (a read in pieces while others close) keeps its last request in the API server",
+  ...OWN_SERVER,
+}, async () => {
+  let serverPort = 0;
+  let keptPort = 0;
+  let reads = 0;
+  // Every other read of the table leaves the kept connection out, the first among them, as a read of the
+  // real table can when connections close between two of its pieces (see openConnections).
+  const api = await ownApiServer({
+    readTcpTable: () => {
+      reads++;
+      const lines = [TCP_TABLE_HEADER, tcpTableLine(0, serverPort, 0, "0A")];
+      if (reads % 2 === 0) lines.push(tcpTableLine(1, serverPort, keptPort));
+      return [...lines, ""].join("\n");
+    },
+  });
+  serverPort = Number(new URL(api.url).port);
+  const kept = await keptConnection(serverPort);
+  keptPort = (kept.localAddr as Deno.NetAddr).port;
+  try {
+    await shortConnections(serverPort);
+    assert.ok(reads > 0, "the server read the table");
+    const remembered = api.lastRequests();
+    assert.ok(
+      remembered.length <= 2,
+      `${remembered.length} connections remembered: the kept one and the last`,
+    );
+    const keptLast = remembered.find((last) => last.from === `127.0.0.1:${keptPort}`);
+    assert.equal(keptLast?.request.path, "/kept", "the open connection's last request is remembered");
+  } finally {
+    kept.close();
+    await api.close();
+  }
+});

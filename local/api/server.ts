@@ -150,18 +150,30 @@ function connectionsListed(table: string, port: number): Map<string, string> {
  * has closed its end). Deno.serve's graceful shutdown waits for these, also once their handlers have
  * answered, which pending() cannot show. Null where there is no such file (not Linux) or it cannot be
  * read (`readTable` threw); never throws.
+ *
+ * The table is read twice in a row, and a connection either read lists is open. Linux hands the file over
+ * a page at a time (seq_file: some 27 of its 150-character lines per read, whatever the reader asks for),
+ * each read resuming at a hash bucket of the kernel's table and a count of entries into it, so a
+ * connection closing or opening in that bucket between two reads shifts the entries after it: one open
+ * connection may be left out of that read (or one listed twice). A connection open all along is left out
+ * only if that happens in both reads; before, one read leaving it out made the server forget its last
+ * request, and close() then said "no request seen on it".
  */
 export function openConnections(
   port: number,
   readTable: () => string = readProcNetTcp,
 ): { from: string; state: string }[] | null {
-  let table: string;
-  try {
-    table = readTable();
-  } catch {
-    return null;
+  const open = new Map<string, string>();
+  for (let read = 0; read < 2; read++) {
+    let table: string;
+    try {
+      table = readTable();
+    } catch {
+      return null;
+    }
+    for (const [from, state] of connectionsListed(table, port)) open.set(from, state);
   }
-  return [...connectionsListed(table, port)].map(([from, state]) => ({ from, state }));
+  return [...open].map(([from, state]) => ({ from, state }));
 }
 
 function localJwks(): { keys: unknown[] } {
