@@ -164,9 +164,9 @@ async function main(): Promise<number> {
     // migration that starts a tagged cursor over after a failed read restates the changes read (with
     // that setting), so it runs after every migration that puts back an earlier one, and the one whose
     // cursors name their user restates it again (with that check), and the one that folds the user into
-    // the cursor's tag once more, and the one that tags a failed read's cursor by its user once more, so
-    // each runs after those before it. The
-    // two reset rules' migrations put back their triggers' whole WHEN clauses (and functions without
+    // the cursor's tag once more, and the one that tags a failed read's cursor by its user once more, and
+    // the one whose page says when the read started over once more, so each runs after those before it.
+    // The two reset rules' migrations put back their triggers' whole WHEN clauses (and functions without
     // that test), so the migration that guards those triggers by one column runs after each. The user-lock
     // migration puts back its trigger function without the wait's PT503, the PT503 one puts it back
     // without the PGRST answer's Retry-After, and the Retry-After one puts it back answering 503 instead
@@ -194,6 +194,7 @@ async function main(): Promise<number> {
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
+          "_changes_cursor_started_over_reported.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -208,6 +209,7 @@ async function main(): Promise<number> {
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
+          "_changes_cursor_started_over_reported.sql",
         ],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
         [
@@ -232,21 +234,29 @@ async function main(): Promise<number> {
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
+          "_changes_cursor_started_over_reported.sql",
         ],
         [
           "the changes cursor names its user",
           "_changes_cursor_names_user.sql",
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
+          "_changes_cursor_started_over_reported.sql",
         ],
         [
           "the changes cursor's user folded into its tag",
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
+          "_changes_cursor_started_over_reported.sql",
         ],
         [
           "a cursor handed out after a failed read names its user",
           "_changes_cursor_failed_read_names_user.sql",
+          "_changes_cursor_started_over_reported.sql",
+        ],
+        [
+          "the changes page says when the read started over",
+          "_changes_cursor_started_over_reported.sql",
         ],
         [
           "one user's writes serialized",

@@ -552,7 +552,8 @@ export async function listProgress(
 /**
  * GET /progress/changes: rows changed since `cursor` ("" or null = from the beginning). Always
  * continue from next_cursor; a row may come again (dedupe by its last-write-wins key). A cursor
- * handed out to another user (it names its user) is read from the beginning. `limit`, the
+ * handed out to another user (it names its user) is read from the beginning, as one of another
+ * cluster or timeline, and the page then says so (started_over: true; absent otherwise). `limit`, the
  * page size, is checked as subscribeToProgress's changesLimit is (CHANGES_LIMIT, the function's own
  * range): out of it a RangeError, not a number (null too) a TypeError, before any request.
  */

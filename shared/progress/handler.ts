@@ -7,6 +7,7 @@
 //   POST   /progress/batch                 {writes: [...]} (1..100)    -> 200 {results: WriteResult[]}
 //   GET    /progress?limit&cursor&include_cleared   library           -> 200 {items, next_cursor}
 //   GET    /progress/changes?since&limit   changes since a cursor      -> 200 {changes, next_cursor, has_more}
+//                                          (started_over: true where it read from the start)
 //   GET    /progress/series/:seriesId      one series                  -> 200 {progress} | 404
 //   DELETE /progress/series/:seriesId?device_id&updated_at  reset (tombstone write) -> 200 WriteResult
 //   OPTIONS (any path)                     CORS preflight              -> 204

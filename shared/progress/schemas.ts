@@ -286,6 +286,9 @@ export const changesResponseSchema = z.object({
   changes: z.array(changeItemSchema),
   next_cursor: z.string(),
   has_more: z.boolean(),
+  // Optional both ways: a function or database of before never sends it, and a client of before,
+  // whose z.object has no such key, drops it (z.object strips unknown keys).
+  started_over: z.boolean().optional(),
 });
 export const apiErrorBodySchema = z.object({
   error: z.object({ code: z.string(), message: z.string(), details: z.unknown().optional() }),

@@ -613,6 +613,10 @@ export function createPostgresProgressStore(
           ),
           next_cursor: String(page.next_cursor),
           has_more: page.has_more === true,
+          // Only where the read started over (the cursor given was not taken as it stands: another
+          // user's, cluster's or timeline's; migration …_changes_cursor_started_over_reported.sql):
+          // every other page is the JSON it was before.
+          ...(page.started_over === true ? { started_over: true } : {}),
         };
       }),
   };

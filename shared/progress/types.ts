@@ -87,6 +87,13 @@ export interface ChangesResponse {
   changes: ChangeItem[];
   next_cursor: string;
   has_more: boolean;
+  /**
+   * true where the cursor given was not taken as it stands and the read started over from the
+   * beginning (another user's cursor, another cluster's or timeline's, or one the server could not
+   * check): the page holds the user's changes from the beginning. Absent otherwise, and from a
+   * function or database of before (false is taken too).
+   */
+  started_over?: boolean;
 }
 
 export interface ApiErrorBody {

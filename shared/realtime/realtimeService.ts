@@ -149,6 +149,13 @@ export interface ChangesPage {
   hasMore?: boolean;
   /** Same, in the SQL function's spelling. */
   has_more?: boolean;
+  /**
+   * true when the API did not take the cursor sent as it stands and read from the beginning
+   * (another user's cursor, another cluster's or timeline's): logged as cursor_started_over (warn).
+   */
+  startedOver?: boolean;
+  /** Same, in the SQL function's spelling. */
+  started_over?: boolean;
 }
 
 /**
@@ -2932,6 +2939,13 @@ class UserLink<Row extends LwwRow> {
       const previous = at();
       const result = await this.#changesSince(previous, stop, sentWith);
       if (this.#closed) return "closed";
+      if ((result.startedOver ?? result.started_over) === true) {
+        // The API read from the beginning: the cursor sent was not taken as this user's on this
+        // cluster and timeline. Nothing is lost (the rows come again), but an app that stored another
+        // user's cursor (by device, or under one key for whoever signs in) reads everything again at
+        // every switch: this line is how it finds out.
+        this.#log("warn", "cursor_started_over", { cursor: String(previous), ...fields });
+      }
       for (const raw of result.changes ?? []) {
         const row = this.service.parseRow(raw);
         if (!row) continue;

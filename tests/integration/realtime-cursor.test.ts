@@ -531,3 +531,82 @@ Deno.test({
     await sql.end();
   }
 });
+
+Deno.test({
+  name:
+    "realtime cursor: a read the API started over from the beginning (reader B's subscription given reader A's cursor) logs cursor_started_over (warn) with the cursor sent, for the link's read and a subscription's own; B's own cursor logs none",
+  ...noSanitize,
+}, async () => {
+  const a = await createTestUser();
+  const b = await createTestUser();
+  const writerA = clientWithToken(() => a.accessToken);
+  const writerB = clientWithToken(() => b.accessToken);
+  const devices: SupabaseClient[] = [];
+  const subs: { unsubscribe(): Promise<void> }[] = [];
+  /** The app's client, signed in as B, and the JSON lines its service logs. */
+  const deviceOfB = () => {
+    const device = clientWithToken(() => b.accessToken);
+    devices.push(device);
+    const lines: Record<string, unknown>[] = [];
+    const options = {
+      livePollIntervalMs: 0,
+      heartbeatReplyTimeoutMs: 0,
+      log: (line: string) => lines.push(JSON.parse(line)),
+    };
+    return { device, lines, options };
+  };
+  const startedOver = (lines: Record<string, unknown>[]) =>
+    lines.filter((line) => line.event === "cursor_started_over");
+  try {
+    const write = (client: SupabaseClient, series_id: string) =>
+      writeAt(client, series_id, 1, new Date(Date.now() - 60_000));
+    await write(writerB, "b-early");
+    await write(writerA, "a-1");
+    const cursorA = await cursorNow(writerA); // A's cursor, stored under the device
+    const cursorB = await cursorNow(writerB); // B's own
+
+    // The link's read: B's subscription from A's cursor.
+    const first = deviceOfB();
+    const subFromA = subscribeToProgress(first.device, b.id, () => {}, {
+      ...first.options,
+      initialCursor: cursorA,
+    });
+    subs.push(subFromA);
+    await live("B's subscription from A's cursor", subFromA);
+    assert.deepEqual(
+      startedOver(first.lines).map(({ level, channel, cursor, for: whose }) => ({
+        level,
+        channel,
+        cursor,
+        whose,
+      })),
+      [{ level: "warn", channel: `progress:${b.id}`, cursor: cursorA, whose: undefined }],
+      "the catch-up the API read from the beginning is logged once, with the cursor sent (was: nothing)",
+    );
+
+    // B's own cursor: no such line. Then a second subscription on that running link, from A's
+    // cursor: its own read is logged so, for the subscription.
+    const second = deviceOfB();
+    const subOwn = subscribeToProgress(second.device, b.id, () => {}, {
+      ...second.options,
+      initialCursor: cursorB,
+    });
+    subs.push(subOwn);
+    await live("B's subscription from B's own cursor", subOwn);
+    assert.equal(await subOwn.syncNow(), "done");
+    assert.deepEqual(startedOver(second.lines), [], "B's own cursor is taken: nothing logged");
+    const newcomer = subOwn.service.subscribeToProgress(b.id, () => {}, { initialCursor: cursorA });
+    subs.push(newcomer);
+    await waitFor("the newcomer's own read to the end", () => newcomer.status === "live", GUARD);
+    assert.deepEqual(
+      startedOver(second.lines).map(({ level, cursor, for: whose }) => ({ level, cursor, whose })),
+      [{ level: "warn", cursor: cursorA, whose: "subscription" }],
+      "a subscription's own read the API started over is logged for it",
+    );
+  } finally {
+    for (const sub of subs.reverse()) await sub.unsubscribe();
+    for (const device of devices) await closeClient(device);
+    await closeClient(writerA);
+    await closeClient(writerB);
+  }
+});
