@@ -160,7 +160,10 @@ async function main(): Promise<number> {
     // caller with claims, so the migration that logs a user's writes only runs after it. Both put back
     // functions without the extra_float_digits that the percentages-printed-exactly migration sets
     // (the broadcast; the write function, the changes read, the remember-deletion), which runs last,
-    // also after the two later migrations that re-create the changes read and the write function. The
+    // also after the two later migrations that re-create the changes read and the write function. Its
+    // own row needs none after it: it only alters those functions' settings (ALTER FUNCTION ... SET,
+    // no body), so alone it leaves each definition it finds in place, the current one (every row
+    // before it puts the current ones back, as its check that the schema is the same shows). The
     // migration that starts a tagged cursor over after a failed read restates the changes read (with
     // that setting), so it runs after every migration that puts back an earlier one, and the one whose
     // cursors name their user restates it again (with that check), and the one that folds the user into
