@@ -399,7 +399,6 @@ function turnsOf(sql: postgres.Sql): ConnectionTurns | undefined {
 
 const turnsByPool = new WeakMap<postgres.Sql, ConnectionTurns>();
 
-/** Runs a statement of the call's transaction, cancellable by the call's signal (see cancellable). */
 /**
  * Whether `error`, a statement's, says that its transaction's connection closed under it: postgres.js
  * 3.4.9's CONNECTION_CLOSED (its socket closed while the statement ran), or a socket error, after which the
@@ -417,6 +416,23 @@ function connectionGone(error: unknown): boolean {
   return code === "CONNECTION_CLOSED" || code === "ECONNRESET" || code === "EPIPE" || code === "ETIMEDOUT";
 }
 
+/**
+ * Whether `error`, the rejection of a call's BEGIN before its transaction's function ran, is the error of
+ * the backend that ended under the connection's last statement, which postgres.js 3.4.9 hands to the first
+ * query of the reopened connection: the ended backend's message (57P01 admin_shutdown: a database
+ * restart, pg_terminate_backend; 57P02 crash_shutdown: another backend crashed), read while that statement
+ * ran, is kept (connection.js: `errorResponse`, cleared only by a ReadyForQuery, which never came), and the
+ * reopened connection's startup ReadyForQuery rejects with it the query it opened for (`initial`, sent only
+ * after that). So the BEGIN was not sent, the connection is open and back in the pool, and the call sends
+ * its BEGIN again, once; before, it answered 503 with nothing sent. Whichever way such an error reaches a
+ * BEGIN, no statement of the call was sent (its transaction's function never ran), so the BEGIN sent again
+ * can store nothing twice.
+ */
+function replayedBackendEnd(error: unknown): boolean {
+  return error instanceof postgres.PostgresError && (error.code === "57P01" || error.code === "57P02");
+}
+
+/** Runs a statement of the call's transaction, cancellable by the call's signal (see cancellable). */
 type Run = <T extends readonly postgres.MaybeRow[]>(
   query: postgres.PendingQuery<T>,
 ) => Promise<postgres.RowList<T>>;
@@ -496,26 +512,25 @@ export function createPostgresProgressStore(
     signal: AbortSignal | undefined,
     fn: (tx: postgres.TransactionSql, run: Run) => Promise<T>,
   ): Promise<T> {
-    const run: Run = async (query) => {
-      try {
-        return await cancellable(query, signal, canceller);
-      } catch (error) {
-        // The transaction's connection is gone: its statement never settles, so neither does the
-        // transaction's function, and postgres.js's begin() sends no ROLLBACK (connectionGone).
-        if (connectionGone(error)) return await new Promise<never>(() => {});
-        throw error;
-      }
-    };
-    for (let attempt = 1;; attempt++) {
-      let giveBack: (() => void) | undefined;
-      try {
-        // Not begun for a signal that aborted already (before the first attempt, or during a retry's pause).
-        if (signal?.aborted) throw new CallCancelledError(signal.reason);
-        // A turn at the pool's connections, per attempt: given back once the transaction ended, before a
-        // retry's pause. A signal that aborts while the call waits for it ends the call at once.
-        giveBack = turns ? await turns.take(signal) : undefined;
-        if (signal?.aborted) throw new CallCancelledError(signal.reason);
-        return await sql.begin(mode, async (tx) => {
+    // One transaction of the call, in its turn, and once more (in the same turn) if postgres.js failed its
+    // BEGIN with the error of the connection's previous backend (replayedBackendEnd).
+    const transaction = async (): Promise<T> => {
+      for (let replayed = false;;) {
+        // Set once begin() runs the transaction's function: from then on a statement of the call may have
+        // been sent.
+        let began = false;
+        const run: Run = async (query) => {
+          try {
+            return await cancellable(query, signal, canceller);
+          } catch (error) {
+            // The transaction's connection is gone: its statement never settles, so neither does the
+            // transaction's function, and postgres.js's begin() sends no ROLLBACK (connectionGone).
+            if (connectionGone(error)) return await new Promise<never>(() => {});
+            throw error;
+          }
+        };
+        const begun = sql.begin(mode, async (tx) => {
+          began = true;
           // TimeZone UTC: dates come back as to_jsonb text in the session's TimeZone, and a project's
           // database or role may set a zone whose offset has seconds (Africa/Monrovia before 1972
           // prints -00:44:30), which Date and microsecondIso cannot read (an accepted write answered
@@ -545,7 +560,30 @@ export function createPostgresProgressStore(
                    pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000) as now_ms`);
           if (clock && typeof now_ms === "number" && Number.isFinite(now_ms)) clock.ms = now_ms;
           return await fn(tx, run);
-        }) as T;
+        }) as Promise<T>;
+        try {
+          return await begun;
+        } catch (error) {
+          // Nothing of the call was sent (its transaction's function never ran), and the turn is still its
+          // own: the connection postgres.js reopened and put back in the pool is free for the BEGIN again.
+          if (!began && !replayed && !signal?.aborted && replayedBackendEnd(error)) {
+            replayed = true;
+            continue;
+          }
+          throw error;
+        }
+      }
+    };
+    for (let attempt = 1;; attempt++) {
+      let giveBack: (() => void) | undefined;
+      try {
+        // Not begun for a signal that aborted already (before the first attempt, or during a retry's pause).
+        if (signal?.aborted) throw new CallCancelledError(signal.reason);
+        // A turn at the pool's connections, per attempt: given back once the transaction ended, before a
+        // retry's pause. A signal that aborts while the call waits for it ends the call at once.
+        giveBack = turns ? await turns.take(signal) : undefined;
+        if (signal?.aborted) throw new CallCancelledError(signal.reason);
+        return await transaction();
       } catch (error) {
         giveBack?.();
         if (error instanceof CallCancelledError) throw error;

@@ -36,6 +36,10 @@
 // store's line, listening to its signal, with nothing sent, and ends at once when its client leaves.
 // And every store call (answered, failed in the database, thrown, aborted before it began, cancelled,
 // waiting for a connection then answered or left) removes every listener it added to its signal.
+// And a connection lost under the store (its backend terminated, as by a database restart), over real HTTP:
+//   * while a write's statement runs: 503, and the next write is answered 200 and stored once (postgres.js
+//     fails its BEGIN, unsent, with the ended backend's error; the store sends it again), where it answered
+//     503 before; the process lives on (postgres.js writes no ROLLBACK on the closed connection).
 
 import assert from "node:assert/strict";
 import postgres from "postgres";
@@ -48,8 +52,12 @@ import { createPostgresProgressStore, type ProgressStore } from "../../shared/pr
 import { createTestUser, mintsTokens } from "../support/env.ts";
 import {
   adminSql,
+  type ApiAnswer,
+  call,
+  conflictRows,
   dataApiBulkUpsert,
   endHeld,
+  errorOf,
   type Held,
   seriesId,
   serveLocal,
@@ -1349,58 +1357,97 @@ Deno.test({
   },
 });
 
+/**
+ * `store` served over real HTTP by the progress handler, with a recording log. A request that carries
+ * `x-test-signal: <name>` runs with `signals[name]` as its signal instead of its own: the test aborts it
+ * (as the local gateway's close() does) while the client stays to read the answer.
+ */
+function servedStore(store: ProgressStore, signals: Record<string, AbortSignal> = {}) {
+  const env = testEnv();
+  const log = logRecorder();
+  const handler = createProgressHandler({
+    verifier: createJwtVerifier({ secret: env.jwtSecret, audience: "authenticated" }),
+    store,
+    log: log.sink,
+  });
+  const server = serveLocal((req) => {
+    const name = req.headers.get("x-test-signal");
+    if (name !== null) Object.defineProperty(req, "signal", { value: signals[name] });
+    return handler(req);
+  });
+  return { base: `${server.url}/progress`, log, shutdown: () => server.shutdown() };
+}
+
+/** A write of `series` (write()'s position) over HTTP to `base` with `token`: its status and body. */
+async function postWrite(base: string, token: string, series: string, headers: Record<string, string> = {}) {
+  const answer = await call("POST", "", { base, token, body: write({ series_id: series }), headers });
+  return { status: answer.status, body: answer.body as Record<string, unknown> };
+}
+
+/** The status and error code of an answer, as "503 service_unavailable" ("200" for a success). */
+function statusOf(answer: { status: number; body: Record<string, unknown> }): string {
+  return answer.status < 400
+    ? String(answer.status)
+    : `${answer.status} ${errorOf(answer as ApiAnswer).code}`;
+}
+
+/** `userId`'s stored rows of `series` with their change_xid, and the conflict-log rows of it. */
+async function storedOnce(admin: postgres.Sql, userId: string, series: string) {
+  const rows = await admin<{ change_xid: string }[]>`
+    select change_xid::text from public.reading_progress where user_id = ${userId} and series_id = ${series}`;
+  return {
+    rows: rows.map((r) => r.change_xid),
+    conflicts: (await conflictRows(admin, userId, series)).length,
+  };
+}
+
 Deno.test({
   name:
-    "a store call whose backend is terminated while its statement runs answers 503, and the function's process " +
-    "lives on (no ROLLBACK written on the closed connection) to answer the next call",
+    "a write whose backend is terminated while its statement runs answers 503, the function's process lives " +
+    "on (no ROLLBACK written on the closed connection), and the next write is answered 200, stored once " +
+    "(its BEGIN, failed unsent with the ended backend's error, sent again)",
   ignore: !mintsTokens,
   fn: async () => {
     const admin = adminSql({ max: 1 });
     const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
     const applicationName = `readsync-terminated-${crypto.randomUUID().slice(0, 8)}`;
     const pool = onePool(testEnv().dbUrl, applicationName);
+    const served = servedStore(longWaitStore(pool));
     let held: Held | undefined;
     try {
       const user = await createTestUser();
       const series = seriesId("terminated");
       const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
       held = await userWriteInProgress(holder, user.id, seriesId("terminated-held"));
-      const store = longWaitStore(pool);
-      const writing = writeAs(store, user.id, series, new AbortController().signal);
+      const writing = postWrite(served.base, user.accessToken, series);
       writing.catch(() => {}); // awaited below
       const pid = await waitingBackend(admin, applicationName, holderPid);
       // As a database restart, a failover or an administrator would: postgres.js's socket closes while the
       // statement runs. Before, begin()'s ROLLBACK on that connection threw from a setImmediate (the
       // process's uncaught TypeError, "Cannot read properties of null (reading 'write')").
       await admin`select pg_catalog.pg_terminate_backend(${pid}::integer)`;
-      const ended = await guarded(
-        writing.then(() => "answered", (e) => e instanceof HttpError ? `${e.status} ${e.code}` : String(e)),
-        "end of the write whose backend was terminated",
-      );
-      assert.equal(ended, "503 service_unavailable");
+      const ended = await guarded(writing, "answer of the write whose backend was terminated");
+      assert.equal(statusOf(ended), "503 service_unavailable");
       held.release();
       await held.done;
-      const outcomes: string[] = [];
-      for (let attempt = 0; attempt < 2 && outcomes.at(-1) !== "answered"; attempt++) {
-        outcomes.push(
-          await guarded(
-            writeAs(store, user.id, series, new AbortController().signal).then(
-              () => "answered",
-              (e) => e instanceof HttpError ? `${e.status} ${e.code}` : String(e),
-            ),
-            "end of the next write",
-          ),
-        );
-      }
-      // The pool's connection opens again for the next call. postgres.js 3.4.9 keeps the terminated
-      // backend's error (57P01) and fails the first query of the reopened connection with it, before it is
-      // sent: the next call may answer 503 with nothing sent; the one after it is answered.
-      assert.ok(
-        ["answered", "503 service_unavailable,answered"].includes(outcomes.join(",")),
-        `the pool serves the calls after it: ${outcomes}`,
+      assert.deepEqual(await storedOnce(admin, user.id, series), { rows: [], conflicts: 0 });
+      // The pool's connection opens again for the next write. postgres.js 3.4.9 kept the terminated
+      // backend's error (57P01) and fails the query the connection reopened for, its BEGIN, with it, unsent:
+      // the store sends the BEGIN again. Before, this write answered 503 (nothing sent), and only the one
+      // after it was answered.
+      const next = await guarded(
+        postWrite(served.base, user.accessToken, series),
+        "answer of the next write",
       );
+      assert.equal(statusOf(next), "200", JSON.stringify(next.body));
+      const progress = next.body.progress as { change_xid: string };
+      assert.deepEqual(await storedOnce(admin, user.id, series), {
+        rows: [progress.change_xid],
+        conflicts: 0,
+      });
     } finally {
       await endHeld(held);
+      await served.shutdown();
       await pool.end({ timeout: 5 });
       await Promise.all([holder.end(), admin.end()]);
     }
