@@ -122,11 +122,20 @@ export class CallCancelledError extends HttpError {
  * request finds its backend idle in the transaction (which PostgreSQL ignores) instead of meeting the
  * COMMIT or, the connection back in the pool, another request's statement (which it cancelled: a 503
  * for a request whose client was still there).
+ *
+ * That wait is the one moment a call's transaction, its statement settled, waits for something else, so the
+ * one moment its connection can close between two of its statements: elsewhere the call's next statement,
+ * COMMIT or ROLLBACK is handed to postgres.js in the same turn of the event loop as the answer before it, and
+ * a close comes in a turn of its own. So once the request has ended, a connection that closed meanwhile
+ * (`connectionClosed`) is met as one that closed under a statement (connectionGone): nothing settles, and
+ * postgres.js writes nothing on it; before, the call's next statement, COMMIT or ROLLBACK was written on the
+ * closed socket, porsager/postgres#1208's uncaught TypeError.
  */
 async function cancellable<T extends readonly postgres.MaybeRow[]>(
   query: postgres.PendingQuery<T>,
   signal: AbortSignal | undefined,
   canceller: Canceller | undefined,
+  connectionClosed: () => boolean,
 ): Promise<postgres.RowList<T>> {
   if (!signal) return await query;
   if (signal.aborted) throw new CallCancelledError(signal.reason);
@@ -139,7 +148,15 @@ async function cancellable<T extends readonly postgres.MaybeRow[]>(
     return await query;
   } finally {
     signal.removeEventListener("abort", cancel);
-    await cancelSent;
+    if (cancelSent) {
+      await cancelSent;
+      // Its connection may have closed during the wait (see above). A setImmediate first, so that a close
+      // that came before has reached connectionClosed (begin() hears of it in its connection's onclose and
+      // rejects a few promise jobs later); then nothing settles, as in run for a statement whose connection
+      // closed.
+      await new Promise((drained) => setImmediate(drained));
+      if (connectionClosed()) await new Promise<never>(() => {});
+    }
   }
 }
 
@@ -519,9 +536,12 @@ export function createPostgresProgressStore(
         // Set once begin() runs the transaction's function: from then on a statement of the call may have
         // been sent.
         let began = false;
+        // Set once begin() has settled. While the transaction's function still runs that happens only when
+        // its connection closed: begin() rejects then from its connection's onclose (CONNECTION_CLOSED).
+        let ended = false;
         const run: Run = async (query) => {
           try {
-            return await cancellable(query, signal, canceller);
+            return await cancellable(query, signal, canceller, () => ended);
           } catch (error) {
             // The transaction's connection is gone: its statement never settles, so neither does the
             // transaction's function, and postgres.js's begin() sends no ROLLBACK (connectionGone).
@@ -561,6 +581,10 @@ export function createPostgresProgressStore(
           if (clock && typeof now_ms === "number" && Number.isFinite(now_ms)) clock.ms = now_ms;
           return await fn(tx, run);
         }) as Promise<T>;
+        const end = () => {
+          ended = true;
+        };
+        begun.then(end, end);
         try {
           return await begun;
         } catch (error) {

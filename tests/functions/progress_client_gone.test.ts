@@ -40,8 +40,12 @@
 //   * while a write's statement runs: 503, and the next write is answered 200 and stored once (postgres.js
 //     fails its BEGIN, unsent, with the ended backend's error; the store sends it again), where it answered
 //     503 before; the process lives on (postgres.js writes no ROLLBACK on the closed connection).
+//   * while a write's cancel request is on its way, its statement answered: 503, nothing stored, and the
+//     process lives on to answer the next write, instead of postgres.js's uncaught TypeError when the call
+//     went on to its COMMIT on the closed connection.
 
 import assert from "node:assert/strict";
+import net from "node:net";
 import postgres from "postgres";
 import { createJwtVerifier } from "../../shared/auth/jwt.ts";
 import { createProgressHandler } from "../../shared/progress/handler.ts";
@@ -1449,6 +1453,106 @@ Deno.test({
       await endHeld(held);
       await served.shutdown();
       await pool.end({ timeout: 5 });
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
+
+/**
+ * postgres.js's `socket` option (in its source, not its types) for a pool on `url`: every connection the
+ * pool opens, its cancel requests' too, is a TCP socket made here as postgres.js makes its own (it writes
+ * at once; the socket keeps that until it has connected), and `closed(n)` settles once the n-th one made
+ * (from 0; `made` counts them) has emitted its close, which this hears before postgres.js does.
+ */
+function observedSockets(url: string) {
+  const target = new URL(url);
+  const closes: PromiseWithResolvers<void>[] = [];
+  const closeOf = (n: number) => (closes[n] ??= Promise.withResolvers<void>());
+  let made = 0;
+  return {
+    get made() {
+      return made;
+    },
+    socket: () => {
+      const closed = closeOf(made++);
+      const socket = net.connect(Number(target.port), target.hostname);
+      socket.once("close", () => closed.resolve());
+      return socket;
+    },
+    closed: (n: number) => guarded(closeOf(n).promise, `close of the pool's socket ${n}`),
+  };
+}
+
+Deno.test({
+  name:
+    "a write whose connection closes while its cancel request is on its way, its statement answered, answers " +
+    "503 with nothing stored, and the function's process lives on (no COMMIT written on the closed connection) " +
+    "to answer the next write",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const proxy = databaseProxy("hold");
+    const applicationName = `readsync-closed-cancel-${crypto.randomUUID().slice(0, 8)}`;
+    // postgres.js calls a pool's onclose once it has handled its connection's close (closed()).
+    const closed = Promise.withResolvers<void>();
+    const sockets = observedSockets(proxy.url);
+    const pool = onePool(
+      proxy.url,
+      applicationName,
+      { onclose: () => closed.resolve(), socket: sockets.socket } as postgres.Options<never>,
+    );
+    const closing = new AbortController();
+    const served = servedStore(longWaitStore(pool), { closing: closing.signal });
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const [series, nextSeries] = [seriesId("closed-cancel"), seriesId("closed-cancel-next")];
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      held = await userWriteInProgress(holder, user.id, seriesId("closed-cancel-held"));
+      const writing = postWrite(served.base, user.accessToken, series, { "x-test-signal": "closing" });
+      writing.catch(() => {}); // awaited below
+      const pid = await waitingBackend(admin, applicationName, holderPid);
+      // The write's signal aborts (its client stays, as when the local gateway closes); its cancel request is
+      // held on its way, and its statement ends on its own once the user's other write has committed. The
+      // call then waits for the request (cancellable), the write's transaction open on its backend.
+      const cancelSocket = sockets.made; // the next one the pool makes: the cancel request's
+      closing.abort(new Error("the server closing"));
+      await proxy.laterCame;
+      held.release();
+      await held.done;
+      await until(async () => {
+        const [row] = await admin<{ state: string }[]>`
+          select state from pg_catalog.pg_stat_activity where pid = ${pid}::integer`;
+        return row?.state === "idle in transaction" ? true : undefined;
+      }, "the write's statement answered, its backend idle in the transaction");
+      // Its connection closes then: the backend's answer reached postgres.js before the close (one stream).
+      await admin`select pg_catalog.pg_terminate_backend(${pid}::integer)`;
+      await guarded(closed.promise, "close of the pool's connection");
+      const ended = await guarded(writing, "answer of the write whose connection closed");
+      assert.equal(statusOf(ended), "503 service_unavailable");
+      assert.equal((await served.log.next("request_cancelled")).user_id, user.id);
+      // The request arrives (its backend has ended), and the call's wait ends when its socket closes. Before,
+      // the call went on to its COMMIT, written on the closed connection from a setImmediate: the process's
+      // uncaught TypeError, "Cannot read properties of null (reading 'write')", before the next write is
+      // answered (the pool opens its connection again for it only in a timer).
+      await proxy.releaseLater();
+      await sockets.closed(cancelSocket);
+      const next = await guarded(
+        postWrite(served.base, user.accessToken, nextSeries),
+        "answer of the next write",
+      );
+      assert.equal(statusOf(next), "200", JSON.stringify(next.body));
+      assert.deepEqual(
+        await storedSeries(admin, user.id, [series, nextSeries]),
+        [nextSeries],
+        "nothing of the write whose connection closed was stored",
+      );
+    } finally {
+      await endHeld(held);
+      await served.shutdown();
+      await pool.end({ timeout: 5 });
+      await proxy.close();
       await Promise.all([holder.end(), admin.end()]);
     }
   },
