@@ -1329,14 +1329,19 @@ for (
   });
 }
 
-/** navigator.locks as one browser grants them to its tabs: one holder per name, the others in the order they asked. */
+/**
+ * navigator.locks as one browser grants them to its tabs: one holder per name, the others in the order they asked.
+ * `counts` and `waiting` are of the outbox's locks (outboxLockName), not of the one deviceId.ts changes the list of
+ * the browser's device ids under, which a page turn may take while a send holds the outbox's.
+ */
 function sharedLocks() {
   const holding = new Set<string>();
   const queue: { name: string; grant: () => void }[] = [];
   const counts = { held: 0, mostHeld: 0, grants: 0 };
+  const counted = (name: string) => name.startsWith(outboxLockName(""));
   const release = (name: string) => {
     holding.delete(name);
-    counts.held--;
+    if (counted(name)) counts.held--;
     const next = queue.findIndex((entry) => entry.name === name);
     if (next >= 0) queue.splice(next, 1)[0].grant();
   };
@@ -1345,9 +1350,11 @@ function sharedLocks() {
       return new Promise((resolve, reject) => {
         const grant = () => {
           holding.add(name);
-          counts.grants++;
-          counts.held++;
-          counts.mostHeld = Math.max(counts.mostHeld, counts.held);
+          if (counted(name)) {
+            counts.grants++;
+            counts.held++;
+            counts.mostHeld = Math.max(counts.mostHeld, counts.held);
+          }
           run().then((value) => {
             release(name);
             resolve(value);
@@ -1368,7 +1375,7 @@ function sharedLocks() {
       });
     },
     get waiting() {
-      return queue.length;
+      return queue.filter((entry) => counted(entry.name)).length;
     },
     counts,
   };

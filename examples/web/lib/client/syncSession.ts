@@ -121,7 +121,7 @@ export class SyncSession {
     // Reading localStorage throws where the browser blocks site data: the outbox then lives in
     // memory for this visit (as deviceId.ts and the clock offset already do).
     const storage = env.storage;
-    if (storage) store.attachStorage(storage);
+    if (storage) store.attachStorage(storage, env.locks);
     this.#online = env.isOnline();
 
     // Writes are stamped with the server's clock as this browser learns it (a clock hours ahead must

@@ -24,7 +24,7 @@ import type { UnmeasuredReading } from "@shared/progress/serverClock.ts";
 import type { WriteResult } from "@shared/progress/types.ts";
 import { compareServerVersions } from "@shared/realtime/progressMerge.ts";
 import type { ProgressRow } from "./types.ts";
-import { readDeviceIds, rememberDeviceIds } from "./deviceId.ts";
+import { type DeviceIdLocks, readDeviceIds, rememberDeviceIds } from "./deviceId.ts";
 
 export interface PendingWrite {
   series_id: string;
@@ -233,6 +233,10 @@ export class SyncStore {
    * storage, and the ids of the writes it queued): written back should the storage be cleared (#restore).
    */
   #deviceIdsKnown = new Set<string>();
+  /** The device ids of the writes this tab queued (addPending): the ids it writes with, kept in the list. */
+  #deviceIdsWritten = new Set<string>();
+  /** navigator.locks, which deviceId.ts's list is changed under (attachStorage); null: none. */
+  #locks: DeviceIdLocks | null = null;
   /**
    * The mark this store last saw under markKey (null: not looked yet; undefined: storage that could not keep
    * it, so clears are not told until a look of this tab keeps one: #markAgain). Gone, or another tab's, the
@@ -271,10 +275,14 @@ export class SyncStore {
     if (this.#sentAs && this.#pending.size > 0) this.#emit();
   }
 
-  /** Persists the outbox from now on, after loading what an earlier visit left unsent. */
-  attachStorage(storage: Storage): void {
+  /**
+   * Persists the outbox from now on, after loading what an earlier visit left unsent. `locks`: navigator.locks,
+   * under which deviceId.ts's list of this browser's device ids is changed (one tab at a time); none: at once.
+   */
+  attachStorage(storage: Storage, locks?: DeviceIdLocks): void {
     if (this.#storage === storage) return;
     this.#storage = storage;
+    this.#locks = locks ?? null;
     this.#parsedLists.clear();
     this.#mark = null;
     this.#noticeCleared(); // the first look: the mark there, or a new one
@@ -581,13 +589,19 @@ export class SyncStore {
   }
 
   /**
-   * Keeps `ids` (of writes this tab queued, or written back after a clear) as this browser's, here and in
-   * deviceId.ts's list (only what it lacks is written: a tab opened after a clear, or one that wrote the list
-   * from an older copy, may have left one out).
+   * Keeps `ids` (of writes this tab queued, or all it knows, written back after a clear) as this browser's, here
+   * and in deviceId.ts's list, with the ids this tab writes with and those of the writes still queued, which the
+   * list never drops (rememberDeviceIds' `keep`: the tab writes with them, or its outbox does). Only what the list
+   * lacks is written: a tab without Web Locks may have written it from an older copy, leaving one out. Not every
+   * id this tab knows: beyond the list's bound, that added one and dropped another at each write. `writtenBack`:
+   * after a clear (#restore), older than the ids the list got since (rememberDeviceIds).
    */
-  #keepDeviceIds(ids: Iterable<string>): void {
+  #keepDeviceIds(ids: Iterable<string>, writtenBack = false): void {
     for (const id of ids) this.#deviceIdsKnown.add(id);
-    if (this.#storage) rememberDeviceIds(this.#storage, this.#deviceIdsKnown);
+    if (!this.#storage) return;
+    const live = new Set(this.#deviceIdsWritten);
+    for (const write of [...this.#pending.values(), ...this.#readSaved()]) live.add(write.device_id);
+    void rememberDeviceIds(this.#storage, [...ids, ...live], { keep: live, locks: this.#locks, writtenBack });
   }
 
   /**
@@ -596,6 +610,7 @@ export class SyncStore {
    */
   addPending(write: PendingWrite): void {
     this.#noticeCleared(); // numbered after what this tab knows, should the storage have been cleared
+    this.#deviceIdsWritten.add(write.device_id);
     this.#keepDeviceIds([write.device_id]);
     const current = this.#pending.get(write.series_id);
     write.seq = current && validSeq(current.seq) && (current === write || this.#sameContent(current, write))
@@ -1263,7 +1278,11 @@ export class SyncStore {
     // waiting, among them. A tab opened after the clear writes with a new id, and a version stored under one of
     // these (a write of this page named in no list: its answer not written yet, and that tab's page turn
     // replaced it in the saved outbox) is still this browser's there, not another device's (#browsersDevice).
-    this.#keepDeviceIds([...this.#pending.values(), ...this.#latestKnown.values()].map((write) => write.device_id));
+    // (Every id it knows: the clear took the list.)
+    this.#keepDeviceIds([
+      ...this.#deviceIdsKnown,
+      ...[...this.#pending.values(), ...this.#latestKnown.values()].map((write) => write.device_id),
+    ], true);
     const latest = this.#readLatestAnswered();
     for (const write of this.#latestKnown.values()) {
       const other = latest.get(write.series_id);
