@@ -76,6 +76,7 @@ const TESTS = [
   "the web app binds its port itself: a port asked for that another server holds is refused, naming it (that server is never taken for the app)",
   "the web app binds its port itself: with none asked for, it serves where its URL says (not on a port another server holds)",
   "a web app server that says it is ready without the line naming its port is refused at once, showing what it printed",
+  "the site's data cleared with a page open: a tab opened then (a new device id) names the page's later save, under the old id, as this browser's (its other device id), on the series page and in the library, not as another device's",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -2097,6 +2098,93 @@ async function main() {
             );
           } finally {
             rmSync(preloadDir, { recursive: true, force: true });
+          }
+        },
+      },
+      {
+        name: TESTS[30],
+        fn: async () => {
+          const email = `reader-x-${run}@readsync.test`;
+          const { context, device: page } = await throwawayReader(
+            "reader X, the page open through the clear",
+            email,
+          );
+          try {
+            const series = `cleared-${run}`;
+            const ownId = async (device) =>
+              (await device.page.getByTestId("device-id").textContent())?.trim();
+            await openSeries(page, series);
+            await waitForStatus(page, "live");
+            await hydrated(page.page);
+            const oldId = await ownId(page);
+            // The reader clears the site's storage with the page open, as the browser's "Clear site data" does
+            // (the sign-in cookie kept): the page keeps writing with the id it read, a tab opened now makes a
+            // new one.
+            const cdp = await context.newCDPSession(page.page);
+            await cdp.send("Storage.clearDataForOrigin", {
+              origin: new URL(webUrl).origin,
+              storageTypes: "local_storage",
+            });
+            await cdp.detach();
+            const opened = await tabIn(context, "reader X, a tab opened after the clear");
+            await openSeries(opened, series);
+            await waitForStatus(opened, "live");
+            await hydrated(opened.page);
+            const newId = await ownId(opened);
+            assert(
+              newId && oldId && newId !== oldId,
+              `a new device id in the tab opened after the clear (${newId})`,
+            );
+
+            // The page open through the clear saves, under its old id: the tab opened after it names that save
+            // this browser's, not another device's.
+            await setPosition(page, { chapter: 4, page: 40, percent: 40 });
+            await waitForPosition(opened, { chapter: 4, page: 40, percentage: 0.4 });
+            const source = opened.page.locator("main").getByTestId("current-source");
+            await eventually(async () => {
+              assertEqual(await source.getAttribute("data-device"), oldId, "saved under the old id");
+              const text = (await source.textContent()) ?? "";
+              assert(
+                text.includes(`From this browser (its other device id ${oldId})`),
+                `the series page says ${text}`,
+              );
+            }, { what: "the tab opened after the clear to name the page's save this browser's" });
+            await opened.page.goto("/");
+            const line = opened.page.locator("main").getByTestId(`library-item-${series}`).locator(".meta");
+            await eventually(async () => {
+              const text = (await line.textContent()) ?? "";
+              assert(
+                text.includes(`this browser (its other device id ${oldId})`),
+                `the library says ${text}`,
+              );
+            }, {
+              what: "the library of the tab opened after the clear to name the page's save this browser's",
+            });
+            await shot(opened, "31-tab-after-clear-names-this-browser");
+
+            // And the other way round: the page names the new tab's save this browser's too.
+            await openSeries(opened, series);
+            await setPosition(opened, { chapter: 5, page: 50, percent: 50 });
+            await waitForPosition(page, { chapter: 5, page: 50, percentage: 0.5 });
+            const pageSource = page.page.locator("main").getByTestId("current-source");
+            await eventually(async () => {
+              assertEqual(await pageSource.getAttribute("data-device"), newId, "saved under the new id");
+              const text = (await pageSource.textContent()) ?? "";
+              assert(
+                text.includes(`From this browser (its other device id ${newId})`),
+                `the page says ${text}`,
+              );
+            }, { what: "the page open through the clear to name the new tab's save this browser's" });
+            if (sql) {
+              assertEqual(
+                await storedRow(series, email),
+                { chapter: 5, page: 50, percentage: 0.5, device_id: newId },
+                "stored row",
+              );
+            }
+            assertEqual([...page.errors, ...opened.errors], [], "page errors");
+          } finally {
+            await context.close();
           }
         },
       },
