@@ -723,6 +723,102 @@ Deno.test({
     );
   }));
 
+/** The lines `binariesThatLogTheirCalls` logged under `tmp` so far. */
+function loggedCalls(tmp: string): string[] {
+  try {
+    return Deno.readTextFileSync(`${tmp}/calls`).trim().split("\n").filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+/** A start and stop of a cluster in a process of its own, with `bin` first in PATH: it must succeed. */
+async function startAndStopWith(bin: string): Promise<void> {
+  const { code, stdout, stderr } = await startWithBinaries(
+    bin,
+    `const pg = await startPostgres({ log: () => {} });
+     await pg.stop();
+     Deno.exit(0);`,
+  );
+  assert.equal(code, 0, `${stdout}\n${stderr}`);
+}
+
+Deno.test({
+  name:
+    "a binary overwritten in place with cp -p (same inode, size and modification time) is asked its version " +
+    "again: its status change time is in the key",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPrivateTmpDir("readsync-cp-p-test-", async (tmp) => {
+    const bin = await binariesThatLogTheirCalls(tmp);
+    const binary = `${bin}/postgres`;
+    await startAndStopWith(bin);
+    assert.deepEqual(loggedCalls(tmp).filter((call) => call === "postgres --version"), [
+      "postgres --version",
+    ]);
+    // Another file of the same size (a build that differs in a byte), given the binary's modification time
+    // and copied over it in place, keeping that time: cp -p, as a hand-made upgrade may do.
+    const text = Deno.readTextFileSync(binary);
+    const other = `${tmp}/postgres.other`;
+    Deno.writeTextFileSync(other, text.replace(`"$1" = "--version"`, `"--version" = "$1"`));
+    Deno.chmodSync(other, 0o755); // cp -p gives the binary its mode too
+    const run = async (cmd: string, args: string[]) =>
+      assert.ok((await new Deno.Command(cmd, { args }).output()).success, `${cmd} ${args.join(" ")}`);
+    await run("touch", ["-r", binary, other]);
+    const before = Deno.statSync(binary);
+    await run("cp", ["-p", other, binary]);
+    const after = Deno.statSync(binary);
+    assert.notEqual(Deno.readTextFileSync(binary), text, "the binary was overwritten");
+    assert.deepEqual(
+      [after.ino, after.size, after.mtime?.getTime()],
+      [before.ino, before.size, before.mtime?.getTime()],
+      "same inode, size and modification time",
+    );
+    const asked = loggedCalls(tmp).length;
+    await startAndStopWith(bin);
+    assert.deepEqual(
+      loggedCalls(tmp).slice(asked),
+      ["postgres --version"],
+      "the overwritten binary was asked",
+    );
+  }));
+
+Deno.test({
+  name:
+    "a start that writes a binary's version removes the version files being written that a process which " +
+    "died mid-write left, not a live process's",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPrivateTmpDir("readsync-version-sweep-test-", async (tmp) => {
+    const root = `${tmp}/readsync-pg-templates-${Deno.uid() ?? "user"}`;
+    await Deno.mkdir(root, { mode: 0o711 });
+    await Deno.chmod(root, 0o711);
+    // The pid of a process that has ended (its file was left between the write and the rename), and this
+    // test's own (a live process whose write is under way).
+    const ended = new Deno.Command("true").spawn();
+    await ended.status;
+    const left = `version-0123456789abcdef.${ended.pid}.${crypto.randomUUID()}`;
+    const underWay = `version-0123456789abcdef.${Deno.pid}.${crypto.randomUUID()}`;
+    for (const name of [left, underWay]) {
+      Deno.writeTextFileSync(`${root}/${name}`, "postgres (PostgreSQL) 15\n");
+    }
+    // A binary never asked before: the start asks it its version and writes it.
+    await startAndStopWith(await binariesThatLogTheirCalls(tmp));
+    assert.deepEqual(
+      loggedCalls(tmp).filter((call) => call === "postgres --version"),
+      ["postgres --version"],
+    );
+    const names = [...Deno.readDirSync(root)].map((entry) => entry.name);
+    assert.ok(names.some((name) => /^version-[0-9a-f]+$/.test(name)), `the version was kept: ${names}`);
+    assert.deepEqual(
+      names.filter((name) => name.startsWith("version-0123456789abcdef.")),
+      [underWay],
+      "the ended process's file is removed, the live one's kept",
+    );
+  }));
+
 Deno.test({
   name:
     "a stop (SIGTERM) during the initdb template's look-up ends the start saying it was torn down, not that " +

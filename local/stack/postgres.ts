@@ -147,18 +147,46 @@ function osUserFromPasswd(): { uid: number; gid: number } | null {
   return null;
 }
 
-/** What changes when a file is written anew or replaced: its inode, size and modification time. */
+/**
+ * What changes when a file is written anew or replaced: its inode, size, modification time and status
+ * change time. The ctime too: a binary overwritten in place with `cp -p` keeps its inode, may keep its size,
+ * and is given the mtime of the file copied, but its ctime is the copy's (no call sets it). Other changes
+ * also move it (chmod, chown, a hard link made): the version is then asked once more, nothing worse.
+ */
 function fileIdentity(path: string): string {
   const info = Deno.statSync(path);
-  return `${info.ino}:${info.size}:${info.mtime?.getTime()}`;
+  return `${info.ino}:${info.size}:${info.mtime?.getTime()}:${info.ctime?.getTime()}`;
+}
+
+/** A `version-<key>.<pid>.<uuid>` file being written (postgresVersion), the pid of its writer captured. */
+const VERSION_WRITING = /^version-[0-9a-f]+\.(\d+)\.[0-9a-f-]+$/;
+
+/**
+ * Removes under `root` the `version-<key>.<pid>.<uuid>` files whose writer has gone: one that died
+ * between the write and the rename (kill -9, a crash) left its file, which no start reads or removes. A
+ * file of a live process is its write under way, and kept. Whether the writer lives is told by /proc; where
+ * there is none, a file older than an hour counts as left (a write takes milliseconds). A file another
+ * start removed meanwhile is no error.
+ */
+async function sweepLeftVersionFiles(root: string): Promise<void> {
+  const procs = exists("/proc/self");
+  for await (const entry of Deno.readDir(root)) {
+    const pid = entry.name.match(VERSION_WRITING)?.[1];
+    if (!entry.isFile || pid === undefined) continue;
+    const path = `${root}/${entry.name}`;
+    const left = procs
+      ? !exists(`/proc/${pid}`)
+      : Date.now() - ((await Deno.stat(path).catch(() => null))?.mtime?.getTime() ?? Date.now()) > 3_600_000;
+    if (left) await Deno.remove(path).catch(() => {});
+  }
 }
 
 /**
  * What `postgres --version` says for the binary at `path`, kept under `root` (the templates' directory)
  * keyed by the binary's path and identity (fileIdentity): the answer is the build's own, so a later start,
  * in this process or another (each cold start is a process of its own), reads it instead of running the
- * binary again (100–230 ms under load). A package upgrade replaces the file (a new inode and time): its
- * version is then asked, and a template keyed by it made.
+ * binary again (100–230 ms under load). A package upgrade replaces the file (a new inode and time), a
+ * `cp -p` over it writes it (a new ctime): its version is then asked, and a template keyed by it made.
  */
 async function postgresVersion(root: string, path: string): Promise<string> {
   const digest = await crypto.subtle.digest(
@@ -172,6 +200,9 @@ async function postgresVersion(root: string, path: string): Promise<string> {
     if (version) return version;
   } catch { /* not asked yet */ }
   const version = (await exec(path, ["--version"])).trim();
+  // What a start that died mid-write left is removed as this one writes (only then: a start that reads its
+  // version lists nothing).
+  await sweepLeftVersionFiles(root);
   // Written whole, then renamed into place: a concurrent start never reads half of it.
   const writing = `${kept}.${Deno.pid}.${crypto.randomUUID()}`;
   await Deno.writeTextFile(writing, `${version}\n`);
