@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
-import { supabaseCliBinary } from "./database.ts";
+import { supabaseCliBinary, supabaseLauncher } from "./database.ts";
 
 const databaseModule = new URL("./database.ts", import.meta.url).href;
 
@@ -78,6 +78,38 @@ Deno.test("supabaseCliBinary without SUPABASE_CLI_BINARY_OVERRIDE: this platform
     assert.match(installed ?? "", /\/node_modules\/@supabase\/cli-[a-z0-9-]+\/bin\/supabase$/);
     assert.ok(Deno.statSync(installed!).isFile, installed!);
   } finally {
+    if (override !== undefined) Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", override);
+  }
+});
+
+Deno.test("supabaseCliBinary in a project inside a monorepo: the packages hoisted to a parent's node_modules", () => {
+  const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
+  Deno.env.delete("SUPABASE_CLI_BINARY_OVERRIDE");
+  // Its real path: node resolves from the launcher's, and so does supabaseCliBinary.
+  const dir = Deno.realPathSync(Deno.makeTempDirSync({ prefix: "readsync-cli-monorepo-" }));
+  try {
+    // npm workspaces: the project (packages/app) has no node_modules of its own that holds the CLI; the
+    // launcher (supabase) and this platform's binary package are in the monorepo's.
+    const platform = supabaseCliBinary()!.match(/@supabase\/(cli-[a-z0-9-]+)\/bin\//)![1];
+    const project = `${dir}/packages/app`;
+    const pkg = (path: string) => {
+      Deno.mkdirSync(path, { recursive: true });
+      Deno.writeTextFileSync(`${path}/package.json`, "{}\n");
+    };
+    pkg(project);
+    Deno.mkdirSync(`${project}/node_modules/.bin`, { recursive: true }); // the project's own, without them
+    pkg(`${dir}/node_modules/supabase`);
+    pkg(`${dir}/node_modules/@supabase/${platform}`);
+    assert.equal(supabaseCliBinary(project), `${dir}/node_modules/@supabase/${platform}/bin/supabase`);
+    assert.equal(supabaseLauncher(project), `${dir}/node_modules/.bin/supabase`);
+    // A binary package nested in the launcher's own node_modules comes first, as node resolves it.
+    pkg(`${dir}/node_modules/supabase/node_modules/@supabase/${platform}`);
+    assert.equal(
+      supabaseCliBinary(project),
+      `${dir}/node_modules/supabase/node_modules/@supabase/${platform}/bin/supabase`,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
     if (override !== undefined) Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", override);
   }
 });

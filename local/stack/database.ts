@@ -6,17 +6,49 @@ import { exists, findPostgresBinaries } from "./system.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 export const BOOTSTRAP_SQL = `${ROOT}local/platform/bootstrap.sql`;
-/** The npm package's launcher: a node script that runs the CLI's binary (see supabaseCliBinary). */
-const SUPABASE_LAUNCHER = `${ROOT}node_modules/.bin/supabase`;
 
 /**
- * The Supabase CLI's own binary, as its npm launcher (node_modules/supabase/dist/supabase.js) finds it:
- * SUPABASE_CLI_BINARY_OVERRIDE when set, else `bin/supabase` of the first of this platform's packages
- * (@supabase/cli-<os>-<cpu>, then the -musl one on Linux) that is installed, where node would resolve it
- * from that script (node_modules/supabase/node_modules, then node_modules). Null when none is: the launcher
- * then runs and says what is missing in its own words.
+ * The directories Node's module resolution searches from `dir`, nearest first (its NODE_MODULES_PATHS):
+ * `node_modules` of `dir` and of each of its parents up to the root, none inside a `node_modules` of its own
+ * (an npm workspace's packages are hoisted into the monorepo's, a project inside one finds them there).
  */
-export function supabaseCliBinary(): string | null {
+export function nodeModulesPaths(dir: string): string[] {
+  const parts = dir.replace(/\/+$/, "").split("/");
+  const paths: string[] = [];
+  for (let i = parts.length - 1; i >= 0; i--) {
+    if (parts[i] === "node_modules") continue;
+    paths.push(`${parts.slice(0, i + 1).join("/")}/node_modules`);
+  }
+  return paths;
+}
+
+/**
+ * The node_modules directory that holds the `supabase` npm package, as the project at `root` resolves it
+ * (its own, else a parent directory's); null when none does.
+ */
+function supabaseModulesDir(root: string): string | null {
+  return nodeModulesPaths(root).find((modules) => exists(`${modules}/supabase/package.json`)) ?? null;
+}
+
+/**
+ * The npm package's launcher (`node_modules/.bin/supabase`, a node script that runs the CLI's binary: see
+ * supabaseCliBinary) where the project at `root` finds it, in its own node_modules or a parent's.
+ */
+export function supabaseLauncher(root = ROOT): string {
+  const modules = supabaseModulesDir(root) ?? nodeModulesPaths(root)[0];
+  return `${modules}/.bin/supabase`;
+}
+
+/**
+ * The Supabase CLI's own binary, as its npm launcher (supabase/dist/supabase.js) finds it:
+ * SUPABASE_CLI_BINARY_OVERRIDE when set, else `bin/supabase` of the first of this platform's packages
+ * (@supabase/cli-<os>-<cpu>, then the -musl one on Linux) that node resolves from that script: in each of
+ * nodeModulesPaths of its directory, the `supabase` package's own node_modules first, then its parents'
+ * (a monorepo's, where npm workspaces hoist both packages). The launcher is the one the project at `root`
+ * resolves, in its own node_modules or a parent's. Null when none is: the launcher then runs and says what
+ * is missing in its own words.
+ */
+export function supabaseCliBinary(root = ROOT): string | null {
   const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
   if (override) return override;
   const os =
@@ -25,8 +57,12 @@ export function supabaseCliBinary(): string | null {
   if (!os || !cpu) return null;
   const suffixes = os === "linux" ? [`linux-${cpu}`, `linux-${cpu}-musl`] : [`${os}-${cpu}`];
   const ext = os === "windows" ? ".exe" : "";
+  // Node resolves from the launcher script's real path (a symlinked package, as pnpm links them, resolves
+  // from where it is); without the launcher, from the project, as it would resolve the package itself.
+  const launcherModules = supabaseModulesDir(root);
+  const from = launcherModules ? `${Deno.realPathSync(`${launcherModules}/supabase`)}/dist` : root;
   for (const suffix of suffixes) {
-    for (const modules of [`${ROOT}node_modules/supabase/node_modules`, `${ROOT}node_modules`]) {
+    for (const modules of nodeModulesPaths(from)) {
       const pkg = `${modules}/@supabase/cli-${suffix}`;
       if (exists(`${pkg}/package.json`)) return `${pkg}/bin/supabase${ext}`;
     }
@@ -124,7 +160,7 @@ export function cliDbUrl(dbUrl: string): string {
  * to is torn down.
  */
 export async function supabaseCli(args: string[]): Promise<{ ok: boolean; output: string }> {
-  const out = await runRegistered(supabaseCliBinary() ?? SUPABASE_LAUNCHER, args, {
+  const out = await runRegistered(supabaseCliBinary() ?? supabaseLauncher(), args, {
     cwd: ROOT,
     env: { SUPABASE_TELEMETRY_DISABLED: "1", DO_NOT_TRACK: "1" },
   });
