@@ -9,6 +9,28 @@
 -- Each section names the Supabase documentation it follows.
 
 -- ---------------------------------------------------------------------------------------------
+-- One bootstrap at a time. The launcher runs this file in one transaction (`psql -1`,
+-- local/stack/database.ts) once it has found the database without `auth.uid()` and `realtime.messages`;
+-- two first starts against one fresh database at once both find it so. The first statement takes a
+-- transaction-level advisory lock (held to the commit), and the look is taken again under it: the start
+-- that waited for the other's commit then finds everything applied and stops here (the launcher reads the
+-- line it prints), instead of running the file beside the other and failing on what the other created.
+-- In a statement of its own: the next one's snapshot is taken after the lock, and sees the other's commit.
+-- (psql meta-commands, \gset and \if: the file is psql's to run.)
+-- ---------------------------------------------------------------------------------------------
+do $$
+begin
+  perform pg_advisory_xact_lock(hashtextextended('readsync: local platform bootstrap', 0));
+end
+$$;
+select to_regprocedure('auth.uid()') is not null and to_regclass('realtime.messages') is not null
+  as readsync_bootstrap_found_applied \gset
+\if :readsync_bootstrap_found_applied
+  \echo readsync: platform bootstrap already applied
+  \quit
+\endif
+
+-- ---------------------------------------------------------------------------------------------
 -- Roles and grants: https://supabase.com/docs/guides/database/postgres/roles
 -- anon / authenticated / service_role are NOLOGIN roles the API switches into after verifying the
 -- JWT; service_role bypasses RLS. `authenticator` is the login role the API gateway uses.

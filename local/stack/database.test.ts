@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
-import { supabaseCliBinary, supabaseLauncher } from "./database.ts";
+import { applyBootstrapIfNeeded, supabaseCliBinary, supabaseLauncher } from "./database.ts";
 
 const databaseModule = new URL("./database.ts", import.meta.url).href;
 
@@ -111,6 +111,48 @@ Deno.test("supabaseCliBinary in a project inside a monorepo: the packages hoiste
   } finally {
     Deno.removeSync(dir, { recursive: true });
     if (override !== undefined) Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", override);
+  }
+});
+
+Deno.test({
+  name:
+    "two first starts against one fresh plain PostgreSQL at once, both having found it without the platform " +
+    "bootstrap: one applies it, the other (serialized in the database) finds it applied; neither fails",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const { startPostgres } = await import("./postgres.ts");
+  const postgres = (await import("postgres")).default;
+  const pg = await startPostgres({ log: () => {} });
+  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+  try {
+    // Each start, once it has found the database without the bootstrap, waits until the other has too:
+    // both then run it, as two starts do that look at once.
+    let found = 0;
+    let bothFound!: () => void;
+    const both = new Promise<void>((resolve) => bothFound = resolve);
+    const onFoundWithout = () => {
+      if (++found === 2) bothFound();
+      return both;
+    };
+    const starts = await within(
+      Promise.allSettled([
+        applyBootstrapIfNeeded(pg.url, { onFoundWithout }),
+        applyBootstrapIfNeeded(pg.url, { onFoundWithout }),
+      ]),
+      "the two bootstraps",
+    );
+    const outcomes = starts.map((start) =>
+      start.status === "fulfilled" ? `applied: ${start.value}` : `failed: ${start.reason}`
+    );
+    assert.deepEqual(outcomes.toSorted(), ["applied: false", "applied: true"], outcomes.join("\n"));
+    const [whole] = await sql`select to_regprocedure('auth.uid()') is not null as uid,
+      to_regprocedure('realtime.send(jsonb, text, text, boolean)') is not null as send,
+      exists (select from pg_publication where pubname = 'readsync_realtime_messages') as publication`;
+    assert.deepEqual(whole, { uid: true, send: true, publication: true }, "the bootstrap is whole");
+  } finally {
+    await sql.end();
+    await pg.stop();
   }
 });
 

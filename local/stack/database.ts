@@ -130,16 +130,29 @@ export async function isSupabaseDatabase(dbUrl: string): Promise<boolean> {
   return out.trim() === "t";
 }
 
+/** What bootstrap.sql prints when, under its lock, it finds the database bootstrapped already. */
+const BOOTSTRAP_FOUND_APPLIED = "readsync: platform bootstrap already applied";
+
 /**
- * The platform surface (roles, auth, realtime) a plain PostgreSQL lacks; never touches Supabase. In one
- * transaction: a psql ended part-way (a stop kills it, psql() says why; or a statement that fails) leaves
- * none of it, instead of a database with auth.uid() and realtime.messages but not what follows them, which
- * every later start would take for a bootstrapped one (isSupabaseDatabase) and never complete.
+ * The platform surface (roles, auth, realtime) a plain PostgreSQL lacks; never touches Supabase. Resolves
+ * whether it applied it (false: the database had it). In one transaction: a psql ended part-way (a stop
+ * kills it, psql() says why; or a statement that fails) leaves none of it, instead of a database with
+ * auth.uid() and realtime.messages but not what follows them, which every later start would take for a
+ * bootstrapped one (isSupabaseDatabase) and never complete. Serialized in the database: bootstrap.sql first
+ * takes a transaction-level advisory lock and looks again under it, so that of two first starts at once
+ * (both found the database without it) one applies it and the other, once that one has committed, finds
+ * it applied and changes nothing, instead of both running it (one failing on what the other created).
+ * `onFoundWithout` runs once the database was found without it, before the bootstrap (tests hold two
+ * starts there).
  */
-export async function applyBootstrapIfNeeded(dbUrl: string): Promise<boolean> {
+export async function applyBootstrapIfNeeded(
+  dbUrl: string,
+  options: { onFoundWithout?: () => Promise<void> | void } = {},
+): Promise<boolean> {
   if (await isSupabaseDatabase(dbUrl)) return false;
-  await psql(dbUrl, ["-1", "-f", BOOTSTRAP_SQL]);
-  return true;
+  await options.onFoundWithout?.();
+  const out = await psql(dbUrl, ["-1", "-f", BOOTSTRAP_SQL]);
+  return !out.includes(BOOTSTRAP_FOUND_APPLIED);
 }
 
 /** The Supabase CLI wants sslmode spelled out for a server without TLS. */
