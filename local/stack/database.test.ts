@@ -158,6 +158,62 @@ Deno.test({
 
 Deno.test({
   name:
+    "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL or " +
+    "set PGPASSWORD (psql cannot ask for it), instead of a bare psql error",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const { startPostgres } = await import("./postgres.ts");
+  const postgres = (await import("postgres")).default;
+  const pg = await startPostgres({ log: () => {} });
+  const password = "readsync-test-password";
+  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+  const withPassword = new URL(pg.url);
+  withPassword.password = password;
+  const withoutPassword = new URL(pg.url);
+  withoutPassword.password = "";
+  try {
+    // TCP connections now need the password (the server's own socket stays trusted).
+    await sql.unsafe(`alter role postgres password '${password}'`);
+    await Deno.writeTextFile(
+      `${pg.dataDir}/data/pg_hba.conf`,
+      "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    );
+    await sql`select pg_reload_conf()`;
+    // The server has read it once a connection without the password is refused (a hang guard: 60 s).
+    for (let i = 0;; i++) {
+      const probe = postgres(withoutPassword.href, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+      const refused = await probe`select 1`.then(() => false, () => true);
+      await probe.end();
+      if (refused) break;
+      if (i >= 600) throw new Error("the server still takes connections without a password");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const pgPassword = Deno.env.get("PGPASSWORD");
+    Deno.env.delete("PGPASSWORD");
+    try {
+      await assert.rejects(applyBootstrapIfNeeded(withoutPassword.href), (error: Error) => {
+        assert.match(error.message, /asks for a password and its URL \(SUPABASE_DB_URL\) has none/);
+        assert.match(error.message, /put the password in the URL .* or set PGPASSWORD/s);
+        assert.match(error.message, /no password supplied/, "what psql said");
+        return true;
+      });
+      // Either way it then runs.
+      Deno.env.set("PGPASSWORD", password);
+      assert.equal(await applyBootstrapIfNeeded(withoutPassword.href), true, "with PGPASSWORD");
+    } finally {
+      if (pgPassword === undefined) Deno.env.delete("PGPASSWORD");
+      else Deno.env.set("PGPASSWORD", pgPassword);
+    }
+    assert.equal(await applyBootstrapIfNeeded(withPassword.href), false, "with the password in the URL");
+  } finally {
+    await sql.end();
+    await pg.stop();
+  }
+});
+
+Deno.test({
+  name:
     "a stop (SIGTERM, to the stack's process alone) during the stack's platform bootstrap ends its psql: the " +
     "connection psql holds is closed once the stopped process has exited",
   sanitizeOps: false,

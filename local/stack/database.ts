@@ -114,11 +114,38 @@ export function psqlPath(): string {
 /**
  * Runs SQL through psql (stops on the first error) and returns its stdout. Registered with the exit
  * cleanups while it runs, as the CLI is (runRegistered): a stop during the stack's bootstrap ends it.
+ * Without stdin or a terminal of its own (the process group) psql cannot ask for a password, and is told
+ * not to try (-w): a server that wants one and a URL without it fail saying where the password goes
+ * (passwordMissing), instead of psql's prompt read from nothing and its bare error.
  */
 export async function psql(dbUrl: string, args: string[]): Promise<string> {
-  const out = await runRegistered(psqlPath(), ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbUrl, ...args]);
-  if (!out.success) throw new Error(`psql failed:\n${out.stderr}${out.stdout}`);
+  const out = await runRegistered(psqlPath(), [
+    "-X",
+    "-w",
+    "-q",
+    "-v",
+    "ON_ERROR_STOP=1",
+    "-d",
+    dbUrl,
+    ...args,
+  ]);
+  if (!out.success) {
+    if (/no password supplied/.test(out.stderr)) throw new Error(passwordMissing(dbUrl, out.stderr));
+    throw new Error(`psql failed:\n${out.stderr}${out.stdout}`);
+  }
   return out.stdout;
+}
+
+/** What to do when the server asks for a password that neither the URL nor the environment gives. */
+function passwordMissing(dbUrl: string, said: string): string {
+  let where = "the database";
+  try {
+    const url = new URL(dbUrl);
+    where = `the database at ${url.host} (user ${decodeURIComponent(url.username) || "(none)"})`;
+  } catch { /* a connection string that is no URL */ }
+  return `${where} asks for a password and its URL (SUPABASE_DB_URL) has none: put the password in the URL ` +
+    `(postgresql://<user>:<password>@<host>:<port>/<database>, special characters percent-encoded) or set ` +
+    `PGPASSWORD (psql runs without a terminal to ask for it on). psql said: ${said.trim()}`;
 }
 
 export async function isSupabaseDatabase(dbUrl: string): Promise<boolean> {
