@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
-import { applyBootstrapIfNeeded, supabaseCliBinary, supabaseLauncher } from "./database.ts";
+import { applyBootstrapIfNeeded, pushMigrations, supabaseCliBinary, supabaseLauncher } from "./database.ts";
 
 const databaseModule = new URL("./database.ts", import.meta.url).href;
 
@@ -152,6 +152,36 @@ Deno.test({
     assert.deepEqual(whole, { uid: true, send: true, publication: true }, "the bootstrap is whole");
   } finally {
     await sql.end();
+    await pg.stop();
+  }
+});
+
+Deno.test({
+  name:
+    "two first starts' supabase db push against one fresh database at once, serialized in the database: " +
+    "both succeed, one applies the migrations and the other finds them applied",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const { startPostgres } = await import("./postgres.ts");
+  const pg = await startPostgres({ log: () => {} });
+  try {
+    await applyBootstrapIfNeeded(pg.url);
+    const pushes = await within(
+      Promise.allSettled([pushMigrations(pg.url), pushMigrations(pg.url)]),
+      "the two pushes",
+    );
+    const outcomes = pushes.map((push) =>
+      push.status === "rejected"
+        ? `failed: ${push.reason}`
+        : /Applying migration/.test(push.value)
+        ? "applied"
+        : /up to date/i.test(push.value)
+        ? "found applied"
+        : `neither: ${push.value}`
+    );
+    assert.deepEqual(outcomes.toSorted(), ["applied", "found applied"], outcomes.join("\n"));
+  } finally {
     await pg.stop();
   }
 });

@@ -1,6 +1,7 @@
 // Prepares a database for readsync: the local platform bootstrap (only where the database is not
 // already a Supabase one), then our migrations, applied by the real Supabase CLI.
 
+import postgres from "postgres";
 import { onCleanup } from "./cleanup.ts";
 import { exists, findPostgresBinaries } from "./system.ts";
 
@@ -207,16 +208,30 @@ export async function supabaseCli(args: string[]): Promise<{ ok: boolean; output
   return { ok: out.success, output: (out.stdout + out.stderr).trim() };
 }
 
-/** `supabase db push` against the database; throws with the CLI's own output on failure. */
+/**
+ * `supabase db push` against the database; throws with the CLI's own output on failure. One push at a time
+ * per database: a transaction of its own holds an advisory lock while the CLI runs (released at its end,
+ * or when this process's connection goes), so that of two first starts at once the second pushes once the
+ * first has, and finds every migration applied, instead of both applying them at once (one failing on what
+ * the other created, or on the other's row in supabase_migrations.schema_migrations).
+ */
 export async function pushMigrations(dbUrl: string): Promise<string> {
-  const { ok, output } = await supabaseCli([
-    "db",
-    "push",
-    "--db-url",
-    cliDbUrl(dbUrl),
-    "--yes",
-    "--include-all",
-  ]);
-  if (!ok) throw new Error(`supabase db push failed:\n${output}`);
-  return output;
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  try {
+    return await sql.begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(hashtextextended('readsync: supabase db push', 0))`;
+      const { ok, output } = await supabaseCli([
+        "db",
+        "push",
+        "--db-url",
+        cliDbUrl(dbUrl),
+        "--yes",
+        "--include-all",
+      ]);
+      if (!ok) throw new Error(`supabase db push failed:\n${output}`);
+      return output;
+    });
+  } finally {
+    await sql.end();
+  }
 }
