@@ -2934,12 +2934,17 @@ class UserLink<Row extends LwwRow> {
     sentWith?: (token: string | null) => void,
   ): Promise<ReadOutcome | "closed"> {
     const fields = subscription ? { for: "subscription" } : {};
+    // Once per read: a later page may start over again (the cursor a failed read of the system
+    // identifier hands out is read as untagged, and starts over after a restore's adoption or past
+    // timeline 1), and that cursor is the API's own, not the one the app should look into.
+    let startedOverLogged = false;
     for (let page = 0; page < 1000; page++) {
       sentWith?.(this.service.readToken);
       const previous = at();
       const result = await this.#changesSince(previous, stop, sentWith);
       if (this.#closed) return "closed";
-      if ((result.startedOver ?? result.started_over) === true) {
+      if (!startedOverLogged && (result.startedOver ?? result.started_over) === true) {
+        startedOverLogged = true;
         // The API read from the beginning: the cursor sent was not taken as this user's on this
         // cluster and timeline. Nothing is lost (the rows come again), but an app that stored another
         // user's cursor (by device, or under one key for whoever signs in) reads everything again at

@@ -579,3 +579,39 @@ Deno.test("cursor: after its own read a subscription's cursor never goes back: t
     await end();
   }
 });
+
+Deno.test("cursor: a read whose pages the API started over more than once (the cursor a failed read of the system identifier hands out, after a restore's adoption or past timeline 1) logs cursor_started_over once, with the cursor sent at its first such page; the next read that starts over logs it again", async () => {
+  const { service, channel, calls, lines, end } = cursorService({ initialCursor: "0badc0de.100" });
+  const sub = service.subscribeToProgress(USER, () => {});
+  const reads: string[] = [];
+  sub.onRead((outcome) => reads.push(outcome));
+  const startedOver = () =>
+    lines.filter((line) => line.event === "cursor_started_over").map((line) => line.cursor);
+  try {
+    (await channel(1)).state!("SUBSCRIBED");
+    await waitFor("the catch-up", () => calls.length === 1);
+    // As reading_progress_changes answers it (checked in SQL): the first page from the cursor it could
+    // not check, and the next from the cursor that page handed out, read as untagged after an adoption.
+    calls[0].resolve({ ...page([version(1)], "d0267641.101:series-1", true), started_over: true });
+    await waitFor("the second page asked", () => calls.length === 2);
+    calls[1].resolve({ ...page([version(1)], "f17d5157.101:series-1", true), started_over: true });
+    await waitFor("the third page asked", () => calls.length === 3);
+    calls[2].resolve(page([version(2)], "f17d5157.102"));
+    await waitFor("the catch-up's end", () => reads.includes("done"));
+    assert.deepEqual(
+      startedOver(),
+      ["0badc0de.100"],
+      "one line for the read, with the cursor sent at its first page that started over (was: one a page)",
+    );
+
+    // Another read that starts over is another line.
+    const read = sub.syncNow();
+    await waitFor("the read", () => calls.length === 4);
+    calls[3].resolve({ ...page([version(1), version(2)], "f17d5157.102"), started_over: true });
+    assert.equal(await read, "done");
+    assert.deepEqual(startedOver(), ["0badc0de.100", "f17d5157.102"], "the next read's own line");
+  } finally {
+    await sub.unsubscribe();
+    await end();
+  }
+});
