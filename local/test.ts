@@ -159,8 +159,9 @@ async function main(): Promise<number> {
     // for its members too runs after each; 013 also puts back the write function that logs for any
     // caller with claims, so the migration that logs a user's writes only runs after it. Both put back
     // functions without the extra_float_digits that the percentages-printed-exactly migration sets
-    // (the broadcast; the write function, the changes read, the remember-deletion), which runs last,
-    // also after the two later migrations that re-create the changes read and the write function. Its
+    // (the broadcast; the write function, the changes read, the remember-deletion), which runs after
+    // them and after the two later migrations that re-create the changes read and the write function
+    // (the migrations restating the changes read since, named below, run after it in turn). Its
     // own row needs none after it: it only alters those functions' settings (ALTER FUNCTION ... SET,
     // no body), so alone it leaves each definition it finds in place, the current one (every row
     // before it puts the current ones back, as its check that the schema is the same shows). The
