@@ -436,14 +436,22 @@ function connectionGone(error: unknown): boolean {
 /**
  * Whether `error`, the rejection of a call's BEGIN before its transaction's function ran, is the error of
  * the backend that ended under the connection's last statement, which postgres.js 3.4.9 hands to the first
- * query of the reopened connection: the ended backend's message (57P01 admin_shutdown: a database
- * restart, pg_terminate_backend; 57P02 crash_shutdown: another backend crashed), read while that statement
- * ran, is kept (connection.js: `errorResponse`, cleared only by a ReadyForQuery, which never came), and the
- * reopened connection's startup ReadyForQuery rejects with it the query it opened for (`initial`, sent only
- * after that). So the BEGIN was not sent, the connection is open and back in the pool, and the call sends
- * its BEGIN again, once; before, it answered 503 with nothing sent. Whichever way such an error reaches a
- * BEGIN, no statement of the call was sent (its transaction's function never ran), so the BEGIN sent again
- * can store nothing twice.
+ * query of the reopened connection: the ended backend's message (57P01 admin_shutdown: a database restart,
+ * pg_terminate_backend), read while that statement ran, is kept (connection.js: `errorResponse`, cleared
+ * only by a ReadyForQuery, which never came), and the reopened connection's startup ReadyForQuery rejects
+ * with it the query it opened for (`initial`, sent only after that). So the BEGIN was not sent, the
+ * connection is open and back in the pool, and the call sends its BEGIN again, once; before, it answered 503
+ * with nothing sent. Whichever way such an error reaches a BEGIN, no statement of the call was sent (its
+ * transaction's function never ran), so the BEGIN sent again can store nothing twice. (57P02
+ * crash_shutdown, another backend crashed, PostgreSQL sends as a WARNING, a notice, as it does an immediate
+ * shutdown's 57P01: postgres.js keeps neither, and the next BEGIN is sent as it is. The check takes 57P02
+ * for a server that would send it as an error.)
+ *
+ * Only when the reopened connection's first startup is taken: postgres.js also keeps the ended statement as
+ * the connection's current query (closed() leaves it), so a startup the server refuses (53300 too many
+ * connections, 57P03 starting up) fails no query either: postgres.js reconnects at once, again and again,
+ * while the call waits (its turn held, its signal unheard), and the startup the server takes then fails the
+ * BEGIN with the refusal's error, kept: a 503, not sent again.
  */
 function replayedBackendEnd(error: unknown): boolean {
   return error instanceof postgres.PostgresError && (error.code === "57P01" || error.code === "57P02");
