@@ -177,3 +177,30 @@ Deno.test("device ids: the id getDeviceId gave this page stays in the list throu
     assert.ok(ids.includes(`web-t${round}`), `the newest tab's id, after clear ${round}: ${ids}`);
   }
 });
+
+Deno.test("device ids: with two pages open through more clears than the list keeps, each having written, the list keeps both pages' ids (one page's write-back never cuts the other's) and the newest tab's", () => {
+  const storage = memoryStorage();
+  const pages = [["web-pa", "saga"], ["web-pb", "epic"]].map(([device, series]) => {
+    const page = new SyncStore(USER, defaultCompareRows);
+    page.attachStorage(storage);
+    const turn = write(series, T1, device, 4);
+    page.addPending(turn);
+    page.settle(turn, {
+      won: true,
+      conflict: null,
+      conflict_with: null,
+      progress: row(series, T1, device, 4),
+    });
+    return page;
+  });
+  for (let round = 1; round <= 20; round++) {
+    storage.clear();
+    void rememberDeviceIds(storage, [`web-t${round}`]); // a tab opened then
+    for (const page of pages) page.reloadOutbox(); // each page hears of the clear and writes back what it holds
+    const ids = readDeviceIds(storage);
+    assert.ok(ids.includes("web-pa"), `the first page's id, after clear ${round}: ${ids}`);
+    assert.ok(ids.includes("web-pb"), `the second page's id, after clear ${round}: ${ids}`);
+    assert.ok(ids.includes(`web-t${round}`), `the id of the tab opened after clear ${round}: ${ids}`);
+    assert.ok(ids.length <= 18, `bounded (sixteen, and the two pages' ids beyond): ${ids.length}`);
+  }
+});

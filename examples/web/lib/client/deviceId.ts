@@ -22,7 +22,8 @@ export const DEVICE_IDS_KEY = "readsync.deviceIds";
 export const DEVICE_IDS_LOCK = "readsync.deviceIds";
 /**
  * How many of them are kept: one more at each clear of the site's data with a page open through it. Those still
- * written with here (this page's, its queued writes': rememberDeviceIds's `keep`) are kept beyond it.
+ * written with here (this page's, its queued writes': rememberDeviceIds's `keep`) are kept beyond it, and push
+ * no other id out when added (another tab's may be one it still writes with).
  */
 const DEVICE_IDS_KEPT = 16;
 const FORMAT = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -104,9 +105,11 @@ export function readDeviceIds(storage: Storage): string[] {
  * DEVICE_IDS_LOCK, the list read again inside it (at once without `locks`: see the top). Beyond DEVICE_IDS_KEPT
  * the oldest go, but never the ids of this page (getDeviceId's) nor those of `keep` (the caller's queued
  * writes'): the last ones added before were the ids the clears made since, and after sixteen clears with a
- * page open through them the id that page still wrote with went. `writtenBack`: ids a tab writes back after a
- * clear, older than those the list got since (a tab opened after the clear made one): they go before them, so
- * that the cut takes the oldest. Resolves once the list is written (or found to hold them).
+ * page open through them the id that page still wrote with went. Adding those takes no other id's place (only
+ * the ids added beside them make the oldest go): the list cannot tell another tab's, which that tab keeps so
+ * only in its own changes. `writtenBack`: ids a tab writes back after a clear, older than those the list got
+ * since (a tab opened after the clear made one): they go before them, so that the cut takes the oldest. Resolves
+ * once the list is written (or found to hold them).
  */
 export function rememberDeviceIds(
   storage: Storage,
@@ -139,8 +142,11 @@ function addToList(storage: Storage, adding: readonly string[], kept: ReadonlySe
   const missing = adding.filter((id) => !listed.includes(id));
   if (missing.length === 0) return;
   const list = writtenBack ? [...missing, ...listed] : [...listed, ...missing];
-  // The oldest go first, those still written with never.
-  for (let i = 0; i < list.length && list.length > DEVICE_IDS_KEPT;) {
+  // The oldest go first, those still written with never; and the ids this tab still writes with push none out:
+  // another tab's are kept by that tab alone (its own cut), and a page's write-back after a clear that added its
+  // id cut the other page's, written back just before (the oldest after its own), until that page's next write.
+  const room = Math.max(DEVICE_IDS_KEPT, listed.length + missing.filter((id) => kept.has(id)).length);
+  for (let i = 0; i < list.length && list.length > room;) {
     if (kept.has(list[i])) i++;
     else list.splice(i, 1);
   }
