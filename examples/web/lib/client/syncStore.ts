@@ -1274,11 +1274,13 @@ export class SyncStore {
    */
   #restore(): void {
     const storage = this.#storage!;
-    // This browser's device ids first (deviceId.ts's list): those of the writes this tab holds, answered or
-    // waiting, among them. A tab opened after the clear writes with a new id, and a version stored under one of
-    // these (a write of this page named in no list: its answer not written yet, and that tab's page turn
-    // replaced it in the saved outbox) is still this browser's there, not another device's (#browsersDevice).
-    // (Every id it knows: the clear took the list.)
+    // This browser's device ids (deviceId.ts's list): those of the writes this tab holds, answered or waiting,
+    // among them. Asked first, but where Web Locks exist the list is written once its lock is granted, which can
+    // be after the writes below (another tab reading in between finds the list short for that moment; writing it
+    // at once would bring back the lost update between two tabs' list changes). A tab opened after the clear
+    // writes with a new id, and a version stored under one of these (a write of this page named in no list: its
+    // answer not written yet, and that tab's page turn replaced it in the saved outbox) is still this browser's
+    // there, not another device's (#browsersDevice). (Every id it knows: the clear took the list.)
     this.#keepDeviceIds([
       ...this.#deviceIdsKnown,
       ...[...this.#pending.values(), ...this.#latestKnown.values()].map((write) => write.device_id),
