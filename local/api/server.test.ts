@@ -235,50 +235,48 @@ async function shortConnections(port: number): Promise<void> {
   }
 }
 
+/**
+ * An API server reading `tableLines` (joined) as its /proc/net/tcp, one connection kept open beside
+ * CONNECTIONS_REMEMBERED short ones: how many times it read the table, what it still holds pending, how many
+ * connections it remembers and the kept connection's last request path.
+ */
+async function keptBesideShortConnections(
+  tableLines: (ports: { serverPort: number; keptPort: number }, read: number) => string[],
+) {
+  const ports = { serverPort: 0, keptPort: 0 };
+  let reads = 0;
+  const api = await ownApiServer({ readTcpTable: () => [...tableLines(ports, ++reads), ""].join("\n") });
+  ports.serverPort = Number(new URL(api.url).port);
+  const kept = await keptConnection(ports.serverPort);
+  ports.keptPort = (kept.localAddr as Deno.NetAddr).port;
+  try {
+    await shortConnections(ports.serverPort);
+    const remembered = api.lastRequests();
+    const keptLast = remembered.find((last) => last.from === `127.0.0.1:${ports.keptPort}`);
+    return { reads, pending: api.pending(), remembered: remembered.length, keptPath: keptLast?.request.path };
+  } finally {
+    kept.close();
+    await api.close();
+  }
+}
+
 Deno.test({
   name:
     "a /proc/net/tcp line the API server cannot parse is skipped when it looks which connections are open: every request answered, none left pending",
   ...OWN_SERVER,
 }, async () => {
-  let serverPort = 0;
-  let keptPort = 0;
-  let reads = 0;
   // The kernel's table as the server reads it: its listening socket, the kept connection, and a line on the
   // server's port cut short after the local address (no remote address, no state).
-  const api = await ownApiServer({
-    readTcpTable: () => {
-      reads++;
-      return [
-        TCP_TABLE_HEADER,
-        tcpTableLine(0, serverPort, 0, "0A"),
-        tcpTableLine(1, serverPort, keptPort),
-        `   2: 0100007F:${hexPort(serverPort)}`,
-        "",
-      ].join("\n");
-    },
-  });
-  serverPort = Number(new URL(api.url).port);
-  const kept = await keptConnection(serverPort);
-  keptPort = (kept.localAddr as Deno.NetAddr).port;
-  try {
-    await shortConnections(serverPort);
-    assert.ok(reads > 0, "the server read the table");
-    assert.deepEqual(api.pending(), [], "no request left pending");
-    const remembered = api.lastRequests();
-    assert.ok(
-      remembered.length <= 2,
-      `${remembered.length} connections remembered: the kept one and the last`,
-    );
-    const keptLast = remembered.find((last) => last.from === `127.0.0.1:${keptPort}`);
-    assert.equal(
-      keptLast?.request.path,
-      "/kept",
-      "the kept connection's line was read past the one cut short",
-    );
-  } finally {
-    kept.close();
-    await api.close();
-  }
+  const seen = await keptBesideShortConnections(({ serverPort, keptPort }) => [
+    TCP_TABLE_HEADER,
+    tcpTableLine(0, serverPort, 0, "0A"),
+    tcpTableLine(1, serverPort, keptPort),
+    `   2: 0100007F:${hexPort(serverPort)}`,
+  ]);
+  assert.ok(seen.reads > 0, "the server read the table");
+  assert.deepEqual(seen.pending, [], "no request left pending");
+  assert.ok(seen.remembered <= 2, `${seen.remembered} connections remembered: the kept one and the last`);
+  assert.equal(seen.keptPath, "/kept", "the kept connection's line was read past the one cut short");
 });
 
 Deno.test({
@@ -286,34 +284,14 @@ Deno.test({
     "an open connection one read of /proc/net/tcp leaves out (a read in pieces while others close) keeps its last request in the API server",
   ...OWN_SERVER,
 }, async () => {
-  let serverPort = 0;
-  let keptPort = 0;
-  let reads = 0;
   // Every other read of the table leaves the kept connection out, the first among them, as a read of the
   // real table can when connections close between two of its pieces (see openConnections).
-  const api = await ownApiServer({
-    readTcpTable: () => {
-      reads++;
-      const lines = [TCP_TABLE_HEADER, tcpTableLine(0, serverPort, 0, "0A")];
-      if (reads % 2 === 0) lines.push(tcpTableLine(1, serverPort, keptPort));
-      return [...lines, ""].join("\n");
-    },
-  });
-  serverPort = Number(new URL(api.url).port);
-  const kept = await keptConnection(serverPort);
-  keptPort = (kept.localAddr as Deno.NetAddr).port;
-  try {
-    await shortConnections(serverPort);
-    assert.ok(reads > 0, "the server read the table");
-    const remembered = api.lastRequests();
-    assert.ok(
-      remembered.length <= 2,
-      `${remembered.length} connections remembered: the kept one and the last`,
-    );
-    const keptLast = remembered.find((last) => last.from === `127.0.0.1:${keptPort}`);
-    assert.equal(keptLast?.request.path, "/kept", "the open connection's last request is remembered");
-  } finally {
-    kept.close();
-    await api.close();
-  }
+  const seen = await keptBesideShortConnections(({ serverPort, keptPort }, read) => [
+    TCP_TABLE_HEADER,
+    tcpTableLine(0, serverPort, 0, "0A"),
+    ...(read % 2 === 0 ? [tcpTableLine(1, serverPort, keptPort)] : []),
+  ]);
+  assert.ok(seen.reads > 0, "the server read the table");
+  assert.ok(seen.remembered <= 2, `${seen.remembered} connections remembered: the kept one and the last`);
+  assert.equal(seen.keptPath, "/kept", "the open connection's last request is remembered");
 });
