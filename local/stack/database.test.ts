@@ -186,6 +186,139 @@ Deno.test({
   }
 });
 
+/**
+ * The CLI's binary behind a stand-in (SUPABASE_CLI_BINARY_OVERRIDE) that runs it only once `release` is
+ * called: a push is held with its lock taken. `restore` puts the override back.
+ */
+async function heldCli(dir: string) {
+  const real = supabaseCliBinary()!;
+  const gate = `${dir}/released`;
+  const binary = `${dir}/supabase`;
+  await Deno.writeTextFile(
+    binary,
+    `#!/bin/sh\nwhile [ ! -e '${gate}' ]; do sleep 0.05; done\nexec '${real}' "$@"\n`,
+  );
+  await Deno.chmod(binary, 0o755);
+  const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
+  Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", binary);
+  return {
+    release: async () => await Deno.writeTextFile(gate, ""),
+    restore: () => {
+      if (override === undefined) Deno.env.delete("SUPABASE_CLI_BINARY_OVERRIDE");
+      else Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", override);
+    },
+  };
+}
+
+/** The backend holding the push's advisory lock, once one does (a hang guard: 60 s). */
+async function pushLockHolder(sql: ReturnType<typeof import("postgres")>): Promise<number> {
+  for (let i = 0; i < 600; i++) {
+    const [holder] = await sql`select pid from pg_locks where locktype = 'advisory' and granted
+      and objsubid = 1 and ((objid::bigint) | (classid::bigint << 32))
+        = hashtextextended('readsync: supabase db push', 0)`;
+    if (holder) return holder.pid;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error("no backend took the push's lock within 60 s");
+}
+
+Deno.test({
+  name:
+    "supabase db push whose lock's connection goes while the CLI runs (terminated, as a pooler or a server " +
+    "may end it): the push is the CLI's, answered once it has ended and applied, not failed at once",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const { startPostgres } = await import("./postgres.ts");
+  const postgres = (await import("postgres")).default;
+  const pg = await startPostgres({ log: () => {} });
+  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+  const dir = await Deno.makeTempDir({ prefix: "readsync-held-cli-" });
+  const cli = await heldCli(dir);
+  try {
+    await applyBootstrapIfNeeded(pg.url);
+    const push = pushMigrations(pg.url);
+    push.catch(() => {});
+    const holder = await within(pushLockHolder(sql), "the push's lock");
+    await sql`select pg_terminate_backend(${holder})`;
+    await cli.release();
+    const output = await within(push, "the push");
+    assert.match(output, /Applying migration/);
+    const migrations = [...Deno.readDirSync(new URL("../../supabase/migrations", import.meta.url))]
+      .filter((entry) => entry.name.endsWith(".sql")).length;
+    const [{ applied }] = await sql`select count(*)::int as applied
+      from supabase_migrations.schema_migrations`;
+    assert.equal(applied, migrations, "every migration applied");
+  } finally {
+    cli.restore();
+    await cli.release().catch(() => {});
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await sql.end();
+    await pg.stop();
+  }
+});
+
+Deno.test({
+  name:
+    "supabase db push's lock against a server that ends idle transactions and defaults to repeatable read: " +
+    "its transaction is kept for the whole push and holds no snapshot (a CREATE INDEX CONCURRENTLY would " +
+    "wait for it); two pushes at once: one applied, one found them applied",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const { startPostgres } = await import("./postgres.ts");
+  const postgres = (await import("postgres")).default;
+  const pg = await startPostgres({ log: () => {} });
+  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+  const dir = await Deno.makeTempDir({ prefix: "readsync-held-cli-" });
+  let cli: Awaited<ReturnType<typeof heldCli>> | undefined;
+  try {
+    await applyBootstrapIfNeeded(pg.url);
+    // For every later session: an idle transaction is ended after 1 s (the CLI's own never idle that long),
+    // and a transaction's default isolation is repeatable read.
+    await sql`alter role postgres set idle_in_transaction_session_timeout = '1s'`;
+    await sql`alter role postgres set default_transaction_isolation = 'repeatable read'`;
+    cli = await heldCli(dir);
+    const first = pushMigrations(pg.url);
+    first.catch(() => {});
+    const holder = await within(pushLockHolder(sql), "the first push's lock");
+    const [{ xmin }] =
+      await sql`select backend_xmin::text as xmin from pg_stat_activity where pid = ${holder}`;
+    assert.equal(xmin, null, "the lock's transaction holds no snapshot");
+    // The second push, its CLI not held, waits for the first's lock; the first's CLI is held until the
+    // second waits and the lock's transaction has been idle past the server's 1 s (or was ended by it).
+    cli.restore();
+    const second = pushMigrations(pg.url);
+    second.catch(() => {});
+    for (let i = 0;; i++) {
+      const [waiting] = await sql`select from pg_locks where locktype = 'advisory' and not granted`;
+      const [held] = await sql`select clock_timestamp() - state_change > interval '1500 ms' as past
+        from pg_stat_activity where pid = ${holder}`;
+      if (!held || (waiting && held.past)) break;
+      if (i >= 600) throw new Error("the second push did not wait for the lock within 60 s");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await cli.release();
+    const pushes = await within(Promise.allSettled([first, second]), "the two pushes");
+    const outcomes = pushes.map((push) =>
+      push.status === "rejected"
+        ? `failed: ${push.reason}`
+        : /Applying migration/.test(push.value)
+        ? "applied"
+        : /up to date/i.test(push.value)
+        ? "found applied"
+        : `neither: ${push.value}`
+    );
+    assert.deepEqual(outcomes, ["applied", "found applied"], outcomes.join("\n"));
+  } finally {
+    cli?.restore();
+    await cli?.release().catch(() => {});
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await sql.end();
+    await pg.stop();
+  }
+});
+
 Deno.test({
   name:
     "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL or " +

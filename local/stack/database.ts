@@ -208,30 +208,52 @@ export async function supabaseCli(args: string[]): Promise<{ ok: boolean; output
   return { ok: out.success, output: (out.stdout + out.stderr).trim() };
 }
 
+/** The advisory lock (one bigint key) that one `supabase db push` at a time holds per database. */
+const PUSH_LOCK = "hashtextextended('readsync: supabase db push', 0)";
+
 /**
  * `supabase db push` against the database; throws with the CLI's own output on failure. One push at a time
  * per database: a transaction of its own holds an advisory lock while the CLI runs (released at its end,
  * or when this process's connection goes), so that of two first starts at once the second pushes once the
  * first has, and finds every migration applied, instead of both applying them at once (one failing on what
- * the other created, or on the other's row in supabase_migrations.schema_migrations).
+ * the other created, or on the other's row in supabase_migrations.schema_migrations). A transaction-level
+ * lock, not a session's: through a transaction-mode pooler (Supavisor's port 6543) the transaction keeps
+ * one server connection, where a session lock would stay on a pooled connection after this one closed.
+ *
+ * That transaction sits idle while the CLI runs, so it is begun read committed (it holds no snapshot: a
+ * CREATE INDEX CONCURRENTLY in a migration waits for no transaction older than its own, where a server's
+ * default_transaction_isolation repeatable read would make it wait for this one, which waits for the CLI)
+ * and sets for itself no idle_in_transaction_session_timeout (a server's would end it, and the lock, half-way)
+ * and no statement_timeout or lock_timeout (the wait for another start's push). It is run by hand, not by
+ * sql.begin: the push is the CLI's, and is answered by the CLI alone. A lock connection that goes while the
+ * CLI runs (terminated, a pooler's or the network's cut) only ends the serialization: sql.begin would reject
+ * at once, while the CLI goes on (failing a push that succeeds, or a start torn down under its CLI).
  */
 export async function pushMigrations(dbUrl: string): Promise<string> {
   const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  let began = false;
   try {
-    return await sql.begin(async (tx) => {
-      await tx`select pg_advisory_xact_lock(hashtextextended('readsync: supabase db push', 0))`;
-      const { ok, output } = await supabaseCli([
-        "db",
-        "push",
-        "--db-url",
-        cliDbUrl(dbUrl),
-        "--yes",
-        "--include-all",
-      ]);
-      if (!ok) throw new Error(`supabase db push failed:\n${output}`);
-      return output;
-    });
+    // One simple query (no prepared statement, as a pooler in transaction mode may not keep one).
+    await sql.unsafe(
+      "begin isolation level read committed; " +
+        "set local idle_in_transaction_session_timeout = 0; set local statement_timeout = 0; " +
+        `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK});`,
+    );
+    began = true;
+    const { ok, output } = await supabaseCli([
+      "db",
+      "push",
+      "--db-url",
+      cliDbUrl(dbUrl),
+      "--yes",
+      "--include-all",
+    ]);
+    if (!ok) throw new Error(`supabase db push failed:\n${output}`);
+    return output;
   } finally {
+    // Ends the transaction and its lock; a connection gone meanwhile took them with it (nothing was written
+    // in it, so there is nothing to keep).
+    if (began) await sql.unsafe("rollback").catch(() => {});
     await sql.end();
   }
 }
