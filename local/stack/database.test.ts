@@ -321,6 +321,70 @@ Deno.test({
 
 Deno.test({
   name:
+    "supabase db push against a server that takes TLS connections only (a Supabase project enforcing SSL), " +
+    "its URL without sslmode: the lock's connection asks for TLS as psql and the CLI do, and the push runs",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const { startPostgres } = await import("./postgres.ts");
+  const postgres = (await import("postgres")).default;
+  const pg = await startPostgres({ log: () => {} });
+  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+  const data = `${pg.dataDir}/data`;
+  const dir = await Deno.makeTempDir({ prefix: "readsync-tls-cli-" });
+  const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
+  try {
+    await applyBootstrapIfNeeded(pg.url);
+    // A self-signed certificate, the server's own user's (the cluster runs as another user when root).
+    const made = await new Deno.Command("openssl", {
+      args: ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        .concat(["-keyout", `${data}/server.key`, "-out", `${data}/server.crt`]),
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assert.ok(made.success, new TextDecoder().decode(made.stderr));
+    const { uid, gid } = Deno.statSync(`${data}/PG_VERSION`);
+    for (const file of ["server.key", "server.crt"]) {
+      Deno.chownSync(`${data}/${file}`, uid, gid);
+      Deno.chmodSync(`${data}/${file}`, 0o600);
+    }
+    await Deno.writeTextFile(
+      `${data}/pg_hba.conf`,
+      "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+    );
+    await sql`alter system set ssl = on`;
+    await sql`select pg_reload_conf()`;
+    // The server has read it once a connection without TLS is refused (a hang guard: 60 s).
+    for (let i = 0;; i++) {
+      const probe = postgres(pg.url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+      const refused = await probe`select 1`.then(() => false, () => true);
+      await probe.end();
+      if (refused) break;
+      if (i >= 600) throw new Error("the server still takes connections without TLS");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    // The CLI as it runs against a remote server (cliDbUrl gives 127.0.0.1 sslmode=disable, for a local
+    // server without TLS): a stand-in that runs it with sslmode=prefer, libpq's default.
+    const real = supabaseCliBinary()!;
+    await Deno.writeTextFile(
+      `${dir}/supabase`,
+      `#!/bin/sh\nfor a in "$@"; do shift; set -- "$@" "$(printf %s "$a" | sed s/sslmode=disable/sslmode=prefer/)"; ` +
+        `done\nexec '${real}' "$@"\n`,
+    );
+    await Deno.chmod(`${dir}/supabase`, 0o755);
+    Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", `${dir}/supabase`);
+    assert.match(await within(pushMigrations(pg.url), "the push"), /Applying migration/);
+  } finally {
+    if (override === undefined) Deno.env.delete("SUPABASE_CLI_BINARY_OVERRIDE");
+    else Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", override);
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await sql.end();
+    await pg.stop();
+  }
+});
+
+Deno.test({
+  name:
     "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL or " +
     "set PGPASSWORD (psql cannot ask for it), instead of a bare psql error",
   sanitizeOps: false,

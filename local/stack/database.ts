@@ -230,7 +230,10 @@ const PUSH_LOCK = "hashtextextended('readsync: supabase db push', 0)";
  * at once, while the CLI goes on (failing a push that succeeds, or a start torn down under its CLI).
  */
 export async function pushMigrations(dbUrl: string): Promise<string> {
-  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  // TLS when the server offers it, as psql and the CLI do without an sslmode (postgres.js's own default
+  // is none: a server that takes TLS connections only, as a Supabase project enforcing SSL, refused it).
+  const ssl = new URL(dbUrl).searchParams.has("sslmode") ? {} : { ssl: "prefer" as const };
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...ssl });
   let began = false;
   try {
     // One simple query (no prepared statement, as a pooler in transaction mode may not keep one).
