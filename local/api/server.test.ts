@@ -15,6 +15,23 @@ const OWN_SERVER = {
   sanitizeResources: false,
 };
 
+Deno.test({
+  name: "startApiServer refuses a closeGraceMs no timer can hold (negative, NaN, Infinity, past 2^31-1 ms, " +
+    "not a number) before it starts anything, naming the option",
+  ignore: OWN_SERVER.ignore,
+}, async () => {
+  for (const closeGraceMs of [-1, NaN, Infinity, 2 ** 31, "5" as unknown as number]) {
+    await assert.rejects(
+      ownApiServer({ closeGraceMs }),
+      (error: Error) =>
+        error instanceof (typeof closeGraceMs === "number" ? RangeError : TypeError) &&
+        /^startApiServer option closeGraceMs must be a number of milliseconds from 1 to 2147483647, or 0 \(got /
+          .test(error.message),
+      `closeGraceMs = ${String(closeGraceMs)}: refused`,
+    );
+  }
+});
+
 /** An API server of this test's own on a port the OS picks, with the suite's database and keys. */
 function ownApiServer(options: { closeGraceMs?: number; readTcpTable?: () => string } = {}) {
   const env = testEnv();

@@ -13,6 +13,7 @@
 import { createFunctionsGateway, type Service } from "../functions/gateway.ts";
 import { createRealtimeEndpoint, quietAboutClosingAnswers } from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
+import { checkNumberOption, TIMER_MS } from "../../shared/options/checkOptions.ts";
 
 export interface ApiContext {
   /** The port to listen on; 0: one the OS picks as the server binds it (see startApiServer). */
@@ -23,7 +24,7 @@ export interface ApiContext {
   serviceRoleKey: string;
   /**
    * How long close() lets requests still running finish (Deno.serve's graceful shutdown) before it
-   * returns without them; 5 s unless given.
+   * returns without them; 5 s unless given. 0 to 2^31-1 ms; other values are refused when the server starts.
    */
   closeGraceMs?: number;
   /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
@@ -201,7 +202,13 @@ function notServed(pathname: string): { code: string; message: string; details: 
  * the port as the server binds it, so no other process can take it between a pick and the bind (as
  * several test runs starting stacks at once on one machine did with a port picked and then released).
  */
+/** closeGraceMs: a timer's delay, or 0 (close() gives running requests no time). */
+const CLOSE_GRACE_MS = { ...TIMER_MS, zero: true };
+
 export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
+  // Checked before anything starts: a negative or NaN grace gave up at once and Infinity after 1 ms (the
+  // timer's clamp), each without a word.
+  checkNumberOption(ctx.closeGraceMs, CLOSE_GRACE_MS, "startApiServer", "closeGraceMs");
   const services = Promise.withResolvers<{ functions: Service; realtime: Service }>();
   const running = new Map<Request, PendingRequest>();
   // The last request each client connection (its address and port) sent, and whether it was answered:
