@@ -19,6 +19,14 @@ function within<T>(promise: Promise<T>, what: string): Promise<T> {
   ]).finally(() => clearTimeout(timer));
 }
 
+/** What a `supabase db push` came to, by its output: "applied", "found applied", or why neither. */
+function pushOutcome(push: PromiseSettledResult<string>): string {
+  if (push.status === "rejected") return `failed: ${push.reason}`;
+  if (/Applying migration/.test(push.value)) return "applied";
+  if (/up to date/i.test(push.value)) return "found applied";
+  return `neither: ${push.value}`;
+}
+
 /**
  * A stack started in a process of its own against the database at 127.0.0.1:`port` (SUPABASE_DB_URL: no
  * cluster of its own, psql its first child), which prints `startedLine` if its start ends.
@@ -171,15 +179,7 @@ Deno.test({
       Promise.allSettled([pushMigrations(pg.url), pushMigrations(pg.url)]),
       "the two pushes",
     );
-    const outcomes = pushes.map((push) =>
-      push.status === "rejected"
-        ? `failed: ${push.reason}`
-        : /Applying migration/.test(push.value)
-        ? "applied"
-        : /up to date/i.test(push.value)
-        ? "found applied"
-        : `neither: ${push.value}`
-    );
+    const outcomes = pushes.map(pushOutcome);
     assert.deepEqual(outcomes.toSorted(), ["applied", "found applied"], outcomes.join("\n"));
   } finally {
     await pg.stop();
@@ -300,15 +300,7 @@ Deno.test({
     }
     await cli.release();
     const pushes = await within(Promise.allSettled([first, second]), "the two pushes");
-    const outcomes = pushes.map((push) =>
-      push.status === "rejected"
-        ? `failed: ${push.reason}`
-        : /Applying migration/.test(push.value)
-        ? "applied"
-        : /up to date/i.test(push.value)
-        ? "found applied"
-        : `neither: ${push.value}`
-    );
+    const outcomes = pushes.map(pushOutcome);
     assert.deepEqual(outcomes, ["applied", "found applied"], outcomes.join("\n"));
   } finally {
     cli?.restore();
