@@ -16,6 +16,7 @@
 //
 // Writes bench/results/latest.json and bench/results/latest.md; docs/benchmarks.md for full runs.
 
+import { fileURLToPath } from "node:url";
 import { connect, machineFacts, removeBenchUsers } from "./lib/db.ts";
 import { consoleTable, markdown, type Report, type SectionResult } from "./lib/report.ts";
 import type { BenchStack } from "./lib/stack.ts";
@@ -27,7 +28,7 @@ import { latencySection } from "./sections/latency.ts";
 import { propagationSection } from "./sections/propagation.ts";
 import { catchupSection } from "./sections/catchup.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const args = Deno.args.filter((a) => a !== "--");
 const flag = (name: string) => args.includes(`--${name}`);
 const onlyArg = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);

@@ -13,12 +13,13 @@
 // With SUPABASE_DB_URL (and optionally SUPABASE_URL + keys) the same suites run against a real
 // Supabase stack instead; see README.md.
 
+import { fileURLToPath } from "node:url";
 import { runCleanups } from "./stack/cleanup.ts";
 import { cliDbUrl, psql, pushMigrations, supabaseCli } from "./stack/database.ts";
 import { startLocalStack } from "./stack/stack.ts";
 import { databaseTypesDrift } from "./typegen.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
 
 interface SuiteResult {
   name: string;

@@ -9,11 +9,12 @@
 //                                migrations, or SUPABASE_DB_URL)
 //   npm run gen:types -- --check fail if the file is not what the migrations give (npm test runs it)
 
+import { fileURLToPath } from "node:url";
 import { runCleanups } from "./stack/cleanup.ts";
 import { applyBootstrapIfNeeded, pushMigrations } from "./stack/database.ts";
 import { startPostgres } from "./stack/postgres.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
 export const DATABASE_TYPES_FILE = `${ROOT}shared/database.types.ts`;
 const POSTGRES_META = `${ROOT}node_modules/@supabase/postgres-meta/dist/server/server.js`;
 /** The schemas the Data API exposes that exist on every project (graphql_public needs pg_graphql). */

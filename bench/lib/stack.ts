@@ -1,5 +1,7 @@
 // Starts the stack in a child process (bench/lib/stack_child.ts) and measures its cold start.
 
+import { fileURLToPath } from "node:url";
+
 export interface BenchStack {
   dbUrl: string;
   apiUrl: string;
@@ -28,7 +30,7 @@ export interface BenchStack {
   stop(): Promise<void>;
 }
 
-const ROOT = new URL("../../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const DENO = Deno.execPath();
 
 export async function spawnStack(env: Record<string, string> = {}): Promise<BenchStack> {

@@ -7,6 +7,7 @@
 // (same run): the update call's own latency (A's POST round trip). Floor (same run): the largest
 // one-topic fan-out again, the same devices joined to a bare WebSocket server (bench/lib/wsfloor.ts).
 
+import { fileURLToPath } from "node:url";
 import { createClient } from "@supabase/supabase-js";
 import { benchUserTokens } from "../lib/db.ts";
 import { Histogram } from "../lib/histogram.ts";
@@ -14,7 +15,7 @@ import { ratio, type Row, type SectionResult } from "../lib/report.ts";
 import type { Ctx } from "./context.ts";
 
 const USER = 0x400001;
-const ROOT = new URL("../../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const now = () => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

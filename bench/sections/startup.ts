@@ -2,13 +2,14 @@
 // start and module loading, the database's steps, bootstrap, migrations, the API's services, the first
 // request answered), and (--with-suite) the whole `npm test` time.
 
+import { fileURLToPath } from "node:url";
 import { mintUserAccessToken } from "../../local/stack/keys.ts";
 import { startPostgres } from "../../local/stack/postgres.ts";
 import { median, ratio, type SectionResult } from "../lib/report.ts";
 import { type BenchStack, spawnStack } from "../lib/stack.ts";
 import type { Options } from "./context.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 /** One cold start's phases: name and time (ms), in the order they ended; `note` says more (the log only). */
 type PhaseTimes = { name: string; ms: number; note?: string }[];

@@ -30,6 +30,7 @@
 // * Unknown or disabled function: 404 "Function not found" (text/plain). A function that throws:
 //   500 {"code":"Internal Server Error","message":"Request failed due to an internal server error"}.
 
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from "jose";
 import { type FunctionConfig, loadFunctionConfigs } from "./config.ts";
 
@@ -54,7 +55,7 @@ export interface FunctionsGatewayOptions {
 
 type ServeHandler = (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>;
 
-const SUPABASE_DIR = new URL("../../supabase", import.meta.url).pathname;
+const SUPABASE_DIR = fileURLToPath(new URL("../../supabase", import.meta.url));
 
 // A module evaluates once per process, so its captured handler is kept per entrypoint.
 const handlers = new Map<string, Promise<ServeHandler>>();
@@ -100,7 +101,7 @@ function captureHandler(entrypoint: string): Promise<ServeHandler> {
     };
     Deno.serve = standIn as typeof Deno.serve;
     try {
-      await import(new URL(`file://${entrypoint}`).href);
+      await import(pathToFileURL(entrypoint).href);
     } finally {
       Deno.serve = original;
     }

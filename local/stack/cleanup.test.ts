@@ -4,6 +4,7 @@
 // push migrations to that database and insert its demo user there). Stopped while its stack starts, it says
 // so and exits with the signal's code once what it started is torn down, not 1 for a start the stop made fail.
 
+import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
 import { assertPortFree } from "./postgres.ts";
@@ -218,11 +219,10 @@ async function npmStartWithStandInStack(mode: "fails once torn down" | "never no
   const database = `${root}/database`;
   await Deno.mkdir(database);
   const script = `${root}/npm-start.ts`;
-  const local = new URL("..", import.meta.url).pathname;
   await Deno.writeTextFile(
     script,
-    `import { npmStart } from ${JSON.stringify(`${local}main.ts`)};
-     import { onCleanup, stoppedBy } from ${JSON.stringify(`${local}stack/cleanup.ts`)};
+    `import { npmStart } from ${JSON.stringify(new URL("../main.ts", import.meta.url).href)};
+     import { onCleanup, stoppedBy } from ${JSON.stringify(new URL("./cleanup.ts", import.meta.url).href)};
      const mode = ${JSON.stringify(mode)};
      await npmStart(async (options) => {
        let removed = () => {};
@@ -252,7 +252,7 @@ async function npmStartWithStandInStack(mode: "fails once torn down" | "never no
       "-A",
       "--no-lock",
       "--config",
-      new URL("../../deno.json", import.meta.url).pathname,
+      fileURLToPath(new URL("../../deno.json", import.meta.url)),
       script,
     ],
     env: { READSYNC_WEB: "0" },

@@ -1,11 +1,14 @@
 // Prepares a database for readsync: the local platform bootstrap (only where the database is not
 // already a Supabase one), then our migrations, applied by the real Supabase CLI.
 
+import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { onCleanup } from "./cleanup.ts";
 import { exists, findPostgresBinaries } from "./system.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
+// The checkout's path itself (fileURLToPath, with a trailing slash): a URL's pathname keeps it
+// percent-encoded ("my books" as "my%20books", a non-ASCII letter as its UTF-8 bytes), a path no file has.
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 export const BOOTSTRAP_SQL = `${ROOT}local/platform/bootstrap.sql`;
 
 /**

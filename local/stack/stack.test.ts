@@ -4,6 +4,7 @@
 // them again (a process that starts and stops stacks keeps none of them).
 
 import assert from "node:assert/strict";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
 
 Deno.test({
@@ -183,4 +184,74 @@ Deno.test({
     }
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test({
+  name:
+    "a checkout whose path has a space and a non-ASCII letter starts its stack: the cluster, the platform " +
+    "bootstrap (bootstrap.sql read from it), supabase db push (run in it) and the functions (loaded from it)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const root = fileURLToPath(new URL("../../", import.meta.url));
+  const parent = await Deno.makeTempDir({ prefix: "readsync-checkout-" });
+  const checkout = `${parent}/my books/läsning`;
+  try {
+    // What a start reads: the stack's code, the shared code the functions import, supabase/ (migrations,
+    // config.toml, functions) and the Deno configuration; node_modules (the CLI) is the repository's.
+    await Deno.mkdir(checkout, { recursive: true });
+    const copied = await new Deno.Command("cp", {
+      args: [
+        "-a",
+        ...["deno.json", "deno.lock", "package.json", "local", "shared", "supabase"].map((name) =>
+          `${root}${name}`
+        ),
+        `${checkout}/`,
+      ],
+      stderr: "piped",
+    }).output();
+    assert.ok(copied.success, new TextDecoder().decode(copied.stderr));
+    await Deno.symlink(`${root}node_modules`, `${checkout}/node_modules`);
+    const stackModule = pathToFileURL(`${checkout}/local/stack/stack.ts`).href;
+    // In a process of its own, started in the checkout (its deno.json).
+    const report = lastJsonLine(
+      await runDenoChild([
+        "eval",
+        `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+         const stack = await startLocalStack({ apiPort: 0, dbPort: 0, log: () => {}, ownStackOnly: true });
+         // The progress function answers its CORS preflight (404: no such function; 503: it failed to load).
+         const preflight = await fetch(stack.apiUrl + "/functions/v1/progress", { method: "OPTIONS" });
+         await preflight.body?.cancel();
+         await stack.stop();
+         const applied = stack.migrationLog.match(/Applying migration/g)?.length ?? 0;
+         console.log(JSON.stringify({ applied, preflight: preflight.status }));
+         Deno.exit(0);`,
+      ], { timeoutMs: 180_000, cwd: checkout }),
+    );
+    const migrations = [...Deno.readDirSync(`${checkout}/supabase/migrations`)]
+      .filter((entry) => entry.name.endsWith(".sql")).length;
+    assert.deepEqual(report, { applied: migrations, preflight: 204 });
+  } finally {
+    await Deno.remove(parent, { recursive: true });
+  }
+});
+
+Deno.test("no module takes a file's path from its URL's pathname (percent-encoded: no such file)", async () => {
+  const root = fileURLToPath(new URL("../../", import.meta.url));
+  const found: string[] = [];
+  const walk = async (dir: string) => {
+    for await (const entry of Deno.readDir(`${root}${dir}`)) {
+      if (entry.name === "node_modules" || entry.name.startsWith(".")) continue;
+      const path = `${dir}/${entry.name}`;
+      if (entry.isDirectory) await walk(path);
+      else if (/\.(ts|mjs|js)$/.test(entry.name)) {
+        const text = await Deno.readTextFile(`${root}${path}`);
+        for (const [i, line] of text.split("\n").entries()) {
+          if (/import\.meta\.url\)\.pathname/.test(line)) found.push(`${path}:${i + 1}`);
+        }
+      }
+    }
+  };
+  for (const dir of ["local", "shared", "bench", "tests", "supabase"]) await walk(dir);
+  assert.deepEqual(found, [], "use fileURLToPath(new URL(..., import.meta.url))");
 });

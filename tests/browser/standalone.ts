@@ -3,10 +3,11 @@
 //
 //   deno run -A tests/browser/standalone.ts [name filter] [--update-docs]
 
+import { fileURLToPath } from "node:url";
 import { runCleanups } from "../../local/stack/cleanup.ts";
 import { startLocalStack } from "../../local/stack/stack.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 let code = 1;
 try {
   const stack = await startLocalStack({ apiPort: 0, log: (line) => console.log(`[readsync] ${line}`) });

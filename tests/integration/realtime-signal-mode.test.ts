@@ -11,11 +11,12 @@
 // `npm start`, `npm test` and bench/lib/stack_child.ts run a script in the repository, whose deno.json
 // Deno finds as it finds it for `deno eval` there.
 
+import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { ownEndpoint } from "./realtime_support.ts";
 import { runDenoChild } from "../support/denoChild.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 /** A script that serves the endpoint, opens one WebSocket to it, closes it and prints the outcome. */
 const script = `

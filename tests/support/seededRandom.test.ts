@@ -4,6 +4,7 @@
 // READSYNC_SOAK_MS): a value that is no seed, no count or no length of time must stop the run, naming
 // the variable, not run with whatever Number() made of it.
 
+import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { casesFromEnv, durationFromEnv, envSeed, seededRandom, seedFromEnv } from "./seededRandom.ts";
 
@@ -127,7 +128,7 @@ async function testRunWith(
 ): Promise<{ code: number; output: string }> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["test", "--no-check", "-A", "--filter", filter, file],
-    cwd: new URL("../../", import.meta.url).pathname,
+    cwd: fileURLToPath(new URL("../../", import.meta.url)),
     env: { [variable]: text, NO_COLOR: "1" },
     stdin: "null",
     stdout: "piped",

@@ -11,6 +11,7 @@
 // the tokens (accessToken, setAccessToken) and what the random options' draws give. And the numeric options
 // of the local stack's Realtime endpoint (createRealtimeEndpoint), which stands in for Supabase's.
 
+import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { hasBody, readBodyLimited, readJsonBody } from "../../../shared/http/body.ts";
 import { HttpError } from "../../../shared/http/errors.ts";
@@ -308,7 +309,7 @@ const POOL_MAX_VALUES: [string | undefined, true | ErrorConstructor][] = [
 ];
 /** The rows also booted as the function itself (a process each, so a few). */
 const POOL_MAX_BOOTED = [" 7 ", "-1", "abc", "0x10", "007"];
-const ROOT = new URL("../../../", import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 
 /** The error a log line or a process's output names ("RangeError: ..."), as an Error of that class. */
 function errorNamed(text: string): Error {
