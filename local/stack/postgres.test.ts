@@ -363,6 +363,28 @@ Deno.test({
     );
   }));
 
+/**
+ * The options and environment of a start (withStartInItsOwnProcess) whose PATH finds an initdb that runs the
+ * real one into the template's build directory and then holds a connection to 127.0.0.1:`port` open until
+ * it is killed or the other end closes it: a start held while it builds the template.
+ */
+async function startWithHeldInitdb(port: number, tmp: string) {
+  const real = findPostgresBinaries()!.binDir;
+  const bin = `${tmp}/bin`;
+  await Deno.mkdir(bin, { mode: 0o755 });
+  await Deno.chmod(bin, 0o755);
+  for (const name of ["postgres", "pg_isready"]) await Deno.symlink(`${real}/${name}`, `${bin}/${name}`);
+  await Deno.writeTextFile(
+    `${bin}/initdb`,
+    `#!/bin/bash\n"${real}/initdb" "$@" || exit 1\nexec 3<>/dev/tcp/127.0.0.1/${port}\nread -r -u 3 _\n`,
+  );
+  await Deno.chmod(`${bin}/initdb`, 0o755);
+  return {
+    options: "{ log: () => {} }",
+    env: { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`, READSYNC_PG_TEMPLATE: "1" },
+  };
+}
+
 Deno.test({
   name:
     "a first start interrupted (SIGINT) while it builds the initdb template leaves no half-built template",
@@ -373,22 +395,7 @@ Deno.test({
   // template's build directory and then holds a connection to this listener open until it is killed.
   withStartInItsOwnProcess(
     "readsync-interrupted-template-test-",
-    async (port, tmp) => {
-      const real = findPostgresBinaries()!.binDir;
-      const bin = `${tmp}/bin`;
-      await Deno.mkdir(bin, { mode: 0o755 });
-      await Deno.chmod(bin, 0o755);
-      for (const name of ["postgres", "pg_isready"]) await Deno.symlink(`${real}/${name}`, `${bin}/${name}`);
-      await Deno.writeTextFile(
-        `${bin}/initdb`,
-        `#!/bin/bash\n"${real}/initdb" "$@" || exit 1\nexec 3<>/dev/tcp/127.0.0.1/${port}\nread -r -u 3 _\n`,
-      );
-      await Deno.chmod(`${bin}/initdb`, 0o755);
-      return {
-        options: "{ log: () => {} }",
-        env: { PATH: `${bin}:${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`, READSYNC_PG_TEMPLATE: "1" },
-      };
-    },
+    startWithHeldInitdb,
     async (starter, listener, tmp) => {
       await interruptWhileHeld(starter, listener, "the initdb's connection");
       const templates = `readsync-pg-templates-${Deno.uid() ?? "user"}`;
@@ -404,6 +411,73 @@ Deno.test({
         ),
         [],
         "no half-built template is left",
+      );
+    },
+  ));
+
+Deno.test({
+  name:
+    "a half-built initdb template a start killed (kill -9) during its build left is removed by the next start " +
+    "that builds one; a live start's build is kept",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withStartInItsOwnProcess(
+    "readsync-killed-template-test-",
+    startWithHeldInitdb,
+    async (starter, listener, tmp) => {
+      const held = await guarded(listener.accept(), "the initdb's connection");
+      starter.kill("SIGKILL"); // no cleanup runs: its build directory stays
+      await guarded(starter.status, "the killed start");
+      held.close(); // its held initdb (a process group of its own, ended by no one) ends
+      const root = `${tmp}/readsync-pg-templates-${Deno.uid() ?? "user"}`;
+      const builds = () =>
+        [...Deno.readDirSync(root)].map((entry) => entry.name).filter((name) => name.includes(".building-"))
+          .sort();
+      const [killed, ...others] = builds();
+      assert.ok(killed && others.length === 0, `the killed start left its build: ${builds()}`);
+      // Beside it: a live start's build under way (this process's pid), and two named as an older start
+      // named them (no pid), one begun two hours ago, one just now.
+      const key = killed.split(".")[0];
+      const live = `${key}.building-${Deno.pid}-underway`;
+      const olderLeft = `${key}.building-olderleft`;
+      const olderUnderWay = `${key}.building-olderunderway`;
+      for (const name of [live, olderLeft, olderUnderWay]) {
+        Deno.mkdirSync(`${root}/${name}/data`, { recursive: true });
+      }
+      const twoHoursAgo = new Date(Date.now() - 7_200_000);
+      Deno.utimeSync(`${root}/${olderLeft}`, twoHoursAgo, twoHoursAgo);
+      // The next start, in a process of its own with the same temp dir and the real binaries: a template
+      // of other binaries, so it builds one.
+      const next = new Deno.Command(Deno.execPath(), {
+        args: [
+          "eval",
+          `const { startPostgres } = await import(${
+            JSON.stringify(new URL("./postgres.ts", import.meta.url).href)
+          });
+           const pg = await startPostgres({ log: (line) => console.log(line) });
+           await pg.stop();
+           Deno.exit(0);`,
+        ],
+        env: { TMPDIR: tmp, READSYNC_PG_TEMPLATE: "1" },
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      try {
+        const { code, stdout, stderr } = await guarded(next.output(), "the next start", 120_000);
+        const said = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+        assert.equal(code, 0, said);
+        assert.match(said, /initdb template made/, "the next start built a template");
+      } finally {
+        try {
+          next.kill("SIGKILL");
+        } catch { /* ended */ }
+      }
+      assert.deepEqual(
+        builds(),
+        [live, olderUnderWay].sort(),
+        "the killed start's build and the older one begun two hours ago are removed, the live ones kept",
       );
     },
   ));

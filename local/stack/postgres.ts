@@ -162,22 +162,35 @@ function fileIdentity(path: string): string {
 const VERSION_WRITING = /^version-[0-9a-f]+\.(\d+)\.[0-9a-f-]+$/;
 
 /**
- * Removes under `root` the `version-<key>.<pid>.<uuid>` files whose writer has gone: one that died
- * between the write and the rename (kill -9, a crash) left its file, which no start reads or removes. A
- * file of a live process is its write under way, and kept. Whether the writer lives is told by /proc; where
- * there is none, a file older than an hour counts as left (a write takes milliseconds). A file another
- * start removed meanwhile is no error.
+ * A template directory being built (initdbTemplate): `<key>.building-<pid>-<random>`, the pid of the start
+ * that builds it captured; `<key>.building-<random>` (no pid) is one an older start began.
  */
-async function sweepLeftVersionFiles(root: string): Promise<void> {
+const TEMPLATE_BUILDING = /^[0-9a-f]+\.building-(?:(\d+)-)?[^-]+$/;
+
+/**
+ * Removes under `root` what a start that died half-way through a write left (kill -9, a crash, the OOM
+ * killer), which no start reads or removes: `version-<key>.<pid>.<uuid>` files (died between the write
+ * and the rename) and `<key>.building-*` template directories (died during the build, ≈ 40 MB each; a
+ * Ctrl-C's cleanups remove their own). One whose writer lives is a write under way, and kept. Whether the
+ * writer lives is told by /proc; where there is none, or the name has no pid (an older start's), one older
+ * than an hour counts as left (a write takes milliseconds, a build seconds). One another start removed
+ * meanwhile is no error. (A live start in another pid namespace sharing this temp dir would look gone.)
+ */
+async function sweepLeftWrites(root: string): Promise<void> {
   const procs = exists("/proc/self");
   for await (const entry of Deno.readDir(root)) {
-    const pid = entry.name.match(VERSION_WRITING)?.[1];
-    if (!entry.isFile || pid === undefined) continue;
+    const match = entry.isFile
+      ? entry.name.match(VERSION_WRITING)
+      : entry.isDirectory
+      ? entry.name.match(TEMPLATE_BUILDING)
+      : null;
+    if (!match) continue;
+    const pid = match[1];
     const path = `${root}/${entry.name}`;
-    const left = procs
+    const left = procs && pid !== undefined
       ? !exists(`/proc/${pid}`)
       : Date.now() - ((await Deno.stat(path).catch(() => null))?.mtime?.getTime() ?? Date.now()) > 3_600_000;
-    if (left) await Deno.remove(path).catch(() => {});
+    if (left) await Deno.remove(path, { recursive: true }).catch(() => {});
   }
 }
 
@@ -202,7 +215,7 @@ async function postgresVersion(root: string, path: string): Promise<string> {
   const version = (await exec(path, ["--version"])).trim();
   // What a start that died mid-write left is removed as this one writes (only then: a start that reads its
   // version lists nothing).
-  await sweepLeftVersionFiles(root);
+  await sweepLeftWrites(root);
   // Written whole, then renamed into place: a concurrent start never reads half of it.
   const writing = `${kept}.${Deno.pid}.${crypto.randomUUID()}`;
   await Deno.writeTextFile(writing, `${version}\n`);
@@ -306,7 +319,10 @@ async function initdbTemplate(
   const ready = `${root}/${key}`;
   if (exists(`${ready}/complete`)) return `${ready}/data`;
 
-  const building = await Deno.makeTempDir({ dir: root, prefix: `${key}.building-` });
+  // What a start that died during its build left is removed as this one builds (only then, as above). The
+  // build's name has this process's pid: a later start tells whether it still runs.
+  await sweepLeftWrites(root);
+  const building = await Deno.makeTempDir({ dir: root, prefix: `${key}.building-${Deno.pid}-` });
   // One removal, however often asked for (the catch below and a run-down both wait for that one).
   let removing: Promise<void> | null = null;
   const removeBuilding = () => removing ??= Deno.remove(building, { recursive: true }).catch(() => {});
