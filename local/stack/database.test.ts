@@ -4,7 +4,9 @@
 
 import assert from "node:assert/strict";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
+import type postgres from "postgres";
 import { applyBootstrapIfNeeded, pushMigrations, supabaseCliBinary, supabaseLauncher } from "./database.ts";
+import type { LocalPostgres } from "./postgres.ts";
 
 const databaseModule = new URL("./database.ts", import.meta.url).href;
 
@@ -17,6 +19,110 @@ function within<T>(promise: Promise<T>, what: string): Promise<T> {
       timer = setTimeout(() => reject(new Error(`${what}: not within 60 s`)), 60_000);
     }),
   ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * `body` run with a cluster of its own (startPostgres) and one connection to it; both ended after, also when
+ * it throws.
+ */
+async function withCluster(body: (pg: LocalPostgres, sql: postgres.Sql) => Promise<void>): Promise<void> {
+  const { startPostgres } = await import("./postgres.ts");
+  const connect = (await import("postgres")).default;
+  const pg = await startPostgres({ log: () => {} });
+  const sql = connect(pg.url, { max: 1, onnotice: () => {} });
+  try {
+    await body(pg, sql);
+  } finally {
+    await sql.end();
+    await pg.stop();
+  }
+}
+
+/**
+ * `body` run with the environment variables `vars` set (undefined: unset), then put back as they were, also
+ * when it throws.
+ */
+async function withEnv<T>(vars: Record<string, string | undefined>, body: () => Promise<T>): Promise<T> {
+  const before = Object.fromEntries(Object.keys(vars).map((name) => [name, Deno.env.get(name)]));
+  const set = (values: Record<string, string | undefined>) => {
+    for (const [name, value] of Object.entries(values)) {
+      if (value === undefined) Deno.env.delete(name);
+      else Deno.env.set(name, value);
+    }
+  };
+  set(vars);
+  try {
+    return await body();
+  } finally {
+    set(before);
+  }
+}
+
+/**
+ * The cluster's pg_hba.conf replaced by its own socket's trust and `tcp` (the lines for 127.0.0.1), the
+ * configuration reloaded (with `ssl = on` too when `ssl`); resolves once the server has read it: a connection
+ * to `refusedUrl` is refused (a hang guard: 60 s).
+ */
+async function reconfigure(
+  pg: LocalPostgres,
+  sql: postgres.Sql,
+  tcp: string,
+  refusedUrl: string,
+  ssl = false,
+): Promise<void> {
+  const connect = (await import("postgres")).default;
+  await Deno.writeTextFile(`${pg.dataDir}/data/pg_hba.conf`, `local all all trust\n${tcp}\n`);
+  if (ssl) await sql`alter system set ssl = on`;
+  await sql`select pg_reload_conf()`;
+  for (let i = 0;; i++) {
+    const probe = connect(refusedUrl, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+    const refused = await probe`select 1`.then(() => false, () => true);
+    await probe.end();
+    if (refused) return;
+    if (i >= 600) throw new Error(`the server still takes ${refusedUrl} (pg_hba: ${tcp})`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** A self-signed certificate for the cluster (its server's own user's: the cluster runs as another when root). */
+async function selfSignedCertificate(pg: LocalPostgres): Promise<void> {
+  const data = `${pg.dataDir}/data`;
+  const made = await new Deno.Command("openssl", {
+    args: ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+      .concat(["-keyout", `${data}/server.key`, "-out", `${data}/server.crt`]),
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.ok(made.success, new TextDecoder().decode(made.stderr));
+  const { uid, gid } = Deno.statSync(`${data}/PG_VERSION`);
+  for (const file of ["server.key", "server.crt"]) {
+    Deno.chownSync(`${data}/${file}`, uid, gid);
+    Deno.chmodSync(`${data}/${file}`, 0o600);
+  }
+}
+
+/** The cluster's URL with `password` (empty: none). */
+function withPassword(pg: LocalPostgres, password: string): string {
+  const url = new URL(pg.url);
+  url.password = password;
+  return url.href;
+}
+
+/**
+ * `body` run with a cluster (withCluster) whose TCP connections need `password` (scram-sha-256; its own socket
+ * stays trusted), and no PGPASSWORD or password file (PGPASSFILE a path with none).
+ */
+function withPasswordCluster(
+  password: string,
+  body: (pg: LocalPostgres, sql: postgres.Sql) => Promise<void>,
+): Promise<void> {
+  return withCluster((pg, sql) =>
+    withEnv({ PGPASSWORD: undefined, PGPASSFILE: `${pg.dataDir}/no-password-file` }, async () => {
+      await sql.unsafe(`alter role postgres password '${password}'`);
+      await reconfigure(pg, sql, "host all all 127.0.0.1/32 scram-sha-256", withPassword(pg, ""));
+      await body(pg, sql);
+    })
+  );
 }
 
 /** What a `supabase db push` came to, by its output: "applied", "found applied", or why neither. */
@@ -128,12 +234,8 @@ Deno.test({
     "bootstrap: one applies it, the other (serialized in the database) finds it applied; neither fails",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const { startPostgres } = await import("./postgres.ts");
-  const postgres = (await import("postgres")).default;
-  const pg = await startPostgres({ log: () => {} });
-  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
-  try {
+}, () =>
+  withCluster(async (pg, sql) => {
     // Each start, once it has found the database without the bootstrap, waits until the other has too:
     // both then run it, as two starts do that look at once.
     let found = 0;
@@ -158,11 +260,7 @@ Deno.test({
       to_regprocedure('realtime.send(jsonb, text, text, boolean)') is not null as send,
       exists (select from pg_publication where pubname = 'readsync_realtime_messages') as publication`;
     assert.deepEqual(whole, { uid: true, send: true, publication: true }, "the bootstrap is whole");
-  } finally {
-    await sql.end();
-    await pg.stop();
-  }
-});
+  }));
 
 Deno.test({
   name:
@@ -170,10 +268,8 @@ Deno.test({
     "both succeed, one applies the migrations and the other finds them applied",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const { startPostgres } = await import("./postgres.ts");
-  const pg = await startPostgres({ log: () => {} });
-  try {
+}, () =>
+  withCluster(async (pg) => {
     await applyBootstrapIfNeeded(pg.url);
     const pushes = await within(
       Promise.allSettled([pushMigrations(pg.url), pushMigrations(pg.url)]),
@@ -181,37 +277,45 @@ Deno.test({
     );
     const outcomes = pushes.map(pushOutcome);
     assert.deepEqual(outcomes.toSorted(), ["applied", "found applied"], outcomes.join("\n"));
-  } finally {
-    await pg.stop();
-  }
-});
+  }));
 
 /**
- * The CLI's binary behind a stand-in (SUPABASE_CLI_BINARY_OVERRIDE) that runs it only once `release` is
- * called: a push is held with its lock taken. `restore` puts the override back.
+ * `body` run with the CLI's binary behind a stand-in (SUPABASE_CLI_BINARY_OVERRIDE) that runs it only once
+ * `release` is called: a push is held with its lock taken. `restore` puts the override back (pushes begun
+ * after it run the CLI unheld); both are done after `body` too, also when it throws.
  */
-async function heldCli(dir: string) {
+async function withHeldCli(
+  body: (cli: { release: () => Promise<void>; restore: () => void }) => Promise<void>,
+): Promise<void> {
   const real = supabaseCliBinary()!;
+  const dir = await Deno.makeTempDir({ prefix: "readsync-held-cli-" });
   const gate = `${dir}/released`;
   const binary = `${dir}/supabase`;
-  await Deno.writeTextFile(
-    binary,
-    `#!/bin/sh\nwhile [ ! -e '${gate}' ]; do sleep 0.05; done\nexec '${real}' "$@"\n`,
-  );
-  await Deno.chmod(binary, 0o755);
   const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
-  Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", binary);
-  return {
+  const cli = {
     release: async () => await Deno.writeTextFile(gate, ""),
     restore: () => {
       if (override === undefined) Deno.env.delete("SUPABASE_CLI_BINARY_OVERRIDE");
       else Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", override);
     },
   };
+  try {
+    await Deno.writeTextFile(
+      binary,
+      `#!/bin/sh\nwhile [ ! -e '${gate}' ]; do sleep 0.05; done\nexec '${real}' "$@"\n`,
+    );
+    await Deno.chmod(binary, 0o755);
+    Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", binary);
+    await body(cli);
+  } finally {
+    cli.restore();
+    await cli.release().catch(() => {});
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
 }
 
 /** The backend holding the push's advisory lock, once one does (a hang guard: 60 s). */
-async function pushLockHolder(sql: ReturnType<typeof import("postgres")>): Promise<number> {
+async function pushLockHolder(sql: postgres.Sql): Promise<number> {
   for (let i = 0; i < 600; i++) {
     const [holder] = await sql`select pid from pg_locks where locktype = 'advisory' and granted
       and objsubid = 1 and ((objid::bigint) | (classid::bigint << 32))
@@ -228,35 +332,24 @@ Deno.test({
     "may end it): the push is the CLI's, answered once it has ended and applied, not failed at once",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const { startPostgres } = await import("./postgres.ts");
-  const postgres = (await import("postgres")).default;
-  const pg = await startPostgres({ log: () => {} });
-  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
-  const dir = await Deno.makeTempDir({ prefix: "readsync-held-cli-" });
-  const cli = await heldCli(dir);
-  try {
-    await applyBootstrapIfNeeded(pg.url);
-    const push = pushMigrations(pg.url);
-    push.catch(() => {});
-    const holder = await within(pushLockHolder(sql), "the push's lock");
-    await sql`select pg_terminate_backend(${holder})`;
-    await cli.release();
-    const output = await within(push, "the push");
-    assert.match(output, /Applying migration/);
-    const migrations = [...Deno.readDirSync(new URL("../../supabase/migrations", import.meta.url))]
-      .filter((entry) => entry.name.endsWith(".sql")).length;
-    const [{ applied }] = await sql`select count(*)::int as applied
-      from supabase_migrations.schema_migrations`;
-    assert.equal(applied, migrations, "every migration applied");
-  } finally {
-    cli.restore();
-    await cli.release().catch(() => {});
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-    await sql.end();
-    await pg.stop();
-  }
-});
+}, () =>
+  withCluster((pg, sql) =>
+    withHeldCli(async (cli) => {
+      await applyBootstrapIfNeeded(pg.url);
+      const push = pushMigrations(pg.url);
+      push.catch(() => {});
+      const holder = await within(pushLockHolder(sql), "the push's lock");
+      await sql`select pg_terminate_backend(${holder})`;
+      await cli.release();
+      const output = await within(push, "the push");
+      assert.match(output, /Applying migration/);
+      const migrations = [...Deno.readDirSync(new URL("../../supabase/migrations", import.meta.url))]
+        .filter((entry) => entry.name.endsWith(".sql")).length;
+      const [{ applied }] = await sql`select count(*)::int as applied
+        from supabase_migrations.schema_migrations`;
+      assert.equal(applied, migrations, "every migration applied");
+    })
+  ));
 
 Deno.test({
   name:
@@ -265,51 +358,39 @@ Deno.test({
     "wait for it); two pushes at once: one applied, one found them applied",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const { startPostgres } = await import("./postgres.ts");
-  const postgres = (await import("postgres")).default;
-  const pg = await startPostgres({ log: () => {} });
-  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
-  const dir = await Deno.makeTempDir({ prefix: "readsync-held-cli-" });
-  let cli: Awaited<ReturnType<typeof heldCli>> | undefined;
-  try {
+}, () =>
+  withCluster(async (pg, sql) => {
     await applyBootstrapIfNeeded(pg.url);
     // For every later session: an idle transaction is ended after 1 s (the CLI's own never idle that long),
     // and a transaction's default isolation is repeatable read.
     await sql`alter role postgres set idle_in_transaction_session_timeout = '1s'`;
     await sql`alter role postgres set default_transaction_isolation = 'repeatable read'`;
-    cli = await heldCli(dir);
-    const first = pushMigrations(pg.url);
-    first.catch(() => {});
-    const holder = await within(pushLockHolder(sql), "the first push's lock");
-    const [{ xmin }] =
-      await sql`select backend_xmin::text as xmin from pg_stat_activity where pid = ${holder}`;
-    assert.equal(xmin, null, "the lock's transaction holds no snapshot");
-    // The second push, its CLI not held, waits for the first's lock; the first's CLI is held until the
-    // second waits and the lock's transaction has been idle past the server's 1 s (or was ended by it).
-    cli.restore();
-    const second = pushMigrations(pg.url);
-    second.catch(() => {});
-    for (let i = 0;; i++) {
-      const [waiting] = await sql`select from pg_locks where locktype = 'advisory' and not granted`;
-      const [held] = await sql`select clock_timestamp() - state_change > interval '1500 ms' as past
-        from pg_stat_activity where pid = ${holder}`;
-      if (!held || (waiting && held.past)) break;
-      if (i >= 600) throw new Error("the second push did not wait for the lock within 60 s");
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    await cli.release();
-    const pushes = await within(Promise.allSettled([first, second]), "the two pushes");
-    const outcomes = pushes.map(pushOutcome);
-    assert.deepEqual(outcomes, ["applied", "found applied"], outcomes.join("\n"));
-  } finally {
-    cli?.restore();
-    await cli?.release().catch(() => {});
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-    await sql.end();
-    await pg.stop();
-  }
-});
+    await withHeldCli(async (cli) => {
+      const first = pushMigrations(pg.url);
+      first.catch(() => {});
+      const holder = await within(pushLockHolder(sql), "the first push's lock");
+      const [{ xmin }] =
+        await sql`select backend_xmin::text as xmin from pg_stat_activity where pid = ${holder}`;
+      assert.equal(xmin, null, "the lock's transaction holds no snapshot");
+      // The second push, its CLI not held, waits for the first's lock; the first's CLI is held until the
+      // second waits and the lock's transaction has been idle past the server's 1 s (or was ended by it).
+      cli.restore();
+      const second = pushMigrations(pg.url);
+      second.catch(() => {});
+      for (let i = 0;; i++) {
+        const [waiting] = await sql`select from pg_locks where locktype = 'advisory' and not granted`;
+        const [held] = await sql`select clock_timestamp() - state_change > interval '1500 ms' as past
+          from pg_stat_activity where pid = ${holder}`;
+        if (!held || (waiting && held.past)) break;
+        if (i >= 600) throw new Error("the second push did not wait for the lock within 60 s");
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      await cli.release();
+      const pushes = await within(Promise.allSettled([first, second]), "the two pushes");
+      const outcomes = pushes.map(pushOutcome);
+      assert.deepEqual(outcomes, ["applied", "found applied"], outcomes.join("\n"));
+    });
+  }));
 
 Deno.test({
   name:
@@ -317,63 +398,29 @@ Deno.test({
     "its URL without sslmode: the lock's connection asks for TLS as psql and the CLI do, and the push runs",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const { startPostgres } = await import("./postgres.ts");
-  const postgres = (await import("postgres")).default;
-  const pg = await startPostgres({ log: () => {} });
-  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
-  const data = `${pg.dataDir}/data`;
-  const dir = await Deno.makeTempDir({ prefix: "readsync-tls-cli-" });
-  const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
-  try {
+}, () =>
+  withCluster(async (pg, sql) => {
     await applyBootstrapIfNeeded(pg.url);
-    // A self-signed certificate, the server's own user's (the cluster runs as another user when root).
-    const made = await new Deno.Command("openssl", {
-      args: ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        .concat(["-keyout", `${data}/server.key`, "-out", `${data}/server.crt`]),
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    assert.ok(made.success, new TextDecoder().decode(made.stderr));
-    const { uid, gid } = Deno.statSync(`${data}/PG_VERSION`);
-    for (const file of ["server.key", "server.crt"]) {
-      Deno.chownSync(`${data}/${file}`, uid, gid);
-      Deno.chmodSync(`${data}/${file}`, 0o600);
-    }
-    await Deno.writeTextFile(
-      `${data}/pg_hba.conf`,
-      "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-    );
-    await sql`alter system set ssl = on`;
-    await sql`select pg_reload_conf()`;
-    // The server has read it once a connection without TLS is refused (a hang guard: 60 s).
-    for (let i = 0;; i++) {
-      const probe = postgres(pg.url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
-      const refused = await probe`select 1`.then(() => false, () => true);
-      await probe.end();
-      if (refused) break;
-      if (i >= 600) throw new Error("the server still takes connections without TLS");
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await selfSignedCertificate(pg);
+    await reconfigure(pg, sql, "hostssl all all 127.0.0.1/32 trust", `${pg.url}?sslmode=disable`, true);
     // The CLI as it runs against a remote server (cliDbUrl gives 127.0.0.1 sslmode=disable, for a local
     // server without TLS): a stand-in that runs it with sslmode=prefer, libpq's default.
     const real = supabaseCliBinary()!;
-    await Deno.writeTextFile(
-      `${dir}/supabase`,
-      `#!/bin/sh\nfor a in "$@"; do shift; set -- "$@" "$(printf %s "$a" | sed s/sslmode=disable/sslmode=prefer/)"; ` +
-        `done\nexec '${real}' "$@"\n`,
-    );
-    await Deno.chmod(`${dir}/supabase`, 0o755);
-    Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", `${dir}/supabase`);
-    assert.match(await within(pushMigrations(pg.url), "the push"), /Applying migration/);
-  } finally {
-    if (override === undefined) Deno.env.delete("SUPABASE_CLI_BINARY_OVERRIDE");
-    else Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", override);
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-    await sql.end();
-    await pg.stop();
-  }
-});
+    const dir = await Deno.makeTempDir({ prefix: "readsync-tls-cli-" });
+    try {
+      await Deno.writeTextFile(
+        `${dir}/supabase`,
+        `#!/bin/sh\nfor a in "$@"; do shift; set -- "$@" "$(printf %s "$a" | sed s/sslmode=disable/sslmode=prefer/)"; ` +
+          `done\nexec '${real}' "$@"\n`,
+      );
+      await Deno.chmod(`${dir}/supabase`, 0o755);
+      await withEnv({ SUPABASE_CLI_BINARY_OVERRIDE: `${dir}/supabase` }, async () => {
+        assert.match(await within(pushMigrations(pg.url), "the push"), /Applying migration/);
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  }));
 
 Deno.test({
   name:
@@ -381,54 +428,25 @@ Deno.test({
     "set PGPASSWORD (psql cannot ask for it), instead of a bare psql error",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const { startPostgres } = await import("./postgres.ts");
-  const postgres = (await import("postgres")).default;
-  const pg = await startPostgres({ log: () => {} });
+}, () => {
   const password = "readsync-test-password";
-  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
-  const withPassword = new URL(pg.url);
-  withPassword.password = password;
-  const withoutPassword = new URL(pg.url);
-  withoutPassword.password = "";
-  try {
-    // TCP connections now need the password (the server's own socket stays trusted).
-    await sql.unsafe(`alter role postgres password '${password}'`);
-    await Deno.writeTextFile(
-      `${pg.dataDir}/data/pg_hba.conf`,
-      "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+  return withPasswordCluster(password, async (pg) => {
+    await assert.rejects(applyBootstrapIfNeeded(withPassword(pg, "")), (error: Error) => {
+      assert.match(error.message, /asks for a password and its URL \(SUPABASE_DB_URL\) has none/);
+      assert.match(error.message, /put the password in the URL .* or set PGPASSWORD/s);
+      assert.match(error.message, /no password supplied/, "what psql said");
+      return true;
+    });
+    // Either way it then runs.
+    await withEnv({ PGPASSWORD: password }, async () => {
+      assert.equal(await applyBootstrapIfNeeded(withPassword(pg, "")), true, "with PGPASSWORD");
+    });
+    assert.equal(
+      await applyBootstrapIfNeeded(withPassword(pg, password)),
+      false,
+      "with the password in the URL",
     );
-    await sql`select pg_reload_conf()`;
-    // The server has read it once a connection without the password is refused (a hang guard: 60 s).
-    for (let i = 0;; i++) {
-      const probe = postgres(withoutPassword.href, { max: 1, onnotice: () => {}, connect_timeout: 10 });
-      const refused = await probe`select 1`.then(() => false, () => true);
-      await probe.end();
-      if (refused) break;
-      if (i >= 600) throw new Error("the server still takes connections without a password");
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    const pgPassword = Deno.env.get("PGPASSWORD");
-    Deno.env.delete("PGPASSWORD");
-    try {
-      await assert.rejects(applyBootstrapIfNeeded(withoutPassword.href), (error: Error) => {
-        assert.match(error.message, /asks for a password and its URL \(SUPABASE_DB_URL\) has none/);
-        assert.match(error.message, /put the password in the URL .* or set PGPASSWORD/s);
-        assert.match(error.message, /no password supplied/, "what psql said");
-        return true;
-      });
-      // Either way it then runs.
-      Deno.env.set("PGPASSWORD", password);
-      assert.equal(await applyBootstrapIfNeeded(withoutPassword.href), true, "with PGPASSWORD");
-    } finally {
-      if (pgPassword === undefined) Deno.env.delete("PGPASSWORD");
-      else Deno.env.set("PGPASSWORD", pgPassword);
-    }
-    assert.equal(await applyBootstrapIfNeeded(withPassword.href), false, "with the password in the URL");
-  } finally {
-    await sql.end();
-    await pg.stop();
-  }
+  });
 });
 
 Deno.test({
@@ -475,83 +493,78 @@ Deno.test({
     "no half-applied bootstrap that a later start, finding auth.uid() and realtime.messages, takes for whole",
   sanitizeOps: false,
   sanitizeResources: false,
-}, async () => {
-  const { startPostgres } = await import("./postgres.ts");
-  const postgres = (await import("postgres")).default;
-  const pg = await startPostgres({ log: () => {} });
-  const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
-  // A proxy in front of it that forwards everything until a client sends the bootstrap's last statement
-  // (the publication's, after auth.uid() and realtime.messages), which it holds: the stop comes there.
-  const marker = "create publication readsync_realtime_messages";
-  let held!: () => void;
-  const heldThere = new Promise<void>((resolve) => held = resolve);
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr as Deno.NetAddr;
-  const connections: Deno.Conn[] = [];
-  const clientsGone: Promise<void>[] = [];
-  void (async () => {
-    for await (const client of listener) {
-      const server = await Deno.connect({ hostname: "127.0.0.1", port: pg.port });
-      connections.push(client, server);
-      void server.readable.pipeTo(client.writable).catch(() => {});
-      clientsGone.push((async () => {
-        let sent = "";
-        let holding = false;
-        const buffer = new Uint8Array(65536);
-        for (;;) {
-          const n = await client.read(buffer).catch(() => null);
-          if (n === null) break;
-          if (holding) continue;
-          sent = (sent + new TextDecoder("latin1").decode(buffer.subarray(0, n))).slice(-4096);
-          if (sent.includes(marker)) {
-            holding = true;
-            held();
-            continue;
+}, () =>
+  withCluster(async (pg, sql) => {
+    // A proxy in front of it that forwards everything until a client sends the bootstrap's last statement
+    // (the publication's, after auth.uid() and realtime.messages), which it holds: the stop comes there.
+    const marker = "create publication readsync_realtime_messages";
+    let held!: () => void;
+    const heldThere = new Promise<void>((resolve) => held = resolve);
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const { port } = listener.addr as Deno.NetAddr;
+    const connections: Deno.Conn[] = [];
+    const clientsGone: Promise<void>[] = [];
+    void (async () => {
+      for await (const client of listener) {
+        const server = await Deno.connect({ hostname: "127.0.0.1", port: pg.port });
+        connections.push(client, server);
+        void server.readable.pipeTo(client.writable).catch(() => {});
+        clientsGone.push((async () => {
+          let sent = "";
+          let holding = false;
+          const buffer = new Uint8Array(65536);
+          for (;;) {
+            const n = await client.read(buffer).catch(() => null);
+            if (n === null) break;
+            if (holding) continue;
+            sent = (sent + new TextDecoder("latin1").decode(buffer.subarray(0, n))).slice(-4096);
+            if (sent.includes(marker)) {
+              holding = true;
+              held();
+              continue;
+            }
+            await server.write(buffer.slice(0, n)).catch(() => {});
           }
-          await server.write(buffer.slice(0, n)).catch(() => {});
-        }
-        // The client is gone: so is its session (a transaction it had open is rolled back).
-        try {
-          server.close();
-        } catch { /* closed */ }
-      })());
-    }
-  })();
-  const { child, output } = stackAgainst(port, "the stack started: its bootstrap was not held");
-  try {
-    await within(Promise.race([heldThere, output.then(() => {})]), "the bootstrap's last statement");
-    child.kill("SIGTERM");
-    const { code, stdout, stderr } = await within(output, "the stopped process's exit");
-    const decoder = new TextDecoder();
-    assert.equal(code, 143, `stopped by SIGTERM:\n${decoder.decode(stdout)}\n${decoder.decode(stderr)}`);
-    // Once the stopped psql's session has ended (its connection closed by the proxy as psql's was).
-    await within(Promise.all(clientsGone), "psql's connections closed");
-    for (let i = 0; i < 600; i++) { // a hang guard: 60 s
-      const [{ sessions }] = await sql`select count(*)::int as sessions from pg_stat_activity
-        where backend_type = 'client backend' and pid <> pg_backend_pid()`;
-      if (sessions === 0) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    const [left] = await sql`select to_regprocedure('auth.uid()') is not null as uid,
-      to_regclass('realtime.messages') is not null as messages,
-      exists (select from pg_publication where pubname = 'readsync_realtime_messages') as publication`;
-    assert.deepEqual(
-      left,
-      { uid: false, messages: false, publication: false },
-      "nothing of the bootstrap is left",
-    );
-  } finally {
+          // The client is gone: so is its session (a transaction it had open is rolled back).
+          try {
+            server.close();
+          } catch { /* closed */ }
+        })());
+      }
+    })();
+    const { child, output } = stackAgainst(port, "the stack started: its bootstrap was not held");
     try {
-      child.kill("SIGKILL");
-    } catch { /* ended */ }
-    await output.catch(() => {});
-    listener.close();
-    for (const connection of connections) {
+      await within(Promise.race([heldThere, output.then(() => {})]), "the bootstrap's last statement");
+      child.kill("SIGTERM");
+      const { code, stdout, stderr } = await within(output, "the stopped process's exit");
+      const decoder = new TextDecoder();
+      assert.equal(code, 143, `stopped by SIGTERM:\n${decoder.decode(stdout)}\n${decoder.decode(stderr)}`);
+      // Once the stopped psql's session has ended (its connection closed by the proxy as psql's was).
+      await within(Promise.all(clientsGone), "psql's connections closed");
+      for (let i = 0; i < 600; i++) { // a hang guard: 60 s
+        const [{ sessions }] = await sql`select count(*)::int as sessions from pg_stat_activity
+          where backend_type = 'client backend' and pid <> pg_backend_pid()`;
+        if (sessions === 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      const [left] = await sql`select to_regprocedure('auth.uid()') is not null as uid,
+        to_regclass('realtime.messages') is not null as messages,
+        exists (select from pg_publication where pubname = 'readsync_realtime_messages') as publication`;
+      assert.deepEqual(
+        left,
+        { uid: false, messages: false, publication: false },
+        "nothing of the bootstrap is left",
+      );
+    } finally {
       try {
-        connection.close();
-      } catch { /* closed */ }
+        child.kill("SIGKILL");
+      } catch { /* ended */ }
+      await output.catch(() => {});
+      listener.close();
+      for (const connection of connections) {
+        try {
+          connection.close();
+        } catch { /* closed */ }
+      }
     }
-    await sql.end();
-    await pg.stop();
-  }
-});
+  }));
