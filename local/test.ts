@@ -15,7 +15,7 @@
 
 import { fileURLToPath } from "node:url";
 import { runCleanups } from "./stack/cleanup.ts";
-import { cliDbUrl, psql, pushMigrations, supabaseCli } from "./stack/database.ts";
+import { cliDbUrl, connectionUsesTls, psql, pushMigrations, supabaseCli } from "./stack/database.ts";
 import { startLocalStack } from "./stack/stack.ts";
 import { databaseTypesDrift } from "./typegen.ts";
 
@@ -317,7 +317,7 @@ async function main(): Promise<number> {
       "db",
       "lint",
       "--db-url",
-      cliDbUrl(stack.dbUrl),
+      cliDbUrl(stack.dbUrl, await connectionUsesTls(stack.dbUrl)),
       "--schema",
       "public",
       "--fail-on",

@@ -186,13 +186,47 @@ export async function applyBootstrapIfNeeded(
   return !out.includes(BOOTSTRAP_FOUND_APPLIED);
 }
 
-/** The Supabase CLI wants sslmode spelled out for a server without TLS. */
-export function cliDbUrl(dbUrl: string): string {
+/**
+ * The URL the Supabase CLI is given: for a server on this machine (127.0.0.1, localhost) without an
+ * sslmode, `require` when the server takes TLS (`tls`, as a connection that asked for it when offered found:
+ * connectionOptions) and `disable` when it does not. The CLI has no libpq `prefer` of its own: given a URL
+ * that asks for TLS (no sslmode is `prefer`), its connect drops pgx's fallback to a connection without it
+ * ("No fallback from TLS to unsecure connection", internal/utils/connect.go), so the local cluster, which has
+ * no TLS, needs `disable` spelled out, and a server that takes TLS connections only needs TLS. A URL with
+ * an sslmode, or of another host, is the CLI's as given.
+ */
+export function cliDbUrl(dbUrl: string, tls: boolean): string {
   const url = new URL(dbUrl);
   if (!url.searchParams.has("sslmode") && ["127.0.0.1", "localhost"].includes(url.hostname)) {
-    url.searchParams.set("sslmode", "disable");
+    url.searchParams.set("sslmode", tls ? "require" : "disable");
   }
   return url.toString();
+}
+
+/**
+ * postgres.js's options for a connection as psql makes it to `dbUrl`: TLS when the server offers it, as
+ * psql and the CLI do without an sslmode (postgres.js's own default is none: a server that takes TLS
+ * connections only, as a Supabase project enforcing SSL, refused it).
+ */
+function connectionOptions(dbUrl: string): { ssl?: "prefer" } {
+  return new URL(dbUrl).searchParams.has("sslmode") ? {} : { ssl: "prefer" as const };
+}
+
+/** Whether `sql`'s connection runs over TLS (what the server's pg_stat_ssl says of it). */
+const CONNECTION_TLS = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+
+/**
+ * Whether a connection to `dbUrl` made as psql makes it (connectionOptions) runs over TLS: what cliDbUrl is
+ * told for a command run on its own (`npm test`'s `supabase db lint`).
+ */
+export async function connectionUsesTls(dbUrl: string): Promise<boolean> {
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...connectionOptions(dbUrl) });
+  try {
+    const [row] = await sql.unsafe(CONNECTION_TLS);
+    return row?.ssl === true;
+  } finally {
+    await sql.end();
+  }
 }
 
 /**
@@ -231,26 +265,28 @@ const PUSH_LOCK = "hashtextextended('readsync: supabase db push', 0)";
  * sql.begin: the push is the CLI's, and is answered by the CLI alone. A lock connection that goes while the
  * CLI runs (terminated, a pooler's or the network's cut) only ends the serialization: sql.begin would reject
  * at once, while the CLI goes on (failing a push that succeeds, or a start torn down under its CLI).
+ *
+ * The lock's connection is made as psql makes it (connectionOptions: TLS when offered), and the CLI uses TLS
+ * when that connection did (cliDbUrl).
  */
 export async function pushMigrations(dbUrl: string): Promise<string> {
-  // TLS when the server offers it, as psql and the CLI do without an sslmode (postgres.js's own default
-  // is none: a server that takes TLS connections only, as a Supabase project enforcing SSL, refused it).
-  const ssl = new URL(dbUrl).searchParams.has("sslmode") ? {} : { ssl: "prefer" as const };
-  const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...ssl });
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...connectionOptions(dbUrl) });
   let began = false;
   try {
-    // One simple query (no prepared statement, as a pooler in transaction mode may not keep one).
-    await sql.unsafe(
+    // One simple query (no prepared statement, as a pooler in transaction mode may not keep one); its last
+    // result says whether the connection got TLS, and the CLI is told to use it (cliDbUrl) as this did.
+    const results = await sql.unsafe(
       "begin isolation level read committed; " +
         "set local idle_in_transaction_session_timeout = 0; set local statement_timeout = 0; " +
-        `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK});`,
+        `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK}); ${CONNECTION_TLS};`,
     );
     began = true;
+    const tls = (results.at(-1) as unknown as { ssl: boolean }[] | undefined)?.[0]?.ssl === true;
     const { ok, output } = await supabaseCli([
       "db",
       "push",
       "--db-url",
-      cliDbUrl(dbUrl),
+      cliDbUrl(dbUrl, tls),
       "--yes",
       "--include-all",
     ]);
