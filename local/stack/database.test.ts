@@ -417,8 +417,8 @@ Deno.test({
 
 Deno.test({
   name:
-    "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL or " +
-    "set PGPASSWORD (psql cannot ask for it), instead of a bare psql error",
+    "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL, set " +
+    "PGPASSWORD or give it a line in the password file (psql cannot ask for it), instead of a bare psql error",
   sanitizeOps: false,
   sanitizeResources: false,
 }, () => {
@@ -426,7 +426,7 @@ Deno.test({
   return withPasswordCluster(password, async (pg) => {
     await assert.rejects(applyBootstrapIfNeeded(withPassword(pg, "")), (error: Error) => {
       assert.match(error.message, /asks for a password and its URL \(SUPABASE_DB_URL\) has none/);
-      assert.match(error.message, /put the password in the URL .* or set PGPASSWORD/s);
+      assert.match(error.message, /put the password in the URL .*, set PGPASSWORD, or give it a line in /s);
       assert.match(error.message, /no password supplied/, "what psql said");
       return true;
     });
@@ -439,6 +439,60 @@ Deno.test({
       false,
       "with the password in the URL",
     );
+  });
+});
+
+Deno.test({
+  name:
+    "a password the server refuses (in the URL, in PGPASSWORD, in the password file): the start says which " +
+    "one it was and where it came from, instead of a bare psql error",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPasswordCluster("readsync-test-password", async (pg) => {
+    const refused = (url: string, which: RegExp) =>
+      assert.rejects(applyBootstrapIfNeeded(url), (error: Error) => {
+        assert.match(error.message, /^the database at 127\.0\.0\.1:\d+ \(user postgres\) refused /);
+        assert.match(error.message, which);
+        assert.match(error.message, /password authentication failed for user "postgres"/, "what psql said");
+        return true;
+      });
+    await refused(withPassword(pg, "wrong"), /refused the password in its URL \(SUPABASE_DB_URL; /);
+    await withEnv({ PGPASSWORD: "wrong" }, async () => {
+      await refused(withPassword(pg, ""), /refused the password in PGPASSWORD \(its URL has none\)/);
+    });
+    const file = `${pg.dataDir}/pgpass`;
+    await Deno.writeTextFile(file, `127.0.0.1:${pg.port}:postgres:postgres:wrong\n`, { mode: 0o600 });
+    await withEnv({ PGPASSFILE: file }, async () => {
+      await refused(
+        withPassword(pg, ""),
+        new RegExp(`refused the password its line in ${file} gives \\(its URL has none, and PGPASSWORD`),
+      );
+    });
+  }));
+
+Deno.test({
+  name:
+    "a password kept only in the password file (PGPASSFILE, else ~/.pgpass), as psql and the CLI read it: " +
+    "the lock's connection reads it too, and the start bootstraps and pushes",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () => {
+  const password = "readsync:test\\password";
+  return withPasswordCluster(password, async (pg) => {
+    const file = `${pg.dataDir}/pgpass`;
+    // Comments, a line for another port and one for another user first; `:` and `\` escaped in the password.
+    await Deno.writeTextFile(
+      file,
+      `# readsync\n127.0.0.1:1:*:postgres:other\n*:*:*:someone:other\n` +
+        `127.0.0.1:${pg.port}:*:postgres:${password.replace(/[:\\]/g, "\\$&")}\n`,
+      { mode: 0o600 },
+    );
+    await withEnv({ PGPASSFILE: file }, async () => {
+      const url = withPassword(pg, "");
+      assert.equal(await applyBootstrapIfNeeded(url), true, "psql found it");
+      assert.match(await within(pushMigrations(url), "the push"), /Applying migration/);
+    });
   });
 });
 

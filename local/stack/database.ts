@@ -120,7 +120,8 @@ export function psqlPath(): string {
  * cleanups while it runs, as the CLI is (runRegistered): a stop during the stack's bootstrap ends it.
  * Without stdin or a terminal of its own (the process group) psql cannot ask for a password, and is told
  * not to try (-w): a server that wants one and a URL without it fail saying where the password goes
- * (passwordMissing), instead of psql's prompt read from nothing and its bare error.
+ * (passwordMissing), instead of psql's prompt read from nothing and its bare error; a password the server
+ * refuses fails saying which one psql sent, and from where (passwordRefused).
  */
 export async function psql(dbUrl: string, args: string[]): Promise<string> {
   const out = await runRegistered(psqlPath(), [
@@ -134,22 +135,117 @@ export async function psql(dbUrl: string, args: string[]): Promise<string> {
     ...args,
   ]);
   if (!out.success) {
-    if (/no password supplied/.test(out.stderr)) throw new Error(passwordMissing(dbUrl, out.stderr));
+    if (/no password supplied/.test(out.stderr)) throw new Error(passwordMissing(dbUrl, "psql", out.stderr));
+    if (/password authentication failed/.test(out.stderr)) {
+      throw new Error(passwordRefused(dbUrl, "psql", out.stderr));
+    }
     throw new Error(`psql failed:\n${out.stderr}${out.stdout}`);
   }
   return out.stdout;
 }
 
-/** What to do when the server asks for a password that neither the URL nor the environment gives. */
-function passwordMissing(dbUrl: string, said: string): string {
-  let where = "the database";
+/** The URL's host and user, as the errors below name them. */
+function databaseAt(dbUrl: string): string {
   try {
     const url = new URL(dbUrl);
-    where = `the database at ${url.host} (user ${decodeURIComponent(url.username) || "(none)"})`;
-  } catch { /* a connection string that is no URL */ }
-  return `${where} asks for a password and its URL (SUPABASE_DB_URL) has none: put the password in the URL ` +
-    `(postgresql://<user>:<password>@<host>:<port>/<database>, special characters percent-encoded) or set ` +
-    `PGPASSWORD (psql runs without a terminal to ask for it on). psql said: ${said.trim()}`;
+    return `the database at ${url.host} (user ${decodeURIComponent(url.username) || "(none)"})`;
+  } catch {
+    return "the database"; // a connection string that is no URL
+  }
+}
+
+/** What to do when the server asks for a password that neither the URL nor the environment gives. */
+function passwordMissing(dbUrl: string, client: string, said: string): string {
+  return `${databaseAt(dbUrl)} asks for a password and its URL (SUPABASE_DB_URL) has none: put the ` +
+    `password in the URL (postgresql://<user>:<password>@<host>:<port>/<database>, special characters ` +
+    `percent-encoded), set PGPASSWORD, or give it a line in ${passwordFileName()} (mode 0600) (psql runs ` +
+    `without a terminal to ask for it on). ${client} said: ${said.trim()}`;
+}
+
+/** What to do when the server refuses the password sent: which one it was, and where it came from. */
+function passwordRefused(dbUrl: string, client: string, said: string): string {
+  const source = passwordSource(dbUrl);
+  const which = source === "url"
+    ? "the password in its URL (SUPABASE_DB_URL; special characters percent-encoded)"
+    : source === "PGPASSWORD"
+    ? "the password in PGPASSWORD (its URL has none)"
+    : source
+    ? `the password its line in ${source.file} gives (its URL has none, and PGPASSWORD is not set)`
+    : `the password ${client} sent`;
+  return `${databaseAt(dbUrl)} refused ${which}: correct it there. ${client} said: ${said.trim()}`;
+}
+
+/**
+ * Where a client that reads what libpq reads (psql; the CLI's pgx) takes the password for `dbUrl` from, in
+ * libpq's order: the URL's, else PGPASSWORD, else the password file's line that matches; null when none
+ * gives one.
+ */
+function passwordSource(dbUrl: string): "url" | "PGPASSWORD" | { file: string; password: string } | null {
+  let url: URL;
+  try {
+    url = new URL(dbUrl);
+  } catch {
+    return null;
+  }
+  if (url.password) return "url";
+  if (Deno.env.get("PGPASSWORD")) return "PGPASSWORD";
+  return passwordFromFile(url);
+}
+
+/** The password file libpq reads: PGPASSFILE, else ~/.pgpass. */
+function passwordFileName(): string {
+  return Deno.env.get("PGPASSFILE") ?? `${Deno.env.get("HOME") ?? "~"}/.pgpass`;
+}
+
+/**
+ * The password libpq would take for `url` from its password file (PGPASSFILE, else ~/.pgpass) and that
+ * file, or null: the first line `host:port:database:user:password` whose first four fields match (each
+ * `*` for any; `\` escapes a `:` or `\`; `#` starts a comment line), the port 5432, the database the user's
+ * name and the user the login's where the URL gives none. A file that is not a plain file, or that its
+ * group or others may read or write, is not read (libpq ignores it, saying so).
+ */
+export function passwordFromFile(url: URL): { file: string; password: string } | null {
+  const file = passwordFileName();
+  let text: string;
+  try {
+    const info = Deno.statSync(file);
+    if (!info.isFile || (Deno.build.os !== "windows" && ((info.mode ?? 0) & 0o077) !== 0)) return null;
+    text = Deno.readTextFileSync(file);
+  } catch {
+    return null;
+  }
+  const user = decodeURIComponent(url.username) || Deno.env.get("PGUSER") || Deno.env.get("USER") || "";
+  const wanted = [
+    url.hostname.replace(/^\[(.*)\]$/, "$1") || "localhost",
+    url.port || Deno.env.get("PGPORT") || "5432",
+    decodeURIComponent(url.pathname.slice(1)) || Deno.env.get("PGDATABASE") || user,
+    user,
+  ];
+  for (const line of text.split(/\r?\n/)) {
+    if (line === "" || line.startsWith("#")) continue;
+    // Its fields, unescaped; `*` (unescaped) matches anything.
+    const fields: { value: string; any: boolean }[] = [];
+    let value = "";
+    let raw = "";
+    for (let i = 0; i < line.length; i++) {
+      if (line[i] === "\\" && i + 1 < line.length) {
+        value += line[i + 1];
+        raw += line[i] + line[++i];
+      } else if (line[i] === ":") {
+        fields.push({ value, any: raw === "*" });
+        value = raw = "";
+      } else {
+        value += line[i];
+        raw += line[i];
+      }
+    }
+    fields.push({ value, any: raw === "*" });
+    if (fields.length < 5) continue;
+    if (wanted.every((want, i) => fields[i].any || fields[i].value === want)) {
+      return { file, password: fields[4].value };
+    }
+  }
+  return null;
 }
 
 export async function isSupabaseDatabase(dbUrl: string): Promise<boolean> {
@@ -206,10 +302,17 @@ export function cliDbUrl(dbUrl: string, tls: boolean): string {
 /**
  * postgres.js's options for a connection as psql makes it to `dbUrl`: TLS when the server offers it, as
  * psql and the CLI do without an sslmode (postgres.js's own default is none: a server that takes TLS
- * connections only, as a Supabase project enforcing SSL, refused it).
+ * connections only, as a Supabase project enforcing SSL, refused it); the password of the password file
+ * (PGPASSFILE, else ~/.pgpass) when neither the URL nor PGPASSWORD gives one, as libpq and the CLI's pgx
+ * read it (postgres.js does not: a password kept there bootstrapped, then failed the push's lock).
  */
-function connectionOptions(dbUrl: string): { ssl?: "prefer" } {
-  return new URL(dbUrl).searchParams.has("sslmode") ? {} : { ssl: "prefer" as const };
+function connectionOptions(dbUrl: string): { ssl?: "prefer"; pass?: string } {
+  const url = new URL(dbUrl);
+  const source = passwordSource(dbUrl);
+  return {
+    ...(url.searchParams.has("sslmode") ? {} : { ssl: "prefer" as const }),
+    ...(typeof source === "object" && source !== null ? { pass: source.password } : {}),
+  };
 }
 
 /** Whether `sql`'s connection runs over TLS (what the server's pg_stat_ssl says of it). */
@@ -222,11 +325,25 @@ const CONNECTION_TLS = "select ssl from pg_stat_ssl where pid = pg_backend_pid()
 export async function connectionUsesTls(dbUrl: string): Promise<boolean> {
   const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...connectionOptions(dbUrl) });
   try {
-    const [row] = await sql.unsafe(CONNECTION_TLS);
+    const [row] = await sql.unsafe(CONNECTION_TLS).catch((error) => {
+      throw connectionError(dbUrl, error);
+    });
     return row?.ssl === true;
   } finally {
     await sql.end();
   }
+}
+
+/** A connection's error, its password refused or missing said as psql's is (passwordRefused). */
+function connectionError(dbUrl: string, error: unknown): unknown {
+  // 28P01: invalid_password (also an empty one sent where the URL and the environment have none).
+  if ((error as { code?: string })?.code !== "28P01") return error;
+  const said = error instanceof Error ? error.message : String(error);
+  return new Error(
+    passwordSource(dbUrl) === null
+      ? passwordMissing(dbUrl, "postgres.js", said)
+      : passwordRefused(dbUrl, "postgres.js", said),
+  );
 }
 
 /**
@@ -266,8 +383,9 @@ const PUSH_LOCK = "hashtextextended('readsync: supabase db push', 0)";
  * CLI runs (terminated, a pooler's or the network's cut) only ends the serialization: sql.begin would reject
  * at once, while the CLI goes on (failing a push that succeeds, or a start torn down under its CLI).
  *
- * The lock's connection is made as psql makes it (connectionOptions: TLS when offered), and the CLI uses TLS
- * when that connection did (cliDbUrl).
+ * The lock's connection is made as psql makes it (connectionOptions: TLS when offered, the password file's
+ * password), and the CLI uses TLS when that connection did (cliDbUrl). A password refused, or missing, is
+ * said as psql's is.
  */
 export async function pushMigrations(dbUrl: string): Promise<string> {
   const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...connectionOptions(dbUrl) });
@@ -279,7 +397,9 @@ export async function pushMigrations(dbUrl: string): Promise<string> {
       "begin isolation level read committed; " +
         "set local idle_in_transaction_session_timeout = 0; set local statement_timeout = 0; " +
         `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK}); ${CONNECTION_TLS};`,
-    );
+    ).catch((error) => {
+      throw connectionError(dbUrl, error);
+    });
     began = true;
     const tls = (results.at(-1) as unknown as { ssl: boolean }[] | undefined)?.[0]?.ssl === true;
     const { ok, output } = await supabaseCli([
