@@ -32,7 +32,17 @@ import {
   unsupportedMediaType,
 } from "./rest.ts";
 import { upgradeRefusal } from "./upgrade.ts";
-import { checkNumberOption, type NumberRule, TIMER_MS } from "../../shared/options/checkOptions.ts";
+import {
+  checkBooleanOption,
+  checkChoiceOption,
+  checkFunctionOption,
+  checkNumberOption,
+  checkObjectOption,
+  checkTokenOption,
+  isPlainObject,
+  type NumberRule,
+  TIMER_MS,
+} from "../../shared/options/checkOptions.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 
 export interface RealtimeEndpointOptions {
@@ -164,6 +174,63 @@ function checkedNumberOptions(options: RealtimeEndpointOptions): NumberOptions {
   return checked as NumberOptions;
 }
 
+/** The protocols of a database URL postgres.js connects with. */
+const DATABASE_URL_PROTOCOLS = ["postgres:", "postgresql:"];
+
+/**
+ * Throws a TypeError unless `ctx` and `options` are what createRealtimeEndpoint reads, each refusal naming
+ * the argument or field (the numeric options: checkedNumberOptions): both plain objects; the context's dbUrl
+ * a postgres:// or postgresql:// URL, its jwtSecret a non-empty string, its anonKey and serviceRoleKey
+ * non-empty strings when given; privateOnly true or false, frameForm "binary" or "json", log and onPhase
+ * functions. Unchecked, each failed later or not at all: a privateOnly of "false" refused every public
+ * channel, a frameForm of "JSON" framed binary, a jwtSecret left out verified tokens against the secret
+ * "undefined" (TextEncoder's text of it), a dbUrl that is no URL failed inside postgres.js with its own
+ * words, and a log that is no function threw at the first event, in a socket's handler or a timer.
+ */
+function checkOtherOptions(ctx: unknown, options: unknown): void {
+  const where = "createRealtimeEndpoint";
+  // The context by its type only, not checkObjectOption's showing of a string: a database URL given as the
+  // context may carry a password.
+  if (!isPlainObject(ctx)) {
+    throw new TypeError(
+      `${where} argument ctx must be a plain object (got ${ctx === null ? "null" : typeof ctx})`,
+    );
+  }
+  checkObjectOption(options, where, "options", { kind: "argument" });
+  const context = ctx as Record<string, unknown>;
+  const given = (options ?? {}) as Record<string, unknown>;
+  checkDatabaseUrl(context.dbUrl);
+  checkTokenOption(context.jwtSecret, where, "jwtSecret", { kind: "context field", required: true });
+  checkTokenOption(context.anonKey, where, "anonKey", { kind: "context field" });
+  checkTokenOption(context.serviceRoleKey, where, "serviceRoleKey", { kind: "context field" });
+  checkBooleanOption(given.privateOnly, where, "privateOnly");
+  checkChoiceOption(given.frameForm, ["binary", "json"], where, "frameForm");
+  checkFunctionOption(given.log, where, "log");
+  checkFunctionOption(given.onPhase, where, "onPhase");
+}
+
+/**
+ * Throws a TypeError unless `value` is a URL of a DATABASE_URL_PROTOCOLS protocol. The refusal says what
+ * was given by its kind only: a database URL may carry a password.
+ */
+function checkDatabaseUrl(value: unknown): void {
+  let protocol: string | undefined;
+  if (typeof value === "string") {
+    try {
+      protocol = new URL(value).protocol;
+    } catch { /* no URL */ }
+  }
+  if (protocol !== undefined && DATABASE_URL_PROTOCOLS.includes(protocol)) return;
+  const got = typeof value !== "string"
+    ? value === null ? "null" : typeof value
+    : protocol === undefined
+    ? "a string that is no URL"
+    : `a URL of protocol ${protocol}`;
+  throw new TypeError(
+    `createRealtimeEndpoint context field dbUrl must be a postgres:// or postgresql:// URL (got ${got})`,
+  );
+}
+
 /**
  * Query parameter of the WebSocket URL with which a socket lowers its own join-error wait (never
  * raises it): for tests whose refusals are not what they test, so the suite does not wait 5 s per
@@ -200,6 +267,7 @@ export async function createRealtimeEndpoint(
   options: RealtimeEndpointOptions = {},
 ): Promise<RealtimeEndpoint> {
   // Checked before anything is started (the pool, the WAL stream): a refused value leaves nothing to close.
+  checkOtherOptions(ctx, options);
   const numbers = checkedNumberOptions(options);
   const upgradeTimeoutMs = numbers.upgradeTimeoutMs ?? DEFAULT_UPGRADE_TIMEOUT_MS;
   const log = options.log ?? defaultLog();

@@ -272,6 +272,32 @@ export function checkTokenOption(
 }
 
 /**
+ * Throws a TypeError unless `value` is true or false (or undefined: not given), naming it as
+ * `<where> option <name>`: a switch read with `??` and then as a condition, where a string ("false"),
+ * 1 or null would be taken as whatever its truthiness says.
+ */
+export function checkBooleanOption(value: unknown, where: string, name: string): void {
+  if (value === undefined || typeof value === "boolean") return;
+  throw new TypeError(`${where} option ${name} must be true or false (got ${shownValue(value)})`);
+}
+
+/**
+ * Throws a TypeError unless `value` is one of the strings `choices` (or undefined: not given), naming it
+ * as `<where> option <name>`: a setting a comparison reads, where any other value silently meant the
+ * choice the comparison falls through to.
+ */
+export function checkChoiceOption(
+  value: unknown,
+  choices: readonly string[],
+  where: string,
+  name: string,
+): void {
+  if (value === undefined || (typeof value === "string" && choices.includes(value))) return;
+  const listed = choices.map((choice) => JSON.stringify(choice)).join(" or ");
+  throw new TypeError(`${where} option ${name} must be ${listed} (got ${shownValue(value)})`);
+}
+
+/**
  * Throws a TypeError unless `value` is null or a string `format` takes (or undefined: not given),
  * naming the option as above and saying what it must be (`what`): a cursor an API handed out, which
  * an app persists and gives back, refused here rather than by every request made with it.

@@ -900,3 +900,203 @@ Deno.test({
     }
   },
 });
+
+/** Makes an endpoint on the suite's database with `options` (and `ctx` over the suite's context), then closes it. */
+function endpointOutcome(options: unknown, ctx: Record<string, unknown> = {}): Promise<Outcome> {
+  const env = testEnv();
+  return outcomeOf(async () => {
+    let guard: ReturnType<typeof setTimeout> | undefined;
+    const made = createRealtimeEndpoint(
+      { dbUrl: env.dbUrl, jwtSecret: env.jwtSecret!, ...ctx } as Parameters<typeof createRealtimeEndpoint>[0],
+      options as RealtimeEndpointOptions,
+    );
+    try {
+      // A hang guard only.
+      const endpoint = await Promise.race([
+        made,
+        new Promise<never>((_, reject) =>
+          guard = setTimeout(() => reject(new Error("neither made nor refused within 30 s")), 30_000)
+        ),
+      ]);
+      await endpoint.close();
+    } finally {
+      clearTimeout(guard);
+    }
+  });
+}
+
+/**
+ * createRealtimeEndpoint's options that are no numbers, and its context's fields, each value refused with
+ * the TypeError it gets: `[case, options, context fields over the suite's, message]`. Before, none was
+ * checked: a privateOnly of "false" refused every public channel, a frameForm of "JSON" framed binary, a
+ * jwtSecret left out verified every token against the secret "undefined", a log that is no function threw
+ * at the first event (in a socket's handler or a timer).
+ */
+const ENDPOINT_REFUSED: [string, unknown, Record<string, unknown>, string][] = [
+  [
+    'privateOnly "false"',
+    { privateOnly: "false" },
+    {},
+    'option privateOnly must be true or false (got "false")',
+  ],
+  ["privateOnly 1", { privateOnly: 1 }, {}, "option privateOnly must be true or false (got 1)"],
+  ["privateOnly null", { privateOnly: null }, {}, "option privateOnly must be true or false (got null)"],
+  ['frameForm "JSON"', { frameForm: "JSON" }, {}, 'option frameForm must be "binary" or "json" (got "JSON")'],
+  ['frameForm ""', { frameForm: "" }, {}, 'option frameForm must be "binary" or "json" (got "")'],
+  ["frameForm null", { frameForm: null }, {}, 'option frameForm must be "binary" or "json" (got null)'],
+  ['log "stderr"', { log: "stderr" }, {}, "option log must be a function (got string)"],
+  ["log {}", { log: {} }, {}, "option log must be a function (got object)"],
+  ["log null", { log: null }, {}, "option log must be a function (got object)"],
+  ["onPhase true", { onPhase: true }, {}, "option onPhase must be a function (got boolean)"],
+  ["options null", null, {}, "argument options must be a plain object (got null)"],
+  ["options []", [], {}, "argument options must be a plain object (got an array)"],
+  [
+    "dbUrl not given",
+    {},
+    { dbUrl: undefined },
+    "context field dbUrl must be a postgres:// or postgresql:// URL (got undefined)",
+  ],
+  [
+    'dbUrl ""',
+    {},
+    { dbUrl: "" },
+    "context field dbUrl must be a postgres:// or postgresql:// URL (got a string that is no URL)",
+  ],
+  [
+    "dbUrl http://",
+    {},
+    { dbUrl: "http://postgres:secret@127.0.0.1:54322/postgres" },
+    "context field dbUrl must be a postgres:// or postgresql:// URL (got a URL of protocol http:)",
+  ],
+  [
+    "dbUrl 5432",
+    {},
+    { dbUrl: 5432 },
+    "context field dbUrl must be a postgres:// or postgresql:// URL (got number)",
+  ],
+  [
+    "jwtSecret not given",
+    {},
+    { jwtSecret: undefined },
+    "context field jwtSecret must be a non-empty string (got undefined)",
+  ],
+  ['jwtSecret ""', {}, { jwtSecret: "" }, 'context field jwtSecret must be a non-empty string (got "")'],
+  ["anonKey 5", {}, { anonKey: 5 }, "context field anonKey must be a non-empty string (got 5)"],
+  [
+    'serviceRoleKey ""',
+    {},
+    { serviceRoleKey: "" },
+    'context field serviceRoleKey must be a non-empty string (got "")',
+  ],
+];
+
+Deno.test({
+  name:
+    "option ranges: createRealtimeEndpoint's options that are no numbers and its context, refused before it starts anything",
+  // Sanitizers on: a refusal leaves nothing started (no pool, no WAL stream, no timer).
+  ignore: !localRealtime,
+  fn: async () => {
+    for (const [at, options, ctx, message] of ENDPOINT_REFUSED) {
+      const outcome = await endpointOutcome(options, ctx);
+      expectTakenOrTypeError(
+        `createRealtimeEndpoint ${at}`,
+        false,
+        `createRealtimeEndpoint ${message}`,
+        outcome,
+      );
+    }
+    // The context by its type, never the text given (a database URL given as the context may carry a password).
+    const asContext = await outcomeOf(() =>
+      createRealtimeEndpoint(
+        "postgresql://postgres:secret@127.0.0.1/postgres" as unknown as Parameters<
+          typeof createRealtimeEndpoint
+        >[0],
+      )
+    );
+    expectTakenOrTypeError(
+      "createRealtimeEndpoint ctx a string",
+      false,
+      "createRealtimeEndpoint argument ctx must be a plain object (got string)",
+      asContext,
+    );
+  },
+});
+
+Deno.test({
+  name: "option ranges: createRealtimeEndpoint's options that are no numbers, the values taken",
+  ...noSanitize,
+  ignore: !localRealtime,
+  fn: async () => {
+    const env = testEnv();
+    // Both protocols postgres.js reads, whichever the suite's URL has.
+    const otherProtocol = new URL(env.dbUrl);
+    otherProtocol.protocol = otherProtocol.protocol === "postgres:" ? "postgresql:" : "postgres:";
+    const taken: [string, unknown, Record<string, unknown>][] = [
+      ["privateOnly true, frameForm json, log and onPhase functions", {
+        privateOnly: true,
+        frameForm: "json",
+        log: () => {},
+        onPhase: () => {},
+      }, {}],
+      [
+        "privateOnly false, frameForm binary, the other protocol",
+        { privateOnly: false, frameForm: "binary" },
+        {
+          dbUrl: otherProtocol.toString(),
+        },
+      ],
+      ["the project's keys", {}, { anonKey: env.anonKey, serviceRoleKey: env.serviceRoleKey }],
+    ];
+    for (const [at, options, ctx] of taken) {
+      expectTakenOrTypeError(`createRealtimeEndpoint ${at}`, true, "", await endpointOutcome(options, ctx));
+    }
+  },
+});
+
+Deno.test({
+  name: "option ranges: createRealtimeEndpoint poolSize 100 is taken (PROGRESS_DB_POOL_MAX), 101 refused",
+  ...noSanitize,
+  ignore: !localRealtime,
+  fn: async () => {
+    assert.equal(await endpointOutcome({ poolSize: 100 }), "ok", "poolSize 100 taken");
+    const refused = await endpointOutcome({ poolSize: 101 });
+    assert.ok(refused instanceof RangeError, `poolSize 101: a RangeError (got ${refused})`);
+    assert.equal(
+      refused.message,
+      "createRealtimeEndpoint option poolSize must be a whole number from 1 to 100 (got 101)",
+    );
+  },
+});
+
+/** The delays of the intervals createRealtimeEndpoint sets as it makes an endpoint with `options`, sorted. */
+async function intervalsSetMaking(options: RealtimeEndpointOptions): Promise<number[]> {
+  const env = testEnv();
+  const delays: number[] = [];
+  const original = globalThis.setInterval;
+  globalThis.setInterval = ((...args: Parameters<typeof setInterval>) => {
+    delays.push(args[1] ?? 0);
+    return original(...args);
+  }) as typeof setInterval;
+  let endpoint: Awaited<ReturnType<typeof createRealtimeEndpoint>>;
+  try {
+    endpoint = await createRealtimeEndpoint({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, options);
+  } finally {
+    globalThis.setInterval = original;
+  }
+  await endpoint.close();
+  return delays.sort((a, b) => a - b);
+}
+
+Deno.test({
+  name: "option ranges: createRealtimeEndpoint idleTimeoutMs Infinity sets no idle sweep at all, as 0",
+  ...noSanitize,
+  ignore: !localRealtime,
+  fn: async () => {
+    const none = await intervalsSetMaking({ idleTimeoutMs: 0 });
+    // The sweep is seen where there is one: every 5 s for a 60 s bound (a quarter of it, at most 5 s).
+    const bounded = await intervalsSetMaking({ idleTimeoutMs: 60_000 });
+    assert.deepEqual(bounded, [...none, 5_000].sort((a, b) => a - b), "a 60 s bound sweeps every 5 s");
+    // Infinity: no bound, so no sweep (before 26632fc it swept every 5 s and closed nothing).
+    assert.deepEqual(await intervalsSetMaking({ idleTimeoutMs: Infinity }), none, "no interval beside 0's");
+  },
+});
