@@ -213,12 +213,24 @@ const TCP_TABLE_HEADER =
 /** A port as /proc/net/tcp writes it: four hexadecimal digits. */
 const hexPort = (port: number) => port.toString(16).toUpperCase().padStart(4, "0");
 
+/** 127.0.0.1 as /proc/net/tcp writes it (the address's bytes little-endian, in hexadecimal). */
+const LOOPBACK_HEX = "0100007F";
+
 /**
  * A line of /proc/net/tcp as Linux writes it (net/ipv4/tcp_ipv4.c get_tcp4_sock, padded to 149
- * characters): 127.0.0.1:`localPort` to 127.0.0.1:`remotePort`, in `state` (01 ESTABLISHED, 0A LISTEN).
+ * characters): `localAddress`:`localPort` (127.0.0.1 unless said) to 127.0.0.1:`remotePort`, in `state`
+ * (01 ESTABLISHED, 0A LISTEN).
  */
-function tcpTableLine(sl: number, localPort: number, remotePort: number, state = "01"): string {
-  return (`${String(sl).padStart(4)}: 0100007F:${hexPort(localPort)} 0100007F:${hexPort(remotePort)} ` +
+function tcpTableLine(
+  sl: number,
+  localPort: number,
+  remotePort: number,
+  state = "01",
+  localAddress = LOOPBACK_HEX,
+): string {
+  return (`${String(sl).padStart(4)}: ${localAddress}:${hexPort(localPort)} ${LOOPBACK_HEX}:${
+    hexPort(remotePort)
+  } ` +
     `${state} 00000000:00000000 00:00000000 00000000  1000        0 ${40_000 + sl} 1 0000000000000000 ` +
     "20 4 30 10 -1").padEnd(149);
 }
@@ -252,17 +264,25 @@ async function shortConnections(port: number): Promise<void> {
   }
 }
 
+/** What a test's table is made from when the server reads it: the ports, and the client ports it remembers. */
+interface TableSeen {
+  serverPort: number;
+  keptPort: number;
+  /** The client ports of the connections the server remembers as it reads the table (the kept one's too). */
+  rememberedPorts: () => number[];
+}
+
 /**
- * An API server reading `tableLines` (joined) as its /proc/net/tcp, one connection kept open beside
- * CONNECTIONS_REMEMBERED short ones: how many times it read the table, what it still holds pending, how many
- * connections it remembers and the kept connection's last request path.
+ * An API server reading `tableLines` (joined) as its /proc/net/tcp (a throw: that read fails), one
+ * connection kept open beside CONNECTIONS_REMEMBERED short ones: how many times it read the table, what it
+ * still holds pending, how many connections it remembers and the kept connection's last request path.
  */
-async function keptBesideShortConnections(
-  tableLines: (ports: { serverPort: number; keptPort: number }, read: number) => string[],
-) {
-  const ports = { serverPort: 0, keptPort: 0 };
+async function keptBesideShortConnections(tableLines: (seen: TableSeen, read: number) => string[]) {
+  let remembered = (): number[] => [];
+  const ports: TableSeen = { serverPort: 0, keptPort: 0, rememberedPorts: () => remembered() };
   let reads = 0;
   const api = await ownApiServer({ readTcpTable: () => [...tableLines(ports, ++reads), ""].join("\n") });
+  remembered = () => api.lastRequests().map((last) => Number(last.from.split(":")[1]));
   ports.serverPort = Number(new URL(api.url).port);
   const kept = await keptConnection(ports.serverPort);
   ports.keptPort = (kept.localAddr as Deno.NetAddr).port;
@@ -311,4 +331,41 @@ Deno.test({
   assert.ok(seen.reads > 0, "the server read the table");
   assert.ok(seen.remembered <= 2, `${seen.remembered} connections remembered: the kept one and the last`);
   assert.equal(seen.keptPath, "/kept", "the open connection's last request is remembered");
+});
+
+Deno.test({
+  name:
+    "one of the two back-to-back reads of /proc/net/tcp failing: the API server keeps what the other lists, the open connection's last request with it",
+  ...OWN_SERVER,
+}, async () => {
+  // The first read of each look fails (as a read of a file can: EINTR, EMFILE), the second lists the kept
+  // connection.
+  const seen = await keptBesideShortConnections(({ serverPort, keptPort }, read) => {
+    if (read % 2 === 1) throw new Error("this read of the table failed");
+    return [TCP_TABLE_HEADER, tcpTableLine(0, serverPort, 0, "0A"), tcpTableLine(1, serverPort, keptPort)];
+  });
+  assert.equal(seen.keptPath, "/kept", "the open connection's last request is remembered");
+  assert.ok(seen.remembered <= 2, `${seen.remembered} connections remembered: the kept one and the last`);
+  assert.ok(seen.reads >= 2, `the server read the table (${seen.reads} reads)`);
+});
+
+Deno.test({
+  name:
+    "a socket on the API server's port number but another local address is not taken for one of its connections",
+  ...OWN_SERVER,
+}, async () => {
+  // Beside the kept connection, the table lists for every client port the server remembers a connection
+  // open on another address's port of the same number (10.0.0.1, another interface's or a container's
+  // server), from that same client address and port: no connection to this server.
+  const seen = await keptBesideShortConnections(({ serverPort, keptPort, rememberedPorts }) => [
+    TCP_TABLE_HEADER,
+    tcpTableLine(0, serverPort, 0, "0A"),
+    tcpTableLine(1, serverPort, keptPort),
+    ...rememberedPorts().filter((port) => port !== keptPort).map((port, i) =>
+      tcpTableLine(2 + i, serverPort, port, "01", "0100000A")
+    ),
+  ]);
+  assert.ok(seen.reads > 0, "the server read the table");
+  assert.equal(seen.keptPath, "/kept", "the open connection's last request is remembered");
+  assert.ok(seen.remembered <= 2, `${seen.remembered} connections remembered: the kept one and the last`);
 });

@@ -129,15 +129,18 @@ function hexIpv4(hex: string): string {
 }
 
 /**
- * The connections open on `port` that one read of the table lists: the client's address and port, and
- * the state; the listening socket and TIME_WAIT ones left out. A line not of the table's form is skipped,
- * so no text can make this throw.
+ * The connections open on `address`:`port` (the server's end) that one read of the table lists: the
+ * client's address and port, and the state; the listening socket and TIME_WAIT ones left out. Both the
+ * address and the port are matched: a socket of another process on the same port number of another
+ * address (another interface's, a container's) is no connection to this server, and where its client's
+ * address and port were those of a connection this server had seen, the port alone took it for that one,
+ * still open. A line not of the table's form is skipped, so no text can make this throw.
  */
-function connectionsListed(table: string, port: number): Map<string, string> {
+function connectionsListed(table: string, address: string, port: number): Map<string, string> {
   const open = new Map<string, string>();
   for (const line of table.split("\n")) {
     const fields = TCP_TABLE_LINE.exec(line);
-    if (!fields || parseInt(fields[2], 16) !== port) continue;
+    if (!fields || parseInt(fields[2], 16) !== port || hexIpv4(fields[1]) !== address) continue;
     const state = fields[5].toUpperCase();
     if (state === "0A" || state === "06") continue;
     open.set(`${hexIpv4(fields[3])}:${parseInt(fields[4], 16)}`, TCP_STATES[state] ?? state);
@@ -146,13 +149,15 @@ function connectionsListed(table: string, port: number): Map<string, string> {
 }
 
 /**
- * The connections still open on the server's port, as the kernel lists them (/proc/net/tcp: the
- * server binds 127.0.0.1 only): the client's address and port, and the state (CLOSE_WAIT: the client
- * has closed its end). Deno.serve's graceful shutdown waits for these, also once their handlers have
- * answered, which pending() cannot show. Null where there is no such file (not Linux) or it cannot be
- * read (`readTable` threw); never throws.
+ * The connections still open on the server's address (127.0.0.1 unless said: the API server binds it
+ * only) and port, as the kernel lists them (/proc/net/tcp): the client's address and port, and the
+ * state (CLOSE_WAIT: the client has closed its end). Deno.serve's graceful shutdown waits for these, also
+ * once their handlers have answered, which pending() cannot show. Null where there is no such file (not
+ * Linux) or neither read of it succeeds (`readTable` threw both times); never throws.
  *
- * The table is read twice in a row, and a connection either read lists is open. Linux hands the file over
+ * The table is read twice in a row, and a connection either read lists is open; when one of the two reads
+ * fails, what the other lists (before, one failed read made the look null, and the server forgot every
+ * connection it remembered, the open ones too). Linux hands the file over
  * a page at a time (seq_file: some 27 of its 150-character lines per read, whatever the reader asks for),
  * each read resuming at a hash bucket of the kernel's table and a count of entries into it, so a
  * connection closing or opening in that bucket between two reads shifts the entries after it: one open
@@ -163,17 +168,21 @@ function connectionsListed(table: string, port: number): Map<string, string> {
 export function openConnections(
   port: number,
   readTable: () => string = readProcNetTcp,
+  address = "127.0.0.1",
 ): { from: string; state: string }[] | null {
   const open = new Map<string, string>();
+  let readsDone = 0;
   for (let read = 0; read < 2; read++) {
     let table: string;
     try {
       table = readTable();
     } catch {
-      return null;
+      continue;
     }
-    for (const [from, state] of connectionsListed(table, port)) open.set(from, state);
+    readsDone++;
+    for (const [from, state] of connectionsListed(table, address, port)) open.set(from, state);
   }
+  if (readsDone === 0) return null;
   return [...open].map(([from, state]) => ({ from, state }));
 }
 
@@ -227,7 +236,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     lastOnConnection.delete(last.from); // newest last
     lastOnConnection.set(last.from, last);
     if (lastOnConnection.size <= lookAtConnectionsAbove) return;
-    const open = openConnections(server.addr.port, readTcpTable);
+    const open = openConnections(server.addr.port, readTcpTable, server.addr.hostname);
     const stillOpen = new Set(open?.map(({ from }) => from));
     for (const from of lastOnConnection.keys()) {
       if (from !== last.from && !stillOpen.has(from)) lastOnConnection.delete(from);
@@ -315,7 +324,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // whose handlers have not answered.
         const now = new Date();
         const handled = [...running.values()].map((r) => `${describeRequest(r, now)}, from ${r.from}`);
-        const open = openConnections(port, readTcpTable);
+        const open = openConnections(port, readTcpTable, server.addr.hostname);
         const connections = open === null ? "connections not listed (no /proc/net/tcp)" : `${open.length} ` +
           `connection(s) open${open.length ? ": " : ""}${
             open.map(({ from, state }) => {
