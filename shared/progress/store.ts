@@ -5,13 +5,14 @@
 // decides what the SQL functions of migration 20261120090200_progress_writes.sql may touch.
 //
 // Errors leave this module as HttpError: bad values the database rejects -> 422, the database down,
-// overloaded or too slow -> 503, a call cancelled by its signal -> CallCancelledError (503), everything
-// else -> 500 (a bug, logged by the handler).
+// overloaded or too slow -> 503, a transaction not begun in time -> BeginTimeoutError (503), a call
+// cancelled by its signal -> CallCancelledError (503), everything else -> 500 (a bug, logged by the handler).
 
 import { setImmediate } from "node:timers";
 import postgres from "postgres";
 import type { JwtClaims } from "../auth/jwt.ts";
 import { HttpError } from "../http/errors.ts";
+import { checkNumberOption, MAX_TIMER_MS, type NumberRule } from "../options/checkOptions.ts";
 import { microsecondIso } from "./instant.ts";
 import type { ValidProgressWrite } from "./schemas.ts";
 import type { ChangesResponse, ConflictKind, Progress, WriteResult } from "./types.ts";
@@ -49,6 +50,11 @@ export interface DatabaseClock {
  * the database does not act on the request (refused, or reaching the backend between two messages of the
  * statement: sendCancel), so that it runs on and answers; an earlier statement that so runs on is followed by
  * no other, and the call is cancelled then.
+ *
+ * Until its transaction has begun (a pooled connection opened for it and its BEGIN answered) a call waits on
+ * postgres.js alone, and stops waiting when its signal aborts (CallCancelledError) or when it has waited
+ * beginTimeoutMs since it took its turn (BeginTimeoutError): it gives its turn back and answers at once, and
+ * nothing of it is ever sent (its BEGIN, answered later, is rolled back: beginWait).
  */
 export interface ProgressStore {
   write(
@@ -83,10 +89,12 @@ export interface ProgressStore {
  * A store call given up because its signal aborted: the client left (the request's signal), or the
  * server that runs the function is closing (the local gateway's close()). The statement it was running
  * was cancelled in the database (or failed otherwise once the signal had aborted), or no further statement
- * was sent (the call still waited for a pooled connection and left the line, or the signal aborted between
- * two statements), and its transaction rolled back, so nothing of the call is stored; its connection went
- * back to the pool at once. A 503 with Retry-After, as a client still there (a closing server) may send it
- * again; a client that left gets no answer. `reason` is the signal's.
+ * was sent (the call still waited for a pooled connection and left the line, or for its transaction to
+ * begin, or the signal aborted between two statements), and its transaction rolled back, so nothing of the
+ * call is stored; its connection went back to the pool at once (for a call whose BEGIN postgres.js still
+ * held, once that BEGIN is answered, then rolled back, or failed: beginWait). A 503 with Retry-After, as a
+ * client still there (a closing server) may send it again; a client that left gets no answer. `reason` is
+ * the signal's.
  */
 export class CallCancelledError extends HttpError {
   readonly reason: unknown;
@@ -104,6 +112,86 @@ export class CallCancelledError extends HttpError {
     this.name = "CallCancelledError";
     this.reason = reason;
   }
+}
+
+/**
+ * A store call whose transaction had not begun (a pooled connection opened for it and its BEGIN answered)
+ * `timeoutMs` after the call took its turn at the pool's connections (PostgresStoreOptions.beginTimeoutMs):
+ * nothing of it was sent but that BEGIN, which is rolled back once answered (beginWait). A 503 with
+ * Retry-After, as for a database that could not be reached. Its cause says how long it waited.
+ */
+export class BeginTimeoutError extends HttpError {
+  constructor(timeoutMs: number) {
+    super(
+      503,
+      "service_unavailable",
+      "The database did not take the request in time: nothing was stored",
+      {
+        headers: { "retry-after": "1" },
+        cause: new Error(
+          `the call's transaction had not begun ${timeoutMs} ms after it took its turn (no pooled ` +
+            "connection opened for it, or its BEGIN not answered)",
+        ),
+      },
+    );
+    this.name = "BeginTimeoutError";
+  }
+}
+
+/**
+ * The wait of a call for its transaction to begin, from its turn until begin() runs the transaction's
+ * function (`stop()`): `stopped` rejects, and `gaveUp` is set, when the call's signal aborts
+ * (CallCancelledError) or `timeoutMs` has passed (BeginTimeoutError, none for Infinity) before that.
+ *
+ * A call with its turn finds a connection free, but postgres.js may still make it wait without end, and
+ * nothing it waits for then is one of the call's statements, which its signal cancels (cancellable) and the
+ * database's timeouts bound. postgres.js 3.4.9 keeps a connection's current query when its socket closes under
+ * it (connection.js closed() leaves `query` set; only a ReadyForQuery clears it), so on the connection the
+ * next call's BEGIN reopens, an ErrorResponse that refuses the startup (53300 too many connections, a role's
+ * or database's connection limit; 57P03 the database starting up, as after a restart that ended the backend
+ * under a statement) is kept as that stale query's error instead of failing the BEGIN, and the close that
+ * follows reconnects at once (`initial` still set), again and again, each attempt's connect_timeout started
+ * anew: the call waited until the server took a startup (its turn held, so the calls in line behind it waited
+ * too, its signal unheard), then answered 503 with the refusal's kept error. A connection whose reconnect
+ * waits out postgres.js's backoff (up to 20 s after repeated failures) holds a BEGIN likewise. Bounded here
+ * from outside, whatever postgres.js waits for: the call stops waiting, gives its turn back (the pool's
+ * connections are then no longer all the line's: a call behind it may wait in postgres.js's queue, which this
+ * bounds the same way) and answers; its BEGIN, wherever postgres.js holds it, is left to settle: failed with
+ * the kept refusal once the server takes a startup (the connection then serves the next query), or, answered,
+ * it runs the transaction's function, which sends nothing (gaveUp) and begin() rolls back. So nothing of the
+ * call is ever stored. The store cannot end the refused connection's reconnects itself (postgres.js exposes
+ * none of its connections): they go on until the server takes a startup or the pool ends.
+ */
+function beginWait(signal: AbortSignal | undefined, timeoutMs: number) {
+  const { promise: stopped, reject } = Promise.withResolvers<never>();
+  stopped.catch(() => {}); // raced only while a transaction is awaited; never unhandled
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let done = false;
+  const wait = {
+    /** Why the call gave up, once it did: thrown by a transaction's function that runs after that. */
+    gaveUp: undefined as HttpError | undefined,
+    stopped,
+    /** The transaction has begun (or the call has ended): nothing more is heard. */
+    stop,
+  };
+  const giveUp = (error: HttpError) => {
+    if (done) return;
+    stop();
+    wait.gaveUp = error;
+    reject(error);
+  };
+  const aborted = () => giveUp(new CallCancelledError(signal!.reason));
+  function stop() {
+    done = true;
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", aborted);
+  }
+  if (signal?.aborted) aborted();
+  else {
+    signal?.addEventListener("abort", aborted);
+    if (timeoutMs !== Infinity) timer = setTimeout(() => giveUp(new BeginTimeoutError(timeoutMs)), timeoutMs);
+  }
+  return wait;
 }
 
 /**
@@ -341,7 +429,8 @@ const cancellers = new WeakMap<postgres.Sql, Canceller>();
  * leaves.
  *
  * A turn is given back once its transaction has ended (committed, rolled back, or its connection lost), by
- * then postgres.js has put the connection back in the pool, so the next call finds it free.
+ * then postgres.js has put the connection back in the pool, so the next call finds it free; or once the call
+ * gave up waiting for its transaction to begin (its signal, beginTimeoutMs: beginWait).
  *
  * Queries on the pool made outside a store take no turn, and the function makes none: server.ts makes its
  * pool for its store alone and hands it to no one else (index.ts gets the handler), and every database call
@@ -351,7 +440,10 @@ const cancellers = new WeakMap<postgres.Sql, Canceller>();
  * requests go on connections of their own, never the pool's (cancellerApart); end() (server.ts's close, or a
  * pool replaced when the environment changed) ends connections as their transactions end, and a call that
  * still waits in the line then fails as on an ended pool (CONNECTION_ENDED: a 503). So a call with its turn
- * finds a connection free (open, or closed and opened for it). tests/functions/progress_client_gone.test.ts
+ * finds a connection free (open, or closed and opened for it), but after a call that gave up before its
+ * transaction began (beginWait): its BEGIN, still held by postgres.js, keeps its connection until answered or
+ * failed, and a call behind it may wait in postgres.js's queue meanwhile, bounded as that call's wait was
+ * (beginWait again). tests/functions/progress_client_gone.test.ts
  * shows it for the function's own pool: with its one connection busy, a read waits here, listening to its
  * signal, and leaves at once. A program that also queries a store's pool directly (tests do, one thing at a
  * time) takes connections without a turn: a call with its turn may then wait in postgres.js's queue behind
@@ -449,9 +541,10 @@ function connectionGone(error: unknown): boolean {
  *
  * Only when the reopened connection's first startup is taken: postgres.js also keeps the ended statement as
  * the connection's current query (closed() leaves it), so a startup the server refuses (53300 too many
- * connections, 57P03 starting up) fails no query either: postgres.js reconnects at once, again and again,
- * while the call waits (its turn held, its signal unheard), and the startup the server takes then fails the
- * BEGIN with the refusal's error, kept: a 503, not sent again.
+ * connections, 57P03 starting up) fails no query either: postgres.js reconnects at once, again and again, and
+ * the startup the server takes then fails the BEGIN with the refusal's error, kept, which is not sent again.
+ * The call does not wait for that: it stops waiting when its signal aborts or beginTimeoutMs has passed
+ * (beginWait).
  */
 function replayedBackendEnd(error: unknown): boolean {
   return error instanceof postgres.PostgresError && (error.code === "57P01" || error.code === "57P02");
@@ -475,7 +568,26 @@ export interface PostgresStoreOptions {
   lockTimeoutMs?: number;
   /** Attempts for a transaction that hit a deadlock or serialization failure. */
   attempts?: number;
+  /**
+   * How long a call waits, once it has its turn at the pool's connections, for its transaction to begin (a
+   * pooled connection opened for it and its BEGIN answered) before it answers 503 (BeginTimeoutError; the
+   * wait: beginWait). Default 10 s: twice the function's connect_timeout (server.ts), which bounds each
+   * attempt to open a connection, so a wait this long is postgres.js's without end (a startup the server
+   * refuses again and again) or its reconnect backoff, and the client, which gives an attempt 20 s,
+   * gets an answer it retries. Above 0 and up to 2^31-1 ms, or Infinity for no bound; another number throws
+   * a RangeError when the store is made, a value that is not a number a TypeError.
+   */
+  beginTimeoutMs?: number;
 }
+
+/** PostgresStoreOptions.beginTimeoutMs: a delay a timer can hold, or Infinity. */
+const BEGIN_TIMEOUT_MS: NumberRule = {
+  min: 0,
+  aboveMin: true,
+  max: MAX_TIMER_MS,
+  infinity: true,
+  unit: "milliseconds",
+};
 
 type Row = Record<string, unknown>;
 
@@ -527,6 +639,12 @@ export function createPostgresProgressStore(
   const timeout = String(options.statementTimeoutMs ?? 8_000);
   const lockTimeout = String(options.lockTimeoutMs ?? 2_000);
   const attempts = options.attempts ?? 3;
+  const beginTimeoutMs = options.beginTimeoutMs === undefined ? 10_000 : checkNumberOption(
+    options.beginTimeoutMs,
+    BEGIN_TIMEOUT_MS,
+    "createPostgresProgressStore",
+    "beginTimeoutMs",
+  );
   const turns = turnsOf(sql);
   const canceller = cancellerApart(sql);
 
@@ -538,8 +656,17 @@ export function createPostgresProgressStore(
     fn: (tx: postgres.TransactionSql, run: Run) => Promise<T>,
   ): Promise<T> {
     // One transaction of the call, in its turn, and once more (in the same turn) if postgres.js failed its
-    // BEGIN with the error of the connection's previous backend (replayedBackendEnd).
+    // BEGIN with the error of the connection's previous backend (replayedBackendEnd). Until it has begun, the
+    // call stops waiting for it when its signal aborts or beginTimeoutMs has passed (beginWait).
     const transaction = async (): Promise<T> => {
+      const waiting = beginWait(signal, beginTimeoutMs);
+      try {
+        return await begunTransaction(waiting);
+      } finally {
+        waiting.stop();
+      }
+    };
+    const begunTransaction = async (waiting: ReturnType<typeof beginWait>): Promise<T> => {
       for (let replayed = false;;) {
         // Set once begin() runs the transaction's function: from then on a statement of the call may have
         // been sent.
@@ -558,7 +685,11 @@ export function createPostgresProgressStore(
           }
         };
         const begun = sql.begin(mode, async (tx) => {
+          // The call gave up before its transaction began, and has answered: nothing is sent, and begin()
+          // rolls the transaction back (beginWait).
+          if (waiting.gaveUp) throw waiting.gaveUp;
           began = true;
+          waiting.stop();
           // TimeZone UTC: dates come back as to_jsonb text in the session's TimeZone, and a project's
           // database or role may set a zone whose offset has seconds (Africa/Monrovia before 1972
           // prints -00:44:30), which Date and microsecondIso cannot read (an accepted write answered
@@ -594,11 +725,11 @@ export function createPostgresProgressStore(
         };
         begun.then(end, end);
         try {
-          return await begun;
+          return await Promise.race([begun, waiting.stopped]);
         } catch (error) {
           // Nothing of the call was sent (its transaction's function never ran), and the turn is still its
           // own: the connection postgres.js reopened and put back in the pool is free for the BEGIN again.
-          if (!began && !replayed && !signal?.aborted && replayedBackendEnd(error)) {
+          if (!began && !replayed && !signal?.aborted && !waiting.gaveUp && replayedBackendEnd(error)) {
             replayed = true;
             continue;
           }

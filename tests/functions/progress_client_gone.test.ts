@@ -52,7 +52,11 @@ import { createProgressHandler } from "../../shared/progress/handler.ts";
 import { progressWriteSchema } from "../../shared/progress/schemas.ts";
 import { createProgressHandlerFromEnv } from "../../shared/progress/server.ts";
 import { HttpError } from "../../shared/http/errors.ts";
-import { createPostgresProgressStore, type ProgressStore } from "../../shared/progress/store.ts";
+import {
+  createPostgresProgressStore,
+  type PostgresStoreOptions,
+  type ProgressStore,
+} from "../../shared/progress/store.ts";
 import { createTestUser, mintsTokens } from "../support/env.ts";
 import {
   adminSql,
@@ -1556,4 +1560,230 @@ Deno.test({
       await Promise.all([holder.end(), admin.end()]);
     }
   },
+});
+
+/**
+ * A login role of the test's own, a member of `authenticated` (as the function's database user is), whose
+ * connections the test can have the server refuse: `alter role … connection limit 0` makes every new
+ * connection of the role fail its startup with 53300 (too many connections for role), as a project at its
+ * connection limit does; the tests' own database user, a superuser, is never refused so, which keeps the
+ * rest of the suite apart. `drop()` lets connections in again and drops the role.
+ */
+async function refusableRole(admin: postgres.Sql) {
+  const role = `readsync_refused_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  const password = crypto.randomUUID();
+  await admin.unsafe(`create role ${role} login password '${password}'`);
+  await admin.unsafe(`grant authenticated to ${role}`);
+  const url = new URL(testEnv().dbUrl);
+  url.username = role;
+  url.password = password;
+  return {
+    url: url.toString(),
+    refuse: () => admin.unsafe(`alter role ${role} connection limit 0`),
+    accept: () => admin.unsafe(`alter role ${role} connection limit -1`),
+    drop: async () => {
+      await admin.unsafe(`alter role ${role} connection limit -1`);
+      await admin.unsafe(`drop role if exists ${role}`);
+    },
+  };
+}
+
+/**
+ * A write of `series` over `served`, whose backend (of `applicationName`'s pool) is terminated while it waits
+ * for the user's other write: answered 503. postgres.js 3.4.9 then keeps that statement as its connection's
+ * current query, and the terminated backend's error with it (see replayedBackendEnd in store.ts).
+ */
+async function writeTerminatedUnderStatement(
+  served: ReturnType<typeof servedStore>,
+  admin: postgres.Sql,
+  holder: postgres.Sql,
+  applicationName: string,
+  user: { id: string; accessToken: string },
+  series: string,
+): Promise<void> {
+  const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+  const held = await userWriteInProgress(holder, user.id, `${series}-held`);
+  try {
+    const writing = postWrite(served.base, user.accessToken, series);
+    writing.catch(() => {}); // awaited below
+    const pid = await waitingBackend(admin, applicationName, holderPid);
+    await admin`select pg_catalog.pg_terminate_backend(${pid}::integer)`;
+    const ended = await guarded(writing, "answer of the write whose backend was terminated");
+    assert.equal(statusOf(ended), "503 service_unavailable");
+  } finally {
+    await endHeld(held);
+  }
+}
+
+/**
+ * The scene of the two tests below: a pool of one connection, as `role`, its sockets observed; its backend
+ * terminated under a write's statement; then the server refusing the role's connections. `run` gets the
+ * socket count and the served store; the server takes the role's connections again before the check that
+ * the next write is answered 200, and nothing else of the user's is stored.
+ */
+async function withRefusedReconnect(
+  name: string,
+  storeOptions: PostgresStoreOptions,
+  run: (
+    scene: {
+      served: ReturnType<typeof servedStore>;
+      user: Awaited<ReturnType<typeof createTestUser>>;
+      sockets: ReturnType<typeof observedSockets>;
+      series: string;
+    },
+  ) => Promise<void>,
+): Promise<void> {
+  const admin = adminSql({ max: 1 });
+  const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const role = await refusableRole(admin);
+  const applicationName = `readsync-${name}-${crypto.randomUUID().slice(0, 8)}`;
+  const sockets = observedSockets(role.url);
+  const pool = onePool(role.url, applicationName, { socket: sockets.socket } as postgres.Options<never>);
+  const served = servedStore(createPostgresProgressStore(pool, storeOptions));
+  try {
+    const user = await createTestUser();
+    const [terminated, series, next] = [
+      seriesId(name),
+      seriesId(`${name}-refused`),
+      seriesId(`${name}-next`),
+    ];
+    await writeTerminatedUnderStatement(served, admin, holder, applicationName, user, terminated);
+    await role.refuse();
+    await run({ served, user, sockets, series });
+    // The server takes the role's connections again: the pool's connection opens (postgres.js fails the
+    // BEGIN it held with the kept refusal, which no one waits for any more) and serves the next write.
+    await role.accept();
+    const answered = await guarded(
+      postWrite(served.base, user.accessToken, next),
+      "answer of the next write",
+    );
+    assert.equal(statusOf(answered), "200", JSON.stringify(answered.body));
+    assert.deepEqual(
+      await storedSeries(admin, user.id, [terminated, series, next]),
+      [next],
+      "nothing of the terminated write or of the one that gave up was stored",
+    );
+  } finally {
+    await role.accept().catch(() => {});
+    await served.shutdown();
+    await pool.end({ timeout: 5 });
+    await role.drop();
+    await Promise.all([holder.end(), admin.end()]);
+  }
+}
+
+/** Waits until the pool of `sockets` has opened `count` more sockets than `before`: its startups refused. */
+function refusedStartups(sockets: ReturnType<typeof observedSockets>, before: number, count: number) {
+  return until(
+    () => Promise.resolve(sockets.made >= before + count ? true : undefined),
+    `${count} reconnects of the pool's connection (its startups refused)`,
+  );
+}
+
+Deno.test({
+  name:
+    "a write whose BEGIN waits on a connection whose startups the server refuses (its backend terminated " +
+    "under a statement, then connection limit 0) ends when its client leaves: request_cancelled, its turn " +
+    "given back, nothing stored; the next write once the server takes connections again is answered 200",
+  ignore: !mintsTokens,
+  fn: async () => {
+    // No beginTimeoutMs within the test's reach: only the client's leaving can end the wait. (Not a literal
+    // in the call: the store before beginTimeoutMs took such options, and ignored this one.)
+    const storeOptions = {
+      lockTimeoutMs: LONG_TIMEOUT_MS,
+      statementTimeoutMs: LONG_TIMEOUT_MS,
+      beginTimeoutMs: Infinity,
+    };
+    await withRefusedReconnect(
+      "refused-left",
+      storeOptions,
+      async ({ served, user, sockets, series }) => {
+        const before = sockets.made;
+        const client = new AbortController();
+        const sent = fetch(served.base, {
+          method: "POST",
+          headers: { authorization: `Bearer ${user.accessToken}`, "content-type": "application/json" },
+          body: JSON.stringify(write({ series_id: series })),
+          signal: client.signal,
+        });
+        sent.catch(() => {}); // aborted below
+        // postgres.js reopens the connection for the write's BEGIN, the server refuses its startup (53300),
+        // and it reopens it at once, over and over: the write waits.
+        await refusedStartups(sockets, before, 3);
+        client.abort();
+        // Before, the write went on waiting (its signal unheard) until the server took a startup.
+        const entry = await served.log.next("request_cancelled");
+        assert.deepEqual(
+          { method: entry.method, path: entry.path, user_id: entry.user_id },
+          { method: "POST", path: "/progress", user_id: user.id },
+        );
+      },
+    );
+  },
+});
+
+Deno.test({
+  name: "a write whose BEGIN waits on a connection whose startups the server refuses answers 503 " +
+    "service_unavailable with Retry-After once beginTimeoutMs has passed, nothing stored, its turn given " +
+    "back; the next write once the server takes connections again is answered 200",
+  ignore: !mintsTokens,
+  fn: async () => {
+    // Not a literal in the call, as above.
+    const storeOptions = {
+      lockTimeoutMs: LONG_TIMEOUT_MS,
+      statementTimeoutMs: LONG_TIMEOUT_MS,
+      beginTimeoutMs: 3_000,
+    };
+    await withRefusedReconnect(
+      "refused-deadline",
+      storeOptions,
+      async ({ served, user, sockets, series }) => {
+        const before = sockets.made;
+        const writing = call("POST", "", {
+          base: served.base,
+          token: user.accessToken,
+          body: write({ series_id: series }),
+        });
+        writing.catch(() => {}); // awaited below
+        await refusedStartups(sockets, before, 3);
+        // Before, the write waited until the server took a startup (after this test's hang guard).
+        const answer = await guarded(writing, "answer of the write whose startups were refused");
+        assert.equal(
+          statusOf(answer as { status: number; body: Record<string, unknown> }),
+          "503 service_unavailable",
+          JSON.stringify(answer.body),
+        );
+        assert.equal(answer.headers.get("retry-after"), "1");
+        // Logged as the database unavailable (the terminated write's line comes first).
+        const logged = served.log.entries.filter((e) => e.event === "dependency_unavailable");
+        assert.match(String(logged.at(-1)?.error), /had not begun 3000 ms after it took its turn/);
+        assert.ok(
+          sockets.made > before + 3,
+          "the server still refused the role's connections when the write answered",
+        );
+      },
+    );
+  },
+});
+
+Deno.test("store: beginTimeoutMs takes a delay a timer can hold, or Infinity", async () => {
+  // A pool that never connects (nothing is queried): the options are checked when the store is made.
+  const pool = postgres("postgres://127.0.0.1:1/none", { max: 1 });
+  try {
+    // Options as a value, not a literal: the store before beginTimeoutMs took them (and ignored this one).
+    const options = (beginTimeoutMs: unknown) => ({ beginTimeoutMs }) as PostgresStoreOptions;
+    for (const bad of [0, -1, Number.NaN, 2 ** 31]) {
+      assert.throws(
+        () => createPostgresProgressStore(pool, options(bad)),
+        (e: unknown) =>
+          e instanceof RangeError &&
+          e.message.startsWith("createPostgresProgressStore option beginTimeoutMs must be"),
+        `beginTimeoutMs ${bad}`,
+      );
+    }
+    assert.throws(() => createPostgresProgressStore(pool, options("1000")), TypeError);
+    for (const good of [1, 0.5, 2 ** 31 - 1, Infinity]) createPostgresProgressStore(pool, options(good));
+  } finally {
+    await pool.end();
+  }
 });
