@@ -519,11 +519,41 @@ const turnsByPool = new WeakMap<postgres.Sql, ConnectionTurns>();
  * store's statement never settles then (run): the function never ends, begin() sends nothing more, and the
  * promises are garbage once begin() has rejected. Not CONNECTION_DESTROYED (the pool ended: postgres.js
  * refuses the ROLLBACK itself, and the close may come late).
+ *
+ * The socket errors (SOCKET_LOST_CODES) are all that an established connection's socket reports when its
+ * peer or the route to it is lost; a socket closes after any error it emits, and postgres.js, which hands the
+ * error to the running statement first, closes the connection then, so each meets #1208 as a close does.
  */
 function connectionGone(error: unknown): boolean {
   const code = (error as { code?: unknown })?.code;
-  return code === "CONNECTION_CLOSED" || code === "ECONNRESET" || code === "EPIPE" || code === "ETIMEDOUT";
+  return code === "CONNECTION_CLOSED" || (typeof code === "string" && SOCKET_LOST_CODES.has(code));
 }
+
+/**
+ * The error codes of a TCP socket whose connection was lost once established: the peer reset it (ECONNRESET)
+ * or is gone (EPIPE on a write), the kernel gave up retransmitting or keepalive went unanswered (ETIMEDOUT),
+ * the route to the peer was lost (an ICMP host or network unreachable: EHOSTUNREACH, ENETUNREACH; the host
+ * reported down: EHOSTDOWN; the local interface gone: ENETDOWN), or the kernel aborted it (ECONNABORTED;
+ * ENOTCONN for a write after that). Before, EHOSTUNREACH and ENETUNREACH (a failover that moved the
+ * database's address, a VPN or network that went away) were not among connectionGone's codes, and the
+ * statement's error went on to begin()'s ROLLBACK for the lost connection, which postgres.js writes from a
+ * setImmediate when the transaction's connection is free for it (a statement sent in one round trip: one
+ * prepared already, on a pool that prepares), on a socket it has dropped if the close came first
+ * (porsager/postgres#1208). (With prepare: false, as server.ts's, every statement of the store has
+ * parameters and takes two round trips, during which postgres.js parks the connection as full: the ROLLBACK
+ * then waits in the transaction's own queue, which the close drops unsent.)
+ */
+const SOCKET_LOST_CODES = new Set([
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EHOSTDOWN",
+  "ENETDOWN",
+  "ECONNABORTED",
+  "ENOTCONN",
+]);
 
 /**
  * Whether `error`, the rejection of a call's BEGIN before its transaction's function ran, is the error of
@@ -827,13 +857,9 @@ export function createPostgresProgressStore(
 
 const UNAVAILABLE_NETWORK_CODES = new Set([
   "ECONNREFUSED",
-  "ECONNRESET",
-  "ETIMEDOUT",
-  "EPIPE",
   "ENOTFOUND",
   "EAI_AGAIN",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
+  ...SOCKET_LOST_CODES,
   "CONNECT_TIMEOUT",
   "CONNECTION_CLOSED",
   "CONNECTION_ENDED",

@@ -1787,3 +1787,80 @@ Deno.test("store: beginTimeoutMs takes a delay a timer can hold, or Infinity", a
     await pool.end();
   }
 });
+
+Deno.test({
+  name: "a write whose connection's socket fails with a lost route's error (EHOSTUNREACH, ENETUNREACH, " +
+    "EHOSTDOWN, ENETDOWN, ECONNABORTED) while its statement runs answers 503, nothing stored, postgres.js is " +
+    "handed nothing more for the lost connection (no ROLLBACK), and the next write is answered 200",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+    const applicationName = `readsync-route-lost-${crypto.randomUUID().slice(0, 8)}`;
+    const target = new URL(testEnv().dbUrl);
+    // postgres.js's `socket` option (see observedSockets), keeping the last socket the pool made: the
+    // test fails it as the kernel would when the route to the database is lost (a socket error event,
+    // then its close; which errno a lost route gives the kernel decides, so each is injected here).
+    // postgres.js's `debug` option hears every statement it builds to send, the store's and its own.
+    // prepare: true (a pool on a direct connection may prepare): a statement already prepared on its
+    // connection goes out in one round trip, and the transaction's connection stays free for the next
+    // one, so a ROLLBACK begin() is handed goes to the connection at once. (With prepare: false every
+    // statement of the store, all with parameters, takes two round trips, during which postgres.js parks
+    // the connection as full: a ROLLBACK handed over then waits in the transaction's own queue, which the
+    // close drops unsent.)
+    let last: net.Socket | undefined;
+    const built: string[] = [];
+    const pool = onePool(testEnv().dbUrl, applicationName, {
+      prepare: true,
+      socket: () => (last = net.connect(Number(target.port || 5432), target.hostname)),
+      debug: (_connection: number, query: string) => built.push(query.trim().toLowerCase()),
+    } as postgres.Options<never>);
+    const served = servedStore(longWaitStore(pool));
+    let held: Held | undefined;
+    try {
+      const user = await createTestUser();
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      // A first write prepares the store's statements on the pool's connection (as each next write below
+      // does on the connection opened again).
+      const first = await postWrite(served.base, user.accessToken, seriesId("route-lost-first"));
+      assert.equal(statusOf(first), "200", JSON.stringify(first.body));
+      for (const code of ["EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN", "ENETDOWN", "ECONNABORTED"]) {
+        const [series, next] = [seriesId(`route-lost-${code}`), seriesId(`route-lost-${code}-next`)];
+        held = await userWriteInProgress(holder, user.id, seriesId(`route-lost-${code}-held`));
+        const writing = postWrite(served.base, user.accessToken, series);
+        writing.catch(() => {}); // awaited below
+        const pid = await waitingBackend(admin, applicationName, holderPid);
+        const builtBefore = built.length;
+        last!.destroy(Object.assign(new Error(`read ${code}`), { code, syscall: "read" }));
+        const ended = await guarded(writing, `answer of the write whose socket failed with ${code}`);
+        assert.equal(statusOf(ended), "503 service_unavailable", code);
+        // Before, for EHOSTUNREACH and the others after it, the statement's error went on to begin()'s
+        // ROLLBACK, handed to postgres.js for the lost connection and written from a setImmediate: into the
+        // destroyed socket here (Deno emits the close after that write), on the socket postgres.js has
+        // dropped when the close comes first (porsager/postgres#1208's uncaught TypeError, "Cannot read
+        // properties of null (reading 'write')", which ends the process).
+        assert.deepEqual(built.slice(builtBefore), [], `${code}: nothing built after the socket failed`);
+        held.release();
+        await held.done;
+        // The write's backend ends once it finds its client gone (after the lock it waited for), its
+        // transaction never committed.
+        await until(async () => {
+          const [row] = await admin<{ pid: number }[]>`
+            select pid from pg_catalog.pg_stat_activity where pid = ${pid}::integer`;
+          return row ? undefined : true;
+        }, `the end of the backend whose socket failed with ${code}`);
+        const answered = await guarded(
+          postWrite(served.base, user.accessToken, next),
+          "answer of the next write",
+        );
+        assert.equal(statusOf(answered), "200", `${code}: ${JSON.stringify(answered.body)}`);
+        assert.deepEqual(await storedSeries(admin, user.id, [series, next]), [next], code);
+      }
+    } finally {
+      await endHeld(held);
+      await served.shutdown();
+      await pool.end({ timeout: 5 });
+      await Promise.all([holder.end(), admin.end()]);
+    }
+  },
+});
