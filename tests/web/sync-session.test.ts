@@ -33,6 +33,8 @@ import { type ChangesPage, RealtimeService } from "@shared/realtime/realtimeServ
 import { fakeClient } from "../shared/realtime/fakeRealtimeClient.ts";
 import { watchTimers } from "../shared/realtime/watchTimers.ts";
 import { waitFor } from "../integration/realtime_support.ts";
+import { readDeviceIds, rememberDeviceIds } from "../../examples/web/lib/client/deviceId.ts";
+import { savedBy } from "../../examples/web/components/format.ts";
 
 const ALICE = "11111111-1111-4111-8111-111111111111";
 const BOB = "22222222-2222-4222-8222-222222222222";
@@ -1948,3 +1950,34 @@ for (const { how, leave, back } of pageAway) {
     alice.close();
   });
 }
+
+Deno.test("sync session, two tabs: when another tab adds an id to this browser's list of device ids, the tab's view names a version saved under it this browser's at once, not at the store's next change", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  try {
+    // The page open through a clear of the site's data saved under the browser's old id; tab A (opened after it)
+    // has its row, and no list names that id yet.
+    a.store.applyServerRow({ ...row(ALICE, "book", 4), device_id: "web-old" });
+    const before = a.store.getSnapshot();
+    assert.equal(savedBy("web-old", DEVICE, before.browserDevices), "another device");
+    // The page writes its ids back (here: tab B's view of the same storage, as that page's would).
+    await rememberDeviceIds(second.storage, ["web-old"]);
+    assert.ok(readDeviceIds(first.storage).includes("web-old"), "the list names it");
+    await waitFor(
+      "tab A's view to name web-old this browser's",
+      () => a.store.getSnapshot().browserDevices.has("web-old"),
+      { timeoutMs: 5_000 },
+    );
+    assert.equal(savedBy("web-old", DEVICE, a.store.getSnapshot().browserDevices), "this browser");
+    // Nothing changed: no view built again for it.
+    const version = a.store.getSnapshot().version;
+    a.store.deviceIdsChanged();
+    assert.equal(a.store.getSnapshot().version, version, "the same ids: the same view");
+  } finally {
+    a.close();
+    b.close();
+  }
+});

@@ -22,6 +22,7 @@ import type { PendingWrite, SyncStore } from "./syncStore.ts";
 import { isSignedOut, SignedOutError, TokenKeeper } from "./tokenKeeper.ts";
 import { sessionChangedFor } from "./sessionSignal.ts";
 import { createSessionCheck } from "./sessionCheck.ts";
+import { DEVICE_IDS_KEY } from "./deviceId.ts";
 
 export interface Position {
   chapter: number;
@@ -297,6 +298,9 @@ export class SyncSession {
       // This tab looks now, and writes back what it holds (a refused write's message the new tab then shows),
       // not at its next page turn or send.
       if (e.key === store.markKey) return store.checkCleared();
+      // Another tab added ids to this browser's list (a tab opened after a clear, a page open through it writing
+      // its ids back): a version saved under one is named this browser's now, not at the store's next change.
+      if (e.key === DEVICE_IDS_KEY) return store.deviceIdsChanged();
       if (e.key !== store.outboxKey && e.key !== null) return;
       store.reloadOutbox();
       this.flush("queued");

@@ -902,6 +902,17 @@ export class SyncStore {
     }
   }
 
+  /**
+   * Another tab changed deviceId.ts's list of this browser's device ids (a `storage` event on its key): the view
+   * is built again when the ids this tab knows as this browser's changed. Until then it named a version saved
+   * under an id the list had just gained another device's ("From device …") until the store's next change.
+   */
+  deviceIdsChanged(): void {
+    const known = this.#snapshot.browserDevices;
+    const now = this.#browserDeviceIds();
+    if (now.size !== known.size || [...now].some((id) => !known.has(id))) this.#emit();
+  }
+
   #emit(): void {
     this.#snapshot = this.#build();
     for (const listener of [...this.#listeners]) listener();
