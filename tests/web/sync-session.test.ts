@@ -1981,3 +1981,60 @@ Deno.test("sync session, two tabs: when another tab adds an id to this browser's
     b.close();
   }
 });
+
+Deno.test("sync session, two tabs: a notice of a write lost to a version whose id the tab learns only afterwards is this browser's (the page open through a clear names it once the tab's answer has come) goes then: no loss to another device, as when the id is known at the answer", async () => {
+  const browser = sharedStorage();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  try {
+    const turn: PendingWrite = {
+      series_id: "book",
+      chapter: 5,
+      page: 1,
+      percentage: 0.5,
+      cleared: false,
+      device_id: DEVICE,
+      updated_at: new Date().toISOString(),
+    };
+    a.store.addPending(turn);
+    // Its answer: lost to the page's write under the browser's old id (dated ahead, stored at the server's now()),
+    // which no list of this browser names yet.
+    const winner = {
+      ...row(ALICE, "book", 4),
+      device_id: "web-old",
+      updated_at: new Date(Date.now() + 1_000).toISOString(),
+    };
+    a.store.settle(
+      turn,
+      { won: false, conflict: "stale", conflict_with: null, progress: winner } as unknown as WriteResult,
+    );
+    assert.equal(
+      a.store.getSnapshot().notices.get("book")?.winner.device_id,
+      "web-old",
+      "told as another device's",
+    );
+    await rememberDeviceIds(second.storage, ["web-old"]); // the page writes its ids back
+    await waitFor("the notice to go in tab A", () => !a.store.getSnapshot().notices.has("book"), {
+      timeoutMs: 5_000,
+    });
+    assert.equal(a.store.getSnapshot().bySeries.get("book")?.deviceId, "web-old", "the winner is shown");
+    // Another device's win still says so.
+    const again: PendingWrite = {
+      ...turn,
+      chapter: 6,
+      updated_at: new Date(Date.now() + 2_000).toISOString(),
+    };
+    a.store.addPending(again);
+    const phone = { ...row(ALICE, "book", 7), updated_at: new Date(Date.now() + 3_000).toISOString() };
+    a.store.settle(
+      again,
+      { won: false, conflict: "stale", conflict_with: null, progress: phone } as unknown as WriteResult,
+    );
+    assert.equal(a.store.getSnapshot().notices.get("book")?.winner.device_id, "phone");
+  } finally {
+    a.close();
+    b.close();
+  }
+});

@@ -113,18 +113,9 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
         )}
       </section>
 
-      {notice && (savedBy(notice.winner.device_id, deviceId, browserDevices) === "this browser" ? (
-        // The winner's id is this browser's other one (its site data was cleared with a page open, which still
-        // writes with the id it had): not another device's.
-        <div className="notice notice-conflict" role="alert" data-testid="conflict-notice" data-winner-device={notice.winner.device_id} data-winner-this-browser="true">
-          <strong>A newer position saved in this browser wins.</strong>{" "}
-          Your change on this device ({describePosition(notice.lost)}, {formatWhen(notice.lost.updated_at)}) was not
-          applied: this browser saved {describePosition(notice.winner)} at {formatWhen(notice.winner.updated_at)}, which
-          is newer, in another tab under its other device id <code>{notice.winner.device_id}</code> (it has two since its
-          site data was cleared with a page open).{" "}
-          <button type="button" className="secondary" onClick={() => store.dismissNotice(seriesId)}>Dismiss</button>
-        </div>
-      ) : (
+      {/* Only another device's win: a version under another of this browser's device ids is no loss (the store
+          gives no notice for it, and takes one away once it knows the id as this browser's). */}
+      {notice && (
         <div className="notice notice-conflict" role="alert" data-testid="conflict-notice" data-winner-device={notice.winner.device_id}>
           <strong>A newer position from another device wins.</strong>{" "}
           Your change on this device ({describePosition(notice.lost)}, {formatWhen(notice.lost.updated_at)}) was not
@@ -132,7 +123,7 @@ function Editor({ seriesId, initialRow }: { seriesId: string; initialRow: Progre
           {formatWhen(notice.winner.updated_at)}, which is newer.{" "}
           <button type="button" className="secondary" onClick={() => store.dismissNotice(seriesId)}>Dismiss</button>
         </div>
-      ))}
+      )}
 
       {/* Disabled, every field and button, until the page's script has run and this user's session is
           open (server-rendered, and on a slow device for a while after), as Sync now is: before, what was

@@ -918,6 +918,27 @@ export class SyncStore {
     for (const listener of [...this.#listeners]) listener();
   }
 
+  /**
+   * What the view is built from (#build's default): this store's state, with this browser's device ids as now
+   * known. A notice of a write lost to a version whose id is, as now known, this browser's goes: settle() gives
+   * none for such a version (no loss to another device), and one given before the id was known here (the page
+   * that wrote it, open through a clear, named it only once this tab's answer had come) said "another device"
+   * until the list told it, then "A newer position saved in this browser wins", a wording no other path reached.
+   */
+  #current() {
+    const browserDevices = this.#browserDeviceIds();
+    for (const [seriesId, notice] of this.#notices) {
+      if (browserDevices.has(notice.winner.device_id)) this.#notices.delete(seriesId);
+    }
+    return {
+      confirmed: this.#confirmed,
+      pending: this.#pending,
+      notices: this.#notices,
+      lastError: this.#lastError,
+      browserDevices,
+    };
+  }
+
   #build(
     from: {
       confirmed: ReadonlyMap<string, ProgressRow>;
@@ -925,13 +946,7 @@ export class SyncStore {
       notices: ReadonlyMap<string, ConflictNotice>;
       lastError: string | null;
       browserDevices: ReadonlySet<string>;
-    } = {
-      confirmed: this.#confirmed,
-      pending: this.#pending,
-      notices: this.#notices,
-      lastError: this.#lastError,
-      browserDevices: this.#browserDeviceIds(),
-    },
+    } = this.#current(),
   ): SyncSnapshot {
     const bySeries = new Map<string, SeriesView>();
     const ids = new Set([...from.confirmed.keys(), ...from.pending.keys()]);
