@@ -18,6 +18,7 @@ import { FunctionsFetchError, FunctionsHttpError, type SupabaseClient } from "@s
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import {
+  OUTBOX_REQUEST_TIMEOUT_MS,
   outboxLockName,
   saveBeforeSession,
   storeForUser,
@@ -2036,5 +2037,109 @@ Deno.test("sync session, two tabs: a notice of a write lost to a version whose i
   } finally {
     a.close();
     b.close();
+  }
+});
+
+Deno.test("sync session, real API client, two tabs: a request of the outbox left unanswered is aborted after OUTBOX_REQUEST_TIMEOUT_MS and lets go of the Web Lock; the other tab then sends the write under the same key (a replay), and the held answer is never applied", async () => {
+  const browser = sharedStorage();
+  const locks = sharedLocks();
+  const fn = heldFunctions();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  first.env.locks = locks;
+  second.env.locks = locks;
+  realApi(first, fn);
+  realApi(second, fn);
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  try {
+    a.save("book", position(3), DEVICE);
+    const held = await fn.request(1); // tab A's send, its answer held by the server (or the network)
+    assert.equal(locks.counts.held, 1, "tab A holds the lock while its request is under way");
+    first.clock.advance(OUTBOX_REQUEST_TIMEOUT_MS - 1);
+    await tick();
+    assert.equal(held.ended, false, "not aborted before its bound");
+    first.clock.advance(1);
+    await waitFor("tab A's request to be aborted", () => held.ended, { timeoutMs: 5_000 });
+    assert.equal(held.aborted, true);
+    await waitFor("tab A to let go of the lock", () => !a.sending && locks.counts.held === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(a.store.getSnapshot().pendingCount, 1, "the write waits, kept");
+    // Tab B sends it (its Sync now; without it, at the retry the tabs share).
+    const press = b.syncNow();
+    const resent = await fn.request(2);
+    assert.deepEqual(
+      resent.writes.map((w) => [w.series_id, w.chapter, w.updated_at, w.device_id]),
+      held.writes.map((w) => [w.series_id, w.chapter, w.updated_at, w.device_id]),
+      "the same write under the same key: the server stores it once",
+    );
+    resent.save();
+    assert.equal(await press, "done");
+    await waitFor(
+      "the write to be answered in both tabs",
+      () => a.store.getSnapshot().pendingCount === 0 && b.store.getSnapshot().pendingCount === 0,
+      { timeoutMs: 5_000 },
+    );
+    held.save(); // the held answer comes at last: its request was aborted, nothing of it is heard
+    await tick();
+    assert.equal(fn.requests.length, 2, "one request each");
+    assert.equal(locks.counts.mostHeld, 1, "never two tabs sending at once");
+  } finally {
+    a.close();
+    b.close();
+    fn.wakeAll();
+  }
+});
+
+Deno.test("sync session, two tabs: a tab whose send waits for /auth/token's answer to another tab's word does not hold the outbox's Web Lock meanwhile: another tab sends its write; once answered, it sends nothing again", async () => {
+  const auth = heldAuthToken();
+  const browser = sharedStorage();
+  const locks = sharedLocks();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  first.env.locks = locks;
+  second.env.locks = locks;
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  try {
+    // Tab A hears a word that the session changed (tab B opened after it, its own session known); its check
+    // of /auth/token is held.
+    signedOutElsewhere(first.window);
+    const check = await auth.request(1);
+    a.save("book", position(3), DEVICE); // queued in tab A, which waits for the answer to send it
+    // Tab B hears of the write (the saved outbox) and sends it.
+    await waitFor(
+      "tab B to send, or to wait for the lock",
+      () => second.sent.length > 0 || locks.waiting > 0,
+      { timeoutMs: 5_000 },
+    );
+    assert.equal(
+      locks.waiting,
+      0,
+      "tab B does not wait for a lock tab A holds while /auth/token has not answered",
+    );
+    assert.deepEqual(
+      second.sent.map((s) => s.writes.map((w) => w.chapter)),
+      [[3]],
+      "tab B sends tab A's write",
+    );
+    await waitFor("tab B's send to end", () => !b.sending && b.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(first.sent.length, 0, "tab A sent nothing meanwhile");
+    check.resolve(Response.json({ accessToken: `token-of-${ALICE}`, expiresAt: FAR, userId: ALICE }));
+    await waitFor(
+      "tab A to let go of the answered write",
+      () => a.store.getSnapshot().pendingCount === 0 && !a.sending && locks.counts.held === 0,
+      { timeoutMs: 5_000 },
+    );
+    await tick();
+    assert.equal(first.sent.length, 0, "nothing sent again by tab A once answered");
+    assert.deepEqual(first.left, []);
+  } finally {
+    a.close();
+    b.close();
+    auth.restore();
   }
 });

@@ -48,6 +48,9 @@
 //     an edit (one per retry, by the shared count);
 //   - every tab with writes arms its retry for the shared moment; the first to take the lock sends,
 //     the others then find the schedule changed and wait again (one request per step, not N).
+//   - a send that has to wait first (`ready`: the session's check of another tab's word that the session
+//     changed, /auth/token's answer) waits without the lock, and a request unanswered for long is aborted
+//     (syncSession.ts, OUTBOX_REQUEST_TIMEOUT_MS): either way a stuck tab keeps no other from sending.
 //   - the site's storage cleared while tabs are open (SyncStore tells it): the state is written back as
 //     the tab last read or wrote it (writeBack), looked for before the state is read, so a clear is not
 //     read as no failure at all (every send at once, within a Retry-After).
@@ -106,9 +109,25 @@ export interface OutboxTabs {
   noticeCleared?(): void;
 }
 
+/**
+ * What a send answers (OutboxScheduleOptions.send): how its pass over the outbox ended, or SEND_AGAIN: it was
+ * stopped before its end for a reason of the caller's (another tab's word that the session changed), and is
+ * to go again once `ready` lets it, the tabs' lock let go meanwhile. Nothing is recorded for it.
+ */
+export type SendResult = FlushResult | typeof SEND_AGAIN;
+export const SEND_AGAIN = "again";
+
 export interface OutboxScheduleOptions {
   /** One pass over the outbox (flushOutbox bound to the store and the API). */
-  send(): Promise<FlushResult>;
+  send(): Promise<SendResult>;
+  /**
+   * Whether a send may go now (null), or what it waits for first (a promise that settles once it may; the
+   * session: another tab's word that the session changed, until /auth/token has answered it). Waited for
+   * without the tabs' lock, and looked at again once the lock is held: a wait that began meanwhile lets go
+   * of it. Held through that wait (up to the token's 10 s timeout, then the backoff's wait of up to 60 s
+   * before it is asked again, and again), the lock kept every other tab from sending. Absent: always now.
+   */
+  ready?(): Promise<void> | null;
   hasPending(): boolean;
   /** The browser's word (navigator.onLine): false means its `online` event will come. */
   isOnline(): boolean;
@@ -356,36 +375,50 @@ export class OutboxSchedule {
   /** `skipped`: it goes before the backoff would have let it (an edit, Realtime, online, the reader). */
   #send(reason: SendReason, skipped: boolean): void {
     this.#clearTimer();
-    const run = this.#exclusive(async () => {
-      if (this.#disposed) return;
+    // True: let go of the lock and go again once `ready` lets it (see OutboxScheduleOptions.ready).
+    const locked = async (): Promise<boolean> => {
+      if (this.#disposed) return false;
+      if (this.#options.ready?.()) return true; // a wait began while this tab waited for the lock
       // Lock held: what other tabs sent and recorded while this tab waited for it.
       this.#options.tabs?.takeOver?.();
       if (this.#adopt()) {
         // Another tab's send came in between: it answered `online`, `reachable` and `user` (that
         // tab went at that moment too); an edit may still go by the shared once-per-retry rule.
         const again: SendReason = reason === "edit" ? "edit" : "queued";
-        if (again === "queued" && !this.#options.isOnline()) return;
+        if (again === "queued" && !this.#options.isOnline()) return false;
         const at = this.#earliest(again);
         const now = this.#timers.now();
-        if (at > now) return this.#arm(at);
+        if (at > now) {
+          this.#arm(at);
+          return false;
+        }
         skipped = Math.max(this.#retryAfterUntil, this.#retryAt) > now;
       }
-      if (!this.#options.hasPending()) return;
+      if (!this.#options.hasPending()) return false;
       this.#sendSkipped = skipped;
       this.#sendsBegun++;
-      let result: FlushResult;
+      let result: SendResult;
       try {
         result = await this.#options.send();
       } catch (error) {
         // flushOutbox answers its failures; a throw is a bug, and must not end the retries.
         result = { outcome: "failed", error };
       }
+      if (result === SEND_AGAIN) return !this.#disposed;
       this.#lastResult = result;
       // Recorded (and shared) before the lock goes: the next tab to take it reads it. Also once
       // disposed meanwhile (the tab's user changed): the answer (a Retry-After, one more failure)
       // holds the browser's other tabs and the session that follows this one; no timer is armed.
       this.#record(result);
-    });
+      return false;
+    };
+    const run = (async () => {
+      for (;;) {
+        // What the send waits for, waited for before the lock is asked for (not holding it).
+        for (let wait = this.#options.ready?.(); wait && !this.#disposed; wait = this.#options.ready?.()) await wait;
+        if (this.#disposed || !(await this.#exclusive(locked))) return;
+      }
+    })();
     this.#inFlight = run.catch(() => {}).finally(() => {
       this.#inFlight = null;
       const asked = this.#askedMeanwhile;
@@ -395,18 +428,20 @@ export class OutboxSchedule {
   }
 
   /** Runs `run` under the tabs' lock; at once without one, or when the lock cannot be had. */
-  async #exclusive(run: () => Promise<void>): Promise<void> {
+  async #exclusive(run: () => Promise<boolean>): Promise<boolean> {
     const lock = this.#options.tabs?.lock;
     if (!lock) return await run();
     let started = false;
+    let again = false;
     try {
-      await lock(() => {
+      await lock(async () => {
         started = true;
-        return run();
+        again = await run();
       }, this.#abort.signal);
+      return again;
     } catch (error) {
       if (started || this.#disposed) throw error; // disposed: the wait was given up
-      await run(); // the lock itself failed (a sandboxed frame): send as a tab alone would
+      return await run(); // the lock itself failed (a sandboxed frame): send as a tab alone would
     }
   }
 

@@ -17,7 +17,7 @@ import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { isNetworkFailure, isRetryable, isTransient, type ProgressApi, splitMayHelp } from "../progressClient.ts";
 import { type FlushResult, flushOutbox, sendable, waitsForAnswer } from "./outbox.ts";
-import { type OutboxTabs, OutboxSchedule, type OutboxTimers, type SendReason } from "./outboxSchedule.ts";
+import { type OutboxTabs, OutboxSchedule, type OutboxTimers, SEND_AGAIN, type SendReason } from "./outboxSchedule.ts";
 import type { PendingWrite, SyncStore } from "./syncStore.ts";
 import { isSignedOut, SignedOutError, TokenKeeper } from "./tokenKeeper.ts";
 import { sessionChangedFor } from "./sessionSignal.ts";
@@ -93,6 +93,24 @@ export const READ_FAILED_MESSAGE = "Could not check for changes (will retry)";
 
 /** The outbox's requests make one attempt each: the schedule retries (see sendNow). */
 const ONE_TRY = { attempts: 1 } as const;
+
+/**
+ * How long one of the outbox's requests may go unanswered before this tab aborts it (a failure with no answer,
+ * retried by the schedule, which lets go of the tabs' Web Lock meanwhile): the API client's own bound, 20 s an
+ * attempt (DEFAULT_TIMEOUT_MS, for any caller), kept the lock that long, and the browser's other tabs could not
+ * send. 12 s is above what the progress function takes to answer a request it has read (its database waits end
+ * in a 503: a 2 s lock timeout, an 8 s statement timeout) and its 10 s idle bound on a body that stalls (a 408),
+ * so an answer the server gives comes before it. Safe to send again, by the next tab to take the lock or this
+ * one's retry: the same write goes under the same key (a replay, stored once, answered alike), and should the
+ * aborted request still be stored after a later write of the series (the function cancels its query when the
+ * request goes, but it may have committed), it is older than that write and refused as such ('self'), so a write
+ * is never stored out of order nor lost (a write dated more than the server's 5 s tolerance ahead excepted, as
+ * for any retry: README, Clocks ahead).
+ */
+export const OUTBOX_REQUEST_TIMEOUT_MS = 12_000;
+
+/** One request's own options: its signal (the send's, or its bound's), one attempt. */
+type OutboxCall = { signal: AbortSignal; retry: typeof ONE_TRY };
 
 export class SyncSession {
   readonly store: SyncStore;
@@ -199,6 +217,10 @@ export class SyncSession {
     // A read made for the clock whose answer taught it nothing (X-Server-Time stripped by a proxy, or
     // not exposed by CORS) is not made again at each flush of this visit (outbox.ts).
     const unmeasurable: { answers?: number } = {};
+    const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout"> = env.timers ?? {
+      setTimeout: (run, ms) => globalThis.setTimeout(run, ms),
+      clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
+    };
     const sendNow = () => {
       this.#setSending(true);
       // Each send's requests carry a signal of its own: sign-out, another tab's word that the session
@@ -208,19 +230,33 @@ export class SyncSession {
       // tabs could not send meanwhile).
       const send = this.#send = { abort: new AbortController(), byWord: false };
       const { signal } = send.abort;
-      const call = { signal, retry: ONE_TRY };
-      // An answer that arrives once the signal has aborted (it was on its way) is dropped, not applied:
+      // Each request aborted once OUTBOX_REQUEST_TIMEOUT_MS has passed unanswered (by the schedule's timers).
+      // An answer that arrives once the send's signal has aborted (it was on its way) is dropped, not applied:
       // its writes stay queued, saved for the user's next send (sent again, a replay if it was stored).
-      const unlessStopped = async <T>(request: Promise<T>): Promise<T> => {
-        const answer = await request;
-        if (signal.aborted) throw new SignedOutError("the send was stopped: the session ended or may have");
-        return answer;
+      const unlessStopped = async <T>(request: (call: OutboxCall) => Promise<T>): Promise<T> => {
+        // (Not AbortSignal.any: newer than the browsers this page otherwise runs in.)
+        const bound = new AbortController();
+        const stop = () => bound.abort(signal.reason);
+        signal.addEventListener("abort", stop, { once: true });
+        if (signal.aborted) stop();
+        const timer = timers.setTimeout(
+          () => bound.abort(new Error(`unanswered after ${OUTBOX_REQUEST_TIMEOUT_MS / 1000} s`)),
+          OUTBOX_REQUEST_TIMEOUT_MS,
+        );
+        try {
+          const answer = await request({ signal: bound.signal, retry: ONE_TRY });
+          if (signal.aborted) throw new SignedOutError("the send was stopped: the session ended or may have");
+          return answer;
+        } finally {
+          timers.clearTimeout(timer);
+          signal.removeEventListener("abort", stop);
+        }
       };
       const transport = {
         updateProgress: (write: Parameters<SyncApi["updateProgress"]>[0]) =>
-          unlessStopped(api.updateProgress(write, call)),
+          unlessStopped((call) => api.updateProgress(write, call)),
         updateProgressBatch: (writes: Parameters<SyncApi["updateProgressBatch"]>[0]) =>
-          unlessStopped(api.updateProgressBatch(writes, call)),
+          unlessStopped((call) => api.updateProgressBatch(writes, call)),
       };
       return flushOutbox(store, transport, {
         isRetryable,
@@ -234,7 +270,7 @@ export class SyncSession {
         // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
         redate: {
           clock,
-          measure: () => unlessStopped<unknown>(api.listProgress?.({ limit: 1 }, call) ?? Promise.resolve()),
+          measure: () => unlessStopped<unknown>((call) => api.listProgress?.({ limit: 1 }, call) ?? Promise.resolve()),
           unmeasurable,
         },
       }).then((result) => ({ result, byWord: send.byWord })).finally(() => {
@@ -245,19 +281,16 @@ export class SyncSession {
     };
     const schedule = this.#schedule = new OutboxSchedule({
       send: async () => {
-        for (;;) {
-          // Another tab said the session changed and /auth/token has not answered yet: the writes wait
-          // (queued, this send's turn held) until it has; signed out, the keeper gives no token and the
-          // flush ends "signed out", the writes kept for the next sign-in.
-          const unsure = session.unsure();
-          if (unsure) await unsure;
-          if (this.#closed) return { outcome: "disposed" } as const;
-          const { result, byWord } = await sendNow();
-          // Stopped by such a word while under way: sent again once the check says the session is still
-          // this user's (the loop waits for its answer); signed out, the page is leaving.
-          if (!byWord || this.#closed || this.#leaving) return result;
-        }
+        if (this.#closed) return { outcome: "disposed" } as const;
+        const { result, byWord } = await sendNow();
+        // Stopped by such a word while under way: sent again once the check says the session is still
+        // this user's (the schedule waits for its answer: ready); signed out, the page is leaving.
+        return byWord && !this.#closed && !this.#leaving ? SEND_AGAIN : result;
       },
+      // Another tab said the session changed and /auth/token has not answered yet: the writes wait (queued,
+      // this send's turn held, the tabs' Web Lock not) until it has; signed out, the keeper gives no token and
+      // the flush ends "signed out", the writes kept for the next sign-in.
+      ready: () => session.unsure(),
       hasPending: () => store.getSnapshot().pendingCount > 0,
       isOnline: () => env.isOnline(),
       retryAfterMs: (error) => retryAfterMsOf(error),
