@@ -175,7 +175,9 @@ async function main(): Promise<number> {
     // that test), so the migration that guards those triggers by one column runs after each. The user-lock
     // migration puts back its trigger function without the wait's PT503, the PT503 one puts it back
     // without the PGRST answer's Retry-After, and the Retry-After one puts it back answering 503 instead
-    // of 429, so each later one runs after it.
+    // of 429, so each later one runs after it. The write function's migration that refuses a loser the
+    // table could not hold restates that function (with its extra_float_digits), so it runs after every
+    // row that puts an earlier one back.
     for (
       const [label, ...suffixes] of [
         [
@@ -200,6 +202,7 @@ async function main(): Promise<number> {
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
+          "_write_function_refuses_invalid_losers.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -221,6 +224,7 @@ async function main(): Promise<number> {
           "the write function logs a user's writes only",
           "_write_function_logs_users_only.sql",
           "_percentages_printed_exactly.sql",
+          "_write_function_refuses_invalid_losers.sql",
         ],
         [
           "a position write supersedes a reset",
@@ -283,6 +287,10 @@ async function main(): Promise<number> {
         ],
         ["a user's write that waited too long answered 429", "_user_write_wait_answered_429.sql"],
         ["the reset rules' triggers guarded by one column", "_reset_rule_triggers_one_column_when.sql"],
+        [
+          "the write function refuses a loser the table could not hold",
+          "_write_function_refuses_invalid_losers.sql",
+        ],
       ]
     ) {
       const migrations = await Promise.all(
