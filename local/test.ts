@@ -70,7 +70,10 @@ async function runStreaming(cmd: string, args: string[], env: Record<string, str
   return { ok: status.success, text };
 }
 
-/** Schema fingerprint of what migrations 012 and 013 define: triggers, policies, indexes, functions. */
+/**
+ * Schema fingerprint of what migrations 012 and 013 define: triggers, policies, indexes, functions (their
+ * bodies, settings, volatility, security definer or not, and grants).
+ */
 async function schemaFingerprint(dbUrl: string): Promise<string> {
   return await psql(dbUrl, [
     "-At",
@@ -84,7 +87,8 @@ async function schemaFingerprint(dbUrl: string): Promise<string> {
          where tgrelid = 'public.reading_progress'::regclass and not tgisinternal
        union all select 'index ' || indexdef from pg_indexes where schemaname = 'public'
        union all select 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc) || ' ' ||
-              coalesce(p.proconfig::text, '-')
+              coalesce(p.proconfig::text, '-') || ' ' || p.provolatile::text || ' definer=' || p.prosecdef ||
+              ' acl=' || coalesce(p.proacl::text, '-')
          from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('public', 'private')
      ) s`,
   ]);
@@ -177,7 +181,8 @@ async function main(): Promise<number> {
     // without the PGRST answer's Retry-After, and the Retry-After one puts it back answering 503 instead
     // of 429, so each later one runs after it. The write function's migration that refuses a loser the
     // table could not hold restates that function (with its extra_float_digits), so it runs after every
-    // row that puts an earlier one back.
+    // row that puts an earlier one back; the one that moves the changes read's cursor checks into a
+    // helper restates the read, so it runs after every migration that restates the read.
     for (
       const [label, ...suffixes] of [
         [
@@ -203,6 +208,7 @@ async function main(): Promise<number> {
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
           "_write_function_refuses_invalid_losers.sql",
+          "_changes_cursor_checks_in_helper.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -218,6 +224,7 @@ async function main(): Promise<number> {
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
+          "_changes_cursor_checks_in_helper.sql",
         ],
         ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
         [
@@ -244,6 +251,7 @@ async function main(): Promise<number> {
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
+          "_changes_cursor_checks_in_helper.sql",
         ],
         [
           "the changes cursor names its user",
@@ -251,21 +259,29 @@ async function main(): Promise<number> {
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
+          "_changes_cursor_checks_in_helper.sql",
         ],
         [
           "the changes cursor's user folded into its tag",
           "_changes_cursor_user_folded_into_tag.sql",
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
+          "_changes_cursor_checks_in_helper.sql",
         ],
         [
           "a cursor handed out after a failed read names its user",
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
+          "_changes_cursor_checks_in_helper.sql",
         ],
         [
           "the changes page says when the read started over",
           "_changes_cursor_started_over_reported.sql",
+          "_changes_cursor_checks_in_helper.sql",
+        ],
+        [
+          "the changes read's cursor checks in one helper",
+          "_changes_cursor_checks_in_helper.sql",
         ],
         [
           "one user's writes serialized",
