@@ -417,6 +417,26 @@ Deno.test({
 
 Deno.test({
   name:
+    "supabase db push against a server that offers TLS but whose pg_hba.conf takes connections without it " +
+    "only (hostnossl), its URL without sslmode: the lock's connection falls back to one without TLS, as " +
+    "psql's prefer does, the CLI is told sslmode=disable, and the push runs",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    await applyBootstrapIfNeeded(pg.url);
+    await selfSignedCertificate(pg);
+    await reconfigure(pg, sql, "hostnossl all all 127.0.0.1/32 trust", `${pg.url}?sslmode=require`, true);
+    assert.equal(
+      await connectionUsesTls(pg.url),
+      false,
+      "the connection psql makes (its TLS refused) has none",
+    );
+    assert.match(await within(pushMigrations(pg.url), "the push"), /Applying migration/);
+  }));
+
+Deno.test({
+  name:
     "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL, set " +
     "PGPASSWORD or give it a line in the password file (psql cannot ask for it), instead of a bare psql error",
   sanitizeOps: false,

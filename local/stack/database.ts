@@ -323,15 +323,43 @@ const CONNECTION_TLS = "select ssl from pg_stat_ssl where pid = pg_backend_pid()
  * told for a command run on its own (`npm test`'s `supabase db lint`).
  */
 export async function connectionUsesTls(dbUrl: string): Promise<boolean> {
-  const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...connectionOptions(dbUrl) });
+  const { sql, results } = await firstQueryAsPsql(dbUrl, CONNECTION_TLS);
+  await sql.end();
+  return (results as unknown as { ssl: boolean }[])[0]?.ssl === true;
+}
+
+/**
+ * `query` (simple: no prepared statement) run first on a connection to `dbUrl` made as psql makes it
+ * (connectionOptions): the connection, which the caller ends, and the query's results. A TLS connection the
+ * server refuses (28000: its pg_hba.conf has no line for it, as with hostnossl lines only), where the URL
+ * gives no sslmode, is made again without TLS, as libpq's prefer does (postgres.js's prefer only takes what
+ * the server offers: it failed where psql connected). Its error, on a connection that failed, said as psql's
+ * is (connectionError); the connection is ended then.
+ */
+async function firstQueryAsPsql(
+  dbUrl: string,
+  query: string,
+): Promise<{ sql: postgres.Sql; results: postgres.RowList<postgres.Row[]> }> {
+  const options = connectionOptions(dbUrl);
+  const attempt = async (ssl: { ssl?: "prefer" | false }) => {
+    const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...options, ...ssl });
+    try {
+      return { sql, results: await sql.unsafe(query) };
+    } catch (error) {
+      await sql.end();
+      throw error;
+    }
+  };
   try {
-    const [row] = await sql.unsafe(CONNECTION_TLS).catch((error) => {
+    return await attempt({});
+  } catch (error) {
+    if (options.ssl !== "prefer" || (error as { code?: string })?.code !== "28000") {
       throw connectionError(dbUrl, error);
-    });
-    return row?.ssl === true;
-  } finally {
-    await sql.end();
+    }
   }
+  return await attempt({ ssl: false }).catch((error) => {
+    throw connectionError(dbUrl, error);
+  });
 }
 
 /** A connection's error, its password refused or missing said as psql's is (passwordRefused). */
@@ -383,24 +411,20 @@ const PUSH_LOCK = "hashtextextended('readsync: supabase db push', 0)";
  * CLI runs (terminated, a pooler's or the network's cut) only ends the serialization: sql.begin would reject
  * at once, while the CLI goes on (failing a push that succeeds, or a start torn down under its CLI).
  *
- * The lock's connection is made as psql makes it (connectionOptions: TLS when offered, the password file's
- * password), and the CLI uses TLS when that connection did (cliDbUrl). A password refused, or missing, is
+ * The lock's connection is made as psql makes it (firstQueryAsPsql: TLS when offered and not refused, the
+ * password file's password), and the CLI uses TLS when that connection did (cliDbUrl). A password refused, or missing, is
  * said as psql's is.
  */
 export async function pushMigrations(dbUrl: string): Promise<string> {
-  const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...connectionOptions(dbUrl) });
-  let began = false;
+  // One simple query (no prepared statement, as a pooler in transaction mode may not keep one); its last
+  // result says whether the connection got TLS, and the CLI is told to use it (cliDbUrl) as this did.
+  const { sql, results } = await firstQueryAsPsql(
+    dbUrl,
+    "begin isolation level read committed; " +
+      "set local idle_in_transaction_session_timeout = 0; set local statement_timeout = 0; " +
+      `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK}); ${CONNECTION_TLS};`,
+  );
   try {
-    // One simple query (no prepared statement, as a pooler in transaction mode may not keep one); its last
-    // result says whether the connection got TLS, and the CLI is told to use it (cliDbUrl) as this did.
-    const results = await sql.unsafe(
-      "begin isolation level read committed; " +
-        "set local idle_in_transaction_session_timeout = 0; set local statement_timeout = 0; " +
-        `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK}); ${CONNECTION_TLS};`,
-    ).catch((error) => {
-      throw connectionError(dbUrl, error);
-    });
-    began = true;
     const tls = (results.at(-1) as unknown as { ssl: boolean }[] | undefined)?.[0]?.ssl === true;
     const { ok, output } = await supabaseCli([
       "db",
@@ -415,7 +439,7 @@ export async function pushMigrations(dbUrl: string): Promise<string> {
   } finally {
     // Ends the transaction and its lock; a connection gone meanwhile took them with it (nothing was written
     // in it, so there is nothing to keep).
-    if (began) await sql.unsafe("rollback").catch(() => {});
+    await sql.unsafe("rollback").catch(() => {});
     await sql.end();
   }
 }
