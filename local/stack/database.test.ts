@@ -518,6 +518,28 @@ Deno.test({
 
 Deno.test({
   name:
+    "PGPASSFILE set but empty: the password file is ~/.pgpass, as libpq and the CLI's pgx take it, and the " +
+    "lock's connection reads it there too",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () => {
+  const password = "readsync-test-password";
+  return withPasswordCluster(password, async (pg) => {
+    const home = `${pg.dataDir}/home`;
+    await Deno.mkdir(home);
+    await Deno.writeTextFile(`${home}/.pgpass`, `127.0.0.1:${pg.port}:*:postgres:${password}\n`, {
+      mode: 0o600,
+    });
+    await withEnv({ PGPASSFILE: "", HOME: home }, async () => {
+      const url = withPassword(pg, "");
+      assert.equal(await applyBootstrapIfNeeded(url), true, "psql found it");
+      assert.match(await within(pushMigrations(url), "the push"), /Applying migration/);
+    });
+  });
+});
+
+Deno.test({
+  name:
     "a stop (SIGTERM, to the stack's process alone) during the stack's platform bootstrap ends its psql: the " +
     "connection psql holds is closed once the stopped process has exited",
   sanitizeOps: false,

@@ -192,9 +192,9 @@ function passwordSource(dbUrl: string): "url" | "PGPASSWORD" | { file: string; p
   return passwordFromFile(url);
 }
 
-/** The password file libpq reads: PGPASSFILE, else ~/.pgpass. */
+/** The password file libpq reads: PGPASSFILE, else (unset or empty, as libpq and pgx take it) ~/.pgpass. */
 function passwordFileName(): string {
-  return Deno.env.get("PGPASSFILE") ?? `${Deno.env.get("HOME") ?? "~"}/.pgpass`;
+  return Deno.env.get("PGPASSFILE") || `${Deno.env.get("HOME") || "~"}/.pgpass`;
 }
 
 /**
