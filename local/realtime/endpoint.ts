@@ -210,21 +210,29 @@ function checkOtherOptions(ctx: unknown, options: unknown): void {
 }
 
 /**
- * Throws a TypeError unless `value` is a URL of a DATABASE_URL_PROTOCOLS protocol. The refusal says what
- * was given by its kind only: a database URL may carry a password.
+ * Throws a TypeError unless `value` is a URL of a DATABASE_URL_PROTOCOLS protocol with "//" after it. The
+ * refusal says what was given by its kind only: a database URL may carry a password. Without its "//"
+ * (`postgresql:/user:password@host/db`, a slash short) it still parses as a URL, one with no host part:
+ * postgres.js then connected to localhost (PGHOST) and took the rest, the password with it, as the
+ * database's name. `postgres:///db?host=/socket` (an empty host) has its "//" and is taken.
  */
 function checkDatabaseUrl(value: unknown): void {
-  let protocol: string | undefined;
+  let url: URL | undefined;
   if (typeof value === "string") {
     try {
-      protocol = new URL(value).protocol;
+      url = new URL(value);
     } catch { /* no URL */ }
   }
-  if (protocol !== undefined && DATABASE_URL_PROTOCOLS.includes(protocol)) return;
+  const protocol = url?.protocol;
+  const known = protocol !== undefined && DATABASE_URL_PROTOCOLS.includes(protocol);
+  // href, not the text given: the URL parser drops leading spaces and tabs or newlines within.
+  if (known && url!.href.startsWith(`${protocol}//`)) return;
   const got = typeof value !== "string"
     ? value === null ? "null" : typeof value
     : protocol === undefined
     ? "a string that is no URL"
+    : known
+    ? `a ${protocol} URL without "//"`
     : `a URL of protocol ${protocol}`;
   throw new TypeError(
     `createRealtimeEndpoint context field dbUrl must be a postgres:// or postgresql:// URL (got ${got})`,

@@ -968,6 +968,20 @@ const ENDPOINT_REFUSED: [string, unknown, Record<string, unknown>, string][] = [
     { dbUrl: "http://postgres:secret@127.0.0.1:54322/postgres" },
     "context field dbUrl must be a postgres:// or postgresql:// URL (got a URL of protocol http:)",
   ],
+  // The protocol without its "//" parses as a URL too (no host part): postgres.js connected to localhost
+  // (PGHOST) and took the rest, the password with it, as the database's name.
+  [
+    "dbUrl postgresql:/ (one slash)",
+    {},
+    { dbUrl: "postgresql:/postgres:secret@127.0.0.1:54322/postgres" },
+    'context field dbUrl must be a postgres:// or postgresql:// URL (got a postgresql: URL without "//")',
+  ],
+  [
+    "dbUrl postgres: (no slash)",
+    {},
+    { dbUrl: "postgres:postgres:secret@127.0.0.1:54322/postgres" },
+    'context field dbUrl must be a postgres:// or postgresql:// URL (got a postgres: URL without "//")',
+  ],
   [
     "dbUrl 5432",
     {},
