@@ -1864,3 +1864,62 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a write that gave up before its transaction began, its BEGIN queued by postgres.js behind a " +
+    "connection whose startups the server refuses, sends nothing of its own once that BEGIN is answered " +
+    "(rolled back): answered 503, nothing stored, while the write before it gave its turn back",
+  ignore: !mintsTokens,
+  fn: async () => {
+    // Not a literal in the call, as above.
+    const storeOptions = {
+      lockTimeoutMs: LONG_TIMEOUT_MS,
+      statementTimeoutMs: LONG_TIMEOUT_MS,
+      beginTimeoutMs: 3_000,
+    };
+    await withRefusedReconnect(
+      "refused-queued",
+      storeOptions,
+      async ({ served, user, sockets, series }) => {
+        const before = sockets.made;
+        // The first write's BEGIN is the one the refused connection reopens for: failed, not answered, once
+        // the server takes the startup.
+        const first = call("POST", "", {
+          base: served.base,
+          token: user.accessToken,
+          body: write({ series_id: series }),
+        });
+        first.catch(() => {}); // awaited below
+        await refusedStartups(sockets, before, 3);
+        const firstAnswer = await guarded(first, "answer of the first write whose startups were refused");
+        assert.equal(
+          statusOf(firstAnswer as { status: number; body: Record<string, unknown> }),
+          "503 service_unavailable",
+        );
+        // The second write takes the turn the first gave back; the pool's one connection still reopening for
+        // the first's BEGIN, postgres.js queues the second's. It gives up too, and once the server takes the
+        // startup (withRefusedReconnect) postgres.js sends that BEGIN and it is answered: the transaction's
+        // function then runs for a call already answered 503, and must send nothing (begin() rolls back).
+        // Before the check of gaveUp there, it sent this write and committed it (stored: a write its client
+        // was told failed). Same series: stored, it would be found below.
+        const second = await guarded(
+          call("POST", "", {
+            base: served.base,
+            token: user.accessToken,
+            body: write({ series_id: series }),
+          }),
+          "answer of the second write, queued behind the refused connection",
+        );
+        assert.equal(
+          statusOf(second as { status: number; body: Record<string, unknown> }),
+          "503 service_unavailable",
+          JSON.stringify(second.body),
+        );
+        const timedOut = served.log.entries.filter((e) =>
+          e.event === "dependency_unavailable" && /had not begun 3000 ms/.test(String(e.error))
+        );
+        assert.equal(timedOut.length, 2, "both writes gave up waiting for their transaction to begin");
+      },
+    );
+  },
+});
