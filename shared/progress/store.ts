@@ -534,14 +534,14 @@ function connectionGone(error: unknown): boolean {
  * or is gone (EPIPE on a write), the kernel gave up retransmitting or keepalive went unanswered (ETIMEDOUT),
  * the route to the peer was lost (an ICMP host or network unreachable: EHOSTUNREACH, ENETUNREACH; the host
  * reported down: EHOSTDOWN; the local interface gone: ENETDOWN), or the kernel aborted it (ECONNABORTED;
- * ENOTCONN for a write after that). Before, EHOSTUNREACH and ENETUNREACH (a failover that moved the
- * database's address, a VPN or network that went away) were not among connectionGone's codes, and the
- * statement's error went on to begin()'s ROLLBACK for the lost connection, which postgres.js writes from a
- * setImmediate when the transaction's connection is free for it (a statement sent in one round trip: one
- * prepared already, on a pool that prepares), on a socket it has dropped if the close came first
- * (porsager/postgres#1208). (With prepare: false, as server.ts's, every statement of the store has
- * parameters and takes two round trips, during which postgres.js parks the connection as full: the ROLLBACK
- * then waits in the transaction's own queue, which the close drops unsent.)
+ * ENOTCONN for a write after that). Before, only ECONNRESET, EPIPE and ETIMEDOUT were among connectionGone's
+ * codes: for the others (EHOSTUNREACH and ENETUNREACH: a failover that moved the database's address, a VPN or
+ * network that went away) the statement's error went on to begin()'s ROLLBACK for the lost connection,
+ * which postgres.js writes from a setImmediate when the transaction's connection is free for it (a statement
+ * sent in one round trip: one prepared already, on a pool that prepares), on a socket it has dropped if the
+ * close came first (porsager/postgres#1208). (With prepare: false, as server.ts's, every statement of the
+ * store has parameters and takes two round trips, during which postgres.js parks the connection as full: the
+ * ROLLBACK then waits in the transaction's own queue, which the close drops unsent.)
  */
 const SOCKET_LOST_CODES = new Set([
   "ECONNRESET",
