@@ -181,8 +181,9 @@ async function main(): Promise<number> {
     // without the PGRST answer's Retry-After, and the Retry-After one puts it back answering 503 instead
     // of 429, so each later one runs after it. The write function's migration that refuses a loser the
     // table could not hold restates that function (with its extra_float_digits), so it runs after every
-    // row that puts an earlier one back; the one that moves the changes read's cursor checks into a
-    // helper restates the read, so it runs after every migration that restates the read.
+    // row that puts an earlier one back, and the one that has its refusal name the table's first rule
+    // restates it again, so it runs after those; the one that moves the changes read's cursor checks into
+    // a helper restates the read, so it runs after every migration that restates the read.
     for (
       const [label, ...suffixes] of [
         [
@@ -208,6 +209,7 @@ async function main(): Promise<number> {
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
           "_write_function_refuses_invalid_losers.sql",
+          "_write_function_refusal_names_the_tables_first_rule.sql",
           "_changes_cursor_checks_in_helper.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
@@ -232,6 +234,7 @@ async function main(): Promise<number> {
           "_write_function_logs_users_only.sql",
           "_percentages_printed_exactly.sql",
           "_write_function_refuses_invalid_losers.sql",
+          "_write_function_refusal_names_the_tables_first_rule.sql",
         ],
         [
           "a position write supersedes a reset",
@@ -306,6 +309,11 @@ async function main(): Promise<number> {
         [
           "the write function refuses a loser the table could not hold",
           "_write_function_refuses_invalid_losers.sql",
+          "_write_function_refusal_names_the_tables_first_rule.sql",
+        ],
+        [
+          "the write function's refusal names the table's first rule",
+          "_write_function_refusal_names_the_tables_first_rule.sql",
         ],
       ]
     ) {
