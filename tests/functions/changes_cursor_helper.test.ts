@@ -13,6 +13,7 @@
 // read this session).
 
 import assert from "node:assert/strict";
+import { isDeepStrictEqual } from "node:util";
 import type postgres from "postgres";
 import { createTestUser } from "../support/env.ts";
 import { adminSql } from "./support.ts";
@@ -192,9 +193,18 @@ Deno.test("changes read: the cursor checks in a helper give every cursor the ans
         return { answers, plans };
       };
 
+      // The read as migrated, then the read of before, then the read as migrated again: the planner reads
+      // statistics and the tables' sizes as they are now, not as of the snapshot, so an autoanalyze or
+      // another test's rows between two reads may move a plan (a Sort for a Merge Append) with no change
+      // of the read. Such a move happens at most once in these seconds, so of the two neighbours of the
+      // read of before one saw the statistics it saw.
+      const [{ migrated }] = await tx<{ migrated: string }[]>`
+        select pg_get_functiondef('public.reading_progress_changes'::regproc) as migrated`;
       const now = await readAll();
       await tx.unsafe(await Deno.readTextFile(OLD_READ));
       const before = await readAll();
+      await tx.unsafe(migrated);
+      const nowAgain = await readAll();
 
       assert.ok(now.answers.length > 500, `premise: ${now.answers.length} calls`);
       assert.ok(
@@ -209,7 +219,14 @@ Deno.test("changes read: the cursor checks in a helper give every cursor the ans
         now.answers.filter((a) => !a.includes("=> error")).length,
         "premise: one plan of the inner statement per read that ran",
       );
-      assert.deepEqual(now.plans, before.plans, "the inner statement's plans are the read's of before");
+      assert.deepEqual(nowAgain.answers, now.answers, "premise: the read as migrated restored");
+      if (!isDeepStrictEqual(now.plans, before.plans)) {
+        assert.deepEqual(
+          nowAgain.plans,
+          before.plans,
+          "the inner statement's plans are the read's of before",
+        );
+      }
       throw new RolledBack();
     }).catch((e) => {
       if (!(e instanceof RolledBack)) throw e;
