@@ -98,14 +98,17 @@ const ONE_TRY = { attempts: 1 } as const;
  * How long one of the outbox's requests may go unanswered before this tab aborts it (a failure with no answer,
  * retried by the schedule, which lets go of the tabs' Web Lock meanwhile): the API client's own bound, 20 s an
  * attempt (DEFAULT_TIMEOUT_MS, for any caller), kept the lock that long, and the browser's other tabs could not
- * send. 12 s is above what the progress function takes to answer a request it has read (its database waits end
- * in a 503: a 2 s lock timeout, an 8 s statement timeout) and its 10 s idle bound on a body that stalls (a 408),
- * so an answer the server gives comes before it. Safe to send again, by the next tab to take the lock or this
- * one's retry: the same write goes under the same key (a replay, stored once, answered alike), and should the
- * aborted request still be stored after a later write of the series (the function cancels its query when the
- * request goes, but it may have committed), it is older than that write and refused as such ('self'), so a write
- * is never stored out of order nor lost (a write dated more than the server's 5 s tolerance ahead excepted, as
- * for any retry: README, Clocks ahead).
+ * send. 12 s is above the progress function's bounds on one statement (its database waits end in a 503: a 2 s
+ * lock timeout, an 8 s statement timeout) and its 10 s idle bound on a body that stalls (a 408), but it is no
+ * bound on its answer, which may come after it, unheard: a request first waits for its turn at the function's
+ * connections (without end, unless its client leaves), then up to 10 s for its transaction to begin (the store's
+ * beginTimeoutMs, a 503), and a deadlock or serialization failure is tried again. Aborted, the request ends: the
+ * function, its client gone, leaves that line or stops waiting for its BEGIN (nothing stored), or cancels its
+ * statement, which may have committed. Safe to send again, by the next tab to take the lock or this one's retry:
+ * the same write goes under the same key (a replay, stored once, answered alike), and should the aborted request
+ * still be stored after a later write of the series, it is older than that write and refused as such ('self'),
+ * so a write is never stored out of order nor lost (a write dated more than the server's 5 s tolerance ahead
+ * excepted, as for any retry: README, Clocks ahead).
  */
 export const OUTBOX_REQUEST_TIMEOUT_MS = 12_000;
 
