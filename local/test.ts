@@ -209,7 +209,6 @@ async function main(): Promise<number> {
           "_changes_cursor_failed_read_names_user.sql",
           "_changes_cursor_started_over_reported.sql",
           "_write_function_refuses_invalid_losers.sql",
-          "_write_function_refusal_names_the_tables_first_rule.sql",
           "_changes_cursor_checks_in_helper.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
@@ -234,7 +233,6 @@ async function main(): Promise<number> {
           "_write_function_logs_users_only.sql",
           "_percentages_printed_exactly.sql",
           "_write_function_refuses_invalid_losers.sql",
-          "_write_function_refusal_names_the_tables_first_rule.sql",
         ],
         [
           "a position write supersedes a reset",
@@ -309,11 +307,6 @@ async function main(): Promise<number> {
         [
           "the write function refuses a loser the table could not hold",
           "_write_function_refuses_invalid_losers.sql",
-          "_write_function_refusal_names_the_tables_first_rule.sql",
-        ],
-        [
-          "the write function's refusal names the table's first rule",
-          "_write_function_refusal_names_the_tables_first_rule.sql",
         ],
       ]
     ) {

@@ -14,15 +14,19 @@
 -- rest looked like ordinary losers. The Data API refuses `cleared: true` with a position (the reset
 -- triggers, 23514) for every role, stale or not. pgTAP 033.
 --
--- Now the refused branch checks the write against reading_progress's own rules first, in the table's
--- order (NOT NULL, the ranges, the device id's format, the key's 1970..9999, then the reset's zero
--- position), for every caller, and raises what the table would: 23514 with the constraint's name
--- (`reading_progress_cleared_is_zero` with the reset triggers' message and hint), 23502 with the
--- column's. The progress function answers both 422 `constraint_violation` (it refuses such a body
--- with 422 `validation_failed` before the database anyway); PostgREST answers 400 with the code. A
--- user's such write is refused by this check before the log is written: the same SQLSTATE as before,
--- naming the rule it broke instead of the log's constraint. Valid writes (every write the API
--- sends) take the same path at the same cost: the check runs only where a write was refused.
+-- Now the refused branch checks the write against reading_progress's own rules first, in the order the
+-- table applies them to the same write when it is newer (an UPDATE of the stored row): the reset
+-- triggers first (BEFORE UPDATE: `cleared` with a position), then NOT NULL in column order, then the
+-- checks in the order PostgreSQL applies them, by constraint name (chapter, device id, page,
+-- percentage, updated_at), so a write breaking two rules is refused naming the same one whether it is
+-- newer or older (pgTAP 035 compares the two; a first version of this migration, never released, took
+-- an order of its own) — for every caller, raising what the table would: 23514 with the constraint's
+-- name (`reading_progress_cleared_is_zero` with the reset triggers' message and hint), 23502 with the
+-- column's. The progress function answers both 422 `constraint_violation` (it refuses such a body with
+-- 422 `validation_failed` before the database anyway); PostgREST answers 400 with the code. A user's
+-- such write is refused by this check before the log is written: the same SQLSTATE as before, naming
+-- the rule it broke instead of the log's constraint. Valid writes (every write the API sends) take the
+-- same path at the same cost: the check runs only where a write was refused.
 --
 -- Only the refused branch changes; the rest is …_write_function_logs_users_only.sql's function, with
 -- extra_float_digits 1 as …_percentages_printed_exactly.sql set it (CREATE OR REPLACE replaces a
@@ -212,22 +216,29 @@ begin
   end if;
 
   -- Refused: the stored key is greater. A write reading_progress could not hold is refused as such
-  -- first, for every caller (see the top of this migration): as the table's check (or the reset
-  -- triggers, for `cleared` sent with a position) refuses it when it is newer, and as the Data API
-  -- refuses it. The first failing rule in the table's order, NULLs as NOT NULL refuses them.
+  -- first, for every caller (see the top of this migration): as the
+  -- table's check (or the reset triggers, for `cleared` sent with a position) refuses it when it is
+  -- newer, and as the Data API refuses it. The first failing rule in the order the table applies them
+  -- to the same write when it is newer (an UPDATE of the stored row), NULLs as NOT NULL refuses them.
   v_invalid := case
+    -- The reset triggers first: they are BEFORE UPDATE triggers (the stored row exists), so they refuse
+    -- `cleared` with a position (a non-zero one among the values sent; NULLs compare as unknown, as
+    -- in the triggers) before NOT NULL and the checks are looked at.
+    when coalesce(p_cleared, false) and (p_chapter <> 0 or p_page <> 0 or p_percentage <> 0)
+      then 'reading_progress_cleared_is_zero'
+    -- NOT NULL, in the table's column order.
     when p_chapter is null then 'chapter'
     when p_page is null then 'page'
     when p_percentage is null then 'percentage'
     when p_device_id is null then 'device_id'
+    -- The checks in the order PostgreSQL applies them: by constraint name (the reset's check,
+    -- reading_progress_cleared_is_zero, cannot fail here any more: a reset with a position is above).
     when not (p_chapter between 0 and 100000) then 'reading_progress_chapter_range'
+    when not (p_device_id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$') then 'reading_progress_device_id_format'
     when not (p_page between 0 and 1000000) then 'reading_progress_page_range'
     when not (p_percentage >= 0 and p_percentage <= 1) then 'reading_progress_percentage_range'
-    when not (p_device_id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$') then 'reading_progress_device_id_format'
     when not (v_key >= '1970-01-01 00:00:00+00' and v_key < '10000-01-01 00:00:00+00')
       then 'reading_progress_updated_at_range'
-    when coalesce(p_cleared, false) and (p_chapter <> 0 or p_page <> 0 or p_percentage <> 0)
-      then 'reading_progress_cleared_is_zero'
   end;
   if v_invalid in ('chapter', 'page', 'percentage', 'device_id') then
     raise exception using

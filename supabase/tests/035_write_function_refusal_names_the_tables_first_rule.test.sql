@@ -1,9 +1,9 @@
 -- write_reading_progress refuses a losing write that reading_progress could not hold naming the rule the
 -- table names for the same write when it is newer, also when the write breaks more than one rule
--- (migration …_write_function_refusal_names_the_tables_first_rule.sql). Each write below is sent twice
--- onto the same stored row, newer (the table refuses it: the reset triggers, NOT NULL, the checks by
--- name) and older (the function's refused branch), and the two refusals are compared. Before, the
--- refused branch took the rules in an order of its own: `cleared: true` with a device id of another
+-- (migration …_write_function_refuses_invalid_losers.sql). Each write below is sent twice onto the same
+-- stored row, newer (the table refuses it: the reset triggers, NOT NULL, the checks by name) and older
+-- (the function's refused branch), and the two refusals are compared. A first version of that
+-- migration (never released) took the rules in an order of its own: `cleared: true` with a device id of another
 -- format was refused naming reading_progress_device_id_format when older and
 -- reading_progress_cleared_is_zero when newer.
 
