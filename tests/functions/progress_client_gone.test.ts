@@ -1722,21 +1722,23 @@ Deno.test({
   },
 });
 
+/** The store's options of the tests where a call gives up waiting for its BEGIN: 3 s, the lock and statement
+ * timeouts out of reach (not a literal in the call, as above). */
+const BEGIN_GIVES_UP_AFTER_3_S = {
+  lockTimeoutMs: LONG_TIMEOUT_MS,
+  statementTimeoutMs: LONG_TIMEOUT_MS,
+  beginTimeoutMs: 3_000,
+};
+
 Deno.test({
   name: "a write whose BEGIN waits on a connection whose startups the server refuses answers 503 " +
     "service_unavailable with Retry-After once beginTimeoutMs has passed, nothing stored, its turn given " +
     "back; the next write once the server takes connections again is answered 200",
   ignore: !mintsTokens,
   fn: async () => {
-    // Not a literal in the call, as above.
-    const storeOptions = {
-      lockTimeoutMs: LONG_TIMEOUT_MS,
-      statementTimeoutMs: LONG_TIMEOUT_MS,
-      beginTimeoutMs: 3_000,
-    };
     await withRefusedReconnect(
       "refused-deadline",
-      storeOptions,
+      BEGIN_GIVES_UP_AFTER_3_S,
       async ({ served, user, sockets, series }) => {
         const before = sockets.made;
         const writing = call("POST", "", {
@@ -1871,31 +1873,18 @@ Deno.test({
     "(rolled back): answered 503, nothing stored, while the write before it gave its turn back",
   ignore: !mintsTokens,
   fn: async () => {
-    // Not a literal in the call, as above.
-    const storeOptions = {
-      lockTimeoutMs: LONG_TIMEOUT_MS,
-      statementTimeoutMs: LONG_TIMEOUT_MS,
-      beginTimeoutMs: 3_000,
-    };
     await withRefusedReconnect(
       "refused-queued",
-      storeOptions,
+      BEGIN_GIVES_UP_AFTER_3_S,
       async ({ served, user, sockets, series }) => {
         const before = sockets.made;
         // The first write's BEGIN is the one the refused connection reopens for: failed, not answered, once
         // the server takes the startup.
-        const first = call("POST", "", {
-          base: served.base,
-          token: user.accessToken,
-          body: write({ series_id: series }),
-        });
+        const first = postWrite(served.base, user.accessToken, series);
         first.catch(() => {}); // awaited below
         await refusedStartups(sockets, before, 3);
         const firstAnswer = await guarded(first, "answer of the first write whose startups were refused");
-        assert.equal(
-          statusOf(firstAnswer as { status: number; body: Record<string, unknown> }),
-          "503 service_unavailable",
-        );
+        assert.equal(statusOf(firstAnswer), "503 service_unavailable");
         // The second write takes the turn the first gave back; the pool's one connection still reopening for
         // the first's BEGIN, postgres.js queues the second's. It gives up too, and once the server takes the
         // startup (withRefusedReconnect) postgres.js sends that BEGIN and it is answered: the transaction's
@@ -1903,18 +1892,10 @@ Deno.test({
         // Before the check of gaveUp there, it sent this write and committed it (stored: a write its client
         // was told failed). Same series: stored, it would be found below.
         const second = await guarded(
-          call("POST", "", {
-            base: served.base,
-            token: user.accessToken,
-            body: write({ series_id: series }),
-          }),
+          postWrite(served.base, user.accessToken, series),
           "answer of the second write, queued behind the refused connection",
         );
-        assert.equal(
-          statusOf(second as { status: number; body: Record<string, unknown> }),
-          "503 service_unavailable",
-          JSON.stringify(second.body),
-        );
+        assert.equal(statusOf(second), "503 service_unavailable", JSON.stringify(second.body));
         const timedOut = served.log.entries.filter((e) =>
           e.event === "dependency_unavailable" && /had not begun 3000 ms/.test(String(e.error))
         );
