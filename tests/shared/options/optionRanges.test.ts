@@ -867,24 +867,7 @@ Deno.test({
   // It makes endpoints of its own on the suite's database: only where Realtime is the stand-in.
   ignore: !localRealtime,
   fn: async () => {
-    const env = testEnv();
-    const make = (options: RealtimeEndpointOptions) =>
-      outcomeOf(async () => {
-        let guard: ReturnType<typeof setTimeout> | undefined;
-        const made = createRealtimeEndpoint({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! }, options);
-        try {
-          // A hang guard only (a pool of no connections would wait for good at its first query).
-          const endpoint = await Promise.race([
-            made,
-            new Promise<never>((_, reject) =>
-              guard = setTimeout(() => reject(new Error("neither made nor refused within 30 s")), 30_000)
-            ),
-          ]);
-          await endpoint.close();
-        } finally {
-          clearTimeout(guard);
-        }
-      });
+    const make = (options: RealtimeEndpointOptions) => endpointOutcome(options);
     for (const [label, value] of VALUES) {
       // A refusal comes before the endpoint's pool and WAL stream exist: one try for each option refusing
       // the value. The options taking it are given it together, in one endpoint made and closed.
@@ -911,7 +894,7 @@ function endpointOutcome(options: unknown, ctx: Record<string, unknown> = {}): P
       options as RealtimeEndpointOptions,
     );
     try {
-      // A hang guard only.
+      // A hang guard only (a pool of no connections would wait for good at its first query).
       const endpoint = await Promise.race([
         made,
         new Promise<never>((_, reject) =>
