@@ -338,18 +338,20 @@ async function main(): Promise<number> {
       );
     }
 
+    // Both schemas the migrations write functions into: `public` (the API's) and `private` (the
+    // triggers' and helpers' functions, most of the plpgsql). The CLI lints `public` alone by default.
     const lint = await supabaseCli([
       "db",
       "lint",
       "--db-url",
       cliDbUrl(stack.dbUrl, await connectionUsesTls(stack.dbUrl)),
       "--schema",
-      "public",
+      "public,private",
       "--fail-on",
       "error",
     ]);
     log(`supabase db lint: ${lint.output.split("\n").slice(-1)[0]}`);
-    check("supabase db lint reports no error on public", lint.ok, lint.output);
+    check("supabase db lint reports no error on public and private", lint.ok, lint.output);
 
     // shared/database.types.ts is what `supabase gen types typescript` gives for these migrations
     // (on a database of the stack's own: SUPABASE_DB_URL's public schema may hold more than ours).
