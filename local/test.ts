@@ -181,9 +181,10 @@ async function main(): Promise<number> {
     // without the PGRST answer's Retry-After, and the Retry-After one puts it back answering 503 instead
     // of 429, so each later one runs after it. The write function's migration that refuses a loser the
     // table could not hold restates that function (with its extra_float_digits), so it runs after every
-    // row that puts an earlier one back, and the one that has its refusal name the table's first rule
-    // restates it again, so it runs after those; the one that moves the changes read's cursor checks into
-    // a helper restates the read, so it runs after every migration that restates the read.
+    // row that puts an earlier one back; the one that moves the changes read's cursor checks into
+    // a helper restates the read, so it runs after every migration that restates the read. The one that
+    // refuses a stale update the table could not hold restates the stamp trigger, so it runs after every
+    // row that puts an earlier stamp back (012, and the members-of-authenticated one, also in 013's row).
     for (
       const [label, ...suffixes] of [
         [
@@ -193,6 +194,7 @@ async function main(): Promise<number> {
           "_progress_dates_printed_in_utc.sql",
           "_conflict_log_members_of_authenticated.sql",
           "_percentages_printed_exactly.sql",
+          "_stale_invalid_update_refused.sql",
         ],
         [
           "013",
@@ -210,6 +212,7 @@ async function main(): Promise<number> {
           "_changes_cursor_started_over_reported.sql",
           "_write_function_refuses_invalid_losers.sql",
           "_changes_cursor_checks_in_helper.sql",
+          "_stale_invalid_update_refused.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
@@ -227,7 +230,11 @@ async function main(): Promise<number> {
           "_changes_cursor_started_over_reported.sql",
           "_changes_cursor_checks_in_helper.sql",
         ],
-        ["conflicts logged for members of authenticated", "_conflict_log_members_of_authenticated.sql"],
+        [
+          "conflicts logged for members of authenticated",
+          "_conflict_log_members_of_authenticated.sql",
+          "_stale_invalid_update_refused.sql",
+        ],
         [
           "the write function logs a user's writes only",
           "_write_function_logs_users_only.sql",
@@ -308,6 +315,7 @@ async function main(): Promise<number> {
           "the write function refuses a loser the table could not hold",
           "_write_function_refuses_invalid_losers.sql",
         ],
+        ["a stale update the table could not hold is refused", "_stale_invalid_update_refused.sql"],
       ]
     ) {
       const migrations = await Promise.all(
