@@ -184,7 +184,9 @@ async function main(): Promise<number> {
     // row that puts an earlier one back; the one that moves the changes read's cursor checks into
     // a helper restates the read, so it runs after every migration that restates the read. The one that
     // refuses a stale update the table could not hold restates the stamp trigger, so it runs after every
-    // row that puts an earlier stamp back (012, and the members-of-authenticated one, also in 013's row).
+    // row that puts an earlier stamp back (012, and the members-of-authenticated one, also in 013's row);
+    // the one that gives the reset refusals one hint restates the marked trigger's function, so it runs
+    // after every row that puts an earlier one back (the two reset rules', the one-column guard's).
     for (
       const [label, ...suffixes] of [
         [
@@ -245,11 +247,13 @@ async function main(): Promise<number> {
           "a position write supersedes a reset",
           "_position_write_supersedes_reset.sql",
           "_reset_rule_triggers_one_column_when.sql",
+          "_reset_refusals_one_hint.sql",
         ],
         [
           "a reset marked without a position takes the zero position",
           "_reset_marked_zeroes_position.sql",
           "_reset_rule_triggers_one_column_when.sql",
+          "_reset_refusals_one_hint.sql",
         ],
         ["percentages printed exactly", "_percentages_printed_exactly.sql"],
         [
@@ -310,12 +314,17 @@ async function main(): Promise<number> {
           "_user_write_wait_answered_429.sql",
         ],
         ["a user's write that waited too long answered 429", "_user_write_wait_answered_429.sql"],
-        ["the reset rules' triggers guarded by one column", "_reset_rule_triggers_one_column_when.sql"],
+        [
+          "the reset rules' triggers guarded by one column",
+          "_reset_rule_triggers_one_column_when.sql",
+          "_reset_refusals_one_hint.sql",
+        ],
         [
           "the write function refuses a loser the table could not hold",
           "_write_function_refuses_invalid_losers.sql",
         ],
         ["a stale update the table could not hold is refused", "_stale_invalid_update_refused.sql"],
+        ["the reset refusals' one hint", "_reset_refusals_one_hint.sql"],
       ]
     ) {
       const migrations = await Promise.all(
