@@ -11,9 +11,10 @@
 -- Nothing reads the hint: the progress function and shared/ map the error by its SQLSTATE (422
 -- constraint_violation), no test or client compares it; PostgREST passes it on as the body's "hint". The
 -- text kept is the one three of the four places had; its first half says what a reset is, its second
--- what to send for a position, so it serves the marked case too. A first write (an INSERT) with
--- `cleared` and a position is refused by the table's check itself, without a hint (no trigger is
--- involved). pgTAP 037.
+-- what to send for a position, so it serves the marked case too. An INSERT with `cleared` and a
+-- position, a Data API upsert's (.upsert()) included whether the row is stored or not (PostgreSQL checks
+-- an upsert's INSERT half before it meets the stored row), is refused by the table's check itself, without
+-- a hint (no trigger is involved). pgTAP 037.
 --
 -- Only the function's hint changes; the rest is …_reset_rule_triggers_one_column_when.sql's function (its
 -- trigger is left as it is). Idempotent (CREATE OR REPLACE keeps the trigger; the revoke is repeated).
