@@ -766,3 +766,55 @@ Deno.test("outbox schedule, tabs: a Retry-After answering the send of a tab disp
   assert.ok(b.sends[1].at - b.sends[0].at >= 30_000, "B's send waited the Retry-After out");
   assert.equal(b.clock.armed, 0, "the disposed tab armed no timer");
 });
+
+for (
+  const [how, at] of [
+    ["its wait fails (a rejection)", "reject"],
+    ["it throws before the lock is asked for", "throw"],
+    ["it throws once the lock is held", "throw under the lock"],
+  ] as const
+) {
+  Deno.test(`outbox schedule: a send whose \`ready\` fails (${how}) still goes, as a send that throws is a failure: not ended with nothing sent and no retry armed`, async () => {
+    const clock = virtualTimers();
+    const sends: number[] = [];
+    let pending = 1;
+    let asked = 0;
+    let grants = 0;
+    const schedule = new OutboxSchedule({
+      send: () => {
+        sends.push(clock.now);
+        pending = 0;
+        return Promise.resolve({ outcome: "done" });
+      },
+      // The first look (before the lock is asked for) or the second (once it is held) fails; then none.
+      ready: () => {
+        asked++;
+        if (at === "reject" && asked === 1) return Promise.reject(new Error("a bug in the wait"));
+        if (at === "throw" && asked === 1) throw new Error("a bug before the lock");
+        if (at === "throw under the lock" && asked === 2) throw new Error("a bug under the lock");
+        return null;
+      },
+      hasPending: () => pending > 0,
+      isOnline: () => true,
+      retryAfterMs: () => undefined,
+      isNetworkFailure,
+      random: () => 0.5,
+      timers: clock.timers,
+      tabs: {
+        storage: memoryStorage(),
+        key: "readsync.outboxSchedule.test",
+        lock: async (run) => {
+          grants++;
+          await run();
+        },
+      },
+    });
+    schedule.request("edit");
+    await schedule.settled();
+    assert.ok(asked >= 2, `ready looked at before the lock and under it (${asked})`);
+    assert.equal(grants, 1, "the lock taken once");
+    assert.deepEqual(sends, [clock.now], "the write is sent at once");
+    assert.equal(pending, 0);
+    assert.equal(schedule.nextSendAt, null, "nothing left to retry");
+  });
+}

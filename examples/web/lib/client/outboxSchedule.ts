@@ -122,7 +122,8 @@ export interface OutboxScheduleOptions {
   send(): Promise<SendResult>;
   /**
    * Whether a send may go now (null), or what it waits for first (a promise that settles once it may; the
-   * session: another tab's word that the session changed, until /auth/token has answered it). Waited for
+   * session: another tab's word that the session changed, until /auth/token has answered it). A promise that
+   * rejects has settled too (see #ready). Waited for
    * without the tabs' lock, and looked at again once the lock is held: a wait that began meanwhile lets go
    * of it. Held through that wait (up to the token's 10 s timeout, then the backoff's wait of up to 60 s
    * before it is asked again, and again), the lock kept every other tab from sending. Absent: always now.
@@ -378,7 +379,7 @@ export class OutboxSchedule {
     // True: let go of the lock and go again once `ready` lets it (see OutboxScheduleOptions.ready).
     const locked = async (): Promise<boolean> => {
       if (this.#disposed) return false;
-      if (this.#options.ready?.()) return true; // a wait began while this tab waited for the lock
+      if (this.#ready()) return true; // a wait began while this tab waited for the lock
       // Lock held: what other tabs sent and recorded while this tab waited for it.
       this.#options.tabs?.takeOver?.();
       if (this.#adopt()) {
@@ -415,7 +416,7 @@ export class OutboxSchedule {
     const run = (async () => {
       for (;;) {
         // What the send waits for, waited for before the lock is asked for (not holding it).
-        for (let wait = this.#options.ready?.(); wait && !this.#disposed; wait = this.#options.ready?.()) await wait;
+        for (let wait = this.#ready(); wait && !this.#disposed; wait = this.#ready()) await wait;
         if (this.#disposed || !(await this.#exclusive(locked))) return;
       }
     })();
@@ -425,6 +426,21 @@ export class OutboxSchedule {
       this.#askedMeanwhile = null;
       if (asked) this.request(asked);
     });
+  }
+
+  /**
+   * options.ready, settling without a value: a wait that fails is over (a rejection ended it), and a `ready`
+   * that throws lets the send go now, as a throw of `send` is a failure: outside the send's try, either ended
+   * the send with nothing recorded and no retry armed, and the writes waited for the next edit or event.
+   */
+  #ready(): Promise<void> | null {
+    let wait: Promise<void> | null | undefined;
+    try {
+      wait = this.#options.ready?.();
+    } catch {
+      return null;
+    }
+    return wait ? Promise.resolve(wait).then(() => {}, () => {}) : null;
   }
 
   /** Runs `run` under the tabs' lock; at once without one, or when the lock cannot be had. */
