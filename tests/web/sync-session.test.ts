@@ -1145,6 +1145,8 @@ interface HeldRequest {
   save(): void;
   /** Answers it 503 (the API's own error body). */
   unavailable(): void;
+  /** Answers it 401 (the API's own error body: the token has expired). */
+  unauthorized(): void;
 }
 
 /**
@@ -1188,6 +1190,12 @@ function heldFunctions() {
           unavailable: () =>
             answer.resolve(
               Response.json({ error: { code: "service_unavailable", message: "down" } }, { status: 503 }),
+            ),
+          unauthorized: () =>
+            answer.resolve(
+              Response.json({ error: { code: "token_expired", message: "token has expired" } }, {
+                status: 401,
+              }),
             ),
         };
         requests.push(request);
@@ -2140,6 +2148,60 @@ Deno.test("sync session, two tabs: a tab whose send waits for /auth/token's answ
   } finally {
     a.close();
     b.close();
+    auth.restore();
+  }
+});
+
+Deno.test("sync session, real API client, two tabs: a send answered 401 lets go of the outbox's Web Lock at once, not after the token's refresh: another tab sends meanwhile, and the tab's own next send waits for the refresh, without the lock", async () => {
+  const auth = heldAuthToken();
+  const browser = sharedStorage();
+  const locks = sharedLocks();
+  const fn = heldFunctions();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  first.env.locks = locks;
+  second.env.locks = locks;
+  realApi(first, fn);
+  realApi(second, fn);
+  const a = first.open(newStore(ALICE));
+  const b = second.open(newStore(ALICE));
+  try {
+    a.save("book", position(3), DEVICE);
+    (await fn.request(1)).unauthorized(); // tab A's token has expired (a laptop that slept past it)
+    const refresh = await auth.request(1); // tab A refreshes it: GET /auth/token, its answer held (up to 10 s)
+    await waitFor("tab A to let go of the lock", () => !a.sending && locks.counts.held === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(a.store.getSnapshot().pendingCount, 1, "the write waits, kept");
+    // The reader presses Sync now in tab A: its send waits for the refresh under way (to carry the fresh token),
+    // neither holding nor waiting for the lock.
+    const pressA = a.syncNow();
+    for (let i = 0; i < 5; i++) await tick();
+    assert.deepEqual(
+      [fn.requests.length, locks.counts.held, locks.waiting],
+      [1, 0, 0],
+      "tab A's send waits for the refresh, without the lock",
+    );
+    // Tab B sends the shared outbox meanwhile (its own token is good).
+    const pressB = b.syncNow();
+    const fromB = await fn.request(2);
+    assert.deepEqual(fromB.writes.map((w) => w.chapter), [3], "tab B sends tab A's write");
+    fromB.save();
+    assert.equal(await pressB, "done");
+    refresh.resolve(Response.json({ accessToken: `token-of-${ALICE}`, expiresAt: FAR, userId: ALICE }));
+    assert.equal(await pressA, "done");
+    await waitFor(
+      "the write to be answered in both tabs",
+      () => a.store.getSnapshot().pendingCount === 0 && b.store.getSnapshot().pendingCount === 0,
+      { timeoutMs: 5_000 },
+    );
+    assert.equal(fn.requests.length, 2, "tab A sends nothing again once the refresh is answered");
+    assert.equal(locks.counts.mostHeld, 1, "never two tabs sending at once");
+    assert.deepEqual(first.left, []);
+  } finally {
+    a.close();
+    b.close();
+    fn.wakeAll();
     auth.restore();
   }
 });

@@ -8,7 +8,9 @@
 //     token, a 404 or 403 from a gateway): stop, keep everything, and answer the failure (with how
 //     many writes the API answered before it), so the caller can decide when to try again
 //     (lib/client/outboxSchedule.ts: backoff, Retry-After).
-//     A 401 refreshes the token first. A failure that does not clear by itself (isTransient
+//     A 401 starts a refresh of the token (refreshToken), not waited for here: the flush ends at once,
+//     and the caller's next send waits for it (syncSession.ts: OutboxSchedule's ready, without the tabs'
+//     Web Lock, which a refresh of up to 10 s held). A failure that does not clear by itself (isTransient
 //     false) is shown to the reader meanwhile, until a write is answered (a passing outage after
 //     it does not take the message away: the writes still wait).
 //   - signed out: stop.
@@ -55,7 +57,10 @@ export interface OutboxOptions {
   isSignedOut(error: unknown): boolean;
   /** A retryable failure of a whole batch that single writes may not meet (a proxy's size limit). */
   splitMayHelp?(error: unknown): boolean;
-  /** Called before giving up on a 401, so the next attempt carries a fresh token. */
+  /**
+   * Started on a 401 as the flush stops, and not waited for (the flush ends at once): the caller's next
+   * attempt waits for it, so that it carries a fresh token.
+   */
   refreshToken(): Promise<void>;
   /** True once the owner is gone (unmounted): stop between requests. */
   isDisposed(): boolean;
@@ -126,7 +131,7 @@ export async function flushOutbox(
       store.sendDatesChanged(); // the writes waiting for it are shown as they will be sent
     } catch (error) {
       if (options.isSignedOut(error)) return { outcome: "signed out" };
-      if (options.isRetryable(error)) return await retryableFailure(store, options, error);
+      if (options.isRetryable(error)) return retryableFailure(store, options, error);
       // A refused read says nothing of the writes: they go as dated.
     }
   }
@@ -216,7 +221,7 @@ async function attempt(flush: Flush, writes: PendingWrite[], send: () => Promise
     if (options.isSignedOut(error)) return { outcome: "signed out" };
     if (options.isRetryable(error)) {
       if (writes.length > 1 && options.splitMayHelp?.(error)) return "one by one";
-      return await retryableFailure(store, options, error);
+      return retryableFailure(store, options, error);
     }
     if (writes.length > 1) return "one by one";
     const message = error instanceof Error ? error.message : String(error);
@@ -232,9 +237,18 @@ async function attempt(flush: Flush, writes: PendingWrite[], send: () => Promise
   return outcome;
 }
 
-/** A retryable failure stops the flush: a 401 refreshes the token, a lasting one is said. */
-async function retryableFailure(store: SyncStore, options: OutboxOptions, error: unknown): Promise<FlushResult> {
-  if ((error as { status?: number }).status === 401) await options.refreshToken().catch(() => {});
+/**
+ * A retryable failure stops the flush: a 401 starts a refresh of the token (not waited for: the flush's caller
+ * holds the tabs' Web Lock until it ends), a lasting one is said.
+ */
+function retryableFailure(store: SyncStore, options: OutboxOptions, error: unknown): FlushResult {
+  if ((error as { status?: number }).status === 401) {
+    try {
+      void options.refreshToken().catch(() => {});
+    } catch {
+      // (a refresh that could not start: the next attempt goes with the token held)
+    }
+  }
   // A passing outage says nothing by itself, and takes nothing away: what the page says (that
   // writes wait, asked by the reader or after a lasting failure; a refused write) is still true.
   if (!(options.isTransient?.(error) ?? true)) {

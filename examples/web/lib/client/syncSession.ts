@@ -220,6 +220,9 @@ export class SyncSession {
     // A read made for the clock whose answer taught it nothing (X-Server-Time stripped by a proxy, or
     // not exposed by CORS) is not made again at each flush of this visit (outbox.ts).
     const unmeasurable: { answers?: number } = {};
+    // The refresh of the token a 401 started (flushOutbox's refreshToken) while it is under way: the next send
+    // waits for it (ready), so that it carries the fresh token, without the tabs' Web Lock.
+    let refreshAfter401: Promise<void> | null = null;
     const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout"> = env.timers ?? {
       setTimeout: (run, ms) => globalThis.setTimeout(run, ms),
       clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
@@ -268,7 +271,15 @@ export class SyncSession {
         // Also when supabase-js wraps it (the token callback threw it), and whatever ended a stopped send
         // (aborted): not a failure of the API, nothing shared with the other tabs, nothing said.
         isSignedOut: (error) => signal.aborted || isSignedOut(error),
-        refreshToken: () => tokens.refresh().then(() => {}, leaveIfSignedOut),
+        // Not waited for by the flush (it ends at once, letting go of the tabs' Web Lock): the next send waits
+        // for it (the schedule's ready), without the lock, which a refresh of up to 10 s held.
+        refreshToken: () => {
+          const refresh: Promise<void> = refreshAfter401 = tokens.refresh().then(() => {}, leaveIfSignedOut)
+            .finally(() => {
+              if (refreshAfter401 === refresh) refreshAfter401 = null;
+            });
+          return refresh;
+        },
         isDisposed: () => this.#closed || signal.aborted,
         // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
         redate: {
@@ -293,7 +304,8 @@ export class SyncSession {
       // Another tab said the session changed and /auth/token has not answered yet: the writes wait (queued,
       // this send's turn held, the tabs' Web Lock not) until it has; signed out, the keeper gives no token and
       // the flush ends "signed out", the writes kept for the next sign-in.
-      ready: () => session.unsure(),
+      // And a refresh of the token after a 401 while it is under way (refreshAfter401).
+      ready: () => session.unsure() ?? refreshAfter401,
       hasPending: () => store.getSnapshot().pendingCount > 0,
       isOnline: () => env.isOnline(),
       retryAfterMs: (error) => retryAfterMsOf(error),
