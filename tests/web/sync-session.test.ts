@@ -18,8 +18,10 @@ import { FunctionsFetchError, FunctionsHttpError, type SupabaseClient } from "@s
 import type { ServerClock } from "@shared/progress/serverClock.ts";
 import { SyncStore } from "../../examples/web/lib/client/syncStore.ts";
 import {
+  OUTBOX_REQUEST_TIMEOUT_MAX_MS,
   OUTBOX_REQUEST_TIMEOUT_MS,
   outboxLockName,
+  requestBoundMs,
   saveBeforeSession,
   storeForUser,
   type SyncApi,
@@ -2203,5 +2205,59 @@ Deno.test("sync session, real API client, two tabs: a send answered 401 lets go 
     b.close();
     fn.wakeAll();
     auth.restore();
+  }
+});
+
+Deno.test("sync session, real API client: a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end: the bound grows at each request aborted by it in a row, and is the first again once one is answered", async () => {
+  const SLOW_MS = 20_000; // every answer comes 20 s (the test's clock) after its request arrives
+  assert.ok(SLOW_MS > OUTBOX_REQUEST_TIMEOUT_MS && SLOW_MS < requestBoundMs(1));
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 10].map(requestBoundMs),
+    [12_000, 24_000, 48_000, 96_000, OUTBOX_REQUEST_TIMEOUT_MAX_MS, OUTBOX_REQUEST_TIMEOUT_MAX_MS],
+  );
+  const fn = heldFunctions();
+  const t = tab();
+  realApi(t, fn);
+  const alice = t.open(newStore(ALICE));
+  const slow = new Set<HeldRequest>();
+  const answerSlowly = () => {
+    for (const request of fn.requests) {
+      if (slow.has(request)) continue;
+      slow.add(request);
+      t.clock.timers.setTimeout(() => request.save(), SLOW_MS);
+    }
+  };
+  try {
+    alice.save("book", position(3), DEVICE);
+    await waitFor("the write to be answered (or six requests)", () => {
+      answerSlowly();
+      if (fn.requests.length >= 6 || alice.store.getSnapshot().pendingCount === 0) return true;
+      if (!fn.requests.at(-1)?.ended || !alice.sending) t.clock.advance(500);
+      return false;
+    }, { timeoutMs: 15_000 });
+    assert.deepEqual(
+      fn.requests.map((r) => r.aborted),
+      [true, false],
+      "the first request aborted at 12 s, the second (its bound 24 s) answered",
+    );
+    assert.deepEqual(
+      fn.requests.map((r) => r.writes.map((w) => w.updated_at)),
+      [[fn.requests[0].writes[0].updated_at], [fn.requests[0].writes[0].updated_at]],
+      "the same key (a replay)",
+    );
+    assert.equal(alice.store.getSnapshot().pendingCount, 0, "settled");
+    // Answered: the next request's bound is 12 s again.
+    alice.save("book", position(4), DEVICE);
+    const next = await fn.request(3);
+    slow.add(next); // never answered
+    t.clock.advance(OUTBOX_REQUEST_TIMEOUT_MS - 1);
+    await tick();
+    assert.equal(next.ended, false, "not aborted before 12 s");
+    t.clock.advance(1);
+    await waitFor("the request to be aborted at 12 s", () => next.ended, { timeoutMs: 5_000 });
+    assert.equal(next.aborted, true);
+  } finally {
+    alice.close();
+    fn.wakeAll();
   }
 });

@@ -185,7 +185,8 @@ function parseShared(raw: string | null): SharedState | null {
  * How long a shared run of failures lasts with no tab carrying it on (a browser closed during an
  * outage, reopened the next day): a tab that reads one older starts at the first step, not at 60 s.
  * A tab still retrying writes it at least once per wait (at most a 5-minute Retry-After plus a
- * 60 s backoff) and send (at most a token refresh and the API client's tries): well within it.
+ * 60 s backoff) and send (its requests answered, and at most one left unanswered for its bound, up to
+ * 2 minutes: syncSession.ts's OUTBOX_REQUEST_TIMEOUT_MAX_MS): well within it.
  */
 export const STALE_RUN_MS = 15 * 60_000;
 

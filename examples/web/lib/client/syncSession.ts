@@ -95,7 +95,8 @@ export const READ_FAILED_MESSAGE = "Could not check for changes (will retry)";
 const ONE_TRY = { attempts: 1 } as const;
 
 /**
- * How long one of the outbox's requests may go unanswered before this tab aborts it (a failure with no answer,
+ * How long one of the outbox's requests may go unanswered before this tab aborts it, at first (it grows while
+ * requests in a row go unanswered: OUTBOX_REQUEST_TIMEOUT_MAX_MS) (a failure with no answer,
  * retried by the schedule, which lets go of the tabs' Web Lock meanwhile): the API client's own bound, 20 s an
  * attempt (DEFAULT_TIMEOUT_MS, for any caller), kept the lock that long, and the browser's other tabs could not
  * send. 12 s is above the progress function's bounds on one statement (its database waits end in a 503: a 2 s
@@ -111,6 +112,23 @@ const ONE_TRY = { attempts: 1 } as const;
  * excepted, as for any retry: README, Clocks ahead).
  */
 export const OUTBOX_REQUEST_TIMEOUT_MS = 12_000;
+
+/**
+ * The longest a request of the outbox is left unanswered (see OUTBOX_REQUEST_TIMEOUT_MS): its bound doubles at
+ * each request in a row aborted by it (12, 24, 48, 96 s, then this), and is the first again once one is answered.
+ * At a fixed 12 s, a server slower than that at every answer stored the write (or answered it as a replay, alike
+ * slow) while the outbox aborted each request and sent it again at the backoff's pace for as long as it lasted,
+ * the write never settled. Below the 150 s after which Supabase's gateway gives up on a function itself (a 504).
+ * Per tab: another tab's requests start at 12 s, and grow alike. The price: a tab whose requests go unanswered
+ * holds the tabs' Web Lock that long at each try (up to this), where the other tabs' requests would go unanswered
+ * too (one browser, one network), or be answered as slowly.
+ */
+export const OUTBOX_REQUEST_TIMEOUT_MAX_MS = 120_000;
+
+/** The bound of the next request of the outbox after `unansweredInRow` requests in a row aborted by theirs. */
+export function requestBoundMs(unansweredInRow: number): number {
+  return Math.min(OUTBOX_REQUEST_TIMEOUT_MS * 2 ** Math.min(unansweredInRow, 16), OUTBOX_REQUEST_TIMEOUT_MAX_MS);
+}
 
 /** One request's own options: its signal (the send's, or its bound's), one attempt. */
 type OutboxCall = { signal: AbortSignal; retry: typeof ONE_TRY };
@@ -223,6 +241,9 @@ export class SyncSession {
     // The refresh of the token a 401 started (flushOutbox's refreshToken) while it is under way: the next send
     // waits for it (ready), so that it carries the fresh token, without the tabs' Web Lock.
     let refreshAfter401: Promise<void> | null = null;
+    // Requests of the outbox aborted by their bound in a row (none answered since): the next one's bound grows
+    // (requestBoundMs), so a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end.
+    let unansweredInRow = 0;
     const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout"> = env.timers ?? {
       setTimeout: (run, ms) => globalThis.setTimeout(run, ms),
       clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
@@ -236,7 +257,8 @@ export class SyncSession {
       // tabs could not send meanwhile).
       const send = this.#send = { abort: new AbortController(), byWord: false };
       const { signal } = send.abort;
-      // Each request aborted once OUTBOX_REQUEST_TIMEOUT_MS has passed unanswered (by the schedule's timers).
+      // Each request aborted once its bound has passed unanswered (by the schedule's timers): OUTBOX_REQUEST_TIMEOUT_MS,
+      // longer after requests in a row aborted so (requestBoundMs).
       // An answer that arrives once the send's signal has aborted (it was on its way) is dropped, not applied:
       // its writes stay queued, saved for the user's next send (sent again, a replay if it was stored).
       const unlessStopped = async <T>(request: (call: OutboxCall) => Promise<T>): Promise<T> => {
@@ -245,14 +267,23 @@ export class SyncSession {
         const stop = () => bound.abort(signal.reason);
         signal.addEventListener("abort", stop, { once: true });
         if (signal.aborted) stop();
-        const timer = timers.setTimeout(
-          () => bound.abort(new Error(`unanswered after ${OUTBOX_REQUEST_TIMEOUT_MS / 1000} s`)),
-          OUTBOX_REQUEST_TIMEOUT_MS,
-        );
+        const boundMs = requestBoundMs(unansweredInRow);
+        let unanswered = false;
+        const timer = timers.setTimeout(() => {
+          unanswered = true;
+          bound.abort(new Error(`unanswered after ${boundMs / 1000} s`));
+        }, boundMs);
         try {
           const answer = await request({ signal: bound.signal, retry: ONE_TRY });
+          unansweredInRow = 0; // answered in time: the next request's bound is the first again
           if (signal.aborted) throw new SignedOutError("the send was stopped: the session ended or may have");
           return answer;
+        } catch (error) {
+          // Aborted by its bound: the next one waits longer. Answered (an HTTP status, a refusal): the server
+          // answers in time again. No answer otherwise (no network, stopped): as it was.
+          if (unanswered) unansweredInRow++;
+          else if (!isNetworkFailure(error)) unansweredInRow = 0;
+          throw error;
         } finally {
           timers.clearTimeout(timer);
           signal.removeEventListener("abort", stop);
