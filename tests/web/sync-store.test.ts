@@ -12,6 +12,7 @@ import { type PendingWrite, SyncStore } from "../../examples/web/lib/client/sync
 import { datedWrite } from "../../examples/web/lib/client/syncSession.ts";
 import { pendingWrite as write } from "./support.ts";
 import { savedBy } from "../../examples/web/components/format.ts";
+import { type DeviceIdLocks, readDeviceIds } from "../../examples/web/lib/client/deviceId.ts";
 
 const USER = "11111111-1111-4111-8111-111111111111";
 
@@ -1394,4 +1395,36 @@ Deno.test("storage too full to keep the clear mark when a tab opens: once there 
     new Date(nowMs + 2_001).toISOString(),
     "dated after the stored key, as in a tab that kept its mark (not refused as older than it: 'self')",
   );
+});
+
+Deno.test("a tab's own write-back of this browser's device ids after a clear (no storage event in the tab that writes) builds its view again: a version under an id it knew from another tab's saved write only is this browser's again", async () => {
+  const storage = new MemoryStorage();
+  const tabA = new SyncStore(USER, defaultCompareRows);
+  tabA.attachStorage(storage);
+  // Tab B (the page open through an earlier clear of the site's data, id web-old) queues a page turn: its change of
+  // the list of this browser's ids waits for the list's Web Lock (held), so tab A takes the write up before the
+  // list names web-old.
+  const listLock: DeviceIdLocks = { request: () => new Promise(() => {}) };
+  const tabB = new SyncStore(USER, defaultCompareRows);
+  tabB.attachStorage(storage, listLock);
+  tabB.addPending(write("saga", T2, "web-old", 4));
+  tabA.reloadOutbox(); // (its storage event)
+  tabA.applyServerRow(row("epic", T1, "web-old", 2));
+  assert.equal(readDeviceIds(storage).includes("web-old"), false, "the list does not name web-old yet");
+  const named = () => savedBy("web-old", "web-new", tabA.getSnapshot().browserDevices);
+  assert.equal(named(), "this browser", "named this browser's (the saved outbox)");
+  // The site's data is cleared; a Realtime row is shown before tab A looks (its view built from the cleared storage).
+  storage.clear();
+  tabA.applyServerRow(row("tome", T3, "phone", 1));
+  assert.equal(named(), "another device", "(the cleared storage names it nowhere)");
+  // Tab A looks (its outbox schedule, before it reads the shared state): it writes back what it holds, web-old
+  // among the ids, this tab's own change of the list (no storage event here).
+  tabA.checkCleared();
+  assert.ok(readDeviceIds(storage).includes("web-old"), "written back");
+  await new Promise<void>((resolve) => setTimeout(resolve, 0));
+  assert.equal(named(), "this browser", "the view built again once its own change of the list was written");
+  // Nothing changed since: no view built again for it.
+  const version = tabA.getSnapshot().version;
+  tabA.deviceIdsChanged();
+  assert.equal(tabA.getSnapshot().version, version);
 });

@@ -601,7 +601,11 @@ export class SyncStore {
     if (!this.#storage) return;
     const live = new Set(this.#deviceIdsWritten);
     for (const write of [...this.#pending.values(), ...this.#readSaved()]) live.add(write.device_id);
-    void rememberDeviceIds(this.#storage, [...ids, ...live], { keep: live, locks: this.#locks, writtenBack });
+    // Once written (under its Web Lock, maybe after this tab's other writes): the view is built again when the ids
+    // it names this browser's changed since it was built, as at another tab's change (deviceIdsChanged), which
+    // a `storage` event tells; this page's own change fires none here.
+    void rememberDeviceIds(this.#storage, [...ids, ...live], { keep: live, locks: this.#locks, writtenBack })
+      .then(() => this.deviceIdsChanged());
   }
 
   /**
