@@ -22,6 +22,7 @@ import {
   OUTBOX_REQUEST_TIMEOUT_MS,
   outboxLockName,
   requestBoundMs,
+  requestStepsWithin,
   saveBeforeSession,
   storeForUser,
   type SyncApi,
@@ -2208,13 +2209,14 @@ Deno.test("sync session, real API client, two tabs: a send answered 401 lets go 
   }
 });
 
-Deno.test("sync session, real API client: a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end: the bound grows at each request aborted by it in a row, and is the first again once one is answered", async () => {
+Deno.test("sync session, real API client: a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end: the bound grows at each request aborted by it in a row, stays the step an answer came within, and is the first again once one is answered within 12 s", async () => {
   const SLOW_MS = 20_000; // every answer comes 20 s (the test's clock) after its request arrives
   assert.ok(SLOW_MS > OUTBOX_REQUEST_TIMEOUT_MS && SLOW_MS < requestBoundMs(1));
   assert.deepEqual(
     [0, 1, 2, 3, 4, 10].map(requestBoundMs),
     [12_000, 24_000, 48_000, 96_000, OUTBOX_REQUEST_TIMEOUT_MAX_MS, OUTBOX_REQUEST_TIMEOUT_MAX_MS],
   );
+  assert.deepEqual([0, 11_999, 20_000, 30_000, 119_999].map(requestStepsWithin), [0, 0, 1, 2, 4]);
   const fn = heldFunctions();
   const t = tab();
   realApi(t, fn);
@@ -2246,9 +2248,28 @@ Deno.test("sync session, real API client: a server slower than OUTBOX_REQUEST_TI
       "the same key (a replay)",
     );
     assert.equal(alice.store.getSnapshot().pendingCount, 0, "settled");
-    // Answered: the next request's bound is 12 s again.
+    // Answered after 20 s: the bound stays the step that answer came within (24 s), so the next page turn, as
+    // slowly answered, goes in one request (at 12 s again, each write was aborted once, then sent again).
     alice.save("book", position(4), DEVICE);
-    const next = await fn.request(3);
+    await waitFor("the next page turn to be answered (or five requests)", () => {
+      answerSlowly();
+      if (fn.requests.length >= 5 || alice.store.getSnapshot().pendingCount === 0) return true;
+      if (!fn.requests.at(-1)?.ended || !alice.sending) t.clock.advance(500);
+      return false;
+    }, { timeoutMs: 15_000 });
+    assert.deepEqual(
+      fn.requests.slice(2).map((r) => [r.aborted, r.writes.map((w) => w.chapter)]),
+      [[false, [4]]],
+      "the page turn answered at its first request (its bound 24 s)",
+    );
+    // Answered in time for the first step: the next request's bound is 12 s again.
+    alice.save("book", position(5), DEVICE);
+    (await fn.request(4)).save();
+    await waitFor("the page turn to be answered", () => alice.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    alice.save("book", position(6), DEVICE);
+    const next = await fn.request(5);
     slow.add(next); // never answered
     t.clock.advance(OUTBOX_REQUEST_TIMEOUT_MS - 1);
     await tick();

@@ -115,7 +115,10 @@ export const OUTBOX_REQUEST_TIMEOUT_MS = 12_000;
 
 /**
  * The longest a request of the outbox is left unanswered (see OUTBOX_REQUEST_TIMEOUT_MS): its bound doubles at
- * each request in a row aborted by it (12, 24, 48, 96 s, then this), and is the first again once one is answered.
+ * each request in a row aborted by it (12, 24, 48, 96 s, then this), and once one is answered it is the step that
+ * answer came within (requestStepsWithin): the first again for an answer within 12 s. Back at 12 s after an answer
+ * in 20 s, each request to a server that slow was aborted once and sent again (twice the requests, each write
+ * settled a retry later).
  * At a fixed 12 s, a server slower than that at every answer stored the write (or answered it as a replay, alike
  * slow) while the outbox aborted each request and sent it again at the backoff's pace for as long as it lasted,
  * the write never settled. Below the 150 s after which Supabase's gateway gives up on a function itself (a 504).
@@ -128,6 +131,13 @@ export const OUTBOX_REQUEST_TIMEOUT_MAX_MS = 120_000;
 /** The bound of the next request of the outbox after `unansweredInRow` requests in a row aborted by theirs. */
 export function requestBoundMs(unansweredInRow: number): number {
   return Math.min(OUTBOX_REQUEST_TIMEOUT_MS * 2 ** Math.min(unansweredInRow, 16), OUTBOX_REQUEST_TIMEOUT_MAX_MS);
+}
+
+/** The fewest steps (requestBoundMs) whose bound an answer that took `elapsedMs` came within: 0 within 12 s. */
+export function requestStepsWithin(elapsedMs: number): number {
+  let steps = 0;
+  while (requestBoundMs(steps) <= elapsedMs && requestBoundMs(steps) < OUTBOX_REQUEST_TIMEOUT_MAX_MS) steps++;
+  return steps;
 }
 
 /** One request's own options: its signal (the send's, or its bound's), one attempt. */
@@ -243,8 +253,10 @@ export class SyncSession {
     let refreshAfter401: Promise<void> | null = null;
     // Requests of the outbox aborted by their bound in a row (none answered since): the next one's bound grows
     // (requestBoundMs), so a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end.
+    // An answer sets it to the step it came within (requestStepsWithin).
     let unansweredInRow = 0;
-    const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout"> = env.timers ?? {
+    const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout" | "now"> = env.timers ?? {
+      now: () => performance.now(),
       setTimeout: (run, ms) => globalThis.setTimeout(run, ms),
       clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
     };
@@ -268,6 +280,7 @@ export class SyncSession {
         signal.addEventListener("abort", stop, { once: true });
         if (signal.aborted) stop();
         const boundMs = requestBoundMs(unansweredInRow);
+        const sentAt = timers.now();
         let unanswered = false;
         const timer = timers.setTimeout(() => {
           unanswered = true;
@@ -275,14 +288,15 @@ export class SyncSession {
         }, boundMs);
         try {
           const answer = await request({ signal: bound.signal, retry: ONE_TRY });
-          unansweredInRow = 0; // answered in time: the next request's bound is the first again
+          // Answered in time: the next request's bound is the step this answer came within (12 s: within 12 s).
+          unansweredInRow = requestStepsWithin(timers.now() - sentAt);
           if (signal.aborted) throw new SignedOutError("the send was stopped: the session ended or may have");
           return answer;
         } catch (error) {
-          // Aborted by its bound: the next one waits longer. Answered (an HTTP status, a refusal): the server
-          // answers in time again. No answer otherwise (no network, stopped): as it was.
+          // Aborted by its bound: the next one waits longer. Answered (an HTTP status, a refusal): as an answer
+          // above. No answer otherwise (no network, stopped): as it was.
           if (unanswered) unansweredInRow++;
-          else if (!isNetworkFailure(error)) unansweredInRow = 0;
+          else if (!isNetworkFailure(error)) unansweredInRow = requestStepsWithin(timers.now() - sentAt);
           throw error;
         } finally {
           timers.clearTimeout(timer);
