@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { freePort, type LocalPostgres, startPostgres } from "./postgres.ts";
-import { findPostgresBinaries } from "./system.ts";
+import { exists, findPostgresBinaries } from "./system.ts";
 import { runDenoChild } from "../../tests/support/denoChild.ts";
 
 /** `promise`, or an error naming `what` once a hang guard (30 s) has passed (a guard, not a timing). */
@@ -936,3 +936,74 @@ Deno.test({
     );
     assert.deepEqual(processes, [], "no process is left behind (the look-up's neither)");
   }));
+
+Deno.test({
+  name:
+    "a process killed outright (SIGKILL) whose TMPDIR has a quote in its name: the watchdog still stops its " +
+    "cluster and removes its directory",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "readsync-o'brien-" });
+  await Deno.chmod(tmp, 0o711); // the cluster's OS user must reach its directory below it
+  const module = new URL("./postgres.ts", import.meta.url).href;
+  const starter = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { startPostgres } = await import(${JSON.stringify(module)});
+       const pg = await startPostgres({ log: () => {}, template: false });
+       const postmaster = Number(Deno.readTextFileSync(pg.dataDir + "/data/postmaster.pid").split("\\n")[0]);
+       console.log(JSON.stringify({ dataDir: pg.dataDir, postmaster }));
+       await new Promise(() => {});`,
+    ],
+    env: { TMPDIR: tmp },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(starter.stderr).text();
+  let started: { dataDir: string; postmaster: number } | undefined;
+  const alive = (pid: number) => {
+    try {
+      Deno.kill(pid, "SIGCONT");
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  try {
+    const lines = starter.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let printed = "";
+    while (!printed.includes("\n")) {
+      const { value, done } = await guarded(lines.read(), "the start's report", 120_000);
+      if (done) throw new Error(`the start ended without a report:\n${printed}\n${await stderr}`);
+      printed += value;
+    }
+    lines.releaseLock();
+    started = JSON.parse(printed);
+    assert.ok(started!.dataDir.startsWith(`${tmp}/`), started!.dataDir);
+    starter.kill("SIGKILL"); // no exit cleanups: the watchdog alone is left to stop the cluster
+    await starter.status;
+    await guarded(
+      (async () => {
+        while (exists(started!.dataDir) || alive(started!.postmaster)) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      })(),
+      "the watchdog's stop and removal",
+      60_000,
+    );
+  } finally {
+    try {
+      starter.kill("SIGKILL");
+    } catch { /* ended */ }
+    await starter.stdout.cancel().catch(() => {});
+    await stderr.catch(() => {});
+    // What a watchdog that never ran left (the old quoting): its cluster too.
+    if (started && alive(started.postmaster)) {
+      Deno.kill(started.postmaster, "SIGQUIT");
+      while (alive(started.postmaster)) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await Deno.remove(tmp, { recursive: true });
+  }
+});

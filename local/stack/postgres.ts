@@ -550,13 +550,18 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
         }
       })().catch(() => {});
 
+      // The directory is the script's $1, not spliced into its text: a TMPDIR with a quote in it (a home
+      // directory's name, "O'Brien") broke the quoting, and sh refused the whole script, so a process
+      // killed outright left its cluster running and its directory behind.
       watchdog = new Deno.Command("setsid", {
         args: [
           "sh",
           "-c",
           `trap '' INT HUP; while kill -0 ${Deno.pid} 2>/dev/null; do sleep 1; done; ` +
           `kill -INT ${postmaster.pid} 2>/dev/null; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 ${postmaster.pid} 2>/dev/null || break; sleep 0.5; done; ` +
-          `kill -KILL ${postmaster.pid} 2>/dev/null; rm -rf '${dataDir}'`,
+          `kill -KILL ${postmaster.pid} 2>/dev/null; rm -rf -- "$1"`,
+          "readsync-pg-watchdog",
+          dataDir,
         ],
         stdin: "null",
         stdout: "null",
