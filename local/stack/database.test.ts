@@ -285,13 +285,18 @@ Deno.test({
     assert.deepEqual(outcomes.toSorted(), ["applied", "found applied"], outcomes.join("\n"));
   }));
 
+/** `text` as one word of sh, whatever it holds (a quote in a TMPDIR's name too). */
+const shellWord = (text: string) => `'${text.replaceAll("'", `'\\''`)}'`;
+
 /**
  * `body` run with the CLI's binary behind a stand-in (SUPABASE_CLI_BINARY_OVERRIDE) that runs it only once
  * `release` is called: a push is held with its lock taken. `restore` puts the override back (pushes begun
- * after it run the CLI unheld); both are done after `body` too, also when it throws.
+ * after it run the CLI unheld); both are done after `body` too, also when it throws, and the stand-in's
+ * directory (`dir`) is removed then: a stand-in still waiting ends once it is gone, instead of waiting on
+ * for a release it missed (written and removed between two of its looks) after its test had failed.
  */
 async function withHeldCli(
-  body: (cli: { release: () => Promise<void>; restore: () => void }) => Promise<void>,
+  body: (cli: { release: () => Promise<void>; restore: () => void; dir: string }) => Promise<void>,
 ): Promise<void> {
   const real = supabaseCliBinary()!;
   const dir = await Deno.makeTempDir({ prefix: "readsync-held-cli-" });
@@ -299,6 +304,7 @@ async function withHeldCli(
   const binary = `${dir}/supabase`;
   const override = Deno.env.get("SUPABASE_CLI_BINARY_OVERRIDE");
   const cli = {
+    dir,
     release: async () => await Deno.writeTextFile(gate, ""),
     restore: () => {
       if (override === undefined) Deno.env.delete("SUPABASE_CLI_BINARY_OVERRIDE");
@@ -308,7 +314,10 @@ async function withHeldCli(
   try {
     await Deno.writeTextFile(
       binary,
-      `#!/bin/sh\nwhile [ ! -e '${gate}' ]; do sleep 0.05; done\nexec '${real}' "$@"\n`,
+      `#!/bin/sh\nwhile [ ! -e ${shellWord(gate)} ]; do [ -d ${
+        shellWord(dir)
+      } ] || exit 1; sleep 0.05; done\n` +
+        `exec ${shellWord(real)} "$@"\n`,
     );
     await Deno.chmod(binary, 0o755);
     Deno.env.set("SUPABASE_CLI_BINARY_OVERRIDE", binary);
@@ -319,6 +328,57 @@ async function withHeldCli(
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
+
+/** The processes whose command line names `dir` (pids). */
+async function processesIn(dir: string): Promise<number[]> {
+  const ps = await new Deno.Command("ps", { args: ["-eo", "pid=,args="], stdout: "piped" }).output();
+  return new TextDecoder().decode(ps.stdout).split("\n").filter((line) => line.includes(dir))
+    .map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
+/** Resolves once `done` holds (looked at every 100 ms; a hang guard: 60 s, naming `what`). */
+async function until(done: () => Promise<boolean>, what: string): Promise<void> {
+  const guard = Date.now() + 60_000;
+  while (!(await done())) {
+    if (Date.now() > guard) throw new Error(`${what}: not within 60 s`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+Deno.test({
+  name:
+    "withHeldCli (this file's helper) whose body fails while a push is held: its stand-in ends with it, " +
+    "instead of waiting on for a release it missed",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    let dir = "";
+    let push: Promise<string> | undefined;
+    try {
+      await assert.rejects(
+        withHeldCli(async (cli) => {
+          dir = cli.dir;
+          push = pushMigrations(pg.url);
+          push.catch(() => {});
+          await within(pushLockHolder(sql), "the push's lock");
+          await until(async () => (await processesIn(dir)).length > 0, "the held stand-in");
+          throw new Error("the test failed here");
+        }),
+        /the test failed here/,
+      );
+      await until(async () => (await processesIn(dir)).length === 0, "the held stand-in's end");
+      await assert.rejects(within(push!, "the push"), /supabase db push failed/);
+    } finally {
+      // A stand-in left waiting (the old helper's): ended, so that its push and the cluster can end.
+      for (const pid of dir ? await processesIn(dir) : []) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* gone */ }
+      }
+      await push?.catch(() => {});
+    }
+  }));
 
 /** The backend holding the push's advisory lock, once one does (a hang guard: 60 s). */
 async function pushLockHolder(sql: postgres.Sql): Promise<number> {
