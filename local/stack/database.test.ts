@@ -8,6 +8,7 @@ import type postgres from "postgres";
 import {
   applyBootstrapIfNeeded,
   connectionUsesTls,
+  passwordFromFile,
   pushMigrations,
   supabaseCliBinary,
   supabaseLauncher,
@@ -596,6 +597,88 @@ Deno.test({
       assert.match(await within(pushMigrations(url), "the push"), /Applying migration/);
     });
   });
+});
+
+/**
+ * What passwordFromFile finds for each of `urls` with the password file `lines` (PGASSFILE, mode 0600) and
+ * the environment `vars` (set for the look-ups; undefined: unset), by URL: the password, or null.
+ */
+async function passwordsFound(
+  lines: string[],
+  vars: Record<string, string | undefined>,
+  urls: string[],
+): Promise<Record<string, string | null>> {
+  const dir = await Deno.makeTempDir({ prefix: "readsync-pgpass-" });
+  try {
+    const file = `${dir}/pgpass`;
+    await Deno.writeTextFile(file, lines.join("\n") + "\n", { mode: 0o600 });
+    const unset = { PGHOST: undefined, PGPORT: undefined, PGDATABASE: undefined, PGUSER: undefined };
+    return await withEnv({ ...unset, ...vars, PGPASSFILE: file }, () =>
+      Promise.resolve(
+        Object.fromEntries(urls.map((url) => [url, passwordFromFile(new URL(url))?.password ?? null])),
+      ));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("the password file's host, as libpq matches it: ?host= over the URL's, PGHOST where the URL has none, a %2F-encoded socket directory decoded, the default socket directory or none as localhost", async () => {
+  const lines = [
+    "db.example:5432:postgres:postgres:from-pghost",
+    "/tmp/readsync-socket:5432:postgres:postgres:from-socket-dir",
+    "query.example:6543:postgres:postgres:from-query-host",
+    "localhost:5432:postgres:postgres:from-localhost",
+  ];
+  assert.deepEqual(
+    await passwordsFound(lines, { PGHOST: "db.example" }, [
+      "postgresql:///postgres?user=postgres",
+      "postgresql://postgres@%2Ftmp%2Freadsync-socket/postgres",
+      "postgresql://postgres@elsewhere.example/postgres?host=query.example&port=6543",
+      "postgresql:///postgres?host=/tmp/readsync-socket&user=postgres",
+    ]),
+    {
+      "postgresql:///postgres?user=postgres": "from-pghost",
+      "postgresql://postgres@%2Ftmp%2Freadsync-socket/postgres": "from-socket-dir",
+      "postgresql://postgres@elsewhere.example/postgres?host=query.example&port=6543": "from-query-host",
+      "postgresql:///postgres?host=/tmp/readsync-socket&user=postgres": "from-socket-dir",
+    },
+  );
+  assert.deepEqual(
+    await passwordsFound(lines, {}, [
+      "postgresql:///postgres?user=postgres",
+      "postgresql://postgres@%2Fvar%2Frun%2Fpostgresql/postgres",
+    ]),
+    {
+      "postgresql:///postgres?user=postgres": "from-localhost",
+      "postgresql://postgres@%2Fvar%2Frun%2Fpostgresql/postgres": "from-localhost",
+    },
+  );
+});
+
+Deno.test("the password file's line with an empty password gives none (libpq sends none), not an empty one; later lines are not looked at", async () => {
+  assert.deepEqual(
+    await passwordsFound(["127.0.0.1:5432:*:postgres:", "*:*:*:*:later"], {}, [
+      "postgresql://postgres@127.0.0.1/postgres",
+    ]),
+    { "postgresql://postgres@127.0.0.1/postgres": null },
+  );
+});
+
+Deno.test("the password file's user where the URL and PGUSER give none: the effective OS user's name, as libpq takes it, not $USER", async () => {
+  const { userInfo } = await import("node:os");
+  const me = userInfo().username;
+  const url = "postgresql://127.0.0.1/postgres";
+  assert.deepEqual(
+    await passwordsFound(
+      [
+        `127.0.0.1:5432:postgres:readsync-not-${me}:from-user-variable`,
+        `127.0.0.1:5432:postgres:${me}:from-os`,
+      ],
+      { USER: `readsync-not-${me}` },
+      [url],
+    ),
+    { [url]: "from-os" },
+  );
 });
 
 Deno.test({

@@ -1,6 +1,7 @@
 // Prepares a database for readsync: the local platform bootstrap (only where the database is not
 // already a Supabase one), then our migrations, applied by the real Supabase CLI.
 
+import { userInfo } from "node:os";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { onCleanup } from "./cleanup.ts";
@@ -198,11 +199,60 @@ function passwordFileName(): string {
 }
 
 /**
+ * The directory libpq looks for a server's socket in when it is given no host: the one the Debian and Ubuntu
+ * packages (whose psql findPostgresBinaries finds) are built with. The password file matches it as
+ * `localhost`, as it does no host at all.
+ */
+const DEFAULT_SOCKET_DIR = "/var/run/postgresql";
+
+/** Where a connection to a URL goes and as whom, as libpq takes each from it and the environment. */
+export interface LibpqTarget {
+  /** A host name or address, or a socket directory (an absolute path); "" when none is given. */
+  host: string;
+  port: string;
+  database: string;
+  user: string;
+}
+
+/**
+ * The host, port, database and user libpq connects to and as for `url`: each from the URL's query parameter
+ * (`?host=`, `?port=`, `?dbname=`, `?user=`, which take precedence over the URL's own parts), else the URL's
+ * part (percent-decoded: a socket directory is written `%2Fvar%2Frun%2Fpostgresql`), else its environment
+ * variable (PGHOST, PGPORT, PGDATABASE, PGUSER), else libpq's default: no host (the default socket
+ * directory), port 5432, the user's name as the database, the effective OS user's name as the user (what
+ * libpq and postgres.js take: not $USER, which a shell may carry over from another user, as `su` or sudo do).
+ */
+export function libpqTarget(url: URL): LibpqTarget {
+  const param = (name: string) => url.searchParams.get(name) || "";
+  const env = (name: string) => Deno.env.get(name) || "";
+  const host = param("host") || decodeURIComponent(url.hostname).replace(/^\[(.*)\]$/, "$1") || env("PGHOST");
+  const user = param("user") || decodeURIComponent(url.username) || env("PGUSER") || osUserName();
+  return {
+    host,
+    port: param("port") || url.port || env("PGPORT") || "5432",
+    database: param("dbname") || decodeURIComponent(url.pathname.slice(1)) || env("PGDATABASE") || user,
+    user,
+  };
+}
+
+/** The effective OS user's name, as libpq takes it (getpwuid of geteuid); "" when there is none. */
+function osUserName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return "";
+  }
+}
+
+/**
  * The password libpq would take for `url` from its password file (PGPASSFILE, else ~/.pgpass) and that
- * file, or null: the first line `host:port:database:user:password` whose first four fields match (each
- * `*` for any; `\` escapes a `:` or `\`; `#` starts a comment line), the port 5432, the database the user's
- * name and the user the login's where the URL gives none. A file that is not a plain file, or that its
- * group or others may read or write, is not read (libpq ignores it, saying so).
+ * file, or null, by libpq's rules ("The Password File", and its passwordFromFile): the first line
+ * `host:port:database:user:password` whose first four fields match the connection's (libpqTarget; each
+ * `*` for any; `\` escapes a `:` or `\`; `#` starts a comment line), the host `localhost` where there is
+ * none or it is the default socket directory. That line's password; none when its password field is empty
+ * (libpq then sends none: "no password supplied"), and none when the connection has no database or user.
+ * A file that is not a plain file, or that its group or others may read or write, is not read (libpq
+ * ignores it, saying so).
  */
 export function passwordFromFile(url: URL): { file: string; password: string } | null {
   const file = passwordFileName();
@@ -214,13 +264,10 @@ export function passwordFromFile(url: URL): { file: string; password: string } |
   } catch {
     return null;
   }
-  const user = decodeURIComponent(url.username) || Deno.env.get("PGUSER") || Deno.env.get("USER") || "";
-  const wanted = [
-    url.hostname.replace(/^\[(.*)\]$/, "$1") || "localhost",
-    url.port || Deno.env.get("PGPORT") || "5432",
-    decodeURIComponent(url.pathname.slice(1)) || Deno.env.get("PGDATABASE") || user,
-    user,
-  ];
+  const target = libpqTarget(url);
+  if (target.database === "" || target.user === "") return null;
+  const host = target.host === "" || target.host === DEFAULT_SOCKET_DIR ? "localhost" : target.host;
+  const wanted = [host, target.port, target.database, target.user];
   for (const line of text.split(/\r?\n/)) {
     if (line === "" || line.startsWith("#")) continue;
     // Its fields, unescaped; `*` (unescaped) matches anything.
@@ -242,7 +289,7 @@ export function passwordFromFile(url: URL): { file: string; password: string } |
     fields.push({ value, any: raw === "*" });
     if (fields.length < 5) continue;
     if (wanted.every((want, i) => fields[i].any || fields[i].value === want)) {
-      return { file, password: fields[4].value };
+      return fields[4].value === "" ? null : { file, password: fields[4].value };
     }
   }
   return null;
