@@ -7,6 +7,7 @@ import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
 import type postgres from "postgres";
 import {
   applyBootstrapIfNeeded,
+  cliDbUrl,
   connectionUsesTls,
   passwordFromFile,
   pushMigrations,
@@ -49,7 +50,7 @@ async function withCluster(body: (pg: LocalPostgres, sql: postgres.Sql) => Promi
  * `body` run with the environment variables `vars` set (undefined: unset), then put back as they were, also
  * when it throws.
  */
-async function withEnv<T>(vars: Record<string, string | undefined>, body: () => Promise<T>): Promise<T> {
+async function withEnv<T>(vars: Record<string, string | undefined>, body: () => T | Promise<T>): Promise<T> {
   const before = Object.fromEntries(Object.keys(vars).map((name) => [name, Deno.env.get(name)]));
   const set = (values: Record<string, string | undefined>) => {
     for (const [name, value] of Object.entries(values)) {
@@ -498,6 +499,77 @@ Deno.test({
 
 Deno.test({
   name:
+    "a SUPABASE_DB_URL whose sslmode lets libpq choose (prefer, allow) against a server without TLS: the " +
+    "lock's connection goes without it and the CLI is told sslmode=disable (it has no fallback of its own), " +
+    "and the push runs; so it does to a socket directory given as ?host= (the lock's connection there too)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg) => {
+    await applyBootstrapIfNeeded(pg.url);
+    const pushes: Record<string, string> = {};
+    for (
+      const url of [
+        `${pg.url}?sslmode=prefer`,
+        `${pg.url}?sslmode=allow`,
+        `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres`,
+      ]
+    ) {
+      pushes[url] = pushOutcome((await Promise.allSettled([within(pushMigrations(url), url)]))[0]);
+    }
+    assert.deepEqual(
+      Object.values(pushes),
+      ["applied", "found applied", "found applied"],
+      JSON.stringify(pushes),
+    );
+  }));
+
+Deno.test("cliDbUrl: a URL's sslmode=prefer or allow becomes what the lock's connection came to (require with TLS, disable without) on any host; PGSSLMODE is the sslmode where the URL has none", async () => {
+  const remote = "postgresql://postgres@db.example:5432/postgres";
+  const sslmode = (url: string) => new URL(url).searchParams.get("sslmode");
+  await withEnv({ PGSSLMODE: undefined }, () => {
+    assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=prefer`, false)), "disable");
+    assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=prefer`, true)), "require");
+    assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=allow`, false)), "disable");
+    assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=verify-full`, true)), "verify-full");
+    assert.equal(sslmode(cliDbUrl(remote, false)), "disable");
+  });
+  await withEnv({ PGSSLMODE: "verify-full" }, () => {
+    assert.equal(sslmode(cliDbUrl("postgresql://postgres@127.0.0.1:5432/postgres", true)), "verify-full");
+    assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=prefer`, true)), "require", "the URL's comes first");
+  });
+  await withEnv({ PGSSLMODE: "disable" }, () => {
+    assert.equal(sslmode(cliDbUrl("postgresql://postgres@127.0.0.1:5432/postgres", false)), "disable");
+  });
+});
+
+Deno.test({
+  name: "PGSSLMODE, which psql reads, is the lock's connection's sslmode where the URL has none: disable " +
+    "goes without TLS to a server that offers it, require refuses a server whose pg_hba.conf takes " +
+    "connections without TLS only (instead of falling back)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    await selfSignedCertificate(pg);
+    await reconfigure(pg, sql, "hostssl all all 127.0.0.1/32 trust", `${pg.url}?sslmode=disable`, true);
+    await withEnv({ PGSSLMODE: undefined }, async () => {
+      assert.equal(await connectionUsesTls(pg.url), true, "without PGSSLMODE: prefer, TLS offered");
+    });
+    await withEnv({ PGSSLMODE: "disable" }, async () => {
+      await assert.rejects(connectionUsesTls(pg.url), /no pg_hba\.conf entry/, "disable: no TLS asked for");
+    });
+    await reconfigure(pg, sql, "hostnossl all all 127.0.0.1/32 trust", `${pg.url}?sslmode=require`, true);
+    await withEnv({ PGSSLMODE: "require" }, async () => {
+      await assert.rejects(connectionUsesTls(pg.url), /no pg_hba\.conf entry/, "require: no fallback");
+    });
+    await withEnv({ PGSSLMODE: undefined }, async () => {
+      assert.equal(await connectionUsesTls(pg.url), false, "without PGSSLMODE: prefer falls back");
+    });
+  }));
+
+Deno.test({
+  name:
     "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL, set " +
     "PGPASSWORD or give it a line in the password file (psql cannot ask for it), instead of a bare psql error",
   sanitizeOps: false,
@@ -613,10 +685,10 @@ async function passwordsFound(
     const file = `${dir}/pgpass`;
     await Deno.writeTextFile(file, lines.join("\n") + "\n", { mode: 0o600 });
     const unset = { PGHOST: undefined, PGPORT: undefined, PGDATABASE: undefined, PGUSER: undefined };
-    return await withEnv({ ...unset, ...vars, PGPASSFILE: file }, () =>
-      Promise.resolve(
-        Object.fromEntries(urls.map((url) => [url, passwordFromFile(new URL(url))?.password ?? null])),
-      ));
+    return await withEnv(
+      { ...unset, ...vars, PGPASSFILE: file },
+      () => Object.fromEntries(urls.map((url) => [url, passwordFromFile(new URL(url))?.password ?? null])),
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -329,84 +329,169 @@ export async function applyBootstrapIfNeeded(
   return !out.includes(BOOTSTRAP_FOUND_APPLIED);
 }
 
+/** The sslmode values libpq takes. */
+const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const;
+type SslMode = (typeof SSL_MODES)[number];
+
 /**
- * The URL the Supabase CLI is given: for a server on this machine (127.0.0.1, localhost) without an
- * sslmode, `require` when the server takes TLS (`tls`, as a connection that asked for it when offered found:
- * connectionOptions) and `disable` when it does not. The CLI has no libpq `prefer` of its own: given a URL
- * that asks for TLS (no sslmode is `prefer`), its connect drops pgx's fallback to a connection without it
- * ("No fallback from TLS to unsecure connection", internal/utils/connect.go), so the local cluster, which has
- * no TLS, needs `disable` spelled out, and a server that takes TLS connections only needs TLS. A URL with
- * an sslmode, or of another host, is the CLI's as given.
+ * The sslmode libpq connects to `url` with: the URL's `sslmode`, else PGSSLMODE (psql reads it, and so does
+ * the CLI's pgx; postgres.js does not), else libpq's default, `prefer`. One libpq does not know is refused,
+ * as psql refuses it.
+ */
+export function sslModeFor(url: URL): SslMode {
+  const mode = url.searchParams.get("sslmode") || Deno.env.get("PGSSLMODE") || "prefer";
+  if (!(SSL_MODES as readonly string[]).includes(mode)) {
+    throw new Error(`invalid sslmode value: "${mode}" (libpq takes ${SSL_MODES.join(", ")})`);
+  }
+  return mode as SslMode;
+}
+
+/**
+ * The URL the Supabase CLI is given, for a connection that used TLS (`tls`) or not, as one made as psql
+ * makes it did (firstQueryAsPsql). Where its sslmode (the URL's, else PGSSLMODE's, else none: sslModeFor)
+ * lets libpq choose, `prefer` (try TLS, fall back to a connection without it) or `allow` (the other way
+ * round), the CLI is told what that connection came to: `require` when it used TLS, `disable` when it did
+ * not. The CLI has no fallback of its own: given a URL that asks for TLS (`prefer`, or no sslmode), its
+ * connect drops pgx's fallback to a connection without it ("No fallback from TLS to unsecure connection",
+ * internal/utils/connect.go), so that a server without TLS (the stack's own cluster) or one whose
+ * pg_hba.conf refuses it failed the push where psql connected; and `allow` (pgx: without TLS first, then
+ * with it) would make its choice again. An sslmode that leaves no choice (disable, require, verify-ca,
+ * verify-full) is the CLI's as the URL or PGSSLMODE gives it (PGSSLMODE's written into the URL).
  */
 export function cliDbUrl(dbUrl: string, tls: boolean): string {
   const url = new URL(dbUrl);
-  if (!url.searchParams.has("sslmode") && ["127.0.0.1", "localhost"].includes(url.hostname)) {
-    url.searchParams.set("sslmode", tls ? "require" : "disable");
-  }
+  const mode = sslModeFor(url);
+  if (mode === "prefer" || mode === "allow") url.searchParams.set("sslmode", tls ? "require" : "disable");
+  else url.searchParams.set("sslmode", mode);
   return url.toString();
 }
 
+/** The query parameters that libpqTarget and sslModeFor read, not postgres.js's (it sends others on). */
+const LIBPQ_TARGET_PARAMETERS = ["host", "port", "dbname", "user", "sslmode"];
+
 /**
- * postgres.js's options for a connection as psql makes it to `dbUrl`: TLS when the server offers it, as
- * psql and the CLI do without an sslmode (postgres.js's own default is none: a server that takes TLS
- * connections only, as a Supabase project enforcing SSL, refused it); the password of the password file
- * (PGPASSFILE, else ~/.pgpass) when neither the URL nor PGPASSWORD gives one, as libpq and the CLI's pgx
- * read it (postgres.js does not: a password kept there bootstrapped, then failed the push's lock).
+ * postgres.js's options for a connection to `dbUrl` as psql makes it: to the host, port and database and as
+ * the user libpq takes (libpqTarget: postgres.js sends a `?host=` on to the server as a setting, does not
+ * decode a %2F-encoded socket directory, and connects to localhost over TCP where libpq, given no host, takes
+ * its default socket directory); the password of the password file (PGPASSFILE, else ~/.pgpass) when
+ * neither the URL nor PGPASSWORD gives one, as libpq and the CLI's pgx read it (postgres.js does not: a
+ * password kept there bootstrapped, then failed the push's lock). Its TLS is each attempt's
+ * (firstQueryAsPsql). `url` is `dbUrl` without the parameters these replace.
  */
-function connectionOptions(dbUrl: string): { ssl?: "prefer"; pass?: string } {
+function connectionOptions(dbUrl: string): {
+  url: string;
+  options: { host: string; port: number; database: string; username: string; pass?: string };
+  target: LibpqTarget;
+} {
   const url = new URL(dbUrl);
+  const target = libpqTarget(url);
   const source = passwordSource(dbUrl);
+  for (const name of LIBPQ_TARGET_PARAMETERS) url.searchParams.delete(name);
   return {
-    ...(url.searchParams.has("sslmode") ? {} : { ssl: "prefer" as const }),
-    ...(typeof source === "object" && source !== null ? { pass: source.password } : {}),
+    url: url.toString(),
+    options: {
+      host: target.host || DEFAULT_SOCKET_DIR,
+      port: Number(target.port),
+      database: target.database,
+      username: target.user,
+      ...(typeof source === "object" && source !== null ? { pass: source.password } : {}),
+    },
+    target,
   };
 }
 
-/** Whether `sql`'s connection runs over TLS (what the server's pg_stat_ssl says of it). */
-const CONNECTION_TLS = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+/** SSLRequest: the message a client sends first to ask the server for TLS (answered 'S' or 'N'). */
+const SSL_REQUEST = new Uint8Array([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
 /**
- * Whether a connection to `dbUrl` made as psql makes it (connectionOptions) runs over TLS: what cliDbUrl is
- * told for a command run on its own (`npm test`'s `supabase db lint`).
+ * Whether the server at `host`:`port` offers TLS: what it answers an SSLRequest ('S'), on a connection of
+ * its own (closed after). False when it cannot be asked (no connection, or no answer within 10 s: the
+ * connection's own attempt then says what is wrong).
  */
+async function serverOffersTls(host: string, port: number): Promise<boolean> {
+  let conn: Deno.Conn | undefined;
+  let guard: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const ask = (async () => {
+      conn = await Deno.connect({ hostname: host, port });
+      await conn.write(SSL_REQUEST);
+      const answer = new Uint8Array(1);
+      return await conn.read(answer) === 1 && answer[0] === 0x53; // 'S'
+    })();
+    ask.catch(() => {});
+    return await Promise.race([
+      ask,
+      new Promise<boolean>((resolve) => guard = setTimeout(resolve, 10_000, false)),
+    ]);
+  } catch {
+    return false;
+  } finally {
+    clearTimeout(guard);
+    try {
+      conn?.close();
+    } catch { /* closed */ }
+  }
+}
+
+/** Whether a connection to `dbUrl` made as psql makes it (firstQueryAsPsql) uses TLS: what cliDbUrl is told. */
 export async function connectionUsesTls(dbUrl: string): Promise<boolean> {
-  const { sql, results } = await firstQueryAsPsql(dbUrl, CONNECTION_TLS);
+  const { sql, tls } = await firstQueryAsPsql(dbUrl, "select 1");
   await sql.end();
-  return (results as unknown as { ssl: boolean }[])[0]?.ssl === true;
+  return tls;
 }
 
 /**
  * `query` (simple: no prepared statement) run first on a connection to `dbUrl` made as psql makes it
- * (connectionOptions): the connection, which the caller ends, and the query's results. A TLS connection the
- * server refuses (28000: its pg_hba.conf has no line for it, as with hostnossl lines only), where the URL
- * gives no sslmode, is made again without TLS, as libpq's prefer does (postgres.js's prefer only takes what
- * the server offers: it failed where psql connected). Its error, on a connection that failed, said as psql's
- * is (connectionError); the connection is ended then.
+ * (connectionOptions): the connection, which the caller ends, the query's results, and whether it uses TLS.
+ * Its TLS as libpq's sslmode (sslModeFor) has it: `prefer` asks for it where the server offers it
+ * (serverOffersTls) and, should the server refuse that connection (28000: its pg_hba.conf has no line for
+ * it, as with hostnossl lines only), connects again without it; `allow` connects without it first, and
+ * again with it on such a refusal; `disable` never asks for it, `require` and the verify modes always (the
+ * latter verifying the certificate); over a socket directory, none (libpq uses none there). postgres.js has
+ * no such fallback of its own (its `prefer` only takes what the server offers, and its `allow` asks for TLS
+ * whether offered or not), and does not read PGSSLMODE. Its error, on a connection that failed, said as
+ * psql's is (connectionError); the connection is ended then.
  */
 async function firstQueryAsPsql(
   dbUrl: string,
   query: string,
-): Promise<{ sql: postgres.Sql; results: postgres.RowList<postgres.Row[]> }> {
-  const options = connectionOptions(dbUrl);
-  const attempt = async (ssl: { ssl?: "prefer" | false }) => {
-    const sql = postgres(dbUrl, { max: 1, onnotice: () => {}, ...options, ...ssl });
+): Promise<{ sql: postgres.Sql; results: postgres.RowList<postgres.Row[]>; tls: boolean }> {
+  const { url, options, target } = connectionOptions(dbUrl);
+  const mode = sslModeFor(new URL(dbUrl));
+  // verify-ca: the certificate's chain checked, not its name (node's tls checks both unless told not to).
+  type Ssl = false | "require" | "verify-full" | {
+    rejectUnauthorized: true;
+    checkServerIdentity: () => undefined;
+  };
+  let attempts: Ssl[];
+  if (options.host.startsWith("/")) attempts = [false];
+  else if (mode === "disable") attempts = [false];
+  else if (mode === "allow") attempts = [false, "require"];
+  else if (mode === "prefer") {
+    attempts = (await serverOffersTls(options.host, options.port)) ? ["require", false] : [false];
+  } else {
+    if (!(await serverOffersTls(options.host, options.port))) {
+      throw new Error(
+        `${databaseAt(dbUrl)} does not take TLS connections, and its sslmode (${mode}) asks for one ` +
+          `(server ${target.host || DEFAULT_SOCKET_DIR}:${target.port})`,
+      );
+    }
+    attempts = [
+      mode === "verify-ca" ? { rejectUnauthorized: true, checkServerIdentity: () => undefined } : mode,
+    ];
+  }
+  for (let i = 0;; i++) {
+    const ssl = attempts[i];
+    const sql = postgres(url, { max: 1, onnotice: () => {}, ...options, ssl });
     try {
-      return { sql, results: await sql.unsafe(query) };
+      return { sql, results: await sql.unsafe(query), tls: ssl !== false };
     } catch (error) {
       await sql.end();
-      throw error;
-    }
-  };
-  try {
-    return await attempt({});
-  } catch (error) {
-    if (options.ssl !== "prefer" || (error as { code?: string })?.code !== "28000") {
-      throw connectionError(dbUrl, error);
+      if (i + 1 >= attempts.length || (error as { code?: string })?.code !== "28000") {
+        throw connectionError(dbUrl, error);
+      }
     }
   }
-  return await attempt({ ssl: false }).catch((error) => {
-    throw connectionError(dbUrl, error);
-  });
 }
 
 /** A connection's error, its password refused or missing said as psql's is (passwordRefused). */
@@ -458,21 +543,20 @@ const PUSH_LOCK = "hashtextextended('readsync: supabase db push', 0)";
  * CLI runs (terminated, a pooler's or the network's cut) only ends the serialization: sql.begin would reject
  * at once, while the CLI goes on (failing a push that succeeds, or a start torn down under its CLI).
  *
- * The lock's connection is made as psql makes it (firstQueryAsPsql: TLS when offered and not refused, the
- * password file's password), and the CLI uses TLS when that connection did (cliDbUrl). A password refused, or missing, is
- * said as psql's is.
+ * The lock's connection is made as psql makes it (firstQueryAsPsql: its host, user and password file as
+ * libpq's, its TLS as the sslmode has it), and where the sslmode lets libpq choose, the CLI uses TLS when
+ * that connection did (cliDbUrl). A password refused, or missing, is said as psql's is.
  */
 export async function pushMigrations(dbUrl: string): Promise<string> {
-  // One simple query (no prepared statement, as a pooler in transaction mode may not keep one); its last
-  // result says whether the connection got TLS, and the CLI is told to use it (cliDbUrl) as this did.
-  const { sql, results } = await firstQueryAsPsql(
+  // One simple query (no prepared statement, as a pooler in transaction mode may not keep one); the CLI is
+  // told to use TLS (cliDbUrl) as this connection did.
+  const { sql, tls } = await firstQueryAsPsql(
     dbUrl,
     "begin isolation level read committed; " +
       "set local idle_in_transaction_session_timeout = 0; set local statement_timeout = 0; " +
-      `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK}); ${CONNECTION_TLS};`,
+      `set local lock_timeout = 0; select pg_advisory_xact_lock(${PUSH_LOCK});`,
   );
   try {
-    const tls = (results.at(-1) as unknown as { ssl: boolean }[] | undefined)?.[0]?.ssl === true;
     const { ok, output } = await supabaseCli([
       "db",
       "push",
