@@ -501,7 +501,8 @@ Deno.test({
   name:
     "a SUPABASE_DB_URL whose sslmode lets libpq choose (prefer, allow) against a server without TLS: the " +
     "lock's connection goes without it and the CLI is told sslmode=disable (it has no fallback of its own), " +
-    "and the push runs; so it does to a socket directory given as ?host= (the lock's connection there too)",
+    "and the push runs; so it does to a socket directory given as ?host= or %2F-encoded as the URL's host " +
+    "(the lock's connection and the CLI there too)",
   sanitizeOps: false,
   sanitizeResources: false,
 }, () =>
@@ -513,13 +514,14 @@ Deno.test({
         `${pg.url}?sslmode=prefer`,
         `${pg.url}?sslmode=allow`,
         `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres`,
+        `postgresql://postgres@${encodeURIComponent(pg.dataDir)}:${pg.port}/postgres`,
       ]
     ) {
       pushes[url] = pushOutcome((await Promise.allSettled([within(pushMigrations(url), url)]))[0]);
     }
     assert.deepEqual(
       Object.values(pushes),
-      ["applied", "found applied", "found applied"],
+      ["applied", "found applied", "found applied", "found applied"],
       JSON.stringify(pushes),
     );
   }));
@@ -532,6 +534,12 @@ Deno.test("cliDbUrl: a URL's sslmode=prefer or allow becomes what the lock's con
     assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=prefer`, true)), "require");
     assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=allow`, false)), "disable");
     assert.equal(sslmode(cliDbUrl(`${remote}?sslmode=verify-full`, true)), "verify-full");
+    assert.equal(
+      cliDbUrl("postgresql://postgres:p%40ss@%2Ftmp%2Fsockets:6543/postgres?application_name=x", false),
+      "postgresql:///postgres?application_name=x&sslmode=disable&host=%2Ftmp%2Fsockets&port=6543&user=postgres" +
+        "&password=p%40ss",
+      "a %2F-encoded socket directory as ?host=",
+    );
     assert.equal(sslmode(cliDbUrl(remote, false)), "disable");
   });
   await withEnv({ PGSSLMODE: "verify-full" }, () => {

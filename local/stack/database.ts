@@ -363,7 +363,17 @@ export function cliDbUrl(dbUrl: string, tls: boolean): string {
   const mode = sslModeFor(url);
   if (mode === "prefer" || mode === "allow") url.searchParams.set("sslmode", tls ? "require" : "disable");
   else url.searchParams.set("sslmode", mode);
-  return url.toString();
+  // A socket directory written %2F-encoded as the URL's host (libpq decodes it) the CLI's pgx takes for a
+  // host name to resolve: it is given as ?host= instead, the URL's port, user and password as parameters
+  // too (a URL with a user needs a host), each unless a parameter gives it already (libpq's takes precedence).
+  const host = decodeURIComponent(url.hostname);
+  if (!host.startsWith("/")) return url.toString();
+  const params = new URLSearchParams(url.search);
+  const parts = { host, port: url.port, user: url.username, password: url.password };
+  for (const [name, value] of Object.entries(parts)) {
+    if (value && !params.has(name)) params.set(name, decodeURIComponent(value));
+  }
+  return `${url.protocol}//${url.pathname}?${params}`;
 }
 
 /** The query parameters that libpqTarget and sslModeFor read, not postgres.js's (it sends others on). */
