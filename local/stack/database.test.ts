@@ -577,6 +577,31 @@ Deno.test({
   }));
 
 Deno.test({
+  name: "sslmode=require where the server offers no TLS: the start says so; where nothing answers at the " +
+    "URL's port: the connection's own error (refused), not that the server takes no TLS",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg) => {
+    const { freePort } = await import("./postgres.ts");
+    await withEnv({ PGSSLMODE: undefined }, async () => {
+      await assert.rejects(
+        within(connectionUsesTls(`${pg.url}?sslmode=require`), "the connection"),
+        /does not take TLS connections, and its sslmode \(require\) asks for one/,
+      );
+      const nobody = new URL(pg.url);
+      nobody.port = String(freePort());
+      await assert.rejects(
+        within(connectionUsesTls(`${nobody}?sslmode=require`), "the connection"),
+        (error: Error) => {
+          assert.match(error.message, /ECONNREFUSED/);
+          return true;
+        },
+      );
+    });
+  }));
+
+Deno.test({
   name:
     "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL, set " +
     "PGPASSWORD or give it a line in the password file (psql cannot ask for it), instead of a bare psql error",

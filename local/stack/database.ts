@@ -414,11 +414,12 @@ function connectionOptions(dbUrl: string): {
 const SSL_REQUEST = new Uint8Array([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
 /**
- * Whether the server at `host`:`port` offers TLS: what it answers an SSLRequest ('S'), on a connection of
- * its own (closed after). False when it cannot be asked (no connection, or no answer within 10 s: the
- * connection's own attempt then says what is wrong).
+ * Whether the server at `host`:`port` offers TLS: what it answers an SSLRequest ('S' or not), on a
+ * connection of its own (closed after). Undefined when it cannot be asked (no connection, or no answer
+ * within 10 s): the connection's own attempt then says what is wrong, instead of a server that cannot be
+ * reached said to take no TLS.
  */
-async function serverOffersTls(host: string, port: number): Promise<boolean> {
+async function serverOffersTls(host: string, port: number): Promise<boolean | undefined> {
   let conn: Deno.Conn | undefined;
   let guard: ReturnType<typeof setTimeout> | undefined;
   try {
@@ -426,15 +427,15 @@ async function serverOffersTls(host: string, port: number): Promise<boolean> {
       conn = await Deno.connect({ hostname: host, port });
       await conn.write(SSL_REQUEST);
       const answer = new Uint8Array(1);
-      return await conn.read(answer) === 1 && answer[0] === 0x53; // 'S'
+      return await conn.read(answer) === 1 ? answer[0] === 0x53 : undefined; // 'S'
     })();
     ask.catch(() => {});
     return await Promise.race([
       ask,
-      new Promise<boolean>((resolve) => guard = setTimeout(resolve, 10_000, false)),
+      new Promise<undefined>((resolve) => guard = setTimeout(resolve, 10_000, undefined)),
     ]);
   } catch {
-    return false;
+    return undefined;
   } finally {
     clearTimeout(guard);
     try {
@@ -478,9 +479,10 @@ async function firstQueryAsPsql(
   else if (mode === "disable") attempts = [false];
   else if (mode === "allow") attempts = [false, "require"];
   else if (mode === "prefer") {
-    attempts = (await serverOffersTls(options.host, options.port)) ? ["require", false] : [false];
+    attempts = (await serverOffersTls(options.host, options.port)) === true ? ["require", false] : [false];
   } else {
-    if (!(await serverOffersTls(options.host, options.port))) {
+    // Only a server that answered no: one that could not be asked is tried, and its error said.
+    if ((await serverOffersTls(options.host, options.port)) === false) {
       throw new Error(
         `${databaseAt(dbUrl)} does not take TLS connections, and its sslmode (${mode}) asks for one ` +
           `(server ${target.host || DEFAULT_SOCKET_DIR}:${target.port})`,
