@@ -603,6 +603,47 @@ Deno.test({
 
 Deno.test({
   name:
+    "a SUPABASE_DB_URL whose host is an IPv6 address ([::1]): the lock's connection goes there, as psql " +
+    "and the CLI do, and the push runs",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg) => {
+    await applyBootstrapIfNeeded(pg.url);
+    // The cluster listens on 127.0.0.1 only: a relay on ::1 passes each connection on to it.
+    const relay = Deno.listen({ hostname: "::1", port: 0 });
+    const relayed: Promise<unknown>[] = [];
+    const accepting = (async () => {
+      for await (const client of relay) {
+        const server = await Deno.connect({ hostname: "127.0.0.1", port: pg.port });
+        relayed.push(client.readable.pipeTo(server.writable).catch(() => {}));
+        relayed.push(server.readable.pipeTo(client.writable).catch(() => {}));
+      }
+    })();
+    try {
+      const url = new URL(pg.url);
+      url.hostname = "[::1]";
+      url.port = String((relay.addr as Deno.NetAddr).port);
+      // A list of hosts (libpq's ?host=a,b), the first refusing: the next one is tried, as libpq does.
+      const hosts = `postgresql:///postgres?host=${encodeURIComponent("::1,127.0.0.1")}&port=${pg.port}` +
+        "&user=postgres";
+      await withEnv({ PGSSLMODE: undefined }, async () => {
+        assert.equal(await within(connectionUsesTls(url.href), "the connection"), false);
+        assert.equal(await within(connectionUsesTls(hosts), "the connection to two hosts"), false);
+        assert.equal(
+          pushOutcome((await Promise.allSettled([within(pushMigrations(url.href), "the push")]))[0]),
+          "applied",
+        );
+      });
+    } finally {
+      relay.close();
+      await accepting.catch(() => {});
+      await Promise.all(relayed);
+    }
+  }));
+
+Deno.test({
+  name:
     "a SUPABASE_DB_URL without the password its server asks for: the start says to put it in the URL, set " +
     "PGPASSWORD or give it a line in the password file (psql cannot ask for it), instead of a bare psql error",
   sanitizeOps: false,

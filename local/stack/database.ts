@@ -494,7 +494,14 @@ async function firstQueryAsPsql(
   }
   for (let i = 0;; i++) {
     const ssl = attempts[i];
-    const sql = postgres(url, { max: 1, onnotice: () => {}, ...options, ssl });
+    // postgres.js splits each of a host string's comma-separated hosts at ':' (as host:port), which cut an
+    // IPv6 address ("::1" became "", localhost); a list it takes as it is (its ports then a list too).
+    const hosts = options.host.split(",");
+    const tcp = options.host.startsWith("/") ? {} : {
+      host: hosts as unknown as string,
+      port: hosts.map(() => options.port) as unknown as number,
+    };
+    const sql = postgres(url, { max: 1, onnotice: () => {}, ...options, ...tcp, ssl });
     try {
       return { sql, results: await sql.unsafe(query), tls: ssl !== false };
     } catch (error) {
