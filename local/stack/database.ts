@@ -422,9 +422,17 @@ const SSL_REQUEST = new Uint8Array([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 async function serverOffersTls(host: string, port: number): Promise<boolean | undefined> {
   let conn: Deno.Conn | undefined;
   let guard: ReturnType<typeof setTimeout> | undefined;
+  // Set once the probe has answered: a connection completed after the guard gave up is closed at once (the
+  // finally below ran before it existed).
+  let over = false;
   try {
     const ask = (async () => {
-      conn = await Deno.connect({ hostname: host, port });
+      const opened = await Deno.connect({ hostname: host, port });
+      if (over) {
+        opened.close();
+        return undefined;
+      }
+      conn = opened;
       await conn.write(SSL_REQUEST);
       const answer = new Uint8Array(1);
       return await conn.read(answer) === 1 ? answer[0] === 0x53 : undefined; // 'S'
@@ -437,6 +445,7 @@ async function serverOffersTls(host: string, port: number): Promise<boolean | un
   } catch {
     return undefined;
   } finally {
+    over = true;
     clearTimeout(guard);
     try {
       conn?.close();
