@@ -824,7 +824,7 @@ export async function startRealtimeServer(
   }
   const port = server.addr.port;
   return {
-    url: `http://${hostname}:${port}`,
+    url: httpUrl(server.addr.hostname, port),
     port,
     endpoint,
     async close() {
@@ -832,6 +832,15 @@ export async function startRealtimeServer(
       await server.shutdown();
     },
   };
+}
+
+/**
+ * The URL of a server listening on `hostname` (the address it bound) and `port`: an IPv6 address in
+ * brackets (RFC 3986 IP-literal), so `::1` is `http://[::1]:port`, not `http://::1:port`, which no URL
+ * parser takes.
+ */
+export function httpUrl(hostname: string, port: number): string {
+  return `http://${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`;
 }
 
 /**
