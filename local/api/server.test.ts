@@ -97,6 +97,101 @@ Deno.test({
   assert.match((await raw.json()).hint, /no Auth/);
 });
 
+/**
+ * Whether a browser's script gets to read `answer` of a request from `origin` without credentials (the
+ * Fetch standard's CORS check): `Access-Control-Allow-Origin` is `*` or that origin. Otherwise fetch
+ * fails ("Failed to fetch") and the page never sees the status or the body.
+ */
+function browserReads(answer: Response, origin: string): boolean {
+  const allowed = answer.headers.get("access-control-allow-origin");
+  return allowed === "*" || allowed === origin;
+}
+
+/**
+ * Whether a browser takes `answer` as a passed preflight for `method` with `headers` (the Fetch standard's
+ * CORS-preflight fetch, no credentials): an ok status (2xx), the CORS check, the method among the allowed
+ * ones (or a CORS-safelisted one) and every header among the allowed ones (or `*`).
+ */
+function preflightPasses(answer: Response, origin: string, method: string, headers: string[]): boolean {
+  const list = (name: string) =>
+    (answer.headers.get(name) ?? "").split(",").map((item) => item.trim().toLowerCase()).filter(Boolean);
+  const methods = list("access-control-allow-methods");
+  const allowedHeaders = list("access-control-allow-headers");
+  return answer.ok && browserReads(answer, origin) &&
+    (["GET", "HEAD", "POST"].includes(method) || methods.includes(method.toLowerCase()) ||
+      methods.includes("*")) &&
+    headers.every((header) => allowedHeaders.includes(header.toLowerCase()) || allowedHeaders.includes("*"));
+}
+
+Deno.test({
+  name:
+    "CORS as supabase start's Kong adds it: every answer on one of its routes is readable by any origin " +
+    "(the gateway's 404s and 400s too) and a preflight there passes; a path no route matches has none",
+  // The suite's stack: its API is this server only where Realtime is the stand-in (a real stack serves both).
+  ignore: !localRealtime,
+}, async () => {
+  const env = testEnv();
+  const origin = "http://localhost:3000";
+  const answers: [string, number][] = [
+    // The functions gateway's own answer (an unknown function), before any function runs.
+    ["/functions/v1/no-such-function", 404],
+    // The progress function's own refusal (it sets its CORS headers itself).
+    ["/functions/v1/progress", 401],
+    // Services the local stack does not serve, under Kong's rest-v1 and auth-v1 routes.
+    ["/rest/v1/reading_progress", 404],
+    ["/auth/v1/user", 404],
+    ["/auth/v1/.well-known/jwks.json", 200],
+    // Realtime's socket route (realtime-v1-ws, /realtime/v1/*): a path Realtime has not, a GET that is no
+    // upgrade, and its REST route (realtime-v1-rest).
+    ["/realtime/v1/nowhere", 404],
+    [`/realtime/v1/websocket?apikey=${env.anonKey}&vsn=2.0.0`, 400],
+    ["/realtime/v1/api/broadcast", 401],
+  ];
+  for (const [path, status] of answers) {
+    const answer = await fetch(`${env.url}${path}`, {
+      method: path.endsWith("/broadcast") ? "POST" : "GET",
+      headers: { origin },
+    });
+    await answer.body?.cancel();
+    assert.equal(answer.status, status, path);
+    assert.ok(
+      browserReads(answer, origin),
+      `${path}: allow-origin ${answer.headers.get("access-control-allow-origin")}`,
+    );
+  }
+  // supabase-js's preflights for .from() and auth (apikey, authorization, x-client-info: not safelisted)
+  // are the gateway's to answer there, so the 404 behind them reaches the page.
+  const requested = ["apikey", "authorization", "content-type", "x-client-info"];
+  for (const [path, method] of [["/rest/v1/reading_progress", "GET"], ["/auth/v1/token", "POST"]]) {
+    const preflight = await fetch(`${env.url}${path}`, {
+      method: "OPTIONS",
+      headers: {
+        origin,
+        "access-control-request-method": method,
+        "access-control-request-headers": requested.join(","),
+      },
+    });
+    await preflight.body?.cancel();
+    assert.equal(preflight.status, 200, `${path}: Kong's preflight`);
+    assert.ok(preflightPasses(preflight, origin, method, requested), `${path}: the preflight passes`);
+  }
+  // The progress function still answers its own preflight (as it must on a hosted project).
+  const fnPreflight = await fetch(`${env.url}/functions/v1/progress`, {
+    method: "OPTIONS",
+    headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": "apikey" },
+  });
+  await fnPreflight.body?.cancel();
+  assert.equal(fnPreflight.status, 204);
+  assert.ok(preflightPasses(fnPreflight, origin, "POST", ["apikey"]));
+  // No Kong route: Kong's own 404, without CORS (its routes' plugins never run).
+  for (const path of ["/nowhere", "/rest/v1", "/functions/v1"]) {
+    const answer = await fetch(`${env.url}${path}`, { headers: { origin } });
+    await answer.body?.cancel();
+    assert.equal(answer.status, 404, path);
+    assert.equal(answer.headers.get("access-control-allow-origin"), null, path);
+  }
+});
+
 Deno.test({
   name: "closing the API server is not held for good by a request whose body stopped half-way",
   ...OWN_SERVER,

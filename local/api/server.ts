@@ -9,10 +9,15 @@
 // error fields (code, message, details, hint; docs.postgrest.org, references/errors), which supabase-js's
 // Data API client reads as its error and Auth's reads the message of, so `.from()`, `.rpc()` and
 // `supabase.auth.*` against the local stack report why (the stack serves no Data API and no Auth).
+// CORS as `supabase start`'s Kong adds it (kongCors.ts): on every path under one of its routes
+// (`/functions/v1/`, `/realtime/v1/`, `/rest/v1/`, `/auth/v1/`, ...) every answer carries
+// `Access-Control-Allow-Origin: *` and a preflight is answered by the gateway (but a function's: the
+// function answers it, as it must on a hosted project); elsewhere none, as Kong's no-route 404 has none.
 
 import { createFunctionsGateway, type Service } from "../functions/gateway.ts";
 import { createRealtimeEndpoint, quietAboutClosingAnswers } from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
+import { isKongPreflight, kongPreflight, onKongCorsRoute, withKongAllowOrigin } from "./kongCors.ts";
 import { checkNumberOption, TIMER_MS } from "../../shared/options/checkOptions.ts";
 
 export interface ApiContext {
@@ -243,6 +248,17 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     }
     lookAtConnectionsAbove = Math.max(CONNECTIONS_REMEMBERED, 2 * lastOnConnection.size);
   };
+  /** The service a request's path names, or the 404 of a path the local stack does not serve. */
+  const route = async (req: Request, info: Deno.ServeHandlerInfo, pathname: string): Promise<Response> => {
+    if (pathname.startsWith("/functions/v1/")) {
+      return await (await services.promise).functions.handle(req, info);
+    }
+    if (pathname.startsWith("/realtime/v1/")) {
+      return await (await services.promise).realtime.handle(req, info);
+    }
+    if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
+    return Response.json(notServed(pathname), { status: 404 });
+  };
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: ctx.port, onListen: () => {}, onError: quietAboutClosingAnswers },
     async (req, info) => {
@@ -263,14 +279,13 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // A diagnostic that cannot throw (openConnections reads any text); within the try all the same, so
         // that nothing it might throw could leave the request in `running` for good.
         rememberConnection(onConnection);
-        if (pathname.startsWith("/functions/v1/")) {
-          return await (await services.promise).functions.handle(req, info);
-        }
-        if (pathname.startsWith("/realtime/v1/")) {
-          return await (await services.promise).realtime.handle(req, info);
-        }
-        if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
-        return Response.json(notServed(pathname), { status: 404 });
+        // Kong's cors plugin on the route (kongCors.ts), as on `supabase start`: a browser reads every
+        // answer there, the 401s and 404s of the functions gateway and the 404 of a service not served
+        // here included, instead of failing the fetch. Not on a path no Kong route matches (Kong's own
+        // 404 has none). A function's preflight stays the function's to answer (README, CORS).
+        if (!onKongCorsRoute(pathname)) return await route(req, info, pathname);
+        if (isKongPreflight(req) && !pathname.startsWith("/functions/v1/")) return kongPreflight(req);
+        return withKongAllowOrigin(await route(req, info, pathname));
       } finally {
         running.delete(req);
         onConnection.answered = true;

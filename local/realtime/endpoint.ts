@@ -44,6 +44,7 @@ import {
   TIMER_MS,
 } from "../../shared/options/checkOptions.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
+import { kongPreflight } from "../api/kongCors.ts";
 
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
@@ -703,7 +704,7 @@ export async function createRealtimeEndpoint(
       // Supabase's gateway (Kong's cors plugin on the realtime-v1-rest route) answers preflights
       // itself and marks every answer of these routes readable by any origin: a browser falls back
       // to them (realtime-js send() before the join, httpSend()).
-      if (req.method === "OPTIONS") return corsPreflight(req);
+      if (req.method === "OPTIONS") return kongPreflight(req);
       const route = req.method === "POST" ? broadcastRoute(url.pathname) : null;
       const response = route ? await restBroadcast(req, url, route) : await noRoute(req);
       response.headers.set("access-control-allow-origin", "*");
@@ -761,17 +762,6 @@ function broadcastRoute(pathname: string): BroadcastRoute | null {
     return { single: { topic: segments[1], event: segments[3] } };
   }
   return null;
-}
-
-/** Kong's cors plugin with its defaults (any origin, the requested headers, no credentials). */
-function corsPreflight(req: Request): Response {
-  const headers = new Headers({
-    "access-control-allow-origin": "*",
-    "access-control-allow-methods": "GET,HEAD,PUT,PATCH,POST,DELETE,OPTIONS,TRACE,CONNECT",
-  });
-  const requested = req.headers.get("access-control-request-headers");
-  if (requested) headers.set("access-control-allow-headers", requested);
-  return new Response(null, { status: 200, headers });
 }
 
 /**
