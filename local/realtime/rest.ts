@@ -107,10 +107,12 @@ export const BODY_IDLE_TIMEOUT_MS = 60_000;
 
 /**
  * The stand-in's answer to a body whose client stopped sending (readBodyParams' `idle`). Cowboy closes
- * the connection without an answer; a Deno.serve handler cannot close its connection (and while a read
- * of the body is pending, not even a failed answer closes it), so the stand-in answers `408 Request
- * Timeout` with an empty body and `Connection: close`, after which the client closes it (fetch does).
- * Either way the client's request fails and the server no longer waits for the body.
+ * the connection without an answer, and so does the nginx of `supabase start`'s Kong in front of it (its
+ * client_body_timeout: a request finalized with 408 is terminated, the 408 only logged; no JSON body from
+ * Kong's error handler). A Deno.serve handler cannot close its connection (and while a read of the body
+ * is pending, not even a failed answer closes it), so the stand-in answers `408 Request Timeout` with an
+ * empty body and `Connection: close`, after which the client closes it (fetch does). Either way the
+ * client's request fails and the server no longer waits for the body.
  */
 export function bodyIdleTimeout(): Response {
   return new Response(null, { status: 408, headers: { connection: "close" } });
