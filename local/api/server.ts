@@ -282,7 +282,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // Kong's cors plugin on the route (kongCors.ts), as on `supabase start`: a browser reads every
         // answer there, the 401s and 404s of the functions gateway and the 404 of a service not served
         // here included, instead of failing the fetch. Not on a path no Kong route matches (Kong's own
-        // 404 has none). A function's preflight stays the function's to answer (README, CORS).
+        // 404 has none). A function's preflight stays the function's to answer (README, Two commands).
         if (!onKongCorsRoute(pathname)) return await route(req, info, pathname);
         if (isKongPreflight(req) && !pathname.startsWith("/functions/v1/")) return kongPreflight(req);
         return withKongAllowOrigin(await route(req, info, pathname));
