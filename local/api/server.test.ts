@@ -175,6 +175,19 @@ Deno.test({
     assert.equal(preflight.status, 200, `${path}: Kong's preflight`);
     assert.ok(preflightPasses(preflight, origin, method, requested), `${path}: the preflight passes`);
   }
+  // functions.invoke() of a name no function has: its preflight (supabase-js sends authorization,
+  // apikey, x-client-info) has no function to answer it, so Kong's does, and the page reads the 404.
+  const noFunctionPreflight = await fetch(`${env.url}/functions/v1/no-such-function`, {
+    method: "OPTIONS",
+    headers: {
+      origin,
+      "access-control-request-method": "POST",
+      "access-control-request-headers": requested.join(","),
+    },
+  });
+  await noFunctionPreflight.body?.cancel();
+  assert.equal(noFunctionPreflight.status, 200, "/functions/v1/no-such-function: Kong's preflight");
+  assert.ok(preflightPasses(noFunctionPreflight, origin, "POST", requested));
   // The progress function still answers its own preflight (as it must on a hosted project).
   const fnPreflight = await fetch(`${env.url}/functions/v1/progress`, {
     method: "OPTIONS",

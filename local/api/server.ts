@@ -12,9 +12,10 @@
 // CORS as `supabase start`'s Kong adds it (kongCors.ts): on every path under one of its routes
 // (`/functions/v1/`, `/realtime/v1/`, `/rest/v1/`, `/auth/v1/`, ...) every answer carries
 // `Access-Control-Allow-Origin: *` and a preflight is answered by the gateway (but a function's: the
-// function answers it, as it must on a hosted project); elsewhere none, as Kong's no-route 404 has none.
+// function answers it, as it must on a hosted project; a name no function has: the gateway's again);
+// elsewhere none, as Kong's no-route 404 has none.
 
-import { createFunctionsGateway, type Service } from "../functions/gateway.ts";
+import { createFunctionsGateway, type FunctionsGateway, type Service } from "../functions/gateway.ts";
 import { createRealtimeEndpoint, quietAboutClosingAnswers } from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 import { isKongPreflight, kongPreflight, onKongCorsRoute, withKongAllowOrigin } from "./kongCors.ts";
@@ -223,7 +224,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   // Checked before anything starts: a negative or NaN grace gave up at once and Infinity after 1 ms (the
   // timer's clamp), each without a word.
   checkNumberOption(ctx.closeGraceMs, CLOSE_GRACE_MS, "startApiServer", "closeGraceMs");
-  const services = Promise.withResolvers<{ functions: Service; realtime: Service }>();
+  const services = Promise.withResolvers<{ functions: FunctionsGateway; realtime: Service }>();
   const running = new Map<Request, PendingRequest>();
   // The last request each client connection (its address and port) sent, and whether it was answered:
   // what close() names for a connection still open, oldest first. Deno.serve tells no connection's end,
@@ -259,6 +260,9 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
     return Response.json(notServed(pathname), { status: 404 });
   };
+  /** Whether a preflight to `pathname` goes to the function it names, one the gateway serves. */
+  const functionAnswersPreflight = async (pathname: string): Promise<boolean> =>
+    pathname.startsWith("/functions/v1/") && (await services.promise).functions.servesFunction(pathname);
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: ctx.port, onListen: () => {}, onError: quietAboutClosingAnswers },
     async (req, info) => {
@@ -282,9 +286,10 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // Kong's cors plugin on the route (kongCors.ts), as on `supabase start`: a browser reads every
         // answer there, the 401s and 404s of the functions gateway and the 404 of a service not served
         // here included, instead of failing the fetch. Not on a path no Kong route matches (Kong's own
-        // 404 has none). A function's preflight stays the function's to answer (README, Two commands).
+        // 404 has none). A function's preflight stays the function's to answer (README, Two commands);
+        // a path naming no function (the gateway's 404) has none to answer it, so Kong's plugin does.
         if (!onKongCorsRoute(pathname)) return await route(req, info, pathname);
-        if (isKongPreflight(req) && !pathname.startsWith("/functions/v1/")) return kongPreflight(req);
+        if (isKongPreflight(req) && !(await functionAnswersPreflight(pathname))) return kongPreflight(req);
         return withKongAllowOrigin(await route(req, info, pathname));
       } finally {
         running.delete(req);
@@ -294,7 +299,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   );
   const port = server.addr.port;
   const url = `http://127.0.0.1:${port}`;
-  let functions: Service;
+  let functions: FunctionsGateway;
   let realtime: Service;
   try {
     functions = await timed(

@@ -48,6 +48,15 @@ export interface Service {
   close(): Promise<void>;
 }
 
+export interface FunctionsGateway extends Service {
+  /**
+   * Whether `pathname` names a function the gateway serves (not its own 404: unknown or disabled), so
+   * that a function is there to answer a preflight (the API server lets Kong's cors plugin answer it
+   * otherwise, as on `supabase start`).
+   */
+  servesFunction(pathname: string): boolean;
+}
+
 export interface FunctionsGatewayOptions {
   /** The supabase/ directory (default: the repository's). */
   supabaseDir?: string;
@@ -120,7 +129,7 @@ function json(body: unknown, status: number): Response {
 export async function createFunctionsGateway(
   ctx: GatewayContext,
   options: FunctionsGatewayOptions = {},
-): Promise<Service> {
+): Promise<FunctionsGateway> {
   const supabaseDir = options.supabaseDir ?? SUPABASE_DIR;
   const env: Record<string, string> = {
     SUPABASE_URL: ctx.apiUrl,
@@ -182,10 +191,16 @@ export async function createFunctionsGateway(
     }
   }
 
+  /** The function `pathname` names (`/functions/v1/<name>/<rest>`), if the gateway serves it. */
+  function functionAt(pathname: string) {
+    const match = /^\/functions\/v1\/([^/]+)(\/.*)?$/.exec(pathname);
+    const fn = match ? functions.get(match[1]) : undefined;
+    return match && fn ? { match, fn } : null;
+  }
+
   async function handle(req: Request, info: Deno.ServeHandlerInfo): Promise<Response> {
     const url = new URL(req.url);
-    const match = /^\/functions\/v1\/([^/]+)(\/.*)?$/.exec(url.pathname);
-    const fn = match ? functions.get(match[1]) : undefined;
+    const { match, fn } = functionAt(url.pathname) ?? {};
     if (!match || !fn) {
       return new Response("Function not found", { status: 404, headers: { "content-type": "text/plain" } });
     }
@@ -247,6 +262,7 @@ export async function createFunctionsGateway(
 
   return {
     handle,
+    servesFunction: (pathname) => functionAt(pathname) !== null,
     close: () => {
       closing.abort(new Error("the local functions gateway is closing"));
       for (const [k, v] of previous) {
