@@ -11,12 +11,12 @@
 // Everything is read per request and rebuilt only when a value changes, so a function isolate
 // survives secret rotation and the local gateway can load the module before its env is final.
 
-import postgres from "postgres";
 import { createJwtVerifier, type JwtVerifier } from "../auth/jwt.ts";
 import { HttpError } from "../http/errors.ts";
 import { checkEnvNumber, type NumberRule } from "../options/checkOptions.ts";
 import { createProgressHandler, type LogSink } from "./handler.ts";
-import { createPostgresProgressStore, type ProgressStore } from "./store.ts";
+import { connectionPacing, createProgressPool, type ProgressPool } from "./pool.ts";
+import { createPostgresProgressStore, type PostgresStoreOptions, type ProgressStore } from "./store.ts";
 
 export interface EnvLike {
   get(name: string): string | undefined;
@@ -37,13 +37,26 @@ function dbPoolMaxOf(env: EnvLike): number {
     DEFAULT_DB_POOL_MAX;
 }
 
+/**
+ * How long a pool replaced because a call gave up waiting for its BEGIN (replacePool) gives the transactions
+ * under way on its other connections to end (each bounded by the store's lock and statement timeouts, 2 s and
+ * 8 s by default) before postgres.js destroys them (a 503 for those calls).
+ */
+const RETIRED_POOL_GRACE_S = 10;
+
 /** The handler, plus close() to end its database pool (tests, graceful shutdown). */
 export type ProgressServerHandler = ((req: Request) => Promise<Response>) & { close(): Promise<void> };
 
 export function createProgressHandlerFromEnv(
   env: EnvLike = Deno.env,
-  options: { log?: LogSink; functionName?: string; bodyIdleTimeoutMs?: number; bodyTotalTimeoutMs?: number } =
-    {},
+  options: {
+    log?: LogSink;
+    functionName?: string;
+    bodyIdleTimeoutMs?: number;
+    bodyTotalTimeoutMs?: number;
+    /** The store's bounds (PostgresStoreOptions: lock, statement and BEGIN timeouts, attempts). */
+    store?: Omit<PostgresStoreOptions, "replacePool">;
+  } = {},
 ): ProgressServerHandler {
   // Checked now, so a bad value stops the function from booting (its log says why) instead of every
   // request failing: it was taken as 5 when not a number or 0, and postgres.js threw "Invalid array
@@ -51,9 +64,18 @@ export function createProgressHandlerFromEnv(
   dbPoolMaxOf(env);
   let dbKey = "";
   let store: ProgressStore | null = null;
-  let sql: postgres.Sql | null = null;
+  let pool: ProgressPool | null = null;
+  // Pools replaced or ended while the handler lives, until their end() has resolved: close() waits for them.
+  const ending = new Set<Promise<void>>();
   let verifierKey = "";
   let verifier: JwtVerifier | null = null;
+
+  function endPool(old: ProgressPool, timeoutS: number): Promise<void> {
+    const ended = old.end(timeoutS).catch(() => {});
+    ending.add(ended);
+    void ended.then(() => ending.delete(ended));
+    return ended;
+  }
 
   function currentStore(): ProgressStore {
     // PROGRESS_DB_URL (a secret you set) wins: on a hosted project SUPABASE_DB_URL is the direct
@@ -73,25 +95,46 @@ export function createProgressHandlerFromEnv(
     }
     const key = `${url}\n${max}`;
     if (!store || key !== dbKey) {
-      const old = sql;
-      sql = postgres(url, {
-        max,
-        // Works behind Supavisor in transaction mode too (no named prepared statements). A cancel request
-        // (a client that left, store.ts) passes through Supavisor only while the transaction is open and
-        // is not ordered with the function's next statement there (README, "A client that leaves"); each
-        // request is one transaction, so whatever it meets commits whole or not at all. Unprepared, each
-        // statement takes two round trips (Parse and Describe, then Bind and Execute), between which the
-        // backend ignores a cancel request: the store sends one that came then again (sendCancel).
-        // This pool is its store's alone (ConnectionTurns in store.ts): nothing else here queries it.
-        prepare: false,
-        idle_timeout: 20,
-        connect_timeout: 5,
-        onnotice: () => {},
-        connection: { application_name: "readsync-progress" },
+      const old = pool;
+      // One pacing for the target, across the pools made for it (pool.ts): a pool made anew while the
+      // server refuses connections waits its turn as the stuck one did.
+      const pacing = connectionPacing(max);
+      const makePool = () =>
+        createProgressPool(url, {
+          max,
+          // Works behind Supavisor in transaction mode too (no named prepared statements). A cancel request
+          // (a client that left, store.ts) passes through Supavisor only while the transaction is open and
+          // is not ordered with the function's next statement there (README, "A client that leaves"); each
+          // request is one transaction, so whatever it meets commits whole or not at all. Unprepared, each
+          // statement takes two round trips (Parse and Describe, then Bind and Execute), between which the
+          // backend ignores a cancel request: the store sends one that came then again (sendCancel).
+          // This pool is its store's alone (ConnectionTurns in store.ts): nothing else here queries it.
+          prepare: false,
+          idle_timeout: 20,
+          connect_timeout: 5,
+          onnotice: () => {},
+          connection: { application_name: "readsync-progress" },
+        }, pacing);
+      const made = makePool();
+      pool = made;
+      const madeStore = createPostgresProgressStore(made.sql, {
+        ...options.store,
+        // A call gave up waiting for its BEGIN: the pool is stuck (a connection reopening again and again
+        // for a startup the server refuses, or waiting out a reconnect backoff). Its calls go to a new pool
+        // from now on, and the stuck one ends (pool.ts: no socket opened for it again, its queued BEGINs
+        // never sent), its transactions under way given RETIRED_POOL_GRACE_S to end as they would.
+        // A store replaced meanwhile (the environment changed, or close()) keeps its pool, ending already.
+        replacePool: (stuck) => {
+          const stuckPool = pool;
+          if (store !== madeStore || !stuckPool || stuckPool.sql !== stuck) return stuck;
+          pool = makePool();
+          endPool(stuckPool, RETIRED_POOL_GRACE_S);
+          return pool.sql;
+        },
       });
-      store = createPostgresProgressStore(sql);
+      store = madeStore;
       dbKey = key;
-      if (old) void old.end({ timeout: 5 }).catch(() => {});
+      if (old) endPool(old, 5);
     }
     return store;
   }
@@ -131,11 +174,12 @@ export function createProgressHandlerFromEnv(
   });
   return Object.assign(handler, {
     close: async () => {
-      const open = sql;
-      sql = null;
+      const open = pool;
+      pool = null;
       store = null;
       dbKey = "";
-      if (open) await open.end({ timeout: 5 });
+      if (open) endPool(open, 5);
+      await Promise.all(ending);
     },
   });
 }

@@ -160,7 +160,10 @@ export class BeginTimeoutError extends HttpError {
  * the kept refusal once the server takes a startup (the connection then serves the next query), or, answered,
  * it runs the transaction's function, which sends nothing (gaveUp) and begin() rolls back. So nothing of the
  * call is ever stored. The store cannot end the refused connection's reconnects itself (postgres.js exposes
- * none of its connections): they go on until the server takes a startup or the pool ends.
+ * none of its connections): they go on until the server takes a startup or the pool ends. So a call that gave
+ * up for beginTimeoutMs has the pool's owner replace the pool (PostgresStoreOptions.replacePool): the next
+ * calls take the new one, and the owner ends the stuck one, whose connection then opens nothing more and
+ * whose queued BEGINs are never sent (server.ts, pool.ts, which also paces the reconnects meanwhile).
  */
 function beginWait(signal: AbortSignal | undefined, timeoutMs: number) {
   const { promise: stopped, reject } = Promise.withResolvers<never>();
@@ -443,13 +446,14 @@ const cancellers = new WeakMap<postgres.Sql, Canceller>();
  * finds a connection free (open, or closed and opened for it), but after a call that gave up before its
  * transaction began (beginWait): its BEGIN, still held by postgres.js, keeps its connection until answered or
  * failed, and a call behind it may wait in postgres.js's queue meanwhile, bounded as that call's wait was
- * (beginWait again). tests/functions/progress_client_gone.test.ts
- * shows it for the function's own pool: with its one connection busy, a read waits here, listening to its
- * signal, and leaves at once. A program that also queries a store's pool directly (tests do, one thing at a
- * time) takes connections without a turn: a call with its turn may then wait in postgres.js's queue behind
- * those queries, first come first served (there an abort cannot take its BEGIN back, as before this line),
- * and they wait behind at most the line's `size` transactions, each bounded by its lock and statement
- * timeouts.
+ * (beginWait again), unless the call gave up for beginTimeoutMs and the store's pool was replaced
+ * (replacePool): the calls in the line take the new pool then, and the line, the first pool's, goes on.
+ * tests/functions/progress_client_gone.test.ts shows it for the function's own pool: with its one connection
+ * busy, a read waits here, listening to its signal, and leaves at once. A program that also queries a store's
+ * pool directly (tests do, one thing at a time) takes connections without a turn: a call with its turn may
+ * then wait in postgres.js's queue behind those queries, first come first served (there an abort cannot take
+ * its BEGIN back, as before this line), and they wait behind at most the line's `size` transactions, each
+ * bounded by its lock and statement timeouts.
  */
 interface ConnectionTurns {
   /** Resolves, once the call may begin its transaction, with the function that gives the turn back. */
@@ -608,6 +612,17 @@ export interface PostgresStoreOptions {
    * a RangeError when the store is made, a value that is not a number a TypeError.
    */
   beginTimeoutMs?: number;
+  /**
+   * The pool's owner's (server.ts's): called, with the store's pool, when a call gave up waiting for its
+   * transaction to begin (BeginTimeoutError), once per pool; returns the pool the store's calls take from
+   * then on, made with the same max for this store alone, the owner ending the stuck one. Without it the
+   * store keeps its pool, whose connection may go on reopening for the BEGIN the call left behind, and the
+   * BEGINs of the calls after it queue in postgres.js behind that connection, each sent (then rolled back)
+   * once the server takes a startup (beginWait). With it the next calls, those in the line included, open a
+   * connection of the new pool (whose connections carry no query of a lost socket: a startup the server
+   * refuses fails their BEGIN at once, a 503), and the stuck pool's queued BEGINs are never sent.
+   */
+  replacePool?: (stuck: postgres.Sql) => postgres.Sql;
 }
 
 /** PostgresStoreOptions.beginTimeoutMs: a delay a timer can hold, or Infinity. */
@@ -675,8 +690,11 @@ export function createPostgresProgressStore(
     "createPostgresProgressStore",
     "beginTimeoutMs",
   );
+  // The pool the calls take from now on: `sql`, until a call gave up waiting for its BEGIN and replacePool
+  // made another (a retry's attempt, or a call in the line, takes the new one once its turn comes). The line
+  // stays the first pool's: the replacement is made with the same max and serves this store alone.
+  let pool = sql;
   const turns = turnsOf(sql);
-  const canceller = cancellerApart(sql);
 
   async function asUser<T>(
     claims: JwtClaims,
@@ -690,13 +708,23 @@ export function createPostgresProgressStore(
     // call stops waiting for it when its signal aborts or beginTimeoutMs has passed (beginWait).
     const transaction = async (): Promise<T> => {
       const waiting = beginWait(signal, beginTimeoutMs);
+      const taken = pool;
       try {
-        return await begunTransaction(waiting);
+        return await begunTransaction(taken, waiting);
       } finally {
         waiting.stop();
+        // The call gave up for beginTimeoutMs: the pool is stuck (replacePool). Once per pool: a call that
+        // gave up on a pool already replaced leaves the new one alone.
+        if (waiting.gaveUp instanceof BeginTimeoutError && options.replacePool && pool === taken) {
+          pool = options.replacePool(taken);
+        }
       }
     };
-    const begunTransaction = async (waiting: ReturnType<typeof beginWait>): Promise<T> => {
+    const begunTransaction = async (
+      taken: postgres.Sql,
+      waiting: ReturnType<typeof beginWait>,
+    ): Promise<T> => {
+      const canceller = cancellerApart(taken);
       for (let replayed = false;;) {
         // Set once begin() runs the transaction's function: from then on a statement of the call may have
         // been sent.
@@ -714,7 +742,7 @@ export function createPostgresProgressStore(
             throw error;
           }
         };
-        const begun = sql.begin(mode, async (tx) => {
+        const begun = taken.begin(mode, async (tx) => {
           // The call gave up before its transaction began, and has answered: nothing is sent, and begin()
           // rolls the transaction back (beginWait).
           if (waiting.gaveUp) throw waiting.gaveUp;

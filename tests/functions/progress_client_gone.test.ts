@@ -43,6 +43,19 @@
 //   * while a write's cancel request is on its way, its statement answered: 503, nothing stored, and the
 //     process lives on to answer the next write, instead of postgres.js's uncaught TypeError when the call
 //     went on to its COMMIT on the closed connection.
+// And the function's own pool (createProgressHandlerFromEnv, one connection, through a proxy that counts the
+// connections made to it and reads the statements sent), its backend terminated under a statement and the
+// server then refusing the role's startups (connection limit 0: 53300):
+//   * the connection reopened for the next write's BEGIN is paced (shared/progress/pool.ts): a handful of
+//     attempts while the write waits 6 s for its BEGIN, where postgres.js reopened it at once after each
+//     refusal (47 and 74 attempts in those 6 s in two runs on a loaded machine);
+//   * the write that gives up replaces the pool: the write after it opens a connection of the new pool, whose
+//     refused startup fails its BEGIN at once (503, "too many connections"), where its BEGIN queued behind
+//     the stuck connection and it gave up too; once the server takes connections again, no BEGIN left queued
+//     is sent (before, one was, and rolled back): only the next write's statements, answered 200;
+//   * the pool closed while its connection reopens makes no connection attempt after close() (at most one on
+//     its way), where postgres.js went on reopening it until end()'s 5 s timeout (36 and 59 attempts in two
+//     runs), and once more.
 
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -1594,7 +1607,7 @@ async function refusableRole(admin: postgres.Sql) {
  * current query, and the terminated backend's error with it (see replayedBackendEnd in store.ts).
  */
 async function writeTerminatedUnderStatement(
-  served: ReturnType<typeof servedStore>,
+  served: { base: string },
   admin: postgres.Sql,
   holder: postgres.Sql,
   applicationName: string,
@@ -1900,6 +1913,276 @@ Deno.test({
           e.event === "dependency_unavailable" && /had not begun 3000 ms/.test(String(e.error))
         );
         assert.equal(timedOut.length, 2, "both writes gave up waiting for their transaction to begin");
+      },
+    );
+  },
+});
+
+/**
+ * A TCP proxy in front of `url`'s database that counts what goes through it: `accepted`, the connections made
+ * to it (every connection attempt of a pool on its URL, a refused startup's too); `open`, those still open;
+ * `statements`, the SQL of every Parse and simple Query the clients sent, in order (read from the protocol's
+ * frames: a connection's first message, its startup or cancel request, has no type byte). The URL it gives
+ * names `applicationName` for the backends.
+ */
+function countingProxy(url: string, applicationName: string) {
+  const target = new URL(url);
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const proxied = new URL(target);
+  proxied.hostname = "127.0.0.1";
+  proxied.port = String((listener.addr as Deno.NetAddr).port);
+  proxied.searchParams.set("application_name", applicationName);
+  const conns = new Set<Deno.Conn>();
+  const pumps: Promise<unknown>[] = [];
+  const statements: string[] = [];
+  let accepted = 0;
+  let open = 0;
+  const latin1 = new TextDecoder("latin1");
+  const readStatements = () => {
+    let buffer = new Uint8Array(0);
+    let startup = true;
+    return (chunk: Uint8Array) => {
+      const joined = new Uint8Array(buffer.length + chunk.length);
+      joined.set(buffer);
+      joined.set(chunk, buffer.length);
+      buffer = joined;
+      for (;;) {
+        const head = startup ? 0 : 1;
+        if (buffer.length < head + 4) return;
+        const length = new DataView(buffer.buffer, buffer.byteOffset + head, 4).getUint32(0);
+        if (buffer.length < head + length) return;
+        const type = startup ? "" : String.fromCharCode(buffer[0]);
+        const payload = buffer.subarray(head + 4, head + length);
+        if (type === "Q") statements.push(latin1.decode(payload).split("\0")[0]);
+        if (type === "P") statements.push(latin1.decode(payload).split("\0")[1]);
+        buffer = buffer.subarray(head + length);
+        startup = false;
+      }
+    };
+  };
+  const forward = async (conn: Deno.Conn) => {
+    open++;
+    try {
+      const upstream = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 5432) });
+      conns.add(upstream);
+      const read = readStatements();
+      await Promise.allSettled([
+        conn.readable.pipeThrough(
+          new TransformStream<Uint8Array, Uint8Array>({
+            transform(chunk, controller) {
+              read(chunk);
+              controller.enqueue(chunk);
+            },
+          }),
+        ).pipeTo(upstream.writable),
+        upstream.readable.pipeTo(conn.writable),
+      ]);
+    } finally {
+      open--;
+    }
+  };
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      accepted++;
+      conns.add(conn);
+      pumps.push(forward(conn).catch(() => {}));
+    }
+  })().catch(() => {});
+  return {
+    url: proxied.toString(),
+    get accepted() {
+      return accepted;
+    },
+    get open() {
+      return open;
+    },
+    statements,
+    async close() {
+      try {
+        listener.close();
+      } catch { /* closed already */ }
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      }
+      await accepting;
+      await Promise.allSettled(pumps);
+    },
+  };
+}
+
+/**
+ * The scene of the tests of the function's own pool below: createProgressHandlerFromEnv (a pool of one
+ * connection, PROGRESS_DB_POOL_MAX=1) on a role the server can refuse (refusableRole), through a counting
+ * proxy, served over real HTTP with `storeOptions`; its backend terminated under a write's statement, then
+ * the server refusing the role's connections. `run` gets the scene; the test's own clean-up follows.
+ */
+async function withFunctionPoolRefused(
+  name: string,
+  storeOptions: PostgresStoreOptions,
+  run: (
+    scene: {
+      base: string;
+      handler: ReturnType<typeof createProgressHandlerFromEnv>;
+      log: ReturnType<typeof logRecorder>;
+      proxy: ReturnType<typeof countingProxy>;
+      role: Awaited<ReturnType<typeof refusableRole>>;
+      admin: postgres.Sql;
+      user: Awaited<ReturnType<typeof createTestUser>>;
+      terminated: string;
+    },
+  ) => Promise<void>,
+): Promise<void> {
+  const admin = adminSql({ max: 1 });
+  const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
+  const role = await refusableRole(admin);
+  const applicationName = `readsync-${name}-${crypto.randomUUID().slice(0, 8)}`;
+  const proxy = countingProxy(role.url, applicationName);
+  const vars: Record<string, string> = {
+    PROGRESS_DB_URL: proxy.url,
+    PROGRESS_DB_POOL_MAX: "1",
+    SUPABASE_JWT_SECRET: testEnv().jwtSecret ?? "",
+  };
+  const log = logRecorder();
+  const handler = createProgressHandlerFromEnv({ get: (v) => vars[v] }, {
+    log: log.sink,
+    store: storeOptions,
+  });
+  const server = serveLocal(handler);
+  const base = `${server.url}/progress`;
+  try {
+    const user = await createTestUser();
+    const terminated = seriesId(name);
+    await writeTerminatedUnderStatement({ base }, admin, holder, applicationName, user, terminated);
+    await role.refuse();
+    await run({ base, handler, log, proxy, role, admin, user, terminated });
+  } finally {
+    await role.accept().catch(() => {});
+    await server.shutdown();
+    await handler.close();
+    await proxy.close();
+    await role.drop();
+    await Promise.all([holder.end(), admin.end()]);
+  }
+}
+
+/** The dependency_unavailable lines `log` has, their `error`s in order. */
+function unavailableErrors(log: ReturnType<typeof logRecorder>): string[] {
+  return log.entries.filter((e) => e.event === "dependency_unavailable").map((e) => String(e.error));
+}
+
+Deno.test({
+  name: "the function's pool, its connection lost under a statement and its startups then refused: the " +
+    "reconnects are paced (a few, not dozens, while a write waits for its BEGIN), the write that gives up " +
+    "replaces the pool (the next write's startup refused at once: 503 too many connections, not a second " +
+    "wait), and once the server takes connections again no BEGIN left queued is sent: only the next " +
+    "write's statements, answered 200, stored once",
+  ignore: !mintsTokens,
+  fn: async () => {
+    // beginTimeoutMs above the pacing's longest delay (4 s, pool.ts), as the store's default (10 s) is: the
+    // second write below gets its attempt before it would give up.
+    const storeOptions = {
+      lockTimeoutMs: LONG_TIMEOUT_MS,
+      statementTimeoutMs: LONG_TIMEOUT_MS,
+      beginTimeoutMs: 6_000,
+    };
+    await withFunctionPoolRefused(
+      "pool-refused",
+      storeOptions,
+      async ({ base, log, proxy, role, admin, user, terminated }) => {
+        const [first, second, next] = [
+          seriesId("pool-refused-first"),
+          seriesId("pool-refused-second"),
+          seriesId("pool-refused-next"),
+        ];
+        const before = proxy.accepted;
+        const firstAnswer = await guarded(
+          postWrite(base, user.accessToken, first),
+          "answer of the first write",
+        );
+        assert.equal(statusOf(firstAnswer), "503 service_unavailable", JSON.stringify(firstAnswer.body));
+        assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun 6000 ms after it took its turn/);
+        // The connection reopened for the first write's BEGIN, each startup refused (53300), for the 6 s it
+        // waited. Paced (pool.ts: the pool's one free attempt, then 50-100 ms, doubling up to 2-4 s): 8 at
+        // most, 9 with one on its way. Before, postgres.js reopened it at once after each refusal, as fast as
+        // the server answered: 47 and 74 attempts in those 6 s in two runs on a loaded machine.
+        const attempts = proxy.accepted - before;
+        assert.ok(
+          attempts >= 2,
+          `the connection was reopened after a refused startup (${attempts} attempts)`,
+        );
+        assert.ok(
+          attempts <= 12,
+          `the reconnects were paced: ${attempts} attempts in the 6 s the write waited`,
+        );
+        // The second write takes the turn the first gave back, on the pool made in place of the stuck one:
+        // its connection's startup (once the pacing lets it) is refused and fails its BEGIN at once. Before,
+        // its BEGIN queued in postgres.js behind the stuck connection, and it gave up 6 s later too.
+        const secondAnswer = await guarded(
+          postWrite(base, user.accessToken, second),
+          "answer of the second write",
+        );
+        assert.equal(statusOf(secondAnswer), "503 service_unavailable", JSON.stringify(secondAnswer.body));
+        assert.match(unavailableErrors(log).at(-1) ?? "", /too many connections for role/);
+        // Nothing is sent while the server refuses startups: what follows is sent after it takes them again.
+        const sentBefore = proxy.statements.length;
+        await role.accept();
+        const nextAnswer = await guarded(postWrite(base, user.accessToken, next), "answer of the next write");
+        assert.equal(statusOf(nextAnswer), "200", JSON.stringify(nextAnswer.body));
+        // The next write's transaction alone (its BEGIN, the role and claims, the write, COMMIT), after the
+        // array types postgres.js reads on a connection it opens. Before, the BEGIN the first or second write
+        // left queued was sent once the server took the startup, and rolled back.
+        const sent = proxy.statements.slice(sentBefore).map((s) => s.trim().split(/\s+/)[0].toLowerCase());
+        assert.equal(sent.filter((s) => s === "begin").length, 1, JSON.stringify(sent));
+        assert.equal(sent.filter((s) => s === "rollback").length, 0, JSON.stringify(sent));
+        assert.deepEqual(
+          await storedSeries(admin, user.id, [terminated, first, second, next]),
+          [next],
+          "only the next write was stored",
+        );
+      },
+    );
+  },
+});
+
+Deno.test({
+  name: "the function's pool closed while its connection reopens again and again for a BEGIN (its startups " +
+    "refused): no connection attempt after close() is called (at most one already on its way), the waiting " +
+    "write answered 503, and no socket left once close() has resolved",
+  ignore: !mintsTokens,
+  fn: async () => {
+    // No beginTimeoutMs within the test's reach: the pool is never replaced, and only close() ends the wait.
+    const storeOptions = {
+      lockTimeoutMs: LONG_TIMEOUT_MS,
+      statementTimeoutMs: LONG_TIMEOUT_MS,
+      beginTimeoutMs: Infinity,
+    };
+    await withFunctionPoolRefused(
+      "pool-closed",
+      storeOptions,
+      async ({ base, handler, proxy, user }) => {
+        const before = proxy.accepted;
+        const writing = postWrite(base, user.accessToken, seriesId("pool-closed"));
+        writing.catch(() => {}); // awaited below
+        await until(
+          () => Promise.resolve(proxy.accepted >= before + 2 ? true : undefined),
+          "the connection reopened after a refused startup",
+        );
+        const atClose = proxy.accepted;
+        await guarded(handler.close(), "close() of the function's pool");
+        // Before, postgres.js went on reopening the connection for the BEGIN until end()'s 5 s timeout, and
+        // once more after it had destroyed the connection (a reconnect timer set before): 36 and 59 attempts
+        // in two runs on a loaded machine.
+        const after = proxy.accepted - atClose;
+        assert.ok(after <= 1, `${after} connection attempts after close() was called`);
+        const answer = await guarded(writing, "answer of the write waiting for its BEGIN");
+        assert.equal(statusOf(answer), "503 service_unavailable", JSON.stringify(answer.body));
+        await until(
+          () => Promise.resolve(proxy.open === 0 ? true : undefined),
+          "no connection open at the proxy",
+        );
+        assert.equal(proxy.accepted - atClose, after, "no connection attempt once close() had resolved");
       },
     );
   },

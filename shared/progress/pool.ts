@@ -1,0 +1,186 @@
+// The progress function's database pool (server.ts makes it): postgres.js on the database URL, whose every
+// connection attempt goes through a connector of the function's own (postgres.js's `socket` option, in its
+// source, not its types), which paces the attempts while the server refuses them and opens nothing once the
+// pool is ended.
+//
+// Why: postgres.js 3.4.9 keeps a connection's current query when its socket closes under it (connection.js
+// closed() leaves `query` set; only a ReadyForQuery clears it). On that connection the next BEGIN reopens, a
+// startup the server refuses with an ErrorResponse (53300 too many connections, a role's or database's
+// connection limit; 57P03 starting up) is kept as that stale query's error instead of failing the BEGIN, and
+// the close that follows reconnects at once (`initial` still set, the delay of the close before long past):
+// a TCP connect, authentication and a refused startup after another, without a pause, until the server takes
+// a startup or the pool ends, on a database already in trouble. And end() does not stop it: the connection
+// waits for its BEGIN, and postgres.js's connect() clears `terminated`, so a reconnect timer set before the
+// pool's end({ timeout }) destroyed it opened a socket after end() had resolved (an idle connection held
+// until its idle_timeout when the server took it). Here every attempt first takes its turn at the pacing
+// (ConnectionPacing: free for the pool's first attempts, then spaced by a doubling delay up to 4 s until a
+// startup completes), and an attempt once the pool is ended opens no socket (postgres.js then fails the query
+// the connection opened for, CONNECTION_ENDED, a 503).
+
+import net from "node:net";
+import postgres from "postgres";
+
+/** The first delay between two attempts once the free ones are spent; it doubles with each attempt after. */
+export const PACED_FIRST_DELAY_MS = 100;
+
+/**
+ * The longest delay between two attempts (before its jitter: half to all of it is waited). Below the store's
+ * beginTimeoutMs (10 s) less the pool's connect_timeout (5 s): a call that takes its turn while the server
+ * refuses startups gets its attempt, and the refusal's 503, before it would give up waiting for its BEGIN.
+ */
+export const PACED_MAX_DELAY_MS = 4_000;
+
+/**
+ * The pacing of the connection attempts of one database target (server.ts keeps one per URL and pool size,
+ * across the pools it makes and replaces for it, so a pool made anew during an outage does not start over
+ * with attempts at once). `free` attempts since a startup last completed go at once (a pool opening all its
+ * connections, as after an idle spell or a database restart); each one after waits until a delay has passed
+ * since the attempt before it: PACED_FIRST_DELAY_MS, doubled for each further attempt, at most
+ * PACED_MAX_DELAY_MS, each times 0.5 to 1 (jitter, as postgres.js's own backoff, so that isolates that met
+ * the same outage do not come back in step). A startup that completes sets the count back to 0.
+ */
+export interface ConnectionPacing {
+  /** Resolves once an attempt may be made; rejects when `ended` aborts first. */
+  turn(ended: AbortSignal): Promise<void>;
+  /** A connection of the target completed its startup: the next attempts go at once again. */
+  startupCompleted(): void;
+}
+
+export function connectionPacing(free: number): ConnectionPacing {
+  let sinceStartup = 0;
+  let startups = 0;
+  let lastAt = -Infinity;
+  return {
+    startupCompleted() {
+      sinceStartup = 0;
+      startups++;
+    },
+    async turn(ended) {
+      if (ended.aborted) throw new Error("ended");
+      const n = sinceStartup++;
+      const now = performance.now();
+      const delay = n < free
+        ? 0
+        : Math.min(PACED_FIRST_DELAY_MS * 2 ** (n - free), PACED_MAX_DELAY_MS) * (0.5 + Math.random() / 2);
+      const before = { lastAt, startups };
+      const at = Math.max(now, lastAt + delay);
+      lastAt = at;
+      if (at > now) {
+        await new Promise<void>((resolve, reject) => {
+          // A turn its pool's end stopped makes no attempt: it gives its place back (the attempt after it,
+          // a replacement pool's, is spaced from the last one made, not from this one's time to come).
+          const stop = () => {
+            clearTimeout(timer);
+            if (lastAt === at) lastAt = before.lastAt;
+            if (startups === before.startups && sinceStartup > 0) sinceStartup--;
+            reject(new Error("ended"));
+          };
+          const timer = setTimeout(() => {
+            ended.removeEventListener("abort", stop);
+            resolve();
+          }, at - now);
+          ended.addEventListener("abort", stop, { once: true });
+        });
+      }
+    },
+  };
+}
+
+/** A pool made by createProgressPool: its postgres.js `sql`, and end(), which ends it for good. */
+export interface ProgressPool {
+  readonly sql: postgres.Sql;
+  /**
+   * Ends the pool: no connection attempt of it opens a socket from now on (one waiting for its turn at the
+   * pacing stops waiting), so the query a connection was opening for, a BEGIN, fails (CONNECTION_ENDED)
+   * unsent; then postgres.js's end({ timeout }): a transaction under way ends as it would (its COMMIT or
+   * ROLLBACK) and its connection closes, and after `timeoutS` seconds every connection is destroyed and the
+   * queries still queued fail (CONNECTION_DESTROYED), none of them sent. Resolves once postgres.js's end()
+   * has.
+   */
+  end(timeoutS: number): Promise<void>;
+  /** Sockets the pool has open now (its connections' and its cancel requests'): for tests. */
+  readonly openSockets: number;
+}
+
+/** The error of a connection attempt of an ended pool: postgres.js's own code for a query on one (a 503). */
+function poolEnded(): Error {
+  return Object.assign(new Error("the database pool was ended: no connection is opened for it"), {
+    code: "CONNECTION_ENDED",
+  });
+}
+
+/**
+ * postgres.js's pool on `url` with `options`, its connection attempts paced by `pacing` (see above). Cancel
+ * requests (store.ts sends them on connections of their own, through a second postgres() made from this
+ * pool's options, cancellerApart) go through the same connector: refused once the pool is ended, never paced
+ * nor counted (a cancel request's connection completes no startup, and a cancel must not wait behind the
+ * pool's failures: postgres.js hands the connector the options object it was made with, the pool's own for
+ * the pool's connections).
+ */
+export function createProgressPool(
+  url: string,
+  options: postgres.Options<Record<string, postgres.PostgresType>>,
+  pacing: ConnectionPacing,
+): ProgressPool {
+  const ended = new AbortController();
+  const sockets = new Set<net.Socket>();
+  let nextHost = 0;
+  // Set once the pool can tell the pacing of its startups (hearStartups): without that, no attempt waits.
+  let paced = false;
+  const open = async (parsed: { host: string[]; port: number[]; path?: string | false }) => {
+    if (paced && parsed === poolOptions) await pacing.turn(ended.signal).catch(() => {});
+    if (ended.signal.aborted) throw poolEnded();
+    // As postgres.js connects when it makes the socket itself (connection.js connect()): a Unix socket's
+    // path, or the next of the URL's hosts in turn. postgres.js writes its startup at once; the socket keeps
+    // that until it has connected, and an error connecting reaches postgres.js as its own socket's would.
+    const index = nextHost++ % parsed.host.length;
+    const socket = parsed.path
+      ? net.connect(parsed.path)
+      : net.connect(parsed.port[index], parsed.host[index]);
+    // Read by postgres.js's errors (host:port) and TLS (the server name).
+    Object.assign(socket, { host: parsed.host[index], port: parsed.port[index] });
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    return socket;
+  };
+  const sql = postgres(url, {
+    ...options,
+    socket: open,
+  } as unknown as postgres.Options<Record<string, postgres.PostgresType>>);
+  const poolOptions = (sql as unknown as { options?: unknown }).options;
+  paced = hearStartups(sql, pacing);
+  return {
+    sql,
+    get openSockets() {
+      return sockets.size;
+    },
+    end(timeoutS) {
+      ended.abort();
+      return sql.end({ timeout: timeoutS });
+    },
+  };
+}
+
+/**
+ * Tells `pacing` when a connection of `sql` completes its startup. postgres.js 3.4.9 sets the count its
+ * connections share, `options.shared.retries`, to 0 then, and only then (connection.js ReadyForQuery, the
+ * startup's; a connection that closes with an error adds one to it): an accessor on that property hears it.
+ * Internals of the version pinned in deno.json; were they gone (another version), false: the pool's attempts
+ * are not paced (never told of a startup, the pacing would space every attempt after the free ones for good),
+ * and tests/functions/progress_client_gone.test.ts (the function's pool under refusal) fails.
+ */
+function hearStartups(sql: postgres.Sql, pacing: ConnectionPacing): boolean {
+  const shared = (sql as unknown as { options?: { shared?: { retries?: unknown } } }).options?.shared;
+  if (!shared || typeof shared.retries !== "number") return false;
+  let retries = shared.retries;
+  Object.defineProperty(shared, "retries", {
+    enumerable: true,
+    configurable: true,
+    get: () => retries,
+    set: (value: number) => {
+      retries = value;
+      if (value === 0) pacing.startupCompleted();
+    },
+  });
+  return true;
+}
