@@ -499,7 +499,10 @@ function connectionTurns(size: number): ConnectionTurns {
   };
 }
 
-/** The turns of `sql`'s calls (one line per pool, whichever store takes them); undefined without a max. */
+/**
+ * The turns of `sql`'s calls (one line per pool, whichever store takes them, and kept by a store for the pools
+ * replacePool makes in place of `sql`); undefined without a max.
+ */
 function turnsOf(sql: postgres.Sql): ConnectionTurns | undefined {
   const cached = turnsByPool.get(sql);
   if (cached) return cached;
