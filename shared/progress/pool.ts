@@ -165,7 +165,11 @@ export function createProgressPool(
  * Tells `pacing` when a connection of `sql` completes its startup. postgres.js 3.4.9 sets the count its
  * connections share, `options.shared.retries`, to 0 then, and only then (connection.js ReadyForQuery, the
  * startup's; a connection that closes with an error adds one to it): an accessor on that property hears it.
- * Internals of the version pinned in deno.json; were they gone (another version), false: the pool's attempts
+ * One startup is not heard: that of a connection whose lost socket left an error kept (57P01, or a refusal),
+ * which postgres.js fails the query it opened for with and then skips the reset (connection.js clears
+ * `initial` first), as on the stuck connection of a pool the server takes again before a call gave up on it:
+ * the count stays as it was until the pool's next startup, which then waits its paced turn (at most 2-4 s)
+ * once. Internals of the version pinned in deno.json; were they gone (another version), false: the attempts
  * are not paced (never told of a startup, the pacing would space every attempt after the free ones for good),
  * and tests/functions/progress_client_gone.test.ts (the function's pool under refusal) fails.
  */
