@@ -37,7 +37,10 @@ export const PACED_MAX_DELAY_MS = 4_000;
  * connections, as after an idle spell or a database restart); each one after waits until a delay has passed
  * since the attempt before it: PACED_FIRST_DELAY_MS, doubled for each further attempt, at most
  * PACED_MAX_DELAY_MS, each times 0.5 to 1 (jitter, as postgres.js's own backoff, so that isolates that met
- * the same outage do not come back in step). A startup that completes sets the count back to 0.
+ * the same outage do not come back in step). A startup that completes sets the count back to 0 and lets the
+ * attempts waiting their turn go at once (they count as the first ones since it): the server takes startups
+ * again, and a pool's connections reopening (up to 4 s a turn, one after the other) must not keep their
+ * calls' BEGINs waiting, nor space a free attempt after them.
  */
 export interface ConnectionPacing {
   /** Resolves once an attempt may be made; rejects when `ended` aborts first. */
@@ -50,10 +53,14 @@ export function connectionPacing(free: number): ConnectionPacing {
   let sinceStartup = 0;
   let startups = 0;
   let lastAt = -Infinity;
+  // The turns waiting for their time, each with the function that lets it go at once (startupCompleted).
+  const waiting = new Set<() => void>();
   return {
     startupCompleted() {
       sinceStartup = 0;
       startups++;
+      lastAt = Math.min(lastAt, performance.now());
+      for (const goNow of [...waiting]) goNow();
     },
     async turn(ended) {
       if (ended.aborted) throw new Error("ended");
@@ -71,14 +78,25 @@ export function connectionPacing(free: number): ConnectionPacing {
           // a replacement pool's, is spaced from the last one made, not from this one's time to come).
           const stop = () => {
             clearTimeout(timer);
+            waiting.delete(goNow);
             if (lastAt === at) lastAt = before.lastAt;
             if (startups === before.startups && sinceStartup > 0) sinceStartup--;
             reject(new Error("ended"));
           };
-          const timer = setTimeout(() => {
+          const go = () => {
+            clearTimeout(timer);
+            waiting.delete(goNow);
             ended.removeEventListener("abort", stop);
             resolve();
-          }, at - now);
+          };
+          // A startup completed while this turn waited: it is made now, one of the free attempts after it.
+          const goNow = () => {
+            sinceStartup++;
+            lastAt = Math.max(lastAt, performance.now());
+            go();
+          };
+          const timer = setTimeout(go, at - now);
+          waiting.add(goNow);
           ended.addEventListener("abort", stop, { once: true });
         });
       }

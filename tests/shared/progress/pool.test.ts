@@ -99,3 +99,29 @@ Deno.test("pool: a connection the server closes at once is reopened paced, and a
     await server.close();
   }
 });
+
+Deno.test("pool pacing: a completed startup lets the attempts already waiting their turn go at once, and the next ones too", async () => {
+  // A pool of three connections reopening while the server refuses startups (the free attempts spent): two
+  // attempts wait their paced turns, the second after the first. A startup then completes (the server is
+  // back): the waiting attempts go at once, as the first two since it, and a third, new, too. Before, each
+  // kept its time (up to 4 s a turn after the one before it, a pool's connections in a row), and the new
+  // attempt, though free, was spaced after the last one waiting: calls' BEGINs waited (and gave up, 503,
+  // the pool replaced) with the server up.
+  const pacing = connectionPacing(3);
+  const open = new AbortController();
+  for (const n of [1, 2, 3]) {
+    assert.equal(await beforeATimer(pacing.turn(open.signal)), "settled", `free attempt ${n}`);
+  }
+  const fourth = pacing.turn(open.signal);
+  const fifth = pacing.turn(open.signal);
+  assert.equal(await beforeATimer(fourth), "timer", "the attempt after the free ones waits");
+  pacing.startupCompleted();
+  assert.equal(await beforeATimer(fourth), "settled", "a waiting attempt goes once a startup completed");
+  assert.equal(await beforeATimer(fifth), "settled", "and the one after it");
+  assert.equal(await beforeATimer(pacing.turn(open.signal)), "settled", "a new free attempt goes at once");
+  // The free attempts since the startup spent (the two that waited count): the next one waits again.
+  const paced = pacing.turn(open.signal);
+  assert.equal(await beforeATimer(paced), "timer", "the attempt after the free ones waits again");
+  open.abort();
+  await assert.rejects(paced);
+});
