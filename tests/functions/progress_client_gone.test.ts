@@ -1700,16 +1700,10 @@ Deno.test({
     "given back, nothing stored; the next write once the server takes connections again is answered 200",
   ignore: !mintsTokens,
   fn: async () => {
-    // No beginTimeoutMs within the test's reach: only the client's leaving can end the wait. (Not a literal
-    // in the call: the store before beginTimeoutMs took such options, and ignored this one.)
-    const storeOptions = {
-      lockTimeoutMs: LONG_TIMEOUT_MS,
-      statementTimeoutMs: LONG_TIMEOUT_MS,
-      beginTimeoutMs: Infinity,
-    };
+    // No beginTimeoutMs within the test's reach: only the client's leaving can end the wait.
     await withRefusedReconnect(
       "refused-left",
-      storeOptions,
+      BEGIN_NEVER_GIVES_UP,
       async ({ served, user, sockets, series }) => {
         const before = sockets.made;
         const client = new AbortController();
@@ -1734,6 +1728,15 @@ Deno.test({
     );
   },
 });
+
+/** The store's options of the tests where only the client's leaving or close() ends a BEGIN's wait: no
+ * beginTimeoutMs, the lock and statement timeouts out of reach. (Not a literal in the call: the store before
+ * beginTimeoutMs took such options, and ignored this one.) */
+const BEGIN_NEVER_GIVES_UP = {
+  lockTimeoutMs: LONG_TIMEOUT_MS,
+  statementTimeoutMs: LONG_TIMEOUT_MS,
+  beginTimeoutMs: Infinity,
+};
 
 /** The store's options of the tests where a call gives up waiting for its BEGIN: 3 s, the lock and statement
  * timeouts out of reach (not a literal in the call, as above). */
@@ -2153,14 +2156,9 @@ Deno.test({
   ignore: !mintsTokens,
   fn: async () => {
     // No beginTimeoutMs within the test's reach: the pool is never replaced, and only close() ends the wait.
-    const storeOptions = {
-      lockTimeoutMs: LONG_TIMEOUT_MS,
-      statementTimeoutMs: LONG_TIMEOUT_MS,
-      beginTimeoutMs: Infinity,
-    };
     await withFunctionPoolRefused(
       "pool-closed",
-      storeOptions,
+      BEGIN_NEVER_GIVES_UP,
       async ({ base, handler, proxy, user }) => {
         const before = proxy.accepted;
         const writing = postWrite(base, user.accessToken, seriesId("pool-closed"));
