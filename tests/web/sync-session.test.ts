@@ -1395,7 +1395,11 @@ function sharedLocks() {
   };
 }
 
-Deno.test("sync session, real API client, two tabs: a tab backing off after a 503 holds no Web Lock while it waits: another tab's Sync now sends the shared outbox at once, and the first tab's retry takes the lock again to send", async () => {
+/**
+ * Two tabs of ALICE in one browser (shared storage and Web Locks), each sending through the real API client to
+ * the same held function: the opening of the real-API two-tab tests. a and b are their sessions.
+ */
+function twoTabsOverRealApi() {
   const browser = sharedStorage();
   const locks = sharedLocks();
   const fn = heldFunctions();
@@ -1405,8 +1409,11 @@ Deno.test("sync session, real API client, two tabs: a tab backing off after a 50
   second.env.locks = locks;
   realApi(first, fn);
   realApi(second, fn);
-  const a = first.open(newStore(ALICE));
-  const b = second.open(newStore(ALICE));
+  return { locks, fn, first, second, a: first.open(newStore(ALICE)), b: second.open(newStore(ALICE)) };
+}
+
+Deno.test("sync session, real API client, two tabs: a tab backing off after a 503 holds no Web Lock while it waits: another tab's Sync now sends the shared outbox at once, and the first tab's retry takes the lock again to send", async () => {
+  const { locks, fn, first, a, b } = twoTabsOverRealApi();
   try {
     a.save("book", position(3), DEVICE);
     (await fn.request(1)).unavailable(); // tab A's send: the API answers 503
@@ -2052,17 +2059,7 @@ Deno.test("sync session, two tabs: a notice of a write lost to a version whose i
 });
 
 Deno.test("sync session, real API client, two tabs: a request of the outbox left unanswered is aborted after OUTBOX_REQUEST_TIMEOUT_MS and lets go of the Web Lock; the other tab then sends the write under the same key (a replay), and the held answer is never applied", async () => {
-  const browser = sharedStorage();
-  const locks = sharedLocks();
-  const fn = heldFunctions();
-  const first = tab({ browser });
-  const second = tab({ browser });
-  first.env.locks = locks;
-  second.env.locks = locks;
-  realApi(first, fn);
-  realApi(second, fn);
-  const a = first.open(newStore(ALICE));
-  const b = second.open(newStore(ALICE));
+  const { locks, fn, first, a, b } = twoTabsOverRealApi();
   try {
     a.save("book", position(3), DEVICE);
     const held = await fn.request(1); // tab A's send, its answer held by the server (or the network)
@@ -2157,17 +2154,7 @@ Deno.test("sync session, two tabs: a tab whose send waits for /auth/token's answ
 
 Deno.test("sync session, real API client, two tabs: a send answered 401 lets go of the outbox's Web Lock at once, not after the token's refresh: another tab sends meanwhile, and the tab's own next send waits for the refresh, without the lock", async () => {
   const auth = heldAuthToken();
-  const browser = sharedStorage();
-  const locks = sharedLocks();
-  const fn = heldFunctions();
-  const first = tab({ browser });
-  const second = tab({ browser });
-  first.env.locks = locks;
-  second.env.locks = locks;
-  realApi(first, fn);
-  realApi(second, fn);
-  const a = first.open(newStore(ALICE));
-  const b = second.open(newStore(ALICE));
+  const { locks, fn, first, a, b } = twoTabsOverRealApi();
   try {
     a.save("book", position(3), DEVICE);
     (await fn.request(1)).unauthorized(); // tab A's token has expired (a laptop that slept past it)
