@@ -9,7 +9,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(24);
+select plan(27);
 
 insert into auth.users (id, email)
 values ('a3600000-0000-4000-8000-000000000036', 'stale-invalid@readsync.test'),
@@ -129,6 +129,12 @@ select is(pg_temp.update_as('service_role', (select stale from keys) || 'percent
   'a stale UPDATE with a percentage out of range, by service_role: refused as the table''s check (was UPDATE 0)');
 select is(pg_temp.update_as('service_role', (select stale from keys) || 'page = null'),
   '23502 page', 'a NULL page by service_role: refused as NOT NULL refuses it');
+select is(pg_temp.update_as('service_role', (select stale from keys) || 'percentage = null'),
+  '23502 percentage', 'a NULL percentage by service_role: refused as NOT NULL refuses it');
+select is(pg_temp.update_as('service_role', (select stale from keys) || 'cleared = null'),
+  '23502 cleared', 'a NULL cleared by service_role: refused as NOT NULL refuses it');
+select is(pg_temp.update_as('service_role', $$updated_at = now() - interval '3 days', device_id = null$$),
+  '23502 device_id', 'a stale write with a NULL device id by service_role: refused as NOT NULL refuses it');
 select is(pg_temp.update_as('service_role', (select stale from keys) || 'chapter = 3'),
   '0', 'a valid stale write by service_role is skipped, as before');
 
