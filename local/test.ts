@@ -186,7 +186,9 @@ async function main(): Promise<number> {
     // refuses a stale update the table could not hold restates the stamp trigger, so it runs after every
     // row that puts an earlier stamp back (012, and the members-of-authenticated one, also in 013's row);
     // the one that gives the reset refusals one hint restates the marked trigger's function, so it runs
-    // after every row that puts an earlier one back (the two reset rules', the one-column guard's).
+    // after every row that puts an earlier one back (the two reset rules', the one-column guard's). The
+    // one that refuses an inserted reset with a position first adds a trigger and its function, which no
+    // other migration restates.
     for (
       const [label, ...suffixes] of [
         [
@@ -325,6 +327,10 @@ async function main(): Promise<number> {
         ],
         ["a stale update the table could not hold is refused", "_stale_invalid_update_refused.sql"],
         ["the reset refusals' one hint", "_reset_refusals_one_hint.sql"],
+        [
+          "an inserted reset with a position refused first",
+          "_reset_inserted_with_position_refused_first.sql",
+        ],
       ]
     ) {
       const migrations = await Promise.all(

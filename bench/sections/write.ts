@@ -52,7 +52,7 @@ export interface Variant {
     /** The per-user write lock: a BEFORE … FOR EACH STATEMENT trigger (migration 20261207090000). */
     userLock: boolean;
     stamp: boolean;
-    /** The reset rules' four BEFORE UPDATE triggers (migrations 20261206100100, 20261206160000). */
+    /** The reset rules' BEFORE triggers: four UPDATE (migrations 20261206100100, 20261206160000), one INSERT (20261207210000). */
     resetRules: boolean;
     broadcast: boolean;
     localNotify: boolean;
@@ -68,6 +68,7 @@ const RESET_RULE_TRIGGERS = [
   "reading_progress_reset_superseded",
   "reading_progress_reset_marked_with_position",
   "reading_progress_reset_marked_zeroes_position",
+  "reading_progress_reset_inserted_with_position",
 ];
 
 /** From bare to full, one part added per step (the cumulative breakdown), then the API's function. */
@@ -105,7 +106,7 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
     },
     {
       id: "reset_rules",
-      label: "+ the reset rules' four WHEN-guarded triggers (false on these writes)",
+      label: "+ the reset rules' five WHEN-guarded triggers (false on these writes)",
       script: request("authenticated", upsert("public.reading_progress")),
       triggers: { userLock: true, stamp: true, resetRules: true, broadcast: false, localNotify: false },
     },
