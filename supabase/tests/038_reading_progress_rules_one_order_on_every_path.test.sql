@@ -5,9 +5,10 @@
 -- rule, each NULL and the combinations whose order matters are sent through every path a write takes
 -- (INSERT, an upsert's INSERT half onto a stored position and onto a stored reset, a newer UPDATE of each,
 -- a stale UPDATE of each, an UPDATE losing the stored millisecond's tie, and write_reading_progress
--- writing a series first, newer onto each, stale onto each, and losing the tie), by each role that can
--- reach them (authenticated under RLS, service_role and postgres bypassing it), and each path must answer
--- the same SQLSTATE naming the same rule: the reset rule first (with its one hint), then NOT NULL in
+-- writing a series first, newer onto each, stale onto each, and losing the tie; a write dated ahead of
+-- the clock, which every path takes as newer, too), by each role that can reach them (authenticated under
+-- RLS, service_role and postgres bypassing it, a project's role without USAGE on `private`), and each path
+-- must answer the same SQLSTATE naming the same rule: the reset rule first (with its one hint), then NOT NULL in
 -- column order, then the checks by constraint name. Before …_reset_inserted_with_position_refused_first.sql
 -- the INSERT paths (INSERT, upsert, the write function's first write) named a check sorting before
 -- reading_progress_cleared_is_zero (chapter_range; 23502 for a NULL) where the UPDATE paths named the reset
@@ -20,7 +21,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(199);
+select plan(207);
 
 insert into auth.users (id, email)
 values ('a3800000-0000-4000-8000-000000000038', 'one-order@readsync.test'),
@@ -204,7 +205,13 @@ select c.k, c.description,
     (45, '`cleared: true` with a chapter and a NULL device id', '{"cleared": true, "device": null}',
      '23514 reading_progress_cleared_is_zero +hint'),
     (46, 'a reset (zero position) with a device id of another format',
-     '{"cleared": true, "chapter": 0, "percentage": 0, "device": "old phone"}', '23514 reading_progress_device_id_format')
+     '{"cleared": true, "chapter": 0, "percentage": 0, "device": "old phone"}', '23514 reading_progress_device_id_format'),
+    -- Dated a day ahead of the clock (recorded as now(): newer than any stored row, on the stale paths too).
+    (47, 'a chapter out of range, dated a day ahead', jsonb_build_object('chapter', -1, 'dated', now() + interval '1 day'),
+     '23514 reading_progress_chapter_range'),
+    (48, '`cleared: true` with a chapter and a NULL page, dated a day ahead',
+     jsonb_build_object('cleared', true, 'page', null, 'dated', now() + interval '1 day'),
+     '23514 reading_progress_cleared_is_zero +hint')
   ) as c(k, description, changes, expected);
 
 -- Each path's answer to a case as p_role, one line per path; and the lines every path must give.
