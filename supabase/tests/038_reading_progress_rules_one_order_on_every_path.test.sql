@@ -51,6 +51,11 @@ begin
     else
       perform set_config('request.jwt.claims', '', true);
     end if;
+    -- Each attempt as its role meets no plan an earlier role's attempt left: PostgreSQL checks a
+    -- schema's USAGE when it looks a name up (planning), not when it runs a cached plan, so a plpgsql
+    -- function (write_reading_progress's auth.uid(), a helper in `private`) planned as postgres would
+    -- answer a role without that USAGE as if it had it; a real session of that role plans afresh.
+    execute 'discard plans';
     perform set_config('role', p_role, true);
     execute p_sql;
     get diagnostics v_rows = row_count;
@@ -236,6 +241,9 @@ $fn$;
 create role readsync_038_importer nologin bypassrls;
 grant select, insert, update on public.reading_progress to readsync_038_importer;
 grant select on public.reading_progress_deletions to readsync_038_importer;
+-- What such a role needs besides the table: the deletions log (the stamp and new-life triggers read it as
+-- the writer) and, for write_reading_progress (auth.uid()), USAGE on auth, as Supabase's API roles have.
+grant usage on schema auth to readsync_038_importer;
 grant execute on function public.write_reading_progress(text, integer, integer, double precision, boolean, text,
   timestamptz) to readsync_038_importer;
 select is(has_schema_privilege('readsync_038_importer', 'private', 'usage'), false,
