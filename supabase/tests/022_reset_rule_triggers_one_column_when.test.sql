@@ -1,4 +1,5 @@
--- The reset rules' four BEFORE UPDATE triggers on reading_progress are guarded by one column each
+-- The reset rules' four BEFORE UPDATE triggers (and, since …_reset_inserted_with_position_refused_first.sql,
+-- one BEFORE INSERT trigger) on reading_progress are guarded by one column each
 -- (migration …_reset_rule_triggers_one_column_when.sql): PostgreSQL reads a trigger's WHEN clause back
 -- from its node text and prepares it in every statement that considers the trigger, so the rules'
 -- whole tests there (7.9 kB of node text for the four) cost every position write about 30 us of CPU
@@ -10,7 +11,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(10);
+select plan(11);
 
 insert into auth.users (id, email) values ('a2200000-0000-4000-8000-000000000022', 'guard-a@readsync.test');
 
@@ -34,6 +35,11 @@ select is(pg_temp.trigger_def('reading_progress_reset_sent_with_position'),
 select is(pg_temp.trigger_def('reading_progress_reset_superseded'),
   'CREATE TRIGGER reading_progress_reset_superseded BEFORE UPDATE ON public.reading_progress FOR EACH ROW WHEN (old.cleared) EXECUTE FUNCTION private.reading_progress_reset_superseded()',
   'a position written onto a reset: WHEN (old.cleared) only');
+-- The fifth, on INSERT (migration …_reset_inserted_with_position_refused_first.sql): every INSERT and
+-- upsert considers it, so it too is one column, never the rule's whole test.
+select is(pg_temp.trigger_def('reading_progress_reset_inserted_with_position'),
+  'CREATE TRIGGER reading_progress_reset_inserted_with_position BEFORE INSERT ON public.reading_progress FOR EACH ROW WHEN (new.cleared) EXECUTE FUNCTION private.reading_progress_reset_inserted_with_position()',
+  'cleared: true inserted with a position: WHEN (new.cleared) only');
 
 -- ---------------------------------------------------------------------------------------------
 -- Writes that now call a rule's function whose rule does not hold: they land as they did.
