@@ -75,3 +75,18 @@ export function withKongAllowOrigin(answer: Response): Response {
     return new Response(answer.body, { status: answer.status, statusText: answer.statusText, headers });
   }
 }
+
+/**
+ * Kong's cors plugin around a service: on a path under one of its routes a preflight is answered by the
+ * plugin and every other answer (`answer()`, the service's) carries `Access-Control-Allow-Origin: *`;
+ * elsewhere the answer as it is. (The API server does the same, but for a function's own preflight.)
+ */
+export async function withKongCors(
+  req: Request,
+  pathname: string,
+  answer: () => Response | Promise<Response>,
+): Promise<Response> {
+  if (!onKongCorsRoute(pathname)) return await answer();
+  if (isKongPreflight(req)) return kongPreflight(req);
+  return withKongAllowOrigin(await answer());
+}

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { createClient } from "@supabase/supabase-js";
 import { localRealtime, testEnv } from "../../tests/support/env.ts";
-import { CONNECTIONS_REMEMBERED, startApiServer } from "./server.ts";
+import { CONNECTIONS_REMEMBERED, openConnections, startApiServer } from "./server.ts";
 
 /** The options of a test that runs an API server of its own (on port 0) on the suite's database. */
 const OWN_SERVER = {
@@ -476,4 +476,330 @@ Deno.test({
   assert.ok(seen.reads > 0, "the server read the table");
   assert.equal(seen.keptPath, "/kept", "the open connection's last request is remembered");
   assert.ok(seen.remembered <= 2, `${seen.remembered} connections remembered: the kept one and the last`);
+});
+
+/**
+ * One request over a TCP connection of its own, its target written exactly as given (fetch would resolve
+ * dot segments and `\` itself, as browsers do: a script or a proxy sends them as they are). The status line
+ * and headers (lower-cased names) and body of the answer.
+ */
+async function rawRequest(
+  url: string,
+  target: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: Map<string, string[]>; body: string }> {
+  const { hostname, port } = new URL(url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  try {
+    const lines = [`GET ${target} HTTP/1.1`, `Host: ${hostname}:${port}`, "Connection: close"];
+    for (const [name, value] of Object.entries(headers)) lines.push(`${name}: ${value}`);
+    await conn.write(new TextEncoder().encode(`${lines.join("\r\n")}\r\n\r\n`));
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of conn.readable) chunks.push(chunk);
+    const text = new TextDecoder().decode(new Uint8Array(chunks.flatMap((chunk) => [...chunk])));
+    const [head, ...rest] = text.split("\r\n\r\n");
+    const [statusLine, ...headerLines] = head.split("\r\n");
+    const answerHeaders = new Map<string, string[]>();
+    for (const line of headerLines) {
+      const at = line.indexOf(":");
+      const name = line.slice(0, at).trim().toLowerCase();
+      answerHeaders.set(name, [...(answerHeaders.get(name) ?? []), line.slice(at + 1).trim()]);
+    }
+    return { status: Number(statusLine.split(" ")[1]), headers: answerHeaders, body: rest.join("\r\n\r\n") };
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed by the server's Connection: close */ }
+  }
+}
+
+Deno.test({
+  name: "a request is routed on the path supabase start's Kong routes it on (its normalized request path), " +
+    "so it reaches the service Kong sends it to and no other",
+  // The suite's stack: its API is this server only where Realtime is the stand-in (a real stack serves both).
+  ignore: !localRealtime,
+}, async () => {
+  const env = testEnv();
+  const origin = "http://localhost:3000";
+  // [target as sent, status, what answers, whether a Kong route (its cors plugin) matched]: the progress
+  // function's own 401 (no token), the gateway's 404 of a name no function has, or the local stack's 404 of
+  // a path it does not serve (under Kong's rest-v1 route, or under none: Kong's own 404, without CORS).
+  const cases: [string, number, "progress" | "not_found" | "Function not found", boolean][] = [
+    // `\` is no path separator to Kong: `/rest/v1\` is under no route (a URL parser takes `\` for `/` and
+    // resolved this to /functions/v1/progress, which answered), and with a `/` after v1 it is the Data API's.
+    ["/rest/v1\\..\\..\\functions/v1/progress", 404, "not_found", false],
+    ["/rest/v1/\\..\\..\\functions/v1/progress", 404, "not_found", true],
+    ["/rest/v1/%5C..%5C..%5Cfunctions/v1/progress", 404, "not_found", true],
+    // Encoded dots are dot segments to Kong too (it decodes them first), and resolved the same way.
+    ["/rest/v1/%2e%2e/%2e%2e/functions/v1/progress", 401, "progress", true],
+    ["/functions/v1/progress/%2E%2E/%2e%2e/%2e%2e/rest/v1/reading_progress", 404, "not_found", true],
+    // An encoded slash stays encoded: one segment, a name no function has, or under no route at all.
+    ["/functions/v1/progress%2F..%2F..%2Fother", 404, "Function not found", true],
+    ["/functions/v1%2Fprogress", 404, "not_found", false],
+    // Kong decodes unreserved characters and merges slashes before it matches: these are the function.
+    ["/functions/v1/%70rogress", 401, "progress", true],
+    ["//functions//v1/progress", 401, "progress", true],
+  ];
+  for (const [target, status, what, onRoute] of cases) {
+    const answer = await rawRequest(env.url, target, { origin });
+    assert.equal(answer.status, status, `${target}: ${answer.body}`);
+    if (what === "not_found") assert.equal(JSON.parse(answer.body).code, "not_found", target);
+    else if (what === "progress") {
+      assert.match(answer.body, /"code"\s*:\s*"/, `${target}: the function's 401`);
+    } else assert.equal(answer.body, what, target);
+    // Under a Kong route the answer carries its CORS header, once; Kong's no-route 404 has none.
+    const allowOrigin = answer.headers.get("access-control-allow-origin");
+    assert.deepEqual(allowOrigin, onRoute ? ["*"] : undefined, `${target}: allow-origin`);
+  }
+});
+
+/** A supabase/ directory of two functions: `fine` (answers 200) and `broken` (throws while it loads). */
+async function functionsFixture(): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "readsync-api-functions-" });
+  for (
+    const [name, source] of [
+      ["fine", `Deno.serve(() => new Response("fine"));\n`],
+      ["broken", `throw new Error("cannot boot");\n`],
+    ]
+  ) {
+    await Deno.mkdir(`${dir}/functions/${name}`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/functions/${name}/index.ts`, source);
+  }
+  await Deno.writeTextFile(
+    `${dir}/config.toml`,
+    `[functions.fine]\nverify_jwt = false\n\n[functions.broken]\nverify_jwt = false\n`,
+  );
+  return dir;
+}
+
+Deno.test({
+  name:
+    "a function that failed to load: Kong's cors plugin answers its preflight (200), so a browser reads " +
+    "the gateway's 503 BOOT_ERROR behind it, as on supabase start",
+  ...OWN_SERVER,
+}, async () => {
+  const supabaseDir = await functionsFixture();
+  const env = testEnv();
+  const api = await startApiServer({
+    port: 0,
+    dbUrl: env.dbUrl,
+    jwtSecret: env.jwtSecret!,
+    anonKey: env.anonKey,
+    serviceRoleKey: env.serviceRoleKey,
+    supabaseDir,
+  });
+  try {
+    const origin = "http://localhost:3000";
+    const requested = ["authorization", "apikey", "x-client-info", "content-type"];
+    const preflight = await fetch(`${api.url}/functions/v1/broken`, {
+      method: "OPTIONS",
+      headers: {
+        origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": requested.join(","),
+      },
+    });
+    await preflight.body?.cancel();
+    assert.equal(preflight.status, 200, "Kong's preflight, not the gateway's 503");
+    assert.ok(preflightPasses(preflight, origin, "POST", requested), "the preflight passes");
+    const call = await fetch(`${api.url}/functions/v1/broken`, { method: "POST", headers: { origin } });
+    assert.equal(call.status, 503);
+    assert.equal((await call.json()).code, "BOOT_ERROR");
+    assert.ok(browserReads(call, origin), "the page reads the 503");
+    // A function that loaded still answers its own (here: its 200 with no CORS header of its own, which
+    // Kong's header filter then marks).
+    const own = await fetch(`${api.url}/functions/v1/fine`, {
+      method: "OPTIONS",
+      headers: { origin, "access-control-request-method": "POST" },
+    });
+    assert.equal(await own.text(), "fine", "the loaded function answered its own preflight");
+  } finally {
+    await api.close();
+    await Deno.remove(supabaseDir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: "Realtime's REST routes: an OPTIONS that is no preflight reaches Realtime (its router's 404), a " +
+    "preflight is Kong's 200, on the API server and on a Realtime server of its own",
+  ...OWN_SERVER,
+}, async () => {
+  const env = testEnv();
+  const { startRealtimeServer } = await import("../realtime/endpoint.ts");
+  const realtime = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! });
+  const origin = "http://localhost:3000";
+  try {
+    for (const url of [env.url, realtime.url]) {
+      for (const path of ["/realtime/v1/api/broadcast", "/realtime/v1/api/broadcast/topic/events/ev"]) {
+        // Not a preflight (no Origin, no Access-Control-Request-Method): Kong's plugin lets it through,
+        // and Realtime has no OPTIONS route.
+        const plain = await fetch(`${url}${path}`, { method: "OPTIONS" });
+        assert.equal(plain.status, 404, `${url}${path}: plain OPTIONS`);
+        assert.equal(await plain.text(), "Not Found");
+        assert.equal(plain.headers.get("access-control-allow-origin"), "*", "marked by Kong's header filter");
+        const preflight = await fetch(`${url}${path}`, {
+          method: "OPTIONS",
+          headers: {
+            origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "apikey",
+          },
+        });
+        await preflight.body?.cancel();
+        assert.equal(preflight.status, 200, `${url}${path}: preflight`);
+        assert.ok(preflightPasses(preflight, origin, "POST", ["apikey"]));
+      }
+      // Every answer under Kong's realtime routes is marked on a Realtime server of its own too.
+      const nowhere = await fetch(`${url}/realtime/v1/nowhere`, { headers: { origin } });
+      await nowhere.body?.cancel();
+      assert.equal(nowhere.status, 404);
+      assert.equal(nowhere.headers.get("access-control-allow-origin"), "*", `${url}: /realtime/v1/nowhere`);
+    }
+  } finally {
+    await realtime.close();
+  }
+});
+
+/** A PostgreSQL ErrorResponse (FATAL 28P01), what a server refusing a login sends before it closes. */
+function loginRefused(): Uint8Array {
+  const fields = "SFATAL\0C28P01\0Mpassword authentication failed\0\0";
+  const body = new TextEncoder().encode(fields);
+  const message = new Uint8Array(5 + body.length);
+  message[0] = "E".charCodeAt(0);
+  new DataView(message.buffer).setInt32(1, 4 + body.length);
+  message.set(body, 5);
+  return message;
+}
+
+Deno.test({
+  name: "the 500 of a request whose service failed to start carries Kong's CORS header (its header filter " +
+    "marks a service's 500 and Kong's own error pages alike), and a preflight then is Kong's 200",
+  ...OWN_SERVER,
+}, async () => {
+  const env = testEnv();
+  // A database that takes Realtime's connections and answers none until the test says: Realtime's start
+  // (after the functions have loaded and the server listens) waits on it, and then fails on its refusal.
+  const database = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const connected = Promise.withResolvers<Deno.Conn>();
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of database) {
+      held.push(conn);
+      connected.resolve(conn);
+    }
+  })();
+  const functionsLoaded = Promise.withResolvers<string>();
+  const origin = "http://localhost:3000";
+  const starting = startApiServer({
+    port: 0,
+    dbUrl: `postgresql://postgres:postgres@127.0.0.1:${database.addr.port}/postgres`,
+    jwtSecret: env.jwtSecret!,
+    anonKey: env.anonKey,
+    serviceRoleKey: env.serviceRoleKey,
+    // The functions gateway has set SUPABASE_URL (this server's URL) for the functions as it made them.
+    onPhase: (name) => {
+      if (name.startsWith("API: functions gateway")) functionsLoaded.resolve(Deno.env.get("SUPABASE_URL")!);
+    },
+  });
+  starting.catch(() => {}); // awaited below
+  try {
+    const url = await functionsLoaded.promise;
+    await connected.promise; // Realtime's start is waiting on the database
+    // A request for Realtime and a preflight to a function, both waiting for the services; then a request
+    // that waits for nothing, answered once the server has taken the two before it.
+    const broadcast = fetch(`${url}/realtime/v1/api/broadcast`, { method: "POST", headers: { origin } });
+    const preflight = fetch(`${url}/functions/v1/progress`, {
+      method: "OPTIONS",
+      headers: {
+        origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "apikey",
+      },
+    });
+    await (await fetch(`${url}/auth/v1/.well-known/jwks.json`)).body?.cancel();
+    for (const conn of held) await conn.write(loginRefused()).catch(() => {});
+    const failed = await broadcast;
+    await failed.body?.cancel();
+    assert.equal(failed.status, 500);
+    assert.equal(
+      failed.headers.get("access-control-allow-origin"),
+      "*",
+      "the 500 under Kong's route is marked",
+    );
+    const answered = await preflight;
+    await answered.body?.cancel();
+    assert.equal(answered.status, 200, "Kong answers a preflight before any service is asked");
+    assert.ok(preflightPasses(answered, origin, "POST", ["apikey"]));
+    await assert.rejects(starting, "the start failed on the database's refusal");
+  } finally {
+    database.close();
+    for (const conn of held) {
+      try {
+        conn.close();
+      } catch { /* closed by its client */ }
+    }
+    await accepting.catch(() => {});
+  }
+});
+
+Deno.test({
+  name:
+    "the API server listens on the IPv4 address it is given (127.0.0.1 unless given), named in its URL, " +
+    "and refuses a hostname that is no IPv4 address before it starts anything",
+  ...OWN_SERVER,
+}, async () => {
+  for (const hostname of ["localhost", "::1", "127.1", "0.0.0.256", ""]) {
+    await assert.rejects(
+      startApiServer({
+        port: 0,
+        dbUrl: "postgresql://unused",
+        jwtSecret: "x",
+        anonKey: "",
+        serviceRoleKey: "",
+        hostname,
+      }),
+      (error: Error) =>
+        error instanceof TypeError &&
+        error.message.startsWith("startApiServer option hostname must be an IPv4"),
+      `hostname ${JSON.stringify(hostname)}: refused`,
+    );
+  }
+  const env = testEnv();
+  // Another loopback address (Linux routes all of 127.0.0.0/8 to this machine): the server is there only.
+  const api = await startApiServer({
+    port: 0,
+    hostname: "127.0.0.2",
+    dbUrl: env.dbUrl,
+    jwtSecret: env.jwtSecret!,
+    anonKey: env.anonKey,
+    serviceRoleKey: env.serviceRoleKey,
+  });
+  try {
+    const { hostname, port } = new URL(api.url);
+    assert.equal(hostname, "127.0.0.2");
+    const answer = await fetch(`${api.url}/functions/v1/progress`);
+    await answer.body?.cancel();
+    assert.equal(answer.status, 401, "served at the address given");
+    await assert.rejects(
+      Deno.connect({ hostname: "127.0.0.1", port: Number(port) }),
+      Deno.errors.ConnectionRefused,
+      "not on 127.0.0.1",
+    );
+  } finally {
+    await api.close();
+  }
+});
+
+Deno.test("a server on 0.0.0.0 has its connections at any local address: openConnections lists them all", () => {
+  const table = [
+    TCP_TABLE_HEADER,
+    tcpTableLine(0, 54321, 0, "0A", "00000000"),
+    tcpTableLine(1, 54321, 40001),
+    tcpTableLine(2, 54321, 40002, "01", "0100000A"),
+    tcpTableLine(3, 54322, 40003),
+  ].join("\n");
+  const listed = (address: string) =>
+    openConnections(54321, () => table, address)?.map(({ from }) => from).sort();
+  assert.deepEqual(listed("0.0.0.0"), ["127.0.0.1:40001", "127.0.0.1:40002"]);
+  assert.deepEqual(listed("127.0.0.1"), ["127.0.0.1:40001"], "an address given: its own only");
 });

@@ -11,19 +11,30 @@
 // `supabase.auth.*` against the local stack report why (the stack serves no Data API and no Auth).
 // CORS as `supabase start`'s Kong adds it (kongCors.ts): on every path under one of its routes
 // (`/functions/v1/`, `/realtime/v1/`, `/rest/v1/`, `/auth/v1/`, ...) every answer carries
-// `Access-Control-Allow-Origin: *` and a preflight is answered by the gateway (but a function's: the
-// function answers it, as it must on a hosted project; a name no function has: the gateway's again);
-// elsewhere none, as Kong's no-route 404 has none.
+// `Access-Control-Allow-Origin: *` (a 500 of a service that failed included) and a preflight is answered
+// by the gateway (but a function's: the function answers it, as it must on a hosted project; a name no
+// function has, or a function that failed to load: the gateway's again); elsewhere none, as Kong's no-route
+// 404 has none. Routes are matched on the path Kong matches (kongRouter.ts), which the services are handed.
 
 import { createFunctionsGateway, type FunctionsGateway, type Service } from "../functions/gateway.ts";
 import { createRealtimeEndpoint, quietAboutClosingAnswers } from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 import { isKongPreflight, kongPreflight, onKongCorsRoute, withKongAllowOrigin } from "./kongCors.ts";
+import { kongRouted } from "./kongRouter.ts";
 import { checkNumberOption, TIMER_MS } from "../../shared/options/checkOptions.ts";
 
 export interface ApiContext {
   /** The port to listen on; 0: one the OS picks as the server binds it (see startApiServer). */
   port: number;
+  /**
+   * The IPv4 address to listen on: 127.0.0.1 unless given (this machine only); 0.0.0.0 for every interface,
+   * as `supabase start` publishes its gateway (`docker run -p 54321:8000`), so that another device (a
+   * phone on the same network) can reach the stack; npm start reads it from READSYNC_API_HOST. The URL
+   * handed out (and the functions' SUPABASE_URL) names 127.0.0.1 for 0.0.0.0.
+   */
+  hostname?: string;
+  /** The supabase/ directory whose functions are served (the repository's unless given: tests give theirs). */
+  supabaseDir?: string;
   dbUrl: string;
   jwtSecret: string;
   anonKey: string;
@@ -146,7 +157,9 @@ function connectionsListed(table: string, address: string, port: number): Map<st
   const open = new Map<string, string>();
   for (const line of table.split("\n")) {
     const fields = TCP_TABLE_LINE.exec(line);
-    if (!fields || parseInt(fields[2], 16) !== port || hexIpv4(fields[1]) !== address) continue;
+    if (!fields || parseInt(fields[2], 16) !== port) continue;
+    // A server on 0.0.0.0 is reached at any of the machine's addresses: each is its connection's local end.
+    if (address !== "0.0.0.0" && hexIpv4(fields[1]) !== address) continue;
     const state = fields[5].toUpperCase();
     if (state === "0A" || state === "06") continue;
     open.set(`${hexIpv4(fields[3])}:${parseInt(fields[4], 16)}`, TCP_STATES[state] ?? state);
@@ -155,8 +168,8 @@ function connectionsListed(table: string, address: string, port: number): Map<st
 }
 
 /**
- * The connections still open on the server's address (127.0.0.1 unless said: the API server binds it
- * only) and port, as the kernel lists them (/proc/net/tcp): the client's address and port, and the
+ * The connections still open on the server's address (127.0.0.1 unless said: the API server's default;
+ * 0.0.0.0: any local address) and port, as the kernel lists them (/proc/net/tcp): the client's address and port, and the
  * state (CLOSE_WAIT: the client has closed its end). Deno.serve's graceful shutdown waits for these, also
  * once their handlers have answered, which pending() cannot show. Null where there is no such file (not
  * Linux) or neither read of it succeeds (`readTable` threw both times); never throws.
@@ -217,6 +230,9 @@ function notServed(pathname: string): { code: string; message: string; details: 
  * the port as the server binds it, so no other process can take it between a pick and the bind (as
  * several test runs starting stacks at once on one machine did with a port picked and then released).
  */
+/** An IPv4 address in dotted decimal, each part 0 to 255 without a leading zero (what hostname takes). */
+export const IPV4 = /^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
 /** closeGraceMs: a timer's delay, or 0 (close() gives running requests no time). */
 const CLOSE_GRACE_MS = { ...TIMER_MS, zero: true };
 
@@ -224,6 +240,12 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   // Checked before anything starts: a negative or NaN grace gave up at once and Infinity after 1 ms (the
   // timer's clamp), each without a word.
   checkNumberOption(ctx.closeGraceMs, CLOSE_GRACE_MS, "startApiServer", "closeGraceMs");
+  const hostname = ctx.hostname ?? "127.0.0.1";
+  if (!IPV4.test(hostname)) {
+    throw new TypeError(
+      `startApiServer option hostname must be an IPv4 address (got ${JSON.stringify(hostname)})`,
+    );
+  }
   const services = Promise.withResolvers<{ functions: FunctionsGateway; realtime: Service }>();
   const running = new Map<Request, PendingRequest>();
   // The last request each client connection (its address and port) sent, and whether it was answered:
@@ -260,13 +282,36 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
     return Response.json(notServed(pathname), { status: 404 });
   };
+  /**
+   * route(), or a 500 when it throws (a service that failed to start, a handler's bug), answered here
+   * rather than by Deno.serve's onError so that Kong's cors plugin marks it as it marks any answer on its
+   * route: on `supabase start` a service's 500 passes Kong's header filter, and so do Kong's own error
+   * pages (its 502 for a service that is down: nginx's error_page goes to /kong_error_handler, which
+   * overrides only the rewrite and access phases, so the route's header_filter, cors included, runs).
+   */
+  const routeOrFail = async (req: Request, info: Deno.ServeHandlerInfo, pathname: string) => {
+    try {
+      return await route(req, info, pathname);
+    } catch (error) {
+      console.error(error);
+      return new Response("Internal Server Error", { status: 500 });
+    }
+  };
   /** Whether a preflight to `pathname` goes to the function it names, one the gateway serves. */
-  const functionAnswersPreflight = async (pathname: string): Promise<boolean> =>
-    pathname.startsWith("/functions/v1/") && (await services.promise).functions.servesFunction(pathname);
+  const functionAnswersPreflight = async (pathname: string): Promise<boolean> => {
+    if (!pathname.startsWith("/functions/v1/")) return false;
+    try {
+      return (await services.promise).functions.servesFunction(pathname);
+    } catch {
+      return false; // the functions failed to start: no function to answer it, Kong's plugin does
+    }
+  };
   const server = Deno.serve(
-    { hostname: "127.0.0.1", port: ctx.port, onListen: () => {}, onError: quietAboutClosingAnswers },
+    { hostname, port: ctx.port, onListen: () => {}, onError: quietAboutClosingAnswers },
     async (req, info) => {
-      const { pathname } = new URL(req.url);
+      // Routed on the path Kong routes on (kongRouter.ts), and the service handed a request at that path: a
+      // path Kong sends to one service never reaches another here (`\` is no `/` to Kong, `//` is one).
+      const { pathname, forwarded } = kongRouted(req);
       const from = info.remoteAddr.transport === "tcp"
         ? `${info.remoteAddr.hostname}:${info.remoteAddr.port}`
         : info.remoteAddr.transport;
@@ -287,10 +332,11 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // answer there, the 401s and 404s of the functions gateway and the 404 of a service not served
         // here included, instead of failing the fetch. Not on a path no Kong route matches (Kong's own
         // 404 has none). A function's preflight stays the function's to answer (README, Two commands);
-        // a path naming no function (the gateway's 404) has none to answer it, so Kong's plugin does.
-        if (!onKongCorsRoute(pathname)) return await route(req, info, pathname);
+        // a path naming no function (the gateway's 404) or one that failed to load (its 503) has none to
+        // answer it, so Kong's plugin does.
+        if (!onKongCorsRoute(pathname)) return await routeOrFail(forwarded, info, pathname);
         if (isKongPreflight(req) && !(await functionAnswersPreflight(pathname))) return kongPreflight(req);
-        return withKongAllowOrigin(await route(req, info, pathname));
+        return withKongAllowOrigin(await routeOrFail(forwarded, info, pathname));
       } finally {
         running.delete(req);
         onConnection.answered = true;
@@ -298,14 +344,14 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     },
   );
   const port = server.addr.port;
-  const url = `http://127.0.0.1:${port}`;
+  const url = `http://${hostname === "0.0.0.0" ? "127.0.0.1" : hostname}:${port}`;
   let functions: FunctionsGateway;
   let realtime: Service;
   try {
     functions = await timed(
       ctx.onPhase,
       "API: functions gateway (functions loaded)",
-      () => createFunctionsGateway({ ...ctx, port, apiUrl: url }),
+      () => createFunctionsGateway({ ...ctx, port, apiUrl: url }, { supabaseDir: ctx.supabaseDir }),
     );
     try {
       realtime = await timed(

@@ -50,9 +50,10 @@ export interface Service {
 
 export interface FunctionsGateway extends Service {
   /**
-   * Whether `pathname` names a function the gateway serves (not its own 404: unknown or disabled), so
-   * that a function is there to answer a preflight (the API server lets Kong's cors plugin answer it
-   * otherwise, as on `supabase start`).
+   * Whether `pathname` names a function the gateway serves and that loaded (not its own 404: unknown or
+   * disabled, nor its 503: a boot error), so that a function is there to answer a preflight (the API
+   * server lets Kong's cors plugin answer it otherwise, as on `supabase start`, where Kong answers every
+   * preflight on the functions route before the edge runtime is asked).
    */
   servesFunction(pathname: string): boolean;
 }
@@ -162,7 +163,9 @@ export async function createFunctionsGateway(
     functions.set(config.name, { config, handler });
   }
   // Load everything now, so the first request does not pay for it (failures answer 503 later).
-  await Promise.allSettled([...functions.values()].map((f) => f.handler));
+  const loaded = await Promise.allSettled([...functions.values()].map((f) => f.handler));
+  // The functions that loaded: those there to answer a request, a preflight included (servesFunction).
+  const booted = new Set([...functions.keys()].filter((_, i) => loaded[i].status === "fulfilled"));
 
   // Aborted by close(): what each forwarded request's signal follows beside the client's.
   const closing = new AbortController();
@@ -262,7 +265,10 @@ export async function createFunctionsGateway(
 
   return {
     handle,
-    servesFunction: (pathname) => functionAt(pathname) !== null,
+    servesFunction: (pathname) => {
+      const at = functionAt(pathname);
+      return at !== null && booted.has(at.match[1]);
+    },
     close: () => {
       closing.abort(new Error("the local functions gateway is closing"));
       for (const [k, v] of previous) {

@@ -44,7 +44,8 @@ import {
   TIMER_MS,
 } from "../../shared/options/checkOptions.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
-import { kongPreflight } from "../api/kongCors.ts";
+import { withKongCors } from "../api/kongCors.ts";
+import { kongRouted } from "../api/kongRouter.ts";
 
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
@@ -701,14 +702,11 @@ export async function createRealtimeEndpoint(
       return await upgrade(req, url);
     }
     if (url.pathname.startsWith("/realtime/v1/api/")) {
-      // Supabase's gateway (Kong's cors plugin on the realtime-v1-rest route) answers preflights
-      // itself and marks every answer of these routes readable by any origin: a browser falls back
-      // to them (realtime-js send() before the join, httpSend()).
-      if (req.method === "OPTIONS") return kongPreflight(req);
+      // Realtime's own answers only: the CORS of these routes is the gateway's (Kong's cors plugin on
+      // realtime-v1-rest: local/api/kongCors.ts, applied by the API server and by startRealtimeServer),
+      // so an OPTIONS that is no preflight reaches Realtime, whose router has no OPTIONS route (404).
       const route = req.method === "POST" ? broadcastRoute(url.pathname) : null;
-      const response = route ? await restBroadcast(req, url, route) : await noRoute(req);
-      response.headers.set("access-control-allow-origin", "*");
-      return response;
+      return route ? await restBroadcast(req, url, route) : await noRoute(req);
     }
     return await noRoute(req);
   }
@@ -806,7 +804,11 @@ export async function startRealtimeServer(
   try {
     server = Deno.serve(
       { hostname, port: ctx.port ?? 0, onListen: () => {}, onError: quietAboutClosingAnswers },
-      (req, info) => endpoint.handle(req, info),
+      // Kong's routing and cors plugin in front, as the API server has them: the endpoint is Realtime's own.
+      (req, info) => {
+        const { pathname, forwarded } = kongRouted(req);
+        return withKongCors(req, pathname, () => endpoint.handle(forwarded, info));
+      },
     );
   } catch (error) {
     await endpoint.close();

@@ -1,0 +1,116 @@
+// Which path `supabase start`'s Kong (2.8.1) routes a request on, for the local API server to route on the
+// same one. Kong's router (kong/router.lua, exec) takes nginx's `$request_uri` (the request target as
+// sent), cuts the query at the first `?`, and matches the routes' paths against
+// `kong.tools.uri.normalize(path, true)` (since Kong 2.4, "to prevent trivial Route match bypass"; the
+// docs' proxy reference, Normalization behavior), which:
+// 1. decodes every percent-encoded byte but the reserved characters `!#$%&'()*+,/:;=?@[]`, which stay
+//    encoded in upper case (`%2e` is `.`, `%70` is `p`, `%2f` stays `%2F`: no encoded slash splits a segment);
+// 2. removes dot segments (RFC 3986 5.2.4: `/a/../b` is `/b`, `/..` at the root stays `/`) and merges
+//    repeated slashes (`//functions` is `/functions`);
+// 3. escapes what is not safe in a URI again (`%XX`, upper case): a space, `"`, `<`, `\`, a byte past 0x7F.
+// The upstream is then asked for that normalized path (the route's strip_path cutting its prefix).
+//
+// A WHATWG URL parser (`new URL(req.url)`, what the services here read) differs: it takes `\` for `/`,
+// so `/rest/v1\..\..\functions/v1/progress` is `/functions/v1/progress` to it and `/rest/v1%5C..%5C..` (the
+// Data API's route) to Kong; it keeps `%70` and `//` as sent, so `/functions/v1/%70rogress` names no
+// function to it and `progress` to Kong. Routing on this path, and handing the services a URL with it,
+// sends a request to the service Kong sends it to and no other.
+
+/** The reserved characters Kong's percent-decoding leaves encoded (kong/tools/uri.lua, 2.8). */
+const RESERVED = new Set("!#$%&'()*+,/:;=?@[]".split("").map((c) => c.charCodeAt(0)));
+
+/** What Kong's escape() percent-encodes again: anything but these (its ESCAPE_PATTERN, case-insensitive). */
+const UNSAFE = /[^!#$&'()*+,/:;=?@[\]A-Za-z0-9\-_.~%]/g;
+
+/** Step 1: percent-decodes every byte but a reserved character's (which is upper-cased). Bytes as chars. */
+function unescapeBytes(path: string): string {
+  return path.replace(/%([0-9A-Fa-f]{2})/g, (triplet, hex: string) => {
+    const byte = parseInt(hex, 16);
+    return RESERVED.has(byte) ? triplet.toUpperCase() : String.fromCharCode(byte);
+  });
+}
+
+/** Step 2: removes dot segments and merges repeated slashes, as Kong's unescape loop does. */
+function removeDotSegments(path: string): string {
+  if (!path.includes(".") && !path.includes("//")) return path;
+  const output: string[] = [];
+  let rest = path;
+  while (rest.length > 0) {
+    if (rest === "/.") rest = "/";
+    else if (rest === "/..") {
+      rest = "/";
+      output.pop();
+    } else if (rest === "." || rest === "..") rest = "";
+    else if (rest.startsWith("../")) rest = rest.slice(3);
+    else if (rest.startsWith("./")) rest = rest.slice(2);
+    else if (rest.startsWith("/./")) rest = rest.slice(2);
+    else if (rest.startsWith("/../")) {
+      rest = rest.slice(3);
+      output.pop();
+    } else if (rest.startsWith("//")) rest = rest.slice(1);
+    else {
+      const next = rest.indexOf("/", 1);
+      output.push(next === -1 ? rest : rest.slice(0, next));
+      rest = next === -1 ? "" : rest.slice(next);
+    }
+  }
+  return output.join("");
+}
+
+/** Step 3: percent-encodes (upper case) each byte that is not safe in a URI. */
+function escapeBytes(path: string): string {
+  return path.replace(UNSAFE, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}`);
+}
+
+/** `kong.tools.uri.normalize(path, true)` of Kong 2.8: the path Kong's router matches routes against. */
+export function kongNormalizedPath(rawPath: string): string {
+  if (rawPath === "" || rawPath === "/") return rawPath;
+  // Kong reads bytes: a character past ASCII (as a URL string may hold it) is its UTF-8 bytes.
+  const bytes = rawPath.replace(
+    /[\u0080-\u{10FFFF}]+/gu,
+    (text) => Array.from(new TextEncoder().encode(text), (byte) => String.fromCharCode(byte)).join(""),
+  );
+  return escapeBytes(removeDotSegments(unescapeBytes(bytes)));
+}
+
+/**
+ * The request target of `url` (a Deno.serve Request's url: the scheme, the Host and the target as sent,
+ * not parsed) split into its path, as sent, and the query from the first `?` (with it; "" without one).
+ */
+export function rawTarget(url: string): { path: string; query: string } {
+  const afterScheme = url.indexOf("://");
+  const pathAt = afterScheme === -1 ? -1 : url.indexOf("/", afterScheme + 3);
+  const target = pathAt === -1 ? "/" : url.slice(pathAt);
+  const queryAt = target.indexOf("?");
+  return queryAt === -1
+    ? { path: target, query: "" }
+    : { path: target.slice(0, queryAt), query: target.slice(queryAt) };
+}
+
+/**
+ * The path Kong routes `req` on, and the request as the service behind it is to see it: `req` itself when
+ * its URL already reads that path (any request a browser or fetch sends: they normalize dot segments
+ * themselves), else a copy of it at the URL with the normalized path (same method, headers, body and
+ * signal; a copy cannot be upgraded to a WebSocket, so a socket asked for at such a path is refused as a
+ * request that is no upgrade). A `#` Kong keeps in the path (a reserved character) is `%23` there, so the
+ * service reads it inside the segment Kong routed, never as the end of the path.
+ */
+export function kongRouted(req: Request): { pathname: string; forwarded: Request } {
+  const { path, query } = rawTarget(req.url);
+  const pathname = kongNormalizedPath(path);
+  const parsed = new URL(req.url);
+  if (parsed.pathname === pathname) return { pathname, forwarded: req };
+  const target = new URL(parsed.origin);
+  target.pathname = pathname;
+  target.search = query;
+  const hasBody = req.method !== "GET" && req.method !== "HEAD";
+  return {
+    pathname,
+    forwarded: new Request(target, {
+      method: req.method,
+      headers: req.headers,
+      body: hasBody ? req.body : null,
+      signal: req.signal,
+    }),
+  };
+}
