@@ -1,5 +1,6 @@
 // `npm start`: the local readsync stack in the foreground, on the ports `supabase start` uses
-// (API 54321, database 54322; override with READSYNC_API_PORT / READSYNC_DB_PORT), until Ctrl-C.
+// (API 54321, database 54322; override with READSYNC_API_PORT / READSYNC_DB_PORT), until Ctrl-C. The API
+// listens on 127.0.0.1 unless READSYNC_API_HOST says another IPv4 address (0.0.0.0: every interface).
 // Everything it starts is removed on exit. Beside it, the web app (examples/web) on port 3000
 // (READSYNC_WEB_PORT; READSYNC_WEB=0 leaves it out), installed and built on first use.
 
@@ -9,6 +10,7 @@ import { startWebAppAndAnnounce } from "./announce.ts";
 import { onCleanup, runCleanups, stoppedBy, whenStopped } from "./stack/cleanup.ts";
 import { mintUserAccessToken } from "./stack/keys.ts";
 import { EXTERNAL_TARGET_VARIABLES, startLocalStack } from "./stack/stack.ts";
+import { IPV4 } from "./api/server.ts";
 
 const DEMO_USER_ID = "00000000-0000-4000-8000-00000000d3e0";
 const DEMO_EMAIL = "demo@readsync.local";
@@ -25,6 +27,23 @@ const PORT: NumberRule = { min: 0, max: 65535, whole: true };
  */
 const portFromEnv = (name: string, fallback: number) =>
   checkEnvNumber(Deno.env.get(name), PORT, "npm start", name) ?? fallback;
+
+/**
+ * READSYNC_API_HOST, the IPv4 address the API listens on (unset or empty: 127.0.0.1, this machine only;
+ * 0.0.0.0: every interface, as `supabase start` publishes its port), refused naming the variable when it
+ * is not one (a host name, an IPv6 address, `127.1`), before anything starts.
+ */
+function apiHostFromEnv(): string | undefined {
+  const value = Deno.env.get("READSYNC_API_HOST");
+  if (!value) return undefined;
+  if (!IPV4.test(value)) {
+    throw new TypeError(
+      "npm start environment variable READSYNC_API_HOST must be an IPv4 address, such as 0.0.0.0 (every " +
+        `interface) or 127.0.0.1 (this machine only) (got ${JSON.stringify(value)})`,
+    );
+  }
+  return value;
+}
 
 /**
  * Registers npm start's last exit cleanup (registered first, so run last): a stopped npm start exits once
@@ -66,6 +85,7 @@ export async function npmStart(startStack: typeof startLocalStack = startLocalSt
     const apiPort = portFromEnv("READSYNC_API_PORT", 54321);
     const dbPort = portFromEnv("READSYNC_DB_PORT", 54322);
     const webPort = portFromEnv("READSYNC_WEB_PORT", 3000);
+    const apiHost = apiHostFromEnv();
     const started = performance.now();
     const ignored = EXTERNAL_TARGET_VARIABLES.filter((name) => Deno.env.get(name));
     if (ignored.length > 0) {
@@ -75,7 +95,7 @@ export async function npmStart(startStack: typeof startLocalStack = startLocalSt
         } set: npm start ignores them and runs a stack of its own (npm test and npm run bench use them)`,
       );
     }
-    const stack = await startStack({ apiPort, dbPort, log, ownStackOnly: true });
+    const stack = await startStack({ apiPort, apiHost, dbPort, log, ownStackOnly: true });
     const sql = postgres(stack.dbUrl, { max: 1, onnotice: () => {} });
     await sql`insert into auth.users (id, email) values (${DEMO_USER_ID}, ${DEMO_EMAIL}) on conflict (id) do nothing`;
     await sql.end();

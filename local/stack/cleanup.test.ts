@@ -204,6 +204,39 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name:
+    "npm start: READSYNC_API_HOST that is no IPv4 address stops it at once, naming the variable, before " +
+    "anything starts",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  for (const text of ["localhost", "::", "127.1"]) {
+    const started = await npmStartUnderParent({
+      READSYNC_API_PORT: "0",
+      READSYNC_DB_PORT: "0",
+      READSYNC_WEB_PORT: "0",
+      READSYNC_WEB: "0",
+      READSYNC_API_HOST: text,
+    });
+    try {
+      const error = await started.untilPrinted("Ctrl-C stops everything").then(
+        (printed) => assert.fail(`READSYNC_API_HOST=${text}: npm start came up:\n${printed}`),
+        (error: Error) => error,
+      );
+      assert.match(error.message, /^npm start exited before it printed/, error.message);
+      assert.equal(
+        await started.printed(),
+        "npm start environment variable READSYNC_API_HOST must be an IPv4 address, such as 0.0.0.0 (every " +
+          `interface) or 127.0.0.1 (this machine only) (got ${JSON.stringify(text)})\n` +
+          "[npm start exited with code 1]\n",
+      );
+    } finally {
+      await started.end();
+    }
+  }
+});
+
 /**
  * npm start (local/main.ts's npmStart) with a stand-in for startLocalStack, in a process of its own: the
  * stand-in makes a directory (its "database"), registers its removal with the exit cleanups as

@@ -26,6 +26,8 @@ export interface LocalStack {
 export interface LocalStackOptions {
   /** API port (functions + Realtime). 0 picks a free port. `supabase start` uses 54321. */
   apiPort?: number;
+  /** The IPv4 address the API listens on: 127.0.0.1 unless given (ApiContext.hostname; READSYNC_API_HOST). */
+  apiHost?: string;
   /** Database port when the stack starts its own PostgreSQL. 0 picks a free port. */
   dbPort?: number;
   log?: (line: string) => void;
@@ -116,6 +118,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       // 0: the server binds a port the OS picks (no pick-then-bind race with other processes).
       const api = await startApiServer({
         port: options.apiPort ?? 0,
+        hostname: options.apiHost,
         dbUrl,
         jwtSecret,
         anonKey,
