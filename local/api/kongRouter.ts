@@ -87,26 +87,39 @@ export function rawTarget(url: string): { path: string; query: string } {
     : { path: target.slice(0, queryAt), query: target.slice(queryAt) };
 }
 
+/** Where Kong routes a request (kongRouted). */
+export interface KongRouted {
+  /** The normalized path Kong matches its routes against. */
+  pathname: string;
+  /** The request's URL with that path (the query as sent). */
+  url: URL;
+  /**
+   * The request as a service reading req.url is to see it: `req` itself when its URL already reads that path
+   * (any request a browser or fetch sends: they remove dot segments themselves), else a copy at `url` (same
+   * method, headers, body and signal). A copy cannot be upgraded to a WebSocket: Realtime is handed `req`
+   * and `url` instead.
+   */
+  forwarded: Request;
+}
+
 /**
- * The path Kong routes `req` on, and the request as the service behind it is to see it: `req` itself when
- * its URL already reads that path (any request a browser or fetch sends: they normalize dot segments
- * themselves), else a copy of it at the URL with the normalized path (same method, headers, body and
- * signal; a copy cannot be upgraded to a WebSocket, so a socket asked for at such a path is refused as a
- * request that is no upgrade). A `#` Kong keeps in the path (a reserved character) is `%23` there, so the
- * service reads it inside the segment Kong routed, never as the end of the path.
+ * The path Kong routes `req` on, its URL with that path and the request at it. A `#` Kong keeps in the path
+ * (a reserved character) is `%23` in the URL, so a service reads it inside the segment Kong routed, never
+ * as the end of the path.
  */
-export function kongRouted(req: Request): { pathname: string; forwarded: Request } {
+export function kongRouted(req: Request): KongRouted {
   const { path, query } = rawTarget(req.url);
   const pathname = kongNormalizedPath(path);
   const parsed = new URL(req.url);
-  if (parsed.pathname === pathname) return { pathname, forwarded: req };
-  const target = new URL(parsed.origin);
-  target.pathname = pathname;
-  target.search = query;
+  const url = new URL(parsed.origin);
+  url.pathname = pathname;
+  url.search = query;
+  if (parsed.pathname === pathname) return { pathname, url, forwarded: req };
   const hasBody = req.method !== "GET" && req.method !== "HEAD";
   return {
     pathname,
-    forwarded: new Request(target, {
+    url,
+    forwarded: new Request(url, {
       method: req.method,
       headers: req.headers,
       body: hasBody ? req.body : null,

@@ -803,3 +803,38 @@ Deno.test("a server on 0.0.0.0 has its connections at any local address: openCon
   assert.deepEqual(listed("0.0.0.0"), ["127.0.0.1:40001", "127.0.0.1:40002"]);
   assert.deepEqual(listed("127.0.0.1"), ["127.0.0.1:40001"], "an address given: its own only");
 });
+
+/**
+ * A WebSocket to `url` (a URL parser keeps `//` and `%77` in a path as written): opens it, sends Phoenix's
+ * heartbeat (serializer 2.0.0) and returns the first message the socket answers, or why it failed.
+ */
+async function heartbeatReply(url: string): Promise<string> {
+  const socket = new WebSocket(url);
+  try {
+    return await new Promise<string>((resolve) => {
+      socket.onopen = () => socket.send(JSON.stringify([null, "1", "phoenix", "heartbeat", {}]));
+      socket.onmessage = (event) => resolve(String(event.data));
+      socket.onerror = () => resolve("socket error");
+      socket.onclose = (event) => resolve(`closed ${event.code}`);
+    });
+  } finally {
+    const closed = new Promise((resolve) => socket.addEventListener("close", resolve));
+    if (socket.readyState !== WebSocket.CLOSED) {
+      socket.close();
+      await closed;
+    }
+  }
+}
+
+Deno.test({
+  name: "a Realtime socket asked for at a path Kong normalizes to the socket's route (merged slashes, an " +
+    "encoded letter) is upgraded and answers, as Kong routes it there",
+  ignore: !localRealtime,
+}, async () => {
+  const env = testEnv();
+  const query = `?apikey=${env.anonKey}&vsn=2.0.0`;
+  for (const path of ["/realtime/v1/websocket", "/realtime/v1//websocket", "//realtime/v1/%77ebsocket"]) {
+    const reply = await heartbeatReply(`${env.url.replace(/^http/, "ws")}${path}${query}`);
+    assert.match(reply, /^\[null,"1","phoenix","phx_reply",\{"status":"ok"/, `${path}: ${reply}`);
+  }
+});

@@ -16,11 +16,15 @@
 // function has, or a function that failed to load: the gateway's again); elsewhere none, as Kong's no-route
 // 404 has none. Routes are matched on the path Kong matches (kongRouter.ts), which the services are handed.
 
-import { createFunctionsGateway, type FunctionsGateway, type Service } from "../functions/gateway.ts";
-import { createRealtimeEndpoint, quietAboutClosingAnswers } from "../realtime/endpoint.ts";
+import { createFunctionsGateway, type FunctionsGateway } from "../functions/gateway.ts";
+import {
+  createRealtimeEndpoint,
+  quietAboutClosingAnswers,
+  type RealtimeEndpoint,
+} from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 import { isKongPreflight, kongPreflight, onKongCorsRoute, withKongAllowOrigin } from "./kongCors.ts";
-import { kongRouted } from "./kongRouter.ts";
+import { type KongRouted, kongRouted } from "./kongRouter.ts";
 import { checkNumberOption, TIMER_MS } from "../../shared/options/checkOptions.ts";
 
 export interface ApiContext {
@@ -246,7 +250,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
       `startApiServer option hostname must be an IPv4 address (got ${JSON.stringify(hostname)})`,
     );
   }
-  const services = Promise.withResolvers<{ functions: FunctionsGateway; realtime: Service }>();
+  const services = Promise.withResolvers<{ functions: FunctionsGateway; realtime: RealtimeEndpoint }>();
   const running = new Map<Request, PendingRequest>();
   // The last request each client connection (its address and port) sent, and whether it was answered:
   // what close() names for a connection still open, oldest first. Deno.serve tells no connection's end,
@@ -271,13 +275,18 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     }
     lookAtConnectionsAbove = Math.max(CONNECTIONS_REMEMBERED, 2 * lastOnConnection.size);
   };
-  /** The service a request's path names, or the 404 of a path the local stack does not serve. */
-  const route = async (req: Request, info: Deno.ServeHandlerInfo, pathname: string): Promise<Response> => {
+  /**
+   * The service `routed.pathname` names, or the 404 of a path the local stack does not serve: a function is
+   * handed the request at that path (routed.forwarded), Realtime the request Deno.serve gave (which alone
+   * can be upgraded to a WebSocket) with the URL to read (routed.url).
+   */
+  const route = async (req: Request, info: Deno.ServeHandlerInfo, routed: KongRouted): Promise<Response> => {
+    const { pathname } = routed;
     if (pathname.startsWith("/functions/v1/")) {
-      return await (await services.promise).functions.handle(req, info);
+      return await (await services.promise).functions.handle(routed.forwarded, info);
     }
     if (pathname.startsWith("/realtime/v1/")) {
-      return await (await services.promise).realtime.handle(req, info);
+      return await (await services.promise).realtime.handle(req, info, routed.url);
     }
     if (pathname === "/auth/v1/.well-known/jwks.json") return Response.json(localJwks());
     return Response.json(notServed(pathname), { status: 404 });
@@ -289,9 +298,9 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
    * pages (its 502 for a service that is down: nginx's error_page goes to /kong_error_handler, which
    * overrides only the rewrite and access phases, so the route's header_filter, cors included, runs).
    */
-  const routeOrFail = async (req: Request, info: Deno.ServeHandlerInfo, pathname: string) => {
+  const routeOrFail = async (req: Request, info: Deno.ServeHandlerInfo, routed: KongRouted) => {
     try {
-      return await route(req, info, pathname);
+      return await route(req, info, routed);
     } catch (error) {
       console.error(error);
       return new Response("Internal Server Error", { status: 500 });
@@ -311,7 +320,8 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     async (req, info) => {
       // Routed on the path Kong routes on (kongRouter.ts), and the service handed a request at that path: a
       // path Kong sends to one service never reaches another here (`\` is no `/` to Kong, `//` is one).
-      const { pathname, forwarded } = kongRouted(req);
+      const routed = kongRouted(req);
+      const { pathname } = routed;
       const from = info.remoteAddr.transport === "tcp"
         ? `${info.remoteAddr.hostname}:${info.remoteAddr.port}`
         : info.remoteAddr.transport;
@@ -334,9 +344,9 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // 404 has none). A function's preflight stays the function's to answer (README, Two commands);
         // a path naming no function (the gateway's 404) or one that failed to load (its 503) has none to
         // answer it, so Kong's plugin does.
-        if (!onKongCorsRoute(pathname)) return await routeOrFail(forwarded, info, pathname);
+        if (!onKongCorsRoute(pathname)) return await routeOrFail(req, info, routed);
         if (isKongPreflight(req) && !(await functionAnswersPreflight(pathname))) return kongPreflight(req);
-        return withKongAllowOrigin(await routeOrFail(forwarded, info, pathname));
+        return withKongAllowOrigin(await routeOrFail(req, info, routed));
       } finally {
         running.delete(req);
         onConnection.answered = true;
@@ -346,7 +356,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   const port = server.addr.port;
   const url = `http://${hostname === "0.0.0.0" ? "127.0.0.1" : hostname}:${port}`;
   let functions: FunctionsGateway;
-  let realtime: Service;
+  let realtime: RealtimeEndpoint;
   try {
     functions = await timed(
       ctx.onPhase,

@@ -267,6 +267,8 @@ export interface RealtimeEndpointStats {
 }
 
 export interface RealtimeEndpoint extends Service {
+  /** Service.handle, reading the path of `url` (req.url's unless given) instead of req.url's. */
+  handle(req: Request, info?: Deno.ServeHandlerInfo, url?: URL): Promise<Response>;
   stats(): RealtimeEndpointStats;
 }
 
@@ -696,8 +698,7 @@ export async function createRealtimeEndpoint(
     return new Response(null, { status: 202 });
   }
 
-  async function route(req: Request): Promise<Response> {
-    const url = new URL(req.url);
+  async function route(req: Request, url: URL): Promise<Response> {
     if (url.pathname === "/realtime/v1/websocket" || url.pathname === "/realtime/v1/websocket/") {
       return await upgrade(req, url);
     }
@@ -712,8 +713,12 @@ export async function createRealtimeEndpoint(
   }
 
   return {
-    async handle(req: Request): Promise<Response> {
-      const response = await route(req);
+    /**
+     * `url`: the URL whose path Realtime reads, req.url's unless given (the API server gives the path Kong
+     * routed on, kongRouter.ts: the request itself stays the one Deno.serve gave, which alone upgrades).
+     */
+    async handle(req: Request, _info?: Deno.ServeHandlerInfo, url = new URL(req.url)): Promise<Response> {
+      const response = await route(req, url);
       return closeAfterAnswer.has(req) ? closingAnswer(response) : response;
     },
     stats(): RealtimeEndpointStats {
@@ -806,8 +811,8 @@ export async function startRealtimeServer(
       { hostname, port: ctx.port ?? 0, onListen: () => {}, onError: quietAboutClosingAnswers },
       // Kong's routing and cors plugin in front, as the API server has them: the endpoint is Realtime's own.
       (req, info) => {
-        const { pathname, forwarded } = kongRouted(req);
-        return withKongCors(req, pathname, () => endpoint.handle(forwarded, info));
+        const { pathname, url } = kongRouted(req);
+        return withKongCors(req, pathname, () => endpoint.handle(req, info, url));
       },
     );
   } catch (error) {
