@@ -536,9 +536,12 @@ Deno.test({
     // An encoded slash stays encoded: one segment, a name no function has, or under no route at all.
     ["/functions/v1/progress%2F..%2F..%2Fother", 404, "Function not found", true],
     ["/functions/v1%2Fprogress", 404, "not_found", false],
-    // Kong decodes unreserved characters and merges slashes before it matches: these are the function.
-    ["/functions/v1/%70rogress", 401, "progress", true],
+    // Kong merges slashes before it matches: this is the function.
     ["//functions//v1/progress", 401, "progress", true],
+    // Kong decodes unreserved characters too, and hands the function the decoded path; here the function
+    // reads the path as sent where only its percent-encoding differs (functions decode it themselves, once):
+    // the gateway's 404 for this name, a refusal where Kong's edge runtime would run `progress`.
+    ["/functions/v1/%70rogress", 404, "Function not found", true],
   ];
   for (const [target, status, what, onRoute] of cases) {
     const answer = await rawRequest(env.url, target, { origin });
