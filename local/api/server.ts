@@ -14,7 +14,7 @@
 // `Access-Control-Allow-Origin: *` (a 500 of a service that failed included) and a preflight is answered
 // by the gateway (but a function's: the function answers it, as it must on a hosted project; a name no
 // function has, or a function that failed to load: the gateway's again); elsewhere none, as Kong's no-route
-// 404 has none. Routes are matched on the path Kong matches (kongRouter.ts), which the services are handed.
+// 404 has none. Routes are matched on the path Kong matches (kongRouter.ts, which says what the services read).
 
 import { createFunctionsGateway, type FunctionsGateway } from "../functions/gateway.ts";
 import {
