@@ -13,8 +13,8 @@
 // A WHATWG URL parser (`new URL(req.url)`, what the services here read) differs: it takes `\` for `/`,
 // so `/rest/v1\..\..\functions/v1/progress` is `/functions/v1/progress` to it and `/rest/v1%5C..%5C..` (the
 // Data API's route) to Kong; it keeps `%70` and `//` as sent, so `/functions/v1/%70rogress` names no
-// function to it and `progress` to Kong. Routing on this path, and handing the services a URL with it,
-// sends a request to the service Kong sends it to and no other.
+// function to it and `progress` to Kong. Routing on this path sends a request to the service Kong sends it
+// to and no other; which path the service then reads: KongRouted.
 
 /** The reserved characters Kong's percent-decoding leaves encoded (kong/tools/uri.lua, 2.8). */
 const RESERVED = new Set("!#$%&'()*+,/:;=?@[]".split("").map((c) => c.charCodeAt(0)));
