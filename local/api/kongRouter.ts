@@ -87,6 +87,31 @@ export function rawTarget(url: string): { path: string; query: string } {
     : { path: target.slice(0, queryAt), query: target.slice(queryAt) };
 }
 
+/**
+ * The 400 of a request whose Host header nginx (in front of Kong's router) refuses or no URL parser reads,
+ * or null for any other. Deno writes the Host into req.url before the request target, unchecked: with a
+ * `/` in it (nginx's 400: ngx_http_validate_host) the path read from req.url would start inside the Host
+ * (`Host: a/functions/v1/progress?` made `GET /rest/v1/x` the function's), and a Host no URL parser takes
+ * (`a b`, `a%b`, `a:b:c`) leaves no URL for a service to read (a 500 before). A JSON 400 with PostgREST's
+ * error fields, as the local stack's 404s, and no CORS header: nginx refuses it before any route's plugin.
+ */
+export function refusedHost(req: Request): Response | null {
+  const host = req.headers.get("host");
+  let readable = !host?.includes("/");
+  try {
+    new URL(req.url);
+  } catch {
+    readable = false;
+  }
+  if (readable) return null;
+  return Response.json({
+    code: "bad_request",
+    message: `Bad request: the Host header ${JSON.stringify(host)} names no host`,
+    details: null,
+    hint: null,
+  }, { status: 400 });
+}
+
 /** Where Kong routes a request (kongRouted). */
 export interface KongRouted {
   /** The normalized path Kong matches its routes against. */

@@ -491,8 +491,13 @@ async function rawRequest(
   const { hostname, port } = new URL(url);
   const conn = await Deno.connect({ hostname, port: Number(port) });
   try {
-    const lines = [`GET ${target} HTTP/1.1`, `Host: ${hostname}:${port}`, "Connection: close"];
-    for (const [name, value] of Object.entries(headers)) lines.push(`${name}: ${value}`);
+    // The Host header is the server's address unless `headers` names one.
+    const lines = [
+      `GET ${target} HTTP/1.1`,
+      `Host: ${headers.host ?? `${hostname}:${port}`}`,
+      "Connection: close",
+    ];
+    for (const [name, value] of Object.entries(headers)) if (name !== "host") lines.push(`${name}: ${value}`);
     await conn.write(new TextEncoder().encode(`${lines.join("\r\n")}\r\n\r\n`));
     const chunks: Uint8Array[] = [];
     for await (const chunk of conn.readable) chunks.push(chunk);
@@ -553,6 +558,43 @@ Deno.test({
     // Under a Kong route the answer carries its CORS header, once; Kong's no-route 404 has none.
     const allowOrigin = answer.headers.get("access-control-allow-origin");
     assert.deepEqual(allowOrigin, onRoute ? ["*"] : undefined, `${target}: allow-origin`);
+  }
+});
+
+Deno.test({
+  name: "a Host header nginx refuses (a `/` in it) or no URL parser reads is a 400 naming it, on the API " +
+    "server and a Realtime server of its own, instead of moving the path or a 500",
+  ignore: !localRealtime,
+}, async () => {
+  const env = testEnv();
+  const { startRealtimeServer } = await import("../realtime/endpoint.ts");
+  const realtime = await startRealtimeServer({ dbUrl: env.dbUrl, jwtSecret: env.jwtSecret! });
+  try {
+    // Deno writes the Host before the request target in req.url: with a `/` in it, `/rest/v1/x` read as
+    // `/functions/v1/progress?/rest/v1/x` reached the function (nginx, in front of Kong's router, answers a
+    // Host with a `/` 400: ngx_http_validate_host); `a b`, `a%b` and `a:b:c` are no URL's host (a 500).
+    for (const url of [env.url, realtime.url]) {
+      for (
+        const [target, host] of [
+          ["/rest/v1/reading_progress", "127.0.0.1/functions/v1/progress?"],
+          ["/realtime/v1/nowhere", "127.0.0.1/functions/v1/progress?"],
+          ["/functions/v1/progress", "a b"],
+          ["/realtime/v1/api/broadcast", "a%b"],
+          ["/functions/v1/progress", "a:b:c"],
+        ]
+      ) {
+        const answer = await rawRequest(url, target, { host, origin: "http://localhost:3000" });
+        assert.equal(answer.status, 400, `${url} ${target}, Host ${host}: ${answer.body}`);
+        const body = JSON.parse(answer.body);
+        assert.equal(body.code, "bad_request", `${target}, Host ${host}`);
+        assert.ok(body.message.includes(JSON.stringify(host)), `${body.message}: names the Host`);
+      }
+      // A Host Deno and a URL parser read as the server's (Kong routes on the path alone).
+      const fine = await rawRequest(url, "/realtime/v1/nowhere", { host: "localhost" });
+      assert.equal(fine.status, 404, `${url}: ${fine.body}`);
+    }
+  } finally {
+    await realtime.close();
   }
 });
 

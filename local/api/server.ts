@@ -24,7 +24,7 @@ import {
 } from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 import { isKongPreflight, kongPreflight, onKongCorsRoute, withKongAllowOrigin } from "./kongCors.ts";
-import { type KongRouted, kongRouted } from "./kongRouter.ts";
+import { type KongRouted, kongRouted, refusedHost } from "./kongRouter.ts";
 import { checkNumberOption, TIMER_MS } from "../../shared/options/checkOptions.ts";
 
 export interface ApiContext {
@@ -318,6 +318,9 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   const server = Deno.serve(
     { hostname, port: ctx.port, onListen: () => {}, onError: quietAboutClosingAnswers },
     async (req, info) => {
+      // A Host nginx refuses or no URL parser reads: its 400 (kongRouter.ts), before any route.
+      const refused = refusedHost(req);
+      if (refused) return refused;
       // Routed on the path Kong routes on (kongRouter.ts), and the service handed a request at that path: a
       // path Kong sends to one service never reaches another here (`\` is no `/` to Kong, `//` is one).
       const routed = kongRouted(req);

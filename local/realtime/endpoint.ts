@@ -45,7 +45,7 @@ import {
 } from "../../shared/options/checkOptions.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
 import { withKongCors } from "../api/kongCors.ts";
-import { kongRouted } from "../api/kongRouter.ts";
+import { kongRouted, refusedHost } from "../api/kongRouter.ts";
 
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
@@ -811,6 +811,8 @@ export async function startRealtimeServer(
       { hostname, port: ctx.port ?? 0, onListen: () => {}, onError: quietAboutClosingAnswers },
       // Kong's routing and cors plugin in front, as the API server has them: the endpoint is Realtime's own.
       (req, info) => {
+        const refused = refusedHost(req);
+        if (refused) return refused;
         const { pathname, url } = kongRouted(req);
         return withKongCors(req, pathname, () => endpoint.handle(req, info, url));
       },
