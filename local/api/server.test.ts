@@ -598,6 +598,26 @@ Deno.test({
   }
 });
 
+Deno.test({
+  name: "a preflight to a path the functions gateway reads as no function's (an encoded letter in the " +
+    "name) is Kong's 200, as for any name no function has, so the page reads the gateway's 404",
+  ignore: !localRealtime,
+}, async () => {
+  const env = testEnv();
+  const origin = "http://localhost:3000";
+  const preflight = await fetch(`${env.url}/functions/v1/%70rogress`, {
+    method: "OPTIONS",
+    headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": "apikey" },
+  });
+  await preflight.body?.cancel();
+  assert.equal(preflight.status, 200, "Kong's preflight, not the gateway's 404");
+  assert.ok(preflightPasses(preflight, origin, "POST", ["apikey"]));
+  const call = await fetch(`${env.url}/functions/v1/%70rogress`, { method: "POST", headers: { origin } });
+  assert.equal(call.status, 404);
+  assert.equal(await call.text(), "Function not found");
+  assert.ok(browserReads(call, origin), "the page reads the 404");
+});
+
 /** A supabase/ directory of two functions: `fine` (answers 200) and `broken` (throws while it loads). */
 async function functionsFixture(): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "readsync-api-functions-" });

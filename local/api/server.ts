@@ -306,11 +306,15 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
       return new Response("Internal Server Error", { status: 500 });
     }
   };
-  /** Whether a preflight to `pathname` goes to the function it names, one the gateway serves. */
-  const functionAnswersPreflight = async (pathname: string): Promise<boolean> => {
-    if (!pathname.startsWith("/functions/v1/")) return false;
+  /**
+   * Whether a preflight routed to the functions goes to a function the gateway serves: the one named by the
+   * path the gateway reads (routed.forwarded's, which is not Kong's where only percent-encoding differs:
+   * `/functions/v1/%70rogress` is the gateway's 404, so Kong's plugin answers its preflight).
+   */
+  const functionAnswersPreflight = async (routed: KongRouted): Promise<boolean> => {
+    if (!routed.pathname.startsWith("/functions/v1/")) return false;
     try {
-      return (await services.promise).functions.servesFunction(pathname);
+      return (await services.promise).functions.servesFunction(new URL(routed.forwarded.url).pathname);
     } catch {
       return false; // the functions failed to start: no function to answer it, Kong's plugin does
     }
@@ -348,7 +352,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // a path naming no function (the gateway's 404) or one that failed to load (its 503) has none to
         // answer it, so Kong's plugin does.
         if (!onKongCorsRoute(pathname)) return await routeOrFail(req, info, routed);
-        if (isKongPreflight(req) && !(await functionAnswersPreflight(pathname))) return kongPreflight(req);
+        if (isKongPreflight(req) && !(await functionAnswersPreflight(routed))) return kongPreflight(req);
         return withKongAllowOrigin(await routeOrFail(req, info, routed));
       } finally {
         running.delete(req);
