@@ -23,6 +23,7 @@ import {
   type RealtimeEndpoint,
 } from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
+import type { DatabaseConnection } from "../stack/database.ts";
 import { isKongPreflight, kongPreflight, onKongCorsRoute, withKongAllowOrigin } from "./kongCors.ts";
 import { type KongRouted, kongRouted, refusedHost } from "./kongRouter.ts";
 import { checkNumberOption, TIMER_MS } from "../../shared/options/checkOptions.ts";
@@ -40,6 +41,11 @@ export interface ApiContext {
   /** The supabase/ directory whose functions are served (the repository's unless given: tests give theirs). */
   supabaseDir?: string;
   dbUrl: string;
+  /**
+   * The connection to dbUrl that Realtime and the functions make (databaseConnection: as psql makes it);
+   * decided from dbUrl by the Realtime endpoint when not given.
+   */
+  db?: DatabaseConnection;
   jwtSecret: string;
   anonKey: string;
   serviceRoleKey: string;

@@ -46,6 +46,7 @@ import {
 import { type OnPhase, timed } from "../stack/phases.ts";
 import { withKongCors } from "../api/kongCors.ts";
 import { kongRouted, refusedHost } from "../api/kongRouter.ts";
+import { databaseConnection } from "../stack/database.ts";
 
 export interface RealtimeEndpointOptions {
   /** Refuse public (non-private) channels, like the dashboard's "Allow public access" switched off. */
@@ -272,7 +273,7 @@ export interface RealtimeEndpoint extends Service {
   stats(): RealtimeEndpointStats;
 }
 
-type EndpointContext = Pick<GatewayContext, "dbUrl" | "jwtSecret">;
+type EndpointContext = Pick<GatewayContext, "dbUrl" | "db" | "jwtSecret">;
 
 export async function createRealtimeEndpoint(
   ctx: EndpointContext & Partial<GatewayContext>,
@@ -283,14 +284,18 @@ export async function createRealtimeEndpoint(
   const numbers = checkedNumberOptions(options);
   const upgradeTimeoutMs = numbers.upgradeTimeoutMs ?? DEFAULT_UPGRADE_TIMEOUT_MS;
   const log = options.log ?? defaultLog();
-  const sql = postgres(ctx.dbUrl, {
+  // Connected as psql connects to the URL (its password, TLS, host or socket, no libpq parameter sent as a
+  // server setting: database.ts, DatabaseConnection), not by handing postgres.js the URL.
+  const db = ctx.db ?? await databaseConnection(ctx.dbUrl);
+  const sql = postgres({
+    ...db.options,
     max: numbers.poolSize ?? 8,
     onnotice: () => {},
-    connection: { application_name: "readsync-local-realtime" },
-  });
+    connection: { ...db.options.connection, application_name: "readsync-local-realtime" },
+  } as postgres.Options<Record<string, postgres.PostgresType>>);
   // Delivery reads realtime.messages from the WAL on a replication connection of its own (hub.ts,
   // wal.ts): a burst of joins, whose policy probes use this pool, never delays it.
-  const hub = new BroadcastHub(ctx.dbUrl, { frameForm: options.frameForm, log });
+  const hub = new BroadcastHub(db, { frameForm: options.frameForm, log });
   try {
     await timed(options.onPhase, "Realtime: publication checked", () => ensurePublication(sql));
     await timed(options.onPhase, "Realtime: WAL stream started", () => hub.start());

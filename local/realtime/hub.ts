@@ -10,6 +10,7 @@
 
 import { encodeBroadcast, type Vsn } from "./protocol.ts";
 import { type MessageRow, WalReader } from "./wal.ts";
+import type { DatabaseConnection } from "../stack/database.ts";
 
 export interface Subscriber {
   /** Joined topic including the `realtime:` prefix (what the frame must carry). */
@@ -61,9 +62,9 @@ export class BroadcastHub {
   #frameForm: "binary" | "json";
   #stats = { matched: 0, delivered: 0, skippedNoSubscriber: 0, skippedIncomplete: 0 };
 
-  constructor(dbUrl: string, options: HubOptions = {}) {
+  constructor(db: DatabaseConnection, options: HubOptions = {}) {
     this.#frameForm = options.frameForm ?? "binary";
-    this.#wal = new WalReader(dbUrl, { onMessage: (row) => this.#onMessage(row), log: options.log });
+    this.#wal = new WalReader(db, { onMessage: (row) => this.#onMessage(row), log: options.log });
   }
 
   get stats(): HubStats {

@@ -22,6 +22,7 @@
 import postgres from "postgres";
 import { Buffer } from "node:buffer";
 import type { Duplex } from "node:stream";
+import type { DatabaseConnection } from "../stack/database.ts";
 
 export const PUBLICATION = "readsync_realtime_messages";
 /** How often the reader reports its position unasked (pg_recvlogical's default is 10 s). */
@@ -108,21 +109,24 @@ export class WalReader {
   #confirmed = 0n;
   #inTransaction = false;
 
-  constructor(dbUrl: string, options: WalReaderOptions) {
+  /** `db`: the stack's connection (database.ts), as psql makes it; its TLS and server settings kept. */
+  constructor(db: DatabaseConnection, options: WalReaderOptions) {
     this.#options = options;
-    this.#sql = postgres(dbUrl, {
+    this.#sql = postgres({
+      ...db.options,
       max: 1,
       fetch_types: false,
       // The replication connection lives as long as the endpoint (postgres.js would otherwise
       // recycle it after 30 to 60 minutes, and a new slot would miss what commits in between).
       max_lifetime: null,
       onnotice: () => {},
-      connection: { application_name: "readsync-local-realtime-wal", replication: "database" } as Record<
-        string,
-        string
-      >,
+      connection: {
+        ...db.options.connection,
+        application_name: "readsync-local-realtime-wal",
+        replication: "database",
+      },
       onclose: () => this.#onConnectionClosed(),
-    });
+    } as postgres.Options<Record<string, postgres.PostgresType>>);
   }
 
   /** Resolves once the slot exists and streaming has begun: every later commit is delivered. */

@@ -946,3 +946,267 @@ Deno.test({
       }
     }
   }));
+
+/**
+ * A stack started in a process of its own (its environment `env` alone, with PATH and HOME: not npm test's,
+ * which points SUPABASE_URL at the run's API) against `dbUrl` as SUPABASE_DB_URL; once it has started, a user
+ * of its database (inserted by `sql`, a connection of the test's own) writes through the stack's function and
+ * is sent the write's broadcast over its Realtime, with supabase-js. Resolves with what the write answered and
+ * what the broadcast carried; rejects with the stack's output when its start fails.
+ */
+async function writeAndBroadcastThrough(
+  sql: postgres.Sql,
+  dbUrl: string,
+  env: Record<string, string>,
+): Promise<{ status: number; series: unknown; broadcast: unknown }> {
+  const stackModule = new URL("./stack.ts", import.meta.url).href;
+  const keep = ["PATH", "HOME", "TMPDIR", "DENO_DIR", "SUPABASE_CLI_BINARY_OVERRIDE", "READSYNC_PG_TEMPLATE"];
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+       let stack;
+       try {
+         stack = await startLocalStack({ apiPort: 0, log: (line) => console.error(line) });
+       } catch (error) {
+         console.log(JSON.stringify({ failed: String(error?.stack ?? error) }));
+         Deno.exit(1);
+       }
+       console.log(JSON.stringify({ apiUrl: stack.apiUrl, anonKey: stack.anonKey, jwtSecret: stack.jwtSecret }));
+       for await (const _ of Deno.stdin.readable) { /* until the test closes it */ }
+       await stack.stop();
+       Deno.exit(0);`,
+    ],
+    clearEnv: true,
+    env: {
+      ...Object.fromEntries(keep.flatMap((name) => Deno.env.get(name) ? [[name, Deno.env.get(name)!]] : [])),
+      ...env,
+      SUPABASE_DB_URL: dbUrl,
+    },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const { createClient } = await import("@supabase/supabase-js");
+  const { mintUserAccessToken } = await import("./keys.ts");
+  let client: ReturnType<typeof createClient> | undefined;
+  try {
+    // The child's first line: the stack it started, or why its start failed.
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let out = "";
+    while (!out.includes("\n")) {
+      const { value, done } = await within(reader.read(), "the stack's start");
+      if (done) break;
+      out += value;
+    }
+    reader.releaseLock();
+    const started = JSON.parse(out.split("\n")[0] || "{}") as {
+      apiUrl?: string;
+      anonKey?: string;
+      jwtSecret?: string;
+      failed?: string;
+    };
+    if (!started.apiUrl) {
+      child.kill("SIGKILL");
+      throw new Error(`the stack did not start: ${started.failed}\n${await stderr}`);
+    }
+    const [{ id }] = await sql`insert into auth.users (email)
+      values (${`reader-${crypto.randomUUID()}@readsync.test`}) returning id`;
+    const token = await mintUserAccessToken(id, { secret: started.jwtSecret });
+    client = createClient(started.apiUrl, started.anonKey!, { accessToken: () => Promise.resolve(token) });
+    await client.realtime.setAuth();
+    const broadcasts: unknown[] = [];
+    let subscribed!: (status: string) => void;
+    const joined = new Promise<string>((resolve) => subscribed = resolve);
+    client.channel(`progress:${id}`, { config: { private: true } })
+      .on("broadcast", { event: "*" }, (message) => broadcasts.push(message.payload))
+      .subscribe((status) => subscribed(status));
+    assert.equal(await within(joined, "the channel's join"), "SUBSCRIBED");
+    const response = await fetch(`${started.apiUrl}/functions/v1/progress`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({
+        series_id: "connection-test",
+        device_id: "phone",
+        chapter: 3,
+        page: 30,
+        percentage: 0.125,
+        updated_at: new Date().toISOString(),
+      }),
+    });
+    const answer = await response.json();
+    if (response.status !== 200) return { status: response.status, series: answer, broadcast: null };
+    await until(() => Promise.resolve(broadcasts.length > 0), "the write's broadcast");
+    return {
+      status: response.status,
+      series: answer.progress?.series_id,
+      broadcast: (broadcasts[0] as { record?: { series_id?: unknown } })?.record?.series_id ??
+        JSON.stringify(broadcasts[0]),
+    };
+  } finally {
+    if (client) {
+      await client.removeAllChannels().catch(() => {});
+      await client.realtime.disconnect();
+    }
+    await child.stdin.close().catch(() => {});
+    await within(child.status, "the stack's stop").catch(() => child.kill("SIGKILL"));
+    await child.status;
+    await stderr;
+  }
+}
+
+/**
+ * `pg`'s pg_hba.conf replaced by `lines`, the configuration `settings` set, and both reloaded; resolves once
+ * the server has read them: a connection with `refused` (postgres.js's options) is refused (a hang guard: 60 s).
+ */
+async function serverConfiguration(
+  pg: LocalPostgres,
+  sql: postgres.Sql,
+  lines: string[],
+  refused: postgres.Options<Record<string, never>>,
+  settings: Record<string, string> = {},
+): Promise<void> {
+  await Deno.writeTextFile(`${pg.dataDir}/data/pg_hba.conf`, lines.join("\n") + "\n");
+  for (const [name, value] of Object.entries(settings)) {
+    await sql.unsafe(`alter system set ${name} = '${value}'`);
+  }
+  await sql`select pg_reload_conf()`;
+  const connect = (await import("postgres")).default;
+  await until(async () => {
+    const probe = connect({ max: 1, onnotice: () => {}, connect_timeout: 10, ...refused });
+    const wasRefused = await probe`select 1`.then(() => false, () => true);
+    await probe.end();
+    return wasRefused;
+  }, `the server's new pg_hba.conf (${lines.join("; ")})`);
+}
+
+Deno.test({
+  name: "a stack started with a SUPABASE_DB_URL whose password is in the password file only, whose server " +
+    "offers TLS in versions the client does not speak (its handshake fails: prefer falls back without TLS, as " +
+    "libpq does), and that carries libpq's own parameters (keepalives, sslrootcert, target_session_attrs): " +
+    "the function's write is served and its broadcast delivered over Realtime",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    const password = "readsync-connection-password";
+    await sql.unsafe(`alter role postgres password '${password}'`);
+    await selfSignedCertificate(pg);
+    // The test's own connection (pg.url: 127.0.0.1, its password postgres) stays trusted over TCP only from
+    // its session, already open; every new TCP one needs the password, which the URL does not carry.
+    await serverConfiguration(
+      pg,
+      sql,
+      ["local all all trust", "host all all 127.0.0.1/32 scram-sha-256"],
+      { host: "127.0.0.1", port: pg.port, username: "postgres", database: "postgres", pass: "" },
+      { ssl: "on", ssl_min_protocol_version: "TLSv1", ssl_max_protocol_version: "TLSv1.1" },
+    );
+    const file = `${pg.dataDir}/pgpass`;
+    await Deno.writeTextFile(file, `127.0.0.1:${pg.port}:postgres:postgres:${password}\n`, { mode: 0o600 });
+    const url = `postgresql://postgres@127.0.0.1:${pg.port}/postgres?keepalives=1` +
+      `&sslrootcert=${encodeURIComponent(`${pg.dataDir}/absent-root.crt`)}&target_session_attrs=read-write`;
+    const outcome = await writeAndBroadcastThrough(sql, url, { PGPASSFILE: file });
+    assert.deepEqual(outcome, { status: 200, series: "connection-test", broadcast: "connection-test" });
+  }));
+
+Deno.test({
+  name: "a stack started with a SUPABASE_DB_URL to a socket directory (?host=, a list of one port) whose " +
+    "server asks for a password that the password file gives: the function (through the stack's relay) " +
+    "and Realtime connect there, the write is served and its broadcast delivered",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    const password = "readsync-socket-password";
+    await sql.unsafe(`alter role postgres password '${password}'`);
+    await serverConfiguration(
+      pg,
+      sql,
+      ["local all all scram-sha-256", "host all all 127.0.0.1/32 trust"],
+      { path: `${pg.dataDir}/.s.PGSQL.${pg.port}`, username: "postgres", database: "postgres", pass: "" },
+    );
+    const file = `${pg.dataDir}/pgpass`;
+    await Deno.writeTextFile(file, `${pg.dataDir}:${pg.port}:*:postgres:${password}\n`, { mode: 0o600 });
+    const url = `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres`;
+    const outcome = await writeAndBroadcastThrough(sql, url, { PGPASSFILE: file });
+    assert.deepEqual(outcome, { status: 200, series: "connection-test", broadcast: "connection-test" });
+  }));
+
+Deno.test({
+  name: "a stack started with a SUPABASE_DB_URL whose server takes TLS connections only, its sslmode " +
+    "verify-ca with the server's root certificate in sslrootcert: Realtime and the function (through the " +
+    "stack's relay, which checks it) connect with TLS, the write is served and its broadcast delivered",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    await selfSignedCertificate(pg);
+    await serverConfiguration(
+      pg,
+      sql,
+      ["local all all trust", "hostssl all all 127.0.0.1/32 trust"],
+      { host: "127.0.0.1", port: pg.port, username: "postgres", database: "postgres", ssl: false },
+      { ssl: "on" },
+    );
+    const root = `${pg.dataDir}/root.crt`;
+    await Deno.copyFile(`${pg.dataDir}/data/server.crt`, root);
+    const url = `${pg.url}?sslmode=verify-ca&sslrootcert=${encodeURIComponent(root)}`;
+    const outcome = await writeAndBroadcastThrough(sql, url, {});
+    assert.deepEqual(outcome, { status: 200, series: "connection-test", broadcast: "connection-test" });
+  }));
+
+Deno.test({
+  name:
+    "a SUPABASE_DB_URL with a list of ports (?host=a,b&port=a,b: one per host, as libpq pairs them), the " +
+    "first refusing: the connection goes to the second host's port, instead of the ports read as one number",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg) => {
+    const { freePort } = await import("./postgres.ts");
+    const url =
+      `postgresql:///postgres?host=127.0.0.1,127.0.0.1&port=${freePort()},${pg.port}&user=postgres` +
+      "&password=postgres";
+    await withEnv({ PGSSLMODE: undefined }, async () => {
+      assert.equal(await within(connectionUsesTls(url), "the connection"), false);
+    });
+  }));
+
+Deno.test({
+  name:
+    "a password refused over a socket directory given as ?host= (the password as ?password=): the start " +
+    "names the socket it connected to (the directory's .s.PGSQL.<port>), not an empty host, and the URL's " +
+    "password as the one refused",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    await sql`alter role postgres password 'readsync-socket-password'`;
+    await Deno.writeTextFile(
+      `${pg.dataDir}/data/pg_hba.conf`,
+      "local all all scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
+    );
+    await sql`select pg_reload_conf()`;
+    const url =
+      `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres` +
+      "&password=wrong";
+    await withEnv({ PGPASSWORD: undefined, PGPASSFILE: `${pg.dataDir}/no-password-file` }, async () => {
+      await until(
+        () => applyBootstrapIfNeeded(url).then(() => false, (error: Error) => /refused/.test(error.message)),
+        "the server's new pg_hba.conf",
+      );
+      await assert.rejects(applyBootstrapIfNeeded(url), (error: Error) => {
+        assert.match(
+          error.message,
+          new RegExp(
+            `^the database at ${
+              pg.dataDir.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+            }/\\.s\\.PGSQL\\.${pg.port} ` +
+              `\\(user postgres\\) refused the password in its URL`,
+          ),
+        );
+        return true;
+      });
+    });
+  }));

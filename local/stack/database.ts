@@ -1,7 +1,9 @@
 // Prepares a database for readsync: the local platform bootstrap (only where the database is not
 // already a Supabase one), then our migrations, applied by the real Supabase CLI.
 
+import net, { isIP } from "node:net";
 import { userInfo } from "node:os";
+import tls from "node:tls";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { onCleanup } from "./cleanup.ts";
@@ -148,11 +150,26 @@ export async function psql(dbUrl: string, args: string[]): Promise<string> {
 /** The URL's host and user, as the errors below name them. */
 function databaseAt(dbUrl: string): string {
   try {
-    const url = new URL(dbUrl);
-    return `the database at ${url.host} (user ${decodeURIComponent(url.username) || "(none)"})`;
+    const target = libpqTarget(new URL(dbUrl));
+    return `the database at ${serverAt(target)} (user ${target.user || "(none)"})`;
   } catch {
     return "the database"; // a connection string that is no URL
   }
+}
+
+/**
+ * Where libpq connects for `target`, said as a person reads it: `host:port` (an IPv6 address in brackets, a
+ * list of hosts each with its port), or the socket directory's socket (`/dir/.s.PGSQL.port`), the default
+ * directory's where the URL names no host (instead of an empty host before the port).
+ */
+export function serverAt(target: LibpqTarget): string {
+  const hosts = (target.host || DEFAULT_SOCKET_DIR).split(",");
+  const ports = target.port.split(",");
+  return hosts.map((host, i) => {
+    const port = ports[i] ?? ports[0];
+    if (host.startsWith("/")) return `${host}/.s.PGSQL.${port}`;
+    return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  }).join(",");
 }
 
 /** What to do when the server asks for a password that neither the URL nor the environment gives. */
@@ -188,7 +205,8 @@ function passwordSource(dbUrl: string): "url" | "PGPASSWORD" | { file: string; p
   } catch {
     return null;
   }
-  if (url.password) return "url";
+  // libpq's `?password=` is the URL's password too (and comes first, as every parameter over the URL's part).
+  if (url.password || url.searchParams.get("password")) return "url";
   if (Deno.env.get("PGPASSWORD")) return "PGPASSWORD";
   return passwordFromFile(url);
 }
@@ -347,6 +365,33 @@ export function sslModeFor(url: URL): SslMode {
 }
 
 /**
+ * The URL parameters the Supabase CLI's pgx (v5, pgconn's ParseConfig) reads as its own, and the server
+ * settings (SERVER_SETTING_PARAMETERS), which it sends on as libpq does.
+ */
+const CLI_PARAMETERS = [
+  "host",
+  "port",
+  "dbname",
+  "user",
+  "password",
+  "passfile",
+  "connect_timeout",
+  "sslmode",
+  "sslkey",
+  "sslcert",
+  "sslrootcert",
+  "sslpassword",
+  "sslsni",
+  "krbspn",
+  "krbsrvname",
+  "target_session_attrs",
+  "service",
+  "servicefile",
+  "options",
+  "application_name",
+];
+
+/**
  * The URL the Supabase CLI is given, for a connection that used TLS (`tls`) or not, as one made as psql
  * makes it did (firstQueryAsPsql). Where its sslmode (the URL's, else PGSSLMODE's, else none: sslModeFor)
  * lets libpq choose, `prefer` (try TLS, fall back to a connection without it) or `allow` (the other way
@@ -363,6 +408,16 @@ export function cliDbUrl(dbUrl: string, tls: boolean): string {
   const mode = sslModeFor(url);
   if (mode === "prefer" || mode === "allow") url.searchParams.set("sslmode", tls ? "require" : "disable");
   else url.searchParams.set("sslmode", mode);
+  // The CLI's pgx sends every parameter it does not know as a server setting (as postgres.js does: see
+  // SERVER_SETTING_PARAMETERS), which the server refuses; libpq's other keywords (keepalives, hostaddr,
+  // sslcompression, ...) are not given to it. Told to connect without TLS, it is given no certificate files
+  // either: libpq reads none then, where pgx reads each it is given ("failed to read sslrootcert").
+  for (const name of [...url.searchParams.keys()]) {
+    const tlsFile = ["sslrootcert", "sslcert", "sslkey", "sslpassword"].includes(name);
+    if (!CLI_PARAMETERS.includes(name) || (tlsFile && url.searchParams.get("sslmode") === "disable")) {
+      url.searchParams.delete(name);
+    }
+  }
   // A socket directory written %2F-encoded as the URL's host (libpq decodes it) the CLI's pgx takes for a
   // host name to resolve: it is given as ?host= instead, the URL's port, user and password as parameters
   // too (a URL with a user needs a host), each unless a parameter gives it already (libpq's takes precedence).
@@ -376,37 +431,155 @@ export function cliDbUrl(dbUrl: string, tls: boolean): string {
   return `${url.protocol}//${url.pathname}?${params}`;
 }
 
-/** The query parameters that libpqTarget and sslModeFor read, not postgres.js's (it sends others on). */
-const LIBPQ_TARGET_PARAMETERS = ["host", "port", "dbname", "user", "sslmode"];
+/**
+ * The URL's query parameters that are server settings: what libpq sends in its startup message besides the
+ * user and database (`options`, e.g. `-c search_path=…`, and `application_name`). Every other parameter a URL
+ * that psql takes can carry is one of libpq's own keywords (host, hostaddr, port, dbname, user, password,
+ * sslmode, sslrootcert, sslcert, sslkey, connect_timeout, target_session_attrs, keepalives, …; psql refuses
+ * any other): postgres.js, given the URL, sent each on as a server setting, which the server refuses
+ * (`unrecognized configuration parameter "sslrootcert"`), so a URL that passed the bootstrap failed after.
+ */
+const SERVER_SETTING_PARAMETERS = ["options", "application_name"];
+
+/** The TLS of a connection as postgres.js takes it: none, TLS without checks, or node's TLS options. */
+export type PostgresJsTls = false | "require" | tls.ConnectionOptions;
 
 /**
- * postgres.js's options for a connection to `dbUrl` as psql makes it: to the host, port and database and as
- * the user libpq takes (libpqTarget: postgres.js sends a `?host=` on to the server as a setting, does not
- * decode a %2F-encoded socket directory, and connects to localhost over TCP where libpq, given no host, takes
- * its default socket directory); the password of the password file (PGPASSFILE, else ~/.pgpass) when
- * neither the URL nor PGPASSWORD gives one, as libpq and the CLI's pgx read it (postgres.js does not: a
- * password kept there bootstrapped, then failed the push's lock). Its TLS is each attempt's
- * (firstQueryAsPsql). `url` is `dbUrl` without the parameters these replace.
+ * What postgres.js is given for a connection to a URL as libpq makes it (connectionOptions): where (`path`,
+ * a socket directory's socket; else `host` and `port`, lists in libpq's order), the database, the user, the
+ * password, the server settings, the connect timeout and target_session_attrs. Its `ssl` is each attempt's
+ * (firstQueryAsPsql), and once decided the connection's (DatabaseConnection).
  */
-function connectionOptions(dbUrl: string): {
-  url: string;
-  options: { host: string; port: number; database: string; username: string; pass?: string };
-  target: LibpqTarget;
-} {
+export interface PostgresJsTarget {
+  path?: string;
+  host?: string[];
+  port?: number[];
+  database: string;
+  username: string;
+  pass?: string;
+  connection: Record<string, string>;
+  connect_timeout?: number;
+  target_session_attrs?: "read-write" | "read-only" | "primary" | "standby" | "prefer-standby";
+}
+
+/** A file's text for the TLS options, or undefined when it does not exist. */
+function fileIfThere(path: string): string | undefined {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * node's TLS options for an sslmode that asks for TLS (require, verify-ca, verify-full), with the certificate
+ * files libpq reads: the root certificates of `sslrootcert` (else PGSSLROOTCERT, else ~/.postgresql/root.crt;
+ * `system`: the system's, and verify-full as libpq has it), the client's certificate and key of `sslcert` and
+ * `sslkey` (else PGSSLCERT and PGSSLKEY, else ~/.postgresql/postgresql.crt and .key, where they exist). As
+ * libpq: `require` with a root certificate file checks the server's chain (verify-ca), the verify modes
+ * without one fail saying which file is missing, verify-ca checks the chain and not the name, verify-full both
+ * (against `servername`, the host libpq checks: the URL's, not hostaddr's).
+ */
+function tlsFor(url: URL, mode: "require" | "verify-ca" | "verify-full", servername: string): PostgresJsTls {
+  const param = (name: string, env: string, fallback: string) =>
+    url.searchParams.get(name) || Deno.env.get(env) || fallback;
+  const dir = `${Deno.env.get("HOME") || "~"}/.postgresql`;
+  const rootcert = param("sslrootcert", "PGSSLROOTCERT", `${dir}/root.crt`);
+  const certFile = param("sslcert", "PGSSLCERT", `${dir}/postgresql.crt`);
+  const keyFile = param("sslkey", "PGSSLKEY", `${dir}/postgresql.key`);
+  const cert = fileIfThere(certFile);
+  const key = cert === undefined ? undefined : fileIfThere(keyFile);
+  const client = cert !== undefined && key !== undefined ? { cert, key } : {};
+  const system = rootcert === "system";
+  const ca = system ? undefined : fileIfThere(rootcert);
+  const checks: "none" | "chain" | "full" = mode === "verify-full" || system
+    ? "full"
+    : mode === "verify-ca"
+    ? "chain"
+    : ca === undefined
+    ? "none"
+    : "chain";
+  if (checks !== "none" && !system && ca === undefined) {
+    throw new Error(
+      `root certificate file "${rootcert}" does not exist: either provide the file (sslrootcert, ` +
+        `PGSSLROOTCERT) or change sslmode (${mode}) to disable server certificate verification`,
+    );
+  }
+  if (checks === "none") {
+    return Object.keys(client).length === 0 ? "require" : { ...client, rejectUnauthorized: false };
+  }
+  const server = isIP(servername) ? {} : { servername };
+  return {
+    ...client,
+    ...(ca === undefined ? {} : { ca }),
+    ...server,
+    rejectUnauthorized: true,
+    ...(checks === "chain" ? { checkServerIdentity: () => undefined } : {}),
+    ...(checks === "full" && isIP(servername)
+      ? {
+        checkServerIdentity: (_: string, cert: tls.PeerCertificate) =>
+          tls.checkServerIdentity(servername, cert),
+      }
+      : {}),
+  };
+}
+
+/**
+ * postgres.js's options for a connection to `dbUrl` as psql makes it (its TLS aside: each attempt's): to the
+ * host(s) and port(s) (a list of ports one per host, or one for all) or the socket directory, database and as
+ * the user libpq takes (libpqTarget; `hostaddr` connected to in place of the host's address); with the
+ * password libpq sends (the URL's or its `?password=`, else PGPASSWORD, else the password file's line:
+ * postgres.js reads no password file, and no `?password=`); the URL's server settings alone
+ * (SERVER_SETTING_PARAMETERS: none of libpq's keywords sent as one); its connect_timeout (seconds, as libpq's)
+ * and target_session_attrs (`any`: none), which postgres.js has too.
+ */
+function connectionOptions(
+  dbUrl: string,
+): { options: PostgresJsTarget; target: LibpqTarget; servername: string } {
   const url = new URL(dbUrl);
   const target = libpqTarget(url);
   const source = passwordSource(dbUrl);
-  for (const name of LIBPQ_TARGET_PARAMETERS) url.searchParams.delete(name);
+  const password = source === "url"
+    ? url.searchParams.get("password") ?? decodeURIComponent(url.password)
+    : source === "PGPASSWORD"
+    ? Deno.env.get("PGPASSWORD")!
+    : source?.password;
+  const connection: Record<string, string> = {};
+  for (const name of SERVER_SETTING_PARAMETERS) {
+    const value = url.searchParams.get(name);
+    if (value) connection[name] = value;
+  }
+  const host = target.host || DEFAULT_SOCKET_DIR;
+  const hostaddr = url.searchParams.get("hostaddr") || Deno.env.get("PGHOSTADDR") || "";
+  const hosts = (hostaddr || host).split(",");
+  const ports = target.port.split(",").map((port) => Number(port));
+  if (ports.some((port) => !Number.isInteger(port) || port < 1 || port > 65535)) {
+    throw new Error(`invalid port number: "${target.port}" (${databaseAt(dbUrl)})`);
+  }
+  if (ports.length !== 1 && ports.length !== hosts.length) {
+    throw new Error(
+      `could not match ${ports.length} port numbers to ${hosts.length} hosts (${databaseAt(dbUrl)})`,
+    );
+  }
+  const portOf = (i: number) => ports.length === 1 ? ports[0] : ports[i];
+  const where: Pick<PostgresJsTarget, "path" | "host" | "port"> = !hostaddr && host.startsWith("/")
+    ? { path: `${host}/.s.PGSQL.${portOf(0)}` }
+    : { host: hosts, port: hosts.map((_, i) => portOf(i)) };
+  const timeout = Number(url.searchParams.get("connect_timeout") || Deno.env.get("PGCONNECT_TIMEOUT") || "");
+  const attrs = url.searchParams.get("target_session_attrs") || Deno.env.get("PGTARGETSESSIONATTRS") || "any";
   return {
-    url: url.toString(),
     options: {
-      host: target.host || DEFAULT_SOCKET_DIR,
-      port: Number(target.port),
+      ...where,
       database: target.database,
       username: target.user,
-      ...(typeof source === "object" && source !== null ? { pass: source.password } : {}),
+      ...(password !== undefined ? { pass: password } : {}),
+      connection,
+      ...(Number.isInteger(timeout) && timeout > 0 ? { connect_timeout: Math.max(timeout, 2) } : {}),
+      ...(attrs !== "any" ? { target_session_attrs: attrs as PostgresJsTarget["target_session_attrs"] } : {}),
     },
     target,
+    servername: host.split(",")[0],
   };
 }
 
@@ -455,69 +628,212 @@ async function serverOffersTls(host: string, port: number): Promise<boolean | un
 
 /** Whether a connection to `dbUrl` made as psql makes it (firstQueryAsPsql) uses TLS: what cliDbUrl is told. */
 export async function connectionUsesTls(dbUrl: string): Promise<boolean> {
-  const { sql, tls } = await firstQueryAsPsql(dbUrl, "select 1");
+  const { sql, ssl } = await firstQueryAsPsql(dbUrl, "select 1");
   await sql.end();
-  return tls;
+  return ssl !== false;
+}
+
+/**
+ * The connection the local stack's processes make to its database (SUPABASE_DB_URL, or its own cluster's):
+ * postgres.js's options for one as psql makes it (connectionOptions: where, as whom, with which password and
+ * server settings) with the TLS the first such connection came to (firstQueryAsPsql: libpq's sslmode, its
+ * `prefer` fallback included), decided once when the stack starts, as the CLI's is (cliDbUrl). The Realtime
+ * endpoint, its WAL reader and the functions served locally connect with it (the functions through
+ * functionDatabaseUrl), instead of each handing the URL to postgres.js, which reads no password file and no
+ * PGSSLMODE, misreads a socket directory and a list of ports, and sends libpq's own parameters to the server
+ * as settings, so that a URL that passed the bootstrap and the push failed after the start.
+ */
+export interface DatabaseConnection {
+  options: PostgresJsTarget & { ssl: PostgresJsTls };
+  /** Where it connects (serverAt), for the stack's log. */
+  server: string;
+}
+
+/** The connection the local stack's processes make to `dbUrl` (see DatabaseConnection); throws as the push does. */
+export async function databaseConnection(dbUrl: string): Promise<DatabaseConnection> {
+  const { sql, options, ssl } = await firstQueryAsPsql(dbUrl, "select 1");
+  await sql.end();
+  return { options: { ...options, ssl }, server: serverAt(libpqTarget(new URL(dbUrl))) };
+}
+
+/**
+ * A URL that postgres.js reads into `db`'s connection (each host with its port, the password, the database,
+ * the TLS decided as sslmode=require or disable, the server settings, connect_timeout and
+ * target_session_attrs as its own options), or null where no URL can tell postgres.js that connection: a
+ * socket directory (postgres.js takes a URL's host for a name to resolve), an IPv6 address (it cuts a host at
+ * its first ':'), TLS with certificates to check or send (no URL parameter of postgres.js names a file).
+ */
+export function postgresJsUrl(db: DatabaseConnection): string | null {
+  const { options } = db;
+  if (options.path || !options.host || options.host.some((host) => host.includes(":") || host === "")) {
+    return null;
+  }
+  if (options.ssl !== false && options.ssl !== "require") return null;
+  const enc = encodeURIComponent;
+  const auth = enc(options.username) + (options.pass !== undefined ? `:${enc(options.pass)}` : "");
+  const hosts = options.host.map((host, i) => `${host}:${options.port![i]}`).join(",");
+  const params = new URLSearchParams({ sslmode: options.ssl === false ? "disable" : "require" });
+  for (const [name, value] of Object.entries(options.connection)) params.set(name, value);
+  if (options.connect_timeout) params.set("connect_timeout", String(options.connect_timeout));
+  if (options.target_session_attrs) params.set("target_session_attrs", options.target_session_attrs);
+  return `postgresql://${auth}@${hosts}/${enc(options.database)}?${params}`;
+}
+
+/** A relay's address (a URL postgres.js reads, to a loopback port) and its close. */
+export interface DatabaseRelay {
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * A loopback port whose every connection is passed on to `db`'s server over a connection made as `db` says:
+ * to its socket directory's socket or its first host that answers, with its TLS (SSLRequest, then node's TLS
+ * with its certificates) where it uses TLS. For a function served locally where no URL can tell postgres.js
+ * the connection (postgresJsUrl: null): the function is given the relay's URL (no TLS to the relay, on this
+ * machine; the server sees the connection the stack makes, its socket's pg_hba line and peer user, its TLS
+ * and client certificate). The bytes pass unchanged: the function's own startup, password exchange and
+ * cancel requests reach the server as it sends them.
+ */
+export async function openDatabaseRelay(db: DatabaseConnection): Promise<DatabaseRelay> {
+  const open = new Set<net.Socket>();
+  const keep = (socket: net.Socket) => {
+    open.add(socket);
+    socket.once("close", () => open.delete(socket));
+    socket.on("error", () => socket.destroy());
+  };
+  const server = net.createServer({ pauseOnConnect: true }, (client) => {
+    keep(client);
+    relayUpstream(db.options).then((upstream) => {
+      keep(upstream);
+      if (client.destroyed) return upstream.destroy();
+      client.once("close", () => upstream.destroy());
+      upstream.once("close", () => client.destroy());
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+    }, () => client.destroy());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  const url = postgresJsUrl({
+    ...db,
+    options: { ...db.options, path: undefined, host: ["127.0.0.1"], port: [port], ssl: false },
+  })!;
+  return {
+    url,
+    close: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const socket of open) socket.destroy();
+      await closed;
+    },
+  };
+}
+
+/** The relay's connection to `options`' server, its TLS begun where it has TLS (openDatabaseRelay). */
+async function relayUpstream(options: DatabaseConnection["options"]): Promise<net.Socket> {
+  const targets = options.path
+    ? [{ path: options.path, host: "", port: 0 }]
+    : options.host!.map((host, i) => ({ path: undefined, host, port: options.port![i] }));
+  let failed: unknown;
+  for (const target of targets) {
+    let socket: net.Socket | undefined;
+    try {
+      socket = target.path ? net.connect(target.path) : net.connect(target.port!, target.host);
+      await new Promise<void>((resolve, reject) => {
+        socket!.once("connect", resolve);
+        socket!.once("error", reject);
+      });
+      if (options.ssl === false) return socket;
+      socket.write(SSL_REQUEST);
+      const offered = await new Promise<boolean>((resolve, reject) => {
+        socket!.once("data", (answer: Uint8Array) => resolve(answer[0] === 0x53)); // 'S'
+        socket!.once("error", reject);
+        socket!.once("close", () => reject(new Error("the server closed the connection")));
+      });
+      if (!offered) throw new Error(`the server at ${target.host} no longer takes TLS connections`);
+      const secure = tls.connect({
+        socket,
+        ...(isIP(target.host) ? {} : { servername: target.host }),
+        ...(options.ssl === "require" ? { rejectUnauthorized: false } : options.ssl),
+      });
+      await new Promise<void>((resolve, reject) => {
+        secure.once("secureConnect", resolve);
+        secure.once("error", reject);
+      });
+      return secure;
+    } catch (error) {
+      socket?.destroy();
+      failed = error;
+    }
+  }
+  throw failed;
 }
 
 /**
  * `query` (simple: no prepared statement) run first on a connection to `dbUrl` made as psql makes it
- * (connectionOptions): the connection, which the caller ends, the query's results, and whether it uses TLS.
- * Its TLS as libpq's sslmode (sslModeFor) has it: `prefer` asks for it where the server offers it
- * (serverOffersTls) and, should the server refuse that connection (28000: its pg_hba.conf has no line for
- * it, as with hostnossl lines only), connects again without it; `allow` connects without it first, and
- * again with it on such a refusal; `disable` never asks for it, `require` and the verify modes always (the
- * latter verifying the certificate); over a socket directory, none (libpq uses none there). postgres.js has
- * no such fallback of its own (its `prefer` only takes what the server offers, and its `allow` asks for TLS
- * whether offered or not), and does not read PGSSLMODE. Its error, on a connection that failed, said as
- * psql's is (connectionError); the connection is ended then.
+ * (connectionOptions): the connection, which the caller ends, the query's results, its options and TLS. Its
+ * TLS as libpq's sslmode (sslModeFor) has it: `prefer` asks for it where the server offers it
+ * (serverOffersTls) and, should that attempt fail before its startup completed (the TLS handshake failed,
+ * as against a server whose TLS versions or certificate the client does not take, or the server refused
+ * the connection: 28000, its pg_hba.conf having no line for it, as with hostnossl lines only), connects
+ * again without it, as libpq's fe-connect.c does on either; `allow` connects without it first, and again with
+ * it should that fail so; `disable` never asks for it, `require` and the verify modes always (tlsFor); over a
+ * socket directory, none (libpq uses none there). postgres.js has no such fallback of its own (its `prefer`
+ * only takes what the server offers, and its `allow` asks for TLS whether offered or not), and does not read
+ * PGSSLMODE. Its error, on a connection that failed, said as psql's is (connectionError); the connection is
+ * ended then.
  */
 async function firstQueryAsPsql(
   dbUrl: string,
   query: string,
-): Promise<{ sql: postgres.Sql; results: postgres.RowList<postgres.Row[]>; tls: boolean }> {
-  const { url, options, target } = connectionOptions(dbUrl);
-  const mode = sslModeFor(new URL(dbUrl));
-  // verify-ca: the certificate's chain checked, not its name (node's tls checks both unless told not to).
-  type Ssl = false | "require" | "verify-full" | {
-    rejectUnauthorized: true;
-    checkServerIdentity: () => undefined;
-  };
-  let attempts: Ssl[];
-  if (options.host.startsWith("/")) attempts = [false];
-  else if (mode === "disable") attempts = [false];
-  else if (mode === "allow") attempts = [false, "require"];
+): Promise<
+  {
+    sql: postgres.Sql;
+    results: postgres.RowList<postgres.Row[]>;
+    options: PostgresJsTarget;
+    ssl: PostgresJsTls;
+  }
+> {
+  const url = new URL(dbUrl);
+  const { options, target, servername } = connectionOptions(dbUrl);
+  const mode = sslModeFor(url);
+  let attempts: PostgresJsTls[];
+  const first = { host: options.host?.[0] ?? "", port: options.port?.[0] ?? 0 };
+  if (!options.host || mode === "disable") attempts = [false];
+  else if (mode === "allow") attempts = [false, tlsFor(url, "require", servername)];
   else if (mode === "prefer") {
-    attempts = (await serverOffersTls(options.host, options.port)) === true ? ["require", false] : [false];
+    attempts = (await serverOffersTls(first.host, first.port)) === true
+      ? [tlsFor(url, "require", servername), false]
+      : [false];
   } else {
     // Only a server that answered no: one that could not be asked is tried, and its error said.
-    if ((await serverOffersTls(options.host, options.port)) === false) {
+    if ((await serverOffersTls(first.host, first.port)) === false) {
       throw new Error(
         `${databaseAt(dbUrl)} does not take TLS connections, and its sslmode (${mode}) asks for one ` +
-          `(server ${target.host || DEFAULT_SOCKET_DIR}:${target.port})`,
+          `(server ${serverAt(target)})`,
       );
     }
-    attempts = [
-      mode === "verify-ca" ? { rejectUnauthorized: true, checkServerIdentity: () => undefined } : mode,
-    ];
+    attempts = [tlsFor(url, mode, servername)];
   }
   for (let i = 0;; i++) {
     const ssl = attempts[i];
-    // postgres.js splits each of a host string's comma-separated hosts at ':' (as host:port), which cut an
-    // IPv6 address ("::1" became "", localhost); a list it takes as it is (its ports then a list too).
-    const hosts = options.host.split(",");
-    const tcp = options.host.startsWith("/") ? {} : {
-      host: hosts as unknown as string,
-      port: hosts.map(() => options.port) as unknown as number,
-    };
-    const sql = postgres(url, { max: 1, onnotice: () => {}, ...options, ...tcp, ssl });
+    // Set once the server has sent its first ParameterStatus: the startup (TLS, authentication) completed.
+    let startedUp = false;
+    const sql = postgres({
+      max: 1,
+      onnotice: () => {},
+      ...options,
+      ssl,
+      onparameter: () => startedUp = true,
+    } as postgres.Options<Record<string, postgres.PostgresType>>);
     try {
-      return { sql, results: await sql.unsafe(query), tls: ssl !== false };
+      return { sql, results: await sql.unsafe(query), options, ssl };
     } catch (error) {
       await sql.end();
-      if (i + 1 >= attempts.length || (error as { code?: string })?.code !== "28000") {
-        throw connectionError(dbUrl, error);
-      }
+      if (i + 1 >= attempts.length || startedUp) throw connectionError(dbUrl, error);
     }
   }
 }
@@ -578,7 +894,7 @@ const PUSH_LOCK = "hashtextextended('readsync: supabase db push', 0)";
 export async function pushMigrations(dbUrl: string): Promise<string> {
   // One simple query (no prepared statement, as a pooler in transaction mode may not keep one); the CLI is
   // told to use TLS (cliDbUrl) as this connection did.
-  const { sql, tls } = await firstQueryAsPsql(
+  const { sql, ssl } = await firstQueryAsPsql(
     dbUrl,
     "begin isolation level read committed; " +
       "set local idle_in_transaction_session_timeout = 0; set local statement_timeout = 0; " +
@@ -589,7 +905,7 @@ export async function pushMigrations(dbUrl: string): Promise<string> {
       "db",
       "push",
       "--db-url",
-      cliDbUrl(dbUrl, tls),
+      cliDbUrl(dbUrl, ssl !== false),
       "--yes",
       "--include-all",
     ]);

@@ -112,6 +112,7 @@ Deno.test({
     "platform bootstrap (psql)",
     "migrations (supabase db push)",
     "API keys signed",
+    "database connection (as psql makes it)",
     "API: functions gateway (functions loaded)",
     "Realtime: publication checked",
     "Realtime: WAL stream started",

@@ -3,7 +3,13 @@
 
 import { startApiServer } from "../api/server.ts";
 import { onCleanup, runCleanups } from "./cleanup.ts";
-import { applyBootstrapIfNeeded, pushMigrations } from "./database.ts";
+import {
+  applyBootstrapIfNeeded,
+  databaseConnection,
+  libpqTarget,
+  pushMigrations,
+  serverAt,
+} from "./database.ts";
 import { DEV_JWT_SECRET, devApiKeys } from "./keys.ts";
 import { type OnPhase, timed } from "./phases.ts";
 import { startPostgres } from "./postgres.ts";
@@ -78,7 +84,8 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
   let stopDb = async () => {};
   if (externalDb) {
     dbUrl = externalDb;
-    log(`database: SUPABASE_DB_URL (${new URL(externalDb).host})`);
+    // Where libpq connects (a socket directory, ?host=, a list of hosts), not the URL's host part alone.
+    log(`database: SUPABASE_DB_URL (${serverAt(libpqTarget(new URL(externalDb)))})`);
   } else {
     const pg = await startPostgres({
       port: options.dbPort || undefined,
@@ -115,11 +122,19 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
         log(`${inherited.join(", ")} set: the local functions ignore them (settings of a deployed function)`);
       }
       for (const name of FUNCTION_TARGET_VARIABLES) Deno.env.delete(name);
+      // The connection Realtime, its WAL reader and the functions make, decided once as the push's was: the
+      // password, TLS, host or socket psql's would use (database.ts, DatabaseConnection).
+      const db = await timed(
+        onPhase,
+        "database connection (as psql makes it)",
+        () => databaseConnection(dbUrl),
+      );
       // 0: the server binds a port the OS picks (no pick-then-bind race with other processes).
       const api = await startApiServer({
         port: options.apiPort ?? 0,
         hostname: options.apiHost,
         dbUrl,
+        db,
         jwtSecret,
         anonKey,
         serviceRoleKey,
