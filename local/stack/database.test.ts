@@ -9,7 +9,10 @@ import {
   applyBootstrapIfNeeded,
   cliDbUrl,
   connectionUsesTls,
+  databaseConnection,
+  openDatabaseRelay,
   passwordFromFile,
+  psqlPath,
   pushMigrations,
   supabaseCliBinary,
   supabaseLauncher,
@@ -1209,4 +1212,35 @@ Deno.test({
         return true;
       });
     });
+  }));
+
+Deno.test({
+  name:
+    "the stack's database relay (a locally served function's way to a socket directory) passes on this OS " +
+    "user's connections only: another user's is closed before it reaches the server, which would take it for " +
+    "this user's (the socket's trust or peer line)",
+  // runuser, to connect as another user, needs root.
+  ignore: Deno.uid() !== 0,
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg) => {
+    const url = `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres`;
+    const relay = await openDatabaseRelay(await databaseConnection(url));
+    try {
+      const psql = psqlPath();
+      const query = ["-X", "-w", "-At", "-d", relay.url, "-c", "select current_user"];
+      const asked = async (command: string, args: string[]) => {
+        const out = await new Deno.Command(command, { args, stdin: "null", stdout: "piped", stderr: "piped" })
+          .output();
+        const decoder = new TextDecoder();
+        return { ok: out.success, said: (decoder.decode(out.stdout) + decoder.decode(out.stderr)).trim() };
+      };
+      assert.deepEqual(await within(asked(psql, query), "this user's psql"), { ok: true, said: "postgres" });
+      const other = await within(asked("runuser", ["-u", "nobody", "--", psql, ...query]), "nobody's psql");
+      assert.equal(other.ok, false, other.said);
+      assert.match(other.said, /server closed the connection unexpectedly/);
+    } finally {
+      await relay.close();
+    }
   }));

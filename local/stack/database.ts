@@ -478,8 +478,8 @@ function fileIfThere(path: string): string | undefined {
  * `system`: the system's, and verify-full as libpq has it), the client's certificate and key of `sslcert` and
  * `sslkey` (else PGSSLCERT and PGSSLKEY, else ~/.postgresql/postgresql.crt and .key, where they exist). As
  * libpq: `require` with a root certificate file checks the server's chain (verify-ca), the verify modes
- * without one fail saying which file is missing, verify-ca checks the chain and not the name, verify-full both
- * (against `servername`, the host libpq checks: the URL's, not hostaddr's).
+ * without one fail saying which file is missing, verify-ca checks the chain and not the name, verify-full
+ * both (against `servername`, the host libpq checks: the URL's, not hostaddr's).
  */
 function tlsFor(url: URL, mode: "require" | "verify-ca" | "verify-full", servername: string): PostgresJsTls {
   const param = (name: string, env: string, fallback: string) =>
@@ -531,8 +531,8 @@ function tlsFor(url: URL, mode: "require" | "verify-ca" | "verify-full", servern
  * the user libpq takes (libpqTarget; `hostaddr` connected to in place of the host's address); with the
  * password libpq sends (the URL's or its `?password=`, else PGPASSWORD, else the password file's line:
  * postgres.js reads no password file, and no `?password=`); the URL's server settings alone
- * (SERVER_SETTING_PARAMETERS: none of libpq's keywords sent as one); its connect_timeout (seconds, as libpq's)
- * and target_session_attrs (`any`: none), which postgres.js has too.
+ * (SERVER_SETTING_PARAMETERS: none of libpq's keywords sent as one); its connect_timeout (seconds, as
+ * libpq's) and target_session_attrs (`any`: none), which postgres.js has too.
  */
 function connectionOptions(
   dbUrl: string,
@@ -638,10 +638,11 @@ export async function connectionUsesTls(dbUrl: string): Promise<boolean> {
  * postgres.js's options for one as psql makes it (connectionOptions: where, as whom, with which password and
  * server settings) with the TLS the first such connection came to (firstQueryAsPsql: libpq's sslmode, its
  * `prefer` fallback included), decided once when the stack starts, as the CLI's is (cliDbUrl). The Realtime
- * endpoint, its WAL reader and the functions served locally connect with it (the functions through
- * functionDatabaseUrl), instead of each handing the URL to postgres.js, which reads no password file and no
- * PGSSLMODE, misreads a socket directory and a list of ports, and sends libpq's own parameters to the server
- * as settings, so that a URL that passed the bootstrap and the push failed after the start.
+ * endpoint, its WAL reader and the functions served locally connect with it (the functions by
+ * postgresJsUrl or openDatabaseRelay), instead of each handing the URL to postgres.js, which reads no
+ * password file and no PGSSLMODE, misreads a socket directory and a list of ports, and sends libpq's own
+ * parameters to the server as settings, so that a URL that passed the bootstrap and the push failed after
+ * the start.
  */
 export interface DatabaseConnection {
   options: PostgresJsTarget & { ssl: PostgresJsTls };
@@ -649,7 +650,7 @@ export interface DatabaseConnection {
   server: string;
 }
 
-/** The connection the local stack's processes make to `dbUrl` (see DatabaseConnection); throws as the push does. */
+/** The connection the stack's processes make to `dbUrl` (DatabaseConnection); throws as the push does. */
 export async function databaseConnection(dbUrl: string): Promise<DatabaseConnection> {
   const { sql, options, ssl } = await firstQueryAsPsql(dbUrl, "select 1");
   await sql.end();
@@ -703,6 +704,10 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
   };
   const server = net.createServer({ pauseOnConnect: true }, (client) => {
     keep(client);
+    // Only this OS user's processes pass: another user's would reach the server as this one (a socket's
+    // `peer` line, a client certificate it has no key of).
+    const uid = loopbackClientUid(client.remotePort ?? 0, port);
+    if (uid !== null && uid !== Deno.uid()) return client.destroy();
     relayUpstream(db.options).then((upstream) => {
       keep(upstream);
       if (client.destroyed) return upstream.destroy();
@@ -730,6 +735,26 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
       await closed;
     },
   };
+}
+
+/**
+ * The OS user owning the client's end of the loopback connection from 127.0.0.1:`clientPort` to
+ * 127.0.0.1:`serverPort`, as /proc/net/tcp lists it (its `uid` column); null where it lists none (no /proc,
+ * or a read that missed the line): the relay then cannot tell, and lets it pass.
+ */
+export function loopbackClientUid(clientPort: number, serverPort: number): number | null {
+  const at = (port: number) => `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  let table: string;
+  try {
+    table = Deno.readTextFileSync("/proc/net/tcp");
+  } catch {
+    return null;
+  }
+  for (const line of table.split("\n").slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields[1] === at(clientPort) && fields[2] === at(serverPort)) return Number(fields[7]);
+  }
+  return null;
 }
 
 /** The relay's connection to `options`' server, its TLS begun where it has TLS (openDatabaseRelay). */
