@@ -3,6 +3,7 @@
 // while they run, so that a stop ends them (cleanup.ts).
 
 import assert from "node:assert/strict";
+import net from "node:net";
 import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
 import type postgres from "postgres";
 import {
@@ -10,6 +11,7 @@ import {
   cliDbUrl,
   connectionUsesTls,
   databaseConnection,
+  loopbackClientUid,
   openDatabaseRelay,
   passwordFromFile,
   psqlPath,
@@ -1240,7 +1242,74 @@ Deno.test({
       const other = await within(asked("runuser", ["-u", "nobody", "--", psql, ...query]), "nobody's psql");
       assert.equal(other.ok, false, other.said);
       assert.match(other.said, /server closed the connection unexpectedly/);
+      // The relay's IPv4 port reached from an IPv6 socket (the v4-mapped address): /proc/net/tcp6 lists it.
+      const mapped = new URL(relay.url);
+      mapped.hostname = "[::ffff:127.0.0.1]";
+      const viaV6 = ["-X", "-w", "-At", "-d", mapped.href, "-c", "select current_user"];
+      const otherV6 = await within(
+        asked("runuser", ["-u", "nobody", "--", psql, ...viaV6]),
+        "nobody's psql (v6)",
+      );
+      assert.equal(otherV6.ok, false, otherV6.said);
+      assert.match(otherV6.said, /server closed the connection unexpectedly/);
     } finally {
       await relay.close();
     }
   }));
+
+Deno.test({
+  name:
+    "the relay's OS-user check (loopbackClientUid) on a client's end that its process closed: no user's, " +
+    "instead of root's (the kernel lists such an end, once it waits out FIN_WAIT2 or TIME_WAIT, with uid 0), " +
+    "so that another user's startup and query, sent with a close at once, do not pass a relay run as root",
+  // setpriv, to connect as another user, needs root.
+  ignore: Deno.uid() !== 0,
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  let accepted!: (socket: net.Socket) => void;
+  const arrived = new Promise<net.Socket>((resolve) => accepted = resolve);
+  const listener = net.createServer((socket) => accepted(socket));
+  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", () => resolve()));
+  const port = (listener.address() as net.AddressInfo).port;
+  // nobody's psql connects and waits for the answer to its startup, which never comes, until it is killed.
+  const child = new Deno.Command("setpriv", {
+    args: ["--reuid=65534", "--regid=65534", "--clear-groups", psqlPath(), "-X", "-w", "-d"]
+      .concat([
+        `host=127.0.0.1 port=${port} user=postgres dbname=postgres sslmode=disable`,
+        "-c",
+        "select 1",
+      ]),
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let socket: net.Socket | undefined;
+  try {
+    socket = await within(arrived, "nobody's psql's connection");
+    const clientPort = socket.remotePort!;
+    assert.equal(loopbackClientUid(clientPort, port, socket.remoteAddress), 65534);
+    child.kill("SIGKILL");
+    await child.status;
+    const hex = (n: number) => n.toString(16).toUpperCase().padStart(4, "0");
+    await until(
+      () =>
+        Promise.resolve(
+          Deno.readTextFileSync("/proc/net/tcp").split("\n").some((line) => {
+            const fields = line.trim().split(/\s+/);
+            return fields[1] === `0100007F:${hex(clientPort)}` && fields[2] === `0100007F:${hex(port)}` &&
+              fields[7] === "0";
+          }),
+        ),
+      "the closed end listed as uid 0 (FIN_WAIT2 or TIME_WAIT)",
+    );
+    assert.equal(loopbackClientUid(clientPort, port, socket.remoteAddress), "closed");
+  } finally {
+    socket?.destroy();
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended already */ }
+    await child.status;
+    await new Promise<void>((resolve) => listener.close(() => resolve()));
+  }
+});

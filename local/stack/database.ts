@@ -2,7 +2,7 @@
 // already a Supabase one), then our migrations, applied by the real Supabase CLI.
 
 import net, { isIP } from "node:net";
-import { userInfo } from "node:os";
+import { endianness, userInfo } from "node:os";
 import tls from "node:tls";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
@@ -706,7 +706,7 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
     keep(client);
     // Only this OS user's processes pass: another user's would reach the server as this one (a socket's
     // `peer` line, a client certificate it has no key of).
-    const uid = loopbackClientUid(client.remotePort ?? 0, port);
+    const uid = loopbackClientUid(client.remotePort ?? 0, port, client.remoteAddress);
     if (uid !== null && uid !== Deno.uid()) return client.destroy();
     relayUpstream(db.options).then((upstream) => {
       keep(upstream);
@@ -738,21 +738,52 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
 }
 
 /**
- * The OS user owning the client's end of the loopback connection from 127.0.0.1:`clientPort` to
- * 127.0.0.1:`serverPort`, as /proc/net/tcp lists it (its `uid` column); null where it lists none (no /proc,
- * or a read that missed the line): the relay then cannot tell, and lets it pass.
+ * The OS user owning the client's end of the loopback connection from `clientAddress`:`clientPort` to
+ * 127.0.0.1:`serverPort` (the relay's IPv4 port), as the kernel lists it (the `uid` column): in
+ * /proc/net/tcp, or in /proc/net/tcp6 for an IPv6 socket that reached it at ::ffff:127.0.0.1 (another
+ * user's psql given that host was passed on as this user's where only /proc/net/tcp was read); the client's
+ * address as accepted (a client may bind 127.0.0.2, not only 127.0.0.1). `closed` where the end has no
+ * socket any more (inode 0: its process closed it, or exited): the kernel lists such an end, once it waits
+ * out FIN_WAIT2 or TIME_WAIT, as uid 0, which is no user's, not root's (a startup and query sent with a close
+ * at once passed a relay run as root, as root's). null where no table lists it (no /proc, or a read that
+ * missed the line): the relay then cannot tell, and lets it pass.
  */
-export function loopbackClientUid(clientPort: number, serverPort: number): number | null {
-  const at = (port: number) => `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
-  let table: string;
-  try {
-    table = Deno.readTextFileSync("/proc/net/tcp");
-  } catch {
-    return null;
-  }
-  for (const line of table.split("\n").slice(1)) {
-    const fields = line.trim().split(/\s+/);
-    if (fields[1] === at(clientPort) && fields[2] === at(serverPort)) return Number(fields[7]);
+export function loopbackClientUid(
+  clientPort: number,
+  serverPort: number,
+  clientAddress = "127.0.0.1",
+): number | "closed" | null {
+  // An address as the tables print it: its bytes in 32-bit words, each in the host's byte order.
+  const at = (bytes: number[], port: number) => {
+    const words: string[] = [];
+    for (let i = 0; i < bytes.length; i += 4) {
+      const word = bytes.slice(i, i + 4);
+      if (endianness() === "LE") word.reverse();
+      words.push(word.map((byte) => byte.toString(16).padStart(2, "0")).join(""));
+    }
+    return `${words.join("")}:${port.toString(16).padStart(4, "0")}`.toUpperCase();
+  };
+  const v4 = (address: string) => address.replace(/^::ffff:/i, "").split(".").map(Number);
+  const mapped = (address: string) => [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...v4(address)];
+  const tables = [
+    { file: "/proc/net/tcp", bytes: v4 },
+    { file: "/proc/net/tcp6", bytes: mapped },
+  ];
+  for (const { file, bytes } of tables) {
+    let table: string;
+    try {
+      table = Deno.readTextFileSync(file);
+    } catch {
+      continue;
+    }
+    const client = at(bytes(clientAddress), clientPort);
+    const server = at(bytes("127.0.0.1"), serverPort);
+    for (const line of table.split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields[1] === client && fields[2] === server) {
+        return fields[9] === "0" ? "closed" : Number(fields[7]);
+      }
+    }
   }
   return null;
 }
