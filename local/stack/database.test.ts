@@ -1180,6 +1180,30 @@ Deno.test({
 
 Deno.test({
   name:
+    "a SUPABASE_DB_URL with a list of hosts whose first refuses and whose second takes TLS connections only, " +
+    "its sslmode prefer (none given): the connection uses TLS, as psql's (libpq asks each host it tries), " +
+    "instead of going without TLS for the first host could not be asked, and being refused",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    await selfSignedCertificate(pg);
+    await serverConfiguration(
+      pg,
+      sql,
+      ["local all all trust", "hostssl all all 127.0.0.1/32 trust"],
+      { host: "127.0.0.1", port: pg.port, username: "postgres", database: "postgres", ssl: false },
+      { ssl: "on" },
+    );
+    const { freePort } = await import("./postgres.ts");
+    const url = `postgresql:///postgres?host=127.0.0.1,127.0.0.1&port=${freePort()},${pg.port}&user=postgres`;
+    await withEnv({ PGSSLMODE: undefined }, async () => {
+      assert.equal(await within(connectionUsesTls(url), "the connection"), true);
+    });
+  }));
+
+Deno.test({
+  name:
     "a password refused over a socket directory given as ?host= (the password as ?password=): the start " +
     "names the socket it connected to (the directory's .s.PGSQL.<port>), not an empty host, and the URL's " +
     "password as the one refused",

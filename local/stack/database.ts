@@ -857,16 +857,22 @@ async function firstQueryAsPsql(
   const { options, target, servername } = connectionOptions(dbUrl);
   const mode = sslModeFor(url);
   let attempts: PostgresJsTls[];
-  const first = { host: options.host?.[0] ?? "", port: options.port?.[0] ?? 0 };
+  // What the first host that answers says of TLS (libpq asks each host it tries in turn): a first host that
+  // refused left a prefer without TLS, refused then by a later host that takes TLS connections only.
+  const offersTls = async () => {
+    for (const [i, host] of (options.host ?? []).entries()) {
+      const offered = await serverOffersTls(host, options.port![i]);
+      if (offered !== undefined) return offered;
+    }
+    return undefined;
+  };
   if (!options.host || mode === "disable") attempts = [false];
   else if (mode === "allow") attempts = [false, tlsFor(url, "require", servername)];
   else if (mode === "prefer") {
-    attempts = (await serverOffersTls(first.host, first.port)) === true
-      ? [tlsFor(url, "require", servername), false]
-      : [false];
+    attempts = (await offersTls()) === true ? [tlsFor(url, "require", servername), false] : [false];
   } else {
     // Only a server that answered no: one that could not be asked is tried, and its error said.
-    if ((await serverOffersTls(first.host, first.port)) === false) {
+    if ((await offersTls()) === false) {
       throw new Error(
         `${databaseAt(dbUrl)} does not take TLS connections, and its sslmode (${mode}) asks for one ` +
           `(server ${serverAt(target)})`,
