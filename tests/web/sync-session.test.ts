@@ -1175,7 +1175,7 @@ function heldFunctions() {
         const body = JSON.parse(options.body ?? "null");
         const writes: PendingWrite[] = Array.isArray(body?.writes) ? body.writes : [body];
         const answer = Promise.withResolvers<Response>();
-        const user = token.replace("token-of-", "");
+        const user = token.replace("token-of-", "").split("#")[0]; // (a refreshed token: token-of-<user>#<n>)
         const request: HeldRequest = {
           token,
           writes,
@@ -2172,6 +2172,8 @@ Deno.test("sync session, real API client, two tabs: a send answered 401 lets go 
       [1, 0, 0],
       "tab A's send waits for the refresh, without the lock",
     );
+    // Its write goes once the refresh has ended: the tab is sending, as the reader sees it (Sync now "Syncing…").
+    assert.equal(a.sending, true, "tab A's send waiting for the refresh is shown as sending");
     // Tab B sends the shared outbox meanwhile (its own token is good).
     const pressB = b.syncNow();
     const fromB = await fn.request(2);
@@ -2191,6 +2193,138 @@ Deno.test("sync session, real API client, two tabs: a send answered 401 lets go 
   } finally {
     a.close();
     b.close();
+    fn.wakeAll();
+    auth.restore();
+  }
+});
+
+/** A session of ALICE in tab `t` whose token expires in 30 s (under the minute: due for a refresh before use). */
+const openExpiringSoon = (t: ReturnType<typeof tab>, store = newStore(ALICE), clock?: ServerClock) =>
+  new SyncSession(
+    store,
+    { userId: ALICE, accessToken: `token-of-${ALICE}`, expiresAt: Math.floor(Date.now() / 1000) + 30 },
+    clock ? { ...t.env, clock } : t.env,
+  );
+
+Deno.test("sync session, real API client, two tabs: a token about to expire is refreshed before the send takes the outbox's Web Lock, not inline under it: another tab sends meanwhile, and the tab sends nothing again once refreshed", async () => {
+  const auth = heldAuthToken();
+  const browser = sharedStorage();
+  const locks = sharedLocks();
+  const fn = heldFunctions();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  first.env.locks = locks;
+  second.env.locks = locks;
+  realApi(first, fn);
+  realApi(second, fn);
+  const a = openExpiringSoon(first);
+  const b = second.open(newStore(ALICE));
+  try {
+    a.save("book", position(3), DEVICE);
+    const refresh = await auth.request(1); // tab A refreshes its token first: GET /auth/token, held (up to 10 s)
+    // Tab B hears of the write (the saved outbox) and sends it meanwhile.
+    await waitFor(
+      "tab B to send, or to wait for the lock",
+      () => fn.requests.length > 0 || locks.waiting > 0,
+      {
+        timeoutMs: 5_000,
+      },
+    );
+    assert.equal(
+      locks.waiting,
+      0,
+      "tab B does not wait for the lock: tab A's send waits for the refresh without it (on the code before, under it)",
+    );
+    assert.equal(a.sending, true, "tab A's send waiting for the refresh is shown as sending");
+    const fromB = await fn.request(1);
+    assert.deepEqual(
+      [fromB.token, fromB.writes.map((w) => w.chapter)],
+      [`token-of-${ALICE}`, [3]],
+      "tab B sends it",
+    );
+    fromB.save();
+    await waitFor("tab B's send to end", () => !b.sending && b.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(fn.requests.length, 1, "tab A sent nothing meanwhile");
+    refresh.resolve(Response.json({ accessToken: `token-of-${ALICE}#2`, expiresAt: FAR, userId: ALICE }));
+    await waitFor(
+      "the write to be answered in both tabs, tab A's send over",
+      () =>
+        a.store.getSnapshot().pendingCount === 0 && b.store.getSnapshot().pendingCount === 0 && !a.sending &&
+        locks.counts.held === 0,
+      { timeoutMs: 5_000 },
+    );
+    // Tab A's next page turn goes with the fresh token, and asks /auth/token nothing more.
+    a.save("book", position(4), DEVICE);
+    const next = await fn.request(2);
+    assert.deepEqual([next.token, next.writes.map((w) => w.chapter)], [`token-of-${ALICE}#2`, [4]]);
+    next.save();
+    await waitFor("the page turn to be answered", () => a.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(auth.count, 1, "one refresh");
+    assert.equal(locks.counts.mostHeld, 1, "never two tabs sending at once");
+    assert.deepEqual(first.left, []);
+  } finally {
+    a.close();
+    b.close();
+    fn.wakeAll();
+    auth.restore();
+  }
+});
+
+Deno.test("sync session, real API client: a token about to expire whose refresh fails (offline) is asked for once per send, not once per request nor again and again: the send's two batches go with the token held, and the next send asks once again", async () => {
+  const auth = heldAuthToken();
+  const locks = sharedLocks();
+  const fn = heldFunctions();
+  const t = tab();
+  t.env.locks = locks;
+  realApi(t, fn);
+  // 101 series saved before the session opened (SyncProvider: page turns before its effect ran): its first send
+  // has two batches (PROGRESS_LIMITS.batchMax, 100 a request).
+  const store = newStore(ALICE);
+  const clock = visitClock(t.env);
+  for (let i = 0; i < 101; i++) saveBeforeSession(store, clock, `book-${i}`, position(1), DEVICE);
+  const alice = openExpiringSoon(t, store, clock);
+  try {
+    (await auth.request(1)).reject(new TypeError("Failed to fetch"));
+    const firstBatch = await fn.request(1);
+    assert.deepEqual(
+      [firstBatch.token, firstBatch.writes.length],
+      [`token-of-${ALICE}`, 100],
+      "the token held",
+    );
+    assert.equal(locks.counts.held, 1, "sent under the lock");
+    firstBatch.save();
+    await waitFor("the second batch, or a second refresh", () => fn.requests.length >= 2 || auth.count >= 2, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(auth.count, 1, "no refresh for the send's second request (on the code before: one each)");
+    const secondBatch = await fn.request(2);
+    assert.deepEqual([secondBatch.token, secondBatch.writes.length], [`token-of-${ALICE}`, 1]);
+    secondBatch.unavailable(); // 503: the write waits for the retry
+    await waitFor("the send to end", () => !alice.sending && locks.counts.held === 0, { timeoutMs: 5_000 });
+    assert.equal(auth.count, 1, "nothing asked again at once");
+    // The retry (the backoff's wait, on the test's clock) is a new send: it asks once again, before the lock.
+    await waitFor("the retry's refresh", () => {
+      if (t.clock.nextAt !== null) t.clock.advance(t.clock.nextAt - t.clock.now);
+      return auth.count >= 2;
+    }, { timeoutMs: 5_000 });
+    assert.deepEqual([locks.counts.held, fn.requests.length], [0, 2], "without the lock, before its request");
+    (await auth.request(2)).reject(new TypeError("Failed to fetch"));
+    const retry = await fn.request(3);
+    assert.deepEqual([retry.token, retry.writes.map((w) => w.series_id)], [`token-of-${ALICE}`, [
+      "book-100",
+    ]]);
+    retry.save();
+    await waitFor("every write answered", () => alice.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(auth.count, 2, "once per send");
+    assert.deepEqual(t.left, [], "a refresh that fails says nothing of the session");
+  } finally {
+    alice.close();
     fn.wakeAll();
     auth.restore();
   }

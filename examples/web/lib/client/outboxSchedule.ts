@@ -49,8 +49,8 @@
 //   - every tab with writes arms its retry for the shared moment; the first to take the lock sends,
 //     the others then find the schedule changed and wait again (one request per step, not N).
 //   - a send that has to wait first (`ready`: the session's check of another tab's word that the session
-//     changed, /auth/token's answer; the refresh of the token a 401 started) waits without the lock, and a
-//     request unanswered for long is aborted
+//     changed, /auth/token's answer; the refresh of the token a 401 started, or of one about to expire, once
+//     per send) waits without the lock, and a request unanswered for long is aborted
 //     (syncSession.ts, OUTBOX_REQUEST_TIMEOUT_MS): either way a stuck tab keeps no other from sending.
 //   - the site's storage cleared while tabs are open (SyncStore tells it): the state is written back as
 //     the tab last read or wrote it (writeBack), looked for before the state is read, so a clear is not
@@ -124,7 +124,7 @@ export interface OutboxScheduleOptions {
   /**
    * Whether a send may go now (null), or what it waits for first (a promise that settles once it may; the
    * session: another tab's word that the session changed, until /auth/token has answered it; the refresh of the
-   * token a 401 started, until it has ended). A promise that rejects has settled too (see #ready). Waited for
+   * token a 401 started, or of one about to expire, until it has ended). A promise that rejects has settled too (see #ready). Waited for
    * without the tabs' lock, and looked at again once the lock is held: a wait that began meanwhile lets go
    * of it. Held through that wait (up to the token's 10 s timeout, then the backoff's wait of up to 60 s
    * before it is asked again, and again), the lock kept every other tab from sending. Absent: always now.

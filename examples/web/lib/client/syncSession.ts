@@ -151,6 +151,8 @@ export class SyncSession {
   #online: boolean;
   #syncNow: SyncNowState = "idle";
   #sending = false;
+  /** Sends waiting for a refresh of the token (after a 401, or of one about to expire) before they go. */
+  #waitingForToken = 0;
   #closed = false;
   /** The page was told to leave: a second leave would abort the navigation the first one began. */
   #leaving = false;
@@ -195,7 +197,12 @@ export class SyncSession {
       // token at all: it fails as signed out, and its writes stay in this user's outbox.
       if (this.#closed) throw new SignedOutError("this user's session is closed");
       try {
-        return await tokens.get();
+        // Not refreshed inline for a request of this tab's outbox send (this.#send: it holds the tabs' Web
+        // Lock): the send's `ready` refreshed a token about to expire before the lock was taken, once per send
+        // (refreshBeforeSend). Inline, every request of the send waited a refresh's timeout under the lock when
+        // /auth/token did not answer (offline, each request of it one more refresh), and the browser's other
+        // tabs could not send meanwhile. Other requests (the link's reads) still refresh it first.
+        return await tokens.get({ refresh: this.#send === null });
       } catch (error) {
         leaveIfSignedOut(error);
         throw error;
@@ -251,6 +258,34 @@ export class SyncSession {
     // The refresh of the token a 401 started (flushOutbox's refreshToken) while it is under way: the next send
     // waits for it (ready), so that it carries the fresh token, without the tabs' Web Lock.
     let refreshAfter401: Promise<void> | null = null;
+    // The refresh of a token about to expire (TokenKeeper.dueForRefresh) made for the next send while it is under
+    // way: the send waits for it (ready) without the tabs' Web Lock, as after a 401. Once per send
+    // (refreshTriedForSend, cleared as a send begins; a 401's refresh counts): a refresh that fails (offline)
+    // lets the send go with the token held (its request fails alike, and is retried with the backoff), where
+    // asking again at once would loop without end.
+    let refreshBeforeSend: Promise<void> | null = null;
+    let refreshTriedForSend = false;
+    const refreshForSend = (): Promise<void> | null => {
+      if (refreshBeforeSend) return refreshBeforeSend;
+      if (refreshTriedForSend || !tokens.dueForRefresh) return null;
+      refreshTriedForSend = true;
+      const refresh: Promise<void> = refreshBeforeSend = tokens.refresh().then(() => {}, leaveIfSignedOut)
+        .finally(() => {
+          if (refreshBeforeSend === refresh) refreshBeforeSend = null;
+        });
+      return refresh;
+    };
+    // While a send waits for one of these refreshes (at most the refresh's 10 s timeout) the tab is sending, as
+    // the reader sees it (Sync now shows "Syncing…"): the write goes as soon as it has ended. Not while it waits
+    // for /auth/token's answer to another tab's word, which may take the backoff's minutes.
+    const waitForRefresh = (refresh: Promise<void>): Promise<void> => {
+      this.#waitingForToken++;
+      this.#updateSending();
+      return refresh.finally(() => {
+        this.#waitingForToken--;
+        this.#updateSending();
+      });
+    };
     // Requests of the outbox aborted by their bound in a row (none answered since): the next one's bound grows
     // (requestBoundMs), so a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end.
     // An answer sets it to the step it came within (requestStepsWithin).
@@ -261,13 +296,14 @@ export class SyncSession {
       clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
     };
     const sendNow = () => {
-      this.#setSending(true);
+      refreshTriedForSend = false; // (the next send may refresh a token about to expire again: ready)
       // Each send's requests carry a signal of its own: sign-out, another tab's word that the session
       // changed, or close() aborts the request under way (#stopSend). One attempt per request: a failure
       // is retried by the schedule, which lets go of the tabs' Web Lock while it waits and takes it again
       // to send (inside the API client's own retries, a tab backing off held it, and the browser's other
       // tabs could not send meanwhile).
       const send = this.#send = { abort: new AbortController(), byWord: false };
+      this.#updateSending();
       const { signal } = send.abort;
       // Each request aborted once its bound has passed unanswered (by the schedule's timers): OUTBOX_REQUEST_TIMEOUT_MS,
       // longer after requests in a row aborted so (requestBoundMs).
@@ -319,6 +355,7 @@ export class SyncSession {
         // Not waited for by the flush (it ends at once, letting go of the tabs' Web Lock): the next send waits
         // for it (the schedule's ready), without the lock, which a refresh of up to 10 s held.
         refreshToken: () => {
+          refreshTriedForSend = true; // the next send's refresh (none again for a token about to expire)
           const refresh: Promise<void> = refreshAfter401 = tokens.refresh().then(() => {}, leaveIfSignedOut)
             .finally(() => {
               if (refreshAfter401 === refresh) refreshAfter401 = null;
@@ -335,7 +372,7 @@ export class SyncSession {
       }).then((result) => ({ result, byWord: send.byWord })).finally(() => {
         if (this.#send === send) this.#send = null;
         env.clockOffset?.save(clock.measuredOffsetMs); // what answers measured: a sleep must not erase it
-        this.#setSending(false);
+        this.#updateSending();
       });
     };
     const schedule = this.#schedule = new OutboxSchedule({
@@ -349,8 +386,14 @@ export class SyncSession {
       // Another tab said the session changed and /auth/token has not answered yet: the writes wait (queued,
       // this send's turn held, the tabs' Web Lock not) until it has; signed out, the keeper gives no token and
       // the flush ends "signed out", the writes kept for the next sign-in.
-      // And a refresh of the token after a 401 while it is under way (refreshAfter401).
-      ready: () => session.unsure() ?? refreshAfter401,
+      // And a refresh of the token after a 401 while it is under way (refreshAfter401), or of a token about to
+      // expire, once per send (refreshForSend).
+      ready: () => {
+        const unsure = session.unsure();
+        if (unsure) return unsure;
+        const refresh = refreshAfter401 ?? refreshForSend();
+        return refresh ? waitForRefresh(refresh) : null;
+      },
       hasPending: () => store.getSnapshot().pendingCount > 0,
       isOnline: () => env.isOnline(),
       retryAfterMs: (error) => retryAfterMsOf(error),
@@ -631,7 +674,9 @@ export class SyncSession {
     this.#emit();
   }
 
-  #setSending(sending: boolean): void {
+  /** Sending: a send under way (#send), or one waiting for the token's refresh (#waitingForToken). */
+  #updateSending(): void {
+    const sending = this.#send !== null || this.#waitingForToken > 0;
     if (this.#sending === sending) return;
     this.#sending = sending;
     this.#emit();

@@ -45,6 +45,8 @@ export interface TokenKeeperOptions {
 }
 
 export const TOKEN_REFRESH_TIMEOUT_MS = 10_000;
+/** With this many seconds or fewer left, the token is refreshed before it is sent (get, dueForRefresh). */
+export const TOKEN_REFRESH_BELOW_S = 60;
 
 export class TokenKeeper {
   #token: string;
@@ -78,10 +80,19 @@ export class TokenKeeper {
     return () => this.#listeners.delete(listener);
   }
 
-  /** The token to send now: refreshed first when it expires within a minute (best effort offline). */
-  async get(): Promise<string> {
+  /** Whether the token expires within TOKEN_REFRESH_BELOW_S: get() refreshes it first. */
+  get dueForRefresh(): boolean {
+    return this.remaining <= TOKEN_REFRESH_BELOW_S;
+  }
+
+  /**
+   * The token to send now: refreshed first when it expires within a minute (best effort offline), unless
+   * `refresh` is false: the caller refreshed it already where a wait costs nothing (the outbox, before it takes
+   * the tabs' Web Lock), and a request under that lock must not wait a refresh's timeout again.
+   */
+  async get(options: { refresh?: boolean } = {}): Promise<string> {
     if (this.#signedOut) throw this.#signedOut;
-    if (this.remaining > 60) return this.#token;
+    if (options.refresh === false || !this.dueForRefresh) return this.#token;
     try {
       return await this.refresh();
     } catch (error) {
