@@ -21,7 +21,9 @@ import {
   OUTBOX_REQUEST_TIMEOUT_MAX_MS,
   OUTBOX_REQUEST_TIMEOUT_MS,
   outboxLockName,
+  requestBoundKey,
   requestBoundMs,
+  requestSteps,
   requestStepsWithin,
   saveBeforeSession,
   storeForUser,
@@ -33,6 +35,7 @@ import {
 import type { PendingWrite } from "../../examples/web/lib/client/syncStore.ts";
 import { memoryStorage, virtualTimers } from "./support.ts";
 import { SESSION_SIGNAL_KEY } from "../../examples/web/lib/client/sessionSignal.ts";
+import { STALE_RUN_MS } from "../../examples/web/lib/client/outboxSchedule.ts";
 import { type ChangesPage, RealtimeService } from "@shared/realtime/realtimeService.ts";
 import { fakeClient } from "../shared/realtime/fakeRealtimeClient.ts";
 import { watchTimers } from "../shared/realtime/watchTimers.ts";
@@ -1139,6 +1142,8 @@ for (const answer of ["signed out", "still hers"] as const) {
 /** A request the progress function got from the real API client (heldFunctions), answered by the test. */
 interface HeldRequest {
   token: string;
+  /** GET: a read (listProgress, the clock's measure); POST: writes. */
+  method: string;
   writes: PendingWrite[];
   /** Its signal aborted before it was answered: functions-js ended it, and an answer after is unheard. */
   aborted: boolean;
@@ -1146,6 +1151,8 @@ interface HeldRequest {
   ended: boolean;
   /** Answers it: the writes saved (as the function answers a batch). */
   save(): void;
+  /** Answers a read: no rows, with the server's time (X-Server-Time), which the clock learns. */
+  listed(): void;
   /** Answers it 503 (the API's own error body). */
   unavailable(): void;
   /** Answers it 401 (the API's own error body: the token has expired). */
@@ -1165,7 +1172,7 @@ function heldFunctions() {
   const sleeps: PromiseWithResolvers<void>[] = [];
   const client = (accessToken: () => Promise<string>) => ({
     functions: {
-      invoke: async (_name: string, options: { body?: string; signal?: AbortSignal }) => {
+      invoke: async (_name: string, options: { method?: string; body?: string; signal?: AbortSignal }) => {
         let token: string;
         try {
           token = await accessToken();
@@ -1173,11 +1180,17 @@ function heldFunctions() {
           return { data: null, error: new FunctionsFetchError(error), response: undefined };
         }
         const body = JSON.parse(options.body ?? "null");
-        const writes: PendingWrite[] = Array.isArray(body?.writes) ? body.writes : [body];
+        const method = options.method ?? "POST";
+        const writes: PendingWrite[] = method === "GET"
+          ? []
+          : Array.isArray(body?.writes)
+          ? body.writes
+          : [body];
         const answer = Promise.withResolvers<Response>();
         const user = token.replace("token-of-", "").split("#")[0]; // (a refreshed token: token-of-<user>#<n>)
         const request: HeldRequest = {
           token,
+          method,
           writes,
           aborted: false,
           ended: false,
@@ -1190,6 +1203,12 @@ function heldFunctions() {
                 progress: storedRow(write, user),
               })),
             })),
+          listed: () =>
+            answer.resolve(
+              Response.json({ items: [], next_cursor: null }, {
+                headers: { "X-Server-Time": new Date().toISOString() },
+              }),
+            ),
           unavailable: () =>
             answer.resolve(
               Response.json({ error: { code: "service_unavailable", message: "down" } }, { status: 503 }),
@@ -1240,8 +1259,15 @@ function heldFunctions() {
   };
 }
 
-/** The tab's writes go through the real API client to `fn`; its Realtime link stays the stand-in's. */
-function realApi(t: ReturnType<typeof tab>, fn: ReturnType<typeof heldFunctions>) {
+/**
+ * The tab's writes go through the real API client to `fn`; its Realtime link stays the stand-in's. `reads`: its
+ * read of one row (listProgress: the clock's measure, before writes dated without it) too; else none is made.
+ */
+function realApi(
+  t: ReturnType<typeof tab>,
+  fn: ReturnType<typeof heldFunctions>,
+  options: { reads?: boolean } = {},
+) {
   const connect = t.env.connect;
   t.env.connect = (accessToken, clock) => {
     const { api, disconnect } = connect(accessToken, clock);
@@ -1251,6 +1277,7 @@ function realApi(t: ReturnType<typeof tab>, fn: ReturnType<typeof heldFunctions>
       subscribeToProgress: api.subscribeToProgress,
       updateProgress: real.updateProgress,
       updateProgressBatch: real.updateProgressBatch,
+      ...(options.reads ? { listProgress: real.listProgress } : {}),
     };
     return { api: writes, disconnect };
   };
@@ -2328,6 +2355,102 @@ Deno.test("sync session, real API client: a token about to expire whose refresh 
     fn.wakeAll();
     auth.restore();
   }
+});
+
+Deno.test("sync session, real API client, tabs: the writes' bound learnt from a server answering them in 20 s is the browser's: a tab opened later sends its first write with it, not set back by its fast read of one row (the clock's measure) just before", async () => {
+  const SLOW_MS = 20_000; // the writes' answers come 20 s (the test's clocks) after their requests arrive
+  const browser = sharedStorage();
+  const fn = heldFunctions();
+  const first = tab({ browser });
+  realApi(first, fn, { reads: true });
+  const a = first.open(newStore(ALICE));
+  const second = tab({ browser });
+  realApi(second, fn, { reads: true });
+  let b: SyncSession | undefined;
+  try {
+    // Tab A: the clock has no measured offset yet, so a read of one row goes first, answered at once.
+    a.save("book", position(3), DEVICE);
+    const readA = await fn.request(1);
+    assert.equal(readA.method, "GET");
+    readA.listed();
+    const writeA = await fn.request(2);
+    assert.equal(writeA.method, "POST");
+    first.clock.advance(OUTBOX_REQUEST_TIMEOUT_MS);
+    await waitFor("tab A's write to be aborted at 12 s", () => writeA.ended, { timeoutMs: 5_000 });
+    assert.equal(writeA.aborted, true);
+    // Its retry (the backoff's wait) goes with the bound 24 s, and is answered in 20 s.
+    await waitFor("tab A's retry", () => {
+      if (!a.sending && first.clock.nextAt !== null) {
+        first.clock.advance(first.clock.nextAt - first.clock.now);
+      }
+      return fn.requests.length >= 3;
+    }, { timeoutMs: 5_000 });
+    const retryA = await fn.request(3);
+    assert.equal(retryA.method, "POST", "no read again: the clock learnt the server's time");
+    first.clock.advance(SLOW_MS);
+    retryA.save();
+    await waitFor("tab A's write to be answered", () => a.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(retryA.aborted, false);
+    a.close(); // (reloaded, or closed: its next page opens as tab B does)
+    // Tab B opens: its clock has no measured offset either, so its first send reads one row first, answered at
+    // once; then its write, answered as slowly.
+    b = second.open(newStore(ALICE));
+    b.save("book", position(4), DEVICE);
+    const readB = await fn.request(4);
+    assert.equal(readB.method, "GET");
+    readB.listed();
+    const writeB = await fn.request(5);
+    assert.deepEqual([writeB.method, writeB.writes.map((w) => w.chapter)], ["POST", [4]]);
+    second.clock.advance(SLOW_MS - 1);
+    for (let i = 0; i < 5; i++) await tick();
+    assert.equal(
+      writeB.ended,
+      false,
+      "not aborted at 12 s: the writes' bound the browser learnt (24 s), not set back by the read's answer",
+    );
+    second.clock.advance(1);
+    writeB.save();
+    await waitFor("tab B's write to be answered", () => b!.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(fn.requests.length, 5, "one request for tab B's write");
+  } finally {
+    a.close();
+    b?.close();
+    fn.wakeAll();
+  }
+});
+
+Deno.test("sync session: the outbox's request bounds the tabs share are one per kind; one no tab wrote for 15 minutes, or that does not parse, is the first step again, and the first step keeps nothing", () => {
+  const storage = memoryStorage();
+  const key = requestBoundKey(ALICE);
+  let wall = 1_800_000_000_000;
+  const tabA = requestSteps(storage, key, () => wall);
+  const tabB = requestSteps(storage, key, () => wall); // another tab of the browser
+  tabA.set("write", 2);
+  assert.deepEqual(
+    [tabB.get("write"), tabB.get("read")],
+    [2, 0],
+    "another tab's writes start at the step learnt",
+  );
+  tabB.set("read", 0);
+  assert.equal(tabA.get("write"), 2, "a read's answer leaves the writes' bound as it was");
+  wall += STALE_RUN_MS - 1;
+  assert.equal(tabA.get("write"), 2);
+  wall += 1;
+  assert.equal(tabA.get("write"), 0, "no tab wrote it for 15 minutes: over");
+  tabA.set("write", 3);
+  storage.setItem(key, "{not json");
+  assert.equal(tabB.get("write"), 0, "a value that does not parse is none");
+  tabA.set("write", 40);
+  assert.equal(tabB.get("write"), 16, "(a step past the last bound's is that bound's)");
+  tabA.set("write", 0);
+  assert.equal(storage.getItem(key), null, "every kind at the first step: nothing kept");
+  const alone = requestSteps(null, key, () => wall); // site data blocked: this tab's own
+  alone.set("write", 1);
+  assert.deepEqual([alone.get("write"), tabA.get("write")], [1, 0]);
 });
 
 Deno.test("sync session, real API client: a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end: the bound grows at each request aborted by it in a row, stays the step an answer came within, and is the first again once one is answered within 12 s", async () => {

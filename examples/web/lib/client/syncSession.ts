@@ -17,7 +17,14 @@ import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { isNetworkFailure, isRetryable, isTransient, type ProgressApi, splitMayHelp } from "../progressClient.ts";
 import { type FlushResult, flushOutbox, sendable, waitsForAnswer } from "./outbox.ts";
-import { type OutboxTabs, OutboxSchedule, type OutboxTimers, SEND_AGAIN, type SendReason } from "./outboxSchedule.ts";
+import {
+  type OutboxTabs,
+  OutboxSchedule,
+  type OutboxTimers,
+  SEND_AGAIN,
+  type SendReason,
+  STALE_RUN_MS,
+} from "./outboxSchedule.ts";
 import type { PendingWrite, SyncStore } from "./syncStore.ts";
 import { isSignedOut, SignedOutError, TokenKeeper } from "./tokenKeeper.ts";
 import { sessionChangedFor } from "./sessionSignal.ts";
@@ -122,9 +129,10 @@ export const OUTBOX_REQUEST_TIMEOUT_MS = 12_000;
  * At a fixed 12 s, a server slower than that at every answer stored the write (or answered it as a replay, alike
  * slow) while the outbox aborted each request and sent it again at the backoff's pace for as long as it lasted,
  * the write never settled. Below the 150 s after which Supabase's gateway gives up on a function itself (a 504).
- * Per tab: another tab's requests start at 12 s, and grow alike. The price: a tab whose requests go unanswered
- * holds the tabs' Web Lock that long at each try (up to this), where the other tabs' requests would go unanswered
- * too (one browser, one network), or be answered as slowly.
+ * Per kind of request (OutboxRequestKind: a read of one row, the clock's measure, and the writes), shared by the
+ * browser's tabs (requestBoundKey): see requestSteps. The price: a tab whose requests go unanswered holds the tabs'
+ * Web Lock that long at each try (up to this), where the other tabs' requests would go unanswered too (one
+ * browser, one network), or be answered as slowly.
  */
 export const OUTBOX_REQUEST_TIMEOUT_MAX_MS = 120_000;
 
@@ -138,6 +146,71 @@ export function requestStepsWithin(elapsedMs: number): number {
   let steps = 0;
   while (requestBoundMs(steps) <= elapsedMs && requestBoundMs(steps) < OUTBOX_REQUEST_TIMEOUT_MAX_MS) steps++;
   return steps;
+}
+
+/**
+ * The kinds of the outbox's requests, each with a bound of its own (requestSteps): a read of one row (the clock's
+ * measure, made before writes dated without it) is answered at once by a server whose writes take 20 s, and its
+ * answer says nothing of theirs. One bound for both, that read's fast answer set it back to 12 s just before the
+ * write went, which was aborted at 12 s and sent again.
+ */
+export type OutboxRequestKind = "read" | "write";
+
+/** Where the browser's tabs share the outbox's request bounds (requestSteps), per user. */
+export function requestBoundKey(userId: string): string {
+  return `readsync.outboxRequestBound.${userId}`;
+}
+
+/**
+ * The steps (requestBoundMs) of the outbox's next request of each kind, as this browser's tabs learnt them: saved
+ * under requestBoundKey, read before each request and written after it (one tab at a time sends, under the tabs'
+ * Web Lock). A server's slowness is not a tab's: kept per tab, each tab opened (or reloaded) learnt it again, its
+ * first write to a server answering in 20 s aborted at 12 s and sent again. Not a bound no tab has written for
+ * STALE_RUN_MS (15 minutes, as the schedule's run of failures): a browser reopened the next day does not hold the
+ * lock up to 2 minutes on a request that went unanswered the day before; nor one in storage that was cleared or is
+ * not there (site data blocked): this tab's own then, from 12 s, as before.
+ */
+export function requestSteps(
+  storage: Pick<Storage, "getItem" | "setItem" | "removeItem"> | null,
+  key: string,
+  wallNow: () => number,
+) {
+  const none = (): Record<OutboxRequestKind, number> => ({ read: 0, write: 0 });
+  let here = none(); // (storage that throws: this tab's own)
+  const stepsOf = (value: unknown) =>
+    typeof value === "number" && Number.isInteger(value) && value >= 0 ? Math.min(value, 16) : 0;
+  const load = (): Record<OutboxRequestKind, number> => {
+    if (!storage) return here;
+    let raw: string | null;
+    try {
+      raw = storage.getItem(key);
+    } catch {
+      return here; // storage gone
+    }
+    let value;
+    try {
+      value = raw === null ? null : JSON.parse(raw);
+    } catch {
+      return none(); // corrupt: as if none (written over at the next answer)
+    }
+    const wall = wallNow();
+    const at = value?.at;
+    if (!(typeof at === "number" && at > wall - STALE_RUN_MS && at <= wall + STALE_RUN_MS)) return none();
+    return { read: stepsOf(value.read), write: stepsOf(value.write) };
+  };
+  return {
+    get: (kind: OutboxRequestKind): number => load()[kind],
+    set: (kind: OutboxRequestKind, steps: number): void => {
+      const all = here = { ...load(), [kind]: stepsOf(steps) };
+      if (!storage) return;
+      try {
+        if (all.read === 0 && all.write === 0) storage.removeItem(key);
+        else storage.setItem(key, JSON.stringify({ ...all, at: wallNow() }));
+      } catch {
+        // storage full or gone: this tab's own goes on
+      }
+    },
+  };
 }
 
 /** One request's own options: its signal (the send's, or its bound's), one attempt. */
@@ -286,15 +359,15 @@ export class SyncSession {
         this.#updateSending();
       });
     };
-    // Requests of the outbox aborted by their bound in a row (none answered since): the next one's bound grows
-    // (requestBoundMs), so a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in the end.
-    // An answer sets it to the step it came within (requestStepsWithin).
-    let unansweredInRow = 0;
-    const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout" | "now"> = env.timers ?? {
+    // Requests of the outbox of each kind aborted by their bound in a row (none answered since): the next one's
+    // bound grows (requestBoundMs), so a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in
+    // the end. An answer sets it to the step it came within (requestStepsWithin). Shared by the browser's tabs.
+    const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout" | "now" | "wallNow"> = env.timers ?? {
       now: () => performance.now(),
       setTimeout: (run, ms) => globalThis.setTimeout(run, ms),
       clearTimeout: (handle) => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
     };
+    const steps = requestSteps(storage, requestBoundKey(userId), () => timers.wallNow?.() ?? Date.now());
     const sendNow = () => {
       refreshTriedForSend = false; // (the next send may refresh a token about to expire again: ready)
       // Each send's requests carry a signal of its own: sign-out, another tab's word that the session
@@ -309,13 +382,14 @@ export class SyncSession {
       // longer after requests in a row aborted so (requestBoundMs).
       // An answer that arrives once the send's signal has aborted (it was on its way) is dropped, not applied:
       // its writes stay queued, saved for the user's next send (sent again, a replay if it was stored).
-      const unlessStopped = async <T>(request: (call: OutboxCall) => Promise<T>): Promise<T> => {
+      const unlessStopped = async <T>(kind: OutboxRequestKind, request: (call: OutboxCall) => Promise<T>): Promise<T> => {
         // (Not AbortSignal.any: newer than the browsers this page otherwise runs in.)
         const bound = new AbortController();
         const stop = () => bound.abort(signal.reason);
         signal.addEventListener("abort", stop, { once: true });
         if (signal.aborted) stop();
-        const boundMs = requestBoundMs(unansweredInRow);
+        const stepsBefore = steps.get(kind);
+        const boundMs = requestBoundMs(stepsBefore);
         const sentAt = timers.now();
         let unanswered = false;
         const timer = timers.setTimeout(() => {
@@ -325,14 +399,14 @@ export class SyncSession {
         try {
           const answer = await request({ signal: bound.signal, retry: ONE_TRY });
           // Answered in time: the next request's bound is the step this answer came within (12 s: within 12 s).
-          unansweredInRow = requestStepsWithin(timers.now() - sentAt);
+          steps.set(kind, requestStepsWithin(timers.now() - sentAt));
           if (signal.aborted) throw new SignedOutError("the send was stopped: the session ended or may have");
           return answer;
         } catch (error) {
           // Aborted by its bound: the next one waits longer. Answered (an HTTP status, a refusal): as an answer
           // above. No answer otherwise (no network, stopped): as it was.
-          if (unanswered) unansweredInRow++;
-          else if (!isNetworkFailure(error)) unansweredInRow = requestStepsWithin(timers.now() - sentAt);
+          if (unanswered) steps.set(kind, stepsBefore + 1);
+          else if (!isNetworkFailure(error)) steps.set(kind, requestStepsWithin(timers.now() - sentAt));
           throw error;
         } finally {
           timers.clearTimeout(timer);
@@ -341,9 +415,9 @@ export class SyncSession {
       };
       const transport = {
         updateProgress: (write: Parameters<SyncApi["updateProgress"]>[0]) =>
-          unlessStopped((call) => api.updateProgress(write, call)),
+          unlessStopped("write", (call) => api.updateProgress(write, call)),
         updateProgressBatch: (writes: Parameters<SyncApi["updateProgressBatch"]>[0]) =>
-          unlessStopped((call) => api.updateProgressBatch(writes, call)),
+          unlessStopped("write", (call) => api.updateProgressBatch(writes, call)),
       };
       return flushOutbox(store, transport, {
         isRetryable,
@@ -366,7 +440,7 @@ export class SyncSession {
         // Writes dated while the clock had no measured offset (an hour late after a sleep) are re-dated.
         redate: {
           clock,
-          measure: () => unlessStopped<unknown>((call) => api.listProgress?.({ limit: 1 }, call) ?? Promise.resolve()),
+          measure: () => unlessStopped<unknown>("read", (call) => api.listProgress?.({ limit: 1 }, call) ?? Promise.resolve()),
           unmeasurable,
         },
       }).then((result) => ({ result, byWord: send.byWord })).finally(() => {
