@@ -1536,6 +1536,62 @@ Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it w
   b.close();
 });
 
+for (const change of ["upsert", "delete"] as const) {
+  Deno.test(`sync session, two tabs: a Realtime ${change} of another series that reaches a tab first after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
+    const browser = sharedStorage();
+    const second = tab({ browser });
+    second.locks.holdElsewhere(outboxLockName(ALICE)); // tab B holds the page turn and does not send it
+    const b = second.open(newStore(ALICE));
+    const storeA = newStore(ALICE);
+    storeA.attachStorage(browser.viewFor(new EventTarget()));
+    const now = Date.now();
+    const write = (chapter: number, atMs: number): PendingWrite => ({
+      series_id: "book",
+      ...position(chapter),
+      cleared: false,
+      device_id: DEVICE,
+      updated_at: new Date(atMs).toISOString(),
+    });
+    // As above: a write dated beyond the server's tolerance, stored after the page turn that follows it.
+    const farAhead = write(4, now + 3_600_000);
+    storeA.addPending(farAhead);
+    storeA.addPending(write(5, now));
+    const shown = () => b.store.getSnapshot().bySeries.get("book");
+    const storedAt = new Date(now + 10_000).toISOString();
+    const stored = { ...row(ALICE, "book", 4), device_id: DEVICE, updated_at: storedAt, synced_at: storedAt };
+    second.subscriptions[0].handler({ kind: "upsert", row: stored });
+    const other = row(ALICE, "other-book", 1);
+    second.subscriptions[0].handler({ kind: "upsert", row: other });
+    storeA.settle(farAhead, { won: true, progress: stored } as unknown as WriteResult);
+    const asSent = [5, new Date(now + 10_001).toISOString()];
+    await until(() => shown()?.chapter === 5);
+    assert.deepEqual(
+      [shown()?.chapter, shown()?.updatedAt],
+      asSent,
+      "tab B shows the page turn as it will be sent",
+    );
+
+    // The site's data is cleared (Storage.clearDataForOrigin: no storage event); the next thing tab B hears is
+    // Realtime's change of another series.
+    browser.items.clear();
+    second.subscriptions[0].handler(
+      change === "upsert"
+        ? { kind: "upsert", row: { ...other, chapter: 2 } }
+        : { kind: "delete", row: other },
+    );
+    assert.deepEqual(
+      [shown()?.chapter, shown()?.updatedAt, shown()?.pending],
+      [...asSent, true],
+      "still the page turn as it will be sent (on the code before: the earlier write's row, chapter 4, until the tab's next look)",
+    );
+    assert.ok(
+      browser.items.get(b.store.latestAnsweredKey),
+      "the latest answered writes it held are written back",
+    );
+    b.close();
+  });
+}
+
 Deno.test("sync session: a refusal heard before the session closed (sign-out) is not applied after it: the refused write stays queued in her saved outbox, nothing said, nothing shared", async () => {
   const t = tab({ refuse: "bad-book" });
   // The other write, sent alone after its batch was refused, is answered once the test says so.

@@ -349,6 +349,10 @@ export class SyncStore {
 
   /** A server row (Realtime, catch-up, poll, write response). Returns whether it was newer. */
   applyServerRow(row: ProgressRow): boolean {
+    // Looked at first, as every other change does: after a clear, the view it builds is read from a storage without
+    // the lists of answered writes (a waiting page turn shown as the earlier write's stored row, the reader taken
+    // back a page, until the tab's next look), unless what this tab holds is written back before.
+    this.#noticeCleared();
     const changed = this.#mergeConfirmed(row);
     // A pending write that is now known to be older than the server's row will lose: keep it in
     // the outbox (the server decides and answers), the view already shows the winner.
@@ -361,6 +365,7 @@ export class SyncStore {
    * (e.g. the answer to its own write that inserted the series again) stays.
    */
   removeServerRow(deleted: ProgressRow): void {
+    this.#noticeCleared(); // (as applyServerRow)
     const tombstone = this.#deleted.get(deleted.series_id);
     if (!tombstone || this.#serverOrder(deleted, tombstone) > 0) this.#deleted.set(deleted.series_id, deleted);
     const current = this.#confirmed.get(deleted.series_id);
