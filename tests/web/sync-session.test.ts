@@ -2357,6 +2357,63 @@ Deno.test("sync session, real API client, two tabs: a token about to expire is r
   }
 });
 
+Deno.test("sync session, real API client, two tabs: a token about to expire whose refresh failed while another tab sent the write (nothing left to send) is asked for again at the tab's next page turn, not sent as held", async () => {
+  const auth = heldAuthToken();
+  const browser = sharedStorage();
+  const locks = sharedLocks();
+  const fn = heldFunctions();
+  const first = tab({ browser });
+  const second = tab({ browser });
+  first.env.locks = locks;
+  second.env.locks = locks;
+  realApi(first, fn);
+  realApi(second, fn);
+  const a = openExpiringSoon(first);
+  const b = second.open(newStore(ALICE));
+  try {
+    a.save("book", position(3), DEVICE);
+    const refresh = await auth.request(1); // tab A's refresh before its send, held
+    // Tab B sends the write meanwhile; tab A's refresh then fails (Auth down for a moment).
+    const fromB = await fn.request(1);
+    fromB.save();
+    await waitFor("the write to be answered in tab B", () => b.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    refresh.resolve(Response.json({ error: "auth_unavailable" }, { status: 503 }));
+    await waitFor(
+      "tab A's run to end with nothing to send",
+      () => !a.sending && a.store.getSnapshot().pendingCount === 0 && locks.counts.held === 0,
+      { timeoutMs: 5_000 },
+    );
+    assert.equal(fn.requests.length, 1, "tab A sent nothing");
+    // Tab A's next page turn: its token is still about to expire (or has): asked for again before it goes.
+    a.save("book", position(4), DEVICE);
+    await waitFor("tab A's refresh, or its write", () => auth.count >= 2 || fn.requests.length >= 2, {
+      timeoutMs: 5_000,
+    });
+    assert.deepEqual(
+      [auth.count, fn.requests.length],
+      [2, 1],
+      "refreshed before the page turn goes (on the code before: sent with the token held, no refresh)",
+    );
+    (await auth.request(2)).resolve(
+      Response.json({ accessToken: `token-of-${ALICE}#2`, expiresAt: FAR, userId: ALICE }),
+    );
+    const next = await fn.request(2);
+    assert.deepEqual([next.token, next.writes.map((w) => w.chapter)], [`token-of-${ALICE}#2`, [4]]);
+    next.save();
+    await waitFor("the page turn to be answered", () => a.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.deepEqual(first.left, []);
+  } finally {
+    a.close();
+    b.close();
+    fn.wakeAll();
+    auth.restore();
+  }
+});
+
 Deno.test("sync session, real API client: a token about to expire whose refresh fails (offline) is asked for once per send, not once per request nor again and again: the send's two batches go with the token held, and the next send asks once again", async () => {
   const auth = heldAuthToken();
   const locks = sharedLocks();

@@ -128,8 +128,11 @@ export interface OutboxScheduleOptions {
    * without the tabs' lock, and looked at again once the lock is held: a wait that began meanwhile lets go
    * of it. Held through that wait (up to the token's 10 s timeout, then the backoff's wait of up to 60 s
    * before it is asked again, and again), the lock kept every other tab from sending. Absent: always now.
+   * `begins`: the first look of a send the schedule begins (an edit, a timer, online, the reader), not one after a
+   * wait or once the lock is held: a once-per-send allowance is given back there, also when the send before ended
+   * with nothing sent (another tab sent the writes meanwhile).
    */
-  ready?(): Promise<void> | null;
+  ready?(begins: boolean): Promise<void> | null;
   hasPending(): boolean;
   /** The browser's word (navigator.onLine): false means its `online` event will come. */
   isOnline(): boolean;
@@ -381,7 +384,7 @@ export class OutboxSchedule {
     // True: let go of the lock and go again once `ready` lets it (see OutboxScheduleOptions.ready).
     const locked = async (): Promise<boolean> => {
       if (this.#disposed) return false;
-      if (this.#ready()) return true; // a wait began while this tab waited for the lock
+      if (this.#ready(false)) return true; // a wait began while this tab waited for the lock
       // Lock held: what other tabs sent and recorded while this tab waited for it.
       this.#options.tabs?.takeOver?.();
       if (this.#adopt()) {
@@ -416,9 +419,9 @@ export class OutboxSchedule {
       return false;
     };
     const run = (async () => {
-      for (;;) {
+      for (let begins = true;; begins = false) {
         // What the send waits for, waited for before the lock is asked for (not holding it).
-        for (let wait = this.#ready(); wait && !this.#disposed; wait = this.#ready()) await wait;
+        for (let wait = this.#ready(begins); wait && !this.#disposed; wait = this.#ready(false)) await wait;
         if (this.#disposed || !(await this.#exclusive(locked))) return;
       }
     })();
@@ -435,10 +438,10 @@ export class OutboxSchedule {
    * that throws lets the send go now, as a throw of `send` is a failure: outside the send's try, either ended
    * the send with nothing recorded and no retry armed, and the writes waited for the next edit or event.
    */
-  #ready(): Promise<void> | null {
+  #ready(begins: boolean): Promise<void> | null {
     let wait: Promise<void> | null | undefined;
     try {
-      wait = this.#options.ready?.();
+      wait = this.#options.ready?.(begins);
     } catch {
       return null;
     }

@@ -333,9 +333,12 @@ export class SyncSession {
     let refreshAfter401: Promise<void> | null = null;
     // The refresh of a token about to expire (TokenKeeper.dueForRefresh) made for the next send while it is under
     // way: the send waits for it (ready) without the tabs' Web Lock, as after a 401. Once per send
-    // (refreshTriedForSend, cleared as a send begins; a 401's refresh counts): a refresh that fails (offline)
-    // lets the send go with the token held (its request fails alike, and is retried with the backoff), where
-    // asking again at once would loop without end.
+    // (refreshTriedForSend, cleared as the schedule begins a send, ready's `begins`, and as one goes; a 401's
+    // refresh still under way then counts): a refresh that fails (offline) lets the send go with the token held
+    // (its request fails alike, and is retried with the backoff), where asking again at once would loop without
+    // end. Cleared only as a send went, one that ended with nothing sent (another tab sent the writes while the
+    // refresh failed) kept it, and the tab's next page turn went with the token about to expire, or expired (a
+    // 401, one more step of the backoff), no refresh asked.
     let refreshBeforeSend: Promise<void> | null = null;
     let refreshTriedForSend = false;
     const refreshForSend = (): Promise<void> | null => {
@@ -429,7 +432,6 @@ export class SyncSession {
         // Not waited for by the flush (it ends at once, letting go of the tabs' Web Lock): the next send waits
         // for it (the schedule's ready), without the lock, which a refresh of up to 10 s held.
         refreshToken: () => {
-          refreshTriedForSend = true; // the next send's refresh (none again for a token about to expire)
           const refresh: Promise<void> = refreshAfter401 = tokens.refresh().then(() => {}, leaveIfSignedOut)
             .finally(() => {
               if (refreshAfter401 === refresh) refreshAfter401 = null;
@@ -462,7 +464,9 @@ export class SyncSession {
       // the flush ends "signed out", the writes kept for the next sign-in.
       // And a refresh of the token after a 401 while it is under way (refreshAfter401), or of a token about to
       // expire, once per send (refreshForSend).
-      ready: () => {
+      ready: (begins) => {
+        // (A 401's refresh still under way as a send begins is its try: waited for, not asked again once failed.)
+        if (begins) refreshTriedForSend = refreshAfter401 !== null;
         const unsure = session.unsure();
         if (unsure) return unsure;
         const refresh = refreshAfter401 ?? refreshForSend();
