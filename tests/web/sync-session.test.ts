@@ -2536,6 +2536,44 @@ Deno.test("sync session, real API client, tabs: the writes' bound learnt from a 
   }
 });
 
+Deno.test("sync session, real API client: an error answered at once (a 503) by a server whose writes took 20 s does not set the writes' bound back to 12 s: the retry, as slow, is answered at its first request", async () => {
+  const SLOW_MS = 20_000;
+  const fn = heldFunctions();
+  const t = tab();
+  realApi(t, fn);
+  // The browser learnt the writes' bound (24 s: an answer in 20 s), as a tab's slow answer leaves it.
+  const shared = requestSteps(t.storage, requestBoundKey(ALICE), () => t.clock.timers.wallNow!());
+  shared.set("write", requestStepsWithin(SLOW_MS));
+  assert.equal(shared.get("write"), 1);
+  const alice = t.open(newStore(ALICE));
+  try {
+    alice.save("book", position(3), DEVICE);
+    (await fn.request(1)).unavailable(); // a 503 at once (its database's 2 s lock timeout, Auth's check)
+    await waitFor("the send to end", () => !alice.sending && fn.requests[0].ended, { timeoutMs: 5_000 });
+    assert.equal(
+      shared.get("write"),
+      1,
+      "an error answered at once says nothing of how long a write takes (on the code before: 0, 12 s again)",
+    );
+    // The retry (the backoff's wait), answered in 20 s as before the 503: not aborted at 12 s and sent again.
+    await waitFor("the retry", () => {
+      if (!alice.sending && t.clock.nextAt !== null) t.clock.advance(t.clock.nextAt - t.clock.now);
+      return fn.requests.length >= 2;
+    }, { timeoutMs: 5_000 });
+    const retry = await fn.request(2);
+    t.clock.advance(SLOW_MS);
+    retry.save();
+    await waitFor("the retry to end", () => retry.ended, { timeoutMs: 5_000 });
+    assert.equal(retry.aborted, false, "answered at its first request (on the code before: aborted at 12 s)");
+    await waitFor("the write to be answered", () => alice.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+  } finally {
+    alice.close();
+    fn.wakeAll();
+  }
+});
+
 Deno.test("sync session: the outbox's request bounds the tabs share are one per kind; one no tab wrote for 15 minutes, or that does not parse, is the first step again, and the first step keeps nothing", () => {
   const storage = memoryStorage();
   const key = requestBoundKey(ALICE);

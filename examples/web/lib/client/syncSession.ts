@@ -123,7 +123,8 @@ export const OUTBOX_REQUEST_TIMEOUT_MS = 12_000;
 /**
  * The longest a request of the outbox is left unanswered (see OUTBOX_REQUEST_TIMEOUT_MS): its bound doubles at
  * each request in a row aborted by it (12, 24, 48, 96 s, then this), and once one is answered it is the step that
- * answer came within (requestStepsWithin): the first again for an answer within 12 s. Back at 12 s after an answer
+ * answer came within (requestStepsWithin): the first again for an answer within 12 s (an error answered, a 503 at
+ * once, leaves it as it was: it says nothing of how long a write takes). Back at 12 s after an answer
  * in 20 s, each request to a server that slow was aborted once and sent again (twice the requests, each write
  * settled a retry later).
  * At a fixed 12 s, a server slower than that at every answer stored the write (or answered it as a replay, alike
@@ -364,7 +365,8 @@ export class SyncSession {
     };
     // Requests of the outbox of each kind aborted by their bound in a row (none answered since): the next one's
     // bound grows (requestBoundMs), so a server slower than OUTBOX_REQUEST_TIMEOUT_MS at every answer is heard in
-    // the end. An answer sets it to the step it came within (requestStepsWithin). Shared by the browser's tabs.
+    // the end. An answer (not an error's) sets it to the step it came within (requestStepsWithin). Shared by the
+    // browser's tabs.
     const timers: Pick<OutboxTimers, "setTimeout" | "clearTimeout" | "now" | "wallNow"> = env.timers ?? {
       now: () => performance.now(),
       setTimeout: (run, ms) => globalThis.setTimeout(run, ms),
@@ -406,10 +408,12 @@ export class SyncSession {
           if (signal.aborted) throw new SignedOutError("the send was stopped: the session ended or may have");
           return answer;
         } catch (error) {
-          // Aborted by its bound: the next one waits longer. Answered (an HTTP status, a refusal): as an answer
-          // above. No answer otherwise (no network, stopped): as it was.
+          // Aborted by its bound: the next one waits longer. Otherwise as it was: an error answered (an HTTP
+          // status) came within its bound, and one answered at once (a 401, a 429, the function's 503 after its 2 s
+          // lock timeout, a server overloaded) says nothing of how long a write takes; set back to 12 s by it, the
+          // next write to a server answering writes in 20 s was aborted at 12 s and sent again. Nor does no answer
+          // (no network, stopped).
           if (unanswered) steps.set(kind, stepsBefore + 1);
-          else if (!isNetworkFailure(error)) steps.set(kind, requestStepsWithin(timers.now() - sentAt));
           throw error;
         } finally {
           timers.clearTimeout(timer);
