@@ -1592,6 +1592,71 @@ for (const change of ["upsert", "delete"] as const) {
   });
 }
 
+for (const change of ["a message", "a notice dismissed", "the clock's answer"] as const) {
+  Deno.test(`sync session, two tabs: ${change} that reaches a tab first after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
+    const browser = sharedStorage();
+    const second = tab({ browser });
+    second.locks.holdElsewhere(outboxLockName(ALICE)); // tab B holds the page turn and does not send it
+    const b = second.open(newStore(ALICE));
+    const storeA = newStore(ALICE);
+    storeA.attachStorage(browser.viewFor(new EventTarget()));
+    const now = Date.now();
+    const write = (seriesId: string, chapter: number, atMs: number): PendingWrite => ({
+      series_id: seriesId,
+      ...position(chapter),
+      cleared: false,
+      device_id: DEVICE,
+      updated_at: new Date(atMs).toISOString(),
+    });
+    // As the Realtime tests above: a write dated beyond the server's tolerance, stored after the page turn that
+    // follows it, which tab B shows as it will be sent.
+    const farAhead = write("book", 4, now + 3_600_000);
+    storeA.addPending(farAhead);
+    storeA.addPending(write("book", 5, now));
+    const shown = () => b.store.getSnapshot().bySeries.get("book");
+    const storedAt = new Date(now + 10_000).toISOString();
+    const stored = { ...row(ALICE, "book", 4), device_id: DEVICE, updated_at: storedAt, synced_at: storedAt };
+    second.subscriptions[0].handler({ kind: "upsert", row: stored });
+    storeA.settle(farAhead, { won: true, progress: stored } as unknown as WriteResult);
+    // Tab B's own write of another series lost to the phone's newer version: a notice it may dismiss.
+    const lost = write("other-book", 1, now - 60_000);
+    b.store.addPending(lost);
+    const phoneRow = { ...row(ALICE, "other-book", 2), device_id: "phone" };
+    b.store.settle(lost, {
+      won: false,
+      conflict: "stale",
+      conflict_with: { updated_at: phoneRow.updated_at, device_id: "phone" },
+      progress: phoneRow,
+    } as unknown as WriteResult);
+    assert.ok(b.store.getSnapshot().notices.has("other-book"));
+    const asSent = [5, new Date(now + 10_001).toISOString()];
+    await until(() => shown()?.chapter === 5);
+    assert.deepEqual(
+      [shown()?.chapter, shown()?.updatedAt],
+      asSent,
+      "tab B shows the page turn as it will be sent",
+    );
+
+    // The site's data is cleared (no storage event); the next thing tab B's view is built for is this.
+    browser.items.clear();
+    const version = b.store.getSnapshot().version;
+    if (change === "a message") b.store.setError("Not saved yet (will retry)", { untilAnswered: true });
+    else if (change === "a notice dismissed") b.store.dismissNotice("other-book");
+    else b.store.sendDatesChanged();
+    assert.ok(b.store.getSnapshot().version > version, "(the view built again)");
+    assert.deepEqual(
+      [shown()?.chapter, shown()?.updatedAt, shown()?.pending],
+      [...asSent, true],
+      "still the page turn as it will be sent (on the code before: the earlier write's row, chapter 4, until the tab's next look)",
+    );
+    assert.ok(
+      browser.items.get(b.store.latestAnsweredKey),
+      "the latest answered writes it held are written back",
+    );
+    b.close();
+  });
+}
+
 Deno.test("sync session: a refusal heard before the session closed (sign-out) is not applied after it: the refused write stays queued in her saved outbox, nothing said, nothing shared", async () => {
   const t = tab({ refuse: "bad-book" });
   // The other write, sent alone after its batch was refused, is answered once the test says so.

@@ -272,7 +272,9 @@ export class SyncStore {
 
   /** The clock has learnt more (an answer): what the waiting writes are sent as may have changed. */
   sendDatesChanged(): void {
-    if (this.#sentAs && this.#pending.size > 0) this.#emit();
+    if (!(this.#sentAs && this.#pending.size > 0)) return;
+    this.#noticeCleared(); // (as applyServerRow: the view is built from the storage)
+    this.#emit();
   }
 
   /**
@@ -874,11 +876,16 @@ export class SyncStore {
     this.#errorUntilAnswered = message !== null && options.untilAnswered === true;
     if (this.#lastError === message) return;
     this.#lastError = message;
+    // Looked at first, as applyServerRow does: the view it builds again is read from the storage (the lists of
+    // answered writes), and after a clear it showed a waiting page turn as an earlier write's stored row.
+    this.#noticeCleared();
     this.#emit();
   }
 
   dismissNotice(seriesId: string): void {
-    if (this.#notices.delete(seriesId)) this.#emit();
+    if (!this.#notices.delete(seriesId)) return;
+    this.#noticeCleared(); // (as setError)
+    this.#emit();
   }
 
   #mergeConfirmed(row: ProgressRow): boolean {
