@@ -2176,11 +2176,15 @@ async function main() {
               );
             }, { what: "the page open through the clear to name the new tab's save this browser's" });
             if (sql) {
-              assertEqual(
-                await storedRow(series, email),
-                { chapter: 5, page: 50, percentage: 0.5, device_id: newId },
-                "stored row",
-              );
+              // The page can show the new tab's save from the browser's shared outbox before the API has
+              // stored it, so the row is waited for, not read once.
+              await eventually(async () => {
+                assertEqual(
+                  await storedRow(series, email),
+                  { chapter: 5, page: 50, percentage: 0.5, device_id: newId },
+                  "stored row",
+                );
+              }, { what: "the new tab's save to be stored" });
             }
             assertEqual([...page.errors, ...opened.errors], [], "page errors");
           } finally {
