@@ -180,28 +180,39 @@ export function createProgressPool(
 }
 
 /**
- * Tells `pacing` when a connection of `sql` completes its startup. postgres.js 3.4.9 sets the count its
- * connections share, `options.shared.retries`, to 0 then, and only then (connection.js ReadyForQuery, the
- * startup's; a connection that closes with an error adds one to it): an accessor on that property hears it.
- * One startup is not heard: that of a connection whose lost socket left an error kept (57P01, or a refusal),
- * which postgres.js fails the query it opened for with and then skips the reset (connection.js clears
- * `initial` first), as on the stuck connection of a pool the server takes again before a call gave up on it:
- * the count stays as it was until the pool's next startup, which then waits its paced turn (at most 2-4 s)
- * once. Internals of the version pinned in deno.json; were they gone (another version), false: the attempts
- * are not paced (never told of a startup, the pacing would space every attempt after the free ones for good),
- * and tests/functions/progress_client_gone.test.ts (the function's pool under refusal) fails.
+ * Tells `pacing` when the server takes a startup of a connection of `sql`, on every path postgres.js 3.4.9
+ * takes one: the server then reports its parameters (ParameterStatus, before its ReadyForQuery), and
+ * postgres.js compares each with the value it holds, `options.parameters[name]` (connection.js
+ * ParameterStatus, whatever the connection's state), so an accessor on `server_version`, which every startup
+ * reports (PostgreSQL, and PgBouncer or Supavisor in front of it) and nothing reports again, hears each one.
+ * A startup the server refuses (an ErrorResponse) reports none. Nothing else reads that value: the pool is
+ * its store's alone (server.ts), and the store never reads the server's parameters.
+ *
+ * Before, the pacing heard the reset of the count the pool's connections share, `options.shared.retries`, to
+ * 0 at the startup's ReadyForQuery, which postgres.js skips for a connection whose lost socket left an error
+ * kept (57P01 from a restart or pg_terminate_backend, or a refusal: 57P03 starting up, 53300): it fails the
+ * query it opened for with that error and clears `initial` before the reset. Those are the connections
+ * postgres.js reopens by itself, again and again, while a database restarts, so the startups that ended an
+ * outage went unheard: the count stayed high, and every attempt after them waited its paced turn, one after
+ * the other (up to 2-4 s each: a pool's connections could keep its calls' BEGINs waiting until they gave up
+ * and replaced the pool, the server back). Internals of the version pinned in deno.json; were they gone
+ * (another version), false: the attempts are not paced (never told of a startup, the pacing would space
+ * every attempt after the free ones for good), and tests/functions/progress_pool.test.ts fails.
  */
 function hearStartups(sql: postgres.Sql, pacing: ConnectionPacing): boolean {
-  const shared = (sql as unknown as { options?: { shared?: { retries?: unknown } } }).options?.shared;
-  if (!shared || typeof shared.retries !== "number") return false;
-  let retries = shared.retries;
-  Object.defineProperty(shared, "retries", {
-    enumerable: true,
+  const parameters = (sql as unknown as { options?: { parameters?: unknown } }).options?.parameters;
+  if (!parameters || typeof parameters !== "object" || "server_version" in parameters) return false;
+  let serverVersion: unknown;
+  // Not enumerable: a copy or a listing of the parameters (a log line) reads it without a startup.
+  Object.defineProperty(parameters, "server_version", {
+    enumerable: false,
     configurable: true,
-    get: () => retries,
-    set: (value: number) => {
-      retries = value;
-      if (value === 0) pacing.startupCompleted();
+    get: () => {
+      pacing.startupCompleted();
+      return serverVersion;
+    },
+    set: (value: unknown) => {
+      serverVersion = value;
     },
   });
   return true;

@@ -136,6 +136,32 @@ export async function endHeld(held: Held | undefined): Promise<void> {
   await held?.done.catch(() => {});
 }
 
+/**
+ * A login role of the test's own, a member of `authenticated` (as the function's database user is), whose
+ * connections the test can have the server refuse: `alter role … connection limit 0` makes every new
+ * connection of the role fail its startup with 53300 (too many connections for role), as a project at its
+ * connection limit does; the tests' own database user, a superuser, is never refused so, which keeps the
+ * rest of the suite apart. `drop()` lets connections in again and drops the role.
+ */
+export async function refusableRole(admin: postgres.Sql) {
+  const role = `readsync_refused_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  const password = crypto.randomUUID();
+  await admin.unsafe(`create role ${role} login password '${password}'`);
+  await admin.unsafe(`grant authenticated to ${role}`);
+  const url = new URL(testEnv().dbUrl);
+  url.username = role;
+  url.password = password;
+  return {
+    url: url.toString(),
+    refuse: () => admin.unsafe(`alter role ${role} connection limit 0`),
+    accept: () => admin.unsafe(`alter role ${role} connection limit -1`),
+    drop: async () => {
+      await admin.unsafe(`alter role ${role} connection limit -1`);
+      await admin.unsafe(`drop role if exists ${role}`);
+    },
+  };
+}
+
 /** A TCP port nothing listens on (bound, then released). */
 export function closedPort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
