@@ -569,8 +569,9 @@ const SOCKET_LOST_CODES = new Set([
  * pg_terminate_backend), read while that statement ran, is kept (connection.js: `errorResponse`, cleared
  * only by a ReadyForQuery, which never came), and the reopened connection's startup ReadyForQuery rejects
  * with it the query it opened for (`initial`, sent only after that). So the BEGIN was not sent, the
- * connection is open and back in the pool, and the call sends its BEGIN again, once; before, it answered 503
- * with nothing sent. Whichever way such an error reaches a BEGIN, no statement of the call was sent (its
+ * connection is open and back in the pool, and the call sends its BEGIN again, once, to the store's pool now
+ * (the one that replaced it, if another call gave up on that pool meanwhile: replacePool); before, it
+ * answered 503 with nothing sent. Whichever way such an error reaches a BEGIN, no statement of the call was sent (its
  * transaction's function never ran), so the BEGIN sent again can store nothing twice. (57P02
  * crash_shutdown, another backend crashed, PostgreSQL sends as a WARNING, a notice, as it does an immediate
  * shutdown's 57P01: postgres.js keeps neither, and the next BEGIN is sent as it is. The check takes 57P02
@@ -711,24 +712,30 @@ export function createPostgresProgressStore(
     // call stops waiting for it when its signal aborts or beginTimeoutMs has passed (beginWait).
     const transaction = async (): Promise<T> => {
       const waiting = beginWait(signal, beginTimeoutMs);
-      const taken = pool;
+      // The pool the call's BEGIN was last asked of (begunTransaction): the store's pool then.
+      const taken = { sql: pool };
       try {
         return await begunTransaction(taken, waiting);
       } finally {
         waiting.stop();
         // The call gave up for beginTimeoutMs: the pool is stuck (replacePool). Once per pool: a call that
         // gave up on a pool already replaced leaves the new one alone.
-        if (waiting.gaveUp instanceof BeginTimeoutError && options.replacePool && pool === taken) {
-          pool = options.replacePool(taken);
+        if (waiting.gaveUp instanceof BeginTimeoutError && options.replacePool && pool === taken.sql) {
+          pool = options.replacePool(taken.sql);
         }
       }
     };
     const begunTransaction = async (
-      taken: postgres.Sql,
+      taken: { sql: postgres.Sql },
       waiting: ReturnType<typeof beginWait>,
     ): Promise<T> => {
-      const canceller = cancellerApart(taken);
       for (let replayed = false;;) {
+        // The store's pool now: a BEGIN sent again (replayedBackendEnd) goes to the pool that replaced the
+        // one it failed on, if another call gave up on that one meanwhile (replacePool), which is ending
+        // (server.ts), and refuses it (CONNECTION_ENDED). Before, the BEGIN went to the pool it had failed on
+        // whatever happened meanwhile, and the write was answered 503 with the server back.
+        taken.sql = pool;
+        const canceller = cancellerApart(taken.sql);
         // Set once begin() runs the transaction's function: from then on a statement of the call may have
         // been sent.
         let began = false;
@@ -745,7 +752,7 @@ export function createPostgresProgressStore(
             throw error;
           }
         };
-        const begun = taken.begin(mode, async (tx) => {
+        const begun = taken.sql.begin(mode, async (tx) => {
           // The call gave up before its transaction began, and has answered: nothing is sent, and begin()
           // rolls the transaction back (beginWait).
           if (waiting.gaveUp) throw waiting.gaveUp;

@@ -56,6 +56,12 @@
 //   * the pool closed while its connection reopens makes no connection attempt after close() (at most one on
 //     its way), where postgres.js went on reopening it until end()'s 5 s timeout (36 and 59 attempts in two
 //     runs), and once more.
+// And the function's pool replaced (a write gave up waiting for its BEGIN on a connection whose startups the
+// server refuses), with two connections:
+//   * a write whose BEGIN waited on the other connection, reopened with the 57P01 of its lost backend kept,
+//     its startup held on its way until the replacement: the BEGIN, failed unsent with that error, is sent
+//     again to the pool that replaced the stuck one, answered 200 and stored once, where it went to the pool
+//     being ended (CONNECTION_ENDED, a 503).
 
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -1901,7 +1907,8 @@ Deno.test({
  * to it (every connection attempt of a pool on its URL, a refused startup's too); `open`, those still open;
  * `statements`, the SQL of every Parse and simple Query the clients sent, in order (read from the protocol's
  * frames: a connection's first message, its startup or cancel request, has no type byte). The URL it gives
- * names `applicationName` for the backends.
+ * names `applicationName` for the backends. hold() keeps the connections made next from the database until
+ * release(): a startup slow on its way.
  */
 function countingProxy(url: string, applicationName: string) {
   const target = new URL(url);
@@ -1915,6 +1922,8 @@ function countingProxy(url: string, applicationName: string) {
   const statements: string[] = [];
   let accepted = 0;
   let open = 0;
+  // While set (hold()), a connection made is accepted but reaches the database only once release() is called.
+  let held: PromiseWithResolvers<void> | undefined;
   const latin1 = new TextDecoder("latin1");
   const readStatements = () => {
     let buffer = new Uint8Array(0);
@@ -1938,9 +1947,10 @@ function countingProxy(url: string, applicationName: string) {
       }
     };
   };
-  const forward = async (conn: Deno.Conn) => {
+  const forward = async (conn: Deno.Conn, gate: Promise<void> | undefined) => {
     open++;
     try {
+      await gate;
       const upstream = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 5432) });
       conns.add(upstream);
       const read = readStatements();
@@ -1963,7 +1973,7 @@ function countingProxy(url: string, applicationName: string) {
     for await (const conn of listener) {
       accepted++;
       conns.add(conn);
-      pumps.push(forward(conn).catch(() => {}));
+      pumps.push(forward(conn, held?.promise).catch(() => {}));
     }
   })().catch(() => {});
   return {
@@ -1975,7 +1985,17 @@ function countingProxy(url: string, applicationName: string) {
       return open;
     },
     statements,
+    /** From now on a connection made waits, its startup unsent (the client's bytes kept), until release(). */
+    hold() {
+      held ??= Promise.withResolvers<void>();
+    },
+    /** The connections held reach the database, their startups sent; those made next go through at once. */
+    release() {
+      held?.resolve();
+      held = undefined;
+    },
     async close() {
+      held?.resolve();
       try {
         listener.close();
       } catch { /* closed already */ }
@@ -1991,26 +2011,16 @@ function countingProxy(url: string, applicationName: string) {
 }
 
 /**
- * The scene of the tests of the function's own pool below: createProgressHandlerFromEnv (a pool of one
- * connection, PROGRESS_DB_POOL_MAX=1) on a role the server can refuse (refusableRole), through a counting
- * proxy, served over real HTTP with `storeOptions`; its backend terminated under a write's statement, then
- * the server refusing the role's connections. `run` gets the scene; the test's own clean-up follows.
+ * The scene of the tests of the function's own pool below: createProgressHandlerFromEnv (a pool of `poolMax`
+ * connections, PROGRESS_DB_POOL_MAX) on a role the server can refuse (refusableRole), through a counting
+ * proxy, served over real HTTP with `storeOptions`, its backends named `applicationName`; `holder` holds the
+ * user's other writes. `run` gets the scene; the test's own clean-up follows.
  */
-async function withFunctionPoolRefused(
+async function withFunctionPool(
   name: string,
   storeOptions: PostgresStoreOptions,
-  run: (
-    scene: {
-      base: string;
-      handler: ReturnType<typeof createProgressHandlerFromEnv>;
-      log: ReturnType<typeof logRecorder>;
-      proxy: ReturnType<typeof countingProxy>;
-      role: Awaited<ReturnType<typeof refusableRole>>;
-      admin: postgres.Sql;
-      user: Awaited<ReturnType<typeof createTestUser>>;
-      terminated: string;
-    },
-  ) => Promise<void>,
+  poolMax: number,
+  run: (scene: FunctionPoolScene) => Promise<void>,
 ): Promise<void> {
   const admin = adminSql({ max: 1 });
   const holder = postgres(testEnv().dbUrl, { max: 1, onnotice: () => {} });
@@ -2019,7 +2029,7 @@ async function withFunctionPoolRefused(
   const proxy = countingProxy(role.url, applicationName);
   const vars: Record<string, string> = {
     PROGRESS_DB_URL: proxy.url,
-    PROGRESS_DB_POOL_MAX: "1",
+    PROGRESS_DB_POOL_MAX: String(poolMax),
     SUPABASE_JWT_SECRET: testEnv().jwtSecret ?? "",
   };
   const log = logRecorder();
@@ -2031,10 +2041,7 @@ async function withFunctionPoolRefused(
   const base = `${server.url}/progress`;
   try {
     const user = await createTestUser();
-    const terminated = seriesId(name);
-    await writeTerminatedUnderStatement({ base }, admin, holder, applicationName, user, terminated);
-    await role.refuse();
-    await run({ base, handler, log, proxy, role, admin, user, terminated });
+    await run({ base, handler, log, proxy, role, admin, holder, user, applicationName });
   } finally {
     await role.accept().catch(() => {});
     await server.shutdown();
@@ -2043,6 +2050,36 @@ async function withFunctionPoolRefused(
     await role.drop();
     await Promise.all([holder.end(), admin.end()]);
   }
+}
+
+interface FunctionPoolScene {
+  base: string;
+  handler: ReturnType<typeof createProgressHandlerFromEnv>;
+  log: ReturnType<typeof logRecorder>;
+  proxy: ReturnType<typeof countingProxy>;
+  role: Awaited<ReturnType<typeof refusableRole>>;
+  admin: postgres.Sql;
+  holder: postgres.Sql;
+  user: Awaited<ReturnType<typeof createTestUser>>;
+  applicationName: string;
+}
+
+/**
+ * withFunctionPool with one connection, whose backend is terminated under a write's statement (`terminated`,
+ * its series), the server then refusing the role's connections.
+ */
+async function withFunctionPoolRefused(
+  name: string,
+  storeOptions: PostgresStoreOptions,
+  run: (scene: FunctionPoolScene & { terminated: string }) => Promise<void>,
+): Promise<void> {
+  await withFunctionPool(name, storeOptions, 1, async (scene) => {
+    const terminated = seriesId(name);
+    const { base, admin, holder, applicationName, user, role } = scene;
+    await writeTerminatedUnderStatement({ base }, admin, holder, applicationName, user, terminated);
+    await role.refuse();
+    await run({ ...scene, terminated });
+  });
 }
 
 /** The dependency_unavailable lines `log` has, their `error`s in order. */
@@ -2158,5 +2195,93 @@ Deno.test({
         assert.equal(proxy.accepted - atClose, after, "no connection attempt once close() had resolved");
       },
     );
+  },
+});
+
+/** The backends of `applicationName`'s pool waiting for a lock (a write behind the user's other write). */
+function lockWaitingBackends(admin: postgres.Sql, applicationName: string, count: number): Promise<number[]> {
+  return until(async () => {
+    const rows = await admin<{ pid: number }[]>`
+        select pid from pg_catalog.pg_stat_activity
+         where application_name = ${applicationName} and wait_event_type = 'Lock' order by pid`;
+    return rows.length >= count ? rows.map((r) => r.pid) : undefined;
+  }, `${count} of the function's backends waiting for the user's other write`);
+}
+
+Deno.test({
+  name: "the function's pool replaced while a write's BEGIN waits on its connection reopened with a 57P01 " +
+    "kept: the BEGIN, failed unsent with that error, is sent again to the pool that replaced it (200, stored " +
+    "once), not to the one being ended (503 CONNECTION_ENDED)",
+  ignore: !mintsTokens,
+  fn: async () => {
+    const storeOptions = {
+      lockTimeoutMs: LONG_TIMEOUT_MS,
+      statementTimeoutMs: LONG_TIMEOUT_MS,
+      beginTimeoutMs: 5_000,
+    };
+    await withFunctionPool("replay-replaced", storeOptions, 2, async (scene) => {
+      const { base, log, proxy, role, admin, holder, user, applicationName } = scene;
+      const [lostA, lostB, stuck, replayed] = ["lost-a", "lost-b", "stuck", "replayed"].map((s) =>
+        seriesId(`replay-replaced-${s}`)
+      );
+      // Both connections' backends end under a write's statement (each waits for the user's other write):
+      // postgres.js keeps each statement, and its 57P01, on its connection.
+      const held = await userWriteInProgress(holder, user.id, seriesId("replay-replaced-held"));
+      try {
+        const lost = [postWrite(base, user.accessToken, lostA), postWrite(base, user.accessToken, lostB)];
+        lost.forEach((w) => w.catch(() => {})); // awaited below
+        for (const pid of await lockWaitingBackends(admin, applicationName, 2)) {
+          await admin`select pg_catalog.pg_terminate_backend(${pid}::integer)`;
+        }
+        for (const answer of await guarded(Promise.all(lost), "answers of the writes whose backends ended")) {
+          assert.equal(statusOf(answer), "503 service_unavailable");
+        }
+      } finally {
+        await endHeld(held);
+      }
+      // The server refuses the role's startups: the stuck write's BEGIN reopens one connection again and
+      // again (paced: its fifth attempt comes at least 350 ms after its first, pool.ts), the refusals kept.
+      await role.refuse();
+      const before = proxy.accepted;
+      const stuckWrite = postWrite(base, user.accessToken, stuck);
+      stuckWrite.catch(() => {}); // awaited below
+      await until(
+        () => Promise.resolve(proxy.accepted >= before + 5 ? true : undefined),
+        "five attempts of the stuck write's connection",
+      );
+      // The next write's BEGIN reopens the other connection (its 57P01 kept): its startup is held on its way
+      // (the stuck connection's next ones may be too). At most one attempt of the stuck connection comes
+      // before it in the pacing's order, so the second attempt from now is the write's.
+      proxy.hold();
+      const atHold = proxy.accepted;
+      const replayedWrite = postWrite(base, user.accessToken, replayed);
+      replayedWrite.catch(() => {}); // awaited below
+      await until(
+        () => Promise.resolve(proxy.accepted >= atHold + 2 ? true : undefined),
+        "the attempt of the next write's connection",
+      );
+      // The stuck write gives up (5 s after its turn, before the next write would) and the pool is replaced;
+      // the one it replaced is ending, its transactions given 10 s.
+      const stuckAnswer = await guarded(stuckWrite, "answer of the stuck write");
+      assert.equal(statusOf(stuckAnswer), "503 service_unavailable", JSON.stringify(stuckAnswer.body));
+      assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun 5000 ms after it took its turn/);
+      // Then the held startup reaches the server, which takes it: postgres.js fails the next write's BEGIN,
+      // unsent, with the 57P01 kept, and the store sends it again, to the pool that replaced the stuck one.
+      // Before, it went to the pool it had failed on, ended meanwhile: CONNECTION_ENDED, a 503 with the
+      // server back.
+      const sentBefore = proxy.statements.length;
+      await role.accept();
+      proxy.release();
+      const answer = await guarded(replayedWrite, "answer of the write whose BEGIN was sent again");
+      assert.equal(statusOf(answer), "200", `${JSON.stringify(answer.body)} ${JSON.stringify(log.entries)}`);
+      const writes = proxy.statements.slice(sentBefore).filter((s) => /write_reading_progress\(/.test(s));
+      assert.equal(writes.length, 1, "the write was sent once");
+      assert.deepEqual(
+        await storedSeries(admin, user.id, [lostA, lostB, stuck, replayed]),
+        [replayed],
+        "only the write whose BEGIN was sent again was stored",
+      );
+      assert.equal((await storedOnce(admin, user.id, replayed)).rows.length, 1);
+    });
   },
 });
