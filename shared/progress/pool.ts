@@ -108,12 +108,18 @@ export function connectionPacing(free: number): ConnectionPacing {
 export interface ProgressPool {
   readonly sql: postgres.Sql;
   /**
-   * Ends the pool: no connection attempt of it opens a socket from now on (one waiting for its turn at the
+   * Ends the pool: no connection of it opens a socket from now on (an attempt waiting for its turn at the
    * pacing stops waiting), so the query a connection was opening for, a BEGIN, fails (CONNECTION_ENDED)
-   * unsent; then postgres.js's end({ timeout }): a transaction under way ends as it would (its COMMIT or
-   * ROLLBACK) and its connection closes, and after `timeoutS` seconds every connection is destroyed and the
-   * queries still queued fail (CONNECTION_DESTROYED), none of them sent. Resolves once postgres.js's end()
-   * has.
+   * unsent; its idle connections close now, and a connection with a transaction under way closes once that
+   * has ended as it would (its COMMIT or ROLLBACK; its cancel requests, were its call's client to leave, are
+   * still sent), and a transaction asked of it from now on (sql.begin, as the store's calls make them) fails
+   * at once (CONNECTION_ENDED, a 503), as on a pool postgres.js has ended. The end finishes once no socket of the pool is open (nothing can be under way on a pool
+   * without one), or once `timeoutS` seconds have passed: then every connection is destroyed (a statement
+   * still running fails, CONNECTION_DESTROYED, its transaction never committed) and the queries still queued
+   * fail (CONNECTION_DESTROYED), none of them sent. Called again, with a shorter time left than the one running, the end finishes
+   * by then instead (server.ts's close() gives a pool replaced earlier its own 5 s, not what is left of the
+   * replaced pool's 10 s). Resolves once the end has finished: no socket of the pool is open, nor opened
+   * again.
    */
   end(timeoutS: number): Promise<void>;
   /** Sockets the pool has open now (its connections' and its cancel requests'): for tests. */
@@ -130,10 +136,13 @@ function poolEnded(): Error {
 /**
  * postgres.js's pool on `url` with `options`, its connection attempts paced by `pacing` (see above). Cancel
  * requests (store.ts sends them on connections of their own, through a second postgres() made from this
- * pool's options, cancellerApart) go through the same connector: refused once the pool is ended, never paced
- * nor counted (a cancel request's connection completes no startup, and a cancel must not wait behind the
- * pool's failures: postgres.js hands the connector the options object it was made with, the pool's own for
- * the pool's connections).
+ * pool's options, cancellerApart) go through the same connector: never paced nor counted (a cancel request's
+ * connection completes no startup, and a cancel must not wait behind the pool's failures: postgres.js hands
+ * the connector the options object it was made with, the pool's own for the pool's connections), and sent
+ * until the pool's end has finished, not only until end() was called: a transaction still under way on an
+ * ended pool (a pool replaced, server.ts, gives its transactions 10 s) is cancelled when its call's client
+ * leaves, as on the pool that replaced it. Before, the request was refused once end() was called, and the
+ * statement ran on to its timeout.
  */
 export function createProgressPool(
   url: string,
@@ -142,12 +151,15 @@ export function createProgressPool(
 ): ProgressPool {
   const ended = new AbortController();
   const sockets = new Set<net.Socket>();
+  // Once the end has finished (end()): no socket at all is opened for the pool, a cancel request's neither.
+  let finished = false;
   let nextHost = 0;
   // Set once the pool can tell the pacing of its startups (hearStartups): without that, no attempt waits.
   let paced = false;
   const open = async (parsed: { host: string[]; port: number[]; path?: string | false }) => {
-    if (paced && parsed === poolOptions) await pacing.turn(ended.signal).catch(() => {});
-    if (ended.signal.aborted) throw poolEnded();
+    const ownConnection = parsed === poolOptions;
+    if (paced && ownConnection) await pacing.turn(ended.signal).catch(() => {});
+    if (finished || (ownConnection && ended.signal.aborted)) throw poolEnded();
     // As postgres.js connects when it makes the socket itself (connection.js connect()): a Unix socket's
     // path, or the next of the URL's hosts in turn. postgres.js writes its startup at once; the socket keeps
     // that until it has connected, and an error connecting reaches postgres.js as its own socket's would.
@@ -158,7 +170,10 @@ export function createProgressPool(
     // Read by postgres.js's errors (host:port) and TLS (the server name).
     Object.assign(socket, { host: parsed.host[index], port: parsed.port[index] });
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+    socket.once("close", () => {
+      sockets.delete(socket);
+      if (sockets.size === 0) { for (const resolve of lastClosed.splice(0)) resolve(); }
+    });
     return socket;
   };
   const sql = postgres(url, {
@@ -167,14 +182,60 @@ export function createProgressPool(
   } as unknown as postgres.Options<Record<string, postgres.PostgresType>>);
   const poolOptions = (sql as unknown as { options?: unknown }).options;
   paced = hearStartups(sql, pacing);
+
+  // Told when the pool's last open socket closes (its end waits for that).
+  const lastClosed: (() => void)[] = [];
+  const noSocketOpen = () =>
+    sockets.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => lastClosed.push(resolve));
+  // The end (end()), once begun, and what finishes it: the last socket's close, or `deadline`.
+  let ending: Promise<void> | undefined;
+  let finish: (() => void) | undefined;
+  let deadlineAt = Infinity;
+  let deadline: ReturnType<typeof setTimeout> | undefined;
+  const finishWithin = (timeoutS: number) => {
+    const at = performance.now() + timeoutS * 1000;
+    if (at >= deadlineAt) return;
+    deadlineAt = at;
+    clearTimeout(deadline);
+    deadline = setTimeout(() => finish?.(), Math.max(0, timeoutS * 1000));
+  };
   return {
     sql,
     get openSockets() {
       return sockets.size;
     },
     end(timeoutS) {
+      if (ending) {
+        if (!finished) finishWithin(timeoutS);
+        return ending;
+      }
       ended.abort();
-      return sql.end({ timeout: timeoutS });
+      // A transaction asked of the pool from now on fails at once, unsent, as on a pool postgres.js has ended
+      // (its handler refuses queries only once its end() was called, which here comes when the end finishes).
+      (sql as { begin: unknown }).begin = () => Promise.reject(poolEnded());
+      const due = new Promise<void>((resolve) => finish = resolve);
+      finishWithin(timeoutS);
+      ending = (async () => {
+        // postgres.js's close(): each connection ends as its end({ timeout }) ends it (idle ones now, one with
+        // a transaction under way once that has ended), but with no timeout of its own: postgres.js's end()
+        // destroys its connections only at a timeout set when it is called, once, which a later, shorter
+        // end() here could not bring forward. A connection whose lost socket left a query kept (see above)
+        // never ends so, and has no socket: the finish destroys it.
+        // (Not in postgres.js's types; without it, another version, the end waits for its finish.)
+        const close = (sql as unknown as { close?: unknown }).close;
+        if (typeof close === "function") void Promise.resolve(close()).catch(() => {});
+        await Promise.race([due, noSocketOpen()]);
+        clearTimeout(deadline);
+        finished = true;
+        // Destroys what is left (timeout 0): a statement still running fails, and so do the queries still
+        // queued, unsent; postgres.js refuses queries from then on.
+        await sql.end({ timeout: 0 });
+        // A socket still connecting (an attempt on its way when end() was called) is not closed by
+        // postgres.js, which leaves it to the server; every other one it has closed, or the server has.
+        for (const socket of sockets) if (socket.readyState === "opening") socket.destroy();
+        await noSocketOpen();
+      })();
+      return ending;
     },
   };
 }

@@ -40,9 +40,17 @@ function dbPoolMaxOf(env: EnvLike): number {
 /**
  * How long a pool replaced because a call gave up waiting for its BEGIN (replacePool) gives the transactions
  * under way on its other connections to end (each bounded by the store's lock and statement timeouts, 2 s and
- * 8 s by default) before postgres.js destroys them (a 503 for those calls).
+ * 8 s by default) before they are destroyed (a 503 for those calls). Its end finishes as soon as none is
+ * under way (pool.ts: no socket of it open), and close() brings it forward to its own CLOSE_GRACE_S.
  */
 const RETIRED_POOL_GRACE_S = 10;
+
+/**
+ * How long close() (and a change of the database settings, for the pool made for the old ones) gives the
+ * transactions under way to end: on the current pool, and on every pool replaced before and still ending,
+ * which would otherwise have kept close() waiting for what was left of its RETIRED_POOL_GRACE_S.
+ */
+const CLOSE_GRACE_S = 5;
 
 /** The handler, plus close() to end its database pool (tests, graceful shutdown). */
 export type ProgressServerHandler = ((req: Request) => Promise<Response>) & { close(): Promise<void> };
@@ -65,15 +73,16 @@ export function createProgressHandlerFromEnv(
   let dbKey = "";
   let store: ProgressStore | null = null;
   let pool: ProgressPool | null = null;
-  // Pools replaced or ended while the handler lives, until their end() has resolved: close() waits for them.
-  const ending = new Set<Promise<void>>();
+  // Pools replaced or ended while the handler lives, until their end() has resolved: close() ends them within
+  // its own grace and waits for them.
+  const ending = new Map<ProgressPool, Promise<void>>();
   let verifierKey = "";
   let verifier: JwtVerifier | null = null;
 
   function endPool(old: ProgressPool, timeoutS: number): Promise<void> {
     const ended = old.end(timeoutS).catch(() => {});
-    ending.add(ended);
-    void ended.then(() => ending.delete(ended));
+    ending.set(old, ended);
+    void ended.then(() => ending.delete(old));
     return ended;
   }
 
@@ -134,7 +143,7 @@ export function createProgressHandlerFromEnv(
       });
       store = madeStore;
       dbKey = key;
-      if (old) endPool(old, 5);
+      if (old) endPool(old, CLOSE_GRACE_S);
     }
     return store;
   }
@@ -178,8 +187,10 @@ export function createProgressHandlerFromEnv(
       pool = null;
       store = null;
       dbKey = "";
-      if (open) endPool(open, 5);
-      await Promise.all(ending);
+      if (open) endPool(open, CLOSE_GRACE_S);
+      // A pool replaced earlier gets no longer than the current one: what its end had left is cut to this.
+      for (const retired of ending.keys()) endPool(retired, CLOSE_GRACE_S);
+      await Promise.all(ending.values());
     },
   });
 }

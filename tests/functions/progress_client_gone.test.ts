@@ -61,7 +61,13 @@
 //   * a write whose BEGIN waited on the other connection, reopened with the 57P01 of its lost backend kept,
 //     its startup held on its way until the replacement: the BEGIN, failed unsent with that error, is sent
 //     again to the pool that replaced the stuck one, answered 200 and stored once, where it went to the pool
-//     being ended (CONNECTION_ENDED, a 503).
+//     being ended (CONNECTION_ENDED, a 503);
+//   * a write whose transaction is under way on the other connection: its client leaves, and its cancel
+//     request is sent and stops the statement's wait (nothing stored), where the ended pool refused it and
+//     the statement ran on to its timeout;
+//   * with nothing under way on the replaced pool, close() resolves at once (within a 5 s guard), where it
+//     waited out the replaced pool's 10 s (postgres.js ends a connection with a kept query only at end()'s
+//     timeout).
 
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -2208,6 +2214,21 @@ function lockWaitingBackends(admin: postgres.Sql, applicationName: string, count
   }, `${count} of the function's backends waiting for the user's other write`);
 }
 
+/** Fails with `what` unless `promise` settles within `ms`: a hang guard shorter than GUARD_MS. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) =>
+        timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms)
+      ),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 Deno.test({
   name: "the function's pool replaced while a write's BEGIN waits on its connection reopened with a 57P01 " +
     "kept: the BEGIN, failed unsent with that error, is sent again to the pool that replaced it (200, stored " +
@@ -2283,5 +2304,101 @@ Deno.test({
       );
       assert.equal((await storedOnce(admin, user.id, replayed)).rows.length, 1);
     });
+  },
+});
+
+Deno.test({
+  name:
+    "the function's pool replaced while a write's transaction is under way on another of its connections: " +
+    "the write's client leaves and its cancel request is sent (the statement stops waiting, nothing stored), " +
+    "where the ended pool refused it and the statement ran on to its timeout",
+  ignore: !mintsTokens,
+  fn: async () => {
+    await withFunctionPool("replaced-cancel", BEGIN_GIVES_UP_AFTER_3_S, 2, async (scene) => {
+      const { base, log, role, admin, holder, user, applicationName } = scene;
+      const [lost, leaving, stuck] = ["lost", "leaving", "stuck"].map((s) =>
+        seriesId(`replaced-cancel-${s}`)
+      );
+      const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+      const held = await userWriteInProgress(holder, user.id, seriesId("replaced-cancel-held"));
+      try {
+        // One connection's backend ends under a write's statement (its 57P01 kept): it is the one the stuck
+        // write reopens below. The leaving write opens the other and waits for the user's other write.
+        const lostWrite = postWrite(base, user.accessToken, lost);
+        lostWrite.catch(() => {}); // awaited below
+        const [lostPid] = await lockWaitingBackends(admin, applicationName, 1);
+        await admin`select pg_catalog.pg_terminate_backend(${lostPid}::integer)`;
+        assert.equal(
+          statusOf(await guarded(lostWrite, "answer of the lost write")),
+          "503 service_unavailable",
+        );
+        const client = new AbortController();
+        const leavingSent = fetch(base, {
+          method: "POST",
+          headers: { authorization: `Bearer ${user.accessToken}`, "content-type": "application/json" },
+          body: JSON.stringify(write({ series_id: leaving })),
+          signal: client.signal,
+        });
+        leavingSent.catch(() => {}); // aborted below
+        const [leavingPid] = await lockWaitingBackends(admin, applicationName, 1);
+        // The stuck write's BEGIN reopens the first connection, its startups refused, and gives up: the pool
+        // is replaced, and the leaving write's transaction goes on, on the pool being ended.
+        await role.refuse();
+        const stuckAnswer = await guarded(
+          postWrite(base, user.accessToken, stuck),
+          "answer of the stuck write",
+        );
+        assert.equal(statusOf(stuckAnswer), "503 service_unavailable", JSON.stringify(stuckAnswer.body));
+        assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun 3000 ms after it took its turn/);
+        // Its client leaves: the cancel request reaches the backend (a cancel request is no startup: the
+        // role's refusal does not touch it), which stops waiting while the other write still holds the lock.
+        client.abort();
+        await assert.rejects(leavingSent, { name: "AbortError" });
+        await until(async () => {
+          const [row] = await admin<{ waiting: boolean }[]>`
+              select wait_event_type is not distinct from 'Lock' as waiting
+                from pg_catalog.pg_stat_activity where pid = ${leavingPid}::integer`;
+          return row === undefined || !row.waiting ? true : undefined;
+        }, "the leaving write's backend no longer waiting, its client gone");
+        const [{ holding }] = await admin<{ holding: boolean }[]>`
+            select state = 'idle in transaction' as holding from pg_catalog.pg_stat_activity
+             where pid = ${holderPid}::integer`;
+        assert.ok(holding, "the other write still held the lock: the wait did not end by its commit");
+        assert.equal((await log.next("request_cancelled")).user_id, user.id);
+      } finally {
+        await endHeld(held);
+      }
+      assert.deepEqual(
+        await storedSeries(admin, user.id, [lost, leaving, stuck]),
+        [],
+        "nothing of the three writes was stored",
+      );
+    });
+  },
+});
+
+Deno.test({
+  name: "the function's pool replaced (a write gave up on its connection reopening for refused startups), " +
+    "nothing under way on it: close() resolves at once, not after what is left of the replaced pool's 10 s",
+  ignore: !mintsTokens,
+  fn: async () => {
+    await withFunctionPoolRefused(
+      "replaced-close",
+      BEGIN_GIVES_UP_AFTER_3_S,
+      async ({ base, handler, log, proxy, user }) => {
+        const answer = await guarded(postWrite(base, user.accessToken, seriesId("replaced-close")), "answer");
+        assert.equal(statusOf(answer), "503 service_unavailable", JSON.stringify(answer.body));
+        assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun 3000 ms after it took its turn/);
+        // The replaced pool has nothing under way (its one connection reopens for a BEGIN no one waits for,
+        // with no socket while the pacing spaces its attempts): its end finishes once its last socket has
+        // closed. Before, it waited out its 10 s (postgres.js ends such a connection only at end()'s timeout),
+        // and close() with it. A hang guard of 5 s (the close's own grace): the replacement was a moment ago.
+        await within(handler.close(), 5_000, "close() of the function's pools");
+        await until(
+          () => Promise.resolve(proxy.open === 0 ? true : undefined),
+          "no connection open at the proxy",
+        );
+      },
+    );
   },
 });
