@@ -112,14 +112,14 @@ export interface ProgressPool {
    * pacing stops waiting), so the query a connection was opening for, a BEGIN, fails (CONNECTION_ENDED)
    * unsent; its idle connections close now, and a connection with a transaction under way closes once that
    * has ended as it would (its COMMIT or ROLLBACK; its cancel requests, were its call's client to leave, are
-   * still sent), and a transaction asked of it from now on (sql.begin, as the store's calls make them) fails
-   * at once (CONNECTION_ENDED, a 503), as on a pool postgres.js has ended. The end finishes once no socket of the pool is open (nothing can be under way on a pool
-   * without one), or once `timeoutS` seconds have passed: then every connection is destroyed (a statement
-   * still running fails, CONNECTION_DESTROYED, its transaction never committed) and the queries still queued
-   * fail (CONNECTION_DESTROYED), none of them sent. Called again, with a shorter time left than the one running, the end finishes
-   * by then instead (server.ts's close() gives a pool replaced earlier its own 5 s, not what is left of the
-   * replaced pool's 10 s). Resolves once the end has finished: no socket of the pool is open, nor opened
-   * again.
+   * still sent); a transaction asked of it from now on (sql.begin, as the store's calls make them) fails at
+   * once (CONNECTION_ENDED, a 503), as on a pool postgres.js has ended. The end finishes once no socket of
+   * the pool is open (nothing can be under way on a pool without one), or once `timeoutS` seconds have
+   * passed: then every connection is destroyed (a statement still running fails, CONNECTION_DESTROYED, its
+   * transaction never committed) and the queries still queued fail (CONNECTION_DESTROYED), none of them sent.
+   * Called again with a shorter time than the one left, the end finishes by then instead (server.ts's close()
+   * gives a pool replaced earlier its own 5 s, not what is left of the replaced pool's 10 s). Resolves once
+   * the end has finished: no socket of the pool is open, nor opened again.
    */
   end(timeoutS: number): Promise<void>;
   /** Sockets the pool has open now (its connections' and its cancel requests'): for tests. */
@@ -216,12 +216,12 @@ export function createProgressPool(
       const due = new Promise<void>((resolve) => finish = resolve);
       finishWithin(timeoutS);
       ending = (async () => {
-        // postgres.js's close(): each connection ends as its end({ timeout }) ends it (idle ones now, one with
-        // a transaction under way once that has ended), but with no timeout of its own: postgres.js's end()
-        // destroys its connections only at a timeout set when it is called, once, which a later, shorter
-        // end() here could not bring forward. A connection whose lost socket left a query kept (see above)
-        // never ends so, and has no socket: the finish destroys it.
-        // (Not in postgres.js's types; without it, another version, the end waits for its finish.)
+        // postgres.js's close(): each connection ends as its end({ timeout }) ends it (idle ones now, one
+        // with a transaction under way once that has ended), but with no timeout of its own: postgres.js's
+        // end() destroys its connections only at a timeout set when it is called, once, which a later,
+        // shorter end() here could not bring forward. A connection whose lost socket left a query kept (see
+        // above) never ends so, and has no socket: the finish destroys it. (close() is not in postgres.js's
+        // types; without it, another version, the end waits for its finish.)
         const close = (sql as unknown as { close?: unknown }).close;
         if (typeof close === "function") void Promise.resolve(close()).catch(() => {});
         await Promise.race([due, noSocketOpen()]);

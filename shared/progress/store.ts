@@ -571,8 +571,8 @@ const SOCKET_LOST_CODES = new Set([
  * with it the query it opened for (`initial`, sent only after that). So the BEGIN was not sent, the
  * connection is open and back in the pool, and the call sends its BEGIN again, once, to the store's pool now
  * (the one that replaced it, if another call gave up on that pool meanwhile: replacePool); before, it
- * answered 503 with nothing sent. Whichever way such an error reaches a BEGIN, no statement of the call was sent (its
- * transaction's function never ran), so the BEGIN sent again can store nothing twice. (57P02
+ * answered 503 with nothing sent. Whichever way such an error reaches a BEGIN, no statement of the call was
+ * sent (its transaction's function never ran), so the BEGIN sent again can store nothing twice. (57P02
  * crash_shutdown, another backend crashed, PostgreSQL sends as a WARNING, a notice, as it does an immediate
  * shutdown's 57P01: postgres.js keeps neither, and the next BEGIN is sent as it is. The check takes 57P02
  * for a server that would send it as an error.)

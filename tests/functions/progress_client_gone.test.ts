@@ -2391,8 +2391,8 @@ Deno.test({
         assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun 3000 ms after it took its turn/);
         // The replaced pool has nothing under way (its one connection reopens for a BEGIN no one waits for,
         // with no socket while the pacing spaces its attempts): its end finishes once its last socket has
-        // closed. Before, it waited out its 10 s (postgres.js ends such a connection only at end()'s timeout),
-        // and close() with it. A hang guard of 5 s (the close's own grace): the replacement was a moment ago.
+        // closed. Before, it waited out its 10 s (postgres.js ends such a connection only at end()'s
+        // timeout), and close() with it. A hang guard of 5 s (the close's own grace): the replacement was a moment ago.
         await within(handler.close(), 5_000, "close() of the function's pools");
         await until(
           () => Promise.resolve(proxy.open === 0 ? true : undefined),

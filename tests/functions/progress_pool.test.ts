@@ -4,9 +4,9 @@
 // server refuses. Without that, the pacing would never let the pool's attempts go at once again after an
 // outage (or, were that read gone in another postgres.js, the pool would not be paced at all). That includes
 // the startups postgres.js makes by itself for a connection whose socket was lost under a statement (a
-// restart, pg_terminate_backend), which it reopens, after refusals too, and whose query it then fails with the
-// error kept: those ended an outage unheard before (the count of the shared options.shared.retries, which the
-// pool heard, is not reset on that path), and every attempt after them waited its paced turn.
+// restart, pg_terminate_backend), which it reopens, after refusals too, and whose query it then fails with
+// the error kept: those ended an outage unheard before (the pool heard the reset of the shared
+// options.shared.retries, skipped on that path), and every attempt after them waited its paced turn.
 
 import assert from "node:assert/strict";
 import { type ConnectionPacing, connectionPacing, createProgressPool } from "../../shared/progress/pool.ts";
