@@ -115,8 +115,9 @@ export interface ProgressPool {
    * still sent); a transaction asked of it from now on (sql.begin, as the store's calls make them) fails at
    * once (CONNECTION_ENDED, a 503), as on a pool postgres.js has ended. The end finishes once no socket of
    * the pool is open (nothing can be under way on a pool without one), or once `timeoutS` seconds have
-   * passed: then every connection is destroyed (a statement still running fails, CONNECTION_DESTROYED, its
-   * transaction never committed) and the queries still queued fail (CONNECTION_DESTROYED), none of them sent.
+   * passed: then every connection is destroyed and its socket closed (a statement still running fails, its
+   * transaction's begin() with CONNECTION_CLOSED: a COMMIT already sent may have committed, a 503 that may
+   * have stored the write) and the queries still queued fail (CONNECTION_DESTROYED), none of them sent.
    * Called again with a shorter time than the one left, the end finishes by then instead (server.ts's close()
    * gives a pool replaced earlier its own 5 s, not what is left of the replaced pool's 10 s). Resolves once
    * the end has finished: no socket of the pool is open, nor opened again.
@@ -230,9 +231,13 @@ export function createProgressPool(
         // Destroys what is left (timeout 0): a statement still running fails, and so do the queries still
         // queued, unsent; postgres.js refuses queries from then on.
         await sql.end({ timeout: 0 });
-        // A socket still connecting (an attempt on its way when end() was called) is not closed by
-        // postgres.js, which leaves it to the server; every other one it has closed, or the server has.
-        for (const socket of sockets) if (socket.readyState === "opening") socket.destroy();
+        // Every socket left is closed now: one still connecting (an attempt on its way when end() was
+        // called), which postgres.js leaves to the server, and one whose statement was destroyed, which
+        // postgres.js only ends (its Terminate written): the server closes that one once it reads it, after
+        // the statement (a lock wait, up to the statement timeout), and a server out of reach never does, and
+        // the transaction's begin() rejects only at the close (its connection's onclose). Before, the end, so
+        // close(), waited for that, and the call with it.
+        for (const socket of sockets) socket.destroy();
         await noSocketOpen();
       })();
       return ending;

@@ -143,3 +143,50 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "the function's pool ended while a statement of it still runs: its end finishes at its time, the " +
+    "statement's query failed and its socket closed, not once the server has finished the statement",
+  fn: async () => {
+    const admin = adminSql({ max: 1 });
+    const pool = createProgressPool(testEnv().dbUrl, { max: 1, connect_timeout: 5, onnotice: () => {} }, {
+      turn: () => Promise.resolve(),
+      startupCompleted: () => {},
+    });
+    // The test's own connection holds an advisory lock; the pool's transaction waits for it (no timeout).
+    const key = Math.floor(Math.random() * 2 ** 31);
+    const holder = adminSql({ max: 1 });
+    try {
+      await holder`select pg_catalog.pg_advisory_lock(${key}::bigint)`;
+      const [{ pid }] = await pool.sql<{ pid: number }[]>`select pg_catalog.pg_backend_pid() as pid`;
+      const waiting = pool.sql.begin((tx) => tx`select pg_catalog.pg_advisory_xact_lock(${key}::bigint)`);
+      waiting.catch(() => {}); // awaited below
+      await until(async () => {
+        const [row] = await admin<{ waiting: boolean }[]>`
+          select wait_event_type is not distinct from 'Lock' as waiting
+            from pg_catalog.pg_stat_activity where pid = ${pid}::integer`;
+        return row?.waiting === true;
+      }, "the pool's statement waiting for the lock");
+      // The end's time is up at once: the statement is destroyed, and the end finishes with the pool's
+      // socket closed, while the server still runs the statement (it reads the connection's end only once
+      // the statement is over). Before, the end waited for the server to close the socket: for as long as
+      // the statement ran (here until the lock is released), or a server out of reach never did.
+      let endFinished = false;
+      const ending = pool.end(0).then(() => endFinished = true);
+      await until(() => endFinished, "the pool's end finished while the statement still ran");
+      assert.equal(pool.openSockets, 0, "no socket of the pool open");
+      // The transaction fails at its connection's close (postgres.js's begin() hears it so: its statement
+      // destroyed, its ROLLBACK is kept for a connection that sends nothing more).
+      await assert.rejects(waiting, { code: "CONNECTION_CLOSED" });
+      const [row] = await admin<{ waiting: boolean }[]>`
+        select wait_event_type is not distinct from 'Lock' as waiting
+          from pg_catalog.pg_stat_activity where pid = ${pid}::integer`;
+      assert.equal(row?.waiting, true, "the statement still ran when the end had finished");
+      await ending;
+    } finally {
+      await holder.end();
+      await pool.end(0);
+      await admin.end();
+    }
+  },
+});
