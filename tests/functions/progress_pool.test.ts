@@ -7,6 +7,8 @@
 // restart, pg_terminate_backend), which it reopens, after refusals too, and whose query it then fails with
 // the error kept: those ended an outage unheard before (the pool heard the reset of the shared
 // options.shared.retries, skipped on that path), and every attempt after them waited its paced turn.
+// And a pool ended while a statement of it still runs (a lock wait): its end finishes at its time, the socket
+// closed, where it waited for the server to close it, which it does only once the statement is over.
 
 import assert from "node:assert/strict";
 import { type ConnectionPacing, connectionPacing, createProgressPool } from "../../shared/progress/pool.ts";
