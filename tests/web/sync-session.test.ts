@@ -1492,35 +1492,43 @@ Deno.test("sync session, real API client, two tabs: a tab backing off after a 50
   }
 });
 
-Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it will be sent once another tab names an earlier write of the series answered, though Realtime brought that write's row first and the saved outbox did not change", async () => {
+/**
+ * Tab B holding a page turn of "book" (chapter 5) it does not send (another tab holds the outbox's lock), behind
+ * tab A's earlier write (chapter 4) dated beyond the server's tolerance, so stored (`stored`, not yet heard by
+ * tab B) at a date after the page turn's. Tab A's store is over the same storage; its send's answer is given
+ * to it by the test (`storeA.settle`).
+ */
+function pageTurnBehindFarAheadWrite() {
   const browser = sharedStorage();
   const second = tab({ browser });
-  // Tab B holds the page turn and does not send it (another tab holds the outbox's lock).
   second.locks.holdElsewhere(outboxLockName(ALICE));
   const b = second.open(newStore(ALICE));
-  // Tab A's store over the same storage: its send's answer is given to it by the test.
   const storeA = newStore(ALICE);
   storeA.attachStorage(browser.viewFor(new EventTarget()));
   const now = Date.now();
-  const write = (chapter: number, atMs: number): PendingWrite => ({
-    series_id: "book",
+  const write = (seriesId: string, chapter: number, atMs: number): PendingWrite => ({
+    series_id: seriesId,
     ...position(chapter),
     cleared: false,
     device_id: DEVICE,
     updated_at: new Date(atMs).toISOString(),
   });
-  // A write dated beyond the server's tolerance (stored at the server's now()), then the page turn after it.
-  const farAhead = write(4, now + 3_600_000);
+  const farAhead = write("book", 4, now + 3_600_000);
   storeA.addPending(farAhead);
-  storeA.addPending(write(5, now));
+  storeA.addPending(write("book", 5, now));
+  const storedAt = new Date(now + 10_000).toISOString();
+  const stored = { ...row(ALICE, "book", 4), device_id: DEVICE, updated_at: storedAt, synced_at: storedAt };
   const shown = () => b.store.getSnapshot().bySeries.get("book");
+  return { browser, second, b, storeA, now, write, farAhead, stored, shown };
+}
+
+Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it will be sent once another tab names an earlier write of the series answered, though Realtime brought that write's row first and the saved outbox did not change", async () => {
+  const { browser, second, b, storeA, now, farAhead, stored, shown } = pageTurnBehindFarAheadWrite();
   await until(() => shown()?.chapter === 5);
   assert.equal(shown()?.chapter, 5, "tab B holds the page turn");
 
   // The far-ahead write is stored after the page turn's date; its row reaches tab B by Realtime before
   // tab A names it answered.
-  const storedAt = new Date(now + 10_000).toISOString();
-  const stored = { ...row(ALICE, "book", 4), device_id: DEVICE, updated_at: storedAt, synced_at: storedAt };
   second.subscriptions[0].handler({ kind: "upsert", row: stored });
   assert.equal(shown()?.chapter, 4, "until it is named answered, the stored row is the later one");
   const savedBefore = browser.items.get(storeA.outboxKey);
@@ -1538,27 +1546,7 @@ Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it w
 
 for (const change of ["upsert", "delete"] as const) {
   Deno.test(`sync session, two tabs: a Realtime ${change} of another series that reaches a tab first after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
-    const browser = sharedStorage();
-    const second = tab({ browser });
-    second.locks.holdElsewhere(outboxLockName(ALICE)); // tab B holds the page turn and does not send it
-    const b = second.open(newStore(ALICE));
-    const storeA = newStore(ALICE);
-    storeA.attachStorage(browser.viewFor(new EventTarget()));
-    const now = Date.now();
-    const write = (chapter: number, atMs: number): PendingWrite => ({
-      series_id: "book",
-      ...position(chapter),
-      cleared: false,
-      device_id: DEVICE,
-      updated_at: new Date(atMs).toISOString(),
-    });
-    // As above: a write dated beyond the server's tolerance, stored after the page turn that follows it.
-    const farAhead = write(4, now + 3_600_000);
-    storeA.addPending(farAhead);
-    storeA.addPending(write(5, now));
-    const shown = () => b.store.getSnapshot().bySeries.get("book");
-    const storedAt = new Date(now + 10_000).toISOString();
-    const stored = { ...row(ALICE, "book", 4), device_id: DEVICE, updated_at: storedAt, synced_at: storedAt };
+    const { browser, second, b, storeA, now, farAhead, stored, shown } = pageTurnBehindFarAheadWrite();
     second.subscriptions[0].handler({ kind: "upsert", row: stored });
     const other = row(ALICE, "other-book", 1);
     second.subscriptions[0].handler({ kind: "upsert", row: other });
@@ -1594,28 +1582,8 @@ for (const change of ["upsert", "delete"] as const) {
 
 for (const change of ["a message", "a notice dismissed", "the clock's answer"] as const) {
   Deno.test(`sync session, two tabs: ${change} that reaches a tab first after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
-    const browser = sharedStorage();
-    const second = tab({ browser });
-    second.locks.holdElsewhere(outboxLockName(ALICE)); // tab B holds the page turn and does not send it
-    const b = second.open(newStore(ALICE));
-    const storeA = newStore(ALICE);
-    storeA.attachStorage(browser.viewFor(new EventTarget()));
-    const now = Date.now();
-    const write = (seriesId: string, chapter: number, atMs: number): PendingWrite => ({
-      series_id: seriesId,
-      ...position(chapter),
-      cleared: false,
-      device_id: DEVICE,
-      updated_at: new Date(atMs).toISOString(),
-    });
-    // As the Realtime tests above: a write dated beyond the server's tolerance, stored after the page turn that
-    // follows it, which tab B shows as it will be sent.
-    const farAhead = write("book", 4, now + 3_600_000);
-    storeA.addPending(farAhead);
-    storeA.addPending(write("book", 5, now));
-    const shown = () => b.store.getSnapshot().bySeries.get("book");
-    const storedAt = new Date(now + 10_000).toISOString();
-    const stored = { ...row(ALICE, "book", 4), device_id: DEVICE, updated_at: storedAt, synced_at: storedAt };
+    // As the Realtime tests above: tab B shows the page turn as it will be sent.
+    const { browser, second, b, storeA, now, write, farAhead, stored, shown } = pageTurnBehindFarAheadWrite();
     second.subscriptions[0].handler({ kind: "upsert", row: stored });
     storeA.settle(farAhead, { won: true, progress: stored } as unknown as WriteResult);
     // Tab B's own write of another series lost to the phone's newer version: a notice it may dismiss.
