@@ -1086,6 +1086,18 @@ async function serverConfiguration(
   }, `the server's new pg_hba.conf (${lines.join("; ")})`);
 }
 
+/** `pg` with a self-signed certificate, taking TCP connections with TLS only (its socket as before). */
+async function takesTlsOnly(pg: LocalPostgres, sql: postgres.Sql): Promise<void> {
+  await selfSignedCertificate(pg);
+  await serverConfiguration(
+    pg,
+    sql,
+    ["local all all trust", "hostssl all all 127.0.0.1/32 trust"],
+    { host: "127.0.0.1", port: pg.port, username: "postgres", database: "postgres", ssl: false },
+    { ssl: "on" },
+  );
+}
+
 Deno.test({
   name: "a stack started with a SUPABASE_DB_URL whose password is in the password file only, whose server " +
     "offers TLS in versions the client does not speak (its handshake fails: prefer falls back without TLS, as " +
@@ -1146,14 +1158,7 @@ Deno.test({
   sanitizeResources: false,
 }, () =>
   withCluster(async (pg, sql) => {
-    await selfSignedCertificate(pg);
-    await serverConfiguration(
-      pg,
-      sql,
-      ["local all all trust", "hostssl all all 127.0.0.1/32 trust"],
-      { host: "127.0.0.1", port: pg.port, username: "postgres", database: "postgres", ssl: false },
-      { ssl: "on" },
-    );
+    await takesTlsOnly(pg, sql);
     const root = `${pg.dataDir}/root.crt`;
     await Deno.copyFile(`${pg.dataDir}/data/server.crt`, root);
     const url = `${pg.url}?sslmode=verify-ca&sslrootcert=${encodeURIComponent(root)}`;
@@ -1187,14 +1192,7 @@ Deno.test({
   sanitizeResources: false,
 }, () =>
   withCluster(async (pg, sql) => {
-    await selfSignedCertificate(pg);
-    await serverConfiguration(
-      pg,
-      sql,
-      ["local all all trust", "hostssl all all 127.0.0.1/32 trust"],
-      { host: "127.0.0.1", port: pg.port, username: "postgres", database: "postgres", ssl: false },
-      { ssl: "on" },
-    );
+    await takesTlsOnly(pg, sql);
     const { freePort } = await import("./postgres.ts");
     const url = `postgresql:///postgres?host=127.0.0.1,127.0.0.1&port=${freePort()},${pg.port}&user=postgres`;
     await withEnv({ PGSSLMODE: undefined }, async () => {
