@@ -1426,7 +1426,7 @@ function sharedLocks() {
  * Two tabs of ALICE in one browser (shared storage and Web Locks), each sending through the real API client to
  * the same held function: the opening of the real-API two-tab tests. a and b are their sessions.
  */
-function twoTabsOverRealApi() {
+function twoTabsOverRealApi(openA = (t: ReturnType<typeof tab>) => t.open(newStore(ALICE))) {
   const browser = sharedStorage();
   const locks = sharedLocks();
   const fn = heldFunctions();
@@ -1436,7 +1436,7 @@ function twoTabsOverRealApi() {
   second.env.locks = locks;
   realApi(first, fn);
   realApi(second, fn);
-  return { locks, fn, first, second, a: first.open(newStore(ALICE)), b: second.open(newStore(ALICE)) };
+  return { locks, fn, first, second, a: openA(first), b: second.open(newStore(ALICE)) };
 }
 
 Deno.test("sync session, real API client, two tabs: a tab backing off after a 503 holds no Web Lock while it waits: another tab's Sync now sends the shared outbox at once, and the first tab's retry takes the lock again to send", async () => {
@@ -2324,17 +2324,7 @@ const openExpiringSoon = (t: ReturnType<typeof tab>, store = newStore(ALICE), cl
 
 Deno.test("sync session, real API client, two tabs: a token about to expire is refreshed before the send takes the outbox's Web Lock, not inline under it: another tab sends meanwhile, and the tab sends nothing again once refreshed", async () => {
   const auth = heldAuthToken();
-  const browser = sharedStorage();
-  const locks = sharedLocks();
-  const fn = heldFunctions();
-  const first = tab({ browser });
-  const second = tab({ browser });
-  first.env.locks = locks;
-  second.env.locks = locks;
-  realApi(first, fn);
-  realApi(second, fn);
-  const a = openExpiringSoon(first);
-  const b = second.open(newStore(ALICE));
+  const { locks, fn, first, a, b } = twoTabsOverRealApi(openExpiringSoon);
   try {
     a.save("book", position(3), DEVICE);
     const refresh = await auth.request(1); // tab A refreshes its token first: GET /auth/token, held (up to 10 s)
@@ -2392,17 +2382,7 @@ Deno.test("sync session, real API client, two tabs: a token about to expire is r
 
 Deno.test("sync session, real API client, two tabs: a token about to expire whose refresh failed while another tab sent the write (nothing left to send) is asked for again at the tab's next page turn, not sent as held", async () => {
   const auth = heldAuthToken();
-  const browser = sharedStorage();
-  const locks = sharedLocks();
-  const fn = heldFunctions();
-  const first = tab({ browser });
-  const second = tab({ browser });
-  first.env.locks = locks;
-  second.env.locks = locks;
-  realApi(first, fn);
-  realApi(second, fn);
-  const a = openExpiringSoon(first);
-  const b = second.open(newStore(ALICE));
+  const { locks, fn, first, a, b } = twoTabsOverRealApi(openExpiringSoon);
   try {
     a.save("book", position(3), DEVICE);
     const refresh = await auth.request(1); // tab A's refresh before its send, held
