@@ -11,6 +11,7 @@
 // closed, where it waited for the server to close it, which it does only once the statement is over.
 
 import assert from "node:assert/strict";
+import { beforeATimer } from "../support/beforeATimer.ts";
 import { type ConnectionPacing, connectionPacing, createProgressPool } from "../../shared/progress/pool.ts";
 import { adminSql, refusableRole, testEnv } from "./support.ts";
 
@@ -53,17 +54,6 @@ async function until(check: () => Promise<boolean> | boolean, what: string): Pro
     assert.ok(Date.now() < deadline, `${what}: not within 30 s`);
     await new Promise((r) => setTimeout(r, 10));
   }
-}
-
-/** Which settles first: `promise`, or a timer of 0 ms started now ("timer"): whether a turn waited. */
-async function beforeATimer(promise: Promise<unknown>): Promise<"settled" | "timer"> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const result = await Promise.race([
-    promise.then(() => "settled" as const, () => "settled" as const),
-    new Promise<"timer">((resolve) => timer = setTimeout(() => resolve("timer"), 0)),
-  ]);
-  clearTimeout(timer);
-  return result;
 }
 
 Deno.test({

@@ -8,18 +8,8 @@
 //     it opens no socket: the query fails (CONNECTION_ENDED) and the server is never reached again.
 
 import assert from "node:assert/strict";
+import { beforeATimer } from "../../support/beforeATimer.ts";
 import { connectionPacing, createProgressPool } from "../../../shared/progress/pool.ts";
-
-/** Which settles first: `promise`, or a timer of 0 ms started now ("timer"). */
-async function beforeATimer(promise: Promise<unknown>): Promise<"settled" | "timer"> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const result = await Promise.race([
-    promise.then(() => "settled" as const, () => "settled" as const),
-    new Promise<"timer">((resolve) => timer = setTimeout(() => resolve("timer"), 0)),
-  ]);
-  clearTimeout(timer);
-  return result;
-}
 
 Deno.test("pool pacing: the free attempts go at once, the next waits, and a completed startup frees them again", async () => {
   const pacing = connectionPacing(2);
