@@ -79,7 +79,15 @@ export function createProgressHandlerFromEnv(
   let verifierKey = "";
   let verifier: JwtVerifier | null = null;
 
+  // Ends `old` within `timeoutS`; for a pool ending already, brings its end forward to that (pool.ts) and
+  // keeps the one entry its first call made, which removes itself once the end has finished. Before, each
+  // call set a new entry and chained one more removal on the same end.
   function endPool(old: ProgressPool, timeoutS: number): Promise<void> {
+    const known = ending.get(old);
+    if (known) {
+      void old.end(timeoutS).catch(() => {});
+      return known;
+    }
     const ended = old.end(timeoutS).catch(() => {});
     ending.set(old, ended);
     void ended.then(() => ending.delete(old));

@@ -121,7 +121,8 @@ export class CallCancelledError extends HttpError {
  * Retry-After, as for a database that could not be reached. Its cause says how long it waited.
  */
 export class BeginTimeoutError extends HttpError {
-  constructor(timeoutMs: number) {
+  /** `timeoutMs`: beginTimeoutMs; undefined for a call whose beginDeadline signal aborted first. */
+  constructor(timeoutMs: number | undefined) {
     super(
       503,
       "service_unavailable",
@@ -129,8 +130,9 @@ export class BeginTimeoutError extends HttpError {
       {
         headers: { "retry-after": "1" },
         cause: new Error(
-          `the call's transaction had not begun ${timeoutMs} ms after it took its turn (no pooled ` +
-            "connection opened for it, or its BEGIN not answered)",
+          `the call's transaction had not begun ${
+            timeoutMs === undefined ? "when its begin deadline passed" : `${timeoutMs} ms after it took its turn`
+          } (no pooled connection opened for it, or its BEGIN not answered)`,
         ),
       },
     );
@@ -141,7 +143,8 @@ export class BeginTimeoutError extends HttpError {
 /**
  * The wait of a call for its transaction to begin, from its turn until begin() runs the transaction's
  * function (`stop()`): `stopped` rejects, and `gaveUp` is set, when the call's signal aborts
- * (CallCancelledError) or `timeoutMs` has passed (BeginTimeoutError, none for Infinity) before that.
+ * (CallCancelledError) or `timeoutMs` has passed (BeginTimeoutError, none for Infinity) before that; or, where
+ * `deadline` is given (PostgresStoreOptions.beginDeadline), when it aborts instead of that timer.
  *
  * A call with its turn finds a connection free, but postgres.js may still make it wait without end, and
  * nothing it waits for then is one of the call's statements, which its signal cancels (cancellable) and the
@@ -165,7 +168,7 @@ export class BeginTimeoutError extends HttpError {
  * calls take the new one, and the owner ends the stuck one, whose connection then opens nothing more and
  * whose queued BEGINs are never sent (server.ts, pool.ts, which also paces the reconnects meanwhile).
  */
-function beginWait(signal: AbortSignal | undefined, timeoutMs: number) {
+function beginWait(signal: AbortSignal | undefined, timeoutMs: number, deadline?: AbortSignal) {
   const { promise: stopped, reject } = Promise.withResolvers<never>();
   stopped.catch(() => {}); // raced only while a transaction is awaited; never unhandled
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -184,15 +187,21 @@ function beginWait(signal: AbortSignal | undefined, timeoutMs: number) {
     reject(error);
   };
   const aborted = () => giveUp(new CallCancelledError(signal!.reason));
+  const deadlinePassed = () => giveUp(new BeginTimeoutError(undefined));
   function stop() {
     done = true;
     clearTimeout(timer);
     signal?.removeEventListener("abort", aborted);
+    deadline?.removeEventListener("abort", deadlinePassed);
   }
   if (signal?.aborted) aborted();
+  else if (deadline?.aborted) deadlinePassed();
   else {
     signal?.addEventListener("abort", aborted);
-    if (timeoutMs !== Infinity) timer = setTimeout(() => giveUp(new BeginTimeoutError(timeoutMs)), timeoutMs);
+    if (deadline) deadline.addEventListener("abort", deadlinePassed);
+    else if (timeoutMs !== Infinity) {
+      timer = setTimeout(() => giveUp(new BeginTimeoutError(timeoutMs)), timeoutMs);
+    }
   }
   return wait;
 }
@@ -617,6 +626,16 @@ export interface PostgresStoreOptions {
    */
   beginTimeoutMs?: number;
   /**
+   * Called once per attempt of a call, when its wait for its transaction to begin starts: a signal whose
+   * abort ends that wait as beginTimeoutMs's timer would (BeginTimeoutError, its cause "had not begun when
+   * its begin deadline passed", replacePool called), in place of that timer; undefined, the timer. For a
+   * program that decides itself when a call has waited long enough: tests/functions/progress_client_gone
+   * .test.ts gives one call of the function's pool a deadline it aborts once the scene is set, and the other
+   * calls the timer of beginTimeoutMs Infinity, where the calls' timers (beginTimeoutMs from each one's turn)
+   * left the test the pacing's spacing between two turns as its margin. Without it, the timer for every call.
+   */
+  beginDeadline?: () => AbortSignal | undefined;
+  /**
    * The pool's owner's (server.ts's): called, with the store's pool, when a call gave up waiting for its
    * transaction to begin (BeginTimeoutError), once per pool; returns the pool the store's calls take from
    * then on, made with the same max for this store alone, the owner ending the stuck one. Without it the
@@ -711,7 +730,7 @@ export function createPostgresProgressStore(
     // BEGIN with the error of the connection's previous backend (replayedBackendEnd). Until it has begun, the
     // call stops waiting for it when its signal aborts or beginTimeoutMs has passed (beginWait).
     const transaction = async (): Promise<T> => {
-      const waiting = beginWait(signal, beginTimeoutMs);
+      const waiting = beginWait(signal, beginTimeoutMs, options.beginDeadline?.());
       // The pool the call's BEGIN was last asked of (begunTransaction): the store's pool then.
       const taken = { sql: pool };
       try {

@@ -2214,34 +2214,20 @@ function lockWaitingBackends(admin: postgres.Sql, applicationName: string, count
   }, `${count} of the function's backends waiting for the user's other write`);
 }
 
-/** Fails with `what` unless `promise` settles within `ms`: a hang guard shorter than GUARD_MS. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) =>
-        timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms)
-      ),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 Deno.test({
   name: "the function's pool replaced while a write's BEGIN waits on its connection reopened with a 57P01 " +
     "kept: the BEGIN, failed unsent with that error, is sent again to the pool that replaced it (200, stored " +
     "once), not to the one being ended (503 CONNECTION_ENDED)",
   ignore: !mintsTokens,
   fn: async () => {
-    const storeOptions = {
-      lockTimeoutMs: LONG_TIMEOUT_MS,
-      statementTimeoutMs: LONG_TIMEOUT_MS,
-      beginTimeoutMs: 5_000,
-    };
+    // Each call's wait for its BEGIN ends only when the test says: the stuck write's deadline, aborted once
+    // the scene is set, and none for the others (beginTimeoutMs Infinity). Before, both writes gave up 5 s
+    // after their turns, and the release and the replay had to fit in the 350-700 ms the pacing put between
+    // the two writes' turns.
+    const deadlines: AbortSignal[] = [];
+    const storeOptions = { ...BEGIN_NEVER_GIVES_UP, beginDeadline: () => deadlines.shift() };
     await withFunctionPool("replay-replaced", storeOptions, 2, async (scene) => {
-      const { base, log, proxy, role, admin, holder, user, applicationName } = scene;
+      const { base, log, proxy, admin, holder, user, applicationName } = scene;
       const [lostA, lostB, stuck, replayed] = ["lost-a", "lost-b", "stuck", "replayed"].map((s) =>
         seriesId(`replay-replaced-${s}`)
       );
@@ -2260,38 +2246,38 @@ Deno.test({
       } finally {
         await endHeld(held);
       }
-      // The server refuses the role's startups: the stuck write's BEGIN reopens one connection again and
-      // again (paced: its fifth attempt comes at least 350 ms after its first, pool.ts), the refusals kept.
-      await role.refuse();
-      const before = proxy.accepted;
+      // Every connection made from now on is held at the proxy, its startup unsent. The stuck write's BEGIN
+      // reopens one connection (the pool's first free attempt), held; the next write's reopens the other
+      // (the second), held too. Each waits for its BEGIN, which neither has begun.
+      proxy.hold();
+      const atHold = proxy.accepted;
+      const stuckDeadline = new AbortController();
+      deadlines.push(stuckDeadline.signal);
       const stuckWrite = postWrite(base, user.accessToken, stuck);
       stuckWrite.catch(() => {}); // awaited below
       await until(
-        () => Promise.resolve(proxy.accepted >= before + 5 ? true : undefined),
-        "five attempts of the stuck write's connection",
+        () => Promise.resolve(proxy.accepted >= atHold + 1 ? true : undefined),
+        "the attempt of the stuck write's connection",
       );
-      // The next write's BEGIN reopens the other connection (its 57P01 kept): its startup is held on its way
-      // (the stuck connection's next ones may be too). At most one attempt of the stuck connection comes
-      // before it in the pacing's order, so the second attempt from now is the write's.
-      proxy.hold();
-      const atHold = proxy.accepted;
       const replayedWrite = postWrite(base, user.accessToken, replayed);
       replayedWrite.catch(() => {}); // awaited below
       await until(
         () => Promise.resolve(proxy.accepted >= atHold + 2 ? true : undefined),
         "the attempt of the next write's connection",
       );
-      // The stuck write gives up (5 s after its turn, before the next write would) and the pool is replaced;
-      // the one it replaced is ending, its transactions given 10 s.
+      assert.equal(deadlines.length, 0, "the stuck write took its deadline");
+      // The stuck write gives up, and the pool is replaced; the one it replaced is ending, its transactions
+      // given 10 s.
+      stuckDeadline.abort();
       const stuckAnswer = await guarded(stuckWrite, "answer of the stuck write");
       assert.equal(statusOf(stuckAnswer), "503 service_unavailable", JSON.stringify(stuckAnswer.body));
-      assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun 5000 ms after it took its turn/);
-      // Then the held startup reaches the server, which takes it: postgres.js fails the next write's BEGIN,
-      // unsent, with the 57P01 kept, and the store sends it again, to the pool that replaced the stuck one.
-      // Before, it went to the pool it had failed on, ended meanwhile: CONNECTION_ENDED, a 503 with the
-      // server back.
+      assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun when its begin deadline passed/);
+      // Then the held startups reach the server, which takes them: postgres.js fails each BEGIN, unsent,
+      // with the 57P01 kept (the stuck write's no one waits for), and the store sends the next write's again,
+      // to the pool that replaced the stuck one. Before, it went to the pool it had failed on, ended
+      // meanwhile: CONNECTION_ENDED, a 503 with the server there. (The held startups have postgres.js's
+      // connect_timeout, 5 s, for the few local steps since they were made.)
       const sentBefore = proxy.statements.length;
-      await role.accept();
       proxy.release();
       const answer = await guarded(replayedWrite, "answer of the write whose BEGIN was sent again");
       assert.equal(statusOf(answer), "200", `${JSON.stringify(answer.body)} ${JSON.stringify(log.entries)}`);
@@ -2379,21 +2365,57 @@ Deno.test({
 
 Deno.test({
   name: "the function's pool replaced (a write gave up on its connection reopening for refused startups), " +
-    "nothing under way on it: close() resolves at once, not after what is left of the replaced pool's 10 s",
+    "nothing under way on it: close() resolves once no socket of its pools is open, before the cut of " +
+    "another function's close() called just before it (whose write under way commits after), not at its own",
   ignore: !mintsTokens,
   fn: async () => {
     await withFunctionPoolRefused(
       "replaced-close",
       BEGIN_GIVES_UP_AFTER_3_S,
-      async ({ base, handler, log, proxy, user }) => {
+      async ({ base, handler, log, proxy, holder, admin, user }) => {
         const answer = await guarded(postWrite(base, user.accessToken, seriesId("replaced-close")), "answer");
         assert.equal(statusOf(answer), "503 service_unavailable", JSON.stringify(answer.body));
         assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun 3000 ms after it took its turn/);
-        // The replaced pool has nothing under way (its one connection reopens for a BEGIN no one waits for,
-        // with no socket while the pacing spaces its attempts): its end finishes once its last socket has
-        // closed. Before, it waited out its 10 s (postgres.js ends such a connection only at end()'s
-        // timeout), and close() with it. A hang guard of 5 s (the close's own grace): the replacement was a moment ago.
-        await within(handler.close(), 5_000, "close() of the function's pools");
+        // The witness: another function's handler (its own pool, on the database as it is), whose write
+        // waits for the user's other write, under way on its pool. Its close() is called first: its pool's
+        // end is cut 5 s (CLOSE_GRACE_S, server.ts) from then, no later than the pools of the handler
+        // closed next, and a cut destroys the write's connection (a 503: it never commits).
+        const witness = createProgressHandlerFromEnv({
+          get: (name) =>
+            ({
+              PROGRESS_DB_URL: testEnv().dbUrl,
+              PROGRESS_DB_POOL_MAX: "1",
+              SUPABASE_JWT_SECRET: testEnv().jwtSecret ?? "",
+            })[name],
+        }, { store: BEGIN_NEVER_GIVES_UP });
+        const witnessServer = serveLocal(witness);
+        const witnessSeries = seriesId("replaced-close-witness");
+        const [{ pid: holderPid }] = await holder<{ pid: number }[]>`select pg_backend_pid() as pid`;
+        const held = await userWriteInProgress(holder, user.id, seriesId("replaced-close-held"));
+        try {
+          const witnessWrite = postWrite(`${witnessServer.url}/progress`, user.accessToken, witnessSeries);
+          witnessWrite.catch(() => {}); // awaited below
+          await waitingBackend(admin, "readsync-progress", holderPid);
+          const witnessClosed = witness.close();
+          witnessClosed.catch(() => {}); // awaited below
+          // The replaced pool has nothing under way (its one connection reopens for a BEGIN no one waits
+          // for, with no socket while the pacing spaces its attempts), nor has the pool that replaced it:
+          // close() resolves once no socket of them is open, while the witness's write is still under way.
+          // Before, the replaced pool's end waited out its 10 s (postgres.js ends such a connection only at
+          // end()'s timeout), cut to 5 s by close(), and close() resolved only after that cut, by when the
+          // witness's cut, which came no later, had destroyed its write's connection.
+          await guarded(handler.close(), "close() of the function's pools");
+          held.release();
+          await held.done;
+          const witnessAnswer = await guarded(witnessWrite, "answer of the witness's write");
+          assert.equal(statusOf(witnessAnswer), "200", JSON.stringify(witnessAnswer.body));
+          assert.deepEqual(await storedSeries(admin, user.id, [witnessSeries]), [witnessSeries]);
+          await guarded(witnessClosed, "close() of the witness's pool");
+        } finally {
+          await endHeld(held);
+          await witnessServer.shutdown();
+          await witness.close();
+        }
         await until(
           () => Promise.resolve(proxy.open === 0 ? true : undefined),
           "no connection open at the proxy",
