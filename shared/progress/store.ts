@@ -131,7 +131,9 @@ export class BeginTimeoutError extends HttpError {
         headers: { "retry-after": "1" },
         cause: new Error(
           `the call's transaction had not begun ${
-            timeoutMs === undefined ? "when its begin deadline passed" : `${timeoutMs} ms after it took its turn`
+            timeoutMs === undefined
+              ? "when its begin deadline passed"
+              : `${timeoutMs} ms after it took its turn`
           } (no pooled connection opened for it, or its BEGIN not answered)`,
         ),
       },
