@@ -145,8 +145,8 @@ export class BeginTimeoutError extends HttpError {
 /**
  * The wait of a call for its transaction to begin, from its turn until begin() runs the transaction's
  * function (`stop()`): `stopped` rejects, and `gaveUp` is set, when the call's signal aborts
- * (CallCancelledError) or `timeoutMs` has passed (BeginTimeoutError, none for Infinity) before that; or, where
- * `deadline` is given (PostgresStoreOptions.beginDeadline), when it aborts instead of that timer.
+ * (CallCancelledError) or `timeoutMs` has passed (BeginTimeoutError, none for Infinity) before that; or,
+ * where `deadline` is given (PostgresStoreOptions.beginDeadline), when it aborts instead of that timer.
  *
  * A call with its turn finds a connection free, but postgres.js may still make it wait without end, and
  * nothing it waits for then is one of the call's statements, which its signal cancels (cancellable) and the

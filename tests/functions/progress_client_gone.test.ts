@@ -56,18 +56,21 @@
 //   * the pool closed while its connection reopens makes no connection attempt after close() (at most one on
 //     its way), where postgres.js went on reopening it until end()'s 5 s timeout (36 and 59 attempts in two
 //     runs), and once more.
-// And the function's pool replaced (a write gave up waiting for its BEGIN on a connection whose startups the
-// server refuses), with two connections:
+// And the function's pool replaced (a write gave up waiting for its BEGIN: on a connection whose startups the
+// server refuses, or held on its way when the test ends its wait, the store's beginDeadline), with two
+// connections:
 //   * a write whose BEGIN waited on the other connection, reopened with the 57P01 of its lost backend kept,
-//     its startup held on its way until the replacement: the BEGIN, failed unsent with that error, is sent
-//     again to the pool that replaced the stuck one, answered 200 and stored once, where it went to the pool
-//     being ended (CONNECTION_ENDED, a 503);
+//     its startup held on its way until the replacement (the write's own wait has no end; the stuck write's
+//     ends when the test aborts its deadline, not at a timer): the BEGIN, failed unsent with that error, is
+//     sent again to the pool that replaced the stuck one, answered 200 and stored once, where it went to the
+//     pool being ended (CONNECTION_ENDED, a 503);
 //   * a write whose transaction is under way on the other connection: its client leaves, and its cancel
 //     request is sent and stops the statement's wait (nothing stored), where the ended pool refused it and
 //     the statement ran on to its timeout;
-//   * with nothing under way on the replaced pool, close() resolves at once (within a 5 s guard), where it
-//     waited out the replaced pool's 10 s (postgres.js ends a connection with a kept query only at end()'s
-//     timeout).
+//   * with nothing under way on the replaced pool, close() resolves once no socket of its pools is open:
+//     before the cut of another handler's close() called just before it (whose write, under way meanwhile,
+//     commits after), where it waited out the replaced pool's 10 s, cut to 5 s (postgres.js ends a connection
+//     with a kept query only at end()'s timeout), and the other handler's cut had destroyed that write.
 
 import assert from "node:assert/strict";
 import net from "node:net";
