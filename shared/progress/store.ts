@@ -116,10 +116,10 @@ export class CallCancelledError extends HttpError {
 
 /**
  * A store call whose transaction had not begun (a pooled connection opened for it and its BEGIN answered)
- * `timeoutMs` after the call took its turn at the pool's connections (PostgresStoreOptions.beginTimeoutMs), or
- * when its deadline signal aborted (PostgresStoreOptions.beginDeadline): nothing of it was sent but that
- * BEGIN, which is rolled back once answered (beginWait). A 503 with Retry-After, as for a database that could
- * not be reached. Its cause says how long it waited, or that its deadline passed.
+ * `timeoutMs` after the call took its turn at the pool's connections (PostgresStoreOptions.beginTimeoutMs),
+ * or when its deadline signal aborted (PostgresStoreOptions.beginDeadline): nothing of it was sent but that
+ * BEGIN, which is rolled back once answered (beginWait). A 503 with Retry-After, as for a database that
+ * could not be reached. Its cause says how long it waited, or that its deadline passed.
  */
 export class BeginTimeoutError extends HttpError {
   /** `timeoutMs`: beginTimeoutMs; undefined for a call whose beginDeadline signal aborted first. */
