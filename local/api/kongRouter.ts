@@ -14,7 +14,7 @@
 // so `/rest/v1\..\..\functions/v1/progress` is `/functions/v1/progress` to it and `/rest/v1%5C..%5C..` (the
 // Data API's route) to Kong; it keeps `%70` and `//` as sent, so `/functions/v1/%70rogress` names no
 // function to it and `progress` to Kong. Routing on this path sends a request to the service Kong sends it
-// to and no other; which path the service then reads: KongRouted.
+// to and no other, and the service reads that path, as Kong's upstream does: KongRouted.
 
 /** The reserved characters Kong's percent-decoding leaves encoded (kong/tools/uri.lua, 2.8). */
 const RESERVED = new Set("!#$%&'()*+,/:;=?@[]".split("").map((c) => c.charCodeAt(0)));
@@ -88,16 +88,53 @@ export function rawTarget(url: string): { path: string; query: string } {
 }
 
 /**
- * The 400 of a request whose Host header nginx (in front of Kong's router) refuses or no URL parser reads,
- * or null for any other. Deno writes the Host into req.url before the request target, unchecked: with a
- * `/` in it (nginx's 400: ngx_http_validate_host) the path read from req.url would start inside the Host
- * (`Host: a/functions/v1/progress?` made `GET /rest/v1/x` the function's), and a Host no URL parser takes
- * (`a b`, `a%b`, `a:b:c`) leaves no URL for a service to read (a 500 before). A JSON 400 with PostgREST's
- * error fields, as the local stack's 404s, and no CORS header: nginx refuses it before any route's plugin.
+ * Whether nginx refuses `host` (a Host header's value) with its 400 before any of Kong's routing, as
+ * `ngx_http_validate_host` does (Kong's proxy is OpenResty's nginx; `supabase start` publishes Kong's port
+ * with nothing in front of it): empty, or empty once its port and one trailing dot are cut (`:80`, `.`);
+ * two dots in a row (`a..b`, `..`); a `/` (which would move the path read from req.url) or a NUL.
+ */
+export function nginxRefusesHost(host: string): boolean {
+  let hostLength = host.length;
+  let lastDot = -2;
+  let state: "usual" | "literal" | "rest" = "usual";
+  for (let i = 0; i < host.length; i++) {
+    const ch = host[i];
+    if (ch === ".") {
+      if (lastDot === i - 1) return true;
+      lastDot = i;
+    } else if (ch === ":") {
+      if (state === "usual") {
+        hostLength = i;
+        state = "rest";
+      }
+    } else if (ch === "[") {
+      if (i === 0) state = "literal";
+    } else if (ch === "]") {
+      if (state === "literal") {
+        hostLength = i + 1;
+        state = "rest";
+      }
+    } else if (ch === "/" || ch === "\0") return true;
+  }
+  if (lastDot === hostLength - 1) hostLength--;
+  return hostLength <= 0;
+}
+
+/**
+ * The 400 of a request whose Host header nginx (Kong's core, before its router) refuses (nginxRefusesHost)
+ * or no URL parser reads, or null for any other. Deno writes the Host into req.url before the request
+ * target, unchecked: with a `/` in it the path read from req.url would start inside the Host (`Host:
+ * a/functions/v1/progress?` made `GET /rest/v1/x` the function's), and a Host no URL parser takes (`a b`,
+ * `a%b`, `a:b:c`) leaves no URL for a service to read (a 500 before). An empty Host or one with `..` moved
+ * nothing (Deno puts `localhost:<port>` in the URL for an empty one) but is nginx's 400 all the same, so a
+ * client learns here what `supabase start` answers it. A request without any Host passes: Deno does not
+ * say whether it came as HTTP/1.0, where nginx takes it too, or 1.1, where nginx refuses it.
+ * A JSON 400 with PostgREST's error fields, as the local stack's 404s, and no CORS header: nginx refuses it
+ * before any route's plugin.
  */
 export function refusedHost(req: Request): Response | null {
   const host = req.headers.get("host");
-  let readable = !host?.includes("/");
+  let readable = host === null || !nginxRefusesHost(host);
   try {
     new URL(req.url);
   } catch {
@@ -119,10 +156,10 @@ export interface KongRouted {
   /** The request's URL with that path (the query as sent). */
   url: URL;
   /**
-   * The request as a service reading req.url is to see it: `req` itself when its URL already reads that path
-   * (any request a browser or fetch sends: they remove dot segments themselves), else a copy at `url` (same
-   * method, headers, body and signal). A copy cannot be upgraded to a WebSocket: Realtime is handed `req`
-   * and `url` instead.
+   * The request as a service reading req.url is to see it, at the path Kong hands its upstream: `req` itself
+   * when its URL already reads that path (most requests: a browser and fetch remove dot segments themselves),
+   * else a copy at `url` (same method, headers, body and signal; `/functions/v1/%70rogress` is one). A copy
+   * cannot be upgraded to a WebSocket: Realtime is handed `req` and `url` instead.
    */
   forwarded: Request;
 }
@@ -139,16 +176,11 @@ export function kongRouted(req: Request): KongRouted {
   const url = new URL(parsed.origin);
   url.pathname = pathname;
   url.search = query;
-  // The request as sent where a URL parser's reading of its path differs from Kong's by percent-encoding
-  // alone (same segments: the same service and function): the function decodes it once itself, where Kong
-  // would hand it the decoded form (`%%36%35` is `%65` past Kong, which a function decodes to `e`:
-  // tests/functions/progress_errors.test.ts holds the progress function to one decoding). A path whose
-  // segments Kong reads otherwise (`//`, `\`, dot segments) is handed over at Kong's path.
-  const decoded = unescapeBytes(parsed.pathname);
-  if (
-    parsed.pathname === pathname ||
-    (kongNormalizedPath(parsed.pathname) === pathname && removeDotSegments(decoded) === decoded)
-  ) return { pathname, url, forwarded: req };
+  // The request as sent where a URL parser reads Kong's path from it, else a copy at Kong's path: Kong hands
+  // the upstream the normalized path (router.lua builds upstream_uri from it), so behind `supabase start`
+  // the edge runtime's main service names the function from `/%70rogress` decoded (`progress`) and the
+  // function reads `/series/%%36%35` as `/series/%65`, which it decodes once more itself.
+  if (parsed.pathname === pathname) return { pathname, url, forwarded: req };
   const hasBody = req.method !== "GET" && req.method !== "HEAD";
   return {
     pathname,

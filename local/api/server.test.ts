@@ -543,10 +543,9 @@ Deno.test({
     ["/functions/v1%2Fprogress", 404, "not_found", false],
     // Kong merges slashes before it matches: this is the function.
     ["//functions//v1/progress", 401, "progress", true],
-    // Kong decodes unreserved characters too, and hands the function the decoded path; here the function
-    // reads the path as sent where only its percent-encoding differs (functions decode it themselves, once):
-    // the gateway's 404 for this name, a refusal where Kong's edge runtime would run `progress`.
-    ["/functions/v1/%70rogress", 404, "Function not found", true],
+    // Kong decodes unreserved characters too, and hands the edge runtime the decoded path: `progress`.
+    ["/functions/v1/%70rogress", 401, "progress", true],
+    ["/functions/v1/%70%72%6f%67%72%65%73%73/series/x", 401, "progress", true],
   ];
   for (const [target, status, what, onRoute] of cases) {
     const answer = await rawRequest(env.url, target, { origin });
@@ -562,7 +561,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a Host header nginx refuses (a `/` in it) or no URL parser reads is a 400 naming it, on the API " +
+  name:
+    "a Host header nginx refuses (a `/` in it, empty, `..`) or no URL parser reads is a 400 naming it, on the API " +
     "server and a Realtime server of its own, instead of moving the path or a 500",
   ignore: !localRealtime,
 }, async () => {
@@ -581,6 +581,13 @@ Deno.test({
           ["/functions/v1/progress", "a b"],
           ["/realtime/v1/api/broadcast", "a%b"],
           ["/functions/v1/progress", "a:b:c"],
+          // nginx's ngx_http_validate_host refuses these too (a 400 before Kong routes): an empty Host, one
+          // empty once its port or its one trailing dot is cut, and two dots in a row.
+          ["/functions/v1/progress", ""],
+          ["/functions/v1/progress", ":54321"],
+          ["/realtime/v1/api/broadcast", "."],
+          ["/functions/v1/progress", "a..b"],
+          ["/rest/v1/reading_progress", "..:54321"],
         ]
       ) {
         const answer = await rawRequest(url, target, { host, origin: "http://localhost:3000" });
@@ -589,9 +596,12 @@ Deno.test({
         assert.equal(body.code, "bad_request", `${target}, Host ${host}`);
         assert.ok(body.message.includes(JSON.stringify(host)), `${body.message}: names the Host`);
       }
-      // A Host Deno and a URL parser read as the server's (Kong routes on the path alone).
-      const fine = await rawRequest(url, "/realtime/v1/nowhere", { host: "localhost" });
-      assert.equal(fine.status, 404, `${url}: ${fine.body}`);
+      // A Host Deno and a URL parser read as the server's (Kong routes on the path alone); a trailing dot
+      // and a lone dot before the name are nginx's too.
+      for (const host of ["localhost", "localhost.", ".localhost:1"]) {
+        const fine = await rawRequest(url, "/realtime/v1/nowhere", { host });
+        assert.equal(fine.status, 404, `${url}, Host ${host}: ${fine.body}`);
+      }
     }
   } finally {
     await realtime.close();
@@ -599,8 +609,9 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a preflight to a path the functions gateway reads as no function's (an encoded letter in the " +
-    "name) is Kong's 200, as for any name no function has, so the page reads the gateway's 404",
+  name:
+    "a function named with percent-encoded letters is that function, as Kong hands the edge runtime the " +
+    "decoded path: its preflight is the function's own, its call reaches it, the path it reads is decoded",
   ignore: !localRealtime,
 }, async () => {
   const env = testEnv();
@@ -610,12 +621,20 @@ Deno.test({
     headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": "apikey" },
   });
   await preflight.body?.cancel();
-  assert.equal(preflight.status, 200, "Kong's preflight, not the gateway's 404");
+  assert.equal(preflight.status, 204, "the progress function's own preflight, not Kong's 200");
   assert.ok(preflightPasses(preflight, origin, "POST", ["apikey"]));
-  const call = await fetch(`${env.url}/functions/v1/%70rogress`, { method: "POST", headers: { origin } });
-  assert.equal(call.status, 404);
-  assert.equal(await call.text(), "Function not found");
-  assert.ok(browserReads(call, origin), "the page reads the 404");
+  // supabase-js's functions client, at a name written with an escape: the function's 401 (no token), read
+  // by the page, instead of the gateway's 404.
+  const supabase = createClient(env.url, env.anonKey);
+  const { error } = await supabase.functions.invoke("%70rogress/series/x", {
+    method: "GET",
+    headers: { authorization: "Bearer not-a-token", origin },
+  });
+  assert.ok(error, "an answer that is no 2xx");
+  const answer = (error as { context?: Response }).context!;
+  assert.equal(answer.status, 401, "the function's own 401");
+  assert.equal((await answer.json()).error.code, "invalid_token");
+  assert.ok(browserReads(answer, origin), "the page reads it");
 });
 
 /** A supabase/ directory of two functions: `fine` (answers 200) and `broken` (throws while it loads). */
@@ -747,14 +766,38 @@ Deno.test({
   const database = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const connected = Promise.withResolvers<Deno.Conn>();
   const held: Deno.Conn[] = [];
+  /** Once the test says so: every connection refused, those taken and each one that comes after. */
+  const refuse = Promise.withResolvers<void>();
+  /**
+   * Reads a client's startup message, answering `N` (none) to each request for TLS or GSS encryption before it. A refusal written before the client has sent its startup message is not
+   * read as the answer to it (postgres.js then waited out its 30 s connect timeout).
+   */
+  const startupRead = async (conn: Deno.Conn) => {
+    const buffer = new Uint8Array(1024);
+    const view = new DataView(buffer.buffer);
+    for (;;) {
+      const read = await conn.read(buffer);
+      // An SSLRequest (80877103) or a GSSENCRequest (80877104, libpq's first): answered `N`, read on.
+      if (read !== 8 || view.getInt32(0) !== 8 || ![80877103, 80877104].includes(view.getInt32(4))) return;
+      await conn.write(new TextEncoder().encode("N"));
+    }
+  };
   const accepting = (async () => {
     for await (const conn of database) {
       held.push(conn);
-      connected.resolve(conn);
+      // Each connection is refused once its startup message is in (the login it refuses), and only once the
+      // test says so.
+      void startupRead(conn).then(async () => {
+        connected.resolve(conn);
+        await refuse.promise;
+        await conn.write(loginRefused());
+      }).catch(() => {});
     }
   })();
   const functionsLoaded = Promise.withResolvers<string>();
   const origin = "http://localhost:3000";
+  // The two requests the server has taken (the event, not a guess at how long that takes).
+  const taken = { broadcast: Promise.withResolvers<void>(), preflight: Promise.withResolvers<void>() };
   const starting = startApiServer({
     port: 0,
     dbUrl: `postgresql://postgres:postgres@127.0.0.1:${database.addr.port}/postgres`,
@@ -765,13 +808,17 @@ Deno.test({
     onPhase: (name) => {
       if (name.startsWith("API: functions gateway")) functionsLoaded.resolve(Deno.env.get("SUPABASE_URL")!);
     },
+    onRequest: ({ method, path }) => {
+      if (method === "POST" && path === "/realtime/v1/api/broadcast") taken.broadcast.resolve();
+      if (method === "OPTIONS" && path === "/functions/v1/progress") taken.preflight.resolve();
+    },
   });
   starting.catch(() => {}); // awaited below
   try {
     const url = await functionsLoaded.promise;
-    await connected.promise; // Realtime's start is waiting on the database
-    // A request for Realtime and a preflight to a function, both waiting for the services; then a request
-    // that waits for nothing, answered once the server has taken the two before it.
+    await connected.promise; // Realtime's start is waiting on the database, its login sent
+    // A request for Realtime and a preflight to a function, both waiting for the services once the server
+    // has taken them (onRequest); only then does the database refuse Realtime's start.
     const broadcast = fetch(`${url}/realtime/v1/api/broadcast`, { method: "POST", headers: { origin } });
     const preflight = fetch(`${url}/functions/v1/progress`, {
       method: "OPTIONS",
@@ -781,8 +828,8 @@ Deno.test({
         "access-control-request-headers": "apikey",
       },
     });
-    await (await fetch(`${url}/auth/v1/.well-known/jwks.json`)).body?.cancel();
-    for (const conn of held) await conn.write(loginRefused()).catch(() => {});
+    await Promise.all([taken.broadcast.promise, taken.preflight.promise]);
+    refuse.resolve();
     const failed = await broadcast;
     await failed.body?.cancel();
     assert.equal(failed.status, 500);
@@ -850,6 +897,43 @@ Deno.test({
       Deno.errors.ConnectionRefused,
       "not on 127.0.0.1",
     );
+  } finally {
+    await api.close();
+  }
+});
+
+Deno.test({
+  name: "READSYNC_API_HOST=0.0.0.0: the API is reached at an address of this machine other than 127.0.0.1, " +
+    "supabase-js's functions and Realtime included, and its URL for this machine names 127.0.0.1",
+  ...OWN_SERVER,
+}, async () => {
+  const env = testEnv();
+  const api = await startApiServer({
+    port: 0,
+    hostname: "0.0.0.0",
+    dbUrl: env.dbUrl,
+    jwtSecret: env.jwtSecret!,
+    anonKey: env.anonKey,
+    serviceRoleKey: env.serviceRoleKey,
+  });
+  try {
+    const { hostname, port } = new URL(api.url);
+    assert.equal(hostname, "127.0.0.1");
+    // 127.0.0.2 stands for the address a phone uses (this machine's LAN address): a server on 127.0.0.1 only
+    // refuses it (the test above), one on every interface takes it. Only loopback addresses are used here.
+    const elsewhere = `http://127.0.0.2:${port}`;
+    const supabase = createClient(elsewhere, env.anonKey);
+    const { error } = await supabase.functions.invoke("progress", { method: "GET" });
+    const answer = (error as { context?: Response } | null)?.context;
+    // supabase-js sends the anon key as the token: the function's own refusal of a token that is no user's.
+    assert.equal(answer?.status, 403, "the progress function's own 403, at the other address");
+    assert.equal(typeof (await answer!.json()).error.code, "string");
+    const channel = supabase.channel("lan-check");
+    const status = await new Promise<string>((resolve) =>
+      channel.subscribe((s) => s !== "CLOSED" && resolve(s))
+    );
+    assert.equal(status, "SUBSCRIBED", "the Realtime socket at the other address");
+    await supabase.removeAllChannels();
   } finally {
     await api.close();
   }

@@ -57,6 +57,12 @@ export interface ApiContext {
   /** Told how long each step of the start took (the benchmark's cold-start phases: local/stack/phases.ts). */
   onPhase?: OnPhase;
   /**
+   * Told of each request as the server takes it (pending() lists it from then on), before it is routed and
+   * before it waits for the services still starting: a test waits on it for a request to be under way, where
+   * a start that fails would otherwise race it (the server stops listening once its start has failed).
+   */
+  onRequest?: (request: PendingRequest) => void;
+  /**
    * Reads the kernel's table of TCP connections (the text of /proc/net/tcp, readProcNetTcp unless given)
    * when the server looks which client connections are open (openConnections); a throw is taken as no
    * table. Tests give a table of their own.
@@ -314,8 +320,8 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   };
   /**
    * Whether a preflight routed to the functions goes to a function the gateway serves: the one named by the
-   * path the gateway reads (routed.forwarded's, which is not Kong's where only percent-encoding differs:
-   * `/functions/v1/%70rogress` is the gateway's 404, so Kong's plugin answers its preflight).
+   * path the gateway reads (routed.forwarded's: Kong's, so `/functions/v1/%70rogress` is `progress`'s, as
+   * behind `supabase start`).
    */
   const functionAnswersPreflight = async (routed: KongRouted): Promise<boolean> => {
     if (!routed.pathname.startsWith("/functions/v1/")) return false;
@@ -351,6 +357,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
         // A diagnostic that cannot throw (openConnections reads any text); within the try all the same, so
         // that nothing it might throw could leave the request in `running` for good.
         rememberConnection(onConnection);
+        ctx.onRequest?.(request);
         // Kong's cors plugin on the route (kongCors.ts), as on `supabase start`: a browser reads every
         // answer there, the 401s and 404s of the functions gateway and the 404 of a service not served
         // here included, instead of failing the fetch. Not on a path no Kong route matches (Kong's own

@@ -211,7 +211,13 @@ export async function createFunctionsGateway(
     }
   }
 
-  /** The function `pathname` names (`/functions/v1/<name>/<rest>`), if the gateway serves it. */
+  /**
+   * The function `pathname` names (`/functions/v1/<name>/<rest>`), if the gateway serves it: its name as
+   * written there, not decoded again, as the edge runtime's main service reads it (`pathname.split("/")[1]`,
+   * supabase/cli internal/functions/serve/templates/main.ts). The API server hands over the path Kong hands
+   * the edge runtime, already decoded but for reserved characters (local/api/kongRouter.ts): `%70rogress`
+   * arrives as `progress`, and `progress%2F..%2Fother` stays one segment, a name no function has.
+   */
   function functionAt(pathname: string) {
     const match = /^\/functions\/v1\/([^/]+)(\/.*)?$/.exec(pathname);
     const fn = match ? functions.get(match[1]) : undefined;
