@@ -18,6 +18,11 @@ export interface StackToAnnounce {
 export interface AnnounceOptions {
   /** The web app's port; null: left out (READSYNC_WEB=0). */
   webPort: number | null;
+  /**
+   * The IPv4 address the API listens on (READSYNC_API_HOST; 127.0.0.1 unless given), where the web app
+   * listens too (local/web.ts).
+   */
+  apiHost?: string;
   log: (line: string) => void;
   /** performance.now() when npm start began (the summary says how long it took). */
   started: number;
@@ -34,12 +39,14 @@ export async function startWebAppAndAnnounce(
   stack: StackToAnnounce,
   options: AnnounceOptions,
   start: typeof startWebApp = startWebApp,
+  interfaces: () => Deno.NetworkInterfaceInfo[] = Deno.networkInterfaces,
 ): Promise<void> {
   const { demo } = options;
+  const apiHost = options.apiHost ?? "127.0.0.1";
   const fn = `${stack.apiUrl}/functions/v1/progress`;
   // The web app is a convenience beside the stack: if it cannot start, the stack still serves.
   const web = options.webPort !== null
-    ? await startWebAppBesideStack(stack, { port: options.webPort, log: options.log }, start)
+    ? await startWebAppBesideStack(stack, { port: options.webPort, log: options.log, host: apiHost }, start)
     : null;
   const stop = stoppedBy();
   if (stop) {
@@ -50,6 +57,12 @@ export async function startWebAppAndAnnounce(
     return;
   }
   const webLine = web?.line ?? "  Web app          not started (READSYNC_WEB=0)";
+  const elsewhere = otherDevicesLines(
+    apiHost,
+    Number(new URL(stack.apiUrl).port),
+    web?.web?.port ?? null,
+    apiHost === "0.0.0.0" ? interfaceAddresses(interfaces) : [],
+  );
   console.log(`
 readsync local stack is up (${Math.round(performance.now() - options.started)} ms). Development values only.
 
@@ -61,6 +74,7 @@ readsync local stack is up (${Math.round(performance.now() - options.started)} m
   anon key         ${stack.anonKey}
   service_role key ${stack.serviceRoleKey}
 ${webLine}
+${elsewhere.join("\n")}
 
   Demo user        ${demo.userId} (${demo.email})
   Demo token       ${demo.token}
@@ -84,4 +98,51 @@ function startedWeb(web: WebBesideStack | null): string {
   if (web?.web) return ` and the web app (${web.web.url})`;
   if (web?.stoppedDuring) return ` and the web app's ${web.stoppedDuring} (ended)`;
   return "";
+}
+
+/** This machine's IPv4 addresses but loopback ones, as its interfaces list them (none where they cannot be read). */
+function interfaceAddresses(interfaces: () => Deno.NetworkInterfaceInfo[]): string[] {
+  try {
+    const addresses = interfaces()
+      .filter((info) => info.family === "IPv4" && !info.address.startsWith("127."))
+      .map((info) => info.address);
+    return [...new Set(addresses)];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The summary's "Other devices" lines: where another device (a phone on the same network) opens the web app
+ * and reaches the API, for the address the API listens on (`apiHost`, READSYNC_API_HOST): each of this
+ * machine's `addresses` for 0.0.0.0, the address itself for another that is not 127.x; else that the stack is
+ * on this machine only, naming the variable that opens it. The database stays on 127.0.0.1 either way.
+ */
+export function otherDevicesLines(
+  apiHost: string,
+  apiPort: number,
+  webPort: number | null,
+  addresses: string[],
+): string[] {
+  const label = "  Other devices    ";
+  const indent = " ".repeat(label.length);
+  if (apiHost.startsWith("127.")) {
+    return [
+      `${label}none: this machine only (READSYNC_API_HOST=0.0.0.0 opens the API and the web app to the network)`,
+    ];
+  }
+  const reached = apiHost === "0.0.0.0" ? addresses : [apiHost];
+  if (reached.length === 0) {
+    return [
+      `${label}none found: this machine has no IPv4 address but loopback (READSYNC_API_HOST=${apiHost})`,
+    ];
+  }
+  return [
+    ...reached.map((address, i) =>
+      `${i === 0 ? label : indent}http://${address}:${apiPort} (API)` +
+      (webPort !== null ? `, http://${address}:${webPort} (web app)` : "")
+    ),
+    `${indent}(READSYNC_API_HOST=${apiHost}: the stack's development keys work for anyone on this network; ` +
+    `the database stays on 127.0.0.1, its superuser's password being a well-known one)`,
+  ];
 }

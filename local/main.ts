@@ -109,6 +109,7 @@ export async function npmStart(startStack: typeof startLocalStack = startLocalSt
       stackStarting = false;
       await startWebAppAndAnnounce(stack, {
         webPort: withWeb ? webPort : null,
+        apiHost,
         log,
         started,
         demo: { userId: DEMO_USER_ID, email: DEMO_EMAIL, token: demoToken },

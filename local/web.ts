@@ -21,11 +21,24 @@ export interface WebBesideStack {
  */
 export async function startWebAppBesideStack(
   stack: { apiUrl: string; anonKey: string; jwtSecret: string; dbUrl: string },
-  options: { port: number; log: (line: string) => void },
+  options: {
+    port: number;
+    log: (line: string) => void;
+    /**
+     * The IPv4 address the API listens on (READSYNC_API_HOST; 127.0.0.1 unless given): the web app listens
+     * there too, so that a phone that reaches the API reaches the page as well; on an address other devices
+     * reach (not 127.x), its pages requested at an IPv4 address get the API at that address.
+     */
+    host?: string;
+  },
   start: typeof startWebApp = startWebApp,
 ): Promise<WebBesideStack> {
+  const host = options.host ?? "127.0.0.1";
+  const openToOthers = !host.startsWith("127.");
   try {
     const web = await start({
+      host,
+      browserApiPort: openToOthers ? Number(new URL(stack.apiUrl).port) : undefined,
       apiUrl: stack.apiUrl,
       anonKey: stack.anonKey,
       jwtSecret: stack.jwtSecret,

@@ -13,8 +13,17 @@ export interface WebAppOptions {
    * for that is already in use is refused ("port N (host) is already in use"), never retried elsewhere.
    */
   port?: number;
-  /** Default 127.0.0.1. */
+  /**
+   * The IPv4 address to listen on; default 127.0.0.1 (this machine only). 0.0.0.0: every interface, for other
+   * devices (its url then names 127.0.0.1).
+   */
   host?: string;
+  /**
+   * The API's port as other devices reach it (READSYNC_BROWSER_API_PORT): a page requested at an IPv4
+   * address is handed the API at that address and this port instead of apiUrl (lib/server/config.ts). npm
+   * start sets it when READSYNC_API_HOST opens the stack to the network; unset: every page gets apiUrl.
+   */
+  browserApiPort?: number;
   /** Default true (still requires jwtSecret and a loopback apiUrl). */
   devSignIn?: boolean;
   /** "auto" (default): npm ci / next build only when stale; "always": rebuild; "never": use what is there. */

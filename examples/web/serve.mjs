@@ -522,6 +522,8 @@ export async function startWebApp(options) {
     SUPABASE_DB_URL: devSignIn ? options.dbUrl ?? "" : "",
     PORT: String(requestedPort),
     HOSTNAME: host,
+    // Other devices' pages get the API at the address they asked for (lib/server/config.ts).
+    ...(options.browserApiPort ? { READSYNC_BROWSER_API_PORT: String(options.browserApiPort) } : {}),
   };
   const nodeBin = process.execPath.includes("deno") ? "node" : process.execPath;
   // Stopped while the build ran, which exited 0 all the same (or, with build "never", before this start):
@@ -563,7 +565,8 @@ export async function startWebApp(options) {
     return stop();
   });
 
-  const origin = `http://${host.includes(":") ? `[${host}]` : host}`;
+  // Where this machine reaches the server: on every interface (0.0.0.0), at 127.0.0.1 (as the API's URL).
+  const origin = host === "0.0.0.0" ? "http://127.0.0.1" : `http://${host.includes(":") ? `[${host}]` : host}`;
   const stop = async () => {
     process.removeListener("exit", killNow);
     unregister?.();

@@ -21,6 +21,7 @@
 
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import process from "node:process";
@@ -77,6 +78,7 @@ const TESTS = [
   "the web app binds its port itself: with none asked for, it serves where its URL says (not on a port another server holds)",
   "a web app server that says it is ready without the line naming its port is refused at once, showing what it printed",
   "the site's data cleared with a page open: a tab opened then (a new device id) names the page's later save, under the old id, as this browser's (its other device id), on the series page and in the library, not as another device's",
+  "npm start with READSYNC_API_HOST=0.0.0.0: a device that opens the web app at another address of this machine signs in, syncs live and saves through the API at that same address, never at 127.0.0.1",
 ];
 
 function summary(passed, failed, skipped = 0) {
@@ -2189,6 +2191,84 @@ async function main() {
             assertEqual([...page.errors, ...opened.errors], [], "page errors");
           } finally {
             await context.close();
+          }
+        },
+      },
+      {
+        name: TESTS[31],
+        fn: async () => {
+          if (env("READSYNC_WEB_URL")) throw new SkipTest(`needs a build of its own (app at ${webUrl})`);
+          if (!devMode) throw new SkipTest("npm start's development sign-in (a local stack)");
+          // The suite's API listens on 127.0.0.1 only; this stands in for it on every interface as Docker
+          // publishes supabase start's gateway (docker-proxy: a TCP relay on the published port), on 127.0.0.2,
+          // the address the device uses here for this machine's network address (a test sends nothing to any
+          // address but loopback ones). Every connection it relays is counted.
+          const api = new URL(supabaseUrl);
+          let relayed = 0;
+          const sockets = new Set();
+          const relay = net.createServer((client) => {
+            relayed++;
+            const upstream = net.connect(Number(api.port), api.hostname);
+            for (const socket of [client, upstream]) {
+              sockets.add(socket);
+              socket.on("error", () => {});
+              socket.on("close", () => sockets.delete(socket));
+            }
+            client.pipe(upstream).pipe(client);
+          });
+          await new Promise((resolve, reject) => relay.listen(0, "127.0.0.2", resolve).once("error", reject));
+          const relayPort = relay.address().port;
+          const app = await startOwnWebApp({
+            host: "0.0.0.0",
+            browserApiPort: relayPort,
+            jwtSecret,
+            dbUrl,
+            devSignIn: true,
+          });
+          const context = await browser.newContext({
+            baseURL: `http://127.0.0.2:${app.port}`,
+            viewport,
+            locale: "en-GB",
+            timezoneId: "UTC",
+          });
+          try {
+            assertEqual(app.url, `http://127.0.0.1:${app.port}`, "its URL for this machine");
+            const device = await tabIn(context, "a device on the network");
+            const apiRequests = [];
+            device.page.on("request", (request) => {
+              const url = new URL(request.url());
+              if (url.port !== String(app.port)) {
+                apiRequests.push(`${url.protocol}//${url.host}${url.pathname}`);
+              }
+            });
+            device.page.on("websocket", (socket) => apiRequests.push(socket.url().split("?")[0]));
+            const email = `reader-lan-${run}@readsync.test`;
+            await signIn(device, email);
+            const series = `lan-${run}`;
+            await openSeries(device, series);
+            await waitForStatus(device, "live");
+            await setPosition(device, { chapter: 7, page: 70, percent: 70 });
+            await eventually(async () => {
+              assertEqual(
+                await storedRow(series, email),
+                { chapter: 7, page: 70, percentage: 0.7, device_id: device.deviceId },
+                "stored row",
+              );
+            }, { what: "the save made at the other address to be stored" });
+            assert(apiRequests.length > 0, "the page called the API");
+            const elsewhere = apiRequests.filter((url) => !url.includes(`//127.0.0.2:${relayPort}/`));
+            assertEqual(elsewhere, [], "every API request and socket at the address the page was opened at");
+            assert(
+              apiRequests.some((url) => url === `ws://127.0.0.2:${relayPort}/realtime/v1/websocket`),
+              `the Realtime socket at that address: ${apiRequests.join(", ")}`,
+            );
+            assert(relayed > 0, "the API was reached through the address");
+            assertEqual(device.errors, [], "page errors");
+          } finally {
+            await context.close();
+            await app.stop();
+            for (const socket of sockets) socket.destroy();
+            await new Promise((resolve) => relay.close(resolve));
           }
         },
       },

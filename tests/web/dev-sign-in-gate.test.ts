@@ -4,7 +4,12 @@
 
 import assert from "node:assert/strict";
 import process from "node:process";
-import { devSignIn, isLoopbackUrl, publicConfig } from "../../examples/web/lib/server/config.ts";
+import {
+  browserSupabaseUrl,
+  devSignIn,
+  isLoopbackUrl,
+  publicConfig,
+} from "../../examples/web/lib/server/config.ts";
 
 const NAMES = [
   "SUPABASE_URL",
@@ -12,6 +17,7 @@ const NAMES = [
   "READSYNC_DEV_SIGNIN",
   "SUPABASE_JWT_SECRET",
   "SUPABASE_DB_URL",
+  "READSYNC_BROWSER_API_PORT",
 ];
 
 function withEnv(values: Record<string, string | undefined>, fn: () => void): void {
@@ -77,5 +83,24 @@ Deno.test("loopback means 127.0.0.0/8, localhost and ::1 only", () => {
   }
   for (const url of ["http://0.0.0.0", "http://192.168.1.2", "https://localhost.example", "not a url"]) {
     assert.equal(isLoopbackUrl(url), false, url);
+  }
+});
+
+Deno.test("a page requested at an IPv4 address gets the API there only with READSYNC_BROWSER_API_PORT (npm start open to the network); a name, or no port, gets SUPABASE_URL", () => {
+  withEnv({ ...LOCAL, READSYNC_BROWSER_API_PORT: "54321" }, () => {
+    assert.equal(browserSupabaseUrl("192.168.1.5:3000"), "http://192.168.1.5:54321");
+    assert.equal(publicConfig("10.0.0.7").supabaseUrl, "http://10.0.0.7:54321");
+    assert.equal(publicConfig("192.168.1.5:3000").authMode, "dev", "the development sign-in stays on");
+    // A name could be a DNS-rebinding page's: the token would go where that name resolves next.
+    for (
+      const host of ["evil.example:3000", "localhost:3000", "192.168.1.5.example", "[::1]:3000", "", null]
+    ) {
+      assert.equal(browserSupabaseUrl(host), LOCAL.SUPABASE_URL, `Host ${host}`);
+    }
+  });
+  for (const port of [undefined, "", "abc", "70000", "054321"]) {
+    withEnv({ ...LOCAL, READSYNC_BROWSER_API_PORT: port }, () => {
+      assert.equal(browserSupabaseUrl("192.168.1.5:3000"), LOCAL.SUPABASE_URL, `port ${port}`);
+    });
   }
 });

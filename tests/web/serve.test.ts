@@ -11,6 +11,8 @@ import { createHash } from "node:crypto";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { startWebAppBesideStack } from "../../local/web.ts";
+import { startWebAppAndAnnounce } from "../../local/announce.ts";
+import type { WebAppOptions } from "../../examples/web/serve.mjs";
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const GUARD_MS = 30_000;
@@ -927,6 +929,102 @@ Deno.test(
     );
   },
 );
+
+Deno.test("npm start with READSYNC_API_HOST: the web app listens where the API does, hands other devices' pages the API at their address, and the summary names where a phone opens both", async () => {
+  const stack = {
+    apiUrl: "http://127.0.0.1:54321",
+    dbUrl: "postgresql://postgres:postgres@127.0.0.1:54322/postgres",
+    jwtSecret: "secret",
+    anonKey: "anon",
+    serviceRoleKey: "service",
+  };
+  const interfaces = (): Deno.NetworkInterfaceInfo[] => [
+    {
+      family: "IPv4",
+      name: "lo",
+      address: "127.0.0.1",
+      netmask: "255.0.0.0",
+      scopeid: null,
+      cidr: "127.0.0.1/8",
+      mac: "",
+    },
+    {
+      family: "IPv4",
+      name: "wlan0",
+      address: "192.168.1.5",
+      netmask: "255.255.255.0",
+      scopeid: null,
+      cidr: "192.168.1.5/24",
+      mac: "",
+    },
+    {
+      family: "IPv6",
+      name: "wlan0",
+      address: "fe80::1",
+      netmask: "ffff::",
+      scopeid: 3,
+      cidr: "fe80::1/64",
+      mac: "",
+    },
+  ];
+  /** What the summary printed and the options the web app was started with, for `apiHost`. */
+  const announced = async (apiHost: string | undefined) => {
+    const given: WebAppOptions[] = [];
+    const printed: string[] = [];
+    const log = console.log;
+    console.log = (text: string) => printed.push(text);
+    try {
+      await startWebAppAndAnnounce(stack, {
+        webPort: 3000,
+        apiHost,
+        log: () => {},
+        started: performance.now(),
+        demo: { userId: "u", email: "demo@readsync.local", token: "t" },
+      }, (options) => {
+        given.push(options);
+        const host = options.host === "0.0.0.0" ? "127.0.0.1" : options.host;
+        return Promise.resolve({
+          url: `http://${host}:3000`,
+          port: 3000,
+          devSignIn: true,
+          stop: () => Promise.resolve(),
+          output: () => "",
+        });
+      }, interfaces);
+    } finally {
+      console.log = log;
+    }
+    return { options: given[0], summary: printed.join("\n") };
+  };
+  const open = await announced("0.0.0.0");
+  assert.equal(open.options.host, "0.0.0.0", "the web app on every interface, as the API");
+  assert.equal(open.options.browserApiPort, 54321, "a page asked for at an address gets the API there");
+  assert.equal(open.options.apiUrl, stack.apiUrl, "the app's own calls stay on 127.0.0.1");
+  const lines = (summary: string) => summary.split("\n");
+  assert.ok(
+    lines(open.summary).includes(
+      "  Other devices    http://192.168.1.5:54321 (API), http://192.168.1.5:3000 (web app)",
+    ),
+    open.summary,
+  );
+  assert.match(open.summary, /READSYNC_API_HOST=0\.0\.0\.0: .*the database stays on 127\.0\.0\.1/);
+  assert.doesNotMatch(
+    open.summary,
+    /127\.0\.0\.1:54321 \(API\)|fe80/,
+    "no loopback or IPv6 address for a phone",
+  );
+  const closed = await announced(undefined);
+  assert.equal(closed.options.host, "127.0.0.1");
+  assert.equal(closed.options.browserApiPort, undefined, "every page gets the API URL as given");
+  assert.ok(
+    lines(closed.summary).some((line) =>
+      line.startsWith(
+        "  Other devices    none: this machine only (READSYNC_API_HOST=0.0.0.0 opens the API and the web app",
+      )
+    ),
+    closed.summary,
+  );
+});
 
 Deno.test("npm start's web app (local/web.ts): a step is reported as ended by a stop only when its error says it was stopped", async () => {
   const stack = {

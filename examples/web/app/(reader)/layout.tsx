@@ -1,4 +1,5 @@
 import type { ReactNode } from "react";
+import { headers } from "next/headers";
 import { redirect } from "next/navigation";
 import { ConnectionStatus, SyncErrorBanner } from "@/components/ConnectionStatus.tsx";
 import { SyncProvider } from "@/components/SyncProvider.tsx";
@@ -18,7 +19,11 @@ export default async function ReaderLayout({ children }: { children: ReactNode }
     return <main><AuthUnavailable /></main>;
   }
   if (!session) redirect("/sign-in");
-  const config = publicConfig();
+  // The host the page was requested at (a phone on the network gets the API at the same address): Next's
+  // x-forwarded-host, which it sets from Host as a request comes in and keeps on the request it makes to
+  // itself to render a server action's redirect (sign-in's), whose own Host is the server's address.
+  const requested = await headers();
+  const config = publicConfig(requested.get("x-forwarded-host")?.split(",")[0].trim() ?? requested.get("host"));
   return (
     // Keyed by the user: a layout rendered for another user (signed in in another tab) gets a fresh
     // provider, never this one's store and outbox with the new user's token.

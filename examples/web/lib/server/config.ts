@@ -8,6 +8,10 @@
 //   SUPABASE_DB_URL                    the local stack's database, to create development users
 //   READSYNC_SITE_URL                  this site's public origin (https://app.example): where magic
 //                                      links lead (one of the project's Auth redirect URLs)
+//   READSYNC_BROWSER_API_PORT          the local stack's API port as other devices reach it (npm start sets
+//                                      it when READSYNC_API_HOST opens the stack to the network): a page
+//                                      requested at an IPv4 address gets the API at that address
+//                                      (browserSupabaseUrl)
 
 export interface PublicConfig {
   supabaseUrl: string;
@@ -69,9 +73,34 @@ export function devSignIn(): DevSignIn {
   return { enabled: true, jwtSecret, dbUrl: env("SUPABASE_DB_URL") };
 }
 
-export function publicConfig(): PublicConfig {
-  const { supabaseUrl, anonKey } = supabaseConfig();
-  return { supabaseUrl, anonKey, authMode: devSignIn().enabled ? "dev" : "supabase" };
+const IPV4 = /^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])$/;
+const PORT = /^(?:0|[1-9][0-9]{0,4})$/;
+
+/**
+ * The API URL the browser is handed for a page requested with Host `requestHost`: SUPABASE_URL, unless
+ * READSYNC_BROWSER_API_PORT is set (npm start with READSYNC_API_HOST=0.0.0.0, the web app on every interface
+ * too) and the page was requested at an IPv4 address: then the API at that address and that port. A phone
+ * that opened http://192.168.1.5:3000 reaches the API at 192.168.1.5, where SUPABASE_URL's 127.0.0.1 would be
+ * the phone itself; the server's own calls keep SUPABASE_URL. Only an address, never a name: a page at a
+ * name (a DNS-rebinding page at evil.example, resolved to this machine) would send the reader's token to
+ * whatever that name resolves to next.
+ */
+export function browserSupabaseUrl(requestHost: string | null | undefined): string {
+  const { supabaseUrl } = supabaseConfig();
+  const port = env("READSYNC_BROWSER_API_PORT");
+  if (!port || !PORT.test(port) || Number(port) > 65535 || !requestHost) return supabaseUrl;
+  const hostname = requestHost.replace(/:[0-9]*$/, "");
+  return IPV4.test(hostname) ? `http://${hostname}:${port}` : supabaseUrl;
+}
+
+/** What the browser is handed: the project (its URL as browserSupabaseUrl says) and the sign-in mode. */
+export function publicConfig(requestHost?: string | null): PublicConfig {
+  const { anonKey } = supabaseConfig();
+  return {
+    supabaseUrl: browserSupabaseUrl(requestHost),
+    anonKey,
+    authMode: devSignIn().enabled ? "dev" : "supabase",
+  };
 }
 
 /**
