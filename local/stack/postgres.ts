@@ -14,8 +14,22 @@ export interface LocalPostgres {
   url: string;
   port: number;
   dataDir: string;
+  /** The key of the initdb template the cluster was made from (its own or one derived from it); else null. */
+  initdbTemplateKey: string | null;
+  /**
+   * Stops the server (a fast shutdown: its shutdown checkpoint leaves the directory consistent), copies its
+   * data directory into `into` (cp -a: owner and mode kept) and starts it again on the same port, in the same
+   * directory: the stack's migrated template (local/stack/migrated_template.ts). A cluster that has a
+   * replication slot is refused before it is stopped (a copy would hold that slot, and the WAL it keeps).
+   * Throws ServerNotRestarted when the server did not start again (the cluster is then gone); any other
+   * error leaves it running.
+   */
+  copyStopped(into: string): Promise<void>;
   stop(): Promise<void>;
 }
+
+/** The server stopped for a copy (LocalPostgres.copyStopped) did not start again: the cluster is gone. */
+export class ServerNotRestarted extends Error {}
 
 /** A TCP port that was free a moment ago (the OS picks it; whoever binds it next wins). */
 export function freePort(): number {
@@ -153,7 +167,7 @@ function osUserFromPasswd(): { uid: number; gid: number } | null {
  * and is given the mtime of the file copied, but its ctime is the copy's (no call sets it). Other changes
  * also move it (chmod, chown, a hard link made): the version is then asked once more, nothing worse.
  */
-function fileIdentity(path: string): string {
+export function fileIdentity(path: string): string {
   const info = Deno.statSync(path);
   return `${info.ino}:${info.size}:${info.mtime?.getTime()}:${info.ctime?.getTime()}`;
 }
@@ -162,10 +176,11 @@ function fileIdentity(path: string): string {
 const VERSION_WRITING = /^version-[0-9a-f]+\.(\d+)\.[0-9a-f-]+$/;
 
 /**
- * A template directory being built (initdbTemplate): `<key>.building-<pid>-<random>`, the pid of the start
- * that builds it captured; `<key>.building-<random>` (no pid) is one an older start began.
+ * A template directory being built (makeTemplate): `[<kind>-]<key>.building-<pid>-<random>` (the initdb
+ * template has no kind; the stack's migrated template is `migrated-`), the pid of the start that builds it
+ * captured; `<key>.building-<random>` (no pid) is one an older start began.
  */
-const TEMPLATE_BUILDING = /^[0-9a-f]+\.building-(?:(\d+)-)?[^-]+$/;
+const TEMPLATE_BUILDING = /^(?:[a-z]+-)?[0-9a-f]+\.building-(?:(\d+)-)?[^-]+$/;
 
 /**
  * Removes under `root` what a start that died half-way through a write left (kill -9, a crash, the OOM
@@ -240,6 +255,17 @@ async function endServer(server: Deno.ChildProcess, signal: Deno.Signal): Promis
   clearTimeout(timer);
 }
 
+/** A template made from a cluster of the initdb template (StartOptions.derivedTemplate). */
+export interface DerivedTemplate {
+  /** What the phases call it ("migrated": "database: migrated template copied (cp -a)"). */
+  name: string;
+  /**
+   * Its data directory, ready to copy, for a cluster of the initdb template with this key; null when there is
+   * none (the initdb template is copied then). An error is logged, and the initdb template copied.
+   */
+  find(initdbTemplateKey: string): Promise<string | null>;
+}
+
 export interface StartOptions {
   port?: number;
   log?: (line: string) => void;
@@ -250,6 +276,11 @@ export interface StartOptions {
   durable?: boolean;
   /** Copy the cached initdb template (default) instead of running initdb; see initdbTemplate. */
   template?: boolean;
+  /**
+   * A template made from a cluster of the initdb template, copied instead of it when `find` gives one (the
+   * stack's migrated template: local/stack/migrated_template.ts). Only when the initdb template is used.
+   */
+  derivedTemplate?: DerivedTemplate;
   /**
    * Instead of a new cluster, a point-in-time restore of the running cluster at this URL (which must
    * take replication connections, as the local stack's does): a base backup (pg_basebackup), recovered
@@ -295,34 +326,72 @@ async function initdbTemplate(
   initdbInto: (dir: string) => Promise<void>,
   log: (line: string) => void,
   onPhase?: OnPhase,
-): Promise<string> {
-  // Traversable (0711) but not listable, so the cluster's OS user can reach its own directories.
-  const root = `${Deno.env.get("TMPDIR") ?? "/tmp"}/readsync-pg-templates-${Deno.uid() ?? "user"}`;
-  const version = await timed(
+): Promise<{ dataDir: string; key: string }> {
+  const { root, version } = await timed(
     onPhase,
     "database: template looked up (postgres --version, kept per binary)",
     async () => {
-      await Deno.mkdir(root, { recursive: true, mode: 0o711 });
-      // The temp dir is shared: a directory someone else made (or may write to) is never trusted.
-      const owner = await Deno.stat(root);
-      if (owner.uid !== Deno.uid() || ((owner.mode ?? 0) & 0o022) !== 0) {
-        throw new Error(`${root} is not this user's own directory`);
-      }
-      return await postgresVersion(root, `${binDir}/postgres`);
+      const root = await templatesRoot();
+      return { root, version: await postgresVersion(root, `${binDir}/postgres`) };
     },
   );
-  const digest = await crypto.subtle.digest(
-    "SHA-256",
-    new TextEncoder().encode([binDir, version, ...INITDB_ARGS].join("\n")),
+  const key = await templateKey([binDir, version, ...INITDB_ARGS].join("\n"));
+  const started = performance.now();
+  const { dataDir, made } = await makeTemplate(
+    root,
+    key,
+    (dir) => timed(onPhase, "database: initdb template made (initdb)", () => initdbInto(dir)),
+    version,
   );
-  const key = [...new Uint8Array(digest)].slice(0, 8).map((b) => b.toString(16).padStart(2, "0")).join("");
-  const ready = `${root}/${key}`;
-  if (exists(`${ready}/complete`)) return `${ready}/data`;
+  if (made) {
+    log(`database: initdb template made in ${Math.round(performance.now() - started)} ms (${root}/${key})`);
+  }
+  return { dataDir, key };
+}
+
+/**
+ * The templates' directory, under the temp dir (a reboot or a fresh CI machine builds them again), made when
+ * there is none: this user's own, traversable (0711) but not listable, so the cluster's OS user can reach
+ * its own directories. The temp dir is shared: a directory someone else made (or may write to) is refused.
+ */
+export async function templatesRoot(): Promise<string> {
+  const root = `${Deno.env.get("TMPDIR") ?? "/tmp"}/readsync-pg-templates-${Deno.uid() ?? "user"}`;
+  await Deno.mkdir(root, { recursive: true, mode: 0o711 });
+  const owner = await Deno.stat(root);
+  if (owner.uid !== Deno.uid() || ((owner.mode ?? 0) & 0o022) !== 0) {
+    throw new Error(`${root} is not this user's own directory`);
+  }
+  return root;
+}
+
+/** A template's key: the first 8 bytes of the SHA-256 of what decides its contents, in hex. */
+export async function templateKey(decides: string | Uint8Array<ArrayBuffer>): Promise<string> {
+  const bytes = typeof decides === "string" ? new TextEncoder().encode(decides) : decides;
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return [...new Uint8Array(digest)].slice(0, 8).map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The data directory of the template `<root>/<name>`, built by `build` (into the data directory it is given)
+ * when there is none yet (`made`: this call built it and put it in place). Built in a private directory (`<name>.building-<pid>-<random>`) and renamed into
+ * place once complete, so that concurrent first starts never see half a template: of two that build it at
+ * once, the second to finish removes its own and uses the first's. A Ctrl-C during the build removes it (its
+ * steps are ended first: cleanups run newest first); what a builder that died (kill -9) left is swept by the
+ * next build (sweepLeftWrites).
+ */
+export async function makeTemplate(
+  root: string,
+  name: string,
+  build: (dataDir: string) => Promise<void>,
+  stamp: string,
+): Promise<{ dataDir: string; made: boolean }> {
+  const ready = `${root}/${name}`;
+  if (exists(`${ready}/complete`)) return { dataDir: `${ready}/data`, made: false };
 
   // What a start that died during its build left is removed as this one builds (only then, as above). The
   // build's name has this process's pid: a later start tells whether it still runs.
   await sweepLeftWrites(root);
-  const building = await Deno.makeTempDir({ dir: root, prefix: `${key}.building-${Deno.pid}-` });
+  const building = await Deno.makeTempDir({ dir: root, prefix: `${name}.building-${Deno.pid}-` });
   // One removal, however often asked for (the catch below and a run-down both wait for that one).
   let removing: Promise<void> | null = null;
   const removeBuilding = () => removing ??= Deno.remove(building, { recursive: true }).catch(() => {});
@@ -332,19 +401,18 @@ async function initdbTemplate(
   const forgetBuilding = onCleanup(removeBuilding);
   try {
     await Deno.chmod(building, 0o711);
-    const started = performance.now();
-    await timed(onPhase, "database: initdb template made (initdb)", () => initdbInto(`${building}/data`));
-    await Deno.writeTextFile(`${building}/complete`, `${version}\n`);
+    await build(`${building}/data`);
+    await Deno.writeTextFile(`${building}/complete`, `${stamp}\n`);
     await Deno.rename(building, ready);
-    log(`database: initdb template made in ${Math.round(performance.now() - started)} ms (${ready})`);
   } catch (error) {
     await removeBuilding();
-    // Another start finished the same template first: use theirs.
-    if (!exists(`${ready}/complete`)) throw error;
+    // Another start finished the same template first: use theirs (unless the build lost its cluster).
+    if (!exists(`${ready}/complete`) || error instanceof ServerNotRestarted) throw error;
+    return { dataDir: `${ready}/data`, made: false };
   } finally {
     forgetBuilding();
   }
-  return `${ready}/data`;
+  return { dataDir: `${ready}/data`, made: true };
 }
 
 /** Throws a clear error when something already listens on 127.0.0.1:`port`. */
@@ -373,9 +441,12 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   if (options.port !== undefined) assertPortFree(options.port);
   let port = options.port ?? 0;
   const dataDir = await Deno.makeTempDir({ prefix: "readsync-pg-" });
-  // Set by each launch below (the one of the last attempt, once it is ready).
+  // Set by each launch below (the one of the last attempt, once it is ready; a copyStopped's relaunch).
   let child = null as Deno.ChildProcess | null;
   let watchdog = null as Deno.ChildProcess | null;
+  let initdbTemplateKey: string | null = null;
+  // The launch below, kept for copyStopped's restart.
+  let relaunch = null as ((port: number) => Promise<string | null>) | null;
   // A start that fails, or is interrupted (Ctrl-C), leaves nothing behind: the server (an immediate
   // shutdown, which waits for its processes, so that none writes into the directory as it is removed),
   // its watchdog, the directory. One tear-down at a time: the catch below and a run-down (a stop) that
@@ -453,6 +524,20 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
         log(`database: no initdb template (${e instanceof Error ? e.message : e}), running initdb`);
         return null;
       });
+    initdbTemplateKey = template?.key ?? null;
+    // A template made from a cluster of this initdb template (the stack's migrated one), when there is one.
+    const derived = template && options.derivedTemplate;
+    const derivedDir = derived
+      ? await derived.find(template.key).catch((e) => {
+        log(
+          `database: no ${derived.name} template (${
+            e instanceof Error ? e.message : e
+          }), copying the initdb ` +
+            `template`,
+        );
+        return null;
+      })
+      : null;
     if (options.restoreOf !== undefined) {
       // As the cluster's OS user, so the copy is its own (and 0700, as PostgreSQL insists).
       const backup = cmd("pg_basebackup", [
@@ -479,12 +564,18 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
         const { uid, gid } = await ensureOsUser();
         await Deno.chown(`${pgdata}/recovery.signal`, uid, gid);
       }
+    } else if (derived && derivedDir) {
+      await timed(
+        options.onPhase,
+        `database: ${derived.name} template copied (cp -a)`,
+        () => exec("cp", ["-a", derivedDir, pgdata], stepTimeoutMs),
+      );
     } else if (template) {
       // cp -a keeps the owner (the cluster's OS user) and the 0700 mode PostgreSQL insists on.
       await timed(
         options.onPhase,
         "database: template copied (cp -a)",
-        () => exec("cp", ["-a", template, pgdata], stepTimeoutMs),
+        () => exec("cp", ["-a", template.dataDir, pgdata], stepTimeoutMs),
       );
     } else {
       await timed(options.onPhase, "database: initdb", () => initdbInto(pgdata));
@@ -611,6 +702,7 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       }
     };
 
+    relaunch = launch;
     const taken: number[] = [];
     for (let attempt = 1;; attempt++) {
       port = options.port ?? await (options.pickPort ?? freePort)();
@@ -664,9 +756,9 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
 
   forgetAbandon();
   const url = `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`;
-  const postmaster = child!;
-  const guard = watchdog!;
   let stopped: Promise<void> | null = null;
+  // A copyStopped under way: a stop waits for it (and it starts no server once a stop has begun).
+  let copying: Promise<void> | null = null;
   // Registered while the cluster runs (Ctrl-C, the end of a test run), removed again by a stop: a
   // process that starts and stops clusters over and over (the benchmarks) keeps none of them. Removed once
   // the stop has run, not as it begins: a run-down (a stop) that begins meanwhile still finds it and waits
@@ -674,13 +766,50 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
   let forgetStop = () => {};
   const stop = () =>
     stopped ??= (async () => {
-      await endServer(postmaster, "SIGINT"); // fast shutdown
+      await copying?.catch(() => {});
+      // The server and watchdog of the last launch (copyStopped's restart launches them anew).
+      await endServer(child!, "SIGINT"); // fast shutdown
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       try {
-        guard.kill("SIGKILL");
+        watchdog!.kill("SIGKILL");
       } catch { /* gone */ }
       forgetStop();
     })();
   forgetStop = onCleanup(stop);
-  return { url, port, dataDir, stop };
+  const copyStopped = (into: string) => {
+    if (copying) throw new Error("a copy of this cluster is already under way");
+    return copying = (async () => {
+      if (stopped) throw new Error("the cluster was stopped: nothing to copy");
+      const slots = [...Deno.readDirSync(`${dataDir}/data/pg_replslot`)].map((entry) => entry.name);
+      if (slots.length > 0) {
+        throw new Error(
+          `the cluster has replication slots (${slots.join(", ")}): a copy would hold them too`,
+        );
+      }
+      const [server, guard] = [child!, watchdog!];
+      await endServer(server, "SIGINT"); // fast shutdown: a shutdown checkpoint, then the server ends
+      let copyError: unknown = null;
+      try {
+        await exec("cp", ["-a", `${dataDir}/data`, into], stepTimeoutMs);
+      } catch (error) {
+        copyError = error;
+      }
+      // A stop that began meanwhile (Ctrl-C: it waits for this copy) finds the server ended: none is started.
+      const exitedWith = stopped
+        ? "the cluster was stopped during the copy"
+        : await relaunch!(port).catch((e) => String(e instanceof Error ? e.message : e));
+      // The old server's watchdog goes once the new one has its own (a process killed meanwhile left the
+      // directory to it).
+      try {
+        guard.kill("SIGKILL");
+      } catch { /* gone */ }
+      if (exitedWith !== null) {
+        throw new ServerNotRestarted(
+          `PostgreSQL did not start again on port ${port} after its data directory was copied:\n${exitedWith}`,
+        );
+      }
+      if (copyError) throw copyError;
+    })().finally(() => copying = null);
+  };
+  return { url, port, dataDir, initdbTemplateKey, copyStopped, stop };
 }

@@ -102,15 +102,21 @@ Deno.test({
     !/^database: server start .*, attempt \d+\)$/.test(name)
   );
   const templateOff = Deno.env.get("READSYNC_PG_TEMPLATE") === "0";
+  // The migrated template (migrated_template.ts) copied when there is one for the migrations; else the
+  // initdb template, and the migrated one made once the push is done (before the API starts).
+  const migratedCopied = names.includes("database: migrated template copied (cp -a)");
   assert.deepEqual(names, [
     "database: system packages checked",
     ...(templateOff ? ["database: initdb"] : [
       "database: template looked up (postgres --version, kept per binary)",
-      "database: template copied (cp -a)",
+      migratedCopied ? "database: migrated template copied (cp -a)" : "database: template copied (cp -a)",
     ]),
     "database: server start (launch until pg_isready answers)",
     "platform bootstrap (psql)",
     "migrations (supabase db push)",
+    ...(templateOff || migratedCopied
+      ? []
+      : ["database: migrated template made (fast shutdown, copy, restart)"]),
     "API keys signed",
     "database connection (as psql makes it)",
     "API: functions gateway (functions loaded)",
@@ -214,11 +220,17 @@ Deno.test({
     assert.ok(copied.success, new TextDecoder().decode(copied.stderr));
     await Deno.symlink(`${root}node_modules`, `${checkout}/node_modules`);
     const stackModule = pathToFileURL(`${checkout}/local/stack/stack.ts`).href;
-    // In a process of its own, started in the checkout (its deno.json).
+    // In a process of its own, started in the checkout (its deno.json), with a temp dir of its own: no
+    // migrated template (migrated_template.ts) yet, so its supabase db push applies every migration.
+    const tmp = `${parent}/tmp`;
+    await Deno.mkdir(tmp);
+    await Deno.chmod(parent, 0o711);
+    await Deno.chmod(tmp, 0o711);
     const report = lastJsonLine(
       await runDenoChild([
         "eval",
-        `const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+        `Deno.env.set("TMPDIR", ${JSON.stringify(tmp)});
+         const { startLocalStack } = await import(${JSON.stringify(stackModule)});
          const stack = await startLocalStack({ apiPort: 0, dbPort: 0, log: () => {}, ownStackOnly: true });
          // The progress function answers its CORS preflight (404: no such function; 503: it failed to load).
          const preflight = await fetch(stack.apiUrl + "/functions/v1/progress", { method: "OPTIONS" });

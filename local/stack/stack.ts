@@ -1,5 +1,7 @@
 // The local stack: PostgreSQL (or SUPABASE_DB_URL), platform bootstrap, migrations through the
-// Supabase CLI, and the API server (functions + Realtime) on one port, as `supabase start` has them.
+// Supabase CLI, and the API server (functions + Realtime) on one port, as `supabase start` has them. A
+// cluster of its own is copied from the migrated template when there is one for the current migrations
+// (migrated_template.ts), and `supabase db push` still runs; else pushed in full, and the template made.
 
 import { startApiServer } from "../api/server.ts";
 import { onCleanup, runCleanups } from "./cleanup.ts";
@@ -11,8 +13,9 @@ import {
   serverAt,
 } from "./database.ts";
 import { DEV_JWT_SECRET, devApiKeys } from "./keys.ts";
+import { migratedTemplate } from "./migrated_template.ts";
 import { type OnPhase, timed } from "./phases.ts";
-import { startPostgres } from "./postgres.ts";
+import { ServerNotRestarted, startPostgres } from "./postgres.ts";
 
 export interface LocalStack {
   dbUrl: string;
@@ -24,6 +27,12 @@ export interface LocalStack {
   migrationLog: string;
   /** Whether this stack started its own PostgreSQL (false with SUPABASE_DB_URL). */
   ownsDatabase: boolean;
+  /**
+   * The migrated template (migrated_template.ts): "copied" (the cluster was copied from it; the push found
+   * every migration applied), "made" (pushed in full, then made from this cluster), null (neither: not an own
+   * cluster, templates off, another start made it first, or it could not be made: the log says why).
+   */
+  migratedTemplate: "copied" | "made" | null;
   /** Whether this stack serves the functions and Realtime itself (false with SUPABASE_URL). */
   ownsApi: boolean;
   stop(): Promise<void>;
@@ -82,16 +91,21 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
   const externalDb = env("SUPABASE_DB_URL");
   let dbUrl: string;
   let stopDb = async () => {};
+  let pg: Awaited<ReturnType<typeof startPostgres>> | null = null;
+  const migrated = migratedTemplate();
   if (externalDb) {
     dbUrl = externalDb;
     // Where libpq connects (a socket directory, ?host=, a list of hosts), not the URL's host part alone.
     log(`database: SUPABASE_DB_URL (${serverAt(libpqTarget(new URL(externalDb)))})`);
   } else {
-    const pg = await startPostgres({
+    // Durable or not, the same template: durability is the server's command-line settings (postgres.ts),
+    // not part of the data directory the template holds.
+    pg = await startPostgres({
       port: options.dbPort || undefined,
       log,
       durable: options.durable,
       onPhase,
+      derivedTemplate: migrated.derived,
     });
     dbUrl = pg.url;
     stopDb = pg.stop;
@@ -104,6 +118,22 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     const migrationLog = await timed(onPhase, "migrations (supabase db push)", () => pushMigrations(dbUrl));
     for (const line of migrationLog.split("\n")) {
       if (/Applying migration|up to date/i.test(line)) log(`supabase db push: ${line.trim()}`);
+    }
+    // Made from this cluster before the API starts (no replication slot, no Realtime state), once the push
+    // has applied every migration. A template that cannot be made only costs the next start its push.
+    let madeTemplate = false;
+    if (pg && migrated.missing()) {
+      const cluster = pg;
+      madeTemplate = await timed(
+        onPhase,
+        "database: migrated template made (fast shutdown, copy, restart)",
+        () => migrated.makeFrom(cluster),
+      ).catch((error) => {
+        if (error instanceof ServerNotRestarted) throw error;
+        log(`database: no migrated template made (${error instanceof Error ? error.message : error})`);
+        return false;
+      });
+      if (madeTemplate) log("database: migrated template made (the next start copies it)");
     }
     const jwtSecret = env("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
     const { anonKey, serviceRoleKey } = await timed(onPhase, "API keys signed", () => devApiKeys(jwtSecret));
@@ -168,6 +198,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       serviceRoleKey: env("SUPABASE_SERVICE_ROLE_KEY") ?? serviceRoleKey,
       migrationLog,
       ownsDatabase: !externalDb,
+      migratedTemplate: migrated.copied() ? "copied" : madeTemplate ? "made" : null,
       ownsApi: !externalApi,
       stop,
     };

@@ -1,0 +1,205 @@
+// The migrated template (migrated_template.ts): a start with no template for its key pushes every migration
+// with the real CLI and makes it; a later start copies it and its real push finds every migration applied,
+// the cluster holding exactly what the full push made; a migration added or changed gives another key, so a
+// full push again; a dead builder's half-built template is swept; two first starts at once both start.
+
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { lastJsonLine, runDenoChild } from "../../tests/support/denoChild.ts";
+
+/** What the probe (below) reports of one start. */
+interface StartReport {
+  template: "copied" | "made" | null;
+  applied: string[];
+  upToDate: boolean;
+  /** pg_dump --schema-only and pg_dumpall --roles-only of the running stack's database. */
+  schema: string;
+  /** supabase_migrations.schema_migrations, every row (version, name, statements), in version order. */
+  migrations: { version: string; name: string; statements: string[] }[];
+  answered: number;
+}
+
+/**
+ * Run in a copy of the checkout (so that its migrations can be added to and changed) with a TMPDIR of its
+ * own (no template yet): the starts below, each reported (StartReport); between them, what a developer does.
+ */
+const PROBE = `
+import { startLocalStack } from "./local/stack/stack.ts";
+import { runCleanups } from "./local/stack/cleanup.ts";
+import { findPostgresBinaries } from "./local/stack/system.ts";
+
+const bin = findPostgresBinaries().binDir;
+const text = async (cmd, args) => {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) throw new Error(cmd + " failed: " + new TextDecoder().decode(out.stderr));
+  return new TextDecoder().decode(out.stdout);
+};
+// Today's Realtime partitions are made by each start (and the bootstrap): a run that crosses midnight (UTC)
+// would see other dates, which are not what is compared; nor is the random key of pg_dump's \\restrict
+// (each dump has its own).
+const compared = (dump) => dump.split("\\n")
+  .filter((l) => !/messages_\\d{4}_\\d{2}_\\d{2}|^\\\\(un)?restrict /.test(l)).join("\\n");
+const report = async (stack) => {
+  const answer = await fetch(stack.apiUrl + "/functions/v1/progress", { method: "OPTIONS" });
+  await answer.body?.cancel();
+  const schema = compared(await text(bin + "/pg_dump", ["--schema-only", "-d", stack.dbUrl])) +
+    compared(await text(bin + "/pg_dumpall", ["--roles-only", "--no-role-passwords", "-d", stack.dbUrl]));
+  const migrations = JSON.parse(await text(bin + "/psql", [
+    "-XAt", "-d", stack.dbUrl, "-c",
+    "select coalesce(json_agg(json_build_object('version', version, 'name', name, 'statements', statements) " +
+      "order by version), '[]') from supabase_migrations.schema_migrations",
+  ]));
+  return {
+    template: stack.migratedTemplate,
+    applied: [...stack.migrationLog.matchAll(/Applying migration (\\S+?)\\.sql\\.\\.\\./g)].map((m) => m[1]),
+    upToDate: /up to date/i.test(stack.migrationLog),
+    schema,
+    migrations,
+    answered: answer.status,
+  };
+};
+const options = { apiPort: 0, dbPort: 0, log: () => {}, ownStackOnly: true };
+const start = async () => {
+  const stack = await startLocalStack(options);
+  try {
+    return await report(stack);
+  } finally {
+    await stack.stop();
+  }
+};
+const root = Deno.env.get("TMPDIR") + "/readsync-pg-templates-" + Deno.uid();
+const templates = () => [...Deno.readDirSync(root)].map((e) => e.name).filter((n) => n.startsWith("migrated-")).sort();
+const probe = "supabase/migrations/20991231235900_migrated_template_probe.sql";
+
+const first = await start();
+const second = await start();
+const before = templates();
+// A builder that died (its pid ended) and one that still runs (this process): the next build sweeps the first.
+const ended = new Deno.Command("true").spawn();
+await ended.status;
+const dead = root + "/migrated-0123456789abcdef.building-" + ended.pid + "-dead";
+const live = root + "/migrated-0123456789abcdef.building-" + Deno.pid + "-live";
+for (const dir of [dead, live]) {
+  Deno.mkdirSync(dir + "/data", { recursive: true });
+  Deno.writeTextFileSync(dir + "/data/PG_VERSION", "15\\n");
+}
+Deno.writeTextFileSync(probe, "create table public.migrated_template_probe (id int);\\n");
+const added = await start();
+const afterAdded = templates();
+const exists = (path) => { try { Deno.statSync(path); return true; } catch { return false; } };
+const swept = { dead: !exists(dead), live: exists(live) };
+Deno.removeSync(live, { recursive: true });
+// The migration changed (as before it is applied anywhere that matters): two first starts at once.
+Deno.writeTextFileSync(probe, "create table public.migrated_template_probe (id int, note text);\\n");
+const [changedA, changedB] = await Promise.all([start(), start()]);
+const afterChanged = templates();
+const again = await start();
+await runCleanups();
+console.log(JSON.stringify({ first, second, added, changedA, changedB, again, before, afterAdded, afterChanged, swept }));
+Deno.exit(0);
+`;
+
+Deno.test({
+  name:
+    "migrated template: made by a start's full push, copied by the next (whose real push applies nothing, and whose " +
+    "cluster has the same schema and migration rows); a migration added or changed is a new key (a full push); " +
+    "a dead builder's directory is swept; two first starts at once both start",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const repo = fileURLToPath(new URL("../../", import.meta.url));
+  const parent = await Deno.makeTempDir({ prefix: "readsync-migrated-template-" });
+  const checkout = `${parent}/checkout`;
+  const tmp = `${parent}/tmp`;
+  try {
+    await Deno.mkdir(checkout);
+    await Deno.mkdir(tmp);
+    // Traversable by the cluster's OS user (as root), as the temp dir is.
+    await Deno.chmod(parent, 0o711);
+    await Deno.chmod(tmp, 0o711);
+    const copied = await new Deno.Command("cp", {
+      args: [
+        "-a",
+        ...["deno.json", "deno.lock", "package.json", "local", "shared", "supabase"].map((name) =>
+          `${repo}${name}`
+        ),
+        `${checkout}/`,
+      ],
+      stderr: "piped",
+    }).output();
+    assert.ok(copied.success, new TextDecoder().decode(copied.stderr));
+    await Deno.symlink(`${repo}node_modules`, `${checkout}/node_modules`);
+    await Deno.writeTextFile(`${checkout}/probe.ts`, PROBE);
+    const run = await runDenoChild(
+      ["eval", `Deno.env.set("TMPDIR", ${JSON.stringify(tmp)}); await import("./probe.ts");`],
+      { timeoutMs: 900_000, cwd: checkout },
+    );
+    const r = lastJsonLine(run) as
+      & Record<
+        "first" | "second" | "added" | "changedA" | "changedB" | "again",
+        StartReport
+      >
+      & {
+        before: string[];
+        afterAdded: string[];
+        afterChanged: string[];
+        swept: { dead: boolean; live: boolean };
+      };
+    const migrations = [...Deno.readDirSync(`${repo}supabase/migrations`)]
+      .map((entry) => entry.name).filter((name) => name.endsWith(".sql")).sort()
+      .map((name) => name.replace(/\.sql$/, ""));
+    const withProbe = [...migrations, "20991231235900_migrated_template_probe"];
+    for (
+      const [name, start] of Object.entries(r).filter(([, v]) => typeof v === "object" && "answered" in v)
+    ) {
+      assert.equal((start as StartReport).answered, 204, `${name}: the functions answer`);
+    }
+
+    // The first start: no template, every migration applied by the real push, the template made.
+    assert.equal(r.first.template, "made");
+    assert.deepEqual(r.first.applied, migrations);
+    assert.deepEqual(r.first.migrations.map((m) => `${m.version}_${m.name}`), migrations);
+    assert.equal(r.before.length, 1, `one migrated template: ${r.before}`);
+    // The second: copied; its real push found every migration applied; the same cluster as a full push made.
+    assert.equal(r.second.template, "copied");
+    assert.deepEqual(r.second.applied, []);
+    assert.ok(r.second.upToDate, "the push said the database is up to date");
+    assert.equal(r.second.schema, r.first.schema, "the copy's schema is the full push's");
+    assert.deepEqual(
+      r.second.migrations,
+      r.first.migrations,
+      "the copy's migration rows are the full push's",
+    );
+
+    // A migration added: another key, so a full push (the new one with the others) and a template made.
+    assert.equal(r.added.template, "made");
+    assert.deepEqual(r.added.applied, withProbe);
+    assert.match(r.added.schema, /CREATE TABLE public\.migrated_template_probe \(\n\s+id integer\n\);/);
+    assert.deepEqual(
+      r.swept,
+      { dead: true, live: true },
+      "the dead builder's directory swept, the live one's kept",
+    );
+    assert.equal(r.afterAdded.filter((n) => !n.includes(".building-")).length, 2, `${r.afterAdded}`);
+
+    // The migration changed: another key again. Two first starts at once: both push in full and start; one
+    // template is put in place, no build is left behind.
+    for (const changed of [r.changedA, r.changedB]) {
+      assert.notEqual(changed.template, "copied");
+      assert.deepEqual(changed.applied, withProbe);
+      assert.match(
+        changed.schema,
+        /CREATE TABLE public\.migrated_template_probe \(\n\s+id integer,\n\s+note text\n\);/,
+      );
+    }
+    assert.ok([r.changedA.template, r.changedB.template].includes("made"), "one of them made the template");
+    assert.equal(r.afterChanged.length, 3, `three migrated templates, no build left: ${r.afterChanged}`);
+    // A start after it copies the changed migration's template: the same cluster as the full push's.
+    assert.equal(r.again.template, "copied");
+    assert.deepEqual(r.again.applied, []);
+    assert.equal(r.again.schema, r.changedA.schema);
+    assert.deepEqual(r.again.migrations, r.changedA.migrations);
+  } finally {
+    await Deno.remove(parent, { recursive: true });
+  }
+});

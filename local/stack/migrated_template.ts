@@ -1,0 +1,113 @@
+// The migrated template: the stack's cluster as it stands after the platform bootstrap and the real
+// `supabase db push` of every migration, kept beside the initdb template (postgres.ts) so that a later start
+// copies it instead of paying the push's 3–4 s again (the CLI's own CPU: its start and its statement
+// splitter over each migration). A start that copies it still runs the real `supabase db push`, which then
+// finds every migration applied: the CLI stays the judge of what is applied. Keyed by everything that decides
+// that state; a start whose key has no template pushes in full and then makes it (fast shutdown, copy,
+// restart), before the API starts (no replication slot, no Realtime state in it). Only for a cluster the
+// stack starts itself (never with SUPABASE_DB_URL); READSYNC_PG_TEMPLATE=0 turns it off with the initdb one.
+
+import { fileURLToPath } from "node:url";
+import { BOOTSTRAP_SQL, supabaseCliBinary, supabaseLauncher } from "./database.ts";
+import {
+  type DerivedTemplate,
+  fileIdentity,
+  type LocalPostgres,
+  makeTemplate,
+  templateKey,
+  templatesRoot,
+} from "./postgres.ts";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+/** What the push reads besides the migrations: the project's configuration (its `[db]` settings). */
+const CONFIG_TOML = `${ROOT}supabase/config.toml`;
+
+/** The directory whose `*.sql` files `supabase db push` applies (the CLI runs in ROOT). */
+const MIGRATIONS_DIR = `${ROOT}supabase/migrations`;
+
+/** What the phases and the templates' directory call it (`migrated-<key>`). */
+const NAME = "migrated";
+
+/**
+ * The key of the migrated template for a cluster of the initdb template `initdbTemplateKey`: a digest of that
+ * key, local/platform/bootstrap.sql's bytes, supabase/config.toml's bytes, every migration's name and bytes
+ * (`*.sql` in supabase/migrations, in name order: as the CLI applies them) and the CLI binary's path and
+ * identity (postgres.ts fileIdentity: an upgrade replaces it; the launcher's when no binary is found, as the
+ * push then runs it). A migration added, changed, renamed or removed, a changed bootstrap or another CLI: a
+ * key with no template yet, so a full push, which makes it.
+ */
+export async function migratedTemplateKey(initdbTemplateKey: string): Promise<string> {
+  const digest = async (bytes: Uint8Array<ArrayBuffer>) =>
+    [...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))]
+      .map((b) => b.toString(16).padStart(2, "0")).join("");
+  const migrations = [...Deno.readDirSync(MIGRATIONS_DIR)]
+    .filter((entry) => entry.isFile && entry.name.endsWith(".sql"))
+    .map((entry) => entry.name)
+    .sort();
+  const cli = supabaseCliBinary() ?? supabaseLauncher();
+  const parts = [
+    "readsync migrated template 1",
+    `initdb template ${initdbTemplateKey}`,
+    `bootstrap ${await digest(await Deno.readFile(BOOTSTRAP_SQL))}`,
+    `config ${await digest(await Deno.readFile(CONFIG_TOML))}`,
+    ...await Promise.all(
+      migrations.map(async (name) =>
+        `migration ${name} ${await digest(await Deno.readFile(`${MIGRATIONS_DIR}/${name}`))}`
+      ),
+    ),
+    `cli ${cli} ${fileIdentity(Deno.realPathSync(cli))}`,
+  ];
+  return await templateKey(parts.join("\n"));
+}
+
+/** What a start found of the migrated template (MigratedTemplate.find), to make it once its push is done. */
+export interface MigratedTemplate {
+  /** For StartOptions.derivedTemplate: the template's data directory when there is one for the key. */
+  derived: DerivedTemplate;
+  /** Whether the start's cluster was copied from it (false: none was found, or none was looked for). */
+  copied(): boolean;
+  /** Whether it was looked up and there is none for the key (the start pushes in full: makeFrom makes it). */
+  missing(): boolean;
+  /**
+   * Makes it from the start's cluster when it was not copied from one (a full push): the cluster is stopped
+   * (fast shutdown), copied into the template's private build directory and started again (copyStopped), the
+   * build renamed into place (makeTemplate). Whether it made it (false: copied from one, another start made it
+   * meanwhile, or none was looked for: no initdb template). Throws ServerNotRestarted when the cluster did not
+   * start again; any other error is the template's alone (the cluster runs on).
+   */
+  makeFrom(pg: LocalPostgres): Promise<boolean>;
+}
+
+/** A start's migrated template: looked up by startPostgres (derived.find), made by the stack (makeFrom). */
+export function migratedTemplate(): MigratedTemplate {
+  let found: { root: string; key: string; dataDir: string | null } | null = null;
+  return {
+    derived: {
+      name: NAME,
+      find: async (initdbTemplateKey) => {
+        const root = await templatesRoot();
+        const key = await migratedTemplateKey(initdbTemplateKey);
+        const dir = `${root}/${NAME}-${key}`;
+        let dataDir: string | null = null;
+        try {
+          if (Deno.statSync(`${dir}/complete`).isFile) dataDir = `${dir}/data`;
+        } catch { /* none yet */ }
+        found = { root, key, dataDir };
+        return dataDir;
+      },
+    },
+    copied: () => found?.dataDir != null,
+    missing: () => found !== null && found.dataDir === null,
+    makeFrom: async (pg) => {
+      if (!found || found.dataDir !== null || pg.initdbTemplateKey === null) return false;
+      const { made } = await makeTemplate(
+        found.root,
+        `${NAME}-${found.key}`,
+        (dataDir) => pg.copyStopped(dataDir),
+        found.key,
+      );
+      return made;
+    },
+  };
+}
