@@ -203,3 +203,68 @@ Deno.test({
     await Deno.remove(parent, { recursive: true });
   }
 });
+
+Deno.test({
+  name:
+    "a first start interrupted (SIGINT) while it makes the migrated template leaves no half-built template, " +
+    "no cluster directory and no server behind",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const stackModule = new URL("./stack.ts", import.meta.url).href;
+  const tmp = await Deno.makeTempDir({ prefix: "readsync-migrated-interrupted-" });
+  try {
+    // Traversable by the cluster's OS user (as root), as the temp dir is.
+    await Deno.chmod(tmp, 0o711);
+    const root = `${tmp}/readsync-pg-templates-${Deno.uid()}`;
+    // Its own temp dir: no migrated template, so the start makes one once its push is done; the interrupt
+    // comes once the build's directory is there (a hang guard bounds the wait).
+    const run = await runDenoChild([
+      "eval",
+      `Deno.env.set("TMPDIR", ${JSON.stringify(tmp)});
+       const { startLocalStack } = await import(${JSON.stringify(stackModule)});
+       const building = () => {
+         try {
+           return [...Deno.readDirSync(${
+        JSON.stringify(root)
+      })].some((e) => /^migrated-.*\\.building-/.test(e.name));
+         } catch {
+           return false;
+         }
+       };
+       const onPhase = (name) => {
+         if (name !== "migrations (supabase db push)") return;
+         (async () => {
+           for (let i = 0; i < 20000 && !building(); i++) await new Promise((r) => setTimeout(r, 1));
+           console.log(JSON.stringify({ sawBuilding: building() }));
+           Deno.kill(Deno.pid, "SIGINT");
+         })();
+       };
+       await startLocalStack({ apiPort: 0, dbPort: 0, log: () => {}, ownStackOnly: true, onPhase });
+       console.log(JSON.stringify({ started: true }));`,
+    ], { timeoutMs: 300_000 });
+    assert.equal(run.code, 130, `stopped by SIGINT:\n${run.stdout}\n${run.stderr}`);
+    assert.ok(run.stdout.includes('{"sawBuilding":true}'), `interrupted during the build:\n${run.stdout}`);
+    const left = [...Deno.readDirSync(root)].map((entry) => entry.name);
+    assert.deepEqual(
+      left.filter((name) => name.includes(".building-")),
+      [],
+      `no half-built template: ${left}`,
+    );
+    for (const name of left.filter((name) => name.startsWith("migrated-"))) {
+      assert.ok(
+        [...Deno.readDirSync(`${root}/${name}`)].some((e) => e.name === "complete"),
+        `${name} is complete`,
+      );
+    }
+    // The cluster's directory (readsync-pg-*) is gone, so no server runs in it. (The CLI, a Bun-compiled
+    // program, leaves a .bun-*.node file of its own there.)
+    assert.deepEqual(
+      [...Deno.readDirSync(tmp)].map((entry) => entry.name).filter((name) => name.startsWith("readsync-")),
+      [`readsync-pg-templates-${Deno.uid()}`],
+      "only the templates are left",
+    );
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});

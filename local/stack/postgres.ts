@@ -4,7 +4,7 @@
 // directory if this process dies without cleaning up (kill -9, a crashed test runner). A start that
 // fails (a step that fails or never ends, a server that never gets ready) leaves nothing behind.
 
-import { onCleanup } from "./cleanup.ts";
+import { cleanupsBegun, onCleanup } from "./cleanup.ts";
 import { type OnPhase, timed } from "./phases.ts";
 import { ensureSystemPackages, exists, findPostgresBinaries, isRoot } from "./system.ts";
 
@@ -794,8 +794,9 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
       } catch (error) {
         copyError = error;
       }
-      // A stop that began meanwhile (Ctrl-C: it waits for this copy) finds the server ended: none is started.
-      const exitedWith = stopped
+      // A stop or run-down that began meanwhile (Ctrl-C: its stop waits for this copy) finds the server ended:
+      // none is started (a run-down would end each of its readiness probes as it began).
+      const exitedWith = stopped || cleanupsBegun()
         ? "the cluster was stopped during the copy"
         : await relaunch!(port).catch((e) => String(e instanceof Error ? e.message : e));
       // The old server's watchdog goes once the new one has its own (a process killed meanwhile left the
