@@ -9,6 +9,8 @@ export interface BenchStack {
   anonKey: string;
   serviceRoleKey: string;
   ownsDatabase: boolean;
+  /** Whether its cluster was copied from the migrated template or made it (LocalStack.migratedTemplate). */
+  migratedTemplate: "copied" | "made" | null;
   /**
    * Whether jwtSecret signs tokens the API at apiUrl accepts: its own API, or SUPABASE_JWT_SECRET
    * given for SUPABASE_URL (otherwise jwtSecret is the development default).

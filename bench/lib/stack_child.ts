@@ -37,6 +37,7 @@ try {
         anonKey: stack.anonKey,
         serviceRoleKey: stack.serviceRoleKey,
         ownsDatabase: stack.ownsDatabase,
+        migratedTemplate: stack.migratedTemplate,
         mintsTokens: stack.ownsApi || Boolean(Deno.env.get("SUPABASE_JWT_SECRET")),
         readyMs,
         loadMs: Math.round(t0),
