@@ -83,12 +83,23 @@ for (const dir of [dead, live]) {
   Deno.mkdirSync(dir + "/data", { recursive: true });
   Deno.writeTextFileSync(dir + "/data/PG_VERSION", "15\\n");
 }
+// Two templates of other keys: one no start has copied for two days (removed as a template is made), one
+// copied a minute ago (kept).
+const unused = root + "/migrated-00000000000000aa";
+const recent = root + "/migrated-00000000000000bb";
+for (const [dir, ago] of [[unused, 2 * 86_400_000], [recent, 60_000]]) {
+  Deno.mkdirSync(dir + "/data", { recursive: true });
+  Deno.writeTextFileSync(dir + "/complete", "key\\n");
+  const when = new Date(Date.now() - ago);
+  Deno.utimeSync(dir + "/complete", when, when);
+}
 Deno.writeTextFileSync(probe, "create table public.migrated_template_probe (id int);\\n");
 const added = await start();
-const afterAdded = templates();
 const exists = (path) => { try { Deno.statSync(path); return true; } catch { return false; } };
-const swept = { dead: !exists(dead), live: exists(live) };
+const swept = { dead: !exists(dead), live: exists(live), unused: !exists(unused), recent: exists(recent) };
 Deno.removeSync(live, { recursive: true });
+Deno.removeSync(recent, { recursive: true });
+const afterAdded = templates();
 // The migration changed (as before it is applied anywhere that matters): two first starts at once.
 Deno.writeTextFileSync(probe, "create table public.migrated_template_probe (id int, note text);\\n");
 const [changedA, changedB] = await Promise.all([start(), start()]);
@@ -143,7 +154,7 @@ Deno.test({
         before: string[];
         afterAdded: string[];
         afterChanged: string[];
-        swept: { dead: boolean; live: boolean };
+        swept: Record<"dead" | "live" | "unused" | "recent", boolean>;
       };
     const migrations = [...Deno.readDirSync(`${repo}supabase/migrations`)]
       .map((entry) => entry.name).filter((name) => name.endsWith(".sql")).sort()
@@ -177,10 +188,11 @@ Deno.test({
     assert.match(r.added.schema, /CREATE TABLE public\.migrated_template_probe \(\n\s+id integer\n\);/);
     assert.deepEqual(
       r.swept,
-      { dead: true, live: true },
-      "the dead builder's directory swept, the live one's kept",
+      { dead: true, live: true, unused: true, recent: true },
+      "the dead builder's directory swept, the live one's kept; a template unused for two days removed, a recent " +
+        "one kept",
     );
-    assert.equal(r.afterAdded.filter((n) => !n.includes(".building-")).length, 2, `${r.afterAdded}`);
+    assert.equal(r.afterAdded.length, 2, `two migrated templates, no build left: ${r.afterAdded}`);
 
     // The migration changed: another key again. Two first starts at once: both push in full and start; one
     // template is put in place, no build is left behind.

@@ -79,6 +79,35 @@ export interface MigratedTemplate {
   makeFrom(pg: LocalPostgres): Promise<boolean>;
 }
 
+/**
+ * How long a migrated template that no start has copied or made is kept: each migration added or changed
+ * makes another (≈ 40 MB), and a developer's old keys come back rarely (a branch switched back to).
+ */
+const UNUSED_FOR_MS = 24 * 3_600_000;
+
+/**
+ * Removes the migrated templates under `root` but `keep` that no start has copied or made for UNUSED_FOR_MS
+ * (their `complete` file's modification time, which each start that copies one sets: find, below). Each is
+ * renamed first (one atomic step: a start that looks it up afterwards finds none and pushes in full), to a
+ * name a dead builder's would have, so that what a start killed during the removal leaves is swept as such.
+ */
+async function pruneUnused(root: string, keep: string): Promise<void> {
+  for await (const entry of Deno.readDir(root)) {
+    if (!entry.isDirectory || entry.name === keep || !new RegExp(`^${NAME}-[0-9a-f]+$`).test(entry.name)) {
+      continue;
+    }
+    const used = (await Deno.stat(`${root}/${entry.name}/complete`).catch(() => null))?.mtime?.getTime();
+    if (used === undefined || Date.now() - used < UNUSED_FOR_MS) continue;
+    const removing = `${root}/${entry.name}.building-${Deno.pid}-removing`;
+    try {
+      await Deno.rename(`${root}/${entry.name}`, removing);
+    } catch {
+      continue; // another start removed it first
+    }
+    await Deno.remove(removing, { recursive: true }).catch(() => {});
+  }
+}
+
 /** A start's migrated template: looked up by startPostgres (derived.find), made by the stack (makeFrom). */
 export function migratedTemplate(): MigratedTemplate {
   let found: { root: string; key: string; dataDir: string | null } | null = null;
@@ -91,7 +120,10 @@ export function migratedTemplate(): MigratedTemplate {
         const dir = `${root}/${NAME}-${key}`;
         let dataDir: string | null = null;
         try {
-          if (Deno.statSync(`${dir}/complete`).isFile) dataDir = `${dir}/data`;
+          // Marked as used (pruneUnused keeps it), before the copy begins.
+          const now = new Date();
+          Deno.utimeSync(`${dir}/complete`, now, now);
+          dataDir = `${dir}/data`;
         } catch { /* none yet */ }
         found = { root, key, dataDir };
         return dataDir;
@@ -107,6 +139,8 @@ export function migratedTemplate(): MigratedTemplate {
         (dataDir) => pg.copyStopped(dataDir),
         found.key,
       );
+      // Only as a template is made (a migration added or changed): a start that copies one removes nothing.
+      if (made) await pruneUnused(found.root, `${NAME}-${found.key}`).catch(() => {});
       return made;
     },
   };
