@@ -96,7 +96,11 @@ export async function npmStart(startStack: typeof startLocalStack = startLocalSt
       );
     }
     const stack = await startStack({ apiPort, apiHost, dbPort, log, ownStackOnly: true });
-    const sql = postgres(stack.dbUrl, { max: 1, onnotice: () => {} });
+    // The stack's connection as decided (its password, TLS, host or socket as psql's), not the URL handed to
+    // postgres.js, which reads it otherwise.
+    const sql = postgres({ ...stack.db.options, max: 1, onnotice: () => {} } as postgres.Options<
+      Record<string, postgres.PostgresType>
+    >);
     await sql`insert into auth.users (id, email) values (${DEMO_USER_ID}, ${DEMO_EMAIL}) on conflict (id) do nothing`;
     await sql.end();
     const demoToken = await mintUserAccessToken(DEMO_USER_ID, {

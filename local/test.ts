@@ -108,7 +108,10 @@ function stackEnv(stack: Awaited<ReturnType<typeof startLocalStack>>): Record<st
     SUPABASE_URL: stack.apiUrl,
     SUPABASE_ANON_KEY: stack.anonKey,
     SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
-    SUPABASE_DB_URL: stack.dbUrl,
+    // The stack's connection as a URL postgres.js reads (a relay's where none can say it): the suites hand it
+    // to postgres.js (adminSql, their own pools and endpoints), which misreads a password file's, a socket
+    // directory's or a certificate's URL that psql and the start take.
+    SUPABASE_DB_URL: stack.postgresJsDbUrl,
     ...(jwtSecretKnown ? { SUPABASE_JWT_SECRET: stack.jwtSecret } : {}),
     READSYNC_LOCAL_REALTIME: stack.ownsApi ? "1" : "0",
     NO_COLOR: "1",

@@ -23,7 +23,7 @@ import {
   type RealtimeEndpoint,
 } from "../realtime/endpoint.ts";
 import { type OnPhase, timed } from "../stack/phases.ts";
-import type { DatabaseConnection } from "../stack/database.ts";
+import { type DatabaseConnection, type DatabaseRelay, openPostgresJsUrl } from "../stack/database.ts";
 import { isKongPreflight, kongPreflight, onKongCorsRoute, withKongAllowOrigin } from "./kongCors.ts";
 import { type KongRouted, kongRouted, refusedHost } from "./kongRouter.ts";
 import { checkNumberOption, TIMER_MS } from "../../shared/options/checkOptions.ts";
@@ -377,11 +377,21 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
   const url = `http://${hostname === "0.0.0.0" ? "127.0.0.1" : hostname}:${port}`;
   let functions: FunctionsGateway;
   let realtime: RealtimeEndpoint;
+  // The functions' way to the database (a relay where no URL can say the connection: openPostgresJsUrl),
+  // closed once the server has shut down: a request still in a function when close() begins finishes its
+  // statements and its COMMIT through it, instead of having its connections cut under it (a write answered
+  // 503, or committed and answered 503). Closed too when the start fails after it opened.
+  let functionsDb: DatabaseRelay | null = null;
   try {
+    functionsDb = ctx.db ? await openPostgresJsUrl(ctx.db) : null;
     functions = await timed(
       ctx.onPhase,
       "API: functions gateway (functions loaded)",
-      () => createFunctionsGateway({ ...ctx, port, apiUrl: url }, { supabaseDir: ctx.supabaseDir }),
+      () =>
+        createFunctionsGateway(
+          { ...ctx, port, apiUrl: url, functionsDbUrl: functionsDb?.url },
+          { supabaseDir: ctx.supabaseDir },
+        ),
     );
     try {
       realtime = await timed(
@@ -397,6 +407,7 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
     services.promise.catch(() => {}); // the requests that wait for them are answered 500
     services.reject(error);
     await server.shutdown();
+    await functionsDb?.close();
     throw error;
   }
   services.resolve({ functions, realtime });
@@ -414,6 +425,8 @@ export async function startApiServer(ctx: ApiContext): Promise<ApiServer> {
       const gaveUp = new Promise<true>((resolve) => timer = setTimeout(() => resolve(true), graceMs));
       const ended = await Promise.race([server.shutdown().then(() => false as const), gaveUp]);
       clearTimeout(timer);
+      // Every request has been answered (or the grace is over): the functions' relay is no longer needed.
+      await functionsDb?.close();
       if (ended) {
         // What holds the shutdown, named so that the test that left it can be found: each connection
         // still open with the last request it carried (route, when, which client), and the requests

@@ -8,11 +8,12 @@
 // * Environment: SUPABASE_URL, SUPABASE_ANON_KEY, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_DB_URL and
 //   SUPABASE_JWT_SECRET are set in this process's environment before the modules load (functions
 //   share this process, so they share its environment; close() restores the previous values).
-//   SUPABASE_DB_URL is the stack's connection (ctx.db, decided as psql connects: its password, TLS, host
-//   or socket) written as a URL postgres.js reads the same way (postgresJsUrl), or a loopback relay's
-//   where no URL can say it to postgres.js (a socket directory, an IPv6 host, certificates): a function
-//   hands the URL to postgres.js, as the progress function does, which reads no password file and no
-//   PGSSLMODE and sends libpq's own parameters to the server as settings. What Supabase injects into a
+//   SUPABASE_DB_URL is ctx.functionsDbUrl: the API server's URL for the stack's connection (decided as psql
+//   connects: its password, TLS, host or socket), written as a URL postgres.js reads the same way
+//   (postgresJsUrl), or a loopback relay's where no URL can say it to postgres.js (a socket directory, an
+//   IPv6 host, certificates), which the API server closes once its last request has been answered: a
+//   function hands the URL to postgres.js, as the progress function does, which reads no password file and
+//   no PGSSLMODE and sends libpq's own parameters to the server as settings. What Supabase injects into a
 //   hosted function (a plain URL with its password) is read there as before: shared/ is unchanged.
 // * JWT: when verify_jwt is true for the function in config.toml (the default), every request but
 //   OPTIONS needs `Authorization: Bearer <JWT>` valid for the project: HS256 with the JWT secret, or
@@ -39,19 +40,20 @@
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { createLocalJWKSet, decodeProtectedHeader, type JSONWebKeySet, jwtVerify } from "jose";
 import { type FunctionConfig, loadFunctionConfigs } from "./config.ts";
-import {
-  type DatabaseConnection,
-  type DatabaseRelay,
-  openDatabaseRelay,
-  postgresJsUrl,
-} from "../stack/database.ts";
+import { type DatabaseConnection, postgresJsUrl } from "../stack/database.ts";
 
 export interface GatewayContext {
   port: number;
   apiUrl: string;
   dbUrl: string;
-  /** The connection to dbUrl as psql makes it (databaseConnection); without it functions get dbUrl itself. */
+  /** The connection to dbUrl as psql makes it (databaseConnection). */
   db?: DatabaseConnection;
+  /**
+   * What the functions are given as SUPABASE_DB_URL: a URL postgres.js reads into `db`'s connection
+   * (openPostgresJsUrl: startApiServer's, kept open until its last request has been answered); without it,
+   * postgresJsUrl of `db` where one can say it, else dbUrl itself.
+   */
+  functionsDbUrl?: string;
   jwtSecret: string;
   anonKey: string;
   serviceRoleKey: string;
@@ -146,14 +148,11 @@ export async function createFunctionsGateway(
   options: FunctionsGatewayOptions = {},
 ): Promise<FunctionsGateway> {
   const supabaseDir = options.supabaseDir ?? SUPABASE_DIR;
-  const relay: DatabaseRelay | null = ctx.db && postgresJsUrl(ctx.db) === null
-    ? await openDatabaseRelay(ctx.db)
-    : null;
   const env: Record<string, string> = {
     SUPABASE_URL: ctx.apiUrl,
     SUPABASE_ANON_KEY: ctx.anonKey,
     SUPABASE_SERVICE_ROLE_KEY: ctx.serviceRoleKey,
-    SUPABASE_DB_URL: relay?.url ?? (ctx.db ? postgresJsUrl(ctx.db)! : ctx.dbUrl),
+    SUPABASE_DB_URL: ctx.functionsDbUrl ?? (ctx.db && postgresJsUrl(ctx.db)) ?? ctx.dbUrl,
     SUPABASE_JWT_SECRET: ctx.jwtSecret,
   };
   const previous = new Map<string, string | undefined>();
@@ -292,13 +291,13 @@ export async function createFunctionsGateway(
       const at = functionAt(pathname);
       return at !== null && booted.has(at.match[1]);
     },
-    close: async () => {
+    close: () => {
       closing.abort(new Error("the local functions gateway is closing"));
       for (const [k, v] of previous) {
         if (v === undefined) Deno.env.delete(k);
         else Deno.env.set(k, v);
       }
-      await relay?.close();
+      return Promise.resolve();
     },
   };
 }

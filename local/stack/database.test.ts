@@ -952,18 +952,21 @@ Deno.test({
     }
   }));
 
+/** A stack started in a process of its own (stackChild): where its API is, and its keys. */
+interface StackChild {
+  apiUrl: string;
+  anonKey: string;
+  jwtSecret: string;
+  /** Has the stack stop (its stdin closed) and waits for the process's end (a hang guard: 60 s, then killed). */
+  stop(): Promise<void>;
+}
+
 /**
  * A stack started in a process of its own (its environment `env` alone, with PATH and HOME: not npm test's,
- * which points SUPABASE_URL at the run's API) against `dbUrl` as SUPABASE_DB_URL; once it has started, a user
- * of its database (inserted by `sql`, a connection of the test's own) writes through the stack's function and
- * is sent the write's broadcast over its Realtime, with supabase-js. Resolves with what the write answered and
- * what the broadcast carried; rejects with the stack's output when its start fails.
+ * which points SUPABASE_URL at the run's API) against `dbUrl` as SUPABASE_DB_URL; it stops when its stdin is
+ * closed (stop()). Rejects with the stack's output when its start fails.
  */
-async function writeAndBroadcastThrough(
-  sql: postgres.Sql,
-  dbUrl: string,
-  env: Record<string, string>,
-): Promise<{ status: number; series: unknown; broadcast: unknown }> {
+async function stackChild(dbUrl: string, env: Record<string, string>): Promise<StackChild> {
   const stackModule = new URL("./stack.ts", import.meta.url).href;
   const keep = ["PATH", "HOME", "TMPDIR", "DENO_DIR", "SUPABASE_CLI_BINARY_OVERRIDE", "READSYNC_PG_TEMPLATE"];
   const child = new Deno.Command(Deno.execPath(), {
@@ -993,33 +996,53 @@ async function writeAndBroadcastThrough(
     stderr: "piped",
   }).spawn();
   const stderr = new Response(child.stderr).text();
-  const { createClient } = await import("@supabase/supabase-js");
-  const { mintUserAccessToken } = await import("./keys.ts");
-  let client: ReturnType<typeof createClient> | undefined;
+  const stop = async () => {
+    await child.stdin.close().catch(() => {});
+    await within(child.status, "the stack's stop").catch(() => child.kill("SIGKILL"));
+    await child.status;
+    await stderr;
+  };
+  // The child's first line: the stack it started, or why its start failed.
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
   try {
-    // The child's first line: the stack it started, or why its start failed.
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let out = "";
     while (!out.includes("\n")) {
       const { value, done } = await within(reader.read(), "the stack's start");
       if (done) break;
       out += value;
     }
+  } finally {
     reader.releaseLock();
-    const started = JSON.parse(out.split("\n")[0] || "{}") as {
-      apiUrl?: string;
-      anonKey?: string;
-      jwtSecret?: string;
-      failed?: string;
-    };
-    if (!started.apiUrl) {
-      child.kill("SIGKILL");
-      throw new Error(`the stack did not start: ${started.failed}\n${await stderr}`);
-    }
+  }
+  const started = JSON.parse(out.split("\n")[0] || "{}") as Partial<StackChild> & { failed?: string };
+  if (!started.apiUrl) {
+    child.kill("SIGKILL");
+    await stop();
+    throw new Error(`the stack did not start: ${started.failed}\n${await stderr}`);
+  }
+  return { apiUrl: started.apiUrl, anonKey: started.anonKey!, jwtSecret: started.jwtSecret!, stop };
+}
+
+/**
+ * A stack started in a process of its own (stackChild) against `dbUrl`; once it has started, a user of its
+ * database (inserted by `sql`, a connection of the test's own) writes through the stack's function and is
+ * sent the write's broadcast over its Realtime, with supabase-js. Resolves with what the write answered and
+ * what the broadcast carried; rejects with the stack's output when its start fails.
+ */
+async function writeAndBroadcastThrough(
+  sql: postgres.Sql,
+  dbUrl: string,
+  env: Record<string, string>,
+): Promise<{ status: number; series: unknown; broadcast: unknown }> {
+  const { createClient } = await import("@supabase/supabase-js");
+  const { mintUserAccessToken } = await import("./keys.ts");
+  const started = await stackChild(dbUrl, env);
+  let client: ReturnType<typeof createClient> | undefined;
+  try {
     const [{ id }] = await sql`insert into auth.users (email)
       values (${`reader-${crypto.randomUUID()}@readsync.test`}) returning id`;
     const token = await mintUserAccessToken(id, { secret: started.jwtSecret });
-    client = createClient(started.apiUrl, started.anonKey!, { accessToken: () => Promise.resolve(token) });
+    client = createClient(started.apiUrl, started.anonKey, { accessToken: () => Promise.resolve(token) });
     await client.realtime.setAuth();
     const broadcasts: unknown[] = [];
     let subscribed!: (status: string) => void;
@@ -1031,14 +1054,7 @@ async function writeAndBroadcastThrough(
     const response = await fetch(`${started.apiUrl}/functions/v1/progress`, {
       method: "POST",
       headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-      body: JSON.stringify({
-        series_id: "connection-test",
-        device_id: "phone",
-        chapter: 3,
-        page: 30,
-        percentage: 0.125,
-        updated_at: new Date().toISOString(),
-      }),
+      body: JSON.stringify(connectionTestWrite()),
     });
     const answer = await response.json();
     if (response.status !== 200) return { status: response.status, series: answer, broadcast: null };
@@ -1054,11 +1070,20 @@ async function writeAndBroadcastThrough(
       await client.removeAllChannels().catch(() => {});
       await client.realtime.disconnect();
     }
-    await child.stdin.close().catch(() => {});
-    await within(child.status, "the stack's stop").catch(() => child.kill("SIGKILL"));
-    await child.status;
-    await stderr;
+    await started.stop();
   }
+}
+
+/** The progress write these tests send (series `connection-test`), dated now. */
+function connectionTestWrite() {
+  return {
+    series_id: "connection-test",
+    device_id: "phone",
+    chapter: 3,
+    page: 30,
+    percentage: 0.125,
+    updated_at: new Date().toISOString(),
+  };
 }
 
 /**
@@ -1148,6 +1173,138 @@ Deno.test({
     const url = `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres`;
     const outcome = await writeAndBroadcastThrough(sql, url, { PGPASSFILE: file });
     assert.deepEqual(outcome, { status: 200, series: "connection-test", broadcast: "connection-test" });
+  }));
+
+Deno.test({
+  name:
+    "a stack stopped while a write through its relay (a SUPABASE_DB_URL to a socket directory) waits on " +
+    "its COMMIT: the relay stays until the API server has let the write finish, which is answered 200 and " +
+    "kept, instead of its connection cut as the functions close (a 503 for a write the server committed)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    const url = `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres`;
+    const { mintUserAccessToken } = await import("./keys.ts");
+    const stack = await stackChild(url, {});
+    let stopping: Promise<void> | null = null;
+    try {
+      // Every COMMIT of a row of reading_progress waits for an advisory lock the test holds (a deferred
+      // constraint trigger runs at COMMIT), so the write is in its COMMIT when the stack is stopped.
+      const LOCK = 480048;
+      await sql.unsafe(`
+        create function public.readsync_test_commit_waits() returns trigger language plpgsql as
+          $$ begin perform pg_advisory_xact_lock(${LOCK}); return null; end $$;
+        grant execute on function public.readsync_test_commit_waits() to public;
+        create constraint trigger readsync_test_commit_waits after insert or update on public.reading_progress
+          deferrable initially deferred for each row execute function public.readsync_test_commit_waits();`);
+      await sql`select pg_advisory_lock(${LOCK})`;
+      const [{ id }] = await sql`insert into auth.users (email)
+        values (${`reader-${crypto.randomUUID()}@readsync.test`}) returning id`;
+      const token = await mintUserAccessToken(id, { secret: stack.jwtSecret });
+      const answered = fetch(`${stack.apiUrl}/functions/v1/progress`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify(connectionTestWrite()),
+      }).then(async (response) => ({ status: response.status, body: await response.json() }));
+      await until(async () => {
+        const [{ waiting }] = await sql`select count(*)::int as waiting from pg_stat_activity
+          where wait_event_type = 'Lock' and wait_event = 'advisory' and query ilike 'commit%'`;
+        return waiting === 1;
+      }, "the write's COMMIT waiting on the test's lock");
+      stopping = stack.stop();
+      // The API server has stopped listening: the functions have closed (their request signals aborted),
+      // and the server waits for the running request.
+      const port = Number(new URL(stack.apiUrl).port);
+      await until(
+        () => Deno.connect({ hostname: "127.0.0.1", port }).then((conn) => (conn.close(), false), () => true),
+        "the API server's shutdown",
+      );
+      await sql`select pg_advisory_unlock(${LOCK})`;
+      const { status, body } = await within(answered, "the write's answer");
+      assert.equal(status, 200, JSON.stringify(body));
+      const [{ kept }] = await sql`select count(*)::int as kept from public.reading_progress
+        where user_id = ${id} and series_id = 'connection-test'`;
+      assert.equal(kept, 1);
+    } finally {
+      await sql`select pg_advisory_unlock_all()`;
+      await (stopping ?? stack.stop());
+    }
+  }));
+
+/**
+ * `npm test -- <files>` (local/test.ts) run in a process of its own against `dbUrl` as SUPABASE_DB_URL, its
+ * environment `env` alone with PATH and HOME (not this run's, which points SUPABASE_URL at the run's API):
+ * its last line ("N passed, N failed") and its whole output. A hang guard only: killed after 10 minutes.
+ */
+async function npmTestAgainst(
+  dbUrl: string,
+  env: Record<string, string>,
+  files: string[],
+): Promise<{ summary: string; output: string }> {
+  const root = new URL("../../", import.meta.url);
+  const keep = ["PATH", "HOME", "TMPDIR", "DENO_DIR", "SUPABASE_CLI_BINARY_OVERRIDE", "READSYNC_PG_TEMPLATE"];
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("local/test.ts", root).pathname, ...files],
+    cwd: root.pathname,
+    clearEnv: true,
+    env: {
+      ...Object.fromEntries(keep.flatMap((name) => Deno.env.get(name) ? [[name, Deno.env.get(name)!]] : [])),
+      ...env,
+      NO_COLOR: "1",
+      SUPABASE_DB_URL: dbUrl,
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const out = await Promise.race([
+      child.output(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("npm test did not end within 10 minutes")), 600_000);
+      }),
+    ]);
+    const decoder = new TextDecoder();
+    const output = decoder.decode(out.stdout) + decoder.decode(out.stderr);
+    return { summary: decoder.decode(out.stdout).trim().split("\n").pop() ?? "", output };
+  } finally {
+    clearTimeout(timer);
+    try {
+      child.kill("SIGKILL");
+    } catch { /* ended */ }
+  }
+}
+
+Deno.test({
+  name:
+    "npm test against a SUPABASE_DB_URL to a socket directory whose server asks for a password that the " +
+    "password file alone gives: the suites' own connections (adminSql, the test users' rows) are the stack's " +
+    "decided connection (here through its relay), and the suite passes, instead of failing on the URL itself " +
+    "handed to postgres.js",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    const password = "readsync-suites-password";
+    await sql.unsafe(`alter role postgres password '${password}'`);
+    // Every new connection needs the password (the test's own, open already, stays); only the password file
+    // gives it, and only for the socket directory.
+    await serverConfiguration(
+      pg,
+      sql,
+      ["local all all scram-sha-256", "host all all 127.0.0.1/32 scram-sha-256"],
+      { path: `${pg.dataDir}/.s.PGSQL.${pg.port}`, username: "postgres", database: "postgres", pass: "" },
+    );
+    const file = `${pg.dataDir}/pgpass`;
+    await Deno.writeTextFile(file, `${pg.dataDir}:${pg.port}:*:postgres:${password}\n`, { mode: 0o600 });
+    const url = `postgresql:///postgres?host=${encodeURIComponent(pg.dataDir)}&port=${pg.port}&user=postgres`;
+    const { summary, output } = await npmTestAgainst(url, { PGPASSFILE: file }, [
+      "tests/functions/progress_security.test.ts",
+    ]);
+    const [, passed, failed] = summary.match(/^(\d+) passed, (\d+) failed$/) ?? [];
+    assert.ok(Number(passed) > 0 && failed === "0", `${summary}\n${output.slice(-6000)}`);
   }));
 
 Deno.test({
@@ -1278,6 +1435,101 @@ Deno.test({
       await relay.close();
     }
   }));
+
+/**
+ * A TCP listener on 127.0.0.1 that accepts connections and never answers (a server that hangs, as one
+ * behind a dead network path would to a connection made): its port, the connections it accepted (each
+ * resolved as it arrives), and its close.
+ */
+async function silentServer() {
+  const accepted: net.Socket[] = [];
+  let arrived = Promise.withResolvers<net.Socket>();
+  const listener = net.createServer((socket) => {
+    socket.on("error", () => {});
+    socket.resume(); // read (and drop) what is sent: the socket's end is seen
+    accepted.push(socket);
+    arrived.resolve(socket);
+    arrived = Promise.withResolvers<net.Socket>();
+  });
+  await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    port: (listener.address() as net.AddressInfo).port,
+    next: () => arrived.promise,
+    close: async () => {
+      for (const socket of accepted) socket.destroy();
+      await new Promise<void>((resolve) => listener.close(() => resolve()));
+    },
+  };
+}
+
+Deno.test({
+  name: "the stack's database relay with a list of hosts whose first accepts and never answers its TLS " +
+    "request: with connect_timeout, it gives that host up and passes the connection on to the next (as " +
+    "libpq does), instead of waiting on it for good",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    await takesTlsOnly(pg, sql);
+    const silent = await silentServer();
+    const decided = await databaseConnection(`${pg.url}?sslmode=require`);
+    const listed = {
+      ...decided,
+      options: { ...decided.options, host: ["127.0.0.1", "127.0.0.1"], port: [silent.port, pg.port] },
+    };
+    listed.options.connect_timeout = 2;
+    const relay = await openDatabaseRelay(listed);
+    try {
+      const out = await within(
+        new Deno.Command(psqlPath(), {
+          // psql's own connect_timeout (the relay's URL has none: the relay keeps the host's) well above 2 s.
+          args: ["-X", "-w", "-At", "-d", relay.url.replace(/connect_timeout=\d+/, "connect_timeout=60")]
+            .concat(["-c", "select ssl from pg_stat_ssl where pid = pg_backend_pid()"]),
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).output(),
+        "psql through the relay",
+      );
+      const decoder = new TextDecoder();
+      assert.equal(decoder.decode(out.stdout).trim(), "t", decoder.decode(out.stderr));
+    } finally {
+      await relay.close();
+      await silent.close();
+    }
+  }));
+
+Deno.test({
+  name: "the stack's database relay closed while it waits for a host's answer to its TLS request: that " +
+    "connection is ended with it, instead of left open to the host",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const silent = await silentServer();
+  const relay = await openDatabaseRelay({
+    options: {
+      host: ["127.0.0.1"],
+      port: [silent.port],
+      database: "postgres",
+      username: "postgres",
+      connection: {},
+      ssl: "require",
+    },
+    server: `127.0.0.1:${silent.port}`,
+  });
+  const client = net.connect(Number(new URL(relay.url).port), "127.0.0.1");
+  client.on("error", () => {});
+  try {
+    const upstream = await within(silent.next(), "the relay's connection to the host");
+    const ended = new Promise<void>((resolve) => upstream.once("close", () => resolve()));
+    await relay.close();
+    await within(ended, "the relay's connection to the host ended");
+  } finally {
+    client.destroy();
+    await relay.close();
+    await silent.close();
+  }
+});
 
 Deno.test({
   name:

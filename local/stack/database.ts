@@ -687,13 +687,27 @@ export interface DatabaseRelay {
 }
 
 /**
+ * A URL postgres.js reads into `db`'s connection: postgresJsUrl's where a URL can say it (close: nothing to
+ * end), else a relay's (openDatabaseRelay), which close() ends. What every process of the stack's that is
+ * handed a URL gets as SUPABASE_DB_URL: the functions served locally, the suites of npm test, the browser
+ * tests.
+ */
+export async function openPostgresJsUrl(db: DatabaseConnection): Promise<DatabaseRelay> {
+  const url = postgresJsUrl(db);
+  return url !== null ? { url, close: () => Promise.resolve() } : await openDatabaseRelay(db);
+}
+
+/**
  * A loopback port whose every connection is passed on to `db`'s server over a connection made as `db` says:
- * to its socket directory's socket or its first host that answers, with its TLS (SSLRequest, then node's TLS
- * with its certificates) where it uses TLS. For a function served locally where no URL can tell postgres.js
- * the connection (postgresJsUrl: null): the function is given the relay's URL (no TLS to the relay, on this
- * machine; the server sees the connection the stack makes, its socket's pg_hba line and peer user, its TLS
- * and client certificate). The bytes pass unchanged: the function's own startup, password exchange and
- * cancel requests reach the server as it sends them.
+ * to its socket directory's socket or its first host that answers (each within its connect_timeout, as
+ * libpq's, where it has one), with its TLS (SSLRequest, then node's TLS with its certificates) where it
+ * uses TLS. For a function served locally where no URL can tell postgres.js the connection (postgresJsUrl:
+ * null): the function is given the relay's URL (no TLS to the relay, on this machine; the server sees the
+ * connection the stack makes, its socket's pg_hba line and peer user, its TLS and client certificate). The
+ * bytes pass unchanged: the function's own startup, password exchange and cancel requests reach the server
+ * as it sends them. A side that closes has the other ended once what it sent has been passed on (a client's
+ * Terminate, a server's last error reach the other side), not destroyed. close() ends every connection,
+ * those still being made upstream included.
  */
 export async function openDatabaseRelay(db: DatabaseConnection): Promise<DatabaseRelay> {
   const open = new Set<net.Socket>();
@@ -702,17 +716,31 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
     socket.once("close", () => open.delete(socket));
     socket.on("error", () => socket.destroy());
   };
+  let closing = false;
   const server = net.createServer({ pauseOnConnect: true }, (client) => {
     keep(client);
     // Only this OS user's processes pass: another user's would reach the server as this one (a socket's
     // `peer` line, a client certificate it has no key of).
     const uid = loopbackClientUid(client.remotePort ?? 0, port, client.remoteAddress);
     if (uid !== null && uid !== Deno.uid()) return client.destroy();
-    relayUpstream(db.options).then((upstream) => {
+    // Each attempt's socket is kept while it is made, so that close() and the client's leaving end it.
+    const attempts = new Set<net.Socket>();
+    const abandon = () => {
+      for (const attempt of attempts) attempt.destroy();
+    };
+    client.once("close", abandon);
+    relayUpstream(db.options, (attempt) => {
+      attempts.add(attempt);
+      keep(attempt);
+      if (closing || client.destroyed) attempt.destroy();
+    }).then((upstream) => {
+      client.off("close", abandon);
       keep(upstream);
-      if (client.destroyed) return upstream.destroy();
-      client.once("close", () => upstream.destroy());
-      upstream.once("close", () => client.destroy());
+      if (closing || client.destroyed) return upstream.destroy();
+      // pipe() ends the other side once this one has ended (its bytes written first); a side closed without
+      // an end (reset, error) has the other ended after what was written to it is flushed.
+      client.once("close", () => upstream.end());
+      upstream.once("close", () => client.end());
       client.pipe(upstream);
       upstream.pipe(client);
       client.resume();
@@ -730,6 +758,7 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
   return {
     url,
     close: async () => {
+      closing = true;
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const socket of open) socket.destroy();
       await closed;
@@ -788,41 +817,74 @@ export function loopbackClientUid(
   return null;
 }
 
-/** The relay's connection to `options`' server, its TLS begun where it has TLS (openDatabaseRelay). */
-async function relayUpstream(options: DatabaseConnection["options"]): Promise<net.Socket> {
+/**
+ * The relay's connection to `options`' server, its TLS begun where it has TLS (openDatabaseRelay): to each of
+ * its targets in turn until one answers, each given its connect_timeout (seconds, as libpq's) where it has
+ * one; `attempt` is told of each socket as it is made.
+ */
+async function relayUpstream(
+  options: DatabaseConnection["options"],
+  attempt: (socket: net.Socket) => void,
+): Promise<net.Socket> {
   const targets = options.path
     ? [{ path: options.path, host: "", port: 0 }]
     : options.host!.map((host, i) => ({ path: undefined, host, port: options.port![i] }));
   let failed: unknown;
   for (const target of targets) {
     let socket: net.Socket | undefined;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       socket = target.path ? net.connect(target.path) : net.connect(target.port!, target.host);
-      await new Promise<void>((resolve, reject) => {
-        socket!.once("connect", resolve);
-        socket!.once("error", reject);
+      attempt(socket);
+      const made = socket;
+      const timedOut = new Promise<never>((_, reject) => {
+        if (!options.connect_timeout) return;
+        timer = setTimeout(() => {
+          reject(new Error(`timeout expired (connect_timeout ${options.connect_timeout} s)`));
+          made.destroy();
+        }, options.connect_timeout * 1000);
       });
+      timedOut.catch(() => {});
+      const gone = () => new Error("the connection was closed while it was made");
+      await Promise.race([
+        timedOut,
+        new Promise<void>((resolve, reject) => {
+          made.once("connect", resolve);
+          made.once("error", reject);
+          made.once("close", () => reject(gone()));
+        }),
+      ]);
       if (options.ssl === false) return socket;
       socket.write(SSL_REQUEST);
-      const offered = await new Promise<boolean>((resolve, reject) => {
-        socket!.once("data", (answer: Uint8Array) => resolve(answer[0] === 0x53)); // 'S'
-        socket!.once("error", reject);
-        socket!.once("close", () => reject(new Error("the server closed the connection")));
-      });
+      const offered = await Promise.race([
+        timedOut,
+        new Promise<boolean>((resolve, reject) => {
+          made.once("data", (answer: Uint8Array) => resolve(answer[0] === 0x53)); // 'S'
+          made.once("error", reject);
+          made.once("close", () => reject(new Error("the server closed the connection")));
+        }),
+      ]);
       if (!offered) throw new Error(`the server at ${target.host} no longer takes TLS connections`);
       const secure = tls.connect({
         socket,
         ...(isIP(target.host) ? {} : { servername: target.host }),
         ...(options.ssl === "require" ? { rejectUnauthorized: false } : options.ssl),
       });
-      await new Promise<void>((resolve, reject) => {
-        secure.once("secureConnect", resolve);
-        secure.once("error", reject);
-      });
+      attempt(secure);
+      await Promise.race([
+        timedOut,
+        new Promise<void>((resolve, reject) => {
+          secure.once("secureConnect", resolve);
+          secure.once("error", reject);
+          secure.once("close", () => reject(gone()));
+        }),
+      ]);
       return secure;
     } catch (error) {
       socket?.destroy();
       failed = error;
+    } finally {
+      clearTimeout(timer);
     }
   }
   throw failed;

@@ -7,8 +7,11 @@ import { startApiServer } from "../api/server.ts";
 import { onCleanup, runCleanups } from "./cleanup.ts";
 import {
   applyBootstrapIfNeeded,
+  type DatabaseConnection,
   databaseConnection,
+  type DatabaseRelay,
   libpqTarget,
+  openPostgresJsUrl,
   pushMigrations,
   serverAt,
 } from "./database.ts";
@@ -18,7 +21,21 @@ import { type OnPhase, timed } from "./phases.ts";
 import { ServerNotRestarted, startPostgres } from "./postgres.ts";
 
 export interface LocalStack {
+  /** The database's URL as given (SUPABASE_DB_URL) or made (the stack's own cluster): what psql and the CLI read. */
   dbUrl: string;
+  /**
+   * The connection the stack's processes make to dbUrl, decided once as psql makes it (databaseConnection:
+   * its host or socket, password, TLS): what a postgres.js client of the stack's connects with
+   * (`postgres({ ...stack.db.options })`).
+   */
+  db: DatabaseConnection;
+  /**
+   * A URL postgres.js reads into `db` (openPostgresJsUrl: the connection written as a URL, or a relay's on a
+   * loopback port, open until stop()): what a process handed a URL is given as SUPABASE_DB_URL (npm test's
+   * suites, the browser tests), instead of dbUrl, which postgres.js misreads (no password file, no PGSSLMODE,
+   * a socket directory taken for a host name, libpq's parameters sent as server settings).
+   */
+  postgresJsDbUrl: string;
   apiUrl: string;
   jwtSecret: string;
   anonKey: string;
@@ -93,6 +110,15 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
   let stopDb = async () => {};
   let pg: Awaited<ReturnType<typeof startPostgres>> | null = null;
   const migrated = migratedTemplate();
+  /** The stack's URL for postgres.js clients (postgresJsDbUrl), closed by stop() or a start that fails. */
+  let clientsDb: DatabaseRelay | null = null;
+  let forgetClientsDb = () => {};
+  const closeClientsDb = async () => {
+    forgetClientsDb();
+    const relay = clientsDb;
+    clientsDb = null;
+    await relay?.close();
+  };
   if (externalDb) {
     dbUrl = externalDb;
     // Where libpq connects (a socket directory, ?host=, a list of hosts), not the URL's host part alone.
@@ -135,6 +161,16 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       });
       if (madeTemplate) log("database: migrated template made (the next start copies it)");
     }
+    // The connection Realtime, its WAL reader, the functions and the stack's other clients make, decided
+    // once as the push's was: the password, TLS, host or socket psql's would use (DatabaseConnection).
+    const db = await timed(
+      onPhase,
+      "database connection (as psql makes it)",
+      () => databaseConnection(dbUrl),
+    );
+    clientsDb = await openPostgresJsUrl(db);
+    const postgresJsDbUrl = clientsDb.url;
+    forgetClientsDb = onCleanup(closeClientsDb);
     const jwtSecret = env("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
     const { anonKey, serviceRoleKey } = await timed(onPhase, "API keys signed", () => devApiKeys(jwtSecret));
     const externalApi = env("SUPABASE_URL");
@@ -152,13 +188,6 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
         log(`${inherited.join(", ")} set: the local functions ignore them (settings of a deployed function)`);
       }
       for (const name of FUNCTION_TARGET_VARIABLES) Deno.env.delete(name);
-      // The connection Realtime, its WAL reader and the functions make, decided once as the push's was: the
-      // password, TLS, host or socket psql's would use (database.ts, DatabaseConnection).
-      const db = await timed(
-        onPhase,
-        "database connection (as psql makes it)",
-        () => databaseConnection(dbUrl),
-      );
       // 0: the server binds a port the OS picks (no pick-then-bind race with other processes).
       const api = await startApiServer({
         port: options.apiPort ?? 0,
@@ -188,10 +217,13 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     }
     const stop = async () => {
       await closeApi();
+      await closeClientsDb();
       await stopDb();
     };
     return {
       dbUrl,
+      db,
+      postgresJsDbUrl,
       apiUrl,
       jwtSecret,
       anonKey: env("SUPABASE_ANON_KEY") ?? anonKey,
@@ -203,6 +235,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       stop,
     };
   } catch (error) {
+    await closeClientsDb();
     await stopDb();
     throw error;
   }

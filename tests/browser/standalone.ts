@@ -18,7 +18,7 @@ try {
       SUPABASE_URL: stack.apiUrl,
       SUPABASE_ANON_KEY: stack.anonKey,
       SUPABASE_SERVICE_ROLE_KEY: stack.serviceRoleKey,
-      SUPABASE_DB_URL: stack.dbUrl,
+      SUPABASE_DB_URL: stack.postgresJsDbUrl, // a URL postgres.js reads into the stack's connection
       SUPABASE_JWT_SECRET: stack.jwtSecret,
     },
     stdout: "inherit",

@@ -1,7 +1,9 @@
 // What every integration test needs: where the stack is, and real users to act as.
 //
 // `npm test` sets SUPABASE_URL, SUPABASE_ANON_KEY, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_DB_URL and,
-// for the local stack, SUPABASE_JWT_SECRET. With the JWT secret, test users are rows in auth.users
+// for the local stack, SUPABASE_JWT_SECRET. Its SUPABASE_DB_URL is the stack's connection as a URL
+// postgres.js reads (LocalStack.postgresJsDbUrl: the password, TLS, host or socket psql's would use), so
+// the tests hand it to postgres.js as it is. With the JWT secret, test users are rows in auth.users
 // with locally minted access tokens; without it (a real project), they are created through the Auth
 // admin API and signed in with a password, so the same tests run against a real Supabase stack.
 
