@@ -14,6 +14,7 @@ import {
   loopbackClientUid,
   openDatabaseRelay,
   passwordFromFile,
+  psql,
   psqlPath,
   pushMigrations,
   supabaseCliBinary,
@@ -1358,6 +1359,35 @@ Deno.test({
   }));
 
 Deno.test({
+  name: "a connection made as psql makes it (sslmode prefer) refused after its authentication over TLS (a " +
+    "role at its connection limit: 53300) fails with that error, as psql's does, instead of connecting " +
+    "again without TLS (libpq does so only on an error before AuthenticationOk) and failing on pg_hba.conf",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster(async (pg, sql) => {
+    await selfSignedCertificate(pg);
+    await sql`create role readsync_limited login connection limit 0`;
+    await serverConfiguration(
+      pg,
+      sql,
+      ["local all all trust", "hostssl all all 127.0.0.1/32 trust", "hostnossl all all 127.0.0.1/32 reject"],
+      { host: "127.0.0.1", port: pg.port, username: "postgres", database: "postgres", ssl: false },
+      { ssl: "on" },
+    );
+    const url = `postgresql://readsync_limited@127.0.0.1:${pg.port}/postgres`;
+    await withEnv({ PGSSLMODE: undefined }, async () => {
+      const psqlSaid = await psql(url, ["-c", "select 1"]).then(() => "connected", (e: Error) => e.message);
+      assert.match(psqlSaid, /too many connections for role "readsync_limited"/);
+      await assert.rejects(within(connectionUsesTls(url), "the connection"), (error: Error) => {
+        assert.equal((error as Error & { code?: string }).code, "53300", error.message);
+        assert.match(error.message, /too many connections for role "readsync_limited"/);
+        return true;
+      });
+    });
+  }));
+
+Deno.test({
   name:
     "a password refused over a socket directory given as ?host= (the password as ?password=): the start " +
     "names the socket it connected to (the directory's .s.PGSQL.<port>), not an empty host, and the URL's " +
@@ -1498,6 +1528,56 @@ Deno.test({
       await silent.close();
     }
   }));
+
+Deno.test({
+  name:
+    "the stack's database relay for a list of hosts with target_session_attrs=read-write (TLS with a root " +
+    "certificate: no URL can say it), the first host read-only: its connections reach the second, as libpq's " +
+    "would, instead of the first that answers (where the client, given the relay's one address, cannot move on)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster((readOnly, readOnlySql) =>
+    withCluster(async (readWrite, readWriteSql) => {
+      await takesTlsOnly(readOnly, readOnlySql);
+      await takesTlsOnly(readWrite, readWriteSql);
+      await readOnlySql`alter system set default_transaction_read_only = on`;
+      await readOnlySql`select pg_reload_conf()`;
+      const roots = `${readWrite.dataDir}/roots.crt`;
+      await Deno.writeTextFile(
+        roots,
+        (await Deno.readTextFile(`${readOnly.dataDir}/data/server.crt`)) +
+          (await Deno.readTextFile(`${readWrite.dataDir}/data/server.crt`)),
+      );
+      const url = `postgresql:///postgres?host=127.0.0.1,127.0.0.1&port=${readOnly.port},${readWrite.port}` +
+        `&user=postgres&password=postgres&sslmode=verify-ca&sslrootcert=${encodeURIComponent(roots)}` +
+        "&target_session_attrs=read-write";
+      // The read-only server says so to a new session (the reload read).
+      await until(async () => {
+        const out = await psql(
+          `postgresql://postgres:postgres@127.0.0.1:${readOnly.port}/postgres?sslmode=require`,
+          ["-At", "-c", "show transaction_read_only"],
+        );
+        return out.trim() === "on";
+      }, "the first server read-only");
+      const relay = await openDatabaseRelay(await within(databaseConnection(url), "the decided connection"));
+      try {
+        const out = await within(
+          new Deno.Command(psqlPath(), {
+            args: ["-X", "-w", "-At", "-d", relay.url, "-c", "show port"],
+            stdin: "null",
+            stdout: "piped",
+            stderr: "piped",
+          }).output(),
+          "psql through the relay",
+        );
+        const decoder = new TextDecoder();
+        assert.equal(decoder.decode(out.stdout).trim(), String(readWrite.port), decoder.decode(out.stderr));
+      } finally {
+        await relay.close();
+      }
+    })
+  ));
 
 Deno.test({
   name: "the stack's database relay closed while it waits for a host's answer to its TLS request: that " +

@@ -729,11 +729,14 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
       for (const attempt of attempts) attempt.destroy();
     };
     client.once("close", abandon);
-    relayUpstream(db.options, (attempt) => {
+    const onAttempt = (attempt: net.Socket) => {
       attempts.add(attempt);
       keep(attempt);
       if (closing || client.destroyed) attempt.destroy();
-    }).then((upstream) => {
+    };
+    hostAsAsked(db.options, onAttempt).then((from) => connectAsDecided(db.options, onAttempt, from)).then(({
+      socket: upstream,
+    }) => {
       client.off("close", abandon);
       keep(upstream);
       if (closing || client.destroyed) return upstream.destroy();
@@ -764,6 +767,68 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
       await closed;
     },
   };
+}
+
+/**
+ * Where in `options`' list of hosts the relay connects from: the first whose session is as its
+ * target_session_attrs asks (read-write, read-only, primary, standby; prefer-standby: a standby, else the
+ * first that answers), as libpq moves on to the next host when a session is not, told by a login of the
+ * relay's own (the decided connection, which ends after `show transaction_read_only` and
+ * `pg_is_in_recovery()`) to each in turn; 0 without a list or target_session_attrs (the first that
+ * answers). The client's own login then reaches that host: given the list, it could not move on past the
+ * relay's one address. The list's length when no host is.
+ */
+async function hostAsAsked(
+  options: DatabaseConnection["options"],
+  attempt: (socket: net.Socket) => void,
+): Promise<number> {
+  const attrs = options.target_session_attrs;
+  const hosts = options.host ?? [];
+  if (!attrs || hosts.length < 2) return 0;
+  const { target_session_attrs: _, ...probeOptions } = options;
+  const wanted = (state: { readOnly: boolean; standby: boolean }, pass: number) =>
+    attrs === "read-write"
+      ? !state.readOnly
+      : attrs === "read-only"
+      ? state.readOnly
+      : attrs === "primary"
+      ? !state.standby
+      : attrs === "standby"
+      ? state.standby
+      : pass === 0
+      ? state.standby
+      : true; // prefer-standby: a standby first, else any
+  for (let pass = 0; pass < (attrs === "prefer-standby" ? 2 : 1); pass++) {
+    for (let from = 0; from < hosts.length;) {
+      let reached = hosts.length;
+      const probe = postgres({
+        ...probeOptions,
+        max: 1,
+        onnotice: () => {},
+        ssl: false,
+        host: [hosts[from]],
+        port: [options.port![from]],
+        socket: async () => {
+          const made = await connectAsDecided(options, attempt, from);
+          reached = made.index;
+          return made.socket;
+        },
+      } as unknown as postgres.Options<Record<string, postgres.PostgresType>>);
+      try {
+        const [readOnly, standby] = await probe.unsafe(
+          "select current_setting('transaction_read_only') = 'on' as r, pg_catalog.pg_is_in_recovery() as s",
+        ).values().then(([[r, s]]) => [r as boolean, s as boolean]);
+        if (wanted({ readOnly, standby }, pass)) return reached;
+      } catch {
+        // No host from `from` on answered, or this one's login failed: the connection itself says why.
+        if (reached >= hosts.length) break;
+      } finally {
+        await probe.end({ timeout: 0 });
+      }
+      from = reached + 1;
+    }
+  }
+  return hosts.length;
 }
 
 /**
@@ -818,19 +883,23 @@ export function loopbackClientUid(
 }
 
 /**
- * The relay's connection to `options`' server, its TLS begun where it has TLS (openDatabaseRelay): to each of
- * its targets in turn until one answers, each given its connect_timeout (seconds, as libpq's) where it has
- * one; `attempt` is told of each socket as it is made.
+ * A connection to `options`' server, its TLS begun where it has TLS (`options.ssl`: SSLRequest, then node's
+ * TLS with its certificates), and which of its targets it went to: to each of its targets from the `from`th
+ * on in turn until one answers, each given its connect_timeout (seconds, as libpq's) where it has one;
+ * `attempt` is told of each socket as it is made. The relay's (openDatabaseRelay), and each attempt's of a
+ * connection made as psql makes it (firstQueryAsPsql), which reads what the server says on it.
  */
-async function relayUpstream(
+async function connectAsDecided(
   options: DatabaseConnection["options"],
-  attempt: (socket: net.Socket) => void,
-): Promise<net.Socket> {
+  attempt: (socket: net.Socket) => void = () => {},
+  from = 0,
+): Promise<{ socket: net.Socket; index: number }> {
   const targets = options.path
     ? [{ path: options.path, host: "", port: 0 }]
     : options.host!.map((host, i) => ({ path: undefined, host, port: options.port![i] }));
-  let failed: unknown;
-  for (const target of targets) {
+  let failed: unknown = new Error("no host left to connect to");
+  for (const [index, target] of targets.entries()) {
+    if (index < from) continue;
     let socket: net.Socket | undefined;
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
@@ -854,7 +923,7 @@ async function relayUpstream(
           made.once("close", () => reject(gone()));
         }),
       ]);
-      if (options.ssl === false) return socket;
+      if (options.ssl === false) return { socket, index };
       socket.write(SSL_REQUEST);
       const offered = await Promise.race([
         timedOut,
@@ -879,7 +948,7 @@ async function relayUpstream(
           secure.once("close", () => reject(gone()));
         }),
       ]);
-      return secure;
+      return { socket: secure, index };
     } catch (error) {
       socket?.destroy();
       failed = error;
@@ -894,10 +963,12 @@ async function relayUpstream(
  * `query` (simple: no prepared statement) run first on a connection to `dbUrl` made as psql makes it
  * (connectionOptions): the connection, which the caller ends, the query's results, its options and TLS. Its
  * TLS as libpq's sslmode (sslModeFor) has it: `prefer` asks for it where the server offers it
- * (serverOffersTls) and, should that attempt fail before its startup completed (the TLS handshake failed,
- * as against a server whose TLS versions or certificate the client does not take, or the server refused
- * the connection: 28000, its pg_hba.conf having no line for it, as with hostnossl lines only), connects
- * again without it, as libpq's fe-connect.c does on either; `allow` connects without it first, and again with
+ * (serverOffersTls) and, should that attempt fail before the server's AuthenticationOk (the TLS handshake
+ * failed, as against a server whose TLS versions or certificate the client does not take, or the server
+ * refused the connection: 28000, its pg_hba.conf having no line for it, as with hostnossl lines only),
+ * connects again without it, as libpq's fe-connect.c does on either (an error after AuthenticationOk, a
+ * role's connection limit, is the connection's, as libpq's); a `require` whose first host that answers takes
+ * no TLS fails, as libpq's (it moves on only from a host it cannot connect to); `allow` connects without it first, and again with
  * it should that fail so; `disable` never asks for it, `require` and the verify modes always (tlsFor); over a
  * socket directory, none (libpq uses none there). postgres.js has no such fallback of its own (its `prefer`
  * only takes what the server offers, and its `allow` asks for TLS whether offered or not), and does not read
@@ -944,22 +1015,68 @@ async function firstQueryAsPsql(
   }
   for (let i = 0;; i++) {
     const ssl = attempts[i];
-    // Set once the server has sent its first ParameterStatus: the startup (TLS, authentication) completed.
-    let startedUp = false;
+    // Set once the server has sent AuthenticationOk: past it, an error (a role's or a database's connection
+    // limit, 53300; a role that may not log in) ends the attempt as libpq's, which connects again without
+    // (or with) TLS only on an error before it (fe-connect.c: CONNECTION_AWAITING_RESPONSE).
+    let authenticated = false;
+    // The attempt's connection is made here (its TLS too), not by postgres.js: what the server sends on it is
+    // read as sent (postgres.js tells of no AuthenticationOk), and a host that answers its target_session_attrs
+    // wrongly (postgres.js ends the connection and makes a new one) gives way to the next of the list.
+    let nextHost = 0;
+    // No host left to connect to: postgres.js, given a list of hosts, waits for another connection instead
+    // of failing the query, so the query fails here.
+    const noHostLeft = Promise.withResolvers<never>();
+    noHostLeft.promise.catch(() => {});
     const sql = postgres({
       max: 1,
       onnotice: () => {},
       ...options,
-      ssl,
-      onparameter: () => startedUp = true,
+      ssl: false,
+      socket: async () => {
+        try {
+          const { socket, index } = await connectAsDecided({ ...options, ssl }, undefined, nextHost);
+          nextHost = index + 1;
+          onAuthenticationOk(socket, () => authenticated = true);
+          return socket;
+        } catch (error) {
+          noHostLeft.reject(error);
+          throw error;
+        }
+      },
     } as postgres.Options<Record<string, postgres.PostgresType>>);
     try {
-      return { sql, results: await sql.unsafe(query), options, ssl };
+      return { sql, results: await Promise.race([sql.unsafe(query), noHostLeft.promise]), options, ssl };
     } catch (error) {
-      await sql.end();
-      if (i + 1 >= attempts.length || startedUp) throw connectionError(dbUrl, error);
+      await sql.end({ timeout: 0 });
+      if (i + 1 >= attempts.length || authenticated) throw connectionError(dbUrl, error);
     }
   }
+}
+
+/**
+ * Calls `seen` once the server has sent AuthenticationOk on `socket` (a message 'R' of length 8 whose code is
+ * 0), read from what arrives on it beside its own reader (what precedes it: the authentication exchange, an
+ * error, a notice).
+ */
+function onAuthenticationOk(socket: net.Socket, seen: () => void): void {
+  let pending = new Uint8Array(0);
+  const read = (chunk: Uint8Array) => {
+    const joined = new Uint8Array(pending.length + chunk.length);
+    joined.set(pending);
+    joined.set(chunk, pending.length);
+    pending = joined;
+    while (pending.length >= 5) {
+      const view = new DataView(pending.buffer, pending.byteOffset, pending.length);
+      const length = view.getUint32(1);
+      if (pending.length < 1 + length) return;
+      if (pending[0] === 0x52 && length === 8 && view.getUint32(5) === 0) {
+        socket.off("data", read);
+        return seen();
+      }
+      pending = pending.subarray(1 + length);
+    }
+  };
+  socket.on("data", read);
 }
 
 /** A connection's error, its password refused or missing said as psql's is (passwordRefused). */

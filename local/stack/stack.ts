@@ -12,6 +12,7 @@ import {
   type DatabaseRelay,
   libpqTarget,
   openPostgresJsUrl,
+  postgresJsUrl,
   pushMigrations,
   serverAt,
 } from "./database.ts";
@@ -161,6 +162,8 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       });
       if (madeTemplate) log("database: migrated template made (the next start copies it)");
     }
+    const jwtSecret = env("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
+    const { anonKey, serviceRoleKey } = await timed(onPhase, "API keys signed", () => devApiKeys(jwtSecret));
     // The connection Realtime, its WAL reader, the functions and the stack's other clients make, decided
     // once as the push's was: the password, TLS, host or socket psql's would use (DatabaseConnection).
     const db = await timed(
@@ -170,9 +173,8 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
     );
     clientsDb = await openPostgresJsUrl(db);
     const postgresJsDbUrl = clientsDb.url;
-    forgetClientsDb = onCleanup(closeClientsDb);
-    const jwtSecret = env("SUPABASE_JWT_SECRET") ?? DEV_JWT_SECRET;
-    const { anonKey, serviceRoleKey } = await timed(onPhase, "API keys signed", () => devApiKeys(jwtSecret));
+    // A relay (no URL says the connection) is closed by a stop; a URL needs no closing.
+    if (postgresJsUrl(db) === null) forgetClientsDb = onCleanup(closeClientsDb);
     const externalApi = env("SUPABASE_URL");
     let apiUrl: string;
     let closeApi = async () => {};
