@@ -987,3 +987,57 @@ Deno.test({
     assert.match(reply, /^\[null,"1","phoenix","phx_reply",\{"status":"ok"/, `${path}: ${reply}`);
   }
 });
+
+/** How many TCP sockets this process listens on (its descriptors' sockets /proc/net/tcp lists as LISTEN). */
+function listeningSocketsOfThisProcess(): number {
+  const inodes = new Set<string>();
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      const link = Deno.readLinkSync(`/proc/self/fd/${entry.name}`);
+      if (link.startsWith("socket:[")) inodes.add(link.slice("socket:[".length, -1));
+    } catch { /* closed meanwhile */ }
+  }
+  return Deno.readTextFileSync("/proc/net/tcp").split("\n").slice(1).filter((line) => {
+    const fields = line.trim().split(/\s+/);
+    return fields[3] === "0A" && inodes.has(fields[9]);
+  }).length;
+}
+
+Deno.test({
+  name: "an API server whose functions gateway fails to start (its config.toml unreadable) after the " +
+    "functions' database relay opened (a connection no URL can say: a socket directory) leaves nothing " +
+    "listening, the relay included, instead of a relay left open for the process's life",
+  ignore: Deno.build.os !== "linux",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const supabaseDir = await Deno.makeTempDir({ prefix: "readsync-api-unreadable-config-" });
+  try {
+    await Deno.mkdir(`${supabaseDir}/config.toml`); // a directory: reading it fails (not NotFound)
+    const before = listeningSocketsOfThisProcess();
+    await assert.rejects(
+      startApiServer({
+        port: 0,
+        dbUrl: `postgresql:///postgres?host=${encodeURIComponent(supabaseDir)}`,
+        db: {
+          options: {
+            path: `${supabaseDir}/.s.PGSQL.5432`,
+            database: "postgres",
+            username: "postgres",
+            connection: {},
+            ssl: false,
+          },
+          server: `${supabaseDir}/.s.PGSQL.5432`,
+        },
+        jwtSecret: "a-development-secret-of-at-least-32-characters",
+        anonKey: "anon",
+        serviceRoleKey: "service",
+        supabaseDir,
+      }),
+      (error: Error) => /config\.toml|directory/i.test(error.message),
+    );
+    assert.equal(listeningSocketsOfThisProcess(), before, "no socket of the failed start is left listening");
+  } finally {
+    await Deno.remove(supabaseDir, { recursive: true });
+  }
+});
