@@ -773,7 +773,7 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
  * Where in `options`' list of hosts the relay connects from: the first whose session is as its
  * target_session_attrs asks (read-write, read-only, primary, standby; prefer-standby: a standby, else the
  * first that answers), as libpq moves on to the next host when a session is not, told by a login of the
- * relay's own (the decided connection, which ends after `show transaction_read_only` and
+ * relay's own (the decided connection, which ends after reading `transaction_read_only` and
  * `pg_is_in_recovery()`) to each in turn; 0 without a list or target_session_attrs (the first that
  * answers). The client's own login then reaches that host: given the list, it could not move on past the
  * relay's one address. The list's length when no host is.
