@@ -1522,6 +1522,26 @@ function pageTurnBehindFarAheadWrite() {
   return { browser, second, b, storeA, now, write, farAhead, stored, shown };
 }
 
+/**
+ * pageTurnBehindFarAheadWrite, then tab A's far-ahead write stored: its row heard by tab B (Realtime), then named
+ * answered by tab A. Tab B shows its page turn as it will be sent (`asSent`: chapter 5, just after that write's
+ * stored key), the opening of the cleared-storage tests.
+ */
+async function pageTurnShownAsSent() {
+  const opened = pageTurnBehindFarAheadWrite();
+  const { second, storeA, now, farAhead, stored, shown } = opened;
+  second.subscriptions[0].handler({ kind: "upsert", row: stored });
+  storeA.settle(farAhead, { won: true, progress: stored } as unknown as WriteResult);
+  const asSent = [5, new Date(now + 10_001).toISOString()];
+  await until(() => shown()?.chapter === 5);
+  assert.deepEqual(
+    [shown()?.chapter, shown()?.updatedAt],
+    asSent,
+    "tab B shows the page turn as it will be sent",
+  );
+  return { ...opened, asSent };
+}
+
 Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it will be sent once another tab names an earlier write of the series answered, though Realtime brought that write's row first and the saved outbox did not change", async () => {
   const { browser, second, b, storeA, now, farAhead, stored, shown } = pageTurnBehindFarAheadWrite();
   await until(() => shown()?.chapter === 5);
@@ -1546,18 +1566,9 @@ Deno.test("sync session, two tabs: a page turn waiting in a tab is shown as it w
 
 for (const change of ["upsert", "delete"] as const) {
   Deno.test(`sync session, two tabs: a Realtime ${change} of another series that reaches a tab first after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
-    const { browser, second, b, storeA, now, farAhead, stored, shown } = pageTurnBehindFarAheadWrite();
-    second.subscriptions[0].handler({ kind: "upsert", row: stored });
+    const { browser, second, b, shown, asSent } = await pageTurnShownAsSent();
     const other = row(ALICE, "other-book", 1);
     second.subscriptions[0].handler({ kind: "upsert", row: other });
-    storeA.settle(farAhead, { won: true, progress: stored } as unknown as WriteResult);
-    const asSent = [5, new Date(now + 10_001).toISOString()];
-    await until(() => shown()?.chapter === 5);
-    assert.deepEqual(
-      [shown()?.chapter, shown()?.updatedAt],
-      asSent,
-      "tab B shows the page turn as it will be sent",
-    );
 
     // The site's data is cleared (Storage.clearDataForOrigin: no storage event); the next thing tab B hears is
     // Realtime's change of another series.
@@ -1583,9 +1594,7 @@ for (const change of ["upsert", "delete"] as const) {
 for (const change of ["a message", "a notice dismissed", "the clock's answer"] as const) {
   Deno.test(`sync session, two tabs: ${change} that reaches a tab first after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
     // As the Realtime tests above: tab B shows the page turn as it will be sent.
-    const { browser, second, b, storeA, now, write, farAhead, stored, shown } = pageTurnBehindFarAheadWrite();
-    second.subscriptions[0].handler({ kind: "upsert", row: stored });
-    storeA.settle(farAhead, { won: true, progress: stored } as unknown as WriteResult);
+    const { browser, b, now, write, shown, asSent } = await pageTurnShownAsSent();
     // Tab B's own write of another series lost to the phone's newer version: a notice it may dismiss.
     const lost = write("other-book", 1, now - 60_000);
     b.store.addPending(lost);
@@ -1597,13 +1606,6 @@ for (const change of ["a message", "a notice dismissed", "the clock's answer"] a
       progress: phoneRow,
     } as unknown as WriteResult);
     assert.ok(b.store.getSnapshot().notices.has("other-book"));
-    const asSent = [5, new Date(now + 10_001).toISOString()];
-    await until(() => shown()?.chapter === 5);
-    assert.deepEqual(
-      [shown()?.chapter, shown()?.updatedAt],
-      asSent,
-      "tab B shows the page turn as it will be sent",
-    );
 
     // The site's data is cleared (no storage event); the next thing tab B's view is built for is this.
     browser.items.clear();
