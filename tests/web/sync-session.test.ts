@@ -1601,7 +1601,14 @@ for (const change of ["upsert", "delete"] as const) {
   });
 }
 
-for (const change of ["a message", "a notice dismissed", "the clock's answer"] as const) {
+for (
+  const change of [
+    "a message",
+    "a notice dismissed",
+    "the clock's answer",
+    "a server-rendered page's row",
+  ] as const
+) {
   Deno.test(`sync session, two tabs: ${change} that reaches a tab first after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
     // As the Realtime tests above: tab B shows the page turn as it will be sent.
     const { browser, b, now, write, shown, asSent } = await pageTurnShownAsSent();
@@ -1617,12 +1624,16 @@ for (const change of ["a message", "a notice dismissed", "the clock's answer"] a
     } as unknown as WriteResult);
     assert.ok(b.store.getSnapshot().notices.has("other-book"));
 
+    // (A page the server renders later holds the phone's next version of the other series.)
+    const renderedAt = new Date(Date.parse(phoneRow.updated_at) + 1).toISOString();
+
     // The site's data is cleared (no storage event); the next thing tab B's view is built for is this.
     browser.items.clear();
     const version = b.store.getSnapshot().version;
     if (change === "a message") b.store.setError("Not saved yet (will retry)", { untilAnswered: true });
     else if (change === "a notice dismissed") b.store.dismissNotice("other-book");
-    else b.store.sendDatesChanged();
+    else if (change === "the clock's answer") b.store.sendDatesChanged();
+    else b.store.seed([{ ...phoneRow, chapter: 3, updated_at: renderedAt }]);
     assert.ok(b.store.getSnapshot().version > version, "(the view built again)");
     assert.deepEqual(
       [shown()?.chapter, shown()?.updatedAt, shown()?.pending],
@@ -1636,6 +1647,54 @@ for (const change of ["a message", "a notice dismissed", "the clock's answer"] a
     b.close();
   });
 }
+
+for (const moment of ["closes", "opens again"] as const) {
+  Deno.test(`sync session, two tabs: a tab's session that ${moment} over the same store (the provider's effect run again: a new token from the server) after the site's storage was cleared shows its waiting page turn as it will be sent, not the earlier write's stored row: the tab writes back what it holds before it builds the view`, async () => {
+    const { browser, second, b, shown, asSent } = await pageTurnShownAsSent();
+    if (moment === "opens again") b.close();
+    // The site's data is cleared (no storage event); the next thing tab B's view is built for is the dating of its
+    // writes set (SyncStore.datesSentBy), as the session closes, or as one opens over the same store.
+    browser.items.clear();
+    const version = b.store.getSnapshot().version;
+    const again = moment === "opens again" ? second.open(b.store) : null;
+    b.close();
+    try {
+      assert.ok(b.store.getSnapshot().version > version, "(the view built again)");
+      assert.deepEqual(
+        [shown()?.chapter, shown()?.updatedAt, shown()?.pending],
+        [...asSent, true],
+        "still the page turn as it will be sent (on the code before: the earlier write's row, chapter 4, until the tab's next look)",
+      );
+      assert.ok(
+        browser.items.get(b.store.latestAnsweredKey),
+        "the latest answered writes it held are written back",
+      );
+    } finally {
+      again?.close();
+    }
+  });
+}
+
+Deno.test("sync session, tabs: a tab opened after the site's storage was cleared that adds its device id to the browser's list before it writes its clear mark (no Web Locks: at once) has an open tab show its waiting page turn as it will be sent, not the earlier write's stored row", async () => {
+  const { browser, b, shown, asSent } = await pageTurnShownAsSent();
+  browser.items.clear(); // the reader clears the site's data: no storage event
+  // A tab opened now, over plain http (no Web Locks): deviceId.ts adds its new id to the list at once, then its
+  // session's store writes its clear mark. Tab B hears the list's change first.
+  const opened = browser.viewFor(new EventTarget());
+  await rememberDeviceIds(opened, ["web-new"]);
+  newStore(ALICE).attachStorage(opened);
+  await waitFor(
+    "tab B to hear the new id and to write back what it holds",
+    () => b.store.getSnapshot().browserDevices.has("web-new") && browser.items.has(b.store.latestAnsweredKey),
+    { timeoutMs: 5_000 },
+  );
+  assert.deepEqual(
+    [shown()?.chapter, shown()?.updatedAt, shown()?.pending],
+    [...asSent, true],
+    "the page turn as it will be sent (on the code before: the list's event built the view from the cleared storage, the earlier write's row, chapter 4, and the mark's look wrote back what tab B held without building it again)",
+  );
+  b.close();
+});
 
 Deno.test("sync session: a refusal heard before the session closed (sign-out) is not applied after it: the refused write stays queued in her saved outbox, nothing said, nothing shared", async () => {
   const t = tab({ refuse: "bad-book" });

@@ -1397,10 +1397,15 @@ Deno.test("storage too full to keep the clear mark when a tab opens: once there 
   );
 });
 
-Deno.test("a tab's own write-back of this browser's device ids after a clear (no storage event in the tab that writes) builds its view again: a version under an id it knew from another tab's saved write only is this browser's again", async () => {
+Deno.test("after a clear, a view built by a change with no look of its own (the dating of the writes set: a session closing, or opening over the same store) names a version under an id the tab knew from another tab's saved write only this browser's: the tab writes back what it holds, that id among it, before it builds the view", async () => {
   const storage = new MemoryStorage();
+  // Tab A changes the list of this browser's ids under a Web Lock the test grants.
+  const granted: (() => Promise<void>)[] = [];
+  const tabALock: DeviceIdLocks = {
+    request: (_name, _options, run) => new Promise((resolve) => granted.push(() => run().then(resolve))),
+  };
   const tabA = new SyncStore(USER, defaultCompareRows);
-  tabA.attachStorage(storage);
+  tabA.attachStorage(storage, tabALock);
   // Tab B (the page open through an earlier clear of the site's data, id web-old) queues a page turn: its change of
   // the list of this browser's ids waits for the list's Web Lock (held), so tab A takes the write up before the
   // list names web-old.
@@ -1413,21 +1418,26 @@ Deno.test("a tab's own write-back of this browser's device ids after a clear (no
   assert.equal(readDeviceIds(storage).includes("web-old"), false, "the list does not name web-old yet");
   const named = () => savedBy("web-old", "web-new", tabA.getSnapshot().browserDevices);
   assert.equal(named(), "this browser", "named this browser's (the saved outbox)");
-  // The site's data is cleared; tab A's view is built again before it looks (its view built from the cleared
-  // storage): by the dating of its writes set (the session's, as it opens or closes), the one change left that
-  // does not look first. (A Realtime row, a message, a notice dismissed and the clock's answer look first:
-  // sync-session.test.ts, '... that reaches a tab first after the site's storage was cleared ...'.)
+  // The site's data is cleared; tab A's view is built again by the dating of its writes set, which has no look of
+  // its own (a Realtime row, a message, a notice dismissed and the clock's answer have: sync-session.test.ts, '...
+  // that reaches a tab first after the site's storage was cleared ...').
   storage.clear();
-  tabA.datesSentBy(null);
-  assert.equal(named(), "another device", "(the cleared storage names it nowhere)");
-  // Tab A looks (its outbox schedule, before it reads the shared state): it writes back what it holds, web-old
-  // among the ids, this tab's own change of the list (no storage event here).
-  tabA.checkCleared();
-  assert.ok(readDeviceIds(storage).includes("web-old"), "written back");
-  await new Promise<void>((resolve) => setTimeout(resolve, 0));
-  assert.equal(named(), "this browser", "the view built again once its own change of the list was written");
-  // Nothing changed since: no view built again for it.
   const version = tabA.getSnapshot().version;
+  tabA.datesSentBy(null);
+  assert.ok(tabA.getSnapshot().version > version, "(the view built again)");
+  assert.equal(named(), "this browser", "still this browser's (on the code before: another device's)");
+  const saved = JSON.parse(storage.getItem(tabA.outboxKey) ?? "[]") as PendingWrite[];
+  assert.deepEqual(
+    saved.map((w) => [w.series_id, w.device_id]),
+    [["saga", "web-old"]],
+    "what it holds written back first",
+  );
+  assert.equal(readDeviceIds(storage).includes("web-old"), false, "(the list's change waits for its lock)");
+  // Tab A's change of the list is granted: written, and the view names the same ids (nothing built again for it).
+  assert.equal(granted.length, 1);
+  await granted[0]();
+  assert.ok(readDeviceIds(storage).includes("web-old"), "written back");
+  const built = tabA.getSnapshot().version;
   tabA.deviceIdsChanged();
-  assert.equal(tabA.getSnapshot().version, version);
+  assert.equal(tabA.getSnapshot().version, built, "the same ids: the same view");
 });

@@ -346,7 +346,9 @@ export class SyncStore {
         this.#seededSnapshot = null;
       }
     }
-    if (changed) this.#snapshot = this.#build();
+    if (!changed) return;
+    this.#noticeCleared(); // (as #emit: the view is read from the storage)
+    this.#snapshot = this.#build();
   }
 
   /** A server row (Realtime, catch-up, poll, write response). Returns whether it was newer. */
@@ -930,6 +932,14 @@ export class SyncStore {
   }
 
   #emit(): void {
+    // Looked at first, whatever changed: the view is read from the storage (the lists of answered writes, the saved
+    // outbox, this browser's device ids), and one built from a cleared storage showed a waiting page turn as the
+    // stored row of an earlier write (the reader a page back) until something else built it again; a look that
+    // finds the clear and writes back what this tab holds builds nothing itself. The changes that build it without
+    // a look of their own reached it so: the dating of the writes set (datesSentBy: a session closing, or opening
+    // over the same store) and another tab's change of the device ids (a tab opened after the clear without Web
+    // Locks writes its id before its mark).
+    this.#noticeCleared();
     this.#snapshot = this.#build();
     for (const listener of [...this.#listeners]) listener();
   }
