@@ -2554,6 +2554,104 @@ Deno.test("sync session, real API client: a token about to expire whose refresh 
   }
 });
 
+/**
+ * Runs the outbox's retries (the backoff's waits, on the tab's clock) one at a time until `done`; returns how many
+ * ran. A retry is the only timer armed while nothing is under way.
+ */
+async function retriesUntil(
+  t: ReturnType<typeof tab>,
+  session: SyncSession,
+  done: () => boolean,
+): Promise<number> {
+  let retries = 0;
+  await waitFor("the retries", () => {
+    if (done()) return true;
+    if (!session.sending && t.clock.nextAt !== null) {
+      t.clock.advance(t.clock.nextAt - t.clock.now);
+      retries++;
+    }
+    return false;
+  }, { timeoutMs: 5_000 });
+  return retries;
+}
+
+Deno.test("sync session, real API client: a token about to expire whose refresh fails (Auth down) and that the API then refuses (401) is refreshed once per run: not again at the 401, and the next run's refresh goes before it is sent again", async () => {
+  const auth = heldAuthToken();
+  const fn = heldFunctions();
+  const t = tab();
+  realApi(t, fn);
+  const alice = openExpiringSoon(t);
+  try {
+    alice.save("book", position(3), DEVICE);
+    (await auth.request(1)).resolve(Response.json({ error: "auth_unavailable" }, { status: 503 }));
+    const first = await fn.request(1); // sent with the token held: it has not expired by the server's clock
+    assert.equal(first.token, `token-of-${ALICE}`);
+    first.unauthorized(); // it has, by the function's
+    await waitFor("the run to end", () => !alice.sending && first.ended, { timeoutMs: 5_000 });
+    assert.equal(auth.count, 1, "one refresh in the run (on the code before: a second one at the 401)");
+    // The next run refreshes once before it sends; Auth is back.
+    const retries = await retriesUntil(t, alice, () => auth.count >= 2 || fn.requests.length >= 2);
+    assert.deepEqual([retries, auth.count, fn.requests.length], [1, 2, 1], "the next run refreshes first");
+    (await auth.request(2)).resolve(
+      Response.json({ accessToken: `token-of-${ALICE}#2`, expiresAt: FAR, userId: ALICE }),
+    );
+    const again = await fn.request(2);
+    assert.deepEqual([again.token, again.writes.map((w) => w.chapter)], [`token-of-${ALICE}#2`, [3]]);
+    again.save();
+    await waitFor("the write to be answered", () => alice.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.deepEqual([auth.count, fn.requests.length], [2, 2]);
+    assert.deepEqual(t.left, []);
+  } finally {
+    alice.close();
+    fn.wakeAll();
+    auth.restore();
+  }
+});
+
+Deno.test("sync session, real API client: a token the API refused (401) whose refresh fails (Auth down: /auth/token answers 503) is not sent again: each run refreshes once and, that failing, sends nothing, until a refresh answers a token", async () => {
+  const auth = heldAuthToken();
+  const fn = heldFunctions();
+  const t = tab();
+  realApi(t, fn);
+  const alice = t.open(newStore(ALICE)); // its token not due for a refresh by the server's clock
+  try {
+    alice.save("book", position(3), DEVICE);
+    (await fn.request(1)).unauthorized(); // refused all the same (revoked, or the clocks disagree)
+    (await auth.request(1)).resolve(Response.json({ error: "auth_unavailable" }, { status: 503 }));
+    await waitFor("the run to end", () => !alice.sending && fn.requests[0].ended, { timeoutMs: 5_000 });
+    // The next runs: the 401's refresh was the first one's; each after it refreshes once, and sends nothing.
+    for (let n = 2; n <= 3; n++) {
+      const retries = await retriesUntil(t, alice, () => auth.count >= n || fn.requests.length >= 2);
+      assert.equal(
+        fn.requests.length,
+        1,
+        "the refused token is not sent again (on the code before: sent at once)",
+      );
+      assert.deepEqual([retries, auth.count], [n === 2 ? 2 : 1, n], "one refresh per run");
+      (await auth.request(n)).resolve(Response.json({ error: "auth_unavailable" }, { status: 503 }));
+    }
+    assert.equal(alice.store.getSnapshot().lastError, null, "nothing said: a passing failure, as the 401 is");
+    // Auth is back: the next run's refresh answers, and the write goes with the new token.
+    await retriesUntil(t, alice, () => auth.count >= 4);
+    (await auth.request(4)).resolve(
+      Response.json({ accessToken: `token-of-${ALICE}#2`, expiresAt: FAR, userId: ALICE }),
+    );
+    const again = await fn.request(2);
+    assert.equal(again.token, `token-of-${ALICE}#2`);
+    again.save();
+    await waitFor("the write to be answered", () => alice.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.deepEqual([auth.count, fn.requests.length], [4, 2]);
+  } finally {
+    alice.close();
+    fn.wakeAll();
+    auth.restore();
+  }
+});
+
 Deno.test("sync session, real API client, tabs: the writes' bound learnt from a server answering them in 20 s is the browser's: a tab opened later sends its first write with it, not set back by its fast read of one row (the clock's measure) just before", async () => {
   const SLOW_MS = 20_000; // the writes' answers come 20 s (the test's clocks) after their requests arrive
   const browser = sharedStorage();

@@ -338,3 +338,31 @@ Deno.test({
     }
   },
 });
+
+Deno.test("token keeper: a token the API refused (a 401: refused()) is known unusable until a refresh answers a token, the same one included; a token expired by the server's clock is known unusable too", async () => {
+  const userId = "11111111-1111-4111-8111-111111111111";
+  let nowMs = 1_800_000_000_000;
+  let answer = () => Response.json({ error: "auth_unavailable" }, { status: 503 });
+  const calls = stubAuthToken(() => Promise.resolve(answer()));
+  try {
+    const expiresAt = nowMs / 1000 + 3_600;
+    const tokens = new TokenKeeper("held", expiresAt, { userId, now: () => nowMs });
+    assert.deepEqual([tokens.knownUnusable, tokens.dueForRefresh], [false, false]);
+    tokens.refused();
+    assert.equal(tokens.knownUnusable, true, "refused by the API");
+    await assert.rejects(tokens.refresh(), /HTTP 503/);
+    assert.equal(tokens.knownUnusable, true, "a refresh that failed changes nothing");
+    answer = () => Response.json({ accessToken: "held", expiresAt, userId });
+    assert.equal(await tokens.refresh(), "held");
+    assert.equal(tokens.knownUnusable, false, "Auth answered the same token: usable again");
+    nowMs += 3_600_000;
+    assert.deepEqual(
+      [tokens.knownUnusable, tokens.dueForRefresh],
+      [true, true],
+      "expired by the server's clock",
+    );
+    assert.equal(calls.calls, 2);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});

@@ -16,6 +16,7 @@ import { ServerClock } from "@shared/progress/serverClock.ts";
 import type { RealtimeStatus } from "@shared/realtime/realtimeService.ts";
 import { retryAfterMsOf } from "@shared/http/retryAfter.ts";
 import { isNetworkFailure, isRetryable, isTransient, type ProgressApi, splitMayHelp } from "../progressClient.ts";
+import { ProgressApiError } from "@shared/progress/api.ts";
 import { type FlushResult, flushOutbox, sendable, waitsForAnswer } from "./outbox.ts";
 import {
   type OutboxTabs,
@@ -340,12 +341,21 @@ export class SyncSession {
     // end. Cleared only as a send went, one that ended with nothing sent (another tab sent the writes while the
     // refresh failed) kept it, and the tab's next page turn went with the token about to expire, or expired (a
     // 401, one more step of the backoff), no refresh asked.
+    // Also a token the API refused (a 401: TokenKeeper.knownUnusable), and at most once per run of the schedule
+    // (its try, and the sends it makes again: refreshedThisRun): a run whose refresh failed and whose request was
+    // then answered 401 (Auth down, the token expired meanwhile) asked /auth/token again at that 401, two
+    // refreshes a run. The refresh a 401 starts in a run that asked none is the next run's (claimed by it as it
+    // begins, ended or not: a401Unclaimed), and a token known unusable once the run's refresh has failed is not
+    // sent (a 401 for sure): the run fails as that 401 would, with no request (unusableToken).
     let refreshBeforeSend: Promise<void> | null = null;
     let refreshTriedForSend = false;
+    let refreshedThisRun = false;
+    let a401Unclaimed = false;
     const refreshForSend = (): Promise<void> | null => {
       if (refreshBeforeSend) return refreshBeforeSend;
-      if (refreshTriedForSend || !tokens.dueForRefresh) return null;
+      if (refreshTriedForSend || !(tokens.dueForRefresh || tokens.knownUnusable)) return null;
       refreshTriedForSend = true;
+      refreshedThisRun = true;
       const refresh: Promise<void> = refreshBeforeSend = tokens.refresh().then(() => {}, leaveIfSignedOut)
         .finally(() => {
           if (refreshBeforeSend === refresh) refreshBeforeSend = null;
@@ -434,8 +444,12 @@ export class SyncSession {
         // (aborted): not a failure of the API, nothing shared with the other tabs, nothing said.
         isSignedOut: (error) => signal.aborted || isSignedOut(error),
         // Not waited for by the flush (it ends at once, letting go of the tabs' Web Lock): the next send waits
-        // for it (the schedule's ready), without the lock, which a refresh of up to 10 s held.
+        // for it (the schedule's ready), without the lock, which a refresh of up to 10 s held. Not asked in a
+        // run that asked one already (refreshedThisRun): the next run asks, once, before the refused token goes.
         refreshToken: () => {
+          tokens.refused();
+          if (refreshedThisRun) return Promise.resolve();
+          a401Unclaimed = true;
           const refresh: Promise<void> = refreshAfter401 = tokens.refresh().then(() => {}, leaveIfSignedOut)
             .finally(() => {
               if (refreshAfter401 === refresh) refreshAfter401 = null;
@@ -458,6 +472,9 @@ export class SyncSession {
     const schedule = this.#schedule = new OutboxSchedule({
       send: async () => {
         if (this.#closed) return { outcome: "disposed" } as const;
+        // Refused by the API, or expired by the server's clock, and its refresh for this run failed (Auth down,
+        // offline): not sent (see refreshForSend).
+        if (tokens.knownUnusable) return { outcome: "failed", error: unusableToken() } as const;
         const { result, byWord } = await sendNow();
         // Stopped by such a word while under way: sent again once the check says the session is still
         // this user's (the schedule waits for its answer: ready); signed out, the page is leaving.
@@ -469,8 +486,11 @@ export class SyncSession {
       // And a refresh of the token after a 401 while it is under way (refreshAfter401), or of a token about to
       // expire, once per send (refreshForSend).
       ready: (begins) => {
-        // (A 401's refresh still under way as a send begins is its try: waited for, not asked again once failed.)
-        if (begins) refreshTriedForSend = refreshAfter401 !== null;
+        // (A 401's refresh as a run begins, under way or ended since, is its try: waited for, not asked again.)
+        if (begins) {
+          refreshTriedForSend = refreshedThisRun = refreshAfter401 !== null || a401Unclaimed;
+          a401Unclaimed = false;
+        }
         const unsure = session.unsure();
         if (unsure) return unsure;
         const refresh = refreshAfter401 ?? refreshForSend();
@@ -852,6 +872,19 @@ export function saveBeforeSession(
   deviceId: string,
 ): void {
   store.addPending(datedWrite(store, clock, seriesId, position, deviceId));
+}
+
+/**
+ * Why a run of the outbox sent nothing: the token held is known unusable (TokenKeeper.knownUnusable) and the run's
+ * refresh failed. What its request would have been answered (a 401, the API's error): a passing failure, with an
+ * answer (the backoff's pace, not a network failure's).
+ */
+function unusableToken(): ProgressApiError {
+  return new ProgressApiError(
+    401,
+    "token_expired",
+    "not sent: the access token has expired or was refused, and could not be refreshed",
+  );
 }
 
 /** Where the browser's tabs share the outbox's schedule (outboxSchedule.ts), per user. */

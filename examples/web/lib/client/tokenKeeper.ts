@@ -53,6 +53,8 @@ export class TokenKeeper {
   #expiresAt: number; // seconds since the epoch
   #refreshing: Promise<string> | null = null;
   #signedOut: SignedOutError | null = null;
+  /** The API answered 401 for the token held (refused), since the last refresh that answered a token. */
+  #refused = false;
   #listeners = new Set<(token: string) => void>();
   readonly #userId: string;
   readonly #now: () => number;
@@ -78,6 +80,22 @@ export class TokenKeeper {
   onChange(listener: (token: string) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * The API answered 401 for the token held (expired by its clock, or no longer taken): known unusable
+   * (knownUnusable) until a refresh answers a token, the same one included (Auth vouches for it).
+   */
+  refused(): void {
+    this.#refused = true;
+  }
+
+  /**
+   * Whether the token held is known not to be taken: the API refused it (refused) since the last refresh that
+   * answered, or it has expired by the server's clock as this device knows it. A request with it is a 401.
+   */
+  get knownUnusable(): boolean {
+    return this.#refused || this.remaining <= 0;
   }
 
   /** Whether the token expires within TOKEN_REFRESH_BELOW_S: get() refreshes it first. */
@@ -152,6 +170,7 @@ export class TokenKeeper {
         const changed = body.accessToken !== this.#token;
         this.#token = body.accessToken;
         this.#expiresAt = body.expiresAt;
+        this.#refused = false;
         if (changed) {
           for (const listener of [...this.#listeners]) listener(this.#token);
         }
