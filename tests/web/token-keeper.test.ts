@@ -339,7 +339,7 @@ Deno.test({
   },
 });
 
-Deno.test("token keeper: a token the API refused (a 401: refused()) is known unusable until a refresh answers a token, the same one included; a token expired by the server's clock is known unusable too", async () => {
+Deno.test("token keeper: a token the API refused (a 401: refused()) is known unusable until a refresh answers a token, the same one included; a token expired by the server's clock, as measured, is known unusable too", async () => {
   const userId = "11111111-1111-4111-8111-111111111111";
   let nowMs = 1_800_000_000_000;
   let answer = () => Response.json({ error: "auth_unavailable" }, { status: 503 });
@@ -362,6 +362,20 @@ Deno.test("token keeper: a token the API refused (a 401: refused()) is known unu
       "expired by the server's clock",
     );
     assert.equal(calls.calls, 2);
+    // By a clock with no measured offset (no answer yet: a device clock an hour ahead) an expiry is no proof.
+    let measured = false;
+    const unsure = new TokenKeeper("held", expiresAt, {
+      userId,
+      now: () => nowMs,
+      nowMeasured: () => measured,
+    });
+    assert.deepEqual(
+      [unsure.knownUnusable, unsure.dueForRefresh],
+      [false, true],
+      "refreshed first, not held back",
+    );
+    measured = true;
+    assert.equal(unsure.knownUnusable, true);
   } finally {
     globalThis.fetch = realFetch;
   }

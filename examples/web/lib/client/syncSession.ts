@@ -255,7 +255,11 @@ export class SyncSession {
     // not make an old position win later); the estimate is kept for the next visit, which may start
     // offline. The token's expiry is judged by the same clock.
     const clock = this.clock = env.clock ?? visitClock(env);
-    const tokens = new TokenKeeper(config.accessToken, config.expiresAt, { userId, now: () => clock.now() });
+    const tokens = new TokenKeeper(config.accessToken, config.expiresAt, {
+      userId,
+      now: () => clock.now(),
+      nowMeasured: () => clock.measured,
+    });
     // Signed out, or signed in as someone else in another tab: this page's library, outbox and
     // Realtime link are the old user's, so leave it (a reload renders the new user's library; the
     // old user's unsent writes wait in localStorage for their next sign-in). Not once closed: the

@@ -42,6 +42,12 @@ export interface TokenKeeperOptions {
   now?: () => number;
   /** How long GET /auth/token may take (default 10 s). */
   timeoutMs?: number;
+  /**
+   * Whether `now` is known to be the server's time (ServerClock.measured; default: yes): when not, a token expired
+   * by it is not known unusable (knownUnusable). A device clock an hour ahead with no answer yet would otherwise
+   * hold back the very request whose answer corrects it.
+   */
+  nowMeasured?: () => boolean;
 }
 
 export const TOKEN_REFRESH_TIMEOUT_MS = 10_000;
@@ -59,6 +65,7 @@ export class TokenKeeper {
   readonly #userId: string;
   readonly #now: () => number;
   readonly #timeoutMs: number;
+  readonly #nowMeasured: () => boolean;
 
   constructor(token: string, expiresAt: number, options: TokenKeeperOptions) {
     this.#token = token;
@@ -66,6 +73,7 @@ export class TokenKeeper {
     this.#userId = options.userId.toLowerCase();
     this.#now = options.now ?? (() => Date.now());
     this.#timeoutMs = options.timeoutMs ?? TOKEN_REFRESH_TIMEOUT_MS;
+    this.#nowMeasured = options.nowMeasured ?? (() => true);
   }
 
   get current(): string {
@@ -92,10 +100,10 @@ export class TokenKeeper {
 
   /**
    * Whether the token held is known not to be taken: the API refused it (refused) since the last refresh that
-   * answered, or it has expired by the server's clock as this device knows it. A request with it is a 401.
+   * answered, or it has expired by the server's clock as measured (nowMeasured). A request with it is a 401.
    */
   get knownUnusable(): boolean {
-    return this.#refused || this.remaining <= 0;
+    return this.#refused || (this.remaining <= 0 && this.#nowMeasured());
   }
 
   /** Whether the token expires within TOKEN_REFRESH_BELOW_S: get() refreshes it first. */
