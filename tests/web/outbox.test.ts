@@ -454,6 +454,49 @@ Deno.test("outbox: a page turned once the offset is measured again, while a writ
   assert.ok(Math.abs(sentBehind) <= 20, `${sentBehind} ms`);
 });
 
+Deno.test("outbox: a page turn re-dated by this tab's clock to just before this device's earlier write another tab got stored is shown as it is sent, after that write's key, not behind it (the reader a page back until it is answered)", async () => {
+  const HOUR = 3_600_000;
+  // An hour ahead, measured; asleep offline: the page turn (chapter 5) is dated an hour late, to be re-dated.
+  const { t, clock, store } = asleepAnHourAhead({ datesSentBy: true });
+  const turn = datedWrite(store, clock, "book", { chapter: 5, page: 1, percentage: 0.5 }, "e-reader");
+  assert.ok(turn.unmeasured);
+  store.addPending(turn);
+  // Back online, an answer measures the hour again: the page turn goes re-dated to when it was turned.
+  t.device += 1_000;
+  t.monotonic += 1_000;
+  clock.observe({ serverMs: t.device - HOUR, sentMs: t.device, receivedMs: t.device });
+  store.sendDatesChanged();
+  const redated = Date.parse(sendable(turn, clock).updated_at);
+  // Another tab's earlier page turn (chapter 4) was stored 5 ms after that date (its clock's estimate, within a
+  // round trip of this one's): its row arrives.
+  const earlierAt = new Date(redated + 5).toISOString();
+  store.applyServerRow({
+    ...pendingWrite("book", earlierAt, "e-reader", 4),
+    user_id: "reader",
+    synced_at: earlierAt,
+    change_xid: "1",
+    created_at: earlierAt,
+  });
+  const shown = store.getSnapshot().bySeries.get("book");
+  assert.deepEqual(
+    [shown?.chapter, shown?.updatedAt, shown?.pending],
+    [5, new Date(redated + 6).toISOString(), true],
+    "the page turn, as it will be sent: just after the earlier write's key (on the code before: chapter 4)",
+  );
+  const sent: { updated_at: string; series_id: string }[] = [];
+  assert.deepEqual(
+    await flushOutbox(
+      store,
+      takingTransport(sent),
+      options({ redate: { clock, measure: () => Promise.resolve() } }),
+    ),
+    {
+      outcome: "done",
+    },
+  );
+  assert.deepEqual(sent.map((write) => write.updated_at), [shown?.updatedAt], "sent with the date shown");
+});
+
 Deno.test("outbox: a page turn dated under a saved offset while another visit's late-dated write waits is sent dated by the corrected clock, not after that write's late date: the phone's reading made in that hour wins", async () => {
   const HOUR = 3_600_000;
   // Visit 1: an hour ahead, measured; asleep offline: a page turn dated an hour late, then the page closed.

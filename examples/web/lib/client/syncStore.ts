@@ -1018,7 +1018,17 @@ export class SyncStore {
    */
   #asSent(write: PendingWrite, answered: readonly PendingWrite[]): PendingWrite {
     const redated = this.#sentAs && (write.unmeasured !== undefined || write.sentAtMs !== undefined);
-    const updatedAt = redated ? this.#sentAs!(write) : write.updated_at;
+    let updatedAt = redated ? this.#sentAs!(write) : write.updated_at;
+    // Re-dated, no earlier than this device's own stored versions (ownStoredFloor), and never later than it was
+    // dated, as the outbox sends it (outbox.ts: sendable's notBeforeMs): re-dated by this tab's clock to just
+    // before another tab's earlier write, stored under its clock's estimate, the page turn was shown behind that
+    // write's row (the reader a page back) until it was answered.
+    const redatedMs = Date.parse(updatedAt);
+    const floor = redated && Number.isFinite(redatedMs) ? this.ownStoredFloor(write, redatedMs) : undefined;
+    if (floor !== undefined && !(redatedMs >= floor)) {
+      const capped = Math.min(Date.parse(write.updated_at), floor);
+      if (Number.isFinite(capped)) updatedAt = new Date(capped).toISOString();
+    }
     const after = this.#afterEarlier(write, answered);
     const sentAt = after !== undefined && !(Date.parse(updatedAt) >= after) ? new Date(after).toISOString() : updatedAt;
     return sentAt === write.updated_at ? write : { ...write, updated_at: sentAt };
