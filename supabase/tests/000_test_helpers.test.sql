@@ -33,7 +33,8 @@
 --   request.jwt.claims = claims and realtime.topic = topic (both stay set for the rest of the
 --   transaction), then the role, and answers 'rows <n>' or the SQLSTATE it failed with, the role
 --   put back either way; each planner setting named in `off` (enable_seqscan, ...) is off for the
---   statement and on after it (pgTAP 011, 012).
+--   statement and on after it (pgTAP 011, 012). It discards the session's cached plans first, so the
+--   role's grants are checked as a session of its own checks them (pgTAP 039).
 
 begin;
 create schema if not exists readsync_tests;
@@ -149,6 +150,14 @@ begin
   perform pg_catalog.set_config('request.jwt.claims', p_claims::text, true);
   perform pg_catalog.set_config('realtime.topic', p_topic, true);
   begin
+    -- The statement meets no plan another role left: PostgreSQL checks a schema's USAGE when it looks a
+    -- name up (planning), and an inlined SQL function's EXECUTE when it inlines it, not when it runs a
+    -- cached plan, and plpgsql keeps its functions' plans for the session (a simple expression's state,
+    -- where EXECUTE is checked, for the transaction). Without this, write_reading_progress's
+    -- `auth.uid()` planned as postgres answered a role without USAGE on `auth` as if it had it (pgTAP 015:
+    -- its BYPASSRLS member passed with authenticated's USAGE on auth revoked), where a session of that
+    -- role plans afresh and is refused (pgTAP 039).
+    execute 'discard plans';
     perform pg_catalog.set_config('role', p_role, true);
     execute p_sql;
     get diagnostics v_rows = row_count;
