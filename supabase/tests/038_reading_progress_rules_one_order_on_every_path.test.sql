@@ -21,7 +21,7 @@
 
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(207);
+select plan(210);
 
 insert into auth.users (id, email)
 values ('a3800000-0000-4000-8000-000000000038', 'one-order@readsync.test'),
@@ -248,6 +248,57 @@ grant execute on function public.write_reading_progress(text, integer, integer, 
   timestamptz) to readsync_038_importer;
 select is(has_schema_privilege('readsync_038_importer', 'private', 'usage'), false,
           'premise: the importer role has no USAGE on private');
+
+-- The rules the cases send are the table's, read from pg_catalog: a CHECK constraint or NOT NULL column
+-- added (or a check changed) by a later migration without a rule in the two hand-written lists and a case
+-- here fails these three, naming it. Left out on purpose: checks on the row's name alone (user_id,
+-- series_id: no stale or refused path can change them, the stamp trigger refuses a rename, so the table
+-- itself refuses such a write on every path), and the NOT NULL columns the stamp trigger sets on every
+-- path (updated_at, a NULL being a write without a key, dated now(); synced_at, change_xid, created_at).
+select is(
+  (select array_agg(c.conname::text order by c.conname)
+     from pg_catalog.pg_constraint c
+    where c.conrelid = 'public.reading_progress'::regclass and c.contype = 'c'
+      and exists (select 1 from pg_catalog.pg_attribute a
+                   where a.attrelid = c.conrelid and a.attnum = any (c.conkey)
+                     and a.attname not in ('user_id', 'series_id'))),
+  (select array_agg(distinct split_part(expected, ' ', 2) order by split_part(expected, ' ', 2))
+     from cases where expected like '23514 %'),
+  'every CHECK constraint of reading_progress (pg_catalog), but the row name''s, is a rule a case breaks');
+select is(
+  (select array_agg(a.attname::text order by a.attname)
+     from pg_catalog.pg_attribute a
+    where a.attrelid = 'public.reading_progress'::regclass and a.attnum > 0 and not a.attisdropped
+      and a.attnotnull
+      and a.attname not in ('user_id', 'series_id', 'updated_at', 'synced_at', 'change_xid', 'created_at')),
+  (select array_agg(distinct split_part(expected, ' ', 2) order by split_part(expected, ' ', 2))
+     from cases where expected like '23502 %'),
+  'every NOT NULL column of reading_progress (pg_catalog) a write sets is a rule a case breaks');
+-- The definitions both lists (write_reading_progress's refused branch, the stamp trigger's stale one)
+-- were written against: a check changed in place (another range) fails here, not only where a case
+-- happens to cross the new bound.
+-- Printed in UTC and ISO (the dates in updated_at_range's text follow the session's TimeZone and DateStyle).
+create function pg_temp.check_definitions() returns text[] language sql set timezone = 'UTC' set datestyle = 'ISO'
+as $fn$
+  select array_agg(c.conname || ': ' || pg_catalog.pg_get_constraintdef(c.oid) order by c.conname)
+    from pg_catalog.pg_constraint c
+   where c.conrelid = 'public.reading_progress'::regclass and c.contype = 'c'
+$fn$;
+select is(
+  pg_temp.check_definitions(),
+  array[
+    'reading_progress_chapter_range: CHECK (((chapter >= 0) AND (chapter <= 100000)))',
+    'reading_progress_cleared_is_zero: CHECK (((NOT cleared) OR ((chapter = 0) AND (page = 0) AND '
+      || '(percentage = (0)::double precision))))',
+    'reading_progress_device_id_format: CHECK ((device_id ~ ''^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$''::text))',
+    'reading_progress_page_range: CHECK (((page >= 0) AND (page <= 1000000)))',
+    'reading_progress_percentage_range: CHECK (((percentage >= (0)::double precision) AND '
+      || '(percentage <= (1)::double precision)))',
+    'reading_progress_series_id_format: CHECK ((series_id ~ ''^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$''::text))',
+    'reading_progress_updated_at_range: CHECK (((updated_at >= ''1970-01-01 00:00:00+00''::timestamp with time '
+      || 'zone) AND (updated_at < ''10000-01-01 00:00:00+00''::timestamp with time zone)))'
+  ],
+  'the CHECK constraints are the ones the rule lists state (a changed one needs both lists and the cases changed)');
 
 select is(pg_temp.answers(r.role, c.k), pg_temp.expected(c.k),
           format('%s, by %s: every path refuses it naming %s', c.description, r.label, c.expected))
