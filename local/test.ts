@@ -191,7 +191,8 @@ async function main(): Promise<number> {
     // the one that gives the reset refusals one hint restates the marked trigger's function, so it runs
     // after every row that puts an earlier one back (the two reset rules', the one-column guard's). The
     // one that refuses an inserted reset with a position first adds a trigger and its function, which no
-    // other migration restates.
+    // other migration restates. The one that reads the deletions as the owner on an INSERT restates the
+    // stamp trigger and the new-life check, so it runs after every row that puts an earlier one back.
     for (
       const [label, ...suffixes] of [
         [
@@ -202,6 +203,7 @@ async function main(): Promise<number> {
           "_conflict_log_members_of_authenticated.sql",
           "_percentages_printed_exactly.sql",
           "_stale_invalid_update_refused.sql",
+          "_deletions_read_as_owner_on_insert.sql",
         ],
         [
           "013",
@@ -220,10 +222,15 @@ async function main(): Promise<number> {
           "_write_function_refuses_invalid_losers.sql",
           "_changes_cursor_checks_in_helper.sql",
           "_stale_invalid_update_refused.sql",
+          "_deletions_read_as_owner_on_insert.sql",
         ],
         ["reserving progress topics", "_realtime_progress_topics_reserved.sql"],
         ["receiving on progress: topics only", "_realtime_receive_policy_progress_topics_only.sql"],
-        ["a new life strictly after the deleted one", "_new_life_created_at_tie.sql"],
+        [
+          "a new life strictly after the deleted one",
+          "_new_life_created_at_tie.sql",
+          "_deletions_read_as_owner_on_insert.sql",
+        ],
         ["TRUNCATE as a DELETE for devices", "_truncate_reading_progress_as_delete.sql"],
         ["dates printed in UTC", "_progress_dates_printed_in_utc.sql"],
         [
@@ -241,6 +248,7 @@ async function main(): Promise<number> {
           "conflicts logged for members of authenticated",
           "_conflict_log_members_of_authenticated.sql",
           "_stale_invalid_update_refused.sql",
+          "_deletions_read_as_owner_on_insert.sql",
         ],
         [
           "the write function logs a user's writes only",
@@ -328,12 +336,17 @@ async function main(): Promise<number> {
           "the write function refuses a loser the table could not hold",
           "_write_function_refuses_invalid_losers.sql",
         ],
-        ["a stale update the table could not hold is refused", "_stale_invalid_update_refused.sql"],
+        [
+          "a stale update the table could not hold is refused",
+          "_stale_invalid_update_refused.sql",
+          "_deletions_read_as_owner_on_insert.sql",
+        ],
         ["the reset refusals' one hint", "_reset_refusals_one_hint.sql"],
         [
           "an inserted reset with a position refused first",
           "_reset_inserted_with_position_refused_first.sql",
         ],
+        ["the deletions read as the owner on an INSERT", "_deletions_read_as_owner_on_insert.sql"],
       ]
     ) {
       const migrations = await Promise.all(

@@ -52,6 +52,11 @@ export interface Variant {
     /** The per-user write lock: a BEFORE … FOR EACH STATEMENT trigger (migration 20261207090000). */
     userLock: boolean;
     stamp: boolean;
+    /**
+     * The stamp as before migration 20261207224000: its INSERT branch reading the remembered deletion as
+     * the writer, instead of the owner's trigger reading_progress_stamp_after_deletion (on with `stamp`).
+     */
+    stampInlineDeletionRead?: boolean;
     /** The reset rules' BEFORE triggers: four UPDATE (migrations 20261206100100, 20261206160000), one INSERT (20261207210000). */
     resetRules: boolean;
     broadcast: boolean;
@@ -103,6 +108,20 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
       label: "+ stamp trigger (and the replaced-tie log's WHEN test)",
       script: request("authenticated", upsert("public.reading_progress")),
       triggers: { userLock: true, stamp: true, resetRules: false, broadcast: false, localNotify: false },
+    },
+    {
+      id: "stamp_inline_deletion_read",
+      label:
+        "  the stamp step, the deletion read in the stamp as the writer (before migration 20261207224000)",
+      script: request("authenticated", upsert("public.reading_progress")),
+      triggers: {
+        userLock: true,
+        stamp: true,
+        stampInlineDeletionRead: true,
+        resetRules: false,
+        broadcast: false,
+        localNotify: false,
+      },
     },
     {
       id: "reset_rules",
@@ -160,9 +179,14 @@ export function variants(ownsDatabase: boolean, localNotify = true): Variant[] {
 export async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<void> {
   const s: NonNullable<Variant["triggers"]> = t ?? ALL_ON;
   const on = (b: boolean) => (b ? "enable" : "disable");
+  const inline = s.stampInlineDeletionRead ?? false;
   await ctx.sql.unsafe(`
     alter table public.reading_progress ${on(s.userLock)} trigger reading_progress_serialize_user_writes;
-    alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_stamp;
+    alter table public.reading_progress ${on(s.stamp && !inline)} trigger reading_progress_stamp;
+    alter table public.reading_progress ${
+    on(s.stamp && !inline)
+  } trigger reading_progress_stamp_after_deletion;
+    alter table public.reading_progress ${on(s.stamp && inline)} trigger bench_stamp_inline_deletion_read;
     -- Last-write-wins bookkeeping like the stamp: on and off with it (it only logs same-ms tie wins).
     alter table public.reading_progress ${on(s.stamp)} trigger reading_progress_log_replaced_tie;
     ${
@@ -184,7 +208,8 @@ export async function setTriggers(ctx: Ctx, t: Variant["triggers"]): Promise<voi
  * An alternative broadcast trigger: the payload realtime.broadcast_changes builds, handed to
  * realtime.send directly (one subtransaction less per write than migration 012's trigger, which
  * calls broadcast_changes). Kept as a disabled trigger on the bench's own database, so both are
- * measured in the same run; it goes away with the bench schema (drop schema bench cascade).
+ * measured in the same run; it goes away with the bench schema (drop schema bench cascade). Beside
+ * it, disabled too, the stamp as before migration 20261207224000 (step stamp_inline_deletion_read).
  */
 export async function installDirectSendTrigger(ctx: Ctx): Promise<void> {
   await ctx.sql.unsafe(`
@@ -201,7 +226,30 @@ export async function installDirectSendTrigger(ctx: Ctx): Promise<void> {
     drop trigger if exists bench_broadcast_direct on public.reading_progress;
     create trigger bench_broadcast_direct after insert or update or delete on public.reading_progress
       for each row execute function bench.reading_progress_broadcast_direct();
-    alter table public.reading_progress disable trigger bench_broadcast_direct;`);
+    alter table public.reading_progress disable trigger bench_broadcast_direct;
+    -- The stamp as it was before migration 20261207224000 (step stamp_inline_deletion_read): its INSERT
+    -- branch dates a new life after the remembered deletion itself, read as the writer.
+    do $do$
+    declare
+      v_def text := pg_catalog.pg_get_functiondef('public.reading_progress_stamp()'::regprocedure);
+      v_old text := v_def;
+    begin
+      v_def := replace(v_def, 'FUNCTION public.reading_progress_stamp()',
+                       'FUNCTION bench.reading_progress_stamp_inline_deletion_read()');
+      v_def := replace(v_def, 'new.created_at := new.synced_at;',
+        'new.created_at := greatest(new.synced_at, (select (d.version ->> ''created_at'')::timestamptz'
+        || ' + interval ''1 microsecond'' from public.reading_progress_deletions d'
+        || ' where d.user_id = new.user_id and d.series_id = new.series_id));');
+      if v_def = v_old or position('greatest(new.synced_at, (select' in v_def) = 0 then
+        raise exception 'bench: the stamp''s INSERT dating (new.created_at := new.synced_at) was not found';
+      end if;
+      execute v_def;
+    end
+    $do$;
+    drop trigger if exists bench_stamp_inline_deletion_read on public.reading_progress;
+    create trigger bench_stamp_inline_deletion_read before insert or update on public.reading_progress
+      for each row execute function bench.reading_progress_stamp_inline_deletion_read();
+    alter table public.reading_progress disable trigger bench_stamp_inline_deletion_read;`);
 }
 
 /** The server's settings that decide what a commit costs, as "name=value, …". */

@@ -40,8 +40,9 @@ select triggers_are(
         'reading_progress_new_life_after_deletion', 'reading_progress_truncate_as_delete',
         'reading_progress_reset_sent_with_position', 'reading_progress_reset_superseded',
         'reading_progress_reset_marked_with_position', 'reading_progress_reset_marked_zeroes_position',
-        'reading_progress_serialize_user_writes', 'reading_progress_reset_inserted_with_position'],
-  'reading_progress has exactly the stamp, end-of-claims, broadcast, remember-deletion, replaced-tie log and new-life check (the last three migration 013), truncate-as-delete (pgTAP 013), the two reset triggers (pgTAP 016), the two marked-reset triggers (pgTAP 018), the user-writes lock (pgTAP 020) and the inserted-reset trigger (pgTAP 038)'
+        'reading_progress_serialize_user_writes', 'reading_progress_reset_inserted_with_position',
+        'reading_progress_stamp_after_deletion'],
+  'reading_progress has exactly the stamp, end-of-claims, broadcast, remember-deletion, replaced-tie log and new-life check (the last three migration 013), truncate-as-delete (pgTAP 013), the two reset triggers (pgTAP 016), the two marked-reset triggers (pgTAP 018), the user-writes lock (pgTAP 020), the inserted-reset trigger (pgTAP 038) and the stamp''s deletion read as the owner (pgTAP 044)'
 );
 
 -- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update (32 truncate, 64 instead of)
@@ -62,8 +63,9 @@ select results_eq(
            ('reading_progress_reset_superseded',  1 + 2 + 16,     'O', 'private.reading_progress_reset_superseded()'),
            ('reading_progress_serialize_user_writes', 2 + 4 + 8 + 16, 'O', 'private.reading_progress_serialize_user_writes()'),
            ('reading_progress_stamp',             1 + 2 + 4 + 16, 'O', 'reading_progress_stamp()'),
+           ('reading_progress_stamp_after_deletion', 1 + 2 + 4,   'O', 'private.reading_progress_stamp_after_deletion()'),
            ('reading_progress_truncate_as_delete', 2 + 32,        'O', 'private.reading_progress_truncate_as_delete()')$$,
-  'stamp is BEFORE INSERT OR UPDATE, the four reset triggers BEFORE UPDATE and the inserted-reset one BEFORE INSERT (firing before stamp: name order), broadcast AFTER INSERT OR UPDATE OR DELETE, replaced-tie log AFTER UPDATE, new-life check AFTER INSERT, remember-deletion AFTER DELETE, all FOR EACH ROW; end-of-claims AFTER INSERT, truncate-as-delete BEFORE TRUNCATE and the user-writes lock BEFORE INSERT OR UPDATE OR DELETE, FOR EACH STATEMENT; all enabled'
+  'stamp is BEFORE INSERT OR UPDATE, the four reset triggers BEFORE UPDATE and the inserted-reset one BEFORE INSERT (firing before stamp: name order), the stamp''s deletion read BEFORE INSERT (after stamp), broadcast AFTER INSERT OR UPDATE OR DELETE, replaced-tie log AFTER UPDATE, new-life check AFTER INSERT, remember-deletion AFTER DELETE, all FOR EACH ROW; end-of-claims AFTER INSERT, truncate-as-delete BEFORE TRUNCATE and the user-writes lock BEFORE INSERT OR UPDATE OR DELETE, FOR EACH STATEMENT; all enabled'
 );
 
 -- No WHEN on the end-of-claims trigger: PostgreSQL prepares a WHEN anew for every statement, which

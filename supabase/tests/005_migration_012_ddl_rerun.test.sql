@@ -143,8 +143,8 @@ select set_eq(
 
 select is(
   (select count(*)::int from pg_trigger where tgrelid = 'public.reading_progress'::regclass and not tgisinternal),
-  13,
-  'still exactly thirteen triggers on reading_progress (012''s stamp, end-of-claims and broadcast, 013''s remember-deletion, replaced-tie log and new-life check, the truncate-as-delete of pgTAP 013, the two reset triggers of pgTAP 016, the two of pgTAP 018, the user-writes lock of pgTAP 020 and the inserted-reset trigger of pgTAP 038; no duplicates)'
+  14,
+  'still exactly fourteen triggers on reading_progress (012''s stamp, end-of-claims and broadcast, 013''s remember-deletion, replaced-tie log and new-life check, the truncate-as-delete of pgTAP 013, the two reset triggers of pgTAP 016, the two of pgTAP 018, the user-writes lock of pgTAP 020, the inserted-reset trigger of pgTAP 038 and the stamp''s deletion read of pgTAP 044; no duplicates)'
 );
 
 insert into auth.users (id, email) values ('abababab-0000-4000-8000-00000000000a', 'rerun@readsync.test');

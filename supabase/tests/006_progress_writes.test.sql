@@ -43,8 +43,9 @@ select results_eq(
            ('reading_progress_normalize_updated_at'), ('reading_progress_remember_deletion'),
            ('reading_progress_reset_inserted_with_position'), ('reading_progress_reset_marked_with_position'), ('reading_progress_reset_marked_zeroes_position'),
            ('reading_progress_reset_sent_with_position'), ('reading_progress_reset_superseded'),
-           ('reading_progress_serialize_user_writes'), ('reading_progress_truncate_as_delete')$$,
-  'readsync keeps exactly its two helpers, the changes read''s cursor checks (pgTAP 034), the restore adoption and the remember-deletion, replaced-tie, new-life, five reset (pgTAP 016, 018, 038), user-writes lock (pgTAP 020) and truncate-as-delete trigger functions in private');
+           ('reading_progress_serialize_user_writes'), ('reading_progress_stamp_after_deletion'),
+           ('reading_progress_truncate_as_delete')$$,
+  'readsync keeps exactly its two helpers, the changes read''s cursor checks (pgTAP 034), the restore adoption and the remember-deletion, replaced-tie, new-life, five reset (pgTAP 016, 018, 038), user-writes lock (pgTAP 020), stamp''s deletion read (pgTAP 044) and truncate-as-delete trigger functions in private');
 
 select results_eq(
   $$select p.oid::regprocedure::text collate "default", p.prosecdef, p.proconfig::text collate "default"

@@ -149,7 +149,7 @@ select is(
 select is(
   (select string_agg(tgname || '=' || tgenabled::text, ',' order by tgname) from pg_trigger
     where tgrelid = 'public.reading_progress'::regclass and not tgisinternal),
-  'reading_progress_broadcast=A,reading_progress_end_claims=O,reading_progress_log_replaced_tie=D,reading_progress_new_life_after_deletion=O,reading_progress_remember_deletion=O,reading_progress_reset_inserted_with_position=O,reading_progress_reset_marked_with_position=O,reading_progress_reset_marked_zeroes_position=O,reading_progress_reset_sent_with_position=O,reading_progress_reset_superseded=O,reading_progress_serialize_user_writes=O,reading_progress_stamp=O,reading_progress_truncate_as_delete=O',
+  'reading_progress_broadcast=A,reading_progress_end_claims=O,reading_progress_log_replaced_tie=D,reading_progress_new_life_after_deletion=O,reading_progress_remember_deletion=O,reading_progress_reset_inserted_with_position=O,reading_progress_reset_marked_with_position=O,reading_progress_reset_marked_zeroes_position=O,reading_progress_reset_sent_with_position=O,reading_progress_reset_superseded=O,reading_progress_serialize_user_writes=O,reading_progress_stamp=O,reading_progress_stamp_after_deletion=O,reading_progress_truncate_as_delete=O',
   'every trigger is back in the state it was in (enabled, ALWAYS, disabled)');
 alter table public.reading_progress enable trigger reading_progress_broadcast;
 alter table public.reading_progress enable trigger reading_progress_log_replaced_tie;

@@ -240,9 +240,9 @@ $fn$;
 -- triggers' functions live: a rule checked through a `private` helper would answer it 42501 instead.
 create role readsync_038_importer nologin bypassrls;
 grant select, insert, update on public.reading_progress to readsync_038_importer;
-grant select on public.reading_progress_deletions to readsync_038_importer;
--- What such a role needs besides the table: the deletions log (the stamp and new-life triggers read it as
--- the writer) and, for write_reading_progress (auth.uid()), USAGE on auth, as Supabase's API roles have.
+-- What such a role needs besides the table, for write_reading_progress (auth.uid()): USAGE on auth, as
+-- Supabase's API roles have. Nothing on the deletions log: the triggers read it as its owner
+-- (…_deletions_read_as_owner_on_insert.sql; before, every INSERT path answered this role 42501).
 grant usage on schema auth to readsync_038_importer;
 grant execute on function public.write_reading_progress(text, integer, integer, double precision, boolean, text,
   timestamptz) to readsync_038_importer;
