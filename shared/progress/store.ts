@@ -600,6 +600,19 @@ function replayedBackendEnd(error: unknown): boolean {
   return error instanceof postgres.PostgresError && (error.code === "57P01" || error.code === "57P02");
 }
 
+/**
+ * Whether `error`, the rejection of a call's BEGIN before its transaction's function ran, says that the BEGIN
+ * was never sent because its pool had ended: CONNECTION_ENDED, which postgres.js 3.4.9 gives a query asked of
+ * a pool it has ended (handler(), unqueued), and pool.ts a connection attempt of an ended pool (poolEnded:
+ * the connection opening for the BEGIN, `initial`, sent only once a startup completes, fails it). So a BEGIN
+ * postgres.js had queued behind the pool's other connections, or handed to one reopening (a refused startup,
+ * a kept query), before the pool was replaced and ended. Not CONNECTION_DESTROYED: postgres.js gives that to
+ * a BEGIN on its way too (terminate(): the connection's current query), which may have been sent.
+ */
+function endedUnsent(error: unknown): boolean {
+  return (error as { code?: unknown })?.code === "CONNECTION_ENDED";
+}
+
 /** Runs a statement of the call's transaction, cancellable by the call's signal (see cancellable). */
 type Run = <T extends readonly postgres.MaybeRow[]>(
   query: postgres.PendingQuery<T>,
@@ -821,6 +834,13 @@ export function createPostgresProgressStore(
           // own: the connection postgres.js reopened and put back in the pool is free for the BEGIN again.
           if (!began && !replayed && !signal?.aborted && !waiting.gaveUp && replayedBackendEnd(error)) {
             replayed = true;
+            continue;
+          }
+          // The pool it was asked of was replaced meanwhile (another call gave up on it) and has ended: its
+          // connection opened nothing for the BEGIN, which failed unsent (endedUnsent). Sent to the store's
+          // pool now; before, the call answered 503, the server back or not. Each time to a pool made since
+          // (replacePool, once per pool), so a bounded number of times.
+          if (!began && !signal?.aborted && !waiting.gaveUp && taken.sql !== pool && endedUnsent(error)) {
             continue;
           }
           throw error;

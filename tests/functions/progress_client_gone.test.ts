@@ -64,6 +64,10 @@
 //     ends when the test aborts its deadline, not at a timer): the BEGIN, failed unsent with that error, is
 //     sent again to the pool that replaced the stuck one, answered 200 and stored once, where it went to the
 //     pool being ended (CONNECTION_ENDED, a 503);
+//   * a write whose BEGIN waited on the other connection, reopened with that 57P01 kept and its startups
+//     refused: the BEGIN, failed unsent as the ended pool opens nothing for it (CONNECTION_ENDED), is sent to
+//     the pool that replaced the stuck one, answered 200 once the server takes startups and stored once,
+//     where it was answered 503 (CONNECTION_ENDED);
 //   * a write whose transaction is under way on the other connection: its client leaves, and its cancel
 //     request is sent and stops the statement's wait (nothing stored), where the ended pool refused it and
 //     the statement ran on to its timeout;
@@ -2292,6 +2296,95 @@ Deno.test({
         "only the write whose BEGIN was sent again was stored",
       );
       assert.equal((await storedOnce(admin, user.id, replayed)).rows.length, 1);
+    });
+  },
+});
+
+Deno.test({
+  name: "the function's pool replaced while a write's BEGIN waits on its other connection, reopening " +
+    "for startups the server refuses (the 57P01 of its lost backend kept): the BEGIN, failed unsent as the " +
+    "ended pool opens no connection for it (CONNECTION_ENDED), is sent to the pool that replaced it (200 " +
+    "once the server takes startups, stored once), not answered 503",
+  ignore: !mintsTokens,
+  fn: async () => {
+    // As in the test above: the stuck write's wait ends when the test aborts its deadline, the others' never.
+    const deadlines: AbortSignal[] = [];
+    const storeOptions = { ...BEGIN_NEVER_GIVES_UP, beginDeadline: () => deadlines.shift() };
+    await withFunctionPool("ended-resent", storeOptions, 2, async (scene) => {
+      const { base, log, proxy, role, admin, holder, user, applicationName } = scene;
+      const [lostA, lostB, stuck, resent] = ["lost-a", "lost-b", "stuck", "resent"].map((s) =>
+        seriesId(`ended-resent-${s}`)
+      );
+      // Both connections' backends end under a write's statement: each connection keeps its statement.
+      const held = await userWriteInProgress(holder, user.id, seriesId("ended-resent-held"));
+      try {
+        const lost = [postWrite(base, user.accessToken, lostA), postWrite(base, user.accessToken, lostB)];
+        lost.forEach((w) => w.catch(() => {})); // awaited below
+        for (const pid of await lockWaitingBackends(admin, applicationName, 2)) {
+          await admin`select pg_catalog.pg_terminate_backend(${pid}::integer)`;
+        }
+        for (const answer of await guarded(Promise.all(lost), "answers of the writes whose backends ended")) {
+          assert.equal(statusOf(answer), "503 service_unavailable");
+        }
+      } finally {
+        await endHeld(held);
+      }
+      // The server refuses the role's startups, and the connections made from now on are held at the proxy:
+      // the stuck write's BEGIN reopens one connection, the next write's the other, each attempt held.
+      await role.refuse();
+      proxy.hold();
+      const atHold = proxy.accepted;
+      const stuckDeadline = new AbortController();
+      deadlines.push(stuckDeadline.signal);
+      const stuckWrite = postWrite(base, user.accessToken, stuck);
+      stuckWrite.catch(() => {}); // awaited below
+      await until(
+        () => Promise.resolve(proxy.accepted >= atHold + 1 ? true : undefined),
+        "the attempt of the stuck write's connection",
+      );
+      let resentAnswered = false;
+      const resentWrite = postWrite(base, user.accessToken, resent);
+      resentWrite.then(() => resentAnswered = true, () => resentAnswered = true);
+      await until(
+        () => Promise.resolve(proxy.accepted >= atHold + 2 ? true : undefined),
+        "the attempt of the next write's connection",
+      );
+      assert.equal(deadlines.length, 0, "the stuck write took its deadline");
+      // The stuck write gives up: the pool is replaced, and the one it replaced is ending.
+      stuckDeadline.abort();
+      const stuckAnswer = await guarded(stuckWrite, "answer of the stuck write");
+      assert.equal(statusOf(stuckAnswer), "503 service_unavailable", JSON.stringify(stuckAnswer.body));
+      assert.match(unavailableErrors(log).at(-1) ?? "", /had not begun when its begin deadline passed/);
+      // The held startups reach the server, which refuses them: each connection of the ended pool reopens for
+      // its BEGIN (its kept statement) and opens nothing, failing the BEGIN unsent (CONNECTION_ENDED). The
+      // next write's goes to the pool that replaced it, whose attempt the proxy holds. Before, that write was
+      // answered 503 here (CONNECTION_ENDED), the server back or not.
+      proxy.release();
+      proxy.hold();
+      const atRelease = proxy.accepted;
+      await until(
+        () => Promise.resolve(proxy.accepted > atRelease || resentAnswered ? true : undefined),
+        "the next write's attempt on the new pool, or its answer",
+      );
+      if (resentAnswered) {
+        const early = await resentWrite;
+        assert.fail(
+          `the next write was answered before its attempt on the new pool: ${JSON.stringify(early)} ` +
+            String(unavailableErrors(log).at(-1)),
+        );
+      }
+      const sentBefore = proxy.statements.length;
+      await role.accept();
+      proxy.release();
+      const answer = await guarded(resentWrite, "answer of the write whose BEGIN was sent to the new pool");
+      assert.equal(statusOf(answer), "200", `${JSON.stringify(answer.body)} ${JSON.stringify(log.entries)}`);
+      const writes = proxy.statements.slice(sentBefore).filter((s) => /write_reading_progress\(/.test(s));
+      assert.equal(writes.length, 1, "the write was sent once");
+      assert.deepEqual(
+        await storedSeries(admin, user.id, [lostA, lostB, stuck, resent]),
+        [resent],
+        "only the write whose BEGIN was sent to the new pool was stored",
+      );
     });
   },
 });
