@@ -644,11 +644,13 @@ export interface PostgresStoreOptions {
   /**
    * Called once per attempt of a call, when its wait for its transaction to begin starts: a signal whose
    * abort ends that wait as beginTimeoutMs's timer would (BeginTimeoutError, its cause "had not begun when
-   * its begin deadline passed", replacePool called), in place of that timer; undefined, the timer. For a
-   * program that decides itself when a call has waited long enough: tests/functions/progress_client_gone
-   * .test.ts gives one call of the function's pool a deadline it aborts once the scene is set, and the other
-   * calls the timer of beginTimeoutMs Infinity, where the calls' timers (beginTimeoutMs from each one's turn)
-   * left the test the pacing's spacing between two turns as its margin. Without it, the timer for every call.
+   * its begin deadline passed", replacePool called), in place of that timer; undefined, the timer. One
+   * aborted already ends the call at once with that error, its BEGIN never asked and the pool not replaced
+   * (nothing was asked of it). For a program that decides itself when a call has waited long enough:
+   * tests/functions/progress_client_gone.test.ts gives one call of the function's pool a deadline it aborts
+   * once the scene is set, and the other calls the timer of beginTimeoutMs Infinity, where the calls' timers
+   * (beginTimeoutMs from each one's turn) left the test the pacing's spacing between two turns as its
+   * margin. Without it, the timer for every call.
    */
   beginDeadline?: () => AbortSignal | undefined;
   /**
@@ -747,6 +749,12 @@ export function createPostgresProgressStore(
     // call stops waiting for it when its signal aborts or beginTimeoutMs has passed (beginWait).
     const transaction = async (): Promise<T> => {
       const waiting = beginWait(signal, beginTimeoutMs, options.beginDeadline?.());
+      // A beginDeadline signal aborted already: the call answers at once (BeginTimeoutError), asks nothing
+      // of the pool and leaves it in place, which it has not seen stuck. Before, it asked its BEGIN (a
+      // connection opened for a call that had answered, its turn given back, a ROLLBACK once answered) and
+      // replaced the pool, a new one for every such call.
+      const passedAlready = waiting.gaveUp;
+      if (passedAlready) throw passedAlready;
       // The pool the call's BEGIN was last asked of (begunTransaction): the store's pool then.
       const taken = { sql: pool };
       try {

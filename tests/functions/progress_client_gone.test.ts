@@ -36,6 +36,8 @@
 // store's line, listening to its signal, with nothing sent, and ends at once when its client leaves.
 // And every store call (answered, failed in the database, thrown, aborted before it began, cancelled,
 // waiting for a connection then answered or left) removes every listener it added to its signal.
+// And a store call whose beginDeadline signal has aborted already answers 503 at once, nothing sent to the
+// database and the pool not replaced, where it sent its BEGIN (then ROLLBACK) and replaced the pool.
 // And a connection lost under the store (its backend terminated, as by a database restart), over real HTTP:
 //   * while a write's statement runs: 503, and the next write is answered 200 and stored once (postgres.js
 //     fails its BEGIN, unsent, with the ended backend's error; the store sends it again), where it answered
@@ -1798,6 +1800,42 @@ Deno.test("store: beginTimeoutMs takes a delay a timer can hold, or Infinity", a
   } finally {
     await pool.end();
   }
+});
+
+const DEADLINE_PASSED_NAME = "store: a call whose beginDeadline signal has aborted already when its turn " +
+  "comes answers 503 at once, sends nothing to the database and does not replace the pool";
+
+Deno.test(DEADLINE_PASSED_NAME, async () => {
+  const sent: string[] = [];
+  const pool = postgres(testEnv().dbUrl, {
+    max: 1,
+    onnotice: () => {},
+    // Every query postgres.js writes to a connection of the pool (its array types, a BEGIN, a ROLLBACK).
+    debug: (_connection, query) => sent.push(query),
+  });
+  const replaced: postgres.Sql[] = [];
+  const store = createPostgresProgressStore(pool, {
+    beginDeadline: () => AbortSignal.abort(),
+    replacePool: (stuck) => {
+      replaced.push(stuck);
+      return stuck;
+    },
+  });
+  try {
+    await assert.rejects(
+      writeAs(store, crypto.randomUUID(), seriesId("deadline-passed"), new AbortController().signal),
+      (e: unknown) =>
+        e instanceof HttpError && e.status === 503 &&
+        /had not begun when its begin deadline passed/.test(String((e.cause as Error)?.message)),
+    );
+  } finally {
+    // Once ended, every query asked of the pool has been sent or failed: the list is whole.
+    await pool.end();
+  }
+  // Before, the call asked its BEGIN (a connection opened for it, then BEGIN and ROLLBACK sent), and the
+  // pool was replaced.
+  assert.deepEqual(sent, [], "nothing sent");
+  assert.deepEqual(replaced, [], "the pool not replaced");
 });
 
 Deno.test({
