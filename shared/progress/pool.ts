@@ -119,12 +119,13 @@ export interface ProgressPool {
    * transaction's begin() with CONNECTION_CLOSED: a COMMIT already sent may have committed, a 503 that may
    * have stored the write) and the queries still queued fail (CONNECTION_DESTROYED), none of them sent
    * (before that, a connection of the pool that closes takes one to reopen for, and fails it:
-   * CONNECTION_ENDED). Only BEGINs asked before end() can be queued so: server.ts hands the pool's `sql` to
-   * its store alone, which asks nothing of it but begin() (every statement goes on its transaction's
-   * connection, a cancel request on a connection of its own), and begin() fails at once from end() on;
-   * postgres.js's own query (the array types) runs on the connection that opens, never queued. A query asked
-   * of `sql` directly after end() (no code of the function asks one) would be queued so too, until the end
-   * finishes.
+   * CONNECTION_ENDED, as a connection reopening for its BEGIN does: the store sends such a BEGIN to the pool
+   * that replaced this one, store.ts endedUnsent). Only BEGINs asked before end() can be queued so: server.ts
+   * hands the pool's `sql` to its store alone, which asks nothing of it but begin() (every statement goes on
+   * its transaction's connection, a cancel request on a connection of its own), and begin() fails at once
+   * from end() on; postgres.js's own query (the array types) runs on the connection that opens, never
+   * queued. A query asked of `sql` directly after end() (no code of the function asks one) would be queued
+   * so too, until the end finishes.
    * Called again with a shorter time than the one left, the end finishes by then instead (server.ts's close()
    * gives a pool replaced earlier its own 5 s, not what is left of the replaced pool's 10 s). Resolves once
    * the end has finished: no socket of the pool is open, nor opened again.
