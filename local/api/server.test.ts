@@ -769,8 +769,9 @@ Deno.test({
   /** Once the test says so: every connection refused, those taken and each one that comes after. */
   const refuse = Promise.withResolvers<void>();
   /**
-   * Reads a client's startup message, answering `N` (none) to each request for TLS or GSS encryption before it. A refusal written before the client has sent its startup message is not
-   * read as the answer to it (postgres.js then waited out its 30 s connect timeout).
+   * Reads a client's startup message, answering `N` (none) to each request for TLS or GSS encryption before
+   * it. A refusal written before the client has sent its startup message is not read as the answer to it
+   * (postgres.js then waited out its 30 s connect timeout).
    */
   const startupRead = async (conn: Deno.Conn) => {
     const buffer = new Uint8Array(1024);
@@ -786,11 +787,13 @@ Deno.test({
     for await (const conn of database) {
       held.push(conn);
       // Each connection is refused once its startup message is in (the login it refuses), and only once the
-      // test says so.
+      // test says so; then closed, as PostgreSQL's backend exits after a FATAL (postgres.js rejects the
+      // connect when the socket closes: left open, it waited out its 30 s connect timeout first).
       void startupRead(conn).then(async () => {
         connected.resolve(conn);
         await refuse.promise;
         await conn.write(loginRefused());
+        conn.close();
       }).catch(() => {});
     }
   })();
