@@ -128,6 +128,10 @@ export function migratedTemplate(): MigratedTemplate {
         found = { root, key, dataDir };
         return dataDir;
       },
+      // Pruned by another start before it was copied: this start pushes in full and makes it again.
+      notCopied: () => {
+        if (found) found = { ...found, dataDir: null };
+      },
     },
     copied: () => found?.dataDir != null,
     missing: () => found !== null && found.dataDir === null,

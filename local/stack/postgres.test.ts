@@ -193,6 +193,56 @@ async function withPrivateTmpDir<T>(prefix: string, body: (tmp: string) => Promi
 }
 
 Deno.test({
+  name:
+    "a derived template removed between its look-up and its copy (a start pruning it as unused): the start " +
+    "copies the initdb template instead and tells the derived one so, instead of failing",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withPrivateTmpDir("readsync-derived-gone-test-", async (tmp) => {
+    const lines: string[] = [];
+    const log = (line: string) => lines.push(line);
+    // A real derived template: a cluster with a table of its own, stopped, copied and started again.
+    const source = await startPostgres({ log });
+    try {
+      const sql = postgres(source.url, { max: 1, onnotice: () => {} });
+      await sql`create table only_in_derived (x int)`;
+      await sql.end();
+      await Deno.mkdir(`${tmp}/derived`, { mode: 0o711 });
+      await source.copyStopped(`${tmp}/derived/data`);
+    } finally {
+      await source.stop();
+    }
+    let notCopied = 0;
+    const cluster = await startPostgres({
+      log,
+      derivedTemplate: {
+        name: "probe",
+        // Found, then removed as a pruning start removes one (renamed away first) before this start copies it.
+        find: async () => {
+          await Deno.rename(`${tmp}/derived`, `${tmp}/derived.removing`);
+          return `${tmp}/derived/data`;
+        },
+        notCopied: () => notCopied++,
+      },
+    });
+    try {
+      assert.equal(notCopied, 1, "the derived template was told it was not copied");
+      assert.ok(lines.some((l) => l.includes("probe template not copied")), lines.join("\n"));
+      const sql = postgres(cluster.url, { max: 1, onnotice: () => {} });
+      try {
+        const [{ found }] = await sql<{ found: boolean }[]>`
+          select exists (select 1 from pg_class where relname = 'only_in_derived') as found`;
+        assert.equal(found, false, "the cluster is the initdb template's");
+      } finally {
+        await sql.end();
+      }
+    } finally {
+      await cluster.stop();
+    }
+  }));
+
+Deno.test({
   name: "a restore whose base backup fails says why and leaves no directory behind",
   sanitizeOps: false,
   sanitizeResources: false,

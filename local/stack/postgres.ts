@@ -264,6 +264,11 @@ export interface DerivedTemplate {
    * none (the initdb template is copied then). An error is logged, and the initdb template copied.
    */
   find(initdbTemplateKey: string): Promise<string | null>;
+  /**
+   * Called when the directory `find` gave could not be copied (gone since: a start that made another template
+   * removed it as unused, migrated_template.ts pruneUnused): the initdb template was copied instead.
+   */
+  notCopied(): void;
 }
 
 export interface StartOptions {
@@ -569,7 +574,23 @@ export async function startPostgres(options: StartOptions = {}): Promise<LocalPo
         options.onPhase,
         `database: ${derived.name} template copied (cp -a)`,
         () => exec("cp", ["-a", derivedDir, pgdata], stepTimeoutMs),
-      );
+      ).catch(async (error) => {
+        if (abandoned) throw error;
+        // Removed between its look-up and this copy (another start pruned it) or unreadable: what was copied
+        // of it goes, and the initdb template is copied instead, as when there is none.
+        log(
+          `database: ${derived.name} template not copied (${
+            error instanceof Error ? error.message : error
+          }), copying the initdb template`,
+        );
+        derived.notCopied();
+        await Deno.remove(pgdata, { recursive: true }).catch(() => {});
+        await timed(
+          options.onPhase,
+          "database: template copied (cp -a)",
+          () => exec("cp", ["-a", template.dataDir, pgdata], stepTimeoutMs),
+        );
+      });
     } else if (template) {
       // cp -a keeps the owner (the cluster's OS user) and the 0700 mode PostgreSQL insists on.
       await timed(
