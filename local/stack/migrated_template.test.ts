@@ -280,3 +280,90 @@ Deno.test({
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test({
+  name:
+    "a migration saved during a start that makes the migrated template (after its look-up, before its push): no " +
+    "template is made under the key of the files as they were, so a start with those files again does not copy " +
+    "what the edited one pushed",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, async () => {
+  const repo = fileURLToPath(new URL("../../", import.meta.url));
+  const parent = await Deno.makeTempDir({ prefix: "readsync-migrated-edited-" });
+  const checkout = `${parent}/checkout`;
+  const tmp = `${parent}/tmp`;
+  try {
+    await Deno.mkdir(checkout);
+    await Deno.mkdir(tmp);
+    // Traversable by the cluster's OS user (as root), as the temp dir is.
+    await Deno.chmod(parent, 0o711);
+    await Deno.chmod(tmp, 0o711);
+    const copied = await new Deno.Command("cp", {
+      args: [
+        "-a",
+        ...["deno.json", "deno.lock", "package.json", "local", "shared", "supabase"].map((name) =>
+          `${repo}${name}`
+        ),
+        `${checkout}/`,
+      ],
+      stderr: "piped",
+    }).output();
+    assert.ok(copied.success, new TextDecoder().decode(copied.stderr));
+    await Deno.symlink(`${repo}node_modules`, `${checkout}/node_modules`);
+    await Deno.writeTextFile(
+      `${checkout}/probe.ts`,
+      `
+import { startLocalStack } from "./local/stack/stack.ts";
+import { runCleanups } from "./local/stack/cleanup.ts";
+import { findPostgresBinaries } from "./local/stack/system.ts";
+
+const psql = findPostgresBinaries().binDir + "/psql";
+const probe = "supabase/migrations/20991231235900_migrated_template_probe.sql";
+const asCommitted = "create table public.migrated_template_probe (id int);\\n";
+const asSaved = "create table public.migrated_template_probe (id int, saved_during_the_start text);\\n";
+Deno.writeTextFileSync(probe, asCommitted);
+const start = async (onPhase) => {
+  const stack = await startLocalStack({ apiPort: 0, dbPort: 0, log: () => {}, ownStackOnly: true, onPhase });
+  try {
+    const out = await new Deno.Command(psql, {
+      args: ["-XAt", "-d", stack.dbUrl, "-c", "select string_agg(column_name, ',' order by ordinal_position) " +
+        "from information_schema.columns where table_name = 'migrated_template_probe'"],
+      stdout: "piped",
+    }).output();
+    return { template: stack.migratedTemplate, columns: new TextDecoder().decode(out.stdout).trim() };
+  } finally {
+    await stack.stop();
+  }
+};
+// Saved once the start has looked its template up (none: it will make one), before its push reads it.
+const edited = await start((name) => {
+  if (name === "platform bootstrap (psql)") Deno.writeTextFileSync(probe, asSaved);
+});
+// And saved back as it was.
+Deno.writeTextFileSync(probe, asCommitted);
+const reverted = await start();
+await runCleanups();
+console.log(JSON.stringify({ edited, reverted }));
+Deno.exit(0);
+`,
+    );
+    const run = await runDenoChild(
+      ["eval", `Deno.env.set("TMPDIR", ${JSON.stringify(tmp)}); await import("./probe.ts");`],
+      { timeoutMs: 600_000, cwd: checkout },
+    );
+    const r = lastJsonLine(run) as Record<
+      "edited" | "reverted",
+      { template: string | null; columns: string }
+    >;
+    // The edited start pushed what was saved; with the files as committed again, the next start's cluster holds
+    // what they say (a full push), not what the edited start pushed.
+    assert.equal(r.edited.columns, "id,saved_during_the_start");
+    assert.equal(r.reverted.columns, "id", `the cluster matches the migrations (${r.reverted.template})`);
+    // No template was made under the key of what was committed; the next start made it.
+    assert.equal(r.edited.template, null);
+    assert.equal(r.reverted.template, "made");
+  } finally {
+    await Deno.remove(parent, { recursive: true });
+  }
+});

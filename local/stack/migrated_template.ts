@@ -137,6 +137,16 @@ export function migratedTemplate(): MigratedTemplate {
     missing: () => found !== null && found.dataDir === null,
     makeFrom: async (pg) => {
       if (!found || found.dataDir !== null || pg.initdbTemplateKey === null) return false;
+      // The key was taken as the start looked the template up, before its push read the migrations: one saved
+      // in between (a developer's edit during the start) was pushed as saved, so this cluster is not what the
+      // key names, and a start with the files as they were would copy it. Made only when the key is unchanged.
+      const now = await migratedTemplateKey(pg.initdbTemplateKey);
+      if (now !== found.key) {
+        throw new Error(
+          `what its key is made of changed during this start (key ${found.key}, now ${now}): the next start ` +
+            `pushes in full and makes it`,
+        );
+      }
       const { made } = await makeTemplate(
         found.root,
         `${NAME}-${found.key}`,
