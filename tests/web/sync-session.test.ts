@@ -2652,6 +2652,46 @@ Deno.test("sync session, real API client: a token the API refused (401) whose re
   }
 });
 
+Deno.test("sync session, real API client: a token expired only by a saved estimate of the server's clock (another visit's: the device clock set right since) is still sent: no answer of this visit has measured the clock", async () => {
+  const HOUR = 3_600_000;
+  const auth = heldAuthToken();
+  const fn = heldFunctions();
+  const t = tab();
+  realApi(t, fn);
+  // An earlier visit measured the device an hour slow and saved that; the device clock has been set right since, so
+  // by the saved estimate every token (an hour's) has expired, though the API takes it.
+  t.env.clockOffset = { load: () => HOUR, save: () => {} };
+  const alice = t.open(newStore(ALICE)); // its token good for an hour by the server's own clock
+  try {
+    alice.save("book", position(3), DEVICE);
+    // Due for a refresh by that estimate: asked first, and Auth answers the same token (it has not expired).
+    (await auth.request(1)).resolve(
+      Response.json({ accessToken: `token-of-${ALICE}`, expiresAt: FAR, userId: ALICE }),
+    );
+    await waitFor(
+      "the write to be sent, or the run to fail without it",
+      () => fn.requests.length > 0 || (!alice.sending && t.clock.nextAt !== null),
+      { timeoutMs: 5_000 },
+    );
+    assert.equal(
+      fn.requests.length,
+      1,
+      "sent (on the code before: held back as known unusable, at every run)",
+    );
+    const sent = await fn.request(1);
+    assert.equal(sent.token, `token-of-${ALICE}`);
+    sent.save();
+    await waitFor("the write to be answered", () => alice.store.getSnapshot().pendingCount === 0, {
+      timeoutMs: 5_000,
+    });
+    assert.equal(auth.count, 1);
+  } finally {
+    alice.close();
+    fn.wakeAll();
+    auth.restore();
+  }
+});
+
 Deno.test("sync session, real API client, tabs: the writes' bound learnt from a server answering them in 20 s is the browser's: a tab opened later sends its first write with it, not set back by its fast read of one row (the clock's measure) just before", async () => {
   const SLOW_MS = 20_000; // the writes' answers come 20 s (the test's clocks) after their requests arrive
   const browser = sharedStorage();

@@ -258,7 +258,11 @@ export class SyncSession {
     const tokens = new TokenKeeper(config.accessToken, config.expiresAt, {
       userId,
       now: () => clock.now(),
-      nowMeasured: () => clock.measured,
+      // Measured by an answer of this visit: a saved estimate (clockOffset, another visit's) is in force too
+      // (ServerClock.measured), and a device clock set right since makes it wrong by as much (an hour slow
+      // then: every token an hour's, expired by it, and the outbox held back, Auth answering or not, until
+      // another request's answer measured the clock; never, with X-Server-Time unreadable).
+      nowMeasured: () => clock.measured && clock.answers > 0,
     });
     // Signed out, or signed in as someone else in another tab: this page's library, outbox and
     // Realtime link are the old user's, so leave it (a reload renders the new user's library; the

@@ -43,7 +43,7 @@ export interface TokenKeeperOptions {
   /** How long GET /auth/token may take (default 10 s). */
   timeoutMs?: number;
   /**
-   * Whether `now` is known to be the server's time (ServerClock.measured; default: yes): when not, a token expired
+   * Whether `now` is known to be the server's time (measured by an answer; default: yes): when not, a token expired
    * by it is not known unusable (knownUnusable). A device clock an hour ahead with no answer yet would otherwise
    * hold back the very request whose answer corrects it.
    */
