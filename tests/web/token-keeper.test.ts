@@ -380,3 +380,28 @@ Deno.test("token keeper: a token the API refused (a 401: refused()) is known unu
     globalThis.fetch = realFetch;
   }
 });
+
+Deno.test("token keeper: get() refreshes a token the API refused (refused()) though not due for one, so the Realtime link's next read and join carry the new token; get({ refresh: false }) (the outbox under its lock) still asks nothing", async () => {
+  const userId = "11111111-1111-4111-8111-111111111111";
+  const nowMs = 1_800_000_000_000;
+  const expiresAt = nowMs / 1000 + 3_600;
+  let answer = () => Response.json({ error: "auth_unavailable" }, { status: 503 });
+  const calls = stubAuthToken(() => Promise.resolve(answer()));
+  try {
+    const tokens = new TokenKeeper("held", expiresAt, { userId, now: () => nowMs });
+    const heard: string[] = [];
+    tokens.onChange((token) => heard.push(token));
+    tokens.refused(); // the outbox's request was answered 401, and its refresh failed (Auth down)
+    assert.equal(await tokens.get({ refresh: false }), "held");
+    assert.equal(calls.calls, 0, "the outbox's own requests refresh nothing under its lock");
+    assert.equal(await tokens.get(), "held", "Auth still down: the token held, best effort");
+    assert.equal(calls.calls, 1, "asked (on the code before: not, the token not due for a refresh)");
+    answer = () => Response.json({ accessToken: "fresh", expiresAt: expiresAt + 60, userId });
+    assert.equal(await tokens.get(), "fresh", "Auth back: the link's next read goes with the new token");
+    assert.deepEqual([calls.calls, heard, tokens.knownUnusable], [2, ["fresh"], false]);
+    assert.equal(await tokens.get(), "fresh");
+    assert.equal(calls.calls, 2, "usable again: no more refreshes");
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+});

@@ -112,13 +112,16 @@ export class TokenKeeper {
   }
 
   /**
-   * The token to send now: refreshed first when it expires within a minute (best effort offline), unless
-   * `refresh` is false: the caller refreshed it already where a wait costs nothing (the outbox, before it takes
-   * the tabs' Web Lock), and a request under that lock must not wait a refresh's timeout again.
+   * The token to send now: refreshed first when it expires within a minute or the API refused it (refused; best
+   * effort offline), unless `refresh` is false: the caller refreshed it already where a wait costs nothing (the
+   * outbox, before it takes the tabs' Web Lock), and a request under that lock must not wait a refresh's timeout
+   * again. A refused token not due went on in the Realtime link's reads (each refused 401, the link waiting for a
+   * new token) until 120 s before its expiry, when the outbox, its refresh failed (Auth down) or made already in
+   * that run, had no run left to ask one (its writes sent by another tab).
    */
   async get(options: { refresh?: boolean } = {}): Promise<string> {
     if (this.#signedOut) throw this.#signedOut;
-    if (options.refresh === false || !this.dueForRefresh) return this.#token;
+    if (options.refresh === false || !(this.dueForRefresh || this.#refused)) return this.#token;
     try {
       return await this.refresh();
     } catch (error) {
