@@ -1599,6 +1599,8 @@ Deno.test({
   });
   const client = net.connect(Number(new URL(relay.url).port), "127.0.0.1");
   client.on("error", () => {});
+  // A startup's first 8 bytes (its length, protocol 3.0): the relay connects upstream once it has them.
+  client.write(new Uint8Array([0, 0, 0, 80, 0, 3, 0, 0]));
   try {
     const upstream = await within(silent.next(), "the relay's connection to the host");
     const ended = new Promise<void>((resolve) => upstream.once("close", () => resolve()));
@@ -1667,3 +1669,155 @@ Deno.test({
     await new Promise<void>((resolve) => listener.close(() => resolve()));
   }
 });
+
+/** psql run once against `url` (`-c query`): whether it connected, and what it printed (stdout, then stderr). */
+async function psqlOnce(url: string, query: string): Promise<{ ok: boolean; said: string }> {
+  const out = await within(
+    new Deno.Command(psqlPath(), {
+      args: ["-X", "-w", "-At", "-d", url, "-c", query],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output(),
+    `psql against ${url}`,
+  );
+  const decoder = new TextDecoder();
+  return { ok: out.success, said: (decoder.decode(out.stdout) + decoder.decode(out.stderr)).trim() };
+}
+
+Deno.test({
+  name: "a connection made as psql makes it to a list of hosts (sslmode=verify-ca) whose first host's " +
+    "certificate the root certificates do not check: it fails as psql's does (a failed TLS handshake ends " +
+    "libpq's connection), instead of connecting to the second host",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster((untrusted, untrustedSql) =>
+    withCluster(async (trusted, trustedSql) => {
+      await takesTlsOnly(untrusted, untrustedSql);
+      await takesTlsOnly(trusted, trustedSql);
+      const roots = `${trusted.dataDir}/roots.crt`;
+      await Deno.writeTextFile(roots, await Deno.readTextFile(`${trusted.dataDir}/data/server.crt`));
+      const url = `postgresql:///postgres?host=127.0.0.1,127.0.0.1&port=${untrusted.port},${trusted.port}` +
+        `&user=postgres&sslmode=verify-ca&sslrootcert=${encodeURIComponent(roots)}`;
+      const byPsql = await psqlOnce(url, "show port");
+      assert.equal(byPsql.ok, false, `psql connected: ${byPsql.said}`);
+      const decided = await within(
+        databaseConnection(url).then((db) => `connected: ${db.server}`, (error) => `failed: ${error}`),
+        "the decided connection",
+      );
+      assert.match(decided, /^failed: /);
+    })
+  ));
+
+Deno.test({
+  name: "the stack's database relay for a list of hosts with TLS (sslmode=require) whose first host takes " +
+    "no TLS: its clients are refused, as psql given the list is (an 'N' under require ends libpq's " +
+    "connection), instead of passed on to the second host",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster((plain) =>
+    withCluster(async (secure, secureSql) => {
+      await takesTlsOnly(secure, secureSql);
+      const listedUrl = `postgresql://postgres@127.0.0.1:${plain.port},127.0.0.1:${secure.port}/postgres` +
+        "?sslmode=require";
+      const byPsql = await psqlOnce(listedUrl, "show port");
+      assert.equal(byPsql.ok, false, `psql connected: ${byPsql.said}`);
+      assert.match(byPsql.said, /server does not support SSL, but SSL was required/);
+      const decided = await databaseConnection(`${secure.url}?sslmode=require`);
+      const relay = await openDatabaseRelay({
+        ...decided,
+        options: { ...decided.options, host: ["127.0.0.1", "127.0.0.1"], port: [plain.port, secure.port] },
+      });
+      try {
+        const throughRelay = await psqlOnce(relay.url, "show port");
+        assert.equal(throughRelay.ok, false, `connected through the relay: ${throughRelay.said}`);
+      } finally {
+        await relay.close();
+      }
+    })
+  ));
+
+Deno.test({
+  name: "the stack's database relay for a list of hosts with target_session_attrs=read-write whose first " +
+    "host refuses the login (its pg_hba.conf): its clients meet that refusal, as psql given the list does " +
+    "(libpq stops at a host that refuses), instead of reaching the second host",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster((refusing, refusingSql) =>
+    withCluster(async (taking) => {
+      await serverConfiguration(
+        refusing,
+        refusingSql,
+        ["local all all trust", "host all all 127.0.0.1/32 reject"],
+        { host: "127.0.0.1", port: refusing.port, username: "postgres", database: "postgres" },
+      );
+      const listedUrl = `postgresql://postgres@127.0.0.1:${refusing.port},127.0.0.1:${taking.port}/postgres` +
+        "?sslmode=disable&target_session_attrs=read-write";
+      const byPsql = await psqlOnce(listedUrl, "show port");
+      assert.equal(byPsql.ok, false, `psql connected: ${byPsql.said}`);
+      assert.match(byPsql.said, /pg_hba\.conf rejects connection/);
+      const decided = await databaseConnection(
+        `${taking.url}?sslmode=disable&target_session_attrs=read-write`,
+      );
+      const relay = await openDatabaseRelay({
+        ...decided,
+        options: { ...decided.options, host: ["127.0.0.1", "127.0.0.1"], port: [refusing.port, taking.port] },
+      });
+      try {
+        const throughRelay = await psqlOnce(relay.url, "show port");
+        assert.equal(throughRelay.ok, false, `connected through the relay: ${throughRelay.said}`);
+        assert.match(throughRelay.said, /pg_hba\.conf rejects connection/);
+      } finally {
+        await relay.close();
+      }
+    })
+  ));
+
+Deno.test({
+  name: "the stack's database relay for a list of hosts with target_session_attrs=read-write, the hosts' " +
+    "roles swapped while a query runs: its client's cancel request reaches the host the query runs on (as " +
+    "libpq's goes to the session's own address) and cancels it, instead of the host a new login would reach",
+  sanitizeOps: false,
+  sanitizeResources: false,
+}, () =>
+  withCluster((first, firstSql) =>
+    withCluster(async (second, secondSql) => {
+      const readOnly = async (sql: postgres.Sql, pg: LocalPostgres, on: boolean) => {
+        await sql.unsafe(`alter system set default_transaction_read_only = ${on ? "on" : "off"}`);
+        await sql`select pg_reload_conf()`;
+        await until(async () => {
+          const out = await psql(`${pg.url}?sslmode=disable`, ["-At", "-c", "show transaction_read_only"]);
+          return out.trim() === (on ? "on" : "off");
+        }, `the server at ${pg.port} ${on ? "read-only" : "read-write"}`);
+      };
+      await readOnly(firstSql, first, true);
+      const url = `postgresql:///postgres?host=127.0.0.1,127.0.0.1&port=${first.port},${second.port}` +
+        "&user=postgres&password=postgres&sslmode=disable&target_session_attrs=read-write";
+      const decided = await within(databaseConnection(url), "the decided connection");
+      const relay = await openDatabaseRelay(decided);
+      const connect = (await import("postgres")).default;
+      const client = connect(relay.url, { max: 1, onnotice: () => {} });
+      try {
+        const [{ port }] = await client`select current_setting('port')::int as port`;
+        assert.equal(port, second.port);
+        const sleeping = client`select pg_sleep(600)`;
+        const outcome = sleeping.then(() => "finished", (error) => `failed: ${error.code} ${error.message}`);
+        await until(async () => {
+          const [{ n }] = await secondSql`select count(*)::int as n from pg_stat_activity
+            where query = 'select pg_sleep(600)' and state = 'active'`;
+          return n === 1;
+        }, "the query running on the second host");
+        // The roles swap: a new login through the relay would now be taken to the first host.
+        await readOnly(firstSql, first, false);
+        await readOnly(secondSql, second, true);
+        sleeping.cancel();
+        assert.match(await within(outcome, "the cancelled query's end"), /^failed: 57014 /);
+      } finally {
+        await client.end({ timeout: 0 });
+        await relay.close();
+      }
+    })
+  ));

@@ -717,12 +717,24 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
     socket.on("error", () => socket.destroy());
   };
   let closing = false;
-  const server = net.createServer({ pauseOnConnect: true }, (client) => {
+  // The host (its index in the list) each session relayed now is on, by its BackendKeyData (process id and
+  // secret key): a client's CancelRequest is passed on to the host its session is on, as libpq's sends it
+  // to the session's own address, instead of to the host a new login would be taken to (hostAsAsked: a
+  // host's state may have changed since; without target_session_attrs, a host down then may answer now),
+  // where it would cancel nothing.
+  const sessions = new Map<string, number>();
+  const server = net.createServer({ pauseOnConnect: true }, async (client) => {
     keep(client);
     // Only this OS user's processes pass: another user's would reach the server as this one (a socket's
     // `peer` line, a client certificate it has no key of).
     const uid = loopbackClientUid(client.remotePort ?? 0, port, client.remoteAddress);
     if (uid !== null && uid !== Deno.uid()) return client.destroy();
+    // The client's first message (its first 8 bytes; a CancelRequest's 16), passed on first.
+    const first = await clientOpening(client);
+    if (first === null) return client.destroy();
+    const code = first.length >= 8 ? new DataView(first.buffer, first.byteOffset).getUint32(4) : 0;
+    const cancelled = code === CANCEL_REQUEST_CODE ? first.subarray(8, 16).join(",") : null;
+    const cancelledOn = cancelled === null ? undefined : sessions.get(cancelled);
     // Each attempt's socket is kept while it is made, so that close() and the client's leaving end it.
     const attempts = new Set<net.Socket>();
     const abandon = () => {
@@ -734,20 +746,31 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
       keep(attempt);
       if (closing || client.destroyed) attempt.destroy();
     };
-    hostAsAsked(db.options, onAttempt).then((from) => connectAsDecided(db.options, onAttempt, from)).then(({
-      socket: upstream,
-    }) => {
-      client.off("close", abandon);
-      keep(upstream);
-      if (closing || client.destroyed) return upstream.destroy();
-      // pipe() ends the other side once this one has ended (its bytes written first); a side closed without
-      // an end (reset, error) has the other ended after what was written to it is flushed.
-      client.once("close", () => upstream.end());
-      upstream.once("close", () => client.end());
-      client.pipe(upstream);
-      upstream.pipe(client);
-      client.resume();
-    }, () => client.destroy());
+    (cancelledOn !== undefined ? Promise.resolve(cancelledOn) : hostAsAsked(db.options, onAttempt))
+      .then((from) => connectAsDecided(db.options, onAttempt, from)).then(({ socket: upstream, index }) => {
+        client.off("close", abandon);
+        keep(upstream);
+        if (closing || client.destroyed) return upstream.destroy();
+        // A startup (not a cancel, nor an SSLRequest or GSSENCRequest, answered with one byte): its session's
+        // key, once the server has sent it.
+        if (code === PROTOCOL_3) {
+          onServerMessage(upstream, (type, body) => {
+            if (type !== 0x4b) return type === 0x5a || type === 0x45; // 'K'; ReadyForQuery or an error: none
+            const key = body.subarray(0, 8).join(",");
+            sessions.set(key, index);
+            upstream.once("close", () => sessions.delete(key));
+            return true;
+          });
+        }
+        upstream.write(first);
+        // pipe() ends the other side once this one has ended (its bytes written first); a side closed without
+        // an end (reset, error) has the other ended after what was written to it is flushed.
+        client.once("close", () => upstream.end());
+        upstream.once("close", () => client.end());
+        client.pipe(upstream);
+        upstream.pipe(client);
+        client.resume();
+      }, () => client.destroy());
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -776,7 +799,8 @@ export async function openDatabaseRelay(db: DatabaseConnection): Promise<Databas
  * relay's own (the decided connection, which ends after reading `transaction_read_only` and
  * `pg_is_in_recovery()`) to each in turn; 0 without a list or target_session_attrs (the first that
  * answers). The client's own login then reaches that host: given the list, it could not move on past the
- * relay's one address. The list's length when no host is.
+ * relay's one address. A host that refuses the login (but with 57P03, not yet taking connections) is where
+ * it connects, as libpq stops there. The list's length when no host is.
  */
 async function hostAsAsked(
   options: DatabaseConnection["options"],
@@ -819,9 +843,14 @@ async function hostAsAsked(
           "select current_setting('transaction_read_only') = 'on' as r, pg_catalog.pg_is_in_recovery() as s",
         ).values().then(([[r, s]]) => [r as boolean, s as boolean]);
         if (wanted({ readOnly, standby }, pass)) return reached;
-      } catch {
-        // No host from `from` on answered, or this one's login failed: the connection itself says why.
+      } catch (error) {
+        // No host from `from` on could be connected to (or one refused its TLS): the connection says why.
         if (reached >= hosts.length) break;
+        // This host refused the login (its pg_hba.conf line, the password, a connection limit): libpq stops
+        // there (fe-connect.c: error_return), moving on only from one that cannot take connections yet
+        // (57P03, a standby starting up), so the client's own login is taken to it and meets the same
+        // refusal, instead of reaching a later host where psql would not connect.
+        if ((error as { code?: string }).code !== "57P03") return reached;
       } finally {
         await probe.end({ timeout: 0 });
       }
@@ -885,8 +914,12 @@ export function loopbackClientUid(
 /**
  * A connection to `options`' server, its TLS begun where it has TLS (`options.ssl`: SSLRequest, then node's
  * TLS with its certificates), and which of its targets it went to: to each of its targets from the `from`th
- * on in turn until one answers, each given its connect_timeout (seconds, as libpq's) where it has one;
- * `attempt` is told of each socket as it is made. The relay's (openDatabaseRelay), and each attempt's of a
+ * on in turn until one can be connected to, each given its connect_timeout (seconds, as libpq's) where it
+ * has one. As libpq's (fe-connect.c: a failed connect() or the timeout try the next host; a refusal of TLS
+ * ('N' under require), a failed TLS handshake or a close once connected `goto error_return`), a host that
+ * was connected to and then refuses or fails the TLS asked for ends the whole connection with its error,
+ * instead of giving way to the next host, where psql would refuse to connect. `attempt` is told of each
+ * socket as it is made. The relay's (openDatabaseRelay), and each attempt's of a
  * connection made as psql makes it (firstQueryAsPsql), which reads what the server says on it.
  */
 async function connectAsDecided(
@@ -902,6 +935,9 @@ async function connectAsDecided(
     if (index < from) continue;
     let socket: net.Socket | undefined;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    // Set once the host has been connected to: a failure after it (but the timeout's) is the connection's.
+    let connected = false;
+    const expired = new Error(`timeout expired (connect_timeout ${options.connect_timeout} s)`);
     try {
       socket = target.path ? net.connect(target.path) : net.connect(target.port!, target.host);
       attempt(socket);
@@ -909,7 +945,7 @@ async function connectAsDecided(
       const timedOut = new Promise<never>((_, reject) => {
         if (!options.connect_timeout) return;
         timer = setTimeout(() => {
-          reject(new Error(`timeout expired (connect_timeout ${options.connect_timeout} s)`));
+          reject(expired);
           made.destroy();
         }, options.connect_timeout * 1000);
       });
@@ -923,6 +959,7 @@ async function connectAsDecided(
           made.once("close", () => reject(gone()));
         }),
       ]);
+      connected = true;
       if (options.ssl === false) return { socket, index };
       socket.write(SSL_REQUEST);
       const offered = await Promise.race([
@@ -951,6 +988,7 @@ async function connectAsDecided(
       return { socket: secure, index };
     } catch (error) {
       socket?.destroy();
+      if (connected && error !== expired) throw error;
       failed = error;
     } finally {
       clearTimeout(timer);
@@ -1059,6 +1097,20 @@ async function firstQueryAsPsql(
  * error, a notice).
  */
 function onAuthenticationOk(socket: net.Socket, seen: () => void): void {
+  onServerMessage(socket, (type, body) => {
+    if (type !== 0x52 || body.length !== 4 || new DataView(body.buffer, body.byteOffset).getUint32(0) !== 0) {
+      return false;
+    }
+    seen();
+    return true;
+  });
+}
+
+/**
+ * Calls `message` with each message the server sends on `socket` (its type, its body), read beside the
+ * socket's own reader, until it returns true.
+ */
+function onServerMessage(socket: net.Socket, message: (type: number, body: Uint8Array) => boolean): void {
   let pending = new Uint8Array(0);
   const read = (chunk: Uint8Array) => {
     const joined = new Uint8Array(pending.length + chunk.length);
@@ -1069,14 +1121,47 @@ function onAuthenticationOk(socket: net.Socket, seen: () => void): void {
       const view = new DataView(pending.buffer, pending.byteOffset, pending.length);
       const length = view.getUint32(1);
       if (pending.length < 1 + length) return;
-      if (pending[0] === 0x52 && length === 8 && view.getUint32(5) === 0) {
-        socket.off("data", read);
-        return seen();
-      }
+      if (message(pending[0], pending.subarray(5, 1 + length))) return socket.off("data", read);
       pending = pending.subarray(1 + length);
     }
   };
   socket.on("data", read);
+}
+
+/** The code of a CancelRequest (its 16 bytes: length, this code, the process id and the secret key). */
+const CANCEL_REQUEST_CODE = 80877102;
+
+/** The protocol version of a StartupMessage (3.0), where a request has its code. */
+const PROTOCOL_3 = 196608;
+
+/**
+ * The first bytes a relay's client sends, read off it (it is paused again after): its first message's
+ * length and code (8 bytes: all of an SSLRequest), all 16 of a CancelRequest; null when it leaves first.
+ */
+function clientOpening(client: net.Socket): Promise<Uint8Array | null> {
+  return new Promise((resolve) => {
+    let got = new Uint8Array(0);
+    const enough = () =>
+      got.length >= 8 &&
+      (new DataView(got.buffer, got.byteOffset).getUint32(4) !== CANCEL_REQUEST_CODE || got.length >= 16);
+    const done = (result: Uint8Array | null) => {
+      client.off("data", read);
+      client.off("close", gone);
+      client.pause();
+      resolve(result);
+    };
+    const read = (chunk: Uint8Array) => {
+      const joined = new Uint8Array(got.length + chunk.length);
+      joined.set(got);
+      joined.set(chunk, got.length);
+      got = joined;
+      if (enough()) done(got);
+    };
+    const gone = () => done(null);
+    client.on("data", read);
+    client.once("close", gone);
+    client.resume();
+  });
 }
 
 /** A connection's error, its password refused or missing said as psql's is (passwordRefused). */
