@@ -106,7 +106,7 @@ try {
   const cold = await coldStartSection(opts, log);
   stack = cold.stack;
   if (wants("coldstart")) sections.push(cold.section);
-  const sql = connect(stack.dbUrl, { max: 4 });
+  const sql = connect(stack.postgresJsDbUrl, { max: 4 });
   const ctx: Ctx = { stack, sql, opts, log };
   const machine = await machineFacts(sql);
 

@@ -40,7 +40,7 @@ if (names.length < 2) {
 const log = (line: string) =>
   console.error(`[write_steps ${new Date().toISOString().slice(11, 19)}] ${line}`);
 const stack = await spawnStack();
-const sql = connect(stack.dbUrl, { max: 2 });
+const sql = connect(stack.postgresJsDbUrl, { max: 2 });
 const ctx: Ctx = { stack, sql, opts: {} as Options, log };
 try {
   const [{ notify }] = await sql<{ notify: boolean }[]>`

@@ -3,7 +3,14 @@
 import { fileURLToPath } from "node:url";
 
 export interface BenchStack {
+  /** The database's URL as given or made: what libpq's tools (pgbench) read. */
   dbUrl: string;
+  /**
+   * The stack's decided connection as a URL postgres.js reads (LocalStack.postgresJsDbUrl: a relay of the
+   * child's where no URL can say it), for the bench's postgres.js clients: dbUrl itself, handed to
+   * postgres.js, misreads a password file's, a socket directory's or a certificate's SUPABASE_DB_URL.
+   */
+  postgresJsDbUrl: string;
   apiUrl: string;
   jwtSecret: string;
   anonKey: string;

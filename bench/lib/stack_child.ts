@@ -32,6 +32,7 @@ try {
     `BENCH_READY ${
       JSON.stringify({
         dbUrl: stack.dbUrl,
+        postgresJsDbUrl: stack.postgresJsDbUrl,
         apiUrl: stack.apiUrl,
         jwtSecret: stack.jwtSecret,
         anonKey: stack.anonKey,

@@ -45,7 +45,7 @@ export async function catchupSection(ctx: Ctx): Promise<SectionResult> {
   };
 
   // The other device writes as the API does: one transaction per update, as the user.
-  const writer = postgres(stack.dbUrl, { max: 4, prepare: false, onnotice: () => {} });
+  const writer = postgres(stack.postgresJsDbUrl, { max: 4, prepare: false, onnotice: () => {} });
   const claims = JSON.stringify({ sub: user.id, role: "authenticated" });
   let clock = Date.now() - 3_600_000;
   const write = (series: number, chapter: number) =>

@@ -59,7 +59,7 @@ export async function latencySection(ctx: Ctx): Promise<SectionResult> {
     });
 
   const viaSql = async (clients: number) => {
-    const sql = postgres(stack.dbUrl, { max: clients, prepare: false, onnotice: () => {} });
+    const sql = postgres(stack.postgresJsDbUrl, { max: clients, prepare: false, onnotice: () => {} });
     try {
       await Promise.all(Array.from({ length: clients }, () => sql`select 1`)); // open the pool first
       return await closedLoop(clients, opts.latencySeconds, async (client, i) => {

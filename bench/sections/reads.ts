@@ -303,7 +303,7 @@ export async function readsSection(ctx: Ctx): Promise<SectionResult> {
     const label = target >= 1e6 ? `${target / 1e6}M` : `${target / 1e3}k`;
     details[label] = { rows, loadSeconds, size, queries: {} as Record<string, unknown> };
     for (const q of queries(cursor.xid, middle)) {
-      const { fn, plain } = await measure(ctx.stack.dbUrl, q);
+      const { fn, plain } = await measure(ctx.stack.postgresJsDbUrl, q);
       (details[label] as { queries: Record<string, unknown> }).queries[q.id] = { fn, plain };
       ctx.log(`reads ${label} ${q.id}: ${fn.nodes.join(" → ")}, ${fn.buffers} buffers, ${fn.innerMs} ms`);
       // The library must come out of the index in order (no sort at all); the changes page is read

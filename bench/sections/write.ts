@@ -459,7 +459,7 @@ export async function writeSection(ctx: Ctx): Promise<SectionResult> {
 async function measureDurable(ctx: Ctx, section: SectionResult): Promise<void> {
   ctx.log("write: durable pass (second stack, fsync + synchronous_commit on)");
   const stack = await spawnStack({ BENCH_DURABLE: "1" });
-  const sql = connect(stack.dbUrl, { max: 2 });
+  const sql = connect(stack.postgresJsDbUrl, { max: 2 });
   const durable: Ctx = { ...ctx, stack, sql };
   try {
     await prepareWriteTables(durable);
