@@ -10,6 +10,10 @@
 -- and "... leaves the same schema"), which can read the file.
 
 begin;
+-- The lock its DROP TRIGGER and ENABLE ROW LEVEL SECURITY takes (ACCESS EXCLUSIVE), taken first: taken later, after this transaction has
+-- written, it is an upgrade that deadlocks with a session holding a weaker lock on the table and
+-- waiting for this transaction (pgTAP 038 failed so once in a full run).
+lock table public.reading_progress in access exclusive mode;
 create extension if not exists pgtap with schema extensions;
 select plan(21);
 set local client_min_messages = warning; -- the "already exists, skipping" notices are expected

@@ -3,6 +3,10 @@
 -- re-stamps rows and deletions that arrived with the other cluster's transaction ids.
 
 begin;
+-- The lock its ALTER TABLE … DISABLE/ENABLE TRIGGER takes (SHARE ROW EXCLUSIVE), taken first: taken later, after this transaction has
+-- written, it is an upgrade that deadlocks with a session holding a weaker lock on the table and
+-- waiting for this transaction (pgTAP 038 failed so once in a full run).
+lock table public.reading_progress in share row exclusive mode;
 create extension if not exists pgtap with schema extensions;
 select plan(30);
 
