@@ -23,6 +23,33 @@ interface StartReport {
  * Run in a copy of the checkout (so that its migrations can be added to and changed) with a TMPDIR of its
  * own (no template yet): the starts below, each reported (StartReport); between them, what a developer does.
  */
+/**
+ * A checkout of the project's code under `parent` (`checkout/`, node_modules linked) and a private temp dir
+ * (`tmp/`), so that a probe's starts make and copy templates of their own, never the suite's.
+ */
+async function copyCheckout(parent: string): Promise<void> {
+  const repo = fileURLToPath(new URL("../../", import.meta.url));
+  const checkout = `${parent}/checkout`;
+  const tmp = `${parent}/tmp`;
+  await Deno.mkdir(checkout);
+  await Deno.mkdir(tmp);
+  // Traversable by the cluster's OS user (as root), as the temp dir is.
+  await Deno.chmod(parent, 0o711);
+  await Deno.chmod(tmp, 0o711);
+  const copied = await new Deno.Command("cp", {
+    args: [
+      "-a",
+      ...["deno.json", "deno.lock", "package.json", "local", "shared", "supabase"].map((name) =>
+        `${repo}${name}`
+      ),
+      `${checkout}/`,
+    ],
+    stderr: "piped",
+  }).output();
+  assert.ok(copied.success, new TextDecoder().decode(copied.stderr));
+  await Deno.symlink(`${repo}node_modules`, `${checkout}/node_modules`);
+}
+
 const PROBE = `
 import { startLocalStack } from "./local/stack/stack.ts";
 import { runCleanups } from "./local/stack/cleanup.ts";
@@ -123,23 +150,7 @@ Deno.test({
   const checkout = `${parent}/checkout`;
   const tmp = `${parent}/tmp`;
   try {
-    await Deno.mkdir(checkout);
-    await Deno.mkdir(tmp);
-    // Traversable by the cluster's OS user (as root), as the temp dir is.
-    await Deno.chmod(parent, 0o711);
-    await Deno.chmod(tmp, 0o711);
-    const copied = await new Deno.Command("cp", {
-      args: [
-        "-a",
-        ...["deno.json", "deno.lock", "package.json", "local", "shared", "supabase"].map((name) =>
-          `${repo}${name}`
-        ),
-        `${checkout}/`,
-      ],
-      stderr: "piped",
-    }).output();
-    assert.ok(copied.success, new TextDecoder().decode(copied.stderr));
-    await Deno.symlink(`${repo}node_modules`, `${checkout}/node_modules`);
+    await copyCheckout(parent);
     await Deno.writeTextFile(`${checkout}/probe.ts`, PROBE);
     const run = await runDenoChild(
       ["eval", `Deno.env.set("TMPDIR", ${JSON.stringify(tmp)}); await import("./probe.ts");`],
@@ -289,28 +300,11 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
 }, async () => {
-  const repo = fileURLToPath(new URL("../../", import.meta.url));
   const parent = await Deno.makeTempDir({ prefix: "readsync-migrated-edited-" });
   const checkout = `${parent}/checkout`;
   const tmp = `${parent}/tmp`;
   try {
-    await Deno.mkdir(checkout);
-    await Deno.mkdir(tmp);
-    // Traversable by the cluster's OS user (as root), as the temp dir is.
-    await Deno.chmod(parent, 0o711);
-    await Deno.chmod(tmp, 0o711);
-    const copied = await new Deno.Command("cp", {
-      args: [
-        "-a",
-        ...["deno.json", "deno.lock", "package.json", "local", "shared", "supabase"].map((name) =>
-          `${repo}${name}`
-        ),
-        `${checkout}/`,
-      ],
-      stderr: "piped",
-    }).output();
-    assert.ok(copied.success, new TextDecoder().decode(copied.stderr));
-    await Deno.symlink(`${repo}node_modules`, `${checkout}/node_modules`);
+    await copyCheckout(parent);
     await Deno.writeTextFile(
       `${checkout}/probe.ts`,
       `
